@@ -1,0 +1,707 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The scoring core: apply events, re-evaluate profiles, record outcomes. Same API as reference.py.
+
+The `def` functions take the views and arrays, release the GIL and run `nogil` loops over typed
+memoryviews; no Python object is touched inside them. Semantics are defined by reference.py,
+which the property tests hold this module to.
+"""
+from libc.math cimport cos, exp, exp2, floor, fabs, fmax, fmin, isfinite, log, log1p, sqrt, \
+    INFINITY, NAN, M_PI
+from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint64_t
+
+import numpy as np
+
+IMPLEMENTATION = "cython"
+cdef double HISTORY_EPOCH_S = 1577836800.0  # state.HISTORY_EPOCH_S
+
+OPCODES = {name: value for name, value in dict(
+    CONST=OP_CONST, PROFILE=OP_PROFILE, CONTEXT=OP_CONTEXT, ACTION=OP_ACTION, NOW=OP_NOW,
+    ADD=OP_ADD, SUB=OP_SUB, MUL=OP_MUL, DIV=OP_DIV, NEG=OP_NEG, EQ=OP_EQ, NE=OP_NE, LT=OP_LT,
+    LE=OP_LE, GT=OP_GT, GE=OP_GE, AND=OP_AND, OR=OP_OR, NOT=OP_NOT, IN=OP_IN, NOT_IN=OP_NOT_IN,
+    BETWEEN=OP_BETWEEN, SINCE=OP_SINCE, KNOWN=OP_KNOWN, COALESCE=OP_COALESCE, MIN=OP_MIN,
+    MAX=OP_MAX, ABS=OP_ABS, LOG1P=OP_LOG1P).items()}
+REASONS = {name: value for name, value in dict(
+    SELECTED=R_SELECTED, NOT_IN_CHANNEL=R_NOT_IN_CHANNEL, OUTSIDE_VALIDITY=R_OUTSIDE_VALIDITY,
+    NO_CONSENT=R_NO_CONSENT, ELIGIBILITY=R_ELIGIBILITY, APPLICABILITY=R_APPLICABILITY,
+    SUITABILITY=R_SUITABILITY, IMPRESSION_CAP=R_IMPRESSION_CAP,
+    REJECT_SUPPRESSION=R_REJECT_SUPPRESSION, ACCEPT_COOLDOWN=R_ACCEPT_COOLDOWN,
+    INVALID_VALUE=R_INVALID_VALUE, RESTRAINT=R_RESTRAINT, GROUP_LIMIT=R_GROUP_LIMIT,
+    TOP_K=R_TOP_K).items()}
+MAX_PREDICTORS_SUPPORTED = MAX_PREDICTORS
+
+
+cdef class CatalogView:
+    """The compiled catalog's arrays as typed memoryviews, bound once per catalog version."""
+
+    cdef public object c
+    cdef int n_actions, n_channels, n_groups, n_predictors, history_size, exploration
+    cdef int n_decayed, n_weights
+    cdef double restraint, ucb_alpha
+    cdef const int8_t[::1] view_kind
+    cdef const double[::1] view_inv_hl
+    cdef const int32_t[::1] update_start, update_kind, update_slot, update_field
+    cdef const int32_t[::1] update_when_field, update_when_start, update_when_end
+    cdef const double[::1] update_inv_hl, when_values, decayed_inv_hl
+    cdef const int32_t[::1] decayed_slots
+    cdef const int32_t[:, ::1] placement_top_k, channel_consent_slot
+    cdef const int32_t[::1] purpose_slot
+    cdef const int64_t[:, ::1] offered
+    cdef const int32_t[::1] action_group, action_purpose, max_impressions, reject_count
+    cdef const double[::1] valid_from, valid_until, lever, impression_window, reject_within
+    cdef const double[::1] reject_suppress, accept_cooldown, explore_scale
+    cdef const double[:, ::1] action_attributes
+    cdef const int32_t[::1] code
+    cdef const double[::1] consts, sets
+    cdef const int32_t[:, ::1] set_ranges
+    cdef const int32_t[:, :, ::1] rule_range
+    cdef const uint8_t[::1] group_multiple
+    cdef const int32_t[::1] weight_channel, weight_group, weight_cond_start, weight_cond_key
+    cdef const double[::1] weight_value, weight_cond_value
+    cdef const int8_t[::1] predictor_source, predictor_transform
+    cdef const int32_t[::1] predictor_index
+    cdef const double[::1] predictor_param
+
+    def __init__(self, compiled):
+        c = compiled
+        self.c = c
+        self.n_actions = len(c.action_ids)
+        self.n_channels = len(c.channel_names)
+        self.n_groups = len(c.group_names)
+        self.n_predictors = c.n_predictors
+        if self.n_predictors > MAX_PREDICTORS:
+            raise ValueError(f"at most {MAX_PREDICTORS - 1} predictors, got "
+                             f"{self.n_predictors - 1}")
+        self.history_size = c.history_size
+        self.n_decayed = len(c.decayed_slots)
+        self.n_weights = len(c.weight_value)
+        self.exploration = int(c.exploration)
+        self.restraint = c.restraint_threshold
+        self.ucb_alpha = c.ucb_alpha
+        self.view_kind = c.layout.view_kind
+        self.view_inv_hl = c.layout.view_inv_half_life
+        self.update_start = c.update_start
+        self.update_kind = c.update_kind
+        self.update_slot = c.update_slot
+        self.update_field = c.update_field
+        self.update_when_field = c.update_when_field
+        self.update_when_start = c.update_when_start
+        self.update_when_end = c.update_when_end
+        self.update_inv_hl = c.update_inv_half_life
+        self.when_values = _nonempty(c.when_values, np.float64)
+        self.decayed_slots = _nonempty(c.decayed_slots, np.int32)
+        self.decayed_inv_hl = _nonempty(c.decayed_inv_half_life, np.float64)
+        self.placement_top_k = c.placement_top_k
+        self.channel_consent_slot = c.channel_consent_slot
+        self.purpose_slot = c.purpose_slot
+        self.offered = c.offered
+        self.action_group = c.action_group
+        self.action_purpose = c.action_purpose
+        self.max_impressions = c.max_impressions
+        self.reject_count = c.reject_count
+        self.valid_from = c.valid_from
+        self.valid_until = c.valid_until
+        self.lever = c.lever
+        self.impression_window = c.impression_window
+        self.reject_within = c.reject_within
+        self.reject_suppress = c.reject_suppress
+        self.accept_cooldown = c.accept_cooldown
+        self.explore_scale = c.explore_scale
+        self.action_attributes = c.action_attributes
+        self.code = _nonempty(c.code, np.int32)
+        self.consts = c.consts
+        self.sets = c.sets
+        self.set_ranges = c.set_ranges
+        self.rule_range = c.rule_range
+        self.group_multiple = c.group_multiple
+        self.weight_channel = _nonempty(c.weight_channel, np.int32)
+        self.weight_group = _nonempty(c.weight_group, np.int32)
+        self.weight_value = _nonempty(c.weight_value, np.float64)
+        self.weight_cond_start = c.weight_cond_start
+        self.weight_cond_key = _nonempty(c.weight_cond_key, np.int32)
+        self.weight_cond_value = _nonempty(c.weight_cond_value, np.float64)
+        self.predictor_source = _nonempty(c.predictor_source, np.int8)
+        self.predictor_transform = _nonempty(c.predictor_transform, np.int8)
+        self.predictor_index = _nonempty(c.predictor_index, np.int32)
+        self.predictor_param = _nonempty(c.predictor_param, np.float64)
+
+
+def _nonempty(array, dtype):
+    """A zero-length array cannot back a typed memoryview on every NumPy; pad it (unread)."""
+    array = np.ascontiguousarray(array, dtype)
+    return array if len(array) else np.zeros(1, dtype)
+
+
+cdef class StateView:
+    """A ProfileTable's arrays; rebind after the table grows (its `generation` changes)."""
+
+    cdef double[:, ::1] values
+    cdef int16_t[:, ::1] ring_action
+    cdef int8_t[:, ::1] ring_channel, ring_outcome
+    cdef int32_t[:, ::1] ring_time
+    cdef int32_t[::1] ring_head
+
+    def __init__(self, values, ring_action, ring_channel, ring_outcome, ring_time, ring_head):
+        self.values = values
+        self.ring_action = ring_action
+        self.ring_channel = ring_channel
+        self.ring_outcome = ring_outcome
+        self.ring_time = ring_time
+        self.ring_head = ring_head
+
+
+cdef class ModelView:
+    cdef double[:, ::1] mean, precision
+    cdef double[::1] positives, negatives
+
+    def __init__(self, mean, precision, positives, negatives):
+        self.mean = mean
+        self.precision = precision
+        self.positives = positives
+        self.negatives = negatives
+
+
+cdef class Workspace:
+    """Output buffers for up to `capacity` decisions, scratch space and the random stream."""
+
+    cdef readonly int capacity
+    cdef public object out_action, out_factors, out_count, reasons, factors, predictors
+    cdef int32_t[:, ::1] _out_action
+    cdef double[:, :, ::1] _out_factors
+    cdef int32_t[::1] _out_count
+    cdef int8_t[:, ::1] _reasons
+    cdef double[:, :, ::1] _factors
+    cdef double[:, ::1] _predictors
+    cdef double[::1] _view, _weights, _last_reject, _last_accept
+    cdef int32_t[::1] _impressions, _rejects, _candidates
+    cdef int64_t[::1] _stamp
+    cdef uint8_t[::1] _blocked
+    cdef int64_t _clock
+    cdef uint64_t _rng
+
+    def __init__(self, compiled, int capacity, uint64_t seed):
+        n_actions, k = len(compiled.action_ids), max(compiled.max_top_k, 1)
+        self.capacity = capacity
+        self.out_action = np.zeros((capacity, k), np.int32)
+        self.out_factors = np.zeros((capacity, k, N_FACTORS))
+        self.out_count = np.zeros(capacity, np.int32)
+        self.reasons = np.zeros((capacity, n_actions), np.int8)
+        self.factors = np.zeros((capacity, n_actions, N_FACTORS))
+        self.predictors = np.zeros((capacity, compiled.n_predictors))
+        self._out_action = self.out_action
+        self._out_factors = self.out_factors
+        self._out_count = self.out_count
+        self._reasons = self.reasons
+        self._factors = self.factors
+        self._predictors = self.predictors
+        self._view = np.zeros(compiled.layout.size)
+        self._weights = np.zeros(max(len(compiled.group_names), 1))
+        self._blocked = np.zeros(max(len(compiled.group_names), 1), np.uint8)
+        self._last_reject = np.zeros(n_actions)
+        self._last_accept = np.zeros(n_actions)
+        self._impressions = np.zeros(n_actions, np.int32)
+        self._rejects = np.zeros(n_actions, np.int32)
+        self._candidates = np.zeros(n_actions, np.int32)
+        self._stamp = np.full(n_actions, -1, np.int64)
+        self._clock = 0
+        self._rng = seed
+
+    @property
+    def rng_state(self):
+        return self._rng
+
+    @rng_state.setter
+    def rng_state(self, uint64_t state):
+        self._rng = state
+
+
+# -------------------------------------------------------------------------------------------
+# Random numbers: splitmix64 and Box-Muller, as models.SplitMix64 does them.
+
+cdef inline uint64_t _next_u64(uint64_t* state) noexcept nogil:
+    state[0] += <uint64_t>0x9E3779B97F4A7C15
+    cdef uint64_t z = state[0]
+    z = (z ^ (z >> 30)) * <uint64_t>0xBF58476D1CE4E5B9
+    z = (z ^ (z >> 27)) * <uint64_t>0x94D049BB133111EB
+    return z ^ (z >> 31)
+
+
+cdef inline double _uniform(uint64_t* state) noexcept nogil:
+    return <double>(_next_u64(state) >> 11) * (1.0 / 9007199254740992.0)
+
+
+cdef inline double _normal(uint64_t* state) noexcept nogil:
+    cdef double u1 = 1.0 - _uniform(state)
+    cdef double u2 = _uniform(state)
+    return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2)
+
+
+cdef inline double _sigmoid(double z) noexcept nogil:
+    if z > -700.0:
+        return 1.0 / (1.0 + exp(-z))
+    return 0.0
+
+
+cdef inline bint _truth(double x) noexcept nogil:
+    return x == x and x != 0.0
+
+
+# -------------------------------------------------------------------------------------------
+# Events
+
+def apply_events(CatalogView cat, StateView st, const int64_t[::1] rows,
+                 const int32_t[::1] event_types, const double[::1] times,
+                 const double[:, ::1] fields):
+    cdef Py_ssize_t i, n = rows.shape[0]
+    with nogil:
+        for i in range(n):
+            _apply_one(cat, st.values[rows[i]], event_types[i], times[i], fields[i])
+
+
+cdef inline bint _when_matches(CatalogView cat, Py_ssize_t u, const double[::1] f) noexcept nogil:
+    cdef int field = cat.update_when_field[u]
+    cdef Py_ssize_t w
+    if field < 0:
+        return True
+    for w in range(cat.update_when_start[u], cat.update_when_end[u]):
+        if f[field] == cat.when_values[w]:
+            return True
+    return False
+
+
+cdef void _apply_one(CatalogView cat, double[::1] row, int etype, double t,
+                     const double[::1] f) noexcept nogil:
+    cdef double clock = row[0], x
+    cdef Py_ssize_t d, u
+    cdef int kind, slot
+    if clock != clock or t > clock:
+        if clock == clock:
+            for d in range(cat.n_decayed):
+                row[cat.decayed_slots[d]] *= exp2(-(t - clock) * cat.decayed_inv_hl[d])
+        row[0] = t
+        clock = t
+    for u in range(cat.update_start[etype], cat.update_start[etype + 1]):
+        if not _when_matches(cat, u, f):
+            continue
+        kind = cat.update_kind[u]
+        slot = cat.update_slot[u]
+        x = f[cat.update_field[u]] if cat.update_field[u] >= 0 else NAN
+        if kind == UPD_COUNT:
+            row[slot] += 1.0
+        elif kind == UPD_DECAYED_COUNT:
+            row[slot] += exp2(-(clock - t) * cat.update_inv_hl[u])
+        elif kind == UPD_TIME_SINCE:
+            if not row[slot] >= t:
+                row[slot] = t
+        elif x != x:
+            continue
+        elif kind == UPD_SUM:
+            row[slot] += x
+        elif kind == UPD_DECAYED_SUM:
+            row[slot] += x * exp2(-(clock - t) * cat.update_inv_hl[u])
+        elif kind == UPD_LAST:
+            if not row[slot + 1] > t:
+                row[slot] = x
+                row[slot + 1] = t
+        elif kind == UPD_MIN:
+            if not row[slot] <= x:
+                row[slot] = x
+        elif kind == UPD_MAX:
+            if not row[slot] >= x:
+                row[slot] = x
+        elif kind == UPD_SET:
+            row[slot] = x
+
+
+# -------------------------------------------------------------------------------------------
+# The rule VM
+
+cdef double _run(CatalogView cat, Py_ssize_t start, Py_ssize_t end, const double[::1] view,
+                 const double[::1] ctx, Py_ssize_t action, double now) noexcept nogil:
+    cdef double stack[MAX_STACK]
+    cdef int sp = -1, op, arg
+    cdef Py_ssize_t pc = start, k
+    cdef double a, b, lo
+    cdef bint found
+    while pc < end:
+        op = cat.code[pc]
+        arg = cat.code[pc + 1]
+        pc += 2
+        if op == OP_CONST:
+            sp += 1
+            stack[sp] = cat.consts[arg]
+        elif op == OP_PROFILE:
+            sp += 1
+            stack[sp] = view[arg]
+        elif op == OP_CONTEXT:
+            sp += 1
+            stack[sp] = ctx[arg]
+        elif op == OP_ACTION:
+            sp += 1
+            stack[sp] = cat.action_attributes[action, arg]
+        elif op == OP_NOW:
+            sp += 1
+            stack[sp] = now
+        elif op == OP_NEG:
+            stack[sp] = -stack[sp]
+        elif op == OP_NOT:
+            stack[sp] = 0.0 if _truth(stack[sp]) else 1.0
+        elif op == OP_KNOWN:
+            stack[sp] = 1.0 if stack[sp] == stack[sp] else 0.0
+        elif op == OP_ABS:
+            stack[sp] = fabs(stack[sp])
+        elif op == OP_LOG1P:
+            stack[sp] = log1p(stack[sp])
+        elif op == OP_SINCE:
+            stack[sp] = (now - stack[sp]) / cat.consts[arg]
+        elif op == OP_IN or op == OP_NOT_IN:
+            a = stack[sp]
+            if a != a:
+                stack[sp] = 0.0
+            else:
+                found = False
+                for k in range(cat.set_ranges[arg, 0], cat.set_ranges[arg, 1]):
+                    if a == cat.sets[k]:
+                        found = True
+                        break
+                stack[sp] = 1.0 if found != (op == OP_NOT_IN) else 0.0
+        elif op == OP_BETWEEN:
+            b = stack[sp]
+            lo = stack[sp - 1]
+            a = stack[sp - 2]
+            sp -= 2
+            stack[sp] = 1.0 if (lo <= a and a <= b) else 0.0
+        else:
+            b = stack[sp]
+            sp -= 1
+            a = stack[sp]
+            if op == OP_ADD:
+                stack[sp] = a + b
+            elif op == OP_SUB:
+                stack[sp] = a - b
+            elif op == OP_MUL:
+                stack[sp] = a * b
+            elif op == OP_DIV:
+                stack[sp] = a / b
+            elif op == OP_EQ:
+                stack[sp] = 1.0 if a == b else 0.0
+            elif op == OP_NE:
+                stack[sp] = 1.0 if (a == a and b == b and a != b) else 0.0
+            elif op == OP_LT:
+                stack[sp] = 1.0 if a < b else 0.0
+            elif op == OP_LE:
+                stack[sp] = 1.0 if a <= b else 0.0
+            elif op == OP_GT:
+                stack[sp] = 1.0 if a > b else 0.0
+            elif op == OP_GE:
+                stack[sp] = 1.0 if a >= b else 0.0
+            elif op == OP_AND:
+                stack[sp] = 1.0 if (_truth(a) and _truth(b)) else 0.0
+            elif op == OP_OR:
+                stack[sp] = 1.0 if (_truth(a) or _truth(b)) else 0.0
+            elif op == OP_COALESCE:
+                stack[sp] = a if a == a else b
+            elif op == OP_MIN:
+                stack[sp] = NAN if (a != a or b != b) else (a if a <= b else b)
+            elif op == OP_MAX:
+                stack[sp] = NAN if (a != a or b != b) else (a if a >= b else b)
+    return stack[0]
+
+
+cdef inline bint _passes(CatalogView cat, Py_ssize_t a, int stage, const double[::1] view,
+                         const double[::1] ctx, double now) noexcept nogil:
+    cdef int start = cat.rule_range[a, stage, 0], end = cat.rule_range[a, stage, 1]
+    if start == end:
+        return True
+    return _truth(_run(cat, start, end, view, ctx, a, now))
+
+
+# -------------------------------------------------------------------------------------------
+# Decisions
+
+cdef void _profile_view(CatalogView cat, const double[::1] row, double now,
+                        double[::1] view) noexcept nogil:
+    cdef double clock = row[0]
+    cdef double dt = now - clock if (clock == clock and now > clock) else 0.0
+    cdef Py_ssize_t s
+    cdef int kind
+    for s in range(row.shape[0]):
+        kind = cat.view_kind[s]
+        if kind == VIEW_DECAYED:
+            view[s] = row[s] * exp2(-dt * cat.view_inv_hl[s])
+        elif kind == VIEW_SINCE:
+            view[s] = now - row[s]
+        else:
+            view[s] = row[s]
+
+
+cdef void _predictor_vector(CatalogView cat, const double[::1] view, const double[::1] ctx,
+                            double[::1] x) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef double v, param, out
+    cdef int tf
+    x[0] = 1.0
+    for j in range(cat.n_predictors - 1):
+        v = ctx[cat.predictor_index[j]] if cat.predictor_source[j] else view[cat.predictor_index[j]]
+        tf = cat.predictor_transform[j]
+        param = cat.predictor_param[j]
+        if tf == TF_EQUALS:
+            out = 1.0 if v == param else 0.0
+        elif v != v:
+            out = 0.0
+        elif tf == TF_LOG1P:
+            out = log1p(v) if v > 0.0 else 0.0
+        elif tf == TF_SCALE:
+            out = v / param
+        elif tf == TF_RECENCY:
+            out = exp(-v / param) if v > 0.0 else 1.0
+        else:
+            out = v
+        x[j + 1] = out
+
+
+cdef void _context_weights(CatalogView cat, int channel, const double[::1] ctx,
+                           double[::1] weights) noexcept nogil:
+    cdef Py_ssize_t w, k, g
+    cdef bint match
+    for g in range(cat.n_groups):
+        weights[g] = 1.0
+    for w in range(cat.n_weights):
+        if cat.weight_channel[w] >= 0 and cat.weight_channel[w] != channel:
+            continue
+        match = True
+        for k in range(cat.weight_cond_start[w], cat.weight_cond_start[w + 1]):
+            if not ctx[cat.weight_cond_key[k]] == cat.weight_cond_value[k]:
+                match = False
+                break
+        if not match:
+            continue
+        for g in range(cat.n_groups):
+            if cat.weight_group[w] < 0 or cat.weight_group[w] == g:
+                weights[g] *= cat.weight_value[w]
+
+
+cdef void _scan_history(CatalogView cat, StateView st, Workspace ws, Py_ssize_t row, int channel,
+                        double now) noexcept nogil:
+    """Per action in the ring: impressions in its window on this channel, the latest reject
+    and how many rejects fall within its window before it, the latest accept."""
+    cdef Py_ssize_t e
+    cdef int a, outcome
+    cdef double t
+    ws._clock += 1
+    for e in range(cat.history_size):
+        a = st.ring_action[row, e]
+        if a < 0:
+            continue
+        if ws._stamp[a] != ws._clock:
+            ws._stamp[a] = ws._clock
+            ws._impressions[a] = 0
+            ws._rejects[a] = 0
+            ws._last_reject[a] = -INFINITY
+            ws._last_accept[a] = -INFINITY
+        t = <double>st.ring_time[row, e] + HISTORY_EPOCH_S
+        outcome = st.ring_outcome[row, e]
+        if outcome == OUT_IMPRESSION:
+            if st.ring_channel[row, e] == channel and t > now - cat.impression_window[a]:
+                ws._impressions[a] += 1
+        elif outcome == OUT_REJECT:
+            if t > ws._last_reject[a]:
+                ws._last_reject[a] = t
+        elif outcome == OUT_ACCEPT or outcome == OUT_CONVERT:
+            if t > ws._last_accept[a]:
+                ws._last_accept[a] = t
+    for e in range(cat.history_size):
+        a = st.ring_action[row, e]
+        if a >= 0 and st.ring_outcome[row, e] == OUT_REJECT:
+            t = <double>st.ring_time[row, e] + HISTORY_EPOCH_S
+            if t >= ws._last_reject[a] - cat.reject_within[a]:
+                ws._rejects[a] += 1
+
+
+cdef inline int _contact_policy(CatalogView cat, Workspace ws, Py_ssize_t a,
+                                double now) noexcept nogil:
+    if ws._stamp[a] != ws._clock:
+        return -1
+    if cat.max_impressions[a] > 0 and ws._impressions[a] >= cat.max_impressions[a]:
+        return R_IMPRESSION_CAP
+    if cat.reject_count[a] > 0 and ws._rejects[a] >= cat.reject_count[a] and \
+            now - ws._last_reject[a] < cat.reject_suppress[a]:
+        return R_REJECT_SUPPRESSION
+    if cat.accept_cooldown[a] > 0 and now - ws._last_accept[a] < cat.accept_cooldown[a]:
+        return R_ACCEPT_COOLDOWN
+    return -1
+
+
+cdef inline int _filter(CatalogView cat, Workspace ws, Py_ssize_t a, int channel, int placement,
+                        const double[::1] view, const double[::1] ctx, double now) noexcept nogil:
+    cdef int purpose, slot
+    if not (cat.offered[a, channel] >> placement) & 1:
+        return R_NOT_IN_CHANNEL
+    if not (cat.valid_from[a] <= now and now < cat.valid_until[a]):
+        return R_OUTSIDE_VALIDITY
+    purpose = cat.action_purpose[a]
+    slot = cat.purpose_slot[purpose]
+    if slot >= 0 and not _truth(view[slot]):
+        return R_NO_CONSENT
+    slot = cat.channel_consent_slot[channel, purpose]
+    if slot >= 0 and not _truth(view[slot]):
+        return R_NO_CONSENT
+    if not _passes(cat, a, 0, view, ctx, now):
+        return R_ELIGIBILITY
+    if not _passes(cat, a, 1, view, ctx, now):
+        return R_APPLICABILITY
+    if not _passes(cat, a, 2, view, ctx, now):
+        return R_SUITABILITY
+    return _contact_policy(cat, ws, a, now)
+
+
+cdef inline double _propensity(CatalogView cat, ModelView mv, Workspace ws, Py_ssize_t a,
+                               int channel, const double[::1] x) noexcept nogil:
+    cdef Py_ssize_t m = a * cat.n_channels + channel, i
+    cdef double z = 0.0, var = 0.0, spread
+    for i in range(cat.n_predictors):
+        z += mv.mean[m, i] * x[i]
+    if cat.exploration != EXPLORE_NONE:
+        for i in range(cat.n_predictors):
+            var += x[i] * x[i] / mv.precision[m, i]
+        spread = sqrt(cat.explore_scale[a] * var)
+        if cat.exploration == EXPLORE_THOMPSON:
+            z += spread * _normal(&ws._rng)
+        else:
+            z += cat.ucb_alpha * spread
+    return _sigmoid(z)
+
+
+cdef void _decide_one(CatalogView cat, StateView st, ModelView mv, Workspace ws, Py_ssize_t row,
+                      int channel, int placement, const double[::1] ctx, double now, int k_req,
+                      Py_ssize_t out) noexcept nogil:
+    cdef double[::1] view = ws._view
+    cdef double[::1] x = ws._predictors[out]
+    cdef int8_t[::1] reasons = ws._reasons[out]
+    cdef double[:, ::1] factors = ws._factors[out]
+    cdef Py_ssize_t a, n_cand = 0, n, best, j
+    cdef int reason, k, g
+    cdef double value, propensity, weight, priority, best_p
+    _profile_view(cat, st.values[row], now, view)
+    _predictor_vector(cat, view, ctx, x)
+    _context_weights(cat, channel, ctx, ws._weights)
+    _scan_history(cat, st, ws, row, channel, now)
+    for a in range(cat.n_actions):
+        reason = _filter(cat, ws, a, channel, placement, view, ctx, now)
+        if reason >= 0:
+            reasons[a] = reason
+            continue
+        value = _run(cat, cat.rule_range[a, 3, 0], cat.rule_range[a, 3, 1], view, ctx, a, now)
+        if not isfinite(value):
+            reasons[a] = R_INVALID_VALUE
+            continue
+        propensity = _propensity(cat, mv, ws, a, channel, x)
+        weight = ws._weights[cat.action_group[a]]
+        priority = propensity * weight * value * cat.lever[a]
+        factors[a, 0] = propensity
+        factors[a, 1] = weight
+        factors[a, 2] = value
+        factors[a, 3] = priority
+        if not priority >= cat.restraint:
+            reasons[a] = R_RESTRAINT
+            continue
+        reasons[a] = R_TOP_K
+        ws._candidates[n_cand] = a
+        n_cand += 1
+    # Selection: k rounds of "best remaining candidate whose group is still open".
+    k = cat.placement_top_k[channel, placement]
+    if 0 < k_req < k:
+        k = k_req
+    for g in range(cat.n_groups):
+        ws._blocked[g] = 0
+    n = 0
+    while n < k:
+        best = -1
+        best_p = 0.0
+        for j in range(n_cand):
+            a = ws._candidates[j]
+            if reasons[a] != R_TOP_K or ws._blocked[cat.action_group[a]]:
+                continue
+            if best < 0 or factors[a, 3] > best_p:
+                best = a
+                best_p = factors[a, 3]
+        if best < 0:
+            break
+        reasons[best] = R_SELECTED
+        ws._out_action[out, n] = <int32_t>best
+        for j in range(N_FACTORS):
+            ws._out_factors[out, n, j] = factors[best, j]
+        n += 1
+        g = cat.action_group[best]
+        if not cat.group_multiple[g]:
+            ws._blocked[g] = 1
+    ws._out_count[out] = <int32_t>n
+    for j in range(n_cand):
+        a = ws._candidates[j]
+        if reasons[a] == R_TOP_K and ws._blocked[cat.action_group[a]]:
+            reasons[a] = R_GROUP_LIMIT
+
+
+def decide(CatalogView cat, StateView st, ModelView mv, Workspace ws, const int64_t[::1] rows,
+           const int32_t[::1] channels, const int32_t[::1] placements, const double[:, ::1] ctx,
+           const double[::1] now, const int32_t[::1] k_req):
+    """Re-evaluate rows[i] for channels[i]/placements[i]; results land in ws, row i."""
+    cdef Py_ssize_t i, n = rows.shape[0]
+    if n > ws.capacity:
+        raise ValueError(f"{n} decisions do not fit a workspace of {ws.capacity}")
+    with nogil:
+        for i in range(n):
+            _decide_one(cat, st, mv, ws, rows[i], channels[i], placements[i], ctx[i], now[i],
+                        k_req[i], i)
+
+
+def decide_one(CatalogView cat, StateView st, ModelView mv, Workspace ws, int64_t row,
+               int channel, int placement, const double[::1] ctx, double now, int k_req,
+               Py_ssize_t out=0):
+    with nogil:
+        _decide_one(cat, st, mv, ws, row, channel, placement, ctx, now, k_req, out)
+
+
+# -------------------------------------------------------------------------------------------
+# Outcomes
+
+def predictors(CatalogView cat, StateView st, const int64_t[::1] rows, const double[:, ::1] ctx,
+               const double[::1] now, double[:, ::1] out):
+    cdef Py_ssize_t i
+    cdef double[::1] view = np.zeros(st.values.shape[1])
+    with nogil:
+        for i in range(rows.shape[0]):
+            _profile_view(cat, st.values[rows[i]], now[i], view)
+            _predictor_vector(cat, view, ctx[i], out[i])
+
+
+def record_outcomes(CatalogView cat, StateView st, ModelView mv, const int64_t[::1] rows,
+                    const int32_t[::1] actions, const int32_t[::1] channels,
+                    const int8_t[::1] outcomes, const double[::1] times, const double[:, ::1] x):
+    cdef Py_ssize_t i, j, m, row
+    cdef int head, outcome
+    cdef double p, z, y
+    with nogil:
+        for i in range(rows.shape[0]):
+            row = rows[i]
+            outcome = outcomes[i]
+            head = st.ring_head[row]
+            st.ring_action[row, head] = <int16_t>actions[i]
+            st.ring_channel[row, head] = <int8_t>channels[i]
+            st.ring_outcome[row, head] = <int8_t>outcome
+            st.ring_time[row, head] = <int32_t>floor(times[i] - HISTORY_EPOCH_S)
+            st.ring_head[row] = (head + 1) % cat.history_size
+            if outcome == OUT_IMPRESSION:
+                continue
+            y = 1.0 if (outcome == OUT_ACCEPT or outcome == OUT_CONVERT) else 0.0
+            m = actions[i] * cat.n_channels + channels[i]
+            z = 0.0
+            for j in range(cat.n_predictors):
+                z += mv.mean[m, j] * x[i, j]
+            p = _sigmoid(z)
+            for j in range(cat.n_predictors):
+                mv.precision[m, j] += x[i, j] * x[i, j] * (p * (1.0 - p))
+                mv.mean[m, j] -= (p - y) * x[i, j] / mv.precision[m, j]
+            if y != 0.0:
+                mv.positives[m] += 1.0
+            else:
+                mv.negatives[m] += 1.0

@@ -1,0 +1,835 @@
+"""The catalog: the marketer's language, read from YAML and validated into plain dataclasses.
+
+`load_catalog` checks the structure (every key known, every type right, every reference
+declared) and keeps where each value came from. Rules stay text here; `compiler.compile_catalog`
+parses them against the profile layout and turns the whole catalog into arrays.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from importlib import resources
+from pathlib import Path as FsPath
+from typing import Any, Callable
+
+from .errors import CatalogError
+from .rules import DURATION_UNITS_S
+from .yamlsource import Path, Source
+
+FORMAT_VERSION = 1
+FIELD_TYPES = ("string", "int", "float", "bool", "timestamp")
+FEATURE_KINDS = ("count", "sum", "decayed_count", "decayed_sum", "last", "time_since", "min",
+                 "max")
+KINDS_WITH_FIELD = {"sum", "decayed_sum", "last", "min", "max"}
+KINDS_WITH_HALF_LIFE = {"decayed_count", "decayed_sum"}
+NUMERIC_TYPES = ("int", "float")
+EXPLORATION_METHODS = ("thompson", "ucb", "none")
+TRANSFORMS = ("identity", "log1p", "scale", "recency")
+DEFAULT_HISTORY_SIZE = 32
+DEFAULT_VARIANCE_SCALE = 0.1
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    type: str
+    required: bool = True
+    values: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class EventType:
+    name: str
+    fields: tuple[FieldSpec, ...]
+
+    def field(self, name: str) -> FieldSpec | None:
+        return next((f for f in self.fields if f.name == name), None)
+
+
+@dataclass(frozen=True)
+class Attribute:
+    name: str
+    type: str
+    values: tuple[str, ...] | None = None
+    default: Any = None
+    from_event: str | None = None
+    from_field: str | None = None
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    kind: str
+    event: str
+    field: str | None = None
+    half_life_s: float = 0.0
+    when_field: str | None = None
+    when_values: tuple[Any, ...] = ()
+    type: str = "float"  # what rules see: float, or the field's type for `last`
+    values: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Placement:
+    name: str
+    top_k: int
+
+
+@dataclass(frozen=True)
+class Channel:
+    name: str
+    placements: tuple[Placement, ...]
+    consent: dict[str, str] = field(default_factory=dict)  # purpose -> bool attribute
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule's text and the catalog path it came from (for error positions)."""
+
+    text: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class ContactPolicy:
+    max_impressions: int = 0
+    impression_window_s: float = 0.0
+    reject_count: int = 0
+    reject_within_s: float = 0.0
+    reject_suppress_s: float = 0.0
+    accept_cooldown_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Offer:
+    """An action as offered on one channel."""
+
+    channel: str
+    treatment: str
+    placements: tuple[str, ...] | None = None  # None: every placement of the channel
+
+
+@dataclass(frozen=True)
+class Action:
+    id: str
+    group: str
+    purpose: str
+    offers: tuple[Offer, ...]
+    eligibility: Rule | None
+    applicability: Rule | None
+    suitability: Rule | None
+    value: float | Rule
+    lever: float
+    valid_from: float  # epoch seconds; -inf when open
+    valid_until: float  # +inf when open
+    contact_policy: ContactPolicy
+    attributes: dict[str, Any]
+    path: Path
+
+
+@dataclass(frozen=True)
+class ContextWeight:
+    weight: float
+    channel: str | None = None
+    group: str | None = None
+    when: dict[str, Any] = field(default_factory=dict)
+    path: Path = ()
+
+
+@dataclass(frozen=True)
+class Exploration:
+    method: str = "thompson"
+    variance_scale: float = DEFAULT_VARIANCE_SCALE
+    ucb_alpha: float = 1.0
+    group_variance_scale: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Arbitration:
+    restraint_threshold: float = 0.0
+    one_per_group: bool = True
+    allow_multiple: tuple[str, ...] = ()
+    context_weights: tuple[ContextWeight, ...] = ()
+    exploration: Exploration = Exploration()
+
+
+@dataclass(frozen=True)
+class Predictor:
+    name: str
+    source: str  # "profile" or "context"
+    transform: str
+    scale: float = 1.0
+    equals: Any = None  # indicator: x == equals
+    path: Path = ()
+
+
+@dataclass(frozen=True)
+class Prior:
+    base_rate: float = 0.05
+    precision: float = 1.0
+
+
+@dataclass(frozen=True)
+class Models:
+    predictors: tuple[Predictor, ...] = ()
+    prior: Prior = Prior()
+    group_priors: dict[str, Prior] = field(default_factory=dict)
+
+
+@dataclass
+class Catalog:
+    name: str
+    version: str
+    channels: tuple[Channel, ...]
+    context: tuple[FieldSpec, ...]
+    events: tuple[EventType, ...]
+    attributes: tuple[Attribute, ...]
+    features: tuple[Feature, ...]
+    consent: dict[str, str | None]  # purpose -> bool attribute (None: always granted)
+    actions: tuple[Action, ...]
+    arbitration: Arbitration
+    models: Models
+    fallbacks: dict[str, tuple[str, ...]]
+    history_size: int
+    source: Source = field(repr=False)
+
+    def channel(self, name: str) -> Channel | None:
+        return next((c for c in self.channels if c.name == name), None)
+
+    def event(self, name: str) -> EventType | None:
+        return next((e for e in self.events if e.name == name), None)
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(a.group for a in self.actions))
+
+
+def load_catalog(text: str, source: str = "<catalog>") -> Catalog:
+    """Parse and validate a catalog; raises CatalogError naming file, line:column and path."""
+    return _Reader(Source(text, source)).catalog()
+
+
+def load_catalog_file(path: str | FsPath) -> Catalog:
+    path = FsPath(path)
+    return load_catalog(path.read_text(encoding="utf-8"), str(path))
+
+
+def default_catalog_text() -> str:
+    return resources.files(__package__).joinpath("catalogs/default.yaml").read_text("utf-8")
+
+
+def load_default_catalog() -> Catalog:
+    return load_catalog(default_catalog_text(), "default.yaml")
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds from `90`, `45s`, `30m`, `2h`, `7d`, `4w`; None when it is not a duration."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value.strip())
+        if m:
+            return float(m.group(1)) * DURATION_UNITS_S[m.group(2)]
+    return None
+
+
+def parse_timestamp(value: Any) -> float | None:
+    """Epoch seconds from an ISO-8601 timestamp with a zone; None when it is not one."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:  # YAML's own timestamps without a zone are UTC by the spec
+            value = value.replace(tzinfo=timezone.utc)
+        return value.timestamp()
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=timezone.utc).timestamp()
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            return None
+        return parsed.timestamp()
+    return None
+
+
+class _Reader:
+    """Walks the YAML data, checking each part and building the Catalog."""
+
+    def __init__(self, source: Source):
+        self.src = source
+        self.action_id: str | None = None
+
+    # -- primitives -----------------------------------------------------------------------
+
+    def fail(self, path: Path, reason: str) -> CatalogError:
+        return self.src.error(path, reason, action_id=self.action_id)
+
+    def get(self, path: Path) -> Any:
+        value: Any = self.src.data
+        for part in path:
+            value = value[part]
+        return value
+
+    def mapping(self, path: Path, required: tuple[str, ...] = (),
+                optional: tuple[str, ...] = (), *, open_keys: bool = False) -> dict:
+        value = self.get(path)
+        if not isinstance(value, dict):
+            raise self.fail(path, f"expected a mapping, got {_kind(value)}")
+        for key in value:
+            if not isinstance(key, str):
+                raise self.fail(path, f"keys must be strings, got {key!r}")
+            if not open_keys and key not in required and key not in optional:
+                allowed = ", ".join(required + optional)
+                raise self.fail(path + (key,), f"unknown key '{key}' (allowed: {allowed})")
+        for key in required:
+            if key not in value:
+                raise self.fail(path, f"missing required key '{key}'")
+        return value
+
+    def sequence(self, path: Path) -> list:
+        value = self.get(path)
+        if not isinstance(value, list):
+            raise self.fail(path, f"expected a list, got {_kind(value)}")
+        return value
+
+    def name(self, path: Path) -> str:
+        value = self.get(path)
+        if not isinstance(value, str) or not _NAME_RE.match(value):
+            raise self.fail(path, f"expected a name of lowercase letters, digits and '_' "
+                                  f"starting with a letter, got {value!r}")
+        return value
+
+    def key_name(self, path: Path) -> str:
+        key = path[-1]
+        if not _NAME_RE.match(key):
+            raise self.fail(path, f"'{key}' is not a valid name: use lowercase letters, digits "
+                                  f"and '_', starting with a letter")
+        return key
+
+    def text(self, path: Path) -> str:
+        value = self.get(path)
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(path, f"expected a non-empty string, got {value!r}")
+        return value
+
+    def number(self, path: Path, *, minimum: float | None = None, positive: bool = False,
+               maximum: float | None = None) -> float:
+        value = self.get(path)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(path, f"expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise self.fail(path, f"expected a finite number, got {value!r}")
+        if positive and value <= 0:
+            raise self.fail(path, f"must be greater than 0, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise self.fail(path, f"must be at least {minimum:g}, got {value!r}")
+        if maximum is not None and value > maximum:
+            raise self.fail(path, f"must be at most {maximum:g}, got {value!r}")
+        return float(value)
+
+    def integer(self, path: Path, *, minimum: int = 0) -> int:
+        value = self.get(path)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(path, f"expected an integer, got {value!r}")
+        if value < minimum:
+            raise self.fail(path, f"must be at least {minimum}, got {value}")
+        return value
+
+    def boolean(self, path: Path) -> bool:
+        value = self.get(path)
+        if not isinstance(value, bool):
+            raise self.fail(path, f"expected true or false, got {value!r}")
+        return value
+
+    def duration(self, path: Path) -> float:
+        seconds = parse_duration(self.get(path))
+        if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+            raise self.fail(path, f"expected a positive duration such as 30m, 2h or 7d, "
+                                  f"got {self.get(path)!r}")
+        return seconds
+
+    def timestamp(self, path: Path) -> float:
+        seconds = parse_timestamp(self.get(path))
+        if seconds is None:
+            raise self.fail(path, f"expected an ISO-8601 timestamp with a zone such as "
+                                  f"2026-01-01T00:00:00Z, got {self.get(path)!r}")
+        return seconds
+
+    def choice(self, path: Path, options: tuple[str, ...]) -> str:
+        value = self.get(path)
+        if value not in options:
+            raise self.fail(path, f"expected one of {', '.join(options)}, got {value!r}")
+        return value
+
+    def reference(self, path: Path, known: Any, what: str) -> str:
+        value = self.name(path)
+        if value not in known:
+            hint = _did_you_mean(value, known)
+            raise self.fail(path, f"unknown {what} '{value}'{hint}")
+        return value
+
+    def names(self, path: Path, known: Any, what: str) -> tuple[str, ...]:
+        return tuple(self.reference(path + (i,), known, what)
+                     for i in range(len(self.sequence(path))))
+
+    def each(self, path: Path, build: Callable[[Path], Any], *, non_empty: bool = False) -> tuple:
+        items = self.mapping(path, open_keys=True)
+        if non_empty and not items:
+            raise self.fail(path, "must not be empty")
+        return tuple(build(path + (self.key_name(path + (key,)),)) for key in items)
+
+    # -- sections ------------------------------------------------------------------------
+
+    def catalog(self) -> Catalog:
+        root = self.mapping((), ("kairos_catalog", "name", "version", "channels", "events",
+                                 "actions", "fallbacks"),
+                            ("context", "attributes", "features", "consent", "arbitration",
+                             "models", "history"))
+        if root["kairos_catalog"] != FORMAT_VERSION:
+            raise self.fail(("kairos_catalog",), f"unsupported catalog format "
+                                                 f"{root['kairos_catalog']!r} (this Kairos reads "
+                                                 f"{FORMAT_VERSION})")
+        name = self.text(("name",))
+        version = str(root["version"])
+        events = self.each(("events",), self.event_type, non_empty=True)
+        event_map = {e.name: e for e in events}
+        attributes = self.each(("attributes",), lambda p: self.attribute(p, event_map)) \
+            if "attributes" in root else ()
+        attr_map = {a.name: a for a in attributes}
+        features = self.each(("features",), lambda p: self.feature(p, event_map)) \
+            if "features" in root else ()
+        self.unique_profile_names(attributes, features)
+        bool_attrs = {a.name for a in attributes if a.type == "bool"}
+        channels = self.each(("channels",), lambda p: self.channel(p, bool_attrs),
+                             non_empty=True)
+        context = self.each(("context",), self.field_spec) if "context" in root else ()
+        consent = self.consent(bool_attrs) if "consent" in root else {"service": None}
+        for ch in channels:
+            for purpose in ch.consent:
+                if purpose not in consent:
+                    raise self.fail(("channels", ch.name, "consent", purpose),
+                                    f"unknown purpose '{purpose}' (purposes: "
+                                    f"{', '.join(consent)})")
+        channel_map = {c.name: c for c in channels}
+        actions = self.actions(channel_map, consent)
+        groups = tuple(dict.fromkeys(a.group for a in actions))
+        history = self.integer(("history", "size"), minimum=1) if "history" in root else \
+            DEFAULT_HISTORY_SIZE
+        if "history" in root:
+            self.mapping(("history",), ("size",))
+            if history > 1024:
+                raise self.fail(("history", "size"), f"must be at most 1024, got {history}")
+        arbitration = self.arbitration(channel_map, groups, {c.name: c for c in context}) \
+            if "arbitration" in root else Arbitration()
+        models = self.models(attr_map, {f.name: f for f in features}, {c.name: c for c in context},
+                             groups) if "models" in root else Models()
+        fallbacks = self.fallbacks(channel_map, actions)
+        return Catalog(name=name, version=version, channels=channels, context=context,
+                       events=events, attributes=attributes, features=features, consent=consent,
+                       actions=actions, arbitration=arbitration, models=models,
+                       fallbacks=fallbacks, history_size=history, source=self.src)
+
+    def field_spec(self, path: Path) -> FieldSpec:
+        spec = self.mapping(path, ("type",), ("required", "values"))
+        ftype = self.choice(path + ("type",), FIELD_TYPES)
+        values = self.vocabulary(path, ftype) if "values" in spec else None
+        required = self.boolean(path + ("required",)) if "required" in spec else True
+        return FieldSpec(path[-1], ftype, required, values)
+
+    def vocabulary(self, path: Path, ftype: str) -> tuple[str, ...]:
+        if ftype != "string":
+            raise self.fail(path + ("values",), f"only string fields take 'values', this one "
+                                                f"is {ftype}")
+        items = self.sequence(path + ("values",))
+        if not items:
+            raise self.fail(path + ("values",), "must not be empty")
+        out = []
+        for i, item in enumerate(items):
+            if not isinstance(item, str):
+                raise self.fail(path + ("values", i), f"expected a string, got {item!r}")
+            if item in out:
+                raise self.fail(path + ("values", i), f"duplicate value '{item}'")
+            out.append(item)
+        return tuple(out)
+
+    def event_type(self, path: Path) -> EventType:
+        self.mapping(path, ("fields",))
+        fields = self.each(path + ("fields",), self.field_spec)
+        return EventType(path[-1], fields)
+
+    def attribute(self, path: Path, events: dict[str, EventType]) -> Attribute:
+        spec = self.mapping(path, ("type",), ("values", "default", "from"))
+        atype = self.choice(path + ("type",), FIELD_TYPES)
+        values = self.vocabulary(path, atype) if "values" in spec else None
+        default = None
+        if "default" in spec:
+            default = self.typed_value(path + ("default",), atype, values)
+        from_event = from_field = None
+        if "from" in spec:
+            self.mapping(path + ("from",), ("event", "field"))
+            from_event = self.reference(path + ("from", "event"), events, "event type")
+            event = events[from_event]
+            from_field = self.reference(path + ("from", "field"),
+                                        {f.name for f in event.fields}, f"field of {from_event}")
+            source = event.field(from_field)
+            if source.type != atype:
+                raise self.fail(path + ("from", "field"), f"{from_event}.{from_field} is "
+                                                          f"{source.type}, the attribute {atype}")
+        return Attribute(path[-1], atype, values, default, from_event, from_field)
+
+    def typed_value(self, path: Path, ftype: str, values: tuple[str, ...] | None) -> Any:
+        if ftype == "bool":
+            return self.boolean(path)
+        if ftype == "timestamp":
+            return self.timestamp(path)
+        if ftype in NUMERIC_TYPES:
+            number = self.number(path)
+            if ftype == "int" and not float(number).is_integer():
+                raise self.fail(path, f"expected an integer, got {self.get(path)!r}")
+            return number
+        value = self.text(path)
+        if values is not None and value not in values:
+            raise self.fail(path, f"'{value}' is not one of {', '.join(values)}")
+        return value
+
+    def feature(self, path: Path, events: dict[str, EventType]) -> Feature:
+        spec = self.mapping(path, ("kind", "event"), ("field", "half_life", "when"))
+        kind = self.choice(path + ("kind",), FEATURE_KINDS)
+        event_name = self.reference(path + ("event",), events, "event type")
+        event = events[event_name]
+        field_name = None
+        if kind in KINDS_WITH_FIELD:
+            if "field" not in spec:
+                raise self.fail(path, f"a {kind} feature needs 'field'")
+            field_name = self.reference(path + ("field",), {f.name for f in event.fields},
+                                        f"field of {event_name}")
+            ftype = event.field(field_name).type
+            if kind != "last" and ftype not in NUMERIC_TYPES:
+                raise self.fail(path + ("field",), f"a {kind} feature needs a numeric field, "
+                                                   f"{event_name}.{field_name} is {ftype}")
+        elif "field" in spec:
+            raise self.fail(path + ("field",), f"a {kind} feature takes no field")
+        half_life = 0.0
+        if kind in KINDS_WITH_HALF_LIFE:
+            if "half_life" not in spec:
+                raise self.fail(path, f"a {kind} feature needs 'half_life'")
+            half_life = self.duration(path + ("half_life",))
+        elif "half_life" in spec:
+            raise self.fail(path + ("half_life",), f"a {kind} feature takes no half_life")
+        when_field, when_values = None, ()
+        if "when" in spec:
+            when = self.mapping(path + ("when",), open_keys=True)
+            if len(when) != 1:
+                raise self.fail(path + ("when",), "expected one field: a list of its values")
+            when_field = next(iter(when))
+            spec_field = event.field(when_field)
+            if spec_field is None:
+                raise self.fail(path + ("when", when_field), f"unknown field of {event_name} "
+                                                             f"'{when_field}'")
+            if spec_field.type not in ("string", "bool"):
+                raise self.fail(path + ("when", when_field), f"'when' filters on string or "
+                                                             f"bool fields, {when_field} is "
+                                                             f"{spec_field.type}")
+            wpath = path + ("when", when_field)
+            when_values = tuple(self.typed_value(wpath + (i,), spec_field.type, spec_field.values)
+                                for i in range(len(self.sequence(wpath))))
+        ftype, fvalues = "float", None
+        if kind == "last":
+            ftype, fvalues = event.field(field_name).type, event.field(field_name).values
+        return Feature(path[-1], kind, event_name, field_name, half_life, when_field, when_values,
+                       ftype, fvalues)
+
+    def unique_profile_names(self, attributes: tuple, features: tuple) -> None:
+        seen = {a.name for a in attributes}
+        for f in features:
+            if f.name in seen:
+                raise self.fail(("features", f.name), f"'{f.name}' is already an attribute")
+            if f.name == "now":
+                raise self.fail(("features", f.name), "'now' is reserved")
+        if "now" in seen:
+            raise self.fail(("attributes", "now"), "'now' is reserved")
+
+    def channel(self, path: Path, bool_attrs: set[str]) -> Channel:
+        spec = self.mapping(path, ("placements",), ("consent",))
+        placements = self.each(path + ("placements",), self.placement, non_empty=True)
+        if len(placements) > 63:
+            raise self.fail(path + ("placements",), "at most 63 placements per channel")
+        consent = {}
+        if "consent" in spec:
+            for purpose in self.mapping(path + ("consent",), open_keys=True):
+                consent[purpose] = self.reference(path + ("consent", purpose), bool_attrs,
+                                                  "bool attribute")
+        return Channel(path[-1], placements, consent)
+
+    def placement(self, path: Path) -> Placement:
+        self.mapping(path, ("top_k",))
+        top_k = self.integer(path + ("top_k",), minimum=1)
+        return Placement(path[-1], top_k)
+
+    def consent(self, bool_attrs: set[str]) -> dict[str, str | None]:
+        out: dict[str, str | None] = {}
+        for purpose in self.mapping(("consent",), open_keys=True):
+            path = ("consent", self.key_name(("consent", purpose)))
+            value = self.get(path)
+            if value is True:
+                out[purpose] = None
+            else:
+                out[purpose] = self.reference(path, bool_attrs, "bool attribute")
+        return out
+
+    def actions(self, channels: dict[str, Channel], consent: dict) -> tuple[Action, ...]:
+        items = self.sequence(("actions",))
+        if not items:
+            raise self.fail(("actions",), "must not be empty")
+        seen: dict[str, int] = {}
+        out = []
+        for i in range(len(items)):
+            path = ("actions", i)
+            spec = self.mapping(path, ("id", "group", "purpose", "channels", "value"),
+                                ("eligibility", "applicability", "suitability", "lever", "valid",
+                                 "contact_policy", "attributes", "name", "description"))
+            action_id = self.name(path + ("id",))
+            self.action_id = action_id
+            if action_id in seen:
+                raise self.fail(path + ("id",), f"duplicate action id (first at actions"
+                                                f"[{seen[action_id]}])")
+            seen[action_id] = i
+            out.append(self.action(path, spec, action_id, channels, consent))
+            self.action_id = None
+        return tuple(out)
+
+    def action(self, path: Path, spec: dict, action_id: str, channels: dict[str, Channel],
+               consent: dict) -> Action:
+        group = self.name(path + ("group",))
+        purpose = self.reference(path + ("purpose",), consent, "purpose")
+        offers = []
+        offered = self.mapping(path + ("channels",), open_keys=True)
+        if not offered:
+            raise self.fail(path + ("channels",), "an action needs at least one channel")
+        for ch_name in offered:
+            cpath = path + ("channels", ch_name)
+            if ch_name not in channels:
+                raise self.fail(cpath, f"unknown channel '{ch_name}'"
+                                       f"{_did_you_mean(ch_name, channels)}")
+            ospec = self.mapping(cpath, ("treatment",), ("placements",))
+            treatment = self.name(cpath + ("treatment",))
+            placements = None
+            if "placements" in ospec:
+                placements = self.names(cpath + ("placements",),
+                                        {p.name for p in channels[ch_name].placements},
+                                        f"placement of {ch_name}")
+            offers.append(Offer(ch_name, treatment, placements))
+        rules = {stage: Rule(self.text(path + (stage,)), path + (stage,)) if stage in spec
+                 else None for stage in ("eligibility", "applicability", "suitability")}
+        raw_value = spec["value"]
+        if isinstance(raw_value, str):
+            value: float | Rule = Rule(self.text(path + ("value",)), path + ("value",))
+        else:
+            value = self.number(path + ("value",))
+        lever = self.number(path + ("lever",), minimum=0.0) if "lever" in spec else 1.0
+        valid_from, valid_until = -math.inf, math.inf
+        if "valid" in spec:
+            window = self.mapping(path + ("valid",), (), ("from", "until"))
+            if "from" in window:
+                valid_from = self.timestamp(path + ("valid", "from"))
+            if "until" in window:
+                valid_until = self.timestamp(path + ("valid", "until"))
+            if valid_until <= valid_from:
+                raise self.fail(path + ("valid",), "'until' must be after 'from'")
+        policy = self.contact_policy(path + ("contact_policy",)) if "contact_policy" in spec \
+            else ContactPolicy()
+        attributes = {}
+        if "attributes" in spec:
+            for key, val in self.mapping(path + ("attributes",), open_keys=True).items():
+                apath = path + ("attributes", self.key_name(path + ("attributes", key)))
+                if isinstance(val, float) and not math.isfinite(val):
+                    raise self.fail(apath, f"expected a finite number, got {val!r}")
+                if not isinstance(val, (int, float, str, bool)):
+                    raise self.fail(apath, f"expected a number, string or boolean, "
+                                           f"got {_kind(val)}")
+                attributes[key] = val
+        return Action(action_id, group, purpose, tuple(offers), rules["eligibility"],
+                      rules["applicability"], rules["suitability"], value, lever, valid_from,
+                      valid_until, policy, attributes, path)
+
+    def contact_policy(self, path: Path) -> ContactPolicy:
+        spec = self.mapping(path, (), ("max_impressions", "suppress_after_rejects",
+                                       "cooldown_after_accept"))
+        kw: dict[str, Any] = {}
+        if "max_impressions" in spec:
+            self.mapping(path + ("max_impressions",), ("count", "window"))
+            kw["max_impressions"] = self.integer(path + ("max_impressions", "count"), minimum=1)
+            kw["impression_window_s"] = self.duration(path + ("max_impressions", "window"))
+        if "suppress_after_rejects" in spec:
+            sub = path + ("suppress_after_rejects",)
+            self.mapping(sub, ("count", "for"), ("within",))
+            kw["reject_count"] = self.integer(sub + ("count",), minimum=1)
+            kw["reject_suppress_s"] = self.duration(sub + ("for",))
+            kw["reject_within_s"] = self.duration(sub + ("within",)) \
+                if "within" in spec["suppress_after_rejects"] else kw["reject_suppress_s"]
+        if "cooldown_after_accept" in spec:
+            kw["accept_cooldown_s"] = self.duration(path + ("cooldown_after_accept",))
+        return ContactPolicy(**kw)
+
+    def arbitration(self, channels: dict, groups: tuple[str, ...], context: dict) -> Arbitration:
+        path = ("arbitration",)
+        spec = self.mapping(path, (), ("restraint_threshold", "one_per_group", "allow_multiple",
+                                       "context_weights", "exploration"))
+        kw: dict[str, Any] = {}
+        if "restraint_threshold" in spec:
+            kw["restraint_threshold"] = self.number(path + ("restraint_threshold",), minimum=0.0)
+        if "one_per_group" in spec:
+            kw["one_per_group"] = self.boolean(path + ("one_per_group",))
+        if "allow_multiple" in spec:
+            kw["allow_multiple"] = self.names(path + ("allow_multiple",), groups, "action group")
+        if "context_weights" in spec:
+            weights = []
+            for i in range(len(self.sequence(path + ("context_weights",)))):
+                weights.append(self.context_weight(path + ("context_weights", i), channels,
+                                                   groups, context))
+            kw["context_weights"] = tuple(weights)
+        if "exploration" in spec:
+            kw["exploration"] = self.exploration(path + ("exploration",), groups)
+        return Arbitration(**kw)
+
+    def context_weight(self, path: Path, channels: dict, groups: tuple[str, ...],
+                       context: dict) -> ContextWeight:
+        spec = self.mapping(path, ("weight",), ("channel", "group", "when"))
+        weight = self.number(path + ("weight",), minimum=0.0)
+        channel = self.reference(path + ("channel",), channels, "channel") \
+            if "channel" in spec else None
+        group = self.reference(path + ("group",), groups, "action group") \
+            if "group" in spec else None
+        when = {}
+        if "when" in spec:
+            for key in self.mapping(path + ("when",), open_keys=True):
+                kpath = path + ("when", key)
+                if key not in context:
+                    raise self.fail(kpath, f"unknown context key '{key}'"
+                                           f"{_did_you_mean(key, context)}")
+                ctx = context[key]
+                when[key] = self.typed_value(kpath, ctx.type, ctx.values)
+        return ContextWeight(weight, channel, group, when, path)
+
+    def exploration(self, path: Path, groups: tuple[str, ...]) -> Exploration:
+        spec = self.mapping(path, (), ("method", "variance_scale", "ucb_alpha", "groups"))
+        kw: dict[str, Any] = {}
+        if "method" in spec:
+            kw["method"] = self.choice(path + ("method",), EXPLORATION_METHODS)
+        if "variance_scale" in spec:
+            kw["variance_scale"] = self.number(path + ("variance_scale",), minimum=0.0)
+        if "ucb_alpha" in spec:
+            kw["ucb_alpha"] = self.number(path + ("ucb_alpha",), minimum=0.0)
+        if "groups" in spec:
+            per_group = {}
+            for group in self.mapping(path + ("groups",), open_keys=True):
+                gpath = path + ("groups", group)
+                if group not in groups:
+                    raise self.fail(gpath, f"unknown action group '{group}'"
+                                           f"{_did_you_mean(group, groups)}")
+                self.mapping(gpath, ("variance_scale",))
+                per_group[group] = self.number(gpath + ("variance_scale",), minimum=0.0)
+            kw["group_variance_scale"] = per_group
+        return Exploration(**kw)
+
+    def models(self, attributes: dict, features: dict, context: dict,
+               groups: tuple[str, ...]) -> Models:
+        path = ("models",)
+        spec = self.mapping(path, (), ("predictors", "prior", "groups"))
+        predictors = []
+        if "predictors" in spec:
+            for i in range(len(self.sequence(path + ("predictors",)))):
+                predictors.append(self.predictor(path + ("predictors", i), attributes, features,
+                                                 context))
+        prior = self.prior(path + ("prior",)) if "prior" in spec else Prior()
+        group_priors = {}
+        if "groups" in spec:
+            for group in self.mapping(path + ("groups",), open_keys=True):
+                if group not in groups:
+                    raise self.fail(path + ("groups", group), f"unknown action group '{group}'"
+                                                              f"{_did_you_mean(group, groups)}")
+                group_priors[group] = self.prior(path + ("groups", group), prior)
+        return Models(tuple(predictors), prior, group_priors)
+
+    def prior(self, path: Path, base: Prior = Prior()) -> Prior:
+        spec = self.mapping(path, (), ("base_rate", "precision"))
+        rate = base.base_rate
+        if "base_rate" in spec:
+            rate = self.number(path + ("base_rate",), positive=True)
+            if rate >= 1.0:
+                raise self.fail(path + ("base_rate",), f"must be below 1, got {rate:g}")
+        precision = self.number(path + ("precision",), positive=True) if "precision" in spec \
+            else base.precision
+        return Prior(rate, precision)
+
+    def predictor(self, path: Path, attributes: dict, features: dict,
+                  context: dict) -> Predictor:
+        spec = self.mapping(path, ("name",), ("source", "transform", "scale", "equals"))
+        source = self.choice(path + ("source",), ("profile", "context")) if "source" in spec \
+            else "profile"
+        known = context if source == "context" else {**attributes, **features}
+        name = self.reference(path + ("name",), known,
+                              "context key" if source == "context" else "attribute or feature")
+        vtype, values = _predictor_type(known[name], source)
+        if "equals" in spec:
+            if "transform" in spec or "scale" in spec:
+                raise self.fail(path, "an indicator ('equals') takes no transform or scale")
+            equals = self.typed_value(path + ("equals",), vtype, values)
+            return Predictor(name, source, "equals", equals=equals, path=path)
+        if vtype not in NUMERIC_TYPES:
+            raise self.fail(path + ("name",), f"'{name}' is {vtype}: use 'equals' to make an "
+                                              f"indicator of it")
+        transform = self.choice(path + ("transform",), TRANSFORMS) if "transform" in spec \
+            else "identity"
+        scale = 1.0
+        if transform in ("scale", "recency"):
+            if "scale" not in spec:
+                raise self.fail(path, f"the {transform} transform needs 'scale'")
+            scale = self.duration(path + ("scale",))
+        elif "scale" in spec:
+            raise self.fail(path + ("scale",), f"the {transform} transform takes no scale")
+        return Predictor(name, source, transform, scale, path=path)
+
+    def fallbacks(self, channels: dict[str, Channel],
+                  actions: tuple[Action, ...]) -> dict[str, tuple[str, ...]]:
+        path = ("fallbacks",)
+        spec = self.mapping(path, open_keys=True)
+        by_id = {a.id: a for a in actions}
+        out = {}
+        for ch_name in spec:
+            if ch_name not in channels:
+                raise self.fail(path + (ch_name,), f"unknown channel '{ch_name}'")
+            ids = self.names(path + (ch_name,), by_id, "action")
+            for i, action_id in enumerate(ids):
+                if not any(o.channel == ch_name for o in by_id[action_id].offers):
+                    raise self.fail(path + (ch_name, i), f"action '{action_id}' is not offered "
+                                                         f"on {ch_name}")
+            out[ch_name] = ids
+        for ch_name in channels:
+            if ch_name not in out:
+                raise self.fail(path, f"channel '{ch_name}' has no fallback (an empty list "
+                                      f"means no action)")
+        return out
+
+
+def _predictor_type(decl: Any, source: str) -> tuple[str, tuple[str, ...] | None]:
+    return decl.type, decl.values
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: f"the string {value!r}",
+            bool: f"{value!r}"}.get(type(value), repr(value))
+
+
+def _did_you_mean(value: str, known: Any) -> str:
+    import difflib
+    close = difflib.get_close_matches(value, list(known), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""

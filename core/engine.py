@@ -1,0 +1,462 @@
+"""DecisionEngine: the Python face of the core that a shard drives.
+
+It validates and encodes input (events, context, outcomes) against the catalog, keeps the
+columnar profiles and the adaptive models, calls the kernel in batches, and turns the kernel's
+codes back into decisions that explain themselves. Input is validated whole before anything is
+applied, so a bad event in a batch changes no state.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from . import kernel as kernel_loader
+from .catalog import FieldSpec, parse_timestamp
+from .compiler import (FACTOR_PRIORITY, CompiledCatalog, Outcome, Reason, STAGES,
+                       STAGE_APPLICABILITY, STAGE_ELIGIBILITY, STAGE_SUITABILITY)
+from .errors import InputError
+from .models import ModelTable
+from .reference import profile_view
+from .state import EMPTY, HISTORY_EPOCH_S, ProfileTable
+
+DECISION_CACHE_SIZE = 100_000  # decisions whose model inputs are kept for their outcomes
+BATCH_SIZE = 256  # decisions per kernel call
+
+_engine_ids = itertools.count()
+
+
+@dataclass(frozen=True)
+class EncodedEvent:
+    """A validated event, ready for the kernel."""
+
+    customer_id: str
+    event_type: int
+    time: float
+    fields: np.ndarray
+
+
+@dataclass(frozen=True)
+class RankedAction:
+    action_id: str
+    group: str
+    treatment: str
+    priority: float
+    propensity: float
+    value: float
+    weight: float
+    lever: float
+
+
+@dataclass(frozen=True)
+class Dropped:
+    action_id: str
+    reason: str  # a Reason name, e.g. "ELIGIBILITY"
+    detail: str  # the rule, policy or threshold that dropped it
+
+
+@dataclass(frozen=True)
+class Explanation:
+    winners: tuple[RankedAction, ...]
+    dropped: tuple[Dropped, ...]
+
+
+@dataclass(frozen=True)
+class Decision:
+    decision_id: str
+    customer_id: str
+    channel: str
+    placement: str
+    actions: tuple[RankedAction, ...]
+    catalog_version: str
+    model_version: int
+    fallback: bool = False
+    explanation: Explanation | None = None
+
+
+@dataclass
+class _Remembered:
+    customer_id: str
+    channel: int
+    predictors: np.ndarray
+    actions: tuple[int, ...]
+
+
+class DecisionEngine:
+    """Profiles, models and decisions for the customers of one shard."""
+
+    def __init__(self, compiled: CompiledCatalog, *, capacity: int = 1024, seed: int = 0,
+                 batch_size: int = BATCH_SIZE):
+        self.compiled = compiled
+        self.k = kernel_loader.load()
+        self.table = ProfileTable(compiled, capacity)
+        self.models = ModelTable(compiled)
+        self.catalog_view = self.k.CatalogView(compiled)
+        self.workspace = self.k.Workspace(compiled, batch_size, seed)
+        self._bind_state()
+        self._bind_models()
+        self._prefix = f"{next(_engine_ids):x}-"
+        self._decisions = itertools.count()
+        self._remembered: OrderedDict[str, _Remembered] = OrderedDict()
+
+    @property
+    def implementation(self) -> str:
+        return self.k.IMPLEMENTATION
+
+    def _bind_state(self) -> None:
+        t = self.table
+        self.state_view = self.k.StateView(t.values, t.ring_action, t.ring_channel,
+                                           t.ring_outcome, t.ring_time, t.ring_head)
+        self._generation = t.generation
+
+    def _bind_models(self) -> None:
+        m = self.models
+        self.model_view = self.k.ModelView(m.mean, m.precision, m.positives, m.negatives)
+
+    def _rows(self, customer_ids: Iterable[str]) -> np.ndarray:
+        rows = self.table.rows(customer_ids)
+        if self.table.generation != self._generation:
+            self._bind_state()
+        return rows
+
+    # -- input validation --------------------------------------------------------------------
+
+    def encode_event(self, customer_id: str, event_type: str, event_time: Any,
+                     attributes: Mapping[str, Any] | None = None) -> EncodedEvent:
+        """Check an event against its declared type; raises InputError naming the field."""
+        c = self.compiled
+        _check_customer(customer_id)
+        if event_type not in c.event_index:
+            raise InputError("type", f"unknown event type {event_type!r} (declared: "
+                                     f"{', '.join(c.event_names)})")
+        spec = c.catalog.event(event_type)
+        t = _encode_time("time", event_time)
+        fields = np.full(c.n_fields, math.nan)
+        attributes = attributes or {}
+        declared = c.event_fields[event_type]
+        for name in attributes:
+            if name not in declared:
+                raise InputError(f"attributes.{name}", f"unknown field of {event_type} "
+                                                       f"(fields: {', '.join(declared) or 'none'})")
+        for f in spec.fields:
+            if f.name not in attributes or attributes[f.name] is None:
+                if f.required:
+                    raise InputError(f"attributes.{f.name}", f"required field of {event_type} "
+                                                             f"is missing")
+                continue
+            fields[declared[f.name]] = self._encode_value(f"attributes.{f.name}", f,
+                                                          attributes[f.name])
+        return EncodedEvent(customer_id, c.event_index[event_type], t, fields)
+
+    def encode_context(self, context: Mapping[str, Any] | None) -> np.ndarray:
+        c = self.compiled
+        out = np.full(max(len(c.context_names), 1), math.nan)
+        for name, value in (context or {}).items():
+            if name not in c.context_index:
+                raise InputError(f"context.{name}", f"unknown context key (declared: "
+                                                    f"{', '.join(c.context_names) or 'none'})")
+            if value is None:
+                continue
+            spec = c.catalog.context[c.context_index[name]]
+            out[c.context_index[name]] = self._encode_value(f"context.{name}", spec, value)
+        return out
+
+    def _encode_value(self, where: str, spec: FieldSpec, value: Any) -> float:
+        if spec.type == "string":
+            if not isinstance(value, str):
+                raise InputError(where, f"expected a string, got {_show(value)}")
+            if spec.values is not None and value not in spec.values:
+                raise InputError(where, f"{value!r} is not one of {', '.join(spec.values)}")
+            return float(self.compiled.strings.intern(value))
+        if spec.type == "bool":
+            if not isinstance(value, bool):
+                raise InputError(where, f"expected true or false, got {_show(value)}")
+            return float(value)
+        if spec.type == "timestamp":
+            return _encode_time(where, value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(where, f"expected {'an integer' if spec.type == 'int' else 'a number'}"
+                                    f", got {_show(value)}")
+        if not math.isfinite(value):
+            raise InputError(where, f"must be a finite number, got {value!r}")
+        if spec.type == "int" and not float(value).is_integer():
+            raise InputError(where, f"expected an integer, got {value!r}")
+        return float(value)
+
+    def channel_code(self, channel: str) -> int:
+        code = self.compiled.channel_index.get(channel)
+        if code is None:
+            raise InputError("channel", f"unknown channel {channel!r} (channels: "
+                                        f"{', '.join(self.compiled.channel_names)})")
+        return code
+
+    def placement_code(self, channel: int, placement: str | None) -> int:
+        if not placement:
+            return 0
+        code = self.compiled.placement_index[channel].get(placement)
+        if code is None:
+            names = self.compiled.placement_names[channel]
+            raise InputError("placement", f"unknown placement {placement!r} of "
+                                          f"{self.compiled.channel_names[channel]} "
+                                          f"(placements: {', '.join(names)})")
+        return code
+
+    # -- events ------------------------------------------------------------------------------
+
+    def apply(self, events: Sequence[EncodedEvent]) -> None:
+        """Apply encoded events in order (per customer order is the caller's order)."""
+        if not events:
+            return
+        rows = self._rows(e.customer_id for e in events)
+        etypes = np.fromiter((e.event_type for e in events), np.int32, len(events))
+        times = np.fromiter((e.time for e in events), np.float64, len(events))
+        fields = np.stack([e.fields for e in events])
+        self.k.apply_events(self.catalog_view, self.state_view, rows, etypes, times, fields)
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    def decide(self, customer_id: str, channel: str, placement: str | None = None,
+               context: Mapping[str, Any] | None = None, now: float | None = None,
+               max_actions: int = 0, explain: bool = False) -> Decision:
+        """Re-evaluate the whole profile for a channel and placement; the ranked actions."""
+        _check_customer(customer_id)
+        ch = self.channel_code(channel)
+        pl = self.placement_code(ch, placement)
+        ctx = self.encode_context(context)
+        if max_actions < 0:
+            raise InputError("max_actions", f"must be 0 (the placement's top_k) or more, "
+                                            f"got {max_actions}")
+        now = time.time() if now is None else _encode_time("now", now)
+        row = int(self._rows((customer_id,))[0])
+        self.k.decide_one(self.catalog_view, self.state_view, self.model_view, self.workspace,
+                          row, ch, pl, ctx, now, max_actions)
+        return self._decision(0, customer_id, ch, pl, explain)
+
+    def decide_many(self, customer_ids: Sequence[str], channels: Sequence[int],
+                    placements: Sequence[int], contexts: np.ndarray, now: Sequence[float],
+                    max_actions: Sequence[int] | None = None,
+                    explain: bool = False) -> list[Decision]:
+        """Batch form with encoded inputs (channel and placement codes, context rows)."""
+        out: list[Decision] = []
+        n_ctx = contexts.shape[1]
+        for start in range(0, len(customer_ids), self.workspace.capacity):
+            ids = customer_ids[start:start + self.workspace.capacity]
+            end = start + len(ids)
+            rows = self._rows(ids)
+            k_req = np.zeros(len(ids), np.int32) if max_actions is None else \
+                np.asarray(max_actions[start:end], np.int32)
+            self.k.decide(self.catalog_view, self.state_view, self.model_view, self.workspace,
+                          rows, np.asarray(channels[start:end], np.int32),
+                          np.asarray(placements[start:end], np.int32),
+                          np.ascontiguousarray(contexts[start:end].reshape(-1, n_ctx)),
+                          np.asarray(now[start:end], np.float64), k_req)
+            out.extend(self._decision(i, ids[i], int(channels[start + i]),
+                                      int(placements[start + i]), explain)
+                       for i in range(len(ids)))
+        return out
+
+    def _decision(self, i: int, customer_id: str, channel: int, placement: int,
+                  explain: bool) -> Decision:
+        ws, c = self.workspace, self.compiled
+        n = int(ws.out_count[i])
+        codes = tuple(int(a) for a in ws.out_action[i, :n])
+        actions = tuple(self._ranked(a, channel, ws.out_factors[i, j]) for j, a in
+                        enumerate(codes))
+        decision_id = f"{self._prefix}{next(self._decisions):x}"
+        self._remember(decision_id, _Remembered(customer_id, channel, ws.predictors[i].copy(),
+                                                codes))
+        explanation = self._explain(i, channel, actions) if explain else None
+        return Decision(decision_id, customer_id, c.channel_names[channel],
+                        c.placement_names[channel][placement], actions, c.version,
+                        self.models.version, False, explanation)
+
+    def _ranked(self, a: int, channel: int, factors: np.ndarray) -> RankedAction:
+        c = self.compiled
+        return RankedAction(c.action_ids[a], c.group_names[c.action_group[a]],
+                            c.treatments[a][channel], float(factors[FACTOR_PRIORITY]),
+                            float(factors[0]), float(factors[2]), float(factors[1]),
+                            float(c.lever[a]))
+
+    def _explain(self, i: int, channel: int, winners: tuple[RankedAction, ...]) -> Explanation:
+        c, ws = self.compiled, self.workspace
+        dropped = []
+        for a, code in enumerate(ws.reasons[i]):
+            reason = Reason(int(code))
+            if reason != Reason.SELECTED:
+                dropped.append(Dropped(c.action_ids[a], reason.name,
+                                       self._detail(a, channel, reason, ws.factors[i, a])))
+        return Explanation(winners, tuple(dropped))
+
+    def _detail(self, a: int, channel: int, reason: Reason, factors: np.ndarray) -> str:
+        c = self.compiled
+        action = c.catalog.actions[a]
+        policy = action.contact_policy
+        stage = {Reason.ELIGIBILITY: STAGE_ELIGIBILITY, Reason.APPLICABILITY: STAGE_APPLICABILITY,
+                 Reason.SUITABILITY: STAGE_SUITABILITY}.get(reason)
+        if stage is not None:
+            return f"{STAGES[stage]}: {getattr(action, STAGES[stage]).text}"
+        scored = f"priority {factors[3]:.4g} = propensity {factors[0]:.4g} x weight " \
+                 f"{factors[1]:.4g} x value {factors[2]:.4g} x lever {c.lever[a]:.4g}"
+        return {
+            Reason.NOT_IN_CHANNEL: f"not offered on {c.channel_names[channel]} at this "
+                                   f"placement",
+            Reason.OUTSIDE_VALIDITY: "outside its validity window",
+            Reason.NO_CONSENT: f"no consent for purpose '{action.purpose}' on "
+                               f"{c.channel_names[channel]}",
+            Reason.IMPRESSION_CAP: f"shown {policy.max_impressions} times within "
+                                   f"{_duration(policy.impression_window_s)} on "
+                                   f"{c.channel_names[channel]}",
+            Reason.REJECT_SUPPRESSION: f"rejected {policy.reject_count} times: suppressed for "
+                                       f"{_duration(policy.reject_suppress_s)}",
+            Reason.ACCEPT_COOLDOWN: f"accepted within the last "
+                                    f"{_duration(policy.accept_cooldown_s)}",
+            Reason.INVALID_VALUE: "its value is not a finite number for this customer",
+            Reason.RESTRAINT: f"{scored}, below the restraint threshold "
+                              f"{c.restraint_threshold:g}",
+            Reason.GROUP_LIMIT: f"{scored}; a higher-priority action of group "
+                                f"'{action.group}' was chosen",
+            Reason.TOP_K: f"{scored}; ranked below the actions shown",
+        }[reason]
+
+    def _remember(self, decision_id: str, entry: _Remembered) -> None:
+        self._remembered[decision_id] = entry
+        if len(self._remembered) > DECISION_CACHE_SIZE:
+            self._remembered.popitem(last=False)
+
+    # -- outcomes ----------------------------------------------------------------------------
+
+    def record_outcomes(self, outcomes: Sequence[tuple[str, str, str, str, float,
+                                                       str | None]]) -> None:
+        """Record (customer_id, action_id, channel, outcome, time, decision_id) tuples.
+
+        The model learns from the inputs the decision saw when the decision is still
+        remembered; otherwise from the profile as it is now, without context.
+        """
+        c = self.compiled
+        encoded = []
+        for i, (customer_id, action_id, channel, outcome, when, decision_id) in \
+                enumerate(outcomes):
+            _check_customer(customer_id)
+            if action_id not in c.action_index:
+                raise InputError("action_id", f"unknown action {action_id!r}")
+            ch = self.channel_code(channel)
+            a = c.action_index[action_id]
+            if c.offered[a, ch] == 0:
+                raise InputError("action_id", f"action {action_id!r} is not offered on "
+                                              f"{channel}")
+            try:
+                code = Outcome[outcome.upper()] if isinstance(outcome, str) else Outcome(outcome)
+            except (KeyError, ValueError):
+                raise InputError("outcome", f"unknown outcome {outcome!r} (outcomes: "
+                                            f"{', '.join(o.name.lower() for o in Outcome)})")
+            encoded.append((customer_id, a, ch, code, _encode_time("time", when), decision_id))
+        if not encoded:
+            return
+        rows = self._rows(e[0] for e in encoded)
+        x = np.empty((len(encoded), c.n_predictors))
+        missing = []
+        for i, e in enumerate(encoded):
+            memo = self._remembered.get(e[5]) if e[5] else None
+            if memo is not None and memo.customer_id == e[0]:
+                x[i] = memo.predictors
+            else:
+                missing.append(i)
+        if missing:
+            ctx = np.full((len(missing), max(len(c.context_names), 1)), math.nan)
+            now = np.array([encoded[i][4] for i in missing])
+            self.k.predictors(self.catalog_view, self.state_view, rows[missing], ctx, now,
+                              x_missing := np.empty((len(missing), c.n_predictors)))
+            x[missing] = x_missing
+        self.k.record_outcomes(self.catalog_view, self.state_view, self.model_view, rows,
+                               np.array([e[1] for e in encoded], np.int32),
+                               np.array([e[2] for e in encoded], np.int32),
+                               np.array([e[3] for e in encoded], np.int8),
+                               np.array([e[4] for e in encoded], np.float64), x)
+
+    def adopt_models(self, mean: np.ndarray, precision: np.ndarray, positives: np.ndarray,
+                     negatives: np.ndarray, version: int) -> None:
+        self.models.adopt(mean, precision, positives, negatives, version)
+        self._bind_models()
+
+    # -- reading a profile -------------------------------------------------------------------
+
+    def profile(self, customer_id: str, now: float | None = None) -> dict[str, Any]:
+        """The golden record as a person reads it: attributes, features, recent history."""
+        if customer_id not in self.table:
+            raise KeyError(customer_id)
+        c = self.compiled
+        now = time.time() if now is None else now
+        view = profile_view(c, self.table.values[self.table.index[customer_id]], now)
+        attrs = {a.name: self._decode(view[c.layout.slot[a.name]], a.type)
+                 for a in c.catalog.attributes}
+        feats = {f.name: self._decode(view[c.layout.slot[f.name]], f.type)
+                 for f in c.catalog.features}
+        return {"customer_id": customer_id, "attributes": attrs, "features": feats,
+                "history": self.history(customer_id)}
+
+    def history(self, customer_id: str) -> list[dict[str, Any]]:
+        """Interactions in the ring, newest first."""
+        t, c = self.table, self.compiled
+        row = t.index[customer_id]
+        size = c.history_size
+        out = []
+        for k in range(size):
+            e = (int(t.ring_head[row]) - 1 - k) % size
+            a = int(t.ring_action[row, e])
+            if a == EMPTY:
+                break
+            out.append({"action_id": c.action_ids[a],
+                        "channel": c.channel_names[int(t.ring_channel[row, e])],
+                        "outcome": Outcome(int(t.ring_outcome[row, e])).name.lower(),
+                        "time": float(t.ring_time[row, e]) + HISTORY_EPOCH_S})
+        return out
+
+    def _decode(self, value: float, vtype: str) -> Any:
+        if value != value:
+            return None
+        if vtype == "string":
+            return self.compiled.strings.text(value)
+        if vtype == "bool":
+            return bool(value)
+        if vtype == "int":
+            return int(value)
+        return float(value)
+
+
+def _check_customer(customer_id: Any) -> None:
+    if not isinstance(customer_id, str) or not customer_id:
+        raise InputError("customer_id", f"expected a non-empty string, got {_show(customer_id)}")
+    if len(customer_id) > 256:
+        raise InputError("customer_id", f"at most 256 characters, got {len(customer_id)}")
+
+
+def _encode_time(where: str, value: Any) -> float:
+    if isinstance(value, str):
+        parsed = parse_timestamp(value)
+        if parsed is None:
+            raise InputError(where, f"expected epoch seconds or an ISO-8601 timestamp with a "
+                                    f"zone, got {value!r}")
+        return parsed
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(where, f"expected a timestamp, got {_show(value)}")
+    if not math.isfinite(value):
+        raise InputError(where, f"must be a finite timestamp, got {value!r}")
+    if not 0.0 <= value < 4_102_444_800.0:  # 1970 .. 2100
+        raise InputError(where, f"timestamp {value!r} is outside 1970..2100 (epoch seconds)")
+    return float(value)
+
+
+def _show(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("w", 604800.0), ("d", 86400.0), ("h", 3600.0), ("m", 60.0)):
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"

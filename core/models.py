@@ -1,0 +1,170 @@
+"""Adaptive propensity models: Bayesian logistic regression with a diagonal Gaussian posterior.
+
+Chapelle & Li (2011), "An Empirical Evaluation of Thompson Sampling", Algorithm 3, taken
+online: each outcome is one Laplace step. With p = sigmoid(m . x) and y in {0, 1}::
+
+    q_i <- q_i + x_i^2 p (1 - p)          # precision
+    m_i <- m_i - (p - y) x_i / q_i        # mean, one Newton step on the diagonal
+
+Exploration samples the logit, which is Gaussian under a diagonal posterior:
+m . x + sqrt(s * sum(x_i^2 / q_i)) * N(0, 1), where s is the catalog's variance scale (full
+variance, s = 1, over-explores with many features; see catalog.DEFAULT_VARIANCE_SCALE).
+
+Statistics merge across shards as natural parameters: precision q and precision-weighted mean
+q*m add. A shard keeps its posterior and the published base it started from; `delta()` is what
+it learned since, and a learner adds the deltas of every shard to the base.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .compiler import CompiledCatalog
+
+
+def sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z)) if z > -700.0 else 0.0
+
+
+class SplitMix64:
+    """The kernels' random generator (splitmix64 and Box-Muller), in Python for the twin."""
+
+    MASK = (1 << 64) - 1
+
+    def __init__(self, seed: int):
+        self.state = seed & self.MASK
+
+    def next_u64(self) -> int:
+        self.state = (self.state + 0x9E3779B97F4A7C15) & self.MASK
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & self.MASK
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & self.MASK
+        return z ^ (z >> 31)
+
+    def uniform(self) -> float:
+        return (self.next_u64() >> 11) * (1.0 / 9007199254740992.0)
+
+    def normal(self) -> float:
+        u1 = 1.0 - self.uniform()  # in (0, 1]: log is finite
+        u2 = self.uniform()
+        return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+
+
+class BayesianLogit:
+    """One adaptive model, River style: `learn_one(x, y)` and `predict_one(x)`, seeded.
+
+    >>> model = BayesianLogit(n_features=2, prior_mean=[-2.0, 0.0], seed=7)
+    >>> for _ in range(200):
+    ...     _ = model.learn_one([1.0, 1.0], True).learn_one([1.0, 0.0], False)
+    >>> model.predict_one([1.0, 1.0]) > 0.8 > 0.2 > model.predict_one([1.0, 0.0])
+    True
+    """
+
+    def __init__(self, n_features: int, prior_mean=None, prior_precision: float = 1.0,
+                 variance_scale: float = 0.1, seed: int = 0):
+        self.n_features = n_features
+        self.prior_precision = prior_precision
+        self.variance_scale = variance_scale
+        self.seed = seed
+        self.mean = np.zeros(n_features) if prior_mean is None else \
+            np.array(prior_mean, np.float64)
+        self.precision = np.full(n_features, float(prior_precision))
+        self._rng = SplitMix64(seed)
+
+    def learn_one(self, x, y: bool) -> "BayesianLogit":
+        x = np.asarray(x, np.float64)
+        p = sigmoid(float(self.mean @ x))
+        self.precision += x * x * (p * (1.0 - p))
+        self.mean -= (p - float(y)) * x / self.precision
+        return self
+
+    def predict_one(self, x) -> float:
+        """The posterior-mean probability of a positive outcome."""
+        return sigmoid(float(self.mean @ np.asarray(x, np.float64)))
+
+    def sample_one(self, x) -> float:
+        """A Thompson draw of the probability."""
+        x = np.asarray(x, np.float64)
+        sd = math.sqrt(self.variance_scale * float((x * x / self.precision).sum()))
+        return sigmoid(float(self.mean @ x) + sd * self._rng.normal())
+
+
+@dataclass
+class ModelDelta:
+    """Learning between two points in time, as natural-parameter increments (they add)."""
+
+    precision_mean: np.ndarray  # d(q*m), shape (n_models, n_predictors)
+    precision: np.ndarray  # d(q)
+    positives: np.ndarray  # outcomes counted, shape (n_models,)
+    negatives: np.ndarray
+
+    def __add__(self, other: "ModelDelta") -> "ModelDelta":
+        return ModelDelta(self.precision_mean + other.precision_mean,
+                          self.precision + other.precision, self.positives + other.positives,
+                          self.negatives + other.negatives)
+
+
+class ModelTable:
+    """Every (action, channel) model of a shard, as arrays the kernels update in place.
+
+    The shard learns into `mean`/`precision`; `take_delta()` hands what was learned since the
+    last take to the learner; `adopt()` moves to a published version that includes every taken
+    delta, keeping what was learned since (rebased onto the new version).
+    """
+
+    def __init__(self, compiled: CompiledCatalog, version: int = 0):
+        n_channels = len(compiled.channel_names)
+        self.n_channels = n_channels
+        self.version = version
+        self.mean = np.repeat(compiled.prior_mean, n_channels, axis=0)
+        self.precision = np.repeat(compiled.prior_precision, n_channels, axis=0)
+        self.positives = np.zeros(len(self.mean))
+        self.negatives = np.zeros(len(self.mean))
+        self._mark()
+
+    def _mark(self) -> None:
+        self._taken_precision_mean = self.precision * self.mean
+        self._taken_precision = self.precision.copy()
+        self._taken_positives = self.positives.copy()
+        self._taken_negatives = self.negatives.copy()
+
+    def pending(self) -> ModelDelta:
+        """What was learned since the last take (not yet sent)."""
+        return ModelDelta(self.precision * self.mean - self._taken_precision_mean,
+                          self.precision - self._taken_precision,
+                          self.positives - self._taken_positives,
+                          self.negatives - self._taken_negatives)
+
+    def take_delta(self) -> ModelDelta:
+        delta = self.pending()
+        self._mark()
+        return delta
+
+    def merge(self, delta: ModelDelta) -> None:
+        """Learner side: add a delta to the natural parameters (the caller bumps versions)."""
+        precision = self.precision + delta.precision
+        self.mean = (self.precision * self.mean + delta.precision_mean) / precision
+        self.precision = precision
+        self.positives = self.positives + delta.positives
+        self.negatives = self.negatives + delta.negatives
+        self._mark()
+
+    def adopt(self, mean: np.ndarray, precision: np.ndarray, positives: np.ndarray,
+              negatives: np.ndarray, version: int) -> None:
+        """Shard side: take a published posterior, rebasing the pending delta onto it."""
+        unsent = self.pending()
+        self.mean, self.precision = mean.copy(), precision.copy()
+        self.positives, self.negatives = positives.copy(), negatives.copy()
+        self._mark()
+        self.version = version
+        self.merge(unsent)
+        self._mark_as(unsent)
+
+    def _mark_as(self, unsent: ModelDelta) -> None:
+        """After adopt the unsent learning is still pending: move the mark back before it."""
+        self._taken_precision_mean -= unsent.precision_mean
+        self._taken_precision -= unsent.precision
+        self._taken_positives -= unsent.positives
+        self._taken_negatives -= unsent.negatives

@@ -1,0 +1,340 @@
+"""The pure-Python/NumPy twin of `_kernel.pyx`: same API, same semantics, the tests' oracle.
+
+It is written to be read, not to be fast: rules are evaluated by walking their syntax trees
+(not the bytecode), so the compiler is checked too. Random draws come from the same
+splitmix64 stream as the kernel's, so Thompson sampling agrees draw for draw.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import rules
+from .compiler import (CLOCK_SLOT, N_FACTORS, STAGE_VALUE, CompiledCatalog, Exploration,
+                       Outcome, Reason, Transform, Update, View)
+from .models import SplitMix64, sigmoid
+from .state import EMPTY, HISTORY_EPOCH_S
+
+IMPLEMENTATION = "reference"
+
+
+class CatalogView:
+    def __init__(self, compiled: CompiledCatalog):
+        self.c = compiled
+
+
+class StateView:
+    def __init__(self, values, ring_action, ring_channel, ring_outcome, ring_time, ring_head):
+        self.values, self.ring_action, self.ring_channel = values, ring_action, ring_channel
+        self.ring_outcome, self.ring_time, self.ring_head = ring_outcome, ring_time, ring_head
+
+
+class ModelView:
+    def __init__(self, mean, precision, positives, negatives):
+        self.mean, self.precision = mean, precision
+        self.positives, self.negatives = positives, negatives
+
+
+class Workspace:
+    """Output buffers for up to `capacity` decisions, and the random stream."""
+
+    def __init__(self, compiled: CompiledCatalog, capacity: int, seed: int):
+        n_actions, k = len(compiled.action_ids), max(compiled.max_top_k, 1)
+        self.capacity = capacity
+        self.out_action = np.zeros((capacity, k), np.int32)
+        self.out_factors = np.zeros((capacity, k, N_FACTORS))
+        self.out_count = np.zeros(capacity, np.int32)
+        self.reasons = np.zeros((capacity, n_actions), np.int8)
+        self.factors = np.zeros((capacity, n_actions, N_FACTORS))
+        self.predictors = np.zeros((capacity, compiled.n_predictors))
+        self._rng = SplitMix64(seed)
+
+    @property
+    def rng_state(self) -> int:
+        return self._rng.state
+
+    @rng_state.setter
+    def rng_state(self, state: int) -> None:
+        self._rng.state = state
+
+
+# -------------------------------------------------------------------------------------------
+# Events
+
+
+def apply_events(cat: CatalogView, st: StateView, rows, event_types, times, fields) -> None:
+    c = cat.c
+    for i in range(len(rows)):
+        _apply_one(c, st.values[rows[i]], int(event_types[i]), float(times[i]), fields[i])
+
+
+def _apply_one(c: CompiledCatalog, row: np.ndarray, etype: int, t: float, f) -> None:
+    clock = row[CLOCK_SLOT]
+    if clock != clock or t > clock:
+        if clock == clock:
+            for slot, inv_hl in zip(c.decayed_slots, c.decayed_inv_half_life):
+                row[slot] *= 2.0 ** (-(t - clock) * inv_hl)
+        row[CLOCK_SLOT] = clock = t
+    for u in range(c.update_start[etype], c.update_start[etype + 1]):
+        if not _when_matches(c, u, f):
+            continue
+        kind, slot = c.update_kind[u], c.update_slot[u]
+        x = f[c.update_field[u]] if c.update_field[u] >= 0 else math.nan
+        if kind == Update.COUNT:
+            row[slot] += 1.0
+        elif kind == Update.DECAYED_COUNT:
+            row[slot] += 2.0 ** (-(clock - t) * c.update_inv_half_life[u])
+        elif kind == Update.TIME_SINCE:
+            if not row[slot] >= t:
+                row[slot] = t
+        elif x != x:  # the rest need a value; an absent optional field changes nothing
+            continue
+        elif kind == Update.SUM:
+            row[slot] += x
+        elif kind == Update.DECAYED_SUM:
+            row[slot] += x * 2.0 ** (-(clock - t) * c.update_inv_half_life[u])
+        elif kind == Update.LAST:
+            if not row[slot + 1] > t:
+                row[slot], row[slot + 1] = x, t
+        elif kind == Update.MIN:
+            if not row[slot] <= x:
+                row[slot] = x
+        elif kind == Update.MAX:
+            if not row[slot] >= x:
+                row[slot] = x
+        elif kind == Update.SET:
+            row[slot] = x
+
+
+def _when_matches(c: CompiledCatalog, u: int, f) -> bool:
+    if c.update_when_field[u] < 0:
+        return True
+    v = f[c.update_when_field[u]]
+    return any(v == w for w in c.when_values[c.update_when_start[u]:c.update_when_end[u]])
+
+
+# -------------------------------------------------------------------------------------------
+# Decisions
+
+
+def profile_view(c: CompiledCatalog, row: np.ndarray, now: float) -> np.ndarray:
+    view = row.copy()
+    clock = row[CLOCK_SLOT]
+    dt = now - clock if clock == clock and now > clock else 0.0
+    for s, kind in enumerate(c.layout.view_kind):
+        if kind == View.DECAYED:
+            view[s] = row[s] * 2.0 ** (-dt * c.layout.view_inv_half_life[s])
+        elif kind == View.SINCE:
+            view[s] = now - row[s]
+    return view
+
+
+def predictor_vector(c: CompiledCatalog, view: np.ndarray, ctx) -> np.ndarray:
+    x = np.zeros(c.n_predictors)
+    x[0] = 1.0
+    for j in range(c.n_predictors - 1):
+        v = ctx[c.predictor_index[j]] if c.predictor_source[j] else view[c.predictor_index[j]]
+        tf, param = c.predictor_transform[j], c.predictor_param[j]
+        if tf == Transform.EQUALS:
+            out = 1.0 if v == param else 0.0
+        elif v != v:
+            out = 0.0
+        elif tf == Transform.LOG1P:
+            out = math.log1p(v) if v > 0.0 else 0.0
+        elif tf == Transform.SCALE:
+            out = v / param
+        elif tf == Transform.RECENCY:
+            out = math.exp(-v / param) if v > 0.0 else 1.0
+        else:
+            out = v
+        x[j + 1] = out
+    return x
+
+
+def context_weights(c: CompiledCatalog, channel: int, ctx) -> np.ndarray:
+    weights = np.ones(len(c.group_names))
+    for w in range(len(c.weight_value)):
+        if c.weight_channel[w] >= 0 and c.weight_channel[w] != channel:
+            continue
+        conds = range(c.weight_cond_start[w], c.weight_cond_start[w + 1])
+        if not all(ctx[c.weight_cond_key[k]] == c.weight_cond_value[k] for k in conds):
+            continue
+        for g in range(len(weights)):
+            if c.weight_group[w] < 0 or c.weight_group[w] == g:
+                weights[g] *= c.weight_value[w]
+    return weights
+
+
+class _History:
+    """What the contact policies need from the ring, per action."""
+
+    def __init__(self, c: CompiledCatalog, st: StateView, row: int, channel: int, now: float):
+        self.impressions: dict[int, int] = {}
+        self.rejects: dict[int, list[float]] = {}
+        self.last_accept: dict[int, float] = {}
+        for e in range(c.history_size):
+            a = int(st.ring_action[row, e])
+            if a == EMPTY:
+                continue
+            t = float(st.ring_time[row, e]) + HISTORY_EPOCH_S
+            outcome = st.ring_outcome[row, e]
+            if outcome == Outcome.IMPRESSION:
+                if st.ring_channel[row, e] == channel and t > now - c.impression_window[a]:
+                    self.impressions[a] = self.impressions.get(a, 0) + 1
+            elif outcome == Outcome.REJECT:
+                self.rejects.setdefault(a, []).append(t)
+            elif outcome in (Outcome.ACCEPT, Outcome.CONVERT):
+                self.last_accept[a] = max(self.last_accept.get(a, -math.inf), t)
+
+    def blocks(self, c: CompiledCatalog, a: int, now: float) -> Reason | None:
+        if c.max_impressions[a] > 0 and self.impressions.get(a, 0) >= c.max_impressions[a]:
+            return Reason.IMPRESSION_CAP
+        if c.reject_count[a] > 0 and a in self.rejects:
+            latest = max(self.rejects[a])
+            recent = sum(1 for t in self.rejects[a] if t >= latest - c.reject_within[a])
+            if recent >= c.reject_count[a] and now - latest < c.reject_suppress[a]:
+                return Reason.REJECT_SUPPRESSION
+        if c.accept_cooldown[a] > 0 and now - self.last_accept.get(a, -math.inf) < \
+                c.accept_cooldown[a]:
+            return Reason.ACCEPT_COOLDOWN
+        return None
+
+
+def decide(cat: CatalogView, st: StateView, mv: ModelView, ws: Workspace, rows, channels,
+           placements, ctx, now, k_req) -> None:
+    """Re-evaluate rows[i] for channels[i]/placements[i]; results land in ws, row i."""
+    if len(rows) > ws.capacity:
+        raise ValueError(f"{len(rows)} decisions do not fit a workspace of {ws.capacity}")
+    for i in range(len(rows)):
+        decide_one(cat, st, mv, ws, int(rows[i]), int(channels[i]), int(placements[i]), ctx[i],
+                   float(now[i]), int(k_req[i]), i)
+
+
+def decide_one(cat: CatalogView, st: StateView, mv: ModelView, ws: Workspace, row: int,
+               channel: int, placement: int, ctx, now: float, k_req: int, out: int = 0) -> None:
+    c = cat.c
+    view = profile_view(c, st.values[row], now)
+    x = predictor_vector(c, view, ctx)
+    ws.predictors[out] = x
+    weights = context_weights(c, channel, ctx)
+    history = _History(c, st, row, channel, now)
+    reasons = ws.reasons[out]
+    factors = ws.factors[out]
+    candidates: list[int] = []
+    for a in range(len(c.action_ids)):
+        frame = rules.Frame(view, ctx, c.action_attributes[a], now)
+        reason = _filter(c, a, channel, placement, view, frame, history, now)
+        if reason is not None:
+            reasons[a] = reason
+            continue
+        value = rules.evaluate(c.rule_ast[a][STAGE_VALUE], frame, c.strings.intern)
+        if not math.isfinite(value):
+            reasons[a] = Reason.INVALID_VALUE
+            continue
+        propensity = _propensity(c, mv, ws, a, channel, x)
+        weight = weights[c.action_group[a]]
+        priority = propensity * weight * value * c.lever[a]
+        factors[a] = (propensity, weight, value, priority)
+        if not priority >= c.restraint_threshold:
+            reasons[a] = Reason.RESTRAINT
+            continue
+        reasons[a] = Reason.TOP_K
+        candidates.append(a)
+    _select(c, ws, out, candidates, factors, _top_k(c, channel, placement, k_req))
+
+
+def _filter(c: CompiledCatalog, a: int, channel: int, placement: int, view, frame,
+            history: _History, now: float) -> Reason | None:
+    if not (int(c.offered[a, channel]) >> placement) & 1:
+        return Reason.NOT_IN_CHANNEL
+    if not c.valid_from[a] <= now < c.valid_until[a]:
+        return Reason.OUTSIDE_VALIDITY
+    purpose = c.action_purpose[a]
+    for slot in (c.purpose_slot[purpose], c.channel_consent_slot[channel, purpose]):
+        if slot >= 0 and not rules.truth(view[slot]):
+            return Reason.NO_CONSENT
+    for stage, reason in enumerate((Reason.ELIGIBILITY, Reason.APPLICABILITY,
+                                    Reason.SUITABILITY)):
+        node = c.rule_ast[a][stage]
+        if node is not None and not rules.truth(rules.evaluate(node, frame, c.strings.intern)):
+            return reason
+    return history.blocks(c, a, now)
+
+
+def _propensity(c: CompiledCatalog, mv: ModelView, ws: Workspace, a: int, channel: int,
+                x: np.ndarray) -> float:
+    m = c.model_index(a, channel)
+    z = sum(mv.mean[m, i] * x[i] for i in range(len(x)))
+    if c.exploration != Exploration.NONE:
+        var = sum(x[i] * x[i] / mv.precision[m, i] for i in range(len(x)))
+        spread = math.sqrt(c.explore_scale[a] * var)
+        if c.exploration == Exploration.THOMPSON:
+            z += spread * ws._rng.normal()
+        else:
+            z += c.ucb_alpha * spread
+    return sigmoid(z)
+
+
+def _top_k(c: CompiledCatalog, channel: int, placement: int, k_req: int) -> int:
+    k = int(c.placement_top_k[channel, placement])
+    return k_req if 0 < k_req < k else k
+
+
+def _select(c: CompiledCatalog, ws: Workspace, out: int, candidates: list[int], factors,
+            k: int) -> None:
+    """Highest priority first (ties: catalog order), at most one per group unless allowed."""
+    ranked = sorted(candidates, key=lambda a: (-factors[a, 3], a))
+    blocked: set[int] = set()
+    n = 0
+    for a in ranked:
+        g = c.action_group[a]
+        if g in blocked:
+            ws.reasons[out, a] = Reason.GROUP_LIMIT
+            continue
+        if n == k:
+            continue  # stays TOP_K
+        ws.reasons[out, a] = Reason.SELECTED
+        ws.out_action[out, n] = a
+        ws.out_factors[out, n] = factors[a]
+        n += 1
+        if not c.group_multiple[g]:
+            blocked.add(g)
+    ws.out_count[out] = n
+
+
+# -------------------------------------------------------------------------------------------
+# Outcomes
+
+
+def predictors(cat: CatalogView, st: StateView, rows, ctx, now, out) -> None:
+    """Model inputs for customers as they are now (for outcomes without a cached decision)."""
+    for i in range(len(rows)):
+        view = profile_view(cat.c, st.values[rows[i]], float(now[i]))
+        out[i] = predictor_vector(cat.c, view, ctx[i])
+
+
+def record_outcomes(cat: CatalogView, st: StateView, mv: ModelView, rows, actions, channels,
+                    outcomes, times, x) -> None:
+    c = cat.c
+    for i in range(len(rows)):
+        row, a, ch, outcome = int(rows[i]), int(actions[i]), int(channels[i]), int(outcomes[i])
+        head = st.ring_head[row]
+        st.ring_action[row, head] = a
+        st.ring_channel[row, head] = ch
+        st.ring_outcome[row, head] = outcome
+        st.ring_time[row, head] = int(math.floor(times[i] - HISTORY_EPOCH_S))
+        st.ring_head[row] = (head + 1) % c.history_size
+        if outcome == Outcome.IMPRESSION:
+            continue
+        y = 1.0 if outcome in (Outcome.ACCEPT, Outcome.CONVERT) else 0.0
+        m = c.model_index(a, ch)
+        xi = x[i]
+        p = sigmoid(sum(mv.mean[m, j] * xi[j] for j in range(len(xi))))
+        for j in range(len(xi)):
+            mv.precision[m, j] += xi[j] * xi[j] * (p * (1.0 - p))
+            mv.mean[m, j] -= (p - y) * xi[j] / mv.precision[m, j]
+        if y:
+            mv.positives[m] += 1.0
+        else:
+            mv.negatives[m] += 1.0

@@ -1,0 +1,125 @@
+"""Columnar profile state: one row per resident customer, owned by a shard.
+
+A row holds the profile slots (see compiler.Layout) and an interaction-history ring of
+(action, channel, outcome, time). Contact policies are answered from the ring, so a customer's
+whole state is one fixed-size record: easy to snapshot, passivate and move.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .compiler import CompiledCatalog
+
+HISTORY_EPOCH_S = 1_577_836_800.0  # 2020-01-01T00:00:00Z: ring times are int32 seconds after it
+EMPTY = -1  # ring_action of an unused history entry
+GROWTH = 1.5
+
+
+@dataclass
+class Record:
+    """One customer's state, detached from the table (for passivation and moves)."""
+
+    values: np.ndarray
+    ring_action: np.ndarray
+    ring_channel: np.ndarray
+    ring_outcome: np.ndarray
+    ring_time: np.ndarray
+    ring_head: int
+
+    def equals(self, other: "Record") -> bool:
+        return all(np.array_equal(getattr(self, k), getattr(other, k), equal_nan=True)
+                   for k in ("values", "ring_action", "ring_channel", "ring_outcome",
+                             "ring_time")) and self.ring_head == other.ring_head
+
+
+class ProfileTable:
+    """The resident customers of a shard, indexed by customer id."""
+
+    def __init__(self, compiled: CompiledCatalog, capacity: int = 1024):
+        self.defaults = compiled.layout.defaults
+        self.history_size = compiled.history_size
+        self.index: dict[str, int] = {}
+        self.ids: list[str | None] = []
+        self.free: list[int] = []
+        self.generation = 0  # bumped when the arrays are reallocated
+        self._allocate(max(capacity, 1))
+
+    def _allocate(self, capacity: int) -> None:
+        old = getattr(self, "values", None)
+        n_old = 0 if old is None else len(old)
+        width, ring = len(self.defaults), self.history_size
+        arrays = {
+            "values": np.empty((capacity, width), np.float64),
+            "ring_action": np.full((capacity, ring), EMPTY, np.int16),
+            "ring_channel": np.zeros((capacity, ring), np.int8),
+            "ring_outcome": np.zeros((capacity, ring), np.int8),
+            "ring_time": np.zeros((capacity, ring), np.int32),
+            "ring_head": np.zeros(capacity, np.int32),
+        }
+        arrays["values"][:] = self.defaults
+        for name, array in arrays.items():
+            if old is not None:
+                array[:n_old] = getattr(self, name)
+            setattr(self, name, array)
+        self.ids.extend([None] * (capacity - n_old))
+        self.free.extend(range(capacity - 1, n_old - 1, -1))
+        self.generation += 1
+
+    @property
+    def capacity(self) -> int:
+        return len(self.values)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __contains__(self, customer_id: str) -> bool:
+        return customer_id in self.index
+
+    def row(self, customer_id: str) -> int:
+        """The customer's row, activating a fresh profile on first use."""
+        row = self.index.get(customer_id)
+        if row is None:
+            if not self.free:
+                self._allocate(int(self.capacity * GROWTH) + 1)
+            row = self.free.pop()
+            self.index[customer_id] = row
+            self.ids[row] = customer_id
+        return row
+
+    def rows(self, customer_ids) -> np.ndarray:
+        return np.fromiter((self.row(c) for c in customer_ids), np.int64)
+
+    def export(self, customer_id: str) -> Record:
+        row = self.index[customer_id]
+        return Record(self.values[row].copy(), self.ring_action[row].copy(),
+                      self.ring_channel[row].copy(), self.ring_outcome[row].copy(),
+                      self.ring_time[row].copy(), int(self.ring_head[row]))
+
+    def load(self, customer_id: str, record: Record) -> int:
+        row = self.row(customer_id)
+        self.values[row] = record.values
+        self.ring_action[row] = record.ring_action
+        self.ring_channel[row] = record.ring_channel
+        self.ring_outcome[row] = record.ring_outcome
+        self.ring_time[row] = record.ring_time
+        self.ring_head[row] = record.ring_head
+        return row
+
+    def evict(self, customer_id: str) -> None:
+        """Forget the customer's row (after passivation, a move or erasure) and reuse it."""
+        row = self.index.pop(customer_id)
+        self.ids[row] = None
+        self.values[row] = self.defaults
+        self.ring_action[row] = EMPTY
+        self.ring_channel[row] = 0
+        self.ring_outcome[row] = 0
+        self.ring_time[row] = 0
+        self.ring_head[row] = 0
+        self.free.append(row)
+
+    def nbytes(self) -> int:
+        """Bytes of the arrays (every allocated row, used or not)."""
+        return sum(getattr(self, k).nbytes for k in ("values", "ring_action", "ring_channel",
+                                                     "ring_outcome", "ring_time", "ring_head"))
