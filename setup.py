@@ -23,7 +23,7 @@ def kernel_extensions() -> list[Extension]:
             ["core/_kernel.pyx"],
             include_dirs=[numpy.get_include()],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-            extra_compile_args=["-O3", "-fno-math-errno"],
+            extra_compile_args=["-O3", "-fno-math-errno", "-ffp-contract=off"],
         )],
         include_path=["core"],
         language_level=3,

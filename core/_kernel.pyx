@@ -5,7 +5,7 @@ The `def` functions take the views and arrays, release the GIL and run `nogil` l
 memoryviews; no Python object is touched inside them. Semantics are defined by reference.py,
 which the property tests hold this module to.
 """
-from libc.math cimport cos, exp, exp2, floor, fabs, fmax, fmin, isfinite, log, log1p, sqrt, \
+from libc.math cimport cos, exp, fabs, floor, isfinite, log, log1p, pow, sqrt, \
     INFINITY, NAN, M_PI
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint64_t
 
@@ -276,7 +276,7 @@ cdef void _apply_one(CatalogView cat, double[::1] row, int etype, double t,
     if clock != clock or t > clock:
         if clock == clock:
             for d in range(cat.n_decayed):
-                row[cat.decayed_slots[d]] *= exp2(-(t - clock) * cat.decayed_inv_hl[d])
+                row[cat.decayed_slots[d]] *= pow(2.0, -(t - clock) * cat.decayed_inv_hl[d])
         row[0] = t
         clock = t
     for u in range(cat.update_start[etype], cat.update_start[etype + 1]):
@@ -288,7 +288,7 @@ cdef void _apply_one(CatalogView cat, double[::1] row, int etype, double t,
         if kind == UPD_COUNT:
             row[slot] += 1.0
         elif kind == UPD_DECAYED_COUNT:
-            row[slot] += exp2(-(clock - t) * cat.update_inv_hl[u])
+            row[slot] += pow(2.0, -(clock - t) * cat.update_inv_hl[u])
         elif kind == UPD_TIME_SINCE:
             if not row[slot] >= t:
                 row[slot] = t
@@ -297,7 +297,7 @@ cdef void _apply_one(CatalogView cat, double[::1] row, int etype, double t,
         elif kind == UPD_SUM:
             row[slot] += x
         elif kind == UPD_DECAYED_SUM:
-            row[slot] += x * exp2(-(clock - t) * cat.update_inv_hl[u])
+            row[slot] += x * pow(2.0, -(clock - t) * cat.update_inv_hl[u])
         elif kind == UPD_LAST:
             if not row[slot + 1] > t:
                 row[slot] = x
@@ -427,7 +427,7 @@ cdef void _profile_view(CatalogView cat, const double[::1] row, double now,
     for s in range(row.shape[0]):
         kind = cat.view_kind[s]
         if kind == VIEW_DECAYED:
-            view[s] = row[s] * exp2(-dt * cat.view_inv_hl[s])
+            view[s] = row[s] * pow(2.0, -dt * cat.view_inv_hl[s])
         elif kind == VIEW_SINCE:
             view[s] = now - row[s]
         else:

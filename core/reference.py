@@ -265,9 +265,12 @@ def _filter(c: CompiledCatalog, a: int, channel: int, placement: int, view, fram
 def _propensity(c: CompiledCatalog, mv: ModelView, ws: Workspace, a: int, channel: int,
                 x: np.ndarray) -> float:
     m = c.model_index(a, channel)
-    z = sum(mv.mean[m, i] * x[i] for i in range(len(x)))
+    z = var = 0.0
+    for i in range(len(x)):  # in order, as the kernel adds (sum() may compensate)
+        z += mv.mean[m, i] * x[i]
     if c.exploration != Exploration.NONE:
-        var = sum(x[i] * x[i] / mv.precision[m, i] for i in range(len(x)))
+        for i in range(len(x)):
+            var += x[i] * x[i] / mv.precision[m, i]
         spread = math.sqrt(c.explore_scale[a] * var)
         if c.exploration == Exploration.THOMPSON:
             z += spread * ws._rng.normal()
@@ -330,7 +333,10 @@ def record_outcomes(cat: CatalogView, st: StateView, mv: ModelView, rows, action
         y = 1.0 if outcome in (Outcome.ACCEPT, Outcome.CONVERT) else 0.0
         m = c.model_index(a, ch)
         xi = x[i]
-        p = sigmoid(sum(mv.mean[m, j] * xi[j] for j in range(len(xi))))
+        z = 0.0
+        for j in range(len(xi)):
+            z += mv.mean[m, j] * xi[j]
+        p = sigmoid(z)
         for j in range(len(xi)):
             mv.precision[m, j] += xi[j] * xi[j] * (p * (1.0 - p))
             mv.mean[m, j] -= (p - y) * xi[j] / mv.precision[m, j]
