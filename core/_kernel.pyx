@@ -254,10 +254,10 @@ def apply_events(CatalogView cat, StateView st, const int64_t[::1] rows,
     cdef Py_ssize_t i, n = rows.shape[0]
     with nogil:
         for i in range(n):
-            _apply_one(cat, st.values[rows[i]], event_types[i], times[i], fields[i])
+            _apply_one(cat, &st.values[rows[i], 0], event_types[i], times[i], &fields[i, 0])
 
 
-cdef inline bint _when_matches(CatalogView cat, Py_ssize_t u, const double[::1] f) noexcept nogil:
+cdef inline bint _when_matches(CatalogView cat, Py_ssize_t u, const double* f) noexcept nogil:
     cdef int field = cat.update_when_field[u]
     cdef Py_ssize_t w
     if field < 0:
@@ -268,8 +268,8 @@ cdef inline bint _when_matches(CatalogView cat, Py_ssize_t u, const double[::1] 
     return False
 
 
-cdef void _apply_one(CatalogView cat, double[::1] row, int etype, double t,
-                     const double[::1] f) noexcept nogil:
+cdef void _apply_one(CatalogView cat, double* row, int etype, double t,
+                     const double* f) noexcept nogil:
     cdef double clock = row[0], x
     cdef Py_ssize_t d, u
     cdef int kind, slot
@@ -315,8 +315,8 @@ cdef void _apply_one(CatalogView cat, double[::1] row, int etype, double t,
 # -------------------------------------------------------------------------------------------
 # The rule VM
 
-cdef double _run(CatalogView cat, Py_ssize_t start, Py_ssize_t end, const double[::1] view,
-                 const double[::1] ctx, Py_ssize_t action, double now) noexcept nogil:
+cdef double _run(CatalogView cat, Py_ssize_t start, Py_ssize_t end, const double* view,
+                 const double* ctx, Py_ssize_t action, double now) noexcept nogil:
     cdef double stack[MAX_STACK]
     cdef int sp = -1, op, arg
     cdef Py_ssize_t pc = start, k
@@ -407,8 +407,8 @@ cdef double _run(CatalogView cat, Py_ssize_t start, Py_ssize_t end, const double
     return stack[0]
 
 
-cdef inline bint _passes(CatalogView cat, Py_ssize_t a, int stage, const double[::1] view,
-                         const double[::1] ctx, double now) noexcept nogil:
+cdef inline bint _passes(CatalogView cat, Py_ssize_t a, int stage, const double* view,
+                         const double* ctx, double now) noexcept nogil:
     cdef int start = cat.rule_range[a, stage, 0], end = cat.rule_range[a, stage, 1]
     if start == end:
         return True
@@ -418,13 +418,13 @@ cdef inline bint _passes(CatalogView cat, Py_ssize_t a, int stage, const double[
 # -------------------------------------------------------------------------------------------
 # Decisions
 
-cdef void _profile_view(CatalogView cat, const double[::1] row, double now,
-                        double[::1] view) noexcept nogil:
+cdef void _profile_view(CatalogView cat, const double* row, Py_ssize_t width, double now,
+                        double* view) noexcept nogil:
     cdef double clock = row[0]
     cdef double dt = now - clock if (clock == clock and now > clock) else 0.0
     cdef Py_ssize_t s
     cdef int kind
-    for s in range(row.shape[0]):
+    for s in range(width):
         kind = cat.view_kind[s]
         if kind == VIEW_DECAYED:
             view[s] = row[s] * pow(2.0, -dt * cat.view_inv_hl[s])
@@ -434,8 +434,8 @@ cdef void _profile_view(CatalogView cat, const double[::1] row, double now,
             view[s] = row[s]
 
 
-cdef void _predictor_vector(CatalogView cat, const double[::1] view, const double[::1] ctx,
-                            double[::1] x) noexcept nogil:
+cdef void _predictor_vector(CatalogView cat, const double* view, const double* ctx,
+                            double* x) noexcept nogil:
     cdef Py_ssize_t j
     cdef double v, param, out
     cdef int tf
@@ -459,8 +459,8 @@ cdef void _predictor_vector(CatalogView cat, const double[::1] view, const doubl
         x[j + 1] = out
 
 
-cdef void _context_weights(CatalogView cat, int channel, const double[::1] ctx,
-                           double[::1] weights) noexcept nogil:
+cdef void _context_weights(CatalogView cat, int channel, const double* ctx,
+                           double* weights) noexcept nogil:
     cdef Py_ssize_t w, k, g
     cdef bint match
     for g in range(cat.n_groups):
@@ -532,7 +532,7 @@ cdef inline int _contact_policy(CatalogView cat, Workspace ws, Py_ssize_t a,
 
 
 cdef inline int _filter(CatalogView cat, Workspace ws, Py_ssize_t a, int channel, int placement,
-                        const double[::1] view, const double[::1] ctx, double now) noexcept nogil:
+                        const double* view, const double* ctx, double now) noexcept nogil:
     cdef int purpose, slot
     if not (cat.offered[a, channel] >> placement) & 1:
         return R_NOT_IN_CHANNEL
@@ -555,7 +555,7 @@ cdef inline int _filter(CatalogView cat, Workspace ws, Py_ssize_t a, int channel
 
 
 cdef inline double _propensity(CatalogView cat, ModelView mv, Workspace ws, Py_ssize_t a,
-                               int channel, const double[::1] x) noexcept nogil:
+                               int channel, const double* x) noexcept nogil:
     cdef Py_ssize_t m = a * cat.n_channels + channel, i
     cdef double z = 0.0, var = 0.0, spread
     for i in range(cat.n_predictors):
@@ -572,18 +572,19 @@ cdef inline double _propensity(CatalogView cat, ModelView mv, Workspace ws, Py_s
 
 
 cdef void _decide_one(CatalogView cat, StateView st, ModelView mv, Workspace ws, Py_ssize_t row,
-                      int channel, int placement, const double[::1] ctx, double now, int k_req,
+                      int channel, int placement, const double* ctx, double now, int k_req,
                       Py_ssize_t out) noexcept nogil:
-    cdef double[::1] view = ws._view
-    cdef double[::1] x = ws._predictors[out]
-    cdef int8_t[::1] reasons = ws._reasons[out]
-    cdef double[:, ::1] factors = ws._factors[out]
+    cdef double* view = &ws._view[0]
+    cdef double* x = &ws._predictors[out, 0]
+    cdef int8_t* reasons = &ws._reasons[out, 0]
+    cdef double* factors = &ws._factors[out, 0, 0]
+    cdef double* weights = &ws._weights[0]
     cdef Py_ssize_t a, n_cand = 0, n, best, j
     cdef int reason, k, g
     cdef double value, propensity, weight, priority, best_p
-    _profile_view(cat, st.values[row], now, view)
+    _profile_view(cat, &st.values[row, 0], st.values.shape[1], now, view)
     _predictor_vector(cat, view, ctx, x)
-    _context_weights(cat, channel, ctx, ws._weights)
+    _context_weights(cat, channel, ctx, weights)
     _scan_history(cat, st, ws, row, channel, now)
     for a in range(cat.n_actions):
         reason = _filter(cat, ws, a, channel, placement, view, ctx, now)
@@ -595,12 +596,12 @@ cdef void _decide_one(CatalogView cat, StateView st, ModelView mv, Workspace ws,
             reasons[a] = R_INVALID_VALUE
             continue
         propensity = _propensity(cat, mv, ws, a, channel, x)
-        weight = ws._weights[cat.action_group[a]]
+        weight = weights[cat.action_group[a]]
         priority = propensity * weight * value * cat.lever[a]
-        factors[a, 0] = propensity
-        factors[a, 1] = weight
-        factors[a, 2] = value
-        factors[a, 3] = priority
+        factors[a * N_FACTORS] = propensity
+        factors[a * N_FACTORS + 1] = weight
+        factors[a * N_FACTORS + 2] = value
+        factors[a * N_FACTORS + 3] = priority
         if not priority >= cat.restraint:
             reasons[a] = R_RESTRAINT
             continue
@@ -621,15 +622,15 @@ cdef void _decide_one(CatalogView cat, StateView st, ModelView mv, Workspace ws,
             a = ws._candidates[j]
             if reasons[a] != R_TOP_K or ws._blocked[cat.action_group[a]]:
                 continue
-            if best < 0 or factors[a, 3] > best_p:
+            if best < 0 or factors[a * N_FACTORS + 3] > best_p:
                 best = a
-                best_p = factors[a, 3]
+                best_p = factors[a * N_FACTORS + 3]
         if best < 0:
             break
         reasons[best] = R_SELECTED
         ws._out_action[out, n] = <int32_t>best
         for j in range(N_FACTORS):
-            ws._out_factors[out, n, j] = factors[best, j]
+            ws._out_factors[out, n, j] = factors[best * N_FACTORS + j]
         n += 1
         g = cat.action_group[best]
         if not cat.group_multiple[g]:
@@ -650,15 +651,15 @@ def decide(CatalogView cat, StateView st, ModelView mv, Workspace ws, const int6
         raise ValueError(f"{n} decisions do not fit a workspace of {ws.capacity}")
     with nogil:
         for i in range(n):
-            _decide_one(cat, st, mv, ws, rows[i], channels[i], placements[i], ctx[i], now[i],
-                        k_req[i], i)
+            _decide_one(cat, st, mv, ws, rows[i], channels[i], placements[i], &ctx[i, 0],
+                        now[i], k_req[i], i)
 
 
 def decide_one(CatalogView cat, StateView st, ModelView mv, Workspace ws, int64_t row,
                int channel, int placement, const double[::1] ctx, double now, int k_req,
                Py_ssize_t out=0):
     with nogil:
-        _decide_one(cat, st, mv, ws, row, channel, placement, ctx, now, k_req, out)
+        _decide_one(cat, st, mv, ws, row, channel, placement, &ctx[0], now, k_req, out)
 
 
 # -------------------------------------------------------------------------------------------
@@ -670,8 +671,8 @@ def predictors(CatalogView cat, StateView st, const int64_t[::1] rows, const dou
     cdef double[::1] view = np.zeros(st.values.shape[1])
     with nogil:
         for i in range(rows.shape[0]):
-            _profile_view(cat, st.values[rows[i]], now[i], view)
-            _predictor_vector(cat, view, ctx[i], out[i])
+            _profile_view(cat, &st.values[rows[i], 0], st.values.shape[1], now[i], &view[0])
+            _predictor_vector(cat, &view[0], &ctx[i, 0], &out[i, 0])
 
 
 def record_outcomes(CatalogView cat, StateView st, ModelView mv, const int64_t[::1] rows,

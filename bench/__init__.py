@@ -1,0 +1,1 @@
+"""Kairos benchmarks: reproducible runs that write reports to bench/results/."""

@@ -1,0 +1,53 @@
+"""Synthetic customers and events drawn from a catalog's declarations (shared by the benches)."""
+from __future__ import annotations
+
+import copy
+import random
+from typing import Any
+
+from kairos.core.catalog import Catalog, FieldSpec, load_catalog
+from kairos.core.catalog import default_catalog_text
+
+import yaml
+
+T0 = 1_795_000_000.0  # 2026-11-18: inside the default catalog's campaign windows
+
+
+def random_value(spec: FieldSpec, rng: random.Random, now: float) -> Any:
+    if spec.values:
+        return rng.choice(spec.values)
+    return {
+        "string": lambda: f"id{rng.randrange(10_000)}",
+        "int": lambda: rng.randrange(0, 100),
+        "float": lambda: round(rng.lognormvariate(3.5, 1.0), 2),
+        "bool": lambda: rng.random() < 0.5,
+        "timestamp": lambda: now - rng.uniform(0, 30 * 86400),
+    }[spec.type]()
+
+
+def random_event(catalog: Catalog, rng: random.Random, now: float) -> tuple[str, dict]:
+    """An event type and attributes, every required field set and half the optional ones."""
+    event = rng.choice(catalog.events)
+    attributes = {f.name: random_value(f, rng, now) for f in event.fields
+                  if f.required or rng.random() < 0.5}
+    return event.name, attributes
+
+
+def random_context(catalog: Catalog, rng: random.Random, now: float) -> dict:
+    return {c.name: random_value(c, rng, now) for c in catalog.context if rng.random() < 0.7}
+
+
+def catalog_with_actions(n_actions: int, text: str | None = None) -> Catalog:
+    """The default catalog with its actions repeated (ids suffixed) or cut to `n_actions`."""
+    doc = yaml.safe_load(text or default_catalog_text())
+    base = doc["actions"]
+    actions = []
+    for i in range(n_actions):
+        action = copy.deepcopy(base[i % len(base)])
+        if i >= len(base):
+            action["id"] = f"{action['id']}_{i // len(base)}"
+        actions.append(action)
+    doc["actions"] = actions
+    kept = {a["id"] for a in actions}
+    doc["fallbacks"] = {ch: [a for a in ids if a in kept] for ch, ids in doc["fallbacks"].items()}
+    return load_catalog(yaml.safe_dump(doc, sort_keys=False), f"default.yaml x{n_actions}")
