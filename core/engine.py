@@ -27,6 +27,7 @@ from .state import EMPTY, HISTORY_EPOCH_S, ProfileTable
 
 DECISION_CACHE_SIZE = 100_000  # decisions whose model inputs are kept for their outcomes
 BATCH_SIZE = 256  # decisions per kernel call
+MAX_STRING_LENGTH = 1024  # characters in one string field or context value
 
 _engine_ids = itertools.count()
 
@@ -103,6 +104,7 @@ class DecisionEngine:
         self._prefix = f"{next(_engine_ids):x}-"
         self._decisions = itertools.count()
         self._remembered: OrderedDict[str, _Remembered] = OrderedDict()
+        self._read_fields = _fields_read(compiled)
 
     @property
     def implementation(self) -> str:
@@ -149,8 +151,9 @@ class DecisionEngine:
                     raise InputError(f"attributes.{f.name}", f"required field of {event_type} "
                                                              f"is missing")
                 continue
-            fields[declared[f.name]] = self._encode_value(f"attributes.{f.name}", f,
-                                                          attributes[f.name])
+            code = self._encode_value(f"attributes.{f.name}", f, attributes[f.name],
+                                      intern=(event_type, f.name) in self._read_fields)
+            fields[declared[f.name]] = code
         return EncodedEvent(customer_id, c.event_index[event_type], t, fields)
 
     def encode_context(self, context: Mapping[str, Any] | None) -> np.ndarray:
@@ -166,13 +169,18 @@ class DecisionEngine:
             out[c.context_index[name]] = self._encode_value(f"context.{name}", spec, value)
         return out
 
-    def _encode_value(self, where: str, spec: FieldSpec, value: Any) -> float:
+    def _encode_value(self, where: str, spec: FieldSpec, value: Any,
+                      intern: bool = True) -> float:
         if spec.type == "string":
             if not isinstance(value, str):
                 raise InputError(where, f"expected a string, got {_show(value)}")
             if spec.values is not None and value not in spec.values:
                 raise InputError(where, f"{value!r} is not one of {', '.join(spec.values)}")
-            return float(self.compiled.strings.intern(value))
+            if len(value) > MAX_STRING_LENGTH:
+                raise InputError(where, f"at most {MAX_STRING_LENGTH} characters, got "
+                                        f"{len(value)}")
+            # A string no feature reads is checked but not kept: free text must not pile up.
+            return float(self.compiled.strings.intern(value)) if intern else math.nan
         if spec.type == "bool":
             if not isinstance(value, bool):
                 raise InputError(where, f"expected true or false, got {_show(value)}")
@@ -426,6 +434,17 @@ class DecisionEngine:
         if vtype == "int":
             return int(value)
         return float(value)
+
+
+def _fields_read(compiled: CompiledCatalog) -> set[tuple[str, str]]:
+    """(event type, field) pairs that some feature, filter or attribute reads."""
+    read = set()
+    for f in compiled.catalog.features:
+        read.update((f.event, name) for name in (f.field, f.when_field) if name)
+    for a in compiled.catalog.attributes:
+        if a.from_event:
+            read.add((a.from_event, a.from_field))
+    return read
 
 
 def _check_customer(customer_id: Any) -> None:

@@ -1,0 +1,1 @@
+"""Kairos runtime roles on Ray (gateway, shard, controller, learner) and the command line."""
