@@ -267,8 +267,8 @@ class _Reader:
 
     # -- primitives -----------------------------------------------------------------------
 
-    def fail(self, path: Path, reason: str) -> CatalogError:
-        return self.src.error(path, reason, action_id=self.action_id)
+    def fail(self, path: Path, reason: str, *, at_key: bool = False) -> CatalogError:
+        return self.src.error(path, reason, action_id=self.action_id, at_key=at_key)
 
     def get(self, path: Path) -> Any:
         value: Any = self.src.data
@@ -286,7 +286,8 @@ class _Reader:
                 raise self.fail(path, f"keys must be strings, got {key!r}")
             if not open_keys and key not in required and key not in optional:
                 allowed = ", ".join(required + optional)
-                raise self.fail(path + (key,), f"unknown key '{key}' (allowed: {allowed})")
+                raise self.fail(path + (key,), f"unknown key '{key}' (allowed: {allowed})",
+                                at_key=True)
         for key in required:
             if key not in value:
                 raise self.fail(path, f"missing required key '{key}'")
@@ -309,7 +310,7 @@ class _Reader:
         key = path[-1]
         if not _NAME_RE.match(key):
             raise self.fail(path, f"'{key}' is not a valid name: use lowercase letters, digits "
-                                  f"and '_', starting with a letter")
+                                  f"and '_', starting with a letter", at_key=True)
         return key
 
     def text(self, path: Path) -> str:
@@ -591,6 +592,9 @@ class _Reader:
         out = []
         for i in range(len(items)):
             path = ("actions", i)
+            raw = self.get(path)
+            if isinstance(raw, dict) and isinstance(raw.get("id"), str):
+                self.action_id = raw["id"]  # so that every error inside names the action
             spec = self.mapping(path, ("id", "group", "purpose", "channels", "value"),
                                 ("eligibility", "applicability", "suitability", "lever", "valid",
                                  "contact_policy", "attributes", "name", "description"))
@@ -616,7 +620,7 @@ class _Reader:
             cpath = path + ("channels", ch_name)
             if ch_name not in channels:
                 raise self.fail(cpath, f"unknown channel '{ch_name}'"
-                                       f"{_did_you_mean(ch_name, channels)}")
+                                       f"{_did_you_mean(ch_name, channels)}", at_key=True)
             ospec = self.mapping(cpath, ("treatment",), ("placements",))
             treatment = self.name(cpath + ("treatment",))
             placements = None
@@ -712,7 +716,7 @@ class _Reader:
                 kpath = path + ("when", key)
                 if key not in context:
                     raise self.fail(kpath, f"unknown context key '{key}'"
-                                           f"{_did_you_mean(key, context)}")
+                                           f"{_did_you_mean(key, context)}", at_key=True)
                 ctx = context[key]
                 when[key] = self.typed_value(kpath, ctx.type, ctx.values)
         return ContextWeight(weight, channel, group, when, path)
@@ -804,7 +808,7 @@ class _Reader:
         out = {}
         for ch_name in spec:
             if ch_name not in channels:
-                raise self.fail(path + (ch_name,), f"unknown channel '{ch_name}'")
+                raise self.fail(path + (ch_name,), f"unknown channel '{ch_name}'", at_key=True)
             ids = self.names(path + (ch_name,), by_id, "action")
             for i, action_id in enumerate(ids):
                 if not any(o.channel == ch_name for o in by_id[action_id].offers):

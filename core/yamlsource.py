@@ -25,6 +25,7 @@ class Source:
     def __init__(self, text: str, name: str = "<catalog>"):
         self.name = name
         self.marks: dict[Path, Mark] = {}
+        self.key_marks: dict[Path, Mark] = {}  # where each mapping key itself was written
         loader = yaml.SafeLoader(text)
         try:
             node = loader.get_single_node()
@@ -50,6 +51,8 @@ class Source:
                 key = loader.construct_object(key_node)
                 if key in out:
                     raise self.error(path + (key,), f"duplicate key '{key}'", key_node)
+                self.key_marks[path + (key,)] = Mark(key_node.start_mark.line + 1,
+                                                     key_node.start_mark.column + 1)
                 out[key] = self._build(loader, value_node, path + (key,))
             return out
         if isinstance(node, yaml.SequenceNode):
@@ -57,10 +60,15 @@ class Source:
         return loader.construct_object(node)
 
     def error(self, path: Path, reason: str, node: yaml.Node | None = None, *,
-              action_id: str | None = None, column_in_value: int = 0) -> CatalogError:
-        """A CatalogError located at `path` (or at the nearest ancestor with a mark)."""
+              action_id: str | None = None, column_in_value: int = 0,
+              at_key: bool = False) -> CatalogError:
+        """A CatalogError located at `path` (or at the nearest ancestor with a mark); at its
+        key rather than its value with `at_key`, at a column inside a one-line value with
+        `column_in_value`."""
         if node is not None:
             line, column = node.start_mark.line + 1, node.start_mark.column + 1
+        elif at_key and path in self.key_marks:
+            line, column = self.key_marks[path].line, self.key_marks[path].column
         else:
             mark = self.mark(path)
             line, column = (mark.line, mark.column) if mark else (0, 0)
