@@ -10,6 +10,7 @@ from setuptools import Extension, setup
 
 PACKAGE_DIRS = {
     "kairos.core": "core",
+    "kairos.core.catalogs": "core/catalogs",
     "kairos.cluster": "cluster",
 }
 
@@ -38,7 +39,9 @@ def kernel_extensions() -> list[Extension]:
 setup(
     packages=list(PACKAGE_DIRS),
     package_dir=PACKAGE_DIRS,
-    package_data={"kairos.core": ["catalogs/*.yaml", "catalog.schema.json", "*.pxd"]},
+    package_data={"kairos.core": ["catalog.schema.json", "*.pxd"],
+                  "kairos.core.catalogs": ["*.yaml"]},
+    exclude_package_data={"kairos.core": ["*.c"]},
     ext_modules=kernel_extensions(),
     zip_safe=False,
 )
