@@ -124,6 +124,27 @@ class ModelTable:
         self.negatives = np.zeros(len(self.mean))
         self._mark()
 
+    def warm_start(self, compiled: CompiledCatalog, actions) -> None:
+        """Cold start for new actions: begin where their group is, not at zero.
+
+        Each new (action, channel) model takes the average posterior mean of the group's
+        models on that channel that have seen outcomes, at the prior's precision, so it
+        inherits what the group learned but stays ready to learn its own way.
+        """
+        new = set(actions)
+        n_ch = self.n_channels
+        for a in new:
+            peers = [p for p in range(len(compiled.action_ids)) if p not in new and
+                     compiled.action_group[p] == compiled.action_group[a]]
+            for ch in range(n_ch):
+                seen = [p * n_ch + ch for p in peers
+                        if self.positives[p * n_ch + ch] + self.negatives[p * n_ch + ch] > 0]
+                m = a * n_ch + ch
+                if seen:
+                    self.mean[m] = self.mean[seen].mean(axis=0)
+                self.precision[m] = compiled.prior_precision[a]
+        self._mark()
+
     def _mark(self) -> None:
         self._taken_precision_mean = self.precision * self.mean
         self._taken_precision = self.precision.copy()

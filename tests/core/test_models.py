@@ -6,7 +6,7 @@ import doctest
 import numpy as np
 
 from kairos.core import models
-from kairos.core.models import BayesianLogit, SplitMix64
+from kairos.core.models import BayesianLogit, ModelTable, SplitMix64
 
 
 def test_docstring_examples():
@@ -39,3 +39,18 @@ def test_splitmix64_matches_its_reference_stream():
     rng = SplitMix64(0)
     assert [rng.next_u64() for _ in range(3)] == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4,
                                                  0x06C45D188009454F]
+
+
+def test_a_new_action_starts_where_its_group_is(small):
+    table = ModelTable(small)
+    web = small.channel_index["web"]
+    track = small.model_index(small.action_index["track_order"], web)
+    apology = small.action_index["delivery_apology"]  # same group: serve
+    table.mean[track, 0] = 2.0
+    table.positives[track] = 10
+    table.warm_start(small, [apology])
+    m = small.model_index(apology, web)
+    assert table.mean[m, 0] == 2.0
+    assert table.precision[m, 0] == small.prior_precision[apology, 0]
+    untouched = small.model_index(apology, small.channel_index["email"])
+    assert table.mean[untouched, 0] == small.prior_mean[apology, 0]  # no peer learned there
