@@ -18,7 +18,7 @@ import numpy as np
 
 from . import kernel as kernel_loader
 from .catalog import FieldSpec, parse_timestamp
-from .compiler import (FACTOR_PRIORITY, CompiledCatalog, Outcome, Reason, STAGES,
+from .compiler import (CompiledCatalog, Outcome, Reason, STAGES,
                        STAGE_APPLICABILITY, STAGE_ELIGIBILITY, STAGE_SUITABILITY)
 from .errors import InputError
 from .models import ModelTable
@@ -105,6 +105,9 @@ class DecisionEngine:
         self._decisions = itertools.count()
         self._remembered: OrderedDict[str, _Remembered] = OrderedDict()
         self._read_fields = _fields_read(compiled)
+        self._no_context = np.full(max(len(compiled.context_names), 1), math.nan)
+        self._groups = [compiled.group_names[g] for g in compiled.action_group.tolist()]
+        self._levers = compiled.lever.tolist()
 
     @property
     def implementation(self) -> str:
@@ -158,7 +161,7 @@ class DecisionEngine:
 
     def encode_context(self, context: Mapping[str, Any] | None) -> np.ndarray:
         c = self.compiled
-        out = np.full(max(len(c.context_names), 1), math.nan)
+        out = self._no_context.copy()
         for name, value in (context or {}).items():
             if name not in c.context_index:
                 raise InputError(f"context.{name}", f"unknown context key (declared: "
@@ -240,7 +243,9 @@ class DecisionEngine:
             raise InputError("max_actions", f"must be 0 (the placement's top_k) or more, "
                                             f"got {max_actions}")
         now = time.time() if now is None else _encode_time("now", now)
-        row = int(self._rows((customer_id,))[0])
+        row = self.table.row(customer_id)
+        if self.table.generation != self._generation:
+            self._bind_state()
         self.k.decide_one(self.catalog_view, self.state_view, self.model_view, self.workspace,
                           row, ch, pl, ctx, now, max_actions)
         return self._decision(0, customer_id, ch, pl, explain)
@@ -272,9 +277,9 @@ class DecisionEngine:
                   explain: bool) -> Decision:
         ws, c = self.workspace, self.compiled
         n = int(ws.out_count[i])
-        codes = tuple(int(a) for a in ws.out_action[i, :n])
-        actions = tuple(self._ranked(a, channel, ws.out_factors[i, j]) for j, a in
-                        enumerate(codes))
+        codes = tuple(ws.out_action[i, :n].tolist())
+        actions = tuple(self._ranked(a, channel, factors) for a, factors in
+                        zip(codes, ws.out_factors[i, :n].tolist()))
         decision_id = f"{self._prefix}{next(self._decisions):x}"
         self._remember(decision_id, _Remembered(customer_id, channel, ws.predictors[i].copy(),
                                                 codes))
@@ -283,12 +288,11 @@ class DecisionEngine:
                         c.placement_names[channel][placement], actions, c.version,
                         self.models.version, False, explanation)
 
-    def _ranked(self, a: int, channel: int, factors: np.ndarray) -> RankedAction:
+    def _ranked(self, a: int, channel: int, factors: list[float]) -> RankedAction:
         c = self.compiled
-        return RankedAction(c.action_ids[a], c.group_names[c.action_group[a]],
-                            c.treatments[a][channel], float(factors[FACTOR_PRIORITY]),
-                            float(factors[0]), float(factors[2]), float(factors[1]),
-                            float(c.lever[a]))
+        propensity, weight, value, priority = factors
+        return RankedAction(c.action_ids[a], self._groups[a], c.treatments[a][channel],
+                            priority, propensity, value, weight, self._levers[a])
 
     def _explain(self, i: int, channel: int, winners: tuple[RankedAction, ...]) -> Explanation:
         c, ws = self.compiled, self.workspace
