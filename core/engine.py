@@ -11,7 +11,7 @@ import itertools
 import math
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -351,8 +351,7 @@ class DecisionEngine:
         """
         c = self.compiled
         encoded = []
-        for i, (customer_id, action_id, channel, outcome, when, decision_id) in \
-                enumerate(outcomes):
+        for customer_id, action_id, channel, outcome, when, decision_id in outcomes:
             _check_customer(customer_id)
             if action_id not in c.action_index:
                 raise InputError("action_id", f"unknown action {action_id!r}")
@@ -365,7 +364,8 @@ class DecisionEngine:
                 code = Outcome[outcome.upper()] if isinstance(outcome, str) else Outcome(outcome)
             except (KeyError, ValueError):
                 raise InputError("outcome", f"unknown outcome {outcome!r} (outcomes: "
-                                            f"{', '.join(o.name.lower() for o in Outcome)})")
+                                            f"{', '.join(o.name.lower() for o in Outcome)})"
+                                 ) from None
             encoded.append((customer_id, a, ch, code, _encode_time("time", when), decision_id))
         if not encoded:
             return

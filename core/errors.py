@@ -29,7 +29,8 @@ class CatalogError(KairosError, ValueError):
             where += f":{self.line}:{self.column}"
         subject = self.path
         if self.action_id is not None:
-            subject = f"{subject} (action '{self.action_id}')" if subject else f"action '{self.action_id}'"
+            action = f"action '{self.action_id}'"
+            subject = f"{subject} ({action})" if subject else action
         return f"{where}: {subject}: {self.reason}" if subject else f"{where}: {self.reason}"
 
 

@@ -1,4 +1,4 @@
-"""YAML loading that remembers where every value came from, so catalog errors can say line:column."""
+"""YAML loading that remembers where every value came from, so errors can say line:column."""
 from __future__ import annotations
 
 from dataclasses import dataclass
