@@ -420,10 +420,10 @@ class _Reader:
         channel_map = {c.name: c for c in channels}
         actions = self.actions(channel_map, consent)
         groups = tuple(dict.fromkeys(a.group for a in actions))
-        history = self.integer(("history", "size"), minimum=1) if "history" in root else \
-            DEFAULT_HISTORY_SIZE
+        history = DEFAULT_HISTORY_SIZE
         if "history" in root:
             self.mapping(("history",), ("size",))
+            history = self.integer(("history", "size"), minimum=1)
             if history > 1024:
                 raise self.fail(("history", "size"), f"must be at most 1024, got {history}")
         arbitration = self.arbitration(channel_map, groups, {c.name: c for c in context}) \

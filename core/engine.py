@@ -28,6 +28,8 @@ from .state import EMPTY, HISTORY_EPOCH_S, ProfileTable
 DECISION_CACHE_SIZE = 100_000  # decisions whose model inputs are kept for their outcomes
 BATCH_SIZE = 256  # decisions per kernel call
 MAX_STRING_LENGTH = 1024  # characters in one string field or context value
+MAX_ACTIONS = 1024  # the most actions one decision may ask for
+LATEST_TIME_S = 4_102_444_800.0  # 2100-01-01: later (or pre-1970) times are input errors
 
 _engine_ids = itertools.count()
 
@@ -193,11 +195,10 @@ class DecisionEngine:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InputError(where, f"expected {'an integer' if spec.type == 'int' else 'a number'}"
                                     f", got {_show(value)}")
-        if not math.isfinite(value):
-            raise InputError(where, f"must be a finite number, got {value!r}")
-        if spec.type == "int" and not float(value).is_integer():
+        number = _finite(where, value, "number")
+        if spec.type == "int" and not number.is_integer():
             raise InputError(where, f"expected an integer, got {value!r}")
-        return float(value)
+        return number
 
     def channel_code(self, channel: str) -> int:
         code = self.compiled.channel_index.get(channel)
@@ -239,9 +240,13 @@ class DecisionEngine:
         ch = self.channel_code(channel)
         pl = self.placement_code(ch, placement)
         ctx = self.encode_context(context)
+        if isinstance(max_actions, bool) or not isinstance(max_actions, int):
+            raise InputError("max_actions", f"expected an integer, got {_show(max_actions)}")
         if max_actions < 0:
             raise InputError("max_actions", f"must be 0 (the placement's top_k) or more, "
                                             f"got {max_actions}")
+        if max_actions > MAX_ACTIONS:
+            raise InputError("max_actions", f"must be at most {MAX_ACTIONS}, got {max_actions}")
         now = time.time() if now is None else _encode_time("now", now)
         row = self.table.row(customer_id)
         if self.table.generation != self._generation:
@@ -361,8 +366,10 @@ class DecisionEngine:
                 raise InputError("action_id", f"action {action_id!r} is not offered on "
                                               f"{channel}")
             try:
+                if isinstance(outcome, bool):  # Outcome(True) would be an impression
+                    raise ValueError(outcome)
                 code = Outcome[outcome.upper()] if isinstance(outcome, str) else Outcome(outcome)
-            except (KeyError, ValueError):
+            except (KeyError, ValueError, TypeError):
                 raise InputError("outcome", f"unknown outcome {outcome!r} (outcomes: "
                                             f"{', '.join(o.name.lower() for o in Outcome)})"
                                  ) from None
@@ -464,14 +471,26 @@ def _encode_time(where: str, value: Any) -> float:
         if parsed is None:
             raise InputError(where, f"expected epoch seconds or an ISO-8601 timestamp with a "
                                     f"zone, got {value!r}")
+        if not 0.0 <= parsed < LATEST_TIME_S:
+            raise InputError(where, f"timestamp {value!r} is outside 1970..2100")
         return parsed
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InputError(where, f"expected a timestamp, got {_show(value)}")
-    if not math.isfinite(value):
-        raise InputError(where, f"must be a finite timestamp, got {value!r}")
-    if not 0.0 <= value < 4_102_444_800.0:  # 1970 .. 2100
+    seconds = _finite(where, value, "timestamp")
+    if not 0.0 <= seconds < LATEST_TIME_S:
         raise InputError(where, f"timestamp {value!r} is outside 1970..2100 (epoch seconds)")
-    return float(value)
+    return seconds
+
+
+def _finite(where: str, value: int | float, what: str) -> float:
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float range
+        raise InputError(where, f"must be a finite {what}, got an integer of "
+                                f"{len(str(abs(value)))} digits") from None
+    if not math.isfinite(number):
+        raise InputError(where, f"must be a finite {what}, got {value!r}")
+    return number
 
 
 def _show(value: Any) -> str:
