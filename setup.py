@@ -1,9 +1,14 @@
-"""Build the Cython scoring core and install the card's top-level folders under `kairos.*`.
+"""Build the Cython scoring core and the gRPC stubs; install the card's folders under `kairos.*`.
 
-The repository keeps the design card's layout (core/, cluster/, ...) while the installed code
-lives in one namespace: `core/` is installed as `kairos.core`, `cluster/` as `kairos.cluster`.
-`kairos` itself is an implicit namespace package, so nothing generic lands in site-packages.
+The repository keeps the design card's layout (core/, cluster/, protos/, ...) while the
+installed code lives in one namespace: `core/` is installed as `kairos.core`, `cluster/` as
+`kairos.cluster`, and the stubs generated from `protos/kairos/v1/*.proto` as `kairos.v1`
+(the Python package mirrors the proto package). `kairos` itself is an implicit namespace
+package, so nothing generic lands in site-packages.
 """
+import glob
+import os
+
 import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
@@ -12,7 +17,22 @@ PACKAGE_DIRS = {
     "kairos.core": "core",
     "kairos.core.catalogs": "core/catalogs",
     "kairos.cluster": "cluster",
+    "kairos.v1": "protos/kairos/v1",
 }
+
+
+def generate_stubs() -> None:
+    """protoc: messages, type stubs and gRPC services beside each .proto (never edited by
+    hand; .gitignore keeps them out of the repository)."""
+    import grpc_tools
+    from grpc_tools import protoc
+    well_known = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
+    protos = sorted(glob.glob("protos/kairos/v1/*.proto"))
+    status = protoc.main(["grpc_tools.protoc", "-Iprotos", f"-I{well_known}",
+                          "--python_out=protos", "--pyi_out=protos",
+                          "--grpc_python_out=protos", *protos])
+    if status != 0:
+        raise SystemExit(f"protoc failed on {protos}")
 
 
 def kernel_extensions() -> list[Extension]:
@@ -36,11 +56,13 @@ def kernel_extensions() -> list[Extension]:
     return extensions
 
 
+generate_stubs()
 setup(
     packages=list(PACKAGE_DIRS),
     package_dir=PACKAGE_DIRS,
     package_data={"kairos.core": ["catalog.schema.json", "*.pxd"],
-                  "kairos.core.catalogs": ["*.yaml"]},
+                  "kairos.core.catalogs": ["*.yaml"],
+                  "kairos.v1": ["*.proto", "*.pyi"]},
     exclude_package_data={"kairos.core": ["*.c"]},
     ext_modules=kernel_extensions(),
     zip_safe=False,

@@ -1,9 +1,20 @@
 """`kairos demo`: one customer's cross-channel journey, showing each decision as it changes.
 
 The seeds' example: browsing on the web changes what the app, the push channel and the call
-center agent see, at once. Runs the decision core in-process on the default catalog.
+center agent see, at once. By default the journey goes over gRPC to a running Kairos (`kairos
+up`), live: events carry real times, a watch stream shows what is pushed without polling, and
+the cart-abandonment timer fires on its own. `--local` replays a longer journey on the decision
+core in-process instead.
 """
 from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+import uuid
+
+import grpc
 
 from kairos.core.catalog import load_default_catalog
 from kairos.core.compiler import compile_catalog
@@ -46,8 +57,7 @@ def run() -> int:
         changes = []
         for channel, placement in WATCHED:
             decision = engine.decide(CUSTOMER, channel, placement, context, now=t)
-            best = ", ".join(f"{a.action_id} ({a.priority:.2f})" for a in decision.actions) \
-                or "no action"
+            best = describe(decision.actions)
             if shown.get(channel) != best:
                 shown[channel] = best
                 changes.append(f"    {channel:<12} → {best}")
@@ -62,3 +72,94 @@ def _clock(offset: float) -> str:
     if offset >= D:
         return f"{sign}{offset // D:.0f}d{(offset % D) // H:02.0f}h"
     return f"{sign}{offset // H:.0f}h{(offset % H) // M:02.0f}m"
+
+
+def describe(actions) -> str:
+    return ", ".join(f"{a.action_id} ({a.priority:.2f})" for a in actions) or "no action"
+
+
+# The live journey: offsets from now. The add-to-cart is backdated so that the cart-abandonment
+# timer (30 minutes) falls due a few seconds into the demo.
+LIVE = [
+    (-90 * D, "profile_updated", {"tier": "silver", "marketing_opt_in": True,
+                                  "email_opt_in": True, "push_opt_in": True}, {}),
+    (-40 * D, "purchase", {"order_id": "o-1", "amount": 420.0, "category": "electronics",
+                           "fulfilment": "delivery"}, {}),
+    (-35 * M, "page_view", {"category": "electronics", "price": 199.0}, {}),
+    (-33 * M, "page_view", {"category": "electronics", "price": 249.0}, {}),
+    (-30 * M + 4, "add_to_cart", {"product_id": "tv-55", "category": "electronics",
+                                  "price": 199.0}, {}),
+    (0, "app_open", {}, {}),
+]
+LATER = [
+    ("complaint", {"topic": "delivery", "severity": "high"}, {}),
+    ("call_started", {"reason": "cancel"}, {"intent": "cancel"}),
+]
+TIMER_WAIT_S = 8.0
+PUSH_WAIT_S = 0.3
+
+
+def run_remote(target: str) -> int:
+    from .remote import Remote
+    remote = Remote(target)
+    try:
+        remote.wait_ready()
+    except grpc.FutureTimeoutError:
+        print(f"error: no Kairos gateway at {target}: start one with `kairos up`",
+              file=sys.stderr)
+        return 1
+    customer = f"ana-{uuid.uuid4().hex[:6]}"
+    pushed: queue.Queue = queue.Queue()
+    stream = remote.watch(customer, "push")
+    threading.Thread(target=_follow, args=(stream, pushed), daemon=True).start()
+    time.sleep(0.5)  # let the watch register before the first event
+    print(f"Kairos demo over gRPC ({target}): customer '{customer}', watching the push "
+          f"channel\n")
+    shown: dict[str, str] = {}
+    start = time.time()
+    for offset, event_type, attributes, context in LIVE:
+        _step(remote, customer, start + offset, event_type, attributes, context, shown, offset)
+        _print_pushes(pushed, PUSH_WAIT_S)
+    print("\n(waiting: 30 minutes after the add-to-cart without a purchase, the shard's "
+          "cart_abandoned timer fires)")
+    _print_pushes(pushed, TIMER_WAIT_S, until="cart_recovery_push")
+    print()
+    for event_type, attributes, context in LATER:
+        _step(remote, customer, time.time(), event_type, attributes, context, shown, 0)
+        _print_pushes(pushed, PUSH_WAIT_S)
+    stream.cancel()
+    return 0
+
+
+def _step(remote, customer, when, event_type, attributes, context, shown, offset) -> None:
+    remote.ingest(customer, event_type, when, attributes)
+    changes = []
+    for channel, placement in WATCHED:
+        best = describe(remote.decide(customer, channel, placement, context).actions)
+        if shown.get(channel) != best:
+            shown[channel] = best
+            changes.append(f"    {channel:<12} → {best}")
+    print(f"{_clock(offset) if offset else 'now':>10}  {event_type}")
+    print("\n".join(changes) if changes else "    (no change)")
+
+
+def _print_pushes(pushed: queue.Queue, wait_s: float, until: str | None = None) -> None:
+    """Print what the watch stream received within `wait_s` (or until an action shows)."""
+    deadline = time.time() + wait_s
+    while time.time() < deadline:
+        try:
+            decision = pushed.get(timeout=0.05)
+        except queue.Empty:
+            continue
+        print(f"    ⇢ pushed on the watch stream: {decision.channel} → "
+              f"{describe(decision.actions)}")
+        if until and any(a.action_id == until for a in decision.actions):
+            return
+
+
+def _follow(stream, pushed: queue.Queue) -> None:
+    try:
+        for decision in stream:
+            pushed.put(decision)
+    except grpc.RpcError:
+        pass  # cancelled at the end of the demo

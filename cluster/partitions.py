@@ -50,6 +50,10 @@ class PartitionMap:
     def owner_of(self, customer_id: str) -> str:
         return self.owners[partition_of(customer_id, self.n_partitions)]
 
+    def shards_in_use(self) -> list[str]:
+        """Shards that own at least one partition, sorted."""
+        return sorted(set(self.owners))
+
     def partitions_of(self, shard: str) -> list[int]:
         return [p for p, owner in enumerate(self.owners) if owner == shard]
 

@@ -180,6 +180,19 @@ class Models:
     group_priors: dict[str, Prior] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Timer:
+    """A per-customer wake-up: `start` events arm it (again), `cancel` events disarm it, and
+    `after` that long without a cancel it fires by applying the `fire` event at the due time,
+    so the absence of events reaches features, rules and watchers like any event."""
+
+    name: str
+    start: tuple[str, ...]
+    after_s: float
+    cancel: tuple[str, ...]
+    fire: str
+
+
 @dataclass
 class Catalog:
     name: str
@@ -196,6 +209,7 @@ class Catalog:
     fallbacks: dict[str, tuple[str, ...]]
     history_size: int
     source: Source = field(repr=False)
+    timers: tuple[Timer, ...] = ()
 
     def channel(self, name: str) -> Channel | None:
         return next((c for c in self.channels if c.name == name), None)
@@ -391,7 +405,7 @@ class _Reader:
         root = self.mapping((), ("kairos_catalog", "name", "version", "channels", "events",
                                  "actions", "fallbacks"),
                             ("context", "attributes", "features", "consent", "arbitration",
-                             "models", "history"))
+                             "models", "history", "timers"))
         if root["kairos_catalog"] != FORMAT_VERSION:
             raise self.fail(("kairos_catalog",), f"unsupported catalog format "
                                                  f"{root['kairos_catalog']!r} (this Kairos reads "
@@ -431,10 +445,13 @@ class _Reader:
         models = self.models(attr_map, {f.name: f for f in features}, {c.name: c for c in context},
                              groups) if "models" in root else Models()
         fallbacks = self.fallbacks(channel_map, actions)
+        timers = self.each(("timers",), lambda p: self.timer(p, event_map)) \
+            if "timers" in root else ()
         return Catalog(name=name, version=version, channels=channels, context=context,
                        events=events, attributes=attributes, features=features, consent=consent,
                        actions=actions, arbitration=arbitration, models=models,
-                       fallbacks=fallbacks, history_size=history, source=self.src)
+                       fallbacks=fallbacks, history_size=history, source=self.src,
+                       timers=timers)
 
     def field_spec(self, path: Path) -> FieldSpec:
         spec = self.mapping(path, ("type",), ("required", "values"))
@@ -820,6 +837,30 @@ class _Reader:
                 raise self.fail(path, f"channel '{ch_name}' has no fallback (an empty list "
                                       f"means no action)")
         return out
+
+
+    def timer(self, path: Path, events: dict[str, EventType]) -> Timer:
+        spec = self.mapping(path, ("start", "after", "fire"), ("cancel",))
+        start = self.events_named(path + ("start",), events)
+        cancel = self.events_named(path + ("cancel",), events) if "cancel" in spec else ()
+        fire = self.reference(path + ("fire",), events, "event type")
+        required = [f.name for f in events[fire].fields if f.required]
+        if required:
+            raise self.fail(path + ("fire",), f"a timer fires '{fire}' without attributes, but "
+                                              f"it requires {', '.join(required)}")
+        if fire in start:
+            raise self.fail(path + ("fire",), f"'{fire}' also starts the timer, so it would "
+                                              f"re-arm itself forever")
+        return Timer(path[-1], start, self.duration(path + ("after",)), cancel, fire)
+
+    def events_named(self, path: Path, events: dict[str, EventType]) -> tuple[str, ...]:
+        """One event type or a list of them."""
+        if isinstance(self.get(path), str):
+            return (self.reference(path, events, "event type"),)
+        names = self.names(path, events, "event type")
+        if not names:
+            raise self.fail(path, "must not be empty")
+        return names
 
 
 def _predictor_type(decl: Any, source: str) -> tuple[str, tuple[str, ...] | None]:

@@ -173,8 +173,24 @@ class CompiledCatalog:
         self._compile_actions()
         self._compile_arbitration()
         self._compile_models()
+        self._compile_timers()
         self.fallbacks = {self.channel_index[c]: [self.action_index[a] for a in ids]
                           for c, ids in catalog.fallbacks.items()}
+
+    def _compile_timers(self) -> None:
+        """Timer k: armed by the events in timers_started_by, disarmed by timers_cancelled_by,
+        fires event timer_fire[k] timer_after_s[k] seconds after it was armed."""
+        timers = self.catalog.timers
+        self.timer_names = [t.name for t in timers]
+        self.timer_after_s = [t.after_s for t in timers]
+        self.timer_fire = [self.event_index[t.fire] for t in timers]
+        self.timers_started_by: dict[int, list[int]] = {}
+        self.timers_cancelled_by: dict[int, list[int]] = {}
+        for k, t in enumerate(timers):
+            for name in t.start:
+                self.timers_started_by.setdefault(self.event_index[name], []).append(k)
+            for name in t.cancel:
+                self.timers_cancelled_by.setdefault(self.event_index[name], []).append(k)
 
     # -- strings and layout ------------------------------------------------------------------
 

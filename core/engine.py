@@ -45,6 +45,18 @@ class EncodedEvent:
 
 
 @dataclass(frozen=True)
+class EncodedRequest:
+    """A validated decision request, ready for the kernel."""
+
+    customer_id: str
+    channel: int
+    placement: int
+    context: np.ndarray
+    now: float
+    max_actions: int
+
+
+@dataclass(frozen=True)
 class RankedAction:
     action_id: str
     group: str
@@ -125,7 +137,8 @@ class DecisionEngine:
         m = self.models
         self.model_view = self.k.ModelView(m.mean, m.precision, m.positives, m.negatives)
 
-    def _rows(self, customer_ids: Iterable[str]) -> np.ndarray:
+    def activate(self, customer_ids: Iterable[str]) -> np.ndarray:
+        """The rows of these customers, activating fresh profiles for new ones."""
         rows = self.table.rows(customer_ids)
         if self.table.generation != self._generation:
             self._bind_state()
@@ -220,15 +233,24 @@ class DecisionEngine:
 
     # -- events ------------------------------------------------------------------------------
 
-    def apply(self, events: Sequence[EncodedEvent]) -> None:
-        """Apply encoded events in order (per customer order is the caller's order)."""
+    def apply(self, events: Sequence[EncodedEvent]) -> list[int]:
+        """Apply encoded events in order (per customer order is the caller's order).
+
+        Returns each event's sequence number: its customer's count of applied events.
+        """
         if not events:
-            return
-        rows = self._rows(e.customer_id for e in events)
+            return []
+        rows = self.activate(e.customer_id for e in events)
         etypes = np.fromiter((e.event_type for e in events), np.int32, len(events))
         times = np.fromiter((e.time for e in events), np.float64, len(events))
         fields = np.stack([e.fields for e in events])
         self.k.apply_events(self.catalog_view, self.state_view, rows, etypes, times, fields)
+        applied = self.table.applied
+        sequence = []
+        for row in rows.tolist():
+            applied[row] += 1
+            sequence.append(int(applied[row]))
+        return sequence
 
     # -- decisions ---------------------------------------------------------------------------
 
@@ -236,6 +258,19 @@ class DecisionEngine:
                context: Mapping[str, Any] | None = None, now: float | None = None,
                max_actions: int = 0, explain: bool = False) -> Decision:
         """Re-evaluate the whole profile for a channel and placement; the ranked actions."""
+        request = self.encode_request(customer_id, channel, placement, context, now, max_actions)
+        row = self.table.row(customer_id)
+        if self.table.generation != self._generation:
+            self._bind_state()
+        self.k.decide_one(self.catalog_view, self.state_view, self.model_view, self.workspace,
+                          row, request.channel, request.placement, request.context, request.now,
+                          request.max_actions)
+        return self._decision(0, customer_id, request.channel, request.placement, explain)
+
+    def encode_request(self, customer_id: str, channel: str, placement: str | None = None,
+                       context: Mapping[str, Any] | None = None, now: Any = None,
+                       max_actions: Any = 0) -> "EncodedRequest":
+        """Check a decision request; raises InputError naming the field."""
         _check_customer(customer_id)
         ch = self.channel_code(channel)
         pl = self.placement_code(ch, placement)
@@ -248,24 +283,31 @@ class DecisionEngine:
         if max_actions > MAX_ACTIONS:
             raise InputError("max_actions", f"must be at most {MAX_ACTIONS}, got {max_actions}")
         now = time.time() if now is None else _encode_time("now", now)
-        row = self.table.row(customer_id)
-        if self.table.generation != self._generation:
-            self._bind_state()
-        self.k.decide_one(self.catalog_view, self.state_view, self.model_view, self.workspace,
-                          row, ch, pl, ctx, now, max_actions)
-        return self._decision(0, customer_id, ch, pl, explain)
+        return EncodedRequest(customer_id, ch, pl, ctx, now, max_actions)
+
+    def decide_encoded(self, requests: Sequence["EncodedRequest"],
+                       explain: Sequence[bool] | bool = False) -> list[Decision]:
+        """Decisions for encoded requests, in kernel batches."""
+        if not requests:
+            return []
+        flags = [explain] * len(requests) if isinstance(explain, bool) else explain
+        return self.decide_many([r.customer_id for r in requests],
+                                [r.channel for r in requests], [r.placement for r in requests],
+                                np.stack([r.context for r in requests]),
+                                [r.now for r in requests], [r.max_actions for r in requests],
+                                flags)
 
     def decide_many(self, customer_ids: Sequence[str], channels: Sequence[int],
                     placements: Sequence[int], contexts: np.ndarray, now: Sequence[float],
                     max_actions: Sequence[int] | None = None,
-                    explain: bool = False) -> list[Decision]:
+                    explain: Sequence[bool] | bool = False) -> list[Decision]:
         """Batch form with encoded inputs (channel and placement codes, context rows)."""
         out: list[Decision] = []
         n_ctx = contexts.shape[1]
         for start in range(0, len(customer_ids), self.workspace.capacity):
             ids = customer_ids[start:start + self.workspace.capacity]
             end = start + len(ids)
-            rows = self._rows(ids)
+            rows = self.activate(ids)
             k_req = np.zeros(len(ids), np.int32) if max_actions is None else \
                 np.asarray(max_actions[start:end], np.int32)
             self.k.decide(self.catalog_view, self.state_view, self.model_view, self.workspace,
@@ -274,7 +316,9 @@ class DecisionEngine:
                           np.ascontiguousarray(contexts[start:end].reshape(-1, n_ctx)),
                           np.asarray(now[start:end], np.float64), k_req)
             out.extend(self._decision(i, ids[i], int(channels[start + i]),
-                                      int(placements[start + i]), explain)
+                                      int(placements[start + i]),
+                                      explain if isinstance(explain, bool) else
+                                      explain[start + i])
                        for i in range(len(ids)))
         return out
 
@@ -376,7 +420,7 @@ class DecisionEngine:
             encoded.append((customer_id, a, ch, code, _encode_time("time", when), decision_id))
         if not encoded:
             return
-        rows = self._rows(e[0] for e in encoded)
+        rows = self.activate(e[0] for e in encoded)
         x = np.empty((len(encoded), c.n_predictors))
         missing = []
         for i, e in enumerate(encoded):
@@ -396,6 +440,11 @@ class DecisionEngine:
                                np.array([e[2] for e in encoded], np.int32),
                                np.array([e[3] for e in encoded], np.int8),
                                np.array([e[4] for e in encoded], np.float64), x)
+
+    def use_models(self, models: ModelTable) -> None:
+        """Decide and learn with this table from now on (after a catalog switch)."""
+        self.models = models
+        self._bind_models()
 
     def adopt_models(self, mean: np.ndarray, precision: np.ndarray, positives: np.ndarray,
                      negatives: np.ndarray, version: int) -> None:

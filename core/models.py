@@ -189,3 +189,52 @@ class ModelTable:
         self._taken_precision -= unsent.precision
         self._taken_positives -= unsent.positives
         self._taken_negatives -= unsent.negatives
+
+
+class ModelRemap:
+    """Carries model statistics across a catalog switch.
+
+    Rows are matched by (action id, channel name) and columns by predictor name; what the new
+    version adds starts at its prior (new actions warm-start from their group). A transform or
+    scale change under the same predictor name keeps the weight, which then adapts online.
+    """
+
+    def __init__(self, old: CompiledCatalog, new: CompiledCatalog):
+        old_rows = {(a, ch): i * len(old.channel_names) + j
+                    for i, a in enumerate(old.action_ids)
+                    for j, ch in enumerate(old.channel_names)}
+        self.rows = np.array([old_rows.get((a, ch), -1) for a in new.action_ids
+                              for ch in new.channel_names], np.int64)
+        old_cols = {name: j for j, name in enumerate(old.predictor_names)}
+        self.cols = np.array([old_cols.get(name, -1) for name in new.predictor_names], np.int64)
+        self.new = new
+        self.new_actions = [a for a, action_id in enumerate(new.action_ids)
+                            if action_id not in old.action_index]
+
+    def _carry(self, old: np.ndarray, base: np.ndarray) -> np.ndarray:
+        out = base.copy()
+        rows, cols = self.rows >= 0, self.cols >= 0
+        if out.ndim == 1:
+            out[rows] = old[self.rows[rows]]
+        else:
+            out[np.ix_(rows, cols)] = old[np.ix_(self.rows[rows], self.cols[cols])]
+        return out
+
+    def table(self, old: ModelTable) -> ModelTable:
+        """The old table's posteriors in the new layout, with the same pending learning."""
+        fresh = ModelTable(self.new, old.version)
+        fresh.mean = self._carry(old.mean, fresh.mean)
+        fresh.precision = self._carry(old.precision, fresh.precision)
+        fresh.positives = self._carry(old.positives, fresh.positives)
+        fresh.negatives = self._carry(old.negatives, fresh.negatives)
+        fresh.warm_start(self.new, self.new_actions)
+        fresh._mark_as(self.delta(old.pending()))
+        return fresh
+
+    def delta(self, delta: ModelDelta) -> ModelDelta:
+        """A delta learned under the old version, in the new layout (unmatched parts drop)."""
+        zeros2, zeros1 = np.zeros((len(self.rows), len(self.cols))), np.zeros(len(self.rows))
+        return ModelDelta(self._carry(delta.precision_mean, zeros2),
+                          self._carry(delta.precision, zeros2),
+                          self._carry(delta.positives, zeros1),
+                          self._carry(delta.negatives, zeros1))

@@ -1,7 +1,9 @@
 """Columnar profile state: one row per resident customer, owned by a shard.
 
-A row holds the profile slots (see compiler.Layout) and an interaction-history ring of
-(action, channel, outcome, time). Contact policies are answered from the ring, so a customer's
+A row holds the profile slots (see compiler.Layout), an interaction-history ring of
+(action, channel, outcome, time) and the number of events applied to the customer, which is
+the customer's event sequence number (acks report it, so order can be checked end to end).
+Contact policies are answered from the ring, so a customer's
 whole state is one fixed-size record: easy to snapshot, passivate and move.
 """
 from __future__ import annotations
@@ -15,6 +17,8 @@ from .compiler import CompiledCatalog
 HISTORY_EPOCH_S = 1_577_836_800.0  # 2020-01-01T00:00:00Z: ring times are int32 seconds after it
 EMPTY = -1  # ring_action of an unused history entry
 GROWTH = 1.5
+COLUMNS = ("values", "ring_action", "ring_channel", "ring_outcome", "ring_time", "ring_head",
+           "applied")
 
 
 @dataclass
@@ -27,11 +31,13 @@ class Record:
     ring_outcome: np.ndarray
     ring_time: np.ndarray
     ring_head: int
+    applied: int = 0
 
     def equals(self, other: "Record") -> bool:
         return all(np.array_equal(getattr(self, k), getattr(other, k), equal_nan=True)
                    for k in ("values", "ring_action", "ring_channel", "ring_outcome",
-                             "ring_time")) and self.ring_head == other.ring_head
+                             "ring_time")) and self.ring_head == other.ring_head \
+            and self.applied == other.applied
 
 
 class ProfileTable:
@@ -57,6 +63,7 @@ class ProfileTable:
             "ring_outcome": np.zeros((capacity, ring), np.int8),
             "ring_time": np.zeros((capacity, ring), np.int32),
             "ring_head": np.zeros(capacity, np.int32),
+            "applied": np.zeros(capacity, np.int64),
         }
         arrays["values"][:] = self.defaults
         for name, array in arrays.items():
@@ -95,7 +102,8 @@ class ProfileTable:
         row = self.index[customer_id]
         return Record(self.values[row].copy(), self.ring_action[row].copy(),
                       self.ring_channel[row].copy(), self.ring_outcome[row].copy(),
-                      self.ring_time[row].copy(), int(self.ring_head[row]))
+                      self.ring_time[row].copy(), int(self.ring_head[row]),
+                      int(self.applied[row]))
 
     def load(self, customer_id: str, record: Record) -> int:
         row = self.row(customer_id)
@@ -105,6 +113,7 @@ class ProfileTable:
         self.ring_outcome[row] = record.ring_outcome
         self.ring_time[row] = record.ring_time
         self.ring_head[row] = record.ring_head
+        self.applied[row] = record.applied
         return row
 
     def evict(self, customer_id: str) -> None:
@@ -117,9 +126,9 @@ class ProfileTable:
         self.ring_outcome[row] = 0
         self.ring_time[row] = 0
         self.ring_head[row] = 0
+        self.applied[row] = 0
         self.free.append(row)
 
     def nbytes(self) -> int:
         """Bytes of the arrays (every allocated row, used or not)."""
-        return sum(getattr(self, k).nbytes for k in ("values", "ring_action", "ring_channel",
-                                                     "ring_outcome", "ring_time", "ring_head"))
+        return sum(getattr(self, k).nbytes for k in COLUMNS)

@@ -25,7 +25,7 @@ SMALL = (Path(__file__).parent / "data" / "small.yaml").read_text(encoding="utf-
 T = 1_800_000_000.0  # 2027-01-15, inside 1970..2100
 
 ALLOWED_TOP = ("kairos_catalog, name, version, channels, events, actions, fallbacks, context, "
-               "attributes, features, consent, arbitration, models, history")
+               "attributes, features, consent, arbitration, models, history, timers")
 ALLOWED_ACTION = ("id, group, purpose, channels, value, eligibility, applicability, suitability, "
                   "lever, valid, contact_policy, attributes, name, description")
 FUNCTIONS = ("abs, coalesce, days_since, hours_since, known, log1p, max, min, minutes_since")

@@ -1,0 +1,168 @@
+"""Customer blocks: the state of many customers in a columnar, catalog-independent form.
+
+A shard hands partitions over, passivates customers and (with the durability issue) snapshots
+them as blocks. A block names its profile slots, actions and channels and carries its strings
+as text, so it loads into a shard whose catalog version or string table differs: columns are
+matched by name, new slots take their defaults, history entries of removed actions are dropped.
+Encoded with msgpack; NumPy columns travel as raw buffers.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import msgpack
+import numpy as np
+
+from kairos.core.compiler import CompiledCatalog
+from kairos.core.engine import DecisionEngine
+from kairos.core.state import EMPTY
+
+FORMAT = 1
+RING_COLUMNS = ("ring_action", "ring_channel", "ring_outcome", "ring_time")
+
+
+def slot_keys(compiled: CompiledCatalog) -> list[str]:
+    """A name per profile slot; the helper slot after a `last` feature is '<name>@time'."""
+    keys: list[str] = []
+    for name in compiled.layout.names:
+        keys.append(name if name else f"{keys[-1]}@time")
+    return keys
+
+
+def string_columns(compiled: CompiledCatalog) -> list[bool]:
+    types = compiled.layout.types
+    return [types.get(key) == "string" for key in slot_keys(compiled)]
+
+
+def export_block(engine: DecisionEngine, customer_ids: Sequence[str],
+                 extras: Sequence[Any] | None = None) -> dict[str, Any]:
+    """The customers' rows as a block; `extras` (one msgpack-able value per customer) ride
+    along for the shard's own per-customer state, such as armed timers."""
+    c, t = engine.compiled, engine.table
+    rows = np.fromiter((t.index[i] for i in customer_ids), np.int64, len(customer_ids))
+    values = t.values[rows]
+    strings: list[str] = []
+    for col, is_string in enumerate(string_columns(c)):
+        if is_string:
+            values[:, col], texts = _localize(values[:, col], c, len(strings))
+            strings.extend(texts)
+    block = {"format": FORMAT, "catalog": c.version, "ids": list(customer_ids),
+             "slots": slot_keys(c), "string_columns": string_columns(c), "strings": strings,
+             "actions": c.action_ids, "channels": c.channel_names, "values": values,
+             "ring_head": t.ring_head[rows], "applied": t.applied[rows],
+             "extras": list(extras) if extras is not None else [None] * len(rows)}
+    for name in RING_COLUMNS:
+        block[name] = getattr(t, name)[rows]
+    return block
+
+
+def import_block(engine: DecisionEngine, block: dict[str, Any]) -> list[str]:
+    """Load a block's customers into the engine's table (activating them); their ids."""
+    if block["format"] != FORMAT:
+        raise ValueError(f"customer block format {block['format']} is not {FORMAT}")
+    c, t = engine.compiled, engine.table
+    ids = block["ids"]
+    if not ids:
+        return []
+    rows = engine.activate(ids)
+    t.values[rows] = _values(c, block)
+    _rings(c, block, t, rows)
+    t.applied[rows] = block["applied"]
+    return ids
+
+
+def _localize(codes: np.ndarray, c: CompiledCatalog, offset: int) -> tuple[np.ndarray, list]:
+    """String codes of the engine's table -> codes into the block's own string list."""
+    known = ~np.isnan(codes)
+    unique, inverse = np.unique(codes[known], return_inverse=True)
+    out = codes.copy()
+    out[known] = inverse + offset
+    return out, [c.strings.text(code) for code in unique.tolist()]
+
+
+def _values(c: CompiledCatalog, block: dict[str, Any]) -> np.ndarray:
+    source = np.asarray(block["values"], np.float64)
+    out = np.tile(c.layout.defaults, (len(source), 1))
+    where = {key: col for col, key in enumerate(block["slots"])}
+    was_string = block["string_columns"]
+    strings = block["strings"]
+    for col, (key, is_string) in enumerate(zip(slot_keys(c), string_columns(c))):
+        src = where.get(key)
+        if src is None or bool(was_string[src]) != is_string:
+            continue  # a new slot, or one whose type changed: it starts from its default
+        column = source[:, src]
+        if is_string:
+            column = column.copy()
+            known = ~np.isnan(column)
+            column[known] = [c.strings.intern(strings[int(k)]) for k in column[known].tolist()]
+        out[:, col] = column
+    return out
+
+
+def _rings(c: CompiledCatalog, block: dict[str, Any], t, rows: np.ndarray) -> None:
+    action_map = np.array([c.action_index.get(a, EMPTY) for a in block["actions"]] + [EMPTY],
+                          np.int16)
+    channel_map = np.array([c.channel_index.get(ch, EMPTY) for ch in block["channels"]],
+                           np.int16)
+    src_action = np.asarray(block["ring_action"], np.int16)
+    mapped = action_map[src_action]  # EMPTY (-1) indexes the appended EMPTY
+    src_channel = np.asarray(block["ring_channel"], np.int16)
+    channels = channel_map[src_channel]
+    same_shape = src_action.shape[1] == c.history_size
+    lossless = np.all((mapped != EMPTY) == (src_action != EMPTY)) and \
+        np.all((channels != EMPTY) | (src_action == EMPTY))
+    if same_shape and lossless:
+        t.ring_action[rows] = mapped
+        t.ring_channel[rows] = np.where(channels == EMPTY, 0, channels)
+        t.ring_outcome[rows] = block["ring_outcome"]
+        t.ring_time[rows] = block["ring_time"]
+        t.ring_head[rows] = block["ring_head"]
+        return
+    # Another history size, or entries of actions or channels this catalog lacks: rebuild
+    # each ring, oldest entry first, keeping the newest that fit.
+    size_in = src_action.shape[1]
+    for i, row in enumerate(rows.tolist()):
+        head = int(block["ring_head"][i])
+        kept = []
+        for k in range(size_in):
+            e = (head - 1 - k) % size_in
+            if src_action[i, e] == EMPTY:
+                break
+            if mapped[i, e] != EMPTY and channels[i, e] != EMPTY:
+                kept.append(e)
+        kept = kept[:c.history_size][::-1]
+        t.ring_action[row] = EMPTY
+        t.ring_channel[row] = 0
+        t.ring_outcome[row] = 0
+        t.ring_time[row] = 0
+        for j, e in enumerate(kept):
+            t.ring_action[row, j] = mapped[i, e]
+            t.ring_channel[row, j] = channels[i, e]
+            t.ring_outcome[row, j] = block["ring_outcome"][i, e]
+            t.ring_time[row, j] = block["ring_time"][i, e]
+        t.ring_head[row] = len(kept) % c.history_size
+
+
+# -- wire form ---------------------------------------------------------------------------------
+
+def pack(block: dict[str, Any]) -> bytes:
+    return msgpack.packb(block, default=_encode_array, use_bin_type=True)
+
+
+def unpack(data: bytes) -> dict[str, Any]:
+    return msgpack.unpackb(data, object_hook=_decode_array, raw=False, strict_map_key=False)
+
+
+def _encode_array(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return {"__nd__": obj.dtype.str, "shape": list(obj.shape),
+                "data": np.ascontiguousarray(obj).tobytes()}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot encode {type(obj).__name__} in a customer block")
+
+
+def _decode_array(obj: dict) -> Any:
+    if "__nd__" in obj:
+        return np.frombuffer(obj["data"], np.dtype(obj["__nd__"])).reshape(obj["shape"]).copy()
+    return obj

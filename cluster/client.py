@@ -1,0 +1,319 @@
+"""The runtime's client: routes requests to the owning shard, in order, through moves.
+
+Used by the gateway and the tests. It follows the controller's partition map by long poll,
+batches requests per shard (a call goes out as soon as one is free, carrying whatever queued
+meanwhile: no added latency at low load, amortized Ray hops under load) and keeps every
+customer's requests in order, even while partitions move between shards:
+
+- each partition has a lane; a lane sends to one shard at a time;
+- when a shard answers MOVED (the partition froze, or the map was stale), the lane stops,
+  waits until every earlier request of the lane has its answer and the map shows the new
+  owner, then re-sends the moved requests in their original order before anything newer.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from kairos.core.engine import Decision
+from kairos.core.errors import InputError
+
+from .partitions import partition_of
+from .ray_api import Backend, Unavailable
+from .settings import (CLIENT_BATCH_LIMIT, CLIENT_INFLIGHT_CALLS, CLIENT_QUEUE_LIMIT,
+                       LONG_POLL_S)
+from .shard import BUSY, INVALID, MISSING, MOVED, NOT_MINE, OK
+
+log = logging.getLogger("kairos.client")
+MAX_REDIRECTS = 20  # a request MOVED this many times in a row fails as Unavailable
+
+
+class Busy(Exception):
+    """The owning shard's queue is full: back off (gRPC RESOURCE_EXHAUSTED)."""
+
+
+@dataclass
+class _Item:
+    request: tuple
+    future: asyncio.Future
+    order: int
+    redirects: int = 0
+    routed: int = 0  # the map version it was routed under
+
+
+@dataclass
+class _Lane:
+    """One partition's requests: where they go and what waits."""
+
+    shard: str | None = None  # where the in-flight requests went
+    inflight: int = 0
+    moved: list[_Item] = field(default_factory=list)
+    held: deque = field(default_factory=deque)
+    want_version: int = 0  # MOVED named this map version: wait for it before re-sending
+    orders: itertools.count = field(default_factory=itertools.count)
+
+
+class _ShardLink:
+    """Batches to one shard: one session, sequence numbers in send order."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.session = uuid.uuid4().hex
+        self.seq = 0
+        self.queue: deque[tuple[_Item, int]] = deque()
+        self.wake = asyncio.Event()
+        self.slots = asyncio.Semaphore(CLIENT_INFLIGHT_CALLS)
+        self.task: asyncio.Task | None = None
+
+
+class KairosClient:
+    """Async client of the runtime. `await connect()` first (it fetches the map)."""
+
+    def __init__(self, backend: Backend, n_partitions: int | None = None):
+        self.backend = backend
+        self.version = 0
+        self.catalog_version = ""
+        self._shards: list[str] = []
+        self._owners: np.ndarray | None = None
+        self._lanes: dict[int, _Lane] = {}
+        self._links: dict[str, _ShardLink] = {}
+        self._map_changed = asyncio.Event()
+        self._poller: asyncio.Task | None = None
+
+    # -- the map -------------------------------------------------------------------------------
+
+    async def connect(self) -> "KairosClient":
+        self._apply_map(await self.backend.controller_call("get_map", -1, 0.0))
+        self._poller = asyncio.get_running_loop().create_task(self._follow_map())
+        return self
+
+    async def close(self) -> None:
+        tasks = [self._poller] + [link.task for link in self._links.values()]
+        for task in tasks:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in tasks if t is not None), return_exceptions=True)
+
+    def _apply_map(self, routing: dict[str, Any] | None) -> None:
+        if routing is None or routing["version"] == self.version:
+            return
+        self.version = routing["version"]
+        self.catalog_version = routing["catalog_version"]
+        self._shards = routing["shards"]
+        self._owners = np.frombuffer(routing["owners"], np.uint16)
+        self._map_changed.set()
+        self._map_changed = asyncio.Event()
+
+    async def _follow_map(self) -> None:
+        # Long polls use asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
+        # cancel that races with the map changing (cpython gh-86296), so close() hung.
+        while True:
+            try:
+                self._apply_map(await self.backend.controller_call("get_map", self.version,
+                                                                   LONG_POLL_S))
+            except Unavailable:
+                await asyncio.sleep(0.2)  # the controller is restarting
+
+    async def _map_newer_than(self, version: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.version < version:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                async with asyncio.timeout(left):
+                    await self._map_changed.wait()
+            except asyncio.TimeoutError:
+                return
+
+    def owner(self, customer_id: str) -> str:
+        return self._shards[self._owners[partition_of(customer_id, len(self._owners))]]
+
+    # -- requests ------------------------------------------------------------------------------
+
+    async def ingest(self, customer_id: str, event_type: str, event_time: Any,
+                     attributes: Mapping[str, Any] | None = None) -> int:
+        """Apply an event; the customer's sequence number for it."""
+        return await self.call(("event", customer_id, event_type, event_time,
+                                dict(attributes or {})))
+
+    async def ingest_ack(self, customer_id: str, event_type: str, event_time: Any,
+                         attributes: Mapping[str, Any] | None, idempotency_key: str | None,
+                         decide: tuple[str, str | None] | None = None) -> tuple:
+        """Apply an event once per idempotency key: (sequence, duplicate[, decision for
+        `decide` = (channel, placement)])."""
+        return await self._result(("event", customer_id, event_type, event_time,
+                                   dict(attributes or {}), idempotency_key, decide))
+
+    async def decide(self, customer_id: str, channel: str, placement: str | None = None,
+                     context: Mapping[str, Any] | None = None, *, max_actions: int = 0,
+                     explain: bool = False, now: float | None = None,
+                     record_impression: bool = False) -> Decision:
+        return await self.call(("decide", customer_id, channel, placement, dict(context or {}),
+                                max_actions, explain, now, record_impression))
+
+    async def respond(self, customer_id: str, action_id: str, channel: str, outcome: str,
+                      when: Any, decision_id: str | None = None) -> None:
+        await self.call(("outcome", customer_id, action_id, channel, outcome, when,
+                         decision_id))
+
+    async def profile(self, customer_id: str, now: float | None = None) -> dict | None:
+        """The golden record, or None for a customer nobody has seen."""
+        return await self.call(("profile", customer_id, now if now is not None else time.time()))
+
+    async def forget(self, customer_id: str) -> bool:
+        """Erase the customer from its shard and store; whether it existed."""
+        return await self.call(("forget", customer_id))
+
+    async def watch(self, customer_id: str, sink: str, channel: str,
+                    placement: str | None = None, active: bool = True) -> None:
+        """Have the customer's owner push changes of the best action to the actor `sink`."""
+        await self.call(("watch", customer_id, sink, channel, placement, active))
+
+    async def call(self, request: tuple) -> Any:
+        """One request `(kind, customer_id, *payload)`; its value, or the error it raised."""
+        return (await self._result(request))[0]
+
+    async def _result(self, request: tuple) -> tuple:
+        """A request's values (`None` for a missing customer), or the error it raised."""
+        customer_id = request[1]
+        if not isinstance(customer_id, str) or not customer_id:
+            raise InputError("customer_id", f"expected a non-empty string, got "
+                                            f"{type(customer_id).__name__} {customer_id!r}")
+        p = partition_of(customer_id, len(self._owners))
+        link = self._links.get(self._owner_of(p))
+        if link is not None and len(link.queue) >= CLIENT_QUEUE_LIMIT:
+            raise Busy(f"{link.name} has {len(link.queue)} requests waiting to be sent")
+        lane = self._lanes.get(p)
+        if lane is None:
+            lane = self._lanes[p] = _Lane()
+        future = asyncio.get_running_loop().create_future()
+        item = _Item((request[0], p) + request[1:], future, next(lane.orders))
+        if lane.moved or lane.held or (lane.inflight and lane.shard != self._owner_of(p)):
+            lane.held.append(item)  # behind what must go first
+        else:
+            self._send(p, lane, item)
+        status, *rest = await future
+        if status == OK:
+            return tuple(rest)
+        if status == INVALID:
+            raise InputError(rest[0], rest[1])
+        if status == MISSING:
+            return (None,)
+        if status == BUSY:
+            raise Busy(f"shard {lane.shard} is at its queue limit")
+        raise Unavailable(rest[0])
+
+    def _owner_of(self, p: int) -> str:
+        return self._shards[self._owners[p]]
+
+    def _send(self, p: int, lane: _Lane, item: _Item) -> None:
+        lane.shard = self._owner_of(p)
+        lane.inflight += 1
+        item.routed = self.version
+        link = self._links.get(lane.shard)
+        if link is None:
+            link = self._links[lane.shard] = _ShardLink(lane.shard)
+            link.task = asyncio.get_running_loop().create_task(self._pump(link))
+        link.queue.append((item, p))
+        link.wake.set()
+
+    async def _pump(self, link: _ShardLink) -> None:
+        """Send whatever queued for the shard as one call, whenever a call slot is free."""
+        while True:
+            await link.wake.wait()
+            link.wake.clear()
+            while link.queue:
+                await link.slots.acquire()
+                batch = [link.queue.popleft()
+                         for _ in range(min(len(link.queue), CLIENT_BATCH_LIMIT))]
+                seq, link.seq = link.seq, link.seq + 1
+                asyncio.get_running_loop().create_task(self._call_shard(link, seq, batch))
+
+    async def _call_shard(self, link: _ShardLink, seq: int, batch: list) -> None:
+        try:
+            results = await self.backend.send(link.name, link.session, seq,
+                                              [item.request for item, _ in batch],
+                                              [item.routed for item, _ in batch])
+        except Unavailable as exc:
+            # The shard died or is restarting: requests may or may not have been applied,
+            # so they fail rather than being re-sent; later ones start a fresh session.
+            link.session, link.seq = uuid.uuid4().hex, 0
+            results = [("unavailable", str(exc))] * len(batch)
+        finally:
+            link.slots.release()
+        for (item, p), result in zip(batch, results):
+            self._answered(p, item, result)
+
+    def _answered(self, p: int, item: _Item, result: tuple) -> None:
+        lane = self._lanes[p]
+        lane.inflight -= 1
+        if result[0] == MOVED:
+            item.redirects += 1
+            if item.redirects > MAX_REDIRECTS:
+                item.future.set_result(("unavailable", f"partition {p} kept moving"))
+            else:
+                lane.moved.append(item)
+                lane.want_version = max(lane.want_version, result[1] if result[1] != NOT_MINE
+                                        else self.version + 1)
+        elif not item.future.done():
+            item.future.set_result(result)
+        if lane.inflight == 0 and (lane.moved or lane.held):
+            asyncio.get_running_loop().create_task(self._resume(p, lane))
+
+    async def _resume(self, p: int, lane: _Lane) -> None:
+        """Every earlier request has its answer: re-send the moved ones in their original
+        order once the map shows their new owner, then what was held behind them."""
+        if lane.moved:
+            await self._map_newer_than(lane.want_version, LONG_POLL_S)
+        if lane.inflight:  # another resume already started
+            return
+        ready = sorted(lane.moved, key=lambda item: item.order) + list(lane.held)
+        lane.moved, lane.held = [], deque()
+        for item in ready:
+            self._send(p, lane, item)
+
+
+class SyncClient:
+    """A blocking facade over KairosClient (CLI, scripts, tests): it runs the client on its
+    own event-loop thread, so `client.decide(...)` simply returns the decision."""
+
+    def __init__(self, backend: Backend, timeout_s: float = 60.0):
+        self.timeout_s = timeout_s
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="kairos-client",
+                                        daemon=True)
+        self._thread.start()
+        self.client: KairosClient = self.run(self._connect(backend))
+
+    @staticmethod
+    async def _connect(backend: Backend) -> KairosClient:
+        return await KairosClient(backend).connect()
+
+    def run(self, coroutine) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(self.timeout_s)
+
+    def submit(self, coroutine) -> concurrent.futures.Future:
+        """Start a coroutine on the client's loop without waiting (pipelining)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+
+    def __getattr__(self, name: str):
+        method = getattr(self.client, name)
+        if not asyncio.iscoroutinefunction(method):
+            return method
+        return lambda *args, **kwargs: self.run(method(*args, **kwargs))
+
+    def close(self) -> None:
+        self.run(self.client.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)

@@ -1,0 +1,336 @@
+"""Controller: shards and their placement, the partition map, catalog versions.
+
+The control logic (`Controller`) talks to shards and the learner only through a Backend, so
+it runs without Ray in tests; `ControllerActor` is the named, detached Ray actor around it.
+
+- Shards are spread over the alive nodes, each new one on the node with the fewest.
+- The partition map is versioned; gateways and clients follow it by long poll.
+- Scaling moves partitions a bounded share per round. A partition moves by freeze (the old
+  owner answers MOVED with the next map version) -> hand over its customers -> the new owner
+  adopts them -> the map version is published -> the old owner forgets them. Requests that
+  met the freeze are re-sent by clients, in order, once they see the new version.
+- A catalog switch is two-phase: every shard prepares (compiles) the version, then all commit;
+  any failure in the first phase leaves every shard on the old version.
+- One reconfiguration at a time; the control loop re-starts shards that Ray restarted and
+  re-places shards when nodes join.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import numpy as np
+import ray
+
+from kairos.core.catalog import default_catalog_text, load_catalog
+from kairos.core.compiler import compile_catalog
+
+from .partitions import DEFAULT_PARTITIONS, Move, PartitionMap
+from .ray_api import Backend, RayBackend, Unavailable
+from .settings import LONG_POLL_S, RETIRE_GRACE_S
+
+log = logging.getLogger("kairos.controller")
+CONTROL_LOOP_S = 1.0
+
+
+def shard_name(index: int) -> str:
+    return f"kairos-shard-{index:04d}"
+
+
+class Controller:
+    def __init__(self, backend: Backend, catalog_text: str | None = None,
+                 n_partitions: int = DEFAULT_PARTITIONS):
+        self.backend = backend
+        self.catalog_text = catalog_text or default_catalog_text()
+        self.catalog_version = compile_catalog(load_catalog(self.catalog_text)).version
+        self.previous_catalog: str | None = None
+        self.n_partitions = n_partitions
+        self.map: PartitionMap | None = None
+        self.placement: dict[str, str | None] = {}  # shard -> node it was placed on
+        self.incarnations: dict[str, str] = {}
+        self.channel_watches: set[tuple[str, str, str | None]] = set()
+        self._next_index = 0
+        self._changed = asyncio.Event()
+        self._reconfiguring = asyncio.Lock()
+
+    @property
+    def shards(self) -> list[str]:
+        return list(self.placement)
+
+    # -- start and the map ---------------------------------------------------------------------
+
+    async def start(self, n_shards: int) -> None:
+        if n_shards < 1:
+            raise ValueError(f"need at least one shard, got {n_shards}")
+        names = [await self._create_shard() for _ in range(n_shards)]
+        self.map = PartitionMap.initial(names, self.n_partitions)
+        await asyncio.gather(*(self._start_shard(name) for name in names))
+        self._publish()
+
+    async def _create_shard(self) -> str:
+        name = shard_name(self._next_index)
+        self._next_index += 1
+        node = self._emptiest_node()
+        await self.backend.create_shard(name, node, self.n_partitions, self._next_index)
+        self.placement[name] = node
+        return name
+
+    def _emptiest_node(self) -> str | None:
+        nodes = self.backend.nodes()
+        if not nodes:
+            return None
+        load = {n: 0 for n in nodes}
+        for node in self.placement.values():
+            if node in load:
+                load[node] += 1
+        return min(nodes, key=lambda n: (load[n], nodes.index(n)))
+
+    async def _start_shard(self, name: str) -> None:
+        partitions = self.map.partitions_of(name) if self.map else []
+        self.incarnations[name] = await self.backend.shard_call(
+            name, "start", self.catalog_text, partitions,
+            sorted(self.channel_watches, key=str), self.map.version if self.map else 1)
+
+    def _publish(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def routing(self) -> dict[str, Any]:
+        """The map as clients take it: shard names and an owner index per partition."""
+        names = self.map.shards_in_use()
+        index = {n: i for i, n in enumerate(names)}
+        owners = np.array([index[o] for o in self.map.owners], np.uint16)
+        return {"version": self.map.version, "shards": names, "owners": owners.tobytes(),
+                "catalog_version": self.catalog_version}
+
+    async def get_map(self, known_version: int, timeout_s: float = LONG_POLL_S) -> dict | None:
+        """Long poll: the map once its version differs from `known_version`; None on timeout."""
+        if self.map.version == known_version:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self._changed.wait()
+            except asyncio.TimeoutError:
+                return None
+        return self.routing()
+
+    # -- scaling -------------------------------------------------------------------------------
+
+    async def scale(self, n_shards: int) -> dict[str, Any]:
+        """Change the shard count while traffic flows; returns when the spread is even."""
+        if n_shards < 1:
+            raise ValueError(f"need at least one shard, got {n_shards}")
+        async with self._reconfiguring:
+            target = self.shards[:n_shards]
+            for _ in range(n_shards - len(target)):
+                name = await self._create_shard()
+                await self._start_shard(name)
+                target.append(name)
+            moved = await self._rebalance(target)
+            await self._retire([s for s in self.shards if s not in target])
+            return {"shards": len(self.shards), "moved": moved, "version": self.map.version}
+
+    async def _rebalance(self, target: list[str]) -> int:
+        moved = 0
+        while moves := self.map.plan(target):
+            await self._move(moves, target)
+            moved += len(moves)
+        return moved
+
+    async def _move(self, moves: list[Move], target: list[str]) -> None:
+        version = self.map.version + 1
+        pairs: dict[tuple[str, str], list[int]] = {}
+        for m in moves:
+            pairs.setdefault((m.source, m.target), []).append(m.partition)
+        results = await asyncio.gather(*(self._hand_over(src, dst, parts, version)
+                                         for (src, dst), parts in pairs.items()),
+                                       return_exceptions=True)
+        handed = {pair for pair, result in zip(pairs, results)
+                  if not isinstance(result, Exception)}
+        self.map = self.map.apply([m for m in moves if (m.source, m.target) in handed], target)
+        self._publish()
+        await asyncio.gather(*(self.backend.shard_call(src, "release", pairs[(src, dst)])
+                               for src, dst in handed))
+        failures = [r for r in results if isinstance(r, Exception)]
+        if failures:
+            raise RuntimeError(f"{len(failures)} handoffs failed; first: {failures[0]!r}")
+
+    async def _hand_over(self, source: str, target: str, partitions: list[int],
+                         version: int) -> int:
+        payload = await self.backend.shard_call(source, "freeze", partitions, version)
+        try:
+            return await self.backend.shard_call(target, "adopt", payload, version)
+        except Exception:
+            log.exception("handoff %s -> %s failed; %s serves the partitions again",
+                          source, target, source)
+            await self.backend.shard_call(source, "thaw", partitions, version)
+            raise
+
+    async def _retire(self, names: list[str]) -> None:
+        """Stop shards that own nothing any more, after clients had time to see the map."""
+        if not names:
+            return
+        await asyncio.sleep(RETIRE_GRACE_S)
+        for name in names:
+            await self.backend.kill_shard(name)
+            self.placement.pop(name, None)
+            self.incarnations.pop(name, None)
+
+    # -- catalogs ------------------------------------------------------------------------------
+
+    async def put_catalog(self, catalog_text: str) -> str:
+        """Validate, then switch every shard and the learner; the new version."""
+        version = compile_catalog(load_catalog(catalog_text)).version  # CatalogError: stop
+        async with self._reconfiguring:
+            await asyncio.gather(*(self.backend.shard_call(s, "prepare", catalog_text)
+                                   for s in self.shards))
+            await self.backend.learner_call("switch", catalog_text)
+            await asyncio.gather(*(self.backend.shard_call(s, "commit", version)
+                                   for s in self.shards))
+            self.previous_catalog, self.catalog_text = self.catalog_text, catalog_text
+            self.catalog_version = version
+            self.map = self.map.apply([], self.map.shards)  # gateways learn it by long poll
+            self._publish()
+        return version
+
+    async def get_catalog(self) -> dict[str, Any]:
+        return {"version": self.catalog_version, "text": self.catalog_text,
+                "has_previous": self.previous_catalog is not None}
+
+    async def rollback_catalog(self) -> str:
+        if self.previous_catalog is None:
+            raise ValueError("there is no previous catalog version to roll back to")
+        return await self.put_catalog(self.previous_catalog)
+
+    # -- watches -------------------------------------------------------------------------------
+
+    async def watch_channel(self, sink: str, channel: str, placement: str | None,
+                            active: bool = True) -> None:
+        async with self._reconfiguring:
+            await asyncio.gather(*(self.backend.shard_call(s, "watch_channel", sink, channel,
+                                                           placement, active)
+                                   for s in self.shards))
+            key = (sink, channel, placement)
+            if active:
+                self.channel_watches.add(key)
+            else:
+                self.channel_watches.discard(key)
+
+    # -- the control loop ----------------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        """One round: replace shards whose node died, re-start shards Ray restarted, then
+        spread shards over nodes that joined."""
+        async with self._reconfiguring:
+            alive = set(self.backend.nodes())
+            for name in [s for s, node in self.placement.items()
+                         if node is not None and node not in alive]:
+                await self._replace(name)
+            for name in self.shards:
+                try:
+                    health = await self.backend.shard_call(name, "health")
+                except Unavailable:
+                    continue  # Ray is restarting it; look again next round
+                if health["incarnation"] != self.incarnations.get(name):
+                    log.warning("%s restarted; giving it its partitions again (customers it "
+                                "held in memory are lost without a durable store)", name)
+                    await self._start_shard(name)
+            nodes = self.backend.nodes()
+            busiest, emptiest = self._node_spread(nodes)
+            if busiest is None:
+                return
+            victim = next(s for s, n in self.placement.items() if n == busiest)
+            name = await self._create_shard()
+            await self._start_shard(name)
+            target = [s for s in self.shards if s != victim]
+            await self._rebalance(target)
+            await self._retire([victim])
+
+    async def _replace(self, dead: str) -> None:
+        log.warning("%s was on a node that left; a new shard takes its partitions (customers "
+                    "it held in memory are lost without a durable store)", dead)
+        await self.backend.kill_shard(dead)
+        self.placement.pop(dead)
+        self.incarnations.pop(dead, None)
+        name = await self._create_shard()
+        moves = [Move(p, dead, name) for p in self.map.partitions_of(dead)]
+        self.map = self.map.apply(moves, self.shards)
+        await self._start_shard(name)  # granted at the new version: stale senders re-route
+        self._publish()
+
+    def _node_spread(self, nodes: list[str]) -> tuple[str | None, str | None]:
+        """(busiest, emptiest) nodes when they differ by two shards or more."""
+        if len(nodes) < 2:
+            return None, None
+        load = {n: 0 for n in nodes}
+        for node in self.placement.values():
+            if node in load:
+                load[node] += 1
+        busiest = max(nodes, key=lambda n: load[n])
+        emptiest = min(nodes, key=lambda n: load[n])
+        if load[busiest] - load[emptiest] < 2:
+            return None, None
+        return busiest, emptiest
+
+    async def status(self) -> dict[str, Any]:
+        shards = await asyncio.gather(*(self._shard_status(s) for s in self.shards))
+        try:
+            learner = await self.backend.learner_call("status")
+        except Unavailable:
+            learner = {"available": False}
+        return {"map_version": self.map.version, "partitions": self.n_partitions,
+                "catalog_version": self.catalog_version, "nodes": self.backend.nodes(),
+                "shards": shards, "learner": learner,
+                "resident": sum(s.get("resident", 0) for s in shards)}
+
+    async def _shard_status(self, name: str) -> dict[str, Any]:
+        try:
+            health = await self.backend.shard_call(name, "health")
+        except Unavailable:
+            health = {"available": False}
+        return {**health, "shard": name, "placed_on": self.placement.get(name),
+                "partitions": len(self.map.partitions_of(name))}
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class ControllerActor:
+    """Started as CONTROLLER_NAME by runtime.start()."""
+
+    def __init__(self, catalog_text: str | None, n_partitions: int):
+        self.controller = Controller(RayBackend(), catalog_text, n_partitions)
+        self._loop_task: asyncio.Task | None = None
+
+    async def start(self, n_shards: int) -> dict[str, Any]:
+        await self.controller.start(n_shards)
+        self._loop_task = asyncio.get_running_loop().create_task(self._control_loop())
+        return self.controller.routing()
+
+    async def _control_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CONTROL_LOOP_S)
+            try:
+                await self.controller.reconcile()
+            except Exception:
+                log.exception("control loop round failed; trying again")
+
+    async def get_map(self, known_version: int, timeout_s: float = LONG_POLL_S):
+        return await self.controller.get_map(known_version, timeout_s)
+
+    async def scale(self, n_shards: int) -> dict[str, Any]:
+        return await self.controller.scale(n_shards)
+
+    async def put_catalog(self, catalog_text: str) -> str:
+        return await self.controller.put_catalog(catalog_text)
+
+    async def rollback_catalog(self) -> str:
+        return await self.controller.rollback_catalog()
+
+    async def get_catalog(self) -> dict[str, Any]:
+        return await self.controller.get_catalog()
+
+    async def watch_channel(self, sink: str, channel: str, placement: str | None,
+                            active: bool = True) -> None:
+        await self.controller.watch_channel(sink, channel, placement, active)
+
+    async def status(self) -> dict[str, Any]:
+        return await self.controller.status()

@@ -1,0 +1,111 @@
+"""Learner: merges the shards' model statistics and publishes model versions.
+
+Shards learn online from the outcomes they record and, at least every MODEL_SYNC_S, send what
+they learned since their last sync as a delta of natural parameters. Deltas add, so the global
+posterior is the prior plus every shard's deltas, whatever the order. Each merge publishes the
+next version; the shard that sent it adopts the version in the same call, the others at their
+next sync, so every shard runs a version that includes a response within two sync intervals.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+
+from kairos.core.catalog import load_catalog
+from kairos.core.compiler import CompiledCatalog, compile_catalog
+from kairos.core.models import ModelDelta, ModelRemap, ModelTable
+
+
+
+@dataclass
+class Published:
+    """A model version as shards adopt it."""
+
+    version: int
+    catalog_version: str
+    mean: np.ndarray
+    precision: np.ndarray
+    positives: np.ndarray
+    negatives: np.ndarray
+
+
+class Learner:
+    """The global posterior of every (action, channel) model, without Ray."""
+
+    def __init__(self, compiled: CompiledCatalog):
+        self.compiled = compiled
+        # versions start at the clock in milliseconds and count merges (at most a few dozen a
+        # second), so a restarted learner publishes versions above any it published before
+        self.models = ModelTable(compiled, version=int(time.time() * 1000))
+        self._remaps: dict[str, ModelRemap] = {}  # older catalog version -> remap to current
+        self.merged = 0
+
+    @property
+    def version(self) -> int:
+        return self.models.version
+
+    def sync(self, catalog_version: str, delta: ModelDelta | None,
+             known_version: int) -> Published | None:
+        """Merge a shard's delta; the latest version if the shard does not have it yet."""
+        if delta is not None:
+            if catalog_version != self.compiled.version:
+                remap = self._remaps.get(catalog_version)
+                if remap is None:  # learned under a version this learner never ran: drop
+                    delta = None
+                else:
+                    delta = remap.delta(delta)
+        if delta is not None and (delta.positives.any() or delta.negatives.any()):
+            self.models.merge(delta)
+            self.models.version += 1
+            self.merged += 1
+        if self.models.version == known_version:
+            return None
+        m = self.models
+        return Published(m.version, self.compiled.version, m.mean, m.precision, m.positives,
+                         m.negatives)
+
+    def switch(self, catalog_text: str) -> int:
+        """Move the posteriors to a new catalog version; the new model version."""
+        new = compile_catalog(load_catalog(catalog_text))
+        if new.version == self.compiled.version:
+            return self.models.version
+        remap = ModelRemap(self.compiled, new)
+        # deltas still in flight from older versions are carried over in two steps
+        self._remaps = {old: _Chain(r, ModelRemap(self.compiled, new))
+                        for old, r in self._remaps.items()}
+        self._remaps[self.compiled.version] = remap
+        version = self.models.version
+        self.models = remap.table(self.models)
+        self.models.version = version + 1
+        self.compiled = new
+        return self.models.version
+
+
+class _Chain:
+    def __init__(self, first: ModelRemap, second: ModelRemap):
+        self.first, self.second = first, second
+
+    def delta(self, delta: ModelDelta) -> ModelDelta:
+        return self.second.delta(self.first.delta(delta))
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class LearnerActor:
+    """Started by the controller as LEARNER_NAME."""
+
+    def __init__(self, catalog_text: str):
+        self.learner = Learner(compile_catalog(load_catalog(catalog_text)))
+
+    def sync(self, catalog_version: str, delta: ModelDelta | None,
+             known_version: int) -> Published | None:
+        return self.learner.sync(catalog_version, delta, known_version)
+
+    def switch(self, catalog_text: str) -> int:
+        return self.learner.switch(catalog_text)
+
+    def status(self) -> dict:
+        return {"model_version": self.learner.version, "merged": self.learner.merged,
+                "catalog_version": self.learner.compiled.version}

@@ -1,0 +1,70 @@
+"""Prometheus metrics of the runtime, through ray.util.metrics (Ray exports them per node).
+
+Tagged by shard, channel, action group or request kind, never by customer: a label per
+customer would make one time series per person.
+"""
+from __future__ import annotations
+
+from collections import Counter as Tally
+from typing import Iterable
+
+from ray.util.metrics import Counter, Gauge, Histogram
+
+LATENCY_BOUNDARIES_MS = [0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 25, 50, 100, 200, 500, 1000]
+
+
+class ShardMetrics:
+    """What a shard reports; counters are flushed from the shard's own tallies."""
+
+    def __init__(self, shard: str):
+        self.tags = {"shard": shard}
+        self.latency = Histogram(
+            "kairos_request_latency_ms", "Time from a batch's arrival at a shard to its answer, "
+            "queueing included, by request kind (event, decide, outcome, ...)",
+            boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("shard", "kind"))
+        self.events = Counter("kairos_events_total", "Events applied (timer events included)",
+                              tag_keys=("shard",))
+        self.decisions = Counter("kairos_decisions_total", "Decisions made, by channel",
+                                 tag_keys=("shard", "channel"))
+        self.chosen = Counter("kairos_actions_chosen_total", "Actions in decisions, by group",
+                              tag_keys=("shard", "group"))
+        self.nba_changes = Counter("kairos_nba_changes_total", "Watched best actions that "
+                                   "changed and were pushed", tag_keys=("shard",))
+        self.passivations = Counter("kairos_passivations_total", "Customers passivated",
+                                    tag_keys=("shard",))
+        self.timers_fired = Counter("kairos_timers_fired_total", "Customer timers fired",
+                                    tag_keys=("shard",))
+        self.rejected = Counter("kairos_rejected_total", "Requests rejected because the "
+                                "shard's queue was full", tag_keys=("shard",))
+        self.queue = Gauge("kairos_queue_depth", "Requests admitted, not yet processed",
+                           tag_keys=("shard",))
+        self.resident = Gauge("kairos_resident_customers", "Customers in memory",
+                              tag_keys=("shard",))
+        self.model_version = Gauge("kairos_model_version", "Model version in use",
+                                   tag_keys=("shard",))
+        self._sent: Tally = Tally()
+
+    def observe_batch(self, kinds: Iterable[str], latency_ms: float) -> None:
+        for kind in set(kinds):
+            self.latency.observe(latency_ms, {**self.tags, "kind": kind})
+
+    def flush(self, counts: Tally, by_channel: Tally, by_group: Tally, queue: int,
+              resident: int, model_version: int) -> None:
+        """Report what the tallies gained since the last flush."""
+        for name, metric in (("events", self.events), ("nba_changes", self.nba_changes),
+                             ("passivations", self.passivations),
+                             ("timers_fired", self.timers_fired), ("rejected", self.rejected)):
+            self._inc(metric, name, counts[name], self.tags)
+        for channel, n in by_channel.items():
+            self._inc(self.decisions, ("channel", channel), n, {**self.tags, "channel": channel})
+        for group, n in by_group.items():
+            self._inc(self.chosen, ("group", group), n, {**self.tags, "group": group})
+        self.queue.set(queue, self.tags)
+        self.resident.set(resident, self.tags)
+        self.model_version.set(model_version, self.tags)
+
+    def _inc(self, metric: Counter, key, total: int, tags: dict) -> None:
+        gained = total - self._sent[key]
+        if gained > 0:
+            metric.inc(gained, tags)
+            self._sent[key] = total

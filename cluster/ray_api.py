@@ -1,0 +1,102 @@
+"""Every Ray call of the runtime, behind one small interface.
+
+The controller and the client speak to shards and the learner through a `Backend`; this
+module's `RayBackend` is the real one, and the tests put an in-process fake in its place, so
+the logic above runs and is tested without Ray (Ray Serve's ActorReplicaWrapper does this).
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from .settings import CONTROLLER_NAME, LEARNER_NAME, NAMESPACE
+
+
+class Unavailable(Exception):
+    """A shard, the learner or the controller did not answer (dead, restarting, gone)."""
+
+
+class Backend(Protocol):
+    def nodes(self) -> list[str]:
+        """Ids of the alive nodes, in a stable order."""
+
+    async def create_shard(self, name: str, node: str | None, n_partitions: int,
+                           seed: int) -> None: ...
+
+    async def kill_shard(self, name: str) -> None: ...
+
+    async def shard_call(self, name: str, method: str, *args: Any) -> Any:
+        """A control or admin method of a shard."""
+
+    async def send(self, name: str, session: str, seq: int, requests: list,
+                   routed: list[int]) -> list:
+        """A batch of requests to a shard, with the map version each was routed under;
+        raises Unavailable if the shard cannot answer."""
+
+    async def learner_call(self, method: str, *args: Any) -> Any: ...
+
+    async def controller_call(self, method: str, *args: Any) -> Any: ...
+
+
+class RayBackend:
+    """Named actors in the Kairos namespace; handles are looked up once and cached."""
+
+    def __init__(self) -> None:
+        self._handles: dict[str, Any] = {}
+
+    def nodes(self) -> list[str]:
+        return sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
+
+    async def create_shard(self, name: str, node: str | None, n_partitions: int,
+                           seed: int) -> None:
+        from .shard_actor import ShardActor
+        options: dict[str, Any] = {"name": name, "namespace": NAMESPACE,
+                                   "lifetime": "detached", "max_restarts": -1}
+        if node is not None:
+            # hard: a soft preference is not kept when the node is busy; a shard whose node
+            # died is replaced by the controller on a live node
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
+        handle = ShardActor.options(**options).remote(name, n_partitions, seed)
+        self._handles[name] = handle
+        await handle.ready.remote()
+
+    async def kill_shard(self, name: str) -> None:
+        try:
+            ray.kill(self._handle(name), no_restart=True)
+        except ValueError:  # already gone
+            pass
+        self._handles.pop(name, None)
+
+    async def shard_call(self, name: str, method: str, *args: Any) -> Any:
+        return await self._call(name, method, *args)
+
+    async def send(self, name: str, session: str, seq: int, requests: list,
+                   routed: list[int]) -> list:
+        return await self._call(name, "handle", session, seq, requests, routed)
+
+    async def learner_call(self, method: str, *args: Any) -> Any:
+        return await self._call(LEARNER_NAME, method, *args)
+
+    async def controller_call(self, method: str, *args: Any) -> Any:
+        return await self._call(CONTROLLER_NAME, method, *args)
+
+    async def _call(self, name: str, method: str, *args: Any) -> Any:
+        try:
+            return await getattr(self._handle(name), method).remote(*args)
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
+                ray.exceptions.ActorUnschedulableError, ValueError) as exc:
+            self._handles.pop(name, None)
+            raise Unavailable(f"{name}: {exc.__class__.__name__}") from exc
+
+    def _handle(self, name: str) -> Any:
+        handle = self._handles.get(name)
+        if handle is None:
+            handle = self._handles[name] = ray.get_actor(name, namespace=NAMESPACE)
+        return handle
+
+
+def sink_handle(name: str) -> Any:
+    """The actor that receives a watch's pushes (a gateway, or any actor with `deliver`)."""
+    return ray.get_actor(name, namespace=NAMESPACE)

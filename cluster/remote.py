@@ -1,0 +1,61 @@
+"""A small blocking gRPC client of a Kairos gateway, for the command line and the demo."""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator
+
+import grpc
+
+from kairos.v1 import admin_pb2, admin_pb2_grpc
+from kairos.v1 import decision_pb2 as pb
+from kairos.v1 import decision_pb2_grpc
+
+from . import wire
+from .auth import METADATA_KEY
+
+KEY_ENV = "KAIROS_API_KEY"
+TIMEOUT_S = 10.0
+
+
+class Remote:
+    def __init__(self, target: str, api_key: str | None = None):
+        self.channel = grpc.insecure_channel(target)
+        key = api_key or os.environ.get(KEY_ENV)
+        self.metadata = ((METADATA_KEY, key),) if key else ()
+        self.decisions = decision_pb2_grpc.DecisionServiceStub(self.channel)
+        self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
+
+    def wait_ready(self, timeout_s: float = 5.0) -> None:
+        grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
+
+    def ingest(self, customer_id: str, event_type: str, when: float,
+               attributes: dict[str, Any], channel: str = "") -> pb.IngestAck:
+        event = pb.Event(customer_id=customer_id, type=event_type, channel=channel,
+                         time=wire.time_out(when))
+        for name, value in attributes.items():
+            event.attributes[name].CopyFrom(wire.value_out(value))
+        return self.decisions.Ingest(event, timeout=TIMEOUT_S, metadata=self.metadata)
+
+    def decide(self, customer_id: str, channel: str, placement: str = "",
+               context: dict[str, Any] | None = None) -> pb.Decision:
+        request = pb.DecideRequest(customer_id=customer_id, channel=channel,
+                                   placement=placement)
+        for name, value in (context or {}).items():
+            request.context[name].CopyFrom(wire.value_out(value))
+        return self.decisions.Decide(request, timeout=TIMEOUT_S, metadata=self.metadata)
+
+    def watch(self, customer_id: str, channel: str, placement: str = "") -> Iterator[pb.Decision]:
+        return self.decisions.WatchDecisions(
+            pb.WatchRequest(customer_id=customer_id, channel=channel, placement=placement),
+            metadata=self.metadata)
+
+    def status(self) -> admin_pb2.ClusterStatus:
+        return self.admin.GetClusterStatus(admin_pb2.ClusterStatusRequest(), timeout=TIMEOUT_S,
+                                           metadata=self.metadata)
+
+    def put_catalog(self, text: str) -> admin_pb2.CatalogInfo:
+        return self.admin.PutCatalog(admin_pb2.CatalogText(yaml=text), timeout=120,
+                                     metadata=self.metadata)
+
+    def close(self) -> None:
+        self.channel.close()

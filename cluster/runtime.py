@@ -1,0 +1,82 @@
+"""Start, reach and stop the Kairos runtime on a Ray cluster.
+
+`start()` creates the learner and the controller as named, detached actors in the "kairos"
+namespace; the controller creates the shards across the nodes. `connect()` gives a client.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from kairos.core.catalog import default_catalog_text
+
+from .client import SyncClient
+from .controller import ControllerActor
+from .learner import LearnerActor
+from .partitions import DEFAULT_PARTITIONS
+from .ray_api import RayBackend
+from .settings import CONTROLLER_NAME, LEARNER_NAME, NAMESPACE
+
+DEFAULT_SHARDS = 4
+MAX_GATEWAYS = 256
+
+
+def start(n_shards: int = DEFAULT_SHARDS, catalog_text: str | None = None,
+          n_partitions: int = DEFAULT_PARTITIONS) -> dict[str, Any]:
+    """Start the runtime on the Ray cluster this process is connected to; the first map."""
+    catalog_text = catalog_text or default_catalog_text()
+    # on this (the head) node, as Ray Serve places its controller: they hold the map and the
+    # global models in memory, so they must not move with a worker node that leaves
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    detached = {"namespace": NAMESPACE, "lifetime": "detached", "scheduling_strategy": here}
+    LearnerActor.options(name=LEARNER_NAME, **detached).remote(catalog_text)
+    controller = ControllerActor.options(name=CONTROLLER_NAME, **detached).remote(
+        catalog_text, n_partitions)
+    return ray.get(controller.start.remote(n_shards))
+
+
+def gateway_actor(actor_class: Any, index: int, node: str) -> Any:
+    """Create the gateway actor kairos-gateway-<index> on a node (the caller starts it)."""
+    return actor_class.options(
+        name=gateway_name(index), namespace=NAMESPACE, lifetime="detached",
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
+            gateway_name(index))
+
+
+def gateway_name(index: int) -> str:
+    return f"kairos-gateway-{index}"
+
+
+def controller() -> Any:
+    return ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+
+
+def connect(timeout_s: float = 60.0) -> SyncClient:
+    return SyncClient(RayBackend(), timeout_s)
+
+
+def stop() -> None:
+    """Stop the gateways (gracefully), the controller, the learner and every shard."""
+    names = [CONTROLLER_NAME, LEARNER_NAME]
+    for index in range(MAX_GATEWAYS):
+        try:
+            gateway = ray.get_actor(gateway_name(index), namespace=NAMESPACE)
+        except ValueError:
+            break
+        try:
+            ray.get(gateway.stop.remote(), timeout=10)
+        except (ray.exceptions.RayError, TimeoutError):
+            pass
+        names.append(gateway_name(index))
+    try:
+        status = ray.get(controller().status.remote(), timeout=30)
+        names += [s["shard"] for s in status["shards"]]
+    except ValueError:
+        pass  # no controller: nothing to find shards through
+    for name in names:
+        try:
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+        except ValueError:
+            pass

@@ -1,0 +1,45 @@
+"""Runtime tunables. Each reads an environment override of the same name, prefixed KAIROS_."""
+from __future__ import annotations
+
+import os
+
+
+def _env(name: str, default: float, cast: type = float):
+    raw = os.environ.get(f"KAIROS_{name}")
+    if raw is None:
+        return cast(default)
+    try:
+        value = cast(raw)
+    except ValueError:
+        raise ValueError(f"KAIROS_{name} must be {'an integer' if cast is int else 'a number'}"
+                         f", got {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"KAIROS_{name} must not be negative, got {raw!r}")
+    return value
+
+
+NAMESPACE = "kairos"  # Ray namespace of every Kairos actor
+CONTROLLER_NAME = "kairos-controller"
+LEARNER_NAME = "kairos-learner"
+
+# Requests a shard has admitted but not yet processed; past it, new batches answer BUSY.
+SHARD_QUEUE_LIMIT = _env("SHARD_QUEUE_LIMIT", 20_000, int)
+# Requests one kernel round may take from a shard's queue.
+SHARD_ROUND_LIMIT = _env("SHARD_ROUND_LIMIT", 2048, int)
+# A customer idle this long is passivated to the store.
+PASSIVATE_IDLE_S = _env("PASSIVATE_IDLE_S", 900.0)
+# Most customers resident in one shard; past it the least recently used are passivated.
+RESIDENT_LIMIT = _env("RESIDENT_LIMIT", 2_000_000, int)
+# How often a shard fires due timers and passivates: timers fire within this of their due time.
+TICK_S = _env("TICK_S", 0.1)
+# How often a shard sends its model deltas to the learner and adopts the latest version.
+MODEL_SYNC_S = _env("MODEL_SYNC_S", 0.5)
+# How long a routing-table long poll waits for a newer version before answering "no change".
+LONG_POLL_S = _env("LONG_POLL_S", 10.0)
+# Requests a client puts in one call to a shard, and calls it keeps in flight per shard.
+CLIENT_BATCH_LIMIT = _env("CLIENT_BATCH_LIMIT", 512, int)
+CLIENT_INFLIGHT_CALLS = _env("CLIENT_INFLIGHT_CALLS", 4, int)
+# Requests a client lets wait for one shard while its calls are in flight; past it, Busy.
+CLIENT_QUEUE_LIMIT = _env("CLIENT_QUEUE_LIMIT", 10_000, int)
+# How long a shard that was scaled away lingers, answering MOVED, before it is stopped.
+RETIRE_GRACE_S = _env("RETIRE_GRACE_S", 5.0)

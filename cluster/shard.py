@@ -1,0 +1,538 @@
+"""Shard: the host of many customer actors, without Ray.
+
+Each customer is a virtual actor (Orleans' grains, Akka's sharded entities): one owner, its
+messages processed in order, its state in memory, activated on first use, passivated when
+idle. A shard owns some partitions and hosts their customers in the core's columnar state, so
+one kernel call serves a whole batch of them. `ShardActor` (shard_actor.py) drives a `Shard`
+from a single thread, so nothing here locks, and everything here is tested without Ray.
+
+Requests are tuples, `(kind, partition, customer_id, *payload)`; each gets a result tuple:
+`("ok", value)`, `("moved", map_version)` when its partition is not (or no longer) here,
+`("invalid", field, reason)` for bad input (nothing applied), `("missing",)` for an unknown
+customer, or `("busy",)` from the actor when its queue is full.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from kairos.core.catalog import load_catalog
+from kairos.core.compiler import CompiledCatalog, compile_catalog
+from kairos.core.engine import Decision, DecisionEngine, EncodedEvent, EncodedRequest
+from kairos.core.errors import InputError
+from kairos.core.models import ModelRemap
+
+from . import blocks
+from .partitions import partition_of
+from .settings import PASSIVATE_IDLE_S, RESIDENT_LIMIT
+from .store import MemoryStore, Store
+from .timers import Timers
+
+OK, MOVED, INVALID, MISSING, BUSY = "ok", "moved", "invalid", "missing", "busy"
+NOT_MINE = 0  # the map version in a MOVED answer when this shard never owned the partition
+IDEMPOTENCY_KEYS_PER_PARTITION = 4096  # recent keys remembered per partition (they move with it)
+
+
+@dataclass(frozen=True)
+class Watch:
+    """Who wants pushes, for which channel and placement."""
+
+    sink: str
+    channel: str
+    placement: str | None = None
+
+
+@dataclass
+class Push:
+    sink: str
+    decision: Decision
+
+
+class Shard:
+    """Partitions, their resident customers, timers and watches; one engine at a time."""
+
+    def __init__(self, name: str, compiled: CompiledCatalog, partitions: Iterable[int],
+                 n_partitions: int, *, granted: int = 0, store: Store | None = None, seed: int = 0,
+                 clock: Callable[[], float] = time.time,
+                 idle_s: float = PASSIVATE_IDLE_S, resident_limit: int = RESIDENT_LIMIT):
+        self.name = name
+        self.engine = DecisionEngine(compiled, seed=seed)
+        self.n_partitions = n_partitions
+        # partition -> the map version that gave it to this shard: requests routed under an
+        # older map answer MOVED, so a client re-sending moved requests cannot be overtaken
+        self.owned: dict[int, int] = {p: granted for p in partitions}
+        self.leaving: dict[int, int] = {}  # partition -> the map version that moves it away
+        self.members: dict[int, set[str]] = {}
+        self.store: Store = store if store is not None else MemoryStore()
+        self.clock = clock
+        self.idle_s = idle_s
+        self.resident_limit = resident_limit
+        self.seed = seed
+        self.recent: OrderedDict[str, float] = OrderedDict()  # residents, least recent first
+        self.timers = Timers()
+        self.watches: dict[str, set[Watch]] = {}  # customer -> its watches
+        self.channel_watches: set[Watch] = set()
+        self.shown: dict[tuple[str, str, str | None], tuple[str, ...]] = {}  # last pushed
+        self.counts: Counter = Counter()
+        self.by_channel: Counter = Counter()  # decisions per channel
+        self.by_group: Counter = Counter()  # actions chosen per group
+        self._frozen_blobs: dict[int, dict[str, bytes]] = {}
+        self._prepared: CompiledCatalog | None = None
+        self.keys: dict[int, OrderedDict[str, int]] = {}  # partition -> idempotency key -> seq
+        self._handlers = {"event": self._events, "decide": self._decisions,
+                          "outcome": self._outcomes, "profile": self._profiles,
+                          "watch": self._watch_customer, "forget": self._forget}
+
+    @property
+    def compiled(self) -> CompiledCatalog:
+        return self.engine.compiled
+
+    @property
+    def catalog_version(self) -> str:
+        return self.engine.compiled.version
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def process(self, requests: Sequence[tuple], routed: Sequence[int] | None = None
+                ) -> tuple[list[tuple], list[Push]]:
+        """Results in request order, and pushes for watched customers whose best action changed.
+
+        `routed` holds, per request, the map version its sender routed it under (None: any).
+        Runs of the same kind go to the kernel together; per-customer order is request order.
+        """
+        self._routed = routed
+        results: list[tuple] = [()] * len(requests)
+        touched: dict[str, float] = {}  # customer -> latest event time, for watches
+        i = 0
+        while i < len(requests):
+            kind = requests[i][0]
+            j = i + 1
+            while j < len(requests) and requests[j][0] == kind:
+                j += 1
+            handler = self._handlers.get(kind)
+            if handler is None:
+                for k in range(i, j):
+                    results[k] = (INVALID, "kind", f"unknown request kind {kind!r}")
+            else:
+                handler(requests, range(i, j), results, touched)
+            i = j
+        return results, self._watch_changes(touched)
+
+    def _moved(self, partition: int, idx: int) -> tuple | None:
+        if partition in self.leaving:
+            return (MOVED, self.leaving[partition])
+        granted = self.owned.get(partition)
+        if granted is None:
+            return (MOVED, NOT_MINE)
+        if self._routed is not None and self._routed[idx] < granted:
+            return (MOVED, granted)
+        return None
+
+    def _events(self, requests, span, results, touched) -> None:
+        """Events: `(..., type, time, attributes[, idempotency_key[, (channel, placement)]])`.
+
+        The value is `(sequence, duplicate)`: the customer's sequence number for the event;
+        for a key seen before, the first application's number, and nothing is applied. With a
+        (channel, placement), the new decision for it follows as a third value.
+        """
+        encoded: list[EncodedEvent] = []
+        where: list[int | None] = []
+        keyed: dict[tuple[int, str], int] = {}  # keys first seen in this batch -> request
+        repeats: list[tuple[int, int]] = []  # (request, the request that first had its key)
+        views: list[tuple[int, EncodedRequest]] = []
+        for idx in span:
+            _, p, customer_id, event_type, event_time, attributes, *extra = requests[idx]
+            key, view = (extra + [None, None])[:2]
+            moved = self._moved(p, idx)
+            if moved:
+                results[idx] = moved
+                continue
+            if key and key in self.keys.get(p, ()):
+                results[idx] = (OK, self.keys[p][key], True)
+                continue
+            if key and (p, key) in keyed:
+                repeats.append((idx, keyed[(p, key)]))
+                continue
+            try:
+                event = self.engine.encode_event(customer_id, event_type, event_time, attributes)
+                if view:
+                    views.append((idx, self.engine.encode_request(customer_id, view[0], view[1],
+                                                                  None, event.time)))
+            except InputError as exc:
+                results[idx] = (INVALID, exc.field, exc.reason)
+                continue
+            if key:
+                keyed[(p, key)] = idx
+            self._activate(customer_id, p)
+            # timers that fell due before this event fire first, at their due time
+            for due, k in self.timers.due_before(customer_id, event.time):
+                encoded.append(self._fired(customer_id, k, due))
+                where.append(None)
+            self._arm(event)
+            encoded.append(event)
+            where.append(idx)
+            touched[customer_id] = max(touched.get(customer_id, 0.0), event.time)
+        for idx, sequence in zip(where, self.engine.apply(encoded)):
+            if idx is not None:
+                results[idx] = (OK, sequence, False)
+        self.counts["events"] += len(encoded)
+        for (p, key), idx in keyed.items():
+            self._remember_key(p, key, results[idx][1])
+        for idx, first in repeats:
+            results[idx] = (OK, results[first][1], True)
+        for (idx, _), decision in zip(views, self.engine.decide_encoded([v for _, v in views])):
+            results[idx] = results[idx] + (decision,)
+
+    def _remember_key(self, partition: int, key: str, sequence: int) -> None:
+        keys = self.keys.setdefault(partition, OrderedDict())
+        keys[key] = sequence
+        if len(keys) > IDEMPOTENCY_KEYS_PER_PARTITION:
+            keys.popitem(last=False)
+
+    def _fired(self, customer_id: str, timer: int, due: float) -> EncodedEvent:
+        c = self.compiled
+        event = EncodedEvent(customer_id, c.timer_fire[timer], due,
+                             np.full(c.n_fields, math.nan))
+        self._arm(event)
+        self.counts["timers_fired"] += 1
+        return event
+
+    def _arm(self, event: EncodedEvent) -> None:
+        c = self.compiled
+        for k in c.timers_cancelled_by.get(event.event_type, ()):
+            self.timers.cancel(event.customer_id, k)
+        for k in c.timers_started_by.get(event.event_type, ()):
+            self.timers.arm(event.customer_id, k, event.time + c.timer_after_s[k])
+
+    def _decisions(self, requests, span, results, touched) -> None:
+        encoded, where, explain = [], [], []
+        for idx in span:
+            _, p, customer_id, channel, placement, context, max_actions, want_why, now, \
+                *record = requests[idx]
+            moved = self._moved(p, idx)
+            if moved:
+                results[idx] = moved
+                continue
+            try:
+                encoded.append(self.engine.encode_request(customer_id, channel, placement,
+                                                          context, now, max_actions))
+            except InputError as exc:
+                results[idx] = (INVALID, exc.field, exc.reason)
+                continue
+            self._activate(customer_id, p)
+            where.append(idx)
+            explain.append(bool(want_why))
+        shown = []
+        for idx, decision in zip(where, self.engine.decide_encoded(encoded, explain)):
+            results[idx] = (OK, decision)
+            if requests[idx][9:10] == (True,):  # record the impression at once
+                when = encoded[where.index(idx)].now
+                shown.extend((decision.customer_id, a.action_id, decision.channel, "impression",
+                              when, decision.decision_id) for a in decision.actions)
+            self.by_channel[decision.channel] += 1
+            for action in decision.actions:
+                self.by_group[action.group] += 1
+        self.counts["decisions"] += len(encoded)
+        if shown:
+            self.engine.record_outcomes(shown)
+            self.counts["outcomes"] += len(shown)
+
+    def _outcomes(self, requests, span, results, touched) -> None:
+        for idx in span:
+            _, p, customer_id, action_id, channel, outcome, when, decision_id = requests[idx]
+            moved = self._moved(p, idx)
+            if moved:
+                results[idx] = moved
+                continue
+            self._activate(customer_id, p)
+            try:
+                self.engine.record_outcomes([(customer_id, action_id, channel, outcome, when,
+                                              decision_id)])
+            except InputError as exc:
+                results[idx] = (INVALID, exc.field, exc.reason)
+                continue
+            results[idx] = (OK, None)
+            self.counts["outcomes"] += 1
+
+    def _profiles(self, requests, span, results, touched) -> None:
+        for idx in span:
+            _, p, customer_id, now = requests[idx]
+            moved = self._moved(p, idx)
+            if moved:
+                results[idx] = moved
+            elif not self._activate(customer_id, p, create=False):
+                results[idx] = (MISSING,)
+            else:
+                profile = self.engine.profile(customer_id, now)
+                profile["timers"] = {self.compiled.timer_names[k]: due for k, due in
+                                     self.timers.armed.get(customer_id, {}).items()}
+                profile["events_applied"] = int(
+                    self.engine.table.applied[self.engine.table.index[customer_id]])
+                results[idx] = (OK, profile)
+
+    def _forget(self, requests, span, results, touched) -> None:
+        """Erase customers from memory and the store; the value says whether they existed."""
+        for idx in span:
+            _, p, customer_id = requests[idx]
+            moved = self._moved(p, idx)
+            if moved:
+                results[idx] = moved
+                continue
+            existed = self.store.take(p, customer_id) is not None
+            if customer_id in self.engine.table:
+                self._evict(customer_id, p)
+                existed = True
+            results[idx] = (OK, existed)
+            self.counts["forgotten"] += existed
+
+    def _watch_customer(self, requests, span, results, touched) -> None:
+        for idx in span:
+            _, p, customer_id, sink, channel, placement, active = requests[idx]
+            moved = self._moved(p, idx)
+            if moved:
+                results[idx] = moved
+                continue
+            try:
+                watch = self._watch(sink, channel, placement)
+            except InputError as exc:
+                results[idx] = (INVALID, exc.field, exc.reason)
+                continue
+            mine = self.watches.setdefault(customer_id, set())
+            if active:
+                mine.add(watch)
+            else:
+                mine.discard(watch)
+                self.shown.pop((customer_id, watch.channel, watch.placement), None)
+            results[idx] = (OK, None)
+
+    def _watch(self, sink: str, channel: str, placement: str | None) -> Watch:
+        ch = self.engine.channel_code(channel)
+        self.engine.placement_code(ch, placement)
+        return Watch(sink, channel, placement or None)
+
+    # -- push ----------------------------------------------------------------------------------
+
+    def watch_channel(self, sink: str, channel: str, placement: str | None,
+                      active: bool = True) -> None:
+        """Push every customer's changes on a channel (outbound and orchestration)."""
+        watch = self._watch(sink, channel, placement)
+        if active:
+            self.channel_watches.add(watch)
+        else:
+            self.channel_watches.discard(watch)
+
+    def drop_sink(self, sink: str) -> None:
+        """A sink went away: forget its watches."""
+        self.channel_watches = {w for w in self.channel_watches if w.sink != sink}
+        for customer_id in list(self.watches):
+            self.watches[customer_id] = {w for w in self.watches[customer_id] if w.sink != sink}
+            if not self.watches[customer_id]:
+                del self.watches[customer_id]
+
+    def _watch_changes(self, touched: dict[str, float]) -> list[Push]:
+        keys, encoded = [], []
+        for customer_id, now in touched.items():
+            watched = self.watches.get(customer_id, set()) | self.channel_watches
+            by_view: dict[tuple[str, str | None], list[str]] = {}
+            for w in watched:
+                by_view.setdefault((w.channel, w.placement), []).append(w.sink)
+            for (channel, placement), sinks in by_view.items():
+                keys.append((customer_id, channel, placement, sinks))
+                encoded.append(self.engine.encode_request(customer_id, channel, placement,
+                                                          None, now))
+        pushes = []
+        for (customer_id, channel, placement, sinks), decision in \
+                zip(keys, self.engine.decide_encoded(encoded)):
+            best = tuple(a.action_id for a in decision.actions)
+            key = (customer_id, channel, placement)
+            if self.shown.get(key) != best:
+                self.shown[key] = best
+                self.counts["nba_changes"] += 1
+                pushes.extend(Push(sink, decision) for sink in sinks)
+        return pushes
+
+    # -- activation and passivation ------------------------------------------------------------
+
+    def _activate(self, customer_id: str, partition: int, create: bool = True) -> bool:
+        """Make the customer resident (from the store if passivated); False if unknown."""
+        if customer_id not in self.engine.table:
+            blob = self.store.take(partition, customer_id)
+            if blob is not None:
+                self._load(blocks.unpack(blob))
+                self.counts["activations"] += 1
+            elif not create:
+                return False
+            self.members.setdefault(partition, set()).add(customer_id)
+        self.recent[customer_id] = self.clock()
+        self.recent.move_to_end(customer_id)
+        return True
+
+    def tick(self) -> list[Push]:
+        """Fire due timers, then passivate idle customers; pushes for the timers' changes."""
+        now = self.clock()
+        fired = self.timers.pop_due(now)
+        encoded, touched = [], {}
+        for due, customer_id, k in fired:
+            if customer_id in self.engine.table:
+                encoded.append(self._fired(customer_id, k, due))
+                touched[customer_id] = max(touched.get(customer_id, 0.0), due)
+        self.engine.apply(encoded)
+        self.counts["events"] += len(encoded)
+        pushes = self._watch_changes(touched)
+        self.passivate(now)
+        self.timers.compact()
+        return pushes
+
+    def passivate(self, now: float) -> int:
+        """Send idle customers (and the least recent, past the resident limit) to the store.
+
+        A customer with an armed timer stays resident while idle, so its timer fires on time;
+        only the resident limit passivates it (its timer then fires when it is next activated).
+        """
+        victims, kept = [], []
+        over = len(self.recent) - self.resident_limit
+        for customer_id, seen in self.recent.items():
+            if over > len(victims):
+                victims.append(customer_id)
+            elif now - seen >= self.idle_s:
+                (kept if customer_id in self.timers.armed else victims).append(customer_id)
+            else:
+                break
+        for customer_id in victims:
+            p = partition_of(customer_id, self.n_partitions)
+            self.store.put(p, customer_id, blocks.pack(self._export([customer_id])))
+            self._evict(customer_id, p)
+        for customer_id in kept:  # idle but waiting for a timer: look again next round
+            self.recent.move_to_end(customer_id)
+        self.counts["passivations"] += len(victims)
+        return len(victims)
+
+    def _export(self, customer_ids: Sequence[str]) -> dict[str, Any]:
+        names = self.compiled.timer_names
+        extras = [{"timers": {names[k]: due for k, due in self.timers.armed.get(c, {}).items()},
+                   "watches": [[w.sink, w.channel, w.placement]
+                               for w in self.watches.get(c, ())]}
+                  for c in customer_ids]
+        return blocks.export_block(self.engine, customer_ids, extras)
+
+    def _load(self, block: dict[str, Any]) -> None:
+        index = {name: k for k, name in enumerate(self.compiled.timer_names)}
+        for customer_id, extra in zip(blocks.import_block(self.engine, block), block["extras"]):
+            self.timers.take(customer_id)
+            self.timers.restore(customer_id, {index[n]: due for n, due in
+                                              extra["timers"].items() if n in index})
+            watches = set()
+            for sink, channel, placement in extra["watches"]:
+                try:
+                    watches.add(self._watch(sink, channel, placement))
+                except InputError:  # the channel or placement left the catalog
+                    pass
+            if watches:
+                self.watches[customer_id] = watches
+            self.recent[customer_id] = self.clock()
+
+    def _evict(self, customer_id: str, partition: int) -> None:
+        self.engine.table.evict(customer_id)
+        self.timers.take(customer_id)
+        self.watches.pop(customer_id, None)
+        self.recent.pop(customer_id, None)
+        for channel, placement in {(w.channel, w.placement) for w in self.channel_watches}:
+            self.shown.pop((customer_id, channel, placement), None)
+        members = self.members.get(partition)
+        if members is not None:
+            members.discard(customer_id)
+
+    # -- partition handoff ---------------------------------------------------------------------
+
+    def freeze(self, partitions: Sequence[int], version: int) -> bytes:
+        """Stop serving the partitions (requests answer MOVED with `version`) and hand over
+        their customers, resident and passivated, as one packed payload."""
+        for p in partitions:
+            if p not in self.owned or p in self.leaving:
+                raise ValueError(f"{self.name} cannot hand over partition {p}: not serving it")
+        resident = [c for p in partitions for c in sorted(self.members.get(p, ()))]
+        payload = {"partitions": list(partitions), "block": self._export(resident),
+                   "passivated": {}, "keys": {p: list(self.keys.get(p, {}).items())
+                                              for p in partitions}}
+        for p in partitions:
+            self.leaving[p] = version
+            blobs = self.store.take_partition(p)
+            self._frozen_blobs[p] = blobs
+            payload["passivated"][p] = blobs
+        return blocks.pack(payload)
+
+    def release(self, partitions: Sequence[int]) -> None:
+        """The new owner has them: forget the partitions' customers (MOVED answers stay)."""
+        for p in partitions:
+            for customer_id in list(self.members.pop(p, ())):
+                self._evict(customer_id, p)
+            self.owned.pop(p, None)
+            self.keys.pop(p, None)
+            self._frozen_blobs.pop(p, None)
+
+    def thaw(self, partitions: Sequence[int], version: int) -> None:
+        """The handoff failed: serve the partitions again, to senders that saw `version`."""
+        for p in partitions:
+            self.leaving.pop(p, None)
+            self.owned[p] = version
+            for customer_id, blob in self._frozen_blobs.pop(p, {}).items():
+                self.store.put(p, customer_id, blob)
+
+    def adopt(self, payload: bytes, version: int) -> int:
+        """Take over partitions handed over by `freeze` in map `version`; the number of
+        customers received."""
+        data = blocks.unpack(payload)
+        self._load(data["block"])
+        for customer_id in data["block"]["ids"]:
+            self.members.setdefault(partition_of(customer_id, self.n_partitions),
+                                    set()).add(customer_id)
+        count = len(data["block"]["ids"])
+        for p, blobs in data["passivated"].items():
+            p = int(p)
+            for customer_id, blob in blobs.items():
+                self.store.put(p, customer_id, blob)
+            count += len(blobs)
+        for p, keys in data["keys"].items():
+            self.keys[int(p)] = OrderedDict((k, int(v)) for k, v in keys)
+        for p in data["partitions"]:
+            self.owned[p] = version
+            self.leaving.pop(p, None)
+        return count
+
+    # -- catalog versions ----------------------------------------------------------------------
+
+    def prepare(self, catalog_text: str) -> str:
+        """Phase one of a switch: compile the catalog (errors raise); its version."""
+        self._prepared = compile_catalog(load_catalog(catalog_text))
+        return self._prepared.version
+
+    def commit(self, version: str) -> None:
+        """Phase two: move every resident customer and the models to the prepared version."""
+        new = self._prepared
+        if new is None or new.version != version:
+            raise ValueError(f"{self.name} has not prepared catalog version {version!r}")
+        old = self.engine
+        residents = [c for c in old.table.ids if c is not None]
+        state = self._export(residents)
+        self.engine = DecisionEngine(new, capacity=max(len(residents), 1024), seed=self.seed)
+        self.engine.use_models(ModelRemap(old.compiled, new).table(old.models))
+        self.timers = Timers()
+        self.watches = {}
+        self._load(state)
+        self.channel_watches = {w for w in self.channel_watches
+                                if w.channel in new.channel_index}
+        self._prepared = None
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        return {"shard": self.name, "partitions": len(self.owned) - len(
+                    [p for p in self.leaving if p in self.owned]),
+                "resident": len(self.engine.table), "passivated": self.store.count(),
+                "timers": len(self.timers), "catalog_version": self.catalog_version,
+                "model_version": self.engine.models.version, **self.counts}

@@ -1,0 +1,95 @@
+"""The gRPC contract's messages to and from the runtime's Python values."""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from kairos.core.engine import Decision, Explanation, RankedAction
+from kairos.core.errors import InputError
+from kairos.v1 import decision_pb2 as pb
+
+
+def value_in(where: str, value: pb.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind is None:
+        raise InputError(where, "the value has no kind set (string, number, int, bool or "
+                                "timestamp)")
+    if kind == "timestamp_value":
+        return time_in(where, value.timestamp_value)
+    return getattr(value, kind)
+
+
+def values_in(where: str, values: Mapping[str, pb.Value]) -> dict[str, Any]:
+    return {name: value_in(f"{where}.{name}", v) for name, v in values.items()}
+
+
+def time_in(where: str, stamp: Timestamp) -> float:
+    if not 0 <= stamp.nanos < 1_000_000_000:
+        raise InputError(where, f"nanos must be in 0..999999999, got {stamp.nanos}")
+    return stamp.seconds + stamp.nanos / 1e9
+
+
+def optional_time_in(where: str, message: Any, field: str) -> float | None:
+    return time_in(where, getattr(message, field)) if message.HasField(field) else None
+
+
+def time_out(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    whole = math.floor(seconds)
+    stamp.seconds, stamp.nanos = int(whole), int(round((seconds - whole) * 1e9)) % 1_000_000_000
+    return stamp
+
+
+def value_out(value: Any, vtype: str = "") -> pb.Value:
+    if isinstance(value, bool):
+        return pb.Value(bool_value=value)
+    if vtype == "timestamp":
+        return pb.Value(timestamp_value=time_out(value))
+    if isinstance(value, int):
+        return pb.Value(int_value=value)
+    if isinstance(value, float):
+        return pb.Value(number_value=value)
+    return pb.Value(string_value=str(value))
+
+
+def ranked_out(a: RankedAction) -> pb.RankedAction:
+    return pb.RankedAction(action_id=a.action_id, group=a.group, treatment=a.treatment,
+                           priority=a.priority, propensity=a.propensity, value=a.value,
+                           context_weight=a.weight, lever=a.lever)
+
+
+def decision_out(d: Decision) -> pb.Decision:
+    out = pb.Decision(decision_id=d.decision_id, customer_id=d.customer_id, channel=d.channel,
+                      placement=d.placement, actions=[ranked_out(a) for a in d.actions],
+                      catalog_version=d.catalog_version, model_version=d.model_version,
+                      fallback=d.fallback)
+    if d.explanation is not None:
+        out.explanation.CopyFrom(explanation_out(d.explanation))
+    return out
+
+
+def explanation_out(e: Explanation) -> pb.Explanation:
+    return pb.Explanation(winners=[ranked_out(a) for a in e.winners],
+                          dropped=[pb.DroppedAction(action_id=x.action_id, reason=x.reason,
+                                                    detail=x.detail) for x in e.dropped])
+
+
+def profile_out(profile: dict[str, Any], types: Mapping[str, str],
+                current: Mapping[str, Decision]) -> pb.Profile:
+    out = pb.Profile(customer_id=profile["customer_id"],
+                     events_applied=profile["events_applied"])
+    for section in ("attributes", "features"):
+        target = getattr(out, section)
+        for name, value in profile[section].items():
+            if value is not None:
+                target[name].CopyFrom(value_out(value, types.get(name, "")))
+    for h in profile["history"]:
+        out.history.append(pb.Interaction(action_id=h["action_id"], channel=h["channel"],
+                                          outcome=h["outcome"], time=time_out(h["time"])))
+    for name, due in profile["timers"].items():
+        out.timers[name].CopyFrom(time_out(due))
+    for channel, decision in current.items():
+        out.current[channel].CopyFrom(decision_out(decision))
+    return out

@@ -1,0 +1,379 @@
+"""The gRPC contract end to end: real gRPC on 127.0.0.1 against a real local Ray runtime.
+
+Every RPC, its error codes, API-key scopes, idempotent retries, the seeds' cross-channel push
+(browsing on the web changes what the call-center agent sees) and forget. The deadline
+fallback runs on the in-process backend with a slow shard, still over real gRPC.
+"""
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+
+import grpc
+import pytest
+import ray
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from kairos.cluster import runtime
+from kairos.cluster.auth import Auth
+from kairos.cluster.client import KairosClient
+from kairos.cluster.controller import Controller
+from kairos.cluster.gateway import Gateway, GatewayActor, serve
+from kairos.cluster.learner import Learner
+from kairos.cluster.wire import time_out, value_out
+from kairos.core.catalog import default_catalog_text, load_default_catalog
+from kairos.core.compiler import compile_catalog
+from kairos.v1 import admin_pb2, admin_pb2_grpc
+from kairos.v1 import decision_pb2 as pb
+from kairos.v1 import decision_pb2_grpc
+
+from .local_backend import LocalBackend
+
+pytestmark = pytest.mark.cluster
+
+WEB, AGENT, ADMIN = "web-key-0123456789", "agent-key-0123456789", "admin-key-0123456789"
+KEYS = f"""
+keys:
+  - {{key: {WEB}, name: web, channel: web, scopes: [decide, ingest, respond, watch]}}
+  - {{key: {AGENT}, name: agent, scopes: [decide, watch, profile:read]}}
+  - {{key: {ADMIN}, name: ops, scopes: [admin, decide, ingest, profile:read]}}
+"""
+NOW = time.time()
+
+
+@pytest.fixture(scope="module")
+def target():
+    ray.init(num_cpus=2, namespace="kairos", include_dashboard=False)
+    runtime.start(n_shards=2, n_partitions=256)
+    gateway = runtime.gateway_actor(GatewayActor, 0, ray.get_runtime_context().get_node_id())
+    port = ray.get(gateway.start.remote("127.0.0.1", 0, KEYS))
+    yield f"127.0.0.1:{port}"
+    runtime.stop()
+    ray.shutdown()
+
+
+@pytest.fixture
+def stubs(target):
+    channel = grpc.insecure_channel(target)
+    yield decision_pb2_grpc.DecisionServiceStub(channel), admin_pb2_grpc.AdminServiceStub(channel)
+    channel.close()
+
+
+def key(k: str) -> tuple:
+    return (("x-api-key", k),)
+
+
+def event(customer: str, etype: str, when: float = NOW, channel: str = "web", **attrs) -> pb.Event:
+    e = pb.Event(customer_id=customer, type=etype, channel=channel, time=time_out(when))
+    for name, value in attrs.items():
+        e.attributes[name].CopyFrom(value_out(value))
+    return e
+
+
+def code_of(call, *args, **kwargs) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as err:
+        call(*args, timeout=10, **kwargs)
+    return err.value.code(), err.value.details()
+
+
+def test_decide_with_explanation(stubs):
+    decisions, _ = stubs
+    d = decisions.Decide(pb.DecideRequest(customer_id="d1", channel="web", placement="hero",
+                                          explain=True), timeout=10, metadata=key(WEB))
+    assert d.channel == "web" and d.placement == "hero" and not d.fallback
+    assert d.catalog_version and d.decision_id and d.actions
+    assert [a.action_id for a in d.explanation.winners] == [a.action_id for a in d.actions]
+    reasons = {x.reason for x in d.explanation.dropped}
+    assert "NOT_IN_CHANNEL" in reasons and all(x.detail for x in d.explanation.dropped)
+
+
+@pytest.mark.parametrize("request_, field", [
+    (pb.DecideRequest(customer_id="d2", channel="fax"), "channel: unknown channel 'fax'"),
+    (pb.DecideRequest(customer_id="d2", channel="web", placement="footer"),
+     "placement: unknown placement 'footer' of web"),
+    (pb.DecideRequest(channel="web"), "customer_id: is required"),
+    (pb.DecideRequest(customer_id="d2", channel="web", context={"device": pb.Value()}),
+     "context.device: the value has no kind set"),
+    (pb.DecideRequest(customer_id="d2", channel="web", context={"colour": value_out("red")}),
+     "context.colour: unknown context key"),
+    (pb.DecideRequest(customer_id="d2", channel="web", max_actions=5000),
+     "max_actions: must be at most 1024"),
+])
+def test_decide_rejects_bad_requests(stubs, request_, field):
+    decisions, _ = stubs
+    code, details = code_of(decisions.Decide, request_, metadata=key(ADMIN))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith(field), details
+
+
+@pytest.mark.parametrize("bad, message", [
+    (event("b1", "teleport"), "type: unknown event type 'teleport'"),
+    (event("b1", "page_view", category=3), "attributes.category: expected a string"),
+    (event("b1", "page_view", category="cars"), "attributes.category: 'cars' is not one of"),
+    (event("b1", "page_view", category="home", colour="red"),
+     "attributes.colour: unknown field of page_view"),
+    (event("b1", "purchase", order_id="o", amount=1.0, category="home"),
+     "attributes.fulfilment: required field of purchase is missing"),
+    (event("b1", "app_open", channel="fax"), "channel: unknown channel 'fax'"),
+    (pb.Event(customer_id="b1", type="app_open", time={"seconds": 1, "nanos": -5}),
+     "time: nanos must be in 0..999999999"),
+    (event("b1", "app_open", when=5e9), "time: timestamp"),
+])
+def test_bad_events_are_rejected_and_touch_nothing(stubs, bad, message):
+    decisions, _ = stubs
+    code, details = code_of(decisions.Ingest, bad, metadata=key(ADMIN))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith(message), details
+    code, _ = code_of(decisions.GetProfile, pb.ProfileRequest(customer_id="b1"),
+                      metadata=key(ADMIN))
+    assert code == grpc.StatusCode.NOT_FOUND
+
+
+def test_oversized_messages_are_refused(stubs):
+    decisions, _ = stubs
+    code, _ = code_of(decisions.Ingest, event("big", "search", query="x" * (2 << 20),
+                                              results=1), metadata=key(ADMIN))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_a_retried_event_is_applied_once(stubs):
+    decisions, _ = stubs
+    e = event("idem", "app_open")
+    e.idempotency_key = "idem-1"
+    first = decisions.Ingest(e, timeout=10, metadata=key(WEB))
+    again = decisions.Ingest(e, timeout=10, metadata=key(WEB))
+    assert (first.sequence, first.duplicate) == (1, False)
+    assert (again.sequence, again.duplicate) == (1, True)
+    profile = decisions.GetProfile(pb.ProfileRequest(customer_id="idem"), timeout=10,
+                                   metadata=key(AGENT))
+    assert profile.events_applied == 1
+
+
+def test_ingest_can_return_the_new_decision(stubs):
+    decisions, _ = stubs
+    e = event("withd", "page_view", category="home")
+    e.decide_placement = "hero"
+    ack = decisions.Ingest(e, timeout=10, metadata=key(WEB))
+    assert ack.decision.channel == "web" and ack.decision.placement == "hero"
+
+
+def test_ingest_stream_acks_every_event_in_order(stubs):
+    decisions, _ = stubs
+    events = [event("streamer", "page_view", NOW + i, category="home") for i in range(200)]
+    acks = list(decisions.IngestStream(iter(events), timeout=30, metadata=key(WEB)))
+    assert [a.sequence for a in acks] == list(range(1, 201))
+
+
+def test_ingest_stream_stops_at_a_bad_event_naming_it(stubs):
+    decisions, _ = stubs
+    events = [event("streamer2", "app_open"), event("streamer2", "teleport")]
+    code, details = code_of(lambda *a, **k: list(decisions.IngestStream(*a, **k)), iter(events),
+                            metadata=key(WEB))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("events[1].type: unknown event type"), details
+
+
+def test_respond_records_the_outcome(stubs):
+    decisions, _ = stubs
+    d = decisions.Decide(pb.DecideRequest(customer_id="r1", channel="web"), timeout=10,
+                         metadata=key(WEB))
+    decisions.Respond(pb.Outcome(decision_id=d.decision_id, customer_id="r1",
+                                 action_id=d.actions[0].action_id, channel="web",
+                                 outcome=pb.ACCEPT), timeout=10, metadata=key(WEB))
+    profile = decisions.GetProfile(pb.ProfileRequest(customer_id="r1"), timeout=10,
+                                   metadata=key(AGENT))
+    assert [(h.action_id, h.outcome) for h in profile.history] == \
+        [(d.actions[0].action_id, "accept")]
+    code, details = code_of(decisions.Respond, pb.Outcome(
+        customer_id="r1", action_id="no_such_action", channel="web", outcome=pb.ACCEPT),
+        metadata=key(WEB))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("action_id")
+    code, details = code_of(decisions.Respond, pb.Outcome(
+        customer_id="r1", action_id=d.actions[0].action_id, channel="web"), metadata=key(WEB))
+    assert details.startswith("outcome: must be set")
+
+
+def test_record_impression_on_decide(stubs):
+    decisions, _ = stubs
+    d = decisions.Decide(pb.DecideRequest(customer_id="imp", channel="web",
+                                          record_impression=True), timeout=10,
+                         metadata=key(WEB))
+    profile = decisions.GetProfile(pb.ProfileRequest(customer_id="imp"), timeout=10,
+                                   metadata=key(AGENT))
+    assert {h.action_id for h in profile.history} == {a.action_id for a in d.actions}
+    assert {h.outcome for h in profile.history} == {"impression"}
+
+
+def test_keys_and_scopes(stubs):
+    decisions, admin = stubs
+    code, _ = code_of(decisions.Decide, pb.DecideRequest(customer_id="k", channel="web"))
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    code, _ = code_of(decisions.Decide, pb.DecideRequest(customer_id="k", channel="web"),
+                      metadata=key("not-a-key-at-all-000"))
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    code, details = code_of(decisions.GetProfile, pb.ProfileRequest(customer_id="k"),
+                            metadata=key(WEB))
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "profile:read" in details
+    code, _ = code_of(admin.PutCatalog, admin_pb2.CatalogText(yaml=default_catalog_text()),
+                      metadata=key(WEB))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    code, details = code_of(decisions.Decide, pb.DecideRequest(customer_id="k", channel="app"),
+                            metadata=key(WEB))
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "for channel 'web'" in details
+
+
+def test_browsing_on_the_web_changes_what_the_call_center_sees(stubs):
+    decisions, _ = stubs
+    customer = "seeds-ana"
+    decisions.Ingest(event(customer, "profile_updated", NOW - 86400 * 90,
+                           marketing_opt_in=True), timeout=10, metadata=key(ADMIN))
+    pushed: queue.Queue = queue.Queue()
+    stream = decisions.WatchDecisions(pb.WatchRequest(customer_id=customer,
+                                                      channel="call_center"),
+                                      metadata=key(AGENT))
+    threading.Thread(target=follow, args=(stream, pushed), daemon=True).start()
+    time.sleep(0.5)
+    before = decisions.Decide(pb.DecideRequest(customer_id=customer, channel="call_center"),
+                              timeout=10, metadata=key(AGENT))
+    # the web reports a complaint: the agent's screen must change without anyone asking
+    decisions.Ingest(event(customer, "complaint", NOW, topic="delivery", severity="high"),
+                     timeout=10, metadata=key(ADMIN))
+    deadline = time.time() + 5
+    got = []
+    while time.time() < deadline and not any(
+            "complaint_callback" in [a.action_id for a in d.actions] for d in got):
+        try:
+            got.append(pushed.get(timeout=0.1))
+        except queue.Empty:
+            pass
+    stream.cancel()
+    assert all(d.channel == "call_center" and d.customer_id == customer for d in got)
+    assert "complaint_callback" in [a.action_id for a in got[-1].actions]
+    assert "complaint_callback" not in [a.action_id for a in before.actions]
+
+
+def follow(stream, pushed: queue.Queue) -> None:
+    try:
+        for decision in stream:
+            pushed.put(decision)
+    except grpc.RpcError:
+        pass  # cancelled when the test is done with it
+
+
+def test_get_profile_shows_the_golden_record(stubs):
+    decisions, _ = stubs
+    decisions.Ingest(event("prof", "purchase", NOW - 3600, order_id="o9", amount=80.0,
+                           category="home", fulfilment="pickup"), timeout=10,
+                     metadata=key(ADMIN))
+    p = decisions.GetProfile(pb.ProfileRequest(customer_id="prof"), timeout=10,
+                             metadata=key(AGENT))
+    assert p.features["orders"].number_value == 1.0
+    assert p.features["last_purchase_category"].string_value == "home"
+    assert set(p.current) == {"web", "app", "call_center", "email", "push", "store"}
+    assert p.events_applied == 1
+    code, _ = code_of(decisions.GetProfile, pb.ProfileRequest(customer_id="nobody"),
+                      metadata=key(AGENT))
+    assert code == grpc.StatusCode.NOT_FOUND
+
+
+def test_forget_customer(stubs):
+    decisions, _ = stubs
+    decisions.Ingest(event("gone", "app_open"), timeout=10, metadata=key(ADMIN))
+    code, _ = code_of(decisions.ForgetCustomer, pb.ForgetRequest(customer_id="gone"),
+                      metadata=key(WEB))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    ack = decisions.ForgetCustomer(pb.ForgetRequest(customer_id="gone"), timeout=10,
+                                   metadata=key(ADMIN))
+    assert ack.existed
+    code, _ = code_of(decisions.GetProfile, pb.ProfileRequest(customer_id="gone"),
+                      metadata=key(ADMIN))
+    assert code == grpc.StatusCode.NOT_FOUND
+
+
+def test_admin_catalogs_status_and_scaling(stubs):
+    decisions, admin = stubs
+    info = admin.ValidateCatalog(admin_pb2.CatalogText(yaml=default_catalog_text()),
+                                 timeout=10, metadata=key(ADMIN))
+    assert info.actions >= 40 and info.channels == 6
+    code, details = code_of(admin.ValidateCatalog, admin_pb2.CatalogText(
+        yaml=default_catalog_text().replace("kairos_catalog: 1", "kairos_catalog: 9")),
+        metadata=key(ADMIN))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("<PutCatalog>:") and "unsupported catalog format" in details
+    current = admin.GetCatalog(admin_pb2.GetCatalogRequest(), timeout=10, metadata=key(ADMIN))
+    assert current.version == info.version
+    switched = admin.PutCatalog(admin_pb2.CatalogText(
+        yaml=current.yaml.replace(f"version: \"{info.version}\"", "version: grpc-test", 1)),
+        timeout=60, metadata=key(ADMIN))
+    assert switched.version == "grpc-test"
+    deadline = time.time() + 10
+    while decisions.Decide(pb.DecideRequest(customer_id="cat", channel="web"), timeout=10,
+                           metadata=key(ADMIN)).catalog_version != "grpc-test":
+        assert time.time() < deadline
+        time.sleep(0.1)
+    rolled = admin.RollbackCatalog(admin_pb2.GetCatalogRequest(), timeout=60,
+                                   metadata=key(ADMIN))
+    assert rolled.version == info.version
+    scaled = admin.ScaleShards(admin_pb2.ScaleRequest(shards=3), timeout=120,
+                               metadata=key(ADMIN))
+    assert scaled.shards == 3 and scaled.moved > 0
+    st = admin.GetClusterStatus(admin_pb2.ClusterStatusRequest(), timeout=10,
+                                metadata=key(ADMIN))
+    assert len(st.shards) == 3 and sum(s.partitions for s in st.shards) == 256
+    assert st.catalog_version == info.version and len(st.nodes) == 1
+    code, _ = code_of(admin.ScaleShards, admin_pb2.ScaleRequest(shards=0), metadata=key(ADMIN))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_health_and_reflection(target):
+    with grpc.insecure_channel(target) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="kairos.v1.DecisionService"), timeout=10)
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+        replies = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
+        names = {s.name for r in replies for s in r.list_services_response.service}
+    assert {"kairos.v1.DecisionService", "kairos.v1.AdminService",
+            "grpc.health.v1.Health"} <= names
+
+
+class SlowBackend(LocalBackend):
+    """Shards that take a second to answer."""
+
+    async def send(self, *args, **kwargs):
+        await asyncio.sleep(1.0)
+        return await super().send(*args, **kwargs)
+
+
+def test_a_slow_shard_gives_the_fallback_decision_within_the_deadline():
+    async def main():
+        backend = SlowBackend()
+        backend.learner = Learner(compile_catalog(load_default_catalog()))
+        backend.controller = Controller(backend, n_partitions=16)
+        await backend.controller.start(1)
+        client = await KairosClient(backend).connect()
+        gateway = Gateway("g", client, backend, Auth({}))
+        await gateway.refresh_catalog()
+        server, _, port = await serve(gateway, "127.0.0.1", 0)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = decision_pb2_grpc.DecisionServiceStub(channel)
+            # answered, not DEADLINE_EXCEEDED: the fallback came within the caller's deadline
+            d = await stub.Decide(pb.DecideRequest(customer_id="slow", channel="web"),
+                                  timeout=0.2)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Ingest(pb.Event(customer_id="slow", type="app_open"), timeout=0.2)
+        await server.stop(0)
+        await client.close()
+        return d, err.value.code()
+
+    d, code = asyncio.run(main())
+    assert d.fallback and [a.action_id for a in d.actions] == ["generic_welcome", "service_menu"]
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_auth_may_be_off_only_on_loopback():
+    async def main():
+        with pytest.raises(ValueError, match="refusing to serve without API keys"):
+            await serve(Gateway("g", None, None, Auth({})), "0.0.0.0", 0)
+    asyncio.run(main())

@@ -1,0 +1,46 @@
+"""The learner: deltas add up, versions move on, catalog switches carry learning over."""
+from __future__ import annotations
+
+import numpy as np
+import yaml
+
+from kairos.cluster.learner import Learner
+from kairos.core.catalog import default_catalog_text, load_catalog, load_default_catalog
+from kairos.core.compiler import compile_catalog
+from kairos.core.models import ModelTable
+
+
+def learned(compiled, row: int, positives: float):
+    table = ModelTable(compiled)
+    table.positives[row] += positives
+    table.precision[row] += 1.0
+    table.mean[row] += 0.5
+    return table.take_delta()
+
+
+def test_deltas_from_every_shard_add_and_each_merge_publishes_a_version():
+    c = compile_catalog(load_default_catalog())
+    learner = Learner(c)
+    first = learner.sync(c.version, None, known_version=-1)
+    assert first.version == learner.version
+    assert learner.sync(c.version, None, known_version=first.version) is None
+    a = learner.sync(c.version, learned(c, 3, 1), first.version)
+    b = learner.sync(c.version, learned(c, 3, 2), a.version)
+    assert b.version == first.version + 2
+    assert b.positives[3] == 3 and b.precision[3, 0] == c.prior_precision[0, 0] + 2
+
+
+def test_a_delta_learned_under_the_previous_catalog_is_carried_over():
+    c = compile_catalog(load_default_catalog())
+    learner = Learner(c)
+    doc = yaml.safe_load(default_catalog_text())
+    doc["version"] = "next"
+    doc["actions"].insert(0, dict(doc["actions"][-1], id="inserted_first"))
+    learner.switch(yaml.safe_dump(doc, sort_keys=False))
+    n_ch = len(c.channel_names)
+    old_row = c.action_index["service_menu"] * n_ch + 1
+    published = learner.sync(c.version, learned(c, old_row, 1), 0)
+    new = compile_catalog(load_catalog(yaml.safe_dump(doc, sort_keys=False)))
+    new_row = new.action_index["service_menu"] * n_ch + 1
+    assert published.catalog_version == "next"
+    assert published.positives[new_row] == 1 and np.sum(published.positives) == 1

@@ -1,0 +1,171 @@
+"""Controller and client logic without Ray (LocalBackend): placement, moves under a stream,
+MOVED re-sends in order, failed handoffs, catalog switches, long poll."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from kairos.cluster import controller as controller_module
+from kairos.cluster.client import KairosClient
+from kairos.cluster.controller import Controller
+from kairos.cluster.learner import Learner
+from kairos.core.catalog import load_default_catalog
+from kairos.core.compiler import compile_catalog
+from kairos.core.errors import InputError
+
+from .local_backend import LocalBackend
+
+T0 = 1_795_629_600.0
+
+
+@pytest.fixture(autouse=True)
+def no_grace(monkeypatch):
+    monkeypatch.setattr(controller_module, "RETIRE_GRACE_S", 0.0)
+
+
+async def runtime(n_shards: int, **kw):
+    backend = LocalBackend(**kw)
+    backend.learner = Learner(compile_catalog(load_default_catalog()))
+    backend.controller = Controller(backend, n_partitions=64)
+    await backend.controller.start(n_shards)
+    client = await KairosClient(backend).connect()
+    return backend, backend.controller, client
+
+
+async def stream(client, customers, stop: asyncio.Event):
+    acks = {c: [] for c in customers}
+    wave = 0
+    while not stop.is_set():
+        for c in customers:
+            acks[c].append(asyncio.ensure_future(
+                client.ingest(c, "page_view", T0 + wave, {"category": "home"})))
+        wave += 1
+        await asyncio.sleep(0)
+    return {c: await asyncio.gather(*futures) for c, futures in acks.items()}
+
+
+def test_shards_spread_over_nodes():
+    async def main():
+        backend, ctl, client = await runtime(6)
+        assert sorted(backend.created_on.values()) == ["node-a", "node-a", "node-b", "node-b",
+                                                       "node-c", "node-c"]
+        await client.close()
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_scaling_under_a_stream_loses_duplicates_and_reorders_nothing(seed):
+    async def main():
+        backend, ctl, client = await runtime(2, seed=seed)
+        customers = [f"c{i}" for i in range(30)]
+        stop = asyncio.Event()
+        producer = asyncio.ensure_future(stream(client, customers, stop))
+        for n in (5, 1, 3):
+            await asyncio.sleep(0.01)
+            await ctl.scale(n)
+        stop.set()
+        acks = await producer
+        for c, seqs in acks.items():
+            assert seqs == list(range(1, len(seqs) + 1)), c
+        assert len(ctl.shards) == 3 and ctl.map.version > 3
+        assert sorted(backend.shards) == sorted(ctl.shards)
+        await client.close()
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_failed_handoff_thaws_and_loses_nothing(seed):
+    async def main():
+        backend, ctl, client = await runtime(1, seed=seed)
+        customers = [f"c{i}" for i in range(20)]
+        stop = asyncio.Event()
+        producer = asyncio.ensure_future(stream(client, customers, stop))
+        await asyncio.sleep(0.01)
+        backend.fail_next_adopt = True
+        with pytest.raises(RuntimeError, match="handoffs failed"):
+            await ctl.scale(2)
+        await ctl.scale(2)  # the next attempt goes through
+        stop.set()
+        for c, seqs in (await producer).items():
+            assert seqs == list(range(1, len(seqs) + 1)), (c, seqs)
+        await client.close()
+    asyncio.run(main())
+
+
+def test_bad_input_raises_input_error_with_the_field():
+    async def main():
+        backend, ctl, client = await runtime(2)
+        with pytest.raises(InputError, match="attributes.category"):
+            await client.ingest("ana", "page_view", T0, {"category": "cars"})
+        assert await client.profile("ana") is None  # nothing was created
+        await client.close()
+    asyncio.run(main())
+
+
+def test_catalog_switch_reaches_every_shard_and_a_bad_catalog_changes_nothing():
+    async def main():
+        backend, ctl, client = await runtime(3)
+        text = ctl.catalog_text.replace("version: ", "version: x", 1)
+        before = (await client.decide("ana", "web", "hero", now=T0)).catalog_version
+        from kairos.core.errors import CatalogError
+        with pytest.raises(CatalogError):
+            await ctl.put_catalog(text.replace("kairos_catalog: 1", "kairos_catalog: 7"))
+        assert {s.catalog_version for s in backend.shards.values()} == {before}
+        version = await ctl.put_catalog(text)
+        assert {s.catalog_version for s in backend.shards.values()} == {version}
+        assert backend.learner.compiled.version == version
+        assert (await client.decide("ana", "web", "hero", now=T0)).catalog_version == version
+        await ctl.rollback_catalog()
+        assert {s.catalog_version for s in backend.shards.values()} == {before}
+        await client.close()
+    asyncio.run(main())
+
+
+def test_long_poll_answers_when_the_map_changes():
+    async def main():
+        backend, ctl, client = await runtime(2)
+        version = ctl.map.version
+        assert await ctl.get_map(version, 0.01) is None
+        waiter = asyncio.ensure_future(ctl.get_map(version, 5.0))
+        await asyncio.sleep(0)
+        await ctl.scale(3)
+        routing = await waiter
+        assert routing["version"] > version and len(routing["shards"]) == 3
+        await client.close()
+    asyncio.run(main())
+
+
+def test_a_shard_on_a_node_that_left_is_replaced():
+    async def main():
+        backend, ctl, client = await runtime(3)
+        await client.ingest("ana", "app_open", T0)
+        lost = ctl.placement[client.owner("ana")]
+        backend.node_names.remove(lost)
+        await ctl.reconcile()
+        assert lost not in ctl.placement.values() and len(ctl.shards) == 3
+        assert sorted(sum((ctl.map.partitions_of(s) for s in ctl.shards), [])) == \
+            list(range(64))
+        # the new owner serves the customer (its memory was lost: no durable store yet)
+        assert await client.ingest("ana", "app_open", T0 + 1) == 1
+        await client.close()
+    asyncio.run(main())
+
+
+def test_a_client_refuses_past_its_per_shard_queue_bound(monkeypatch):
+    from kairos.cluster import client as client_module
+    from kairos.cluster.client import Busy
+    monkeypatch.setattr(client_module, "CLIENT_QUEUE_LIMIT", 10)
+
+    async def main():
+        backend, ctl, client = await runtime(1)
+        results = await asyncio.gather(*(client.ingest("ana", "app_open", T0 + i)
+                                         for i in range(50)), return_exceptions=True)
+        applied = (await client.profile("ana"))["events_applied"]
+        await client.close()
+        return results, applied
+
+    results, applied = asyncio.run(main())
+    acked = [r for r in results if not isinstance(r, Busy)]
+    assert 0 < len(acked) < 50 and acked == list(range(1, len(acked) + 1))
+    assert applied == len(acked)

@@ -1,0 +1,295 @@
+"""The runtime on a real three-node Ray cluster on this machine (ray.cluster_utils.Cluster).
+
+One cluster for the module (it takes about ten seconds to start); the tests run in order and
+share it: routing from every node, scaling 4 -> 8 -> 3 under a stream of events, timers,
+passivation, model sync and a catalog switch under load.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+import ray
+import yaml
+from ray.cluster_utils import Cluster
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from kairos.cluster.client import Busy
+from kairos.core.catalog import default_catalog_text
+
+T0 = 1_795_629_600.0  # 2026-11-20T18:00:00Z
+SINK = "kairos-test-sink"
+TUNING = {"KAIROS_PASSIVATE_IDLE_S": "3", "KAIROS_RETIRE_GRACE_S": "1",
+          "KAIROS_SHARD_QUEUE_LIMIT": "1500",
+          "KAIROS_MODEL_SYNC_S": "0.5", "KAIROS_TICK_S": "0.1"}
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    saved = {k: os.environ.get(k) for k in TUNING}
+    os.environ.update(TUNING)  # the Ray nodes started below inherit them
+    from kairos.cluster import runtime
+    node_args = {"num_cpus": 1, "object_store_memory": 128 * 2**20}
+    c = Cluster(initialize_head=True, head_node_args={**node_args, "include_dashboard": False})
+    for _ in range(2):
+        c.add_node(**node_args)
+    c.wait_for_nodes()
+    ray.init(address=c.address, namespace="kairos")
+    runtime.start(n_shards=4, n_partitions=512)
+    client = runtime.connect()
+    yield c, client, runtime
+    client.close()
+    runtime.stop()
+    ray.shutdown()
+    c.shutdown()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@ray.remote(num_cpus=0)
+class Sink:
+    """Receives pushes, as a gateway does."""
+
+    def __init__(self):
+        self.received = []
+
+    def deliver(self, decisions):
+        now = time.time()
+        self.received.extend((now, d.customer_id, d.channel,
+                              [a.action_id for a in d.actions]) for d in decisions)
+
+    def take(self):
+        out, self.received = self.received, []
+        return out
+
+
+def status(runtime):
+    return ray.get(runtime.controller().status.remote())
+
+
+def test_shards_on_every_node_and_routing_from_any_node(cluster):
+    c, client, runtime = cluster
+    nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert len(nodes) == 3
+    deadline = time.time() + 10
+    while {s.get("node") for s in status(runtime)["shards"]} != nodes:
+        assert time.time() < deadline, f"shards are not on every node: {status(runtime)}"
+        time.sleep(0.5)
+
+    @ray.remote(num_cpus=0)
+    def from_node(customer: str):
+        from kairos.cluster import runtime as rt
+        client = rt.connect()
+        seq = client.ingest(customer, "page_view", T0, {"category": "home"})
+        decision = client.decide(customer, "web", "hero", now=T0)
+        client.close()
+        return ray.get_runtime_context().get_node_id(), seq, decision.channel
+
+    calls = [from_node.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False))
+             .remote(f"routed-{i}") for i, n in enumerate(sorted(nodes))]
+    assert sorted(ray.get(calls)) == sorted((n, 1, "web") for n in nodes)
+    # every customer, whichever node asked, lives on exactly one shard
+    assert client.profile("routed-0", T0)["events_applied"] == 1
+
+
+def test_scaling_under_a_stream_keeps_every_customers_order(cluster):
+    c, client, runtime = cluster
+    customers = [f"stream-{i}" for i in range(48)]
+    acks: dict[str, list] = {cust: [] for cust in customers}
+    stop = asyncio.Event()
+
+    async def produce():
+        wave = 0
+        while not stop.is_set():
+            for cust in customers:
+                acks[cust].append(asyncio.ensure_future(
+                    client.client.ingest(cust, "page_view", T0 + wave, {"category": "home"})))
+            wave += 1
+            await asyncio.sleep(0.02)
+        return [await asyncio.gather(*acks[cust]) for cust in customers]
+
+    async def stop_later():
+        stop.set()
+
+    producer = client.submit(produce())
+    time.sleep(1.0)
+    grown = ray.get(runtime.controller().scale.remote(8))
+    time.sleep(0.5)
+    shrunk = ray.get(runtime.controller().scale.remote(3))
+    time.sleep(0.5)
+    client.run(stop_later())
+    sequences = producer.result(timeout=120)
+    assert grown["shards"] == 8 and shrunk["shards"] == 3
+    assert grown["moved"] > 0 and shrunk["moved"] > 0
+    for cust, seqs in zip(customers, sequences):
+        # no gap, no duplicate, no reordering: the k-th event sent is the k-th applied
+        assert seqs == list(range(1, len(seqs) + 1)), cust
+    assert len(sequences[0]) > 50
+    st = status(runtime)
+    assert len(st["shards"]) == 3
+    assert sum(s["partitions"] for s in st["shards"]) == 512
+    for cust in customers[:5]:
+        assert client.profile(cust, T0)["events_applied"] == len(sequences[0])
+
+
+def test_timer_fires_within_a_second_and_pushes(cluster):
+    c, client, runtime = cluster
+    sink = Sink.options(name=SINK, namespace="kairos").remote()
+    ray.get(sink.take.remote())
+    now = time.time()
+    client.ingest("timer-ana", "profile_updated", now - 7200,
+                  {"marketing_opt_in": True, "push_opt_in": True})
+    client.watch("timer-ana", SINK, "push")
+    due = now + 1.0  # the cart_abandoned timer fires 30 minutes after the add_to_cart
+    client.ingest("timer-ana", "add_to_cart", due - 1800.0,
+                  {"product_id": "tv", "category": "electronics", "price": 199.0})
+    deadline = time.time() + 10
+    pushed = []
+    while not [p for p in pushed if p[1] == "timer-ana" and "cart_recovery_push" in p[3]]:
+        assert time.time() < deadline, f"no push from the timer: {pushed}"
+        time.sleep(0.05)
+        pushed += ray.get(sink.take.remote())
+    fired_at = next(p[0] for p in pushed if "cart_recovery_push" in p[3])
+    assert fired_at - due < 1.0
+    profile = client.profile("timer-ana", due)
+    assert profile["features"]["carts_abandoned_30d"] > 0.99 and profile["timers"] == {}
+
+
+def test_passivation_round_trip_gives_back_the_same_profile(cluster):
+    c, client, runtime = cluster
+    for k, etype, attrs in [(0, "page_view", {"category": "beauty", "price": 30.0}),
+                            (1, "purchase", {"order_id": "o1", "amount": 55.5,
+                                             "category": "beauty", "fulfilment": "pickup"}),
+                            (2, "complaint", {"topic": "staff", "severity": "low"})]:
+        client.ingest("sleepy", etype, T0 + k * 60, attrs)
+    decision = client.decide("sleepy", "web", "hero", now=T0 + 300)
+    if decision.actions:
+        client.respond("sleepy", decision.actions[0].action_id, "web", "impression", T0 + 301,
+                       decision.decision_id)
+    before = client.profile("sleepy", T0 + 3600)
+    passivated = sum(s.get("passivations", 0) for s in status(runtime)["shards"])
+    deadline = time.time() + 15
+    while sum(s.get("passivations", 0) for s in status(runtime)["shards"]) <= passivated:
+        assert time.time() < deadline, "nobody was passivated"
+        time.sleep(0.5)
+    time.sleep(1.5)  # idle 3 s: 'sleepy' has gone to the store by now
+    assert client.profile("sleepy", T0 + 3600) == before
+
+
+def test_a_response_reaches_every_shards_model_within_two_seconds(cluster):
+    c, client, runtime = cluster
+    decision = client.decide("learner-1", "web", "hero", now=T0)
+    assert decision.actions
+    start_version = max(client.decide(f"probe-{i}", "web", "hero", now=T0).model_version
+                        for i in range(20))
+    client.respond("learner-1", decision.actions[0].action_id, "web", "accept", T0 + 5,
+                   decision.decision_id)
+    recorded = time.time()
+    probes = [f"probe-{i}" for i in range(40)]  # spread over every shard
+    owners = {client.client.owner(p) for p in probes}
+    assert len(owners) == len(status(runtime)["shards"])
+    while True:
+        versions = [client.decide(p, "web", "hero", now=T0).model_version for p in probes]
+        if min(versions) > start_version:
+            break
+        assert time.time() - recorded < 2.0, f"model versions still {sorted(set(versions))}"
+        time.sleep(0.05)
+
+
+def _catalog_v2() -> str:
+    doc = yaml.safe_load(default_catalog_text())
+    doc["version"] = "v2-switch-test"
+    extra = dict(next(a for a in doc["actions"] if a["id"] == "generic_welcome"),
+                 id="v2_only_welcome", value="100")  # outranks the original everywhere
+    doc["actions"].append(extra)
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def test_catalog_switch_under_load_never_mixes_versions(cluster):
+    c, client, runtime = cluster
+    old = ray.get(runtime.controller().get_catalog.remote())["version"]
+    customers = [f"switch-{i}" for i in range(30)]
+    stop = asyncio.Event()
+
+    async def decide_loop():
+        seen = []
+        while not stop.is_set():
+            batch = await asyncio.gather(*(client.client.decide(
+                cust, "web", "hero", now=T0, max_actions=60) for cust in customers))
+            seen.extend(batch)
+        return seen
+
+    async def stop_later():
+        stop.set()
+
+    loop = client.submit(decide_loop())
+    time.sleep(0.5)
+    new = ray.get(runtime.controller().put_catalog.remote(_catalog_v2()))
+    time.sleep(0.5)
+    client.run(stop_later())
+    decisions = loop.result(timeout=60)
+    assert new == "v2-switch-test"
+    assert {d.catalog_version for d in decisions} == {old, new}
+    last: dict[str, str] = {}
+    for d in decisions:
+        ids = {a.action_id for a in d.actions}
+        if d.catalog_version == old:
+            assert "v2_only_welcome" not in ids
+            assert last.get(d.customer_id) != new, "went back to the old version"
+        else:
+            assert "v2_only_welcome" in ids
+        last[d.customer_id] = d.catalog_version
+    ray.get(runtime.controller().rollback_catalog.remote())
+    assert client.decide("switch-0", "web", "hero", now=T0).catalog_version == old
+
+
+def test_a_full_shard_rejects_at_once_and_applies_exactly_what_it_acknowledged(cluster):
+    c, client, runtime = cluster
+    owner = client.client.owner("burst-0")
+    customers = [f"burst-{i}" for i in range(400) if client.client.owner(f"burst-{i}") == owner]
+
+    async def burst():
+        calls = [client.client.ingest(cust, "app_open", T0 + k)
+                 for k in range(25) for cust in customers]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    results = client.run(burst())
+    busy = [r for r in results if isinstance(r, Busy)]
+    assert busy, "the queue limit (1500) was never reached"
+    assert all(isinstance(r, (int, Busy)) for r in results)
+    acked = {cust: 0 for cust in customers}
+    for (k, cust), r in zip(((k, cust) for k in range(25) for cust in customers), results):
+        if not isinstance(r, Busy):
+            acked[cust] += 1
+    for cust in customers[:20]:
+        assert client.profile(cust, T0)["events_applied"] == acked[cust]
+
+
+def test_a_node_leaves_and_its_shards_are_replaced(cluster):
+    c, client, runtime = cluster
+    head = ray.get_runtime_context().get_node_id()
+    shards = status(runtime)["shards"]
+    victim = next(n for n in c.worker_nodes if any(s.get("node") == n.node_id for s in shards))
+    lost = {s["shard"] for s in shards if s.get("node") == victim.node_id}
+    c.remove_node(victim)
+    deadline = time.time() + 30
+    while True:
+        st = status(runtime)
+        names = {s["shard"] for s in st["shards"]}
+        if not names & lost and len(names) == len(shards) and \
+                all(s.get("started") for s in st["shards"]):
+            break
+        assert time.time() < deadline, f"shards of the lost node were not replaced: {st}"
+        time.sleep(0.5)
+    assert victim.node_id not in {s.get("node") for s in st["shards"]}
+    assert sum(s["partitions"] for s in st["shards"]) == 512
+    for i in range(30):  # every partition is served again
+        assert client.ingest(f"after-loss-{i}", "app_open", T0) == 1
+    assert head in {n["NodeID"] for n in ray.nodes() if n["Alive"]}

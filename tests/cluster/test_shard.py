@@ -1,0 +1,327 @@
+"""The shard's logic without Ray: routing answers, handoff, passivation, timers, watches,
+catalog switches."""
+from __future__ import annotations
+
+import functools
+import random
+
+import numpy as np
+import pytest
+import yaml
+
+from kairos.cluster import blocks
+from kairos.cluster.partitions import partition_of
+from kairos.cluster.shard import INVALID, MISSING, MOVED, NOT_MINE, OK, Shard
+from kairos.core.catalog import default_catalog_text, load_catalog, load_default_catalog
+from kairos.core.compiler import compile_catalog
+
+from bench.workload import random_event
+
+N_PARTITIONS = 64
+T0 = 1_795_629_600.0  # 2026-11-20T18:00:00Z
+
+
+class Clock:
+    def __init__(self, now: float = T0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    return compile_catalog(load_default_catalog())
+
+
+def shard(compiled, name="s0", partitions=range(N_PARTITIONS), **kw) -> Shard:
+    return Shard(name, compiled, partitions, N_PARTITIONS, **kw)
+
+
+def event(customer, etype, t, **attrs):
+    return ("event", partition_of(customer, N_PARTITIONS), customer, etype, t, attrs)
+
+
+def decide(customer, channel="web", placement="hero", context=None, now=T0, explain=False):
+    return ("decide", partition_of(customer, N_PARTITIONS), customer, channel, placement,
+            context or {}, 0, explain, now)
+
+
+def profile(customer, now=T0):
+    return ("profile", partition_of(customer, N_PARTITIONS), customer, now)
+
+
+@functools.cache
+def _catalog():
+    return load_default_catalog()
+
+
+def journey(customer: str, n: int, seed: int = 0, t0: float = T0):
+    rng = random.Random(seed)
+    cat = _catalog()
+    out = []
+    for i in range(n):
+        etype, attrs = random_event(cat, rng, t0)
+        out.append(("event", partition_of(customer, N_PARTITIONS), customer, etype,
+                    t0 + 60.0 * i, attrs))
+    return out
+
+
+def test_events_get_per_customer_sequence_numbers_and_decisions_see_them(compiled):
+    s = shard(compiled)
+    results, _ = s.process([event("ana", "profile_updated", T0 - 60, marketing_opt_in=True),
+                            event("bob", "app_open", T0),
+                            event("ana", "add_to_cart", T0 + 60, product_id="tv",
+                                  category="electronics", price=199.0),
+                            event("ana", "app_open", T0 + 35 * 60),  # the cart timer fired
+                            decide("ana", "app", "home", now=T0 + 36 * 60)])
+    assert results[:4] == [(OK, 1, False), (OK, 1, False), (OK, 2, False), (OK, 4, False)]
+    status, decision = results[4]
+    assert status == OK and decision.catalog_version == compiled.version
+    assert decision.actions[0].action_id == "cart_recovery_push"
+
+
+def test_bad_input_is_answered_per_request_and_applies_nothing(compiled):
+    s = shard(compiled)
+    results, _ = s.process([event("ana", "page_view", T0, category="cars"),
+                            event("ana", "teleport", T0),
+                            decide("ana", channel="fax"),
+                            event("ana", "app_open", T0)])
+    assert results[0] == (INVALID, "attributes.category",
+                          "'cars' is not one of apparel, electronics, home, beauty, sports")
+    assert results[1][:2] == (INVALID, "type")
+    assert results[2][:2] == (INVALID, "channel")
+    assert results[3] == (OK, 1, False)  # the bad events were not counted
+
+
+def test_partitions_not_owned_answer_moved(compiled):
+    p = partition_of("ana", N_PARTITIONS)
+    s = shard(compiled, partitions=[q for q in range(N_PARTITIONS) if q != p])
+    assert s.process([event("ana", "app_open", T0)])[0] == [(MOVED, NOT_MINE)]
+    assert s.process([profile("ana")])[0] == [(MOVED, NOT_MINE)]
+    assert len(s.engine.table) == 0
+
+
+def test_profile_of_unknown_customer_is_missing_and_creates_nothing(compiled):
+    s = shard(compiled)
+    assert s.process([profile("nobody")])[0] == [(MISSING,)]
+    assert "nobody" not in s.engine.table
+
+
+def test_handoff_moves_state_and_later_requests_answer_moved(compiled):
+    a = shard(compiled, "a")
+    b = shard(compiled, "b", partitions=[])
+    customers = [f"c{i}" for i in range(40)]
+    for i, c in enumerate(customers):
+        a.process(journey(c, 12, seed=i))
+    a.passivate(T0 + 10**6)  # some customers passivated, some resident
+    for c in customers[:20]:
+        a.process([event(c, "app_open", T0 + 3600)])
+    moving = sorted({partition_of(c, N_PARTITIONS) for c in customers[::3]})
+    before = {c: a.process([profile(c, T0 + 7200)])[0][0] for c in customers}
+    payload = a.freeze(moving, version=2)
+    frozen = [c for c in customers if partition_of(c, N_PARTITIONS) in moving]
+    assert all(a.process([event(c, "app_open", T0)])[0] == [(MOVED, 2)] for c in frozen)
+    assert b.adopt(payload, 2) == len(frozen)
+    a.release(moving)
+    for c in customers:
+        owner = b if c in frozen else a
+        assert owner.process([profile(c, T0 + 7200)])[0][0] == before[c]
+    assert not any(a.engine.table.index.get(c) is not None for c in frozen)
+    # sequence numbers continue where they were
+    c = frozen[0]
+    assert b.process([event(c, "app_open", T0 + 9000)])[0][0] == (OK, 13 + (c in customers[:20]), False)
+
+
+def test_failed_handoff_thaws(compiled):
+    a = shard(compiled)
+    a.process(journey("ana", 5))
+    a.passivate(T0 + 10**6)
+    p = partition_of("ana", N_PARTITIONS)
+    a.freeze([p], version=7)
+    assert a.process([profile("ana")])[0] == [(MOVED, 7)]
+    a.thaw([p], 8)
+    # senders that routed under an older map must not overtake their own re-sends
+    assert a.process([profile("ana")], routed=[7])[0] == [(MOVED, 8)]
+    assert a.process([profile("ana")], routed=[8])[0][0][1]["events_applied"] == 5
+
+
+def test_passivation_round_trip_gives_back_an_identical_profile(compiled):
+    clock = Clock()
+    s = shard(compiled, clock=clock, idle_s=60.0)
+    s.process(journey("ana", 30, seed=3))
+    s.process([decide("ana", "web", "hero")])
+    s.engine.record_outcomes([("ana", "service_menu", "web", "impression", T0, None)])
+    record = s.engine.table.export("ana")
+    view = s.process([profile("ana", T0 + 10**5)])[0][0]
+    clock.now += 61
+    assert s.passivate(clock.now) == 1 and "ana" not in s.engine.table
+    assert s.store.count() == 1
+    assert s.process([profile("ana", T0 + 10**5)])[0][0] == view
+    assert s.engine.table.export("ana").equals(record)
+
+
+def test_resident_limit_passivates_the_least_recent(compiled):
+    clock = Clock()
+    s = shard(compiled, clock=clock, resident_limit=3)
+    for i in range(5):
+        clock.now += 1
+        s.process([event(f"c{i}", "app_open", T0)])
+    s.passivate(clock.now)
+    assert sorted(c for c in s.engine.table.ids if c) == ["c2", "c3", "c4"]
+
+
+def test_timer_fires_on_tick_and_pushes_to_watchers(compiled):
+    clock = Clock()
+    s = shard(compiled, clock=clock)
+    p = partition_of("ana", N_PARTITIONS)
+    s.process([event("ana", "profile_updated", T0 - 86400, marketing_opt_in=True,
+                     push_opt_in=True),
+               ("watch", p, "ana", "sink-1", "push", None, True)])
+    _, pushes = s.process([event("ana", "add_to_cart", T0, product_id="tv",
+                                 category="electronics", price=199.0)])
+    assert s.process([profile("ana")])[0][0][1]["timers"] == {"cart_abandoned": T0 + 1800}
+    clock.now = T0 + 1799
+    assert s.tick() == []
+    clock.now = T0 + 1800.5
+    pushes = s.tick()
+    view = s.process([profile("ana", T0 + 1801)])[0][0][1]
+    assert view["features"]["carts_abandoned_30d"] == pytest.approx(1.0, rel=1e-3)
+    assert view["timers"] == {}
+    assert [(p.sink, [a.action_id for a in p.decision.actions]) for p in pushes] == \
+        [("sink-1", ["cart_recovery_push"])]
+
+
+def test_purchase_cancels_the_timer_and_a_later_event_fires_an_overdue_one_first(compiled):
+    s = shard(compiled, clock=Clock())
+    cart = dict(product_id="tv", category="electronics", price=199.0)
+    s.process([event("ana", "add_to_cart", T0, **cart),
+               event("ana", "purchase", T0 + 600, order_id="o", amount=199.0,
+                     category="electronics", fulfilment="delivery")])
+    assert s.timers.armed == {}
+    results, _ = s.process([event("bob", "add_to_cart", T0, **cart),
+                            event("bob", "app_open", T0 + 3600)])
+    assert results == [(OK, 1, False), (OK, 3, False)]  # the timer's event came between them
+    view = s.process([profile("bob", T0 + 3600)])[0][0][1]
+    assert view["features"]["carts_abandoned_30d"] > 0.99
+
+
+def test_channel_watch_pushes_only_changes(compiled):
+    s = shard(compiled)
+    s.watch_channel("sink-9", "web", "hero")
+    _, first = s.process([event("ana", "app_open", T0)])
+    _, again = s.process([event("ana", "app_open", T0 + 1)])
+    assert len(first) == 1 and first[0].sink == "sink-9" and again == []
+    s.drop_sink("sink-9")
+    _, none = s.process([event("ana", "complaint", T0 + 2, topic="delivery", severity="high")])
+    assert none == []
+
+
+def _catalog_v2() -> str:
+    doc = yaml.safe_load(default_catalog_text())
+    doc["version"] = "v2-test"
+    doc["features"]["views_total"] = {"kind": "count", "event": "page_view"}
+    del doc["features"]["email_clicks_30d"]
+    for action in doc["actions"]:
+        if "email_clicks_30d" in str(action.get("value")):
+            action["value"] = "18"
+    dropped = doc["actions"].pop(0)["id"]
+    doc["fallbacks"] = {ch: [a for a in ids if a != dropped]
+                        for ch, ids in doc["fallbacks"].items()}
+    new = dict(doc["actions"][-1], id="brand_new_offer")
+    doc["actions"].append(new)
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def test_catalog_switch_relays_out_residents_and_keeps_models(compiled):
+    s = shard(compiled)
+    for i in range(10):
+        s.process(journey(f"c{i}", 20, seed=i))
+    s.engine.record_outcomes([("c1", "service_menu", "web", "accept", T0, None)])
+    before = s.process([profile("c1", T0 + 86400)])[0][0][1]
+    learned = s.engine.models.pending()
+    version = s.prepare(_catalog_v2())
+    s.commit(version)
+    after = s.process([profile("c1", T0 + 86400)])[0][0][1]
+    assert s.catalog_version == "v2-test"
+    assert after["attributes"] == before["attributes"]
+    kept = {k: v for k, v in before["features"].items() if k != "email_clicks_30d"}
+    assert {k: v for k, v in after["features"].items() if k in kept} == kept
+    assert after["features"]["views_total"] == 0  # new feature starts at its default
+    assert after["history"] == before["history"]
+    assert after["events_applied"] == before["events_applied"]
+    c = s.compiled
+    row = c.action_index["service_menu"] * len(c.channel_names) + c.channel_index["web"]
+    old = compiled.action_index["service_menu"] * len(compiled.channel_names) + \
+        compiled.channel_index["web"]
+    assert s.engine.models.pending().positives[row] == learned.positives[old] == 1
+    decision = s.process([decide("c1")])[0][0][1]
+    assert decision.catalog_version == "v2-test"
+
+
+def test_commit_needs_a_prepared_version(compiled):
+    with pytest.raises(ValueError, match="has not prepared"):
+        shard(compiled).commit("v9")
+
+
+def test_blocks_round_trip_through_msgpack(compiled):
+    s = shard(compiled)
+    for i in range(5):
+        s.process(journey(f"c{i}", 15, seed=i))
+    ids = [f"c{i}" for i in range(5)]
+    block = blocks.unpack(blocks.pack(s._export(ids)))
+    t = shard(compiled, "t")
+    blocks.import_block(t.engine, block)
+    for c in ids:
+        assert t.engine.profile(c, T0 + 999) == s.engine.profile(c, T0 + 999)
+        assert np.array_equal(t.engine.table.export(c).ring_action,
+                              s.engine.table.export(c).ring_action)
+
+
+def test_blocks_into_a_smaller_history_keep_the_newest_entries(compiled):
+    s = shard(compiled)
+    s.process([event("ana", "app_open", T0)])
+    for k in range(10):
+        s.engine.record_outcomes([("ana", "service_menu", "web", "impression", T0 + k, None)])
+    doc = yaml.safe_load(default_catalog_text())
+    doc["history"] = {"size": 4}
+    small = compile_catalog(load_catalog(yaml.safe_dump(doc)))
+    t = Shard("t", small, range(N_PARTITIONS), N_PARTITIONS)
+    blocks.import_block(t.engine, s._export(["ana"]))
+    assert [h["time"] for h in t.engine.history("ana")] == [T0 + 9, T0 + 8, T0 + 7, T0 + 6]
+
+
+def test_an_idempotency_key_applies_once_even_after_a_move(compiled):
+    a = shard(compiled, "a")
+    p = partition_of("ana", N_PARTITIONS)
+    keyed = ("event", p, "ana", "app_open", T0, {}, "key-1")
+    results, _ = a.process([keyed, keyed, ("event", p, "ana", "app_open", T0, {}, "key-2")])
+    assert results == [(OK, 1, False), (OK, 1, True), (OK, 2, False)]
+    b = shard(compiled, "b", partitions=[])
+    b.adopt(a.freeze([p], 2), 2)
+    a.release([p])
+    assert b.process([keyed])[0] == [(OK, 1, True)]
+    assert b.process([profile("ana")])[0][0][1]["events_applied"] == 2
+
+
+def test_an_event_can_ask_for_the_new_decision_and_a_decision_can_record_its_impression(
+        compiled):
+    s = shard(compiled)
+    p = partition_of("ana", N_PARTITIONS)
+    results, _ = s.process([("event", p, "ana", "app_open", T0, {}, None, ("web", "hero"))])
+    status, sequence, duplicate, decision = results[0]
+    assert (status, sequence, duplicate, decision.channel) == (OK, 1, False, "web")
+    shown = s.process([decide("ana") + (True,)])[0][0][1]
+    assert [h["action_id"] for h in s.engine.history("ana")] == \
+        [a.action_id for a in shown.actions][::-1]
+
+
+def test_forget_erases_resident_and_passivated_customers(compiled):
+    s = shard(compiled)
+    s.process([event("ana", "app_open", T0), event("bob", "app_open", T0)])
+    s.passivate(T0 + 10**6)
+    s.process([event("ana", "app_open", T0)])  # ana back in memory, bob in the store
+    forget = [("forget", partition_of(c, N_PARTITIONS), c) for c in ("ana", "bob", "eve")]
+    assert s.process(forget)[0] == [(OK, True), (OK, True), (OK, False)]
+    assert s.process([profile("ana"), profile("bob")])[0] == [(MISSING,), (MISSING,)]
+    assert s.store.count() == 0
