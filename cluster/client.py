@@ -28,11 +28,12 @@ import numpy as np
 from kairos.core.engine import Decision
 from kairos.core.errors import InputError
 
+from .identity import alias_key, anonymous_id, check_linkable, link_id
 from .partitions import partition_of
 from .ray_api import Backend, Unavailable
 from .settings import (CLIENT_BATCH_LIMIT, CLIENT_INFLIGHT_CALLS, CLIENT_QUEUE_LIMIT,
                        LONG_POLL_S)
-from .shard import BUSY, INVALID, MISSING, MOVED, NOT_MINE, OK
+from .shard import BUSY, CONFLICT, INVALID, MERGED, MISSING, MOVED, NOT_MINE, OK
 
 log = logging.getLogger("kairos.client")
 MAX_REDIRECTS = 20  # a request MOVED this many times in a row fails as Unavailable
@@ -40,6 +41,10 @@ MAX_REDIRECTS = 20  # a request MOVED this many times in a row fails as Unavaila
 
 class Busy(Exception):
     """The owning shard's queue is full: back off (gRPC RESOURCE_EXHAUSTED)."""
+
+
+class Conflict(Exception):
+    """The request contradicts the state (an alias linked elsewhere): FAILED_PRECONDITION."""
 
 
 @dataclass
@@ -172,8 +177,30 @@ class KairosClient:
         return await self.call(("profile", customer_id, now if now is not None else time.time()))
 
     async def forget(self, customer_id: str) -> bool:
-        """Erase the customer from its shard and store; whether it existed."""
-        return await self.call(("forget", customer_id))
+        """Erase the customer from its shard and store, and its aliases from the directory
+        (with what their anonymous profiles left); whether it existed."""
+        existed, aliases = await self._result(("forget", customer_id))
+        for key in aliases:
+            await self.call(("unlink", key, customer_id))
+            existed |= (await self._result(("forget", anonymous_id(key))))[0]
+        return bool(existed)
+
+    async def resolve(self, alias_type: str, value: str) -> str:
+        """The customer an alias names: the linked one, or the alias's anonymous customer."""
+        return await self.call(("resolve", alias_key(alias_type, value)))
+
+    async def link(self, alias_type: str, value: str, customer_id: str) -> bool:
+        """Link an alias to a customer, merging the alias's anonymous profile into it exactly
+        once (every step is idempotent: retry on any error); whether a profile merged now."""
+        key = alias_key(alias_type, value)
+        check_linkable(customer_id)
+        link, anonymous = link_id(key, customer_id), anonymous_id(key)
+        await self.call(("link", key, customer_id))
+        state = await self.call(("take", anonymous, link, customer_id))
+        merged = await self.call(("merge", customer_id, link, key, state))
+        if state is not None:
+            await self.call(("settle", anonymous, link))
+        return merged
 
     async def watch(self, customer_id: str, sink: str, channel: str,
                     placement: str | None = None, active: bool = True) -> None:
@@ -206,6 +233,10 @@ class KairosClient:
         status, *rest = await future
         if status == OK:
             return tuple(rest)
+        if status == MERGED:  # an anonymous customer since linked: its requests go there
+            return await self._result((request[0], rest[0]) + request[2:])
+        if status == CONFLICT:
+            raise Conflict(rest[0])
         if status == INVALID:
             raise InputError(rest[0], rest[1])
         if status == MISSING:

@@ -32,7 +32,8 @@ from kairos.v1 import decision_pb2_grpc
 
 from . import wire
 from .auth import Auth, Denied, is_loopback
-from .client import Busy, KairosClient
+from .client import Busy, Conflict, KairosClient
+from .identity import alias_key, check_linkable
 from .ray_api import Backend, RayBackend, Unavailable
 from .settings import _env
 
@@ -118,7 +119,7 @@ class Gateway(decision_pb2_grpc.DecisionServiceServicer, admin_pb2_grpc.AdminSer
             if fallback is not None:
                 return fallback()
             await self._abort(context, exc)
-        except (InputError, Busy) as exc:
+        except (InputError, Busy, Conflict) as exc:
             await self._abort(context, exc)
 
     async def _within(self, work, timeout_s: float) -> Any:
@@ -136,6 +137,8 @@ class Gateway(decision_pb2_grpc.DecisionServiceServicer, admin_pb2_grpc.AdminSer
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if isinstance(exc, Busy):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        if isinstance(exc, Conflict):
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         if isinstance(exc, asyncio.TimeoutError):
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
                                 "the customer's shard did not answer in time")
@@ -147,23 +150,30 @@ class Gateway(decision_pb2_grpc.DecisionServiceServicer, admin_pb2_grpc.AdminSer
     async def _invalid(context, exc: InputError) -> None:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
+    async def _as(self, who: tuple[str | None, str | None], call) -> Any:
+        """`call(customer_id)` for the customer a request names (see `_who`)."""
+        customer_id, key = who
+        if key is not None:
+            customer_id = await self.client.call(("resolve", key))
+        return await call(customer_id)
+
     # -- DecisionService -----------------------------------------------------------------------
 
     async def Decide(self, request: pb.DecideRequest, context) -> pb.Decision:
         await self._admit(context, "decide", request.channel)
         catalog = await self._catalog()
         try:
-            _require(request.customer_id, "customer_id")
+            who = _who(request)
             channel, placement = _view(catalog, request.channel, request.placement)
             context_values = wire.values_in("context", request.context)
         except InputError as exc:
             await self._invalid(context, exc)
         decision = await self._call(
-            context, self.client.decide(request.customer_id, channel, placement,
-                                        context_values, max_actions=request.max_actions,
-                                        explain=request.explain,
-                                        record_impression=request.record_impression),
-            fallback=lambda: _fallback(catalog, request.customer_id, channel, placement))
+            context, self._as(who, lambda customer_id: self.client.decide(
+                customer_id, channel, placement, context_values,
+                max_actions=request.max_actions, explain=request.explain,
+                record_impression=request.record_impression)),
+            fallback=lambda: _fallback(catalog, who[0] or "", channel, placement))
         return wire.decision_out(decision)
 
     async def Ingest(self, request: pb.Event, context) -> pb.IngestAck:
@@ -177,7 +187,7 @@ class Gateway(decision_pb2_grpc.DecisionServiceServicer, admin_pb2_grpc.AdminSer
     async def _ingest(self, event: pb.Event, catalog: CompiledCatalog, where: str,
                       timeout_s: float) -> pb.IngestAck:
         """One event; input errors name the field, prefixed with `where` inside a stream."""
-        _require(event.customer_id, f"{where}customer_id")
+        who = _who(event, where)
         if event.channel and event.channel not in catalog.channel_index:
             raise InputError(f"{where}channel", f"unknown channel {event.channel!r} "
                                                 f"(channels: {', '.join(catalog.channel_names)})")
@@ -187,9 +197,9 @@ class Gateway(decision_pb2_grpc.DecisionServiceServicer, admin_pb2_grpc.AdminSer
         attributes = wire.values_in(f"{where}attributes", event.attributes)
         decide = (event.channel, event.decide_placement) if event.decide_placement else None
         try:
-            result = await self._within(self.client.ingest_ack(
-                event.customer_id, event.type, when, attributes,
-                event.idempotency_key or None, decide), timeout_s)
+            result = await self._within(self._as(who, lambda customer_id: self.client.ingest_ack(
+                customer_id, event.type, when, attributes, event.idempotency_key or None,
+                decide)), timeout_s)
         except InputError as exc:
             raise InputError(where + exc.field, exc.reason) from None
         ack = pb.IngestAck(event_id=event.event_id, sequence=result[0], duplicate=result[1])
@@ -223,7 +233,7 @@ class Gateway(decision_pb2_grpc.DecisionServiceServicer, admin_pb2_grpc.AdminSer
     async def Respond(self, request: pb.Outcome, context) -> pb.OutcomeAck:
         await self._admit(context, "respond", request.channel)
         try:
-            _require(request.customer_id, "customer_id")
+            who = _who(request)
             if request.outcome == pb.OUTCOME_KIND_UNSPECIFIED:
                 raise InputError("outcome", "must be set (impression, accept, reject, ignore "
                                             "or convert)")
@@ -234,25 +244,25 @@ class Gateway(decision_pb2_grpc.DecisionServiceServicer, admin_pb2_grpc.AdminSer
         except ValueError:
             await self._invalid(context, InputError("outcome",
                                                     f"unknown outcome {request.outcome}"))
-        await self._call(context, self.client.respond(
-            request.customer_id, request.action_id, request.channel, outcome, when,
-            request.decision_id or None))
+        await self._call(context, self._as(who, lambda customer_id: self.client.respond(
+            customer_id, request.action_id, request.channel, outcome, when,
+            request.decision_id or None)))
         return pb.OutcomeAck()
 
     async def GetProfile(self, request: pb.ProfileRequest, context) -> pb.Profile:
         await self._admit(context, "profile:read")
         catalog = await self._catalog()
         try:
-            _require(request.customer_id, "customer_id")
+            who = _who(request)
         except InputError as exc:
             await self._invalid(context, exc)
         now = time.time()
-        profile = await self._call(context, self.client.profile(request.customer_id, now))
+        profile = await self._call(context, self._as(
+            who, lambda customer_id: self.client.profile(customer_id, now)))
         if profile is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"no customer {request.customer_id!r}")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no customer {_named(request)}")
         decisions = await self._call(context, asyncio.gather(*(
-            self.client.decide(request.customer_id, ch, None, None, now=now)
+            self.client.decide(profile["customer_id"], ch, None, None, now=now)
             for ch in catalog.channel_names)))
         types = {**{a.name: a.type for a in catalog.catalog.attributes},
                  **{f.name: f.type for f in catalog.catalog.features}}
@@ -261,11 +271,21 @@ class Gateway(decision_pb2_grpc.DecisionServiceServicer, admin_pb2_grpc.AdminSer
     async def ForgetCustomer(self, request: pb.ForgetRequest, context) -> pb.ForgetAck:
         await self._admit(context, "admin")
         try:
-            _require(request.customer_id, "customer_id")
+            who = _who(request)
         except InputError as exc:
             await self._invalid(context, exc)
-        return pb.ForgetAck(existed=await self._call(context,
-                                                     self.client.forget(request.customer_id)))
+        return pb.ForgetAck(existed=await self._call(context, self._as(who, self.client.forget)))
+
+    async def LinkIdentity(self, request: pb.LinkRequest, context) -> pb.LinkAck:
+        await self._admit(context, "ingest")
+        try:
+            alias_key(request.alias.type, request.alias.value)
+            _require(request.customer_id, "customer_id")
+            check_linkable(request.customer_id)
+        except InputError as exc:
+            await self._invalid(context, exc)
+        return pb.LinkAck(merged=await self._call(context, self.client.link(
+            request.alias.type, request.alias.value, request.customer_id)))
 
     async def WatchDecisions(self, request: pb.WatchRequest, context
                              ) -> AsyncIterator[pb.Decision]:
@@ -273,9 +293,12 @@ class Gateway(decision_pb2_grpc.DecisionServiceServicer, admin_pb2_grpc.AdminSer
         catalog = await self._catalog()
         try:
             channel, placement = _view(catalog, request.channel, request.placement)
+            who = _who(request) if request.WhichOneof("customer") else (None, None)
         except InputError as exc:
             await self._invalid(context, exc)
-        customer = request.customer_id or None
+        customer = who[0]
+        if who[1] is not None:
+            customer = await self._call(context, self.client.call(("resolve", who[1])))
         key = (customer, channel, placement)
         stream = _Stream()
         first = key not in self._streams
@@ -379,6 +402,21 @@ class _Stream:
 def _require(value: str, field: str) -> None:
     if not value:
         raise InputError(field, "is required")
+
+
+def _who(message, where: str = "") -> tuple[str | None, str | None]:
+    """(customer_id, None) or (None, alias key): whom a request names, checked."""
+    if message.WhichOneof("customer") == "alias":
+        return None, alias_key(message.alias.type, message.alias.value, f"{where}alias")
+    if not message.customer_id:
+        raise InputError(f"{where}customer_id", "is required (or an alias)")
+    return message.customer_id, None
+
+
+def _named(message) -> str:
+    if message.WhichOneof("customer") == "alias":
+        return f"with alias {message.alias.type}:{message.alias.value!r}"
+    return repr(message.customer_id)
 
 
 def _view(catalog: CompiledCatalog, channel: str, placement: str) -> tuple[str, str]:

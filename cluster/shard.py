@@ -9,7 +9,9 @@ from a single thread, so nothing here locks, and everything here is tested witho
 Requests are tuples, `(kind, partition, customer_id, *payload)`; each gets a result tuple:
 `("ok", value)`, `("moved", map_version)` when its partition is not (or no longer) here,
 `("invalid", field, reason)` for bad input (nothing applied), `("missing",)` for an unknown
-customer, or `("busy",)` from the actor when its queue is full.
+customer, `("merged", customer_id)` for an anonymous customer linked (and merged) into another
+one (send the request there), `("conflict", reason)` for a link that contradicts an earlier
+one, or `("busy",)` from the actor when its queue is full.
 """
 from __future__ import annotations
 
@@ -25,15 +27,20 @@ from kairos.core.catalog import load_catalog
 from kairos.core.compiler import CompiledCatalog, compile_catalog
 from kairos.core.engine import Decision, DecisionEngine, EncodedEvent, EncodedRequest
 from kairos.core.errors import InputError
+from kairos.core.merge import merge_profiles
 from kairos.core.models import ModelRemap
 
 from . import blocks
+from .identity import Directory
 from .partitions import partition_of
 from .settings import PASSIVATE_IDLE_S, RESIDENT_LIMIT
 from .store import MemoryStore, Store
 from .timers import Timers
 
 OK, MOVED, INVALID, MISSING, BUSY = "ok", "moved", "invalid", "missing", "busy"
+MERGED, CONFLICT = "merged", "conflict"
+CUSTOMER_KINDS = frozenset({"event", "decide", "outcome", "profile", "watch"})
+MERGING = "\x00merging"  # the transient id of a profile being folded into another
 NOT_MINE = 0  # the map version in a MOVED answer when this shard never owned the partition
 IDEMPOTENCY_KEYS_PER_PARTITION = 4096  # recent keys remembered per partition (they move with it)
 
@@ -84,9 +91,13 @@ class Shard:
         self._frozen_blobs: dict[int, dict[str, bytes]] = {}
         self._prepared: CompiledCatalog | None = None
         self.keys: dict[int, OrderedDict[str, int]] = {}  # partition -> idempotency key -> seq
+        self.directory = Directory()
+        self.identities: dict[str, dict[str, list[str]]] = {}  # customer -> aliases, links
         self._handlers = {"event": self._events, "decide": self._decisions,
                           "outcome": self._outcomes, "profile": self._profiles,
-                          "watch": self._watch_customer, "forget": self._forget}
+                          "watch": self._watch_customer, "forget": self._forget,
+                          "resolve": self._resolve, "link": self._link, "unlink": self._unlink,
+                          "take": self._take, "merge": self._merge, "settle": self._settle}
 
     @property
     def compiled(self) -> CompiledCatalog:
@@ -119,9 +130,24 @@ class Shard:
                 for k in range(i, j):
                     results[k] = (INVALID, "kind", f"unknown request kind {kind!r}")
             else:
-                handler(requests, range(i, j), results, touched)
+                handler(requests, self._redirected(requests, range(i, j), results), results,
+                        touched)
             i = j
         return results, self._watch_changes(touched)
+
+    def _redirected(self, requests, span: range, results) -> Sequence[int]:
+        """Answer MERGED for requests to anonymous customers merged into another; the rest."""
+        if not self.directory.redirecting or requests[span.start][0] not in CUSTOMER_KINDS:
+            return span
+        rest = []
+        for idx in span:
+            _, p, customer_id, *_ = requests[idx]
+            target = self.directory.redirect_of(customer_id)
+            if target is not None and self._moved(p, idx) is None:
+                results[idx] = (MERGED, target)
+            else:
+                rest.append(idx)
+        return rest
 
     def _moved(self, partition: int, idx: int) -> tuple | None:
         if partition in self.leaving:
@@ -276,19 +302,108 @@ class Shard:
                 results[idx] = (OK, profile)
 
     def _forget(self, requests, span, results, touched) -> None:
-        """Erase customers from memory and the store; the value says whether they existed."""
+        """Erase customers from memory and the store. The values: whether they existed, and
+        their aliases (for the caller to erase from the directory)."""
         for idx in span:
             _, p, customer_id = requests[idx]
             moved = self._moved(p, idx)
             if moved:
                 results[idx] = moved
                 continue
-            existed = self.store.take(p, customer_id) is not None
-            if customer_id in self.engine.table:
+            existed = self._activate(customer_id, p, create=False)
+            aliases = self.identities.get(customer_id, {}).get("aliases", [])
+            if existed:
                 self._evict(customer_id, p)
+            if self.directory.redirect_of(customer_id) is not None:
+                self.directory.drop_redirect(p, customer_id)  # with the state it handed over
                 existed = True
-            results[idx] = (OK, existed)
+            results[idx] = (OK, existed, list(aliases))
             self.counts["forgotten"] += existed
+
+    # -- identity ------------------------------------------------------------------------------
+
+    def _resolve(self, requests, span, results, touched) -> None:
+        """The customer an alias names: its linked customer, or its anonymous one."""
+        for idx in span:
+            _, p, key = requests[idx]
+            results[idx] = self._moved(p, idx) or (OK, self.directory.resolve(p, key))
+
+    def _link(self, requests, span, results, touched) -> None:
+        for idx in span:
+            _, p, key, customer_id = requests[idx]
+            moved = self._moved(p, idx)
+            if moved:
+                results[idx] = moved
+            elif self.directory.link(p, key, customer_id) is not None:
+                results[idx] = (CONFLICT, f"alias {key!r} is linked to another customer; "
+                                          f"forget that customer (or the alias) first")
+            else:
+                results[idx] = (OK, None)
+
+    def _unlink(self, requests, span, results, touched) -> None:
+        for idx in span:
+            _, p, key, customer_id = requests[idx]
+            results[idx] = self._moved(p, idx) or \
+                (OK, self.directory.unlink(p, key, customer_id))
+
+    def _take(self, requests, span, results, touched) -> None:
+        """Hand an anonymous customer's state over for a link, and redirect its id. A retry
+        of the same link gets the same state back."""
+        for idx in span:
+            _, p, anonymous, link, target = requests[idx]
+            moved = self._moved(p, idx)
+            if moved:
+                results[idx] = moved
+                continue
+            earlier = self.directory.handed_over(p, anonymous)
+            if earlier is not None:
+                results[idx] = (OK, earlier[2] if earlier[1] == link else None)
+                continue
+            state = None
+            if self._activate(anonymous, p, create=False):
+                state = blocks.pack(self._export([anonymous]))
+                self._evict(anonymous, p)
+            self.directory.leave_redirect(p, anonymous, target, link, state)
+            results[idx] = (OK, state)
+
+    def _merge(self, requests, span, results, touched) -> None:
+        """Fold handed-over state into a customer, once per link; whether it folded now."""
+        for idx in span:
+            _, p, customer_id, link, key, state = requests[idx]
+            moved = self._moved(p, idx)
+            if moved:
+                results[idx] = moved
+                continue
+            self._activate(customer_id, p)
+            identity = self.identities.setdefault(customer_id, {"aliases": [], "links": []})
+            if key not in identity["aliases"]:
+                identity["aliases"].append(key)
+            if link in identity["links"]:
+                results[idx] = (OK, False)
+                continue
+            identity["links"].append(link)
+            if state is not None:
+                self._fold(customer_id, blocks.unpack(state))
+                touched[customer_id] = max(touched.get(customer_id, 0.0), self.clock())
+                self.counts["merges"] += 1
+            results[idx] = (OK, state is not None)
+
+    def _fold(self, customer_id: str, block: dict[str, Any]) -> None:
+        extra = block["extras"][0]
+        block["ids"] = [MERGING]
+        self.engine.activate([customer_id])  # a customer known only by id so far
+        blocks.import_block(self.engine, block)
+        merge_profiles(self.compiled, self.engine.table, customer_id, MERGING)
+        self.engine.table.evict(MERGING)
+        self._restore(customer_id, extra)
+
+    def _settle(self, requests, span, results, touched) -> None:
+        for idx in span:
+            _, p, anonymous, link = requests[idx]
+            moved = self._moved(p, idx)
+            if not moved:
+                self.directory.settle(p, anonymous, link)
+            results[idx] = moved or (OK, None)
 
     def _watch_customer(self, requests, span, results, touched) -> None:
         for idx in span:
@@ -416,30 +531,44 @@ class Shard:
         names = self.compiled.timer_names
         extras = [{"timers": {names[k]: due for k, due in self.timers.armed.get(c, {}).items()},
                    "watches": [[w.sink, w.channel, w.placement]
-                               for w in self.watches.get(c, ())]}
+                               for w in self.watches.get(c, ())],
+                   **self.identities.get(c, {})}
                   for c in customer_ids]
         return blocks.export_block(self.engine, customer_ids, extras)
 
     def _load(self, block: dict[str, Any]) -> None:
-        index = {name: k for k, name in enumerate(self.compiled.timer_names)}
         for customer_id, extra in zip(blocks.import_block(self.engine, block), block["extras"]):
             self.timers.take(customer_id)
-            self.timers.restore(customer_id, {index[n]: due for n, due in
-                                              extra["timers"].items() if n in index})
-            watches = set()
-            for sink, channel, placement in extra["watches"]:
-                try:
-                    watches.add(self._watch(sink, channel, placement))
-                except InputError:  # the channel or placement left the catalog
-                    pass
-            if watches:
-                self.watches[customer_id] = watches
+            self.watches.pop(customer_id, None)
+            self.identities.pop(customer_id, None)
+            self._restore(customer_id, extra)
             self.recent[customer_id] = self.clock()
+
+    def _restore(self, customer_id: str, extra: dict[str, Any]) -> None:
+        """Add a customer's timers, watches and identity to what it has here (a timer armed
+        on both sides keeps the later due time, as the later start would have)."""
+        index = {name: k for k, name in enumerate(self.compiled.timer_names)}
+        armed = self.timers.armed.get(customer_id, {})
+        for name, due in extra["timers"].items():
+            k = index.get(name)
+            if k is not None and not armed.get(k, -math.inf) >= due:
+                self.timers.arm(customer_id, k, due)
+        for sink, channel, placement in extra["watches"]:
+            try:
+                self.watches.setdefault(customer_id, set()).add(
+                    self._watch(sink, channel, placement))
+            except InputError:  # the channel or placement left the catalog
+                pass
+        for part in ("aliases", "links"):
+            if extra.get(part):
+                mine = self.identities.setdefault(customer_id, {"aliases": [], "links": []})
+                mine[part].extend(x for x in extra[part] if x not in mine[part])
 
     def _evict(self, customer_id: str, partition: int) -> None:
         self.engine.table.evict(customer_id)
         self.timers.take(customer_id)
         self.watches.pop(customer_id, None)
+        self.identities.pop(customer_id, None)
         self.recent.pop(customer_id, None)
         for channel, placement in {(w.channel, w.placement) for w in self.channel_watches}:
             self.shown.pop((customer_id, channel, placement), None)
@@ -458,7 +587,8 @@ class Shard:
         resident = [c for p in partitions for c in sorted(self.members.get(p, ()))]
         payload = {"partitions": list(partitions), "block": self._export(resident),
                    "passivated": {}, "keys": {p: list(self.keys.get(p, {}).items())
-                                              for p in partitions}}
+                                              for p in partitions},
+                   "directory": self.directory.export(partitions)}
         for p in partitions:
             self.leaving[p] = version
             blobs = self.store.take_partition(p)
@@ -474,6 +604,7 @@ class Shard:
             self.owned.pop(p, None)
             self.keys.pop(p, None)
             self._frozen_blobs.pop(p, None)
+        self.directory.drop(partitions)
 
     def thaw(self, partitions: Sequence[int], version: int) -> None:
         """The handoff failed: serve the partitions again, to senders that saw `version`."""
@@ -499,6 +630,7 @@ class Shard:
             count += len(blobs)
         for p, keys in data["keys"].items():
             self.keys[int(p)] = OrderedDict((k, int(v)) for k, v in keys)
+        self.directory.load(data["directory"])
         for p in data["partitions"]:
             self.owned[p] = version
             self.leaving.pop(p, None)
@@ -534,5 +666,6 @@ class Shard:
         return {"shard": self.name, "partitions": len(self.owned) - len(
                     [p for p in self.leaving if p in self.owned]),
                 "resident": len(self.engine.table), "passivated": self.store.count(),
-                "timers": len(self.timers), "catalog_version": self.catalog_version,
+                "timers": len(self.timers), "aliases": self.directory.count(),
+                "catalog_version": self.catalog_version,
                 "model_version": self.engine.models.version, **self.counts}

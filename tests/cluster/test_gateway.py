@@ -94,7 +94,11 @@ def test_decide_with_explanation(stubs):
     (pb.DecideRequest(customer_id="d2", channel="fax"), "channel: unknown channel 'fax'"),
     (pb.DecideRequest(customer_id="d2", channel="web", placement="footer"),
      "placement: unknown placement 'footer' of web"),
-    (pb.DecideRequest(channel="web"), "customer_id: is required"),
+    (pb.DecideRequest(channel="web"), "customer_id: is required (or an alias)"),
+    (pb.DecideRequest(alias=pb.Alias(type="Cookie", value="c"), channel="web"),
+     "alias.type: expected a lower-case name"),
+    (pb.DecideRequest(alias=pb.Alias(type="cookie"), channel="web"),
+     "alias.value: expected a non-empty string"),
     (pb.DecideRequest(customer_id="d2", channel="web", context={"device": pb.Value()}),
      "context.device: the value has no kind set"),
     (pb.DecideRequest(customer_id="d2", channel="web", context={"colour": value_out("red")}),
@@ -289,6 +293,52 @@ def test_forget_customer(stubs):
     code, _ = code_of(decisions.GetProfile, pb.ProfileRequest(customer_id="gone"),
                       metadata=key(ADMIN))
     assert code == grpc.StatusCode.NOT_FOUND
+
+
+def test_an_anonymous_visitor_links_and_merges_across_shards(stubs):
+    decisions, _ = stubs
+    client = runtime.connect()
+    try:  # a cookie whose anonymous profile lives on another shard than the customer's
+        value = next(v for v in (f"cookie-{i}" for i in range(1000))
+                     if client.owner(f"~cookie:{v}") != client.owner("lena"))
+    finally:
+        client.close()
+    cookie = pb.Alias(type="cookie", value=value)
+    for i in range(3):
+        e = event("", "page_view", NOW - 60 + i, category="electronics")
+        e.alias.CopyFrom(cookie)
+        assert decisions.Ingest(e, timeout=10, metadata=key(WEB)).sequence == i + 1
+    anonymous = decisions.GetProfile(pb.ProfileRequest(alias=cookie), timeout=10,
+                                     metadata=key(AGENT))
+    assert anonymous.customer_id == f"~cookie:{value}" and anonymous.events_applied == 3
+    decisions.Ingest(event("lena", "app_open"), timeout=10, metadata=key(WEB))
+
+    link = pb.LinkRequest(alias=cookie, customer_id="lena")
+    assert decisions.LinkIdentity(link, timeout=10, metadata=key(WEB)).merged
+    assert not decisions.LinkIdentity(link, timeout=10, metadata=key(WEB)).merged  # retry
+    lena = decisions.GetProfile(pb.ProfileRequest(alias=cookie), timeout=10,
+                                metadata=key(AGENT))
+    assert lena.customer_id == "lena" and lena.events_applied == 4
+    assert lena.features["views_7d"].number_value > 2.9
+    by_alias = pb.DecideRequest(alias=cookie, channel="web")
+    assert decisions.Decide(by_alias, timeout=10, metadata=key(WEB)).customer_id == "lena"
+
+    other = pb.LinkRequest(alias=cookie, customer_id="mia")
+    assert code_of(decisions.LinkIdentity, other, metadata=key(WEB))[0] == \
+        grpc.StatusCode.FAILED_PRECONDITION
+    code, details = code_of(decisions.LinkIdentity, pb.LinkRequest(
+        alias=cookie, customer_id="~cookie:x"), metadata=key(WEB))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("customer_id: ")
+    assert code_of(decisions.LinkIdentity, link, metadata=key(AGENT))[0] == \
+        grpc.StatusCode.PERMISSION_DENIED
+
+    # forgetting by alias erases the customer and frees the alias
+    assert decisions.ForgetCustomer(pb.ForgetRequest(alias=cookie), timeout=10,
+                                    metadata=key(ADMIN)).existed
+    assert code_of(decisions.GetProfile, pb.ProfileRequest(customer_id="lena"),
+                   metadata=key(ADMIN))[0] == grpc.StatusCode.NOT_FOUND
+    assert code_of(decisions.GetProfile, pb.ProfileRequest(alias=cookie),
+                   metadata=key(ADMIN))[0] == grpc.StatusCode.NOT_FOUND
 
 
 def test_admin_catalogs_status_and_scaling(stubs):

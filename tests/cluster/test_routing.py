@@ -169,3 +169,57 @@ def test_a_client_refuses_past_its_per_shard_queue_bound(monkeypatch):
     acked = [r for r in results if not isinstance(r, Busy)]
     assert 0 < len(acked) < 50 and acked == list(range(1, len(acked) + 1))
     assert applied == len(acked)
+
+
+def test_a_link_merges_across_shards_once_while_events_flow():
+    from kairos.cluster.identity import alias_key, anonymous_id
+
+    async def main():
+        backend, ctl, client = await runtime(3, seed=1)
+        # an alias whose anonymous profile lives on another shard than the customer
+        value = next(v for v in (f"c{i}" for i in range(1000))
+                     if client.owner(anonymous_id(alias_key("cookie", v))) != client.owner("ana"))
+        key = alias_key("cookie", value)
+        assert await client.resolve("cookie", value) == anonymous_id(key)
+        await client.ingest("ana", "app_open", T0)
+        acked = []
+
+        async def browse(n):  # the web keeps sending under the alias while the link runs
+            for i in range(n):
+                customer = await client.resolve("cookie", value)
+                acked.append(await client.ingest(customer, "page_view", T0 + i,
+                                                 {"category": "home"}))
+                await asyncio.sleep(0)
+
+        browsing = asyncio.ensure_future(browse(60))
+        while len(acked) < 5:
+            await asyncio.sleep(0)
+        assert await client.link("cookie", value, "ana") is True
+        assert len(acked) < 60  # the link ran while events flowed
+        await browsing
+        assert await client.link("cookie", value, "ana") is False  # a retry merges nothing
+        assert await client.resolve("cookie", value) == "ana"
+        ana = await client.profile("ana", T0 + 100)
+        assert ana["events_applied"] == 1 + len(acked) == 61
+        assert await client.profile(anonymous_id(key), T0 + 100) == ana  # via the redirect
+        await client.close()
+    asyncio.run(main())
+
+
+def test_forget_erases_the_customer_and_its_aliases():
+    from kairos.cluster.client import Conflict
+
+    async def main():
+        backend, ctl, client = await runtime(2)
+        anon = await client.resolve("email", "ana@example.com")
+        await client.ingest(anon, "app_open", T0)
+        await client.link("email", "ana@example.com", "ana")
+        with pytest.raises(Conflict):
+            await client.link("email", "ana@example.com", "bob")
+        assert await client.forget("ana") is True
+        assert await client.profile("ana") is None
+        assert await client.resolve("email", "ana@example.com") == anon
+        assert await client.profile(anon) is None
+        await client.link("email", "ana@example.com", "bob")  # the alias is free again
+        await client.close()
+    asyncio.run(main())

@@ -11,7 +11,8 @@ import yaml
 
 from kairos.cluster import blocks
 from kairos.cluster.partitions import partition_of
-from kairos.cluster.shard import INVALID, MISSING, MOVED, NOT_MINE, OK, Shard
+from kairos.cluster.identity import anonymous_id, link_id
+from kairos.cluster.shard import CONFLICT, INVALID, MERGED, MISSING, MOVED, NOT_MINE, OK, Shard
 from kairos.core.catalog import default_catalog_text, load_catalog, load_default_catalog
 from kairos.core.compiler import compile_catalog
 
@@ -130,7 +131,8 @@ def test_handoff_moves_state_and_later_requests_answer_moved(compiled):
     assert not any(a.engine.table.index.get(c) is not None for c in frozen)
     # sequence numbers continue where they were
     c = frozen[0]
-    assert b.process([event(c, "app_open", T0 + 9000)])[0][0] == (OK, 13 + (c in customers[:20]), False)
+    assert b.process([event(c, "app_open", T0 + 9000)])[0][0] == \
+        (OK, 13 + (c in customers[:20]), False)
 
 
 def test_failed_handoff_thaws(compiled):
@@ -322,6 +324,103 @@ def test_forget_erases_resident_and_passivated_customers(compiled):
     s.passivate(T0 + 10**6)
     s.process([event("ana", "app_open", T0)])  # ana back in memory, bob in the store
     forget = [("forget", partition_of(c, N_PARTITIONS), c) for c in ("ana", "bob", "eve")]
-    assert s.process(forget)[0] == [(OK, True), (OK, True), (OK, False)]
+    assert s.process(forget)[0] == [(OK, True, []), (OK, True, []), (OK, False, [])]
     assert s.process([profile("ana"), profile("bob")])[0] == [(MISSING,), (MISSING,)]
     assert s.store.count() == 0
+
+
+def on(customer_or_key: str, kind: str, *payload) -> tuple:
+    return (kind, partition_of(customer_or_key, N_PARTITIONS), customer_or_key) + payload
+
+
+def link_steps(directory: Shard, anon_host: Shard, host: Shard, key: str, customer: str):
+    """KairosClient.link's three steps, run on the shards by hand."""
+    link, anon = link_id(key, customer), anonymous_id(key)
+    assert directory.process([on(key, "link", customer)])[0] == [(OK, None)]
+    (status, state), = anon_host.process([on(anon, "take", link, customer)])[0]
+    merged = host.process([on(customer, "merge", link, key, state)])[0][0]
+    anon_host.process([on(anon, "settle", link)])
+    return state, merged
+
+
+def test_an_alias_resolves_to_its_anonymous_customer_until_linked(compiled):
+    s = shard(compiled)
+    key, anon = "cookie:c1", anonymous_id("cookie:c1")
+    assert s.process([on(key, "resolve")])[0] == [(OK, anon)]
+    s.process([event(anon, "page_view", T0, category="home")] * 3)
+    s.process([event("ana", "page_view", T0 + 5, category="home")])
+    state, merged = link_steps(s, s, s, key, "ana")
+    assert state is not None and merged == (OK, True)
+    assert s.process([on(key, "resolve")])[0] == [(OK, "ana")]
+    ana = s.process([profile("ana", T0 + 10)])[0][0][1]
+    assert ana["events_applied"] == 4
+    # the anonymous id now redirects, so requests already on their way are not lost
+    assert s.process([event(anon, "app_open", T0 + 6), profile(anon)])[0] == \
+        [(MERGED, "ana"), (MERGED, "ana")]
+
+
+def test_a_retried_link_merges_once(compiled):
+    s = shard(compiled)
+    anon = anonymous_id("email:a@x")
+    s.process([event(anon, "page_view", T0, category="home")] * 2)
+    link_steps(s, s, s, "email:a@x", "ana")
+    state, merged = link_steps(s, s, s, "email:a@x", "ana")
+    assert merged == (OK, False)
+    assert s.process([profile("ana")])[0][0][1]["events_applied"] == 2
+
+
+def test_a_retry_before_the_merge_gets_the_same_state(compiled):
+    s = shard(compiled)
+    key, anon = "cookie:c2", anonymous_id("cookie:c2")
+    link = link_id(key, "ana")
+    s.process([event(anon, "page_view", T0, category="home")])
+    first = s.process([on(anon, "take", link, "ana")])[0][0][1]
+    again = s.process([on(anon, "take", link, "ana")])[0][0][1]
+    assert first == again is not None
+    assert s.process([on("ana", "merge", link, key, first)])[0] == [(OK, True)]
+    assert s.process([on("ana", "merge", link, key, again)])[0] == [(OK, False)]
+
+
+def test_an_alias_linked_to_another_customer_is_a_conflict(compiled):
+    s = shard(compiled)
+    s.process([on("cookie:c3", "link", "ana")])
+    (status, reason), = s.process([on("cookie:c3", "link", "bob")])[0]
+    assert status == CONFLICT and "linked to another customer" in reason
+    assert s.process([on("cookie:c3", "link", "ana")])[0] == [(OK, None)]
+
+
+def test_the_directory_and_redirects_move_with_their_partition(compiled):
+    key, anon = "cookie:c4", anonymous_id("cookie:c4")
+    a = shard(compiled, "a")
+    a.process([event(anon, "app_open", T0)])
+    link_steps(a, a, a, key, "ana")
+    moving = sorted({partition_of(key, N_PARTITIONS), partition_of(anon, N_PARTITIONS)})
+    b = shard(compiled, "b", partitions=[])
+    b.adopt(a.freeze(moving, 2), 2)
+    a.release(moving)
+    assert b.process([on(key, "resolve")])[0] == [(OK, "ana")]
+    assert b.process([event(anon, "app_open", T0)])[0] == [(MERGED, "ana")]
+    assert a.directory.count() == 0 and not a.directory.redirecting
+
+
+def test_forget_returns_the_aliases_and_erases_the_redirect(compiled):
+    s = shard(compiled)
+    key, anon = "cookie:c5", anonymous_id("cookie:c5")
+    s.process([event(anon, "app_open", T0)])
+    link_steps(s, s, s, key, "ana")
+    s.passivate(T0 + 10**6)  # the aliases ride along with the passivated customer
+    assert s.process([on("ana", "forget")])[0] == [(OK, True, [key])]
+    assert s.process([on(key, "unlink", "ana"), on(anon, "forget")])[0] == \
+        [(OK, True), (OK, True, [])]
+    assert s.process([on(key, "resolve"), profile(anon)])[0] == [(OK, anon), (MISSING,)]
+
+
+def test_a_merge_brings_timers_and_watches_along(compiled):
+    s = shard(compiled)
+    key, anon = "cookie:c6", anonymous_id("cookie:c6")
+    s.process([event(anon, "add_to_cart", T0, product_id="s1", category="home", price=10.0)])
+    s.process([on(anon, "watch", "sink-1", "push", None, True)])
+    s.process([event("ana", "app_open", T0)])
+    link_steps(s, s, s, key, "ana")
+    assert set(s.timers.armed["ana"]) == {s.compiled.timer_names.index("cart_abandoned")}
+    assert {w.sink for w in s.watches["ana"]} == {"sink-1"}

@@ -127,8 +127,8 @@ def test_context_weight_applies_only_when_context_matches(engine):
 
 def test_impression_cap_reject_suppression_and_accept_cooldown(engine):
     apply(engine, "c", ("add_to_cart", T0, {"amount": 10.0}))
-    record = lambda outcome, t: engine.record_outcomes(
-        [("c", "cart_reminder", "web", outcome, t, None)])
+    def record(outcome, t):
+        engine.record_outcomes([("c", "cart_reminder", "web", outcome, t, None)])
     record("impression", T0 + 1)
     record("impression", T0 + 2)
     capped = engine.decide("c", "web", "hero", now=T0 + 3, explain=True)

@@ -46,7 +46,8 @@ def apply(engine: DecisionEngine, customer_id: str, events) -> None:
     engine.apply([engine.encode_event(customer_id, *e) for e in events])
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**32), n=st.integers(0, 40), outcomes=st.integers(0, 50),
        split=st.floats(0.0, 1.0))
 def test_merging_split_journeys_equals_one_journey(compiled, seed, n, outcomes, split):
@@ -58,7 +59,7 @@ def test_merging_split_journeys_equals_one_journey(compiled, seed, n, outcomes, 
     apply(engine, "known", [e for e, m in zip(events, mine) if m])
     apply(engine, "anon", [e for e, m in zip(events, mine) if not m])
     shown = interactions(compiled, seed, outcomes)
-    for k, (action, channel, outcome, when) in enumerate(shown):
+    for action, channel, outcome, when in shown:
         who = "known" if rng.random() < split else "anon"
         engine.record_outcomes([("whole", action, channel, outcome, when, None),
                                 (who, action, channel, outcome, when, None)])
