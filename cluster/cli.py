@@ -55,9 +55,13 @@ def up(args: argparse.Namespace) -> int:
     import ray
 
     from . import runtime
-    from .gateway import GatewayActor
+    from .gateway import GatewayActor, Tls
     from .settings import NAMESPACE
 
+    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
+        print("--tls-cert and --tls-key go together (and --tls-client-ca needs them)",
+              file=sys.stderr)
+        return 2
     ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
     quiet = {"stdout": subprocess.DEVNULL, "check": True}
     subprocess.run([ray_cli, "start", "--head", f"--port={RAY_HEAD_PORT}",
@@ -72,10 +76,12 @@ def up(args: argparse.Namespace) -> int:
     runtime.start(n_shards=args.shards, catalog_text=catalog_text)
     keys_text = open(args.keys, encoding="utf-8").read() if args.keys else \
         os.environ.get("KAIROS_API_KEYS")
+    tls = Tls.from_files(args.tls_cert, args.tls_key, args.tls_client_ca) \
+        if args.tls_cert else None
     ports = []
     for i, node in enumerate(sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])):
         gateway = runtime.gateway_actor(GatewayActor, i, node)
-        ports.append(ray.get(gateway.start.remote(args.host, args.port + i, keys_text)))
+        ports.append(ray.get(gateway.start.remote(args.host, args.port + i, keys_text, tls)))
     print(f"Kairos is up: {args.nodes} Ray node(s), {args.shards} shards, gRPC on "
           + ", ".join(f"{args.host}:{p}" for p in ports)
           + "; Ray dashboard on http://127.0.0.1:8265")
@@ -134,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--port", type=int, default=50051, help="first gateway's port")
     start.add_argument("--keys", help="API keys file (YAML); default $KAIROS_API_KEYS")
     start.add_argument("--catalog", help="catalog file (default: the built-in catalog)")
+    start.add_argument("--tls-cert", help="serve TLS: the certificate chain (PEM)")
+    start.add_argument("--tls-key", help="serve TLS: the private key (PEM)")
+    start.add_argument("--tls-client-ca", help="mTLS: clients need a certificate this CA "
+                                               "signed (PEM)")
     commands.add_parser("down", help="stop Kairos and the local Ray cluster")
     commands.add_parser("status", help="show the cluster")
     show = commands.add_parser("demo", help="replay a cross-channel journey")

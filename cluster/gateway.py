@@ -64,6 +64,13 @@ class Tls:
     private_key: bytes
     client_ca: bytes | None = None
 
+    @classmethod
+    def from_files(cls, cert: str, key: str, client_ca: str | None = None) -> "Tls":
+        def read(path: str) -> bytes:
+            with open(path, "rb") as f:
+                return f.read()
+        return cls(read(cert), read(key), read(client_ca) if client_ca else None)
+
 
 class Gateway(decision_pb2_grpc.DecisionServiceServicer, admin_pb2_grpc.AdminServiceServicer):
     def __init__(self, name: str, client: KairosClient, backend: Backend, auth: Auth):

@@ -14,12 +14,30 @@ from . import wire
 from .auth import METADATA_KEY
 
 KEY_ENV = "KAIROS_API_KEY"
+# TLS to the gateway: the CA that signed its certificate; for mTLS also this client's
+# certificate and key (PEM files).
+TLS_ENV = ("KAIROS_TLS_CA", "KAIROS_TLS_CERT", "KAIROS_TLS_KEY")
 TIMEOUT_S = 10.0
+
+
+def channel_to(target: str) -> grpc.Channel:
+    """A channel to a gateway: TLS when KAIROS_TLS_CA is set, else plaintext."""
+    ca, cert, key = (os.environ.get(name) for name in TLS_ENV)
+    if not ca:
+        return grpc.insecure_channel(target)
+
+    def read(path: str | None) -> bytes | None:
+        if not path:
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+    return grpc.secure_channel(target, grpc.ssl_channel_credentials(read(ca), read(key),
+                                                                    read(cert)))
 
 
 class Remote:
     def __init__(self, target: str, api_key: str | None = None):
-        self.channel = grpc.insecure_channel(target)
+        self.channel = channel_to(target)
         key = api_key or os.environ.get(KEY_ENV)
         self.metadata = ((METADATA_KEY, key),) if key else ()
         self.decisions = decision_pb2_grpc.DecisionServiceStub(self.channel)

@@ -1,0 +1,119 @@
+"""TLS and mTLS on the gateway, with a throwaway PKI minted for the test."""
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from kairos.cluster.auth import Auth
+from kairos.cluster.client import KairosClient
+from kairos.cluster.controller import Controller
+from kairos.cluster.gateway import Gateway, Tls, serve
+from kairos.cluster.learner import Learner
+from kairos.core.catalog import load_default_catalog
+from kairos.core.compiler import compile_catalog
+from kairos.v1 import decision_pb2 as pb
+from kairos.v1 import decision_pb2_grpc
+
+from .local_backend import LocalBackend
+
+
+def _pem(key) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _certificate(name: str, key, issuer=None, issuer_key=None, ca=False, usage=None):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    builder = (x509.CertificateBuilder().subject_name(subject)
+               .issuer_name(issuer.subject if issuer else subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if usage is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    if usage == ExtendedKeyUsageOID.SERVER_AUTH:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False)
+    return builder.sign(issuer_key or key, hashes.SHA256())
+
+
+@pytest.fixture(scope="module")
+def pki():
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM bytes."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _certificate("kairos test CA", ca_key, ca=True)
+    out = {"ca": ca.public_bytes(serialization.Encoding.PEM)}
+    for role, usage in (("server", ExtendedKeyUsageOID.SERVER_AUTH),
+                        ("client", ExtendedKeyUsageOID.CLIENT_AUTH)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _certificate(f"kairos {role}", key, ca, ca_key, usage=usage)
+        out[role] = (cert.public_bytes(serialization.Encoding.PEM), _pem(key))
+    return out
+
+
+async def _decide_over(tls: Tls, channels) -> list:
+    """Serve with `tls`; for each channel factory, the decision or the status code."""
+    backend = LocalBackend()
+    backend.learner = Learner(compile_catalog(load_default_catalog()))
+    backend.controller = Controller(backend, n_partitions=16)
+    await backend.controller.start(1)
+    client = await KairosClient(backend).connect()
+    gateway = Gateway("g", client, backend, Auth({}))
+    await gateway.refresh_catalog()
+    server, _, port = await serve(gateway, "127.0.0.1", 0, tls)
+    results = []
+    for make in channels:
+        async with make(f"127.0.0.1:{port}") as channel:
+            stub = decision_pb2_grpc.DecisionServiceStub(channel)
+            try:
+                d = await stub.Decide(pb.DecideRequest(customer_id="t", channel="web"),
+                                      timeout=5)
+                results.append(d.channel)
+            except grpc.aio.AioRpcError as exc:
+                results.append(exc.code())
+    await server.stop(0)
+    await client.close()
+    return results
+
+
+def test_tls_serves_clients_that_trust_the_ca_only(pki):
+    cert, key = pki["server"]
+    trusted = grpc.ssl_channel_credentials(pki["ca"])
+    results = asyncio.run(_decide_over(Tls(cert, key), [
+        lambda target: grpc.aio.secure_channel(target, trusted),
+        grpc.aio.insecure_channel,
+    ]))
+    assert results == ["web", grpc.StatusCode.UNAVAILABLE]
+
+
+def test_mtls_needs_a_client_certificate_from_the_ca(pki):
+    cert, key = pki["server"]
+    client_cert, client_key = pki["client"]
+    with_cert = grpc.ssl_channel_credentials(pki["ca"], client_key, client_cert)
+    without = grpc.ssl_channel_credentials(pki["ca"])
+    results = asyncio.run(_decide_over(Tls(cert, key, client_ca=pki["ca"]), [
+        lambda target: grpc.aio.secure_channel(target, with_cert),
+        lambda target: grpc.aio.secure_channel(target, without),
+    ]))
+    assert results == ["web", grpc.StatusCode.UNAVAILABLE]
+
+
+def test_tls_from_files(tmp_path, pki):
+    cert, key = pki["server"]
+    (tmp_path / "c.pem").write_bytes(cert)
+    (tmp_path / "k.pem").write_bytes(key)
+    (tmp_path / "ca.pem").write_bytes(pki["ca"])
+    tls = Tls.from_files(str(tmp_path / "c.pem"), str(tmp_path / "k.pem"),
+                         str(tmp_path / "ca.pem"))
+    assert tls == Tls(cert, key, pki["ca"])
