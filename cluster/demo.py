@@ -78,18 +78,21 @@ def describe(actions) -> str:
     return ", ".join(f"{a.action_id} ({a.priority:.2f})" for a in actions) or "no action"
 
 
-# The live journey: offsets from now. The add-to-cart is backdated so that the cart-abandonment
-# timer (30 minutes) falls due a few seconds into the demo.
+# The live journey: offsets from now; "known" events name the customer, "cookie" ones come from
+# a browser nobody has identified yet (an anonymous profile) until the customer logs in and
+# LinkIdentity merges the two. The add-to-cart is backdated so that the cart-abandonment timer
+# (30 minutes) falls due a few seconds into the demo.
 LIVE = [
-    (-90 * D, "profile_updated", {"tier": "silver", "marketing_opt_in": True,
-                                  "email_opt_in": True, "push_opt_in": True}, {}),
-    (-40 * D, "purchase", {"order_id": "o-1", "amount": 420.0, "category": "electronics",
-                           "fulfilment": "delivery"}, {}),
-    (-35 * M, "page_view", {"category": "electronics", "price": 199.0}, {}),
-    (-33 * M, "page_view", {"category": "electronics", "price": 249.0}, {}),
-    (-30 * M + 4, "add_to_cart", {"product_id": "tv-55", "category": "electronics",
-                                  "price": 199.0}, {}),
-    (0, "app_open", {}, {}),
+    (-90 * D, "known", "profile_updated", {"tier": "silver", "marketing_opt_in": True,
+                                           "email_opt_in": True, "push_opt_in": True}, {}),
+    (-40 * D, "known", "purchase", {"order_id": "o-1", "amount": 420.0,
+                                    "category": "electronics", "fulfilment": "delivery"}, {}),
+    (-35 * M, "cookie", "page_view", {"category": "electronics", "price": 199.0}, {}),
+    (-33 * M, "cookie", "page_view", {"category": "electronics", "price": 249.0}, {}),
+    (-30 * M + 4, "cookie", "add_to_cart", {"product_id": "tv-55", "category": "electronics",
+                                            "price": 199.0}, {}),
+    (-1, "login", "", {}, {}),
+    (0, "known", "app_open", {}, {}),
 ]
 LATER = [
     ("complaint", {"topic": "delivery", "severity": "high"}, {}),
@@ -109,6 +112,7 @@ def run_remote(target: str) -> int:
               file=sys.stderr)
         return 1
     customer = f"ana-{uuid.uuid4().hex[:6]}"
+    cookie = ("cookie", uuid.uuid4().hex[:12])
     pushed: queue.Queue = queue.Queue()
     stream = remote.watch(customer, "push")
     threading.Thread(target=_follow, args=(stream, pushed), daemon=True).start()
@@ -117,12 +121,20 @@ def run_remote(target: str) -> int:
           f"channel\n")
     shown: dict[str, str] = {}
     start = time.time()
-    for offset, event_type, attributes, context in LIVE:
-        _step(remote, customer, start + offset, event_type, attributes, context, shown, offset)
+    for offset, who, event_type, attributes, context in LIVE:
+        if who == "login":
+            merged = remote.link(cookie, customer).merged
+            print(f"{_clock(offset):>10}  login: LinkIdentity(cookie {cookie[1]} → {customer})"
+                  f"{': the anonymous profile merged' if merged else ''}")
+        else:
+            _step(remote, customer if who == "known" else cookie, start + offset, event_type,
+                  attributes, context, shown, offset)
         _print_pushes(pushed, PUSH_WAIT_S)
     print("\n(waiting: 30 minutes after the add-to-cart without a purchase, the shard's "
           "cart_abandoned timer fires)")
     _print_pushes(pushed, TIMER_WAIT_S, until="cart_recovery_push")
+    print(f"{'now':>10}  after the timer")
+    _show(remote, customer, {}, shown)
     print()
     for event_type, attributes, context in LATER:
         _step(remote, customer, time.time(), event_type, attributes, context, shown, 0)
@@ -132,14 +144,20 @@ def run_remote(target: str) -> int:
 
 
 def _step(remote, customer, when, event_type, attributes, context, shown, offset) -> None:
+    """Send the event as `customer` (an id, or a cookie alias) and show what changed."""
     remote.ingest(customer, event_type, when, attributes)
+    who = f" (anonymous, cookie {customer[1]})" if isinstance(customer, tuple) else ""
+    print(f"{_clock(offset) if offset else 'now':>10}  {event_type}{who}")
+    _show(remote, customer, context, shown)
+
+
+def _show(remote, customer, context, shown) -> None:
     changes = []
     for channel, placement in WATCHED:
         best = describe(remote.decide(customer, channel, placement, context).actions)
         if shown.get(channel) != best:
             shown[channel] = best
             changes.append(f"    {channel:<12} → {best}")
-    print(f"{_clock(offset) if offset else 'now':>10}  {event_type}")
     print("\n".join(changes) if changes else "    (no change)")
 
 

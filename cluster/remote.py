@@ -35,6 +35,15 @@ def channel_to(target: str) -> grpc.Channel:
                                                                     read(cert)))
 
 
+Customer = str | tuple[str, str]  # a customer id, or an alias (type, value)
+
+
+def _named(customer: Customer) -> dict[str, Any]:
+    if isinstance(customer, str):
+        return {"customer_id": customer}
+    return {"alias": pb.Alias(type=customer[0], value=customer[1])}
+
+
 class Remote:
     def __init__(self, target: str, api_key: str | None = None):
         self.channel = channel_to(target)
@@ -46,21 +55,25 @@ class Remote:
     def wait_ready(self, timeout_s: float = 5.0) -> None:
         grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
 
-    def ingest(self, customer_id: str, event_type: str, when: float,
+    def ingest(self, customer: Customer, event_type: str, when: float,
                attributes: dict[str, Any], channel: str = "") -> pb.IngestAck:
-        event = pb.Event(customer_id=customer_id, type=event_type, channel=channel,
-                         time=wire.time_out(when))
+        event = pb.Event(type=event_type, channel=channel, time=wire.time_out(when),
+                         **_named(customer))
         for name, value in attributes.items():
             event.attributes[name].CopyFrom(wire.value_out(value))
         return self.decisions.Ingest(event, timeout=TIMEOUT_S, metadata=self.metadata)
 
-    def decide(self, customer_id: str, channel: str, placement: str = "",
+    def decide(self, customer: Customer, channel: str, placement: str = "",
                context: dict[str, Any] | None = None) -> pb.Decision:
-        request = pb.DecideRequest(customer_id=customer_id, channel=channel,
-                                   placement=placement)
+        request = pb.DecideRequest(channel=channel, placement=placement, **_named(customer))
         for name, value in (context or {}).items():
             request.context[name].CopyFrom(wire.value_out(value))
         return self.decisions.Decide(request, timeout=TIMEOUT_S, metadata=self.metadata)
+
+    def link(self, alias: tuple[str, str], customer_id: str) -> pb.LinkAck:
+        return self.decisions.LinkIdentity(
+            pb.LinkRequest(alias=pb.Alias(type=alias[0], value=alias[1]),
+                           customer_id=customer_id), timeout=TIMEOUT_S, metadata=self.metadata)
 
     def watch(self, customer_id: str, channel: str, placement: str = "") -> Iterator[pb.Decision]:
         return self.decisions.WatchDecisions(
