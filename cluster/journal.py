@@ -1,0 +1,179 @@
+"""Journal: a shard's write-ahead log. A change is in it before the change is acknowledged.
+
+Frames are a 4-byte length, the CRC-32 of the payload and the payload: msgpack of
+`[lsn, record]`, where the log sequence number counts records from 1 and never repeats. Frames
+live in segment files named after their first LSN; a segment is closed past `segment_bytes`,
+so truncating after a snapshot deletes whole files and never rewrites one.
+
+Group commit: `append(records)` writes a whole batch with one write and, under the default
+policy "fsync", one fsync, so the cost of durability is paid per batch, not per record.
+"os" leaves the flush to the operating system (survives a process crash, not a power cut);
+"off" journals nothing (recovery then has only snapshots).
+
+A crash can leave half a frame at the end of the last segment: opening the journal cuts the
+file back to its last whole frame (that batch was never acknowledged). A bad frame anywhere
+else is corruption and raises. A failed write (disk full) is cut back the same way before the
+error reaches the caller, so the journal never holds half a batch.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import Any, Iterator
+
+import msgpack
+
+POLICIES = ("fsync", "os", "off")
+HEADER = struct.Struct("<II")  # payload length, CRC-32 of the payload
+MAX_FRAME = 64 << 20
+SUFFIX = ".log"
+
+
+class JournalCorrupt(Exception):
+    """A frame before the last segment's tail is damaged: the journal cannot be trusted."""
+
+
+class Journal:
+    def __init__(self, directory: str | os.PathLike, policy: str = "fsync",
+                 segment_bytes: int = 64 << 20):
+        if policy not in POLICIES:
+            raise ValueError(f"journal policy must be one of {', '.join(POLICIES)}, "
+                             f"got {policy!r}")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.policy = policy
+        self.segment_bytes = segment_bytes
+        self.last_lsn = 0
+        self._fd: int | None = None
+        self._size = 0
+        self._recover_tail()
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def append(self, records: list[Any]) -> int:
+        """Write the records as one batch (durable per the policy); the LSN of the last."""
+        if not records or self.policy == "off":
+            self.last_lsn += len(records)
+            return self.last_lsn
+        if self._fd is None or self._size >= self.segment_bytes:
+            self._roll()
+        first = self.last_lsn + 1
+        data = b"".join(_frame(first + i, r) for i, r in enumerate(records))
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(self._fd, data[written:])
+            if self.policy == "fsync":
+                os.fsync(self._fd)
+        except OSError:
+            os.ftruncate(self._fd, self._size)  # never leave half a batch behind
+            os.lseek(self._fd, self._size, os.SEEK_SET)
+            raise
+        self._size += len(data)
+        self.last_lsn += len(records)
+        return self.last_lsn
+
+    def _roll(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        path = self.directory / f"{self.last_lsn + 1:020d}{SUFFIX}"
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._size = os.fstat(self._fd).st_size
+        if self.policy == "fsync":
+            _fsync_directory(self.directory)  # the new file's name must survive a crash too
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def replay(self, after_lsn: int = 0) -> Iterator[tuple[int, Any]]:
+        """Every record with an LSN above `after_lsn`, in order."""
+        segments = self._segments()
+        for i, path in enumerate(segments):
+            if i + 1 < len(segments) and _first_lsn(segments[i + 1]) - 1 <= after_lsn:
+                continue  # every record of this segment is at or below after_lsn
+            for lsn, record in _frames(path):
+                if lsn > after_lsn:
+                    yield lsn, record
+
+    def truncate(self, upto_lsn: int) -> int:
+        """Drop the segments holding only records up to `upto_lsn` (a snapshot covers them);
+        the number of files removed."""
+        segments = self._segments()
+        removed = 0
+        for path, following in zip(segments, segments[1:]):
+            if _first_lsn(following) - 1 <= upto_lsn:
+                path.unlink()
+                removed += 1
+        if removed and self.policy == "fsync":
+            _fsync_directory(self.directory)
+        return removed
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    # -- opening -------------------------------------------------------------------------------
+
+    def _segments(self) -> list[Path]:
+        return sorted(self.directory.glob(f"*{SUFFIX}"))
+
+    def _recover_tail(self) -> None:
+        """Find the last LSN; cut a torn tail off the last segment."""
+        segments = self._segments()
+        if not segments:
+            return
+        last = segments[-1]
+        good, lsn = 0, _first_lsn(last) - 1
+        for lsn, _, end in _frames_with_ends(last):
+            good = end
+        if good < last.stat().st_size:
+            with open(last, "r+b") as f:
+                f.truncate(good)
+                f.flush()
+                os.fsync(f.fileno())
+        self.last_lsn = lsn
+        self._fd = os.open(last, os.O_WRONLY | os.O_APPEND)
+        self._size = good
+
+
+def _frame(lsn: int, record: Any) -> bytes:
+    payload = msgpack.packb([lsn, record], use_bin_type=True)
+    return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def _frames(path: Path) -> Iterator[tuple[int, Any]]:
+    """A segment's records; a damaged frame raises (torn tails were cut when opening)."""
+    size, end = path.stat().st_size, 0
+    for lsn, record, end in _frames_with_ends(path):
+        yield lsn, record
+    if end < size:
+        raise JournalCorrupt(f"{path}: damaged frame at byte {end} of {size}")
+
+
+def _frames_with_ends(path: Path) -> Iterator[tuple[int, Any, int]]:
+    """Whole, intact frames from the start of a segment, stopping at the first bad one."""
+    with open(path, "rb") as f:
+        data = f.read()
+    pos = 0
+    while pos + HEADER.size <= len(data):
+        length, crc = HEADER.unpack_from(data, pos)
+        start, end = pos + HEADER.size, pos + HEADER.size + length
+        if length > MAX_FRAME or end > len(data) or zlib.crc32(data[start:end]) != crc:
+            return
+        lsn, record = msgpack.unpackb(data[start:end], raw=False, strict_map_key=False)
+        yield lsn, record, end
+        pos = end
+
+
+def _first_lsn(path: Path) -> int:
+    return int(path.name[:-len(SUFFIX)])
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
