@@ -126,8 +126,8 @@ class Journal:
             return
         last = segments[-1]
         good, lsn = 0, _first_lsn(last) - 1
-        for lsn, _, end in _frames_with_ends(last):
-            good = end
+        for frame_lsn, _, end in _frames_with_ends(last):
+            lsn, good = frame_lsn, end
         if good < last.stat().st_size:
             with open(last, "r+b") as f:
                 f.truncate(good)
@@ -146,7 +146,8 @@ def _frame(lsn: int, record: Any) -> bytes:
 def _frames(path: Path) -> Iterator[tuple[int, Any]]:
     """A segment's records; a damaged frame raises (torn tails were cut when opening)."""
     size, end = path.stat().st_size, 0
-    for lsn, record, end in _frames_with_ends(path):
+    for lsn, record, frame_end in _frames_with_ends(path):
+        end = frame_end
         yield lsn, record
     if end < size:
         raise JournalCorrupt(f"{path}: damaged frame at byte {end} of {size}")
