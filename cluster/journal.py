@@ -82,7 +82,7 @@ class Journal:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._size = os.fstat(self._fd).st_size
         if self.policy == "fsync":
-            _fsync_directory(self.directory)  # the new file's name must survive a crash too
+            fsync_directory(self.directory)  # the new file's name must survive a crash too
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -106,7 +106,7 @@ class Journal:
                 path.unlink()
                 removed += 1
         if removed and self.policy == "fsync":
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
         return removed
 
     def close(self) -> None:
@@ -172,7 +172,7 @@ def _first_lsn(path: Path) -> int:
     return int(path.name[:-len(SUFFIX)])
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
