@@ -6,8 +6,15 @@ import pytest
 
 from kairos.cluster.partitions import partition_of
 from kairos.cluster.store import DirectoryStore, MemoryStore
+from kairos.core.catalog import load_default_catalog
+from kairos.core.compiler import compile_catalog
 
-from .test_shard import N_PARTITIONS, T0, Clock, compiled, journey, profile, shard  # noqa: F401
+from .test_shard import N_PARTITIONS, T0, Clock, journey, profile, shard
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    return compile_catalog(load_default_catalog())
 
 
 @pytest.fixture(params=["memory", "directory"])
