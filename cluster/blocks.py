@@ -35,9 +35,11 @@ def string_columns(compiled: CompiledCatalog) -> list[bool]:
 
 
 def export_block(engine: DecisionEngine, customer_ids: Sequence[str],
-                 extras: Sequence[Any] | None = None) -> dict[str, Any]:
+                 extras: Sequence[Any] | None = None, journal: str | None = None
+                 ) -> dict[str, Any]:
     """The customers' rows as a block; `extras` (one msgpack-able value per customer) ride
-    along for the shard's own per-customer state, such as armed timers."""
+    along for the shard's own per-customer state, such as armed timers. `journal` names the
+    journal whose positions the rows' LSNs are."""
     c, t = engine.compiled, engine.table
     rows = np.fromiter((t.index[i] for i in customer_ids), np.int64, len(customer_ids))
     values = t.values[rows]
@@ -50,14 +52,18 @@ def export_block(engine: DecisionEngine, customer_ids: Sequence[str],
              "slots": slot_keys(c), "string_columns": string_columns(c), "strings": strings,
              "actions": c.action_ids, "channels": c.channel_names, "values": values,
              "ring_head": t.ring_head[rows], "applied": t.applied[rows],
+             "journal": journal, "lsn": t.lsn[rows],
              "extras": list(extras) if extras is not None else [None] * len(rows)}
     for name in RING_COLUMNS:
         block[name] = getattr(t, name)[rows]
     return block
 
 
-def import_block(engine: DecisionEngine, block: dict[str, Any]) -> list[str]:
-    """Load a block's customers into the engine's table (activating them); their ids."""
+def import_block(engine: DecisionEngine, block: dict[str, Any],
+                 journal: str | None = None) -> list[str]:
+    """Load a block's customers into the engine's table (activating them); their ids. Their
+    LSNs are kept when the block names `journal`, else they start at 0 (every record of
+    `journal` is newer than a copy made under another owner)."""
     if block["format"] != FORMAT:
         raise ValueError(f"customer block format {block['format']} is not {FORMAT}")
     c, t = engine.compiled, engine.table
@@ -68,6 +74,7 @@ def import_block(engine: DecisionEngine, block: dict[str, Any]) -> list[str]:
     t.values[rows] = _values(c, block)
     _rings(c, block, t, rows)
     t.applied[rows] = block["applied"]
+    t.lsn[rows] = block["lsn"] if journal is not None and block.get("journal") == journal else 0
     return ids
 
 

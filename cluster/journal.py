@@ -14,14 +14,20 @@ A crash can leave half a frame at the end of the last segment: opening the journ
 file back to its last whole frame (that batch was never acknowledged). A bad frame anywhere
 else is corruption and raises. A failed write (disk full) is cut back the same way before the
 error reaches the caller, so the journal never holds half a batch.
+
+Erasure: `compact(drop)` rewrites the segments holding records that `drop` selects (a forgotten
+customer's), each through a temporary file that is fsynced and renamed over the old one, so a
+crash leaves either segment whole. A dropped record leaves an empty frame with its LSN behind
+(replay skips it), so LSNs stay contiguous and the last one survives reopening.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import zlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import msgpack
 
@@ -93,7 +99,7 @@ class Journal:
             if i + 1 < len(segments) and _first_lsn(segments[i + 1]) - 1 <= after_lsn:
                 continue  # every record of this segment is at or below after_lsn
             for lsn, record in _frames(path):
-                if lsn > after_lsn:
+                if lsn > after_lsn and record is not None:
                     yield lsn, record
 
     def truncate(self, upto_lsn: int) -> int:
@@ -109,10 +115,42 @@ class Journal:
             fsync_directory(self.directory)
         return removed
 
+    def compact(self, drop: Callable[[Any], bool]) -> int:
+        """Rewrite the segments without the records `drop` selects; how many were dropped."""
+        dropped = 0
+        for path in self._segments():
+            frames = list(_frames(path))
+            gone = sum(1 for _, r in frames if r is not None and drop(r))
+            if not gone:
+                continue
+            dropped += gone
+            data = b"".join(_frame(lsn, None if r is None or drop(r) else r)
+                            for lsn, r in frames)
+            tmp = path.with_suffix(".tmp")
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            if path == self._segments()[-1] and self._fd is not None:
+                os.close(self._fd)  # the segment being appended: reopen the new file
+                os.replace(tmp, path)
+                self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+                self._size = len(data)
+            else:
+                os.replace(tmp, path)
+        if dropped:
+            fsync_directory(self.directory)
+        return dropped
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def destroy(self) -> None:
+        """Close and delete the whole journal (its partitions are snapshotted elsewhere)."""
+        self.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -120,7 +158,10 @@ class Journal:
         return sorted(self.directory.glob(f"*{SUFFIX}"))
 
     def _recover_tail(self) -> None:
-        """Find the last LSN; cut a torn tail off the last segment."""
+        """Find the last LSN; cut a torn tail off the last segment (and drop a compaction's
+        temporary file: the segment it was to replace is whole)."""
+        for leftover in self.directory.glob("*.tmp"):
+            leftover.unlink()
         segments = self._segments()
         if not segments:
             return

@@ -41,5 +41,18 @@ CLIENT_BATCH_LIMIT = _env("CLIENT_BATCH_LIMIT", 512, int)
 CLIENT_INFLIGHT_CALLS = _env("CLIENT_INFLIGHT_CALLS", 4, int)
 # Requests a client lets wait for one shard while its calls are in flight; past it, Busy.
 CLIENT_QUEUE_LIMIT = _env("CLIENT_QUEUE_LIMIT", 10_000, int)
+# Where shards keep customers, snapshots and journals: "memory" (volatile), a directory, or
+# redis://host:port/db. `kairos up` defaults to a directory (see cli.py).
+STORE = os.environ.get("KAIROS_STORE", "memory")
+# Journal durability: "fsync" (an fsync per batch before the ack), "os" (survives a process
+# crash, not a power cut) or "off" (recovery has only the snapshots).
+JOURNAL_POLICY = os.environ.get("KAIROS_JOURNAL_POLICY", "fsync")
+# A partition is snapshotted this long after its first change since its last snapshot; the
+# journal keeps everything since the oldest change not yet in a snapshot.
+SNAPSHOT_AFTER_S = _env("SNAPSHOT_AFTER_S", 30.0)
+# Most partitions one shard snapshots per tick (bounds the pause a tick adds).
+SNAPSHOTS_PER_TICK = _env("SNAPSHOTS_PER_TICK", 16, int)
+# How often a shard recounts the customers it has in the store (for status and metrics).
+STORE_COUNT_S = _env("STORE_COUNT_S", 10.0)
 # How long a shard that was scaled away lingers, answering MOVED, before it is stopped.
 RETIRE_GRACE_S = _env("RETIRE_GRACE_S", 5.0)

@@ -12,9 +12,21 @@ Requests are tuples, `(kind, partition, customer_id, *payload)`; each gets a res
 customer, `("merged", customer_id)` for an anonymous customer linked (and merged) into another
 one (send the request there), `("conflict", reason)` for a link that contradicts an earlier
 one, or `("busy",)` from the actor when its queue is full.
+
+Durability (see store.py and journal.py). Every change a round makes is logged as a record,
+the request tuple itself (plus what replay cannot recompute, such as a timer firing or the
+state a link handed over), and the round's records are appended to the shard's journal as one
+batch (group commit) before any result leaves the shard. If the append fails, `process` raises
+StoreUnavailable: the round is not acknowledged, and the caller discards this Shard and builds
+a new one from the store, so no half-applied state is ever served. Partitions are snapshotted
+a while after they change, when they move and at catalog switches; the journal is truncated
+behind the oldest change not yet in a snapshot. Recovery loads each partition's snapshot and
+replays the journal it names, through the same handlers. A customer's home in the store (its
+passivated copy) carries the LSN of its last change, so replay skips what a home already holds.
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import Counter, OrderedDict
@@ -28,14 +40,17 @@ from kairos.core.compiler import CompiledCatalog, compile_catalog
 from kairos.core.engine import Decision, DecisionEngine, EncodedEvent, EncodedRequest
 from kairos.core.errors import InputError
 from kairos.core.merge import merge_profiles
-from kairos.core.models import ModelRemap
+from kairos.core.models import ModelRemap, ModelTable
 
 from . import blocks
 from .identity import Directory
 from .partitions import partition_of
-from .settings import PASSIVATE_IDLE_S, RESIDENT_LIMIT
-from .store import MemoryStore, Store
+from .settings import (PASSIVATE_IDLE_S, RESIDENT_LIMIT, SNAPSHOT_AFTER_S,
+                       SNAPSHOTS_PER_TICK, STORE_COUNT_S)
+from .store import MemoryStore, Store, StoreUnavailable
 from .timers import Timers
+
+log = logging.getLogger("kairos.shard")
 
 OK, MOVED, INVALID, MISSING, BUSY = "ok", "moved", "invalid", "missing", "busy"
 MERGED, CONFLICT = "merged", "conflict"
@@ -43,6 +58,10 @@ CUSTOMER_KINDS = frozenset({"event", "decide", "outcome", "profile", "watch"})
 MERGING = "\x00merging"  # the transient id of a profile being folded into another
 NOT_MINE = 0  # the map version in a MOVED answer when this shard never owned the partition
 IDEMPOTENCY_KEYS_PER_PARTITION = 4096  # recent keys remembered per partition (they move with it)
+SNAPSHOT_FORMAT = 1
+REPLAY_CHUNK = 512  # journal records replayed per round
+# records whose third element is the customer they change: its LSN is stamped on the row
+STAMPED = frozenset({"event", "fire", "outcome", "merge", "watch", "forget"})
 
 
 @dataclass(frozen=True)
@@ -65,7 +84,7 @@ class Shard:
 
     def __init__(self, name: str, compiled: CompiledCatalog, partitions: Iterable[int],
                  n_partitions: int, *, granted: int = 0, store: Store | None = None, seed: int = 0,
-                 clock: Callable[[], float] = time.time,
+                 clock: Callable[[], float] = time.time, journal_policy: str = "fsync",
                  idle_s: float = PASSIVATE_IDLE_S, resident_limit: int = RESIDENT_LIMIT):
         self.name = name
         self.engine = DecisionEngine(compiled, seed=seed)
@@ -93,7 +112,15 @@ class Shard:
         self.keys: dict[int, OrderedDict[str, int]] = {}  # partition -> idempotency key -> seq
         self.directory = Directory()
         self.identities: dict[str, dict[str, list[str]]] = {}  # customer -> aliases, links
-        self._handlers = {"event": self._events, "decide": self._decisions,
+        self.journal = self.store.journal(name, journal_policy)
+        self._log: list[tuple] = []  # this round's records, in the order they were applied
+        self._replaying = False
+        self._stamps_of = name  # the journal whose LSNs the rows' stamps are
+        # partition -> (first LSN, time) of its oldest change not yet in a snapshot
+        self.dirty: dict[int, tuple[int, float]] = {}
+        self._erase: dict[int, set[str]] = {}  # partition -> ids to erase from the journal
+        self._stored = (-math.inf, 0)  # (when counted, customers with a home in the store)
+        self._handlers = {"event": self._events, "fire": self._fires, "decide": self._decisions,
                           "outcome": self._outcomes, "profile": self._profiles,
                           "watch": self._watch_customer, "forget": self._forget,
                           "resolve": self._resolve, "link": self._link, "unlink": self._unlink,
@@ -115,6 +142,8 @@ class Shard:
 
         `routed` holds, per request, the map version its sender routed it under (None: any).
         Runs of the same kind go to the kernel together; per-customer order is request order.
+        Raises StoreUnavailable when the round's records could not be journaled: nothing of it
+        is acknowledged, and this Shard must be rebuilt from the store.
         """
         self._routed = routed
         results: list[tuple] = [()] * len(requests)
@@ -133,7 +162,30 @@ class Shard:
                 handler(requests, self._redirected(requests, range(i, j), results), results,
                         touched)
             i = j
+        if self._replaying:
+            self._log = []
+            return results, []
+        self._commit()
         return results, self._watch_changes(touched)
+
+    def _commit(self) -> None:
+        """Journal the round's records as one batch; stamp the rows they changed."""
+        records, self._log = self._log, []
+        if not records:
+            return
+        try:
+            last = self.journal.append(records)
+        except (OSError, StoreUnavailable) as exc:
+            raise StoreUnavailable(f"{self.name}: journal: {exc}") from exc
+        t = self.engine.table
+        now = self.clock()
+        for lsn, record in enumerate(records, last - len(records) + 1):
+            if record[1] not in self.dirty:
+                self.dirty[record[1]] = (lsn, now)
+            if record[0] in STAMPED:
+                row = t.index.get(record[2])
+                if row is not None:
+                    t.lsn[row] = lsn
 
     def _redirected(self, requests, span: range, results) -> Sequence[int]:
         """Answer MERGED for requests to anonymous customers merged into another; the rest."""
@@ -174,6 +226,7 @@ class Shard:
         for idx in span:
             _, p, customer_id, event_type, event_time, attributes, *extra = requests[idx]
             key, view = (extra + [None, None])[:2]
+            view = None if self._replaying else view
             moved = self._moved(p, idx)
             if moved:
                 results[idx] = moved
@@ -195,13 +248,17 @@ class Shard:
             if key:
                 keyed[(p, key)] = idx
             self._activate(customer_id, p)
-            # timers that fell due before this event fire first, at their due time
-            for due, k in self.timers.due_before(customer_id, event.time):
-                encoded.append(self._fired(customer_id, k, due))
-                where.append(None)
+            # timers that fell due before this event fire first, at their due time (a replay
+            # has their firings as records of their own)
+            if not self._replaying:
+                for due, k in self.timers.due_before(customer_id, event.time):
+                    encoded.append(self._fired(customer_id, k, due))
+                    where.append(None)
+                    self._log.append(("fire", p, customer_id, self.compiled.timer_names[k], due))
             self._arm(event)
             encoded.append(event)
             where.append(idx)
+            self._log.append(("event", p, customer_id, event_type, event.time, attributes, key))
             touched[customer_id] = max(touched.get(customer_id, 0.0), event.time)
         for idx, sequence in zip(where, self.engine.apply(encoded)):
             if idx is not None:
@@ -227,6 +284,24 @@ class Shard:
         self._arm(event)
         self.counts["timers_fired"] += 1
         return event
+
+    def _fires(self, requests, span, results, touched) -> None:
+        """Timer firings: `(..., timer name, due time)`, from `tick` or from a replay."""
+        index = {name: k for k, name in enumerate(self.compiled.timer_names)}
+        encoded = []
+        for idx in span:
+            _, p, customer_id, timer, due = requests[idx]
+            k = index.get(timer)
+            results[idx] = self._moved(p, idx) or (OK, None)
+            if results[idx][0] != OK or k is None:  # leaving, or the timer left the catalog
+                continue
+            self._activate(customer_id, p)
+            self.timers.cancel(customer_id, k)
+            encoded.append(self._fired(customer_id, k, due))
+            self._log.append(tuple(requests[idx][:5]))
+            touched[customer_id] = max(touched.get(customer_id, 0.0), due)
+        self.engine.apply(encoded)
+        self.counts["events"] += len(encoded)
 
     def _arm(self, event: EncodedEvent) -> None:
         c = self.compiled
@@ -260,6 +335,9 @@ class Shard:
                 when = encoded[where.index(idx)].now
                 shown.extend((decision.customer_id, a.action_id, decision.channel, "impression",
                               when, decision.decision_id) for a in decision.actions)
+                self._log.extend(("outcome", requests[idx][1], decision.customer_id, a.action_id,
+                                  decision.channel, "impression", when, decision.decision_id)
+                                 for a in decision.actions)
             self.by_channel[decision.channel] += 1
             for action in decision.actions:
                 self.by_group[action.group] += 1
@@ -282,6 +360,7 @@ class Shard:
             except InputError as exc:
                 results[idx] = (INVALID, exc.field, exc.reason)
                 continue
+            self._log.append(tuple(requests[idx]))
             results[idx] = (OK, None)
             self.counts["outcomes"] += 1
 
@@ -314,11 +393,14 @@ class Shard:
             aliases = self.identities.get(customer_id, {}).get("aliases", [])
             if existed:
                 self._evict(customer_id, p)
+                self.store.delete(p, customer_id)
             if self.directory.redirect_of(customer_id) is not None:
                 self.directory.drop_redirect(p, customer_id)  # with the state it handed over
                 existed = True
             results[idx] = (OK, existed, list(aliases))
             self.counts["forgotten"] += existed
+            self._log.append(tuple(requests[idx]))
+            self._erase.setdefault(p, set()).add(customer_id)
 
     # -- identity ------------------------------------------------------------------------------
 
@@ -339,18 +421,22 @@ class Shard:
                                           f"forget that customer (or the alias) first")
             else:
                 results[idx] = (OK, None)
+                self._log.append(tuple(requests[idx]))
 
     def _unlink(self, requests, span, results, touched) -> None:
         for idx in span:
             _, p, key, customer_id = requests[idx]
             results[idx] = self._moved(p, idx) or \
                 (OK, self.directory.unlink(p, key, customer_id))
+            if results[idx] == (OK, True):
+                self._log.append(tuple(requests[idx]))
+                self._erase.setdefault(p, set()).add(customer_id)
 
     def _take(self, requests, span, results, touched) -> None:
         """Hand an anonymous customer's state over for a link, and redirect its id. A retry
         of the same link gets the same state back."""
         for idx in span:
-            _, p, anonymous, link, target = requests[idx]
+            _, p, anonymous, link, target, *replayed = requests[idx]
             moved = self._moved(p, idx)
             if moved:
                 results[idx] = moved
@@ -359,11 +445,14 @@ class Shard:
             if earlier is not None:
                 results[idx] = (OK, earlier[2] if earlier[1] == link else None)
                 continue
-            state = None
+            state = replayed[0] if replayed else None
             if self._activate(anonymous, p, create=False):
-                state = blocks.pack(self._export([anonymous]))
+                if not replayed:
+                    state = blocks.pack(self._export([anonymous]))
                 self._evict(anonymous, p)
+                self.store.delete(p, anonymous)
             self.directory.leave_redirect(p, anonymous, target, link, state)
+            self._log.append((*requests[idx][:5], state))
             results[idx] = (OK, state)
 
     def _merge(self, requests, span, results, touched) -> None:
@@ -381,6 +470,7 @@ class Shard:
             if link in identity["links"]:
                 results[idx] = (OK, False)
                 continue
+            self._log.append(tuple(requests[idx]))
             identity["links"].append(link)
             if state is not None:
                 self._fold(customer_id, blocks.unpack(state))
@@ -403,6 +493,7 @@ class Shard:
             moved = self._moved(p, idx)
             if not moved:
                 self.directory.settle(p, anonymous, link)
+                self._log.append(tuple(requests[idx]))
             results[idx] = moved or (OK, None)
 
     def _watch_customer(self, requests, span, results, touched) -> None:
@@ -417,6 +508,8 @@ class Shard:
             except InputError as exc:
                 results[idx] = (INVALID, exc.field, exc.reason)
                 continue
+            self._activate(customer_id, p)
+            self._log.append(tuple(requests[idx]))
             mine = self.watches.setdefault(customer_id, set())
             if active:
                 mine.add(watch)
@@ -476,7 +569,7 @@ class Shard:
     def _activate(self, customer_id: str, partition: int, create: bool = True) -> bool:
         """Make the customer resident (from the store if passivated); False if unknown."""
         if customer_id not in self.engine.table:
-            blob = self.store.take(partition, customer_id)
+            blob = self.store.get(partition, customer_id)
             if blob is not None:
                 self._load(blocks.unpack(blob))
                 self.counts["activations"] += 1
@@ -488,19 +581,19 @@ class Shard:
         return True
 
     def tick(self) -> list[Push]:
-        """Fire due timers, then passivate idle customers; pushes for the timers' changes."""
+        """Fire due timers (journaled like events), passivate idle customers, erase what
+        ForgetCustomer asked for, snapshot partitions whose changes have waited long enough;
+        pushes for the timers' changes."""
         now = self.clock()
-        fired = self.timers.pop_due(now)
-        encoded, touched = [], {}
-        for due, customer_id, k in fired:
-            if customer_id in self.engine.table:
-                encoded.append(self._fired(customer_id, k, due))
-                touched[customer_id] = max(touched.get(customer_id, 0.0), due)
-        self.engine.apply(encoded)
-        self.counts["events"] += len(encoded)
-        pushes = self._watch_changes(touched)
+        names = self.compiled.timer_names
+        fires = [("fire", partition_of(customer_id, self.n_partitions), customer_id, names[k],
+                  due) for due, customer_id, k in self.timers.pop_due(now)
+                 if customer_id in self.engine.table]
+        _, pushes = self.process(fires)
         self.passivate(now)
         self.timers.compact()
+        self.erase()
+        self.checkpoint(now - SNAPSHOT_AFTER_S, SNAPSHOTS_PER_TICK)
         return pushes
 
     def passivate(self, now: float) -> int:
@@ -512,7 +605,9 @@ class Shard:
         victims, kept = [], []
         over = len(self.recent) - self.resident_limit
         for customer_id, seen in self.recent.items():
-            if over > len(victims):
+            if partition_of(customer_id, self.n_partitions) in self.leaving:
+                kept.append(customer_id)  # handed over already: its new owner writes it
+            elif over > len(victims):
                 victims.append(customer_id)
             elif now - seen >= self.idle_s:
                 (kept if customer_id in self.timers.armed else victims).append(customer_id)
@@ -534,10 +629,11 @@ class Shard:
                                for w in self.watches.get(c, ())],
                    **self.identities.get(c, {})}
                   for c in customer_ids]
-        return blocks.export_block(self.engine, customer_ids, extras)
+        return blocks.export_block(self.engine, customer_ids, extras, self.name)
 
     def _load(self, block: dict[str, Any]) -> None:
-        for customer_id, extra in zip(blocks.import_block(self.engine, block), block["extras"]):
+        for customer_id, extra in zip(blocks.import_block(self.engine, block, self._stamps_of),
+                                      block["extras"]):
             self.timers.take(customer_id)
             self.watches.pop(customer_id, None)
             self.identities.pop(customer_id, None)
@@ -591,9 +687,10 @@ class Shard:
                    "directory": self.directory.export(partitions)}
         for p in partitions:
             self.leaving[p] = version
-            blobs = self.store.take_partition(p)
-            self._frozen_blobs[p] = blobs
-            payload["passivated"][p] = blobs
+            if not self.store.shared:  # homes travel with the partition
+                blobs = self.store.take_partition(p)
+                self._frozen_blobs[p] = blobs
+                payload["passivated"][p] = blobs
         return blocks.pack(payload)
 
     def release(self, partitions: Sequence[int]) -> None:
@@ -604,6 +701,8 @@ class Shard:
             self.owned.pop(p, None)
             self.keys.pop(p, None)
             self._frozen_blobs.pop(p, None)
+            self.dirty.pop(p, None)  # its new owner snapshotted it when it adopted it
+            self._erase.pop(p, None)
         self.directory.drop(partitions)
 
     def thaw(self, partitions: Sequence[int], version: int) -> None:
@@ -613,28 +712,30 @@ class Shard:
             self.owned[p] = version
             for customer_id, blob in self._frozen_blobs.pop(p, {}).items():
                 self.store.put(p, customer_id, blob)
+        self.snapshot(partitions)  # the failed adopter may have written its own
 
     def adopt(self, payload: bytes, version: int) -> int:
         """Take over partitions handed over by `freeze` in map `version`; the number of
-        customers received."""
+        customers received (in memory, and with their homes when the store is not shared)."""
         data = blocks.unpack(payload)
         self._load(data["block"])
         for customer_id in data["block"]["ids"]:
             self.members.setdefault(partition_of(customer_id, self.n_partitions),
                                     set()).add(customer_id)
-        count = len(data["block"]["ids"])
+        received = set(data["block"]["ids"])
         for p, blobs in data["passivated"].items():
             p = int(p)
             for customer_id, blob in blobs.items():
                 self.store.put(p, customer_id, blob)
-            count += len(blobs)
+            received.update(blobs)
         for p, keys in data["keys"].items():
             self.keys[int(p)] = OrderedDict((k, int(v)) for k, v in keys)
         self.directory.load(data["directory"])
         for p in data["partitions"]:
             self.owned[p] = version
             self.leaving.pop(p, None)
-        return count
+        self.snapshot(data["partitions"])  # owned from here on: recovery reads this journal
+        return len(received)
 
     # -- catalog versions ----------------------------------------------------------------------
 
@@ -659,13 +760,169 @@ class Shard:
         self.channel_watches = {w for w in self.channel_watches
                                 if w.channel in new.channel_index}
         self._prepared = None
+        # the journal's records were written under the old version: a checkpoint means no
+        # recovery ever replays them under the new one
+        self.checkpoint(math.inf, len(self.owned))
 
     # -- reading -------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
         return {"shard": self.name, "partitions": len(self.owned) - len(
                     [p for p in self.leaving if p in self.owned]),
-                "resident": len(self.engine.table), "passivated": self.store.count(),
+                "resident": len(self.engine.table), "passivated": self._passivated(),
+                "journal_lsn": self.journal.last_lsn, "dirty_partitions": len(self.dirty),
                 "timers": len(self.timers), "aliases": self.directory.count(),
                 "catalog_version": self.catalog_version,
                 "model_version": self.engine.models.version, **self.counts}
+
+    def _passivated(self) -> int:
+        """Customers of this shard's partitions in the store and not in memory (recounted at
+        most every STORE_COUNT_S: counting a directory store lists its folders)."""
+        when, stored = self._stored
+        if self.clock() - when >= STORE_COUNT_S:
+            stored = self.store.count(list(self.owned))
+            self._stored = (self.clock(), stored)
+        return max(stored - len(self.engine.table), 0)
+
+    # -- durability ----------------------------------------------------------------------------
+
+    def snapshot(self, partitions: Iterable[int]) -> int:
+        """Write the partitions' snapshots, covering this journal up to its last LSN; the
+        number of customers written."""
+        partitions = list(partitions)
+        lsn, blobs, customers = self.journal.last_lsn, {}, 0
+        for p in partitions:
+            residents = sorted(self.members.get(p, ()))
+            customers += len(residents)
+            blobs[p] = blocks.pack({
+                "format": SNAPSHOT_FORMAT, "partition": p, "journal": self.name, "lsn": lsn,
+                "catalog": self.catalog_version, "block": self._export(residents),
+                "keys": list(self.keys.get(p, {}).items()),
+                "directory": self.directory.export([p])})
+        self.store.put_snapshots(blobs)
+        for p in partitions:
+            self.dirty.pop(p, None)
+        self.counts["snapshots"] += len(partitions)
+        return customers
+
+    def checkpoint(self, changed_before: float, limit: int) -> int:
+        """Snapshot up to `limit` partitions whose oldest unsnapshotted change is older than
+        `changed_before` (oldest first), then truncate the journal behind the oldest change
+        still waiting; the number of partitions written."""
+        due = sorted((first, p) for p, (first, when) in self.dirty.items()
+                     if when <= changed_before)[:limit]
+        if due:
+            self.snapshot(p for _, p in due)
+        oldest = min((first for first, _ in self.dirty.values()), default=None)
+        self.journal.truncate(self.journal.last_lsn if oldest is None else oldest - 1)
+        return len(due)
+
+    def erase(self) -> int:
+        """Finish ForgetCustomer: snapshot the partitions without the forgotten customers,
+        then rewrite the journal without their records; the records dropped."""
+        if not self._erase:
+            return 0
+        erase, self._erase = self._erase, {}
+        self.snapshot(erase)
+
+        def mentions(record) -> bool:
+            gone = erase.get(record[1])
+            return gone is not None and any(isinstance(x, str) and x in gone
+                                            for x in record[2:])
+        dropped = self.journal.compact(mentions)
+        self.counts["erased_records"] += dropped
+        return dropped
+
+    def recover(self, sources: dict[int, str] | None = None) -> dict[str, Any]:
+        """Load every owned partition from its snapshot and replay the journal the snapshot
+        names (a partition never snapshotted replays `sources[p]`'s journal, by default this
+        shard's). Partitions recovered from another shard's journal are snapshotted here, so
+        that journal may go. Models start from the priors: the learner has what this shard had
+        sent, and the next sync brings it."""
+        started = time.perf_counter()
+        plans: dict[str, dict[int, int]] = {}  # journal -> partition -> LSN its snapshot covers
+        for p in sorted(self.owned):
+            blob = self.store.get_snapshot(p)
+            if blob is None:
+                plans.setdefault((sources or {}).get(p, self.name), {})[p] = 0
+                continue
+            snap = blocks.unpack(blob)
+            self._stamps_of = snap["journal"]
+            self._load_partition(p, snap)
+            plans.setdefault(snap["journal"], {})[p] = snap["lsn"]
+        replayed = 0
+        for name, after in plans.items():
+            self._stamps_of = name
+            journal = self.journal if name == self.name else self.store.journal(name, "off")
+            replayed += self._replay(journal, after)
+            if name != self.name:
+                t = self.engine.table
+                for p in after:
+                    for customer_id in self.members.get(p, ()):
+                        t.lsn[t.index[customer_id]] = 0
+        self._stamps_of = self.name
+        foreign = [p for name, after in plans.items() if name != self.name for p in after]
+        self.snapshot(foreign)
+        self.engine.use_models(ModelTable(self.compiled))
+        self.counts["recoveries"] += 1
+        return {"shard": self.name, "partitions": len(self.owned),
+                "resident": len(self.engine.table), "replayed": replayed,
+                "journals": sorted(plans), "seconds": time.perf_counter() - started}
+
+    def _load_partition(self, p: int, snap: dict[str, Any]) -> None:
+        self._load(snap["block"])
+        self.members.setdefault(p, set()).update(snap["block"]["ids"])
+        self.keys[p] = OrderedDict((k, int(v)) for k, v in snap["keys"])
+        self.directory.load(snap["directory"])
+
+    def _replay(self, journal, after: dict[int, int]) -> int:
+        """Apply the journal's records of these partitions newer than their snapshots."""
+        chunk: list[tuple[int, tuple]] = []
+        replayed = 0
+        for lsn, record in journal.replay(min(after.values(), default=0)):
+            p = record[1]
+            if p in after and lsn > after[p]:
+                chunk.append((lsn, tuple(record)))
+                if len(chunk) >= REPLAY_CHUNK:
+                    replayed += self._apply_replayed(chunk)
+                    chunk = []
+        return replayed + self._apply_replayed(chunk)
+
+    def _apply_replayed(self, chunk: list[tuple[int, tuple]]) -> int:
+        """Replay records through the handlers, skipping what a customer's home already holds
+        (its stamp is at or past the record's LSN)."""
+        t = self.engine.table
+        kept = []
+        for lsn, record in chunk:
+            if record[0] in STAMPED:
+                self._activate(record[2], record[1], create=False)
+                row = t.index.get(record[2])
+                if row is not None and t.lsn[row] >= lsn:
+                    continue
+            kept.append((lsn, record))
+        self._replaying = True
+        try:
+            results, _ = self.process([record for _, record in kept])
+        finally:
+            self._replaying = False
+        for (lsn, record), result in zip(kept, results):
+            if result[0] == INVALID:  # the catalog changed under an unfinished switch
+                log.warning("%s: replaying %s for %r: %s: %s", self.name, record[0], record[2],
+                            result[1], result[2])
+            if record[0] in STAMPED:
+                row = t.index.get(record[2])
+                if row is not None:
+                    t.lsn[row] = lsn
+            if record[1] not in self.dirty:
+                self.dirty[record[1]] = (lsn, self.clock())
+        return len(kept)
+
+    def close(self) -> None:
+        self.journal.close()
+
+    def retire(self) -> None:
+        """This shard owns nothing any more and is going away: drop its journal."""
+        if self.owned:
+            raise ValueError(f"{self.name} still owns {len(self.owned)} partitions")
+        self.journal.close()
+        self.store.drop_journal(self.name)

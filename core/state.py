@@ -1,8 +1,10 @@
 """Columnar profile state: one row per resident customer, owned by a shard.
 
 A row holds the profile slots (see compiler.Layout), an interaction-history ring of
-(action, channel, outcome, time) and the number of events applied to the customer, which is
-the customer's event sequence number (acks report it, so order can be checked end to end).
+(action, channel, outcome, time), the number of events applied to the customer, which is
+the customer's event sequence number (acks report it, so order can be checked end to end), and
+the journal position (LSN) of the customer's last change, which the shard that owns it keeps
+so that recovery knows which journal records a stored copy already holds.
 Contact policies are answered from the ring, so a customer's
 whole state is one fixed-size record: easy to snapshot, passivate and move.
 """
@@ -18,7 +20,7 @@ HISTORY_EPOCH_S = 1_577_836_800.0  # 2020-01-01T00:00:00Z: ring times are int32 
 EMPTY = -1  # ring_action of an unused history entry
 GROWTH = 1.5
 COLUMNS = ("values", "ring_action", "ring_channel", "ring_outcome", "ring_time", "ring_head",
-           "applied")
+           "applied", "lsn")
 
 
 @dataclass
@@ -64,6 +66,7 @@ class ProfileTable:
             "ring_time": np.zeros((capacity, ring), np.int32),
             "ring_head": np.zeros(capacity, np.int32),
             "applied": np.zeros(capacity, np.int64),
+            "lsn": np.zeros(capacity, np.int64),
         }
         arrays["values"][:] = self.defaults
         for name, array in arrays.items():
@@ -127,6 +130,7 @@ class ProfileTable:
         self.ring_time[row] = 0
         self.ring_head[row] = 0
         self.applied[row] = 0
+        self.lsn[row] = 0
         self.free.append(row)
 
     def nbytes(self) -> int:

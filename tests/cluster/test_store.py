@@ -1,62 +1,90 @@
-"""Passivation stores: the same contract in memory and in a directory; the directory's
-customers outlive the shard that wrote them."""
+"""Stores: one contract in memory, in a directory and in a real Redis; what a directory or a
+Redis holds outlives the shard that wrote it."""
 from __future__ import annotations
 
 import pytest
 
-from kairos.cluster.partitions import partition_of
-from kairos.cluster.store import DirectoryStore, MemoryStore
-from kairos.core.catalog import load_default_catalog
-from kairos.core.compiler import compile_catalog
+from kairos.cluster.store import DirectoryStore, MemoryStore, StoreUnavailable, open_store
 
-from .test_shard import N_PARTITIONS, T0, Clock, journey, profile, shard
+from .redis_server import RedisServer
 
 
 @pytest.fixture(scope="module")
-def compiled():
-    return compile_catalog(load_default_catalog())
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
 
 
-@pytest.fixture(params=["memory", "directory"])
+@pytest.fixture(params=["memory", "directory", "redis"])
 def store(request, tmp_path):
-    return MemoryStore() if request.param == "memory" else DirectoryStore(tmp_path)
+    if request.param == "memory":
+        return MemoryStore()
+    if request.param == "directory":
+        return DirectoryStore(tmp_path)
+    server = request.getfixturevalue("redis_server")
+    return open_store(f"{server.url}?prefix=t{abs(hash(request.node.name))}")
 
 
-def test_the_store_contract(store):
+def test_homes_snapshots_and_meta(store):
     store.put(3, "ana", b"a1")
-    store.put(3, "ana", b"a2")  # a later passivation replaces the blob
+    store.put(3, "ana", b"a2")  # a later passivation replaces the home
     store.put(3, "bob", b"b")
     store.put(4, "eve", b"e")
-    assert store.count() == 3
-    assert store.take(3, "ana") == b"a2" and store.take(3, "ana") is None
+    assert store.count([3, 4]) == 3 and store.count([3]) == 2
+    assert store.get(3, "ana") == b"a2" and store.get(3, "ana") == b"a2"  # reading keeps it
+    store.delete(3, "ana")
+    store.delete(3, "ana")
+    assert store.get(3, "ana") is None
     assert store.take_partition(3) == {"bob": b"b"} and store.take_partition(3) == {}
-    assert store.count() == 1 and store.take(4, "eve") == b"e" and store.count() == 0
+    assert store.count([3, 4]) == 1
+    store.put_snapshots({1: b"s1", 2: b"s2"})
+    store.put_snapshots({1: b"s1'"})
+    assert (store.get_snapshot(1), store.get_snapshot(2), store.get_snapshot(9)) == \
+        (b"s1'", b"s2", None)
+    store.put_meta("controller", b"m")
+    assert store.get_meta("controller") == b"m" and store.get_meta("nothing") is None
+
+
+def test_journals_append_replay_truncate_and_compact(store):
+    j = store.journal("kairos-shard-0001")
+    assert j.append([("event", 1, "ana", 1), ("event", 2, "bob", 2)]) == 2
+    assert j.append([("event", 1, "ana", 3)]) == 3
+    assert j.append([("forget", 2, "bob")]) == 4
+    assert [lsn for lsn, _ in j.replay()] == [1, 2, 3, 4]
+    assert [r[3] for _, r in j.replay(1) if r[0] == "event"] == [2, 3]
+    assert j.compact(lambda r: "bob" in r) == 2
+    assert [(lsn, r[2]) for lsn, r in j.replay()] == [(1, "ana"), (3, "ana")]
+    j.truncate(1)
+    assert [lsn for lsn, _ in j.replay()][-1] == 3
+    j.close()
+    again = store.journal("kairos-shard-0001")  # reopened: LSNs go on, none reused
+    assert again.last_lsn == 4 and again.append([("event", 1, "ana", 5)]) == 5
+    store.drop_journal("kairos-shard-0001")
+    assert list(store.journal("kairos-shard-0001").replay()) == []
 
 
 def test_a_directory_store_outlives_its_process_and_ignores_half_writes(tmp_path):
     DirectoryStore(tmp_path).put(7, "ana", b"blob")
-    (tmp_path / "p7" / "deadbeef.tmp").write_bytes(b"half")  # a crash before the rename
+    home = next(tmp_path.glob("customers/p7/*.blk"))
+    home.with_suffix(".tmp").write_bytes(b"half")  # a crash before the rename
     again = DirectoryStore(tmp_path)
-    assert again.count() == 1 and again.take(7, "ana") == b"blob"
-    assert not list(tmp_path.glob("p7/*.tmp"))
+    assert again.count([7]) == 1 and again.get(7, "ana") == b"blob"
+    assert not list(tmp_path.glob("customers/p7/*.tmp"))
 
 
-def test_passivated_customers_come_back_bit_identical_after_a_restart(compiled, tmp_path):
-    clock = Clock()
-    first = shard(compiled, store=DirectoryStore(tmp_path), clock=clock, idle_s=10**7)
-    customers = [f"c{i}" for i in range(20)]
-    for i, c in enumerate(customers):
-        first.process(journey(c, 30, seed=i))
-    clock.now += 10**6
-    first.tick()  # due timers fire (a customer waiting for one is never passivated)
-    before = {c: first.process([profile(c, T0 + 7200)])[0][0] for c in customers}
-    rows = {c: first.engine.table.export(c) for c in customers}
-    first.idle_s = 0
-    assert first.passivate(clock.now) == len(customers)
-    # a new shard process on the same directory (the old one is gone)
-    second = shard(compiled, store=DirectoryStore(tmp_path), clock=clock)
-    for c in customers:
-        assert second.process([profile(c, T0 + 7200)])[0][0] == before[c]
-        assert second.engine.table.export(c).equals(rows[c])
-    assert second.store.count() == 0
-    assert partition_of("c0", N_PARTITIONS) in second.owned
+def test_an_unreachable_redis_is_store_unavailable(tmp_path):
+    server = RedisServer(tmp_path)  # never started: nothing listens on its port
+    store = open_store(server.url)
+    with pytest.raises(StoreUnavailable, match="redis: writing a customer"):
+        store.put(1, "ana", b"x")
+    with pytest.raises(StoreUnavailable, match="redis: opening a journal"):
+        store.journal("kairos-shard-0000")
+
+
+def test_open_store_understands_its_urls(tmp_path):
+    assert isinstance(open_store("memory"), MemoryStore)
+    assert isinstance(open_store(str(tmp_path)), DirectoryStore)
+    assert isinstance(open_store(f"file://{tmp_path}"), DirectoryStore)
+    with pytest.raises(ValueError, match="unknown store 'mongodb://x'"):
+        open_store("mongodb://x")

@@ -1,0 +1,181 @@
+"""RedisStore: the store on a real Redis server, so any node can recover any partition.
+
+Keys, under a prefix (default "kairos", `?prefix=` in the URL) so clusters can share a server:
+
+    <prefix>:c:<partition>       hash: customer id -> home blob
+    <prefix>:s:<partition>       string: the partition's snapshot
+    <prefix>:j:<shard>           sorted set: journal batches, scored by their last LSN
+    <prefix>:j:<shard>:last      string: the journal's last LSN (survives truncation)
+    <prefix>:m:<key>             string: meta
+
+A journal batch is one member, msgpack `[first lsn, records]`, written with the last-LSN key in
+one MULTI/EXEC, so Redis holds all of a batch or none of it. Durability is the server's:
+with the journal policy "fsync" the server must run with `appendonly yes` and
+`appendfsync always` (the journal checks and warns at open); "os" accepts `everysec`.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterable, Iterator
+from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
+
+import msgpack
+import redis
+
+from .store import StoreUnavailable
+
+log = logging.getLogger("kairos.store")
+SOCKET_TIMEOUT_S = 5.0
+REPLAY_PAGE = 256  # journal batches fetched per round trip when replaying
+ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+          redis.exceptions.BusyLoadingError, redis.exceptions.ReadOnlyError,
+          redis.exceptions.ResponseError)
+
+
+def _unavailable(what: str):
+    """Decorator: Redis errors surface as StoreUnavailable naming what was being done."""
+    def wrap(fn):
+        def call(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except ERRORS as exc:
+                raise StoreUnavailable(f"redis: {what}: {exc}") from exc
+        call.__name__, call.__doc__ = fn.__name__, fn.__doc__
+        return call
+    return wrap
+
+
+class RedisJournal:
+    def __init__(self, client: redis.Redis, key: str, policy: str):
+        self.r = client
+        self.key = key
+        self.policy = policy
+        self.last_lsn = int(self.r.get(f"{key}:last") or 0)
+        if policy == "fsync":
+            setting = self.r.config_get("appendfsync").get("appendfsync")
+            aof = self.r.config_get("appendonly").get("appendonly")
+            if aof != "yes" or setting != "always":
+                log.warning("journal %s: policy fsync, but the Redis server runs appendonly=%s "
+                            "appendfsync=%s; acknowledged events survive a Redis crash only "
+                            "with appendonly yes and appendfsync always", key, aof, setting)
+
+    @_unavailable("appending to the journal")
+    def append(self, records: list[Any]) -> int:
+        if not records or self.policy == "off":
+            self.last_lsn += len(records)
+            return self.last_lsn
+        first, last = self.last_lsn + 1, self.last_lsn + len(records)
+        batch = msgpack.packb([first, records], use_bin_type=True)
+        with self.r.pipeline(transaction=True) as tx:
+            tx.zadd(self.key, {batch: last})
+            tx.set(f"{self.key}:last", last)
+            tx.execute()
+        self.last_lsn = last
+        return last
+
+    def replay(self, after_lsn: int = 0) -> Iterator[tuple[int, Any]]:
+        low = f"({after_lsn}"
+        while True:
+            page = self._page(low)
+            for member, _ in page:
+                first, records = msgpack.unpackb(member, raw=False, strict_map_key=False)
+                for lsn, record in enumerate(records, first):
+                    if lsn > after_lsn and record is not None:
+                        yield lsn, record
+            if len(page) < REPLAY_PAGE:
+                return
+            low = f"({int(page[-1][1])}"
+
+    @_unavailable("replaying the journal")
+    def _page(self, low: str) -> list:
+        return self.r.zrangebyscore(self.key, low, "+inf", start=0, num=REPLAY_PAGE,
+                                    withscores=True)
+
+    @_unavailable("truncating the journal")
+    def truncate(self, upto_lsn: int) -> int:
+        return self.r.zremrangebyscore(self.key, "-inf", upto_lsn)
+
+    @_unavailable("compacting the journal")
+    def compact(self, drop: Callable[[Any], bool]) -> int:
+        dropped = 0
+        for member, score in self.r.zrange(self.key, 0, -1, withscores=True):
+            first, records = msgpack.unpackb(member, raw=False, strict_map_key=False)
+            gone = sum(1 for r in records if r is not None and drop(r))
+            if not gone:
+                continue
+            dropped += gone
+            kept = [None if r is None or drop(r) else r for r in records]
+            with self.r.pipeline(transaction=True) as tx:
+                tx.zrem(self.key, member)
+                tx.zadd(self.key, {msgpack.packb([first, kept], use_bin_type=True): score})
+                tx.execute()
+        return dropped
+
+    def close(self) -> None:
+        pass
+
+
+class RedisStore:
+    shared = True
+
+    def __init__(self, url: str):
+        parsed = urlparse(url)
+        query = parse_qs(parsed.query)
+        self.prefix = query.pop("prefix", ["kairos"])[0]
+        self.url = url
+        self.r = redis.Redis.from_url(
+            urlunparse(parsed._replace(query=urlencode(query, doseq=True))),
+            socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S)
+
+    @_unavailable("writing a customer")
+    def put(self, partition: int, customer_id: str, blob: bytes) -> None:
+        self.r.hset(f"{self.prefix}:c:{partition}", customer_id, blob)
+
+    @_unavailable("reading a customer")
+    def get(self, partition: int, customer_id: str) -> bytes | None:
+        return self.r.hget(f"{self.prefix}:c:{partition}", customer_id)
+
+    @_unavailable("deleting a customer")
+    def delete(self, partition: int, customer_id: str) -> None:
+        self.r.hdel(f"{self.prefix}:c:{partition}", customer_id)
+
+    @_unavailable("moving a partition")
+    def take_partition(self, partition: int) -> dict[str, bytes]:
+        key = f"{self.prefix}:c:{partition}"
+        with self.r.pipeline(transaction=True) as tx:
+            tx.hgetall(key)
+            tx.delete(key)
+            homes, _ = tx.execute()
+        return {k.decode(): v for k, v in homes.items()}
+
+    @_unavailable("counting customers")
+    def count(self, partitions: Iterable[int]) -> int:
+        with self.r.pipeline(transaction=False) as pipe:
+            for p in partitions:
+                pipe.hlen(f"{self.prefix}:c:{p}")
+            return sum(pipe.execute())
+
+    @_unavailable("writing snapshots")
+    def put_snapshots(self, snapshots: dict[int, bytes]) -> None:
+        if snapshots:
+            self.r.mset({f"{self.prefix}:s:{p}": blob for p, blob in snapshots.items()})
+
+    @_unavailable("reading a snapshot")
+    def get_snapshot(self, partition: int) -> bytes | None:
+        return self.r.get(f"{self.prefix}:s:{partition}")
+
+    @_unavailable("opening a journal")
+    def journal(self, name: str, policy: str = "fsync") -> RedisJournal:
+        return RedisJournal(self.r, f"{self.prefix}:j:{name}", policy)
+
+    @_unavailable("dropping a journal")
+    def drop_journal(self, name: str) -> None:
+        self.r.delete(f"{self.prefix}:j:{name}", f"{self.prefix}:j:{name}:last")
+
+    @_unavailable("writing meta")
+    def put_meta(self, key: str, blob: bytes) -> None:
+        self.r.set(f"{self.prefix}:m:{key}", blob)
+
+    @_unavailable("reading meta")
+    def get_meta(self, key: str) -> bytes | None:
+        return self.r.get(f"{self.prefix}:m:{key}")
