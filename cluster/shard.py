@@ -212,7 +212,8 @@ class Shard:
         return None
 
     def _events(self, requests, span, results, touched) -> None:
-        """Events: `(..., type, time, attributes[, idempotency_key[, (channel, placement)]])`.
+        """Events: `(..., type, time, attributes[, idempotency_key[, (channel, placement)]])`;
+        replayed from the journal, `(..., type, time, attributes, key, sequence)`.
 
         The value is `(sequence, duplicate)`: the customer's sequence number for the event;
         for a key seen before, the first application's number, and nothing is applied. With a
@@ -222,6 +223,7 @@ class Shard:
         where: list[int | None] = []
         keyed: dict[tuple[int, str], int] = {}  # keys first seen in this batch -> request
         repeats: list[tuple[int, int]] = []  # (request, the request that first had its key)
+        logged: dict[int, list] = {}
         views: list[tuple[int, EncodedRequest]] = []
         for idx in span:
             _, p, customer_id, event_type, event_time, attributes, *extra = requests[idx]
@@ -258,11 +260,15 @@ class Shard:
             self._arm(event)
             encoded.append(event)
             where.append(idx)
-            self._log.append(("event", p, customer_id, event_type, event.time, attributes, key))
+            # the sequence number is filled in once applied: a replay that finds the event
+            # already in the customer's home still remembers its key with it
+            logged[idx] = ["event", p, customer_id, event_type, event.time, attributes, key, 0]
+            self._log.append(logged[idx])
             touched[customer_id] = max(touched.get(customer_id, 0.0), event.time)
         for idx, sequence in zip(where, self.engine.apply(encoded)):
             if idx is not None:
                 results[idx] = (OK, sequence, False)
+                logged[idx][7] = sequence
         self.counts["events"] += len(encoded)
         for (p, key), idx in keyed.items():
             self._remember_key(p, key, results[idx][1])
@@ -575,6 +581,8 @@ class Shard:
                 self.counts["activations"] += 1
             elif not create:
                 return False
+            else:
+                self.engine.activate([customer_id])
             self.members.setdefault(partition, set()).add(customer_id)
         self.recent[customer_id] = self.clock()
         self.recent.move_to_end(customer_id)
@@ -894,10 +902,14 @@ class Shard:
         t = self.engine.table
         kept = []
         for lsn, record in chunk:
+            if record[1] not in self.dirty:  # not in a snapshot yet: the journal must keep it
+                self.dirty[record[1]] = (lsn, self.clock())
             if record[0] in STAMPED:
                 self._activate(record[2], record[1], create=False)
                 row = t.index.get(record[2])
                 if row is not None and t.lsn[row] >= lsn:
+                    if record[0] == "event" and record[6]:
+                        self._remember_key(record[1], record[6], record[7])
                     continue
             kept.append((lsn, record))
         self._replaying = True
@@ -913,8 +925,6 @@ class Shard:
                 row = t.index.get(record[2])
                 if row is not None:
                     t.lsn[row] = lsn
-            if record[1] not in self.dirty:
-                self.dirty[record[1]] = (lsn, self.clock())
         return len(kept)
 
     def close(self) -> None:

@@ -1,0 +1,247 @@
+"""A shard's durability without Ray: journal, snapshots, homes and recovery.
+
+The oracle is a twin shard that never crashes: the same requests go to both, the subject is
+thrown away at random moments and rebuilt from its store, and afterwards every customer's
+profile (features, history, timers, sequence numbers) must equal the twin's.
+"""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from kairos.cluster import blocks
+from kairos.cluster.identity import alias_key, anonymous_id
+from kairos.cluster.partitions import partition_of
+from kairos.cluster.shard import MISSING, OK, Shard
+from kairos.cluster.store import DirectoryStore, MemoryStore, StoreUnavailable
+
+from .redis_server import RedisServer
+from .test_shard import (N_PARTITIONS, T0, Clock, compiled, event, journey, link_steps,  # noqa: F401
+                         profile, shard)
+
+CUSTOMERS = [f"c{i}" for i in range(24)]
+OFFERED = [("service_menu", "web"), ("cart_recovery_push", "push")]
+
+
+def everyone(s: Shard, clock: Clock, extra=()) -> dict:
+    ids = CUSTOMERS + list(extra)
+    results, _ = s.process([profile(c, clock.now) for c in ids])
+    return dict(zip(ids, results))
+
+
+def rebuilt(old: Shard, clock: Clock, **kw) -> Shard:
+    """What a restarted shard process does: a new Shard on the same store, recovered."""
+    old.close()
+    new = Shard(old.name, old.compiled, list(old.owned), N_PARTITIONS, store=old.store,
+                clock=clock, idle_s=old.idle_s, **kw)
+    new.recover()
+    return new
+
+
+class Steps:
+    """A reproducible mix of everything that changes a shard."""
+
+    def __init__(self, seed: int):
+        self.rng = random.Random(seed)
+        self.keys: list[tuple] = []
+
+    def next(self, clock: Clock) -> list:
+        rng = self.rng
+        clock.now += rng.uniform(1, 400)
+        roll = rng.random()
+        c = rng.choice(CUSTOMERS)
+        if roll < 0.55:
+            batch = journey(c, rng.randint(1, 4), seed=rng.randrange(10**6), t0=clock.now)
+            keyed = [r + (f"k{rng.randrange(10**9)}",) for r in batch]
+            self.keys.extend(keyed)
+            return keyed
+        if roll < 0.65 and self.keys:  # a client retrying an event it sent before
+            return [rng.choice(self.keys)]
+        if roll < 0.75:
+            return [event(c, "add_to_cart", clock.now, product_id="tv", category="electronics",
+                          price=199.0)]
+        if roll < 0.85:
+            action, channel = rng.choice(OFFERED)
+            return [("outcome", partition_of(c, N_PARTITIONS), c, action, channel,
+                     rng.choice(["impression", "accept", "reject"]), clock.now, None)]
+        if roll < 0.9:
+            return [("watch", partition_of(c, N_PARTITIONS), c, "sink", "app", None, True)]
+        return [("forget", partition_of(c, N_PARTITIONS), c)]
+
+
+@pytest.fixture(params=["memory", "directory"])
+def store_factory(request, tmp_path):
+    if request.param == "memory":
+        return lambda: MemoryStore()
+    return lambda: DirectoryStore(tmp_path / "store")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_shard_rebuilt_from_its_store_equals_one_that_never_crashed(compiled, store_factory,
+                                                                      seed):
+    clock = Clock()
+    twin = shard(compiled, "twin", clock=clock, idle_s=900)
+    subject = shard(compiled, "s0", store=store_factory(), clock=clock, idle_s=900)
+    steps, rng = Steps(seed), random.Random(seed + 100)
+    crashes = 0
+    for _ in range(300):
+        requests = steps.next(clock)
+        a, _ = twin.process(requests)
+        b, _ = subject.process(requests)
+        assert [r[:2] for r in a] == [r[:2] for r in b]  # same acks (sequence numbers)
+        roll = rng.random()
+        if roll < 0.15:  # a tick: timers fire, idle customers go to their homes
+            twin.tick()
+            subject.tick()
+        elif roll < 0.2:
+            subject.checkpoint(clock.now, 8)  # some partitions snapshotted, the journal cut
+        elif roll < 0.25:
+            subject.passivate(clock.now + 10**6)  # everyone to their homes
+        elif roll < 0.33:
+            subject = rebuilt(subject, clock)
+            crashes += 1
+    assert crashes > 5
+    subject = rebuilt(subject, clock)
+    assert everyone(subject, clock) == everyone(twin, clock)
+    for c in CUSTOMERS:
+        if c in twin.engine.table:
+            subject.process([profile(c, clock.now)])
+            assert subject.engine.table.export(c).equals(twin.engine.table.export(c))
+
+
+def test_a_retried_event_after_a_crash_is_applied_once(compiled, store_factory):
+    clock = Clock()
+    s = shard(compiled, store=store_factory(), clock=clock)
+    keyed = event("ana", "app_open", T0) + ("key-1",)
+    assert s.process([keyed])[0] == [(OK, 1, False)]
+    s = rebuilt(s, clock)
+    assert s.process([keyed])[0] == [(OK, 1, True)]
+    assert s.process([profile("ana")])[0][0][1]["events_applied"] == 1
+
+
+def test_timers_and_watches_survive_a_crash_and_fire_once(compiled, store_factory):
+    clock = Clock()
+    s = shard(compiled, store=store_factory(), clock=clock)
+    p = partition_of("ana", N_PARTITIONS)
+    s.process([event("ana", "profile_updated", T0 - 86400, marketing_opt_in=True,
+                     push_opt_in=True),
+               ("watch", p, "ana", "sink-1", "push", None, True),
+               event("ana", "add_to_cart", T0, product_id="tv", category="electronics",
+                     price=199.0)])
+    s = rebuilt(s, clock)
+    assert s.process([profile("ana")])[0][0][1]["timers"] == {"cart_abandoned": T0 + 1800}
+    clock.now = T0 + 1801
+    pushes = s.tick()
+    assert [(x.sink, [a.action_id for a in x.decision.actions]) for x in pushes] == \
+        [("sink-1", ["cart_recovery_push"])]
+    fired = s.process([profile("ana", clock.now)])[0][0][1]
+    s = rebuilt(s, clock)  # the firing was journaled: it is neither lost nor repeated
+    assert s.process([profile("ana", clock.now)])[0][0][1] == fired
+    assert s.tick() == []
+
+
+def test_a_new_shard_recovers_a_dead_ones_partitions_from_its_journal(compiled, tmp_path):
+    """A node died: its shard is gone; another shard, on another node, takes its partitions
+    from the snapshots and the dead shard's journal, then the dead journal can go."""
+    clock = Clock()
+    store = DirectoryStore(tmp_path)
+    dead = shard(compiled, "dead", store=store, clock=clock)
+    for i, c in enumerate(CUSTOMERS):
+        dead.process(journey(c, 10, seed=i))
+        if i == 10:
+            dead.checkpoint(clock.now, N_PARTITIONS)  # half in snapshots, half in the journal
+    expected = everyone(dead, clock)
+    heir = Shard("heir", compiled, list(dead.owned), N_PARTITIONS, store=DirectoryStore(tmp_path),
+                 clock=clock)
+    report = heir.recover({p: "dead" for p in dead.owned})
+    assert report["journals"] == ["dead"] and report["replayed"] > 0
+    store.drop_journal("dead")
+    assert everyone(heir, clock) == expected
+    again = rebuilt(heir, clock)  # the heir's own snapshots now name it
+    assert everyone(again, clock) == expected
+
+
+def test_forget_erases_the_customer_from_memory_homes_snapshots_and_journal(compiled, tmp_path):
+    clock = Clock()
+    s = shard(compiled, store=DirectoryStore(tmp_path), clock=clock)
+    secret = "customer-to-forget-7f3a"
+    s.process(journey(secret, 8) + journey("bob", 8, seed=1))
+    s.checkpoint(clock.now, N_PARTITIONS)
+    s.process([event(secret, "app_open", T0 + 3600)])
+    s.passivate(clock.now + 10**6)  # a home in the store too
+    s.process([("forget", partition_of(secret, N_PARTITIONS), secret)])
+    s.tick()
+    leftovers = [path for path in tmp_path.rglob("*") if path.is_file()
+                 and secret.encode() in path.read_bytes()]
+    assert leftovers == []
+    s = rebuilt(s, clock)
+    assert s.process([profile(secret)])[0] == [(MISSING,)]
+    assert s.process([profile("bob")])[0][0][0] == OK
+
+
+def test_a_link_survives_a_crash_of_every_shard_it_touched(compiled, store_factory):
+    clock = Clock()
+    store = store_factory()
+    store.shared = True
+    key = alias_key("cookie", "abc")
+    anon = anonymous_id(key)
+    host = shard(compiled, "host", store=store, clock=clock)
+    assert host.process([event(anon, "page_view", T0, category="home")])[0][0][0] == OK
+    _, merged = link_steps(host, host, host, key, "ana")
+    assert merged == (OK, True)
+    expected = host.process([profile("ana")])[0][0]
+    host = rebuilt(host, clock)
+    assert host.process([profile("ana")])[0][0] == expected
+    assert host.process([("resolve", partition_of(key, N_PARTITIONS), key)])[0] == [(OK, "ana")]
+    _, merged_again = link_steps(host, host, host, key, "ana")  # a retried link: no-op
+    assert merged_again == (OK, False) and host.process([profile("ana")])[0][0] == expected
+
+
+def test_a_failed_journal_write_acknowledges_nothing(compiled, tmp_path, monkeypatch):
+    clock = Clock()
+    s = shard(compiled, store=DirectoryStore(tmp_path), clock=clock)
+    s.process([event("ana", "app_open", T0)])
+
+    def disk_full(records):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(s.journal, "append", disk_full)
+    with pytest.raises(StoreUnavailable, match="No space left on device"):
+        s.process([event("ana", "app_open", T0 + 1), event("bob", "app_open", T0 + 1)])
+    monkeypatch.undo()
+    s = rebuilt(s, clock)  # what the actor does: the un-acknowledged round is gone
+    assert s.process([profile("ana")])[0][0][1]["events_applied"] == 1
+    assert s.process([profile("bob")])[0] == [(MISSING,)]
+
+
+def test_recovery_through_redis(compiled, tmp_path):
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        from kairos.cluster.store import open_store
+        clock = Clock()
+        s = shard(compiled, store=open_store(server.url), clock=clock)
+        for i, c in enumerate(CUSTOMERS[:8]):
+            s.process(journey(c, 6, seed=i))
+        s.checkpoint(clock.now, 4)
+        expected = everyone(s, clock)
+        server.stop()
+        with pytest.raises(StoreUnavailable):
+            s.process([event("c0", "app_open", T0 + 10)])
+        server.start()  # the same data directory: the append-only file brings it all back
+        s = Shard("s0", compiled, list(s.owned), N_PARTITIONS, store=open_store(server.url),
+                  clock=clock)
+        s.recover()
+        assert everyone(s, clock) == expected
+    finally:
+        server.stop()
+
+
+def test_blocks_keep_lsns_only_for_their_own_journal(compiled):
+    s = shard(compiled, "a")
+    s.process([event("ana", "app_open", T0)])
+    block = blocks.unpack(blocks.pack(s._export(["ana"])))
+    assert block["journal"] == "a" and int(block["lsn"][0]) == s.journal.last_lsn
+    other = shard(compiled, "b")
+    blocks.import_block(other.engine, block, "b")
+    assert other.engine.table.lsn[other.engine.table.index["ana"]] == 0
