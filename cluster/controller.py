@@ -11,8 +11,10 @@ it runs without Ray in tests; `ControllerActor` is the named, detached Ray actor
   met the freeze are re-sent by clients, in order, once they see the new version.
 - A catalog switch is two-phase: every shard prepares (compiles) the version, then all commit;
   any failure in the first phase leaves every shard on the old version.
-- One reconfiguration at a time; the control loop re-starts shards that Ray restarted and
-  re-places shards when nodes join.
+- One reconfiguration at a time; the control loop re-starts shards that Ray restarted (they
+  recover from the store) and re-places shards when nodes join. A shard whose node died is
+  replaced by a new one that recovers the dead shard's partitions from the store: their
+  snapshots and the dead shard's journal (with a store every node reaches, such as Redis).
 """
 from __future__ import annotations
 
@@ -40,8 +42,11 @@ def shard_name(index: int) -> str:
 
 class Controller:
     def __init__(self, backend: Backend, catalog_text: str | None = None,
-                 n_partitions: int = DEFAULT_PARTITIONS):
+                 n_partitions: int = DEFAULT_PARTITIONS, store_url: str = "memory",
+                 journal_policy: str = "fsync"):
         self.backend = backend
+        self.store_url = store_url
+        self.journal_policy = journal_policy
         self.catalog_text = catalog_text or default_catalog_text()
         self.catalog_version = compile_catalog(load_catalog(self.catalog_text)).version
         self.previous_catalog: str | None = None
@@ -72,7 +77,8 @@ class Controller:
         name = shard_name(self._next_index)
         self._next_index += 1
         node = self._emptiest_node()
-        await self.backend.create_shard(name, node, self.n_partitions, self._next_index)
+        await self.backend.create_shard(name, node, self.n_partitions, self._next_index,
+                                        self.store_url, self.journal_policy)
         self.placement[name] = node
         return name
 
@@ -86,11 +92,13 @@ class Controller:
                 load[node] += 1
         return min(nodes, key=lambda n: (load[n], nodes.index(n)))
 
-    async def _start_shard(self, name: str) -> None:
+    async def _start_shard(self, name: str, sources: dict[int, str] | None = None) -> None:
+        """Have the shard recover its partitions from the store and serve them."""
         partitions = self.map.partitions_of(name) if self.map else []
         self.incarnations[name] = await self.backend.shard_call(
             name, "start", self.catalog_text, partitions,
-            sorted(self.channel_watches, key=str), self.map.version if self.map else 1)
+            sorted(self.channel_watches, key=str), self.map.version if self.map else 1,
+            sources)
 
     def _publish(self) -> None:
         self._changed.set()
@@ -172,6 +180,10 @@ class Controller:
             return
         await asyncio.sleep(RETIRE_GRACE_S)
         for name in names:
+            try:
+                await self.backend.shard_call(name, "retire")  # its journal goes with it
+            except Unavailable:
+                log.warning("%s did not drop its journal before stopping", name)
             await self.backend.kill_shard(name)
             self.placement.pop(name, None)
             self.incarnations.pop(name, None)
@@ -232,8 +244,8 @@ class Controller:
                 except Unavailable:
                     continue  # Ray is restarting it; look again next round
                 if health["incarnation"] != self.incarnations.get(name):
-                    log.warning("%s restarted; giving it its partitions again (customers it "
-                                "held in memory are lost without a durable store)", name)
+                    log.warning("%s restarted; it recovers its partitions from the store "
+                                "(%s)", name, self.store_url)
                     await self._start_shard(name)
             nodes = self.backend.nodes()
             busiest, emptiest = self._node_spread(nodes)
@@ -247,15 +259,16 @@ class Controller:
             await self._retire([victim])
 
     async def _replace(self, dead: str) -> None:
-        log.warning("%s was on a node that left; a new shard takes its partitions (customers "
-                    "it held in memory are lost without a durable store)", dead)
+        log.warning("%s was on a node that left; a new shard recovers its partitions from the "
+                    "store (%s)", dead, self.store_url)
         await self.backend.kill_shard(dead)
         self.placement.pop(dead)
         self.incarnations.pop(dead, None)
         name = await self._create_shard()
-        moves = [Move(p, dead, name) for p in self.map.partitions_of(dead)]
-        self.map = self.map.apply(moves, self.shards)
-        await self._start_shard(name)  # granted at the new version: stale senders re-route
+        partitions = self.map.partitions_of(dead)
+        self.map = self.map.apply([Move(p, dead, name) for p in partitions], self.shards)
+        # granted at the new version: stale senders re-route
+        await self._start_shard(name, {p: dead for p in partitions})
         self._publish()
 
     def _node_spread(self, nodes: list[str]) -> tuple[str | None, str | None]:
@@ -296,8 +309,10 @@ class Controller:
 class ControllerActor:
     """Started as CONTROLLER_NAME by runtime.start()."""
 
-    def __init__(self, catalog_text: str | None, n_partitions: int):
-        self.controller = Controller(RayBackend(), catalog_text, n_partitions)
+    def __init__(self, catalog_text: str | None, n_partitions: int, store_url: str = "memory",
+                 journal_policy: str = "fsync"):
+        self.controller = Controller(RayBackend(), catalog_text, n_partitions, store_url,
+                                     journal_policy)
         self._loop_task: asyncio.Task | None = None
 
     async def start(self, n_shards: int) -> dict[str, Any]:

@@ -1,12 +1,14 @@
 """Journal: a shard's write-ahead log. A change is in it before the change is acknowledged.
 
-Frames are a 4-byte length, the CRC-32 of the payload and the payload: msgpack of
-`[lsn, record]`, where the log sequence number counts records from 1 and never repeats. Frames
-live in segment files named after their first LSN; a segment is closed past `segment_bytes`,
-so truncating after a snapshot deletes whole files and never rewrites one.
+A frame holds one batch: a 4-byte length, the CRC-32 of the payload and the payload, msgpack
+of `[first lsn, records]`, where the log sequence number counts records from 1 and never
+repeats. Frames live in segment files named after their first LSN; a segment is closed past
+`segment_bytes`, so truncating after a snapshot deletes whole files and never rewrites one.
 
-Group commit: `append(records)` writes a whole batch with one write and, under the default
-policy "fsync", one fsync, so the cost of durability is paid per batch, not per record.
+Group commit: `append(records)` writes a whole batch as one frame with one write and, under
+the default policy "fsync", one fsync, so the cost of durability is paid per batch, not per
+record, and a batch is in the journal whole or not at all (a process killed inside the write
+leaves a short frame, which fails its length or CRC check).
 "os" leaves the flush to the operating system (survives a process crash, not a power cut);
 "off" journals nothing (recovery then has only snapshots).
 
@@ -66,7 +68,7 @@ class Journal:
         if self._fd is None or self._size >= self.segment_bytes:
             self._roll()
         first = self.last_lsn + 1
-        data = b"".join(_frame(first + i, r) for i, r in enumerate(records))
+        data = _frame(first, records)
         try:
             written = 0
             while written < len(data):
@@ -119,13 +121,14 @@ class Journal:
         """Rewrite the segments without the records `drop` selects; how many were dropped."""
         dropped = 0
         for path in self._segments():
-            frames = list(_frames(path))
-            gone = sum(1 for _, r in frames if r is not None and drop(r))
+            batches = [(first, records) for first, records, _ in _batches(path)]
+            gone = sum(1 for _, records in batches for r in records
+                       if r is not None and drop(r))
             if not gone:
                 continue
             dropped += gone
-            data = b"".join(_frame(lsn, None if r is None or drop(r) else r)
-                            for lsn, r in frames)
+            data = b"".join(_frame(first, [None if r is None or drop(r) else r
+                                           for r in records]) for first, records in batches)
             tmp = path.with_suffix(".tmp")
             with open(tmp, "wb") as f:
                 f.write(data)
@@ -167,8 +170,8 @@ class Journal:
             return
         last = segments[-1]
         good, lsn = 0, _first_lsn(last) - 1
-        for frame_lsn, _, end in _frames_with_ends(last):
-            lsn, good = frame_lsn, end
+        for first, records, end in _batches(last, whole_only=False):
+            lsn, good = first + len(records) - 1, end
         if good < last.stat().st_size:
             with open(last, "r+b") as f:
                 f.truncate(good)
@@ -179,34 +182,37 @@ class Journal:
         self._size = good
 
 
-def _frame(lsn: int, record: Any) -> bytes:
-    payload = msgpack.packb([lsn, record], use_bin_type=True)
+def _frame(first_lsn: int, records: list[Any]) -> bytes:
+    payload = msgpack.packb([first_lsn, records], use_bin_type=True)
     return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
 def _frames(path: Path) -> Iterator[tuple[int, Any]]:
-    """A segment's records; a damaged frame raises (torn tails were cut when opening)."""
-    size, end = path.stat().st_size, 0
-    for lsn, record, frame_end in _frames_with_ends(path):
-        end = frame_end
-        yield lsn, record
-    if end < size:
-        raise JournalCorrupt(f"{path}: damaged frame at byte {end} of {size}")
+    """A segment's records with their LSNs; a damaged frame raises (torn tails were cut
+    when opening)."""
+    for first, records, _ in _batches(path):
+        yield from enumerate(records, first)
 
 
-def _frames_with_ends(path: Path) -> Iterator[tuple[int, Any, int]]:
-    """Whole, intact frames from the start of a segment, stopping at the first bad one."""
+def _batches(path: Path, whole_only: bool = True) -> Iterator[tuple[int, list, int]]:
+    """(first LSN, records, end offset) of each intact frame from the start of a segment.
+    With `whole_only`, a bad frame raises JournalCorrupt; else the batches stop before it."""
     with open(path, "rb") as f:
         data = f.read()
     pos = 0
-    while pos + HEADER.size <= len(data):
-        length, crc = HEADER.unpack_from(data, pos)
-        start, end = pos + HEADER.size, pos + HEADER.size + length
-        if length > MAX_FRAME or end > len(data) or zlib.crc32(data[start:end]) != crc:
-            return
-        lsn, record = msgpack.unpackb(data[start:end], raw=False, strict_map_key=False)
-        yield lsn, record, end
-        pos = end
+    while pos < len(data):
+        if pos + HEADER.size <= len(data):
+            length, crc = HEADER.unpack_from(data, pos)
+            start, end = pos + HEADER.size, pos + HEADER.size + length
+            if length <= MAX_FRAME and end <= len(data) and zlib.crc32(data[start:end]) == crc:
+                first, records = msgpack.unpackb(data[start:end], raw=False,
+                                                 strict_map_key=False)
+                yield first, records, end
+                pos = end
+                continue
+        if whole_only:
+            raise JournalCorrupt(f"{path}: damaged frame at byte {pos} of {len(data)}")
+        return
 
 
 def _first_lsn(path: Path) -> int:

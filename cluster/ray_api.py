@@ -22,8 +22,8 @@ class Backend(Protocol):
     def nodes(self) -> list[str]:
         """Ids of the alive nodes, in a stable order."""
 
-    async def create_shard(self, name: str, node: str | None, n_partitions: int,
-                           seed: int) -> None: ...
+    async def create_shard(self, name: str, node: str | None, n_partitions: int, seed: int,
+                           store_url: str, journal_policy: str) -> None: ...
 
     async def kill_shard(self, name: str) -> None: ...
 
@@ -49,8 +49,8 @@ class RayBackend:
     def nodes(self) -> list[str]:
         return sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
 
-    async def create_shard(self, name: str, node: str | None, n_partitions: int,
-                           seed: int) -> None:
+    async def create_shard(self, name: str, node: str | None, n_partitions: int, seed: int,
+                           store_url: str, journal_policy: str) -> None:
         from .shard_actor import ShardActor
         options: dict[str, Any] = {"name": name, "namespace": NAMESPACE,
                                    "lifetime": "detached", "max_restarts": -1}
@@ -58,7 +58,8 @@ class RayBackend:
             # hard: a soft preference is not kept when the node is busy; a shard whose node
             # died is replaced by the controller on a live node
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
-        handle = ShardActor.options(**options).remote(name, n_partitions, seed)
+        handle = ShardActor.options(**options).remote(name, n_partitions, seed, store_url,
+                                                      journal_policy)
         self._handles[name] = handle
         await handle.ready.remote()
 

@@ -17,15 +17,25 @@ from .controller import ControllerActor
 from .learner import LearnerActor
 from .partitions import DEFAULT_PARTITIONS
 from .ray_api import RayBackend
-from .settings import CONTROLLER_NAME, LEARNER_NAME, NAMESPACE
+from .journal import POLICIES
+from .settings import CONTROLLER_NAME, JOURNAL_POLICY, LEARNER_NAME, NAMESPACE, STORE
+from .store import open_store
 
 DEFAULT_SHARDS = 4
 MAX_GATEWAYS = 256
 
 
 def start(n_shards: int = DEFAULT_SHARDS, catalog_text: str | None = None,
-          n_partitions: int = DEFAULT_PARTITIONS) -> dict[str, Any]:
-    """Start the runtime on the Ray cluster this process is connected to; the first map."""
+          n_partitions: int = DEFAULT_PARTITIONS, store: str = STORE,
+          journal_policy: str = JOURNAL_POLICY) -> dict[str, Any]:
+    """Start the runtime on the Ray cluster this process is connected to; the first map.
+
+    `store`: where shards keep customers, snapshots and journals ("memory": nothing survives
+    a shard's process; a directory; or redis://host:port/db, which every node reaches)."""
+    if journal_policy not in POLICIES:
+        raise ValueError(f"journal policy must be one of {', '.join(POLICIES)}, "
+                         f"got {journal_policy!r}")
+    open_store(store)  # a bad URL or an unreachable store fails here, not in every shard
     catalog_text = catalog_text or default_catalog_text()
     # on this (the head) node, as Ray Serve places its controller: they hold the map and the
     # global models in memory, so they must not move with a worker node that leaves
@@ -33,7 +43,7 @@ def start(n_shards: int = DEFAULT_SHARDS, catalog_text: str | None = None,
     detached = {"namespace": NAMESPACE, "lifetime": "detached", "scheduling_strategy": here}
     LearnerActor.options(name=LEARNER_NAME, **detached).remote(catalog_text)
     controller = ControllerActor.options(name=CONTROLLER_NAME, **detached).remote(
-        catalog_text, n_partitions)
+        catalog_text, n_partitions, store, journal_policy)
     return ray.get(controller.start.remote(n_shards))
 
 

@@ -53,6 +53,7 @@ from .timers import Timers
 log = logging.getLogger("kairos.shard")
 
 OK, MOVED, INVALID, MISSING, BUSY = "ok", "moved", "invalid", "missing", "busy"
+UNAVAILABLE = "unavailable"  # the shard is recovering, or its store failed: nothing applied
 MERGED, CONFLICT = "merged", "conflict"
 CUSTOMER_KINDS = frozenset({"event", "decide", "outcome", "profile", "watch"})
 MERGING = "\x00merging"  # the transient id of a profile being folded into another

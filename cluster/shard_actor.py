@@ -5,8 +5,15 @@ number per sender: Ray does not promise order for async actors), counted against
 queue (past SHARD_QUEUE_LIMIT a batch answers BUSY at once) and run by one worker. All work on
 the Shard happens on one executor thread, so the Shard needs no locks, the Cython kernels run
 with the GIL released and the event loop stays free to admit, answer and push. Admin and
-health methods run in their own concurrency group. Background loops fire timers and
-passivate (every TICK_S), sync models with the learner (every MODEL_SYNC_S) and flush metrics.
+health methods run in their own concurrency group. Background loops fire timers, passivate
+and snapshot (every TICK_S), sync models with the learner (every MODEL_SYNC_S) and flush
+metrics.
+
+Durability: `start` recovers the shard's partitions from the store (snapshots + journal)
+before it takes traffic; until then, and whenever the store fails (disk full, Redis down),
+requests answer UNAVAILABLE (the gateway serves fallback decisions) while the actor rebuilds
+its Shard from the store, retrying until the store is back. A Shard whose journal write
+failed is never used again, so nothing unacknowledged is ever served.
 """
 from __future__ import annotations
 
@@ -28,19 +35,25 @@ from .learner import Published
 from .metrics import ShardMetrics
 from .ray_api import RayBackend, Unavailable, sink_handle
 from .settings import MODEL_SYNC_S, SHARD_QUEUE_LIMIT, SHARD_ROUND_LIMIT, TICK_S
-from .shard import BUSY, Push, Shard
+from .shard import BUSY, UNAVAILABLE, Push, Shard
+from .store import StoreUnavailable, open_store
 
 log = logging.getLogger("kairos.shard")
 METRICS_FLUSH_S = 1.0
 SESSION_START_S = 2.0
+REBUILD_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)  # waits between attempts to rebuild from the store
 
 
 @ray.remote(num_cpus=0, concurrency_groups={"admin": 2})
 class ShardActor:
-    def __init__(self, name: str, n_partitions: int, seed: int):
+    def __init__(self, name: str, n_partitions: int, seed: int, store_url: str = "memory",
+                 journal_policy: str = "fsync"):
         self.name = name
         self.n_partitions = n_partitions
         self.seed = seed
+        self.store_url = store_url
+        self.journal_policy = journal_policy
+        self.recovery: dict[str, Any] = {}  # what the last recovery did
         self.incarnation = uuid.uuid4().hex  # changes when Ray restarts the actor
         self.shard: Shard | None = None
         self.backend = RayBackend()
@@ -63,21 +76,66 @@ class ShardActor:
         return self.incarnation
 
     async def start(self, catalog_text: str, partitions: list[int],
-                    channel_watches: list[tuple], map_version: int) -> str:
-        """Serve these partitions on this catalog (after creation, or after a restart)."""
+                    channel_watches: list[tuple], map_version: int,
+                    sources: dict[int, str] | None = None) -> str:
+        """Recover these partitions from the store (`sources`: the journal of a dead shard
+        whose partitions these were), then serve them on this catalog."""
         compiled = compile_catalog(load_catalog(catalog_text))
-        shard = Shard(self.name, compiled, partitions, self.n_partitions, granted=map_version,
-                      seed=self.seed)
-        for sink, channel, placement in channel_watches:
-            shard.watch_channel(sink, channel, placement)
         if self._turn is None:
             self._turn, self._wake = asyncio.Condition(), asyncio.Event()
-        if self.shard is None:
             loop = asyncio.get_running_loop()
             for job in (self._work, self._tick, self._sync_models, self._flush_metrics):
                 loop.create_task(self._forever(job))
-        self.shard = shard
+        self.shard = None
+        self.shard = await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._recovered, compiled, {p: map_version for p in partitions},
+            [tuple(w) for w in channel_watches], sources)
         return self.incarnation
+
+    def _recovered(self, compiled, owned: dict[int, int], channel_watches: list[tuple],
+                   sources: dict[int, str] | None) -> Shard:
+        """A Shard rebuilt from the store (on the worker thread)."""
+        shard = Shard(self.name, compiled, [], self.n_partitions, seed=self.seed,
+                      store=open_store(self.store_url), journal_policy=self.journal_policy)
+        shard.owned = dict(owned)
+        for sink, channel, placement in channel_watches:
+            shard.watch_channel(sink, channel, placement)
+        self.recovery = shard.recover(sources)
+        log.info("%s recovered %d partitions, %d customers in memory, %d journal records "
+                 "replayed in %.2f s", self.name, len(owned), self.recovery["resident"],
+                 self.recovery["replayed"], self.recovery["seconds"])
+        for name in {n for n in (sources or {}).values() if n != self.name}:
+            shard.store.drop_journal(name)  # its partitions are snapshotted here now
+        return shard
+
+    def _fail(self, exc: Exception) -> None:
+        """The store failed under the shard: stop serving and rebuild from the store."""
+        failed, self.shard = self.shard, None
+        if failed is None:
+            return
+        log.error("%s: %s; answering UNAVAILABLE while it rebuilds from the store", self.name,
+                  exc)
+        asyncio.get_running_loop().create_task(self._rebuild(failed))
+
+    async def _rebuild(self, failed: Shard) -> None:
+        owned = {p: v for p, v in failed.owned.items() if p not in failed.leaving}
+        watches = [(w.sink, w.channel, w.placement) for w in failed.channel_watches]
+        attempt = 0
+        while True:
+            try:
+                failed.close()
+            except OSError:
+                pass
+            try:
+                self.shard = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, self._recovered, failed.compiled, owned, watches, None)
+                return
+            except (StoreUnavailable, OSError) as exc:
+                wait = REBUILD_BACKOFF_S[min(attempt, len(REBUILD_BACKOFF_S) - 1)]
+                log.warning("%s: rebuilding from the store failed (%s); again in %.1f s",
+                            self.name, exc, wait)
+                attempt += 1
+                await asyncio.sleep(wait)
 
     async def _forever(self, job) -> None:
         """Run a background job; log and go on after any failure (the loop must survive)."""
@@ -101,7 +159,10 @@ class ShardActor:
             await self._in_turn(session, seq)
             self._turns[session] = seq + 1
             self._turn.notify_all()
-            if self.shard is None or self._queued + len(requests) > SHARD_QUEUE_LIMIT:
+            if self.shard is None:
+                return [(UNAVAILABLE, f"{self.name} is recovering from the store")] * \
+                    len(requests)
+            if self._queued + len(requests) > SHARD_QUEUE_LIMIT:
                 self._rejected += len(requests)
                 return [(BUSY,)] * len(requests)
             future = asyncio.get_running_loop().create_future()
@@ -144,8 +205,13 @@ class ShardActor:
                 combined = [r for requests, _, _, _ in round_ for r in requests]
                 routed = [v for _, versions, _, _ in round_ for v in versions]
                 try:
+                    if self.shard is None:
+                        raise StoreUnavailable(f"{self.name} is recovering from the store")
                     results, pushes = await loop.run_in_executor(self._pool, self.shard.process,
                                                                  combined, routed)
+                except StoreUnavailable as exc:  # nothing of the round was acknowledged
+                    self._fail(exc)
+                    results, pushes = [(UNAVAILABLE, str(exc))] * len(combined), []
                 except Exception as exc:  # a bug, not bad input: fail this round's callers
                     log.exception("%s: processing a round failed", self.name)
                     for _, _, future, _ in round_:
@@ -164,8 +230,16 @@ class ShardActor:
 
     async def _on_shard(self, method: str, *args: Any) -> Any:
         """Run a Shard method on the worker thread, in turn with the data path."""
-        fn = getattr(self.shard, method)
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        shard = self.shard
+        if shard is None:
+            raise StoreUnavailable(f"{self.name} is recovering from the store")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._pool, getattr(shard, method), *args)
+        except StoreUnavailable as exc:
+            if self.shard is shard:
+                self._fail(exc)
+            raise
 
     # -- push ----------------------------------------------------------------------------------
 
@@ -192,11 +266,14 @@ class ShardActor:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
-            self._deliver(await self._on_shard("tick"))
+            if self.shard is not None:
+                self._deliver(await self._on_shard("tick"))
 
     async def _sync_models(self) -> None:
         while True:
             await asyncio.sleep(MODEL_SYNC_S)
+            if self.shard is None:
+                continue
             catalog_version, delta, known = await asyncio.get_running_loop().run_in_executor(
                 self._pool, self._take_delta)
             try:
@@ -237,6 +314,8 @@ class ShardActor:
         while True:
             await asyncio.sleep(METRICS_FLUSH_S)
             shard = self.shard
+            if shard is None:
+                continue
             counts = shard.counts.copy()
             counts["rejected"] = self._rejected
             self.metrics.flush(counts, shard.by_channel.copy(), shard.by_group.copy(),
@@ -264,6 +343,10 @@ class ShardActor:
     async def commit(self, version: str) -> None:
         await self._on_shard("commit", version)
 
+    async def retire(self) -> None:
+        """Owning nothing any more: drop the journal, before the controller stops this actor."""
+        await self._on_shard("retire")
+
     async def watch_channel(self, sink: str, channel: str, placement: str | None,
                             active: bool) -> None:
         await self._on_shard("watch_channel", sink, channel, placement, active)
@@ -272,7 +355,7 @@ class ShardActor:
         """Fresh statistics, taken in turn with the data path."""
         stats = await self._on_shard("stats")
         return {**stats, "queued": self._queued, "rejected": self._rejected,
-                "incarnation": self.incarnation}
+                "incarnation": self.incarnation, "recovery": self.recovery}
 
     # -- admin (own concurrency group: answers while the data path is busy) --------------------
 

@@ -14,6 +14,7 @@ from kairos.cluster.controller import Controller
 from kairos.cluster.learner import Learner
 from kairos.cluster.ray_api import Unavailable
 from kairos.cluster.shard import Shard
+from kairos.cluster.store import MemoryStore
 from kairos.core.catalog import load_catalog
 from kairos.core.compiler import compile_catalog
 
@@ -28,13 +29,14 @@ class LocalBackend:
         self.rng = random.Random(seed)
         self.created_on: dict[str, str | None] = {}
         self.fail_next_adopt = False
+        self.store = MemoryStore(shared=True)  # as a directory or a Redis: every shard sees it
         self._turns: dict[tuple[str, str], int] = {}
 
     def nodes(self) -> list[str]:
         return list(self.node_names)
 
-    async def create_shard(self, name: str, node: str | None, n_partitions: int,
-                           seed: int) -> None:
+    async def create_shard(self, name: str, node: str | None, n_partitions: int, seed: int,
+                           store_url: str, journal_policy: str) -> None:
         self.shards[name] = None
         self.n_partitions[name] = n_partitions
         self.created_on[name] = node
@@ -47,11 +49,12 @@ class LocalBackend:
         if name not in self.shards:
             raise Unavailable(name)
         if method == "start":
-            catalog_text, partitions, watches, version = args
+            catalog_text, partitions, watches, version, sources = args
             shard = Shard(name, compile_catalog(load_catalog(catalog_text)), partitions,
-                          self.n_partitions[name], granted=version)
+                          self.n_partitions[name], granted=version, store=self.store)
             for sink, channel, placement in watches:
                 shard.watch_channel(sink, channel, placement)
+            shard.recover(sources)
             self.shards[name] = shard
             return f"{name}-incarnation"
         if method == "health":
