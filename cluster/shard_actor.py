@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from collections import deque
@@ -69,6 +70,7 @@ class ShardActor:
         self._outbox: tuple[str, ModelDelta] | None = None
         self._sinks: dict[str, Any] = {}
         self._snapshot: dict[str, Any] = {"shard": name, "started": False}
+        self._loops: list[asyncio.Task] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -83,9 +85,10 @@ class ShardActor:
         compiled = compile_catalog(load_catalog(catalog_text))
         if self._turn is None:
             self._turn, self._wake = asyncio.Condition(), asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for job in (self._work, self._tick, self._sync_models, self._flush_metrics):
-                loop.create_task(self._forever(job))
+        if not self._loops:
+            self._loops = [asyncio.get_running_loop().create_task(self._forever(job))
+                           for job in (self._work, self._tick, self._sync_models,
+                                       self._flush_metrics)]
         self.shard = None
         self.shard = await asyncio.get_running_loop().run_in_executor(
             self._pool, self._recovered, compiled, {p: map_version for p in partitions},
@@ -363,4 +366,5 @@ class ShardActor:
     async def health(self) -> dict[str, Any]:
         """Cheap liveness and the last statistics snapshot (at most a second old)."""
         return {**self._snapshot, "queued": self._queued, "started": self.shard is not None,
-                "incarnation": self.incarnation, "node": ray.get_runtime_context().get_node_id()}
+                "incarnation": self.incarnation, "node": ray.get_runtime_context().get_node_id(),
+                "pid": os.getpid(), "recovery": self.recovery}

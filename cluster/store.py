@@ -24,7 +24,9 @@ that meets one answers UNAVAILABLE and rebuilds itself from the store once it is
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
 from urllib.parse import urlparse
@@ -32,6 +34,10 @@ from urllib.parse import urlparse
 import msgpack
 
 from .journal import Journal, fsync_directory
+
+
+STALE_TMP_S = 600.0  # a temporary file this old is a crashed writer's leftover
+_tmp_names = itertools.count()
 
 
 class StoreUnavailable(Exception):
@@ -186,9 +192,11 @@ class DirectoryStore:
         journals/<shard name>/<first lsn>.log          a shard's journal segments
         meta/<key>                                     named blobs
 
-    Every file is written to a temporary name, fsynced and renamed into place (then its
-    directory fsynced), so a crash leaves the old version or the new one, never half of one.
-    OSErrors (ENOSPC, EIO, EROFS) surface as StoreUnavailable.
+    Every file is written to a temporary name of its own writer, fsynced and renamed into
+    place (then its directory fsynced), so a crash leaves the old version or the new one, never
+    half of one. Several shard processes share the directory, so a temporary file is only
+    removed as a crash's leftover once it is older than STALE_TMP_S. OSErrors (ENOSPC, EIO,
+    EROFS) surface as StoreUnavailable.
     """
 
     shared = True
@@ -199,10 +207,14 @@ class DirectoryStore:
         self.fsync = fsync
         for sub in ("customers", "snapshots", "journals", "meta"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        for leftover in self.root.glob("customers/p*/*.tmp"):  # a crash before the rename
-            leftover.unlink()
-        for leftover in self.root.glob("snapshots/*.tmp"):
-            leftover.unlink()
+        stale = time.time() - STALE_TMP_S
+        for pattern in ("customers/p*/*.tmp", "snapshots/*.tmp", "meta/*.tmp"):
+            for leftover in self.root.glob(pattern):  # a crash before the rename
+                try:
+                    if leftover.stat().st_mtime < stale:
+                        leftover.unlink()
+                except FileNotFoundError:
+                    pass
 
     def put(self, partition: int, customer_id: str, blob: bytes) -> None:
         path = self._home(partition, customer_id)
@@ -285,7 +297,7 @@ class DirectoryStore:
 
     def _write(self, path: Path, data: bytes, make_parent: bool = False,
                sync_parent: bool = True) -> None:
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{next(_tmp_names)}.tmp")
         try:
             if make_parent:
                 path.parent.mkdir(exist_ok=True)

@@ -2,9 +2,13 @@
 Redis holds outlives the shard that wrote it."""
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 
-from kairos.cluster.store import DirectoryStore, MemoryStore, StoreUnavailable, open_store
+from kairos.cluster.store import (STALE_TMP_S, DirectoryStore, MemoryStore, StoreUnavailable,
+                                  open_store)
 
 from .redis_server import RedisServer
 
@@ -67,7 +71,9 @@ def test_journals_append_replay_truncate_and_compact(store):
 def test_a_directory_store_outlives_its_process_and_ignores_half_writes(tmp_path):
     DirectoryStore(tmp_path).put(7, "ana", b"blob")
     home = next(tmp_path.glob("customers/p7/*.blk"))
-    home.with_suffix(".tmp").write_bytes(b"half")  # a crash before the rename
+    leftover = home.with_name(home.name + ".123.0.tmp")
+    leftover.write_bytes(b"half")  # a crash before the rename, long ago
+    os.utime(leftover, (time.time() - STALE_TMP_S - 1,) * 2)
     again = DirectoryStore(tmp_path)
     assert again.count([7]) == 1 and again.get(7, "ana") == b"blob"
     assert not list(tmp_path.glob("customers/p7/*.tmp"))
