@@ -11,6 +11,10 @@ it runs without Ray in tests; `ControllerActor` is the named, detached Ray actor
   met the freeze are re-sent by clients, in order, once they see the new version.
 - A catalog switch is two-phase: every shard prepares (compiles) the version, then all commit;
   any failure in the first phase leaves every shard on the old version.
+- The controller's own state (the map, the shards' names, the catalog versions, channel
+  watches) is written to the store's meta at every change, so a controller that Ray restarts,
+  or a cluster started again on the same store (`kairos down`, then `kairos up`), takes up the
+  same shards and partitions, and every shard recovers what it owned.
 - One reconfiguration at a time; the control loop re-starts shards that Ray restarted (they
   recover from the store) and re-places shards when nodes join. A shard whose node died is
   replaced by a new one that recovers the dead shard's partitions from the store: their
@@ -22,6 +26,7 @@ import asyncio
 import logging
 from typing import Any
 
+import msgpack
 import numpy as np
 import ray
 
@@ -31,13 +36,20 @@ from kairos.core.compiler import compile_catalog
 from .partitions import DEFAULT_PARTITIONS, Move, PartitionMap
 from .ray_api import Backend, RayBackend, Unavailable
 from .settings import LONG_POLL_S, RETIRE_GRACE_S
+from .store import open_store
 
 log = logging.getLogger("kairos.controller")
 CONTROL_LOOP_S = 1.0
+STATE_KEY = "controller"  # the store meta holding the controller's state
+STATE_FORMAT = 1
 
 
 def shard_name(index: int) -> str:
     return f"kairos-shard-{index:04d}"
+
+
+def _seed_of(name: str) -> int:
+    return int(name.rsplit("-", 1)[1]) + 1
 
 
 class Controller:
@@ -46,7 +58,9 @@ class Controller:
                  journal_policy: str = "fsync"):
         self.backend = backend
         self.store_url = store_url
+        self.store = open_store(store_url)
         self.journal_policy = journal_policy
+        self._requested_catalog = catalog_text
         self.catalog_text = catalog_text or default_catalog_text()
         self.catalog_version = compile_catalog(load_catalog(self.catalog_text)).version
         self.previous_catalog: str | None = None
@@ -66,18 +80,75 @@ class Controller:
     # -- start and the map ---------------------------------------------------------------------
 
     async def start(self, n_shards: int) -> None:
+        """Start `n_shards` shards, or, when the store holds an earlier controller's state,
+        take up its shards (each recovers what it owned) and then scale to `n_shards`."""
         if n_shards < 1:
             raise ValueError(f"need at least one shard, got {n_shards}")
+        if await self.resume():
+            if n_shards != len(self.shards):
+                await self.scale(n_shards)
+            return
         names = [await self._create_shard() for _ in range(n_shards)]
         self.map = PartitionMap.initial(names, self.n_partitions)
         await asyncio.gather(*(self._start_shard(name) for name in names))
         self._publish()
 
-    async def _create_shard(self) -> str:
-        name = shard_name(self._next_index)
-        self._next_index += 1
+    async def resume(self) -> bool:
+        """Take up the state saved in the store; whether there was one."""
+        blob = self.store.get_meta(STATE_KEY)
+        if blob is None:
+            return False
+        state = msgpack.unpackb(blob, raw=False)
+        if state["n_partitions"] != self.n_partitions:
+            raise ValueError(f"the store {self.store_url} holds {state['n_partitions']} "
+                             f"partitions, not {self.n_partitions}: start with the same count "
+                             f"or another store")
+        names = state["shards"]
+        self.map = PartitionMap([names[i] for i in state["owners"]], state["version"], names)
+        self._next_index = state["next_index"]
+        self.catalog_text = state["catalog"]
+        self.catalog_version = compile_catalog(load_catalog(self.catalog_text)).version
+        self.previous_catalog = state["previous_catalog"]
+        self.channel_watches = {tuple(w) for w in state["channel_watches"]}
+        log.warning("resuming the cluster saved in %s: map version %d, %d shards",
+                    self.store_url, self.map.version, len(names))
+        for name in names:
+            try:
+                health = await self.backend.shard_call(name, "health")
+            except Unavailable:
+                health = None
+            if health is not None and health.get("started"):
+                self.placement[name] = health.get("node")
+                self.incarnations[name] = health["incarnation"]
+                continue
+            if health is None:
+                await self._create_shard(name)
+            await self._start_shard(name)
+        await self.backend.learner_call("switch", self.catalog_text)
+        self._publish()
+        requested = self._requested_catalog
+        if requested is not None and requested != self.catalog_text:
+            await self.put_catalog(requested)
+        return True
+
+    def _save(self) -> None:
+        names = self.map.shards
+        index = {n: i for i, n in enumerate(names)}
+        self.store.put_meta(STATE_KEY, msgpack.packb({
+            "format": STATE_FORMAT, "n_partitions": self.n_partitions, "shards": names,
+            "owners": [index[o] for o in self.map.owners], "version": self.map.version,
+            "next_index": self._next_index, "catalog": self.catalog_text,
+            "previous_catalog": self.previous_catalog,
+            "channel_watches": sorted((list(w) for w in self.channel_watches), key=str)},
+            use_bin_type=True))
+
+    async def _create_shard(self, name: str | None = None) -> str:
+        """Create a shard actor (a new name, or a saved one being brought back)."""
+        if name is None:
+            name = shard_name(self._next_index)
+            self._next_index += 1
         node = self._emptiest_node()
-        await self.backend.create_shard(name, node, self.n_partitions, self._next_index,
+        await self.backend.create_shard(name, node, self.n_partitions, _seed_of(name),
                                         self.store_url, self.journal_policy)
         self.placement[name] = node
         return name
@@ -101,6 +172,7 @@ class Controller:
             sources)
 
     def _publish(self) -> None:
+        self._save()
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -227,6 +299,7 @@ class Controller:
                 self.channel_watches.add(key)
             else:
                 self.channel_watches.discard(key)
+            self._save()
 
     # -- the control loop ----------------------------------------------------------------------
 
@@ -314,11 +387,24 @@ class ControllerActor:
         self.controller = Controller(RayBackend(), catalog_text, n_partitions, store_url,
                                      journal_policy)
         self._loop_task: asyncio.Task | None = None
+        self._resuming = asyncio.Lock()
 
     async def start(self, n_shards: int) -> dict[str, Any]:
         await self.controller.start(n_shards)
         self._loop_task = asyncio.get_running_loop().create_task(self._control_loop())
         return self.controller.routing()
+
+    async def _ready(self) -> Controller:
+        """After Ray restarted this actor (start() is not called again), take up the state
+        the previous incarnation saved."""
+        if self.controller.map is None:
+            async with self._resuming:
+                if self.controller.map is None:
+                    if not await self.controller.resume():
+                        raise RuntimeError("the controller has not been started")
+                    self._loop_task = asyncio.get_running_loop().create_task(
+                        self._control_loop())
+        return self.controller
 
     async def _control_loop(self) -> None:
         while True:
@@ -329,23 +415,23 @@ class ControllerActor:
                 log.exception("control loop round failed; trying again")
 
     async def get_map(self, known_version: int, timeout_s: float = LONG_POLL_S):
-        return await self.controller.get_map(known_version, timeout_s)
+        return await (await self._ready()).get_map(known_version, timeout_s)
 
     async def scale(self, n_shards: int) -> dict[str, Any]:
-        return await self.controller.scale(n_shards)
+        return await (await self._ready()).scale(n_shards)
 
     async def put_catalog(self, catalog_text: str) -> str:
-        return await self.controller.put_catalog(catalog_text)
+        return await (await self._ready()).put_catalog(catalog_text)
 
     async def rollback_catalog(self) -> str:
-        return await self.controller.rollback_catalog()
+        return await (await self._ready()).rollback_catalog()
 
     async def get_catalog(self) -> dict[str, Any]:
-        return await self.controller.get_catalog()
+        return await (await self._ready()).get_catalog()
 
     async def watch_channel(self, sink: str, channel: str, placement: str | None,
                             active: bool = True) -> None:
-        await self.controller.watch_channel(sink, channel, placement, active)
+        await (await self._ready()).watch_channel(sink, channel, placement, active)
 
     async def status(self) -> dict[str, Any]:
-        return await self.controller.status()
+        return await (await self._ready()).status()

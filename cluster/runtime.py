@@ -31,17 +31,19 @@ def start(n_shards: int = DEFAULT_SHARDS, catalog_text: str | None = None,
     """Start the runtime on the Ray cluster this process is connected to; the first map.
 
     `store`: where shards keep customers, snapshots and journals ("memory": nothing survives
-    a shard's process; a directory; or redis://host:port/db, which every node reaches)."""
+    a shard's process; a directory; or redis://host:port/db, which every node reaches). A
+    store that holds an earlier cluster's state brings it back: the same shards recover their
+    partitions, on the catalog last switched to unless `catalog_text` names another."""
     if journal_policy not in POLICIES:
         raise ValueError(f"journal policy must be one of {', '.join(POLICIES)}, "
                          f"got {journal_policy!r}")
-    open_store(store)  # a bad URL or an unreachable store fails here, not in every shard
-    catalog_text = catalog_text or default_catalog_text()
+    open_store(store).get_meta("controller")  # a bad or unreachable store fails here
     # on this (the head) node, as Ray Serve places its controller: they hold the map and the
     # global models in memory, so they must not move with a worker node that leaves
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     detached = {"namespace": NAMESPACE, "lifetime": "detached", "scheduling_strategy": here}
-    LearnerActor.options(name=LEARNER_NAME, **detached).remote(catalog_text)
+    LearnerActor.options(name=LEARNER_NAME, **detached).remote(
+        catalog_text or default_catalog_text())
     controller = ControllerActor.options(name=CONTROLLER_NAME, **detached).remote(
         catalog_text, n_partitions, store, journal_policy)
     return ray.get(controller.start.remote(n_shards))

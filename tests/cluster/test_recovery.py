@@ -135,3 +135,20 @@ def test_a_full_disk_fails_acks_with_unavailable_and_loses_nothing(kairos, tmp_p
         assert client.ingest("d0", "app_open", T0 + 10_000) == acked["d0"] + 1
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_cluster_started_again_on_its_store_takes_up_where_it_stopped(ray_local, tmp_path):
+    """`kairos down`, then `kairos up` on the same directory: the same shards recover their
+    partitions; asking for another shard count then moves partitions as scaling does."""
+    from kairos.cluster import runtime
+    store = str(tmp_path / "store")
+    for round_, n_shards in enumerate((2, 2, 3)):
+        runtime.start(n_shards=n_shards, n_partitions=64, store=store)
+        client = runtime.connect(timeout_s=120)
+        try:
+            assert len(ray.get(runtime.controller().status.remote())["shards"]) == n_shards
+            for i in range(30):  # each customer's events of the earlier rounds are all there
+                assert client.ingest(f"again-{i}", "app_open", T0 + round_) == round_ + 1
+        finally:
+            client.close()
+            runtime.stop()
