@@ -103,8 +103,9 @@ class Controller:
             raise ValueError(f"the store {self.store_url} holds {state['n_partitions']} "
                              f"partitions, not {self.n_partitions}: start with the same count "
                              f"or another store")
-        names = state["shards"]
-        self.map = PartitionMap([names[i] for i in state["owners"]], state["version"], names)
+        names = state["shards"]  # every shard that existed, owning partitions or retiring
+        self.map = PartitionMap([names[i] for i in state["owners"]], state["version"],
+                                state["target"])
         self._next_index = state["next_index"]
         self.catalog_text = state["catalog"]
         self.catalog_version = compile_catalog(load_catalog(self.catalog_text)).version
@@ -113,6 +114,9 @@ class Controller:
         log.warning("resuming the cluster saved in %s: map version %d, %d shards",
                     self.store_url, self.map.version, len(names))
         for name in names:
+            if name not in self.map.owners:  # was retiring: its partitions are elsewhere
+                self.store.drop_journal(name)
+                continue
             try:
                 health = await self.backend.shard_call(name, "health")
             except Unavailable:
@@ -132,10 +136,11 @@ class Controller:
         return True
 
     def _save(self) -> None:
-        names = self.map.shards
+        names = sorted(set(self.placement) | set(self.map.owners))
         index = {n: i for i, n in enumerate(names)}
         self.store.put_meta(STATE_KEY, msgpack.packb({
             "format": STATE_FORMAT, "n_partitions": self.n_partitions, "shards": names,
+            "target": self.map.shards,
             "owners": [index[o] for o in self.map.owners], "version": self.map.version,
             "next_index": self._next_index, "catalog": self.catalog_text,
             "previous_catalog": self.previous_catalog,
