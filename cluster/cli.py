@@ -2,7 +2,10 @@
 
     kairos up [--nodes N] [--shards S]  start the embedded default: a local Ray cluster with its
                                         dashboard, the runtime, the default catalog and a gRPC
-                                        gateway per node (the first on 127.0.0.1:50051)
+                                        gateway per node (the first on 127.0.0.1:50051); shards
+                                        keep their customers in --store (default ~/.kairos/store)
+                                        and a cluster started again on it takes up where it
+                                        stopped
     kairos demo [--local]               replay a cross-channel journey against it, printing each
                                         decision as it changes (--local: in-process, no cluster)
     kairos status                       nodes, shards, partitions, customers, versions
@@ -27,6 +30,8 @@ from kairos.core.errors import CatalogError
 from . import demo
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+# the embedded default's store: a directory that outlives `kairos down`
+DEFAULT_STORE = os.path.join(os.environ.get("KAIROS_HOME", "~/.kairos"), "store")
 RAY_HEAD_PORT = 6380  # the local Ray cluster's GCS port (6379 is left to Redis)
 
 
@@ -73,7 +78,8 @@ def up(args: argparse.Namespace) -> int:
         subprocess.run([ray_cli, "start", f"--address={head}", "--disable-usage-stats"],
                        **quiet)
     catalog_text = open(args.catalog, encoding="utf-8").read() if args.catalog else None
-    runtime.start(n_shards=args.shards, catalog_text=catalog_text)
+    runtime.start(n_shards=args.shards, catalog_text=catalog_text, store=args.store,
+                  journal_policy=args.journal_policy)
     keys_text = open(args.keys, encoding="utf-8").read() if args.keys else \
         os.environ.get("KAIROS_API_KEYS")
     tls = Tls.from_files(args.tls_cert, args.tls_key, args.tls_client_ca) \
@@ -84,6 +90,7 @@ def up(args: argparse.Namespace) -> int:
         ports.append(ray.get(gateway.start.remote(args.host, args.port + i, keys_text, tls)))
     print(f"Kairos is up: {args.nodes} Ray node(s), {args.shards} shards, gRPC on "
           + ", ".join(f"{args.host}:{p}" for p in ports)
+          + f"; store {args.store} (journal {args.journal_policy})"
           + "; Ray dashboard on http://127.0.0.1:8265")
     return 0
 
@@ -139,7 +146,17 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--host", default="127.0.0.1", help="gateway bind address")
     start.add_argument("--port", type=int, default=50051, help="first gateway's port")
     start.add_argument("--keys", help="API keys file (YAML); default $KAIROS_API_KEYS")
-    start.add_argument("--catalog", help="catalog file (default: the built-in catalog)")
+    start.add_argument("--catalog", help="catalog file (default: the built-in catalog, or the "
+                                         "one last pushed to the store's cluster)")
+    start.add_argument("--store", default=os.environ.get("KAIROS_STORE", DEFAULT_STORE),
+                       help="where shards keep customers, snapshots and journals: a directory, "
+                            "redis://host:port/db, or 'memory' (nothing survives a restart); "
+                            "default $KAIROS_STORE or %(default)s")
+    start.add_argument("--journal-policy", choices=("fsync", "os", "off"),
+                       default=os.environ.get("KAIROS_JOURNAL_POLICY", "fsync"),
+                       help="fsync each batch before acknowledging it (default), leave it "
+                            "to the OS (survives a crash of Kairos, not of the machine), or "
+                            "journal nothing")
     start.add_argument("--tls-cert", help="serve TLS: the certificate chain (PEM)")
     start.add_argument("--tls-key", help="serve TLS: the private key (PEM)")
     start.add_argument("--tls-client-ca", help="mTLS: clients need a certificate this CA "

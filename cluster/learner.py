@@ -5,9 +5,14 @@ they learned since their last sync as a delta of natural parameters. Deltas add,
 posterior is the prior plus every shard's deltas, whatever the order. Each merge publishes the
 next version; the shard that sent it adopts the version in the same call, the others at their
 next sync, so every shard runs a version that includes a response within two sync intervals.
+
+The posterior is saved to the store's meta (at most every LEARNER_SAVE_S), so a learner that
+Ray restarts, or a cluster started again on the same store, goes on from what it had learned
+rather than from the priors; the deltas merged since the last save are lost with the process.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -17,6 +22,13 @@ import ray
 from kairos.core.catalog import load_catalog
 from kairos.core.compiler import CompiledCatalog, compile_catalog
 from kairos.core.models import ModelDelta, ModelRemap, ModelTable
+
+from . import blocks
+from .store import StoreUnavailable, open_store
+
+log = logging.getLogger("kairos.learner")
+STATE_KEY = "learner"
+LEARNER_SAVE_S = 2.0  # the most learning a learner's restart can lose
 
 
 
@@ -92,19 +104,62 @@ class _Chain:
         return self.second.delta(self.first.delta(delta))
 
 
+def save_models(learner: Learner) -> bytes:
+    m = learner.models
+    return blocks.pack({"catalog": learner.compiled.version, "version": m.version,
+                        "mean": m.mean, "precision": m.precision, "positives": m.positives,
+                        "negatives": m.negatives})
+
+
+def restore_models(learner: Learner, blob: bytes) -> bool:
+    """Take up a saved posterior of the same catalog version; whether it was."""
+    saved = blocks.unpack(blob)
+    if saved["catalog"] != learner.compiled.version:
+        return False
+    learner.models.adopt(saved["mean"], saved["precision"], saved["positives"],
+                         saved["negatives"], max(saved["version"], learner.version) + 1)
+    return True
+
+
 @ray.remote(num_cpus=0, max_restarts=-1)
 class LearnerActor:
     """Started by the controller as LEARNER_NAME."""
 
-    def __init__(self, catalog_text: str):
+    def __init__(self, catalog_text: str, store_url: str = "memory"):
         self.learner = Learner(compile_catalog(load_catalog(catalog_text)))
+        self.store = open_store(store_url)
+        self._saved_at = -float("inf")
+        self._saved_merges = 0
+        self._restore()
+
+    def _restore(self) -> None:
+        blob = self.store.get_meta(STATE_KEY)
+        if blob is not None and restore_models(self.learner, blob):
+            log.warning("learner: took up the saved posterior, now version %d",
+                        self.learner.version)
+
+    def _save(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._saved_at >= LEARNER_SAVE_S:
+            try:
+                self.store.put_meta(STATE_KEY, save_models(self.learner))
+                self._saved_at, self._saved_merges = now, self.learner.merged
+            except StoreUnavailable as exc:
+                log.warning("learner: could not save the posterior: %s", exc)
 
     def sync(self, catalog_version: str, delta: ModelDelta | None,
              known_version: int) -> Published | None:
-        return self.learner.sync(catalog_version, delta, known_version)
+        published = self.learner.sync(catalog_version, delta, known_version)
+        if self.learner.merged != self._saved_merges:
+            self._save()
+        return published
 
     def switch(self, catalog_text: str) -> int:
-        return self.learner.switch(catalog_text)
+        version = self.learner.switch(catalog_text)
+        if self.learner.merged == 0:  # a fresh learner on a resumed cluster's catalog
+            self._restore()
+        self._save(force=True)
+        return version
 
     def status(self) -> dict:
         return {"model_version": self.learner.version, "merged": self.learner.merged,

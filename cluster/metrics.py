@@ -42,18 +42,35 @@ class ShardMetrics:
                               tag_keys=("shard",))
         self.model_version = Gauge("kairos_model_version", "Model version in use",
                                    tag_keys=("shard",))
+        self.snapshots = Counter("kairos_snapshots_total", "Partition snapshots written",
+                                 tag_keys=("shard",))
+        self.recoveries = Counter("kairos_recoveries_total", "Times the shard rebuilt its "
+                                  "partitions from the store (start, restart, store failure)",
+                                  tag_keys=("shard",))
+        self.recovery_s = Gauge("kairos_recovery_seconds", "How long the last recovery from "
+                                "the store took", tag_keys=("shard",))
+        self.unsnapshotted = Gauge("kairos_unsnapshotted_partitions", "Partitions with changes "
+                                   "only in the journal (recovery replays them)",
+                                   tag_keys=("shard",))
         self._sent: Tally = Tally()
 
     def observe_batch(self, kinds: Iterable[str], latency_ms: float) -> None:
         for kind in set(kinds):
             self.latency.observe(latency_ms, {**self.tags, "kind": kind})
 
+    def restart_tallies(self) -> None:
+        """The shard was rebuilt from the store: its tallies start again from zero (the
+        actor's own, such as rejections, go on)."""
+        self._sent = Tally({"rejected": self._sent["rejected"]})
+
     def flush(self, counts: Tally, by_channel: Tally, by_group: Tally, queue: int,
-              resident: int, model_version: int) -> None:
+              resident: int, model_version: int, recovery_s: float, unsnapshotted: int
+              ) -> None:
         """Report what the tallies gained since the last flush."""
         for name, metric in (("events", self.events), ("nba_changes", self.nba_changes),
                              ("passivations", self.passivations),
-                             ("timers_fired", self.timers_fired), ("rejected", self.rejected)):
+                             ("timers_fired", self.timers_fired), ("rejected", self.rejected),
+                             ("snapshots", self.snapshots), ("recoveries", self.recoveries)):
             self._inc(metric, name, counts[name], self.tags)
         for channel, n in by_channel.items():
             self._inc(self.decisions, ("channel", channel), n, {**self.tags, "channel": channel})
@@ -62,6 +79,8 @@ class ShardMetrics:
         self.queue.set(queue, self.tags)
         self.resident.set(resident, self.tags)
         self.model_version.set(model_version, self.tags)
+        self.recovery_s.set(recovery_s, self.tags)
+        self.unsnapshotted.set(unsnapshotted, self.tags)
 
     def _inc(self, metric: Counter, key, total: int, tags: dict) -> None:
         gained = total - self._sent[key]

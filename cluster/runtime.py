@@ -43,7 +43,7 @@ def start(n_shards: int = DEFAULT_SHARDS, catalog_text: str | None = None,
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     detached = {"namespace": NAMESPACE, "lifetime": "detached", "scheduling_strategy": here}
     LearnerActor.options(name=LEARNER_NAME, **detached).remote(
-        catalog_text or default_catalog_text())
+        catalog_text or default_catalog_text(), store)
     controller = ControllerActor.options(name=CONTROLLER_NAME, **detached).remote(
         catalog_text, n_partitions, store, journal_policy)
     return ray.get(controller.start.remote(n_shards))

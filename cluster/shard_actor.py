@@ -71,6 +71,7 @@ class ShardActor:
         self._sinks: dict[str, Any] = {}
         self._snapshot: dict[str, Any] = {"shard": name, "started": False}
         self._loops: list[asyncio.Task] = []
+        self._flushed: Shard | None = None  # the Shard whose tallies the metrics follow
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -319,11 +320,15 @@ class ShardActor:
             shard = self.shard
             if shard is None:
                 continue
+            if shard is not self._flushed:
+                self.metrics.restart_tallies()
+                self._flushed = shard
             counts = shard.counts.copy()
             counts["rejected"] = self._rejected
             self.metrics.flush(counts, shard.by_channel.copy(), shard.by_group.copy(),
                                self._queued, len(shard.engine.table),
-                               shard.engine.models.version)
+                               shard.engine.models.version, self.recovery.get("seconds", 0.0),
+                               len(shard.dirty))
             self._snapshot = await self._on_shard("stats")
 
     # -- control (from the controller) --------------------------------------------------------

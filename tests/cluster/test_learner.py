@@ -44,3 +44,19 @@ def test_a_delta_learned_under_the_previous_catalog_is_carried_over():
     new_row = new.action_index["service_menu"] * n_ch + 1
     assert published.catalog_version == "next"
     assert published.positives[new_row] == 1 and np.sum(published.positives) == 1
+
+
+def test_a_saved_posterior_comes_back_with_a_higher_version_and_only_on_its_catalog():
+    from kairos.cluster.learner import restore_models, save_models
+    c = compile_catalog(load_default_catalog())
+    learner = Learner(c)
+    published = learner.sync(c.version, learned(c, 5, 4), -1)
+    blob = save_models(learner)
+    again = Learner(c)  # a restarted learner
+    assert restore_models(again, blob)
+    assert again.version > published.version
+    assert np.array_equal(again.models.mean, learner.models.mean)
+    assert again.models.positives[5] == 4
+    doc = yaml.safe_load(default_catalog_text())
+    doc["version"] = "other"
+    assert not restore_models(Learner(compile_catalog(load_catalog(yaml.safe_dump(doc)))), blob)
