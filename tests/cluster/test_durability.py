@@ -16,7 +16,7 @@ from kairos.cluster.partitions import partition_of
 from kairos.cluster.shard import MISSING, OK, Shard
 from kairos.cluster.store import DirectoryStore, MemoryStore, StoreUnavailable
 
-from .redis_server import RedisServer
+from bench.redis_server import RedisServer
 from .test_shard import (N_PARTITIONS, T0, Clock, compiled, event, journey, link_steps,  # noqa: F401
                          profile, shard)
 

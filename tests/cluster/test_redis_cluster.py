@@ -17,7 +17,7 @@ from kairos.cluster.ray_api import Unavailable
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
-from .redis_server import RedisServer
+from bench.redis_server import RedisServer
 from .stream import T0, AckedStream
 
 pytestmark = pytest.mark.cluster

@@ -10,7 +10,7 @@ import pytest
 from kairos.cluster.store import (STALE_TMP_S, DirectoryStore, MemoryStore, StoreUnavailable,
                                   open_store)
 
-from .redis_server import RedisServer
+from bench.redis_server import RedisServer
 
 
 @pytest.fixture(scope="module")

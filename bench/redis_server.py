@@ -1,4 +1,5 @@
-"""A real redis-server for the tests, on a free 127.0.0.1 port in a temporary directory."""
+"""A real redis-server on a free 127.0.0.1 port in a folder of its own, for the tests and the
+benches (Debian's redis-server; .ci/run installs it)."""
 from __future__ import annotations
 
 import shutil
@@ -19,14 +20,16 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """redis-server with an append-only file fsynced on every write, as the journal's
-    "fsync" policy needs; `stop()` and `start()` again keep the data (the same directory)."""
+    """redis-server, by default durable as the journal's "fsync" policy needs (an append-only
+    file fsynced on every write; `stop()` and `start()` again keep the data), or, with
+    `durable=False`, a cache without persistence."""
 
-    def __init__(self, directory: Path, port: int | None = None):
+    def __init__(self, directory: Path, port: int | None = None, durable: bool = True):
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not installed (.ci/run installs it)")
         self.directory = directory
         self.port = port or free_port()
+        self.durable = durable
         self.process: subprocess.Popen | None = None
 
     @property
@@ -35,10 +38,12 @@ class RedisServer:
 
     def start(self) -> "RedisServer":
         self.directory.mkdir(parents=True, exist_ok=True)
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable \
+            else ["--appendonly", "no"]
         self.process = subprocess.Popen(
             ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
-             "--dir", str(self.directory), "--appendonly", "yes", "--appendfsync", "always",
-             "--save", "", "--protected-mode", "yes"],
+             "--dir", str(self.directory), *persistence, "--save", "",
+             "--protected-mode", "yes"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port)
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -54,5 +59,11 @@ class RedisServer:
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()
-            self.process.wait(timeout=10)
+            self.process.wait(timeout=30)
             self.process = None
+
+    def __enter__(self) -> "RedisServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

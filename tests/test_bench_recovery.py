@@ -1,0 +1,23 @@
+"""The recovery benchmark runs end to end (quick mode): both stores recover every customer."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_run_recovers_identical_customers_and_writes_reports(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "bench.recovery", "--quick", "--out",
+                          str(tmp_path)], cwd=ROOT, capture_output=True, text=True, check=True,
+                         timeout=300)
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(summary) == {"directory (fsync)", "redis (appendfsync always)"}
+    for figures in summary.values():
+        assert figures["customers"] == 2000 and figures["identical"]
+        assert figures["recovery_s"] > 0
+    report = json.loads(next(tmp_path.glob("recovery-*.json")).read_text())
+    assert all(r["replayed_records"] > 0 for r in report["results"])
+    assert "| store | customers |" in next(tmp_path.glob("recovery-*.md")).read_text()
