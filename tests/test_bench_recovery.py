@@ -2,18 +2,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_quick_run_recovers_identical_customers_and_writes_reports(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "bench.recovery", "--quick", "--out",
-                          str(tmp_path)], cwd=ROOT, capture_output=True, text=True, check=True,
-                         timeout=300)
-    summary = json.loads(out.stdout.strip().splitlines()[-1])
+def test_quick_run_recovers_identical_customers_and_writes_reports(tmp_path, run_bench):
+    summary = run_bench("recovery", tmp_path, "--quick", timeout_s=300)
     assert set(summary) == {"directory (fsync)", "redis (appendfsync always)"}
     for figures in summary.values():
         assert figures["customers"] == 2000 and figures["identical"]

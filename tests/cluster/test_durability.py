@@ -17,8 +17,7 @@ from kairos.cluster.shard import MISSING, OK, Shard
 from kairos.cluster.store import DirectoryStore, MemoryStore, StoreUnavailable
 
 from bench.redis_server import RedisServer
-from .test_shard import (N_PARTITIONS, T0, Clock, compiled, event, journey, link_steps,  # noqa: F401
-                         profile, shard)
+from .test_shard import N_PARTITIONS, T0, Clock, event, journey, link_steps, profile, shard
 
 CUSTOMERS = [f"c{i}" for i in range(24)]
 OFFERED = [("service_menu", "web"), ("cart_recovery_push", "push")]

@@ -14,6 +14,7 @@ import ray
 
 from kairos.cluster.ray_api import Unavailable
 
+from .ray_env import tuned
 from .stream import T0, AckedStream
 
 pytestmark = pytest.mark.cluster
@@ -23,17 +24,11 @@ KILLS = 20
 
 @pytest.fixture(scope="module")
 def ray_local():
-    saved = {k: os.environ.get(k) for k in TUNING}
-    os.environ.update(TUNING)  # the workers Ray starts inherit them
-    ray.init(num_cpus=2, namespace="kairos", include_dashboard=False,
-             object_store_memory=128 * 2**20)
-    yield
-    ray.shutdown()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with tuned(TUNING):
+        ray.init(num_cpus=2, namespace="kairos", include_dashboard=False,
+                 object_store_memory=128 * 2**20)
+        yield
+        ray.shutdown()
 
 
 @pytest.fixture

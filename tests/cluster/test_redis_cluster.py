@@ -3,7 +3,6 @@ redis-server, a gRPC gateway. A node dies and its partitions recover on the othe
 Redis restarts and the shards rebuild; meanwhile Decide answers with the fallback."""
 from __future__ import annotations
 
-import os
 import time
 
 import grpc
@@ -18,6 +17,7 @@ from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
 from bench.redis_server import RedisServer
+from .ray_env import tuned
 from .stream import T0, AckedStream
 
 pytestmark = pytest.mark.cluster
@@ -26,8 +26,11 @@ TUNING = {"KAIROS_RETIRE_GRACE_S": "0.5", "KAIROS_SNAPSHOT_AFTER_S": "1"}
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    saved = {k: os.environ.get(k) for k in TUNING}
-    os.environ.update(TUNING)
+    with tuned(TUNING):
+        yield from _setup(tmp_path_factory)
+
+
+def _setup(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     node_args = {"num_cpus": 1, "object_store_memory": 128 * 2**20}
     cluster = Cluster(initialize_head=True, head_node_args={**node_args,
@@ -49,11 +52,6 @@ def setup(tmp_path_factory):
     ray.shutdown()
     cluster.shutdown()
     server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 def status() -> dict:

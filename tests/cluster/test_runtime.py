@@ -7,7 +7,6 @@ passivation, model sync and a catalog switch under load.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 
 import pytest
@@ -18,6 +17,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from kairos.cluster.client import Busy
 from kairos.core.catalog import default_catalog_text
+
+from .ray_env import tuned
 
 T0 = 1_795_629_600.0  # 2026-11-20T18:00:00Z
 SINK = "kairos-test-sink"
@@ -30,8 +31,11 @@ pytestmark = pytest.mark.cluster
 
 @pytest.fixture(scope="module")
 def cluster():
-    saved = {k: os.environ.get(k) for k in TUNING}
-    os.environ.update(TUNING)  # the Ray nodes started below inherit them
+    with tuned(TUNING):
+        yield from _cluster()
+
+
+def _cluster():
     from kairos.cluster import runtime
     node_args = {"num_cpus": 1, "object_store_memory": 128 * 2**20}
     c = Cluster(initialize_head=True, head_node_args={**node_args, "include_dashboard": False})
@@ -46,11 +50,6 @@ def cluster():
     runtime.stop()
     ray.shutdown()
     c.shutdown()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 @ray.remote(num_cpus=0)

@@ -30,11 +30,6 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(scope="module")
-def compiled():
-    return compile_catalog(load_default_catalog())
-
-
 def shard(compiled, name="s0", partitions=range(N_PARTITIONS), **kw) -> Shard:
     return Shard(name, compiled, partitions, N_PARTITIONS, **kw)
 
