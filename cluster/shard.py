@@ -797,8 +797,9 @@ class Shard:
 
     def snapshot(self, partitions: Iterable[int]) -> int:
         """Write the partitions' snapshots, covering this journal up to its last LSN; the
-        number of customers written."""
-        partitions = list(partitions)
+        number of customers written. Partitions being handed over are left alone: their new
+        owner writes theirs when it adopts them."""
+        partitions = [p for p in partitions if p not in self.leaving]
         lsn, blobs, customers = self.journal.last_lsn, {}, 0
         for p in partitions:
             residents = sorted(self.members.get(p, ()))

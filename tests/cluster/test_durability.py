@@ -244,3 +244,21 @@ def test_blocks_keep_lsns_only_for_their_own_journal(compiled):
     other = shard(compiled, "b")
     blocks.import_block(other.engine, block, "b")
     assert other.engine.table.lsn[other.engine.table.index["ana"]] == 0
+
+
+def test_a_partition_being_handed_over_is_never_snapshotted_by_its_old_owner(compiled):
+    clock = Clock()
+    store = MemoryStore(shared=True)
+    a = shard(compiled, "a", store=store, clock=clock)
+    b = shard(compiled, "b", partitions=[], store=store, clock=clock)
+    p = partition_of("ana", N_PARTITIONS)
+    a.process([event("ana", "app_open", T0), ("forget", p, "bob")])
+    payload = a.freeze([p], version=2)
+    b.adopt(payload, 2)
+    adopted = store.get_snapshot(p)
+    clock.now += 10**6
+    a.tick()  # erase and checkpoint run while the controller has not released p yet
+    a.checkpoint(float("inf"), N_PARTITIONS)
+    assert store.get_snapshot(p) == adopted and blocks.unpack(adopted)["journal"] == "b"
+    a.release([p])
+    assert rebuilt(b, clock).process([profile("ana")])[0][0][1]["events_applied"] == 1
