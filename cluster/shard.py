@@ -120,6 +120,7 @@ class Shard:
         # partition -> (first LSN, time) of its oldest change not yet in a snapshot
         self.dirty: dict[int, tuple[int, float]] = {}
         self._erase: dict[int, set[str]] = {}  # partition -> ids to erase from the journal
+        self._truncated = 0  # the journal holds nothing at or below this LSN that is needed
         self._stored = (-math.inf, 0)  # (when counted, customers with a home in the store)
         self._handlers = {"event": self._events, "fire": self._fires, "decide": self._decisions,
                           "outcome": self._outcomes, "profile": self._profiles,
@@ -824,7 +825,10 @@ class Shard:
         if due:
             self.snapshot(p for _, p in due)
         oldest = min((first for first, _ in self.dirty.values()), default=None)
-        self.journal.truncate(self.journal.last_lsn if oldest is None else oldest - 1)
+        upto = self.journal.last_lsn if oldest is None else oldest - 1
+        if upto > self._truncated:
+            self.journal.truncate(upto)
+            self._truncated = upto
         return len(due)
 
     def erase(self) -> int:
