@@ -27,6 +27,7 @@ from .store import StoreUnavailable
 log = logging.getLogger("kairos.store")
 SOCKET_TIMEOUT_S = 5.0
 REPLAY_PAGE = 256  # journal batches fetched per round trip when replaying
+PIPELINE_BYTES = 16 << 20  # the most data one write to Redis carries
 ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
           redis.exceptions.BusyLoadingError, redis.exceptions.ReadOnlyError,
           redis.exceptions.ResponseError)
@@ -157,8 +158,17 @@ class RedisStore:
 
     @_unavailable("writing snapshots")
     def put_snapshots(self, snapshots: dict[int, bytes]) -> None:
-        if snapshots:
-            self.r.mset({f"{self.prefix}:s:{p}": blob for p, blob in snapshots.items()})
+        """In pipelines of at most PIPELINE_BYTES, so no single exchange outlasts the socket
+        timeout (each snapshot stands alone: a partly written set is still consistent)."""
+        pending, size = {}, 0
+        for p, blob in snapshots.items():
+            pending[f"{self.prefix}:s:{p}"] = blob
+            size += len(blob)
+            if size >= PIPELINE_BYTES:
+                self.r.mset(pending)
+                pending, size = {}, 0
+        if pending:
+            self.r.mset(pending)
 
     @_unavailable("reading a snapshot")
     def get_snapshot(self, partition: int) -> bytes | None:

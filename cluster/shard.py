@@ -61,6 +61,7 @@ NOT_MINE = 0  # the map version in a MOVED answer when this shard never owned th
 IDEMPOTENCY_KEYS_PER_PARTITION = 4096  # recent keys remembered per partition (they move with it)
 SNAPSHOT_FORMAT = 1
 REPLAY_CHUNK = 512  # journal records replayed per round
+SNAPSHOT_WRITE_BYTES = 64 << 20  # snapshots packed before they go to the store
 # records whose third element is the customer they change: its LSN is stamped on the row
 STAMPED = frozenset({"event", "fire", "outcome", "merge", "watch", "forget"})
 
@@ -801,8 +802,8 @@ class Shard:
         number of customers written. Partitions being handed over are left alone: their new
         owner writes theirs when it adopts them."""
         partitions = [p for p in partitions if p not in self.leaving]
-        lsn, blobs, customers = self.journal.last_lsn, {}, 0
-        for p in partitions:
+        lsn, blobs, size, customers = self.journal.last_lsn, {}, 0, 0
+        for i, p in enumerate(partitions):
             residents = sorted(self.members.get(p, ()))
             customers += len(residents)
             blobs[p] = blocks.pack({
@@ -810,7 +811,10 @@ class Shard:
                 "catalog": self.catalog_version, "block": self._export(residents),
                 "keys": list(self.keys.get(p, {}).items()),
                 "directory": self.directory.export([p])})
-        self.store.put_snapshots(blobs)
+            size += len(blobs[p])
+            if size >= SNAPSHOT_WRITE_BYTES or i == len(partitions) - 1:
+                self.store.put_snapshots(blobs)  # bounded: a whole shard is gigabytes
+                blobs, size = {}, 0
         for p in partitions:
             self.dirty.pop(p, None)
         self.counts["snapshots"] += len(partitions)
