@@ -1,0 +1,83 @@
+"""Where the systems under test run: Ray with one or three nodes on this machine, and Kairos
+on it with its gateway steered to the node holding the fewest shards (in three-node mode most
+requests then cross nodes: gateway on one node, the owning shard on another)."""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import ray
+from ray.cluster_utils import Cluster
+
+from kairos.cluster import runtime
+from kairos.cluster.gateway import GatewayActor
+from kairos.cluster.settings import NAMESPACE
+
+ROOT = Path(__file__).resolve().parents[1]
+OBJECT_STORE_BYTES = 256 * 2**20  # per node; the bench moves small messages only
+CPUS_PER_NODE = 1  # three nodes share the 2 cores; one node gets them all
+# Ray's workers import the peers from this checkout; the populated customers must stay
+# resident for the whole run (passivation would turn the test into a store test).
+NODE_ENV = {"KAIROS_PASSIVATE_IDLE_S": "86400"}
+
+
+@contextmanager
+def ray_nodes(n: int) -> Iterator[list[str]]:
+    """Ray with n nodes on this machine; the alive node ids, head first. Everything Ray
+    started is stopped on the way out, whatever happened."""
+    os.environ.update(NODE_ENV)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    quiet = {"namespace": NAMESPACE, "logging_level": "WARNING", "log_to_driver": False}
+    cluster = None
+    try:
+        if n == 1:
+            ray.init(num_cpus=os.cpu_count(), object_store_memory=OBJECT_STORE_BYTES,
+                     include_dashboard=False, **quiet)
+        else:
+            node_args = {"num_cpus": CPUS_PER_NODE, "object_store_memory": OBJECT_STORE_BYTES}
+            cluster = Cluster(initialize_head=True,
+                              head_node_args={**node_args, "include_dashboard": False})
+            for _ in range(n - 1):
+                cluster.add_node(**node_args)
+            cluster.wait_for_nodes()
+            ray.init(address=cluster.address, **quiet)
+        head = ray.get_runtime_context().get_node_id()
+        others = sorted(x["NodeID"] for x in ray.nodes() if x["Alive"] and x["NodeID"] != head)
+        yield [head] + others
+    finally:
+        ray.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
+
+
+@dataclass(frozen=True)
+class Kairos:
+    target: str  # the gateway's host:port
+    gateway_node: str
+    shards_by_node: dict[str, int]
+    crossing_share: float  # partitions owned by shards on another node than the gateway's
+
+
+@contextmanager
+def kairos(n_shards: int) -> Iterator[Kairos]:
+    """The runtime (controller, learner, shards spread over the nodes) and one gateway."""
+    try:
+        runtime.start(n_shards=n_shards)
+        status = ray.get(runtime.controller().status.remote())
+        nodes = sorted(x["NodeID"] for x in ray.nodes() if x["Alive"])
+        shards = Counter(s["placed_on"] for s in status["shards"])
+        # the fewest shards; on a tie not the head, which holds the controller and learner
+        head = ray.get_runtime_context().get_node_id()
+        node = min(nodes, key=lambda x: (shards[x], x == head))
+        gateway = runtime.gateway_actor(GatewayActor, 0, node)
+        port = ray.get(gateway.start.remote("127.0.0.1", 0))
+        crossing = sum(s["partitions"] for s in status["shards"] if s["placed_on"] != node)
+        yield Kairos(f"127.0.0.1:{port}", node, {x: shards[x] for x in nodes},
+                     round(crossing / status["partitions"], 3))
+    finally:
+        runtime.stop()
