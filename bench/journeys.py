@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,10 +36,19 @@ PATH: tuple[tuple[str, str, tuple[tuple[str, int], ...]], ...] = (
 )
 EVENTS_PER_VISIT = (1, 3)  # events a session sends in each channel, inclusive range
 DECIDE, EVENT, RESPOND = "decide", "event", "respond"
+PROFILE_EVENT = "profile_updated"  # what a CRM sends for each customer it knows
+TIERS = ("none", "none", "silver", "gold", "platinum")
+CONSENTS = ("marketing_opt_in", "email_opt_in", "push_opt_in")
+CONSENT_SHARE = 0.6
 
 
 def customer_id(index: int) -> str:
     return f"c{index:07d}"
+
+
+def profile_attributes(rng: random.Random) -> dict[str, Any]:
+    """A CRM profile: a loyalty tier and consents."""
+    return {"tier": rng.choice(TIERS), **{c: rng.random() < CONSENT_SHARE for c in CONSENTS}}
 
 
 class Zipf:
@@ -154,5 +164,4 @@ class Journeys:
 
 
 def _now() -> float:
-    import time
     return time.time()

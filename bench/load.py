@@ -38,7 +38,7 @@ from .loadgen import GeneratorPool, Step
 from .peers import actor_per_customer, floor, redis_peer
 from .peers.serving import in_process, in_ray_actor
 from .sweep import holds, sweep
-from .systems import kairos, ray_nodes
+from .systems import kairos, populate, ray_nodes
 
 RESULTS = Path(__file__).parent / "results"
 PUSH_WARMUP_S = 1.5  # the watch must be registered before measured probes go out
@@ -131,9 +131,7 @@ class Bench:
             self.results["layout"][name] = asdict(system)
             with tqdm(total=self.plan.customers, desc=f"{name} populate", unit="customer",
                       leave=False) as bar:
-                populate = self.pool.run(self.step(system.target, "populate", 0.0),
-                                         on_progress=bar.update)
-            self.results["populate"][name] = populate
+                self.results["populate"][name] = populate(self.plan.customers, bar.update)
             self.decide_sweep(name, system.target)
             self.results["ingest"][name] = sweep(
                 self.pool, name, lambda rate: self.step(system.target, "stream", rate),

@@ -11,25 +11,22 @@ goes into HdrHistograms, which the parent merges across processes (encode/decode
 Operations (`Step.op`):
   decide, ingest, journey  unary calls: decisions, events (each asking for the re-evaluated
                            decision), or whole sessions (events, decisions and outcomes)
-  stream                   events on one IngestStream per process; an ack's latency is taken
-                           from its event's intended send time
+  stream                   events on STREAMS_PER_PROCESS IngestStreams per process; an ack's
+                           latency is taken from its event's intended send time
   push                     a channel-wide WatchDecisions stream on the call center; events
                            for fresh customers on the web; latency = push received − intended
                            send time of the event that caused it
-  populate                 one profile event per customer on IngestStream, as fast as the
-                           stream's window allows (closed loop: a bulk load, not a latency test)
 """
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 import multiprocessing
-import queue
 import random
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, NamedTuple
+from typing import Any, AsyncIterator, NamedTuple
 
 import grpc
 from hdrh.histogram import HdrHistogram
@@ -49,10 +46,15 @@ LATE_SEND_MS = 5.0
 BEHIND_SHARE = 0.01  # above this share of late sends a step is flagged "generator behind"
 START_DELAY_S = 0.5  # between submitting a step and its first intended send
 CONNECT_TIMEOUT_S = 10.0
-PROGRESS_EVERY = 2000  # populate: acks between progress reports to the parent
+# IngestStreams each process keeps open: a high-volume channel spreads its events over a few
+# streams, and one stream's acks are written one after another.
+STREAMS_PER_PROCESS = 4
 PUSH_CHANNEL, PUSH_PLACEMENT = "call_center", "agent_screen"  # where pushes are watched
 PROBE_CHANNEL, PROBE_PLACEMENT = "web", "hero"  # where push probes' events come from
 NO_PUSH = "NO_PUSH"  # error "code" for a probe whose push never came
+# Before each step: sequential Decide probes until SETTLE_PROBES in a row answer within
+# SETTLE_MS, so queues an overloaded step left behind do not count against the next one.
+SETTLE_MS, SETTLE_PROBES, SETTLE_TIMEOUT_S = 20.0, 3, 120.0
 
 OPS = {"decide": frozenset({DECIDE}), "ingest": frozenset({EVENT}),
        "journey": frozenset({DECIDE, EVENT, RESPOND}), "stream": frozenset({EVENT})}
@@ -67,7 +69,7 @@ class Step:
     rate_per_s: float  # intended sends per second, all processes together
     warmup_s: float  # sent but not recorded: connections, caches and JITs settle
     measure_s: float
-    customers: int  # populate: how many; others: the Zipf population
+    customers: int  # the Zipf population
     seed: int = 0
 
 
@@ -191,45 +193,56 @@ class GeneratorPool:
 
     def __init__(self, processes: int):
         self.processes = processes
-        context = multiprocessing.get_context("spawn")
-        self._progress = context.Queue()
         self._pool = concurrent.futures.ProcessPoolExecutor(
-            processes, mp_context=context, initializer=_init, initargs=(self._progress,))
+            processes, mp_context=multiprocessing.get_context("spawn"), initializer=_init)
         # spawn and import in every process now, not inside the first step
         for future in [self._pool.submit(_ready) for _ in range(processes)]:
             future.result()
 
-    def run(self, step: Step, on_progress: Callable[[int], None] | None = None) -> dict:
-        """Run a step on every process; the merged summary (and the merged recorder)."""
+    def run(self, step: Step) -> dict:
+        """Settle the system, run a step on every process; the merged summary."""
+        settled_s = settle(step.target)
         start_at = time.time() + START_DELAY_S
         futures = [self._pool.submit(_run_step, step, i, self.processes, start_at)
                    for i in range(self.processes)]
-        while not all(f.done() for f in futures):
-            try:
-                count = self._progress.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if on_progress is not None:
-                on_progress(count)
         merged = Recorder()
         for future in futures:
             merged.add(future.result())
         return {"op": step.op, "rate_target": step.rate_per_s, "processes": self.processes,
-                **merged.summary()}
+                "settled_s": settled_s, **merged.summary()}
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def settle(target: str) -> float:
+    """Wait until the system answers Decide fast again; the seconds it took."""
+    started = time.perf_counter()
+    probe = pb.DecideRequest(customer_id=customer_id(0), channel=PROBE_CHANNEL)
+    with grpc.insecure_channel(target) as channel:
+        decide = decision_pb2_grpc.DecisionServiceStub(channel).Decide
+        fast = 0
+        while fast < SETTLE_PROBES:
+            if time.perf_counter() - started > SETTLE_TIMEOUT_S:
+                raise TimeoutError(f"{target} did not settle in {SETTLE_TIMEOUT_S:.0f} s")
+            sent = time.perf_counter()
+            try:
+                decide(probe, timeout=CONNECT_TIMEOUT_S)
+            except grpc.RpcError:  # busy, or still starting: probe again shortly
+                fast = 0
+                time.sleep(0.1)
+                continue
+            fast = fast + 1 if (time.perf_counter() - sent) * 1e3 <= SETTLE_MS else 0
+    return round(time.perf_counter() - started, 2)
+
+
 # -- the generator process's side ----------------------------------------------------------------
 
-_PROGRESS: Any = None
 _CATALOG: Catalog | None = None
 
 
-def _init(progress) -> None:
-    global _PROGRESS, _CATALOG
-    _PROGRESS = progress
+def _init() -> None:
+    global _CATALOG
     _CATALOG = load_default_catalog()
 
 
@@ -253,12 +266,15 @@ async def _step(step: Step, index: int, processes: int, start_at: float) -> dict
         t0 = time.perf_counter() + (start_at - time.time())
         schedule = _Schedule(step.rate_per_s / processes, t0, step.warmup_s, step.measure_s,
                              random.Random(seed), recorder)
-        if step.op == "populate":
-            await _populate(stub, range(index, step.customers, processes), recorder)
-        elif step.op == "push":
+        if step.op == "push":
             await _push(stub, schedule, seed, recorder)
         elif step.op == "stream":
-            await _stream(stub, schedule, Journeys(_CATALOG, step.customers, seed), recorder)
+            await asyncio.gather(*(
+                _stream(stub, _Schedule(step.rate_per_s / processes / STREAMS_PER_PROCESS, t0,
+                                        step.warmup_s, step.measure_s,
+                                        random.Random(seed * 100 + k), recorder),
+                        Journeys(_CATALOG, step.customers, seed * 100 + k), recorder)
+                for k in range(STREAMS_PER_PROCESS)))
         else:
             await _unary(stub, schedule, Journeys(_CATALOG, step.customers, seed), OPS[step.op],
                          recorder)
@@ -373,34 +389,6 @@ async def _stream(stub, schedule: _Schedule, journeys: Journeys, recorder: Recor
     except grpc.aio.AioRpcError as exc:  # the stream ended: every unacked event failed
         while inflight:
             stats.answered(inflight.popleft(), exc.code().name)
-
-
-async def _populate(stub, indexes: range, recorder: Recorder) -> None:
-    """One CRM profile event per customer, streamed; counts acks and reports progress."""
-    rng = random.Random(indexes.start)
-    tiers = ("none", "none", "silver", "gold", "platinum")
-
-    async def events() -> AsyncIterator[pb.Event]:
-        for i in indexes:
-            event = pb.Event(customer_id=customer_id(i), type="profile_updated")
-            event.attributes["tier"].string_value = rng.choice(tiers)
-            for consent in ("marketing_opt_in", "email_opt_in", "push_opt_in"):
-                event.attributes[consent].bool_value = rng.random() < 0.6
-            yield event
-
-    stats = recorder.kind(EVENT)
-    started = time.perf_counter()
-    acked = 0
-    try:
-        async for _ in stub.IngestStream(events()):
-            acked += 1
-            if acked % PROGRESS_EVERY == 0:
-                _PROGRESS.put(PROGRESS_EVERY)
-    except grpc.aio.AioRpcError as exc:
-        stats.errors[exc.code().name] += len(indexes) - acked
-    _PROGRESS.put(acked % PROGRESS_EVERY)
-    stats.ok = acked
-    recorder.seconds = time.perf_counter() - started
 
 
 async def _push(stub, schedule: _Schedule, seed: int, recorder: Recorder) -> None:

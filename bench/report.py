@@ -119,9 +119,9 @@ def markdown(results: dict[str, Any]) -> str:
     if results["ingest"]:
         lines += ["## Ingest on IngestStream (each event re-evaluates the customer)", "",
                   _steps_table(results["ingest"]), "",
-                  "Bulk load (populate, one profile event per customer, closed loop): " +
-                  "; ".join(f"{name} {p['kinds']['event']['ok']:,} events at "
-                            f"{p['kinds']['event']['rate']:,.0f}/s"
+                  "Bulk load before the measurements (one CRM profile event per customer "
+                  "through the runtime client, not the gateway): " +
+                  "; ".join(f"{name} {p['events']:,} events at {p['rate']:,.0f}/s"
                             for name, p in results["populate"].items()), ""]
     if results["journey"]:
         lines += ["## Sessions across channels (decide, ingest, respond mixed)", "",

@@ -3,19 +3,25 @@ on it with its gateway steered to the node holding the fewest shards (in three-n
 requests then cross nodes: gateway on one node, the owning shard on another)."""
 from __future__ import annotations
 
+import asyncio
 import os
+import random
+import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import ray
 from ray.cluster_utils import Cluster
 
 from kairos.cluster import runtime
+from kairos.cluster.client import KairosClient
 from kairos.cluster.gateway import GatewayActor
 from kairos.cluster.settings import NAMESPACE
+
+from .journeys import PROFILE_EVENT, customer_id, profile_attributes
 
 ROOT = Path(__file__).resolve().parents[1]
 OBJECT_STORE_BYTES = 256 * 2**20  # per node; the bench moves small messages only
@@ -23,6 +29,9 @@ CPUS_PER_NODE = 1  # three nodes share the 2 cores; one node gets them all
 # Ray's workers import the peers from this checkout; the populated customers must stay
 # resident for the whole run (passivation would turn the test into a store test).
 NODE_ENV = {"KAIROS_PASSIVATE_IDLE_S": "86400"}
+POPULATE_INFLIGHT = 4096  # events the bulk load keeps in flight
+POPULATE_PROGRESS_EVERY = 1000
+POPULATE_SEED = 11
 
 
 @contextmanager
@@ -53,6 +62,47 @@ def ray_nodes(n: int) -> Iterator[list[str]]:
         ray.shutdown()
         if cluster is not None:
             cluster.shutdown()
+
+
+def populate(customers: int, on_progress: Callable[[int], None]) -> dict[str, float]:
+    """Every customer's CRM profile, through the runtime client: a bulk load that bypasses
+    the gateway (it is not what the run measures); its events per second."""
+    client = runtime.connect()
+    try:
+        started = time.perf_counter()
+        client.submit(_populate(client.client, customers, on_progress)).result()
+        seconds = time.perf_counter() - started
+    finally:
+        client.close()
+    return {"events": customers, "seconds": round(seconds, 1),
+            "rate": round(customers / seconds, 1)}
+
+
+async def _populate(client: KairosClient, customers: int,
+                    on_progress: Callable[[int], None]) -> None:
+    rng = random.Random(POPULATE_SEED)
+    slots = asyncio.Semaphore(POPULATE_INFLIGHT)
+    now = time.time()
+    done = reported = 0
+
+    async def one(i: int) -> None:
+        nonlocal done, reported
+        try:
+            await client.ingest(customer_id(i), PROFILE_EVENT, now, profile_attributes(rng))
+        finally:
+            slots.release()
+            done += 1
+            if done - reported >= POPULATE_PROGRESS_EVERY or done == customers:
+                on_progress(done - reported)
+                reported = done
+
+    tasks = set()
+    for i in range(customers):
+        await slots.acquire()
+        task = asyncio.ensure_future(one(i))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    await asyncio.gather(*tasks)
 
 
 @dataclass(frozen=True)

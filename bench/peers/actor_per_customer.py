@@ -10,6 +10,7 @@ hosts, so its latency and throughput are measured, not assumed.
 from __future__ import annotations
 
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -23,11 +24,9 @@ from kairos.core.engine import Decision, DecisionEngine
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
-from ..journeys import customer_id
+from ..journeys import PROFILE_EVENT, customer_id, profile_attributes
 
 NAMESPACE = "kairos-bench"
-PROFILE_EVENT, PROFILE_ATTRIBUTES = "profile_updated", {"tier": "silver",
-                                                       "marketing_opt_in": True}
 CREATE_TIMEOUT_S = 600.0
 
 
@@ -39,7 +38,7 @@ class CustomerActor:
         self.customer = customer
         self.engine = DecisionEngine(compile_catalog(load_default_catalog()), capacity=1)
         self.engine.apply([self.engine.encode_event(customer, PROFILE_EVENT, time.time(),
-                                                    PROFILE_ATTRIBUTES)])
+                                                    profile_attributes(random.Random(customer)))])
 
     def pid(self) -> int:
         return os.getpid()
