@@ -264,20 +264,22 @@ async def _step(step: Step, index: int, processes: int, start_at: float) -> dict
         seed = step.seed * 1_000 + index
         # the process's clock for the shared start time
         t0 = time.perf_counter() + (start_at - time.time())
-        schedule = _Schedule(step.rate_per_s / processes, t0, step.warmup_s, step.measure_s,
-                             random.Random(seed), recorder)
+
+        def schedule(lane: int = 0, lanes: int = 1) -> _Schedule:
+            """This process's share of the step's arrivals, split over `lanes`."""
+            return _Schedule(step.rate_per_s / processes / lanes, t0, step.warmup_s,
+                             step.measure_s, random.Random(seed * 100 + lane), recorder)
+
         if step.op == "push":
-            await _push(stub, schedule, seed, recorder)
+            await _push(stub, schedule(), seed, recorder)
         elif step.op == "stream":
             await asyncio.gather(*(
-                _stream(stub, _Schedule(step.rate_per_s / processes / STREAMS_PER_PROCESS, t0,
-                                        step.warmup_s, step.measure_s,
-                                        random.Random(seed * 100 + k), recorder),
+                _stream(stub, schedule(k, STREAMS_PER_PROCESS),
                         Journeys(_CATALOG, step.customers, seed * 100 + k), recorder)
                 for k in range(STREAMS_PER_PROCESS)))
         else:
-            await _unary(stub, schedule, Journeys(_CATALOG, step.customers, seed), OPS[step.op],
-                         recorder)
+            await _unary(stub, schedule(), Journeys(_CATALOG, step.customers, seed),
+                         OPS[step.op], recorder)
         return recorder.encode()
     finally:
         await channel.close()
@@ -308,18 +310,42 @@ class _Schedule:
             yield self.recorder.sending(t, t >= self.warm_end)
 
 
+class _Inflight:
+    """Calls sent and not answered yet: the open loop never waits for them to send more."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task] = set()
+
+    def start(self, call) -> None:
+        task = asyncio.ensure_future(call)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait for the answers still due (past their deadline they are errors anyway)."""
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=DEADLINE_S + 1.0)
+
+
+async def _answer(recorder: Recorder, kind: str, send: Send, call) -> Any:
+    """Await a unary call and record it; the reply, or None after an error status."""
+    try:
+        reply = await call
+    except grpc.aio.AioRpcError as exc:
+        recorder.kind(kind).answered(send, exc.code().name)
+        return None
+    recorder.kind(kind).answered(send, fallback=kind == DECIDE and reply.fallback)
+    return reply
+
+
 async def _unary(stub, schedule: _Schedule, journeys: Journeys, kinds: frozenset[str],
                  recorder: Recorder) -> None:
     calls = {DECIDE: _decide, EVENT: _ingest, RESPOND: _respond}
-    pending: set[asyncio.Task] = set()
+    inflight = _Inflight()
     async for send in schedule:
         request = journeys.next(kinds)
-        task = asyncio.ensure_future(calls[request.kind](stub, request, journeys, send,
-                                                         recorder))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
-    if pending:
-        await asyncio.wait(pending, timeout=DEADLINE_S + 1.0)
+        inflight.start(calls[request.kind](stub, request, journeys, send, recorder))
+    await inflight.drain()
 
 
 async def _decide(stub, request: Request, journeys: Journeys, send: Send,
@@ -328,14 +354,10 @@ async def _decide(stub, request: Request, journeys: Journeys, send: Send,
                                placement=request.placement)
     for name, value in request.context.items():
         message.context[name].CopyFrom(wire.value_out(value))
-    try:
-        decision = await stub.Decide(message, timeout=DEADLINE_S)
-    except grpc.aio.AioRpcError as exc:
-        recorder.kind(DECIDE).answered(send, exc.code().name)
-        return
-    recorder.kind(DECIDE).answered(send, fallback=decision.fallback)
-    journeys.decided(request, decision.decision_id,
-                     decision.actions[0].action_id if decision.actions else None)
+    decision = await _answer(recorder, DECIDE, send, stub.Decide(message, timeout=DEADLINE_S))
+    if decision is not None:
+        journeys.decided(request, decision.decision_id,
+                         decision.actions[0].action_id if decision.actions else None)
 
 
 def _event(request: Request) -> pb.Event:
@@ -350,12 +372,7 @@ def _event(request: Request) -> pb.Event:
 
 async def _ingest(stub, request: Request, journeys: Journeys, send: Send,
                   recorder: Recorder) -> None:
-    try:
-        await stub.Ingest(_event(request), timeout=DEADLINE_S)
-    except grpc.aio.AioRpcError as exc:
-        recorder.kind(EVENT).answered(send, exc.code().name)
-        return
-    recorder.kind(EVENT).answered(send)
+    await _answer(recorder, EVENT, send, stub.Ingest(_event(request), timeout=DEADLINE_S))
 
 
 async def _respond(stub, request: Request, journeys: Journeys, send: Send,
@@ -363,12 +380,7 @@ async def _respond(stub, request: Request, journeys: Journeys, send: Send,
     outcome = pb.Outcome(decision_id=request.decision_id, customer_id=request.customer_id,
                          action_id=request.action_id, channel=request.channel,
                          outcome=pb.ACCEPT if request.accept else pb.IMPRESSION)
-    try:
-        await stub.Respond(outcome, timeout=DEADLINE_S)
-    except grpc.aio.AioRpcError as exc:
-        recorder.kind(RESPOND).answered(send, exc.code().name)
-        return
-    recorder.kind(RESPOND).answered(send)
+    await _answer(recorder, RESPOND, send, stub.Respond(outcome, timeout=DEADLINE_S))
 
 
 async def _stream(stub, schedule: _Schedule, journeys: Journeys, recorder: Recorder) -> None:
@@ -407,18 +419,15 @@ async def _push(stub, schedule: _Schedule, seed: int, recorder: Recorder) -> Non
 
     reader = asyncio.ensure_future(follow())
     journeys = Journeys(_CATALOG, 1, seed)
-    pending: set[asyncio.Task] = set()
+    inflight = _Inflight()
     n = 0
     async for send in schedule:
         probe = f"probe-{seed}-{n}"
         n += 1
         waiting[probe] = send
         request = journeys.event(probe, PROBE_CHANNEL, PROBE_PLACEMENT)
-        task = asyncio.ensure_future(_ingest(stub, request, journeys, send, recorder))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
-    if pending:
-        await asyncio.wait(pending, timeout=DEADLINE_S + 1.0)
+        inflight.start(_ingest(stub, request, journeys, send, recorder))
+    await inflight.drain()
     await asyncio.sleep(DEADLINE_S)  # pushes still on their way
     watch.cancel()
     reader.cancel()

@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+from matplotlib import ticker  # noqa: E402
 
 from .sweep import P99_TARGET_MS, headline  # noqa: E402
 
@@ -228,6 +229,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("answered decisions / s")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+            axis.set_minor_formatter(ticker.NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("latency from intended send (ms)")
     axes[-1].legend(fontsize="small")
