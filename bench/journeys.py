@@ -85,6 +85,7 @@ class Request:
     decision_id: str = ""
     action_id: str = ""
     accept: bool = False
+    session: "_Session | None" = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -93,7 +94,7 @@ class _Session:
     hop: int = 0  # index into PATH
     events_left: int = 0
     decided: bool = False
-    shown: tuple[str, str] | None = None  # (decision_id, action_id) to respond to
+    shown: tuple[str, str, str] | None = None  # (decision_id, action_id, channel) shown
 
 
 class Journeys:
@@ -123,12 +124,10 @@ class Journeys:
                 return request
 
     def decided(self, request: Request, decision_id: str, action_id: str | None) -> None:
-        """The channel showed this decision's best action (if any): respond to it next."""
-        for session in self._sessions:
-            if session.customer_id == request.customer_id and not session.shown:
-                if action_id:
-                    session.shown = (decision_id, action_id)
-                return
+        """The channel showed this decision's best action (if any): its session reports an
+        outcome for it next (unless the session moved on before the answer came)."""
+        if action_id and request.session is not None and request.session.shown is None:
+            request.session.shown = (decision_id, action_id, request.channel)
 
     def _advance(self, i: int) -> Request | None:
         """One step of session i: its channel's events, then a decision, then an outcome for
@@ -141,7 +140,8 @@ class Journeys:
         if not session.decided:
             session.decided = True
             return Request(DECIDE, session.customer_id, channel, placement,
-                           context=random_context(self.catalog, self._rng, _now()))
+                           context=random_context(self.catalog, self._rng, _now()),
+                           session=session)
         shown, session.shown = session.shown, None
         if session.hop + 1 < len(PATH):
             session.hop += 1
@@ -150,8 +150,9 @@ class Journeys:
             self._sessions[i] = self._new_session()
         if shown is None:
             return None
-        return Request(RESPOND, session.customer_id, channel, decision_id=shown[0],
-                       action_id=shown[1], accept=self._rng.random() < ACCEPT_SHARE)
+        decision_id, action_id, shown_on = shown
+        return Request(RESPOND, session.customer_id, shown_on, decision_id=decision_id,
+                       action_id=action_id, accept=self._rng.random() < ACCEPT_SHARE)
 
     def event(self, customer: str, channel: str, placement: str,
               mix: tuple[tuple[str, int], ...] = PATH[0][2]) -> Request:

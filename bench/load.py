@@ -25,9 +25,10 @@ import platform
 import signal
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -53,7 +54,7 @@ class Plan:
     measure_s: float
     decide_rates: tuple[float, ...]  # per second, the sweep's ladder
     stream_rates: tuple[float, ...]  # events per second on IngestStream
-    journey_rate: float  # mixed sessions: decisions, events and outcomes per second
+    journey_rate: float  # mixed sessions per second, at most (see Bench.kairos)
     push_rate: float  # push probes per second
     actors: int  # the literal card's customer actors
     shards: int
@@ -77,7 +78,7 @@ class Bench:
         self.plan = plan
         self.results: dict[str, Any] = {"systems": {}, "ingest": {}, "populate": {},
                                         "journey": {}, "push": {}, "ray_call": {},
-                                        "layout": {}}
+                                        "layout": {}, "failures": []}
 
     def step(self, target: str, op: str, rate: float, customers: int | None = None,
              warmup_s: float | None = None) -> Step:
@@ -90,16 +91,28 @@ class Bench:
             self.plan.decide_rates)
 
     def run(self) -> dict[str, Any]:
-        with in_process(floor.EmptyDecisions) as target:
-            self.decide_sweep("floor-grpc", target)
-        self.redis()
+        self.phase("floor-grpc", self.grpc_floor)
+        self.phase("redis", self.redis)
         for mode in self.plan.modes:
             with ray_nodes(mode) as nodes:
-                self.ray_floor(mode, nodes)
-                self.kairos(mode)
+                self.phase(f"floor-ray-{mode}node", self.ray_floor, mode, nodes)
+                self.phase(f"kairos-{mode}node", self.kairos, mode)
                 if mode == 1:
-                    self.actors(nodes[0])
+                    self.phase("actors", self.actors, nodes[0])
         return self.results
+
+    def phase(self, name: str, work: Callable[..., None], *args: Any) -> None:
+        """Run one phase; a failure is reported (and fails the run) but does not cost the
+        other phases' measurements."""
+        try:
+            work(*args)
+        except Exception as exc:  # noqa: BLE001  (reported below, and in the report)
+            traceback.print_exc()
+            self.results["failures"].append({"phase": name, "error": repr(exc)})
+
+    def grpc_floor(self) -> None:
+        with in_process(floor.EmptyDecisions) as target:
+            self.decide_sweep("floor-grpc", target)
 
     def redis(self) -> None:
         server = redis_peer.RedisServer()
@@ -136,8 +149,12 @@ class Bench:
             self.results["ingest"][name] = sweep(
                 self.pool, name, lambda rate: self.step(system.target, "stream", rate),
                 self.plan.stream_rates)
-            self.results["journey"][name] = self.pool.run(
-                self.step(system.target, "journey", self.plan.journey_rate))
+            # sessions at the highest Decide rate that held (at most the plan's rate): what
+            # each kind of call costs when the system is busy but not past its limit
+            held = self.results["systems"][name]["max_rate_target_held"]
+            self.results["journey"][name] = self.pool.run(self.step(
+                system.target, "journey",
+                min(held or self.plan.decide_rates[0], self.plan.journey_rate)))
             push = self.pool.run(self.step(system.target, "push", self.plan.push_rate,
                                            warmup_s=max(self.plan.warmup_s, PUSH_WARMUP_S)))
             push["holds"] = holds(push, "push", report.PUSH_P99_TARGET_MS)
@@ -202,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                     "cpus": os.cpu_count(), "ray": ray.__version__}})
     summary = report.write(results, args.out)
     print(json.dumps(summary))
-    return 0
+    return 1 if results["failures"] else 0
 
 
 if __name__ == "__main__":

@@ -215,8 +215,9 @@ class GeneratorPool:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def settle(target: str) -> float:
-    """Wait until the system answers Decide fast again; the seconds it took."""
+def settle(target: str) -> float | None:
+    """Wait until the system answers Decide fast again; the seconds it took, or None if it
+    did not within SETTLE_TIMEOUT_S (the step then runs anyway, and its report says so)."""
     started = time.perf_counter()
     probe = pb.DecideRequest(customer_id=customer_id(0), channel=PROBE_CHANNEL)
     with grpc.insecure_channel(target) as channel:
@@ -224,7 +225,7 @@ def settle(target: str) -> float:
         fast = 0
         while fast < SETTLE_PROBES:
             if time.perf_counter() - started > SETTLE_TIMEOUT_S:
-                raise TimeoutError(f"{target} did not settle in {SETTLE_TIMEOUT_S:.0f} s")
+                return None
             sent = time.perf_counter()
             try:
                 decide(probe, timeout=CONNECT_TIMEOUT_S)

@@ -41,7 +41,8 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
         "ingest": {name: headline(r) for name, r in results["ingest"].items()},
         "push": {name: _figures(step, "push") for name, step in results["push"].items()},
         "targets_met": f"{sum(t['met'] for t in results['targets'])}"
-                       f"/{len(results['targets'])}"}
+                       f"/{len(results['targets'])}",
+        "failures": [f["phase"] for f in results["failures"]]}
 
 
 def _figures(step: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -160,6 +161,9 @@ def markdown(results: dict[str, Any]) -> str:
                      f"another node than the gateway (≈ the share of requests crossing nodes).")
     if "redis_used_mib" in results:
         lines.append(f"Redis peer: {results['redis_used_mib']} MiB used in redis-server.")
+    if results["failures"]:
+        lines += ["", "## Phases that failed (their figures are missing)", ""]
+        lines += [f"- {f['phase']}: `{f['error']}`" for f in results["failures"]]
     lines += ["", "## Targets", "",
               _table(["target", "system", "measured", "target", "met"],
                      [[t["target"], t["system"], "—" if t["value"] is None else f"{t['value']:g}",
@@ -199,7 +203,8 @@ def _steps_table(sweeps: dict[str, Any]) -> str:
                          *_percentiles(stats), _errors(stats),
                          f"{generator['lag_p99_ms']:.2f}" + (" behind" if generator["behind"]
                                                              else ""),
-                         "yes" if step["holds"] else "no"])
+                         ("yes" if step["holds"] else "no")
+                         + (" (began unsettled)" if step["settled_s"] is None else "")])
     return _table(["system", "intended /s", "answered /s", "p50", "p99", "p99.9", "max",
                    "errors", "generator lag p99", "holds"], rows)
 

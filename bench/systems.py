@@ -45,8 +45,10 @@ def ray_nodes(n: int) -> Iterator[list[str]]:
     cluster = None
     try:
         if n == 1:
-            ray.init(num_cpus=os.cpu_count(), object_store_memory=OBJECT_STORE_BYTES,
-                     include_dashboard=False, **quiet)
+            # "local": a new Ray of our own, even when another one runs on this machine
+            # (ray.init would otherwise join it)
+            ray.init(address="local", num_cpus=os.cpu_count(),
+                     object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False, **quiet)
         else:
             node_args = {"num_cpus": CPUS_PER_NODE, "object_store_memory": OBJECT_STORE_BYTES}
             cluster = Cluster(initialize_head=True,
