@@ -4,12 +4,11 @@ A session is one customer's visit across channels in the order the seeds describ
 the app, then the call center, then email. In each channel the customer produces a few events
 drawn from that channel's mix in the default catalog, the channel asks for a decision, and it
 reports an outcome for what it showed. Customers are drawn from a bounded Zipf distribution
-(a few very active customers, a long tail), so hot customers and partitions exist as in
-production; ranks are scattered over customer ids so the hot ones do not share a partition.
+(a few very active customers, a long tail), so hot customers exist as in production; Kairos
+hashes customer ids to partitions, so the hot ones land on different shards.
 """
 from __future__ import annotations
 
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from kairos.core.catalog import Catalog
 
 from .workload import random_context, random_value
 
-ZIPF_EXPONENT = 1.0  # s of the bounded Zipf popularity: rank r is drawn ∝ 1 / r**s
+ZIPF_EXPONENT = 0.99  # s of the bounded Zipf popularity (rank r drawn ∝ 1 / r**s; YCSB's)
 ACTIVE_SESSIONS = 64  # sessions one generator interleaves
 ACCEPT_SHARE = 0.1  # outcomes that are accepts; the rest are impressions
 # The channels a session crosses, the placement each asks a decision for, and its event mix
@@ -52,22 +51,19 @@ def profile_attributes(rng: random.Random) -> dict[str, Any]:
 
 
 class Zipf:
-    """Bounded Zipf over customer indexes 0..n-1, seeded; rank r maps to index (r·k) mod n
-    with k coprime to n, which scatters popular customers over the id space."""
+    """Bounded Zipf over customer indexes 0..n-1 (index 0 the most popular), seeded."""
 
     def __init__(self, n: int, rng: np.random.Generator, exponent: float = ZIPF_EXPONENT):
         weights = 1.0 / np.arange(1, n + 1, dtype=np.float64) ** exponent
         self._cdf = np.cumsum(weights / weights.sum())
         self._n = n
-        self._stride = next(k for k in range(max(n // 2 + 1, 1), 2 * n + 2)
-                            if math.gcd(k, n) == 1)
         self._rng = rng
         self._pending: list[int] = []
 
     def draw(self) -> int:
         if not self._pending:  # sample in blocks: one searchsorted per 4096 draws
             ranks = np.searchsorted(self._cdf, self._rng.random(4096), side="right")
-            self._pending = ((np.minimum(ranks, self._n - 1) * self._stride) % self._n).tolist()
+            self._pending = np.minimum(ranks, self._n - 1).tolist()
         return self._pending.pop()
 
 
@@ -119,8 +115,8 @@ class Journeys:
     def next(self, kinds: frozenset[str]) -> Request:
         while True:
             i = self._rng.randrange(len(self._sessions))
-            request = self._advance(i)
-            if request is not None and request.kind in kinds:
+            request = self._advance(i, kinds)
+            if request is not None:
                 return request
 
     def decided(self, request: Request, decision_id: str, action_id: str | None) -> None:
@@ -129,26 +125,28 @@ class Journeys:
         if action_id and request.session is not None and request.session.shown is None:
             request.session.shown = (decision_id, action_id, request.channel)
 
-    def _advance(self, i: int) -> Request | None:
+    def _advance(self, i: int, kinds: frozenset[str]) -> Request | None:
         """One step of session i: its channel's events, then a decision, then an outcome for
-        what was shown; then the next channel, or a new session after the last one."""
+        what was shown; then the next channel, or a new session after the last one. The
+        request, if it is of one of these kinds (the others are skipped, not built)."""
         session = self._sessions[i]
         channel, placement, mix = PATH[session.hop]
         if session.events_left:
             session.events_left -= 1
-            return self.event(session.customer_id, channel, placement, mix)
+            return self.event(session.customer_id, channel, placement, mix) \
+                if EVENT in kinds else None
         if not session.decided:
             session.decided = True
             return Request(DECIDE, session.customer_id, channel, placement,
                            context=random_context(self.catalog, self._rng, _now()),
-                           session=session)
+                           session=session) if DECIDE in kinds else None
         shown, session.shown = session.shown, None
         if session.hop + 1 < len(PATH):
             session.hop += 1
             self._visit(session)
         else:
             self._sessions[i] = self._new_session()
-        if shown is None:
+        if shown is None or RESPOND not in kinds:
             return None
         decision_id, action_id, shown_on = shown
         return Request(RESPOND, session.customer_id, shown_on, decision_id=decision_id,

@@ -56,6 +56,7 @@ NO_PUSH = "NO_PUSH"  # error "code" for a probe whose push never came
 # SETTLE_MS, so queues an overloaded step left behind do not count against the next one.
 SETTLE_MS, SETTLE_PROBES, SETTLE_TIMEOUT_S = 20.0, 3, 120.0
 
+PERCENTILES = (("50", 50.0), ("90", 90.0), ("99", 99.0), ("99_9", 99.9))  # (key, percent)
 OPS = {"decide": frozenset({DECIDE}), "ingest": frozenset({EVENT}),
        "journey": frozenset({DECIDE, EVENT, RESPOND}), "stream": frozenset({EVENT})}
 
@@ -176,9 +177,6 @@ class Recorder:
                               "lag_max_ms": _ms(self.lag.get_max_value()),
                               "late_share": round(late_share, 4),
                               "behind": late_share > BEHIND_SHARE}}
-
-
-PERCENTILES = (("50", 50.0), ("90", 90.0), ("99", 99.0), ("99_9", 99.9))
 
 
 def _ms(us: int) -> float:
