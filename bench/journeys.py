@@ -50,12 +50,17 @@ def profile_attributes(rng: random.Random) -> dict[str, Any]:
     return {"tier": rng.choice(TIERS), **{c: rng.random() < CONSENT_SHARE for c in CONSENTS}}
 
 
+def popularity(n: int, exponent: float = ZIPF_EXPONENT) -> np.ndarray:
+    """Each customer index's share of the requests (index 0 the most popular)."""
+    weights = 1.0 / np.arange(1, n + 1, dtype=np.float64) ** exponent
+    return weights / weights.sum()
+
+
 class Zipf:
     """Bounded Zipf over customer indexes 0..n-1 (index 0 the most popular), seeded."""
 
-    def __init__(self, n: int, rng: np.random.Generator, exponent: float = ZIPF_EXPONENT):
-        weights = 1.0 / np.arange(1, n + 1, dtype=np.float64) ** exponent
-        self._cdf = np.cumsum(weights / weights.sum())
+    def __init__(self, n: int, rng: np.random.Generator):
+        self._cdf = np.cumsum(popularity(n))
         self._n = n
         self._rng = rng
         self._pending: list[int] = []

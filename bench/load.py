@@ -146,7 +146,7 @@ class Bench:
 
     def kairos(self, mode: int) -> None:
         name = f"kairos-{mode}node"
-        with kairos(self.plan.shards) as system:
+        with kairos(self.plan.shards, self.plan.customers) as system:
             self.results["layout"][name] = asdict(system)
             with tqdm(total=self.plan.customers, desc=f"{name} populate", unit="customer",
                       leave=False) as bar:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import multiprocessing
+import os
 import random
 import time
 from collections import Counter, deque
@@ -37,6 +38,7 @@ from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
 from .journeys import DECIDE, EVENT, RESPOND, Journeys, Request, customer_id
+from .lifetime import exit_with_parent
 
 DEADLINE_S = 1.0  # every call's deadline; Kairos answers a late Decide with its fallback
 LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS = 1, 60_000_000, 3  # histogram range and precision
@@ -192,7 +194,8 @@ class GeneratorPool:
     def __init__(self, processes: int):
         self.processes = processes
         self._pool = concurrent.futures.ProcessPoolExecutor(
-            processes, mp_context=multiprocessing.get_context("spawn"), initializer=_init)
+            processes, mp_context=multiprocessing.get_context("spawn"), initializer=_init,
+            initargs=(os.getpid(),))
         # spawn and import in every process now, not inside the first step
         for future in [self._pool.submit(_ready) for _ in range(processes)]:
             future.result()
@@ -240,8 +243,9 @@ def settle(target: str) -> float | None:
 _CATALOG: Catalog | None = None
 
 
-def _init() -> None:
+def _init(parent_pid: int) -> None:
     global _CATALOG
+    exit_with_parent(parent_pid)
     _CATALOG = load_default_catalog()
 
 

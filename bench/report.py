@@ -157,8 +157,9 @@ def markdown(results: dict[str, Any]) -> str:
     for name, layout in results["layout"].items():
         lines.append(f"{name}: gateway on node {layout['gateway_node'][:8]}, shards per node "
                      f"{list(layout['shards_by_node'].values())}; "
-                     f"{layout['crossing_share']:.0%} of partitions are owned by a shard on "
-                     f"another node than the gateway (≈ the share of requests crossing nodes).")
+                     f"{layout['crossing_share']:.0%} of the workload's requests go to a shard "
+                     f"on another node than the gateway (from the partition map, each customer "
+                     f"weighted by its popularity).")
     if "redis_used_mib" in results:
         lines.append(f"Redis peer: {results['redis_used_mib']} MiB used in redis-server.")
     if results["failures"]:

@@ -1,6 +1,7 @@
 """Where the systems under test run: Ray with one or three nodes on this machine, and Kairos
 on it with its gateway steered to the node holding the fewest shards (in three-node mode most
-requests then cross nodes: gateway on one node, the owning shard on another)."""
+requests then cross nodes: gateway on one node, the owning shard on another; the report says
+what share, from the partition map and the workload's popularity)."""
 from __future__ import annotations
 
 import asyncio
@@ -13,15 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import ray
 from ray.cluster_utils import Cluster
 
 from kairos.cluster import runtime
 from kairos.cluster.client import KairosClient
 from kairos.cluster.gateway import GatewayActor
+from kairos.cluster.partitions import partition_of
 from kairos.cluster.settings import NAMESPACE
 
-from .journeys import PROFILE_EVENT, customer_id, profile_attributes
+from .journeys import PROFILE_EVENT, customer_id, popularity, profile_attributes
 
 ROOT = Path(__file__).resolve().parents[1]
 OBJECT_STORE_BYTES = 256 * 2**20  # per node; the bench moves small messages only
@@ -112,11 +115,13 @@ class Kairos:
     target: str  # the gateway's host:port
     gateway_node: str
     shards_by_node: dict[str, int]
-    crossing_share: float  # partitions owned by shards on another node than the gateway's
+    # the share of the workload's requests whose customer's shard is on another node than
+    # the gateway (each customer weighted by its Zipf popularity)
+    crossing_share: float
 
 
 @contextmanager
-def kairos(n_shards: int) -> Iterator[Kairos]:
+def kairos(n_shards: int, customers: int) -> Iterator[Kairos]:
     """The runtime (controller, learner, shards spread over the nodes) and one gateway."""
     try:
         runtime.start(n_shards=n_shards)
@@ -128,8 +133,18 @@ def kairos(n_shards: int) -> Iterator[Kairos]:
         node = min(nodes, key=lambda x: (shards[x], x == head))
         gateway = runtime.gateway_actor(GatewayActor, 0, node)
         port = ray.get(gateway.start.remote("127.0.0.1", 0))
-        crossing = sum(s["partitions"] for s in status["shards"] if s["placed_on"] != node)
+        remote = {s["shard"] for s in status["shards"] if s["placed_on"] != node}
         yield Kairos(f"127.0.0.1:{port}", node, {x: shards[x] for x in nodes},
-                     round(crossing / status["partitions"], 3))
+                     _crossing_share(remote, customers))
     finally:
         runtime.stop()
+
+
+def _crossing_share(remote_shards: set[str], customers: int) -> float:
+    """The popularity-weighted share of customers owned by these shards, by the map."""
+    routing = ray.get(runtime.controller().get_map.remote(-1, 0.0))
+    owners = np.frombuffer(routing["owners"], np.uint16)
+    remote = np.array([name in remote_shards for name in routing["shards"]])[owners]
+    partitions = np.fromiter((partition_of(customer_id(i), len(owners))
+                              for i in range(customers)), np.int64, customers)
+    return round(float(popularity(customers)[remote[partitions]].sum()), 3)

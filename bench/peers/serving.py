@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import signal
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
@@ -18,6 +19,8 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from kairos.v1 import decision_pb2_grpc
+
+from ..lifetime import exit_with_parent
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 60.0
@@ -48,8 +51,8 @@ class ServerProcess:
     def __init__(self, factory: Callable[..., Any], *args: Any):
         context = multiprocessing.get_context("spawn")
         parent, child = context.Pipe()
-        self._process = context.Process(target=_process_main, args=(child, factory, args),
-                                        daemon=True)
+        self._process = context.Process(target=_process_main,
+                                        args=(os.getpid(), child, factory, args), daemon=True)
         self._process.start()
         if not parent.poll(START_TIMEOUT_S):
             self.stop()
@@ -66,7 +69,9 @@ class ServerProcess:
             self._process.join()
 
 
-def _process_main(conn, factory: Callable[..., Any], args: tuple) -> None:
+def _process_main(parent_pid: int, conn, factory: Callable[..., Any], args: tuple) -> None:
+    exit_with_parent(parent_pid)
+
     async def main() -> None:
         server, servicer, port = await serve(factory, args)
         stopping = asyncio.Event()
