@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 from matplotlib import ticker  # noqa: E402
 
-from .sweep import P99_TARGET_MS, headline  # noqa: E402
+from .sweep import P99_TARGET_MS, failed, headline, unanswered  # noqa: E402
 
 DECIDE_RATE_TARGET_PER_S = 1000.0  # p99 ≤ 10 ms across nodes at this rate or more
 P50_OVER_FLOOR_MAX = 1.5
@@ -46,10 +46,11 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def _figures(step: dict[str, Any], kind: str) -> dict[str, Any]:
-    stats = step["kinds"].get(kind, {"p50_ms": None, "p99_ms": None, "rate": 0.0,
-                                     "errors": {}, "fallbacks": 0})
+    stats = step["kinds"].get(kind)
+    if stats is None:  # nothing of this kind came back at all
+        return {"p50_ms": None, "p99_ms": None, "rate": 0.0, "errors": step["sent"]}
     return {"p50_ms": stats["p50_ms"], "p99_ms": stats["p99_ms"], "rate": stats["rate"],
-            "errors": sum(stats["errors"].values()) + stats["fallbacks"]}
+            "errors": failed(step, kind)}
 
 
 # -- targets ----------------------------------------------------------------------------------
@@ -135,7 +136,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["## Push: event on the web → the call center's WatchDecisions stream", "",
                   _table(["system", "probes /s", "p50", "p99", "p99.9", "max", "missing"],
                          [[name, f"{step['kinds']['push']['rate']:.0f}",
-                           *_percentiles(step["kinds"]["push"]), _errors(step["kinds"]["push"])]
+                           *_percentiles(step["kinds"]["push"]),
+                           _errors(step["kinds"]["push"], unanswered(step, "push"))]
                           for name, step in results["push"].items() if "push" in step["kinds"]]),
                   ""]
     if "actor_per_customer" in results:
@@ -178,10 +180,12 @@ def _percentiles(stats: dict[str, Any]) -> list[str]:
     return [f"{stats[k]:.2f}" for k in ("p50_ms", "p99_ms", "p99_9_ms", "max_ms")]
 
 
-def _errors(stats: dict[str, Any]) -> str:
+def _errors(stats: dict[str, Any], unanswered: int = 0) -> str:
     parts = [f"{code} {n}" for code, n in sorted(stats["errors"].items())]
     if stats["fallbacks"]:
         parts.append(f"fallback {stats['fallbacks']}")
+    if unanswered:
+        parts.append(f"unanswered {unanswered}")
     return ", ".join(parts) or "0"
 
 
@@ -189,9 +193,11 @@ def _held_row(name: str, result: dict[str, Any]) -> list[str]:
     held = [s for s in result["steps"] if s["holds"]]
     if not held:
         return [name, "none held", "", "", "", "", "", ""]
-    stats = max(held, key=lambda s: s["rate_target"])["kinds"][result["kind"]]
+    step = max(held, key=lambda s: s["rate_target"])
+    stats = step["kinds"][result["kind"]]
     return [name, f"{result['max_rate_held']:,.0f}", f"{stats['p50_ms']:.2f}",
-            f"{stats['p90_ms']:.2f}", *_percentiles(stats)[1:], _errors(stats)]
+            f"{stats['p90_ms']:.2f}", *_percentiles(stats)[1:],
+            _errors(stats, unanswered(step, result["kind"]))]
 
 
 def _steps_table(sweeps: dict[str, Any]) -> str:
@@ -201,7 +207,7 @@ def _steps_table(sweeps: dict[str, Any]) -> str:
             stats = step["kinds"][result["kind"]]
             generator = step["generator"]
             rows.append([name, f"{step['rate_target']:,.0f}", f"{stats['rate']:,.0f}",
-                         *_percentiles(stats), _errors(stats),
+                         *_percentiles(stats), _errors(stats, unanswered(step, result["kind"])),
                          f"{generator['lag_p99_ms']:.2f}" + (" behind" if generator["behind"]
                                                              else ""),
                          ("yes" if step["holds"] else "no")

@@ -24,9 +24,19 @@ def holds(result: dict[str, Any], kind: str, p99_target_ms: float = P99_TARGET_M
     stats = result["kinds"].get(kind)
     if not stats or not stats["count"]:
         return False
-    unanswered = max(result["sent"] - stats["count"], 0)
-    failed = sum(stats["errors"].values()) + stats["fallbacks"] + unanswered
-    return stats["p99_ms"] <= p99_target_ms and failed <= ERROR_BUDGET * result["sent"]
+    return (stats["p99_ms"] <= p99_target_ms
+            and failed(result, kind) <= ERROR_BUDGET * result["sent"])
+
+
+def unanswered(result: dict[str, Any], kind: str) -> int:
+    """Requests of a one-kind step that got no answer at all before the step ended."""
+    return max(result["sent"] - result["kinds"][kind]["count"], 0)
+
+
+def failed(result: dict[str, Any], kind: str) -> int:
+    """Error statuses, fallbacks and requests never answered."""
+    stats = result["kinds"][kind]
+    return sum(stats["errors"].values()) + stats["fallbacks"] + unanswered(result, kind)
 
 
 def sweep(pool: GeneratorPool, system: str, make_step: Callable[[float], Step],
@@ -60,5 +70,5 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
     step = max(held, key=lambda s: s["rate_target"]) if held else steps[0]
     stats = step["kinds"][result["kind"]]
     return {"p50_ms": stats["p50_ms"], "p99_ms": stats["p99_ms"], "rate": stats["rate"],
-            "errors": sum(stats["errors"].values()) + stats["fallbacks"],
+            "errors": failed(step, result["kind"]),
             "max_rate_held": result["max_rate_held"], "at_rate_target": step["rate_target"]}
