@@ -28,9 +28,9 @@ from .journeys import PROFILE_EVENT, customer_id, popularity, profile_attributes
 
 ROOT = Path(__file__).resolve().parents[1]
 OBJECT_STORE_BYTES = 256 * 2**20  # per node; the bench moves small messages only
-CPUS_PER_NODE = 1  # three nodes share the 2 cores; one node gets them all
-# Ray's workers import the peers from this checkout; the populated customers must stay
-# resident for the whole run (passivation would turn the test into a store test).
+CPUS_PER_NODE = 1  # Ray's CPU resource per node of a multi-node run (Kairos reserves none)
+# The populated customers must stay resident for the whole run (passivation would turn the
+# load test into a test of the passivation store).
 NODE_ENV = {"KAIROS_PASSIVATE_IDLE_S": "86400"}
 POPULATE_INFLIGHT = 4096  # events the bulk load keeps in flight
 POPULATE_PROGRESS_EVERY = 1000
@@ -42,6 +42,7 @@ def ray_nodes(n: int) -> Iterator[list[str]]:
     """Ray with n nodes on this machine; the alive node ids, head first. Everything Ray
     started is stopped on the way out, whatever happened."""
     os.environ.update(NODE_ENV)
+    # Ray's workers unpickle the peers' actors and servicers: they import bench from here
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     quiet = {"namespace": NAMESPACE, "logging_level": "WARNING", "log_to_driver": False}
