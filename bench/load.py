@@ -1,0 +1,232 @@
+"""Load test: Kairos against its peers, open loop, on the same workload and machine, one run.
+
+    python -m bench.load                  # the full run (1,000,000 customers, one and three
+                                          # Ray nodes, every peer; 15 to 30 minutes)
+    python -m bench.load --smoke          # under a minute; the test suite runs it
+
+Systems, each behind the same kairos.v1 gRPC contract and driven by the same generators:
+  floor-grpc         an empty Decide: the gRPC round trip alone
+  floor-ray-<mode>   an empty Decide that awaits an empty Ray actor call (the transport Kairos
+                     cannot avoid: gateway actor → shard actor; across nodes in 3node mode)
+  redis              a stateless gRPC service with profiles in a real redis-server, NumPy scoring
+  kairos-<mode>      Kairos: runtime + one gateway (1node, or 3node with the shards spread)
+  actors             the literal card: one Ray actor per customer, a bounded number of them
+
+Every system gets the same Decide sweep (the highest rate with p99 ≤ 10 ms, and the curve).
+Kairos, in each mode, also gets: a bulk load of every customer, an IngestStream sweep (each
+event re-evaluated), sessions across channels (decide, ingest and respond mixed) and push
+latency (an event on the web to the call center's WatchDecisions stream).
+
+Writes bench/results/load-<time>.json, .md and .png (latency percentiles against rate, one line
+per system), and prints as its last stdout line a JSON summary: per system p50_ms, p99_ms,
+rate and errors at the highest rate where p99 ≤ 10 ms held. Exits 1 when a phase failed (the
+report says which; the other phases' figures are kept).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from tqdm import tqdm
+
+from . import report
+from .loadgen import GeneratorPool, Step
+from .peers import actor_per_customer, floor, redis_peer
+from .peers.serving import in_process, in_ray_actor
+from .sweep import holds, sweep
+from .systems import kairos, populate, ray_nodes
+
+RESULTS = Path(__file__).parent / "results"
+PUSH_WARMUP_S = 1.5  # the watch must be registered before measured probes go out
+
+
+@dataclass(frozen=True)
+class Plan:
+    customers: int
+    modes: tuple[int, ...]  # Ray nodes: 1 and/or 3
+    generators: int  # load generator processes
+    warmup_s: float
+    measure_s: float
+    decide_rates: tuple[float, ...]  # per second, the sweep's ladder
+    stream_rates: tuple[float, ...]  # events per second on IngestStream
+    journey_rate: float  # mixed sessions per second, at most (see Bench.kairos)
+    push_rate: float  # push probes per second
+    actors: int  # the literal card's customer actors
+    shards: int
+    seed: int = 1
+
+
+FULL = Plan(customers=1_000_000, modes=(1, 3), generators=2, warmup_s=2.0, measure_s=10.0,
+            decide_rates=(250, 500, 1000, 1500, 2000, 3000, 4000, 6000, 8000),
+            stream_rates=(1000, 2500, 5000, 10_000, 20_000, 40_000),
+            journey_rate=1000, push_rate=100, actors=64, shards=4)
+SMOKE = Plan(customers=500, modes=(1,), generators=2, warmup_s=0.5, measure_s=1.5,
+             decide_rates=(200,), stream_rates=(1000,), journey_rate=200, push_rate=20,
+             actors=4, shards=2)
+
+
+class Bench:
+    """Runs the plan's phases in order and gathers what each measured."""
+
+    def __init__(self, pool: GeneratorPool, plan: Plan):
+        self.pool = pool
+        self.plan = plan
+        self.results: dict[str, Any] = {"systems": {}, "ingest": {}, "populate": {},
+                                        "journey": {}, "push": {}, "ray_call": {},
+                                        "layout": {}, "failures": []}
+
+    def step(self, target: str, op: str, rate: float, customers: int | None = None,
+             warmup_s: float | None = None) -> Step:
+        return Step(target, op, rate, self.plan.warmup_s if warmup_s is None else warmup_s,
+                    self.plan.measure_s, customers or self.plan.customers, self.plan.seed)
+
+    def decide_sweep(self, system: str, target: str, customers: int | None = None) -> None:
+        self.results["systems"][system] = sweep(
+            self.pool, system, lambda rate: self.step(target, "decide", rate, customers),
+            self.plan.decide_rates)
+
+    def run(self) -> dict[str, Any]:
+        self.phase("floor-grpc", self.grpc_floor)
+        self.phase("redis", self.redis)
+        for mode in self.plan.modes:
+            with ray_nodes(mode) as nodes:
+                self.phase(f"floor-ray-{mode}node", self.ray_floor, mode, nodes)
+                self.phase(f"kairos-{mode}node", self.kairos, mode)
+                if mode == 1:
+                    self.phase("actors", self.actors, nodes[0])
+        return self.results
+
+    def phase(self, name: str, work: Callable[..., None], *args: Any) -> None:
+        """Run one phase; a failure is reported (and fails the run) but does not cost the
+        other phases' measurements."""
+        try:
+            work(*args)
+        except Exception as exc:  # noqa: BLE001  (reported below, and in the report)
+            traceback.print_exc()
+            self.results["failures"].append({"phase": name, "error": repr(exc)})
+
+    def grpc_floor(self) -> None:
+        with in_process(floor.EmptyDecisions) as target:
+            self.decide_sweep("floor-grpc", target)
+
+    def redis(self) -> None:
+        server = redis_peer.RedisServer()
+        try:
+            with tqdm(total=self.plan.customers, desc="redis populate", unit="customer",
+                      leave=False) as bar:
+                redis_peer.populate(server.port, self.plan.customers, bar.update)
+            self.results["redis_used_mib"] = round(server.used_memory_bytes() / 2**20, 1)
+            with in_process(redis_peer.RedisDecisions, server.port) as target:
+                self.decide_sweep("redis", target)
+        finally:
+            server.stop()
+
+    def ray_floor(self, mode: int, nodes: list[str]) -> None:
+        """gRPC front on the last node, the empty actor on the first (another node when
+        there are several, as Kairos's shards are for most requests)."""
+        empty = floor.EmptyActor.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[0], soft=False)).remote()
+        try:
+            self.results["ray_call"][f"{mode}node"] = floor.actor_call_reference(empty)
+            with in_ray_actor(nodes[-1], floor.RayHopDecisions, empty) as target:
+                self.decide_sweep(f"floor-ray-{mode}node", target)
+        finally:
+            ray.kill(empty)
+
+    def kairos(self, mode: int) -> None:
+        name = f"kairos-{mode}node"
+        with kairos(self.plan.shards, self.plan.customers) as system:
+            self.results["layout"][name] = asdict(system)
+            with tqdm(total=self.plan.customers, desc=f"{name} populate", unit="customer",
+                      leave=False) as bar:
+                self.results["populate"][name] = populate(self.plan.customers, bar.update)
+            self.decide_sweep(name, system.target)
+            self.results["ingest"][name] = sweep(
+                self.pool, name, lambda rate: self.step(system.target, "stream", rate),
+                self.plan.stream_rates)
+            # sessions at the highest Decide rate that held (at most the plan's rate): what
+            # each kind of call costs when the system is busy but not past its limit
+            held = self.results["systems"][name]["max_rate_target_held"]
+            self.results["journey"][name] = self.pool.run(self.step(
+                system.target, "journey",
+                min(held or self.plan.decide_rates[0], self.plan.journey_rate)))
+            push = self.pool.run(self.step(system.target, "push", self.plan.push_rate,
+                                           warmup_s=max(self.plan.warmup_s, PUSH_WARMUP_S)))
+            push["holds"] = holds(push, "push", report.PUSH_P99_TARGET_MS)
+            self.results["push"][name] = push
+
+    def actors(self, node: str) -> None:
+        n = self.plan.actors
+        with tqdm(total=n, desc="actors create", unit="actor", leave=False) as bar:
+            created = actor_per_customer.create(n, bar.update)
+        try:
+            self.results["actor_per_customer"] = {k: v for k, v in created.items()
+                                                  if k != "actors"}
+            with in_ray_actor(node, actor_per_customer.ActorDecisions, n) as target:
+                self.decide_sweep("actors", target, customers=n)
+        finally:
+            for actor in created["actors"]:
+                ray.kill(actor)
+
+
+def parse(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="a run under a minute (tests)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="report folder")
+    parser.add_argument("--customers", type=int, help="resident customers")
+    parser.add_argument("--modes", help="Ray node counts to run, e.g. 1,3")
+    parser.add_argument("--generators", type=int, help="load generator processes")
+    parser.add_argument("--measure-s", type=float, help="measured seconds per step")
+    parser.add_argument("--rates", help="the Decide ladder, e.g. 500,1000,2000")
+    parser.add_argument("--stream-rates", help="the IngestStream ladder (events/s)")
+    parser.add_argument("--actors", type=int, help="customer actors of the literal card")
+    args = parser.parse_args(argv)
+    plan = SMOKE if args.smoke else FULL
+    overrides = {
+        "customers": args.customers, "generators": args.generators,
+        "measure_s": args.measure_s, "actors": args.actors,
+        "modes": _numbers(args.modes, int), "decide_rates": _numbers(args.rates, float),
+        "stream_rates": _numbers(args.stream_rates, float)}
+    return replace(plan, **{k: v for k, v in overrides.items() if v is not None}), args
+
+
+def _numbers(text: str | None, cast: type) -> tuple | None:
+    return tuple(cast(x) for x in text.split(",")) if text else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    plan, args = parse(argv)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    command = " ".join(["python -m bench.load"] + (sys.argv[1:] if argv is None else argv))
+    # SIGTERM unwinds like Ctrl-C, so every server, generator and Ray node is stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    started = time.perf_counter()
+    pool = GeneratorPool(plan.generators)
+    try:
+        results = Bench(pool, plan).run()
+    finally:
+        pool.close()
+    results.update({
+        "run": f"load-{stamp}{'-smoke' if args.smoke else ''}", "command": command,
+        "seconds": round(time.perf_counter() - started, 1), "plan": asdict(plan),
+        "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
+                    "processor": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count(), "ray": ray.__version__}})
+    summary = report.write(results, args.out)
+    print(json.dumps(summary))
+    return 1 if results["failures"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""The load test's report: <run>.json (everything), <run>.md (the tables the README quotes),
+<run>.png (latency percentiles against rate, one line per system) and the summary line."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+from matplotlib import ticker  # noqa: E402
+
+from .sweep import P99_TARGET_MS, failed, headline, unanswered  # noqa: E402
+
+DECIDE_RATE_TARGET_PER_S = 1000.0  # p99 ≤ 10 ms across nodes at this rate or more
+P50_OVER_FLOOR_MAX = 1.5
+INGEST_RATE_TARGET_PER_S = 20_000.0
+OVER_REDIS_MIN = 4.0
+PUSH_P99_TARGET_MS = 20.0
+PLOTTED = (("p50_ms", "p50"), ("p99_ms", "p99"), ("p99_9_ms", "p99.9"))
+
+
+def write(results: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Write the three files; the summary (also stored in the JSON)."""
+    results["targets"] = targets(results)
+    results["summary"] = summary(results)
+    out.mkdir(parents=True, exist_ok=True)
+    base = out / results["run"]
+    base.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    base.with_suffix(".md").write_text(markdown(results))
+    plot(results, base.with_suffix(".png"))
+    return {**results["summary"], "report": str(base.with_suffix(".md"))}
+
+
+def summary(results: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "run": results["run"], "seconds": results["seconds"],
+        "systems": {name: headline(r) for name, r in results["systems"].items()},
+        "ingest": {name: headline(r) for name, r in results["ingest"].items()},
+        "push": {name: _figures(step, "push") for name, step in results["push"].items()},
+        "targets_met": f"{sum(t['met'] for t in results['targets'])}"
+                       f"/{len(results['targets'])}",
+        "failures": [f["phase"] for f in results["failures"]]}
+
+
+def _figures(step: dict[str, Any], kind: str) -> dict[str, Any]:
+    stats = step["kinds"].get(kind)
+    if stats is None:  # nothing of this kind came back at all
+        return {"p50_ms": None, "p99_ms": None, "rate": 0.0, "errors": step["sent"]}
+    return {"p50_ms": stats["p50_ms"], "p99_ms": stats["p99_ms"], "rate": stats["rate"],
+            "errors": failed(step, kind)}
+
+
+# -- targets ----------------------------------------------------------------------------------
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured value; only for what this run measured."""
+    systems, checks = results["systems"], []
+
+    def check(target: str, system: str, value: float | None, threshold: float,
+              at_most: bool = False) -> None:
+        met = value is not None and (value <= threshold if at_most else value >= threshold)
+        checks.append({"target": target, "system": system, "value": value,
+                       "threshold": threshold, "at_most": at_most, "met": met})
+
+    for name in sorted(n for n in systems if n.startswith("kairos-")):
+        mode = name.removeprefix("kairos-")
+        check("Decide: highest rate with p99 ≤ 10 ms (/s)", name,
+              systems[name]["max_rate_held"], DECIDE_RATE_TARGET_PER_S)
+        floor = systems.get(f"floor-ray-{mode}")
+        if floor is not None:
+            check("Decide p50 ÷ floor p50 (gRPC + Ray hop), same rate", name,
+                  _p50_ratio(systems[name], floor), P50_OVER_FLOOR_MAX, at_most=True)
+        if "redis" in systems:
+            redis_rate = systems["redis"]["max_rate_held"]
+            check("Decide rate held ÷ Redis peer's, p99 ≤ 10 ms", name,
+                  round(systems[name]["max_rate_held"] / redis_rate, 2) if redis_rate else None,
+                  OVER_REDIS_MIN)
+        if name in results["ingest"]:
+            check("Ingest (stream, re-evaluated): highest rate with p99 ≤ 10 ms (events/s)",
+                  name, results["ingest"][name]["max_rate_held"], INGEST_RATE_TARGET_PER_S)
+        if name in results["push"]:
+            check("Push p99, event on the web → call-center stream (ms)", name,
+                  results["push"][name]["kinds"].get("push", {}).get("p99_ms"),
+                  PUSH_P99_TARGET_MS, at_most=True)
+    return checks
+
+
+def _p50_ratio(system: dict[str, Any], floor: dict[str, Any]) -> float | None:
+    """p50 over the floor's p50 at the highest rate both held (else their lowest common one)."""
+    ours = {s["rate_target"]: s for s in system["steps"]}
+    theirs = {s["rate_target"]: s for s in floor["steps"]}
+    common = sorted(set(ours) & set(theirs))
+    if not common:
+        return None
+    held = [r for r in common if ours[r]["holds"] and theirs[r]["holds"]]
+    rate = held[-1] if held else common[0]
+    floor_p50 = theirs[rate]["kinds"]["decide"]["p50_ms"]
+    return round(ours[rate]["kinds"]["decide"]["p50_ms"] / floor_p50, 2) if floor_p50 else None
+
+
+# -- Markdown ---------------------------------------------------------------------------------
+
+
+def markdown(results: dict[str, Any]) -> str:
+    plan = results["plan"]
+    lines = [f"# Load test {results['run']}", "",
+             f"`{results['command']}` on {results['machine']['platform']}, "
+             f"{results['machine']['cpus']} CPUs, Ray {results['machine']['ray']}; "
+             f"{plan['customers']:,} customers (Zipf), {plan['generators']} open-loop "
+             f"generator processes (Poisson arrivals), {plan['measure_s']:g} s measured per "
+             f"step after {plan['warmup_s']:g} s warm-up; {results['seconds']:.0f} s in all. "
+             f"Latency is from each request's intended send time; ms.", "",
+             "## Decide: the highest rate at which p99 ≤ 10 ms held", "",
+             _table(["system", "max rate held /s", "p50", "p90", "p99", "p99.9", "max",
+                     "errors"],
+                    [_held_row(name, r) for name, r in results["systems"].items()]), "",
+             "## Decide: every step", "", _steps_table(results["systems"]), ""]
+    if results["ingest"]:
+        lines += ["## Ingest on IngestStream (each event re-evaluates the customer)", "",
+                  _steps_table(results["ingest"]), "",
+                  "Bulk load before the measurements (one CRM profile event per customer "
+                  "through the runtime client, not the gateway): " +
+                  "; ".join(f"{name} {p['events']:,} events at {p['rate']:,.0f}/s"
+                            for name, p in results["populate"].items()), ""]
+    if results["journey"]:
+        lines += ["## Sessions across channels (decide, ingest, respond mixed)", "",
+                  _table(["system", "kind", "rate /s", "p50", "p99", "p99.9", "max", "errors"],
+                         [[name, kind, f"{s['rate']:.0f}", *_percentiles(s),
+                           _errors(s)] for name, step in results["journey"].items()
+                          for kind, s in step["kinds"].items()]), ""]
+    if results["push"]:
+        lines += ["## Push: event on the web → the call center's WatchDecisions stream", "",
+                  _table(["system", "probes /s", "p50", "p99", "p99.9", "max", "missing"],
+                         [[name, f"{step['kinds']['push']['rate']:.0f}",
+                           *_percentiles(step["kinds"]["push"]),
+                           _errors(step["kinds"]["push"], unanswered(step, "push"))]
+                          for name, step in results["push"].items() if "push" in step["kinds"]]),
+                  ""]
+    if "actor_per_customer" in results:
+        a = results["actor_per_customer"]
+        lines += ["## The literal card: one Ray actor per customer", "",
+                  f"{a['hosted']} actors created in {a['create_s']} s "
+                  f"({a['create_s_per_actor']} s each); memory per customer "
+                  f"{a['mib_per_customer']['rss']} MiB RSS, {a['mib_per_customer']['pss']} MiB "
+                  f"PSS, {a['mib_per_customer']['uss']} MiB USS. With "
+                  f"{a['available_gib']} GiB available, this machine could hold about "
+                  f"**{a['capacity_extrapolated']:,} customers** (PSS; "
+                  f"{a['capacity_extrapolated_by_rss']:,} by RSS) — *extrapolated from the "
+                  f"measured per-actor memory, not attempted*. Its Decide figures above are "
+                  f"for the {a['hosted']} customers it hosts.", ""]
+    lines += ["## Floors and layout", "",
+              "Empty Ray actor call, closed loop from the driver: " +
+              "; ".join(f"{mode} p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms"
+                        for mode, r in results["ray_call"].items()) + ".", ""]
+    for name, layout in results["layout"].items():
+        lines.append(f"{name}: gateway on node {layout['gateway_node'][:8]}, shards per node "
+                     f"{list(layout['shards_by_node'].values())}; "
+                     f"{layout['crossing_share']:.0%} of the workload's requests go to a shard "
+                     f"on another node than the gateway (from the partition map, each customer "
+                     f"weighted by its popularity).")
+    if "redis_used_mib" in results:
+        lines.append(f"Redis peer: {results['redis_used_mib']} MiB used in redis-server.")
+    if results["failures"]:
+        lines += ["", "## Phases that failed (their figures are missing)", ""]
+        lines += [f"- {f['phase']}: `{f['error']}`" for f in results["failures"]]
+    lines += ["", "## Targets", "",
+              _table(["target", "system", "measured", "target", "met"],
+                     [[t["target"], t["system"], "—" if t["value"] is None else f"{t['value']:g}",
+                       f"{'≤' if t['at_most'] else '≥'} {t['threshold']:g}",
+                       "yes" if t["met"] else "**no**"]
+                      for t in results["targets"]]), ""]
+    return "\n".join(lines)
+
+
+def _percentiles(stats: dict[str, Any]) -> list[str]:
+    return [f"{stats[k]:.2f}" for k in ("p50_ms", "p99_ms", "p99_9_ms", "max_ms")]
+
+
+def _errors(stats: dict[str, Any], unanswered: int = 0) -> str:
+    parts = [f"{code} {n}" for code, n in sorted(stats["errors"].items())]
+    if stats["fallbacks"]:
+        parts.append(f"fallback {stats['fallbacks']}")
+    if unanswered:
+        parts.append(f"unanswered {unanswered}")
+    return ", ".join(parts) or "0"
+
+
+def _held_row(name: str, result: dict[str, Any]) -> list[str]:
+    held = [s for s in result["steps"] if s["holds"]]
+    if not held:
+        return [name, "none held", "", "", "", "", "", ""]
+    step = max(held, key=lambda s: s["rate_target"])
+    stats = step["kinds"][result["kind"]]
+    return [name, f"{result['max_rate_held']:,.0f}", f"{stats['p50_ms']:.2f}",
+            f"{stats['p90_ms']:.2f}", *_percentiles(stats)[1:],
+            _errors(stats, unanswered(step, result["kind"]))]
+
+
+def _steps_table(sweeps: dict[str, Any]) -> str:
+    rows = []
+    for name, result in sweeps.items():
+        for step in result["steps"]:
+            stats = step["kinds"][result["kind"]]
+            generator = step["generator"]
+            rows.append([name, f"{step['rate_target']:,.0f}", f"{stats['rate']:,.0f}",
+                         *_percentiles(stats), _errors(stats, unanswered(step, result["kind"])),
+                         f"{generator['lag_p99_ms']:.2f}" + (" behind" if generator["behind"]
+                                                             else ""),
+                         ("yes" if step["holds"] else "no")
+                         + (" (began unsettled)" if step["settled_s"] is None else "")])
+    return _table(["system", "intended /s", "answered /s", "p50", "p99", "p99.9", "max",
+                   "errors", "generator lag p99", "holds"], rows)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# -- the plot ---------------------------------------------------------------------------------
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Decide latency percentiles against the answered rate, one line per system."""
+    fig, axes = plt.subplots(1, len(PLOTTED), figsize=(5 * len(PLOTTED), 4.2), sharey=True)
+    for ax, (key, label) in zip(axes, PLOTTED):
+        for name, result in results["systems"].items():
+            points = sorted((s["kinds"]["decide"]["rate"], s["kinds"]["decide"][key])
+                            for s in result["steps"] if s["kinds"].get("decide"))
+            if points:
+                ax.plot(*zip(*points), marker="o", label=name)
+        if key == "p99_ms":
+            ax.axhline(P99_TARGET_MS, color="grey", linestyle="--", linewidth=1)
+        ax.set_title(f"Decide {label}")
+        ax.set_xlabel("answered decisions / s")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+            axis.set_minor_formatter(ticker.NullFormatter())
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("latency from intended send (ms)")
+    axes[-1].legend(fontsize="small")
+    fig.suptitle(f"{results['run']}: {results['command']}", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,151 @@
+"""Where the systems under test run: Ray with one or three nodes on this machine, and Kairos
+on it with its gateway steered to the node holding the fewest shards (in three-node mode most
+requests then cross nodes: gateway on one node, the owning shard on another; the report says
+what share, from the partition map and the workload's popularity)."""
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import ray
+from ray.cluster_utils import Cluster
+
+from kairos.cluster import runtime
+from kairos.cluster.client import KairosClient
+from kairos.cluster.gateway import GatewayActor
+from kairos.cluster.partitions import partition_of
+from kairos.cluster.settings import NAMESPACE
+
+from .journeys import PROFILE_EVENT, customer_id, popularity, profile_attributes
+
+ROOT = Path(__file__).resolve().parents[1]
+OBJECT_STORE_BYTES = 256 * 2**20  # per node; the bench moves small messages only
+CPUS_PER_NODE = 1  # Ray's CPU resource per node of a multi-node run (Kairos reserves none)
+# The populated customers must stay resident for the whole run (passivation would turn the
+# load test into a test of the passivation store).
+NODE_ENV = {"KAIROS_PASSIVATE_IDLE_S": "86400"}
+POPULATE_INFLIGHT = 4096  # events the bulk load keeps in flight
+POPULATE_PROGRESS_EVERY = 1000
+POPULATE_SEED = 11
+
+
+@contextmanager
+def ray_nodes(n: int) -> Iterator[list[str]]:
+    """Ray with n nodes on this machine; the alive node ids, head first. Everything Ray
+    started is stopped on the way out, whatever happened."""
+    os.environ.update(NODE_ENV)
+    # Ray's workers unpickle the peers' actors and servicers: they import bench from here
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    quiet = {"namespace": NAMESPACE, "logging_level": "WARNING", "log_to_driver": False}
+    cluster = None
+    try:
+        if n == 1:
+            # "local": a new Ray of our own, even when another one runs on this machine
+            # (ray.init would otherwise join it)
+            ray.init(address="local", num_cpus=os.cpu_count(),
+                     object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False, **quiet)
+        else:
+            node_args = {"num_cpus": CPUS_PER_NODE, "object_store_memory": OBJECT_STORE_BYTES}
+            cluster = Cluster(initialize_head=True,
+                              head_node_args={**node_args, "include_dashboard": False})
+            for _ in range(n - 1):
+                cluster.add_node(**node_args)
+            cluster.wait_for_nodes()
+            ray.init(address=cluster.address, **quiet)
+        head = ray.get_runtime_context().get_node_id()
+        others = sorted(x["NodeID"] for x in ray.nodes() if x["Alive"] and x["NodeID"] != head)
+        yield [head] + others
+    finally:
+        ray.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
+
+
+def populate(customers: int, on_progress: Callable[[int], None]) -> dict[str, float]:
+    """Every customer's CRM profile, through the runtime client: a bulk load that bypasses
+    the gateway (it is not what the run measures); its events per second."""
+    client = runtime.connect()
+    try:
+        started = time.perf_counter()
+        client.submit(_populate(client.client, customers, on_progress)).result()
+        seconds = time.perf_counter() - started
+    finally:
+        client.close()
+    return {"events": customers, "seconds": round(seconds, 1),
+            "rate": round(customers / seconds, 1)}
+
+
+async def _populate(client: KairosClient, customers: int,
+                    on_progress: Callable[[int], None]) -> None:
+    rng = random.Random(POPULATE_SEED)
+    slots = asyncio.Semaphore(POPULATE_INFLIGHT)
+    now = time.time()
+    done = reported = 0
+
+    async def one(i: int) -> None:
+        nonlocal done, reported
+        try:
+            await client.ingest(customer_id(i), PROFILE_EVENT, now, profile_attributes(rng))
+        finally:
+            slots.release()
+            done += 1
+            if done - reported >= POPULATE_PROGRESS_EVERY or done == customers:
+                on_progress(done - reported)
+                reported = done
+
+    tasks = set()
+    for i in range(customers):
+        await slots.acquire()
+        task = asyncio.ensure_future(one(i))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    await asyncio.gather(*tasks)
+
+
+@dataclass(frozen=True)
+class Kairos:
+    target: str  # the gateway's host:port
+    gateway_node: str
+    shards_by_node: dict[str, int]
+    # the share of the workload's requests whose customer's shard is on another node than
+    # the gateway (each customer weighted by its Zipf popularity)
+    crossing_share: float
+
+
+@contextmanager
+def kairos(n_shards: int, customers: int) -> Iterator[Kairos]:
+    """The runtime (controller, learner, shards spread over the nodes) and one gateway."""
+    try:
+        runtime.start(n_shards=n_shards)
+        status = ray.get(runtime.controller().status.remote())
+        nodes = sorted(x["NodeID"] for x in ray.nodes() if x["Alive"])
+        shards = Counter(s["placed_on"] for s in status["shards"])
+        # the fewest shards; on a tie not the head, which holds the controller and learner
+        head = ray.get_runtime_context().get_node_id()
+        node = min(nodes, key=lambda x: (shards[x], x == head))
+        gateway = runtime.gateway_actor(GatewayActor, 0, node)
+        port = ray.get(gateway.start.remote("127.0.0.1", 0))
+        remote = {s["shard"] for s in status["shards"] if s["placed_on"] != node}
+        yield Kairos(f"127.0.0.1:{port}", node, {x: shards[x] for x in nodes},
+                     _crossing_share(remote, customers))
+    finally:
+        runtime.stop()
+
+
+def _crossing_share(remote_shards: set[str], customers: int) -> float:
+    """The popularity-weighted share of customers owned by these shards, by the map."""
+    routing = ray.get(runtime.controller().get_map.remote(-1, 0.0))
+    owners = np.frombuffer(routing["owners"], np.uint16)
+    remote = np.array([name in remote_shards for name in routing["shards"]])[owners]
+    partitions = np.fromiter((partition_of(customer_id(i), len(owners))
+                              for i in range(customers)), np.int64, customers)
+    return round(float(popularity(customers)[remote[partitions]].sum()), 3)

@@ -1,0 +1,37 @@
+"""The load harness runs end to end (smoke mode) and reports what the README quotes.
+
+It asserts that the harness works and that its summary is well-formed, never how fast
+anything was: figures come from full runs on a quiet machine.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SYSTEMS = ("floor-grpc", "floor-ray-1node", "redis", "kairos-1node", "actors")
+
+
+def test_smoke_run_writes_reports_and_a_summary_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "bench.load", "--smoke", "--out",
+                          str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 0, out.stderr[-4000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(SYSTEMS) <= set(summary["systems"])
+    assert "kairos-1node" in summary["ingest"] and "kairos-1node" in summary["push"]
+    for section in ("systems", "ingest", "push"):
+        for name, figures in summary[section].items():
+            where = f"{section}: {name}"
+            assert 0 < figures["p50_ms"] <= figures["p99_ms"] < math.inf, where
+            assert figures["rate"] > 0, where
+            assert isinstance(figures["errors"], int) and figures["errors"] >= 0, where
+    run = summary["run"]
+    report = json.loads((tmp_path / f"{run}.json").read_text())
+    assert report["actor_per_customer"]["capacity_extrapolated"] > 0
+    assert report["targets"] and all(isinstance(t["met"], bool) for t in report["targets"])
+    assert "| system |" in (tmp_path / f"{run}.md").read_text()
+    assert (tmp_path / f"{run}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
