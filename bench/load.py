@@ -28,8 +28,10 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import signal
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, replace
@@ -44,6 +46,7 @@ from . import report
 from .loadgen import GeneratorPool, Step
 from .peers import actor_per_customer, floor, redis_peer
 from .peers.serving import in_process, in_ray_actor
+from .redis_server import RedisServer
 from .sweep import holds, sweep
 from .systems import kairos, populate, ray_nodes
 
@@ -121,7 +124,8 @@ class Bench:
             self.decide_sweep("floor-grpc", target)
 
     def redis(self) -> None:
-        server = redis_peer.RedisServer()
+        folder = tempfile.mkdtemp(prefix="kairos-bench-redis-")
+        server = RedisServer(Path(folder), durable=False).start()
         try:
             with tqdm(total=self.plan.customers, desc="redis populate", unit="customer",
                       leave=False) as bar:
@@ -131,6 +135,7 @@ class Bench:
                 self.decide_sweep("redis", target)
         finally:
             server.stop()
+            shutil.rmtree(folder, ignore_errors=True)
 
     def ray_floor(self, mode: int, nodes: list[str]) -> None:
         """gRPC front on the last node, the empty actor on the first (another node when

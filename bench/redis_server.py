@@ -56,10 +56,18 @@ class RedisServer:
                     raise RuntimeError(f"redis-server did not start on port {self.port}")
                 time.sleep(0.05)
 
+    def used_memory_bytes(self) -> int:
+        with redis.Redis(port=self.port) as client:
+            return int(client.info("memory")["used_memory"])
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()
-            self.process.wait(timeout=30)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
             self.process = None
 
     def __enter__(self) -> "RedisServer":

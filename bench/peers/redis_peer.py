@@ -9,12 +9,7 @@ a network round trip to the store and back on every request.
 """
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -28,57 +23,10 @@ from kairos.v1 import decision_pb2_grpc
 
 from ..journeys import customer_id
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-START_TIMEOUT_S = 10.0
 POPULATE_BATCH = 10_000  # profiles per pipelined MSET
 CONNECTIONS = 64  # the service's Redis connection pool
 HALF_LIFE_S = 7 * 86400.0  # of the event counters
 SEED = 7
-
-
-class RedisServer:
-    """redis-server on a free loopback port in a temporary folder, without persistence."""
-
-    def __init__(self) -> None:
-        self._dir = tempfile.mkdtemp(prefix="kairos-bench-redis-")
-        self.port = _free_port()
-        self._process = subprocess.Popen(
-            [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", self._dir,
-             "--save", "", "--appendonly", "no", "--protected-mode", "yes",
-             "--logfile", str(Path(self._dir) / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self._process.poll() is not None:
-                    self.stop()
-                    raise RuntimeError(f"redis-server did not start on port {self.port}")
-                time.sleep(0.05)
-        client.close()
-
-    def used_memory_bytes(self) -> int:
-        with redis.Redis(port=self.port) as client:
-            return int(client.info("memory")["used_memory"])
-
-    def stop(self) -> None:
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        shutil.rmtree(self._dir, ignore_errors=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Scorer:
