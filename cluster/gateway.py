@@ -215,27 +215,39 @@ class Gateway(decision_pb2_grpc.DecisionServiceServicer, admin_pb2_grpc.AdminSer
         return ack
 
     async def IngestStream(self, request_iterator, context) -> AsyncIterator[pb.IngestAck]:
-        """Events go out as they arrive (each customer's in order); acks come back in order.
+        """Events go out as they arrive (each customer's in order); each ack goes back as soon
+        as it and every earlier one are done, in order. At most STREAM_WINDOW events wait for
+        their acks: past that, reading pauses (gRPC flow control pushes back on the sender).
         The first failing event ends the stream with its status; earlier ones were acked."""
         await self._admit(context, "ingest")
         catalog = await self._catalog()
-        window: deque[asyncio.Task] = deque()
+        pending: asyncio.Queue[asyncio.Future | None] = asyncio.Queue(STREAM_WINDOW)
+        reader = asyncio.ensure_future(self._read_stream(request_iterator, context, catalog,
+                                                         pending))
+        try:
+            while (ack := await pending.get()) is not None:
+                yield await ack
+            await reader  # a failure of the reader itself (a denied channel)
+        except Exception as exc:
+            reader.cancel()
+            while not pending.empty():
+                if (task := pending.get_nowait()) is not None:
+                    task.cancel()
+            await self._abort(context, exc)
+
+    async def _read_stream(self, request_iterator, context, catalog: CompiledCatalog,
+                           pending: asyncio.Queue) -> None:
+        """Start each event of a stream as it arrives; None after the last."""
         n = 0
         try:
             async for event in request_iterator:
                 if event.channel:
                     await self._admit(context, "ingest", event.channel)
-                window.append(asyncio.ensure_future(self._ingest(
+                await pending.put(asyncio.ensure_future(self._ingest(
                     event, catalog, f"events[{n}].", self._timeout(context))))
                 n += 1
-                while window and (window[0].done() or len(window) >= STREAM_WINDOW):
-                    yield await window.popleft()
-            while window:
-                yield await window.popleft()
-        except Exception as exc:
-            for task in window:
-                task.cancel()
-            await self._abort(context, exc)
+        finally:
+            await pending.put(None)
 
     async def Respond(self, request: pb.Outcome, context) -> pb.OutcomeAck:
         await self._admit(context, "respond", request.channel)

@@ -169,6 +169,17 @@ def test_ingest_stream_acks_every_event_in_order(stubs):
     assert [a.sequence for a in acks] == list(range(1, 201))
 
 
+def test_ingest_stream_acks_each_event_before_the_next_arrives(stubs):
+    decisions, _ = stubs
+    outbox: queue.Queue = queue.Queue()
+    acks = decisions.IngestStream(iter(outbox.get, None), timeout=30, metadata=key(WEB))
+    for i in range(3):  # a quiet channel: each ack must come back without a next event
+        outbox.put(event("trickle", "page_view", NOW + i, category="home"))
+        assert next(acks).sequence == i + 1
+    outbox.put(None)
+    assert list(acks) == []
+
+
 def test_ingest_stream_stops_at_a_bad_event_naming_it(stubs):
     decisions, _ = stubs
     events = [event("streamer2", "app_open"), event("streamer2", "teleport")]
