@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import shutil
+import tempfile
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -123,9 +125,11 @@ class Kairos:
 
 @contextmanager
 def kairos(n_shards: int, customers: int) -> Iterator[Kairos]:
-    """The runtime (controller, learner, shards spread over the nodes) and one gateway."""
+    """The runtime (controller, learner, shards spread over the nodes) and one gateway, with
+    the embedded default's durability: a directory store, the journal fsynced per batch."""
+    store = tempfile.mkdtemp(prefix="kairos-bench-store-")
     try:
-        runtime.start(n_shards=n_shards)
+        runtime.start(n_shards=n_shards, store=store, journal_policy="fsync")
         status = ray.get(runtime.controller().status.remote())
         nodes = sorted(x["NodeID"] for x in ray.nodes() if x["Alive"])
         shards = Counter(s["placed_on"] for s in status["shards"])
@@ -139,6 +143,7 @@ def kairos(n_shards: int, customers: int) -> Iterator[Kairos]:
                      _crossing_share(remote, customers))
     finally:
         runtime.stop()
+        shutil.rmtree(store, ignore_errors=True)
 
 
 def _crossing_share(remote_shards: set[str], customers: int) -> float:
