@@ -42,6 +42,9 @@ LONG_POLL_S = _env("LONG_POLL_S", 10.0)
 # streams; 2.9k, 3.9k, 4.8k with 16), while a request waits for at most the calls in flight.
 CLIENT_BATCH_LIMIT = _env("CLIENT_BATCH_LIMIT", 512, int)
 CLIENT_INFLIGHT_CALLS = _env("CLIENT_INFLIGHT_CALLS", 2, int)
+# Under load (a call to the shard in flight), how long a call waits for more requests before
+# it goes; at low load calls go at once.
+CLIENT_BATCH_WINDOW_S = _env("CLIENT_BATCH_WINDOW_S", 0.001)
 # Requests a client lets wait for one shard while its calls are in flight; past it, Busy.
 CLIENT_QUEUE_LIMIT = _env("CLIENT_QUEUE_LIMIT", 10_000, int)
 # Where shards keep customers, snapshots and journals: "memory" (volatile), a directory, or
