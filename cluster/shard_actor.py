@@ -124,12 +124,12 @@ class ShardActor:
     async def _rebuild(self, failed: Shard) -> None:
         owned = {p: v for p, v in failed.owned.items() if p not in failed.leaving}
         watches = [(w.sink, w.channel, w.placement) for w in failed.channel_watches]
+        try:
+            failed.close()
+        except OSError:
+            pass
         attempt = 0
         while True:
-            try:
-                failed.close()
-            except OSError:
-                pass
             try:
                 self.shard = await asyncio.get_running_loop().run_in_executor(
                     self._pool, self._recovered, failed.compiled, owned, watches, None)
