@@ -214,6 +214,12 @@ class KairosClient:
 
     async def _result(self, request: tuple) -> tuple:
         """A request's values (`None` for a missing customer), or the error it raised."""
+        return await self.settle(request, await self.enqueue(request))
+
+    def enqueue(self, request: tuple) -> asyncio.Future:
+        """Route a request `(kind, customer_id, *payload)` now, without awaiting; a future of
+        the shard's answer, which `settle` turns into the values (gateways stream many
+        requests this way, without a task per request)."""
         customer_id = request[1]
         if not isinstance(customer_id, str) or not customer_id:
             raise InputError("customer_id", f"expected a non-empty string, got "
@@ -231,7 +237,11 @@ class KairosClient:
             lane.held.append(item)  # behind what must go first
         else:
             self._send(p, lane, item)
-        status, *rest = await future
+        return future
+
+    async def settle(self, request: tuple, answer: tuple) -> tuple:
+        """The values of a request's answer, or the error it stands for."""
+        status, *rest = answer
         if status == OK:
             return tuple(rest)
         if status == MERGED:  # an anonymous customer since linked: its requests go there
@@ -243,7 +253,7 @@ class KairosClient:
         if status == MISSING:
             return (None,)
         if status == BUSY:
-            raise Busy(f"shard {lane.shard} is at its queue limit")
+            raise Busy(f"the shard of {request[1]!r} is at its queue limit")
         raise Unavailable(rest[0])
 
     def _owner_of(self, p: int) -> str:

@@ -194,60 +194,77 @@ class Gateway(decision_pb2_grpc.DecisionServiceServicer, admin_pb2_grpc.AdminSer
     async def _ingest(self, event: pb.Event, catalog: CompiledCatalog, where: str,
                       timeout_s: float) -> pb.IngestAck:
         """One event; input errors name the field, prefixed with `where` inside a stream."""
-        who = _who(event, where)
-        if event.channel and event.channel not in catalog.channel_index:
-            raise InputError(f"{where}channel", f"unknown channel {event.channel!r} "
-                                                f"(channels: {', '.join(catalog.channel_names)})")
-        if event.decide_placement and not event.channel:
-            raise InputError(f"{where}channel", "decide_placement needs the channel")
-        when = wire.optional_time_in(f"{where}time", event, "time") or time.time()
-        attributes = wire.values_in(f"{where}attributes", event.attributes)
-        decide = (event.channel, event.decide_placement) if event.decide_placement else None
+        who, request = _event_request(event, catalog, where)
         try:
-            result = await self._within(self._as(who, lambda customer_id: self.client.ingest_ack(
-                customer_id, event.type, when, attributes, event.idempotency_key or None,
-                decide)), timeout_s)
+            result = await self._within(self._as(
+                who, lambda customer_id: self.client.ingest_ack(customer_id, *request[2:])),
+                timeout_s)
         except InputError as exc:
             raise InputError(where + exc.field, exc.reason) from None
-        ack = pb.IngestAck(event_id=event.event_id, sequence=result[0], duplicate=result[1])
-        if len(result) > 2:
-            ack.decision.CopyFrom(wire.decision_out(result[2]))
-        return ack
+        return _ack(event, result)
 
     async def IngestStream(self, request_iterator, context) -> AsyncIterator[pb.IngestAck]:
         """Events go out as they arrive (each customer's in order); each ack goes back as soon
         as it and every earlier one are done, in order. At most STREAM_WINDOW events wait for
         their acks: past that, reading pauses (gRPC flow control pushes back on the sender).
-        The first failing event ends the stream with its status; earlier ones were acked."""
+        The first failing event ends the stream with its status; earlier ones were acked.
+        Events named by customer id are routed as they are read, without a task of their own
+        (the stream's deadline bounds them all); events by alias first resolve the alias."""
         await self._admit(context, "ingest")
         catalog = await self._catalog()
-        pending: asyncio.Queue[asyncio.Future | None] = asyncio.Queue(STREAM_WINDOW)
+        pending: asyncio.Queue = asyncio.Queue(STREAM_WINDOW)
         reader = asyncio.ensure_future(self._read_stream(request_iterator, context, catalog,
                                                          pending))
         try:
-            while (ack := await pending.get()) is not None:
-                yield await ack
-            await reader  # a failure of the reader itself (a denied channel)
+            async with asyncio.timeout(self._timeout(context)):
+                while (item := await pending.get()) is not None:
+                    yield await self._stream_ack(*item)
+                await reader  # a failure of the reader itself (a denied channel)
         except Exception as exc:
             reader.cancel()
             while not pending.empty():
-                if (task := pending.get_nowait()) is not None:
-                    task.cancel()
+                if (item := pending.get_nowait()) is not None and item[0] == "task":
+                    item[1].cancel()
             await self._abort(context, exc)
 
     async def _read_stream(self, request_iterator, context, catalog: CompiledCatalog,
                            pending: asyncio.Queue) -> None:
-        """Start each event of a stream as it arrives; None after the last."""
+        """Route each event of a stream as it arrives; None after the last (or after the
+        first event that fails validation, which ends the stream in its turn)."""
         n = 0
         try:
             async for event in request_iterator:
                 if event.channel:
                     await self._admit(context, "ingest", event.channel)
-                await pending.put(asyncio.ensure_future(self._ingest(
-                    event, catalog, f"events[{n}].", self._timeout(context))))
+                where = f"events[{n}]."
                 n += 1
+                try:
+                    who, request = _event_request(event, catalog, where)
+                    if who[1] is not None:
+                        item = ("task", asyncio.ensure_future(self._ingest(
+                            event, catalog, where, self._timeout(context))))
+                    else:
+                        item = ("routed", self.client.enqueue(request), request, event, where)
+                        self.inflight += 1
+                except Exception as exc:  # answered in order, after the events before it
+                    await pending.put(("failed", exc))
+                    return
+                await pending.put(item)
         finally:
             await pending.put(None)
+
+    async def _stream_ack(self, how: str, *item) -> pb.IngestAck:
+        if how == "task":
+            return await item[0]
+        if how == "failed":
+            raise item[0]
+        answer, request, event, where = item
+        try:
+            return _ack(event, await self.client.settle(request, await answer))
+        except InputError as exc:
+            raise InputError(where + exc.field, exc.reason) from None
+        finally:
+            self.inflight -= 1
 
     async def Respond(self, request: pb.Outcome, context) -> pb.OutcomeAck:
         await self._admit(context, "respond", request.channel)
@@ -416,6 +433,30 @@ class _Stream:
     def __init__(self) -> None:
         self.backlog: deque[Decision] = deque(maxlen=WATCH_BACKLOG)
         self.wake = asyncio.Event()
+
+
+def _event_request(event: pb.Event, catalog: CompiledCatalog, where: str
+                   ) -> tuple[tuple[str | None, str | None], tuple]:
+    """Whom an event names, and its runtime request (checked; the customer id is None for an
+    event by alias, until the alias is resolved)."""
+    who = _who(event, where)
+    if event.channel and event.channel not in catalog.channel_index:
+        raise InputError(f"{where}channel", f"unknown channel {event.channel!r} "
+                                            f"(channels: {', '.join(catalog.channel_names)})")
+    if event.decide_placement and not event.channel:
+        raise InputError(f"{where}channel", "decide_placement needs the channel")
+    when = wire.optional_time_in(f"{where}time", event, "time") or time.time()
+    attributes = wire.values_in(f"{where}attributes", event.attributes)
+    decide = (event.channel, event.decide_placement) if event.decide_placement else None
+    return who, ("event", who[0], event.type, when, attributes, event.idempotency_key or None,
+                 decide)
+
+
+def _ack(event: pb.Event, result: tuple) -> pb.IngestAck:
+    ack = pb.IngestAck(event_id=event.event_id, sequence=result[0], duplicate=result[1])
+    if len(result) > 2:
+        ack.decision.CopyFrom(wire.decision_out(result[2]))
+    return ack
 
 
 def _require(value: str, field: str) -> None:
