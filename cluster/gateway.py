@@ -42,8 +42,10 @@ log = logging.getLogger("kairos.gateway")
 DEFAULT_PORT = 50051
 # Deadline for calls that come without one.
 DEFAULT_DEADLINE_S = _env("DEFAULT_DEADLINE_S", 5.0)
-# Time kept back from the caller's deadline to build and send a fallback.
+# Time kept back from the caller's deadline to build and send a fallback: at least this, and
+# at least DEADLINE_MARGIN_SHARE of the deadline (a loaded event loop is late by milliseconds).
 DEADLINE_MARGIN_S = _env("DEADLINE_MARGIN_S", 0.002)
+DEADLINE_MARGIN_SHARE = _env("DEADLINE_MARGIN_SHARE", 0.05)
 # Calls one gateway works on at once; past it, RESOURCE_EXHAUSTED at once.
 GATEWAY_INFLIGHT_LIMIT = _env("GATEWAY_INFLIGHT_LIMIT", 20_000, int)
 # Largest request accepted (bytes); larger ones fail with RESOURCE_EXHAUSTED before decoding.
@@ -115,8 +117,8 @@ class Gateway(decision_pb2_grpc.DecisionServiceServicer, admin_pb2_grpc.AdminSer
 
     def _timeout(self, context) -> float:
         remaining = context.time_remaining()
-        return max(0.0, (DEFAULT_DEADLINE_S if remaining is None else remaining)
-                   - DEADLINE_MARGIN_S)
+        remaining = DEFAULT_DEADLINE_S if remaining is None else remaining
+        return max(0.0, remaining - max(DEADLINE_MARGIN_S, DEADLINE_MARGIN_SHARE * remaining))
 
     async def _call(self, context, work, fallback=None) -> Any:
         """Run the runtime call within the deadline; map its errors to status codes."""
