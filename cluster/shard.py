@@ -407,9 +407,10 @@ class Shard:
                 self.directory.drop_redirect(p, customer_id)  # with the state it handed over
                 existed = True
             results[idx] = (OK, existed, list(aliases))
-            self.counts["forgotten"] += existed
-            self._log.append(tuple(requests[idx]))
-            self._erase.setdefault(p, set()).add(customer_id)
+            if existed:  # nothing to journal or erase for a customer nobody has seen
+                self.counts["forgotten"] += 1
+                self._log.append(tuple(requests[idx]))
+                self._erase.setdefault(p, set()).add(customer_id)
 
     # -- identity ------------------------------------------------------------------------------
 
@@ -445,7 +446,7 @@ class Shard:
         """Hand an anonymous customer's state over for a link, and redirect its id. A retry
         of the same link gets the same state back."""
         for idx in span:
-            _, p, anonymous, link, target, *replayed = requests[idx]
+            _, p, anonymous, link, target, *recorded = requests[idx]  # recorded: a replay
             moved = self._moved(p, idx)
             if moved:
                 results[idx] = moved
@@ -454,9 +455,9 @@ class Shard:
             if earlier is not None:
                 results[idx] = (OK, earlier[2] if earlier[1] == link else None)
                 continue
-            state = replayed[0] if replayed else None
+            state = recorded[0] if recorded else None
             if self._activate(anonymous, p, create=False):
-                if not replayed:
+                if not recorded:
                     state = blocks.pack(self._export([anonymous]))
                 self._evict(anonymous, p)
                 self.store.delete(p, anonymous)
