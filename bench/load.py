@@ -68,6 +68,7 @@ class Plan:
     actors: int  # the literal card's customer actors
     shards: int
     seed: int = 1
+    systems: tuple[str, ...] = ()  # run only the phases named with these prefixes (all if empty)
 
 
 FULL = Plan(customers=1_000_000, modes=(1, 3), generators=2, warmup_s=2.0, measure_s=10.0,
@@ -113,6 +114,8 @@ class Bench:
     def phase(self, name: str, work: Callable[..., None], *args: Any) -> None:
         """Run one phase; a failure is reported (and fails the run) but does not cost the
         other phases' measurements."""
+        if self.plan.systems and not name.startswith(self.plan.systems):
+            return
         try:
             work(*args)
         except Exception as exc:  # noqa: BLE001  (reported below, and in the report)
@@ -196,13 +199,16 @@ def parse(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
     parser.add_argument("--rates", help="the Decide ladder, e.g. 500,1000,2000")
     parser.add_argument("--stream-rates", help="the IngestStream ladder (events/s)")
     parser.add_argument("--actors", type=int, help="customer actors of the literal card")
+    parser.add_argument("--systems", help="only these systems (name prefixes), e.g. "
+                                          "kairos,floor-ray")
     args = parser.parse_args(argv)
     plan = SMOKE if args.smoke else FULL
     overrides = {
         "customers": args.customers, "generators": args.generators,
         "measure_s": args.measure_s, "actors": args.actors,
         "modes": _numbers(args.modes, int), "decide_rates": _numbers(args.rates, float),
-        "stream_rates": _numbers(args.stream_rates, float)}
+        "stream_rates": _numbers(args.stream_rates, float),
+        "systems": _numbers(args.systems, str)}
     return replace(plan, **{k: v for k, v in overrides.items() if v is not None}), args
 
 

@@ -67,6 +67,12 @@ def up(args: argparse.Namespace) -> int:
         print("--tls-cert and --tls-key go together (and --tls-client-ca needs them)",
               file=sys.stderr)
         return 2
+    # Every node starts on this machine: shards serve their data path on loopback. Ray runs
+    # workers at nice 15 by default, behind any batch job on the machine; Kairos's actors are
+    # the latency-bound service, so they run at 0. (Ray's workers inherit `ray start`'s
+    # environment.)
+    os.environ.setdefault("KAIROS_DATA_HOST", "127.0.0.1")
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
     quiet = {"stdout": subprocess.DEVNULL, "check": True}
     subprocess.run([ray_cli, "start", "--head", f"--port={RAY_HEAD_PORT}",
@@ -106,6 +112,12 @@ def down(args: argparse.Namespace) -> int:
         ray.shutdown()
     except ConnectionError:
         print("no local Ray cluster is running", file=sys.stderr)
+    # Every node starts on this machine: shards serve their data path on loopback. Ray runs
+    # workers at nice 15 by default, behind any batch job on the machine; Kairos's actors are
+    # the latency-bound service, so they run at 0. (Ray's workers inherit `ray start`'s
+    # environment.)
+    os.environ.setdefault("KAIROS_DATA_HOST", "127.0.0.1")
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
     subprocess.run([ray_cli, "stop"], check=False)
     return 0

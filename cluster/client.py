@@ -109,6 +109,7 @@ class KairosClient:
             if task is not None:
                 task.cancel()
         await asyncio.gather(*(t for t in tasks if t is not None), return_exceptions=True)
+        await self.backend.close()
 
     def _apply_map(self, routing: dict[str, Any] | None) -> None:
         if routing is None or routing["version"] == self.version:

@@ -6,11 +6,14 @@ the logic above runs and is tested without Ray (Ray Serve's ActorReplicaWrapper 
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any, Protocol
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from .dataplane import PlaneClosed, PlaneConnection
 from .settings import CONTROLLER_NAME, LEARNER_NAME, NAMESPACE
 
 
@@ -37,14 +40,20 @@ class Backend(Protocol):
 
     async def learner_call(self, method: str, *args: Any) -> Any: ...
 
+    async def close(self) -> None:
+        """Close the connections this backend opened (on the running event loop)."""
+
     async def controller_call(self, method: str, *args: Any) -> Any: ...
 
 
 class RayBackend:
-    """Named actors in the Kairos namespace; handles are looked up once and cached."""
+    """Named actors in the Kairos namespace; handles are looked up once and cached. Request
+    batches go over each shard's data plane connection (dataplane.py), opened on first use
+    on the running event loop and kept."""
 
     def __init__(self) -> None:
         self._handles: dict[str, Any] = {}
+        self._planes: dict[str, asyncio.Future] = {}
 
     def nodes(self) -> list[str]:
         return sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
@@ -64,6 +73,7 @@ class RayBackend:
         await handle.ready.remote()
 
     async def kill_shard(self, name: str) -> None:
+        await self._close_plane(name)
         try:
             ray.kill(self._handle(name), no_restart=True)
         except ValueError:  # already gone
@@ -75,7 +85,32 @@ class RayBackend:
 
     async def send(self, name: str, session: str, seq: int, requests: list,
                    routed: list[int]) -> list:
-        return await self._call(name, "handle", session, seq, requests, routed)
+        plane = self._planes.get(name)
+        if plane is None:
+            plane = self._planes[name] = asyncio.ensure_future(self._connect(name))
+        try:
+            connection = await asyncio.shield(plane)
+            return await connection.call(session, seq, requests, routed)
+        except (PlaneClosed, OSError, Unavailable) as exc:
+            if self._planes.get(name) is plane:
+                del self._planes[name]  # the next batch reconnects, to a restarted shard too
+            if isinstance(exc, Unavailable):
+                raise
+            raise Unavailable(f"{name}: {exc}") from exc
+
+    async def close(self) -> None:
+        for name in list(self._planes):
+            await self._close_plane(name)
+
+    async def _close_plane(self, name: str) -> None:
+        plane = self._planes.pop(name, None)
+        if plane is not None:
+            with contextlib.suppress(Exception):
+                await (await plane).close()
+
+    async def _connect(self, name: str) -> PlaneConnection:
+        host, port, incarnation = await self._call(name, "data_address")
+        return await PlaneConnection.open(host, port, incarnation)
 
     async def learner_call(self, method: str, *args: Any) -> Any:
         return await self._call(LEARNER_NAME, method, *args)

@@ -45,8 +45,8 @@ from kairos.core.models import ModelRemap, ModelTable
 from . import blocks
 from .identity import Directory
 from .partitions import partition_of
-from .settings import (PASSIVATE_IDLE_S, RESIDENT_LIMIT, SNAPSHOT_AFTER_S,
-                       SNAPSHOTS_PER_TICK, STORE_COUNT_S)
+from .settings import (PASSIVATE_IDLE_S, RESIDENT_LIMIT, SNAPSHOT_AFTER_S, SNAPSHOT_BACKLOG,
+                       SNAPSHOT_BUDGET_S, STORE_COUNT_S)
 from .store import MemoryStore, Store, StoreUnavailable
 from .timers import Timers
 
@@ -605,7 +605,7 @@ class Shard:
         self.passivate(now)
         self.timers.compact()
         self.erase()
-        self.checkpoint(now - SNAPSHOT_AFTER_S, SNAPSHOTS_PER_TICK)
+        self.checkpoint(now - SNAPSHOT_AFTER_S, len(self.dirty), SNAPSHOT_BUDGET_S)
         return pushes
 
     def passivate(self, now: float) -> int:
@@ -821,20 +821,26 @@ class Shard:
         self.counts["snapshots"] += len(partitions)
         return customers
 
-    def checkpoint(self, changed_before: float, limit: int) -> int:
-        """Snapshot up to `limit` partitions whose oldest unsnapshotted change is older than
-        `changed_before` (oldest first), then truncate the journal behind the oldest change
-        still waiting; the number of partitions written."""
+    def checkpoint(self, changed_before: float, limit: int, budget_s: float = math.inf) -> int:
+        """Snapshot up to `limit` partitions, oldest change first, whose oldest unsnapshotted
+        change is older than `changed_before` or SNAPSHOT_BACKLOG journal records back, for
+        at most `budget_s` (at least one partition); then truncate the journal behind the
+        oldest change still waiting. The number of partitions written."""
+        backlog = self.journal.last_lsn - SNAPSHOT_BACKLOG
         due = sorted((first, p) for p, (first, when) in self.dirty.items()
-                     if when <= changed_before)[:limit]
-        if due:
-            self.snapshot(p for _, p in due)
+                     if when <= changed_before or first <= backlog)[:limit]
+        started, written = time.perf_counter(), 0
+        for _, p in due:
+            self.snapshot([p])
+            written += 1
+            if time.perf_counter() - started >= budget_s:
+                break
         oldest = min((first for first, _ in self.dirty.values()), default=None)
         upto = self.journal.last_lsn if oldest is None else oldest - 1
         if upto > self._truncated:
             self.journal.truncate(upto)
             self._truncated = upto
-        return len(due)
+        return written
 
     def erase(self) -> int:
         """Finish ForgetCustomer: snapshot the partitions without the forgotten customers,

@@ -32,10 +32,11 @@ from kairos.core.catalog import load_catalog
 from kairos.core.compiler import compile_catalog
 from kairos.core.models import ModelDelta
 
+from .dataplane import PlaneServer
 from .learner import Published
 from .metrics import ShardMetrics
 from .ray_api import RayBackend, Unavailable, sink_handle
-from .settings import MODEL_SYNC_S, SHARD_QUEUE_LIMIT, SHARD_ROUND_LIMIT, TICK_S
+from .settings import DATA_HOST, MODEL_SYNC_S, SHARD_QUEUE_LIMIT, SHARD_ROUND_LIMIT, TICK_S
 from .shard import BUSY, UNAVAILABLE, Push, Shard
 from .store import StoreUnavailable, open_store
 
@@ -72,11 +73,19 @@ class ShardActor:
         self._snapshot: dict[str, Any] = {"shard": name, "started": False}
         self._loops: list[asyncio.Task] = []
         self._flushed: Shard | None = None  # the Shard whose tallies the metrics follow
+        self._plane = PlaneServer(self.handle, self.incarnation)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def ready(self) -> str:
         return self.incarnation
+
+    async def data_address(self) -> tuple[str, int, str]:
+        """Where this incarnation serves request batches (dataplane.py): host, port and the
+        incarnation a connection must name. (On the default group's event loop, the one
+        `handle` and the worker use: each concurrency group has a loop of its own.)"""
+        host, port = await self._plane.start(DATA_HOST or ray.util.get_node_ip_address())
+        return host, port, self.incarnation
 
     async def start(self, catalog_text: str, partitions: list[int],
                     channel_watches: list[tuple], map_version: int,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,9 @@ import pytest
 from kairos.core import kernel
 from kairos.core.catalog import load_catalog_file
 from kairos.core.compiler import CompiledCatalog, compile_catalog
+
+# Servers in tests bind 127.0.0.1 only: the shards' data path too (Ray's workers inherit this)
+os.environ.setdefault("KAIROS_DATA_HOST", "127.0.0.1")
 
 DATA = Path(__file__).parent / "core" / "data"
 ROOT = Path(__file__).resolve().parents[1]

@@ -83,6 +83,9 @@ class LocalBackend:
     async def controller_call(self, method: str, *args: Any) -> Any:
         return await getattr(self.controller, method)(*args)
 
+    async def close(self) -> None:
+        """Nothing to close: every call is in process."""
+
     async def _hop(self) -> None:
         for _ in range(self.rng.randrange(3)):
             await asyncio.sleep(0)
