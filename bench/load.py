@@ -13,8 +13,8 @@ Systems, each behind the same kairos.v1 gRPC contract and driven by the same gen
   actors             the literal card: one Ray actor per customer, a bounded number of them
 
 Every system gets the same Decide sweep (the highest rate with p99 ≤ 10 ms, and the curve).
-Kairos, in each mode, also gets: a bulk load of every customer, an IngestStream sweep (each
-event re-evaluated), sessions across channels (decide, ingest and respond mixed) and push
+Kairos, in each mode, also gets: a bulk load of every customer, IngestStream and IngestBatch
+sweeps (each event re-evaluated), sessions across channels (decide, ingest and respond mixed) and push
 latency (an event on the web to the call center's WatchDecisions stream).
 
 Writes bench/results/load-<time>.json, .md and .png (latency percentiles against rate, one line
@@ -63,6 +63,7 @@ class Plan:
     measure_s: float
     decide_rates: tuple[float, ...]  # per second, the sweep's ladder
     stream_rates: tuple[float, ...]  # events per second on IngestStream
+    batch_rates: tuple[float, ...]  # events per second in IngestBatch messages
     journey_rate: float  # mixed sessions per second, at most (see Bench.kairos)
     push_rate: float  # push probes per second
     actors: int  # the literal card's customer actors
@@ -74,9 +75,10 @@ class Plan:
 FULL = Plan(customers=1_000_000, modes=(1, 3), generators=2, warmup_s=2.0, measure_s=10.0,
             decide_rates=(250, 500, 1000, 1500, 2000, 3000, 4000, 6000, 8000),
             stream_rates=(1000, 2500, 5000, 10_000, 20_000, 40_000),
+            batch_rates=(5000, 10_000, 20_000, 30_000, 40_000),
             journey_rate=1000, push_rate=100, actors=64, shards=4)
 SMOKE = Plan(customers=500, modes=(1,), generators=2, warmup_s=0.5, measure_s=1.5,
-             decide_rates=(200,), stream_rates=(1000,), journey_rate=200, push_rate=20,
+             decide_rates=(200,), stream_rates=(1000,), batch_rates=(2000,), journey_rate=200, push_rate=20,
              actors=4, shards=2)
 
 
@@ -86,7 +88,7 @@ class Bench:
     def __init__(self, pool: GeneratorPool, plan: Plan):
         self.pool = pool
         self.plan = plan
-        self.results: dict[str, Any] = {"systems": {}, "ingest": {}, "populate": {},
+        self.results: dict[str, Any] = {"systems": {}, "ingest": {}, "batch": {}, "populate": {},
                                         "journey": {}, "push": {}, "ray_call": {},
                                         "layout": {}, "failures": []}
 
@@ -163,6 +165,9 @@ class Bench:
             self.results["ingest"][name] = sweep(
                 self.pool, name, lambda rate: self.step(system.target, "stream", rate),
                 self.plan.stream_rates)
+            self.results["batch"][name] = sweep(
+                self.pool, name, lambda rate: self.step(system.target, "batch", rate),
+                self.plan.batch_rates)
             # sessions at the highest Decide rate that held (at most the plan's rate): what
             # each kind of call costs when the system is busy but not past its limit
             held = self.results["systems"][name]["max_rate_target_held"]
@@ -198,16 +203,19 @@ def parse(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
     parser.add_argument("--measure-s", type=float, help="measured seconds per step")
     parser.add_argument("--rates", help="the Decide ladder, e.g. 500,1000,2000")
     parser.add_argument("--stream-rates", help="the IngestStream ladder (events/s)")
+    parser.add_argument("--batch-rates", help="the IngestBatch ladder (events/s)")
     parser.add_argument("--actors", type=int, help="customer actors of the literal card")
+    parser.add_argument("--shards", type=int, help="Kairos shards")
     parser.add_argument("--systems", help="only these systems (name prefixes), e.g. "
                                           "kairos,floor-ray")
     args = parser.parse_args(argv)
     plan = SMOKE if args.smoke else FULL
     overrides = {
         "customers": args.customers, "generators": args.generators,
-        "measure_s": args.measure_s, "actors": args.actors,
+        "measure_s": args.measure_s, "actors": args.actors, "shards": args.shards,
         "modes": _numbers(args.modes, int), "decide_rates": _numbers(args.rates, float),
         "stream_rates": _numbers(args.stream_rates, float),
+        "batch_rates": _numbers(args.batch_rates, float),
         "systems": _numbers(args.systems, str)}
     return replace(plan, **{k: v for k, v in overrides.items() if v is not None}), args
 

@@ -13,6 +13,10 @@ Operations (`Step.op`):
                            decision), or whole sessions (events, decisions and outcomes)
   stream                   events on STREAMS_PER_PROCESS IngestStreams per process; an ack's
                            latency is taken from its event's intended send time
+  batch                    events arrive on schedule at a relay, which sends what it holds
+                           as one IngestBatch every BATCH_WINDOW_S (or at BATCH_EVENTS); an
+                           event's latency runs from its intended arrival to its batch's ack,
+                           so the relay's wait counts
   push                     a channel-wide WatchDecisions stream on the call center; events
                            for fresh customers on the web; latency = push received − intended
                            send time of the event that caused it
@@ -51,6 +55,8 @@ CONNECT_TIMEOUT_S = 10.0
 # IngestStreams each process keeps open: a high-volume channel spreads its events over a few
 # streams, and one stream's acks are written one after another.
 STREAMS_PER_PROCESS = 4
+# A relay's batches (op "batch"): sent every BATCH_WINDOW_S of arrivals, or at BATCH_EVENTS.
+BATCH_WINDOW_S, BATCH_EVENTS = 0.005, 1000
 PUSH_CHANNEL, PUSH_PLACEMENT = "call_center", "agent_screen"  # where pushes are watched
 PROBE_CHANNEL, PROBE_PLACEMENT = "web", "hero"  # where push probes' events come from
 # Before each step: sequential Decide probes until SETTLE_PROBES in a row answer within
@@ -59,7 +65,7 @@ SETTLE_MS, SETTLE_PROBES, SETTLE_TIMEOUT_S = 20.0, 3, 120.0
 
 PERCENTILES = (("50", 50.0), ("90", 90.0), ("99", 99.0), ("99_9", 99.9))  # (key, percent)
 OPS = {"decide": frozenset({DECIDE}), "ingest": frozenset({EVENT}),
-       "journey": frozenset({DECIDE, EVENT, RESPOND}), "stream": frozenset({EVENT})}
+       "journey": frozenset({DECIDE, EVENT, RESPOND}), "stream": frozenset({EVENT}), "batch": frozenset({EVENT})}
 
 
 @dataclass(frozen=True)
@@ -279,6 +285,8 @@ async def _step(step: Step, index: int, processes: int, start_at: float) -> dict
                 _stream(stub, schedule(k, STREAMS_PER_PROCESS),
                         Journeys(_CATALOG, step.customers, seed * 100 + k), recorder)
                 for k in range(STREAMS_PER_PROCESS)))
+        elif step.op == "batch":
+            await _batches(stub, schedule(), Journeys(_CATALOG, step.customers, seed), recorder)
         else:
             await _unary(stub, schedule(), Journeys(_CATALOG, step.customers, seed),
                          OPS[step.op], recorder)
@@ -403,6 +411,34 @@ async def _stream(stub, schedule: _Schedule, journeys: Journeys, recorder: Recor
     except grpc.aio.AioRpcError as exc:  # the stream ended: every unacked event failed
         while inflight:
             stats.answered(inflight.popleft(), exc.code().name)
+
+
+async def _batches(stub, schedule: _Schedule, journeys: Journeys, recorder: Recorder) -> None:
+    """A relay: holds the events that arrive and sends them as one IngestBatch once the
+    oldest has waited BATCH_WINDOW_S (checked as events arrive) or BATCH_EVENTS are held."""
+    stats = recorder.kind(EVENT)
+    inflight = _Inflight()
+
+    async def send(batch: list[tuple[Send, pb.Event]]) -> None:
+        try:
+            await stub.IngestBatch(pb.EventBatch(events=[event for _, event in batch]),
+                                   timeout=DEADLINE_S)
+        except grpc.aio.AioRpcError as exc:
+            for arrival, _ in batch:
+                stats.answered(arrival, exc.code().name)
+            return
+        for arrival, _ in batch:
+            stats.answered(arrival)
+
+    held: list[tuple[Send, pb.Event]] = []
+    async for arrival in schedule:
+        held.append((arrival, _event(journeys.next(OPS["batch"]))))
+        if len(held) >= BATCH_EVENTS or arrival.intended - held[0][0].intended >= BATCH_WINDOW_S:
+            inflight.start(send(held))
+            held = []
+    if held:
+        inflight.start(send(held))
+    await inflight.drain()
 
 
 async def _push(stub, schedule: _Schedule, seed: int, recorder: Recorder) -> None:

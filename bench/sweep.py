@@ -17,7 +17,7 @@ from .loadgen import GeneratorPool, Step
 P99_TARGET_MS = 10.0
 ERROR_BUDGET = 0.001  # errors, fallbacks and unanswered requests, as a share of those sent
 STOP_AFTER_FAILURES = 2
-KIND_OF_OP = {"decide": "decide", "stream": "event", "ingest": "event"}
+KIND_OF_OP = {"decide": "decide", "stream": "event", "batch": "event", "ingest": "event"}
 
 
 def holds(result: dict[str, Any], kind: str, p99_target_ms: float = P99_TARGET_MS) -> bool:

@@ -54,6 +54,7 @@ MAX_MESSAGE_BYTES = _env("MAX_MESSAGE_BYTES", 1 << 20, int)
 WATCH_BACKLOG = _env("WATCH_BACKLOG", 1024, int)
 # Events of one IngestStream in flight at once.
 STREAM_WINDOW = _env("STREAM_WINDOW", 1024, int)
+BATCH_LIMIT = 10_000  # events in one IngestBatch (the proto says so)
 SERVICES = ("kairos.v1.DecisionService", "kairos.v1.AdminService")
 
 
@@ -241,19 +242,25 @@ class Gateway(decision_pb2_grpc.DecisionServiceServicer, admin_pb2_grpc.AdminSer
                 where = f"events[{n}]."
                 n += 1
                 try:
-                    who, request = _event_request(event, catalog, where)
-                    if who[1] is not None:
-                        item = ("task", asyncio.ensure_future(self._ingest(
-                            event, catalog, where, self._timeout(context))))
-                    else:
-                        item = ("routed", self.client.enqueue(request), request, event, where)
-                        self.inflight += 1
+                    item = self._route(event, _event_request(event, catalog, where), catalog,
+                                       where, context)
                 except Exception as exc:  # answered in order, after the events before it
                     await pending.put(("failed", exc))
                     return
                 await pending.put(item)
         finally:
             await pending.put(None)
+
+    def _route(self, event: pb.Event, checked: tuple, catalog: CompiledCatalog, where: str,
+               context) -> tuple:
+        """Send a checked event on its way now; what `_stream_ack` turns into its ack."""
+        who, request = checked
+        if who[1] is not None:  # by alias: resolve it first
+            return ("task", asyncio.ensure_future(self._ingest(event, catalog, where,
+                                                               self._timeout(context))))
+        answer = self.client.enqueue(request)
+        self.inflight += 1
+        return ("routed", answer, request, event, where)
 
     async def _stream_ack(self, how: str, *item) -> pb.IngestAck:
         if how == "task":
@@ -267,6 +274,41 @@ class Gateway(decision_pb2_grpc.DecisionServiceServicer, admin_pb2_grpc.AdminSer
             raise InputError(where + exc.field, exc.reason) from None
         finally:
             self.inflight -= 1
+
+    async def IngestBatch(self, request: pb.EventBatch, context) -> pb.EventBatchAck:
+        """Check every event, then route them all at once (each customer's in order, without
+        a task per event) and gather the acks in order."""
+        await self._admit(context, "ingest")
+        catalog = await self._catalog()
+        if len(request.events) > BATCH_LIMIT:
+            await self._invalid(context, InputError(
+                "events", f"at most {BATCH_LIMIT} events per batch, got {len(request.events)}"))
+        checked = []
+        for n, event in enumerate(request.events):
+            if event.channel:
+                await self._admit(context, "ingest", event.channel)
+            try:
+                checked.append(_event_request(event, catalog, f"events[{n}]."))
+            except InputError as exc:
+                await self._invalid(context, exc)
+        items: list[tuple] = []
+        try:
+            async with asyncio.timeout(self._timeout(context)):
+                for n, (event, request_checked) in enumerate(zip(request.events, checked)):
+                    items.append(self._route(event, request_checked, catalog,
+                                             f"events[{n}].", context))
+                acks = []
+                for k, item in enumerate(items):
+                    items[k] = ("done",)
+                    acks.append(await self._stream_ack(*item))
+                return pb.EventBatchAck(acks=acks)
+        except Exception as exc:
+            for item in items:
+                if item[0] == "task":
+                    item[1].cancel()
+                elif item[0] == "routed":
+                    self.inflight -= 1
+            await self._abort(context, exc)
 
     async def Respond(self, request: pb.Outcome, context) -> pb.OutcomeAck:
         await self._admit(context, "respond", request.channel)

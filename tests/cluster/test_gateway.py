@@ -189,6 +189,43 @@ def test_ingest_stream_stops_at_a_bad_event_naming_it(stubs):
     assert details.startswith("events[1].type: unknown event type"), details
 
 
+def test_ingest_batch_acks_every_event_in_order_with_its_decision(stubs):
+    decisions, _ = stubs
+    events = [event(f"batched{i % 7}", "page_view", NOW + i, category="home")
+              for i in range(300)]
+    events[5].decide_placement = "hero"
+    events[6].ClearField("customer_id")
+    events[6].alias.CopyFrom(pb.Alias(type="cookie", value="batch-cookie"))
+    events[7].idempotency_key = events[8].idempotency_key = "once"
+    events[7].customer_id = events[8].customer_id = "batched0"
+    reply = decisions.IngestBatch(pb.EventBatch(events=events), timeout=30, metadata=key(WEB))
+    assert len(reply.acks) == 300
+    counts: dict[str, int] = {}
+    for e, ack in zip(events, reply.acks):
+        if e.WhichOneof("customer") == "customer_id" and e is not events[8]:
+            counts[e.customer_id] = counts.get(e.customer_id, 0) + 1
+            assert ack.sequence == counts[e.customer_id] and not ack.duplicate
+    assert reply.acks[8].duplicate and reply.acks[8].sequence == reply.acks[7].sequence
+    assert reply.acks[5].decision.placement == "hero" and reply.acks[5].decision.actions
+    assert reply.acks[6].sequence == 1  # the alias's anonymous customer
+
+
+def test_ingest_batch_checks_every_event_before_applying_any(stubs):
+    decisions, _ = stubs
+    events = [event("checked", "page_view", category="home"), event("checked", "page_view")]
+    events[1].time.nanos = -1
+    code, details = code_of(decisions.IngestBatch, pb.EventBatch(events=events),
+                            metadata=key(WEB))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("events[1].time: nanos must be in 0..999999999"), details
+    ack = decisions.Ingest(events[0], timeout=10, metadata=key(WEB))
+    assert ack.sequence == 1  # the batch applied nothing
+    code, details = code_of(decisions.IngestBatch, pb.EventBatch(
+        events=[event("checked", "page_view", category="home"), event("checked", "teleport")]),
+        metadata=key(WEB))
+    assert details.startswith("events[1].type: unknown event type"), details
+
+
 def test_respond_records_the_outcome(stubs):
     decisions, _ = stubs
     d = decisions.Decide(pb.DecideRequest(customer_id="r1", channel="web"), timeout=10,

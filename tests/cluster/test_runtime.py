@@ -250,7 +250,7 @@ def test_catalog_switch_under_load_never_mixes_versions(cluster):
 
 
 def test_a_full_shard_rejects_at_once_and_applies_exactly_what_it_acknowledged(cluster):
-    """Two clients (two gateways, say) burst at one shard: past its queue limit it answers
+    """Four clients (four gateways, say) burst at one shard: past its queue limit it answers
     BUSY at once, and applies exactly what it acknowledged."""
     c, client, runtime = cluster
     owner = client.client.owner("burst-0")
@@ -261,12 +261,13 @@ def test_a_full_shard_rejects_at_once_and_applies_exactly_what_it_acknowledged(c
         return await asyncio.gather(*(kairos.ingest(cust, "app_open", T0 + k)
                                       for k, cust in enumerate(sent)), return_exceptions=True)
 
-    other = runtime.connect()
+    others = [runtime.connect() for _ in range(3)]
     try:
-        running = [sync.submit(burst(sync.client)) for sync in (client, other)]
+        running = [sync.submit(burst(sync.client)) for sync in (client, *others)]
         results = [future.result(timeout=120) for future in running]
     finally:
-        other.close()
+        for other in others:
+            other.close()
     busy = [r for rs in results for r in rs if isinstance(r, Busy)]
     assert busy, "the queue limit (1500) was never reached"
     assert all(isinstance(r, (int, Busy)) for rs in results for r in rs)
