@@ -67,7 +67,7 @@ class Plan:
     journey_rate: float  # mixed sessions per second, at most (see Bench.kairos)
     push_rate: float  # push probes per second
     actors: int  # the literal card's customer actors
-    shards: int
+    shards: int  # one per core: fewer, fuller batches beat more processes on a small machine
     seed: int = 1
     systems: tuple[str, ...] = ()  # run only the phases named with these prefixes (all if empty)
 
@@ -76,7 +76,7 @@ FULL = Plan(customers=1_000_000, modes=(1, 3), generators=2, warmup_s=2.0, measu
             decide_rates=(250, 500, 1000, 1500, 2000, 3000, 4000, 6000, 8000),
             stream_rates=(1000, 2500, 5000, 10_000, 20_000, 40_000),
             batch_rates=(5000, 10_000, 20_000, 30_000, 40_000),
-            journey_rate=1000, push_rate=100, actors=64, shards=4)
+            journey_rate=1000, push_rate=100, actors=64, shards=os.cpu_count() or 2)
 SMOKE = Plan(customers=500, modes=(1,), generators=2, warmup_s=0.5, measure_s=1.5,
              decide_rates=(200,), stream_rates=(1000,), batch_rates=(2000,), journey_rate=200, push_rate=20,
              actors=4, shards=2)

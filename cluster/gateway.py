@@ -30,7 +30,7 @@ from kairos.v1 import admin_pb2, admin_pb2_grpc
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
-from . import wire
+from . import pauses, wire
 from .auth import Auth, Denied, is_loopback
 from .client import Busy, Conflict, KairosClient
 from .identity import alias_key, check_linkable
@@ -55,6 +55,7 @@ WATCH_BACKLOG = _env("WATCH_BACKLOG", 1024, int)
 # Events of one IngestStream in flight at once.
 STREAM_WINDOW = _env("STREAM_WINDOW", 1024, int)
 BATCH_LIMIT = 10_000  # events in one IngestBatch (the proto says so)
+PAUSES_CHECK_S = 1.0  # how often a gateway looks whether to freeze its old objects (pauses.py)
 SERVICES = ("kairos.v1.DecisionService", "kairos.v1.AdminService")
 
 
@@ -591,6 +592,7 @@ class GatewayActor:
         self.gateway: Gateway | None = None
         self.server: grpc.aio.Server | None = None
         self.checker = None
+        self._pauses: asyncio.Future | None = None
 
     async def start(self, host: str, port: int, keys_text: str | None = None,
                     tls: Tls | None = None) -> int:
@@ -599,8 +601,16 @@ class GatewayActor:
         self.gateway = Gateway(self.name, client, backend, Auth.load(keys_text))
         await self.gateway.refresh_catalog()
         self.server, self.checker, bound = await serve(self.gateway, host, port, tls)
+        pauses.settle()
+        self._pauses = asyncio.ensure_future(self._keep_pauses_short())
         log.info("%s serving kairos.v1 on %s:%d", self.name, host, bound)
         return bound
+
+    @staticmethod
+    async def _keep_pauses_short() -> None:
+        while True:
+            await asyncio.sleep(PAUSES_CHECK_S)
+            pauses.keep_short()
 
     async def deliver(self, decisions: list[Decision]) -> None:
         if self.gateway is not None:
@@ -612,3 +622,4 @@ class GatewayActor:
             await self.checker.enter_graceful_shutdown()
             await self.server.stop(grace_s)
             await self.gateway.client.close()
+            self._pauses.cancel()

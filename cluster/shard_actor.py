@@ -35,6 +35,7 @@ from kairos.core.catalog import load_catalog
 from kairos.core.compiler import compile_catalog
 from kairos.core.models import ModelDelta
 
+from . import pauses
 from .dataplane import PlaneServer
 from .learner import Published
 from .metrics import ShardMetrics
@@ -106,6 +107,7 @@ class ShardActor:
         self.shard = await asyncio.get_running_loop().run_in_executor(
             self._pool, self._recovered, compiled, {p: map_version for p in partitions},
             [tuple(w) for w in channel_watches], sources)
+        pauses.settle()
         return self.incarnation
 
     def _recovered(self, compiled, owned: dict[int, int], channel_watches: list[tuple],
@@ -145,6 +147,7 @@ class ShardActor:
             try:
                 self.shard = await asyncio.get_running_loop().run_in_executor(
                     self._pool, self._recovered, failed.compiled, owned, watches, None)
+                pauses.settle()  # and the failed Shard is freed
                 return
             except (StoreUnavailable, OSError) as exc:
                 wait = REBUILD_BACKOFF_S[min(attempt, len(REBUILD_BACKOFF_S) - 1)]
@@ -328,6 +331,7 @@ class ShardActor:
             shard = self.shard
             if shard is None:
                 continue
+            pauses.keep_short()
             if shard is not self._flushed:
                 self.metrics.restart_tallies()
                 self._flushed = shard
@@ -358,6 +362,7 @@ class ShardActor:
 
     async def commit(self, version: str) -> None:
         await self._on_shard("commit", version)
+        pauses.settle()  # the old catalog's engine is freed
 
     async def retire(self) -> None:
         """Owning nothing any more: drop the journal, before the controller stops this actor."""

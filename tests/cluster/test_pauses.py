@@ -1,0 +1,41 @@
+"""pauses.py: survivors leave the collector's sight; garbage is still collected first."""
+from __future__ import annotations
+
+import gc
+
+import pytest
+
+from kairos.cluster import pauses
+
+
+@pytest.fixture(autouse=True)
+def unfrozen():
+    yield
+    gc.unfreeze()
+
+
+class Node:
+    def __init__(self):
+        self.me = self  # a cycle: only the collector frees it
+
+
+def test_settle_collects_cycles_then_freezes_the_survivors():
+    kept = [["customer", i] for i in range(1000)]
+    dropped = Node()
+    del dropped
+    pauses.settle()
+    assert not any(isinstance(o, Node) for o in gc.get_objects())
+    assert gc.get_freeze_count() >= len(kept)
+    assert not any(o is kept[0] for o in gc.get_objects(generation=2))
+
+
+def test_keep_short_freezes_once_the_oldest_generation_grows(monkeypatch):
+    pauses.settle()
+    monkeypatch.setattr(pauses, "OLDEST_FREEZE_AT", 500)
+    assert not pauses.keep_short()
+    aged = [["customer", i] for i in range(2000)]
+    gc.collect()  # they age into the oldest generation
+    frozen = gc.get_freeze_count()
+    assert pauses.keep_short()
+    assert gc.get_freeze_count() >= frozen + len(aged)
+    assert len(gc.get_objects(generation=2)) < 500
