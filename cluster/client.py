@@ -287,17 +287,20 @@ class KairosClient:
                          for _ in range(min(len(link.queue), CLIENT_BATCH_LIMIT))]
                 seq, link.seq = link.seq, link.seq + 1
                 link.calls += 1
-                asyncio.get_running_loop().create_task(self._call_shard(link, seq, batch))
+                asyncio.get_running_loop().create_task(
+                    self._call_shard(link, link.session, seq, batch))
 
-    async def _call_shard(self, link: _ShardLink, seq: int, batch: list) -> None:
+    async def _call_shard(self, link: _ShardLink, session: str, seq: int, batch: list) -> None:
         try:
-            results = await self.backend.send(link.name, link.session, seq,
+            results = await self.backend.send(link.name, session, seq,
                                               [item.request for item, _ in batch],
                                               [item.routed for item, _ in batch])
         except Unavailable as exc:
             # The shard died or is restarting: requests may or may not have been applied,
-            # so they fail rather than being re-sent; later ones start a fresh session.
-            link.session, link.seq = uuid.uuid4().hex, 0
+            # so they fail rather than being re-sent; later ones start a fresh session
+            # (unless another failed call of this session started it already).
+            if link.session == session:
+                link.session, link.seq = uuid.uuid4().hex, 0
             results = [("unavailable", str(exc))] * len(batch)
         finally:
             link.calls -= 1

@@ -33,8 +33,11 @@ log = logging.getLogger("kairos.dataplane")
 PROTOCOL = 1
 READ_CHUNK = 1 << 16
 # A peer that vanished without closing (its node lost power) is noticed after about
-# IDLE + INTERVAL × COUNT seconds of silence by TCP keepalive.
+# IDLE + INTERVAL × COUNT seconds of silence by TCP keepalive, or, while frames wait for its
+# acknowledgement (when keepalive sends nothing), after UNACKED_S.
 KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 5, 1, 3
+UNACKED_S = 10
+HANDSHAKE_S = 10.0  # to connect and be greeted, or to greet
 
 # The runtime's values that msgpack has no type for, as ext types (their fields in order).
 _TYPES = (Decision, RankedAction, Explanation, Dropped)
@@ -47,6 +50,10 @@ Handler = Callable[[str, int, list, list], Awaitable[list]]
 
 class PlaneClosed(ConnectionError):
     """The connection to a shard closed; what was in flight on it has no answer."""
+
+
+class ShardFailed(Exception):
+    """The shard failed answering one call (a bug, not bad input); the connection stays."""
 
 
 def _default(value: Any) -> Any:
@@ -98,7 +105,8 @@ def _keepalive(writer: asyncio.StreamWriter) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     for option, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE_S),
                           ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
-                          ("TCP_KEEPCNT", KEEPALIVE_COUNT)):
+                          ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+                          ("TCP_USER_TIMEOUT", UNACKED_S * 1000)):
         if hasattr(socket, option):  # Linux; elsewhere the system's defaults apply
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
@@ -109,20 +117,21 @@ class PlaneServer:
     def __init__(self, handle: Handler, incarnation: str):
         self._handle = handle
         self._incarnation = incarnation
-        self._server: asyncio.AbstractServer | None = None
-        self.address: tuple[str, int] | None = None
+        self._server: asyncio.Future | None = None
 
     async def start(self, host: str) -> tuple[str, int]:
+        """Listen (once, however many ask at the same time); the address."""
         if self._server is None:
-            self._server = await asyncio.start_server(self._serve, host, 0)
-            self.address = self._server.sockets[0].getsockname()[:2]
-        return self.address
+            self._server = asyncio.ensure_future(asyncio.start_server(self._serve, host, 0))
+        server = await asyncio.shield(self._server)
+        return server.sockets[0].getsockname()[:2]
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         _keepalive(writer)
         frames = _frames(reader, _unpacker())
         try:
-            hello = await anext(frames, None)
+            async with asyncio.timeout(HANDSHAKE_S):
+                hello = await anext(frames, None)
             if hello != (PROTOCOL, self._incarnation):
                 writer.write(_pack([False, f"expected protocol {PROTOCOL} and this shard's "
                                            f"incarnation, got {hello!r:.80}"]))
@@ -131,7 +140,7 @@ class PlaneServer:
             async for call, session, seq, requests, routed in frames:
                 asyncio.get_running_loop().create_task(
                     self._answer(writer, call, session, seq, requests, routed))
-        except (ConnectionError, ValueError, TypeError) as exc:
+        except (OSError, ValueError, TypeError) as exc:  # OSError: resets, timeouts
             log.warning("data plane connection dropped: %s", exc)
         finally:
             writer.close()
@@ -139,16 +148,16 @@ class PlaneServer:
     async def _answer(self, writer: asyncio.StreamWriter, call: int, session: str, seq: int,
                       requests: list, routed: list) -> None:
         try:
-            frame = [call, await self._handle(session, seq, requests, routed)]
+            frame = _pack([call, await self._handle(session, seq, requests, routed)])
         except Exception as exc:  # a bug, not bad input: the caller learns it at once
             log.exception("answering a data plane call failed")
-            frame = [call, None, f"{exc.__class__.__name__}: {exc}"]
+            frame = _pack([call, None, f"{exc.__class__.__name__}: {exc}"])
         if not writer.is_closing():
-            writer.write(_pack(frame))
+            writer.write(frame)
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        if self._server is not None and self._server.done() and not self._server.exception():
+            self._server.result().close()
 
 
 class PlaneConnection:
@@ -163,11 +172,15 @@ class PlaneConnection:
 
     @classmethod
     async def open(cls, host: str, port: int, incarnation: str) -> "PlaneConnection":
-        reader, writer = await asyncio.open_connection(host, port)
-        _keepalive(writer)
-        connection = cls(reader, writer)
-        writer.write(_pack([PROTOCOL, incarnation]))
-        answer = await anext(connection._frames, None)
+        try:
+            async with asyncio.timeout(HANDSHAKE_S):
+                reader, writer = await asyncio.open_connection(host, port)
+                _keepalive(writer)
+                connection = cls(reader, writer)
+                writer.write(_pack([PROTOCOL, incarnation]))
+                answer = await anext(connection._frames, None)
+        except TimeoutError:
+            raise PlaneClosed(f"{host}:{port} did not answer within {HANDSHAKE_S:g} s") from None
         if answer != (True,):
             writer.close()
             raise PlaneClosed(f"{host}:{port} refused the handshake: "
@@ -186,19 +199,25 @@ class PlaneConnection:
         frame = _pack([call, session, seq, requests, routed])
         future = self._pending[call] = asyncio.get_running_loop().create_future()
         self._writer.write(frame)
-        await self._writer.drain()
+        try:
+            await self._writer.drain()
+        except OSError as exc:
+            self._pending.pop(call, None)
+            raise PlaneClosed(f"the connection failed: {exc}") from exc
         return await future
 
     async def _read(self) -> None:
         reason = "the shard closed the connection"
         try:
             async for call, results, *error in self._frames:
-                future = self._pending.pop(call)
+                future = self._pending.pop(call, None)
+                if future is None or future.done():  # its caller gave up
+                    continue
                 if error:
-                    future.set_exception(PlaneClosed(f"the shard failed: {error[0]}"))
+                    future.set_exception(ShardFailed(f"the shard failed: {error[0]}"))
                 else:
                     future.set_result(results)
-        except (ConnectionError, ValueError, TypeError) as exc:
+        except (OSError, ValueError, TypeError) as exc:  # OSError: resets, timeouts
             reason = f"the connection failed: {exc}"
         finally:
             self._writer.close()

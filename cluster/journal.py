@@ -8,7 +8,11 @@ repeats. Frames live in segment files named after their first LSN; a segment is 
 Group commit: `append(records)` writes a whole batch as one frame with one write and, under
 the default policy "fsync", one fsync, so the cost of durability is paid per batch, not per
 record, and a batch is in the journal whole or not at all (a process killed inside the write
-leaves a short frame, which fails its length or CRC check).
+leaves a short frame, which fails its length or CRC check). `append(records, sync=False)`
+leaves the fsync to `sync()`, which another thread may run while appends go on (a shard goes
+on applying the next round while the last one's fsync runs, and answers a round only after
+a sync that started after it was written). A failed sync makes the journal refuse appends;
+`close()` then cuts what was written after the last good sync (none of it was acknowledged).
 "os" leaves the flush to the operating system (survives a process crash, not a power cut);
 "off" journals nothing (recovery then has only snapshots).
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 import os
 import shutil
 import struct
+import threading
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -54,16 +59,25 @@ class Journal:
         self.policy = policy
         self.segment_bytes = segment_bytes
         self.last_lsn = 0
+        self.synced_lsn = 0  # durable up to here (under "fsync"; else it follows last_lsn)
+        self.failed: OSError | None = None  # a sync failed: nothing more is appended
         self._fd: int | None = None
         self._size = 0
+        self._synced_size = 0  # of the current segment
+        self._lock = threading.Lock()  # a sync against rolling, compacting and closing
         self._recover_tail()
+        self.synced_lsn, self._synced_size = self.last_lsn, self._size
 
     # -- writing -------------------------------------------------------------------------------
 
-    def append(self, records: list[Any]) -> int:
-        """Write the records as one batch (durable per the policy); the LSN of the last."""
+    def append(self, records: list[Any], sync: bool = True) -> int:
+        """Write the records as one batch (durable per the policy, or once `sync()` ran when
+        `sync` is false); the LSN of the last."""
+        if self.failed is not None:
+            raise OSError(f"the journal failed earlier: {self.failed}")
         if not records or self.policy == "off":
             self.last_lsn += len(records)
+            self.synced_lsn = self.last_lsn
             return self.last_lsn
         if self._fd is None or self._size >= self.segment_bytes:
             self._roll()
@@ -73,7 +87,7 @@ class Journal:
             written = 0
             while written < len(data):
                 written += os.write(self._fd, data[written:])
-            if self.policy == "fsync":
+            if sync and self.policy == "fsync":
                 os.fsync(self._fd)
         except OSError:
             os.ftruncate(self._fd, self._size)  # never leave half a batch behind
@@ -81,16 +95,42 @@ class Journal:
             raise
         self._size += len(data)
         self.last_lsn += len(records)
+        if sync or self.policy != "fsync":
+            self.synced_lsn, self._synced_size = self.last_lsn, self._size
         return self.last_lsn
 
+    @property
+    def unsynced(self) -> bool:
+        return self.synced_lsn < self.last_lsn
+
+    def sync(self) -> None:
+        """Make every batch appended so far durable (any thread; one sync at a time)."""
+        with self._lock:
+            upto, size = self.last_lsn, self._size
+            if upto <= self.synced_lsn or self._fd is None:
+                return
+            if self.failed is not None:
+                raise OSError(f"the journal failed earlier: {self.failed}")
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                self.failed = exc
+                raise
+            if upto > self.synced_lsn:
+                self.synced_lsn, self._synced_size = upto, size
+
     def _roll(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-        path = self.directory / f"{self.last_lsn + 1:020d}{SUFFIX}"
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self._size = os.fstat(self._fd).st_size
-        if self.policy == "fsync":
-            fsync_directory(self.directory)  # the new file's name must survive a crash too
+        with self._lock:
+            if self._fd is not None:
+                if self.policy == "fsync" and self.synced_lsn < self.last_lsn:
+                    os.fsync(self._fd)  # a sync never spans two segments
+                os.close(self._fd)
+            path = self.directory / f"{self.last_lsn + 1:020d}{SUFFIX}"
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            self._size = self._synced_size = os.fstat(self._fd).st_size
+            self.synced_lsn = self.last_lsn
+            if self.policy == "fsync":
+                fsync_directory(self.directory)  # the new file's name must survive a crash
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -119,6 +159,11 @@ class Journal:
 
     def compact(self, drop: Callable[[Any], bool]) -> int:
         """Rewrite the segments without the records `drop` selects; how many were dropped."""
+        self.sync()
+        with self._lock:
+            return self._compact(drop)
+
+    def _compact(self, drop: Callable[[Any], bool]) -> int:
         dropped = 0
         for path in self._segments():
             batches = [(first, records) for first, records, _ in _batches(path)]
@@ -138,7 +183,7 @@ class Journal:
                 os.close(self._fd)  # the segment being appended: reopen the new file
                 os.replace(tmp, path)
                 self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-                self._size = len(data)
+                self._size = self._synced_size = len(data)
             else:
                 os.replace(tmp, path)
         if dropped:
@@ -146,7 +191,11 @@ class Journal:
         return dropped
 
     def close(self) -> None:
-        if self._fd is not None:
+        with self._lock:
+            if self._fd is None:
+                return
+            if self.failed is not None:  # written after the last good sync: never acked
+                os.ftruncate(self._fd, self._synced_size)
             os.close(self._fd)
             self._fd = None
 

@@ -12,25 +12,37 @@ cyclic garbage that was frozen would outlive its use, so:
   (a shard rebuilt or restarted, a catalog switched), and where a whole Shard or engine may
   just have been dropped (unfreezing first lets a full pass free it);
 - `keep_short()`, called every second, freezes again once enough new objects have aged into
-  the oldest generation, after a full pass that is short because everything older is frozen.
+  the oldest generation, after a full pass that is short because everything older is frozen;
+  and every SETTLE_EVERY_S it settles, so that cycles which died inside the frozen set (a
+  finished stream's state, an exception's traceback) are freed: one long pass every ten
+  minutes instead of one every few seconds.
 """
 from __future__ import annotations
 
 import gc
+import time
 
 # Objects in the oldest generation (outside the frozen set) that trigger a collect-and-freeze:
 # a few milliseconds of collector work at most.
 OLDEST_FREEZE_AT = 5_000
+SETTLE_EVERY_S = 600.0
+_settled = time.monotonic()
 
 
 def settle() -> None:
+    global _settled
     gc.unfreeze()
     gc.collect()
     gc.freeze()
+    _settled = time.monotonic()
 
 
 def keep_short() -> bool:
-    """Collect and freeze if the oldest generation grew past OLDEST_FREEZE_AT; whether it did."""
+    """Settle if SETTLE_EVERY_S passed; else collect and freeze if the oldest generation grew
+    past OLDEST_FREEZE_AT. Whether it did either."""
+    if time.monotonic() - _settled >= SETTLE_EVERY_S:
+        settle()
+        return True
     if len(gc.get_objects(generation=2)) < OLDEST_FREEZE_AT:
         return False
     gc.collect()

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .dataplane import PlaneClosed, PlaneConnection
+from .dataplane import PlaneConnection, ShardFailed
 from .settings import CONTROLLER_NAME, LEARNER_NAME, NAMESPACE
 
 
@@ -91,9 +91,13 @@ class RayBackend:
         try:
             connection = await asyncio.shield(plane)
             return await connection.call(session, seq, requests, routed)
-        except (PlaneClosed, OSError, Unavailable) as exc:
+        except ShardFailed as exc:  # that call only: the connection is fine
+            raise Unavailable(f"{name}: {exc}") from exc
+        except (TypeError, OverflowError) as exc:  # a value msgpack cannot carry: nothing sent
+            raise Unavailable(f"{name}: the batch cannot be sent: {exc}") from exc
+        except Exception as exc:  # closed, refused, timed out, or the shard is gone
             if self._planes.get(name) is plane:
-                del self._planes[name]  # the next batch reconnects, to a restarted shard too
+                await self._close_plane(name)  # the next batch reconnects, to a restart too
             if isinstance(exc, Unavailable):
                 raise
             raise Unavailable(f"{name}: {exc}") from exc

@@ -60,8 +60,13 @@ class RedisJournal:
                             "appendfsync=%s; acknowledged events survive a Redis crash only "
                             "with appendonly yes and appendfsync always", key, aof, setting)
 
+    unsynced = False  # each append is one MULTI/EXEC, durable per the server's appendfsync
+
+    def sync(self) -> None:
+        pass
+
     @_unavailable("appending to the journal")
-    def append(self, records: list[Any]) -> int:
+    def append(self, records: list[Any], sync: bool = True) -> int:
         if not records or self.policy == "off":
             self.last_lsn += len(records)
             return self.last_lsn

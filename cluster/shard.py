@@ -115,6 +115,9 @@ class Shard:
         self.directory = Directory()
         self.identities: dict[str, dict[str, list[str]]] = {}  # customer -> aliases, links
         self.journal = self.store.journal(name, journal_policy)
+        # each round's journal batch is durable before process() returns; ShardActor turns
+        # this off and syncs on a thread of its own before it answers (shard_actor.py)
+        self.sync_commits = True
         self._log: list[tuple] = []  # this round's records, in the order they were applied
         self._replaying = False
         self._stamps_of = name  # the journal whose LSNs the rows' stamps are
@@ -177,7 +180,7 @@ class Shard:
         if not records:
             return
         try:
-            last = self.journal.append(records)
+            last = self.journal.append(records, sync=self.sync_commits)
         except (OSError, StoreUnavailable) as exc:
             raise StoreUnavailable(f"{self.name}: journal: {exc}") from exc
         t = self.engine.table
@@ -189,6 +192,16 @@ class Shard:
                 row = t.index.get(record[2])
                 if row is not None:
                     t.lsn[row] = lsn
+
+    def sync_journal(self) -> None:
+        """Make the journal durable up to its last record. Before a snapshot or a home is
+        written: they name the LSNs they cover, and a journal cut back after a failed sync
+        must never be behind them."""
+        if self.journal.unsynced:
+            try:
+                self.journal.sync()
+            except OSError as exc:
+                raise StoreUnavailable(f"{self.name}: journal: {exc}") from exc
 
     def _redirected(self, requests, span: range, results) -> Sequence[int]:
         """Answer MERGED for requests to anonymous customers merged into another; the rest."""
@@ -625,6 +638,8 @@ class Shard:
                 (kept if customer_id in self.timers.armed else victims).append(customer_id)
             else:
                 break
+        if victims:
+            self.sync_journal()
         for customer_id in victims:
             p = partition_of(customer_id, self.n_partitions)
             self.store.put(p, customer_id, blocks.pack(self._export([customer_id])))
@@ -803,6 +818,7 @@ class Shard:
         number of customers written. Partitions being handed over are left alone: their new
         owner writes theirs when it adopts them."""
         partitions = [p for p in partitions if p not in self.leaving]
+        self.sync_journal()
         lsn, blobs, size, customers = self.journal.last_lsn, {}, 0, 0
         for i, p in enumerate(partitions):
             residents = sorted(self.members.get(p, ()))

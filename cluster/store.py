@@ -46,8 +46,12 @@ class StoreUnavailable(Exception):
 
 class JournalLike(Protocol):
     last_lsn: int
+    unsynced: bool  # appended with sync=False and not made durable yet
 
-    def append(self, records: list[Any]) -> int: ...
+    def append(self, records: list[Any], sync: bool = True) -> int: ...
+
+    def sync(self) -> None:
+        """Make what was appended durable; may run on another thread than append."""
 
     def replay(self, after_lsn: int = 0) -> Iterator[tuple[int, Any]]: ...
 
@@ -108,11 +112,16 @@ class MemoryJournal:
     """A journal as a list; the store keeps it, so a shard re-created on the same store (in
     the same process) finds what the previous one wrote."""
 
+    unsynced = False  # nothing is more durable than memory here
+
     def __init__(self) -> None:
         self.last_lsn = 0
         self.records: list[tuple[int, Any]] = []
 
-    def append(self, records: list[Any]) -> int:
+    def sync(self) -> None:
+        pass
+
+    def append(self, records: list[Any], sync: bool = True) -> int:
         for record in records:
             self.last_lsn += 1
             self.records.append((self.last_lsn, msgpack.unpackb(

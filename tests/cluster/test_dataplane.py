@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from kairos.cluster.dataplane import PlaneClosed, PlaneConnection, PlaneServer
+from kairos.cluster.dataplane import PlaneClosed, PlaneConnection, PlaneServer, ShardFailed
 from kairos.core.engine import Decision, Dropped, Explanation, RankedAction
 
 INCARNATION = "a" * 32
@@ -66,8 +66,9 @@ def test_a_failing_handler_fails_only_its_call_and_a_closed_server_fails_what_is
     async def main():
         server, (host, port) = await _served(handle)
         connection = await PlaneConnection.open(host, port, INCARNATION)
-        with pytest.raises(PlaneClosed, match="the shard failed: RuntimeError: a bug"):
+        with pytest.raises(ShardFailed, match="the shard failed: RuntimeError: a bug"):
             await connection.call("s", 0, [("event",)], [1])
+        assert not connection.closed  # only that call failed
         pending = asyncio.ensure_future(connection.call("s", 1, [("event",)], [1]))
         await asyncio.sleep(0.05)
         server.close()
@@ -90,5 +91,64 @@ def test_values_without_a_msgpack_type_are_refused_by_the_sender():
             await connection.call("s", 0, [("event", {1, 2})], [1])
         await connection.close()
         server.close()
+
+    asyncio.run(main())
+
+
+def test_concurrent_starts_listen_once():
+    async def main():
+        server = PlaneServer(_echo, INCARNATION)
+        first, second = await asyncio.gather(server.start("127.0.0.1"),
+                                             server.start("127.0.0.1"))
+        assert first == second
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_the_backend_maps_every_failure_to_unavailable_and_reconnects_after_a_close():
+    """RayBackend.send over real connections (the shard's address faked, not looked up
+    through Ray): a failed call never leaves its caller waiting."""
+    from kairos.cluster.ray_api import RayBackend, Unavailable
+
+    async def main():
+        failing = {"now": False}
+
+        async def handle(session, seq, requests, routed):
+            if failing["now"]:
+                raise RuntimeError("a bug")
+            return [("ok", seq)] * len(requests)
+
+        servers = [PlaneServer(handle, INCARNATION)]
+        addresses = [await servers[0].start("127.0.0.1")]
+        backend = RayBackend()
+        connects = []
+
+        async def connect(name):
+            connects.append(name)
+            return await PlaneConnection.open(*addresses[-1], INCARNATION)
+
+        backend._connect = connect
+        assert await backend.send("s0", "a", 0, [("event",)], [1]) == (("ok", 0),)
+        with pytest.raises(Unavailable, match="cannot be sent"):
+            await backend.send("s0", "a", 1, [("event", {1})], [1])
+        failing["now"] = True
+        with pytest.raises(Unavailable, match="the shard failed"):
+            await backend.send("s0", "a", 1, [("event",)], [1])
+        failing["now"] = False
+        assert await backend.send("s0", "a", 2, [("event",)], [1]) == (("ok", 2),)
+        assert connects == ["s0"]  # one connection all along
+        servers[0].close()
+        for task in asyncio.all_tasks() - {asyncio.current_task()}:
+            task.cancel()  # its connections go, as with a dead process
+        await asyncio.sleep(0.05)
+        with pytest.raises(Unavailable):
+            await backend.send("s0", "a", 3, [("event",)], [1])
+        servers.append(PlaneServer(handle, INCARNATION))  # the restarted shard
+        addresses.append(await servers[1].start("127.0.0.1"))
+        assert await backend.send("s0", "b", 0, [("event",)], [1]) == (("ok", 0),)
+        assert connects == ["s0", "s0"]
+        await backend.close()
+        servers[1].close()
 
     asyncio.run(main())

@@ -202,7 +202,7 @@ def test_a_failed_journal_write_acknowledges_nothing(compiled, tmp_path, monkeyp
     s = shard(compiled, store=DirectoryStore(tmp_path), clock=clock)
     s.process([event("ana", "app_open", T0)])
 
-    def disk_full(records):
+    def disk_full(records, sync=True):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(s.journal, "append", disk_full)
@@ -262,3 +262,19 @@ def test_a_partition_being_handed_over_is_never_snapshotted_by_its_old_owner(com
     assert store.get_snapshot(p) == adopted and blocks.unpack(adopted)["journal"] == "b"
     a.release([p])
     assert rebuilt(b, clock).process([profile("ana")])[0][0][1]["events_applied"] == 1
+
+
+def test_snapshots_and_homes_never_name_an_lsn_the_journal_has_not_made_durable(compiled,
+                                                                               tmp_path):
+    clock = Clock()
+    s = shard(compiled, store=DirectoryStore(tmp_path), clock=clock, idle_s=60.0)
+    s.sync_commits = False  # as in ShardActor: rounds are synced after process() returns
+    s.process([event("ana", "app_open", T0), event("bob", "app_open", T0)])
+    assert s.journal.unsynced
+    s.snapshot(list(s.owned))
+    assert not s.journal.unsynced
+    s.process([event("ana", "app_open", T0 + 1)])
+    assert s.journal.unsynced
+    clock.now += 600.0
+    assert s.passivate(clock.now) == 2
+    assert not s.journal.unsynced

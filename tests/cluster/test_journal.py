@@ -142,3 +142,78 @@ def test_kill_9_while_writing_loses_no_acknowledged_record(tmp_path):
         lsns = [lsn for lsn, _ in Journal(directory).replay()]
         assert lsns == list(range(1, len(lsns) + 1)) and len(lsns) >= acked
         assert len(lsns) % 50 == 0  # whole batches only
+
+
+def test_a_deferred_sync_covers_what_was_appended_and_rolls_make_segments_durable(
+        tmp_path, monkeypatch):
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(journal_module.os, "fsync", lambda fd: synced.append(fd) or real(fd))
+    j = Journal(tmp_path, segment_bytes=2000)
+    j.append(records(0, 1))  # opens the first segment
+    synced.clear()
+    j.append(records(1, 2), sync=False)
+    j.append(records(3, 3), sync=False)
+    assert j.unsynced and j.synced_lsn == 1 and not synced
+    j.sync()
+    assert not j.unsynced and j.synced_lsn == 6 and len(synced) == 1
+    j.sync()  # nothing new: no fsync
+    assert len(synced) == 1
+    while len(list(tmp_path.glob("*.log"))) < 3:  # each roll syncs the segment it closes
+        j.append(records(j.last_lsn, 10), sync=False)
+    assert j.synced_lsn >= 6 and j.unsynced
+
+
+def test_a_failed_sync_refuses_appends_and_close_cuts_what_it_did_not_cover(tmp_path,
+                                                                            monkeypatch):
+    j = Journal(tmp_path)
+    j.append(records(0, 5))
+    j.append(records(5, 5), sync=False)
+
+    def failing(fd):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(journal_module.os, "fsync", failing)
+    with pytest.raises(OSError, match="I/O error"):
+        j.sync()
+    with pytest.raises(OSError, match="the journal failed earlier"):
+        j.append(records(10, 1), sync=False)
+    monkeypatch.undo()
+    j.close()
+    j = Journal(tmp_path)
+    assert j.last_lsn == 5  # the unsynced batch was never acknowledged
+    assert [r for _, r in j.replay()] == records(0, 5)
+
+
+def test_a_shards_syncs_group_and_each_covers_what_was_written_before_it_was_asked_for():
+    """ShardActor's _Syncs: one fsync at a time; whoever asks during one waits for the next."""
+    import asyncio
+    import threading
+
+    from kairos.cluster.shard_actor import _Syncs
+
+    class SlowJournal:
+        def __init__(self):
+            self.gate = threading.Event()
+            self.syncs = 0
+
+        def sync(self):
+            self.gate.wait(5)
+            self.gate.clear()
+            self.syncs += 1
+
+    async def main():
+        journal, syncs = SlowJournal(), _Syncs("s0")
+        first = syncs.after_writes(journal)
+        second, third = syncs.after_writes(journal), syncs.after_writes(journal)
+        assert second is third and second is not first  # grouped behind the running sync
+        await asyncio.sleep(0.05)
+        assert not first.done()
+        journal.gate.set()
+        await asyncio.wait_for(first, 5)
+        assert journal.syncs == 1 and not second.done()
+        journal.gate.set()
+        await asyncio.wait_for(second, 5)
+        assert journal.syncs == 2
+
+    asyncio.run(main())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import weakref
 
 import pytest
 
@@ -39,3 +40,15 @@ def test_keep_short_freezes_once_the_oldest_generation_grows(monkeypatch):
     assert pauses.keep_short()
     assert gc.get_freeze_count() >= frozen + len(aged)
     assert len(gc.get_objects(generation=2)) < 500
+
+
+def test_keep_short_settles_now_and_then_so_cycles_that_died_frozen_are_freed(monkeypatch):
+    node = Node()
+    alive = weakref.ref(node)
+    pauses.settle()  # frozen while in use
+    del node  # now cyclic garbage, but frozen: no pass sees it
+    gc.collect()
+    assert alive() is not None
+    monkeypatch.setattr(pauses, "SETTLE_EVERY_S", 0.0)
+    assert pauses.keep_short()
+    assert alive() is None
