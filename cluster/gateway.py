@@ -284,10 +284,10 @@ class Gateway(decision_pb2_grpc.DecisionServiceServicer, admin_pb2_grpc.AdminSer
         if len(request.events) > BATCH_LIMIT:
             await self._invalid(context, InputError(
                 "events", f"at most {BATCH_LIMIT} events per batch, got {len(request.events)}"))
+        for channel in {event.channel for event in request.events if event.channel}:
+            await self._admit(context, "ingest", channel)
         checked = []
         for n, event in enumerate(request.events):
-            if event.channel:
-                await self._admit(context, "ingest", event.channel)
             try:
                 checked.append(_event_request(event, catalog, f"events[{n}]."))
             except InputError as exc:

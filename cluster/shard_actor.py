@@ -5,15 +5,14 @@ number per sender: Ray does not promise order for async actors), counted against
 queue (past SHARD_QUEUE_LIMIT a batch answers BUSY at once) and run by one worker. All work on
 the Shard happens on the event loop's thread, between awaits, so the Shard needs no locks: a
 round of the data path is tens of microseconds to a few milliseconds, and handing each one to
-a worker thread cost more than that in thread wake-ups (measured: ~40 % of a shard's CPU at
-1,000 decisions/s). Two things run on threads: recovery, which builds a new Shard nobody else
-sees yet (the actor answers UNAVAILABLE meanwhile), and the journal's fsync (`_Syncs`): a
-round is written to the journal as it is applied and answered once a sync that started after
-it has finished, so the next rounds are applied while the disk works (at 6,000 events/s the
-shards spent half their time waiting in fsync). Admin and health methods run in their own
-concurrency group. Background loops fire timers, passivate
-and snapshot (every TICK_S), sync models with the learner (every MODEL_SYNC_S) and flush
-metrics.
+a worker thread cost more than that in thread wake-ups (a fifth of a shard's CPU at 1,000
+decisions/s). Two things run on threads: recovery, which builds a new Shard nobody else sees
+yet (the actor answers UNAVAILABLE meanwhile), and the journal's fsync (`_Syncs`): a round is
+written to the journal as it is applied and answered once a sync that started after it has
+finished, so the next rounds are applied while the disk works (at 6,000 events/s the shards
+spent half their time waiting in fsync). Admin and health methods run in their own
+concurrency group. Background loops fire timers, passivate and snapshot (every TICK_S), sync
+models with the learner (every MODEL_SYNC_S) and flush metrics.
 
 Durability: `start` recovers the shard's partitions from the store (snapshots + journal)
 before it takes traffic; until then, and whenever the store fails (disk full, Redis down),
