@@ -1,4 +1,5 @@
-"""Every Ray call of the runtime, behind one small interface.
+"""Every call between the runtime's roles, behind one small interface: Ray calls for control,
+the data plane (dataplane.py) for request batches.
 
 The controller and the client speak to shards and the learner through a `Backend`; this
 module's `RayBackend` is the real one, and the tests put an in-process fake in its place, so
