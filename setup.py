@@ -17,6 +17,8 @@ PACKAGE_DIRS = {
     "kairos.core": "core",
     "kairos.core.catalogs": "core/catalogs",
     "kairos.cluster": "cluster",
+    **{f"kairos.cluster.{role}": f"cluster/{role}"
+       for role in ("cli", "control", "gateway", "shard", "storage", "transport")},
     "kairos.v1": "protos/kairos/v1",
 }
 

@@ -46,7 +46,7 @@ from . import report
 from .loadgen import GeneratorPool, Step
 from .peers import actor_per_customer, floor, redis_peer
 from .peers.serving import in_process, in_ray_actor
-from .redis_server import RedisServer
+from kairos.cluster.storage.redis_server import RedisServer
 from .sweep import holds, sweep
 from .systems import kairos, populate, ray_nodes
 

@@ -36,7 +36,7 @@ from typing import Any, AsyncIterator, NamedTuple
 import grpc
 from hdrh.histogram import HdrHistogram
 
-from kairos.cluster import wire
+from kairos.cluster.gateway import wire
 from kairos.core.catalog import Catalog, load_default_catalog
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc

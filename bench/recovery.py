@@ -29,9 +29,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from kairos.cluster.partitions import DEFAULT_PARTITIONS, partition_of
-from kairos.cluster.shard import Shard
-from kairos.cluster.store import DirectoryStore, open_store
+from kairos.cluster.control.partitions import DEFAULT_PARTITIONS, partition_of
+from kairos.cluster.shard.shard import Shard
+from kairos.cluster.storage.store import DirectoryStore, open_store
 from kairos.core.catalog import load_default_catalog
 from kairos.core.compiler import compile_catalog
 
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         results["results"].append(measure(str(store.root), "directory (fsync)", customers,
                                           args.seed))
         if not args.no_redis and shutil.which("redis-server"):
-            from .redis_server import RedisServer
+            from kairos.cluster.storage.redis_server import RedisServer
             with RedisServer(work / "redis") as server:
                 results["results"].append(measure(server.url, "redis (appendfsync always)",
                                                   customers, args.seed))

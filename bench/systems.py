@@ -20,10 +20,10 @@ import numpy as np
 import ray
 from ray.cluster_utils import Cluster
 
-from kairos.cluster import runtime
-from kairos.cluster.client import KairosClient
-from kairos.cluster.gateway import GatewayActor
-from kairos.cluster.partitions import partition_of
+from kairos.cluster.control import runtime
+from kairos.cluster.transport.client import KairosClient
+from kairos.cluster.gateway.service import GatewayActor
+from kairos.cluster.control.partitions import partition_of
 from kairos.cluster.settings import NAMESPACE
 
 from .journeys import PROFILE_EVENT, customer_id, popularity, profile_attributes

@@ -1,71 +1,139 @@
-"""Runtime tunables. Each reads an environment override of the same name, prefixed KAIROS_."""
+"""Every runtime tunable, in one place. Each reads an environment override of the same name
+prefixed KAIROS_ (`KAIROS_TICK_S=0.05`), checked when this module is imported: a value that
+is not a number, or is out of its range (a tick of 0 s, a queue of 0 requests), fails with
+the variable's name, so a mistyped deployment stops at start instead of misbehaving.
+
+Ray's workers inherit the environment of the process that starts Ray, so an override set
+before `kairos up` (or before a test starts its cluster) reaches every actor.
+"""
 from __future__ import annotations
 
+import math
 import os
 
+PREFIX = "KAIROS_"
 
-def _env(name: str, default: float, cast: type = float):
-    raw = os.environ.get(f"KAIROS_{name}")
+
+def number(name: str, default: float, *, low: float = 0.0, high: float = math.inf,
+           above: bool = False) -> float:
+    """A float tunable in [low, high] (or (low, high] with `above`)."""
+    return _checked(name, default, float, low, high, above)
+
+
+def integer(name: str, default: int, *, low: int = 1, high: float = math.inf) -> int:
+    """An integer tunable in [low, high]."""
+    return _checked(name, default, int, low, high, False)
+
+
+def choice(name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = os.environ.get(PREFIX + name, default)
+    if value not in allowed:
+        raise ValueError(f"{PREFIX}{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def text(name: str, default: str) -> str:
+    return os.environ.get(PREFIX + name, default)
+
+
+def _checked(name: str, default, cast: type, low: float, high: float, above: bool):
+    raw = os.environ.get(PREFIX + name)
     if raw is None:
         return cast(default)
     try:
         value = cast(raw)
     except ValueError:
-        raise ValueError(f"KAIROS_{name} must be {'an integer' if cast is int else 'a number'}"
-                         f", got {raw!r}") from None
-    if value < 0:
-        raise ValueError(f"KAIROS_{name} must not be negative, got {raw!r}")
+        kind = "an integer" if cast is int else "a number"
+        raise ValueError(f"{PREFIX}{name} must be {kind}, got {raw!r}") from None
+    if not math.isfinite(value) or value > high or value < low or (above and value == low):
+        bound = f"> {low:g}" if above else f">= {low:g}"
+        bound += f" and <= {high:g}" if high != math.inf else ""
+        raise ValueError(f"{PREFIX}{name} must be {bound}, got {raw!r}")
     return value
 
 
+# -- names -------------------------------------------------------------------------------------
 NAMESPACE = "kairos"  # Ray namespace of every Kairos actor
 CONTROLLER_NAME = "kairos-controller"
 LEARNER_NAME = "kairos-learner"
 
+# -- shards ------------------------------------------------------------------------------------
 # Requests a shard has admitted but not yet processed; past it, new batches answer BUSY.
-SHARD_QUEUE_LIMIT = _env("SHARD_QUEUE_LIMIT", 20_000, int)
+SHARD_QUEUE_LIMIT = integer("SHARD_QUEUE_LIMIT", 20_000)
 # Requests one kernel round may take from a shard's queue.
-SHARD_ROUND_LIMIT = _env("SHARD_ROUND_LIMIT", 2048, int)
+SHARD_ROUND_LIMIT = integer("SHARD_ROUND_LIMIT", 2048)
 # A customer idle this long is passivated to the store.
-PASSIVATE_IDLE_S = _env("PASSIVATE_IDLE_S", 900.0)
+PASSIVATE_IDLE_S = number("PASSIVATE_IDLE_S", 900.0, above=True)
 # Most customers resident in one shard; past it the least recently used are passivated.
-RESIDENT_LIMIT = _env("RESIDENT_LIMIT", 2_000_000, int)
+RESIDENT_LIMIT = integer("RESIDENT_LIMIT", 2_000_000)
 # How often a shard fires due timers and passivates: timers fire within this of their due time.
-TICK_S = _env("TICK_S", 0.1)
+TICK_S = number("TICK_S", 0.1, low=0.001, high=60.0)
 # How often a shard sends its model deltas to the learner and adopts the latest version.
-MODEL_SYNC_S = _env("MODEL_SYNC_S", 0.5)
-# How long a routing-table long poll waits for a newer version before answering "no change".
-LONG_POLL_S = _env("LONG_POLL_S", 10.0)
-# Requests a client puts in one call to a shard, and calls it keeps in flight per shard.
-# Fewer calls in flight make bigger batches (when calls were Ray calls, IngestStream on 2
-# cores acked 1.6k/s with 4, 2.1k/s with 2); over the data plane a call is cheap, and 2 or 4
-# measured the same at 1,000 decisions/s.
-CLIENT_BATCH_LIMIT = _env("CLIENT_BATCH_LIMIT", 512, int)
-CLIENT_INFLIGHT_CALLS = _env("CLIENT_INFLIGHT_CALLS", 2, int)
-# Under load (a call to the shard in flight), how long a call waits for more requests before
-# it goes; at low load calls go at once.
-CLIENT_BATCH_WINDOW_S = _env("CLIENT_BATCH_WINDOW_S", 0.001)
-# Requests a client lets wait for one shard while its calls are in flight; past it, Busy.
-CLIENT_QUEUE_LIMIT = _env("CLIENT_QUEUE_LIMIT", 10_000, int)
-# The address shards serve their data path on (cluster/dataplane.py): empty for the node's
+MODEL_SYNC_S = number("MODEL_SYNC_S", 0.5, low=0.01, high=3600.0)
+# How often a shard publishes its metrics and refreshes the statistics `health` returns.
+METRICS_FLUSH_S = number("METRICS_FLUSH_S", 1.0, low=0.01, high=3600.0)
+# A sender a restarted shard has not seen starts at the lowest sequence number that arrives
+# within this long (its earlier batches went to the previous incarnation).
+SESSION_START_S = number("SESSION_START_S", 2.0, above=True, high=60.0)
+# The address shards serve their data path on (transport/dataplane.py): empty for the node's
 # address as Ray knows it; `kairos up` and the tests, all on one machine, use 127.0.0.1.
-DATA_HOST = os.environ.get("KAIROS_DATA_HOST", "")
+DATA_HOST = text("DATA_HOST", "")
+
+# -- durability ----------------------------------------------------------------------------------
 # Where shards keep customers, snapshots and journals: "memory" (volatile), a directory, or
-# redis://host:port/db. `kairos up` defaults to a directory (see cli.py).
-STORE = os.environ.get("KAIROS_STORE", "memory")
+# redis://host:port/db. `kairos up` defaults to a directory (see cli/main.py).
+STORE = text("STORE", "memory")
 # Journal durability: "fsync" (an fsync per batch before the ack), "os" (survives a process
 # crash, not a power cut) or "off" (recovery has only the snapshots).
-JOURNAL_POLICY = os.environ.get("KAIROS_JOURNAL_POLICY", "fsync")
+JOURNAL_POLICIES = ("fsync", "os", "off")
+JOURNAL_POLICY = choice("JOURNAL_POLICY", "fsync", JOURNAL_POLICIES)
 # A partition is snapshotted this long after its first change since its last snapshot, or
 # sooner once the journal holds SNAPSHOT_BACKLOG records since that change; the journal keeps
 # everything since the oldest change not yet in a snapshot. Snapshotting costs about 2 ms of a
 # shard's thread per partition of 250 customers (export, write, fsync): with every partition
 # busy, a 60 s cycle is ~4 % of it, and recovery replays at most about a minute of events.
-SNAPSHOT_AFTER_S = _env("SNAPSHOT_AFTER_S", 60.0)
-SNAPSHOT_BACKLOG = _env("SNAPSHOT_BACKLOG", 1_000_000, int)
+SNAPSHOT_AFTER_S = number("SNAPSHOT_AFTER_S", 60.0)
+SNAPSHOT_BACKLOG = integer("SNAPSHOT_BACKLOG", 1_000_000)
 # How long one tick may spend on snapshots (at least one partition): requests wait for it.
-SNAPSHOT_BUDGET_S = _env("SNAPSHOT_BUDGET_S", 0.003)
+SNAPSHOT_BUDGET_S = number("SNAPSHOT_BUDGET_S", 0.003, above=True)
 # How often a shard recounts the customers it has in the store (for status and metrics).
-STORE_COUNT_S = _env("STORE_COUNT_S", 10.0)
+STORE_COUNT_S = number("STORE_COUNT_S", 10.0)
+
+# -- control -----------------------------------------------------------------------------------
+# How often the controller looks for restarted shards and nodes that joined or left.
+CONTROL_LOOP_S = number("CONTROL_LOOP_S", 1.0, low=0.01, high=3600.0)
+# How long a routing-table long poll waits for a newer version before answering "no change".
+LONG_POLL_S = number("LONG_POLL_S", 10.0, above=True, high=3600.0)
 # How long a shard that was scaled away lingers, answering MOVED, before it is stopped.
-RETIRE_GRACE_S = _env("RETIRE_GRACE_S", 5.0)
+RETIRE_GRACE_S = number("RETIRE_GRACE_S", 5.0)
+
+# -- clients (the gateway's route to the shards) -----------------------------------------------
+# Requests a client puts in one call to a shard, and calls it keeps in flight per shard.
+# Fewer calls in flight make bigger batches (when calls were Ray calls, IngestStream on 2
+# cores acked 1.6k/s with 4, 2.1k/s with 2); over the data plane a call is cheap, and 2 or 4
+# measured the same at 1,000 decisions/s.
+CLIENT_BATCH_LIMIT = integer("CLIENT_BATCH_LIMIT", 512)
+CLIENT_INFLIGHT_CALLS = integer("CLIENT_INFLIGHT_CALLS", 2)
+# Under load (a call to the shard in flight), how long a call waits for more requests before
+# it goes; at low load calls go at once.
+CLIENT_BATCH_WINDOW_S = number("CLIENT_BATCH_WINDOW_S", 0.001, high=1.0)
+# Requests a client lets wait for one shard while its calls are in flight; past it, Busy.
+CLIENT_QUEUE_LIMIT = integer("CLIENT_QUEUE_LIMIT", 10_000)
+
+# -- gateways ----------------------------------------------------------------------------------
+# The first gateway's port (`kairos up` gives the gateway on node i this + i).
+GATEWAY_PORT = integer("GATEWAY_PORT", 50051, high=65535)
+# Deadline for calls that come without one.
+DEFAULT_DEADLINE_S = number("DEFAULT_DEADLINE_S", 5.0, above=True)
+# Time kept back from the caller's deadline to build and send a fallback: at least this, and
+# at least DEADLINE_MARGIN_SHARE of the deadline (a loaded event loop is late by milliseconds).
+DEADLINE_MARGIN_S = number("DEADLINE_MARGIN_S", 0.002)
+DEADLINE_MARGIN_SHARE = number("DEADLINE_MARGIN_SHARE", 0.05, high=0.5)
+# Calls one gateway works on at once; past it, RESOURCE_EXHAUSTED at once.
+GATEWAY_INFLIGHT_LIMIT = integer("GATEWAY_INFLIGHT_LIMIT", 20_000)
+# Largest request accepted (bytes); larger ones fail with RESOURCE_EXHAUSTED before decoding.
+MAX_MESSAGE_BYTES = integer("MAX_MESSAGE_BYTES", 1 << 20, low=1024)
+# Decisions a watch stream may have waiting; past it the oldest are dropped.
+WATCH_BACKLOG = integer("WATCH_BACKLOG", 1024)
+# Events of one IngestStream in flight at once.
+STREAM_WINDOW = integer("STREAM_WINDOW", 1024)

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import ray
 
-from kairos.cluster import wire
+from kairos.cluster.gateway import wire
 from kairos.core.catalog import load_default_catalog
 from kairos.core.compiler import compile_catalog
 from kairos.core.engine import Decision, DecisionEngine

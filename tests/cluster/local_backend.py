@@ -10,11 +10,11 @@ import asyncio
 import random
 from typing import Any
 
-from kairos.cluster.controller import Controller
-from kairos.cluster.learner import Learner
-from kairos.cluster.ray_api import Unavailable
-from kairos.cluster.shard import Shard
-from kairos.cluster.store import MemoryStore
+from kairos.cluster.control.controller import Controller
+from kairos.cluster.control.learner import Learner
+from kairos.cluster.transport.ray_backend import Unavailable
+from kairos.cluster.shard.shard import Shard
+from kairos.cluster.storage.store import MemoryStore
 from kairos.core.catalog import load_catalog
 from kairos.core.compiler import compile_catalog
 

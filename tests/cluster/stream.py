@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from kairos.cluster.client import Busy, KairosClient, SyncClient
-from kairos.cluster.ray_api import Unavailable
+from kairos.cluster.transport.client import Busy, KairosClient, SyncClient
+from kairos.cluster.transport.ray_backend import Unavailable
 
 T0 = 1_795_629_600.0
 CALL_TIMEOUT_S = 10.0

@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from kairos.cluster.dataplane import PlaneClosed, PlaneConnection, PlaneServer, ShardFailed
+from kairos.cluster.transport.dataplane import PlaneClosed, PlaneConnection, PlaneServer, ShardFailed
 from kairos.core.engine import Decision, Dropped, Explanation, RankedAction
 
 INCARNATION = "a" * 32
@@ -109,7 +109,7 @@ def test_concurrent_starts_listen_once():
 def test_the_backend_maps_every_failure_to_unavailable_and_reconnects_after_a_close():
     """RayBackend.send over real connections (the shard's address faked, not looked up
     through Ray): a failed call never leaves its caller waiting."""
-    from kairos.cluster.ray_api import RayBackend, Unavailable
+    from kairos.cluster.transport.ray_backend import RayBackend, Unavailable
 
     async def main():
         failing = {"now": False}

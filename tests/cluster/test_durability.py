@@ -10,13 +10,13 @@ import random
 
 import pytest
 
-from kairos.cluster import blocks
+from kairos.cluster.storage import blocks
 from kairos.cluster.identity import alias_key, anonymous_id
-from kairos.cluster.partitions import partition_of
-from kairos.cluster.shard import MISSING, OK, Shard
-from kairos.cluster.store import DirectoryStore, MemoryStore, StoreUnavailable
+from kairos.cluster.control.partitions import partition_of
+from kairos.cluster.shard.shard import MISSING, OK, Shard
+from kairos.cluster.storage.store import DirectoryStore, MemoryStore, StoreUnavailable
 
-from bench.redis_server import RedisServer
+from kairos.cluster.storage.redis_server import RedisServer
 from .test_shard import N_PARTITIONS, T0, Clock, event, journey, link_steps, profile, shard
 
 CUSTOMERS = [f"c{i}" for i in range(24)]
@@ -217,7 +217,7 @@ def test_a_failed_journal_write_acknowledges_nothing(compiled, tmp_path, monkeyp
 def test_recovery_through_redis(compiled, tmp_path):
     server = RedisServer(tmp_path / "redis").start()
     try:
-        from kairos.cluster.store import open_store
+        from kairos.cluster.storage.store import open_store
         clock = Clock()
         s = shard(compiled, store=open_store(server.url), clock=clock)
         for i, c in enumerate(CUSTOMERS[:8]):

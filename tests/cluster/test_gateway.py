@@ -17,13 +17,13 @@ import ray
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from kairos.cluster import runtime
-from kairos.cluster.auth import Auth
-from kairos.cluster.client import KairosClient
-from kairos.cluster.controller import Controller
-from kairos.cluster.gateway import Gateway, GatewayActor, serve
-from kairos.cluster.learner import Learner
-from kairos.cluster.wire import time_out, value_out
+from kairos.cluster.control import runtime
+from kairos.cluster.gateway.auth import Auth
+from kairos.cluster.transport.client import KairosClient
+from kairos.cluster.control.controller import Controller
+from kairos.cluster.gateway.service import Gateway, GatewayActor, serve
+from kairos.cluster.control.learner import Learner
+from kairos.cluster.gateway.wire import time_out, value_out
 from kairos.core.catalog import default_catalog_text, load_default_catalog
 from kairos.core.compiler import compile_catalog
 from kairos.v1 import admin_pb2, admin_pb2_grpc

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from kairos.cluster import journal as journal_module
-from kairos.cluster.journal import Journal, JournalCorrupt
+from kairos.cluster.storage import journal as journal_module
+from kairos.cluster.storage.journal import Journal, JournalCorrupt
 
 
 def records(first: int, n: int) -> list:
@@ -115,7 +115,7 @@ def test_a_failed_write_leaves_no_half_batch(tmp_path, monkeypatch):
 
 WRITER = """
 import sys
-from kairos.cluster.journal import Journal
+from kairos.cluster.storage.journal import Journal
 j = Journal(sys.argv[1])
 n = 0
 while True:
@@ -190,7 +190,7 @@ def test_a_shards_syncs_group_and_each_covers_what_was_written_before_it_was_ask
     import asyncio
     import threading
 
-    from kairos.cluster.shard_actor import _Syncs
+    from kairos.cluster.shard.actor import _Syncs
 
     class SlowJournal:
         def __init__(self):

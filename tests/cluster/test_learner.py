@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import yaml
 
-from kairos.cluster.learner import Learner
+from kairos.cluster.control.learner import Learner
 from kairos.core.catalog import default_catalog_text, load_catalog, load_default_catalog
 from kairos.core.compiler import compile_catalog
 from kairos.core.models import ModelTable
@@ -47,7 +47,7 @@ def test_a_delta_learned_under_the_previous_catalog_is_carried_over():
 
 
 def test_a_saved_posterior_comes_back_with_a_higher_version_and_only_on_its_catalog():
-    from kairos.cluster.learner import restore_models, save_models
+    from kairos.cluster.control.learner import restore_models, save_models
     c = compile_catalog(load_default_catalog())
     learner = Learner(c)
     published = learner.sync(c.version, learned(c, 5, 4), -1)

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kairos.cluster.partitions import PartitionMap, partition_of
+from kairos.cluster.control.partitions import PartitionMap, partition_of
 
 
 def test_partition_is_stable_across_processes():
-    code = "from kairos.cluster.partitions import partition_of; print(partition_of('ana'))"
+    code = "from kairos.cluster.control.partitions import partition_of; print(partition_of('ana'))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True).stdout.strip()
     assert int(other) == partition_of("ana")

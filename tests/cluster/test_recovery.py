@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from kairos.cluster.ray_api import Unavailable
+from kairos.cluster.transport.ray_backend import Unavailable
 
 from .ray_env import tuned
 from .stream import T0, AckedStream
@@ -33,7 +33,7 @@ def ray_local():
 
 @pytest.fixture
 def kairos(ray_local):
-    from kairos.cluster import runtime
+    from kairos.cluster.control import runtime
     started = []
 
     def start(store: str, n_shards: int = 2):
@@ -68,7 +68,7 @@ def test_kill_9_under_a_stream_of_acknowledged_events_loses_and_repeats_nothing(
                                                                                 tmp_path):
     client = kairos(str(tmp_path / "store"))
     stream = AckedStream(client, [f"k{i}" for i in range(40)]).start()
-    from kairos.cluster import runtime
+    from kairos.cluster.control import runtime
     shards = [s["shard"] for s in ray.get(runtime.controller().status.remote())["shards"]]
     rng = random.Random(7)
     for _ in range(KILLS):
@@ -135,7 +135,7 @@ def test_a_full_disk_fails_acks_with_unavailable_and_loses_nothing(kairos, tmp_p
 def test_a_cluster_started_again_on_its_store_takes_up_where_it_stopped(ray_local, tmp_path):
     """`kairos down`, then `kairos up` on the same directory: the same shards recover their
     partitions; asking for another shard count then moves partitions as scaling does."""
-    from kairos.cluster import runtime
+    from kairos.cluster.control import runtime
     store = str(tmp_path / "store")
     for round_, n_shards in enumerate((2, 2, 3)):
         runtime.start(n_shards=n_shards, n_partitions=64, store=store)

@@ -10,13 +10,13 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from kairos.cluster import runtime
-from kairos.cluster.gateway import GatewayActor
-from kairos.cluster.ray_api import Unavailable
+from kairos.cluster.control import runtime
+from kairos.cluster.gateway.service import GatewayActor
+from kairos.cluster.transport.ray_backend import Unavailable
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
-from bench.redis_server import RedisServer
+from kairos.cluster.storage.redis_server import RedisServer
 from .ray_env import tuned
 from .stream import T0, AckedStream
 

@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from kairos.cluster import controller as controller_module
-from kairos.cluster.client import KairosClient
-from kairos.cluster.controller import Controller
-from kairos.cluster.learner import Learner
+from kairos.cluster.control import controller as controller_module
+from kairos.cluster.transport.client import KairosClient
+from kairos.cluster.control.controller import Controller
+from kairos.cluster.control.learner import Learner
 from kairos.core.catalog import load_default_catalog
 from kairos.core.compiler import compile_catalog
 from kairos.core.errors import InputError
@@ -154,8 +154,8 @@ def test_a_shard_on_a_node_that_left_is_replaced():
 
 
 def test_a_client_refuses_past_its_per_shard_queue_bound(monkeypatch):
-    from kairos.cluster import client as client_module
-    from kairos.cluster.client import Busy
+    from kairos.cluster.transport import client as client_module
+    from kairos.cluster.transport.client import Busy
     monkeypatch.setattr(client_module, "CLIENT_QUEUE_LIMIT", 10)
 
     async def main():
@@ -208,7 +208,7 @@ def test_a_link_merges_across_shards_once_while_events_flow():
 
 
 def test_forget_erases_the_customer_and_its_aliases():
-    from kairos.cluster.client import Conflict
+    from kairos.cluster.transport.client import Conflict
 
     async def main():
         backend, ctl, client = await runtime(2)

@@ -15,7 +15,7 @@ import yaml
 from ray.cluster_utils import Cluster
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from kairos.cluster.client import Busy
+from kairos.cluster.transport.client import Busy
 from kairos.core.catalog import default_catalog_text
 
 from .ray_env import tuned
@@ -36,7 +36,7 @@ def cluster():
 
 
 def _cluster():
-    from kairos.cluster import runtime
+    from kairos.cluster.control import runtime
     node_args = {"num_cpus": 1, "object_store_memory": 128 * 2**20}
     c = Cluster(initialize_head=True, head_node_args={**node_args, "include_dashboard": False})
     for _ in range(2):
@@ -84,7 +84,7 @@ def test_shards_on_every_node_and_routing_from_any_node(cluster):
 
     @ray.remote(num_cpus=0)
     def from_node(customer: str):
-        from kairos.cluster import runtime as rt
+        from kairos.cluster.control import runtime as rt
         client = rt.connect()
         seq = client.ingest(customer, "page_view", T0, {"category": "home"})
         decision = client.decide(customer, "web", "hero", now=T0)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import yaml
 
-from kairos.cluster import blocks
-from kairos.cluster.partitions import partition_of
+from kairos.cluster.storage import blocks
+from kairos.cluster.control.partitions import partition_of
 from kairos.cluster.identity import anonymous_id, link_id
-from kairos.cluster.shard import CONFLICT, INVALID, MERGED, MISSING, MOVED, NOT_MINE, OK, Shard
+from kairos.cluster.shard.shard import CONFLICT, INVALID, MERGED, MISSING, MOVED, NOT_MINE, OK, Shard
 from kairos.core.catalog import default_catalog_text, load_catalog, load_default_catalog
 from kairos.core.compiler import compile_catalog
 

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from kairos.cluster.store import (STALE_TMP_S, DirectoryStore, MemoryStore, StoreUnavailable,
+from kairos.cluster.storage.store import (STALE_TMP_S, DirectoryStore, MemoryStore, StoreUnavailable,
                                   open_store)
 
-from bench.redis_server import RedisServer
+from kairos.cluster.storage.redis_server import RedisServer
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from kairos.cluster.auth import Auth
-from kairos.cluster.client import KairosClient
-from kairos.cluster.controller import Controller
-from kairos.cluster.gateway import Gateway, Tls, serve
-from kairos.cluster.learner import Learner
+from kairos.cluster.gateway.auth import Auth
+from kairos.cluster.transport.client import KairosClient
+from kairos.cluster.control.controller import Controller
+from kairos.cluster.gateway.service import Gateway, Tls, serve
+from kairos.cluster.control.learner import Learner
 from kairos.core.catalog import load_default_catalog
 from kairos.core.compiler import compile_catalog
 from kairos.v1 import decision_pb2 as pb

@@ -12,14 +12,14 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from kairos.core.catalog import default_catalog_text
 
-from .client import SyncClient
-from .controller import ControllerActor
-from .learner import LearnerActor
-from .partitions import DEFAULT_PARTITIONS
-from .ray_api import RayBackend
-from .journal import POLICIES
-from .settings import CONTROLLER_NAME, JOURNAL_POLICY, LEARNER_NAME, NAMESPACE, STORE
-from .store import open_store
+from kairos.cluster.transport.client import SyncClient
+from kairos.cluster.control.controller import ControllerActor
+from kairos.cluster.control.learner import LearnerActor
+from kairos.cluster.control.partitions import DEFAULT_PARTITIONS
+from kairos.cluster.transport.ray_backend import RayBackend
+from kairos.cluster.storage.journal import POLICIES
+from kairos.cluster.settings import CONTROLLER_NAME, JOURNAL_POLICY, LEARNER_NAME, NAMESPACE, STORE
+from kairos.cluster.storage.store import open_store
 
 DEFAULT_SHARDS = 4
 MAX_GATEWAYS = 256

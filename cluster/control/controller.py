@@ -33,13 +33,12 @@ import ray
 from kairos.core.catalog import default_catalog_text, load_catalog
 from kairos.core.compiler import compile_catalog
 
-from .partitions import DEFAULT_PARTITIONS, Move, PartitionMap
-from .ray_api import Backend, RayBackend, Unavailable
-from .settings import LONG_POLL_S, RETIRE_GRACE_S
-from .store import open_store
+from kairos.cluster.control.partitions import DEFAULT_PARTITIONS, Move, PartitionMap
+from kairos.cluster.transport.ray_backend import Backend, RayBackend, Unavailable
+from kairos.cluster.settings import CONTROL_LOOP_S, LONG_POLL_S, RETIRE_GRACE_S
+from kairos.cluster.storage.store import open_store
 
 log = logging.getLogger("kairos.controller")
-CONTROL_LOOP_S = 1.0
 STATE_KEY = "controller"  # the store meta holding the controller's state
 STATE_FORMAT = 1
 

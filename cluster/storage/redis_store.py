@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
 import msgpack
 import redis
 
-from .store import StoreUnavailable
+from kairos.cluster.storage.store import StoreUnavailable
 
 log = logging.getLogger("kairos.store")
 SOCKET_TIMEOUT_S = 5.0

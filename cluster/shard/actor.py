@@ -38,18 +38,17 @@ from kairos.core.catalog import load_catalog
 from kairos.core.compiler import compile_catalog
 from kairos.core.models import ModelDelta
 
-from . import pauses
-from .dataplane import PlaneServer
-from .learner import Published
-from .metrics import ShardMetrics
-from .ray_api import RayBackend, Unavailable, sink_handle
-from .settings import DATA_HOST, MODEL_SYNC_S, SHARD_QUEUE_LIMIT, SHARD_ROUND_LIMIT, TICK_S
-from .shard import BUSY, UNAVAILABLE, Push, Shard
-from .store import StoreUnavailable, open_store
+from kairos.cluster import pauses
+from kairos.cluster.transport.dataplane import PlaneServer
+from kairos.cluster.control.learner import Published
+from kairos.cluster.metrics import ShardMetrics
+from kairos.cluster.transport.ray_backend import RayBackend, Unavailable, sink_handle
+from kairos.cluster.settings import (DATA_HOST, METRICS_FLUSH_S, MODEL_SYNC_S, SESSION_START_S,
+                                     SHARD_QUEUE_LIMIT, SHARD_ROUND_LIMIT, TICK_S)
+from kairos.cluster.shard.shard import BUSY, UNAVAILABLE, Push, Shard
+from kairos.cluster.storage.store import StoreUnavailable, open_store
 
 log = logging.getLogger("kairos.shard")
-METRICS_FLUSH_S = 1.0
-SESSION_START_S = 2.0
 REBUILD_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)  # waits between attempts to rebuild from the store
 
 

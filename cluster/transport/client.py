@@ -28,12 +28,12 @@ import numpy as np
 from kairos.core.engine import Decision
 from kairos.core.errors import InputError
 
-from .identity import alias_key, anonymous_id, check_linkable, link_id
-from .partitions import partition_of
-from .ray_api import Backend, Unavailable
-from .settings import (CLIENT_BATCH_LIMIT, CLIENT_BATCH_WINDOW_S, CLIENT_INFLIGHT_CALLS,
+from kairos.cluster.identity import alias_key, anonymous_id, check_linkable, link_id
+from kairos.cluster.control.partitions import partition_of
+from kairos.cluster.transport.ray_backend import Backend, Unavailable
+from kairos.cluster.settings import (CLIENT_BATCH_LIMIT, CLIENT_BATCH_WINDOW_S, CLIENT_INFLIGHT_CALLS,
                        CLIENT_QUEUE_LIMIT, LONG_POLL_S)
-from .shard import BUSY, CONFLICT, INVALID, MERGED, MISSING, MOVED, NOT_MINE, OK
+from kairos.cluster.shard.shard import BUSY, CONFLICT, INVALID, MERGED, MISSING, MOVED, NOT_MINE, OK
 
 log = logging.getLogger("kairos.client")
 MAX_REDIRECTS = 20  # a request MOVED this many times in a row fails as Unavailable

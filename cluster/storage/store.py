@@ -33,7 +33,7 @@ from urllib.parse import urlparse
 
 import msgpack
 
-from .journal import Journal, fsync_directory
+from kairos.cluster.storage.journal import Journal, fsync_directory
 
 
 STALE_TMP_S = 600.0  # a temporary file this old is a crashed writer's leftover
@@ -96,7 +96,7 @@ def open_store(url: str) -> Store:
     if url == "memory":
         return MemoryStore()
     if url.startswith(("redis://", "rediss://", "unix://")):
-        from .redis_store import RedisStore
+        from kairos.cluster.storage.redis_store import RedisStore
         return RedisStore(url)
     if url.startswith("file://"):
         url = urlparse(url).path

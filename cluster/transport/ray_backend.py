@@ -14,8 +14,8 @@ from typing import Any, Protocol
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .dataplane import PlaneConnection, ShardFailed
-from .settings import CONTROLLER_NAME, LEARNER_NAME, NAMESPACE
+from kairos.cluster.transport.dataplane import PlaneConnection, ShardFailed
+from kairos.cluster.settings import CONTROLLER_NAME, LEARNER_NAME, NAMESPACE
 
 
 class Unavailable(Exception):
@@ -61,7 +61,7 @@ class RayBackend:
 
     async def create_shard(self, name: str, node: str | None, n_partitions: int, seed: int,
                            store_url: str, journal_policy: str) -> None:
-        from .shard_actor import ShardActor
+        from kairos.cluster.shard.actor import ShardActor
         options: dict[str, Any] = {"name": name, "namespace": NAMESPACE,
                                    "lifetime": "detached", "max_restarts": -1}
         if node is not None:

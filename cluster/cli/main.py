@@ -27,7 +27,7 @@ from kairos.core.catalog import load_catalog_file
 from kairos.core.compiler import compile_catalog
 from kairos.core.errors import CatalogError
 
-from . import demo
+from kairos.cluster.cli import demo
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 # the embedded default's store: a directory that outlives `kairos down`
@@ -59,9 +59,9 @@ def validate(paths: list[str]) -> int:
 def up(args: argparse.Namespace) -> int:
     import ray
 
-    from . import runtime
-    from .gateway import GatewayActor, Tls
-    from .settings import NAMESPACE
+    from kairos.cluster.control import runtime
+    from kairos.cluster.gateway.service import GatewayActor, Tls
+    from kairos.cluster.settings import NAMESPACE
 
     if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
         print("--tls-cert and --tls-key go together (and --tls-client-ca needs them)",
@@ -104,8 +104,8 @@ def up(args: argparse.Namespace) -> int:
 def down(args: argparse.Namespace) -> int:
     import ray
 
-    from . import runtime
-    from .settings import NAMESPACE
+    from kairos.cluster.control import runtime
+    from kairos.cluster.settings import NAMESPACE
     try:
         ray.init(address="auto", namespace=NAMESPACE, logging_level="WARNING")
         runtime.stop()
@@ -124,7 +124,7 @@ def down(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    from .remote import Remote
+    from kairos.cluster.cli.remote import Remote
     st = Remote(args.target).status()
     print(f"catalog {st.catalog_version}, map version {st.map_version}, "
           f"{st.partitions} partitions, {st.resident} customers in memory, "
@@ -137,7 +137,7 @@ def status(args: argparse.Namespace) -> int:
 
 
 def push(args: argparse.Namespace) -> int:
-    from .remote import Remote
+    from kairos.cluster.cli.remote import Remote
     try:
         text = open(args.path, encoding="utf-8").read()
     except OSError as exc:

@@ -103,7 +103,7 @@ PUSH_WAIT_S = 0.3
 
 
 def run_remote(target: str) -> int:
-    from .remote import Remote
+    from kairos.cluster.cli.remote import Remote
     remote = Remote(target)
     try:
         remote.wait_ready()

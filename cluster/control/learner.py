@@ -23,8 +23,8 @@ from kairos.core.catalog import load_catalog
 from kairos.core.compiler import CompiledCatalog, compile_catalog
 from kairos.core.models import ModelDelta, ModelRemap, ModelTable
 
-from . import blocks
-from .store import StoreUnavailable, open_store
+from kairos.cluster.storage import blocks
+from kairos.cluster.storage.store import StoreUnavailable, open_store
 
 log = logging.getLogger("kairos.learner")
 STATE_KEY = "learner"

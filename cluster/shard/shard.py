@@ -42,13 +42,13 @@ from kairos.core.errors import InputError
 from kairos.core.merge import merge_profiles
 from kairos.core.models import ModelRemap, ModelTable
 
-from . import blocks
-from .identity import Directory
-from .partitions import partition_of
-from .settings import (PASSIVATE_IDLE_S, RESIDENT_LIMIT, SNAPSHOT_AFTER_S, SNAPSHOT_BACKLOG,
+from kairos.cluster.storage import blocks
+from kairos.cluster.identity import Directory
+from kairos.cluster.control.partitions import partition_of
+from kairos.cluster.settings import (PASSIVATE_IDLE_S, RESIDENT_LIMIT, SNAPSHOT_AFTER_S, SNAPSHOT_BACKLOG,
                        SNAPSHOT_BUDGET_S, STORE_COUNT_S)
-from .store import MemoryStore, Store, StoreUnavailable
-from .timers import Timers
+from kairos.cluster.storage.store import MemoryStore, Store, StoreUnavailable
+from kairos.cluster.shard.timers import Timers
 
 log = logging.getLogger("kairos.shard")
 

@@ -30,30 +30,19 @@ from kairos.v1 import admin_pb2, admin_pb2_grpc
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
-from . import pauses, wire
-from .auth import Auth, Denied, is_loopback
-from .client import Busy, Conflict, KairosClient
-from .identity import alias_key, check_linkable
-from .ray_api import Backend, RayBackend, Unavailable
-from .settings import _env
+from kairos.cluster import pauses
+
+from kairos.cluster.gateway import wire
+from kairos.cluster.gateway.auth import Auth, Denied, is_loopback
+from kairos.cluster.transport.client import Busy, Conflict, KairosClient
+from kairos.cluster.identity import alias_key, check_linkable
+from kairos.cluster.transport.ray_backend import Backend, RayBackend, Unavailable
+from kairos.cluster.settings import (DEADLINE_MARGIN_S, DEADLINE_MARGIN_SHARE, DEFAULT_DEADLINE_S,
+                                     GATEWAY_INFLIGHT_LIMIT, MAX_MESSAGE_BYTES, STREAM_WINDOW,
+                                     WATCH_BACKLOG)
 
 log = logging.getLogger("kairos.gateway")
 
-DEFAULT_PORT = 50051
-# Deadline for calls that come without one.
-DEFAULT_DEADLINE_S = _env("DEFAULT_DEADLINE_S", 5.0)
-# Time kept back from the caller's deadline to build and send a fallback: at least this, and
-# at least DEADLINE_MARGIN_SHARE of the deadline (a loaded event loop is late by milliseconds).
-DEADLINE_MARGIN_S = _env("DEADLINE_MARGIN_S", 0.002)
-DEADLINE_MARGIN_SHARE = _env("DEADLINE_MARGIN_SHARE", 0.05)
-# Calls one gateway works on at once; past it, RESOURCE_EXHAUSTED at once.
-GATEWAY_INFLIGHT_LIMIT = _env("GATEWAY_INFLIGHT_LIMIT", 20_000, int)
-# Largest request accepted (bytes); larger ones fail with RESOURCE_EXHAUSTED before decoding.
-MAX_MESSAGE_BYTES = _env("MAX_MESSAGE_BYTES", 1 << 20, int)
-# Decisions a watch stream may have waiting; past it the oldest are dropped.
-WATCH_BACKLOG = _env("WATCH_BACKLOG", 1024, int)
-# Events of one IngestStream in flight at once.
-STREAM_WINDOW = _env("STREAM_WINDOW", 1024, int)
 BATCH_LIMIT = 10_000  # events in one IngestBatch (the proto says so)
 PAUSES_CHECK_S = 1.0  # how often a gateway looks whether to freeze its old objects (pauses.py)
 SERVICES = ("kairos.v1.DecisionService", "kairos.v1.AdminService")

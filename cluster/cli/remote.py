@@ -10,8 +10,8 @@ from kairos.v1 import admin_pb2, admin_pb2_grpc
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
-from . import wire
-from .auth import METADATA_KEY
+from kairos.cluster.gateway import wire
+from kairos.cluster.gateway.auth import METADATA_KEY
 
 KEY_ENV = "KAIROS_API_KEY"
 # TLS to the gateway: the CA that signed its certificate; for mTLS also this client's

@@ -1,0 +1,305 @@
+"""The runtime's protocol: every request a client sends a shard, every reply a shard gives,
+and every record a shard journals, as named types.
+
+Each is a NamedTuple whose first field says what it is (a request's or record's `kind`, a
+reply's `status`), so it packs with msgpack as the plain array it always was: the data plane's
+frames and the journal's bytes did not change when these types were named, and journals
+written before still replay. Readers use names (`request.customer_id`, `reply.map_version`);
+`request_from`, `reply_from` and `record_from` turn arrays that crossed a socket or came out
+of a journal back into these types.
+
+Construct with keywords (`Moved(map_version=7)`): the first field has a default so that no
+caller ever writes the kind or status by hand.
+
+Requests are routed by their `route_key` (the third field: a customer id, or an alias key for
+the directory's requests) to the partition it hashes to; the client fills in `partition`.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Union
+
+# -- reply statuses ---------------------------------------------------------------------------
+OK = "ok"
+MOVED = "moved"  # the partition is not (or no longer) here: re-send under a newer map
+INVALID = "invalid"  # bad input; nothing was applied
+MISSING = "missing"  # no customer by that id
+MERGED = "merged"  # an anonymous customer since linked into another: re-send to that one
+CONFLICT = "conflict"  # contradicts the state (an alias linked to another customer)
+BUSY = "busy"  # the shard's queue is full; nothing was applied
+UNAVAILABLE = "unavailable"  # the shard is recovering or its store failed; nothing applied
+
+NOT_MINE = 0  # the map version in a MOVED reply when the shard never owned the partition
+UNROUTED = -1  # the partition of a request the client has not routed yet
+
+# The journal's record format. 1: frames without a format number (before records were named);
+# 2: the same records, frames carry this number. A journal from a newer format is refused.
+JOURNAL_FORMAT = 2
+
+
+# -- requests ---------------------------------------------------------------------------------
+
+class Event(NamedTuple):
+    """Apply an event. With an idempotency key, a key seen before for the same customer is
+    not applied again. With `decide` = (channel, placement), the decision for that view after
+    the event comes back in the acknowledgement."""
+
+    kind: str = "event"
+    partition: int = UNROUTED
+    customer_id: str = ""
+    event_type: str = ""
+    time: Any = None
+    attributes: dict | None = None
+    idempotency_key: str | None = None
+    decide: tuple[str, str | None] | None = None
+
+
+class Fire(NamedTuple):
+    """A timer fell due (from a shard's tick; journaled like an event)."""
+
+    kind: str = "fire"
+    partition: int = UNROUTED
+    customer_id: str = ""
+    timer: str = ""
+    due: float = 0.0
+
+
+class Decide(NamedTuple):
+    kind: str = "decide"
+    partition: int = UNROUTED
+    customer_id: str = ""
+    channel: str = ""
+    placement: str | None = None
+    context: dict | None = None
+    max_actions: int = 0
+    explain: bool = False
+    now: float | None = None
+    record_impression: bool = False
+
+
+class Outcome(NamedTuple):
+    """A response to a decision (impression, accept, reject, ignore, convert)."""
+
+    kind: str = "outcome"
+    partition: int = UNROUTED
+    customer_id: str = ""
+    action_id: str = ""
+    channel: str = ""
+    outcome: str = ""
+    when: Any = None
+    decision_id: str | None = None
+
+
+class ReadProfile(NamedTuple):
+    kind: str = "profile"
+    partition: int = UNROUTED
+    customer_id: str = ""
+    now: float = 0.0
+
+
+class WatchCustomer(NamedTuple):
+    """Push the customer's changed best action for a view to the actor `sink`."""
+
+    kind: str = "watch"
+    partition: int = UNROUTED
+    customer_id: str = ""
+    sink: str = ""
+    channel: str = ""
+    placement: str | None = None
+    active: bool = True
+
+
+class Forget(NamedTuple):
+    kind: str = "forget"
+    partition: int = UNROUTED
+    customer_id: str = ""
+
+
+class Resolve(NamedTuple):
+    """The customer an alias names (on the alias's directory shard)."""
+
+    kind: str = "resolve"
+    partition: int = UNROUTED
+    key: str = ""
+
+
+class Link(NamedTuple):
+    """Step 1 of a link: point the alias at the customer (identity.py)."""
+
+    kind: str = "link"
+    partition: int = UNROUTED
+    key: str = ""
+    customer_id: str = ""
+
+
+class Unlink(NamedTuple):
+    kind: str = "unlink"
+    partition: int = UNROUTED
+    key: str = ""
+    customer_id: str = ""
+
+
+class Take(NamedTuple):
+    """Step 2 of a link: the anonymous customer's state, handed over once per link. Its
+    journal record carries the state, since replay cannot export it again."""
+
+    kind: str = "take"
+    partition: int = UNROUTED
+    anonymous: str = ""
+    link: str = ""
+    target: str = ""
+    state: bytes | None = None
+
+
+class Merge(NamedTuple):
+    """Step 3 of a link: fold the handed-over state into the customer, once per link."""
+
+    kind: str = "merge"
+    partition: int = UNROUTED
+    customer_id: str = ""
+    link: str = ""
+    key: str = ""
+    state: bytes | None = None
+
+
+class Settle(NamedTuple):
+    """After a merge: the anonymous id's redirect keeps no state any more."""
+
+    kind: str = "settle"
+    partition: int = UNROUTED
+    anonymous: str = ""
+    link: str = ""
+
+
+Request = Union[Event, Fire, Decide, Outcome, ReadProfile, WatchCustomer, Forget, Resolve,
+                Link, Unlink, Take, Merge, Settle]
+REQUESTS: dict[str, type] = {cls._field_defaults["kind"]: cls for cls in Request.__args__}
+# requests that name a customer (the rest name an alias key or a link step's anonymous id)
+CUSTOMER_KINDS = frozenset({"event", "decide", "outcome", "profile", "watch"})
+
+
+def route_key(request: Request) -> str:
+    """What a request is routed by: its customer id, alias key or anonymous id."""
+    return request[2]
+
+
+def request_from(raw: list | tuple) -> Request:
+    """A request from the array it travelled as; ValueError for an unknown kind."""
+    cls = REQUESTS.get(raw[0]) if raw else None
+    if cls is None:
+        raise ValueError(f"unknown request kind {raw[0] if raw else None!r}")
+    return cls(*raw)
+
+
+# -- journal records --------------------------------------------------------------------------
+
+class EventRecord(NamedTuple):
+    """An applied event, with the customer's sequence number for it (replay checks nothing
+    against it; a replay that finds the event in the customer's home still remembers its
+    idempotency key with this number)."""
+
+    kind: str = "event"
+    partition: int = 0
+    customer_id: str = ""
+    event_type: str = ""
+    time: float = 0.0
+    attributes: dict | None = None
+    idempotency_key: str | None = None
+    sequence: int = 0
+
+
+# Every other change is journaled as the request that made it (a Take with its state).
+Record = Union[EventRecord, Fire, Outcome, WatchCustomer, Forget, Link, Unlink, Take, Merge,
+               Settle]
+RECORDS: dict[str, type] = {cls._field_defaults["kind"]: cls for cls in Record.__args__}
+# records whose third field is the customer they change: its LSN is stamped on the profile
+STAMPED = frozenset({"event", "fire", "outcome", "merge", "watch", "forget"})
+
+
+def record_from(raw: list | tuple, journal_format: int = JOURNAL_FORMAT) -> Record:
+    """A record from a journal of `journal_format`; ValueError for what this version cannot
+    read."""
+    if not 1 <= journal_format <= JOURNAL_FORMAT:
+        raise ValueError(f"journal format {journal_format} is newer than this Kairos reads "
+                         f"({JOURNAL_FORMAT})")
+    cls = RECORDS.get(raw[0]) if raw else None
+    if cls is None:
+        raise ValueError(f"unknown journal record kind {raw[0] if raw else None!r}")
+    return cls(*raw)
+
+
+# -- replies ----------------------------------------------------------------------------------
+
+class Ok(NamedTuple):
+    """Done; `value` is the request's result (a Decision, a profile, a customer id, ...)."""
+
+    status: str = OK
+    value: Any = None
+
+
+class EventAck(NamedTuple):
+    """An event applied (or, `duplicate`, applied before under the same idempotency key):
+    the customer's sequence number for it, and the decision the event asked for."""
+
+    status: str = OK
+    sequence: int = 0
+    duplicate: bool = False
+    decision: Any = None
+
+
+class Forgotten(NamedTuple):
+    """Whether the customer existed, and its aliases (for the caller to unlink)."""
+
+    status: str = OK
+    existed: bool = False
+    aliases: list | None = None
+
+
+class Moved(NamedTuple):
+    status: str = MOVED
+    map_version: int = NOT_MINE
+
+
+class Invalid(NamedTuple):
+    status: str = INVALID
+    field: str = ""
+    reason: str = ""
+
+
+class Missing(NamedTuple):
+    status: str = MISSING
+
+
+class Merged(NamedTuple):
+    status: str = MERGED
+    customer_id: str = ""
+
+
+class Conflict(NamedTuple):
+    status: str = CONFLICT
+    reason: str = ""
+
+
+class Busy(NamedTuple):
+    status: str = BUSY
+
+
+class Unavailable(NamedTuple):
+    status: str = UNAVAILABLE
+    reason: str = ""
+
+
+Reply = Union[Ok, EventAck, Forgotten, Moved, Invalid, Missing, Merged, Conflict, Busy,
+              Unavailable]
+_ERRORS: dict[str, type] = {MOVED: Moved, INVALID: Invalid, MISSING: Missing, MERGED: Merged,
+                            CONFLICT: Conflict, BUSY: Busy, UNAVAILABLE: Unavailable}
+# the OK reply's type per request kind (the rest answer Ok)
+_OK_OF: dict[str, type] = {"event": EventAck, "forget": Forgotten}
+
+
+def reply_from(raw: list | tuple, kind: str) -> Reply:
+    """A reply, from the array it travelled as, to a request of `kind`."""
+    status = raw[0]
+    cls = _OK_OF.get(kind, Ok) if status == OK else _ERRORS.get(status)
+    if cls is None:
+        raise ValueError(f"unknown reply status {status!r}")
+    return cls(*raw)
