@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 from importlib import resources
 from pathlib import Path as FsPath
 from typing import Any, Callable
@@ -28,6 +28,8 @@ NUMERIC_TYPES = ("int", "float")
 EXPLORATION_METHODS = ("thompson", "ucb", "none")
 TRANSFORMS = ("identity", "log1p", "scale", "recency")
 DEFAULT_HISTORY_SIZE = 32
+MAX_HISTORY_SIZE = 1024  # a history's most interactions; a contact-policy count past it never trips
+MAX_TOP_K = 1024  # actions one placement may show: the kernels size their output buffers by it
 DEFAULT_VARIANCE_SCALE = 0.1
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
@@ -245,7 +247,7 @@ def parse_duration(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        return float(value)
+        return _to_float(value)
     if isinstance(value, str):
         m = _DURATION_RE.match(value.strip())
         if m:
@@ -254,13 +256,13 @@ def parse_duration(value: Any) -> float | None:
 
 
 def parse_timestamp(value: Any) -> float | None:
-    """Epoch seconds from an ISO-8601 timestamp with a zone; None when it is not one."""
+    """Epoch seconds from an ISO-8601 timestamp with a zone; None when it is not one.
+
+    YAML reads an unquoted timestamp as a datetime, and one without a zone (or a bare date)
+    as a naive one: that is refused like the same text quoted, since the zone is a guess.
+    """
     if isinstance(value, datetime):
-        if value.tzinfo is None:  # YAML's own timestamps without a zone are UTC by the spec
-            value = value.replace(tzinfo=timezone.utc)
-        return value.timestamp()
-    if isinstance(value, date):
-        return datetime(value.year, value.month, value.day, tzinfo=timezone.utc).timestamp()
+        return value.timestamp() if value.tzinfo is not None else None
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value.strip())
@@ -338,7 +340,7 @@ class _Reader:
         value = self.get(path)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.fail(path, f"expected a number, got {value!r}")
-        if not math.isfinite(value):
+        if not math.isfinite(_to_float(value)):
             raise self.fail(path, f"expected a finite number, got {value!r}")
         if positive and value <= 0:
             raise self.fail(path, f"must be greater than 0, got {value!r}")
@@ -348,12 +350,15 @@ class _Reader:
             raise self.fail(path, f"must be at most {maximum:g}, got {value!r}")
         return float(value)
 
-    def integer(self, path: Path, *, minimum: int = 0) -> int:
+    def integer(self, path: Path, *, minimum: int = 0, maximum: int) -> int:
+        """The compiler keeps integers in int32 arrays, so each has an upper bound."""
         value = self.get(path)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail(path, f"expected an integer, got {value!r}")
         if value < minimum:
             raise self.fail(path, f"must be at least {minimum}, got {value}")
+        if value > maximum:
+            raise self.fail(path, f"must be at most {maximum}, got {value}")
         return value
 
     def boolean(self, path: Path) -> bool:
@@ -373,7 +378,7 @@ class _Reader:
         seconds = parse_timestamp(self.get(path))
         if seconds is None:
             raise self.fail(path, f"expected an ISO-8601 timestamp with a zone such as "
-                                  f"2026-01-01T00:00:00Z, got {self.get(path)!r}")
+                                  f"2026-01-01T00:00:00Z, got {_written(self.get(path))}")
         return seconds
 
     def choice(self, path: Path, options: tuple[str, ...]) -> str:
@@ -402,16 +407,17 @@ class _Reader:
     # -- sections ------------------------------------------------------------------------
 
     def catalog(self) -> Catalog:
+        self.no_duplicate_keys()
         root = self.mapping((), ("kairos_catalog", "name", "version", "channels", "events",
                                  "actions", "fallbacks"),
                             ("context", "attributes", "features", "consent", "arbitration",
                              "models", "history", "timers"))
-        if root["kairos_catalog"] != FORMAT_VERSION:
-            raise self.fail(("kairos_catalog",), f"unsupported catalog format "
-                                                 f"{root['kairos_catalog']!r} (this Kairos reads "
-                                                 f"{FORMAT_VERSION})")
+        fmt = root["kairos_catalog"]
+        if isinstance(fmt, bool) or fmt != FORMAT_VERSION:  # True == 1
+            raise self.fail(("kairos_catalog",), f"unsupported catalog format {fmt!r} (this "
+                                                 f"Kairos reads {FORMAT_VERSION})")
         name = self.text(("name",))
-        version = str(root["version"])
+        version = self.version()
         events = self.each(("events",), self.event_type, non_empty=True)
         event_map = {e.name: e for e in events}
         attributes = self.each(("attributes",), lambda p: self.attribute(p, event_map)) \
@@ -430,16 +436,14 @@ class _Reader:
                 if purpose not in consent:
                     raise self.fail(("channels", ch.name, "consent", purpose),
                                     f"unknown purpose '{purpose}' (purposes: "
-                                    f"{', '.join(consent)})")
+                                    f"{', '.join(consent)})", at_key=True)
         channel_map = {c.name: c for c in channels}
         actions = self.actions(channel_map, consent)
         groups = tuple(dict.fromkeys(a.group for a in actions))
         history = DEFAULT_HISTORY_SIZE
         if "history" in root:
             self.mapping(("history",), ("size",))
-            history = self.integer(("history", "size"), minimum=1)
-            if history > 1024:
-                raise self.fail(("history", "size"), f"must be at most 1024, got {history}")
+            history = self.integer(("history", "size"), minimum=1, maximum=MAX_HISTORY_SIZE)
         arbitration = self.arbitration(channel_map, groups, {c.name: c for c in context}) \
             if "arbitration" in root else Arbitration()
         models = self.models(attr_map, {f.name: f for f in features}, {c.name: c for c in context},
@@ -452,6 +456,29 @@ class _Reader:
                        actions=actions, arbitration=arbitration, models=models,
                        fallbacks=fallbacks, history_size=history, source=self.src,
                        timers=timers)
+
+    def no_duplicate_keys(self) -> None:
+        """Raise for the first key the YAML repeats, naming the action it is in as every other
+        error inside an action does (the YAML parser cannot know actions)."""
+        for path, mark in self.src.duplicates[:1]:
+            raise self.src.error(path, f"duplicate key '{path[-1]}'", mark,
+                                 action_id=self.action_id_at(path))
+
+    def action_id_at(self, path: Path) -> str | None:
+        """The id of the action that `path` is inside, when it has one."""
+        if len(path) < 2 or path[0] != "actions" or not isinstance(path[1], int):
+            return None
+        actions = self.src.data.get("actions") if isinstance(self.src.data, dict) else None
+        action = actions[path[1]] if isinstance(actions, list) else None
+        action_id = action.get("id") if isinstance(action, dict) else None
+        return action_id if isinstance(action_id, str) else None
+
+    def version(self) -> str:
+        value = self.get(("version",))
+        if not isinstance(value, str):  # a YAML number would lose digits: 1.10 reads as 1.1
+            raise self.fail(("version",), f"expected a string such as \"2026.11.1\" (quote it), "
+                                          f"got {_kind(value)}")
+        return self.text(("version",))
 
     def field_spec(self, path: Path) -> FieldSpec:
         spec = self.mapping(path, ("type",), ("required", "values"))
@@ -549,7 +576,7 @@ class _Reader:
             spec_field = event.field(when_field)
             if spec_field is None:
                 raise self.fail(path + ("when", when_field), f"unknown field of {event_name} "
-                                                             f"'{when_field}'")
+                                                             f"'{when_field}'", at_key=True)
             if spec_field.type not in ("string", "bool"):
                 raise self.fail(path + ("when", when_field), f"'when' filters on string or "
                                                              f"bool fields, {when_field} is "
@@ -567,11 +594,12 @@ class _Reader:
         seen = {a.name for a in attributes}
         for f in features:
             if f.name in seen:
-                raise self.fail(("features", f.name), f"'{f.name}' is already an attribute")
+                raise self.fail(("features", f.name), f"'{f.name}' is already an attribute",
+                                at_key=True)
             if f.name == "now":
-                raise self.fail(("features", f.name), "'now' is reserved")
+                raise self.fail(("features", f.name), "'now' is reserved", at_key=True)
         if "now" in seen:
-            raise self.fail(("attributes", "now"), "'now' is reserved")
+            raise self.fail(("attributes", "now"), "'now' is reserved", at_key=True)
 
     def channel(self, path: Path, bool_attrs: set[str]) -> Channel:
         spec = self.mapping(path, ("placements",), ("consent",))
@@ -587,7 +615,7 @@ class _Reader:
 
     def placement(self, path: Path) -> Placement:
         self.mapping(path, ("top_k",))
-        top_k = self.integer(path + ("top_k",), minimum=1)
+        top_k = self.integer(path + ("top_k",), minimum=1, maximum=MAX_TOP_K)
         return Placement(path[-1], top_k)
 
     def consent(self, bool_attrs: set[str]) -> dict[str, str | None]:
@@ -597,8 +625,12 @@ class _Reader:
             value = self.get(path)
             if value is True:
                 out[purpose] = None
-            else:
+            elif isinstance(value, str):
                 out[purpose] = self.reference(path, bool_attrs, "bool attribute")
+            else:
+                shown = str(value).lower() if isinstance(value, bool) else _kind(value)
+                raise self.fail(path, f"expected true or the name of a bool attribute, "
+                                      f"got {shown}")
         return out
 
     def actions(self, channels: dict[str, Channel], consent: dict) -> tuple[Action, ...]:
@@ -609,9 +641,7 @@ class _Reader:
         out = []
         for i in range(len(items)):
             path = ("actions", i)
-            raw = self.get(path)
-            if isinstance(raw, dict) and isinstance(raw.get("id"), str):
-                self.action_id = raw["id"]  # so that every error inside names the action
+            self.action_id = self.action_id_at(path)  # so that every error inside names it
             spec = self.mapping(path, ("id", "group", "purpose", "channels", "value"),
                                 ("eligibility", "applicability", "suitability", "lever", "valid",
                                  "contact_policy", "attributes", "name", "description"))
@@ -685,12 +715,14 @@ class _Reader:
         kw: dict[str, Any] = {}
         if "max_impressions" in spec:
             self.mapping(path + ("max_impressions",), ("count", "window"))
-            kw["max_impressions"] = self.integer(path + ("max_impressions", "count"), minimum=1)
+            kw["max_impressions"] = self.integer(path + ("max_impressions", "count"), minimum=1,
+                                                 maximum=MAX_HISTORY_SIZE)
             kw["impression_window_s"] = self.duration(path + ("max_impressions", "window"))
         if "suppress_after_rejects" in spec:
             sub = path + ("suppress_after_rejects",)
             self.mapping(sub, ("count", "for"), ("within",))
-            kw["reject_count"] = self.integer(sub + ("count",), minimum=1)
+            kw["reject_count"] = self.integer(sub + ("count",), minimum=1,
+                                              maximum=MAX_HISTORY_SIZE)
             kw["reject_suppress_s"] = self.duration(sub + ("for",))
             kw["reject_within_s"] = self.duration(sub + ("within",)) \
                 if "within" in spec["suppress_after_rejects"] else kw["reject_suppress_s"]
@@ -753,7 +785,7 @@ class _Reader:
                 gpath = path + ("groups", group)
                 if group not in groups:
                     raise self.fail(gpath, f"unknown action group '{group}'"
-                                           f"{_did_you_mean(group, groups)}")
+                                           f"{_did_you_mean(group, groups)}", at_key=True)
                 self.mapping(gpath, ("variance_scale",))
                 per_group[group] = self.number(gpath + ("variance_scale",), minimum=0.0)
             kw["group_variance_scale"] = per_group
@@ -774,7 +806,8 @@ class _Reader:
             for group in self.mapping(path + ("groups",), open_keys=True):
                 if group not in groups:
                     raise self.fail(path + ("groups", group), f"unknown action group '{group}'"
-                                                              f"{_did_you_mean(group, groups)}")
+                                                              f"{_did_you_mean(group, groups)}",
+                                    at_key=True)
                 group_priors[group] = self.prior(path + ("groups", group), prior)
         return Models(tuple(predictors), prior, group_priors)
 
@@ -861,6 +894,19 @@ class _Reader:
         if not names:
             raise self.fail(path, "must not be empty")
         return names
+
+
+def _to_float(number: int | float) -> float:
+    """A YAML number as a float: an int beyond float range is infinite, not an OverflowError."""
+    try:
+        return float(number)
+    except OverflowError:
+        return math.inf if number > 0 else -math.inf
+
+
+def _written(value: Any) -> str:
+    """A YAML scalar as the catalog's author wrote it: dates and times unquoted."""
+    return value.isoformat() if isinstance(value, date) else repr(value)
 
 
 def _predictor_type(decl: Any, source: str) -> tuple[str, tuple[str, ...] | None]:

@@ -5,10 +5,16 @@ latest event time the decayed features are expressed at); then one slot per attr
 feature, and a second slot holding the event time for `last` features. Rules and predictors
 address the *view* of a row at decision time, which has the same slots with decayed features
 decayed to `now` and `time_since` features turned into seconds.
+
+A catalog's text fixes its version, so `compiled_from_text` compiles each text once per process
+and hands every caller the same read-only arrays.
 """
 from __future__ import annotations
 
+import copy
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -16,10 +22,11 @@ from typing import Any
 import numpy as np
 
 from . import rules
-from .catalog import Action, Catalog, Feature, Rule
+from .catalog import Action, Catalog, Feature, Rule, default_catalog_text, load_catalog
 from .errors import CatalogError, RuleError
 
 CLOCK_SLOT = 0
+COMPILED_CACHE_SIZE = 8  # catalog texts kept compiled; a switch holds two versions at once
 FACTOR_PROPENSITY, FACTOR_WEIGHT, FACTOR_VALUE, FACTOR_PRIORITY = range(4)
 N_FACTORS = 4
 
@@ -129,6 +136,12 @@ class StringTable:
     def text(self, code: float) -> str:
         return self.strings[int(code)]
 
+    def copy(self) -> "StringTable":
+        twin = StringTable(self.limit)
+        twin.codes, twin.strings, twin.overflow = dict(self.codes), list(self.strings), \
+            self.overflow
+        return twin
+
 
 @dataclass
 class Layout:
@@ -146,7 +159,11 @@ class Layout:
 
 
 class CompiledCatalog:
-    """A catalog as arrays. Attribute names are what the kernels' CatalogView reads."""
+    """A catalog as arrays. Attribute names are what the kernels' CatalogView reads.
+
+    Nothing changes after compilation but the string table, which grows with the strings events
+    bring: the arrays are read-only, and `with_own_strings` shares them with a new user.
+    """
 
     def __init__(self, catalog: Catalog):
         self.catalog = catalog
@@ -176,6 +193,16 @@ class CompiledCatalog:
         self._compile_timers()
         self.fallbacks = {self.channel_index[c]: [self.action_index[a] for a in ids]
                           for c, ids in catalog.fallbacks.items()}
+        for value in (*vars(self).values(), *vars(self.layout).values()):
+            if isinstance(value, np.ndarray):
+                value.flags.writeable = False
+
+    def with_own_strings(self) -> "CompiledCatalog":
+        """This compiled catalog with a string table of its own: one engine's free text must
+        neither reach another's table nor race with it."""
+        twin = copy.copy(self)
+        twin.strings = self.strings.copy()
+        return twin
 
     def _compile_timers(self) -> None:
         """Timer k: armed by the events in timers_started_by, disarmed by timers_cancelled_by,
@@ -499,3 +526,29 @@ def _rule_type(field_type: str) -> str:
 def compile_catalog(catalog: Catalog) -> CompiledCatalog:
     """Compile; raises CatalogError with file, line:column, path and action id on bad rules."""
     return CompiledCatalog(catalog)
+
+
+_compiled: OrderedDict[str, CompiledCatalog] = OrderedDict()  # by text, least recent first
+_compiled_lock = threading.Lock()  # callers compile on executor threads too
+
+
+def compiled_from_text(text: str, source: str = "<catalog>") -> CompiledCatalog:
+    """The catalog written in `text`, loaded and compiled once per process however many roles
+    ask (the last COMPILED_CACHE_SIZE texts are kept). Each caller gets its own string table
+    over the shared arrays. A bad catalog raises CatalogError naming `source`, every time."""
+    with _compiled_lock:
+        compiled = _compiled.get(text)
+        if compiled is not None:
+            _compiled.move_to_end(text)
+    if compiled is None:
+        compiled = compile_catalog(load_catalog(text, source))
+        with _compiled_lock:
+            _compiled[text] = compiled
+            while len(_compiled) > COMPILED_CACHE_SIZE:
+                _compiled.popitem(last=False)
+    return compiled.with_own_strings()
+
+
+def default_compiled() -> CompiledCatalog:
+    """The catalog Kairos ships with (catalogs/default.yaml), compiled."""
+    return compiled_from_text(default_catalog_text(), "default.yaml")

@@ -20,10 +20,11 @@ from . import kernel as kernel_loader
 from .catalog import FieldSpec, parse_timestamp
 from .compiler import (CompiledCatalog, Outcome, Reason, STAGES,
                        STAGE_APPLICABILITY, STAGE_ELIGIBILITY, STAGE_SUITABILITY)
+from .decision import Decision, Dropped, Explanation, RankedAction
 from .errors import InputError
 from .models import ModelTable
-from .reference import profile_view
-from .state import EMPTY, HISTORY_EPOCH_S, ProfileTable
+from .request import channel_code, check_customer, placement_codes, shown
+from .state import EMPTY, HISTORY_EPOCH_S, ProfileTable, profile_view
 
 DECISION_CACHE_SIZE = 100_000  # decisions whose model inputs are kept for their outcomes
 BATCH_SIZE = 256  # decisions per kernel call
@@ -54,44 +55,6 @@ class EncodedRequest:
     context: np.ndarray
     now: float
     max_actions: int
-
-
-@dataclass(frozen=True)
-class RankedAction:
-    action_id: str
-    group: str
-    treatment: str
-    priority: float
-    propensity: float
-    value: float
-    weight: float
-    lever: float
-
-
-@dataclass(frozen=True)
-class Dropped:
-    action_id: str
-    reason: str  # a Reason name, e.g. "ELIGIBILITY"
-    detail: str  # the rule, policy or threshold that dropped it
-
-
-@dataclass(frozen=True)
-class Explanation:
-    winners: tuple[RankedAction, ...]
-    dropped: tuple[Dropped, ...]
-
-
-@dataclass(frozen=True)
-class Decision:
-    decision_id: str
-    customer_id: str
-    channel: str
-    placement: str
-    actions: tuple[RankedAction, ...]
-    catalog_version: str
-    model_version: int
-    fallback: bool = False
-    explanation: Explanation | None = None
 
 
 @dataclass
@@ -150,7 +113,7 @@ class DecisionEngine:
                      attributes: Mapping[str, Any] | None = None) -> EncodedEvent:
         """Check an event against its declared type; raises InputError naming the field."""
         c = self.compiled
-        _check_customer(customer_id)
+        check_customer(customer_id)
         if event_type not in c.event_index:
             raise InputError("type", f"unknown event type {event_type!r} (declared: "
                                      f"{', '.join(c.event_names)})")
@@ -191,7 +154,7 @@ class DecisionEngine:
                       intern: bool = True) -> float:
         if spec.type == "string":
             if not isinstance(value, str):
-                raise InputError(where, f"expected a string, got {_show(value)}")
+                raise InputError(where, f"expected a string, got {shown(value)}")
             if spec.values is not None and value not in spec.values:
                 raise InputError(where, f"{value!r} is not one of {', '.join(spec.values)}")
             if len(value) > MAX_STRING_LENGTH:
@@ -201,35 +164,17 @@ class DecisionEngine:
             return float(self.compiled.strings.intern(value)) if intern else math.nan
         if spec.type == "bool":
             if not isinstance(value, bool):
-                raise InputError(where, f"expected true or false, got {_show(value)}")
+                raise InputError(where, f"expected true or false, got {shown(value)}")
             return float(value)
         if spec.type == "timestamp":
             return _encode_time(where, value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InputError(where, f"expected {'an integer' if spec.type == 'int' else 'a number'}"
-                                    f", got {_show(value)}")
+                                    f", got {shown(value)}")
         number = _finite(where, value, "number")
         if spec.type == "int" and not number.is_integer():
             raise InputError(where, f"expected an integer, got {value!r}")
         return number
-
-    def channel_code(self, channel: str) -> int:
-        code = self.compiled.channel_index.get(channel)
-        if code is None:
-            raise InputError("channel", f"unknown channel {channel!r} (channels: "
-                                        f"{', '.join(self.compiled.channel_names)})")
-        return code
-
-    def placement_code(self, channel: int, placement: str | None) -> int:
-        if not placement:
-            return 0
-        code = self.compiled.placement_index[channel].get(placement)
-        if code is None:
-            names = self.compiled.placement_names[channel]
-            raise InputError("placement", f"unknown placement {placement!r} of "
-                                          f"{self.compiled.channel_names[channel]} "
-                                          f"(placements: {', '.join(names)})")
-        return code
 
     # -- events ------------------------------------------------------------------------------
 
@@ -271,12 +216,11 @@ class DecisionEngine:
                        context: Mapping[str, Any] | None = None, now: Any = None,
                        max_actions: Any = 0) -> "EncodedRequest":
         """Check a decision request; raises InputError naming the field."""
-        _check_customer(customer_id)
-        ch = self.channel_code(channel)
-        pl = self.placement_code(ch, placement)
+        check_customer(customer_id)
+        ch, pl = placement_codes(self.compiled, channel, placement)
         ctx = self.encode_context(context)
         if isinstance(max_actions, bool) or not isinstance(max_actions, int):
-            raise InputError("max_actions", f"expected an integer, got {_show(max_actions)}")
+            raise InputError("max_actions", f"expected an integer, got {shown(max_actions)}")
         if max_actions < 0:
             raise InputError("max_actions", f"must be 0 (the placement's top_k) or more, "
                                             f"got {max_actions}")
@@ -401,10 +345,10 @@ class DecisionEngine:
         c = self.compiled
         encoded = []
         for customer_id, action_id, channel, outcome, when, decision_id in outcomes:
-            _check_customer(customer_id)
+            check_customer(customer_id)
             if action_id not in c.action_index:
                 raise InputError("action_id", f"unknown action {action_id!r}")
-            ch = self.channel_code(channel)
+            ch = channel_code(c, channel)
             a = c.action_index[action_id]
             if c.offered[a, ch] == 0:
                 raise InputError("action_id", f"action {action_id!r} is not offered on "
@@ -507,13 +451,6 @@ def _fields_read(compiled: CompiledCatalog) -> set[tuple[str, str]]:
     return read
 
 
-def _check_customer(customer_id: Any) -> None:
-    if not isinstance(customer_id, str) or not customer_id:
-        raise InputError("customer_id", f"expected a non-empty string, got {_show(customer_id)}")
-    if len(customer_id) > 256:
-        raise InputError("customer_id", f"at most 256 characters, got {len(customer_id)}")
-
-
 def _encode_time(where: str, value: Any) -> float:
     if isinstance(value, str):
         parsed = parse_timestamp(value)
@@ -524,7 +461,7 @@ def _encode_time(where: str, value: Any) -> float:
             raise InputError(where, f"timestamp {value!r} is outside 1970..2100")
         return parsed
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(where, f"expected a timestamp, got {_show(value)}")
+        raise InputError(where, f"expected a timestamp, got {shown(value)}")
     seconds = _finite(where, value, "timestamp")
     if not 0.0 <= seconds < LATEST_TIME_S:
         raise InputError(where, f"timestamp {value!r} is outside 1970..2100 (epoch seconds)")
@@ -540,10 +477,6 @@ def _finite(where: str, value: int | float, what: str) -> float:
     if not math.isfinite(number):
         raise InputError(where, f"must be a finite {what}, got {value!r}")
     return number
-
-
-def _show(value: Any) -> str:
-    return f"{type(value).__name__} {value!r}"
 
 
 def _duration(seconds: float) -> str:

@@ -12,9 +12,9 @@ import numpy as np
 
 from . import rules
 from .compiler import (CLOCK_SLOT, N_FACTORS, STAGE_VALUE, CompiledCatalog, Exploration,
-                       Outcome, Reason, Transform, Update, View)
+                       Outcome, Reason, Transform, Update)
 from .models import SplitMix64, sigmoid
-from .state import EMPTY, HISTORY_EPOCH_S
+from .state import EMPTY, HISTORY_EPOCH_S, profile_view
 
 IMPLEMENTATION = "reference"
 
@@ -116,18 +116,6 @@ def _when_matches(c: CompiledCatalog, u: int, f) -> bool:
 
 # -------------------------------------------------------------------------------------------
 # Decisions
-
-
-def profile_view(c: CompiledCatalog, row: np.ndarray, now: float) -> np.ndarray:
-    view = row.copy()
-    clock = row[CLOCK_SLOT]
-    dt = now - clock if clock == clock and now > clock else 0.0
-    for s, kind in enumerate(c.layout.view_kind):
-        if kind == View.DECAYED:
-            view[s] = row[s] * 2.0 ** (-dt * c.layout.view_inv_half_life[s])
-        elif kind == View.SINCE:
-            view[s] = now - row[s]
-    return view
 
 
 def predictor_vector(c: CompiledCatalog, view: np.ndarray, ctx) -> np.ndarray:

@@ -73,7 +73,11 @@ def tokenize(text: str) -> list[Token]:
         m = _TOKEN_RE.match(text, pos)
         if m is None:
             ch = text[pos]
-            if ch in "\"'":
+            if ch in "\"'":  # rules have no escapes, so a backslash cannot be what was meant
+                end = text.find(ch, pos + 1)
+                backslash = text.find("\\", pos + 1, len(text) if end < 0 else end)
+                if backslash >= 0:
+                    raise RuleError("backslashes are not allowed in strings", backslash + 1)
                 raise RuleError("unterminated string", pos + 1)
             raise RuleError(f"unexpected character {ch!r}", pos + 1)
         kind = m.lastgroup
@@ -331,10 +335,12 @@ class _Parser:
             known = ", ".join(sorted(FUNCTIONS))
             raise RuleError(f"unknown function '{name.text}' (functions: {known})", name.column)
         self.expect("(")
-        args = [self.or_expr()]
-        while self.accept(","):
+        args = []
+        if self.accept(")") is None:
             args.append(self.or_expr())
-        self.expect(")")
+            while self.accept(","):
+                args.append(self.or_expr())
+            self.expect(")")
         if len(args) != fn.arity:
             raise RuleError(f"{name.text}() takes {fn.arity} argument"
                             f"{'s' if fn.arity > 1 else ''}, got {len(args)}", name.column)
@@ -380,7 +386,13 @@ def type_of(node: Node) -> str:
                             f"{', '.join(types)}", node.column)
         return BOOL
     if isinstance(node, Call):
-        return FUNCTIONS[node.function].signature([type_of(a) for a in node.args], node.column)
+        result = FUNCTIONS[node.function].signature([type_of(a) for a in node.args],
+                                                    node.column)
+        if node.function == "coalesce":  # a literal default must be a value the field can take
+            for a, b in ((node.args[0], node.args[1]), (node.args[1], node.args[0])):
+                if isinstance(b, Const):
+                    _check_vocabulary(a, b)
+        return result
     raise TypeError(node)
 
 
@@ -412,10 +424,25 @@ def _binary_type(node: Binary) -> str:
 
 
 def _check_vocabulary(operand: Node, literal: Const) -> None:
-    if isinstance(operand, Name) and literal.type == STR and operand.ref.vocabulary is not None:
-        if literal.value not in operand.ref.vocabulary:
-            raise RuleError(f"'{literal.value}' is not a value of {operand.ref.name} "
-                            f"(values: {', '.join(operand.ref.vocabulary)})", literal.column)
+    """A string literal compared with a field of declared values must be one of them: any
+    other could never match, and the rule would silently never be true."""
+    vocabulary = _vocabulary(operand)
+    if vocabulary is not None and literal.type == STR and literal.value not in vocabulary[1]:
+        raise RuleError(f"'{literal.value}' is not a value of {vocabulary[0]} "
+                        f"(values: {', '.join(vocabulary[1])})", literal.column)
+
+
+def _vocabulary(node: Node) -> tuple[str, tuple[str, ...]] | None:
+    """(what, values) when every string `node` can give comes from declared values."""
+    if isinstance(node, Name):
+        vocabulary = node.ref.vocabulary
+        return None if vocabulary is None else (node.ref.name, vocabulary)
+    if isinstance(node, Call) and node.function == "coalesce":
+        fields = [_vocabulary(a) for a in node.args if not isinstance(a, Const)]
+        if fields and None not in fields:  # a literal argument was checked against them
+            return (" or ".join(f[0] for f in fields),
+                    tuple(dict.fromkeys(v for f in fields for v in f[1])))
+    return None
 
 
 def parse(text: str, resolve: Resolver, intern: Callable[[str], int], want: str) -> Node:

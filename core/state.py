@@ -7,6 +7,9 @@ the journal position (LSN) of the customer's last change, which the shard that o
 so that recovery knows which journal records a stored copy already holds.
 Contact policies are answered from the ring, so a customer's
 whole state is one fixed-size record: easy to snapshot, passivate and move.
+
+A row is stored as of the customer's clock; `profile_view` is how rules, predictors and a person
+reading the profile see it at a given time.
 """
 from __future__ import annotations
 
@@ -14,13 +17,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .compiler import CompiledCatalog
+from .compiler import CLOCK_SLOT, CompiledCatalog, View
 
 HISTORY_EPOCH_S = 1_577_836_800.0  # 2020-01-01T00:00:00Z: ring times are int32 seconds after it
 EMPTY = -1  # ring_action of an unused history entry
 GROWTH = 1.5
 COLUMNS = ("values", "ring_action", "ring_channel", "ring_outcome", "ring_time", "ring_head",
            "applied", "lsn")
+
+
+def profile_view(c: CompiledCatalog, row: np.ndarray, now: float) -> np.ndarray:
+    """The row as seen at `now`: decayed features decayed to it, time_since features turned
+    into seconds before it; a `now` before the row's clock decays nothing."""
+    view = row.copy()
+    clock = row[CLOCK_SLOT]
+    dt = now - clock if clock == clock and now > clock else 0.0
+    for s, kind in enumerate(c.layout.view_kind):
+        if kind == View.DECAYED:
+            view[s] = row[s] * 2.0 ** (-dt * c.layout.view_inv_half_life[s])
+        elif kind == View.SINCE:
+            view[s] = now - row[s]
+    return view
 
 
 @dataclass

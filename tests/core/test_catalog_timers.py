@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from kairos.core.catalog import default_catalog_text, load_catalog
-from kairos.core.compiler import compile_catalog
+from kairos.core.compiler import compile_catalog, default_compiled
 from kairos.core.errors import CatalogError
 
 
@@ -16,7 +16,7 @@ def with_timer(spec: dict) -> str:
 
 
 def test_default_catalog_timer_compiles():
-    c = compile_catalog(load_catalog(default_catalog_text()))
+    c = default_compiled()
     k = c.timer_names.index("cart_abandoned")
     assert c.timer_after_s[k] == 1800.0
     assert c.timer_fire[k] == c.event_index["cart_abandoned"]

@@ -5,8 +5,7 @@ import random
 
 import pytest
 
-from kairos.core.catalog import load_default_catalog
-from kairos.core.compiler import compile_catalog
+from kairos.core.compiler import default_compiled
 from kairos.core.engine import DecisionEngine
 
 from bench.kernel import bytes_per_customer
@@ -15,7 +14,7 @@ from bench.workload import T0, random_context, random_event
 
 @pytest.fixture(scope="module")
 def compiled():
-    return compile_catalog(load_default_catalog())
+    return default_compiled()
 
 
 def test_size_and_scope(compiled):

@@ -3,9 +3,6 @@
 Catalog errors must name the file, line:column (pointing at the offending text), the YAML path
 and, inside an action, the action id. Rule errors point into the rule, inside its YAML line.
 Input errors name the field and the reason, and nothing is applied when one is raised.
-
-Tests marked xfail(strict=True) state the message that *should* be produced where the current
-one is wrong, misleading, badly placed, or where a raw Python exception escapes instead.
 """
 from __future__ import annotations
 
@@ -72,7 +69,8 @@ def test_small_catalog_compiles():
 @pytest.mark.parametrize("old, new, message, points_at", [
     pytest.param(
         '    value: 30\n', '    value: [30\n',
-        "small.yaml:94:7: invalid YAML: expected ',' or ']', but got ':'", ": track_order",
+        "small.yaml:94:7: invalid YAML: expected ',' or ']', but got ':' (while parsing a flow "
+        "sequence that starts at 93:12)", ": track_order",
         id="invalid-yaml-unclosed-flow-sequence"),
     pytest.param(
         'name: small-test', 'name: small-test\n\tcolour: blue',
@@ -330,7 +328,7 @@ def test_small_catalog_compiles():
         "the attribute string", "email_opt_in", id="attribute-from-wrong-type"),
     pytest.param(
         '  orders: {kind: count, event: purchase}', '  tier: {kind: count, event: purchase}',
-        "small.yaml:44:9: features.tier: 'tier' is already an attribute", "{kind",
+        "small.yaml:44:3: features.tier: 'tier' is already an attribute", "tier:",
         id="feature-shadows-attribute"),
     pytest.param(
         'one_per_group: true', 'one_per_group: yes please',
@@ -918,13 +916,10 @@ def test_bad_outcome_in_a_batch_leaves_history_unchanged(impl, small):
 
 
 # ---------------------------------------------------------------------------------------------
-# Known problems: what the message *should* be. Each xfail is strict: fixing the problem makes
-# the test pass, and the marker must then be removed.
+# Corner cases that once escaped as raw exceptions or pointed at the wrong place: YAML
+# constructs and tags, huge numbers, keys, timestamps without a zone, escapes, block scalars.
 
 
-@pytest.mark.xfail(strict=True, reason="yamlsource.Source: the YAML error drops PyYAML's context "
-                   "mark, so an unclosed quote is reported past the end of the file and an "
-                   "unclosed '[' on the next line, without saying where the construct began")
 @pytest.mark.parametrize("text, message", [
     pytest.param("kairos_catalog: 1\nname: \"x\nversion: 1\n",
                  "small.yaml:4:1: invalid YAML: found unexpected end of stream (while scanning "
@@ -933,13 +928,10 @@ def test_bad_outcome_in_a_batch_leaves_history_unchanged(impl, small):
                  "small.yaml:94:7: invalid YAML: expected ',' or ']', but got ':' (while parsing "
                  "a flow sequence that starts at 93:12)", id="unclosed-bracket"),
 ])
-def test_xfail_invalid_yaml_names_where_the_construct_began(text, message):
+def test_invalid_yaml_names_where_the_construct_began(text, message):
     assert str(catalog_error(text)) == message
 
 
-@pytest.mark.xfail(strict=True, reason="yamlsource.Source._build: construct_object runs outside "
-                   "the try, so unknown tags, bad !!float/!!timestamp values and unhashable "
-                   "keys escape as ConstructorError/ValueError/AttributeError/TypeError")
 @pytest.mark.parametrize("text, message", [
     pytest.param("kairos_catalog: 1\nname: !!python/object:os.system x\n",
                  "small.yaml:2:7: invalid YAML: could not determine a constructor for the tag "
@@ -954,45 +946,35 @@ def test_xfail_invalid_yaml_names_where_the_construct_began(text, message):
     pytest.param("kairos_catalog: 1\n? [a]\n: x\n",
                  "small.yaml:2:3: keys must be strings, got ['a']", id="list-key"),
 ])
-def test_xfail_yaml_construction_errors_are_catalog_errors(text, message):
+def test_yaml_construction_errors_are_catalog_errors(text, message):
     assert str(catalog_error(text)) == message
 
 
-@pytest.mark.xfail(strict=True, reason="yamlsource.Source._build raises duplicate-key errors "
-                   "without the action id, although the key is inside an action")
-def test_xfail_duplicate_key_inside_action_names_the_action():
+def test_duplicate_key_inside_action_names_the_action():
     check(edit('    value: 30\n', '    value: 30\n    value: 31\n'),
           "small.yaml:94:5: actions[3].value (action 'delivery_apology'): duplicate key 'value'",
           "value: 31")
 
 
-@pytest.mark.xfail(strict=True, reason="catalog.parse_timestamp accepts YAML's unquoted "
-                   "timestamps without a zone and bare dates as UTC; the spec says timestamps "
-                   "need a zone, and the quoted form of the same text is rejected")
 @pytest.mark.parametrize("written", ["2020-12-01T00:00:00", "2020-12-01"])
-def test_xfail_unquoted_timestamp_without_zone_is_an_error(written):
+def test_unquoted_timestamp_without_zone_is_an_error(written):
     check(edit('"2020-12-01T00:00:00Z"', written),
           f"small.yaml:107:19: actions[5].valid.from (action 'winter_sale'): expected an ISO-8601 "
           f"timestamp with a zone such as 2026-01-01T00:00:00Z, got {written}", written)
 
 
-@pytest.mark.xfail(strict=True, reason="catalog._Reader.catalog compares kairos_catalog with "
-                   "!= 1, and True == 1")
-def test_xfail_format_version_true_is_rejected():
+def test_format_version_true_is_rejected():
     check(edit('kairos_catalog: 1', 'kairos_catalog: true'),
           "small.yaml:1:17: kairos_catalog: unsupported catalog format True (this Kairos reads 1)",
           "true")
 
 
-@pytest.mark.xfail(strict=True, reason="catalog._Reader.catalog takes str(root['version']) "
-                   "without a type check: null becomes 'None', a mapping its repr, and 1.10 "
-                   "silently becomes '1.1'")
 @pytest.mark.parametrize("written, shown", [
     pytest.param("", "nothing", id="null"),
     pytest.param("{a: 1}", "a mapping", id="mapping"),
     pytest.param("1.10", "1.1", id="float"),
 ])
-def test_xfail_version_must_be_a_string(written, shown):
+def test_version_must_be_a_string(written, shown):
     check(edit('version: "t1"', f"version: {written}".rstrip()),
           f"small.yaml:3:{10 if written else 9}: version: expected a string such as "
           f"\"2026.11.1\" (quote it), got {shown}", None)
@@ -1008,8 +990,6 @@ def test_history_wrong_shape(written, message):
     check(edit('fallbacks:', f"{written}\nfallbacks:"), message, written[9:])
 
 
-@pytest.mark.xfail(strict=True, reason="catalog._Reader.number/duration call math.isfinite / "
-                   "float on a YAML int too large for a float: OverflowError escapes")
 @pytest.mark.parametrize("old, new, message", [
     pytest.param('    value: 30\n', f'    value: {10 ** 400}\n',
                  f"small.yaml:93:12: actions[3].value (action 'delivery_apology'): expected a "
@@ -1018,13 +998,10 @@ def test_history_wrong_shape(written, message):
                  f"small.yaml:42:64: features.views_7d.half_life: expected a positive duration "
                  f"such as 30m, 2h or 7d, got {10 ** 400}", id="duration"),
 ])
-def test_xfail_huge_catalog_numbers(old, new, message):
+def test_huge_catalog_numbers(old, new, message):
     check(edit(old, new), message, None)
 
 
-@pytest.mark.xfail(strict=True, reason="catalog._Reader.integer has no upper bound for top_k and "
-                   "contact-policy counts; compiler stores them in int32 arrays and "
-                   "OverflowError escapes")
 @pytest.mark.parametrize("old, new, prefix", [
     pytest.param('hero: {top_k: 1}', 'hero: {top_k: 9999999999999}',
                  "small.yaml:7:21: channels.web.placements.hero.top_k: must be at most ",
@@ -1033,12 +1010,10 @@ def test_xfail_huge_catalog_numbers(old, new, message):
                  "small.yaml:65:32: actions[0].contact_policy.max_impressions.count (action "
                  "'cart_reminder'): must be at most ", id="impression-count"),
 ])
-def test_xfail_huge_integers(old, new, prefix):
+def test_huge_integers(old, new, prefix):
     assert str(catalog_error(edit(old, new))).startswith(prefix)
 
 
-@pytest.mark.xfail(strict=True, reason="catalog: unknown names written as mapping keys are "
-                   "reported at the value, not at the key (at_key=True is missing)")
 @pytest.mark.parametrize("old, new, message, points_at", [
     pytest.param('when: {status: [delayed, lost]}', 'when: {state: [delayed, lost]}',
                  "small.yaml:51:65: features.late_deliveries.when.state: unknown field of "
@@ -1059,63 +1034,58 @@ def test_xfail_huge_integers(old, new, prefix):
                  "small.yaml:44:3: features.tier: 'tier' is already an attribute", "tier",
                  id="feature-shadows-attribute"),
 ])
-def test_xfail_key_errors_point_at_the_key(old, new, message, points_at):
+def test_key_errors_point_at_the_key(old, new, message, points_at):
     check(edit(old, new), message, points_at)
 
 
-@pytest.mark.xfail(strict=True, reason="catalog._Reader.consent: 'false' is reported as a bad "
-                   "name, without saying that true or a bool attribute is expected")
-def test_xfail_consent_false():
+def test_consent_false():
     check(edit('  service: true', '  service: false'),
           "small.yaml:54:12: consent.service: expected true or the name of a bool attribute, "
           "got false", "false")
 
 
-@pytest.mark.xfail(strict=True, reason="yamlsource.Source.error adds the rule column to the "
-                   "scalar's start, which is off by one per escape ('' or \\\") before the error")
 @pytest.mark.parametrize("written", [
     "'late_deliveries >= ''x'' or sinc > 1'",
     '"last_category == \\"shoes\\" and sinc > 1"',
 ])
-def test_xfail_rule_column_after_yaml_escapes(written):
+def test_rule_column_after_yaml_escapes(written):
     line = f"    applicability: {written}"
     check(edit(APPLY, line + "\n"), apology(line.index("sinc") + 1, "unknown name 'sinc'"),
           "sinc")
 
 
-@pytest.mark.xfail(strict=True, reason="yamlsource.Source.error: a rule written as a block "
-                   "scalar (>- or |) is reported at the indicator, not at the rule's own line")
 @pytest.mark.parametrize("style", [">-", "|"])
-def test_xfail_rule_in_block_scalar(style):
+def test_rule_in_block_scalar(style):
     text = edit(APPLY, f"    applicability: {style}\n      late_deliveries >= 'x'\n")
     check(text, "small.yaml:93:23: actions[3].applicability (action 'delivery_apology'): cannot "
                 "compare number with string", ">=")
 
 
-@pytest.mark.xfail(strict=True, reason="rules._Parser.call parses one argument before counting, "
-                   "so known() says \"unexpected ')'\" instead of the arity")
-def test_xfail_call_without_arguments():
+@pytest.mark.parametrize("style", [">", "|", ">-", "|+"])
+def test_rule_error_on_a_later_line_of_a_block_scalar(style):
+    text = edit(APPLY, f"    applicability: {style}\n      late_deliveries >= 1 and\n\n"
+                       f"      sinc > 2\n")
+    check(text, "small.yaml:95:7: actions[3].applicability (action 'delivery_apology'): unknown "
+                "name 'sinc'", "sinc")
+
+
+def test_call_without_arguments():
     with pytest.raises(RuleError) as exc:
         parse("known()", NAMES.get, lambda s: 0, BOOL)
     assert str(exc.value) == "column 1: known() takes 1 argument, got 0"
 
 
-@pytest.mark.xfail(strict=True, reason="rules.tokenize: a backslash inside a quoted string makes "
-                   "the string regex fail, and a closed string is called unterminated")
-def test_xfail_backslash_in_string():
+def test_backslash_in_string():
     with pytest.raises(RuleError) as exc:
         parse("tier == 'go\\ld'", NAMES.get, lambda s: 0, BOOL)
     assert str(exc.value) == "column 12: backslashes are not allowed in strings"
 
 
-@pytest.mark.xfail(strict=True, reason="rules._check_vocabulary only checks a literal compared "
-                   "with a bare name: through coalesce() a value outside the vocabulary passes "
-                   "and the rule is silently never true")
 @pytest.mark.parametrize("text, column", [
     ("coalesce(tier, 'none') == 'platinum'", 27),
     ("coalesce(tier, 'platinum') == 'gold'", 16),
 ])
-def test_xfail_vocabulary_through_coalesce(text, column):
+def test_vocabulary_through_coalesce(text, column):
     with pytest.raises(RuleError) as exc:
         parse(text, NAMES.get, lambda s: 0, BOOL)
     assert str(exc.value) == f"column {column}: 'platinum' is not a value of tier (values: none, " \

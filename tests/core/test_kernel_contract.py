@@ -35,6 +35,15 @@ def test_environment_variable_forces_the_twin(value, expected):
     assert out.stdout.strip() == expected
 
 
+def test_the_engine_does_not_import_the_twin():
+    env = {**os.environ, kernel.PURE_ENV: "0"}
+    out = subprocess.run([sys.executable, "-c",
+                          "import sys; from kairos.core import engine; "
+                          "print('kairos.core.reference' in sys.modules)"],
+                         env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_bad_environment_value_is_named(monkeypatch):
     monkeypatch.setenv(kernel.PURE_ENV, "yes")
     with pytest.raises(ValueError, match="KAIROS_PURE_PYTHON must be 0 or 1, got 'yes'"):

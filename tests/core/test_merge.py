@@ -11,15 +11,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.workload import T0, random_event
-from kairos.core.catalog import load_default_catalog
-from kairos.core.compiler import CLOCK_SLOT, compile_catalog
+from kairos.core.compiler import CLOCK_SLOT, default_compiled
 from kairos.core.engine import DecisionEngine
 from kairos.core.merge import KEEP, merge_profiles, slot_ops
 
 
 @pytest.fixture(scope="module")
 def compiled():
-    return compile_catalog(load_default_catalog())
+    return default_compiled()
 
 
 def journey(compiled, seed: int, n: int) -> list[tuple[str, float, dict]]:

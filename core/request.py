@@ -1,0 +1,78 @@
+"""What a decision request names, checked against the catalog, and the catalog's answer when
+the request cannot be decided.
+
+The engine, the gateway and the shard check the same things (a customer id, a channel and one
+of its placements) with the same InputError messages; the gateway answers with the fallback
+decision when a shard misses the deadline.
+"""
+from __future__ import annotations
+
+import uuid
+from typing import Any, NamedTuple
+
+from .compiler import CompiledCatalog
+from .decision import Decision, RankedAction
+from .errors import InputError
+
+MAX_CUSTOMER_ID_LENGTH = 256  # characters in a customer id
+
+
+class PlacementCodes(NamedTuple):
+    """A channel and one of its placements, as codes into the compiled catalog."""
+
+    channel: int
+    placement: int
+
+
+def shown(value: Any) -> str:
+    """A value as an input error shows it: its type, then its repr."""
+    return f"{type(value).__name__} {value!r}"
+
+
+def check_customer(customer_id: Any, field: str = "customer_id") -> str:
+    """The customer id, if it is a non-empty string of bounded length; else InputError."""
+    if not isinstance(customer_id, str) or not customer_id:
+        raise InputError(field, f"expected a non-empty string, got {shown(customer_id)}")
+    if len(customer_id) > MAX_CUSTOMER_ID_LENGTH:
+        raise InputError(field, f"at most {MAX_CUSTOMER_ID_LENGTH} characters, got "
+                                f"{len(customer_id)}")
+    return customer_id
+
+
+def channel_code(compiled: CompiledCatalog, channel: str, field: str = "channel") -> int:
+    """The channel's code; InputError listing the catalog's channels when it has no such one."""
+    code = compiled.channel_index.get(channel)
+    if code is None:
+        raise InputError(field, f"unknown channel {channel!r} (channels: "
+                                f"{', '.join(compiled.channel_names)})")
+    return code
+
+
+def placement_codes(compiled: CompiledCatalog, channel: str,
+                    placement: str | None) -> PlacementCodes:
+    """The codes of a channel and of its placement, the channel's first when `placement` is
+    empty or None; InputError listing the valid names otherwise."""
+    ch = channel_code(compiled, channel)
+    if not placement:
+        return PlacementCodes(ch, 0)
+    code = compiled.placement_index[ch].get(placement)
+    if code is None:
+        raise InputError("placement", f"unknown placement {placement!r} of "
+                                      f"{compiled.channel_names[ch]} (placements: "
+                                      f"{', '.join(compiled.placement_names[ch])})")
+    return PlacementCodes(ch, code)
+
+
+def fallback_decision(compiled: CompiledCatalog, customer_id: str, channel: str,
+                      placement: str | None = None) -> Decision:
+    """The catalog's fallback for the channel, marked as such: nothing is scored, so each
+    action has priority 0 and weight 1, and no model version decided it."""
+    ch, pl = placement_codes(compiled, channel, placement)
+    actions = tuple(RankedAction(compiled.action_ids[a],
+                                 compiled.group_names[compiled.action_group[a]],
+                                 compiled.treatments[a][ch], 0.0, 0.0, 0.0, 1.0,
+                                 float(compiled.lever[a]))
+                    for a in compiled.fallbacks.get(ch, ()))
+    return Decision(f"fallback-{uuid.uuid4().hex[:16]}", customer_id,
+                    compiled.channel_names[ch], compiled.placement_names[ch][pl], actions,
+                    compiled.version, 0, fallback=True)
