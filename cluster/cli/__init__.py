@@ -1,1 +1,1 @@
-"""cli"""
+"""The `kairos` command line: start and stop the embedded default, demo, status, catalogs."""

@@ -1,6 +1,6 @@
-"""API keys: who may call what, and for which channel.
+"""API keys: who may call what, and for which channel; checked before any handler runs.
 
-Keys are YAML (or JSON), from a file (`--keys FILE`) or the KAIROS_API_KEYS variable:
+Keys are YAML (or JSON), from a file (`kairos up --keys FILE`) or the KAIROS_API_KEYS variable:
 
     keys:
       - key: "web-7f3a..."          # sent by the caller in the x-api-key metadata entry
@@ -12,24 +12,71 @@ Keys are YAML (or JSON), from a file (`--keys FILE`) or the KAIROS_API_KEYS vari
         scopes: [admin, profile:read]
 
 Without keys, auth is off, which the gateway allows only on a loopback address.
+
+Every kairos.v1 method has a `Rule` in RULES: the scope a key needs and, when the request names
+a channel, which field. `AuthInterceptor` checks the key and the scope from the call's metadata
+before the handler runs and before the request is parsed: a missing or unknown key fails with
+UNAUTHENTICATED, a key without the scope with PERMISSION_DENIED. A method with no rule is
+refused, so a new RPC stays closed until it is given one; health and reflection are open.
+The channel is inside the request, which only the handler parses: the handler passes it to
+`check_channel`, which holds it against the key the interceptor attached to the call.
 """
 from __future__ import annotations
 
+import contextvars
+import hmac
 import ipaddress
-import os
 from dataclasses import dataclass
+from typing import Any
 
+import grpc
 import yaml
 
 SCOPES = ("decide", "ingest", "respond", "watch", "profile:read", "admin")
-KEYS_ENV = "KAIROS_API_KEYS"
 METADATA_KEY = "x-api-key"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a call needs: a key with `scope`; for a channel-bound key, also the channel that
+    the request's `channel` field names (the handler checks it: `check_channel`)."""
+
+    scope: str
+    channel: str | None = None
+
+
+_DECISIONS = "/kairos.v1.DecisionService/"
+_ADMIN = "/kairos.v1.AdminService/"
+RULES: dict[str, Rule] = {
+    _DECISIONS + "Decide": Rule("decide", "channel"),
+    _DECISIONS + "Ingest": Rule("ingest", "channel"),
+    _DECISIONS + "IngestStream": Rule("ingest", "channel"),  # of each event
+    _DECISIONS + "IngestBatch": Rule("ingest", "events.channel"),
+    _DECISIONS + "Respond": Rule("respond", "channel"),
+    _DECISIONS + "WatchDecisions": Rule("watch", "channel"),
+    _DECISIONS + "GetProfile": Rule("profile:read"),
+    _DECISIONS + "LinkIdentity": Rule("ingest"),
+    _DECISIONS + "ForgetCustomer": Rule("admin"),
+    _ADMIN + "ValidateCatalog": Rule("admin"),
+    _ADMIN + "PutCatalog": Rule("admin"),
+    _ADMIN + "RollbackCatalog": Rule("admin"),
+    _ADMIN + "GetCatalog": Rule("admin"),
+    _ADMIN + "GetClusterStatus": Rule("admin"),
+    _ADMIN + "ScaleShards": Rule("admin"),
+}
+OPEN_SERVICES = frozenset({"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
+                           "grpc.reflection.v1.ServerReflection"})
 
 
 class Denied(Exception):
     def __init__(self, authenticated: bool, reason: str):
         super().__init__(reason)
         self.authenticated = authenticated
+
+    @property
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.PERMISSION_DENIED if self.authenticated \
+            else grpc.StatusCode.UNAUTHENTICATED
 
 
 @dataclass(frozen=True)
@@ -41,11 +88,11 @@ class ApiKey:
 
 class Auth:
     def __init__(self, keys: dict[str, ApiKey]):
-        self.keys = keys
+        self._keys = [(secret.encode(), key) for secret, key in keys.items()]
 
     @property
     def enabled(self) -> bool:
-        return bool(self.keys)
+        return bool(self._keys)
 
     @classmethod
     def load(cls, text: str | None) -> "Auth":
@@ -75,27 +122,85 @@ class Auth:
                                         frozenset(scopes), entry.get("channel"))
         return cls(keys)
 
-    @classmethod
-    def from_environment(cls, path: str | None = None) -> "Auth":
-        if path:
-            with open(path, encoding="utf-8") as f:
-                return cls.load(f.read())
-        return cls.load(os.environ.get(KEYS_ENV))
+    def identify(self, presented: str | None) -> ApiKey | None:
+        """The key whose secret was presented. Every configured secret is compared in
+        constant time, so how long this takes says nothing about how close a guess was."""
+        candidate = (presented or "").encode()
+        found = None
+        for secret, key in self._keys:
+            if hmac.compare_digest(secret, candidate):
+                found = key
+        return found
 
-    def check(self, metadata, scope: str, channel: str | None = None) -> ApiKey | None:
-        """The caller's key if it may use `scope` (on `channel`); raises Denied otherwise."""
+    def check(self, metadata, scope: str) -> ApiKey | None:
+        """The caller's key if it has `scope` (None with auth off); raises Denied otherwise."""
         if not self.enabled:
             return None
-        presented = dict(metadata or ()).get(METADATA_KEY)
-        key = self.keys.get(presented) if presented else None
+        presented = next((value for name, value in metadata or () if name == METADATA_KEY),
+                         None)
+        key = self.identify(presented if isinstance(presented, str) else None)
         if key is None:
             raise Denied(False, f"missing or unknown API key (send it as '{METADATA_KEY}')")
         if scope not in key.scopes:
             raise Denied(True, f"key '{key.name}' lacks the '{scope}' scope")
-        if channel and key.channel and channel != key.channel:
-            raise Denied(True, f"key '{key.name}' is for channel '{key.channel}', not "
-                               f"'{channel}'")
         return key
+
+
+# The key the interceptor admitted the current call with (None: auth is off). Each call runs in
+# its own task, so what one call sets no other sees; a call that never passed the interceptor
+# sees _UNCHECKED, and check_channel refuses it.
+_UNCHECKED: Any = object()
+_caller: contextvars.ContextVar[ApiKey | None] = contextvars.ContextVar("kairos_caller",
+                                                                        default=_UNCHECKED)
+
+
+def check_channel(channel: str) -> None:
+    """Raise Denied unless the current call's key may act on `channel` (a key bound to a
+    channel may act on that one only; an empty channel is not checked)."""
+    key = _caller.get()
+    if key is None:
+        return
+    if key is _UNCHECKED:
+        raise Denied(True, "the call was not admitted by the gateway's auth interceptor")
+    if channel and key.channel and channel != key.channel:
+        raise Denied(True, f"key '{key.name}' is for channel '{key.channel}', not "
+                           f"'{channel}'")
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Checks each call's key and scope against RULES before its handler runs."""
+
+    def __init__(self, auth: Auth):
+        self.auth = auth
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        rule = RULES.get(details.method)
+        if rule is None:
+            if details.method[1:].rpartition("/")[0] in OPEN_SERVICES:
+                return await continuation(details)
+            handler = await continuation(details)
+            return handler and refusal(handler, grpc.StatusCode.PERMISSION_DENIED,
+                                       f"{details.method} has no access rule")
+        try:
+            _caller.set(self.auth.check(details.invocation_metadata, rule.scope))
+        except Denied as exc:
+            handler = await continuation(details)
+            return handler and refusal(handler, exc.code, str(exc))
+        return await continuation(details)
+
+
+def refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, details: str
+            ) -> grpc.RpcMethodHandler:
+    """A handler of `handler`'s kind that fails the call with `code` without parsing the
+    request (it has no deserializer)."""
+    async def refuse(request_or_iterator, context) -> None:
+        await context.abort(code, details)
+
+    make = {(False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler}
+    return make[handler.request_streaming, handler.response_streaming](refuse)
 
 
 def is_loopback(host: str) -> bool:

@@ -18,14 +18,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from kairos.cluster.control import runtime
+from kairos.cluster.gateway.actor import GatewayActor
 from kairos.cluster.gateway.auth import Auth
-from kairos.cluster.transport.client import KairosClient
-from kairos.cluster.control.controller import Controller
-from kairos.cluster.gateway.service import Gateway, GatewayActor, serve
-from kairos.cluster.control.learner import Learner
+from kairos.cluster.gateway.calls import Gateway
+from kairos.cluster.gateway.server import serve
 from kairos.cluster.gateway.wire import time_out, value_out
-from kairos.core.catalog import default_catalog_text, load_default_catalog
-from kairos.core.compiler import compile_catalog
+from kairos.cluster.transport.client import KairosClient
+from kairos.core.catalog import default_catalog_text
 from kairos.v1 import admin_pb2, admin_pb2_grpc
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
@@ -447,13 +446,11 @@ class SlowBackend(LocalBackend):
 def test_a_slow_shard_gives_the_fallback_decision_within_the_deadline():
     async def main():
         backend = SlowBackend()
-        backend.learner = Learner(compile_catalog(load_default_catalog()))
-        backend.controller = Controller(backend, n_partitions=16)
-        await backend.controller.start(1)
+        await backend.start_runtime(1, n_partitions=16)
         client = await KairosClient(backend).connect()
-        gateway = Gateway("g", client, backend, Auth({}))
+        gateway = Gateway("g", client, backend)
         await gateway.refresh_catalog()
-        server, _, port = await serve(gateway, "127.0.0.1", 0)
+        server, _, port = await serve(gateway, Auth({}), "127.0.0.1", 0)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = decision_pb2_grpc.DecisionServiceStub(channel)
             # answered, not DEADLINE_EXCEEDED: the fallback came within the caller's deadline
@@ -473,5 +470,5 @@ def test_a_slow_shard_gives_the_fallback_decision_within_the_deadline():
 def test_auth_may_be_off_only_on_loopback():
     async def main():
         with pytest.raises(ValueError, match="refusing to serve without API keys"):
-            await serve(Gateway("g", None, None, Auth({})), "0.0.0.0", 0)
+            await serve(Gateway("g", None, None), Auth({}), "0.0.0.0", 0)
     asyncio.run(main())

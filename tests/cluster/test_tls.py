@@ -13,12 +13,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kairos.cluster.gateway.auth import Auth
+from kairos.cluster.gateway.calls import Gateway
+from kairos.cluster.gateway.server import Tls, serve
 from kairos.cluster.transport.client import KairosClient
-from kairos.cluster.control.controller import Controller
-from kairos.cluster.gateway.service import Gateway, Tls, serve
-from kairos.cluster.control.learner import Learner
-from kairos.core.catalog import load_default_catalog
-from kairos.core.compiler import compile_catalog
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
@@ -65,13 +62,11 @@ def pki():
 async def _decide_over(tls: Tls, channels) -> list:
     """Serve with `tls`; for each channel factory, the decision or the status code."""
     backend = LocalBackend()
-    backend.learner = Learner(compile_catalog(load_default_catalog()))
-    backend.controller = Controller(backend, n_partitions=16)
-    await backend.controller.start(1)
+    await backend.start_runtime(1, n_partitions=16)
     client = await KairosClient(backend).connect()
-    gateway = Gateway("g", client, backend, Auth({}))
+    gateway = Gateway("g", client, backend)
     await gateway.refresh_catalog()
-    server, _, port = await serve(gateway, "127.0.0.1", 0, tls)
+    server, _, port = await serve(gateway, Auth({}), "127.0.0.1", 0, tls)
     results = []
     for make in channels:
         async with make(f"127.0.0.1:{port}") as channel:

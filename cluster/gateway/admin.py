@@ -1,0 +1,78 @@
+"""kairos.v1.AdminService: catalogs, cluster status and scaling, through the controller.
+
+Every call needs a key with the admin scope (auth.py checks it before the handler runs).
+"""
+from __future__ import annotations
+
+import grpc
+
+from kairos.core.compiler import CompiledCatalog
+from kairos.core.errors import CatalogError
+from kairos.v1 import admin_pb2, admin_pb2_grpc
+
+from kairos.cluster.gateway.calls import Gateway
+from kairos.cluster.gateway.requests import compiled_from_text
+
+MAX_SHARDS = 1024
+
+
+class AdminService(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, gateway: Gateway):
+        self.backend = gateway.backend
+
+    async def ValidateCatalog(self, request: admin_pb2.CatalogText, context
+                              ) -> admin_pb2.CatalogInfo:
+        return _catalog_info(await _compile(request.yaml, context))
+
+    async def PutCatalog(self, request: admin_pb2.CatalogText, context) -> admin_pb2.CatalogInfo:
+        compiled = await _compile(request.yaml, context)
+        await self.backend.controller().put_catalog(request.yaml)
+        return _catalog_info(compiled)
+
+    async def RollbackCatalog(self, request, context) -> admin_pb2.CatalogInfo:
+        controller = self.backend.controller()
+        try:
+            await controller.rollback_catalog()
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return _catalog_info(compiled_from_text((await controller.get_catalog())["text"]))
+
+    async def GetCatalog(self, request, context) -> admin_pb2.CatalogText:
+        catalog = await self.backend.controller().get_catalog()
+        return admin_pb2.CatalogText(yaml=catalog["text"], version=catalog["version"])
+
+    async def GetClusterStatus(self, request, context) -> admin_pb2.ClusterStatus:
+        st = await self.backend.controller().status()
+        return admin_pb2.ClusterStatus(
+            nodes=st["nodes"], partitions=st["partitions"], map_version=st["map_version"],
+            catalog_version=st["catalog_version"], resident=st["resident"],
+            model_version=st["learner"].get("model_version", 0),
+            shards=[admin_pb2.ShardStatus(
+                name=s["shard"], node=s.get("node") or "", partitions=s["partitions"],
+                resident=s.get("resident", 0), passivated=s.get("passivated", 0),
+                queued=s.get("queued", 0), available=s.get("available", True),
+                catalog_version=s.get("catalog_version", ""),
+                model_version=s.get("model_version", 0)) for s in st["shards"]])
+
+    async def ScaleShards(self, request: admin_pb2.ScaleRequest, context
+                          ) -> admin_pb2.ScaleResponse:
+        if not 1 <= request.shards <= MAX_SHARDS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"shards: must be 1..{MAX_SHARDS}, got {request.shards}")
+        done = await self.backend.controller().scale(request.shards)
+        return admin_pb2.ScaleResponse(shards=done["shards"], moved=done["moved"],
+                                       map_version=done["version"])
+
+
+async def _compile(text: str, context) -> CompiledCatalog:
+    try:
+        return compiled_from_text(text, "<PutCatalog>")
+    except CatalogError as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+
+def _catalog_info(c: CompiledCatalog) -> admin_pb2.CatalogInfo:
+    cat = c.catalog
+    return admin_pb2.CatalogInfo(version=c.version, name=cat.name, actions=len(cat.actions),
+                                 channels=len(cat.channels), event_types=len(cat.events),
+                                 features=len(cat.features))

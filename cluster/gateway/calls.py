@@ -1,0 +1,133 @@
+"""What both services of a gateway share: its route into the runtime, the catalog it checks
+requests against, the caller's deadline, and the bound on its work in flight.
+
+A runtime call runs within the caller's deadline less a margin (kept back to answer in time,
+a fallback decision included) and counts as in flight while it runs; past
+GATEWAY_INFLIGHT_LIMIT, `InflightLimit` refuses new calls with RESOURCE_EXHAUSTED before their
+handlers run. `abort` maps the runtime's errors to status codes.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Awaitable, Callable
+
+import grpc
+
+from kairos.core.compiler import CompiledCatalog
+from kairos.core.errors import InputError
+
+from kairos.cluster.gateway.auth import Denied, refusal
+from kairos.cluster.gateway.requests import Who, compiled_from_text
+from kairos.cluster.gateway.streams import Watches
+from kairos.cluster.settings import (DEADLINE_MARGIN_S, DEADLINE_MARGIN_SHARE, DEFAULT_DEADLINE_S,
+                                     GATEWAY_INFLIGHT_LIMIT)
+from kairos.cluster.transport.backend import Backend, Unavailable
+from kairos.cluster.transport.client import Busy, Conflict, KairosClient
+
+
+class Gateway:
+    """One gateway's state: its name (where shards push watched decisions), the client it
+    routes through, the controller behind `backend`, its watch streams, and its calls in
+    flight."""
+
+    def __init__(self, name: str, client: KairosClient, backend: Backend):
+        self.name = name
+        self.client = client
+        self.backend = backend
+        self.watches = Watches(name, client, backend)
+        self.inflight = 0
+        self._compiled: CompiledCatalog | None = None
+        self._refresh: asyncio.Future | None = None
+
+    async def catalog(self) -> CompiledCatalog:
+        """The catalog the cluster runs, for validation and fallbacks. After a switch (seen in
+        the routing table) the new version compiles in the background; until it is ready the
+        previous one serves, so no call waits for a compile."""
+        if self._compiled is None:
+            await self.refresh_catalog()
+        elif self._compiled.version != self.client.catalog_version and self._refresh is None:
+            self._refresh = asyncio.ensure_future(self.refresh_catalog())
+        return self._compiled
+
+    async def refresh_catalog(self) -> None:
+        try:
+            text = (await self.backend.controller().get_catalog())["text"]
+            self._compiled = await asyncio.get_running_loop().run_in_executor(
+                None, compiled_from_text, text)
+        finally:
+            self._refresh = None
+
+    @staticmethod
+    def timeout(context) -> float:
+        """What is left of the caller's deadline, less the margin kept back to answer."""
+        remaining = context.time_remaining()
+        remaining = DEFAULT_DEADLINE_S if remaining is None else remaining
+        return max(0.0, remaining - max(DEADLINE_MARGIN_S, DEADLINE_MARGIN_SHARE * remaining))
+
+    async def call(self, context, work: Awaitable, fallback: Callable[[], Any] | None = None
+                   ) -> Any:
+        """Run the runtime call within the deadline; a timeout or an unavailable shard gives
+        `fallback()` when there is one; errors become status codes."""
+        try:
+            return await self.within(work, self.timeout(context))
+        except (asyncio.TimeoutError, Unavailable) as exc:
+            if fallback is not None:
+                return fallback()
+            await abort(context, exc)
+        except (InputError, Busy, Conflict) as exc:
+            await abort(context, exc)
+
+    async def within(self, work: Awaitable, timeout_s: float) -> Any:
+        self.inflight += 1
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await work
+        finally:
+            self.inflight -= 1
+
+    async def as_customer(self, who: Who, call: Callable[[str], Awaitable]) -> Any:
+        """`call(customer_id)` for the customer a request names, its alias resolved."""
+        customer_id = who.customer_id
+        if who.alias_key is not None:
+            customer_id = await self.client.resolve_key(who.alias_key)
+        return await call(customer_id)
+
+    def check_capacity(self) -> None:
+        """Raise Busy once the gateway has as many runtime calls in flight as it may."""
+        if self.inflight >= GATEWAY_INFLIGHT_LIMIT:
+            raise Busy(f"gateway {self.name} has {self.inflight} calls in flight")
+
+
+class InflightLimit(grpc.aio.ServerInterceptor):
+    """Refuses kairos.v1 calls with RESOURCE_EXHAUSTED while the gateway is at its limit."""
+
+    def __init__(self, gateway: Gateway):
+        self.gateway = gateway
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith("/kairos.v1."):
+            return handler
+        try:
+            self.gateway.check_capacity()
+        except Busy as exc:
+            return refusal(handler, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        return handler
+
+
+async def abort(context, exc: BaseException) -> None:
+    """End the call with the status code for `exc` (re-raised if it has none)."""
+    if isinstance(exc, InputError):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    if isinstance(exc, Denied):
+        await context.abort(exc.code, str(exc))
+    if isinstance(exc, Busy):
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+    if isinstance(exc, Conflict):
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    if isinstance(exc, asyncio.TimeoutError):
+        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                            "the customer's shard did not answer in time")
+    if isinstance(exc, Unavailable):
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+    raise exc

@@ -1,0 +1,283 @@
+"""kairos.v1.DecisionService: decide, ingest, respond, watch, profiles, identity, erasure.
+
+Each handler checks its request (requests.py), names the customer, and makes its runtime
+calls through the gateway (calls.py) within the caller's deadline. The key and its scope were
+checked before the handler ran (auth.py); a handler whose request names a channel holds it
+against a channel-bound key with `check_channel`. A Decide the shard cannot answer in time
+gets the catalog's fallback, marked as such.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import AsyncIterator, NamedTuple
+
+import grpc
+
+from kairos.core.compiler import CompiledCatalog
+from kairos.core.errors import InputError
+from kairos.v1 import decision_pb2 as pb
+from kairos.v1 import decision_pb2_grpc
+
+from kairos.cluster import protocol
+from kairos.cluster.gateway import requests, wire
+from kairos.cluster.gateway.auth import Denied, check_channel
+from kairos.cluster.gateway.calls import Gateway, abort
+from kairos.cluster.gateway.streams import Watch
+from kairos.cluster.settings import STREAM_WINDOW
+
+BATCH_LIMIT = 10_000  # events in one IngestBatch (the proto says so)
+
+
+class _Pending(NamedTuple):
+    """An event of a stream or batch on its way: routed by customer id (`request` and the
+    future of the shard's `reply`), or by alias (`task`: resolve, then ingest)."""
+
+    event: pb.Event
+    where: str
+    request: protocol.Event | None = None
+    reply: asyncio.Future | None = None
+    task: asyncio.Future | None = None
+
+
+class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
+    def __init__(self, gateway: Gateway):
+        self.gateway = gateway
+        self.client = gateway.client
+
+    async def Decide(self, request: pb.DecideRequest, context) -> pb.Decision:
+        try:
+            check_channel(request.channel)
+            catalog = await self.gateway.catalog()
+            who = requests.who(request)
+            channel, placement = requests.view(catalog, request.channel, request.placement)
+            context_values = wire.values_in("context", request.context)
+        except (Denied, InputError) as exc:
+            await abort(context, exc)
+        decision = await self.gateway.call(
+            context, self.gateway.as_customer(who, lambda customer_id: self.client.decide(
+                customer_id, channel, placement, context_values,
+                max_actions=request.max_actions, explain=request.explain,
+                record_impression=request.record_impression)),
+            fallback=lambda: requests.fallback(catalog, who.customer_id or "", channel,
+                                               placement))
+        return wire.decision_out(decision)
+
+    async def Ingest(self, request: pb.Event, context) -> pb.IngestAck:
+        try:
+            check_channel(request.channel)
+            checked = requests.event_request(request, await self.gateway.catalog())
+            return await self._ingest(request, checked, "", self.gateway.timeout(context))
+        except Exception as exc:
+            await abort(context, exc)
+
+    async def _ingest(self, event: pb.Event, checked: tuple[requests.Who, protocol.Event],
+                      where: str, timeout_s: float) -> pb.IngestAck:
+        """One checked event, its alias resolved first; input errors name the field, prefixed
+        with `where` inside a stream or batch."""
+        who, request = checked
+        try:
+            ack = await self.gateway.within(self.gateway.as_customer(
+                who, lambda customer_id: self._apply(request._replace(customer_id=customer_id))),
+                timeout_s)
+        except InputError as exc:
+            raise InputError(where + exc.field, exc.reason) from None
+        return _ack_out(event, ack)
+
+    async def _apply(self, request: protocol.Event) -> protocol.EventAck:
+        return await self.client.settle(request, await self.client.enqueue(request))
+
+    async def IngestStream(self, request_iterator, context) -> AsyncIterator[pb.IngestAck]:
+        """Events go out as they arrive (each customer's in order); each ack goes back as soon
+        as it and every earlier one are done, in order. At most STREAM_WINDOW events wait for
+        their acks: past that, reading pauses (gRPC flow control pushes back on the sender).
+        The first failing event ends the stream with its status; earlier ones were acked.
+        Events named by customer id are routed as they are read, without a task of their own
+        (the stream's deadline bounds them all); events by alias first resolve the alias."""
+        catalog = await self.gateway.catalog()
+        pending: asyncio.Queue = asyncio.Queue(STREAM_WINDOW)
+        reader = asyncio.ensure_future(self._read(request_iterator, context, catalog, pending))
+        failure = None
+        try:
+            async with asyncio.timeout(self.gateway.timeout(context)):
+                while (item := await pending.get()) is not None:
+                    yield await self._ack(item)
+        except Exception as exc:
+            failure = exc
+        finally:  # also when the caller went away
+            reader.cancel()
+            while not pending.empty():
+                self._drop(pending.get_nowait())
+        if failure is not None:
+            await abort(context, failure)
+
+    async def _read(self, request_iterator, context, catalog: CompiledCatalog,
+                    pending: asyncio.Queue) -> None:
+        """Route each event of a stream as it arrives, into `pending`; then None. An event
+        that fails its checks (or a failure to read) goes in as the exception, which ends the
+        stream in its turn, after the events before it."""
+        n = 0
+        try:
+            async for event in request_iterator:
+                where = f"events[{n}]."
+                n += 1
+                try:
+                    check_channel(event.channel)
+                    self.gateway.check_capacity()
+                    item = self._route(event, requests.event_request(event, catalog, where),
+                                       where, context)
+                except Exception as exc:
+                    await pending.put(exc)
+                    return
+                try:
+                    await pending.put(item)
+                except asyncio.CancelledError:
+                    self._drop(item)
+                    raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await pending.put(exc)
+            return
+        await pending.put(None)
+
+    def _route(self, event: pb.Event, checked: tuple[requests.Who, protocol.Event], where: str,
+               context) -> _Pending:
+        """Send a checked event on its way now; `_ack` waits for its ack."""
+        who, request = checked
+        if who.alias_key is not None:  # by alias: resolve it first
+            return _Pending(event, where, task=asyncio.ensure_future(self._ingest(
+                event, checked, where, self.gateway.timeout(context))))
+        reply = self.client.enqueue(request)
+        self.gateway.inflight += 1
+        return _Pending(event, where, request, reply)
+
+    async def _ack(self, item: _Pending | Exception) -> pb.IngestAck:
+        if isinstance(item, Exception):
+            raise item
+        if item.task is not None:
+            return await item.task
+        try:
+            return _ack_out(item.event, await self.client.settle(item.request, await item.reply))
+        except InputError as exc:
+            raise InputError(item.where + exc.field, exc.reason) from None
+        finally:
+            self.gateway.inflight -= 1
+
+    def _drop(self, item: _Pending | Exception | None) -> None:
+        """An event whose ack nobody will wait for."""
+        if isinstance(item, _Pending):
+            if item.task is not None:
+                item.task.cancel()
+            else:
+                self.gateway.inflight -= 1
+
+    async def IngestBatch(self, request: pb.EventBatch, context) -> pb.EventBatchAck:
+        """Check every event, then route them all at once (each customer's in order, without
+        a task per event) and gather the acks in order."""
+        catalog = await self.gateway.catalog()
+        checked = []
+        try:
+            if len(request.events) > BATCH_LIMIT:
+                raise InputError("events", f"at most {BATCH_LIMIT} events per batch, got "
+                                           f"{len(request.events)}")
+            for channel in {event.channel for event in request.events}:
+                check_channel(channel)
+            for n, event in enumerate(request.events):
+                checked.append(requests.event_request(event, catalog, f"events[{n}]."))
+        except (Denied, InputError) as exc:
+            await abort(context, exc)
+        items: list[_Pending] = []
+        acked = 0
+        try:
+            async with asyncio.timeout(self.gateway.timeout(context)):
+                for n, (event, request_checked) in enumerate(zip(request.events, checked)):
+                    items.append(self._route(event, request_checked, f"events[{n}].",
+                                             context))
+                acks = []
+                for item in items:
+                    acked += 1  # its own ack settles it, whatever the outcome
+                    acks.append(await self._ack(item))
+                return pb.EventBatchAck(acks=acks)
+        except Exception as exc:
+            for item in items[acked:]:
+                self._drop(item)
+            await abort(context, exc)
+
+    async def Respond(self, request: pb.Outcome, context) -> pb.OutcomeAck:
+        try:
+            check_channel(request.channel)
+            who = requests.who(request)
+            outcome, when = requests.outcome_of(request)
+        except (Denied, InputError) as exc:
+            await abort(context, exc)
+        await self.gateway.call(context, self.gateway.as_customer(
+            who, lambda customer_id: self.client.respond(
+                customer_id, request.action_id, request.channel, outcome, when,
+                request.decision_id or None)))
+        return pb.OutcomeAck()
+
+    async def GetProfile(self, request: pb.ProfileRequest, context) -> pb.Profile:
+        catalog = await self.gateway.catalog()
+        try:
+            who = requests.who(request)
+        except InputError as exc:
+            await abort(context, exc)
+        now = time.time()
+        profile = await self.gateway.call(context, self.gateway.as_customer(
+            who, lambda customer_id: self.client.profile(customer_id, now)))
+        if profile is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"no customer {requests.named(request)}")
+        decisions = await self.gateway.call(context, asyncio.gather(*(
+            self.client.decide(profile["customer_id"], ch, None, None, now=now)
+            for ch in catalog.channel_names)))
+        types = {**{a.name: a.type for a in catalog.catalog.attributes},
+                 **{f.name: f.type for f in catalog.catalog.features}}
+        return wire.profile_out(profile, types, {d.channel: d for d in decisions})
+
+    async def ForgetCustomer(self, request: pb.ForgetRequest, context) -> pb.ForgetAck:
+        try:
+            who = requests.who(request)
+        except InputError as exc:
+            await abort(context, exc)
+        existed = await self.gateway.call(context, self.gateway.as_customer(
+            who, self.client.forget))
+        return pb.ForgetAck(existed=existed)
+
+    async def LinkIdentity(self, request: pb.LinkRequest, context) -> pb.LinkAck:
+        try:
+            requests.link_target(request)
+        except InputError as exc:
+            await abort(context, exc)
+        return pb.LinkAck(merged=await self.gateway.call(context, self.client.link(
+            request.alias.type, request.alias.value, request.customer_id)))
+
+    async def WatchDecisions(self, request: pb.WatchRequest, context
+                             ) -> AsyncIterator[pb.Decision]:
+        try:
+            check_channel(request.channel)
+            catalog = await self.gateway.catalog()
+            channel, placement = requests.view(catalog, request.channel, request.placement)
+            who = requests.who(request) if request.WhichOneof("customer") else \
+                requests.Who(None, None)
+        except (Denied, InputError) as exc:
+            await abort(context, exc)
+        customer = who.customer_id
+        if who.alias_key is not None:
+            customer = await self.gateway.call(context, self.client.resolve_key(who.alias_key))
+        try:
+            async with contextlib.aclosing(self.gateway.watches.follow(
+                    Watch(customer, channel, placement))) as decisions:
+                async for decision in decisions:
+                    yield wire.decision_out(decision)
+        except Exception as exc:
+            await abort(context, exc)
+
+
+def _ack_out(event: pb.Event, ack: protocol.EventAck) -> pb.IngestAck:
+    out = pb.IngestAck(event_id=event.event_id, sequence=ack.sequence, duplicate=ack.duplicate)
+    if ack.decision is not None:
+        out.decision.CopyFrom(wire.decision_out(ack.decision))
+    return out

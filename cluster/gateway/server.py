@@ -1,0 +1,68 @@
+"""The gateway's gRPC server: both kairos.v1 services behind the auth and in-flight
+interceptors, with health and reflection (open to all), on plaintext or TLS."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from kairos.v1 import admin_pb2_grpc, decision_pb2_grpc
+
+from kairos.cluster.gateway.admin import AdminService
+from kairos.cluster.gateway.auth import Auth, AuthInterceptor, is_loopback
+from kairos.cluster.gateway.calls import Gateway, InflightLimit
+from kairos.cluster.gateway.decisions import DecisionService
+from kairos.cluster.settings import MAX_MESSAGE_BYTES
+
+SERVICES = ("kairos.v1.DecisionService", "kairos.v1.AdminService")
+
+
+@dataclass(frozen=True)
+class Tls:
+    """Server certificate and key (PEM); with a client CA, clients must present a certificate
+    it signed (mTLS)."""
+
+    cert_chain: bytes
+    private_key: bytes
+    client_ca: bytes | None = None
+
+    @classmethod
+    def from_files(cls, cert: str, key: str, client_ca: str | None = None) -> "Tls":
+        def read(path: str) -> bytes:
+            with open(path, "rb") as f:
+                return f.read()
+        return cls(read(cert), read(key), read(client_ca) if client_ca else None)
+
+
+async def serve(gateway: Gateway, auth: Auth, host: str, port: int, tls: Tls | None = None
+                ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
+    """Start the gRPC server; (server, health, the port it bound). Auth may be off (no keys)
+    only on a loopback address."""
+    if not auth.enabled and not is_loopback(host):
+        raise ValueError(f"refusing to serve without API keys on {host}: auth may be off only "
+                         f"on a loopback address")
+    server = grpc.aio.server(
+        interceptors=[AuthInterceptor(auth), InflightLimit(gateway)],
+        options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                 ("grpc.so_reuseport", 0)])
+    decision_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionService(gateway), server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(gateway), server)
+    checker = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(checker, server)
+    reflection.enable_server_reflection(
+        SERVICES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME), server)
+    address = f"{host}:{port}"
+    if tls is None:
+        bound = server.add_insecure_port(address)
+    else:
+        credentials = grpc.ssl_server_credentials(
+            [(tls.private_key, tls.cert_chain)], root_certificates=tls.client_ca,
+            require_client_auth=tls.client_ca is not None)
+        bound = server.add_secure_port(address, credentials)
+    await server.start()
+    for service in SERVICES + ("",):
+        await checker.set(service, health_pb2.HealthCheckResponse.SERVING)
+    return server, checker, bound
