@@ -34,9 +34,11 @@ from kairos.core.catalog import default_catalog_text, load_catalog
 from kairos.core.compiler import compile_catalog
 
 from kairos.cluster.control.partitions import DEFAULT_PARTITIONS, Move, PartitionMap
-from kairos.cluster.transport.ray_backend import Backend, RayBackend, Unavailable
 from kairos.cluster.settings import CONTROL_LOOP_S, LONG_POLL_S, RETIRE_GRACE_S
-from kairos.cluster.storage.store import open_store
+from kairos.cluster.shard.actor import ShardActor
+from kairos.cluster.storage.providers import open_store
+from kairos.cluster.transport.backend import Backend, Unavailable
+from kairos.cluster.transport.ray_backend import RayBackend
 
 log = logging.getLogger("kairos.controller")
 STATE_KEY = "controller"  # the store meta holding the controller's state
@@ -117,7 +119,7 @@ class Controller:
                 self.store.drop_journal(name)
                 continue
             try:
-                health = await self.backend.shard_call(name, "health")
+                health = await self.backend.shard(name).health()
             except Unavailable:
                 health = None
             if health is not None and health.get("started"):
@@ -127,7 +129,7 @@ class Controller:
             if health is None:
                 await self._create_shard(name)
             await self._start_shard(name)
-        await self.backend.learner_call("switch", self.catalog_text)
+        await self.backend.learner().switch(self.catalog_text)
         self._publish()
         requested = self._requested_catalog
         if requested is not None and requested != self.catalog_text:
@@ -151,29 +153,27 @@ class Controller:
         if name is None:
             name = shard_name(self._next_index)
             self._next_index += 1
-        node = self._emptiest_node()
+        load = self._node_load()
+        node = min(load, key=load.__getitem__, default=None)  # the first of the emptiest
         await self.backend.create_shard(name, node, self.n_partitions, _seed_of(name),
                                         self.store_url, self.journal_policy)
         self.placement[name] = node
         return name
 
-    def _emptiest_node(self) -> str | None:
-        nodes = self.backend.nodes()
-        if not nodes:
-            return None
-        load = {n: 0 for n in nodes}
+    def _node_load(self) -> dict[str, int]:
+        """Shards placed on each alive node, in the backend's order of the nodes."""
+        load = dict.fromkeys(self.backend.nodes(), 0)
         for node in self.placement.values():
             if node in load:
                 load[node] += 1
-        return min(nodes, key=lambda n: (load[n], nodes.index(n)))
+        return load
 
     async def _start_shard(self, name: str, sources: dict[int, str] | None = None) -> None:
         """Have the shard recover its partitions from the store and serve them."""
         partitions = self.map.partitions_of(name) if self.map else []
-        self.incarnations[name] = await self.backend.shard_call(
-            name, "start", self.catalog_text, partitions,
-            sorted(self.channel_watches, key=str), self.map.version if self.map else 1,
-            sources)
+        self.incarnations[name] = await self.backend.shard(name).start(
+            self.catalog_text, partitions, sorted(self.channel_watches, key=str),
+            self.map.version if self.map else 1, sources)
 
     def _publish(self) -> None:
         self._save()
@@ -233,7 +233,7 @@ class Controller:
                   if not isinstance(result, Exception)}
         self.map = self.map.apply([m for m in moves if (m.source, m.target) in handed], target)
         self._publish()
-        await asyncio.gather(*(self.backend.shard_call(src, "release", pairs[(src, dst)])
+        await asyncio.gather(*(self.backend.shard(src).release(pairs[(src, dst)])
                                for src, dst in handed))
         failures = [r for r in results if isinstance(r, Exception)]
         if failures:
@@ -241,13 +241,13 @@ class Controller:
 
     async def _hand_over(self, source: str, target: str, partitions: list[int],
                          version: int) -> int:
-        payload = await self.backend.shard_call(source, "freeze", partitions, version)
+        payload = await self.backend.shard(source).freeze(partitions, version)
         try:
-            return await self.backend.shard_call(target, "adopt", payload, version)
+            return await self.backend.shard(target).adopt(payload, version)
         except Exception:
             log.exception("handoff %s -> %s failed; %s serves the partitions again",
                           source, target, source)
-            await self.backend.shard_call(source, "thaw", partitions, version)
+            await self.backend.shard(source).thaw(partitions, version)
             raise
 
     async def _retire(self, names: list[str]) -> None:
@@ -257,7 +257,7 @@ class Controller:
         await asyncio.sleep(RETIRE_GRACE_S)
         for name in names:
             try:
-                await self.backend.shard_call(name, "retire")  # its journal goes with it
+                await self.backend.shard(name).retire()  # its journal goes with it
             except Unavailable:
                 log.warning("%s did not drop its journal before stopping", name)
             await self.backend.kill_shard(name)
@@ -270,10 +270,10 @@ class Controller:
         """Validate, then switch every shard and the learner; the new version."""
         version = compile_catalog(load_catalog(catalog_text)).version  # CatalogError: stop
         async with self._reconfiguring:
-            await asyncio.gather(*(self.backend.shard_call(s, "prepare", catalog_text)
+            await asyncio.gather(*(self.backend.shard(s).prepare(catalog_text)
                                    for s in self.shards))
-            await self.backend.learner_call("switch", catalog_text)
-            await asyncio.gather(*(self.backend.shard_call(s, "commit", version)
+            await self.backend.learner().switch(catalog_text)
+            await asyncio.gather(*(self.backend.shard(s).commit(version)
                                    for s in self.shards))
             self.previous_catalog, self.catalog_text = self.catalog_text, catalog_text
             self.catalog_version = version
@@ -295,8 +295,8 @@ class Controller:
     async def watch_channel(self, sink: str, channel: str, placement: str | None,
                             active: bool = True) -> None:
         async with self._reconfiguring:
-            await asyncio.gather(*(self.backend.shard_call(s, "watch_channel", sink, channel,
-                                                           placement, active)
+            await asyncio.gather(*(self.backend.shard(s).watch_channel(sink, channel,
+                                                                       placement, active)
                                    for s in self.shards))
             key = (sink, channel, placement)
             if active:
@@ -317,18 +317,17 @@ class Controller:
                 await self._replace(name)
             for name in self.shards:
                 try:
-                    health = await self.backend.shard_call(name, "health")
+                    health = await self.backend.shard(name).health()
                 except Unavailable:
                     continue  # Ray is restarting it; look again next round
                 if health["incarnation"] != self.incarnations.get(name):
                     log.warning("%s restarted; it recovers its partitions from the store "
                                 "(%s)", name, self.store_url)
                     await self._start_shard(name)
-            nodes = self.backend.nodes()
-            busiest, emptiest = self._node_spread(nodes)
-            if busiest is None:
+            crowded = self._crowded_node()
+            if crowded is None:
                 return
-            victim = next(s for s, n in self.placement.items() if n == busiest)
+            victim = next(s for s, n in self.placement.items() if n == crowded)
             name = await self._create_shard()
             await self._start_shard(name)
             target = [s for s in self.shards if s != victim]
@@ -348,24 +347,19 @@ class Controller:
         await self._start_shard(name, {p: dead for p in partitions})
         self._publish()
 
-    def _node_spread(self, nodes: list[str]) -> tuple[str | None, str | None]:
-        """(busiest, emptiest) nodes when they differ by two shards or more."""
-        if len(nodes) < 2:
-            return None, None
-        load = {n: 0 for n in nodes}
-        for node in self.placement.values():
-            if node in load:
-                load[node] += 1
-        busiest = max(nodes, key=lambda n: load[n])
-        emptiest = min(nodes, key=lambda n: load[n])
-        if load[busiest] - load[emptiest] < 2:
-            return None, None
-        return busiest, emptiest
+    def _crowded_node(self) -> str | None:
+        """The node with the most shards, if it has two or more than the emptiest (one of
+        its shards is then replaced by a new one, placed on the emptiest)."""
+        load = self._node_load()
+        if len(load) < 2:
+            return None
+        busiest = max(load, key=load.__getitem__)
+        return busiest if load[busiest] - min(load.values()) >= 2 else None
 
     async def status(self) -> dict[str, Any]:
         shards = await asyncio.gather(*(self._shard_status(s) for s in self.shards))
         try:
-            learner = await self.backend.learner_call("status")
+            learner = await self.backend.learner().status()
         except Unavailable:
             learner = {"available": False}
         return {"map_version": self.map.version, "partitions": self.n_partitions,
@@ -375,7 +369,7 @@ class Controller:
 
     async def _shard_status(self, name: str) -> dict[str, Any]:
         try:
-            health = await self.backend.shard_call(name, "health")
+            health = await self.backend.shard(name).health()
         except Unavailable:
             health = {"available": False}
         return {**health, "shard": name, "placed_on": self.placement.get(name),
@@ -388,8 +382,8 @@ class ControllerActor:
 
     def __init__(self, catalog_text: str | None, n_partitions: int, store_url: str = "memory",
                  journal_policy: str = "fsync"):
-        self.controller = Controller(RayBackend(), catalog_text, n_partitions, store_url,
-                                     journal_policy)
+        self.controller = Controller(RayBackend(ShardActor), catalog_text, n_partitions,
+                                     store_url, journal_policy)
         self._loop_task: asyncio.Task | None = None
         self._resuming = asyncio.Lock()
 

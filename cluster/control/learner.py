@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import ray
@@ -24,12 +25,12 @@ from kairos.core.compiler import CompiledCatalog, compile_catalog
 from kairos.core.models import ModelDelta, ModelRemap, ModelTable
 
 from kairos.cluster.storage import blocks
-from kairos.cluster.storage.store import StoreUnavailable, open_store
+from kairos.cluster.storage.providers import open_store
+from kairos.cluster.storage.store import StoreUnavailable
 
 log = logging.getLogger("kairos.learner")
 STATE_KEY = "learner"
 LEARNER_SAVE_S = 2.0  # the most learning a learner's restart can lose
-
 
 
 @dataclass
@@ -94,6 +95,10 @@ class Learner:
         self.models.version = version + 1
         self.compiled = new
         return self.models.version
+
+    def status(self) -> dict[str, Any]:
+        return {"model_version": self.version, "merged": self.merged,
+                "catalog_version": self.compiled.version}
 
 
 class _Chain:
@@ -161,6 +166,5 @@ class LearnerActor:
         self._save(force=True)
         return version
 
-    def status(self) -> dict:
-        return {"model_version": self.learner.version, "merged": self.learner.merged,
-                "catalog_version": self.learner.compiled.version}
+    def status(self) -> dict[str, Any]:
+        return self.learner.status()

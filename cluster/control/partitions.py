@@ -47,9 +47,6 @@ class PartitionMap:
     def n_partitions(self) -> int:
         return len(self.owners)
 
-    def owner_of(self, customer_id: str) -> str:
-        return self.owners[partition_of(customer_id, self.n_partitions)]
-
     def shards_in_use(self) -> list[str]:
         """Shards that own at least one partition, sorted."""
         return sorted(set(self.owners))

@@ -12,14 +12,14 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from kairos.core.catalog import default_catalog_text
 
-from kairos.cluster.transport.client import SyncClient
-from kairos.cluster.control.controller import ControllerActor
+from kairos.cluster.control.controller import STATE_KEY, ControllerActor
 from kairos.cluster.control.learner import LearnerActor
 from kairos.cluster.control.partitions import DEFAULT_PARTITIONS
+from kairos.cluster.settings import (CONTROLLER_NAME, JOURNAL_POLICIES, JOURNAL_POLICY,
+                                     LEARNER_NAME, NAMESPACE, STORE)
+from kairos.cluster.storage.providers import open_store
+from kairos.cluster.transport.client import SyncClient
 from kairos.cluster.transport.ray_backend import RayBackend
-from kairos.cluster.storage.journal import POLICIES
-from kairos.cluster.settings import CONTROLLER_NAME, JOURNAL_POLICY, LEARNER_NAME, NAMESPACE, STORE
-from kairos.cluster.storage.store import open_store
 
 DEFAULT_SHARDS = 4
 MAX_GATEWAYS = 256
@@ -34,10 +34,10 @@ def start(n_shards: int = DEFAULT_SHARDS, catalog_text: str | None = None,
     a shard's process; a directory; or redis://host:port/db, which every node reaches). A
     store that holds an earlier cluster's state brings it back: the same shards recover their
     partitions, on the catalog last switched to unless `catalog_text` names another."""
-    if journal_policy not in POLICIES:
-        raise ValueError(f"journal policy must be one of {', '.join(POLICIES)}, "
+    if journal_policy not in JOURNAL_POLICIES:
+        raise ValueError(f"journal policy must be one of {', '.join(JOURNAL_POLICIES)}, "
                          f"got {journal_policy!r}")
-    open_store(store).get_meta("controller")  # a bad or unreachable store fails here
+    open_store(store).get_meta(STATE_KEY)  # a bad or unreachable store fails here
     # on this (the head) node, as Ray Serve places its controller: they hold the map and the
     # global models in memory, so they must not move with a worker node that leaves
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)

@@ -11,7 +11,7 @@ from kairos.core.errors import CatalogError
 from kairos.v1 import admin_pb2, admin_pb2_grpc
 
 from kairos.cluster.gateway.calls import Gateway
-from kairos.cluster.gateway.requests import compiled_from_text
+from kairos.core.compiler import compiled_from_text
 
 MAX_SHARDS = 1024
 

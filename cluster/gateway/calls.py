@@ -13,11 +13,11 @@ from typing import Any, Awaitable, Callable
 
 import grpc
 
-from kairos.core.compiler import CompiledCatalog
+from kairos.core.compiler import CompiledCatalog, compiled_from_text
 from kairos.core.errors import InputError
 
 from kairos.cluster.gateway.auth import Denied, refusal
-from kairos.cluster.gateway.requests import Who, compiled_from_text
+from kairos.cluster.gateway.requests import Who
 from kairos.cluster.gateway.streams import Watches
 from kairos.cluster.settings import (DEADLINE_MARGIN_S, DEADLINE_MARGIN_SHARE, DEFAULT_DEADLINE_S,
                                      GATEWAY_INFLIGHT_LIMIT)

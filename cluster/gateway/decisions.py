@@ -17,6 +17,7 @@ import grpc
 
 from kairos.core.compiler import CompiledCatalog
 from kairos.core.errors import InputError
+from kairos.core.request import fallback_decision
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
@@ -60,7 +61,7 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
                 customer_id, channel, placement, context_values,
                 max_actions=request.max_actions, explain=request.explain,
                 record_impression=request.record_impression)),
-            fallback=lambda: requests.fallback(catalog, who.customer_id or "", channel,
+            fallback=lambda: fallback_decision(catalog, who.customer_id or "", channel,
                                                placement))
         return wire.decision_out(decision)
 

@@ -1,20 +1,17 @@
 """The contract's requests, checked against the catalog and turned into runtime requests.
 
 Everything here raises InputError naming the field (prefixed, inside a batch or stream, with
-`events[i].`), before anything is routed. The catalog checks (channel, placement, customer),
-the fallback decision and compiling a catalog's text will move to `kairos.core`; this module is
-the one place the gateway takes them from.
+`events[i].`), before anything is routed. The checks of a customer id, a channel and a
+placement are the core's (`kairos.core.request`), the same the engine and the shards apply.
 """
 from __future__ import annotations
 
 import time
-import uuid
 from typing import NamedTuple
 
-from kairos.core.catalog import load_catalog
-from kairos.core.compiler import CompiledCatalog, Outcome, compile_catalog
-from kairos.core.engine import Decision, RankedAction
+from kairos.core.compiler import CompiledCatalog, Outcome
 from kairos.core.errors import InputError
+from kairos.core.request import channel_code, check_customer, placement_codes
 from kairos.v1 import decision_pb2 as pb
 
 from kairos.cluster import protocol
@@ -29,18 +26,13 @@ class Who(NamedTuple):
     alias_key: str | None
 
 
-def compiled_from_text(text: str, source: str = "<catalog>") -> CompiledCatalog:
-    """A catalog's YAML, compiled; CatalogError names `source` and where in it."""
-    return compile_catalog(load_catalog(text, source))
-
-
 def who(message, where: str = "") -> Who:
     """The customer a request names (`customer_id` or `alias`), checked."""
     if message.WhichOneof("customer") == "alias":
         return Who(None, alias_key(message.alias.type, message.alias.value, f"{where}alias"))
     if not message.customer_id:
         raise InputError(f"{where}customer_id", "is required (or an alias)")
-    return Who(message.customer_id, None)
+    return Who(check_customer(message.customer_id, f"{where}customer_id"), None)
 
 
 def named(message) -> str:
@@ -64,15 +56,8 @@ def link_target(request: pb.LinkRequest) -> None:
 
 def view(catalog: CompiledCatalog, channel: str, placement: str) -> tuple[str, str]:
     """The channel and placement (the channel's first placement when empty), checked."""
-    ch = catalog.channel_index.get(channel)
-    if ch is None:
-        raise InputError("channel", f"unknown channel {channel!r} (channels: "
-                                    f"{', '.join(catalog.channel_names)})")
-    names = catalog.placement_names[ch]
-    if placement and placement not in names:
-        raise InputError("placement", f"unknown placement {placement!r} of {channel} "
-                                      f"(placements: {', '.join(names)})")
-    return channel, placement or names[0]
+    ch, pl = placement_codes(catalog, channel, placement)
+    return channel, catalog.placement_names[ch][pl]
 
 
 def event_request(event: pb.Event, catalog: CompiledCatalog, where: str = ""
@@ -80,9 +65,8 @@ def event_request(event: pb.Event, catalog: CompiledCatalog, where: str = ""
     """Whom an event names, and its runtime request, checked. The request's customer id is
     empty for an event by alias, until the alias is resolved."""
     customer = who(event, where)
-    if event.channel and event.channel not in catalog.channel_index:
-        raise InputError(f"{where}channel", f"unknown channel {event.channel!r} "
-                                            f"(channels: {', '.join(catalog.channel_names)})")
+    if event.channel:
+        channel_code(catalog, event.channel, f"{where}channel")
     if event.decide_placement and not event.channel:
         raise InputError(f"{where}channel", "decide_placement needs the channel")
     when = wire.optional_time_in(f"{where}time", event, "time") or time.time()
@@ -104,13 +88,3 @@ def outcome_of(request: pb.Outcome) -> tuple[str, float]:
         raise InputError("outcome", f"unknown outcome {request.outcome}") from None
     return outcome, wire.optional_time_in("time", request, "time") or time.time()
 
-
-def fallback(catalog: CompiledCatalog, customer_id: str, channel: str,
-             placement: str) -> Decision:
-    """The catalog's fallback decision for a view, marked as such."""
-    ch = catalog.channel_index[channel]
-    actions = tuple(RankedAction(catalog.action_ids[a], catalog.group_names[
-        catalog.action_group[a]], catalog.treatments[a][ch], 0.0, 0.0, 0.0, 1.0,
-        float(catalog.lever[a])) for a in catalog.fallbacks.get(ch, ()))
-    return Decision(f"fallback-{uuid.uuid4().hex[:16]}", customer_id, channel, placement,
-                    actions, catalog.version, 0, fallback=True)

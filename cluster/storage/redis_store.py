@@ -8,20 +8,22 @@ Keys, under a prefix (default "kairos", `?prefix=` in the URL) so clusters can s
     <prefix>:j:<shard>:last      string: the journal's last LSN (survives truncation)
     <prefix>:m:<key>             string: meta
 
-A journal batch is one member, msgpack `[first lsn, records]`, written with the last-LSN key in
+A journal batch is one member, msgpack `[first lsn, records, format]` (journal.py's
+`pack_batch`, whose format rule it follows), written with the last-LSN key in
 one MULTI/EXEC, so Redis holds all of a batch or none of it. Durability is the server's:
 with the journal policy "fsync" the server must run with `appendonly yes` and
 `appendfsync always` (the journal checks and warns at open); "os" accepts `everysec`.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
 
-import msgpack
 import redis
 
+from kairos.cluster.storage.journal import Decode, pack_batch, unpack_batch
 from kairos.cluster.storage.store import StoreUnavailable
 
 log = logging.getLogger("kairos.store")
@@ -36,12 +38,12 @@ ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
 def _unavailable(what: str):
     """Decorator: Redis errors surface as StoreUnavailable naming what was being done."""
     def wrap(fn):
+        @functools.wraps(fn)
         def call(*args, **kwargs):
             try:
                 return fn(*args, **kwargs)
             except ERRORS as exc:
                 raise StoreUnavailable(f"redis: {what}: {exc}") from exc
-        call.__name__, call.__doc__ = fn.__name__, fn.__doc__
         return call
     return wrap
 
@@ -71,7 +73,7 @@ class RedisJournal:
             self.last_lsn += len(records)
             return self.last_lsn
         first, last = self.last_lsn + 1, self.last_lsn + len(records)
-        batch = msgpack.packb([first, records], use_bin_type=True)
+        batch = pack_batch(first, records)
         with self.r.pipeline(transaction=True) as tx:
             tx.zadd(self.key, {batch: last})
             tx.set(f"{self.key}:last", last)
@@ -79,15 +81,16 @@ class RedisJournal:
         self.last_lsn = last
         return last
 
-    def replay(self, after_lsn: int = 0) -> Iterator[tuple[int, Any]]:
+    def replay(self, after_lsn: int = 0, decode: Decode | None = None
+               ) -> Iterator[tuple[int, Any]]:
         low = f"({after_lsn}"
         while True:
             page = self._page(low)
             for member, _ in page:
-                first, records = msgpack.unpackb(member, raw=False, strict_map_key=False)
+                first, records, journal_format = unpack_batch(member)
                 for lsn, record in enumerate(records, first):
                     if lsn > after_lsn and record is not None:
-                        yield lsn, record
+                        yield lsn, record if decode is None else decode(record, journal_format)
             if len(page) < REPLAY_PAGE:
                 return
             low = f"({int(page[-1][1])}"
@@ -102,18 +105,20 @@ class RedisJournal:
         return self.r.zremrangebyscore(self.key, "-inf", upto_lsn)
 
     @_unavailable("compacting the journal")
-    def compact(self, drop: Callable[[Any], bool]) -> int:
+    def compact(self, drop: Callable[[Any], bool], decode: Decode | None = None) -> int:
         dropped = 0
         for member, score in self.r.zrange(self.key, 0, -1, withscores=True):
-            first, records = msgpack.unpackb(member, raw=False, strict_map_key=False)
-            gone = sum(1 for r in records if r is not None and drop(r))
+            first, records, journal_format = unpack_batch(member)
+            kept = [None if r is None or drop(r if decode is None else
+                                               decode(r, journal_format)) else r
+                    for r in records]
+            gone = sum(1 for r in kept if r is None) - sum(1 for r in records if r is None)
             if not gone:
                 continue
             dropped += gone
-            kept = [None if r is None or drop(r) else r for r in records]
             with self.r.pipeline(transaction=True) as tx:
                 tx.zrem(self.key, member)
-                tx.zadd(self.key, {msgpack.packb([first, kept], use_bin_type=True): score})
+                tx.zadd(self.key, {pack_batch(first, kept, journal_format): score})
                 tx.execute()
         return dropped
 

@@ -1,14 +1,19 @@
 """The runtime's client: routes requests to the owning shard, in order, through moves.
 
-Used by the gateway and the tests. It follows the controller's partition map by long poll,
-batches requests per shard (a call goes out as soon as one is free, carrying whatever queued
-meanwhile: no added latency at low load, amortized Ray hops under load) and keeps every
-customer's requests in order, even while partitions move between shards:
+Used by the gateway and the tests. Requests and replies are protocol.py's named types. The
+client follows the controller's partition map by long poll, batches requests per shard (a call
+goes out as soon as one is free, carrying whatever queued meanwhile: no added latency at low
+load, round trips amortized under load) and keeps the requests of each route key (a
+customer, an alias) in the order they were enqueued, even while partitions move between
+shards:
 
 - each partition has a lane; a lane sends to one shard at a time;
 - when a shard answers MOVED (the partition froze, or the map was stale), the lane stops,
   waits until every earlier request of the lane has its answer and the map shows the new
   owner, then re-sends the moved requests in their original order before anything newer.
+
+A request whose batch failed in transit (the shard died or restarted) is answered
+Unavailable, never re-sent: it may or may not have been applied.
 """
 from __future__ import annotations
 
@@ -28,15 +33,19 @@ import numpy as np
 from kairos.core.engine import Decision
 from kairos.core.errors import InputError
 
-from kairos.cluster.identity import alias_key, anonymous_id, check_linkable, link_id
+from kairos.cluster import protocol
 from kairos.cluster.control.partitions import partition_of
-from kairos.cluster.transport.ray_backend import Backend, Unavailable
-from kairos.cluster.settings import (CLIENT_BATCH_LIMIT, CLIENT_BATCH_WINDOW_S, CLIENT_INFLIGHT_CALLS,
-                       CLIENT_QUEUE_LIMIT, LONG_POLL_S)
-from kairos.cluster.shard.shard import BUSY, CONFLICT, INVALID, MERGED, MISSING, MOVED, NOT_MINE, OK
+from kairos.cluster.identity import alias_key, anonymous_id, check_linkable, link_id
+from kairos.cluster.protocol import (Decide, Event, EventAck, Forget, Link, Merge, Outcome,
+                                     ReadProfile, Reply, Request, Resolve, Settle, Take, Unlink,
+                                     WatchCustomer, route_key)
+from kairos.cluster.settings import (CLIENT_BATCH_LIMIT, CLIENT_BATCH_WINDOW_S,
+                                     CLIENT_INFLIGHT_CALLS, CLIENT_QUEUE_LIMIT, LONG_POLL_S)
+from kairos.cluster.transport.backend import Backend, Unavailable
 
 log = logging.getLogger("kairos.client")
 MAX_REDIRECTS = 20  # a request MOVED this many times in a row fails as Unavailable
+_DONE = (protocol.Ok, protocol.EventAck, protocol.Forgotten)  # the replies that mean done
 
 
 class Busy(Exception):
@@ -49,7 +58,7 @@ class Conflict(Exception):
 
 @dataclass
 class _Item:
-    request: tuple
+    request: Request  # routed: its partition filled in
     future: asyncio.Future
     order: int
     redirects: int = 0
@@ -75,7 +84,7 @@ class _ShardLink:
         self.name = name
         self.session = uuid.uuid4().hex
         self.seq = 0
-        self.queue: deque[tuple[_Item, int]] = deque()
+        self.queue: deque[_Item] = deque()
         self.wake = asyncio.Event()
         self.slots = asyncio.Semaphore(CLIENT_INFLIGHT_CALLS)
         self.calls = 0  # calls in flight
@@ -85,7 +94,7 @@ class _ShardLink:
 class KairosClient:
     """Async client of the runtime. `await connect()` first (it fetches the map)."""
 
-    def __init__(self, backend: Backend, n_partitions: int | None = None):
+    def __init__(self, backend: Backend):
         self.backend = backend
         self.version = 0
         self.catalog_version = ""
@@ -99,7 +108,7 @@ class KairosClient:
     # -- the map -------------------------------------------------------------------------------
 
     async def connect(self) -> "KairosClient":
-        self._apply_map(await self.backend.controller_call("get_map", -1, 0.0))
+        self._apply_map(await self.backend.controller().get_map(-1, 0.0))
         self._poller = asyncio.get_running_loop().create_task(self._follow_map())
         return self
 
@@ -124,10 +133,10 @@ class KairosClient:
     async def _follow_map(self) -> None:
         # Long polls use asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
         # cancel that races with the map changing (cpython gh-86296), so close() hung.
+        controller = self.backend.controller()
         while True:
             try:
-                self._apply_map(await self.backend.controller_call("get_map", self.version,
-                                                                   LONG_POLL_S))
+                self._apply_map(await controller.get_map(self.version, LONG_POLL_S))
             except Unavailable:
                 await asyncio.sleep(0.2)  # the controller is restarting
 
@@ -143,53 +152,67 @@ class KairosClient:
             except asyncio.TimeoutError:
                 return
 
-    def owner(self, customer_id: str) -> str:
-        return self._shards[self._owners[partition_of(customer_id, len(self._owners))]]
+    def owner(self, key: str) -> str:
+        """The shard that owns a route key (a customer id, an alias key) now."""
+        return self._owner_of(partition_of(key, len(self._owners)))
+
+    def _owner_of(self, p: int) -> str:
+        return self._shards[self._owners[p]]
 
     # -- requests ------------------------------------------------------------------------------
 
     async def ingest(self, customer_id: str, event_type: str, event_time: Any,
                      attributes: Mapping[str, Any] | None = None) -> int:
         """Apply an event; the customer's sequence number for it."""
-        return await self.call(("event", customer_id, event_type, event_time,
-                                dict(attributes or {})))
+        return (await self.ingest_ack(customer_id, event_type, event_time, attributes,
+                                      None)).sequence
 
     async def ingest_ack(self, customer_id: str, event_type: str, event_time: Any,
                          attributes: Mapping[str, Any] | None, idempotency_key: str | None,
-                         decide: tuple[str, str | None] | None = None) -> tuple:
-        """Apply an event once per idempotency key: (sequence, duplicate[, decision for
-        `decide` = (channel, placement)])."""
-        return await self._result(("event", customer_id, event_type, event_time,
-                                   dict(attributes or {}), idempotency_key, decide))
+                         decide: tuple[str, str | None] | None = None) -> EventAck:
+        """Apply an event once per idempotency key; with `decide` = (channel, placement), the
+        acknowledgement carries the decision for that view after the event."""
+        return await self._ask(Event(customer_id=customer_id, event_type=event_type,
+                                     time=event_time, attributes=dict(attributes or {}),
+                                     idempotency_key=idempotency_key, decide=decide))
 
     async def decide(self, customer_id: str, channel: str, placement: str | None = None,
                      context: Mapping[str, Any] | None = None, *, max_actions: int = 0,
                      explain: bool = False, now: float | None = None,
                      record_impression: bool = False) -> Decision:
-        return await self.call(("decide", customer_id, channel, placement, dict(context or {}),
-                                max_actions, explain, now, record_impression))
+        return await self._value(Decide(
+            customer_id=customer_id, channel=channel, placement=placement,
+            context=dict(context or {}), max_actions=max_actions, explain=explain, now=now,
+            record_impression=record_impression))
 
     async def respond(self, customer_id: str, action_id: str, channel: str, outcome: str,
                       when: Any, decision_id: str | None = None) -> None:
-        await self.call(("outcome", customer_id, action_id, channel, outcome, when,
-                         decision_id))
+        await self._ask(Outcome(customer_id=customer_id, action_id=action_id,
+                                channel=channel, outcome=outcome, when=when,
+                                decision_id=decision_id))
 
     async def profile(self, customer_id: str, now: float | None = None) -> dict | None:
         """The golden record, or None for a customer nobody has seen."""
-        return await self.call(("profile", customer_id, now if now is not None else time.time()))
+        return await self._value(ReadProfile(
+            customer_id=customer_id, now=now if now is not None else time.time()))
 
     async def forget(self, customer_id: str) -> bool:
         """Erase the customer from its shard and store, and its aliases from the directory
         (with what their anonymous profiles left); whether it existed."""
-        existed, aliases = await self._result(("forget", customer_id))
-        for key in aliases:
-            await self.call(("unlink", key, customer_id))
-            existed |= (await self._result(("forget", anonymous_id(key))))[0]
+        forgotten = await self._ask(Forget(customer_id=customer_id))
+        existed = forgotten.existed
+        for key in forgotten.aliases or ():
+            await self._ask(Unlink(key=key, customer_id=customer_id))
+            existed |= (await self._ask(Forget(customer_id=anonymous_id(key)))).existed
         return bool(existed)
 
     async def resolve(self, alias_type: str, value: str) -> str:
         """The customer an alias names: the linked one, or the alias's anonymous customer."""
-        return await self.call(("resolve", alias_key(alias_type, value)))
+        return await self.resolve_key(alias_key(alias_type, value))
+
+    async def resolve_key(self, key: str) -> str:
+        """`resolve` for an alias key (identity.alias_key) the caller already checked."""
+        return await self._value(Resolve(key=key))
 
     async def link(self, alias_type: str, value: str, customer_id: str) -> bool:
         """Link an alias to a customer, merging the alias's anonymous profile into it exactly
@@ -197,35 +220,40 @@ class KairosClient:
         key = alias_key(alias_type, value)
         check_linkable(customer_id)
         link, anonymous = link_id(key, customer_id), anonymous_id(key)
-        await self.call(("link", key, customer_id))
-        state = await self.call(("take", anonymous, link, customer_id))
-        merged = await self.call(("merge", customer_id, link, key, state))
+        await self._ask(Link(key=key, customer_id=customer_id))
+        state = await self._value(Take(anonymous=anonymous, link=link, target=customer_id))
+        merged = await self._value(Merge(customer_id=customer_id, link=link, key=key,
+                                         state=state))
         if state is not None:
-            await self.call(("settle", anonymous, link))
-        return merged
+            await self._ask(Settle(anonymous=anonymous, link=link))
+        return bool(merged)
 
     async def watch(self, customer_id: str, sink: str, channel: str,
                     placement: str | None = None, active: bool = True) -> None:
         """Have the customer's owner push changes of the best action to the actor `sink`."""
-        await self.call(("watch", customer_id, sink, channel, placement, active))
+        await self._ask(WatchCustomer(customer_id=customer_id, sink=sink, channel=channel,
+                                      placement=placement, active=active))
 
-    async def call(self, request: tuple) -> Any:
-        """One request `(kind, customer_id, *payload)`; its value, or the error it raised."""
-        return (await self._result(request))[0]
-
-    async def _result(self, request: tuple) -> tuple:
-        """A request's values (`None` for a missing customer), or the error it raised."""
+    async def _ask(self, request: Request) -> Reply | None:
+        """One request, routed and settled."""
         return await self.settle(request, await self.enqueue(request))
 
-    def enqueue(self, request: tuple) -> asyncio.Future:
-        """Route a request `(kind, customer_id, *payload)` now, without awaiting; a future of
-        the shard's answer, which `settle` turns into the values (gateways stream many
-        requests this way, without a task per request)."""
-        customer_id = request[1]
-        if not isinstance(customer_id, str) or not customer_id:
-            raise InputError("customer_id", f"expected a non-empty string, got "
-                                            f"{type(customer_id).__name__} {customer_id!r}")
-        p = partition_of(customer_id, len(self._owners))
+    async def _value(self, request: Request) -> Any:
+        reply = await self._ask(request)
+        return None if reply is None else reply.value
+
+    def enqueue(self, request: Request) -> asyncio.Future:
+        """Route a request now, by its route key, without awaiting; a future of the shard's
+        reply, which `settle` turns into the result (gateways stream many requests this way,
+        without a task per request). Requests enqueued with the same route key are applied
+        in the order they were enqueued, through moves. InputError for a route key that is
+        not a non-empty string; Busy when the owning shard has CLIENT_QUEUE_LIMIT requests
+        waiting to be sent."""
+        key = route_key(request)
+        if not isinstance(key, str) or not key:
+            raise InputError(request._fields[2], f"expected a non-empty string, got "
+                                                 f"{type(key).__name__} {key!r}")
+        p = partition_of(key, len(self._owners))
         link = self._links.get(self._owner_of(p))
         if link is not None and len(link.queue) >= CLIENT_QUEUE_LIMIT:
             raise Busy(f"{link.name} has {len(link.queue)} requests waiting to be sent")
@@ -233,49 +261,50 @@ class KairosClient:
         if lane is None:
             lane = self._lanes[p] = _Lane()
         future = asyncio.get_running_loop().create_future()
-        item = _Item((request[0], p) + request[1:], future, next(lane.orders))
+        item = _Item(request._replace(partition=p), future, next(lane.orders))
         if lane.moved or lane.held or (lane.inflight and lane.shard != self._owner_of(p)):
             lane.held.append(item)  # behind what must go first
         else:
-            self._send(p, lane, item)
+            self._send(lane, item)
         return future
 
-    async def settle(self, request: tuple, answer: tuple) -> tuple:
-        """The values of a request's answer, or the error it stands for."""
-        status, *rest = answer
-        if status == OK:
-            return tuple(rest)
-        if status == MERGED:  # an anonymous customer since linked: its requests go there
-            return await self._result((request[0], rest[0]) + request[2:])
-        if status == CONFLICT:
-            raise Conflict(rest[0])
-        if status == INVALID:
-            raise InputError(rest[0], rest[1])
-        if status == MISSING:
-            return (None,)
-        if status == BUSY:
-            raise Busy(f"the shard of {request[1]!r} is at its queue limit")
-        raise Unavailable(rest[0])
+    async def settle(self, request: Request, reply: Reply) -> Reply | None:
+        """What a request's reply comes to: the done reply (Ok, EventAck or Forgotten); the
+        reply to the same request re-sent to the customer a Merged reply names; None for
+        Missing. Raises what the others stand for: InputError (Invalid), Conflict, Busy,
+        Unavailable (also for a request that kept meeting MOVED)."""
+        if isinstance(reply, _DONE):
+            return reply
+        if isinstance(reply, protocol.Merged):  # an anonymous customer since linked
+            return await self._ask(request._replace(customer_id=reply.customer_id))
+        if isinstance(reply, protocol.Missing):
+            return None
+        if isinstance(reply, protocol.Invalid):
+            raise InputError(reply.field, reply.reason)
+        if isinstance(reply, protocol.Conflict):
+            raise Conflict(reply.reason)
+        if isinstance(reply, protocol.Busy):
+            raise Busy(f"the shard of {route_key(request)!r} is at its queue limit")
+        if isinstance(reply, protocol.Unavailable):
+            raise Unavailable(reply.reason)
+        raise Unavailable(f"unexpected reply {reply!r}")  # MOVED never reaches here
 
-    def _owner_of(self, p: int) -> str:
-        return self._shards[self._owners[p]]
-
-    def _send(self, p: int, lane: _Lane, item: _Item) -> None:
-        lane.shard = self._owner_of(p)
+    def _send(self, lane: _Lane, item: _Item) -> None:
+        lane.shard = self._owner_of(item.request.partition)
         lane.inflight += 1
         item.routed = self.version
         link = self._links.get(lane.shard)
         if link is None:
             link = self._links[lane.shard] = _ShardLink(lane.shard)
             link.task = asyncio.get_running_loop().create_task(self._pump(link))
-        link.queue.append((item, p))
+        link.queue.append(item)
         link.wake.set()
 
     async def _pump(self, link: _ShardLink) -> None:
         """Send whatever queued for the shard as one call, whenever a call slot is free. Under
         load (another call to the shard still in flight) a call first waits up to
-        CLIENT_BATCH_WINDOW_S for more requests, so the Ray hop is paid per batch; at low load
-        (nothing in flight) it goes at once."""
+        CLIENT_BATCH_WINDOW_S for more requests, so the round trip is paid per batch; at low
+        load (nothing in flight) it goes at once."""
         while True:
             await link.wake.wait()
             link.wake.clear()
@@ -290,37 +319,41 @@ class KairosClient:
                 asyncio.get_running_loop().create_task(
                     self._call_shard(link, link.session, seq, batch))
 
-    async def _call_shard(self, link: _ShardLink, session: str, seq: int, batch: list) -> None:
+    async def _call_shard(self, link: _ShardLink, session: str, seq: int,
+                          batch: list[_Item]) -> None:
         try:
-            results = await self.backend.send(link.name, session, seq,
-                                              [item.request for item, _ in batch],
-                                              [item.routed for item, _ in batch])
+            replies = await self.backend.send(link.name, session, seq,
+                                              [item.request for item in batch],
+                                              [item.routed for item in batch])
         except Unavailable as exc:
             # The shard died or is restarting: requests may or may not have been applied,
             # so they fail rather than being re-sent; later ones start a fresh session
             # (unless another failed call of this session started it already).
             if link.session == session:
                 link.session, link.seq = uuid.uuid4().hex, 0
-            results = [("unavailable", str(exc))] * len(batch)
+            replies = [protocol.Unavailable(reason=str(exc))] * len(batch)
         finally:
             link.calls -= 1
             link.slots.release()
-        for (item, p), result in zip(batch, results):
-            self._answered(p, item, result)
+        for item, reply in zip(batch, replies):
+            self._answered(item, reply)
 
-    def _answered(self, p: int, item: _Item, result: tuple) -> None:
+    def _answered(self, item: _Item, reply: Reply) -> None:
+        p = item.request.partition
         lane = self._lanes[p]
         lane.inflight -= 1
-        if result[0] == MOVED:
+        if isinstance(reply, protocol.Moved):
             item.redirects += 1
             if item.redirects > MAX_REDIRECTS:
-                item.future.set_result(("unavailable", f"partition {p} kept moving"))
+                item.future.set_result(protocol.Unavailable(
+                    reason=f"partition {p} kept moving"))
             else:
                 lane.moved.append(item)
-                lane.want_version = max(lane.want_version, result[1] if result[1] != NOT_MINE
-                                        else self.version + 1)
+                named = reply.map_version
+                lane.want_version = max(lane.want_version, self.version + 1
+                                        if named == protocol.NOT_MINE else named)
         elif not item.future.done():
-            item.future.set_result(result)
+            item.future.set_result(reply)
         if lane.inflight == 0 and (lane.moved or lane.held):
             asyncio.get_running_loop().create_task(self._resume(p, lane))
 
@@ -334,7 +367,7 @@ class KairosClient:
         ready = sorted(lane.moved, key=lambda item: item.order) + list(lane.held)
         lane.moved, lane.held = [], deque()
         for item in ready:
-            self._send(p, lane, item)
+            self._send(lane, item)
 
 
 class SyncClient:

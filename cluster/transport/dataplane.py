@@ -12,7 +12,9 @@ access can send a frame.
 
 Frames are msgpack arrays: the handshake `[PROTOCOL, incarnation]` answered `[True]` (or
 `[False, reason]` before the server closes), then `[call, session, seq, requests, routed]`
-answered `[call, results]` or `[call, None, error]`. Frames on one connection are read in
+answered `[call, results]` or `[call, None, error]`. Requests and results are protocol.py's
+requests and replies, which pack as plain arrays; this module carries them as such, and each
+end names them again (`request_from`, `reply_from`). Frames on one connection are read in
 order, and `session`/`seq` order a sender's batches exactly as they did over Ray.
 """
 from __future__ import annotations
@@ -85,7 +87,7 @@ def _pack(value: Any) -> bytes:
 
 
 def _unpacker() -> msgpack.Unpacker:
-    # use_list=False: requests and answers are tuples, as the shard and the client build them
+    # use_list=False: arrays come out as tuples, which protocol.py's types are built from
     return msgpack.Unpacker(ext_hook=_ext, use_list=False, strict_map_key=False)
 
 

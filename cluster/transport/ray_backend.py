@@ -1,97 +1,119 @@
-"""Every call between the runtime's roles, behind one small interface: Ray calls for control,
-the data plane (dataplane.py) for request batches.
+"""The Backend on Ray: control calls are Ray actor calls, request batches go over the data
+plane (dataplane.py).
 
-The controller and the client speak to shards and the learner through a `Backend`; this
-module's `RayBackend` is the real one, and the tests put an in-process fake in its place, so
-the logic above runs and is tested without Ray (Ray Serve's ActorReplicaWrapper does this).
+The runtime's actors are named, in the Kairos namespace; a handle is looked up once and
+cached. Each typed handle (backend.py) is a thin wrapper over an actor, as Ray Serve's
+ActorReplicaWrapper is over a replica, and every call goes through `RayBackend.call`, the one
+place where Ray's errors for an actor that is dead, restarting or not there become
+`Unavailable`. An error the actor's method raised itself comes through as raised (Ray's
+RayTaskError is also an instance of the original exception's class).
+
+This module does not import the shard actor: whoever creates shards (the controller's actor)
+hands its class to `RayBackend`, so the shard side may use this backend for its own calls.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import ray
+from ray.actor import ActorClass, ActorHandle
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from kairos.cluster.protocol import Reply, Request, reply_from
+from kairos.cluster.settings import CONTROLLER_NAME, LEARNER_NAME, LONG_POLL_S, NAMESPACE
+from kairos.cluster.transport.backend import (ChannelWatch, ControllerControl, LearnerControl,
+                                              ShardControl, Unavailable, WatchSink)
 from kairos.cluster.transport.dataplane import PlaneConnection, ShardFailed
-from kairos.cluster.settings import CONTROLLER_NAME, LEARNER_NAME, NAMESPACE
 
+if TYPE_CHECKING:
+    from kairos.core.engine import Decision
+    from kairos.core.models import ModelDelta
 
-class Unavailable(Exception):
-    """A shard, the learner or the controller did not answer (dead, restarting, gone)."""
+    from kairos.cluster.control.learner import Published
 
+# Ray's errors for an actor that cannot answer: dead, restarting, or not placeable
+_GONE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
+         ray.exceptions.ActorUnschedulableError)
 
-class Backend(Protocol):
-    def nodes(self) -> list[str]:
-        """Ids of the alive nodes, in a stable order."""
-
-    async def create_shard(self, name: str, node: str | None, n_partitions: int, seed: int,
-                           store_url: str, journal_policy: str) -> None: ...
-
-    async def kill_shard(self, name: str) -> None: ...
-
-    async def shard_call(self, name: str, method: str, *args: Any) -> Any:
-        """A control or admin method of a shard."""
-
-    async def send(self, name: str, session: str, seq: int, requests: list,
-                   routed: list[int]) -> list:
-        """A batch of requests to a shard, with the map version each was routed under;
-        raises Unavailable if the shard cannot answer."""
-
-    async def learner_call(self, method: str, *args: Any) -> Any: ...
-
-    async def close(self) -> None:
-        """Close the connections this backend opened (on the running event loop)."""
-
-    async def controller_call(self, method: str, *args: Any) -> Any: ...
+Invoke = Callable[[ActorHandle], Awaitable[Any]]
 
 
 class RayBackend:
-    """Named actors in the Kairos namespace; handles are looked up once and cached. Request
-    batches go over each shard's data plane connection (dataplane.py), opened on first use
-    on the running event loop and kept."""
+    """`shard_actor`: the shard actor class, for a backend that creates shards."""
 
-    def __init__(self) -> None:
-        self._handles: dict[str, Any] = {}
+    def __init__(self, shard_actor: ActorClass | None = None) -> None:
+        self._shard_actor = shard_actor
+        self._handles: dict[str, ActorHandle] = {}
         self._planes: dict[str, asyncio.Future] = {}
 
     def nodes(self) -> list[str]:
         return sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
 
+    # -- typed handles -------------------------------------------------------------------------
+
+    def shard(self, name: str) -> ShardControl:
+        return RayShard(self, name)
+
+    def learner(self) -> LearnerControl:
+        return RayLearner(self, LEARNER_NAME)
+
+    def controller(self) -> ControllerControl:
+        return RayController(self, CONTROLLER_NAME)
+
+    def sink(self, name: str) -> WatchSink:
+        return RaySink(self, name)
+
+    async def call(self, name: str, invoke: Invoke) -> Any:
+        """`invoke(handle)` on the named actor; Unavailable if the actor cannot answer."""
+        try:
+            handle = self._handle(name)
+        except ValueError as exc:  # no actor by that name: not created yet, or killed
+            raise Unavailable(f"{name}: no such actor") from exc
+        try:
+            return await invoke(handle)
+        except _GONE as exc:
+            self._handles.pop(name, None)  # a restarted actor may have a new handle
+            raise Unavailable(f"{name}: {exc.__class__.__name__}") from exc
+
+    def _handle(self, name: str) -> ActorHandle:
+        handle = self._handles.get(name)
+        if handle is None:
+            handle = self._handles[name] = ray.get_actor(name, namespace=NAMESPACE)
+        return handle
+
+    # -- shards --------------------------------------------------------------------------------
+
     async def create_shard(self, name: str, node: str | None, n_partitions: int, seed: int,
                            store_url: str, journal_policy: str) -> None:
-        from kairos.cluster.shard.actor import ShardActor
+        if self._shard_actor is None:
+            raise RuntimeError("this RayBackend was not given the shard actor class")
         options: dict[str, Any] = {"name": name, "namespace": NAMESPACE,
                                    "lifetime": "detached", "max_restarts": -1}
         if node is not None:
             # hard: a soft preference is not kept when the node is busy; a shard whose node
             # died is replaced by the controller on a live node
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
-        handle = ShardActor.options(**options).remote(name, n_partitions, seed, store_url,
-                                                      journal_policy)
+        handle = self._shard_actor.options(**options).remote(name, n_partitions, seed,
+                                                             store_url, journal_policy)
         self._handles[name] = handle
-        await handle.ready.remote()
+        await self.call(name, lambda actor: actor.ready.remote())
 
     async def kill_shard(self, name: str) -> None:
         await self._close_plane(name)
-        try:
+        with contextlib.suppress(ValueError):  # already gone
             ray.kill(self._handle(name), no_restart=True)
-        except ValueError:  # already gone
-            pass
         self._handles.pop(name, None)
 
-    async def shard_call(self, name: str, method: str, *args: Any) -> Any:
-        return await self._call(name, method, *args)
-
-    async def send(self, name: str, session: str, seq: int, requests: list,
-                   routed: list[int]) -> list:
+    async def send(self, name: str, session: str, seq: int, requests: list[Request],
+                   routed: list[int]) -> list[Reply]:
         plane = self._planes.get(name)
         if plane is None:
             plane = self._planes[name] = asyncio.ensure_future(self._connect(name))
         try:
             connection = await asyncio.shield(plane)
-            return await connection.call(session, seq, requests, routed)
+            raw = await connection.call(session, seq, requests, routed)
         except ShardFailed as exc:  # that call only: the connection is fine
             raise Unavailable(f"{name}: {exc}") from exc
         except (TypeError, OverflowError) as exc:  # a value msgpack cannot carry: nothing sent
@@ -102,6 +124,7 @@ class RayBackend:
             if isinstance(exc, Unavailable):
                 raise
             raise Unavailable(f"{name}: {exc}") from exc
+        return [reply_from(reply, request.kind) for reply, request in zip(raw, requests)]
 
     async def close(self) -> None:
         for name in list(self._planes):
@@ -114,30 +137,108 @@ class RayBackend:
                 await (await plane).close()
 
     async def _connect(self, name: str) -> PlaneConnection:
-        host, port, incarnation = await self._call(name, "data_address")
-        return await PlaneConnection.open(host, port, incarnation)
-
-    async def learner_call(self, method: str, *args: Any) -> Any:
-        return await self._call(LEARNER_NAME, method, *args)
-
-    async def controller_call(self, method: str, *args: Any) -> Any:
-        return await self._call(CONTROLLER_NAME, method, *args)
-
-    async def _call(self, name: str, method: str, *args: Any) -> Any:
-        try:
-            return await getattr(self._handle(name), method).remote(*args)
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
-                ray.exceptions.ActorUnschedulableError, ValueError) as exc:
-            self._handles.pop(name, None)
-            raise Unavailable(f"{name}: {exc.__class__.__name__}") from exc
-
-    def _handle(self, name: str) -> Any:
-        handle = self._handles.get(name)
-        if handle is None:
-            handle = self._handles[name] = ray.get_actor(name, namespace=NAMESPACE)
-        return handle
+        return await PlaneConnection.open(*await self.shard(name).data_address())
 
 
-def sink_handle(name: str) -> Any:
-    """The actor that receives a watch's pushes (a gateway, or any actor with `deliver`)."""
-    return ray.get_actor(name, namespace=NAMESPACE)
+class _Actor:
+    """A typed handle's base: calls to one named actor through its backend."""
+
+    def __init__(self, backend: RayBackend, name: str):
+        self._backend = backend
+        self.name = name
+
+    def _call(self, invoke: Invoke) -> Awaitable[Any]:
+        return self._backend.call(self.name, invoke)
+
+
+class RayShard(_Actor):
+    """ShardControl over a ShardActor."""
+
+    async def data_address(self) -> tuple[str, int, str]:
+        return await self._call(lambda a: a.data_address.remote())
+
+    async def start(self, catalog_text: str, partitions: list[int],
+                    channel_watches: list[ChannelWatch], map_version: int,
+                    sources: dict[int, str] | None = None) -> str:
+        return await self._call(lambda a: a.start.remote(catalog_text, partitions,
+                                                         channel_watches, map_version,
+                                                         sources))
+
+    async def health(self) -> dict[str, Any]:
+        return await self._call(lambda a: a.health.remote())
+
+    async def stats(self) -> dict[str, Any]:
+        return await self._call(lambda a: a.stats.remote())
+
+    async def freeze(self, partitions: list[int], version: int) -> bytes:
+        return await self._call(lambda a: a.freeze.remote(partitions, version))
+
+    async def adopt(self, payload: bytes, version: int) -> int:
+        return await self._call(lambda a: a.adopt.remote(payload, version))
+
+    async def release(self, partitions: list[int]) -> None:
+        await self._call(lambda a: a.release.remote(partitions))
+
+    async def thaw(self, partitions: list[int], version: int) -> None:
+        await self._call(lambda a: a.thaw.remote(partitions, version))
+
+    async def prepare(self, catalog_text: str) -> str:
+        return await self._call(lambda a: a.prepare.remote(catalog_text))
+
+    async def commit(self, version: str) -> None:
+        await self._call(lambda a: a.commit.remote(version))
+
+    async def retire(self) -> None:
+        await self._call(lambda a: a.retire.remote())
+
+    async def watch_channel(self, sink: str, channel: str, placement: str | None,
+                            active: bool = True) -> None:
+        await self._call(lambda a: a.watch_channel.remote(sink, channel, placement, active))
+
+
+class RayLearner(_Actor):
+    """LearnerControl over the LearnerActor."""
+
+    async def sync(self, catalog_version: str, delta: ModelDelta | None,
+                   known_version: int) -> Published | None:
+        return await self._call(lambda a: a.sync.remote(catalog_version, delta, known_version))
+
+    async def switch(self, catalog_text: str) -> int:
+        return await self._call(lambda a: a.switch.remote(catalog_text))
+
+    async def status(self) -> dict[str, Any]:
+        return await self._call(lambda a: a.status.remote())
+
+
+class RayController(_Actor):
+    """ControllerControl over the ControllerActor."""
+
+    async def get_map(self, known_version: int, timeout_s: float = LONG_POLL_S
+                      ) -> dict[str, Any] | None:
+        return await self._call(lambda a: a.get_map.remote(known_version, timeout_s))
+
+    async def scale(self, n_shards: int) -> dict[str, Any]:
+        return await self._call(lambda a: a.scale.remote(n_shards))
+
+    async def put_catalog(self, catalog_text: str) -> str:
+        return await self._call(lambda a: a.put_catalog.remote(catalog_text))
+
+    async def rollback_catalog(self) -> str:
+        return await self._call(lambda a: a.rollback_catalog.remote())
+
+    async def get_catalog(self) -> dict[str, Any]:
+        return await self._call(lambda a: a.get_catalog.remote())
+
+    async def watch_channel(self, sink: str, channel: str, placement: str | None,
+                            active: bool = True) -> None:
+        await self._call(lambda a: a.watch_channel.remote(sink, channel, placement, active))
+
+    async def status(self) -> dict[str, Any]:
+        return await self._call(lambda a: a.status.remote())
+
+
+class RaySink(_Actor):
+    """WatchSink over a gateway actor (or any actor with `deliver`)."""
+
+    async def deliver(self, decisions: list[Decision]) -> None:
+        await self._call(lambda a: a.deliver.remote(decisions))

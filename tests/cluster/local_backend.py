@@ -11,26 +11,37 @@ import random
 from typing import Any
 
 from kairos.cluster.control.controller import Controller
-from kairos.cluster.control.learner import Learner
-from kairos.cluster.transport.ray_backend import Unavailable
+from kairos.cluster.control.learner import Learner, Published
+from kairos.cluster.protocol import Reply, Request
 from kairos.cluster.shard.shard import Shard
-from kairos.cluster.storage.store import MemoryStore
-from kairos.core.catalog import load_catalog
+from kairos.cluster.storage.memory_store import MemoryStore
+from kairos.cluster.transport.backend import ChannelWatch, ControllerControl, Unavailable
+from kairos.core.catalog import load_catalog, load_default_catalog
 from kairos.core.compiler import compile_catalog
+from kairos.core.engine import Decision
+from kairos.core.models import ModelDelta
 
 
 class LocalBackend:
     def __init__(self, node_names=("node-a", "node-b", "node-c"), seed: int = 0):
         self.node_names = list(node_names)
-        self.shards: dict[str, Shard | None] = {}
+        self.shards: dict[str, Shard | None] = {}  # None: created, not started yet
         self.n_partitions: dict[str, int] = {}
-        self.learner: Learner | None = None
-        self.controller: Controller | None = None
+        self.local_learner: Learner | None = None
+        self.local_controller: Controller | None = None
+        self.delivered: dict[str, list[Decision]] = {}  # what sinks were pushed
         self.rng = random.Random(seed)
         self.created_on: dict[str, str | None] = {}
         self.fail_next_adopt = False
         self.store = MemoryStore(shared=True)  # as a directory or a Redis: every shard sees it
         self._turns: dict[tuple[str, str], int] = {}
+
+    async def start_runtime(self, n_shards: int, n_partitions: int = 64) -> Controller:
+        """A learner and a controller on this backend, the controller started."""
+        self.local_learner = Learner(compile_catalog(load_default_catalog()))
+        self.local_controller = Controller(self, n_partitions=n_partitions)
+        await self.local_controller.start(n_shards)
+        return self.local_controller
 
     def nodes(self) -> list[str]:
         return list(self.node_names)
@@ -44,48 +55,134 @@ class LocalBackend:
     async def kill_shard(self, name: str) -> None:
         self.shards.pop(name, None)
 
-    async def shard_call(self, name: str, method: str, *args: Any) -> Any:
-        await self._hop()
-        if name not in self.shards:
-            raise Unavailable(name)
-        if method == "start":
-            catalog_text, partitions, watches, version, sources = args
-            shard = Shard(name, compile_catalog(load_catalog(catalog_text)), partitions,
-                          self.n_partitions[name], granted=version, store=self.store)
-            for sink, channel, placement in watches:
-                shard.watch_channel(sink, channel, placement)
-            shard.recover(sources)
-            self.shards[name] = shard
-            return f"{name}-incarnation"
-        if method == "health":
-            return {"incarnation": f"{name}-incarnation", **self.shards[name].stats()}
-        if method == "adopt" and self.fail_next_adopt:
-            self.fail_next_adopt = False
-            raise Unavailable(f"{name} failed while adopting")
-        return getattr(self.shards[name], method)(*args)
+    def shard(self, name: str) -> "LocalShard":
+        return LocalShard(self, name)
 
-    async def send(self, name: str, session: str, seq: int, requests: list,
-                   routed: list[int]) -> list:
-        await self._hop()
+    def learner(self) -> "LocalLearner":
+        return LocalLearner(self)
+
+    def controller(self) -> ControllerControl:
+        return self.local_controller  # a Controller is its own ControllerControl
+
+    def sink(self, name: str) -> "LocalSink":
+        return LocalSink(self, name)
+
+    async def send(self, name: str, session: str, seq: int, requests: list[Request],
+                   routed: list[int]) -> list[Reply]:
+        await self.hop()
         while self._turns.get((name, session), 0) != seq:  # one sender's batches in order
             await asyncio.sleep(0)
         self._turns[(name, session)] = seq + 1
         shard = self.shards.get(name)
         if shard is None:
             raise Unavailable(name)
-        results, _ = shard.process(requests, routed)
-        return results
-
-    async def learner_call(self, method: str, *args: Any) -> Any:
-        await self._hop()
-        return getattr(self.learner, method)(*args)
-
-    async def controller_call(self, method: str, *args: Any) -> Any:
-        return await getattr(self.controller, method)(*args)
+        replies, _ = shard.process(requests, routed)
+        return replies
 
     async def close(self) -> None:
         """Nothing to close: every call is in process."""
 
-    async def _hop(self) -> None:
+    async def hop(self) -> None:
         for _ in range(self.rng.randrange(3)):
             await asyncio.sleep(0)
+
+
+class LocalShard:
+    """ShardControl over a Shard in this process."""
+
+    def __init__(self, backend: LocalBackend, name: str):
+        self._backend = backend
+        self.name = name
+        self.incarnation = f"{name}-incarnation"
+
+    async def _shard(self) -> Shard:
+        await self._backend.hop()
+        shard = self._backend.shards.get(self.name)
+        if shard is None:
+            raise Unavailable(f"{self.name} is not started")
+        return shard
+
+    async def data_address(self) -> tuple[str, int, str]:
+        return "in-process", 0, self.incarnation  # LocalBackend.send needs no data plane
+
+    async def start(self, catalog_text: str, partitions: list[int],
+                    channel_watches: list[ChannelWatch], map_version: int,
+                    sources: dict[int, str] | None = None) -> str:
+        await self._backend.hop()
+        if self.name not in self._backend.shards:
+            raise Unavailable(f"{self.name} was not created")
+        shard = Shard(self.name, compile_catalog(load_catalog(catalog_text)), partitions,
+                      self._backend.n_partitions[self.name], granted=map_version,
+                      store=self._backend.store)
+        for sink, channel, placement in channel_watches:
+            shard.watch_channel(sink, channel, placement)
+        shard.recover(sources)
+        self._backend.shards[self.name] = shard
+        return self.incarnation
+
+    async def health(self) -> dict[str, Any]:
+        return {"incarnation": self.incarnation, **(await self._shard()).stats()}
+
+    async def stats(self) -> dict[str, Any]:
+        return (await self._shard()).stats()
+
+    async def freeze(self, partitions: list[int], version: int) -> bytes:
+        return (await self._shard()).freeze(partitions, version)
+
+    async def adopt(self, payload: bytes, version: int) -> int:
+        shard = await self._shard()
+        if self._backend.fail_next_adopt:
+            self._backend.fail_next_adopt = False
+            raise Unavailable(f"{self.name} failed while adopting")
+        return shard.adopt(payload, version)
+
+    async def release(self, partitions: list[int]) -> None:
+        (await self._shard()).release(partitions)
+
+    async def thaw(self, partitions: list[int], version: int) -> None:
+        (await self._shard()).thaw(partitions, version)
+
+    async def prepare(self, catalog_text: str) -> str:
+        return (await self._shard()).prepare(catalog_text)
+
+    async def commit(self, version: str) -> None:
+        (await self._shard()).commit(version)
+
+    async def retire(self) -> None:
+        (await self._shard()).retire()
+
+    async def watch_channel(self, sink: str, channel: str, placement: str | None,
+                            active: bool = True) -> None:
+        (await self._shard()).watch_channel(sink, channel, placement, active)
+
+
+class LocalLearner:
+    """LearnerControl over the backend's Learner."""
+
+    def __init__(self, backend: LocalBackend):
+        self._backend = backend
+
+    async def sync(self, catalog_version: str, delta: ModelDelta | None,
+                   known_version: int) -> Published | None:
+        await self._backend.hop()
+        return self._backend.local_learner.sync(catalog_version, delta, known_version)
+
+    async def switch(self, catalog_text: str) -> int:
+        await self._backend.hop()
+        return self._backend.local_learner.switch(catalog_text)
+
+    async def status(self) -> dict[str, Any]:
+        await self._backend.hop()
+        return self._backend.local_learner.status()
+
+
+class LocalSink:
+    """WatchSink that keeps what it is pushed in `LocalBackend.delivered`."""
+
+    def __init__(self, backend: LocalBackend, name: str):
+        self._backend = backend
+        self.name = name
+
+    async def deliver(self, decisions: list[Decision]) -> None:
+        await self._backend.hop()
+        self._backend.delivered.setdefault(self.name, []).extend(decisions)

@@ -11,7 +11,7 @@ import asyncio
 import threading
 
 from kairos.cluster.transport.client import Busy, KairosClient, SyncClient
-from kairos.cluster.transport.ray_backend import Unavailable
+from kairos.cluster.transport.backend import Unavailable
 
 T0 = 1_795_629_600.0
 CALL_TIMEOUT_S = 10.0
@@ -47,9 +47,9 @@ class AckedStream:
             n += 1
             while True:
                 try:
-                    sequence, _ = await asyncio.wait_for(client.ingest_ack(
+                    ack = await asyncio.wait_for(client.ingest_ack(
                         customer, "app_open", T0 + n, {}, f"{customer}/{n}"), CALL_TIMEOUT_S)
-                    self.acked[customer].append(sequence)
+                    self.acked[customer].append(ack.sequence)
                     break
                 except (Unavailable, Busy, asyncio.TimeoutError):
                     self.refused += 1

@@ -1,4 +1,4 @@
-"""The shards' data path (cluster/dataplane.py) on real sockets, without Ray: the handshake,
+"""The shards' data path (cluster/transport/dataplane.py) on real sockets, without Ray: the handshake,
 what a frame carries, overlapping calls and what a caller sees when a shard fails or goes."""
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ import asyncio
 import numpy as np
 import pytest
 
-from kairos.cluster.transport.dataplane import PlaneClosed, PlaneConnection, PlaneServer, ShardFailed
+from kairos.cluster.protocol import (MOVED, OK, Event, EventAck, Moved, ReadProfile,
+                                     request_from)
+from kairos.cluster.transport.backend import Unavailable
+from kairos.cluster.transport.dataplane import (PlaneClosed, PlaneConnection, PlaneServer,
+                                                ShardFailed)
 from kairos.core.engine import Decision, Dropped, Explanation, RankedAction
 
 INCARNATION = "a" * 32
@@ -108,16 +112,22 @@ def test_concurrent_starts_listen_once():
 
 def test_the_backend_maps_every_failure_to_unavailable_and_reconnects_after_a_close():
     """RayBackend.send over real connections (the shard's address faked, not looked up
-    through Ray): a failed call never leaves its caller waiting."""
-    from kairos.cluster.transport.ray_backend import RayBackend, Unavailable
+    through Ray): requests travel as arrays and come back as named replies, and a failed
+    call never leaves its caller waiting."""
+    from kairos.cluster.transport.ray_backend import RayBackend
+
+    event = Event(partition=1, customer_id="ana", event_type="app_open", time=1.5)
+    profile = ReadProfile(partition=2, customer_id="bob", now=2.0)
 
     async def main():
         failing = {"now": False}
+        received = []
 
         async def handle(session, seq, requests, routed):
             if failing["now"]:
                 raise RuntimeError("a bug")
-            return [("ok", seq)] * len(requests)
+            received.extend(request_from(r) for r in requests)
+            return [(OK, seq, False, None) if r[0] == "event" else (MOVED, 9) for r in requests]
 
         servers = [PlaneServer(handle, INCARNATION)]
         addresses = [await servers[0].start("127.0.0.1")]
@@ -129,24 +139,26 @@ def test_the_backend_maps_every_failure_to_unavailable_and_reconnects_after_a_cl
             return await PlaneConnection.open(*addresses[-1], INCARNATION)
 
         backend._connect = connect
-        assert await backend.send("s0", "a", 0, [("event",)], [1]) == (("ok", 0),)
+        assert await backend.send("s0", "a", 0, [event, profile], [1, 1]) == \
+            [EventAck(sequence=0), Moved(map_version=9)]
+        assert received == [event, profile]
         with pytest.raises(Unavailable, match="cannot be sent"):
-            await backend.send("s0", "a", 1, [("event", {1})], [1])
+            await backend.send("s0", "a", 1, [event._replace(attributes={"x": {1}})], [1])
         failing["now"] = True
         with pytest.raises(Unavailable, match="the shard failed"):
-            await backend.send("s0", "a", 1, [("event",)], [1])
+            await backend.send("s0", "a", 1, [event], [1])
         failing["now"] = False
-        assert await backend.send("s0", "a", 2, [("event",)], [1]) == (("ok", 2),)
+        assert await backend.send("s0", "a", 2, [event], [1]) == [EventAck(sequence=2)]
         assert connects == ["s0"]  # one connection all along
         servers[0].close()
         for task in asyncio.all_tasks() - {asyncio.current_task()}:
             task.cancel()  # its connections go, as with a dead process
         await asyncio.sleep(0.05)
         with pytest.raises(Unavailable):
-            await backend.send("s0", "a", 3, [("event",)], [1])
+            await backend.send("s0", "a", 3, [event], [1])
         servers.append(PlaneServer(handle, INCARNATION))  # the restarted shard
         addresses.append(await servers[1].start("127.0.0.1"))
-        assert await backend.send("s0", "b", 0, [("event",)], [1]) == (("ok", 0),)
+        assert await backend.send("s0", "b", 0, [event], [1]) == [EventAck(sequence=0)]
         assert connects == ["s0", "s0"]
         await backend.close()
         servers[1].close()

@@ -1,19 +1,23 @@
 """Controller and client logic without Ray (LocalBackend): placement, moves under a stream,
-MOVED re-sends in order, failed handoffs, catalog switches, long poll."""
+MOVED re-sends in order, failed handoffs, catalog switches, long poll, what each reply comes
+to; and the Ray and in-process backends holding to one interface."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 
 import pytest
 
 from kairos.cluster.control import controller as controller_module
+from kairos.cluster.control.controller import Controller, ControllerActor
+from kairos.cluster.control.learner import LearnerActor
+from kairos.cluster.shard.actor import ShardActor
+from kairos.cluster.transport import backend as interface
+from kairos.cluster.transport import ray_backend
 from kairos.cluster.transport.client import KairosClient
-from kairos.cluster.control.controller import Controller
-from kairos.cluster.control.learner import Learner
-from kairos.core.catalog import load_default_catalog
-from kairos.core.compiler import compile_catalog
 from kairos.core.errors import InputError
 
+from . import local_backend
 from .local_backend import LocalBackend
 
 T0 = 1_795_629_600.0
@@ -26,11 +30,9 @@ def no_grace(monkeypatch):
 
 async def runtime(n_shards: int, **kw):
     backend = LocalBackend(**kw)
-    backend.learner = Learner(compile_catalog(load_default_catalog()))
-    backend.controller = Controller(backend, n_partitions=64)
-    await backend.controller.start(n_shards)
+    controller = await backend.start_runtime(n_shards, n_partitions=64)
     client = await KairosClient(backend).connect()
-    return backend, backend.controller, client
+    return backend, controller, client
 
 
 async def stream(client, customers, stop: asyncio.Event):
@@ -114,7 +116,7 @@ def test_catalog_switch_reaches_every_shard_and_a_bad_catalog_changes_nothing():
         assert {s.catalog_version for s in backend.shards.values()} == {before}
         version = await ctl.put_catalog(text)
         assert {s.catalog_version for s in backend.shards.values()} == {version}
-        assert backend.learner.compiled.version == version
+        assert backend.local_learner.compiled.version == version
         assert (await client.decide("ana", "web", "hero", now=T0)).catalog_version == version
         await ctl.rollback_catalog()
         assert {s.catalog_version for s in backend.shards.values()} == {before}
@@ -224,3 +226,70 @@ def test_forget_erases_the_customer_and_its_aliases():
         await client.link("email", "ana@example.com", "bob")  # the alias is free again
         await client.close()
     asyncio.run(main())
+
+
+def test_settle_turns_each_reply_into_its_result_or_its_error():
+    from kairos.cluster.protocol import (Busy as BusyReply, Conflict as ConflictReply,
+                                         Event, EventAck, Invalid, Merged, Missing,
+                                         ReadProfile, Resolve, Unavailable as UnavailableReply)
+    from kairos.cluster.transport.backend import Unavailable
+    from kairos.cluster.transport.client import Busy, Conflict
+
+    async def main():
+        backend, ctl, client = await runtime(2)
+        event = Event(customer_id="ana", event_type="app_open", time=T0)
+        ack = EventAck(sequence=3)
+        assert await client.settle(event, ack) is ack
+        assert await client.settle(ReadProfile(customer_id="nobody", now=T0), Missing()) is None
+        await client.ingest("ana", "app_open", T0)
+        followed = await client.settle(ReadProfile(customer_id="anon-1", now=T0),
+                                       Merged(customer_id="ana"))  # re-sent to ana
+        assert followed.value["customer_id"] == "ana"
+        errors = [(Invalid(field="time", reason="not a time"), InputError, "time: not a time"),
+                  (ConflictReply(reason="linked elsewhere"), Conflict, "linked elsewhere"),
+                  (BusyReply(), Busy, "'ana' is at its queue limit"),
+                  (UnavailableReply(reason="recovering"), Unavailable, "recovering")]
+        for reply, error, message in errors:
+            with pytest.raises(error, match=message):
+                await client.settle(event, reply)
+        with pytest.raises(InputError, match="customer_id"):
+            client.enqueue(event._replace(customer_id=""))
+        with pytest.raises(InputError, match="key"):
+            client.enqueue(Resolve(key=None))
+        await client.close()
+    asyncio.run(main())
+
+
+
+def _actor(ray_class) -> type:
+    """The class under Ray's ActorClass, whose methods run remotely."""
+    return ray_class.__ray_metadata__.modified_class.__ray_actor_class__
+
+
+def _parameters(function, defaults: bool = True) -> list:
+    """A method's parameters after self (Ray's tracing one aside), with their defaults."""
+    found = list(inspect.signature(function).parameters.values())[1:]
+    return [(p.name, p.default) if defaults else p.name for p in found
+            if p.name != "_ray_trace_ctx"]
+
+
+@pytest.mark.parametrize("interface, implementations, defaults", [
+    (interface.Backend, [ray_backend.RayBackend, LocalBackend], True),
+    (interface.ShardControl, [ray_backend.RayShard, local_backend.LocalShard], True),
+    (interface.LearnerControl, [ray_backend.RayLearner, local_backend.LocalLearner], True),
+    (interface.ControllerControl, [ray_backend.RayController, Controller], True),
+    (interface.WatchSink, [ray_backend.RaySink, local_backend.LocalSink], True),
+    # what the Ray handles call: the actors' methods by the same names (Ray passes every
+    # argument, so defaults need not agree)
+    (interface.ShardControl, [_actor(ShardActor)], False),
+    (interface.LearnerControl, [_actor(LearnerActor)], False),
+    (interface.ControllerControl, [_actor(ControllerActor)], False),
+], ids=lambda v: getattr(v, "__name__", None) if isinstance(v, type) else None)
+def test_every_backend_implements_the_interface_with_its_parameters(interface,
+                                                                     implementations,
+                                                                     defaults):
+    methods = [n for n, v in vars(interface).items() if callable(v) and not n.startswith("_")]
+    for implementation in implementations:
+        for name in methods:
+            assert _parameters(getattr(implementation, name), defaults) == \
+                _parameters(getattr(interface, name), defaults), (implementation, name)

@@ -7,8 +7,11 @@ import time
 
 import pytest
 
-from kairos.cluster.storage.store import (STALE_TMP_S, DirectoryStore, MemoryStore, StoreUnavailable,
-                                  open_store)
+from kairos.cluster.storage.directory_store import STALE_TMP_S, DirectoryStore
+from kairos.cluster.storage.memory_store import MemoryStore
+from kairos.cluster.storage.providers import open_store
+from kairos.cluster.storage.redis_store import RedisStore
+from kairos.cluster.storage.store import StoreUnavailable
 
 from kairos.cluster.storage.redis_server import RedisServer
 
@@ -92,5 +95,6 @@ def test_open_store_understands_its_urls(tmp_path):
     assert isinstance(open_store("memory"), MemoryStore)
     assert isinstance(open_store(str(tmp_path)), DirectoryStore)
     assert isinstance(open_store(f"file://{tmp_path}"), DirectoryStore)
+    assert isinstance(open_store("redis://127.0.0.1:1/0?prefix=k"), RedisStore)  # lazy: no connection
     with pytest.raises(ValueError, match="unknown store 'mongodb://x'"):
         open_store("mongodb://x")

@@ -1,0 +1,151 @@
+"""DirectoryStore: the store in a local directory, the embedded default (store.py states the
+contract)."""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import time
+from pathlib import Path
+from typing import Iterable
+
+import msgpack
+
+from kairos.cluster.storage.journal import Journal, fsync_directory
+from kairos.cluster.storage.store import StoreUnavailable
+
+STALE_TMP_S = 600.0  # a temporary file this old is a crashed writer's leftover
+_tmp_names = itertools.count()
+
+
+class DirectoryStore:
+    """A directory on this machine:
+
+        customers/p<partition>/<hash of the id>.blk   a customer's home (id + blob)
+        snapshots/p<partition>.snap                   a partition's snapshot
+        journals/<shard name>/<first lsn>.log          a shard's journal segments
+        meta/<key>                                     named blobs
+
+    Every file is written to a temporary name of its own writer, fsynced and renamed into
+    place (then its directory fsynced), so a crash leaves the old version or the new one, never
+    half of one. Several shard processes share the directory, so a temporary file is only
+    removed as a crash's leftover once it is older than STALE_TMP_S. OSErrors (ENOSPC, EIO,
+    EROFS) surface as StoreUnavailable.
+    """
+
+    shared = True
+
+    def __init__(self, directory: str | os.PathLike, fsync: bool = True):
+        self.root = Path(directory)
+        self.url = str(self.root)
+        self.fsync = fsync
+        for sub in ("customers", "snapshots", "journals", "meta"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        stale = time.time() - STALE_TMP_S
+        for pattern in ("customers/p*/*.tmp", "snapshots/*.tmp", "meta/*.tmp"):
+            for leftover in self.root.glob(pattern):  # a crash before the rename
+                try:
+                    if leftover.stat().st_mtime < stale:
+                        leftover.unlink()
+                except FileNotFoundError:
+                    pass
+
+    def put(self, partition: int, customer_id: str, blob: bytes) -> None:
+        path = self._home(partition, customer_id)
+        self._write(path, msgpack.packb([customer_id, blob], use_bin_type=True),
+                    make_parent=True)
+
+    def get(self, partition: int, customer_id: str) -> bytes | None:
+        try:
+            return msgpack.unpackb(self._home(partition, customer_id).read_bytes(),
+                                   raw=False)[1]
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StoreUnavailable(f"reading a customer: {exc}") from exc
+
+    def delete(self, partition: int, customer_id: str) -> None:
+        path = self._home(partition, customer_id)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StoreUnavailable(f"deleting a customer: {exc}") from exc
+        if self.fsync:
+            fsync_directory(path.parent)
+
+    def take_partition(self, partition: int) -> dict[str, bytes]:
+        out = {}
+        for path in sorted((self.root / "customers" / f"p{partition}").glob("*.blk")):
+            customer_id, blob = msgpack.unpackb(path.read_bytes(), raw=False)
+            out[customer_id] = blob
+            path.unlink()
+        return out
+
+    def count(self, partitions: Iterable[int]) -> int:
+        total = 0
+        for p in partitions:
+            try:
+                total += sum(1 for name in os.listdir(self.root / "customers" / f"p{p}")
+                             if name.endswith(".blk"))
+            except FileNotFoundError:
+                pass
+        return total
+
+    def put_snapshots(self, snapshots: dict[int, bytes]) -> None:
+        for p, blob in snapshots.items():
+            self._write(self.root / "snapshots" / f"p{p}.snap", blob, sync_parent=False)
+        if snapshots and self.fsync:
+            fsync_directory(self.root / "snapshots")
+
+    def get_snapshot(self, partition: int) -> bytes | None:
+        try:
+            return (self.root / "snapshots" / f"p{partition}.snap").read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StoreUnavailable(f"reading a snapshot: {exc}") from exc
+
+    def journal(self, name: str, policy: str = "fsync") -> Journal:
+        try:
+            return Journal(self.root / "journals" / name, policy)
+        except OSError as exc:
+            raise StoreUnavailable(f"opening journal {name}: {exc}") from exc
+
+    def drop_journal(self, name: str) -> None:
+        Journal(self.root / "journals" / name, "off").destroy()
+
+    def put_meta(self, key: str, blob: bytes) -> None:
+        self._write(self.root / "meta" / key, blob)
+
+    def get_meta(self, key: str) -> bytes | None:
+        try:
+            return (self.root / "meta" / key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def _home(self, partition: int, customer_id: str) -> Path:
+        name = hashlib.blake2b(customer_id.encode(), digest_size=16).hexdigest()
+        return self.root / "customers" / f"p{partition}" / f"{name}.blk"
+
+    def _write(self, path: Path, data: bytes, make_parent: bool = False,
+               sync_parent: bool = True) -> None:
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{next(_tmp_names)}.tmp")
+        try:
+            if make_parent:
+                path.parent.mkdir(exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+                if self.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
+            if self.fsync and sync_parent:
+                fsync_directory(path.parent)
+        except OSError as exc:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+            raise StoreUnavailable(f"writing {path.name}: {exc}") from exc

@@ -1,0 +1,96 @@
+"""MemoryStore: the store in this process's memory (store.py states the contract)."""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Iterator
+
+import msgpack
+
+from kairos.cluster.protocol import JOURNAL_FORMAT
+
+
+class MemoryJournal:
+    """A journal as a list; the store keeps it, so a shard re-created on the same store (in
+    the same process) finds what the previous one wrote."""
+
+    unsynced = False  # nothing is more durable than memory here
+
+    def __init__(self) -> None:
+        self.last_lsn = 0
+        self.records: list[tuple[int, Any]] = []
+
+    def sync(self) -> None:
+        pass
+
+    def append(self, records: list[Any], sync: bool = True) -> int:
+        for record in records:
+            self.last_lsn += 1
+            self.records.append((self.last_lsn, msgpack.unpackb(
+                msgpack.packb(record, use_bin_type=True), raw=False, strict_map_key=False)))
+        return self.last_lsn
+
+    def replay(self, after_lsn: int = 0, decode: Callable[[Any, int], Any] | None = None
+               ) -> Iterator[tuple[int, Any]]:
+        # records kept in memory are always of this code's format
+        return iter([(lsn, r if decode is None else decode(r, JOURNAL_FORMAT))
+                     for lsn, r in self.records if lsn > after_lsn and r is not None])
+
+    def truncate(self, upto_lsn: int) -> int:
+        before = len(self.records)
+        self.records = [(lsn, r) for lsn, r in self.records if lsn > upto_lsn]
+        return before - len(self.records)
+
+    def compact(self, drop: Callable[[Any], bool],
+                decode: Callable[[Any, int], Any] | None = None) -> int:
+        gone = {lsn for lsn, r in self.records if r is not None and
+                drop(r if decode is None else decode(r, JOURNAL_FORMAT))}
+        self.records = [(lsn, None if lsn in gone else r) for lsn, r in self.records]
+        return len(gone)
+
+    def close(self) -> None:
+        pass
+
+
+class MemoryStore:
+    """Everything in this process's memory (it goes with the process)."""
+
+    url = "memory"
+
+    def __init__(self, shared: bool = False) -> None:
+        self.shared = shared
+        self._homes: dict[int, dict[str, bytes]] = {}
+        self._snapshots: dict[int, bytes] = {}
+        self._journals: dict[str, MemoryJournal] = {}
+        self._meta: dict[str, bytes] = {}
+
+    def put(self, partition: int, customer_id: str, blob: bytes) -> None:
+        self._homes.setdefault(partition, {})[customer_id] = blob
+
+    def get(self, partition: int, customer_id: str) -> bytes | None:
+        return self._homes.get(partition, {}).get(customer_id)
+
+    def delete(self, partition: int, customer_id: str) -> None:
+        self._homes.get(partition, {}).pop(customer_id, None)
+
+    def take_partition(self, partition: int) -> dict[str, bytes]:
+        return self._homes.pop(partition, {})
+
+    def count(self, partitions: Iterable[int]) -> int:
+        return sum(len(self._homes.get(p, ())) for p in partitions)
+
+    def put_snapshots(self, snapshots: dict[int, bytes]) -> None:
+        self._snapshots.update(snapshots)
+
+    def get_snapshot(self, partition: int) -> bytes | None:
+        return self._snapshots.get(partition)
+
+    def journal(self, name: str, policy: str = "fsync") -> MemoryJournal:
+        return self._journals.setdefault(name, MemoryJournal())
+
+    def drop_journal(self, name: str) -> None:
+        self._journals.pop(name, None)
+
+    def put_meta(self, key: str, blob: bytes) -> None:
+        self._meta[key] = blob
+
+    def get_meta(self, key: str) -> bytes | None:
+        return self._meta.get(key)

@@ -1,0 +1,151 @@
+"""The seam between the runtime's roles and what carries their calls.
+
+The controller, the client, the gateway and the shards' background loops reach each other only
+through a `Backend` and the typed handles it gives out: a `ShardControl` per shard, the
+`LearnerControl`, the `ControllerControl` and a `WatchSink` per gateway. Request batches go
+by `Backend.send`, as protocol.py's requests and replies. ray_backend.py is the real Backend;
+tests/cluster/local_backend.py runs the same roles in one process, so the logic above runs and
+is tested without Ray (Ray Serve's ActorReplicaWrapper is the model).
+
+Every handle raises `Unavailable` when the other side cannot answer (dead, restarting, gone);
+any other exception is the other side's own error (a ValueError from the controller, an
+InputError from a shard), raised as it was.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from kairos.cluster.protocol import Reply, Request
+from kairos.cluster.settings import LONG_POLL_S
+
+if TYPE_CHECKING:  # types only: the learner's module is the control side's, above this one
+    from kairos.core.engine import Decision
+    from kairos.core.models import ModelDelta
+
+    from kairos.cluster.control.learner import Published
+
+# (sink, channel, placement): a gateway watching every customer's best action for a view
+ChannelWatch = tuple[str, str, str | None]
+
+
+class Unavailable(Exception):
+    """A shard, the learner, the controller or a sink did not answer (dead, restarting,
+    gone): the call may or may not have taken effect."""
+
+
+class ShardControl(Protocol):
+    """A shard's control and admin calls (the controller's, and `status`)."""
+
+    async def data_address(self) -> tuple[str, int, str]:
+        """Where the shard serves request batches: host, port, and the incarnation a data
+        plane connection must name (dataplane.py)."""
+
+    async def start(self, catalog_text: str, partitions: list[int],
+                    channel_watches: list[ChannelWatch], map_version: int,
+                    sources: dict[int, str] | None = None) -> str:
+        """Recover `partitions` from the store (`sources`: partition -> the dead shard whose
+        journal holds its changes) and serve them, granted at `map_version`; the shard's
+        incarnation."""
+
+    async def health(self) -> dict[str, Any]:
+        """Cheap: liveness, incarnation, node, and statistics at most a second old."""
+
+    async def stats(self) -> dict[str, Any]:
+        """Fresh statistics, taken in turn with the data path."""
+
+    async def freeze(self, partitions: list[int], version: int) -> bytes:
+        """Stop serving the partitions (their requests answer MOVED to `version`); their
+        customers, packed for `adopt`."""
+
+    async def adopt(self, payload: bytes, version: int) -> int:
+        """Serve a frozen payload's partitions from `version` on; customers adopted."""
+
+    async def release(self, partitions: list[int]) -> None:
+        """Forget frozen partitions that another shard adopted."""
+
+    async def thaw(self, partitions: list[int], version: int) -> None:
+        """Serve frozen partitions again (their handoff failed)."""
+
+    async def prepare(self, catalog_text: str) -> str:
+        """Phase one of a catalog switch: compile the catalog; its version."""
+
+    async def commit(self, version: str) -> None:
+        """Phase two: switch to the prepared version."""
+
+    async def retire(self) -> None:
+        """Owning nothing any more: drop the journal before being stopped."""
+
+    async def watch_channel(self, sink: str, channel: str, placement: str | None,
+                            active: bool = True) -> None:
+        """Start (or, not `active`, stop) pushing a view's changed decisions to `sink`."""
+
+
+class LearnerControl(Protocol):
+    async def sync(self, catalog_version: str, delta: ModelDelta | None,
+                   known_version: int) -> Published | None:
+        """Merge a shard's model delta; the latest models unless `known_version` is it."""
+
+    async def switch(self, catalog_text: str) -> int:
+        """Carry the posteriors over to a new catalog; the new model version."""
+
+    async def status(self) -> dict[str, Any]: ...
+
+
+class ControllerControl(Protocol):
+    async def get_map(self, known_version: int, timeout_s: float = LONG_POLL_S
+                      ) -> dict[str, Any] | None:
+        """Long poll: the routing table once its version differs from `known_version`;
+        None when `timeout_s` passes first."""
+
+    async def scale(self, n_shards: int) -> dict[str, Any]:
+        """Change the shard count while traffic flows: {shards, moved, version}."""
+
+    async def put_catalog(self, catalog_text: str) -> str:
+        """Switch every shard and the learner to a catalog; its version."""
+
+    async def rollback_catalog(self) -> str:
+        """Switch back to the previous catalog (ValueError if there is none); its version."""
+
+    async def get_catalog(self) -> dict[str, Any]:
+        """{version, text, has_previous}."""
+
+    async def watch_channel(self, sink: str, channel: str, placement: str | None,
+                            active: bool = True) -> None:
+        """Have every shard, now and later, push a view's changed decisions to `sink`."""
+
+    async def status(self) -> dict[str, Any]: ...
+
+
+class WatchSink(Protocol):
+    """Where a shard pushes changed decisions (a gateway)."""
+
+    async def deliver(self, decisions: list[Decision]) -> None: ...
+
+
+class Backend(Protocol):
+    def nodes(self) -> list[str]:
+        """Ids of the alive nodes, in a stable order."""
+
+    async def create_shard(self, name: str, node: str | None, n_partitions: int, seed: int,
+                           store_url: str, journal_policy: str) -> None:
+        """Create the shard `name` (on `node`, if given) and wait until it answers."""
+
+    async def kill_shard(self, name: str) -> None:
+        """Stop the shard for good (a shard already gone is no error)."""
+
+    def shard(self, name: str) -> ShardControl: ...
+
+    def learner(self) -> LearnerControl: ...
+
+    def controller(self) -> ControllerControl: ...
+
+    def sink(self, name: str) -> WatchSink: ...
+
+    async def send(self, name: str, session: str, seq: int, requests: list[Request],
+                   routed: list[int]) -> list[Reply]:
+        """A batch of routed requests to a shard, with the map version each was routed
+        under; a reply per request, in order. A sender's batches are taken in `seq` order
+        within its `session`. Raises Unavailable if the shard cannot answer."""
+
+    async def close(self) -> None:
+        """Close the connections this backend opened (on the running event loop)."""
