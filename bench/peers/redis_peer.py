@@ -16,8 +16,7 @@ import numpy as np
 import redis
 import redis.asyncio as aioredis
 
-from kairos.core.catalog import load_default_catalog
-from kairos.core.compiler import compile_catalog
+from kairos.core.compiler import default_compiled
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
@@ -33,7 +32,7 @@ class Scorer:
     """Profiles as float64 vectors (as long as Kairos's profile row); a fixed, seeded model."""
 
     def __init__(self) -> None:
-        compiled = compile_catalog(load_default_catalog())
+        compiled = default_compiled()
         rng = np.random.default_rng(SEED)
         self.width = compiled.layout.size
         self.action_ids = compiled.action_ids

@@ -16,8 +16,7 @@ import uuid
 
 import grpc
 
-from kairos.core.catalog import load_default_catalog
-from kairos.core.compiler import compile_catalog
+from kairos.core.compiler import default_compiled
 from kairos.core.engine import DecisionEngine
 
 T0 = 1_795_629_600.0  # 2026-11-20T18:00:00Z
@@ -45,7 +44,7 @@ JOURNEY = [
 
 
 def run() -> int:
-    engine = DecisionEngine(compile_catalog(load_default_catalog()), seed=42)
+    engine = DecisionEngine(default_compiled(), seed=42)
     shown: dict[str, str] = {}
     print(f"Kairos demo: customer '{CUSTOMER}' on catalog "
           f"'{engine.compiled.catalog.name}' {engine.compiled.version}, "

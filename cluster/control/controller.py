@@ -30,8 +30,8 @@ import msgpack
 import numpy as np
 import ray
 
-from kairos.core.catalog import default_catalog_text, load_catalog
-from kairos.core.compiler import compile_catalog
+from kairos.core.catalog import default_catalog_text
+from kairos.core.compiler import compiled_from_text
 
 from kairos.cluster.control.partitions import DEFAULT_PARTITIONS, Move, PartitionMap
 from kairos.cluster.settings import CONTROL_LOOP_S, LONG_POLL_S, RETIRE_GRACE_S
@@ -63,7 +63,7 @@ class Controller:
         self.journal_policy = journal_policy
         self._requested_catalog = catalog_text
         self.catalog_text = catalog_text or default_catalog_text()
-        self.catalog_version = compile_catalog(load_catalog(self.catalog_text)).version
+        self.catalog_version = compiled_from_text(self.catalog_text).version
         self.previous_catalog: str | None = None
         self.n_partitions = n_partitions
         self.map: PartitionMap | None = None
@@ -109,7 +109,7 @@ class Controller:
                                 state["target"])
         self._next_index = state["next_index"]
         self.catalog_text = state["catalog"]
-        self.catalog_version = compile_catalog(load_catalog(self.catalog_text)).version
+        self.catalog_version = compiled_from_text(self.catalog_text).version
         self.previous_catalog = state["previous_catalog"]
         self.channel_watches = {tuple(w) for w in state["channel_watches"]}
         log.warning("resuming the cluster saved in %s: map version %d, %d shards",
@@ -268,7 +268,7 @@ class Controller:
 
     async def put_catalog(self, catalog_text: str) -> str:
         """Validate, then switch every shard and the learner; the new version."""
-        version = compile_catalog(load_catalog(catalog_text)).version  # CatalogError: stop
+        version = compiled_from_text(catalog_text).version  # CatalogError: stop
         async with self._reconfiguring:
             await asyncio.gather(*(self.backend.shard(s).prepare(catalog_text)
                                    for s in self.shards))

@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from kairos.core.catalog import load_catalog
-from kairos.core.compiler import CompiledCatalog, compile_catalog
+from kairos.core.compiler import CompiledCatalog, compiled_from_text
 from kairos.core.models import ModelDelta, ModelRemap, ModelTable
 
 from kairos.cluster.storage import blocks
@@ -82,7 +81,7 @@ class Learner:
 
     def switch(self, catalog_text: str) -> int:
         """Move the posteriors to a new catalog version; the new model version."""
-        new = compile_catalog(load_catalog(catalog_text))
+        new = compiled_from_text(catalog_text)
         if new.version == self.compiled.version:
             return self.models.version
         remap = ModelRemap(self.compiled, new)
@@ -131,7 +130,7 @@ class LearnerActor:
     """Started by the controller as LEARNER_NAME."""
 
     def __init__(self, catalog_text: str, store_url: str = "memory"):
-        self.learner = Learner(compile_catalog(load_catalog(catalog_text)))
+        self.learner = Learner(compiled_from_text(catalog_text))
         self.store = open_store(store_url)
         self._saved_at = -float("inf")
         self._saved_merges = 0

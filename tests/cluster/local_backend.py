@@ -16,8 +16,7 @@ from kairos.cluster.protocol import Reply, Request
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage.memory_store import MemoryStore
 from kairos.cluster.transport.backend import ChannelWatch, ControllerControl, Unavailable
-from kairos.core.catalog import load_catalog, load_default_catalog
-from kairos.core.compiler import compile_catalog
+from kairos.core.compiler import compiled_from_text, default_compiled
 from kairos.core.engine import Decision
 from kairos.core.models import ModelDelta
 
@@ -38,7 +37,7 @@ class LocalBackend:
 
     async def start_runtime(self, n_shards: int, n_partitions: int = 64) -> Controller:
         """A learner and a controller on this backend, the controller started."""
-        self.local_learner = Learner(compile_catalog(load_default_catalog()))
+        self.local_learner = Learner(default_compiled())
         self.local_controller = Controller(self, n_partitions=n_partitions)
         await self.local_controller.start(n_shards)
         return self.local_controller
@@ -111,7 +110,7 @@ class LocalShard:
         await self._backend.hop()
         if self.name not in self._backend.shards:
             raise Unavailable(f"{self.name} was not created")
-        shard = Shard(self.name, compile_catalog(load_catalog(catalog_text)), partitions,
+        shard = Shard(self.name, compiled_from_text(catalog_text), partitions,
                       self._backend.n_partitions[self.name], granted=map_version,
                       store=self._backend.store)
         for sink, channel, placement in channel_watches:

@@ -5,8 +5,8 @@ import numpy as np
 import yaml
 
 from kairos.cluster.control.learner import Learner
-from kairos.core.catalog import default_catalog_text, load_catalog, load_default_catalog
-from kairos.core.compiler import compile_catalog
+from kairos.core.catalog import default_catalog_text, load_catalog
+from kairos.core.compiler import compile_catalog, default_compiled
 from kairos.core.models import ModelTable
 
 
@@ -19,7 +19,7 @@ def learned(compiled, row: int, positives: float):
 
 
 def test_deltas_from_every_shard_add_and_each_merge_publishes_a_version():
-    c = compile_catalog(load_default_catalog())
+    c = default_compiled()
     learner = Learner(c)
     first = learner.sync(c.version, None, known_version=-1)
     assert first.version == learner.version
@@ -31,7 +31,7 @@ def test_deltas_from_every_shard_add_and_each_merge_publishes_a_version():
 
 
 def test_a_delta_learned_under_the_previous_catalog_is_carried_over():
-    c = compile_catalog(load_default_catalog())
+    c = default_compiled()
     learner = Learner(c)
     doc = yaml.safe_load(default_catalog_text())
     doc["version"] = "next"
@@ -48,7 +48,7 @@ def test_a_delta_learned_under_the_previous_catalog_is_carried_over():
 
 def test_a_saved_posterior_comes_back_with_a_higher_version_and_only_on_its_catalog():
     from kairos.cluster.control.learner import restore_models, save_models
-    c = compile_catalog(load_default_catalog())
+    c = default_compiled()
     learner = Learner(c)
     published = learner.sync(c.version, learned(c, 5, 4), -1)
     blob = save_models(learner)
