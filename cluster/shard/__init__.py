@@ -1,2 +1,3 @@
-"""The shard host: a Ray actor hosting the customer actors of its partitions, composed of
-parts that each own their state (residency, watches, identity, handoff, catalogs, durability)."""
+"""The shard host: a Ray actor (actor.py) around a Ray-free ShardHost (host.py) that runs a
+Shard (shard.py), the host of the customer actors of its partitions, composed of parts that
+each own their state (residency, watches, identities, handoff, catalogs, durability)."""

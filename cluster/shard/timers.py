@@ -49,10 +49,6 @@ class Timers:
         """Disarm and return a customer's timers (it is leaving this shard)."""
         return self.armed.pop(customer_id, {})
 
-    def restore(self, customer_id: str, armed: dict[int, float]) -> None:
-        for k, due in armed.items():
-            self.arm(customer_id, int(k), float(due))
-
     def compact(self) -> None:
         """Drop stale heap entries once they outnumber the live ones."""
         if len(self._heap) > 2 * len(self) + 1024:

@@ -1,9 +1,18 @@
 """Journal: a shard's write-ahead log. A change is in it before the change is acknowledged.
 
 A frame holds one batch: a 4-byte length, the CRC-32 of the payload and the payload, msgpack
-of `[first lsn, records]`, where the log sequence number counts records from 1 and never
-repeats. Frames live in segment files named after their first LSN; a segment is closed past
-`segment_bytes`, so truncating after a snapshot deletes whole files and never rewrites one.
+of `[first lsn, records, format]`, where the log sequence number counts records from 1 and
+never repeats. Frames live in segment files named after their first LSN; a segment is closed
+past `segment_bytes`, so truncating after a snapshot deletes whole files and never rewrites
+one.
+
+Formats: the records are opaque here, but each batch names the record format it was written
+in (protocol.JOURNAL_FORMAT; batches written before formats were numbered have two elements
+and are format 1), and readers pass `decode(record, format)` to `replay` and `compact` to see
+records as they were meant. A batch of a format newer than this code knows raises
+JournalFormatError, while opening as well as replaying: it is never misread, nor cut off as a
+torn tail. `pack_batch`/`unpack_batch` are the batch encoding, for the stores that keep
+batches elsewhere (redis_store.py).
 
 Group commit: `append(records)` writes a whole batch as one frame with one write and, under
 the default policy "fsync", one fsync, so the cost of durability is paid per batch, not per
@@ -38,7 +47,9 @@ from typing import Any, Callable, Iterator
 
 import msgpack
 
-POLICIES = ("fsync", "os", "off")
+from kairos.cluster.protocol import JOURNAL_FORMAT
+from kairos.cluster.settings import JOURNAL_POLICIES
+
 HEADER = struct.Struct("<II")  # payload length, CRC-32 of the payload
 MAX_FRAME = 64 << 20
 SUFFIX = ".log"
@@ -48,11 +59,19 @@ class JournalCorrupt(Exception):
     """A frame before the last segment's tail is damaged: the journal cannot be trusted."""
 
 
+class JournalFormatError(ValueError):
+    """A batch was written in a record format newer than this code reads (a newer Kairos
+    wrote it): refused whole, never skipped or cut off."""
+
+
+Decode = Callable[[Any, int], Any]  # (record as stored, its batch's format) -> record
+
+
 class Journal:
     def __init__(self, directory: str | os.PathLike, policy: str = "fsync",
                  segment_bytes: int = 64 << 20):
-        if policy not in POLICIES:
-            raise ValueError(f"journal policy must be one of {', '.join(POLICIES)}, "
+        if policy not in JOURNAL_POLICIES:
+            raise ValueError(f"journal policy must be one of {', '.join(JOURNAL_POLICIES)}, "
                              f"got {policy!r}")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -134,15 +153,17 @@ class Journal:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def replay(self, after_lsn: int = 0) -> Iterator[tuple[int, Any]]:
-        """Every record with an LSN above `after_lsn`, in order."""
+    def replay(self, after_lsn: int = 0, decode: Decode | None = None
+               ) -> Iterator[tuple[int, Any]]:
+        """Every record with an LSN above `after_lsn`, in order (through `decode`, if given)."""
         segments = self._segments()
         for i, path in enumerate(segments):
             if i + 1 < len(segments) and _first_lsn(segments[i + 1]) - 1 <= after_lsn:
                 continue  # every record of this segment is at or below after_lsn
-            for lsn, record in _frames(path):
-                if lsn > after_lsn and record is not None:
-                    yield lsn, record
+            for first, records, journal_format, _ in _batches(path):
+                for lsn, record in enumerate(records, first):
+                    if lsn > after_lsn and record is not None:
+                        yield lsn, record if decode is None else decode(record, journal_format)
 
     def truncate(self, upto_lsn: int) -> int:
         """Drop the segments holding only records up to `upto_lsn` (a snapshot covers them);
@@ -157,23 +178,29 @@ class Journal:
             fsync_directory(self.directory)
         return removed
 
-    def compact(self, drop: Callable[[Any], bool]) -> int:
-        """Rewrite the segments without the records `drop` selects; how many were dropped."""
+    def compact(self, drop: Callable[[Any], bool], decode: Decode | None = None) -> int:
+        """Rewrite the segments without the records `drop` selects (it sees them through
+        `decode`, if given); how many were dropped. Each batch keeps its format."""
         self.sync()
         with self._lock:
-            return self._compact(drop)
+            return self._compact(drop, decode)
 
-    def _compact(self, drop: Callable[[Any], bool]) -> int:
+    def _compact(self, drop: Callable[[Any], bool], decode: Decode | None) -> int:
         dropped = 0
         for path in self._segments():
-            batches = [(first, records) for first, records, _ in _batches(path)]
-            gone = sum(1 for _, records in batches for r in records
-                       if r is not None and drop(r))
+            batches, gone = [], 0
+            for first, records, journal_format, _ in _batches(path):
+                kept = []
+                for r in records:
+                    if r is not None and drop(r if decode is None else decode(r, journal_format)):
+                        r, gone = None, gone + 1  # an empty frame slot keeps its LSN
+                    kept.append(r)
+                batches.append((first, kept, journal_format))
             if not gone:
                 continue
             dropped += gone
-            data = b"".join(_frame(first, [None if r is None or drop(r) else r
-                                           for r in records]) for first, records in batches)
+            data = b"".join(_frame(first, kept, journal_format)
+                            for first, kept, journal_format in batches)
             tmp = path.with_suffix(".tmp")
             with open(tmp, "wb") as f:
                 f.write(data)
@@ -219,7 +246,7 @@ class Journal:
             return
         last = segments[-1]
         good, lsn = 0, _first_lsn(last) - 1
-        for first, records, end in _batches(last, whole_only=False):
+        for first, records, _, end in _batches(last, whole_only=False):
             lsn, good = first + len(records) - 1, end
         if good < last.stat().st_size:
             with open(last, "r+b") as f:
@@ -231,21 +258,35 @@ class Journal:
         self._size = good
 
 
-def _frame(first_lsn: int, records: list[Any]) -> bytes:
-    payload = msgpack.packb([first_lsn, records], use_bin_type=True)
+def pack_batch(first_lsn: int, records: list[Any], journal_format: int = JOURNAL_FORMAT
+               ) -> bytes:
+    """A batch as stored: msgpack of `[first lsn, records, format]` (format 1: without it,
+    as it was written before formats were numbered)."""
+    batch = [first_lsn, records] if journal_format == 1 else [first_lsn, records, journal_format]
+    return msgpack.packb(batch, use_bin_type=True)
+
+
+def unpack_batch(data: bytes) -> tuple[int, list, int]:
+    """(first LSN, records, format) of a stored batch; JournalFormatError for a format newer
+    than this code writes."""
+    first, records, *rest = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    journal_format = rest[0] if rest else 1
+    if journal_format > JOURNAL_FORMAT:
+        raise JournalFormatError(f"journal batch at LSN {first} has record format "
+                                 f"{journal_format}; this Kairos reads formats up to "
+                                 f"{JOURNAL_FORMAT}")
+    return first, records, journal_format
+
+
+def _frame(first_lsn: int, records: list[Any], journal_format: int = JOURNAL_FORMAT) -> bytes:
+    payload = pack_batch(first_lsn, records, journal_format)
     return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def _frames(path: Path) -> Iterator[tuple[int, Any]]:
-    """A segment's records with their LSNs; a damaged frame raises (torn tails were cut
-    when opening)."""
-    for first, records, _ in _batches(path):
-        yield from enumerate(records, first)
-
-
-def _batches(path: Path, whole_only: bool = True) -> Iterator[tuple[int, list, int]]:
-    """(first LSN, records, end offset) of each intact frame from the start of a segment.
-    With `whole_only`, a bad frame raises JournalCorrupt; else the batches stop before it."""
+def _batches(path: Path, whole_only: bool = True) -> Iterator[tuple[int, list, int, int]]:
+    """(first LSN, records, format, end offset) of each intact frame from the start of a
+    segment. With `whole_only`, a bad frame raises JournalCorrupt; else the batches stop
+    before it. A whole frame of a newer format raises JournalFormatError either way."""
     with open(path, "rb") as f:
         data = f.read()
     pos = 0
@@ -254,9 +295,7 @@ def _batches(path: Path, whole_only: bool = True) -> Iterator[tuple[int, list, i
             length, crc = HEADER.unpack_from(data, pos)
             start, end = pos + HEADER.size, pos + HEADER.size + length
             if length <= MAX_FRAME and end <= len(data) and zlib.crc32(data[start:end]) == crc:
-                first, records = msgpack.unpackb(data[start:end], raw=False,
-                                                 strict_map_key=False)
-                yield first, records, end
+                yield *unpack_batch(data[start:end]), end
                 pos = end
                 continue
         if whole_only:

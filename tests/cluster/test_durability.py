@@ -7,17 +7,24 @@ profile (features, history, timers, sequence numbers) must equal the twin's.
 from __future__ import annotations
 
 import random
+import zlib
 
+import msgpack
 import pytest
 
 from kairos.cluster.storage import blocks
 from kairos.cluster.identity import alias_key, anonymous_id
 from kairos.cluster.control.partitions import partition_of
-from kairos.cluster.shard.shard import MISSING, OK, Shard
-from kairos.cluster.storage.store import DirectoryStore, MemoryStore, StoreUnavailable
+from kairos.cluster.protocol import OK, EventAck, Missing, Ok, Outcome, Resolve
+from kairos.cluster.shard.shard import Shard
+from kairos.cluster.storage.directory_store import DirectoryStore
+from kairos.cluster.storage.journal import HEADER
+from kairos.cluster.storage.memory_store import MemoryStore
+from kairos.cluster.storage.store import StoreUnavailable
 
 from kairos.cluster.storage.redis_server import RedisServer
-from .test_shard import N_PARTITIONS, T0, Clock, event, journey, link_steps, profile, shard
+from .test_shard import (N_PARTITIONS, T0, Clock, event, forget, journey, link_steps, p_of,
+                         profile, shard, watch)
 
 CUSTOMERS = [f"c{i}" for i in range(24)]
 OFFERED = [("service_menu", "web"), ("cart_recovery_push", "push")]
@@ -52,7 +59,7 @@ class Steps:
         c = rng.choice(CUSTOMERS)
         if roll < 0.55:
             batch = journey(c, rng.randint(1, 4), seed=rng.randrange(10**6), t0=clock.now)
-            keyed = [r + (f"k{rng.randrange(10**9)}",) for r in batch]
+            keyed = [r._replace(idempotency_key=f"k{rng.randrange(10**9)}") for r in batch]
             self.keys.extend(keyed)
             return keyed
         if roll < 0.65 and self.keys:  # a client retrying an event it sent before
@@ -62,11 +69,13 @@ class Steps:
                           price=199.0)]
         if roll < 0.85:
             action, channel = rng.choice(OFFERED)
-            return [("outcome", partition_of(c, N_PARTITIONS), c, action, channel,
-                     rng.choice(["impression", "accept", "reject"]), clock.now, None)]
+            return [Outcome(partition=p_of(c), customer_id=c, action_id=action,
+                            channel=channel, outcome=rng.choice(["impression", "accept",
+                                                                 "reject"]),
+                            when=clock.now)]
         if roll < 0.9:
-            return [("watch", partition_of(c, N_PARTITIONS), c, "sink", "app", None, True)]
-        return [("forget", partition_of(c, N_PARTITIONS), c)]
+            return [watch(c, "sink", "app")]
+        return [forget(c)]
 
 
 @pytest.fixture(params=["memory", "directory"])
@@ -112,31 +121,30 @@ def test_a_shard_rebuilt_from_its_store_equals_one_that_never_crashed(compiled, 
 def test_a_retried_event_after_a_crash_is_applied_once(compiled, store_factory):
     clock = Clock()
     s = shard(compiled, store=store_factory(), clock=clock)
-    keyed = event("ana", "app_open", T0) + ("key-1",)
-    assert s.process([keyed])[0] == [(OK, 1, False)]
+    keyed = event("ana", "app_open", T0)._replace(idempotency_key="key-1")
+    assert s.process([keyed])[0] == [EventAck(sequence=1)]
     s = rebuilt(s, clock)
-    assert s.process([keyed])[0] == [(OK, 1, True)]
-    assert s.process([profile("ana")])[0][0][1]["events_applied"] == 1
+    assert s.process([keyed])[0] == [EventAck(sequence=1, duplicate=True)]
+    assert s.process([profile("ana")])[0][0].value["events_applied"] == 1
 
 
 def test_timers_and_watches_survive_a_crash_and_fire_once(compiled, store_factory):
     clock = Clock()
     s = shard(compiled, store=store_factory(), clock=clock)
-    p = partition_of("ana", N_PARTITIONS)
     s.process([event("ana", "profile_updated", T0 - 86400, marketing_opt_in=True,
                      push_opt_in=True),
-               ("watch", p, "ana", "sink-1", "push", None, True),
+               watch("ana", "sink-1", "push"),
                event("ana", "add_to_cart", T0, product_id="tv", category="electronics",
                      price=199.0)])
     s = rebuilt(s, clock)
-    assert s.process([profile("ana")])[0][0][1]["timers"] == {"cart_abandoned": T0 + 1800}
+    assert s.process([profile("ana")])[0][0].value["timers"] == {"cart_abandoned": T0 + 1800}
     clock.now = T0 + 1801
     pushes = s.tick()
     assert [(x.sink, [a.action_id for a in x.decision.actions]) for x in pushes] == \
         [("sink-1", ["cart_recovery_push"])]
-    fired = s.process([profile("ana", clock.now)])[0][0][1]
+    fired = s.process([profile("ana", clock.now)])[0][0].value
     s = rebuilt(s, clock)  # the firing was journaled: it is neither lost nor repeated
-    assert s.process([profile("ana", clock.now)])[0][0][1] == fired
+    assert s.process([profile("ana", clock.now)])[0][0].value == fired
     assert s.tick() == []
 
 
@@ -169,14 +177,14 @@ def test_forget_erases_the_customer_from_memory_homes_snapshots_and_journal(comp
     s.checkpoint(clock.now, N_PARTITIONS)
     s.process([event(secret, "app_open", T0 + 3600)])
     s.passivate(clock.now + 10**6)  # a home in the store too
-    s.process([("forget", partition_of(secret, N_PARTITIONS), secret)])
+    s.process([forget(secret)])
     s.tick()
     leftovers = [path for path in tmp_path.rglob("*") if path.is_file()
                  and secret.encode() in path.read_bytes()]
     assert leftovers == []
     s = rebuilt(s, clock)
-    assert s.process([profile(secret)])[0] == [(MISSING,)]
-    assert s.process([profile("bob")])[0][0][0] == OK
+    assert s.process([profile(secret)])[0] == [Missing()]
+    assert s.process([profile("bob")])[0][0].status == OK
 
 
 def test_a_link_survives_a_crash_of_every_shard_it_touched(compiled, store_factory):
@@ -186,15 +194,15 @@ def test_a_link_survives_a_crash_of_every_shard_it_touched(compiled, store_facto
     key = alias_key("cookie", "abc")
     anon = anonymous_id(key)
     host = shard(compiled, "host", store=store, clock=clock)
-    assert host.process([event(anon, "page_view", T0, category="home")])[0][0][0] == OK
+    assert host.process([event(anon, "page_view", T0, category="home")])[0][0].status == OK
     _, merged = link_steps(host, host, host, key, "ana")
-    assert merged == (OK, True)
+    assert merged == Ok(value=True)
     expected = host.process([profile("ana")])[0][0]
     host = rebuilt(host, clock)
     assert host.process([profile("ana")])[0][0] == expected
-    assert host.process([("resolve", partition_of(key, N_PARTITIONS), key)])[0] == [(OK, "ana")]
+    assert host.process([Resolve(partition=p_of(key), key=key)])[0] == [Ok(value="ana")]
     _, merged_again = link_steps(host, host, host, key, "ana")  # a retried link: no-op
-    assert merged_again == (OK, False) and host.process([profile("ana")])[0][0] == expected
+    assert merged_again == Ok(value=False) and host.process([profile("ana")])[0][0] == expected
 
 
 def test_a_failed_journal_write_acknowledges_nothing(compiled, tmp_path, monkeypatch):
@@ -210,14 +218,14 @@ def test_a_failed_journal_write_acknowledges_nothing(compiled, tmp_path, monkeyp
         s.process([event("ana", "app_open", T0 + 1), event("bob", "app_open", T0 + 1)])
     monkeypatch.undo()
     s = rebuilt(s, clock)  # what the actor does: the un-acknowledged round is gone
-    assert s.process([profile("ana")])[0][0][1]["events_applied"] == 1
-    assert s.process([profile("bob")])[0] == [(MISSING,)]
+    assert s.process([profile("ana")])[0][0].value["events_applied"] == 1
+    assert s.process([profile("bob")])[0] == [Missing()]
 
 
 def test_recovery_through_redis(compiled, tmp_path):
     server = RedisServer(tmp_path / "redis").start()
     try:
-        from kairos.cluster.storage.store import open_store
+        from kairos.cluster.storage.providers import open_store
         clock = Clock()
         s = shard(compiled, store=open_store(server.url), clock=clock)
         for i, c in enumerate(CUSTOMERS[:8]):
@@ -239,7 +247,7 @@ def test_recovery_through_redis(compiled, tmp_path):
 def test_blocks_keep_lsns_only_for_their_own_journal(compiled):
     s = shard(compiled, "a")
     s.process([event("ana", "app_open", T0)])
-    block = blocks.unpack(blocks.pack(s._export(["ana"])))
+    block = blocks.unpack(blocks.pack(s.residency.export(["ana"])))
     assert block["journal"] == "a" and int(block["lsn"][0]) == s.journal.last_lsn
     other = shard(compiled, "b")
     blocks.import_block(other.engine, block, "b")
@@ -252,7 +260,7 @@ def test_a_partition_being_handed_over_is_never_snapshotted_by_its_old_owner(com
     a = shard(compiled, "a", store=store, clock=clock)
     b = shard(compiled, "b", partitions=[], store=store, clock=clock)
     p = partition_of("ana", N_PARTITIONS)
-    a.process([event("ana", "app_open", T0), ("forget", p, "bob")])
+    a.process([event("ana", "app_open", T0), forget("bob")])
     payload = a.freeze([p], version=2)
     b.adopt(payload, 2)
     adopted = store.get_snapshot(p)
@@ -261,7 +269,7 @@ def test_a_partition_being_handed_over_is_never_snapshotted_by_its_old_owner(com
     a.checkpoint(float("inf"), N_PARTITIONS)
     assert store.get_snapshot(p) == adopted and blocks.unpack(adopted)["journal"] == "b"
     a.release([p])
-    assert rebuilt(b, clock).process([profile("ana")])[0][0][1]["events_applied"] == 1
+    assert rebuilt(b, clock).process([profile("ana")])[0][0].value["events_applied"] == 1
 
 
 def test_snapshots_and_homes_never_name_an_lsn_the_journal_has_not_made_durable(compiled,
@@ -278,3 +286,44 @@ def test_snapshots_and_homes_never_name_an_lsn_the_journal_has_not_made_durable(
     clock.now += 600.0
     assert s.passivate(clock.now) == 2
     assert not s.journal.unsynced
+
+
+def test_a_journal_of_plain_arrays_in_the_old_layout_still_replays(compiled, tmp_path):
+    """Journals written before records were named (format 1: frames `[first lsn, records]`,
+    records plain arrays) replay into the same customers."""
+    clock = Clock()
+    live = shard(compiled, clock=clock)
+    key = alias_key("cookie", "old")
+    anon = anonymous_id(key)
+    p = p_of("ana")
+    live.process([event("ana", "add_to_cart", T0, product_id="tv", category="electronics",
+                        price=199.0)._replace(idempotency_key="k1"),
+                  event("ana", "app_open", T0 + 3600),  # the cart timer fires first
+                  Outcome(partition=p, customer_id="ana", action_id="service_menu",
+                          channel="web", outcome="accept", when=T0 + 3700),
+                  watch("ana", "sink-1", "push"),
+                  event(anon, "page_view", T0, category="home"),
+                  event("bob", "app_open", T0), forget("bob")])
+    link_steps(live, live, live, key, "ana")
+    written = [record for _, record in live.journal.replay()]
+    assert [tuple(r) for r in written[:5]] == [
+        ("event", p, "ana", "add_to_cart", T0,
+         {"product_id": "tv", "category": "electronics", "price": 199.0}, "k1", 1),
+        ("fire", p, "ana", "cart_abandoned", T0 + 1800),
+        ("event", p, "ana", "app_open", T0 + 3600, {}, None, 3),
+        ("outcome", p, "ana", "service_menu", "web", "accept", T0 + 3700, None),
+        ("watch", p, "ana", "sink-1", "push", None, True)]
+    assert {r[0] for r in written} >= {"forget", "link", "take", "merge", "settle"}
+    segment = tmp_path / "journals" / "s0"
+    segment.mkdir(parents=True)
+    payload = msgpack.packb([1, [tuple(r) for r in written]], use_bin_type=True)
+    (segment / f"{1:020d}.log").write_bytes(HEADER.pack(len(payload), zlib.crc32(payload)) +
+                                            payload)
+    old = Shard("s0", compiled, list(live.owned), N_PARTITIONS,
+                store=DirectoryStore(tmp_path), clock=clock)
+    assert old.recover()["replayed"] == len(written)
+    assert everyone(old, clock, ["ana", "bob", anon]) == everyone(live, clock, ["ana", "bob",
+                                                                               anon])
+    assert old.process([Resolve(partition=p_of(key), key=key)])[0] == [Ok(value="ana")]
+    assert old.process([event("ana", "app_open", T0)._replace(idempotency_key="k1")])[0] == \
+        [EventAck(sequence=1, duplicate=True)]

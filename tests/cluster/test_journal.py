@@ -1,5 +1,5 @@
-"""The journal: group commit, replay, torn tails, corruption, truncation, disk full, and
-kill -9 while writing."""
+"""The journal: group commit, replay, torn tails, corruption, truncation, disk full, kill -9
+while writing, and record formats."""
 from __future__ import annotations
 
 import errno
@@ -9,10 +9,13 @@ import subprocess
 import sys
 import time
 
+import msgpack
 import pytest
 
+from kairos.cluster.protocol import JOURNAL_FORMAT
 from kairos.cluster.storage import journal as journal_module
-from kairos.cluster.storage.journal import Journal, JournalCorrupt
+from kairos.cluster.storage.journal import (HEADER, Journal, JournalCorrupt, JournalFormatError,
+                                            pack_batch, unpack_batch)
 
 
 def records(first: int, n: int) -> list:
@@ -185,35 +188,57 @@ def test_a_failed_sync_refuses_appends_and_close_cuts_what_it_did_not_cover(tmp_
     assert [r for _, r in j.replay()] == records(0, 5)
 
 
-def test_a_shards_syncs_group_and_each_covers_what_was_written_before_it_was_asked_for():
-    """ShardActor's _Syncs: one fsync at a time; whoever asks during one waits for the next."""
-    import asyncio
-    import threading
+def write_frames(directory, batches) -> None:
+    """A segment of frames whose payloads are `batches` as given (any layout, any format)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    data = b""
+    for batch in batches:
+        payload = msgpack.packb(batch, use_bin_type=True)
+        data += HEADER.pack(len(payload), journal_module.zlib.crc32(payload)) + payload
+    (directory / f"{batches[0][0]:020d}.log").write_bytes(data)
 
-    from kairos.cluster.shard.actor import _Syncs
 
-    class SlowJournal:
-        def __init__(self):
-            self.gate = threading.Event()
-            self.syncs = 0
+def test_batches_carry_the_record_format_and_format_1_batches_still_read(tmp_path):
+    """Journals written before formats were numbered hold `[first lsn, records]` frames: they
+    read as format 1, beside the new ones, and `decode` is told each batch's format."""
+    write_frames(tmp_path, [[1, records(0, 2)], [3, records(2, 1)]])
+    j = Journal(tmp_path)
+    assert j.last_lsn == 3
+    assert j.append(records(3, 2)) == 5
+    seen = [(lsn, journal_format) for lsn, (_, journal_format)
+            in j.replay(decode=lambda record, journal_format: (record, journal_format))]
+    assert seen == [(1, 1), (2, 1), (3, 1), (4, JOURNAL_FORMAT), (5, JOURNAL_FORMAT)]
+    assert [r for _, r in j.replay()] == records(0, 5)
+    first, batch, journal_format = unpack_batch(pack_batch(4, records(3, 2)))
+    assert (first, batch, journal_format) == (4, records(3, 2), JOURNAL_FORMAT)
+    assert msgpack.unpackb(pack_batch(1, [], 1)) == [1, []]
 
-        def sync(self):
-            self.gate.wait(5)
-            self.gate.clear()
-            self.syncs += 1
 
-    async def main():
-        journal, syncs = SlowJournal(), _Syncs("s0")
-        first = syncs.after_writes(journal)
-        second, third = syncs.after_writes(journal), syncs.after_writes(journal)
-        assert second is third and second is not first  # grouped behind the running sync
-        await asyncio.sleep(0.05)
-        assert not first.done()
-        journal.gate.set()
-        await asyncio.wait_for(first, 5)
-        assert journal.syncs == 1 and not second.done()
-        journal.gate.set()
-        await asyncio.wait_for(second, 5)
-        assert journal.syncs == 2
+def test_compaction_keeps_each_batchs_format(tmp_path):
+    write_frames(tmp_path, [[1, records(0, 3)]])
+    j = Journal(tmp_path)
+    j.append(records(3, 3))
+    formats = []
 
-    asyncio.run(main())
+    def drop(record_and_format):
+        record, journal_format = record_and_format
+        formats.append(journal_format)
+        return record[1] == "c1"
+    assert j.compact(drop, decode=lambda record, journal_format: (record, journal_format)) == 1
+    assert formats == [1, 1, 1] + [JOURNAL_FORMAT] * 3
+    j.close()
+    j = Journal(tmp_path)
+    assert [lsn for lsn, _ in j.replay()] == [1, 3, 4, 5, 6]
+    assert [fmt for _, (_, fmt) in j.replay(decode=lambda r, fmt: (r, fmt))] == \
+        [1, 1] + [JOURNAL_FORMAT] * 3
+
+
+def test_a_batch_of_a_newer_format_is_refused_not_cut_off(tmp_path):
+    newer = JOURNAL_FORMAT + 1
+    write_frames(tmp_path, [[1, records(0, 2), newer]])
+    size = sorted(tmp_path.glob("*.log"))[0].stat().st_size
+    with pytest.raises(JournalFormatError, match=f"record format {newer}; this Kairos reads "
+                                                 f"formats up to {JOURNAL_FORMAT}"):
+        Journal(tmp_path)  # opening reads the last segment's tail
+    assert sorted(tmp_path.glob("*.log"))[0].stat().st_size == size
+    assert isinstance(JournalFormatError("x"), ValueError)

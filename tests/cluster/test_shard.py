@@ -1,5 +1,5 @@
 """The shard's logic without Ray: routing answers, handoff, passivation, timers, watches,
-catalog switches."""
+catalog switches, identity."""
 from __future__ import annotations
 
 import functools
@@ -9,10 +9,14 @@ import numpy as np
 import pytest
 import yaml
 
-from kairos.cluster.storage import blocks
 from kairos.cluster.control.partitions import partition_of
 from kairos.cluster.identity import anonymous_id, link_id
-from kairos.cluster.shard.shard import CONFLICT, INVALID, MERGED, MISSING, MOVED, NOT_MINE, OK, Shard
+from kairos.cluster.protocol import (CONFLICT, INVALID, NOT_MINE, OK, Decide, Event, EventAck,
+                                     Forget, Forgotten, Invalid, Link, Merge, Merged, Missing,
+                                     Moved, Ok, ReadProfile, Resolve, Settle, Take, Unlink,
+                                     WatchCustomer)
+from kairos.cluster.shard.shard import Shard
+from kairos.cluster.storage import blocks
 from kairos.core.catalog import default_catalog_text, load_catalog, load_default_catalog
 from kairos.core.compiler import compile_catalog
 
@@ -34,17 +38,33 @@ def shard(compiled, name="s0", partitions=range(N_PARTITIONS), **kw) -> Shard:
     return Shard(name, compiled, partitions, N_PARTITIONS, **kw)
 
 
-def event(customer, etype, t, **attrs):
-    return ("event", partition_of(customer, N_PARTITIONS), customer, etype, t, attrs)
+def p_of(customer_or_key: str) -> int:
+    return partition_of(customer_or_key, N_PARTITIONS)
 
 
-def decide(customer, channel="web", placement="hero", context=None, now=T0, explain=False):
-    return ("decide", partition_of(customer, N_PARTITIONS), customer, channel, placement,
-            context or {}, 0, explain, now)
+def event(customer, etype, t, **attrs) -> Event:
+    return Event(partition=p_of(customer), customer_id=customer, event_type=etype, time=t,
+                 attributes=attrs)
 
 
-def profile(customer, now=T0):
-    return ("profile", partition_of(customer, N_PARTITIONS), customer, now)
+def decide(customer, channel="web", placement="hero", context=None, now=T0, explain=False,
+           record_impression=False) -> Decide:
+    return Decide(partition=p_of(customer), customer_id=customer, channel=channel,
+                  placement=placement, context=context or {}, explain=explain, now=now,
+                  record_impression=record_impression)
+
+
+def profile(customer, now=T0) -> ReadProfile:
+    return ReadProfile(partition=p_of(customer), customer_id=customer, now=now)
+
+
+def watch(customer, sink, channel, placement=None, active=True) -> WatchCustomer:
+    return WatchCustomer(partition=p_of(customer), customer_id=customer, sink=sink,
+                         channel=channel, placement=placement, active=active)
+
+
+def forget(customer) -> Forget:
+    return Forget(partition=p_of(customer), customer_id=customer)
 
 
 @functools.cache
@@ -58,8 +78,7 @@ def journey(customer: str, n: int, seed: int = 0, t0: float = T0):
     out = []
     for i in range(n):
         etype, attrs = random_event(cat, rng, t0)
-        out.append(("event", partition_of(customer, N_PARTITIONS), customer, etype,
-                    t0 + 60.0 * i, attrs))
+        out.append(event(customer, etype, t0 + 60.0 * i, **attrs))
     return out
 
 
@@ -71,9 +90,10 @@ def test_events_get_per_customer_sequence_numbers_and_decisions_see_them(compile
                                   category="electronics", price=199.0),
                             event("ana", "app_open", T0 + 35 * 60),  # the cart timer fired
                             decide("ana", "app", "home", now=T0 + 36 * 60)])
-    assert results[:4] == [(OK, 1, False), (OK, 1, False), (OK, 2, False), (OK, 4, False)]
-    status, decision = results[4]
-    assert status == OK and decision.catalog_version == compiled.version
+    assert results[:4] == [EventAck(sequence=1), EventAck(sequence=1), EventAck(sequence=2),
+                           EventAck(sequence=4)]
+    decision = results[4].value
+    assert results[4].status == OK and decision.catalog_version == compiled.version
     assert decision.actions[0].action_id == "cart_recovery_push"
 
 
@@ -83,24 +103,40 @@ def test_bad_input_is_answered_per_request_and_applies_nothing(compiled):
                             event("ana", "teleport", T0),
                             decide("ana", channel="fax"),
                             event("ana", "app_open", T0)])
-    assert results[0] == (INVALID, "attributes.category",
-                          "'cars' is not one of apparel, electronics, home, beauty, sports")
-    assert results[1][:2] == (INVALID, "type")
-    assert results[2][:2] == (INVALID, "channel")
-    assert results[3] == (OK, 1, False)  # the bad events were not counted
+    assert results[0] == Invalid(field="attributes.category",
+                                 reason="'cars' is not one of apparel, electronics, home, "
+                                        "beauty, sports")
+    assert (results[1].status, results[1].field) == (INVALID, "type")
+    assert (results[2].status, results[2].field) == (INVALID, "channel")
+    assert results[3] == EventAck(sequence=1)  # the bad events were not counted
+
+
+def test_requests_arrive_as_arrays_and_one_that_is_no_request_answers_for_itself(compiled):
+    """The data plane hands the shard msgpack arrays, in the layout the types pack to."""
+    s = shard(compiled)
+    p = p_of("ana")
+    results, _ = s.process([["event", p, "ana", "app_open", T0, {}],
+                            ["teleport", p, "ana"],
+                            ("event", p, "ana", "app_open", T0, {}, None, None, "extra"),
+                            list(event("ana", "app_open", T0 + 1)),
+                            ["profile", p, "ana", T0 + 2]])
+    assert results[:2] == [EventAck(sequence=1),
+                           Invalid(field="kind", reason="unknown request kind 'teleport'")]
+    assert results[2].field == "request" and results[3] == EventAck(sequence=2)
+    assert results[4].value["events_applied"] == 2
 
 
 def test_partitions_not_owned_answer_moved(compiled):
     p = partition_of("ana", N_PARTITIONS)
     s = shard(compiled, partitions=[q for q in range(N_PARTITIONS) if q != p])
-    assert s.process([event("ana", "app_open", T0)])[0] == [(MOVED, NOT_MINE)]
-    assert s.process([profile("ana")])[0] == [(MOVED, NOT_MINE)]
+    assert s.process([event("ana", "app_open", T0)])[0] == [Moved(map_version=NOT_MINE)]
+    assert s.process([profile("ana")])[0] == [Moved(map_version=NOT_MINE)]
     assert len(s.engine.table) == 0
 
 
 def test_profile_of_unknown_customer_is_missing_and_creates_nothing(compiled):
     s = shard(compiled)
-    assert s.process([profile("nobody")])[0] == [(MISSING,)]
+    assert s.process([profile("nobody")])[0] == [Missing()]
     assert "nobody" not in s.engine.table
 
 
@@ -117,7 +153,8 @@ def test_handoff_moves_state_and_later_requests_answer_moved(compiled):
     before = {c: a.process([profile(c, T0 + 7200)])[0][0] for c in customers}
     payload = a.freeze(moving, version=2)
     frozen = [c for c in customers if partition_of(c, N_PARTITIONS) in moving]
-    assert all(a.process([event(c, "app_open", T0)])[0] == [(MOVED, 2)] for c in frozen)
+    assert all(a.process([event(c, "app_open", T0)])[0] == [Moved(map_version=2)]
+               for c in frozen)
     assert b.adopt(payload, 2) == len(frozen)
     a.release(moving)
     for c in customers:
@@ -127,7 +164,7 @@ def test_handoff_moves_state_and_later_requests_answer_moved(compiled):
     # sequence numbers continue where they were
     c = frozen[0]
     assert b.process([event(c, "app_open", T0 + 9000)])[0][0] == \
-        (OK, 13 + (c in customers[:20]), False)
+        EventAck(sequence=13 + (c in customers[:20]))
 
 
 def test_failed_handoff_thaws(compiled):
@@ -136,11 +173,11 @@ def test_failed_handoff_thaws(compiled):
     a.passivate(T0 + 10**6)
     p = partition_of("ana", N_PARTITIONS)
     a.freeze([p], version=7)
-    assert a.process([profile("ana")])[0] == [(MOVED, 7)]
+    assert a.process([profile("ana")])[0] == [Moved(map_version=7)]
     a.thaw([p], 8)
     # senders that routed under an older map must not overtake their own re-sends
-    assert a.process([profile("ana")], routed=[7])[0] == [(MOVED, 8)]
-    assert a.process([profile("ana")], routed=[8])[0][0][1]["events_applied"] == 5
+    assert a.process([profile("ana")], routed=[7])[0] == [Moved(map_version=8)]
+    assert a.process([profile("ana")], routed=[8])[0][0].value["events_applied"] == 5
 
 
 def test_passivation_round_trip_gives_back_an_identical_profile(compiled):
@@ -174,15 +211,15 @@ def test_timer_fires_on_tick_and_pushes_to_watchers(compiled):
     p = partition_of("ana", N_PARTITIONS)
     s.process([event("ana", "profile_updated", T0 - 86400, marketing_opt_in=True,
                      push_opt_in=True),
-               ("watch", p, "ana", "sink-1", "push", None, True)])
+               watch("ana", "sink-1", "push")])
     _, pushes = s.process([event("ana", "add_to_cart", T0, product_id="tv",
                                  category="electronics", price=199.0)])
-    assert s.process([profile("ana")])[0][0][1]["timers"] == {"cart_abandoned": T0 + 1800}
+    assert s.process([profile("ana")])[0][0].value["timers"] == {"cart_abandoned": T0 + 1800}
     clock.now = T0 + 1799
     assert s.tick() == []
     clock.now = T0 + 1800.5
     pushes = s.tick()
-    view = s.process([profile("ana", T0 + 1801)])[0][0][1]
+    view = s.process([profile("ana", T0 + 1801)])[0][0].value
     assert view["features"]["carts_abandoned_30d"] == pytest.approx(1.0, rel=1e-3)
     assert view["timers"] == {}
     assert [(p.sink, [a.action_id for a in p.decision.actions]) for p in pushes] == \
@@ -198,8 +235,9 @@ def test_purchase_cancels_the_timer_and_a_later_event_fires_an_overdue_one_first
     assert s.timers.armed == {}
     results, _ = s.process([event("bob", "add_to_cart", T0, **cart),
                             event("bob", "app_open", T0 + 3600)])
-    assert results == [(OK, 1, False), (OK, 3, False)]  # the timer's event came between them
-    view = s.process([profile("bob", T0 + 3600)])[0][0][1]
+    # the timer's event came between them
+    assert results == [EventAck(sequence=1), EventAck(sequence=3)]
+    view = s.process([profile("bob", T0 + 3600)])[0][0].value
     assert view["features"]["carts_abandoned_30d"] > 0.99
 
 
@@ -235,11 +273,11 @@ def test_catalog_switch_relays_out_residents_and_keeps_models(compiled):
     for i in range(10):
         s.process(journey(f"c{i}", 20, seed=i))
     s.engine.record_outcomes([("c1", "service_menu", "web", "accept", T0, None)])
-    before = s.process([profile("c1", T0 + 86400)])[0][0][1]
+    before = s.process([profile("c1", T0 + 86400)])[0][0].value
     learned = s.engine.models.pending()
     version = s.prepare(_catalog_v2())
     s.commit(version)
-    after = s.process([profile("c1", T0 + 86400)])[0][0][1]
+    after = s.process([profile("c1", T0 + 86400)])[0][0].value
     assert s.catalog_version == "v2-test"
     assert after["attributes"] == before["attributes"]
     kept = {k: v for k, v in before["features"].items() if k != "email_clicks_30d"}
@@ -252,7 +290,7 @@ def test_catalog_switch_relays_out_residents_and_keeps_models(compiled):
     old = compiled.action_index["service_menu"] * len(compiled.channel_names) + \
         compiled.channel_index["web"]
     assert s.engine.models.pending().positives[row] == learned.positives[old] == 1
-    decision = s.process([decide("c1")])[0][0][1]
+    decision = s.process([decide("c1")])[0][0].value
     assert decision.catalog_version == "v2-test"
 
 
@@ -266,7 +304,7 @@ def test_blocks_round_trip_through_msgpack(compiled):
     for i in range(5):
         s.process(journey(f"c{i}", 15, seed=i))
     ids = [f"c{i}" for i in range(5)]
-    block = blocks.unpack(blocks.pack(s._export(ids)))
+    block = blocks.unpack(blocks.pack(s.residency.export(ids)))
     t = shard(compiled, "t")
     blocks.import_block(t.engine, block)
     for c in ids:
@@ -284,31 +322,32 @@ def test_blocks_into_a_smaller_history_keep_the_newest_entries(compiled):
     doc["history"] = {"size": 4}
     small = compile_catalog(load_catalog(yaml.safe_dump(doc)))
     t = Shard("t", small, range(N_PARTITIONS), N_PARTITIONS)
-    blocks.import_block(t.engine, s._export(["ana"]))
+    blocks.import_block(t.engine, s.residency.export(["ana"]))
     assert [h["time"] for h in t.engine.history("ana")] == [T0 + 9, T0 + 8, T0 + 7, T0 + 6]
 
 
 def test_an_idempotency_key_applies_once_even_after_a_move(compiled):
     a = shard(compiled, "a")
     p = partition_of("ana", N_PARTITIONS)
-    keyed = ("event", p, "ana", "app_open", T0, {}, "key-1")
-    results, _ = a.process([keyed, keyed, ("event", p, "ana", "app_open", T0, {}, "key-2")])
-    assert results == [(OK, 1, False), (OK, 1, True), (OK, 2, False)]
+    keyed = event("ana", "app_open", T0)._replace(idempotency_key="key-1")
+    results, _ = a.process([keyed, keyed, keyed._replace(idempotency_key="key-2")])
+    assert results == [EventAck(sequence=1), EventAck(sequence=1, duplicate=True),
+                       EventAck(sequence=2)]
     b = shard(compiled, "b", partitions=[])
     b.adopt(a.freeze([p], 2), 2)
     a.release([p])
-    assert b.process([keyed])[0] == [(OK, 1, True)]
-    assert b.process([profile("ana")])[0][0][1]["events_applied"] == 2
+    assert b.process([keyed])[0] == [EventAck(sequence=1, duplicate=True)]
+    assert b.process([profile("ana")])[0][0].value["events_applied"] == 2
 
 
 def test_an_event_can_ask_for_the_new_decision_and_a_decision_can_record_its_impression(
         compiled):
     s = shard(compiled)
-    p = partition_of("ana", N_PARTITIONS)
-    results, _ = s.process([("event", p, "ana", "app_open", T0, {}, None, ("web", "hero"))])
-    status, sequence, duplicate, decision = results[0]
-    assert (status, sequence, duplicate, decision.channel) == (OK, 1, False, "web")
-    shown = s.process([decide("ana") + (True,)])[0][0][1]
+    results, _ = s.process([event("ana", "app_open", T0)._replace(decide=("web", "hero"))])
+    ack = results[0]
+    assert (ack.status, ack.sequence, ack.duplicate, ack.decision.channel) == \
+        (OK, 1, False, "web")
+    shown = s.process([decide("ana", record_impression=True)])[0][0].value
     assert [h["action_id"] for h in s.engine.history("ana")] == \
         [a.action_id for a in shown.actions][::-1]
 
@@ -318,40 +357,50 @@ def test_forget_erases_resident_and_passivated_customers(compiled):
     s.process([event("ana", "app_open", T0), event("bob", "app_open", T0)])
     s.passivate(T0 + 10**6)
     s.process([event("ana", "app_open", T0)])  # ana back in memory, bob in the store
-    forget = [("forget", partition_of(c, N_PARTITIONS), c) for c in ("ana", "bob", "eve")]
-    assert s.process(forget)[0] == [(OK, True, []), (OK, True, []), (OK, False, [])]
-    assert s.process([profile("ana"), profile("bob")])[0] == [(MISSING,), (MISSING,)]
+    assert s.process([forget(c) for c in ("ana", "bob", "eve")])[0] == \
+        [Forgotten(existed=True, aliases=[]), Forgotten(existed=True, aliases=[]),
+         Forgotten(existed=False, aliases=[])]
+    assert s.process([profile("ana"), profile("bob")])[0] == [Missing(), Missing()]
     assert s.store.count(range(N_PARTITIONS)) == 0
-
-
-def on(customer_or_key: str, kind: str, *payload) -> tuple:
-    return (kind, partition_of(customer_or_key, N_PARTITIONS), customer_or_key) + payload
 
 
 def link_steps(directory: Shard, anon_host: Shard, host: Shard, key: str, customer: str):
     """KairosClient.link's three steps, run on the shards by hand."""
     link, anon = link_id(key, customer), anonymous_id(key)
-    assert directory.process([on(key, "link", customer)])[0] == [(OK, None)]
-    (status, state), = anon_host.process([on(anon, "take", link, customer)])[0]
-    merged = host.process([on(customer, "merge", link, key, state)])[0][0]
-    anon_host.process([on(anon, "settle", link)])
-    return state, merged
+    assert directory.process([Link(partition=p_of(key), key=key, customer_id=customer)])[0] \
+        == [Ok()]
+    taken, = anon_host.process([take(anon, link, customer)])[0]
+    merged = host.process([merge(customer, link, key, taken.value)])[0][0]
+    anon_host.process([Settle(partition=p_of(anon), anonymous=anon, link=link)])
+    return taken.value, merged
+
+
+def take(anon, link, customer) -> Take:
+    return Take(partition=p_of(anon), anonymous=anon, link=link, target=customer)
+
+
+def merge(customer, link, key, state) -> Merge:
+    return Merge(partition=p_of(customer), customer_id=customer, link=link, key=key, state=state)
+
+
+def resolve(key) -> Resolve:
+    return Resolve(partition=p_of(key), key=key)
 
 
 def test_an_alias_resolves_to_its_anonymous_customer_until_linked(compiled):
     s = shard(compiled)
     key, anon = "cookie:c1", anonymous_id("cookie:c1")
-    assert s.process([on(key, "resolve")])[0] == [(OK, anon)]
+    assert s.process([resolve(key)])[0] == [Ok(value=anon)]
     s.process([event(anon, "page_view", T0, category="home")] * 3)
     s.process([event("ana", "page_view", T0 + 5, category="home")])
     state, merged = link_steps(s, s, s, key, "ana")
-    assert state is not None and merged == (OK, True)
-    assert s.process([on(key, "resolve")])[0] == [(OK, "ana")]
-    ana = s.process([profile("ana", T0 + 10)])[0][0][1]
+    assert state is not None and merged == Ok(value=True)
+    assert s.process([resolve(key)])[0] == [Ok(value="ana")]
+    ana = s.process([profile("ana", T0 + 10)])[0][0].value
     assert ana["events_applied"] == 4
     # the anonymous id now redirects, so requests already on their way are not lost
     assert s.process([event(anon, "app_open", T0 + 6), profile(anon)])[0] == \
-        [(MERGED, "ana"), (MERGED, "ana")]
+        [Merged(customer_id="ana"), Merged(customer_id="ana")]
 
 
 def test_a_retried_link_merges_once(compiled):
@@ -360,8 +409,8 @@ def test_a_retried_link_merges_once(compiled):
     s.process([event(anon, "page_view", T0, category="home")] * 2)
     link_steps(s, s, s, "email:a@x", "ana")
     state, merged = link_steps(s, s, s, "email:a@x", "ana")
-    assert merged == (OK, False)
-    assert s.process([profile("ana")])[0][0][1]["events_applied"] == 2
+    assert merged == Ok(value=False)
+    assert s.process([profile("ana")])[0][0].value["events_applied"] == 2
 
 
 def test_a_retry_before_the_merge_gets_the_same_state(compiled):
@@ -369,19 +418,22 @@ def test_a_retry_before_the_merge_gets_the_same_state(compiled):
     key, anon = "cookie:c2", anonymous_id("cookie:c2")
     link = link_id(key, "ana")
     s.process([event(anon, "page_view", T0, category="home")])
-    first = s.process([on(anon, "take", link, "ana")])[0][0][1]
-    again = s.process([on(anon, "take", link, "ana")])[0][0][1]
+    first = s.process([take(anon, link, "ana")])[0][0].value
+    again = s.process([take(anon, link, "ana")])[0][0].value
     assert first == again is not None
-    assert s.process([on("ana", "merge", link, key, first)])[0] == [(OK, True)]
-    assert s.process([on("ana", "merge", link, key, again)])[0] == [(OK, False)]
+    assert s.process([merge("ana", link, key, first)])[0] == [Ok(value=True)]
+    assert s.process([merge("ana", link, key, again)])[0] == [Ok(value=False)]
 
 
 def test_an_alias_linked_to_another_customer_is_a_conflict(compiled):
     s = shard(compiled)
-    s.process([on("cookie:c3", "link", "ana")])
-    (status, reason), = s.process([on("cookie:c3", "link", "bob")])[0]
-    assert status == CONFLICT and "linked to another customer" in reason
-    assert s.process([on("cookie:c3", "link", "ana")])[0] == [(OK, None)]
+
+    def link(customer):
+        return Link(partition=p_of("cookie:c3"), key="cookie:c3", customer_id=customer)
+    s.process([link("ana")])
+    conflict, = s.process([link("bob")])[0]
+    assert conflict.status == CONFLICT and "linked to another customer" in conflict.reason
+    assert s.process([link("ana")])[0] == [Ok()]
 
 
 def test_the_directory_and_redirects_move_with_their_partition(compiled):
@@ -389,12 +441,12 @@ def test_the_directory_and_redirects_move_with_their_partition(compiled):
     a = shard(compiled, "a")
     a.process([event(anon, "app_open", T0)])
     link_steps(a, a, a, key, "ana")
-    moving = sorted({partition_of(key, N_PARTITIONS), partition_of(anon, N_PARTITIONS)})
+    moving = sorted({p_of(key), p_of(anon)})
     b = shard(compiled, "b", partitions=[])
     b.adopt(a.freeze(moving, 2), 2)
     a.release(moving)
-    assert b.process([on(key, "resolve")])[0] == [(OK, "ana")]
-    assert b.process([event(anon, "app_open", T0)])[0] == [(MERGED, "ana")]
+    assert b.process([resolve(key)])[0] == [Ok(value="ana")]
+    assert b.process([event(anon, "app_open", T0)])[0] == [Merged(customer_id="ana")]
     assert a.directory.count() == 0 and not a.directory.redirecting
 
 
@@ -404,18 +456,18 @@ def test_forget_returns_the_aliases_and_erases_the_redirect(compiled):
     s.process([event(anon, "app_open", T0)])
     link_steps(s, s, s, key, "ana")
     s.passivate(T0 + 10**6)  # the aliases ride along with the passivated customer
-    assert s.process([on("ana", "forget")])[0] == [(OK, True, [key])]
-    assert s.process([on(key, "unlink", "ana"), on(anon, "forget")])[0] == \
-        [(OK, True), (OK, True, [])]
-    assert s.process([on(key, "resolve"), profile(anon)])[0] == [(OK, anon), (MISSING,)]
+    assert s.process([forget("ana")])[0] == [Forgotten(existed=True, aliases=[key])]
+    assert s.process([Unlink(partition=p_of(key), key=key, customer_id="ana"),
+                      forget(anon)])[0] == [Ok(value=True), Forgotten(existed=True, aliases=[])]
+    assert s.process([resolve(key), profile(anon)])[0] == [Ok(value=anon), Missing()]
 
 
 def test_a_merge_brings_timers_and_watches_along(compiled):
     s = shard(compiled)
     key, anon = "cookie:c6", anonymous_id("cookie:c6")
     s.process([event(anon, "add_to_cart", T0, product_id="s1", category="home", price=10.0)])
-    s.process([on(anon, "watch", "sink-1", "push", None, True)])
+    s.process([watch(anon, "sink-1", "push")])
     s.process([event("ana", "app_open", T0)])
     link_steps(s, s, s, key, "ana")
     assert set(s.timers.armed["ana"]) == {s.compiled.timer_names.index("cart_abandoned")}
-    assert {w.sink for w in s.watches["ana"]} == {"sink-1"}
+    assert {w.sink for w in s.watches.by_customer["ana"]} == {"sink-1"}

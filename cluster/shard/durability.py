@@ -1,0 +1,205 @@
+"""Snapshots, erasure and recovery: what lets a shard be rebuilt from its store.
+
+Partitions are snapshotted a while after they change (`checkpoint`, from `tick`), when they
+move and at catalog switches; the journal is then truncated behind the oldest change not yet
+in a snapshot. A snapshot holds a partition's resident customers, its idempotency keys and its
+share of the alias directory, and names the journal and LSN it covers. Recovery loads each
+partition's snapshot and replays the journal it names through the same handlers that applied
+the records (a partition never snapshotted replays from the start). A customer's home in the
+store carries the LSN of its last change, so replay skips what a home already holds.
+ForgetCustomer is finished by `erase`: the partitions are snapshotted without the customer,
+then the journal is rewritten without its records.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Callable, Iterable
+
+from kairos.core.models import ModelTable
+
+from kairos.cluster.identity import Directory
+from kairos.cluster.protocol import (INVALID, STAMPED, Event, EventRecord, Record, Reply,
+                                     Request, record_from, route_key)
+from kairos.cluster.settings import SNAPSHOT_BACKLOG
+from kairos.cluster.shard.context import ShardContext
+from kairos.cluster.shard.journaling import Journaling
+from kairos.cluster.shard.keys import IdempotencyKeys
+from kairos.cluster.shard.ownership import Ownership
+from kairos.cluster.shard.residency import Residency
+from kairos.cluster.storage import blocks
+from kairos.cluster.storage.store import JournalLike
+
+log = logging.getLogger("kairos.shard")
+SNAPSHOT_FORMAT = 1
+REPLAY_CHUNK = 512  # journal records replayed per round
+SNAPSHOT_WRITE_BYTES = 64 << 20  # snapshots packed before they go to the store
+
+
+class Durability:
+    def __init__(self, ctx: ShardContext, ownership: Ownership, residency: Residency,
+                 keys: IdempotencyKeys, directory: Directory, journaling: Journaling,
+                 apply: Callable[[list[Request]], list[Reply]]):
+        """`apply`: run requests through the shard's handlers (no commit, no pushes)."""
+        self._ctx = ctx
+        self._ownership = ownership
+        self._residency = residency
+        self._keys = keys
+        self._directory = directory
+        self._journaling = journaling
+        self._apply = apply
+        self._truncated = 0  # the journal holds nothing at or below this LSN that is needed
+
+    def snapshot(self, partitions: Iterable[int]) -> int:
+        """Write the partitions' snapshots, covering this journal up to its last LSN; the
+        number of customers written. Partitions being handed over are left alone: their new
+        owner writes theirs when it adopts them."""
+        partitions = [p for p in partitions if p not in self._ownership.leaving]
+        self._journaling.sync()
+        journal = self._journaling.journal
+        lsn, snapshots, size, customers = journal.last_lsn, {}, 0, 0
+        for i, p in enumerate(partitions):
+            residents = self._residency.residents([p])
+            customers += len(residents)
+            snapshots[p] = blocks.pack({
+                "format": SNAPSHOT_FORMAT, "partition": p, "journal": self._ctx.name,
+                "lsn": lsn, "catalog": self._ctx.compiled.version,
+                "block": self._residency.export(residents), "keys": self._keys.export(p),
+                "directory": self._directory.export([p])})
+            size += len(snapshots[p])
+            if size >= SNAPSHOT_WRITE_BYTES or i == len(partitions) - 1:
+                self._ctx.store.put_snapshots(snapshots)  # bounded: a shard is gigabytes
+                snapshots, size = {}, 0
+        for p in partitions:
+            self._journaling.dirty.pop(p, None)
+        self._ctx.counts["snapshots"] += len(partitions)
+        return customers
+
+    def checkpoint(self, changed_before: float, limit: int, budget_s: float = math.inf) -> int:
+        """Snapshot up to `limit` partitions, oldest change first, whose oldest unsnapshotted
+        change is older than `changed_before` or SNAPSHOT_BACKLOG journal records back, for
+        at most `budget_s` (at least one partition); then truncate the journal behind the
+        oldest change still waiting. The number of partitions written."""
+        journal, dirty = self._journaling.journal, self._journaling.dirty
+        backlog = journal.last_lsn - SNAPSHOT_BACKLOG
+        due = sorted((first, p) for p, (first, when) in dirty.items()
+                     if when <= changed_before or first <= backlog)[:limit]
+        started, written = time.perf_counter(), 0
+        for _, p in due:
+            self.snapshot([p])
+            written += 1
+            if time.perf_counter() - started >= budget_s:
+                break
+        oldest = min((first for first, _ in dirty.values()), default=None)
+        upto = journal.last_lsn if oldest is None else oldest - 1
+        if upto > self._truncated:
+            journal.truncate(upto)
+            self._truncated = upto
+        return written
+
+    def erase(self) -> int:
+        """Finish ForgetCustomer: snapshot the partitions without the forgotten customers,
+        then rewrite the journal without their records; the records dropped."""
+        erase = self._journaling.take_erasures()
+        if not erase:
+            return 0
+        self.snapshot(erase)
+
+        def mentions(record: Record) -> bool:
+            gone = erase.get(record.partition)
+            # every id a record names after its kind and partition (customer, anonymous id,
+            # link target, alias key) may be the forgotten customer
+            return gone is not None and any(isinstance(value, str) and value in gone
+                                            for value in record[2:])
+        dropped = self._journaling.journal.compact(mentions, decode=record_from)
+        self._ctx.counts["erased_records"] += dropped
+        return dropped
+
+    def recover(self, sources: dict[int, str] | None = None) -> dict[str, Any]:
+        """Load every owned partition from its snapshot and replay the journal the snapshot
+        names (a partition never snapshotted replays `sources[p]`'s journal, by default this
+        shard's). Partitions recovered from another shard's journal are snapshotted here, so
+        that journal may go. Models start from the priors: the learner has what this shard had
+        sent, and the next sync brings it."""
+        ctx, journaling = self._ctx, self._journaling
+        started = time.perf_counter()
+        plans: dict[str, dict[int, int]] = {}  # journal -> partition -> LSN its snapshot covers
+        for p in sorted(self._ownership.owned):
+            blob = ctx.store.get_snapshot(p)
+            if blob is None:
+                plans.setdefault((sources or {}).get(p, ctx.name), {})[p] = 0
+                continue
+            snap = blocks.unpack(blob)
+            journaling.stamps_of = snap["journal"]
+            self._residency.receive(snap["block"])
+            self._keys.load(p, snap["keys"])
+            self._directory.load(snap["directory"])
+            plans.setdefault(snap["journal"], {})[p] = snap["lsn"]
+        replayed = 0
+        for name, after in plans.items():
+            journaling.stamps_of = name
+            journal = journaling.journal if name == ctx.name else ctx.store.journal(name, "off")
+            replayed += self._replay(journal, after)
+            if name != ctx.name:  # this journal's LSNs mean nothing to ours
+                for customer_id in self._residency.residents(after):
+                    journaling.stamp(customer_id, 0)
+        journaling.stamps_of = ctx.name
+        foreign = [p for name, after in plans.items() if name != ctx.name for p in after]
+        self.snapshot(foreign)
+        ctx.engine.use_models(ModelTable(ctx.compiled))
+        ctx.counts["recoveries"] += 1
+        return {"shard": ctx.name, "partitions": len(self._ownership.owned),
+                "resident": len(ctx.engine.table), "replayed": replayed,
+                "journals": sorted(plans), "seconds": time.perf_counter() - started}
+
+    def _replay(self, journal: JournalLike, after: dict[int, int]) -> int:
+        """Apply the journal's records of these partitions newer than their snapshots."""
+        chunk: list[tuple[int, Record]] = []
+        replayed = 0
+        for lsn, record in journal.replay(min(after.values(), default=0), decode=record_from):
+            if record.partition in after and lsn > after[record.partition]:
+                chunk.append((lsn, record))
+                if len(chunk) >= REPLAY_CHUNK:
+                    replayed += self._apply_replayed(chunk)
+                    chunk = []
+        return replayed + self._apply_replayed(chunk)
+
+    def _apply_replayed(self, chunk: list[tuple[int, Record]]) -> int:
+        """Replay records through the handlers, skipping what a customer's home already holds
+        (its stamp is at or past the record's LSN)."""
+        journaling = self._journaling
+        kept = []
+        for lsn, record in chunk:
+            # not in a snapshot yet: the journal must keep it
+            journaling.mark_dirty(record.partition, lsn, self._ctx.clock())
+            if record.kind in STAMPED:
+                self._residency.activate(record.customer_id, record.partition, create=False)
+                if journaling.holds(record.customer_id, lsn):
+                    if isinstance(record, EventRecord) and record.idempotency_key:
+                        self._keys.remember(record.partition, record.idempotency_key,
+                                            record.sequence)
+                    continue
+            kept.append((lsn, record))
+        journaling.replaying = True
+        try:
+            replies = self._apply([_request(record) for _, record in kept])
+        finally:
+            journaling.replaying = False
+        for (lsn, record), reply in zip(kept, replies):
+            if reply.status == INVALID:  # the catalog changed under an unfinished switch
+                log.warning("%s: replaying %s for %r: %s: %s", self._ctx.name, record.kind,
+                            route_key(record), reply.field, reply.reason)
+            if record.kind in STAMPED:
+                journaling.stamp(record.customer_id, lsn)
+        return len(kept)
+
+
+def _request(record: Record) -> Request:
+    """The request that made a journal record (an event's record carries its sequence
+    number besides)."""
+    if isinstance(record, EventRecord):
+        return Event(partition=record.partition, customer_id=record.customer_id,
+                     event_type=record.event_type, time=record.time,
+                     attributes=record.attributes, idempotency_key=record.idempotency_key)
+    return record

@@ -1,0 +1,92 @@
+"""Partition handoff between shards, as the controller drives it (control/controller.py).
+
+For partition p moving from A to B in map version v: A `freeze`s p (its requests answer MOVED
+naming v, never applied) and hands over p's customers, resident and, when the store is not
+shared, passivated, with p's idempotency keys and directory; B `adopt`s them and snapshots p,
+so recovery finds p in B's journal from then on; once the controller has published v, A
+`release`s p. If the adoption fails, A `thaw`s p and serves it again.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from kairos.cluster.identity import Directory
+from kairos.cluster.shard.context import ShardContext
+from kairos.cluster.shard.durability import Durability
+from kairos.cluster.shard.journaling import Journaling
+from kairos.cluster.shard.keys import IdempotencyKeys
+from kairos.cluster.shard.ownership import Ownership
+from kairos.cluster.shard.residency import Residency
+from kairos.cluster.storage import blocks
+
+
+class Handoff:
+    def __init__(self, ctx: ShardContext, ownership: Ownership, residency: Residency,
+                 keys: IdempotencyKeys, directory: Directory, journaling: Journaling,
+                 durability: Durability):
+        self._ctx = ctx
+        self._ownership = ownership
+        self._residency = residency
+        self._keys = keys
+        self._directory = directory
+        self._journaling = journaling
+        self._durability = durability
+        # partition -> the homes a freeze took out of an unshared store (a thaw puts them back)
+        self._frozen: dict[int, dict[str, bytes]] = {}
+
+    def freeze(self, partitions: Sequence[int], version: int) -> bytes:
+        """Stop serving the partitions (requests answer MOVED with `version`) and hand over
+        their customers, resident and passivated, as one packed payload."""
+        ownership = self._ownership
+        for p in partitions:
+            if p not in ownership.owned or p in ownership.leaving:
+                raise ValueError(f"{self._ctx.name} cannot hand over partition {p}: "
+                                 f"not serving it")
+        payload = {"partitions": list(partitions),
+                   "block": self._residency.export(self._residency.residents(partitions)),
+                   "passivated": {}, "keys": {p: self._keys.export(p) for p in partitions},
+                   "directory": self._directory.export(partitions)}
+        for p in partitions:
+            ownership.leaving[p] = version
+            if not self._ctx.store.shared:  # homes travel with the partition
+                homes = self._ctx.store.take_partition(p)
+                self._frozen[p] = homes
+                payload["passivated"][p] = homes
+        return blocks.pack(payload)
+
+    def adopt(self, payload: bytes, version: int) -> int:
+        """Take over partitions handed over by `freeze` in map `version`; the number of
+        customers received (in memory, and with their homes when the store is not shared)."""
+        data = blocks.unpack(payload)
+        received = set(self._residency.receive(data["block"]))
+        for p, homes in data["passivated"].items():
+            for customer_id, blob in homes.items():
+                self._ctx.store.put(int(p), customer_id, blob)
+            received.update(homes)
+        for p, keys in data["keys"].items():
+            self._keys.load(int(p), keys)
+        self._directory.load(data["directory"])
+        for p in data["partitions"]:
+            self._ownership.owned[p] = version
+            self._ownership.leaving.pop(p, None)
+        self._durability.snapshot(data["partitions"])  # owned from here: recovery reads ours
+        return len(received)
+
+    def release(self, partitions: Sequence[int]) -> None:
+        """The new owner has them: forget the partitions' customers (MOVED answers stay)."""
+        for p in partitions:
+            self._residency.drop_partition(p)
+            self._ownership.owned.pop(p, None)
+            self._keys.drop(p)
+            self._frozen.pop(p, None)
+            self._journaling.forget(p)
+        self._directory.drop(partitions)
+
+    def thaw(self, partitions: Sequence[int], version: int) -> None:
+        """The handoff failed: serve the partitions again, to senders that saw `version`."""
+        for p in partitions:
+            self._ownership.leaving.pop(p, None)
+            self._ownership.owned[p] = version
+            for customer_id, blob in self._frozen.pop(p, {}).items():
+                self._ctx.store.put(p, customer_id, blob)
+        self._durability.snapshot(partitions)  # the failed adopter may have written its own

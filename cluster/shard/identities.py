@@ -1,0 +1,162 @@
+"""Identity on a shard: the alias directory's requests, the three steps of a link, and
+forgetting a customer (see cluster/identity.py for the protocol and the Directory).
+
+The directory (this shard's share of it) answers Resolve, Link and Unlink for the aliases of
+its partitions. A link's Take hands an anonymous customer's state over and leaves a redirect
+(requests still on their way to the anonymous id answer MERGED); Merge folds the state into
+the customer once per link id; Settle drops the state the redirect kept for retries. Each
+customer remembers its aliases and the links merged into it (`CustomerIdentities`), in its
+block, so a retried link merges once even after the customer moved or was passivated.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from kairos.cluster.identity import Directory
+from kairos.cluster.protocol import (Conflict, Forget, Forgotten, Link, Merge, Ok, Reply,
+                                     Resolve, Settle, Take, Unlink)
+from kairos.cluster.shard.context import ShardContext, touch
+from kairos.cluster.shard.journaling import Journaling
+from kairos.cluster.shard.residency import Residency
+from kairos.cluster.storage import blocks
+
+
+class CustomerIdentities:
+    """Per resident customer: the aliases linked to it and the links merged into it."""
+
+    def __init__(self) -> None:
+        self._of: dict[str, dict[str, list[str]]] = {}
+
+    def aliases(self, customer_id: str) -> list[str]:
+        return list(self._of.get(customer_id, {}).get("aliases", []))
+
+    def link(self, customer_id: str, key: str, link: str) -> bool:
+        """Note that the alias names the customer; whether `link` is new (and note it)."""
+        mine = self._of.setdefault(customer_id, {"aliases": [], "links": []})
+        if key not in mine["aliases"]:
+            mine["aliases"].append(key)
+        if link in mine["links"]:
+            return False
+        mine["links"].append(link)
+        return True
+
+    # -- riding along in the customer's block (residency.py) ----------------------------------
+
+    def extra(self, customer_id: str) -> dict[str, Any]:
+        return dict(self._of.get(customer_id, {}))
+
+    def restore(self, customer_id: str, extra: dict[str, Any]) -> None:
+        for part in ("aliases", "links"):
+            if extra.get(part):
+                mine = self._of.setdefault(customer_id, {"aliases": [], "links": []})
+                mine[part].extend(x for x in extra[part] if x not in mine[part])
+
+    def drop(self, customer_id: str, evicted: bool) -> None:
+        self._of.pop(customer_id, None)
+
+
+class IdentityRequests:
+    def __init__(self, ctx: ShardContext, residency: Residency, journaling: Journaling,
+                 directory: Directory, identities: CustomerIdentities):
+        self._ctx = ctx
+        self._residency = residency
+        self._journaling = journaling
+        self._directory = directory
+        self._identities = identities
+
+    def resolve(self, batch: list[Resolve], touched: dict[str, float]) -> list[Reply]:
+        """The customer an alias names: its linked customer, or its anonymous one."""
+        return [Ok(value=self._directory.resolve(r.partition, r.key)) for r in batch]
+
+    def link(self, batch: list[Link], touched: dict[str, float]) -> list[Reply]:
+        """Step 1: point the alias at the customer; CONFLICT if it names another one."""
+        replies: list[Reply] = []
+        for r in batch:
+            if self._directory.link(r.partition, r.key, r.customer_id) is not None:
+                replies.append(Conflict(reason=f"alias {r.key!r} is linked to another "
+                                               f"customer; forget that customer (or the "
+                                               f"alias) first"))
+            else:
+                replies.append(Ok())
+                self._journaling.record(r)
+        return replies
+
+    def unlink(self, batch: list[Unlink], touched: dict[str, float]) -> list[Reply]:
+        """Forget an alias of a customer; whether it named that customer."""
+        replies: list[Reply] = []
+        for r in batch:
+            unlinked = self._directory.unlink(r.partition, r.key, r.customer_id)
+            replies.append(Ok(value=unlinked))
+            if unlinked:
+                self._journaling.record(r)
+                self._journaling.erase_later(r.partition, r.customer_id)
+        return replies
+
+    def take(self, batch: list[Take], touched: dict[str, float]) -> list[Reply]:
+        """Step 2: hand an anonymous customer's state over (None if it has none) and redirect
+        its id. A retry of the same link gets the same state back. Replayed, the state comes
+        from the record: the customer it was exported from is gone."""
+        replies: list[Reply] = []
+        for r in batch:
+            p, anonymous = r.partition, r.anonymous
+            earlier = self._directory.handed_over(p, anonymous)
+            if earlier is not None:
+                _, link, state = earlier
+                replies.append(Ok(value=state if link == r.link else None))
+                continue
+            state = r.state if self._journaling.replaying else None
+            if self._residency.activate(anonymous, p, create=False):
+                if not self._journaling.replaying:
+                    state = blocks.pack(self._residency.export([anonymous]))
+                self._residency.evict(anonymous, p)
+                self._ctx.store.delete(p, anonymous)
+            self._directory.leave_redirect(p, anonymous, r.target, r.link, state)
+            self._journaling.record(r._replace(state=state))
+            replies.append(Ok(value=state))
+        return replies
+
+    def merge(self, batch: list[Merge], touched: dict[str, float]) -> list[Reply]:
+        """Step 3: fold handed-over state into the customer, once per link; whether it
+        folded now."""
+        replies: list[Reply] = []
+        for r in batch:
+            self._residency.activate(r.customer_id, r.partition)
+            if not self._identities.link(r.customer_id, r.key, r.link):
+                replies.append(Ok(value=False))
+                continue
+            self._journaling.record(r)
+            if r.state is not None:
+                self._residency.fold(r.customer_id, blocks.unpack(r.state))
+                touch(touched, r.customer_id, self._ctx.clock())
+                self._ctx.counts["merges"] += 1
+            replies.append(Ok(value=r.state is not None))
+        return replies
+
+    def settle(self, batch: list[Settle], touched: dict[str, float]) -> list[Reply]:
+        """After a merge: the redirect need not keep the handed-over state any more."""
+        for r in batch:
+            self._directory.settle(r.partition, r.anonymous, r.link)
+            self._journaling.record(r)
+        return [Ok()] * len(batch)
+
+    def forget(self, batch: list[Forget], touched: dict[str, float]) -> list[Reply]:
+        """Erase customers from memory and the store (and, at the next `erase`, from the
+        snapshots and the journal): whether each existed, and its aliases, for the caller to
+        erase from the directory."""
+        replies: list[Reply] = []
+        for r in batch:
+            p, customer_id = r.partition, r.customer_id
+            existed = self._residency.activate(customer_id, p, create=False)
+            aliases = self._identities.aliases(customer_id)
+            if existed:
+                self._residency.evict(customer_id, p)
+                self._ctx.store.delete(p, customer_id)
+            if self._directory.redirect_of(customer_id) is not None:
+                self._directory.drop_redirect(p, customer_id)  # with the state it handed over
+                existed = True
+            replies.append(Forgotten(existed=existed, aliases=aliases))
+            if existed:  # nothing to journal or erase for a customer nobody has seen
+                self._ctx.counts["forgotten"] += 1
+                self._journaling.record(r)
+                self._journaling.erase_later(p, customer_id)
+        return replies

@@ -1,0 +1,54 @@
+"""Model sync's bookkeeping, apart from reaching the learner (the actor does that).
+
+Shards keep model statistics as deltas of natural parameters against the last published
+version; at least every MODEL_SYNC_S the actor sends the delta to the learner, which adds it
+to the global posterior and publishes the next version, which the shard then uses. A delta
+the learner could not take goes with the next sync, unless the catalog switched meanwhile
+(its rows mean something else then: it stays only in this shard's models).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kairos.core.engine import DecisionEngine
+from kairos.core.models import ModelDelta
+
+log = logging.getLogger("kairos.shard")
+
+
+class ModelSync:
+    def __init__(self, name: str):
+        self.name = name
+        self._outbox: tuple[str, ModelDelta] | None = None  # (catalog version, unsent delta)
+
+    def take(self, engine: DecisionEngine) -> tuple[str, ModelDelta | None, int]:
+        """What the engine learnt since the last sync, with what an unsent sync had, for its
+        catalog version (None if nothing), and the model version it has."""
+        delta = engine.models.take_delta()
+        version = engine.compiled.version
+        if self._outbox is not None:
+            unsent_version, unsent = self._outbox
+            self._outbox = None
+            if unsent_version == version:
+                delta = delta + unsent
+            else:
+                log.warning("%s: model learning from before the switch to catalog %s could "
+                            "not reach the learner and is kept only here", self.name, version)
+        if not (delta.positives.any() or delta.negatives.any()):
+            delta = None
+        return version, delta, engine.models.version
+
+    def unsent(self, catalog_version: str, delta: ModelDelta | None) -> None:
+        """The learner could not be reached: the delta goes with the next sync."""
+        if delta is not None:
+            self._outbox = (catalog_version, delta)
+
+    @staticmethod
+    def adopt(engine: DecisionEngine, published: Any) -> None:
+        """Use a model version the learner published (control/learner.py's Published) if it
+        is for the engine's catalog and newer than the engine's."""
+        if published.catalog_version == engine.compiled.version and \
+                published.version > engine.models.version:
+            engine.adopt_models(published.mean, published.precision, published.positives,
+                                published.negatives, published.version)

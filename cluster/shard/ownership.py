@@ -1,0 +1,32 @@
+"""Which partitions a shard serves, under which map version, and the MOVED answer."""
+from __future__ import annotations
+
+from kairos.cluster.protocol import NOT_MINE, Moved
+
+
+class Ownership:
+    """`owned`: partition -> the map version that gave it to this shard. Requests routed under
+    an older map answer MOVED, so a client re-sending moved requests cannot be overtaken by
+    its own older ones. `leaving`: partition -> the map version that moves it away; from the
+    freeze on, its requests answer MOVED naming that version and nothing of it is written
+    here (its new owner writes its snapshot)."""
+
+    def __init__(self, owned: dict[int, int]):
+        self.owned = owned
+        self.leaving: dict[int, int] = {}
+
+    def moved(self, partition: int, routed: int | None) -> Moved | None:
+        """The MOVED answer for a request of `partition` its sender routed under map version
+        `routed` (None: any), or None when it is served here."""
+        if partition in self.leaving:
+            return Moved(map_version=self.leaving[partition])
+        granted = self.owned.get(partition)
+        if granted is None:
+            return Moved(map_version=NOT_MINE)
+        if routed is not None and routed < granted:
+            return Moved(map_version=granted)
+        return None
+
+    def serving(self) -> int:
+        """Partitions owned and not being handed over."""
+        return len(self.owned) - sum(1 for p in self.leaving if p in self.owned)

@@ -1,0 +1,185 @@
+"""Residency: which customers are in memory, and their way in and out of it.
+
+Each customer is a virtual actor (Orleans' grains, Akka's sharded entities): activated on
+first use, from its home in the store if it has one; passivated to that home when idle, or
+when the shard holds more than its resident limit (least recent first). Residency keeps the
+members of each partition (in memory; a partition's snapshot and handoff are its members),
+the recency order, and the customers' timers.
+
+A customer's state outside the profile table travels with it in its block's extras: its
+armed timers (kept here), and the state of the parts registered as `CustomerState` (its
+watches, its aliases and links). Loading a block replaces what a customer had here; folding
+one (an anonymous profile merged in) adds to it.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Any, Iterable, Protocol, Sequence
+
+from kairos.core.merge import merge_profiles
+
+from kairos.cluster.shard.context import ShardContext
+from kairos.cluster.shard.journaling import Journaling
+from kairos.cluster.shard.ownership import Ownership
+from kairos.cluster.shard.timers import Timers
+from kairos.cluster.storage import blocks
+
+MERGING = "\x00merging"  # the transient id of a profile being folded into another
+
+
+class CustomerState(Protocol):
+    """Per-customer state a part keeps beside the profile, riding in the customer's block."""
+
+    def extra(self, customer_id: str) -> dict[str, Any]:
+        """The customer's state, as keys of its block's extras."""
+
+    def restore(self, customer_id: str, extra: dict[str, Any]) -> None:
+        """Add what `extra` holds to what the customer has here."""
+
+    def drop(self, customer_id: str, evicted: bool) -> None:
+        """Forget the customer's state (`evicted`: it leaves memory, else it is reloaded)."""
+
+
+class Residency:
+    def __init__(self, ctx: ShardContext, ownership: Ownership, journaling: Journaling,
+                 keepers: Sequence[CustomerState], idle_s: float, resident_limit: int):
+        self._ctx = ctx
+        self._ownership = ownership
+        self._journaling = journaling
+        self._keepers = tuple(keepers)
+        self.idle_s = idle_s
+        self.resident_limit = resident_limit
+        self.members: dict[int, set[str]] = {}
+        self.recent: OrderedDict[str, float] = OrderedDict()  # residents, least recent first
+        self.timers = Timers()
+
+    def activate(self, customer_id: str, partition: int, create: bool = True) -> bool:
+        """Make the customer resident (from the store if passivated); False if unknown and
+        not `create`."""
+        if customer_id not in self._ctx.engine.table:
+            blob = self._ctx.store.get(partition, customer_id)
+            if blob is not None:
+                self.load(blocks.unpack(blob))
+                self._ctx.counts["activations"] += 1
+            elif not create:
+                return False
+            else:
+                self._ctx.engine.activate([customer_id])
+            self.members.setdefault(partition, set()).add(customer_id)
+        self.recent[customer_id] = self._ctx.clock()
+        self.recent.move_to_end(customer_id)
+        return True
+
+    def passivate(self, now: float) -> int:
+        """Send idle customers (and the least recent, past the resident limit) to the store.
+
+        A customer with an armed timer stays resident while idle, so its timer fires on time;
+        only the resident limit passivates it (its timer then fires when it is next activated).
+        """
+        victims, kept = [], []
+        over = len(self.recent) - self.resident_limit
+        for customer_id, seen in self.recent.items():
+            if self._ctx.partition_of(customer_id) in self._ownership.leaving:
+                kept.append(customer_id)  # handed over already: its new owner writes it
+            elif over > len(victims):
+                victims.append(customer_id)
+            elif now - seen >= self.idle_s:
+                (kept if customer_id in self.timers.armed else victims).append(customer_id)
+            else:
+                break
+        if victims:
+            self._journaling.sync()
+        for customer_id in victims:
+            p = self._ctx.partition_of(customer_id)
+            self._ctx.store.put(p, customer_id, blocks.pack(self.export([customer_id])))
+            self.evict(customer_id, p)
+        for customer_id in kept:  # idle but waiting for a timer: look again next round
+            self.recent.move_to_end(customer_id)
+        self._ctx.counts["passivations"] += len(victims)
+        return len(victims)
+
+    def residents(self, partitions: Iterable[int]) -> list[str]:
+        """The partitions' resident customers, in a stable order."""
+        return [c for p in partitions for c in sorted(self.members.get(p, ()))]
+
+    # -- blocks --------------------------------------------------------------------------------
+
+    def export(self, customer_ids: Sequence[str]) -> dict[str, Any]:
+        """The customers (resident) as a block, with their timers and keepers' state."""
+        extras = [self._extra(c) for c in customer_ids]
+        return blocks.export_block(self._ctx.engine, customer_ids, extras, self._ctx.name)
+
+    def load(self, block: dict[str, Any]) -> list[str]:
+        """Make a block's customers resident, replacing what they had here; their ids."""
+        ids = blocks.import_block(self._ctx.engine, block, self._journaling.stamps_of)
+        for customer_id, extra in zip(ids, block["extras"]):
+            self.timers.take(customer_id)
+            for keeper in self._keepers:
+                keeper.drop(customer_id, evicted=False)
+            self._restore(customer_id, extra)
+            self.recent[customer_id] = self._ctx.clock()
+        return ids
+
+    def receive(self, block: dict[str, Any]) -> list[str]:
+        """Load the customers of a partition's snapshot or a handoff, as members of their
+        partitions; their ids."""
+        ids = self.load(block)
+        for customer_id in ids:
+            self.members.setdefault(self._ctx.partition_of(customer_id), set()).add(customer_id)
+        return ids
+
+    def reload(self, block: dict[str, Any]) -> None:
+        """Load every resident customer again, into the engine of a new catalog (their timers
+        are armed afresh under its numbering)."""
+        self.timers = Timers()
+        self.load(block)
+
+    def fold(self, customer_id: str, block: dict[str, Any]) -> None:
+        """Merge a one-customer block (an anonymous profile handed over by a link) into the
+        customer: counts and decayed sums add, last values keep the newest, histories
+        interleave (core/merge.py); timers, watches and aliases join the customer's."""
+        extra = block["extras"][0]
+        block["ids"] = [MERGING]
+        engine = self._ctx.engine
+        engine.activate([customer_id])  # a customer known only by id so far
+        blocks.import_block(engine, block)
+        merge_profiles(self._ctx.compiled, engine.table, customer_id, MERGING)
+        engine.table.evict(MERGING)
+        self._restore(customer_id, extra)
+
+    def evict(self, customer_id: str, partition: int) -> None:
+        """Drop the customer from memory (its home, if any, stays in the store)."""
+        self._ctx.engine.table.evict(customer_id)
+        self.timers.take(customer_id)
+        for keeper in self._keepers:
+            keeper.drop(customer_id, evicted=True)
+        self.recent.pop(customer_id, None)
+        members = self.members.get(partition)
+        if members is not None:
+            members.discard(customer_id)
+
+    def drop_partition(self, partition: int) -> None:
+        """Evict every member of the partition (it moved away)."""
+        for customer_id in list(self.members.pop(partition, ())):
+            self.evict(customer_id, partition)
+
+    def _extra(self, customer_id: str) -> dict[str, Any]:
+        names = self._ctx.compiled.timer_names
+        extra = {"timers": {names[k]: due
+                            for k, due in self.timers.armed.get(customer_id, {}).items()}}
+        for keeper in self._keepers:
+            extra.update(keeper.extra(customer_id))
+        return extra
+
+    def _restore(self, customer_id: str, extra: dict[str, Any]) -> None:
+        """Add a customer's timers and keepers' state to what it has here (a timer armed on
+        both sides keeps the later due time, as the later start would have)."""
+        index = {name: k for k, name in enumerate(self._ctx.compiled.timer_names)}
+        armed = self.timers.armed.get(customer_id, {})
+        for name, due in extra["timers"].items():
+            k = index.get(name)
+            if k is not None and not armed.get(k, -math.inf) >= due:
+                self.timers.arm(customer_id, k, due)
+        for keeper in self._keepers:
+            keeper.restore(customer_id, extra)
