@@ -19,7 +19,8 @@ import ray
 
 from kairos.cluster.gateway import wire
 from kairos.core.compiler import default_compiled
-from kairos.core.engine import Decision, DecisionEngine
+from kairos.core.decision import Decision
+from kairos.core.engine import DecisionEngine
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 

@@ -12,7 +12,7 @@ import logging
 import grpc
 import ray
 
-from kairos.core.engine import Decision
+from kairos.core.decision import Decision
 
 from kairos.cluster import pauses
 from kairos.cluster.gateway.auth import Auth

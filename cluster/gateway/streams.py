@@ -14,7 +14,7 @@ import asyncio
 from collections import deque
 from typing import AsyncIterator, NamedTuple
 
-from kairos.core.engine import Decision
+from kairos.core.decision import Decision
 
 from kairos.cluster.settings import WATCH_BACKLOG
 from kairos.cluster.transport.backend import Backend

@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from kairos.core.engine import Decision, Explanation, RankedAction
+from kairos.core.decision import Decision, Explanation, RankedAction
 from kairos.core.errors import InputError
 from kairos.v1 import decision_pb2 as pb
 

@@ -18,8 +18,7 @@ from typing import Any
 
 import ray
 
-from kairos.core.catalog import load_catalog
-from kairos.core.compiler import compile_catalog
+from kairos.core.compiler import compiled_from_text
 
 from kairos.cluster import pauses
 from kairos.cluster.metrics import ShardMetrics
@@ -69,7 +68,7 @@ class ShardActor:
                     sources: dict[int, str] | None = None) -> str:
         """Recover these partitions from the store (`sources`: the journal of a dead shard
         whose partitions these were), then serve them on this catalog."""
-        compiled = compile_catalog(load_catalog(catalog_text))
+        compiled = compiled_from_text(catalog_text)
         await self.host.start(compiled, {p: map_version for p in partitions},
                               [tuple(w) for w in channel_watches], sources)
         return self.incarnation

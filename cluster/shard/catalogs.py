@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import math
 
-from kairos.core.catalog import load_catalog
-from kairos.core.compiler import CompiledCatalog, compile_catalog
+from kairos.core.compiler import CompiledCatalog, compiled_from_text
 from kairos.core.engine import DecisionEngine
 from kairos.core.models import ModelRemap
 
@@ -30,7 +29,7 @@ class CatalogSwitch:
 
     def prepare(self, catalog_text: str) -> str:
         """Phase one: compile the catalog (errors raise); its version."""
-        self._prepared = compile_catalog(load_catalog(catalog_text))
+        self._prepared = compiled_from_text(catalog_text)
         return self._prepared.version
 
     def commit(self, version: str) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kairos.core.engine import Decision
+from kairos.core.decision import Decision
 from kairos.core.errors import InputError
 from kairos.core.request import placement_codes
 

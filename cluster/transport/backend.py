@@ -19,7 +19,7 @@ from kairos.cluster.protocol import Reply, Request
 from kairos.cluster.settings import LONG_POLL_S
 
 if TYPE_CHECKING:  # types only: the learner's module is the control side's, above this one
-    from kairos.core.engine import Decision
+    from kairos.core.decision import Decision
     from kairos.core.models import ModelDelta
 
     from kairos.cluster.control.learner import Published

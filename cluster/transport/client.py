@@ -30,7 +30,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from kairos.core.engine import Decision
+from kairos.core.decision import Decision
 from kairos.core.errors import InputError
 
 from kairos.cluster import protocol

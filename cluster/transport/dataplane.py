@@ -29,7 +29,7 @@ from typing import Any, Awaitable, Callable
 import msgpack
 import numpy as np
 
-from kairos.core.engine import Decision, Dropped, Explanation, RankedAction
+from kairos.core.decision import Decision, Dropped, Explanation, RankedAction
 
 log = logging.getLogger("kairos.dataplane")
 PROTOCOL = 1

@@ -28,7 +28,7 @@ from kairos.cluster.transport.backend import (ChannelWatch, ControllerControl, L
 from kairos.cluster.transport.dataplane import PlaneConnection, ShardFailed
 
 if TYPE_CHECKING:
-    from kairos.core.engine import Decision
+    from kairos.core.decision import Decision
     from kairos.core.models import ModelDelta
 
     from kairos.cluster.control.learner import Published

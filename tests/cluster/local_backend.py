@@ -17,7 +17,7 @@ from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage.memory_store import MemoryStore
 from kairos.cluster.transport.backend import ChannelWatch, ControllerControl, Unavailable
 from kairos.core.compiler import compiled_from_text, default_compiled
-from kairos.core.engine import Decision
+from kairos.core.decision import Decision
 from kairos.core.models import ModelDelta
 
 

@@ -12,7 +12,7 @@ from kairos.cluster.protocol import (MOVED, OK, Event, EventAck, Moved, ReadProf
 from kairos.cluster.transport.backend import Unavailable
 from kairos.cluster.transport.dataplane import (PlaneClosed, PlaneConnection, PlaneServer,
                                                 ShardFailed)
-from kairos.core.engine import Decision, Dropped, Explanation, RankedAction
+from kairos.core.decision import Decision, Dropped, Explanation, RankedAction
 
 INCARNATION = "a" * 32
 RANKED = RankedAction("gold_card", "sell", "banner", 1.5, 0.25, 10.0, 0.6, 1.0)
