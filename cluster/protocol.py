@@ -2,9 +2,12 @@
 and every record a shard journals, as named types.
 
 Each is a NamedTuple whose first field says what it is (a request's or record's `kind`, a
-reply's `status`), so it packs with msgpack as the plain array it always was: the data plane's
-frames and the journal's bytes did not change when these types were named, and journals
-written before still replay. Readers use names (`request.customer_id`, `reply.map_version`);
+reply's `status`), so it packs with msgpack as a plain array in the field order below. The
+journal's records kept the layout they had as positional tuples, so journals written before
+these types were named still replay (as format 1). On the data plane two shapes changed (a
+Take always carries its `state` field, an EventAck always four fields), so its handshake's
+protocol number went to 2 and a client and a shard of different versions refuse each other
+rather than misread. Readers use names (`request.customer_id`, `reply.map_version`);
 `request_from`, `reply_from` and `record_from` turn arrays that crossed a socket or came out
 of a journal back into these types.
 

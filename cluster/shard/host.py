@@ -157,10 +157,12 @@ class ShardHost:
                     self._pool, self._recovered, failed.compiled, owned, watches, None)
                 self._settle()  # and the failed Shard is freed
                 return
-            except (StoreUnavailable, OSError) as exc:
+            except Exception as exc:  # a store that is down, or data this version cannot read
                 wait = REBUILD_BACKOFF_S[min(attempt, len(REBUILD_BACKOFF_S) - 1)]
-                log.warning("%s: rebuilding from the store failed (%s); again in %.1f s",
-                            self.name, exc, wait)
+                unexpected = not isinstance(exc, (StoreUnavailable, OSError))
+                log.log(logging.ERROR if unexpected else logging.WARNING,
+                        "%s: rebuilding from the store failed (%s: %s); again in %.1f s",
+                        self.name, type(exc).__name__, exc, wait, exc_info=unexpected)
                 attempt += 1
                 await asyncio.sleep(wait)
 

@@ -139,6 +139,9 @@ class KairosClient:
                 self._apply_map(await controller.get_map(self.version, LONG_POLL_S))
             except Unavailable:
                 await asyncio.sleep(0.2)  # the controller is restarting
+            except Exception:  # the controller failed this poll: the map must keep following
+                log.exception("following the partition map failed; polling again")
+                await asyncio.sleep(1.0)
 
     async def _map_newer_than(self, version: int, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -325,10 +328,12 @@ class KairosClient:
             replies = await self.backend.send(link.name, session, seq,
                                               [item.request for item in batch],
                                               [item.routed for item in batch])
-        except Unavailable as exc:
-            # The shard died or is restarting: requests may or may not have been applied,
-            # so they fail rather than being re-sent; later ones start a fresh session
-            # (unless another failed call of this session started it already).
+        except Exception as exc:
+            # The shard died or is restarting (or the backend failed): requests may or may
+            # not have been applied, so they fail rather than being re-sent; later ones start
+            # a fresh session (unless another failed call of this session started it already).
+            if not isinstance(exc, Unavailable):
+                log.exception("sending a batch to %s failed", link.name)
             if link.session == session:
                 link.session, link.seq = uuid.uuid4().hex, 0
             replies = [protocol.Unavailable(reason=str(exc))] * len(batch)

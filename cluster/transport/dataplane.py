@@ -32,7 +32,9 @@ import numpy as np
 from kairos.core.decision import Decision, Dropped, Explanation, RankedAction
 
 log = logging.getLogger("kairos.dataplane")
-PROTOCOL = 1
+# 2: requests and replies as protocol.py names them (a Take carries its state field, an
+# EventAck always four fields); a client and a shard of different versions refuse each other
+PROTOCOL = 2
 READ_CHUNK = 1 << 16
 # A peer that vanished without closing (its node lost power) is noticed after about
 # IDLE + INTERVAL × COUNT seconds of silence by TCP keepalive, or, while frames wait for its

@@ -114,6 +114,7 @@ class RayBackend:
         try:
             connection = await asyncio.shield(plane)
             raw = await connection.call(session, seq, requests, routed)
+            return [reply_from(reply, request.kind) for reply, request in zip(raw, requests)]
         except ShardFailed as exc:  # that call only: the connection is fine
             raise Unavailable(f"{name}: {exc}") from exc
         except (TypeError, OverflowError) as exc:  # a value msgpack cannot carry: nothing sent
@@ -124,7 +125,6 @@ class RayBackend:
             if isinstance(exc, Unavailable):
                 raise
             raise Unavailable(f"{name}: {exc}") from exc
-        return [reply_from(reply, request.kind) for reply, request in zip(raw, requests)]
 
     async def close(self) -> None:
         for name in list(self._planes):

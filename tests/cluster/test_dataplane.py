@@ -53,7 +53,7 @@ def test_frames_carry_requests_and_decisions_and_overlapping_calls_get_their_own
 def test_a_connection_naming_another_incarnation_is_refused():
     async def main():
         server, (host, port) = await _served()
-        with pytest.raises(PlaneClosed, match="refused the handshake: expected protocol 1 "
+        with pytest.raises(PlaneClosed, match="refused the handshake: expected protocol 2 "
                                               "and this shard's incarnation"):
             await PlaneConnection.open(host, port, "b" * 32)
         server.close()
