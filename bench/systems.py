@@ -22,7 +22,7 @@ from ray.cluster_utils import Cluster
 
 from kairos.cluster.control import runtime
 from kairos.cluster.transport.client import KairosClient
-from kairos.cluster.gateway.service import GatewayActor
+from kairos.cluster.gateway.actor import GatewayActor
 from kairos.cluster.control.partitions import partition_of
 from kairos.cluster.settings import NAMESPACE
 
@@ -51,22 +51,22 @@ def ray_nodes(n: int) -> Iterator[list[str]]:
     # Ray's workers unpickle the peers' actors and servicers: they import bench from here
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    # Ray's session files and its record of the latest cluster in a folder of the bench's own,
+    # not beside those of a `kairos up` or another Ray on this machine (the tests set theirs)
+    os.environ.setdefault("RAY_TMPDIR", os.path.join(tempfile.gettempdir(), "kairos-bench-ray"))
     quiet = {"namespace": NAMESPACE, "logging_level": "WARNING", "log_to_driver": False}
+    # a Ray of our own even when another runs on this machine: its GCS on a free port, no
+    # dashboard, the dashboard agent on a free port (not Ray's default 52365)
+    node_args = {"num_cpus": os.cpu_count() if n == 1 else CPUS_PER_NODE,
+                 "object_store_memory": OBJECT_STORE_BYTES, "dashboard_agent_listen_port": 0}
     cluster = None
     try:
-        if n == 1:
-            # "local": a new Ray of our own, even when another one runs on this machine
-            # (ray.init would otherwise join it)
-            ray.init(address="local", num_cpus=os.cpu_count(),
-                     object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False, **quiet)
-        else:
-            node_args = {"num_cpus": CPUS_PER_NODE, "object_store_memory": OBJECT_STORE_BYTES}
-            cluster = Cluster(initialize_head=True,
-                              head_node_args={**node_args, "include_dashboard": False})
-            for _ in range(n - 1):
-                cluster.add_node(**node_args)
-            cluster.wait_for_nodes()
-            ray.init(address=cluster.address, **quiet)
+        cluster = Cluster(initialize_head=True,
+                          head_node_args={**node_args, "include_dashboard": False})
+        for _ in range(n - 1):
+            cluster.add_node(**node_args)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, **quiet)
         head = ray.get_runtime_context().get_node_id()
         others = sorted(x["NodeID"] for x in ray.nodes() if x["Alive"] and x["NodeID"] != head)
         yield [head] + others

@@ -1,25 +1,187 @@
-"""Shared fixtures. Core tests that take `impl` run twice: compiled kernel and NumPy twin."""
+"""Shared fixtures, the test tiers, and the test session's isolation from a running Kairos.
+
+Isolation: the session never reads RAY_ADDRESS or the user's KAIROS_* settings, keeps Ray's
+session files and address file in a temp dir of its own (RAY_TMPDIR) and `kairos` commands'
+records in another (KAIROS_HOME), so a `kairos up` the user is running, or a Ray of theirs, is
+neither joined nor disturbed. Every Ray a test starts comes from the `ray_cluster` fixture: its
+own GCS on a free port, no dashboard, no fixed agent port.
+
+Tiers, run in this order: unit (no Ray), cluster (starts Ray: marked `cluster`), bench (runs a
+benchmark: marked `bench`). A test's tier is its folder's when it lives in one of TIER_DIRS,
+else its marker's, else unit. Unit-tier tests cannot start Ray: `ray.init` and Ray's node
+start-up raise while their fixtures and bodies run (see `pytest_runtest_protocol`).
+"""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import pytest
 
 from kairos.core import kernel
 from kairos.core.catalog import load_catalog_file
-from kairos.core.compiler import CompiledCatalog, compile_catalog
+from kairos.core.compiler import CompiledCatalog, compile_catalog, default_compiled
 
+TESTS = Path(__file__).resolve().parent
+DATA = TESTS / "core" / "data"
+ROOT = TESTS.parent
+
+# -- the session's environment -------------------------------------------------------------------
+# Set when this file is imported, before any test module imports Ray or kairos.cluster.settings.
+_KEEP = {kernel.PURE_ENV}  # a user may run the whole suite on the NumPy twin
+for _name in [n for n in os.environ if n.startswith("KAIROS_") and n not in _KEEP]:
+    del os.environ[_name]
+for _name in ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT", "RAY_TMPDIR"):
+    os.environ.pop(_name, None)
+# short paths: Ray's sockets live under RAY_TMPDIR and a socket path is at most 107 bytes
+_PRIVATE = [tempfile.mkdtemp(prefix="kairos-ray-"), tempfile.mkdtemp(prefix="kairos-home-")]
+os.environ["RAY_TMPDIR"], os.environ["KAIROS_HOME"] = _PRIVATE
 # Servers in tests bind 127.0.0.1 only: the shards' data path too (Ray's workers inherit this)
-os.environ.setdefault("KAIROS_DATA_HOST", "127.0.0.1")
+os.environ["KAIROS_DATA_HOST"] = "127.0.0.1"
 
-DATA = Path(__file__).parent / "core" / "data"
-ROOT = Path(__file__).resolve().parents[1]
 
+def pytest_sessionfinish(session, exitstatus) -> None:
+    for path in _PRIVATE:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# -- tiers ---------------------------------------------------------------------------------------
+TIERS = ("unit", "cluster", "bench")
+# tests/<folder>/... belong to the folder's tier whatever their markers; add "cluster" once
+# tests/cluster/ holds only tests that start Ray
+TIER_DIRS = {"unit": "unit", "bench": "bench"}
+_TIER = pytest.StashKey[str]()
+
+
+def tier_of(item: pytest.Item) -> str:
+    parts = _parts(item)
+    if len(parts) > 1 and parts[0] in TIER_DIRS:
+        return TIER_DIRS[parts[0]]
+    if parts[-1].startswith("test_bench_"):  # until they move to tests/bench/
+        return "bench"
+    for name in ("bench", "cluster"):
+        if item.get_closest_marker(name):
+            return name
+    return "unit"
+
+
+def _parts(item: pytest.Item) -> tuple[str, ...]:
+    try:
+        return item.path.relative_to(TESTS).parts
+    except ValueError:  # not under tests/
+        return (item.path.name,)
+
+
+def pytest_collection_modifyitems(session, config, items: list[pytest.Item]) -> None:
+    """Each test gets its tier's marker (`-m unit`, `-m "not bench"`), and the tiers run in
+    order: unit, cluster, bench (a stable sort: within a tier, collection order)."""
+    for item in items:
+        tier = tier_of(item)
+        others = [t for t in TIERS if t != tier and item.get_closest_marker(t)]
+        if others and _parts(item)[0] in TIER_DIRS:
+            raise pytest.UsageError(f"{item.nodeid} is marked {others[0]} but lives in the "
+                                    f"{tier} tier's folder")
+        item.add_marker(tier)
+        item.stash[_TIER] = tier
+    items.sort(key=lambda item: TIERS.index(item.stash[_TIER]))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem):
+    """The unit tier's guard (as Ray Serve's unit tests forbid ray.init): around the whole
+    protocol of a unit-tier test, its module- and session-scoped fixtures included (a
+    function-scoped autouse fixture would come after those), starting Ray raises."""
+    if item.stash.get(_TIER, "unit") != "unit":
+        yield
+        return
+    with _ray_forbidden(item.nodeid):
+        yield
+
+
+@contextlib.contextmanager
+def _ray_forbidden(nodeid: str) -> Iterator[None]:
+    import ray
+    import ray._private.node
+    import ray._private.worker
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError(f"{nodeid} is a unit-tier test and must not start Ray: mark it "
+                           f"`pytest.mark.cluster` (and use the `ray_cluster` fixture)")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ray, "init", refuse)
+        patch.setattr(ray._private.worker, "init", refuse)
+        patch.setattr(ray._private.node.Node, "__init__", refuse)
+        yield
+
+
+# -- Ray -----------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def tuned(overrides: dict[str, str]) -> Iterator[None]:
+    """Environment overrides (KAIROS_* tunables, Ray's) for as long as the block runs: the Ray
+    processes started inside it inherit them. Put back afterwards."""
+    saved = {k: os.environ.get(k) for k in overrides}
+    os.environ.update(overrides)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def local_ray(nodes: int = 1, env: dict[str, str] | None = None, *, cpus_per_node: int = 1,
+              object_store_mb: int = 128, namespace: str = "kairos") -> Iterator[Any]:
+    """A Ray cluster of `nodes` nodes on this machine (ray.cluster_utils.Cluster), this
+    process connected to it as the driver: its GCS on a free port, no dashboard, the agents on
+    free ports, its files under the session's RAY_TMPDIR. `env` is set while it runs (its
+    processes inherit it). The Cluster, for tests that add or remove nodes."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    node_args = {"num_cpus": cpus_per_node, "object_store_memory": object_store_mb * 2**20,
+                 "dashboard_agent_listen_port": 0}
+    with tuned(env or {}):
+        cluster = Cluster(initialize_head=True,
+                          head_node_args={**node_args, "include_dashboard": False})
+        try:
+            for _ in range(nodes - 1):
+                cluster.add_node(**node_args)
+            cluster.wait_for_nodes()
+            ray.init(address=cluster.address, namespace=namespace)
+            yield cluster
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[Callable[..., Any]]:
+    """`ray_cluster(nodes=1, env=None, cpus_per_node=1, object_store_mb=128)` starts a Ray
+    cluster for the module (see local_ray) and returns its Cluster; it is shut down after the
+    module's last test, after the fixtures that use it. One per module."""
+    with contextlib.ExitStack() as stack:
+        started = []
+
+        def start(nodes: int = 1, env: dict[str, str] | None = None, **kwargs) -> Any:
+            assert not started, "one Ray cluster per module"
+            started.append(stack.enter_context(local_ray(nodes, env, **kwargs)))
+            return started[0]
+        yield start
+
+
+# -- catalogs, kernels, benchmarks ---------------------------------------------------------------
 
 @pytest.fixture(params=["cython", "reference"])
 def impl(request, monkeypatch) -> str:
@@ -27,6 +189,12 @@ def impl(request, monkeypatch) -> str:
     monkeypatch.setenv(kernel.PURE_ENV, "1" if request.param == "reference" else "0")
     assert kernel.load().IMPLEMENTATION == request.param
     return request.param
+
+
+@pytest.fixture(scope="module")
+def compiled() -> CompiledCatalog:
+    """The default catalog, compiled (once per process: its own string table per module)."""
+    return default_compiled()
 
 
 @pytest.fixture

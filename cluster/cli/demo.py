@@ -107,8 +107,9 @@ def run_remote(target: str) -> int:
     try:
         remote.wait_ready()
     except grpc.FutureTimeoutError:
-        print(f"error: no Kairos gateway at {target}: start one with `kairos up`",
-              file=sys.stderr)
+        print(f"Kairos is not running: no gateway answers at {target} (`kairos up` starts "
+              f"one)", file=sys.stderr)
+        remote.close()
         return 1
     customer = f"ana-{uuid.uuid4().hex[:6]}"
     cookie = ("cookie", uuid.uuid4().hex[:12])

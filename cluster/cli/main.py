@@ -1,8 +1,9 @@
 """The `kairos` command line.
 
-    kairos up [--nodes N] [--shards S]  start the embedded default: a local Ray cluster with its
-                                        dashboard, the runtime, the default catalog and a gRPC
-                                        gateway per node (the first on 127.0.0.1:50051); shards
+    kairos up [--nodes N] [--shards S]  start the embedded default: a local Ray cluster (one
+                                        node: on 127.0.0.1 only) with its dashboard, the
+                                        runtime, the default catalog and a gRPC gateway per
+                                        node (the first on 127.0.0.1:50051); shards
                                         keep their customers in --store (default ~/.kairos/store)
                                         and a cluster started again on it takes up where it
                                         stopped
@@ -11,10 +12,14 @@
     kairos status                       nodes, shards, partitions, customers, versions
     kairos catalog validate FILE...     check catalogs; errors name file, line:column and path
     kairos catalog push FILE            validate, then switch the cluster to it
-    kairos down                         stop the gateways, the runtime and the local Ray cluster
+    kairos down                         stop the gateways, the runtime and the Ray cluster that
+                                        `kairos up` started (never another Ray on the machine)
 
-Commands that talk to a running Kairos use --target (default 127.0.0.1:50051) and the API key
-in KAIROS_API_KEY when the gateway requires keys.
+What `kairos up` started is recorded in $KAIROS_HOME/run.json (default ~/.kairos): a second
+`kairos up` on the same KAIROS_HOME refuses to start, and `kairos down` stops exactly those
+processes (see local.py), within about a minute whatever state they are in. Commands that talk
+to a running Kairos use --target (default: the first gateway `kairos up` recorded, else
+127.0.0.1:50051) and the API key in KAIROS_API_KEY when the gateway requires keys.
 """
 from __future__ import annotations
 
@@ -22,17 +27,19 @@ import argparse
 import os
 import subprocess
 import sys
+import time
+
+import grpc
 
 from kairos.core.catalog import load_catalog_file
 from kairos.core.compiler import compile_catalog
 from kairos.core.errors import CatalogError
 
-from kairos.cluster.cli import demo
+from kairos.cluster.cli import demo, local
 
-DEFAULT_TARGET = "127.0.0.1:50051"
 # the embedded default's store: a directory that outlives `kairos down`
-DEFAULT_STORE = os.path.join(os.environ.get("KAIROS_HOME", "~/.kairos"), "store")
-RAY_HEAD_PORT = 6380  # the local Ray cluster's GCS port (6379 is left to Redis)
+STORE_DIR = "store"
+NOT_RUNNING = "Kairos is not running"
 
 
 def validate(paths: list[str]) -> int:
@@ -57,69 +64,164 @@ def validate(paths: list[str]) -> int:
 
 
 def up(args: argparse.Namespace) -> int:
-    import ray
-
-    from kairos.cluster.control import runtime
-    from kairos.cluster.gateway.service import GatewayActor, Tls
-    from kairos.cluster.settings import NAMESPACE
+    from kairos.cluster.gateway.server import Tls
 
     if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
         print("--tls-cert and --tls-key go together (and --tls-client-ca needs them)",
               file=sys.stderr)
         return 2
-    # Every node starts on this machine: shards serve their data path on loopback. Ray runs
-    # workers at nice 15 by default, behind any batch job on the machine; Kairos's actors are
-    # the latency-bound service, so they run at 0. (Ray's workers inherit `ray start`'s
-    # environment.)
-    os.environ.setdefault("KAIROS_DATA_HOST", "127.0.0.1")
-    os.environ.setdefault("RAY_worker_niceness", "0")
-    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
-    quiet = {"stdout": subprocess.DEVNULL, "check": True}
-    subprocess.run([ray_cli, "start", "--head", f"--port={RAY_HEAD_PORT}",
-                    "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                    "--disable-usage-stats"], **quiet)
-    ray.init(address="auto", namespace=NAMESPACE, logging_level="WARNING")
-    head = ray.get_runtime_context().gcs_address
-    for _ in range(args.nodes - 1):
-        subprocess.run([ray_cli, "start", f"--address={head}", "--disable-usage-stats"],
-                       **quiet)
-    catalog_text = open(args.catalog, encoding="utf-8").read() if args.catalog else None
-    runtime.start(n_shards=args.shards, catalog_text=catalog_text, store=args.store,
-                  journal_policy=args.journal_policy)
-    keys_text = open(args.keys, encoding="utf-8").read() if args.keys else \
-        os.environ.get("KAIROS_API_KEYS")
-    tls = Tls.from_files(args.tls_cert, args.tls_key, args.tls_client_ca) \
-        if args.tls_cert else None
-    ports = []
-    for i, node in enumerate(sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])):
-        gateway = runtime.gateway_actor(GatewayActor, i, node)
-        ports.append(ray.get(gateway.start.remote(args.host, args.port + i, keys_text, tls)))
-    print(f"Kairos is up: {args.nodes} Ray node(s), {args.shards} shards, gRPC on "
-          + ", ".join(f"{args.host}:{p}" for p in ports)
+    if args.nodes < 1:
+        print("--nodes must be at least 1", file=sys.stderr)
+        return 2
+    # what can be wrong before anything starts: files, the catalog
+    try:
+        catalog_text = _read(args.catalog) if args.catalog else None
+        if catalog_text is not None:
+            compile_catalog(load_catalog_file(args.catalog))
+        keys_text = _read(args.keys) if args.keys else os.environ.get("KAIROS_API_KEYS")
+        tls = Tls.from_files(args.tls_cert, args.tls_key, args.tls_client_ca) \
+            if args.tls_cert else None
+    except CatalogError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 1
+    with local.up_lock():
+        run = local.read_run()
+        if run is not None:
+            if local.processes(run):
+                print(f"Kairos is already running ({_describe(run)}); `kairos down` stops it",
+                      file=sys.stderr)
+                return 1
+            local.forget_ray_address(run)  # it stopped without `kairos down`
+            local.forget()
+        ports = [("Ray", args.ray_port)]
+        if args.dashboard:
+            ports.append(("the Ray dashboard", args.dashboard_port))
+        if args.port:
+            ports += [("a gateway", args.port + i) for i in range(args.nodes)]
+        busy = [f"{port} ({what})" for what, port in ports
+                if not local.port_free(args.host if what == "a gateway" else local.LOOPBACK,
+                                       port)]
+        if busy:
+            print(f"error: in use on this machine: port {', '.join(busy)}; is another Kairos "
+                  f"or Ray running? (`kairos up --help` shows how to choose other ports)",
+                  file=sys.stderr)
+            return 1
+        try:
+            auth_mode = local.auth_mode()
+        except (subprocess.SubprocessError, OSError) as exc:
+            print(f"error: making Ray's authentication token failed: {exc}", file=sys.stderr)
+            return 1
+        run = local.Run(ray_address=f"{local.LOOPBACK}:{args.ray_port}",
+                        temp_dir=os.path.abspath(args.ray_temp_dir
+                                                 or local.default_ray_temp_dir()),
+                        sessions=[], started=time.time(), loopback=args.nodes == 1,
+                        auth_mode=auth_mode, nodes=args.nodes, store=args.store,
+                        dashboard=f"http://{local.LOOPBACK}:{args.dashboard_port}"
+                        if args.dashboard else "")
+        try:
+            _start(args, run, catalog_text, keys_text, tls)
+        except BaseException as exc:  # stop what started, whatever went wrong (^C too)
+            local.terminate(run)
+            local.forget_ray_address(run)
+            local.forget()
+            if not isinstance(exc, Exception):
+                print("\ninterrupted: stopped what had started", file=sys.stderr)
+                return 130
+            print(f"error: Kairos did not start: {exc}\n(stopped what had started)",
+                  file=sys.stderr)
+            return 1
+    where = (f"{local.LOOPBACK} (loopback only)" if run.loopback
+             else "this machine's address (Ray's nodes reach each other over it)")
+    print(f"Kairos is up: {args.nodes} Ray node(s) on {where}, {args.shards} shards, gRPC on "
+          + ", ".join(run.gateways)
           + f"; store {args.store} (journal {args.journal_policy})"
-          + "; Ray dashboard on http://127.0.0.1:8265")
+          + (f"; Ray dashboard on {run.dashboard}" if run.dashboard else "")
+          + ". `kairos down` stops it.")
     return 0
 
 
-def down(args: argparse.Namespace) -> int:
+def _start(args: argparse.Namespace, run: local.Run, catalog_text: str | None,
+           keys_text: str | None, tls) -> None:
+    # Ray reads its mode (single machine or not) when it is imported: the environment first
+    env = local.ray_env(run.loopback, run.auth_mode)
+    os.environ.clear()
+    os.environ.update(env)
     import ray
 
     from kairos.cluster.control import runtime
+    from kairos.cluster.gateway.actor import GatewayActor
     from kairos.cluster.settings import NAMESPACE
+
+    local.start_ray(run, args.dashboard_port if args.dashboard else None)
+    ray.init(address=run.ray_address, namespace=NAMESPACE, logging_level="WARNING")
     try:
-        ray.init(address="auto", namespace=NAMESPACE, logging_level="WARNING")
-        runtime.stop()
+        runtime.start(n_shards=args.shards, catalog_text=catalog_text, store=args.store,
+                      journal_policy=args.journal_policy)
+        reach = local.LOOPBACK if args.host in ("0.0.0.0", "::", "") else args.host
+        for i, node in enumerate(sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])):
+            gateway = runtime.gateway_actor(GatewayActor, i, node)
+            port = ray.get(gateway.start.remote(args.host, args.port + i if args.port else 0,
+                                                keys_text, tls))
+            run.gateways.append(f"{reach}:{port}")
+        local.write_run(run)
+    finally:
         ray.shutdown()
-    except ConnectionError:
-        print("no local Ray cluster is running", file=sys.stderr)
-    # Every node starts on this machine: shards serve their data path on loopback. Ray runs
-    # workers at nice 15 by default, behind any batch job on the machine; Kairos's actors are
-    # the latency-bound service, so they run at 0. (Ray's workers inherit `ray start`'s
-    # environment.)
-    os.environ.setdefault("KAIROS_DATA_HOST", "127.0.0.1")
-    os.environ.setdefault("RAY_worker_niceness", "0")
-    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
-    subprocess.run([ray_cli, "stop"], check=False)
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _describe(run: local.Run) -> str:
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.started))
+    return (f"started {started}, Ray at {run.ray_address}"
+            + (f", gRPC on {', '.join(run.gateways)}" if run.gateways else "")
+            + f"; recorded in {local.home() / local.RUN_FILE}")
+
+
+def down(args: argparse.Namespace) -> int:
+    began = time.monotonic()
+    with local.up_lock():
+        run = local.read_run()
+        if run is None:
+            print(f"{NOT_RUNNING} (nothing recorded in {local.home() / local.RUN_FILE})")
+            return 0
+        procs = local.processes(run)
+        if not procs:
+            local.forget_ray_address(run)
+            local.forget()
+            print(f"{NOT_RUNNING}: the processes of the Kairos {_describe(run)} had "
+                  f"exited; its record is removed")
+            return 0
+        names = {local.name_of(p) for p in procs}
+        if "gcs_server" not in names or not local.answers(run.ray_address):
+            gone = f"Ray's GCS at {run.ray_address} was gone"
+        elif "raylet" not in names:
+            gone = "Ray's raylet was gone"
+        else:
+            gone = ""
+        stopped_runtime = None if gone else local.stop_runtime(run)
+        count, stuck = local.terminate(run)
+        local.forget_ray_address(run)
+        if stuck:
+            print(f"error: {stuck} of Kairos's Ray processes would not stop (sessions "
+                  f"{run.sessions}); its record stays in {local.home() / local.RUN_FILE}",
+                  file=sys.stderr)
+            return 1
+        local.forget()
+    took = f"({time.monotonic() - began:.1f} s)"
+    if stopped_runtime is not None:
+        print(f"Kairos is down: stopped the gateways on {', '.join(run.gateways) or '(none)'}, "
+              f"the controller, the learner and {stopped_runtime['shards']} shards, then "
+              f"Ray's {count} processes at {run.ray_address} {took}")
+    else:
+        why = gone or f"the runtime did not stop through Ray within {local.GRACEFUL_STOP_S:.0f} s"
+        print(f"Kairos is down: {why}, so its processes were stopped without it: Ray's "
+              f"{count} processes at {run.ray_address} {took}")
     return 0
 
 
@@ -139,7 +241,7 @@ def status(args: argparse.Namespace) -> int:
 def push(args: argparse.Namespace) -> int:
     from kairos.cluster.cli.remote import Remote
     try:
-        text = open(args.path, encoding="utf-8").read()
+        text = _read(args.path)
     except OSError as exc:
         print(f"error: {args.path}: {exc.strerror}", file=sys.stderr)
         return 1
@@ -148,19 +250,40 @@ def push(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kairos", description="Kairos next-best-action engine")
-    parser.add_argument("--target", default=DEFAULT_TARGET, help="a gateway's host:port")
-    commands = parser.add_subparsers(dest="command", required=True)
+def default_target(gateway_port: int) -> str:
+    """The first gateway `kairos up` recorded on this KAIROS_HOME, else 127.0.0.1:port."""
+    run = local.read_run()
+    return run.gateways[0] if run and run.gateways else f"{local.LOOPBACK}:{gateway_port}"
+
+
+def parser(gateway_port: int) -> argparse.ArgumentParser:
+    target = argparse.ArgumentParser(add_help=False)
+    target.add_argument("--target", default=argparse.SUPPRESS,
+                        help="a gateway's host:port (default: the first gateway `kairos up` "
+                             f"recorded in $KAIROS_HOME, else 127.0.0.1:{gateway_port})")
+    top = argparse.ArgumentParser(prog="kairos", description="Kairos next-best-action engine",
+                                  parents=[target])
+    commands = top.add_subparsers(dest="command", required=True)
     start = commands.add_parser("up", help="start the embedded default on this machine")
     start.add_argument("--nodes", type=int, default=1, help="Ray nodes on this machine")
     start.add_argument("--shards", type=int, default=4)
-    start.add_argument("--host", default="127.0.0.1", help="gateway bind address")
-    start.add_argument("--port", type=int, default=50051, help="first gateway's port")
+    start.add_argument("--host", default=local.LOOPBACK, help="gateway bind address")
+    start.add_argument("--port", type=int, default=gateway_port,
+                       help="first gateway's port (node i's gateway: port + i; 0: any free "
+                            "port); default $KAIROS_GATEWAY_PORT or %(default)s")
+    start.add_argument("--ray-port", type=int, default=local.RAY_PORT,
+                       help="the Ray cluster's GCS port on 127.0.0.1 (default %(default)s)")
+    start.add_argument("--dashboard-port", type=int, default=local.DASHBOARD_PORT,
+                       help="the Ray dashboard's port on 127.0.0.1 (default %(default)s)")
+    start.add_argument("--no-dashboard", dest="dashboard", action="store_false",
+                       help="start Ray without its dashboard")
+    start.add_argument("--ray-temp-dir", help="Ray's session files and logs (default Ray's: "
+                                              f"{local.default_ray_temp_dir()})")
     start.add_argument("--keys", help="API keys file (YAML); default $KAIROS_API_KEYS")
     start.add_argument("--catalog", help="catalog file (default: the built-in catalog, or the "
                                          "one last pushed to the store's cluster)")
-    start.add_argument("--store", default=os.environ.get("KAIROS_STORE", DEFAULT_STORE),
+    start.add_argument("--store", default=os.environ.get(
+                           "KAIROS_STORE", os.path.join(str(local.home()), STORE_DIR)),
                        help="where shards keep customers, snapshots and journals: a directory, "
                             "redis://host:port/db, or 'memory' (nothing survives a restart); "
                             "default $KAIROS_STORE or %(default)s")
@@ -173,22 +296,46 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--tls-key", help="serve TLS: the private key (PEM)")
     start.add_argument("--tls-client-ca", help="mTLS: clients need a certificate this CA "
                                                "signed (PEM)")
-    commands.add_parser("down", help="stop Kairos and the local Ray cluster")
-    commands.add_parser("status", help="show the cluster")
-    show = commands.add_parser("demo", help="replay a cross-channel journey")
+    commands.add_parser("down", help="stop what `kairos up` started on this KAIROS_HOME")
+    commands.add_parser("status", help="show the cluster", parents=[target])
+    show = commands.add_parser("demo", help="replay a cross-channel journey", parents=[target])
     show.add_argument("--local", action="store_true", help="in-process, without a cluster")
     catalog = commands.add_parser("catalog", help="work with catalogs")
     catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True)
     check = catalog_commands.add_parser("validate", help="validate and compile catalogs")
     check.add_argument("paths", nargs="+", metavar="FILE")
-    send = catalog_commands.add_parser("push", help="validate, then switch the cluster to it")
+    send = catalog_commands.add_parser("push", help="validate, then switch the cluster to it",
+                                       parents=[target])
     send.add_argument("path", metavar="FILE")
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        return demo.run() if args.local else demo.run_remote(args.target)
-    if args.command == "catalog":
-        return validate(args.paths) if args.catalog_command == "validate" else push(args)
-    return {"up": up, "down": down, "status": status}[args.command](args)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        from kairos.cluster.settings import GATEWAY_PORT
+    except ValueError as exc:  # a KAIROS_* override that is not a number or out of range
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args = parser(GATEWAY_PORT).parse_args(argv)
+    if args.command in ("up", "down"):
+        return up(args) if args.command == "up" else down(args)
+    if args.command == "catalog" and args.catalog_command == "validate":
+        return validate(args.paths)
+    if args.command == "demo" and args.local:
+        return demo.run()
+    if "target" not in args:
+        args.target = default_target(GATEWAY_PORT)
+    try:
+        if args.command == "demo":
+            return demo.run_remote(args.target)
+        return status(args) if args.command == "status" else push(args)
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            print(f"{NOT_RUNNING}: no gateway answers at {args.target} (`kairos up` starts "
+                  f"one)", file=sys.stderr)
+        else:
+            print(f"error: {args.target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -44,14 +44,13 @@ NOW = time.time()
 
 
 @pytest.fixture(scope="module")
-def target():
-    ray.init(num_cpus=2, namespace="kairos", include_dashboard=False)
+def target(ray_cluster):
+    ray_cluster(nodes=1, cpus_per_node=2)
     runtime.start(n_shards=2, n_partitions=256)
     gateway = runtime.gateway_actor(GatewayActor, 0, ray.get_runtime_context().get_node_id())
     port = ray.get(gateway.start.remote("127.0.0.1", 0, KEYS))
     yield f"127.0.0.1:{port}"
     runtime.stop()
-    ray.shutdown()
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import ray
 
 from kairos.cluster.transport.ray_backend import Unavailable
 
-from .ray_env import tuned
 from .stream import T0, AckedStream
 
 pytestmark = pytest.mark.cluster
@@ -23,12 +22,8 @@ KILLS = 20
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    with tuned(TUNING):
-        ray.init(num_cpus=2, namespace="kairos", include_dashboard=False,
-                 object_store_memory=128 * 2**20)
-        yield
-        ray.shutdown()
+def ray_local(ray_cluster):
+    ray_cluster(nodes=1, env=TUNING, cpus_per_node=2)
 
 
 @pytest.fixture

@@ -8,16 +8,14 @@ import time
 import grpc
 import pytest
 import ray
-from ray.cluster_utils import Cluster
 
 from kairos.cluster.control import runtime
-from kairos.cluster.gateway.service import GatewayActor
-from kairos.cluster.transport.ray_backend import Unavailable
+from kairos.cluster.gateway.actor import GatewayActor
+from kairos.cluster.transport.backend import Unavailable
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
 from kairos.cluster.storage.redis_server import RedisServer
-from .ray_env import tuned
 from .stream import T0, AckedStream
 
 pytestmark = pytest.mark.cluster
@@ -25,20 +23,9 @@ TUNING = {"KAIROS_RETIRE_GRACE_S": "0.5", "KAIROS_SNAPSHOT_AFTER_S": "1"}
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    with tuned(TUNING):
-        yield from _setup(tmp_path_factory)
-
-
-def _setup(tmp_path_factory):
+def setup(tmp_path_factory, ray_cluster):
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    node_args = {"num_cpus": 1, "object_store_memory": 128 * 2**20}
-    cluster = Cluster(initialize_head=True, head_node_args={**node_args,
-                                                             "include_dashboard": False})
-    for _ in range(2):
-        cluster.add_node(**node_args)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace="kairos")
+    cluster = ray_cluster(nodes=3, env=TUNING)
     runtime.start(n_shards=4, n_partitions=256, store=server.url)
     head = ray.get_runtime_context().get_node_id()
     gateway = runtime.gateway_actor(GatewayActor, 0, head)
@@ -49,8 +36,6 @@ def _setup(tmp_path_factory):
     channel.close()
     client.close()
     runtime.stop()
-    ray.shutdown()
-    cluster.shutdown()
     server.stop()
 
 

@@ -12,13 +12,10 @@ import time
 import pytest
 import ray
 import yaml
-from ray.cluster_utils import Cluster
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from kairos.cluster.transport.client import Busy
 from kairos.core.catalog import default_catalog_text
-
-from .ray_env import tuned
 
 T0 = 1_795_629_600.0  # 2026-11-20T18:00:00Z
 SINK = "kairos-test-sink"
@@ -30,26 +27,14 @@ pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    with tuned(TUNING):
-        yield from _cluster()
-
-
-def _cluster():
+def cluster(ray_cluster):
     from kairos.cluster.control import runtime
-    node_args = {"num_cpus": 1, "object_store_memory": 128 * 2**20}
-    c = Cluster(initialize_head=True, head_node_args={**node_args, "include_dashboard": False})
-    for _ in range(2):
-        c.add_node(**node_args)
-    c.wait_for_nodes()
-    ray.init(address=c.address, namespace="kairos")
+    c = ray_cluster(nodes=3, env=TUNING)
     runtime.start(n_shards=4, n_partitions=512)
     client = runtime.connect()
     yield c, client, runtime
     client.close()
     runtime.stop()
-    ray.shutdown()
-    c.shutdown()
 
 
 @ray.remote(num_cpus=0)

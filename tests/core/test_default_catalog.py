@@ -3,18 +3,10 @@ from __future__ import annotations
 
 import random
 
-import pytest
-
-from kairos.core.compiler import default_compiled
 from kairos.core.engine import DecisionEngine
 
 from bench.kernel import bytes_per_customer
 from bench.workload import T0, random_context, random_event
-
-
-@pytest.fixture(scope="module")
-def compiled():
-    return default_compiled()
 
 
 def test_size_and_scope(compiled):

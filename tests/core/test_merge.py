@@ -6,19 +6,13 @@ import math
 import random
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.workload import T0, random_event
-from kairos.core.compiler import CLOCK_SLOT, default_compiled
+from kairos.core.compiler import CLOCK_SLOT
 from kairos.core.engine import DecisionEngine
 from kairos.core.merge import KEEP, merge_profiles, slot_ops
-
-
-@pytest.fixture(scope="module")
-def compiled():
-    return default_compiled()
 
 
 def journey(compiled, seed: int, n: int) -> list[tuple[str, float, dict]]:

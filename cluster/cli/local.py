@@ -1,0 +1,337 @@
+"""The embedded default's Ray on this machine: start it, find its processes, stop them.
+
+`kairos up` starts each Ray node with `ray start` in a process session of its own and records
+the sessions, the ports and the start time in $KAIROS_HOME/run.json (default ~/.kairos). Every
+process Ray starts for that node (GCS, raylet, dashboard, agents, workers) stays in its session,
+so `kairos down` stops exactly those processes, whatever state they are in: never `ray stop`
+(it stops every Ray on the machine: a test's, a bench's, another Kairos's). It asks Ray to stop
+the runtime first (gateways drained) only when the GCS answers and a raylet lives, and then in
+a child process killed after GRACEFUL_STOP_S: a Ray driver whose GCS is gone or hung (or
+that follows the address file of a dead cluster) retries for many minutes.
+
+One node (the default) runs on loopback only: Ray 2.x turns `--node-ip-address=127.0.0.1` into
+the machine's address and its GCS listens on every interface, except in its single-machine
+mode (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, the default on macOS and Windows), where every Ray
+server binds 127.0.0.1. That mode refuses `ray start --address`, so `--nodes N` (N > 1) runs Ray
+on the machine's address, as Ray's multi-node clusters require. Ray's own tools and drivers
+reach the loopback-only Ray with the same environment (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+RAY_AUTH_MODE=token ray status --address 127.0.0.1:6380`); without it they look for the GCS on
+the machine's address and retry for minutes.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import psutil
+
+HOME_ENV = "KAIROS_HOME"
+RUN_FILE = "run.json"
+LOCK_FILE = "up.lock"
+START_LOG = "ray-start.log"
+LOOPBACK = "127.0.0.1"
+RAY_PORT = 6380  # the GCS port (6379 is left to Redis)
+DASHBOARD_PORT = 8265
+RAY_START_TIMEOUT_S = 180.0  # one `ray start` (about 10 s on a quiet 2-core machine)
+GRACEFUL_STOP_S = 30.0  # `kairos down`: gateways drained, actors stopped, through Ray
+TERM_GRACE_S = 5.0  # then SIGTERM to Ray's processes, SIGKILL to what is left after this
+KILL_WAIT_S = 3.0
+
+
+def home() -> Path:
+    return Path(os.path.expanduser(os.environ.get(HOME_ENV, "~/.kairos")))
+
+
+def default_ray_temp_dir() -> str:
+    """Ray's own default ($RAY_TMPDIR/ray, else $TMPDIR/ray, else /tmp/ray)."""
+    base = os.environ.get("RAY_TMPDIR") or (
+        os.environ.get("TMPDIR") if sys.platform.startswith("linux") else None) or "/tmp"
+    return os.path.join(base, "ray")
+
+
+@dataclasses.dataclass
+class Run:
+    """What `kairos up` started, as recorded in $KAIROS_HOME/run.json."""
+    ray_address: str  # the GCS, host:port
+    temp_dir: str  # Ray's --temp-dir
+    sessions: list[int]  # the process sessions of the `ray start` calls, head first
+    started: float  # time.time() before the first `ray start`
+    loopback: bool  # Ray's single-machine mode: everything on 127.0.0.1
+    auth_mode: str  # RAY_AUTH_MODE of Ray's processes and of the drivers that join it
+    nodes: int = 1
+    gateways: list[str] = dataclasses.field(default_factory=list)  # host:port to connect to
+    dashboard: str = ""
+    store: str = ""
+
+    @property
+    def ray_port(self) -> int:
+        return int(self.ray_address.rpartition(":")[2])
+
+
+def read_run() -> Run | None:
+    try:
+        data = json.loads((home() / RUN_FILE).read_text())
+        return Run(**data)
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError) as exc:  # not ours, or from another version
+        raise SystemExit(f"error: {home() / RUN_FILE} is not a Kairos run record ({exc}); "
+                         f"remove it once no Kairos runs on this KAIROS_HOME") from None
+
+
+def write_run(run: Run) -> None:
+    path = home() / RUN_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(dataclasses.asdict(run), indent=1))
+    os.replace(tmp, path)
+
+
+def forget() -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (home() / RUN_FILE).unlink()
+
+
+@contextlib.contextmanager
+def up_lock() -> Iterator[None]:
+    """One `kairos up` or `down` at a time per KAIROS_HOME; a second one fails at once."""
+    home().mkdir(parents=True, exist_ok=True)
+    with open(home() / LOCK_FILE, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(f"error: another `kairos up` or `kairos down` is running on "
+                             f"{home()}") from None
+        yield
+
+
+# -- Ray's environment -----------------------------------------------------------------------
+
+def ray_env(loopback: bool, auth_mode: str) -> dict[str, str]:
+    """The environment of Ray's processes (workers inherit it) and of the drivers that join."""
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)  # the addresses are always given explicitly
+    # Every node runs on this machine: shards serve their data path on loopback. Ray runs
+    # workers at nice 15 by default, behind any batch job on the machine; Kairos's actors are
+    # the latency-bound service, so they run at 0.
+    env.setdefault("KAIROS_DATA_HOST", LOOPBACK)
+    env.setdefault("RAY_worker_niceness", "0")
+    env["RAY_AUTH_MODE"] = auth_mode
+    if loopback:
+        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    else:
+        env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+    return env
+
+
+def auth_mode() -> str:
+    """Ray's token authentication unless the user chose otherwise (RAY_AUTH_MODE); a token is
+    made (~/.ray/auth_token) the first time, as Ray does for a cluster `ray.init()` starts."""
+    mode = os.environ.get("RAY_AUTH_MODE", "token")
+    if mode == "token" and not _have_token():
+        subprocess.run([_ray_cli(), "get-auth-token", "--generate"], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=True, timeout=120)
+    return mode
+
+
+def _have_token() -> bool:
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or os.path.isfile(path)
+
+
+def _ray_cli() -> str:
+    return os.path.join(os.path.dirname(sys.executable), "ray")
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def answers(address: str, timeout_s: float = 1.0) -> bool:
+    """Whether something accepts TCP connections at host:port."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+# -- start -----------------------------------------------------------------------------------
+
+class StartFailed(Exception):
+    pass
+
+
+def start_ray(run: Run, dashboard_port: int | None) -> None:
+    """`ray start` the head and the other nodes of `run` (its sessions are filled in and
+    recorded as each starts, so that `kairos down` finds them even if this is interrupted)."""
+    env = ray_env(run.loopback, run.auth_mode)
+    head = ["--head", f"--port={run.ray_port}", f"--ray-client-server-port={free_port()}",
+            "--dashboard-agent-listen-port=0"]  # 0: any free port (52365 is Ray's default)
+    if run.loopback:
+        head.append(f"--node-ip-address={LOOPBACK}")
+    if dashboard_port is None:
+        head.append("--include-dashboard=false")
+    else:
+        head += ["--include-dashboard=true", f"--dashboard-host={LOOPBACK}",
+                 f"--dashboard-port={dashboard_port}"]
+    _ray_start(run, head, env)
+    for _ in range(run.nodes - 1):
+        _ray_start(run, [f"--address={run.ray_address}", "--dashboard-agent-listen-port=0"],
+                   env)
+
+
+def _ray_start(run: Run, args: list[str], env: dict[str, str]) -> None:
+    log = home() / START_LOG
+    with open(log, "a") as err:
+        process = subprocess.Popen(
+            [_ray_cli(), "start", f"--temp-dir={run.temp_dir}", "--disable-usage-stats", *args],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+            start_new_session=True)  # its session holds every process of this node
+    run.sessions.append(process.pid)
+    write_run(run)
+    try:
+        code = process.wait(timeout=RAY_START_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise StartFailed(f"`ray start` did not finish in {RAY_START_TIMEOUT_S:.0f} s; "
+                          f"its output is in {log}") from None
+    if code != 0:
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        raise StartFailed("`ray start` failed:\n    " + "\n    ".join(lines[-8:])
+                          + f"\n(all of its output is in {log})")
+
+
+# -- find and stop ---------------------------------------------------------------------------
+
+def processes(run: Run) -> list[psutil.Process]:
+    """The live processes of the run's sessions (not ones a reused id names: those started
+    after the run)."""
+    sessions = set(run.sessions)
+    found = []
+    for proc in psutil.process_iter(["create_time", "status"]):
+        try:
+            if (proc.info["status"] != psutil.STATUS_ZOMBIE
+                    and proc.info["create_time"] >= run.started - 1.0
+                    and os.getsid(proc.pid) in sessions):
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    out = []
+    for proc in procs:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                out.append(proc)
+        except psutil.Error:
+            continue
+    return out
+
+
+def _signal(procs: list[psutil.Process], sig: int) -> None:
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(sig)
+
+
+def _wait(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    deadline = time.monotonic() + timeout_s
+    while (left := _alive(procs)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+def name_of(proc: psutil.Process) -> str:
+    try:
+        return proc.name()
+    except psutil.Error:
+        return ""
+
+
+def terminate(run: Run) -> tuple[int, int]:
+    """Stop every process of the run's sessions: SIGTERM (the GCS last, as `ray stop` does:
+    the others would otherwise spin reconnecting to it), SIGKILL after a grace period.
+    (processes stopped, processes that would not die)."""
+    stopped: set[int] = set()
+    left: list[psutil.Process] = []
+    for _ in range(3):  # a raylet may start a worker while it is being stopped
+        procs = processes(run)
+        if not procs:
+            break
+        stopped.update(p.pid for p in procs)
+        gcs = [p for p in procs if name_of(p) == "gcs_server"]
+        rest = [p for p in procs if p not in gcs]
+        _signal(rest, signal.SIGTERM)
+        rest = _wait(rest, TERM_GRACE_S)
+        _signal(gcs, signal.SIGTERM)
+        left = _wait(gcs, 1.0) + rest
+        _signal(left, signal.SIGKILL)
+        left = _wait(left, KILL_WAIT_S)
+    return len(stopped), len(left)
+
+
+def stop_runtime(run: Run) -> dict | None:
+    """Stop the gateways (gracefully), the controller, the learner and the shards through Ray,
+    in a child process that is killed if it takes longer than GRACEFUL_STOP_S. What it stopped,
+    or None when it could not."""
+    code = f"from kairos.cluster.cli.local import _stop_runtime; _stop_runtime({run.ray_address!r})"
+    try:
+        done = subprocess.run([sys.executable, "-c", code], env=ray_env(run.loopback,
+                                                                        run.auth_mode),
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=GRACEFUL_STOP_S)
+    except subprocess.TimeoutExpired:
+        return None
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        return None
+    return json.loads(lines[-1])
+
+
+def _stop_runtime(address: str) -> None:
+    import ray
+
+    from kairos.cluster.control import runtime
+    from kairos.cluster.settings import NAMESPACE
+    ray.init(address=address, namespace=NAMESPACE, logging_level="ERROR", log_to_driver=False)
+    try:
+        shards = len(ray.get(runtime.controller().status.remote(), timeout=10)["shards"])
+    except (ValueError, ray.exceptions.RayError, TimeoutError):
+        shards = 0
+    runtime.stop()
+    ray.shutdown()
+    print(json.dumps({"shards": shards}))
+
+
+def forget_ray_address(run: Run) -> None:
+    """Remove Ray's record of the latest cluster (<temp dir>/ray_current_cluster) when it
+    names this run's: a later `ray.init()` would otherwise wait on a cluster that is gone."""
+    path = Path(run.temp_dir) / "ray_current_cluster"
+    with contextlib.suppress(OSError):
+        if path.read_text().strip().endswith(f":{run.ray_port}"):
+            path.unlink()

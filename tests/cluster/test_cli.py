@@ -1,0 +1,225 @@
+"""The `kairos` command line, as a user runs it.
+
+Unit tier: `catalog validate`, `demo --local`, and what `status`, `demo` and `down` say when
+nothing runs, a stale record, a second `up`, busy ports, and that `down` stops exactly the
+process sessions `up` recorded (stand-ins for Ray's processes). Cluster tier: the README's
+`kairos up`, `kairos demo`, `kairos status`, `kairos catalog push` and `kairos down`, on a
+KAIROS_HOME, Ray temp dir and ports of the test's own, so a Kairos the user runs is never
+touched.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from kairos.cluster.cli import local
+from kairos.cluster.cli.main import main
+from kairos.core.catalog import default_catalog_text
+
+KAIROS = str(Path(sys.executable).parent / "kairos")  # the installed console script
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A KAIROS_HOME of the test's own."""
+    monkeypatch.setenv(local.HOME_ENV, str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def default_yaml(tmp_path) -> Path:
+    path = tmp_path / "default.yaml"
+    path.write_text(default_catalog_text())
+    return path
+
+
+# -- no cluster ----------------------------------------------------------------------------------
+
+def test_catalog_validate_says_ok_with_what_the_catalog_holds(default_yaml):
+    done = subprocess.run([KAIROS, "catalog", "validate", str(default_yaml)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{default_yaml}: ok — catalog 'omni-retail'")
+    assert "49 actions" in done.stdout and done.stderr == ""
+
+
+def test_catalog_validate_names_file_line_and_column_and_exits_1(tmp_path, default_yaml,
+                                                                 capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(default_yaml.read_text().replace('applicability: "since_cart', 'applicability: "sinc_cart',
+                                                    1))
+    missing = tmp_path / "missing.yaml"
+    assert main(["catalog", "validate", str(default_yaml), str(bad), str(missing)]) == 1
+    out, err = capsys.readouterr()
+    assert "default.yaml: ok" in out
+    errors = err.splitlines()
+    assert errors[0].startswith(f"error: {bad}:") and "unknown name 'sinc_cart" in errors[0]
+    assert errors[0].split(":")[2].isdigit() and errors[0].split(":")[3].isdigit()  # line:col
+    assert errors[1] == f"error: {missing}: No such file or directory"
+
+
+def test_demo_local_replays_the_journey_in_process(capsys):
+    assert main(["demo", "--local"]) == 0
+    out = capsys.readouterr().out
+    assert "Kairos demo: customer 'ana'" in out
+    assert "call_started" in out and "call_center" in out
+
+
+@pytest.mark.parametrize("command", [["status"], ["demo"], ["catalog", "push"]])
+def test_commands_say_plainly_that_nothing_runs(command, home, default_yaml, capsys):
+    target = f"127.0.0.1:{free_port()}"
+    argv = ["--target", target, *command] + ([str(default_yaml)] if "push" in command else [])
+    began = time.monotonic()
+    assert main(argv) == 1
+    assert time.monotonic() - began < 15
+    out, err = capsys.readouterr()
+    assert err.strip() == (f"Kairos is not running: no gateway answers at {target} "
+                           f"(`kairos up` starts one)")
+
+
+def test_down_with_nothing_recorded(home, capsys):
+    assert main(["down"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"Kairos is not running (nothing recorded in {home / 'run.json'})")
+
+
+def fake_run(sessions: list[int], started: float) -> local.Run:
+    run = local.Run(ray_address=f"127.0.0.1:{free_port()}", temp_dir=tempfile.gettempdir(),
+                    sessions=sessions, started=started, loopback=True, auth_mode="token",
+                    gateways=[f"127.0.0.1:{free_port()}"])
+    local.write_run(run)
+    return run
+
+
+def test_down_removes_the_record_of_a_kairos_whose_processes_are_gone(home, capsys):
+    gone = subprocess.Popen(["true"], start_new_session=True)
+    gone.wait()
+    fake_run([gone.pid], time.time() - 60)
+    assert main(["down"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Kairos is not running: the processes of the Kairos started")
+    assert not (home / "run.json").exists()
+    assert main(["down"]) == 0  # and again: nothing recorded
+
+
+def sleeper() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
+                            start_new_session=True)
+
+
+def test_a_second_up_refuses_and_down_stops_exactly_the_recorded_sessions(home, capsys):
+    """Stand-ins for Ray's processes: `up` sees them and leaves them alone; `down` stops the
+    recorded session's processes and no other process (a bystander in another session)."""
+    started = time.time() - 1
+    ours, bystander = sleeper(), sleeper()
+    try:
+        run = fake_run([ours.pid], started)
+        assert main(["up", "--port", "0"]) == 1
+        assert "Kairos is already running (started" in capsys.readouterr().err
+        assert ours.poll() is None and json.loads((home / "run.json").read_text())["sessions"] \
+            == run.sessions
+        began = time.monotonic()
+        assert main(["down"]) == 0
+        assert time.monotonic() - began < 15
+        out = capsys.readouterr().out
+        assert out.startswith(f"Kairos is down: Ray's GCS at {run.ray_address} was gone")
+        assert "Ray's 1 processes" in out
+        assert ours.wait(timeout=5) is not None
+        assert bystander.poll() is None
+        assert not (home / "run.json").exists()
+    finally:
+        for proc in (ours, bystander):
+            proc.kill()
+            proc.wait()
+
+
+def test_up_refuses_ports_in_use_and_starts_nothing(home, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["up", "--ray-port", str(port), "--port", "0", "--no-dashboard"]) == 1
+    assert f"in use on this machine: port {port} (Ray)" in capsys.readouterr().err
+    assert not (home / "run.json").exists()
+
+
+# -- a real `kairos up` --------------------------------------------------------------------------
+
+def kairos(*args: str, env: dict[str, str], timeout_s: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([KAIROS, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout_s, stdin=subprocess.DEVNULL)
+
+
+def listening(procs: list[psutil.Process]) -> set[str]:
+    found = set()
+    for proc in procs:
+        try:
+            conns = getattr(proc, "net_connections", proc.connections)("inet")
+        except psutil.Error:
+            continue
+        found |= {c.laddr.ip for c in conns if c.status == psutil.CONN_LISTEN}
+    return found
+
+
+@pytest.mark.cluster
+def test_up_demo_status_push_down_on_ports_of_its_own(tmp_path, default_yaml):
+    home = tmp_path / "home"
+    ray_temp = tempfile.mkdtemp(prefix="kx-")  # short: Ray's socket paths live under it
+    # a Ray token of its own: `kairos up` makes ~/.ray/auth_token when there is none
+    env = {**os.environ, local.HOME_ENV: str(home), "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    up = ["up", "--shards", "2", "--port", "0", "--ray-port", str(free_port()),
+          "--dashboard-port", str(free_port()), "--ray-temp-dir", ray_temp]
+    try:
+        done = kairos(*up, env=env)
+        assert done.returncode == 0, done.stderr
+        assert "Kairos is up: 1 Ray node(s) on 127.0.0.1 (loopback only), 2 shards" \
+            in done.stdout
+        run = json.loads((home / "run.json").read_text())
+        assert run["temp_dir"] == ray_temp and len(run["sessions"]) == 1
+        # loopback only: every server of Ray's and Kairos's processes
+        procs = local.processes(local.Run(**run))
+        assert {"gcs_server", "raylet"} <= {local.name_of(p) for p in procs}
+        assert listening(procs) <= {"127.0.0.1", "::ffff:127.0.0.1"}
+
+        again = kairos(*up, env=env)
+        assert again.returncode == 1 and "Kairos is already running" in again.stderr
+
+        status = kairos("status", env=env, timeout_s=60)  # the target comes from the record
+        assert status.returncode == 0, status.stderr
+        assert "kairos-shard-0001" in status.stdout
+
+        demo = kairos("demo", env=env, timeout_s=120)
+        assert demo.returncode == 0, demo.stderr
+        assert f"Kairos demo over gRPC ({run['gateways'][0]})" in demo.stdout
+        assert "login: LinkIdentity" in demo.stdout
+        assert "pushed on the watch stream" in demo.stdout
+
+        push = kairos("catalog", "push", str(default_yaml), env=env, timeout_s=180)
+        assert push.returncode == 0, push.stderr
+        assert push.stdout.startswith("the cluster now runs catalog 'omni-retail'")
+    finally:
+        down = kairos("down", env=env, timeout_s=120)
+    assert down.returncode == 0, down.stderr
+    assert down.stdout.startswith("Kairos is down: stopped the gateways on "), down.stdout
+    assert "the controller, the learner and 2 shards" in down.stdout
+    assert not local.processes(local.Run(**run))
+    assert not (home / "run.json").exists()
+    assert not (Path(ray_temp) / "ray_current_cluster").exists()
+    shutil.rmtree(ray_temp, ignore_errors=True)

@@ -1,0 +1,47 @@
+"""The test session's isolation from a Kairos or Ray the user runs, and the unit tier's guard
+(tests/conftest.py)."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+
+
+def test_the_session_has_ray_files_and_kairos_records_of_its_own():
+    assert "RAY_ADDRESS" not in os.environ
+    for name in ("RAY_TMPDIR", "KAIROS_HOME"):
+        assert os.path.dirname(os.environ[name]) == tempfile.gettempdir()
+        assert os.path.basename(os.environ[name]).startswith(("kairos-ray-", "kairos-home-"))
+
+
+def test_a_unit_test_cannot_start_ray():
+    import ray
+    from ray.cluster_utils import Cluster
+    with pytest.raises(RuntimeError, match="is a unit-tier test and must not start Ray"):
+        ray.init()
+    with pytest.raises(RuntimeError, match="must not start Ray"):
+        ray.init(address="local", num_cpus=1)
+    with pytest.raises(RuntimeError, match="must not start Ray"):
+        Cluster(initialize_head=True)
+    assert not ray.is_initialized()
+
+
+@pytest.fixture(scope="module")
+def module_ray():
+    import ray
+    with pytest.raises(RuntimeError, match="must not start Ray"):
+        ray.init()
+    return "refused"
+
+
+def test_nor_can_its_module_fixtures(module_ray):
+    assert module_ray == "refused"
+
+
+@pytest.mark.cluster
+def test_a_cluster_tier_test_may(ray_cluster):
+    import ray
+    ray_cluster(nodes=1)
+    assert ray.is_initialized()
+    assert ray.get(ray.put(41)) + 1 == 42
