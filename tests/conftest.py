@@ -6,10 +6,11 @@ records in another (KAIROS_HOME), so a `kairos up` the user is running, or a Ray
 neither joined nor disturbed. Every Ray a test starts comes from the `ray_cluster` fixture: its
 own GCS on a free port, no dashboard, no fixed agent port.
 
-Tiers, run in this order: unit (no Ray), cluster (starts Ray: marked `cluster`), bench (runs a
-benchmark: marked `bench`). A test's tier is its folder's when it lives in one of TIER_DIRS,
-else its marker's, else unit. Unit-tier tests cannot start Ray: `ray.init` and Ray's node
-start-up raise while their fixtures and bodies run (see `pytest_runtest_protocol`).
+Tiers, one folder each, run in this order: `unit/` (no Ray, quick), `property/` (the kernel
+held to its twin by hypothesis; no Ray), `cluster/` (starts Ray clusters on this machine),
+`bench/` (the harnesses' quick modes, end to end). `-m unit` (or any tier's name) picks one.
+Tests of the unit and property tiers cannot start Ray: `ray.init` and Ray's node start-up
+raise while their fixtures and bodies run (see `pytest_runtest_protocol`).
 """
 from __future__ import annotations
 
@@ -26,11 +27,11 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from kairos.core import kernel
-from kairos.core.catalog import load_catalog_file
+from kairos.core.catalog import default_catalog_text, load_catalog_file
 from kairos.core.compiler import CompiledCatalog, compile_catalog, default_compiled
 
 TESTS = Path(__file__).resolve().parent
-DATA = TESTS / "core" / "data"
+DATA = TESTS / "unit" / "core" / "data"
 ROOT = TESTS.parent
 
 # -- the session's environment -------------------------------------------------------------------
@@ -53,41 +54,28 @@ def pytest_sessionfinish(session, exitstatus) -> None:
 
 
 # -- tiers ---------------------------------------------------------------------------------------
-TIERS = ("unit", "cluster", "bench")
-# tests/<folder>/... belong to the folder's tier whatever their markers; add "cluster" once
-# tests/cluster/ holds only tests that start Ray
-TIER_DIRS = {"unit": "unit", "bench": "bench"}
+TIERS = ("unit", "property", "cluster", "bench")
+NO_RAY = frozenset({"unit", "property"})
 _TIER = pytest.StashKey[str]()
 
 
 def tier_of(item: pytest.Item) -> str:
-    parts = _parts(item)
-    if len(parts) > 1 and parts[0] in TIER_DIRS:
-        return TIER_DIRS[parts[0]]
-    if parts[-1].startswith("test_bench_"):  # until they move to tests/bench/
-        return "bench"
-    for name in ("bench", "cluster"):
-        if item.get_closest_marker(name):
-            return name
-    return "unit"
-
-
-def _parts(item: pytest.Item) -> tuple[str, ...]:
+    """The tier folder a test lives in (tests/<tier>/...)."""
     try:
-        return item.path.relative_to(TESTS).parts
+        folder = item.path.relative_to(TESTS).parts[0]
     except ValueError:  # not under tests/
-        return (item.path.name,)
+        folder = ""
+    if folder not in TIERS:
+        raise pytest.UsageError(f"{item.nodeid} is in no tier: tests live in tests/<tier>/ "
+                                f"for a tier of {', '.join(TIERS)}")
+    return folder
 
 
 def pytest_collection_modifyitems(session, config, items: list[pytest.Item]) -> None:
     """Each test gets its tier's marker (`-m unit`, `-m "not bench"`), and the tiers run in
-    order: unit, cluster, bench (a stable sort: within a tier, collection order)."""
+    order: unit, property, cluster, bench (a stable sort: within a tier, collection order)."""
     for item in items:
         tier = tier_of(item)
-        others = [t for t in TIERS if t != tier and item.get_closest_marker(t)]
-        if others and _parts(item)[0] in TIER_DIRS:
-            raise pytest.UsageError(f"{item.nodeid} is marked {others[0]} but lives in the "
-                                    f"{tier} tier's folder")
         item.add_marker(tier)
         item.stash[_TIER] = tier
     items.sort(key=lambda item: TIERS.index(item.stash[_TIER]))
@@ -98,7 +86,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem):
     """The unit tier's guard (as Ray Serve's unit tests forbid ray.init): around the whole
     protocol of a unit-tier test, its module- and session-scoped fixtures included (a
     function-scoped autouse fixture would come after those), starting Ray raises."""
-    if item.stash.get(_TIER, "unit") != "unit":
+    if item.stash.get(_TIER, "unit") not in NO_RAY:
         yield
         return
     with _ray_forbidden(item.nodeid):
@@ -112,8 +100,8 @@ def _ray_forbidden(nodeid: str) -> Iterator[None]:
     import ray._private.worker
 
     def refuse(*args, **kwargs):
-        raise RuntimeError(f"{nodeid} is a unit-tier test and must not start Ray: mark it "
-                           f"`pytest.mark.cluster` (and use the `ray_cluster` fixture)")
+        raise RuntimeError(f"{nodeid} is in a tier that must not start Ray: move it to "
+                           f"tests/cluster/ (and use the `ray_cluster` fixture)")
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(ray, "init", refuse)
@@ -189,6 +177,14 @@ def impl(request, monkeypatch) -> str:
     monkeypatch.setenv(kernel.PURE_ENV, "1" if request.param == "reference" else "0")
     assert kernel.load().IMPLEMENTATION == request.param
     return request.param
+
+
+@pytest.fixture
+def default_yaml(tmp_path) -> Path:
+    """The default catalog as a file, as a user would write one."""
+    path = tmp_path / "default.yaml"
+    path.write_text(default_catalog_text())
+    return path
 
 
 @pytest.fixture(scope="module")

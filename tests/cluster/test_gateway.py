@@ -29,9 +29,8 @@ from kairos.v1 import admin_pb2, admin_pb2_grpc
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
-from .local_backend import LocalBackend
+from tests.support.local_backend import LocalBackend
 
-pytestmark = pytest.mark.cluster
 
 WEB, AGENT, ADMIN = "web-key-0123456789", "agent-key-0123456789", "admin-key-0123456789"
 KEYS = f"""

@@ -16,7 +16,6 @@ from kairos.cluster.transport.ray_backend import Unavailable
 
 from .stream import T0, AckedStream
 
-pytestmark = pytest.mark.cluster
 TUNING = {"KAIROS_RETIRE_GRACE_S": "0.5", "KAIROS_SNAPSHOT_AFTER_S": "1"}
 KILLS = 20
 

@@ -18,7 +18,6 @@ from kairos.v1 import decision_pb2_grpc
 from kairos.cluster.storage.redis_server import RedisServer
 from .stream import T0, AckedStream
 
-pytestmark = pytest.mark.cluster
 TUNING = {"KAIROS_RETIRE_GRACE_S": "0.5", "KAIROS_SNAPSHOT_AFTER_S": "1"}
 
 

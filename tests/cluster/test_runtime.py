@@ -23,7 +23,6 @@ TUNING = {"KAIROS_PASSIVATE_IDLE_S": "3", "KAIROS_RETIRE_GRACE_S": "1",
           "KAIROS_SHARD_QUEUE_LIMIT": "1500",
           "KAIROS_MODEL_SYNC_S": "0.5", "KAIROS_TICK_S": "0.1"}
 
-pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from kairos.cluster.transport.client import KairosClient
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
-from .local_backend import LocalBackend
+from tests.support.local_backend import LocalBackend
 
 
 def _pem(key) -> bytes:

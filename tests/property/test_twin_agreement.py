@@ -21,7 +21,7 @@ from kairos.core.compiler import Outcome, compile_catalog
 from kairos.core.models import ModelTable
 from kairos.core.state import ProfileTable
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "unit" / "core" / "data"
 
 RTOL = 1e-12
 T0 = 1_800_000_000.0

@@ -1,18 +1,13 @@
 """The `kairos` command line, as a user runs it.
 
-Unit tier: `catalog validate`, `demo --local`, and what `status`, `demo` and `down` say when
-nothing runs, a stale record, a second `up`, busy ports, and that `down` stops exactly the
-process sessions `up` recorded (stand-ins for Ray's processes). Cluster tier: the README's
-`kairos up`, `kairos demo`, `kairos status`, `kairos catalog push` and `kairos down`, on a
-KAIROS_HOME, Ray temp dir and ports of the test's own, so a Kairos the user runs is never
-touched.
+`catalog validate`, `demo --local`, and what `status`, `demo` and `down` say when nothing runs,
+a stale record, a second `up`, busy ports, and that `down` stops exactly the process sessions
+`up` recorded (stand-ins for Ray's processes). The real `kairos up` ... `kairos down` runs in
+the cluster tier (tests/cluster/test_kairos_up.py).
 """
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -20,20 +15,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from kairos.cluster.cli import local
 from kairos.cluster.cli.main import main
-from kairos.core.catalog import default_catalog_text
+from kairos.cluster.storage.redis_server import free_port
 
 KAIROS = str(Path(sys.executable).parent / "kairos")  # the installed console script
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -41,13 +29,6 @@ def home(tmp_path, monkeypatch) -> Path:
     """A KAIROS_HOME of the test's own."""
     monkeypatch.setenv(local.HOME_ENV, str(tmp_path / "home"))
     return tmp_path / "home"
-
-
-@pytest.fixture
-def default_yaml(tmp_path) -> Path:
-    path = tmp_path / "default.yaml"
-    path.write_text(default_catalog_text())
-    return path
 
 
 # -- no cluster ----------------------------------------------------------------------------------
@@ -161,65 +142,3 @@ def test_up_refuses_ports_in_use_and_starts_nothing(home, capsys):
 
 
 # -- a real `kairos up` --------------------------------------------------------------------------
-
-def kairos(*args: str, env: dict[str, str], timeout_s: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([KAIROS, *args], env=env, capture_output=True, text=True,
-                          timeout=timeout_s, stdin=subprocess.DEVNULL)
-
-
-def listening(procs: list[psutil.Process]) -> set[str]:
-    found = set()
-    for proc in procs:
-        try:
-            conns = getattr(proc, "net_connections", proc.connections)("inet")
-        except psutil.Error:
-            continue
-        found |= {c.laddr.ip for c in conns if c.status == psutil.CONN_LISTEN}
-    return found
-
-
-@pytest.mark.cluster
-def test_up_demo_status_push_down_on_ports_of_its_own(tmp_path, default_yaml):
-    home = tmp_path / "home"
-    ray_temp = tempfile.mkdtemp(prefix="kx-")  # short: Ray's socket paths live under it
-    # a Ray token of its own: `kairos up` makes ~/.ray/auth_token when there is none
-    env = {**os.environ, local.HOME_ENV: str(home), "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    up = ["up", "--shards", "2", "--port", "0", "--ray-port", str(free_port()),
-          "--dashboard-port", str(free_port()), "--ray-temp-dir", ray_temp]
-    try:
-        done = kairos(*up, env=env)
-        assert done.returncode == 0, done.stderr
-        assert "Kairos is up: 1 Ray node(s) on 127.0.0.1 (loopback only), 2 shards" \
-            in done.stdout
-        run = json.loads((home / "run.json").read_text())
-        assert run["temp_dir"] == ray_temp and len(run["sessions"]) == 1
-        # loopback only: every server of Ray's and Kairos's processes
-        procs = local.processes(local.Run(**run))
-        assert {"gcs_server", "raylet"} <= {local.name_of(p) for p in procs}
-        assert listening(procs) <= {"127.0.0.1", "::ffff:127.0.0.1"}
-
-        again = kairos(*up, env=env)
-        assert again.returncode == 1 and "Kairos is already running" in again.stderr
-
-        status = kairos("status", env=env, timeout_s=60)  # the target comes from the record
-        assert status.returncode == 0, status.stderr
-        assert "kairos-shard-0001" in status.stdout
-
-        demo = kairos("demo", env=env, timeout_s=120)
-        assert demo.returncode == 0, demo.stderr
-        assert f"Kairos demo over gRPC ({run['gateways'][0]})" in demo.stdout
-        assert "login: LinkIdentity" in demo.stdout
-        assert "pushed on the watch stream" in demo.stdout
-
-        push = kairos("catalog", "push", str(default_yaml), env=env, timeout_s=180)
-        assert push.returncode == 0, push.stderr
-        assert push.stdout.startswith("the cluster now runs catalog 'omni-retail'")
-    finally:
-        down = kairos("down", env=env, timeout_s=120)
-    assert down.returncode == 0, down.stderr
-    assert down.stdout.startswith("Kairos is down: stopped the gateways on "), down.stdout
-    assert "the controller, the learner and 2 shards" in down.stdout
-    assert not local.processes(local.Run(**run))
-    assert not (home / "run.json").exists()
-    assert not (Path(ray_temp) / "ray_current_cluster").exists()
-    shutil.rmtree(ray_temp, ignore_errors=True)

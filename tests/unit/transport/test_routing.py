@@ -17,8 +17,8 @@ from kairos.cluster.transport import ray_backend
 from kairos.cluster.transport.client import KairosClient
 from kairos.core.errors import InputError
 
-from . import local_backend
-from .local_backend import LocalBackend
+from tests.support import local_backend
+from tests.support.local_backend import LocalBackend
 
 T0 = 1_795_629_600.0
 

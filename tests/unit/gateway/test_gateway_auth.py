@@ -24,7 +24,7 @@ from kairos.cluster.transport.client import KairosClient
 from kairos.v1 import admin_pb2, decision_pb2
 from kairos.v1 import decision_pb2 as pb
 
-from .local_backend import LocalBackend
+from tests.support.local_backend import LocalBackend
 
 METHODS = {f"/{service.full_name}/{method.name}": method
            for module in (decision_pb2, admin_pb2)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # where each installed package's source lives (setup.py's package_dir)
 SOURCES = {"kairos.core": ROOT / "core", "kairos.cluster": ROOT / "cluster"}
 MAX_CLUSTER_MODULE_LINES = 500

@@ -26,14 +26,6 @@ from kairos.cluster.storage.store import StoreUnavailable
 from .test_shard import N_PARTITIONS, T0, event, p_of, profile
 
 
-@pytest.fixture(autouse=True)
-def no_ray(monkeypatch):
-    """These tests must never start Ray (Ray Serve's unit tests have the same guard)."""
-    ray = sys.modules.get("ray")
-    if ray is not None:
-        monkeypatch.setattr(ray, "init", lambda *a, **kw: pytest.fail("ray.init in a unit test"))
-
-
 def test_the_host_imports_no_ray():
     code = "import sys, kairos.cluster.shard.host; sys.exit('ray' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

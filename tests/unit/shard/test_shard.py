@@ -208,7 +208,6 @@ def test_resident_limit_passivates_the_least_recent(compiled):
 def test_timer_fires_on_tick_and_pushes_to_watchers(compiled):
     clock = Clock()
     s = shard(compiled, clock=clock)
-    p = partition_of("ana", N_PARTITIONS)
     s.process([event("ana", "profile_updated", T0 - 86400, marketing_opt_in=True,
                      push_opt_in=True),
                watch("ana", "sink-1", "push")])

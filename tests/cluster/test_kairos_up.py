@@ -1,0 +1,82 @@
+"""The README's `kairos up`, `kairos demo`, `kairos status`, `kairos catalog push` and `kairos
+down`, as a user runs them, on a KAIROS_HOME, Ray temp dir and ports of the test's own, so a
+Kairos the user runs is never touched."""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import psutil
+
+from kairos.cluster.cli import local
+from kairos.cluster.storage.redis_server import free_port
+
+KAIROS = str(Path(sys.executable).parent / "kairos")  # the installed console script
+
+
+def kairos(*args: str, env: dict[str, str], timeout_s: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([KAIROS, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout_s, stdin=subprocess.DEVNULL)
+
+
+def listening(procs: list[psutil.Process]) -> set[str]:
+    found = set()
+    for proc in procs:
+        try:
+            conns = getattr(proc, "net_connections", proc.connections)("inet")
+        except psutil.Error:
+            continue
+        found |= {c.laddr.ip for c in conns if c.status == psutil.CONN_LISTEN}
+    return found
+
+
+def test_up_demo_status_push_down_on_ports_of_its_own(tmp_path, default_yaml):
+    home = tmp_path / "home"
+    ray_temp = tempfile.mkdtemp(prefix="kx-")  # short: Ray's socket paths live under it
+    # a Ray token of its own: `kairos up` makes ~/.ray/auth_token when there is none
+    env = {**os.environ, local.HOME_ENV: str(home), "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    up = ["up", "--shards", "2", "--port", "0", "--ray-port", str(free_port()),
+          "--dashboard-port", str(free_port()), "--ray-temp-dir", ray_temp]
+    try:
+        done = kairos(*up, env=env)
+        assert done.returncode == 0, done.stderr
+        assert "Kairos is up: 1 Ray node(s) on 127.0.0.1 (loopback only), 2 shards" \
+            in done.stdout
+        run = json.loads((home / "run.json").read_text())
+        assert run["temp_dir"] == ray_temp and len(run["sessions"]) == 1
+        # loopback only: every server of Ray's and Kairos's processes
+        procs = local.processes(local.Run(**run))
+        assert {"gcs_server", "raylet"} <= {local.name_of(p) for p in procs}
+        assert listening(procs) <= {"127.0.0.1", "::ffff:127.0.0.1"}
+
+        again = kairos(*up, env=env)
+        assert again.returncode == 1 and "Kairos is already running" in again.stderr
+
+        status = kairos("status", env=env, timeout_s=60)  # the target comes from the record
+        assert status.returncode == 0, status.stderr
+        assert "kairos-shard-0001" in status.stdout
+
+        demo = kairos("demo", env=env, timeout_s=120)
+        assert demo.returncode == 0, demo.stderr
+        assert f"Kairos demo over gRPC ({run['gateways'][0]})" in demo.stdout
+        assert "login: LinkIdentity" in demo.stdout
+        assert "pushed on the watch stream" in demo.stdout
+
+        push = kairos("catalog", "push", str(default_yaml), env=env, timeout_s=180)
+        assert push.returncode == 0, push.stderr
+        assert push.stdout.startswith("the cluster now runs catalog 'omni-retail'")
+    finally:
+        down = kairos("down", env=env, timeout_s=120)
+    assert down.returncode == 0, down.stderr
+    assert down.stdout.startswith("Kairos is down: stopped the gateways on "), down.stdout
+    assert "the controller, the learner and 2 shards" in down.stdout
+    assert not local.processes(local.Run(**run))
+    assert not (home / "run.json").exists()
+    assert not (Path(ray_temp) / "ray_current_cluster").exists()
+    shutil.rmtree(ray_temp, ignore_errors=True)
