@@ -98,6 +98,10 @@ SNAPSHOT_BACKLOG = integer("SNAPSHOT_BACKLOG", 1_000_000)
 SNAPSHOT_BUDGET_S = number("SNAPSHOT_BUDGET_S", 0.003, above=True)
 # How often a shard recounts the customers it has in the store (for status and metrics).
 STORE_COUNT_S = number("STORE_COUNT_S", 10.0)
+# Recent idempotency keys a partition remembers (they live in its snapshots and move with it).
+KEYS_PER_PARTITION = integer("KEYS_PER_PARTITION", 4096)
+# How long a call to Redis may take before the store counts as failed (the shard rebuilds).
+REDIS_TIMEOUT_S = number("REDIS_TIMEOUT_S", 5.0, above=True, high=600.0)
 
 # -- control -----------------------------------------------------------------------------------
 # How often the controller looks for restarted shards and nodes that joined or left.
@@ -106,6 +110,12 @@ CONTROL_LOOP_S = number("CONTROL_LOOP_S", 1.0, low=0.01, high=3600.0)
 LONG_POLL_S = number("LONG_POLL_S", 10.0, above=True, high=3600.0)
 # How long a shard that was scaled away lingers, answering MOVED, before it is stopped.
 RETIRE_GRACE_S = number("RETIRE_GRACE_S", 5.0)
+# Share of all partitions one rebalancing round may move (Akka moves at most 10 %): requests
+# for a moving partition wait, so smaller rounds mean shorter waits and more rounds.
+MAX_MOVE_FRACTION = number("MAX_MOVE_FRACTION", 0.1, above=True, high=1.0)
+# The most often the learner saves its posterior to the store: the most learning a restart
+# of the learner can lose.
+LEARNER_SAVE_S = number("LEARNER_SAVE_S", 2.0, high=3600.0)
 
 # -- clients (the gateway's route to the shards) -----------------------------------------------
 # Requests a client puts in one call to a shard, and calls it keeps in flight per shard.
@@ -137,3 +147,5 @@ MAX_MESSAGE_BYTES = integer("MAX_MESSAGE_BYTES", 1 << 20, low=1024)
 WATCH_BACKLOG = integer("WATCH_BACKLOG", 1024)
 # Events of one IngestStream in flight at once.
 STREAM_WINDOW = integer("STREAM_WINDOW", 1024)
+# How often a gateway looks whether to freeze its long-lived objects (pauses.py).
+PAUSES_CHECK_S = number("PAUSES_CHECK_S", 1.0, above=True, high=3600.0)

@@ -23,13 +23,13 @@ import ray
 from kairos.core.compiler import CompiledCatalog, compiled_from_text
 from kairos.core.models import ModelDelta, ModelRemap, ModelTable
 
+from kairos.cluster.settings import LEARNER_SAVE_S
 from kairos.cluster.storage import blocks
 from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.store import StoreUnavailable
 
 log = logging.getLogger("kairos.learner")
 STATE_KEY = "learner"
-LEARNER_SAVE_S = 2.0  # the most learning a learner's restart can lose
 
 
 @dataclass

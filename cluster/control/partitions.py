@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+from kairos.cluster.settings import MAX_MOVE_FRACTION
+
 DEFAULT_PARTITIONS = 4096  # about 10x the most shards planned
-MAX_MOVE_FRACTION = 0.1  # share of all partitions one rebalance round may move
 
 
 def partition_of(customer_id: str, n_partitions: int = DEFAULT_PARTITIONS) -> int:

@@ -18,12 +18,12 @@ from kairos.cluster import pauses
 from kairos.cluster.gateway.auth import Auth
 from kairos.cluster.gateway.calls import Gateway
 from kairos.cluster.gateway.server import Tls, serve
+from kairos.cluster.settings import PAUSES_CHECK_S
 from kairos.cluster.transport.client import KairosClient
 from kairos.cluster.transport.ray_backend import RayBackend
 
 log = logging.getLogger("kairos.gateway")
 
-PAUSES_CHECK_S = 1.0  # how often a gateway looks whether to freeze its old objects (pauses.py)
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)

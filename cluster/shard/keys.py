@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Iterable
 
-KEYS_PER_PARTITION = 4096  # the most recent keys a partition remembers
+from kairos.cluster.settings import KEYS_PER_PARTITION
+
 
 
 class IdempotencyKeys:

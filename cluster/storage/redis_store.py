@@ -23,11 +23,11 @@ from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
 
 import redis
 
+from kairos.cluster.settings import REDIS_TIMEOUT_S
 from kairos.cluster.storage.journal import Decode, pack_batch, unpack_batch
 from kairos.cluster.storage.store import StoreUnavailable
 
 log = logging.getLogger("kairos.store")
-SOCKET_TIMEOUT_S = 5.0
 REPLAY_PAGE = 256  # journal batches fetched per round trip when replaying
 PIPELINE_BYTES = 16 << 20  # the most data one write to Redis carries
 ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
@@ -136,7 +136,7 @@ class RedisStore:
         self.url = url
         self.r = redis.Redis.from_url(
             urlunparse(parsed._replace(query=urlencode(query, doseq=True))),
-            socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S)
+            socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S)
 
     @_unavailable("writing a customer")
     def put(self, partition: int, customer_id: str, blob: bytes) -> None:
