@@ -140,8 +140,8 @@ def kairos(n_shards: int, customers: int) -> Iterator[Kairos]:
         # the fewest shards; on a tie not the head, which holds the controller and learner
         head = ray.get_runtime_context().get_node_id()
         node = min(nodes, key=lambda x: (shards[x], x == head))
-        gateway = runtime.gateway_actor(GatewayActor, 0, node)
-        port = ray.get(gateway.start.remote("127.0.0.1", 0))
+        gateway = runtime.gateway_actor(GatewayActor, 0, node, host="127.0.0.1", port=0)
+        port = ray.get(gateway.start.remote())
         remote = {s["shard"] for s in status["shards"] if s["placed_on"] != node}
         yield Kairos(f"127.0.0.1:{port}", node, {x: shards[x] for x in nodes},
                      _crossing_share(remote, customers))

@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 from .errors import CatalogError
 from .rules import DURATION_UNITS_S
+
+MAX_ACTIONS = 10_000  # in one catalog
 from .yamlsource import Path, Source
 
 FORMAT_VERSION = 1
@@ -637,6 +639,8 @@ class _Reader:
         items = self.sequence(("actions",))
         if not items:
             raise self.fail(("actions",), "must not be empty")
+        if len(items) > MAX_ACTIONS:
+            raise self.fail(("actions",), f"more than {MAX_ACTIONS} actions ({len(items)} given)")
         seen: dict[str, int] = {}
         out = []
         for i in range(len(items)):

@@ -195,11 +195,16 @@ def _expect(actual: str, allowed: Sequence[str], what: str, column: int) -> None
 
 _COMPARISONS = {"==", "!=", "<", "<=", ">", ">="}
 
+MAX_RULE_LENGTH = 4096  # characters of a rule's text
+MAX_RULE_DEPTH = 64  # nesting: parentheses, calls, 'not', '-', and the operators of the tree
+_TOO_DEEP = f"the rule is nested too deeply (more than {MAX_RULE_DEPTH} levels)"
+
 
 class _Parser:
     def __init__(self, text: str, resolve: Resolver, intern: Callable[[str], int]):
         self.tokens = tokenize(text)
         self.pos = 0
+        self.depth = 0  # of the recursion, bounded so that no rule can exhaust the stack
         self.resolve = resolve
         self.intern = intern
 
@@ -232,10 +237,17 @@ class _Parser:
         return node
 
     def or_expr(self) -> Node:
+        self.enter()
         node = self.and_expr()
         while (tok := self.accept("or")) is not None:
             node = Binary(tok.column, "or", node, self.and_expr())
+        self.depth -= 1
         return node
+
+    def enter(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_RULE_DEPTH:
+            raise RuleError(_TOO_DEEP, self.tok.column)
 
     def and_expr(self) -> Node:
         node = self.not_expr()
@@ -246,7 +258,10 @@ class _Parser:
     def not_expr(self) -> Node:
         tok = self.accept("not")
         if tok is not None:
-            return Unary(tok.column, "not", self.not_expr())
+            self.enter()
+            node = Unary(tok.column, "not", self.not_expr())
+            self.depth -= 1
+            return node
         return self.comparison()
 
     def comparison(self) -> Node:
@@ -303,7 +318,10 @@ class _Parser:
     def unary(self) -> Node:
         tok = self.accept("-")
         if tok is not None:
-            return Unary(tok.column, "-", self.unary())
+            self.enter()
+            node = Unary(tok.column, "-", self.unary())
+            self.depth -= 1
+            return node
         return self.atom()
 
     def atom(self) -> Node:
@@ -447,12 +465,28 @@ def _vocabulary(node: Node) -> tuple[str, tuple[str, ...]] | None:
 
 def parse(text: str, resolve: Resolver, intern: Callable[[str], int], want: str) -> Node:
     """Parse and type-check `text`; `want` is the type the whole rule must have."""
+    if len(text) > MAX_RULE_LENGTH:
+        raise RuleError(f"the rule is {len(text)} characters long, more than the "
+                        f"{MAX_RULE_LENGTH} allowed", 1)
     node = _Parser(text, resolve, intern).parse()
+    _check_depth(node)
     got = type_of(node)
     if got != want:
         raise RuleError(f"the rule must give a {want}, it gives a {got}", 1)
     _intern_strings(node, intern)
     return node
+
+
+def _check_depth(root: Node) -> None:
+    """A long chain of operators ('a + b + c ...') parses in a loop but makes a tree as deep as
+    it is long, which type checking and code generation recurse into: bound it (without
+    recursing here)."""
+    stack = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_RULE_DEPTH:
+            raise RuleError(_TOO_DEEP, node.column)
+        stack.extend((child, depth + 1) for child in _children(node))
 
 
 def _intern_strings(node: Node, intern: Callable[[str], int]) -> None:

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
+from yaml.reader import ReaderError
 from yaml.scanner import Scanner
 
 from .errors import CatalogError
@@ -16,6 +18,39 @@ Path = tuple  # of str keys and int indexes
 _LINE_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
 # Scalar constructors signal a bad value with plain Python exceptions, not ConstructorError
 _BAD_SCALAR = (ValueError, TypeError, AttributeError, KeyError, OverflowError)
+
+MAX_CATALOG_BYTES = 4 * 1024 * 1024  # of UTF-8 text
+MAX_NESTING = 64  # YAML mappings and lists inside one another
+# Values that aliases may repeat in a catalog: an alias stands for what its anchor names, so a
+# few lines of nested aliases stand for billions of values (generated YAML uses a few)
+MAX_REPEATED_VALUES = 50_000
+# the names of the control characters, which have none in unicodedata
+_CONTROL_NAMES = ("NUL SOH STX ETX EOT ENQ ACK BEL BS HT LF VT FF CR SO SI DLE DC1 DC2 DC3 DC4 "
+                  "NAK SYN ETB CAN EM SUB ESC FS GS RS US").split()
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """Valid YAML that a catalog may not use: reported without the 'invalid YAML' prefix."""
+
+
+class _CatalogLoader(yaml.SafeLoader):
+    """SafeLoader with bounded nesting (the composer recurses). Aliases are composed as shared
+    nodes; `Source` bounds what they expand to."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            if self._depth >= MAX_NESTING:
+                raise _Refused(problem=f"mappings and lists are nested too deeply (more than "
+                                       f"{MAX_NESTING} levels)", problem_mark=event.start_mark)
+            self._depth += 1
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+        return super().compose_node(parent, index)
 
 
 @dataclass(frozen=True)
@@ -41,7 +76,13 @@ class Source:
         self.marks: dict[Path, Mark] = {}
         self.key_marks: dict[Path, Mark] = {}  # where each mapping key itself was written
         self.duplicates: list[tuple[Path, Mark]] = []  # (path, where the repeated key is)
-        loader = yaml.SafeLoader(text)
+        self._built: set[int] = set()  # nodes built once: another visit is an alias's
+        self._repeated = 0  # values built again for aliases
+        _check_size(text, name)
+        try:
+            loader = _CatalogLoader(text)  # checks every character first
+        except ReaderError as exc:
+            raise _unacceptable(text, exc, name) from None
         try:
             node = loader.get_single_node()
             if node is None:
@@ -53,6 +94,13 @@ class Source:
             loader.dispose()
 
     def _build(self, loader: yaml.SafeLoader, node: yaml.Node, path: Path) -> Any:
+        if id(node) in self._built:
+            self._repeated += 1
+            if self._repeated > MAX_REPEATED_VALUES:
+                raise CatalogError(f"aliases repeat more than {MAX_REPEATED_VALUES} values",
+                                   source=self.name, line=node.start_mark.line + 1,
+                                   column=node.start_mark.column + 1)
+        self._built.add(id(node))
         self.marks[path] = _mark(node)
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
@@ -83,6 +131,9 @@ class Source:
     def _invalid(self, exc: yaml.MarkedYAMLError) -> CatalogError:
         mark = exc.problem_mark or exc.context_mark
         reason = exc.problem or exc.context
+        if isinstance(exc, _Refused):
+            return CatalogError(reason, source=self.name, line=mark.line + 1,
+                                column=mark.column + 1)
         began = exc.context_mark
         # "while scanning a quoted scalar" and the like: say where that began, when elsewhere
         if exc.problem and exc.context and exc.context.startswith("while ") and began \
@@ -153,6 +204,32 @@ class Source:
             at += len(line) - indent
             last, blanks = (number, len(line) + 1), 0
         return last
+
+
+def _check_size(text: str, name: str) -> None:
+    if len(text) * 4 > MAX_CATALOG_BYTES:  # else it surely fits: 4 bytes a character at most
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > MAX_CATALOG_BYTES:
+            raise CatalogError(f"the catalog is {size} bytes, more than the "
+                               f"{MAX_CATALOG_BYTES} allowed", source=name)
+
+
+def _unacceptable(text: str, exc: ReaderError, name: str) -> CatalogError:
+    """A character YAML refuses (NUL, other controls, surrogates, U+FFFE), at line:column."""
+    position = exc.position
+    line, start = 1, 0
+    for brk in _LINE_BREAK.finditer(text, 0, position):
+        line, start = line + 1, brk.end()
+    code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+    if code < 0x20:
+        label = f" ({_CONTROL_NAMES[code]})"
+    elif code == 0x7F:
+        label = " (DEL)"
+    else:
+        label = unicodedata.name(chr(code), "")
+        label = f" ({label})" if label else ""
+    return CatalogError(f"unacceptable character #x{code:04x}{label}", source=name, line=line,
+                        column=position - start + 1)
 
 
 def _mark(node: yaml.Node) -> Mark:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -36,6 +37,7 @@ from kairos.core.compiler import compile_catalog
 from kairos.core.errors import CatalogError
 
 from kairos.cluster.cli import demo, local
+from kairos.cluster.storage.store import redact  # light: no store's client is imported
 
 # the embedded default's store: a directory that outlives `kairos down`
 STORE_DIR = "store"
@@ -64,6 +66,7 @@ def validate(paths: list[str]) -> int:
 
 
 def up(args: argparse.Namespace) -> int:
+    from kairos.cluster.gateway.auth import KEYS_ENV, Auth
     from kairos.cluster.gateway.server import Tls
 
     if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
@@ -73,15 +76,24 @@ def up(args: argparse.Namespace) -> int:
     if args.nodes < 1:
         print("--nodes must be at least 1", file=sys.stderr)
         return 2
+    try:  # secrets in files anyone may read are refused before anything reads them
+        for path, option in ((args.keys, "--keys"), (args.tls_key, "--tls-key")):
+            if path:
+                check_secret_file(path, option)
+    except SecretFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     # what can be wrong before anything starts: files, the catalog
     try:
         catalog_text = _read(args.catalog) if args.catalog else None
         if catalog_text is not None:
             compile_catalog(load_catalog_file(args.catalog))
-        keys_text = _read(args.keys) if args.keys else os.environ.get("KAIROS_API_KEYS")
-        tls = Tls.from_files(args.tls_cert, args.tls_key, args.tls_client_ca) \
-            if args.tls_cert else None
-    except CatalogError as exc:
+        # checked here, read again by each gateway from the file (or the variable, which Ray's
+        # processes inherit): secrets never travel as Ray task arguments
+        Auth.load(_read(args.keys) if args.keys else os.environ.get(KEYS_ENV))
+        if args.tls_cert:
+            Tls.from_files(args.tls_cert, args.tls_key, args.tls_client_ca)
+    except (CatalogError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
@@ -118,11 +130,11 @@ def up(args: argparse.Namespace) -> int:
                         temp_dir=os.path.abspath(args.ray_temp_dir
                                                  or local.default_ray_temp_dir()),
                         sessions=[], started=time.time(), loopback=args.nodes == 1,
-                        auth_mode=auth_mode, nodes=args.nodes, store=args.store,
+                        auth_mode=auth_mode, nodes=args.nodes, store=redact(args.store),
                         dashboard=f"http://{local.LOOPBACK}:{args.dashboard_port}"
                         if args.dashboard else "")
         try:
-            _start(args, run, catalog_text, keys_text, tls)
+            _start(args, run, catalog_text)
         except BaseException as exc:  # stop what started, whatever went wrong (^C too)
             local.terminate(run)
             local.forget_ray_address(run)
@@ -133,18 +145,46 @@ def up(args: argparse.Namespace) -> int:
             print(f"error: Kairos did not start: {exc}\n(stopped what had started)",
                   file=sys.stderr)
             return 1
-    where = (f"{local.LOOPBACK} (loopback only)" if run.loopback
-             else "this machine's address (Ray's nodes reach each other over it)")
-    print(f"Kairos is up: {args.nodes} Ray node(s) on {where}, {args.shards} shards, gRPC on "
-          + ", ".join(run.gateways)
-          + f"; store {args.store} (journal {args.journal_policy})"
-          + (f"; Ray dashboard on {run.dashboard}" if run.dashboard else "")
-          + ". `kairos down` stops it.")
+    print(up_message(args, run))
     return 0
 
 
-def _start(args: argparse.Namespace, run: local.Run, catalog_text: str | None,
-           keys_text: str | None, tls) -> None:
+def up_message(args: argparse.Namespace, run: local.Run) -> str:
+    """What `kairos up` says once Kairos is up (the store without its credentials)."""
+    where = (f"{local.LOOPBACK} (loopback only)" if run.loopback
+             else "this machine's address (Ray's nodes reach each other over it)")
+    return (f"Kairos is up: {args.nodes} Ray node(s) on {where}, {args.shards} shards, gRPC on "
+            + ", ".join(run.gateways)
+            + f"; store {redact(args.store)} (journal {args.journal_policy})"
+            + (f"; Ray dashboard on {run.dashboard}" if run.dashboard else "")
+            + ". `kairos down` stops it.")
+
+
+class SecretFileError(Exception):
+    """A file holding a secret that others may read, or that another user owns."""
+
+
+def check_secret_file(path: str, option: str) -> None:
+    """Refuse (SecretFileError) a secret's file (API keys, a TLS private key) that the group or
+    others may use, or that is not this user's; a file that cannot be stat'ed is left to the
+    read that follows (its error names it)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid != os.geteuid():
+        raise SecretFileError(
+            f"{option} {path} is owned by uid {st.st_uid}, not by this user (uid "
+            f"{os.geteuid()}): a secret's file must be its reader's own (copy it, then "
+            f"`chmod 600 {path}`)")
+    if mode & 0o077:
+        raise SecretFileError(
+            f"{option} {path} has mode {mode:04o}: group or others can read it, and it holds a "
+            f"secret; make it yours only with `chmod 600 {path}`")
+
+
+def _start(args: argparse.Namespace, run: local.Run, catalog_text: str | None) -> None:
     # Ray reads its mode (single machine or not) when it is imported: the environment first
     env = local.ray_env(run.loopback, run.auth_mode)
     os.environ.clear()
@@ -153,6 +193,7 @@ def _start(args: argparse.Namespace, run: local.Run, catalog_text: str | None,
 
     from kairos.cluster.control import runtime
     from kairos.cluster.gateway.actor import GatewayActor
+    from kairos.cluster.gateway.auth import KEYS_ENV
     from kairos.cluster.settings import NAMESPACE
 
     local.start_ray(run, args.dashboard_port if args.dashboard else None)
@@ -161,10 +202,15 @@ def _start(args: argparse.Namespace, run: local.Run, catalog_text: str | None,
         runtime.start(n_shards=args.shards, catalog_text=catalog_text, store=args.store,
                       journal_policy=args.journal_policy)
         reach = local.LOOPBACK if args.host in ("0.0.0.0", "::", "") else args.host
+        tls_files = tuple(os.path.abspath(p) if p else None for p in
+                          (args.tls_cert, args.tls_key, args.tls_client_ca)) \
+            if args.tls_cert else None
         for i, node in enumerate(sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])):
-            gateway = runtime.gateway_actor(GatewayActor, i, node)
-            port = ray.get(gateway.start.remote(args.host, args.port + i if args.port else 0,
-                                                keys_text, tls))
+            gateway = runtime.gateway_actor(
+                GatewayActor, i, node, host=args.host, port=args.port + i if args.port else 0,
+                keys_file=os.path.abspath(args.keys) if args.keys else None,
+                keys_env=None if args.keys else KEYS_ENV, tls_files=tls_files)
+            port = ray.get(gateway.start.remote())
             run.gateways.append(f"{reach}:{port}")
         local.write_run(run)
     finally:
@@ -282,11 +328,12 @@ def parser(gateway_port: int) -> argparse.ArgumentParser:
     start.add_argument("--keys", help="API keys file (YAML); default $KAIROS_API_KEYS")
     start.add_argument("--catalog", help="catalog file (default: the built-in catalog, or the "
                                          "one last pushed to the store's cluster)")
-    start.add_argument("--store", default=os.environ.get(
-                           "KAIROS_STORE", os.path.join(str(local.home()), STORE_DIR)),
+    default_store = os.environ.get("KAIROS_STORE", os.path.join(str(local.home()), STORE_DIR))
+    start.add_argument("--store", default=default_store,
                        help="where shards keep customers, snapshots and journals: a directory, "
                             "redis://host:port/db, or 'memory' (nothing survives a restart); "
-                            "default $KAIROS_STORE or %(default)s")
+                            "default $KAIROS_STORE or "
+                            + redact(default_store).replace("%", "%%"))
     start.add_argument("--journal-policy", choices=("fsync", "os", "off"),
                        default=os.environ.get("KAIROS_JOURNAL_POLICY", "fsync"),
                        help="fsync each batch before acknowledging it (default), leave it "

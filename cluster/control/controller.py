@@ -36,7 +36,7 @@ from kairos.core.compiler import compiled_from_text
 from kairos.cluster.control.partitions import DEFAULT_PARTITIONS, Move, PartitionMap
 from kairos.cluster.settings import CONTROL_LOOP_S, LONG_POLL_S, RETIRE_GRACE_S
 from kairos.cluster.shard.actor import ShardActor
-from kairos.cluster.storage.providers import open_store
+from kairos.cluster.storage.providers import open_store, redact
 from kairos.cluster.transport.backend import Backend, Unavailable
 from kairos.cluster.transport.ray_backend import RayBackend
 
@@ -59,6 +59,7 @@ class Controller:
                  journal_policy: str = "fsync"):
         self.backend = backend
         self.store_url = store_url
+        self.store_shown = redact(store_url)  # what logs and errors say: no password
         self.store = open_store(store_url)
         self.journal_policy = journal_policy
         self._requested_catalog = catalog_text
@@ -101,7 +102,7 @@ class Controller:
             return False
         state = msgpack.unpackb(blob, raw=False)
         if state["n_partitions"] != self.n_partitions:
-            raise ValueError(f"the store {self.store_url} holds {state['n_partitions']} "
+            raise ValueError(f"the store {self.store_shown} holds {state['n_partitions']} "
                              f"partitions, not {self.n_partitions}: start with the same count "
                              f"or another store")
         names = state["shards"]  # every shard that existed, owning partitions or retiring
@@ -113,7 +114,7 @@ class Controller:
         self.previous_catalog = state["previous_catalog"]
         self.channel_watches = {tuple(w) for w in state["channel_watches"]}
         log.warning("resuming the cluster saved in %s: map version %d, %d shards",
-                    self.store_url, self.map.version, len(names))
+                    self.store_shown, self.map.version, len(names))
         for name in names:
             if name not in self.map.owners:  # was retiring: its partitions are elsewhere
                 self.store.drop_journal(name)
@@ -322,7 +323,7 @@ class Controller:
                     continue  # Ray is restarting it; look again next round
                 if health["incarnation"] != self.incarnations.get(name):
                     log.warning("%s restarted; it recovers its partitions from the store "
-                                "(%s)", name, self.store_url)
+                                "(%s)", name, self.store_shown)
                     await self._start_shard(name)
             crowded = self._crowded_node()
             if crowded is None:
@@ -336,7 +337,7 @@ class Controller:
 
     async def _replace(self, dead: str) -> None:
         log.warning("%s was on a node that left; a new shard recovers its partitions from the "
-                    "store (%s)", dead, self.store_url)
+                    "store (%s)", dead, self.store_shown)
         await self.backend.kill_shard(dead)
         self.placement.pop(dead)
         self.incarnations.pop(dead, None)

@@ -49,12 +49,13 @@ def start(n_shards: int = DEFAULT_SHARDS, catalog_text: str | None = None,
     return ray.get(controller.start.remote(n_shards))
 
 
-def gateway_actor(actor_class: Any, index: int, node: str) -> Any:
-    """Create the gateway actor kairos-gateway-<index> on a node (the caller starts it)."""
+def gateway_actor(actor_class: Any, index: int, node: str, **serving: Any) -> Any:
+    """Create the gateway actor kairos-gateway-<index> on a node; it serves as `serving`
+    says (host, port, keys_file, keys_env, tls_files), `start()` answers its port."""
     return actor_class.options(
         name=gateway_name(index), namespace=NAMESPACE, lifetime="detached",
         scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
-            gateway_name(index))
+            gateway_name(index), **serving)
 
 
 def gateway_name(index: int) -> str:

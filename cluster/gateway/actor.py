@@ -3,11 +3,20 @@ watched decisions to.
 
 All gateways are equal: each routes any customer through its own KairosClient, which batches
 per shard and keeps each customer's order.
+
+The actor is created with all it needs to serve (host, port, where its API keys and TLS files
+are) and starts serving from its constructor, so when Ray restarts its process
+(max_restarts=-1) it serves again, on the same port: a port of 0 binds a free one the first
+time and the one bound before after a restart (kept in the node's Ray session directory).
+Secrets never travel as task arguments: the actor reads the keys from a file or an environment
+variable of its own process, and the TLS key from its file. `start()` waits until it serves and
+answers the port.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 import grpc
 import ray
@@ -25,30 +34,68 @@ from kairos.cluster.transport.ray_backend import RayBackend
 log = logging.getLogger("kairos.gateway")
 
 
+def read_keys(keys_file: str | None, keys_env: str | None) -> str | None:
+    """The API keys' text: from the file, else the environment variable (None: auth off)."""
+    if keys_file:
+        with open(keys_file, encoding="utf-8") as f:
+            return f.read()
+    return os.environ.get(keys_env) if keys_env else None
 
-@ray.remote(num_cpus=0, max_restarts=-1)
-class GatewayActor:
-    """A gateway on one node, named kairos-gateway-<n>; shards push watch changes to it."""
 
-    def __init__(self, name: str):
+class GatewayServer:
+    """What the actor does, without Ray: serve on construction (within a running event loop),
+    on `backend`, the port bound before when there was one (`port_file`)."""
+
+    def __init__(self, name: str, host: str | None = None, port: int = 0,
+                 keys_file: str | None = None, keys_env: str | None = None,
+                 tls_files: tuple[str, str, str | None] | None = None,
+                 backend=None, port_file: str | None = None):
         self.name = name
         self.gateway: Gateway | None = None
         self.server: grpc.aio.Server | None = None
         self.checker = None
         self._pauses: asyncio.Future | None = None
+        self._backend = backend
+        self._port_file = port_file
+        self._serving: asyncio.Future | None = None
+        if host is not None:
+            self._serving = asyncio.ensure_future(
+                self._serve(host, port, keys_file, keys_env, tls_files))
 
-    async def start(self, host: str, port: int, keys_text: str | None = None,
-                    tls: Tls | None = None) -> int:
-        backend = RayBackend()
-        client = await KairosClient(backend).connect()
-        self.gateway = Gateway(self.name, client, backend)
-        await self.gateway.refresh_catalog()
-        self.server, self.checker, bound = await serve(self.gateway, Auth.load(keys_text),
-                                                       host, port, tls)
+    async def _serve(self, host: str, port: int, keys_file: str | None, keys_env: str | None,
+                     tls_files: tuple[str, str, str | None] | None) -> int:
+        try:
+            auth = Auth.load(read_keys(keys_file, keys_env))
+            tls = Tls.from_files(*tls_files) if tls_files else None
+            backend = self._backend if self._backend is not None else RayBackend()
+            client = await KairosClient(backend).connect()
+            self.gateway = Gateway(self.name, client, backend)
+            await self.gateway.refresh_catalog()
+            if port == 0 and self._port_file and os.path.exists(self._port_file):
+                with open(self._port_file, encoding="utf-8") as f:
+                    port = int(f.read())  # restarted: the port it served on before
+            self.server, self.checker, bound = await serve(self.gateway, auth, host, port, tls)
+            if not bound:
+                raise OSError(f"{self.name} could not bind {host}:{port}")
+            if self._port_file:
+                with open(self._port_file, "w", encoding="utf-8") as f:
+                    f.write(str(bound))
+        except Exception:
+            log.exception("%s could not start serving on %s:%d", self.name, host, port)
+            raise
         pauses.settle()
         self._pauses = asyncio.ensure_future(self._keep_pauses_short())
         log.info("%s serving kairos.v1 on %s:%d", self.name, host, bound)
         return bound
+
+    async def start(self) -> int:
+        """The port it serves on, once it does (raises what stopped it from serving)."""
+        if self._serving is None:
+            raise RuntimeError(f"{self.name} was created without a host to serve on")
+        return await asyncio.shield(self._serving)
+
+    def pid(self) -> int:
+        return os.getpid()
 
     @staticmethod
     async def _keep_pauses_short() -> None:
@@ -67,3 +114,26 @@ class GatewayActor:
             await self.server.stop(grace_s)
             await self.gateway.client.close()
             self._pauses.cancel()
+
+
+def _session_port_file(name: str) -> str | None:
+    """Where this node's Ray session keeps the port the gateway `name` bound."""
+    try:
+        node = ray._private.worker.global_worker.node
+        directory = os.path.join(node.get_session_dir_path(), "kairos")
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        return os.path.join(directory, f"{name}.port")
+    except Exception:  # no session directory to be had: a restart binds a new free port
+        log.warning("%s: no Ray session directory; a restart may serve on another port", name)
+        return None
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class GatewayActor(GatewayServer):
+    """A gateway on one node, named kairos-gateway-<n>; shards push watch changes to it."""
+
+    def __init__(self, name: str, host: str | None = None, port: int = 0,
+                 keys_file: str | None = None, keys_env: str | None = None,
+                 tls_files: tuple[str, str, str | None] | None = None):
+        super().__init__(name, host, port, keys_file, keys_env, tls_files,
+                         port_file=_session_port_file(name) if host is not None else None)

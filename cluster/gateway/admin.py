@@ -4,6 +4,8 @@ Every call needs a key with the admin scope (auth.py checks it before the handle
 """
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 from kairos.core.compiler import CompiledCatalog
@@ -35,7 +37,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             await controller.rollback_catalog()
         except ValueError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        return _catalog_info(compiled_from_text((await controller.get_catalog())["text"]))
+        text = (await controller.get_catalog())["text"]
+        # compiling takes a while: off the event loop, which serves every other call meanwhile
+        return _catalog_info(await asyncio.to_thread(compiled_from_text, text))
 
     async def GetCatalog(self, request, context) -> admin_pb2.CatalogText:
         catalog = await self.backend.controller().get_catalog()
@@ -66,7 +70,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
 async def _compile(text: str, context) -> CompiledCatalog:
     try:
-        return compiled_from_text(text, "<PutCatalog>")
+        return await asyncio.to_thread(compiled_from_text, text, "<PutCatalog>")
     except CatalogError as exc:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 

@@ -10,11 +10,24 @@ Keys are YAML (or JSON), from a file (`kairos up --keys FILE`) or the KAIROS_API
       - key: "ops-..."
         name: operators
         scopes: [admin, profile:read]
+      - key: "crm-..."
+        name: identity-sync
+        scopes: [identity]          # may link aliases (LinkIdentity), whatever its channel
 
 Without keys, auth is off, which the gateway allows only on a loopback address.
 
-Every kairos.v1 method has a `Rule` in RULES: the scope a key needs and, when the request names
-a channel, which field. `AuthInterceptor` checks the key and the scope from the call's metadata
+Scopes: decide, ingest, respond, watch, profile:read, admin, and identity (LinkIdentity: links
+an alias to a customer, which moves every channel's history; an unbound key with ingest may
+also link, a channel-bound one may not).
+
+Every kairos.v1 method has a `Rule` in RULES: the scope a key needs, where the request names a
+channel, and what a channel-bound key may do (`Rule.bound`):
+  - "must match": every channel the request names (each event's, in a stream or batch) must be
+    the key's; an empty channel is refused too, so a bound key cannot act outside its channel by
+    leaving the channel out;
+  - "filters output": the answer holds the key's channel only (GetProfile's current decisions);
+  - "unbound only": a bound key is refused, unless it has the rule's `also` scope;
+  - "any": the binding does not matter. `AuthInterceptor` checks the key and the scope from the call's metadata
 before the handler runs and before the request is parsed: a missing or unknown key fails with
 UNAUTHENTICATED, a key without the scope with PERMISSION_DENIED. A method with no rule is
 refused, so a new RPC stays closed until it is given one; health and reflection are open.
@@ -32,30 +45,43 @@ from typing import Any
 import grpc
 import yaml
 
-SCOPES = ("decide", "ingest", "respond", "watch", "profile:read", "admin")
+SCOPES = ("decide", "ingest", "respond", "watch", "profile:read", "admin", "identity")
+KEYS_ENV = "KAIROS_API_KEYS"  # where `kairos up` and its gateways find keys without --keys
 METADATA_KEY = "x-api-key"
+
+
+MATCH, FILTER, UNBOUND, ANY = "must match", "filters output", "unbound only", "any"
 
 
 @dataclass(frozen=True)
 class Rule:
-    """What a call needs: a key with `scope`; for a channel-bound key, also the channel that
-    the request's `channel` field names (the handler checks it: `check_channel`)."""
+    """What a call needs: a key with `scope` (or with `also`, when given); `channel` is the
+    request's field naming the channel, and `bound` what a channel-bound key may do (MATCH:
+    the handler holds the field against the key with `check_channel`; FILTER: the handler
+    shows only `visible_channel()`; UNBOUND: the interceptor refuses a bound key unless it
+    has `also`)."""
 
     scope: str
     channel: str | None = None
+    bound: str = ANY
+    also: str | None = None
+
+    def __post_init__(self):
+        assert self.bound in (MATCH, FILTER, UNBOUND, ANY), self.bound
+        assert (self.channel is not None) == (self.bound == MATCH), self
 
 
 _DECISIONS = "/kairos.v1.DecisionService/"
 _ADMIN = "/kairos.v1.AdminService/"
 RULES: dict[str, Rule] = {
-    _DECISIONS + "Decide": Rule("decide", "channel"),
-    _DECISIONS + "Ingest": Rule("ingest", "channel"),
-    _DECISIONS + "IngestStream": Rule("ingest", "channel"),  # of each event
-    _DECISIONS + "IngestBatch": Rule("ingest", "events.channel"),
-    _DECISIONS + "Respond": Rule("respond", "channel"),
-    _DECISIONS + "WatchDecisions": Rule("watch", "channel"),
-    _DECISIONS + "GetProfile": Rule("profile:read"),
-    _DECISIONS + "LinkIdentity": Rule("ingest"),
+    _DECISIONS + "Decide": Rule("decide", "channel", MATCH),
+    _DECISIONS + "Ingest": Rule("ingest", "channel", MATCH),
+    _DECISIONS + "IngestStream": Rule("ingest", "channel", MATCH),  # of each event
+    _DECISIONS + "IngestBatch": Rule("ingest", "events.channel", MATCH),
+    _DECISIONS + "Respond": Rule("respond", "channel", MATCH),
+    _DECISIONS + "WatchDecisions": Rule("watch", "channel", MATCH),
+    _DECISIONS + "GetProfile": Rule("profile:read", bound=FILTER),
+    _DECISIONS + "LinkIdentity": Rule("ingest", bound=UNBOUND, also="identity"),
     _DECISIONS + "ForgetCustomer": Rule("admin"),
     _ADMIN + "ValidateCatalog": Rule("admin"),
     _ADMIN + "PutCatalog": Rule("admin"),
@@ -132,8 +158,9 @@ class Auth:
                 found = key
         return found
 
-    def check(self, metadata, scope: str) -> ApiKey | None:
-        """The caller's key if it has `scope` (None with auth off); raises Denied otherwise."""
+    def check(self, metadata, rule: Rule | str, method: str = "") -> ApiKey | None:
+        """The caller's key if the rule admits it (None with auth off); raises Denied
+        otherwise. A bare scope stands for a rule that needs just that."""
         if not self.enabled:
             return None
         presented = next((value for name, value in metadata or () if name == METADATA_KEY),
@@ -141,8 +168,18 @@ class Auth:
         key = self.identify(presented if isinstance(presented, str) else None)
         if key is None:
             raise Denied(False, f"missing or unknown API key (send it as '{METADATA_KEY}')")
-        if scope not in key.scopes:
-            raise Denied(True, f"key '{key.name}' lacks the '{scope}' scope")
+        if isinstance(rule, str):
+            rule = Rule(rule)
+        if rule.also is not None and rule.also in key.scopes:
+            return key
+        if rule.scope not in key.scopes:
+            wanted = f"'{rule.scope}'" + (f" or '{rule.also}'" if rule.also else "")
+            raise Denied(True, f"key '{key.name}' lacks the {wanted} scope")
+        if rule.bound == UNBOUND and key.channel:
+            raise Denied(True, f"key '{key.name}' is for channel '{key.channel}', and "
+                               f"{method or 'this method'} is for unbound keys only (rule: "
+                               f"{UNBOUND}" + (f"; or a key with the '{rule.also}' scope"
+                                               if rule.also else "") + ")")
         return key
 
 
@@ -154,17 +191,32 @@ _caller: contextvars.ContextVar[ApiKey | None] = contextvars.ContextVar("kairos_
                                                                         default=_UNCHECKED)
 
 
-def check_channel(channel: str) -> None:
-    """Raise Denied unless the current call's key may act on `channel` (a key bound to a
-    channel may act on that one only; an empty channel is not checked)."""
+def _admitted() -> ApiKey | None:
     key = _caller.get()
-    if key is None:
-        return
     if key is _UNCHECKED:
         raise Denied(True, "the call was not admitted by the gateway's auth interceptor")
-    if channel and key.channel and channel != key.channel:
+    return key
+
+
+def check_channel(channel: str) -> None:
+    """Raise Denied unless the current call's key may act on `channel` (the MATCH rule: a key
+    bound to a channel may act on that one only, and not on none)."""
+    key = _admitted()
+    if key is None or not key.channel:
+        return
+    if not channel:
+        raise Denied(True, f"key '{key.name}' is for channel '{key.channel}', and the request "
+                           f"names no channel (rule: channel {MATCH})")
+    if channel != key.channel:
         raise Denied(True, f"key '{key.name}' is for channel '{key.channel}', not "
-                           f"'{channel}'")
+                           f"'{channel}' (rule: channel {MATCH})")
+
+
+def visible_channel() -> str | None:
+    """The one channel the current call's answer may show (the FILTER rule): the key's, or
+    None when every channel may be shown (an unbound key, or auth off)."""
+    key = _admitted()
+    return None if key is None else key.channel or None
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
@@ -182,7 +234,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return handler and refusal(handler, grpc.StatusCode.PERMISSION_DENIED,
                                        f"{details.method} has no access rule")
         try:
-            _caller.set(self.auth.check(details.invocation_metadata, rule.scope))
+            _caller.set(self.auth.check(details.invocation_metadata, rule, details.method))
         except Denied as exc:
             handler = await continuation(details)
             return handler and refusal(handler, exc.code, str(exc))

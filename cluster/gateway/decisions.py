@@ -3,7 +3,8 @@
 Each handler checks its request (requests.py), names the customer, and makes its runtime
 calls through the gateway (calls.py) within the caller's deadline. The key and its scope were
 checked before the handler ran (auth.py); a handler whose request names a channel holds it
-against a channel-bound key with `check_channel`. A Decide the shard cannot answer in time
+against a channel-bound key with `check_channel` (an empty channel is refused to such a key);
+GetProfile shows such a key only its channel's current decision (`visible_channel`). A Decide the shard cannot answer in time
 gets the catalog's fallback, marked as such.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from kairos.v1 import decision_pb2_grpc
 
 from kairos.cluster import protocol
 from kairos.cluster.gateway import requests, wire
-from kairos.cluster.gateway.auth import Denied, check_channel
+from kairos.cluster.gateway.auth import Denied, check_channel, visible_channel
 from kairos.cluster.gateway.calls import Gateway, abort
 from kairos.cluster.gateway.streams import Watch
 from kairos.cluster.settings import STREAM_WINDOW
@@ -202,9 +203,11 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
                     acks.append(await self._ack(item))
                 return pb.EventBatchAck(acks=acks)
         except Exception as exc:
+            failure = exc
+        finally:  # also when the call is cancelled: the caller went away, or its deadline passed
             for item in items[acked:]:
                 self._drop(item)
-            await abort(context, exc)
+        await abort(context, failure)
 
     async def Respond(self, request: pb.Outcome, context) -> pb.OutcomeAck:
         try:
@@ -231,9 +234,11 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
         if profile is None:
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"no customer {requests.named(request)}")
+        shown = visible_channel()  # a channel-bound key sees its channel's decision only
+        channels = [ch for ch in catalog.channel_names if shown is None or ch == shown]
         decisions = await self.gateway.call(context, asyncio.gather(*(
             self.client.decide(profile["customer_id"], ch, None, None, now=now)
-            for ch in catalog.channel_names)))
+            for ch in channels)))
         types = {**{a.name: a.type for a in catalog.catalog.attributes},
                  **{f.name: f.type for f in catalog.catalog.features}}
         return wire.profile_out(profile, types, {d.channel: d for d in decisions})

@@ -11,7 +11,8 @@ from typing import Iterable
 
 import msgpack
 
-from kairos.cluster.storage.journal import Journal, fsync_directory
+from kairos.cluster.storage.journal import (DIR_MODE, FILE_MODE, Journal, fsync_directory,
+                                            make_private, make_private_dir)
 from kairos.cluster.storage.store import StoreUnavailable
 
 STALE_TMP_S = 600.0  # a temporary file this old is a crashed writer's leftover
@@ -31,6 +32,17 @@ class DirectoryStore:
     half of one. Several shard processes share the directory, so a temporary file is only
     removed as a crash's leftover once it is older than STALE_TMP_S. OSErrors (ENOSPC, EIO,
     EROFS) surface as StoreUnavailable.
+
+    Permissions (DESIGN.md "Security defaults": the store's files are their owner's only):
+    every directory the store creates is 0700 and every file it writes (homes, snapshots,
+    meta, journal segments, temporary files) 0600, by explicit modes on mkdir/open, whatever
+    the process umask. Opening a store fixes what an older Kairos (or a loose umask) left open:
+    the root, its directories, the partition and journal directories, snapshots, meta and
+    journal segments lose their group and other bits, with a warning naming each path and its
+    old mode. Customer homes are not walked (there may be millions): the root at 0700 already
+    keeps everyone else from reaching them, and each home is rewritten 0600 at its next
+    passivation. A path this user may not chmod (another user owns it) is refused:
+    StoreUnavailable, naming it.
     """
 
     shared = True
@@ -39,8 +51,18 @@ class DirectoryStore:
         self.root = Path(directory)
         self.url = str(self.root)
         self.fsync = fsync
-        for sub in ("customers", "snapshots", "journals", "meta"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        try:
+            make_private_dir(self.root)
+            for sub in ("customers", "snapshots", "journals", "meta"):
+                make_private_dir(self.root / sub)
+            for pattern in ("customers/p*", "journals/*", "snapshots/*", "meta/*"):
+                for path in self.root.glob(pattern):
+                    try:
+                        make_private(path)
+                    except FileNotFoundError:  # another process renamed or removed it
+                        pass
+        except PermissionError as exc:
+            raise StoreUnavailable(f"opening the store {self.root}: {exc.strerror}") from exc
         stale = time.time() - STALE_TMP_S
         for pattern in ("customers/p*/*.tmp", "snapshots/*.tmp", "meta/*.tmp"):
             for leftover in self.root.glob(pattern):  # a crash before the rename
@@ -134,8 +156,12 @@ class DirectoryStore:
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{next(_tmp_names)}.tmp")
         try:
             if make_parent:
-                path.parent.mkdir(exist_ok=True)
-            with open(tmp, "wb") as f:
+                try:
+                    os.mkdir(path.parent, DIR_MODE)
+                except FileExistsError:
+                    pass
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE),
+                           "wb") as f:
                 f.write(data)
                 if self.fsync:
                     f.flush()

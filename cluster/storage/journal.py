@@ -34,11 +34,21 @@ Erasure: `compact(drop)` rewrites the segments holding records that `drop` selec
 customer's), each through a temporary file that is fsynced and renamed over the old one, so a
 crash leaves either segment whole. A dropped record leaves an empty frame with its LSN behind
 (replay skips it), so LSNs stay contiguous and the last one survives reopening.
+
+Permissions: the journal's directory (and any parent it creates) is made 0700 and every file it
+writes (segments, a compaction's temporary file) 0600, by explicit modes whatever the umask.
+Opening a journal whose directory or segments a group or others may use (an older Kairos wrote
+them by the umask) takes those bits away and logs a warning; where it may not (another user
+owns them) it refuses with PermissionError. `make_private_dir` and `make_private` are the same
+rules for directory_store.py.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
+import stat
 import struct
 import threading
 import zlib
@@ -50,6 +60,9 @@ import msgpack
 from kairos.cluster.protocol import JOURNAL_FORMAT
 from kairos.cluster.settings import JOURNAL_POLICIES
 
+log = logging.getLogger("kairos.store")
+DIR_MODE = 0o700  # every directory of a store: its owner's only
+FILE_MODE = 0o600  # every file of a store
 HEADER = struct.Struct("<II")  # payload length, CRC-32 of the payload
 MAX_FRAME = 64 << 20
 SUFFIX = ".log"
@@ -74,7 +87,7 @@ class Journal:
             raise ValueError(f"journal policy must be one of {', '.join(JOURNAL_POLICIES)}, "
                              f"got {policy!r}")
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.directory)
         self.policy = policy
         self.segment_bytes = segment_bytes
         self.last_lsn = 0
@@ -145,7 +158,7 @@ class Journal:
                     os.fsync(self._fd)  # a sync never spans two segments
                 os.close(self._fd)
             path = self.directory / f"{self.last_lsn + 1:020d}{SUFFIX}"
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
             self._size = self._synced_size = os.fstat(self._fd).st_size
             self.synced_lsn = self.last_lsn
             if self.policy == "fsync":
@@ -202,7 +215,10 @@ class Journal:
             data = b"".join(_frame(first, kept, journal_format)
                             for first, kept, journal_format in batches)
             tmp = path.with_suffix(".tmp")
-            with open(tmp, "wb") as f:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()  # so that the file is created, with FILE_MODE
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE),
+                           "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
@@ -242,6 +258,8 @@ class Journal:
         for leftover in self.directory.glob("*.tmp"):
             leftover.unlink()
         segments = self._segments()
+        for segment in segments:
+            make_private(segment)
         if not segments:
             return
         last = segments[-1]
@@ -305,6 +323,39 @@ def _batches(path: Path, whole_only: bool = True) -> Iterator[tuple[int, list, i
 
 def _first_lsn(path: Path) -> int:
     return int(path.name[:-len(SUFFIX)])
+
+
+def make_private(path: Path) -> None:
+    """Take the group's and others' permission bits off an existing path, with a warning (an
+    older Kairos, or another tool, made it by the umask); PermissionError where this user may
+    not (it is not the owner)."""
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if not mode & 0o077:
+        return
+    try:
+        os.chmod(path, mode & ~0o077)
+    except PermissionError as exc:
+        raise PermissionError(exc.errno, f"{path} has mode {mode:04o} and cannot be made its "
+                                         f"owner's only ({exc.strerror}); a store's files must "
+                                         f"not be readable by others", str(path)) from None
+    log.warning("%s had mode %04o: made it %04o (a store's files are its owner's only)",
+                path, mode, mode & ~0o077)
+
+
+def make_private_dir(directory: Path) -> None:
+    """Create `directory` and its missing parents with mode 0700 (whatever the umask), or make
+    an existing one private (`make_private`)."""
+    missing = []
+    path = Path(directory)
+    while not path.exists():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another shard process was first
+            os.mkdir(path, DIR_MODE)
+    make_private(Path(directory))
 
 
 def fsync_directory(directory: Path) -> None:

@@ -8,7 +8,9 @@ from urllib.parse import urlparse
 from kairos.cluster.storage.directory_store import DirectoryStore
 from kairos.cluster.storage.memory_store import MemoryStore
 from kairos.cluster.storage.redis_store import RedisStore
-from kairos.cluster.storage.store import Store
+from kairos.cluster.storage.store import Store, redact
+
+__all__ = ["open_store", "redact"]
 
 
 def open_store(url: str) -> Store:
@@ -20,6 +22,6 @@ def open_store(url: str) -> Store:
     if url.startswith("file://"):
         url = urlparse(url).path
     if "://" in url:
-        raise ValueError(f"unknown store {url!r}: use 'memory', a directory, or "
+        raise ValueError(f"unknown store {redact(url)!r}: use 'memory', a directory, or "
                          f"redis://host:port/db")
     return DirectoryStore(os.path.expanduser(url))

@@ -12,7 +12,12 @@ A journal batch is one member, msgpack `[first lsn, records, format]` (journal.p
 `pack_batch`, whose format rule it follows), written with the last-LSN key in
 one MULTI/EXEC, so Redis holds all of a batch or none of it. Durability is the server's:
 with the journal policy "fsync" the server must run with `appendonly yes` and
-`appendfsync always` (the journal checks and warns at open); "os" accepts `everysec`.
+`appendfsync always` (the journal checks with CONFIG GET and warns at open); "os" accepts
+`everysec`. A server or ACL user that refuses CONFIG GET (managed Redis, `-config`) is not an
+error: the store warns once per server and user that it could not check, and goes on.
+
+The URL may carry a password (`redis://user:password@host:port/db`); it is never printed,
+logged or put in an error message as it is: `repr` and messages show `redact(url)`.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ import redis
 
 from kairos.cluster.settings import REDIS_TIMEOUT_S
 from kairos.cluster.storage.journal import Decode, pack_batch, unpack_batch
-from kairos.cluster.storage.store import StoreUnavailable
+from kairos.cluster.storage.store import StoreUnavailable, redact
 
 log = logging.getLogger("kairos.store")
 REPLAY_PAGE = 256  # journal batches fetched per round trip when replaying
@@ -33,6 +38,7 @@ PIPELINE_BYTES = 16 << 20  # the most data one write to Redis carries
 ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
           redis.exceptions.BusyLoadingError, redis.exceptions.ReadOnlyError,
           redis.exceptions.ResponseError)
+_unchecked: set[tuple] = set()  # (host, port, user) whose durability settings were not checked
 
 
 def _unavailable(what: str):
@@ -55,8 +61,12 @@ class RedisJournal:
         self.policy = policy
         self.last_lsn = int(self.r.get(f"{key}:last") or 0)
         if policy == "fsync":
-            setting = self.r.config_get("appendfsync").get("appendfsync")
-            aof = self.r.config_get("appendonly").get("appendonly")
+            try:
+                setting = self.r.config_get("appendfsync").get("appendfsync")
+                aof = self.r.config_get("appendonly").get("appendonly")
+            except redis.exceptions.ResponseError as exc:  # NOPERM, or CONFIG renamed away
+                _warn_unchecked(self.r, exc)
+                return
             if aof != "yes" or setting != "always":
                 log.warning("journal %s: policy fsync, but the Redis server runs appendonly=%s "
                             "appendfsync=%s; acknowledged events survive a Redis crash only "
@@ -126,6 +136,18 @@ class RedisJournal:
         pass
 
 
+def _warn_unchecked(client: redis.Redis, exc: Exception) -> None:
+    kwargs = client.connection_pool.connection_kwargs
+    server = (kwargs.get("host"), kwargs.get("port"), kwargs.get("path"), kwargs.get("username"))
+    if server in _unchecked:
+        return
+    _unchecked.add(server)
+    log.warning("the Redis server refused CONFIG GET (%s), so Kairos could not check its "
+                "durability settings: with the journal policy fsync, acknowledged events "
+                "survive a Redis crash only if it runs appendonly yes and appendfsync always",
+                exc)
+
+
 class RedisStore:
     shared = True
 
@@ -137,6 +159,9 @@ class RedisStore:
         self.r = redis.Redis.from_url(
             urlunparse(parsed._replace(query=urlencode(query, doseq=True))),
             socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S)
+
+    def __repr__(self) -> str:
+        return f"RedisStore({redact(self.url)!r})"
 
     @_unavailable("writing a customer")
     def put(self, partition: int, customer_id: str, blob: bytes) -> None:

@@ -24,11 +24,28 @@ that meets one answers UNAVAILABLE and rebuilds itself from the store once it is
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Iterable, Iterator, Protocol
+
+_PASSWORD_PARAM = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 
 
 class StoreUnavailable(Exception):
     """The store could not be written or read; nothing was acknowledged."""
+
+
+def redact(url: str) -> str:
+    """A store URL fit to print or log: its credentials (`user:password@`, `:password@`, a
+    `password=` parameter) shown as `***`, e.g. `redis://***@host:6379/0`. Whatever names a
+    store goes through this before it is printed, logged or put in an error message."""
+    url = str(url)
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url  # "memory", a directory
+    head, q, query = rest.partition("?")
+    if "@" in head:  # the last "@" ends the credentials, whatever characters they hold
+        head = "***@" + head.rpartition("@")[2]
+    return f"{scheme}://{head}" + (_PASSWORD_PARAM.sub(r"\1***", q + query) if q else "")
 
 
 class JournalLike(Protocol):

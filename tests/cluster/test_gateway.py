@@ -7,7 +7,9 @@ fallback runs on the in-process backend with a slow shard, still over real gRPC.
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
+import signal
 import threading
 import time
 
@@ -23,6 +25,7 @@ from kairos.cluster.gateway.auth import Auth
 from kairos.cluster.gateway.calls import Gateway
 from kairos.cluster.gateway.server import serve
 from kairos.cluster.gateway.wire import time_out, value_out
+from kairos.cluster.settings import NAMESPACE
 from kairos.cluster.transport.client import KairosClient
 from kairos.core.catalog import default_catalog_text
 from kairos.v1 import admin_pb2, admin_pb2_grpc
@@ -43,11 +46,15 @@ NOW = time.time()
 
 
 @pytest.fixture(scope="module")
-def target(ray_cluster):
+def target(ray_cluster, tmp_path_factory):
     ray_cluster(nodes=1, cpus_per_node=2)
     runtime.start(n_shards=2, n_partitions=256)
-    gateway = runtime.gateway_actor(GatewayActor, 0, ray.get_runtime_context().get_node_id())
-    port = ray.get(gateway.start.remote("127.0.0.1", 0, KEYS))
+    keys_file = tmp_path_factory.mktemp("keys") / "keys.yaml"
+    keys_file.write_text(KEYS)
+    keys_file.chmod(0o600)
+    gateway = runtime.gateway_actor(GatewayActor, 0, ray.get_runtime_context().get_node_id(),
+                                    host="127.0.0.1", port=0, keys_file=str(keys_file))
+    port = ray.get(gateway.start.remote())
     yield f"127.0.0.1:{port}"
     runtime.stop()
 
@@ -359,8 +366,10 @@ def test_an_anonymous_visitor_links_and_merges_across_shards(stubs):
     decisions.Ingest(event("lena", "app_open"), timeout=10, metadata=key(WEB))
 
     link = pb.LinkRequest(alias=cookie, customer_id="lena")
-    assert decisions.LinkIdentity(link, timeout=10, metadata=key(WEB)).merged
-    assert not decisions.LinkIdentity(link, timeout=10, metadata=key(WEB)).merged  # retry
+    assert code_of(decisions.LinkIdentity, link, metadata=key(WEB))[0] == \
+        grpc.StatusCode.PERMISSION_DENIED  # a channel-bound key may not link
+    assert decisions.LinkIdentity(link, timeout=10, metadata=key(ADMIN)).merged
+    assert not decisions.LinkIdentity(link, timeout=10, metadata=key(ADMIN)).merged  # retry
     lena = decisions.GetProfile(pb.ProfileRequest(alias=cookie), timeout=10,
                                 metadata=key(AGENT))
     assert lena.customer_id == "lena" and lena.events_applied == 4
@@ -369,10 +378,10 @@ def test_an_anonymous_visitor_links_and_merges_across_shards(stubs):
     assert decisions.Decide(by_alias, timeout=10, metadata=key(WEB)).customer_id == "lena"
 
     other = pb.LinkRequest(alias=cookie, customer_id="mia")
-    assert code_of(decisions.LinkIdentity, other, metadata=key(WEB))[0] == \
+    assert code_of(decisions.LinkIdentity, other, metadata=key(ADMIN))[0] == \
         grpc.StatusCode.FAILED_PRECONDITION
     code, details = code_of(decisions.LinkIdentity, pb.LinkRequest(
-        alias=cookie, customer_id="~cookie:x"), metadata=key(WEB))
+        alias=cookie, customer_id="~cookie:x"), metadata=key(ADMIN))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("customer_id: ")
     assert code_of(decisions.LinkIdentity, link, metadata=key(AGENT))[0] == \
         grpc.StatusCode.PERMISSION_DENIED
@@ -470,3 +479,31 @@ def test_auth_may_be_off_only_on_loopback():
         with pytest.raises(ValueError, match="refusing to serve without API keys"):
             await serve(Gateway("g", None, None), Auth({}), "0.0.0.0", 0)
     asyncio.run(main())
+
+
+def test_a_killed_gateway_serves_again_on_the_same_port(target):
+    """Ray restarts the gateway's process (max_restarts=-1); nobody calls start() again, and it
+    serves on the port it had, with the keys it read from its file."""
+    gateway = ray.get_actor(runtime.gateway_name(0), namespace=NAMESPACE)
+    pid = ray.get(gateway.pid.remote())
+    os.kill(pid, signal.SIGKILL)
+    channel = grpc.insecure_channel(target)
+    decide = decision_pb2_grpc.DecisionServiceStub(channel).Decide
+    deadline, last = time.monotonic() + 90, None
+    try:
+        while time.monotonic() < deadline:
+            try:
+                d = decide(pb.DecideRequest(customer_id="after-restart", channel="web"),
+                           timeout=5, metadata=key(ADMIN))
+                break
+            except grpc.RpcError as exc:
+                last = exc.code()
+                time.sleep(0.5)
+        else:
+            pytest.fail(f"the restarted gateway did not serve on {target} (last: {last})")
+        assert d.channel == "web"
+        assert ray.get(gateway.pid.remote()) != pid
+        assert code_of(decide, pb.DecideRequest(customer_id="x", channel="web"))[0] == \
+            grpc.StatusCode.UNAUTHENTICATED  # still with its keys
+    finally:
+        channel.close()

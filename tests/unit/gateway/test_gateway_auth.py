@@ -1,8 +1,9 @@
 """API keys at the gateway, over real gRPC on 127.0.0.1 and the in-process backend (no Ray).
 
-Table-driven over the rules themselves: every RPC of kairos.v1 must have a rule, and every rule
-is tried with no key, an unknown key, a key lacking the scope and a key with it; every rule
-that names a channel is tried with a key bound to another channel and to the right one.
+Table-driven over the rules themselves: every RPC of kairos.v1 must have a rule, and every RPC
+is tried with every kind of key (no key, an unknown key, a key lacking the scope, a key with it,
+a key with it bound to the request's channel, to another channel, and with no channel in the
+request); what each should get follows from the RPC's rule alone.
 """
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ import pytest
 from google.protobuf import message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kairos.cluster.gateway.auth import (RULES, SCOPES, ApiKey, Auth, AuthInterceptor, Denied,
-                                         check_channel)
+from kairos.cluster.gateway.auth import (ANY, FILTER, MATCH, RULES, SCOPES, UNBOUND, ApiKey,
+                                         Auth, AuthInterceptor, Denied, check_channel)
 from kairos.cluster.gateway.calls import Gateway
 from kairos.cluster.gateway.server import serve
 from kairos.cluster.settings import GATEWAY_INFLIGHT_LIMIT
@@ -94,7 +95,7 @@ def request_for(method: str, channel: str | None = None):
     field = RULES[method].channel
     if channel is not None and field == "events.channel":
         message.events.add(channel=channel)
-    elif channel is not None:
+    elif channel is not None and field is not None:
         setattr(message, field, channel)
     return message
 
@@ -121,33 +122,125 @@ def status_of(channel: grpc.Channel, method: str, request, key: str | None) -> g
 def test_every_rpc_has_a_rule_and_every_rule_an_rpc():
     assert set(RULES) == set(METHODS)
     assert {rule.scope for rule in RULES.values()} <= set(SCOPES)
+    assert {rule.also for rule in RULES.values()} - {None} <= set(SCOPES)
     for method, rule in RULES.items():
         if rule.channel is not None:
             assert request_for(method, "web") != request_for(method), method
+    assert RULES["/kairos.v1.DecisionService/LinkIdentity"].also == "identity"
 
 
-@pytest.mark.parametrize("method", sorted(RULES))
-def test_a_call_needs_a_known_key_with_its_scope(served, method):
+# every kind of caller: (its key, the channel its request names), for a rule
+KINDS = {
+    "no key": lambda rule: (None, "web"),
+    "unknown key": lambda rule: (UNKNOWN_KEY, "web"),
+    "lacking the scope": lambda rule: (secret(next(s for s in SCOPES
+                                                   if s not in (rule.scope, rule.also))), "web"),
+    "with the scope": lambda rule: (secret(rule.scope), "app"),
+    "bound to this channel": lambda rule: (secret(rule.scope, "web"), "web"),
+    "bound to another channel": lambda rule: (secret(rule.scope, "web"), "app"),
+    "bound, no channel named": lambda rule: (secret(rule.scope, "web"), ""),
+    "with the other scope": lambda rule: (secret(rule.also), "app") if rule.also else None,
+    "with the other scope, bound": lambda rule: (secret(rule.also, "web"), "app")
+    if rule.also else None,
+}
+BOUND = {"bound to this channel", "bound to another channel", "bound, no channel named"}
+
+
+def expected(rule, kind: str) -> set[grpc.StatusCode]:
+    """What the rule says a caller of this kind gets."""
+    if kind in ("no key", "unknown key"):
+        return {grpc.StatusCode.UNAUTHENTICATED}
+    if kind == "lacking the scope":
+        return {grpc.StatusCode.PERMISSION_DENIED}
+    if kind in BOUND and rule.bound == UNBOUND:
+        return {grpc.StatusCode.PERMISSION_DENIED}
+    if kind in BOUND - {"bound to this channel"} and rule.bound == MATCH:
+        return {grpc.StatusCode.PERMISSION_DENIED}
+    assert rule.bound in (MATCH, FILTER, UNBOUND, ANY)
+    return SERVED
+
+
+@pytest.mark.parametrize("method,kind", [(method, kind) for method in sorted(RULES)
+                                         for kind in KINDS if KINDS[kind](RULES[method])])
+def test_every_rpc_against_every_kind_of_key(served, method, kind):
     _, channel = served
-    scope = RULES[method].scope
-    other = next(s for s in SCOPES if s != scope)
-    request = request_for(method)
-    assert status_of(channel, method, request, None) == grpc.StatusCode.UNAUTHENTICATED
-    assert status_of(channel, method, request, UNKNOWN_KEY) == grpc.StatusCode.UNAUTHENTICATED
-    assert status_of(channel, method, request, secret(other)) == \
-        grpc.StatusCode.PERMISSION_DENIED
-    assert status_of(channel, method, request, secret(scope)) in SERVED
+    rule = RULES[method]
+    key, named = KINDS[kind](rule)
+    assert status_of(channel, method, request_for(method, named), key) in expected(rule, kind)
 
 
-@pytest.mark.parametrize("method", sorted(m for m, rule in RULES.items() if rule.channel))
-def test_a_channel_bound_key_acts_on_its_channel_only(served, method):
+@pytest.mark.parametrize("method", sorted(m for m, rule in RULES.items() if rule.bound == MATCH))
+def test_a_channel_bound_key_cannot_leave_the_channel_out(served, method):
     _, channel = served
     key = secret(RULES[method].scope, "web")
-    assert status_of(channel, method, request_for(method, "app"), key) == \
+    assert status_of(channel, method, request_for(method, ""), key) == \
         grpc.StatusCode.PERMISSION_DENIED
-    assert status_of(channel, method, request_for(method, "web"), key) in SERVED
-    assert status_of(channel, method, request_for(method, "app"),
-                     secret(RULES[method].scope)) in SERVED
+    assert status_of(channel, method, request_for(method, ""), secret(RULES[method].scope)) \
+        in SERVED
+
+
+def ingest_key_web_link(channel: grpc.Channel, key: str) -> grpc.StatusCode:
+    link = channel.unary_unary("/kairos.v1.DecisionService/LinkIdentity",
+                               request_serializer=pb.LinkRequest.SerializeToString,
+                               response_deserializer=pb.LinkAck.FromString)
+    request = pb.LinkRequest(customer_id="linked-1")
+    request.alias.type, request.alias.value = "email", "linked@example.com"
+    try:
+        link(request, timeout=5, metadata=(("x-api-key", key),))
+    except grpc.RpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+def test_link_identity_needs_an_unbound_ingest_key_or_the_identity_scope(served):
+    _, channel = served
+    assert ingest_key_web_link(channel, secret("ingest", "web")) == \
+        grpc.StatusCode.PERMISSION_DENIED
+    assert ingest_key_web_link(channel, secret("ingest")) in SERVED
+    assert ingest_key_web_link(channel, secret("identity", "web")) in SERVED
+    assert ingest_key_web_link(channel, secret("identity")) in SERVED
+
+
+def test_a_web_key_cannot_change_consent_through_an_event_without_a_channel(served):
+    _, channel = served
+    consent = pb.Event(customer_id="consent-1", type="profile_updated")
+    ingest = channel.unary_unary("/kairos.v1.DecisionService/Ingest",
+                                 request_serializer=pb.Event.SerializeToString,
+                                 response_deserializer=pb.IngestAck.FromString)
+    batch = channel.unary_unary("/kairos.v1.DecisionService/IngestBatch",
+                                request_serializer=pb.EventBatch.SerializeToString,
+                                response_deserializer=pb.EventBatchAck.FromString)
+    stream = channel.stream_stream("/kairos.v1.DecisionService/IngestStream",
+                                   request_serializer=pb.Event.SerializeToString,
+                                   response_deserializer=pb.IngestAck.FromString)
+    web = (("x-api-key", secret("ingest", "web")),)
+    for call in (lambda: ingest(consent, timeout=5, metadata=web),
+                 lambda: batch(pb.EventBatch(events=[consent]), timeout=5, metadata=web),
+                 lambda: list(stream(iter([consent]), timeout=5, metadata=web))):
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert err.value.details() == ("key 'ingest-web' is for channel 'web', and the request "
+                                       "names no channel (rule: channel must match)")
+
+
+def test_a_channel_bound_key_reads_its_channels_decision_only(served):
+    _, channel = served
+    ingest = channel.unary_unary("/kairos.v1.DecisionService/Ingest",
+                                 request_serializer=pb.Event.SerializeToString,
+                                 response_deserializer=pb.IngestAck.FromString)
+    ingest(pb.Event(customer_id="profiled-1", type="app_open", channel="web"), timeout=5,
+           metadata=(("x-api-key", secret("ingest")),))
+    profile = channel.unary_unary("/kairos.v1.DecisionService/GetProfile",
+                                  request_serializer=pb.ProfileRequest.SerializeToString,
+                                  response_deserializer=pb.Profile.FromString)
+    unbound = profile(pb.ProfileRequest(customer_id="profiled-1"), timeout=5,
+                      metadata=(("x-api-key", secret("profile:read")),))
+    assert len(unbound.current) > 1 and "web" in unbound.current
+    bound = profile(pb.ProfileRequest(customer_id="profiled-1"), timeout=5,
+                    metadata=(("x-api-key", secret("profile:read", "web")),))
+    assert set(bound.current) == {"web"}
+    assert bound.current["web"].channel == "web"
 
 
 def test_the_refusal_names_the_missing_scope_or_channel(served):
@@ -157,7 +250,7 @@ def test_the_refusal_names_the_missing_scope_or_channel(served):
                                  response_deserializer=pb.Decision.FromString)
     for key, details in ((secret("ingest"), "key 'ingest-any' lacks the 'decide' scope"),
                          (secret("decide", "web"), "key 'decide-web' is for channel 'web', "
-                                                   "not 'app'"),
+                                                   "not 'app' (rule: channel must match)"),
                          (None, "missing or unknown API key (send it as 'x-api-key')")):
         with pytest.raises(grpc.RpcError) as err:
             decide(pb.DecideRequest(customer_id="c", channel="app"), timeout=5,

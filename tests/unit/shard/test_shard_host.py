@@ -149,9 +149,11 @@ def test_a_failed_sync_answers_unavailable_and_the_host_rebuilds_from_the_store(
         monkeypatch.setattr(journal_module.os, "fsync", fails_once)
         unavailable, = await host.handle("a", 1, [app_open("ana", T0 + 1)], [0])
         assert unavailable.status == "unavailable" and "I/O error" in unavailable.reason
+        seq = 0
         while host.shard is None:  # answering UNAVAILABLE meanwhile
-            assert await host.handle("b", 0, [profile("ana")], [0]) == \
+            assert await host.handle("b", seq, [profile("ana")], [0]) == \
                 [Unavailable(reason="s0 is recovering from the store")]
+            seq += 1  # a sender numbers its batches (a repeated number waits for its turn)
             await asyncio.sleep(0.01)
         assert host.shard is not failed
         # the event that was never acknowledged was not kept

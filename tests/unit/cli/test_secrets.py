@@ -1,0 +1,77 @@
+"""`kairos up` refuses secret files others can read, and never prints a store's password."""
+from __future__ import annotations
+
+import argparse
+import os
+
+import pytest
+
+from kairos.cluster.cli import local
+from kairos.cluster.cli.main import main, parser, up_message
+
+SECRET = "s3cr3t-Pw0rd"
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A KAIROS_HOME of the test's own, and nothing started past the checks of files."""
+    def started(*args, **kwargs):
+        raise AssertionError("`kairos up` went past its checks of files")
+    monkeypatch.setenv(local.HOME_ENV, str(tmp_path / "home"))
+    monkeypatch.setattr(local, "up_lock", started)
+    return tmp_path / "home"
+
+
+def _file(tmp_path, name, mode):
+    path = tmp_path / name
+    path.write_text("secret\n")
+    os.chmod(path, mode)
+    return str(path)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_up_refuses_a_keys_file_others_can_read(tmp_path, home, capsys, mode):
+    keys = _file(tmp_path, "keys.yaml", mode)
+    assert main(["up", "--keys", keys, "--no-dashboard"]) == 2
+    err = capsys.readouterr().err
+    assert keys in err and f"{mode:04o}" in err and f"chmod 600 {keys}" in err
+    assert not (home / "run.json").exists()
+
+
+def test_up_refuses_a_tls_key_others_can_read(tmp_path, home, capsys):
+    cert = _file(tmp_path, "cert.pem", 0o644)  # a certificate is public: not checked
+    key = _file(tmp_path, "key.pem", 0o644)
+    assert main(["up", "--tls-cert", cert, "--tls-key", key, "--no-dashboard"]) == 2
+    err = capsys.readouterr().err
+    assert key in err and "0644" in err and f"chmod 600 {key}" in err and cert not in err
+
+
+def test_a_secret_file_of_another_user_is_refused(tmp_path, home, monkeypatch, capsys):
+    from kairos.cluster.cli import main as cli
+    keys = _file(tmp_path, "keys.yaml", 0o600)
+    monkeypatch.setattr(cli.os, "geteuid", lambda: os.stat(keys).st_uid + 1)
+    assert main(["up", "--keys", keys, "--no-dashboard"]) == 2
+    assert keys in capsys.readouterr().err
+
+
+def test_a_private_keys_file_passes_the_check(tmp_path):
+    from kairos.cluster.cli.main import check_secret_file
+    check_secret_file(_file(tmp_path, "keys.yaml", 0o600), "--keys")
+    check_secret_file(_file(tmp_path, "keys2.yaml", 0o400), "--keys")
+
+
+def test_up_prints_the_store_without_its_password():
+    args = argparse.Namespace(nodes=1, shards=4, store=f"redis://kairos:{SECRET}@redis:6379/0",
+                              journal_policy="fsync")
+    run = local.Run(ray_address="127.0.0.1:6380", temp_dir="/tmp/r", sessions=[], started=0,
+                    loopback=True, auth_mode="token", gateways=["127.0.0.1:50051"])
+    message = up_message(args, run)
+    assert SECRET not in message and "store redis://***@redis:6379/0" in message
+
+
+def test_up_help_shows_the_default_store_without_its_password(monkeypatch, capsys):
+    monkeypatch.setenv("KAIROS_STORE", f"redis://:{SECRET}@redis:6379/0")
+    with pytest.raises(SystemExit):
+        parser(50051).parse_args(["up", "--help"])
+    out = capsys.readouterr().out
+    assert SECRET not in out and "redis://***@redis:6379/0" in out

@@ -1,0 +1,128 @@
+"""IngestBatch gives back every in-flight slot it took, however it ends: served, cancelled by
+the client mid-batch, or past its deadline. Real gRPC on 127.0.0.1 over the in-process backend
+with a slow shard, so the cancel or the deadline lands while the batch waits for its acks."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import grpc
+import pytest
+
+from kairos.cluster.gateway.auth import Auth
+from kairos.cluster.gateway.calls import Gateway
+from kairos.cluster.gateway.server import serve
+from kairos.cluster.transport.client import KairosClient
+from kairos.v1 import decision_pb2 as pb
+
+from tests.support.local_backend import LocalBackend
+
+SHARD_DELAY_S = 1.0
+BATCH = 500
+
+
+class SlowBackend(LocalBackend):
+    async def send(self, *args, **kwargs):
+        await asyncio.sleep(SHARD_DELAY_S)
+        return await super().send(*args, **kwargs)
+
+
+class SlowGateway:
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.port = self.run(self._start())
+
+    def run(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(60)
+
+    async def _start(self) -> int:
+        backend = SlowBackend()
+        await backend.start_runtime(1, n_partitions=16)
+        self.client = await KairosClient(backend).connect()
+        self.gateway = Gateway("g", self.client, backend)
+        await self.gateway.refresh_catalog()
+        self.server, _, port = await serve(self.gateway, Auth.load(None), "127.0.0.1", 0)
+        return port
+
+    async def _stop(self) -> None:
+        await self.server.stop(0)
+        await self.client.close()
+
+    def close(self) -> None:
+        self.run(self._stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def slow():
+    gateway = SlowGateway()
+    channel = grpc.insecure_channel(f"127.0.0.1:{gateway.port}")
+    yield gateway, channel
+    channel.close()
+    gateway.close()
+
+
+def batch(tag: str) -> pb.EventBatch:
+    return pb.EventBatch(events=[pb.Event(customer_id=f"{tag}-{i}", type="app_open",
+                                          channel="web") for i in range(BATCH)])
+
+
+def settled(gateway: SlowGateway, timeout_s: float = 5.0) -> int:
+    """The gateway's in-flight count once it stops falling (or after timeout_s)."""
+    until = time.monotonic() + timeout_s
+    while gateway.gateway.inflight and time.monotonic() < until:
+        time.sleep(0.05)
+    return gateway.gateway.inflight
+
+
+def wait_inflight(gateway: SlowGateway, timeout_s: float = 5.0) -> None:
+    until = time.monotonic() + timeout_s
+    while not gateway.gateway.inflight and time.monotonic() < until:
+        time.sleep(0.01)
+    assert gateway.gateway.inflight, "the batch never got in flight"
+
+
+def methods(channel: grpc.Channel):
+    ingest_batch = channel.unary_unary("/kairos.v1.DecisionService/IngestBatch",
+                                       request_serializer=pb.EventBatch.SerializeToString,
+                                       response_deserializer=pb.EventBatchAck.FromString)
+    decide = channel.unary_unary("/kairos.v1.DecisionService/Decide",
+                                 request_serializer=pb.DecideRequest.SerializeToString,
+                                 response_deserializer=pb.Decision.FromString)
+    return ingest_batch, decide
+
+
+def test_cancelled_batches_give_back_their_inflight_slots(slow):
+    gateway, channel = slow
+    ingest_batch, decide = methods(channel)
+    for n in range(3):
+        call = ingest_batch.future(batch(f"cancelled{n}"), timeout=30)
+        wait_inflight(gateway)  # mid-batch: routed, waiting for the slow shard
+        assert call.cancel()
+        assert settled(gateway) == 0, f"after cancelled batch {n}"
+    assert decide(pb.DecideRequest(customer_id="after-cancel", channel="web"),
+                  timeout=10).channel == "web"
+    assert settled(gateway) == 0
+
+
+def test_batches_past_their_deadline_give_back_their_inflight_slots(slow):
+    gateway, channel = slow
+    ingest_batch, decide = methods(channel)
+    for n in range(3):
+        with pytest.raises(grpc.RpcError) as err:
+            ingest_batch(batch(f"late{n}"), timeout=0.3)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert settled(gateway) == 0, f"after late batch {n}"
+    assert decide(pb.DecideRequest(customer_id="after-deadline", channel="web"),
+                  timeout=10).channel == "web"
+
+
+def test_a_served_batch_gives_back_its_slots(slow):
+    gateway, channel = slow
+    ingest_batch, _ = methods(channel)
+    assert len(ingest_batch(batch("served"), timeout=30).acks) == BATCH
+    assert settled(gateway) == 0
