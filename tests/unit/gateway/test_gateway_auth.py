@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import threading
 
 import grpc
 import pytest
@@ -18,14 +17,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kairos.cluster.gateway.auth import (ANY, FILTER, MATCH, RULES, SCOPES, UNBOUND, ApiKey,
                                          Auth, AuthInterceptor, Denied, check_channel)
-from kairos.cluster.gateway.calls import Gateway
-from kairos.cluster.gateway.server import serve
 from kairos.cluster.settings import GATEWAY_INFLIGHT_LIMIT
-from kairos.cluster.transport.client import KairosClient
 from kairos.v1 import admin_pb2, decision_pb2
 from kairos.v1 import decision_pb2 as pb
 
-from tests.support.local_backend import LocalBackend
+from tests.support.inprocess_gateway import InProcessGateway
 
 METHODS = {f"/{service.full_name}/{method.name}": method
            for module in (decision_pb2, admin_pb2)
@@ -47,37 +43,6 @@ DENIED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 # only name a channel): it was checked, and refused for its content, or served
 SERVED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT,
           grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.DEADLINE_EXCEEDED}
-
-
-class InProcessGateway:
-    """A gateway over LocalBackend, served from its own event-loop thread."""
-
-    def __init__(self, auth: Auth):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.port = self.run(self._start(auth))
-
-    def run(self, coroutine):
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(60)
-
-    async def _start(self, auth: Auth) -> int:
-        backend = LocalBackend()
-        await backend.start_runtime(1, n_partitions=16)
-        self.client = await KairosClient(backend).connect()
-        self.gateway = Gateway("g", self.client, backend)
-        await self.gateway.refresh_catalog()
-        self.server, _, port = await serve(self.gateway, auth, "127.0.0.1", 0)
-        return port
-
-    async def _stop(self) -> None:
-        await self.server.stop(0)
-        await self.client.close()
-
-    def close(self) -> None:
-        self.run(self._stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")

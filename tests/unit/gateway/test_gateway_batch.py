@@ -4,18 +4,15 @@ with a slow shard, so the cancel or the deadline lands while the batch waits for
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 
 import grpc
 import pytest
 
 from kairos.cluster.gateway.auth import Auth
-from kairos.cluster.gateway.calls import Gateway
-from kairos.cluster.gateway.server import serve
-from kairos.cluster.transport.client import KairosClient
 from kairos.v1 import decision_pb2 as pb
 
+from tests.support.inprocess_gateway import InProcessGateway
 from tests.support.local_backend import LocalBackend
 
 SHARD_DELAY_S = 1.0
@@ -28,38 +25,9 @@ class SlowBackend(LocalBackend):
         return await super().send(*args, **kwargs)
 
 
-class SlowGateway:
-    def __init__(self):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.port = self.run(self._start())
-
-    def run(self, coroutine):
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(60)
-
-    async def _start(self) -> int:
-        backend = SlowBackend()
-        await backend.start_runtime(1, n_partitions=16)
-        self.client = await KairosClient(backend).connect()
-        self.gateway = Gateway("g", self.client, backend)
-        await self.gateway.refresh_catalog()
-        self.server, _, port = await serve(self.gateway, Auth.load(None), "127.0.0.1", 0)
-        return port
-
-    async def _stop(self) -> None:
-        await self.server.stop(0)
-        await self.client.close()
-
-    def close(self) -> None:
-        self.run(self._stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-
-
 @pytest.fixture
 def slow():
-    gateway = SlowGateway()
+    gateway = InProcessGateway(Auth.load(None), SlowBackend())
     channel = grpc.insecure_channel(f"127.0.0.1:{gateway.port}")
     yield gateway, channel
     channel.close()
@@ -71,7 +39,7 @@ def batch(tag: str) -> pb.EventBatch:
                                           channel="web") for i in range(BATCH)])
 
 
-def settled(gateway: SlowGateway, timeout_s: float = 5.0) -> int:
+def settled(gateway: InProcessGateway, timeout_s: float = 5.0) -> int:
     """The gateway's in-flight count once it stops falling (or after timeout_s)."""
     until = time.monotonic() + timeout_s
     while gateway.gateway.inflight and time.monotonic() < until:
@@ -79,7 +47,7 @@ def settled(gateway: SlowGateway, timeout_s: float = 5.0) -> int:
     return gateway.gateway.inflight
 
 
-def wait_inflight(gateway: SlowGateway, timeout_s: float = 5.0) -> None:
+def wait_inflight(gateway: InProcessGateway, timeout_s: float = 5.0) -> None:
     until = time.monotonic() + timeout_s
     while not gateway.gateway.inflight and time.monotonic() < until:
         time.sleep(0.01)

@@ -1,0 +1,44 @@
+"""A real gRPC gateway on 127.0.0.1 over the in-process backend (no Ray), served from an event
+loop thread of its own, for tests that call it through grpc as a channel would."""
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, Coroutine
+
+from kairos.cluster.gateway.auth import Auth
+from kairos.cluster.gateway.calls import Gateway
+from kairos.cluster.gateway.server import serve
+from kairos.cluster.transport.client import KairosClient
+
+from tests.support.local_backend import LocalBackend
+
+
+class InProcessGateway:
+    """Serves on `port` once built; `run(coroutine)` runs on its loop; `close()` stops it."""
+
+    def __init__(self, auth: Auth, backend: LocalBackend | None = None):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.port = self.run(self._start(auth, backend or LocalBackend()))
+
+    def run(self, coroutine: Coroutine) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(60)
+
+    async def _start(self, auth: Auth, backend: LocalBackend) -> int:
+        await backend.start_runtime(1, n_partitions=16)
+        self.client = await KairosClient(backend).connect()
+        self.gateway = Gateway("g", self.client, backend)
+        await self.gateway.refresh_catalog()
+        self.server, _, port = await serve(self.gateway, auth, "127.0.0.1", 0)
+        return port
+
+    async def _stop(self) -> None:
+        await self.server.stop(0)
+        await self.client.close()
+
+    def close(self) -> None:
+        self.run(self._stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
