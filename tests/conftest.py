@@ -6,8 +6,8 @@ records in another (KAIROS_HOME), so a `kairos up` the user is running, or a Ray
 neither joined nor disturbed. Every Ray a test starts comes from the `ray_cluster` fixture: its
 own GCS on a free port, no dashboard, no fixed agent port.
 
-Tiers, one folder each, run in this order: `unit/` (no Ray, quick), `property/` (the kernel
-held to its twin by hypothesis; no Ray), `cluster/` (starts Ray clusters on this machine),
+Tiers, one folder each, run in this order: `unit/` (no Ray, quick), `property/` (randomised
+equivalence against a twin: the kernel's NumPy twin, a shard that never crashed; no Ray), `cluster/` (starts Ray clusters on this machine),
 `bench/` (the harnesses' quick modes, end to end). `-m unit` (or any tier's name) picks one.
 Tests of the unit and property tiers cannot start Ray: `ray.init` and Ray's node start-up
 raise while their fixtures and bodies run (see `pytest_runtest_protocol`).

@@ -106,7 +106,7 @@ def run_remote(target: str) -> int:
     remote = Remote(target)
     try:
         remote.wait_ready()
-    except grpc.FutureTimeoutError:
+    except (grpc.FutureTimeoutError, OSError):
         print(f"Kairos is not running: no gateway answers at {target} (`kairos up` starts "
               f"one)", file=sys.stderr)
         remote.close()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any, Iterator
 
 import grpc
@@ -46,6 +47,7 @@ def _named(customer: Customer) -> dict[str, Any]:
 
 class Remote:
     def __init__(self, target: str, api_key: str | None = None):
+        self.target = target
         self.channel = channel_to(target)
         key = api_key or os.environ.get(KEY_ENV)
         self.metadata = ((METADATA_KEY, key),) if key else ()
@@ -53,6 +55,11 @@ class Remote:
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
 
     def wait_ready(self, timeout_s: float = 5.0) -> None:
+        """Return once the gateway answers; ConnectionRefusedError at once when nothing listens
+        at the target (gRPC would keep retrying), grpc.FutureTimeoutError after `timeout_s`."""
+        host, _, port = self.target.rpartition(":")
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
         grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
 
     def ingest(self, customer: Customer, event_type: str, when: float,

@@ -23,8 +23,8 @@ from kairos.cluster.storage.memory_store import MemoryStore
 from kairos.cluster.storage.store import StoreUnavailable
 
 from kairos.cluster.storage.redis_server import RedisServer
-from .test_shard import (N_PARTITIONS, T0, Clock, event, forget, journey, link_steps, p_of,
-                         profile, shard, watch)
+from tests.unit.shard.test_shard import (N_PARTITIONS, T0, Clock, event, forget, journey,
+                                         link_steps, p_of, profile, shard, watch)
 
 CUSTOMERS = [f"c{i}" for i in range(24)]
 OFFERED = [("service_menu", "web"), ("cart_recovery_push", "push")]
