@@ -101,6 +101,10 @@ class KindStats:
 
     latency: HdrHistogram = field(default_factory=_histogram)  # from the intended send time
     service: HdrHistogram = field(default_factory=_histogram)  # from the actual send
+    # latency split by outcome: served (OK, not a fallback), and refused or fallen back
+    # (an overloaded system should serve what it admits fast and refuse the rest fast)
+    admitted: HdrHistogram = field(default_factory=_histogram)
+    refused: HdrHistogram = field(default_factory=_histogram)
     ok: int = 0
     fallbacks: int = 0  # Decide answered with the catalog's fallback (shard too slow)
     errors: Counter = field(default_factory=Counter)  # gRPC status code name -> count
@@ -111,6 +115,8 @@ class KindStats:
         now = time.perf_counter()
         _record(self.latency, now - send.intended)
         _record(self.service, now - send.sent)
+        _record(self.refused if code is not None or fallback else self.admitted,
+                now - send.intended)
         if code is not None:
             self.errors[code] += 1
         else:
@@ -119,11 +125,12 @@ class KindStats:
 
     def encode(self) -> dict[str, Any]:
         return {"latency": self.latency.encode(), "service": self.service.encode(),
+                "admitted": self.admitted.encode(), "refused": self.refused.encode(),
                 "ok": self.ok, "fallbacks": self.fallbacks, "errors": dict(self.errors)}
 
     def add(self, encoded: dict[str, Any]) -> None:
-        self.latency.add(HdrHistogram.decode(encoded["latency"]))
-        self.service.add(HdrHistogram.decode(encoded["service"]))
+        for name in ("latency", "service", "admitted", "refused"):
+            getattr(self, name).add(HdrHistogram.decode(encoded[name]))
         self.ok += encoded["ok"]
         self.fallbacks += encoded["fallbacks"]
         self.errors.update(encoded["errors"])
@@ -176,6 +183,9 @@ class Recorder:
                 "max_ms": _ms(s.latency.get_max_value()),
                 "service_p50_ms": _ms(s.service.get_value_at_percentile(50)),
                 "service_p99_ms": _ms(s.service.get_value_at_percentile(99)),
+                "admitted_p99_ms": _ms(s.admitted.get_value_at_percentile(99)),
+                "refused_p99_ms": _ms(s.refused.get_value_at_percentile(99)),
+                "refused_max_ms": _ms(s.refused.get_max_value()),
                 "errors": dict(s.errors), "fallbacks": s.fallbacks}
         late_share = self.late / self.sent if self.sent else 0.0
         return {"sent": self.sent, "offered_rate": round(self.sent / seconds, 1), "kinds": kinds,

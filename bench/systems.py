@@ -11,14 +11,16 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+import psutil
 import ray
 from ray.cluster_utils import Cluster
+from tqdm import tqdm
 
 from kairos.cluster.control import runtime
 from kairos.cluster.transport.client import KairosClient
@@ -148,6 +150,27 @@ def kairos(n_shards: int, customers: int) -> Iterator[Kairos]:
     finally:
         runtime.stop()
         shutil.rmtree(store, ignore_errors=True)
+
+
+@contextmanager
+def populated_kairos(n_shards: int, customers: int) -> Iterator[Kairos]:
+    """One Ray node on this machine, Kairos on it, every customer's profile loaded."""
+    with ray_nodes(1), kairos(n_shards, customers) as system:
+        with tqdm(total=customers, desc="populate", unit="customer", leave=False) as bar:
+            populate(customers, bar.update)
+        yield system
+
+
+def kairos_processes() -> list[psutil.Process]:
+    """The processes of the Ray actors this bench started (Kairos's and the peers'):
+    descendants of this process whose title names an actor."""
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        with suppress(psutil.Error):
+            name = proc.name()
+            if name.startswith("ray::") and "IDLE" not in name:
+                found.append(proc)
+    return found
 
 
 def _crossing_share(remote_shards: set[str], customers: int) -> float:

@@ -1,0 +1,132 @@
+"""Overload: Kairos at three times the highest Decide rate it holds, on the same machine.
+
+    python -m bench.overload                   # find the rate held, then 1x and 3x of it
+    python -m bench.overload --held 800        # skip the search: 800/s held
+    python -m bench.overload --smoke           # under a minute (the test suite runs it)
+
+What a demanding operator expects from an overloaded system: what it admits it still serves
+fast, and what it cannot serve it says so fast. The verdict holds when, at 3x:
+  - the admitted Decides (answered, not the fallback) keep p99 within 2x the nominal p99
+    (the 1x step of the same run);
+  - every other request got RESOURCE_EXHAUSTED or the flagged fallback decision, within its
+    deadline (loadgen.DEADLINE_S); none got another error, none went unanswered.
+Rates are open-loop Poisson arrivals and latency counts from the intended send time
+(bench/loadgen.py), so queueing is not hidden.
+
+Writes bench/results/overload-<time>.json and .md and prints a JSON summary as its last line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .loadgen import DEADLINE_S, GeneratorPool, Step
+from .sweep import KIND_OF_OP, sweep
+from .systems import populated_kairos
+
+RESULTS = Path(__file__).parent / "results"
+FACTOR = 3.0  # the overload, as a multiple of the rate held
+P99_SLACK = 2.0  # admitted p99 at FACTOR x may be this multiple of the nominal p99
+ACCEPTED_REFUSALS = frozenset({"RESOURCE_EXHAUSTED"})
+
+
+def verdict(nominal: dict[str, Any], overload: dict[str, Any]) -> dict[str, Any]:
+    """Whether the overload step kept the promise (see the module doc), with the figures."""
+    kind = KIND_OF_OP["decide"]
+    n, o = nominal["kinds"][kind], overload["kinds"][kind]
+    other_errors = {code: count for code, count in o["errors"].items()
+                    if code not in ACCEPTED_REFUSALS}
+    unanswered = max(overload["sent"] - o["count"], 0)
+    bound_ms = P99_SLACK * n["admitted_p99_ms"]
+    refused = sum(o["errors"].values()) + o["fallbacks"]
+    checks = {
+        "admitted_p99_within_2x": o["admitted_p99_ms"] <= bound_ms,
+        "refusals_within_deadline": refused == 0 or o["refused_max_ms"] <= DEADLINE_S * 1e3,
+        "no_other_errors": not other_errors,
+        "all_answered": unanswered == 0,
+    }
+    return {"held": all(checks.values()), "checks": checks,
+            "nominal_admitted_p99_ms": n["admitted_p99_ms"],
+            "overload_admitted_p99_ms": o["admitted_p99_ms"], "bound_ms": bound_ms,
+            "admitted": o["ok"] - o["fallbacks"], "refused": refused,
+            "refused_max_ms": o["refused_max_ms"], "other_errors": other_errors,
+            "unanswered": unanswered, "generator_behind": overload["generator"]["behind"]}
+
+
+def markdown(results: dict[str, Any]) -> str:
+    v = results["verdict"]
+    lines = [f"# Overload {results['run']}", "", f"`{results['command']}`", "",
+             f"Decide held at {results['held_rate']:.0f}/s (p99 within 10 ms); overload at "
+             f"{FACTOR:.0f}x = {results['overload']['rate_target']:.0f}/s, "
+             f"{results['customers']} customers, {results['shards']} shards.", "",
+             "| step | offered/s | admitted | admitted p99 ms | refused or fallback | "
+             "refused max ms | other errors | unanswered |",
+             "|---|---:|---:|---:|---:|---:|---|---:|"]
+    for name in ("nominal", "overload"):
+        step = results[name]
+        k = step["kinds"]["decide"]
+        other = {c: n for c, n in k["errors"].items() if c not in ACCEPTED_REFUSALS}
+        lines.append(f"| {name} | {step['offered_rate']:.0f} | {k['ok'] - k['fallbacks']} | "
+                     f"{k['admitted_p99_ms']:.1f} | {sum(k['errors'].values()) + k['fallbacks']}"
+                     f" | {k['refused_max_ms']:.1f} | {other or ''} | "
+                     f"{max(step['sent'] - k['count'], 0)} |")
+    lines += ["", f"**Verdict: {'held' if v['held'] else 'NOT held'}**: "
+              + ", ".join(f"{name} {'yes' if ok else 'NO'}" for name, ok in v["checks"].items())
+              + (" (the generators fell behind their schedule)" if v["generator_behind"] else "")]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.overload",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="a short run (tests)")
+    parser.add_argument("--held", type=float, help="the Decide rate held (skips the search)")
+    parser.add_argument("--rates", default="250,500,750,1000,1250,1500,2000",
+                        help="the search's ladder (Decides per second)")
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--generators", type=int, default=2)
+    parser.add_argument("--measure-s", type=float, default=10.0)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.customers, args.measure_s, args.held = 500, 1.5, args.held or 100.0
+    command = " ".join(["python -m bench.overload"] + (sys.argv[1:] if argv is None else argv))
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    pool = GeneratorPool(args.generators)
+    try:
+        with populated_kairos(args.shards, args.customers) as system:
+            def step(rate: float) -> Step:
+                return Step(system.target, "decide", rate, 2.0, args.measure_s,
+                            args.customers, 1)
+
+            search = None
+            held = args.held
+            if held is None:
+                search = sweep(pool, "kairos", step,
+                               tuple(float(r) for r in args.rates.split(",")))
+                held = search["max_rate_target_held"] or float(args.rates.split(",")[0])
+            nominal = pool.run(step(held))
+            overload = pool.run(step(FACTOR * held))
+    finally:
+        pool.close()
+    results = {"run": f"overload-{stamp}{'-smoke' if args.smoke else ''}", "command": command,
+               "held_rate": held, "customers": args.customers, "shards": args.shards,
+               "search": search, "nominal": nominal, "overload": overload,
+               "verdict": verdict(nominal, overload)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{results['run']}.json").write_text(json.dumps(results, indent=1))
+    (args.out / f"{results['run']}.md").write_text(markdown(results))
+    print(json.dumps({"run": results["run"], "held_rate": held, **{
+        k: results["verdict"][k] for k in ("held", "nominal_admitted_p99_ms",
+                                           "overload_admitted_p99_ms", "admitted", "refused",
+                                           "unanswered")}}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Soak: Kairos under steady mixed traffic for an hour, watched for leaks.
+
+    python -m bench.soak --rate 300                 # an hour of sessions at 300/s
+    python -m bench.soak --minutes 2 --rate 100     # the suite's short version
+
+Sessions (decisions, events and outcomes mixed, as bench/loadgen.py's "journey") arrive at
+the given rate, which should be about half the Decide rate the machine holds (bench.load or
+bench.overload find it). Every SAMPLE_S the harness reads, for each Kairos process (the Ray
+actors: gateway, shards, controller, learner), its resident memory, open file descriptors and
+threads. After the warm-up (the first WARMUP_SHARE of the run, at least one step) nothing
+should grow: the verdict holds when, from just after the warm-up to the end (each the median
+of a tenth of the samples), the processes' total RSS grew by less than 5 %, file descriptors
+and threads did not grow, no process was replaced, and the traffic was served (errors and
+fallbacks within the sweep's error budget).
+
+Writes bench/results/soak-<time>.json, .md and .png (RSS, descriptors and threads over time)
+and prints a JSON summary as its last line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from .loadgen import GeneratorPool, Step
+from .sweep import ERROR_BUDGET
+from .systems import kairos_processes, populated_kairos
+
+RESULTS = Path(__file__).parent / "results"
+SAMPLE_S = 10.0
+STEP_S = 60.0  # the traffic runs as back-to-back measured steps of this length
+WARMUP_SHARE = 0.1
+RSS_GROWTH_LIMIT = 0.05
+
+
+class Sampler(threading.Thread):
+    """Samples the Kairos processes every `every_s` until stopped."""
+
+    def __init__(self, every_s: float):
+        super().__init__(daemon=True)
+        self.every_s = every_s
+        self.samples: list[dict[str, Any]] = []
+        self._done = threading.Event()
+        self._t0 = time.monotonic()
+
+    def run(self) -> None:
+        while True:
+            self.samples.append(self.sample())
+            if self._done.wait(self.every_s):
+                return
+
+    def sample(self) -> dict[str, Any]:
+        rss = fds = threads = 0
+        processes = 0
+        for proc in kairos_processes():
+            try:
+                with proc.oneshot():
+                    rss += proc.memory_info().rss
+                    fds += proc.num_fds()
+                    threads += proc.num_threads()
+                processes += 1
+            except psutil.Error:
+                continue
+        return {"t_s": round(time.monotonic() - self._t0, 1), "processes": processes,
+                "rss_mib": round(rss / 2**20, 1), "fds": fds, "threads": threads}
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+        self.samples.append(self.sample())
+
+
+def verdict(samples: list[dict[str, Any]], warm_s: float, steps: list[dict[str, Any]]
+            ) -> dict[str, Any]:
+    """Growth from just after the warm-up to the end, each end the median of a window of
+    samples (thread pools and sockets come and go by a few; a leak keeps climbing)."""
+    after = [s for s in samples if s["t_s"] >= warm_s] or samples[-1:]
+    n = max(len(after) // 10, min(3, len(after)))
+    first, last = _medians(after[:n]), _medians(after[-n:])
+    sent = sum(s["sent"] for s in steps)
+    failed = sum(sum(k["errors"].values()) + k["fallbacks"]
+                 for s in steps for k in s["kinds"].values())
+    growth = (last["rss_mib"] - first["rss_mib"]) / max(first["rss_mib"], 1e-9)
+    checks = {"rss_growth_below_5pct": growth < RSS_GROWTH_LIMIT,
+              "fds_flat": last["fds"] <= first["fds"],
+              "threads_flat": last["threads"] <= first["threads"],
+              "same_processes": len({s["processes"] for s in after}) == 1,
+              "served": failed <= ERROR_BUDGET * max(sent, 1)}
+    return {"held": all(checks.values()), "checks": checks, "window_samples": n,
+            **{key: [first[key], last[key]] for key in ("rss_mib", "fds", "threads",
+                                                        "processes")},
+            "rss_growth": round(growth, 4), "sent": sent, "failed": failed}
+
+
+def _medians(samples: list[dict[str, Any]]) -> dict[str, float]:
+    return {key: statistics.median(s[key] for s in samples)
+            for key in ("rss_mib", "fds", "threads", "processes")}
+
+
+def markdown(results: dict[str, Any]) -> str:
+    v = results["verdict"]
+    lines = [f"# Soak {results['run']}", "", f"`{results['command']}`", "",
+             f"{results['minutes']} minutes of sessions at {results['rate']:.0f}/s, "
+             f"{results['customers']} customers, {results['shards']} shards; warm-up "
+             f"{results['warmup_s']:.0f} s.", "",
+             f"| (medians of {v['window_samples']} samples) | after warm-up | end |",
+             "|---|---:|---:|",
+             f"| RSS of the Kairos processes (MiB) | {v['rss_mib'][0]} | {v['rss_mib'][1]} |",
+             f"| open file descriptors | {v['fds'][0]} | {v['fds'][1]} |",
+             f"| threads | {v['threads'][0]} | {v['threads'][1]} |",
+             f"| processes | {v['processes'][0]} | {v['processes'][1]} |", "",
+             f"Requests sent {v['sent']}, failed {v['failed']}.", "",
+             f"**Verdict: {'held' if v['held'] else 'NOT held'}**: "
+             + ", ".join(f"{name} {'yes' if ok else 'NO'}" for name, ok in v["checks"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    samples = results["samples"]
+    t = [s["t_s"] / 60 for s in samples]
+    fig, axes = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
+    for ax, key, label in zip(axes, ("rss_mib", "fds", "threads"),
+                              ("RSS (MiB)", "file descriptors", "threads")):
+        ax.plot(t, [s[key] for s in samples])
+        ax.axvline(results["warmup_s"] / 60, color="grey", linestyle=":")
+        ax.set_ylabel(label)
+    axes[-1].set_xlabel("minutes")
+    axes[0].set_title(f"Kairos processes under {results['rate']:.0f} sessions/s")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.soak",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=60.0)
+    parser.add_argument("--rate", type=float, required=True,
+                        help="sessions per second: about half the Decide rate held")
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--generators", type=int, default=2)
+    parser.add_argument("--step-s", type=float, default=STEP_S)
+    parser.add_argument("--sample-s", type=float, default=SAMPLE_S)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    command = " ".join(["python -m bench.soak"] + (sys.argv[1:] if argv is None else argv))
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    total_s = args.minutes * 60
+    step_s = min(args.step_s, total_s)
+    warm_s = max(WARMUP_SHARE * total_s, step_s)
+    steps: list[dict[str, Any]] = []
+    pool = GeneratorPool(args.generators)
+    try:
+        with populated_kairos(args.shards, args.customers) as system:
+            sampler = Sampler(args.sample_s)
+            sampler.start()
+            started = time.monotonic()
+            while (left := total_s - (time.monotonic() - started)) > 1.0:
+                steps.append(pool.run(Step(system.target, "journey", args.rate, 0.0,
+                                           min(step_s, left), args.customers, len(steps) + 1)))
+            sampler.stop()
+    finally:
+        pool.close()
+    results = {"run": f"soak-{stamp}", "command": command, "minutes": args.minutes,
+               "rate": args.rate, "customers": args.customers, "shards": args.shards,
+               "warmup_s": warm_s, "samples": sampler.samples, "steps": steps,
+               "verdict": verdict(sampler.samples, warm_s, steps)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{results['run']}.json").write_text(json.dumps(results, indent=1))
+    (args.out / f"{results['run']}.md").write_text(markdown(results))
+    plot(results, args.out / f"{results['run']}.png")
+    print(json.dumps({"run": results["run"], **{k: results["verdict"][k] for k in (
+        "held", "rss_growth", "fds", "threads", "sent", "failed")}}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""The overload harness runs end to end (smoke mode) and writes its report and verdict.
+
+It asserts that the harness works and its report is well-formed, never how fast anything
+was: the committed report comes from a full run on a quiet machine."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_smoke_run_writes_a_report_with_a_verdict(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "bench.overload", "--smoke", "--out",
+                          str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-4000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    report = json.loads((tmp_path / f"{summary['run']}.json").read_text())
+    verdict = report["verdict"]
+    assert set(verdict["checks"]) == {"admitted_p99_within_2x", "refusals_within_deadline",
+                                      "no_other_errors", "all_answered"}
+    assert verdict["held"] == all(verdict["checks"].values())
+    assert report["overload"]["rate_target"] == 3 * report["nominal"]["rate_target"]
+    assert report["nominal"]["sent"] > 0 and report["overload"]["sent"] > 0
+    assert verdict["admitted"] + verdict["refused"] + verdict["unanswered"] \
+        == report["overload"]["sent"]
+    assert "| overload |" in (tmp_path / f"{summary['run']}.md").read_text()
