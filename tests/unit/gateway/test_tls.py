@@ -47,15 +47,19 @@ def _certificate(name: str, key, issuer=None, issuer_key=None, ca=False, usage=N
 
 @pytest.fixture(scope="module")
 def pki():
-    """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM bytes."""
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _certificate("kairos test CA", ca_key, ca=True)
-    out = {"ca": ca.public_bytes(serialization.Encoding.PEM)}
-    for role, usage in (("server", ExtendedKeyUsageOID.SERVER_AUTH),
-                        ("client", ExtendedKeyUsageOID.CLIENT_AUTH)):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = _certificate(f"kairos {role}", key, ca, ca_key, usage=usage)
-        out[role] = (cert.public_bytes(serialization.Encoding.PEM), _pem(key))
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM bytes; and a
+    foreign CA with a server and a client certificate of its own (the same names: only the
+    issuer tells them apart)."""
+    out = {}
+    for prefix in ("", "foreign_"):
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca = _certificate("kairos test CA", ca_key, ca=True)
+        out[prefix + "ca"] = ca.public_bytes(serialization.Encoding.PEM)
+        for role, usage in (("server", ExtendedKeyUsageOID.SERVER_AUTH),
+                            ("client", ExtendedKeyUsageOID.CLIENT_AUTH)):
+            key = ec.generate_private_key(ec.SECP256R1())
+            cert = _certificate(f"kairos {role}", key, ca, ca_key, usage=usage)
+            out[prefix + role] = (cert.public_bytes(serialization.Encoding.PEM), _pem(key))
     return out
 
 
@@ -90,6 +94,25 @@ def test_tls_serves_clients_that_trust_the_ca_only(pki):
         grpc.aio.insecure_channel,
     ]))
     assert results == ["web", grpc.StatusCode.UNAVAILABLE]
+
+
+def test_a_client_trusting_another_ca_is_refused_the_handshake(pki):
+    cert, key = pki["server"]
+    wrong_ca = grpc.ssl_channel_credentials(pki["foreign_ca"])
+    results = asyncio.run(_decide_over(Tls(cert, key), [
+        lambda target: grpc.aio.secure_channel(target, wrong_ca),
+    ]))
+    assert results == [grpc.StatusCode.UNAVAILABLE]
+
+
+def test_mtls_refuses_a_client_certificate_from_a_foreign_ca(pki):
+    cert, key = pki["server"]
+    foreign_cert, foreign_key = pki["foreign_client"]
+    foreign = grpc.ssl_channel_credentials(pki["ca"], foreign_key, foreign_cert)
+    results = asyncio.run(_decide_over(Tls(cert, key, client_ca=pki["ca"]), [
+        lambda target: grpc.aio.secure_channel(target, foreign),
+    ]))
+    assert results == [grpc.StatusCode.UNAVAILABLE]
 
 
 def test_mtls_needs_a_client_certificate_from_the_ca(pki):
