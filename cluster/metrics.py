@@ -52,6 +52,10 @@ class ShardMetrics:
         self.unsnapshotted = Gauge("kairos_unsnapshotted_partitions", "Partitions with changes "
                                    "only in the journal (recovery replays them)",
                                    tag_keys=("shard",))
+        self.model_updates_refused = Counter(
+            "kairos_model_updates_refused_total", "Model updates (outcomes, or rows of a "
+            "published version) refused because they would leave a model not finite",
+            tag_keys=("shard",))
         self._sent: Tally = Tally()
 
     def observe_batch(self, kinds: Iterable[str], latency_ms: float) -> None:
@@ -70,7 +74,8 @@ class ShardMetrics:
         for name, metric in (("events", self.events), ("nba_changes", self.nba_changes),
                              ("passivations", self.passivations),
                              ("timers_fired", self.timers_fired), ("rejected", self.rejected),
-                             ("snapshots", self.snapshots), ("recoveries", self.recoveries)):
+                             ("snapshots", self.snapshots), ("recoveries", self.recoveries),
+                             ("model_updates_refused", self.model_updates_refused)):
             self._inc(metric, name, counts[name], self.tags)
         for channel, n in by_channel.items():
             self._inc(self.decisions, ("channel", channel), n, {**self.tags, "channel": channel})
@@ -87,3 +92,18 @@ class ShardMetrics:
         if gained > 0:
             metric.inc(gained, tags)
             self._sent[key] = total
+
+
+class LearnerMetrics:
+    """What the learner reports."""
+
+    def __init__(self) -> None:
+        self.refused = Counter("kairos_model_rows_refused_total", "Models in shards' deltas or "
+                               "in the saved posterior refused for not being finite")
+        self._sent = 0
+
+    def flush(self, refused: int) -> None:
+        """Report what the learner's total gained since the last flush."""
+        if refused > self._sent:
+            self.refused.inc(refused - self._sent)
+            self._sent = refused

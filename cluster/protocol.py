@@ -196,9 +196,8 @@ def request_from(raw: list | tuple) -> Request:
 # -- journal records --------------------------------------------------------------------------
 
 class EventRecord(NamedTuple):
-    """An applied event, with the customer's sequence number for it (replay checks nothing
-    against it; a replay that finds the event in the customer's home still remembers its
-    idempotency key with this number)."""
+    """An applied event, with the customer's sequence number for it (kept in the journal's
+    layout; nothing reads it back: a customer's idempotency keys come back with its block)."""
 
     kind: str = "event"
     partition: int = 0
@@ -284,6 +283,7 @@ class Conflict(NamedTuple):
 
 class Busy(NamedTuple):
     status: str = BUSY
+    reason: str = ""  # empty: the shard is at its queue limit
 
 
 class Unavailable(NamedTuple):

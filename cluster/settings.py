@@ -78,6 +78,25 @@ SESSION_START_S = number("SESSION_START_S", 2.0, above=True, high=60.0)
 # The address shards serve their data path on (transport/dataplane.py): empty for the node's
 # address as Ray knows it; `kairos up` and the tests, all on one machine, use 127.0.0.1.
 DATA_HOST = text("DATA_HOST", "")
+# The data plane's limits (transport/dataplane.py). A frame is one batch of requests or its
+# replies: a batch of CLIENT_BATCH_LIMIT requests of a few KiB each is about 1 MiB, so 64 MiB
+# leaves margin (a client refuses to send a larger batch; a shard answers a larger reply with
+# an error for that call). No array or map in a frame is longer than a batch or a catalog's
+# actions (an explanation lists up to 10,000), so 65,536 elements: what a header can make the
+# receiver allocate before the elements arrive.
+PLANE_FRAME_BYTES = integer("PLANE_FRAME_BYTES", 64 << 20, low=1 << 20)
+PLANE_CONTAINER_LEN = integer("PLANE_CONTAINER_LEN", 65_536, low=1024)
+# Connections one shard serves at once (more are closed unread), connections it lets wait
+# for their handshake (past it the oldest waiting one is dropped, so idle connections cannot
+# lock clients out), and calls it works on at once per connection (past it the connection
+# is not read until one is answered).
+PLANE_CONNECTIONS = integer("PLANE_CONNECTIONS", 1024)
+PLANE_HANDSHAKES = integer("PLANE_HANDSHAKES", 64)
+PLANE_INFLIGHT_CALLS = integer("PLANE_INFLIGHT_CALLS", 64)
+# A batch the shard has not answered this long after it was sent: the shard is wedged (a
+# stopped process keeps its TCP connections open, so keepalive never notices); the client
+# drops the connection, failing what was on it, and the next batch connects anew.
+PLANE_CALL_S = number("PLANE_CALL_S", 30.0, above=True, high=3600.0)
 
 # -- durability ----------------------------------------------------------------------------------
 # Where shards keep customers, snapshots and journals: "memory" (volatile), a directory, or
@@ -98,8 +117,17 @@ SNAPSHOT_BACKLOG = integer("SNAPSHOT_BACKLOG", 1_000_000)
 SNAPSHOT_BUDGET_S = number("SNAPSHOT_BUDGET_S", 0.003, above=True)
 # How often a shard recounts the customers it has in the store (for status and metrics).
 STORE_COUNT_S = number("STORE_COUNT_S", 10.0)
-# Recent idempotency keys a partition remembers (they live in its snapshots and move with it).
-KEYS_PER_PARTITION = integer("KEYS_PER_PARTITION", 4096)
+# Idempotency keys are remembered per customer, with the customer's state (in its home, its
+# partition's snapshot, and moves): a retry is recognised for at least KEY_RETENTION_S after
+# the first application, among the customer's KEYS_PER_CUSTOMER most recent keys (a
+# customer's own newer keys evict its older ones; nobody else's can).
+KEYS_PER_CUSTOMER = integer("KEYS_PER_CUSTOMER", 256)
+KEY_RETENTION_S = number("KEY_RETENTION_S", 86_400.0, above=True)
+# How long a decision accepts outcomes (Respond) after a shard issued it.
+OUTCOME_WINDOW_S = number("OUTCOME_WINDOW_S", 7 * 86_400.0, above=True)
+# Outcomes a customer may report per OUTCOME_RATE_WINDOW_S; past it, RESOURCE_EXHAUSTED.
+OUTCOMES_PER_CUSTOMER = integer("OUTCOMES_PER_CUSTOMER", 60)
+OUTCOME_RATE_WINDOW_S = number("OUTCOME_RATE_WINDOW_S", 60.0, above=True)
 # How long a call to Redis may take before the store counts as failed (the shard rebuilds).
 REDIS_TIMEOUT_S = number("REDIS_TIMEOUT_S", 5.0, above=True, high=600.0)
 
@@ -116,6 +144,15 @@ MAX_MOVE_FRACTION = number("MAX_MOVE_FRACTION", 0.1, above=True, high=1.0)
 # The most often the learner saves its posterior to the store: the most learning a restart
 # of the learner can lose.
 LEARNER_SAVE_S = number("LEARNER_SAVE_S", 2.0, high=3600.0)
+# Deadline of one control call to a shard, the learner or a sink (freeze, adopt, prepare,
+# commit, watch, health...): a shard that does not answer in time (stopped, wedged) fails that
+# step with an error naming it, and the controller retries from its control loop.
+CONTROL_CALL_S = number("CONTROL_CALL_S", 30.0, above=True, high=3600.0)
+# Deadline of creating a shard or starting one (recovery replays its store).
+SHARD_START_S = number("SHARD_START_S", 600.0, above=True, high=86400.0)
+# Deadline of an admin call to the controller that fans out to every shard (ScaleShards,
+# PutCatalog, status, channel watches): bounded even when the controller itself is stuck.
+ADMIN_CALL_S = number("ADMIN_CALL_S", 600.0, above=True, high=86400.0)
 
 # -- clients (the gateway's route to the shards) -----------------------------------------------
 # Requests a client puts in one call to a shard, and calls it keeps in flight per shard.

@@ -60,6 +60,7 @@ cdef class CatalogView:
     cdef const int8_t[::1] predictor_source, predictor_transform
     cdef const int32_t[::1] predictor_index
     cdef const double[::1] predictor_param
+    cdef double predictor_limit
 
     def __init__(self, compiled):
         c = compiled
@@ -123,6 +124,7 @@ cdef class CatalogView:
         self.predictor_transform = _nonempty(c.predictor_transform, np.int8)
         self.predictor_index = _nonempty(c.predictor_index, np.int32)
         self.predictor_param = _nonempty(c.predictor_param, np.float64)
+        self.predictor_limit = c.predictor_limit
 
 
 def _nonempty(array, dtype):
@@ -456,6 +458,10 @@ cdef void _predictor_vector(CatalogView cat, const double* view, const double* c
             out = exp(-v / param) if v > 0.0 else 1.0
         else:
             out = v
+        if out > cat.predictor_limit:
+            out = cat.predictor_limit
+        elif out < -cat.predictor_limit:
+            out = -cat.predictor_limit
         x[j + 1] = out
 
 
@@ -678,9 +684,14 @@ def predictors(CatalogView cat, StateView st, const int64_t[::1] rows, const dou
 def record_outcomes(CatalogView cat, StateView st, ModelView mv, const int64_t[::1] rows,
                     const int32_t[::1] actions, const int32_t[::1] channels,
                     const int8_t[::1] outcomes, const double[::1] times, const double[:, ::1] x):
-    cdef Py_ssize_t i, j, m, row
+    """History for every outcome, learning for those that are not impressions; the number of
+    updates refused because they would leave a model not finite (the model is left as is)."""
+    cdef Py_ssize_t i, j, m, row, refused = 0
     cdef int head, outcome
     cdef double p, z, y
+    cdef double precision[MAX_PREDICTORS]
+    cdef double mean[MAX_PREDICTORS]
+    cdef double check
     with nogil:
         for i in range(rows.shape[0]):
             row = rows[i]
@@ -699,10 +710,21 @@ def record_outcomes(CatalogView cat, StateView st, ModelView mv, const int64_t[:
             for j in range(cat.n_predictors):
                 z += mv.mean[m, j] * x[i, j]
             p = _sigmoid(z)
+            # x*0 is 0 for a finite x and NaN for inf or NaN: one branch-free sum tells whether
+            # every new value is finite (measured half the cost of isfinite per value)
+            check = 0.0
             for j in range(cat.n_predictors):
-                mv.precision[m, j] += x[i, j] * x[i, j] * (p * (1.0 - p))
-                mv.mean[m, j] -= (p - y) * x[i, j] / mv.precision[m, j]
+                precision[j] = mv.precision[m, j] + x[i, j] * x[i, j] * (p * (1.0 - p))
+                mean[j] = mv.mean[m, j] - (p - y) * x[i, j] / precision[j]
+                check += precision[j] * 0.0 + mean[j] * 0.0
+            if check != 0.0:
+                refused += 1
+                continue
+            for j in range(cat.n_predictors):
+                mv.precision[m, j] = precision[j]
+                mv.mean[m, j] = mean[j]
             if y != 0.0:
                 mv.positives[m] += 1.0
             else:
                 mv.negatives[m] += 1.0
+    return refused

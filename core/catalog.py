@@ -27,6 +27,9 @@ FEATURE_KINDS = ("count", "sum", "decayed_count", "decayed_sum", "last", "time_s
 KINDS_WITH_FIELD = {"sum", "decayed_sum", "last", "min", "max"}
 KINDS_WITH_HALF_LIFE = {"decayed_count", "decayed_sum"}
 NUMERIC_TYPES = ("int", "float")
+# The widest an int or float value may be, catalog and input alike: ints stay exact in a float64
+# slot (2**53 is about 9e15), and sums of many such values stay finite.
+MAX_NUMBER = 1e12
 EXPLORATION_METHODS = ("thompson", "ucb", "none")
 TRANSFORMS = ("identity", "log1p", "scale", "recency")
 DEFAULT_HISTORY_SIZE = 32
@@ -43,6 +46,8 @@ class FieldSpec:
     type: str
     required: bool = True
     values: tuple[str, ...] | None = None
+    minimum: float = -MAX_NUMBER  # int and float fields only
+    maximum: float = MAX_NUMBER
 
 
 @dataclass(frozen=True)
@@ -483,11 +488,24 @@ class _Reader:
         return self.text(("version",))
 
     def field_spec(self, path: Path) -> FieldSpec:
-        spec = self.mapping(path, ("type",), ("required", "values"))
+        spec = self.mapping(path, ("type",), ("required", "values", "min", "max"))
         ftype = self.choice(path + ("type",), FIELD_TYPES)
         values = self.vocabulary(path, ftype) if "values" in spec else None
         required = self.boolean(path + ("required",)) if "required" in spec else True
-        return FieldSpec(path[-1], ftype, required, values)
+        bounds = []
+        for key, default in (("min", -MAX_NUMBER), ("max", MAX_NUMBER)):
+            if key not in spec:
+                bounds.append(default)
+            elif ftype not in NUMERIC_TYPES:
+                raise self.fail(path + (key,), f"only int and float fields take '{key}', this "
+                                               f"one is {ftype}")
+            else:
+                bounds.append(self.number(path + (key,), minimum=-MAX_NUMBER,
+                                          maximum=MAX_NUMBER))
+        if bounds[0] > bounds[1]:
+            raise self.fail(path + ("max",), f"must be at least min ({bounds[0]:g}), got "
+                                             f"{bounds[1]:g}")
+        return FieldSpec(path[-1], ftype, required, values, *bounds)
 
     def vocabulary(self, path: Path, ftype: str) -> tuple[str, ...]:
         if ftype != "string":
@@ -536,7 +554,7 @@ class _Reader:
         if ftype == "timestamp":
             return self.timestamp(path)
         if ftype in NUMERIC_TYPES:
-            number = self.number(path)
+            number = self.number(path, minimum=-MAX_NUMBER, maximum=MAX_NUMBER)
             if ftype == "int" and not float(number).is_integer():
                 raise self.fail(path, f"expected an integer, got {self.get(path)!r}")
             return number

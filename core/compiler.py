@@ -29,6 +29,9 @@ CLOCK_SLOT = 0
 COMPILED_CACHE_SIZE = 8  # catalog texts kept compiled; a switch holds two versions at once
 FACTOR_PROPENSITY, FACTOR_WEIGHT, FACTOR_VALUE, FACTOR_PRIORITY = range(4)
 N_FACTORS = 4
+# Model inputs are clipped to +-this. A predictor is a scaled signal, of order one by design;
+# past a hundred it only lets one extreme customer swamp a model's precision (x*x per outcome).
+PREDICTOR_LIMIT = 100.0
 
 
 class Update(IntEnum):
@@ -502,6 +505,7 @@ class CompiledCatalog:
             else:
                 params.append(p.scale)
         self.predictor_param = np.array(params, np.float64)
+        self.predictor_limit = PREDICTOR_LIMIT
         n = len(self.action_ids)
         self.prior_mean = np.zeros((n, self.n_predictors))
         self.prior_precision = np.zeros((n, self.n_predictors))

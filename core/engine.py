@@ -12,14 +12,14 @@ import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from . import kernel as kernel_loader
 from .catalog import FieldSpec, parse_timestamp
-from .compiler import (CompiledCatalog, Outcome, Reason, STAGES,
-                       STAGE_APPLICABILITY, STAGE_ELIGIBILITY, STAGE_SUITABILITY)
+from .compiler import (CompiledCatalog, Outcome, Reason, STAGES, STAGE_APPLICABILITY,
+                       STAGE_ELIGIBILITY, STAGE_SUITABILITY, StringTable)
 from .decision import Decision, Dropped, Explanation, RankedAction
 from .errors import InputError
 from .models import ModelTable
@@ -30,7 +30,10 @@ DECISION_CACHE_SIZE = 100_000  # decisions whose model inputs are kept for their
 BATCH_SIZE = 256  # decisions per kernel call
 MAX_STRING_LENGTH = 1024  # characters in one string field or context value
 MAX_ACTIONS = 1024  # the most actions one decision may ask for
-LATEST_TIME_S = 4_102_444_800.0  # 2100-01-01: later (or pre-1970) times are input errors
+# 2088-01-19T03:14:08Z, the first second the history ring's int32 times (seconds after
+# HISTORY_EPOCH_S) cannot hold: later (or pre-1970) times are input errors
+LATEST_TIME_S = HISTORY_EPOCH_S + 2.0 ** 31
+TIME_RANGE = "1970..2088-01-19"
 
 _engine_ids = itertools.count()
 
@@ -132,14 +135,17 @@ class DecisionEngine:
                     raise InputError(f"attributes.{f.name}", f"required field of {event_type} "
                                                              f"is missing")
                 continue
+            # A string no feature reads is checked but not kept: free text must not pile up.
             code = self._encode_value(f"attributes.{f.name}", f, attributes[f.name],
-                                      intern=(event_type, f.name) in self._read_fields)
+                                      self._interned if (event_type, f.name) in self._read_fields
+                                      else _unread)
             fields[declared[f.name]] = code
         return EncodedEvent(customer_id, c.event_index[event_type], t, fields)
 
     def encode_context(self, context: Mapping[str, Any] | None) -> np.ndarray:
         c = self.compiled
         out = self._no_context.copy()
+        codes = _RequestCodes(c.strings)
         for name, value in (context or {}).items():
             if name not in c.context_index:
                 raise InputError(f"context.{name}", f"unknown context key (declared: "
@@ -147,11 +153,17 @@ class DecisionEngine:
             if value is None:
                 continue
             spec = c.catalog.context[c.context_index[name]]
-            out[c.context_index[name]] = self._encode_value(f"context.{name}", spec, value)
+            out[c.context_index[name]] = self._encode_value(f"context.{name}", spec, value,
+                                                            codes.code)
         return out
 
+    def _interned(self, text: str) -> float:
+        return float(self.compiled.strings.intern(text))
+
     def _encode_value(self, where: str, spec: FieldSpec, value: Any,
-                      intern: bool = True) -> float:
+                      code: Callable[[str], float]) -> float:
+        """The value checked against its spec, as a float64 slot value; `code` turns a string
+        into one."""
         if spec.type == "string":
             if not isinstance(value, str):
                 raise InputError(where, f"expected a string, got {shown(value)}")
@@ -160,8 +172,7 @@ class DecisionEngine:
             if len(value) > MAX_STRING_LENGTH:
                 raise InputError(where, f"at most {MAX_STRING_LENGTH} characters, got "
                                         f"{len(value)}")
-            # A string no feature reads is checked but not kept: free text must not pile up.
-            return float(self.compiled.strings.intern(value)) if intern else math.nan
+            return code(value)
         if spec.type == "bool":
             if not isinstance(value, bool):
                 raise InputError(where, f"expected true or false, got {shown(value)}")
@@ -174,6 +185,10 @@ class DecisionEngine:
         number = _finite(where, value, "number")
         if spec.type == "int" and not number.is_integer():
             raise InputError(where, f"expected an integer, got {value!r}")
+        # Bounded so that one customer's number cannot overflow a feature or a model update.
+        if not spec.minimum <= number <= spec.maximum:
+            raise InputError(where, f"must be between {spec.minimum:g} and {spec.maximum:g}, "
+                                    f"got {value!r}")
         return number
 
     # -- events ------------------------------------------------------------------------------
@@ -379,11 +394,11 @@ class DecisionEngine:
             self.k.predictors(self.catalog_view, self.state_view, rows[missing], ctx, now,
                               x_missing := np.empty((len(missing), c.n_predictors)))
             x[missing] = x_missing
-        self.k.record_outcomes(self.catalog_view, self.state_view, self.model_view, rows,
-                               np.array([e[1] for e in encoded], np.int32),
-                               np.array([e[2] for e in encoded], np.int32),
-                               np.array([e[3] for e in encoded], np.int8),
-                               np.array([e[4] for e in encoded], np.float64), x)
+        self.models.refused += self.k.record_outcomes(
+            self.catalog_view, self.state_view, self.model_view, rows,
+            np.array([e[1] for e in encoded], np.int32),
+            np.array([e[2] for e in encoded], np.int32), np.array([e[3] for e in encoded], np.int8),
+            np.array([e[4] for e in encoded], np.float64), x)
 
     def use_models(self, models: ModelTable) -> None:
         """Decide and learn with this table from now on (after a catalog switch)."""
@@ -440,6 +455,27 @@ class DecisionEngine:
         return float(value)
 
 
+def _unread(text: str) -> float:
+    return math.nan
+
+
+class _RequestCodes:
+    """Codes for one request's context strings, adding none to the shared table (free text
+    such as a store id would grow it without bound). A string the table lacks equals no
+    catalog literal and no profile value, so it gets a code of its own below zero, the same
+    for the same string: rules compare it exactly as they would an interned one."""
+
+    def __init__(self, strings: StringTable):
+        self._strings = strings
+        self._own: dict[str, float] = {}
+
+    def code(self, text: str) -> float:
+        known = self._strings.codes.get(text)
+        if known is not None:
+            return float(known)
+        return self._own.setdefault(text, -1.0 - len(self._own))
+
+
 def _fields_read(compiled: CompiledCatalog) -> set[tuple[str, str]]:
     """(event type, field) pairs that some feature, filter or attribute reads."""
     read = set()
@@ -458,13 +494,14 @@ def _encode_time(where: str, value: Any) -> float:
             raise InputError(where, f"expected epoch seconds or an ISO-8601 timestamp with a "
                                     f"zone, got {value!r}")
         if not 0.0 <= parsed < LATEST_TIME_S:
-            raise InputError(where, f"timestamp {value!r} is outside 1970..2100")
+            raise InputError(where, f"timestamp {value!r} is outside {TIME_RANGE}")
         return parsed
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InputError(where, f"expected a timestamp, got {shown(value)}")
     seconds = _finite(where, value, "timestamp")
     if not 0.0 <= seconds < LATEST_TIME_S:
-        raise InputError(where, f"timestamp {value!r} is outside 1970..2100 (epoch seconds)")
+        raise InputError(where, f"timestamp {value!r} is outside {TIME_RANGE} (epoch "
+                                f"seconds)")
     return seconds
 
 

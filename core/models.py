@@ -13,6 +13,10 @@ variance, s = 1, over-explores with many features; see catalog.DEFAULT_VARIANCE_
 Statistics merge across shards as natural parameters: precision q and precision-weighted mean
 q*m add. A shard keeps its posterior and the published base it started from; `delta()` is what
 it learned since, and a learner adds the deltas of every shard to the base.
+
+A posterior that is not finite never heals (q*m of an infinite q is NaN) and a learner would
+publish it to every shard, so nothing non-finite gets in: the kernels refuse such an update,
+`merge` refuses such rows of a delta, and both count what they refused in `ModelTable.refused`.
 """
 from __future__ import annotations
 
@@ -106,6 +110,17 @@ class ModelDelta:
                           self.negatives + other.negatives)
 
 
+def sound_rows(mean: np.ndarray, precision: np.ndarray, positives: np.ndarray,
+               negatives: np.ndarray, positive: bool = True) -> np.ndarray:
+    """Per model, whether its statistics are all finite (and, for a posterior rather than a
+    delta, its precisions above zero: the kernels divide by them)."""
+    ok = np.isfinite(mean).all(axis=1) & np.isfinite(precision).all(axis=1) & \
+        np.isfinite(positives) & np.isfinite(negatives)
+    if positive:
+        ok &= (precision > 0).all(axis=1)
+    return ok
+
+
 class ModelTable:
     """Every (action, channel) model of a shard, as arrays the kernels update in place.
 
@@ -118,6 +133,7 @@ class ModelTable:
         n_channels = len(compiled.channel_names)
         self.n_channels = n_channels
         self.version = version
+        self.refused = 0  # updates and delta rows refused for not being finite, ever
         self.mean = np.repeat(compiled.prior_mean, n_channels, axis=0)
         self.precision = np.repeat(compiled.prior_precision, n_channels, axis=0)
         self.positives = np.zeros(len(self.mean))
@@ -163,14 +179,27 @@ class ModelTable:
         self._mark()
         return delta
 
-    def merge(self, delta: ModelDelta) -> None:
-        """Learner side: add a delta to the natural parameters (the caller bumps versions)."""
-        precision = self.precision + delta.precision
-        self.mean = (self.precision * self.mean + delta.precision_mean) / precision
-        self.precision = precision
-        self.positives = self.positives + delta.positives
-        self.negatives = self.negatives + delta.negatives
+    def merge(self, delta: ModelDelta) -> int:
+        """Learner side: add a delta to the natural parameters (the caller bumps versions).
+
+        A model whose delta, or whose result, is not finite keeps what it had; returns how many
+        models refused their part of the delta."""
+        with np.errstate(all="ignore"):  # what overflows is refused just below
+            precision = self.precision + delta.precision
+            mean = (self.precision * self.mean + delta.precision_mean) / precision
+            positives = self.positives + delta.positives
+            negatives = self.negatives + delta.negatives
+        ok = sound_rows(mean, precision, positives, negatives) & \
+            sound_rows(delta.precision_mean, delta.precision, delta.positives, delta.negatives,
+                       positive=False)
+        self.mean = np.where(ok[:, None], mean, self.mean)
+        self.precision = np.where(ok[:, None], precision, self.precision)
+        self.positives = np.where(ok, positives, self.positives)
+        self.negatives = np.where(ok, negatives, self.negatives)
+        refused = int(len(ok) - ok.sum())
+        self.refused += refused
         self._mark()
+        return refused
 
     def adopt(self, mean: np.ndarray, precision: np.ndarray, positives: np.ndarray,
               negatives: np.ndarray, version: int) -> None:
@@ -229,6 +258,7 @@ class ModelRemap:
         fresh.negatives = self._carry(old.negatives, fresh.negatives)
         fresh.warm_start(self.new, self.new_actions)
         fresh._mark_as(self.delta(old.pending()))
+        fresh.refused = old.refused
         return fresh
 
     def delta(self, delta: ModelDelta) -> ModelDelta:

@@ -136,6 +136,11 @@ def predictor_vector(c: CompiledCatalog, view: np.ndarray, ctx) -> np.ndarray:
             out = math.exp(-v / param) if v > 0.0 else 1.0
         else:
             out = v
+        # the kernel's comparisons, not min/max, so both clip the same way
+        if out > c.predictor_limit:
+            out = c.predictor_limit
+        elif out < -c.predictor_limit:
+            out = -c.predictor_limit
         x[j + 1] = out
     return x
 
@@ -306,8 +311,11 @@ def predictors(cat: CatalogView, st: StateView, rows, ctx, now, out) -> None:
 
 
 def record_outcomes(cat: CatalogView, st: StateView, mv: ModelView, rows, actions, channels,
-                    outcomes, times, x) -> None:
+                    outcomes, times, x) -> int:
+    """History for every outcome, learning for those that are not impressions; the number of
+    updates refused because they would leave a model not finite (the model is left as is)."""
     c = cat.c
+    refused = 0
     for i in range(len(rows)):
         row, a, ch, outcome = int(rows[i]), int(actions[i]), int(channels[i]), int(outcomes[i])
         head = st.ring_head[row]
@@ -325,10 +333,17 @@ def record_outcomes(cat: CatalogView, st: StateView, mv: ModelView, rows, action
         for j in range(len(xi)):
             z += mv.mean[m, j] * xi[j]
         p = sigmoid(z)
-        for j in range(len(xi)):
-            mv.precision[m, j] += xi[j] * xi[j] * (p * (1.0 - p))
-            mv.mean[m, j] -= (p - y) * xi[j] / mv.precision[m, j]
+        precision, mean = np.empty(len(xi)), np.empty(len(xi))
+        with np.errstate(all="ignore"):  # overflow is what the check below is for
+            for j in range(len(xi)):
+                precision[j] = mv.precision[m, j] + xi[j] * xi[j] * (p * (1.0 - p))
+                mean[j] = mv.mean[m, j] - (p - y) * xi[j] / precision[j]
+        if not (np.isfinite(precision).all() and np.isfinite(mean).all()):
+            refused += 1
+            continue
+        mv.precision[m], mv.mean[m] = precision, mean
         if y:
             mv.positives[m] += 1.0
         else:
             mv.negatives[m] += 1.0
+    return refused

@@ -15,6 +15,10 @@ from .decision import Decision, RankedAction
 from .errors import InputError
 
 MAX_CUSTOMER_ID_LENGTH = 256  # characters in a customer id
+MAX_KEY_LENGTH = 256  # characters in an idempotency key or an event id
+# characters in a decision id: a shard's sealed id is about 40 characters and 8 more per
+# action shown (a decision shows at most 1,024)
+MAX_DECISION_ID_LENGTH = 8_448
 
 
 class PlacementCodes(NamedTuple):
@@ -37,6 +41,15 @@ def check_customer(customer_id: Any, field: str = "customer_id") -> str:
         raise InputError(field, f"at most {MAX_CUSTOMER_ID_LENGTH} characters, got "
                                 f"{len(customer_id)}")
     return customer_id
+
+
+def check_bounded(value: str, field: str, limit: int) -> str:
+    """An optional string (empty: not given) of at most `limit` characters; else InputError.
+    Every id a caller sends is kept or echoed somewhere (a journal, a snapshot, an ack), so
+    none may be unbounded."""
+    if len(value) > limit:
+        raise InputError(field, f"at most {limit} characters, got {len(value)}")
+    return value
 
 
 def channel_code(compiled: CompiledCatalog, channel: str, field: str = "channel") -> int:

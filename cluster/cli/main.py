@@ -281,6 +281,8 @@ def status(args: argparse.Namespace) -> int:
     for s in st.shards:
         print(f"  {s.name}  node {s.node[:8]}  {s.partitions:>5} partitions  "
               f"{s.resident:>8} resident  {s.passivated:>8} passivated  queue {s.queued}")
+        if s.problem:
+            print(f"    UNAVAILABLE: {s.problem}")
     return 0
 
 

@@ -8,9 +8,13 @@ it runs without Ray in tests; `ControllerActor` is the named, detached Ray actor
 - Scaling moves partitions a bounded share per round. A partition moves by freeze (the old
   owner answers MOVED with the next map version) -> hand over its customers -> the new owner
   adopts them -> the map version is published -> the old owner forgets them. Requests that
-  met the freeze are re-sent by clients, in order, once they see the new version.
+  met the freeze are re-sent by clients, in order, once they see the new version. A round's
+  moves are saved before the first freeze and settled after a crash (moves.py).
 - A catalog switch is two-phase: every shard prepares (compiles) the version, then all commit;
-  any failure in the first phase leaves every shard on the old version.
+  any failure in the first phase leaves every shard on the old version. The version is saved
+  before the first commit; shards that miss it are caught up (lagging.py).
+- Every remote call has a deadline (ray_backend.py): a shard that does not answer fails only
+  its own step, and never holds the lock longer than that.
 - The controller's own state (the map, the shards' names, the catalog versions, channel
   watches) is written to the store's meta at every change, so a controller that Ray restarts,
   or a cluster started again on the same store (`kairos down`, then `kairos up`), takes up the
@@ -33,9 +37,12 @@ import ray
 from kairos.core.catalog import default_catalog_text
 from kairos.core.compiler import compiled_from_text
 
+from kairos.cluster.control.lagging import Lagging, named, on_each
+from kairos.cluster.control.moves import hand_over, moves_from_state, moves_to_state, settle
 from kairos.cluster.control.partitions import DEFAULT_PARTITIONS, Move, PartitionMap
 from kairos.cluster.settings import CONTROL_LOOP_S, LONG_POLL_S, RETIRE_GRACE_S
 from kairos.cluster.shard.actor import ShardActor
+from kairos.cluster.shard.outcomes import outcome_secret
 from kairos.cluster.storage.providers import open_store, redact
 from kairos.cluster.transport.backend import Backend, Unavailable
 from kairos.cluster.transport.ray_backend import RayBackend
@@ -71,9 +78,13 @@ class Controller:
         self.placement: dict[str, str | None] = {}  # shard -> node it was placed on
         self.incarnations: dict[str, str] = {}
         self.channel_watches: set[tuple[str, str, str | None]] = set()
+        self.moving: list[Move] = []  # recorded moves not yet settled (saved)
+        self.lagging = Lagging(backend)
         self._next_index = 0
         self._changed = asyncio.Event()
         self._reconfiguring = asyncio.Lock()
+        self._saving = asyncio.Lock()
+        self._routable: PartitionMap | None = None  # the map as last saved: what clients see
 
     @property
     def shards(self) -> list[str]:
@@ -86,6 +97,7 @@ class Controller:
         take up its shards (each recovers what it owned) and then scale to `n_shards`."""
         if n_shards < 1:
             raise ValueError(f"need at least one shard, got {n_shards}")
+        outcome_secret(self.store)  # before any shard starts, so that all share one
         if await self.resume():
             if n_shards != len(self.shards):
                 await self.scale(n_shards)
@@ -93,11 +105,11 @@ class Controller:
         names = [await self._create_shard() for _ in range(n_shards)]
         self.map = PartitionMap.initial(names, self.n_partitions)
         await asyncio.gather(*(self._start_shard(name) for name in names))
-        self._publish()
+        await self._publish()
 
     async def resume(self) -> bool:
         """Take up the state saved in the store; whether there was one."""
-        blob = self.store.get_meta(STATE_KEY)
+        blob = await asyncio.to_thread(self.store.get_meta, STATE_KEY)
         if blob is None:
             return False
         state = msgpack.unpackb(blob, raw=False)
@@ -113,11 +125,13 @@ class Controller:
         self.catalog_version = compiled_from_text(self.catalog_text).version
         self.previous_catalog = state["previous_catalog"]
         self.channel_watches = {tuple(w) for w in state["channel_watches"]}
+        self.moving = moves_from_state(state.get("moving", []))
         log.warning("resuming the cluster saved in %s: map version %d, %d shards",
                     self.store_shown, self.map.version, len(names))
+        moving = {m.target for m in self.moving}  # may hold what it adopted: settled below
         for name in names:
-            if name not in self.map.owners:  # was retiring: its partitions are elsewhere
-                self.store.drop_journal(name)
+            if name not in self.map.owners and name not in moving:  # was retiring
+                await asyncio.to_thread(self.store.drop_journal, name)
                 continue
             try:
                 health = await self.backend.shard(name).health()
@@ -126,28 +140,39 @@ class Controller:
             if health is not None and health.get("started"):
                 self.placement[name] = health.get("node")
                 self.incarnations[name] = health["incarnation"]
+                if health.get("catalog_version") != self.catalog_version:
+                    self.lagging.catalog.add(name)  # the switch was interrupted
                 continue
             if health is None:
                 await self._create_shard(name)
             await self._start_shard(name)
         await self.backend.learner().switch(self.catalog_text)
-        self._publish()
+        await self._publish()
+        try:
+            await self._catch_up(self.shards)
+        except Exception:
+            log.exception("finishing what the previous controller left failed; the control "
+                          "loop tries again")
         requested = self._requested_catalog
         if requested is not None and requested != self.catalog_text:
             await self.put_catalog(requested)
         return True
 
-    def _save(self) -> None:
+    async def _save(self) -> None:
+        """Write the state as it is now, on a thread (a directory fsyncs, Redis is a network
+        call: neither may stall the long polls this loop serves), in the order asked."""
         names = sorted(set(self.placement) | set(self.map.owners))
         index = {n: i for i, n in enumerate(names)}
-        self.store.put_meta(STATE_KEY, msgpack.packb({
+        blob = msgpack.packb({
             "format": STATE_FORMAT, "n_partitions": self.n_partitions, "shards": names,
             "target": self.map.shards,
             "owners": [index[o] for o in self.map.owners], "version": self.map.version,
             "next_index": self._next_index, "catalog": self.catalog_text,
-            "previous_catalog": self.previous_catalog,
+            "previous_catalog": self.previous_catalog, "moving": moves_to_state(self.moving),
             "channel_watches": sorted((list(w) for w in self.channel_watches), key=str)},
-            use_bin_type=True))
+            use_bin_type=True)
+        async with self._saving:  # FIFO: a later state is never overwritten by an earlier one
+            await asyncio.to_thread(self.store.put_meta, STATE_KEY, blob)
 
     async def _create_shard(self, name: str | None = None) -> str:
         """Create a shard actor (a new name, or a saved one being brought back)."""
@@ -175,23 +200,27 @@ class Controller:
         self.incarnations[name] = await self.backend.shard(name).start(
             self.catalog_text, partitions, sorted(self.channel_watches, key=str),
             self.map.version if self.map else 1, sources)
+        self.lagging.forget(name)  # it started on the current catalog and watches
 
-    def _publish(self) -> None:
-        self._save()
+    async def _publish(self) -> None:
+        routable = self.map  # saved before clients see it: no routing by a map a crash undoes
+        await self._save()
+        self._routable = routable
         self._changed.set()
         self._changed = asyncio.Event()
 
     def routing(self) -> dict[str, Any]:
         """The map as clients take it: shard names and an owner index per partition."""
-        names = self.map.shards_in_use()
+        pmap = self._routable
+        names = pmap.shards_in_use()
         index = {n: i for i, n in enumerate(names)}
-        owners = np.array([index[o] for o in self.map.owners], np.uint16)
-        return {"version": self.map.version, "shards": names, "owners": owners.tobytes(),
+        owners = np.array([index[o] for o in pmap.owners], np.uint16)
+        return {"version": pmap.version, "shards": names, "owners": owners.tobytes(),
                 "catalog_version": self.catalog_version}
 
     async def get_map(self, known_version: int, timeout_s: float = LONG_POLL_S) -> dict | None:
         """Long poll: the map once its version differs from `known_version`; None on timeout."""
-        if self.map.version == known_version:
+        if self._routable is None or self._routable.version == known_version:
             try:
                 async with asyncio.timeout(timeout_s):
                     await self._changed.wait()
@@ -216,6 +245,7 @@ class Controller:
             return {"shards": len(self.shards), "moved": moved, "version": self.map.version}
 
     async def _rebalance(self, target: list[str]) -> int:
+        await self._settle()
         moved = 0
         while moves := self.map.plan(target):
             await self._move(moves, target)
@@ -227,29 +257,41 @@ class Controller:
         pairs: dict[tuple[str, str], list[int]] = {}
         for m in moves:
             pairs.setdefault((m.source, m.target), []).append(m.partition)
-        results = await asyncio.gather(*(self._hand_over(src, dst, parts, version)
+        self.moving = list(moves)
+        await self._save()  # from the first freeze on, a crash leaves these to settle
+        results = await asyncio.gather(*(hand_over(self.backend, src, dst, parts, version)
                                          for (src, dst), parts in pairs.items()),
                                        return_exceptions=True)
-        handed = {pair for pair, result in zip(pairs, results)
-                  if not isinstance(result, Exception)}
-        self.map = self.map.apply([m for m in moves if (m.source, m.target) in handed], target)
-        self._publish()
-        await asyncio.gather(*(self.backend.shard(src).release(pairs[(src, dst)])
-                               for src, dst in handed))
-        failures = [r for r in results if isinstance(r, Exception)]
+        failures = {pair: r for pair, r in zip(pairs, results) if isinstance(r, Exception)}
+        done = [m for m in moves if (m.source, m.target) not in failures]
+        self.map = self.map.apply(done, target)
+        # the failed ones' sources serve again before the version naming them is published
+        undone = await settle(self.backend, [m for m in moves if m not in done],
+                              self.map.owners, set(self.placement), self.map.version)
+        self.moving = undone + done
+        await self._publish()
+        self.moving = undone + await settle(self.backend, done, self.map.owners,
+                                            set(self.placement), self.map.version)
+        await self._save()
         if failures:
-            raise RuntimeError(f"{len(failures)} handoffs failed; first: {failures[0]!r}")
+            raise RuntimeError("handoffs failed (their partitions stay where they were): " +
+                               "; ".join(f"{a} -> {b}: {r}" for (a, b), r in failures.items()))
 
-    async def _hand_over(self, source: str, target: str, partitions: list[int],
-                         version: int) -> int:
-        payload = await self.backend.shard(source).freeze(partitions, version)
-        try:
-            return await self.backend.shard(target).adopt(payload, version)
-        except Exception:
-            log.exception("handoff %s -> %s failed; %s serves the partitions again",
-                          source, target, source)
-            await self.backend.shard(source).thaw(partitions, version)
-            raise
+    async def _settle(self) -> None:
+        """Settle the moves an interrupted round left (moves.py); RuntimeError while a shard
+        they involve does not answer."""
+        if not self.moving:
+            return
+        undo = any(self.map.owners[m.partition] == m.source for m in self.moving)
+        version = self.map.version + 1 if undo else self.map.version
+        self.moving = await settle(self.backend, self.moving, self.map.owners,
+                                   set(self.placement), version)
+        if undo:  # senders that met the freeze wait for a version past it
+            self.map = self.map.apply([], self.map.shards)
+        await self._publish()
+        if self.moving:
+            stuck = ", ".join(sorted({s for m in self.moving for s in (m.source, m.target)}))
+            raise RuntimeError(f"moves between {stuck} are not settled (a shard did not answer)")
 
     async def _retire(self, names: list[str]) -> None:
         """Stop shards that own nothing any more, after clients had time to see the map."""
@@ -264,6 +306,7 @@ class Controller:
             await self.backend.kill_shard(name)
             self.placement.pop(name, None)
             self.incarnations.pop(name, None)
+            self.lagging.forget(name)
 
     # -- catalogs ------------------------------------------------------------------------------
 
@@ -271,15 +314,18 @@ class Controller:
         """Validate, then switch every shard and the learner; the new version."""
         version = compiled_from_text(catalog_text).version  # CatalogError: stop
         async with self._reconfiguring:
-            await asyncio.gather(*(self.backend.shard(s).prepare(catalog_text)
-                                   for s in self.shards))
+            shards = self.shards
+            failed = await on_each(self.backend, shards, lambda s: s.prepare(catalog_text))
+            if failed:
+                raise RuntimeError(f"catalog {version} was not switched: " + named(failed))
             await self.backend.learner().switch(catalog_text)
-            await asyncio.gather(*(self.backend.shard(s).commit(version)
-                                   for s in self.shards))
             self.previous_catalog, self.catalog_text = self.catalog_text, catalog_text
             self.catalog_version = version
+            self.lagging.catalog.update(shards)
+            await self._save()  # decided: from here on every shard ends on this version
+            await self.lagging.commit_catalog(shards, catalog_text, version, prepared=True)
             self.map = self.map.apply([], self.map.shards)  # gateways learn it by long poll
-            self._publish()
+            await self._publish()
         return version
 
     async def get_catalog(self) -> dict[str, Any]:
@@ -295,16 +341,25 @@ class Controller:
 
     async def watch_channel(self, sink: str, channel: str, placement: str | None,
                             active: bool = True) -> None:
-        async with self._reconfiguring:
-            await asyncio.gather(*(self.backend.shard(s).watch_channel(sink, channel,
-                                                                       placement, active)
-                                   for s in self.shards))
-            key = (sink, channel, placement)
-            if active:
-                self.channel_watches.add(key)
-            else:
-                self.channel_watches.discard(key)
-            self._save()
+        """Recorded first, so shards that start later get it; a shard that does not answer
+        now gets it from the control loop (not under the lock: a long reconfiguration must
+        not hold up a watch stream's start)."""
+        key = (sink, channel, placement)
+        if active:
+            self.channel_watches.add(key)
+        else:
+            self.channel_watches.discard(key)
+        await self._save()
+        await self.lagging.watch_channel(self.shards, (*key, active))
+
+    async def _catch_up(self, names: list[str]) -> None:
+        """Bring shards that answer again up to date: the catalog, channel watches, and the
+        moves an interrupted round left."""
+        await self.lagging.commit_catalog(names, self.catalog_text, self.catalog_version)
+        await self.lagging.replay_watches(names)
+        involved = {s for m in self.moving for s in (m.source, m.target)} & set(self.placement)
+        if involved <= set(names):  # else a shard known not to answer would hold the lock
+            await self._settle()
 
     # -- the control loop ----------------------------------------------------------------------
 
@@ -316,15 +371,21 @@ class Controller:
             for name in [s for s, node in self.placement.items()
                          if node is not None and node not in alive]:
                 await self._replace(name)
-            for name in self.shards:
-                try:
-                    health = await self.backend.shard(name).health()
-                except Unavailable:
-                    continue  # Ray is restarting it; look again next round
-                if health["incarnation"] != self.incarnations.get(name):
+        # asked outside the lock, so that a stuck shard does not hold up a reconfiguration;
+        # one that does not answer is being restarted by Ray, or stuck: looked at next round
+        names, known = self.shards, dict(self.incarnations)
+        healths = await asyncio.gather(*(self.backend.shard(n).health() for n in names),
+                                       return_exceptions=True)
+        async with self._reconfiguring:
+            # re-checked: one (re)started meanwhile is known already
+            answering = [n for n, h in zip(names, healths) if not isinstance(h, Exception)
+                         and n in self.placement and known.get(n) == self.incarnations.get(n)]
+            for name, health in zip(names, healths):
+                if name in answering and health["incarnation"] != known.get(name):
                     log.warning("%s restarted; it recovers its partitions from the store "
                                 "(%s)", name, self.store_shown)
                     await self._start_shard(name)
+            await self._catch_up(answering)
             crowded = self._crowded_node()
             if crowded is None:
                 return
@@ -341,12 +402,13 @@ class Controller:
         await self.backend.kill_shard(dead)
         self.placement.pop(dead)
         self.incarnations.pop(dead, None)
+        self.lagging.forget(dead)
         name = await self._create_shard()
         partitions = self.map.partitions_of(dead)
         self.map = self.map.apply([Move(p, dead, name) for p in partitions], self.shards)
         # granted at the new version: stale senders re-route
         await self._start_shard(name, {p: dead for p in partitions})
-        self._publish()
+        await self._publish()
 
     def _crowded_node(self) -> str | None:
         """The node with the most shards, if it has two or more than the emptiest (one of
@@ -365,7 +427,7 @@ class Controller:
             learner = {"available": False}
         return {"map_version": self.map.version, "partitions": self.n_partitions,
                 "catalog_version": self.catalog_version, "nodes": self.backend.nodes(),
-                "shards": shards, "learner": learner,
+                "shards": shards, "learner": learner, "unsettled_moves": len(self.moving),
                 "resident": sum(s.get("resident", 0) for s in shards)}
 
     async def _shard_status(self, name: str) -> dict[str, Any]:

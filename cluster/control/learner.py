@@ -9,6 +9,10 @@ next sync, so every shard runs a version that includes a response within two syn
 The posterior is saved to the store's meta (at most every LEARNER_SAVE_S), so a learner that
 Ray restarts, or a cluster started again on the same store, goes on from what it had learned
 rather than from the priors; the deltas merged since the last save are lost with the process.
+
+What it publishes reaches every shard and the store, so nothing that is not finite gets in: a
+delta's rows that are not are refused (ModelTable.merge), a saved model that is not starts again
+from its prior, and both are counted (`refused`, kairos_model_rows_refused_total).
 """
 from __future__ import annotations
 
@@ -21,8 +25,9 @@ import numpy as np
 import ray
 
 from kairos.core.compiler import CompiledCatalog, compiled_from_text
-from kairos.core.models import ModelDelta, ModelRemap, ModelTable
+from kairos.core.models import ModelDelta, ModelRemap, ModelTable, sound_rows
 
+from kairos.cluster.metrics import LearnerMetrics
 from kairos.cluster.settings import LEARNER_SAVE_S
 from kairos.cluster.storage import blocks
 from kairos.cluster.storage.providers import open_store
@@ -58,6 +63,11 @@ class Learner:
     @property
     def version(self) -> int:
         return self.models.version
+
+    @property
+    def refused(self) -> int:
+        """Model rows of deltas or saved posteriors refused for not being finite."""
+        return self.models.refused
 
     def sync(self, catalog_version: str, delta: ModelDelta | None,
              known_version: int) -> Published | None:
@@ -97,7 +107,7 @@ class Learner:
 
     def status(self) -> dict[str, Any]:
         return {"model_version": self.version, "merged": self.merged,
-                "catalog_version": self.compiled.version}
+                "catalog_version": self.compiled.version, "refused": self.refused}
 
 
 class _Chain:
@@ -120,8 +130,16 @@ def restore_models(learner: Learner, blob: bytes) -> bool:
     saved = blocks.unpack(blob)
     if saved["catalog"] != learner.compiled.version:
         return False
-    learner.models.adopt(saved["mean"], saved["precision"], saved["positives"],
-                         saved["negatives"], max(saved["version"], learner.version) + 1)
+    m = learner.models
+    stats = [saved[k] for k in ("mean", "precision", "positives", "negatives")]
+    ok = sound_rows(*stats)
+    bad = int(len(ok) - ok.sum())
+    if bad:  # saved before models were checked: those start again from their prior
+        log.warning("learner: %d saved models are not finite; they start from their prior", bad)
+        stats = [np.where(ok if s.ndim == 1 else ok[:, None], s, mine)
+                 for s, mine in zip(stats, (m.mean, m.precision, m.positives, m.negatives))]
+    m.adopt(*stats, max(saved["version"], learner.version) + 1)
+    m.refused += bad
     return True
 
 
@@ -131,6 +149,7 @@ class LearnerActor:
 
     def __init__(self, catalog_text: str, store_url: str = "memory"):
         self.learner = Learner(compiled_from_text(catalog_text))
+        self.metrics = LearnerMetrics()
         self.store = open_store(store_url)
         self._saved_at = -float("inf")
         self._saved_merges = 0
@@ -154,6 +173,7 @@ class LearnerActor:
     def sync(self, catalog_version: str, delta: ModelDelta | None,
              known_version: int) -> Published | None:
         published = self.learner.sync(catalog_version, delta, known_version)
+        self.metrics.flush(self.learner.refused)
         if self.learner.merged != self._saved_merges:
             self._save()
         return published

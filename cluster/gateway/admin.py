@@ -1,10 +1,14 @@
 """kairos.v1.AdminService: catalogs, cluster status and scaling, through the controller.
 
-Every call needs a key with the admin scope (auth.py checks it before the handler runs).
+Every call needs a key with the admin scope (auth.py checks it before the handler runs). A
+call to the controller ends within the caller's deadline (DEADLINE_EXCEEDED), and one that a
+shard or the controller did not answer ends UNAVAILABLE naming it (the controller's own calls
+have deadlines, settings.CONTROL_CALL_S), so a stuck shard never hangs an admin call.
 """
 from __future__ import annotations
 
 import asyncio
+from typing import Any, Awaitable
 
 import grpc
 
@@ -13,6 +17,7 @@ from kairos.core.errors import CatalogError
 from kairos.v1 import admin_pb2, admin_pb2_grpc
 
 from kairos.cluster.gateway.calls import Gateway
+from kairos.cluster.transport.backend import Unavailable
 from kairos.core.compiler import compiled_from_text
 
 MAX_SHARDS = 1024
@@ -28,25 +33,25 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
     async def PutCatalog(self, request: admin_pb2.CatalogText, context) -> admin_pb2.CatalogInfo:
         compiled = await _compile(request.yaml, context)
-        await self.backend.controller().put_catalog(request.yaml)
+        await _answer(context, self.backend.controller().put_catalog(request.yaml))
         return _catalog_info(compiled)
 
     async def RollbackCatalog(self, request, context) -> admin_pb2.CatalogInfo:
         controller = self.backend.controller()
         try:
-            await controller.rollback_catalog()
+            await _answer(context, controller.rollback_catalog())
         except ValueError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        text = (await controller.get_catalog())["text"]
+        text = (await _answer(context, controller.get_catalog()))["text"]
         # compiling takes a while: off the event loop, which serves every other call meanwhile
         return _catalog_info(await asyncio.to_thread(compiled_from_text, text))
 
     async def GetCatalog(self, request, context) -> admin_pb2.CatalogText:
-        catalog = await self.backend.controller().get_catalog()
+        catalog = await _answer(context, self.backend.controller().get_catalog())
         return admin_pb2.CatalogText(yaml=catalog["text"], version=catalog["version"])
 
     async def GetClusterStatus(self, request, context) -> admin_pb2.ClusterStatus:
-        st = await self.backend.controller().status()
+        st = await _answer(context, self.backend.controller().status())
         return admin_pb2.ClusterStatus(
             nodes=st["nodes"], partitions=st["partitions"], map_version=st["map_version"],
             catalog_version=st["catalog_version"], resident=st["resident"],
@@ -56,16 +61,29 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                 resident=s.get("resident", 0), passivated=s.get("passivated", 0),
                 queued=s.get("queued", 0), available=s.get("available", True),
                 catalog_version=s.get("catalog_version", ""),
-                model_version=s.get("model_version", 0)) for s in st["shards"]])
+                model_version=s.get("model_version", 0),
+                problem=(s.get("recovery") or {}).get("failed", "")) for s in st["shards"]])
 
     async def ScaleShards(self, request: admin_pb2.ScaleRequest, context
                           ) -> admin_pb2.ScaleResponse:
         if not 1 <= request.shards <= MAX_SHARDS:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"shards: must be 1..{MAX_SHARDS}, got {request.shards}")
-        done = await self.backend.controller().scale(request.shards)
+        done = await _answer(context, self.backend.controller().scale(request.shards))
         return admin_pb2.ScaleResponse(shards=done["shards"], moved=done["moved"],
                                        map_version=done["version"])
+
+
+async def _answer(context, work: Awaitable) -> Any:
+    """The controller's answer, within the caller's deadline (if it set one)."""
+    try:
+        async with asyncio.timeout(context.time_remaining()):
+            return await work
+    except TimeoutError:
+        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                            "the controller did not answer within the call's deadline")
+    except (Unavailable, RuntimeError) as exc:  # a shard (named) or the controller is stuck
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
 
 
 async def _compile(text: str, context) -> CompiledCatalog:

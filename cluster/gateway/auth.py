@@ -16,9 +16,10 @@ Keys are YAML (or JSON), from a file (`kairos up --keys FILE`) or the KAIROS_API
 
 Without keys, auth is off, which the gateway allows only on a loopback address.
 
-Scopes: decide, ingest, respond, watch, profile:read, admin, and identity (LinkIdentity: links
+Scopes: decide, ingest, respond, watch, profile:read, admin, identity (LinkIdentity: links
 an alias to a customer, which moves every channel's history; an unbound key with ingest may
-also link, a channel-bound one may not).
+also link, a channel-bound one may not), and feedback (with respond: offline outcomes, which
+name no decision; the handler asks `has_scope`).
 
 Every kairos.v1 method has a `Rule` in RULES: the scope a key needs, where the request names a
 channel, and what a channel-bound key may do (`Rule.bound`):
@@ -45,7 +46,8 @@ from typing import Any
 import grpc
 import yaml
 
-SCOPES = ("decide", "ingest", "respond", "watch", "profile:read", "admin", "identity")
+SCOPES = ("decide", "ingest", "respond", "watch", "profile:read", "admin", "identity",
+          "feedback")
 KEYS_ENV = "KAIROS_API_KEYS"  # where `kairos up` and its gateways find keys without --keys
 METADATA_KEY = "x-api-key"
 
@@ -210,6 +212,13 @@ def check_channel(channel: str) -> None:
     if channel != key.channel:
         raise Denied(True, f"key '{key.name}' is for channel '{key.channel}', not "
                            f"'{channel}' (rule: channel {MATCH})")
+
+
+def has_scope(scope: str) -> bool:
+    """Whether the current call's key has `scope` (every key does with auth off), for what a
+    handler allows beyond its rule."""
+    key = _admitted()
+    return key is None or scope in key.scopes
 
 
 def visible_channel() -> str | None:

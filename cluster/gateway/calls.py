@@ -24,6 +24,8 @@ from kairos.cluster.settings import (DEADLINE_MARGIN_S, DEADLINE_MARGIN_SHARE, D
 from kairos.cluster.transport.backend import Backend, Unavailable
 from kairos.cluster.transport.client import Busy, Conflict, KairosClient
 
+MAX_DETAILS = 1024  # characters of a status message
+
 
 class Gateway:
     """One gateway's state: its name (where shards push watched decisions), the client it
@@ -117,17 +119,31 @@ class InflightLimit(grpc.aio.ServerInterceptor):
 
 async def abort(context, exc: BaseException) -> None:
     """End the call with the status code for `exc` (re-raised if it has none)."""
-    if isinstance(exc, InputError):
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    code = _code_of(exc)
+    if code is None:
+        raise exc
+    details = ("the customer's shard did not answer in time"
+               if isinstance(exc, asyncio.TimeoutError) else str(exc))
+    await context.abort(code, shorten(details))
+
+
+def _code_of(exc: BaseException) -> grpc.StatusCode | None:
     if isinstance(exc, Denied):
-        await context.abort(exc.code, str(exc))
-    if isinstance(exc, Busy):
-        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-    if isinstance(exc, Conflict):
-        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-    if isinstance(exc, asyncio.TimeoutError):
-        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
-                            "the customer's shard did not answer in time")
-    if isinstance(exc, Unavailable):
-        await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-    raise exc
+        return exc.code
+    for kind, code in ((InputError, grpc.StatusCode.INVALID_ARGUMENT),
+                       (Busy, grpc.StatusCode.RESOURCE_EXHAUSTED),
+                       (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
+                       (asyncio.TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
+                       (Unavailable, grpc.StatusCode.UNAVAILABLE)):
+        if isinstance(exc, kind):
+            return code
+    return None
+
+
+def shorten(details: str) -> str:
+    """A status message short enough for the trailers. An error may quote what the caller
+    sent, and a 64 KiB quote would exceed grpc's metadata limit (16 KiB): the caller would get
+    RESOURCE_EXHAUSTED from its own library instead of the reason."""
+    if len(details) <= MAX_DETAILS:
+        return details
+    return details[:MAX_DETAILS - 30] + f"... ({len(details)} characters)"

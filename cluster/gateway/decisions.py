@@ -24,7 +24,7 @@ from kairos.v1 import decision_pb2_grpc
 
 from kairos.cluster import protocol
 from kairos.cluster.gateway import requests, wire
-from kairos.cluster.gateway.auth import Denied, check_channel, visible_channel
+from kairos.cluster.gateway.auth import Denied, check_channel, has_scope, visible_channel
 from kairos.cluster.gateway.calls import Gateway, abort
 from kairos.cluster.gateway.streams import Watch
 from kairos.cluster.settings import STREAM_WINDOW
@@ -212,14 +212,15 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
     async def Respond(self, request: pb.Outcome, context) -> pb.OutcomeAck:
         try:
             check_channel(request.channel)
-            who = requests.who(request)
-            outcome, when = requests.outcome_of(request)
+            if request.offline and not has_scope("feedback"):
+                raise Denied(True, "offline outcomes need a key with the 'feedback' scope")
+            checked = requests.outcome_request(request, await self.gateway.catalog())
         except (Denied, InputError) as exc:
             await abort(context, exc)
         await self.gateway.call(context, self.gateway.as_customer(
-            who, lambda customer_id: self.client.respond(
-                customer_id, request.action_id, request.channel, outcome, when,
-                request.decision_id or None)))
+            checked.who, lambda customer_id: self.client.respond(
+                customer_id, checked.action_id, checked.channel, checked.outcome,
+                checked.time, checked.decision_id)))
         return pb.OutcomeAck()
 
     async def GetProfile(self, request: pb.ProfileRequest, context) -> pb.Profile:

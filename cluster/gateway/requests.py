@@ -3,6 +3,9 @@
 Everything here raises InputError naming the field (prefixed, inside a batch or stream, with
 `events[i].`), before anything is routed. The checks of a customer id, a channel and a
 placement are the core's (`kairos.core.request`), the same the engine and the shards apply.
+Every id a caller sends has a length cap (customer ids, aliases, idempotency keys, event ids,
+decision ids, event types, action ids), checked here on every RPC, so nothing unbounded is
+kept in memory, journals or snapshots.
 """
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ from typing import NamedTuple
 
 from kairos.core.compiler import CompiledCatalog, Outcome
 from kairos.core.errors import InputError
-from kairos.core.request import channel_code, check_customer, placement_codes
+from kairos.core.request import (MAX_DECISION_ID_LENGTH, MAX_KEY_LENGTH, channel_code,
+                                 check_bounded, check_customer, placement_codes)
 from kairos.v1 import decision_pb2 as pb
 
 from kairos.cluster import protocol
@@ -51,6 +55,7 @@ def link_target(request: pb.LinkRequest) -> None:
     """A link's alias and customer, checked."""
     alias_key(request.alias.type, request.alias.value)
     require(request.customer_id, "customer_id")
+    check_customer(request.customer_id)
     check_linkable(request.customer_id)
 
 
@@ -65,6 +70,12 @@ def event_request(event: pb.Event, catalog: CompiledCatalog, where: str = ""
     """Whom an event names, and its runtime request, checked. The request's customer id is
     empty for an event by alias, until the alias is resolved."""
     customer = who(event, where)
+    check_bounded(event.event_id, f"{where}event_id", MAX_KEY_LENGTH)
+    check_bounded(event.idempotency_key, f"{where}idempotency_key", MAX_KEY_LENGTH)
+    if event.type not in catalog.event_index:
+        check_bounded(event.type, f"{where}type", MAX_KEY_LENGTH)
+        raise InputError(f"{where}type", f"unknown event type {event.type!r} (declared: "
+                                         f"{', '.join(catalog.event_names)})")
     if event.channel:
         channel_code(catalog, event.channel, f"{where}channel")
     if event.decide_placement and not event.channel:
@@ -77,8 +88,31 @@ def event_request(event: pb.Event, catalog: CompiledCatalog, where: str = ""
         decide=(event.channel, event.decide_placement) if event.decide_placement else None)
 
 
-def outcome_of(request: pb.Outcome) -> tuple[str, float]:
-    """A Respond's outcome name and time, checked."""
+class OutcomeRequest(NamedTuple):
+    """A Respond, checked: whom it names, and the outcome for the shard."""
+
+    who: Who
+    action_id: str
+    channel: str
+    outcome: str
+    time: float
+    decision_id: str | None  # None: offline (the caller's key has the feedback scope)
+
+
+def outcome_request(request: pb.Outcome, catalog: CompiledCatalog) -> OutcomeRequest:
+    """A Respond's customer, decision, action (one the catalog offers on the channel),
+    outcome and time, checked. The decision id is required unless the outcome is offline: an
+    outcome credits the decision a shard issued (the shard checks that it did, and that it
+    showed the action). Whether the caller may send offline outcomes is the handler's check."""
+    customer = who(request)
+    ch = channel_code(catalog, request.channel)
+    a = catalog.action_index.get(request.action_id)
+    if a is None:
+        check_bounded(request.action_id, "action_id", MAX_KEY_LENGTH)
+        raise InputError("action_id", f"unknown action {request.action_id!r}")
+    if not catalog.offered[a, ch]:
+        raise InputError("action_id", f"action {request.action_id!r} is not offered on "
+                                      f"{request.channel}")
     if request.outcome == pb.OUTCOME_KIND_UNSPECIFIED:
         raise InputError("outcome", "must be set (impression, accept, reject, ignore or "
                                     "convert)")
@@ -86,5 +120,11 @@ def outcome_of(request: pb.Outcome) -> tuple[str, float]:
         outcome = Outcome(request.outcome).name.lower()
     except ValueError:
         raise InputError("outcome", f"unknown outcome {request.outcome}") from None
-    return outcome, wire.optional_time_in("time", request, "time") or time.time()
-
+    if request.offline and request.decision_id:
+        raise InputError("decision_id", "an offline outcome names no decision")
+    if not request.offline:
+        require(request.decision_id, "decision_id")
+        check_bounded(request.decision_id, "decision_id", MAX_DECISION_ID_LENGTH)
+    return OutcomeRequest(customer, request.action_id, request.channel, outcome,
+                          wire.optional_time_in("time", request, "time") or time.time(),
+                          None if request.offline else request.decision_id)

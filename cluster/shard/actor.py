@@ -47,7 +47,7 @@ class ShardActor:
                               journal_policy, deliver=self._deliver,
                               observe=self.metrics.observe_batch, settle=pauses.settle,
                               jobs=(self._sync_models, self._flush_metrics))
-        self._plane = PlaneServer(self.host.handle, self.incarnation)
+        self._plane = PlaneServer(self.host.handle)
         self._snapshot: dict[str, Any] = {"shard": name, "started": False}
         self._flushed: Shard | None = None  # the Shard whose tallies the metrics follow
 
@@ -56,12 +56,13 @@ class ShardActor:
     async def ready(self) -> str:
         return self.incarnation
 
-    async def data_address(self) -> tuple[str, int, str]:
+    async def data_address(self) -> tuple[str, int, bytes]:
         """Where this incarnation serves request batches (dataplane.py): host, port and the
-        incarnation a connection must name. (On the default group's event loop, the one
-        `handle` and the worker use: each concurrency group has a loop of its own.)"""
+        secret a connection must prove it knows (only Ray's authorised callers learn it).
+        (On the default group's event loop, the one `handle` and the worker use: each
+        concurrency group has a loop of its own.)"""
         host, port = await self._plane.start(DATA_HOST or ray.util.get_node_ip_address())
-        return host, port, self.incarnation
+        return host, port, self._plane.secret
 
     async def start(self, catalog_text: str, partitions: list[int],
                     channel_watches: list[tuple], map_version: int,
@@ -113,6 +114,7 @@ class ShardActor:
                 self._flushed = shard
             counts = shard.counts.copy()
             counts["rejected"] = self.host.rejected
+            counts["model_updates_refused"] = shard.engine.models.refused
             self.metrics.flush(counts, shard.by_channel.copy(), shard.by_group.copy(),
                                self.host.queued, len(shard.engine.table),
                                shard.engine.models.version,

@@ -5,6 +5,11 @@ Each handler takes a run of requests of one kind, already admitted (served here,
 redirected: shard.py answers MOVED and MERGED), and returns a reply per request, in order; a
 run goes to the kernel in one call. What changes state is noted as a journal record
 (journaling.py) in the order it was applied.
+
+Only what changes a customer's state makes it resident (activated from its home, or created):
+a decision for a customer nobody has seen is made on an empty profile and leaves nothing
+behind; an outcome is checked whole (outcomes.py: a decision a shard issued, within the rate)
+before it activates anyone; a watch of an unseen customer waits for it without a profile.
 """
 from __future__ import annotations
 
@@ -16,51 +21,59 @@ import numpy as np
 from kairos.core.engine import EncodedEvent, EncodedRequest
 from kairos.core.errors import InputError
 
-from kairos.cluster.protocol import (Decide, Event, EventAck, EventRecord, Fire, Invalid,
-                                     Missing, Ok, Outcome, ReadProfile, Record, Reply,
+from kairos.cluster.protocol import (Busy, Decide, Event, EventAck, EventRecord, Fire,
+                                     Invalid, Missing, Ok, Outcome, ReadProfile, Record, Reply,
                                      WatchCustomer)
 from kairos.cluster.shard.context import ShardContext, touch
 from kairos.cluster.shard.journaling import Journaling
 from kairos.cluster.shard.keys import IdempotencyKeys
+from kairos.cluster.shard.outcomes import DecisionSeal, OutcomeRate
 from kairos.cluster.shard.residency import Residency
 from kairos.cluster.shard.watches import Watches
 
 
 class CustomerRequests:
     def __init__(self, ctx: ShardContext, residency: Residency, keys: IdempotencyKeys,
-                 journaling: Journaling, watches: Watches):
+                 journaling: Journaling, watches: Watches, seal: DecisionSeal):
         self._ctx = ctx
         self._residency = residency
         self._keys = keys
+        self._seal = seal
+        self._rate = OutcomeRate(ctx.clock)
         self._journaling = journaling
         self._watches = watches
         self.by_channel: Counter = Counter()  # decisions per channel
         self.by_group: Counter = Counter()  # actions chosen per group
 
     def events(self, batch: list[Event], touched: dict[str, float]) -> list[Reply]:
-        """Apply events. An event whose idempotency key its partition has seen answers the
-        first application's sequence number, `duplicate`, and applies nothing. With `decide`,
-        the decision for that view after the event comes with the acknowledgement. Timers
-        that fell due before an event fire first, at their due time."""
+        """Apply events. An event whose idempotency key its customer has had (keys.py: per
+        customer, within a retention window) answers the first application's sequence number,
+        `duplicate`, and applies nothing. With `decide`, the decision for that view after the
+        event comes with the acknowledgement. Timers that fell due before an event fire
+        first, at their due time."""
         engine, timers = self._ctx.engine, self._residency.timers
         replaying = self._journaling.replaying
         replies: list[Reply | None] = [None] * len(batch)
         encoded: list[EncodedEvent] = []
         applied: list[int | None] = []  # per encoded event, its request (None: a timer's)
-        first_of: dict[tuple[int, str], int] = {}  # keys first seen in this batch -> request
+        # (customer, key) first seen in this batch -> request
+        first_of: dict[tuple[str, str], int] = {}
         repeats: list[tuple[int, int]] = []  # (request, the request that first had its key)
         views: list[tuple[int, EncodedRequest]] = []
         records: list[Record] = []  # in the order applied
         unnumbered: list[tuple[int, int]] = []  # (record, request) of events being applied
         for i, e in enumerate(batch):
             key = e.idempotency_key
+            stored = True  # whether the customer may have a home in the store
             if key:
-                first = self._keys.get(e.partition, key)
+                # a passivated customer's keys are in its home: bring it in to look
+                stored = self._residency.activate(e.customer_id, e.partition, create=False)
+                first = self._keys.get(e.customer_id, key)
                 if first is not None:
                     replies[i] = EventAck(sequence=first, duplicate=True)
                     continue
-                if (e.partition, key) in first_of:
-                    repeats.append((i, first_of[(e.partition, key)]))
+                if (e.customer_id, key) in first_of:
+                    repeats.append((i, first_of[(e.customer_id, key)]))
                     continue
             try:
                 event = engine.encode_event(e.customer_id, e.event_type, e.time, e.attributes)
@@ -72,8 +85,8 @@ class CustomerRequests:
                 replies[i] = Invalid(field=exc.field, reason=exc.reason)
                 continue
             if key:
-                first_of[(e.partition, key)] = i
-            self._residency.activate(e.customer_id, e.partition)
+                first_of[(e.customer_id, key)] = i
+            self._residency.activate(e.customer_id, e.partition, stored=stored)
             if not replaying:  # a replay has the firings as records of their own
                 for due, k in timers.due_before(e.customer_id, event.time):
                     encoded.append(self._fired(e.customer_id, k, due))
@@ -92,18 +105,18 @@ class CustomerRequests:
             if i is not None:
                 replies[i] = EventAck(sequence=sequence)
         self._ctx.counts["events"] += len(encoded)
-        # the sequence number rides along: a replay that finds the event already in the
-        # customer's home still remembers its key with it
+        # the sequence number rides along in the record (the journal's layout; replay reads
+        # keys from the customer's block, not from it)
         for r, i in unnumbered:
             records[r] = records[r]._replace(sequence=replies[i].sequence)
         for record in records:
             self._journaling.record(record)
-        for (p, key), i in first_of.items():
-            self._keys.remember(p, key, replies[i].sequence)
+        for (customer_id, key), i in first_of.items():
+            self._keys.remember(customer_id, key, replies[i].sequence)
         for i, first in repeats:
             replies[i] = EventAck(sequence=replies[first].sequence, duplicate=True)
         for (i, _), decision in zip(views, engine.decide_encoded([v for _, v in views])):
-            replies[i] = replies[i]._replace(decision=decision)
+            replies[i] = replies[i]._replace(decision=self._seal.seal(decision))
         return replies
 
     def fires(self, batch: list[Fire], touched: dict[str, float]) -> list[Reply]:
@@ -141,10 +154,12 @@ class CustomerRequests:
 
     def decisions(self, batch: list[Decide], touched: dict[str, float]) -> list[Reply]:
         """Decide; with `record_impression`, what was shown is recorded at once (and
-        journaled as impression outcomes)."""
+        journaled as impression outcomes). A customer nobody has seen gets a decision on an
+        empty profile, which is then dropped: only recording an impression creates one."""
         engine = self._ctx.engine
         replies: list[Reply | None] = [None] * len(batch)
         encoded, where, explain = [], [], []
+        unseen = set()
         for i, d in enumerate(batch):
             try:
                 encoded.append(engine.encode_request(d.customer_id, d.channel, d.placement,
@@ -152,12 +167,14 @@ class CustomerRequests:
             except InputError as exc:
                 replies[i] = Invalid(field=exc.field, reason=exc.reason)
                 continue
-            self._residency.activate(d.customer_id, d.partition)
+            if not self._residency.activate(d.customer_id, d.partition,
+                                            create=bool(d.record_impression)):
+                unseen.add(d.customer_id)
             where.append(i)
             explain.append(bool(d.explain))
         shown = []
         for i, request, decision in zip(where, encoded, engine.decide_encoded(encoded, explain)):
-            replies[i] = Ok(value=decision)
+            replies[i] = Ok(value=self._seal.seal(decision))  # outcomes name the sealed id
             if batch[i].record_impression:
                 for a in decision.actions:
                     shown.append((decision.customer_id, a.action_id, decision.channel,
@@ -169,6 +186,8 @@ class CustomerRequests:
             self.by_channel[decision.channel] += 1
             for action in decision.actions:
                 self.by_group[action.group] += 1
+        for customer_id in unseen - self._residency.recent.keys():
+            engine.table.evict(customer_id)  # the empty profile the kernel decided on
         self._ctx.counts["decisions"] += len(encoded)
         if shown:
             engine.record_outcomes(shown)
@@ -176,15 +195,34 @@ class CustomerRequests:
         return replies
 
     def outcomes(self, batch: list[Outcome], touched: dict[str, float]) -> list[Reply]:
+        """Record outcomes that name a decision a shard issued and an action it showed
+        (outcomes.py), or no decision at all (None: offline feedback, which only a gateway
+        lets through, for keys with the feedback scope), within the customer's rate (else
+        Busy); nothing is activated or created for one refused. A replay takes its records as
+        they are: they were checked when journaled (with the engine's own decision id)."""
         replies: list[Reply] = []
         for o in batch:
-            self._residency.activate(o.customer_id, o.partition)
+            if not self._journaling.replaying:
+                try:
+                    if o.decision_id is not None:
+                        o = o._replace(decision_id=self._seal.opened(
+                            o.customer_id, o.decision_id, o.channel, o.action_id))
+                except InputError as exc:
+                    replies.append(Invalid(field=exc.field, reason=exc.reason))
+                    continue
+                refusal = self._rate.refusal(o.customer_id)
+                if refusal is not None:
+                    replies.append(Busy(reason=refusal))
+                    continue
+            known = self._residency.activate(o.customer_id, o.partition, create=False)
             try:
                 self._ctx.engine.record_outcomes([(o.customer_id, o.action_id, o.channel,
                                                    o.outcome, o.when, o.decision_id)])
             except InputError as exc:
                 replies.append(Invalid(field=exc.field, reason=exc.reason))
                 continue
+            if not known:  # shown a decision (or offline) before it had a profile: now it has
+                self._residency.activate(o.customer_id, o.partition)
             self._journaling.record(o)
             replies.append(Ok())
             self._ctx.counts["outcomes"] += 1
@@ -209,7 +247,11 @@ class CustomerRequests:
 
     def watch(self, batch: list[WatchCustomer], touched: dict[str, float]) -> list[Reply]:
         """Start (or, not `active`, stop) pushing a customer's changed best action for a view
-        to a sink."""
+        to a sink. A customer nobody has seen gets no profile: the watch waits for its first
+        event (a channel often watches before the customer shows up). Such a watch is held
+        for an open stream, so the gateways' streams bound it, not the ids callers name; it
+        is journaled, but snapshots and moves carry only residents' watches, so one
+        outlives neither (the stream then sees nothing until it is opened again)."""
         replies: list[Reply] = []
         for w in batch:
             try:
@@ -217,7 +259,7 @@ class CustomerRequests:
             except InputError as exc:
                 replies.append(Invalid(field=exc.field, reason=exc.reason))
                 continue
-            self._residency.activate(w.customer_id, w.partition)
+            self._residency.activate(w.customer_id, w.partition, create=False)
             self._journaling.record(w)
             self._watches.watch_customer(w.customer_id, watch, w.active)
             replies.append(Ok())

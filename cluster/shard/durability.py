@@ -2,13 +2,19 @@
 
 Partitions are snapshotted a while after they change (`checkpoint`, from `tick`), when they
 move and at catalog switches; the journal is then truncated behind the oldest change not yet
-in a snapshot. A snapshot holds a partition's resident customers, its idempotency keys and its
-share of the alias directory, and names the journal and LSN it covers. Recovery loads each
+in a snapshot. A snapshot holds a partition's resident customers (each with its idempotency
+keys) and its share of the alias directory, and names the journal and LSN it covers. Recovery loads each
 partition's snapshot and replays the journal it names through the same handlers that applied
 the records (a partition never snapshotted replays from the start). A customer's home in the
 store carries the LSN of its last change, so replay skips what a home already holds.
 ForgetCustomer is finished by `erase`: the partitions are snapshotted without the customer,
 then the journal is rewritten without its records.
+
+Snapshots are sealed with a checksum (storage/sealed.py; format 2). A snapshot whose checksum
+fails, or whose block does not hold together, stops recovery with SnapshotCorrupt naming the
+partition and the store: the shard stays UNAVAILABLE (retrying) until an operator removes
+the snapshot (README, "Corruption"). Format 1 snapshots, written before sealing, are read
+unchecked and counted in the recovery's `unchecked_snapshots`.
 """
 from __future__ import annotations
 
@@ -25,27 +31,26 @@ from kairos.cluster.protocol import (INVALID, STAMPED, Event, EventRecord, Recor
 from kairos.cluster.settings import SNAPSHOT_BACKLOG
 from kairos.cluster.shard.context import ShardContext
 from kairos.cluster.shard.journaling import Journaling
-from kairos.cluster.shard.keys import IdempotencyKeys
 from kairos.cluster.shard.ownership import Ownership
 from kairos.cluster.shard.residency import Residency
 from kairos.cluster.storage import blocks
-from kairos.cluster.storage.store import JournalLike
+from kairos.cluster.storage.sealed import SnapshotCorrupt, seal, unseal
+from kairos.cluster.storage.store import JournalLike, redact
 
 log = logging.getLogger("kairos.shard")
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2  # 2: sealed with a checksum
 REPLAY_CHUNK = 512  # journal records replayed per round
 SNAPSHOT_WRITE_BYTES = 64 << 20  # snapshots packed before they go to the store
 
 
 class Durability:
     def __init__(self, ctx: ShardContext, ownership: Ownership, residency: Residency,
-                 keys: IdempotencyKeys, directory: Directory, journaling: Journaling,
+                 directory: Directory, journaling: Journaling,
                  apply: Callable[[list[Request]], list[Reply]]):
         """`apply`: run requests through the shard's handlers (no commit, no pushes)."""
         self._ctx = ctx
         self._ownership = ownership
         self._residency = residency
-        self._keys = keys
         self._directory = directory
         self._journaling = journaling
         self._apply = apply
@@ -62,11 +67,11 @@ class Durability:
         for i, p in enumerate(partitions):
             residents = self._residency.residents([p])
             customers += len(residents)
-            snapshots[p] = blocks.pack({
+            snapshots[p] = seal(blocks.pack({
                 "format": SNAPSHOT_FORMAT, "partition": p, "journal": self._ctx.name,
                 "lsn": lsn, "catalog": self._ctx.compiled.version,
-                "block": self._residency.export(residents), "keys": self._keys.export(p),
-                "directory": self._directory.export([p])})
+                "block": self._residency.export(residents),
+                "directory": self._directory.export([p])}))
             size += len(snapshots[p])
             if size >= SNAPSHOT_WRITE_BYTES or i == len(partitions) - 1:
                 self._ctx.store.put_snapshots(snapshots)  # bounded: a shard is gigabytes
@@ -125,15 +130,16 @@ class Durability:
         ctx, journaling = self._ctx, self._journaling
         started = time.perf_counter()
         plans: dict[str, dict[int, int]] = {}  # journal -> partition -> LSN its snapshot covers
+        unchecked = 0
         for p in sorted(self._ownership.owned):
             blob = ctx.store.get_snapshot(p)
             if blob is None:
                 plans.setdefault((sources or {}).get(p, ctx.name), {})[p] = 0
                 continue
-            snap = blocks.unpack(blob)
+            snap, checked = self._read_snapshot(p, blob)
+            unchecked += not checked
             journaling.stamps_of = snap["journal"]
             self._residency.receive(snap["block"])
-            self._keys.load(p, snap["keys"])
             self._directory.load(snap["directory"])
             plans.setdefault(snap["journal"], {})[p] = snap["lsn"]
         replayed = 0
@@ -151,7 +157,27 @@ class Durability:
         ctx.counts["recoveries"] += 1
         return {"shard": ctx.name, "partitions": len(self._ownership.owned),
                 "resident": len(ctx.engine.table), "replayed": replayed,
-                "journals": sorted(plans), "seconds": time.perf_counter() - started}
+                "journals": sorted(plans), "unchecked_snapshots": unchecked,
+                "seconds": time.perf_counter() - started}
+
+    def _read_snapshot(self, partition: int, blob: bytes) -> tuple[dict[str, Any], bool]:
+        """A stored snapshot, and whether a checksum vouched for it; SnapshotCorrupt (logged
+        with the way out) when it is damaged."""
+        what = f"the snapshot of partition {partition} in {redact(self._ctx.store.url)}"
+        try:
+            payload, checked = unseal(blob, what)
+            snap = blocks.unpack(payload)
+            if not isinstance(snap, dict) or snap.get("partition", partition) != partition:
+                raise SnapshotCorrupt(f"{what}: it is not this partition's snapshot")
+            blocks.validate(snap["block"])
+            return snap, checked
+        except (SnapshotCorrupt, blocks.BlockCorrupt, ValueError, KeyError, TypeError) as exc:
+            error = exc if isinstance(exc, SnapshotCorrupt) else SnapshotCorrupt(
+                f"{what}: {type(exc).__name__}: {exc}")
+            log.error("%s: %s; this shard serves nothing until it is removed (its partition "
+                      "then recovers from the journal and the customers' homes)",
+                      self._ctx.name, error)
+            raise error from exc
 
     def _replay(self, journal: JournalLike, after: dict[int, int]) -> int:
         """Apply the journal's records of these partitions newer than their snapshots."""
@@ -175,10 +201,7 @@ class Durability:
             journaling.mark_dirty(record.partition, lsn, self._ctx.clock())
             if record.kind in STAMPED:
                 self._residency.activate(record.customer_id, record.partition, create=False)
-                if journaling.holds(record.customer_id, lsn):
-                    if isinstance(record, EventRecord) and record.idempotency_key:
-                        self._keys.remember(record.partition, record.idempotency_key,
-                                            record.sequence)
+                if journaling.holds(record.customer_id, lsn):  # its keys came with it too
                     continue
             kept.append((lsn, record))
         journaling.replaying = True

@@ -2,7 +2,7 @@
 
 For partition p moving from A to B in map version v: A `freeze`s p (its requests answer MOVED
 naming v, never applied) and hands over p's customers, resident and, when the store is not
-shared, passivated, with p's idempotency keys and directory; B `adopt`s them and snapshots p,
+shared, passivated (each with its idempotency keys), with p's directory; B `adopt`s them and snapshots p,
 so recovery finds p in B's journal from then on; once the controller has published v, A
 `release`s p. If the adoption fails, A `thaw`s p and serves it again.
 """
@@ -14,7 +14,6 @@ from kairos.cluster.identity import Directory
 from kairos.cluster.shard.context import ShardContext
 from kairos.cluster.shard.durability import Durability
 from kairos.cluster.shard.journaling import Journaling
-from kairos.cluster.shard.keys import IdempotencyKeys
 from kairos.cluster.shard.ownership import Ownership
 from kairos.cluster.shard.residency import Residency
 from kairos.cluster.storage import blocks
@@ -22,12 +21,10 @@ from kairos.cluster.storage import blocks
 
 class Handoff:
     def __init__(self, ctx: ShardContext, ownership: Ownership, residency: Residency,
-                 keys: IdempotencyKeys, directory: Directory, journaling: Journaling,
-                 durability: Durability):
+                 directory: Directory, journaling: Journaling, durability: Durability):
         self._ctx = ctx
         self._ownership = ownership
         self._residency = residency
-        self._keys = keys
         self._directory = directory
         self._journaling = journaling
         self._durability = durability
@@ -44,8 +41,7 @@ class Handoff:
                                  f"not serving it")
         payload = {"partitions": list(partitions),
                    "block": self._residency.export(self._residency.residents(partitions)),
-                   "passivated": {}, "keys": {p: self._keys.export(p) for p in partitions},
-                   "directory": self._directory.export(partitions)}
+                   "passivated": {}, "directory": self._directory.export(partitions)}
         for p in partitions:
             ownership.leaving[p] = version
             if not self._ctx.store.shared:  # homes travel with the partition
@@ -63,8 +59,6 @@ class Handoff:
             for customer_id, blob in homes.items():
                 self._ctx.store.put(int(p), customer_id, blob)
             received.update(homes)
-        for p, keys in data["keys"].items():
-            self._keys.load(int(p), keys)
         self._directory.load(data["directory"])
         for p in data["partitions"]:
             self._ownership.owned[p] = version
@@ -77,13 +71,17 @@ class Handoff:
         for p in partitions:
             self._residency.drop_partition(p)
             self._ownership.owned.pop(p, None)
-            self._keys.drop(p)
             self._frozen.pop(p, None)
             self._journaling.forget(p)
         self._directory.drop(partitions)
 
     def thaw(self, partitions: Sequence[int], version: int) -> None:
-        """The handoff failed: serve the partitions again, to senders that saw `version`."""
+        """The handoff failed: serve the partitions again, to senders that saw `version`.
+        Idempotent (the controller repeats it until it is answered); a partition this shard
+        does not hold is refused, as serving it would answer from an empty partition."""
+        for p in partitions:
+            if p not in self._ownership.owned:
+                raise ValueError(f"{self._ctx.name} cannot thaw partition {p}: not held here")
         for p in partitions:
             self._ownership.leaving.pop(p, None)
             self._ownership.owned[p] = version

@@ -160,6 +160,7 @@ class ShardHost:
             except Exception as exc:  # a store that is down, or data this version cannot read
                 wait = REBUILD_BACKOFF_S[min(attempt, len(REBUILD_BACKOFF_S) - 1)]
                 unexpected = not isinstance(exc, (StoreUnavailable, OSError))
+                self.recovery = {"failed": f"{type(exc).__name__}: {exc}"}  # health() shows it
                 log.log(logging.ERROR if unexpected else logging.WARNING,
                         "%s: rebuilding from the store failed (%s: %s); again in %.1f s",
                         self.name, type(exc).__name__, exc, wait, exc_info=unexpected)

@@ -54,11 +54,14 @@ class Residency:
         self.recent: OrderedDict[str, float] = OrderedDict()  # residents, least recent first
         self.timers = Timers()
 
-    def activate(self, customer_id: str, partition: int, create: bool = True) -> bool:
-        """Make the customer resident (from the store if passivated); False if unknown and
-        not `create`."""
+    def activate(self, customer_id: str, partition: int, create: bool = True,
+                 stored: bool = True) -> bool:
+        """Make the customer resident (from the store if passivated; not `stored`: the caller
+        just found no home there); False if unknown and not `create`. A profile the engine
+        made itself (an outcome recorded for a customer shown a decision before it had one)
+        becomes a resident here."""
         if customer_id not in self._ctx.engine.table:
-            blob = self._ctx.store.get(partition, customer_id)
+            blob = self._ctx.store.get(partition, customer_id) if stored else None
             if blob is not None:
                 self.load(blocks.unpack(blob))
                 self._ctx.counts["activations"] += 1
@@ -66,7 +69,7 @@ class Residency:
                 return False
             else:
                 self._ctx.engine.activate([customer_id])
-            self.members.setdefault(partition, set()).add(customer_id)
+        self.members.setdefault(partition, set()).add(customer_id)
         self.recent[customer_id] = self._ctx.clock()
         self.recent.move_to_end(customer_id)
         return True

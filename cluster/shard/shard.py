@@ -14,7 +14,8 @@ A Shard is composed of parts that each own their state, and share only context.p
 - customers.py: events, timer firings, decisions, outcomes, profile reads, watches;
 - identities.py: the alias directory's requests, the steps of a link, forgetting;
 - watches.py: who wants pushes, and the pushes a round's changes make;
-- keys.py: recent idempotency keys per partition;
+- keys.py: recent idempotency keys per customer (they ride in its block);
+- outcomes.py: decision ids sealed as they leave, and the outcomes taken;
 - journaling.py, durability.py: the journal of each round, snapshots, erasure, recovery;
 - handoff.py: partitions moving between shards; catalogs.py: two-phase catalog switches.
 
@@ -49,6 +50,7 @@ from kairos.cluster.shard.handoff import Handoff
 from kairos.cluster.shard.identities import CustomerIdentities, IdentityRequests
 from kairos.cluster.shard.journaling import Journaling
 from kairos.cluster.shard.keys import IdempotencyKeys
+from kairos.cluster.shard.outcomes import DecisionSeal, outcome_secret
 from kairos.cluster.shard.ownership import Ownership
 from kairos.cluster.shard.residency import Residency
 from kairos.cluster.shard.timers import Timers
@@ -78,19 +80,21 @@ class Shard:
             {p: granted for p in partitions}
         self.ownership = Ownership(owned)
         self.journaling = Journaling(ctx, journal_policy)
-        self.keys = IdempotencyKeys()
+        self.keys = IdempotencyKeys(clock)
         self.directory = Directory()
         self.watches = Watches(ctx)
         self.identities = CustomerIdentities()
         self.residency = Residency(ctx, self.ownership, self.journaling,
-                                   (self.watches, self.identities), idle_s, resident_limit)
+                                   (self.watches, self.identities, self.keys), idle_s,
+                                   resident_limit)
+        self.seal = DecisionSeal(outcome_secret(ctx.store), clock)
         self.customers = CustomerRequests(ctx, self.residency, self.keys, self.journaling,
-                                          self.watches)
+                                          self.watches, self.seal)
         identity = IdentityRequests(ctx, self.residency, self.journaling, self.directory,
                                     self.identities)
-        self.durability = Durability(ctx, self.ownership, self.residency, self.keys,
-                                     self.directory, self.journaling, self._replayed)
-        self.handoff = Handoff(ctx, self.ownership, self.residency, self.keys, self.directory,
+        self.durability = Durability(ctx, self.ownership, self.residency, self.directory,
+                                     self.journaling, self._replayed)
+        self.handoff = Handoff(ctx, self.ownership, self.residency, self.directory,
                                self.journaling, self.durability)
         self.catalogs = CatalogSwitch(ctx, self.ownership, self.residency, self.watches,
                                       self.durability)
@@ -119,7 +123,8 @@ class Shard:
         """
         replies, touched = self._dispatch(requests, routed)
         self.journaling.commit()
-        return replies, self.watches.changes(touched)
+        return replies, [Push(p.sink, self.seal.seal(p.decision))
+                         for p in self.watches.changes(touched)]
 
     def _replayed(self, requests: list[Request]) -> list[Reply]:
         return self._dispatch(requests, None)[0]

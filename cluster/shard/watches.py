@@ -53,6 +53,8 @@ class Watches:
         else:
             mine.discard(watch)
             self.shown.pop((customer_id, watch.channel, watch.placement), None)
+            if not mine:  # a watch of a customer never seen leaves nothing behind
+                del self.by_customer[customer_id]
 
     def watch_channel(self, sink: str, channel: str, placement: str | None,
                       active: bool = True) -> None:

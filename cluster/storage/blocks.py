@@ -5,6 +5,11 @@ them as blocks. A block names its profile slots, actions and channels and carrie
 as text, so it loads into a shard whose catalog version or string table differs: columns are
 matched by name, new slots take their defaults, history entries of removed actions are dropped.
 Encoded with msgpack; NumPy columns travel as raw buffers.
+
+Blocks come back from disk, Redis and other processes, so nothing read from one is trusted as
+an index: `validate` checks every length, shape and code (ring heads against the ring's size,
+action, channel and string codes against the block's own lists) before a row is written, and
+a block that fails is BlockCorrupt, never an IndexError or a row half loaded.
 """
 from __future__ import annotations
 
@@ -19,6 +24,11 @@ from kairos.core.state import EMPTY
 
 FORMAT = 1
 RING_COLUMNS = ("ring_action", "ring_channel", "ring_outcome", "ring_time")
+PER_ROW = ("ring_head", "applied", "lsn", "extras")  # one value per customer
+
+
+class BlockCorrupt(ValueError):
+    """A customer block that does not hold together (damaged, or not a block)."""
 
 
 def slot_keys(compiled: CompiledCatalog) -> list[str]:
@@ -64,8 +74,7 @@ def import_block(engine: DecisionEngine, block: dict[str, Any],
     """Load a block's customers into the engine's table (activating them); their ids. Their
     LSNs are kept when the block names `journal`, else they start at 0 (every record of
     `journal` is newer than a copy made under another owner)."""
-    if block["format"] != FORMAT:
-        raise ValueError(f"customer block format {block['format']} is not {FORMAT}")
+    validate(block)
     c, t = engine.compiled, engine.table
     ids = block["ids"]
     if not ids:
@@ -76,6 +85,56 @@ def import_block(engine: DecisionEngine, block: dict[str, Any],
     t.applied[rows] = block["applied"]
     t.lsn[rows] = block["lsn"] if journal is not None and block.get("journal") == journal else 0
     return ids
+
+
+def validate(block: Any) -> None:
+    """BlockCorrupt unless every length, shape and code of the block is in range."""
+    if not isinstance(block, dict):
+        raise BlockCorrupt(f"a customer block is a map, not {type(block).__name__}")
+    if block.get("format") != FORMAT:
+        raise BlockCorrupt(f"customer block format {block.get('format')} is not {FORMAT}")
+    try:
+        n, slots = len(block["ids"]), len(block["slots"])
+        values = np.asarray(block["values"])
+        rings = [np.asarray(block[name]) for name in RING_COLUMNS]
+        heads = np.asarray(block["ring_head"])
+        lengths = [(name, len(block[name])) for name in PER_ROW]
+        strings = len(block["strings"])
+        flags = np.asarray(block["string_columns"], bool)
+        actions, channels = len(block["actions"]), len(block["channels"])
+    except (KeyError, TypeError) as exc:
+        raise BlockCorrupt(f"a customer block lacks a well-formed {exc}") from None
+    if values.shape != (n, slots) and (n or values.size):
+        raise _corrupt(f"values of shape {values.shape} for {n} customers and {slots} slots")
+    if flags.shape != (slots,):
+        raise _corrupt(f"{len(flags)} string-column flags for {slots} slots")
+    for name, length in lengths:
+        if length != n:
+            raise _corrupt(f"{length} {name} entries for {n} customers")
+    if not n:
+        return
+    size = rings[0].shape[1] if rings[0].ndim == 2 else 0
+    for name, ring in zip(RING_COLUMNS, rings):
+        if ring.shape != (n, size) or not size:
+            raise _corrupt(f"{name} of shape {ring.shape}, not ({n}, history size)")
+    if heads.min() < 0 or heads.max() >= size:
+        raise _corrupt(f"ring_head outside 0..{size - 1}")
+    action, channel = rings[0], rings[1]
+    if action.min() < EMPTY or action.max() >= actions:
+        raise _corrupt(f"ring_action codes outside -1..{actions - 1}")
+    if (channel.min() < 0 or channel.max() >= channels) and not np.all(
+            ((channel >= 0) & (channel < channels)) | ((action == EMPTY) & (channel == 0))):
+        raise _corrupt(f"ring_channel codes outside 0..{channels - 1}")
+    if flags.any():
+        codes = values[:, flags].astype(np.float64)
+        known = codes[~np.isnan(codes)]
+        if known.size and (known.min() < 0 or known.max() >= strings or
+                           np.any(known != np.floor(known))):
+            raise _corrupt(f"string codes outside 0..{strings - 1}")
+
+
+def _corrupt(what: str) -> BlockCorrupt:
+    return BlockCorrupt(f"a customer block has {what}")
 
 
 def _localize(codes: np.ndarray, c: CompiledCatalog, offset: int) -> tuple[np.ndarray, list]:
@@ -109,8 +168,9 @@ def _values(c: CompiledCatalog, block: dict[str, Any]) -> np.ndarray:
 def _rings(c: CompiledCatalog, block: dict[str, Any], t, rows: np.ndarray) -> None:
     action_map = np.array([c.action_index.get(a, EMPTY) for a in block["actions"]] + [EMPTY],
                           np.int16)
-    channel_map = np.array([c.channel_index.get(ch, EMPTY) for ch in block["channels"]],
-                           np.int16)
+    # an empty entry's channel code may be 0 with no channels: it maps to EMPTY too
+    channel_map = np.array([c.channel_index.get(ch, EMPTY) for ch in block["channels"]] +
+                           [EMPTY], np.int16)
     src_action = np.asarray(block["ring_action"], np.int16)
     mapped = action_map[src_action]  # EMPTY (-1) indexes the appended EMPTY
     src_channel = np.asarray(block["ring_channel"], np.int16)
@@ -157,7 +217,12 @@ def pack(block: dict[str, Any]) -> bytes:
 
 
 def unpack(data: bytes) -> dict[str, Any]:
-    return msgpack.unpackb(data, object_hook=_decode_array, raw=False, strict_map_key=False)
+    """The value `pack` made; BlockCorrupt for bytes that are not one."""
+    try:
+        return msgpack.unpackb(data, object_hook=_decode_array, raw=False,
+                               strict_map_key=False)
+    except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
+        raise BlockCorrupt(f"undecodable block data ({type(exc).__name__}: {exc})") from None
 
 
 def _encode_array(obj: Any) -> Any:

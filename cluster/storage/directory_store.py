@@ -23,8 +23,9 @@ class DirectoryStore:
     """A directory on this machine:
 
         customers/p<partition>/<hash of the id>.blk   a customer's home (id + blob)
-        snapshots/p<partition>.snap                   a partition's snapshot
+        snapshots/p<partition>.snap                   a partition's snapshot (sealed.py)
         journals/<shard name>/<first lsn>.log          a shard's journal segments
+        journals/<shard name>/quarantine/             damaged segments and kept torn tails
         meta/<key>                                     named blobs
 
     Every file is written to a temporary name of its own writer, fsynced and renamed into

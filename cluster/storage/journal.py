@@ -1,8 +1,8 @@
 """Journal: a shard's write-ahead log. A change is in it before the change is acknowledged.
 
-A frame holds one batch: a 4-byte length, the CRC-32 of the payload and the payload, msgpack
-of `[first lsn, records, format]`, where the log sequence number counts records from 1 and
-never repeats. Frames live in segment files named after their first LSN; a segment is closed
+A frame holds one batch (frames.py: its encoding, and how damage is told from a torn tail),
+whose records have log sequence numbers that count from 1 and never repeat: a batch names its
+first. Frames live in segment files named after their first LSN; a segment is closed
 past `segment_bytes`, so truncating after a snapshot deletes whole files and never rewrites
 one.
 
@@ -11,8 +11,8 @@ in (protocol.JOURNAL_FORMAT; batches written before formats were numbered have t
 and are format 1), and readers pass `decode(record, format)` to `replay` and `compact` to see
 records as they were meant. A batch of a format newer than this code knows raises
 JournalFormatError, while opening as well as replaying: it is never misread, nor cut off as a
-torn tail. `pack_batch`/`unpack_batch` are the batch encoding, for the stores that keep
-batches elsewhere (redis_store.py).
+torn tail. `pack_batch`/`unpack_batch` (frames.py) are the batch encoding, for the stores that
+keep batches elsewhere (redis_store.py).
 
 Group commit: `append(records)` writes a whole batch as one frame with one write and, under
 the default policy "fsync", one fsync, so the cost of durability is paid per batch, not per
@@ -26,9 +26,26 @@ a sync that started after it was written). A failed sync makes the journal refus
 "off" journals nothing (recovery then has only snapshots).
 
 A crash can leave half a frame at the end of the last segment: opening the journal cuts the
-file back to its last whole frame (that batch was never acknowledged). A bad frame anywhere
-else is corruption and raises. A failed write (disk full) is cut back the same way before the
-error reaches the caller, so the journal never holds half a batch.
+file back to its last whole frame (that batch was never acknowledged). A failed write (disk
+full) is cut back the same way before the error reaches the caller, so the journal never holds
+half a batch. Anything else is corruption (JournalCorrupt, naming the file and the byte
+offset), never a torn tail: a bad frame that an intact frame follows, a frame whose payload is
+whole but whose length is wrong, a batch whose first LSN does not continue the one before it
+(within a segment, or from one segment to the next). One case cannot be told apart from a
+torn write: a whole-length last frame whose CRC fails (a power cut mid-write, or a bit flip in
+the last acknowledged batch). It is cut off as a torn tail, but its bytes are kept in
+`quarantine/<lsn>.torn` and the next LSN skips past every LSN it could have held, so no LSN is
+ever reused (a customer's home may carry one).
+
+Quarantine, the way out of corruption: the operator moves the damaged segment into the
+journal's `quarantine/` folder, keeping its name. On opening, the gap it leaves (from its
+first LSN) is accepted, the next LSN again skips past every LSN it could have held (a record
+takes at least a byte), and replay serves the records before and after it: a shard recovers
+from its snapshots, these records and the customers' homes, losing only the quarantined
+records' changes that no snapshot or home holds.
+
+A batch whose frame would pass MAX_FRAME (what a reader accepts) is refused before anything is
+written (JournalFrameTooLarge): it would be acknowledged and then never read back.
 
 Erasure: `compact(drop)` rewrites the segments holding records that `drop` selects (a forgotten
 customer's), each through a temporary file that is fsynced and renamed over the old one, so a
@@ -49,37 +66,18 @@ import logging
 import os
 import shutil
 import stat
-import struct
 import threading
-import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import msgpack
-
-from kairos.cluster.protocol import JOURNAL_FORMAT
 from kairos.cluster.settings import JOURNAL_POLICIES
+from kairos.cluster.storage.frames import (QUARANTINE, SUFFIX, Decode, ambiguous_tail, corrupt,
+                                           first_lsn, frame, read_frames, segment_batches)
 
 log = logging.getLogger("kairos.store")
 DIR_MODE = 0o700  # every directory of a store: its owner's only
 FILE_MODE = 0o600  # every file of a store
-HEADER = struct.Struct("<II")  # payload length, CRC-32 of the payload
-MAX_FRAME = 64 << 20
-SUFFIX = ".log"
-
-
-class JournalCorrupt(Exception):
-    """A frame before the last segment's tail is damaged: the journal cannot be trusted."""
-
-
-class JournalFormatError(ValueError):
-    """A batch was written in a record format newer than this code reads (a newer Kairos
-    wrote it): refused whole, never skipped or cut off."""
-
-
-Decode = Callable[[Any, int], Any]  # (record as stored, its batch's format) -> record
-
-
+TORN = ".torn"
 class Journal:
     def __init__(self, directory: str | os.PathLike, policy: str = "fsync",
                  segment_bytes: int = 64 << 20):
@@ -111,10 +109,10 @@ class Journal:
             self.last_lsn += len(records)
             self.synced_lsn = self.last_lsn
             return self.last_lsn
+        first = self.last_lsn + 1
+        data = frame(first, records)
         if self._fd is None or self._size >= self.segment_bytes:
             self._roll()
-        first = self.last_lsn + 1
-        data = _frame(first, records)
         try:
             written = 0
             while written < len(data):
@@ -168,12 +166,20 @@ class Journal:
 
     def replay(self, after_lsn: int = 0, decode: Decode | None = None
                ) -> Iterator[tuple[int, Any]]:
-        """Every record with an LSN above `after_lsn`, in order (through `decode`, if given)."""
+        """Every record with an LSN above `after_lsn`, in order (through `decode`, if given).
+        JournalCorrupt where LSNs do not follow on from one segment read to the next."""
         segments = self._segments()
+        expect = None  # the first LSN the next segment read must start at
         for i, path in enumerate(segments):
-            if i + 1 < len(segments) and _first_lsn(segments[i + 1]) - 1 <= after_lsn:
+            if i + 1 < len(segments) and first_lsn(segments[i + 1]) - 1 <= after_lsn:
                 continue  # every record of this segment is at or below after_lsn
-            for first, records, journal_format, _ in _batches(path):
+            if expect is not None and first_lsn(path) != expect and \
+                    expect not in self._quarantined():
+                raise corrupt(path, f"starts at LSN {first_lsn(path)}, but the segment "
+                                     f"before it ends at LSN {expect - 1}")
+            expect = first_lsn(path)
+            for first, records, journal_format, _ in segment_batches(path):
+                expect = first + len(records)
                 for lsn, record in enumerate(records, first):
                     if lsn > after_lsn and record is not None:
                         yield lsn, record if decode is None else decode(record, journal_format)
@@ -184,7 +190,7 @@ class Journal:
         segments = self._segments()
         removed = 0
         for path, following in zip(segments, segments[1:]):
-            if _first_lsn(following) - 1 <= upto_lsn:
+            if first_lsn(following) - 1 <= upto_lsn:
                 path.unlink()
                 removed += 1
         if removed and self.policy == "fsync":
@@ -202,7 +208,7 @@ class Journal:
         dropped = 0
         for path in self._segments():
             batches, gone = [], 0
-            for first, records, journal_format, _ in _batches(path):
+            for first, records, journal_format, _ in segment_batches(path):
                 kept = []
                 for r in records:
                     if r is not None and drop(r if decode is None else decode(r, journal_format)):
@@ -212,7 +218,7 @@ class Journal:
             if not gone:
                 continue
             dropped += gone
-            data = b"".join(_frame(first, kept, journal_format)
+            data = b"".join(frame(first, kept, journal_format)
                             for first, kept, journal_format in batches)
             tmp = path.with_suffix(".tmp")
             with contextlib.suppress(FileNotFoundError):
@@ -252,6 +258,12 @@ class Journal:
     def _segments(self) -> list[Path]:
         return sorted(self.directory.glob(f"*{SUFFIX}"))
 
+    def _quarantined(self) -> dict[int, int]:
+        """First LSN -> size in bytes of each quarantined segment or torn tail."""
+        return {int(path.stem): path.stat().st_size
+                for path in (self.directory / QUARANTINE).glob("*")
+                if path.stem.isdigit()}
+
     def _recover_tail(self) -> None:
         """Find the last LSN; cut a torn tail off the last segment (and drop a compaction's
         temporary file: the segment it was to replace is whole)."""
@@ -261,68 +273,48 @@ class Journal:
         for segment in segments:
             make_private(segment)
         if not segments:
+            self.last_lsn = self._past_quarantine(0, 0)
             return
         last = segments[-1]
-        good, lsn = 0, _first_lsn(last) - 1
-        for first, records, _, end in _batches(last, whole_only=False):
+        data = last.read_bytes()
+        good, lsn = 0, first_lsn(last) - 1
+        for first, records, _, end in read_frames(last, data, tail=True):
             lsn, good = first + len(records) - 1, end
-        if good < last.stat().st_size:
+        if good < len(data):
+            if ambiguous_tail(data, good):
+                self._keep_torn(data[good:], lsn + 1)
+            else:
+                log.warning("%s: cut a torn tail of %d bytes at byte %d (a write the process "
+                            "did not finish; never acknowledged)", last, len(data) - good, good)
             with open(last, "r+b") as f:
                 f.truncate(good)
                 f.flush()
                 os.fsync(f.fileno())
-        self.last_lsn = lsn
-        self._fd = os.open(last, os.O_WRONLY | os.O_APPEND)
-        self._size = good
+        self.last_lsn = self._past_quarantine(lsn, first_lsn(last))
+        if self.last_lsn == lsn:  # else the next batch starts a segment of its own
+            self._fd = os.open(last, os.O_WRONLY | os.O_APPEND)
+            self._size = good
 
+    def _keep_torn(self, data: bytes, lsn: int) -> None:
+        """Keep a tail that may have been an acknowledged batch (see the module's text)."""
+        make_private_dir(self.directory / QUARANTINE)
+        path = self.directory / QUARANTINE / f"{lsn:020d}{TORN}"
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE),
+                       "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        fsync_directory(path.parent)
+        log.error("%s: the last frame's checksum fails though it is whole: cut off as a torn "
+                  "tail, its bytes kept in %s; LSNs go on past every LSN it could hold",
+                  self.directory, path)
 
-def pack_batch(first_lsn: int, records: list[Any], journal_format: int = JOURNAL_FORMAT
-               ) -> bytes:
-    """A batch as stored: msgpack of `[first lsn, records, format]` (format 1: without it,
-    as it was written before formats were numbered)."""
-    batch = [first_lsn, records] if journal_format == 1 else [first_lsn, records, journal_format]
-    return msgpack.packb(batch, use_bin_type=True)
-
-
-def unpack_batch(data: bytes) -> tuple[int, list, int]:
-    """(first LSN, records, format) of a stored batch; JournalFormatError for a format newer
-    than this code writes."""
-    first, records, *rest = msgpack.unpackb(data, raw=False, strict_map_key=False)
-    journal_format = rest[0] if rest else 1
-    if journal_format > JOURNAL_FORMAT:
-        raise JournalFormatError(f"journal batch at LSN {first} has record format "
-                                 f"{journal_format}; this Kairos reads formats up to "
-                                 f"{JOURNAL_FORMAT}")
-    return first, records, journal_format
-
-
-def _frame(first_lsn: int, records: list[Any], journal_format: int = JOURNAL_FORMAT) -> bytes:
-    payload = pack_batch(first_lsn, records, journal_format)
-    return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
-
-
-def _batches(path: Path, whole_only: bool = True) -> Iterator[tuple[int, list, int, int]]:
-    """(first LSN, records, format, end offset) of each intact frame from the start of a
-    segment. With `whole_only`, a bad frame raises JournalCorrupt; else the batches stop
-    before it. A whole frame of a newer format raises JournalFormatError either way."""
-    with open(path, "rb") as f:
-        data = f.read()
-    pos = 0
-    while pos < len(data):
-        if pos + HEADER.size <= len(data):
-            length, crc = HEADER.unpack_from(data, pos)
-            start, end = pos + HEADER.size, pos + HEADER.size + length
-            if length <= MAX_FRAME and end <= len(data) and zlib.crc32(data[start:end]) == crc:
-                yield *unpack_batch(data[start:end]), end
-                pos = end
-                continue
-        if whole_only:
-            raise JournalCorrupt(f"{path}: damaged frame at byte {pos} of {len(data)}")
-        return
-
-
-def _first_lsn(path: Path) -> int:
-    return int(path.name[:-len(SUFFIX)])
+    def _past_quarantine(self, lsn: int, last_segment: int) -> int:
+        """The last LSN, past every LSN a quarantined file from `last_segment` (the last
+        segment's first LSN) on could hold (a record is at least one byte), so that none is
+        ever given out twice. (Those quarantined before it held only LSNs below it.)"""
+        return max([lsn, *(first + size - 1 for first, size in self._quarantined().items()
+                           if first >= last_segment)])
 
 
 def make_private(path: Path) -> None:

@@ -26,12 +26,17 @@ def free_port() -> int:
 class RedisServer:
     """redis-server, by default durable as the journal's "fsync" policy needs (an append-only
     file fsynced on every write; `stop()` and `start()` again keep the data), or, with
-    `durable=False`, a cache without persistence."""
+    `durable=False`, a cache without persistence. `password` sets `requirepass` (the default
+    user's); `users` are ACL rules, each as `ACL SETUSER` takes it after the name, e.g.
+    `{"kairos": "on >secret ~kairos:* +get"}`."""
 
-    def __init__(self, directory: Path, port: int | None = None, durable: bool = True):
+    def __init__(self, directory: Path, port: int | None = None, durable: bool = True,
+                 password: str | None = None, users: dict[str, str] | None = None):
         self.directory = directory
         self.port = port or free_port()
         self.durable = durable
+        self.password = password
+        self.users = users or {}
         self.process: subprocess.Popen | None = None
 
     @property
@@ -42,12 +47,15 @@ class RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable \
             else ["--appendonly", "no"]
+        access = ["--requirepass", self.password] if self.password else []
+        for name, rules in self.users.items():
+            access += ["--user", name, *rules.split()]
         self.process = subprocess.Popen(
             [EXECUTABLE, "--bind", "127.0.0.1", "--port", str(self.port),
              "--dir", str(self.directory), *persistence, "--save", "",
-             "--protected-mode", "yes"],
+             "--protected-mode", "yes", *access],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port)
+        client = redis.Redis(port=self.port, password=self.password)
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             try:
@@ -59,7 +67,7 @@ class RedisServer:
                 time.sleep(0.05)
 
     def used_memory_bytes(self) -> int:
-        with redis.Redis(port=self.port) as client:
+        with redis.Redis(port=self.port, password=self.password) as client:
             return int(client.info("memory")["used_memory"])
 
     def stop(self) -> None:

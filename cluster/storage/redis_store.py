@@ -8,9 +8,14 @@ Keys, under a prefix (default "kairos", `?prefix=` in the URL) so clusters can s
     <prefix>:j:<shard>:last      string: the journal's last LSN (survives truncation)
     <prefix>:m:<key>             string: meta
 
-A journal batch is one member, msgpack `[first lsn, records, format]` (journal.py's
-`pack_batch`, whose format rule it follows), written with the last-LSN key in
-one MULTI/EXEC, so Redis holds all of a batch or none of it. Durability is the server's:
+A journal batch is one member, msgpack `[first lsn, records, format]` (frames.py's
+`pack_batch`, whose format rule and frame limit it follows), written with the last-LSN key in
+one MULTI/EXEC, so Redis holds all of a batch or none of it. Reading back, a batch that does
+not decode, whose score is not its last LSN, or whose LSNs do not follow on from the batch
+before it is StoreCorrupt (the shard stays UNAVAILABLE until the member is removed). Replay
+and compaction read the sorted set in pages of REPLAY_PAGE batches by score, so no single
+exchange grows with the journal (one ZRANGE of it all outlasted the socket timeout, and a
+shard's rebuild looped). Durability is the server's:
 with the journal policy "fsync" the server must run with `appendonly yes` and
 `appendfsync always` (the journal checks with CONFIG GET and warns at open); "os" accepts
 `everysec`. A server or ACL user that refuses CONFIG GET (managed Redis, `-config`) is not an
@@ -26,11 +31,13 @@ import logging
 from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
 
+import msgpack
 import redis
 
 from kairos.cluster.settings import REDIS_TIMEOUT_S
-from kairos.cluster.storage.journal import Decode, pack_batch, unpack_batch
-from kairos.cluster.storage.store import StoreUnavailable, redact
+from kairos.cluster.storage.frames import (Decode, JournalFormatError, check_frame, pack_batch,
+                                           unpack_batch)
+from kairos.cluster.storage.store import StoreCorrupt, StoreUnavailable, redact
 
 log = logging.getLogger("kairos.store")
 REPLAY_PAGE = 256  # journal batches fetched per round trip when replaying
@@ -84,6 +91,7 @@ class RedisJournal:
             return self.last_lsn
         first, last = self.last_lsn + 1, self.last_lsn + len(records)
         batch = pack_batch(first, records)
+        check_frame(len(batch), first, len(records))  # the same limit as a directory's
         with self.r.pipeline(transaction=True) as tx:
             tx.zadd(self.key, {batch: last})
             tx.set(f"{self.key}:last", last)
@@ -93,11 +101,12 @@ class RedisJournal:
 
     def replay(self, after_lsn: int = 0, decode: Decode | None = None
                ) -> Iterator[tuple[int, Any]]:
-        low = f"({after_lsn}"
+        low, expect = f"({after_lsn}", None
         while True:
             page = self._page(low)
-            for member, _ in page:
-                first, records, journal_format = unpack_batch(member)
+            for member, score in page:
+                first, records, journal_format = self._unpack(member, score, expect)
+                expect = first + len(records)
                 for lsn, record in enumerate(records, first):
                     if lsn > after_lsn and record is not None:
                         yield lsn, record if decode is None else decode(record, journal_format)
@@ -105,7 +114,24 @@ class RedisJournal:
                 return
             low = f"({int(page[-1][1])}"
 
-    @_unavailable("replaying the journal")
+    def _unpack(self, member: bytes, score: float, expect: int | None
+                ) -> tuple[int, list, int]:
+        """A batch read back; StoreCorrupt unless it decodes, its score is its last LSN and
+        it starts at `expect` (the LSN after the batch before it, when one was read)."""
+        try:
+            first, records, journal_format = unpack_batch(member)
+        except JournalFormatError:
+            raise  # whole, and newer than this code: refused as it is
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            raise StoreCorrupt(f"redis: journal {self.key}: the batch scored {int(score)} "
+                               f"does not decode ({exc})") from None
+        if first + len(records) - 1 != int(score) or expect not in (None, first):
+            raise StoreCorrupt(f"redis: journal {self.key}: the batch scored {int(score)} "
+                               f"holds LSNs {first}-{first + len(records) - 1}, after LSN "
+                               f"{'?' if expect is None else expect - 1}")
+        return first, records, journal_format
+
+    @_unavailable("reading the journal")
     def _page(self, low: str) -> list:
         return self.r.zrangebyscore(self.key, low, "+inf", start=0, num=REPLAY_PAGE,
                                     withscores=True)
@@ -114,23 +140,33 @@ class RedisJournal:
     def truncate(self, upto_lsn: int) -> int:
         return self.r.zremrangebyscore(self.key, "-inf", upto_lsn)
 
-    @_unavailable("compacting the journal")
     def compact(self, drop: Callable[[Any], bool], decode: Decode | None = None) -> int:
-        dropped = 0
-        for member, score in self.r.zrange(self.key, 0, -1, withscores=True):
-            first, records, journal_format = unpack_batch(member)
-            kept = [None if r is None or drop(r if decode is None else
-                                               decode(r, journal_format)) else r
-                    for r in records]
-            gone = sum(1 for r in kept if r is None) - sum(1 for r in records if r is None)
-            if not gone:
-                continue
-            dropped += gone
+        """Page by page (REPLAY_PAGE batches, by score), so a long journal never needs one
+        exchange that outlasts the socket timeout. A rewritten batch keeps its score, and the
+        next page starts past it."""
+        dropped, low = 0, "-inf"
+        while True:
+            page = self._page(low)
+            for member, score in page:
+                dropped += self._compact_batch(member, score, drop, decode)
+            if len(page) < REPLAY_PAGE:
+                return dropped
+            low = f"({int(page[-1][1])}"
+
+    @_unavailable("compacting the journal")
+    def _compact_batch(self, member: bytes, score: float, drop: Callable[[Any], bool],
+                       decode: Decode | None) -> int:
+        first, records, journal_format = self._unpack(member, score, None)
+        kept = [None if r is None or drop(r if decode is None else
+                                           decode(r, journal_format)) else r
+                for r in records]
+        gone = sum(1 for r in kept if r is None) - sum(1 for r in records if r is None)
+        if gone:
             with self.r.pipeline(transaction=True) as tx:
                 tx.zrem(self.key, member)
                 tx.zadd(self.key, {pack_batch(first, kept, journal_format): score})
                 tx.execute()
-        return dropped
+        return gone
 
     def close(self) -> None:
         pass

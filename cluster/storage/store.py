@@ -20,7 +20,12 @@ What a store keeps, keyed by partition so that it moves with the partition:
 - **meta**: small named blobs (the controller's map).
 
 Every failure to reach the store (disk full, Redis down) raises `StoreUnavailable`; a shard
-that meets one answers UNAVAILABLE and rebuilds itself from the store once it is back.
+that meets one answers UNAVAILABLE and rebuilds itself from the store once it is back. Damaged
+data raises `StoreCorrupt`, a StoreUnavailable that names the file (or key) and offset: the
+shard stays UNAVAILABLE until the damage is quarantined.
+
+Snapshots are sealed (`seal`/`unseal` in sealed.py) by the shard before they reach a store, so
+every store keeps them checksummed the same way.
 """
 from __future__ import annotations
 
@@ -32,6 +37,12 @@ _PASSWORD_PARAM = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 
 class StoreUnavailable(Exception):
     """The store could not be written or read; nothing was acknowledged."""
+
+
+class StoreCorrupt(StoreUnavailable):
+    """What the store holds is damaged (a journal frame, a snapshot): the shard refuses to
+    serve rather than lose or repeat acknowledged changes, and tries again until an operator
+    has quarantined the damaged file (README, "Corruption")."""
 
 
 def redact(url: str) -> str:

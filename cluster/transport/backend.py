@@ -30,15 +30,21 @@ ChannelWatch = tuple[str, str, str | None]
 
 class Unavailable(Exception):
     """A shard, the learner, the controller or a sink did not answer (dead, restarting,
-    gone): the call may or may not have taken effect."""
+    gone, or not within the call's deadline: stopped, wedged): the call may or may not have
+    taken effect."""
+
+
+class NotSent(Unavailable):
+    """A batch never left this process (its connection had closed before it was written):
+    it cannot have taken effect, so it may be sent again."""
 
 
 class ShardControl(Protocol):
     """A shard's control and admin calls (the controller's, and `status`)."""
 
-    async def data_address(self) -> tuple[str, int, str]:
-        """Where the shard serves request batches: host, port, and the incarnation a data
-        plane connection must name (dataplane.py)."""
+    async def data_address(self) -> tuple[str, int, bytes]:
+        """Where the shard serves request batches: host, port, and the secret of this
+        incarnation that a data plane connection must prove it knows (dataplane.py)."""
 
     async def start(self, catalog_text: str, partitions: list[int],
                     channel_watches: list[ChannelWatch], map_version: int,
@@ -145,7 +151,8 @@ class Backend(Protocol):
                    routed: list[int]) -> list[Reply]:
         """A batch of routed requests to a shard, with the map version each was routed
         under; a reply per request, in order. A sender's batches are taken in `seq` order
-        within its `session`. Raises Unavailable if the shard cannot answer."""
+        within its `session`. Raises Unavailable if the shard cannot answer (NotSent if the
+        batch certainly did not reach it)."""
 
     async def close(self) -> None:
         """Close the connections this backend opened (on the running event loop)."""

@@ -13,7 +13,10 @@ shards:
   owner, then re-sends the moved requests in their original order before anything newer.
 
 A request whose batch failed in transit (the shard died or restarted) is answered
-Unavailable, never re-sent: it may or may not have been applied.
+Unavailable, never re-sent: it may or may not have been applied. A batch that never left
+(its connection to the shard had closed before it was written, as when every shard restarted
+while the client was idle) is sent again, once, on a fresh connection to the shard's new
+incarnation.
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ from kairos.cluster.protocol import (Decide, Event, EventAck, Forget, Link, Merg
                                      WatchCustomer, route_key)
 from kairos.cluster.settings import (CLIENT_BATCH_LIMIT, CLIENT_BATCH_WINDOW_S,
                                      CLIENT_INFLIGHT_CALLS, CLIENT_QUEUE_LIMIT, LONG_POLL_S)
-from kairos.cluster.transport.backend import Backend, Unavailable
+from kairos.cluster.transport.backend import Backend, NotSent, Unavailable
 
 log = logging.getLogger("kairos.client")
 MAX_REDIRECTS = 20  # a request MOVED this many times in a row fails as Unavailable
@@ -287,7 +290,8 @@ class KairosClient:
         if isinstance(reply, protocol.Conflict):
             raise Conflict(reply.reason)
         if isinstance(reply, protocol.Busy):
-            raise Busy(f"the shard of {route_key(request)!r} is at its queue limit")
+            raise Busy(reply.reason or f"the shard of {route_key(request)!r} is at its queue "
+                                       f"limit")
         if isinstance(reply, protocol.Unavailable):
             raise Unavailable(reply.reason)
         raise Unavailable(f"unexpected reply {reply!r}")  # MOVED never reaches here
@@ -324,10 +328,17 @@ class KairosClient:
 
     async def _call_shard(self, link: _ShardLink, session: str, seq: int,
                           batch: list[_Item]) -> None:
+        requests = [item.request for item in batch]
+        routed = [item.routed for item in batch]
         try:
-            replies = await self.backend.send(link.name, session, seq,
-                                              [item.request for item in batch],
-                                              [item.routed for item in batch])
+            for attempt in range(2):
+                try:
+                    replies = await self.backend.send(link.name, session, seq, requests, routed)
+                    break
+                except NotSent:
+                    if attempt or link.session != session:  # != : an earlier batch failed
+                        raise
+                    session, seq = self._resend_as(link, session, seq)
         except Exception as exc:
             # The shard died or is restarting (or the backend failed): requests may or may
             # not have been applied, so they fail rather than being re-sent; later ones start
@@ -342,6 +353,17 @@ class KairosClient:
             link.slots.release()
         for item, reply in zip(batch, replies):
             self._answered(item, reply)
+
+    @staticmethod
+    def _resend_as(link: _ShardLink, session: str, seq: int) -> tuple[str, int]:
+        """The session and number a batch that never left goes again as: a fresh session's
+        first when it is the link's only call and newest batch (a restarted shard takes an
+        unknown session's batch 0 at once, a later one only after SESSION_START_S), else its
+        own, where the shard's sequencer keeps it in order with the session's others."""
+        if link.calls == 1 and link.seq == seq + 1:
+            link.session, link.seq = uuid.uuid4().hex, 1
+            return link.session, 0
+        return session, seq
 
     def _answered(self, item: _Item, reply: Reply) -> None:
         p = item.request.partition

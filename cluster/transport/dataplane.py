@@ -5,24 +5,44 @@ call. Request batches do not: on this 2-core machine a Ray actor call costs abou
 (0.8 ms in the caller, 1.0 ms in the actor), a msgpack frame over a TCP connection about
 0.1 ms, so a Ray hop per batch capped a gateway at a few hundred requests per second (Ray's own
 compiled graphs bypass the actor-call path for the same reason). Each shard serves its requests
-on a port of its node; a client asks the shard for the address through Ray, connects once and
-keeps the connection. The connection carries the shard's incarnation, learnt through Ray, as a
-handshake, so a client never talks to a restarted shard's predecessor, and nobody without Ray
-access can send a frame.
+on a port of its node; a client asks the shard for the address and a secret through Ray,
+connects once and keeps the connection.
 
-Frames are msgpack arrays: the handshake `[PROTOCOL, incarnation]` answered `[True]` (or
-`[False, reason]` before the server closes), then `[call, session, seq, requests, routed]`
-answered `[call, results]` or `[call, None, error]`. Requests and results are protocol.py's
-requests and replies, which pack as plain arrays; this module carries them as such, and each
-end names them again (`request_from`, `reply_from`). Frames on one connection are read in
-order, and `session`/`seq` order a sender's batches exactly as they did over Ray.
+The port is open to whoever reaches the node, so nothing a peer sends is parsed before it has
+proved it knows the secret, which only callers Ray authorised can learn and which changes with
+each incarnation (a client never talks to a restarted shard's predecessor). The handshake has
+fixed layouts, read with `readexactly`, and never carries the secret:
+
+    shard  -> client  MAGIC, PROTOCOL (u16), shard nonce (32 bytes)
+    client -> shard   MAGIC, PROTOCOL, client nonce (32 bytes), proof("client")
+    shard  -> client  1, proof("shard")                 (the shard knows the secret too)
+                   or 0, reason length (u8), reason     (then the shard closes)
+
+where proof(side) = HMAC-SHA256(secret, b"kairos-plane <side> <PROTOCOL> " + shard nonce +
+client nonce). A shard lets PLANE_HANDSHAKES connections wait for their handshake at once
+(HANDSHAKE_S at most) and drops the longest waiting to make room, so idle connections cannot
+lock clients out.
+
+Then frames are msgpack arrays: `[call, session, seq, requests, routed]` answered
+`[call, results]` or `[call, None, error]`, unpacked with explicit limits (settings
+PLANE_FRAME_BYTES, PLANE_CONTAINER_LEN) so that a header cannot make the receiver allocate
+more than the limits allow. Requests and results are protocol.py's requests and replies, which
+pack as plain arrays; this module carries them as such, and each end names them again
+(`request_from`, `reply_from`). Frames on one connection are read in order, and `session`/`seq`
+order a sender's batches exactly as they did over Ray. A shard serves PLANE_CONNECTIONS
+connections at once (it closes more unread) and works on PLANE_INFLIGHT_CALLS calls per
+connection at once (past that it stops reading the connection: TCP pushes back on the sender).
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import itertools
 import logging
+import secrets
 import socket
+import struct
 from dataclasses import fields
 from typing import Any, Awaitable, Callable
 
@@ -31,10 +51,19 @@ import numpy as np
 
 from kairos.core.decision import Decision, Dropped, Explanation, RankedAction
 
+from kairos.cluster.settings import (PLANE_CALL_S, PLANE_CONNECTIONS, PLANE_CONTAINER_LEN,
+                                     PLANE_FRAME_BYTES, PLANE_HANDSHAKES,
+                                     PLANE_INFLIGHT_CALLS)
+from kairos.cluster.transport.backend import NotSent
+
 log = logging.getLogger("kairos.dataplane")
-# 2: requests and replies as protocol.py names them (a Take carries its state field, an
-# EventAck always four fields); a client and a shard of different versions refuse each other
-PROTOCOL = 2
+# 3: a challenge-response handshake of fixed layouts; a client and a shard of different
+# versions refuse each other
+PROTOCOL = 3
+MAGIC = b"KAIROSDP"
+NONCE_BYTES = 32
+_CHALLENGE = struct.Struct(f">8sH{NONCE_BYTES}s")
+_RESPONSE = struct.Struct(f">8sH{NONCE_BYTES}s32s")
 READ_CHUNK = 1 << 16
 # A peer that vanished without closing (its node lost power) is noticed after about
 # IDLE + INTERVAL × COUNT seconds of silence by TCP keepalive, or, while frames wait for its
@@ -43,8 +72,20 @@ KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 5, 1, 3
 UNACKED_S = 10
 HANDSHAKE_S = 10.0  # to connect and be greeted, or to greet
 
-# The runtime's values that msgpack has no type for, as ext types (their fields in order).
+# The limits of a frame, and of an ext's payload, which is unpacked whole (it needs no buffer
+# limit, and nothing in it is longer than it is).
+_EXT_LIMITS = dict(max_array_len=PLANE_CONTAINER_LEN, max_map_len=PLANE_CONTAINER_LEN)
+_LIMITS = dict(max_buffer_size=PLANE_FRAME_BYTES, max_str_len=PLANE_FRAME_BYTES,
+               max_bin_len=PLANE_FRAME_BYTES, max_ext_len=PLANE_FRAME_BYTES, **_EXT_LIMITS)
+# What a malformed or over-limit frame raises while it is unpacked (BufferFull is no ValueError)
+_BAD_FRAME = (ValueError, TypeError, msgpack.UnpackException)
+
+# The runtime's values that msgpack has no type for, as ext types (their fields in order),
+# and the ext types each may hold: a decision its explanation, an explanation its actions.
+# Decoding follows this fixed structure, so nested exts cannot make it recurse any deeper.
 _TYPES = (Decision, RankedAction, Explanation, Dropped)
+_INNER = {Decision: (Explanation,), Explanation: (RankedAction, Dropped), RankedAction: (),
+          Dropped: ()}
 _CODES = {cls: code for code, cls in enumerate(_TYPES, start=1)}
 _FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in _TYPES}
 _ACTIONS = _FIELDS[Decision].index("actions")
@@ -54,6 +95,10 @@ Handler = Callable[[str, int, list, list], Awaitable[list]]
 
 class PlaneClosed(ConnectionError):
     """The connection to a shard closed; what was in flight on it has no answer."""
+
+
+class PlaneNotSent(PlaneClosed, NotSent):
+    """The connection had closed before a call was written: the call never left."""
 
 
 class ShardFailed(Exception):
@@ -74,14 +119,26 @@ def _default(value: Any) -> Any:
     raise TypeError(f"the data plane cannot carry a {cls.__name__}")
 
 
-def _ext(code: int, data: bytes) -> Any:
-    if not 1 <= code <= len(_TYPES):
-        return msgpack.ExtType(code, data)
-    fields_ = msgpack.unpackb(data, ext_hook=_ext, use_list=False, strict_map_key=False)
-    if code == _CODES[Decision]:
-        fields_ = list(fields_)
-        fields_[_ACTIONS] = tuple(RankedAction(*a) for a in fields_[_ACTIONS])
-    return _TYPES[code - 1](*fields_)
+def _ext_hook(allowed: tuple[type, ...]) -> Callable[[int, bytes], Any]:
+    """Decodes the ext types `allowed` where they may occur; any other code is refused."""
+    by_code = {_CODES[cls]: cls for cls in allowed}
+
+    def decode(code: int, data: bytes) -> Any:
+        cls = by_code.get(code)
+        if cls is None:
+            raise ValueError(f"unexpected ext type {code} in a data plane frame")
+        fields_ = msgpack.unpackb(data, ext_hook=_HOOKS[cls], use_list=False,
+                                  strict_map_key=False, **_EXT_LIMITS)
+        if cls is Decision:
+            fields_ = list(fields_)
+            fields_[_ACTIONS] = tuple(RankedAction(*a) for a in fields_[_ACTIONS])
+        return cls(*fields_)
+
+    return decode
+
+
+_HOOKS = {cls: _ext_hook(_INNER[cls]) for cls in _TYPES}  # what decodes the inside of each
+_FRAME_HOOK = _ext_hook(_TYPES)
 
 
 def _pack(value: Any) -> bytes:
@@ -90,7 +147,8 @@ def _pack(value: Any) -> bytes:
 
 def _unpacker() -> msgpack.Unpacker:
     # use_list=False: arrays come out as tuples, which protocol.py's types are built from
-    return msgpack.Unpacker(ext_hook=_ext, use_list=False, strict_map_key=False)
+    return msgpack.Unpacker(ext_hook=_FRAME_HOOK, use_list=False, strict_map_key=False,
+                            **_LIMITS)
 
 
 async def _frames(reader: asyncio.StreamReader, unpacker: msgpack.Unpacker):
@@ -104,6 +162,23 @@ async def _frames(reader: asyncio.StreamReader, unpacker: msgpack.Unpacker):
             yield frame
 
 
+def _call_frame(frame: Any) -> tuple[int, str, int, tuple, tuple]:
+    """A request frame's parts, checked for shape: the handler gets nothing else."""
+    if not (isinstance(frame, tuple) and len(frame) == 5):
+        raise ValueError(f"a call frame is an array of 5, got {type(frame).__name__}")
+    call, session, seq, requests, routed = frame
+    if not (isinstance(call, int) and isinstance(session, str) and isinstance(seq, int)
+            and isinstance(requests, tuple) and isinstance(routed, tuple)
+            and len(requests) == len(routed)):
+        raise ValueError("a call frame is [call, session, seq, requests, routed]")
+    return call, session, seq, requests, routed
+
+
+def _proof(secret: bytes, side: bytes, shard_nonce: bytes, client_nonce: bytes) -> bytes:
+    return hmac.new(secret, b"kairos-plane %s %d " % (side, PROTOCOL) + shard_nonce
+                    + client_nonce, hashlib.sha256).digest()
+
+
 def _keepalive(writer: asyncio.StreamWriter) -> None:
     sock = writer.get_extra_info("socket")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -115,13 +190,21 @@ def _keepalive(writer: asyncio.StreamWriter) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
-class PlaneServer:
-    """A shard's end: answers each frame with `handle(session, seq, requests, routed)`."""
+class _Refused(Exception):
+    """A peer failed the handshake; the reason it is told."""
 
-    def __init__(self, handle: Handler, incarnation: str):
+
+class PlaneServer:
+    """A shard's end: answers each frame with `handle(session, seq, requests, routed)`.
+    `secret` is what clients must prove they know (`PlaneConnection.open`)."""
+
+    def __init__(self, handle: Handler):
         self._handle = handle
-        self._incarnation = incarnation
+        self.secret = secrets.token_bytes(32)  # this incarnation's: a restart makes another
         self._server: asyncio.Future | None = None
+        # connections waiting for their handshake, oldest first, and those being served
+        self._greeting: dict[asyncio.StreamWriter, None] = {}
+        self._serving: set[asyncio.StreamWriter] = set()
 
     async def start(self, host: str) -> tuple[str, int]:
         """Listen (once, however many ask at the same time); the address."""
@@ -131,37 +214,89 @@ class PlaneServer:
         return server.sockets[0].getsockname()[:2]
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        _keepalive(writer)
-        frames = _frames(reader, _unpacker())
         try:
-            async with asyncio.timeout(HANDSHAKE_S):
-                hello = await anext(frames, None)
-            if hello != (PROTOCOL, self._incarnation):
-                writer.write(_pack([False, f"expected protocol {PROTOCOL} and this shard's "
-                                           f"incarnation, got {hello!r:.80}"]))
-                return
-            writer.write(_pack([True]))
-            async for call, session, seq, requests, routed in frames:
-                asyncio.get_running_loop().create_task(
-                    self._answer(writer, call, session, seq, requests, routed))
-        except (OSError, ValueError, TypeError) as exc:  # OSError: resets, timeouts
+            # past the cap a connection is closed unread: a flood costs an accept and a close
+            if len(self._serving) < PLANE_CONNECTIONS and await self._admitted(reader, writer):
+                self._serving.add(writer)
+                await self._calls(reader, writer)
+        except (OSError,) + _BAD_FRAME as exc:  # OSError: resets, timeouts
             log.warning("data plane connection dropped: %s", exc)
         finally:
+            self._serving.discard(writer)
             writer.close()
 
-    async def _answer(self, writer: asyncio.StreamWriter, call: int, session: str, seq: int,
-                      requests: list, routed: list) -> None:
+    async def _admitted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                        ) -> bool:
+        """Whether the peer proved it knows the secret (if not, it was told why when it
+        got that far)."""
+        if len(self._greeting) >= PLANE_HANDSHAKES:  # the longest waiting makes room
+            oldest = next(iter(self._greeting))
+            del self._greeting[oldest]
+            oldest.close()
+        self._greeting[writer] = None
+        try:
+            _keepalive(writer)
+            async with asyncio.timeout(HANDSHAKE_S):
+                await self._greet(reader, writer)
+            return True
+        except _Refused as exc:
+            reason = str(exc).encode()[:255]
+            writer.write(b"\x00" + bytes([len(reason)]) + reason)
+            log.debug("refused a data plane handshake: %s", exc)  # strangers: no log flood
+        except (OSError, EOFError) as exc:  # closed, reset, made room for another, too slow
+            log.debug("a data plane handshake went: %r", exc)
+        finally:
+            self._greeting.pop(writer, None)
+        return False
+
+    async def _greet(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        shard_nonce = secrets.token_bytes(NONCE_BYTES)
+        writer.write(_CHALLENGE.pack(MAGIC, PROTOCOL, shard_nonce))
+        magic, protocol, client_nonce, proof = _RESPONSE.unpack(
+            await reader.readexactly(_RESPONSE.size))
+        if magic != MAGIC:
+            raise _Refused("not a data plane client")
+        if protocol != PROTOCOL:
+            raise _Refused(f"expected protocol {PROTOCOL}, got {protocol}")
+        if not hmac.compare_digest(proof, _proof(self.secret, b"client", shard_nonce,
+                                                 client_nonce)):
+            raise _Refused("wrong proof of this shard's secret")
+        if len(self._serving) >= PLANE_CONNECTIONS:
+            raise _Refused(f"this shard serves {PLANE_CONNECTIONS} connections already")
+        writer.write(b"\x01" + _proof(self.secret, b"shard", shard_nonce, client_nonce))
+
+    async def _calls(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        slots = asyncio.Semaphore(PLANE_INFLIGHT_CALLS)
+        async for frame in _frames(reader, _unpacker()):
+            call = _call_frame(frame)
+            await slots.acquire()  # the connection is not read while its calls are at the cap
+            asyncio.get_running_loop().create_task(self._answer(writer, slots, *call))
+
+    async def _answer(self, writer: asyncio.StreamWriter, slots: asyncio.Semaphore, call: int,
+                      session: str, seq: int, requests: tuple, routed: tuple) -> None:
         try:
             frame = _pack([call, await self._handle(session, seq, requests, routed)])
+            if len(frame) > PLANE_FRAME_BYTES:
+                raise OverflowError(f"the answer takes {len(frame)} bytes, over "
+                                    f"PLANE_FRAME_BYTES ({PLANE_FRAME_BYTES})")
         except Exception as exc:  # a bug, not bad input: the caller learns it at once
             log.exception("answering a data plane call failed")
             frame = _pack([call, None, f"{exc.__class__.__name__}: {exc}"])
-        if not writer.is_closing():
-            writer.write(frame)
+        try:
+            if not writer.is_closing():
+                writer.write(frame)
+                await writer.drain()  # a peer that does not read holds its slots, not memory
+        except OSError:
+            pass  # the connection went: its reader ends it
+        finally:
+            slots.release()
 
     def close(self) -> None:
+        """Stop listening and drop every connection."""
         if self._server is not None and self._server.done() and not self._server.exception():
             self._server.result().close()
+        for writer in [*self._greeting, *self._serving]:
+            writer.close()
 
 
 class PlaneConnection:
@@ -172,43 +307,84 @@ class PlaneConnection:
         self._frames = _frames(reader, _unpacker())
         self._calls = itertools.count()
         self._pending: dict[int, asyncio.Future] = {}
+        self._lost = False  # a call written on it went unanswered
         self._reader: asyncio.Task | None = None
 
     @classmethod
-    async def open(cls, host: str, port: int, incarnation: str) -> "PlaneConnection":
+    async def open(cls, host: str, port: int, secret: bytes) -> "PlaneConnection":
+        """Connect to a shard and prove both ends know the shard's `secret`."""
         try:
             async with asyncio.timeout(HANDSHAKE_S):
                 reader, writer = await asyncio.open_connection(host, port)
-                _keepalive(writer)
-                connection = cls(reader, writer)
-                writer.write(_pack([PROTOCOL, incarnation]))
-                answer = await anext(connection._frames, None)
+                try:
+                    _keepalive(writer)
+                    await cls._handshake(reader, writer, secret)
+                except BaseException:
+                    writer.close()
+                    raise
         except TimeoutError:
             raise PlaneClosed(f"{host}:{port} did not answer within {HANDSHAKE_S:g} s") from None
-        if answer != (True,):
-            writer.close()
-            raise PlaneClosed(f"{host}:{port} refused the handshake: "
-                              f"{answer[1] if answer else 'closed'}")
+        except _Refused as exc:
+            raise PlaneClosed(f"{host}:{port} refused the handshake: {exc}") from None
+        except EOFError:
+            raise PlaneClosed(f"{host}:{port} closed the connection during the handshake") \
+                from None
+        connection = cls(reader, writer)
         connection._reader = asyncio.get_running_loop().create_task(connection._read())
         return connection
+
+    @staticmethod
+    async def _handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         secret: bytes) -> None:
+        magic, protocol, shard_nonce = _CHALLENGE.unpack(
+            await reader.readexactly(_CHALLENGE.size))
+        if magic != MAGIC or protocol != PROTOCOL:
+            raise _Refused(f"it is not a data plane shard of protocol {PROTOCOL}")
+        client_nonce = secrets.token_bytes(NONCE_BYTES)
+        writer.write(_RESPONSE.pack(MAGIC, PROTOCOL, client_nonce,
+                                    _proof(secret, b"client", shard_nonce, client_nonce)))
+        if await reader.readexactly(1) != b"\x01":
+            reason = await reader.readexactly((await reader.readexactly(1))[0])
+            raise _Refused(reason.decode(errors="replace"))
+        if not hmac.compare_digest(await reader.readexactly(32),
+                                   _proof(secret, b"shard", shard_nonce, client_nonce)):
+            raise _Refused("it did not prove it knows the shard's secret")
 
     @property
     def closed(self) -> bool:
         return self._writer.is_closing()
 
     async def call(self, session: str, seq: int, requests: list, routed: list[int]) -> list:
+        """The shard's results for a batch. PlaneNotSent if the connection had closed before
+        (unless calls written on it went unanswered, which may leave a gap in `session`);
+        OverflowError for a batch over the limits (nothing sent); PlaneClosed, and the
+        connection dropped, if the answer takes longer than PLANE_CALL_S."""
         if self.closed:
-            raise PlaneClosed("the connection is closed")
-        call = next(self._calls)
-        frame = _pack([call, session, seq, requests, routed])
+            if self._lost or self._pending:
+                raise PlaneClosed("the connection is closed")
+            raise PlaneNotSent("the connection is closed")
+        if len(requests) > PLANE_CONTAINER_LEN:
+            raise OverflowError(f"a batch of {len(requests)} requests is over "
+                                f"PLANE_CONTAINER_LEN ({PLANE_CONTAINER_LEN})")
+        frame = _pack([call := next(self._calls), session, seq, requests, routed])
+        if len(frame) > PLANE_FRAME_BYTES:
+            raise OverflowError(f"the batch takes {len(frame)} bytes, over PLANE_FRAME_BYTES "
+                                f"({PLANE_FRAME_BYTES})")
         future = self._pending[call] = asyncio.get_running_loop().create_future()
         self._writer.write(frame)
         try:
             await self._writer.drain()
         except OSError as exc:
             self._pending.pop(call, None)
+            self._lost = True
             raise PlaneClosed(f"the connection failed: {exc}") from exc
-        return await future
+        try:
+            async with asyncio.timeout(PLANE_CALL_S):
+                return await future
+        except TimeoutError:
+            self._lost = True
+            self._writer.close()  # the reader fails every other call on it
+            raise PlaneClosed(f"the shard did not answer within {PLANE_CALL_S:g} s") from None
 
     async def _read(self) -> None:
         reason = "the shard closed the connection"
@@ -221,10 +397,11 @@ class PlaneConnection:
                     future.set_exception(ShardFailed(f"the shard failed: {error[0]}"))
                 else:
                     future.set_result(results)
-        except (OSError, ValueError, TypeError) as exc:  # OSError: resets, timeouts
+        except (OSError,) + _BAD_FRAME as exc:  # OSError: resets, timeouts
             reason = f"the connection failed: {exc}"
         finally:
             self._writer.close()
+            self._lost |= bool(self._pending)
             for future in self._pending.values():
                 if not future.done():
                     future.set_exception(PlaneClosed(reason))

@@ -5,8 +5,11 @@ The runtime's actors are named, in the Kairos namespace; a handle is looked up o
 cached. Each typed handle (backend.py) is a thin wrapper over an actor, as Ray Serve's
 ActorReplicaWrapper is over a replica, and every call goes through `RayBackend.call`, the one
 place where Ray's errors for an actor that is dead, restarting or not there become
-`Unavailable`. An error the actor's method raised itself comes through as raised (Ray's
-RayTaskError is also an instance of the original exception's class).
+`Unavailable`, and where every call gets its deadline (settings: CONTROL_CALL_S,
+SHARD_START_S, ADMIN_CALL_S): an actor that is alive but does not answer (stopped, wedged) is
+Unavailable too, so no caller waits on it for ever. An error the actor's method raised itself
+comes through as raised (Ray's RayTaskError is also an instance of the original exception's
+class).
 
 This module does not import the shard actor: whoever creates shards (the controller's actor)
 hands its class to `RayBackend`, so the shard side may use this backend for its own calls.
@@ -22,7 +25,8 @@ from ray.actor import ActorClass, ActorHandle
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from kairos.cluster.protocol import Reply, Request, reply_from
-from kairos.cluster.settings import CONTROLLER_NAME, LEARNER_NAME, LONG_POLL_S, NAMESPACE
+from kairos.cluster.settings import (ADMIN_CALL_S, CONTROL_CALL_S, CONTROLLER_NAME,
+                                     LEARNER_NAME, LONG_POLL_S, NAMESPACE, SHARD_START_S)
 from kairos.cluster.transport.backend import (ChannelWatch, ControllerControl, LearnerControl,
                                               ShardControl, Unavailable, WatchSink)
 from kairos.cluster.transport.dataplane import PlaneConnection, ShardFailed
@@ -65,14 +69,18 @@ class RayBackend:
     def sink(self, name: str) -> WatchSink:
         return RaySink(self, name)
 
-    async def call(self, name: str, invoke: Invoke) -> Any:
-        """`invoke(handle)` on the named actor; Unavailable if the actor cannot answer."""
+    async def call(self, name: str, invoke: Invoke, timeout_s: float = CONTROL_CALL_S) -> Any:
+        """`invoke(handle)` on the named actor; Unavailable if the actor cannot answer within
+        `timeout_s` (the call may still run there later)."""
         try:
             handle = self._handle(name)
         except ValueError as exc:  # no actor by that name: not created yet, or killed
             raise Unavailable(f"{name}: no such actor") from exc
         try:
-            return await invoke(handle)
+            async with asyncio.timeout(timeout_s):
+                return await invoke(handle)
+        except TimeoutError as exc:
+            raise Unavailable(f"{name}: no answer within {timeout_s:g} s") from exc
         except _GONE as exc:
             self._handles.pop(name, None)  # a restarted actor may have a new handle
             raise Unavailable(f"{name}: {exc.__class__.__name__}") from exc
@@ -98,7 +106,7 @@ class RayBackend:
         handle = self._shard_actor.options(**options).remote(name, n_partitions, seed,
                                                              store_url, journal_policy)
         self._handles[name] = handle
-        await self.call(name, lambda actor: actor.ready.remote())
+        await self.call(name, lambda actor: actor.ready.remote(), SHARD_START_S)
 
     async def kill_shard(self, name: str) -> None:
         await self._close_plane(name)
@@ -147,14 +155,14 @@ class _Actor:
         self._backend = backend
         self.name = name
 
-    def _call(self, invoke: Invoke) -> Awaitable[Any]:
-        return self._backend.call(self.name, invoke)
+    def _call(self, invoke: Invoke, timeout_s: float = CONTROL_CALL_S) -> Awaitable[Any]:
+        return self._backend.call(self.name, invoke, timeout_s)
 
 
 class RayShard(_Actor):
     """ShardControl over a ShardActor."""
 
-    async def data_address(self) -> tuple[str, int, str]:
+    async def data_address(self) -> tuple[str, int, bytes]:
         return await self._call(lambda a: a.data_address.remote())
 
     async def start(self, catalog_text: str, partitions: list[int],
@@ -162,7 +170,7 @@ class RayShard(_Actor):
                     sources: dict[int, str] | None = None) -> str:
         return await self._call(lambda a: a.start.remote(catalog_text, partitions,
                                                          channel_watches, map_version,
-                                                         sources))
+                                                         sources), SHARD_START_S)
 
     async def health(self) -> dict[str, Any]:
         return await self._call(lambda a: a.health.remote())
@@ -215,26 +223,31 @@ class RayController(_Actor):
 
     async def get_map(self, known_version: int, timeout_s: float = LONG_POLL_S
                       ) -> dict[str, Any] | None:
-        return await self._call(lambda a: a.get_map.remote(known_version, timeout_s))
+        return await self._call(lambda a: a.get_map.remote(known_version, timeout_s),
+                                timeout_s + CONTROL_CALL_S)
 
     async def scale(self, n_shards: int) -> dict[str, Any]:
-        return await self._call(lambda a: a.scale.remote(n_shards))
+        return await self._call(lambda a: a.scale.remote(n_shards),
+                                ADMIN_CALL_S)
 
     async def put_catalog(self, catalog_text: str) -> str:
-        return await self._call(lambda a: a.put_catalog.remote(catalog_text))
+        return await self._call(lambda a: a.put_catalog.remote(catalog_text),
+                                ADMIN_CALL_S)
 
     async def rollback_catalog(self) -> str:
-        return await self._call(lambda a: a.rollback_catalog.remote())
+        return await self._call(lambda a: a.rollback_catalog.remote(),
+                                ADMIN_CALL_S)
 
     async def get_catalog(self) -> dict[str, Any]:
         return await self._call(lambda a: a.get_catalog.remote())
 
     async def watch_channel(self, sink: str, channel: str, placement: str | None,
                             active: bool = True) -> None:
-        await self._call(lambda a: a.watch_channel.remote(sink, channel, placement, active))
+        await self._call(lambda a: a.watch_channel.remote(sink, channel, placement, active),
+                         ADMIN_CALL_S)
 
     async def status(self) -> dict[str, Any]:
-        return await self._call(lambda a: a.status.remote())
+        return await self._call(lambda a: a.status.remote(), ADMIN_CALL_S)
 
 
 class RaySink(_Actor):

@@ -2,11 +2,14 @@
 
 One cluster for the module (it takes about ten seconds to start); the tests run in order and
 share it: routing from every node, scaling 4 -> 8 -> 3 under a stream of events, timers,
-passivation, model sync and a catalog switch under load.
+passivation, model sync and a catalog switch under load, and last a shard stopped with
+SIGSTOP: no admin call hangs on it, and all converges once it runs again.
 """
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 
 import pytest
@@ -21,7 +24,7 @@ T0 = 1_795_629_600.0  # 2026-11-20T18:00:00Z
 SINK = "kairos-test-sink"
 TUNING = {"KAIROS_PASSIVATE_IDLE_S": "3", "KAIROS_RETIRE_GRACE_S": "1",
           "KAIROS_SHARD_QUEUE_LIMIT": "1500",
-          "KAIROS_MODEL_SYNC_S": "0.5", "KAIROS_TICK_S": "0.1"}
+          "KAIROS_MODEL_SYNC_S": "0.5", "KAIROS_TICK_S": "0.1", "KAIROS_CONTROL_CALL_S": "5"}
 
 
 
@@ -284,3 +287,48 @@ def test_a_node_leaves_and_its_shards_are_replaced(cluster):
     for i in range(30):  # every partition is served again
         assert client.ingest(f"after-loss-{i}", "app_open", T0) == 1
     assert head in {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+
+
+def wait_for(condition, timeout_s: float, what: str):
+    deadline = time.time() + timeout_s
+    while not (value := condition()):
+        assert time.time() < deadline, what
+        time.sleep(0.5)
+    return value
+
+
+def test_a_stopped_shard_hangs_no_admin_call_and_catches_up_once_continued(cluster):
+    """The repro: `kill -STOP` one shard, then ScaleShards, PutCatalog and a channel-wide
+    watch each return within their deadline (an error naming the stopped shard is fine);
+    after `kill -CONT` the controller settles, scaling and switching go through."""
+    c, client, runtime = cluster
+    controller = runtime.controller()
+    shards = status(runtime)["shards"]
+    victim = shards[-1]
+    deadline_s = 4 * 5 + 15  # a few control calls of 5 s each, and a shard's creation
+    v3 = _catalog_v2().replace("v2-switch-test", "v3-stopped-shard")
+    os.kill(victim["pid"], signal.SIGSTOP)
+    try:
+        for call in (lambda: controller.scale.remote(len(shards) + 1),
+                     lambda: controller.put_catalog.remote(v3),
+                     lambda: controller.watch_channel.remote(SINK, "push", None)):
+            began = time.time()
+            try:
+                ray.get(call(), timeout=deadline_s)
+            except ray.exceptions.GetTimeoutError:
+                pytest.fail(f"hung on the stopped shard {victim['shard']}")
+            except RuntimeError as exc:  # what failed names the stopped shard
+                assert victim["shard"] in str(exc)
+            assert time.time() - began < deadline_s
+    finally:
+        os.kill(victim["pid"], signal.SIGCONT)
+    wait_for(lambda: status(runtime)["unsettled_moves"] == 0, 30, "moves were not settled")
+    grown = ray.get(controller.scale.remote(len(shards) + 1), timeout=120)
+    assert grown["shards"] == len(shards) + 1
+    assert ray.get(controller.put_catalog.remote(v3), timeout=60) == "v3-stopped-shard"
+    wait_for(lambda: {s.get("catalog_version") for s in status(runtime)["shards"]}
+             == {"v3-stopped-shard"}, 30, "a shard is not on the new catalog")
+    st = status(runtime)
+    assert sum(s["partitions"] for s in st["shards"]) == 512
+    for i in range(30):  # every partition is served
+        assert client.ingest(f"after-stop-{i}", "app_open", T0) == 1

@@ -7,6 +7,7 @@ profile (features, history, timers, sequence numbers) must equal the twin's.
 from __future__ import annotations
 
 import random
+import shutil
 import zlib
 
 import msgpack
@@ -18,13 +19,15 @@ from kairos.cluster.control.partitions import partition_of
 from kairos.cluster.protocol import OK, EventAck, Missing, Ok, Outcome, Resolve
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage.directory_store import DirectoryStore
-from kairos.cluster.storage.journal import HEADER
+from kairos.cluster.storage.frames import HEADER, JournalCorrupt
+from kairos.cluster.storage.journal import Journal
 from kairos.cluster.storage.memory_store import MemoryStore
+from kairos.cluster.storage.sealed import SnapshotCorrupt, unseal
 from kairos.cluster.storage.store import StoreUnavailable
 
 from kairos.cluster.storage.redis_server import RedisServer
-from tests.unit.shard.test_shard import (N_PARTITIONS, T0, Clock, event, forget, journey,
-                                         link_steps, p_of, profile, shard, watch)
+from tests.unit.shard.test_shard import (N_PARTITIONS, T0, Clock, decide, event, forget,
+                                         journey, link_steps, p_of, profile, shard, watch)
 
 CUSTOMERS = [f"c{i}" for i in range(24)]
 OFFERED = [("service_menu", "web"), ("cart_recovery_push", "push")]
@@ -267,7 +270,8 @@ def test_a_partition_being_handed_over_is_never_snapshotted_by_its_old_owner(com
     clock.now += 10**6
     a.tick()  # erase and checkpoint run while the controller has not released p yet
     a.checkpoint(float("inf"), N_PARTITIONS)
-    assert store.get_snapshot(p) == adopted and blocks.unpack(adopted)["journal"] == "b"
+    assert store.get_snapshot(p) == adopted
+    assert blocks.unpack(unseal(adopted, "p")[0])["journal"] == "b"
     a.release([p])
     assert rebuilt(b, clock).process([profile("ana")])[0][0].value["events_applied"] == 1
 
@@ -298,9 +302,11 @@ def test_a_journal_of_plain_arrays_in_the_old_layout_still_replays(compiled, tmp
     p = p_of("ana")
     live.process([event("ana", "add_to_cart", T0, product_id="tv", category="electronics",
                         price=199.0)._replace(idempotency_key="k1"),
-                  event("ana", "app_open", T0 + 3600),  # the cart timer fires first
-                  Outcome(partition=p, customer_id="ana", action_id="service_menu",
-                          channel="web", outcome="accept", when=T0 + 3700),
+                  event("ana", "app_open", T0 + 3600)])  # the cart timer fires first
+    shown = live.process([decide("ana", "web", now=T0 + 3650)])[0][0].value  # outcomes name one
+    action = shown.actions[0].action_id
+    live.process([Outcome(partition=p, customer_id="ana", action_id=action, channel="web",
+                          outcome="accept", when=T0 + 3700, decision_id=shown.decision_id),
                   watch("ana", "sink-1", "push"),
                   event(anon, "page_view", T0, category="home"),
                   event("bob", "app_open", T0), forget("bob")])
@@ -311,7 +317,8 @@ def test_a_journal_of_plain_arrays_in_the_old_layout_still_replays(compiled, tmp
          {"product_id": "tv", "category": "electronics", "price": 199.0}, "k1", 1),
         ("fire", p, "ana", "cart_abandoned", T0 + 1800),
         ("event", p, "ana", "app_open", T0 + 3600, {}, None, 3),
-        ("outcome", p, "ana", "service_menu", "web", "accept", T0 + 3700, None),
+        ("outcome", p, "ana", action, "web", "accept", T0 + 3700,
+         shown.decision_id.split(".")[0]),
         ("watch", p, "ana", "sink-1", "push", None, True)]
     assert {r[0] for r in written} >= {"forget", "link", "take", "merge", "settle"}
     segment = tmp_path / "journals" / "s0"
@@ -327,3 +334,179 @@ def test_a_journal_of_plain_arrays_in_the_old_layout_still_replays(compiled, tmp
     assert old.process([Resolve(partition=p_of(key), key=key)])[0] == [Ok(value="ana")]
     assert old.process([event("ana", "app_open", T0)._replace(idempotency_key="k1")])[0] == \
         [EventAck(sequence=1, duplicate=True)]
+
+
+def test_a_flipped_byte_anywhere_in_a_journal_never_loses_or_repeats_an_acknowledged_record(
+        tmp_path):
+    """Every byte of every segment flipped in turn: the journal either refuses (corrupt),
+    or replays every acknowledged record, or (a whole last frame that fails its CRC, which
+    a power cut mid-write also leaves) every record but the last batch's, and then never
+    gives out their LSNs again."""
+    directory = tmp_path / "j"
+    j = Journal(directory, segment_bytes=200)
+    batches = [[["event", p, f"c{p}", float(b)] for p in range(3)] for b in range(8)]
+    for batch in batches:
+        j.append(batch)
+    j.close()
+    acked = [(lsn, r) for lsn, r in enumerate((r for b in batches for r in b), 1)]
+    segments = {path: path.read_bytes() for path in sorted(directory.glob("*.log"))}
+    assert len(segments) >= 3
+    outcomes = {"refused": 0, "whole": 0, "last batch cut": 0}
+    for path, original in segments.items():
+        for offset in range(len(original)):
+            damaged = bytearray(original)
+            damaged[offset] ^= 1 << (offset % 8)
+            path.write_bytes(bytes(damaged))
+            try:
+                reopened = Journal(directory, segment_bytes=200)
+                replayed = list(reopened.replay())
+            except JournalCorrupt:
+                outcomes["refused"] += 1
+            else:
+                if replayed == acked:
+                    outcomes["whole"] += 1
+                else:
+                    assert replayed == acked[:-len(batches[-1])], (path.name, offset)
+                    assert reopened.append([["event", 0, "c0", 99.0]]) > len(acked)
+                    outcomes["last batch cut"] += 1
+                reopened.close()
+            for segment, data in segments.items():  # back to the undamaged journal
+                segment.write_bytes(data)
+            for extra in set(directory.glob("*.log")) - set(segments):
+                extra.unlink()
+            shutil.rmtree(directory / "quarantine", ignore_errors=True)
+    assert outcomes["refused"] > 0 and outcomes["last batch cut"] > 0
+
+
+def test_a_damaged_snapshot_stops_recovery_naming_it_until_it_is_removed(compiled, tmp_path):
+    clock = Clock()
+    s = shard(compiled, store=DirectoryStore(tmp_path), clock=clock)
+    s.process([event("ana", "add_to_cart", T0, product_id="tv", category="electronics",
+                     price=199.0), event("ana", "app_open", T0 + 5)])
+    expected = everyone(s, clock)
+    p = p_of("ana")
+    s.snapshot([p])
+    path = tmp_path / "snapshots" / f"p{p}.snap"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(SnapshotCorrupt, match=f"the snapshot of partition {p} in {tmp_path}: "
+                                              f"the checksum of its {len(data)} bytes fails"):
+        rebuilt(s, clock)
+    assert issubclass(SnapshotCorrupt, StoreUnavailable)  # the host retries until it is gone
+    path.unlink()  # the way out: the partition replays its journal (not truncated here)
+    assert everyone(rebuilt(s, clock), clock) == expected
+
+
+def test_a_snapshot_written_before_sealing_still_recovers_and_is_counted_unchecked(compiled,
+                                                                                   tmp_path):
+    clock = Clock()
+    s = shard(compiled, store=DirectoryStore(tmp_path), clock=clock)
+    s.process([event("ana", "app_open", T0)])
+    expected = everyone(s, clock)
+    p = p_of("ana")
+    s.snapshot([p])
+    path = tmp_path / "snapshots" / f"p{p}.snap"
+    snap = blocks.unpack(unseal(path.read_bytes(), "p")[0])
+    path.write_bytes(blocks.pack({**snap, "format": 1}))  # as format 1 was: unsealed
+    s.close()
+    again = Shard(s.name, compiled, list(s.owned), N_PARTITIONS, store=s.store, clock=clock)
+    assert again.recover()["unchecked_snapshots"] == 1
+    assert everyone(again, clock) == expected
+
+
+def test_a_corrupt_journal_keeps_the_host_unavailable_naming_it_until_it_is_quarantined(
+        compiled, tmp_path, monkeypatch):
+    """The operator's view and way out: the host answers UNAVAILABLE and its `recovery`
+    (shown by the actor's health) names the segment and the byte; once the segment is moved
+    into quarantine/ the host recovers by itself from the snapshot and serves again."""
+    import asyncio
+    import errno
+    import os
+
+    from kairos.cluster.protocol import EventAck, Unavailable
+    from kairos.cluster.shard.host import ShardHost
+    from kairos.cluster.storage import journal as journal_module
+
+    store = DirectoryStore(tmp_path)
+    segments = tmp_path / "journals" / "s0"
+
+    async def until(condition, what: str) -> None:
+        deadline = asyncio.get_running_loop().time() + 20
+        while not condition():
+            assert asyncio.get_running_loop().time() < deadline, what
+            await asyncio.sleep(0.01)
+
+    async def scenario():
+        host = ShardHost("s0", N_PARTITIONS, 0, lambda: store, "fsync", tick_s=3600.0)
+        await host.start(compiled, {p: 0 for p in range(N_PARTITIONS)}, [])
+        try:
+            assert await host.handle("a", 0, [event("ana", "app_open", T0)], [0]) == \
+                [EventAck(sequence=1)]
+            await host.run(Shard.snapshot, list(range(N_PARTITIONS)))
+            assert await host.handle("a", 1, [event("ana", "app_open", T0 + 1)], [0]) == \
+                [EventAck(sequence=2)]
+            segment, = segments.glob("*.log")
+            damaged = bytearray(segment.read_bytes())
+            damaged[HEADER.size + 2] ^= 0x04  # inside the first batch; intact ones follow
+            segment.write_bytes(bytes(damaged))
+            fsync, failures = os.fsync, []
+
+            def fails_once(fd):
+                if not failures:
+                    failures.append(fd)
+                    raise OSError(errno.EIO, "I/O error")
+                fsync(fd)
+            monkeypatch.setattr(journal_module.os, "fsync", fails_once)
+            unavailable, = await host.handle("a", 2, [event("ana", "app_open", T0 + 2)], [0])
+            assert unavailable.status == "unavailable"
+            await until(lambda: "failed" in host.recovery, "the rebuild never failed")
+            assert f"JournalCorrupt: {segment}: damaged frame at byte 0" in \
+                host.recovery["failed"]
+            assert await host.handle("b", 0, [profile("ana")], [0]) == \
+                [Unavailable(reason="s0 is recovering from the store")]
+            (segments / "quarantine").mkdir()
+            segment.rename(segments / "quarantine" / segment.name)  # the way out
+            await until(lambda: host.shard is not None, "the host never recovered")
+            assert "failed" not in host.recovery
+            ana, = await host.handle("b", 1, [profile("ana")], [0])
+            assert ana.value["events_applied"] == 1  # the snapshot's; the segment's is gone
+            assert await host.handle("a", 3, [event("ana", "app_open", T0 + 3)], [0]) == \
+                [EventAck(sequence=2)]
+            assert host.shard.journal.last_lsn > 2  # past every LSN the segment held
+        finally:
+            host.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_round_past_the_frame_limit_is_refused_not_acknowledged_and_lost(compiled, tmp_path,
+                                                                             monkeypatch):
+    """Readers refuse frames past MAX_FRAME, so a round that packs to more must never be
+    acknowledged (it used to be written, acknowledged, then cut off as a torn tail)."""
+    from kairos.cluster.storage import frames
+    clock = Clock()
+    s = shard(compiled, store=DirectoryStore(tmp_path), clock=clock)
+    s.process([event("ana", "app_open", T0)])
+    monkeypatch.setattr(frames, "MAX_FRAME", 600)
+    big = [event("ana", "page_view", T0 + i, category="home") for i in range(1, 40)]
+    with pytest.raises(StoreUnavailable, match="past the journal's 600-byte frame limit"):
+        s.process(big)
+    again = rebuilt(s, clock)
+    assert again.process([profile("ana", clock.now)])[0][0].value["events_applied"] == 1
+    assert again.process([event("ana", "app_open", T0 + 50)])[0] == [EventAck(sequence=2)]
+
+
+def test_every_store_keeps_snapshots_sealed_so_damage_is_refused(compiled, store_factory):
+    clock = Clock()
+    s = shard(compiled, store=store_factory(), clock=clock)
+    s.process([event("ana", "app_open", T0)])
+    p = p_of("ana")
+    s.snapshot([p])
+    stored = s.store.get_snapshot(p)
+    values = blocks.unpack(unseal(stored, "p")[0])["block"]["values"].tobytes()
+    damaged = bytearray(stored)
+    damaged[stored.index(values) + 3] ^= 0x20  # inside a profile value: it still decodes
+    s.store.put_snapshots({p: bytes(damaged)})
+    with pytest.raises(SnapshotCorrupt, match=f"the snapshot of partition {p} in "):
+        rebuilt(s, clock)

@@ -3,6 +3,10 @@
 Stated tolerance: floats agree to a relative 1e-12 (both sides use the same libm functions in
 the same order, so in practice they are bit-identical); codes, rankings, history and random
 streams agree exactly.
+
+Numbers and times reach for the extremes (huge, tiny, negative, signed zeros, the input bounds
+and past them, as a profile written before the bounds may hold; 1970 to the history ring's
+last second), and some models start poisoned, so that clipping and refusals are held too.
 """
 from __future__ import annotations
 
@@ -16,8 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kairos.core import _kernel, reference
-from kairos.core.catalog import load_catalog
+from kairos.core.catalog import MAX_NUMBER, load_catalog
 from kairos.core.compiler import Outcome, compile_catalog
+from kairos.core.engine import LATEST_TIME_S
 from kairos.core.models import ModelTable
 from kairos.core.state import ProfileTable
 
@@ -25,6 +30,10 @@ DATA = Path(__file__).resolve().parents[1] / "unit" / "core" / "data"
 
 RTOL = 1e-12
 T0 = 1_800_000_000.0
+LONGEST_JOURNEY_S = 40 * 86400.0
+STARTS = [1e4, 1e9, T0, 3e9, LATEST_TIME_S - LONGEST_JOURNEY_S - 1]  # 1970 .. 2088
+EXTREMES = [0.0, -0.0, 5e-324, -5e-324, 1e-300, 1e-12, -1e-12, 1 - 2 ** -53, 2 ** 53,
+            MAX_NUMBER, -MAX_NUMBER, MAX_NUMBER * (1 - 2 ** -52), 1e300, -1e300, 1.7e308]
 BASE = yaml.safe_load((DATA / "small.yaml").read_text())
 
 NUM_NAMES = ["views_7d", "spend_30d", "orders", "lifetime_spend", "since_cart",
@@ -135,6 +144,10 @@ def catalogs(draw):
     arb["exploration"] = {"method": method, "variance_scale": draw(st.sampled_from([0.1, 1.0])),
                           "ucb_alpha": 1.5}
     doc["models"]["groups"] = {}
+    doc["models"]["predictors"] = doc["models"]["predictors"] + draw(st.lists(st.sampled_from([
+        {"name": "lifetime_spend"}, {"name": "spend_30d", "transform": "scale", "scale": 10},
+        {"name": "max_order", "transform": "log1p"}, {"name": "min_price"}]), unique_by=str,
+        max_size=2))
     doc["history"] = {"size": draw(st.sampled_from([4, 8, 32]))}
     return doc
 
@@ -143,7 +156,7 @@ def catalogs(draw):
 def journeys(draw):
     """Events, decisions and outcomes for a few customers, interleaved."""
     steps = []
-    t = T0
+    t = draw(st.sampled_from(STARTS))
     for _ in range(draw(st.integers(1, 40))):
         t += draw(st.sampled_from([0.0, 1.0, 60.0, 3600.0, 86400.0, -7200.0]))
         customer = draw(st.sampled_from(["c0", "c1", "c2"]))
@@ -157,7 +170,7 @@ def journeys(draw):
                                             ("email", "weekly")]))
             ctx = draw(st.fixed_dictionaries({}, optional={
                 "device": st.sampled_from(["desktop", "mobile"]),
-                "basket_value": st.floats(0, 500)}))
+                "basket_value": amounts()}))
             steps.append(("decide", customer, channel, t, ctx, draw(st.integers(0, 3))))
         else:
             steps.append(("outcome", customer, draw(st.integers(0, 11)),
@@ -166,9 +179,14 @@ def journeys(draw):
     return steps
 
 
+def amounts():
+    return st.one_of(st.floats(0, 1000), st.sampled_from(EXTREMES).flatmap(
+        lambda x: st.sampled_from([x, -x])), st.floats(-MAX_NUMBER, MAX_NUMBER))
+
+
 def event_fields(etype):
     cats = st.sampled_from(["shoes", "bags", "hats"])
-    amount = st.floats(0, 1000)
+    amount = amounts()
     return {
         "page_view": st.fixed_dictionaries({"category": cats}, optional={"price": amount}),
         "add_to_cart": st.fixed_dictionaries({"amount": amount}),
@@ -220,13 +238,19 @@ def assert_close(a, b, what):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(doc=catalogs(), steps=journeys(), seed=st.integers(0, 2**64 - 1))
-def test_kernel_matches_twin(doc, steps, seed):
+@given(doc=catalogs(), steps=journeys(), seed=st.integers(0, 2**64 - 1),
+       poisoned=st.lists(st.tuples(st.integers(0, 23), st.sampled_from([math.nan, math.inf])),
+                         max_size=2))
+def test_kernel_matches_twin(doc, steps, seed, poisoned):
     compiled = compile_catalog(load_catalog(yaml.safe_dump(doc), "random.yaml"))
     sides = [Side(_kernel, compiled, seed), Side(reference, compiled, seed)]
     n_actions = len(compiled.action_ids)
+    for side in sides:  # models a learner published before non-finite values were refused
+        for m, value in poisoned:
+            side.models.mean[m % compiled.n_models, 0] = value
+    refused = [0, 0]
     for step in steps:
-        for side in sides:
+        for s, side in enumerate(sides):
             row = side.table.row(step[1])
             st_view, mv = side.views()
             rows = np.array([row], np.int64)
@@ -250,10 +274,10 @@ def test_kernel_matches_twin(doc, steps, seed):
                 side.k.predictors(side.cat, st_view, rows,
                                   np.full((1, len(compiled.context_names)), math.nan),
                                   np.array([t]), x)
-                side.k.record_outcomes(side.cat, st_view, mv, rows, np.array([a], np.int32),
-                                       np.array([ch], np.int32),
-                                       np.array([Outcome[outcome.upper()]], np.int8),
-                                       np.array([t]), x)
+                refused[s] += side.k.record_outcomes(
+                    side.cat, st_view, mv, rows, np.array([a], np.int32),
+                    np.array([ch], np.int32), np.array([Outcome[outcome.upper()]], np.int8),
+                    np.array([t]), x)
         compiled_side, twin = sides
         assert_close(compiled_side.table.values, twin.table.values, f"profiles after {step}")
         if step[0] == "decide":
@@ -272,3 +296,9 @@ def test_kernel_matches_twin(doc, steps, seed):
                                                                              name), name)
     for name in ("mean", "precision", "positives", "negatives"):
         assert_close(getattr(sides[0].models, name), getattr(sides[1].models, name), name)
+    assert refused[0] == refused[1]
+    limit = compiled.predictor_limit
+    for side in sides:
+        assert (np.abs(side.ws.predictors) <= limit).all()
+        healthy = np.isfinite(side.models.mean).all(axis=1)
+        assert np.isfinite(side.models.precision[healthy]).all()

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -87,13 +86,12 @@ i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
 """
 
 
-def test_billion_laughs_is_refused_fast():
+def test_billion_laughs_is_refused():
     """Aliases may repeat what an anchor names (generated YAML uses them for shared lists),
-    but what they expand to is bounded."""
-    started = time.perf_counter()
+    but what they expand to is bounded: the refusal comes at the bound, long before the
+    expansion (10^9 values) could be built."""
     with pytest.raises(CatalogError) as exc:
         load_catalog(BILLION_LAUGHS, "<PutCatalog>")
-    assert time.perf_counter() - started < 2
     assert "aliases repeat more than 50000 values" in str(exc.value)
     assert str(exc.value).startswith("<PutCatalog>:")
 
@@ -186,10 +184,8 @@ def test_rules_within_the_limits_compile():
 
 def test_catalog_text_size_is_bounded():
     text = SMALL + "#" + "x" * MAX_CATALOG_BYTES + "\n"
-    started = time.perf_counter()
     with pytest.raises(CatalogError) as exc:
         load_catalog(text, "<PutCatalog>")
-    assert time.perf_counter() - started < 0.5
     assert str(exc.value) == (f"<PutCatalog>: the catalog is {len(text.encode())} bytes, more "
                               f"than the {MAX_CATALOG_BYTES} allowed")
 

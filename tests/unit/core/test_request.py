@@ -8,7 +8,8 @@ import pytest
 from kairos.core.decision import RankedAction
 from kairos.core.errors import InputError
 from kairos.core.request import (MAX_CUSTOMER_ID_LENGTH, PlacementCodes, channel_code,
-                                 check_customer, fallback_decision, placement_codes)
+                                 check_bounded, check_customer, fallback_decision,
+                                 placement_codes)
 
 
 def test_a_customer_id_is_a_bounded_non_empty_string():
@@ -80,3 +81,12 @@ def test_a_channel_may_fall_back_to_nothing(small):
 def test_fallback_checks_the_names(small):
     with pytest.raises(InputError, match="unknown placement 'footer' of web"):
         fallback_decision(small, "c", "web", "footer")
+
+
+def test_bounded_strings_name_the_field_and_the_limit():
+    assert check_bounded("", "idempotency_key", 4) == ""
+    assert check_bounded("abcd", "idempotency_key", 4) == "abcd"
+    with pytest.raises(InputError) as exc:
+        check_bounded("abcde", "events[3].idempotency_key", 4)
+    assert (exc.value.field, exc.value.reason) == ("events[3].idempotency_key",
+                                                   "at most 4 characters, got 5")

@@ -1,15 +1,19 @@
 """Bytes that are not the request message get INVALID_ARGUMENT naming the message, on every
-kind of RPC, and only after the key was checked (grpc alone answers UNKNOWN)."""
+kind of RPC, and only after the key was checked (grpc alone answers UNKNOWN); an error that
+quotes a huge value still reaches the caller as its status."""
 from __future__ import annotations
 
 import grpc
 import pytest
+
+from kairos.v1 import decision_pb2 as pb
 
 from kairos.cluster.gateway.auth import Auth
 
 from tests.support.inprocess_gateway import InProcessGateway
 
 KEY = "parse-test-key-0123456789"
+WEB_KEY = "parse-test-web-key-0123456789"
 NOT_A_MESSAGE = b"\x0a\x05\xc3\x28\xa0\xa1\xff"  # field 1 holding invalid UTF-8
 TRUNCATED = b"\x0a\xff\xff\xff\xff\x0f"  # field 1 claiming 4 GiB
 
@@ -17,7 +21,8 @@ TRUNCATED = b"\x0a\xff\xff\xff\xff\x0f"  # field 1 claiming 4 GiB
 @pytest.fixture(scope="module")
 def channel():
     gateway = InProcessGateway(Auth.load(
-        f"keys:\n  - {{key: {KEY}, name: all, scopes: [decide, ingest, watch, admin]}}\n"))
+        f"keys:\n  - {{key: {KEY}, name: all, scopes: [decide, ingest, watch, admin]}}\n"
+        f"  - {{key: {WEB_KEY}, name: web, channel: web, scopes: [decide]}}\n"))
     with grpc.insecure_channel(f"127.0.0.1:{gateway.port}") as ch:
         yield ch
     gateway.close()
@@ -56,3 +61,12 @@ def test_a_request_that_does_not_parse_is_invalid_argument(channel, method, mess
 def test_the_key_is_checked_before_the_request_is_parsed(channel):
     assert call(channel, "DecisionService/Ingest", NOT_A_MESSAGE, key=None)[0] \
         == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize("key", [KEY, WEB_KEY], ids=["unbound", "web-bound"])
+def test_an_error_quoting_a_huge_value_keeps_its_status(channel, key):
+    request = pb.DecideRequest(customer_id="c", channel="x" * 65536).SerializeToString()
+    code, details = call(channel, "DecisionService/Decide", request, key=key)
+    assert code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED), \
+        (code, details[:200])
+    assert "channel" in details and len(details) <= 1024

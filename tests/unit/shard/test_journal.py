@@ -8,14 +8,18 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 
 import msgpack
 import pytest
 
 from kairos.cluster.protocol import JOURNAL_FORMAT
+from kairos.cluster.storage import frames
 from kairos.cluster.storage import journal as journal_module
-from kairos.cluster.storage.journal import (HEADER, Journal, JournalCorrupt, JournalFormatError,
-                                            pack_batch, unpack_batch)
+from kairos.cluster.storage.frames import (HEADER, JournalCorrupt, JournalFormatError, pack_batch,
+                                           unpack_batch)
+from kairos.cluster.storage.journal import Journal
+from kairos.cluster.storage.store import StoreUnavailable
 
 
 def records(first: int, n: int) -> list:
@@ -66,7 +70,7 @@ def test_a_torn_tail_is_cut_at_the_last_whole_frame(tmp_path):
     segment = sorted(tmp_path.glob("*.log"))[-1]
     whole = segment.stat().st_size
     with open(segment, "ab") as f:  # a crash in the middle of the next batch's write
-        f.write(journal_module._frame(6, records(5, 1)[0])[:-3])
+        f.write(frames.frame(6, records(5, 1)[0])[:-3])
     j = Journal(tmp_path)
     assert segment.stat().st_size == whole and j.last_lsn == 5
     assert j.append(records(5, 1)) == 6
@@ -194,7 +198,7 @@ def write_frames(directory, batches) -> None:
     data = b""
     for batch in batches:
         payload = msgpack.packb(batch, use_bin_type=True)
-        data += HEADER.pack(len(payload), journal_module.zlib.crc32(payload)) + payload
+        data += HEADER.pack(len(payload), zlib.crc32(payload)) + payload
     (directory / f"{batches[0][0]:020d}.log").write_bytes(data)
 
 
@@ -242,3 +246,138 @@ def test_a_batch_of_a_newer_format_is_refused_not_cut_off(tmp_path):
         Journal(tmp_path)  # opening reads the last segment's tail
     assert sorted(tmp_path.glob("*.log"))[0].stat().st_size == size
     assert isinstance(JournalFormatError("x"), ValueError)
+
+
+# -- corruption: told apart from a torn tail, quarantined by the operator ----------------------
+
+def flip(path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def frame_offsets(path) -> list[int]:
+    """Where each frame of a segment starts."""
+    data, pos, out = path.read_bytes(), 0, []
+    while pos < len(data):
+        out.append(pos)
+        pos += HEADER.size + HEADER.unpack_from(data, pos)[0]
+    return out
+
+
+def test_a_bit_flip_in_the_middle_of_the_last_segment_is_corruption_not_a_torn_tail(tmp_path):
+    j = Journal(tmp_path)
+    for b in range(5):
+        j.append(records(3 * b, 3))
+    j.close()
+    segment = sorted(tmp_path.glob("*.log"))[-1]
+    size, second = segment.stat().st_size, frame_offsets(segment)[1]
+    flip(segment, second + HEADER.size + 5)
+    with pytest.raises(JournalCorrupt,
+                       match=f"{segment.name}: damaged frame at byte {second} of {size}"):
+        Journal(tmp_path)
+    assert segment.stat().st_size == size  # nothing acknowledged was cut off
+    assert isinstance(JournalCorrupt("x"), StoreUnavailable)
+
+
+def test_a_frame_whose_length_is_damaged_is_corruption_even_at_the_end(tmp_path):
+    j = Journal(tmp_path)
+    j.append(records(0, 3))
+    j.append(records(3, 3))
+    j.close()
+    segment = sorted(tmp_path.glob("*.log"))[-1]
+    size, last = segment.stat().st_size, frame_offsets(segment)[-1]
+    flip(segment, last + 1)  # the length now runs past the end of the file
+    with pytest.raises(JournalCorrupt, match=f"damaged frame at byte {last}"):
+        Journal(tmp_path)
+    assert segment.stat().st_size == size
+
+
+def test_lsns_that_do_not_follow_on_are_corruption(tmp_path):
+    write_frames(tmp_path / "within", [[1, records(0, 2)], [5, records(2, 1)]])
+    with pytest.raises(JournalCorrupt,
+                       match="the batch at byte .* starts at LSN 5, not 3"):
+        Journal(tmp_path / "within")
+    write_frames(tmp_path / "across", [[1, records(0, 2)]])
+    write_frames(tmp_path / "across", [[7, records(2, 1)]])
+    j = Journal(tmp_path / "across")
+    with pytest.raises(JournalCorrupt,
+                       match="starts at LSN 7, but the segment before it ends at LSN 2"):
+        list(j.replay())
+
+
+def test_a_whole_last_frame_that_fails_its_crc_is_cut_kept_and_its_lsns_never_reused(tmp_path):
+    j = Journal(tmp_path)
+    j.append(records(0, 3))
+    j.append(records(3, 3))
+    j.close()
+    segment = sorted(tmp_path.glob("*.log"))[-1]
+    last = frame_offsets(segment)[-1]
+    torn = segment.read_bytes()[last:]
+    flip(segment, last + HEADER.size + 3)
+    j = Journal(tmp_path)
+    assert [lsn for lsn, _ in j.replay()] == [1, 2, 3]
+    kept = tmp_path / "quarantine" / f"{4:020d}.torn"
+    assert kept.read_bytes()[:HEADER.size] == torn[:HEADER.size]
+    lsn = j.append(records(6, 1))
+    assert lsn > 6  # LSNs 4-6 may be on a customer's home: never given out again
+    j.close()
+    j = Journal(tmp_path)
+    assert [n for n, _ in j.replay()] == [1, 2, 3, lsn] and j.last_lsn == lsn
+
+
+def test_a_quarantined_segment_lets_the_journal_open_and_replay_the_rest(tmp_path):
+    j = Journal(tmp_path, segment_bytes=300)
+    for b in range(8):
+        j.append(records(2 * b, 2))
+    j.close()
+    segments = sorted(tmp_path.glob("*.log"))
+    assert len(segments) == 3
+    bad = segments[1]
+    flip(bad, HEADER.size + 4)
+    with pytest.raises(JournalCorrupt, match=f"{bad.name}: damaged frame"):
+        list(Journal(tmp_path, segment_bytes=300).replay())
+    (tmp_path / "quarantine").mkdir()
+    bad.rename(tmp_path / "quarantine" / bad.name)  # the documented way out
+    j = Journal(tmp_path, segment_bytes=300)
+    lost = range(int(bad.stem), int(segments[2].stem))
+    assert [lsn for lsn, _ in j.replay()] == [n for n in range(1, 17) if n not in lost]
+    assert j.append(records(16, 1)) == 17
+    # the last segment quarantined: the LSNs it held are never given out again
+    last = sorted(tmp_path.glob("*.log"))[-1]
+    j.close()
+    last.rename(tmp_path / "quarantine" / last.name)
+    j = Journal(tmp_path, segment_bytes=300)
+    assert j.append(records(17, 1)) > 17
+    assert [lsn for lsn, _ in j.replay()][-1] == j.last_lsn
+
+
+def test_a_batch_past_the_frame_limit_is_refused_before_anything_is_written(tmp_path,
+                                                                             monkeypatch):
+    j = Journal(tmp_path)
+    j.append(records(0, 2))
+    size = sorted(tmp_path.glob("*.log"))[-1].stat().st_size
+    monkeypatch.setattr(frames, "MAX_FRAME", 1000)
+    with pytest.raises(StoreUnavailable,
+                       match=r"a batch of 100 records from LSN 3 packs to \d+ bytes, past the "
+                             r"journal's 1000-byte frame limit"):
+        j.append(records(2, 100))
+    assert j.last_lsn == 2 and sorted(tmp_path.glob("*.log"))[-1].stat().st_size == size
+    assert j.append(records(2, 1)) == 3
+    j.close()
+    assert [lsn for lsn, _ in Journal(tmp_path).replay()] == [1, 2, 3]
+
+
+def test_a_zero_filled_tail_from_a_power_cut_is_cut_kept_and_never_misread(tmp_path):
+    """A file system may extend a file before its data lands: zeros read as a frame of
+    length 0 whose CRC (0) holds, which no batch ever is."""
+    j = Journal(tmp_path)
+    j.append(records(0, 3))
+    j.close()
+    segment = sorted(tmp_path.glob("*.log"))[-1]
+    with open(segment, "ab") as f:
+        f.write(bytes(64))
+    j = Journal(tmp_path)
+    assert [lsn for lsn, _ in j.replay()] == [1, 2, 3]
+    assert (tmp_path / "quarantine" / f"{4:020d}.torn").exists()
+    assert j.append(records(3, 1)) > 3

@@ -11,12 +11,14 @@ import yaml
 
 from kairos.cluster.control.partitions import partition_of
 from kairos.cluster.identity import anonymous_id, link_id
-from kairos.cluster.protocol import (CONFLICT, INVALID, NOT_MINE, OK, Decide, Event, EventAck,
-                                     Forget, Forgotten, Invalid, Link, Merge, Merged, Missing,
-                                     Moved, Ok, ReadProfile, Resolve, Settle, Take, Unlink,
-                                     WatchCustomer)
+from kairos.cluster.protocol import (BUSY, CONFLICT, INVALID, NOT_MINE, OK, Decide, Event,
+                                     EventAck, Forget, Forgotten, Invalid, Link, Merge, Merged,
+                                     Missing, Moved, Ok, Outcome, ReadProfile, Resolve, Settle,
+                                     Take, Unlink, WatchCustomer)
 from kairos.cluster.shard.shard import Shard
+from kairos.cluster.settings import OUTCOME_RATE_WINDOW_S, OUTCOME_WINDOW_S
 from kairos.cluster.storage import blocks
+from kairos.cluster.storage.memory_store import MemoryStore
 from kairos.core.catalog import default_catalog_text, load_catalog, load_default_catalog
 from kairos.core.compiler import compile_catalog
 
@@ -470,3 +472,169 @@ def test_a_merge_brings_timers_and_watches_along(compiled):
     link_steps(s, s, s, key, "ana")
     assert set(s.timers.armed["ana"]) == {s.compiled.timer_names.index("cart_abandoned")}
     assert {w.sink for w in s.watches.by_customer["ana"]} == {"sink-1"}
+
+
+# -- idempotency keys: per customer, a window of time and count -------------------------------
+
+def same_partition(n: int, prefix: str = "k") -> list[str]:
+    """`n` customer ids of one partition."""
+    by_partition: dict[int, list[str]] = {}
+    for i in range(10_000):
+        ids = by_partition.setdefault(p_of(f"{prefix}{i}"), [])
+        ids.append(f"{prefix}{i}")
+        if len(ids) == n:
+            return ids
+    raise AssertionError("no partition got enough ids")
+
+
+def keyed(customer: str, key: str, t: float = T0) -> Event:
+    return event(customer, "app_open", t)._replace(idempotency_key=key)
+
+
+def test_the_same_key_from_two_customers_of_one_partition_applies_for_each(compiled):
+    ana, bob = same_partition(2)
+    s = shard(compiled)
+    results, _ = s.process([keyed(ana, "order-1"), keyed(bob, "order-1")])
+    assert results == [EventAck(sequence=1), EventAck(sequence=1)]
+    assert s.process([keyed(bob, "order-1")])[0] == [EventAck(sequence=1, duplicate=True)]
+
+
+def test_flooding_one_customers_keys_never_evicts_anothers(compiled, monkeypatch):
+    monkeypatch.setattr("kairos.cluster.shard.keys.KEYS_PER_CUSTOMER", 8)
+    victim, flooder = same_partition(2)
+    s = shard(compiled)
+    s.process([keyed(victim, "pay-1")])
+    s.process([keyed(flooder, f"junk-{i}") for i in range(5000)])
+    assert s.process([keyed(victim, "pay-1")])[0] == [EventAck(sequence=1, duplicate=True)]
+    # the flooder pushed out only its own oldest keys
+    assert s.process([keyed(flooder, "junk-0")])[0][0].duplicate is False
+    assert s.process([keyed(flooder, "junk-4999")])[0][0].duplicate is True
+
+
+def test_keys_are_kept_for_the_retention_window_then_forgotten(compiled, monkeypatch):
+    monkeypatch.setattr("kairos.cluster.shard.keys.KEY_RETENTION_S", 3600.0)
+    clock = Clock()
+    s = shard(compiled, clock=clock)
+    s.process([keyed("ana", "k-1")])
+    clock.now += 3599
+    assert s.process([keyed("ana", "k-1")])[0][0].duplicate is True
+    clock.now += 2
+    assert s.process([keyed("ana", "k-1")])[0][0] == EventAck(sequence=2)
+
+
+def test_keys_live_with_the_customer_through_passivation_and_recovery(compiled):
+    clock = Clock()
+    s = shard(compiled, clock=clock, idle_s=60.0)
+    s.process([keyed("ana", "k-1")])
+    clock.now += 61
+    assert s.passivate(clock.now) == 1 and not s.keys._keys  # nothing left in memory
+    assert s.process([keyed("ana", "k-1")])[0] == [EventAck(sequence=1, duplicate=True)]
+    s.snapshot(range(N_PARTITIONS))
+    s.process([keyed("ana", "k-2")])  # journaled after the snapshot
+    rebuilt = shard(compiled, clock=clock, store=s.store)
+    rebuilt.recover()
+    assert rebuilt.process([keyed("ana", "k-1"), keyed("ana", "k-2")])[0] == \
+        [EventAck(sequence=1, duplicate=True), EventAck(sequence=2, duplicate=True)]
+
+
+# -- what unseen ids and outcomes may make a shard do ---------------------------------------------
+
+def outcome(customer, action, decision_id, channel="web", kind="accept", when=T0) -> Outcome:
+    return Outcome(partition=p_of(customer), customer_id=customer, action_id=action,
+                   channel=channel, outcome=kind, when=when, decision_id=decision_id)
+
+
+def test_a_decision_for_an_unseen_customer_leaves_nothing_behind(compiled):
+    s = shard(compiled)
+    results, _ = s.process([decide("ghost"), decide("ghost", "app", "home")])
+    assert [r.status for r in results] == [OK, OK] and results[0].value.actions
+    assert "ghost" not in s.engine.table and not s.residency.residents(range(N_PARTITIONS))
+    assert s.process([profile("ghost")])[0] == [Missing()]
+    s.process([decide("shown", record_impression=True)])  # what was shown is its history
+    assert s.process([profile("shown")])[0][0].value["history"]
+
+
+def test_a_watch_of_an_unseen_customer_creates_no_profile_and_waits_for_it(compiled):
+    s = shard(compiled)
+    assert s.process([watch("newbie", "sink-1", "app", "home")])[0] == [Ok()]
+    assert "newbie" not in s.engine.table
+    _, pushes = s.process([event("newbie", "app_open", T0)])
+    assert [(p.sink, p.decision.customer_id) for p in pushes] == [("sink-1", "newbie")]
+    s.process([watch("passer-by", "sink-1", "app", "home"),
+               watch("passer-by", "sink-1", "app", "home", active=False)])
+    assert "passer-by" not in s.engine.table and "passer-by" not in s.watches.by_customer
+
+
+def test_outcomes_must_name_a_decision_a_shard_issued_and_an_action_it_showed(compiled):
+    clock = Clock()
+    s = shard(compiled, clock=clock)
+    s.process([event("ana", "app_open", T0)])
+    d = s.process([decide("ana")])[0][0].value
+    shown = d.actions[0].action_id
+    other = next(a for a in compiled.action_ids if a not in {x.action_id for x in d.actions}
+                 and compiled.offered[compiled.action_index[a], compiled.channel_index["web"]])
+    engine_id = d.decision_id.split(".")[0]
+    refused = [outcome("ana", shown, ""), outcome("ana", shown, "made-up"),
+               outcome("ana", shown, engine_id),  # the engine's id, unsealed
+               outcome("ana", shown, d.decision_id[:-1] + "A"),
+               outcome("ana", other, d.decision_id),  # not shown
+               outcome("ana", shown, d.decision_id, channel="app"),
+               outcome("bob", shown, d.decision_id),  # another customer's decision
+               outcome("ana", "no_such_action", d.decision_id)]
+    results, _ = s.process(refused)
+    assert [(r.status, r.field) for r in results] == [(INVALID, "decision_id")] * 8
+    assert "bob" not in s.engine.table and not s.engine.history("ana")
+    assert s.process([outcome("ana", shown, d.decision_id)])[0] == [Ok()]
+    assert [h["action_id"] for h in s.engine.history("ana")] == [shown]
+    clock.now += OUTCOME_WINDOW_S + 1
+    late = s.process([outcome("ana", shown, d.decision_id, kind="convert")])[0][0]
+    assert (late.status, late.field) == (INVALID, "decision_id") and "too old" in late.reason
+
+
+def test_an_outcome_of_a_decision_made_before_the_profile_existed_creates_it(compiled):
+    s = shard(compiled)
+    d = s.process([decide("fresh")])[0][0].value
+    assert "fresh" not in s.engine.table
+    assert s.process([outcome("fresh", d.actions[0].action_id, d.decision_id)])[0] == [Ok()]
+    assert s.residency.residents([p_of("fresh")]) == ["fresh"]
+    assert s.process([profile("fresh")])[0][0].value["history"]
+
+
+def test_an_offline_outcome_names_no_decision_and_learns_from_the_profile(compiled):
+    """No decision id at all (None) is offline feedback: the gateway lets it through only for
+    keys with the feedback scope."""
+    s = shard(compiled)
+    before = s.engine.models.mean.copy()
+    assert s.process([outcome("walk-in", "service_menu", None, kind="convert")])[0] == [Ok()]
+    assert [h["outcome"] for h in s.engine.history("walk-in")] == ["convert"]
+    assert (s.engine.models.mean != before).any()
+
+
+def test_outcomes_past_a_customers_rate_are_refused_busy(compiled, monkeypatch):
+    monkeypatch.setattr("kairos.cluster.shard.outcomes.OUTCOMES_PER_CUSTOMER", 3)
+    clock = Clock()
+    s = shard(compiled, clock=clock)
+    mine, theirs = (s.process([decide(c)])[0][0].value for c in ("ana", "bob"))
+    results, _ = s.process([outcome("ana", mine.actions[0].action_id, mine.decision_id)] * 4 +
+                           [outcome("bob", theirs.actions[0].action_id, theirs.decision_id)])
+    assert [r.status for r in results] == [OK, OK, OK, BUSY, OK]
+    assert "outcomes for this customer" in results[3].reason
+    clock.now += OUTCOME_RATE_WINDOW_S
+    assert s.process([outcome("ana", mine.actions[0].action_id, mine.decision_id)])[0] == \
+        [Ok()]
+
+
+def test_a_sealed_decision_takes_outcomes_after_a_move_and_a_restart(compiled):
+    store = MemoryStore(shared=True)
+    a = shard(compiled, "a", store=store)
+    b = shard(compiled, "b", partitions=[], store=store)
+    d = a.process([decide("ana")])[0][0].value
+    p = p_of("ana")
+    b.adopt(a.freeze([p], 2), 2)
+    a.release([p])
+    assert b.process([outcome("ana", d.actions[0].action_id, d.decision_id)])[0] == [Ok()]
+    b.close()
+    restarted = Shard("b", compiled, [p], N_PARTITIONS, store=store)
+    restarted.recover()
+    assert restarted.process([outcome("ana", d.actions[0].action_id, d.decision_id,
+                                      kind="convert")])[0] == [Ok()]

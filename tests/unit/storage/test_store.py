@@ -11,7 +11,8 @@ from kairos.cluster.storage.directory_store import STALE_TMP_S, DirectoryStore
 from kairos.cluster.storage.memory_store import MemoryStore
 from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.redis_store import RedisStore
-from kairos.cluster.storage.store import StoreUnavailable
+from kairos.cluster.storage.frames import pack_batch
+from kairos.cluster.storage.store import StoreCorrupt, StoreUnavailable
 
 from kairos.cluster.storage.redis_server import RedisServer
 
@@ -98,3 +99,74 @@ def test_open_store_understands_its_urls(tmp_path):
     assert isinstance(open_store("redis://127.0.0.1:1/0?prefix=k"), RedisStore)  # lazy: no connection
     with pytest.raises(ValueError, match="unknown store 'mongodb://x'"):
         open_store("mongodb://x")
+
+
+# What Kairos runs on Redis: an ACL user limited to these commands and its prefix's keys
+# works (README: "Redis with AUTH and ACL"); no CONFIG, no admin commands.
+KAIROS_COMMANDS = ("ping get set mset del hset hget hdel hgetall hlen zadd zrem zrangebyscore "
+                   "zremrangebyscore multi exec discard")
+
+
+@pytest.fixture(scope="module")
+def guarded_redis(tmp_path_factory):
+    rules = f"on >user-secret ~acl:* -@all {' '.join('+' + c for c in KAIROS_COMMANDS.split())}"
+    server = RedisServer(tmp_path_factory.mktemp("guarded"), password="admin-secret",
+                         users={"kairos": rules}).start()
+    yield server
+    server.stop()
+
+
+def test_redis_with_auth_and_an_acl_user_limited_to_kairos_commands_runs_the_store(
+        guarded_redis, caplog):
+    url = f"redis://kairos:user-secret@127.0.0.1:{guarded_redis.port}/0?prefix=acl"
+    test_homes_snapshots_and_meta(open_store(url))
+    with caplog.at_level("WARNING", "kairos.store"):
+        test_journals_append_replay_truncate_and_compact(open_store(url))
+    assert "refused CONFIG GET" in caplog.text and "user-secret" not in caplog.text
+    for refused in (f"redis://127.0.0.1:{guarded_redis.port}/0?prefix=acl",  # no password
+                    f"redis://kairos:wrong@127.0.0.1:{guarded_redis.port}/0?prefix=acl",
+                    f"redis://kairos:user-secret@127.0.0.1:{guarded_redis.port}/0"):  # other keys
+        with pytest.raises(StoreUnavailable, match="redis: writing a customer"):
+            open_store(refused).put(1, "ana", b"x")
+
+
+def test_redis_compaction_reads_the_journal_in_pages(redis_server, monkeypatch):
+    """A long journal is compacted page by page, never in one reply that could outlast the
+    socket timeout (a shard's rebuild then looped)."""
+    from kairos.cluster.storage import redis_store
+    monkeypatch.setattr(redis_store, "REPLAY_PAGE", 50)
+    store = open_store(f"{redis_server.url}?prefix=pages")
+    j = store.journal("s0", "os")
+    for b in range(600):
+        j.append([("event", 1, f"c{b % 7}", b), ("event", 1, "bob", b)])
+    replies = []
+    real = j.r.execute_command
+
+    def counted(*args, **kwargs):
+        reply = real(*args, **kwargs)
+        if isinstance(reply, list):
+            replies.append(len(reply))
+        return reply
+
+    monkeypatch.setattr(j.r, "execute_command", counted)
+    assert j.compact(lambda r: r[2] == "bob") == 600
+    assert replies and max(replies) <= 50
+    monkeypatch.undo()
+    kept = list(j.replay())
+    assert len(kept) == 600 and {r[2] for _, r in kept} == {f"c{i}" for i in range(7)}
+    assert [lsn for lsn, _ in kept] == list(range(1, 1201, 2))
+
+
+def test_a_redis_journal_batch_that_does_not_follow_on_or_decode_is_corrupt(redis_server):
+    store = open_store(f"{redis_server.url}?prefix=corrupt")
+    j = store.journal("s0", "os")
+    j.append([("event", 1, "ana", 1), ("event", 1, "ana", 2)])
+    j.append([("event", 1, "ana", 3)])
+    j.r.zadd(j.key, {pack_batch(9, [("event", 1, "ana", 9)]): 9})  # LSNs 4-8 missing
+    with pytest.raises(StoreCorrupt, match=r"the batch scored 9 holds LSNs 9-9, after LSN 3"):
+        list(j.replay())
+    j.r.zremrangebyscore(j.key, 9, 9)
+    j.r.zadd(j.key, {b"\xc1 not msgpack": 4})
+    with pytest.raises(StoreCorrupt, match="the batch scored 4 does not decode"):
+        list(j.replay())
+    assert [lsn for lsn, _ in j.replay(after_lsn=4)] == []

@@ -1,20 +1,22 @@
 """The shards' data path (cluster/transport/dataplane.py) on real sockets, without Ray: the handshake,
-what a frame carries, overlapping calls and what a caller sees when a shard fails or goes."""
+what a frame carries, overlapping calls, what a caller sees when a shard fails or goes, and a
+client finding a restarted shard (hostile traffic: test_dataplane_hostile.py)."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
 
 from kairos.cluster.protocol import (MOVED, OK, Event, EventAck, Moved, ReadProfile,
                                      request_from)
-from kairos.cluster.transport.backend import Unavailable
+from kairos.cluster.transport.backend import NotSent, Unavailable
+from kairos.cluster.transport.client import KairosClient
 from kairos.cluster.transport.dataplane import (PlaneClosed, PlaneConnection, PlaneServer,
                                                 ShardFailed)
 from kairos.core.decision import Decision, Dropped, Explanation, RankedAction
 
-INCARNATION = "a" * 32
 RANKED = RankedAction("gold_card", "sell", "banner", 1.5, 0.25, 10.0, 0.6, 1.0)
 DECISION = Decision("d-1", "c-1", "web", "hero", (RANKED,), "v3", 7, False,
                     Explanation((RANKED,), (Dropped("loan", "ELIGIBILITY", "age >= 18"),)))
@@ -28,14 +30,21 @@ async def _echo(session: str, seq: int, requests: list, routed: list) -> list:
 
 
 async def _served(handle=_echo) -> tuple[PlaneServer, tuple[str, int]]:
-    server = PlaneServer(handle, INCARNATION)
+    server = PlaneServer(handle)
     return server, await server.start("127.0.0.1")
+
+
+async def _until(condition, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not come true in time"
+        await asyncio.sleep(0.01)
 
 
 def test_frames_carry_requests_and_decisions_and_overlapping_calls_get_their_own_answers():
     async def main():
         server, (host, port) = await _served()
-        connection = await PlaneConnection.open(host, port, INCARNATION)
+        connection = await PlaneConnection.open(host, port, server.secret)
         slow = asyncio.ensure_future(connection.call("s", 0, [("decide", 3, "c-1", {"x": 1.5})],
                                                      [2]))
         fast = await connection.call("s", 1, [("event", 3, "c-1", None), ("profile", 4, "c")],
@@ -50,13 +59,17 @@ def test_frames_carry_requests_and_decisions_and_overlapping_calls_get_their_own
     asyncio.run(main())
 
 
-def test_a_connection_naming_another_incarnation_is_refused():
+def test_a_connection_that_cannot_prove_the_secret_is_refused():
     async def main():
         server, (host, port) = await _served()
-        with pytest.raises(PlaneClosed, match="refused the handshake: expected protocol 2 "
-                                              "and this shard's incarnation"):
-            await PlaneConnection.open(host, port, "b" * 32)
+        with pytest.raises(PlaneClosed, match="refused the handshake: wrong proof of this "
+                                              "shard's secret"):
+            await PlaneConnection.open(host, port, b"b" * 32)
+        restarted, _ = await _served()  # another incarnation's secret
+        with pytest.raises(PlaneClosed, match="wrong proof"):
+            await PlaneConnection.open(host, port, restarted.secret)
         server.close()
+        restarted.close()
 
     asyncio.run(main())
 
@@ -69,20 +82,19 @@ def test_a_failing_handler_fails_only_its_call_and_a_closed_server_fails_what_is
 
     async def main():
         server, (host, port) = await _served(handle)
-        connection = await PlaneConnection.open(host, port, INCARNATION)
+        connection = await PlaneConnection.open(host, port, server.secret)
         with pytest.raises(ShardFailed, match="the shard failed: RuntimeError: a bug"):
             await connection.call("s", 0, [("event",)], [1])
         assert not connection.closed  # only that call failed
         pending = asyncio.ensure_future(connection.call("s", 1, [("event",)], [1]))
         await asyncio.sleep(0.05)
-        server.close()
-        for task in asyncio.all_tasks() - {asyncio.current_task(), pending}:
-            task.cancel()  # the server's connection tasks: as if the shard's process died
+        server.close()  # it drops its connections, as if the shard's process died
         with pytest.raises(PlaneClosed):
             await asyncio.wait_for(pending, 5)
         assert connection.closed
-        with pytest.raises(PlaneClosed, match="closed"):
+        with pytest.raises(PlaneClosed, match="closed") as closed:
             await connection.call("s", 2, [("event",)], [1])
+        assert not isinstance(closed.value, NotSent)  # a call went unanswered: no resending
 
     asyncio.run(main())
 
@@ -90,7 +102,7 @@ def test_a_failing_handler_fails_only_its_call_and_a_closed_server_fails_what_is
 def test_values_without_a_msgpack_type_are_refused_by_the_sender():
     async def main():
         server, (host, port) = await _served()
-        connection = await PlaneConnection.open(host, port, INCARNATION)
+        connection = await PlaneConnection.open(host, port, server.secret)
         with pytest.raises(TypeError, match="cannot carry a set"):
             await connection.call("s", 0, [("event", {1, 2})], [1])
         await connection.close()
@@ -101,7 +113,7 @@ def test_values_without_a_msgpack_type_are_refused_by_the_sender():
 
 def test_concurrent_starts_listen_once():
     async def main():
-        server = PlaneServer(_echo, INCARNATION)
+        server = PlaneServer(_echo)
         first, second = await asyncio.gather(server.start("127.0.0.1"),
                                              server.start("127.0.0.1"))
         assert first == second
@@ -129,14 +141,14 @@ def test_the_backend_maps_every_failure_to_unavailable_and_reconnects_after_a_cl
             received.extend(request_from(r) for r in requests)
             return [(OK, seq, False, None) if r[0] == "event" else (MOVED, 9) for r in requests]
 
-        servers = [PlaneServer(handle, INCARNATION)]
+        servers = [PlaneServer(handle)]
         addresses = [await servers[0].start("127.0.0.1")]
         backend = RayBackend()
         connects = []
 
         async def connect(name):
             connects.append(name)
-            return await PlaneConnection.open(*addresses[-1], INCARNATION)
+            return await PlaneConnection.open(*addresses[-1], servers[-1].secret)
 
         backend._connect = connect
         assert await backend.send("s0", "a", 0, [event, profile], [1, 1]) == \
@@ -150,17 +162,92 @@ def test_the_backend_maps_every_failure_to_unavailable_and_reconnects_after_a_cl
         failing["now"] = False
         assert await backend.send("s0", "a", 2, [event], [1]) == [EventAck(sequence=2)]
         assert connects == ["s0"]  # one connection all along
-        servers[0].close()
-        for task in asyncio.all_tasks() - {asyncio.current_task()}:
-            task.cancel()  # its connections go, as with a dead process
-        await asyncio.sleep(0.05)
-        with pytest.raises(Unavailable):
+        connection = backend._planes["s0"].result()
+        servers[0].close()  # its connections go, as with a dead process
+        await _until(lambda: connection.closed)
+        with pytest.raises(NotSent):  # the connection had closed: the batch never left
             await backend.send("s0", "a", 3, [event], [1])
-        servers.append(PlaneServer(handle, INCARNATION))  # the restarted shard
+        servers.append(PlaneServer(handle))  # the restarted shard
         addresses.append(await servers[1].start("127.0.0.1"))
         assert await backend.send("s0", "b", 0, [event], [1]) == [EventAck(sequence=0)]
         assert connects == ["s0", "s0"]
         await backend.close()
         servers[1].close()
+
+    asyncio.run(main())
+
+
+class _OneShardMap:
+    """A controller whose map never changes: every partition on shard s0."""
+
+    async def get_map(self, known_version: int, timeout_s: float = 0.0) -> dict | None:
+        if known_version == 1:
+            await asyncio.Event().wait()
+        return {"version": 1, "catalog_version": "v1", "shards": ["s0"],
+                "owners": np.zeros(16, np.uint16).tobytes()}
+
+
+def test_a_client_sends_to_a_restarted_shard_what_it_had_not_sent_yet():
+    """Issue item 19: every shard killed (kill -9) while the client was idle, then back: the
+    next Ingest used to fail with "the connection is closed" instead of reaching the new
+    incarnation. Batches that never left go again, on a fresh connection."""
+    from kairos.cluster.transport.ray_backend import RayBackend
+
+    async def handle(session, seq, requests, routed):
+        return [(OK, seq, False, None)] * len(requests)
+
+    async def main():
+        servers = [PlaneServer(handle)]
+        addresses = [await servers[0].start("127.0.0.1")]
+        backend = RayBackend()
+
+        async def connect(name):
+            return await PlaneConnection.open(*addresses[-1], servers[-1].secret)
+
+        backend._connect = connect
+        controller = _OneShardMap()
+        backend.controller = lambda: controller
+        client = await KairosClient(backend).connect()
+        assert await client.ingest("ana", "app_open", 1.0) == 0
+        connection = backend._planes["s0"].result()
+        servers[0].close()  # killed: its connections close under the idle client
+        await _until(lambda: connection.closed)
+        servers.append(PlaneServer(handle))  # restarted, with a new secret and port
+        addresses.append(await servers[1].start("127.0.0.1"))
+        sent = await asyncio.gather(*(client.ingest(c, "app_open", 2.0)
+                                      for c in ("ana", "bob", "cy")))
+        assert sent == [0, 0, 0]  # one batch, sent again as batch 0 of a fresh session
+        await client.close()
+        servers[1].close()
+
+    asyncio.run(main())
+
+
+def test_a_shard_that_never_answers_fails_its_calls_after_the_deadline(monkeypatch):
+    """A stopped shard (kill -STOP) keeps its connections open and TCP keepalive never
+    notices: without a deadline its calls stay in flight for good. After PLANE_CALL_S they
+    fail, every call on that connection with them, and the connection is dropped."""
+    from kairos.cluster.transport import dataplane
+    monkeypatch.setattr(dataplane, "PLANE_CALL_S", 0.3)
+    wedged = asyncio.Event()
+
+    async def never(session, seq, requests, routed):
+        await wedged.wait()
+        return []
+
+    async def main():
+        server, (host, port) = await _served(never)
+        connection = await PlaneConnection.open(host, port, server.secret)
+        calls = [asyncio.ensure_future(connection.call("s", i, [("profile", 4, "c")], [1]))
+                 for i in range(3)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(r, PlaneClosed) for r in results), results
+        assert "did not answer within 0.3 s" in str(results[0])
+        assert connection.closed
+        with pytest.raises(PlaneClosed):  # calls went unanswered: no silent resend
+            await connection.call("s", 3, [("profile", 4, "c")], [1])
+        wedged.set()
+        await connection.close()
+        server.close()
 
     asyncio.run(main())

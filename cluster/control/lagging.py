@@ -1,0 +1,81 @@
+"""Shards that missed a broadcast of the controller, and catching them up.
+
+A catalog commit or a channel watch goes to every shard at once, each call with its deadline;
+a shard that does not answer (stopped, wedged, restarting) must not fail the others nor hold
+the controller. It is remembered here as lagging and caught up once it answers again (the
+control loop), or when it (re)starts, since it then starts on the current catalog and watches.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Awaitable, Callable
+
+from kairos.cluster.transport.backend import Backend, ShardControl
+
+log = logging.getLogger("kairos.controller")
+
+WatchChange = tuple[str, str, "str | None", bool]  # sink, channel, placement, active
+
+
+async def on_each(backend: Backend, names: list[str],
+                  call: Callable[[ShardControl], Awaitable[Any]]) -> dict[str, Exception]:
+    """`call(shard)` on every named shard at once; the failures by shard."""
+    results = await asyncio.gather(*(call(backend.shard(n)) for n in names),
+                                   return_exceptions=True)
+    return {n: r for n, r in zip(names, results) if isinstance(r, Exception)}
+
+
+def named(failures: dict[str, Exception]) -> str:
+    """Each failure with its shard's name (Unavailable's message starts with it already)."""
+    return "; ".join(str(exc) if str(exc).startswith(name) else f"{name}: {exc}"
+                     for name, exc in failures.items())
+
+
+class Lagging:
+    def __init__(self, backend: Backend):
+        self._backend = backend
+        self.catalog: set[str] = set()  # shards not known to have committed the catalog
+        self.watches: dict[str, list[WatchChange]] = {}  # shard -> the changes it missed
+
+    def forget(self, name: str) -> None:
+        """`name` started on the current catalog and watches, or is gone."""
+        self.catalog.discard(name)
+        self.watches.pop(name, None)
+
+    async def commit_catalog(self, names: list[str], text: str, version: str,
+                             prepared: bool = False) -> None:
+        """Switch those of `names` that lag to the catalog (preparing it first unless
+        `prepared`); the ones that fail keep lagging."""
+        async def switch(shard: ShardControl) -> None:
+            if not prepared:
+                await shard.prepare(text)
+            await shard.commit(version)
+
+        behind = [n for n in names if n in self.catalog]
+        failed = await on_each(self._backend, behind, switch)
+        self.catalog.difference_update(set(behind) - set(failed))
+        if failed:
+            log.warning("catalog %s is not committed yet on %s; the control loop retries",
+                        version, named(failed))
+
+    async def watch_channel(self, names: list[str], change: WatchChange) -> None:
+        """Send a channel watch change to every shard; remember who missed it."""
+        failed = await on_each(self._backend, names, lambda s: s.watch_channel(*change))
+        for name in failed:
+            self.watches.setdefault(name, []).append(change)
+        if failed:
+            log.warning("channel watch %s not yet on %s; the control loop retries", change,
+                        named(failed))
+
+    async def replay_watches(self, names: list[str]) -> None:
+        """Send each of `names` the watch changes it missed, in their order."""
+        for name in [n for n in names if n in self.watches]:
+            changes = self.watches.pop(name)
+            for k, change in enumerate(changes):
+                try:
+                    await self._backend.shard(name).watch_channel(*change)
+                except Exception:
+                    self.watches[name] = changes[k:]
+                    log.warning("%s still misses channel watches; retried", name)
+                    break

@@ -1,0 +1,74 @@
+"""Partition moves that a crash cannot leave half done.
+
+The controller records a round's moves in its saved state before the first freeze, and keeps
+each recorded until it is settled: after a crash (of the controller, or of a call that timed
+out) `settle` brings every recorded partition to exactly one serving shard, the owner the
+saved map names. A move the map shows done is finished (the source forgets the partition);
+one it does not is undone (the target forgets what it may have adopted, then the source
+serves the partition again). Every step is idempotent, so settling again after another crash
+is safe. The target forgets before the source thaws because both write the partition's
+snapshot: the source's must be the last.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Iterable
+
+from kairos.cluster.control.partitions import Move
+from kairos.cluster.transport.backend import Backend
+
+log = logging.getLogger("kairos.controller")
+
+
+def moves_to_state(moves: Iterable[Move]) -> list[list]:
+    return [[m.partition, m.source, m.target] for m in moves]
+
+
+def moves_from_state(raw: list[list]) -> list[Move]:
+    return [Move(int(p), source, target) for p, source, target in raw]
+
+
+async def hand_over(backend: Backend, source: str, target: str, partitions: list[int],
+                    version: int) -> int:
+    """Freeze the partitions on `source` (MOVED to `version`) and have `target` adopt them;
+    the customers adopted. A failure leaves the move to `settle`."""
+    payload = await backend.shard(source).freeze(partitions, version)
+    return await backend.shard(target).adopt(payload, version)
+
+
+async def settle(backend: Backend, moves: list[Move], owners: list[str], shards: set[str],
+                 version: int) -> list[Move]:
+    """Bring each move's partition to its owner in `owners` alone; the moves left unsettled
+    because a shard did not answer (settle them again later). Shards not in `shards` are
+    gone and are skipped; an undone move's source serves again granted at `version`, which the
+    caller publishes next."""
+    drop: dict[str, set[int]] = {}
+    thaw: dict[str, set[int]] = {}
+    for m in moves:
+        owner = owners[m.partition]
+        for shard in {m.source, m.target} - {owner}:
+            if shard in shards:
+                drop.setdefault(shard, set()).add(m.partition)
+        if owner == m.source and owner in shards:
+            thaw.setdefault(owner, set()).add(m.partition)
+    failed = await _each(drop, lambda shard, parts: backend.shard(shard).release(parts))
+    # a source whose target did not answer stays frozen: the target may still adopt later
+    held = {m.partition for m in moves if m.target in failed or m.source in failed}
+    thaw = {s: ps - held for s, ps in thaw.items() if ps - held}
+    failed |= await _each(thaw, lambda shard, parts: backend.shard(shard).thaw(parts, version))
+    return [m for m in moves if m.partition in held
+            or (m.source in failed and m.partition in thaw.get(m.source, ()))]
+
+
+async def _each(steps: dict[str, set[int]], call) -> set[str]:
+    """Run `call(shard, partitions)` for every shard at once; the shards that failed."""
+    names = list(steps)
+    results = await asyncio.gather(*(call(n, sorted(steps[n])) for n in names),
+                                   return_exceptions=True)
+    failed = set()
+    for name, result in zip(names, results):
+        if isinstance(result, Exception):
+            log.warning("settling a move on %s failed (retried later): %r", name, result)
+            failed.add(name)
+    return failed

@@ -1,0 +1,119 @@
+"""Which outcomes a shard takes: those naming a decision a shard of this cluster issued and an
+action it showed, at a bounded rate per customer.
+
+Decision ids are sealed as they leave a shard: to the engine's id `seal` adds the time it was
+issued and, per action shown, a short keyed MAC (BLAKE2b) over the customer, the id, that
+time, the channel and the action, with a secret every shard reads from the store (created
+once, before the first shard starts). So any shard can check an outcome without keeping
+anything per decision: after restarts, passivation and moves, and for a customer that has no
+profile yet (a Decide creates none). An outcome naming a made-up id, another customer's
+decision, an action the decision did not show, another channel, or a decision issued more
+than OUTCOME_WINDOW_S ago is refused (INVALID_ARGUMENT) and changes nothing. A customer's
+outcomes past OUTCOMES_PER_CUSTOMER per OUTCOME_RATE_WINDOW_S are refused (RESOURCE_EXHAUSTED),
+so even a real decision replayed over and over steers the models at that rate at most.
+Outcomes that name no decision (offline feedback) are not sealed; only the gateway lets them
+through, for keys with the feedback scope. With a store the shards do not share ("memory"),
+each shard has a secret of its own: outcomes of decisions issued before their customer's
+partition moved are refused.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import math
+import secrets
+from collections import Counter
+from typing import Callable
+
+import msgpack
+
+from kairos.core.decision import Decision
+from kairos.core.errors import InputError
+
+from kairos.cluster.settings import OUTCOME_RATE_WINDOW_S, OUTCOME_WINDOW_S, OUTCOMES_PER_CUSTOMER
+from kairos.cluster.storage.store import Store
+
+SECRET_META = "outcome-secret"  # the store's meta entry holding the cluster's sealing secret
+TAG_BYTES = 6  # 48 bits a forger must guess, one Respond per guess
+TAG_CHARS = 8  # base64 of TAG_BYTES
+
+
+def outcome_secret(store: Store) -> bytes:
+    """The cluster's sealing secret, created in the store the first time. The controller asks
+    for it before it starts any shard, so shards starting together read the same one."""
+    secret = store.get_meta(SECRET_META)
+    if secret is None:
+        store.put_meta(SECRET_META, secrets.token_bytes(32))
+        secret = store.get_meta(SECRET_META)
+    return secret
+
+
+class DecisionSeal:
+    def __init__(self, secret: bytes, clock: Callable[[], float]):
+        self._secret = secret
+        self._clock = clock
+
+    def seal(self, decision: Decision) -> Decision:
+        """The decision, its id sealed: `<engine id>.<issued, hex s>.<a tag per action>`."""
+        issued = f"{int(self._clock()):x}"
+        signer = self._signer(decision.customer_id, decision.decision_id, issued,
+                              decision.channel)
+        tags = "".join(_tag(signer, a.action_id) for a in decision.actions)
+        # every field but the id as it was (dataclasses.replace takes twice as long)
+        return Decision(**{**vars(decision),
+                           "decision_id": f"{decision.decision_id}.{issued}.{tags}"})
+
+    def opened(self, customer_id: str, decision_id: str, channel: str, action_id: str) -> str:
+        """The engine's id of a sealed decision that showed `action_id` on `channel` to the
+        customer within OUTCOME_WINDOW_S; InputError naming `decision_id` otherwise."""
+        try:
+            engine_id, issued, tags = decision_id.rsplit(".", 2)
+            when = int(issued, 16)
+        except ValueError:
+            raise InputError("decision_id", "not a decision id Kairos issued") from None
+        if not self._clock() - OUTCOME_WINDOW_S <= when:
+            raise InputError("decision_id", f"issued more than {OUTCOME_WINDOW_S:g} s ago: "
+                                            f"too old for outcomes")
+        tag = _tag(self._signer(customer_id, engine_id, issued, channel), action_id)
+        if not any(hmac.compare_digest(tag, tags[i:i + TAG_CHARS])
+                   for i in range(0, len(tags), TAG_CHARS)):
+            raise InputError("decision_id", f"no decision issued to this customer showed "
+                                            f"{action_id!r} on {channel}")
+        return engine_id
+
+    def _signer(self, customer_id: str, engine_id: str, issued: str, channel: str):
+        """A keyed BLAKE2b over what every tag of a decision shares, to be copied for each
+        action (packed with msgpack, so no two different inputs read the same: the action's
+        bytes follow a complete array)."""
+        signer = hashlib.blake2b(key=self._secret, digest_size=TAG_BYTES)
+        signer.update(msgpack.packb((customer_id, engine_id, issued, channel)))
+        return signer
+
+
+def _tag(signer, action_id: str) -> str:
+    mac = signer.copy()
+    mac.update(action_id.encode())
+    return base64.urlsafe_b64encode(mac.digest()).decode()
+
+
+class OutcomeRate:
+    """Outcomes per customer in fixed windows of OUTCOME_RATE_WINDOW_S; only customers with
+    outcomes in the current window are counted."""
+
+    def __init__(self, clock: Callable[[], float]):
+        self._clock = clock
+        self._window = -math.inf
+        self._counts: Counter = Counter()
+
+    def refusal(self, customer_id: str) -> str | None:
+        """Count one outcome of the customer (None); past its limit, why it is refused (not
+        counted)."""
+        now = self._clock()
+        if now - self._window >= OUTCOME_RATE_WINDOW_S:
+            self._window, self._counts = now, Counter()
+        if self._counts[customer_id] >= OUTCOMES_PER_CUSTOMER:
+            return (f"more than {OUTCOMES_PER_CUSTOMER} outcomes for this customer within "
+                    f"{OUTCOME_RATE_WINDOW_S:g} s")
+        self._counts[customer_id] += 1
+        return None

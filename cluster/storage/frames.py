@@ -1,0 +1,193 @@
+"""Frames: how a journal segment holds its batches, and how damage is told from a torn tail.
+
+A frame holds one batch: a 4-byte length, the CRC-32 of the payload and the payload, msgpack
+of `[first lsn, records, format]` (`pack_batch`; batches written before formats were numbered
+have two elements and are format 1). No payload passes MAX_FRAME bytes: `check_frame` refuses
+one before it is written (JournalFrameTooLarge), so nothing acknowledged is ever unreadable.
+
+`read_frames` walks a segment's bytes. Only the last segment, being opened, may end in a torn
+tail: a bad frame that no intact frame follows and whose payload is not whole under a damaged
+length. Everything else (a bad frame with intact frames after it, a batch whose first LSN does
+not continue the one before it, a CRC-valid frame that holds no batch) is JournalCorrupt,
+naming the segment and the byte offset. `ambiguous_tail` says whether a torn tail is as long
+as its header announces (a power cut mid-write, or a bit flip in the last acknowledged batch:
+the journal keeps its bytes and skips its LSNs, journal.py).
+"""
+from __future__ import annotations
+
+import logging
+import re
+import struct
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import msgpack
+
+from kairos.cluster.protocol import JOURNAL_FORMAT
+from kairos.cluster.storage.store import StoreCorrupt, StoreUnavailable
+
+log = logging.getLogger("kairos.store")
+HEADER = struct.Struct("<II")  # payload length, CRC-32 of the payload
+MAX_FRAME = 64 << 20  # the largest payload written or read
+SUFFIX = ".log"
+QUARANTINE = "quarantine"
+# how a batch payload begins: a msgpack array of 2 or 3, then the first LSN as an unsigned int
+_BATCH_START = re.compile(rb"[\x92\x93][\x01-\x7f\xcc-\xcf]")
+_UINTS = {0xcc: struct.Struct(">B"), 0xcd: struct.Struct(">H"), 0xce: struct.Struct(">I"),
+          0xcf: struct.Struct(">Q")}
+
+
+class JournalCorrupt(StoreCorrupt):
+    """A frame other than a torn tail is damaged, or LSNs do not follow on: the journal
+    cannot be trusted until the segment named is quarantined."""
+
+
+class JournalFrameTooLarge(StoreUnavailable):
+    """A batch too large for one frame was refused before anything was written (nothing of it
+    is acknowledged; the shard rebuilds from the store as after any failed write)."""
+
+
+class JournalFormatError(ValueError):
+    """A batch was written in a record format newer than this code reads (a newer Kairos
+    wrote it): refused whole, never skipped or cut off."""
+
+
+Decode = Callable[[Any, int], Any]  # (record as stored, its batch's format) -> record
+
+
+def pack_batch(first_lsn: int, records: list[Any], journal_format: int = JOURNAL_FORMAT
+               ) -> bytes:
+    """A batch as stored: msgpack of `[first lsn, records, format]` (format 1: without it,
+    as it was written before formats were numbered)."""
+    batch = [first_lsn, records] if journal_format == 1 else [first_lsn, records, journal_format]
+    return msgpack.packb(batch, use_bin_type=True)
+
+
+def unpack_batch(data: bytes) -> tuple[int, list, int]:
+    """(first LSN, records, format) of a stored batch; JournalFormatError for a format newer
+    than this code writes."""
+    first, records, *rest = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    journal_format = rest[0] if rest else 1
+    if journal_format > JOURNAL_FORMAT:
+        raise JournalFormatError(f"journal batch at LSN {first} has record format "
+                                 f"{journal_format}; this Kairos reads formats up to "
+                                 f"{JOURNAL_FORMAT}")
+    return first, records, journal_format
+
+
+def frame(first_lsn: int, records: list[Any], journal_format: int = JOURNAL_FORMAT) -> bytes:
+    payload = pack_batch(first_lsn, records, journal_format)
+    check_frame(len(payload), first_lsn, len(records))
+    return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def check_frame(size: int, first_lsn: int, count: int) -> None:
+    """JournalFrameTooLarge for a batch payload past MAX_FRAME bytes (readers refuse those)."""
+    if size > MAX_FRAME:
+        raise JournalFrameTooLarge(
+            f"a batch of {count} records from LSN {first_lsn} packs to {size} bytes, past the "
+            f"journal's {MAX_FRAME}-byte frame limit; refused before writing (a round must "
+            f"be budgeted in bytes below it)")
+
+
+def segment_batches(path: Path) -> Iterator[tuple[int, list, int, int]]:
+    """(first LSN, records, format, end offset) of each frame of a segment; JournalCorrupt
+    at the first damaged frame or LSN that does not follow on."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return read_frames(path, data)
+
+
+def read_frames(path: Path, data: bytes, tail: bool = False
+                ) -> Iterator[tuple[int, list, int, int]]:
+    """The frames of a segment's bytes. With `tail` (the last segment, being opened) a torn
+    tail ends them quietly; any other damage raises JournalCorrupt. A whole frame of a newer
+    format raises JournalFormatError."""
+    expect = first_lsn(path)
+    pos = 0
+    while pos < len(data):
+        end = _intact(data, pos)
+        if end is None:
+            if tail and not _intact_after(data, pos, expect) and not _misframed(data, pos):
+                return
+            raise corrupt(path, f"damaged frame at byte {pos} of {len(data)}")
+        try:
+            first, records, journal_format = unpack_batch(data[pos + HEADER.size:end])
+        except JournalFormatError:
+            raise
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:  # written so by a bug
+            raise corrupt(path, f"the frame at byte {pos} holds no batch ({exc})") from None
+        if first != expect:
+            raise corrupt(path, f"the batch at byte {pos} starts at LSN {first}, not {expect}")
+        yield first, records, journal_format, end
+        expect, pos = first + len(records), end
+
+
+def corrupt(path: Path, what: str) -> JournalCorrupt:
+    """The error for damage in a segment, logged with the way out."""
+    error = JournalCorrupt(f"{path}: {what}; the journal is not read past it until the segment "
+                           f"is moved into {path.parent / QUARANTINE}/ (README, \"Corruption\")")
+    log.error("%s", error)
+    return error
+
+
+def _intact(data: bytes, pos: int) -> int | None:
+    """The end of the frame at `pos` if its length fits and its CRC holds."""
+    if pos + HEADER.size > len(data):
+        return None
+    length, crc = HEADER.unpack_from(data, pos)
+    start, end = pos + HEADER.size, pos + HEADER.size + length
+    if 0 < length <= MAX_FRAME and end <= len(data) and zlib.crc32(data[start:end]) == crc:
+        return end
+    return None
+
+
+def _intact_after(data: bytes, pos: int, expect: int) -> bool:
+    """Whether an intact frame starts anywhere past `pos`: then what is at `pos` was no torn
+    write (a crash tears only the last frame written) but damage inside the segment. Only
+    places where a payload could begin with a first LSN past `expect` (the LSN the frame at
+    `pos` should start at) are checksummed, so a long segment is scanned in one pass."""
+    for match in _BATCH_START.finditer(data, pos + 1 + HEADER.size):
+        at = match.start() - HEADER.size
+        first = _first_of(data, match.start() + 1)
+        if first is not None and expect < first <= expect + len(data) and \
+                HEADER.unpack_from(data, at)[0] <= len(data) - at - HEADER.size and \
+                _intact(data, at) is not None:
+            return True
+    return False
+
+
+def _first_of(data: bytes, at: int) -> int | None:
+    """The msgpack unsigned int at `at`, if the bytes hold one."""
+    tag = data[at]
+    if tag < 0x80:
+        return tag
+    unpacker = _UINTS[tag]
+    if at + 1 + unpacker.size > len(data):
+        return None
+    return unpacker.unpack_from(data, at + 1)[0]
+
+
+def _misframed(data: bytes, pos: int) -> bool:
+    """Whether the rest of the segment is one whole payload under a damaged length: the
+    batch was written whole, so it is not torn."""
+    if pos + HEADER.size >= len(data):
+        return False
+    _, crc = HEADER.unpack_from(data, pos)
+    return zlib.crc32(data[pos + HEADER.size:]) == crc
+
+
+def ambiguous_tail(data: bytes, pos: int) -> bool:
+    """Whether a torn tail is as long as its header says: a power cut mid-write or a bit
+    flip in the last acknowledged batch, which cannot be told apart. (A process killed
+    mid-write leaves fewer bytes than the header announces.)"""
+    if pos + HEADER.size > len(data):
+        return False
+    length, _ = HEADER.unpack_from(data, pos)
+    return pos + HEADER.size + length <= len(data)
+
+
+def first_lsn(path: Path) -> int:
+    """A segment's first LSN, from its name."""
+    return int(path.name[:-len(SUFFIX)])

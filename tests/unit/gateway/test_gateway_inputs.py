@@ -1,0 +1,225 @@
+"""What callers can make a shard keep: every id a request carries has a length cap on every
+RPC, unseen ids get no profile, and outcomes must name a decision a shard issued. Real gRPC on
+127.0.0.1 over the in-process backend (no Ray)."""
+from __future__ import annotations
+
+import random
+
+import grpc
+import pytest
+
+from kairos.cluster.gateway.auth import Auth
+from kairos.core.request import MAX_CUSTOMER_ID_LENGTH, MAX_DECISION_ID_LENGTH, MAX_KEY_LENGTH
+from kairos.v1 import decision_pb2 as pb
+from kairos.v1 import decision_pb2_grpc
+
+from tests.support.inprocess_gateway import InProcessGateway
+
+LONG_ID = "c" * (MAX_CUSTOMER_ID_LENGTH + 1)
+LONG_KEY = "k" * (MAX_KEY_LENGTH + 1)
+DEADLINE_S = 30
+
+
+@pytest.fixture(scope="module")
+def served():
+    gateway = InProcessGateway(Auth.load(None))
+    channel = grpc.insecure_channel(f"127.0.0.1:{gateway.port}")
+    yield gateway, decision_pb2_grpc.DecisionServiceStub(channel)
+    channel.close()
+    gateway.close()
+
+
+def event(**fields) -> pb.Event:
+    return pb.Event(**{"customer_id": "c-1", "type": "app_open", "channel": "web", **fields})
+
+
+# (RPC, request, the field INVALID_ARGUMENT must name)
+OVERSIZE = [
+    ("Decide", pb.DecideRequest(customer_id=LONG_ID, channel="web"), "customer_id"),
+    ("Ingest", event(customer_id=LONG_ID), "customer_id"),
+    ("Ingest", event(idempotency_key=LONG_KEY), "idempotency_key"),
+    ("Ingest", event(event_id=LONG_KEY), "event_id"),
+    ("Ingest", event(type="t" * (MAX_KEY_LENGTH + 1)), "type"),
+    ("IngestBatch", pb.EventBatch(events=[event(), event(idempotency_key=LONG_KEY)]),
+     "events[1].idempotency_key"),
+    ("IngestBatch", pb.EventBatch(events=[event(event_id=LONG_KEY)]), "events[0].event_id"),
+    ("IngestStream", [event(), event(idempotency_key=LONG_KEY)], "events[1].idempotency_key"),
+    ("IngestStream", [event(customer_id=LONG_ID)], "events[0].customer_id"),
+    ("Respond", pb.Outcome(customer_id=LONG_ID, decision_id="d", action_id="service_menu",
+                           channel="web", outcome=pb.ACCEPT), "customer_id"),
+    ("Respond", pb.Outcome(customer_id="c-1", decision_id="d" * (MAX_DECISION_ID_LENGTH + 1),
+                           action_id="service_menu", channel="web", outcome=pb.ACCEPT),
+     "decision_id"),
+    ("Respond", pb.Outcome(customer_id="c-1", decision_id="d", action_id=LONG_KEY,
+                           channel="web", outcome=pb.ACCEPT), "action_id"),
+    ("WatchDecisions", pb.WatchRequest(customer_id=LONG_ID, channel="web"), "customer_id"),
+    ("GetProfile", pb.ProfileRequest(customer_id=LONG_ID), "customer_id"),
+    ("ForgetCustomer", pb.ForgetRequest(customer_id=LONG_ID), "customer_id"),
+    ("LinkIdentity", pb.LinkRequest(alias=pb.Alias(type="cookie", value="x"),
+                                    customer_id=LONG_ID), "customer_id"),
+]
+
+
+def call(stub, method: str, request):
+    """The RPC's answer (a streaming one's first message)."""
+    if method == "IngestStream":
+        return list(stub.IngestStream(iter(request), timeout=DEADLINE_S))
+    if method == "WatchDecisions":
+        return next(stub.WatchDecisions(request, timeout=DEADLINE_S))
+    return getattr(stub, method)(request, timeout=DEADLINE_S)
+
+
+@pytest.mark.parametrize("method, request_, field", OVERSIZE,
+                         ids=[f"{m}-{f}" for m, _, f in OVERSIZE])
+def test_every_rpc_caps_the_ids_it_carries(served, method, request_, field):
+    gateway, stub = served
+    with pytest.raises(grpc.RpcError) as exc:
+        call(stub, method, request_)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.value.details()
+    assert exc.value.details().startswith(f"{field}:"), exc.value.details()
+    assert len(exc.value.details()) < 1024  # the oversize value is not echoed back
+
+
+def resident(gateway: InProcessGateway) -> int:
+    return sum(len(s.engine.table) for s in gateway.gateway.backend.shards.values())
+
+
+def test_decide_and_a_refused_respond_create_no_profile(served):
+    gateway, stub = served
+    before = resident(gateway)
+    decision = stub.Decide(pb.DecideRequest(customer_id="never-seen", channel="web"),
+                           timeout=DEADLINE_S)
+    assert decision.decision_id and not decision.fallback
+    for outcome in (pb.Outcome(customer_id="never-seen-2", decision_id="made-up",
+                               action_id="service_menu", channel="web", outcome=pb.CONVERT),
+                    pb.Outcome(customer_id="never-seen-3", decision_id="made-up",
+                               action_id="no-such-action", channel="web",
+                               outcome=pb.CONVERT)):
+        with pytest.raises(grpc.RpcError) as exc:
+            stub.Respond(outcome, timeout=DEADLINE_S)
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert resident(gateway) == before
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.GetProfile(pb.ProfileRequest(customer_id="never-seen"), timeout=DEADLINE_S)
+    assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def models(gateway: InProcessGateway) -> list:
+    return [(s.engine.models.mean.copy(), s.engine.models.precision.copy())
+            for s in gateway.gateway.backend.shards.values()]
+
+
+def same(a: list, b: list) -> bool:
+    return all((m1 == m2).all() and (p1 == p2).all() for (m1, p1), (m2, p2) in zip(a, b))
+
+
+def test_made_up_decisions_steer_no_model_and_a_real_one_still_learns(served):
+    """The issue's repro: 5,000 CONVERTs with made-up decision ids on random customers."""
+    gateway, stub = served
+    before, residents = models(gateway), resident(gateway)
+    rng = random.Random(7)
+    refused = 0
+    for i in range(5000):
+        outcome = pb.Outcome(customer_id=f"victim-{rng.randrange(10**9)}",
+                             decision_id=f"{rng.randrange(16**8):x}-{i:x}",
+                             action_id="service_menu", channel="web", outcome=pb.CONVERT)
+        try:
+            stub.Respond(outcome, timeout=DEADLINE_S)
+        except grpc.RpcError as exc:
+            refused += exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused == 5000
+    assert same(models(gateway), before) and resident(gateway) == residents
+    decision = stub.Decide(pb.DecideRequest(customer_id="real-1", channel="web"),
+                           timeout=DEADLINE_S)
+    assert decision.actions
+    shown = decision.actions[0].action_id
+    not_shown = next(a for a in gateway.gateway._compiled.action_ids
+                     if a not in {x.action_id for x in decision.actions}
+                     and gateway.gateway._compiled.offered[
+                         gateway.gateway._compiled.action_index[a],
+                         gateway.gateway._compiled.channel_index["web"]])
+    with pytest.raises(grpc.RpcError) as exc:  # an action this decision did not show
+        stub.Respond(pb.Outcome(customer_id="real-1", decision_id=decision.decision_id,
+                                action_id=not_shown, channel="web", outcome=pb.CONVERT),
+                     timeout=DEADLINE_S)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as exc:  # another customer's decision
+        stub.Respond(pb.Outcome(customer_id="real-2", decision_id=decision.decision_id,
+                                action_id=shown, channel="web", outcome=pb.CONVERT),
+                     timeout=DEADLINE_S)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert same(models(gateway), before)
+    stub.Respond(pb.Outcome(customer_id="real-1", decision_id=decision.decision_id,
+                            action_id=shown, channel="web", outcome=pb.CONVERT),
+                 timeout=DEADLINE_S)
+    assert not same(models(gateway), before)
+
+
+def test_outcomes_past_a_customers_rate_are_resource_exhausted(served, monkeypatch):
+    monkeypatch.setattr("kairos.cluster.shard.outcomes.OUTCOMES_PER_CUSTOMER", 2)
+    gateway, stub = served
+    decision = stub.Decide(pb.DecideRequest(customer_id="eager", channel="web"),
+                           timeout=DEADLINE_S)
+    respond = pb.Outcome(customer_id="eager", decision_id=decision.decision_id,
+                         action_id=decision.actions[0].action_id, channel="web",
+                         outcome=pb.ACCEPT)
+    stub.Respond(respond, timeout=DEADLINE_S)
+    stub.Respond(respond, timeout=DEADLINE_S)
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.Respond(respond, timeout=DEADLINE_S)
+    assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "more than 2 outcomes for this customer" in exc.value.details()
+
+
+FEEDBACK_KEYS = """keys:
+  - {key: respond-key-0123456789, name: web, scopes: [decide, respond]}
+  - {key: feedback-key-0123456789, name: crm, scopes: [respond, feedback]}
+"""
+
+
+@pytest.fixture(scope="module")
+def keyed():
+    gateway = InProcessGateway(Auth.load(FEEDBACK_KEYS))
+    channel = grpc.insecure_channel(f"127.0.0.1:{gateway.port}")
+    yield gateway, decision_pb2_grpc.DecisionServiceStub(channel)
+    channel.close()
+    gateway.close()
+
+
+def test_offline_outcomes_need_the_feedback_scope_and_name_no_decision(keyed):
+    gateway, stub = keyed
+    offline = pb.Outcome(customer_id="crm-1", action_id="service_menu", channel="web",
+                         outcome=pb.CONVERT, offline=True)
+    before = models(gateway)
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.Respond(offline, timeout=DEADLINE_S,
+                     metadata=[("x-api-key", "respond-key-0123456789")])
+    assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "feedback" in exc.value.details()
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.Respond(pb.Outcome(decision_id="d-1", **{
+            f.name: v for f, v in offline.ListFields()}), timeout=DEADLINE_S,
+            metadata=[("x-api-key", "feedback-key-0123456789")])
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert exc.value.details().startswith("decision_id:")
+    assert same(models(gateway), before)
+    stub.Respond(offline, timeout=DEADLINE_S,
+                 metadata=[("x-api-key", "feedback-key-0123456789")])
+    assert not same(models(gateway), before)
+
+
+@pytest.mark.parametrize("value", [pb.Value(number_value=1e300), pb.Value(int_value=2**62),
+                                   pb.Value(number_value=float("nan"))],
+                         ids=["1e300", "2^62", "nan"])
+def test_a_number_past_its_fields_bounds_is_invalid_argument(served, value):
+    """The issue's repro: an Ingest of loyalty_points_changed with balance 1e300 was
+    acknowledged; it must be refused, naming the field, and change nothing."""
+    gateway, stub = served
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.Ingest(event(customer_id="rich-1", type="loyalty_points_changed",
+                          attributes={"balance": value}), timeout=DEADLINE_S)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.value.details()
+    assert exc.value.details().startswith("attributes.balance:"), exc.value.details()
+    with pytest.raises(grpc.RpcError) as missing:
+        stub.GetProfile(pb.ProfileRequest(customer_id="rich-1"), timeout=DEADLINE_S)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND

@@ -1,0 +1,58 @@
+"""Customer blocks read back from a store or another process: nothing in one is trusted as an
+index, and a block that does not hold together is BlockCorrupt, never an IndexError or a row
+half loaded."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kairos.cluster.storage import blocks
+from tests.unit.shard.test_shard import T0, event, shard
+
+
+def exported(compiled, ids=("ana", "bob")) -> dict:
+    s = shard(compiled)
+    s.process([event(c, "app_open", T0) for c in ids])
+    return blocks.unpack(blocks.pack(s.residency.export(list(ids))))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b, size: b["ring_head"].__setitem__(0, size), "ring_head outside 0"),
+    (lambda b, size: b["ring_head"].__setitem__(1, -1), "ring_head outside 0"),
+    (lambda b, size: b["ring_action"].__setitem__((0, 0), len(b["actions"])),
+     "ring_action codes outside"),
+    (lambda b, size: b.__setitem__("ring_time", b["ring_time"][:, :-1]), "ring_time of shape"),
+    (lambda b, size: b.__setitem__("lsn", b["lsn"][:1]), "1 lsn entries for 2 customers"),
+    (lambda b, size: b.__setitem__("values", b["values"][:, :-1]), "values of shape"),
+])
+def test_a_block_with_an_index_out_of_range_is_corrupt_and_loads_nothing(compiled, damage,
+                                                                         message):
+    block = exported(compiled)
+    damage(block, compiled.history_size)
+    target = shard(compiled, "t")
+    with pytest.raises(blocks.BlockCorrupt, match=message):
+        blocks.import_block(target.engine, block)
+    assert len(target.engine.table) == 0
+
+
+def test_a_string_code_past_the_blocks_strings_is_corrupt(compiled):
+    block = exported(compiled)
+    column = int(np.flatnonzero(block["string_columns"])[0])
+    block["values"][0, column] = len(block["strings"]) + 3
+    with pytest.raises(blocks.BlockCorrupt, match="string codes outside"):
+        blocks.import_block(shard(compiled, "t").engine, block)
+
+
+def test_bytes_that_are_no_block_are_corrupt(compiled):
+    data = blocks.pack(exported(compiled))
+    with pytest.raises(blocks.BlockCorrupt, match="undecodable block data"):
+        blocks.unpack(data[: len(data) // 2])
+    with pytest.raises(blocks.BlockCorrupt, match="a customer block is a map"):
+        blocks.validate([1, 2])
+    assert issubclass(blocks.BlockCorrupt, ValueError)
+
+
+def test_a_sound_block_still_loads(compiled):
+    block = exported(compiled)
+    blocks.validate(block)
+    assert blocks.import_block(shard(compiled, "t").engine, block) == ["ana", "bob"]

@@ -1,0 +1,105 @@
+"""A shard's data plane under hostile traffic (issue: hardening, item 2), on real sockets in
+this process: whatever strangers or authenticated peers send, the shard keeps serving a
+legitimate client and its memory stays bounded."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import struct
+
+import msgpack
+import psutil
+
+from kairos.cluster.settings import PLANE_FRAME_BYTES
+from kairos.cluster.transport.dataplane import PlaneConnection, PlaneServer
+
+RSS_GROWTH_LIMIT = 50 << 20
+
+
+async def _echo(session: str, seq: int, requests: tuple, routed: tuple) -> list:
+    return [("ok", seq, request) for request in requests]
+
+
+async def _answers(server: PlaneServer, address: tuple[str, int]) -> None:
+    """A legitimate client connects and gets its answer."""
+    connection = await PlaneConnection.open(*address, server.secret)
+    assert await asyncio.wait_for(connection.call("s", 0, [("event", 1)], [1]), 10) == \
+        (("ok", 0, ("event", 1)),)
+    await connection.close()
+
+
+async def _dropped(address: tuple[str, int], payload: bytes, secret: bytes | None) -> None:
+    """Send `payload` (after the handshake when given the secret) and expect the shard to
+    close the connection."""
+    reader, writer = await asyncio.open_connection(*address)
+    if secret is not None:
+        await _handshake(reader, writer, secret)
+    writer.write(payload)
+    writer.write_eof()  # a frame left incomplete is dropped at once, not after a timeout
+    try:
+        async with asyncio.timeout(5):
+            while await reader.read(1 << 16):
+                pass
+    except ConnectionResetError:  # closed with what we sent still unread: dropped too
+        pass
+    writer.close()
+
+
+async def _handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     secret: bytes) -> None:
+    """The handshake as dataplane.py's docstring lays it out, written independently."""
+    magic, protocol, shard_nonce = struct.unpack(">8sH32s", await reader.readexactly(42))
+    client_nonce = os.urandom(32)
+    tag = hmac.new(secret, b"kairos-plane client %d " % protocol + shard_nonce + client_nonce,
+                   hashlib.sha256).digest()
+    writer.write(struct.pack(">8sH32s32s", magic, protocol, client_nonce, tag))
+    assert await reader.readexactly(1) == b"\x01"
+    expected = hmac.new(secret, b"kairos-plane shard %d " % protocol + shard_nonce
+                        + client_nonce, hashlib.sha256).digest()
+    assert await reader.readexactly(32) == expected
+
+
+def _nested_exts(depth: int) -> bytes:
+    """A Decision ext holding a Decision ext holding ... `depth` deep."""
+    payload = msgpack.packb(None)
+    for _ in range(depth):
+        payload = msgpack.packb(msgpack.ExtType(1, payload))
+    return payload
+
+
+HOSTILE = {
+    "garbage": os.urandom(4096),
+    "an array header claiming 2^32 elements": b"\xdd\xff\xff\xff\xff",
+    "a map header claiming 2^32 entries": b"\xdf\xff\xff\xff\xff",
+    "deeply nested arrays": b"\x91" * 100_000,
+    "arrays of 65,535 elements nested 1,000 deep": b"\xdc\xff\xff" * 1000,
+    "deeply nested exts": _nested_exts(2000),
+    "an unknown ext": msgpack.packb([0, "s", 0, (msgpack.ExtType(99, b"x"),), (1,)]),
+    "a frame of the wrong shape": msgpack.packb([1, 2, 3]),
+}
+
+
+def test_hostile_traffic_and_a_connection_flood_leave_the_shard_serving_in_bounded_memory():
+    async def main():
+        server = PlaneServer(_echo)
+        address = await server.start("127.0.0.1")
+        await _answers(server, address)
+        rss = psutil.Process().memory_info().rss
+        for secret in (None, server.secret):  # from strangers, then from authenticated peers
+            for name, payload in HOSTILE.items():
+                await _dropped(address, payload, secret)
+            await _dropped(address, os.urandom(1 << 20) * (PLANE_FRAME_BYTES // (1 << 20) + 2),
+                           secret)  # a frame over the limit
+            await _answers(server, address)
+        flood = [await asyncio.open_connection(*address) for _ in range(500)]  # held, silent
+        await _answers(server, address)  # the oldest waiting handshakes made room
+        for _, writer in flood:
+            writer.close()
+        await _answers(server, address)
+        grown = psutil.Process().memory_info().rss - rss
+        assert grown < RSS_GROWTH_LIMIT, f"RSS grew by {grown >> 20} MiB"
+        server.close()
+
+    asyncio.run(main())

@@ -1,0 +1,78 @@
+"""The client sends again a batch that never left (its connection had closed before it was
+written: issue item 19), without breaking the order of a sender's batches (LocalBackend, no
+Ray)."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+from kairos.cluster.transport.backend import NotSent
+from kairos.cluster.transport.client import KairosClient
+
+from tests.support.local_backend import LocalBackend
+
+T0 = 1_795_629_600.0
+
+
+class _Scripted(LocalBackend):
+    """Sends are recorded; the (session, seq) pairs in `not_sent` fail once as never sent;
+    the others wait for `gate`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[tuple[str, int]] = []
+        self.not_sent: set[int] = set()  # seq numbers, in any session
+        self.gate = asyncio.Event()
+
+    async def send(self, name, session, seq, requests, routed):
+        self.sent.append((session, seq))
+        if seq in self.not_sent:
+            self.not_sent.discard(seq)
+            raise NotSent(f"{name}: the connection is closed")
+        await self.gate.wait()
+        return await super().send(name, session, seq, requests, routed)
+
+
+async def _until(condition, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not come true in time"
+        await asyncio.sleep(0.001)
+
+
+async def _runtime() -> tuple[_Scripted, KairosClient]:
+    backend = _Scripted()
+    await backend.start_runtime(1, n_partitions=8)
+    return backend, await KairosClient(backend).connect()
+
+
+def test_the_only_batch_in_flight_goes_again_as_the_first_of_a_fresh_session():
+    async def main():
+        backend, client = await _runtime()
+        backend.gate.set()
+        backend.not_sent = {0}
+        assert await client.ingest("ana", "app_open", T0) == 1
+        assert await client.ingest("ana", "app_open", T0 + 1) == 2
+        (first, _), (again, _), (then, _) = backend.sent
+        assert first != again == then  # the shard takes the new session's batch 0 at once
+        assert [seq for _, seq in backend.sent] == [0, 0, 1]
+        await client.close()
+
+    asyncio.run(main())
+
+
+def test_a_batch_behind_another_in_flight_goes_again_in_its_place():
+    async def main():
+        backend, client = await _runtime()
+        backend.not_sent = {1}
+        first = asyncio.ensure_future(client.ingest("ana", "app_open", T0))
+        await _until(lambda: backend.sent)  # batch 0 is in flight, held at the gate
+        second = asyncio.ensure_future(client.ingest("ana", "app_open", T0 + 1))
+        await _until(lambda: len(backend.sent) == 3)  # batch 1 failed unsent, went again
+        backend.gate.set()
+        assert await asyncio.gather(first, second) == [1, 2]  # in order
+        sessions = {session for session, _ in backend.sent}
+        assert len(sessions) == 1 and [seq for _, seq in backend.sent] == [0, 1, 1]
+        await client.close()
+
+    asyncio.run(main())
