@@ -77,6 +77,7 @@ class Source:
         self.key_marks: dict[Path, Mark] = {}  # where each mapping key itself was written
         self.duplicates: list[tuple[Path, Mark]] = []  # (path, where the repeated key is)
         self._built: set[int] = set()  # nodes built once: another visit is an alias's
+        self._open: set[int] = set()  # the lists and mappings being built, outermost first
         self._repeated = 0  # values built again for aliases
         _check_size(text, name)
         try:
@@ -94,6 +95,19 @@ class Source:
             loader.dispose()
 
     def _build(self, loader: yaml.SafeLoader, node: yaml.Node, path: Path) -> Any:
+        if isinstance(node, yaml.CollectionNode):
+            if id(node) in self._open:  # `a: &a [*a]`: it would expand forever
+                raise CatalogError("an alias refers to a list or mapping that contains it",
+                                   source=self.name, line=node.start_mark.line + 1,
+                                   column=node.start_mark.column + 1)
+            self._open.add(id(node))
+            try:
+                return self._build_once(loader, node, path)
+            finally:
+                self._open.discard(id(node))
+        return self._build_once(loader, node, path)
+
+    def _build_once(self, loader: yaml.SafeLoader, node: yaml.Node, path: Path) -> Any:
         if id(node) in self._built:
             self._repeated += 1
             if self._repeated > MAX_REPEATED_VALUES:
@@ -106,8 +120,8 @@ class Source:
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:
                 if not isinstance(key_node, yaml.ScalarNode):  # a list or mapping: unhashable
-                    key = self._construct(loader, key_node)
-                    raise self.error(path, f"keys must be strings, got {key!r}", _mark(key_node))
+                    kind = "a list" if isinstance(key_node, yaml.SequenceNode) else "a mapping"
+                    raise self.error(path, f"keys must be strings, got {kind}", _mark(key_node))
                 key = self._construct(loader, key_node)
                 if key in out:
                     self.duplicates.append((path + (key,), _mark(key_node)))

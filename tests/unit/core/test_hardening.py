@@ -86,6 +86,16 @@ i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
 """
 
 
+@pytest.mark.parametrize("text", ["a: &a [*a, *a]\n", "a: &a {b: *a}\n",
+                                  "? &k [*k]\n: 1\n"], ids=["list", "mapping", "key"])
+def test_an_alias_inside_what_it_names_is_refused(text):
+    """Found by the contract fuzzer: ValidateCatalog of `a: &a [*a]` answered UNKNOWN
+    (RecursionError) — the alias expands forever."""
+    with pytest.raises(CatalogError) as exc:
+        load_catalog(text, "<PutCatalog>")
+    assert str(exc.value).startswith("<PutCatalog>:1:")
+
+
 def test_billion_laughs_is_refused():
     """Aliases may repeat what an anchor names (generated YAML uses them for shared lists),
     but what they expand to is bounded: the refusal comes at the bound, long before the
