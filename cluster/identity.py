@@ -6,21 +6,34 @@ customers, by the hash of the alias key, so it scales and moves with the shards 
 other store. An alias nobody has linked yet stands for an anonymous customer whose id is the
 alias key behind a `~`; anonymous customers get profiles like anyone else.
 
-Linking an alias to a customer runs in three steps, each idempotent, so a retried link merges
+Linking an alias to a customer runs in four steps, each idempotent, so a retried link merges
 exactly once (see KairosClient.link):
 
+0. the customer's shard notes the alias as the customer's (Claim), before anything points at
+   the customer, so a forget that comes between any two later steps knows the alias;
 1. the alias's directory shard points the alias at the customer (new requests go there);
 2. the anonymous profile's shard hands its state over and leaves a redirect, so requests
    already on their way to the anonymous id follow it to the customer;
 3. the customer's shard folds the state in, remembering the link so a retry is a no-op.
+
+Forgetting a customer is a saga too (KairosClient.forget): the customer's shard erases it,
+keeps the aliases it had (Claimed or linked) until the saga completes, and buries each of its
+links; then each alias is retired (unlinked and its link buried) on its directory shard and
+its anonymous profile forgotten (its link buried there too); last, Bury drops the alias list.
+A buried link refuses every step of that link for TOMBSTONE_S, wherever it arrives, so a step
+of a link that began before the forget cannot re-create the customer or its alias. The
+tombstones keep only fingerprints (a hash) of the link ids, so the erased ids are not kept.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import OrderedDict
 from typing import Any, Iterable
 
 from kairos.core.errors import InputError
+
+from kairos.cluster.settings import TOMBSTONE_S, TOMBSTONES_PER_PARTITION
 
 ANONYMOUS = "~"  # prefix of anonymous customers' ids; customer ids may not start with it
 ALIAS_TYPE = re.compile(r"[a-z][a-z0-9_]{0,31}")
@@ -49,6 +62,12 @@ def link_id(key: str, customer_id: str) -> str:
     return f"{key}>{customer_id}"
 
 
+def fingerprint(value: str) -> str:
+    """A one-way stand-in for an id, for what outlives the id's erasure (tombstones) and for
+    logs."""
+    return hashlib.sha256(b"kairos-id\0" + value.encode()).hexdigest()[:32]
+
+
 def check_linkable(customer_id: str, field: str = "customer_id") -> None:
     if customer_id.startswith(ANONYMOUS):
         raise InputError(field, f"ids starting with {ANONYMOUS!r} are anonymous profiles; "
@@ -65,6 +84,10 @@ class Directory:
         # customer's shard confirms the merge)]
         self.redirects: dict[int, OrderedDict[str, list]] = {}
         self._redirected: dict[str, str] = {}  # anonymous id -> customer, for the hot path
+        # partition -> fingerprint of a forgotten customer's link -> when it was buried
+        self.buried: dict[int, OrderedDict[str, float]] = {}
+        # partition -> customer being forgotten -> its aliases, until its forget completes
+        self.forgetting: dict[int, OrderedDict[str, list[str]]] = {}
 
     def resolve(self, partition: int, key: str) -> str:
         return self.aliases.get(partition, {}).get(key) or anonymous_id(key)
@@ -110,11 +133,48 @@ class Directory:
         self.redirects.get(partition, {}).pop(anonymous, None)
         self._redirected.pop(anonymous, None)
 
+    # -- tombstones of forgotten customers -----------------------------------------------------
+
+    def bury(self, partition: int, link: str, when: float) -> None:
+        """Refuse every step of the link for TOMBSTONE_S after `when`."""
+        self._bury(partition, fingerprint(link), when)
+
+    def _bury(self, partition: int, mark: str, when: float) -> None:
+        mine = self.buried.setdefault(partition, OrderedDict())
+        mine[mark] = when
+        mine.move_to_end(mark)
+        while mine and (len(mine) > TOMBSTONES_PER_PARTITION or
+                        next(iter(mine.values())) <= when - TOMBSTONE_S):
+            mine.popitem(last=False)
+
+    def is_buried(self, partition: int, link: str, now: float) -> bool:
+        when = self.buried.get(partition, {}).get(fingerprint(link))
+        return when is not None and now - when < TOMBSTONE_S
+
+    def start_forget(self, partition: int, customer_id: str, aliases: Iterable[str]) -> list[str]:
+        """Note the aliases a forget must retire (with those an earlier try noted); all of
+        them. A customer without any is not noted: its forget has nothing left to do."""
+        mine = self.forgetting.setdefault(partition, OrderedDict())
+        pending = mine.get(customer_id, [])
+        pending.extend(a for a in aliases if a not in pending)
+        if pending:
+            mine[customer_id] = pending
+        while len(mine) > TOMBSTONES_PER_PARTITION:
+            mine.popitem(last=False)
+        return list(pending)
+
+    def end_forget(self, partition: int, customer_id: str) -> bool:
+        """The forget's aliases are retired: keep only the buried links; whether it was on."""
+        return self.forgetting.get(partition, {}).pop(customer_id, None) is not None
+
     # -- partition handoff ---------------------------------------------------------------------
 
     def export(self, partitions: Iterable[int]) -> dict[str, Any]:
         return {"aliases": {p: self.aliases.get(p, {}) for p in partitions},
-                "redirects": {p: list(self.redirects.get(p, {}).items()) for p in partitions}}
+                "redirects": {p: list(self.redirects.get(p, {}).items()) for p in partitions},
+                "buried": {p: list(self.buried.get(p, {}).items()) for p in partitions},
+                "forgetting": {p: list(self.forgetting.get(p, {}).items())
+                               for p in partitions}}
 
     def load(self, payload: dict[str, Any]) -> None:
         for p, aliases in payload["aliases"].items():
@@ -122,10 +182,19 @@ class Directory:
         for p, redirects in payload["redirects"].items():
             for anonymous, (customer_id, link, state) in redirects:
                 self.leave_redirect(int(p), anonymous, customer_id, link, state)
+        # snapshots and handoffs from before tombstones have neither
+        for p, buried in payload.get("buried", {}).items():
+            for mark, when in buried:
+                self._bury(int(p), mark, when)
+        for p, forgetting in payload.get("forgetting", {}).items():
+            for customer_id, aliases in forgetting:
+                self.start_forget(int(p), customer_id, aliases)
 
     def drop(self, partitions: Iterable[int]) -> None:
         for p in partitions:
             self.aliases.pop(p, None)
+            self.buried.pop(p, None)
+            self.forgetting.pop(p, None)
             for anonymous in self.redirects.pop(p, {}):
                 self._redirected.pop(anonymous, None)
 

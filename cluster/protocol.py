@@ -112,9 +112,33 @@ class WatchCustomer(NamedTuple):
 
 
 class Forget(NamedTuple):
+    """Erase a customer (identity.py: the forget saga). With `link`, the customer is the
+    anonymous profile of a forgotten customer's alias, and that link is buried here (journals
+    from before this field replay with None)."""
+
     kind: str = "forget"
     partition: int = UNROUTED
     customer_id: str = ""
+    link: str | None = None
+
+
+class Bury(NamedTuple):
+    """The last step of a forget: its aliases are retired, drop the list of them."""
+
+    kind: str = "bury"
+    partition: int = UNROUTED
+    customer_id: str = ""
+
+
+class Claim(NamedTuple):
+    """Step 0 of a link: the customer's shard notes the alias as the customer's (identity.py),
+    so a forget sees it whatever step the link is at."""
+
+    kind: str = "claim"
+    partition: int = UNROUTED
+    customer_id: str = ""
+    key: str = ""
+    link: str = ""
 
 
 class Resolve(NamedTuple):
@@ -135,7 +159,20 @@ class Link(NamedTuple):
 
 
 class Unlink(NamedTuple):
+    """Unlink an alias from a customer (a forget now Retires its aliases; journals from
+    before replay this)."""
+
     kind: str = "unlink"
+    partition: int = UNROUTED
+    key: str = ""
+    customer_id: str = ""
+
+
+class Retire(NamedTuple):
+    """A forget's step on an alias's directory shard: unlink the alias from the forgotten
+    customer and bury the link, so a late step 1 of it is refused."""
+
+    kind: str = "retire"
     partition: int = UNROUTED
     key: str = ""
     customer_id: str = ""
@@ -174,7 +211,7 @@ class Settle(NamedTuple):
 
 
 Request = Union[Event, Fire, Decide, Outcome, ReadProfile, WatchCustomer, Forget, Resolve,
-                Link, Unlink, Take, Merge, Settle]
+                Link, Unlink, Take, Merge, Settle, Bury, Claim, Retire]
 REQUESTS: dict[str, type] = {cls._field_defaults["kind"]: cls for cls in Request.__args__}
 # requests that name a customer (the rest name an alias key or a link step's anonymous id)
 CUSTOMER_KINDS = frozenset({"event", "decide", "outcome", "profile", "watch"})
@@ -211,10 +248,10 @@ class EventRecord(NamedTuple):
 
 # Every other change is journaled as the request that made it (a Take with its state).
 Record = Union[EventRecord, Fire, Outcome, WatchCustomer, Forget, Link, Unlink, Take, Merge,
-               Settle]
+               Settle, Bury, Claim, Retire]
 RECORDS: dict[str, type] = {cls._field_defaults["kind"]: cls for cls in Record.__args__}
 # records whose third field is the customer they change: its LSN is stamped on the profile
-STAMPED = frozenset({"event", "fire", "outcome", "merge", "watch", "forget"})
+STAMPED = frozenset({"event", "fire", "outcome", "merge", "watch", "forget", "claim"})
 
 
 def record_from(raw: list | tuple, journal_format: int = JOURNAL_FORMAT) -> Record:

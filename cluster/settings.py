@@ -62,6 +62,11 @@ LEARNER_NAME = "kairos-learner"
 SHARD_QUEUE_LIMIT = integer("SHARD_QUEUE_LIMIT", 20_000)
 # Requests one kernel round may take from a shard's queue.
 SHARD_ROUND_LIMIT = integer("SHARD_ROUND_LIMIT", 2048)
+# Bytes of requests (as msgpack) one round may take: a round is journaled as one frame, which
+# must stay under the journal's 64 MiB MAX_FRAME (storage/frames.py). Its records can take more
+# than its requests (an event's adds its sequence number, a link's Take the customer's state),
+# so a quarter of it.
+SHARD_ROUND_BYTES = integer("SHARD_ROUND_BYTES", 16 << 20, low=1 << 10, high=32 << 20)
 # A customer idle this long is passivated to the store.
 PASSIVATE_IDLE_S = number("PASSIVATE_IDLE_S", 900.0, above=True)
 # Most customers resident in one shard; past it the least recently used are passivated.
@@ -186,3 +191,7 @@ WATCH_BACKLOG = integer("WATCH_BACKLOG", 1024)
 STREAM_WINDOW = integer("STREAM_WINDOW", 1024)
 # How often a gateway looks whether to freeze its long-lived objects (pauses.py).
 PAUSES_CHECK_S = number("PAUSES_CHECK_S", 1.0, above=True, high=3600.0)
+# How long a forgotten customer's links stay refused (a late step of a link that began before
+# the forget must not re-create it), and how many such tombstones a partition keeps at most.
+TOMBSTONE_S = number("TOMBSTONE_S", 7 * 86400.0, above=True)
+TOMBSTONES_PER_PARTITION = integer("TOMBSTONES_PER_PARTITION", 4096)

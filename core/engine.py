@@ -343,6 +343,12 @@ class DecisionEngine:
             Reason.TOP_K: f"{scored}; ranked below the actions shown",
         }[reason]
 
+    def forget(self, customer_id: str) -> None:
+        """Drop what the decision memo keeps of the customer (ForgetCustomer). A scan of the
+        bounded memo: forgetting is rare, and an index per customer would cost every decision."""
+        for decision_id in [d for d, m in self._remembered.items() if m.customer_id == customer_id]:
+            del self._remembered[decision_id]
+
     def _remember(self, decision_id: str, entry: _Remembered) -> None:
         self._remembered[decision_id] = entry
         if len(self._remembered) > DECISION_CACHE_SIZE:

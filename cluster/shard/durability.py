@@ -8,7 +8,11 @@ partition's snapshot and replays the journal it names through the same handlers 
 the records (a partition never snapshotted replays from the start). A customer's home in the
 store carries the LSN of its last change, so replay skips what a home already holds.
 ForgetCustomer is finished by `erase`: the partitions are snapshotted without the customer,
-then the journal is rewritten without its records.
+then the journal is rewritten without its records. The homes a Take or a Forget leave are
+deleted only once the journal holding that record is synced (`delete_homes`: at each tick,
+and before a snapshot or a handoff covers the record, so that replay need not ask again); a
+crash before then replays the record, which asks again. The directory's share in a snapshot
+carries the tombstones of forgotten customers' links (identity.py).
 
 Snapshots are sealed with a checksum (storage/sealed.py; format 2). A snapshot whose checksum
 fails, or whose block does not hold together, stops recovery with SnapshotCorrupt naming the
@@ -25,7 +29,7 @@ from typing import Any, Callable, Iterable
 
 from kairos.core.models import ModelTable
 
-from kairos.cluster.identity import Directory
+from kairos.cluster.identity import Directory, fingerprint
 from kairos.cluster.protocol import (INVALID, STAMPED, Event, EventRecord, Record, Reply,
                                      Request, record_from, route_key)
 from kairos.cluster.settings import SNAPSHOT_BACKLOG
@@ -61,6 +65,8 @@ class Durability:
         number of customers written. Partitions being handed over are left alone: their new
         owner writes theirs when it adopts them."""
         partitions = [p for p in partitions if p not in self._ownership.leaving]
+        # the snapshot covers the records that asked for these: replay will not ask again
+        self.delete_homes(partitions)
         self._journaling.sync()
         journal = self._journaling.journal
         lsn, snapshots, size, customers = journal.last_lsn, {}, 0, 0
@@ -103,9 +109,27 @@ class Durability:
             self._truncated = upto
         return written
 
+    def delete_homes(self, partitions: Iterable[int] | None = None) -> int:
+        """Delete the homes that Take and Forget left (of these partitions, default all), now
+        that the journal holding their records is synced; the number deleted. A crash before
+        this replays those records, which ask again."""
+        deletes = self._journaling.deletes
+        due = [p for p in (list(deletes) if partitions is None else partitions) if p in deletes]
+        if not due:
+            return 0
+        self._journaling.sync()
+        deleted = 0
+        for p in due:
+            for customer_id in deletes.pop(p):
+                self._ctx.store.delete(p, customer_id)
+                deleted += 1
+        return deleted
+
     def erase(self) -> int:
-        """Finish ForgetCustomer: snapshot the partitions without the forgotten customers,
-        then rewrite the journal without their records; the records dropped."""
+        """Delete the homes Take and Forget left; finish ForgetCustomer: snapshot the
+        partitions without the forgotten customers, then rewrite the journal without their
+        records; the records dropped."""
+        self.delete_homes()
         erase = self._journaling.take_erasures()
         if not erase:
             return 0
@@ -211,8 +235,9 @@ class Durability:
             journaling.replaying = False
         for (lsn, record), reply in zip(kept, replies):
             if reply.status == INVALID:  # the catalog changed under an unfinished switch
-                log.warning("%s: replaying %s for %r: %s: %s", self._ctx.name, record.kind,
-                            route_key(record), reply.field, reply.reason)
+                log.warning("%s: replaying %s for id %s: %s: %s", self._ctx.name,
+                            record.kind, fingerprint(route_key(record)), reply.field,
+                            reply.reason)
             if record.kind in STAMPED:
                 journaling.stamp(record.customer_id, lsn)
         return len(kept)

@@ -2,9 +2,10 @@
 
 For partition p moving from A to B in map version v: A `freeze`s p (its requests answer MOVED
 naming v, never applied) and hands over p's customers, resident and, when the store is not
-shared, passivated (each with its idempotency keys), with p's directory; B `adopt`s them and snapshots p,
-so recovery finds p in B's journal from then on; once the controller has published v, A
-`release`s p. If the adoption fails, A `thaw`s p and serves it again.
+shared, passivated (each with its idempotency keys), with p's directory (and the tombstones of
+forgotten customers' links); B `adopt`s them and snapshots p, so recovery finds p in B's
+journal from then on; once the controller has published v, A `release`s p. If the adoption
+fails, A `thaw`s p and serves it again.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ class Handoff:
             if p not in ownership.owned or p in ownership.leaving:
                 raise ValueError(f"{self._ctx.name} cannot hand over partition {p}: "
                                  f"not serving it")
+        self._durability.delete_homes(partitions)  # else they would travel as live homes
         payload = {"partitions": list(partitions),
                    "block": self._residency.export(self._residency.residents(partitions)),
                    "passivated": {}, "directory": self._directory.export(partitions)}

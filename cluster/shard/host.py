@@ -2,23 +2,29 @@
 
 Request batches are admitted in each sender's order (sequencer.py: a session and a sequence
 number per sender, since Ray does not promise order for async actors), counted against a
-bounded queue (past `queue_limit` a batch answers BUSY at once) and run by one worker in
-rounds of up to `round_limit` requests, so many senders' batches share a kernel call. All
-work on the Shard happens on the event loop's thread, between awaits, so the Shard needs no
-locks: a round of the data path is tens of microseconds to a few milliseconds, and handing
-each one to a worker thread cost more than that in thread wake-ups (a fifth of a shard's CPU
-at 1,000 decisions/s). Two things run on threads: recovery, which builds a new Shard nobody
-else sees yet (requests answer UNAVAILABLE meanwhile), and the journal's fsync (syncs.py): a
-round is written to the journal as it is applied and answered once a sync that started after
-it has finished, so the next rounds are applied while the disk works (at 6,000 events/s the
-shards spent half their time waiting in fsync). A background loop fires timers, passivates
-and snapshots every `tick_s`.
+bounded queue (past `queue_limit` a batch answers BUSY at once) and run by one worker in rounds
+of up to `round_limit` requests and `round_bytes` bytes (as msgpack), so many senders' batches
+share a kernel call and a round's journal frame stays under the journal's frame limit (a batch
+over the byte budget is split across rounds, in order; a request over it alone answers Invalid,
+as nothing could journal it). All work on the Shard happens on the event loop's thread, between
+awaits, so the Shard needs no locks: a round of the data path is tens of microseconds to a few
+milliseconds, and handing each one to a worker thread cost more than that in thread wake-ups (a
+fifth of a shard's CPU at 1,000 decisions/s). Two things run on threads: recovery, which builds
+a new Shard nobody else sees yet (requests answer UNAVAILABLE meanwhile), and the journal's
+fsync (syncs.py): a round is written to the journal as it is applied and answered once a sync
+that started after it has finished, so the next rounds are applied while the disk works (at
+6,000 events/s the shards spent half their time waiting in fsync). A background loop fires
+timers, passivates and snapshots every `tick_s`.
 
 Durability: `start` recovers the shard's partitions from the store (snapshots + journal)
 before it takes traffic; until then, and whenever the store fails (disk full, Redis down),
 requests answer UNAVAILABLE (the gateway serves fallback decisions) while the host rebuilds
-its Shard from the store, retrying until the store is back. A Shard whose journal write or
-sync failed is never used again, so nothing unacknowledged is ever served.
+its Shard from the store, retrying until the store is back (a first recovery that fails, a
+corrupt journal say, does the same: `recovery` says why). A Shard whose journal write or sync
+failed is never used again, so nothing unacknowledged is ever served; nor is one that raised
+half-way through a round (a bug): the requests before it changed the Shard and recorded those
+changes for the next commit, and nothing cheaper than a rebuild can take them back. Rebuilding
+costs nothing on the data path; keeping each request's changes apart to undo them would.
 
 ShardActor (actor.py) wraps a ShardHost in a Ray actor and gives it what needs Ray: the data
 plane's server, the learner (modelsync.py keeps the books), the watch sinks, the metrics.
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import time
 from collections import deque
@@ -34,11 +41,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable, Sequence, TypeVar
 
+import msgpack
+
 from kairos.core.compiler import CompiledCatalog
 
-from kairos.cluster.protocol import Busy, Reply, Unavailable
-from kairos.cluster.settings import (SESSION_START_S, SHARD_QUEUE_LIMIT, SHARD_ROUND_LIMIT,
-                                     TICK_S)
+from kairos.cluster.protocol import Busy, Invalid, Reply, Unavailable
+from kairos.cluster.settings import (SESSION_START_S, SHARD_QUEUE_LIMIT, SHARD_ROUND_BYTES,
+                                     SHARD_ROUND_LIMIT, TICK_S)
 from kairos.cluster.shard.sequencer import Sequencer
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.shard.syncs import Syncs
@@ -57,6 +66,7 @@ class _Batch:
     routed: list[int]
     future: asyncio.Future
     arrived: float  # perf_counter
+    size: int  # bytes, as msgpack
 
 
 class ShardHost:
@@ -66,7 +76,8 @@ class ShardHost:
                  observe: Callable[[Iterable[str], float], None] = lambda kinds, ms: None,
                  settle: Callable[[], None] = lambda: None, jobs: Sequence[Job] = (),
                  queue_limit: int = SHARD_QUEUE_LIMIT, round_limit: int = SHARD_ROUND_LIMIT,
-                 session_start_s: float = SESSION_START_S, tick_s: float = TICK_S):
+                 round_bytes: int = SHARD_ROUND_BYTES, session_start_s: float = SESSION_START_S,
+                 tick_s: float = TICK_S):
         """`open_store` opens the store each (re)built Shard uses; `deliver(sink, decisions)`
         sends pushes; `observe(kinds, latency_ms)` is told each answered batch's request
         kinds and time in the shard; `settle` runs after a Shard is (re)built (the actor
@@ -87,6 +98,7 @@ class ShardHost:
         self._jobs = (self._work, self._tick, *jobs)
         self._queue_limit = queue_limit
         self._round_limit = round_limit
+        self._round_bytes = round_bytes
         self._tick_s = tick_s
         self._sequencer = Sequencer(session_start_s)
         self._syncs = Syncs(name)
@@ -94,6 +106,7 @@ class ShardHost:
         self._queue: deque[_Batch] = deque()
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task] = []
+        self._recovering: asyncio.Task | None = None  # retrying to build a Shard from the store
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -102,70 +115,97 @@ class ShardHost:
                     sources: dict[int, str] | None = None) -> None:
         """Recover the `owned` partitions (partition -> granting map version) from the store
         and serve them on this catalog (`sources`: the journal of a dead shard whose
-        partitions these were); start the background loops the first time."""
+        partitions these were); start the background loops the first time. A recovery that
+        fails (the store is down, a journal is corrupt) returns all the same and is retried
+        as after a failure, answering UNAVAILABLE meanwhile, with `recovery` saying why:
+        raising would fail the controller's start, and so `kairos up`, over what an operator
+        fixes while the rest of the cluster serves."""
         if not self._loops:
             loop = asyncio.get_running_loop()
             self._loops = [loop.create_task(self._forever(job)) for job in self._jobs]
+        self._stop_recovering()
         self.shard = None
-        self.shard = await asyncio.get_running_loop().run_in_executor(
-            self._pool, self._recovered, compiled, owned, channel_watches, sources)
-        self._settle()
+        if not await self._recover(compiled, owned, channel_watches, sources):
+            self._recovering = asyncio.get_running_loop().create_task(
+                self._serve_again(compiled, owned, channel_watches, sources, tried=1))
 
     def stop(self) -> None:
-        """Cancel the background loops (the Shard stays as it is)."""
+        """Cancel the background loops and any recovery (the Shard stays as it is)."""
         for task in self._loops:
             task.cancel()
         self._loops = []
+        self._stop_recovering()
+
+    def _stop_recovering(self) -> None:
+        if self._recovering is not None:
+            self._recovering.cancel()
+            self._recovering = None
 
     def _recovered(self, compiled: CompiledCatalog, owned: dict[int, int],
                    channel_watches: Sequence[tuple[str, str, str | None]],
-                   sources: dict[int, str] | None) -> Shard:
-        """A Shard rebuilt from the store (on the worker thread)."""
+                   sources: dict[int, str] | None) -> tuple[Shard, dict[str, Any]]:
+        """A Shard rebuilt from the store, and what its recovery did (on the worker thread)."""
         shard = Shard(self.name, compiled, owned, self.n_partitions, seed=self.seed,
                       store=self._open_store(), journal_policy=self._journal_policy)
         shard.sync_commits = False  # Syncs makes each round durable before it is answered
         for sink, channel, placement in channel_watches:
             shard.watch_channel(sink, channel, placement)
-        self.recovery = shard.recover(sources)
+        recovery = shard.recover(sources)
         log.info("%s recovered %d partitions, %d customers in memory, %d journal records "
-                 "replayed in %.2f s", self.name, len(owned), self.recovery["resident"],
-                 self.recovery["replayed"], self.recovery["seconds"])
+                 "replayed in %.2f s", self.name, len(owned), recovery["resident"],
+                 recovery["replayed"], recovery["seconds"])
         for name in {n for n in (sources or {}).values() if n != self.name}:
             shard.store.drop_journal(name)  # its partitions are snapshotted here now
-        return shard
+        return shard, recovery
+
+    async def _recover(self, compiled: CompiledCatalog, owned: dict[int, int],
+                       channel_watches: Sequence[tuple[str, str, str | None]],
+                       sources: dict[int, str] | None) -> bool:
+        """One attempt to build the Shard from the store; whether it serves now (if not,
+        `recovery` says why, and health shows it)."""
+        built = asyncio.get_running_loop().run_in_executor(
+            self._pool, self._recovered, compiled, owned, channel_watches, sources)
+        try:
+            shard, recovery = await asyncio.shield(built)
+        except asyncio.CancelledError:  # a new start took over: close what this one builds
+            built.add_done_callback(_close_unused)
+            raise
+        except Exception as exc:  # a store that is down, or data this version cannot read
+            unexpected = not isinstance(exc, (StoreUnavailable, OSError))
+            self.recovery = {"failed": f"{type(exc).__name__}: {exc}"}
+            log.log(logging.ERROR if unexpected else logging.WARNING,
+                    "%s: recovering from the store failed (%s: %s); retrying", self.name,
+                    type(exc).__name__, exc, exc_info=unexpected)
+            return False
+        self.shard, self.recovery = shard, recovery
+        self._settle()  # and a failed Shard is freed
+        return True
+
+    async def _serve_again(self, compiled: CompiledCatalog, owned: dict[int, int],
+                           channel_watches: Sequence[tuple[str, str, str | None]],
+                           sources: dict[int, str] | None, tried: int = 0) -> None:
+        """Recover until a Shard serves, waiting longer after each failed attempt."""
+        for attempt in itertools.count(tried):
+            if attempt:
+                await asyncio.sleep(REBUILD_BACKOFF_S[min(attempt, len(REBUILD_BACKOFF_S)) - 1])
+            if await self._recover(compiled, owned, channel_watches, sources):
+                return
 
     def _fail(self, exc: Exception) -> None:
-        """The store failed under the shard: stop serving and rebuild from the store."""
+        """The store failed under the shard, or a round failed half-way: stop serving and
+        rebuild from the store."""
         failed, self.shard = self.shard, None
         if failed is None:
             return
         log.error("%s: %s; answering UNAVAILABLE while it rebuilds from the store", self.name,
                   exc)
-        asyncio.get_running_loop().create_task(self._rebuild(failed))
+        self._recovering = asyncio.get_running_loop().create_task(self._rebuild(failed))
 
     async def _rebuild(self, failed: Shard) -> None:
         owned = {p: v for p, v in failed.owned.items() if p not in failed.leaving}
         watches = [(w.sink, w.channel, w.placement) for w in failed.watches.channel]
-        try:
-            failed.close()
-        except OSError:
-            pass
-        attempt = 0
-        while True:
-            try:
-                self.shard = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, self._recovered, failed.compiled, owned, watches, None)
-                self._settle()  # and the failed Shard is freed
-                return
-            except Exception as exc:  # a store that is down, or data this version cannot read
-                wait = REBUILD_BACKOFF_S[min(attempt, len(REBUILD_BACKOFF_S) - 1)]
-                unexpected = not isinstance(exc, (StoreUnavailable, OSError))
-                self.recovery = {"failed": f"{type(exc).__name__}: {exc}"}  # health() shows it
-                log.log(logging.ERROR if unexpected else logging.WARNING,
-                        "%s: rebuilding from the store failed (%s: %s); again in %.1f s",
-                        self.name, type(exc).__name__, exc, wait, exc_info=unexpected)
-                attempt += 1
-                await asyncio.sleep(wait)
+        await asyncio.get_running_loop().run_in_executor(self._pool, _closed, failed)
+        await self._serve_again(failed.compiled, owned, watches, None)
 
     async def _forever(self, job: Job) -> None:
         """Run a background job; log and go on after any failure (the loop must survive)."""
@@ -192,11 +232,45 @@ class ShardHost:
         if self.queued + len(requests) > self._queue_limit:
             self.rejected += len(requests)
             return [Busy()] * len(requests)
+        size = len(msgpack.packb(requests))  # one call for the batch: a few % of its round
+        if size <= self._round_bytes:
+            return await self._queued(requests, routed, size)
+        return await self._split(requests, routed)
+
+    def _queued(self, requests: list, routed: list[int], size: int) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Batch(requests, routed, future, time.perf_counter()))
+        self._queue.append(_Batch(requests, routed, future, time.perf_counter(), size))
         self.queued += len(requests)
         self._wake.set()
-        return await future
+        return future
+
+    async def _split(self, requests: list, routed: list[int]) -> list[Reply]:
+        """A batch over the round budget, in parts that each fit, queued in order; a request
+        over the budget alone answers Invalid (its frame could never be journaled)."""
+        replies: list[Reply | None] = [None] * len(requests)
+        parts: list[tuple[list[int], asyncio.Future]] = []
+        part: list[int] = []
+        part_size = 0
+        for k, request in enumerate(requests):
+            size = len(msgpack.packb(request))
+            if size > self._round_bytes:
+                replies[k] = Invalid(field="request", reason=(
+                    f"packs to {size} bytes, over a round's {self._round_bytes}-byte budget "
+                    f"(SHARD_ROUND_BYTES): the journal could not hold it"))
+                continue
+            if part and part_size + size > self._round_bytes:
+                parts.append((part, self._queued([requests[i] for i in part],
+                                                 [routed[i] for i in part], part_size)))
+                part, part_size = [], 0
+            part.append(k)
+            part_size += size
+        if part:
+            parts.append((part, self._queued([requests[i] for i in part],
+                                             [routed[i] for i in part], part_size)))
+        for part, future in parts:
+            for k, reply in zip(part, await future):
+                replies[k] = reply
+        return replies
 
     async def _work(self) -> None:
         while True:
@@ -207,12 +281,15 @@ class ShardHost:
                 self._run(self._next_round())
 
     def _next_round(self) -> list[_Batch]:
-        """Queued batches, oldest first, up to `round_limit` requests (at least one batch)."""
+        """Queued batches, oldest first, up to `round_limit` requests and `round_bytes` bytes
+        (at least one batch: none is over the bytes)."""
         round_ = [self._queue.popleft()]
-        size = len(round_[0].requests)
-        while self._queue and size + len(self._queue[0].requests) <= self._round_limit:
+        size, bytes_ = len(round_[0].requests), round_[0].size
+        while self._queue and size + len(self._queue[0].requests) <= self._round_limit and \
+                bytes_ + self._queue[0].size <= self._round_bytes:
             round_.append(self._queue.popleft())
             size += len(round_[-1].requests)
+            bytes_ += round_[-1].size
         return round_
 
     def _run(self, round_: list[_Batch]) -> None:
@@ -223,16 +300,14 @@ class ShardHost:
             if shard is None:
                 raise StoreUnavailable(f"{self.name} is recovering from the store")
             replies, pushes = shard.process(requests, routed)
-        except StoreUnavailable as exc:  # nothing of the round was acknowledged
+        except Exception as exc:  # nothing of the round was acknowledged
+            if not isinstance(exc, StoreUnavailable):  # a bug, not bad input
+                log.exception("%s: processing a round failed", self.name)
+                exc = StoreUnavailable(f"{self.name}: processing a round failed "
+                                       f"({type(exc).__name__}: {exc})")
             self._fail(exc)
-            replies, pushes = [Unavailable(reason=str(exc))] * len(requests), []
-        except Exception as exc:  # a bug, not bad input: fail this round's callers
-            log.exception("%s: processing a round failed", self.name)
-            for batch in round_:
-                if not batch.future.done():
-                    batch.future.set_exception(exc)
-            self.queued -= len(requests)
-            return
+            # answered at once: no sync of the dropped Shard's journal covers anything of it
+            shard, replies, pushes = None, [Unavailable(reason=str(exc))] * len(requests), []
         self.queued -= len(requests)
         if shard is not None and shard.journal.unsynced:
             # answered once durable; the next round is applied meanwhile
@@ -273,7 +348,10 @@ class ShardHost:
     async def run(self, method: Callable[..., T], *args: Any) -> T:
         """Run a Shard method (`Shard.freeze`, ...) in turn with the data path; its value once
         what it journaled is durable. StoreUnavailable while the Shard is being rebuilt, or
-        when the store fails under it (which starts a rebuild)."""
+        when the store fails under it (which starts a rebuild). A method that raises with
+        changes recorded and not journaled (a bug half-way) also starts a rebuild, so the
+        next round does not journal them; one that raises having changed nothing (bad
+        input) leaves the Shard as it is."""
         shard = self.shard
         if shard is None:
             raise StoreUnavailable(f"{self.name} is recovering from the store")
@@ -289,9 +367,34 @@ class ShardHost:
             if self.shard is shard:
                 self._fail(exc)
             raise
+        except Exception as exc:
+            if shard.journaling.pending and self.shard is shard:
+                log.exception("%s: %s failed half-way", self.name,
+                              getattr(method, "__name__", method))
+                self._fail(StoreUnavailable(f"{self.name}: {type(exc).__name__}: {exc}"))
+            raise
 
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(self._tick_s)
             if self.shard is not None:
                 self._push(await self.run(Shard.tick))
+
+
+def _closed(failed: Shard) -> None:
+    """Close a dropped Shard's journal (on the worker thread), syncing first what its earlier
+    rounds wrote: they are answered once a sync covers them, and a sync after closing would
+    cover nothing. The records of the round that failed were never written, and never are."""
+    try:
+        failed.journaling.sync()
+    except StoreUnavailable:
+        pass  # the journal failed: closing it cuts what was never synced
+    try:
+        failed.close()
+    except OSError:
+        pass
+
+
+def _close_unused(built: asyncio.Future) -> None:
+    if not built.cancelled() and built.exception() is None:
+        _closed(built.result()[0])

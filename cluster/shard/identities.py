@@ -1,20 +1,23 @@
-"""Identity on a shard: the alias directory's requests, the three steps of a link, and
-forgetting a customer (see cluster/identity.py for the protocol and the Directory).
+"""Identity on a shard: the alias directory's requests, the steps of a link, and the steps
+of forgetting a customer (see cluster/identity.py for both sagas and the Directory).
 
-The directory (this shard's share of it) answers Resolve, Link and Unlink for the aliases of
-its partitions. A link's Take hands an anonymous customer's state over and leaves a redirect
-(requests still on their way to the anonymous id answer MERGED); Merge folds the state into
-the customer once per link id; Settle drops the state the redirect kept for retries. Each
-customer remembers its aliases and the links merged into it (`CustomerIdentities`), in its
-block, so a retried link merges once even after the customer moved or was passivated.
+The directory (this shard's share of it) answers Resolve, Link, Unlink and Retire for the
+aliases of its partitions. A link's Claim notes the alias on the customer; Take hands an
+anonymous customer's state over and leaves a redirect (requests still on their way to the
+anonymous id answer MERGED); Merge folds the state into the customer once per link id; Settle
+drops the state the redirect kept for retries. Each customer remembers its aliases and the
+links merged into it (`CustomerIdentities`), in its block, so a retried link merges once even
+after the customer moved or was passivated. Every link step is refused (CONFLICT) once its
+link is buried by a forget. Homes are deleted only once the records saying so are durable
+(journaling.py: `delete_later`).
 """
 from __future__ import annotations
 
 from typing import Any
 
-from kairos.cluster.identity import Directory
-from kairos.cluster.protocol import (Conflict, Forget, Forgotten, Link, Merge, Ok, Reply,
-                                     Resolve, Settle, Take, Unlink)
+from kairos.cluster.identity import Directory, link_id
+from kairos.cluster.protocol import (Bury, Claim, Conflict, Forget, Forgotten, Link, Merge, Ok,
+                                     Reply, Resolve, Retire, Settle, Take, Unlink)
 from kairos.cluster.shard.context import ShardContext, touch
 from kairos.cluster.shard.journaling import Journaling
 from kairos.cluster.shard.residency import Residency
@@ -30,11 +33,16 @@ class CustomerIdentities:
     def aliases(self, customer_id: str) -> list[str]:
         return list(self._of.get(customer_id, {}).get("aliases", []))
 
-    def link(self, customer_id: str, key: str, link: str) -> bool:
-        """Note that the alias names the customer; whether `link` is new (and note it)."""
+    def claim(self, customer_id: str, key: str) -> dict[str, list[str]]:
+        """Note that the alias names the customer (or is about to); its identities."""
         mine = self._of.setdefault(customer_id, {"aliases": [], "links": []})
         if key not in mine["aliases"]:
             mine["aliases"].append(key)
+        return mine
+
+    def link(self, customer_id: str, key: str, link: str) -> bool:
+        """Note that the alias names the customer; whether `link` is new (and note it)."""
+        mine = self.claim(customer_id, key)
         if link in mine["links"]:
             return False
         mine["links"].append(link)
@@ -68,11 +76,26 @@ class IdentityRequests:
         """The customer an alias names: its linked customer, or its anonymous one."""
         return [Ok(value=self._directory.resolve(r.partition, r.key)) for r in batch]
 
+    def claim(self, batch: list[Claim], touched: dict[str, float]) -> list[Reply]:
+        """Step 0: note the alias on the customer, so a forget finds it from here on."""
+        replies: list[Reply] = []
+        for r in batch:
+            if self._buried(r.partition, r.link):
+                replies.append(_refused(r.customer_id))
+                continue
+            self._residency.activate(r.customer_id, r.partition)
+            self._identities.claim(r.customer_id, r.key)
+            self._journaling.record(r)
+            replies.append(Ok())
+        return replies
+
     def link(self, batch: list[Link], touched: dict[str, float]) -> list[Reply]:
         """Step 1: point the alias at the customer; CONFLICT if it names another one."""
         replies: list[Reply] = []
         for r in batch:
-            if self._directory.link(r.partition, r.key, r.customer_id) is not None:
+            if self._buried(r.partition, link_id(r.key, r.customer_id)):
+                replies.append(_refused(r.customer_id))
+            elif self._directory.link(r.partition, r.key, r.customer_id) is not None:
                 replies.append(Conflict(reason=f"alias {r.key!r} is linked to another "
                                                f"customer; forget that customer (or the "
                                                f"alias) first"))
@@ -92,6 +115,18 @@ class IdentityRequests:
                 self._journaling.erase_later(r.partition, r.customer_id)
         return replies
 
+    def retire(self, batch: list[Retire], touched: dict[str, float]) -> list[Reply]:
+        """A forget's step: unlink the alias from the forgotten customer and bury the link,
+        so its step 1, arriving late, is refused; whether the alias named the customer."""
+        replies: list[Reply] = []
+        now = self._ctx.clock()
+        for r in batch:
+            replies.append(Ok(value=self._directory.unlink(r.partition, r.key, r.customer_id)))
+            self._directory.bury(r.partition, link_id(r.key, r.customer_id), now)
+            self._journaling.record(r)
+            self._journaling.erase_later(r.partition, r.customer_id)
+        return replies
+
     def take(self, batch: list[Take], touched: dict[str, float]) -> list[Reply]:
         """Step 2: hand an anonymous customer's state over (None if it has none) and redirect
         its id. A retry of the same link gets the same state back. Replayed, the state comes
@@ -99,6 +134,9 @@ class IdentityRequests:
         replies: list[Reply] = []
         for r in batch:
             p, anonymous = r.partition, r.anonymous
+            if self._buried(p, r.link):
+                replies.append(_refused(r.target))
+                continue
             earlier = self._directory.handed_over(p, anonymous)
             if earlier is not None:
                 _, link, state = earlier
@@ -109,7 +147,7 @@ class IdentityRequests:
                 if not self._journaling.replaying:
                     state = blocks.pack(self._residency.export([anonymous]))
                 self._residency.evict(anonymous, p)
-                self._ctx.store.delete(p, anonymous)
+                self._journaling.delete_later(p, anonymous)
             self._directory.leave_redirect(p, anonymous, r.target, r.link, state)
             self._journaling.record(r._replace(state=state))
             replies.append(Ok(value=state))
@@ -120,6 +158,9 @@ class IdentityRequests:
         folded now."""
         replies: list[Reply] = []
         for r in batch:
+            if self._buried(r.partition, r.link):
+                replies.append(_refused(r.customer_id))
+                continue
             self._residency.activate(r.customer_id, r.partition)
             if not self._identities.link(r.customer_id, r.key, r.link):
                 replies.append(Ok(value=False))
@@ -140,23 +181,52 @@ class IdentityRequests:
         return [Ok()] * len(batch)
 
     def forget(self, batch: list[Forget], touched: dict[str, float]) -> list[Reply]:
-        """Erase customers from memory and the store (and, at the next `erase`, from the
-        snapshots and the journal): whether each existed, and its aliases, for the caller to
-        erase from the directory."""
+        """Erase customers from memory (the decision memo too) and the store (and, at the
+        next `erase`, from the snapshots and the journal), and bury their links: whether each
+        existed, and its aliases, for the caller to retire. A customer's aliases, those of
+        links still under way (Claimed) included, are kept until its Bury, so a retried
+        forget retires them all. With `link`, the customer is a forgotten customer's alias's
+        anonymous profile, and the link is buried here, so its Take, arriving late, is
+        refused."""
         replies: list[Reply] = []
+        now = self._ctx.clock()
         for r in batch:
             p, customer_id = r.partition, r.customer_id
             existed = self._residency.activate(customer_id, p, create=False)
-            aliases = self._identities.aliases(customer_id)
+            aliases: list[str] = []
+            if r.link is None:
+                aliases = self._directory.start_forget(p, customer_id,
+                                                       self._identities.aliases(customer_id))
             if existed:
                 self._residency.evict(customer_id, p)
-                self._ctx.store.delete(p, customer_id)
+                self._journaling.delete_later(p, customer_id)
+            self._ctx.engine.forget(customer_id)
             if self._directory.redirect_of(customer_id) is not None:
                 self._directory.drop_redirect(p, customer_id)  # with the state it handed over
                 existed = True
+            for link in [link_id(key, customer_id) for key in aliases] + [r.link]:
+                if link is not None:
+                    self._directory.bury(p, link, now)
             replies.append(Forgotten(existed=existed, aliases=aliases))
-            if existed:  # nothing to journal or erase for a customer nobody has seen
+            if existed:
                 self._ctx.counts["forgotten"] += 1
+            if existed or aliases or r.link is not None:  # else nobody has seen it
                 self._journaling.record(r)
                 self._journaling.erase_later(p, customer_id)
         return replies
+
+    def bury(self, batch: list[Bury], touched: dict[str, float]) -> list[Reply]:
+        """A forget's last step: its aliases are retired; keep only the buried links."""
+        for r in batch:
+            if self._directory.end_forget(r.partition, r.customer_id):
+                self._journaling.record(r)
+                self._journaling.erase_later(r.partition, r.customer_id)
+        return [Ok()] * len(batch)
+
+    def _buried(self, partition: int, link: str) -> bool:
+        return self._directory.is_buried(partition, link, self._ctx.clock())
+
+
+def _refused(customer_id: str) -> Conflict:
+    return Conflict(reason=f"customer {customer_id!r} was forgotten while this link was under "
+                           f"way (or less than TOMBSTONE_S ago): its steps are refused")

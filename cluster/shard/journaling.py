@@ -33,6 +33,14 @@ class Journaling:
         self.dirty: dict[int, tuple[int, float]] = {}
         self._records: list[Record] = []  # this round's, in the order they were applied
         self._erase: dict[int, set[str]] = {}  # partition -> ids to erase from the journal
+        # partition -> homes to delete from the store once the records that justify it are
+        # durable (durability.py: `delete_homes`); until then nothing may load them
+        self.deletes: dict[int, set[str]] = {}
+
+    @property
+    def pending(self) -> bool:
+        """Whether changes of the round are recorded and not yet journaled."""
+        return bool(self._records)
 
     def record(self, record: Record) -> None:
         if not self.replaying:
@@ -84,6 +92,11 @@ class Journaling:
         """Rewrite the journal without the customer's records at the next `erase`."""
         self._erase.setdefault(partition, set()).add(customer_id)
 
+    def delete_later(self, partition: int, customer_id: str) -> None:
+        """Delete the customer's home once this round's records are durable: deleted sooner,
+        a crash before the sync would lose it with no record of why."""
+        self.deletes.setdefault(partition, set()).add(customer_id)
+
     def take_erasures(self) -> dict[int, set[str]]:
         erase, self._erase = self._erase, {}
         return erase
@@ -92,3 +105,4 @@ class Journaling:
         """The partition moved away: its new owner snapshotted it when it adopted it."""
         self.dirty.pop(partition, None)
         self._erase.pop(partition, None)
+        self.deletes.pop(partition, None)

@@ -61,6 +61,8 @@ class Residency:
         made itself (an outcome recorded for a customer shown a decision before it had one)
         becomes a resident here."""
         if customer_id not in self._ctx.engine.table:
+            # a home waiting to be deleted belongs to a customer taken or forgotten
+            stored = stored and customer_id not in self._journaling.deletes.get(partition, ())
             blob = self._ctx.store.get(partition, customer_id) if stored else None
             if blob is not None:
                 self.load(blocks.unpack(blob))
@@ -95,6 +97,9 @@ class Residency:
             self._journaling.sync()
         for customer_id in victims:
             p = self._ctx.partition_of(customer_id)
+            # a new profile under a forgotten id: its home replaces the old one, which must
+            # then not be deleted (the records that said so are durable since the sync)
+            self._journaling.deletes.get(p, set()).discard(customer_id)
             self._ctx.store.put(p, customer_id, blocks.pack(self.export([customer_id])))
             self.evict(customer_id, p)
         for customer_id in kept:  # idle but waiting for a timer: look again next round

@@ -104,7 +104,8 @@ class Shard:
             "outcome": customers.outcomes, "profile": customers.profiles,
             "watch": customers.watch, "forget": identity.forget, "resolve": identity.resolve,
             "link": identity.link, "unlink": identity.unlink, "take": identity.take,
-            "merge": identity.merge, "settle": identity.settle}
+            "merge": identity.merge, "settle": identity.settle, "claim": identity.claim,
+            "retire": identity.retire, "bury": identity.bury}
         self._stored = (-math.inf, 0)  # (when counted, customers with a home in the store)
 
     # -- requests ------------------------------------------------------------------------------

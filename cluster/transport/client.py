@@ -29,7 +29,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, AsyncIterator, Mapping
 
 import numpy as np
 
@@ -39,9 +39,9 @@ from kairos.core.errors import InputError
 from kairos.cluster import protocol
 from kairos.cluster.control.partitions import partition_of
 from kairos.cluster.identity import alias_key, anonymous_id, check_linkable, link_id
-from kairos.cluster.protocol import (Decide, Event, EventAck, Forget, Link, Merge, Outcome,
-                                     ReadProfile, Reply, Request, Resolve, Settle, Take, Unlink,
-                                     WatchCustomer, route_key)
+from kairos.cluster.protocol import (Bury, Claim, Decide, Event, EventAck, Forget, Link, Merge,
+                                     Outcome, ReadProfile, Reply, Request, Resolve, Retire,
+                                     Settle, Take, WatchCustomer, route_key)
 from kairos.cluster.settings import (CLIENT_BATCH_LIMIT, CLIENT_BATCH_WINDOW_S,
                                      CLIENT_INFLIGHT_CALLS, CLIENT_QUEUE_LIMIT, LONG_POLL_S)
 from kairos.cluster.transport.backend import Backend, NotSent, Unavailable
@@ -203,14 +203,28 @@ class KairosClient:
             customer_id=customer_id, now=now if now is not None else time.time()))
 
     async def forget(self, customer_id: str) -> bool:
-        """Erase the customer from its shard and store, and its aliases from the directory
-        (with what their anonymous profiles left); whether it existed."""
+        """Forget the customer for good: erase it from its shard and store, retire its
+        aliases from the directory (with what their anonymous profiles left), and refuse the
+        late steps of links that began before (identity.py: the forget saga; every step is
+        idempotent: retry on any error, and a retry retires every alias); whether it, or an
+        alias's anonymous profile, existed."""
+        existed = False
+        async for found in self.forget_steps(customer_id):
+            existed |= found
+        return existed
+
+    async def forget_steps(self, customer_id: str) -> AsyncIterator[bool]:
+        """`forget`, one step per iteration (tests interleave them with a link's): whether
+        the step found something to erase."""
         forgotten = await self._ask(Forget(customer_id=customer_id))
-        existed = forgotten.existed
+        yield forgotten.existed
         for key in forgotten.aliases or ():
-            await self._ask(Unlink(key=key, customer_id=customer_id))
-            existed |= (await self._ask(Forget(customer_id=anonymous_id(key)))).existed
-        return bool(existed)
+            await self._ask(Retire(key=key, customer_id=customer_id))
+            yield False
+            yield (await self._ask(Forget(customer_id=anonymous_id(key),
+                                          link=link_id(key, customer_id)))).existed
+        await self._ask(Bury(customer_id=customer_id))
+        yield False
 
     async def resolve(self, alias_type: str, value: str) -> str:
         """The customer an alias names: the linked one, or the alias's anonymous customer."""
@@ -222,17 +236,31 @@ class KairosClient:
 
     async def link(self, alias_type: str, value: str, customer_id: str) -> bool:
         """Link an alias to a customer, merging the alias's anonymous profile into it exactly
-        once (every step is idempotent: retry on any error); whether a profile merged now."""
-        key = alias_key(alias_type, value)
+        once (every step is idempotent: retry on any error); whether a profile merged now.
+        Conflict when the alias names another customer, or the customer was forgotten while
+        the link was under way."""
+        merged = False
+        async for merged in self.link_steps(alias_key(alias_type, value), customer_id):
+            pass
+        return merged
+
+    async def link_steps(self, key: str, customer_id: str) -> AsyncIterator[bool]:
+        """`link` of a checked alias key (identity.alias_key), one step per iteration (tests
+        interleave them with a forget's): whether a profile merged, so far."""
         check_linkable(customer_id)
         link, anonymous = link_id(key, customer_id), anonymous_id(key)
+        await self._ask(Claim(customer_id=customer_id, key=key, link=link))
+        yield False
         await self._ask(Link(key=key, customer_id=customer_id))
+        yield False
         state = await self._value(Take(anonymous=anonymous, link=link, target=customer_id))
-        merged = await self._value(Merge(customer_id=customer_id, link=link, key=key,
-                                         state=state))
+        yield False
+        merged = bool(await self._value(Merge(customer_id=customer_id, link=link, key=key,
+                                              state=state)))
+        yield merged
         if state is not None:
             await self._ask(Settle(anonymous=anonymous, link=link))
-        return bool(merged)
+            yield merged
 
     async def watch(self, customer_id: str, sink: str, channel: str,
                     placement: str | None = None, active: bool = True) -> None:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import time
 
 import msgpack
 import psutil
 import pytest
 import ray
+
+from .restarts import shard_health, wait_restarted
 
 T0 = 1_700_000_000.0
 
@@ -31,23 +32,6 @@ def _shard(name: str):
     return ray.get_actor(name, namespace="kairos")
 
 
-def _health(name: str) -> dict:
-    return ray.get(_shard(name).health.remote(), timeout=30)
-
-
-def _wait_restarted(name: str, before: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            health = _health(name)
-            if health["incarnation"] != before and health["started"]:
-                return
-        except (ray.exceptions.RayError, ValueError):
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{name} did not come back within {timeout_s} s")
-
-
 def _shards(runtime) -> list[str]:
     return [s["shard"] for s in ray.get(runtime.controller().status.remote())["shards"]]
 
@@ -57,11 +41,11 @@ def test_requests_after_every_shard_was_killed_reach_the_new_incarnations(runtim
     customers = [f"c{i}" for i in range(16)]  # on both shards
     for customer in customers:
         client.ingest(customer, "app_open", T0)
-    healths = {name: _health(name) for name in _shards(runtime)}
+    healths = {name: shard_health(name) for name in _shards(runtime)}
     for health in healths.values():
         os.kill(health["pid"], signal.SIGKILL)
     for name, health in healths.items():
-        _wait_restarted(name, health["incarnation"])
+        wait_restarted(name, health["incarnation"])
     for customer in customers:  # none fails with "the connection is closed"
         client.ingest(customer, "app_open", T0 + 1)
 
@@ -69,7 +53,7 @@ def test_requests_after_every_shard_was_killed_reach_the_new_incarnations(runtim
 def test_a_shard_under_garbage_and_a_connection_flood_keeps_serving(runtime_client):
     client, runtime = runtime_client
     name = _shards(runtime)[0]
-    pid = _health(name)["pid"]
+    pid = shard_health(name)["pid"]
     rss = psutil.Process(pid).memory_info().rss
     host, port, _ = ray.get(_shard(name).data_address.remote(), timeout=30)
     nested_exts = msgpack.packb(None)
@@ -84,6 +68,6 @@ def test_a_shard_under_garbage_and_a_connection_flood_keeps_serving(runtime_clie
         client.ingest(f"c{i}", "app_open", T0 + 2)
     for sock in flood:
         sock.close()
-    assert _health(name)["pid"] == pid  # the same process: nothing crashed it
+    assert shard_health(name)["pid"] == pid  # the same process: nothing crashed it
     grown = psutil.Process(pid).memory_info().rss - rss
     assert grown < 50 << 20, f"the shard's RSS grew by {grown >> 20} MiB"

@@ -14,6 +14,9 @@ import ray
 
 from kairos.cluster.transport.ray_backend import Unavailable
 
+from tests.support.waiting import wait_until
+
+from .restarts import shard_health, wait_restarted
 from .stream import T0, AckedStream
 
 TUNING = {"KAIROS_RETIRE_GRACE_S": "0.5", "KAIROS_SNAPSHOT_AFTER_S": "1"}
@@ -41,23 +44,6 @@ def kairos(ray_local):
     runtime.stop()
 
 
-def shard_health(name: str) -> dict:
-    return ray.get(ray.get_actor(name, namespace="kairos").health.remote(), timeout=30)
-
-
-def wait_restarted(name: str, before: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            health = shard_health(name)
-            if health["incarnation"] != before and health["started"]:
-                return
-        except (ray.exceptions.RayError, ValueError):
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{name} did not come back within {timeout_s} s")
-
-
 def test_kill_9_under_a_stream_of_acknowledged_events_loses_and_repeats_nothing(kairos,
                                                                                 tmp_path):
     client = kairos(str(tmp_path / "store"))
@@ -73,10 +59,9 @@ def test_kill_9_under_a_stream_of_acknowledged_events_loses_and_repeats_nothing(
         os.kill(health["pid"], signal.SIGKILL)
         wait_restarted(victim, health["incarnation"])
         assert shard_health(victim)["recovery"]["resident"] > 0
-        deadline = time.monotonic() + 30
-        while stream.total() < acked_before + 20:  # the stream goes on after each recovery
-            assert time.monotonic() < deadline, "no events acknowledged after a recovery"
-            time.sleep(0.05)
+        wait_until(lambda: stream.total() >= acked_before + 20, 30,
+                   "the stream to go on after the recovery (20 more events acknowledged)",
+                   poll_s=0.05)
     stream.stop()
     assert stream.total() > 500 and stream.refused > 0
     stream.check()
@@ -111,15 +96,10 @@ def test_a_full_disk_fails_acks_with_unavailable_and_loses_nothing(kairos, tmp_p
                 c = f"d{i % 20}"
                 acked[c] = client.ingest(c, "app_open", T0 + 1 + i)
         filler.unlink()
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                applied = {c: client.profile(c)["events_applied"] for c in acked}
-                break
-            except Unavailable:
-                assert time.monotonic() < deadline, "the shard did not recover after the disk " \
-                                                    "had room again"
-                time.sleep(0.2)
+        # Unavailable until the shard has recovered, the disk having room again
+        applied = wait_until(lambda: {c: client.profile(c)["events_applied"] for c in acked},
+                             30, "the shard to serve again after the disk had room",
+                             poll_s=0.2)
         assert applied == acked  # the refused event was not applied; nothing acked is lost
         assert client.ingest("d0", "app_open", T0 + 10_000) == acked["d0"] + 1
     finally:

@@ -16,9 +16,13 @@ from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
 from kairos.cluster.storage.redis_server import RedisServer
+from tests.support.waiting import wait_until
+
 from .stream import T0, AckedStream
 
 TUNING = {"KAIROS_RETIRE_GRACE_S": "0.5", "KAIROS_SNAPSHOT_AFTER_S": "1"}
+STREAM_WAIT_S = 60.0
+POLL_S = 0.25  # a poll may ask the controller, which asks every shard
 
 
 @pytest.fixture(scope="module")
@@ -42,20 +46,11 @@ def status() -> dict:
     return ray.get(runtime.controller().status.remote())
 
 
-def wait_for(condition, what: str, timeout_s: float = 60.0):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.25)
-
-
 def test_a_dead_nodes_partitions_recover_on_the_other_nodes(setup):
     cluster, _, client, _ = setup
     stream = AckedStream(client, [f"n{i}" for i in range(32)]).start()
-    wait_for(lambda: stream.total() > 300, "a first stretch of acknowledged events")
+    wait_until(lambda: stream.total() > 300, STREAM_WAIT_S,
+               "a first stretch of acknowledged events", poll_s=POLL_S)
     shards = status()["shards"]
     victim = next(n for n in cluster.worker_nodes
                   if any(s.get("node") == n.node_id for s in shards))
@@ -67,11 +62,12 @@ def test_a_dead_nodes_partitions_recover_on_the_other_nodes(setup):
         names = {s["shard"] for s in st["shards"]}
         return not names & lost and len(names) == len(shards) and \
             all(s.get("started") for s in st["shards"]) and st
-    st = wait_for(replaced, "the dead node's shards to be replaced")
+    st = wait_until(replaced, STREAM_WAIT_S, "the dead node's shards to be replaced", poll_s=POLL_S)
     heirs = [s for s in st["shards"] if set(s.get("recovery", {}).get("journals", ())) & lost]
     assert heirs and all(s["node"] != victim.node_id for s in heirs)
     acked = stream.total()
-    wait_for(lambda: stream.total() > acked + 300, "events acknowledged after the recovery")
+    wait_until(lambda: stream.total() > acked + 300, STREAM_WAIT_S,
+               "events acknowledged after the recovery", poll_s=POLL_S)
     stream.stop()
     stream.check()
 
@@ -79,7 +75,8 @@ def test_a_dead_nodes_partitions_recover_on_the_other_nodes(setup):
 def test_redis_restarts_under_traffic_and_nothing_acknowledged_is_lost(setup):
     _, server, client, stub = setup
     stream = AckedStream(client, [f"r{i}" for i in range(32)]).start()
-    wait_for(lambda: stream.total() > 300, "a first stretch of acknowledged events")
+    wait_until(lambda: stream.total() > 300, STREAM_WAIT_S,
+               "a first stretch of acknowledged events", poll_s=POLL_S)
     server.stop()
     with pytest.raises(Unavailable):
         for i in range(100):  # the shards learn of the outage at their next write
@@ -87,12 +84,13 @@ def test_redis_restarts_under_traffic_and_nothing_acknowledged_is_lost(setup):
             time.sleep(0.05)
     decision = stub.Decide(pb.DecideRequest(customer_id="r0", channel="web"), timeout=5)
     assert decision.fallback  # while its shard rebuilds, Decide still answers
-    refused = stream.refused
-    time.sleep(1.0)
-    assert stream.refused > refused  # the stream's events are refused, not lost
+    refused = stream.refused  # the stream's events are refused, not lost
+    wait_until(lambda: stream.refused > refused, 10, "the stream's events refused",
+               poll_s=POLL_S)
     server.start()
     acked = stream.total()
-    wait_for(lambda: stream.total() > acked + 300, "events acknowledged after Redis came back")
+    wait_until(lambda: stream.total() > acked + 300, STREAM_WAIT_S,
+               "events acknowledged after Redis came back", poll_s=POLL_S)
     stream.stop()
     stream.check()
     assert not stub.Decide(pb.DecideRequest(customer_id="r0", channel="web"),

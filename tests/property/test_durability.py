@@ -510,3 +510,54 @@ def test_every_store_keeps_snapshots_sealed_so_damage_is_refused(compiled, store
     s.store.put_snapshots({p: bytes(damaged)})
     with pytest.raises(SnapshotCorrupt, match=f"the snapshot of partition {p} in "):
         rebuilt(s, clock)
+
+
+def test_a_shard_whose_journal_is_corrupt_at_start_comes_up_unavailable_and_retrying(
+        compiled, tmp_path):
+    """`start` does not raise to the controller (which would fail `kairos up`): the host
+    answers UNAVAILABLE, `recovery` (health, `kairos status`) names the damage, and once the
+    segment is quarantined it recovers by itself."""
+    import asyncio
+
+    from kairos.cluster.protocol import EventAck, Unavailable
+    from kairos.cluster.shard.host import ShardHost
+
+    store = DirectoryStore(tmp_path)
+    before = shard(compiled, store=store)
+    before.process([event("ana", "app_open", T0)])
+    before.snapshot(range(N_PARTITIONS))
+    before.process([event("ana", "app_open", T0 + 1)])
+    before.close()
+    segments = tmp_path / "journals" / "s0"
+    segment, = segments.glob("*.log")
+    damaged = bytearray(segment.read_bytes())
+    damaged[HEADER.size + 2] ^= 0x04  # inside the first batch; an intact one follows
+    segment.write_bytes(bytes(damaged))
+
+    async def until(condition, what: str) -> None:
+        deadline = asyncio.get_running_loop().time() + 20
+        while not condition():
+            assert asyncio.get_running_loop().time() < deadline, what
+            await asyncio.sleep(0.01)
+
+    async def scenario():
+        host = ShardHost("s0", N_PARTITIONS, 0, lambda: store, "fsync", tick_s=3600.0)
+        await host.start(compiled, {p: 0 for p in range(N_PARTITIONS)}, [])
+        try:
+            assert host.shard is None
+            assert f"JournalCorrupt: {segment}: damaged frame at byte 0" in \
+                host.recovery["failed"]
+            assert await host.handle("b", 0, [profile("ana")], [0]) == \
+                [Unavailable(reason="s0 is recovering from the store")]
+            (segments / "quarantine").mkdir()
+            segment.rename(segments / "quarantine" / segment.name)
+            await until(lambda: host.shard is not None, "the host never recovered")
+            assert "failed" not in host.recovery
+            ana, = await host.handle("b", 1, [profile("ana")], [0])
+            assert ana.value["events_applied"] == 1  # the snapshot's
+            assert await host.handle("a", 0, [event("ana", "app_open", T0 + 3)], [0]) == \
+                [EventAck(sequence=2)]
+        finally:
+            host.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))

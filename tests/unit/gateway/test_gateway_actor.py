@@ -13,6 +13,7 @@ from kairos.cluster.gateway.actor import GatewayServer
 from kairos.v1 import decision_pb2 as pb
 
 from tests.support.local_backend import LocalBackend
+from tests.support.waiting import until
 
 KEY = "decide-key-0123456789"
 
@@ -41,11 +42,7 @@ def test_constructed_it_serves_and_a_restart_serves_on_the_same_port(tmp_path):
         made = dict(host="127.0.0.1", port=0, keys_file=str(keys), backend=backend,
                     port_file=port_file)
         first = GatewayServer("kairos-gateway-0", **made)  # nobody calls start()
-        for _ in range(200):
-            if first.server is not None:
-                break
-            await asyncio.sleep(0.05)
-        assert first.server is not None, "the constructed gateway never served"
+        await until(lambda: first.server is not None, 10, "the constructed gateway to serve")
         port = await first.start()
         assert await decide(port, KEY) == grpc.StatusCode.OK
         assert await decide(port, None) == grpc.StatusCode.UNAUTHENTICATED

@@ -4,7 +4,6 @@ with a slow shard, so the cancel or the deadline lands while the batch waits for
 from __future__ import annotations
 
 import asyncio
-import time
 
 import grpc
 import pytest
@@ -14,6 +13,7 @@ from kairos.v1 import decision_pb2 as pb
 
 from tests.support.inprocess_gateway import InProcessGateway
 from tests.support.local_backend import LocalBackend
+from tests.support.waiting import wait_until
 
 SHARD_DELAY_S = 1.0
 BATCH = 500
@@ -39,19 +39,13 @@ def batch(tag: str) -> pb.EventBatch:
                                           channel="web") for i in range(BATCH)])
 
 
-def settled(gateway: InProcessGateway, timeout_s: float = 5.0) -> int:
-    """The gateway's in-flight count once it stops falling (or after timeout_s)."""
-    until = time.monotonic() + timeout_s
-    while gateway.gateway.inflight and time.monotonic() < until:
-        time.sleep(0.05)
-    return gateway.gateway.inflight
+def settled(gateway: InProcessGateway, after: str) -> None:
+    """The gateway's in-flight count falls to zero (within 5 s)."""
+    wait_until(lambda: gateway.gateway.inflight == 0, 5, f"no calls in flight {after}")
 
 
-def wait_inflight(gateway: InProcessGateway, timeout_s: float = 5.0) -> None:
-    until = time.monotonic() + timeout_s
-    while not gateway.gateway.inflight and time.monotonic() < until:
-        time.sleep(0.01)
-    assert gateway.gateway.inflight, "the batch never got in flight"
+def wait_inflight(gateway: InProcessGateway) -> None:
+    wait_until(lambda: gateway.gateway.inflight, 5, "the batch in flight")
 
 
 def methods(channel: grpc.Channel):
@@ -71,10 +65,10 @@ def test_cancelled_batches_give_back_their_inflight_slots(slow):
         call = ingest_batch.future(batch(f"cancelled{n}"), timeout=30)
         wait_inflight(gateway)  # mid-batch: routed, waiting for the slow shard
         assert call.cancel()
-        assert settled(gateway) == 0, f"after cancelled batch {n}"
+        settled(gateway, f"after cancelled batch {n}")
     assert decide(pb.DecideRequest(customer_id="after-cancel", channel="web"),
                   timeout=10).channel == "web"
-    assert settled(gateway) == 0
+    settled(gateway, "after the decide")
 
 
 def test_batches_past_their_deadline_give_back_their_inflight_slots(slow):
@@ -84,7 +78,7 @@ def test_batches_past_their_deadline_give_back_their_inflight_slots(slow):
         with pytest.raises(grpc.RpcError) as err:
             ingest_batch(batch(f"late{n}"), timeout=0.3)
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert settled(gateway) == 0, f"after late batch {n}"
+        settled(gateway, f"after late batch {n}")
     assert decide(pb.DecideRequest(customer_id="after-deadline", channel="web"),
                   timeout=10).channel == "web"
 
@@ -93,4 +87,4 @@ def test_a_served_batch_gives_back_its_slots(slow):
     gateway, channel = slow
     ingest_batch, _ = methods(channel)
     assert len(ingest_batch(batch("served"), timeout=30).acks) == BATCH
-    assert settled(gateway) == 0
+    settled(gateway, "after the served batch")

@@ -1,6 +1,7 @@
 """ShardHost without Ray: each sender's order (and a restarted shard's first batches), the
-bounded queue, rounds, answers only after the sync that follows the write, rebuilding from
-the store after a failed sync, a bug failing only its own round; and model sync's books."""
+bounded queue, rounds, answers only after the sync that follows the write, rebuilding from the
+store after a failed sync or a round that fails half-way, rounds budgeted in bytes; and model
+sync's books."""
 from __future__ import annotations
 
 import asyncio
@@ -11,6 +12,7 @@ import sys
 import threading
 from types import SimpleNamespace
 
+import msgpack
 import pytest
 
 from kairos.cluster.protocol import Busy, EventAck, Invalid, Ok, Unavailable
@@ -164,21 +166,6 @@ def test_a_failed_sync_answers_unavailable_and_the_host_rebuilds_from_the_store(
     run(compiled, DirectoryStore(tmp_path), test)
 
 
-def test_a_bug_fails_only_its_own_round(compiled):
-    async def test(host):
-        shard, process = host.shard, host.shard.process
-
-        def bug(requests, routed):
-            shard.process = process
-            raise RuntimeError("a bug")
-        shard.process = bug
-        with pytest.raises(RuntimeError, match="a bug"):
-            await host.handle("a", 0, [app_open("ana")], [0])
-        assert await host.handle("a", 1, [app_open("ana")], [0]) == [EventAck(sequence=1)]
-        assert host.shard is shard and host.queued == 0
-    run(compiled, MemoryStore(), test)
-
-
 def test_shard_methods_run_in_turn_and_fail_while_there_is_no_shard(compiled):
     delivered = []
 
@@ -247,3 +234,122 @@ def test_model_sync_resends_what_the_learner_missed_and_adopts_only_newer_versio
     assert s.engine.models.version == 3
     models.adopt(s.engine, published(compiled.version, 2))
     assert s.engine.models.version == 3
+
+
+async def served_again(host, failed) -> None:
+    """Until the host serves a Shard other than `failed` (it rebuilds from the store)."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while host.shard is None or host.shard is failed:
+        assert asyncio.get_running_loop().time() < deadline, "the host never served again"
+        await asyncio.sleep(0.01)
+
+
+def journaled_events(journal) -> list[tuple[str, float]]:
+    return [(record[2], record[4]) for _, record in journal.replay() if record[0] == "event"]
+
+
+def test_a_round_that_fails_half_way_leaves_no_trace_and_the_shard_serves_again(
+        compiled, tmp_path):
+    """The event handler raises on its third request of a round, after the round's earlier
+    requests changed the Shard: the round answers UNAVAILABLE, nothing of it is ever
+    journaled, and the Shard served afterwards equals a twin that never saw the round."""
+    acknowledged = [app_open("ana"), app_open("bob")]
+    failing = [app_open("ana", T0 + 1), profile("ana"), app_open("bob", T0 + 1),
+               app_open("cy", T0 + 1)]
+    later = [app_open("cy", T0 + 2)]
+    twin = Shard("s0", compiled, range(N_PARTITIONS), N_PARTITIONS)
+    twin.process(acknowledged + later)
+
+    async def test(host):
+        assert await host.handle("a", 0, acknowledged, [0, 0]) == [EventAck(sequence=1)] * 2
+        failed = host.shard
+        events, applied = failed.customers.events, []
+
+        def fails_on_the_third(requests, touched):
+            good = requests[:2 - len(applied)]
+            applied.extend(good)
+            replies = events(good, touched)
+            if len(good) < len(requests):
+                raise RuntimeError("a bug")
+            return replies
+        failed._handlers["event"] = fails_on_the_third
+        replies = await host.handle("a", 1, failing, [0] * 4)
+        assert applied == [failing[0], failing[2]]  # two events changed the Shard first
+        assert {r.status for r in replies} == {"unavailable"}
+        assert "RuntimeError: a bug" in replies[0].reason and host.queued == 0
+        await served_again(host, failed)
+        assert await host.handle("a", 2, later, [0]) == [EventAck(sequence=1)]
+        assert journaled_events(host.shard.journal) == [("ana", T0), ("bob", T0),
+                                                        ("cy", T0 + 2)]
+        reads = [profile(c) for c in ("ana", "bob", "cy")]
+        assert await host.handle("a", 3, reads, [0] * 3) == twin.process(reads)[0]
+    run(compiled, DirectoryStore(tmp_path), test)
+
+
+def test_a_shard_method_that_fails_after_changing_the_shard_leaves_no_trace(compiled, tmp_path):
+    def half_done(shard):
+        shard.customers.events([app_open("dan")], {})  # recorded, not yet journaled
+        raise RuntimeError("a bug")
+
+    async def test(host):
+        failed = host.shard
+        with pytest.raises(RuntimeError, match="a bug"):
+            await host.run(half_done)
+        await served_again(host, failed)
+        assert await host.handle("a", 0, [app_open("ana")], [0]) == [EventAck(sequence=1)]
+        assert journaled_events(host.shard.journal) == [("ana", T0)]
+        dan, = await host.handle("a", 1, [profile("dan")], [0])
+        assert dan.status == "missing"
+    run(compiled, DirectoryStore(tmp_path), test)
+
+
+def test_rounds_are_budgeted_in_bytes_and_a_batch_past_the_budget_is_split_in_order(compiled):
+    one = len(msgpack.packb(app_open("ana")))
+
+    async def test(host):
+        rounds = []
+        process = host.shard.process
+        host.shard.process = lambda requests, routed: rounds.append(len(requests)) or \
+            process(requests, routed)
+        replies = await asyncio.gather(
+            host.handle("a", 0, [app_open("ana", T0 + i) for i in range(5)], [0] * 5),
+            host.handle("b", 0, [app_open("bob")], [0]),
+            host.handle("c", 0, [app_open("cy")], [0]))
+        # a's batch alone is over the budget: its first three, its last two with bob's, cy's
+        assert rounds == [3, 3, 1]
+        assert replies == [[EventAck(sequence=i) for i in range(1, 6)],
+                           [EventAck(sequence=1)], [EventAck(sequence=1)]]
+    run(compiled, MemoryStore(), test, round_bytes=3 * one + 2)
+
+
+def test_a_request_alone_past_the_round_budget_is_invalid_and_the_rest_are_served(compiled):
+    async def test(host):
+        shard = host.shard
+        huge = event("ana", "page_view", T0 + 1, category="x" * 2048)
+        replies = await host.handle("a", 0, [app_open("ana"), huge, app_open("bob")], [0] * 3)
+        assert replies[0] == replies[2] == EventAck(sequence=1)
+        assert replies[1].status == "invalid" and replies[1].field == "request"
+        assert "over a round's 1024-byte budget (SHARD_ROUND_BYTES)" in replies[1].reason
+        assert host.shard is shard  # bad input: no rebuild
+        ana, = await host.handle("a", 1, [profile("ana")], [0])
+        assert ana.value["events_applied"] == 1
+    run(compiled, MemoryStore(), test, round_bytes=1024)
+
+
+def test_rounds_within_the_byte_budget_journal_under_the_frame_limit(compiled, tmp_path,
+                                                                     monkeypatch):
+    """Three senders' batches that, as one round, would pack past the journal's frame limit
+    (which answers the round UNAVAILABLE and rebuilds the shard) are journaled in rounds
+    that fit, with the budget a quarter of the limit as SHARD_ROUND_BYTES is."""
+    from kairos.cluster.storage import frames
+    monkeypatch.setattr(frames, "MAX_FRAME", 4096)
+
+    async def test(host):
+        shard = host.shard
+        batches = [[event(c, "page_view", T0 + i, category="home") for i in range(40)]
+                   for c in ("ana", "bob", "cy")]
+        replies = await asyncio.gather(*(host.handle(c, 0, batch, [0] * 40)
+                                         for c, batch in zip("abc", batches)))
+        assert replies == [[EventAck(sequence=i) for i in range(1, 41)]] * 3
+        assert host.shard is shard and len(journaled_events(shard.journal)) == 120
+    run(compiled, DirectoryStore(tmp_path), test, round_bytes=1024)

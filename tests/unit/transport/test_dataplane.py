@@ -4,7 +4,6 @@ client finding a restarted shard (hostile traffic: test_dataplane_hostile.py).""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import numpy as np
 import pytest
@@ -16,6 +15,8 @@ from kairos.cluster.transport.client import KairosClient
 from kairos.cluster.transport.dataplane import (PlaneClosed, PlaneConnection, PlaneServer,
                                                 ShardFailed)
 from kairos.core.decision import Decision, Dropped, Explanation, RankedAction
+
+from tests.support.waiting import until
 
 RANKED = RankedAction("gold_card", "sell", "banner", 1.5, 0.25, 10.0, 0.6, 1.0)
 DECISION = Decision("d-1", "c-1", "web", "hero", (RANKED,), "v3", 7, False,
@@ -32,13 +33,6 @@ async def _echo(session: str, seq: int, requests: list, routed: list) -> list:
 async def _served(handle=_echo) -> tuple[PlaneServer, tuple[str, int]]:
     server = PlaneServer(handle)
     return server, await server.start("127.0.0.1")
-
-
-async def _until(condition, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "the condition did not come true in time"
-        await asyncio.sleep(0.01)
 
 
 def test_frames_carry_requests_and_decisions_and_overlapping_calls_get_their_own_answers():
@@ -75,10 +69,13 @@ def test_a_connection_that_cannot_prove_the_secret_is_refused():
 
 
 def test_a_failing_handler_fails_only_its_call_and_a_closed_server_fails_what_is_pending():
+    handling = asyncio.Event()
+
     async def handle(session, seq, requests, routed):
         if seq == 0:
             raise RuntimeError("a bug")
-        await asyncio.sleep(3600)
+        handling.set()
+        await asyncio.sleep(3600)  # a shard that never answers
 
     async def main():
         server, (host, port) = await _served(handle)
@@ -87,7 +84,7 @@ def test_a_failing_handler_fails_only_its_call_and_a_closed_server_fails_what_is
             await connection.call("s", 0, [("event",)], [1])
         assert not connection.closed  # only that call failed
         pending = asyncio.ensure_future(connection.call("s", 1, [("event",)], [1]))
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(handling.wait(), 5)  # the shard has the call
         server.close()  # it drops its connections, as if the shard's process died
         with pytest.raises(PlaneClosed):
             await asyncio.wait_for(pending, 5)
@@ -164,7 +161,7 @@ def test_the_backend_maps_every_failure_to_unavailable_and_reconnects_after_a_cl
         assert connects == ["s0"]  # one connection all along
         connection = backend._planes["s0"].result()
         servers[0].close()  # its connections go, as with a dead process
-        await _until(lambda: connection.closed)
+        await until(lambda: connection.closed, 5, "the connection to close")
         with pytest.raises(NotSent):  # the connection had closed: the batch never left
             await backend.send("s0", "a", 3, [event], [1])
         servers.append(PlaneServer(handle))  # the restarted shard
@@ -211,7 +208,7 @@ def test_a_client_sends_to_a_restarted_shard_what_it_had_not_sent_yet():
         assert await client.ingest("ana", "app_open", 1.0) == 0
         connection = backend._planes["s0"].result()
         servers[0].close()  # killed: its connections close under the idle client
-        await _until(lambda: connection.closed)
+        await until(lambda: connection.closed, 5, "the connection to close")
         servers.append(PlaneServer(handle))  # restarted, with a new secret and port
         addresses.append(await servers[1].start("127.0.0.1"))
         sent = await asyncio.gather(*(client.ingest(c, "app_open", 2.0)

@@ -4,12 +4,12 @@ Ray)."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 from kairos.cluster.transport.backend import NotSent
 from kairos.cluster.transport.client import KairosClient
 
 from tests.support.local_backend import LocalBackend
+from tests.support.waiting import until
 
 T0 = 1_795_629_600.0
 
@@ -31,13 +31,6 @@ class _Scripted(LocalBackend):
             raise NotSent(f"{name}: the connection is closed")
         await self.gate.wait()
         return await super().send(name, session, seq, requests, routed)
-
-
-async def _until(condition, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "the condition did not come true in time"
-        await asyncio.sleep(0.001)
 
 
 async def _runtime() -> tuple[_Scripted, KairosClient]:
@@ -66,9 +59,11 @@ def test_a_batch_behind_another_in_flight_goes_again_in_its_place():
         backend, client = await _runtime()
         backend.not_sent = {1}
         first = asyncio.ensure_future(client.ingest("ana", "app_open", T0))
-        await _until(lambda: backend.sent)  # batch 0 is in flight, held at the gate
+        await until(lambda: backend.sent, 5, "batch 0 in flight, held at the gate",
+                    poll_s=0.001)
         second = asyncio.ensure_future(client.ingest("ana", "app_open", T0 + 1))
-        await _until(lambda: len(backend.sent) == 3)  # batch 1 failed unsent, went again
+        await until(lambda: len(backend.sent) == 3, 5,
+                    "batch 1 to fail unsent and go again", poll_s=0.001)
         backend.gate.set()
         assert await asyncio.gather(first, second) == [1, 2]  # in order
         sessions = {session for session, _ in backend.sent}

@@ -19,6 +19,7 @@ from kairos.core.errors import InputError
 
 from tests.support import local_backend
 from tests.support.local_backend import LocalBackend
+from tests.support.waiting import until
 
 T0 = 1_795_629_600.0
 
@@ -35,8 +36,10 @@ async def runtime(n_shards: int, **kw):
     return backend, controller, client
 
 
-async def stream(client, customers, stop: asyncio.Event):
-    acks = {c: [] for c in customers}
+async def stream(client, customers, stop: asyncio.Event, acks: dict[str, list]):
+    """Waves of one event per customer until `stop`; `acks` fills with each one's future as
+    it goes, then maps each customer to its acks."""
+    acks.update({c: [] for c in customers})
     wave = 0
     while not stop.is_set():
         for c in customers:
@@ -45,6 +48,17 @@ async def stream(client, customers, stop: asyncio.Event):
         wave += 1
         await asyncio.sleep(0)
     return {c: await asyncio.gather(*futures) for c, futures in acks.items()}
+
+
+def _done(acks: dict[str, list]) -> int:
+    return sum(f.done() for futures in acks.values() for f in futures)
+
+
+async def acked_more(acks: dict[str, list], than: int) -> int:
+    """Wait until the stream has more than `than` events acked; how many it has then."""
+    await until(lambda: _done(acks) > than, 10, f"more than {than} events of the stream acked",
+                poll_s=0)
+    return _done(acks)
 
 
 def test_shards_spread_over_nodes():
@@ -61,10 +75,11 @@ def test_scaling_under_a_stream_loses_duplicates_and_reorders_nothing(seed):
     async def main():
         backend, ctl, client = await runtime(2, seed=seed)
         customers = [f"c{i}" for i in range(30)]
-        stop = asyncio.Event()
-        producer = asyncio.ensure_future(stream(client, customers, stop))
+        stop, sent = asyncio.Event(), {}
+        producer = asyncio.ensure_future(stream(client, customers, stop, sent))
+        acked = 0
         for n in (5, 1, 3):
-            await asyncio.sleep(0.01)
+            acked = await acked_more(sent, acked)  # each scaling lands mid-stream
             await ctl.scale(n)
         stop.set()
         acks = await producer
@@ -81,9 +96,9 @@ def test_a_failed_handoff_thaws_and_loses_nothing(seed):
     async def main():
         backend, ctl, client = await runtime(1, seed=seed)
         customers = [f"c{i}" for i in range(20)]
-        stop = asyncio.Event()
-        producer = asyncio.ensure_future(stream(client, customers, stop))
-        await asyncio.sleep(0.01)
+        stop, sent = asyncio.Event(), {}
+        producer = asyncio.ensure_future(stream(client, customers, stop, sent))
+        await acked_more(sent, 0)
         backend.fail_next_adopt = True
         with pytest.raises(RuntimeError, match="handoffs failed"):
             await ctl.scale(2)
@@ -195,8 +210,7 @@ def test_a_link_merges_across_shards_once_while_events_flow():
                 await asyncio.sleep(0)
 
         browsing = asyncio.ensure_future(browse(60))
-        while len(acked) < 5:
-            await asyncio.sleep(0)
+        await until(lambda: len(acked) >= 5, 5, "5 events acked under the alias", poll_s=0)
         assert await client.link("cookie", value, "ana") is True
         assert len(acked) < 60  # the link ran while events flowed
         await browsing
