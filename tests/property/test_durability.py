@@ -26,6 +26,7 @@ from kairos.cluster.storage.sealed import SnapshotCorrupt, unseal
 from kairos.cluster.storage.store import StoreUnavailable
 
 from kairos.cluster.storage.redis_server import RedisServer
+from tests.support.waiting import until
 from tests.unit.shard.test_shard import (N_PARTITIONS, T0, Clock, decide, event, forget,
                                          journey, link_steps, p_of, profile, shard, watch)
 
@@ -431,12 +432,6 @@ def test_a_corrupt_journal_keeps_the_host_unavailable_naming_it_until_it_is_quar
     store = DirectoryStore(tmp_path)
     segments = tmp_path / "journals" / "s0"
 
-    async def until(condition, what: str) -> None:
-        deadline = asyncio.get_running_loop().time() + 20
-        while not condition():
-            assert asyncio.get_running_loop().time() < deadline, what
-            await asyncio.sleep(0.01)
-
     async def scenario():
         host = ShardHost("s0", N_PARTITIONS, 0, lambda: store, "fsync", tick_s=3600.0)
         await host.start(compiled, {p: 0 for p in range(N_PARTITIONS)}, [])
@@ -460,14 +455,14 @@ def test_a_corrupt_journal_keeps_the_host_unavailable_naming_it_until_it_is_quar
             monkeypatch.setattr(journal_module.os, "fsync", fails_once)
             unavailable, = await host.handle("a", 2, [event("ana", "app_open", T0 + 2)], [0])
             assert unavailable.status == "unavailable"
-            await until(lambda: "failed" in host.recovery, "the rebuild never failed")
+            await until(lambda: "failed" in host.recovery, 20, "the rebuild to fail")
             assert f"JournalCorrupt: {segment}: damaged frame at byte 0" in \
                 host.recovery["failed"]
             assert await host.handle("b", 0, [profile("ana")], [0]) == \
                 [Unavailable(reason="s0 is recovering from the store")]
             (segments / "quarantine").mkdir()
             segment.rename(segments / "quarantine" / segment.name)  # the way out
-            await until(lambda: host.shard is not None, "the host never recovered")
+            await until(lambda: host.shard is not None, 20, "the host to recover")
             assert "failed" not in host.recovery
             ana, = await host.handle("b", 1, [profile("ana")], [0])
             assert ana.value["events_applied"] == 1  # the snapshot's; the segment's is gone
@@ -534,12 +529,6 @@ def test_a_shard_whose_journal_is_corrupt_at_start_comes_up_unavailable_and_retr
     damaged[HEADER.size + 2] ^= 0x04  # inside the first batch; an intact one follows
     segment.write_bytes(bytes(damaged))
 
-    async def until(condition, what: str) -> None:
-        deadline = asyncio.get_running_loop().time() + 20
-        while not condition():
-            assert asyncio.get_running_loop().time() < deadline, what
-            await asyncio.sleep(0.01)
-
     async def scenario():
         host = ShardHost("s0", N_PARTITIONS, 0, lambda: store, "fsync", tick_s=3600.0)
         await host.start(compiled, {p: 0 for p in range(N_PARTITIONS)}, [])
@@ -551,7 +540,7 @@ def test_a_shard_whose_journal_is_corrupt_at_start_comes_up_unavailable_and_retr
                 [Unavailable(reason="s0 is recovering from the store")]
             (segments / "quarantine").mkdir()
             segment.rename(segments / "quarantine" / segment.name)
-            await until(lambda: host.shard is not None, "the host never recovered")
+            await until(lambda: host.shard is not None, 20, "the host to recover")
             assert "failed" not in host.recovery
             ana, = await host.handle("b", 1, [profile("ana")], [0])
             assert ana.value["events_applied"] == 1  # the snapshot's
