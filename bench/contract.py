@@ -219,7 +219,9 @@ class Generator:
         if kind == "int64":
             return rng.choice(INTS) if mode != "valid" else rng.randint(-100, 100)
         if kind == "uint64":
-            return rng.choice((0, 1, 2 ** 63, 2 ** 64 - 1)) if mode != "valid" else rng.randint(0, 100)
+            if mode != "valid":
+                return rng.choice((0, 1, 2 ** 63, 2 ** 64 - 1))
+            return rng.randint(0, 100)
         if kind == "uint32":
             return rng.choice(UINT32S) if mode != "valid" else rng.randint(0, 5)
         if kind == "bool":

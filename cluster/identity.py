@@ -62,10 +62,12 @@ def link_id(key: str, customer_id: str) -> str:
     return f"{key}>{customer_id}"
 
 
-def fingerprint(value: str) -> str:
+def fingerprint(value: str, secret: bytes) -> str:
     """A one-way stand-in for an id, for what outlives the id's erasure (tombstones) and for
-    logs."""
-    return hashlib.sha256(b"kairos-id\0" + value.encode()).hexdigest()[:32]
+    logs. Keyed with the cluster's secret: an unkeyed hash of an e-mail address can be found
+    again by hashing a list of addresses."""
+    return hashlib.blake2b(value.encode(), key=secret[:64], digest_size=16,
+                           person=b"kairos-id").hexdigest()
 
 
 def check_linkable(customer_id: str, field: str = "customer_id") -> None:
@@ -78,7 +80,8 @@ class Directory:
     """A shard's share of the alias directory, and the redirects of merged anonymous ids,
     both per partition so they move with their partition."""
 
-    def __init__(self) -> None:
+    def __init__(self, secret: bytes) -> None:
+        self.secret = secret  # keys the fingerprints of tombstones (the cluster's, in the store)
         self.aliases: dict[int, dict[str, str]] = {}  # partition -> alias key -> customer
         # partition -> anonymous id -> [customer, link id, the state handed over (until the
         # customer's shard confirms the merge)]
@@ -137,7 +140,7 @@ class Directory:
 
     def bury(self, partition: int, link: str, when: float) -> None:
         """Refuse every step of the link for TOMBSTONE_S after `when`."""
-        self._bury(partition, fingerprint(link), when)
+        self._bury(partition, fingerprint(link, self.secret), when)
 
     def _bury(self, partition: int, mark: str, when: float) -> None:
         mine = self.buried.setdefault(partition, OrderedDict())
@@ -148,7 +151,7 @@ class Directory:
             mine.popitem(last=False)
 
     def is_buried(self, partition: int, link: str, now: float) -> bool:
-        when = self.buried.get(partition, {}).get(fingerprint(link))
+        when = self.buried.get(partition, {}).get(fingerprint(link, self.secret))
         return when is not None and now - when < TOMBSTONE_S
 
     def start_forget(self, partition: int, customer_id: str, aliases: Iterable[str]) -> list[str]:

@@ -28,8 +28,9 @@ channel, and what a channel-bound key may do (`Rule.bound`):
     leaving the channel out;
   - "filters output": the answer holds the key's channel only (GetProfile's current decisions);
   - "unbound only": a bound key is refused, unless it has the rule's `also` scope;
-  - "any": the binding does not matter. `AuthInterceptor` checks the key and the scope from the call's metadata
-before the handler runs and before the request is parsed: a missing or unknown key fails with
+  - "any": the binding does not matter.
+`AuthInterceptor` checks the key and the scope from the call's metadata before the handler
+runs and before the request is parsed: a missing or unknown key fails with
 UNAUTHENTICATED, a key without the scope with PERMISSION_DENIED. A method with no rule is
 refused, so a new RPC stays closed until it is given one; health and reflection are open.
 The channel is inside the request, which only the handler parses: the handler passes it to

@@ -4,8 +4,8 @@ Each handler checks its request (requests.py), names the customer, and makes its
 calls through the gateway (calls.py) within the caller's deadline. The key and its scope were
 checked before the handler ran (auth.py); a handler whose request names a channel holds it
 against a channel-bound key with `check_channel` (an empty channel is refused to such a key);
-GetProfile shows such a key only its channel's current decision (`visible_channel`). A Decide the shard cannot answer in time
-gets the catalog's fallback, marked as such.
+GetProfile shows such a key only its channel's current decision (`visible_channel`). A Decide
+the shard cannot answer in time gets the catalog's fallback, marked as such.
 """
 from __future__ import annotations
 

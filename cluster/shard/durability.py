@@ -3,10 +3,11 @@
 Partitions are snapshotted a while after they change (`checkpoint`, from `tick`), when they
 move and at catalog switches; the journal is then truncated behind the oldest change not yet
 in a snapshot. A snapshot holds a partition's resident customers (each with its idempotency
-keys) and its share of the alias directory, and names the journal and LSN it covers. Recovery loads each
-partition's snapshot and replays the journal it names through the same handlers that applied
-the records (a partition never snapshotted replays from the start). A customer's home in the
-store carries the LSN of its last change, so replay skips what a home already holds.
+keys) and its share of the alias directory, and names the journal and LSN it covers.
+Recovery loads each partition's snapshot and replays the journal it names through the same
+handlers that applied the records (a partition never snapshotted replays from the start). A
+customer's home in the store carries the LSN of its last change, so replay skips what a home
+already holds.
 ForgetCustomer is finished by `erase`: the partitions are snapshotted without the customer,
 then the journal is rewritten without its records. The homes a Take or a Forget leave are
 deleted only once the journal holding that record is synced (`delete_homes`: at each tick,
@@ -236,7 +237,8 @@ class Durability:
         for (lsn, record), reply in zip(kept, replies):
             if reply.status == INVALID:  # the catalog changed under an unfinished switch
                 log.warning("%s: replaying %s for id %s: %s: %s", self._ctx.name,
-                            record.kind, fingerprint(route_key(record)), reply.field,
+                            record.kind, fingerprint(route_key(record), self._directory.secret),
+                            reply.field,
                             reply.reason)
             if record.kind in STAMPED:
                 journaling.stamp(record.customer_id, lsn)

@@ -81,13 +81,14 @@ class Shard:
         self.ownership = Ownership(owned)
         self.journaling = Journaling(ctx, journal_policy)
         self.keys = IdempotencyKeys(clock)
-        self.directory = Directory()
+        secret = outcome_secret(ctx.store)
+        self.directory = Directory(secret)
         self.watches = Watches(ctx)
         self.identities = CustomerIdentities()
         self.residency = Residency(ctx, self.ownership, self.journaling,
                                    (self.watches, self.identities, self.keys), idle_s,
                                    resident_limit)
-        self.seal = DecisionSeal(outcome_secret(ctx.store), clock)
+        self.seal = DecisionSeal(secret, clock)
         self.customers = CustomerRequests(ctx, self.residency, self.keys, self.journaling,
                                           self.watches, self.seal)
         identity = IdentityRequests(ctx, self.residency, self.journaling, self.directory,
