@@ -101,14 +101,16 @@ class Gateway:
 
 
 class InflightLimit(grpc.aio.ServerInterceptor):
-    """Refuses kairos.v1 calls with RESOURCE_EXHAUSTED while the gateway is at its limit."""
+    """Refuses DecisionService calls with RESOURCE_EXHAUSTED while the gateway is at its
+    limit. AdminService calls go through: an operator must be able to read the status of, and
+    scale, a saturated cluster (they need the admin scope, and are few)."""
 
     def __init__(self, gateway: Gateway):
         self.gateway = gateway
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         handler = await continuation(details)
-        if handler is None or not details.method.startswith("/kairos.v1."):
+        if handler is None or not details.method.startswith("/kairos.v1.DecisionService/"):
             return handler
         try:
             self.gateway.check_capacity()
