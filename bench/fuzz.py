@@ -48,6 +48,7 @@ from tqdm import tqdm
 from kairos.core.compiler import compiled_from_text
 from kairos.v1 import admin_pb2, decision_pb2
 
+from . import report
 from .contract import Generator, Method, Request, Vocabulary, message_class, methods
 
 RESULTS = Path(__file__).parent / "results"
@@ -144,13 +145,12 @@ class Fuzzer:
         self.tally = Tally()
         self.ledger = Ledger()
         self._methods = {m.name: m for m in methods()}
-        unweighted = set(self._methods) - set(WEIGHTS)
-        if unweighted:  # a new RPC is fuzzed too, at an average weight
-            WEIGHTS.update({name: 5 for name in unweighted})
+        # a new RPC is fuzzed too, at an average weight
+        self._weights = {name: WEIGHTS.get(name, 5) for name in self._methods}
 
     async def run(self, n: int, concurrency: int, progress: bool = True) -> None:
-        names = list(WEIGHTS)
-        weights = [WEIGHTS[n] for n in names]
+        names = list(self._weights)
+        weights = [self._weights[n] for n in names]
         todo = iter(range(n))
         bar = tqdm(total=n, disable=not progress, unit="req", file=sys.stderr)
 
@@ -436,9 +436,7 @@ def main(argv: list[str] | None = None) -> int:
             results["restarts"] = sorted(f"{name} (pid {pid})" for pid, name in before.items()
                                          if pid not in after)
             results["actors"] = len(before)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{results['run']}.json").write_text(json.dumps(results, indent=1))
-    (args.out / f"{results['run']}.md").write_text(markdown(results))
+    report.save(results, args.out, markdown(results))
     print(json.dumps({"run": results["run"], "calls": results["calls"],
                       "forbidden": len(results["forbidden"]),
                       "restarts": len(results.get("restarts", [])),

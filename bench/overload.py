@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import report
 from .loadgen import DEADLINE_S, GeneratorPool, Step
 from .sweep import KIND_OF_OP, sweep
 from .systems import populated_kairos
@@ -74,8 +75,7 @@ def markdown(results: dict[str, Any]) -> str:
                      f"{k['admitted_p99_ms']:.1f} | {sum(k['errors'].values()) + k['fallbacks']}"
                      f" | {k['refused_max_ms']:.1f} | {other or ''} | "
                      f"{max(step['sent'] - k['count'], 0)} |")
-    lines += ["", f"**Verdict: {'held' if v['held'] else 'NOT held'}**: "
-              + ", ".join(f"{name} {'yes' if ok else 'NO'}" for name, ok in v["checks"].items())
+    lines += ["", report.verdict_line(v)
               + (" (the generators fell behind their schedule)" if v["generator_behind"] else "")]
     return "\n".join(lines) + "\n"
 
@@ -118,9 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                "held_rate": held, "customers": args.customers, "shards": args.shards,
                "search": search, "nominal": nominal, "overload": overload,
                "verdict": verdict(nominal, overload)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{results['run']}.json").write_text(json.dumps(results, indent=1))
-    (args.out / f"{results['run']}.md").write_text(markdown(results))
+    report.save(results, args.out, markdown(results))
     print(json.dumps({"run": results["run"], "held_rate": held, **{
         k: results["verdict"][k] for k in ("held", "nominal_admitted_p99_ms",
                                            "overload_admitted_p99_ms", "admitted", "refused",

@@ -35,6 +35,23 @@ def write(results: dict[str, Any], out: Path) -> dict[str, Any]:
     return {**results["summary"], "report": str(base.with_suffix(".md"))}
 
 
+def save(results: dict[str, Any], out: Path, markdown_text: str) -> Path:
+    """A pass/fail harness's report (fuzz, overload, soak): <run>.json and <run>.md in `out`;
+    the path without suffix."""
+    out.mkdir(parents=True, exist_ok=True)
+    base = out / results["run"]
+    base.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    base.with_suffix(".md").write_text(markdown_text)
+    return base
+
+
+def verdict_line(verdict: dict[str, Any]) -> str:
+    """`**Verdict: held**: check yes, check NO, ...` from a verdict's `held` and `checks`."""
+    return (f"**Verdict: {'held' if verdict['held'] else 'NOT held'}**: "
+            + ", ".join(f"{name} {'yes' if ok else 'NO'}"
+                        for name, ok in verdict["checks"].items()))
+
+
 def summary(results: dict[str, Any]) -> dict[str, Any]:
     return {
         "run": results["run"], "seconds": results["seconds"],

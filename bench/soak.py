@@ -29,6 +29,7 @@ from typing import Any
 
 import psutil
 
+from . import report
 from .loadgen import GeneratorPool, Step
 from .sweep import ERROR_BUDGET
 from .systems import kairos_processes, populated_kairos
@@ -117,8 +118,7 @@ def markdown(results: dict[str, Any]) -> str:
              f"| threads | {v['threads'][0]} | {v['threads'][1]} |",
              f"| processes | {v['processes'][0]} | {v['processes'][1]} |", "",
              f"Requests sent {v['sent']}, failed {v['failed']}.", "",
-             f"**Verdict: {'held' if v['held'] else 'NOT held'}**: "
-             + ", ".join(f"{name} {'yes' if ok else 'NO'}" for name, ok in v["checks"].items())]
+             report.verdict_line(v)]
     return "\n".join(lines) + "\n"
 
 
@@ -177,10 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                "rate": args.rate, "customers": args.customers, "shards": args.shards,
                "warmup_s": warm_s, "samples": sampler.samples, "steps": steps,
                "verdict": verdict(sampler.samples, warm_s, steps)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{results['run']}.json").write_text(json.dumps(results, indent=1))
-    (args.out / f"{results['run']}.md").write_text(markdown(results))
-    plot(results, args.out / f"{results['run']}.png")
+    base = report.save(results, args.out, markdown(results))
+    plot(results, base.with_suffix(".png"))
     print(json.dumps({"run": results["run"], **{k: results["verdict"][k] for k in (
         "held", "rss_growth", "fds", "threads", "sent", "failed")}}))
     return 0
