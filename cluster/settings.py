@@ -171,6 +171,12 @@ CLIENT_INFLIGHT_CALLS = integer("CLIENT_INFLIGHT_CALLS", 2)
 CLIENT_BATCH_WINDOW_S = number("CLIENT_BATCH_WINDOW_S", 0.001, high=1.0)
 # Requests a client lets wait for one shard while its calls are in flight; past it, Busy.
 CLIENT_QUEUE_LIMIT = integer("CLIENT_QUEUE_LIMIT", 10_000)
+# A batch whose shard cannot be reached (no connection opens: its node left, it is
+# restarting) never left, so its requests wait up to this long for the map to name a new
+# owner (the controller replacing the shard) or for the shard to come back, then go again;
+# after CLIENT_REROUTES such waits they fail Unavailable.
+CLIENT_REROUTE_S = number("CLIENT_REROUTE_S", 5.0, above=True, high=600.0)
+CLIENT_REROUTES = integer("CLIENT_REROUTES", 2, high=100)
 
 # -- gateways ----------------------------------------------------------------------------------
 # The first gateway's port (`kairos up` gives the gateway on node i this + i).

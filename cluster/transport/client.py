@@ -16,7 +16,9 @@ A request whose batch failed in transit (the shard died or restarted) is answere
 Unavailable, never re-sent: it may or may not have been applied. A batch that never left
 (its connection to the shard had closed before it was written, as when every shard restarted
 while the client was idle) is sent again, once, on a fresh connection to the shard's new
-incarnation.
+incarnation. When even that finds no connection (the shard's node left, the shard is
+restarting), its requests wait, like MOVED ones, for the map to name a new owner or for the
+shard to come back (CLIENT_REROUTE_S, CLIENT_REROUTES times), then go again.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Mapping
+from typing import Any, AsyncIterator, Mapping, NamedTuple
 
 import numpy as np
 
@@ -43,12 +45,19 @@ from kairos.cluster.protocol import (Bury, Claim, Decide, Event, EventAck, Forge
                                      Outcome, ReadProfile, Reply, Request, Resolve, Retire,
                                      Settle, Take, WatchCustomer, route_key)
 from kairos.cluster.settings import (CLIENT_BATCH_LIMIT, CLIENT_BATCH_WINDOW_S,
-                                     CLIENT_INFLIGHT_CALLS, CLIENT_QUEUE_LIMIT, LONG_POLL_S)
+                                     CLIENT_INFLIGHT_CALLS, CLIENT_QUEUE_LIMIT,
+                                     CLIENT_REROUTE_S, CLIENT_REROUTES, LONG_POLL_S)
 from kairos.cluster.transport.backend import Backend, NotSent, Unavailable
 
 log = logging.getLogger("kairos.client")
 MAX_REDIRECTS = 20  # a request MOVED this many times in a row fails as Unavailable
 _DONE = (protocol.Ok, protocol.EventAck, protocol.Forgotten)  # the replies that mean done
+
+
+class _Undelivered(NamedTuple):
+    """The client's own reply for a request whose batch never reached its shard."""
+
+    reason: str
 
 
 class Busy(Exception):
@@ -65,6 +74,7 @@ class _Item:
     future: asyncio.Future
     order: int
     redirects: int = 0
+    reroutes: int = 0  # times its shard could not be reached
     routed: int = 0  # the map version it was routed under
 
 
@@ -77,6 +87,7 @@ class _Lane:
     moved: list[_Item] = field(default_factory=list)
     held: deque = field(default_factory=deque)
     want_version: int = 0  # MOVED named this map version: wait for it before re-sending
+    wait_s: float = 0.0  # how long to wait for it
     orders: itertools.count = field(default_factory=itertools.count)
 
 
@@ -375,7 +386,9 @@ class KairosClient:
                 log.exception("sending a batch to %s failed", link.name)
             if link.session == session:
                 link.session, link.seq = uuid.uuid4().hex, 0
-            replies = [protocol.Unavailable(reason=str(exc))] * len(batch)
+            reply = (_Undelivered(str(exc)) if isinstance(exc, NotSent)
+                     else protocol.Unavailable(reason=str(exc)))
+            replies = [reply] * len(batch)
         finally:
             link.calls -= 1
             link.slots.release()
@@ -399,28 +412,40 @@ class KairosClient:
         lane.inflight -= 1
         if isinstance(reply, protocol.Moved):
             item.redirects += 1
-            if item.redirects > MAX_REDIRECTS:
-                item.future.set_result(protocol.Unavailable(
-                    reason=f"partition {p} kept moving"))
-            else:
-                lane.moved.append(item)
-                named = reply.map_version
-                lane.want_version = max(lane.want_version, self.version + 1
-                                        if named == protocol.NOT_MINE else named)
+            named = reply.map_version
+            self._wait(lane, item, self.version + 1 if named == protocol.NOT_MINE else named,
+                       LONG_POLL_S, item.redirects > MAX_REDIRECTS
+                       and f"partition {p} kept moving")
+        elif isinstance(reply, _Undelivered):
+            item.reroutes += 1
+            self._wait(lane, item, item.routed + 1, CLIENT_REROUTE_S,
+                       item.reroutes > CLIENT_REROUTES and reply.reason)
         elif not item.future.done():
             item.future.set_result(reply)
         if lane.inflight == 0 and (lane.moved or lane.held):
             asyncio.get_running_loop().create_task(self._resume(p, lane))
 
+    @staticmethod
+    def _wait(lane: _Lane, item: _Item, version: int, wait_s: float,
+              failed: str | bool) -> None:
+        """Have a request that did not reach its owner wait for map `version` (up to `wait_s`)
+        before going again; or, when it `failed` (a reason), answer it Unavailable."""
+        if failed:
+            item.future.set_result(protocol.Unavailable(reason=failed))
+            return
+        lane.moved.append(item)
+        lane.want_version = max(lane.want_version, version)
+        lane.wait_s = max(lane.wait_s, wait_s)
+
     async def _resume(self, p: int, lane: _Lane) -> None:
         """Every earlier request has its answer: re-send the moved ones in their original
         order once the map shows their new owner, then what was held behind them."""
         if lane.moved:
-            await self._map_newer_than(lane.want_version, LONG_POLL_S)
+            await self._map_newer_than(lane.want_version, lane.wait_s)
         if lane.inflight:  # another resume already started
             return
         ready = sorted(lane.moved, key=lambda item: item.order) + list(lane.held)
-        lane.moved, lane.held = [], deque()
+        lane.moved, lane.held, lane.wait_s = [], deque(), 0.0
         for item in ready:
             self._send(lane, item)
 

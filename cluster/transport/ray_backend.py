@@ -28,7 +28,7 @@ from kairos.cluster.protocol import Reply, Request, reply_from
 from kairos.cluster.settings import (ADMIN_CALL_S, CONTROL_CALL_S, CONTROLLER_NAME,
                                      LEARNER_NAME, LONG_POLL_S, NAMESPACE, SHARD_START_S)
 from kairos.cluster.transport.backend import (ChannelWatch, ControllerControl, LearnerControl,
-                                              ShardControl, Unavailable, WatchSink)
+                                              NotSent, ShardControl, Unavailable, WatchSink)
 from kairos.cluster.transport.dataplane import PlaneConnection, ShardFailed
 
 if TYPE_CHECKING:
@@ -121,6 +121,11 @@ class RayBackend:
             plane = self._planes[name] = asyncio.ensure_future(self._connect(name))
         try:
             connection = await asyncio.shield(plane)
+        except Exception as exc:  # no connection opened: nothing was sent
+            if self._planes.get(name) is plane:
+                del self._planes[name]
+            raise NotSent(f"{name}: no connection: {exc!r}") from exc
+        try:
             raw = await connection.call(session, seq, requests, routed)
             return [reply_from(reply, request.kind) for reply, request in zip(raw, requests)]
         except ShardFailed as exc:  # that call only: the connection is fine

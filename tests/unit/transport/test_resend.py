@@ -1,11 +1,14 @@
 """The client sends again a batch that never left (its connection had closed before it was
-written: issue item 19), without breaking the order of a sender's batches (LocalBackend, no
-Ray)."""
+written: issue item 19), without breaking the order of a sender's batches; requests whose
+shard cannot be reached at all wait for its replacement (LocalBackend, no Ray)."""
 from __future__ import annotations
 
 import asyncio
 
-from kairos.cluster.transport.backend import NotSent
+import pytest
+
+from kairos.cluster.transport import client as client_module
+from kairos.cluster.transport.backend import NotSent, Unavailable
 from kairos.cluster.transport.client import KairosClient
 
 from tests.support.local_backend import LocalBackend
@@ -22,10 +25,13 @@ class _Scripted(LocalBackend):
         super().__init__()
         self.sent: list[tuple[str, int]] = []
         self.not_sent: set[int] = set()  # seq numbers, in any session
+        self.unreachable: set[str] = set()  # shards no connection opens to
         self.gate = asyncio.Event()
 
     async def send(self, name, session, seq, requests, routed):
         self.sent.append((session, seq))
+        if name in self.unreachable:
+            raise NotSent(f"{name}: no connection")
         if seq in self.not_sent:
             self.not_sent.discard(seq)
             raise NotSent(f"{name}: the connection is closed")
@@ -68,6 +74,48 @@ def test_a_batch_behind_another_in_flight_goes_again_in_its_place():
         assert await asyncio.gather(first, second) == [1, 2]  # in order
         sessions = {session for session, _ in backend.sent}
         assert len(sessions) == 1 and [seq for _, seq in backend.sent] == [0, 1, 1]
+        await client.close()
+
+    asyncio.run(main())
+
+
+def test_requests_for_a_shard_whose_node_left_wait_for_its_replacement():
+    """The CI failure: the controller had started the replacement shard but not yet
+    published the map; the client still routed to the dead shard, which no connection
+    reaches, and answered Unavailable for a request that never left."""
+    async def main():
+        backend, client = await _runtime()
+        backend.gate.set()
+        ctl = backend.local_controller
+        backend.node_names = ["node-a", "node-b"]  # the shard was on node-a and node-a left
+        dead = client.owner("ana")
+        backend.unreachable.add(dead)
+        backend.node_names.remove(ctl.placement[dead])
+        pending = asyncio.ensure_future(client.ingest("ana", "app_open", T0))
+        await until(lambda: len(backend.sent) >= 2, 5, "the batch to find no connection twice",
+                    poll_s=0.001)
+        assert not pending.done()  # waiting for the map, not failed
+        await ctl.reconcile()
+        assert await pending == 1 and client.owner("ana") != dead
+        await client.close()
+
+    asyncio.run(main())
+
+
+def test_requests_for_a_shard_that_stays_unreachable_fail_after_the_rerouting_waits(
+        monkeypatch):
+    monkeypatch.setattr(client_module, "CLIENT_REROUTE_S", 0.01)
+
+    async def main():
+        backend, client = await _runtime()
+        backend.gate.set()
+        backend.unreachable.add(client.owner("ana"))
+        with pytest.raises(Unavailable, match="no connection"):
+            await client.ingest("ana", "app_open", T0)
+        # each try is the fresh-session resend and its retry; then CLIENT_REROUTES more tries
+        assert len(backend.sent) == 2 * (1 + client_module.CLIENT_REROUTES)
+        backend.unreachable.clear()  # back: the next request goes through
+        assert await client.ingest("ana", "app_open", T0) == 1
         await client.close()
 
     asyncio.run(main())
