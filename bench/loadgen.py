@@ -37,6 +37,7 @@ import grpc
 from hdrh.histogram import HdrHistogram
 
 from kairos.cluster.gateway import wire
+from kairos.cluster.shard.outcomes import RATE_REFUSAL
 from kairos.core.catalog import Catalog, load_default_catalog
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
@@ -49,6 +50,7 @@ LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS = 1, 60_000_000, 3  # histogram range 
 # A send leaving this much after its intended time: the generator is behind (asyncio's timers
 # alone make sends up to ~1-2 ms late; half the p99 target is where it would distort results).
 LATE_SEND_MS = 5.0
+CUSTOMER_RATE = "RESOURCE_EXHAUSTED (customer's outcome rate)"  # an error label of its own
 BEHIND_SHARE = 0.01  # above this share of late sends a step is flagged "generator behind"
 START_DELAY_S = 0.5  # between submitting a step and its first intended send
 CONNECT_TIMEOUT_S = 10.0
@@ -352,10 +354,20 @@ async def _answer(recorder: Recorder, kind: str, send: Send, call) -> Any:
     try:
         reply = await call
     except grpc.aio.AioRpcError as exc:
-        recorder.kind(kind).answered(send, exc.code().name)
+        recorder.kind(kind).answered(send, _error_label(kind, exc))
         return None
     recorder.kind(kind).answered(send, fallback=kind == DECIDE and reply.fallback)
     return reply
+
+
+def _error_label(kind: str, exc: grpc.aio.AioRpcError) -> str:
+    """The status code's name; an outcome refused by its customer's outcome rate (the Zipf
+    head reports outcomes faster than OUTCOMES_PER_CUSTOMER allows) is told from a shed."""
+    code = exc.code().name
+    if kind == RESPOND and code == "RESOURCE_EXHAUSTED" and \
+            RATE_REFUSAL in (exc.details() or ""):
+        return CUSTOMER_RATE
+    return code
 
 
 async def _unary(stub, schedule: _Schedule, journeys: Journeys, kinds: frozenset[str],

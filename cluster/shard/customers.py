@@ -186,7 +186,8 @@ class CustomerRequests:
             self.by_channel[decision.channel] += 1
             for action in decision.actions:
                 self.by_group[action.group] += 1
-        for customer_id in unseen - self._residency.recent.keys():
+        # not `unseen - recent.keys()`: a set minus a keys view walks every resident
+        for customer_id in [c for c in unseen if c not in self._residency.recent]:
             engine.table.evict(customer_id)  # the empty profile the kernel decided on
         self._ctx.counts["decisions"] += len(encoded)
         if shown:

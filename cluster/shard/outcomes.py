@@ -37,6 +37,7 @@ from kairos.cluster.storage.store import Store
 SECRET_META = "outcome-secret"  # the store's meta entry holding the cluster's sealing secret
 TAG_BYTES = 6  # 48 bits a forger must guess, one Respond per guess
 TAG_CHARS = 8  # base64 of TAG_BYTES
+RATE_REFUSAL = "outcomes for this customer within"  # in why one is refused (load tests tell it)
 
 
 def outcome_secret(store: Store) -> bytes:
@@ -113,7 +114,7 @@ class OutcomeRate:
         if now - self._window >= OUTCOME_RATE_WINDOW_S:
             self._window, self._counts = now, Counter()
         if self._counts[customer_id] >= OUTCOMES_PER_CUSTOMER:
-            return (f"more than {OUTCOMES_PER_CUSTOMER} outcomes for this customer within "
+            return (f"more than {OUTCOMES_PER_CUSTOMER} {RATE_REFUSAL} "
                     f"{OUTCOME_RATE_WINDOW_S:g} s")
         self._counts[customer_id] += 1
         return None
