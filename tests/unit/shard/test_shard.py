@@ -3,6 +3,7 @@ catalog switches, identity."""
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 import random
 
 import numpy as np
@@ -553,6 +554,25 @@ def test_a_decision_for_an_unseen_customer_leaves_nothing_behind(compiled):
     assert s.process([profile("ghost")])[0] == [Missing()]
     s.process([decide("shown", record_impression=True)])  # what was shown is its history
     assert s.process([profile("shown")])[0][0].value["history"]
+
+
+class _NotToBeWalked(OrderedDict):
+    """A residents' index a request must look up, never walk (the soak's collapse at 100,000
+    customers: every decision batch walked all of them)."""
+
+    def __iter__(self):
+        raise AssertionError("walked every resident")
+
+    keys = values = items = __iter__
+
+
+def test_deciding_looks_residents_up_without_walking_them(compiled):
+    s = shard(compiled)
+    s.process([event(f"c{i}", "app_open", T0) for i in range(50)])
+    s.residency.recent = _NotToBeWalked(s.residency.recent)
+    results, _ = s.process([decide("c1"), decide("ghost"), decide("c2", "app", "home")])
+    assert [r.status for r in results] == [OK, OK, OK]
+    assert "ghost" not in s.engine.table and "c1" in s.engine.table
 
 
 def test_a_watch_of_an_unseen_customer_creates_no_profile_and_waits_for_it(compiled):
