@@ -189,6 +189,10 @@ DEADLINE_MARGIN_S = number("DEADLINE_MARGIN_S", 0.002)
 DEADLINE_MARGIN_SHARE = number("DEADLINE_MARGIN_SHARE", 0.05, high=0.5)
 # Calls one gateway works on at once; past it, RESOURCE_EXHAUSTED at once.
 GATEWAY_INFLIGHT_LIMIT = integer("GATEWAY_INFLIGHT_LIMIT", 20_000)
+# Load shedding (gateway/admission.py): the queueing delay a gateway keeps its calls near by
+# refusing a share of new ones, and how often it adjusts that share (RFC 8033's 15 ms).
+SHED_TARGET_S = number("SHED_TARGET_S", 0.015, above=True, high=60.0)
+SHED_UPDATE_S = number("SHED_UPDATE_S", 0.015, above=True, high=1.0)
 # Largest request accepted (bytes); larger ones fail with RESOURCE_EXHAUSTED before decoding.
 MAX_MESSAGE_BYTES = integer("MAX_MESSAGE_BYTES", 1 << 20, low=1024)
 # Decisions a watch stream may have waiting; past it the oldest are dropped.

@@ -112,7 +112,7 @@ class GatewayServer:
         if self.server is not None:
             await self.checker.enter_graceful_shutdown()
             await self.server.stop(grace_s)
-            await self.gateway.client.close()
+            await self.gateway.close()
             self._pauses.cancel()
 
 

@@ -2,9 +2,10 @@
 requests against, the caller's deadline, and the bound on its work in flight.
 
 A runtime call runs within the caller's deadline less a margin (kept back to answer in time,
-a fallback decision included) and counts as in flight while it runs; past
-GATEWAY_INFLIGHT_LIMIT, `InflightLimit` refuses new calls with RESOURCE_EXHAUSTED before their
-handlers run. `abort` maps the runtime's errors to status codes.
+a fallback decision included) and counts as in flight while it runs. `InflightLimit` refuses
+new calls with RESOURCE_EXHAUSTED before their handlers run: past GATEWAY_INFLIGHT_LIMIT, and
+the share the gateway sheds when its calls queue (admission.py). `abort` maps the runtime's
+errors to status codes.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import grpc
 from kairos.core.compiler import CompiledCatalog, compiled_from_text
 from kairos.core.errors import InputError
 
+from kairos.cluster.gateway.admission import Shedder
 from kairos.cluster.gateway.auth import Denied, refusal
 from kairos.cluster.gateway.requests import Who
 from kairos.cluster.gateway.streams import Watches
@@ -38,8 +40,19 @@ class Gateway:
         self.backend = backend
         self.watches = Watches(name, client, backend)
         self.inflight = 0
+        self.shedder = Shedder()
         self._compiled: CompiledCatalog | None = None
         self._refresh: asyncio.Future | None = None
+        self._shedding: asyncio.Task | None = None
+
+    def start(self) -> None:
+        """Start keeping the share of calls to shed (within the serving event loop)."""
+        self._shedding = asyncio.get_running_loop().create_task(self.shedder.run())
+
+    async def close(self) -> None:
+        if self._shedding is not None:
+            self._shedding.cancel()
+        await self.client.close()
 
     async def catalog(self) -> CompiledCatalog:
         """The catalog the cluster runs, for validation and fallbacks. After a switch (seen in
@@ -99,11 +112,19 @@ class Gateway:
         if self.inflight >= GATEWAY_INFLIGHT_LIMIT:
             raise Busy(f"gateway {self.name} has {self.inflight} calls in flight")
 
+    def admit(self) -> None:
+        """Raise Busy for a new call the gateway sheds, or one past its in-flight limit."""
+        self.check_capacity()
+        if not self.shedder.admits():
+            raise Busy(f"gateway {self.name} is overloaded: its calls wait "
+                       f"{self.shedder.delay_s * 1e3:.0f} ms to be served; it refuses "
+                       f"{self.shedder.shed_share:.0%} of new calls")
+
 
 class InflightLimit(grpc.aio.ServerInterceptor):
     """Refuses DecisionService calls with RESOURCE_EXHAUSTED while the gateway is at its
-    limit. AdminService calls go through: an operator must be able to read the status of, and
-    scale, a saturated cluster (they need the admin scope, and are few)."""
+    limit, or sheds them. AdminService calls go through: an operator must be able to read the
+    status of, and scale, a saturated cluster (they need the admin scope, and are few)."""
 
     def __init__(self, gateway: Gateway):
         self.gateway = gateway
@@ -113,7 +134,7 @@ class InflightLimit(grpc.aio.ServerInterceptor):
         if handler is None or not details.method.startswith("/kairos.v1.DecisionService/"):
             return handler
         try:
-            self.gateway.check_capacity()
+            self.gateway.admit()
         except Busy as exc:
             return refusal(handler, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         return handler

@@ -64,6 +64,7 @@ async def serve(gateway: Gateway, auth: Auth, host: str, port: int, tls: Tls | N
             require_client_auth=tls.client_ca is not None)
         bound = server.add_secure_port(address, credentials)
     await server.start()
+    gateway.start()
     for service in SERVICES + ("",):
         await checker.set(service, health_pb2.HealthCheckResponse.SERVING)
     return server, checker, bound

@@ -358,12 +358,26 @@ class KairosClient:
                 await link.slots.acquire()
                 if link.calls and len(link.queue) < CLIENT_BATCH_LIMIT:
                     await asyncio.sleep(CLIENT_BATCH_WINDOW_S)
-                batch = [link.queue.popleft()
-                         for _ in range(min(len(link.queue), CLIENT_BATCH_LIMIT))]
+                batch = self._unexpired([link.queue.popleft() for _ in
+                                         range(min(len(link.queue), CLIENT_BATCH_LIMIT))])
+                if not batch:
+                    link.slots.release()
+                    continue
                 seq, link.seq = link.seq, link.seq + 1
                 link.calls += 1
                 asyncio.get_running_loop().create_task(
                     self._call_shard(link, link.session, seq, batch))
+
+    def _unexpired(self, batch: list[_Item]) -> list[_Item]:
+        """The batch without the requests nobody waits for any more (the caller's deadline
+        passed, or it went away): under overload those would only delay the live ones. They
+        were never sent, so they had no effect."""
+        if all(not item.future.done() for item in batch):
+            return batch
+        for item in batch:
+            if item.future.done():
+                self._answered(item, protocol.Unavailable(reason="no longer awaited"))
+        return [item for item in batch if not item.future.done()]
 
     async def _call_shard(self, link: _ShardLink, session: str, seq: int,
                           batch: list[_Item]) -> None:

@@ -466,7 +466,7 @@ def test_a_slow_shard_gives_the_fallback_decision_within_the_deadline():
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.Ingest(pb.Event(customer_id="slow", type="app_open"), timeout=0.2)
         await server.stop(0)
-        await client.close()
+        await gateway.close()
         return d, err.value.code()
 
     d, code = asyncio.run(main())

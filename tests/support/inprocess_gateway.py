@@ -36,7 +36,7 @@ class InProcessGateway:
 
     async def _stop(self) -> None:
         await self.server.stop(0)
-        await self.client.close()
+        await self.gateway.close()
 
     def close(self) -> None:
         self.run(self._stop())

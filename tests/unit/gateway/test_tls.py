@@ -82,7 +82,7 @@ async def _decide_over(tls: Tls, channels) -> list:
             except grpc.aio.AioRpcError as exc:
                 results.append(exc.code())
     await server.stop(0)
-    await client.close()
+    await gateway.close()
     return results
 
 

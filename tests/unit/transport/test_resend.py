@@ -119,3 +119,25 @@ def test_requests_for_a_shard_that_stays_unreachable_fail_after_the_rerouting_wa
         await client.close()
 
     asyncio.run(main())
+
+
+def test_requests_nobody_awaits_any_more_are_not_sent(monkeypatch):
+    """A request whose caller gave up (its deadline passed) while it queued behind a busy
+    shard is dropped before it is sent: under overload it would only delay the live ones."""
+    monkeypatch.setattr(client_module, "CLIENT_INFLIGHT_CALLS", 1)
+
+    async def main():
+        backend, client = await _runtime()
+        first = asyncio.ensure_future(client.ingest("ana", "app_open", T0))
+        await until(lambda: backend.sent, 5, "the first batch in flight, held at the gate",
+                    poll_s=0.001)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await client.ingest("ana", "app_open", T0 + 1)  # queued behind the first
+        backend.gate.set()
+        assert await first == 1
+        assert await client.ingest("ana", "app_open", T0 + 2) == 2  # the late one never applied
+        assert len(backend.sent) == 2
+        await client.close()
+
+    asyncio.run(main())
