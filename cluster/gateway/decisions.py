@@ -276,7 +276,8 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
             customer = await self.gateway.call(context, self.client.resolve_key(who.alias_key))
         try:
             async with contextlib.aclosing(self.gateway.watches.follow(
-                    Watch(customer, channel, placement))) as decisions:
+                    Watch(customer, channel, placement),
+                    lambda: context.send_initial_metadata(()))) as decisions:
                 async for decision in decisions:
                     yield wire.decision_out(decision)
         except Exception as exc:

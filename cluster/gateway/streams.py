@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import AsyncIterator, NamedTuple
+from typing import AsyncIterator, Awaitable, Callable, NamedTuple
 
 from kairos.core.decision import Decision
 
@@ -42,14 +42,17 @@ class Watches:
         self.backend = backend
         self._streams: dict[Watch, set[_Stream]] = {}
 
-    async def follow(self, watch: Watch) -> AsyncIterator[Decision]:
-        """The decisions pushed for `watch` from now on, until the caller stops."""
+    async def follow(self, watch: Watch, registered: Callable[[], Awaitable[None]]
+                     ) -> AsyncIterator[Decision]:
+        """The decisions pushed for `watch` from now on, until the caller stops; `registered()`
+        is awaited once the shards push its changes (the caller tells its own caller)."""
         stream = _Stream()
         first = watch not in self._streams
         self._streams.setdefault(watch, set()).add(stream)
         try:
             if first:
                 await self._register(watch, True)
+            await registered()
             while True:
                 await stream.wake.wait()
                 stream.wake.clear()

@@ -33,6 +33,7 @@ from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
 from tests.support.local_backend import LocalBackend
+from tests.support.waiting import wait_until
 
 
 WEB, AGENT, ADMIN = "web-key-0123456789", "agent-key-0123456789", "admin-key-0123456789"
@@ -288,8 +289,8 @@ def test_browsing_on_the_web_changes_what_the_call_center_sees(stubs):
     stream = decisions.WatchDecisions(pb.WatchRequest(customer_id=customer,
                                                       channel="call_center"),
                                       metadata=key(AGENT))
+    stream.initial_metadata()  # the watch is in place
     threading.Thread(target=follow, args=(stream, pushed), daemon=True).start()
-    time.sleep(0.5)
     before = decisions.Decide(pb.DecideRequest(customer_id=customer, channel="call_center"),
                               timeout=10, metadata=key(AGENT))
     # the web reports a complaint: the agent's screen must change without anyone asking
@@ -411,11 +412,10 @@ def test_admin_catalogs_status_and_scaling(stubs):
         yaml=current.yaml.replace(f"version: \"{info.version}\"", "version: grpc-test", 1)),
         timeout=60, metadata=key(ADMIN))
     assert switched.version == "grpc-test"
-    deadline = time.time() + 10
-    while decisions.Decide(pb.DecideRequest(customer_id="cat", channel="web"), timeout=10,
-                           metadata=key(ADMIN)).catalog_version != "grpc-test":
-        assert time.time() < deadline
-        time.sleep(0.1)
+    wait_until(lambda: decisions.Decide(pb.DecideRequest(customer_id="cat", channel="web"),
+                                        timeout=10, metadata=key(ADMIN)
+                                        ).catalog_version == "grpc-test",
+               10, "decisions made with the switched catalog")
     rolled = admin.RollbackCatalog(admin_pb2.GetCatalogRequest(), timeout=60,
                                    metadata=key(ADMIN))
     assert rolled.version == info.version
@@ -489,18 +489,11 @@ def test_a_killed_gateway_serves_again_on_the_same_port(target):
     os.kill(pid, signal.SIGKILL)
     channel = grpc.insecure_channel(target)
     decide = decision_pb2_grpc.DecisionServiceStub(channel).Decide
-    deadline, last = time.monotonic() + 90, None
     try:
-        while time.monotonic() < deadline:
-            try:
-                d = decide(pb.DecideRequest(customer_id="after-restart", channel="web"),
-                           timeout=5, metadata=key(ADMIN))
-                break
-            except grpc.RpcError as exc:
-                last = exc.code()
-                time.sleep(0.5)
-        else:
-            pytest.fail(f"the restarted gateway did not serve on {target} (last: {last})")
+        d = wait_until(lambda: decide(pb.DecideRequest(customer_id="after-restart",
+                                                       channel="web"),
+                                      timeout=5, metadata=key(ADMIN)),
+                       90, f"the restarted gateway serving on {target}", poll_s=0.5)
         assert d.channel == "web"
         assert ray.get(gateway.pid.remote()) != pid
         assert code_of(decide, pb.DecideRequest(customer_id="x", channel="web"))[0] == \
