@@ -16,7 +16,7 @@ from kairos.core.compiler import CompiledCatalog
 from kairos.core.errors import CatalogError
 from kairos.v1 import admin_pb2, admin_pb2_grpc
 
-from kairos.cluster.gateway.calls import Gateway
+from kairos.cluster.gateway.calls import Gateway, fail
 from kairos.cluster.transport.backend import Unavailable
 from kairos.core.compiler import compiled_from_text
 
@@ -41,7 +41,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         try:
             await _answer(context, controller.rollback_catalog())
         except ValueError as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            await fail(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         text = (await _answer(context, controller.get_catalog()))["text"]
         # compiling takes a while: off the event loop, which serves every other call meanwhile
         return _catalog_info(await asyncio.to_thread(compiled_from_text, text))
@@ -67,8 +67,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def ScaleShards(self, request: admin_pb2.ScaleRequest, context
                           ) -> admin_pb2.ScaleResponse:
         if not 1 <= request.shards <= MAX_SHARDS:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"shards: must be 1..{MAX_SHARDS}, got {request.shards}")
+            await fail(context, grpc.StatusCode.INVALID_ARGUMENT,
+                       f"shards: must be 1..{MAX_SHARDS}, got {request.shards}")
         done = await _answer(context, self.backend.controller().scale(request.shards))
         return admin_pb2.ScaleResponse(shards=done["shards"], moved=done["moved"],
                                        map_version=done["version"])
@@ -80,17 +80,17 @@ async def _answer(context, work: Awaitable) -> Any:
         async with asyncio.timeout(context.time_remaining()):
             return await work
     except TimeoutError:
-        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
-                            "the controller did not answer within the call's deadline")
+        await fail(context, grpc.StatusCode.DEADLINE_EXCEEDED,
+                   "the controller did not answer within the call's deadline")
     except (Unavailable, RuntimeError) as exc:  # a shard (named) or the controller is stuck
-        await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        await fail(context, grpc.StatusCode.UNAVAILABLE, str(exc))
 
 
 async def _compile(text: str, context) -> CompiledCatalog:
     try:
         return await asyncio.to_thread(compiled_from_text, text, "<PutCatalog>")
     except CatalogError as exc:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        await fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
 
 def _catalog_info(c: CompiledCatalog) -> admin_pb2.CatalogInfo:

@@ -145,8 +145,12 @@ async def abort(context, exc: BaseException) -> None:
     code = _code_of(exc)
     if code is None:
         raise exc
-    details = ("the customer's shard did not answer in time"
+    await fail(context, code, "the customer's shard did not answer in time"
                if isinstance(exc, asyncio.TimeoutError) else str(exc))
+
+
+async def fail(context, code: grpc.StatusCode, details: str) -> None:
+    """End the call with `code`, its message shortened to fit the trailers."""
     await context.abort(code, shorten(details))
 
 
