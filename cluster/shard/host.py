@@ -36,6 +36,7 @@ import functools
 import itertools
 import logging
 import time
+import traceback
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -54,7 +55,19 @@ from kairos.cluster.shard.syncs import Syncs
 from kairos.cluster.shard.watches import Push
 from kairos.cluster.storage.store import Store, StoreUnavailable
 
+TRACE_FRAMES = 8  # innermost frames of an unexpected failure that the log names
+
 log = logging.getLogger("kairos.shard")
+
+
+def where_failed(exc: BaseException) -> str:
+    """An unexpected failure's type and where it was raised, without its message: a round
+    holds many callers' requests, and a message may quote a customer id (a KeyError does),
+    which neither the log nor the other callers may see."""
+    frames = traceback.extract_tb(exc.__traceback__)[-TRACE_FRAMES:]
+    return f"{type(exc).__name__} at " + " <- ".join(
+        f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno} {frame.name}"
+        for frame in reversed(frames))
 REBUILD_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)  # waits between attempts to rebuild from the store
 T = TypeVar("T")
 Job = Callable[[], Awaitable[None]]
@@ -214,8 +227,9 @@ class ShardHost:
                 await job()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("%s: %s failed; restarting it", self.name, job.__name__)
+            except Exception as exc:
+                log.error("%s: %s failed; restarting it: %s", self.name, job.__name__,
+                          where_failed(exc))
                 await asyncio.sleep(0.5)
 
     # -- the data path -------------------------------------------------------------------------
@@ -302,9 +316,9 @@ class ShardHost:
             replies, pushes = shard.process(requests, routed)
         except Exception as exc:  # nothing of the round was acknowledged
             if not isinstance(exc, StoreUnavailable):  # a bug, not bad input
-                log.exception("%s: processing a round failed", self.name)
+                log.error("%s: processing a round failed: %s", self.name, where_failed(exc))
                 exc = StoreUnavailable(f"{self.name}: processing a round failed "
-                                       f"({type(exc).__name__}: {exc})")
+                                       f"({type(exc).__name__})")
             self._fail(exc)
             # answered at once: no sync of the dropped Shard's journal covers anything of it
             shard, replies, pushes = None, [Unavailable(reason=str(exc))] * len(requests), []
@@ -369,9 +383,9 @@ class ShardHost:
             raise
         except Exception as exc:
             if shard.journaling.pending and self.shard is shard:
-                log.exception("%s: %s failed half-way", self.name,
-                              getattr(method, "__name__", method))
-                self._fail(StoreUnavailable(f"{self.name}: {type(exc).__name__}: {exc}"))
+                log.error("%s: %s failed half-way: %s", self.name,
+                          getattr(method, "__name__", method), where_failed(exc))
+                self._fail(StoreUnavailable(f"{self.name}: {type(exc).__name__}"))
             raise
 
     async def _tick(self) -> None:

@@ -249,7 +249,7 @@ def journaled_events(journal) -> list[tuple[str, float]]:
 
 
 def test_a_round_that_fails_half_way_leaves_no_trace_and_the_shard_serves_again(
-        compiled, tmp_path):
+        compiled, tmp_path, caplog):
     """The event handler raises on its third request of a round, after the round's earlier
     requests changed the Shard: the round answers UNAVAILABLE, nothing of it is ever
     journaled, and the Shard served afterwards equals a twin that never saw the round."""
@@ -270,13 +270,17 @@ def test_a_round_that_fails_half_way_leaves_no_trace_and_the_shard_serves_again(
             applied.extend(good)
             replies = events(good, touched)
             if len(good) < len(requests):
-                raise RuntimeError("a bug")
+                raise KeyError(requests[len(good)].customer_id)  # a message quoting an id
             return replies
         failed._handlers["event"] = fails_on_the_third
         replies = await host.handle("a", 1, failing, [0] * 4)
         assert applied == [failing[0], failing[2]]  # two events changed the Shard first
         assert {r.status for r in replies} == {"unavailable"}
-        assert "RuntimeError: a bug" in replies[0].reason and host.queued == 0
+        # every caller of the round is told, and the log names where it failed, but none
+        # sees the id the failure's message quoted
+        assert "KeyError" in replies[0].reason and host.queued == 0
+        assert "fails_on_the_third" in caplog.text
+        assert "'bob'" not in caplog.text and all("bob" not in r.reason for r in replies)
         await served_again(host, failed)
         assert await host.handle("a", 2, later, [0]) == [EventAck(sequence=1)]
         assert journaled_events(host.shard.journal) == [("ana", T0), ("bob", T0),
