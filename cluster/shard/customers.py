@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from typing import Iterator
 
 import numpy as np
 
 from kairos.core.engine import EncodedEvent, EncodedRequest
 from kairos.core.errors import InputError
 
+from kairos.cluster.identity import anonymous_id
 from kairos.cluster.protocol import (Busy, Decide, Event, EventAck, EventRecord, Fire,
                                      Invalid, Missing, Ok, Outcome, ReadProfile, Record, Reply,
                                      WatchCustomer)
 from kairos.cluster.shard.context import ShardContext, touch
 from kairos.cluster.shard.journaling import Journaling
+from kairos.cluster.shard.identities import CustomerIdentities
 from kairos.cluster.shard.keys import IdempotencyKeys
 from kairos.cluster.shard.outcomes import DecisionSeal, OutcomeRate
 from kairos.cluster.shard.residency import Residency
@@ -34,8 +37,10 @@ from kairos.cluster.shard.watches import Watches
 
 class CustomerRequests:
     def __init__(self, ctx: ShardContext, residency: Residency, keys: IdempotencyKeys,
-                 journaling: Journaling, watches: Watches, seal: DecisionSeal):
+                 journaling: Journaling, watches: Watches, seal: DecisionSeal,
+                 identities: CustomerIdentities):
         self._ctx = ctx
+        self._identities = identities
         self._residency = residency
         self._keys = keys
         self._seal = seal
@@ -199,15 +204,15 @@ class CustomerRequests:
         """Record outcomes that name a decision a shard issued and an action it showed
         (outcomes.py), or no decision at all (None: offline feedback, which only a gateway
         lets through, for keys with the feedback scope), within the customer's rate (else
-        Busy); nothing is activated or created for one refused. A replay takes its records as
-        they are: they were checked when journaled (with the engine's own decision id)."""
+        Busy); nothing is created for one refused. A replay takes its records as they are:
+        they were checked when journaled (with the engine's own decision id)."""
         replies: list[Reply] = []
         for o in batch:
             if not self._journaling.replaying:
                 try:
                     if o.decision_id is not None:
                         o = o._replace(decision_id=self._seal.opened(
-                            o.customer_id, o.decision_id, o.channel, o.action_id))
+                            self._issued_to(o), o.decision_id, o.channel, o.action_id))
                 except InputError as exc:
                     replies.append(Invalid(field=exc.field, reason=exc.reason))
                     continue
@@ -228,6 +233,16 @@ class CustomerRequests:
             replies.append(Ok())
             self._ctx.counts["outcomes"] += 1
         return replies
+
+    def _issued_to(self, o: Outcome) -> Iterator[str]:
+        """Whom the decision an outcome names may have been issued to: the customer; then,
+        for a decision shown to an anonymous visitor who has since been linked (logged in)
+        and reported under the customer it merged into, the anonymous ids of the customer's
+        aliases (the customer is loaded to look, only if the first did not match)."""
+        yield o.customer_id
+        if self._residency.activate(o.customer_id, o.partition, create=False):
+            for key in self._identities.aliases(o.customer_id):
+                yield anonymous_id(key)
 
     def profiles(self, batch: list[ReadProfile], touched: dict[str, float]) -> list[Reply]:
         """The golden record as of `now`, with the customer's armed timers and the number of

@@ -24,7 +24,7 @@ import hmac
 import math
 import secrets
 from collections import Counter
-from typing import Callable
+from typing import Callable, Iterable
 
 import msgpack
 
@@ -65,9 +65,11 @@ class DecisionSeal:
         return Decision(**{**vars(decision),
                            "decision_id": f"{decision.decision_id}.{issued}.{tags}"})
 
-    def opened(self, customer_id: str, decision_id: str, channel: str, action_id: str) -> str:
-        """The engine's id of a sealed decision that showed `action_id` on `channel` to the
-        customer within OUTCOME_WINDOW_S; InputError naming `decision_id` otherwise."""
+    def opened(self, issued_to: Iterable[str], decision_id: str, channel: str,
+               action_id: str) -> str:
+        """The engine's id of a sealed decision that showed `action_id` on `channel` to one of
+        the customers `issued_to` within OUTCOME_WINDOW_S; InputError naming `decision_id`
+        otherwise."""
         try:
             engine_id, issued, tags = decision_id.rsplit(".", 2)
             when = int(issued, 16)
@@ -76,12 +78,13 @@ class DecisionSeal:
         if not self._clock() - OUTCOME_WINDOW_S <= when:
             raise InputError("decision_id", f"issued more than {OUTCOME_WINDOW_S:g} s ago: "
                                             f"too old for outcomes")
-        tag = _tag(self._signer(customer_id, engine_id, issued, channel), action_id)
-        if not any(hmac.compare_digest(tag, tags[i:i + TAG_CHARS])
+        for customer_id in issued_to:
+            tag = _tag(self._signer(customer_id, engine_id, issued, channel), action_id)
+            if any(hmac.compare_digest(tag, tags[i:i + TAG_CHARS])
                    for i in range(0, len(tags), TAG_CHARS)):
-            raise InputError("decision_id", f"no decision issued to this customer showed "
-                                            f"{action_id!r} on {channel}")
-        return engine_id
+                return engine_id
+        raise InputError("decision_id", f"no decision issued to this customer showed "
+                                        f"{action_id!r} on {channel}")
 
     def _signer(self, customer_id: str, engine_id: str, issued: str, channel: str):
         """A keyed BLAKE2b over what every tag of a decision shares, to be copied for each

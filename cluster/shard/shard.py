@@ -90,7 +90,7 @@ class Shard:
                                    resident_limit)
         self.seal = DecisionSeal(secret, clock)
         self.customers = CustomerRequests(ctx, self.residency, self.keys, self.journaling,
-                                          self.watches, self.seal)
+                                          self.watches, self.seal, self.identities)
         identity = IdentityRequests(ctx, self.residency, self.journaling, self.directory,
                                     self.identities)
         self.durability = Durability(ctx, self.ownership, self.residency, self.directory,

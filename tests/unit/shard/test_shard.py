@@ -612,6 +612,24 @@ def test_outcomes_must_name_a_decision_a_shard_issued_and_an_action_it_showed(co
     assert (late.status, late.field) == (INVALID, "decision_id") and "too old" in late.reason
 
 
+def test_a_decision_shown_before_a_login_takes_its_outcome_after_the_link(compiled):
+    """Shown to an anonymous visitor (by cookie), answered once the visitor has logged in:
+    the outcome names the customer the cookie was linked to, and counts; a customer the
+    cookie was never linked to still cannot use that decision."""
+    s = shard(compiled)
+    key, anon = "cookie:c9", anonymous_id("cookie:c9")
+    s.process([event(anon, "page_view", T0, category="home")])
+    d = s.process([decide(anon)])[0][0].value
+    shown = d.actions[0].action_id
+    s.process([event("ana", "app_open", T0), event("bob", "app_open", T0)])
+    link_steps(s, s, s, key, "ana")
+    results, _ = s.process([outcome("bob", shown, d.decision_id),
+                            outcome("ana", shown, d.decision_id)])
+    assert [(r.status, getattr(r, "field", None)) for r in results] == \
+        [(INVALID, "decision_id"), (OK, None)]
+    assert [h["action_id"] for h in s.engine.history("ana")] == [shown]
+
+
 def test_an_outcome_of_a_decision_made_before_the_profile_existed_creates_it(compiled):
     s = shard(compiled)
     d = s.process([decide("fresh")])[0][0].value
