@@ -80,10 +80,8 @@ class IdentityRequests:
         """Step 0: note the alias on the customer, so a forget finds it from here on."""
         replies: list[Reply] = []
         for r in batch:
-            if self._buried(r.partition, r.link):
-                replies.append(_refused(r.customer_id))
+            if not self._customer_step(r, replies):
                 continue
-            self._residency.activate(r.customer_id, r.partition)
             self._identities.claim(r.customer_id, r.key)
             self._journaling.record(r)
             replies.append(Ok())
@@ -158,10 +156,8 @@ class IdentityRequests:
         folded now."""
         replies: list[Reply] = []
         for r in batch:
-            if self._buried(r.partition, r.link):
-                replies.append(_refused(r.customer_id))
+            if not self._customer_step(r, replies):
                 continue
-            self._residency.activate(r.customer_id, r.partition)
             if not self._identities.link(r.customer_id, r.key, r.link):
                 replies.append(Ok(value=False))
                 continue
@@ -222,6 +218,15 @@ class IdentityRequests:
                 self._journaling.record(r)
                 self._journaling.erase_later(r.partition, r.customer_id)
         return [Ok()] * len(batch)
+
+    def _customer_step(self, r: Claim | Merge, replies: list[Reply]) -> bool:
+        """Whether a link's step on its customer goes on (the customer is then resident);
+        a step of a buried link is answered refused."""
+        if self._buried(r.partition, r.link):
+            replies.append(_refused(r.customer_id))
+            return False
+        self._residency.activate(r.customer_id, r.partition)
+        return True
 
     def _buried(self, partition: int, link: str) -> bool:
         return self._directory.is_buried(partition, link, self._ctx.clock())

@@ -7,20 +7,14 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.harness import run_harness
+
 SYSTEMS = ("floor-grpc", "floor-ray-1node", "redis", "kairos-1node", "actors")
 
 
 def test_smoke_run_writes_reports_and_a_summary_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "bench.load", "--smoke", "--out",
-                          str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
-                         timeout=240)
-    assert out.returncode == 0, out.stderr[-4000:]
-    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    summary = run_harness("load", ["--smoke"], tmp_path, 240)
     assert set(SYSTEMS) <= set(summary["systems"])
     for section in ("ingest", "batch", "push"):
         assert "kairos-1node" in summary[section], section

@@ -5,19 +5,12 @@ was: the committed report comes from a full run on a quiet machine."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.harness import run_harness
 
 
 def test_smoke_run_writes_a_report_with_a_verdict(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "bench.overload", "--smoke", "--out",
-                          str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-4000:]
-    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    summary = run_harness("overload", ["--smoke"], tmp_path, 300)
     report = json.loads((tmp_path / f"{summary['run']}.json").read_text())
     verdict = report["verdict"]
     assert set(verdict["checks"]) == {"admitted_p99_within_2x", "refusals_within_deadline",

@@ -5,20 +5,13 @@ hour-long run's report is committed in bench/results."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.harness import run_harness
 
 
 def test_two_minute_soak_writes_samples_and_a_verdict(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "bench.soak", "--minutes", "2", "--rate", "100",
-                          "--customers", "2000", "--step-s", "30", "--sample-s", "5",
-                          "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
-                         timeout=420)
-    assert out.returncode == 0, out.stderr[-4000:]
-    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    summary = run_harness("soak", ["--minutes", "2", "--rate", "100", "--customers", "2000",
+                                   "--step-s", "30", "--sample-s", "5"], tmp_path, 420)
     report = json.loads((tmp_path / f"{summary['run']}.json").read_text())
     samples = report["samples"]
     assert len(samples) >= 20

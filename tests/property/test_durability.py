@@ -26,6 +26,7 @@ from kairos.cluster.storage.sealed import SnapshotCorrupt, unseal
 from kairos.cluster.storage.store import StoreUnavailable
 
 from kairos.cluster.storage.redis_server import RedisServer
+from tests.support.faults import fsync_fails_once
 from tests.support.waiting import until
 from tests.unit.shard.test_shard import (N_PARTITIONS, T0, Clock, decide, event, forget,
                                          journey, link_steps, p_of, profile, shard, watch)
@@ -422,12 +423,9 @@ def test_a_corrupt_journal_keeps_the_host_unavailable_naming_it_until_it_is_quar
     (shown by the actor's health) names the segment and the byte; once the segment is moved
     into quarantine/ the host recovers by itself from the snapshot and serves again."""
     import asyncio
-    import errno
-    import os
 
     from kairos.cluster.protocol import EventAck, Unavailable
     from kairos.cluster.shard.host import ShardHost
-    from kairos.cluster.storage import journal as journal_module
 
     store = DirectoryStore(tmp_path)
     segments = tmp_path / "journals" / "s0"
@@ -445,14 +443,7 @@ def test_a_corrupt_journal_keeps_the_host_unavailable_naming_it_until_it_is_quar
             damaged = bytearray(segment.read_bytes())
             damaged[HEADER.size + 2] ^= 0x04  # inside the first batch; intact ones follow
             segment.write_bytes(bytes(damaged))
-            fsync, failures = os.fsync, []
-
-            def fails_once(fd):
-                if not failures:
-                    failures.append(fd)
-                    raise OSError(errno.EIO, "I/O error")
-                fsync(fd)
-            monkeypatch.setattr(journal_module.os, "fsync", fails_once)
+            fsync_fails_once(monkeypatch)
             unavailable, = await host.handle("a", 2, [event("ana", "app_open", T0 + 2)], [0])
             assert unavailable.status == "unavailable"
             await until(lambda: "failed" in host.recovery, 20, "the rebuild to fail")

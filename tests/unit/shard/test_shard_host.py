@@ -5,8 +5,6 @@ sync's books."""
 from __future__ import annotations
 
 import asyncio
-import errno
-import os
 import subprocess
 import sys
 import threading
@@ -20,10 +18,11 @@ from kairos.cluster.shard.host import ShardHost
 from kairos.cluster.shard.modelsync import ModelSync
 from kairos.cluster.shard.syncs import Syncs
 from kairos.cluster.shard.shard import Shard
-from kairos.cluster.storage import journal as journal_module
 from kairos.cluster.storage.directory_store import DirectoryStore
 from kairos.cluster.storage.memory_store import MemoryStore
 from kairos.cluster.storage.store import StoreUnavailable
+
+from tests.support.faults import fsync_fails_once
 
 from .test_shard import N_PARTITIONS, T0, event, p_of, profile
 
@@ -141,14 +140,7 @@ def test_a_failed_sync_answers_unavailable_and_the_host_rebuilds_from_the_store(
     async def test(host):
         assert await host.handle("a", 0, [app_open("ana")], [0]) == [EventAck(sequence=1)]
         failed = host.shard
-        fsync, failures = os.fsync, []
-
-        def fails_once(fd):
-            if not failures:
-                failures.append(fd)
-                raise OSError(errno.EIO, "I/O error")
-            fsync(fd)
-        monkeypatch.setattr(journal_module.os, "fsync", fails_once)
+        fsync_fails_once(monkeypatch)
         unavailable, = await host.handle("a", 1, [app_open("ana", T0 + 1)], [0])
         assert unavailable.status == "unavailable" and "I/O error" in unavailable.reason
         seq = 0
