@@ -14,12 +14,13 @@ from importlib import resources
 from pathlib import Path as FsPath
 from typing import Any, Callable
 
+from ._kernel import MAX_PREDICTORS_SUPPORTED
 from .errors import CatalogError
 from .rules import DURATION_UNITS_S
-
-MAX_ACTIONS = 10_000  # in one catalog
 from .yamlsource import Path, Source
 
+MAX_ACTIONS = 10_000  # in one catalog
+MAX_PREDICTORS = MAX_PREDICTORS_SUPPORTED - 1  # a catalog's; the kernel adds the intercept
 FORMAT_VERSION = 1
 FIELD_TYPES = ("string", "int", "float", "bool", "timestamp")
 FEATURE_KINDS = ("count", "sum", "decayed_count", "decayed_sum", "last", "time_since", "min",
@@ -819,7 +820,13 @@ class _Reader:
         spec = self.mapping(path, (), ("predictors", "prior", "groups"))
         predictors = []
         if "predictors" in spec:
-            for i in range(len(self.sequence(path + ("predictors",)))):
+            declared = len(self.sequence(path + ("predictors",)))
+            if declared > MAX_PREDICTORS:
+                raise self.fail(path + ("predictors",),
+                                f"at most {MAX_PREDICTORS} predictors (the kernel's models "
+                                f"hold {MAX_PREDICTORS + 1} inputs with the intercept), got "
+                                f"{declared}")
+            for i in range(declared):
                 predictors.append(self.predictor(path + ("predictors", i), attributes, features,
                                                  context))
         prior = self.prior(path + ("prior",)) if "prior" in spec else Prior()

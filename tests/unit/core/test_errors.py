@@ -1127,3 +1127,19 @@ def test_bool_outcome(engine):
     err = input_error(engine.record_outcomes, [("c", "track_order", "web", True, T, None)])
     assert str(err) == "outcome: unknown outcome True (outcomes: impression, accept, reject, " \
                        "ignore, convert)"
+
+
+def test_more_predictors_than_the_kernel_holds_is_a_catalog_error():
+    """The validator says so, with where: not the engine at shard start."""
+    from kairos.core.catalog import MAX_PREDICTORS
+    declared = len(load_catalog(SMALL, "small.yaml").models.predictors)
+
+    def with_more(n: int) -> str:
+        return edit("  predictors:\n", "  predictors:\n" +
+                    "    - {name: orders, transform: log1p}\n" * n)
+    compile_text(with_more(MAX_PREDICTORS - declared))  # up to the limit
+    err = catalog_error(with_more(MAX_PREDICTORS - declared + 1))
+    assert err.path == "models.predictors"
+    assert err.reason == (f"at most {MAX_PREDICTORS} predictors (the kernel's models hold "
+                          f"{MAX_PREDICTORS + 1} inputs with the intercept), got "
+                          f"{MAX_PREDICTORS + 1}")
