@@ -7,6 +7,8 @@
                                         keep their customers in --store (default ~/.kairos/store)
                                         and a cluster started again on it takes up where it
                                         stopped
+    kairos start --address HOST:PORT    the same on a Ray cluster something else started (KubeRay's
+                                        head pod): the runtime and a gateway on every node
     kairos demo [--local]               replay a cross-channel journey against it, printing each
                                         decision as it changes (--local: in-process, no cluster)
     kairos status                       nodes, shards, partitions, customers, versions
@@ -29,6 +31,7 @@ import stat
 import subprocess
 import sys
 import time
+from typing import Callable
 
 import grpc
 
@@ -65,25 +68,29 @@ def validate(paths: list[str]) -> int:
     return 1 if failed else 0
 
 
-def up(args: argparse.Namespace) -> int:
+class Refused(Exception):
+    """What stops a command before it starts anything: the message, and the exit status."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+def checked_inputs(args: argparse.Namespace) -> str | None:
+    """What can be wrong before anything starts (options, files, the catalog); the catalog's
+    text (None: the default). Refused otherwise."""
     from kairos.cluster.gateway.auth import KEYS_ENV, Auth
     from kairos.cluster.gateway.server import Tls
 
     if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
-        print("--tls-cert and --tls-key go together (and --tls-client-ca needs them)",
-              file=sys.stderr)
-        return 2
-    if args.nodes < 1:
-        print("--nodes must be at least 1", file=sys.stderr)
-        return 2
+        raise Refused("--tls-cert and --tls-key go together (and --tls-client-ca needs them)",
+                      2)
     try:  # secrets in files anyone may read are refused before anything reads them
         for path, option in ((args.keys, "--keys"), (args.tls_key, "--tls-key")):
             if path:
                 check_secret_file(path, option)
     except SecretFileError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    # what can be wrong before anything starts: files, the catalog
+        raise Refused(f"error: {exc}", 2) from None
     try:
         catalog_text = _read(args.catalog) if args.catalog else None
         if catalog_text is not None:
@@ -94,11 +101,21 @@ def up(args: argparse.Namespace) -> int:
         if args.tls_cert:
             Tls.from_files(args.tls_cert, args.tls_key, args.tls_client_ca)
     except (CatalogError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        raise Refused(f"error: {exc}", 1) from None
     except OSError as exc:
-        print(f"error: {exc.filename}: {exc.strerror}", file=sys.stderr)
-        return 1
+        raise Refused(f"error: {exc.filename}: {exc.strerror}", 1) from None
+    return catalog_text
+
+
+def up(args: argparse.Namespace) -> int:
+    if args.nodes < 1:
+        print("--nodes must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        catalog_text = checked_inputs(args)
+    except Refused as exc:
+        print(exc, file=sys.stderr)
+        return exc.status
     with local.up_lock():
         run = local.read_run()
         if run is not None:
@@ -189,6 +206,40 @@ def _start(args: argparse.Namespace, run: local.Run, catalog_text: str | None) -
     env = local.ray_env(run.loopback, run.auth_mode)
     os.environ.clear()
     os.environ.update(env)
+    local.start_ray(run, args.dashboard_port if args.dashboard else None)
+    reach = local.LOOPBACK if args.host in ("0.0.0.0", "::", "") else args.host
+    # node i's gateway on port + i: every node of `kairos up` is on this machine
+    run.gateways = [f"{reach}:{port}" for _, port in _start_kairos(
+        args, run.ray_address, catalog_text, lambda i: args.port + i if args.port else 0)]
+    local.write_run(run)
+
+
+def start(args: argparse.Namespace) -> int:
+    """Kairos on a Ray cluster something else started (KubeRay's head pod, `ray start`): the
+    runtime and a gateway on every node alive, each on --port of its node's address. Nothing
+    is recorded in $KAIROS_HOME: the platform that started Ray stops it."""
+    try:
+        catalog_text = checked_inputs(args)
+    except Refused as exc:
+        print(exc, file=sys.stderr)
+        return exc.status
+    try:
+        gateways = _start_kairos(args, args.address, catalog_text, lambda i: args.port)
+    except Exception as exc:  # Ray not reachable, a gateway that could not bind, ...
+        print(f"error: Kairos did not start on the Ray cluster at {args.address}: {exc}",
+              file=sys.stderr)
+        return 1
+    print(f"Kairos is serving on the Ray cluster at {args.address}: {args.shards} shards, "
+          f"gRPC on " + ", ".join(f"{host}:{port}" for host, port in gateways)
+          + f"; store {redact(args.store)} (journal {args.journal_policy})")
+    return 0
+
+
+def _start_kairos(args: argparse.Namespace, address: str, catalog_text: str | None,
+                  port_of: Callable[[int], int]) -> list[tuple[str, int]]:
+    """Join the Ray cluster at `address` as a driver, start the runtime on it and a gateway on
+    every node alive (node i's on `port_of(i)`; 0: any free port); each gateway's (node
+    address, port)."""
     import ray
 
     from kairos.cluster.control import runtime
@@ -196,23 +247,23 @@ def _start(args: argparse.Namespace, run: local.Run, catalog_text: str | None) -
     from kairos.cluster.gateway.auth import KEYS_ENV
     from kairos.cluster.settings import NAMESPACE
 
-    local.start_ray(run, args.dashboard_port if args.dashboard else None)
-    ray.init(address=run.ray_address, namespace=NAMESPACE, logging_level="WARNING")
+    ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING")
     try:
         runtime.start(n_shards=args.shards, catalog_text=catalog_text, store=args.store,
                       journal_policy=args.journal_policy)
-        reach = local.LOOPBACK if args.host in ("0.0.0.0", "::", "") else args.host
         tls_files = tuple(os.path.abspath(p) if p else None for p in
                           (args.tls_cert, args.tls_key, args.tls_client_ca)) \
             if args.tls_cert else None
-        for i, node in enumerate(sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])):
+        nodes = sorted((n["NodeID"], n["NodeManagerAddress"]) for n in ray.nodes()
+                       if n["Alive"])
+        gateways = []
+        for i, (node, node_address) in enumerate(nodes):
             gateway = runtime.gateway_actor(
-                GatewayActor, i, node, host=args.host, port=args.port + i if args.port else 0,
+                GatewayActor, i, node, host=args.host, port=port_of(i),
                 keys_file=os.path.abspath(args.keys) if args.keys else None,
                 keys_env=None if args.keys else KEYS_ENV, tls_files=tls_files)
-            port = ray.get(gateway.start.remote())
-            run.gateways.append(f"{reach}:{port}")
-        local.write_run(run)
+            gateways.append((node_address, ray.get(gateway.start.remote())))
+        return gateways
     finally:
         ray.shutdown()
 
@@ -312,39 +363,32 @@ def parser(gateway_port: int) -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="kairos", description="Kairos next-best-action engine",
                                   parents=[target])
     commands = top.add_subparsers(dest="command", required=True)
-    start = commands.add_parser("up", help="start the embedded default on this machine")
-    start.add_argument("--nodes", type=int, default=1, help="Ray nodes on this machine")
-    start.add_argument("--shards", type=int, default=4)
-    start.add_argument("--host", default=local.LOOPBACK, help="gateway bind address")
-    start.add_argument("--port", type=int, default=gateway_port,
-                       help="first gateway's port (node i's gateway: port + i; 0: any free "
-                            "port); default $KAIROS_GATEWAY_PORT or %(default)s")
-    start.add_argument("--ray-port", type=int, default=local.RAY_PORT,
-                       help="the Ray cluster's GCS port on 127.0.0.1 (default %(default)s)")
-    start.add_argument("--dashboard-port", type=int, default=local.DASHBOARD_PORT,
-                       help="the Ray dashboard's port on 127.0.0.1 (default %(default)s)")
-    start.add_argument("--no-dashboard", dest="dashboard", action="store_false",
-                       help="start Ray without its dashboard")
-    start.add_argument("--ray-temp-dir", help="Ray's session files and logs (default Ray's: "
-                                              f"{local.default_ray_temp_dir()})")
-    start.add_argument("--keys", help="API keys file (YAML); default $KAIROS_API_KEYS")
-    start.add_argument("--catalog", help="catalog file (default: the built-in catalog, or the "
-                                         "one last pushed to the store's cluster)")
-    default_store = os.environ.get("KAIROS_STORE", os.path.join(str(local.home()), STORE_DIR))
-    start.add_argument("--store", default=default_store,
-                       help="where shards keep customers, snapshots and journals: a directory, "
-                            "redis://host:port/db, or 'memory' (nothing survives a restart); "
-                            "default $KAIROS_STORE or "
-                            + redact(default_store).replace("%", "%%"))
-    start.add_argument("--journal-policy", choices=("fsync", "os", "off"),
-                       default=os.environ.get("KAIROS_JOURNAL_POLICY", "fsync"),
-                       help="fsync each batch before acknowledging it (default), leave it "
-                            "to the OS (survives a crash of Kairos, not of the machine), or "
-                            "journal nothing")
-    start.add_argument("--tls-cert", help="serve TLS: the certificate chain (PEM)")
-    start.add_argument("--tls-key", help="serve TLS: the private key (PEM)")
-    start.add_argument("--tls-client-ca", help="mTLS: clients need a certificate this CA "
-                                               "signed (PEM)")
+    serving = _serving_options()
+    up_ = commands.add_parser("up", help="start the embedded default on this machine",
+                              parents=[serving])
+    up_.add_argument("--nodes", type=int, default=1, help="Ray nodes on this machine")
+    up_.add_argument("--host", default=local.LOOPBACK, help="gateway bind address")
+    up_.add_argument("--port", type=int, default=gateway_port,
+                     help="first gateway's port (node i's gateway: port + i; 0: any free "
+                          "port); default $KAIROS_GATEWAY_PORT or %(default)s")
+    up_.add_argument("--ray-port", type=int, default=local.RAY_PORT,
+                     help="the Ray cluster's GCS port on 127.0.0.1 (default %(default)s)")
+    up_.add_argument("--dashboard-port", type=int, default=local.DASHBOARD_PORT,
+                     help="the Ray dashboard's port on 127.0.0.1 (default %(default)s)")
+    up_.add_argument("--no-dashboard", dest="dashboard", action="store_false",
+                     help="start Ray without its dashboard")
+    up_.add_argument("--ray-temp-dir", help="Ray's session files and logs (default Ray's: "
+                                            f"{local.default_ray_temp_dir()})")
+    on_ray = commands.add_parser(
+        "start", parents=[serving],
+        help="start Kairos on a running Ray cluster (KubeRay's head pod, `ray start`)")
+    on_ray.add_argument("--address", required=True,
+                        help="the Ray cluster's GCS, host:port (or 'auto' on one of its nodes)")
+    on_ray.add_argument("--host", default="0.0.0.0", help="gateways' bind address "
+                                                          "(default %(default)s)")
+    on_ray.add_argument("--port", type=int, default=gateway_port,
+                        help="every node's gateway port; default $KAIROS_GATEWAY_PORT or "
+                             "%(default)s")
     commands.add_parser("down", help="stop what `kairos up` started on this KAIROS_HOME")
     commands.add_parser("status", help="show the cluster", parents=[target])
     show = commands.add_parser("demo", help="replay a cross-channel journey", parents=[target])
@@ -359,6 +403,31 @@ def parser(gateway_port: int) -> argparse.ArgumentParser:
     return top
 
 
+def _serving_options() -> argparse.ArgumentParser:
+    """What `up` and `start` share: the runtime's and the gateways' options."""
+    serving = argparse.ArgumentParser(add_help=False)
+    serving.add_argument("--shards", type=int, default=4)
+    serving.add_argument("--keys", help="API keys file (YAML); default $KAIROS_API_KEYS")
+    serving.add_argument("--catalog", help="catalog file (default: the built-in catalog, or "
+                                           "the one last pushed to the store's cluster)")
+    default_store = os.environ.get("KAIROS_STORE", os.path.join(str(local.home()), STORE_DIR))
+    serving.add_argument("--store", default=default_store,
+                         help="where shards keep customers, snapshots and journals: a "
+                              "directory, redis://host:port/db, or 'memory' (nothing survives "
+                              "a restart); default $KAIROS_STORE or "
+                              + redact(default_store).replace("%", "%%"))
+    serving.add_argument("--journal-policy", choices=("fsync", "os", "off"),
+                         default=os.environ.get("KAIROS_JOURNAL_POLICY", "fsync"),
+                         help="fsync each batch before acknowledging it (default), leave it "
+                              "to the OS (survives a crash of Kairos, not of the machine), or "
+                              "journal nothing")
+    serving.add_argument("--tls-cert", help="serve TLS: the certificate chain (PEM)")
+    serving.add_argument("--tls-key", help="serve TLS: the private key (PEM)")
+    serving.add_argument("--tls-client-ca", help="mTLS: clients need a certificate this CA "
+                                                 "signed (PEM)")
+    return serving
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         from kairos.cluster.settings import GATEWAY_PORT
@@ -366,8 +435,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     args = parser(GATEWAY_PORT).parse_args(argv)
-    if args.command in ("up", "down"):
-        return up(args) if args.command == "up" else down(args)
+    if args.command in ("up", "down", "start"):
+        return {"up": up, "down": down, "start": start}[args.command](args)
     if args.command == "catalog" and args.catalog_command == "validate":
         return validate(args.paths)
     if args.command == "demo" and args.local:

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import psutil
@@ -80,3 +81,32 @@ def test_up_demo_status_push_down_on_ports_of_its_own(tmp_path, default_yaml):
     assert not (home / "run.json").exists()
     assert not (Path(ray_temp) / "ray_current_cluster").exists()
     shutil.rmtree(ray_temp, ignore_errors=True)
+
+
+def test_start_serves_on_a_ray_cluster_something_else_started(tmp_path, monkeypatch):
+    """`kairos start --address` as KubeRay's head pod runs it: Ray is up already (here a
+    `ray start --head` of the test's own, on loopback), Kairos joins it, starts the runtime and
+    a gateway on the node, exits, and keeps serving."""
+    platform, home = tmp_path / "platform", tmp_path / "home"
+    platform.mkdir()
+    monkeypatch.setenv(local.HOME_ENV, str(platform))  # where start_ray keeps its record
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    ray_temp = tempfile.mkdtemp(prefix="kx-")
+    run = local.Run(ray_address=f"{local.LOOPBACK}:{free_port()}", temp_dir=ray_temp,
+                    sessions=[], started=time.time(), loopback=True, auth_mode="token")
+    env = {**local.ray_env(run.loopback, run.auth_mode), local.HOME_ENV: str(home)}
+    try:
+        local.start_ray(run, None)  # the platform's Ray, not Kairos's
+        done = kairos("start", "--address", run.ray_address, "--host", local.LOOPBACK,
+                      "--port", "0", "--shards", "2", "--store", "memory", env=env)
+        assert done.returncode == 0, done.stderr
+        assert f"Kairos is serving on the Ray cluster at {run.ray_address}: 2 shards" \
+            in done.stdout
+        target = done.stdout.split("gRPC on ")[1].split(";")[0]
+        status = kairos("--target", target, "status", env=env, timeout_s=60)
+        assert status.returncode == 0, status.stderr
+        assert "kairos-shard-0001" in status.stdout
+        assert not home.exists()  # nothing recorded: the platform stops its Ray
+    finally:
+        local.terminate(run)
+        shutil.rmtree(ray_temp, ignore_errors=True)
