@@ -29,19 +29,25 @@ def _file(tmp_path, name, mode):
     return str(path)
 
 
+# `kairos start` checks the same before it joins any Ray cluster (none listens at port 1)
+COMMANDS = [["up", "--no-dashboard"], ["start", "--address", "127.0.0.1:1"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=["up", "start"])
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
-def test_up_refuses_a_keys_file_others_can_read(tmp_path, home, capsys, mode):
+def test_up_refuses_a_keys_file_others_can_read(tmp_path, home, capsys, mode, command):
     keys = _file(tmp_path, "keys.yaml", mode)
-    assert main(["up", "--keys", keys, "--no-dashboard"]) == 2
+    assert main([*command, "--keys", keys]) == 2
     err = capsys.readouterr().err
     assert keys in err and f"{mode:04o}" in err and f"chmod 600 {keys}" in err
     assert not (home / "run.json").exists()
 
 
-def test_up_refuses_a_tls_key_others_can_read(tmp_path, home, capsys):
+@pytest.mark.parametrize("command", COMMANDS, ids=["up", "start"])
+def test_up_refuses_a_tls_key_others_can_read(tmp_path, home, capsys, command):
     cert = _file(tmp_path, "cert.pem", 0o644)  # a certificate is public: not checked
     key = _file(tmp_path, "key.pem", 0o644)
-    assert main(["up", "--tls-cert", cert, "--tls-key", key, "--no-dashboard"]) == 2
+    assert main([*command, "--tls-cert", cert, "--tls-key", key]) == 2
     err = capsys.readouterr().err
     assert key in err and "0644" in err and f"chmod 600 {key}" in err and cert not in err
 
