@@ -54,8 +54,8 @@ def pytest_sessionfinish(session, exitstatus) -> None:
 
 
 # -- tiers ---------------------------------------------------------------------------------------
-TIERS = ("unit", "property", "cluster", "bench")
-NO_RAY = frozenset({"unit", "property"})
+TIERS = ("unit", "k8s", "property", "cluster", "bench")
+NO_RAY = frozenset({"unit", "k8s", "property"})
 _TIER = pytest.StashKey[str]()
 
 
