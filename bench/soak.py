@@ -7,12 +7,18 @@ Sessions (decisions, events and outcomes mixed, as bench/loadgen.py's "journey")
 the given rate, which should be about half the Decide rate the machine holds (bench.load or
 bench.overload find it). Every SAMPLE_S the harness reads, for each Kairos process (the Ray
 actors: gateway, shards, controller, learner), its resident memory, open file descriptors and
-threads. After the warm-up (the first WARMUP_SHARE of the run, at least one step) nothing
-should grow: the verdict holds when, from just after the warm-up to the end (each the median
-of a tenth of the samples), the processes' total RSS grew by less than 5 %, file descriptors
-and threads did not grow, no process was replaced, and the traffic was served (errors and
-fallbacks within the sweep's error budget; outcomes refused by their customer's outcome rate
-are counted apart, as the limit working).
+threads, and from the controller how many decisions the shards' memos keep. After the
+warm-up nothing should grow. The warm-up lasts the first WARMUP_SHARE of the run (at least one
+step) and, beyond that, until every shard's decision memo is full: the memo keeps the inputs
+of the last DECISION_CACHE_SIZE decisions per shard for their outcomes, a bounded cache that
+takes about twenty minutes to fill at 250 sessions/s, and its filling is not a leak. The
+verdict holds when, from just after the warm-up to the end (each the median of a tenth of the
+samples), the processes' total RSS grew by less than 5 %, file descriptors and threads did
+not grow, no process was replaced, and the traffic was served (errors and fallbacks within the
+sweep's error budget; outcomes refused by their customer's outcome rate are counted apart, as
+the limit working). Each sample whose threads differ from the last one's records them by
+process and name, so a thread that appears can be told (a pool growing to its bound, or a
+leak).
 
 Writes bench/results/soak-<time>.json, .md and .png (RSS, descriptors and threads over time)
 and prints a JSON summary as its last line.
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import threading
@@ -30,6 +37,10 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import ray
+
+from kairos.cluster.control import runtime
+from kairos.core.engine import DECISION_CACHE_SIZE
 
 from . import report
 from .loadgen import CUSTOMER_RATE, GeneratorPool, Step
@@ -52,6 +63,7 @@ class Sampler(threading.Thread):
         self.samples: list[dict[str, Any]] = []
         self._done = threading.Event()
         self._t0 = time.monotonic()
+        self._threads: dict[str, dict[str, int]] = {}
 
     def run(self) -> None:
         while True:
@@ -60,24 +72,50 @@ class Sampler(threading.Thread):
                 return
 
     def sample(self) -> dict[str, Any]:
-        rss = fds = threads = 0
-        processes = 0
+        rss = fds = 0
+        threads: dict[str, dict[str, int]] = {}
         for proc in kairos_processes():
             try:
                 with proc.oneshot():
                     rss += proc.memory_info().rss
                     fds += proc.num_fds()
-                    threads += proc.num_threads()
-                processes += 1
-            except psutil.Error:
+                    threads[f"{proc.name()} {proc.pid}"] = _thread_names(proc)
+            except (psutil.Error, OSError):
                 continue
-        return {"t_s": round(time.monotonic() - self._t0, 1), "processes": processes,
-                "rss_mib": round(rss / 2**20, 1), "fds": fds, "threads": threads}
+        sample = {"t_s": round(time.monotonic() - self._t0, 1), "processes": len(threads),
+                  "rss_mib": round(rss / 2**20, 1), "fds": fds,
+                  "threads": sum(sum(t.values()) for t in threads.values()),
+                  "memos": _memos()}
+        if threads != self._threads:
+            sample["thread_names"] = self._threads = threads
+        return sample
 
     def stop(self) -> None:
         self._done.set()
         self.join()
         self.samples.append(self.sample())
+
+
+def _thread_names(proc: psutil.Process) -> dict[str, int]:
+    """The process's threads counted by name, numbers dropped (pool workers share a name)."""
+    names: Counter[str] = Counter()
+    for thread in proc.threads():
+        comm = Path(f"/proc/{proc.pid}/task/{thread.id}/comm")
+        names[re.sub(r"\d+", "#", comm.read_text().strip())] += 1
+    return dict(sorted(names.items()))
+
+
+def _memos() -> list[int]:
+    """Decisions each shard's memo keeps (its last statistics, at most a second old)."""
+    status = ray.get(runtime.controller().status.remote(), timeout=30)
+    return [s.get("decisions_remembered", 0) for s in status["shards"]]
+
+
+def warmed_up(samples: list[dict[str, Any]], at_least_s: float) -> float:
+    """When the warm-up ends: at_least_s, or later, the first sample with every memo full."""
+    full = [s["t_s"] for s in samples
+            if s["memos"] and min(s["memos"]) >= DECISION_CACHE_SIZE]
+    return max(at_least_s, full[0]) if full else at_least_s
 
 
 def verdict(samples: list[dict[str, Any]], warm_s: float, steps: list[dict[str, Any]]
@@ -104,7 +142,29 @@ def verdict(samples: list[dict[str, Any]], warm_s: float, steps: list[dict[str, 
             **{key: [first[key], last[key]] for key in ("rss_mib", "fds", "threads",
                                                         "processes")},
             "rss_growth": round(growth, 4), "sent": sent, "failed": failed,
-            "failures": dict(+errors), "rate_limited_outcomes": rate_limited}
+            "failures": dict(+errors), "rate_limited_outcomes": rate_limited,
+            "memos_full": bool(after[0]["memos"])
+            and min(after[0]["memos"]) >= DECISION_CACHE_SIZE,
+            "threads_changed": _threads_changed(samples, warm_s)}
+
+
+def _threads_changed(samples: list[dict[str, Any]], warm_s: float
+                     ) -> dict[str, dict[str, int]]:
+    """Per process, the thread names whose count changed from the warm-up's end to the end
+    (only samples whose threads changed name them)."""
+    named = [s for s in samples if "thread_names" in s]
+    if not named:
+        return {}
+    before = [s for s in named if s["t_s"] <= warm_s] or named[:1]
+    first, last = before[-1]["thread_names"], named[-1]["thread_names"]
+    changed = {}
+    for proc in sorted(first.keys() | last.keys()):
+        was, now = first.get(proc, {}), last.get(proc, {})
+        diff = {name: now.get(name, 0) - was.get(name, 0) for name in was.keys() | now.keys()
+                if now.get(name, 0) != was.get(name, 0)}
+        if diff:
+            changed[proc] = dict(sorted(diff.items()))
+    return changed
 
 
 def _medians(samples: list[dict[str, Any]]) -> dict[str, float]:
@@ -117,7 +177,9 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [f"# Soak {results['run']}", "", f"`{results['command']}`", "",
              f"{results['minutes']} minutes of sessions at {results['rate']:.0f}/s, "
              f"{results['customers']} customers, {results['shards']} shards; warm-up "
-             f"{results['warmup_s']:.0f} s.", "",
+             f"{results['warmup_s']:.0f} s (decision memos "
+             f"{'full' if v['memos_full'] else 'still filling'} after it: "
+             f"{DECISION_CACHE_SIZE} decisions per shard).", "",
              f"| (medians of {v['window_samples']} samples) | after warm-up | end |",
              "|---|---:|---:|",
              f"| RSS of the Kairos processes (MiB) | {v['rss_mib'][0]} | {v['rss_mib'][1]} |",
@@ -129,6 +191,9 @@ def markdown(results: dict[str, Any]) -> str:
              f"outcomes refused by their customer's outcome rate (OUTCOMES_PER_CUSTOMER, "
              f"not failures: the hottest Zipf customers report faster than it allows) "
              f"{v['rate_limited_outcomes']}.", "",
+             "Threads that came or went after the warm-up, by process: "
+             + (", ".join(f"{proc}: " + ", ".join(f"{name} {n:+d}" for name, n in d.items())
+                          for proc, d in v["threads_changed"].items()) or "none") + ".", "",
              report.verdict_line(v)]
     return "\n".join(lines) + "\n"
 
@@ -140,10 +205,13 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     samples = results["samples"]
     t = [s["t_s"] / 60 for s in samples]
-    fig, axes = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
-    for ax, key, label in zip(axes, ("rss_mib", "fds", "threads"),
-                              ("RSS (MiB)", "file descriptors", "threads")):
-        ax.plot(t, [s[key] for s in samples])
+    series = {"RSS (MiB)": [s["rss_mib"] for s in samples],
+              "file descriptors": [s["fds"] for s in samples],
+              "threads": [s["threads"] for s in samples],
+              "decisions in memos": [sum(s["memos"]) for s in samples]}
+    fig, axes = plt.subplots(len(series), 1, figsize=(8, 9), sharex=True)
+    for ax, (label, values) in zip(axes, series.items()):
+        ax.plot(t, values)
         ax.axvline(results["warmup_s"] / 60, color="grey", linestyle=":")
         ax.set_ylabel(label)
     axes[-1].set_xlabel("minutes")
@@ -170,7 +238,6 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     total_s = args.minutes * 60
     step_s = min(args.step_s, total_s)
-    warm_s = max(WARMUP_SHARE * total_s, step_s)
     steps: list[dict[str, Any]] = []
     pool = GeneratorPool(args.generators)
     try:
@@ -184,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             sampler.stop()
     finally:
         pool.close()
+    warm_s = warmed_up(sampler.samples, max(WARMUP_SHARE * total_s, step_s))
     results = {"run": f"soak-{stamp}", "command": command, "minutes": args.minutes,
                "rate": args.rate, "customers": args.customers, "shards": args.shards,
                "warmup_s": warm_s, "samples": sampler.samples, "steps": steps,

@@ -343,6 +343,11 @@ class DecisionEngine:
             Reason.TOP_K: f"{scored}; ranked below the actions shown",
         }[reason]
 
+    @property
+    def remembered(self) -> int:
+        """Decisions whose model inputs the memo keeps (at most DECISION_CACHE_SIZE)."""
+        return len(self._remembered)
+
     def forget(self, customer_id: str) -> None:
         """Drop what the decision memo keeps of the customer (ForgetCustomer). A scan of the
         bounded memo: forgetting is rare, and an index per customer would cost every decision."""
