@@ -13,6 +13,8 @@ import numpy as np
 
 IMPLEMENTATION = "cython"
 cdef double HISTORY_EPOCH_S = 1577836800.0  # state.HISTORY_EPOCH_S
+cdef int ONE_EXAMPLE_STEPS = 100  # models.ONE_EXAMPLE_STEPS
+cdef double ONE_EXAMPLE_TOLERANCE = 1e-12  # models.ONE_EXAMPLE_TOLERANCE
 
 OPCODES = {name: value for name, value in dict(
     CONST=OP_CONST, PROFILE=OP_PROFILE, CONTEXT=OP_CONTEXT, ACTION=OP_ACTION, NOW=OP_NOW,
@@ -28,6 +30,7 @@ REASONS = {name: value for name, value in dict(
     INVALID_VALUE=R_INVALID_VALUE, RESTRAINT=R_RESTRAINT, GROUP_LIMIT=R_GROUP_LIMIT,
     TOP_K=R_TOP_K).items()}
 MAX_PREDICTORS_SUPPORTED = MAX_PREDICTORS
+ONE_EXAMPLE = {"steps": ONE_EXAMPLE_STEPS, "tolerance": ONE_EXAMPLE_TOLERANCE}
 
 
 cdef class CatalogView:
@@ -241,6 +244,41 @@ cdef inline double _sigmoid(double z) noexcept nogil:
     if z > -700.0:
         return 1.0 / (1.0 + exp(-z))
     return 0.0
+
+
+cdef double _one_example_logit(double z0, double s, double y) noexcept nogil:
+    """models.one_example_logit, step for step."""
+    cdef double r0 = s * (y - _sigmoid(z0))
+    cdef double lo, hi, z = z0, wide, width, p, f, slope, nxt
+    cdef int step
+    if r0 >= 0.0:
+        lo, hi = z0, z0 + r0
+    else:
+        lo, hi = z0 + r0, z0
+    wide = hi - lo
+    width = hi - lo
+    for step in range(ONE_EXAMPLE_STEPS):
+        p = _sigmoid(z)
+        f = z - z0 + s * (p - y)
+        if f == 0.0:
+            return z
+        if f > 0.0:
+            hi = z
+        else:
+            lo = z
+        slope = 1.0 + s * p * (1.0 - p)
+        nxt = z - f / slope
+        if not (lo < nxt and nxt < hi) or fabs(2.0 * f) > fabs(wide * slope):
+            wide = width
+            width = 0.5 * (hi - lo)
+            z = lo + width
+        else:
+            wide = width
+            width = f / slope
+            z -= width
+        if fabs(width) <= ONE_EXAMPLE_TOLERANCE * (1.0 + fabs(z)):
+            return z
+    return z
 
 
 cdef inline bint _truth(double x) noexcept nogil:
@@ -688,7 +726,7 @@ def record_outcomes(CatalogView cat, StateView st, ModelView mv, const int64_t[:
     updates refused because they would leave a model not finite (the model is left as is)."""
     cdef Py_ssize_t i, j, m, row, refused = 0
     cdef int head, outcome
-    cdef double p, z, y
+    cdef double p, z, s, y
     cdef double precision[MAX_PREDICTORS]
     cdef double mean[MAX_PREDICTORS]
     cdef double check
@@ -707,15 +745,17 @@ def record_outcomes(CatalogView cat, StateView st, ModelView mv, const int64_t[:
             y = 1.0 if (outcome == OUT_ACCEPT or outcome == OUT_CONVERT) else 0.0
             m = actions[i] * cat.n_channels + channels[i]
             z = 0.0
+            s = 0.0
             for j in range(cat.n_predictors):
                 z += mv.mean[m, j] * x[i, j]
-            p = _sigmoid(z)
+                s += x[i, j] * x[i, j] / mv.precision[m, j]
+            p = _sigmoid(_one_example_logit(z, s, y)) if isfinite(z + s) else NAN
             # x*0 is 0 for a finite x and NaN for inf or NaN: one branch-free sum tells whether
             # every new value is finite (measured half the cost of isfinite per value)
             check = 0.0
             for j in range(cat.n_predictors):
+                mean[j] = mv.mean[m, j] + (y - p) * x[i, j] / mv.precision[m, j]
                 precision[j] = mv.precision[m, j] + x[i, j] * x[i, j] * (p * (1.0 - p))
-                mean[j] = mv.mean[m, j] - (p - y) * x[i, j] / precision[j]
                 check += precision[j] * 0.0 + mean[j] * 0.0
             if check != 0.0:
                 refused += 1

@@ -1,10 +1,19 @@
 """Adaptive propensity models: Bayesian logistic regression with a diagonal Gaussian posterior.
 
 Chapelle & Li (2011), "An Empirical Evaluation of Thompson Sampling", Algorithm 3, taken
-online: each outcome is one Laplace step. With p = sigmoid(m . x) and y in {0, 1}::
+online, one example at a time: the new mean is the exact MAP of the Gaussian prior N(m, 1/q)
+times the example's likelihood, and the precision its Laplace curvature. Under a diagonal
+prior the MAP moves the mean along x/q only, so it is one scalar equation in the example's
+logit z = m'.x. With z0 = m.x, s = sum(x_i^2 / q_i) and y in {0, 1}::
 
-    q_i <- q_i + x_i^2 p (1 - p)          # precision
-    m_i <- m_i - (p - y) x_i / q_i        # mean, one Newton step on the diagonal
+    z = z0 + s (y - sigmoid(z))               # solved by `one_example_logit`
+    m_i <- m_i + (y - sigmoid(z)) x_i / q_i   # the MAP
+    q_i <- q_i + x_i^2 p (1 - p),  p = sigmoid(z)
+
+One diagonal Newton step from the old mean (what this module did before) takes the residual
+at z0 instead of at the solution: with many active predictors s is large and that step moved
+the example's own logit several times further than the MAP does (on the digits reduction a
+median 19 against 3.5), so each answer overwrote what the last ones taught.
 
 Exploration samples the logit, which is Gaussian under a diagonal posterior:
 m . x + sqrt(s * sum(x_i^2 / q_i)) * N(0, 1), where s is the catalog's variance scale (full
@@ -12,7 +21,9 @@ variance, s = 1, over-explores with many features; see catalog.DEFAULT_VARIANCE_
 
 Statistics merge across shards as natural parameters: precision q and precision-weighted mean
 q*m add. A shard keeps its posterior and the published base it started from; `delta()` is what
-it learned since, and a learner adds the deltas of every shard to the base.
+it learned since, and a learner adds the deltas of every shard to the base. The exact update
+changes how a shard moves its own posterior, not what it ships: each example still adds
+x^2 p(1-p) to q, and q*m moves by what the MAP moved it.
 
 A posterior that is not finite never heals (q*m of an infinite q is NaN) and a learner would
 publish it to every shard, so nothing non-finite gets in: the kernels refuse such an update,
@@ -28,8 +39,43 @@ import numpy as np
 from .compiler import CompiledCatalog
 
 
+ONE_EXAMPLE_STEPS = 100  # enough to bisect any finite bracket down to the tolerance
+ONE_EXAMPLE_TOLERANCE = 1e-12
+
+
 def sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z)) if z > -700.0 else 0.0
+
+
+def one_example_logit(z0: float, s: float, y: float) -> float:
+    """The root of f(z) = z - z0 + s (sigmoid(z) - y), the example's logit at the MAP.
+
+    f rises (f' = 1 + s p(1-p) >= 1), and f(z0) and f(z0 + s (y - sigmoid(z0))) have opposite
+    signs, so the root lies between them: Newton steps, with a bisection of the bracket
+    instead whenever a step would leave it or would not halve |f| fast enough (rtsafe, as in
+    Numerical Recipes). The kernel (`_one_example_logit`) runs the same steps in order."""
+    r0 = s * (y - sigmoid(z0))
+    lo, hi = (z0, z0 + r0) if r0 >= 0.0 else (z0 + r0, z0)
+    z, wide, width = z0, hi - lo, hi - lo
+    for _ in range(ONE_EXAMPLE_STEPS):
+        p = sigmoid(z)
+        f = z - z0 + s * (p - y)
+        if f == 0.0:
+            return z
+        if f > 0.0:
+            hi = z
+        else:
+            lo = z
+        slope = 1.0 + s * p * (1.0 - p)
+        if not lo < z - f / slope < hi or abs(2.0 * f) > abs(wide * slope):
+            wide, width = width, 0.5 * (hi - lo)
+            z = lo + width
+        else:
+            wide, width = width, f / slope
+            z -= width
+        if abs(width) <= ONE_EXAMPLE_TOLERANCE * (1.0 + abs(z)):
+            return z
+    return z
 
 
 class SplitMix64:
@@ -79,9 +125,11 @@ class BayesianLogit:
 
     def learn_one(self, x, y: bool) -> "BayesianLogit":
         x = np.asarray(x, np.float64)
-        p = sigmoid(float(self.mean @ x))
+        z = one_example_logit(float(self.mean @ x), float((x * x / self.precision).sum()),
+                              float(y))
+        p = sigmoid(z)
+        self.mean += (float(y) - p) * x / self.precision
         self.precision += x * x * (p * (1.0 - p))
-        self.mean -= (p - float(y)) * x / self.precision
         return self
 
     def predict_one(self, x) -> float:

@@ -13,7 +13,7 @@ import numpy as np
 from . import rules
 from .compiler import (CLOCK_SLOT, N_FACTORS, STAGE_VALUE, CompiledCatalog, Exploration,
                        Outcome, Reason, Transform, Update)
-from .models import SplitMix64, sigmoid
+from .models import SplitMix64, one_example_logit, sigmoid
 from .state import EMPTY, HISTORY_EPOCH_S, profile_view
 
 IMPLEMENTATION = "reference"
@@ -329,15 +329,16 @@ def record_outcomes(cat: CatalogView, st: StateView, mv: ModelView, rows, action
         y = 1.0 if outcome in (Outcome.ACCEPT, Outcome.CONVERT) else 0.0
         m = c.model_index(a, ch)
         xi = x[i]
-        z = 0.0
-        for j in range(len(xi)):
-            z += mv.mean[m, j] * xi[j]
-        p = sigmoid(z)
-        precision, mean = np.empty(len(xi)), np.empty(len(xi))
+        z0 = s = 0.0
         with np.errstate(all="ignore"):  # overflow is what the check below is for
             for j in range(len(xi)):
+                z0 += mv.mean[m, j] * xi[j]
+                s += xi[j] * xi[j] / mv.precision[m, j]
+            p = sigmoid(one_example_logit(z0, s, y)) if math.isfinite(z0 + s) else math.nan
+            precision, mean = np.empty(len(xi)), np.empty(len(xi))
+            for j in range(len(xi)):
+                mean[j] = mv.mean[m, j] + (y - p) * xi[j] / mv.precision[m, j]
                 precision[j] = mv.precision[m, j] + xi[j] * xi[j] * (p * (1.0 - p))
-                mean[j] = mv.mean[m, j] - (p - y) * xi[j] / precision[j]
         if not (np.isfinite(precision).all() and np.isfinite(mean).all()):
             refused += 1
             continue

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from kairos.core import _kernel, kernel, reference
+from kairos.core import _kernel, kernel, models, reference
 from kairos.core.compiler import Reason
 from kairos.core.rules import Op
 
@@ -23,6 +23,11 @@ def test_both_kernels_export_the_same_api(name):
 def test_opcodes_and_reasons_agree_with_python():
     assert _kernel.OPCODES == {op.name: op.value for op in Op}
     assert _kernel.REASONS == {r.name: r.value for r in Reason}
+
+
+def test_the_one_example_solve_stops_where_the_twins_does():
+    assert _kernel.ONE_EXAMPLE == {"steps": models.ONE_EXAMPLE_STEPS,
+                                   "tolerance": models.ONE_EXAMPLE_TOLERANCE}
 
 
 @pytest.mark.parametrize("value, expected", [("1", "reference"), ("0", "cython"),
