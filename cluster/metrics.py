@@ -10,6 +10,8 @@ from typing import Iterable
 
 from ray.util.metrics import Counter, Gauge, Histogram
 
+from kairos.cluster.shard.context import LEARNED_COUNT
+
 LATENCY_BOUNDARIES_MS = [0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 25, 50, 100, 200, 500, 1000]
 
 
@@ -56,6 +58,12 @@ class ShardMetrics:
             "kairos_model_updates_refused_total", "Model updates (outcomes, or rows of a "
             "published version) refused because they would leave a model not finite",
             tag_keys=("shard",))
+        self.learned = Counter(
+            "kairos_outcomes_learned_total", "Outcomes recorded, by what the models learned "
+            "from: decision (the inputs the decision saw), profile_no_decision (offline "
+            "feedback), profile_decision_forgotten (the decision's inputs were no longer kept; "
+            "both learn from the profile as it is now, without context), nothing (impressions)",
+            tag_keys=("shard", "learned_from"))
         self._sent: Tally = Tally()
 
     def observe_batch(self, kinds: Iterable[str], latency_ms: float) -> None:
@@ -77,6 +85,10 @@ class ShardMetrics:
                              ("snapshots", self.snapshots), ("recoveries", self.recoveries),
                              ("model_updates_refused", self.model_updates_refused)):
             self._inc(metric, name, counts[name], self.tags)
+        for name, n in counts.items():
+            if name.startswith(LEARNED_COUNT):
+                self._inc(self.learned, name, n,
+                          {**self.tags, "learned_from": name[len(LEARNED_COUNT):]})
         for channel, n in by_channel.items():
             self._inc(self.decisions, ("channel", channel), n, {**self.tags, "channel": channel})
         for group, n in by_group.items():

@@ -6,6 +6,7 @@ decision log and the caller.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 
 @dataclass(frozen=True)
@@ -62,3 +63,14 @@ class Decision:
     model_version: int
     fallback: bool = False
     explanation: Explanation | None = None  # only when the request asked for it
+
+
+class Learned(str, Enum):
+    """What an outcome taught the models from. Only DECISION learns from what the decision
+    saw; the PROFILE_ kinds learn from the customer's profile as it is now, without the
+    decision's context, and are counted so (a metric, and the ack of Respond)."""
+
+    DECISION = "decision"  # the inputs the decision saw, kept in the engine's memo
+    PROFILE_NO_DECISION = "profile_no_decision"  # offline feedback: no decision named
+    PROFILE_DECISION_FORGOTTEN = "profile_decision_forgotten"  # no longer in the memo
+    NOTHING = "nothing"  # an impression: history only

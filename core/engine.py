@@ -20,7 +20,7 @@ from . import kernel as kernel_loader
 from .catalog import FieldSpec, parse_timestamp
 from .compiler import (CompiledCatalog, Outcome, Reason, STAGES, STAGE_APPLICABILITY,
                        STAGE_ELIGIBILITY, STAGE_SUITABILITY, StringTable)
-from .decision import Decision, Dropped, Explanation, RankedAction
+from .decision import Decision, Dropped, Explanation, Learned, RankedAction
 from .errors import InputError
 from .models import ModelTable
 from .request import channel_code, check_customer, placement_codes, shown
@@ -362,8 +362,9 @@ class DecisionEngine:
     # -- outcomes ----------------------------------------------------------------------------
 
     def record_outcomes(self, outcomes: Sequence[tuple[str, str, str, str, float,
-                                                       str | None]]) -> None:
-        """Record (customer_id, action_id, channel, outcome, time, decision_id) tuples.
+                                                       str | None]]) -> list[Learned]:
+        """Record (customer_id, action_id, channel, outcome, time, decision_id) tuples; what
+        each taught the models from.
 
         The model learns from the inputs the decision saw when the decision is still
         remembered; otherwise from the profile as it is now, without context.
@@ -389,16 +390,21 @@ class DecisionEngine:
                                  ) from None
             encoded.append((customer_id, a, ch, code, _encode_time("time", when), decision_id))
         if not encoded:
-            return
+            return []
         rows = self.activate(e[0] for e in encoded)
         x = np.empty((len(encoded), c.n_predictors))
-        missing = []
+        missing, learned = [], []
         for i, e in enumerate(encoded):
             memo = self._remembered.get(e[5]) if e[5] else None
-            if memo is not None and memo.customer_id == e[0]:
+            kept = memo is not None and memo.customer_id == e[0]
+            if kept:
                 x[i] = memo.predictors
             else:
                 missing.append(i)
+            learned.append(Learned.NOTHING if e[3] == Outcome.IMPRESSION else
+                           Learned.DECISION if kept else
+                           Learned.PROFILE_DECISION_FORGOTTEN if e[5] else
+                           Learned.PROFILE_NO_DECISION)
         if missing:
             ctx = np.full((len(missing), max(len(c.context_names), 1)), math.nan)
             now = np.array([encoded[i][4] for i in missing])
@@ -410,6 +416,7 @@ class DecisionEngine:
             np.array([e[1] for e in encoded], np.int32),
             np.array([e[2] for e in encoded], np.int32), np.array([e[3] for e in encoded], np.int8),
             np.array([e[4] for e in encoded], np.float64), x)
+        return learned
 
     def use_models(self, models: ModelTable) -> None:
         """Decide and learn with this table from now on (after a catalog switch)."""

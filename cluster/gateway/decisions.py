@@ -17,6 +17,7 @@ from typing import AsyncIterator, NamedTuple
 import grpc
 
 from kairos.core.compiler import CompiledCatalog
+from kairos.core.decision import Learned
 from kairos.core.errors import InputError
 from kairos.core.request import fallback_decision
 from kairos.v1 import decision_pb2 as pb
@@ -29,6 +30,7 @@ from kairos.cluster.gateway.calls import Gateway, abort
 from kairos.cluster.gateway.streams import Watch
 from kairos.cluster.settings import STREAM_WINDOW
 
+LEARNED_FROM = {kind.value: pb.LearnedFrom.Value(f"LEARNED_FROM_{kind.name}") for kind in Learned}
 BATCH_LIMIT = 10_000  # events in one IngestBatch (the proto says so)
 
 
@@ -217,11 +219,11 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
             checked = requests.outcome_request(request, await self.gateway.catalog())
         except (Denied, InputError) as exc:
             await abort(context, exc)
-        await self.gateway.call(context, self.gateway.as_customer(
+        learned = await self.gateway.call(context, self.gateway.as_customer(
             checked.who, lambda customer_id: self.client.respond(
                 customer_id, checked.action_id, checked.channel, checked.outcome,
                 checked.time, checked.decision_id)))
-        return pb.OutcomeAck()
+        return pb.OutcomeAck(learned_from=LEARNED_FROM[learned])
 
     async def GetProfile(self, request: pb.ProfileRequest, context) -> pb.Profile:
         catalog = await self.gateway.catalog()

@@ -16,6 +16,8 @@ from kairos.core.engine import DecisionEngine
 from kairos.cluster.control.partitions import partition_of
 from kairos.cluster.storage.store import Store
 
+LEARNED_COUNT = "learned_from:"  # tallies of outcomes by what they taught from (+ its kind)
+
 
 @dataclass
 class ShardContext:

@@ -19,6 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
+from kairos.core.decision import Learned
 from kairos.core.engine import EncodedEvent, EncodedRequest
 from kairos.core.errors import InputError
 
@@ -26,7 +27,7 @@ from kairos.cluster.identity import anonymous_id
 from kairos.cluster.protocol import (Busy, Decide, Event, EventAck, EventRecord, Fire,
                                      Invalid, Missing, Ok, Outcome, ReadProfile, Record, Reply,
                                      WatchCustomer)
-from kairos.cluster.shard.context import ShardContext, touch
+from kairos.cluster.shard.context import LEARNED_COUNT, ShardContext, touch
 from kairos.cluster.shard.journaling import Journaling
 from kairos.cluster.shard.identities import CustomerIdentities
 from kairos.cluster.shard.keys import IdempotencyKeys
@@ -198,6 +199,7 @@ class CustomerRequests:
         if shown:
             engine.record_outcomes(shown)
             self._ctx.counts["outcomes"] += len(shown)
+            self._ctx.counts[LEARNED_COUNT + Learned.NOTHING.value] += len(shown)
         return replies
 
     def outcomes(self, batch: list[Outcome], touched: dict[str, float]) -> list[Reply]:
@@ -222,16 +224,17 @@ class CustomerRequests:
                     continue
             known = self._residency.activate(o.customer_id, o.partition, create=False)
             try:
-                self._ctx.engine.record_outcomes([(o.customer_id, o.action_id, o.channel,
-                                                   o.outcome, o.when, o.decision_id)])
+                [learned] = self._ctx.engine.record_outcomes([(
+                    o.customer_id, o.action_id, o.channel, o.outcome, o.when, o.decision_id)])
             except InputError as exc:
                 replies.append(Invalid(field=exc.field, reason=exc.reason))
                 continue
             if not known:  # shown a decision (or offline) before it had a profile: now it has
                 self._residency.activate(o.customer_id, o.partition)
             self._journaling.record(o)
-            replies.append(Ok())
+            replies.append(Ok(value=learned.value))
             self._ctx.counts["outcomes"] += 1
+            self._ctx.counts[LEARNED_COUNT + learned.value] += 1
         return replies
 
     def _issued_to(self, o: Outcome) -> Iterator[str]:

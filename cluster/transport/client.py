@@ -203,8 +203,9 @@ class KairosClient:
             record_impression=record_impression))
 
     async def respond(self, customer_id: str, action_id: str, channel: str, outcome: str,
-                      when: Any, decision_id: str | None = None) -> None:
-        await self._ask(Outcome(customer_id=customer_id, action_id=action_id,
+                      when: Any, decision_id: str | None = None) -> str:
+        """Record an outcome; what the models learned from (a core.decision.Learned value)."""
+        return await self._value(Outcome(customer_id=customer_id, action_id=action_id,
                                 channel=channel, outcome=outcome, when=when,
                                 decision_id=decision_id))
 

@@ -23,6 +23,8 @@ from kairos.core.engine import LATEST_TIME_S, DecisionEngine
 from kairos.core.errors import CatalogError, InputError
 from kairos.core.models import ModelTable
 
+from tests.support.metrics import Recorder
+
 SCHEMA = json.loads(resources.files("kairos.core").joinpath("catalog.schema.json").read_text())
 T0 = 1_800_000_000.0
 
@@ -194,14 +196,6 @@ def test_bounds_a_catalog_cannot_declare(spec, reason):
     with pytest.raises(CatalogError) as info:
         load_catalog(with_balance(spec))
     assert reason in str(info.value)
-
-
-class Recorder:
-    def __init__(self):
-        self.calls = []
-
-    def inc(self, value, tags=None):
-        self.calls.append((value, tags))
 
 
 def test_refusals_reach_the_metrics():

@@ -163,7 +163,7 @@ def test_outcomes_past_a_customers_rate_are_resource_exhausted(served, monkeypat
     respond = pb.Outcome(customer_id="eager", decision_id=decision.decision_id,
                          action_id=decision.actions[0].action_id, channel="web",
                          outcome=pb.ACCEPT)
-    stub.Respond(respond, timeout=DEADLINE_S)
+    assert stub.Respond(respond, timeout=DEADLINE_S).learned_from == pb.LEARNED_FROM_DECISION
     stub.Respond(respond, timeout=DEADLINE_S)
     with pytest.raises(grpc.RpcError) as exc:
         stub.Respond(respond, timeout=DEADLINE_S)
@@ -203,8 +203,9 @@ def test_offline_outcomes_need_the_feedback_scope_and_name_no_decision(keyed):
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert exc.value.details().startswith("decision_id:")
     assert same(models(gateway), before)
-    stub.Respond(offline, timeout=DEADLINE_S,
-                 metadata=[("x-api-key", "feedback-key-0123456789")])
+    ack = stub.Respond(offline, timeout=DEADLINE_S,
+                       metadata=[("x-api-key", "feedback-key-0123456789")])
+    assert ack.learned_from == pb.LEARNED_FROM_PROFILE_NO_DECISION
     assert not same(models(gateway), before)
 
 

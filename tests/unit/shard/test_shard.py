@@ -16,12 +16,14 @@ from kairos.cluster.protocol import (BUSY, CONFLICT, INVALID, NOT_MINE, OK, Deci
                                      EventAck, Forget, Forgotten, Invalid, Link, Merge, Merged,
                                      Missing, Moved, Ok, Outcome, ReadProfile, Resolve, Settle,
                                      Take, Unlink, WatchCustomer)
+from kairos.cluster.shard.context import LEARNED_COUNT
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.settings import OUTCOME_RATE_WINDOW_S, OUTCOME_WINDOW_S
 from kairos.cluster.storage import blocks
 from kairos.cluster.storage.memory_store import MemoryStore
 from kairos.core.catalog import default_catalog_text, load_catalog, load_default_catalog
 from kairos.core.compiler import compile_catalog
+from kairos.core.decision import Learned
 
 from bench.workload import random_event
 
@@ -605,7 +607,7 @@ def test_outcomes_must_name_a_decision_a_shard_issued_and_an_action_it_showed(co
     results, _ = s.process(refused)
     assert [(r.status, r.field) for r in results] == [(INVALID, "decision_id")] * 8
     assert "bob" not in s.engine.table and not s.engine.history("ana")
-    assert s.process([outcome("ana", shown, d.decision_id)])[0] == [Ok()]
+    assert s.process([outcome("ana", shown, d.decision_id)])[0] == [Ok(value=Learned.DECISION)]
     assert [h["action_id"] for h in s.engine.history("ana")] == [shown]
     clock.now += OUTCOME_WINDOW_S + 1
     late = s.process([outcome("ana", shown, d.decision_id, kind="convert")])[0][0]
@@ -634,7 +636,7 @@ def test_an_outcome_of_a_decision_made_before_the_profile_existed_creates_it(com
     s = shard(compiled)
     d = s.process([decide("fresh")])[0][0].value
     assert "fresh" not in s.engine.table
-    assert s.process([outcome("fresh", d.actions[0].action_id, d.decision_id)])[0] == [Ok()]
+    assert s.process([outcome("fresh", d.actions[0].action_id, d.decision_id)])[0] == [Ok(value=Learned.DECISION)]
     assert s.residency.residents([p_of("fresh")]) == ["fresh"]
     assert s.process([profile("fresh")])[0][0].value["history"]
 
@@ -644,9 +646,28 @@ def test_an_offline_outcome_names_no_decision_and_learns_from_the_profile(compil
     keys with the feedback scope."""
     s = shard(compiled)
     before = s.engine.models.mean.copy()
-    assert s.process([outcome("walk-in", "service_menu", None, kind="convert")])[0] == [Ok()]
+    assert s.process([outcome("walk-in", "service_menu", None, kind="convert")])[0] == [Ok(value=Learned.PROFILE_NO_DECISION)]
     assert [h["outcome"] for h in s.engine.history("walk-in")] == ["convert"]
     assert (s.engine.models.mean != before).any()
+
+
+def test_outcomes_say_what_they_taught_from_and_are_tallied_so(compiled):
+    """Only an outcome whose decision's inputs the engine still keeps learns from them; the
+    others learn from the profile as it is now, and each kind has its tally (the metric)."""
+    s = shard(compiled)
+    d = s.process([decide("ana", record_impression=True)])[0][0].value
+    shown = d.actions[0].action_id
+    s.engine.forget("bob")  # another customer's: ana's decision stays remembered
+    replies, _ = s.process([outcome("ana", shown, d.decision_id),
+                            outcome("walk-in", "service_menu", None, kind="convert")])
+    assert [r.value for r in replies] == [Learned.DECISION, Learned.PROFILE_NO_DECISION]
+    s.engine.forget("ana")
+    assert s.process([outcome("ana", shown, d.decision_id, kind="reject")])[0] == \
+        [Ok(value=Learned.PROFILE_DECISION_FORGOTTEN)]
+    stats = s.stats()
+    assert [stats[LEARNED_COUNT + kind] for kind in (
+        "decision", "profile_no_decision", "profile_decision_forgotten")] == [1, 1, 1]
+    assert stats[LEARNED_COUNT + "nothing"] == len(d.actions)  # the decision's impressions
 
 
 def test_outcomes_past_a_customers_rate_are_refused_busy(compiled, monkeypatch):
@@ -660,7 +681,7 @@ def test_outcomes_past_a_customers_rate_are_refused_busy(compiled, monkeypatch):
     assert "outcomes for this customer" in results[3].reason
     clock.now += OUTCOME_RATE_WINDOW_S
     assert s.process([outcome("ana", mine.actions[0].action_id, mine.decision_id)])[0] == \
-        [Ok()]
+        [Ok(value=Learned.DECISION)]
 
 
 def test_a_sealed_decision_takes_outcomes_after_a_move_and_a_restart(compiled):
@@ -671,9 +692,9 @@ def test_a_sealed_decision_takes_outcomes_after_a_move_and_a_restart(compiled):
     p = p_of("ana")
     b.adopt(a.freeze([p], 2), 2)
     a.release([p])
-    assert b.process([outcome("ana", d.actions[0].action_id, d.decision_id)])[0] == [Ok()]
+    assert b.process([outcome("ana", d.actions[0].action_id, d.decision_id)])[0] == [Ok(value=Learned.PROFILE_DECISION_FORGOTTEN)]
     b.close()
     restarted = Shard("b", compiled, [p], N_PARTITIONS, store=store)
     restarted.recover()
     assert restarted.process([outcome("ana", d.actions[0].action_id, d.decision_id,
-                                      kind="convert")])[0] == [Ok()]
+                                      kind="convert")])[0] == [Ok(value=Learned.PROFILE_DECISION_FORGOTTEN)]
