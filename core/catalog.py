@@ -179,8 +179,13 @@ class Predictor:
 
 @dataclass(frozen=True)
 class Prior:
+    """Where a model starts: the intercept at the base rate's logit with `precision`, every
+    predictor's weight at 0 with `predictor_precision` (apart: a confident base rate need not
+    make the weights slow to learn)."""
+
     base_rate: float = 0.05
     precision: float = 1.0
+    predictor_precision: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -841,15 +846,16 @@ class _Reader:
         return Models(tuple(predictors), prior, group_priors)
 
     def prior(self, path: Path, base: Prior = Prior()) -> Prior:
-        spec = self.mapping(path, (), ("base_rate", "precision"))
+        spec = self.mapping(path, (), ("base_rate", "precision", "predictor_precision"))
         rate = base.base_rate
         if "base_rate" in spec:
             rate = self.number(path + ("base_rate",), positive=True)
             if rate >= 1.0:
                 raise self.fail(path + ("base_rate",), f"must be below 1, got {rate:g}")
-        precision = self.number(path + ("precision",), positive=True) if "precision" in spec \
-            else base.precision
-        return Prior(rate, precision)
+        precision, predictor_precision = (
+            self.number(path + (key,), positive=True) if key in spec else getattr(base, key)
+            for key in ("precision", "predictor_precision"))
+        return Prior(rate, precision, predictor_precision)
 
     def predictor(self, path: Path, attributes: dict, features: dict,
                   context: dict) -> Predictor:

@@ -512,7 +512,8 @@ class CompiledCatalog:
         for a, action in enumerate(self.catalog.actions):
             prior = models.group_priors.get(action.group, models.prior)
             self.prior_mean[a, 0] = math.log(prior.base_rate / (1.0 - prior.base_rate))
-            self.prior_precision[a] = prior.precision
+            self.prior_precision[a, 0] = prior.precision
+            self.prior_precision[a, 1:] = prior.predictor_precision
 
     @property
     def n_models(self) -> int:

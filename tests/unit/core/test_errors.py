@@ -379,6 +379,11 @@ def test_small_catalog_compiles():
         "small.yaml:124:22: models.prior.base_rate: must be below 1, got 1.5", "1.5",
         id="base-rate-above-one"),
     pytest.param(
+        'prior: {base_rate: 0.1, precision: 1.0}',
+        'prior: {base_rate: 0.1, precision: 1.0, predictor_precision: 0}',
+        "small.yaml:124:64: models.prior.predictor_precision: must be greater than 0, got 0", "0",
+        id="predictor-precision-zero"),
+    pytest.param(
         'fallbacks:', 'history: {size: 2000}\nfallbacks:',
         "small.yaml:127:17: history.size: must be at most 1024, got 2000", "2000",
         id="history-too-large"),

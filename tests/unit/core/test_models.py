@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from kairos.core import models
+from kairos.core.catalog import default_catalog_text
+from kairos.core.compiler import compiled_from_text
 from kairos.core.models import BayesianLogit, ModelTable, SplitMix64
 
 
@@ -95,3 +97,15 @@ def test_many_active_predictors_no_longer_overshoot():
     learner = BayesianLogit(64).learn_one(np.ones(64), True)
     z = float(learner.mean.sum())
     assert 3.0 < z < 4.0 and learner.predict_one(np.ones(64)) < 0.99
+
+
+def test_the_intercept_and_the_weights_have_priors_of_their_own():
+    compiled = compiled_from_text(default_catalog_text().replace(
+        "    retain: {base_rate: 0.08}", "    retain: {base_rate: 0.08, predictor_precision: 4.0}"))
+    sell = compiled.action_index[next(a.id for a in compiled.catalog.actions
+                                      if a.group == "sell")]
+    retain = compiled.action_index[next(a.id for a in compiled.catalog.actions
+                                        if a.group == "retain")]
+    assert compiled.prior_precision[sell, 0] == compiled.prior_precision[retain, 0] == 20.0
+    assert (compiled.prior_precision[sell, 1:] == 1.0).all()
+    assert (compiled.prior_precision[retain, 1:] == 4.0).all()
