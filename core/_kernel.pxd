@@ -3,7 +3,7 @@
 
 cdef enum:
     MAX_STACK = 32
-    MAX_PREDICTORS = 64
+    MAX_PREDICTORS = 1024  # a model's inputs, the intercept included
     N_FACTORS = 4
 
 cdef enum Op:

@@ -39,7 +39,7 @@ cdef class CatalogView:
     cdef public object c
     cdef int n_actions, n_channels, n_groups, n_predictors, history_size, exploration
     cdef int n_decayed, n_weights
-    cdef double restraint, ucb_alpha
+    cdef double restraint, ucb_alpha, trial_rate
     cdef const int8_t[::1] view_kind
     cdef const double[::1] view_inv_hl
     cdef const int32_t[::1] update_start, update_kind, update_slot, update_field
@@ -81,6 +81,7 @@ cdef class CatalogView:
         self.exploration = int(c.exploration)
         self.restraint = c.restraint_threshold
         self.ucb_alpha = c.ucb_alpha
+        self.trial_rate = c.trial_rate
         self.view_kind = c.layout.view_kind
         self.view_inv_hl = c.layout.view_inv_half_life
         self.update_start = c.update_start
@@ -615,6 +616,35 @@ cdef inline double _propensity(CatalogView cat, ModelView mv, Workspace ws, Py_s
     return _sigmoid(z)
 
 
+cdef inline bint _untried(CatalogView cat, ModelView mv, Py_ssize_t a, int channel,
+                          const int8_t* reasons, const double* factors) noexcept nogil:
+    """Scored (ranked or under the restraint threshold), worth something, never accepted."""
+    return ((reasons[a] == R_TOP_K or reasons[a] == R_RESTRAINT)
+            and factors[a * N_FACTORS + 1] * factors[a * N_FACTORS + 2] * cat.lever[a] > 0.0
+            and mv.positives[a * cat.n_channels + channel] == 0.0)
+
+
+cdef Py_ssize_t _trial(CatalogView cat, ModelView mv, Workspace ws, int channel,
+                       const int8_t* reasons, const double* factors) noexcept nogil:
+    """With probability trial_rate, when there is one, an untried action drawn uniformly;
+    else -1. Draws nothing when there is none."""
+    cdef Py_ssize_t a, n_untried = 0, pick
+    if cat.trial_rate <= 0.0:
+        return -1
+    for a in range(cat.n_actions):
+        if _untried(cat, mv, a, channel, reasons, factors):
+            n_untried += 1
+    if n_untried == 0 or not _uniform(&ws._rng) < cat.trial_rate:
+        return -1
+    pick = <Py_ssize_t>(_uniform(&ws._rng) * n_untried)
+    for a in range(cat.n_actions):
+        if _untried(cat, mv, a, channel, reasons, factors):
+            if pick == 0:
+                return a
+            pick -= 1
+    return -1
+
+
 cdef void _decide_one(CatalogView cat, StateView st, ModelView mv, Workspace ws, Py_ssize_t row,
                       int channel, int placement, const double* ctx, double now, int k_req,
                       Py_ssize_t out) noexcept nogil:
@@ -652,13 +682,24 @@ cdef void _decide_one(CatalogView cat, StateView st, ModelView mv, Workspace ws,
         reasons[a] = R_TOP_K
         ws._candidates[n_cand] = a
         n_cand += 1
-    # Selection: k rounds of "best remaining candidate whose group is still open".
+    # Selection: maybe a trial first, then k rounds of "best remaining candidate whose group
+    # is still open".
     k = cat.placement_top_k[channel, placement]
     if 0 < k_req < k:
         k = k_req
     for g in range(cat.n_groups):
         ws._blocked[g] = 0
     n = 0
+    best = _trial(cat, mv, ws, channel, reasons, factors) if k > 0 else -1
+    if best >= 0:
+        reasons[best] = R_SELECTED
+        ws._out_action[out, 0] = <int32_t>best
+        for j in range(N_FACTORS):
+            ws._out_factors[out, 0, j] = factors[best * N_FACTORS + j]
+        n = 1
+        g = cat.action_group[best]
+        if not cat.group_multiple[g]:
+            ws._blocked[g] = 1
     while n < k:
         best = -1
         best_p = 0.0
@@ -727,8 +768,8 @@ def record_outcomes(CatalogView cat, StateView st, ModelView mv, const int64_t[:
     cdef Py_ssize_t i, j, m, row, refused = 0
     cdef int head, outcome
     cdef double p, z, s, y
-    cdef double precision[MAX_PREDICTORS]
-    cdef double mean[MAX_PREDICTORS]
+    cdef double[::1] precision = np.empty(max(cat.n_predictors, 1))
+    cdef double[::1] mean = np.empty(max(cat.n_predictors, 1))
     cdef double check
     with nogil:
         for i in range(rows.shape[0]):

@@ -37,6 +37,7 @@ DEFAULT_HISTORY_SIZE = 32
 MAX_HISTORY_SIZE = 1024  # a history's most interactions; a contact-policy count past it never trips
 MAX_TOP_K = 1024  # actions one placement may show: the kernels size their output buffers by it
 DEFAULT_VARIANCE_SCALE = 0.1
+DEFAULT_TRIAL_RATE = 0.02  # decisions that try an action not yet accepted on the channel
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 
@@ -47,8 +48,9 @@ class FieldSpec:
     type: str
     required: bool = True
     values: tuple[str, ...] | None = None
-    minimum: float = -MAX_NUMBER  # int and float fields only
+    minimum: float = -MAX_NUMBER  # int, float and vector fields only (a vector's elements)
     maximum: float = MAX_NUMBER
+    size: int = 1  # a vector's numbers (context only: many numeric features in one key)
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,10 @@ class Exploration:
     variance_scale: float = DEFAULT_VARIANCE_SCALE
     ucb_alpha: float = 1.0
     group_variance_scale: dict[str, float] = field(default_factory=dict)
+    # The share of decisions, among those where an action that passed its rules has never
+    # been accepted on the channel, that show one such action first (drawn at random): a
+    # pessimistic prior then cannot lock onto the first action that got an accept.
+    trial_rate: float = DEFAULT_TRIAL_RATE
 
 
 @dataclass(frozen=True)
@@ -442,7 +448,8 @@ class _Reader:
         bool_attrs = {a.name for a in attributes if a.type == "bool"}
         channels = self.each(("channels",), lambda p: self.channel(p, bool_attrs),
                              non_empty=True)
-        context = self.each(("context",), self.field_spec) if "context" in root else ()
+        context = self.each(("context",), lambda p: self.field_spec(p, vectors=True)) \
+            if "context" in root else ()
         consent = self.consent(bool_attrs) if "consent" in root else {"service": None}
         for ch in channels:
             for purpose in ch.consent:
@@ -493,25 +500,32 @@ class _Reader:
                                           f"got {_kind(value)}")
         return self.text(("version",))
 
-    def field_spec(self, path: Path) -> FieldSpec:
-        spec = self.mapping(path, ("type",), ("required", "values", "min", "max"))
-        ftype = self.choice(path + ("type",), FIELD_TYPES)
+    def field_spec(self, path: Path, vectors: bool = False) -> FieldSpec:
+        spec = self.mapping(path, ("type",), ("required", "values", "min", "max", "size"))
+        ftype = self.choice(path + ("type",), FIELD_TYPES + (("vector",) if vectors else ()))
         values = self.vocabulary(path, ftype) if "values" in spec else None
         required = self.boolean(path + ("required",)) if "required" in spec else True
+        size = 1
+        if ftype == "vector":
+            if "size" not in spec:
+                raise self.fail(path, "a vector needs 'size' (how many numbers it holds)")
+            size = self.integer(path + ("size",), minimum=1, maximum=MAX_PREDICTORS)
+        elif "size" in spec:
+            raise self.fail(path + ("size",), f"only vectors take 'size', this field is {ftype}")
         bounds = []
         for key, default in (("min", -MAX_NUMBER), ("max", MAX_NUMBER)):
             if key not in spec:
                 bounds.append(default)
-            elif ftype not in NUMERIC_TYPES:
-                raise self.fail(path + (key,), f"only int and float fields take '{key}', this "
-                                               f"one is {ftype}")
+            elif ftype not in NUMERIC_TYPES + ("vector",):
+                raise self.fail(path + (key,), f"only int, float and vector fields take "
+                                               f"'{key}', this one is {ftype}")
             else:
                 bounds.append(self.number(path + (key,), minimum=-MAX_NUMBER,
                                           maximum=MAX_NUMBER))
         if bounds[0] > bounds[1]:
             raise self.fail(path + ("max",), f"must be at least min ({bounds[0]:g}), got "
                                              f"{bounds[1]:g}")
-        return FieldSpec(path[-1], ftype, required, values, *bounds)
+        return FieldSpec(path[-1], ftype, required, values, *bounds, size)
 
     def vocabulary(self, path: Path, ftype: str) -> tuple[str, ...]:
         if ftype != "string":
@@ -795,11 +809,15 @@ class _Reader:
                     raise self.fail(kpath, f"unknown context key '{key}'"
                                            f"{_did_you_mean(key, context)}", at_key=True)
                 ctx = context[key]
+                if ctx.type == "vector":
+                    raise self.fail(kpath, f"'{key}' is a vector: only predictors read it",
+                                    at_key=True)
                 when[key] = self.typed_value(kpath, ctx.type, ctx.values)
         return ContextWeight(weight, channel, group, when, path)
 
     def exploration(self, path: Path, groups: tuple[str, ...]) -> Exploration:
-        spec = self.mapping(path, (), ("method", "variance_scale", "ucb_alpha", "groups"))
+        spec = self.mapping(path, (), ("method", "variance_scale", "ucb_alpha", "trial_rate",
+                                       "groups"))
         kw: dict[str, Any] = {}
         if "method" in spec:
             kw["method"] = self.choice(path + ("method",), EXPLORATION_METHODS)
@@ -807,6 +825,8 @@ class _Reader:
             kw["variance_scale"] = self.number(path + ("variance_scale",), minimum=0.0)
         if "ucb_alpha" in spec:
             kw["ucb_alpha"] = self.number(path + ("ucb_alpha",), minimum=0.0)
+        if "trial_rate" in spec:
+            kw["trial_rate"] = self.number(path + ("trial_rate",), minimum=0.0, maximum=1.0)
         if "groups" in spec:
             per_group = {}
             for group in self.mapping(path + ("groups",), open_keys=True):
@@ -834,6 +854,12 @@ class _Reader:
             for i in range(declared):
                 predictors.append(self.predictor(path + ("predictors", i), attributes, features,
                                                  context))
+            inputs = sum(context[p.name].size if p.source == "context" else 1
+                         for p in predictors)
+            if inputs > MAX_PREDICTORS:
+                raise self.fail(path + ("predictors",),
+                                f"at most {MAX_PREDICTORS} predictor inputs (a vector counts "
+                                f"its size), got {inputs}")
         prior = self.prior(path + ("prior",)) if "prior" in spec else Prior()
         group_priors = {}
         if "groups" in spec:
@@ -867,11 +893,13 @@ class _Reader:
                               "context key" if source == "context" else "attribute or feature")
         vtype, values = _predictor_type(known[name], source)
         if "equals" in spec:
+            if vtype == "vector":
+                raise self.fail(path + ("equals",), f"'{name}' is a vector: no indicator of it")
             if "transform" in spec or "scale" in spec:
                 raise self.fail(path, "an indicator ('equals') takes no transform or scale")
             equals = self.typed_value(path + ("equals",), vtype, values)
             return Predictor(name, source, "equals", equals=equals, path=path)
-        if vtype not in NUMERIC_TYPES:
+        if vtype not in NUMERIC_TYPES + ("vector",):
             raise self.fail(path + ("name",), f"'{name}' is {vtype}: use 'equals' to make an "
                                               f"indicator of it")
         transform = self.choice(path + ("transform",), TRANSFORMS) if "transform" in spec \

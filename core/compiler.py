@@ -12,6 +12,7 @@ and hands every caller the same read-only arrays.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import threading
 from collections import OrderedDict
@@ -185,6 +186,11 @@ class CompiledCatalog:
         self.n_fields = max([len(e.fields) for e in catalog.events] + [1])
         self.context_names = [c.name for c in catalog.context]
         self.context_index = {n: i for i, n in enumerate(self.context_names)}
+        # where each context key's value lands in a request's context array: one slot per
+        # key, a vector's `size` in a row
+        self.context_slot = dict(zip(self.context_names, itertools.accumulate(
+            (c.size for c in catalog.context), initial=0)))
+        self.context_width = sum(c.size for c in catalog.context)
         self.history_size = catalog.history_size
         self._intern_declared_vocabularies()
         self.layout = self._layout()
@@ -443,7 +449,9 @@ class CompiledCatalog:
             if key not in self.context_index:
                 return None
             spec = self.catalog.context[self.context_index[key]]
-            return rules.Ref("context", self.context_index[key], _rule_type(spec.type),
+            if spec.type == "vector":
+                raise rules.Unusable(f"{name} is a vector: only predictors read it")
+            return rules.Ref("context", self.context_slot[key], _rule_type(spec.type),
                              spec.values, name)
         if name.startswith("action."):
             key = name[len("action."):]
@@ -473,7 +481,7 @@ class CompiledCatalog:
         keys, values, starts = [], [], [0]
         for w in weights:
             for key, value in w.when.items():
-                keys.append(self.context_index[key])
+                keys.append(self.context_slot[key])
                 ctype = self.catalog.context[self.context_index[key]].type
                 values.append(self.encode_scalar(value, ctype))
             starts.append(len(keys))
@@ -483,17 +491,27 @@ class CompiledCatalog:
         exp = arb.exploration
         self.exploration = Exploration[exp.method.upper()]
         self.ucb_alpha = exp.ucb_alpha
+        self.trial_rate = exp.trial_rate if self.exploration != Exploration.NONE else 0.0
         self.explore_scale = np.array([exp.group_variance_scale.get(a.group, exp.variance_scale)
                                        for a in self.catalog.actions], np.float64)
 
     def _compile_models(self) -> None:
         models = self.catalog.models
-        preds = models.predictors
-        self.predictor_names = ["bias"] + [p.name for p in preds]
+        preds, slots, names = [], [], ["bias"]  # one input per predictor, per vector element
+        for p in models.predictors:
+            if p.source == "context":
+                spec = self.catalog.context[self.context_index[p.name]]
+                first, size = self.context_slot[p.name], spec.size
+                vector = spec.type == "vector"
+            else:
+                first, size, vector = self.layout.slot[p.name], 1, False
+            preds += [p] * size
+            slots += range(first, first + size)
+            names += [f"{p.name}[{i}]" for i in range(size)] if vector else [p.name]
+        self.predictor_names = names
         self.n_predictors = len(self.predictor_names)
         self.predictor_source = np.array([int(p.source == "context") for p in preds], np.int8)
-        self.predictor_index = np.array([self.context_index[p.name] if p.source == "context"
-                                         else self.layout.slot[p.name] for p in preds], np.int32)
+        self.predictor_index = np.array(slots, np.int32)
         self.predictor_transform = np.array([Transform[p.transform.upper()] for p in preds],
                                             np.int8)
         params = []

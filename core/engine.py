@@ -23,7 +23,7 @@ from .compiler import (CompiledCatalog, Outcome, Reason, STAGES, STAGE_APPLICABI
 from .decision import Decision, Dropped, Explanation, Learned, RankedAction
 from .errors import InputError
 from .models import ModelTable
-from .request import channel_code, check_customer, placement_codes, shown
+from .request import channel_code, check_customer, checked_vector, placement_codes, shown
 from .state import EMPTY, HISTORY_EPOCH_S, ProfileTable, profile_view
 
 DECISION_CACHE_SIZE = 100_000  # decisions whose model inputs are kept for their outcomes
@@ -85,7 +85,7 @@ class DecisionEngine:
         self._decisions = itertools.count()
         self._remembered: OrderedDict[str, _Remembered] = OrderedDict()
         self._read_fields = _fields_read(compiled)
-        self._no_context = np.full(max(len(compiled.context_names), 1), math.nan)
+        self._no_context = np.full(max(compiled.context_width, 1), math.nan)
         self._groups = [compiled.group_names[g] for g in compiled.action_group.tolist()]
         self._levers = compiled.lever.tolist()
 
@@ -153,8 +153,11 @@ class DecisionEngine:
             if value is None:
                 continue
             spec = c.catalog.context[c.context_index[name]]
-            out[c.context_index[name]] = self._encode_value(f"context.{name}", spec, value,
-                                                            codes.code)
+            slot = c.context_slot[name]
+            if spec.type == "vector":
+                out[slot:slot + spec.size] = checked_vector(f"context.{name}", spec, value)
+            else:
+                out[slot] = self._encode_value(f"context.{name}", spec, value, codes.code)
         return out
 
     def _interned(self, text: str) -> float:
@@ -406,7 +409,7 @@ class DecisionEngine:
                            Learned.PROFILE_DECISION_FORGOTTEN if e[5] else
                            Learned.PROFILE_NO_DECISION)
         if missing:
-            ctx = np.full((len(missing), max(len(c.context_names), 1)), math.nan)
+            ctx = np.full((len(missing), max(c.context_width, 1)), math.nan)
             now = np.array([encoded[i][4] for i in missing])
             self.k.predictors(self.catalog_view, self.state_view, rows[missing], ctx, now,
                               x_missing := np.empty((len(missing), c.n_predictors)))

@@ -234,7 +234,25 @@ def decide_one(cat: CatalogView, st: StateView, mv: ModelView, ws: Workspace, ro
             continue
         reasons[a] = Reason.TOP_K
         candidates.append(a)
-    _select(c, ws, out, candidates, factors, _top_k(c, channel, placement, k_req))
+    k = _top_k(c, channel, placement, k_req)
+    trial = _trial(c, mv, ws, channel, reasons, factors) if k > 0 else None
+    _select(c, ws, out, candidates, factors, k, trial)
+
+
+def _trial(c: CompiledCatalog, mv: ModelView, ws: Workspace, channel: int, reasons,
+           factors) -> int | None:
+    """With probability trial_rate, when there is one, an action scored (ranked or under the
+    restraint threshold), worth something and never accepted on the channel, drawn
+    uniformly (the kernel's draws, in its order)."""
+    if c.trial_rate <= 0.0:
+        return None
+    untried = [a for a in range(len(c.action_ids))
+               if reasons[a] in (Reason.TOP_K, Reason.RESTRAINT)
+               and factors[a, 1] * factors[a, 2] * c.lever[a] > 0.0
+               and mv.positives[c.model_index(a, channel)] == 0.0]
+    if not untried or not ws._rng.uniform() < c.trial_rate:
+        return None
+    return untried[int(ws._rng.uniform() * len(untried))]
 
 
 def _filter(c: CompiledCatalog, a: int, channel: int, placement: int, view, frame,
@@ -278,12 +296,13 @@ def _top_k(c: CompiledCatalog, channel: int, placement: int, k_req: int) -> int:
 
 
 def _select(c: CompiledCatalog, ws: Workspace, out: int, candidates: list[int], factors,
-            k: int) -> None:
-    """Highest priority first (ties: catalog order), at most one per group unless allowed."""
-    ranked = sorted(candidates, key=lambda a: (-factors[a, 3], a))
+            k: int, trial: int | None) -> None:
+    """The trial first if any, then highest priority first (ties: catalog order), at most one
+    per group unless allowed."""
+    ranked = sorted((a for a in candidates if a != trial), key=lambda a: (-factors[a, 3], a))
     blocked: set[int] = set()
     n = 0
-    for a in ranked:
+    for a in ([trial] if trial is not None else []) + ranked:
         g = c.action_group[a]
         if g in blocked:
             ws.reasons[out, a] = Reason.GROUP_LIMIT

@@ -10,6 +10,9 @@ from __future__ import annotations
 import uuid
 from typing import Any, NamedTuple
 
+import numpy as np
+
+from .catalog import FieldSpec
 from .compiler import CompiledCatalog
 from .decision import Decision, RankedAction
 from .errors import InputError
@@ -89,3 +92,28 @@ def fallback_decision(compiled: CompiledCatalog, customer_id: str, channel: str,
     return Decision(f"fallback-{uuid.uuid4().hex[:16]}", customer_id,
                     compiled.channel_names[ch], compiled.placement_names[ch][pl], actions,
                     compiled.version, 0, fallback=True)
+
+
+def checked_vector(where: str, spec: FieldSpec, value: Any) -> np.ndarray:
+    """A vector context value: `spec.size` numbers within the field's bounds, given as a
+    sequence or NumPy array of numbers, or packed as little-endian float64 bytes (the gRPC
+    contract's form: decoding is one copy whatever the size); else InputError."""
+    if isinstance(value, (bytes, bytearray)):
+        if len(value) != 8 * spec.size:
+            raise InputError(where, f"expected {spec.size} numbers packed in {8 * spec.size} "
+                                    f"bytes, got {len(value)} bytes")
+        numbers = np.frombuffer(value, "<f8")
+    elif isinstance(value, (list, tuple, np.ndarray)):
+        try:
+            numbers = np.asarray(value, np.float64)
+        except (TypeError, ValueError):
+            raise InputError(where, f"expected {spec.size} numbers") from None
+        if numbers.shape != (spec.size,):
+            raise InputError(where, f"expected {spec.size} numbers, got {numbers.size}")
+    else:
+        raise InputError(where, f"expected {spec.size} numbers, got {type(value).__name__}")
+    # NaN fails both comparisons, so this also refuses what is not finite
+    if not ((numbers >= spec.minimum) & (numbers <= spec.maximum)).all():
+        raise InputError(where, f"every number must be between {spec.minimum:g} and "
+                                f"{spec.maximum:g}")
+    return numbers

@@ -38,7 +38,11 @@ class Ref:
     name: str = ""
 
 
-Resolver = Callable[[str], "Ref | None"]
+class Unusable(Exception):
+    """A resolver's answer for a name that exists but cannot be read by a rule."""
+
+
+Resolver = Callable[[str], "Ref | None"]  # None: unknown; raises Unusable
 
 DURATION_UNITS_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
@@ -341,7 +345,10 @@ class _Parser:
         if tok.kind == "name":
             if self.tok.kind == "op" and self.tok.text == "(":
                 return self.call(tok)
-            ref = self.resolve(tok.text)
+            try:
+                ref = self.resolve(tok.text)
+            except Unusable as exc:
+                raise RuleError(str(exc), tok.column) from None
             if ref is None:
                 raise RuleError(f"unknown name '{tok.text}'", tok.column)
             return Name(tok.column, ref)

@@ -311,9 +311,14 @@ class Controller:
     # -- catalogs ------------------------------------------------------------------------------
 
     async def put_catalog(self, catalog_text: str) -> str:
-        """Validate, then switch every shard and the learner; the new version."""
+        """Validate, then switch every shard and the learner; the new version. ValueError for
+        other content under the running version: gateways, decisions and the models' history
+        tell catalogs apart by version only."""
         version = compiled_from_text(catalog_text).version  # CatalogError: stop
         async with self._reconfiguring:
+            if version == self.catalog_version and catalog_text != self.catalog_text:
+                raise ValueError(f"catalog version {version!r} is running with other content: "
+                                 f"give the new catalog a version of its own")
             shards = self.shards
             failed = await on_each(self.backend, shards, lambda s: s.prepare(catalog_text))
             if failed:

@@ -33,7 +33,10 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
     async def PutCatalog(self, request: admin_pb2.CatalogText, context) -> admin_pb2.CatalogInfo:
         compiled = await _compile(request.yaml, context)
-        await _answer(context, self.backend.controller().put_catalog(request.yaml))
+        try:
+            await _answer(context, self.backend.controller().put_catalog(request.yaml))
+        except ValueError as exc:
+            await fail(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return _catalog_info(compiled)
 
     async def RollbackCatalog(self, request, context) -> admin_pb2.CatalogInfo:

@@ -56,7 +56,7 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
             catalog = await self.gateway.catalog()
             who = requests.who(request)
             channel, placement = requests.view(catalog, request.channel, request.placement)
-            context_values = wire.values_in("context", request.context)
+            context_values = requests.context_request(catalog, request)
         except (Denied, InputError) as exc:
             await abort(context, exc)
         decision = await self.gateway.call(

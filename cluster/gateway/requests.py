@@ -10,12 +10,13 @@ kept in memory, journals or snapshots.
 from __future__ import annotations
 
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from kairos.core.compiler import CompiledCatalog, Outcome
 from kairos.core.errors import InputError
 from kairos.core.request import (MAX_DECISION_ID_LENGTH, MAX_KEY_LENGTH, channel_code,
-                                 check_bounded, check_customer, placement_codes)
+                                 check_bounded, check_customer, checked_vector,
+                                 placement_codes)
 from kairos.v1 import decision_pb2 as pb
 
 from kairos.cluster import protocol
@@ -63,6 +64,26 @@ def view(catalog: CompiledCatalog, channel: str, placement: str) -> tuple[str, s
     """The channel and placement (the channel's first placement when empty), checked."""
     ch, pl = placement_codes(catalog, channel, placement)
     return channel, catalog.placement_names[ch][pl]
+
+
+def context_request(catalog: CompiledCatalog, request: pb.DecideRequest) -> dict[str, Any]:
+    """A decision request's context: its keyed values, and its vectors (declared vector keys,
+    of their size, within their bounds) still packed, as the shard's engine reads them."""
+    values = wire.values_in("context", request.context)
+    for name, packed in request.vectors.items():
+        where = f"vectors.{name}"
+        spec = catalog.catalog.context[catalog.context_index[name]] \
+            if name in catalog.context_index else None
+        if spec is None or spec.type != "vector":
+            check_bounded(name, where, MAX_KEY_LENGTH)
+            declared = [c.name for c in catalog.catalog.context if c.type == "vector"]
+            raise InputError(where, f"not a vector context key (declared vectors: "
+                                    f"{', '.join(declared) or 'none'})")
+        if name in values:
+            raise InputError(where, "also given in context")
+        checked_vector(where, spec, packed)
+        values[name] = packed
+    return values
 
 
 def event_request(event: pb.Event, catalog: CompiledCatalog, where: str = ""

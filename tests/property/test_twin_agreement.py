@@ -142,7 +142,7 @@ def catalogs(draw):
         max_size=3))]
     method = draw(st.sampled_from(["none", "thompson", "ucb"]))
     arb["exploration"] = {"method": method, "variance_scale": draw(st.sampled_from([0.1, 1.0])),
-                          "ucb_alpha": 1.5}
+                          "ucb_alpha": 1.5, "trial_rate": draw(st.sampled_from([0.0, 0.3, 1.0]))}
     doc["models"]["groups"] = {}
     doc["models"]["predictors"] = doc["models"]["predictors"] + draw(st.lists(st.sampled_from([
         {"name": "lifetime_spend"}, {"name": "spend_30d", "transform": "scale", "scale": 10},

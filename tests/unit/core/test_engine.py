@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
 
+from kairos.core.compiler import compiled_from_text
 from kairos.core.engine import DecisionEngine
 from kairos.core.errors import InputError
 from kairos.core.models import ModelTable
@@ -220,3 +222,38 @@ def test_bad_input_changes_nothing(engine):
     assert len(engine.table) == 0
     engine.apply([good])
     assert engine.profile("c", T0)["features"]["views_7d"] == 1.0
+
+
+TRIALS = """
+kairos_catalog: 1
+name: trials
+version: "1"
+channels: {web: {placements: {main: {top_k: 1}}}}
+events: {seen: {fields: {}}}
+consent: {service: true}
+actions:
+  - {id: first, group: a, purpose: service, channels: {web: {treatment: t}}, value: 1}
+  - {id: second, group: b, purpose: service, channels: {web: {treatment: t}}, value: 1}
+arbitration:
+  restraint_threshold: 0.2
+  exploration: {method: METHOD, trial_rate: RATE}
+fallbacks: {web: []}
+"""
+
+
+@pytest.mark.parametrize("method", ["thompson", "ucb"])
+@pytest.mark.parametrize("rate", [0.0, 0.1])
+def test_an_action_never_accepted_keeps_being_tried_at_the_trial_rate(impl, method, rate):
+    """Once `first` is accepted, the pessimistic prior alone would never show `second` again
+    (and the restraint threshold drops it); trials show it in `rate` of the decisions until
+    it has an accept of its own."""
+    engine = DecisionEngine(compiled_from_text(
+        TRIALS.replace("METHOD", method).replace("RATE", str(rate))), seed=3)
+    engine.record_outcomes([(f"c{i}", "first", "web", "accept", T0, None) for i in range(20)])
+    shown = Counter(d.actions[0].action_id if d.actions else None
+                    for d in (engine.decide(f"c{i}", "web", "main", now=T0) for i in range(2000)))
+    assert shown["second"] == pytest.approx(2000 * rate, abs=60)
+    assert shown["first"] == 2000 - shown["second"]
+    engine.record_outcomes([("c0", "second", "web", "accept", T0, None)])
+    later = [engine.decide(f"c{i}", "web", "main", now=T0) for i in range(500)]
+    assert all(d.actions[0].action_id == "first" for d in later)  # tried: ranked as it earns

@@ -292,7 +292,7 @@ def test_small_catalog_compiles():
         '  device: {type: string, values: [desktop, mobile]}',
         '  device: {type: text, values: [desktop, mobile]}',
         "small.yaml:14:18: context.device.type: expected one of string, int, float, bool, "
-        "timestamp, got 'text'", "text", id="unknown-field-type"),
+        "timestamp, vector, got 'text'", "text", id="unknown-field-type"),
     pytest.param(
         '  device: {type: string, values: [desktop, mobile]}',
         '  device: {type: float, values: [desktop, mobile]}',
@@ -378,6 +378,10 @@ def test_small_catalog_compiles():
         'prior: {base_rate: 0.1, precision: 1.0}', 'prior: {base_rate: 1.5, precision: 1.0}',
         "small.yaml:124:22: models.prior.base_rate: must be below 1, got 1.5", "1.5",
         id="base-rate-above-one"),
+    pytest.param(
+        '    method: none', '    method: thompson\n    trial_rate: 1.5',
+        "small.yaml:117:17: arbitration.exploration.trial_rate: must be at most 1, got 1.5",
+        "1.5", id="trial-rate-above-one"),
     pytest.param(
         'prior: {base_rate: 0.1, precision: 1.0}',
         'prior: {base_rate: 0.1, precision: 1.0, predictor_precision: 0}',

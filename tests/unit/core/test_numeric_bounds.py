@@ -187,7 +187,7 @@ def test_a_field_may_declare_narrower_bounds(impl):
 
 
 @pytest.mark.parametrize("spec, reason", [
-    ({"type": "string", "max": 3}, "only int and float fields take 'max', this one is string"),
+    ({"type": "string", "max": 3}, "only int, float and vector fields take 'max', this one is string"),
     ({"type": "int", "max": 1e13}, "max: must be at most 1e+12"),
     ({"type": "float", "min": 5, "max": 1}, "must be at least min (5), got 1"),
     ({"type": "int", "min": "low"}, "expected a number, got 'low'"),

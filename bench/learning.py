@@ -1,0 +1,348 @@
+"""Learning: what Kairos's choices earn against the bandit libraries, on the same rounds.
+
+    python -m bench.learning                 # four datasets, five shuffles each
+    python -m bench.learning --smoke         # two small slices, one shuffle (the suite's)
+
+The supervised-to-bandit reduction (Bietti, Agarwal & Langford, JMLR 2021): each labelled
+row is a round, the classes are the arms, and choosing the row's class earns 1, anything
+else 0; one pass, no second look. Contexts are standardised online (each feature by the
+running mean and deviation of the rows before it) for every policy alike.
+
+Kairos runs through its own decision path, the compiled kernel: a catalog generated from
+the dataset makes each class an action and each feature a `context` predictor with the
+catalog's defaults for everything else (exploration, priors, arbitration), then every round
+is `DecisionEngine.decide` and `record_outcomes` (accept for a reward of 1, reject for 0)
+naming the decision. The peers, in the same run on the same shuffles: river's LinUCB
+(disjoint), river's LogisticRegression with epsilon-greedy choice, and Vowpal Wabbit's
+`--cb_explore_adf --squarecb`.
+
+The verdict holds when, on every dataset, Kairos's mean online reward is at least the best
+peer's, paired over the shuffles. Writes bench/results/learning-<time>.json, .md and .png
+(running mean reward over the rounds, one panel per dataset) and prints a JSON summary as its
+last line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from kairos.core.compiler import compiled_from_text
+from kairos.core.engine import DecisionEngine
+
+from . import report
+
+RESULTS = Path(__file__).parent / "results"
+SHUFFLES = 5
+EPSILON = 0.1  # the epsilon-greedy peer's share of random arms
+CHANNEL, PLACEMENT = "bench", "main"
+T0 = 1_800_000_000.0
+
+
+@dataclass
+class Dataset:
+    name: str
+    X: np.ndarray  # rows x features, float64
+    y: np.ndarray  # class index per row
+    classes: list[str]
+
+
+def datasets(names: list[str]) -> Iterator[Dataset]:
+    """The datasets that ship inside river and scikit-learn (nothing is downloaded)."""
+    loaders: dict[str, Callable[[], Dataset]] = {
+        "image_segments": lambda: _river("image_segments", "ImageSegments"),
+        "phishing": lambda: _river("phishing", "Phishing"),
+        "digits": lambda: _sklearn("digits", "load_digits"),
+        "wine": lambda: _sklearn("wine", "load_wine"),
+    }
+    for name in names:
+        yield loaders[name]()
+
+
+def _river(name: str, cls: str) -> Dataset:
+    from river import datasets as river_datasets
+    rows = list(getattr(river_datasets, cls)())
+    features = list(rows[0][0])
+    labels = sorted({str(y) for _, y in rows})
+    X = np.array([[float(x[f]) for f in features] for x, _ in rows])
+    return Dataset(name, X, np.array([labels.index(str(y)) for _, y in rows]), labels)
+
+
+def _sklearn(name: str, loader: str) -> Dataset:
+    import sklearn.datasets
+    bunch = getattr(sklearn.datasets, loader)()
+    classes = [str(c) for c in sorted(set(bunch.target.tolist()))]
+    return Dataset(name, np.asarray(bunch.data, np.float64), bunch.target.astype(int), classes)
+
+
+def standardised(X: np.ndarray) -> np.ndarray:
+    """Each row by the running mean and deviation of the rows before it (Welford); a feature
+    without spread yet stays centred, unscaled."""
+    out = np.empty_like(X)
+    mean = np.zeros(X.shape[1])
+    m2 = np.zeros(X.shape[1])
+    for n, row in enumerate(X):
+        sd = np.sqrt(m2 / n) if n > 1 else np.zeros(X.shape[1])
+        out[n] = (row - mean) / np.where(sd > 1e-9, sd, 1.0)
+        delta = row - mean
+        mean += delta / (n + 1)
+        m2 += delta * (row - mean)
+    return out
+
+
+class Policy(Protocol):
+    def choose(self, x: np.ndarray) -> int: ...
+    def learn(self, x: np.ndarray, arm: int, reward: float) -> None: ...
+
+
+class Kairos:
+    """The engine on a catalog generated from the dataset: its defaults, its kernel."""
+
+    def __init__(self, n_features: int, n_arms: int, seed: int):
+        self.features = [f"f{j}" for j in range(n_features)]
+        self.actions = [f"class_{a}" for a in range(n_arms)]
+        self.engine = DecisionEngine(compiled_from_text(self.catalog(), "<bench>"), seed=seed)
+        self.now = T0
+        self._decision = ""
+
+    def catalog(self) -> str:
+        return yaml.safe_dump({
+            "kairos_catalog": 1, "name": "bench-learning", "version": "1",
+            "channels": {CHANNEL: {"placements": {PLACEMENT: {"top_k": 1}}}},
+            "context": {f: {"type": "float"} for f in self.features},
+            "events": {"seen": {"fields": {}}},
+            "consent": {"service": True},
+            "actions": [{"id": a, "group": "serve", "purpose": "service",
+                         "channels": {CHANNEL: {"treatment": a}}, "value": 1}
+                        for a in self.actions],
+            "models": {"predictors": [{"name": f, "source": "context"}
+                                      for f in self.features]},
+            "fallbacks": {CHANNEL: []}}, sort_keys=False)
+
+    def choose(self, x: np.ndarray) -> int:
+        self.now += 1.0
+        decision = self.engine.decide("bench", CHANNEL, PLACEMENT,
+                                      dict(zip(self.features, x.tolist())), now=self.now)
+        if not decision.actions:
+            self._decision = ""
+            return -1  # no action: earns nothing, and there is nothing to learn
+        self._decision = decision.decision_id
+        return self.actions.index(decision.actions[0].action_id)
+
+    def learn(self, x: np.ndarray, arm: int, reward: float) -> None:
+        if arm >= 0:
+            self.engine.record_outcomes([("bench", self.actions[arm], CHANNEL,
+                                          "accept" if reward > 0 else "reject", self.now,
+                                          self._decision)])
+
+
+class RiverLinUCB:
+    def __init__(self, n_features: int, n_arms: int, seed: int):
+        from river import bandit
+        self.policy = bandit.LinUCBDisjoint(seed=seed)
+        self.arms = list(range(n_arms))
+
+    def choose(self, x: np.ndarray) -> int:
+        return self.policy.pull(self.arms, context=_as_dict(x))
+
+    def learn(self, x: np.ndarray, arm: int, reward: float) -> None:
+        self.policy.update(arm, _as_dict(x), reward)
+
+
+class RiverLogisticGreedy:
+    """One river LogisticRegression per arm; the best predicted arm, or with probability
+    EPSILON a random one."""
+
+    def __init__(self, n_features: int, n_arms: int, seed: int):
+        from river import linear_model
+        self.models = [linear_model.LogisticRegression() for _ in range(n_arms)]
+        self.rng = random.Random(seed)
+
+    def choose(self, x: np.ndarray) -> int:
+        if self.rng.random() < EPSILON:
+            return self.rng.randrange(len(self.models))
+        context = _as_dict(x)
+        scores = [m.predict_proba_one(context).get(True, 0.0) for m in self.models]
+        best = max(scores)
+        return self.rng.choice([a for a, s in enumerate(scores) if s == best])
+
+    def learn(self, x: np.ndarray, arm: int, reward: float) -> None:
+        self.models[arm].learn_one(_as_dict(x), reward > 0)
+
+
+class VowpalSquareCB:
+    def __init__(self, n_features: int, n_arms: int, seed: int):
+        import vowpalwabbit
+        self.vw = vowpalwabbit.Workspace(f"--cb_explore_adf --squarecb -q sa --quiet --random_seed "
+                                         f"{seed}")
+        self.n_arms = n_arms
+        self.rng = random.Random(seed)
+        self._pmf: list[float] = []
+
+    def _lines(self, x: np.ndarray, label: tuple[int, float] | None = None) -> list[str]:
+        shared = "shared |s " + " ".join(f"f{j}:{v:.6g}" for j, v in enumerate(x))
+        arms = []
+        for a in range(self.n_arms):
+            cost = f"0:{label[1]}:{self._pmf[a]} " if label and label[0] == a else ""
+            arms.append(f"{cost}|a arm{a}")
+        return [shared, *arms]
+
+    def choose(self, x: np.ndarray) -> int:
+        self._pmf = list(self.vw.predict(self._lines(x)))
+        return self.rng.choices(range(self.n_arms), weights=self._pmf)[0]
+
+    def learn(self, x: np.ndarray, arm: int, reward: float) -> None:
+        self.vw.learn(self._lines(x, (arm, -reward)))
+
+
+def _as_dict(x: np.ndarray) -> dict[str, float]:
+    return {f"f{j}": v for j, v in enumerate(x.tolist())}
+
+
+POLICIES: dict[str, Callable[[int, int, int], Policy]] = {
+    "kairos": Kairos, "river_linucb": RiverLinUCB,
+    "river_logistic_egreedy": RiverLogisticGreedy, "vw_squarecb": VowpalSquareCB}
+
+
+def play(make: Callable[[int, int, int], Policy], data: Dataset, order: np.ndarray,
+         seed: int) -> tuple[np.ndarray, float]:
+    """One pass over the rows in `order`: the reward of every round, and the seconds per round
+    (choosing and learning)."""
+    X = standardised(data.X[order])
+    y = data.y[order]
+    policy = make(X.shape[1], len(data.classes), seed)
+    rewards = np.zeros(len(y))
+    started = time.perf_counter()
+    for t, (x, label) in enumerate(zip(X, y)):
+        arm = policy.choose(x)
+        rewards[t] = 1.0 if arm == label else 0.0
+        policy.learn(x, arm, rewards[t])
+    return rewards, (time.perf_counter() - started) / len(y)
+
+
+def run(names: list[str], shuffles: int, rows: int | None, policies: list[str]
+        ) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for data in datasets(names):
+        n = min(rows or len(data.y), len(data.y))
+        per_policy: dict[str, Any] = {p: {"rewards": [], "us_per_round": []} for p in policies}
+        curves: dict[str, np.ndarray] = {p: np.zeros(n) for p in policies}
+        with tqdm(total=shuffles * len(policies), desc=data.name, leave=False) as bar:
+            for shuffle in range(shuffles):
+                order = np.random.default_rng(shuffle).permutation(len(data.y))[:n]
+                for name in policies:
+                    rewards, seconds = play(POLICIES[name], data, order, shuffle)
+                    per_policy[name]["rewards"].append(float(rewards.mean()))
+                    per_policy[name]["us_per_round"].append(seconds * 1e6)
+                    curves[name] += np.cumsum(rewards) / np.arange(1, n + 1) / shuffles
+                    bar.update()
+        for name in policies:
+            r = per_policy[name]
+            r["mean"] = statistics.fmean(r["rewards"])
+            r["sd"] = statistics.stdev(r["rewards"]) if len(r["rewards"]) > 1 else 0.0
+            r["curve"] = curves[name][::max(n // 200, 1)].round(4).tolist()
+        results[data.name] = {"rows": n, "features": int(data.X.shape[1]),
+                              "arms": len(data.classes), "policies": per_policy,
+                              **_paired(per_policy)}
+    return results
+
+
+def _paired(per_policy: dict[str, Any]) -> dict[str, Any]:
+    """Kairos against the best peer (by mean), shuffle by shuffle."""
+    peers = {p: r for p, r in per_policy.items() if p != "kairos"}
+    if "kairos" not in per_policy or not peers:
+        return {}
+    best = max(peers, key=lambda p: peers[p]["mean"])
+    diffs = [k - b for k, b in zip(per_policy["kairos"]["rewards"], peers[best]["rewards"])]
+    return {"best_peer": best, "kairos_minus_best": round(statistics.fmean(diffs), 4),
+            "kairos_wins": sum(d >= 0 for d in diffs), "shuffles": len(diffs),
+            "held": statistics.fmean(diffs) >= 0.0}
+
+
+def markdown(results: dict[str, Any]) -> str:
+    policies = list(next(iter(results["datasets"].values()))["policies"])
+    lines = [f"# Learning {results['run']}", "", f"`{results['command']}`", "",
+             f"Mean online reward (± sd over {results['shuffles']} shuffles), one pass; "
+             f"µs per round in brackets.", "",
+             "| dataset (rows×arms, features) | " + " | ".join(policies)
+             + " | Kairos − best peer (wins) |",
+             "|---|" + "---:|" * (len(policies) + 1)]
+    for name, d in results["datasets"].items():
+        cells = []
+        for p in policies:
+            r = d["policies"][p]
+            cells.append(f"{r['mean']:.3f} ± {r['sd']:.3f} "
+                         f"[{statistics.fmean(r['us_per_round']):.0f}]")
+        lines.append(f"| {name} ({d['rows']}×{d['arms']}, {d['features']}) | "
+                     + " | ".join(cells)
+                     + f" | {d.get('kairos_minus_best', math.nan):+.3f} vs {d.get('best_peer')} "
+                       f"({d.get('kairos_wins')}/{d.get('shuffles')}) |")
+    lines += ["", report.verdict_line(results["verdict"])]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = results["datasets"]
+    fig, axes = plt.subplots(1, len(sets), figsize=(4.5 * len(sets), 3.8), squeeze=False)
+    for ax, (name, d) in zip(axes[0], sets.items()):
+        for policy, r in d["policies"].items():
+            step = max(d["rows"] // 200, 1)
+            ax.plot(np.arange(len(r["curve"])) * step + 1, r["curve"], label=policy)
+        ax.set_title(name)
+        ax.set_xlabel("round")
+    axes[0][0].set_ylabel("running mean reward")
+    axes[0][-1].legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.learning",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="+",
+                        default=["image_segments", "phishing", "digits", "wine"])
+    parser.add_argument("--shuffles", type=int, default=SHUFFLES)
+    parser.add_argument("--rows", type=int, default=None, help="the first N rows of a shuffle")
+    parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
+    parser.add_argument("--smoke", action="store_true",
+                        help="wine and phishing, 300 rows, one shuffle")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.datasets, args.shuffles, args.rows = ["wine", "phishing"], 1, 300
+    command = " ".join(["python -m bench.learning"] + (sys.argv[1:] if argv is None else argv))
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    sets = run(args.datasets, args.shuffles, args.rows, args.policies)
+    verdict = {"held": all(d.get("held", False) for d in sets.values()),
+               "checks": {f"{name}_at_least_best_peer": d.get("held", False)
+                          for name, d in sets.items()}}
+    results = {"run": f"learning-{stamp}", "command": command, "shuffles": args.shuffles,
+               "datasets": sets, "verdict": verdict}
+    base = report.save(results, args.out, markdown(results))
+    plot(results, base.with_suffix(".png"))
+    print(json.dumps({"run": results["run"], "held": verdict["held"],
+                      **{name: {"kairos": round(d["policies"]["kairos"]["mean"], 3)
+                                if "kairos" in d["policies"] else None,
+                                "best_peer": d.get("best_peer")}
+                         for name, d in sets.items()}}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
