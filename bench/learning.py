@@ -9,9 +9,9 @@ else 0; one pass, no second look. Contexts are standardised online (each feature
 running mean and deviation of the rows before it) for every policy alike.
 
 Kairos runs through its own decision path, the compiled kernel: a catalog generated from
-the dataset makes each class an action and each feature a `context` predictor with the
-catalog's defaults for everything else (exploration, priors, arbitration), then every round
-is `DecisionEngine.decide` and `record_outcomes` (accept for a reward of 1, reject for 0)
+the dataset makes each class an action and the features one `vector` context key read by a
+predictor, with the catalog's defaults for everything else (exploration, priors,
+arbitration), then every round is `DecisionEngine.decide` and `record_outcomes` (accept for a reward of 1, reject for 0)
 naming the decision. The peers, in the same run on the same shuffles: river's LinUCB
 (disjoint), river's LogisticRegression with epsilon-greedy choice, and Vowpal Wabbit's
 `--cb_explore_adf --squarecb`.
@@ -110,7 +110,7 @@ class Kairos:
     """The engine on a catalog generated from the dataset: its defaults, its kernel."""
 
     def __init__(self, n_features: int, n_arms: int, seed: int):
-        self.features = [f"f{j}" for j in range(n_features)]
+        self.n_features = n_features
         self.actions = [f"class_{a}" for a in range(n_arms)]
         self.engine = DecisionEngine(compiled_from_text(self.catalog(), "<bench>"), seed=seed)
         self.now = T0
@@ -120,20 +120,18 @@ class Kairos:
         return yaml.safe_dump({
             "kairos_catalog": 1, "name": "bench-learning", "version": "1",
             "channels": {CHANNEL: {"placements": {PLACEMENT: {"top_k": 1}}}},
-            "context": {f: {"type": "float"} for f in self.features},
+            "context": {"x": {"type": "vector", "size": self.n_features}},
             "events": {"seen": {"fields": {}}},
             "consent": {"service": True},
             "actions": [{"id": a, "group": "serve", "purpose": "service",
                          "channels": {CHANNEL: {"treatment": a}}, "value": 1}
                         for a in self.actions],
-            "models": {"predictors": [{"name": f, "source": "context"}
-                                      for f in self.features]},
+            "models": {"predictors": [{"name": "x", "source": "context"}]},
             "fallbacks": {CHANNEL: []}}, sort_keys=False)
 
     def choose(self, x: np.ndarray) -> int:
         self.now += 1.0
-        decision = self.engine.decide("bench", CHANNEL, PLACEMENT,
-                                      dict(zip(self.features, x.tolist())), now=self.now)
+        decision = self.engine.decide("bench", CHANNEL, PLACEMENT, {"x": x}, now=self.now)
         if not decision.actions:
             self._decision = ""
             return -1  # no action: earns nothing, and there is nothing to learn

@@ -10,7 +10,8 @@ actors: gateway, shards, controller, learner), its resident memory, open file de
 threads, and from the controller how many decisions the shards' memos keep. After the
 warm-up nothing should grow. The warm-up lasts the first WARMUP_SHARE of the run (at least one
 step) and, beyond that, until every shard's decision memo is full: the memo keeps the inputs
-of the last DECISION_CACHE_SIZE decisions per shard for their outcomes, a bounded cache that
+of its last decisions (DECISION_CACHE_SIZE with the default catalog) for their outcomes, a
+bounded cache that
 takes about twenty minutes to fill at 250 sessions/s, and its filling is not a leak. The
 verdict holds when, from just after the warm-up to the end (each the median of a tenth of the
 samples), the processes' total RSS grew by less than 5 %, file descriptors and threads did
@@ -40,7 +41,6 @@ import psutil
 import ray
 
 from kairos.cluster.control import runtime
-from kairos.core.engine import DECISION_CACHE_SIZE
 
 from . import report
 from .loadgen import CUSTOMER_RATE, GeneratorPool, Step
@@ -105,16 +105,22 @@ def _thread_names(proc: psutil.Process) -> dict[str, int]:
     return dict(sorted(names.items()))
 
 
-def _memos() -> list[int]:
-    """Decisions each shard's memo keeps (its last statistics, at most a second old)."""
+def _memos() -> list[list[int]]:
+    """Per shard, the decisions its memo keeps and how many it may (its last statistics, at
+    most a second old)."""
     status = ray.get(runtime.controller().status.remote(), timeout=30)
-    return [s.get("decisions_remembered", 0) for s in status["shards"]]
+    return [[s.get("decisions_remembered", 0), s.get("decision_memo_capacity", 0)]
+            for s in status["shards"]]
+
+
+def _memos_full(sample: dict[str, Any]) -> bool:
+    return bool(sample["memos"]) and all(kept >= capacity > 0
+                                         for kept, capacity in sample["memos"])
 
 
 def warmed_up(samples: list[dict[str, Any]], at_least_s: float) -> float:
     """When the warm-up ends: at_least_s, or later, the first sample with every memo full."""
-    full = [s["t_s"] for s in samples
-            if s["memos"] and min(s["memos"]) >= DECISION_CACHE_SIZE]
+    full = [s["t_s"] for s in samples if _memos_full(s)]
     return max(at_least_s, full[0]) if full else at_least_s
 
 
@@ -143,8 +149,7 @@ def verdict(samples: list[dict[str, Any]], warm_s: float, steps: list[dict[str, 
                                                         "processes")},
             "rss_growth": round(growth, 4), "sent": sent, "failed": failed,
             "failures": dict(+errors), "rate_limited_outcomes": rate_limited,
-            "memos_full": bool(after[0]["memos"])
-            and min(after[0]["memos"]) >= DECISION_CACHE_SIZE,
+            "memos_full": _memos_full(after[0]),
             "threads_changed": _threads_changed(samples, warm_s)}
 
 
@@ -179,7 +184,8 @@ def markdown(results: dict[str, Any]) -> str:
              f"{results['customers']} customers, {results['shards']} shards; warm-up "
              f"{results['warmup_s']:.0f} s (decision memos "
              f"{'full' if v['memos_full'] else 'still filling'} after it: "
-             f"{DECISION_CACHE_SIZE} decisions per shard).", "",
+             f"{', '.join(str(c) for _, c in results['samples'][-1]['memos'])} "
+             f"decisions per shard).", "",
              f"| (medians of {v['window_samples']} samples) | after warm-up | end |",
              "|---|---:|---:|",
              f"| RSS of the Kairos processes (MiB) | {v['rss_mib'][0]} | {v['rss_mib'][1]} |",
@@ -208,7 +214,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     series = {"RSS (MiB)": [s["rss_mib"] for s in samples],
               "file descriptors": [s["fds"] for s in samples],
               "threads": [s["threads"] for s in samples],
-              "decisions in memos": [sum(s["memos"]) for s in samples]}
+              "decisions in memos": [sum(kept for kept, _ in s["memos"]) for s in samples]}
     fig, axes = plt.subplots(len(series), 1, figsize=(8, 9), sharex=True)
     for ax, (label, values) in zip(axes, series.items()):
         ax.plot(t, values)

@@ -16,6 +16,8 @@ T0 = 1_795_000_000.0  # 2026-11-18: inside the default catalog's campaign window
 def random_value(spec: FieldSpec, rng: random.Random, now: float) -> Any:
     if spec.values:
         return rng.choice(spec.values)
+    if spec.type == "vector":
+        return [rng.gauss(0.0, 1.0) for _ in range(spec.size)]
     return {
         "string": lambda: f"id{rng.randrange(10_000)}",
         "int": lambda: rng.randrange(0, 100),

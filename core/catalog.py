@@ -37,6 +37,9 @@ DEFAULT_HISTORY_SIZE = 32
 MAX_HISTORY_SIZE = 1024  # a history's most interactions; a contact-policy count past it never trips
 MAX_TOP_K = 1024  # actions one placement may show: the kernels size their output buffers by it
 DEFAULT_VARIANCE_SCALE = 0.1
+# a prior's precision: below it a model's variance (1/precision) is so wide that the
+# one-example solve's bracket outgrows what its steps can halve (models.ONE_EXAMPLE_STEPS)
+MIN_PRECISION = 1e-6
 DEFAULT_TRIAL_RATE = 0.02  # decisions that try an action not yet accepted on the channel
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
@@ -879,8 +882,8 @@ class _Reader:
             if rate >= 1.0:
                 raise self.fail(path + ("base_rate",), f"must be below 1, got {rate:g}")
         precision, predictor_precision = (
-            self.number(path + (key,), positive=True) if key in spec else getattr(base, key)
-            for key in ("precision", "predictor_precision"))
+            self.number(path + (key,), minimum=MIN_PRECISION, maximum=MAX_NUMBER)
+            if key in spec else getattr(base, key) for key in ("precision", "predictor_precision"))
         return Prior(rate, precision, predictor_precision)
 
     def predictor(self, path: Path, attributes: dict, features: dict,

@@ -26,7 +26,8 @@ from .models import ModelTable
 from .request import channel_code, check_customer, checked_vector, placement_codes, shown
 from .state import EMPTY, HISTORY_EPOCH_S, ProfileTable, profile_view
 
-DECISION_CACHE_SIZE = 100_000  # decisions whose model inputs are kept for their outcomes
+DECISION_CACHE_SIZE = 100_000  # decisions whose model inputs are kept for their outcomes...
+DECISION_MEMO_BYTES = 64 * 2**20  # ...fewer when their inputs would take more than this
 BATCH_SIZE = 256  # decisions per kernel call
 MAX_STRING_LENGTH = 1024  # characters in one string field or context value
 MAX_ACTIONS = 1024  # the most actions one decision may ask for
@@ -348,8 +349,14 @@ class DecisionEngine:
 
     @property
     def remembered(self) -> int:
-        """Decisions whose model inputs the memo keeps (at most DECISION_CACHE_SIZE)."""
+        """Decisions whose model inputs the memo keeps (at most `memo_capacity`)."""
         return len(self._remembered)
+
+    @property
+    def memo_capacity(self) -> int:
+        """How many decisions' inputs the memo keeps: DECISION_CACHE_SIZE, fewer for models
+        with so many inputs that they would take more than DECISION_MEMO_BYTES."""
+        return min(DECISION_CACHE_SIZE, DECISION_MEMO_BYTES // (8 * self.compiled.n_predictors))
 
     def forget(self, customer_id: str) -> None:
         """Drop what the decision memo keeps of the customer (ForgetCustomer). A scan of the
@@ -359,7 +366,7 @@ class DecisionEngine:
 
     def _remember(self, decision_id: str, entry: _Remembered) -> None:
         self._remembered[decision_id] = entry
-        if len(self._remembered) > DECISION_CACHE_SIZE:
+        if len(self._remembered) > self.memo_capacity:
             self._remembered.popitem(last=False)
 
     # -- outcomes ----------------------------------------------------------------------------

@@ -39,7 +39,7 @@ import numpy as np
 from .compiler import CompiledCatalog
 
 
-ONE_EXAMPLE_STEPS = 100  # enough to bisect any finite bracket down to the tolerance
+ONE_EXAMPLE_STEPS = 100  # halves any bracket a prior of catalog.MIN_PRECISION can give
 ONE_EXAMPLE_TOLERANCE = 1e-12
 
 

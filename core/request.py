@@ -104,10 +104,10 @@ def checked_vector(where: str, spec: FieldSpec, value: Any) -> np.ndarray:
                                     f"bytes, got {len(value)} bytes")
         numbers = np.frombuffer(value, "<f8")
     elif isinstance(value, (list, tuple, np.ndarray)):
-        try:
-            numbers = np.asarray(value, np.float64)
-        except (TypeError, ValueError):
-            raise InputError(where, f"expected {spec.size} numbers") from None
+        numbers = np.asarray(value)
+        if numbers.dtype.kind not in "iuf":  # strings, bools, objects: not numbers
+            raise InputError(where, f"expected {spec.size} numbers")
+        numbers = numbers.astype(np.float64, copy=False)
         if numbers.shape != (spec.size,):
             raise InputError(where, f"expected {spec.size} numbers, got {numbers.size}")
     else:

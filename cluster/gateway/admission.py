@@ -15,11 +15,12 @@ calls, before any handler or interceptor runs, and in the event loop. On 2 cores
 rate held, the event loop's own lag stayed under 10 ms while calls waited 0.3 to 1 s before
 their handler started, so the loop's lag alone never shed. A probe still out after
 SHED_UPDATE_S counts as at least that late, so a stuck queue raises the share without
-waiting for the probe's answer. Refusing a share of the calls is what brings the wait down. Slow shards are not a reason to shed: their answers are awaited
-without work, and refusing calls would not make them faster (the client's queue bound and the
-callers' deadlines limit what waits for them). As RFC 8033 does, a short burst sheds nothing (no refusal while the delay is under half the
-target and the share is low), and the share decays once the delay is gone (a timer is never
-exactly on time, so "gone" is under half the target here).
+waiting for the probe's answer. Refusing a share of the calls is what brings the wait down.
+Slow shards are not a reason to shed: their answers are awaited without work, and refusing
+calls would not make them faster (the client's queue bound and the callers' deadlines limit
+what waits for them). As RFC 8033 does, a short burst sheds nothing (no refusal while the
+delay is under half the target and the share is low), and the share decays once the delay is
+gone (a probe is never instant, so "gone" is under half the target here).
 """
 from __future__ import annotations
 
@@ -60,9 +61,10 @@ class Shedder:
         return False
 
     async def run(self, probe: Callable[[], Awaitable[object]]) -> None:
-        """Probe without pause and move the share every `update_s` by the delay: the last
-        probe's round trip, or the time the probe now out has taken if that is longer (a
-        stuck queue raises the share before the probe answers). Until cancelled."""
+        """Probe every `update_s` (one probe out at a time) and move the share as often by
+        the delay: the last probe's round trip, or the time the probe now out has taken if
+        that is longer (a stuck queue raises the share before the probe answers). Until
+        cancelled."""
         prober = asyncio.ensure_future(self._probe(probe))
         try:
             while True:

@@ -30,6 +30,7 @@ from kairos.cluster.gateway.calls import Gateway, abort
 from kairos.cluster.gateway.streams import Watch
 from kairos.cluster.settings import STREAM_WINDOW
 
+# (a shard of an older version answers without saying: UNSPECIFIED)
 LEARNED_FROM = {kind.value: pb.LearnedFrom.Value(f"LEARNED_FROM_{kind.name}") for kind in Learned}
 BATCH_LIMIT = 10_000  # events in one IngestBatch (the proto says so)
 
@@ -223,7 +224,7 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
             checked.who, lambda customer_id: self.client.respond(
                 customer_id, checked.action_id, checked.channel, checked.outcome,
                 checked.time, checked.decision_id)))
-        return pb.OutcomeAck(learned_from=LEARNED_FROM[learned])
+        return pb.OutcomeAck(learned_from=LEARNED_FROM.get(learned, pb.LEARNED_FROM_UNSPECIFIED))
 
     async def GetProfile(self, request: pb.ProfileRequest, context) -> pb.Profile:
         catalog = await self.gateway.catalog()

@@ -2,6 +2,7 @@
 interceptors, with health and reflection (open to all), on plaintext or TLS."""
 from __future__ import annotations
 
+import shutil
 import tempfile
 from dataclasses import dataclass
 
@@ -65,8 +66,12 @@ async def serve(gateway: Gateway, auth: Auth, host: str, port: int, tls: Tls | N
             require_client_auth=tls.client_ca is not None)
         bound = server.add_secure_port(address, credentials)
     probe_dir = tempfile.mkdtemp(prefix="kairos-gateway-")  # 0700: only this user connects
-    server.add_insecure_port(f"unix:{probe_dir}/probe.sock")  # the shedder's own calls
-    await server.start()
+    try:
+        server.add_insecure_port(f"unix:{probe_dir}/probe.sock")  # the shedder's own calls
+        await server.start()
+    except BaseException:
+        shutil.rmtree(probe_dir, ignore_errors=True)
+        raise
     gateway.start(f"unix:{probe_dir}/probe.sock", probe_dir)
     for service in SERVICES + ("",):
         await checker.set(service, health_pb2.HealthCheckResponse.SERVING)

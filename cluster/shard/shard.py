@@ -241,7 +241,8 @@ class Shard:
     def stats(self) -> dict[str, Any]:
         return {"shard": self.name, "partitions": self.ownership.serving(),
                 "resident": len(self.engine.table),
-                "decisions_remembered": self.engine.remembered, "passivated": self._passivated(),
+                "decisions_remembered": self.engine.remembered,
+                "decision_memo_capacity": self.engine.memo_capacity, "passivated": self._passivated(),
                 "journal_lsn": self.journal.last_lsn, "dirty_partitions": len(self.dirty),
                 "timers": len(self.timers), "aliases": self.directory.count(),
                 "catalog_version": self.catalog_version,

@@ -23,4 +23,5 @@ def test_two_minute_soak_writes_samples_and_a_verdict(tmp_path):
     assert "**Verdict:" in (tmp_path / f"{summary['run']}.md").read_text()
     assert (tmp_path / f"{summary['run']}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert all(len(s["memos"]) == 2 for s in samples)  # every shard's memo, every sample
-    assert all(n > 0 for n in samples[-1]["memos"]) and "thread_names" in samples[0]
+    assert all(kept > 0 and capacity == 100_000 for kept, capacity in samples[-1]["memos"])
+    assert "thread_names" in samples[0]

@@ -6,7 +6,7 @@ import pytest
 
 from kairos.core.catalog import load_catalog
 from kairos.core.compiler import compile_catalog
-from kairos.core.engine import DecisionEngine
+from kairos.core.engine import DECISION_CACHE_SIZE, DECISION_MEMO_BYTES, DecisionEngine
 from kairos.core.errors import CatalogError, InputError
 
 from tests.conftest import DATA
@@ -88,3 +88,15 @@ def test_events_take_no_vectors():
         compiled(SMALL.replace("      amount: {type: float}\n  purchase:",
                                "      amount: {type: vector, size: 2}\n  purchase:"))
     assert "expected one of string, int, float, bool, timestamp, got 'vector'" in str(exc.value)
+
+
+def test_the_decision_memo_keeps_fewer_decisions_of_wide_models():
+    """A decision's inputs are kept for its outcome: 8 bytes per input, DECISION_MEMO_BYTES in
+    all, so a 1,000-number vector keeps about 8,000 decisions rather than 100,000."""
+    assert DecisionEngine(compiled()).memo_capacity == DECISION_CACHE_SIZE
+    wide = DecisionEngine(compiled(WITH_VECTOR.replace("size: 4, min: -10, max: 10",
+                                                       "size: 1000")))
+    assert wide.memo_capacity == DECISION_MEMO_BYTES // (8 * wide.compiled.n_predictors) < 9000
+    for i in range(wide.memo_capacity + 10):
+        wide.decide(f"c{i}", "web", "hero", {"pixels": [0.0] * 1000}, now=T0)
+    assert wide.remembered == wide.memo_capacity

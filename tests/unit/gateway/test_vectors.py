@@ -1,6 +1,8 @@
 """Decide with a `vector` context key over gRPC: DecideRequest.vectors, packed float64."""
 from __future__ import annotations
 
+import re
+
 import grpc
 import numpy as np
 import pytest
@@ -13,7 +15,8 @@ from tests.support.inprocess_gateway import InProcessGateway
 from tests.support.waiting import wait_until
 
 DEADLINE_S = 10.0
-CATALOG = default_catalog_text().replace('version: "', 'version: "vectors-').replace(
+VERSION = "vectors-1"
+CATALOG = re.sub(r'version: "[^"]*"', f'version: "{VERSION}"', default_catalog_text()).replace(
     "\ncontext:\n", "\ncontext:\n  embedding: {type: vector, size: 8, min: -5, max: 5}\n").replace(
     "  predictors:\n", "  predictors:\n    - {name: embedding, source: context}\n")
 
@@ -42,7 +45,7 @@ def decide(stub, **fields) -> pb.Decision:
 def test_a_packed_vector_is_decided_on(stub):
     decision = decide(stub, vectors={"embedding": np.linspace(-1, 1, 8).astype("<f8").tobytes()},
                       explain=True)
-    assert not decision.fallback and decision.catalog_version == "vectors-2026.11.1"
+    assert not decision.fallback and decision.catalog_version == VERSION
 
 
 def test_a_catalog_with_other_content_under_the_running_version_is_refused(stub):
@@ -54,7 +57,7 @@ def test_a_catalog_with_other_content_under_the_running_version_is_refused(stub)
     assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "is running with other content" in exc.value.details()
     assert decide(stub, vectors={"embedding": np.zeros(8).tobytes()}).catalog_version == \
-        "vectors-2026.11.1"  # still deciding, on the catalog that ran
+        VERSION  # still deciding, on the catalog that ran
 
 
 @pytest.mark.parametrize("fields, details", [
