@@ -385,7 +385,7 @@ def test_small_catalog_compiles():
     pytest.param(
         'prior: {base_rate: 0.1, precision: 1.0}',
         'prior: {base_rate: 0.1, precision: 1.0, predictor_precision: 0}',
-        "small.yaml:124:64: models.prior.predictor_precision: must be greater than 0, got 0", "0",
+        "small.yaml:124:64: models.prior.predictor_precision: must be at least 1e-06, got 0", "0",
         id="predictor-precision-zero"),
     pytest.param(
         'fallbacks:', 'history: {size: 2000}\nfallbacks:',
