@@ -79,7 +79,8 @@ class Sampler(threading.Thread):
                 with proc.oneshot():
                     rss += proc.memory_info().rss
                     fds += proc.num_fds()
-                    threads[f"{proc.name()} {proc.pid}"] = _thread_names(proc)
+                    # by pid: a Ray worker's title names the method it is running
+                    threads[str(proc.pid)] = _thread_names(proc)
             except (psutil.Error, OSError):
                 continue
         sample = {"t_s": round(time.monotonic() - self._t0, 1), "processes": len(threads),

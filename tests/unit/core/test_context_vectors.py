@@ -74,8 +74,8 @@ def test_a_vector_of_the_wrong_size_or_out_of_bounds_is_refused(value, reason):
     (("pixels: {type: vector, size: 4, min: -10, max: 10}", "pixels: {type: vector, size: 2000}"),
      "must be at most 1023, got 2000"),
     (("  pixels: {type: vector, size: 4, min: -10, max: 10}",
-      "  pixels: {type: vector, size: 1000}"),
-     "at most 1023 predictor inputs (a vector counts its size), got 1004"),
+      "  pixels: {type: vector, size: 1019}"),
+     "at most 1023 predictor inputs (a vector counts its size), got 1024"),
 ])
 def test_a_vector_is_for_predictors_only(change, message):
     with pytest.raises(CatalogError) as exc:

@@ -107,5 +107,5 @@ def test_the_intercept_and_the_weights_have_priors_of_their_own():
     retain = compiled.action_index[next(a.id for a in compiled.catalog.actions
                                         if a.group == "retain")]
     assert compiled.prior_precision[sell, 0] == compiled.prior_precision[retain, 0] == 20.0
-    assert (compiled.prior_precision[sell, 1:] == 1.0).all()
+    assert (compiled.prior_precision[sell, 1:] == 20.0).all()
     assert (compiled.prior_precision[retain, 1:] == 4.0).all()
