@@ -8,26 +8,21 @@ RESOURCE_EXHAUSTED (before their request is parsed), and serves the rest at abou
 latency it has when it is not overloaded.
 
 The share is PIE's drop probability. Every SHED_UPDATE_S it is moved by how far the queueing
-delay is above or below SHED_TARGET_S, and by how fast it is rising. The delay is the round
-trip of a probe: a health check the gateway sends to its own server over a Unix socket (in a
-directory only its user can enter). It waits where callers wait: in gRPC's accepting of
-calls, before any handler or interceptor runs, and in the event loop. On 2 cores at 3x the
-rate held, the event loop's own lag stayed under 10 ms while calls waited 0.3 to 1 s before
-their handler started, so the loop's lag alone never shed. A probe still out after
-SHED_UPDATE_S counts as at least that late, so a stuck queue raises the share without
-waiting for the probe's answer. Refusing a share of the calls is what brings the wait down.
-Slow shards are not a reason to shed: their answers are awaited without work, and refusing
-calls would not make them faster (the client's queue bound and the callers' deadlines limit
-what waits for them). As RFC 8033 does, a short burst sheds nothing (no refusal while the
-delay is under half the target and the share is low), and the share decays once the delay is
-gone (a probe is never instant, so "gone" is under half the target here).
+delay is above or below SHED_TARGET_S, and by how fast it is rising. The delay is how late a
+timer of the event loop fires: a gateway short of CPU makes every call wait for its turn in
+the loop, as the calls gRPC has not handed over yet do, and refusing a share of them is what
+brings the wait down. Slow shards are not a reason to shed: their answers are awaited
+without work, and refusing calls would not make them faster (the client's queue bound and the
+callers' deadlines limit what waits for them). As RFC 8033 does, a short burst sheds nothing (no refusal while the delay is under half the
+target and the share is low), and the share decays once the delay is gone (a timer is never
+exactly on time, so "gone" is under half the target here).
 """
 from __future__ import annotations
 
 import asyncio
 import random
 import time
-from typing import Awaitable, Callable
+from typing import Callable
 
 from kairos.cluster.settings import SHED_TARGET_S, SHED_UPDATE_S
 
@@ -47,8 +42,6 @@ class Shedder:
         self.shed_share = 0.0
         self.delay_s = 0.0  # the last delay measured
         self.refused = 0  # calls refused so far
-        self._round_trip = 0.0  # the last probe's
-        self._sent: float | None = None  # when the probe now out was sent
 
     def admits(self) -> bool:
         """Whether to take a new call (a refused one is counted)."""
@@ -60,29 +53,12 @@ class Shedder:
         self.refused += 1
         return False
 
-    async def run(self, probe: Callable[[], Awaitable[object]]) -> None:
-        """Probe every `update_s` (one probe out at a time) and move the share as often by
-        the delay: the last probe's round trip, or the time the probe now out has taken if
-        that is longer (a stuck queue raises the share before the probe answers). Until
-        cancelled."""
-        prober = asyncio.ensure_future(self._probe(probe))
-        try:
-            while True:
-                await asyncio.sleep(self.update_s)
-                out = time.monotonic() - self._sent if self._sent is not None else 0.0
-                self.update(max(self._round_trip, out))
-        finally:
-            prober.cancel()
-
-    async def _probe(self, probe: Callable[[], Awaitable[object]]) -> None:
+    async def run(self) -> None:
+        """Measure the delay and move the share, every `update_s`, until cancelled."""
         while True:
-            self._sent = time.monotonic()
-            try:
-                await probe()
-            except Exception:  # noqa: BLE001  a failed probe counts as late as it took
-                pass
-            self._round_trip, self._sent = time.monotonic() - self._sent, None
+            start = time.monotonic()
             await asyncio.sleep(self.update_s)
+            self.update(max(0.0, time.monotonic() - start - self.update_s))
 
     def update(self, delay_s: float) -> None:
         """One PIE update with the delay just measured."""

@@ -10,12 +10,9 @@ errors to status codes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import shutil
 from typing import Any, Awaitable, Callable
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kairos.core.compiler import CompiledCatalog, compiled_from_text
 from kairos.core.errors import InputError
@@ -30,7 +27,6 @@ from kairos.cluster.transport.backend import Backend, Unavailable
 from kairos.cluster.transport.client import Busy, Conflict, KairosClient
 
 MAX_DETAILS = 1024  # characters of a status message
-PROBE_TIMEOUT_S = 5.0  # a probe out this long has long since made the gateway shed
 
 
 class Gateway:
@@ -48,25 +44,14 @@ class Gateway:
         self._compiled: CompiledCatalog | None = None
         self._refresh: asyncio.Future | None = None
         self._shedding: asyncio.Task | None = None
-        self._probe_channel: grpc.aio.Channel | None = None
-        self._probe_dir = ""
 
-    def start(self, probe_address: str, probe_dir: str) -> None:
-        """Start keeping the share of calls to shed (within the serving event loop), probing
-        the gateway's own server at `probe_address` (in `probe_dir`, removed at close)."""
-        self._probe_channel = grpc.aio.insecure_channel(probe_address)
-        self._probe_dir = probe_dir
-        check = health_pb2_grpc.HealthStub(self._probe_channel).Check
-        self._shedding = asyncio.get_running_loop().create_task(self.shedder.run(
-            lambda: check(health_pb2.HealthCheckRequest(), timeout=PROBE_TIMEOUT_S)))
+    def start(self) -> None:
+        """Start keeping the share of calls to shed (within the serving event loop)."""
+        self._shedding = asyncio.get_running_loop().create_task(self.shedder.run())
 
     async def close(self) -> None:
         if self._shedding is not None:
             self._shedding.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._shedding
-            await self._probe_channel.close()
-            shutil.rmtree(self._probe_dir, ignore_errors=True)
         await self.client.close()
 
     async def catalog(self) -> CompiledCatalog:

@@ -2,8 +2,6 @@
 interceptors, with health and reflection (open to all), on plaintext or TLS."""
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass
 
 import grpc
@@ -65,14 +63,8 @@ async def serve(gateway: Gateway, auth: Auth, host: str, port: int, tls: Tls | N
             [(tls.private_key, tls.cert_chain)], root_certificates=tls.client_ca,
             require_client_auth=tls.client_ca is not None)
         bound = server.add_secure_port(address, credentials)
-    probe_dir = tempfile.mkdtemp(prefix="kairos-gateway-")  # 0700: only this user connects
-    try:
-        server.add_insecure_port(f"unix:{probe_dir}/probe.sock")  # the shedder's own calls
-        await server.start()
-    except BaseException:
-        shutil.rmtree(probe_dir, ignore_errors=True)
-        raise
-    gateway.start(f"unix:{probe_dir}/probe.sock", probe_dir)
+    await server.start()
+    gateway.start()
     for service in SERVICES + ("",):
         await checker.set(service, health_pb2.HealthCheckResponse.SERVING)
     return server, checker, bound

@@ -1,10 +1,9 @@
-"""Load shedding (gateway/admission.py): PIE's share of refused calls follows the delay a probe
-of the gateway's own server meets, and a gateway whose loop is starved refuses new calls at once with RESOURCE_EXHAUSTED,
+"""Load shedding (gateway/admission.py): PIE's share of refused calls follows the event loop's
+lag, and a gateway whose loop is starved refuses new calls at once with RESOURCE_EXHAUSTED,
 then serves everything again once the loop is free (real gRPC on 127.0.0.1, in-process
 backend)."""
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 
@@ -51,34 +50,6 @@ def test_the_share_stays_a_probability():
     for delay in [100.0] * 50 + [0.0] * 5000:
         s.update(delay)
         assert 0.0 <= s.shed_share <= 1.0
-
-
-def _run_with_probe(probe, seconds: float) -> Shedder:
-    s = Shedder(TARGET_S, 0.015)
-
-    async def main():
-        task = asyncio.ensure_future(s.run(probe))
-        await asyncio.sleep(seconds)
-        task.cancel()
-    asyncio.run(main())
-    return s
-
-
-def test_the_delay_is_the_probes_round_trip_or_the_time_the_one_out_has_taken():
-    async def answers_at_once():
-        return None
-
-    async def stuck():
-        await asyncio.sleep(60)
-
-    async def fails_late():
-        await asyncio.sleep(0.1)
-        raise ConnectionError("a refused probe is a late one")
-
-    assert _run_with_probe(answers_at_once, 0.5).shed_share == 0.0
-    for probe in (stuck, fails_late):
-        s = _run_with_probe(probe, 3.0)
-        assert s.delay_s >= 0.1 and s.shed_share > 0.0, probe.__name__
 
 
 @pytest.fixture
