@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import random
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,8 +81,9 @@ def message_class(descriptor: d.Descriptor) -> type[Message]:
 
 @dataclass(frozen=True)
 class Spec:
-    type: str  # string, int, float, bool, timestamp
+    type: str  # string, int, float, bool, timestamp; vector (context only)
     values: tuple[str, ...] | None = None  # a string's allowed values, when enumerated
+    size: int = 1  # a vector's numbers
 
 
 @dataclass
@@ -113,7 +115,7 @@ class Vocabulary:
             events={e.name: {f.name: Spec(f.type, f.values) for f in e.fields}
                     for e in cat.events},
             timerless=[e.name for e in cat.events if e.name not in arming],
-            context={c.name: Spec(c.type, c.values) for c in cat.context},
+            context={c.name: Spec(c.type, c.values, c.size) for c in cat.context},
             actions=list(compiled.action_ids),
             ledger=[f"fz-{run}-ledger-{i}" for i in range(customers)],
             chaos=[f"fz-{run}-chaos-{i}" for i in range(customers)],
@@ -273,9 +275,12 @@ class Generator:
 
     def _map_entries(self, f: d.FieldDescriptor, mode: str, seen: dict
                      ) -> list[tuple[str, Any]]:
-        declared = (self.vocab.events.get(seen.get("type"), {}) if f.name == "attributes"
-                    else self.vocab.context if f.name == "context" else {})
         value_desc = f.message_type.fields_by_name["value"]
+        if value_desc.type == d.FieldDescriptor.TYPE_BYTES:  # DecideRequest.vectors
+            return self._vectors(mode)
+        declared = (self.vocab.events.get(seen.get("type"), {}) if f.name == "attributes"
+                    else {name: spec for name, spec in self.vocab.context.items()
+                          if spec.type != "vector"} if f.name == "context" else {})
         entries = []
         for name, spec in declared.items():
             if mode == "valid" or self.rng.random() < 0.7:
@@ -284,6 +289,24 @@ class Generator:
             for _ in range(self.rng.choice((1, 2))):
                 entries.append((self._string("malformed", "undeclared"),
                                 self._value(value_desc.message_type, Spec("string"), mode)))
+        return entries
+
+    def _vectors(self, mode: str) -> list[tuple[str, bytes]]:
+        """Packed little-endian float64 vectors: of the declared size when valid; else of
+        another size, with NaN or huge numbers, or under an undeclared key."""
+        rng = self.rng
+        entries = []
+        for name, spec in self.vocab.context.items():
+            if spec.type == "vector" and (mode == "valid" or rng.random() < 0.7):
+                size = spec.size if mode == "valid" else rng.choice(
+                    (spec.size, spec.size + 1, 0, max(spec.size - 1, 0)))
+                numbers = [rng.gauss(0.0, 1.0) for _ in range(size)]
+                if mode != "valid" and numbers and rng.random() < 0.5:
+                    numbers[rng.randrange(size)] = rng.choice(NUMBERS)
+                entries.append((name, struct.pack(f"<{size}d", *numbers)))
+        if mode != "valid":
+            entries.append((self._string("malformed", "undeclared"),
+                            bytes(rng.randrange(64) for _ in range(rng.choice((0, 7, 16))))))
         return entries
 
     def _value(self, desc: d.Descriptor, spec: Spec, mode: str) -> Message:

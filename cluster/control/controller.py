@@ -312,13 +312,11 @@ class Controller:
 
     async def put_catalog(self, catalog_text: str) -> str:
         """Validate, then switch every shard and the learner; the new version. ValueError for
-        other content under the running version: gateways, decisions and the models' history
-        tell catalogs apart by version only."""
+        other content under the running version (gateways tell catalogs apart by version)."""
         version = compiled_from_text(catalog_text).version  # CatalogError: stop
         async with self._reconfiguring:
             if version == self.catalog_version and catalog_text != self.catalog_text:
-                raise ValueError(f"catalog version {version!r} is running with other content: "
-                                 f"give the new catalog a version of its own")
+                raise ValueError(f"catalog {version!r} runs with other text: give it a new version")
             shards = self.shards
             failed = await on_each(self.backend, shards, lambda s: s.prepare(catalog_text))
             if failed:
@@ -468,8 +466,7 @@ class ControllerActor:
                 if self.controller.map is None:
                     if not await self.controller.resume():
                         raise RuntimeError("the controller has not been started")
-                    self._loop_task = asyncio.get_running_loop().create_task(
-                        self._control_loop())
+                    self._loop_task = asyncio.get_running_loop().create_task(self._control_loop())
         return self.controller
 
     async def _control_loop(self) -> None:

@@ -55,7 +55,7 @@ def test_a_catalog_with_other_content_under_the_running_version_is_refused(stub)
         admin_pb2_grpc.AdminServiceStub(stub.channel).PutCatalog(
             admin_pb2.CatalogText(yaml=CATALOG.replace("size: 8", "size: 9")), timeout=60)
     assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "is running with other content" in exc.value.details()
+    assert "runs with other text: give it a new version" in exc.value.details()
     assert decide(stub, vectors={"embedding": np.zeros(8).tobytes()}).catalog_version == \
         VERSION  # still deciding, on the catalog that ran
 
