@@ -81,7 +81,7 @@ class Sampler(threading.Thread):
                     fds += proc.num_fds()
                     # by pid: a Ray worker's title names the method it is running
                     threads[str(proc.pid)] = _thread_names(proc)
-            except (psutil.Error, OSError):
+            except psutil.Error:
                 continue
         sample = {"t_s": round(time.monotonic() - self._t0, 1), "processes": len(threads),
                   "rss_mib": round(rss / 2**20, 1), "fds": fds,
@@ -101,8 +101,11 @@ def _thread_names(proc: psutil.Process) -> dict[str, int]:
     """The process's threads counted by name, numbers dropped (pool workers share a name)."""
     names: Counter[str] = Counter()
     for thread in proc.threads():
-        comm = Path(f"/proc/{proc.pid}/task/{thread.id}/comm")
-        names[re.sub(r"\d+", "#", comm.read_text().strip())] += 1
+        try:
+            comm = Path(f"/proc/{proc.pid}/task/{thread.id}/comm").read_text().strip()
+        except OSError:  # the thread ended since the listing: not the process
+            continue
+        names[re.sub(r"\d+", "#", comm)] += 1
     return dict(sorted(names.items()))
 
 
