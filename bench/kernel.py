@@ -76,8 +76,7 @@ def measure(module, engine: DecisionEngine, rng: random.Random, iterations: int)
     cat = module.CatalogView(c)
     st = module.StateView(t.values, t.ring_action, t.ring_channel, t.ring_outcome, t.ring_time,
                           t.ring_head)
-    mv = module.ModelView(engine.models.mean, engine.models.precision, engine.models.positives,
-                          engine.models.negatives)
+    mv = module.ModelView(*engine.models.kernel_arrays())
     ws = module.Workspace(c, BATCH, 1)
     n = len(t)
     requests = []

@@ -156,14 +156,26 @@ cdef class StateView:
 
 
 cdef class ModelView:
-    cdef double[:, ::1] mean, precision
-    cdef double[::1] positives, negatives
+    """ModelTable.kernel_arrays(): with a covariance the posterior is full, and `precision`
+    is a matrix per model."""
 
-    def __init__(self, mean, precision, positives, negatives):
+    cdef double[:, ::1] mean, precision
+    cdef double[:, :, ::1] matrix, covariance
+    cdef double[::1] positives, negatives
+    cdef bint full
+
+    def __init__(self, mean, precision, positives, negatives, covariance=None):
         self.mean = mean
-        self.precision = precision
         self.positives = positives
         self.negatives = negatives
+        self.full = covariance is not None
+        if self.full:
+            self.matrix = precision
+            self.covariance = covariance
+            self.precision = np.ones((1, 1))  # unread
+        else:
+            self.precision = precision
+            self.matrix = self.covariance = np.zeros((1, 1, 1))  # unread
 
 
 cdef class Workspace:
@@ -606,14 +618,29 @@ cdef inline double _propensity(CatalogView cat, ModelView mv, Workspace ws, Py_s
     for i in range(cat.n_predictors):
         z += mv.mean[m, i] * x[i]
     if cat.exploration != EXPLORE_NONE:
-        for i in range(cat.n_predictors):
-            var += x[i] * x[i] / mv.precision[m, i]
+        if mv.full:
+            var = _quadratic(&mv.covariance[m, 0, 0], x, cat.n_predictors)
+        else:
+            for i in range(cat.n_predictors):
+                var += x[i] * x[i] / mv.precision[m, i]
         spread = sqrt(cat.explore_scale[a] * var)
         if cat.exploration == EXPLORE_THOMPSON:
             z += spread * _normal(&ws._rng)
         else:
             z += cat.ucb_alpha * spread
     return _sigmoid(z)
+
+
+cdef inline double _quadratic(const double* S, const double* x, Py_ssize_t d) noexcept nogil:
+    """x' S x, row by row."""
+    cdef Py_ssize_t i, j
+    cdef double total = 0.0, row
+    for i in range(d):
+        row = 0.0
+        for j in range(d):
+            row += S[i * d + j] * x[j]
+        total += x[i] * row
+    return total
 
 
 cdef inline bint _untried(CatalogView cat, ModelView mv, Py_ssize_t a, int channel,
@@ -765,12 +792,14 @@ def record_outcomes(CatalogView cat, StateView st, ModelView mv, const int64_t[:
                     const int8_t[::1] outcomes, const double[::1] times, const double[:, ::1] x):
     """History for every outcome, learning for those that are not impressions; the number of
     updates refused because they would leave a model not finite (the model is left as is)."""
-    cdef Py_ssize_t i, j, m, row, refused = 0
+    cdef Py_ssize_t i, m, row, d = cat.n_predictors, refused = 0
     cdef int head, outcome
-    cdef double p, z, s, y
-    cdef double[::1] precision = np.empty(max(cat.n_predictors, 1))
-    cdef double[::1] mean = np.empty(max(cat.n_predictors, 1))
-    cdef double check
+    cdef double y
+    # scratch for one model's new statistics, written back only when all of it is finite
+    cdef double[::1] mean = np.empty(max(d, 1))
+    cdef double[::1] precision = np.empty(max(d * d if mv.full else d, 1))
+    cdef double[::1] cov = np.empty(max(d * d if mv.full else 1, 1))
+    cdef double[::1] u = np.empty(max(d, 1))
     with nogil:
         for i in range(rows.shape[0]):
             row = rows[i]
@@ -785,27 +814,74 @@ def record_outcomes(CatalogView cat, StateView st, ModelView mv, const int64_t[:
                 continue
             y = 1.0 if (outcome == OUT_ACCEPT or outcome == OUT_CONVERT) else 0.0
             m = actions[i] * cat.n_channels + channels[i]
-            z = 0.0
-            s = 0.0
-            for j in range(cat.n_predictors):
-                z += mv.mean[m, j] * x[i, j]
-                s += x[i, j] * x[i, j] / mv.precision[m, j]
-            p = _sigmoid(_one_example_logit(z, s, y)) if isfinite(z + s) else NAN
-            # x*0 is 0 for a finite x and NaN for inf or NaN: one branch-free sum tells whether
-            # every new value is finite (measured half the cost of isfinite per value)
-            check = 0.0
-            for j in range(cat.n_predictors):
-                mean[j] = mv.mean[m, j] + (y - p) * x[i, j] / mv.precision[m, j]
-                precision[j] = mv.precision[m, j] + x[i, j] * x[i, j] * (p * (1.0 - p))
-                check += precision[j] * 0.0 + mean[j] * 0.0
-            if check != 0.0:
+            if mv.full:
+                if not _learn_full(mv, m, &x[i, 0], d, y, &mean[0], &precision[0], &cov[0],
+                                   &u[0]):
+                    refused += 1
+                    continue
+            elif not _learn_diagonal(mv, m, &x[i, 0], d, y, &mean[0], &precision[0]):
                 refused += 1
                 continue
-            for j in range(cat.n_predictors):
-                mv.precision[m, j] = precision[j]
-                mv.mean[m, j] = mean[j]
             if y != 0.0:
                 mv.positives[m] += 1.0
             else:
                 mv.negatives[m] += 1.0
     return refused
+
+
+cdef bint _learn_diagonal(ModelView mv, Py_ssize_t m, const double* x, Py_ssize_t d, double y,
+                          double* mean, double* precision) noexcept nogil:
+    """The one-example MAP under a diagonal posterior; False (model untouched) when the result
+    would not be finite."""
+    cdef Py_ssize_t j
+    cdef double z = 0.0, s = 0.0, p, check = 0.0
+    for j in range(d):
+        z += mv.mean[m, j] * x[j]
+        s += x[j] * x[j] / mv.precision[m, j]
+    p = _sigmoid(_one_example_logit(z, s, y)) if isfinite(z + s) else NAN
+    # x*0 is 0 for a finite x and NaN for inf or NaN: one branch-free sum tells whether
+    # every new value is finite (measured half the cost of isfinite per value)
+    for j in range(d):
+        mean[j] = mv.mean[m, j] + (y - p) * x[j] / mv.precision[m, j]
+        precision[j] = mv.precision[m, j] + x[j] * x[j] * (p * (1.0 - p))
+        check += precision[j] * 0.0 + mean[j] * 0.0
+    if check != 0.0:
+        return False
+    for j in range(d):
+        mv.precision[m, j] = precision[j]
+        mv.mean[m, j] = mean[j]
+    return True
+
+
+cdef bint _learn_full(ModelView mv, Py_ssize_t m, const double* x, Py_ssize_t d, double y,
+                      double* mean, double* precision, double* cov, double* u) noexcept nogil:
+    """The one-example MAP under a full posterior: the mean moves along u = S x, P gains
+    w x x' and S loses w u u' / (1 + w s) (Sherman-Morrison), w = p(1-p) at the MAP."""
+    cdef Py_ssize_t i, j
+    cdef double* S = &mv.covariance[m, 0, 0]
+    cdef double* P = &mv.matrix[m, 0, 0]
+    cdef double z = 0.0, s = 0.0, p, w, shrink, check = 0.0
+    for i in range(d):
+        z += mv.mean[m, i] * x[i]
+        u[i] = 0.0
+        for j in range(d):
+            u[i] += S[i * d + j] * x[j]
+        s += x[i] * u[i]
+    p = _sigmoid(_one_example_logit(z, s, y)) if isfinite(z + s) else NAN
+    w = p * (1.0 - p)
+    shrink = w / (1.0 + w * s)
+    for i in range(d):
+        mean[i] = mv.mean[m, i] + (y - p) * u[i]
+        check += mean[i] * 0.0
+        for j in range(d):
+            precision[i * d + j] = P[i * d + j] + w * x[i] * x[j]
+            cov[i * d + j] = S[i * d + j] - shrink * u[i] * u[j]
+            check += precision[i * d + j] * 0.0 + cov[i * d + j] * 0.0
+    if check != 0.0:
+        return False
+    for i in range(d):
+        mv.mean[m, i] = mean[i]
+    for i in range(d * d):
+        P[i] = precision[i]
+        S[i] = cov[i]
+    return True

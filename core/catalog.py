@@ -41,6 +41,11 @@ DEFAULT_VARIANCE_SCALE = 0.1
 # one-example solve's bracket outgrows what its steps can halve (models.ONE_EXAMPLE_STEPS)
 MIN_PRECISION = 1e-6
 DEFAULT_TRIAL_RATE = 0.02  # decisions that try an action not yet accepted on the channel
+POSTERIORS = ("auto", "full", "diagonal")
+# Inputs, the intercept included, a full-covariance posterior may have: a decision costs
+# inputs^2 per action and a model inputs^2 * 16 bytes (precision and covariance)...
+FULL_POSTERIOR_MAX_INPUTS = 64
+FULL_POSTERIOR_AUTO_INPUTS = 32  # ...and "auto" takes it up to this many
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 
@@ -185,6 +190,13 @@ class Predictor:
     equals: Any = None  # indicator: x == equals
     path: Path = ()
 
+    @property
+    def key(self) -> str:
+        """The predictor's name among a catalog's (and across its versions): source, name and,
+        for an indicator, the value; not the transform, so a rescaled input keeps its weight."""
+        key = f"context.{self.name}" if self.source == "context" else self.name
+        return key if self.equals is None else f"{key}=={self.equals!r}"
+
 
 @dataclass(frozen=True)
 class Prior:
@@ -202,6 +214,10 @@ class Models:
     predictors: tuple[Predictor, ...] = ()
     prior: Prior = Prior()
     group_priors: dict[str, Prior] = field(default_factory=dict)
+    # "full": a covariance matrix per model, so correlated predictors share what an example
+    # taught; "diagonal": one variance per predictor; "auto": full up to
+    # FULL_POSTERIOR_AUTO_INPUTS inputs
+    posterior: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -845,8 +861,8 @@ class _Reader:
     def models(self, attributes: dict, features: dict, context: dict,
                groups: tuple[str, ...]) -> Models:
         path = ("models",)
-        spec = self.mapping(path, (), ("predictors", "prior", "groups"))
-        predictors = []
+        spec = self.mapping(path, (), ("predictors", "prior", "groups", "posterior"))
+        predictors, inputs = [], 0
         if "predictors" in spec:
             declared = len(self.sequence(path + ("predictors",)))
             if declared > MAX_PREDICTORS:
@@ -854,15 +870,30 @@ class _Reader:
                                 f"at most {MAX_PREDICTORS} predictors (the kernel's models "
                                 f"hold {MAX_PREDICTORS + 1} inputs with the intercept), got "
                                 f"{declared}")
+            seen: dict[str, int] = {}
             for i in range(declared):
-                predictors.append(self.predictor(path + ("predictors", i), attributes, features,
-                                                 context))
+                predictor = self.predictor(path + ("predictors", i), attributes, features,
+                                           context)
+                if predictor.key in seen:
+                    raise self.fail(path + ("predictors", i),
+                                    f"repeats predictor {predictor.key} (position "
+                                    f"{seen[predictor.key]})")
+                seen[predictor.key] = i
+                predictors.append(predictor)
             inputs = sum(context[p.name].size if p.source == "context" else 1
                          for p in predictors)
             if inputs > MAX_PREDICTORS:
                 raise self.fail(path + ("predictors",),
                                 f"at most {MAX_PREDICTORS} predictor inputs (a vector counts "
                                 f"its size), got {inputs}")
+        posterior = "auto"
+        if "posterior" in spec:
+            posterior = self.choice(path + ("posterior",), POSTERIORS)
+            if posterior == "full" and inputs + 1 > FULL_POSTERIOR_MAX_INPUTS:
+                raise self.fail(path + ("posterior",),
+                                f"a full posterior takes at most "
+                                f"{FULL_POSTERIOR_MAX_INPUTS - 1} predictor inputs, got "
+                                f"{inputs}: use 'diagonal' (or 'auto')")
         prior = self.prior(path + ("prior",)) if "prior" in spec else Prior()
         group_priors = {}
         if "groups" in spec:
@@ -872,7 +903,7 @@ class _Reader:
                                                               f"{_did_you_mean(group, groups)}",
                                     at_key=True)
                 group_priors[group] = self.prior(path + ("groups", group), prior)
-        return Models(tuple(predictors), prior, group_priors)
+        return Models(tuple(predictors), prior, group_priors, posterior)
 
     def prior(self, path: Path, base: Prior = Prior()) -> Prior:
         spec = self.mapping(path, (), ("base_rate", "precision", "predictor_precision"))

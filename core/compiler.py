@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from . import rules
-from .catalog import Action, Catalog, Feature, Rule, default_catalog_text, load_catalog
+from .catalog import (FULL_POSTERIOR_AUTO_INPUTS, Action, Catalog, Feature, Rule,
+                      default_catalog_text, load_catalog)
 from .errors import CatalogError, RuleError
 
 CLOCK_SLOT = 0
@@ -507,9 +508,11 @@ class CompiledCatalog:
                 first, size, vector = self.layout.slot[p.name], 1, False
             preds += [p] * size
             slots += range(first, first + size)
-            names += [f"{p.name}[{i}]" for i in range(size)] if vector else [p.name]
+            names += [f"{p.key}[{i}]" for i in range(size)] if vector else [p.key]
         self.predictor_names = names
         self.n_predictors = len(self.predictor_names)
+        self.full_posterior = models.posterior == "full" or (
+            models.posterior == "auto" and self.n_predictors <= FULL_POSTERIOR_AUTO_INPUTS)
         self.predictor_source = np.array([int(p.source == "context") for p in preds], np.int8)
         self.predictor_index = np.array(slots, np.int32)
         self.predictor_transform = np.array([Transform[p.transform.upper()] for p in preds],

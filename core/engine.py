@@ -102,7 +102,7 @@ class DecisionEngine:
 
     def _bind_models(self) -> None:
         m = self.models
-        self.model_view = self.k.ModelView(m.mean, m.precision, m.positives, m.negatives)
+        self.model_view = self.k.ModelView(*m.kernel_arrays())
 
     def activate(self, customer_ids: Iterable[str]) -> np.ndarray:
         """The rows of these customers, activating fresh profiles for new ones."""

@@ -25,6 +25,14 @@ it learned since, and a learner adds the deltas of every shard to the base. The 
 changes how a shard moves its own posterior, not what it ships: each example still adds
 x^2 p(1-p) to q, and q*m moves by what the MAP moved it.
 
+A catalog can ask for a full-covariance posterior instead (`models.posterior`, for up to
+catalog.FULL_POSTERIOR_MAX_INPUTS inputs; "auto" takes it up to FULL_POSTERIOR_AUTO_INPUTS):
+the precision is then a matrix P per model, and the same one-example MAP moves the mean along
+S x, S = inv(P), with s = x' S x. Correlated predictors then share what an example teaught
+instead of each taking all of it. The precision still adds across shards (P += p(1-p) x x');
+the kernels keep S current between publishes by Sherman-Morrison, and every merge or adopt
+computes it again from P, so rounding in the rank-one updates never piles up.
+
 A posterior that is not finite never heals (q*m of an infinite q is NaN) and a learner would
 publish it to every shard, so nothing non-finite gets in: the kernels refuse such an update,
 `merge` refuses such rows of a delta, and both count what they refused in `ModelTable.refused`.
@@ -147,8 +155,8 @@ class BayesianLogit:
 class ModelDelta:
     """Learning between two points in time, as natural-parameter increments (they add)."""
 
-    precision_mean: np.ndarray  # d(q*m), shape (n_models, n_predictors)
-    precision: np.ndarray  # d(q)
+    precision_mean: np.ndarray  # d(P m), shape (n_models, n_predictors)
+    precision: np.ndarray  # d(P): (n_models, n_predictors), or a matrix per model when full
     positives: np.ndarray  # outcomes counted, shape (n_models,)
     negatives: np.ndarray
 
@@ -158,35 +166,114 @@ class ModelDelta:
                           self.negatives + other.negatives)
 
 
+def diagonal(precision: np.ndarray) -> np.ndarray:
+    """The per-predictor precisions: the array itself, or each matrix's diagonal."""
+    return precision if precision.ndim == 2 else np.diagonal(precision, axis1=1, axis2=2)
+
+
+def natural_mean(mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """P m per model, for a diagonal or a full precision."""
+    if precision.ndim == 2:
+        return precision * mean
+    return np.einsum("nij,nj->ni", precision, mean)
+
+
+def solve_rows(precision: np.ndarray, natural: np.ndarray) -> np.ndarray:
+    """The mean m with P m = natural, per model; NaN for a model whose P is singular."""
+    if precision.ndim == 2:
+        return natural / precision
+    try:
+        return np.linalg.solve(precision, natural[..., None])[..., 0]
+    except np.linalg.LinAlgError:  # one singular matrix fails the batch: find it
+        out = np.full_like(natural, np.nan)
+        for i in range(len(natural)):
+            try:
+                out[i] = np.linalg.solve(precision[i], natural[i])
+            except np.linalg.LinAlgError:
+                pass
+        return out
+
+
+def inverse(precision: np.ndarray) -> np.ndarray:
+    """inv(P) per model (the kernels' S); NaN for a singular P (`merge` refuses those)."""
+    try:
+        return np.linalg.inv(precision)
+    except np.linalg.LinAlgError:
+        out = np.full_like(precision, np.nan)
+        for i in range(len(precision)):
+            try:
+                out[i] = np.linalg.inv(precision[i])
+            except np.linalg.LinAlgError:
+                pass
+        return out
+
+
+def as_matrices(precision: np.ndarray) -> np.ndarray:
+    """Per-predictor precisions as diagonal matrices (matrices stay as they are)."""
+    if precision.ndim == 3:
+        return precision.copy()
+    out = np.zeros(precision.shape + precision.shape[-1:])
+    idx = np.arange(precision.shape[1])
+    out[:, idx, idx] = precision
+    return out
+
+
+def per_model(array: np.ndarray) -> np.ndarray:
+    """A model's statistics as one row (its vector, or its matrix flattened)."""
+    return array.reshape(array.shape[0], int(np.prod(array.shape[1:])))
+
+
 def sound_rows(mean: np.ndarray, precision: np.ndarray, positives: np.ndarray,
                negatives: np.ndarray, positive: bool = True) -> np.ndarray:
     """Per model, whether its statistics are all finite (and, for a posterior rather than a
     delta, its precisions above zero: the kernels divide by them)."""
-    ok = np.isfinite(mean).all(axis=1) & np.isfinite(precision).all(axis=1) & \
+    ok = np.isfinite(mean).all(axis=1) & \
+        np.isfinite(per_model(precision)).all(axis=1) & \
         np.isfinite(positives) & np.isfinite(negatives)
     if positive:
-        ok &= (precision > 0).all(axis=1)
+        ok &= (diagonal(precision) > 0).all(axis=1)
     return ok
+
+
+def keep_rows(ok: np.ndarray, new: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """`new` for the models where ok, else `old` (arrays of any rank, models first)."""
+    return np.where(ok.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
 
 
 class ModelTable:
     """Every (action, channel) model of a shard, as arrays the kernels update in place.
 
-    The shard learns into `mean`/`precision`; `take_delta()` hands what was learned since the
-    last take to the learner; `adopt()` moves to a published version that includes every taken
+    The shard learns into `mean`/`precision` (and, for a full posterior, `covariance`, the
+    inverse the kernels keep current); `take_delta()` hands what was learned since the last
+    take to the learner; `adopt()` moves to a published version that includes every taken
     delta, keeping what was learned since (rebased onto the new version).
     """
 
     def __init__(self, compiled: CompiledCatalog, version: int = 0):
         n_channels = len(compiled.channel_names)
         self.n_channels = n_channels
+        self.full = compiled.full_posterior
         self.version = version
         self.refused = 0  # updates and delta rows refused for not being finite, ever
         self.mean = np.repeat(compiled.prior_mean, n_channels, axis=0)
-        self.precision = np.repeat(compiled.prior_precision, n_channels, axis=0)
+        self.precision = self._as_kind(np.repeat(compiled.prior_precision, n_channels, axis=0))
         self.positives = np.zeros(len(self.mean))
         self.negatives = np.zeros(len(self.mean))
+        self.covariance: np.ndarray | None = None
+        self._refresh()
         self._mark()
+
+    def _as_kind(self, precision: np.ndarray) -> np.ndarray:
+        """Per-predictor precisions as this table keeps them (a diagonal matrix when full)."""
+        return as_matrices(precision) if self.full else diagonal(precision).copy()
+
+    def _refresh(self) -> None:
+        if self.full:
+            self.covariance = inverse(self.precision)
+
+    def kernel_arrays(self) -> tuple:
+        """What the kernels' ModelView takes."""
+        return self.mean, self.precision, self.positives, self.negatives, self.covariance
 
     def warm_start(self, compiled: CompiledCatalog, actions) -> None:
         """Cold start for new actions: begin where their group is, not at zero.
@@ -197,6 +284,7 @@ class ModelTable:
         """
         new = set(actions)
         n_ch = self.n_channels
+        prior = self._as_kind(compiled.prior_precision)
         for a in new:
             peers = [p for p in range(len(compiled.action_ids)) if p not in new and
                      compiled.action_group[p] == compiled.action_group[a]]
@@ -206,18 +294,19 @@ class ModelTable:
                 m = a * n_ch + ch
                 if seen:
                     self.mean[m] = self.mean[seen].mean(axis=0)
-                self.precision[m] = compiled.prior_precision[a]
+                self.precision[m] = prior[a]
+        self._refresh()
         self._mark()
 
     def _mark(self) -> None:
-        self._taken_precision_mean = self.precision * self.mean
+        self._taken_precision_mean = natural_mean(self.mean, self.precision)
         self._taken_precision = self.precision.copy()
         self._taken_positives = self.positives.copy()
         self._taken_negatives = self.negatives.copy()
 
     def pending(self) -> ModelDelta:
         """What was learned since the last take (not yet sent)."""
-        return ModelDelta(self.precision * self.mean - self._taken_precision_mean,
+        return ModelDelta(natural_mean(self.mean, self.precision) - self._taken_precision_mean,
                           self.precision - self._taken_precision,
                           self.positives - self._taken_positives,
                           self.negatives - self._taken_negatives)
@@ -230,21 +319,32 @@ class ModelTable:
     def merge(self, delta: ModelDelta) -> int:
         """Learner side: add a delta to the natural parameters (the caller bumps versions).
 
-        A model whose delta, or whose result, is not finite keeps what it had; returns how many
-        models refused their part of the delta."""
+        Models the delta does not touch keep their statistics bit for bit. A model whose
+        delta, or whose result, is not finite keeps what it had; returns how many models
+        refused their part of the delta."""
+        rows = np.flatnonzero(~((delta.precision_mean == 0).all(axis=1)
+                                & (per_model(delta.precision) == 0).all(axis=1)
+                                & (delta.positives == 0) & (delta.negatives == 0)))
         with np.errstate(all="ignore"):  # what overflows is refused just below
-            precision = self.precision + delta.precision
-            mean = (self.precision * self.mean + delta.precision_mean) / precision
-            positives = self.positives + delta.positives
-            negatives = self.negatives + delta.negatives
+            precision = self.precision[rows] + delta.precision[rows]
+            mean = solve_rows(precision, natural_mean(self.mean[rows], self.precision[rows]) +
+                              delta.precision_mean[rows])
+            positives = self.positives[rows] + delta.positives[rows]
+            negatives = self.negatives[rows] + delta.negatives[rows]
         ok = sound_rows(mean, precision, positives, negatives) & \
-            sound_rows(delta.precision_mean, delta.precision, delta.positives, delta.negatives,
-                       positive=False)
-        self.mean = np.where(ok[:, None], mean, self.mean)
-        self.precision = np.where(ok[:, None], precision, self.precision)
-        self.positives = np.where(ok, positives, self.positives)
-        self.negatives = np.where(ok, negatives, self.negatives)
-        refused = int(len(ok) - ok.sum())
+            sound_rows(delta.precision_mean[rows], delta.precision[rows], delta.positives[rows],
+                       delta.negatives[rows], positive=False)
+        good = rows[ok]
+        # new arrays, not writes into these: a version already published may still hold them
+        for name, value in (("mean", mean), ("precision", precision), ("positives", positives),
+                            ("negatives", negatives)):
+            array = getattr(self, name).copy()
+            array[good] = value[ok]
+            setattr(self, name, array)
+        if self.full:
+            self.covariance = self.covariance.copy()
+            self.covariance[good] = inverse(self.precision[good])
+        refused = int(len(rows) - ok.sum())
         self.refused += refused
         self._mark()
         return refused
@@ -255,6 +355,7 @@ class ModelTable:
         unsent = self.pending()
         self.mean, self.precision = mean.copy(), precision.copy()
         self.positives, self.negatives = positives.copy(), negatives.copy()
+        self._refresh()
         self._mark()
         self.version = version
         self.merge(unsent)
@@ -274,6 +375,10 @@ class ModelRemap:
     Rows are matched by (action id, channel name) and columns by predictor name; what the new
     version adds starts at its prior (new actions warm-start from their group). A transform or
     scale change under the same predictor name keeps the weight, which then adapts online.
+    A posterior keeps the marginal of the predictors both versions have (the covariance's
+    block, or the diagonal of it when the new version's posterior is diagonal); a delta in
+    flight keeps its block of d(P), as the natural parameters of dropped predictors cannot be
+    marginalised without the posterior they were learned against.
     """
 
     def __init__(self, old: CompiledCatalog, new: CompiledCatalog):
@@ -293,15 +398,24 @@ class ModelRemap:
         rows, cols = self.rows >= 0, self.cols >= 0
         if out.ndim == 1:
             out[rows] = old[self.rows[rows]]
-        else:
+        elif out.ndim == 2:
             out[np.ix_(rows, cols)] = old[np.ix_(self.rows[rows], self.cols[cols])]
+        else:
+            out[np.ix_(rows, cols, cols)] = old[np.ix_(self.rows[rows], self.cols[cols],
+                                                       self.cols[cols])]
         return out
 
     def table(self, old: ModelTable) -> ModelTable:
         """The old table's posteriors in the new layout, with the same pending learning."""
         fresh = ModelTable(self.new, old.version)
         fresh.mean = self._carry(old.mean, fresh.mean)
-        fresh.precision = self._carry(old.precision, fresh.precision)
+        if fresh.full:
+            old_cov = old.covariance if old.full else as_matrices(1.0 / old.precision)
+            fresh.precision = inverse(self._carry(old_cov, fresh.covariance))
+        else:
+            old_var = np.diagonal(old.covariance, axis1=1, axis2=2) if old.full \
+                else 1.0 / old.precision
+            fresh.precision = 1.0 / self._carry(old_var, 1.0 / fresh.precision)
         fresh.positives = self._carry(old.positives, fresh.positives)
         fresh.negatives = self._carry(old.negatives, fresh.negatives)
         fresh.warm_start(self.new, self.new_actions)
@@ -311,8 +425,12 @@ class ModelRemap:
 
     def delta(self, delta: ModelDelta) -> ModelDelta:
         """A delta learned under the old version, in the new layout (unmatched parts drop)."""
-        zeros2, zeros1 = np.zeros((len(self.rows), len(self.cols))), np.zeros(len(self.rows))
-        return ModelDelta(self._carry(delta.precision_mean, zeros2),
-                          self._carry(delta.precision, zeros2),
+        n, d = len(self.rows), len(self.cols)
+        zeros1 = np.zeros(n)
+        precision = np.zeros((n, d, d) if self.new.full_posterior else (n, d))
+        carried = as_matrices(delta.precision) if precision.ndim == 3 \
+            else diagonal(delta.precision)
+        return ModelDelta(self._carry(delta.precision_mean, np.zeros((n, d))),
+                          self._carry(carried, precision),
                           self._carry(delta.positives, zeros1),
                           self._carry(delta.negatives, zeros1))

@@ -31,9 +31,10 @@ class StateView:
 
 
 class ModelView:
-    def __init__(self, mean, precision, positives, negatives):
+    def __init__(self, mean, precision, positives, negatives, covariance=None):
         self.mean, self.precision = mean, precision
         self.positives, self.negatives = positives, negatives
+        self.covariance = covariance  # a full posterior's S (then `precision` is P)
 
 
 class Workspace:
@@ -280,14 +281,28 @@ def _propensity(c: CompiledCatalog, mv: ModelView, ws: Workspace, a: int, channe
     for i in range(len(x)):  # in order, as the kernel adds (sum() may compensate)
         z += mv.mean[m, i] * x[i]
     if c.exploration != Exploration.NONE:
-        for i in range(len(x)):
-            var += x[i] * x[i] / mv.precision[m, i]
+        if mv.covariance is not None:
+            var = _quadratic(mv.covariance[m], x)
+        else:
+            for i in range(len(x)):
+                var += x[i] * x[i] / mv.precision[m, i]
         spread = math.sqrt(c.explore_scale[a] * var)
         if c.exploration == Exploration.THOMPSON:
             z += spread * ws._rng.normal()
         else:
             z += c.ucb_alpha * spread
     return sigmoid(z)
+
+
+def _quadratic(S: np.ndarray, x: np.ndarray) -> float:
+    """x' S x, row by row as the kernel adds."""
+    total = 0.0
+    for i in range(len(x)):
+        row = 0.0
+        for j in range(len(x)):
+            row += S[i, j] * x[j]
+        total += x[i] * row
+    return total
 
 
 def _top_k(c: CompiledCatalog, channel: int, placement: int, k_req: int) -> int:
@@ -347,23 +362,60 @@ def record_outcomes(cat: CatalogView, st: StateView, mv: ModelView, rows, action
             continue
         y = 1.0 if outcome in (Outcome.ACCEPT, Outcome.CONVERT) else 0.0
         m = c.model_index(a, ch)
-        xi = x[i]
-        z0 = s = 0.0
-        with np.errstate(all="ignore"):  # overflow is what the check below is for
-            for j in range(len(xi)):
-                z0 += mv.mean[m, j] * xi[j]
-                s += xi[j] * xi[j] / mv.precision[m, j]
-            p = sigmoid(one_example_logit(z0, s, y)) if math.isfinite(z0 + s) else math.nan
-            precision, mean = np.empty(len(xi)), np.empty(len(xi))
-            for j in range(len(xi)):
-                mean[j] = mv.mean[m, j] + (y - p) * xi[j] / mv.precision[m, j]
-                precision[j] = mv.precision[m, j] + xi[j] * xi[j] * (p * (1.0 - p))
-        if not (np.isfinite(precision).all() and np.isfinite(mean).all()):
-            refused += 1
-            continue
-        mv.precision[m], mv.mean[m] = precision, mean
+        learn = _learn_diagonal if mv.covariance is None else _learn_full
+        with np.errstate(all="ignore"):  # overflow is what the check in `learn` is for
+            if not learn(mv, m, x[i], y):
+                refused += 1
+                continue
         if y:
             mv.positives[m] += 1.0
         else:
             mv.negatives[m] += 1.0
     return refused
+
+
+def _learn_diagonal(mv: ModelView, m: int, x: np.ndarray, y: float) -> bool:
+    """The one-example MAP under a diagonal posterior; False, the model untouched, when the
+    result would not be finite."""
+    z0 = s = 0.0
+    for j in range(len(x)):
+        z0 += mv.mean[m, j] * x[j]
+        s += x[j] * x[j] / mv.precision[m, j]
+    p = sigmoid(one_example_logit(z0, s, y)) if math.isfinite(z0 + s) else math.nan
+    precision, mean = np.empty(len(x)), np.empty(len(x))
+    for j in range(len(x)):
+        mean[j] = mv.mean[m, j] + (y - p) * x[j] / mv.precision[m, j]
+        precision[j] = mv.precision[m, j] + x[j] * x[j] * (p * (1.0 - p))
+    if not (np.isfinite(precision).all() and np.isfinite(mean).all()):
+        return False
+    mv.precision[m], mv.mean[m] = precision, mean
+    return True
+
+
+def _learn_full(mv: ModelView, m: int, x: np.ndarray, y: float) -> bool:
+    """The one-example MAP under a full posterior (models.py): the mean moves along u = S x,
+    P gains w x x' and S loses w u u' / (1 + w s) (Sherman-Morrison), w = p(1-p)."""
+    d = len(x)
+    S, P = mv.covariance[m], mv.precision[m]
+    z0 = s = 0.0
+    u = np.empty(d)
+    for i in range(d):
+        z0 += mv.mean[m, i] * x[i]
+        u[i] = 0.0
+        for j in range(d):
+            u[i] += S[i, j] * x[j]
+        s += x[i] * u[i]
+    p = sigmoid(one_example_logit(z0, s, y)) if math.isfinite(z0 + s) else math.nan
+    w = p * (1.0 - p)
+    shrink = w / (1.0 + w * s)
+    mean, precision, cov = np.empty(d), np.empty((d, d)), np.empty((d, d))
+    for i in range(d):
+        mean[i] = mv.mean[m, i] + (y - p) * u[i]
+        for j in range(d):
+            precision[i, j] = P[i, j] + w * x[i] * x[j]
+            cov[i, j] = S[i, j] - shrink * u[i] * u[j]
+    if not (np.isfinite(mean).all() and np.isfinite(precision).all()
+            and np.isfinite(cov).all()):
+        return False
+    mv.mean[m], P[:], S[:] = mean, precision, cov
+    return True

@@ -25,7 +25,7 @@ import numpy as np
 import ray
 
 from kairos.core.compiler import CompiledCatalog, compiled_from_text
-from kairos.core.models import ModelDelta, ModelRemap, ModelTable, sound_rows
+from kairos.core.models import ModelDelta, ModelRemap, ModelTable, keep_rows, sound_rows
 
 from kairos.cluster.metrics import LearnerMetrics
 from kairos.cluster.settings import LEARNER_SAVE_S
@@ -132,12 +132,16 @@ def restore_models(learner: Learner, blob: bytes) -> bool:
         return False
     m = learner.models
     stats = [saved[k] for k in ("mean", "precision", "positives", "negatives")]
+    mine = (m.mean, m.precision, m.positives, m.negatives)
+    if any(s.shape != own.shape for s, own in zip(stats, mine)):
+        log.warning("learner: the saved posterior's shapes do not fit catalog %s; every model "
+                    "starts from its prior", learner.compiled.version)
+        return False
     ok = sound_rows(*stats)
     bad = int(len(ok) - ok.sum())
     if bad:  # saved before models were checked: those start again from their prior
         log.warning("learner: %d saved models are not finite; they start from their prior", bad)
-        stats = [np.where(ok if s.ndim == 1 else ok[:, None], s, mine)
-                 for s, mine in zip(stats, (m.mean, m.precision, m.positives, m.negatives))]
+        stats = [keep_rows(ok, s, own) for s, own in zip(stats, mine)]
     m.adopt(*stats, max(saved["version"], learner.version) + 1)
     m.refused += bad
     return True

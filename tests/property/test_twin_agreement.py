@@ -144,6 +144,7 @@ def catalogs(draw):
     arb["exploration"] = {"method": method, "variance_scale": draw(st.sampled_from([0.1, 1.0])),
                           "ucb_alpha": 1.5, "trial_rate": draw(st.sampled_from([0.0, 0.3, 1.0]))}
     doc["models"]["groups"] = {}
+    doc["models"]["posterior"] = draw(st.sampled_from(["full", "diagonal"]))
     doc["models"]["predictors"] = doc["models"]["predictors"] + draw(st.lists(st.sampled_from([
         {"name": "lifetime_spend"}, {"name": "spend_30d", "transform": "scale", "scale": 10},
         {"name": "max_order", "transform": "log1p"}, {"name": "min_price"}]), unique_by=str,
@@ -213,7 +214,7 @@ class Side:
         t, m = self.table, self.models
         return (self.k.StateView(t.values, t.ring_action, t.ring_channel, t.ring_outcome,
                                  t.ring_time, t.ring_head),
-                self.k.ModelView(m.mean, m.precision, m.positives, m.negatives))
+                self.k.ModelView(*m.kernel_arrays()))
 
 
 def encode(c, fields, etype):
@@ -294,7 +295,8 @@ def test_kernel_matches_twin(doc, steps, seed, poisoned):
     for name in ("ring_action", "ring_channel", "ring_outcome", "ring_time", "ring_head"):
         np.testing.assert_array_equal(getattr(sides[0].table, name), getattr(sides[1].table,
                                                                              name), name)
-    for name in ("mean", "precision", "positives", "negatives"):
+    kept = ("covariance",) if compiled.full_posterior else ()
+    for name in ("mean", "precision", "positives", "negatives") + kept:
         assert_close(getattr(sides[0].models, name), getattr(sides[1].models, name), name)
     assert refused[0] == refused[1]
     limit = compiled.predictor_limit
@@ -302,3 +304,5 @@ def test_kernel_matches_twin(doc, steps, seed, poisoned):
         assert (np.abs(side.ws.predictors) <= limit).all()
         healthy = np.isfinite(side.models.mean).all(axis=1)
         assert np.isfinite(side.models.precision[healthy]).all()
+        if side.models.full:
+            assert np.isfinite(side.models.covariance[healthy]).all()

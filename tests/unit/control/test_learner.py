@@ -7,7 +7,7 @@ import yaml
 from kairos.cluster.control.learner import Learner
 from kairos.core.catalog import default_catalog_text, load_catalog
 from kairos.core.compiler import compile_catalog, default_compiled
-from kairos.core.models import ModelTable
+from kairos.core.models import ModelTable, diagonal
 
 
 def learned(compiled, row: int, positives: float):
@@ -27,7 +27,7 @@ def test_deltas_from_every_shard_add_and_each_merge_publishes_a_version():
     a = learner.sync(c.version, learned(c, 3, 1), first.version)
     b = learner.sync(c.version, learned(c, 3, 2), a.version)
     assert b.version == first.version + 2
-    assert b.positives[3] == 3 and b.precision[3, 0] == c.prior_precision[0, 0] + 2
+    assert b.positives[3] == 3 and diagonal(b.precision)[3, 0] == c.prior_precision[0, 0] + 2
 
 
 def test_a_delta_learned_under_the_previous_catalog_is_carried_over():

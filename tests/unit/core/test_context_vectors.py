@@ -26,8 +26,8 @@ def compiled(text: str = WITH_VECTOR):
 
 def test_a_vector_gives_one_model_input_per_number(impl):
     c = compiled()
-    assert c.predictor_names[:6] == ["bias", "pixels[0]", "pixels[1]", "pixels[2]",
-                                     "pixels[3]", "orders"]
+    assert c.predictor_names[:6] == ["bias", "context.pixels[0]", "context.pixels[1]",
+                                     "context.pixels[2]", "context.pixels[3]", "orders"]
     engine = DecisionEngine(c)
     values = [1.0, -2.0, 0.0, 8.0]
     for given in (values, np.array(values), np.array(values, "<f8").tobytes()):

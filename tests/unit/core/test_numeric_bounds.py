@@ -21,7 +21,7 @@ from kairos.core.catalog import MAX_NUMBER, default_catalog_text, load_catalog
 from kairos.core.compiler import Outcome, PREDICTOR_LIMIT, compiled_from_text, default_compiled
 from kairos.core.engine import LATEST_TIME_S, DecisionEngine
 from kairos.core.errors import CatalogError, InputError
-from kairos.core.models import ModelTable
+from kairos.core.models import ModelTable, per_model
 
 from tests.support.metrics import Recorder
 
@@ -89,7 +89,7 @@ def test_the_kernel_refuses_an_update_that_is_not_finite_and_counts_it(engine):
     assert finite(engine.models)
     m = c.model_index(a, 0)
     assert engine.models.positives[m] == 1  # only the finite one counted
-    changed = ~np.isclose(engine.models.precision, before[1]).all(axis=1)
+    changed = ~per_model(np.isclose(engine.models.precision, before[1])).all(axis=1)
     assert changed.sum() == 1 and changed[m]
     assert engine.table.ring_outcome[rows[0]].tolist().count(Outcome.CONVERT) == 1  # history kept
 
