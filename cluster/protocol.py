@@ -90,6 +90,7 @@ class Outcome(NamedTuple):
     outcome: str = ""
     when: Any = None
     decision_id: str | None = None
+    value: float | None = None  # what a convert was worth (journals before it: None)
 
 
 class ReadProfile(NamedTuple):

@@ -59,6 +59,7 @@ cdef enum Transform:
     TF_SCALE = 2
     TF_RECENCY = 3
     TF_EQUALS = 4
+    TF_STANDARDIZE = 5
 
 cdef enum Exploration:
     EXPLORE_NONE = 0

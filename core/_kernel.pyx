@@ -15,6 +15,7 @@ IMPLEMENTATION = "cython"
 cdef double HISTORY_EPOCH_S = 1577836800.0  # state.HISTORY_EPOCH_S
 cdef int ONE_EXAMPLE_STEPS = 100  # models.ONE_EXAMPLE_STEPS
 cdef double ONE_EXAMPLE_TOLERANCE = 1e-12  # models.ONE_EXAMPLE_TOLERANCE
+cdef double MIN_RELATIVE_VARIANCE = 1e-12  # models.MIN_RELATIVE_VARIANCE
 
 OPCODES = {name: value for name, value in dict(
     CONST=OP_CONST, PROFILE=OP_PROFILE, CONTEXT=OP_CONTEXT, ACTION=OP_ACTION, NOW=OP_NOW,
@@ -39,7 +40,7 @@ cdef class CatalogView:
     cdef public object c
     cdef int n_actions, n_channels, n_groups, n_predictors, history_size, exploration
     cdef int n_decayed, n_weights
-    cdef double restraint, ucb_alpha, trial_rate
+    cdef double restraint, ucb_alpha, trial_rate, value_prior_weight
     cdef const int8_t[::1] view_kind
     cdef const double[::1] view_inv_hl
     cdef const int32_t[::1] update_start, update_kind, update_slot, update_field
@@ -82,6 +83,7 @@ cdef class CatalogView:
         self.restraint = c.restraint_threshold
         self.ucb_alpha = c.ucb_alpha
         self.trial_rate = c.trial_rate
+        self.value_prior_weight = c.value_prior_weight
         self.view_kind = c.layout.view_kind
         self.view_inv_hl = c.layout.view_inv_half_life
         self.update_start = c.update_start
@@ -157,17 +159,22 @@ cdef class StateView:
 
 cdef class ModelView:
     """ModelTable.kernel_arrays(): with a covariance the posterior is full, and `precision`
-    is a matrix per model."""
+    is a matrix per model; `inputs` holds the count, sum and sum of squares of each input
+    that is standardised."""
 
-    cdef double[:, ::1] mean, precision
+    cdef double[:, ::1] mean, precision, inputs
     cdef double[:, :, ::1] matrix, covariance
-    cdef double[::1] positives, negatives
+    cdef double[::1] positives, negatives, value_count, value_sum
     cdef bint full
 
-    def __init__(self, mean, precision, positives, negatives, covariance=None):
+    def __init__(self, mean, precision, positives, negatives, value_count, value_sum, inputs,
+                 covariance=None):
         self.mean = mean
         self.positives = positives
         self.negatives = negatives
+        self.value_count = value_count
+        self.value_sum = value_sum
+        self.inputs = inputs
         self.full = covariance is not None
         if self.full:
             self.matrix = precision
@@ -487,14 +494,19 @@ cdef void _profile_view(CatalogView cat, const double* row, Py_ssize_t width, do
             view[s] = row[s]
 
 
-cdef void _predictor_vector(CatalogView cat, const double* view, const double* ctx,
+cdef inline double _input(CatalogView cat, Py_ssize_t j, const double* view,
+                          const double* ctx) noexcept nogil:
+    return ctx[cat.predictor_index[j]] if cat.predictor_source[j] else view[cat.predictor_index[j]]
+
+
+cdef void _predictor_vector(CatalogView cat, ModelView mv, const double* view, const double* ctx,
                             double* x) noexcept nogil:
     cdef Py_ssize_t j
-    cdef double v, param, out
+    cdef double v, param, out, n, mean, var
     cdef int tf
     x[0] = 1.0
     for j in range(cat.n_predictors - 1):
-        v = ctx[cat.predictor_index[j]] if cat.predictor_source[j] else view[cat.predictor_index[j]]
+        v = _input(cat, j, view, ctx)
         tf = cat.predictor_transform[j]
         param = cat.predictor_param[j]
         if tf == TF_EQUALS:
@@ -507,6 +519,15 @@ cdef void _predictor_vector(CatalogView cat, const double* view, const double* c
             out = v / param
         elif tf == TF_RECENCY:
             out = exp(-v / param) if v > 0.0 else 1.0
+        elif tf == TF_STANDARDIZE:
+            n = mv.inputs[0, j + 1]
+            out = v
+            if n > 0.0:
+                mean = mv.inputs[1, j + 1] / n
+                var = mv.inputs[2, j + 1] / n - mean * mean
+                out = v - mean
+                if n >= 2.0 and var > MIN_RELATIVE_VARIANCE * (1.0 + mean * mean):
+                    out = out / sqrt(var)
         else:
             out = v
         if out > cat.predictor_limit:
@@ -514,6 +535,20 @@ cdef void _predictor_vector(CatalogView cat, const double* view, const double* c
         elif out < -cat.predictor_limit:
             out = -cat.predictor_limit
         x[j + 1] = out
+
+
+cdef void _observe_inputs(CatalogView cat, ModelView mv, const double* view,
+                          const double* ctx) noexcept nogil:
+    """A decision's standardised inputs join their running statistics (after it used them)."""
+    cdef Py_ssize_t j
+    cdef double v
+    for j in range(cat.n_predictors - 1):
+        if cat.predictor_transform[j] == TF_STANDARDIZE:
+            v = _input(cat, j, view, ctx)
+            if isfinite(v * v):
+                mv.inputs[0, j + 1] += 1.0
+                mv.inputs[1, j + 1] += v
+                mv.inputs[2, j + 1] += v * v
 
 
 cdef void _context_weights(CatalogView cat, int channel, const double* ctx,
@@ -631,6 +666,16 @@ cdef inline double _propensity(CatalogView cat, ModelView mv, Workspace ws, Py_s
     return _sigmoid(z)
 
 
+cdef inline double _learned_value(CatalogView cat, ModelView mv, Py_ssize_t m,
+                                  double value) noexcept nogil:
+    """The catalog's value for this customer, weighed as value_prior_weight conversions,
+    blended with the values the model's conversions reported (as is until there are any)."""
+    if cat.value_prior_weight < 0.0 or mv.value_count[m] == 0.0:
+        return value
+    return (cat.value_prior_weight * value + mv.value_sum[m]) / \
+        (cat.value_prior_weight + mv.value_count[m])
+
+
 cdef inline double _quadratic(const double* S, const double* x, Py_ssize_t d) noexcept nogil:
     """x' S x, row by row."""
     cdef Py_ssize_t i, j
@@ -684,7 +729,8 @@ cdef void _decide_one(CatalogView cat, StateView st, ModelView mv, Workspace ws,
     cdef int reason, k, g
     cdef double value, propensity, weight, priority, best_p
     _profile_view(cat, &st.values[row, 0], st.values.shape[1], now, view)
-    _predictor_vector(cat, view, ctx, x)
+    _predictor_vector(cat, mv, view, ctx, x)
+    _observe_inputs(cat, mv, view, ctx)
     _context_weights(cat, channel, ctx, weights)
     _scan_history(cat, st, ws, row, channel, now)
     for a in range(cat.n_actions):
@@ -696,6 +742,7 @@ cdef void _decide_one(CatalogView cat, StateView st, ModelView mv, Workspace ws,
         if not isfinite(value):
             reasons[a] = R_INVALID_VALUE
             continue
+        value = _learned_value(cat, mv, a * cat.n_channels + channel, value)
         propensity = _propensity(cat, mv, ws, a, channel, x)
         weight = weights[cat.action_group[a]]
         priority = propensity * weight * value * cat.lever[a]
@@ -777,21 +824,23 @@ def decide_one(CatalogView cat, StateView st, ModelView mv, Workspace ws, int64_
 # -------------------------------------------------------------------------------------------
 # Outcomes
 
-def predictors(CatalogView cat, StateView st, const int64_t[::1] rows, const double[:, ::1] ctx,
-               const double[::1] now, double[:, ::1] out):
+def predictors(CatalogView cat, StateView st, ModelView mv, const int64_t[::1] rows,
+               const double[:, ::1] ctx, const double[::1] now, double[:, ::1] out):
     cdef Py_ssize_t i
     cdef double[::1] view = np.zeros(st.values.shape[1])
     with nogil:
         for i in range(rows.shape[0]):
             _profile_view(cat, &st.values[rows[i], 0], st.values.shape[1], now[i], &view[0])
-            _predictor_vector(cat, &view[0], &ctx[i, 0], &out[i, 0])
+            _predictor_vector(cat, mv, &view[0], &ctx[i, 0], &out[i, 0])
 
 
 def record_outcomes(CatalogView cat, StateView st, ModelView mv, const int64_t[::1] rows,
                     const int32_t[::1] actions, const int32_t[::1] channels,
-                    const int8_t[::1] outcomes, const double[::1] times, const double[:, ::1] x):
-    """History for every outcome, learning for those that are not impressions; the number of
-    updates refused because they would leave a model not finite (the model is left as is)."""
+                    const int8_t[::1] outcomes, const double[::1] times, const double[:, ::1] x,
+                    const double[::1] values):
+    """History for every outcome, learning for those that are not impressions (and, for a
+    conversion with a value, not NaN, the value); the number of updates refused because they
+    would leave a model not finite (the model is left as is)."""
     cdef Py_ssize_t i, m, row, d = cat.n_predictors, refused = 0
     cdef int head, outcome
     cdef double y
@@ -814,6 +863,9 @@ def record_outcomes(CatalogView cat, StateView st, ModelView mv, const int64_t[:
                 continue
             y = 1.0 if (outcome == OUT_ACCEPT or outcome == OUT_CONVERT) else 0.0
             m = actions[i] * cat.n_channels + channels[i]
+            if outcome == OUT_CONVERT and isfinite(values[i]):
+                mv.value_count[m] += 1.0
+                mv.value_sum[m] += values[i]
             if mv.full:
                 if not _learn_full(mv, m, &x[i, 0], d, y, &mean[0], &precision[0], &cov[0],
                                    &u[0]):

@@ -32,7 +32,7 @@ NUMERIC_TYPES = ("int", "float")
 # slot (2**53 is about 9e15), and sums of many such values stay finite.
 MAX_NUMBER = 1e12
 EXPLORATION_METHODS = ("thompson", "ucb", "none")
-TRANSFORMS = ("identity", "log1p", "scale", "recency")
+TRANSFORMS = ("identity", "log1p", "scale", "recency", "standardize")
 DEFAULT_HISTORY_SIZE = 32
 MAX_HISTORY_SIZE = 1024  # a history's most interactions; a contact-policy count past it never trips
 MAX_TOP_K = 1024  # actions one placement may show: the kernels size their output buffers by it
@@ -42,6 +42,7 @@ DEFAULT_VARIANCE_SCALE = 0.1
 MIN_PRECISION = 1e-6
 DEFAULT_TRIAL_RATE = 0.02  # decisions that try an action not yet accepted on the channel
 POSTERIORS = ("auto", "full", "diagonal")
+DEFAULT_VALUE_PRIOR_WEIGHT = 10.0
 # Inputs, the intercept included, a full-covariance posterior may have: a decision costs
 # inputs^2 per action and a model inputs^2 * 16 bytes (precision and covariance)...
 FULL_POSTERIOR_MAX_INPUTS = 64
@@ -210,6 +211,15 @@ class Prior:
 
 
 @dataclass(frozen=True)
+class ValueLearning:
+    """Whether the values conversions report replace, little by little, the catalog's value
+    of an action: the catalog's counts as `prior_weight` conversions of that value."""
+
+    learn: bool = True
+    prior_weight: float = DEFAULT_VALUE_PRIOR_WEIGHT
+
+
+@dataclass(frozen=True)
 class Models:
     predictors: tuple[Predictor, ...] = ()
     prior: Prior = Prior()
@@ -218,6 +228,7 @@ class Models:
     # taught; "diagonal": one variance per predictor; "auto": full up to
     # FULL_POSTERIOR_AUTO_INPUTS inputs
     posterior: str = "auto"
+    value: ValueLearning = ValueLearning()
 
 
 @dataclass(frozen=True)
@@ -861,7 +872,7 @@ class _Reader:
     def models(self, attributes: dict, features: dict, context: dict,
                groups: tuple[str, ...]) -> Models:
         path = ("models",)
-        spec = self.mapping(path, (), ("predictors", "prior", "groups", "posterior"))
+        spec = self.mapping(path, (), ("predictors", "prior", "groups", "posterior", "value"))
         predictors, inputs = [], 0
         if "predictors" in spec:
             declared = len(self.sequence(path + ("predictors",)))
@@ -903,7 +914,14 @@ class _Reader:
                                                               f"{_did_you_mean(group, groups)}",
                                     at_key=True)
                 group_priors[group] = self.prior(path + ("groups", group), prior)
-        return Models(tuple(predictors), prior, group_priors, posterior)
+        value = ValueLearning()
+        if "value" in spec:
+            vspec = self.mapping(path + ("value",), (), ("learn", "prior_weight"))
+            value = ValueLearning(
+                self.boolean(path + ("value", "learn")) if "learn" in vspec else True,
+                self.number(path + ("value", "prior_weight"), minimum=0.0, maximum=MAX_NUMBER)
+                if "prior_weight" in vspec else DEFAULT_VALUE_PRIOR_WEIGHT)
+        return Models(tuple(predictors), prior, group_priors, posterior, value)
 
     def prior(self, path: Path, base: Prior = Prior()) -> Prior:
         spec = self.mapping(path, (), ("base_rate", "precision", "predictor_precision"))

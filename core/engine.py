@@ -36,6 +36,8 @@ MAX_ACTIONS = 1024  # the most actions one decision may ask for
 LATEST_TIME_S = HISTORY_EPOCH_S + 2.0 ** 31
 TIME_RANGE = "1970..2088-01-19"
 
+CONVERSION_VALUE = FieldSpec("value", "float", minimum=0.0)  # what a convert may report
+
 _engine_ids = itertools.count()
 
 
@@ -371,17 +373,17 @@ class DecisionEngine:
 
     # -- outcomes ----------------------------------------------------------------------------
 
-    def record_outcomes(self, outcomes: Sequence[tuple[str, str, str, str, float,
-                                                       str | None]]) -> list[Learned]:
-        """Record (customer_id, action_id, channel, outcome, time, decision_id) tuples; what
-        each taught the models from.
+    def record_outcomes(self, outcomes: Sequence[tuple]) -> list[Learned]:
+        """Record (customer_id, action_id, channel, outcome, time, decision_id[, value])
+        tuples; what each taught the models from. A convert may carry its value (0 to
+        MAX_NUMBER, None for none), which the model's value learns from.
 
         The model learns from the inputs the decision saw when the decision is still
         remembered; otherwise from the profile as it is now, without context.
         """
         c = self.compiled
         encoded = []
-        for customer_id, action_id, channel, outcome, when, decision_id in outcomes:
+        for customer_id, action_id, channel, outcome, when, decision_id, *rest in outcomes:
             check_customer(customer_id)
             if action_id not in c.action_index:
                 raise InputError("action_id", f"unknown action {action_id!r}")
@@ -398,7 +400,14 @@ class DecisionEngine:
                 raise InputError("outcome", f"unknown outcome {outcome!r} (outcomes: "
                                             f"{', '.join(o.name.lower() for o in Outcome)})"
                                  ) from None
-            encoded.append((customer_id, a, ch, code, _encode_time("time", when), decision_id))
+            value = rest[0] if rest else None
+            if value is not None:
+                if code != Outcome.CONVERT:
+                    raise InputError("value", f"only a convert carries a value, not "
+                                              f"{code.name.lower()}")
+                value = self._encode_value("value", CONVERSION_VALUE, value, None)
+            encoded.append((customer_id, a, ch, code, _encode_time("time", when), decision_id,
+                            math.nan if value is None else value))
         if not encoded:
             return []
         rows = self.activate(e[0] for e in encoded)
@@ -418,14 +427,16 @@ class DecisionEngine:
         if missing:
             ctx = np.full((len(missing), max(c.context_width, 1)), math.nan)
             now = np.array([encoded[i][4] for i in missing])
-            self.k.predictors(self.catalog_view, self.state_view, rows[missing], ctx, now,
+            self.k.predictors(self.catalog_view, self.state_view, self.model_view,
+                              rows[missing], ctx, now,
                               x_missing := np.empty((len(missing), c.n_predictors)))
             x[missing] = x_missing
         self.models.refused += self.k.record_outcomes(
             self.catalog_view, self.state_view, self.model_view, rows,
             np.array([e[1] for e in encoded], np.int32),
             np.array([e[2] for e in encoded], np.int32), np.array([e[3] for e in encoded], np.int8),
-            np.array([e[4] for e in encoded], np.float64), x)
+            np.array([e[4] for e in encoded], np.float64), x,
+            np.array([e[6] for e in encoded], np.float64))
         return learned
 
     def use_models(self, models: ModelTable) -> None:
@@ -433,9 +444,9 @@ class DecisionEngine:
         self.models = models
         self._bind_models()
 
-    def adopt_models(self, mean: np.ndarray, precision: np.ndarray, positives: np.ndarray,
-                     negatives: np.ndarray, version: int) -> None:
-        self.models.adopt(mean, precision, positives, negatives, version)
+    def adopt_models(self, published: Any) -> None:
+        """Take up a model version a learner published (see ModelTable.adopt)."""
+        self.models.adopt(published)
         self._bind_models()
 
     # -- reading a profile -------------------------------------------------------------------

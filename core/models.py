@@ -40,7 +40,8 @@ publish it to every shard, so nothing non-finite gets in: the kernels refuse suc
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +50,22 @@ from .compiler import CompiledCatalog
 
 ONE_EXAMPLE_STEPS = 100  # halves any bracket a prior of catalog.MIN_PRECISION can give
 ONE_EXAMPLE_TOLERANCE = 1e-12
+
+
+MIN_RELATIVE_VARIANCE = 1e-12  # below it (times 1 + mean^2) an input has no spread to scale by
+
+
+def standardized(v: float, count: float, total: float, squares: float) -> float:
+    """v by the running mean and deviation of the inputs seen before it (from their count, sum
+    and sum of squares, which add across shards); centred only until it has a spread."""
+    if not count > 0.0:
+        return v
+    mean = total / count
+    var = squares / count - mean * mean
+    out = v - mean
+    if count >= 2.0 and var > MIN_RELATIVE_VARIANCE * (1.0 + mean * mean):
+        out = out / math.sqrt(var)
+    return out
 
 
 def sigmoid(z: float) -> float:
@@ -151,6 +168,10 @@ class BayesianLogit:
         return sigmoid(float(self.mean @ x) + sd * self._rng.normal())
 
 
+# Per-model sums that add as they are: outcomes counted, and the values conversions reported.
+COUNTS = ("positives", "negatives", "value_count", "value_sum")
+
+
 @dataclass
 class ModelDelta:
     """Learning between two points in time, as natural-parameter increments (they add)."""
@@ -159,11 +180,17 @@ class ModelDelta:
     precision: np.ndarray  # d(P): (n_models, n_predictors), or a matrix per model when full
     positives: np.ndarray  # outcomes counted, shape (n_models,)
     negatives: np.ndarray
+    value_count: np.ndarray  # conversions that reported a value, shape (n_models,)
+    value_sum: np.ndarray  # the values they reported
+    inputs: np.ndarray  # standardised inputs seen: count, sum, squares; shape (3, n_predictors)
 
     def __add__(self, other: "ModelDelta") -> "ModelDelta":
-        return ModelDelta(self.precision_mean + other.precision_mean,
-                          self.precision + other.precision, self.positives + other.positives,
-                          self.negatives + other.negatives)
+        return ModelDelta(*(getattr(self, f.name) + getattr(other, f.name)
+                            for f in fields(self)))
+
+    def learned(self) -> bool:
+        """Whether any outcome, or any standardised input, was seen (else nothing to send)."""
+        return bool(self.positives.any() or self.negatives.any() or self.inputs.any())
 
 
 def diagonal(precision: np.ndarray) -> np.ndarray:
@@ -223,13 +250,13 @@ def per_model(array: np.ndarray) -> np.ndarray:
     return array.reshape(array.shape[0], int(np.prod(array.shape[1:])))
 
 
-def sound_rows(mean: np.ndarray, precision: np.ndarray, positives: np.ndarray,
-               negatives: np.ndarray, positive: bool = True) -> np.ndarray:
+def sound_rows(mean: np.ndarray, precision: np.ndarray, *counts: np.ndarray,
+               positive: bool = True) -> np.ndarray:
     """Per model, whether its statistics are all finite (and, for a posterior rather than a
     delta, its precisions above zero: the kernels divide by them)."""
-    ok = np.isfinite(mean).all(axis=1) & \
-        np.isfinite(per_model(precision)).all(axis=1) & \
-        np.isfinite(positives) & np.isfinite(negatives)
+    ok = np.isfinite(mean).all(axis=1) & np.isfinite(per_model(precision)).all(axis=1)
+    for count in counts:
+        ok &= np.isfinite(per_model(count)).all(axis=1)
     if positive:
         ok &= (diagonal(precision) > 0).all(axis=1)
     return ok
@@ -257,8 +284,9 @@ class ModelTable:
         self.refused = 0  # updates and delta rows refused for not being finite, ever
         self.mean = np.repeat(compiled.prior_mean, n_channels, axis=0)
         self.precision = self._as_kind(np.repeat(compiled.prior_precision, n_channels, axis=0))
-        self.positives = np.zeros(len(self.mean))
-        self.negatives = np.zeros(len(self.mean))
+        for name in COUNTS:
+            setattr(self, name, np.zeros(len(self.mean)))
+        self.inputs = np.zeros((3, compiled.n_predictors))
         self.covariance: np.ndarray | None = None
         self._refresh()
         self._mark()
@@ -273,7 +301,8 @@ class ModelTable:
 
     def kernel_arrays(self) -> tuple:
         """What the kernels' ModelView takes."""
-        return self.mean, self.precision, self.positives, self.negatives, self.covariance
+        return (self.mean, self.precision, self.positives, self.negatives, self.value_count,
+                self.value_sum, self.inputs, self.covariance)
 
     def warm_start(self, compiled: CompiledCatalog, actions) -> None:
         """Cold start for new actions: begin where their group is, not at zero.
@@ -299,17 +328,20 @@ class ModelTable:
         self._mark()
 
     def _mark(self) -> None:
-        self._taken_precision_mean = natural_mean(self.mean, self.precision)
-        self._taken_precision = self.precision.copy()
-        self._taken_positives = self.positives.copy()
-        self._taken_negatives = self.negatives.copy()
+        self._taken = ModelDelta(natural_mean(self.mean, self.precision), self.precision.copy(),
+                                 *(getattr(self, name).copy() for name in COUNTS),
+                                 self.inputs.copy())
+
+    def _now(self) -> ModelDelta:
+        """The table's statistics in the form of a delta (natural parameters, sums)."""
+        return ModelDelta(natural_mean(self.mean, self.precision), self.precision,
+                          *(getattr(self, name) for name in COUNTS), self.inputs)
 
     def pending(self) -> ModelDelta:
         """What was learned since the last take (not yet sent)."""
-        return ModelDelta(natural_mean(self.mean, self.precision) - self._taken_precision_mean,
-                          self.precision - self._taken_precision,
-                          self.positives - self._taken_positives,
-                          self.negatives - self._taken_negatives)
+        now, taken = self._now(), self._taken
+        return ModelDelta(*(getattr(now, f.name) - getattr(taken, f.name)
+                            for f in fields(ModelDelta)))
 
     def take_delta(self) -> ModelDelta:
         delta = self.pending()
@@ -321,23 +353,23 @@ class ModelTable:
 
         Models the delta does not touch keep their statistics bit for bit. A model whose
         delta, or whose result, is not finite keeps what it had; returns how many models
-        refused their part of the delta."""
+        refused their part of the delta (and 1 for refused input statistics)."""
+        counts = np.stack([getattr(delta, name) for name in COUNTS], axis=1)
         rows = np.flatnonzero(~((delta.precision_mean == 0).all(axis=1)
                                 & (per_model(delta.precision) == 0).all(axis=1)
-                                & (delta.positives == 0) & (delta.negatives == 0)))
+                                & (counts == 0).all(axis=1)))
         with np.errstate(all="ignore"):  # what overflows is refused just below
             precision = self.precision[rows] + delta.precision[rows]
             mean = solve_rows(precision, natural_mean(self.mean[rows], self.precision[rows]) +
                               delta.precision_mean[rows])
-            positives = self.positives[rows] + delta.positives[rows]
-            negatives = self.negatives[rows] + delta.negatives[rows]
-        ok = sound_rows(mean, precision, positives, negatives) & \
-            sound_rows(delta.precision_mean[rows], delta.precision[rows], delta.positives[rows],
-                       delta.negatives[rows], positive=False)
+            summed = {name: getattr(self, name)[rows] + getattr(delta, name)[rows]
+                      for name in COUNTS}
+        ok = sound_rows(mean, precision, *summed.values()) & \
+            sound_rows(delta.precision_mean[rows], delta.precision[rows], counts[rows],
+                       positive=False)
         good = rows[ok]
         # new arrays, not writes into these: a version already published may still hold them
-        for name, value in (("mean", mean), ("precision", precision), ("positives", positives),
-                            ("negatives", negatives)):
+        for name, value in (("mean", mean), ("precision", precision), *summed.items()):
             array = getattr(self, name).copy()
             array[good] = value[ok]
             setattr(self, name, array)
@@ -345,28 +377,32 @@ class ModelTable:
             self.covariance = self.covariance.copy()
             self.covariance[good] = inverse(self.precision[good])
         refused = int(len(rows) - ok.sum())
+        with np.errstate(all="ignore"):
+            inputs = self.inputs + delta.inputs
+        if np.isfinite(inputs).all():
+            self.inputs = inputs
+        else:
+            refused += 1
         self.refused += refused
         self._mark()
         return refused
 
-    def adopt(self, mean: np.ndarray, precision: np.ndarray, positives: np.ndarray,
-              negatives: np.ndarray, version: int) -> None:
-        """Shard side: take a published posterior, rebasing the pending delta onto it."""
+    def adopt(self, published: Any) -> None:
+        """Shard side: take a published posterior (anything with the table's statistics as
+        attributes, and its `version`), rebasing the pending delta onto it."""
         unsent = self.pending()
-        self.mean, self.precision = mean.copy(), precision.copy()
-        self.positives, self.negatives = positives.copy(), negatives.copy()
+        for name in ("mean", "precision", *COUNTS, "inputs"):
+            setattr(self, name, getattr(published, name).copy())
         self._refresh()
         self._mark()
-        self.version = version
+        self.version = published.version
         self.merge(unsent)
         self._mark_as(unsent)
 
     def _mark_as(self, unsent: ModelDelta) -> None:
         """After adopt the unsent learning is still pending: move the mark back before it."""
-        self._taken_precision_mean -= unsent.precision_mean
-        self._taken_precision -= unsent.precision
-        self._taken_positives -= unsent.positives
-        self._taken_negatives -= unsent.negatives
+        self._taken = ModelDelta(*(getattr(self._taken, f.name) - getattr(unsent, f.name)
+                                   for f in fields(ModelDelta)))
 
 
 class ModelRemap:
@@ -416,12 +452,19 @@ class ModelRemap:
             old_var = np.diagonal(old.covariance, axis1=1, axis2=2) if old.full \
                 else 1.0 / old.precision
             fresh.precision = 1.0 / self._carry(old_var, 1.0 / fresh.precision)
-        fresh.positives = self._carry(old.positives, fresh.positives)
-        fresh.negatives = self._carry(old.negatives, fresh.negatives)
+        for name in COUNTS:
+            setattr(fresh, name, self._carry(getattr(old, name), getattr(fresh, name)))
+        fresh.inputs = self._carry_inputs(old.inputs)
         fresh.warm_start(self.new, self.new_actions)
         fresh._mark_as(self.delta(old.pending()))
         fresh.refused = old.refused
         return fresh
+
+    def _carry_inputs(self, old: np.ndarray) -> np.ndarray:
+        out = np.zeros((3, len(self.cols)))
+        cols = self.cols >= 0
+        out[:, cols] = old[:, self.cols[cols]]
+        return out
 
     def delta(self, delta: ModelDelta) -> ModelDelta:
         """A delta learned under the old version, in the new layout (unmatched parts drop)."""
@@ -432,5 +475,5 @@ class ModelRemap:
             else diagonal(delta.precision)
         return ModelDelta(self._carry(delta.precision_mean, np.zeros((n, d))),
                           self._carry(carried, precision),
-                          self._carry(delta.positives, zeros1),
-                          self._carry(delta.negatives, zeros1))
+                          *(self._carry(getattr(delta, name), zeros1) for name in COUNTS),
+                          self._carry_inputs(delta.inputs))

@@ -13,7 +13,7 @@ import numpy as np
 from . import rules
 from .compiler import (CLOCK_SLOT, N_FACTORS, STAGE_VALUE, CompiledCatalog, Exploration,
                        Outcome, Reason, Transform, Update)
-from .models import SplitMix64, one_example_logit, sigmoid
+from .models import SplitMix64, one_example_logit, sigmoid, standardized
 from .state import EMPTY, HISTORY_EPOCH_S, profile_view
 
 IMPLEMENTATION = "reference"
@@ -31,9 +31,12 @@ class StateView:
 
 
 class ModelView:
-    def __init__(self, mean, precision, positives, negatives, covariance=None):
+    def __init__(self, mean, precision, positives, negatives, value_count, value_sum, inputs,
+                 covariance=None):
         self.mean, self.precision = mean, precision
         self.positives, self.negatives = positives, negatives
+        self.value_count, self.value_sum = value_count, value_sum  # conversions' values
+        self.inputs = inputs  # count, sum, sum of squares of each standardised input
         self.covariance = covariance  # a full posterior's S (then `precision` is P)
 
 
@@ -119,11 +122,15 @@ def _when_matches(c: CompiledCatalog, u: int, f) -> bool:
 # Decisions
 
 
-def predictor_vector(c: CompiledCatalog, view: np.ndarray, ctx) -> np.ndarray:
+def _input(c: CompiledCatalog, j: int, view: np.ndarray, ctx) -> float:
+    return ctx[c.predictor_index[j]] if c.predictor_source[j] else view[c.predictor_index[j]]
+
+
+def predictor_vector(c: CompiledCatalog, mv: ModelView, view: np.ndarray, ctx) -> np.ndarray:
     x = np.zeros(c.n_predictors)
     x[0] = 1.0
     for j in range(c.n_predictors - 1):
-        v = ctx[c.predictor_index[j]] if c.predictor_source[j] else view[c.predictor_index[j]]
+        v = _input(c, j, view, ctx)
         tf, param = c.predictor_transform[j], c.predictor_param[j]
         if tf == Transform.EQUALS:
             out = 1.0 if v == param else 0.0
@@ -135,6 +142,8 @@ def predictor_vector(c: CompiledCatalog, view: np.ndarray, ctx) -> np.ndarray:
             out = v / param
         elif tf == Transform.RECENCY:
             out = math.exp(-v / param) if v > 0.0 else 1.0
+        elif tf == Transform.STANDARDIZE:
+            out = standardized(v, *mv.inputs[:, j + 1])
         else:
             out = v
         # the kernel's comparisons, not min/max, so both clip the same way
@@ -144,6 +153,17 @@ def predictor_vector(c: CompiledCatalog, view: np.ndarray, ctx) -> np.ndarray:
             out = -c.predictor_limit
         x[j + 1] = out
     return x
+
+
+def observe_inputs(c: CompiledCatalog, mv: ModelView, view: np.ndarray, ctx) -> None:
+    """A decision's standardised inputs join their running statistics (after it used them)."""
+    for j in range(c.n_predictors - 1):
+        if c.predictor_transform[j] == Transform.STANDARDIZE:
+            v = float(_input(c, j, view, ctx))
+            if math.isfinite(v * v):
+                mv.inputs[0, j + 1] += 1.0
+                mv.inputs[1, j + 1] += v
+                mv.inputs[2, j + 1] += v * v
 
 
 def context_weights(c: CompiledCatalog, channel: int, ctx) -> np.ndarray:
@@ -209,7 +229,8 @@ def decide_one(cat: CatalogView, st: StateView, mv: ModelView, ws: Workspace, ro
                channel: int, placement: int, ctx, now: float, k_req: int, out: int = 0) -> None:
     c = cat.c
     view = profile_view(c, st.values[row], now)
-    x = predictor_vector(c, view, ctx)
+    x = predictor_vector(c, mv, view, ctx)
+    observe_inputs(c, mv, view, ctx)
     ws.predictors[out] = x
     weights = context_weights(c, channel, ctx)
     history = _History(c, st, row, channel, now)
@@ -226,6 +247,7 @@ def decide_one(cat: CatalogView, st: StateView, mv: ModelView, ws: Workspace, ro
         if not math.isfinite(value):
             reasons[a] = Reason.INVALID_VALUE
             continue
+        value = _learned_value(c, mv, c.model_index(a, channel), value)
         propensity = _propensity(c, mv, ws, a, channel, x)
         weight = weights[c.action_group[a]]
         priority = propensity * weight * value * c.lever[a]
@@ -294,6 +316,15 @@ def _propensity(c: CompiledCatalog, mv: ModelView, ws: Workspace, a: int, channe
     return sigmoid(z)
 
 
+def _learned_value(c: CompiledCatalog, mv: ModelView, m: int, value: float) -> float:
+    """The catalog's value for this customer, weighed as value_prior_weight conversions,
+    blended with the values the model's conversions reported (as is until there are any)."""
+    k = c.value_prior_weight
+    if k < 0.0 or mv.value_count[m] == 0.0:
+        return value
+    return (k * value + mv.value_sum[m]) / (k + mv.value_count[m])
+
+
 def _quadratic(S: np.ndarray, x: np.ndarray) -> float:
     """x' S x, row by row as the kernel adds."""
     total = 0.0
@@ -337,17 +368,18 @@ def _select(c: CompiledCatalog, ws: Workspace, out: int, candidates: list[int], 
 # Outcomes
 
 
-def predictors(cat: CatalogView, st: StateView, rows, ctx, now, out) -> None:
+def predictors(cat: CatalogView, st: StateView, mv: ModelView, rows, ctx, now, out) -> None:
     """Model inputs for customers as they are now (for outcomes without a cached decision)."""
     for i in range(len(rows)):
         view = profile_view(cat.c, st.values[rows[i]], float(now[i]))
-        out[i] = predictor_vector(cat.c, view, ctx[i])
+        out[i] = predictor_vector(cat.c, mv, view, ctx[i])
 
 
 def record_outcomes(cat: CatalogView, st: StateView, mv: ModelView, rows, actions, channels,
-                    outcomes, times, x) -> int:
-    """History for every outcome, learning for those that are not impressions; the number of
-    updates refused because they would leave a model not finite (the model is left as is)."""
+                    outcomes, times, x, values) -> int:
+    """History for every outcome, learning for those that are not impressions (and, for a
+    conversion with a value, not NaN, the value); the number of updates refused because they
+    would leave a model not finite (the model is left as is)."""
     c = cat.c
     refused = 0
     for i in range(len(rows)):
@@ -362,6 +394,9 @@ def record_outcomes(cat: CatalogView, st: StateView, mv: ModelView, rows, action
             continue
         y = 1.0 if outcome in (Outcome.ACCEPT, Outcome.CONVERT) else 0.0
         m = c.model_index(a, ch)
+        if outcome == Outcome.CONVERT and math.isfinite(values[i]):
+            mv.value_count[m] += 1.0
+            mv.value_sum[m] += values[i]
         learn = _learn_diagonal if mv.covariance is None else _learn_full
         with np.errstate(all="ignore"):  # overflow is what the check in `learn` is for
             if not learn(mv, m, x[i], y):

@@ -19,13 +19,15 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import ray
 
 from kairos.core.compiler import CompiledCatalog, compiled_from_text
-from kairos.core.models import ModelDelta, ModelRemap, ModelTable, keep_rows, sound_rows
+from kairos.core.models import (COUNTS, ModelDelta, ModelRemap, ModelTable, keep_rows,
+                                 sound_rows)
 
 from kairos.cluster.metrics import LearnerMetrics
 from kairos.cluster.settings import LEARNER_SAVE_S
@@ -47,6 +49,9 @@ class Published:
     precision: np.ndarray
     positives: np.ndarray
     negatives: np.ndarray
+    value_count: np.ndarray
+    value_sum: np.ndarray
+    inputs: np.ndarray
 
 
 class Learner:
@@ -79,7 +84,7 @@ class Learner:
                     delta = None
                 else:
                     delta = remap.delta(delta)
-        if delta is not None and (delta.positives.any() or delta.negatives.any()):
+        if delta is not None and delta.learned():
             self.models.merge(delta)
             self.models.version += 1
             self.merged += 1
@@ -87,7 +92,7 @@ class Learner:
             return None
         m = self.models
         return Published(m.version, self.compiled.version, m.mean, m.precision, m.positives,
-                         m.negatives)
+                         m.negatives, m.value_count, m.value_sum, m.inputs)
 
     def switch(self, catalog_text: str) -> int:
         """Move the posteriors to a new catalog version; the new model version."""
@@ -118,31 +123,36 @@ class _Chain:
         return self.second.delta(self.first.delta(delta))
 
 
+PER_MODEL = ("mean", "precision", *COUNTS)  # a row per model; `inputs` is per predictor
+
+
 def save_models(learner: Learner) -> bytes:
     m = learner.models
     return blocks.pack({"catalog": learner.compiled.version, "version": m.version,
-                        "mean": m.mean, "precision": m.precision, "positives": m.positives,
-                        "negatives": m.negatives})
+                        **{name: getattr(m, name) for name in (*PER_MODEL, "inputs")}})
 
 
 def restore_models(learner: Learner, blob: bytes) -> bool:
-    """Take up a saved posterior of the same catalog version; whether it was."""
+    """Take up a saved posterior of the same catalog version; whether it was. Statistics a
+    blob lacks (saved by an older release) start where a new table does."""
     saved = blocks.unpack(blob)
     if saved["catalog"] != learner.compiled.version:
         return False
     m = learner.models
-    stats = [saved[k] for k in ("mean", "precision", "positives", "negatives")]
-    mine = (m.mean, m.precision, m.positives, m.negatives)
-    if any(s.shape != own.shape for s, own in zip(stats, mine)):
+    stats = {name: saved.get(name, getattr(m, name)) for name in (*PER_MODEL, "inputs")}
+    if any(stats[name].shape != getattr(m, name).shape for name in stats):
         log.warning("learner: the saved posterior's shapes do not fit catalog %s; every model "
                     "starts from its prior", learner.compiled.version)
         return False
-    ok = sound_rows(*stats)
+    ok = sound_rows(*(stats[name] for name in PER_MODEL))
     bad = int(len(ok) - ok.sum())
     if bad:  # saved before models were checked: those start again from their prior
         log.warning("learner: %d saved models are not finite; they start from their prior", bad)
-        stats = [keep_rows(ok, s, own) for s, own in zip(stats, mine)]
-    m.adopt(*stats, max(saved["version"], learner.version) + 1)
+        for name in PER_MODEL:
+            stats[name] = keep_rows(ok, stats[name], getattr(m, name))
+    if not np.isfinite(stats["inputs"]).all():
+        stats["inputs"] = m.inputs
+    m.adopt(SimpleNamespace(**stats, version=max(saved["version"], learner.version) + 1))
     m.refused += bad
     return True
 

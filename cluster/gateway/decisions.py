@@ -223,7 +223,7 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
         learned = await self.gateway.call(context, self.gateway.as_customer(
             checked.who, lambda customer_id: self.client.respond(
                 customer_id, checked.action_id, checked.channel, checked.outcome,
-                checked.time, checked.decision_id)))
+                checked.time, checked.decision_id, checked.value)))
         return pb.OutcomeAck(learned_from=LEARNED_FROM.get(learned, pb.LEARNED_FROM_UNSPECIFIED))
 
     async def GetProfile(self, request: pb.ProfileRequest, context) -> pb.Profile:

@@ -118,6 +118,7 @@ class OutcomeRequest(NamedTuple):
     outcome: str
     time: float
     decision_id: str | None  # None: offline (the caller's key has the feedback scope)
+    value: float | None  # what a convert was worth
 
 
 def outcome_request(request: pb.Outcome, catalog: CompiledCatalog) -> OutcomeRequest:
@@ -146,6 +147,8 @@ def outcome_request(request: pb.Outcome, catalog: CompiledCatalog) -> OutcomeReq
     if not request.offline:
         require(request.decision_id, "decision_id")
         check_bounded(request.decision_id, "decision_id", MAX_DECISION_ID_LENGTH)
+    # the shard's engine checks the value (a convert's, in range) before anything is kept
+    value = request.value if request.HasField("value") else None
     return OutcomeRequest(customer, request.action_id, request.channel, outcome,
                           wire.optional_time_in("time", request, "time") or time.time(),
-                          None if request.offline else request.decision_id)
+                          None if request.offline else request.decision_id, value)

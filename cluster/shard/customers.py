@@ -225,7 +225,8 @@ class CustomerRequests:
             known = self._residency.activate(o.customer_id, o.partition, create=False)
             try:
                 [learned] = self._ctx.engine.record_outcomes([(
-                    o.customer_id, o.action_id, o.channel, o.outcome, o.when, o.decision_id)])
+                    o.customer_id, o.action_id, o.channel, o.outcome, o.when, o.decision_id,
+                    o.value)])
             except InputError as exc:
                 replies.append(Invalid(field=exc.field, reason=exc.reason))
                 continue

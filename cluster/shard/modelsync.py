@@ -35,7 +35,7 @@ class ModelSync:
             else:
                 log.warning("%s: model learning from before the switch to catalog %s could "
                             "not reach the learner and is kept only here", self.name, version)
-        if not (delta.positives.any() or delta.negatives.any()):
+        if not delta.learned():
             delta = None
         return version, delta, engine.models.version
 
@@ -50,5 +50,4 @@ class ModelSync:
         is for the engine's catalog and newer than the engine's."""
         if published.catalog_version == engine.compiled.version and \
                 published.version > engine.models.version:
-            engine.adopt_models(published.mean, published.precision, published.positives,
-                                published.negatives, published.version)
+            engine.adopt_models(published)

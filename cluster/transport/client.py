@@ -159,10 +159,7 @@ class KairosClient:
 
     async def _map_newer_than(self, version: int, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        while self.version < version:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
+        while self.version < version and (left := deadline - time.monotonic()) > 0:
             try:
                 async with asyncio.timeout(left):
                     await self._map_changed.wait()
@@ -203,11 +200,13 @@ class KairosClient:
             record_impression=record_impression))
 
     async def respond(self, customer_id: str, action_id: str, channel: str, outcome: str,
-                      when: Any, decision_id: str | None = None) -> str:
-        """Record an outcome; what the models learned from (a core.decision.Learned value)."""
+                      when: Any, decision_id: str | None = None,
+                      value: float | None = None) -> str:
+        """Record an outcome (a convert may carry its value); what the models learned from
+        (a core.decision.Learned value)."""
         return await self._value(Outcome(customer_id=customer_id, action_id=action_id,
                                 channel=channel, outcome=outcome, when=when,
-                                decision_id=decision_id))
+                                decision_id=decision_id, value=value))
 
     async def profile(self, customer_id: str, now: float | None = None) -> dict | None:
         """The golden record, or None for a customer nobody has seen."""

@@ -145,10 +145,12 @@ def catalogs(draw):
                           "ucb_alpha": 1.5, "trial_rate": draw(st.sampled_from([0.0, 0.3, 1.0]))}
     doc["models"]["groups"] = {}
     doc["models"]["posterior"] = draw(st.sampled_from(["full", "diagonal"]))
+    doc["models"]["value"] = draw(st.sampled_from([{"learn": False}, {"prior_weight": 0},
+                                                   {"prior_weight": 10}]))
     doc["models"]["predictors"] = doc["models"]["predictors"] + draw(st.lists(st.sampled_from([
         {"name": "lifetime_spend"}, {"name": "spend_30d", "transform": "scale", "scale": 10},
-        {"name": "max_order", "transform": "log1p"}, {"name": "min_price"}]), unique_by=str,
-        max_size=2))
+        {"name": "max_order", "transform": "log1p"}, {"name": "min_price"},
+        {"name": "late_deliveries", "transform": "standardize"}]), unique_by=str, max_size=3))
     doc["history"] = {"size": draw(st.sampled_from([4, 8, 32]))}
     return doc
 
@@ -176,7 +178,8 @@ def journeys(draw):
         else:
             steps.append(("outcome", customer, draw(st.integers(0, 11)),
                           draw(st.sampled_from(["impression", "accept", "reject", "ignore",
-                                                "convert"])), t))
+                                                "convert"])), t,
+                          draw(st.sampled_from([math.nan, 0.0, 12.5, 1e12]))))
     return steps
 
 
@@ -268,17 +271,17 @@ def test_kernel_matches_twin(doc, steps, seed, poisoned):
                               np.array([pl], np.int32), encode_ctx(compiled, ctx)[None, :],
                               np.array([t]), np.array([k_req], np.int32))
             else:
-                _, _, a, outcome, t = step
+                _, _, a, outcome, t, value = step
                 a %= n_actions
                 ch = int(np.flatnonzero(compiled.offered[a])[0])
                 x = np.empty((1, compiled.n_predictors))
-                side.k.predictors(side.cat, st_view, rows,
+                side.k.predictors(side.cat, st_view, mv, rows,
                                   np.full((1, len(compiled.context_names)), math.nan),
                                   np.array([t]), x)
                 refused[s] += side.k.record_outcomes(
                     side.cat, st_view, mv, rows, np.array([a], np.int32),
                     np.array([ch], np.int32), np.array([Outcome[outcome.upper()]], np.int8),
-                    np.array([t]), x)
+                    np.array([t]), x, np.array([value]))
         compiled_side, twin = sides
         assert_close(compiled_side.table.values, twin.table.values, f"profiles after {step}")
         if step[0] == "decide":
@@ -296,7 +299,8 @@ def test_kernel_matches_twin(doc, steps, seed, poisoned):
         np.testing.assert_array_equal(getattr(sides[0].table, name), getattr(sides[1].table,
                                                                              name), name)
     kept = ("covariance",) if compiled.full_posterior else ()
-    for name in ("mean", "precision", "positives", "negatives") + kept:
+    for name in ("mean", "precision", "positives", "negatives", "value_count", "value_sum",
+                 "inputs") + kept:
         assert_close(getattr(sides[0].models, name), getattr(sides[1].models, name), name)
     assert refused[0] == refused[1]
     limit = compiled.predictor_limit

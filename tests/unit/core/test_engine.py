@@ -187,8 +187,7 @@ def test_deltas_from_two_shards_merge_into_one_posterior(impl, small):
     assert learner.positives[m] == 40 and learner.negatives[m] == 20
     for shard in shards:  # a shard adopts the published version and keeps unsent learning
         shard.record_outcomes([("late", "track_order", "web", "accept", T0, None)])
-        shard.adopt_models(learner.mean, learner.precision, learner.positives,
-                           learner.negatives, learner.version)
+        shard.adopt_models(learner)
         assert shard.models.version == 1
         assert shard.models.positives[m] == 41
         np.testing.assert_allclose(shard.models.pending().positives[m], 1)

@@ -1144,11 +1144,19 @@ def test_more_predictors_than_the_kernel_holds_is_a_catalog_error():
     declared = len(load_catalog(SMALL, "small.yaml").models.predictors)
 
     def with_more(n: int) -> str:
-        return edit("  predictors:\n", "  predictors:\n" +
-                    "    - {name: orders, transform: log1p}\n" * n)
+        return edit("  predictors:\n", "  predictors:\n" + "".join(
+            f"    - {{name: orders, equals: {i + 1000}}}\n" for i in range(n)))
     compile_text(with_more(MAX_PREDICTORS - declared))  # up to the limit
     err = catalog_error(with_more(MAX_PREDICTORS - declared + 1))
     assert err.path == "models.predictors"
     assert err.reason == (f"at most {MAX_PREDICTORS} predictors (the kernel's models hold "
                           f"{MAX_PREDICTORS + 1} inputs with the intercept), got "
                           f"{MAX_PREDICTORS + 1}")
+
+
+def test_a_repeated_predictor_is_a_catalog_error_naming_both_positions():
+    err = catalog_error(edit("    - {name: tier, equals: gold}\n",
+                             "    - {name: tier, equals: gold}\n"
+                             "    - {name: tier, equals: gold}\n"))
+    assert err.path == "models.predictors[4]"
+    assert err.reason == "repeats predictor tier=='gold' (position 3)"

@@ -116,7 +116,8 @@ def test_the_intercept_and_the_weights_have_priors_of_their_own():
 def full_view(mean, precision):
     """A one-model ModelView of the twin over a full posterior."""
     return reference.ModelView(mean[None].copy(), precision[None].copy(), np.zeros(1),
-                               np.zeros(1), np.linalg.inv(precision)[None])
+                               np.zeros(1), np.zeros(1), np.zeros(1), np.zeros((3, len(mean))),
+                               np.linalg.inv(precision)[None])
 
 
 @settings(max_examples=200, deadline=None)
@@ -188,7 +189,8 @@ def test_shards_deltas_add_up_to_the_learners_full_posterior():
     np.testing.assert_array_equal(learner.mean[1:], base.mean[1:])  # untouched, bit for bit
     correlated_rounds(shards[0], compiled, rng, 10)
     unsent = shards[0].pending()
-    shards[0].adopt(learner.mean, learner.precision, learner.positives, learner.negatives, 1)
+    learner.version = 1
+    shards[0].adopt(learner)
     np.testing.assert_allclose(shards[0].precision[0], learner.precision[0] + unsent.precision[0])
     np.testing.assert_allclose(shards[0].pending().precision, unsent.precision, atol=1e-12)
 

@@ -84,7 +84,8 @@ def test_the_kernel_refuses_an_update_that_is_not_finite_and_counts_it(engine):
     refused = engine.k.record_outcomes(
         engine.catalog_view, engine.state_view, engine.model_view, rows,
         np.array([a, a], np.int32), np.zeros(2, np.int32),
-        np.array([Outcome.CONVERT, Outcome.ACCEPT], np.int8), np.array([T0, T0]), x)
+        np.array([Outcome.CONVERT, Outcome.ACCEPT], np.int8), np.array([T0, T0]), x,
+        np.full(2, math.nan))
     assert refused == 1
     assert finite(engine.models)
     m = c.model_index(a, 0)

@@ -3,6 +3,7 @@ RPC, unseen ids get no profile, and outcomes must name a decision a shard issued
 127.0.0.1 over the in-process backend (no Ray)."""
 from __future__ import annotations
 
+import math
 import random
 
 import grpc
@@ -224,3 +225,24 @@ def test_a_number_past_its_fields_bounds_is_invalid_argument(served, value):
     with pytest.raises(grpc.RpcError) as missing:
         stub.GetProfile(pb.ProfileRequest(customer_id="rich-1"), timeout=DEADLINE_S)
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_conversions_value_is_learned_and_a_bad_one_is_invalid_argument(served):
+    gateway, stub = served
+    decision = stub.Decide(pb.DecideRequest(customer_id="buyer-1", channel="web"),
+                           timeout=DEADLINE_S)
+    shown = decision.actions[0].action_id
+    respond = dict(customer_id="buyer-1", decision_id=decision.decision_id, action_id=shown,
+                   channel="web")
+    for outcome, value, reason in ((pb.ACCEPT, 10.0, "only a convert carries a value"),
+                                   (pb.CONVERT, -1.0, "must be between 0 and 1e+12"),
+                                   (pb.CONVERT, math.nan, "must be a finite number")):
+        with pytest.raises(grpc.RpcError) as exc:
+            stub.Respond(pb.Outcome(outcome=outcome, value=value, **respond),
+                         timeout=DEADLINE_S)
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "value" in exc.value.details() and reason in exc.value.details()
+    stub.Respond(pb.Outcome(outcome=pb.CONVERT, value=129.5, **respond), timeout=DEADLINE_S)
+    sums = [(s.engine.models.value_count.sum(), s.engine.models.value_sum.sum())
+            for s in gateway.gateway.backend.shards.values()]
+    assert (1.0, 129.5) in sums

@@ -219,7 +219,9 @@ def test_model_sync_resends_what_the_learner_missed_and_adopts_only_newer_versio
     def published(catalog_version, version):
         return SimpleNamespace(catalog_version=catalog_version, version=version,
                                mean=table.mean, precision=table.precision,
-                               positives=table.positives + 5, negatives=table.negatives)
+                               positives=table.positives + 5, negatives=table.negatives,
+                               value_count=table.value_count, value_sum=table.value_sum,
+                               inputs=table.inputs)
     models.adopt(s.engine, published("another-catalog", 3))
     assert s.engine.models.version == 0
     models.adopt(s.engine, published(compiled.version, 3))
