@@ -2,14 +2,18 @@
 
     python -m bench.learning                 # five datasets, five shuffles each
     python -m bench.learning --smoke         # two small slices, one shuffle (the suite's)
+    python -m bench.learning --delay 100     # each reward learned 100 rounds late
 
 The supervised-to-bandit reduction (Bietti, Agarwal & Langford, JMLR 2021): each labelled
 row is a round, the classes are the arms, and choosing the row's class earns 1, anything
 else 0; one pass, no second look. Contexts are standardised online (each feature by the
 running mean and deviation of the rows before it) for every policy alike, except
 `kairos_standardize`, which takes the raw rows and standardises them with the catalog's
-`standardize` transform. The datasets ship inside river and scikit-learn; `synthetic_120`
-(120 features) is generated, for the wide-context target.
+`standardize` transform. `kairos_ucb` is Kairos with UCB instead of its default Thompson
+sampling: ahead with immediate rewards, behind once rewards come late (--delay), as they do
+in production, where a deterministic policy shows every similar customer the same arm until
+the outcomes arrive. The datasets ship inside river and scikit-learn; `synthetic_120` (120
+features) is generated, for the wide-context target.
 
 Kairos runs through its own decision path, the compiled kernel: a catalog generated from
 the dataset makes each class an action and the features one `vector` context key read by a
@@ -33,6 +37,7 @@ import random
 import statistics
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
@@ -119,8 +124,11 @@ def standardised(X: np.ndarray) -> np.ndarray:
 
 
 class Policy(Protocol):
-    def choose(self, x: np.ndarray) -> int: ...
-    def learn(self, x: np.ndarray, arm: int, reward: float) -> None: ...
+    """`choose` returns the arm (-1: none) and what `learn` needs of that round, which may
+    come rounds later (--delay)."""
+
+    def choose(self, x: np.ndarray) -> tuple[int, Any]: ...
+    def learn(self, x: np.ndarray, arm: int, reward: float, ticket: Any) -> None: ...
 
 
 class Kairos:
@@ -128,13 +136,13 @@ class Kairos:
 
     raw = False  # takes the rows as the harness standardised them
     transform = "identity"
+    method = "thompson"
 
     def __init__(self, n_features: int, n_arms: int, seed: int):
         self.n_features = n_features
         self.actions = [f"class_{a}" for a in range(n_arms)]
         self.engine = DecisionEngine(compiled_from_text(self.catalog(), "<bench>"), seed=seed)
         self.now = T0
-        self._decision = ""
 
     def catalog(self) -> str:
         return yaml.safe_dump({
@@ -143,6 +151,7 @@ class Kairos:
             "context": {"x": {"type": "vector", "size": self.n_features}},
             "events": {"seen": {"fields": {}}},
             "consent": {"service": True},
+            "arbitration": {"exploration": {"method": self.method}},
             "actions": [{"id": a, "group": "serve", "purpose": "service",
                          "channels": {CHANNEL: {"treatment": a}}, "value": 1}
                         for a in self.actions],
@@ -150,20 +159,18 @@ class Kairos:
                                        "transform": self.transform}]},
             "fallbacks": {CHANNEL: []}}, sort_keys=False)
 
-    def choose(self, x: np.ndarray) -> int:
+    def choose(self, x: np.ndarray) -> tuple[int, Any]:
         self.now += 1.0
         decision = self.engine.decide("bench", CHANNEL, PLACEMENT, {"x": x}, now=self.now)
         if not decision.actions:
-            self._decision = ""
-            return -1  # no action: earns nothing, and there is nothing to learn
-        self._decision = decision.decision_id
-        return self.actions.index(decision.actions[0].action_id)
+            return -1, None  # no action: earns nothing, and there is nothing to learn
+        return self.actions.index(decision.actions[0].action_id), decision.decision_id
 
-    def learn(self, x: np.ndarray, arm: int, reward: float) -> None:
+    def learn(self, x: np.ndarray, arm: int, reward: float, ticket: Any) -> None:
         if arm >= 0:
             self.engine.record_outcomes([("bench", self.actions[arm], CHANNEL,
                                           "accept" if reward > 0 else "reject", self.now,
-                                          self._decision)])
+                                          ticket)])
 
 
 class KairosStandardizing(Kairos):
@@ -173,16 +180,22 @@ class KairosStandardizing(Kairos):
     transform = "standardize"
 
 
+class KairosUCB(Kairos):
+    """Kairos with UCB instead of the default Thompson sampling (same variance scale)."""
+
+    method = "ucb"
+
+
 class RiverLinUCB:
     def __init__(self, n_features: int, n_arms: int, seed: int):
         from river import bandit
         self.policy = bandit.LinUCBDisjoint(seed=seed)
         self.arms = list(range(n_arms))
 
-    def choose(self, x: np.ndarray) -> int:
-        return self.policy.pull(self.arms, context=_as_dict(x))
+    def choose(self, x: np.ndarray) -> tuple[int, Any]:
+        return self.policy.pull(self.arms, context=_as_dict(x)), None
 
-    def learn(self, x: np.ndarray, arm: int, reward: float) -> None:
+    def learn(self, x: np.ndarray, arm: int, reward: float, ticket: Any) -> None:
         self.policy.update(arm, _as_dict(x), reward)
 
 
@@ -195,15 +208,15 @@ class RiverLogisticGreedy:
         self.models = [linear_model.LogisticRegression() for _ in range(n_arms)]
         self.rng = random.Random(seed)
 
-    def choose(self, x: np.ndarray) -> int:
+    def choose(self, x: np.ndarray) -> tuple[int, Any]:
         if self.rng.random() < EPSILON:
-            return self.rng.randrange(len(self.models))
+            return self.rng.randrange(len(self.models)), None
         context = _as_dict(x)
         scores = [m.predict_proba_one(context).get(True, 0.0) for m in self.models]
         best = max(scores)
-        return self.rng.choice([a for a, s in enumerate(scores) if s == best])
+        return self.rng.choice([a for a, s in enumerate(scores) if s == best]), None
 
-    def learn(self, x: np.ndarray, arm: int, reward: float) -> None:
+    def learn(self, x: np.ndarray, arm: int, reward: float, ticket: Any) -> None:
         self.models[arm].learn_one(_as_dict(x), reward > 0)
 
 
@@ -214,22 +227,23 @@ class VowpalSquareCB:
                                          f"{seed}")
         self.n_arms = n_arms
         self.rng = random.Random(seed)
-        self._pmf: list[float] = []
 
-    def _lines(self, x: np.ndarray, label: tuple[int, float] | None = None) -> list[str]:
+    def _lines(self, x: np.ndarray, label: tuple[int, float, float] | None = None) -> list[str]:
+        """VW's multi-line example; `label` = (arm, cost, the arm's probability)."""
         shared = "shared |s " + " ".join(f"f{j}:{v:.6g}" for j, v in enumerate(x))
         arms = []
         for a in range(self.n_arms):
-            cost = f"0:{label[1]}:{self._pmf[a]} " if label and label[0] == a else ""
+            cost = f"0:{label[1]}:{label[2]} " if label and label[0] == a else ""
             arms.append(f"{cost}|a arm{a}")
         return [shared, *arms]
 
-    def choose(self, x: np.ndarray) -> int:
-        self._pmf = list(self.vw.predict(self._lines(x)))
-        return self.rng.choices(range(self.n_arms), weights=self._pmf)[0]
+    def choose(self, x: np.ndarray) -> tuple[int, Any]:
+        pmf = list(self.vw.predict(self._lines(x)))
+        arm = self.rng.choices(range(self.n_arms), weights=pmf)[0]
+        return arm, pmf[arm]
 
-    def learn(self, x: np.ndarray, arm: int, reward: float) -> None:
-        self.vw.learn(self._lines(x, (arm, -reward)))
+    def learn(self, x: np.ndarray, arm: int, reward: float, ticket: Any) -> None:
+        self.vw.learn(self._lines(x, (arm, -reward, ticket)))
 
 
 def _as_dict(x: np.ndarray) -> dict[str, float]:
@@ -237,28 +251,33 @@ def _as_dict(x: np.ndarray) -> dict[str, float]:
 
 
 POLICIES: dict[str, Callable[[int, int, int], Policy]] = {
-    "kairos": Kairos, "kairos_standardize": KairosStandardizing, "river_linucb": RiverLinUCB,
+    "kairos": Kairos, "kairos_standardize": KairosStandardizing, "kairos_ucb": KairosUCB,
+    "river_linucb": RiverLinUCB,
     "river_logistic_egreedy": RiverLogisticGreedy, "vw_squarecb": VowpalSquareCB}
 
 
 def play(make: Callable[[int, int, int], Policy], data: Dataset, order: np.ndarray,
-         seed: int) -> tuple[np.ndarray, float]:
+         seed: int, delay: int = 0) -> tuple[np.ndarray, float]:
     """One pass over the rows in `order`: the reward of every round, and the seconds per round
-    (choosing and learning)."""
+    (choosing and learning). Each round's reward is learned `delay` rounds later, as outcomes
+    reach a live system after the decisions that came meanwhile."""
     X = data.X[order] if getattr(make, "raw", False) else standardised(data.X[order])
     y = data.y[order]
     policy = make(X.shape[1], len(data.classes), seed)
     rewards = np.zeros(len(y))
+    waiting: deque[tuple[np.ndarray, int, float, Any]] = deque()
     started = time.perf_counter()
     for t, (x, label) in enumerate(zip(X, y)):
-        arm = policy.choose(x)
+        arm, ticket = policy.choose(x)
         rewards[t] = 1.0 if arm == label else 0.0
-        policy.learn(x, arm, rewards[t])
+        waiting.append((x, arm, rewards[t], ticket))
+        if len(waiting) > delay:
+            policy.learn(*waiting.popleft())
     return rewards, (time.perf_counter() - started) / len(y)
 
 
-def run(names: list[str], shuffles: int, rows: int | None, policies: list[str]
-        ) -> dict[str, Any]:
+def run(names: list[str], shuffles: int, rows: int | None, policies: list[str],
+        delay: int = 0) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for data in datasets(names):
         n = min(rows or len(data.y), len(data.y))
@@ -268,7 +287,7 @@ def run(names: list[str], shuffles: int, rows: int | None, policies: list[str]
             for shuffle in range(shuffles):
                 order = np.random.default_rng(shuffle).permutation(len(data.y))[:n]
                 for name in policies:
-                    rewards, seconds = play(POLICIES[name], data, order, shuffle)
+                    rewards, seconds = play(POLICIES[name], data, order, shuffle, delay)
                     per_policy[name]["rewards"].append(float(rewards.mean()))
                     per_policy[name]["us_per_round"].append(seconds * 1e6)
                     curves[name] += np.cumsum(rewards) / np.arange(1, n + 1) / shuffles
@@ -301,8 +320,9 @@ def _paired(per_policy: dict[str, Any], against: str | None = None) -> dict[str,
 def markdown(results: dict[str, Any]) -> str:
     policies = list(next(iter(results["datasets"].values()))["policies"])
     lines = [f"# Learning {results['run']}", "", f"`{results['command']}`", "",
-             f"Mean online reward (± sd over {results['shuffles']} shuffles), one pass; "
-             f"µs per round in brackets.", "",
+             f"Mean online reward (± sd over {results['shuffles']} shuffles), one pass"
+             + (f", each reward learned {results['delay']} rounds late" if results["delay"]
+                else "") + "; µs per round in brackets.", "",
              "| dataset (rows×arms, features) | " + " | ".join(policies)
              + " | Kairos − best peer (wins) |",
              "|---|" + "---:|" * (len(policies) + 1)]
@@ -351,18 +371,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
     parser.add_argument("--smoke", action="store_true",
                         help="wine and phishing, 300 rows, one shuffle")
+    parser.add_argument("--delay", type=int, default=0,
+                        help="learn each round's reward this many rounds later")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.smoke:
         args.datasets, args.shuffles, args.rows = ["wine", "phishing"], 1, 300
     command = " ".join(["python -m bench.learning"] + (sys.argv[1:] if argv is None else argv))
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    sets = run(args.datasets, args.shuffles, args.rows, args.policies)
+    sets = run(args.datasets, args.shuffles, args.rows, args.policies, args.delay)
     verdict = {"held": all(d.get("held", False) for d in sets.values()),
                "checks": {f"{name}_at_least_{'best_peer' if d['features'] < WIDE_FEATURES else WIDE_PEER}":
                           d.get("held", False) for name, d in sets.items()}}
     results = {"run": f"learning-{stamp}", "command": command, "shuffles": args.shuffles,
-               "datasets": sets, "verdict": verdict}
+               "delay": args.delay, "datasets": sets, "verdict": verdict}
     base = report.save(results, args.out, markdown(results))
     plot(results, base.with_suffix(".png"))
     print(json.dumps({"run": results["run"], "held": verdict["held"],

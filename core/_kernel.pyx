@@ -165,6 +165,7 @@ cdef class ModelView:
     cdef double[:, ::1] mean, precision, inputs
     cdef double[:, :, ::1] matrix, covariance
     cdef double[::1] positives, negatives, value_count, value_sum
+    cdef double[::1] _mean, _precision, _covariance, _u  # one update's scratch
     cdef bint full
 
     def __init__(self, mean, precision, positives, negatives, value_count, value_sum, inputs,
@@ -183,6 +184,11 @@ cdef class ModelView:
         else:
             self.precision = precision
             self.matrix = self.covariance = np.zeros((1, 1, 1))  # unread
+        d = max(self.mean.shape[1], 1)
+        self._mean = np.empty(d)
+        self._u = np.empty(d)
+        self._precision = np.empty(d * d if self.full else d)
+        self._covariance = np.empty(d * d if self.full else 1)
 
 
 cdef class Workspace:
@@ -844,11 +850,9 @@ def record_outcomes(CatalogView cat, StateView st, ModelView mv, const int64_t[:
     cdef Py_ssize_t i, m, row, d = cat.n_predictors, refused = 0
     cdef int head, outcome
     cdef double y
-    # scratch for one model's new statistics, written back only when all of it is finite
-    cdef double[::1] mean = np.empty(max(d, 1))
-    cdef double[::1] precision = np.empty(max(d * d if mv.full else d, 1))
-    cdef double[::1] cov = np.empty(max(d * d if mv.full else 1, 1))
-    cdef double[::1] u = np.empty(max(d, 1))
+    # a model's new statistics go to the view's scratch, and back only when all are finite
+    cdef double* mean = &mv._mean[0]
+    cdef double* precision = &mv._precision[0]
     with nogil:
         for i in range(rows.shape[0]):
             row = rows[i]
@@ -867,11 +871,11 @@ def record_outcomes(CatalogView cat, StateView st, ModelView mv, const int64_t[:
                 mv.value_count[m] += 1.0
                 mv.value_sum[m] += values[i]
             if mv.full:
-                if not _learn_full(mv, m, &x[i, 0], d, y, &mean[0], &precision[0], &cov[0],
-                                   &u[0]):
+                if not _learn_full(mv, m, &x[i, 0], d, y, mean, precision, &mv._covariance[0],
+                                   &mv._u[0]):
                     refused += 1
                     continue
-            elif not _learn_diagonal(mv, m, &x[i, 0], d, y, &mean[0], &precision[0]):
+            elif not _learn_diagonal(mv, m, &x[i, 0], d, y, mean, precision):
                 refused += 1
                 continue
             if y != 0.0:

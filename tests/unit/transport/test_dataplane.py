@@ -108,6 +108,25 @@ def test_values_without_a_msgpack_type_are_refused_by_the_sender():
     asyncio.run(main())
 
 
+def test_a_vector_travels_packed_as_little_endian_float64():
+    async def main():
+        server, (host, port) = await _served()
+        connection = await PlaneConnection.open(host, port, server.secret)
+        vector = np.array([1, -2.5, 3e300])
+        [answer] = await connection.call("s", 0, [("decide", 3, "c-1", {"x": vector,
+                                                                        "n": np.arange(2)})],
+                                         [1])
+        context = answer[3][3]
+        assert context["x"] == vector.astype("<f8").tobytes()
+        assert np.frombuffer(context["n"], "<f8").tolist() == [0.0, 1.0]
+        with pytest.raises(TypeError, match="cannot carry a ndarray"):
+            await connection.call("s", 1, [("decide", np.zeros((2, 2)))], [1])
+        await connection.close()
+        server.close()
+
+    asyncio.run(main())
+
+
 def test_concurrent_starts_listen_once():
     async def main():
         server = PlaneServer(_echo)
