@@ -173,6 +173,12 @@ class Generator:
                 continue
             if mode == "boundary" and f.containing_oneof is None and self.rng.random() < 0.2:
                 continue  # a field left out is its default: empty, zero
+            if mode == "valid" and msg.DESCRIPTOR.name == "Outcome" and f.name == "value":
+                kinds = f.containing_type.fields_by_name["outcome"].enum_type
+                convert = kinds.values_by_name["CONVERT"].number
+                if seen.get("outcome") == convert:  # only a convert carries a value
+                    msg.value = self.rng.uniform(0, 1000)
+                continue
             self._set(msg, f, mode, ledger, depth, seen)
 
     def _set(self, msg: Message, f: d.FieldDescriptor, mode: str, ledger: list, depth: int,

@@ -380,9 +380,11 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python -m bench.learning"] + (sys.argv[1:] if argv is None else argv))
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     sets = run(args.datasets, args.shuffles, args.rows, args.policies, args.delay)
+    against = {name: "best_peer" if d["features"] < WIDE_FEATURES else WIDE_PEER
+               for name, d in sets.items()}
     verdict = {"held": all(d.get("held", False) for d in sets.values()),
-               "checks": {f"{name}_at_least_{'best_peer' if d['features'] < WIDE_FEATURES else WIDE_PEER}":
-                          d.get("held", False) for name, d in sets.items()}}
+               "checks": {f"{name}_at_least_{against[name]}": d.get("held", False)
+                          for name, d in sets.items()}}
     results = {"run": f"learning-{stamp}", "command": command, "shuffles": args.shuffles,
                "delay": args.delay, "datasets": sets, "verdict": verdict}
     base = report.save(results, args.out, markdown(results))

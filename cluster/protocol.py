@@ -35,8 +35,9 @@ NOT_MINE = 0  # the map version in a MOVED reply when the shard never owned the 
 UNROUTED = -1  # the partition of a request the client has not routed yet
 
 # The journal's record format. 1: frames without a format number (before records were named);
-# 2: the same records, frames carry this number. A journal from a newer format is refused.
-JOURNAL_FORMAT = 2
+# 2: the same records, frames carry this number; 3: outcomes carry a convert's value (older
+# records read with none). A journal from a newer format is refused.
+JOURNAL_FORMAT = 3
 
 
 # -- requests ---------------------------------------------------------------------------------

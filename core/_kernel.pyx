@@ -661,6 +661,8 @@ cdef inline double _propensity(CatalogView cat, ModelView mv, Workspace ws, Py_s
     if cat.exploration != EXPLORE_NONE:
         if mv.full:
             var = _quadratic(&mv.covariance[m, 0, 0], x, cat.n_predictors)
+            if var < 0.0:  # rounding in a near-singular S
+                var = 0.0
         else:
             for i in range(cat.n_predictors):
                 var += x[i] * x[i] / mv.precision[m, i]
@@ -923,6 +925,8 @@ cdef bint _learn_full(ModelView mv, Py_ssize_t m, const double* x, Py_ssize_t d,
         for j in range(d):
             u[i] += S[i * d + j] * x[j]
         s += x[i] * u[i]
+    if s < 0.0:  # rounding in a near-singular S
+        s = 0.0
     p = _sigmoid(_one_example_logit(z, s, y)) if isfinite(z + s) else NAN
     w = p * (1.0 - p)
     shrink = w / (1.0 + w * s)

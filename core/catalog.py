@@ -193,8 +193,8 @@ class Predictor:
 
     @property
     def key(self) -> str:
-        """The predictor's name among a catalog's (and across its versions): source, name and,
-        for an indicator, the value; not the transform, so a rescaled input keeps its weight."""
+        """What the predictor reads: source, name and, for an indicator, the value. Not the
+        transform, so across catalog versions a rescaled input keeps its weight."""
         key = f"context.{self.name}" if self.source == "context" else self.name
         return key if self.equals is None else f"{key}=={self.equals!r}"
 
@@ -881,15 +881,16 @@ class _Reader:
                                 f"at most {MAX_PREDICTORS} predictors (the kernel's models "
                                 f"hold {MAX_PREDICTORS + 1} inputs with the intercept), got "
                                 f"{declared}")
-            seen: dict[str, int] = {}
+            seen: dict[tuple, int] = {}
             for i in range(declared):
                 predictor = self.predictor(path + ("predictors", i), attributes, features,
                                            context)
-                if predictor.key in seen:
+                same = (predictor.key, predictor.transform, predictor.scale)
+                if same in seen:
                     raise self.fail(path + ("predictors", i),
                                     f"repeats predictor {predictor.key} (position "
-                                    f"{seen[predictor.key]})")
-                seen[predictor.key] = i
+                                    f"{seen[same]})")
+                seen[same] = i
                 predictors.append(predictor)
             inputs = sum(context[p.name].size if p.source == "context" else 1
                          for p in predictors)

@@ -15,7 +15,7 @@ import copy
 import itertools
 import math
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -500,7 +500,10 @@ class CompiledCatalog:
     def _compile_models(self) -> None:
         models = self.catalog.models
         preds, slots, names = [], [], ["bias"]  # one input per predictor, per vector element
+        reads = Counter(p.key for p in models.predictors)
         for p in models.predictors:
+            # an input read twice (as is and as its log, say) is told apart by its transform
+            key = p.key if reads[p.key] == 1 else f"{p.key}:{p.transform}:{p.scale:g}"
             if p.source == "context":
                 spec = self.catalog.context[self.context_index[p.name]]
                 first, size = self.context_slot[p.name], spec.size
@@ -509,7 +512,7 @@ class CompiledCatalog:
                 first, size, vector = self.layout.slot[p.name], 1, False
             preds += [p] * size
             slots += range(first, first + size)
-            names += [f"{p.key}[{i}]" for i in range(size)] if vector else [p.key]
+            names += [f"{key}[{i}]" for i in range(size)] if vector else [key]
         self.predictor_names = names
         self.n_predictors = len(self.predictor_names)
         self.full_posterior = models.posterior == "full" or (

@@ -400,6 +400,8 @@ class DecisionEngine:
                 raise InputError("outcome", f"unknown outcome {outcome!r} (outcomes: "
                                             f"{', '.join(o.name.lower() for o in Outcome)})"
                                  ) from None
+            if len(rest) > 1:
+                raise ValueError(f"an outcome is 6 or 7 fields, got {6 + len(rest)}")
             value = rest[0] if rest else None
             if value is not None:
                 if code != Outcome.CONVERT:

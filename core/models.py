@@ -30,8 +30,9 @@ catalog.FULL_POSTERIOR_MAX_INPUTS inputs; "auto" takes it up to FULL_POSTERIOR_A
 the precision is then a matrix P per model, and the same one-example MAP moves the mean along
 S x, S = inv(P), with s = x' S x. Correlated predictors then share what an example teaught
 instead of each taking all of it. The precision still adds across shards (P += p(1-p) x x');
-the kernels keep S current between publishes by Sherman-Morrison, and every merge or adopt
-computes it again from P, so rounding in the rank-one updates never piles up.
+the kernels keep S current between publishes by Sherman-Morrison, and a merge or adopt
+computes it again from P for every model whose P changed, so rounding in the rank-one updates
+does not pile up. x' S x can round below zero: it counts as zero (kernel and twin alike).
 
 A posterior that is not finite never heals (q*m of an infinite q is NaN) and a learner would
 publish it to every shard, so nothing non-finite gets in: the kernels refuse such an update,
@@ -189,8 +190,8 @@ class ModelDelta:
                             for f in fields(self)))
 
     def learned(self) -> bool:
-        """Whether any outcome, or any standardised input, was seen (else nothing to send)."""
-        return bool(self.positives.any() or self.negatives.any() or self.inputs.any())
+        """Whether any outcome, value or standardised input was seen (else nothing to send)."""
+        return any(getattr(self, name).any() for name in (*COUNTS, "inputs"))
 
 
 def diagonal(precision: np.ndarray) -> np.ndarray:
@@ -295,6 +296,15 @@ class ModelTable:
         """Per-predictor precisions as this table keeps them (a diagonal matrix when full)."""
         return as_matrices(precision) if self.full else diagonal(precision).copy()
 
+    def converted(self, precision: np.ndarray) -> np.ndarray:
+        """A precision saved under the other kind of posterior, as this table keeps it: a
+        diagonal becomes a diagonal matrix; a matrix, the marginal precisions 1 / diag(S)."""
+        if precision.ndim == 2 and self.full:
+            return as_matrices(precision)
+        if precision.ndim == 3 and not self.full:
+            return 1.0 / np.diagonal(inverse(precision), axis1=1, axis2=2)
+        return precision
+
     def _refresh(self) -> None:
         if self.full:
             self.covariance = inverse(self.precision)
@@ -391,9 +401,14 @@ class ModelTable:
         """Shard side: take a published posterior (anything with the table's statistics as
         attributes, and its `version`), rebasing the pending delta onto it."""
         unsent = self.pending()
+        before = self.precision
         for name in ("mean", "precision", *COUNTS, "inputs"):
             setattr(self, name, getattr(published, name).copy())
-        self._refresh()
+        if self.full:  # most versions change a few models: invert only theirs
+            changed = np.flatnonzero(~per_model(self.precision == before).all(axis=1)) \
+                if before.shape == self.precision.shape else np.arange(len(self.precision))
+            self.covariance = self.covariance.copy()
+            self.covariance[changed] = inverse(self.precision[changed])
         self._mark()
         self.version = published.version
         self.merge(unsent)

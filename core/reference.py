@@ -304,7 +304,7 @@ def _propensity(c: CompiledCatalog, mv: ModelView, ws: Workspace, a: int, channe
         z += mv.mean[m, i] * x[i]
     if c.exploration != Exploration.NONE:
         if mv.covariance is not None:
-            var = _quadratic(mv.covariance[m], x)
+            var = max(_quadratic(mv.covariance[m], x), 0.0)  # NaN stays NaN, as in the kernel
         else:
             for i in range(len(x)):
                 var += x[i] * x[i] / mv.precision[m, i]
@@ -440,6 +440,8 @@ def _learn_full(mv: ModelView, m: int, x: np.ndarray, y: float) -> bool:
         for j in range(d):
             u[i] += S[i, j] * x[j]
         s += x[i] * u[i]
+    if s < 0.0:  # rounding in a near-singular S
+        s = 0.0
     p = sigmoid(one_example_logit(z0, s, y)) if math.isfinite(z0 + s) else math.nan
     w = p * (1.0 - p)
     shrink = w / (1.0 + w * s)

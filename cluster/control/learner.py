@@ -140,6 +140,7 @@ def restore_models(learner: Learner, blob: bytes) -> bool:
         return False
     m = learner.models
     stats = {name: saved.get(name, getattr(m, name)) for name in (*PER_MODEL, "inputs")}
+    stats["precision"] = m.converted(stats["precision"])  # saved under the other posterior
     if any(stats[name].shape != getattr(m, name).shape for name in stats):
         log.warning("learner: the saved posterior's shapes do not fit catalog %s; every model "
                     "starts from its prior", learner.compiled.version)

@@ -116,8 +116,8 @@ def _default(value: Any) -> Any:
         return msgpack.ExtType(code, _pack(fields_))
     if isinstance(value, np.generic):
         return value.item()
-    if isinstance(value, np.ndarray) and value.ndim == 1:  # a vector context key's numbers,
-        return np.ascontiguousarray(value, "<f8").tobytes()  # packed as it takes them
+    if isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind in "iuf":
+        return np.ascontiguousarray(value, "<f8").tobytes()  # a vector key's packed numbers
     raise TypeError(f"the data plane cannot carry a {cls.__name__}")
 
 

@@ -60,3 +60,21 @@ def test_a_saved_posterior_comes_back_with_a_higher_version_and_only_on_its_cata
     doc = yaml.safe_load(default_catalog_text())
     doc["version"] = "other"
     assert not restore_models(Learner(compile_catalog(load_catalog(yaml.safe_dump(doc)))), blob)
+
+
+def test_a_posterior_saved_diagonal_comes_back_into_a_full_one():
+    """An upgrade to full posteriors ("auto") keeps what the learner had saved."""
+    from kairos.cluster.control.learner import restore_models, save_models
+    diagonal_text = default_catalog_text().replace(
+        "  prior: {base_rate: 0.04", "  posterior: diagonal\n  prior: {base_rate: 0.04")
+    before = Learner(compile_catalog(load_catalog(diagonal_text)))
+    before.sync(before.compiled.version, learned(before.compiled, 5, 4), -1)
+    after = Learner(default_compiled())
+    assert after.models.full and not before.models.full
+    assert restore_models(after, save_models(before))
+    np.testing.assert_array_equal(after.models.mean, before.models.mean)
+    np.testing.assert_array_equal(diagonal(after.models.precision), before.models.precision)
+    assert after.models.positives[5] == 4
+    back = Learner(compile_catalog(load_catalog(diagonal_text)))
+    assert restore_models(back, save_models(after))
+    np.testing.assert_allclose(back.models.precision, before.models.precision)

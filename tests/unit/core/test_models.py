@@ -238,3 +238,16 @@ def test_the_posterior_option_and_its_limit():
     with pytest.raises(CatalogError, match=r"models\.posterior: a full posterior takes at most "
                                            r"63 predictor inputs, got 90"):
         compiled_from_text(full.replace("size: 30", "size: 80"))
+
+
+def test_an_input_read_twice_is_two_predictors_and_a_value_alone_is_learning():
+    text = default_catalog_text().replace(
+        "    - {name: orders, transform: log1p}\n",
+        "    - {name: orders, transform: log1p}\n    - {name: orders}\n")
+    compiled = compiled_from_text(text)
+    assert "orders:log1p:1" in compiled.predictor_names
+    assert "orders:identity:1" in compiled.predictor_names
+    table = ModelTable(compiled)
+    table.value_count[3] += 1
+    table.value_sum[3] += 20.0
+    assert table.take_delta().learned() and not table.take_delta().learned()

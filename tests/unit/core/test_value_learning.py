@@ -77,3 +77,9 @@ def test_values_from_every_shard_add_up_at_the_learner():
     for shard in shards:
         published = learner.sync(shard.compiled.version, shard.models.take_delta(), -1)
     assert published.value_count.sum() == 2 and published.value_sum.sum() == 40.0
+
+
+def test_an_outcome_of_more_than_seven_fields_is_refused():
+    with pytest.raises(ValueError, match="6 or 7 fields, got 8"):
+        engine_for().record_outcomes([("ana", "track_order", "web", "convert", T0, None, 1.0,
+                                       "extra")])

@@ -119,8 +119,9 @@ def test_a_vector_travels_packed_as_little_endian_float64():
         context = answer[3][3]
         assert context["x"] == vector.astype("<f8").tobytes()
         assert np.frombuffer(context["n"], "<f8").tolist() == [0.0, 1.0]
-        with pytest.raises(TypeError, match="cannot carry a ndarray"):
-            await connection.call("s", 1, [("decide", np.zeros((2, 2)))], [1])
+        for bad in (np.zeros((2, 2)), np.array([True, False]), np.array(["a"])):
+            with pytest.raises(TypeError, match="cannot carry a ndarray"):
+                await connection.call("s", 1, [("decide", bad)], [1])
         await connection.close()
         server.close()
 
