@@ -57,9 +57,9 @@ from kairos.cluster.settings import (PLANE_CALL_S, PLANE_CONNECTIONS, PLANE_CONT
 from kairos.cluster.transport.backend import NotSent
 
 log = logging.getLogger("kairos.dataplane")
-# 3: a challenge-response handshake of fixed layouts; a client and a shard of different
-# versions refuse each other
-PROTOCOL = 3
+# 3: a challenge-response handshake of fixed layouts; 4: outcomes carry a convert's value.
+# A client and a shard of different versions refuse each other
+PROTOCOL = 4
 MAGIC = b"KAIROSDP"
 NONCE_BYTES = 32
 _CHALLENGE = struct.Struct(f">8sH{NONCE_BYTES}s")
