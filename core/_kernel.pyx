@@ -15,6 +15,7 @@ IMPLEMENTATION = "cython"
 cdef double HISTORY_EPOCH_S = 1577836800.0  # state.HISTORY_EPOCH_S
 cdef int ONE_EXAMPLE_STEPS = 100  # models.ONE_EXAMPLE_STEPS
 cdef double ONE_EXAMPLE_TOLERANCE = 1e-12  # models.ONE_EXAMPLE_TOLERANCE
+cdef double SELECTION_TAIL = 6.0  # reference.SELECTION_TAIL
 cdef double MIN_RELATIVE_VARIANCE = 1e-12  # models.MIN_RELATIVE_VARIANCE
 
 OPCODES = {name: value for name, value in dict(
@@ -41,6 +42,7 @@ cdef class CatalogView:
     cdef int n_actions, n_channels, n_groups, n_predictors, history_size, exploration
     cdef int n_decayed, n_weights
     cdef double restraint, ucb_alpha, trial_rate, value_prior_weight
+    cdef int selection_samples
     cdef const int8_t[::1] view_kind
     cdef const double[::1] view_inv_hl
     cdef const int32_t[::1] update_start, update_kind, update_slot, update_field
@@ -84,6 +86,7 @@ cdef class CatalogView:
         self.ucb_alpha = c.ucb_alpha
         self.trial_rate = c.trial_rate
         self.value_prior_weight = c.value_prior_weight
+        self.selection_samples = c.selection_samples
         self.view_kind = c.layout.view_kind
         self.view_inv_hl = c.layout.view_inv_half_life
         self.update_start = c.update_start
@@ -195,9 +198,16 @@ cdef class Workspace:
     """Output buffers for up to `capacity` decisions, scratch space and the random stream."""
 
     cdef readonly int capacity
-    cdef public object out_action, out_factors, out_count, reasons, factors, predictors
+    cdef public object out_action, out_factors, out_count, out_selection, reasons, factors
+    cdef public object predictors
     cdef int32_t[:, ::1] _out_action
     cdef double[:, :, ::1] _out_factors
+    cdef double[:, ::1] _out_selection
+    cdef double[::1] _logit, _spread, _sampled  # Thompson's logit and spread; a sample's priorities
+    cdef double[::1] _top, _group_low  # the selection's pruning bound
+    cdef uint8_t[::1] _active
+    cdef int32_t[::1] _active_list
+    cdef int32_t[::1] _sample_slots, _hits
     cdef int32_t[::1] _out_count
     cdef int8_t[:, ::1] _reasons
     cdef double[:, :, ::1] _factors
@@ -214,12 +224,23 @@ cdef class Workspace:
         self.capacity = capacity
         self.out_action = np.zeros((capacity, k), np.int32)
         self.out_factors = np.zeros((capacity, k, N_FACTORS))
+        self.out_selection = np.zeros((capacity, k))
         self.out_count = np.zeros(capacity, np.int32)
         self.reasons = np.zeros((capacity, n_actions), np.int8)
         self.factors = np.zeros((capacity, n_actions, N_FACTORS))
         self.predictors = np.zeros((capacity, compiled.n_predictors))
         self._out_action = self.out_action
         self._out_factors = self.out_factors
+        self._out_selection = self.out_selection
+        self._logit = np.zeros(n_actions)
+        self._spread = np.zeros(n_actions)
+        self._sampled = np.zeros(n_actions)
+        self._sample_slots = np.zeros(k, np.int32)
+        self._top = np.zeros(k + 1)
+        self._group_low = np.zeros(max(len(compiled.group_names), 1))
+        self._active = np.zeros(n_actions, np.uint8)
+        self._active_list = np.zeros(n_actions, np.int32)
+        self._hits = np.zeros(k, np.int32)
         self._out_count = self.out_count
         self._reasons = self.reasons
         self._factors = self.factors
@@ -668,6 +689,8 @@ cdef inline double _propensity(CatalogView cat, ModelView mv, Workspace ws, Py_s
                 var += x[i] * x[i] / mv.precision[m, i]
         spread = sqrt(cat.explore_scale[a] * var)
         if cat.exploration == EXPLORE_THOMPSON:
+            ws._logit[a] = z
+            ws._spread[a] = spread
             z += spread * _normal(&ws._rng)
         else:
             z += cat.ucb_alpha * spread
@@ -807,6 +830,165 @@ cdef void _decide_one(CatalogView cat, StateView st, ModelView mv, Workspace ws,
         a = ws._candidates[j]
         if reasons[a] == R_TOP_K and ws._blocked[cat.action_group[a]]:
             reasons[a] = R_GROUP_LIMIT
+    _selection(cat, mv, ws, channel, reasons, factors, k, out)
+
+
+cdef inline bint _scored(const int8_t* reasons, Py_ssize_t a) noexcept nogil:
+    return (reasons[a] == R_RESTRAINT or reasons[a] == R_TOP_K or reasons[a] == R_SELECTED
+            or reasons[a] == R_GROUP_LIMIT)
+
+
+cdef inline bint _untried_scored(CatalogView cat, ModelView mv, int channel,
+                                 const int8_t* reasons, const double* factors,
+                                 Py_ssize_t a) noexcept nogil:
+    """_untried, after the selection turned some scored actions SELECTED or GROUP_LIMIT."""
+    return (_scored(reasons, a)
+            and factors[a * N_FACTORS + 1] * factors[a * N_FACTORS + 2] * cat.lever[a] > 0.0
+            and mv.positives[a * cat.n_channels + channel] == 0.0)
+
+
+cdef inline void _bound(CatalogView cat, Workspace ws, const double* factors, Py_ssize_t a,
+                        double* low, double* high) noexcept nogil:
+    """The priorities between which a's re-runs fall but for SELECTION_TAIL-sigma draws."""
+    cdef double w = factors[a * N_FACTORS + 1] * factors[a * N_FACTORS + 2] * cat.lever[a]
+    if cat.exploration == EXPLORE_THOMPSON:
+        low[0] = _sigmoid(ws._logit[a] - SELECTION_TAIL * ws._spread[a]) * w
+        high[0] = _sigmoid(ws._logit[a] + SELECTION_TAIL * ws._spread[a]) * w
+    else:
+        low[0] = high[0] = factors[a * N_FACTORS + 3]
+
+
+cdef void _prune(CatalogView cat, Workspace ws, const int8_t* reasons, const double* factors,
+                 int k, Py_ssize_t out) noexcept nogil:
+    """Marks the scored actions a re-run can rank (`_active`): those whose highest priority
+    reaches the (k+1)-th highest lowest priority among the groups (each action of a group
+    that allows several), as k+1 such rivals leave one ahead of it whatever the trial takes;
+    and those the decision showed."""
+    cdef Py_ssize_t a, j, n_top = 0
+    cdef double low, high, bar = -INFINITY, v
+    cdef int g
+    for g in range(cat.n_groups):
+        ws._group_low[g] = NAN
+    for a in range(cat.n_actions):
+        ws._active[a] = 0
+        if not _scored(reasons, a):
+            continue
+        _bound(cat, ws, factors, a, &low, &high)
+        if not low >= cat.restraint:
+            continue
+        g = cat.action_group[a]
+        if cat.group_multiple[g]:
+            v = low
+        elif not ws._group_low[g] >= low:  # the group's best (NaN: none yet)
+            ws._group_low[g] = low
+            continue
+        else:
+            continue
+        n_top = _keep_top(ws, n_top, k + 1, v)
+    for g in range(cat.n_groups):
+        if ws._group_low[g] == ws._group_low[g]:
+            n_top = _keep_top(ws, n_top, k + 1, ws._group_low[g])
+    if n_top == k + 1:
+        bar = ws._top[k]
+    for a in range(cat.n_actions):
+        if _scored(reasons, a):
+            _bound(cat, ws, factors, a, &low, &high)
+            ws._active[a] = high >= bar
+    for j in range(ws._out_count[out]):
+        ws._active[ws._out_action[out, j]] = 1
+
+
+cdef inline Py_ssize_t _keep_top(Workspace ws, Py_ssize_t n, Py_ssize_t size,
+                                 double v) noexcept nogil:
+    """Inserts v into the descending list ws._top of at most `size`; its new length."""
+    cdef Py_ssize_t i
+    if n == size and not v > ws._top[n - 1]:
+        return n
+    if n < size:
+        n += 1
+    i = n - 1
+    while i > 0 and v > ws._top[i - 1]:
+        ws._top[i] = ws._top[i - 1]
+        i -= 1
+    ws._top[i] = v
+    return n
+
+
+cdef void _selection(CatalogView cat, ModelView mv, Workspace ws, int channel,
+                     const int8_t* reasons, const double* factors, int k,
+                     Py_ssize_t out) noexcept nogil:
+    """For each slot the decision filled, the probability that the policy shows that action
+    there: 1 when nothing was drawn at random, else the share of runs of the draws (Thompson's
+    logits, the trial) that show it there: the decision's own and `selection_samples` re-runs.
+    The re-runs draw from a stream of their own, seeded by the decision's, so the decision's
+    own draws are as before."""
+    cdef Py_ssize_t a, i, j, s, best, n_untried = 0, n_active = 0, pick
+    cdef int n = ws._out_count[out], g, filled
+    cdef double best_p
+    cdef uint64_t rng = ws._rng ^ <uint64_t>0xD1B54A32D192ED03
+    cdef bint random = False
+    for a in range(cat.n_actions):
+        if _scored(reasons, a) and cat.exploration == EXPLORE_THOMPSON and ws._spread[a] > 0.0:
+            random = True
+        if cat.trial_rate > 0.0 and _untried_scored(cat, mv, channel, reasons, factors, a):
+            n_untried += 1
+    if n_untried > 0:
+        random = True
+    for j in range(n):
+        ws._out_selection[out, j] = 1.0
+        ws._hits[j] = 1  # the decision's own draws are one run: no estimate is 0
+    if not random or n == 0:
+        return
+    _prune(cat, ws, reasons, factors, k, out)
+    for a in range(cat.n_actions):
+        if ws._active[a]:
+            ws._active_list[n_active] = <int32_t>a
+            n_active += 1
+    for s in range(cat.selection_samples):
+        for i in range(n_active):
+            a = ws._active_list[i]
+            if cat.exploration == EXPLORE_THOMPSON:
+                ws._sampled[a] = _sigmoid(ws._logit[a] + ws._spread[a] * _normal(&rng)) * \
+                    factors[a * N_FACTORS + 1] * factors[a * N_FACTORS + 2] * cat.lever[a]
+            else:
+                ws._sampled[a] = factors[a * N_FACTORS + 3]
+        for g in range(cat.n_groups):
+            ws._blocked[g] = 0
+        filled = 0
+        if n_untried > 0 and _uniform(&rng) < cat.trial_rate:
+            pick = <Py_ssize_t>(_uniform(&rng) * n_untried)
+            for a in range(cat.n_actions):
+                if _untried_scored(cat, mv, channel, reasons, factors, a):
+                    if pick == 0:
+                        break
+                    pick -= 1
+            ws._sample_slots[0] = <int32_t>a
+            ws._sampled[a] = NAN  # shown: out of the ranking (and never drawn when inactive)
+            filled = 1
+            if not cat.group_multiple[cat.action_group[a]]:
+                ws._blocked[cat.action_group[a]] = 1
+        while filled < k:
+            best = -1
+            best_p = 0.0
+            for i in range(n_active):
+                a = ws._active_list[i]
+                if ws._blocked[cat.action_group[a]] or not ws._sampled[a] >= cat.restraint:
+                    continue
+                if best < 0 or ws._sampled[a] > best_p:
+                    best = a
+                    best_p = ws._sampled[a]
+            if best < 0:
+                break
+            ws._sample_slots[filled] = <int32_t>best
+            ws._sampled[best] = NAN
+            filled += 1
+            if not cat.group_multiple[cat.action_group[best]]:
+                ws._blocked[cat.action_group[best]] = 1
+        for j in range(min(n, filled)):
+            if ws._sample_slots[j] == ws._out_action[out, j]:
+                ws._hits[j] += 1
+    for j in range(n):
+        ws._out_selection[out, j] = <double>ws._hits[j] / (cat.selection_samples + 1)
 
 
 def decide(CatalogView cat, StateView st, ModelView mv, Workspace ws, const int64_t[::1] rows,

@@ -41,6 +41,7 @@ DEFAULT_VARIANCE_SCALE = 0.1
 # one-example solve's bracket outgrows what its steps can halve (models.ONE_EXAMPLE_STEPS)
 MIN_PRECISION = 1e-6
 DEFAULT_TRIAL_RATE = 0.02  # decisions that try an action not yet accepted on the channel
+DEFAULT_SELECTION_SAMPLES, MAX_SELECTION_SAMPLES = 128, 65_536
 POSTERIORS = ("auto", "full", "diagonal")
 DEFAULT_VALUE_PRIOR_WEIGHT = 10.0
 # Inputs, the intercept included, a full-covariance posterior may have: a decision costs
@@ -171,6 +172,9 @@ class Exploration:
     # been accepted on the channel, that show one such action first (drawn at random): a
     # pessimistic prior then cannot lock onto the first action that got an accept.
     trial_rate: float = DEFAULT_TRIAL_RATE
+    # How many re-runs of a decision's random draws estimate the probability that it shows
+    # what it showed (standard error at most 0.5 / sqrt(selection_samples))
+    selection_samples: int = DEFAULT_SELECTION_SAMPLES
 
 
 @dataclass(frozen=True)
@@ -847,7 +851,7 @@ class _Reader:
 
     def exploration(self, path: Path, groups: tuple[str, ...]) -> Exploration:
         spec = self.mapping(path, (), ("method", "variance_scale", "ucb_alpha", "trial_rate",
-                                       "groups"))
+                                       "selection_samples", "groups"))
         kw: dict[str, Any] = {}
         if "method" in spec:
             kw["method"] = self.choice(path + ("method",), EXPLORATION_METHODS)
@@ -857,6 +861,9 @@ class _Reader:
             kw["ucb_alpha"] = self.number(path + ("ucb_alpha",), minimum=0.0)
         if "trial_rate" in spec:
             kw["trial_rate"] = self.number(path + ("trial_rate",), minimum=0.0, maximum=1.0)
+        if "selection_samples" in spec:
+            kw["selection_samples"] = self.integer(path + ("selection_samples",), minimum=1,
+                                                   maximum=MAX_SELECTION_SAMPLES)
         if "groups" in spec:
             per_group = {}
             for group in self.mapping(path + ("groups",), open_keys=True):

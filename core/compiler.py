@@ -494,6 +494,7 @@ class CompiledCatalog:
         self.exploration = Exploration[exp.method.upper()]
         self.ucb_alpha = exp.ucb_alpha
         self.trial_rate = exp.trial_rate if self.exploration != Exploration.NONE else 0.0
+        self.selection_samples = exp.selection_samples
         self.explore_scale = np.array([exp.group_variance_scale.get(a.group, exp.variance_scale)
                                        for a in self.catalog.actions], np.float64)
 

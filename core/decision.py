@@ -25,6 +25,10 @@ class RankedAction:
     value: float  # the action's value for this customer (its value rule, or a constant)
     weight: float  # the context weight of the action's group on this channel and context
     lever: float  # the business lever the catalog sets on the action
+    # the probability that the policy shows this action at this slot (the decision's draws
+    # and selection_samples re-runs of them; exact 1 when nothing was drawn); 0 for a
+    # fallback, which nothing scored
+    selection: float = 1.0
 
 
 @dataclass(frozen=True)

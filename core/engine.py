@@ -292,8 +292,9 @@ class DecisionEngine:
         ws, c = self.workspace, self.compiled
         n = int(ws.out_count[i])
         codes = tuple(ws.out_action[i, :n].tolist())
-        actions = tuple(self._ranked(a, channel, factors) for a, factors in
-                        zip(codes, ws.out_factors[i, :n].tolist()))
+        actions = tuple(self._ranked(a, channel, factors, selection) for a, factors, selection
+                        in zip(codes, ws.out_factors[i, :n].tolist(),
+                               ws.out_selection[i, :n].tolist()))
         decision_id = f"{self._prefix}{next(self._decisions):x}"
         self._remember(decision_id, _Remembered(customer_id, channel, ws.predictors[i].copy(),
                                                 codes))
@@ -302,11 +303,12 @@ class DecisionEngine:
                         c.placement_names[channel][placement], actions, c.version,
                         self.models.version, False, explanation)
 
-    def _ranked(self, a: int, channel: int, factors: list[float]) -> RankedAction:
+    def _ranked(self, a: int, channel: int, factors: list[float],
+                selection: float) -> RankedAction:
         c = self.compiled
         propensity, weight, value, priority = factors
         return RankedAction(c.action_ids[a], self._groups[a], c.treatments[a][channel],
-                            priority, propensity, value, weight, self._levers[a])
+                            priority, propensity, value, weight, self._levers[a], selection)
 
     def _explain(self, i: int, channel: int, winners: tuple[RankedAction, ...]) -> Explanation:
         c, ws = self.compiled, self.workspace

@@ -48,6 +48,9 @@ class Workspace:
         self.capacity = capacity
         self.out_action = np.zeros((capacity, k), np.int32)
         self.out_factors = np.zeros((capacity, k, N_FACTORS))
+        self.out_selection = np.zeros((capacity, k))
+        self._logit = np.zeros(n_actions)  # Thompson's mean logit and spread per action
+        self._spread = np.zeros(n_actions)
         self.out_count = np.zeros(capacity, np.int32)
         self.reasons = np.zeros((capacity, n_actions), np.int8)
         self.factors = np.zeros((capacity, n_actions, N_FACTORS))
@@ -260,6 +263,89 @@ def decide_one(cat: CatalogView, st: StateView, mv: ModelView, ws: Workspace, ro
     k = _top_k(c, channel, placement, k_req)
     trial = _trial(c, mv, ws, channel, reasons, factors) if k > 0 else None
     _select(c, ws, out, candidates, factors, k, trial)
+    _selection(c, mv, ws, channel, reasons, factors, k, out)
+
+
+SCORED = (Reason.RESTRAINT, Reason.TOP_K, Reason.SELECTED, Reason.GROUP_LIMIT)
+SELECTION_TAIL = 6.0  # sigmas of a Thompson draw the selection's pruning allows for
+
+
+def _bounds(c: CompiledCatalog, ws: Workspace, factors, a: int) -> tuple[float, float]:
+    """The priorities between which a's re-runs fall but for SELECTION_TAIL-sigma draws."""
+    if c.exploration != Exploration.THOMPSON:
+        return factors[a, 3], factors[a, 3]
+    w = factors[a, 1] * factors[a, 2] * c.lever[a]
+    return (sigmoid(ws._logit[a] - SELECTION_TAIL * ws._spread[a]) * w,
+            sigmoid(ws._logit[a] + SELECTION_TAIL * ws._spread[a]) * w)
+
+
+def _active(c: CompiledCatalog, ws: Workspace, scored: list[int], factors, k: int,
+            shown: list[int]) -> list[int]:
+    """The scored actions a re-run can rank: those whose highest priority reaches the
+    (k+1)-th highest lowest priority among the groups (each action of a group that allows
+    several), as k+1 such rivals leave one ahead of it whatever the trial takes; and those
+    the decision showed (the kernel's `_prune`)."""
+    best_of_group: dict[int, float] = {}
+    lows = []
+    for a in scored:
+        low = _bounds(c, ws, factors, a)[0]
+        if not low >= c.restraint_threshold:
+            continue
+        g = int(c.action_group[a])
+        if c.group_multiple[g]:
+            lows.append(low)
+        elif not best_of_group.get(g, math.nan) >= low:
+            best_of_group[g] = low
+    lows += best_of_group.values()
+    lows.sort(reverse=True)
+    bar = lows[k] if len(lows) >= k + 1 else -math.inf
+    return [a for a in scored if _bounds(c, ws, factors, a)[1] >= bar or a in shown]
+SELECTION_STREAM = 0xD1B54A32D192ED03  # xor'ed into the decision's stream for the re-runs
+
+
+def _selection(c: CompiledCatalog, mv: ModelView, ws: Workspace, channel: int, reasons,
+               factors, k: int, out: int) -> None:
+    """For each slot the decision filled, the probability that the policy shows that action
+    there: 1 when nothing was drawn at random, else the share of runs of the draws (Thompson's
+    logits, the trial) that show it there: the decision's own and `selection_samples`
+    re-runs, from a stream of their own (the kernel's draws, in its order)."""
+    n = int(ws.out_count[out])
+    ws.out_selection[out, :n] = 1.0
+    thompson = c.exploration == Exploration.THOMPSON
+    scored = [a for a in range(len(c.action_ids)) if reasons[a] in SCORED]
+    untried = [a for a in scored if c.trial_rate > 0.0
+               and factors[a, 1] * factors[a, 2] * c.lever[a] > 0.0
+               and mv.positives[c.model_index(a, channel)] == 0.0]
+    if n == 0 or not (untried or (thompson and any(ws._spread[a] > 0.0 for a in scored))):
+        return
+    rng = SplitMix64(ws._rng.state ^ SELECTION_STREAM)
+    hits = [1] * n  # the decision's own draws are one run: no estimate is 0
+    active = _active(c, ws, scored, factors, k, ws.out_action[out, :n].tolist())
+    for _ in range(c.selection_samples):
+        sampled = {a: sigmoid(ws._logit[a] + ws._spread[a] * rng.normal()) * factors[a, 1]
+                   * factors[a, 2] * c.lever[a] if thompson else factors[a, 3] for a in active}
+        slots: list[int] = []
+        blocked: set[int] = set()
+
+        def show(a: int) -> None:
+            slots.append(a)
+            sampled[a] = math.nan  # out of the ranking
+            if not c.group_multiple[c.action_group[a]]:
+                blocked.add(c.action_group[a])
+        if untried and rng.uniform() < c.trial_rate:
+            show(untried[int(rng.uniform() * len(untried))])
+        while len(slots) < k:
+            best = None
+            for a in active:
+                if c.action_group[a] not in blocked and sampled[a] >= c.restraint_threshold \
+                        and (best is None or sampled[a] > sampled[best]):
+                    best = a
+            if best is None:
+                break
+            show(best)
+        for j in range(min(n, len(slots))):
+            hits[j] += slots[j] == ws.out_action[out, j]
+    ws.out_selection[out, :n] = [h / (c.selection_samples + 1) for h in hits]
 
 
 def _trial(c: CompiledCatalog, mv: ModelView, ws: Workspace, channel: int, reasons,
@@ -310,6 +396,7 @@ def _propensity(c: CompiledCatalog, mv: ModelView, ws: Workspace, a: int, channe
                 var += x[i] * x[i] / mv.precision[m, i]
         spread = math.sqrt(c.explore_scale[a] * var)
         if c.exploration == Exploration.THOMPSON:
+            ws._logit[a], ws._spread[a] = z, spread
             z += spread * ws._rng.normal()
         else:
             z += c.ucb_alpha * spread

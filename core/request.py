@@ -87,7 +87,7 @@ def fallback_decision(compiled: CompiledCatalog, customer_id: str, channel: str,
     actions = tuple(RankedAction(compiled.action_ids[a],
                                  compiled.group_names[compiled.action_group[a]],
                                  compiled.treatments[a][ch], 0.0, 0.0, 0.0, 1.0,
-                                 float(compiled.lever[a]))
+                                 float(compiled.lever[a]), 0.0)
                     for a in compiled.fallbacks.get(ch, ()))
     return Decision(f"fallback-{uuid.uuid4().hex[:16]}", customer_id,
                     compiled.channel_names[ch], compiled.placement_names[ch][pl], actions,

@@ -57,7 +57,8 @@ def value_out(value: Any, vtype: str = "") -> pb.Value:
 def ranked_out(a: RankedAction) -> pb.RankedAction:
     return pb.RankedAction(action_id=a.action_id, group=a.group, treatment=a.treatment,
                            priority=a.priority, propensity=a.propensity, value=a.value,
-                           context_weight=a.weight, lever=a.lever)
+                           context_weight=a.weight, lever=a.lever,
+                           selection_probability=a.selection)
 
 
 def decision_out(d: Decision) -> pb.Decision:

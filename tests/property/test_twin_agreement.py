@@ -142,7 +142,8 @@ def catalogs(draw):
         max_size=3))]
     method = draw(st.sampled_from(["none", "thompson", "ucb"]))
     arb["exploration"] = {"method": method, "variance_scale": draw(st.sampled_from([0.1, 1.0])),
-                          "ucb_alpha": 1.5, "trial_rate": draw(st.sampled_from([0.0, 0.3, 1.0]))}
+                          "ucb_alpha": 1.5, "trial_rate": draw(st.sampled_from([0.0, 0.3, 1.0])),
+                          "selection_samples": draw(st.sampled_from([1, 16]))}
     doc["models"]["groups"] = {}
     doc["models"]["posterior"] = draw(st.sampled_from(["full", "diagonal"]))
     doc["models"]["value"] = draw(st.sampled_from([{"learn": False}, {"prior_weight": 0},
@@ -291,6 +292,8 @@ def test_kernel_matches_twin(doc, steps, seed, poisoned):
             assert n == b.out_count[0]
             np.testing.assert_array_equal(a.out_action[0, :n], b.out_action[0, :n])
             assert_close(a.out_factors[0, :n], b.out_factors[0, :n], "winner factors")
+            assert_close(a.out_selection[0, :n], b.out_selection[0, :n], "selection")
+            assert ((0.0 <= a.out_selection[0, :n]) & (a.out_selection[0, :n] <= 1.0)).all()
             scored = a.reasons[0] >= 11  # RESTRAINT, GROUP_LIMIT, TOP_K carry factors
             assert_close(a.factors[0][scored], b.factors[0][scored], "factors")
             assert_close(a.predictors[0], b.predictors[0], "predictors")

@@ -69,7 +69,7 @@ def test_fallback_decision(small):
     assert d.fallback and d.model_version == 0 and d.catalog_version == "t1"
     assert d.explanation is None
     assert d.actions == (RankedAction("track_order", "serve", "track_widget", 0.0, 0.0, 0.0, 1.0,
-                                      1.0),)
+                                      1.0, 0.0),)
     assert fallback_decision(small, "c", "web").decision_id != d.decision_id
 
 

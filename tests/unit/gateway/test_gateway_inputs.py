@@ -232,6 +232,7 @@ def test_a_conversions_value_is_learned_and_a_bad_one_is_invalid_argument(served
     decision = stub.Decide(pb.DecideRequest(customer_id="buyer-1", channel="web"),
                            timeout=DEADLINE_S)
     shown = decision.actions[0].action_id
+    assert all(0.0 < a.selection_probability <= 1.0 for a in decision.actions)
     respond = dict(customer_id="buyer-1", decision_id=decision.decision_id, action_id=shown,
                    channel="web")
     for outcome, value, reason in ((pb.ACCEPT, 10.0, "only a convert carries a value"),
