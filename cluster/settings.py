@@ -146,6 +146,15 @@ RETIRE_GRACE_S = number("RETIRE_GRACE_S", 5.0)
 # Share of all partitions one rebalancing round may move (Akka moves at most 10 %): requests
 # for a moving partition wait, so smaller rounds mean shorter waits and more rounds.
 MAX_MOVE_FRACTION = number("MAX_MOVE_FRACTION", 0.1, above=True, high=1.0)
+# Shards a node that joins gets, per CPU it offers Ray (at least one): the shard count grows
+# with the cluster. A shard is one single-threaded process, so one per core is the default.
+SHARDS_PER_CPU = number("SHARDS_PER_CPU", 1.0, above=True, high=64.0)
+# How long a draining node's gateway keeps serving after its health turned NOT_SERVING, so that
+# load balancers and readiness probes take it out before it stops (Kubernetes: a readiness
+# probe's period times its failure threshold, plus the endpoints' propagation).
+DRAIN_UNREADY_S = number("DRAIN_UNREADY_S", 5.0, high=3600.0)
+# How long a gateway's stop lets the calls it is serving finish.
+GATEWAY_STOP_GRACE_S = number("GATEWAY_STOP_GRACE_S", 10.0, high=3600.0)
 # The most often the learner saves its posterior to the store: the most learning a restart
 # of the learner can lose.
 LEARNER_SAVE_S = number("LEARNER_SAVE_S", 2.0, high=3600.0)

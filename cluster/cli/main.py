@@ -8,10 +8,14 @@
                                         and a cluster started again on it takes up where it
                                         stopped
     kairos start --address HOST:PORT    the same on a Ray cluster something else started (KubeRay's
-                                        head pod): the runtime and a gateway on every node
+                                        head pod): the runtime and a gateway on every node;
+                                        nodes that join later get a gateway and shards
     kairos demo [--local]               replay a cross-channel journey against it, printing each
                                         decision as it changes (--local: in-process, no cluster)
     kairos status                       nodes, shards, partitions, customers, versions
+    kairos drain NODE                   take a node out under traffic: its gateway turns
+                                        NOT_SERVING, its partitions move, its shards and
+                                        gateway stop (a KubeRay worker's preStop hook)
     kairos catalog validate FILE...     check catalogs; errors name file, line:column and path
     kairos catalog push FILE            validate, then switch the cluster to it
     kairos down                         stop the gateways, the runtime and the Ray cluster that
@@ -31,7 +35,6 @@ import stat
 import subprocess
 import sys
 import time
-from typing import Callable
 
 import grpc
 
@@ -39,7 +42,7 @@ from kairos.core.catalog import load_catalog_file
 from kairos.core.compiler import compile_catalog
 from kairos.core.errors import CatalogError
 
-from kairos.cluster.cli import demo, local
+from kairos.cluster.cli import demo, local, operate
 from kairos.cluster.storage.store import redact  # light: no store's client is imported
 
 # the embedded default's store: a directory that outlives `kairos down`
@@ -92,12 +95,12 @@ def checked_inputs(args: argparse.Namespace) -> str | None:
     except SecretFileError as exc:
         raise Refused(f"error: {exc}", 2) from None
     try:
-        catalog_text = _read(args.catalog) if args.catalog else None
+        catalog_text = operate.read_text(args.catalog) if args.catalog else None
         if catalog_text is not None:
             compile_catalog(load_catalog_file(args.catalog))
         # checked here, read again by each gateway from the file (or the variable, which Ray's
         # processes inherit): secrets never travel as Ray task arguments
-        Auth.load(_read(args.keys) if args.keys else os.environ.get(KEYS_ENV))
+        Auth.load(operate.read_text(args.keys) if args.keys else os.environ.get(KEYS_ENV))
         if args.tls_cert:
             Tls.from_files(args.tls_cert, args.tls_key, args.tls_client_ca)
     except (CatalogError, ValueError) as exc:
@@ -210,7 +213,7 @@ def _start(args: argparse.Namespace, run: local.Run, catalog_text: str | None) -
     reach = local.LOOPBACK if args.host in ("0.0.0.0", "::", "") else args.host
     # node i's gateway on port + i: every node of `kairos up` is on this machine
     run.gateways = [f"{reach}:{port}" for _, port in _start_kairos(
-        args, run.ray_address, catalog_text, lambda i: args.port + i if args.port else 0)]
+        args, run.ray_address, catalog_text, consecutive=True)]
     local.write_run(run)
 
 
@@ -224,7 +227,7 @@ def start(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return exc.status
     try:
-        gateways = _start_kairos(args, args.address, catalog_text, lambda i: args.port)
+        gateways = _start_kairos(args, args.address, catalog_text, consecutive=False)
     except Exception as exc:  # Ray not reachable, a gateway that could not bind, ...
         print(f"error: Kairos did not start on the Ray cluster at {args.address}: {exc}",
               file=sys.stderr)
@@ -236,41 +239,41 @@ def start(args: argparse.Namespace) -> int:
 
 
 def _start_kairos(args: argparse.Namespace, address: str, catalog_text: str | None,
-                  port_of: Callable[[int], int]) -> list[tuple[str, int]]:
-    """Join the Ray cluster at `address` as a driver, start the runtime on it and a gateway on
-    every node alive (node i's on `port_of(i)`; 0: any free port); each gateway's (node
-    address, port)."""
+                  consecutive: bool) -> list[tuple[str, int]]:
+    """Join the Ray cluster at `address` as a driver and start the runtime on it, with a
+    gateway on every node, now and as nodes join (`consecutive`: gateway n on --port + n, for
+    nodes that share this machine; else each on --port; 0: any free port); each gateway's
+    (node address, port), in the order of the gateways' numbers."""
     import ray
 
     from kairos.cluster.control import runtime
-    from kairos.cluster.gateway.actor import GatewayActor
+    from kairos.cluster.control.nodes import GatewaySpec
     from kairos.cluster.gateway.auth import KEYS_ENV
     from kairos.cluster.settings import NAMESPACE
 
+    tls_files = tuple(os.path.abspath(p) if p else None for p in
+                      (args.tls_cert, args.tls_key, args.tls_client_ca)) \
+        if args.tls_cert else None
+    spec = GatewaySpec(args.host, args.port, consecutive,
+                       keys_file=os.path.abspath(args.keys) if args.keys else None,
+                       keys_env=None if args.keys else KEYS_ENV, tls_files=tls_files)
     ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING")
     try:
+        per_cpu = {"shards_per_cpu": args.shards_per_cpu} if args.shards_per_cpu else {}
         runtime.start(n_shards=args.shards, catalog_text=catalog_text, store=args.store,
-                      journal_policy=args.journal_policy)
-        tls_files = tuple(os.path.abspath(p) if p else None for p in
-                          (args.tls_cert, args.tls_key, args.tls_client_ca)) \
-            if args.tls_cert else None
-        nodes = sorted((n["NodeID"], n["NodeManagerAddress"]) for n in ray.nodes()
-                       if n["Alive"])
-        gateways = []
-        for i, (node, node_address) in enumerate(nodes):
-            gateway = runtime.gateway_actor(
-                GatewayActor, i, node, host=args.host, port=port_of(i),
-                keys_file=os.path.abspath(args.keys) if args.keys else None,
-                keys_env=None if args.keys else KEYS_ENV, tls_files=tls_files)
-            gateways.append((node_address, ray.get(gateway.start.remote())))
-        return gateways
+                      journal_policy=args.journal_policy, gateways=spec, **per_cpu)
+        nodes = ray.get(runtime.controller().status.remote())["node_status"]
+        return [(n["address"], n["gateway_port"])
+                for n in sorted(nodes, key=lambda n: n["gateway_index"])]
     finally:
         ray.shutdown()
 
 
-def _read(path: str) -> str:
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+def _positive(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
 
 
 def _describe(run: local.Run) -> str:
@@ -322,33 +325,6 @@ def down(args: argparse.Namespace) -> int:
     return 0
 
 
-def status(args: argparse.Namespace) -> int:
-    from kairos.cluster.cli.remote import Remote
-    st = Remote(args.target).status()
-    print(f"catalog {st.catalog_version}, map version {st.map_version}, "
-          f"{st.partitions} partitions, {st.resident} customers in memory, "
-          f"model version {st.model_version}")
-    print(f"{len(st.nodes)} node(s); shards:")
-    for s in st.shards:
-        print(f"  {s.name}  node {s.node[:8]}  {s.partitions:>5} partitions  "
-              f"{s.resident:>8} resident  {s.passivated:>8} passivated  queue {s.queued}")
-        if s.problem:
-            print(f"    UNAVAILABLE: {s.problem}")
-    return 0
-
-
-def push(args: argparse.Namespace) -> int:
-    from kairos.cluster.cli.remote import Remote
-    try:
-        text = _read(args.path)
-    except OSError as exc:
-        print(f"error: {args.path}: {exc.strerror}", file=sys.stderr)
-        return 1
-    info = Remote(args.target).put_catalog(text)
-    print(f"the cluster now runs catalog '{info.name}' version {info.version}")
-    return 0
-
-
 def default_target(gateway_port: int) -> str:
     """The first gateway `kairos up` recorded on this KAIROS_HOME, else 127.0.0.1:port."""
     run = local.read_run()
@@ -391,6 +367,13 @@ def parser(gateway_port: int) -> argparse.ArgumentParser:
                              "%(default)s")
     commands.add_parser("down", help="stop what `kairos up` started on this KAIROS_HOME")
     commands.add_parser("status", help="show the cluster", parents=[target])
+    drain_ = commands.add_parser(
+        "drain", parents=[target],
+        help="take a node out while traffic flows: its gateway, partitions and shards")
+    drain_.add_argument("node", help="the node's id (or a unique prefix, as status shows it) "
+                                     "or its address")
+    drain_.add_argument("--timeout", type=_positive, default=600.0,
+                        help="seconds to wait for the drain (default %(default)s)")
     show = commands.add_parser("demo", help="replay a cross-channel journey", parents=[target])
     show.add_argument("--local", action="store_true", help="in-process, without a cluster")
     catalog = commands.add_parser("catalog", help="work with catalogs")
@@ -407,6 +390,9 @@ def _serving_options() -> argparse.ArgumentParser:
     """What `up` and `start` share: the runtime's and the gateways' options."""
     serving = argparse.ArgumentParser(add_help=False)
     serving.add_argument("--shards", type=int, default=4)
+    serving.add_argument("--shards-per-cpu", type=_positive, default=None,
+                         help="shards a node that joins gets per CPU, at least one (default "
+                              "$KAIROS_SHARDS_PER_CPU or 1)")
     serving.add_argument("--keys", help="API keys file (YAML); default $KAIROS_API_KEYS")
     serving.add_argument("--catalog", help="catalog file (default: the built-in catalog, or "
                                            "the one last pushed to the store's cluster)")
@@ -446,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return demo.run_remote(args.target)
-        return status(args) if args.command == "status" else push(args)
+        return {"status": operate.status, "drain": operate.drain,
+                "catalog": operate.push}[args.command](args)
     except grpc.RpcError as exc:
         if exc.code() == grpc.StatusCode.UNAVAILABLE:
             print(f"{NOT_RUNNING}: no gateway answers at {args.target} (`kairos up` starts "

@@ -91,6 +91,10 @@ class Remote:
         return self.admin.GetClusterStatus(admin_pb2.ClusterStatusRequest(), timeout=TIMEOUT_S,
                                            metadata=self.metadata)
 
+    def drain(self, node_id: str, timeout_s: float) -> admin_pb2.DrainNodeResponse:
+        return self.admin.DrainNode(admin_pb2.DrainNodeRequest(node_id=node_id),
+                                    timeout=timeout_s, metadata=self.metadata)
+
     def put_catalog(self, text: str) -> admin_pb2.CatalogInfo:
         return self.admin.PutCatalog(admin_pb2.CatalogText(yaml=text), timeout=120,
                                      metadata=self.metadata)

@@ -1,7 +1,8 @@
 """Controller: shards and their placement, the partition map, catalog versions.
 
-The control logic (`Controller`) talks to shards and the learner only through a Backend, so
-it runs without Ray in tests; `ControllerActor` is the named, detached Ray actor around it.
+The control logic (`Controller`) talks to shards, gateways and the learner only through a
+Backend, so it runs without Ray in tests; `ControllerActor` (actor.py) is the named, detached
+Ray actor around it.
 
 - Shards are spread over the alive nodes, each new one on the node with the fewest.
 - The partition map is versioned; gateways and clients follow it by long poll.
@@ -20,9 +21,11 @@ it runs without Ray in tests; `ControllerActor` is the named, detached Ray actor
   or a cluster started again on the same store (`kairos down`, then `kairos up`), takes up the
   same shards and partitions, and every shard recovers what it owned.
 - One reconfiguration at a time; the control loop re-starts shards that Ray restarted (they
-  recover from the store) and re-places shards when nodes join. A shard whose node died is
-  replaced by a new one that recovers the dead shard's partitions from the store: their
-  snapshots and the dead shard's journal (with a store every node reaches, such as Redis).
+  recover from the store), gives nodes that join shards and a gateway (nodes.py), and
+  re-places shards from crowded nodes. A shard whose node died is replaced by a new one that
+  recovers the dead shard's partitions from the store: their snapshots and the dead shard's
+  journal (with a store every node reaches, such as Redis). A drained node's partitions move
+  to the other nodes before its shards and gateway stop.
 """
 from __future__ import annotations
 
@@ -32,20 +35,18 @@ from typing import Any
 
 import msgpack
 import numpy as np
-import ray
 
 from kairos.core.catalog import default_catalog_text
 from kairos.core.compiler import compiled_from_text
 
 from kairos.cluster.control.lagging import Lagging, named, on_each
 from kairos.cluster.control.moves import hand_over, moves_from_state, moves_to_state, settle
+from kairos.cluster.control.nodes import GatewaySpec, Nodes
 from kairos.cluster.control.partitions import DEFAULT_PARTITIONS, Move, PartitionMap
-from kairos.cluster.settings import CONTROL_LOOP_S, LONG_POLL_S, RETIRE_GRACE_S
-from kairos.cluster.shard.actor import ShardActor
+from kairos.cluster.settings import DRAIN_UNREADY_S, LONG_POLL_S, RETIRE_GRACE_S, SHARDS_PER_CPU
 from kairos.cluster.shard.outcomes import outcome_secret
 from kairos.cluster.storage.providers import open_store, redact
 from kairos.cluster.transport.backend import Backend, Unavailable
-from kairos.cluster.transport.ray_backend import RayBackend
 
 log = logging.getLogger("kairos.controller")
 STATE_KEY = "controller"  # the store meta holding the controller's state
@@ -63,7 +64,8 @@ def _seed_of(name: str) -> int:
 class Controller:
     def __init__(self, backend: Backend, catalog_text: str | None = None,
                  n_partitions: int = DEFAULT_PARTITIONS, store_url: str = "memory",
-                 journal_policy: str = "fsync"):
+                 journal_policy: str = "fsync", gateways: GatewaySpec | None = None,
+                 shards_per_cpu: float = SHARDS_PER_CPU):
         self.backend = backend
         self.store_url = store_url
         self.store_shown = redact(store_url)  # what logs and errors say: no password
@@ -80,6 +82,8 @@ class Controller:
         self.channel_watches: set[tuple[str, str, str | None]] = set()
         self.moving: list[Move] = []  # recorded moves not yet settled (saved)
         self.lagging = Lagging(backend)
+        self.nodes = Nodes(backend, gateways, shards_per_cpu)
+        self._requested_gateways = gateways
         self._next_index = 0
         self._changed = asyncio.Event()
         self._reconfiguring = asyncio.Lock()
@@ -101,11 +105,14 @@ class Controller:
         if await self.resume():
             if n_shards != len(self.shards):
                 await self.scale(n_shards)
-            return
-        names = [await self._create_shard() for _ in range(n_shards)]
-        self.map = PartitionMap.initial(names, self.n_partitions)
-        await asyncio.gather(*(self._start_shard(name) for name in names))
+        else:
+            names = [await self._create_shard() for _ in range(n_shards)]
+            self.map = PartitionMap.initial(names, self.n_partitions)
+            await asyncio.gather(*(self._start_shard(name) for name in names))
+        self.nodes.known.update(self.backend.nodes())  # --shards placed them: not joiners
         await self._publish()
+        if failed := await self.nodes.ensure_gateways(self.backend.nodes()):
+            raise RuntimeError(f"the gateways on nodes {', '.join(failed)} did not start")
 
     async def resume(self) -> bool:
         """Take up the state saved in the store; whether there was one."""
@@ -126,6 +133,9 @@ class Controller:
         self.previous_catalog = state["previous_catalog"]
         self.channel_watches = {tuple(w) for w in state["channel_watches"]}
         self.moving = moves_from_state(state.get("moving", []))
+        self.nodes.take_up(state.get("nodes"))
+        if self._requested_gateways is not None:
+            self.nodes.spec = self._requested_gateways
         log.warning("resuming the cluster saved in %s: map version %d, %d shards",
                     self.store_shown, self.map.version, len(names))
         moving = {m.target for m in self.moving}  # may hold what it adopted: settled below
@@ -169,30 +179,25 @@ class Controller:
             "owners": [index[o] for o in self.map.owners], "version": self.map.version,
             "next_index": self._next_index, "catalog": self.catalog_text,
             "previous_catalog": self.previous_catalog, "moving": moves_to_state(self.moving),
+            "nodes": self.nodes.to_state(),
             "channel_watches": sorted((list(w) for w in self.channel_watches), key=str)},
             use_bin_type=True)
         async with self._saving:  # FIFO: a later state is never overwritten by an earlier one
             await asyncio.to_thread(self.store.put_meta, STATE_KEY, blob)
 
-    async def _create_shard(self, name: str | None = None) -> str:
-        """Create a shard actor (a new name, or a saved one being brought back)."""
+    async def _create_shard(self, name: str | None = None, node: str | None = None) -> str:
+        """Create a shard actor (a new name, or a saved one being brought back) on `node`,
+        by default the first of the serving nodes with the fewest shards."""
         if name is None:
             name = shard_name(self._next_index)
             self._next_index += 1
-        load = self._node_load()
-        node = min(load, key=load.__getitem__, default=None)  # the first of the emptiest
+        if node is None:
+            load = self.nodes.load(self.backend.nodes(), self.placement)
+            node = min(load, key=load.__getitem__, default=None)
         await self.backend.create_shard(name, node, self.n_partitions, _seed_of(name),
                                         self.store_url, self.journal_policy)
         self.placement[name] = node
         return name
-
-    def _node_load(self) -> dict[str, int]:
-        """Shards placed on each alive node, in the backend's order of the nodes."""
-        load = dict.fromkeys(self.backend.nodes(), 0)
-        for node in self.placement.values():
-            if node in load:
-                load[node] += 1
-        return load
 
     async def _start_shard(self, name: str, sources: dict[int, str] | None = None) -> None:
         """Have the shard recover its partitions from the store and serve them."""
@@ -371,9 +376,11 @@ class Controller:
         spread shards over nodes that joined."""
         async with self._reconfiguring:
             alive = set(self.backend.nodes())
+            self.nodes.left(list(alive))
             for name in [s for s, node in self.placement.items()
                          if node is not None and node not in alive]:
                 await self._replace(name)
+        await self.nodes.ensure_gateways(sorted(alive))
         # asked outside the lock, so that a stuck shard does not hold up a reconfiguration;
         # one that does not answer is being restarted by Ray, or stuck: looked at next round
         names, known = self.shards, dict(self.incarnations)
@@ -389,7 +396,9 @@ class Controller:
                                 "(%s)", name, self.store_shown)
                     await self._start_shard(name)
             await self._catch_up(answering)
-            crowded = self._crowded_node()
+            if wanted := self.nodes.wanted(self.backend.nodes(), self.placement):
+                await self._grow(wanted)
+            crowded = self.nodes.crowded(self.backend.nodes(), self.placement)
             if crowded is None:
                 return
             victim = next(s for s, n in self.placement.items() if n == crowded)
@@ -398,6 +407,50 @@ class Controller:
             target = [s for s in self.shards if s != victim]
             await self._rebalance(target)
             await self._retire([victim])
+
+    async def _grow(self, wanted: dict[str, int]) -> None:
+        """New shards on the nodes that joined, as many as the policy gives each, then their
+        share of partitions (bounded rounds, as ScaleShards moves them)."""
+        for node, count in wanted.items():
+            log.warning("node %s joined: %d new shard(s) take their share of partitions",
+                        node, count)
+            for _ in range(count):
+                await self._start_shard(await self._create_shard(node=node))
+            self.nodes.known.add(node)
+        await self._save()
+        await self._rebalance(self.shards)
+
+    async def drain_node(self, node: str) -> dict[str, Any]:
+        """Take `node` out while traffic flows: its gateway turns NOT_SERVING (and serves on
+        for DRAIN_UNREADY_S at least, while probes take it out), its partitions move to the
+        shards of the other nodes, then its shards and its gateway stop. Returns once the
+        node holds nothing. LookupError for a node that is not alive, ValueError for the last
+        serving one."""
+        alive = self.backend.nodes()
+        if node not in alive:
+            raise LookupError(f"{node} is not an alive node of this cluster")
+        if self.nodes.serving(alive) == [node]:
+            raise ValueError(f"node {node} is the last node that serves: nothing could take "
+                             f"its partitions")
+        started = asyncio.get_running_loop().time()
+        self.nodes.draining.add(node)
+        await self._save()  # a restarted controller keeps it out too
+        await self.nodes.unready(node)
+        async with self._reconfiguring:
+            victims = [s for s, n in self.placement.items() if n == node]
+            target = [s for s in self.shards if s not in victims]
+            if victims and not target:  # its shards were all there were
+                target = [await self._create_shard()]
+                await self._start_shard(target[0])
+            moved = await self._rebalance(target)
+            await self._retire(victims)
+        await asyncio.sleep(max(0.0, started + DRAIN_UNREADY_S
+                                - asyncio.get_running_loop().time()))
+        await self.nodes.stop_gateway(node)
+        await self._save()
+        log.warning("node %s is drained: %d partitions moved, shards %s stopped", node, moved,
+                    ", ".join(victims) or "(none)")
+        return {"node": node, "shards": victims, "moved": moved, "version": self.map.version}
 
     async def _replace(self, dead: str) -> None:
         log.warning("%s was on a node that left; a new shard recovers its partitions from the "
@@ -413,15 +466,6 @@ class Controller:
         await self._start_shard(name, {p: dead for p in partitions})
         await self._publish()
 
-    def _crowded_node(self) -> str | None:
-        """The node with the most shards, if it has two or more than the emptiest (one of
-        its shards is then replaced by a new one, placed on the emptiest)."""
-        load = self._node_load()
-        if len(load) < 2:
-            return None
-        busiest = max(load, key=load.__getitem__)
-        return busiest if load[busiest] - min(load.values()) >= 2 else None
-
     async def status(self) -> dict[str, Any]:
         shards = await asyncio.gather(*(self._shard_status(s) for s in self.shards))
         try:
@@ -431,7 +475,8 @@ class Controller:
         return {"map_version": self.map.version, "partitions": self.n_partitions,
                 "catalog_version": self.catalog_version, "nodes": self.backend.nodes(),
                 "shards": shards, "learner": learner, "unsettled_moves": len(self.moving),
-                "resident": sum(s.get("resident", 0) for s in shards)}
+                "resident": sum(s.get("resident", 0) for s in shards),
+                "node_status": self.nodes.describe(shards)}
 
     async def _shard_status(self, name: str) -> dict[str, Any]:
         try:
@@ -440,61 +485,3 @@ class Controller:
             health = {"available": False}
         return {**health, "shard": name, "placed_on": self.placement.get(name),
                 "partitions": len(self.map.partitions_of(name))}
-
-
-@ray.remote(num_cpus=0, max_restarts=-1)
-class ControllerActor:
-    """Started as CONTROLLER_NAME by runtime.start()."""
-
-    def __init__(self, catalog_text: str | None, n_partitions: int, store_url: str = "memory",
-                 journal_policy: str = "fsync"):
-        self.controller = Controller(RayBackend(ShardActor), catalog_text, n_partitions,
-                                     store_url, journal_policy)
-        self._loop_task: asyncio.Task | None = None
-        self._resuming = asyncio.Lock()
-
-    async def start(self, n_shards: int) -> dict[str, Any]:
-        await self.controller.start(n_shards)
-        self._loop_task = asyncio.get_running_loop().create_task(self._control_loop())
-        return self.controller.routing()
-
-    async def _ready(self) -> Controller:
-        """After Ray restarted this actor (start() is not called again), take up the state
-        the previous incarnation saved."""
-        if self.controller.map is None:
-            async with self._resuming:
-                if self.controller.map is None:
-                    if not await self.controller.resume():
-                        raise RuntimeError("the controller has not been started")
-                    self._loop_task = asyncio.get_running_loop().create_task(self._control_loop())
-        return self.controller
-
-    async def _control_loop(self) -> None:
-        while True:
-            await asyncio.sleep(CONTROL_LOOP_S)
-            try:
-                await self.controller.reconcile()
-            except Exception:
-                log.exception("control loop round failed; trying again")
-
-    async def get_map(self, known_version: int, timeout_s: float = LONG_POLL_S):
-        return await (await self._ready()).get_map(known_version, timeout_s)
-
-    async def scale(self, n_shards: int) -> dict[str, Any]:
-        return await (await self._ready()).scale(n_shards)
-
-    async def put_catalog(self, catalog_text: str) -> str:
-        return await (await self._ready()).put_catalog(catalog_text)
-
-    async def rollback_catalog(self) -> str:
-        return await (await self._ready()).rollback_catalog()
-
-    async def get_catalog(self) -> dict[str, Any]:
-        return await (await self._ready()).get_catalog()
-
-    async def watch_channel(self, sink: str, channel: str, placement: str | None,
-                            active: bool = True) -> None:
-        await (await self._ready()).watch_channel(sink, channel, placement, active)
-
-    async def status(self) -> dict[str, Any]:
-        return await (await self._ready()).status()

@@ -1,7 +1,8 @@
 """Start, reach and stop the Kairos runtime on a Ray cluster.
 
 `start()` creates the learner and the controller as named, detached actors in the "kairos"
-namespace; the controller creates the shards across the nodes. `connect()` gives a client.
+namespace; the controller creates the shards across the nodes and, given a GatewaySpec, a
+gateway on every node, now and as nodes join. `connect()` gives a client.
 """
 from __future__ import annotations
 
@@ -12,28 +13,34 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from kairos.core.catalog import default_catalog_text
 
-from kairos.cluster.control.controller import STATE_KEY, ControllerActor
+from kairos.cluster.control.actor import ControllerActor
+from kairos.cluster.control.controller import STATE_KEY
 from kairos.cluster.control.learner import LearnerActor
+from kairos.cluster.control.nodes import GATEWAY_PREFIX, GatewaySpec, gateway_name
 from kairos.cluster.control.partitions import DEFAULT_PARTITIONS
 from kairos.cluster.settings import (CONTROLLER_NAME, JOURNAL_POLICIES, JOURNAL_POLICY,
-                                     LEARNER_NAME, NAMESPACE, STORE)
+                                     LEARNER_NAME, NAMESPACE, SHARDS_PER_CPU, STORE)
 from kairos.cluster.storage.providers import open_store
 from kairos.cluster.transport.client import SyncClient
 from kairos.cluster.transport.ray_backend import RayBackend
 
 DEFAULT_SHARDS = 4
-MAX_GATEWAYS = 256
 
 
 def start(n_shards: int = DEFAULT_SHARDS, catalog_text: str | None = None,
           n_partitions: int = DEFAULT_PARTITIONS, store: str = STORE,
-          journal_policy: str = JOURNAL_POLICY) -> dict[str, Any]:
+          journal_policy: str = JOURNAL_POLICY, gateways: GatewaySpec | None = None,
+          shards_per_cpu: float = SHARDS_PER_CPU) -> dict[str, Any]:
     """Start the runtime on the Ray cluster this process is connected to; the first map.
 
     `store`: where shards keep customers, snapshots and journals ("memory": nothing survives
     a shard's process; a directory; or redis://host:port/db, which every node reaches). A
     store that holds an earlier cluster's state brings it back: the same shards recover their
-    partitions, on the catalog last switched to unless `catalog_text` names another."""
+    partitions, on the catalog last switched to unless `catalog_text` names another.
+
+    `gateways`: how the gateway the controller keeps on every node serves (None: the caller
+    starts gateways itself, with gateway_actor). `shards_per_cpu`: the shards a node that
+    joins gets, per CPU (at least one)."""
     if journal_policy not in JOURNAL_POLICIES:
         raise ValueError(f"journal policy must be one of {', '.join(JOURNAL_POLICIES)}, "
                          f"got {journal_policy!r}")
@@ -45,7 +52,7 @@ def start(n_shards: int = DEFAULT_SHARDS, catalog_text: str | None = None,
     LearnerActor.options(name=LEARNER_NAME, **detached).remote(
         catalog_text or default_catalog_text(), store)
     controller = ControllerActor.options(name=CONTROLLER_NAME, **detached).remote(
-        catalog_text, n_partitions, store, journal_policy)
+        catalog_text, n_partitions, store, journal_policy, gateways, shards_per_cpu)
     return ray.get(controller.start.remote(n_shards))
 
 
@@ -56,10 +63,6 @@ def gateway_actor(actor_class: Any, index: int, node: str, **serving: Any) -> An
         name=gateway_name(index), namespace=NAMESPACE, lifetime="detached",
         scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
             gateway_name(index), **serving)
-
-
-def gateway_name(index: int) -> str:
-    return f"kairos-gateway-{index}"
 
 
 def controller() -> Any:
@@ -73,16 +76,13 @@ def connect(timeout_s: float = 60.0) -> SyncClient:
 def stop() -> None:
     """Stop the gateways (gracefully), the controller, the learner and every shard."""
     names = [CONTROLLER_NAME, LEARNER_NAME]
-    for index in range(MAX_GATEWAYS):
+    for name in sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                       if a["namespace"] == NAMESPACE and a["name"].startswith(GATEWAY_PREFIX)):
         try:
-            gateway = ray.get_actor(gateway_name(index), namespace=NAMESPACE)
-        except ValueError:
-            break
-        try:
-            ray.get(gateway.stop.remote(), timeout=10)
-        except (ray.exceptions.RayError, TimeoutError):
+            ray.get(ray.get_actor(name, namespace=NAMESPACE).stop.remote(), timeout=10)
+        except (ray.exceptions.RayError, TimeoutError, ValueError):
             pass
-        names.append(gateway_name(index))
+        names.append(name)
     try:
         status = ray.get(controller().status.remote(), timeout=30)
         names += [s["shard"] for s in status["shards"]]

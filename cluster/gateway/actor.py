@@ -107,6 +107,12 @@ class GatewayServer:
         if self.gateway is not None:
             self.gateway.watches.deliver(decisions)
 
+    async def unready(self) -> None:
+        """Health answers NOT_SERVING from now on (load balancers and readiness probes take
+        this gateway out), while calls are still served: the first step of a node's drain."""
+        if self.checker is not None:
+            await self.checker.enter_graceful_shutdown()
+
     async def stop(self, grace_s: float = 2.0) -> None:
         """Graceful: health says NOT_SERVING, calls in flight finish, then the server stops."""
         if self.server is not None:

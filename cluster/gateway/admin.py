@@ -1,4 +1,5 @@
-"""kairos.v1.AdminService: catalogs, cluster status and scaling, through the controller.
+"""kairos.v1.AdminService: catalogs, cluster status, scaling and drains, through the
+controller.
 
 Every call needs a key with the admin scope (auth.py checks it before the handler runs). A
 call to the controller ends within the caller's deadline (DEADLINE_EXCEEDED), and one that a
@@ -21,6 +22,8 @@ from kairos.cluster.transport.backend import Unavailable
 from kairos.core.compiler import compiled_from_text
 
 MAX_SHARDS = 1024
+MAX_NODE_ID = 64  # Ray's node ids are 56 hex digits
+HEX = frozenset("0123456789abcdef")
 
 
 class AdminService(admin_pb2_grpc.AdminServiceServicer):
@@ -65,7 +68,12 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                 queued=s.get("queued", 0), available=s.get("available", True),
                 catalog_version=s.get("catalog_version", ""),
                 model_version=s.get("model_version", 0),
-                problem=(s.get("recovery") or {}).get("failed", "")) for s in st["shards"]])
+                problem=(s.get("recovery") or {}).get("failed", "")) for s in st["shards"]],
+            node_status=[admin_pb2.NodeStatus(
+                node_id=n["node"], address=n["address"], gateway_port=n["gateway_port"],
+                serving=n["serving"], draining=n["draining"], shards=n["shards"],
+                partitions=n["partitions"], resident=n["resident"], cpus=n["cpus"])
+                for n in st.get("node_status", ())])
 
     async def ScaleShards(self, request: admin_pb2.ScaleRequest, context
                           ) -> admin_pb2.ScaleResponse:
@@ -75,6 +83,23 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         done = await _answer(context, self.backend.controller().scale(request.shards))
         return admin_pb2.ScaleResponse(shards=done["shards"], moved=done["moved"],
                                        map_version=done["version"])
+
+
+    async def DrainNode(self, request: admin_pb2.DrainNodeRequest, context
+                        ) -> admin_pb2.DrainNodeResponse:
+        node = request.node_id
+        if not 1 <= len(node) <= MAX_NODE_ID or not all(c in HEX for c in node):
+            await fail(context, grpc.StatusCode.INVALID_ARGUMENT,
+                       f"node_id: must be a node's hex id (1..{MAX_NODE_ID} characters), "
+                       f"got {node[:MAX_NODE_ID]!r}")
+        try:
+            done = await _answer(context, self.backend.controller().drain_node(node))
+        except LookupError as exc:
+            await fail(context, grpc.StatusCode.NOT_FOUND, f"node_id: {exc.args[0]}")
+        except ValueError as exc:
+            await fail(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return admin_pb2.DrainNodeResponse(node_id=node, shards=done["shards"],
+                                           moved=done["moved"], map_version=done["version"])
 
 
 async def _answer(context, work: Awaitable) -> Any:

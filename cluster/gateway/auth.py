@@ -92,6 +92,7 @@ RULES: dict[str, Rule] = {
     _ADMIN + "GetCatalog": Rule("admin"),
     _ADMIN + "GetClusterStatus": Rule("admin"),
     _ADMIN + "ScaleShards": Rule("admin"),
+    _ADMIN + "DrainNode": Rule("admin"),
 }
 OPEN_SERVICES = frozenset({"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
                            "grpc.reflection.v1.ServerReflection"})

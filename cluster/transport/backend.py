@@ -119,7 +119,22 @@ class ControllerControl(Protocol):
                             active: bool = True) -> None:
         """Have every shard, now and later, push a view's changed decisions to `sink`."""
 
+    async def drain_node(self, node: str) -> dict[str, Any]:
+        """Take a node out: its gateway stops serving, its partitions move, its shards and
+        gateway stop; {node, shards, moved, version} once it holds nothing. LookupError for a
+        node that is not alive, ValueError for the last one that serves."""
+
     async def status(self) -> dict[str, Any]: ...
+
+
+class GatewayControl(Protocol):
+    """A node's gateway, as the controller drives it."""
+
+    async def unready(self) -> None:
+        """Health answers NOT_SERVING from now on; calls are still served."""
+
+    async def stop(self) -> None:
+        """Stop serving once the calls in flight are done (GATEWAY_STOP_GRACE_S at most)."""
 
 
 class WatchSink(Protocol):
@@ -131,6 +146,18 @@ class WatchSink(Protocol):
 class Backend(Protocol):
     def nodes(self) -> list[str]:
         """Ids of the alive nodes, in a stable order."""
+
+    def node_info(self) -> dict[str, dict[str, Any]]:
+        """Alive node id -> {address, cpus}."""
+
+    async def create_gateway(self, name: str, node: str, serving: dict[str, Any]) -> int:
+        """Create the gateway `name` on `node` (or take the one of that name that exists),
+        serving as `serving` says (GatewaySpec.serving); the port it serves on."""
+
+    async def kill_gateway(self, name: str) -> None:
+        """Stop the gateway for good (one already gone is no error)."""
+
+    def gateway(self, name: str) -> GatewayControl: ...
 
     async def create_shard(self, name: str, node: str | None, n_partitions: int, seed: int,
                            store_url: str, journal_policy: str) -> None:

@@ -11,8 +11,9 @@ Unavailable too, so no caller waits on it for ever. An error the actor's method 
 comes through as raised (Ray's RayTaskError is also an instance of the original exception's
 class).
 
-This module does not import the shard actor: whoever creates shards (the controller's actor)
-hands its class to `RayBackend`, so the shard side may use this backend for its own calls.
+This module does not import the shard and gateway actors: whoever creates them (the
+controller's actor) hands their classes to `RayBackend`, so the shard and gateway sides may
+use this backend for their own calls.
 """
 from __future__ import annotations
 
@@ -26,9 +27,11 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from kairos.cluster.protocol import Reply, Request, reply_from
 from kairos.cluster.settings import (ADMIN_CALL_S, CONTROL_CALL_S, CONTROLLER_NAME,
-                                     LEARNER_NAME, LONG_POLL_S, NAMESPACE, SHARD_START_S)
-from kairos.cluster.transport.backend import (ChannelWatch, ControllerControl, LearnerControl,
-                                              NotSent, ShardControl, Unavailable, WatchSink)
+                                     GATEWAY_STOP_GRACE_S, LEARNER_NAME, LONG_POLL_S, NAMESPACE,
+                                     SHARD_START_S)
+from kairos.cluster.transport.backend import (ChannelWatch, ControllerControl, GatewayControl,
+                                              LearnerControl, NotSent, ShardControl,
+                                              Unavailable, WatchSink)
 from kairos.cluster.transport.dataplane import PlaneConnection, ShardFailed
 
 if TYPE_CHECKING:
@@ -45,15 +48,23 @@ Invoke = Callable[[ActorHandle], Awaitable[Any]]
 
 
 class RayBackend:
-    """`shard_actor`: the shard actor class, for a backend that creates shards."""
+    """`shard_actor`, `gateway_actor`: the actor classes, for a backend that creates shards
+    and gateways (the controller's)."""
 
-    def __init__(self, shard_actor: ActorClass | None = None) -> None:
+    def __init__(self, shard_actor: ActorClass | None = None,
+                 gateway_actor: ActorClass | None = None) -> None:
         self._shard_actor = shard_actor
+        self._gateway_actor = gateway_actor
         self._handles: dict[str, ActorHandle] = {}
         self._planes: dict[str, asyncio.Future] = {}
 
     def nodes(self) -> list[str]:
         return sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
+
+    def node_info(self) -> dict[str, dict[str, Any]]:
+        return {n["NodeID"]: {"address": n["NodeManagerAddress"],
+                              "cpus": n["Resources"].get("CPU", 0.0)}
+                for n in ray.nodes() if n["Alive"]}
 
     # -- typed handles -------------------------------------------------------------------------
 
@@ -68,6 +79,9 @@ class RayBackend:
 
     def sink(self, name: str) -> WatchSink:
         return RaySink(self, name)
+
+    def gateway(self, name: str) -> GatewayControl:
+        return RayGateway(self, name)
 
     async def call(self, name: str, invoke: Invoke, timeout_s: float = CONTROL_CALL_S) -> Any:
         """`invoke(handle)` on the named actor; Unavailable if the actor cannot answer within
@@ -110,6 +124,24 @@ class RayBackend:
 
     async def kill_shard(self, name: str) -> None:
         await self._close_plane(name)
+        with contextlib.suppress(ValueError):  # already gone
+            ray.kill(self._handle(name), no_restart=True)
+        self._handles.pop(name, None)
+
+    # -- gateways ------------------------------------------------------------------------------
+
+    async def create_gateway(self, name: str, node: str, serving: dict[str, Any]) -> int:
+        if self._gateway_actor is None:
+            raise RuntimeError("this RayBackend was not given the gateway actor class")
+        # get_if_exists: a restarted controller takes up the gateway it had started
+        handle = self._gateway_actor.options(
+            name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
+                name, **serving)
+        self._handles[name] = handle
+        return await self.call(name, lambda actor: actor.start.remote(), SHARD_START_S)
+
+    async def kill_gateway(self, name: str) -> None:
         with contextlib.suppress(ValueError):  # already gone
             ray.kill(self._handle(name), no_restart=True)
         self._handles.pop(name, None)
@@ -251,8 +283,22 @@ class RayController(_Actor):
         await self._call(lambda a: a.watch_channel.remote(sink, channel, placement, active),
                          ADMIN_CALL_S)
 
+    async def drain_node(self, node: str) -> dict[str, Any]:
+        return await self._call(lambda a: a.drain_node.remote(node), ADMIN_CALL_S)
+
     async def status(self) -> dict[str, Any]:
         return await self._call(lambda a: a.status.remote(), ADMIN_CALL_S)
+
+
+class RayGateway(_Actor):
+    """GatewayControl over a GatewayActor."""
+
+    async def unready(self) -> None:
+        await self._call(lambda a: a.unready.remote())
+
+    async def stop(self) -> None:
+        await self._call(lambda a: a.stop.remote(GATEWAY_STOP_GRACE_S),
+                         GATEWAY_STOP_GRACE_S + CONTROL_CALL_S)
 
 
 class RaySink(_Actor):

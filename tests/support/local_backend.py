@@ -33,6 +33,9 @@ class LocalBackend:
         self.created_on: dict[str, str | None] = {}
         self.fail_next_adopt = False
         self.store = MemoryStore(shared=True)  # as a directory or a Redis: every shard sees it
+        self.cpus: dict[str, float] = {}  # a node's CPUs (default 1)
+        self.gateways: dict[str, dict[str, Any]] = {}  # name -> node, port, state
+        self.gateway_fails_on: set[str] = set()  # nodes where a gateway cannot bind
         self._turns: dict[tuple[str, str], int] = {}
 
     async def start_runtime(self, n_shards: int, n_partitions: int = 64) -> Controller:
@@ -44,6 +47,25 @@ class LocalBackend:
 
     def nodes(self) -> list[str]:
         return list(self.node_names)
+
+    def node_info(self) -> dict[str, dict[str, Any]]:
+        return {n: {"address": f"10.0.0.{i + 1}", "cpus": self.cpus.get(n, 1.0)}
+                for i, n in enumerate(self.node_names)}
+
+    async def create_gateway(self, name: str, node: str, serving: dict[str, Any]) -> int:
+        await self.hop()
+        if node in self.gateway_fails_on:
+            raise OSError(f"{name} could not bind {serving['host']}:{serving['port']}")
+        if name not in self.gateways:  # as Ray's get_if_exists: the one there is taken
+            port = serving["port"] or 40000 + len(self.gateways)
+            self.gateways[name] = {"node": node, "port": port, "state": "serving"}
+        return self.gateways[name]["port"]
+
+    async def kill_gateway(self, name: str) -> None:
+        self.gateways.pop(name, None)
+
+    def gateway(self, name: str) -> "LocalGateway":
+        return LocalGateway(self, name)
 
     async def create_shard(self, name: str, node: str | None, n_partitions: int, seed: int,
                            store_url: str, journal_policy: str) -> None:
@@ -185,3 +207,19 @@ class LocalSink:
     async def deliver(self, decisions: list[Decision]) -> None:
         await self._backend.hop()
         self._backend.delivered.setdefault(self.name, []).extend(decisions)
+
+
+class LocalGateway:
+    """GatewayControl over a record in `LocalBackend.gateways`."""
+
+    def __init__(self, backend: LocalBackend, name: str):
+        self._backend = backend
+        self.name = name
+
+    async def unready(self) -> None:
+        await self._backend.hop()
+        self._backend.gateways[self.name]["state"] = "unready"
+
+    async def stop(self) -> None:
+        await self._backend.hop()
+        self._backend.gateways[self.name]["state"] = "stopped"

@@ -9,7 +9,8 @@ import inspect
 import pytest
 
 from kairos.cluster.control import controller as controller_module
-from kairos.cluster.control.controller import Controller, ControllerActor
+from kairos.cluster.control.actor import ControllerActor
+from kairos.cluster.control.controller import Controller
 from kairos.cluster.control.learner import LearnerActor
 from kairos.cluster.shard.actor import ShardActor
 from kairos.cluster.transport import backend as interface
@@ -293,6 +294,7 @@ def _parameters(function, defaults: bool = True) -> list:
     (interface.LearnerControl, [ray_backend.RayLearner, local_backend.LocalLearner], True),
     (interface.ControllerControl, [ray_backend.RayController, Controller], True),
     (interface.WatchSink, [ray_backend.RaySink, local_backend.LocalSink], True),
+    (interface.GatewayControl, [ray_backend.RayGateway, local_backend.LocalGateway], True),
     # what the Ray handles call: the actors' methods by the same names (Ray passes every
     # argument, so defaults need not agree)
     (interface.ShardControl, [_actor(ShardActor)], False),

@@ -1,0 +1,66 @@
+"""The commands that operate a running Kairos through a gateway's AdminService, with the key
+in KAIROS_API_KEY: status, drain, catalog push."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from kairos.cluster.cli.remote import Remote
+
+
+def status(args: argparse.Namespace) -> int:
+    st = Remote(args.target).status()
+    print(f"catalog {st.catalog_version}, map version {st.map_version}, "
+          f"{st.partitions} partitions, {st.resident} customers in memory, "
+          f"model version {st.model_version}")
+    print(f"{len(st.nodes)} node(s):")
+    for n in st.node_status:
+        state = "draining" if n.draining else "serving" if n.serving else "not serving"
+        gateway = f"gateway :{n.gateway_port} {state}" if n.gateway_port else "no gateway"
+        print(f"  {n.node_id[:8]}  {n.address:<15}  {gateway}  {len(n.shards)} shard(s)  "
+              f"{n.partitions:>5} partitions  {n.resident:>8} resident")
+    print("shards:")
+    for s in st.shards:
+        print(f"  {s.name}  node {s.node[:8]}  {s.partitions:>5} partitions  "
+              f"{s.resident:>8} resident  {s.passivated:>8} passivated  queue {s.queued}")
+        if s.problem:
+            print(f"    UNAVAILABLE: {s.problem}")
+    return 0
+
+
+def drain(args: argparse.Namespace) -> int:
+    """Drain the node named by its id, a prefix of it, or its address."""
+    remote = Remote(args.target)
+    nodes = remote.status().node_status
+    matches = [n for n in nodes if n.node_id.startswith(args.node) or n.address == args.node] \
+        if args.node else []
+    if len(matches) != 1:
+        known = ", ".join(f"{n.node_id[:8]} ({n.address})" for n in nodes)
+        print(f"error: {args.node!r} names {'no' if not matches else 'more than one'} alive "
+              f"node; the nodes: {known}", file=sys.stderr)
+        return 2
+    node = matches[0]
+    started = time.monotonic()
+    done = remote.drain(node.node_id, args.timeout)
+    print(f"node {node.node_id[:8]} ({node.address}) is drained in "
+          f"{time.monotonic() - started:.1f} s: {done.moved} partitions moved, shards "
+          f"{', '.join(done.shards) or '(none)'} and its gateway stopped; map version "
+          f"{done.map_version}")
+    return 0
+
+
+def push(args: argparse.Namespace) -> int:
+    try:
+        text = read_text(args.path)
+    except OSError as exc:
+        print(f"error: {args.path}: {exc.strerror}", file=sys.stderr)
+        return 1
+    info = Remote(args.target).put_catalog(text)
+    print(f"the cluster now runs catalog '{info.name}' version {info.version}")
+    return 0
+
+
+def read_text(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()

@@ -1,0 +1,83 @@
+"""The controller as a named, detached Ray actor (CONTROLLER_NAME, started by runtime.start()):
+the control logic of controller.py on a RayBackend that creates shards and gateways, and the
+control loop that runs its reconcile rounds. Ray restarts it (max_restarts=-1): the first call
+after a restart takes up the state the previous incarnation saved in the store."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import ray
+
+from kairos.cluster.control.controller import Controller
+from kairos.cluster.control.nodes import GatewaySpec
+from kairos.cluster.gateway.actor import GatewayActor
+from kairos.cluster.settings import CONTROL_LOOP_S, LONG_POLL_S, SHARDS_PER_CPU
+from kairos.cluster.shard.actor import ShardActor
+from kairos.cluster.transport.ray_backend import RayBackend
+
+log = logging.getLogger("kairos.controller")
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class ControllerActor:
+    """Started as CONTROLLER_NAME by runtime.start()."""
+
+    def __init__(self, catalog_text: str | None, n_partitions: int, store_url: str = "memory",
+                 journal_policy: str = "fsync", gateways: GatewaySpec | None = None,
+                 shards_per_cpu: float = SHARDS_PER_CPU):
+        self.controller = Controller(RayBackend(ShardActor, GatewayActor), catalog_text,
+                                     n_partitions, store_url, journal_policy, gateways,
+                                     shards_per_cpu)
+        self._loop_task: asyncio.Task | None = None
+        self._resuming = asyncio.Lock()
+
+    async def start(self, n_shards: int) -> dict[str, Any]:
+        await self.controller.start(n_shards)
+        self._loop_task = asyncio.get_running_loop().create_task(self._control_loop())
+        return self.controller.routing()
+
+    async def _ready(self) -> Controller:
+        """After Ray restarted this actor (start() is not called again), take up the state
+        the previous incarnation saved."""
+        if self.controller.map is None:
+            async with self._resuming:
+                if self.controller.map is None:
+                    if not await self.controller.resume():
+                        raise RuntimeError("the controller has not been started")
+                    self._loop_task = asyncio.get_running_loop().create_task(self._control_loop())
+        return self.controller
+
+    async def _control_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CONTROL_LOOP_S)
+            try:
+                await self.controller.reconcile()
+            except Exception:
+                log.exception("control loop round failed; trying again")
+
+    async def get_map(self, known_version: int, timeout_s: float = LONG_POLL_S):
+        return await (await self._ready()).get_map(known_version, timeout_s)
+
+    async def scale(self, n_shards: int) -> dict[str, Any]:
+        return await (await self._ready()).scale(n_shards)
+
+    async def put_catalog(self, catalog_text: str) -> str:
+        return await (await self._ready()).put_catalog(catalog_text)
+
+    async def rollback_catalog(self) -> str:
+        return await (await self._ready()).rollback_catalog()
+
+    async def get_catalog(self) -> dict[str, Any]:
+        return await (await self._ready()).get_catalog()
+
+    async def watch_channel(self, sink: str, channel: str, placement: str | None,
+                            active: bool = True) -> None:
+        await (await self._ready()).watch_channel(sink, channel, placement, active)
+
+    async def drain_node(self, node: str) -> dict[str, Any]:
+        return await (await self._ready()).drain_node(node)
+
+    async def status(self) -> dict[str, Any]:
+        return await (await self._ready()).status()

@@ -1,0 +1,232 @@
+"""Nodes: a gateway on every node that serves, shards for the nodes that join, and drains.
+
+Nodes come and go under Kairos (a KubeRay worker pod, the autoscaler, `ray start --address`
+by hand). The controller's loop calls `Nodes.ensure_gateways` every round, so a node that
+joins serves kairos.v1 within a round or two without anyone calling the CLI, and asks
+`Nodes.wanted` which nodes need shards of their own.
+
+A drain takes a node out in the order load balancers need: its gateway's health turns
+NOT_SERVING first (readiness probes take the node out while it still answers), its partitions
+move, then the gateway stops, letting the calls it is serving finish. Draining nodes get no
+gateway and no shard again; the mark goes when the node leaves Ray.
+
+The gateways' spec holds where the secrets are (a file, an environment variable's name),
+never the secrets: it is saved with the controller's state.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from kairos.cluster.transport.backend import Backend, Unavailable
+
+log = logging.getLogger("kairos.nodes")
+RETRY_MAX_S = 60.0  # a gateway that could not start is tried again at most this late
+
+
+GATEWAY_PREFIX = "kairos-gateway-"
+
+
+def gateway_name(index: int) -> str:
+    return f"{GATEWAY_PREFIX}{index}"
+
+
+@dataclass(frozen=True)
+class GatewaySpec:
+    """How every node's gateway serves. `consecutive`: gateway n binds port + n, for nodes
+    that share one machine (`kairos up --nodes N`); else every gateway binds `port` (0: any
+    free one)."""
+
+    host: str
+    port: int
+    consecutive: bool = False
+    keys_file: str | None = None
+    keys_env: str | None = None
+    tls_files: tuple[str, str, str | None] | None = None
+
+    def port_of(self, index: int) -> int:
+        return self.port + index if self.consecutive and self.port else self.port
+
+    def serving(self, index: int) -> dict[str, Any]:
+        """The gateway actor's keyword arguments."""
+        return {"host": self.host, "port": self.port_of(index), "keys_file": self.keys_file,
+                "keys_env": self.keys_env, "tls_files": self.tls_files}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any] | None) -> "GatewaySpec | None":
+        if state is None:
+            return None
+        tls = state.get("tls_files")
+        return cls(**{**state, "tls_files": tuple(tls) if tls else None})
+
+
+@dataclass
+class GatewayRecord:
+    name: str
+    index: int
+    port: int = 0  # 0 until it serves
+
+
+class Nodes:
+    """What Kairos runs on each node besides shards: gateways, drains, the shard policy."""
+
+    def __init__(self, backend: Backend, spec: GatewaySpec | None, shards_per_cpu: float):
+        self.backend = backend
+        self.spec = spec
+        self.shards_per_cpu = shards_per_cpu
+        self.gateways: dict[str, GatewayRecord] = {}  # node -> its gateway
+        self.draining: set[str] = set()
+        self.known: set[str] = set()  # nodes that were given shards, or had them at start
+        self._retry: dict[str, tuple[float, float]] = {}  # node -> (next try, backoff)
+        self._gateways_lock = asyncio.Lock()
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def to_state(self) -> dict[str, Any]:
+        return {"spec": asdict(self.spec) if self.spec else None,
+                "shards_per_cpu": self.shards_per_cpu,
+                "gateways": {n: [g.name, g.index] for n, g in self.gateways.items()},
+                "draining": sorted(self.draining), "known": sorted(self.known)}
+
+    def take_up(self, state: dict[str, Any] | None) -> None:
+        """The state an earlier controller saved (none before this module existed)."""
+        if not state:
+            return
+        self.spec = GatewaySpec.from_state(state["spec"])
+        self.shards_per_cpu = state["shards_per_cpu"]
+        self.gateways = {n: GatewayRecord(name, index)
+                         for n, (name, index) in state["gateways"].items()}
+        self.draining = set(state["draining"])
+        self.known = set(state["known"])
+
+    # -- which nodes serve ---------------------------------------------------------------------
+
+    def serving(self, alive: list[str]) -> list[str]:
+        """Alive nodes that are not draining: where shards and gateways may be placed."""
+        return [n for n in alive if n not in self.draining]
+
+    def wanted(self, alive: list[str], placement: dict[str, str | None]) -> dict[str, int]:
+        """Nodes that joined and hold no shard -> how many shards the policy gives them
+        (shards per CPU, at least one). A node counts as joined once it is not known."""
+        holding = set(placement.values())
+        cpus = self.backend.node_info()
+        return {n: max(1, round(cpus.get(n, {}).get("cpus", 1) * self.shards_per_cpu))
+                for n in self.serving(alive) if n not in self.known and n not in holding}
+
+    def load(self, alive: list[str], placement: dict[str, str | None]) -> dict[str, int]:
+        """Shards placed on each serving node, in the backend's order of the nodes."""
+        load = dict.fromkeys(self.serving(alive), 0)
+        for node in placement.values():
+            if node in load:
+                load[node] += 1
+        return load
+
+    def crowded(self, alive: list[str], placement: dict[str, str | None]) -> str | None:
+        """The node with the most shards, if it has two or more than the emptiest (one of
+        its shards is then replaced by a new one, placed on the emptiest)."""
+        load = self.load(alive, placement)
+        if len(load) < 2:
+            return None
+        busiest = max(load, key=load.__getitem__)
+        return busiest if load[busiest] - min(load.values()) >= 2 else None
+
+    def left(self, alive: list[str]) -> None:
+        """Forget the marks of nodes that left Ray."""
+        gone = (self.draining | self.known) - set(alive)
+        self.draining -= gone
+        self.known -= gone
+
+    # -- gateways ------------------------------------------------------------------------------
+
+    async def ensure_gateways(self, alive: list[str]) -> list[str]:
+        """A serving gateway on every alive node that is not draining: start the missing
+        ones (together), let go of those whose node left. The nodes whose gateway failed to
+        start (tried again later, with a growing pause)."""
+        if self.spec is None:  # gateways are started by whoever started the runtime
+            return []
+        async with self._gateways_lock:
+            for node in [n for n in self.gateways if n not in alive]:
+                record = self.gateways.pop(node)
+                await self.backend.kill_gateway(record.name)  # frees its name for a new node
+            now = time.monotonic()
+            missing = [n for n in self.serving(alive) if n not in self.gateways
+                       and self._retry.get(n, (0.0, 0.0))[0] <= now]
+            # already recorded ones are asked too: a restarted controller learns their ports
+            unknown_port = [n for n in self.gateways if not self.gateways[n].port]
+            for node in missing:
+                index = self._free_index()
+                self.gateways[node] = GatewayRecord(gateway_name(index), index)
+            todo = missing + [n for n in unknown_port if n not in missing]
+            results = await asyncio.gather(*(self._start(n) for n in todo),
+                                           return_exceptions=True)
+            failed = []
+            for node, result in zip(todo, results):
+                if isinstance(result, BaseException):
+                    failed.append(node)
+                    record = self.gateways.pop(node)
+                    await self.backend.kill_gateway(record.name)
+                    backoff = min(RETRY_MAX_S, 2 * self._retry.get(node, (0.0, 0.5))[1])
+                    self._retry[node] = (time.monotonic() + backoff, backoff)
+                    log.error("the gateway on node %s did not start (trying again in %.0f s): "
+                              "%s", node, backoff, result)
+                else:
+                    self._retry.pop(node, None)
+            return failed
+
+    def _free_index(self) -> int:
+        used = {g.index for g in self.gateways.values()}
+        return next(i for i in range(len(used) + 1) if i not in used)
+
+    async def _start(self, node: str) -> None:
+        record = self.gateways[node]
+        record.port = await self.backend.create_gateway(record.name, node,
+                                                        self.spec.serving(record.index))
+        log.warning("%s serves kairos.v1 on node %s, port %d", record.name, node, record.port)
+
+    async def unready(self, node: str) -> None:
+        """The node's gateway answers health checks NOT_SERVING, and still serves calls."""
+        record = self.gateways.get(node)
+        if record is not None:
+            try:
+                await self.backend.gateway(record.name).unready()
+            except Unavailable:
+                log.warning("%s did not answer; draining node %s goes on", record.name, node)
+
+    async def stop_gateway(self, node: str) -> None:
+        """Stop the node's gateway once the calls it serves are done, and let go of it."""
+        async with self._gateways_lock:
+            record = self.gateways.pop(node, None)
+        if record is None:
+            return
+        try:
+            await self.backend.gateway(record.name).stop()
+        except Unavailable:
+            log.warning("%s did not stop gracefully; it is killed", record.name)
+        await self.backend.kill_gateway(record.name)
+
+    def gateway_of(self, node: str) -> GatewayRecord | None:
+        return self.gateways.get(node)
+
+    # -- status --------------------------------------------------------------------------------
+
+    def describe(self, shards: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Per alive node: its address, CPUs, gateway (port, serving), shards, partitions,
+        resident customers and whether it is draining. `shards`: the controller's shard
+        statuses (with `placed_on`, `partitions`, `resident`)."""
+        nodes = []
+        for node, info in sorted(self.backend.node_info().items()):
+            mine = [s for s in shards if s["placed_on"] == node]
+            gateway = self.gateways.get(node)
+            nodes.append({
+                "node": node, "address": info["address"], "cpus": info["cpus"],
+                "gateway_port": gateway.port if gateway else 0,
+                "gateway_index": gateway.index if gateway else -1,
+                "serving": bool(gateway and gateway.port) and node not in self.draining,
+                "draining": node in self.draining,
+                "shards": [s["shard"] for s in mine],
+                "partitions": sum(s["partitions"] for s in mine),
+                "resident": sum(s.get("resident", 0) for s in mine)})
+        return nodes
