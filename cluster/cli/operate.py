@@ -7,6 +7,7 @@ import sys
 import time
 
 from kairos.cluster.cli.remote import Remote
+from kairos.cluster.gateway.auth import is_loopback
 
 
 def status(args: argparse.Namespace) -> int:
@@ -30,9 +31,9 @@ def status(args: argparse.Namespace) -> int:
 
 
 def drain(args: argparse.Namespace) -> int:
-    """Drain the node named by its id, a prefix of it, or its address."""
-    remote = Remote(args.target)
-    nodes = remote.status().node_status
+    """Drain the node named by its id, a prefix of it, or its address. The call goes to a
+    gateway on another node: the node's own gateway stops as part of its drain."""
+    nodes = Remote(args.target).status().node_status
     matches = [n for n in nodes if n.node_id.startswith(args.node) or n.address == args.node] \
         if args.node else []
     if len(matches) != 1:
@@ -42,12 +43,23 @@ def drain(args: argparse.Namespace) -> int:
         return 2
     node = matches[0]
     started = time.monotonic()
-    done = remote.drain(node.node_id, args.timeout)
+    done = Remote(_another_gateway(args.target, node, nodes)).drain(node.node_id, args.timeout)
     print(f"node {node.node_id[:8]} ({node.address}) is drained in "
           f"{time.monotonic() - started:.1f} s: {done.moved} partitions moved, shards "
           f"{', '.join(done.shards) or '(none)'} and its gateway stopped; map version "
           f"{done.map_version}")
     return 0
+
+
+def _another_gateway(target: str, leaving, nodes) -> str:
+    """A serving gateway on a node other than `leaving`, reached as `target` is: on the
+    target's host when that is a loopback address (`kairos up`: every node on this machine),
+    else at its node's address; `target` itself when there is none."""
+    host = target.rpartition(":")[0]
+    for n in nodes:
+        if n.node_id != leaving.node_id and n.serving and n.gateway_port:
+            return f"{host if is_loopback(host.strip('[]')) else n.address}:{n.gateway_port}"
+    return target
 
 
 def push(args: argparse.Namespace) -> int:

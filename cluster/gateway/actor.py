@@ -49,8 +49,9 @@ class GatewayServer:
     def __init__(self, name: str, host: str | None = None, port: int = 0,
                  keys_file: str | None = None, keys_env: str | None = None,
                  tls_files: tuple[str, str, str | None] | None = None,
-                 backend=None, port_file: str | None = None):
+                 backend=None, port_file: str | None = None, node: str | None = None):
         self.name = name
+        self.node = node
         self.gateway: Gateway | None = None
         self.server: grpc.aio.Server | None = None
         self.checker = None
@@ -69,7 +70,7 @@ class GatewayServer:
             tls = Tls.from_files(*tls_files) if tls_files else None
             backend = self._backend if self._backend is not None else RayBackend()
             client = await KairosClient(backend).connect()
-            self.gateway = Gateway(self.name, client, backend)
+            self.gateway = Gateway(self.name, client, backend, self.node)
             await self.gateway.refresh_catalog()
             if port == 0 and self._port_file and os.path.exists(self._port_file):
                 with open(self._port_file, encoding="utf-8") as f:
@@ -142,4 +143,5 @@ class GatewayActor(GatewayServer):
                  keys_file: str | None = None, keys_env: str | None = None,
                  tls_files: tuple[str, str, str | None] | None = None):
         super().__init__(name, host, port, keys_file, keys_env, tls_files,
-                         port_file=_session_port_file(name) if host is not None else None)
+                         port_file=_session_port_file(name) if host is not None else None,
+                         node=ray.get_runtime_context().get_node_id())

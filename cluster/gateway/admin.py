@@ -29,6 +29,7 @@ HEX = frozenset("0123456789abcdef")
 class AdminService(admin_pb2_grpc.AdminServiceServicer):
     def __init__(self, gateway: Gateway):
         self.backend = gateway.backend
+        self.node = gateway.node
 
     async def ValidateCatalog(self, request: admin_pb2.CatalogText, context
                               ) -> admin_pb2.CatalogInfo:
@@ -92,6 +93,10 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             await fail(context, grpc.StatusCode.INVALID_ARGUMENT,
                        f"node_id: must be a node's hex id (1..{MAX_NODE_ID} characters), "
                        f"got {node[:MAX_NODE_ID]!r}")
+        if node == self.node:  # this gateway stops as part of the drain: the call would be cut
+            await fail(context, grpc.StatusCode.FAILED_PRECONDITION,
+                       f"node_id: this gateway runs on node {node} and stops with its drain; "
+                       f"send DrainNode to a gateway on another node (kairos drain does)")
         try:
             done = await _answer(context, self.backend.controller().drain_node(node))
         except LookupError as exc:

@@ -30,12 +30,14 @@ MAX_DETAILS = 1024  # characters of a status message
 
 
 class Gateway:
-    """One gateway's state: its name (where shards push watched decisions), the client it
-    routes through, the controller behind `backend`, its watch streams, and its calls in
-    flight."""
+    """One gateway's state: its name (where shards push watched decisions), the node it runs
+    on (when known), the client it routes through, the controller behind `backend`, its watch
+    streams, and its calls in flight."""
 
-    def __init__(self, name: str, client: KairosClient, backend: Backend):
+    def __init__(self, name: str, client: KairosClient, backend: Backend,
+                 node: str | None = None):
         self.name = name
+        self.node = node
         self.client = client
         self.backend = backend
         self.watches = Watches(name, client, backend)

@@ -1,0 +1,189 @@
+"""Nodes that join and leave under traffic, on a real Ray cluster on this machine.
+
+The controller keeps a gateway on every node (GatewaySpec): a node that joins serves kairos.v1
+and takes its share of partitions without anyone calling the CLI; DrainNode empties a node
+while traffic flows. The traffic is what a client balancing per call sends: gRPC's
+round_robin over every gateway with client-side health checking, so a gateway that turns
+NOT_SERVING is taken out by the client, as a Kubernetes readiness probe takes a pod out.
+Throughout, no call fails, no decision is a fallback, and every acknowledged event is applied
+exactly once, in order.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import grpc
+import pytest
+import ray
+
+from kairos.cluster.cli.main import main
+from kairos.cluster.control import runtime
+from kairos.cluster.control.nodes import GatewaySpec
+from kairos.v1 import admin_pb2, admin_pb2_grpc
+from kairos.v1 import decision_pb2 as pb
+from kairos.v1 import decision_pb2_grpc
+
+from tests.support.waiting import wait_until
+
+T0 = 1_795_629_600.0
+TUNING = {"KAIROS_RETIRE_GRACE_S": "1", "KAIROS_DRAIN_UNREADY_S": "2",
+          "KAIROS_CONTROL_LOOP_S": "0.5"}
+JOIN_S = 30.0  # the issue's bound: a node that joins serves, with shards, within this
+CALL_S = 10.0
+# round_robin over every address, each checked with grpc.health.v1 (the empty service)
+BALANCED = json.dumps({"loadBalancingConfig": [{"round_robin": {}}],
+                       "healthCheckConfig": {"serviceName": ""}})
+
+
+@pytest.fixture(scope="module")
+def cluster(ray_cluster, tmp_path_factory):
+    c = ray_cluster(nodes=2, env=TUNING)
+    runtime.start(n_shards=2, n_partitions=256, store=str(tmp_path_factory.mktemp("store")),
+                  gateways=GatewaySpec("127.0.0.1", 0), shards_per_cpu=1.0)
+    yield c
+    runtime.stop()
+
+
+def node_status() -> list[dict]:
+    return ray.get(runtime.controller().status.remote())["node_status"]
+
+
+class Traffic:
+    """Customers, each with one call at a time: Ingest (with its idempotency key, resent
+    only after UNAVAILABLE, which means it was not served) then Decide, through a channel
+    balanced over `targets`, rebuilt when they change. Counts what failed."""
+
+    def __init__(self, customers: int):
+        self.customers = [f"walker-{i}" for i in range(customers)]
+        self.acked: dict[str, list[int]] = {c: [] for c in self.customers}
+        self.failed: list[str] = []
+        self.fallbacks = 0
+        self.decided = 0
+        self.targets: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def start(self, targets: list[str]) -> "Traffic":
+        self.targets = targets
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(120)
+
+    def total(self) -> int:
+        return sum(len(a) for a in self.acked.values())
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            targets = list(self.targets)
+            channel = grpc.aio.insecure_channel(
+                "ipv4:" + ",".join(targets), options=[("grpc.service_config", BALANCED)])
+            stub = decision_pb2_grpc.DecisionServiceStub(channel)
+            await asyncio.gather(*(self._customer(stub, c, targets) for c in self.customers))
+            await channel.close(grace=CALL_S)  # calls in flight on it finish
+
+    async def _customer(self, stub, customer: str, targets: list[str]) -> None:
+        while not self._stop.is_set() and self.targets == targets:
+            n = len(self.acked[customer]) + 1
+            event = pb.Event(customer_id=customer, type="app_open", channel="app",
+                             idempotency_key=f"{customer}/{n}")
+            event.time.FromNanoseconds(int((T0 + n) * 1e9))
+            try:
+                ack = await stub.Ingest(event, timeout=CALL_S, wait_for_ready=True)
+                self.acked[customer].append(ack.sequence)
+                decision = await stub.Decide(pb.DecideRequest(customer_id=customer,
+                                                              channel="web"),
+                                             timeout=CALL_S, wait_for_ready=True)
+                self.decided += 1
+                self.fallbacks += decision.fallback
+            except grpc.aio.AioRpcError as exc:
+                self.failed.append(f"{customer} #{n}: {exc.code().name} {exc.details()}")
+                await asyncio.sleep(0.05)
+
+    def check(self, decisions: decision_pb2_grpc.DecisionServiceStub) -> None:
+        assert self.failed == [] and self.fallbacks == 0, (self.failed[:5], self.fallbacks)
+        for customer, acked in self.acked.items():
+            assert acked == list(range(1, len(acked) + 1)), (customer, acked)
+            profile = decisions.GetProfile(pb.ProfileRequest(customer_id=customer), timeout=CALL_S)
+            assert profile.events_applied == len(acked), customer
+
+
+def gateways(nodes: list[dict]) -> list[str]:
+    return [f"127.0.0.1:{n['gateway_port']}" for n in nodes if n["serving"]]
+
+
+def test_a_node_joins_then_nodes_are_drained_under_traffic_without_a_failed_call(cluster,
+                                                                                capsys):
+    head = ray.get_runtime_context().get_node_id()
+    start = node_status()
+    assert len(start) == 2 and all(n["serving"] and n["shards"] for n in start)
+    admin_channel = grpc.insecure_channel(
+        f"127.0.0.1:{next(n['gateway_port'] for n in start if n['node'] == head)}")
+    admin = admin_pb2_grpc.AdminServiceStub(admin_channel)
+    decisions = decision_pb2_grpc.DecisionServiceStub(admin_channel)
+    traffic = Traffic(16).start(gateways(start))
+    wait_until(lambda: traffic.total() > 100, 60, "a first stretch of traffic")
+
+    joined_at = time.monotonic()
+    cluster.add_node(num_cpus=1, object_store_memory=128 * 2**20,
+                     dashboard_agent_listen_port=0)
+
+    def new_node_serves():
+        new = [n for n in node_status() if n["node"] not in {s["node"] for s in start}]
+        return new and new[0]["serving"] and new[0]["partitions"] > 0 and new[0]
+    new = wait_until(new_node_serves, JOIN_S, "the joined node's gateway and shards",
+                     poll_s=0.5)
+    assert time.monotonic() - joined_at < JOIN_S
+    assert len(new["shards"]) == 1  # one CPU, one shard per CPU
+    traffic.targets = gateways(node_status())
+    acked = traffic.total()
+    wait_until(lambda: traffic.total() > acked + 100, 60, "traffic through three gateways")
+
+    with grpc.insecure_channel(f"127.0.0.1:{new['gateway_port']}") as own:
+        with pytest.raises(grpc.RpcError) as refused:  # it would stop under its own call
+            admin_pb2_grpc.AdminServiceStub(own).DrainNode(
+                admin_pb2.DrainNodeRequest(node_id=new["node"]), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "another node" in refused.value.details()
+
+    def holds_nothing_and_traffic_goes_on(node: str) -> None:
+        drained = next(n for n in node_status() if n["node"] == node)
+        assert drained["draining"] and not drained["serving"] and not drained["shards"]
+        assert drained["partitions"] == 0
+        traffic.targets = gateways(node_status())
+        acked = traffic.total()
+        wait_until(lambda: traffic.total() > acked + 50, 60, "traffic after the drain")
+
+    # the joined node through the RPC
+    done = admin.DrainNode(admin_pb2.DrainNodeRequest(node_id=new["node"]), timeout=300)
+    assert done.moved > 0 and list(done.shards) == new["shards"]
+    holds_nothing_and_traffic_goes_on(new["node"])
+    # then a node that was there at start, with `kairos drain` by an id prefix, pointed at
+    # that node's own gateway (the CLI sends the drain to a gateway on another node)
+    worker = next(n for n in start if n["node"] != head)
+    assert main(["drain", worker["node"][:12],
+                 "--target", f"127.0.0.1:{worker['gateway_port']}"]) == 0
+    assert "is drained" in capsys.readouterr().out
+    holds_nothing_and_traffic_goes_on(worker["node"])
+    traffic.stop()
+    traffic.check(decisions)
+    assert traffic.decided > 300
+    admin_channel.close()
+
+
+def test_drain_node_refuses_what_it_cannot_do(cluster):
+    head = ray.get_runtime_context().get_node_id()
+    port = next(n["gateway_port"] for n in node_status() if n["node"] == head)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        for node_id, code in (("f" * 56, grpc.StatusCode.NOT_FOUND),
+                              ("not hex!", grpc.StatusCode.INVALID_ARGUMENT),
+                              (head, grpc.StatusCode.FAILED_PRECONDITION)):  # the last one
+            with pytest.raises(grpc.RpcError) as refused:
+                admin.DrainNode(admin_pb2.DrainNodeRequest(node_id=node_id), timeout=30)
+            assert refused.value.code() == code, refused.value.details()
