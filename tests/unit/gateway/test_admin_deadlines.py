@@ -45,7 +45,8 @@ class StuckController:
 
 def admin() -> AdminService:
     controller = StuckController()
-    return AdminService(SimpleNamespace(backend=SimpleNamespace(controller=lambda: controller)))
+    return AdminService(SimpleNamespace(backend=SimpleNamespace(controller=lambda: controller),
+                                        node=None))
 
 
 async def answer(call) -> Aborted:
@@ -90,6 +91,7 @@ def test_cluster_status_names_why_a_shard_is_unavailable():
                          "recovery": {"failed": failed}}]}
 
     controller = Controller()
-    service = AdminService(SimpleNamespace(backend=SimpleNamespace(controller=lambda: controller)))
+    service = AdminService(SimpleNamespace(backend=SimpleNamespace(controller=lambda: controller),
+                                        node=None))
     status = asyncio.run(service.GetClusterStatus(admin_pb2.ClusterStatusRequest(), Context(5)))
     assert [(s.available, s.problem) for s in status.shards] == [(True, ""), (False, failed)]
