@@ -4,6 +4,7 @@ KubeRay CRD's schema (../shared/schemas/kuberay), and Kairos's own policies over
 operator would `kubectl apply -k`."""
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
@@ -272,31 +273,63 @@ def test_overlay_patches_hit_what_they_mean_to(overlay):
     assert worker["volumes"][1]["name"] == "dshm"
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_gateway_containers_have_grpc_probes(overlay):
-    labels = head(overlay)["metadata"]["labels"]
-    assert labels.get("kairos.io/gateway") == "true"
-    c = head(overlay)["spec"]["containers"][0]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert c.get(probe, {}).get("grpc", {}).get("port") == GATEWAY_PORT, \
-            f"{overlay}: head {probe} is not a gRPC probe on {GATEWAY_PORT}"
-    assert {"name": "grpc", "containerPort": GATEWAY_PORT} in c["ports"]
+def ray_pods(overlay: str) -> list[dict]:
+    """The head's and every worker group's pod template."""
+    return [head(overlay)] + [g["template"] for g in
+                              raycluster(overlay)["spec"]["workerGroupSpecs"]]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_gateway_services_select_the_head_only(overlay):
-    head_labels = head(overlay)["metadata"]["labels"]
-    workers = [g["template"]["metadata"]["labels"]
-               for g in raycluster(overlay)["spec"]["workerGroupSpecs"]]
+def test_every_ray_pod_runs_a_gateway_with_grpc_probes(overlay):
+    for pod in ray_pods(overlay):
+        assert pod["metadata"]["labels"].get("kairos.io/gateway") == "true"
+        c = pod["spec"]["containers"][0]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert c.get(probe, {}).get("grpc", {}).get("port") == GATEWAY_PORT, \
+                f"{overlay}: {c['name']} {probe} is not a gRPC probe on {GATEWAY_PORT}"
+        assert {"name": "grpc", "containerPort": GATEWAY_PORT} in c["ports"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_gateway_services_select_every_ray_pod(overlay):
     for name, headless in (("kairos-gateway", False), ("kairos-gateway-headless", True)):
         svc = one(overlay, "Service", name)
         selector = svc["spec"]["selector"]
-        assert selector.items() <= head_labels.items(), f"{name} does not select the head"
-        assert not any(selector.items() <= w.items() for w in workers), \
-            f"{name} selects workers, which have no gateway clients can count on"
+        for pod in ray_pods(overlay):
+            assert selector.items() <= pod["metadata"]["labels"].items(), \
+                f"{name} does not select {pod['metadata']['labels']}"
         assert (svc["spec"].get("clusterIP") == "None") == headless, name
         (port,) = svc["spec"]["ports"]
         assert port["port"] == GATEWAY_PORT and port["appProtocol"] == "kubernetes.io/h2c"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_workers_drain_their_node_before_ray_stops(overlay):
+    """preStop runs `kairos drain` on the pod's own address (Ray's node address), with an
+    admin key, and the grace period leaves it its whole --timeout and Ray time after it; the
+    readiness probe notices NOT_SERVING well within the controller's unready window."""
+    head_env = env_of(head(overlay)["spec"]["containers"][0])
+    unready_s = float(head_env["KAIROS_DRAIN_UNREADY_S"]["value"])
+    for group in raycluster(overlay)["spec"]["workerGroupSpecs"]:
+        spec = group["template"]["spec"]
+        c = spec["containers"][0]
+        command = c["lifecycle"]["preStop"]["exec"]["command"]
+        assert command[:2] == ["/bin/bash", "-c"]
+        words = command[2].split()
+        assert words[:3] == ["kairos", "drain", '"$POD_IP"']
+        timeout_s = float(words[words.index("--timeout") + 1])
+        assert spec["terminationGracePeriodSeconds"] >= timeout_s + 30
+        env = env_of(c)
+        assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+        key = env["KAIROS_API_KEY"]["valueFrom"]["secretKeyRef"]
+        assert key["name"] == "kairos-api-keys"
+        ready = c["readinessProbe"]
+        assert ready["periodSeconds"] * ready["failureThreshold"] * 2 <= unready_s
+    if overlay == "laptop":  # its example key file holds the admin key preStop uses
+        data = one(overlay, "Secret", "kairos-api-keys")["data"]
+        keys = yaml.safe_load(base64.b64decode(data["api-keys.yaml"]))["keys"]
+        admin_key = base64.b64decode(data["admin-key"]).decode()
+        assert any(k["key"] == admin_key and "admin" in k["scopes"] for k in keys)
 
 
 def _selects(selector: dict, labels: dict) -> bool:
