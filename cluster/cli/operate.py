@@ -17,8 +17,11 @@ def status(args: argparse.Namespace) -> int:
           f"model version {st.model_version}")
     print(f"{len(st.nodes)} node(s):")
     for n in st.node_status:
-        state = "draining" if n.draining else "serving" if n.serving else "not serving"
-        gateway = f"gateway :{n.gateway_port} {state}" if n.gateway_port else "no gateway"
+        if n.draining:
+            gateway = "drained" if not n.gateway_port and not n.shards else "draining"
+        else:
+            state = "serving" if n.serving else "not serving"
+            gateway = f"gateway :{n.gateway_port} {state}" if n.gateway_port else "no gateway"
         print(f"  {n.node_id[:8]}  {n.address:<15}  {gateway}  {len(n.shards)} shard(s)  "
               f"{n.partitions:>5} partitions  {n.resident:>8} resident")
     print("shards:")
