@@ -719,29 +719,38 @@ cdef inline double _quadratic(const double* S, const double* x, Py_ssize_t d) no
     return total
 
 
-cdef inline bint _untried(CatalogView cat, ModelView mv, Py_ssize_t a, int channel,
-                          const int8_t* reasons, const double* factors) noexcept nogil:
-    """Scored (ranked or under the restraint threshold), worth something, never accepted."""
-    return ((reasons[a] == R_TOP_K or reasons[a] == R_RESTRAINT)
+cdef inline bint _untried(CatalogView cat, ModelView mv, int channel, const int8_t* reasons,
+                          const double* factors, Py_ssize_t a) noexcept nogil:
+    """Scored (ranked, under the restraint threshold, or, once the selection has run, SELECTED
+    or GROUP_LIMIT), worth something, never accepted on the channel."""
+    return (_scored(reasons, a)
             and factors[a * N_FACTORS + 1] * factors[a * N_FACTORS + 2] * cat.lever[a] > 0.0
             and mv.positives[a * cat.n_channels + channel] == 0.0)
 
 
-cdef Py_ssize_t _trial(CatalogView cat, ModelView mv, Workspace ws, int channel,
-                       const int8_t* reasons, const double* factors) noexcept nogil:
-    """With probability trial_rate, when there is one, an untried action drawn uniformly;
-    else -1. Draws nothing when there is none."""
-    cdef Py_ssize_t a, n_untried = 0, pick
+cdef Py_ssize_t _n_untried(CatalogView cat, ModelView mv, int channel, const int8_t* reasons,
+                           const double* factors) noexcept nogil:
+    """How many actions a trial may pick: none when trials are off."""
+    cdef Py_ssize_t a, n = 0
     if cat.trial_rate <= 0.0:
-        return -1
+        return 0
     for a in range(cat.n_actions):
-        if _untried(cat, mv, a, channel, reasons, factors):
-            n_untried += 1
-    if n_untried == 0 or not _uniform(&ws._rng) < cat.trial_rate:
+        if _untried(cat, mv, channel, reasons, factors, a):
+            n += 1
+    return n
+
+
+cdef Py_ssize_t _trial(CatalogView cat, ModelView mv, int channel, const int8_t* reasons,
+                       const double* factors, Py_ssize_t n_untried,
+                       uint64_t* rng) noexcept nogil:
+    """With probability trial_rate, when there is one (n_untried of them), an untried action
+    drawn uniformly from rng; else -1. Draws nothing when there is none."""
+    cdef Py_ssize_t a, pick
+    if n_untried == 0 or not _uniform(rng) < cat.trial_rate:
         return -1
-    pick = <Py_ssize_t>(_uniform(&ws._rng) * n_untried)
+    pick = <Py_ssize_t>(_uniform(rng) * n_untried)
     for a in range(cat.n_actions):
-        if _untried(cat, mv, a, channel, reasons, factors):
+        if _untried(cat, mv, channel, reasons, factors, a):
             if pick == 0:
                 return a
             pick -= 1
@@ -795,7 +804,8 @@ cdef void _decide_one(CatalogView cat, StateView st, ModelView mv, Workspace ws,
     for g in range(cat.n_groups):
         ws._blocked[g] = 0
     n = 0
-    best = _trial(cat, mv, ws, channel, reasons, factors) if k > 0 else -1
+    best = _trial(cat, mv, channel, reasons, factors,
+                  _n_untried(cat, mv, channel, reasons, factors), &ws._rng) if k > 0 else -1
     if best >= 0:
         reasons[best] = R_SELECTED
         ws._out_action[out, 0] = <int32_t>best
@@ -836,15 +846,6 @@ cdef void _decide_one(CatalogView cat, StateView st, ModelView mv, Workspace ws,
 cdef inline bint _scored(const int8_t* reasons, Py_ssize_t a) noexcept nogil:
     return (reasons[a] == R_RESTRAINT or reasons[a] == R_TOP_K or reasons[a] == R_SELECTED
             or reasons[a] == R_GROUP_LIMIT)
-
-
-cdef inline bint _untried_scored(CatalogView cat, ModelView mv, int channel,
-                                 const int8_t* reasons, const double* factors,
-                                 Py_ssize_t a) noexcept nogil:
-    """_untried, after the selection turned some scored actions SELECTED or GROUP_LIMIT."""
-    return (_scored(reasons, a)
-            and factors[a * N_FACTORS + 1] * factors[a * N_FACTORS + 2] * cat.lever[a] > 0.0
-            and mv.positives[a * cat.n_channels + channel] == 0.0)
 
 
 cdef inline void _bound(CatalogView cat, Workspace ws, const double* factors, Py_ssize_t a,
@@ -922,18 +923,15 @@ cdef void _selection(CatalogView cat, ModelView mv, Workspace ws, int channel,
     logits, the trial) that show it there: the decision's own and `selection_samples` re-runs.
     The re-runs draw from a stream of their own, seeded by the decision's, so the decision's
     own draws are as before."""
-    cdef Py_ssize_t a, i, j, s, best, n_untried = 0, n_active = 0, pick
+    cdef Py_ssize_t a, i, j, s, best, n_active = 0
+    cdef Py_ssize_t n_untried = _n_untried(cat, mv, channel, reasons, factors)
     cdef int n = ws._out_count[out], g, filled
     cdef double best_p
     cdef uint64_t rng = ws._rng ^ <uint64_t>0xD1B54A32D192ED03
-    cdef bint random = False
+    cdef bint random = n_untried > 0
     for a in range(cat.n_actions):
         if _scored(reasons, a) and cat.exploration == EXPLORE_THOMPSON and ws._spread[a] > 0.0:
             random = True
-        if cat.trial_rate > 0.0 and _untried_scored(cat, mv, channel, reasons, factors, a):
-            n_untried += 1
-    if n_untried > 0:
-        random = True
     for j in range(n):
         ws._out_selection[out, j] = 1.0
         ws._hits[j] = 1  # the decision's own draws are one run: no estimate is 0
@@ -955,13 +953,8 @@ cdef void _selection(CatalogView cat, ModelView mv, Workspace ws, int channel,
         for g in range(cat.n_groups):
             ws._blocked[g] = 0
         filled = 0
-        if n_untried > 0 and _uniform(&rng) < cat.trial_rate:
-            pick = <Py_ssize_t>(_uniform(&rng) * n_untried)
-            for a in range(cat.n_actions):
-                if _untried_scored(cat, mv, channel, reasons, factors, a):
-                    if pick == 0:
-                        break
-                    pick -= 1
+        a = _trial(cat, mv, channel, reasons, factors, n_untried, &rng)
+        if a >= 0:
             ws._sample_slots[0] = <int32_t>a
             ws._sampled[a] = NAN  # shown: out of the ranking (and never drawn when inactive)
             filled = 1

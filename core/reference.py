@@ -261,7 +261,7 @@ def decide_one(cat: CatalogView, st: StateView, mv: ModelView, ws: Workspace, ro
         reasons[a] = Reason.TOP_K
         candidates.append(a)
     k = _top_k(c, channel, placement, k_req)
-    trial = _trial(c, mv, ws, channel, reasons, factors) if k > 0 else None
+    trial = _trial(c, _untried(c, mv, channel, reasons, factors), ws._rng) if k > 0 else None
     _select(c, ws, out, candidates, factors, k, trial)
     _selection(c, mv, ws, channel, reasons, factors, k, out)
 
@@ -313,9 +313,7 @@ def _selection(c: CompiledCatalog, mv: ModelView, ws: Workspace, channel: int, r
     ws.out_selection[out, :n] = 1.0
     thompson = c.exploration == Exploration.THOMPSON
     scored = [a for a in range(len(c.action_ids)) if reasons[a] in SCORED]
-    untried = [a for a in scored if c.trial_rate > 0.0
-               and factors[a, 1] * factors[a, 2] * c.lever[a] > 0.0
-               and mv.positives[c.model_index(a, channel)] == 0.0]
+    untried = _untried(c, mv, channel, reasons, factors)
     if n == 0 or not (untried or (thompson and any(ws._spread[a] > 0.0 for a in scored))):
         return
     rng = SplitMix64(ws._rng.state ^ SELECTION_STREAM)
@@ -332,8 +330,9 @@ def _selection(c: CompiledCatalog, mv: ModelView, ws: Workspace, channel: int, r
             sampled[a] = math.nan  # out of the ranking
             if not c.group_multiple[c.action_group[a]]:
                 blocked.add(c.action_group[a])
-        if untried and rng.uniform() < c.trial_rate:
-            show(untried[int(rng.uniform() * len(untried))])
+        trial = _trial(c, untried, rng)
+        if trial is not None:
+            show(trial)
         while len(slots) < k:
             best = None
             for a in active:
@@ -348,20 +347,23 @@ def _selection(c: CompiledCatalog, mv: ModelView, ws: Workspace, channel: int, r
     ws.out_selection[out, :n] = [h / (c.selection_samples + 1) for h in hits]
 
 
-def _trial(c: CompiledCatalog, mv: ModelView, ws: Workspace, channel: int, reasons,
-           factors) -> int | None:
-    """With probability trial_rate, when there is one, an action scored (ranked or under the
-    restraint threshold), worth something and never accepted on the channel, drawn
-    uniformly (the kernel's draws, in its order)."""
+def _untried(c: CompiledCatalog, mv: ModelView, channel: int, reasons, factors) -> list[int]:
+    """The actions a trial may pick, none when trials are off: scored (ranked, under the
+    restraint threshold, or, once the selection has run, SELECTED or GROUP_LIMIT), worth
+    something and never accepted on the channel."""
     if c.trial_rate <= 0.0:
+        return []
+    return [a for a in range(len(c.action_ids)) if reasons[a] in SCORED
+            and factors[a, 1] * factors[a, 2] * c.lever[a] > 0.0
+            and mv.positives[c.model_index(a, channel)] == 0.0]
+
+
+def _trial(c: CompiledCatalog, untried: list[int], rng: SplitMix64) -> int | None:
+    """With probability trial_rate, when there is one, an untried action drawn uniformly from
+    rng (the kernel's draws, in its order)."""
+    if not untried or not rng.uniform() < c.trial_rate:
         return None
-    untried = [a for a in range(len(c.action_ids))
-               if reasons[a] in (Reason.TOP_K, Reason.RESTRAINT)
-               and factors[a, 1] * factors[a, 2] * c.lever[a] > 0.0
-               and mv.positives[c.model_index(a, channel)] == 0.0]
-    if not untried or not ws._rng.uniform() < c.trial_rate:
-        return None
-    return untried[int(ws._rng.uniform() * len(untried))]
+    return untried[int(rng.uniform() * len(untried))]
 
 
 def _filter(c: CompiledCatalog, a: int, channel: int, placement: int, view, frame,
