@@ -10,6 +10,9 @@
 # 3. Live as long as Ray does. If Kairos did not start, stop Ray and exit 1: the kubelet
 #    restarts the container and Kairos is tried again on a fresh Ray (shards recover from the
 #    store). SIGTERM (pod deletion) stops Ray.
+# Ray is stopped by signalling the `ray start --block` this script started, which stops the
+# processes of this node only (`ray stop` would stop every Ray on the machine); the tests run
+# this script as a process beside other Rays.
 set -u
 
 RAY_GCS="127.0.0.1:${RAY_GCS_PORT:-6379}"
@@ -20,13 +23,16 @@ ulimit -n 65536
 
 stop_ray() {
     echo "kairos-head: stopping Ray" >&2
-    ray stop --grace-period 30 >&2 || true
+    kill -TERM "$ray_pid" 2>/dev/null
+    wait "$ray_pid" 2>/dev/null || true
 }
+ray_pid=""
 trap 'stop_ray; exit 0' TERM INT
 
 # KubeRay's generated command is a shell command line (it may quote values): eval keeps its
-# quoting. It normally blocks (--block); if it returns, Ray's processes run on without it.
-eval "$KUBERAY_GEN_RAY_START_CMD" &
+# quoting, and exec makes $ray_pid the `ray start` itself. It blocks (--block) while the
+# node runs.
+eval "exec $KUBERAY_GEN_RAY_START_CMD" &
 ray_pid=$!
 
 waited=0
@@ -45,7 +51,8 @@ until ray health-check --address "$RAY_GCS" >/dev/null 2>&1; do
     waited=$((waited + 2))
 done
 
-args=(start --address "$RAY_GCS" --host 0.0.0.0 --port "${KAIROS_GATEWAY_PORT:-50051}"
+args=(start --address "$RAY_GCS" --host "${KAIROS_GATEWAY_HOST:-0.0.0.0}"
+      --port "${KAIROS_GATEWAY_PORT:-50051}"
       --shards "${KAIROS_SHARDS:-4}")
 if [ -f "$CATALOG" ]; then
     args+=(--catalog "$CATALOG")

@@ -17,8 +17,8 @@ import jsonschema
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-K8S = REPO / "k8s"
+from tests.support.manifests import K8S, REPO, env_of, head, objects, one, raycluster, rendered
+
 OVERLAYS = ("laptop", "production")
 CRD = Path(__file__).resolve().parents[3] / "shared/schemas/kuberay/ray.io_rayclusters.yaml"
 KUBERNETES_VERSION = "1.32"  # the API version the manifests are held to
@@ -28,29 +28,6 @@ RAY_METRICS_PORT = 8080
 # open_telemetry_metric_recorder.py: NAMESPACE = "ray"; metrics_agent.py likewise).
 RAY_METRIC_PREFIX = "ray_"
 CORE_GROUPS = ("v1", "apps/v1", "policy/v1", "networking.k8s.io/v1")
-
-
-@cache
-def rendered(overlay: str) -> tuple[dict, ...]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.fail("kubectl (with its built-in kustomize) is needed to render k8s/: "
-                    "`apt-get install kubernetes-client` on Debian, or see "
-                    "https://kubernetes.io/docs/tasks/tools/")
-    done = subprocess.run([kubectl, "kustomize", str(K8S / "overlays" / overlay)],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, f"kubectl kustomize k8s/overlays/{overlay}: {done.stderr}"
-    return tuple(doc for doc in yaml.safe_load_all(done.stdout) if doc)
-
-
-def objects(overlay: str, kind: str) -> list[dict]:
-    return [o for o in rendered(overlay) if o["kind"] == kind]
-
-
-def one(overlay: str, kind: str, name: str) -> dict:
-    found = [o for o in objects(overlay, kind) if o["metadata"]["name"] == name]
-    assert len(found) == 1, f"{overlay}: expected one {kind} {name}, found {len(found)}"
-    return found[0]
 
 
 def pod_specs(overlay: str) -> list[tuple[str, dict]]:
@@ -70,20 +47,6 @@ def pod_specs(overlay: str) -> list[tuple[str, dict]]:
 def containers(overlay: str) -> list[tuple[str, dict]]:
     return [(f"{where} container {c['name']}", c) for where, spec in pod_specs(overlay)
             for c in spec.get("initContainers", []) + spec["containers"]]
-
-
-def raycluster(overlay: str) -> dict:
-    return one(overlay, "RayCluster", "kairos")
-
-
-def head(overlay: str) -> dict:
-    return raycluster(overlay)["spec"]["headGroupSpec"]["template"]
-
-
-def env_of(container: dict) -> dict[str, dict]:
-    names = [e["name"] for e in container.get("env", [])]
-    assert len(names) == len(set(names)), f"{container['name']}: env names repeat: {names}"
-    return {e["name"]: e for e in container.get("env", [])}
 
 
 # -- schemas ---------------------------------------------------------------------------------
@@ -249,7 +212,8 @@ def test_kairos_starts_on_the_head_with_no_manual_step(overlay):
     volume = next(v for v in head(overlay)["spec"]["volumes"] if v["name"] == mount["name"])
     script = one(overlay, "ConfigMap", volume["configMap"]["name"])["data"]["kairos-head.sh"]
     assert "$KUBERAY_GEN_RAY_START_CMD" in script
-    assert re.search(r"start --address \"\$RAY_GCS\" --host 0\.0\.0\.0 --port", script)
+    assert re.search(r'start --address "\$RAY_GCS" --host "\$\{KAIROS_GATEWAY_HOST:-0\.0\.0\.0\}"',
+                     script)
     bash = shutil.which("bash")
     assert bash and subprocess.run([bash, "-n"], input=script, text=True).returncode == 0, \
         "kairos-head.sh is not valid bash"
