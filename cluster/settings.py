@@ -188,8 +188,8 @@ CLIENT_REROUTE_S = number("CLIENT_REROUTE_S", 5.0, above=True, high=600.0)
 CLIENT_REROUTES = integer("CLIENT_REROUTES", 2, high=100)
 
 # -- gateways ----------------------------------------------------------------------------------
-# The first gateway's port (`kairos up` gives the gateway on node i this + i).
-GATEWAY_PORT = integer("GATEWAY_PORT", 50051, high=65535)
+# The first gateway's port (`kairos up` gives the gateway on node i this + i); 0: any free port.
+GATEWAY_PORT = integer("GATEWAY_PORT", 50051, low=0, high=65535)
 # Deadline for calls that come without one.
 DEFAULT_DEADLINE_S = number("DEFAULT_DEADLINE_S", 5.0, above=True)
 # Time kept back from the caller's deadline to build and send a fallback: at least this, and

@@ -10,9 +10,6 @@ exactly once, in order.
 """
 from __future__ import annotations
 
-import asyncio
-import json
-import threading
 import time
 
 import grpc
@@ -23,19 +20,15 @@ from kairos.cluster.cli.main import main
 from kairos.cluster.control import runtime
 from kairos.cluster.control.nodes import GatewaySpec
 from kairos.v1 import admin_pb2, admin_pb2_grpc
-from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
 from tests.support.waiting import wait_until
 
-T0 = 1_795_629_600.0
+from .traffic import Traffic
+
 TUNING = {"KAIROS_RETIRE_GRACE_S": "1", "KAIROS_DRAIN_UNREADY_S": "2",
           "KAIROS_CONTROL_LOOP_S": "0.5"}
 JOIN_S = 30.0  # the issue's bound: a node that joins serves, with shards, within this
-CALL_S = 10.0
-# round_robin over every address, each checked with grpc.health.v1 (the empty service)
-BALANCED = json.dumps({"loadBalancingConfig": [{"round_robin": {}}],
-                       "healthCheckConfig": {"serviceName": ""}})
 
 
 @pytest.fixture(scope="module")
@@ -49,68 +42,6 @@ def cluster(ray_cluster, tmp_path_factory):
 
 def node_status() -> list[dict]:
     return ray.get(runtime.controller().status.remote())["node_status"]
-
-
-class Traffic:
-    """Customers, each with one call at a time: Ingest (with its idempotency key, resent
-    only after UNAVAILABLE, which means it was not served) then Decide, through a channel
-    balanced over `targets`, rebuilt when they change. Counts what failed."""
-
-    def __init__(self, customers: int):
-        self.customers = [f"walker-{i}" for i in range(customers)]
-        self.acked: dict[str, list[int]] = {c: [] for c in self.customers}
-        self.failed: list[str] = []
-        self.fallbacks = 0
-        self.decided = 0
-        self.targets: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-
-    def start(self, targets: list[str]) -> "Traffic":
-        self.targets = targets
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(120)
-
-    def total(self) -> int:
-        return sum(len(a) for a in self.acked.values())
-
-    async def _run(self) -> None:
-        while not self._stop.is_set():
-            targets = list(self.targets)
-            channel = grpc.aio.insecure_channel(
-                "ipv4:" + ",".join(targets), options=[("grpc.service_config", BALANCED)])
-            stub = decision_pb2_grpc.DecisionServiceStub(channel)
-            await asyncio.gather(*(self._customer(stub, c, targets) for c in self.customers))
-            await channel.close(grace=CALL_S)  # calls in flight on it finish
-
-    async def _customer(self, stub, customer: str, targets: list[str]) -> None:
-        while not self._stop.is_set() and self.targets == targets:
-            n = len(self.acked[customer]) + 1
-            event = pb.Event(customer_id=customer, type="app_open", channel="app",
-                             idempotency_key=f"{customer}/{n}")
-            event.time.FromNanoseconds(int((T0 + n) * 1e9))
-            try:
-                ack = await stub.Ingest(event, timeout=CALL_S, wait_for_ready=True)
-                self.acked[customer].append(ack.sequence)
-                decision = await stub.Decide(pb.DecideRequest(customer_id=customer,
-                                                              channel="web"),
-                                             timeout=CALL_S, wait_for_ready=True)
-                self.decided += 1
-                self.fallbacks += decision.fallback
-            except grpc.aio.AioRpcError as exc:
-                self.failed.append(f"{customer} #{n}: {exc.code().name} {exc.details()}")
-                await asyncio.sleep(0.05)
-
-    def check(self, decisions: decision_pb2_grpc.DecisionServiceStub) -> None:
-        assert self.failed == [] and self.fallbacks == 0, (self.failed[:5], self.fallbacks)
-        for customer, acked in self.acked.items():
-            assert acked == list(range(1, len(acked) + 1)), (customer, acked)
-            profile = decisions.GetProfile(pb.ProfileRequest(customer_id=customer), timeout=CALL_S)
-            assert profile.events_applied == len(acked), customer
 
 
 def gateways(nodes: list[dict]) -> list[str]:

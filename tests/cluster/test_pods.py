@@ -1,0 +1,230 @@
+"""The pods' own commands, run as processes on this machine.
+
+The laptop overlay is rendered with kubectl kustomize; the head's and the workers' container
+commands, environments and the workers' preStop hook are taken from it and run as the
+kubelet would: a head and two workers, traffic through every gateway, a third worker that
+joins (a gateway serves on it and its shard owns partitions within 30 s), its preStop drain
+and then its stop, and the same for one of the first workers. Throughout, no call fails, no
+decision is a fallback, and every acknowledged event is applied exactly once.
+
+What a machine shared by every "pod" forces the test to change, and nothing else:
+- KubeRay's generated `ray start` ($KUBERAY_GEN_RAY_START_CMD) is built here from the
+  rendered rayStartParams, as KubeRay builds it, with the ports made free ones (the GCS, Ray's
+  metrics) and the dashboard left out;
+- the gateways bind 127.0.0.1 on free ports (KAIROS_GATEWAY_HOST, KAIROS_GATEWAY_PORT=0), so
+  the preStop's `--target 127.0.0.1:50051` becomes the worker's own gateway port;
+- every node has this machine's address, so POD_IP, which preStop drains, is the node's id
+  (which `kairos drain` takes as well as an address);
+- the Secrets' values come from the rendered Secrets; Redis is a real redis-server with the
+  overlay's password, on 127.0.0.1, instead of Service kairos-redis;
+- Ray's token is one the test makes, as KubeRay makes one (RAY_AUTH_MODE, RAY_AUTH_TOKEN).
+"""
+from __future__ import annotations
+
+import base64
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from kairos.cluster.gateway.auth import METADATA_KEY
+from kairos.cluster.storage.redis_server import RedisServer, free_port
+from kairos.v1 import admin_pb2, admin_pb2_grpc
+from kairos.v1 import decision_pb2_grpc
+
+from tests.support.manifests import one, raycluster
+from tests.support.waiting import wait_until
+
+from .traffic import Traffic
+
+OVERLAY = "laptop"
+GATEWAY_PORT = 50051
+START_S = 300.0  # the head: Ray, then `kairos start`
+JOIN_S = 30.0
+APP_KEY = "laptop-example-app-key"  # from the overlay's example keys (public)
+
+
+def secret_value(name: str, key: str) -> str:
+    return base64.b64decode(one(OVERLAY, "Secret", name)["data"][key]).decode()
+
+
+def container_env(container: dict, fields: dict[str, str]) -> dict[str, str]:
+    """The container's environment as the kubelet builds it: $(VAR) expanded from the ones
+    before, Secrets' keys read, fieldRefs from `fields` (left out when not given)."""
+    env: dict[str, str] = {}
+    for e in container.get("env", []):
+        if "value" in e:
+            env[e["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), e["value"])
+        elif "secretKeyRef" in e["valueFrom"]:
+            ref = e["valueFrom"]["secretKeyRef"]
+            env[e["name"]] = secret_value(ref["name"], ref["key"])
+        elif e["valueFrom"]["fieldRef"]["fieldPath"] in fields:
+            env[e["name"]] = fields[e["valueFrom"]["fieldRef"]["fieldPath"]]
+    return env
+
+
+def kuberay_start(params: dict[str, str], head: bool, gcs_port: int) -> str:
+    """KubeRay's `ray start` for a group: its rayStartParams as --key=value, then --block."""
+    params = {**params, "metrics-export-port": str(free_port()),
+              "dashboard-agent-listen-port": "0"}
+    params.pop("dashboard-host", None)
+    where = ["--head", f"--port={gcs_port}", "--include-dashboard=false"] if head \
+        else [f"--address=127.0.0.1:{gcs_port}"]
+    return " ".join(["ray", "start", *where, *(f"--{k}={v}" for k, v in params.items()),
+                     "--block"])
+
+
+class Pod:
+    """A container's command as a process in a session of its own, its output in a file."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str], logs: Path):
+        self.name = name
+        self.env = env
+        self.log = logs / f"{name}.log"
+        with open(self.log, "wb") as out:
+            self.process = subprocess.Popen(command, env=env, stdout=out,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, grace_s: float = 60.0) -> None:
+        """SIGTERM, as the kubelet sends after preStop; what is left of the session after
+        the grace period is killed."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+        _kill_session(self.process.pid)
+
+
+def _kill_session(sid: int) -> None:
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == sid:
+                    os.kill(int(entry), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+@pytest.fixture
+def pods(tmp_path):
+    started: list[Pod] = []
+    redis = RedisServer(tmp_path / "redis", password=secret_value("kairos-redis", "password"))
+    redis.start()
+    yield started, redis, tmp_path
+    for pod in started:  # all at once: each stops its own Ray
+        if pod.process.poll() is None:
+            pod.process.send_signal(signal.SIGTERM)
+    for pod in reversed(started):
+        pod.stop(grace_s=30)
+    redis.stop()
+
+
+@pytest.mark.timeout(900)
+def test_the_pods_commands_join_drain_and_leave_under_traffic(pods):
+    started, redis, tmp = pods
+    rc = raycluster(OVERLAY)
+    gcs_port = free_port()
+    common = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+              # `ray` and `kairos` of this venv, also when its python runs without it on PATH
+              "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+              # Ray's own drain on SIGTERM waits up to 30 s for a node to go idle: Kairos has
+              # emptied it in preStop by then, so the test does not wait out Ray's default
+              "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "5"}
+
+    def env_for(container: dict, ray_start: str) -> dict[str, str]:
+        env = {**common, **container_env(container, {})}
+        env["KAIROS_STORE"] = env["KAIROS_STORE"].replace("kairos-redis:6379",
+                                                          f"127.0.0.1:{redis.port}")
+        return {**env, "KUBERAY_GEN_RAY_START_CMD": ray_start, "KAIROS_GATEWAY_PORT": "0",
+                "KAIROS_GATEWAY_HOST": "127.0.0.1", "RAY_GCS_PORT": str(gcs_port)}
+
+    # the head: its entrypoint script from the ConfigMap it mounts
+    head_spec = rc["spec"]["headGroupSpec"]
+    head_container = head_spec["template"]["spec"]["containers"][0]
+    bin_dir = tmp / "opt-kairos-bin"
+    bin_dir.mkdir()
+    (bin_dir / "kairos-head.sh").write_text(
+        one(OVERLAY, "ConfigMap", "kairos-head-start")["data"]["kairos-head.sh"])
+    command = [part.replace("/opt/kairos/bin", str(bin_dir)) for part in head_container["command"]]
+    head = Pod("head", command, env_for(head_container, kuberay_start(
+        head_spec["rayStartParams"], True, gcs_port)), tmp)
+    started.append(head)
+    def head_serves() -> re.Match | None:
+        if head.process.poll() is not None:  # BaseException: not taken for "not yet"
+            pytest.fail(f"the head's container exited:\n{head.output()[-3000:]}")
+        return re.search(r"gRPC on [^:\s]+:(\d+)", head.output())
+    head_port = int(wait_until(head_serves, START_S, "kairos start on the head", poll_s=1.0)[1])
+    admin_channel = grpc.insecure_channel(f"127.0.0.1:{head_port}")
+    key = secret_value("kairos-api-keys", "admin-key")
+    admin = admin_pb2_grpc.AdminServiceStub(admin_channel)
+
+    def nodes() -> list:
+        return list(admin.GetClusterStatus(admin_pb2.ClusterStatusRequest(), timeout=30,
+                                           metadata=((METADATA_KEY, key),)).node_status)
+
+    # the workers: KubeRay's command line for the group
+    (group,) = rc["spec"]["workerGroupSpecs"]
+    worker_container = group["template"]["spec"]["containers"][0]
+
+    def add_worker(name: str, count: int) -> tuple[list, float]:
+        """Start a worker pod; once its node is in Ray, the nodes when `count` serve with
+        shards owning partitions, and the seconds that took from the node's joining."""
+        ray_start = kuberay_start(group["rayStartParams"], False, gcs_port)  # its own ports
+        started.append(Pod(name, worker_container["command"] + worker_container["args"],
+                           env_for(worker_container, ray_start), tmp))
+        wait_until(lambda: len(nodes()) == count, START_S, f"{name}'s node in Ray", poll_s=0.5)
+        joined_at = time.monotonic()
+
+        def ready() -> list | None:
+            serving = [n for n in nodes() if n.serving and n.shards and n.partitions]
+            return serving if len(serving) == count else None
+        serving = wait_until(ready, START_S, f"{count} nodes serving", poll_s=0.5)
+        return serving, time.monotonic() - joined_at
+
+    known = {n.node_id for n in add_worker("worker-1", 2)[0]}
+    first = {n.node_id: n for n in add_worker("worker-2", 3)[0]}
+    worker = next(n for node_id, n in first.items() if node_id not in known)
+
+    traffic = Traffic(12, api_key=APP_KEY).start(
+        [f"127.0.0.1:{n.gateway_port}" for n in first.values()])
+    wait_until(lambda: traffic.total() > 100, 60, "a first stretch of traffic")
+
+    serving, took_s = add_worker("worker-3", 4)
+    joined = next(n for n in serving if n.node_id not in first)
+    assert took_s < JOIN_S, f"the joined node served with its shard {took_s:.1f} s after it joined"
+    traffic.targets = [f"127.0.0.1:{n.gateway_port}" for n in nodes() if n.serving]
+
+    pre_stop = worker_container["lifecycle"]["preStop"]["exec"]["command"]
+    for pod, node in ((started[-1], joined), (started[2], worker)):
+        acked = traffic.total()
+        wait_until(lambda: traffic.total() > acked + 50, 60, f"traffic before {pod.name} goes")
+        hook = [part.replace(f"127.0.0.1:{GATEWAY_PORT}", f"127.0.0.1:{node.gateway_port}")
+                for part in pre_stop]
+        done = subprocess.run(hook, env={**pod.env, "POD_IP": node.node_id},
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "is drained" in done.stdout
+        after = {n.node_id: n for n in nodes()}
+        assert after[node.node_id].draining and not after[node.node_id].shards
+        traffic.targets = [f"127.0.0.1:{n.gateway_port}" for n in after.values() if n.serving]
+        pod.stop()  # the kubelet's SIGTERM once preStop returned: Ray stops on the node
+        wait_until(lambda: node.node_id not in {n.node_id for n in nodes()}, 120,
+                   f"{pod.name}'s node to leave Ray", poll_s=1.0)
+    acked = traffic.total()
+    wait_until(lambda: traffic.total() > acked + 50, 60, "traffic after both drains")
+    traffic.stop()
+    with grpc.insecure_channel(f"127.0.0.1:{head_port}") as channel:
+        traffic.check(decision_pb2_grpc.DecisionServiceStub(channel))
+    admin_channel.close()
