@@ -1,0 +1,18 @@
+"""The drain benchmark runs end to end (short): a node holding customers is drained under
+Decide traffic with no failed call, and the reports are written."""
+from __future__ import annotations
+
+import json
+
+
+def test_a_short_run_drains_a_node_under_traffic_and_writes_reports(tmp_path, run_bench):
+    summary = run_bench("drain", tmp_path, "--customers", "2000", "--rate", "20",
+                        "--grace-for", "2000", timeout_s=400)
+    (size,) = summary["sizes"]
+    assert size["customers"] == 2000 and 0 < size["on_drained_node"] < 2000
+    assert size["drain_s"] > 0 and size["sent"] > 0 and size["failed"] == 0
+    assert summary["grace_s"] >= 60
+    report = json.loads(next(tmp_path.glob("drain-*.json")).read_text())
+    assert report["sizes"][0]["partitions_moved"] > 0
+    assert "| customers | on the drained node |" in next(tmp_path.glob("drain-*.md")).read_text()
+    assert next(tmp_path.glob("drain-*.png")).stat().st_size > 0
