@@ -41,6 +41,7 @@ from tqdm import tqdm  # noqa: E402
 from kairos.cluster.control import runtime  # noqa: E402
 from kairos.cluster.control.nodes import GatewaySpec  # noqa: E402
 from kairos.cluster.control.partitions import partition_of  # noqa: E402
+from kairos.cluster.settings import RETIRE_GRACE_S  # noqa: E402
 
 from . import report  # noqa: E402
 from .journeys import customer_id  # noqa: E402
@@ -96,7 +97,12 @@ def drain_once(customers: int, rate: float, pool: GeneratorPool) -> dict[str, An
             "traffic_rate": rate, "traffic_steps": len(steps),
             "decide_p99_ms": max((d["p99_ms"] for d in decide if d), default=None),
             "failed": sum(failed(s, "decide") for s in steps if s["kinds"].get("decide")),
-            "sent": sum(s["sent"] for s in steps)}
+            "sent": sum(s["sent"] for s in steps),
+            "steps": [{"sent": s["sent"], "failed": failed(s, "decide"),
+                       "errors": s["kinds"]["decide"]["errors"],
+                       "fallbacks": s["kinds"]["decide"]["fallbacks"],
+                       "p99_ms": s["kinds"]["decide"]["p99_ms"]}
+                      for s in steps if s["kinds"].get("decide")]}
 
 
 def held_by(shards: set[str], customers: int) -> int:
@@ -110,10 +116,11 @@ def held_by(shards: set[str], customers: int) -> int:
 
 def grace_period(results: list[dict[str, Any]], per_node: int) -> float:
     """Seconds a worker pod's termination needs for `per_node` customers, from the largest
-    measured size."""
+    measured size: its moves scaled by customers, the retired shards' fixed linger not."""
     largest = max(results, key=lambda r: r["on_drained_node"])
-    drain_s = largest["drain_s"] * max(per_node / max(largest["on_drained_node"], 1), 1.0)
-    return round(UNREADY_S + SAFETY * drain_s + RAY_STOP_S)
+    moves_s = max(largest["drain_s"] - RETIRE_GRACE_S, 0.0) \
+        * max(per_node / max(largest["on_drained_node"], 1), 1.0)
+    return round(UNREADY_S + SAFETY * (moves_s + RETIRE_GRACE_S) + RAY_STOP_S)
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -128,7 +135,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"{results['machine']}\n\n" + "\n".join(rows) + "\n\n"
             f"Grace period for a worker holding {results['grace_for']:,} customers: "
             f"{results['grace_s']:.0f} s (unready window {UNREADY_S:.0f} s + {SAFETY:g} × the "
-            f"drain scaled from the largest size + {RAY_STOP_S:.0f} s for Ray).\n")
+            f"drain, its moves scaled from the largest size, + {RAY_STOP_S:.0f} s for "
+            f"Ray).\n")
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

@@ -25,15 +25,18 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
 import random
+import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, NamedTuple
 
 import grpc
+import psutil
 from hdrh.histogram import HdrHistogram
 
 from kairos.cluster.gateway import wire
@@ -218,19 +221,67 @@ class GeneratorPool:
             future.result()
 
     def run(self, step: Step) -> dict:
-        """Settle the system, run a step on every process; the merged summary."""
+        """Settle the system, run a step on every process; the merged summary, with the CPU
+        the system under test spent in the measured window (ServerCpu)."""
         settled_s = settle(step.target)
         start_at = time.time() + START_DELAY_S
+        cpu = ServerCpu(self.pids(), start_at + step.warmup_s,
+                        start_at + step.warmup_s + step.measure_s)
         futures = [self._pool.submit(_run_step, step, i, self.processes, start_at)
                    for i in range(self.processes)]
         merged = Recorder()
         for future in futures:
             merged.add(future.result())
+        summary = merged.summary()
+        answered = sum(kind["count"] for kind in summary["kinds"].values())
         return {"op": step.op, "rate_target": step.rate_per_s, "processes": self.processes,
-                "settled_s": settled_s, **merged.summary()}
+                "settled_s": settled_s, **summary, **cpu.result(answered)}
+
+    def pids(self) -> set[int]:
+        """The generator processes (and whatever they started)."""
+        found = set()
+        for pid in self._pool._processes:  # the executor's own record of its workers
+            with contextlib.suppress(psutil.Error):
+                found |= {pid} | {c.pid for c in psutil.Process(pid).children(recursive=True)}
+        return found
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class ServerCpu:
+    """CPU seconds (user + system) of the system under test over a step's measured window:
+    every process this bench started, directly or not (servers, redis-server, Ray's daemons
+    and actors), but the load generators. Only one system runs at a time, so that is the
+    system's own processes, the server side only. Sampled by a thread at the window's start
+    and end (wall-clock times); a process that ends inside the window loses its share."""
+
+    def __init__(self, generators: set[int], start: float, end: float):
+        self.generators = generators
+        self.samples: list[float] = []
+        self._thread = threading.Thread(target=self._sample, args=(start, end), daemon=True)
+        self._thread.start()
+
+    def _sample(self, start: float, end: float) -> None:
+        for when in (start, end):
+            time.sleep(max(0.0, when - time.time()))
+            self.samples.append(self._cpu_s())
+
+    def _cpu_s(self) -> float:
+        total = 0.0
+        for proc in psutil.Process().children(recursive=True):
+            if proc.pid not in self.generators:
+                with contextlib.suppress(psutil.Error):
+                    times = proc.cpu_times()
+                    total += times.user + times.system
+        return total
+
+    def result(self, answered: int) -> dict[str, Any]:
+        """{server_cpu_s, cpu_us_per_request}: per request answered in the window."""
+        self._thread.join()
+        spent = max(self.samples[1] - self.samples[0], 0.0)
+        return {"server_cpu_s": round(spent, 3),
+                "cpu_us_per_request": round(spent / answered * 1e6, 1) if answered else None}
 
 
 def settle(target: str) -> float | None:

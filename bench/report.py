@@ -137,9 +137,12 @@ def markdown(results: dict[str, Any]) -> str:
              f"generator processes (Poisson arrivals), {plan['measure_s']:g} s measured per "
              f"step after {plan['warmup_s']:g} s warm-up; {results['seconds']:.0f} s in all. "
              f"Latency is from each request's intended send time; ms.", "",
+             "Server CPU is the CPU time of the system's own processes (every process the "
+             "bench started but the load generators: servers, redis-server, Ray's daemons and "
+             "actors) in a step's measured window, per request answered in it.", "",
              "## Decide: the highest rate at which p99 ≤ 10 ms held", "",
              _table(["system", "max rate held /s", "p50", "p90", "p99", "p99.9", "max",
-                     "errors"],
+                     "errors", "server CPU µs/request"],
                     [_held_row(name, r) for name, r in results["systems"].items()]), "",
              "## Decide: every step", "", _steps_table(results["systems"]), ""]
     if results["ingest"]:
@@ -220,12 +223,17 @@ def _errors(stats: dict[str, Any], unanswered: int = 0) -> str:
 def _held_row(name: str, result: dict[str, Any]) -> list[str]:
     held = [s for s in result["steps"] if s["holds"]]
     if not held:
-        return [name, "none held", "", "", "", "", "", ""]
+        return [name, "none held", "", "", "", "", "", "", ""]
     step = max(held, key=lambda s: s["rate_target"])
     stats = step["kinds"][result["kind"]]
     return [name, f"{result['max_rate_held']:,.0f}", f"{stats['p50_ms']:.2f}",
             f"{stats['p90_ms']:.2f}", *_percentiles(stats)[1:],
-            _errors(stats, unanswered(step, result["kind"]))]
+            _errors(stats, unanswered(step, result["kind"])), _cpu(step)]
+
+
+def _cpu(step: dict[str, Any]) -> str:
+    us = step.get("cpu_us_per_request")
+    return "—" if us is None else f"{us:,.0f}"
 
 
 def _steps_table(sweeps: dict[str, Any]) -> str:
@@ -236,12 +244,13 @@ def _steps_table(sweeps: dict[str, Any]) -> str:
             generator = step["generator"]
             rows.append([name, f"{step['rate_target']:,.0f}", f"{stats['rate']:,.0f}",
                          *_percentiles(stats), _errors(stats, unanswered(step, result["kind"])),
+                         _cpu(step),
                          f"{generator['lag_p99_ms']:.2f}" + (" behind" if generator["behind"]
                                                              else ""),
                          ("yes" if step["holds"] else "no")
                          + (" (began unsettled)" if step["settled_s"] is None else "")])
     return _table(["system", "intended /s", "answered /s", "p50", "p99", "p99.9", "max",
-                   "errors", "generator lag p99", "holds"], rows)
+                   "errors", "server CPU µs/request", "generator lag p99", "holds"], rows)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -255,17 +264,21 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    """Decide latency percentiles against the answered rate, one line per system."""
-    fig, axes = plt.subplots(1, len(PLOTTED), figsize=(5 * len(PLOTTED), 4.2), sharey=True)
-    for ax, (key, label) in zip(axes, PLOTTED):
+    """Decide latency percentiles, and server CPU per request, against the answered rate, one
+    line per system."""
+    fig, axes = plt.subplots(1, len(PLOTTED) + 1, figsize=(5 * (len(PLOTTED) + 1), 4.2))
+    for ax, (key, label) in zip(axes, PLOTTED + (("cpu_us_per_request", "server CPU"),)):
         for name, result in results["systems"].items():
-            points = sorted((s["kinds"]["decide"]["rate"], s["kinds"]["decide"][key])
-                            for s in result["steps"] if s["kinds"].get("decide"))
+            points = sorted((s["kinds"]["decide"]["rate"],
+                             s[key] if key == "cpu_us_per_request" else s["kinds"]["decide"][key])
+                            for s in result["steps"] if s["kinds"].get("decide")
+                            and s.get(key, 0) is not None)
             if points:
                 ax.plot(*zip(*points), marker="o", label=name)
         if key == "p99_ms":
             ax.axhline(P99_TARGET_MS, color="grey", linestyle="--", linewidth=1)
-        ax.set_title(f"Decide {label}")
+        ax.set_title(f"Decide {label}" + (" per request" if key == "cpu_us_per_request"
+                                          else ""))
         ax.set_xlabel("answered decisions / s")
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -274,6 +287,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
             axis.set_minor_formatter(ticker.NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("latency from intended send (ms)")
+    axes[-1].set_ylabel("µs of server CPU per request")
     axes[-1].legend(fontsize="small")
     fig.suptitle(f"{results['run']}: {results['command']}", fontsize="small")
     fig.tight_layout()

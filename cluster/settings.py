@@ -146,6 +146,9 @@ RETIRE_GRACE_S = number("RETIRE_GRACE_S", 5.0)
 # Share of all partitions one rebalancing round may move (Akka moves at most 10 %): requests
 # for a moving partition wait, so smaller rounds mean shorter waits and more rounds.
 MAX_MOVE_FRACTION = number("MAX_MOVE_FRACTION", 0.1, above=True, high=1.0)
+# Customers one round may move at most (by the shards' mean per partition): a round freezes
+# its partitions until they are adopted, so this bounds how long their requests wait.
+MOVE_ROUND_CUSTOMERS = integer("MOVE_ROUND_CUSTOMERS", 2000)
 # Shards a node that joins gets, per CPU it offers Ray (at least one): the shard count grows
 # with the cluster. A shard is one single-threaded process, so one per core is the default.
 SHARDS_PER_CPU = number("SHARDS_PER_CPU", 1.0, above=True, high=64.0)

@@ -40,7 +40,8 @@ from kairos.core.catalog import default_catalog_text
 from kairos.core.compiler import compiled_from_text
 
 from kairos.cluster.control.lagging import Lagging, named, on_each
-from kairos.cluster.control.moves import hand_over, moves_from_state, moves_to_state, settle
+from kairos.cluster.control.moves import (hand_over, moves_from_state, moves_to_state,
+                                          round_budget, settle)
 from kairos.cluster.control.nodes import GatewaySpec, Nodes
 from kairos.cluster.control.partitions import DEFAULT_PARTITIONS, Move, PartitionMap
 from kairos.cluster.settings import DRAIN_UNREADY_S, LONG_POLL_S, RETIRE_GRACE_S, SHARDS_PER_CPU
@@ -251,8 +252,9 @@ class Controller:
 
     async def _rebalance(self, target: list[str]) -> int:
         await self._settle()
+        budget = await round_budget(self.backend, self.map)
         moved = 0
-        while moves := self.map.plan(target):
+        while moves := self.map.plan(target, budget):
             await self._move(moves, target)
             moved += len(moves)
         return moved

@@ -15,10 +15,27 @@ import asyncio
 import logging
 from typing import Iterable
 
-from kairos.cluster.control.partitions import Move
+from kairos.cluster.control.partitions import Move, PartitionMap
+from kairos.cluster.settings import MAX_MOVE_FRACTION, MOVE_ROUND_CUSTOMERS
 from kairos.cluster.transport.backend import Backend
 
 log = logging.getLogger("kairos.controller")
+
+
+async def round_budget(backend: Backend, pmap: PartitionMap) -> int:
+    """Partitions one round may move: MAX_MOVE_FRACTION of them, and no more than carry about
+    MOVE_ROUND_CUSTOMERS customers (resident and passivated) at the densest shard's mean, so
+    that a round's freeze, which holds its partitions' requests, stays short however many
+    customers the shards hold. A shard that does not answer counts as empty."""
+    shards = pmap.shards_in_use()
+    healths = await asyncio.gather(*(backend.shard(s).health() for s in shards),
+                                   return_exceptions=True)
+    density = max((h.get("resident", 0) + h.get("passivated", 0))
+                  / max(len(pmap.partitions_of(s)), 1)
+                  for s, h in zip(shards, healths) if not isinstance(h, BaseException)) \
+        if any(not isinstance(h, BaseException) for h in healths) else 0.0
+    by_share = max(1, int(pmap.n_partitions * MAX_MOVE_FRACTION))
+    return min(by_share, max(1, int(MOVE_ROUND_CUSTOMERS / max(density, 1.0))))
 
 
 def moves_to_state(moves: Iterable[Move]) -> list[list]:
