@@ -167,6 +167,9 @@ LEARNER_SAVE_S = number("LEARNER_SAVE_S", 2.0, high=3600.0)
 CONTROL_CALL_S = number("CONTROL_CALL_S", 30.0, above=True, high=3600.0)
 # Deadline of creating a shard or starting one (recovery replays its store).
 SHARD_START_S = number("SHARD_START_S", 600.0, above=True, high=86400.0)
+# Deadline of starting a node's gateway (it connects to the shards and compiles the catalog);
+# a gateway that misses it is tried again later, and holds up no other control step longer.
+GATEWAY_START_S = number("GATEWAY_START_S", 60.0, above=True, high=3600.0)
 # Deadline of an admin call to the controller that fans out to every shard (ScaleShards,
 # PutCatalog, status, channel watches): bounded even when the controller itself is stuck.
 ADMIN_CALL_S = number("ADMIN_CALL_S", 600.0, above=True, high=86400.0)

@@ -264,7 +264,7 @@ def _start_kairos(args: argparse.Namespace, address: str, catalog_text: str | No
                       journal_policy=args.journal_policy, gateways=spec, **per_cpu)
         nodes = ray.get(runtime.controller().status.remote())["node_status"]
         return [(n["address"], n["gateway_port"])
-                for n in sorted(nodes, key=lambda n: n["gateway_index"])]
+                for n in sorted(nodes, key=lambda n: n["gateway_index"]) if n["gateway_port"]]
     finally:
         ray.shutdown()
 

@@ -55,13 +55,15 @@ def drain(args: argparse.Namespace) -> int:
 
 
 def _another_gateway(target: str, leaving, nodes) -> str:
-    """A serving gateway on a node other than `leaving`, reached as `target` is: on the
-    target's host when that is a loopback address (`kairos up`: every node on this machine),
-    else at its node's address; `target` itself when there is none."""
+    """A serving gateway on a node other than `leaving`: at its node's address, or at the
+    target's loopback host when it shares the leaving node's machine (`kairos up --nodes N`,
+    where every gateway binds 127.0.0.1 on a port of its own); `target` itself when there is
+    none."""
     host = target.rpartition(":")[0]
     for n in nodes:
         if n.node_id != leaving.node_id and n.serving and n.gateway_port:
-            return f"{host if is_loopback(host.strip('[]')) else n.address}:{n.gateway_port}"
+            here = is_loopback(host.strip("[]")) and n.address == leaving.address
+            return f"{host if here else n.address}:{n.gateway_port}"
     return target
 
 

@@ -29,13 +29,16 @@ class ControllerActor:
                  shards_per_cpu: float = SHARDS_PER_CPU):
         self.controller = Controller(RayBackend(ShardActor, GatewayActor), catalog_text,
                                      n_partitions, store_url, journal_policy, gateways,
-                                     shards_per_cpu)
+                                     shards_per_cpu, ray.get_runtime_context().get_node_id())
         self._loop_task: asyncio.Task | None = None
         self._resuming = asyncio.Lock()
 
     async def start(self, n_shards: int) -> dict[str, Any]:
-        await self.controller.start(n_shards)
-        self._loop_task = asyncio.get_running_loop().create_task(self._control_loop())
+        try:
+            await self.controller.start(n_shards)
+        finally:  # a gateway that did not start fails the call, and the loop retries it
+            if self.controller.map is not None and self._loop_task is None:
+                self._loop_task = asyncio.get_running_loop().create_task(self._control_loop())
         return self.controller.routing()
 
     async def _ready(self) -> Controller:

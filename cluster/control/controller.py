@@ -1,31 +1,26 @@
-"""Controller: shards and their placement, the partition map, catalog versions.
+"""Controller: shards and their placement, the partition map, catalog versions, nodes.
 
-The control logic (`Controller`) talks to shards, gateways and the learner only through a
-Backend, so it runs without Ray in tests; `ControllerActor` (actor.py) is the named, detached
-Ray actor around it.
+`Controller` talks to shards, gateways and the learner only through a Backend, so it runs
+without Ray in tests; `ControllerActor` (actor.py) is the named, detached Ray actor around it.
 
-- Shards are spread over the alive nodes, each new one on the node with the fewest.
-- The partition map is versioned; gateways and clients follow it by long poll.
-- Scaling moves partitions a bounded share per round. A partition moves by freeze (the old
-  owner answers MOVED with the next map version) -> hand over its customers -> the new owner
-  adopts them -> the map version is published -> the old owner forgets them. Requests that
-  met the freeze are re-sent by clients, in order, once they see the new version. A round's
-  moves are saved before the first freeze and settled after a crash (moves.py).
-- A catalog switch is two-phase: every shard prepares (compiles) the version, then all commit;
-  any failure in the first phase leaves every shard on the old version. The version is saved
-  before the first commit; shards that miss it are caught up (lagging.py).
+- Shards are spread over the serving nodes, each new one on the node with the fewest.
+- The map is versioned; gateways and clients follow it by long poll. Scaling moves partitions
+  in bounded rounds (moves.py): freeze (the old owner answers MOVED with the next version) ->
+  hand over the customers -> the new owner adopts them -> the version is published -> the old
+  owner forgets them; clients re-send what met the freeze, in order. A round's moves are saved
+  before the first freeze and settled after a crash.
+- A catalog switch is two-phase: every shard prepares (compiles), then all commit; a failure
+  in the first phase leaves every shard on the old version. The version is saved before the
+  first commit; shards that miss it are caught up (lagging.py).
 - Every remote call has a deadline (ray_backend.py): a shard that does not answer fails only
   its own step, and never holds the lock longer than that.
-- The controller's own state (the map, the shards' names, the catalog versions, channel
-  watches) is written to the store's meta at every change, so a controller that Ray restarts,
-  or a cluster started again on the same store (`kairos down`, then `kairos up`), takes up the
-  same shards and partitions, and every shard recovers what it owned.
-- One reconfiguration at a time; the control loop re-starts shards that Ray restarted (they
-  recover from the store), gives nodes that join shards and a gateway (nodes.py), and
-  re-places shards from crowded nodes. A shard whose node died is replaced by a new one that
-  recovers the dead shard's partitions from the store: their snapshots and the dead shard's
-  journal (with a store every node reaches, such as Redis). A drained node's partitions move
-  to the other nodes before its shards and gateway stop.
+- The state (map, shard names, catalogs, watches, nodes) is saved in the store's meta at every
+  change: a controller Ray restarts, or a cluster started again on the same store, takes up
+  the same shards and partitions.
+- One reconfiguration at a time. The control loop re-starts shards Ray restarted (they recover
+  from the store), replaces shards whose node died (the new one recovers the dead one's
+  partitions from the store), gives nodes that join shards and a gateway (nodes.py),
+  finishes drains a crash cut short, and re-places shards from crowded nodes.
 """
 from __future__ import annotations
 
@@ -42,8 +37,9 @@ from kairos.core.compiler import compiled_from_text
 from kairos.cluster.control.lagging import Lagging, named, on_each
 from kairos.cluster.control.moves import (hand_over, moves_from_state, moves_to_state,
                                           round_budget, settle)
-from kairos.cluster.control.nodes import GatewaySpec, Nodes
+from kairos.cluster.control.nodes import GatewaySpec, NodeRefused, Nodes, NodeUnknown
 from kairos.cluster.control.partitions import DEFAULT_PARTITIONS, Move, PartitionMap
+from kairos.cluster.control.status import cluster_status
 from kairos.cluster.settings import DRAIN_UNREADY_S, LONG_POLL_S, RETIRE_GRACE_S, SHARDS_PER_CPU
 from kairos.cluster.shard.outcomes import outcome_secret
 from kairos.cluster.storage.providers import open_store, redact
@@ -66,8 +62,9 @@ class Controller:
     def __init__(self, backend: Backend, catalog_text: str | None = None,
                  n_partitions: int = DEFAULT_PARTITIONS, store_url: str = "memory",
                  journal_policy: str = "fsync", gateways: GatewaySpec | None = None,
-                 shards_per_cpu: float = SHARDS_PER_CPU):
+                 shards_per_cpu: float = SHARDS_PER_CPU, home_node: str | None = None):
         self.backend = backend
+        self.home_node = home_node  # where this controller and the learner run: not drained
         self.store_url = store_url
         self.store_shown = redact(store_url)  # what logs and errors say: no password
         self.store = open_store(store_url)
@@ -84,6 +81,7 @@ class Controller:
         self.moving: list[Move] = []  # recorded moves not yet settled (saved)
         self.lagging = Lagging(backend)
         self.nodes = Nodes(backend, gateways, shards_per_cpu)
+        self._drains: set[str] = set()  # nodes a drain_node call is working on now
         self._requested_gateways = gateways
         self._next_index = 0
         self._changed = asyncio.Event()
@@ -94,6 +92,10 @@ class Controller:
     @property
     def shards(self) -> list[str]:
         return list(self.placement)
+
+    def _serving_shards(self) -> list[str]:
+        """Shards that may be given partitions: those not on a draining node."""
+        return [s for s, n in self.placement.items() if n not in self.nodes.draining]
 
     # -- start and the map ---------------------------------------------------------------------
 
@@ -241,7 +243,7 @@ class Controller:
         if n_shards < 1:
             raise ValueError(f"need at least one shard, got {n_shards}")
         async with self._reconfiguring:
-            target = self.shards[:n_shards]
+            target = self._serving_shards()[:n_shards]
             for _ in range(n_shards - len(target)):
                 name = await self._create_shard()
                 await self._start_shard(name)
@@ -383,6 +385,10 @@ class Controller:
                          if node is not None and node not in alive]:
                 await self._replace(name)
         await self.nodes.ensure_gateways(sorted(alive))
+        for node in self.nodes.draining & alive - self._drains:  # a drain a crash cut short
+            if node in self.placement.values() or self.nodes.gateway_of(node):
+                log.warning("finishing the drain of node %s", node)
+                await self.drain_node(node)
         # asked outside the lock, so that a stuck shard does not hold up a reconfiguration;
         # one that does not answer is being restarted by Ray, or stuck: looked at next round
         names, known = self.shards, dict(self.incarnations)
@@ -406,7 +412,7 @@ class Controller:
             victim = next(s for s, n in self.placement.items() if n == crowded)
             name = await self._create_shard()
             await self._start_shard(name)
-            target = [s for s in self.shards if s != victim]
+            target = [s for s in self._serving_shards() if s != victim]
             await self._rebalance(target)
             await self._retire([victim])
 
@@ -420,38 +426,46 @@ class Controller:
                 await self._start_shard(await self._create_shard(node=node))
             self.nodes.known.add(node)
         await self._save()
-        await self._rebalance(self.shards)
+        await self._rebalance(self._serving_shards())
 
     async def drain_node(self, node: str) -> dict[str, Any]:
         """Take `node` out while traffic flows: its gateway turns NOT_SERVING (and serves on
         for DRAIN_UNREADY_S at least, while probes take it out), its partitions move to the
         shards of the other nodes, then its shards and its gateway stop. Returns once the
-        node holds nothing. LookupError for a node that is not alive, ValueError for the last
-        serving one."""
+        node holds nothing. NodeUnknown for a node that is not alive, NodeRefused for the last
+        serving one and the controller's own. A drain a crash interrupted is finished by the
+        control loop."""
         alive = self.backend.nodes()
         if node not in alive:
-            raise LookupError(f"{node} is not an alive node of this cluster")
+            raise NodeUnknown(f"{node} is not an alive node of this cluster")
+        if node == self.home_node:
+            raise NodeRefused(f"node {node} runs the controller and the learner: it cannot "
+                              f"be drained")
         if self.nodes.serving(alive) == [node]:
-            raise ValueError(f"node {node} is the last node that serves: nothing could take "
-                             f"its partitions")
+            raise NodeRefused(f"node {node} is the last node that serves: nothing could take "
+                              f"its partitions")
         started = asyncio.get_running_loop().time()
         self.nodes.draining.add(node)
-        await self._save()  # a restarted controller keeps it out too
-        await self.nodes.unready(node)
-        async with self._reconfiguring:
-            victims = [s for s, n in self.placement.items() if n == node]
-            target = [s for s in self.shards if s not in victims]
-            if victims and not target:  # its shards were all there were
-                target = [await self._create_shard()]
-                await self._start_shard(target[0])
-            moved = await self._rebalance(target)
-            await self._retire(victims)
-        await asyncio.sleep(max(0.0, started + DRAIN_UNREADY_S
-                                - asyncio.get_running_loop().time()))
-        await self.nodes.stop_gateway(node)
-        await self._save()
+        self._drains.add(node)
+        try:
+            await self._save()  # a restarted controller keeps it out too, and finishes it
+            await self.nodes.unready(node)
+            async with self._reconfiguring:
+                victims = [s for s, n in self.placement.items() if n == node]
+                target = self._serving_shards()
+                if victims and not target:  # its shards were all there were
+                    target = [await self._create_shard()]
+                    await self._start_shard(target[0])
+                moved = await self._rebalance(target)
+                await self._retire(victims)
+            await asyncio.sleep(max(0.0, started + DRAIN_UNREADY_S
+                                    - asyncio.get_running_loop().time()))
+            await self.nodes.stop_gateway(node)
+            await self._save()
+        finally:
+            self._drains.discard(node)
         log.warning("node %s is drained: %d partitions moved, shards %s stopped", node, moved,
-                    ", ".join(victims) or "(none)")
+                    victims)
         return {"node": node, "shards": victims, "moved": moved, "version": self.map.version}
 
     async def _replace(self, dead: str) -> None:
@@ -469,21 +483,4 @@ class Controller:
         await self._publish()
 
     async def status(self) -> dict[str, Any]:
-        shards = await asyncio.gather(*(self._shard_status(s) for s in self.shards))
-        try:
-            learner = await self.backend.learner().status()
-        except Unavailable:
-            learner = {"available": False}
-        return {"map_version": self.map.version, "partitions": self.n_partitions,
-                "catalog_version": self.catalog_version, "nodes": self.backend.nodes(),
-                "shards": shards, "learner": learner, "unsettled_moves": len(self.moving),
-                "resident": sum(s.get("resident", 0) for s in shards),
-                "node_status": self.nodes.describe(shards)}
-
-    async def _shard_status(self, name: str) -> dict[str, Any]:
-        try:
-            health = await self.backend.shard(name).health()
-        except Unavailable:
-            health = {"available": False}
-        return {**health, "shard": name, "placed_on": self.placement.get(name),
-                "partitions": len(self.map.partitions_of(name))}
+        return await cluster_status(self)

@@ -34,6 +34,14 @@ def gateway_name(index: int) -> str:
     return f"{GATEWAY_PREFIX}{index}"
 
 
+class NodeUnknown(LookupError):
+    """No alive node has that id."""
+
+
+class NodeRefused(ValueError):
+    """The node cannot be drained (the last that serves, or the controller's own)."""
+
+
 @dataclass(frozen=True)
 class GatewaySpec:
     """How every node's gateway serves. `consecutive`: gateway n binds port + n, for nodes
@@ -155,7 +163,9 @@ class Nodes:
             missing = [n for n in self.serving(alive) if n not in self.gateways
                        and self._retry.get(n, (0.0, 0.0))[0] <= now]
             # already recorded ones are asked too: a restarted controller learns their ports
-            unknown_port = [n for n in self.gateways if not self.gateways[n].port]
+            # (not on a draining node, whose gateway is stopping or gone)
+            unknown_port = [n for n in self.gateways if not self.gateways[n].port
+                            and n not in self.draining]
             for node in missing:
                 index = self._free_index()
                 self.gateways[node] = GatewayRecord(gateway_name(index), index)

@@ -74,8 +74,15 @@ def connect(timeout_s: float = 60.0) -> SyncClient:
 
 
 def stop() -> None:
-    """Stop the gateways (gracefully), the controller, the learner and every shard."""
-    names = [CONTROLLER_NAME, LEARNER_NAME]
+    """Stop the controller (first: its loop starts gateways), the gateways (gracefully), the
+    learner and every shard."""
+    names = [LEARNER_NAME]
+    try:
+        status = ray.get(controller().status.remote(), timeout=30)
+        names += [s["shard"] for s in status["shards"]]
+        ray.kill(controller(), no_restart=True)
+    except ValueError:
+        pass  # no controller: nothing to find shards through
     for name in sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                        if a["namespace"] == NAMESPACE and a["name"].startswith(GATEWAY_PREFIX)):
         try:
@@ -83,11 +90,6 @@ def stop() -> None:
         except (ray.exceptions.RayError, TimeoutError, ValueError):
             pass
         names.append(name)
-    try:
-        status = ray.get(controller().status.remote(), timeout=30)
-        names += [s["shard"] for s in status["shards"]]
-    except ValueError:
-        pass  # no controller: nothing to find shards through
     for name in names:
         try:
             ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)

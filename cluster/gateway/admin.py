@@ -17,6 +17,7 @@ from kairos.core.compiler import CompiledCatalog
 from kairos.core.errors import CatalogError
 from kairos.v1 import admin_pb2, admin_pb2_grpc
 
+from kairos.cluster.control.nodes import NodeRefused, NodeUnknown
 from kairos.cluster.gateway.calls import Gateway, fail
 from kairos.cluster.transport.backend import Unavailable
 from kairos.core.compiler import compiled_from_text
@@ -99,10 +100,12 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                        f"send DrainNode to a gateway on another node (kairos drain does)")
         try:
             done = await _answer(context, self.backend.controller().drain_node(node))
-        except LookupError as exc:
-            await fail(context, grpc.StatusCode.NOT_FOUND, f"node_id: {exc.args[0]}")
-        except ValueError as exc:
-            await fail(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except NodeUnknown as exc:  # through Ray: the raised error is in `cause`
+            await fail(context, grpc.StatusCode.NOT_FOUND,
+                       f"node_id: {getattr(exc, 'cause', exc)}")
+        except NodeRefused as exc:
+            await fail(context, grpc.StatusCode.FAILED_PRECONDITION,
+                       f"node_id: {getattr(exc, 'cause', exc)}")
         return admin_pb2.DrainNodeResponse(node_id=node, shards=done["shards"],
                                            moved=done["moved"], map_version=done["version"])
 

@@ -27,8 +27,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from kairos.cluster.protocol import Reply, Request, reply_from
 from kairos.cluster.settings import (ADMIN_CALL_S, CONTROL_CALL_S, CONTROLLER_NAME,
-                                     GATEWAY_STOP_GRACE_S, LEARNER_NAME, LONG_POLL_S, NAMESPACE,
-                                     SHARD_START_S)
+                                     GATEWAY_START_S, GATEWAY_STOP_GRACE_S, LEARNER_NAME,
+                                     LONG_POLL_S, NAMESPACE, SHARD_START_S)
 from kairos.cluster.transport.backend import (ChannelWatch, ControllerControl, GatewayControl,
                                               LearnerControl, NotSent, ShardControl,
                                               Unavailable, WatchSink)
@@ -139,7 +139,7 @@ class RayBackend:
             scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
                 name, **serving)
         self._handles[name] = handle
-        return await self.call(name, lambda actor: actor.start.remote(), SHARD_START_S)
+        return await self.call(name, lambda actor: actor.start.remote(), GATEWAY_START_S)
 
     async def kill_gateway(self, name: str) -> None:
         with contextlib.suppress(ValueError):  # already gone

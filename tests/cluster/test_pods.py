@@ -145,8 +145,9 @@ def test_the_pods_commands_join_drain_and_leave_under_traffic(pods):
 
     def env_for(container: dict, ray_start: str) -> dict[str, str]:
         env = {**common, **container_env(container, {})}
-        env["KAIROS_STORE"] = env["KAIROS_STORE"].replace("kairos-redis:6379",
-                                                          f"127.0.0.1:{redis.port}")
+        if "KAIROS_STORE" in env:  # the head's: Service kairos-redis is this redis-server
+            env["KAIROS_STORE"] = env["KAIROS_STORE"].replace("kairos-redis:6379",
+                                                              f"127.0.0.1:{redis.port}")
         return {**env, "KUBERAY_GEN_RAY_START_CMD": ray_start, "KAIROS_GATEWAY_PORT": "0",
                 "KAIROS_GATEWAY_HOST": "127.0.0.1", "RAY_GCS_PORT": str(gcs_port)}
 

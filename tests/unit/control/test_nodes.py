@@ -4,6 +4,10 @@ restarted controller."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from types import SimpleNamespace
+
+import msgpack
 
 import pytest
 
@@ -11,11 +15,12 @@ from kairos.cluster.control import controller as controller_module
 from kairos.cluster.control import nodes as nodes_module
 from kairos.cluster.control.controller import Controller
 from kairos.cluster.control.learner import Learner
-from kairos.cluster.control.nodes import GatewaySpec
+from kairos.cluster.control.nodes import GatewaySpec, NodeRefused, NodeUnknown
 from kairos.cluster.transport.client import KairosClient
 from kairos.core.compiler import default_compiled
 
 from tests.support.local_backend import LocalBackend, LocalGateway, LocalShard
+from tests.support.waiting import until
 
 T0 = 1_795_629_600.0
 SPEC = GatewaySpec("127.0.0.1", 50051, consecutive=True)
@@ -35,6 +40,7 @@ class Watched(LocalBackend):
         super().__init__(nodes)
         self.local_learner = Learner(default_compiled())
         self.log: list[tuple[str, str]] = []
+        self.hang_freeze = False  # a freeze that never returns: the controller "crashes"
 
     def shard(self, name: str) -> "LoggedShard":
         return LoggedShard(self, name)
@@ -44,11 +50,14 @@ class Watched(LocalBackend):
 
 
 class LoggedShard(LocalShard):
-    async def health(self):
-        return {**await super().health(), "started": True}
+    async def health(self):  # as a ShardActor's: started, and the node it runs on
+        return {**await super().health(), "started": True,
+                "node": self._backend.created_on.get(self.name)}
 
     async def freeze(self, partitions, version):
         self._backend.log.append(("freeze", self.name))
+        if self._backend.hang_freeze:
+            await asyncio.Future()  # until the test cancels the controller's task
         return await super().freeze(partitions, version)
 
 
@@ -63,9 +72,10 @@ class LoggedGateway(LocalGateway):
 
 
 async def started(backend: Watched, n_shards: int = 3, store: str = "memory",
-                  spec: GatewaySpec | None = SPEC) -> Controller:
+                  spec: GatewaySpec | None = SPEC, home: str | None = None) -> Controller:
     controller = backend.local_controller = Controller(
-        backend, n_partitions=64, store_url=store, gateways=spec, shards_per_cpu=1.0)
+        backend, n_partitions=64, store_url=store, gateways=spec, shards_per_cpu=1.0,
+        home_node=home)
     await controller.start(n_shards)
     return controller
 
@@ -156,14 +166,17 @@ def test_a_drain_turns_the_gateway_unready_before_partitions_move_then_stops_eve
     asyncio.run(main())
 
 
-def test_drain_refuses_an_unknown_node_and_the_last_serving_one():
+def test_drain_refuses_an_unknown_node_the_controllers_own_and_the_last_serving_one():
     async def main():
-        backend = Watched(("node-a", "node-b"))
-        ctl = await started(backend, n_shards=2)
-        with pytest.raises(LookupError, match="node-x"):
+        backend = Watched(("node-a", "node-b", "node-c"))
+        ctl = await started(backend, n_shards=3, home="node-c")
+        with pytest.raises(NodeUnknown, match="node-x"):
             await ctl.drain_node("node-x")
+        with pytest.raises(NodeRefused, match="runs the controller"):
+            await ctl.drain_node("node-c")
         await ctl.drain_node("node-a")
-        with pytest.raises(ValueError, match="last node"):
+        backend.node_names.remove("node-c")  # the controller's node left: b is the last
+        with pytest.raises(NodeRefused, match="last node"):
             await ctl.drain_node("node-b")
         again = await ctl.drain_node("node-a")  # drained already: nothing left to do
         assert again["shards"] == [] and again["moved"] == 0
@@ -182,7 +195,8 @@ def test_a_gateway_that_cannot_start_is_tried_again_later_and_holds_nothing_up(m
         await ctl.reconcile()  # within the pause: not tried again
         assert ctl.nodes._retry["node-d"][1] == 1.0
         backend.gateway_fails_on.clear()
-        monkeypatch.setattr(nodes_module.time, "monotonic", lambda: 1e12)
+        # nodes.py's clock only (asyncio's is the same function: it must keep running)
+        monkeypatch.setattr(nodes_module, "time", SimpleNamespace(monotonic=lambda: 1e12))
         await ctl.reconcile()
         assert "node-d" in gateways_by_node(backend)
     asyncio.run(main())
@@ -214,4 +228,55 @@ def test_a_restarted_controller_takes_up_gateways_and_drains(tmp_path):
         await again.reconcile()
         assert set(gateways_by_node(backend)) == {"node-a", "node-b", "node-d"}
         assert "node-c" not in again.placement.values()
+    asyncio.run(main())
+
+
+def test_a_drain_cut_short_by_a_controller_crash_is_finished_after_the_restart(tmp_path):
+    async def main():
+        backend = Watched()
+        store = str(tmp_path / "store")
+        ctl = await started(backend, store=store)
+        backend.hang_freeze = True
+        drain = asyncio.ensure_future(ctl.drain_node("node-b"))
+        await until(lambda: ("freeze" in {w for w, _ in backend.log}), 10, "a freeze",
+                    poll_s=0)
+        drain.cancel()  # the controller "crashed" in the middle of the drain's first round
+        with contextlib.suppress(asyncio.CancelledError):
+            await drain
+        backend.hang_freeze = False
+        again = await started(backend, store=store)
+        await again.reconcile()  # the control loop's first round after the restart
+        assert "node-b" in again.nodes.draining
+        assert "node-b" not in again.placement.values()
+        assert "node-b" not in gateways_by_node(backend)
+        owners = set(again.map.owners)
+        assert owners <= set(again.shards) and len(owners) == 2
+    asyncio.run(main())
+
+
+def test_a_state_saved_before_nodes_were_kept_is_taken_up(tmp_path):
+    async def main():
+        backend = Watched()
+        store = str(tmp_path / "store")
+        ctl = await started(backend, store=store, spec=None)
+        state = msgpack.unpackb(ctl.store.get_meta(controller_module.STATE_KEY), raw=False)
+        del state["nodes"]  # as a controller of the release before wrote it
+        ctl.store.put_meta(controller_module.STATE_KEY, msgpack.packb(state, use_bin_type=True))
+        again = await started(backend, store=store)  # now with gateways
+        assert set(gateways_by_node(backend)) == {"node-a", "node-b", "node-c"}
+        assert again.nodes.known == {"node-a", "node-b", "node-c"}
+        assert not again.nodes.draining
+    asyncio.run(main())
+
+
+def test_partitions_never_go_to_a_draining_nodes_shards_while_a_node_joins():
+    async def main():
+        backend = Watched()
+        ctl = await started(backend, n_shards=3)
+        backend.node_names.append("node-d")
+        await asyncio.gather(ctl.drain_node("node-a"), ctl.reconcile())
+        await ctl.reconcile()
+        on_a = [s for s, n in ctl.placement.items() if n == "node-a"]
+        assert on_a == [] and "node-d" in ctl.placement.values()
+        assert set(ctl.map.owners) <= set(ctl.shards)
     asyncio.run(main())
