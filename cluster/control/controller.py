@@ -197,8 +197,12 @@ class Controller:
         if node is None:
             load = self.nodes.load(self.backend.nodes(), self.placement)
             node = min(load, key=load.__getitem__, default=None)
-        await self.backend.create_shard(name, node, self.n_partitions, _seed_of(name),
-                                        self.store_url, self.journal_policy)
+        try:
+            await self.backend.create_shard(name, node, self.n_partitions, _seed_of(name),
+                                            self.store_url, self.journal_policy)
+        except Exception:
+            await self.backend.kill_shard(name)  # not left pending on a node that went away
+            raise
         self.placement[name] = node
         return name
 
