@@ -106,6 +106,25 @@ class ShardMetrics:
             self._sent[key] = total
 
 
+class GatewayMetrics:
+    """What a gateway reports: the fallback decisions it answered (the shard did not answer
+    within the caller's deadline, or could not be reached), flushed from its tally."""
+
+    def __init__(self, gateway: str):
+        self.tags = {"gateway": gateway}
+        self.fallbacks = Counter("kairos_fallbacks_total", "Fallback decisions answered, by "
+                                 "reason: deadline (the shard did not answer in time) or "
+                                 "unavailable (no shard could be reached)",
+                                 tag_keys=("gateway", "reason"))
+        self._sent: Tally = Tally()
+
+    def flush(self, fallbacks: Tally) -> None:
+        for reason, total in fallbacks.items():
+            if total > self._sent[reason]:
+                self.fallbacks.inc(total - self._sent[reason], {**self.tags, "reason": reason})
+                self._sent[reason] = total
+
+
 class LearnerMetrics:
     """What the learner reports."""
 

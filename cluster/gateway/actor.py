@@ -27,6 +27,7 @@ from kairos.cluster import pauses
 from kairos.cluster.gateway.auth import Auth
 from kairos.cluster.gateway.calls import Gateway
 from kairos.cluster.gateway.server import Tls, serve
+from kairos.cluster.metrics import GatewayMetrics
 from kairos.cluster.settings import PAUSES_CHECK_S
 from kairos.cluster.transport.client import KairosClient
 from kairos.cluster.transport.ray_backend import RayBackend
@@ -56,6 +57,7 @@ class GatewayServer:
         self.server: grpc.aio.Server | None = None
         self.checker = None
         self._pauses: asyncio.Future | None = None
+        self.metrics: GatewayMetrics | None = None  # set where Ray exports them
         self._backend = backend
         self._port_file = port_file
         self._serving: asyncio.Future | None = None
@@ -85,7 +87,7 @@ class GatewayServer:
             log.exception("%s could not start serving on %s:%d", self.name, host, port)
             raise
         pauses.settle()
-        self._pauses = asyncio.ensure_future(self._keep_pauses_short())
+        self._pauses = asyncio.ensure_future(self._housekeeping())
         log.info("%s serving kairos.v1 on %s:%d", self.name, host, bound)
         return bound
 
@@ -98,11 +100,13 @@ class GatewayServer:
     def pid(self) -> int:
         return os.getpid()
 
-    @staticmethod
-    async def _keep_pauses_short() -> None:
+    async def _housekeeping(self) -> None:
+        """Keep collection pauses short; report the metrics (in a Ray actor)."""
         while True:
             await asyncio.sleep(PAUSES_CHECK_S)
             pauses.keep_short()
+            if self.metrics is not None:
+                self.metrics.flush(self.gateway.fallbacks)
 
     async def deliver(self, decisions: list[Decision]) -> None:
         if self.gateway is not None:
@@ -145,3 +149,4 @@ class GatewayActor(GatewayServer):
         super().__init__(name, host, port, keys_file, keys_env, tls_files,
                          port_file=_session_port_file(name) if host is not None else None,
                          node=ray.get_runtime_context().get_node_id())
+        self.metrics = GatewayMetrics(name)

@@ -9,6 +9,8 @@ errors to status codes.
 """
 from __future__ import annotations
 
+from collections import Counter as Tally
+
 import asyncio
 from typing import Any, Awaitable, Callable
 
@@ -42,6 +44,7 @@ class Gateway:
         self.backend = backend
         self.watches = Watches(name, client, backend)
         self.inflight = 0
+        self.fallbacks: Tally = Tally()  # fallback decisions answered, by why
         self.shedder = Shedder()
         self._compiled: CompiledCatalog | None = None
         self._refresh: asyncio.Future | None = None
@@ -89,6 +92,8 @@ class Gateway:
             return await self.within(work, self.timeout(context))
         except (asyncio.TimeoutError, Unavailable) as exc:
             if fallback is not None:
+                self.fallbacks["deadline" if isinstance(exc, asyncio.TimeoutError)
+                               else "unavailable"] += 1
                 return fallback()
             await abort(context, exc)
         except (InputError, Busy, Conflict) as exc:

@@ -467,11 +467,12 @@ def test_a_slow_shard_gives_the_fallback_decision_within_the_deadline():
                 await stub.Ingest(pb.Event(customer_id="slow", type="app_open"), timeout=0.2)
         await server.stop(0)
         await gateway.close()
-        return d, err.value.code()
+        return d, err.value.code(), gateway.fallbacks
 
-    d, code = asyncio.run(main())
+    d, code, fallbacks = asyncio.run(main())
     assert d.fallback and [a.action_id for a in d.actions] == ["generic_welcome", "service_menu"]
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert fallbacks == {"deadline": 1}  # what kairos_fallbacks_total{reason} reports
 
 
 def test_auth_may_be_off_only_on_loopback():

@@ -409,6 +409,7 @@ def test_dashboard_shows_what_operators_need():
     exprs = " ".join(t["expr"] for p in dashboard()["panels"] for t in p["targets"])
     for needed in ("ray_kairos_decisions_total", "ray_kairos_request_latency_ms_bucket",
                    "ray_kairos_queue_depth", "ray_kairos_rejected_total",
+                   "ray_kairos_fallbacks_total",
                    "ray_kairos_resident_customers", "ray_kairos_recoveries_total",
                    "ray_kairos_unsnapshotted_partitions", "ray_kairos_model_version"):
         assert needed in exprs, f"the dashboard has no panel on {needed}"
@@ -423,6 +424,7 @@ def test_alerts_cover_latency_rejections_queues_recoveries_and_snapshots():
              for g in rule["spec"]["groups"] for r in g["rules"]}
     wanted = {"KairosDecideP99OverSLA": 'ray_kairos_request_latency_ms_bucket{kind="decide"}',
               "KairosRejectingRequests": "ray_kairos_rejected_total",
+              "KairosFallbackDecisions": "ray_kairos_fallbacks_total",
               "KairosQueueSaturated": "ray_kairos_queue_depth",
               "KairosShardRecoveringInALoop": "ray_kairos_recoveries_total",
               "KairosSnapshotsStalled": "ray_kairos_unsnapshotted_partitions"}
