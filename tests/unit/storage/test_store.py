@@ -16,22 +16,20 @@ from kairos.cluster.storage.store import StoreCorrupt, StoreUnavailable
 
 from kairos.cluster.storage.redis_server import RedisServer
 
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
+from tests.unit.storage.conftest import TLS_PASSWORD
 
 
-@pytest.fixture(params=["memory", "directory", "redis"])
+@pytest.fixture(params=["memory", "directory", "redis", "redis-tls"])
 def store(request, tmp_path):
     if request.param == "memory":
         return MemoryStore()
     if request.param == "directory":
         return DirectoryStore(tmp_path)
-    server = request.getfixturevalue("redis_server")
-    return open_store(f"{server.url}?prefix=t{abs(hash(request.node.name))}")
+    prefix = f"prefix=t{abs(hash(request.node.name))}"
+    if request.param == "redis":
+        return open_store(f"{request.getfixturevalue('redis_server').url}?{prefix}")
+    server = request.getfixturevalue("redis_tls_server")
+    return open_store(server.url.replace("rediss://", f"rediss://:{TLS_PASSWORD}@") + "&" + prefix)
 
 
 def test_homes_snapshots_and_meta(store):
