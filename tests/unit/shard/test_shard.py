@@ -599,7 +599,8 @@ def test_outcomes_must_name_a_decision_a_shard_issued_and_an_action_it_showed(co
     engine_id = d.decision_id.split(".")[0]
     refused = [outcome("ana", shown, ""), outcome("ana", shown, "made-up"),
                outcome("ana", shown, engine_id),  # the engine's id, unsealed
-               outcome("ana", shown, d.decision_id[:-1] + "A"),
+               outcome("ana", shown, d.decision_id[:-1] + ("B" if d.decision_id[-1] == "A"
+                                                            else "A")),  # its seal altered
                outcome("ana", other, d.decision_id),  # not shown
                outcome("ana", shown, d.decision_id, channel="app"),
                outcome("bob", shown, d.decision_id),  # another customer's decision
