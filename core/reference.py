@@ -266,7 +266,9 @@ def decide_one(cat: CatalogView, st: StateView, mv: ModelView, ws: Workspace, ro
     _selection(c, mv, ws, channel, reasons, factors, k, out)
 
 
-SCORED = (Reason.RESTRAINT, Reason.TOP_K, Reason.SELECTED, Reason.GROUP_LIMIT)
+# plain ints: numpy compares an int8 with an IntEnum member through slow attribute look-ups
+SCORED = frozenset(int(r) for r in (Reason.RESTRAINT, Reason.TOP_K, Reason.SELECTED,
+                                    Reason.GROUP_LIMIT))
 SELECTION_TAIL = 6.0  # sigmas of a Thompson draw the selection's pruning allows for
 
 
@@ -312,7 +314,7 @@ def _selection(c: CompiledCatalog, mv: ModelView, ws: Workspace, channel: int, r
     n = int(ws.out_count[out])
     ws.out_selection[out, :n] = 1.0
     thompson = c.exploration == Exploration.THOMPSON
-    scored = [a for a in range(len(c.action_ids)) if reasons[a] in SCORED]
+    scored = [a for a, reason in enumerate(reasons.tolist()) if reason in SCORED]
     untried = _untried(c, mv, channel, reasons, factors)
     if n == 0 or not (untried or (thompson and any(ws._spread[a] > 0.0 for a in scored))):
         return
@@ -353,7 +355,7 @@ def _untried(c: CompiledCatalog, mv: ModelView, channel: int, reasons, factors) 
     something and never accepted on the channel."""
     if c.trial_rate <= 0.0:
         return []
-    return [a for a in range(len(c.action_ids)) if reasons[a] in SCORED
+    return [a for a, reason in enumerate(reasons.tolist()) if reason in SCORED
             and factors[a, 1] * factors[a, 2] * c.lever[a] > 0.0
             and mv.positives[c.model_index(a, channel)] == 0.0]
 

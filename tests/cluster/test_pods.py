@@ -17,7 +17,10 @@ What a machine shared by every "pod" forces the test to change, and nothing else
   (which `kairos drain` takes as well as an address);
 - the Secrets' values come from the rendered Secrets; Redis is a real redis-server with the
   overlay's password, on 127.0.0.1, instead of Service kairos-redis;
-- Ray's token is one the test makes, as KubeRay makes one (RAY_AUTH_MODE, RAY_AUTH_TOKEN).
+- Ray's token is one the test makes, as KubeRay makes one (RAY_AUTH_MODE, RAY_AUTH_TOKEN);
+- a drain's unready window (KAIROS_DRAIN_UNREADY_S, 10 s on the head) is 2 s: the clients
+  here watch the gateways' health themselves, with no probe period or endpoint update to wait
+  out, and Ray's own drain on SIGTERM is cut to 5 s for the same reason.
 """
 from __future__ import annotations
 
@@ -153,6 +156,7 @@ def test_the_pods_commands_join_drain_and_leave_under_traffic(pods):
             env["KAIROS_STORE"] = env["KAIROS_STORE"].replace("kairos-redis:6379",
                                                               f"127.0.0.1:{redis.port}")
         return {**env, "KUBERAY_GEN_RAY_START_CMD": ray_start, "KAIROS_GATEWAY_PORT": "0",
+                "KAIROS_DRAIN_UNREADY_S": "2",
                 "KAIROS_GATEWAY_HOST": "127.0.0.1", "RAY_GCS_PORT": str(gcs_port)}
 
     # the head: its entrypoint script from the ConfigMap it mounts
