@@ -1020,10 +1020,11 @@ def predictors(CatalogView cat, StateView st, ModelView mv, const int64_t[::1] r
 def record_outcomes(CatalogView cat, StateView st, ModelView mv, const int64_t[::1] rows,
                     const int32_t[::1] actions, const int32_t[::1] channels,
                     const int8_t[::1] outcomes, const double[::1] times, const double[:, ::1] x,
-                    const double[::1] values):
+                    const double[::1] values, int8_t[::1] refused_at):
     """History for every outcome, learning for those that are not impressions (and, for a
     conversion with a value, not NaN, the value); the number of updates refused because they
-    would leave a model not finite (the model is left as is)."""
+    would leave a model not finite (the model is left as is), each marked 1 in `refused_at`
+    (0 for the others)."""
     cdef Py_ssize_t i, m, row, d = cat.n_predictors, refused = 0
     cdef int head, outcome
     cdef double y
@@ -1034,6 +1035,7 @@ def record_outcomes(CatalogView cat, StateView st, ModelView mv, const int64_t[:
         for i in range(rows.shape[0]):
             row = rows[i]
             outcome = outcomes[i]
+            refused_at[i] = 0
             head = st.ring_head[row]
             st.ring_action[row, head] = <int16_t>actions[i]
             st.ring_channel[row, head] = <int8_t>channels[i]
@@ -1050,9 +1052,11 @@ def record_outcomes(CatalogView cat, StateView st, ModelView mv, const int64_t[:
             if mv.full:
                 if not _learn_full(mv, m, &x[i, 0], d, y, mean, precision, &mv._covariance[0],
                                    &mv._u[0]):
+                    refused_at[i] = 1
                     refused += 1
                     continue
             elif not _learn_diagonal(mv, m, &x[i, 0], d, y, mean, precision):
+                refused_at[i] = 1
                 refused += 1
                 continue
             if y != 0.0:

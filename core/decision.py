@@ -78,3 +78,4 @@ class Learned(str, Enum):
     PROFILE_NO_DECISION = "profile_no_decision"  # offline feedback: no decision named
     PROFILE_DECISION_FORGOTTEN = "profile_decision_forgotten"  # no longer in the memo
     NOTHING = "nothing"  # an impression: history only
+    REFUSED = "refused"  # history only: the update would have left the model not finite

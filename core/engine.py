@@ -435,13 +435,15 @@ class DecisionEngine:
                               rows[missing], ctx, now,
                               x_missing := np.empty((len(missing), c.n_predictors)))
             x[missing] = x_missing
+        refused_at = np.empty(len(encoded), np.int8)
         self.models.refused += self.k.record_outcomes(
             self.catalog_view, self.state_view, self.model_view, rows,
             np.array([e[1] for e in encoded], np.int32),
             np.array([e[2] for e in encoded], np.int32), np.array([e[3] for e in encoded], np.int8),
             np.array([e[4] for e in encoded], np.float64), x,
-            np.array([e[6] for e in encoded], np.float64))
-        return learned
+            np.array([e[6] for e in encoded], np.float64), refused_at)
+        return [Learned.REFUSED if refused else kind
+                for kind, refused in zip(learned, refused_at.tolist())]
 
     def use_models(self, models: ModelTable) -> None:
         """Decide and learn with this table from now on (after a catalog switch)."""

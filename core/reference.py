@@ -467,13 +467,15 @@ def predictors(cat: CatalogView, st: StateView, mv: ModelView, rows, ctx, now, o
 
 
 def record_outcomes(cat: CatalogView, st: StateView, mv: ModelView, rows, actions, channels,
-                    outcomes, times, x, values) -> int:
+                    outcomes, times, x, values, refused_at) -> int:
     """History for every outcome, learning for those that are not impressions (and, for a
     conversion with a value, not NaN, the value); the number of updates refused because they
-    would leave a model not finite (the model is left as is)."""
+    would leave a model not finite (the model is left as is), each marked 1 in `refused_at`
+    (0 for the others)."""
     c = cat.c
     refused = 0
     for i in range(len(rows)):
+        refused_at[i] = 0
         row, a, ch, outcome = int(rows[i]), int(actions[i]), int(channels[i]), int(outcomes[i])
         head = st.ring_head[row]
         st.ring_action[row, head] = a
@@ -491,6 +493,7 @@ def record_outcomes(cat: CatalogView, st: StateView, mv: ModelView, rows, action
         learn = _learn_diagonal if mv.covariance is None else _learn_full
         with np.errstate(all="ignore"):  # overflow is what the check in `learn` is for
             if not learn(mv, m, x[i], y):
+                refused_at[i] = 1
                 refused += 1
                 continue
         if y:

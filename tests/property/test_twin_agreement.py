@@ -253,7 +253,7 @@ def test_kernel_matches_twin(doc, steps, seed, poisoned):
     for side in sides:  # models a learner published before non-finite values were refused
         for m, value in poisoned:
             side.models.mean[m % compiled.n_models, 0] = value
-    refused = [0, 0]
+    refused, refused_at = [0, 0], ([], [])  # counts, and which outcomes, per side
     for step in steps:
         for s, side in enumerate(sides):
             row = side.table.row(step[1])
@@ -279,10 +279,12 @@ def test_kernel_matches_twin(doc, steps, seed, poisoned):
                 side.k.predictors(side.cat, st_view, mv, rows,
                                   np.full((1, len(compiled.context_names)), math.nan),
                                   np.array([t]), x)
+                flag = np.full(1, -1, np.int8)
                 refused[s] += side.k.record_outcomes(
                     side.cat, st_view, mv, rows, np.array([a], np.int32),
                     np.array([ch], np.int32), np.array([Outcome[outcome.upper()]], np.int8),
-                    np.array([t]), x, np.array([value]))
+                    np.array([t]), x, np.array([value]), flag)
+                refused_at[s].append(int(flag[0]))
         compiled_side, twin = sides
         assert_close(compiled_side.table.values, twin.table.values, f"profiles after {step}")
         if step[0] == "decide":
@@ -305,7 +307,7 @@ def test_kernel_matches_twin(doc, steps, seed, poisoned):
     for name in ("mean", "precision", "positives", "negatives", "value_count", "value_sum",
                  "inputs") + kept:
         assert_close(getattr(sides[0].models, name), getattr(sides[1].models, name), name)
-    assert refused[0] == refused[1]
+    assert refused[0] == refused[1] == sum(refused_at[0]) and refused_at[0] == refused_at[1]
     limit = compiled.predictor_limit
     for side in sides:
         assert (np.abs(side.ws.predictors) <= limit).all()

@@ -20,6 +20,7 @@ from kairos.cluster.metrics import LearnerMetrics, ShardMetrics
 from kairos.core.catalog import MAX_NUMBER, default_catalog_text, load_catalog
 from kairos.core.compiler import Outcome, PREDICTOR_LIMIT, compiled_from_text, default_compiled
 from kairos.core.engine import LATEST_TIME_S, DecisionEngine
+from kairos.core.decision import Learned
 from kairos.core.errors import CatalogError, InputError
 from kairos.core.models import ModelTable, per_model
 
@@ -81,12 +82,13 @@ def test_the_kernel_refuses_an_update_that_is_not_finite_and_counts_it(engine):
     before = engine.models.mean.copy(), engine.models.precision.copy()
     x = np.ones((2, c.n_predictors))
     x[0, 1] = 1e300  # x*x overflows: the precision would be inf and the mean NaN
+    refused_at = np.full(2, -1, np.int8)
     refused = engine.k.record_outcomes(
         engine.catalog_view, engine.state_view, engine.model_view, rows,
         np.array([a, a], np.int32), np.zeros(2, np.int32),
         np.array([Outcome.CONVERT, Outcome.ACCEPT], np.int8), np.array([T0, T0]), x,
-        np.full(2, math.nan))
-    assert refused == 1
+        np.full(2, math.nan), refused_at)
+    assert refused == 1 and refused_at.tolist() == [1, 0]
     assert finite(engine.models)
     m = c.model_index(a, 0)
     assert engine.models.positives[m] == 1  # only the finite one counted
@@ -101,12 +103,14 @@ def test_the_engine_counts_refused_updates_on_its_model_table(engine):
     c = engine.compiled
     m = c.model_index(c.action_index["generic_welcome"], 0)
     engine.models.mean[m, 0] = math.nan
-    engine.record_outcomes([("a", "generic_welcome", "web", "accept", T0, None),
-                            ("b", "generic_welcome", "web", "impression", T0, None)])
+    learned = engine.record_outcomes([("a", "generic_welcome", "web", "accept", T0, None),
+                                      ("b", "generic_welcome", "web", "impression", T0, None)])
+    assert learned == [Learned.REFUSED, Learned.NOTHING]  # what the ack of Respond says
     assert engine.models.refused == 1 and engine.models.positives[m] == 0
     engine.table.values[engine.table.index["a"], c.layout.slot["loyalty_points"]] = math.inf
-    engine.record_outcomes([("a", "service_menu", "web", "accept", T0, None)])
+    learned = engine.record_outcomes([("a", "service_menu", "web", "accept", T0, None)])
     assert engine.models.refused == 1  # an infinite input is clipped, not refused
+    assert learned == [Learned.PROFILE_NO_DECISION]
 
 
 def poisoned(c, row: int):
