@@ -67,7 +67,7 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
                 record_impression=request.record_impression)),
             fallback=lambda: fallback_decision(catalog, who.customer_id or "", channel,
                                                placement))
-        return wire.decision_out(decision)
+        return wire.decision_out(decision, catalog.agent_texts)
 
     async def Ingest(self, request: pb.Event, context) -> pb.IngestAck:
         try:
@@ -245,7 +245,8 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
             for ch in channels)))
         types = {**{a.name: a.type for a in catalog.catalog.attributes},
                  **{f.name: f.type for f in catalog.catalog.features}}
-        return wire.profile_out(profile, types, {d.channel: d for d in decisions})
+        return wire.profile_out(profile, types, {d.channel: d for d in decisions},
+                                catalog.agent_texts)
 
     async def ForgetCustomer(self, request: pb.ForgetRequest, context) -> pb.ForgetAck:
         try:
@@ -282,7 +283,7 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
                     Watch(customer, channel, placement),
                     lambda: context.send_initial_metadata(()))) as decisions:
                 async for decision in decisions:
-                    yield wire.decision_out(decision)
+                    yield wire.decision_out(decision, catalog.agent_texts)
         except Exception as exc:
             await abort(context, exc)
 
