@@ -72,6 +72,7 @@ class Run:
     gateways: list[str] = dataclasses.field(default_factory=list)  # host:port to connect to
     dashboard: str = ""
     store: str = ""
+    console: str = ""  # the agent's console's URL ("": none)
 
     @property
     def ray_port(self) -> int:

@@ -245,8 +245,10 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
             for ch in channels)))
         types = {**{a.name: a.type for a in catalog.catalog.attributes},
                  **{f.name: f.type for f in catalog.catalog.features}}
+        consent = {purpose: attribute is None or bool(profile["attributes"].get(attribute))
+                   for purpose, attribute in catalog.catalog.consent.items()}
         return wire.profile_out(profile, types, {d.channel: d for d in decisions},
-                                catalog.agent_texts)
+                                catalog.agent_texts, consent)
 
     async def ForgetCustomer(self, request: pb.ForgetRequest, context) -> pb.ForgetAck:
         try:

@@ -87,9 +87,10 @@ def explanation_out(e: Explanation, channel: str = "", texts: AgentTexts | None 
 
 
 def profile_out(profile: dict[str, Any], types: Mapping[str, str],
-                current: Mapping[str, Decision], texts: AgentTexts | None = None) -> pb.Profile:
+                current: Mapping[str, Decision], texts: AgentTexts | None = None,
+                consent: Mapping[str, bool] | None = None) -> pb.Profile:
     out = pb.Profile(customer_id=profile["customer_id"],
-                     events_applied=profile["events_applied"])
+                     events_applied=profile["events_applied"], consent=consent or {})
     for section in ("attributes", "features"):
         target = getattr(out, section)
         for name, value in profile[section].items():
