@@ -30,8 +30,6 @@ def add_command(commands, parents: list[argparse.ArgumentParser]) -> None:
     run_.add_argument("--channel", default="call_center",
                       help="the agents' channel: its next best actions, and where their "
                            "outcomes are recorded (default %(default)s)")
-    run_.add_argument("--placement", default="", help="the channel's placement (default: its "
-                                                      "first)")
     run_.add_argument("--keys", help="the keys agents sign in with (the gateways' keys file); "
                                      "default $KAIROS_API_KEYS, else a console key made in "
                                      "$KAIROS_HOME")
@@ -63,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     scheme = "https" if args.tls_cert else "http"
     print(f"the agent's console on {scheme}://{args.host}:{args.port} against {args.target} "
           f"(sign in with a key from {source})", flush=True)
-    serve(ConsoleConfig(args.target, args.channel, args.placement, args.dashboard), auth,
+    serve(ConsoleConfig(args.target, args.channel, args.dashboard), auth,
           Listen(args.host, args.port, args.tls_cert, args.tls_key))
     return 0
 

@@ -52,8 +52,7 @@ STATUS_OF = {"down": 503, "not_found": 404, "denied": 403, "invalid": 400, "fail
 @dataclass(frozen=True)
 class ConsoleConfig:
     target: str  # the gateway, host:port
-    channel: str = "call_center"  # the agent's channel
-    placement: str = ""  # "": the channel's first placement
+    channel: str = "call_center"  # the agent's channel (its first placement's decision)
     dashboard: str = ""  # the Ray dashboard's URL for the operator page ("": no link)
 
 
@@ -63,7 +62,7 @@ class Console:
     def __init__(self, config: ConsoleConfig, auth: Auth, gateway: GatewayClient | None = None):
         self.config = config
         self.sessions = Sessions(auth)
-        self.gateway = gateway or GatewayClient(config.target)
+        self.gateway = gateway  # made at start-up: a gRPC aio channel belongs to its loop
         env = jinja2.Environment(loader=jinja2.PackageLoader("kairos.cluster.console"),
                                  autoescape=True, undefined=jinja2.StrictUndefined)
         self.templates = Jinja2Templates(env=env)
@@ -140,10 +139,12 @@ class Console:
                            recorded=recorded if recorded in OUTCOMES else "")
 
     async def customer_page(self, key: str, customer_id: str) -> views.CustomerPage:
-        profile = await self.gateway.profile(key, Lookup(customer_id))
-        decision = await self.gateway.decide(key, profile.customer_id, self.config.channel,
-                                             self.config.placement)
-        return views.customer_page(profile, decision, self.config.channel)
+        profile = await self.gateway.profile(key, Lookup(customer_id), explain=True)
+        if self.config.channel not in profile.current:
+            raise GatewayError("invalid", f"no decision on the channel {self.config.channel!r}: "
+                                          f"the catalog has none such, or the key is bound to "
+                                          f"another channel")
+        return views.customer_page(profile, self.config.channel)
 
     async def live(self, request: Request) -> Response:
         """Server-sent events: `update` with the live part's HTML whenever a push changes a
@@ -231,6 +232,8 @@ def create_app(config: ConsoleConfig, auth: Auth, gateway: GatewayClient | None 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if console.gateway is None:
+            console.gateway = GatewayClient(config.target)
         yield
         await console.gateway.close()
 

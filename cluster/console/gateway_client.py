@@ -21,7 +21,6 @@ from kairos.cluster.cli.remote import tls_credentials
 from kairos.cluster.gateway.auth import METADATA_KEY
 
 CALL_TIMEOUT_S = 5.0  # an agent waits on a page, not on a batch job
-ACTIONS_SHOWN = 3  # the most next best actions an agent's screen lists
 HEARTBEAT_S = 15.0  # a quiet live page still hears from the server (and a closed one is noticed)
 BURST_S = 0.05  # pushes this close together are one change to show
 OUTCOMES = {"accept": pb.ACCEPT, "reject": pb.REJECT, "not_now": pb.IGNORE}
@@ -87,16 +86,11 @@ class GatewayClient:
         except grpc.aio.AioRpcError as exc:
             raise GatewayError.of(exc) from None
 
-    async def profile(self, key: str, who: Lookup) -> pb.Profile:
-        return await self._unary(self._decisions.GetProfile, pb.ProfileRequest(**who.fields()),
-                                 key)
-
-    async def decide(self, key: str, customer_id: str, channel: str, placement: str
-                     ) -> pb.Decision:
-        """The agent's channel's next best actions, with why each won and what was dropped."""
-        return await self._unary(self._decisions.Decide, pb.DecideRequest(
-            customer_id=customer_id, channel=channel, placement=placement,
-            max_actions=ACTIONS_SHOWN, explain=True), key)
+    async def profile(self, key: str, who: Lookup, explain: bool = False) -> pb.Profile:
+        """The golden record, with the best actions on every channel the key may see (with
+        `explain`: why each won, and what was dropped)."""
+        return await self._unary(self._decisions.GetProfile,
+                                 pb.ProfileRequest(explain=explain, **who.fields()), key)
 
     async def respond(self, key: str, customer_id: str, channel: str, decision_id: str,
                       action_id: str, outcome: str) -> None:

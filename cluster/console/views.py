@@ -14,6 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from kairos.v1 import admin_pb2
 from kairos.v1 import decision_pb2 as pb
 
+ACTIONS_SHOWN = 3  # the most next best actions an agent's screen lists
 MAX_DROPPED_SHOWN = 100  # a catalog of thousands of actions drops most of them every time
 
 
@@ -53,6 +54,7 @@ class CustomerPage:
     consent: list[tuple[str, bool]]
     history: list[dict]
     decision: pb.Decision
+    actions: list[pb.RankedAction]
     others: list[tuple[str, pb.RankedAction | None, bool]]  # channel, best, fallback
     dropped: list[pb.DroppedAction] = field(default_factory=list)
     dropped_more: int = 0
@@ -62,7 +64,9 @@ class CustomerPage:
         return [self.channel] + [name for name, _, _ in self.others]
 
 
-def customer_page(profile: pb.Profile, decision: pb.Decision, channel: str) -> CustomerPage:
+def customer_page(profile: pb.Profile, channel: str) -> CustomerPage:
+    """The page of `channel`'s agents (the profile holds a decision for it)."""
+    decision = profile.current[channel]
     dropped = list(decision.explanation.dropped)
     return CustomerPage(
         customer_id=profile.customer_id, channel=channel,
@@ -71,7 +75,7 @@ def customer_page(profile: pb.Profile, decision: pb.Decision, channel: str) -> C
         consent=sorted(profile.consent.items()),
         history=[{"when": iso(h.time), "channel": h.channel, "action_id": h.action_id,
                   "outcome": h.outcome} for h in profile.history],
-        decision=decision,
+        decision=decision, actions=list(decision.actions[:ACTIONS_SHOWN]),
         others=[(name, d.actions[0] if d.actions else None, d.fallback)
                 for name, d in sorted(profile.current.items()) if name != channel],
         dropped=dropped[:MAX_DROPPED_SHOWN],

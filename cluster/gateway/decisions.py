@@ -241,7 +241,8 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
         shown = visible_channel()  # a channel-bound key sees its channel's decision only
         channels = [ch for ch in catalog.channel_names if shown is None or ch == shown]
         decisions = await self.gateway.call(context, asyncio.gather(*(
-            self.client.decide(profile["customer_id"], ch, None, None, now=now)
+            self.client.decide(profile["customer_id"], ch, None, None, now=now,
+                               explain=request.explain)
             for ch in channels)))
         types = {**{a.name: a.type for a in catalog.catalog.attributes},
                  **{f.name: f.type for f in catalog.catalog.features}}

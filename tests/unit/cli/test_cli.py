@@ -141,4 +141,15 @@ def test_up_refuses_ports_in_use_and_starts_nothing(home, capsys):
     assert not (home / "run.json").exists()
 
 
+def test_up_refuses_a_console_port_in_use(home, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["up", "--ray-port", str(local.free_port()), "--port", "0",
+                     "--no-dashboard", "--console-port", str(port)]) == 1
+    assert f"in use on this machine: port {port} (the console)" in capsys.readouterr().err
+    assert not (home / "run.json").exists()
+
+
 # -- a real `kairos up` --------------------------------------------------------------------------

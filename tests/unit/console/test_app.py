@@ -30,7 +30,7 @@ class StandIn:
         if self.failure is not None:
             raise self.failure
 
-    async def profile(self, key, who):
+    async def profile(self, key, who, explain=False):
         self._fail()
         if who.value == "nobody":
             raise GatewayError("not_found", "NOT_FOUND: no customer")
@@ -38,17 +38,15 @@ class StandIn:
                              consent={"marketing": True, "service": True})
         profile.attributes["nickname"].string_value = HOSTILE
         profile.current["web"].actions.add(action_id="new_season")
-        return profile
-
-    async def decide(self, key, customer_id, channel, placement):
-        decision = pb.Decision(decision_id="d1", customer_id=customer_id, channel=channel,
-                               fallback=self.fallback)
+        decision = profile.current["call_center"]
+        decision.decision_id, decision.fallback = "d1", self.fallback
         decision.actions.add(action_id="warranty", agent_text="Offer the warranty",
                              propensity=0.25, value=80, context_weight=1, lever=1,
                              priority=20)
-        decision.explanation.dropped.add(action_id="cart_push", reason="ELIGIBILITY",
-                                         detail="no cart")
-        return decision
+        if explain:
+            decision.explanation.dropped.add(action_id="cart_push", reason="ELIGIBILITY",
+                                             detail="no cart")
+        return profile
 
     async def respond(self, key, *args):
         self.responses.append(args)
