@@ -66,9 +66,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def spawn(args: argparse.Namespace, run: local.Run) -> str:
-    """Start `kairos up`'s console in a session of its own, recorded in `run`; its URL once it
-    answers (local.StartFailed if it does not)."""
+def spawn(args: argparse.Namespace, run: local.Run) -> None:
+    """Start `kairos up`'s console in a session of its own, recorded in `run` with its URL and
+    where its sign-in keys come from, once it answers (local.StartFailed if it does not)."""
+    from kairos.cluster.console.server import keys_text
+
+    # made here, before the console reads it, so that `kairos up` can say where it is
+    run.console_keys = keys_text(args.keys and os.path.abspath(args.keys), local.home())[1]
     command = [sys.executable, "-m", "kairos.cluster.cli.main", "--target", run.gateways[0],
                "console", "--port", str(args.console_port), "--dashboard", run.dashboard]
     if args.keys:
@@ -93,4 +97,5 @@ def spawn(args: argparse.Namespace, run: local.Run) -> str:
             raise local.StartFailed("the console did not start:\n    " + "\n    ".join(tail)
                                     + f"\n(its output is in {log})")
         time.sleep(0.2)
-    return f"{'https' if args.tls_cert else 'http'}://{address}"
+    run.console = f"{'https' if args.tls_cert else 'http'}://{address}"
+    local.write_run(run)

@@ -73,6 +73,7 @@ class Run:
     dashboard: str = ""
     store: str = ""
     console: str = ""  # the agent's console's URL ("": none)
+    console_keys: str = ""  # where the keys agents sign in with are (a path, never a key)
 
     @property
     def ray_port(self) -> int:

@@ -181,7 +181,8 @@ def up_message(args: argparse.Namespace, run: local.Run) -> str:
             + ", ".join(run.gateways)
             + f"; store {redact(args.store)} (journal {args.journal_policy})"
             + (f"; Ray dashboard on {run.dashboard}" if run.dashboard else "")
-            + (f"; the agent's console on {run.console}" if run.console else "")
+            + (f"; the agent's console on {run.console} (sign in with a key from "
+               f"{run.console_keys})" if run.console else "")
             + ". `kairos down` stops it.")
 
 
@@ -221,8 +222,7 @@ def _start(args: argparse.Namespace, run: local.Run, catalog_text: str | None) -
         args, run.ray_address, catalog_text, consecutive=True)]
     local.write_run(run)
     if args.console_port:
-        run.console = console.spawn(args, run)
-        local.write_run(run)
+        console.spawn(args, run)
 
 
 def start(args: argparse.Namespace) -> int:

@@ -150,6 +150,8 @@ class Console:
         """Server-sent events: `update` with the live part's HTML whenever a push changes a
         decision, a comment as heartbeat, `gone` when the watch ends."""
         key, customer_id = request.state.session.key, request.query_params.get("id", "")
+        if not customer_id or len(customer_id) > MAX_ID_LENGTH:
+            return Response(f"id: 1..{MAX_ID_LENGTH} characters", 400)
         try:
             page = await self.customer_page(key, customer_id)
         except GatewayError as exc:

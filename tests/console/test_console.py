@@ -64,7 +64,8 @@ def kairos(tmp_path_factory) -> Iterator[Kairos]:
     try:
         assert up.returncode == 0, up.stderr
         console = f"http://127.0.0.1:{console_port}"
-        assert f"the agent's console on {console}" in up.stdout
+        assert f"the agent's console on {console} (sign in with a key from {keys})" \
+            in up.stdout
         target = up.stdout.split("gRPC on ")[1].split(";")[0]
         gateway = Remote(target, api_key=CHANNEL_KEY)
         yield Kairos(console, gateway)
