@@ -148,7 +148,7 @@ def test_empty_and_error_states(client, gateway):
     assert "Fallback decision" in page.text and 'value="accept"' not in page.text
     gateway.failure = GatewayError("down", "UNAVAILABLE: connection refused")
     down = client.get("/customer?id=ana")
-    assert down.status_code == 503 and "does not answer" in down.text
+    assert down.status_code == 503 and "Kairos does not answer" in down.text
 
 
 def test_the_operator_page_and_catalog_validation(client):
@@ -160,3 +160,9 @@ def test_the_operator_page_and_catalog_validation(client):
     too_big = client.post("/operator/validate",
                           data={"csrf": token, "catalog": "x" * (2 << 20)})
     assert too_big.status_code == 413
+
+
+def test_the_cookie_is_secure_over_https(gateway):
+    app = create_app(ConsoleConfig("127.0.0.1:1"), Auth.load(KEYS), gateway)
+    with TestClient(app, base_url="https://127.0.0.1") as client:
+        assert "secure" in client.get("/signin").headers["set-cookie"].lower()
