@@ -150,10 +150,13 @@ def test_sign_in_find_by_alias_and_see_the_next_best_action_with_its_reasons(pag
     page.screenshot(path=str(SCREENSHOT), full_page=True)
 
 
-def test_an_event_on_the_web_changes_the_page_within_a_second_without_reload(page, kairos):
+def test_an_event_on_the_web_changes_the_page_within_a_second_without_reload(page, kairos,
+                                                                           record_property):
     who = customer(kairos)
     open_customer(page, kairos, who)
-    page.wait_for_function("document.getElementById('live').dataset.updates >= 1")  # watching
+    # the first server-sent update comes once the watches are in place (a selector, not a
+    # function: the page's Content-Security-Policy forbids the eval a polled function needs)
+    page.wait_for_selector("#live[data-updates]", state="attached")
     assert page.locator("#nba [data-action=complaint_callback]").count() == 0
     page.evaluate("window.__same_document = true")
     kairos.gateway.ingest(who, "complaint", time.time(),
@@ -161,6 +164,7 @@ def test_an_event_on_the_web_changes_the_page_within_a_second_without_reload(pag
     acknowledged = time.monotonic()
     page.wait_for_selector("#nba [data-action=complaint_callback]", timeout=LIVE_S * 1000)
     shown_after_s = time.monotonic() - acknowledged
+    record_property("shown_after_s", round(shown_after_s, 3))  # in --junitxml's report
     assert shown_after_s < LIVE_S
     assert page.evaluate("window.__same_document") is True  # no reload
     assert "Book a call-back" in page.locator("#nba").inner_text()
