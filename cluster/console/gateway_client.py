@@ -22,7 +22,7 @@ from kairos.cluster.gateway.auth import METADATA_KEY
 
 CALL_TIMEOUT_S = 5.0  # an agent waits on a page, not on a batch job
 HEARTBEAT_S = 15.0  # a quiet live page still hears from the server (and a closed one is noticed)
-BURST_S = 0.05  # pushes this close together are one change to show
+BURST_S = 0.02  # pushes this close together are one change to show
 OUTCOMES = {"accept": pb.ACCEPT, "reject": pb.REJECT, "not_now": pb.IGNORE}
 
 
