@@ -18,7 +18,7 @@ PACKAGE_DIRS = {
     "kairos.core.catalogs": "core/catalogs",
     "kairos.cluster": "cluster",
     **{f"kairos.cluster.{role}": f"cluster/{role}"
-       for role in ("cli", "control", "gateway", "shard", "storage", "transport")},
+       for role in ("cli", "console", "control", "gateway", "shard", "storage", "transport")},
     "kairos.v1": "protos/kairos/v1",
 }
 
@@ -64,6 +64,7 @@ setup(
     package_dir=PACKAGE_DIRS,
     package_data={"kairos.core": ["catalog.schema.json", "*.pxd"],
                   "kairos.core.catalogs": ["*.yaml"],
+                  "kairos.cluster.console": ["templates/*.html", "static/*"],
                   "kairos.v1": ["*.proto", "*.pyi"]},
     exclude_package_data={"kairos.core": ["*.c"]},
     ext_modules=kernel_extensions(),

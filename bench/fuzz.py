@@ -358,8 +358,8 @@ def own_kairos(shards: int) -> Iterator[tuple[str, Keys, Any]]:
                               timeout=300, stdin=subprocess.DEVNULL)
 
     up = cli("up", "--shards", str(shards), "--port", str(free_port()), "--ray-port",
-             str(free_port()), "--no-dashboard", "--ray-temp-dir", ray_temp,
-             "--keys", str(keys_file))
+             str(free_port()), "--no-dashboard", "--console-port", "0",
+             "--ray-temp-dir", ray_temp, "--keys", str(keys_file))
     if up.returncode != 0:
         shutil.rmtree(home, ignore_errors=True)
         raise RuntimeError(f"kairos up failed: {up.stderr[-2000:]}")

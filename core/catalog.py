@@ -36,6 +36,9 @@ TRANSFORMS = ("identity", "log1p", "scale", "recency", "standardize")
 DEFAULT_HISTORY_SIZE = 32
 MAX_HISTORY_SIZE = 1024  # a history's most interactions; a contact-policy count past it never trips
 MAX_TOP_K = 1024  # actions one placement may show: the kernels size their output buffers by it
+# an offer's agent_text: a few sentences for an agent's screen, not a document (every decision
+# on the channel carries it)
+MAX_AGENT_TEXT = 1_000
 DEFAULT_VARIANCE_SCALE = 0.1
 # a prior's precision: below it a model's variance (1/precision) is so wide that the
 # one-example solve's bracket outgrows what its steps can halve (models.ONE_EXAMPLE_STEPS)
@@ -133,6 +136,7 @@ class Offer:
     channel: str
     treatment: str
     placements: tuple[str, ...] | None = None  # None: every placement of the channel
+    agent_text: str = ""  # what an agent reads or says when the action wins (may be empty)
 
 
 @dataclass(frozen=True)
@@ -382,10 +386,12 @@ class _Reader:
                                   f"and '_', starting with a letter", at_key=True)
         return key
 
-    def text(self, path: Path) -> str:
+    def text(self, path: Path, max_length: int | None = None) -> str:
         value = self.get(path)
         if not isinstance(value, str) or not value.strip():
             raise self.fail(path, f"expected a non-empty string, got {value!r}")
+        if max_length is not None and len(value) > max_length:
+            raise self.fail(path, f"at most {max_length} characters, got {len(value)}")
         return value
 
     def number(self, path: Path, *, minimum: float | None = None, positive: bool = False,
@@ -744,14 +750,16 @@ class _Reader:
             if ch_name not in channels:
                 raise self.fail(cpath, f"unknown channel '{ch_name}'"
                                        f"{_did_you_mean(ch_name, channels)}", at_key=True)
-            ospec = self.mapping(cpath, ("treatment",), ("placements",))
+            ospec = self.mapping(cpath, ("treatment",), ("placements", "agent_text"))
             treatment = self.name(cpath + ("treatment",))
+            agent_text = self.text(cpath + ("agent_text",), MAX_AGENT_TEXT) \
+                if "agent_text" in ospec else ""
             placements = None
             if "placements" in ospec:
                 placements = self.names(cpath + ("placements",),
                                         {p.name for p in channels[ch_name].placements},
                                         f"placement of {ch_name}")
-            offers.append(Offer(ch_name, treatment, placements))
+            offers.append(Offer(ch_name, treatment, placements, agent_text))
         rules = {stage: Rule(self.text(path + (stage,)), path + (stage,)) if stage in spec
                  else None for stage in ("eligibility", "applicability", "suitability")}
         raw_value = spec["value"]

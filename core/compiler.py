@@ -353,6 +353,9 @@ class CompiledCatalog:
         self.action_attributes = np.full((n, max(len(attr_index), 1)), np.nan)
         self.offered = np.zeros((n, n_channels), np.int64)
         self.treatments: list[dict[int, str]] = []
+        # what an agent's screen shows for a winning action, by (action id, channel): only the
+        # gateway reads it, as it turns decisions into the contract's messages
+        self.agent_texts: dict[tuple[str, str], str] = {}
         self.action_group = np.zeros(n, np.int32)
         self.action_purpose = np.zeros(n, np.int32)
         self.valid_from = np.zeros(n)
@@ -376,6 +379,8 @@ class CompiledCatalog:
                 names = offer.placements or self.placement_names[c]
                 self.offered[a, c] = sum(1 << self.placement_index[c][p] for p in names)
                 treatments[c] = offer.treatment
+                if offer.agent_text:
+                    self.agent_texts[action.id, offer.channel] = offer.agent_text
             self.treatments.append(treatments)
             self.action_group[a] = self.group_index[action.group]
             self.action_purpose[a] = self.purpose_names.index(action.purpose)

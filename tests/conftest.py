@@ -8,7 +8,8 @@ own GCS on a free port, no dashboard, no fixed agent port.
 
 Tiers, one folder each, run in this order: `unit/` (no Ray, quick), `property/` (randomised
 equivalence against a twin: the kernel's NumPy twin, a shard that never crashed; no Ray), `cluster/` (starts Ray clusters on this machine),
-`bench/` (the harnesses' quick modes, end to end). `-m unit` (or any tier's name) picks one.
+`console/` (the agent's console in Chromium against a `kairos up` of its own), `bench/` (the
+harnesses' quick modes, end to end). `-m unit` (or any tier's name) picks one.
 Tests of the unit and property tiers cannot start Ray: `ray.init` and Ray's node start-up
 raise while their fixtures and bodies run (see `pytest_runtest_protocol`).
 """
@@ -54,7 +55,7 @@ def pytest_sessionfinish(session, exitstatus) -> None:
 
 
 # -- tiers ---------------------------------------------------------------------------------------
-TIERS = ("unit", "k8s", "property", "cluster", "bench")
+TIERS = ("unit", "k8s", "property", "cluster", "console", "bench")
 NO_RAY = frozenset({"unit", "k8s", "property"})
 _TIER = pytest.StashKey[str]()
 
@@ -73,7 +74,8 @@ def tier_of(item: pytest.Item) -> str:
 
 def pytest_collection_modifyitems(session, config, items: list[pytest.Item]) -> None:
     """Each test gets its tier's marker (`-m unit`, `-m "not bench"`), and the tiers run in
-    order: unit, property, cluster, bench (a stable sort: within a tier, collection order)."""
+    order: unit, k8s, property, cluster, console, bench (a stable sort: within a tier,
+    collection order)."""
     for item in items:
         tier = tier_of(item)
         item.add_marker(tier)

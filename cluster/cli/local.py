@@ -72,6 +72,8 @@ class Run:
     gateways: list[str] = dataclasses.field(default_factory=list)  # host:port to connect to
     dashboard: str = ""
     store: str = ""
+    console: str = ""  # the agent's console's URL ("": none)
+    console_keys: str = ""  # where the keys agents sign in with are (a path, never a key)
 
     @property
     def ray_port(self) -> int:

@@ -13,6 +13,8 @@
     kairos demo [--local]               replay a cross-channel journey against it, printing each
                                         decision as it changes (--local: in-process, no cluster)
     kairos status                       nodes, shards, partitions, customers, versions
+    kairos console                      the agent's web console against --target (`kairos up`
+                                        serves one on 127.0.0.1:8080, --console-port)
     kairos drain NODE                   take a node out under traffic: its gateway turns
                                         NOT_SERVING, its partitions move, its shards and
                                         gateway stop (a KubeRay worker's preStop hook)
@@ -42,7 +44,7 @@ from kairos.core.catalog import load_catalog_file
 from kairos.core.compiler import compile_catalog
 from kairos.core.errors import CatalogError
 
-from kairos.cluster.cli import demo, local, operate
+from kairos.cluster.cli import console, demo, local, operate
 from kairos.cluster.storage.store import redact  # light: no store's client is imported
 
 # the embedded default's store: a directory that outlives `kairos down`
@@ -134,6 +136,8 @@ def up(args: argparse.Namespace) -> int:
         ports = [("Ray", args.ray_port)]
         if args.dashboard:
             ports.append(("the Ray dashboard", args.dashboard_port))
+        if args.console_port:
+            ports.append(("the console", args.console_port))
         if args.port:
             ports += [("a gateway", args.port + i) for i in range(args.nodes)]
         busy = [f"{port} ({what})" for what, port in ports
@@ -180,6 +184,8 @@ def up_message(args: argparse.Namespace, run: local.Run) -> str:
             + ", ".join(run.gateways)
             + f"; store {redact(args.store)} (journal {args.journal_policy})"
             + (f"; Ray dashboard on {run.dashboard}" if run.dashboard else "")
+            + (f"; the agent's console on {run.console} (sign in with a key from "
+               f"{run.console_keys})" if run.console else "")
             + ". `kairos down` stops it.")
 
 
@@ -218,6 +224,8 @@ def _start(args: argparse.Namespace, run: local.Run, catalog_text: str | None) -
     run.gateways = [f"{reach}:{port}" for _, port in _start_kairos(
         args, run.ray_address, catalog_text, consecutive=True)]
     local.write_run(run)
+    if args.console_port:
+        console.spawn(args, run)
 
 
 def start(args: argparse.Namespace) -> int:
@@ -358,6 +366,7 @@ def parser(gateway_port: int) -> argparse.ArgumentParser:
                      help="start Ray without its dashboard")
     up_.add_argument("--ray-temp-dir", help="Ray's session files and logs (default Ray's: "
                                             f"{local.default_ray_temp_dir()})")
+    console.add_up_option(up_)
     on_ray = commands.add_parser(
         "start", parents=[serving],
         help="start Kairos on a running Ray cluster (KubeRay's head pod, `ray start`)")
@@ -370,6 +379,7 @@ def parser(gateway_port: int) -> argparse.ArgumentParser:
                              "%(default)s")
     commands.add_parser("down", help="stop what `kairos up` started on this KAIROS_HOME")
     commands.add_parser("status", help="show the cluster", parents=[target])
+    console.add_command(commands, [target])
     drain_ = commands.add_parser(
         "drain", parents=[target],
         help="take a node out while traffic flows: its gateway, partitions and shards")
@@ -435,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return demo.run_remote(args.target)
+        if args.command == "console":
+            return console.run(args)
         return {"status": operate.status, "drain": operate.drain,
                 "catalog": operate.push}[args.command](args)
     except grpc.RpcError as exc:

@@ -21,19 +21,26 @@ TLS_ENV = ("KAIROS_TLS_CA", "KAIROS_TLS_CERT", "KAIROS_TLS_KEY")
 TIMEOUT_S = 10.0
 
 
-def channel_to(target: str) -> grpc.Channel:
-    """A channel to a gateway: TLS when KAIROS_TLS_CA is set, else plaintext."""
+def tls_credentials() -> grpc.ChannelCredentials | None:
+    """TLS to a gateway when KAIROS_TLS_CA is set (with this client's certificate for mTLS),
+    else None: plaintext."""
     ca, cert, key = (os.environ.get(name) for name in TLS_ENV)
     if not ca:
-        return grpc.insecure_channel(target)
+        return None
 
     def read(path: str | None) -> bytes | None:
         if not path:
             return None
         with open(path, "rb") as f:
             return f.read()
-    return grpc.secure_channel(target, grpc.ssl_channel_credentials(read(ca), read(key),
-                                                                    read(cert)))
+    return grpc.ssl_channel_credentials(read(ca), read(key), read(cert))
+
+
+def channel_to(target: str) -> grpc.Channel:
+    """A blocking channel to a gateway (see tls_credentials)."""
+    credentials = tls_credentials()
+    return grpc.insecure_channel(target) if credentials is None \
+        else grpc.secure_channel(target, credentials)
 
 
 Customer = str | tuple[str, str]  # a customer id, or an alias (type, value)

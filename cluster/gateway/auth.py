@@ -13,13 +13,19 @@ Keys are YAML (or JSON), from a file (`kairos up --keys FILE`) or the KAIROS_API
       - key: "crm-..."
         name: identity-sync
         scopes: [identity]          # may link aliases (LinkIdentity), whatever its channel
+      - key: "agent-..."
+        name: console-agent         # the agent's console (cluster/console/)
+        scopes: [profile:read, respond, watch, status:read]
 
 Without keys, auth is off, which the gateway allows only on a loopback address.
 
 Scopes: decide, ingest, respond, watch, profile:read, admin, identity (LinkIdentity: links
 an alias to a customer, which moves every channel's history; an unbound key with ingest may
 also link, a channel-bound one may not), and feedback (with respond: offline outcomes, which
-name no decision; the handler asks `has_scope`).
+name no decision; the handler asks `has_scope`), and status:read (the cluster's status and
+the running catalog, read only: GetClusterStatus, GetCatalog and ValidateCatalog, which
+change nothing; an operator's screen needs them without the admin scope's catalog switches,
+scaling and drains).
 
 Every kairos.v1 method has a `Rule` in RULES: the scope a key needs, where the request names a
 channel, and what a channel-bound key may do (`Rule.bound`):
@@ -48,7 +54,7 @@ import grpc
 import yaml
 
 SCOPES = ("decide", "ingest", "respond", "watch", "profile:read", "admin", "identity",
-          "feedback")
+          "feedback", "status:read")
 KEYS_ENV = "KAIROS_API_KEYS"  # where `kairos up` and its gateways find keys without --keys
 METADATA_KEY = "x-api-key"
 
@@ -86,11 +92,11 @@ RULES: dict[str, Rule] = {
     _DECISIONS + "GetProfile": Rule("profile:read", bound=FILTER),
     _DECISIONS + "LinkIdentity": Rule("ingest", bound=UNBOUND, also="identity"),
     _DECISIONS + "ForgetCustomer": Rule("admin"),
-    _ADMIN + "ValidateCatalog": Rule("admin"),
+    _ADMIN + "ValidateCatalog": Rule("status:read", also="admin"),
     _ADMIN + "PutCatalog": Rule("admin"),
     _ADMIN + "RollbackCatalog": Rule("admin"),
-    _ADMIN + "GetCatalog": Rule("admin"),
-    _ADMIN + "GetClusterStatus": Rule("admin"),
+    _ADMIN + "GetCatalog": Rule("status:read", also="admin"),
+    _ADMIN + "GetClusterStatus": Rule("status:read", also="admin"),
     _ADMIN + "ScaleShards": Rule("admin"),
     _ADMIN + "DrainNode": Rule("admin"),
 }

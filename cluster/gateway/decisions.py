@@ -67,7 +67,7 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
                 record_impression=request.record_impression)),
             fallback=lambda: fallback_decision(catalog, who.customer_id or "", channel,
                                                placement))
-        return wire.decision_out(decision)
+        return wire.decision_out(decision, catalog.agent_texts)
 
     async def Ingest(self, request: pb.Event, context) -> pb.IngestAck:
         try:
@@ -241,11 +241,15 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
         shown = visible_channel()  # a channel-bound key sees its channel's decision only
         channels = [ch for ch in catalog.channel_names if shown is None or ch == shown]
         decisions = await self.gateway.call(context, asyncio.gather(*(
-            self.client.decide(profile["customer_id"], ch, None, None, now=now)
+            self.client.decide(profile["customer_id"], ch, None, None, now=now,
+                               explain=request.explain)
             for ch in channels)))
         types = {**{a.name: a.type for a in catalog.catalog.attributes},
                  **{f.name: f.type for f in catalog.catalog.features}}
-        return wire.profile_out(profile, types, {d.channel: d for d in decisions})
+        consent = {purpose: attribute is None or bool(profile["attributes"].get(attribute))
+                   for purpose, attribute in catalog.catalog.consent.items()}
+        return wire.profile_out(profile, types, {d.channel: d for d in decisions},
+                                catalog.agent_texts, consent)
 
     async def ForgetCustomer(self, request: pb.ForgetRequest, context) -> pb.ForgetAck:
         try:
@@ -282,7 +286,7 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
                     Watch(customer, channel, placement),
                     lambda: context.send_initial_metadata(()))) as decisions:
                 async for decision in decisions:
-                    yield wire.decision_out(decision)
+                    yield wire.decision_out(decision, catalog.agent_texts)
         except Exception as exc:
             await abort(context, exc)
 

@@ -54,33 +54,43 @@ def value_out(value: Any, vtype: str = "") -> pb.Value:
     return pb.Value(string_value=str(value))
 
 
-def ranked_out(a: RankedAction) -> pb.RankedAction:
+# A catalog's agent texts by (action id, channel) (CompiledCatalog.agent_texts): decisions
+# travel from shards without them, and the gateway adds them from the catalog it holds.
+AgentTexts = Mapping[tuple[str, str], str]
+
+
+def ranked_out(a: RankedAction, channel: str = "", texts: AgentTexts | None = None
+               ) -> pb.RankedAction:
     return pb.RankedAction(action_id=a.action_id, group=a.group, treatment=a.treatment,
                            priority=a.priority, propensity=a.propensity, value=a.value,
                            context_weight=a.weight, lever=a.lever,
-                           selection_probability=a.selection)
+                           selection_probability=a.selection,
+                           agent_text=(texts or {}).get((a.action_id, channel), ""))
 
 
-def decision_out(d: Decision) -> pb.Decision:
+def decision_out(d: Decision, texts: AgentTexts | None = None) -> pb.Decision:
     out = pb.Decision(decision_id=d.decision_id, customer_id=d.customer_id, channel=d.channel,
-                      placement=d.placement, actions=[ranked_out(a) for a in d.actions],
+                      placement=d.placement,
+                      actions=[ranked_out(a, d.channel, texts) for a in d.actions],
                       catalog_version=d.catalog_version, model_version=d.model_version,
                       fallback=d.fallback)
     if d.explanation is not None:
-        out.explanation.CopyFrom(explanation_out(d.explanation))
+        out.explanation.CopyFrom(explanation_out(d.explanation, d.channel, texts))
     return out
 
 
-def explanation_out(e: Explanation) -> pb.Explanation:
-    return pb.Explanation(winners=[ranked_out(a) for a in e.winners],
+def explanation_out(e: Explanation, channel: str = "", texts: AgentTexts | None = None
+                    ) -> pb.Explanation:
+    return pb.Explanation(winners=[ranked_out(a, channel, texts) for a in e.winners],
                           dropped=[pb.DroppedAction(action_id=x.action_id, reason=x.reason,
                                                     detail=x.detail) for x in e.dropped])
 
 
 def profile_out(profile: dict[str, Any], types: Mapping[str, str],
-                current: Mapping[str, Decision]) -> pb.Profile:
+                current: Mapping[str, Decision], texts: AgentTexts | None = None,
+                consent: Mapping[str, bool] | None = None) -> pb.Profile:
     out = pb.Profile(customer_id=profile["customer_id"],
-                     events_applied=profile["events_applied"])
+                     events_applied=profile["events_applied"], consent=consent or {})
     for section in ("attributes", "features"):
         target = getattr(out, section)
         for name, value in profile[section].items():
@@ -92,5 +102,5 @@ def profile_out(profile: dict[str, Any], types: Mapping[str, str],
     for name, due in profile["timers"].items():
         out.timers[name].CopyFrom(time_out(due))
     for channel, decision in current.items():
-        out.current[channel].CopyFrom(decision_out(decision))
+        out.current[channel].CopyFrom(decision_out(decision, texts))
     return out

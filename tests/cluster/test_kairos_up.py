@@ -43,7 +43,8 @@ def test_up_demo_status_push_down_on_ports_of_its_own(tmp_path, default_yaml):
     # a Ray token of its own: `kairos up` makes ~/.ray/auth_token when there is none
     env = {**os.environ, local.HOME_ENV: str(home), "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     up = ["up", "--shards", "2", "--port", "0", "--ray-port", str(free_port()),
-          "--dashboard-port", str(free_port()), "--ray-temp-dir", ray_temp]
+          "--dashboard-port", str(free_port()), "--ray-temp-dir", ray_temp,
+          "--console-port", "0"]  # the console's own test starts one: tests/console/
     try:
         done = kairos(*up, env=env)
         assert done.returncode == 0, done.stderr

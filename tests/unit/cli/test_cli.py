@@ -141,12 +141,23 @@ def test_up_refuses_ports_in_use_and_starts_nothing(home, capsys):
     assert not (home / "run.json").exists()
 
 
-
 def test_up_refuses_a_store_url_that_cannot_work_and_starts_nothing(home, capsys):
     store = "rediss://:pw-secret@redis.svc:6379/0?ssl_ca_certs=/nowhere/ca.pem"
     assert main(["up", "--store", store, "--port", "0", "--no-dashboard"]) == 1
     err = capsys.readouterr().err
     assert "'/nowhere/ca.pem' is not a readable file on this node" in err
     assert "pw-secret" not in err and not (home / "run.json").exists()
+
+
+def test_up_refuses_a_console_port_in_use(home, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["up", "--ray-port", str(local.free_port()), "--port", "0",
+                     "--no-dashboard", "--console-port", str(port)]) == 1
+    assert f"in use on this machine: port {port} (the console)" in capsys.readouterr().err
+    assert not (home / "run.json").exists()
+
 
 # -- a real `kairos up` --------------------------------------------------------------------------

@@ -44,6 +44,9 @@ def test_accepted_catalogs_validate(text):
     (lambda d: d["features"]["views_7d"].update(half_life="7 days"),
      ["features", "views_7d", "half_life"]),
     (lambda d: d["actions"][0].update(valeu=3), ["actions", 0]),
+    (lambda d: next(iter(d["actions"][0]["channels"].values())).update(agent_text="x" * 1001),
+     ["actions", 0, "channels", next(iter(yaml.safe_load(SMALL.read_text())["actions"][0][
+         "channels"])), "agent_text"]),
 ])
 def test_schema_rejects_what_the_loader_rejects(edit, path):
     doc = as_json(yaml.safe_load(SMALL.read_text()))

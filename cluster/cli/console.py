@@ -1,0 +1,101 @@
+"""`kairos console`: the agent's web console against any gateway; and the one `kairos up`
+starts (`--console-port`, default 8080; 0: none).
+
+`kairos up` exits once Kairos serves, so its console runs as a process of its own, in a
+process session recorded with Ray's in run.json: `kairos down` stops it with them, and a
+second `kairos up` sees it running. It gets the keys the gateways get (the --keys file's path,
+or KAIROS_API_KEYS in its environment), never a secret on its command line.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+from kairos.cluster.cli import local
+
+CONSOLE_PORT = 8080
+CONSOLE_LOG = "console.log"
+START_TIMEOUT_S = 60.0
+
+
+def add_command(commands, parents: list[argparse.ArgumentParser]) -> None:
+    run_ = commands.add_parser("console", parents=parents,
+                               help="serve the agent's web console against a gateway")
+    run_.add_argument("--host", default=local.LOOPBACK, help="bind address (default "
+                                                              "%(default)s)")
+    run_.add_argument("--port", type=int, default=CONSOLE_PORT, help="default %(default)s")
+    run_.add_argument("--channel", default="call_center",
+                      help="the agents' channel: its next best actions, and where their "
+                           "outcomes are recorded (default %(default)s)")
+    run_.add_argument("--keys", help="the keys agents sign in with (the gateways' keys file); "
+                                     "default $KAIROS_API_KEYS, else a console key made in "
+                                     "$KAIROS_HOME")
+    run_.add_argument("--dashboard", default="", help="the Ray dashboard's URL, linked from the "
+                                                      "operator page")
+    run_.add_argument("--tls-cert", help="serve HTTPS: the certificate chain (PEM)")
+    run_.add_argument("--tls-key", help="serve HTTPS: the private key (PEM)")
+
+
+def add_up_option(up: argparse.ArgumentParser) -> None:
+    up.add_argument("--console-port", type=int, default=CONSOLE_PORT,
+                    help="the agent's console on 127.0.0.1 (default %(default)s; 0: none)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from kairos.cluster.console.app import ConsoleConfig
+    from kairos.cluster.console.server import Listen, keys_text, serve
+    from kairos.cluster.gateway.auth import Auth
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("--tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    try:
+        text, source = keys_text(args.keys, local.home())
+        auth = Auth.load(text)
+    except (OSError, ValueError) as exc:
+        print(f"error: the console's keys: {exc}", file=sys.stderr)
+        return 1
+    scheme = "https" if args.tls_cert else "http"
+    print(f"the agent's console on {scheme}://{args.host}:{args.port} against {args.target} "
+          f"(sign in with a key from {source})", flush=True)
+    serve(ConsoleConfig(args.target, args.channel, args.dashboard), auth,
+          Listen(args.host, args.port, args.tls_cert, args.tls_key))
+    return 0
+
+
+def spawn(args: argparse.Namespace, run: local.Run) -> None:
+    """Start `kairos up`'s console in a session of its own, recorded in `run` with its URL and
+    where its sign-in keys come from, once it answers (local.StartFailed if it does not)."""
+    from kairos.cluster.console.server import keys_text
+
+    # made here, before the console reads it, so that `kairos up` can say where it is
+    run.console_keys = keys_text(args.keys and os.path.abspath(args.keys), local.home())[1]
+    command = [sys.executable, "-m", "kairos.cluster.cli.main", "--target", run.gateways[0],
+               "console", "--port", str(args.console_port), "--dashboard", run.dashboard]
+    if args.keys:
+        command += ["--keys", os.path.abspath(args.keys)]
+    env = dict(os.environ)
+    if args.tls_cert:
+        command += ["--tls-cert", os.path.abspath(args.tls_cert),
+                    "--tls-key", os.path.abspath(args.tls_key)]
+        # `kairos up`'s own certificate, self-signed on a laptop, is the CA it trusts
+        env.setdefault("KAIROS_TLS_CA", os.path.abspath(args.tls_cert))
+    log = local.home() / CONSOLE_LOG
+    with open(log, "a") as out:
+        process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    run.sessions.append(process.pid)
+    local.write_run(run)
+    address = f"{local.LOOPBACK}:{args.console_port}"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not local.answers(address, 0.5):
+        if process.poll() is not None or time.monotonic() > deadline:
+            tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+            raise local.StartFailed("the console did not start:\n    " + "\n    ".join(tail)
+                                    + f"\n(its output is in {log})")
+        time.sleep(0.2)
+    run.console = f"{'https' if args.tls_cert else 'http'}://{address}"
+    local.write_run(run)

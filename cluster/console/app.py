@@ -1,0 +1,300 @@
+"""The agent's console: a Starlette application of server-rendered pages.
+
+    GET  /signin, POST /signin, POST /signout     an API key becomes a session (session.py)
+    GET  /                                         find a customer by id or alias
+    GET  /customer?id=... | ?by=email&q=...        the customer page (an alias redirects to
+                                                   the customer it names)
+    GET  /customer/live?id=...                     server-sent events: the page's live part,
+                                                   rendered again whenever a watch pushes
+    POST /customer/respond                         Accept, Reject, Not now (Respond)
+    GET  /operator, POST /operator/validate        cluster status and catalog validation
+
+Every page is rendered by Jinja with autoescape on, and served with a Content-Security-Policy
+that allows this origin's own script and nothing inline, so a profile value holding markup is
+shown as text and could not run even if it were not. Every POST carries its session's CSRF
+token (403 without it), and request bodies are bounded before they are read.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import AsyncIterator
+from urllib.parse import urlencode
+
+import jinja2
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from kairos.cluster.console import i18n, views
+from kairos.cluster.console.gateway_client import OUTCOMES, GatewayClient, GatewayError, Lookup
+from kairos.cluster.console.session import (COOKIE, CSRF_FIELD, Sessions, SignInRefused,
+                                            cookie_options, csrf_valid)
+from kairos.cluster.gateway.auth import Auth
+
+SEARCH_KINDS = ("customer_id", "cookie", "device", "email")
+MAX_ID_LENGTH = 256  # the gateway's cap on customer ids and alias values
+MAX_BODY_BYTES = 1 << 20  # the gateway's message limit: no form needs more
+SECURITY_HEADERS = [
+    (b"content-security-policy", b"default-src 'none'; script-src 'self'; style-src 'self'; "
+                                 b"img-src 'self'; connect-src 'self'; form-action 'self'; "
+                                 b"base-uri 'none'; frame-ancestors 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-store"),
+]
+STATUS_OF = {"down": 503, "not_found": 404, "denied": 403, "invalid": 400, "failed": 502}
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    target: str  # the gateway, host:port
+    channel: str = "call_center"  # the agent's channel (its first placement's decision)
+    dashboard: str = ""  # the Ray dashboard's URL for the operator page ("": no link)
+
+
+class Console:
+    """The routes, with what they share: the gateway client, the sessions, the templates."""
+
+    def __init__(self, config: ConsoleConfig, auth: Auth, gateway: GatewayClient | None = None):
+        self.config = config
+        self.sessions = Sessions(auth)
+        self.gateway = gateway  # made at start-up: a gRPC aio channel belongs to its loop
+        env = jinja2.Environment(loader=jinja2.PackageLoader("kairos.cluster.console"),
+                                 autoescape=True, undefined=jinja2.StrictUndefined)
+        self.templates = Jinja2Templates(env=env)
+
+    # -- pages -------------------------------------------------------------------------------
+
+    def render(self, request: Request, name: str, code: int = 200, **context) -> Response:
+        lang = i18n.language(request.headers.get("accept-language"))
+        session = request.state.session
+        response = self.templates.TemplateResponse(
+            request, name, {"t": i18n.labels(lang), "lang": lang, "session": session,
+                            "csrf_field": CSRF_FIELD, "config": self.config,
+                            "kinds": SEARCH_KINDS, **context},
+            status_code=code)
+        return self.keep(request, response)
+
+    def keep(self, request: Request, response: Response) -> Response:
+        """The response, setting the cookie when the session is new."""
+        if request.state.new_session:
+            response.set_cookie(COOKIE, request.state.session.id,
+                                **cookie_options(request.url.scheme == "https"))
+        return response
+
+    def failure(self, request: Request, error: GatewayError, subject: str = "") -> Response:
+        return self.render(request, "error.html", STATUS_OF.get(error.kind, 502),
+                           kind=error.kind, detail=error.detail, subject=subject)
+
+    def redirect(self, request: Request, url: str) -> Response:
+        return self.keep(request, RedirectResponse(url, status_code=303))
+
+    # -- sign in -------------------------------------------------------------------------------
+
+    async def signin_page(self, request: Request) -> Response:
+        return self.render(request, "signin.html")
+
+    async def signin(self, request: Request) -> Response:
+        form = await request.form()
+        try:
+            session = self.sessions.sign_in(request.state.session, str(form.get("key", "")))
+        except SignInRefused as exc:
+            return self.render(request, "signin.html", 401, refused=str(exc))
+        request.state.session, request.state.new_session = session, True
+        return self.redirect(request, "/")
+
+    async def signout(self, request: Request) -> Response:
+        self.sessions.end(request.state.session)
+        response = RedirectResponse("/signin", status_code=303)
+        response.delete_cookie(COOKIE, path="/")
+        return response
+
+    # -- customers -----------------------------------------------------------------------------
+
+    async def home(self, request: Request) -> Response:
+        return self.render(request, "search.html")
+
+    async def customer(self, request: Request) -> Response:
+        key = request.state.session.key
+        by = request.query_params.get("by", "customer_id")
+        wanted = request.query_params.get("id") or request.query_params.get("q", "")
+        wanted = wanted.strip()
+        if by not in SEARCH_KINDS or not wanted or len(wanted) > MAX_ID_LENGTH:
+            return self.render(request, "search.html", 400, problem=f"1..{MAX_ID_LENGTH}")
+        lookup = Lookup(wanted, None if by == "customer_id" else by)
+        try:
+            if lookup.alias_type is not None:  # one page per customer, whatever named it
+                profile = await self.gateway.profile(key, lookup)
+                return self.redirect(request, "/customer?" + urlencode(
+                    {"id": profile.customer_id}))
+            page = await self.customer_page(key, wanted)
+        except GatewayError as exc:
+            return self.failure(request, exc, f"{by} {wanted}")
+        recorded = request.query_params.get("recorded", "")
+        return self.render(request, "customer.html", page=page,
+                           recorded=recorded if recorded in OUTCOMES else "")
+
+    async def customer_page(self, key: str, customer_id: str) -> views.CustomerPage:
+        profile = await self.gateway.profile(key, Lookup(customer_id), explain=True)
+        if self.config.channel not in profile.current:
+            raise GatewayError("invalid", f"no decision on the channel {self.config.channel!r}: "
+                                          f"the catalog has none such, or the key is bound to "
+                                          f"another channel")
+        return views.customer_page(profile, self.config.channel)
+
+    async def live(self, request: Request) -> Response:
+        """Server-sent events: `update` with the live part's HTML whenever a push changes a
+        decision, a comment as heartbeat, `gone` when the watch ends."""
+        key, customer_id = request.state.session.key, request.query_params.get("id", "")
+        if not customer_id or len(customer_id) > MAX_ID_LENGTH:
+            return Response(f"id: 1..{MAX_ID_LENGTH} characters", 400)
+        try:
+            page = await self.customer_page(key, customer_id)
+        except GatewayError as exc:
+            return Response(exc.detail, STATUS_OF.get(exc.kind, 502))
+        lang = i18n.language(request.headers.get("accept-language"))
+        template = self.templates.get_template("_live.html")
+
+        def event(name: str, html: str) -> str:
+            return f"event: {name}\n" + "".join(f"data: {line}\n"
+                                                for line in html.splitlines()) + "\n"
+
+        async def stream() -> AsyncIterator[str]:
+            try:
+                async for changed in self.gateway.changes(key, page.customer_id, page.channels):
+                    if not changed:
+                        yield ": heartbeat\n\n"
+                        continue
+                    fresh = await self.customer_page(key, page.customer_id)
+                    yield event("update", template.render(
+                        t=i18n.labels(lang), page=fresh, session=request.state.session,
+                        csrf_field=CSRF_FIELD, recorded=""))
+            except GatewayError as exc:
+                yield event("gone", exc.detail)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"x-accel-buffering": "no"})
+
+    async def respond(self, request: Request) -> Response:
+        form = await request.form()
+        customer_id = str(form.get("customer_id", ""))
+        outcome = str(form.get("outcome", ""))
+        if outcome not in OUTCOMES or not customer_id or len(customer_id) > MAX_ID_LENGTH:
+            return self.render(request, "error.html", 400, kind="bad_request", detail=outcome,
+                               subject="")
+        try:
+            await self.gateway.respond(request.state.session.key, customer_id,
+                                       self.config.channel, str(form.get("decision_id", "")),
+                                       str(form.get("action_id", "")), outcome)
+        except GatewayError as exc:
+            return self.failure(request, exc, customer_id)
+        return self.redirect(request, "/customer?" + urlencode(
+            {"id": customer_id, "recorded": outcome}))
+
+    # -- operators -----------------------------------------------------------------------------
+
+    async def operator(self, request: Request, draft: str = "", checked=None,
+                       problem: str = "") -> Response:
+        key = request.state.session.key
+        try:
+            status = await self.gateway.status(key)
+            running = await self.gateway.running_catalog(key)
+            info, message = await self.validated(key, running.yaml)
+        except GatewayError as exc:
+            return self.failure(request, exc)
+        return self.render(request, "operator.html", 400 if problem else 200, status=status,
+                           draining=views.draining(status), info=info, message=message,
+                           draft=draft, checked=checked, problem=problem)
+
+    async def validated(self, key: str, text: str):
+        """(the catalog's summary, None) or (None, the gateway's validation message)."""
+        try:
+            return await self.gateway.validate(key, text), None
+        except GatewayError as exc:
+            if exc.kind != "invalid":
+                raise
+            return None, exc.detail
+
+    async def validate(self, request: Request) -> Response:
+        draft = str((await request.form()).get("catalog", ""))
+        try:
+            checked = await self.validated(request.state.session.key, draft)
+        except GatewayError as exc:
+            return self.failure(request, exc)
+        return await self.operator(request, draft, checked, problem=checked[1] or "")
+
+
+def create_app(config: ConsoleConfig, auth: Auth, gateway: GatewayClient | None = None
+               ) -> Starlette:
+    console = Console(config, auth, gateway)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if console.gateway is None:
+            console.gateway = GatewayClient(config.target)
+        yield
+        await console.gateway.close()
+
+    signed_in = _Guard(console)
+    routes = [
+        Route("/signin", signed_in.open(console.signin_page)),
+        Route("/signin", signed_in.open(console.signin, post=True), methods=["POST"]),
+        Route("/signout", signed_in(console.signout, post=True), methods=["POST"]),
+        Route("/", signed_in(console.home)),
+        Route("/customer", signed_in(console.customer)),
+        Route("/customer/live", signed_in(console.live)),
+        Route("/customer/respond", signed_in(console.respond, post=True), methods=["POST"]),
+        Route("/operator", signed_in(console.operator)),
+        Route("/operator/validate", signed_in(console.validate, post=True), methods=["POST"]),
+        Mount("/static", StaticFiles(packages=[("kairos.cluster.console", "static")]),
+              name="static"),
+    ]
+    return _secured(Starlette(routes=routes, lifespan=lifespan))
+
+
+class _Guard:
+    """Wraps each route: finds or starts the session, bounds the body, checks a POST's CSRF
+    token, and sends visitors who have not signed in to /signin."""
+
+    def __init__(self, console: Console):
+        self.console = console
+
+    def open(self, handler, post: bool = False):
+        return self(handler, post, need_key=False)
+
+    def __call__(self, handler, post: bool = False, need_key: bool = True):
+        console = self.console
+
+        async def guarded(request: Request) -> Response:
+            session = console.sessions.get(request.cookies.get(COOKIE))
+            request.state.new_session = session is None
+            request.state.session = session or console.sessions.start()
+            if post:
+                length = request.headers.get("content-length", "")
+                if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+                    return Response("a form's body must have a length of at most "
+                                    f"{MAX_BODY_BYTES} bytes", 413)
+                token = (await request.form()).get(CSRF_FIELD)
+                if not csrf_valid(session, token if isinstance(token, str) else None):
+                    return console.render(request, "error.html", 403, kind="csrf", detail="",
+                                          subject="")
+            if need_key and not request.state.session.signed_in:
+                return console.redirect(request, "/signin")
+            return await handler(request)
+        return guarded
+
+
+def _secured(app: Starlette):
+    """The app, with SECURITY_HEADERS on every response."""
+    async def secured(scope, receive, send) -> None:
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = list(message.get("headers", [])) + SECURITY_HEADERS
+            await send(message)
+        await app(scope, receive, send_with_headers if scope["type"] == "http" else send)
+    return secured
+

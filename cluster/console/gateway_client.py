@@ -1,0 +1,162 @@
+"""The console's calls to a Kairos gateway, over gRPC as any channel makes them.
+
+Every call carries the signed-in agent's key, so the gateway's scopes decide what an agent may
+do: the console holds no standing rights of its own and never reaches into Ray. gRPC failures
+become `GatewayError`s that say what an agent's screen should show (the gateway down, a
+customer unknown, a key refused), not status codes.
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+import grpc
+
+from kairos.v1 import admin_pb2, admin_pb2_grpc
+from kairos.v1 import decision_pb2 as pb
+from kairos.v1 import decision_pb2_grpc
+
+from kairos.cluster.cli.remote import tls_credentials
+from kairos.cluster.gateway.auth import METADATA_KEY
+
+CALL_TIMEOUT_S = 5.0  # an agent waits on a page, not on a batch job
+HEARTBEAT_S = 15.0  # a quiet live page still hears from the server (and a closed one is noticed)
+BURST_S = 0.02  # pushes this close together are one change to show
+OUTCOMES = {"accept": pb.ACCEPT, "reject": pb.REJECT, "not_now": pb.IGNORE}
+
+
+class GatewayError(Exception):
+    """A call that failed, by what the agent sees: `kind` is one of "down" (no gateway
+    answers), "not_found", "denied" (the key lacks a scope), "invalid" (the gateway refused the
+    request) or "failed"."""
+
+    KINDS = {grpc.StatusCode.UNAVAILABLE: "down", grpc.StatusCode.DEADLINE_EXCEEDED: "down",
+             grpc.StatusCode.NOT_FOUND: "not_found",
+             grpc.StatusCode.PERMISSION_DENIED: "denied",
+             grpc.StatusCode.UNAUTHENTICATED: "denied",
+             grpc.StatusCode.INVALID_ARGUMENT: "invalid",
+             grpc.StatusCode.FAILED_PRECONDITION: "invalid"}
+
+    def __init__(self, kind: str, detail: str):
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+
+    @classmethod
+    def of(cls, exc: grpc.aio.AioRpcError) -> "GatewayError":
+        return cls(cls.KINDS.get(exc.code(), "failed"), f"{exc.code().name}: {exc.details()}")
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """Who an agent searched for: a customer id, or an alias of one (type: cookie, device,
+    email)."""
+
+    value: str
+    alias_type: str | None = None
+
+    def fields(self) -> dict:
+        if self.alias_type is None:
+            return {"customer_id": self.value}
+        return {"alias": pb.Alias(type=self.alias_type, value=self.value)}
+
+
+class GatewayClient:
+    """One gRPC channel to a gateway, shared by every session: the key goes with each call."""
+
+    def __init__(self, target: str):
+        self.target = target
+        credentials = tls_credentials()
+        self._channel = grpc.aio.insecure_channel(target) if credentials is None \
+            else grpc.aio.secure_channel(target, credentials)
+        self._decisions = decision_pb2_grpc.DecisionServiceStub(self._channel)
+        self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    @staticmethod
+    def _metadata(key: str) -> tuple[tuple[str, str], ...]:
+        return ((METADATA_KEY, key),)
+
+    async def _unary(self, method, request, key: str):
+        try:
+            return await method(request, timeout=CALL_TIMEOUT_S, metadata=self._metadata(key))
+        except grpc.aio.AioRpcError as exc:
+            raise GatewayError.of(exc) from None
+
+    async def profile(self, key: str, who: Lookup, explain: bool = False) -> pb.Profile:
+        """The golden record, with the best actions on every channel the key may see (with
+        `explain`: why each won, and what was dropped)."""
+        return await self._unary(self._decisions.GetProfile,
+                                 pb.ProfileRequest(explain=explain, **who.fields()), key)
+
+    async def respond(self, key: str, customer_id: str, channel: str, decision_id: str,
+                      action_id: str, outcome: str) -> None:
+        await self._unary(self._decisions.Respond, pb.Outcome(
+            customer_id=customer_id, channel=channel, decision_id=decision_id,
+            action_id=action_id, outcome=OUTCOMES[outcome]), key)
+
+    async def status(self, key: str) -> admin_pb2.ClusterStatus:
+        return await self._unary(self._admin.GetClusterStatus,
+                                 admin_pb2.ClusterStatusRequest(), key)
+
+    async def running_catalog(self, key: str) -> admin_pb2.CatalogText:
+        return await self._unary(self._admin.GetCatalog, admin_pb2.GetCatalogRequest(), key)
+
+    async def validate(self, key: str, text: str) -> admin_pb2.CatalogInfo:
+        """The catalog's summary; GatewayError "invalid" carries its error (file, line:column,
+        path, action)."""
+        return await self._unary(self._admin.ValidateCatalog, admin_pb2.CatalogText(yaml=text),
+                                 key)
+
+    async def changes(self, key: str, customer_id: str, channels: list[str]
+                      ) -> AsyncIterator[set[str]]:
+        """The channels whose decisions the shards pushed for the customer, a burst at a time
+        (a watch per channel: an event on one channel can change the best action on
+        another). The first item, `{"*"}`, comes once every watch is in place, so a change
+        made while they were being set up is not missed; an empty set comes after
+        HEARTBEAT_S without a push. Ends with GatewayError when a watch fails."""
+        pushed: asyncio.Queue = asyncio.Queue()
+        calls = [self._decisions.WatchDecisions(
+            pb.WatchRequest(customer_id=customer_id, channel=channel),
+            metadata=self._metadata(key)) for channel in channels]
+
+        async def follow(call) -> None:
+            try:
+                async for decision in call:
+                    await pushed.put(decision.channel)
+            except grpc.aio.AioRpcError as exc:
+                await pushed.put(GatewayError.of(exc))
+
+        tasks = [asyncio.ensure_future(follow(call)) for call in calls]
+        try:
+            try:
+                for call in calls:
+                    await asyncio.wait_for(call.initial_metadata(), CALL_TIMEOUT_S)
+            except grpc.aio.AioRpcError as exc:
+                raise GatewayError.of(exc) from None
+            except asyncio.TimeoutError:
+                raise GatewayError("down", "the watch did not start in time") from None
+            yield {"*"}
+            while True:
+                try:
+                    first = await asyncio.wait_for(pushed.get(), HEARTBEAT_S)
+                except asyncio.TimeoutError:
+                    yield set()
+                    continue
+                await asyncio.sleep(BURST_S)  # one event pushes on several channels at once
+                burst = [first]
+                while not pushed.empty():
+                    burst.append(pushed.get_nowait())
+                failed = [item for item in burst if isinstance(item, GatewayError)]
+                if failed:
+                    raise failed[0]
+                yield set(burst)
+        finally:
+            for call in calls:
+                call.cancel()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)

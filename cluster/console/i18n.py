@@ -1,0 +1,215 @@
+"""The console's two languages, English and Japanese, chosen by the browser's Accept-Language.
+
+Labels are looked up by key; every key exists in both languages (a unit test holds them to
+it), so a page is never half translated. Values from profiles and catalogs (ids, attribute
+names, agent texts) are shown as they are.
+"""
+from __future__ import annotations
+
+LANGUAGES = ("en", "ja")
+DEFAULT = "en"
+MAX_HEADER = 1_000  # an Accept-Language longer than this is not a browser's: use the default
+
+LABELS: dict[str, dict[str, str]] = {
+    "en": {
+        "title": "Kairos agent console",
+        "sign_in": "Sign in",
+        "sign_out": "Sign out",
+        "api_key": "API key",
+        "sign_in_help": "Sign in with your agent key.",
+        "sign_in_refused": "Sign-in refused",
+        "search": "Find a customer",
+        "search_by": "Search by",
+        "customer_id": "Customer id",
+        "cookie": "Cookie",
+        "device": "Device",
+        "email": "E-mail",
+        "find": "Find",
+        "operator": "Operator",
+        "customer": "Customer",
+        "attributes": "Attributes",
+        "consent": "Consent by purpose",
+        "granted": "granted",
+        "withheld": "withheld",
+        "features": "Features the models use",
+        "history": "Recent history",
+        "no_history": "No interactions yet.",
+        "time": "Time",
+        "channel": "Channel",
+        "action": "Action",
+        "outcome": "Outcome",
+        "next_best": "Next best actions",
+        "for_channel": "for the channel",
+        "nothing_now": "Nothing to offer now: better no message than a bad one.",
+        "why": "Why it won",
+        "priority": "Priority",
+        "propensity": "Propensity",
+        "context_weight": "Context weight",
+        "value": "Value",
+        "lever": "Lever",
+        "accept": "Accept",
+        "reject": "Reject",
+        "not_now": "Not now",
+        "dropped": "Dropped actions",
+        "reason": "Reason",
+        "detail": "Detail",
+        "other_channels": "Best action on the other channels",
+        "none": "none",
+        "fallback": "Fallback decision: the customer's shard did not answer in time. These "
+                    "are the catalog's defaults, and outcomes cannot be recorded for them.",
+        "live": "Live: the page updates as events arrive.",
+        "live_lost": "Live updates stopped; reload the page.",
+        "recorded": "Outcome recorded",
+        "unknown_customer": "No customer is known by",
+        "gateway_down": "Kairos does not answer (its gateway, or the customer's shard)",
+        "denied": "Your key may not do this",
+        "invalid": "The gateway refused the request",
+        "failed": "The gateway failed the request",
+        "bad_request": "Bad request",
+        "csrf": "The form's security token is missing or stale: reload the page and try again.",
+        "not_found": "Not found",
+        "cluster": "Cluster",
+        "nodes": "Nodes",
+        "node": "Node",
+        "address": "Address",
+        "gateway": "Gateway",
+        "serving": "serving",
+        "not_serving": "not serving",
+        "draining": "draining",
+        "shards": "Shards",
+        "shard": "Shard",
+        "partitions": "Partitions",
+        "resident": "Resident customers",
+        "passivated": "Passivated",
+        "queued": "Queued",
+        "available": "Available",
+        "catalog_version": "Catalog version",
+        "model_version": "Model version",
+        "map_version": "Map version",
+        "catalog": "Catalog",
+        "catalog_valid": "The running catalog is valid",
+        "validate": "Validate a catalog",
+        "validate_help": "Paste a catalog's YAML: the gateway checks it without switching to it.",
+        "validation": "Validation",
+        "ray_dashboard": "Ray dashboard",
+        "yes": "yes",
+        "no": "no",
+        "actions": "actions",
+        "channels": "channels",
+        "event_types": "event types",
+    },
+    "ja": {
+        "title": "Kairos エージェントコンソール",
+        "sign_in": "サインイン",
+        "sign_out": "サインアウト",
+        "api_key": "API キー",
+        "sign_in_help": "エージェントキーでサインインしてください。",
+        "sign_in_refused": "サインインできません",
+        "search": "顧客を検索",
+        "search_by": "検索条件",
+        "customer_id": "顧客 ID",
+        "cookie": "Cookie",
+        "device": "デバイス",
+        "email": "メールアドレス",
+        "find": "検索",
+        "operator": "オペレーター",
+        "customer": "顧客",
+        "attributes": "属性",
+        "consent": "目的別の同意",
+        "granted": "同意あり",
+        "withheld": "同意なし",
+        "features": "モデルが使う特徴量",
+        "history": "最近の履歴",
+        "no_history": "まだやり取りはありません。",
+        "time": "日時",
+        "channel": "チャネル",
+        "action": "アクション",
+        "outcome": "結果",
+        "next_best": "ネクスト・ベスト・アクション",
+        "for_channel": "チャネル",
+        "nothing_now": "今は提案なし：不適切な提案よりは何もしないほうがよい。",
+        "why": "選ばれた理由",
+        "priority": "優先度",
+        "propensity": "反応確率",
+        "context_weight": "文脈の重み",
+        "value": "価値",
+        "lever": "レバー",
+        "accept": "承諾",
+        "reject": "拒否",
+        "not_now": "今はしない",
+        "dropped": "除外されたアクション",
+        "reason": "理由",
+        "detail": "詳細",
+        "other_channels": "他のチャネルの最善アクション",
+        "none": "なし",
+        "fallback": "フォールバックの判断：顧客のシャードが時間内に応答しませんでした。"
+                    "カタログの既定値であり、結果は記録できません。",
+        "live": "ライブ：イベントが届くとページが更新されます。",
+        "live_lost": "ライブ更新が止まりました。ページを再読み込みしてください。",
+        "recorded": "結果を記録しました",
+        "unknown_customer": "該当する顧客がいません：",
+        "gateway_down": "Kairos が応答しません（ゲートウェイまたは顧客のシャード）",
+        "denied": "このキーでは実行できません",
+        "invalid": "ゲートウェイがリクエストを拒否しました",
+        "failed": "ゲートウェイでエラーが発生しました",
+        "bad_request": "不正なリクエスト",
+        "csrf": "フォームのセキュリティトークンがないか古くなっています。ページを再読み込みしてください。",
+        "not_found": "見つかりません",
+        "cluster": "クラスター",
+        "nodes": "ノード",
+        "node": "ノード",
+        "address": "アドレス",
+        "gateway": "ゲートウェイ",
+        "serving": "稼働中",
+        "not_serving": "停止中",
+        "draining": "退避中",
+        "shards": "シャード",
+        "shard": "シャード",
+        "partitions": "パーティション",
+        "resident": "メモリ上の顧客",
+        "passivated": "退避済み",
+        "queued": "待ち行列",
+        "available": "利用可能",
+        "catalog_version": "カタログのバージョン",
+        "model_version": "モデルのバージョン",
+        "map_version": "マップのバージョン",
+        "catalog": "カタログ",
+        "catalog_valid": "稼働中のカタログは有効です",
+        "validate": "カタログを検証",
+        "validate_help": "カタログの YAML を貼り付けてください。切り替えずに検証します。",
+        "validation": "検証結果",
+        "ray_dashboard": "Ray ダッシュボード",
+        "yes": "はい",
+        "no": "いいえ",
+        "actions": "アクション",
+        "channels": "チャネル",
+        "event_types": "イベント種別",
+    },
+}
+
+
+def language(accept_language: str | None) -> str:
+    """The language of LANGUAGES the browser prefers most (its q-values, then its order),
+    else DEFAULT."""
+    if not accept_language or len(accept_language) > MAX_HEADER:
+        return DEFAULT
+    best, best_q = DEFAULT, 0.0
+    for item in accept_language.split(","):
+        tag, _, params = item.strip().partition(";")
+        q = 1.0
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        primary = tag.strip().lower().split("-")[0]
+        # an earlier tag wins a tie: browsers list languages in the user's order
+        if primary in LANGUAGES and q > best_q:
+            best, best_q = primary, q
+    return best
+
+
+def labels(lang: str) -> dict[str, str]:
+    return LABELS.get(lang, LABELS[DEFAULT])

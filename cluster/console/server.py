@@ -1,0 +1,60 @@
+"""Serving the console: its keys, and uvicorn.
+
+The keys agents sign in with are the gateway's, read the way gateways read them: from the
+keys file `kairos up --keys` names, else the KAIROS_API_KEYS variable. A Kairos without keys
+(its gateway on loopback with auth off) has none to sign in with, so the console makes one of
+its own in $KAIROS_HOME (CONSOLE_KEYS_FILE, mode 600, kept across restarts) with the console's
+scopes only: its gateway, with auth off, takes any call, and the console still lets in only
+the holder of that file's key.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from kairos.cluster.console.app import ConsoleConfig, create_app
+from kairos.cluster.console.session import CONSOLE_SCOPES
+from kairos.cluster.gateway.auth import KEYS_ENV, Auth
+
+CONSOLE_KEYS_FILE = "console-keys.yaml"
+GRACEFUL_STOP_S = 3  # live pages hold streams open: do not wait on them to stop
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+    tls_cert: str | None = None  # PEM files: the console is served over HTTPS
+    tls_key: str | None = None
+
+
+def keys_text(keys_file: str | None, home: Path) -> tuple[str, str]:
+    """(the YAML of the keys agents sign in with, where they come from): the keys file, else
+    $KAIROS_API_KEYS, else the console's own key in `home` (made the first time)."""
+    if keys_file:
+        with open(keys_file, encoding="utf-8") as f:
+            return f.read(), keys_file
+    if os.environ.get(KEYS_ENV, "").strip():
+        return os.environ[KEYS_ENV], f"${KEYS_ENV}"
+    path = home / CONSOLE_KEYS_FILE
+    if not path.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        text = yaml.safe_dump({"keys": [{"key": secrets.token_urlsafe(32), "name": "console",
+                                         "scopes": sorted(CONSOLE_SCOPES | {"status:read"})}]})
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+    return path.read_text(encoding="utf-8"), str(path)
+
+
+def serve(config: ConsoleConfig, auth: Auth, listen: Listen) -> None:
+    """Run the console until SIGINT or SIGTERM."""
+    import uvicorn
+
+    uvicorn.run(create_app(config, auth), host=listen.host, port=listen.port,
+                ssl_certfile=listen.tls_cert, ssl_keyfile=listen.tls_key, log_level="warning",
+                timeout_graceful_shutdown=GRACEFUL_STOP_S, proxy_headers=False)

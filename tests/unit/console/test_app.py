@@ -1,0 +1,168 @@
+"""The console's routes through Starlette's TestClient, against a stand-in gateway: sign-in,
+CSRF refusals, escaping, languages, bounded input, and the empty and error states."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from starlette.testclient import TestClient
+
+from kairos.cluster.console.app import ConsoleConfig, create_app
+from kairos.cluster.console.gateway_client import GatewayError
+from kairos.cluster.gateway.auth import Auth
+from kairos.v1 import admin_pb2
+from kairos.v1 import decision_pb2 as pb
+
+AGENT = "agent-key-0123456789abcdef"
+KEYS = f'keys: [{{key: "{AGENT}", name: agent-7, scopes: [profile:read, respond, watch]}}]'
+HOSTILE = '<img src=x onerror="document.title=1">'
+
+
+class StandIn:
+    """The gateway client's methods, answering from memory."""
+
+    def __init__(self):
+        self.failure: GatewayError | None = None
+        self.fallback = False
+        self.responses: list[tuple] = []
+
+    def _fail(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    async def profile(self, key, who, explain=False):
+        self._fail()
+        if who.value == "nobody":
+            raise GatewayError("not_found", "NOT_FOUND: no customer")
+        profile = pb.Profile(customer_id="ana" if who.alias_type else who.value,
+                             consent={"marketing": True, "service": True})
+        profile.attributes["nickname"].string_value = HOSTILE
+        profile.current["web"].actions.add(action_id="new_season")
+        decision = profile.current["call_center"]
+        decision.decision_id, decision.fallback = "d1", self.fallback
+        decision.actions.add(action_id="warranty", agent_text="Offer the warranty",
+                             propensity=0.25, value=80, context_weight=1, lever=1,
+                             priority=20)
+        if explain:
+            decision.explanation.dropped.add(action_id="cart_push", reason="ELIGIBILITY",
+                                             detail="no cart")
+        return profile
+
+    async def respond(self, key, *args):
+        self.responses.append(args)
+
+    async def status(self, key):
+        return admin_pb2.ClusterStatus(partitions=4096, catalog_version="v1")
+
+    async def running_catalog(self, key):
+        return admin_pb2.CatalogText(yaml="catalog")
+
+    async def validate(self, key, text):
+        if text == "bad":
+            raise GatewayError("invalid", "INVALID_ARGUMENT: catalog.yaml:1:1: broken")
+        return admin_pb2.CatalogInfo(name="omni", version="v1", actions=3)
+
+    async def close(self):
+        pass
+
+
+@pytest.fixture
+def gateway() -> StandIn:
+    return StandIn()
+
+
+@pytest.fixture
+def client(gateway) -> TestClient:
+    app = create_app(ConsoleConfig("127.0.0.1:1", dashboard="http://127.0.0.1:8265"),
+                     Auth.load(KEYS), gateway)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        yield client
+
+
+def csrf_of(html: str) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+
+
+def sign_in(client: TestClient) -> str:
+    """Signs in; the signed-in session's CSRF token."""
+    form = client.get("/signin")
+    done = client.post("/signin", data={"csrf": csrf_of(form.text), "key": AGENT})
+    assert done.status_code == 200 and done.url.path == "/"
+    return csrf_of(done.text)
+
+
+def test_visitors_are_sent_to_sign_in_and_the_cookie_is_strict(client):
+    first = client.get("/customer?id=ana", follow_redirects=False)
+    assert first.status_code == 303 and first.headers["location"] == "/signin"
+    cookie = first.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "secure" not in cookie
+    assert "script-src 'self'" in first.headers["content-security-policy"]
+
+
+def test_every_post_needs_its_sessions_csrf_token(client, gateway):
+    form = client.get("/signin")
+    assert client.post("/signin", data={"key": AGENT}).status_code == 403
+    assert client.post("/signin", data={"key": AGENT, "csrf": "forged"}).status_code == 403
+    anonymous = csrf_of(form.text)
+    token = sign_in(client)
+    respond = {"customer_id": "ana", "decision_id": "d1", "action_id": "warranty",
+               "outcome": "accept"}
+    assert client.post("/customer/respond", data=respond).status_code == 403
+    assert client.post("/customer/respond", data={**respond, "csrf": anonymous}).status_code \
+        == 403  # the token from before sign-in died with its session
+    assert gateway.responses == []
+    done = client.post("/customer/respond", data={**respond, "csrf": token})
+    assert done.status_code == 200 and "recorded=accept" in str(done.url)
+    assert gateway.responses == [("ana", "call_center", "d1", "warranty", "accept")]
+
+
+def test_a_wrong_key_is_refused(client):
+    form = client.get("/signin")
+    refused = client.post("/signin", data={"csrf": csrf_of(form.text), "key": "guess" * 4})
+    assert refused.status_code == 401 and "unknown key" in refused.text
+
+
+def test_the_customer_page_escapes_profile_values(client):
+    sign_in(client)
+    page = client.get("/customer?by=email&q=ana@example.com")
+    assert page.status_code == 200 and page.url.query == b"id=ana"
+    assert HOSTILE not in page.text
+    assert "&lt;img src=x onerror=&#34;document.title=1&#34;&gt;" in page.text
+    assert "Offer the warranty" in page.text and "ELIGIBILITY" in page.text
+    assert "new_season" in page.text  # the best action on the other channels
+
+
+def test_japanese_labels_for_a_japanese_browser(client):
+    sign_in(client)
+    page = client.get("/customer?id=ana", headers={"accept-language": "ja-JP,ja;q=0.9"})
+    assert '<html lang="ja">' in page.text and "ネクスト・ベスト・アクション" in page.text
+
+
+def test_empty_and_error_states(client, gateway):
+    sign_in(client)
+    assert client.get("/customer?id=nobody").status_code == 404
+    assert client.get("/customer?id=" + "x" * 257).status_code == 400
+    assert client.get("/customer?by=passport&q=1").status_code == 400
+    gateway.fallback = True
+    page = client.get("/customer?id=ana")
+    assert "Fallback decision" in page.text and 'value="accept"' not in page.text
+    gateway.failure = GatewayError("down", "UNAVAILABLE: connection refused")
+    down = client.get("/customer?id=ana")
+    assert down.status_code == 503 and "Kairos does not answer" in down.text
+
+
+def test_the_operator_page_and_catalog_validation(client):
+    token = sign_in(client)
+    page = client.get("/operator")
+    assert page.status_code == 200 and "4096" in page.text and "http://127.0.0.1:8265" in page.text
+    checked = client.post("/operator/validate", data={"csrf": token, "catalog": "bad"})
+    assert checked.status_code == 400 and "catalog.yaml:1:1: broken" in checked.text
+    too_big = client.post("/operator/validate",
+                          data={"csrf": token, "catalog": "x" * (2 << 20)})
+    assert too_big.status_code == 413
+
+
+def test_the_cookie_is_secure_over_https(gateway):
+    app = create_app(ConsoleConfig("127.0.0.1:1"), Auth.load(KEYS), gateway)
+    with TestClient(app, base_url="https://127.0.0.1") as client:
+        assert "secure" in client.get("/signin").headers["set-cookie"].lower()

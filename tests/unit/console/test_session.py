@@ -1,0 +1,78 @@
+"""Sessions, sign-in keys and CSRF tokens, without a browser or a gateway."""
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from kairos.cluster.console.server import CONSOLE_KEYS_FILE, keys_text
+from kairos.cluster.console.session import (Sessions, SignInRefused, cookie_options,
+                                            csrf_valid)
+from kairos.cluster.gateway.auth import KEYS_ENV, Auth
+
+AGENT = "agent-key-0123456789abcdef"
+KEYS = f"""
+keys:
+  - {{key: "{AGENT}", name: agent-7, scopes: [profile:read, respond, watch]}}
+  - {{key: "reader-0123456789abcdef", name: reader, scopes: [profile:read]}}
+  - {{key: "admin-0123456789abcdef", name: ops, scopes: [profile:read, respond, watch, admin]}}
+"""
+
+
+@pytest.fixture
+def sessions() -> Sessions:
+    return Sessions(Auth.load(KEYS), max_sessions=3, idle_s=60)
+
+
+def test_a_key_with_the_consoles_scopes_signs_in_under_a_new_id(sessions):
+    anonymous = sessions.start()
+    signed = sessions.sign_in(anonymous, AGENT)
+    assert signed.signed_in and signed.agent == "agent-7"
+    assert signed.id != anonymous.id and signed.csrf != anonymous.csrf  # no session fixation
+    assert sessions.get(anonymous.id) is None and sessions.get(signed.id) is signed
+
+
+@pytest.mark.parametrize("key, why", [
+    ("", "unknown key"), ("wrong-0123456789abcdef", "unknown key"), ("x" * 300, "unknown key"),
+    ("reader-0123456789abcdef", "lacks the scopes respond, watch"),
+    ("admin-0123456789abcdef", "admin scope"),  # the console can never change the catalog
+])
+def test_other_keys_are_refused(sessions, key, why):
+    with pytest.raises(SignInRefused, match=why):
+        sessions.sign_in(sessions.start(), key)
+
+
+def test_sessions_expire_when_idle_and_the_oldest_go_past_the_bound(sessions):
+    first = sessions.start(now=0)
+    assert sessions.get(first.id, now=59) is first
+    assert sessions.get(first.id, now=200) is None
+    made = [sessions.start() for _ in range(4)]
+    assert sessions.get(made[0].id) is None and sessions.get(made[-1].id) is made[-1]
+    assert sessions.get(None) is None and sessions.get("forged") is None
+
+
+def test_csrf_tokens_must_be_the_sessions_own(sessions):
+    one, other = sessions.start(), sessions.start()
+    assert csrf_valid(one, one.csrf)
+    assert not csrf_valid(one, other.csrf)
+    assert not csrf_valid(one, None) and not csrf_valid(one, "")
+    assert not csrf_valid(None, one.csrf)
+
+
+def test_the_cookie_is_http_only_strict_and_secure_over_tls():
+    assert cookie_options(False) | {"secure": True} == cookie_options(True)
+    assert cookie_options(True)["httponly"] and cookie_options(True)["samesite"] == "strict"
+
+
+def test_without_keys_the_console_makes_its_own_private_one(tmp_path, monkeypatch):
+    monkeypatch.delenv(KEYS_ENV, raising=False)
+    text, source = keys_text(None, tmp_path)
+    assert source == str(tmp_path / CONSOLE_KEYS_FILE)
+    assert stat.S_IMODE(os.stat(source).st_mode) == 0o600
+    assert keys_text(None, tmp_path)[0] == text  # made once, kept
+    sessions = Sessions(Auth.load(text))
+    key = text.split("key: ")[1].split()[0]
+    assert sessions.sign_in(sessions.start(), key).scopes >= {"profile:read", "status:read"}
+    monkeypatch.setenv(KEYS_ENV, KEYS)  # the gateways' keys, when there are any
+    assert keys_text(None, tmp_path) == (KEYS, f"${KEYS_ENV}")
