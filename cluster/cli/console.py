@@ -9,6 +9,7 @@ or KAIROS_API_KEYS in its environment), never a secret on its command line.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import subprocess
 import sys
@@ -37,6 +38,9 @@ def add_command(commands, parents: list[argparse.ArgumentParser]) -> None:
                                                       "operator page")
     run_.add_argument("--tls-cert", help="serve HTTPS: the certificate chain (PEM)")
     run_.add_argument("--tls-key", help="serve HTTPS: the private key (PEM)")
+    run_.add_argument("--insecure", action="store_true",
+                      help="allow plain HTTP on an address other than loopback (agents' keys "
+                           "and session cookies then cross the network in clear)")
 
 
 def add_up_option(up: argparse.ArgumentParser) -> None:
@@ -49,8 +53,21 @@ def run(args: argparse.Namespace) -> int:
     from kairos.cluster.console.server import Listen, keys_text, serve
     from kairos.cluster.gateway.auth import Auth
 
+    from kairos.cluster.cli.main import SecretFileError, check_secret_file
+
     if bool(args.tls_cert) != bool(args.tls_key):
         print("--tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    if not (args.tls_cert or args.insecure or _loopback(args.host)):
+        print(f"--host {args.host} without --tls-cert would send agents' keys and session "
+              f"cookies in clear: serve HTTPS, or say --insecure", file=sys.stderr)
+        return 2
+    try:
+        for path, option in ((args.keys, "--keys"), (args.tls_key, "--tls-key")):
+            if path:
+                check_secret_file(path, option)
+    except SecretFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
         text, source = keys_text(args.keys, local.home())
@@ -66,11 +83,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
+
+
 def spawn(args: argparse.Namespace, run: local.Run) -> None:
     """Start `kairos up`'s console in a session of its own, recorded in `run` with its URL and
     where its sign-in keys come from, once it answers (local.StartFailed if it does not)."""
     from kairos.cluster.console.server import keys_text
 
+    if args.tls_client_ca:  # its calls would need a client certificate of their own
+        print("the agent's console is not started: the gateways ask for client certificates "
+              "(--tls-client-ca); run `kairos console` with KAIROS_TLS_CA, KAIROS_TLS_CERT and "
+              "KAIROS_TLS_KEY naming one", file=sys.stderr)
+        return
     # made here, before the console reads it, so that `kairos up` can say where it is
     run.console_keys = keys_text(args.keys and os.path.abspath(args.keys), local.home())[1]
     command = [sys.executable, "-m", "kairos.cluster.cli.main", "--target", run.gateways[0],
@@ -91,7 +120,8 @@ def spawn(args: argparse.Namespace, run: local.Run) -> None:
     local.write_run(run)
     address = f"{local.LOOPBACK}:{args.console_port}"
     deadline = time.monotonic() + START_TIMEOUT_S
-    while not local.answers(address, 0.5):
+    # answering is not enough: another process may hold the port and this one have died
+    while not local.answers(address, 0.5) or process.poll() is not None:
         if process.poll() is not None or time.monotonic() > deadline:
             tail = log.read_text(errors="replace").strip().splitlines()[-5:]
             raise local.StartFailed("the console did not start:\n    " + "\n    ".join(tail)

@@ -36,11 +36,13 @@ def tls_credentials() -> grpc.ChannelCredentials | None:
     return grpc.ssl_channel_credentials(read(ca), read(key), read(cert))
 
 
-def channel_to(target: str) -> grpc.Channel:
-    """A blocking channel to a gateway (see tls_credentials)."""
+def channel_to(target: str, *, aio: bool = False, options: tuple = ()
+               ) -> grpc.Channel | grpc.aio.Channel:
+    """A channel to a gateway (see tls_credentials): blocking, or asyncio's with `aio`."""
     credentials = tls_credentials()
-    return grpc.insecure_channel(target) if credentials is None \
-        else grpc.secure_channel(target, credentials)
+    api = grpc.aio if aio else grpc
+    return api.insecure_channel(target, options) if credentials is None \
+        else api.secure_channel(target, credentials, options)
 
 
 Customer = str | tuple[str, str]  # a customer id, or an alias (type, value)

@@ -16,6 +16,7 @@ token (403 without it), and request bodies are bounded before they are read.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 from dataclasses import dataclass
 from typing import AsyncIterator
@@ -28,6 +29,7 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp
 
 from kairos.cluster.console import i18n, views
 from kairos.cluster.console.gateway_client import OUTCOMES, GatewayClient, GatewayError, Lookup
@@ -38,6 +40,9 @@ from kairos.cluster.gateway.auth import Auth
 SEARCH_KINDS = ("customer_id", "cookie", "device", "email")
 MAX_ID_LENGTH = 256  # the gateway's cap on customer ids and alias values
 MAX_BODY_BYTES = 1 << 20  # the gateway's message limit: no form needs more
+# each live page holds a watch per channel on the gateway
+MAX_STREAMS_PER_SESSION = 16
+MAX_STREAMS = 1_000
 SECURITY_HEADERS = [
     (b"content-security-policy", b"default-src 'none'; script-src 'self'; style-src 'self'; "
                                  b"img-src 'self'; connect-src 'self'; form-action 'self'; "
@@ -61,7 +66,8 @@ class Console:
 
     def __init__(self, config: ConsoleConfig, auth: Auth, gateway: GatewayClient | None = None):
         self.config = config
-        self.sessions = Sessions(auth)
+        self.sessions = Sessions(auth, config.channel)
+        self.streams: collections.Counter[str] = collections.Counter()  # live pages by session
         self.gateway = gateway  # made at start-up: a gRPC aio channel belongs to its loop
         env = jinja2.Environment(loader=jinja2.PackageLoader("kairos.cluster.console"),
                                  autoescape=True, undefined=jinja2.StrictUndefined)
@@ -139,23 +145,43 @@ class Console:
                            recorded=recorded if recorded in OUTCOMES else "")
 
     async def customer_page(self, key: str, customer_id: str) -> views.CustomerPage:
-        profile = await self.gateway.profile(key, Lookup(customer_id), explain=True)
+        try:
+            profile = await self.gateway.profile(key, Lookup(customer_id), explain=True)
+        except GatewayError as exc:
+            if exc.kind != "down":
+                raise
+            return await self.fallback_page(key, customer_id, exc)
         if self.config.channel not in profile.current:
             raise GatewayError("invalid", f"no decision on the channel {self.config.channel!r}: "
                                           f"the catalog has none such, or the key is bound to "
                                           f"another channel")
         return views.customer_page(profile, self.config.channel)
 
+    async def fallback_page(self, key: str, customer_id: str, unread: GatewayError
+                            ) -> views.CustomerPage:
+        """When the customer's record cannot be read in time, what the gateway answers the
+        agent's channel: its fallback decision (with a key that may decide), shown as such;
+        else the record's failure."""
+        try:
+            decision = await self.gateway.decide(key, customer_id, self.config.channel)
+        except GatewayError:
+            raise unread from None
+        return views.fallback_page(customer_id, self.config.channel, decision)
+
     async def live(self, request: Request) -> Response:
         """Server-sent events: `update` with the live part's HTML whenever a push changes a
         decision, a comment as heartbeat, `gone` when the watch ends."""
-        key, customer_id = request.state.session.key, request.query_params.get("id", "")
+        session = request.state.session
+        key, customer_id = session.key, request.query_params.get("id", "")
         if not customer_id or len(customer_id) > MAX_ID_LENGTH:
-            return Response(f"id: 1..{MAX_ID_LENGTH} characters", 400)
+            return _text(f"id: 1..{MAX_ID_LENGTH} characters", 400)
+        if self.streams[session.id] >= MAX_STREAMS_PER_SESSION \
+                or sum(self.streams.values()) >= MAX_STREAMS:
+            return _text("too many live pages open: close some", 429)
         try:
             page = await self.customer_page(key, customer_id)
         except GatewayError as exc:
-            return Response(exc.detail, STATUS_OF.get(exc.kind, 502))
+            return _text(exc.detail, STATUS_OF.get(exc.kind, 502))
         lang = i18n.language(request.headers.get("accept-language"))
         template = self.templates.get_template("_live.html")
 
@@ -164,17 +190,27 @@ class Console:
                                                 for line in html.splitlines()) + "\n"
 
         async def stream() -> AsyncIterator[str]:
+            self.streams[session.id] += 1
+            changes = self.gateway.changes(key, page.customer_id, page.channels)
             try:
-                async for changed in self.gateway.changes(key, page.customer_id, page.channels):
-                    if not changed:
-                        yield ": heartbeat\n\n"
-                        continue
-                    fresh = await self.customer_page(key, page.customer_id)
-                    yield event("update", template.render(
-                        t=i18n.labels(lang), page=fresh, session=request.state.session,
-                        csrf_field=CSRF_FIELD, recorded=""))
+                async with contextlib.aclosing(changes):
+                    async for changed in changes:
+                        if self.sessions.get(session.id) is not session:  # signed out, expired
+                            yield event("gone", "signed out")
+                            return
+                        if not changed:
+                            yield ": heartbeat\n\n"
+                            continue
+                        fresh = await self.customer_page(key, page.customer_id)
+                        yield event("update", template.render(
+                            t=i18n.labels(lang), page=fresh, session=session,
+                            csrf_field=CSRF_FIELD, recorded=""))
             except GatewayError as exc:
-                yield event("gone", exc.detail)
+                yield event("gone", exc.detail or exc.kind)
+            finally:
+                self.streams[session.id] -= 1
+                if not self.streams[session.id]:
+                    del self.streams[session.id]
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"x-accel-buffering": "no"})
@@ -183,12 +219,14 @@ class Console:
         form = await request.form()
         customer_id = str(form.get("customer_id", ""))
         outcome = str(form.get("outcome", ""))
-        if outcome not in OUTCOMES or not customer_id or len(customer_id) > MAX_ID_LENGTH:
+        decision_id = str(form.get("decision_id", ""))
+        if outcome not in OUTCOMES or not customer_id or len(customer_id) > MAX_ID_LENGTH \
+                or not decision_id:  # an agent answers a decision the page showed
             return self.render(request, "error.html", 400, kind="bad_request", detail=outcome,
                                subject="")
         try:
             await self.gateway.respond(request.state.session.key, customer_id,
-                                       self.config.channel, str(form.get("decision_id", "")),
+                                       self.config.channel, decision_id,
                                        str(form.get("action_id", "")), outcome)
         except GatewayError as exc:
             return self.failure(request, exc, customer_id)
@@ -229,7 +267,7 @@ class Console:
 
 
 def create_app(config: ConsoleConfig, auth: Auth, gateway: GatewayClient | None = None
-               ) -> Starlette:
+               ) -> ASGIApp:
     console = Console(config, auth, gateway)
 
     @contextlib.asynccontextmanager
@@ -276,8 +314,8 @@ class _Guard:
             if post:
                 length = request.headers.get("content-length", "")
                 if not length.isdigit() or int(length) > MAX_BODY_BYTES:
-                    return Response("a form's body must have a length of at most "
-                                    f"{MAX_BODY_BYTES} bytes", 413)
+                    return _text("a form's body must have a length of at most "
+                                 f"{MAX_BODY_BYTES} bytes", 413)
                 token = (await request.form()).get(CSRF_FIELD)
                 if not csrf_valid(session, token if isinstance(token, str) else None):
                     return console.render(request, "error.html", 403, kind="csrf", detail="",
@@ -288,7 +326,12 @@ class _Guard:
         return guarded
 
 
-def _secured(app: Starlette):
+def _text(body: str, code: int) -> Response:
+    """A plain-text answer (typed: a browser must not sniff an echoed id as HTML)."""
+    return Response(body, code, media_type="text/plain")
+
+
+def _secured(app: Starlette) -> ASGIApp:
     """The app, with SECURITY_HEADERS on every response."""
     async def secured(scope, receive, send) -> None:
         async def send_with_headers(message) -> None:

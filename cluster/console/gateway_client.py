@@ -17,12 +17,13 @@ from kairos.v1 import admin_pb2, admin_pb2_grpc
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
-from kairos.cluster.cli.remote import tls_credentials
+from kairos.cluster.cli.remote import channel_to
 from kairos.cluster.gateway.auth import METADATA_KEY
 
 CALL_TIMEOUT_S = 5.0  # an agent waits on a page, not on a batch job
 HEARTBEAT_S = 15.0  # a quiet live page still hears from the server (and a closed one is noticed)
 BURST_S = 0.02  # pushes this close together are one change to show
+MAX_ANSWER_BYTES = 64 << 20
 OUTCOMES = {"accept": pb.ACCEPT, "reject": pb.REJECT, "not_now": pb.IGNORE}
 
 
@@ -66,10 +67,9 @@ class GatewayClient:
     """One gRPC channel to a gateway, shared by every session: the key goes with each call."""
 
     def __init__(self, target: str):
-        self.target = target
-        credentials = tls_credentials()
-        self._channel = grpc.aio.insecure_channel(target) if credentials is None \
-            else grpc.aio.secure_channel(target, credentials)
+        # a profile explained on every channel of a large catalog outgrows gRPC's 4 MiB
+        self._channel = channel_to(target, aio=True, options=(
+            ("grpc.max_receive_message_length", MAX_ANSWER_BYTES),))
         self._decisions = decision_pb2_grpc.DecisionServiceStub(self._channel)
         self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
 
@@ -91,6 +91,12 @@ class GatewayClient:
         `explain`: why each won, and what was dropped)."""
         return await self._unary(self._decisions.GetProfile,
                                  pb.ProfileRequest(explain=explain, **who.fields()), key)
+
+    async def decide(self, key: str, customer_id: str, channel: str) -> pb.Decision:
+        """The channel's decision as a channel asks for it, nothing recorded: when the
+        customer's shard does not answer in time, the gateway's fallback (`fallback` set)."""
+        return await self._unary(self._decisions.Decide, pb.DecideRequest(
+            customer_id=customer_id, channel=channel), key)
 
     async def respond(self, key: str, customer_id: str, channel: str, decision_id: str,
                       action_id: str, outcome: str) -> None:
@@ -117,8 +123,13 @@ class GatewayClient:
         (a watch per channel: an event on one channel can change the best action on
         another). The first item, `{"*"}`, comes once every watch is in place, so a change
         made while they were being set up is not missed; an empty set comes after
-        HEARTBEAT_S without a push. Ends with GatewayError when a watch fails."""
-        pushed: asyncio.Queue = asyncio.Queue()
+        HEARTBEAT_S without a push. Ends with GatewayError when a watch fails or ends.
+
+        What was pushed is only which channels changed, a set, however long the reader
+        takes: a browser that stops reading holds up nothing but its own stream."""
+        changed: set[str] = set()
+        failed: list[GatewayError] = []
+        woken = asyncio.Event()
         calls = [self._decisions.WatchDecisions(
             pb.WatchRequest(customer_id=customer_id, channel=channel),
             metadata=self._metadata(key)) for channel in channels]
@@ -126,9 +137,12 @@ class GatewayClient:
         async def follow(call) -> None:
             try:
                 async for decision in call:
-                    await pushed.put(decision.channel)
+                    changed.add(decision.channel)
+                    woken.set()
+                failed.append(GatewayError("down", "a watch ended"))
             except grpc.aio.AioRpcError as exc:
-                await pushed.put(GatewayError.of(exc))
+                failed.append(GatewayError.of(exc))
+            woken.set()
 
         tasks = [asyncio.ensure_future(follow(call)) for call in calls]
         try:
@@ -142,18 +156,17 @@ class GatewayClient:
             yield {"*"}
             while True:
                 try:
-                    first = await asyncio.wait_for(pushed.get(), HEARTBEAT_S)
+                    await asyncio.wait_for(woken.wait(), HEARTBEAT_S)
                 except asyncio.TimeoutError:
                     yield set()
                     continue
                 await asyncio.sleep(BURST_S)  # one event pushes on several channels at once
-                burst = [first]
-                while not pushed.empty():
-                    burst.append(pushed.get_nowait())
-                failed = [item for item in burst if isinstance(item, GatewayError)]
+                woken.clear()
                 if failed:
                     raise failed[0]
-                yield set(burst)
+                burst = set(changed)
+                changed.clear()
+                yield burst
         finally:
             for call in calls:
                 call.cancel()

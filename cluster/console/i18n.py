@@ -55,8 +55,11 @@ LABELS: dict[str, dict[str, str]] = {
         "detail": "Detail",
         "other_channels": "Best action on the other channels",
         "none": "none",
+        "fallback_tag": "fallback",
         "fallback": "Fallback decision: the customer's shard did not answer in time. These "
                     "are the catalog's defaults, and outcomes cannot be recorded for them.",
+        "unread": "The customer's record could not be read in time: only the channel's decision "
+                  "is shown. Reload the page to try again.",
         "live": "Live: the page updates as events arrive.",
         "live_lost": "Live updates stopped; reload the page.",
         "recorded": "Outcome recorded",
@@ -142,8 +145,11 @@ LABELS: dict[str, dict[str, str]] = {
         "detail": "詳細",
         "other_channels": "他のチャネルの最善アクション",
         "none": "なし",
+        "fallback_tag": "フォールバック",
         "fallback": "フォールバックの判断：顧客のシャードが時間内に応答しませんでした。"
                     "カタログの既定値であり、結果は記録できません。",
+        "unread": "顧客の記録を時間内に読み取れませんでした。チャネルの判断のみを表示しています。"
+                  "ページを再読み込みしてください。",
         "live": "ライブ：イベントが届くとページが更新されます。",
         "live_lost": "ライブ更新が止まりました。ページを再読み込みしてください。",
         "recorded": "結果を記録しました",

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from kairos.cluster.console.app import ConsoleConfig, create_app
-from kairos.cluster.console.session import CONSOLE_SCOPES
+from kairos.cluster.console.session import CONSOLE_SCOPES, OPTIONAL_SCOPES
 from kairos.cluster.gateway.auth import KEYS_ENV, Auth
 
 CONSOLE_KEYS_FILE = "console-keys.yaml"
@@ -44,7 +44,7 @@ def keys_text(keys_file: str | None, home: Path) -> tuple[str, str]:
     if not path.exists():
         home.mkdir(parents=True, exist_ok=True)
         text = yaml.safe_dump({"keys": [{"key": secrets.token_urlsafe(32), "name": "console",
-                                         "scopes": sorted(CONSOLE_SCOPES | {"status:read"})}]})
+                                         "scopes": sorted(CONSOLE_SCOPES | OPTIONAL_SCOPES)}]})
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

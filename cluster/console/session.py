@@ -8,6 +8,9 @@ so the sign-in form carries a CSRF token like every other form; signing in repla
 session's id, so an id planted before sign-in is worth nothing after it. Sessions live in
 memory, bounded in number (the least recently used goes first) and in idle time: a console
 restart signs everyone out, which is what a restart of a desk application does too.
+Anonymous sessions have a pool of their own: anyone who reaches the console makes them (any
+web page an agent opens can send it cookie-less requests), so they must never push a
+signed-in session out.
 
 Which keys may sign in is the gateway's key set (`kairos.cluster.gateway.auth.Auth`, read
 from the same file or variable): a key with the scopes the console needs (CONSOLE_SCOPES) and
@@ -26,8 +29,12 @@ from kairos.cluster.gateway.auth import ApiKey, Auth
 COOKIE = "kairos_console"
 CSRF_FIELD = "csrf"
 CONSOLE_SCOPES = frozenset({"profile:read", "respond", "watch"})
+# what more a console key may have: the operator page (status:read), and the fallback
+# decision for a customer whose record cannot be read in time (decide)
+OPTIONAL_SCOPES = frozenset({"status:read", "decide"})
 REFUSED_SCOPES = frozenset({"admin"})  # what an agent's console must never be able to do
-MAX_SESSIONS = 10_000
+MAX_SESSIONS = 10_000  # signed in
+MAX_ANONYMOUS = 10_000  # visitors on their way to the sign-in form
 IDLE_S = 8 * 3600.0  # an agent's shift
 MAX_KEY_LENGTH = 256  # a sign-in form's key field: keys are short secrets, not documents
 
@@ -53,43 +60,48 @@ class Session:
 class Sessions:
     """The console's sessions, by cookie id."""
 
-    def __init__(self, auth: Auth, *, max_sessions: int = MAX_SESSIONS,
-                 idle_s: float = IDLE_S):
+    def __init__(self, auth: Auth, channel: str, *, max_sessions: int = MAX_SESSIONS,
+                 max_anonymous: int = MAX_ANONYMOUS, idle_s: float = IDLE_S):
         self._auth = auth
-        self._max = max_sessions
+        self._channel = channel
         self._idle_s = idle_s
-        self._by_id: OrderedDict[str, Session] = OrderedDict()
+        self._pools: tuple[tuple[OrderedDict[str, Session], int], ...] = (
+            (OrderedDict(), max_anonymous), (OrderedDict(), max_sessions))
 
     def get(self, cookie: str | None, now: float | None = None) -> Session | None:
         """The live session the cookie names, else None."""
         now = time.time() if now is None else now
-        session = self._by_id.get(cookie or "")
-        if session is None:
-            return None
-        if now - session.last_seen > self._idle_s:
-            del self._by_id[session.id]
-            return None
-        session.last_seen = now
-        self._by_id.move_to_end(session.id)
-        return session
+        for pool, _ in self._pools:
+            session = pool.get(cookie or "")
+            if session is None:
+                continue
+            if now - session.last_seen > self._idle_s:
+                del pool[session.id]
+                return None
+            session.last_seen = now
+            pool.move_to_end(session.id)
+            return session
+        return None
 
     def start(self, now: float | None = None) -> Session:
         """A new anonymous session."""
-        session = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32),
-                          time.time() if now is None else now)
-        self._by_id[session.id] = session
-        while len(self._by_id) > self._max:
-            self._by_id.popitem(last=False)
-        return session
+        return self._add(Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32),
+                                 time.time() if now is None else now))
 
     def sign_in(self, session: Session, presented: str) -> Session:
         """The signed-in session that replaces `session` (new id and CSRF token), or
         SignInRefused."""
         key = self.check_key(presented)
         self.end(session)
-        signed = self.start()
-        signed.key, signed.agent, signed.scopes = presented, key.name, key.scopes
-        return signed
+        return self._add(Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32),
+                                 time.time(), presented, key.name, key.scopes))
+
+    def _add(self, session: Session) -> Session:
+        pool, limit = self._pools[session.signed_in]
+        pool[session.id] = session
+        while len(pool) > limit:
+            pool.popitem(last=False)
+        return session
 
     def check_key(self, presented: str) -> ApiKey:
         if not presented or len(presented) > MAX_KEY_LENGTH:
@@ -103,10 +115,14 @@ class Sessions:
         if key.scopes & REFUSED_SCOPES:
             raise SignInRefused("the key has the admin scope: sign in with a key of the "
                                 "console's scopes only")
+        if key.channel not in (None, self._channel):
+            raise SignInRefused(f"the key is bound to the channel {key.channel}, and this "
+                                f"console's agents work on {self._channel}")
         return key
 
     def end(self, session: Session) -> None:
-        self._by_id.pop(session.id, None)
+        for pool, _ in self._pools:
+            pool.pop(session.id, None)
 
 
 def csrf_valid(session: Session | None, presented: str | None) -> bool:

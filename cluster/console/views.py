@@ -58,6 +58,7 @@ class CustomerPage:
     others: list[tuple[str, pb.RankedAction | None, bool]]  # channel, best, fallback
     dropped: list[pb.DroppedAction] = field(default_factory=list)
     dropped_more: int = 0
+    unread: bool = False  # the record could not be read: the decision alone is shown
 
     @property
     def channels(self) -> list[str]:
@@ -80,6 +81,15 @@ def customer_page(profile: pb.Profile, channel: str) -> CustomerPage:
                 for name, d in sorted(profile.current.items()) if name != channel],
         dropped=dropped[:MAX_DROPPED_SHOWN],
         dropped_more=max(0, len(dropped) - MAX_DROPPED_SHOWN))
+
+
+def fallback_page(customer_id: str, channel: str, decision: pb.Decision) -> CustomerPage:
+    """The page when only a decision could be had (the record could not be read): the
+    decision, and nothing of the record."""
+    return CustomerPage(customer_id=customer_id, channel=channel, attributes=[], features=[],
+                        consent=[], history=[], decision=decision,
+                        actions=list(decision.actions[:ACTIONS_SHOWN]), others=[],
+                        unread=True)
 
 
 def draining(status: admin_pb2.ClusterStatus) -> list[str]:

@@ -2,6 +2,7 @@
 CSRF refusals, escaping, languages, bounded input, and the empty and error states."""
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pytest
@@ -24,6 +25,7 @@ class StandIn:
     def __init__(self):
         self.failure: GatewayError | None = None
         self.fallback = False
+        self.decide_failure: GatewayError | None = None
         self.responses: list[tuple] = []
 
     def _fail(self) -> None:
@@ -47,6 +49,19 @@ class StandIn:
             decision.explanation.dropped.add(action_id="cart_push", reason="ELIGIBILITY",
                                              detail="no cart")
         return profile
+
+    async def decide(self, key, customer_id, channel):
+        if self.decide_failure is not None:
+            raise self.decide_failure
+        decision = pb.Decision(customer_id=customer_id, channel=channel, fallback=True)
+        decision.actions.add(action_id="service_menu", agent_text="Ask how you can help")
+        return decision
+
+    async def changes(self, key, customer_id, channels):
+        yield {"*"}
+        while True:  # heartbeats, as a quiet customer's page gets them
+            await asyncio.sleep(0.05)
+            yield set()
 
     async def respond(self, key, *args):
         self.responses.append(args)
@@ -146,9 +161,16 @@ def test_empty_and_error_states(client, gateway):
     gateway.fallback = True
     page = client.get("/customer?id=ana")
     assert "Fallback decision" in page.text and 'value="accept"' not in page.text
-    gateway.failure = GatewayError("down", "UNAVAILABLE: connection refused")
+    gateway.failure = GatewayError("down", "DEADLINE_EXCEEDED: the shard is slow")
+    fallback = client.get("/customer?id=ana")  # the record unread: the channel's fallback
+    assert fallback.status_code == 200 and "Fallback decision" in fallback.text
+    assert "could not be read in time" in fallback.text and "Ask how you can help" in fallback.text
+    assert 'value="accept"' not in fallback.text
+    gateway.decide_failure = GatewayError("down", "UNAVAILABLE: connection refused")
     down = client.get("/customer?id=ana")
     assert down.status_code == 503 and "Kairos does not answer" in down.text
+    gateway.decide_failure = GatewayError("denied", "PERMISSION_DENIED: no decide scope")
+    assert client.get("/customer?id=ana").status_code == 503  # the record's failure, as it is
 
 
 def test_the_operator_page_and_catalog_validation(client):
@@ -166,3 +188,14 @@ def test_the_cookie_is_secure_over_https(gateway):
     app = create_app(ConsoleConfig("127.0.0.1:1"), Auth.load(KEYS), gateway)
     with TestClient(app, base_url="https://127.0.0.1") as client:
         assert "secure" in client.get("/signin").headers["set-cookie"].lower()
+
+
+def test_a_live_page_ends_when_its_session_does(client):
+    """Signing out (in another tab) ends the live pages of that session: they would go on
+    showing customers' records with a key that no longer signs anything in."""
+    token = sign_in(client)
+    with client.stream("GET", "/customer/live?id=ana") as live:
+        lines = live.iter_lines()
+        assert next(line for line in lines if line.startswith("event:")) == "event: update"
+        assert client.post("/signout", data={"csrf": token}).status_code == 200
+        assert next(line for line in lines if line.startswith("event:")) == "event: gone"

@@ -17,12 +17,14 @@ keys:
   - {{key: "{AGENT}", name: agent-7, scopes: [profile:read, respond, watch]}}
   - {{key: "reader-0123456789abcdef", name: reader, scopes: [profile:read]}}
   - {{key: "admin-0123456789abcdef", name: ops, scopes: [profile:read, respond, watch, admin]}}
+  - {{key: "web-0123456789abcdef", name: web, channel: web,
+     scopes: [profile:read, respond, watch]}}
 """
 
 
 @pytest.fixture
 def sessions() -> Sessions:
-    return Sessions(Auth.load(KEYS), max_sessions=3, idle_s=60)
+    return Sessions(Auth.load(KEYS), "call_center", max_sessions=3, max_anonymous=3, idle_s=60)
 
 
 def test_a_key_with_the_consoles_scopes_signs_in_under_a_new_id(sessions):
@@ -37,6 +39,7 @@ def test_a_key_with_the_consoles_scopes_signs_in_under_a_new_id(sessions):
     ("", "unknown key"), ("wrong-0123456789abcdef", "unknown key"), ("x" * 300, "unknown key"),
     ("reader-0123456789abcdef", "lacks the scopes respond, watch"),
     ("admin-0123456789abcdef", "admin scope"),  # the console can never change the catalog
+    ("web-0123456789abcdef", "bound to the channel web"),  # would fail on every page
 ])
 def test_other_keys_are_refused(sessions, key, why):
     with pytest.raises(SignInRefused, match=why):
@@ -50,6 +53,15 @@ def test_sessions_expire_when_idle_and_the_oldest_go_past_the_bound(sessions):
     made = [sessions.start() for _ in range(4)]
     assert sessions.get(made[0].id) is None and sessions.get(made[-1].id) is made[-1]
     assert sessions.get(None) is None and sessions.get("forged") is None
+
+
+def test_a_flood_of_anonymous_sessions_signs_no_agent_out(sessions):
+    """Any page an agent opens can send the console cookie-less requests, each of which
+    starts an anonymous session: they go first, never a signed-in one."""
+    agents = [sessions.sign_in(sessions.start(), AGENT) for _ in range(3)]
+    for _ in range(100):
+        sessions.start()
+    assert all(sessions.get(agent.id) is agent for agent in agents)
 
 
 def test_csrf_tokens_must_be_the_sessions_own(sessions):
@@ -71,7 +83,7 @@ def test_without_keys_the_console_makes_its_own_private_one(tmp_path, monkeypatc
     assert source == str(tmp_path / CONSOLE_KEYS_FILE)
     assert stat.S_IMODE(os.stat(source).st_mode) == 0o600
     assert keys_text(None, tmp_path)[0] == text  # made once, kept
-    sessions = Sessions(Auth.load(text))
+    sessions = Sessions(Auth.load(text), "call_center")
     key = text.split("key: ")[1].split()[0]
     assert sessions.sign_in(sessions.start(), key).scopes >= {"profile:read", "status:read"}
     monkeypatch.setenv(KEYS_ENV, KEYS)  # the gateways' keys, when there are any
