@@ -469,7 +469,9 @@ class DecisionEngine:
         feats = {f.name: self._decode(view[c.layout.slot[f.name]], f.type)
                  for f in c.catalog.features}
         return {"customer_id": customer_id, "attributes": attrs, "features": feats,
-                "history": self.history(customer_id)}
+                "history": self.history(customer_id),
+                "model_inputs": sorted({p.name for p in c.catalog.models.predictors
+                                        if p.source == "profile"})}
 
     def history(self, customer_id: str) -> list[dict[str, Any]]:
         """Interactions in the ring, newest first."""

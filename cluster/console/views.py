@@ -51,6 +51,7 @@ class CustomerPage:
     channel: str
     attributes: list[tuple[str, Shown]]
     features: list[tuple[str, Shown]]
+    model_inputs: list[tuple[str, Shown]]  # what the models read, from either of the above
     consent: list[tuple[str, bool]]
     history: list[dict]
     decision: pb.Decision
@@ -73,6 +74,10 @@ def customer_page(profile: pb.Profile, channel: str) -> CustomerPage:
         customer_id=profile.customer_id, channel=channel,
         attributes=[(name, shown(v)) for name, v in sorted(profile.attributes.items())],
         features=[(name, shown(v)) for name, v in sorted(profile.features.items())],
+        model_inputs=[(name, shown(profile.features[name] if name in profile.features
+                                   else profile.attributes[name]))
+                      for name in profile.model_inputs
+                      if name in profile.features or name in profile.attributes],
         consent=sorted(profile.consent.items()),
         history=[{"when": iso(h.time), "channel": h.channel, "action_id": h.action_id,
                   "outcome": h.outcome} for h in profile.history],
@@ -86,7 +91,7 @@ def customer_page(profile: pb.Profile, channel: str) -> CustomerPage:
 def fallback_page(customer_id: str, channel: str, decision: pb.Decision) -> CustomerPage:
     """The page when only a decision could be had (the record could not be read): the
     decision, and nothing of the record."""
-    return CustomerPage(customer_id=customer_id, channel=channel, attributes=[], features=[],
+    return CustomerPage(customer_id=customer_id, channel=channel, attributes=[], features=[], model_inputs=[],
                         consent=[], history=[], decision=decision,
                         actions=list(decision.actions[:ACTIONS_SHOWN]), others=[],
                         unread=True)

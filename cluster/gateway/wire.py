@@ -90,7 +90,8 @@ def profile_out(profile: dict[str, Any], types: Mapping[str, str],
                 current: Mapping[str, Decision], texts: AgentTexts | None = None,
                 consent: Mapping[str, bool] | None = None) -> pb.Profile:
     out = pb.Profile(customer_id=profile["customer_id"],
-                     events_applied=profile["events_applied"], consent=consent or {})
+                     events_applied=profile["events_applied"], consent=consent or {},
+                     model_inputs=profile["model_inputs"])
     for section in ("attributes", "features"):
         target = getattr(out, section)
         for name, value in profile[section].items():

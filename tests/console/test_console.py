@@ -3,8 +3,8 @@ up` this module starts once: its own KAIROS_HOME, Ray temp dir, keys and free po
 gateway, Ray and the console. The test talks to the gateway over gRPC as a channel would, and
 to the console only through the browser.
 
-The first test screenshots the customer page; with KAIROS_CONSOLE_SCREENSHOT=PATH it writes
-it there (the README's picture: KAIROS_CONSOLE_SCREENSHOT=docs/console-customer.png), so a
+The first test screenshots the customer page; with CONSOLE_SCREENSHOT=PATH it writes
+it there (the README's picture: CONSOLE_SCREENSHOT=docs/console-customer.png), so a
 plain test run leaves the repository as it was.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from kairos.v1 import decision_pb2 as pb
 
 from playwright.sync_api import sync_playwright
 
-SCREENSHOT_ENV = "KAIROS_CONSOLE_SCREENSHOT"
+SCREENSHOT_ENV = "CONSOLE_SCREENSHOT"
 KAIROS = str(Path(sys.executable).parent / "kairos")
 AGENT_KEY = "agent-" + secrets.token_hex(16)
 CHANNEL_KEY = "channel-" + secrets.token_hex(16)  # the test's own: a channel's integration
@@ -148,6 +148,9 @@ def test_sign_in_find_by_alias_and_see_the_next_best_action_with_its_reasons(pag
     assert "ELIGIBILITY" in page.locator("details.dropped").text_content()  # folded
     assert page.locator("table.others tr[data-channel=web]").count() == 1
     assert page.locator("table.consent").inner_text().count("granted") >= 2
+    model_inputs = page.locator("table.model-inputs th").all_inner_texts()
+    assert "orders" in model_inputs and "tier" in model_inputs  # a feature and an attribute
+    assert "home_store" not in model_inputs  # no model reads it
     screenshot = Path(os.environ.get(SCREENSHOT_ENV) or tmp_path / "customer.png")
     page.screenshot(path=str(screenshot), full_page=True)
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -43,6 +43,10 @@ def test_an_explained_profile_says_why_and_whose_consent(stub):
     explained = stub.GetProfile(pb.ProfileRequest(customer_id="kei", explain=True),
                                 timeout=DEADLINE_S)
     assert dict(explained.consent) == {"marketing": False, "service": True}
+    # the default catalog's predictors from the profile: features and attributes alike
+    assert list(explained.model_inputs) == ["complaints_30d", "loyalty_points", "orders",
+                                            "since_cart", "since_purchase", "spend_90d",
+                                            "tier", "views_7d"]
     call_center = explained.current["call_center"]
     assert {d.reason for d in call_center.explanation.dropped} >= {"NO_CONSENT"}
     callback = next(a for a in call_center.actions if a.action_id == "complaint_callback")
