@@ -16,6 +16,7 @@ import sys
 import time
 
 from kairos.cluster.cli import local
+from kairos.cluster.cli.secret_files import SecretFileError, check_secret_file
 
 CONSOLE_PORT = 8080
 CONSOLE_LOG = "console.log"
@@ -52,8 +53,6 @@ def run(args: argparse.Namespace) -> int:
     from kairos.cluster.console.app import ConsoleConfig
     from kairos.cluster.console.server import Listen, keys_text, serve
     from kairos.cluster.gateway.auth import Auth
-
-    from kairos.cluster.cli.main import SecretFileError, check_secret_file
 
     if bool(args.tls_cert) != bool(args.tls_key):
         print("--tls-cert and --tls-key go together", file=sys.stderr)

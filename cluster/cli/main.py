@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import stat
 import subprocess
 import sys
 import time
@@ -45,6 +44,7 @@ from kairos.core.compiler import compile_catalog
 from kairos.core.errors import CatalogError
 
 from kairos.cluster.cli import console, demo, local, operate
+from kairos.cluster.cli.secret_files import SecretFileError, check_secret_file
 from kairos.cluster.storage.store import redact  # light: no store's client is imported
 
 # the embedded default's store: a directory that outlives `kairos down`
@@ -187,30 +187,6 @@ def up_message(args: argparse.Namespace, run: local.Run) -> str:
             + (f"; the agent's console on {run.console} (sign in with a key from "
                f"{run.console_keys})" if run.console else "")
             + ". `kairos down` stops it.")
-
-
-class SecretFileError(Exception):
-    """A file holding a secret that others may read, or that another user owns."""
-
-
-def check_secret_file(path: str, option: str) -> None:
-    """Refuse (SecretFileError) a secret's file (API keys, a TLS private key) that the group or
-    others may use, or that is not this user's; a file that cannot be stat'ed is left to the
-    read that follows (its error names it)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return
-    mode = stat.S_IMODE(st.st_mode)
-    if st.st_uid != os.geteuid():
-        raise SecretFileError(
-            f"{option} {path} is owned by uid {st.st_uid}, not by this user (uid "
-            f"{os.geteuid()}): a secret's file must be its reader's own (copy it, then "
-            f"`chmod 600 {path}`)")
-    if mode & 0o077:
-        raise SecretFileError(
-            f"{option} {path} has mode {mode:04o}: group or others can read it, and it holds a "
-            f"secret; make it yours only with `chmod 600 {path}`")
 
 
 def _start(args: argparse.Namespace, run: local.Run, catalog_text: str | None) -> None:
