@@ -232,3 +232,18 @@ def test_the_japanese_page_has_japanese_labels(page, kairos):
     assert "今はしない" in page.locator("p.notice").inner_text()
     # the history's times in the browser's zone
     assert page.locator("#history time").first.get_attribute("title") == "Asia/Tokyo"
+
+
+def test_the_operator_page_shows_the_cluster_and_validates_a_draft_catalog(page, kairos):
+    sign_in(page, kairos)
+    page.click("text=Operator")
+    page.wait_for_url(kairos.console + "/operator")
+    summary = page.locator("table.summary").inner_text()
+    assert "4096" in summary  # the partitions: the cluster's own status, through the gateway
+    assert page.locator("table.nodes tr").count() == 2  # a header and this machine's node
+    assert page.locator("table.shards tr").count() == 2  # one shard (kairos up --shards 1)
+    assert page.locator("p.valid").first.inner_text().startswith("The running catalog is valid")
+    page.fill("textarea[name=catalog]", "actions: [\n  {id: broken\n")
+    page.click("form[action='/operator/validate'] button[type=submit]")
+    problem = page.locator("#validation").inner_text()
+    assert ":2:" in problem or ":3:" in problem, problem  # the line of the error
