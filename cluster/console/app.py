@@ -195,7 +195,8 @@ class Console:
             try:
                 async with contextlib.aclosing(changes):
                     async for changed in changes:
-                        if self.sessions.get(session.id) is not session:  # signed out, expired
+                        if self.sessions.get(session.id, touch=False) is not session:
+                            # signed out, or idle past the bound: the page is no activity
                             yield event("gone", "signed out")
                             return
                         if not changed:

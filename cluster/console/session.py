@@ -68,8 +68,10 @@ class Sessions:
         self._pools: tuple[tuple[OrderedDict[str, Session], int], ...] = (
             (OrderedDict(), max_anonymous), (OrderedDict(), max_sessions))
 
-    def get(self, cookie: str | None, now: float | None = None) -> Session | None:
-        """The live session the cookie names, else None."""
+    def get(self, cookie: str | None, now: float | None = None, touch: bool = True
+            ) -> Session | None:
+        """The live session the cookie names, else None. `touch`: the agent acted, so the
+        idle time starts again (a live page checking on its session is not the agent)."""
         now = time.time() if now is None else now
         for pool, _ in self._pools:
             session = pool.get(cookie or "")
@@ -78,8 +80,9 @@ class Sessions:
             if now - session.last_seen > self._idle_s:
                 del pool[session.id]
                 return None
-            session.last_seen = now
-            pool.move_to_end(session.id)
+            if touch:
+                session.last_seen = now
+                pool.move_to_end(session.id)
             return session
         return None
 

@@ -49,6 +49,8 @@ def test_other_keys_are_refused(sessions, key, why):
 def test_sessions_expire_when_idle_and_the_oldest_go_past_the_bound(sessions):
     first = sessions.start(now=0)
     assert sessions.get(first.id, now=59) is first
+    assert sessions.get(first.id, now=100, touch=False) is first  # a live page's check...
+    assert sessions.get(first.id, now=120, touch=False) is None  # ...keeps nobody signed in
     assert sessions.get(first.id, now=200) is None
     made = [sessions.start() for _ in range(4)]
     assert sessions.get(made[0].id) is None and sessions.get(made[-1].id) is made[-1]
