@@ -67,6 +67,7 @@ cdef class CatalogView:
     cdef const int32_t[::1] predictor_index
     cdef const double[::1] predictor_param
     cdef double predictor_limit
+    cdef const double[::1] control_share
 
     def __init__(self, compiled):
         c = compiled
@@ -134,6 +135,7 @@ cdef class CatalogView:
         self.predictor_index = _nonempty(c.predictor_index, np.int32)
         self.predictor_param = _nonempty(c.predictor_param, np.float64)
         self.predictor_limit = c.predictor_limit
+        self.control_share = c.control_share
 
 
 def _nonempty(array, dtype):
@@ -199,7 +201,7 @@ cdef class Workspace:
 
     cdef readonly int capacity
     cdef public object out_action, out_factors, out_count, out_selection, reasons, factors
-    cdef public object predictors
+    cdef public object predictors, out_control
     cdef int32_t[:, ::1] _out_action
     cdef double[:, :, ::1] _out_factors
     cdef double[:, ::1] _out_selection
@@ -209,6 +211,7 @@ cdef class Workspace:
     cdef int32_t[::1] _active_list
     cdef int32_t[::1] _sample_slots, _hits
     cdef int32_t[::1] _out_count
+    cdef uint8_t[::1] _out_control
     cdef int8_t[:, ::1] _reasons
     cdef double[:, :, ::1] _factors
     cdef double[:, ::1] _predictors
@@ -226,6 +229,7 @@ cdef class Workspace:
         self.out_factors = np.zeros((capacity, k, N_FACTORS))
         self.out_selection = np.zeros((capacity, k))
         self.out_count = np.zeros(capacity, np.int32)
+        self.out_control = np.zeros(capacity, np.uint8)  # 1: held back as control
         self.reasons = np.zeros((capacity, n_actions), np.int8)
         self.factors = np.zeros((capacity, n_actions, N_FACTORS))
         self.predictors = np.zeros((capacity, compiled.n_predictors))
@@ -242,6 +246,7 @@ cdef class Workspace:
         self._active_list = np.zeros(n_actions, np.int32)
         self._hits = np.zeros(k, np.int32)
         self._out_count = self.out_count
+        self._out_control = self.out_control
         self._reasons = self.reasons
         self._factors = self.factors
         self._predictors = self.predictors
@@ -765,7 +770,7 @@ cdef void _decide_one(CatalogView cat, StateView st, ModelView mv, Workspace ws,
     cdef int8_t* reasons = &ws._reasons[out, 0]
     cdef double* factors = &ws._factors[out, 0, 0]
     cdef double* weights = &ws._weights[0]
-    cdef Py_ssize_t a, n_cand = 0, n, best, j
+    cdef Py_ssize_t a, n_cand = 0, n, best, j, first, n_control
     cdef int reason, k, g
     cdef double value, propensity, weight, priority, best_p
     _profile_view(cat, &st.values[row, 0], st.values.shape[1], now, view)
@@ -840,7 +845,50 @@ cdef void _decide_one(CatalogView cat, StateView st, ModelView mv, Workspace ws,
         a = ws._candidates[j]
         if reasons[a] == R_TOP_K and ws._blocked[cat.action_group[a]]:
             reasons[a] = R_GROUP_LIMIT
-    _selection(cat, mv, ws, channel, reasons, factors, k, out)
+    first = ws._out_action[out, 0] if n > 0 else -1
+    n_control = _control(cat, ws, out, channel, reasons, factors, k)
+    _selection(cat, mv, ws, channel, reasons, factors, k, out, n_control, first)
+
+
+cdef inline bint _control_eligible(CatalogView cat, const int8_t* reasons, const double* factors,
+                                   Py_ssize_t a) noexcept nogil:
+    """Whether a control decision may show `a`: it passed rules, validity, consent and
+    contact policies and is worth something on this channel, whatever the models think."""
+    return (_scored(reasons, a)
+            and factors[a * N_FACTORS + 1] * factors[a * N_FACTORS + 2] * cat.lever[a] > 0.0)
+
+
+cdef Py_ssize_t _control(CatalogView cat, Workspace ws, Py_ssize_t out, int channel,
+                         int8_t* reasons, const double* factors, int k) noexcept nogil:
+    """With the channel's control share, hold the decision back: it shows one action drawn
+    uniformly from the control-eligible ones instead of the models' choice. How many actions
+    control could have drawn from (0: none, and nothing was drawn)."""
+    cdef Py_ssize_t a, b, n_eligible = 0, pick
+    cdef int j
+    ws._out_control[out] = 0
+    if k <= 0 or not cat.control_share[channel] > 0.0:
+        return 0
+    for a in range(cat.n_actions):
+        if _control_eligible(cat, reasons, factors, a):
+            n_eligible += 1
+    if n_eligible == 0 or not _uniform(&ws._rng) < cat.control_share[channel]:
+        return n_eligible
+    pick = <Py_ssize_t>(_uniform(&ws._rng) * n_eligible)
+    for a in range(cat.n_actions):
+        if _control_eligible(cat, reasons, factors, a):
+            if pick == 0:
+                break
+            pick -= 1
+    for b in range(cat.n_actions):
+        if reasons[b] == R_SELECTED or reasons[b] == R_GROUP_LIMIT:
+            reasons[b] = R_TOP_K
+    reasons[a] = R_SELECTED
+    ws._out_action[out, 0] = <int32_t>a
+    for j in range(N_FACTORS):
+        ws._out_factors[out, 0, j] = factors[a * N_FACTORS + j]
+    ws._out_count[out] = 1
+    ws._out_control[out] = 1
+    return n_eligible
 
 
 cdef inline bint _scored(const int8_t* reasons, Py_ssize_t a) noexcept nogil:
@@ -916,27 +964,49 @@ cdef inline Py_ssize_t _keep_top(Workspace ws, Py_ssize_t n, Py_ssize_t size,
 
 
 cdef void _selection(CatalogView cat, ModelView mv, Workspace ws, int channel,
-                     const int8_t* reasons, const double* factors, int k,
-                     Py_ssize_t out) noexcept nogil:
+                     const int8_t* reasons, const double* factors, int k, Py_ssize_t out,
+                     Py_ssize_t n_control, Py_ssize_t first) noexcept nogil:
     """For each slot the decision filled, the probability that the policy shows that action
-    there: 1 when nothing was drawn at random, else the share of runs of the draws (Thompson's
-    logits, the trial) that show it there: the decision's own and `selection_samples` re-runs.
-    The re-runs draw from a stream of their own, seeded by the decision's, so the decision's
-    own draws are as before."""
-    cdef Py_ssize_t a, i, j, s, best, n_active = 0
+    there. The models' part: 1 when nothing was drawn at random, else the share of runs of
+    the draws (Thompson's logits, the trial) that show it there: the decision's own (whose
+    first pick was `first`) and `selection_samples` re-runs. The re-runs draw from a stream
+    of their own, seeded by the decision's, so the decision's own draws are as before. With
+    a control share s over n_control actions, the policy is the mixture: (1 - s) x the
+    models' part, plus s / n_control at the first slot."""
+    cdef Py_ssize_t a, i, j, runs = 1
     cdef Py_ssize_t n_untried = _n_untried(cat, mv, channel, reasons, factors)
-    cdef int n = ws._out_count[out], g, filled
-    cdef double best_p
-    cdef uint64_t rng = ws._rng ^ <uint64_t>0xD1B54A32D192ED03
+    cdef int n = ws._out_count[out]
+    cdef bint held = ws._out_control[out]
     cdef bint random = n_untried > 0
+    cdef double p, share = cat.control_share[channel] if n_control > 0 else 0.0
     for a in range(cat.n_actions):
         if _scored(reasons, a) and cat.exploration == EXPLORE_THOMPSON and ws._spread[a] > 0.0:
             random = True
     for j in range(n):
-        ws._out_selection[out, j] = 1.0
-        ws._hits[j] = 1  # the decision's own draws are one run: no estimate is 0
-    if not random or n == 0:
-        return
+        # the decision's own draws are one run of the models: no models' estimate is 0
+        # unless control showed what they did not choose
+        ws._hits[j] = 1 if not held or (j == 0 and first == ws._out_action[out, 0]) else 0
+    if random and n > 0:
+        runs += cat.selection_samples
+        _rerun(cat, mv, ws, channel, reasons, factors, k, out, n, n_untried)
+    for j in range(n):
+        p = <double>ws._hits[j] / runs
+        if share > 0.0:
+            p = (1.0 - share) * p
+            if j == 0 and _control_eligible(cat, reasons, factors, ws._out_action[out, 0]):
+                p += share / n_control
+        ws._out_selection[out, j] = p
+
+
+cdef void _rerun(CatalogView cat, ModelView mv, Workspace ws, int channel,
+                 const int8_t* reasons, const double* factors, int k, Py_ssize_t out, int n,
+                 Py_ssize_t n_untried) noexcept nogil:
+    """Adds to ws._hits[j] the re-runs of the models' draws that show the decision's j-th
+    action at slot j."""
+    cdef Py_ssize_t a, i, j, s, best, n_active = 0
+    cdef int g, filled
+    cdef double best_p
+    cdef uint64_t rng = ws._rng ^ <uint64_t>0xD1B54A32D192ED03
     _prune(cat, ws, reasons, factors, k, out)
     for a in range(cat.n_actions):
         if ws._active[a]:
@@ -980,8 +1050,6 @@ cdef void _selection(CatalogView cat, ModelView mv, Workspace ws, int channel,
         for j in range(min(n, filled)):
             if ws._sample_slots[j] == ws._out_action[out, j]:
                 ws._hits[j] += 1
-    for j in range(n):
-        ws._out_selection[out, j] = <double>ws._hits[j] / (cat.selection_samples + 1)
 
 
 def decide(CatalogView cat, StateView st, ModelView mv, Workspace ws, const int64_t[::1] rows,

@@ -43,6 +43,7 @@ DEFAULT_VARIANCE_SCALE = 0.1
 # a prior's precision: below it a model's variance (1/precision) is so wide that the
 # one-example solve's bracket outgrows what its steps can halve (models.ONE_EXAMPLE_STEPS)
 MIN_PRECISION = 1e-6
+MAX_CONTROL_SHARE = 0.5  # a control group larger than the policy it measures is a mistake
 DEFAULT_TRIAL_RATE = 0.02  # decisions that try an action not yet accepted on the channel
 DEFAULT_SELECTION_SAMPLES, MAX_SELECTION_SAMPLES = 128, 65_536
 POSTERIORS = ("auto", "full", "diagonal")
@@ -109,6 +110,9 @@ class Channel:
     name: str
     placements: tuple[Placement, ...]
     consent: dict[str, str] = field(default_factory=dict)  # purpose -> bool attribute
+    # the share of decisions held back as a control group: they show one action drawn
+    # uniformly from the eligible ones, so the models' uplift can be measured against them
+    control: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -682,7 +686,7 @@ class _Reader:
             raise self.fail(("attributes", "now"), "'now' is reserved", at_key=True)
 
     def channel(self, path: Path, bool_attrs: set[str]) -> Channel:
-        spec = self.mapping(path, ("placements",), ("consent",))
+        spec = self.mapping(path, ("placements",), ("consent", "control"))
         placements = self.each(path + ("placements",), self.placement, non_empty=True)
         if len(placements) > 63:
             raise self.fail(path + ("placements",), "at most 63 placements per channel")
@@ -691,7 +695,10 @@ class _Reader:
             for purpose in self.mapping(path + ("consent",), open_keys=True):
                 consent[purpose] = self.reference(path + ("consent", purpose), bool_attrs,
                                                   "bool attribute")
-        return Channel(path[-1], placements, consent)
+        control = 0.0
+        if "control" in spec:
+            control = self.number(path + ("control",), minimum=0.0, maximum=MAX_CONTROL_SHARE)
+        return Channel(path[-1], placements, consent, control)
 
     def placement(self, path: Path) -> Placement:
         self.mapping(path, ("top_k",))

@@ -332,6 +332,7 @@ class CompiledCatalog:
             for p, placement in enumerate(ch.placements):
                 self.placement_top_k[c, p] = placement.top_k
         self.max_top_k = int(self.placement_top_k.max())
+        self.control_share = np.array([c.control for c in cat.channels], np.float64)
         self.purpose_names = list(cat.consent)
         self.purpose_slot = np.array([self.layout.slot[a] if a else -1
                                       for a in cat.consent.values()], np.int32)

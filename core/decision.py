@@ -67,6 +67,9 @@ class Decision:
     model_version: int
     fallback: bool = False
     explanation: Explanation | None = None  # only when the request asked for it
+    # held back as the channel's control group: one eligible action drawn uniformly, shown
+    # instead of the models' choice (its selection probability is the mixture's, as for all)
+    control: bool = False
 
 
 class Learned(str, Enum):

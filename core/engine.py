@@ -301,7 +301,7 @@ class DecisionEngine:
         explanation = self._explain(i, channel, actions) if explain else None
         return Decision(decision_id, customer_id, c.channel_names[channel],
                         c.placement_names[channel][placement], actions, c.version,
-                        self.models.version, False, explanation)
+                        self.models.version, False, explanation, bool(ws.out_control[i]))
 
     def _ranked(self, a: int, channel: int, factors: list[float],
                 selection: float) -> RankedAction:

@@ -52,6 +52,7 @@ class Workspace:
         self._logit = np.zeros(n_actions)  # Thompson's mean logit and spread per action
         self._spread = np.zeros(n_actions)
         self.out_count = np.zeros(capacity, np.int32)
+        self.out_control = np.zeros(capacity, np.uint8)  # 1: held back as control
         self.reasons = np.zeros((capacity, n_actions), np.int8)
         self.factors = np.zeros((capacity, n_actions, N_FACTORS))
         self.predictors = np.zeros((capacity, compiled.n_predictors))
@@ -263,7 +264,9 @@ def decide_one(cat: CatalogView, st: StateView, mv: ModelView, ws: Workspace, ro
     k = _top_k(c, channel, placement, k_req)
     trial = _trial(c, _untried(c, mv, channel, reasons, factors), ws._rng) if k > 0 else None
     _select(c, ws, out, candidates, factors, k, trial)
-    _selection(c, mv, ws, channel, reasons, factors, k, out)
+    first = int(ws.out_action[out, 0]) if ws.out_count[out] else -1
+    n_control = _control(c, ws, out, channel, reasons, factors, k)
+    _selection(c, mv, ws, channel, reasons, factors, k, out, n_control, first)
 
 
 # plain ints: numpy compares an int8 with an IntEnum member through slow attribute look-ups
@@ -305,21 +308,71 @@ def _active(c: CompiledCatalog, ws: Workspace, scored: list[int], factors, k: in
 SELECTION_STREAM = 0xD1B54A32D192ED03  # xor'ed into the decision's stream for the re-runs
 
 
+def _control_eligible(c: CompiledCatalog, reasons, factors, a: int) -> bool:
+    """Whether a control decision may show `a`: it passed rules, validity, consent and
+    contact policies and is worth something on this channel, whatever the models think."""
+    return int(reasons[a]) in SCORED and factors[a, 1] * factors[a, 2] * c.lever[a] > 0.0
+
+
+def _control(c: CompiledCatalog, ws: Workspace, out: int, channel: int, reasons, factors,
+             k: int) -> int:
+    """With the channel's control share, hold the decision back: it shows one action drawn
+    uniformly from the control-eligible ones instead of the models' choice (the kernel's
+    draws, in its order). How many actions control could have drawn from (0: none, and
+    nothing was drawn)."""
+    ws.out_control[out] = 0
+    if k <= 0 or not c.control_share[channel] > 0.0:
+        return 0
+    eligible = [a for a in range(len(c.action_ids)) if _control_eligible(c, reasons, factors, a)]
+    if eligible and ws._rng.uniform() < c.control_share[channel]:
+        a = eligible[int(ws._rng.uniform() * len(eligible))]
+        for b in range(len(c.action_ids)):
+            if int(reasons[b]) in (int(Reason.SELECTED), int(Reason.GROUP_LIMIT)):
+                reasons[b] = Reason.TOP_K
+        reasons[a] = Reason.SELECTED
+        ws.out_action[out, 0] = a
+        ws.out_factors[out, 0] = factors[a]
+        ws.out_count[out] = 1
+        ws.out_control[out] = 1
+    return len(eligible)
+
+
 def _selection(c: CompiledCatalog, mv: ModelView, ws: Workspace, channel: int, reasons,
-               factors, k: int, out: int) -> None:
+               factors, k: int, out: int, n_control: int, first: int) -> None:
     """For each slot the decision filled, the probability that the policy shows that action
-    there: 1 when nothing was drawn at random, else the share of runs of the draws (Thompson's
-    logits, the trial) that show it there: the decision's own and `selection_samples`
-    re-runs, from a stream of their own (the kernel's draws, in its order)."""
+    there. The models' part: 1 when nothing was drawn at random, else the share of runs of
+    the draws (Thompson's logits, the trial) that show it there: the decision's own (whose
+    first pick was `first`) and `selection_samples` re-runs, from a stream of their own (the
+    kernel's draws, in its order). With a control share s over n_control actions, the policy
+    is the mixture: (1 - s) x the models' part, plus s / n_control at the first slot."""
     n = int(ws.out_count[out])
-    ws.out_selection[out, :n] = 1.0
+    held = bool(ws.out_control[out])
+    # the decision's own draws are one run of the models: no models' estimate is 0 unless
+    # control showed what they did not choose
+    hits = [int(not held or (j == 0 and first == ws.out_action[out, 0])) for j in range(n)]
+    runs = 1
     thompson = c.exploration == Exploration.THOMPSON
     scored = [a for a, reason in enumerate(reasons.tolist()) if reason in SCORED]
     untried = _untried(c, mv, channel, reasons, factors)
-    if n == 0 or not (untried or (thompson and any(ws._spread[a] > 0.0 for a in scored))):
-        return
+    if n > 0 and (untried or (thompson and any(ws._spread[a] > 0.0 for a in scored))):
+        runs += c.selection_samples
+        _rerun(c, ws, scored, untried, factors, k, out, n, hits)
+    share = c.control_share[channel] if n_control else 0.0
+    for j in range(n):
+        p = hits[j] / runs
+        if share > 0.0:
+            p = (1.0 - share) * p
+            if j == 0 and _control_eligible(c, reasons, factors, int(ws.out_action[out, 0])):
+                p += share / n_control
+        ws.out_selection[out, j] = p
+
+
+def _rerun(c: CompiledCatalog, ws: Workspace, scored: list[int], untried: list[int], factors,
+           k: int, out: int, n: int, hits: list[int]) -> None:
+    """Adds to `hits[j]` the re-runs of the models' draws that show the decision's j-th action
+    at slot j."""
+    thompson = c.exploration == Exploration.THOMPSON
     rng = SplitMix64(ws._rng.state ^ SELECTION_STREAM)
-    hits = [1] * n  # the decision's own draws are one run: no estimate is 0
     active = _active(c, ws, scored, factors, k, ws.out_action[out, :n].tolist())
     for _ in range(c.selection_samples):
         sampled = {a: sigmoid(ws._logit[a] + ws._spread[a] * rng.normal()) * factors[a, 1]
@@ -346,7 +399,6 @@ def _selection(c: CompiledCatalog, mv: ModelView, ws: Workspace, channel: int, r
             show(best)
         for j in range(min(n, len(slots))):
             hits[j] += slots[j] == ws.out_action[out, j]
-    ws.out_selection[out, :n] = [h / (c.selection_samples + 1) for h in hits]
 
 
 def _untried(c: CompiledCatalog, mv: ModelView, channel: int, reasons, factors) -> list[int]:

@@ -73,7 +73,7 @@ def decision_out(d: Decision, texts: AgentTexts | None = None) -> pb.Decision:
                       placement=d.placement,
                       actions=[ranked_out(a, d.channel, texts) for a in d.actions],
                       catalog_version=d.catalog_version, model_version=d.model_version,
-                      fallback=d.fallback)
+                      fallback=d.fallback, control=d.control)
     if d.explanation is not None:
         out.explanation.CopyFrom(explanation_out(d.explanation, d.channel, texts))
     return out

@@ -153,6 +153,8 @@ def catalogs(draw):
         {"name": "max_order", "transform": "log1p"}, {"name": "min_price"},
         {"name": "late_deliveries", "transform": "standardize"}]), unique_by=str, max_size=3))
     doc["history"] = {"size": draw(st.sampled_from([4, 8, 32]))}
+    for channel in doc["channels"].values():
+        channel["control"] = draw(st.sampled_from([0.0, 0.0, 0.3, 0.5]))
     return doc
 
 
@@ -292,6 +294,7 @@ def test_kernel_matches_twin(doc, steps, seed, poisoned):
             np.testing.assert_array_equal(a.reasons[0], b.reasons[0], f"reasons after {step}")
             n = a.out_count[0]
             assert n == b.out_count[0]
+            assert a.out_control[0] == b.out_control[0]
             np.testing.assert_array_equal(a.out_action[0, :n], b.out_action[0, :n])
             assert_close(a.out_factors[0, :n], b.out_factors[0, :n], "winner factors")
             assert_close(a.out_selection[0, :n], b.out_selection[0, :n], "selection")
