@@ -316,8 +316,11 @@ class DecisionEngine:
         for a, code in enumerate(ws.reasons[i]):
             reason = Reason(int(code))
             if reason != Reason.SELECTED:
-                dropped.append(Dropped(c.action_ids[a], reason.name,
-                                       self._detail(a, channel, reason, ws.factors[i, a])))
+                detail = self._detail(a, channel, reason, ws.factors[i, a])
+                if ws.out_control[i] and reason == Reason.TOP_K:
+                    detail = f"{detail.split(';')[0]}; held back as control: another " \
+                             f"eligible action was drawn at random"
+                dropped.append(Dropped(c.action_ids[a], reason.name, detail))
         return Explanation(winners, tuple(dropped))
 
     def _detail(self, a: int, channel: int, reason: Reason, factors: np.ndarray) -> str:

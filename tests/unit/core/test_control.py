@@ -65,6 +65,18 @@ def test_a_share_of_decisions_is_held_back_and_shows_one_eligible_action_uniform
     assert not any(d.control for d in decisions(catalog(share), 200, channel="email"))
 
 
+def test_a_held_decision_explains_itself(impl):
+    engine = DecisionEngine(compiled_from_text(catalog(0.5)), seed=5)
+    for i in range(40):
+        d = engine.decide("ana", "web", "hero", {"x": [0.5, -1.0]}, now=T0 + i, explain=True)
+        if d.control:
+            break
+    assert d.control
+    details = {x.action_id: x.detail for x in d.explanation.dropped if x.reason == "TOP_K"}
+    # the two eligible actions not drawn, and a4 (worth nothing, so never drawn)
+    assert len(details) == 3 and all("held back as control" in v for v in details.values())
+
+
 def test_selection_probabilities_are_the_mixtures_and_match_what_is_shown(impl):
     """Each action's share of the first slot, over control and model decisions alike, is
     within error of its mean estimated probability there, and the estimates sum to 1."""
