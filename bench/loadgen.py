@@ -33,7 +33,7 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, NamedTuple
+from typing import Any, AsyncIterator, Callable, Iterable, NamedTuple
 
 import grpc
 import psutil
@@ -152,7 +152,10 @@ class Recorder:
     seconds: float = 0.0  # the measured window (longest over processes)
 
     def kind(self, name: str) -> KindStats:
-        return self.kinds.setdefault(name, KindStats())
+        stats = self.kinds.get(name)
+        if stats is None:  # not setdefault: a KindStats builds four histograms
+            stats = self.kinds[name] = KindStats()
+        return stats
 
     def sending(self, intended: float, measured: bool) -> Send:
         now = time.perf_counter()
@@ -222,11 +225,12 @@ class GeneratorPool:
 
     def run(self, step: Step) -> dict:
         """Settle the system, run a step on every process; the merged summary, with the CPU
-        the system under test spent in the measured window (ServerCpu)."""
+        the system under test and the generators spent in the measured window."""
         settled_s = settle(step.target)
         start_at = time.time() + START_DELAY_S
-        cpu = ServerCpu(self.pids(), start_at + step.warmup_s,
-                        start_at + step.warmup_s + step.measure_s)
+        window = (start_at + step.warmup_s, start_at + step.warmup_s + step.measure_s)
+        generators = self.pids()
+        server, own = server_cpu(generators, *window), generator_cpu(generators, *window)
         futures = [self._pool.submit(_run_step, step, i, self.processes, start_at)
                    for i in range(self.processes)]
         merged = Recorder()
@@ -234,8 +238,12 @@ class GeneratorPool:
             merged.add(future.result())
         summary = merged.summary()
         answered = sum(kind["count"] for kind in summary["kinds"].values())
+        server_s, server_us = server.per_request(answered)
+        own_s, own_us = own.per_request(answered)
         return {"op": step.op, "rate_target": step.rate_per_s, "processes": self.processes,
-                "settled_s": settled_s, **summary, **cpu.result(answered)}
+                "settled_s": settled_s, **summary, "server_cpu_s": server_s,
+                "cpu_us_per_request": server_us, "generator_cpu_s": own_s,
+                "generator_cpu_us_per_request": own_us}
 
     def pids(self) -> set[int]:
         """The generator processes (and whatever they started)."""
@@ -249,15 +257,14 @@ class GeneratorPool:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-class ServerCpu:
-    """CPU seconds (user + system) of the system under test over a step's measured window:
-    every process this bench started, directly or not (servers, redis-server, Ray's daemons
-    and actors), but the load generators. Only one system runs at a time, so that is the
-    system's own processes, the server side only. Sampled by a thread at the window's start
-    and end (wall-clock times); a process that ends inside the window loses its share."""
+class ProcessCpu:
+    """CPU seconds (user + system) that a set of processes spent over a step's measured
+    window, sampled by a thread at the window's start and end (wall-clock times); a process
+    that ends inside the window loses its share. `processes()` names the set each time."""
 
-    def __init__(self, generators: set[int], start: float, end: float):
-        self.generators = generators
+    def __init__(self, processes: Callable[[], Iterable[psutil.Process]], start: float,
+                 end: float):
+        self.processes = processes
         self.samples: list[float] = []
         self._thread = threading.Thread(target=self._sample, args=(start, end), daemon=True)
         self._thread.start()
@@ -269,19 +276,31 @@ class ServerCpu:
 
     def _cpu_s(self) -> float:
         total = 0.0
-        for proc in psutil.Process().children(recursive=True):
-            if proc.pid not in self.generators:
-                with contextlib.suppress(psutil.Error):
-                    times = proc.cpu_times()
-                    total += times.user + times.system
+        for proc in self.processes():
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system
         return total
 
-    def result(self, answered: int) -> dict[str, Any]:
-        """{server_cpu_s, cpu_us_per_request}: per request answered in the window."""
+    def per_request(self, answered: int) -> tuple[float, float | None]:
+        """(CPU seconds in the window, µs of it per request answered)."""
         self._thread.join()
         spent = max(self.samples[1] - self.samples[0], 0.0)
-        return {"server_cpu_s": round(spent, 3),
-                "cpu_us_per_request": round(spent / answered * 1e6, 1) if answered else None}
+        return round(spent, 3), round(spent / answered * 1e6, 1) if answered else None
+
+
+def server_cpu(generators: set[int], start: float, end: float) -> ProcessCpu:
+    """The system under test: every process this bench started, directly or not (servers,
+    redis-server, Ray's daemons and actors), but the load generators. Only one system runs
+    at a time, so that is the system's own processes, the server side only."""
+    return ProcessCpu(lambda: [p for p in psutil.Process().children(recursive=True)
+                               if p.pid not in generators], start, end)
+
+
+def generator_cpu(generators: set[int], start: float, end: float) -> ProcessCpu:
+    """The load generators themselves: what the bench costs the machine it shares."""
+    return ProcessCpu(lambda: [psutil.Process(pid) for pid in generators
+                               if psutil.pid_exists(pid)], start, end)
 
 
 def settle(target: str) -> float | None:
@@ -330,7 +349,7 @@ async def _step(step: Step, index: int, processes: int, start_at: float) -> dict
                                         options=[("grpc.use_local_subchannel_pool", 1)])
     try:
         await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT_S)
-        stub = decision_pb2_grpc.DecisionServiceStub(channel)
+        calls = _Calls(channel)
         recorder = Recorder(seconds=step.measure_s)
         seed = step.seed * 1_000 + index
         # the process's clock for the shared start time
@@ -342,44 +361,59 @@ async def _step(step: Step, index: int, processes: int, start_at: float) -> dict
                              step.measure_s, random.Random(seed * 100 + lane), recorder)
 
         if step.op == "push":
-            await _push(stub, schedule(), seed, recorder)
+            await _push(calls, schedule(), seed, recorder)
         elif step.op == "stream":
             await asyncio.gather(*(
-                _stream(stub, schedule(k, STREAMS_PER_PROCESS),
+                _stream(calls, schedule(k, STREAMS_PER_PROCESS),
                         Journeys(_CATALOG, step.customers, seed * 100 + k), recorder)
                 for k in range(STREAMS_PER_PROCESS)))
         elif step.op == "batch":
-            await _batches(stub, schedule(), Journeys(_CATALOG, step.customers, seed), recorder)
+            await _batches(calls, schedule(), Journeys(_CATALOG, step.customers, seed), recorder)
         else:
-            await _unary(stub, schedule(), Journeys(_CATALOG, step.customers, seed),
+            await _unary(calls, schedule(), Journeys(_CATALOG, step.customers, seed),
                          OPS[step.op], recorder)
         return recorder.encode()
     finally:
         await channel.close()
 
 
+class _Calls:
+    """DecisionService's methods taking and returning bytes: requests are serialised before
+    the step starts wherever nothing in them depends on an answer, and replies are parsed
+    only where something is read from them, so the generators spend their CPU on calls."""
+
+    def __init__(self, channel: grpc.aio.Channel):
+        method = "/kairos.v1.DecisionService/"
+        self.unary = {kind: channel.unary_unary(method + name) for kind, name in
+                      ((DECIDE, "Decide"), (EVENT, "Ingest"), (RESPOND, "Respond"))}
+        self.batch = channel.unary_unary(method + "IngestBatch")
+        self.stream = channel.stream_stream(method + "IngestStream")
+        self.watch = decision_pb2_grpc.DecisionServiceStub(channel).WatchDecisions
+
+
 class _Schedule:
-    """Intended send times: Poisson arrivals from t0; the first `warmup_s` are not measured.
-    Iterating sleeps until each time comes (never waiting for answers) and yields a Send."""
+    """Intended send times: Poisson arrivals from t0, drawn up front; the first `warmup_s`
+    are not measured. Iterating sleeps until each time comes (never waiting for answers) and
+    yields a Send."""
 
     def __init__(self, rate_per_s: float, t0: float, warmup_s: float, measure_s: float,
                  rng: random.Random, recorder: Recorder):
-        self.rate_per_s = rate_per_s
-        self.t0 = t0
         self.warm_end = t0 + warmup_s
         self.end = self.warm_end + measure_s
-        self.rng = rng
         self.recorder = recorder
+        self.times: list[float] = []
+        t = t0 + rng.expovariate(rate_per_s)
+        while t < self.end:
+            self.times.append(t)
+            t += rng.expovariate(rate_per_s)
+
+    def __len__(self) -> int:
+        return len(self.times)
 
     async def __aiter__(self) -> AsyncIterator[Send]:
-        t = self.t0
-        while True:
-            t += self.rng.expovariate(self.rate_per_s)
-            if t >= self.end:
-                return
-            delay = t - time.perf_counter()
+        for t in self.times:
             # behind schedule, still yield to the loop, or answers are never read
-            await asyncio.sleep(max(delay, 0.0))
+            await asyncio.sleep(max(t - time.perf_counter(), 0.0))
             yield self.recorder.sending(t, t >= self.warm_end)
 
 
@@ -400,15 +434,22 @@ class _Inflight:
             await asyncio.wait(self._tasks, timeout=DEADLINE_S + 1.0)
 
 
-async def _answer(recorder: Recorder, kind: str, send: Send, call) -> Any:
-    """Await a unary call and record it; the reply, or None after an error status."""
+async def _call(calls: _Calls, kind: str, payload: bytes, send: Send, recorder: Recorder,
+                decided: Callable[[pb.Decision], None] | None = None) -> None:
+    """Send one serialised unary request and record its answer; a Decide's reply is parsed
+    (is it a fallback?) and handed to `decided`."""
     try:
-        reply = await call
+        reply = await calls.unary[kind](payload, timeout=DEADLINE_S)
     except grpc.aio.AioRpcError as exc:
         recorder.kind(kind).answered(send, _error_label(kind, exc))
-        return None
-    recorder.kind(kind).answered(send, fallback=kind == DECIDE and reply.fallback)
-    return reply
+        return
+    fallback = False
+    if kind == DECIDE:
+        decision = pb.Decision.FromString(reply)
+        fallback = decision.fallback
+        if decided is not None:
+            decided(decision)
+    recorder.kind(kind).answered(send, fallback=fallback)
 
 
 def _error_label(kind: str, exc: grpc.aio.AioRpcError) -> str:
@@ -421,26 +462,19 @@ def _error_label(kind: str, exc: grpc.aio.AioRpcError) -> str:
     return code
 
 
-async def _unary(stub, schedule: _Schedule, journeys: Journeys, kinds: frozenset[str],
-                 recorder: Recorder) -> None:
-    calls = {DECIDE: _decide, EVENT: _ingest, RESPOND: _respond}
-    inflight = _Inflight()
-    async for send in schedule:
-        request = journeys.next(kinds)
-        inflight.start(calls[request.kind](stub, request, journeys, send, recorder))
-    await inflight.drain()
-
-
-async def _decide(stub, request: Request, journeys: Journeys, send: Send,
-                  recorder: Recorder) -> None:
-    message = pb.DecideRequest(customer_id=request.customer_id, channel=request.channel,
-                               placement=request.placement)
-    for name, value in request.context.items():
-        message.context[name].CopyFrom(wire.value_out(value))
-    decision = await _answer(recorder, DECIDE, send, stub.Decide(message, timeout=DEADLINE_S))
-    if decision is not None:
-        journeys.decided(request, decision.decision_id,
-                         decision.actions[0].action_id if decision.actions else None)
+def _serialised(request: Request) -> bytes:
+    if request.kind == DECIDE:
+        message = pb.DecideRequest(customer_id=request.customer_id, channel=request.channel,
+                                   placement=request.placement)
+        for name, value in request.context.items():
+            message.context[name].CopyFrom(wire.value_out(value))
+    elif request.kind == EVENT:
+        message = _event(request)
+    else:
+        message = pb.Outcome(decision_id=request.decision_id, customer_id=request.customer_id,
+                             action_id=request.action_id, channel=request.channel,
+                             outcome=pb.ACCEPT if request.accept else pb.IMPRESSION)
+    return message.SerializeToString()
 
 
 def _event(request: Request) -> pb.Event:
@@ -453,31 +487,46 @@ def _event(request: Request) -> pb.Event:
     return message
 
 
-async def _ingest(stub, request: Request, journeys: Journeys, send: Send,
+async def _unary(calls: _Calls, schedule: _Schedule, journeys: Journeys,
+                 kinds: frozenset[str], recorder: Recorder) -> None:
+    inflight = _Inflight()
+    if RESPOND in kinds:  # an outcome names a decision still to come: built as it leaves
+        async for send in schedule:
+            request = journeys.next(kinds)
+            inflight.start(_call(calls, request.kind, _serialised(request), send, recorder,
+                                 _showing(journeys, request)))
+    else:
+        prepared = iter([(r.kind, _serialised(r))
+                         for r in (journeys.next(kinds) for _ in range(len(schedule)))])
+        async for send in schedule:
+            kind, payload = next(prepared)
+            inflight.start(_call(calls, kind, payload, send, recorder))
+    await inflight.drain()
+
+
+def _showing(journeys: Journeys, request: Request) -> Callable[[pb.Decision], None] | None:
+    """What the session learns from its decision's answer: what it showed."""
+    if request.kind != DECIDE:
+        return None
+    return lambda d: journeys.decided(request, d.decision_id,
+                                      d.actions[0].action_id if d.actions else None)
+
+
+async def _stream(calls: _Calls, schedule: _Schedule, journeys: Journeys,
                   recorder: Recorder) -> None:
-    await _answer(recorder, EVENT, send, stub.Ingest(_event(request), timeout=DEADLINE_S))
-
-
-async def _respond(stub, request: Request, journeys: Journeys, send: Send,
-                   recorder: Recorder) -> None:
-    outcome = pb.Outcome(decision_id=request.decision_id, customer_id=request.customer_id,
-                         action_id=request.action_id, channel=request.channel,
-                         outcome=pb.ACCEPT if request.accept else pb.IMPRESSION)
-    await _answer(recorder, RESPOND, send, stub.Respond(outcome, timeout=DEADLINE_S))
-
-
-async def _stream(stub, schedule: _Schedule, journeys: Journeys, recorder: Recorder) -> None:
     """One IngestStream: events leave on schedule; acks come back in order."""
+    prepared = iter([_event(journeys.next(OPS["stream"])).SerializeToString()
+                     for _ in range(len(schedule))])
     inflight: deque[Send] = deque()
 
-    async def events() -> AsyncIterator[pb.Event]:
+    async def events() -> AsyncIterator[bytes]:
         async for send in schedule:
             inflight.append(send)
-            yield _event(journeys.next(OPS["stream"]))
+            yield next(prepared)
 
     stats = recorder.kind(EVENT)
-    call = stub.IngestStream(events(), timeout=schedule.end - time.perf_counter()
-                             + DEADLINE_S + 5.0)
+    call = calls.stream(events(), timeout=schedule.end - time.perf_counter()
+                        + DEADLINE_S + 5.0)
     try:
         async for _ in call:
             stats.answered(inflight.popleft())
@@ -486,39 +535,46 @@ async def _stream(stub, schedule: _Schedule, journeys: Journeys, recorder: Recor
             stats.answered(inflight.popleft(), exc.code().name)
 
 
-async def _batches(stub, schedule: _Schedule, journeys: Journeys, recorder: Recorder) -> None:
+async def _batches(calls: _Calls, schedule: _Schedule, journeys: Journeys,
+                   recorder: Recorder) -> None:
     """A relay: holds the events that arrive and sends them as one IngestBatch once the
-    oldest has waited BATCH_WINDOW_S (checked as events arrive) or BATCH_EVENTS are held."""
+    oldest has waited BATCH_WINDOW_S (checked as events arrive) or BATCH_EVENTS are held.
+    Each event is serialised up front as a batch of one: serialised messages concatenated
+    are one message with their repeated fields joined (protobuf's merge), so a batch is the
+    bytes of its events side by side."""
     stats = recorder.kind(EVENT)
     inflight = _Inflight()
+    prepared = [pb.EventBatch(events=[_event(journeys.next(OPS["batch"]))]).SerializeToString()
+                for _ in range(len(schedule))]
 
-    async def send(batch: list[tuple[Send, pb.Event]]) -> None:
+    async def send(batch: list[Send], payload: bytes) -> None:
         try:
-            await stub.IngestBatch(pb.EventBatch(events=[event for _, event in batch]),
-                                   timeout=DEADLINE_S)
+            await calls.batch(payload, timeout=DEADLINE_S)
         except grpc.aio.AioRpcError as exc:
-            for arrival, _ in batch:
+            for arrival in batch:
                 stats.answered(arrival, exc.code().name)
             return
-        for arrival, _ in batch:
+        for arrival in batch:
             stats.answered(arrival)
 
-    held: list[tuple[Send, pb.Event]] = []
+    held: list[Send] = []
+    first = 0  # the index of held[0]'s event
     async for arrival in schedule:
-        held.append((arrival, _event(journeys.next(OPS["batch"]))))
-        if len(held) >= BATCH_EVENTS or arrival.intended - held[0][0].intended >= BATCH_WINDOW_S:
-            inflight.start(send(held))
+        held.append(arrival)
+        if len(held) >= BATCH_EVENTS or arrival.intended - held[0].intended >= BATCH_WINDOW_S:
+            inflight.start(send(held, b"".join(prepared[first:first + len(held)])))
+            first += len(held)
             held = []
     if held:
-        inflight.start(send(held))
+        inflight.start(send(held, b"".join(prepared[first:first + len(held)])))
     await inflight.drain()
 
 
-async def _push(stub, schedule: _Schedule, seed: int, recorder: Recorder) -> None:
+async def _push(calls: _Calls, schedule: _Schedule, seed: int, recorder: Recorder) -> None:
     """Watch the call center's decisions for every customer; each probe is an event on the
     web for a customer never seen before, whose first decision is a change, so each probe
     causes exactly one push. The warm-up must cover the watch's registration (a second)."""
-    watch = stub.WatchDecisions(pb.WatchRequest(channel=PUSH_CHANNEL, placement=PUSH_PLACEMENT))
+    watch = calls.watch(pb.WatchRequest(channel=PUSH_CHANNEL, placement=PUSH_PLACEMENT))
     waiting: dict[str, Send] = {}
     stats = recorder.kind("push")
 
@@ -530,14 +586,14 @@ async def _push(stub, schedule: _Schedule, seed: int, recorder: Recorder) -> Non
 
     reader = asyncio.ensure_future(follow())
     journeys = Journeys(_CATALOG, 1, seed)
+    probes = [f"probe-{seed}-{n}" for n in range(len(schedule))]
+    prepared = iter([(probe, _serialised(journeys.event(probe, PROBE_CHANNEL, PROBE_PLACEMENT)))
+                     for probe in probes])
     inflight = _Inflight()
-    n = 0
     async for send in schedule:
-        probe = f"probe-{seed}-{n}"
-        n += 1
+        probe, payload = next(prepared)
         waiting[probe] = send
-        request = journeys.event(probe, PROBE_CHANNEL, PROBE_PLACEMENT)
-        inflight.start(_ingest(stub, request, journeys, send, recorder))
+        inflight.start(_call(calls, EVENT, payload, send, recorder))
     await inflight.drain()
     await asyncio.sleep(DEADLINE_S)  # pushes still on their way; later ones count as missing
     watch.cancel()

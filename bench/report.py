@@ -231,8 +231,8 @@ def _held_row(name: str, result: dict[str, Any]) -> list[str]:
             _errors(stats, unanswered(step, result["kind"])), _cpu(step)]
 
 
-def _cpu(step: dict[str, Any]) -> str:
-    us = step.get("cpu_us_per_request")
+def _cpu(step: dict[str, Any], key: str = "cpu_us_per_request") -> str:
+    us = step.get(key)
     return "—" if us is None else f"{us:,.0f}"
 
 
@@ -244,13 +244,14 @@ def _steps_table(sweeps: dict[str, Any]) -> str:
             generator = step["generator"]
             rows.append([name, f"{step['rate_target']:,.0f}", f"{stats['rate']:,.0f}",
                          *_percentiles(stats), _errors(stats, unanswered(step, result["kind"])),
-                         _cpu(step),
+                         _cpu(step), _cpu(step, "generator_cpu_us_per_request"),
                          f"{generator['lag_p99_ms']:.2f}" + (" behind" if generator["behind"]
                                                              else ""),
                          ("yes" if step["holds"] else "no")
                          + (" (began unsettled)" if step["settled_s"] is None else "")])
     return _table(["system", "intended /s", "answered /s", "p50", "p99", "p99.9", "max",
-                   "errors", "server CPU µs/request", "generator lag p99", "holds"], rows)
+                   "errors", "server CPU µs/request", "generator CPU µs/request",
+                   "generator lag p99", "holds"], rows)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:

@@ -72,4 +72,5 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
     return {"p50_ms": stats["p50_ms"], "p99_ms": stats["p99_ms"], "rate": stats["rate"],
             "errors": failed(step, result["kind"]),
             "cpu_us_per_request": step["cpu_us_per_request"],
+            "generator_cpu_us_per_request": step["generator_cpu_us_per_request"],
             "max_rate_held": result["max_rate_held"], "at_rate_target": step["rate_target"]}

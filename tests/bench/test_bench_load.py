@@ -24,8 +24,10 @@ def test_smoke_run_writes_reports_and_a_summary_line(tmp_path):
             assert 0 < figures["p50_ms"] <= figures["p99_ms"] < math.inf, where
             assert figures["rate"] > 0, where
             assert isinstance(figures["errors"], int) and figures["errors"] >= 0, where
-            if section != "push":  # server CPU of the system's own processes, per request
+            if section != "push":  # server CPU of the system's own processes, per request,
                 assert 0 < figures["cpu_us_per_request"] < math.inf, where
+                # and what the generators spent on each
+                assert 0 < figures["generator_cpu_us_per_request"] < math.inf, where
     run = summary["run"]
     report = json.loads((tmp_path / f"{run}.json").read_text())
     assert report["actor_per_customer"]["capacity_extrapolated"] > 0
