@@ -21,6 +21,15 @@ the limit working). Each sample whose threads differ from the last one's records
 process and name, so a thread that appears can be told (a pool growing to its bound, or a
 leak).
 
+Threads are judged in two parts. gRPC's EventEngine pool (threads named `event_engine`, in
+every process that speaks gRPC) grows with load, not with time: its lifeguard adds a thread
+only when every thread of the pool is busy, at most one a second, and a thread above the
+pool's reserve leaves once it has waited 20 s without work (grpc's
+work_stealing_thread_pool.cc), so under steady traffic the pool keeps the most threads it
+ever needed at once. The verdict wants the other threads flat, and the pool settled: no
+pool thread added in the second half of the time after the warm-up (a leak keeps adding).
+`python -m bench.soak --judge FILE.json` judges a saved run again with these checks.
+
 Writes bench/results/soak-<time>.json, .md and .png (RSS, descriptors and threads over time)
 and prints a JSON summary as its last line.
 """
@@ -52,6 +61,7 @@ SAMPLE_S = 10.0
 STEP_S = 60.0  # the traffic runs as back-to-back measured steps of this length
 WARMUP_SHARE = 0.1
 RSS_GROWTH_LIMIT = 0.05
+POOL_THREAD = "event_engine"  # what gRPC names its EventEngine pool's threads
 
 
 class Sampler(threading.Thread):
@@ -132,9 +142,12 @@ def verdict(samples: list[dict[str, Any]], warm_s: float, steps: list[dict[str, 
             ) -> dict[str, Any]:
     """Growth from just after the warm-up to the end, each end the median of a window of
     samples (thread pools and sockets come and go by a few; a leak keeps climbing)."""
+    samples = _with_pool_threads(samples)
     after = [s for s in samples if s["t_s"] >= warm_s] or samples[-1:]
     n = max(len(after) // 10, min(3, len(after)))
     first, last = _medians(after[:n]), _medians(after[-n:])
+    half = len(after) // 2
+    pool = [s["pool_threads"] for s in after]
     sent = sum(s["sent"] for s in steps)
     errors = Counter()
     for k in (k for s in steps for k in s["kinds"].values()):
@@ -145,16 +158,30 @@ def verdict(samples: list[dict[str, Any]], warm_s: float, steps: list[dict[str, 
     growth = (last["rss_mib"] - first["rss_mib"]) / max(first["rss_mib"], 1e-9)
     checks = {"rss_growth_below_5pct": growth < RSS_GROWTH_LIMIT,
               "fds_flat": last["fds"] <= first["fds"],
-              "threads_flat": last["threads"] <= first["threads"],
+              "threads_flat": last["threads"] - last["pool_threads"]
+              <= first["threads"] - first["pool_threads"],
+              "grpc_pool_settled": max(pool[half:]) <= max(pool[:half] or pool[:1]),
               "same_processes": len({s["processes"] for s in after}) == 1,
               "served": failed <= ERROR_BUDGET * max(sent, 1)}
     return {"held": all(checks.values()), "checks": checks, "window_samples": n,
             **{key: [first[key], last[key]] for key in ("rss_mib", "fds", "threads",
-                                                        "processes")},
+                                                        "pool_threads", "processes")},
             "rss_growth": round(growth, 4), "sent": sent, "failed": failed,
             "failures": dict(+errors), "rate_limited_outcomes": rate_limited,
             "memos_full": _memos_full(after[0]),
             "threads_changed": _threads_changed(samples, warm_s)}
+
+
+def _with_pool_threads(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The samples, each with `pool_threads`: gRPC EventEngine threads in all processes (a
+    sample names its threads only when they changed, so the last names carry forward)."""
+    names: dict[str, dict[str, int]] = {}
+    out = []
+    for sample in samples:
+        names = sample.get("thread_names", names)
+        out.append({**sample, "pool_threads": sum(t.get(POOL_THREAD, 0)
+                                                  for t in names.values())})
+    return out
 
 
 def _threads_changed(samples: list[dict[str, Any]], warm_s: float
@@ -178,7 +205,7 @@ def _threads_changed(samples: list[dict[str, Any]], warm_s: float
 
 def _medians(samples: list[dict[str, Any]]) -> dict[str, float]:
     return {key: statistics.median(s[key] for s in samples)
-            for key in ("rss_mib", "fds", "threads", "processes")}
+            for key in ("rss_mib", "fds", "threads", "pool_threads", "processes")}
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -195,6 +222,8 @@ def markdown(results: dict[str, Any]) -> str:
              f"| RSS of the Kairos processes (MiB) | {v['rss_mib'][0]} | {v['rss_mib'][1]} |",
              f"| open file descriptors | {v['fds'][0]} | {v['fds'][1]} |",
              f"| threads | {v['threads'][0]} | {v['threads'][1]} |",
+             f"| of them gRPC's EventEngine pool | {v['pool_threads'][0]} | "
+             f"{v['pool_threads'][1]} |",
              f"| processes | {v['processes'][0]} | {v['processes'][1]} |", "",
              f"Requests sent {v['sent']}, failed {v['failed']} "
              f"({', '.join(f'{code} {n}' for code, n in v['failures'].items()) or 'none'}); "
@@ -235,8 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.soak",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=60.0)
-    parser.add_argument("--rate", type=float, required=True,
+    parser.add_argument("--rate", type=float,
                         help="sessions per second: about half the Decide rate held")
+    parser.add_argument("--judge", type=Path, metavar="FILE.json",
+                        help="judge a saved run again with this version's checks; print it")
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--generators", type=int, default=2)
@@ -244,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-s", type=float, default=SAMPLE_S)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.judge:
+        return judge(args.judge)
+    if args.rate is None:
+        parser.error("--rate is required")
     command = " ".join(["python -m bench.soak"] + (sys.argv[1:] if argv is None else argv))
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     total_s = args.minutes * 60
@@ -270,6 +305,16 @@ def main(argv: list[str] | None = None) -> int:
     plot(results, base.with_suffix(".png"))
     print(json.dumps({"run": results["run"], **{k: results["verdict"][k] for k in (
         "held", "rss_growth", "fds", "threads", "sent", "failed")}}))
+    return 0
+
+
+def judge(path: Path) -> int:
+    """Print a saved run's verdict under this version's checks (the file is left as it was)."""
+    saved = json.loads(path.read_text())
+    again = verdict(saved["samples"], saved["warmup_s"], saved["steps"])
+    print(json.dumps({"run": saved["run"], "verdict_saved": saved["verdict"]["checks"],
+                      **{k: again[k] for k in ("held", "checks", "rss_growth", "fds", "threads",
+                                               "pool_threads", "threads_changed")}}))
     return 0
 
 
