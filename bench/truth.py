@@ -140,11 +140,13 @@ def _profile(engine: DecisionEngine, customer: Customer, when: float) -> None:
                                       {"segment": customer.segment, "score": customer.score})])
 
 
-def log(seed: int, population: list[Customer]) -> list[DecisionRecord]:
-    """The logging policy decides once for each customer, in order, and learns from the
-    outcome the truth draws; the decision records, outcomes joined."""
+def log(seed: int, population: list[Customer], learn: bool = True,
+        catalog_text: str | None = None) -> list[DecisionRecord]:
+    """The logging policy (`logging_catalog()` unless given) decides once for each customer,
+    in order, and learns from the outcome the truth draws (unless `learn` is off: it then
+    decides with its priors throughout); the decision records, outcomes joined."""
     rng = np.random.default_rng([seed, 1])
-    compiled = compiled_from_text(logging_catalog(), "truth-logging")
+    compiled = compiled_from_text(catalog_text or logging_catalog(), "truth-logging")
     engine = DecisionEngine(compiled, seed=seed)
     names = compiled.predictor_names[1:]  # the intercept is no input
     records = []
@@ -161,9 +163,10 @@ def log(seed: int, population: list[Customer]) -> list[DecisionRecord]:
             accepted = rng.random() < true_accept(ranked.action_id, customer)
             value = WORLD[ranked.action_id][1] if accepted else 0.0
             outcome = "convert" if accepted else "reject"
-            engine.record_outcomes([(customer.customer_id, ranked.action_id, customer.channel,
-                                     outcome, now + 1, decision.decision_id,
-                                     value if accepted else None)])
+            if learn:
+                engine.record_outcomes([(customer.customer_id, ranked.action_id,
+                                         customer.channel, outcome, now + 1,
+                                         decision.decision_id, value if accepted else None)])
             outcomes.append(OutcomeRecord(decision.decision_id, customer.customer_id,
                                           ranked.action_id, outcome.upper(), value, now + 1))
         dropped_by_rules = {d.action_id for d in decision.explanation.dropped
