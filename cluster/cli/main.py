@@ -19,7 +19,9 @@
                                         NOT_SERVING, its partitions move, its shards and
                                         gateway stop (a KubeRay worker's preStop hook)
     kairos catalog validate FILE...     check catalogs; errors name file, line:column and path
-    kairos catalog push FILE            validate, then switch the cluster to it
+    kairos catalog push FILE [--evidence REPORT.json]
+                                        validate, then switch the cluster to it (keeping a
+                                        `kairos replay` report with the version)
     kairos replay --log FILE --catalog CANDIDATE.yaml
                                         judge a candidate catalog on a decision log, offline:
                                         where it decides differently, off-policy estimates of
@@ -376,6 +378,8 @@ def parser(gateway_port: int) -> argparse.ArgumentParser:
     send = catalog_commands.add_parser("push", help="validate, then switch the cluster to it",
                                        parents=[target])
     send.add_argument("path", metavar="FILE")
+    send.add_argument("--evidence", metavar="REPORT.json",
+                      help="a `kairos replay` report on this catalog, kept with its version")
     replay.add_parser(commands)
     return top
 

@@ -43,6 +43,19 @@ def summary(evidence: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def headline(evidence: dict[str, Any]) -> str:
+    """One line for `kairos status`: the estimates that matter and the warnings' count;
+    KeyError or TypeError when `evidence` is no replay report."""
+    estimates = "; ".join(
+        f"{REWARD_NAMES[reward]} {float(e['dr']['value']):.4g} "
+        f"[{float(e['dr']['low']):.4g}, {float(e['dr']['high']):.4g}] "
+        f"(logged {float(evidence['logged'][reward]):.4g})"
+        for reward, e in evidence["estimates"].items())
+    warnings = len(evidence["overlap"]["warnings"])
+    return (f"replay of {int(evidence['evaluated'])} logged decisions, doubly robust: "
+            f"{estimates or 'no estimates'}; {warnings} overlap warning(s)")
+
+
 def markdown(evidence: dict[str, Any], plot: str | None) -> str:
     c = evidence["candidate"]
     lines = [f"# Replay of {evidence['log']} through {c['name']} {c['version']}", "",
