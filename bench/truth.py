@@ -200,13 +200,11 @@ def candidate_truth(population: list[Customer], candidate_text: str, seed: int,
         request = engine.encode_request(customer.customer_id, customer.channel,
                                         CHANNELS[customer.channel],
                                         {"device": customer.device}, T0 + i)
-        saved = engine.models.inputs.copy()  # the draws must not move each other's inputs
         for decision in engine.decide_encoded([request] * samples):
             if decision.actions:
                 first = decision.actions[0].action_id
                 accept += true_accept(first, customer)
                 value += true_value(first, customer)
-        engine.models.inputs[...] = saved
     n = len(population) * samples
     return TrueValue(accept / n, value / n)
 

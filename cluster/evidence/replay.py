@@ -13,7 +13,10 @@ intervals include (it is part of each record's term), and no bias.
 
 Offline, the candidate decides with its catalog's prior models (no learner is running): the
 logged decisions used the models learned by then. The estimate is of the candidate as it
-would decide on the day it starts, before it learns; its exploration is the prior's.
+would decide on the day it starts, before it learns; its exploration is the prior's. The
+statistics a `standardize` input is scaled by build up from the replayed decisions (every
+record's `samples` alike), as a fresh candidate's would from its traffic: the first records
+of a log see few of them.
 
 First slot only: the reward of a logged decision is what its first shown action earned, and
 the candidate is judged by what it would show first (a placement of several slots is
@@ -124,9 +127,6 @@ class Replayer:
         decision's explanation-ready value would cost more than the decision."""
         e, n = self.engine, len(self.compiled.action_ids)
         row = e.activate([request.customer_id])
-        # the standardising statistics move with every decision: each record starts from the
-        # same ones, so the order of the log does not change the candidate
-        inputs = e.models.inputs.copy()
         counts = np.zeros(n + 1, np.int64)
         for start in range(0, self.samples, e.workspace.capacity):
             m = min(self.samples - start, e.workspace.capacity)
@@ -139,7 +139,6 @@ class Replayer:
             shown = np.asarray(e.workspace.out_count[:m]) > 0
             first = np.where(shown, np.asarray(e.workspace.out_action[:m, 0]), n)
             counts += np.bincount(first, minlength=n + 1)
-        e.models.inputs[...] = inputs
         return counts
 
 
