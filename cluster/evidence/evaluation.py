@@ -3,7 +3,7 @@ it would earn (IPS, SNIPS, doubly robust, for the accept rate and the value per 
 how far the log supports that (overlap).
 
 A record whose logged selection is not a probability above 0 (a fallback decision, which
-nothing scored, or a log written without them) cannot weigh the candidate's choice: it is left
+nothing scored, a log written without them, or a damaged one) cannot weigh the candidate's choice: it is left
 out and counted. "Differs" is the probability that the candidate shows another action first:
 1 - pi(logged action | x), averaged by channel and by the logged action.
 """
@@ -34,14 +34,16 @@ MAX_EXAMPLES = 5  # refused requests quoted in the report
 
 def evaluate(replayed: Sequence[Replayed], seed: int = 0) -> dict[str, Any]:
     """The evidence as a JSON-ready dict (see the module's docstring and report.py)."""
-    usable = [r for r in replayed if r.selection > 0 and math.isfinite(r.selection)]
+    usable = [r for r in replayed if 0.0 < r.selection <= 1.0]  # NaN is not
     refused = [r for r in replayed if r.refused]
     result: dict[str, Any] = {
+        "logged_catalogs": sorted({r.catalog_version for r in replayed}),
         "records": len(replayed), "evaluated": len(usable),
         "excluded_no_selection": len(replayed) - len(usable),
         "refused": {"count": len(refused),
                     "examples": sorted({r.refused for r in refused})[:MAX_EXAMPLES]},
         "differs": _differences(usable), "shares": _shares(usable)}
+    shares = result["shares"]
     if not usable:
         result["logged"] = {reward: math.nan for reward in REWARDS}
         result["estimates"] = {}
@@ -70,7 +72,7 @@ def evaluate(replayed: Sequence[Replayed], seed: int = 0) -> dict[str, Any]:
             "snips": estimators.snips(weights, y).to_json(),
             "dr": estimators.doubly_robust(weights, y, q[np.arange(len(y)), logged],
                                            np.sum(pi * q, axis=1)).to_json()}
-    result["overlap"] = _overlap(usable, weights, mu)
+    result["overlap"] = _overlap(shares, weights, mu)
     return result
 
 
@@ -106,9 +108,9 @@ def _shares(usable: Sequence[Replayed]) -> dict[str, dict[str, float]]:
             for a in sorted(set(logged) | set(candidate))}
 
 
-def _overlap(usable: Sequence[Replayed], weights: np.ndarray, mu: np.ndarray) -> dict[str, Any]:
-    n = len(usable)
-    shares = _shares(usable)
+def _overlap(shares: dict[str, dict[str, float]], weights: np.ndarray, mu: np.ndarray
+             ) -> dict[str, Any]:
+    n = len(weights)
     rare = [{"action": a, **s} for a, s in shares.items() if a != NOTHING
             and s["candidate"] >= RARE_CANDIDATE_SHARE
             and (s["logged_count"] < RARE_LOGGED_COUNT or s["logged"] < RARE_LOGGED_SHARE)]

@@ -53,6 +53,7 @@ class Replayed:
     """One logged decision, what it earned, and what the candidate would show instead."""
 
     decision_id: str
+    catalog_version: str  # the catalog that decided it
     channel: str
     placement: str
     logged: str  # the action the log showed first, or NOTHING
@@ -110,8 +111,9 @@ class Replayer:
         except (BlockCorrupt, TypeError, ValueError) as exc:
             raise LogFormatError(f"decision {record.decision_id}: its profile is not a "
                                  f"customer block: {exc}") from None
-        replayed = Replayed(record.decision_id, record.channel, record.placement, logged,
-                            selection, accept, value, dict(record.inputs), {NOTHING: 1.0})
+        replayed = Replayed(record.decision_id, record.catalog_version, record.channel,
+                            record.placement, logged, selection, accept, value,
+                            dict(record.inputs), {NOTHING: 1.0})
         try:
             request = self.engine.encode_request(REPLAY_CUSTOMER, record.channel,
                                                  record.placement, record.context, record.time)

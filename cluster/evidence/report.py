@@ -16,17 +16,11 @@ PLOT_MISSING = "no plot: matplotlib is not installed (pip install 'kairos-nba[re
 def write(evidence: dict[str, Any], out: Path) -> list[Path]:
     """replay.json, replay.md and (with matplotlib) replay.png in `out`; the paths written."""
     out.mkdir(parents=True, exist_ok=True)
-    written = [out / "replay.json"]
-    written[0].write_text(json.dumps(evidence, indent=2, allow_nan=True) + "\n",
-                          encoding="utf-8")
-    plot = out / "replay.png"
+    data, md, plot = out / "replay.json", out / "replay.md", out / "replay.png"
+    data.write_text(json.dumps(evidence, indent=2) + "\n", encoding="utf-8")
     plotted = _plot(evidence, plot)
-    if plotted:
-        written.append(plot)
-    md = out / "replay.md"
     md.write_text(markdown(evidence, plot.name if plotted else None), encoding="utf-8")
-    written.insert(1, md)
-    return written
+    return [data, md, plot] if plotted else [data, md]
 
 
 def summary(evidence: dict[str, Any]) -> str:

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from bench import truth
-from kairos.cluster.evidence import evaluation
+from kairos.cluster.evidence import evaluation, report
 from kairos.cluster.evidence.records import LogFormatError, OutcomeRecord, ShownAction
 from kairos.cluster.evidence.replay import NOTHING, Replayer, for_replay, replay, rewards
 from kairos.core.catalog import load_catalog
@@ -112,6 +112,21 @@ def test_fallback_records_are_left_out_and_counted(still_log):
     evidence = evaluation.evaluate(replayed)
     assert evidence["excluded_no_selection"] == 1
     assert evidence["evaluated"] == len(still_log) - 1
+
+
+def test_a_log_with_nothing_to_weigh_reports_so(still_log):
+    """Only fallbacks: no estimate, a warning, and a report that still renders."""
+    fallbacks = [dataclasses.replace(r, shown=tuple(dataclasses.replace(s, selection=0.0)
+                                                    for s in r.shown)) for r in still_log[:3]]
+    evidence = evaluation.evaluate(list(replay(fallbacks, candidate(truth.candidate_catalog()),
+                                               4)))
+    assert evidence["estimates"] == {} and evidence["excluded_no_selection"] == 3
+    assert evidence["overlap"]["warnings"] == ["no logged decision with a selection probability"]
+    evidence.update(log="log.jsonl", candidate={"name": "c", "version": "1"}, samples=4,
+                    candidate_error=0.25, models="priors")
+    assert "0 of 3 logged decisions" in report.summary(evidence)
+    assert "no logged decision with a selection probability" in report.markdown(evidence, None)
+    assert "no estimates" in report.headline(evidence)
 
 
 def test_samples_are_bounded():
