@@ -19,7 +19,13 @@
                                         NOT_SERVING, its partitions move, its shards and
                                         gateway stop (a KubeRay worker's preStop hook)
     kairos catalog validate FILE...     check catalogs; errors name file, line:column and path
-    kairos catalog push FILE            validate, then switch the cluster to it
+    kairos catalog push FILE [--evidence REPORT.json]
+                                        validate, then switch the cluster to it (keeping a
+                                        `kairos replay` report with the version)
+    kairos replay --log FILE --catalog CANDIDATE.yaml
+                                        judge a candidate catalog on a decision log, offline:
+                                        where it decides differently, off-policy estimates of
+                                        its accept rate and value (see replay.py)
     kairos down                         stop the gateways, the runtime and the Ray cluster that
                                         `kairos up` started (never another Ray on the machine)
 
@@ -43,7 +49,7 @@ from kairos.core.catalog import load_catalog_file
 from kairos.core.compiler import compile_catalog
 from kairos.core.errors import CatalogError
 
-from kairos.cluster.cli import console, demo, local, operate
+from kairos.cluster.cli import console, demo, local, operate, replay
 from kairos.cluster.cli.secret_files import SecretFileError, check_secret_file
 from kairos.cluster.storage.store import redact  # light: no store's client is imported
 
@@ -372,6 +378,9 @@ def parser(gateway_port: int) -> argparse.ArgumentParser:
     send = catalog_commands.add_parser("push", help="validate, then switch the cluster to it",
                                        parents=[target])
     send.add_argument("path", metavar="FILE")
+    send.add_argument("--evidence", metavar="REPORT.json",
+                      help="a `kairos replay` report on this catalog, kept with its version")
+    replay.add_parser(commands)
     return top
 
 
@@ -414,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
         return {"up": up, "down": down, "start": start}[args.command](args)
     if args.command == "catalog" and args.catalog_command == "validate":
         return validate(args.paths)
+    if args.command == "replay":
+        return replay.run(args)
     if args.command == "demo" and args.local:
         return demo.run()
     if "target" not in args:

@@ -15,6 +15,8 @@ def status(args: argparse.Namespace) -> int:
     print(f"catalog {st.catalog_version}, map version {st.map_version}, "
           f"{st.partitions} partitions, {st.resident} customers in memory, "
           f"model version {st.model_version}")
+    if st.catalog_evidence:
+        print(f"catalog evidence: {st.catalog_evidence}")
     print(f"{len(st.nodes)} node(s):")
     for n in st.node_status:
         if n.draining:
@@ -68,13 +70,17 @@ def _another_gateway(target: str, leaving, nodes) -> str:
 
 
 def push(args: argparse.Namespace) -> int:
+    path = args.path
     try:
-        text = read_text(args.path)
+        text = read_text(path)
+        path = args.evidence
+        evidence = read_text(path) if path else ""
     except OSError as exc:
-        print(f"error: {args.path}: {exc.strerror}", file=sys.stderr)
+        print(f"error: {path}: {exc.strerror}", file=sys.stderr)
         return 1
-    info = Remote(args.target).put_catalog(text)
-    print(f"the cluster now runs catalog '{info.name}' version {info.version}")
+    info = Remote(args.target).put_catalog(text, evidence)
+    print(f"the cluster now runs catalog '{info.name}' version {info.version}"
+          + (f", with the evidence in {args.evidence}" if evidence else ""))
     return 0
 
 

@@ -104,9 +104,10 @@ class Remote:
         return self.admin.DrainNode(admin_pb2.DrainNodeRequest(node_id=node_id),
                                     timeout=timeout_s, metadata=self.metadata)
 
-    def put_catalog(self, text: str) -> admin_pb2.CatalogInfo:
-        return self.admin.PutCatalog(admin_pb2.CatalogText(yaml=text), timeout=120,
-                                     metadata=self.metadata)
+    def put_catalog(self, text: str, evidence_json: str = "") -> admin_pb2.CatalogInfo:
+        return self.admin.PutCatalog(admin_pb2.CatalogText(yaml=text,
+                                                           evidence_json=evidence_json),
+                                     timeout=120, metadata=self.metadata)
 
     def close(self) -> None:
         self.channel.close()

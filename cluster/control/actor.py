@@ -66,8 +66,9 @@ class ControllerActor:
     async def scale(self, n_shards: int) -> dict[str, Any]:
         return await (await self._ready()).scale(n_shards)
 
-    async def put_catalog(self, catalog_text: str) -> str:
-        return await (await self._ready()).put_catalog(catalog_text)
+    async def put_catalog(self, catalog_text: str, evidence: dict[str, str] | None = None
+                          ) -> str:
+        return await (await self._ready()).put_catalog(catalog_text, evidence)
 
     async def rollback_catalog(self) -> str:
         return await (await self._ready()).rollback_catalog()

@@ -73,6 +73,7 @@ class Controller:
         self.catalog_text = catalog_text or default_catalog_text()
         self.catalog_version = compiled_from_text(self.catalog_text).version
         self.previous_catalog: str | None = None
+        self.evidence, self.previous_evidence = {}, {}  # PutCatalog's: {json, summary}
         self.n_partitions = n_partitions
         self.map: PartitionMap | None = None
         self.placement: dict[str, str | None] = {}  # shard -> node it was placed on
@@ -134,6 +135,7 @@ class Controller:
         self.catalog_text = state["catalog"]
         self.catalog_version = compiled_from_text(self.catalog_text).version
         self.previous_catalog = state["previous_catalog"]
+        self.evidence, self.previous_evidence = state.get("evidence", ({}, {}))
         self.channel_watches = {tuple(w) for w in state["channel_watches"]}
         self.moving = moves_from_state(state.get("moving", []))
         self.nodes.take_up(state.get("nodes"))
@@ -182,6 +184,7 @@ class Controller:
             "owners": [index[o] for o in self.map.owners], "version": self.map.version,
             "next_index": self._next_index, "catalog": self.catalog_text,
             "previous_catalog": self.previous_catalog, "moving": moves_to_state(self.moving),
+            "evidence": [self.evidence, self.previous_evidence],
             "nodes": self.nodes.to_state(),
             "channel_watches": sorted((list(w) for w in self.channel_watches), key=str)},
             use_bin_type=True)
@@ -323,8 +326,10 @@ class Controller:
 
     # -- catalogs ------------------------------------------------------------------------------
 
-    async def put_catalog(self, catalog_text: str) -> str:
-        """Validate, then switch every shard and the learner; the new version. ValueError for
+    async def put_catalog(self, catalog_text: str, evidence: dict[str, str] | None = None
+                          ) -> str:
+        """Validate, then switch every shard and the learner; the new version, with `evidence`
+        (the gateway's {json, summary} of a replay report) kept with it. ValueError for
         other content under the running version (gateways tell catalogs apart by version)."""
         version = compiled_from_text(catalog_text).version  # CatalogError: stop
         async with self._reconfiguring:
@@ -337,6 +342,7 @@ class Controller:
             await self.backend.learner().switch(catalog_text)
             self.previous_catalog, self.catalog_text = self.catalog_text, catalog_text
             self.catalog_version = version
+            self.previous_evidence, self.evidence = self.evidence, evidence or {}
             self.lagging.catalog.update(shards)
             await self._save()  # decided: from here on every shard ends on this version
             await self.lagging.commit_catalog(shards, catalog_text, version, prepared=True)
@@ -346,12 +352,13 @@ class Controller:
 
     async def get_catalog(self) -> dict[str, Any]:
         return {"version": self.catalog_version, "text": self.catalog_text,
-                "has_previous": self.previous_catalog is not None}
+                "has_previous": self.previous_catalog is not None,
+                "evidence": self.evidence.get("json", "")}
 
     async def rollback_catalog(self) -> str:
         if self.previous_catalog is None:
             raise ValueError("there is no previous catalog version to roll back to")
-        return await self.put_catalog(self.previous_catalog)
+        return await self.put_catalog(self.previous_catalog, self.previous_evidence)
 
     # -- watches -------------------------------------------------------------------------------
 

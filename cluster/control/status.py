@@ -17,6 +17,7 @@ async def cluster_status(controller: Any) -> dict[str, Any]:
         learner = {"available": False}
     return {"map_version": controller.map.version, "partitions": controller.n_partitions,
             "catalog_version": controller.catalog_version, "nodes": controller.backend.nodes(),
+            "catalog_evidence": controller.evidence.get("summary", ""),
             "shards": shards, "learner": learner, "unsettled_moves": len(controller.moving),
             "resident": sum(s.get("resident", 0) for s in shards),
             "node_status": controller.nodes.describe(shards)}

@@ -9,6 +9,7 @@ have deadlines, settings.CONTROL_CALL_S), so a stuck shard never hangs an admin 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any, Awaitable
 
 import grpc
@@ -18,6 +19,7 @@ from kairos.core.errors import CatalogError
 from kairos.v1 import admin_pb2, admin_pb2_grpc
 
 from kairos.cluster.control.nodes import NodeRefused, NodeUnknown
+from kairos.cluster.evidence import report as evidence_report
 from kairos.cluster.gateway.calls import Gateway, fail
 from kairos.cluster.transport.backend import Unavailable
 from kairos.core.compiler import compiled_from_text
@@ -25,6 +27,9 @@ from kairos.core.compiler import compiled_from_text
 MAX_SHARDS = 1024
 MAX_NODE_ID = 64  # Ray's node ids are 56 hex digits
 HEX = frozenset("0123456789abcdef")
+# a replay report kept with a catalog version: a few KiB for a catalog of tens of actions,
+# and well inside a request's bound (settings.MAX_MESSAGE_BYTES) beside its catalog
+MAX_EVIDENCE_BYTES = 256 * 1024
 
 
 class AdminService(admin_pb2_grpc.AdminServiceServicer):
@@ -38,8 +43,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
     async def PutCatalog(self, request: admin_pb2.CatalogText, context) -> admin_pb2.CatalogInfo:
         compiled = await _compile(request.yaml, context)
+        evidence = await _evidence(request.evidence_json, compiled, context)
         try:
-            await _answer(context, self.backend.controller().put_catalog(request.yaml))
+            await _answer(context, self.backend.controller().put_catalog(request.yaml, evidence))
         except ValueError as exc:
             await fail(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return _catalog_info(compiled)
@@ -56,7 +62,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
     async def GetCatalog(self, request, context) -> admin_pb2.CatalogText:
         catalog = await _answer(context, self.backend.controller().get_catalog())
-        return admin_pb2.CatalogText(yaml=catalog["text"], version=catalog["version"])
+        return admin_pb2.CatalogText(yaml=catalog["text"], version=catalog["version"],
+                                     evidence_json=catalog.get("evidence", ""))
 
     async def GetClusterStatus(self, request, context) -> admin_pb2.ClusterStatus:
         st = await _answer(context, self.backend.controller().status())
@@ -64,6 +71,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             nodes=st["nodes"], partitions=st["partitions"], map_version=st["map_version"],
             catalog_version=st["catalog_version"], resident=st["resident"],
             model_version=st["learner"].get("model_version", 0),
+            catalog_evidence=st.get("catalog_evidence", ""),
             shards=[admin_pb2.ShardStatus(
                 name=s["shard"], node=s.get("node") or "", partitions=s["partitions"],
                 resident=s.get("resident", 0), passivated=s.get("passivated", 0),
@@ -127,6 +135,30 @@ async def _compile(text: str, context) -> CompiledCatalog:
         return await asyncio.to_thread(compiled_from_text, text, "<PutCatalog>")
     except CatalogError as exc:
         await fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+
+async def _evidence(text: str, compiled: CompiledCatalog, context) -> dict[str, str]:
+    """PutCatalog's evidence_json checked: a replay report (at most MAX_EVIDENCE_BYTES) whose
+    candidate is this catalog's version; what the controller keeps: {json, summary}."""
+    if not text:
+        return {}
+    size = len(text.encode())
+    if size > MAX_EVIDENCE_BYTES:
+        await fail(context, grpc.StatusCode.INVALID_ARGUMENT,
+                   f"evidence_json: at most {MAX_EVIDENCE_BYTES} bytes, got {size}")
+    try:
+        report = json.loads(text)
+        version = report["candidate"]["version"]
+        summary = evidence_report.headline(report)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        await fail(context, grpc.StatusCode.INVALID_ARGUMENT,
+                   f"evidence_json: not a replay report (kairos replay's replay.json): "
+                   f"{type(exc).__name__}: {str(exc)[:200]}")
+    if version != compiled.version:
+        await fail(context, grpc.StatusCode.INVALID_ARGUMENT,
+                   f"evidence_json: the report is about catalog version {str(version)[:100]!r}, "
+                   f"not {compiled.version!r}")
+    return {"json": text, "summary": summary}
 
 
 def _catalog_info(c: CompiledCatalog) -> admin_pb2.CatalogInfo:

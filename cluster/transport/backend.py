@@ -106,14 +106,16 @@ class ControllerControl(Protocol):
     async def scale(self, n_shards: int) -> dict[str, Any]:
         """Change the shard count while traffic flows: {shards, moved, version}."""
 
-    async def put_catalog(self, catalog_text: str) -> str:
-        """Switch every shard and the learner to a catalog; its version."""
+    async def put_catalog(self, catalog_text: str, evidence: dict[str, str] | None = None
+                          ) -> str:
+        """Switch every shard and the learner to a catalog, keeping `evidence` ({json,
+        summary} of a replay report) with it; its version."""
 
     async def rollback_catalog(self) -> str:
         """Switch back to the previous catalog (ValueError if there is none); its version."""
 
     async def get_catalog(self) -> dict[str, Any]:
-        """{version, text, has_previous}."""
+        """{version, text, has_previous, evidence}."""
 
     async def watch_channel(self, sink: str, channel: str, placement: str | None,
                             active: bool = True) -> None:

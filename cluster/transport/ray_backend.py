@@ -267,8 +267,9 @@ class RayController(_Actor):
         return await self._call(lambda a: a.scale.remote(n_shards),
                                 ADMIN_CALL_S)
 
-    async def put_catalog(self, catalog_text: str) -> str:
-        return await self._call(lambda a: a.put_catalog.remote(catalog_text),
+    async def put_catalog(self, catalog_text: str, evidence: dict[str, str] | None = None
+                          ) -> str:
+        return await self._call(lambda a: a.put_catalog.remote(catalog_text, evidence),
                                 ADMIN_CALL_S)
 
     async def rollback_catalog(self) -> str:

@@ -39,7 +39,7 @@ class StuckController:
     async def status(self) -> dict:
         await asyncio.Future()
 
-    async def put_catalog(self, catalog_text: str) -> str:
+    async def put_catalog(self, catalog_text: str, evidence: dict | None = None) -> str:
         raise RuntimeError("catalog x was not switched: kairos-shard-0002: no answer within 5 s")
 
 

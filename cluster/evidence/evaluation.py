@@ -1,0 +1,132 @@
+"""From replayed decisions to the evidence for a candidate: where it decides differently, what
+it would earn (IPS, SNIPS, doubly robust, for the accept rate and the value per decision) and
+how far the log supports that (overlap).
+
+A record whose logged selection is not a probability above 0 (a fallback decision, which
+nothing scored, a log written without them, or a damaged one) cannot weigh the candidate's choice: it is left
+out and counted. "Differs" is the probability that the candidate shows another action first:
+1 - pi(logged action | x), averaged by channel and by the logged action.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from typing import Any, Sequence
+
+import numpy as np
+
+from kairos.cluster.evidence import estimators
+from kairos.cluster.evidence.replay import NOTHING, Replayed
+
+# Overlap: an action the candidate shows first in at least RARE_CANDIDATE_SHARE of decisions
+# while the log showed it first in fewer than RARE_LOGGED_COUNT (or RARE_LOGGED_SHARE) of them
+# is one the log can hardly judge; a logged selection under LOW_SELECTION makes a weight of
+# more than 1 / LOW_SELECTION; an effective sample size under LOW_ESS_SHARE of the records
+# means a few decisions carry the estimate.
+RARE_CANDIDATE_SHARE = 0.01
+RARE_LOGGED_COUNT = 10
+RARE_LOGGED_SHARE = 0.01
+LOW_SELECTION = 0.02
+LOW_ESS_SHARE = 0.1
+REWARDS = ("accept", "value")
+MAX_EXAMPLES = 5  # refused requests quoted in the report
+
+
+def evaluate(replayed: Sequence[Replayed], seed: int = 0) -> dict[str, Any]:
+    """The evidence as a JSON-ready dict (see the module's docstring and report.py)."""
+    usable = [r for r in replayed if 0.0 < r.selection <= 1.0]  # NaN is not
+    refused = [r for r in replayed if r.refused]
+    result: dict[str, Any] = {
+        "logged_catalogs": sorted({r.catalog_version for r in replayed}),
+        "records": len(replayed), "evaluated": len(usable),
+        "excluded_no_selection": len(replayed) - len(usable),
+        "refused": {"count": len(refused),
+                    "examples": sorted({r.refused for r in refused})[:MAX_EXAMPLES]},
+        "differs": _differences(usable), "shares": _shares(usable)}
+    shares = result["shares"]
+    if not usable:
+        result["logged"] = {reward: math.nan for reward in REWARDS}
+        result["estimates"] = {}
+        result["overlap"] = {"warnings": ["no logged decision with a selection probability"]}
+        return result
+    names = sorted({a for r in usable for a in r.candidate} | {r.logged for r in usable})
+    index = {name: a for a, name in enumerate(names)}
+    pi = np.zeros((len(usable), len(names)))
+    for i, r in enumerate(usable):
+        for action, p in r.candidate.items():
+            pi[i, index[action]] = p
+    logged = np.array([index[r.logged] for r in usable])
+    mu = np.array([r.selection for r in usable])
+    weights = pi[np.arange(len(usable)), logged] / mu
+    features = _features(usable)
+    result["logged"] = {}
+    result["estimates"] = {}
+    for reward in REWARDS:
+        y = np.array([getattr(r, reward) for r in usable])
+        q = estimators.direct_method(features, logged, y, len(names), seed)
+        if NOTHING in index:
+            q[:, index[NOTHING]] = 0.0  # showing nothing earns nothing: no model needed
+        result["logged"][reward] = float(np.mean(y))
+        result["estimates"][reward] = {
+            "ips": estimators.ips(weights, y).to_json(),
+            "snips": estimators.snips(weights, y).to_json(),
+            "dr": estimators.doubly_robust(weights, y, q[np.arange(len(y)), logged],
+                                           np.sum(pi * q, axis=1)).to_json()}
+    result["overlap"] = _overlap(shares, weights, mu)
+    return result
+
+
+def _features(usable: Sequence[Replayed]) -> np.ndarray:
+    """The logged decisions' model inputs, one column per name any of them has (0 when a
+    decision lacks it or it was not a number)."""
+    names = sorted({name for r in usable for name in r.inputs})
+    x = np.array([[r.inputs.get(name, 0.0) for name in names] for r in usable], float)
+    return np.nan_to_num(x.reshape(len(usable), len(names)), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _differences(usable: Sequence[Replayed]) -> dict[str, Any]:
+    def summary(group: list[Replayed]) -> dict[str, float]:
+        return {"decisions": len(group),
+                "differs": float(np.mean([1.0 - r.candidate.get(r.logged, 0.0) for r in group]))}
+    by_channel, by_action = defaultdict(list), defaultdict(list)
+    for r in usable:
+        by_channel[f"{r.channel}/{r.placement}"].append(r)
+        by_action[r.logged].append(r)
+    return {"overall": summary(list(usable))["differs"] if usable else math.nan,
+            "by_channel": {k: summary(v) for k, v in sorted(by_channel.items())},
+            "by_logged_action": {k: summary(v) for k, v in sorted(by_action.items())}}
+
+
+def _shares(usable: Sequence[Replayed]) -> dict[str, dict[str, float]]:
+    """Each action's share of first slots: in the log and, in expectation, the candidate's."""
+    n = max(len(usable), 1)
+    logged = Counter(r.logged for r in usable)
+    candidate: Counter[str] = Counter()
+    for r in usable:
+        candidate.update(r.candidate)
+    return {a: {"logged": logged[a] / n, "logged_count": logged[a], "candidate": candidate[a] / n}
+            for a in sorted(set(logged) | set(candidate))}
+
+
+def _overlap(shares: dict[str, dict[str, float]], weights: np.ndarray, mu: np.ndarray
+             ) -> dict[str, Any]:
+    n = len(weights)
+    rare = [{"action": a, **s} for a, s in shares.items() if a != NOTHING
+            and s["candidate"] >= RARE_CANDIDATE_SHARE
+            and (s["logged_count"] < RARE_LOGGED_COUNT or s["logged"] < RARE_LOGGED_SHARE)]
+    total = float(np.sum(weights))
+    low = float(np.sum(weights[mu < LOW_SELECTION])) / total if total > 0 else 0.0
+    ess = estimators.effective_sample_size(weights)
+    warnings = [f"the candidate shows {a['action']} first in {a['candidate']:.1%} of decisions; "
+                f"the log showed it first {a['logged_count']} times ({a['logged']:.1%}): "
+                f"its estimates rest on too few of them" for a in rare]
+    if low > 0.1:
+        warnings.append(f"{low:.0%} of the importance weight comes from decisions the log made "
+                        f"with a selection under {LOW_SELECTION:g}")
+    if ess < LOW_ESS_SHARE * n:
+        warnings.append(f"effective sample size {ess:.0f} of {n} decisions: a few decisions "
+                        f"carry the estimates")
+    return {"ess": ess, "ess_share": ess / n, "rare_actions": rare,
+            "rare_mass": float(sum(a["candidate"] for a in rare)),
+            "low_selection_weight": low,
+            "max_weight": float(np.max(weights)), "warnings": warnings}

@@ -1,0 +1,156 @@
+"""Replay: each logged decision decided again by a candidate catalog, offline, on the core.
+
+For every record the customer's profile as the decision saw it (the record's one-customer
+block) is loaded into a DecisionEngine compiled from the candidate, and the candidate decides
+at the record's time, with its context, on its channel and placement. What replay needs is the
+candidate's probability of showing each action first, pi(a | x): Thompson sampling and trials
+make the candidate a random policy, and the kernel estimates a probability only for the action
+a decision did show. So the candidate decides `samples` times from the same state, each from
+the kernel's next random draws, and pi(a | x) is the share of those decisions that show a
+first: unbiased, with a standard error of at most 0.5 / sqrt(samples) per action (1/16 at the
+default 64). The estimators are linear in pi, so this noise adds variance, which their
+intervals include (it is part of each record's term), and no bias.
+
+Offline, the candidate decides with its catalog's prior models (no learner is running): the
+logged decisions used the models learned by then. The estimate is of the candidate as it
+would decide on the day it starts, before it learns; its exploration is the prior's. The
+statistics a `standardize` input is scaled by build up from the replayed decisions (every
+record's `samples` alike), as a fresh candidate's would from its traffic: the first records
+of a log see few of them.
+
+First slot only: the reward of a logged decision is what its first shown action earned, and
+the candidate is judged by what it would show first (a placement of several slots is
+evaluated by its first; the other slots' effects on each other are not modelled).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from kairos.core.catalog import Catalog, load_catalog_file
+from kairos.core.compiler import CompiledCatalog, compile_catalog
+from kairos.core.engine import DecisionEngine, EncodedRequest
+from kairos.core.errors import InputError
+from kairos.cluster.evidence.records import DecisionRecord, LogFormatError
+from kairos.cluster.storage.blocks import BlockCorrupt, import_block, unpack
+
+DEFAULT_SAMPLES = 64  # re-decisions per logged decision
+MAX_SAMPLES = 4096
+NOTHING = "(nothing)"  # no action shown: a decision may show none, and earns 0 then
+# What counts as accepted: the outcomes the models learn as positives (ACCEPT and CONVERT);
+# the -ED forms are accepted as written by hand.
+POSITIVE = frozenset({"ACCEPT", "ACCEPTED", "CONVERT", "CONVERTED"})
+REPLAY_CUSTOMER = "replay"  # every record is loaded into this one row
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """One logged decision, what it earned, and what the candidate would show instead."""
+
+    decision_id: str
+    catalog_version: str  # the catalog that decided it
+    channel: str
+    placement: str
+    logged: str  # the action the log showed first, or NOTHING
+    selection: float  # the logging policy's probability of that (1 for NOTHING: see rewards)
+    accept: float  # 1 if the first shown action was accepted or converted
+    value: float  # the conversion values reported for it
+    inputs: dict[str, float]  # what the logged decision's models read (the direct method's x)
+    candidate: dict[str, float]  # the candidate's probability of showing each first
+    refused: str | None = None  # the candidate refused the request (then it shows NOTHING)
+
+
+def load_candidate(path: str | Path) -> CompiledCatalog:
+    """The candidate catalog, compiled for replay; a bad one raises CatalogError naming file,
+    line and action."""
+    return for_replay(load_catalog_file(path))
+
+
+def for_replay(catalog: Catalog) -> CompiledCatalog:
+    """The catalog compiled with one selection re-run: replay reads no decision's own
+    selection estimate, and the catalog's selection_samples would only cost time."""
+    exploration = dataclasses.replace(catalog.arbitration.exploration, selection_samples=1)
+    return compile_catalog(dataclasses.replace(
+        catalog, arbitration=dataclasses.replace(catalog.arbitration, exploration=exploration)))
+
+
+def rewards(record: DecisionRecord) -> tuple[str, float, float, float]:
+    """The first shown action (or NOTHING), the logged probability of showing it, and its
+    accept and value rewards. A decision that showed nothing earned 0 and is taken to have
+    shown nothing for sure (the log keeps no probability for it)."""
+    if not record.shown:
+        return NOTHING, 1.0, 0.0, 0.0
+    first = min(record.shown, key=lambda s: s.slot)
+    positive = [o for o in record.outcomes if o.action_id == first.action_id
+                and o.outcome.upper() in POSITIVE]
+    return first.action_id, first.selection, float(bool(positive)), \
+        float(sum(o.value for o in positive))
+
+
+class Replayer:
+    """A candidate engine that re-decides logged decisions."""
+
+    def __init__(self, compiled: CompiledCatalog, samples: int = DEFAULT_SAMPLES, seed: int = 0):
+        if not 1 <= samples <= MAX_SAMPLES:
+            raise ValueError(f"samples must be between 1 and {MAX_SAMPLES}, got {samples}")
+        self.compiled = compiled
+        self.samples = samples
+        self.engine = DecisionEngine(compiled, capacity=1, seed=seed)
+        self._names = list(compiled.action_ids) + [NOTHING]
+
+    def replay(self, record: DecisionRecord) -> Replayed:
+        logged, selection, accept, value = rewards(record)
+        try:
+            block = unpack(record.profile)
+            import_block(self.engine, {**block, "ids": [REPLAY_CUSTOMER]})
+        except (BlockCorrupt, TypeError, ValueError) as exc:
+            raise LogFormatError(f"decision {record.decision_id}: its profile is not a "
+                                 f"customer block: {exc}") from None
+        replayed = Replayed(record.decision_id, record.catalog_version, record.channel,
+                            record.placement, logged, selection, accept, value,
+                            dict(record.inputs), {NOTHING: 1.0})
+        try:
+            request = self.engine.encode_request(REPLAY_CUSTOMER, record.channel,
+                                                 record.placement, record.context, record.time)
+        except InputError as exc:
+            return dataclasses.replace(replayed, refused=str(exc))
+        shares = self._first_shown(request) / self.samples
+        return dataclasses.replace(replayed, candidate={
+            self._names[a]: float(shares[a]) for a in np.flatnonzero(shares)})
+
+    def _first_shown(self, request: EncodedRequest) -> np.ndarray:
+        """How many of `samples` decisions show each action first (the last count: none),
+        through the kernel directly: replay reads only the first slot, and building each
+        decision's explanation-ready value would cost more than the decision."""
+        e, n = self.engine, len(self.compiled.action_ids)
+        row = e.activate([request.customer_id])
+        counts = np.zeros(n + 1, np.int64)
+        for start in range(0, self.samples, e.workspace.capacity):
+            m = min(self.samples - start, e.workspace.capacity)
+            e.k.decide(e.catalog_view, e.state_view, e.model_view, e.workspace,
+                       np.repeat(row, m), np.full(m, request.channel, np.int32),
+                       np.full(m, request.placement, np.int32),
+                       np.ascontiguousarray(np.tile(request.context, (m, 1))),
+                       np.full(m, request.now, np.float64),
+                       np.full(m, request.max_actions, np.int32))
+            shown = np.asarray(e.workspace.out_count[:m]) > 0
+            first = np.where(shown, np.asarray(e.workspace.out_action[:m, 0]), n)
+            counts += np.bincount(first, minlength=n + 1)
+        return counts
+
+
+def replay(records: Iterable[DecisionRecord], compiled: CompiledCatalog,
+           samples: int = DEFAULT_SAMPLES, seed: int = 0) -> Iterator[Replayed]:
+    replayer = Replayer(compiled, samples, seed)
+    for record in records:
+        yield replayer.replay(record)
+
+
+def candidate_error(samples: int) -> float:
+    """The largest standard error of one record's pi(a | x) at this many re-decisions."""
+    return 0.5 / math.sqrt(samples)

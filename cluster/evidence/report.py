@@ -1,0 +1,137 @@
+"""The replay report: the evidence as JSON (what PutCatalog can attach to a catalog version),
+as Markdown for people, and as a plot (PNG, when matplotlib is installed: `pip install
+kairos-nba[report]`; without it the Markdown says so and nothing else changes)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+ESTIMATORS = (("ips", "IPS"), ("snips", "SNIPS"), ("dr", "doubly robust"))
+REWARD_NAMES = {"accept": "accept rate", "value": "value per decision"}
+PLOT_MISSING = "no plot: matplotlib is not installed (pip install 'kairos-nba[report]')"
+
+
+def write(evidence: dict[str, Any], out: Path) -> list[Path]:
+    """replay.json, replay.md and (with matplotlib) replay.png in `out`; the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    data, md, plot = out / "replay.json", out / "replay.md", out / "replay.png"
+    data.write_text(json.dumps(evidence, indent=2) + "\n", encoding="utf-8")
+    plotted = _plot(evidence, plot)
+    md.write_text(markdown(evidence, plot.name if plotted else None), encoding="utf-8")
+    return [data, md, plot] if plotted else [data, md]
+
+
+def summary(evidence: dict[str, Any]) -> str:
+    """A few lines for the terminal."""
+    lines = [f"{evidence['evaluated']} of {evidence['records']} logged decisions replayed "
+             f"through {evidence['candidate']['name']} {evidence['candidate']['version']}; "
+             f"the candidate decides differently in {_pct(evidence['differs']['overall'])}"]
+    for reward, estimates in evidence["estimates"].items():
+        dr = estimates["dr"]
+        lines.append(f"{REWARD_NAMES[reward]}: logged {evidence['logged'][reward]:.4g}, "
+                     f"candidate (doubly robust) {dr['value']:.4g} "
+                     f"[{dr['low']:.4g}, {dr['high']:.4g}], ESS {dr['ess']:.0f}")
+    lines += [f"warning: {w}" for w in evidence["overlap"]["warnings"]]
+    return "\n".join(lines)
+
+
+def headline(evidence: dict[str, Any]) -> str:
+    """One line for `kairos status`: the estimates that matter and the warnings' count;
+    KeyError or TypeError when `evidence` is no replay report."""
+    estimates = "; ".join(
+        f"{REWARD_NAMES[reward]} {float(e['dr']['value']):.4g} "
+        f"[{float(e['dr']['low']):.4g}, {float(e['dr']['high']):.4g}] "
+        f"(logged {float(evidence['logged'][reward]):.4g})"
+        for reward, e in evidence["estimates"].items())
+    warnings = len(evidence["overlap"]["warnings"])
+    return (f"replay of {int(evidence['evaluated'])} logged decisions, doubly robust: "
+            f"{estimates or 'no estimates'}; {warnings} overlap warning(s)")
+
+
+def markdown(evidence: dict[str, Any], plot: str | None) -> str:
+    c = evidence["candidate"]
+    lines = [f"# Replay of {evidence['log']} through {c['name']} {c['version']}", "",
+             f"{evidence['records']} logged decisions (catalog versions "
+             f"{', '.join(evidence['logged_catalogs']) or 'none'}); {evidence['evaluated']} "
+             f"evaluated, {evidence['excluded_no_selection']} left out for having no logged "
+             f"selection probability (fallbacks). The candidate re-decided each "
+             f"{evidence['samples']} times (its probabilities within "
+             f"{evidence['candidate_error']:.3f}, one standard error). Models: "
+             f"{evidence['models']}", ""]
+    if evidence["refused"]["count"]:
+        lines += [f"The candidate refused {evidence['refused']['count']} requests (counted as "
+                  f"showing nothing), e.g.: " + "; ".join(evidence["refused"]["examples"]), ""]
+    lines += ["## Estimates (first slot, 95 % normal intervals)", "",
+              "| reward | logged | estimator | candidate | 95 % interval | ESS |",
+              "|---|---|---|---|---|---|"]
+    for reward, estimates in evidence["estimates"].items():
+        for key, name in ESTIMATORS:
+            e = estimates[key]
+            lines.append(f"| {REWARD_NAMES[reward]} | {evidence['logged'][reward]:.4g} | "
+                         f"{name} | {e['value']:.4g} | [{e['low']:.4g}, {e['high']:.4g}] | "
+                         f"{e['ess']:.0f} |")
+    lines += ["", f"![estimates]({plot})" if plot else f"({PLOT_MISSING})", "",
+              "## Where the candidate decides differently", "",
+              f"Overall: {_pct(evidence['differs']['overall'])} of decisions would show "
+              f"another action first.", "", "| channel/placement | decisions | differs |",
+              "|---|---|---|"]
+    lines += [f"| {k} | {v['decisions']} | {_pct(v['differs'])} |"
+              for k, v in evidence["differs"]["by_channel"].items()]
+    lines += ["", "| logged action | decisions | differs |", "|---|---|---|"]
+    lines += [f"| {k} | {v['decisions']} | {_pct(v['differs'])} |"
+              for k, v in evidence["differs"]["by_logged_action"].items()]
+    lines += ["", "| action | logged first-slot share | candidate's |", "|---|---|---|"]
+    lines += [f"| {a} | {_pct(s['logged'])} ({s['logged_count']}) | {_pct(s['candidate'])} |"
+              for a, s in evidence["shares"].items()]
+    overlap = evidence["overlap"]
+    lines += ["", "## Overlap", ""]
+    if "ess" in overlap:
+        lines += [f"Effective sample size {overlap['ess']:.0f} ({_pct(overlap['ess_share'])} "
+                  f"of the evaluated decisions); largest weight {overlap['max_weight']:.3g}; "
+                  f"candidate share on actions the log rarely showed: "
+                  f"{_pct(overlap['rare_mass'])}.", ""]
+    lines += [f"- warning: {w}" for w in overlap["warnings"]] or ["No overlap warnings."]
+    return "\n".join(lines) + "\n"
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1%}"
+
+
+def _plot(evidence: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rewards = list(evidence["estimates"])
+    if not rewards:
+        return False
+    fig, axes = plt.subplots(1, len(rewards) + 1, figsize=(5 * (len(rewards) + 1), 4))
+    for ax, reward in zip(axes, rewards):
+        estimates = evidence["estimates"][reward]
+        for x, (key, name) in enumerate(ESTIMATORS):
+            e = estimates[key]
+            ax.errorbar([x], [e["value"]], yerr=[[e["value"] - e["low"]], [e["high"] - e["value"]]],
+                        fmt="o", capsize=6, label=name)
+        ax.axhline(evidence["logged"][reward], color="grey", linestyle="--", label="logged")
+        ax.set_xticks(range(len(ESTIMATORS)), [name for _, name in ESTIMATORS])
+        ax.set_title(f"candidate's {REWARD_NAMES[reward]} (95 % CI)")
+        ax.legend(fontsize="small")
+    shares = evidence["shares"]
+    names = list(shares)
+    ax = axes[-1]
+    ax.barh([i + 0.2 for i in range(len(names))], [shares[a]["logged"] for a in names],
+            height=0.4, label="log")
+    ax.barh([i - 0.2 for i in range(len(names))], [shares[a]["candidate"] for a in names],
+            height=0.4, label="candidate")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_title("first-slot share by action")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True

@@ -1,0 +1,134 @@
+"""Replay: logged decisions re-decided by a candidate catalog on the core, offline."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import yaml
+
+from bench import truth
+from kairos.cluster.evidence import evaluation, report
+from kairos.cluster.evidence.records import LogFormatError, OutcomeRecord, ShownAction
+from kairos.cluster.evidence.replay import NOTHING, Replayer, for_replay, replay, rewards
+from kairos.core.catalog import load_catalog
+from kairos.core.engine import DecisionEngine
+
+SAMPLES = 256
+
+
+def candidate(text: str):
+    return for_replay(load_catalog(text, "candidate"))
+
+
+@pytest.fixture(scope="module")
+def still_log():
+    """60 decisions of the logging catalog that does not learn: its policy is the same
+    throughout, so replaying it through itself must give back its own probabilities."""
+    population = truth.customers(np.random.default_rng(4), 60)
+    return truth.log(4, population, learn=False)
+
+
+def test_rewards_read_the_first_slot_and_its_positive_outcomes(still_log):
+    record = still_log[0]
+    first = record.shown[0].action_id
+    other = dataclasses.replace(record, shown=(
+        ShownAction("other", 1, 0.5, 0.1, 0.1), *record.shown), outcomes=(
+        OutcomeRecord(record.decision_id, record.customer_id, first, "IMPRESSION", 0.0, 1.0),
+        OutcomeRecord(record.decision_id, record.customer_id, first, "CONVERT", 7.5, 2.0),
+        OutcomeRecord(record.decision_id, record.customer_id, "other", "ACCEPT", 3.0, 2.0)))
+    assert rewards(other) == (first, record.shown[0].selection, 1.0, 7.5)
+    rejected = dataclasses.replace(other, outcomes=(OutcomeRecord(
+        record.decision_id, record.customer_id, first, "REJECT", 0.0, 2.0),))
+    assert rewards(rejected)[2:] == (0.0, 0.0)
+    assert rewards(dataclasses.replace(record, shown=())) == (NOTHING, 1.0, 0.0, 0.0)
+
+
+def test_replaying_the_logging_policy_gives_back_its_selection(still_log):
+    """pi(logged action | x) of the policy replayed through itself is its logged selection,
+    within the Monte Carlo error of both (the log's from its 128 re-runs, replay's from
+    SAMPLES re-decisions); the weights stay near 1 (an effective sample size near the log's) and every estimate
+    is the logged mean."""
+    replayed = list(replay(still_log, candidate(truth.logging_catalog()), SAMPLES, seed=9))
+    gaps = []
+    for r in replayed:
+        mu, pi = r.selection, r.candidate.get(r.logged, 0.0)
+        error = math.sqrt(max(mu * (1 - mu), 0.01) * (1 / SAMPLES + 1 / 129))
+        assert abs(pi - mu) < 4.5 * error + 1 / 129, (r.decision_id, mu, pi)
+        gaps.append(pi - mu)
+    assert abs(np.mean(gaps)) < 0.03
+    evidence = evaluation.evaluate(replayed)
+    for reward in ("accept", "value"):
+        logged = evidence["logged"][reward]
+        for estimate in evidence["estimates"][reward].values():
+            assert abs(estimate["value"] - logged) < 3 * estimate["standard_error"]
+    assert evidence["overlap"]["ess"] > 0.8 * len(replayed)
+
+
+def test_a_deterministic_candidate_decides_as_its_engine_does(still_log):
+    """Without exploration the candidate's first action is certain: replay's pi is 1 on what
+    the candidate's own engine (public decide, profile rebuilt from the event) shows."""
+    doc = yaml.safe_load(truth.candidate_catalog())
+    doc["arbitration"]["exploration"] = {"method": "none"}
+    text = yaml.safe_dump(doc)
+    engine = DecisionEngine(candidate(text))
+    population = truth.customers(np.random.default_rng(4), 60)
+    for record, customer, r in zip(still_log, population,
+                                   replay(still_log, candidate(text), 8)):
+        truth._profile(engine, customer, record.time - 1)
+        decision = engine.decide(customer.customer_id, record.channel, record.placement,
+                                 record.context, now=record.time)
+        expected = decision.actions[0].action_id if decision.actions else NOTHING
+        assert r.candidate == {expected: 1.0}
+
+
+def test_a_request_the_candidate_refuses_shows_nothing_and_is_counted(still_log):
+    """A candidate without the app channel refuses the app's decisions: they count as
+    showing nothing, and the report quotes why."""
+    doc = yaml.safe_load(truth.candidate_catalog())
+    del doc["channels"]["app"]
+    del doc["fallbacks"]["app"]
+    for action in doc["actions"]:
+        action["channels"].pop("app", None)
+    replayed = list(replay(still_log, candidate(yaml.safe_dump(doc)), 4))
+    app = [r for r in replayed if r.channel == "app"]
+    assert app and all(r.candidate == {NOTHING: 1.0} and "app" in r.refused for r in app)
+    evidence = evaluation.evaluate(replayed)
+    assert evidence["refused"]["count"] == len(app)
+    assert evidence["differs"]["by_channel"]["app/home"]["differs"] == 1.0
+
+
+def test_a_record_whose_profile_is_no_block_names_the_decision(still_log):
+    broken = dataclasses.replace(still_log[0], profile=b"\x93not a block")
+    with pytest.raises(LogFormatError, match=still_log[0].decision_id):
+        Replayer(candidate(truth.candidate_catalog())).replay(broken)
+
+
+def test_fallback_records_are_left_out_and_counted(still_log):
+    fallback = dataclasses.replace(still_log[0], shown=tuple(
+        dataclasses.replace(s, selection=0.0) for s in still_log[0].shown))
+    replayed = list(replay([fallback, *still_log[1:]], candidate(truth.candidate_catalog()), 4))
+    evidence = evaluation.evaluate(replayed)
+    assert evidence["excluded_no_selection"] == 1
+    assert evidence["evaluated"] == len(still_log) - 1
+
+
+def test_a_log_with_nothing_to_weigh_reports_so(still_log):
+    """Only fallbacks: no estimate, a warning, and a report that still renders."""
+    fallbacks = [dataclasses.replace(r, shown=tuple(dataclasses.replace(s, selection=0.0)
+                                                    for s in r.shown)) for r in still_log[:3]]
+    evidence = evaluation.evaluate(list(replay(fallbacks, candidate(truth.candidate_catalog()),
+                                               4)))
+    assert evidence["estimates"] == {} and evidence["excluded_no_selection"] == 3
+    assert evidence["overlap"]["warnings"] == ["no logged decision with a selection probability"]
+    evidence.update(log="log.jsonl", candidate={"name": "c", "version": "1"}, samples=4,
+                    candidate_error=0.25, models="priors")
+    assert "0 of 3 logged decisions" in report.summary(evidence)
+    assert "no logged decision with a selection probability" in report.markdown(evidence, None)
+    assert "no estimates" in report.headline(evidence)
+
+
+def test_samples_are_bounded():
+    with pytest.raises(ValueError, match="samples"):
+        Replayer(candidate(truth.candidate_catalog()), samples=0)

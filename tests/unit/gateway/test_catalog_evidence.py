@@ -1,0 +1,98 @@
+"""PutCatalog's evidence: a `kairos replay` report kept with the catalog version it is about,
+shown back by GetCatalog, GetClusterStatus and `kairos status`, and switched with the
+catalog on a rollback."""
+from __future__ import annotations
+
+import json
+
+import grpc
+import numpy as np
+import pytest
+
+from bench import truth
+from kairos.cluster.cli.main import main
+from kairos.cluster.evidence.records import write_jsonl
+from kairos.cluster.gateway.admin import MAX_EVIDENCE_BYTES
+from kairos.cluster.gateway.auth import Auth
+from kairos.v1 import admin_pb2, admin_pb2_grpc
+
+from tests.support.inprocess_gateway import InProcessGateway
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """A replay report on the candidate catalog, written by `kairos replay`."""
+    folder = tmp_path_factory.mktemp("evidence")
+    write_jsonl(truth.log(5, truth.customers(np.random.default_rng(5), 40)),
+                folder / "log.jsonl")
+    (folder / "candidate.yaml").write_text(truth.candidate_catalog(), encoding="utf-8")
+    assert main(["replay", "--log", str(folder / "log.jsonl"), "--catalog",
+                 str(folder / "candidate.yaml"), "--out", str(folder), "--samples", "8"]) == 0
+    return folder
+
+
+@pytest.fixture
+def gateway():
+    gateway = InProcessGateway(Auth.load(None))
+    channel = grpc.insecure_channel(f"127.0.0.1:{gateway.port}")
+    yield gateway, admin_pb2_grpc.AdminServiceStub(channel)
+    channel.close()
+    gateway.close()
+
+
+def put(admin, yaml_text: str, evidence: str = "") -> admin_pb2.CatalogInfo:
+    return admin.PutCatalog(admin_pb2.CatalogText(yaml=yaml_text, evidence_json=evidence),
+                            timeout=60)
+
+
+def test_the_evidence_stays_with_its_version_and_comes_back_on_rollback(gateway, report):
+    _, admin = gateway
+    evidence = (report / "replay.json").read_text()
+    assert put(admin, truth.candidate_catalog(), evidence).version == "cand-1"
+    assert admin.GetCatalog(admin_pb2.GetCatalogRequest(), timeout=30).evidence_json == evidence
+    status = admin.GetClusterStatus(admin_pb2.ClusterStatusRequest(), timeout=30)
+    assert status.catalog_evidence.startswith("replay of 40 logged decisions, doubly robust: "
+                                              "accept rate ")
+    put(admin, truth.logging_catalog())  # a switch without evidence
+    assert admin.GetCatalog(admin_pb2.GetCatalogRequest(), timeout=30).evidence_json == ""
+    assert admin.GetClusterStatus(admin_pb2.ClusterStatusRequest(),
+                                  timeout=30).catalog_evidence == ""
+    admin.RollbackCatalog(admin_pb2.GetCatalogRequest(), timeout=60)
+    assert admin.GetCatalog(admin_pb2.GetCatalogRequest(), timeout=30).evidence_json == evidence
+
+
+@pytest.mark.parametrize("evidence, says", [
+    ("{not json", "not a replay report"),
+    ('{"candidate": {"version": "cand-1"}}', "not a replay report (kairos replay's replay.json): KeyError: 'estimates'"),
+    ("x" * (MAX_EVIDENCE_BYTES + 1), f"at most {MAX_EVIDENCE_BYTES} bytes"),
+])
+def test_evidence_that_is_no_report_is_invalid_argument(gateway, evidence, says):
+    _, admin = gateway
+    with pytest.raises(grpc.RpcError) as refused:
+        put(admin, truth.candidate_catalog(), evidence)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details().startswith("evidence_json: ")
+    assert says in refused.value.details()
+
+
+def test_evidence_about_another_version_is_refused_and_nothing_switches(gateway, report):
+    _, admin = gateway
+    before = admin.GetCatalog(admin_pb2.GetCatalogRequest(), timeout=30).version
+    with pytest.raises(grpc.RpcError) as refused:
+        put(admin, truth.logging_catalog(), (report / "replay.json").read_text())
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "about catalog version 'cand-1', not 'log-1'" in refused.value.details()
+    assert admin.GetCatalog(admin_pb2.GetCatalogRequest(), timeout=30).version == before
+
+
+def test_kairos_catalog_push_with_evidence_and_status(gateway, report, capsys):
+    g, _ = gateway
+    target = f"127.0.0.1:{g.port}"
+    assert main(["catalog", "push", str(report / "candidate.yaml"), "--evidence",
+                 str(report / "replay.json"), "--target", target]) == 0
+    assert "with the evidence in" in capsys.readouterr().out
+    assert main(["status", "--target", target]) == 0
+    assert "catalog evidence: replay of 40 logged decisions" in capsys.readouterr().out
+    assert main(["catalog", "push", str(report / "candidate.yaml"), "--evidence",
+                 str(report / "missing.json"), "--target", target]) == 1
+    assert "missing.json" in capsys.readouterr().err
