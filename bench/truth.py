@@ -178,7 +178,7 @@ def log(seed: int, population: list[Customer], learn: bool = True,
             tuple(a for a in compiled.action_ids if a not in dropped_by_rules),
             tuple(ShownAction(r.action_id, slot, r.selection, r.propensity, r.priority)
                   for slot, r in enumerate(decision.actions)),
-            outcomes=tuple(outcomes)))
+            control=decision.control, outcomes=tuple(outcomes)))
     return records
 
 

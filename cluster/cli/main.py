@@ -26,6 +26,8 @@
                                         judge a candidate catalog on a decision log, offline:
                                         where it decides differently, off-policy estimates of
                                         its accept rate and value (see replay.py)
+    kairos uplift --log FILE [--json]   the models' uplift over a channel's control group, per
+                                        channel and per action, from a decision log (offline)
     kairos down                         stop the gateways, the runtime and the Ray cluster that
                                         `kairos up` started (never another Ray on the machine)
 
@@ -49,7 +51,7 @@ from kairos.core.catalog import load_catalog_file
 from kairos.core.compiler import compile_catalog
 from kairos.core.errors import CatalogError
 
-from kairos.cluster.cli import console, demo, local, operate, replay
+from kairos.cluster.cli import console, demo, local, operate, replay, uplift
 from kairos.cluster.cli.secret_files import SecretFileError, check_secret_file
 from kairos.cluster.storage.store import redact  # light: no store's client is imported
 
@@ -381,6 +383,7 @@ def parser(gateway_port: int) -> argparse.ArgumentParser:
     send.add_argument("--evidence", metavar="REPORT.json",
                       help="a `kairos replay` report on this catalog, kept with its version")
     replay.add_parser(commands)
+    uplift.add_parser(commands)
     return top
 
 
@@ -425,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         return validate(args.paths)
     if args.command == "replay":
         return replay.run(args)
+    if args.command == "uplift":
+        return uplift.run(args)
     if args.command == "demo" and args.local:
         return demo.run()
     if "target" not in args:
