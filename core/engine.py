@@ -69,6 +69,7 @@ class _Remembered:
     channel: int
     predictors: np.ndarray
     actions: tuple[int, ...]
+    eligible: np.ndarray | None = None  # action codes, with `keep_eligible`
 
 
 class DecisionEngine:
@@ -91,6 +92,8 @@ class DecisionEngine:
         self._no_context = np.full(max(compiled.context_width, 1), math.nan)
         self._groups = [compiled.group_names[g] for g in compiled.action_group.tolist()]
         self._levers = compiled.lever.tolist()
+        # whether the memo keeps each decision's eligible actions (the decision log reads them)
+        self.keep_eligible = False
 
     @property
     def implementation(self) -> str:
@@ -296,8 +299,9 @@ class DecisionEngine:
                         in zip(codes, ws.out_factors[i, :n].tolist(),
                                ws.out_selection[i, :n].tolist()))
         decision_id = f"{self._prefix}{next(self._decisions):x}"
-        self._remember(decision_id, _Remembered(customer_id, channel, ws.predictors[i].copy(),
-                                                codes))
+        self._remember(decision_id, _Remembered(
+            customer_id, channel, ws.predictors[i].copy(), codes,
+            _eligible(ws.reasons[i]) if self.keep_eligible else None))
         explanation = self._explain(i, channel, actions) if explain else None
         return Decision(decision_id, customer_id, c.channel_names[channel],
                         c.placement_names[channel][placement], actions, c.version,
@@ -350,6 +354,13 @@ class DecisionEngine:
                                 f"'{action.group}' was chosen",
             Reason.TOP_K: f"{scored}; ranked below the actions shown",
         }[reason]
+
+    def seen_by(self, decision_id: str) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """What a remembered decision saw: its model inputs (in `predictor_names` order) and,
+        with `keep_eligible`, the codes of the actions that passed its rules and contact
+        policies; None once the memo has let it go."""
+        memo = self._remembered.get(decision_id)
+        return None if memo is None else (memo.predictors, memo.eligible)
 
     @property
     def remembered(self) -> int:
@@ -500,6 +511,12 @@ class DecisionEngine:
         if vtype == "int":
             return int(value)
         return float(value)
+
+
+def _eligible(reasons: np.ndarray) -> np.ndarray:
+    """The actions a decision's rules and contact policies let through: shown, or dropped
+    only after (an invalid value, restraint, a group limit, top-k), from the kernel's codes."""
+    return np.flatnonzero((reasons == Reason.SELECTED) | (reasons >= Reason.INVALID_VALUE))
 
 
 def _unread(text: str) -> float:

@@ -161,6 +161,7 @@ class ShardHost:
         shard = Shard(self.name, compiled, owned, self.n_partitions, seed=self.seed,
                       store=self._open_store(), journal_policy=self._journal_policy)
         shard.sync_commits = False  # Syncs makes each round durable before it is answered
+        shard.decision_log.writer.in_background()  # off the data path too (decisionlog.py)
         for sink, channel, placement in channel_watches:
             shard.watch_channel(sink, channel, placement)
         recovery = shard.recover(sources)
