@@ -1,5 +1,5 @@
 """kairos.v1.AdminService: catalogs, cluster status, scaling and drains, through the
-controller.
+controller; the decision log's export, from the shards (logexport.py).
 
 Every call needs a key with the admin scope (auth.py checks it before the handler runs). A
 call to the controller ends within the caller's deadline (DEADLINE_EXCEEDED), and one that a
@@ -9,7 +9,7 @@ have deadlines, settings.CONTROL_CALL_S), so a stuck shard never hangs an admin 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable
+from typing import Any, AsyncIterator, Awaitable
 
 import grpc
 
@@ -19,6 +19,7 @@ from kairos.v1 import admin_pb2, admin_pb2_grpc
 
 from kairos.cluster.control.nodes import NodeRefused, NodeUnknown
 from kairos.cluster.gateway.calls import Gateway, fail
+from kairos.cluster.gateway.logexport import export
 from kairos.cluster.transport.backend import Unavailable
 from kairos.core.compiler import compiled_from_text
 
@@ -29,6 +30,7 @@ HEX = frozenset("0123456789abcdef")
 
 class AdminService(admin_pb2_grpc.AdminServiceServicer):
     def __init__(self, gateway: Gateway):
+        self.gateway = gateway
         self.backend = gateway.backend
         self.node = gateway.node
 
@@ -108,6 +110,11 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                        f"node_id: {getattr(exc, 'cause', exc)}")
         return admin_pb2.DrainNodeResponse(node_id=node, shards=done["shards"],
                                            moved=done["moved"], map_version=done["version"])
+
+    async def ExportDecisionLog(self, request: admin_pb2.ExportDecisionLogRequest, context
+                                ) -> AsyncIterator[admin_pb2.DecisionLogChunk]:
+        async for chunk in export(self.gateway, request, context):
+            yield chunk
 
 
 async def _answer(context, work: Awaitable) -> Any:

@@ -188,6 +188,16 @@ class LogWriter:
                 self._forget |= forget
 
 
+def to_read(store: Store, name: str, live: Iterable[str]) -> list[str]:
+    """The logs shard `name` reads for an export: its own; with a shared store, if it is the
+    first of the `live` shards, also those of shards no longer live (scaled away, or renamed),
+    whose logs stay where they were written."""
+    live = sorted(live)
+    orphans = sorted(set(store.decision_logs()) - set(live)) \
+        if store.shared and live and name == live[0] else []
+    return [name, *orphans]
+
+
 def read(store: Store, names: Iterable[str], since: float, until: float,
          outcomes_until: float, channel: str | None, limit: int
          ) -> tuple[list[DecisionRecord], list[OutcomeRecord], bool]:

@@ -49,6 +49,7 @@ from kairos.core.compiler import CompiledCatalog
 from kairos.cluster.protocol import Busy, Invalid, Reply, Unavailable
 from kairos.cluster.settings import (SESSION_START_S, SHARD_QUEUE_LIMIT, SHARD_ROUND_BYTES,
                                      SHARD_ROUND_LIMIT, TICK_S)
+from kairos.cluster.shard import decisionlog
 from kairos.cluster.shard.sequencer import Sequencer
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.shard.syncs import Syncs
@@ -388,6 +389,19 @@ class ShardHost:
                           getattr(method, "__name__", method), where_failed(exc))
                 self._fail(StoreUnavailable(f"{self.name}: {type(exc).__name__}"))
             raise
+
+    async def read_log(self, since: float, until: float, outcomes_until: float,
+                       channel: str | None, limit: int, live: list[str]
+                       ) -> tuple[list, list, bool]:
+        """Read the decision log (decisionlog.py `read`) on a thread: reading a store takes
+        its time, and the log's writer works beside it."""
+        shard = self.shard
+        if shard is None:
+            raise StoreUnavailable(f"{self.name} is recovering from the store")
+        names = decisionlog.to_read(shard.store, self.name, live)
+        return await asyncio.get_running_loop().run_in_executor(
+            None, decisionlog.read, shard.store, names, since, until, outcomes_until, channel,
+            limit)
 
     async def _tick(self) -> None:
         while True:
