@@ -6,7 +6,7 @@ batch, `read` a time range, `trim` to the retention bounds, `erase` customers (F
 and `size`. A shard appends to its own log only; any shard may read, trim or erase any log of
 a shared store, so erasure reaches logs written by a shard that since lost the partition.
 
-`MemoryLog` is a bounded list in this process; `DirectoryLog` keeps segment files:
+`MemoryLog` is a bounded deque in this process; `DirectoryLog` keeps segment files:
 
     decisions/<shard name>/<first entry's time, ms>.dlog   entries as frames (frames.py's
                                                             header: length, CRC-32)
@@ -28,9 +28,10 @@ import logging
 import os
 import threading
 import zlib
+from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import msgpack
 
@@ -41,6 +42,7 @@ from kairos.cluster.storage.store import StoreUnavailable
 log = logging.getLogger("kairos.store")
 Entry = tuple[float, str, bytes]  # (time logged, customer id, packed record)
 SEGMENT_BYTES = 4 << 20
+MEMORY_LOG_BYTES = 64 << 20  # the most a MemoryLog keeps
 SEGMENT_S = 3600.0
 SUFFIX = ".dlog"
 _tmp_names = itertools.count()
@@ -52,11 +54,12 @@ def entry_size(entry: Entry) -> int:
 
 
 class MemoryLog:
-    """Entries in a list, oldest first; a lock, as a reader's thread may look while the
+    """Entries in a deque, oldest first, at most MEMORY_LOG_BYTES of them whatever the
+    retention settings (the oldest go first); a lock, as a reader's thread may look while the
     writer's thread appends."""
 
     def __init__(self) -> None:
-        self._entries: list[Entry] = []
+        self._entries: deque[Entry] = deque()
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -64,6 +67,7 @@ class MemoryLog:
         with self._lock:
             self._entries.extend(entries)
             self._bytes += sum(map(entry_size, entries))
+            self._drop_oldest(lambda e: self._bytes > MEMORY_LOG_BYTES)
 
     def read(self, since: float, until: float) -> Iterator[Entry]:
         with self._lock:
@@ -72,22 +76,23 @@ class MemoryLog:
 
     def trim(self, before: float, max_bytes: int) -> int:
         with self._lock:
-            kept = [e for e in self._entries if e[0] >= before]
-            size = sum(map(entry_size, kept))
-            while size > max_bytes:
-                size -= entry_size(kept.pop(0))
-            return self._keep(kept)
+            return self._drop_oldest(lambda e: e[0] < before or self._bytes > max_bytes)
 
     def erase(self, customer_ids: set[str]) -> int:
         with self._lock:
-            return self._keep([e for e in self._entries if e[1] not in customer_ids])
+            kept = deque(e for e in self._entries if e[1] not in customer_ids)
+            dropped = len(self._entries) - len(kept)
+            self._entries, self._bytes = kept, sum(map(entry_size, kept))
+            return dropped
 
     def size(self) -> int:
         return self._bytes
 
-    def _keep(self, kept: list[Entry]) -> int:
-        dropped = len(self._entries) - len(kept)
-        self._entries, self._bytes = kept, sum(map(entry_size, kept))
+    def _drop_oldest(self, while_: Callable[[Entry], bool]) -> int:
+        dropped = 0
+        while self._entries and while_(self._entries[0]):
+            self._bytes -= entry_size(self._entries.popleft())
+            dropped += 1
         return dropped
 
 

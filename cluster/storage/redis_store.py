@@ -223,7 +223,8 @@ def _check_parameters(url: str, scheme: str, query: dict[str, list[str]]) -> Non
 
 class RedisLog:
     """A decision log (decision_logs.py) as a sorted set: each member is msgpack of
-    `[customer id, record]`, scored by the time it was logged, written with its size in one
+    `[customer id, record, time]` (entries that differ only in time stay apart), scored by
+    the time it was logged, written with its size in one
     MULTI/EXEC. Trims and erasures remove exact members (ZREM), so they never race an append;
     they read the set in pages of REPLAY_PAGE entries."""
 
@@ -235,7 +236,7 @@ class RedisLog:
 
     @_unavailable("appending to a decision log")
     def append(self, entries: list[Entry]) -> None:
-        members = {msgpack.packb([c, data], use_bin_type=True): t for t, c, data in entries}
+        members = {msgpack.packb([c, data, t], use_bin_type=True): t for t, c, data in entries}
         with self.r.pipeline(transaction=True) as tx:
             tx.zadd(self.key, members)
             tx.incrby(f"{self.key}:bytes", sum(map(entry_size, entries)))
@@ -253,7 +254,7 @@ class RedisLog:
                                         withscores=True)
             for member, score in page:
                 if not (score == low and member in seen):
-                    customer_id, data = msgpack.unpackb(member, raw=False)
+                    customer_id, data, _ = msgpack.unpackb(member, raw=False)
                     yield score, customer_id, data
             if len(page) < want:
                 return
@@ -270,11 +271,17 @@ class RedisLog:
             if not old:
                 break
             dropped += self._remove(old)
-        while int(self.r.get(f"{self.key}:bytes") or 0) > max_bytes:
-            oldest = self.r.zrange(self.key, 0, REPLAY_PAGE - 1)
+        excess = self.size() - max_bytes
+        while excess > 0:
+            oldest, taken = self.r.zrange(self.key, 0, REPLAY_PAGE - 1), []
             if not oldest:
                 break
-            dropped += self._remove(oldest)
+            for member in oldest:
+                taken.append(member)
+                excess -= _member_size(member)
+                if excess <= 0:
+                    break
+            dropped += self._remove(taken)
         return dropped
 
     @_unavailable("erasing from a decision log")
@@ -285,19 +292,20 @@ class RedisLog:
                    for k in range(0, len(gone), REPLAY_PAGE))
 
     def _remove(self, members: list[bytes]) -> int:
-        size = 0
-        for member in members:
-            customer_id, data = msgpack.unpackb(member, raw=False)
-            size += entry_size((0.0, customer_id, data))
         with self.r.pipeline(transaction=True) as tx:
             tx.zrem(self.key, *members)
-            tx.decrby(f"{self.key}:bytes", size)
+            tx.decrby(f"{self.key}:bytes", sum(map(_member_size, members)))
             tx.execute()
         return len(members)
 
     @_unavailable("sizing a decision log")
     def size(self) -> int:
         return int(self.r.get(f"{self.key}:bytes") or 0)
+
+
+def _member_size(member: bytes) -> int:
+    customer_id, data, _ = msgpack.unpackb(member, raw=False)
+    return entry_size((0.0, customer_id, data))
 
 
 class RedisStore:
