@@ -11,7 +11,8 @@ from datetime import datetime, timezone
 from typing import Iterator
 
 from kairos.cluster.cli.remote import Remote
-from kairos.cluster.evidence.records import DecisionRecord, from_json, write_records
+from kairos.cluster.evidence.records import (DecisionRecord, from_json, is_parquet,
+                                             write_records)
 from kairos.cluster.gateway import wire
 from kairos.v1 import admin_pb2
 
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
                                             metadata=remote.metadata)
     truncated: list[bool] = []
     partial = f"{args.out}.partial"  # a call that fails half-way leaves no FILE behind
-    written = write_records(_records(chunks, truncated), partial)
+    written = write_records(_records(chunks, truncated), partial, is_parquet(args.out))
     os.replace(partial, args.out)
     print(f"wrote {written} decision records to {args.out}")
     if any(truncated):

@@ -229,10 +229,18 @@ def read_parquet(path: str | Path) -> Iterator[DecisionRecord]:
             yield _from_fields(row, f"{path}: row {number}")
 
 
-def write_records(records: Iterable[DecisionRecord], path: str | Path) -> int:
-    """Parquet if the file's name ends .parquet, else JSON lines; how many were written."""
-    return (write_parquet if str(path).endswith(".parquet") else write_jsonl)(records, path)
+def is_parquet(path: str | Path) -> bool:
+    """Whether a log file of this name is Parquet (else JSON lines)."""
+    return str(path).endswith(".parquet")
+
+
+def write_records(records: Iterable[DecisionRecord], path: str | Path,
+                  parquet: bool | None = None) -> int:
+    """Parquet if `parquet` (by default: the file's name ends .parquet), else JSON lines; how
+    many were written."""
+    parquet = is_parquet(path) if parquet is None else parquet
+    return (write_parquet if parquet else write_jsonl)(records, path)
 
 
 def read_records(path: str | Path) -> Iterator[DecisionRecord]:
-    return (read_parquet if str(path).endswith(".parquet") else read_jsonl)(path)
+    return (read_parquet if is_parquet(path) else read_jsonl)(path)
