@@ -1,7 +1,7 @@
 """ExportDecisionLog: the decision log of every shard, joined and in time order, streamed as
 JSON lines (cluster/evidence/records.py) in chunks.
 
-The gateway asks every shard the map routes to (shard/decisionlog.py `read`: its own log,
+The gateway asks every shard the controller's map routes to (shard/decisionlog.py `read`: its own log,
 and, from the first one with a shared store, the logs of shards no longer live) for the
 decisions logged within [since, until] and the outcomes logged from `since` to OUTCOME_WINDOW_S
 past `until` (a decision takes outcomes that long), joins each outcome to the decision it
@@ -39,9 +39,10 @@ async def export(gateway: Gateway, request: admin_pb2.ExportDecisionLogRequest, 
         since, until, channel, limit = await _checked(gateway, request)
     except InputError as exc:
         await fail(context, grpc.StatusCode.INVALID_ARGUMENT, f"{exc.field}: {exc.reason}")
-    shards = gateway.client.shards
     try:
         async with asyncio.timeout(context.time_remaining()):
+            # the shards the map routes to now (the controller's, as the client takes it)
+            shards = (await gateway.backend.controller().get_map(-1, 0.0))["shards"]
             answers = await asyncio.gather(*(
                 gateway.backend.shard(name).read_log(since, until, until + OUTCOME_WINDOW_S,
                                                      channel, limit, shards)

@@ -166,11 +166,6 @@ class KairosClient:
             except asyncio.TimeoutError:
                 return
 
-    @property
-    def shards(self) -> list[str]:
-        """The shards the map routes to now."""
-        return list(self._shards)
-
     def owner(self, key: str) -> str:
         """The shard that owns a route key (a customer id, an alias key) now."""
         return self._owner_of(partition_of(key, len(self._owners)))
