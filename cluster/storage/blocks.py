@@ -13,6 +13,7 @@ a block that fails is BlockCorrupt, never an IndexError or a row half loaded.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import msgpack
@@ -25,6 +26,7 @@ from kairos.core.state import EMPTY
 FORMAT = 1
 RING_COLUMNS = ("ring_action", "ring_channel", "ring_outcome", "ring_time")
 PER_ROW = ("ring_head", "applied", "lsn", "extras")  # one value per customer
+SMALL = 64  # string codes few enough to number in Python
 
 
 class BlockCorrupt(ValueError):
@@ -33,15 +35,23 @@ class BlockCorrupt(ValueError):
 
 def slot_keys(compiled: CompiledCatalog) -> list[str]:
     """A name per profile slot; the helper slot after a `last` feature is '<name>@time'."""
-    keys: list[str] = []
-    for name in compiled.layout.names:
-        keys.append(name if name else f"{keys[-1]}@time")
-    return keys
+    return _layout(compiled)[0]
 
 
 def string_columns(compiled: CompiledCatalog) -> list[bool]:
-    types = compiled.layout.types
-    return [types.get(key) == "string" for key in slot_keys(compiled)]
+    return _layout(compiled)[1]
+
+
+@functools.lru_cache(maxsize=8)
+def _layout(compiled: CompiledCatalog) -> tuple[list[str], list[bool], np.ndarray]:
+    """The slots' names, whether each holds a string, and the string slots' columns: the same
+    for every block of a catalog (the decision log exports one per decision), so computed
+    once per catalog (kept by identity; a shard holds one or two at a time)."""
+    keys: list[str] = []
+    for name in compiled.layout.names:
+        keys.append(name if name else f"{keys[-1]}@time")
+    flags = [compiled.layout.types.get(key) == "string" for key in keys]
+    return keys, flags, np.flatnonzero(flags)
 
 
 def export_block(engine: DecisionEngine, customer_ids: Sequence[str],
@@ -51,15 +61,12 @@ def export_block(engine: DecisionEngine, customer_ids: Sequence[str],
     along for the shard's own per-customer state, such as armed timers. `journal` names the
     journal whose positions the rows' LSNs are."""
     c, t = engine.compiled, engine.table
+    keys, flags, string_slots = _layout(c)
     rows = np.fromiter((t.index[i] for i in customer_ids), np.int64, len(customer_ids))
     values = t.values[rows]
-    strings: list[str] = []
-    for col, is_string in enumerate(string_columns(c)):
-        if is_string:
-            values[:, col], texts = _localize(values[:, col], c, len(strings))
-            strings.extend(texts)
+    values[:, string_slots], strings = _localize(values[:, string_slots], c)
     block = {"format": FORMAT, "catalog": c.version, "ids": list(customer_ids),
-             "slots": slot_keys(c), "string_columns": string_columns(c), "strings": strings,
+             "slots": keys, "string_columns": flags, "strings": strings,
              "actions": c.action_ids, "channels": c.channel_names, "values": values,
              "ring_head": t.ring_head[rows], "applied": t.applied[rows],
              "journal": journal, "lsn": t.lsn[rows],
@@ -137,12 +144,19 @@ def _corrupt(what: str) -> BlockCorrupt:
     return BlockCorrupt(f"a customer block has {what}")
 
 
-def _localize(codes: np.ndarray, c: CompiledCatalog, offset: int) -> tuple[np.ndarray, list]:
-    """String codes of the engine's table -> codes into the block's own string list."""
+def _localize(codes: np.ndarray, c: CompiledCatalog) -> tuple[np.ndarray, list]:
+    """String codes of the engine's table -> codes into the block's own string list (one
+    list for every string slot). A few codes (one customer's: the decision log exports one
+    per decision) are numbered in Python, where np.unique would cost more than the rest."""
+    if codes.size <= SMALL:
+        index: dict[float, int] = {}
+        out = [x if x != x else index.setdefault(x, len(index)) for x in codes.ravel().tolist()]
+        return (np.array(out, np.float64).reshape(codes.shape),
+                [c.strings.text(code) for code in index])
     known = ~np.isnan(codes)
     unique, inverse = np.unique(codes[known], return_inverse=True)
     out = codes.copy()
-    out[known] = inverse + offset
+    out[known] = inverse
     return out, [c.strings.text(code) for code in unique.tolist()]
 
 

@@ -1,0 +1,96 @@
+"""What the decision log costs per decision: CPU µs of a shard's Decide round with the log on
+against off (the difference is building the record: the profile block, the inputs, the
+eligible actions, packing), the writer's CPU per record appending to a directory store, and a
+record's size.
+
+    python -m bench.decision_log           # 100 rounds of 256 Decides on the default catalog
+    python -m bench.decision_log --quick   # a short run (the test suite uses it)
+
+Prints a JSON object as its last line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import tempfile
+import time
+
+from kairos.cluster.control.partitions import partition_of
+from kairos.cluster.protocol import Decide, Event
+from kairos.cluster.shard.shard import Shard
+from kairos.cluster.storage.directory_store import DirectoryStore
+from kairos.cluster.storage.memory_store import MemoryStore
+from kairos.core.compiler import default_compiled
+
+from .workload import T0, random_event
+
+PARTITIONS = 64
+ROUND = 256
+
+
+def _loaded(logging: bool, customers: int, rng: random.Random) -> Shard:
+    compiled = default_compiled()
+    shard = Shard("bench", compiled, range(PARTITIONS), PARTITIONS, store=MemoryStore())
+    shard.decision_log.enabled = logging
+    shard.engine.keep_eligible = logging
+    events = []
+    for k in range(customers):
+        customer = f"c{k}"
+        for n in range(5):
+            etype, attrs = random_event(compiled.catalog, rng, T0 + n)
+            events.append(Event(partition=partition_of(customer, PARTITIONS),
+                                customer_id=customer, event_type=etype, time=T0 + n,
+                                attributes=attrs))
+    shard.process(events)
+    return shard
+
+
+def _cpu_us_per_decision(shard: Shard, rounds: int, customers: int, rng: random.Random
+                         ) -> float:
+    """The median over rounds of CPU µs per decision of a round of ROUND Decides."""
+    per_round = []
+    for _ in range(rounds):
+        ids = [f"c{rng.randrange(customers)}" for _ in range(ROUND)]
+        batch = [Decide(partition=partition_of(c, PARTITIONS), customer_id=c, channel="web",
+                        placement="hero", context={}, now=T0 + 10) for c in ids]
+        began = time.process_time()
+        shard.process(batch)
+        per_round.append((time.process_time() - began) / ROUND * 1e6)
+    return statistics.median(per_round)
+
+
+def run(rounds: int, customers: int) -> dict:
+    rng = random.Random(7)
+    off = _cpu_us_per_decision(_loaded(False, customers, rng), rounds, customers, rng)
+    logged = _loaded(True, customers, rng)
+    logged.decision_log.flush = lambda: None  # records stay here, to be written below
+    on = _cpu_us_per_decision(logged, rounds, customers, rng)
+    entries = logged.decision_log._entries
+    with tempfile.TemporaryDirectory() as root:
+        log = DirectoryStore(root, fsync=False).decision_log("bench")
+        began = time.process_time()
+        for k in range(0, len(entries), ROUND):
+            log.append(entries[k:k + ROUND])
+        write_us = (time.process_time() - began) / len(entries) * 1e6
+    return {"decisions_per_round": ROUND, "rounds": rounds, "customers": customers,
+            "cpu_us_per_decision_log_off": round(off, 1),
+            "cpu_us_per_decision_log_on": round(on, 1),
+            "cpu_us_logging_per_decision": round(on - off, 1),
+            "writer_cpu_us_per_record_directory": round(write_us, 1),
+            "record_bytes_mean": round(statistics.mean(len(e[2]) for e in entries))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    result = run(*((5, 200) if args.quick else (100, 5000)))
+    for name, value in result.items():
+        print(f"{name:>38}  {value}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
