@@ -14,9 +14,11 @@ import argparse
 import json
 import random
 import statistics
+from collections import deque
 import tempfile
 import time
 
+from kairos.cluster import pauses
 from kairos.cluster.control.partitions import partition_of
 from kairos.cluster.protocol import Decide, Event
 from kairos.cluster.shard.shard import Shard
@@ -47,27 +49,30 @@ def _loaded(logging: bool, customers: int, rng: random.Random) -> Shard:
     return shard
 
 
-def _cpu_us_per_decision(shard: Shard, rounds: int, customers: int, rng: random.Random
-                         ) -> float:
-    """The median over rounds of CPU µs per decision of a round of ROUND Decides."""
-    per_round = []
-    for _ in range(rounds):
-        ids = [f"c{rng.randrange(customers)}" for _ in range(ROUND)]
-        batch = [Decide(partition=partition_of(c, PARTITIONS), customer_id=c, channel="web",
-                        placement="hero", context={}, now=T0 + 10) for c in ids]
-        began = time.process_time()
-        shard.process(batch)
-        per_round.append((time.process_time() - began) / ROUND * 1e6)
-    return statistics.median(per_round)
+def _round_cpu_us(shard: Shard, customers: int, rng: random.Random) -> float:
+    """CPU µs per decision of a round of ROUND Decides."""
+    ids = [f"c{rng.randrange(customers)}" for _ in range(ROUND)]
+    batch = [Decide(partition=partition_of(c, PARTITIONS), customer_id=c, channel="web",
+                    placement="hero", context={}, now=T0 + 10) for c in ids]
+    began = time.process_time()
+    shard.process(batch)
+    return (time.process_time() - began) / ROUND * 1e6
 
 
 def run(rounds: int, customers: int) -> dict:
+    """Rounds with the log off and on taken in turn, so a busy machine slows both alike."""
     rng = random.Random(7)
-    off = _cpu_us_per_decision(_loaded(False, customers, rng), rounds, customers, rng)
-    logged = _loaded(True, customers, rng)
-    logged.decision_log.flush = lambda: None  # records stay here, to be written below
-    on = _cpu_us_per_decision(logged, rounds, customers, rng)
-    entries = logged.decision_log._entries
+    off, on = _loaded(False, customers, rng), _loaded(True, customers, rng)
+    pauses.settle()  # as a shard's actor does once loaded, and keep_short every second
+    handed: deque = deque(maxlen=10)  # the last rounds' records, handed over as a shard does
+    on.decision_log.writer.submit = lambda entries, forget, trim=None: handed.append(entries)
+    times: dict[Shard, list[float]] = {off: [], on: []}
+    for _ in range(rounds):
+        for shard in (off, on):
+            times[shard].append(_round_cpu_us(shard, customers, rng))
+        pauses.keep_short()
+    cpu_off, cpu_on = statistics.median(times[off]), statistics.median(times[on])
+    entries = [e for r in handed for e in r]
     with tempfile.TemporaryDirectory() as root:
         log = DirectoryStore(root, fsync=False).decision_log("bench")
         began = time.process_time()
@@ -75,9 +80,9 @@ def run(rounds: int, customers: int) -> dict:
             log.append(entries[k:k + ROUND])
         write_us = (time.process_time() - began) / len(entries) * 1e6
     return {"decisions_per_round": ROUND, "rounds": rounds, "customers": customers,
-            "cpu_us_per_decision_log_off": round(off, 1),
-            "cpu_us_per_decision_log_on": round(on, 1),
-            "cpu_us_logging_per_decision": round(on - off, 1),
+            "cpu_us_per_decision_log_off": round(cpu_off, 1),
+            "cpu_us_per_decision_log_on": round(cpu_on, 1),
+            "cpu_us_logging_per_decision": round(cpu_on - cpu_off, 1),
             "writer_cpu_us_per_record_directory": round(write_us, 1),
             "record_bytes_mean": round(statistics.mean(len(e[2]) for e in entries))}
 
