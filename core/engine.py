@@ -513,10 +513,14 @@ class DecisionEngine:
         return float(value)
 
 
+# per kernel reason code: whether the action passed the decision's rules and contact policies
+# (shown, or dropped only after: an invalid value, restraint, a group limit, top-k)
+_PASSED = np.array([r == Reason.SELECTED or r >= Reason.INVALID_VALUE for r in Reason], bool)
+
+
 def _eligible(reasons: np.ndarray) -> np.ndarray:
-    """The actions a decision's rules and contact policies let through: shown, or dropped
-    only after (an invalid value, restraint, a group limit, top-k), from the kernel's codes."""
-    return np.flatnonzero((reasons == Reason.SELECTED) | (reasons >= Reason.INVALID_VALUE))
+    """The codes of the actions a decision's rules and contact policies let through."""
+    return np.flatnonzero(_PASSED[reasons])
 
 
 def _unread(text: str) -> float:

@@ -26,7 +26,6 @@ from kairos.core.state import EMPTY
 FORMAT = 1
 RING_COLUMNS = ("ring_action", "ring_channel", "ring_outcome", "ring_time")
 PER_ROW = ("ring_head", "applied", "lsn", "extras")  # one value per customer
-SMALL = 64  # string codes few enough to number in Python
 
 
 class BlockCorrupt(ValueError):
@@ -43,7 +42,7 @@ def string_columns(compiled: CompiledCatalog) -> list[bool]:
 
 
 @functools.lru_cache(maxsize=8)
-def _layout(compiled: CompiledCatalog) -> tuple[list[str], list[bool], np.ndarray]:
+def _layout(compiled: CompiledCatalog) -> tuple[list[str], list[bool], list[int]]:
     """The slots' names, whether each holds a string, and the string slots' columns: the same
     for every block of a catalog (the decision log exports one per decision), so computed
     once per catalog (kept by identity; a shard holds one or two at a time)."""
@@ -51,7 +50,7 @@ def _layout(compiled: CompiledCatalog) -> tuple[list[str], list[bool], np.ndarra
     for name in compiled.layout.names:
         keys.append(name if name else f"{keys[-1]}@time")
     flags = [compiled.layout.types.get(key) == "string" for key in keys]
-    return keys, flags, np.flatnonzero(flags)
+    return keys, flags, np.flatnonzero(flags).tolist()
 
 
 def export_block(engine: DecisionEngine, customer_ids: Sequence[str],
@@ -62,17 +61,21 @@ def export_block(engine: DecisionEngine, customer_ids: Sequence[str],
     journal whose positions the rows' LSNs are."""
     c, t = engine.compiled, engine.table
     keys, flags, string_slots = _layout(c)
-    rows = np.fromiter((t.index[i] for i in customer_ids), np.int64, len(customer_ids))
-    values = t.values[rows]
-    values[:, string_slots], strings = _localize(values[:, string_slots], c)
+    if len(customer_ids) == 1:  # copying a slice costs a third of indexing by an array
+        row = t.index[customer_ids[0]]
+        rows: slice | np.ndarray = slice(row, row + 1)
+    else:
+        rows = np.fromiter((t.index[i] for i in customer_ids), np.int64, len(customer_ids))
+    values = t.values[rows].copy()
+    strings = _localize(values, string_slots, c)
     block = {"format": FORMAT, "catalog": c.version, "ids": list(customer_ids),
              "slots": keys, "string_columns": flags, "strings": strings,
              "actions": c.action_ids, "channels": c.channel_names, "values": values,
-             "ring_head": t.ring_head[rows], "applied": t.applied[rows],
-             "journal": journal, "lsn": t.lsn[rows],
-             "extras": list(extras) if extras is not None else [None] * len(rows)}
+             "ring_head": t.ring_head[rows].copy(), "applied": t.applied[rows].copy(),
+             "journal": journal, "lsn": t.lsn[rows].copy(),
+             "extras": list(extras) if extras is not None else [None] * len(customer_ids)}
     for name in RING_COLUMNS:
-        block[name] = getattr(t, name)[rows]
+        block[name] = getattr(t, name)[rows].copy()
     return block
 
 
@@ -144,20 +147,24 @@ def _corrupt(what: str) -> BlockCorrupt:
     return BlockCorrupt(f"a customer block has {what}")
 
 
-def _localize(codes: np.ndarray, c: CompiledCatalog) -> tuple[np.ndarray, list]:
-    """String codes of the engine's table -> codes into the block's own string list (one
-    list for every string slot). A few codes (one customer's: the decision log exports one
-    per decision) are numbered in Python, where np.unique would cost more than the rest."""
-    if codes.size <= SMALL:
-        index: dict[float, int] = {}
-        out = [x if x != x else index.setdefault(x, len(index)) for x in codes.ravel().tolist()]
-        return (np.array(out, np.float64).reshape(codes.shape),
-                [c.strings.text(code) for code in index])
+def _localize(values: np.ndarray, slots: list[int], c: CompiledCatalog) -> list[str]:
+    """Turn the string slots' codes of the engine's table into codes into the block's own
+    string list (one for every string slot), in place; that list. One customer's few codes
+    (the decision log exports a block per decision) are numbered in Python, where np.unique
+    would cost more than the rest of the block."""
+    if len(values) == 1:
+        row, index = values[0], {}
+        for col in slots:
+            code = float(row[col])
+            if code == code:
+                row[col] = index.setdefault(code, len(index))
+        return [c.strings.text(code) for code in index]
+    codes = values[:, slots]
     known = ~np.isnan(codes)
     unique, inverse = np.unique(codes[known], return_inverse=True)
-    out = codes.copy()
-    out[known] = inverse
-    return out, [c.strings.text(code) for code in unique.tolist()]
+    codes[known] = inverse
+    values[:, slots] = codes
+    return [c.strings.text(code) for code in unique.tolist()]
 
 
 def _values(c: CompiledCatalog, block: dict[str, Any]) -> np.ndarray:
