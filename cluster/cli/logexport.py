@@ -33,8 +33,8 @@ def add_command(commands, parents: list[argparse.ArgumentParser]) -> None:
                         help="Parquet if it ends .parquet, else JSON lines")
     export.add_argument("--channel", default="", help="only this channel's decisions")
     export.add_argument("--max-records", type=int, default=0,
-                        help="the most decisions (default the gateway's, 10,000; at most "
-                             "100,000)")
+                        help="the most decisions (default the gateway's, 5,000; at most "
+                             "20,000)")
 
 
 def moment(text: str) -> float:

@@ -27,8 +27,8 @@ from kairos.cluster.settings import OUTCOME_WINDOW_S
 from kairos.cluster.transport.backend import Unavailable
 
 MAX_SPAN_S = 31 * 86_400.0
-DEFAULT_RECORDS = 10_000
-MAX_RECORDS = 100_000
+DEFAULT_RECORDS = 5_000
+MAX_RECORDS = 20_000  # a record is a few kB, and the gateway holds a shard's answer whole
 CHUNK_BYTES = 1 << 20  # of JSON lines per chunk (a record is a few kB: its profile block)
 EARLIEST, LATEST = 0.0, 3_786_912_000.0  # 1970 .. 2090, the engine's times and then some
 
