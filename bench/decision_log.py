@@ -6,17 +6,20 @@ record's size.
     python -m bench.decision_log           # 100 rounds of 256 Decides on the default catalog
     python -m bench.decision_log --quick   # a short run (the test suite uses it)
 
-Prints a JSON object as its last line.
+Writes bench/results/decision-log-<time>.json (with the machine's load average: the figures
+are CPU time, but a busy machine slows both sides) and prints a JSON object as its last line.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 from collections import deque
 import tempfile
 import time
+from pathlib import Path
 
 from kairos.cluster import pauses
 from kairos.cluster.control.partitions import partition_of
@@ -28,6 +31,7 @@ from kairos.core.compiler import default_compiled
 
 from .workload import T0, random_event
 
+RESULTS = Path(__file__).parent / "results"
 PARTITIONS = 64
 ROUND = 256
 
@@ -90,10 +94,16 @@ def run(rounds: int, customers: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="report folder")
     args = parser.parse_args()
     result = run(*((5, 200) if args.quick else (100, 5000)))
+    result["load_average_1m"] = round(os.getloadavg()[0], 2)
+    result["cpus"] = os.cpu_count()
     for name, value in result.items():
         print(f"{name:>38}  {value}")
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"decision-log-{stamp}.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))
 
 
