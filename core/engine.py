@@ -69,7 +69,6 @@ class _Remembered:
     channel: int
     predictors: np.ndarray
     actions: tuple[int, ...]
-    eligible: np.ndarray | None = None  # action codes, with `keep_eligible`
 
 
 class DecisionEngine:
@@ -92,8 +91,11 @@ class DecisionEngine:
         self._no_context = np.full(max(compiled.context_width, 1), math.nan)
         self._groups = [compiled.group_names[g] for g in compiled.action_group.tolist()]
         self._levers = compiled.lever.tolist()
-        # whether the memo keeps each decision's eligible actions (the decision log reads them)
+        # with `keep_eligible`, the codes of the actions each decision's rules and contact
+        # policies let through, by decision id, for the decision log, which takes them and
+        # clears the rest after each round (so they never pile up)
         self.keep_eligible = False
+        self.eligible: dict[str, np.ndarray] = {}
 
     @property
     def implementation(self) -> str:
@@ -299,9 +301,10 @@ class DecisionEngine:
                         in zip(codes, ws.out_factors[i, :n].tolist(),
                                ws.out_selection[i, :n].tolist()))
         decision_id = f"{self._prefix}{next(self._decisions):x}"
-        self._remember(decision_id, _Remembered(
-            customer_id, channel, ws.predictors[i].copy(), codes,
-            _eligible(ws.reasons[i]) if self.keep_eligible else None))
+        self._remember(decision_id, _Remembered(customer_id, channel, ws.predictors[i].copy(),
+                                                codes))
+        if self.keep_eligible:
+            self.eligible[decision_id] = np.flatnonzero(_PASSED[ws.reasons[i]])
         explanation = self._explain(i, channel, actions) if explain else None
         return Decision(decision_id, customer_id, c.channel_names[channel],
                         c.placement_names[channel][placement], actions, c.version,
@@ -355,12 +358,11 @@ class DecisionEngine:
             Reason.TOP_K: f"{scored}; ranked below the actions shown",
         }[reason]
 
-    def seen_by(self, decision_id: str) -> tuple[np.ndarray, np.ndarray | None] | None:
-        """What a remembered decision saw: its model inputs (in `predictor_names` order) and,
-        with `keep_eligible`, the codes of the actions that passed its rules and contact
-        policies; None once the memo has let it go."""
+    def inputs_of(self, decision_id: str) -> np.ndarray | None:
+        """The model inputs a remembered decision saw, in `predictor_names` order; None once
+        the memo has let it go."""
         memo = self._remembered.get(decision_id)
-        return None if memo is None else (memo.predictors, memo.eligible)
+        return None if memo is None else memo.predictors
 
     @property
     def remembered(self) -> int:
@@ -516,11 +518,6 @@ class DecisionEngine:
 # per kernel reason code: whether the action passed the decision's rules and contact policies
 # (shown, or dropped only after: an invalid value, restraint, a group limit, top-k)
 _PASSED = np.array([r == Reason.SELECTED or r >= Reason.INVALID_VALUE for r in Reason], bool)
-
-
-def _eligible(reasons: np.ndarray) -> np.ndarray:
-    """The codes of the actions a decision's rules and contact policies let through."""
-    return np.flatnonzero(_PASSED[reasons])
 
 
 def _unread(text: str) -> float:

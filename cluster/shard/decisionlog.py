@@ -3,8 +3,9 @@
 
 What is logged: each decision that leaves the shard (a Decide's answer, the decision an
 event's `decide` asked for, a push to a watch), under the sealed id its caller sees, with the
-customer's profile as the decision saw it (a one-customer block), the model inputs and the
-eligible actions from the engine's memo, and the shown actions with their selection
+customer's profile as the decision saw it (a one-customer block), the model inputs (the
+engine's decision memo keeps them), the eligible actions (the engine notes them from the
+kernel's reason codes while the log is on) and the shown actions with their selection
 probabilities; each outcome the shard took that names a decision (Respond, and the
 impressions a Decide records), under the id its caller sent. Decisions replayed from the
 journal are not made again, so nothing is logged twice by a recovery.
@@ -68,14 +69,10 @@ class DecisionLog:
             return
         engine = self._ctx.engine
         c = engine.compiled
-        inputs: dict[str, float] = {}
-        eligible: tuple[str, ...] = ()
-        seen = engine.seen_by(decision.decision_id)
-        if seen is not None:
-            predictors, codes = seen
-            inputs = dict(zip(c.predictor_names, predictors.tolist()))
-            if codes is not None:
-                eligible = tuple(c.action_ids[a] for a in codes.tolist())
+        predictors = engine.inputs_of(decision.decision_id)
+        inputs = {} if predictors is None else dict(zip(c.predictor_names, predictors.tolist()))
+        codes = engine.eligible.pop(decision.decision_id, None)
+        eligible = () if codes is None else tuple(c.action_ids[a] for a in codes.tolist())
         customer_id = decision.customer_id
         profile = pack(export_block(engine, [customer_id])) if customer_id in engine.table \
             else b""
@@ -105,7 +102,9 @@ class DecisionLog:
         self._entries = [e for e in self._entries if e[1] != customer_id]
 
     def flush(self) -> None:
-        """Hand the round's records and erasures to the writer."""
+        """Hand the round's records and erasures to the writer; forget the eligible actions of
+        the round's decisions that were not logged (watched views whose best action stayed)."""
+        self._ctx.engine.eligible.clear()
         if self._entries or self._forgotten:
             entries, self._entries = self._entries, []
             forgotten, self._forgotten = self._forgotten, set()

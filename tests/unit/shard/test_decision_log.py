@@ -104,6 +104,10 @@ def test_impressions_event_decisions_and_pushes_are_logged_once_each(compiled):
     # a decision pushed to two sinks is one decision, sealed and logged once
     assert len(pushes) == 2 and pushes[0].decision is pushes[1].decision
     assert pushes[0].decision.decision_id in ids and len(decisions) == 3
+    # a watched view decided again with the same best action is not pushed, nor logged, and
+    # what the engine noted of it for the log goes with the round
+    assert s.process([event("ana", "page_view", T0 + 1, category="home")])[1] == []
+    assert len(logged(s.store)[0]) == 3 and s.engine.eligible == {}
 
 
 GONE, KEPT = "forgotten-7f3c9a", "kept-2b1d84"
