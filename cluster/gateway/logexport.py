@@ -1,8 +1,8 @@
 """ExportDecisionLog: the decision log of every shard, joined and in time order, streamed as
 JSON lines (cluster/evidence/records.py) in chunks.
 
-The gateway asks every shard the controller's map routes to (shard/decisionlog.py `read`: its own log,
-and, from the first one with a shared store, the logs of shards no longer live) for the
+The gateway asks every shard the controller's map routes to (shard/decisionlog.py `read`: its
+own log, and, from the first one with a shared store, the logs of shards no longer live) for the
 decisions logged within [since, until] and the outcomes logged from `since` to OUTCOME_WINDOW_S
 past `until` (a decision takes outcomes that long), joins each outcome to the decision it
 names (outcomes may be in another shard's log: the customer's partition moved) and sends the

@@ -43,8 +43,9 @@ def redis_server(tmp_path_factory):
 @pytest.fixture(params=["directory", "redis"])
 def gateway(request, tmp_path):
     backend = LocalBackend()
+    prefix = f"declog{abs(hash(request.node.name))}"  # a store of the test's own
     backend.store = DirectoryStore(tmp_path / "store") if request.param == "directory" else \
-        RedisStore(f"{request.getfixturevalue('redis_server').url}?prefix=declog{abs(hash(request.node.name))}")
+        RedisStore(f"{request.getfixturevalue('redis_server').url}?prefix={prefix}")
     served = InProcessGateway(Auth.load(KEYS), backend)
     channel = grpc.insecure_channel(f"127.0.0.1:{served.port}")
     yield served, channel
