@@ -43,7 +43,7 @@ from kairos.cluster.settings import (DECISION_LOG, DECISION_LOG_MAX_BYTES,
                                      DECISION_LOG_PENDING, DECISION_LOG_RETENTION_S,
                                      DECISION_LOG_TRIM_S)
 from kairos.cluster.shard.context import ShardContext
-from kairos.cluster.storage.blocks import export_block, pack
+from kairos.cluster.storage.blocks import pack_one
 from kairos.cluster.storage.decision_logs import Entry
 from kairos.cluster.storage.store import Store, StoreUnavailable
 
@@ -74,8 +74,7 @@ class DecisionLog:
         codes = engine.eligible.pop(decision.decision_id, None)
         eligible = () if codes is None else tuple(c.action_ids[a] for a in codes.tolist())
         customer_id = decision.customer_id
-        profile = pack(export_block(engine, [customer_id])) if customer_id in engine.table \
-            else b""
+        profile = pack_one(engine, customer_id) if customer_id in engine.table else b""
         record = DecisionRecord(
             sealed_id, now, customer_id, decision.channel, decision.placement,
             decision.catalog_version, decision.model_version, dict(context or {}), inputs,

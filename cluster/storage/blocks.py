@@ -246,6 +246,31 @@ def unpack(data: bytes) -> dict[str, Any]:
         raise BlockCorrupt(f"undecodable block data ({type(exc).__name__}: {exc})") from None
 
 
+CATALOG_PART = ("format", "catalog", "slots", "string_columns", "actions", "channels")
+
+
+def pack_one(engine: DecisionEngine, customer_id: str) -> bytes:
+    """`pack(export_block(engine, [customer_id]))`, for the decision log's profile of each
+    decision: the catalog's part of the block (its slots, actions and channels, the same in
+    every block of the catalog, half the packing) is packed once per catalog, and the
+    customer's part follows it under one map header."""
+    block = export_block(engine, [customer_id])
+    own = {key: value for key, value in block.items() if key not in CATALOG_PART}
+    packed = msgpack.packb(own, default=_encode_array, use_bin_type=True)
+    assert len(own) <= 15  # so msgpack gave it a one-byte header (fixmap), dropped here
+    return b"\xde" + len(block).to_bytes(2, "big") + _catalog_part(engine.compiled) + \
+        packed[1:]
+
+
+@functools.lru_cache(maxsize=8)
+def _catalog_part(c: CompiledCatalog) -> bytes:
+    """The catalog's key/value pairs of a block, packed, without their map header."""
+    keys, flags, _ = _layout(c)
+    part = dict(zip(CATALOG_PART, (FORMAT, c.version, keys, flags, c.action_ids,
+                                   c.channel_names)))
+    return msgpack.packb(part, use_bin_type=True)[1:]  # after its fixmap header
+
+
 def _encode_array(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return {"__nd__": obj.dtype.str, "shape": list(obj.shape),
