@@ -18,7 +18,8 @@ PACKAGE_DIRS = {
     "kairos.core.catalogs": "core/catalogs",
     "kairos.cluster": "cluster",
     **{f"kairos.cluster.{role}": f"cluster/{role}"
-       for role in ("cli", "console", "control", "gateway", "shard", "storage", "transport")},
+       for role in ("cli", "console", "control", "evidence", "gateway", "shard", "storage",
+                     "transport")},
     "kairos.v1": "protos/kairos/v1",
 }
 

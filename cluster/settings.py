@@ -133,6 +133,16 @@ OUTCOME_WINDOW_S = number("OUTCOME_WINDOW_S", 7 * 86_400.0, above=True)
 # Outcomes a customer may report per OUTCOME_RATE_WINDOW_S; past it, RESOURCE_EXHAUSTED.
 OUTCOMES_PER_CUSTOMER = integer("OUTCOMES_PER_CUSTOMER", 60)
 OUTCOME_RATE_WINDOW_S = number("OUTCOME_RATE_WINDOW_S", 60.0, above=True)
+# The decision log (cluster/shard/decisionlog.py): every decision a shard makes and every
+# outcome it takes, beside the journal. 0 turns it off. A shard's log keeps records this long
+# and at most this many bytes (the oldest go first), and holds at most DECISION_LOG_PENDING
+# records not yet written (past it, new ones are dropped and counted: the store is behind).
+DECISION_LOG = integer("DECISION_LOG", 1, low=0, high=1)
+DECISION_LOG_RETENTION_S = number("DECISION_LOG_RETENTION_S", 3 * 86_400.0, above=True)
+DECISION_LOG_MAX_BYTES = integer("DECISION_LOG_MAX_BYTES", 1 << 30, low=1 << 20)
+DECISION_LOG_PENDING = integer("DECISION_LOG_PENDING", 100_000)
+# How often a shard applies the retention bounds to its log.
+DECISION_LOG_TRIM_S = number("DECISION_LOG_TRIM_S", 60.0, above=True, high=86_400.0)
 # How long a call to Redis may take before the store counts as failed (the shard rebuilds).
 REDIS_TIMEOUT_S = number("REDIS_TIMEOUT_S", 5.0, above=True, high=600.0)
 

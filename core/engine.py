@@ -91,6 +91,11 @@ class DecisionEngine:
         self._no_context = np.full(max(compiled.context_width, 1), math.nan)
         self._groups = [compiled.group_names[g] for g in compiled.action_group.tolist()]
         self._levers = compiled.lever.tolist()
+        # with `keep_eligible`, the codes of the actions each decision's rules and contact
+        # policies let through, by decision id, for the decision log, which takes them and
+        # clears the rest after each round (so they never pile up)
+        self.keep_eligible = False
+        self.eligible: dict[str, np.ndarray] = {}
 
     @property
     def implementation(self) -> str:
@@ -298,6 +303,8 @@ class DecisionEngine:
         decision_id = f"{self._prefix}{next(self._decisions):x}"
         self._remember(decision_id, _Remembered(customer_id, channel, ws.predictors[i].copy(),
                                                 codes))
+        if self.keep_eligible:
+            self.eligible[decision_id] = np.flatnonzero(_PASSED[ws.reasons[i]])
         explanation = self._explain(i, channel, actions) if explain else None
         return Decision(decision_id, customer_id, c.channel_names[channel],
                         c.placement_names[channel][placement], actions, c.version,
@@ -353,6 +360,12 @@ class DecisionEngine:
                                 f"'{action.group}' was chosen",
             Reason.TOP_K: f"{scored}; ranked below the actions shown",
         }[reason]
+
+    def inputs_of(self, decision_id: str) -> np.ndarray | None:
+        """The model inputs a remembered decision saw, in `predictor_names` order; None once
+        the memo has let it go."""
+        memo = self._remembered.get(decision_id)
+        return None if memo is None else memo.predictors
 
     @property
     def remembered(self) -> int:
@@ -503,6 +516,11 @@ class DecisionEngine:
         if vtype == "int":
             return int(value)
         return float(value)
+
+
+# per kernel reason code: whether the action passed the decision's rules and contact policies
+# (shown, or dropped only after: an invalid value, restraint, a group limit, top-k)
+_PASSED = np.array([r == Reason.SELECTED or r >= Reason.INVALID_VALUE for r in Reason], bool)
 
 
 def _unread(text: str) -> float:

@@ -51,7 +51,7 @@ from kairos.core.catalog import load_catalog_file
 from kairos.core.compiler import compile_catalog
 from kairos.core.errors import CatalogError
 
-from kairos.cluster.cli import console, demo, local, operate, replay, uplift
+from kairos.cluster.cli import console, demo, local, logexport, operate, replay, uplift
 from kairos.cluster.cli.secret_files import SecretFileError, check_secret_file
 from kairos.cluster.storage.store import redact  # light: no store's client is imported
 
@@ -364,6 +364,7 @@ def parser(gateway_port: int) -> argparse.ArgumentParser:
     commands.add_parser("down", help="stop what `kairos up` started on this KAIROS_HOME")
     commands.add_parser("status", help="show the cluster", parents=[target])
     console.add_command(commands, [target])
+    logexport.add_command(commands, [target])
     drain_ = commands.add_parser(
         "drain", parents=[target],
         help="take a node out while traffic flows: its gateway, partitions and shards")
@@ -439,8 +440,8 @@ def main(argv: list[str] | None = None) -> int:
             return demo.run_remote(args.target)
         if args.command == "console":
             return console.run(args)
-        return {"status": operate.status, "drain": operate.drain,
-                "catalog": operate.push}[args.command](args)
+        return {"status": operate.status, "drain": operate.drain, "catalog": operate.push,
+                "log": logexport.run}[args.command](args)
     except grpc.RpcError as exc:
         if exc.code() == grpc.StatusCode.UNAVAILABLE:
             print(f"{NOT_RUNNING}: no gateway answers at {args.target} (`kairos up` starts "

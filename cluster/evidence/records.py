@@ -33,7 +33,7 @@ class OutcomeRecord:
     decision_id: str
     customer_id: str
     action_id: str
-    outcome: str  # the Respond outcome's name, e.g. "ACCEPTED"
+    outcome: str  # as the shard took it: "impression", "accept", "reject", "ignore", "convert"
     value: float  # the conversion value the outcome carried (0 if none)
     time: float  # epoch seconds
 
@@ -74,14 +74,21 @@ def from_json(data: dict[str, Any], where: str = "record") -> DecisionRecord:
     try:
         if data.pop("format", FORMAT) != FORMAT:
             raise LogFormatError(f"{where}: format is not {FORMAT}")
+        return _from_fields({**data, "profile": base64.b64decode(data["profile"],
+                                                                 validate=True)}, where)
+    except LogFormatError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LogFormatError(f"{where}: not a decision record: {exc}") from None
+
+
+def _from_fields(data: dict[str, Any], where: str) -> DecisionRecord:
+    try:
         return DecisionRecord(
             **{**data,
-               "profile": base64.b64decode(data["profile"], validate=True),
                "eligible": tuple(data["eligible"]),
                "shown": tuple(ShownAction(**s) for s in data["shown"]),
                "outcomes": tuple(OutcomeRecord(**o) for o in data.get("outcomes", ()))})
-    except LogFormatError:
-        raise
     except (KeyError, TypeError, ValueError) as exc:
         raise LogFormatError(f"{where}: not a decision record: {exc}") from None
 
@@ -105,3 +112,135 @@ def read_jsonl(path: str | Path) -> Iterator[DecisionRecord]:
                 except json.JSONDecodeError as exc:
                     raise LogFormatError(f"{path}:{number}: not JSON: {exc}") from None
                 yield from_json(data, f"{path}:{number}")
+
+
+# -- as the shards store them (msgpack arrays, fields in declaration order) ---------------------
+
+DECISION, OUTCOME = "d", "o"  # the first element of a stored record
+
+
+def pack_decision(record: DecisionRecord) -> list:
+    """A decision as a shard's log stores it (the outcomes are joined on export)."""
+    return [DECISION, record.decision_id, record.time, record.customer_id, record.channel,
+            record.placement, record.catalog_version, record.model_version, record.context,
+            record.inputs, record.profile, list(record.eligible),
+            [[s.action_id, s.slot, s.selection, s.propensity, s.priority] for s in record.shown],
+            record.control]
+
+
+def pack_outcome(record: OutcomeRecord) -> list:
+    return [OUTCOME, record.decision_id, record.customer_id, record.action_id, record.outcome,
+            record.value, record.time]
+
+
+def unpack(stored: list) -> DecisionRecord | OutcomeRecord:
+    """The record `pack_decision` or `pack_outcome` stored; LogFormatError for anything else."""
+    try:
+        if stored[0] == DECISION:
+            (_, decision_id, time, customer_id, channel, placement, catalog_version,
+             model_version, context, inputs, profile, eligible, shown, control) = stored
+            return DecisionRecord(decision_id, time, customer_id, channel, placement,
+                                  catalog_version, model_version, context, inputs, profile,
+                                  tuple(eligible), tuple(ShownAction(*s) for s in shown),
+                                  control)
+        if stored[0] == OUTCOME:
+            return OutcomeRecord(*stored[1:])
+    except (TypeError, ValueError, IndexError) as exc:
+        raise LogFormatError(f"not a stored log record: {exc}") from None
+    raise LogFormatError(f"not a stored log record: kind {stored[0]!r}")
+
+
+def engine_id(decision_id: str) -> str:
+    """What a decision and the outcomes naming it share: the engine's part of a sealed id
+    (cluster/shard/outcomes.py), the same whichever of the decision's tags an outcome kept."""
+    return decision_id.split(".", 1)[0]
+
+
+def joined(decisions: Iterable[DecisionRecord], outcomes: Iterable[OutcomeRecord]
+           ) -> list[DecisionRecord]:
+    """The decisions in time order, each with the outcomes that name it, in time order."""
+    by_decision: dict[str, list[OutcomeRecord]] = {}
+    for outcome in sorted(outcomes, key=lambda o: o.time):
+        by_decision.setdefault(engine_id(outcome.decision_id), []).append(outcome)
+    return [d.with_outcomes(by_decision.get(engine_id(d.decision_id), ()))
+            for d in sorted(decisions, key=lambda d: (d.time, d.decision_id))]
+
+
+# -- Parquet (pyarrow) ---------------------------------------------------------------------------
+
+def _schema():
+    import pyarrow as pa  # only readers and writers of Parquet pay its import
+    shown = pa.struct([("action_id", pa.string()), ("slot", pa.int32()),
+                       ("selection", pa.float64()), ("propensity", pa.float64()),
+                       ("priority", pa.float64())])
+    outcome = pa.struct([("decision_id", pa.string()), ("customer_id", pa.string()),
+                         ("action_id", pa.string()), ("outcome", pa.string()),
+                         ("value", pa.float64()), ("time", pa.float64())])
+    return pa.schema([
+        ("decision_id", pa.string()), ("time", pa.float64()), ("customer_id", pa.string()),
+        ("channel", pa.string()), ("placement", pa.string()),
+        ("catalog_version", pa.string()), ("model_version", pa.int64()),
+        ("context", pa.string()),  # JSON: its values are strings, numbers or vectors
+        ("inputs", pa.map_(pa.string(), pa.float64())), ("profile", pa.binary()),
+        ("eligible", pa.list_(pa.string())), ("shown", pa.list_(shown)),
+        ("control", pa.bool_()), ("outcomes", pa.list_(outcome)),
+    ], metadata={b"kairos_decision_log_format": str(FORMAT).encode()})
+
+
+PARQUET_ROWS = 10_000  # records per row group written
+
+
+def write_parquet(records: Iterable[DecisionRecord], path: str | Path) -> int:
+    """Write the records as Parquet (nested lists as list<struct>, profile as binary); how
+    many were written. Written a row group at a time, so memory stays bounded."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    schema = _schema()
+    n = 0
+    with pq.ParquetWriter(str(path), schema) as out:
+        rows: list[dict[str, Any]] = []
+        for record in records:
+            row = asdict(record)
+            row["context"] = json.dumps(record.context, separators=(",", ":"))
+            row["inputs"] = list(record.inputs.items())
+            rows.append(row)
+            if len(rows) == PARQUET_ROWS:
+                out.write_table(pa.Table.from_pylist(rows, schema))
+                n, rows = n + len(rows), []
+        if rows or not n:
+            out.write_table(pa.Table.from_pylist(rows, schema))
+            n += len(rows)
+    return n
+
+
+def read_parquet(path: str | Path) -> Iterator[DecisionRecord]:
+    import pyarrow.parquet as pq
+    try:
+        source = pq.ParquetFile(str(path))
+    except Exception as exc:  # pyarrow raises its own ArrowInvalid for a file not Parquet
+        raise LogFormatError(f"{path}: not Parquet: {exc}") from None
+    metadata = source.schema_arrow.metadata or {}
+    if metadata.get(b"kairos_decision_log_format") != str(FORMAT).encode():
+        raise LogFormatError(f"{path}: not a Kairos decision log of format {FORMAT}")
+    for batch in source.iter_batches():
+        for number, row in enumerate(batch.to_pylist()):
+            row["context"] = json.loads(row["context"])
+            row["inputs"] = dict(row["inputs"])
+            yield _from_fields(row, f"{path}: row {number}")
+
+
+def is_parquet(path: str | Path) -> bool:
+    """Whether a log file of this name is Parquet (else JSON lines)."""
+    return str(path).endswith(".parquet")
+
+
+def write_records(records: Iterable[DecisionRecord], path: str | Path,
+                  parquet: bool | None = None) -> int:
+    """Parquet if `parquet` (by default: the file's name ends .parquet), else JSON lines; how
+    many were written."""
+    parquet = is_parquet(path) if parquet is None else parquet
+    return (write_parquet if parquet else write_jsonl)(records, path)
+
+
+def read_records(path: str | Path) -> Iterator[DecisionRecord]:
+    return (read_parquet if is_parquet(path) else read_jsonl)(path)

@@ -1,5 +1,5 @@
 """kairos.v1.AdminService: catalogs, cluster status, scaling and drains, through the
-controller.
+controller; the decision log's export, from the shards (logexport.py).
 
 Every call needs a key with the admin scope (auth.py checks it before the handler runs). A
 call to the controller ends within the caller's deadline (DEADLINE_EXCEEDED), and one that a
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Awaitable
+from typing import Any, AsyncIterator, Awaitable
 
 import grpc
 
@@ -21,6 +21,7 @@ from kairos.v1 import admin_pb2, admin_pb2_grpc
 from kairos.cluster.control.nodes import NodeRefused, NodeUnknown
 from kairos.cluster.evidence import report as evidence_report
 from kairos.cluster.gateway.calls import Gateway, fail
+from kairos.cluster.gateway.logexport import export
 from kairos.cluster.transport.backend import Unavailable
 from kairos.core.compiler import compiled_from_text
 
@@ -34,6 +35,7 @@ MAX_EVIDENCE_BYTES = 256 * 1024
 
 class AdminService(admin_pb2_grpc.AdminServiceServicer):
     def __init__(self, gateway: Gateway):
+        self.gateway = gateway
         self.backend = gateway.backend
         self.node = gateway.node
 
@@ -116,6 +118,11 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                        f"node_id: {getattr(exc, 'cause', exc)}")
         return admin_pb2.DrainNodeResponse(node_id=node, shards=done["shards"],
                                            moved=done["moved"], map_version=done["version"])
+
+    async def ExportDecisionLog(self, request: admin_pb2.ExportDecisionLogRequest, context
+                                ) -> AsyncIterator[admin_pb2.DecisionLogChunk]:
+        async for chunk in export(self.gateway, request, context):
+            yield chunk
 
 
 async def _answer(context, work: Awaitable) -> Any:

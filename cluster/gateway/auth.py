@@ -25,7 +25,9 @@ also link, a channel-bound one may not), and feedback (with respond: offline out
 name no decision; the handler asks `has_scope`), and status:read (the cluster's status and
 the running catalog, read only: GetClusterStatus, GetCatalog and ValidateCatalog, which
 change nothing; an operator's screen needs them without the admin scope's catalog switches,
-scaling and drains).
+scaling and drains), and log:read (ExportDecisionLog: the decision log, every channel's
+decisions with the customers' profiles as they saw them, so for unbound keys only; admin
+may too).
 
 Every kairos.v1 method has a `Rule` in RULES: the scope a key needs, where the request names a
 channel, and what a channel-bound key may do (`Rule.bound`):
@@ -54,7 +56,7 @@ import grpc
 import yaml
 
 SCOPES = ("decide", "ingest", "respond", "watch", "profile:read", "admin", "identity",
-          "feedback", "status:read")
+          "feedback", "status:read", "log:read")
 KEYS_ENV = "KAIROS_API_KEYS"  # where `kairos up` and its gateways find keys without --keys
 METADATA_KEY = "x-api-key"
 
@@ -99,6 +101,7 @@ RULES: dict[str, Rule] = {
     _ADMIN + "GetClusterStatus": Rule("status:read", also="admin"),
     _ADMIN + "ScaleShards": Rule("admin"),
     _ADMIN + "DrainNode": Rule("admin"),
+    _ADMIN + "ExportDecisionLog": Rule("log:read", bound=UNBOUND, also="admin"),
 }
 OPEN_SERVICES = frozenset({"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
                            "grpc.reflection.v1.ServerReflection"})

@@ -27,6 +27,7 @@ from kairos.cluster.shard.host import ShardHost
 from kairos.cluster.shard.modelsync import ModelSync
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage.providers import open_store
+from kairos.cluster.storage.store import StoreUnavailable
 from kairos.cluster.transport.backend import Unavailable
 from kairos.cluster.transport.dataplane import PlaneServer
 from kairos.cluster.transport.ray_backend import RayBackend
@@ -157,6 +158,16 @@ class ShardActor:
                 "incarnation": self.incarnation, "recovery": self.host.recovery}
 
     # -- admin (own concurrency group: answers while the data path is busy) --------------------
+
+    @ray.method(concurrency_group="admin")
+    async def read_log(self, since: float, until: float, outcomes_until: float,
+                       channel: str | None, limit: int, live: list[str]
+                       ) -> tuple[list, list, bool]:
+        """The decision log, read on a thread (host.py `read_log`)."""
+        try:
+            return await self.host.read_log(since, until, outcomes_until, channel, limit, live)
+        except StoreUnavailable as exc:
+            raise Unavailable(str(exc)) from exc
 
     @ray.method(concurrency_group="admin")
     async def health(self) -> dict[str, Any]:

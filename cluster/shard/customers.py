@@ -27,6 +27,7 @@ from kairos.cluster.identity import anonymous_id
 from kairos.cluster.protocol import (Busy, Decide, Event, EventAck, EventRecord, Fire,
                                      Invalid, Missing, Ok, Outcome, ReadProfile, Record, Reply,
                                      WatchCustomer)
+from kairos.cluster.shard.decisionlog import DecisionLog
 from kairos.cluster.shard.context import LEARNED_COUNT, ShardContext, touch
 from kairos.cluster.shard.journaling import Journaling
 from kairos.cluster.shard.identities import CustomerIdentities
@@ -39,8 +40,9 @@ from kairos.cluster.shard.watches import Watches
 class CustomerRequests:
     def __init__(self, ctx: ShardContext, residency: Residency, keys: IdempotencyKeys,
                  journaling: Journaling, watches: Watches, seal: DecisionSeal,
-                 identities: CustomerIdentities):
+                 identities: CustomerIdentities, decision_log: DecisionLog):
         self._ctx = ctx
+        self._log = decision_log
         self._identities = identities
         self._residency = residency
         self._keys = keys
@@ -121,8 +123,9 @@ class CustomerRequests:
             self._keys.remember(customer_id, key, replies[i].sequence)
         for i, first in repeats:
             replies[i] = EventAck(sequence=replies[first].sequence, duplicate=True)
-        for (i, _), decision in zip(views, engine.decide_encoded([v for _, v in views])):
+        for (i, view), decision in zip(views, engine.decide_encoded([v for _, v in views])):
             replies[i] = replies[i]._replace(decision=self._seal.seal(decision))
+            self._log.decided(decision, replies[i].decision.decision_id, view.now, None)
         return replies
 
     def fires(self, batch: list[Fire], touched: dict[str, float]) -> list[Reply]:
@@ -181,14 +184,18 @@ class CustomerRequests:
         shown = []
         for i, request, decision in zip(where, encoded, engine.decide_encoded(encoded, explain)):
             replies[i] = Ok(value=self._seal.seal(decision))  # outcomes name the sealed id
+            sealed_id = replies[i].value.decision_id
+            self._log.decided(decision, sealed_id, request.now, batch[i].context)
             if batch[i].record_impression:
                 for a in decision.actions:
                     shown.append((decision.customer_id, a.action_id, decision.channel,
                                   "impression", request.now, decision.decision_id))
-                    self._journaling.record(Outcome(
+                    impression = Outcome(
                         partition=batch[i].partition, customer_id=decision.customer_id,
                         action_id=a.action_id, channel=decision.channel, outcome="impression",
-                        when=request.now, decision_id=decision.decision_id))
+                        when=request.now, decision_id=decision.decision_id)
+                    self._journaling.record(impression)
+                    self._log.outcome(impression._replace(decision_id=sealed_id), None)
             self.by_channel[decision.channel] += 1
             for action in decision.actions:
                 self.by_group[action.group] += 1
@@ -210,6 +217,7 @@ class CustomerRequests:
         they were checked when journaled (with the engine's own decision id)."""
         replies: list[Reply] = []
         for o in batch:
+            sent = o  # as its caller named the decision: the log joins it to the sealed id
             if not self._journaling.replaying:
                 try:
                     if o.decision_id is not None:
@@ -233,6 +241,8 @@ class CustomerRequests:
             if not known:  # shown a decision (or offline) before it had a profile: now it has
                 self._residency.activate(o.customer_id, o.partition)
             self._journaling.record(o)
+            if not self._journaling.replaying:
+                self._log.outcome(sent, o.value)
             replies.append(Ok(value=learned.value))
             self._ctx.counts["outcomes"] += 1
             self._ctx.counts[LEARNED_COUNT + learned.value] += 1

@@ -49,6 +49,7 @@ from kairos.core.compiler import CompiledCatalog
 from kairos.cluster.protocol import Busy, Invalid, Reply, Unavailable
 from kairos.cluster.settings import (SESSION_START_S, SHARD_QUEUE_LIMIT, SHARD_ROUND_BYTES,
                                      SHARD_ROUND_LIMIT, TICK_S)
+from kairos.cluster.shard import decisionlog
 from kairos.cluster.shard.sequencer import Sequencer
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.shard.syncs import Syncs
@@ -161,6 +162,7 @@ class ShardHost:
         shard = Shard(self.name, compiled, owned, self.n_partitions, seed=self.seed,
                       store=self._open_store(), journal_policy=self._journal_policy)
         shard.sync_commits = False  # Syncs makes each round durable before it is answered
+        shard.decision_log.writer.in_background()  # off the data path too (decisionlog.py)
         for sink, channel, placement in channel_watches:
             shard.watch_channel(sink, channel, placement)
         recovery = shard.recover(sources)
@@ -387,6 +389,19 @@ class ShardHost:
                           getattr(method, "__name__", method), where_failed(exc))
                 self._fail(StoreUnavailable(f"{self.name}: {type(exc).__name__}"))
             raise
+
+    async def read_log(self, since: float, until: float, outcomes_until: float,
+                       channel: str | None, limit: int, live: list[str]
+                       ) -> tuple[list, list, bool]:
+        """Read the decision log (decisionlog.py `read`) on a thread: reading a store takes
+        its time, and the log's writer works beside it."""
+        shard = self.shard
+        if shard is None:
+            raise StoreUnavailable(f"{self.name} is recovering from the store")
+        names = decisionlog.to_read(shard.store, self.name, live)
+        return await asyncio.get_running_loop().run_in_executor(
+            None, decisionlog.read, shard.store, names, since, until, outcomes_until, channel,
+            limit)
 
     async def _tick(self) -> None:
         while True:

@@ -18,6 +18,7 @@ from typing import Any
 from kairos.cluster.identity import Directory, link_id
 from kairos.cluster.protocol import (Bury, Claim, Conflict, Forget, Forgotten, Link, Merge, Ok,
                                      Reply, Resolve, Retire, Settle, Take, Unlink)
+from kairos.cluster.shard.decisionlog import DecisionLog
 from kairos.cluster.shard.context import ShardContext, touch
 from kairos.cluster.shard.journaling import Journaling
 from kairos.cluster.shard.residency import Residency
@@ -65,8 +66,10 @@ class CustomerIdentities:
 
 class IdentityRequests:
     def __init__(self, ctx: ShardContext, residency: Residency, journaling: Journaling,
-                 directory: Directory, identities: CustomerIdentities):
+                 directory: Directory, identities: CustomerIdentities,
+                 decision_log: DecisionLog):
         self._ctx = ctx
+        self._decision_log = decision_log
         self._residency = residency
         self._journaling = journaling
         self._directory = directory
@@ -197,6 +200,7 @@ class IdentityRequests:
                 self._residency.evict(customer_id, p)
                 self._journaling.delete_later(p, customer_id)
             self._ctx.engine.forget(customer_id)
+            self._decision_log.forget(customer_id)  # replayed too: an erasure a crash cut
             if self._directory.redirect_of(customer_id) is not None:
                 self._directory.drop_redirect(p, customer_id)  # with the state it handed over
                 existed = True

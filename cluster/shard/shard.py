@@ -35,6 +35,7 @@ from collections import Counter
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from kairos.core.compiler import CompiledCatalog
+from kairos.core.decision import Decision
 from kairos.core.engine import DecisionEngine
 
 from kairos.cluster import protocol
@@ -45,6 +46,7 @@ from kairos.cluster.settings import (PASSIVATE_IDLE_S, RESIDENT_LIMIT, SNAPSHOT_
 from kairos.cluster.shard.catalogs import CatalogSwitch
 from kairos.cluster.shard.context import ShardContext
 from kairos.cluster.shard.customers import CustomerRequests
+from kairos.cluster.shard.decisionlog import DecisionLog
 from kairos.cluster.shard.durability import Durability
 from kairos.cluster.shard.handoff import Handoff
 from kairos.cluster.shard.identities import CustomerIdentities, IdentityRequests
@@ -89,10 +91,12 @@ class Shard:
                                    (self.watches, self.identities, self.keys), idle_s,
                                    resident_limit)
         self.seal = DecisionSeal(secret, clock)
+        self.decision_log = DecisionLog(ctx)
         self.customers = CustomerRequests(ctx, self.residency, self.keys, self.journaling,
-                                          self.watches, self.seal, self.identities)
+                                          self.watches, self.seal, self.identities,
+                                          self.decision_log)
         identity = IdentityRequests(ctx, self.residency, self.journaling, self.directory,
-                                    self.identities)
+                                    self.identities, self.decision_log)
         self.durability = Durability(ctx, self.ownership, self.residency, self.directory,
                                      self.journaling, self._replayed)
         self.handoff = Handoff(ctx, self.ownership, self.residency, self.directory,
@@ -125,8 +129,21 @@ class Shard:
         """
         replies, touched = self._dispatch(requests, routed)
         self.journaling.commit()
-        return replies, [Push(p.sink, self.seal.seal(p.decision))
-                         for p in self.watches.changes(touched)]
+        pushes = self._sealed(self.watches.changes(touched), touched)
+        self.decision_log.flush()
+        return replies, pushes
+
+    def _sealed(self, pushes: list[Push], touched: dict[str, float]) -> list[Push]:
+        """The pushes with their decisions sealed (and logged) once each, whatever the
+        number of sinks a decision goes to."""
+        sealed: dict[int, Decision] = {}
+        for push in pushes:
+            decision = push.decision
+            if id(decision) not in sealed:
+                sealed[id(decision)] = self.seal.seal(decision)
+                self.decision_log.decided(decision, sealed[id(decision)].decision_id,
+                                          touched[decision.customer_id], None)
+        return [Push(p.sink, sealed[id(p.decision)]) for p in pushes]
 
     def _replayed(self, requests: list[Request]) -> list[Reply]:
         return self._dispatch(requests, None)[0]
@@ -180,6 +197,8 @@ class Shard:
         self.durability.erase()
         self.durability.checkpoint(now - SNAPSHOT_AFTER_S, len(self.journaling.dirty),
                                    SNAPSHOT_BUDGET_S)
+        self.decision_log.flush()  # what a replay's forgets asked for, and other methods'
+        self.decision_log.trim()
         return pushes
 
     # -- the parts' operations -----------------------------------------------------------------
@@ -228,6 +247,7 @@ class Shard:
 
     def close(self) -> None:
         self.journal.close()
+        self.decision_log.writer.close()
 
     def retire(self) -> None:
         """This shard owns nothing any more and is going away: drop its journal."""

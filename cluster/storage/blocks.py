@@ -13,6 +13,7 @@ a block that fails is BlockCorrupt, never an IndexError or a row half loaded.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import msgpack
@@ -33,15 +34,23 @@ class BlockCorrupt(ValueError):
 
 def slot_keys(compiled: CompiledCatalog) -> list[str]:
     """A name per profile slot; the helper slot after a `last` feature is '<name>@time'."""
-    keys: list[str] = []
-    for name in compiled.layout.names:
-        keys.append(name if name else f"{keys[-1]}@time")
-    return keys
+    return _layout(compiled)[0]
 
 
 def string_columns(compiled: CompiledCatalog) -> list[bool]:
-    types = compiled.layout.types
-    return [types.get(key) == "string" for key in slot_keys(compiled)]
+    return _layout(compiled)[1]
+
+
+@functools.lru_cache(maxsize=8)
+def _layout(compiled: CompiledCatalog) -> tuple[list[str], list[bool], list[int]]:
+    """The slots' names, whether each holds a string, and the string slots' columns: the same
+    for every block of a catalog (the decision log exports one per decision), so computed
+    once per catalog (kept by identity; a shard holds one or two at a time)."""
+    keys: list[str] = []
+    for name in compiled.layout.names:
+        keys.append(name if name else f"{keys[-1]}@time")
+    flags = [compiled.layout.types.get(key) == "string" for key in keys]
+    return keys, flags, np.flatnonzero(flags).tolist()
 
 
 def export_block(engine: DecisionEngine, customer_ids: Sequence[str],
@@ -51,21 +60,22 @@ def export_block(engine: DecisionEngine, customer_ids: Sequence[str],
     along for the shard's own per-customer state, such as armed timers. `journal` names the
     journal whose positions the rows' LSNs are."""
     c, t = engine.compiled, engine.table
-    rows = np.fromiter((t.index[i] for i in customer_ids), np.int64, len(customer_ids))
-    values = t.values[rows]
-    strings: list[str] = []
-    for col, is_string in enumerate(string_columns(c)):
-        if is_string:
-            values[:, col], texts = _localize(values[:, col], c, len(strings))
-            strings.extend(texts)
+    keys, flags, string_slots = _layout(c)
+    if len(customer_ids) == 1:  # copying a slice costs a third of indexing by an array
+        row = t.index[customer_ids[0]]
+        rows: slice | np.ndarray = slice(row, row + 1)
+    else:
+        rows = np.fromiter((t.index[i] for i in customer_ids), np.int64, len(customer_ids))
+    values = t.values[rows].copy()
+    strings = _localize(values, string_slots, c)
     block = {"format": FORMAT, "catalog": c.version, "ids": list(customer_ids),
-             "slots": slot_keys(c), "string_columns": string_columns(c), "strings": strings,
+             "slots": keys, "string_columns": flags, "strings": strings,
              "actions": c.action_ids, "channels": c.channel_names, "values": values,
-             "ring_head": t.ring_head[rows], "applied": t.applied[rows],
-             "journal": journal, "lsn": t.lsn[rows],
-             "extras": list(extras) if extras is not None else [None] * len(rows)}
+             "ring_head": t.ring_head[rows].copy(), "applied": t.applied[rows].copy(),
+             "journal": journal, "lsn": t.lsn[rows].copy(),
+             "extras": list(extras) if extras is not None else [None] * len(customer_ids)}
     for name in RING_COLUMNS:
-        block[name] = getattr(t, name)[rows]
+        block[name] = getattr(t, name)[rows].copy()
     return block
 
 
@@ -137,13 +147,24 @@ def _corrupt(what: str) -> BlockCorrupt:
     return BlockCorrupt(f"a customer block has {what}")
 
 
-def _localize(codes: np.ndarray, c: CompiledCatalog, offset: int) -> tuple[np.ndarray, list]:
-    """String codes of the engine's table -> codes into the block's own string list."""
+def _localize(values: np.ndarray, slots: list[int], c: CompiledCatalog) -> list[str]:
+    """Turn the string slots' codes of the engine's table into codes into the block's own
+    string list (one for every string slot), in place; that list. One customer's few codes
+    (the decision log exports a block per decision) are numbered in Python, where np.unique
+    would cost more than the rest of the block."""
+    if len(values) == 1:
+        row, index = values[0], {}
+        for col in slots:
+            code = float(row[col])
+            if code == code:
+                row[col] = index.setdefault(code, len(index))
+        return [c.strings.text(code) for code in index]
+    codes = values[:, slots]
     known = ~np.isnan(codes)
     unique, inverse = np.unique(codes[known], return_inverse=True)
-    out = codes.copy()
-    out[known] = inverse + offset
-    return out, [c.strings.text(code) for code in unique.tolist()]
+    codes[known] = inverse
+    values[:, slots] = codes
+    return [c.strings.text(code) for code in unique.tolist()]
 
 
 def _values(c: CompiledCatalog, block: dict[str, Any]) -> np.ndarray:
@@ -223,6 +244,31 @@ def unpack(data: bytes) -> dict[str, Any]:
                                strict_map_key=False)
     except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
         raise BlockCorrupt(f"undecodable block data ({type(exc).__name__}: {exc})") from None
+
+
+CATALOG_PART = ("format", "catalog", "slots", "string_columns", "actions", "channels")
+
+
+def pack_one(engine: DecisionEngine, customer_id: str) -> bytes:
+    """`pack(export_block(engine, [customer_id]))`, for the decision log's profile of each
+    decision: the catalog's part of the block (its slots, actions and channels, the same in
+    every block of the catalog, half the packing) is packed once per catalog, and the
+    customer's part follows it under one map header."""
+    block = export_block(engine, [customer_id])
+    own = {key: value for key, value in block.items() if key not in CATALOG_PART}
+    packed = msgpack.packb(own, default=_encode_array, use_bin_type=True)
+    assert len(own) <= 15  # so msgpack gave it a one-byte header (fixmap), dropped here
+    return b"\xde" + len(block).to_bytes(2, "big") + _catalog_part(engine.compiled) + \
+        packed[1:]
+
+
+@functools.lru_cache(maxsize=8)
+def _catalog_part(c: CompiledCatalog) -> bytes:
+    """The catalog's key/value pairs of a block, packed, without their map header."""
+    keys, flags, _ = _layout(c)
+    part = dict(zip(CATALOG_PART, (FORMAT, c.version, keys, flags, c.action_ids,
+                                   c.channel_names)))
+    return msgpack.packb(part, use_bin_type=True)[1:]  # after its fixmap header
 
 
 def _encode_array(obj: Any) -> Any:

@@ -11,6 +11,7 @@ from typing import Iterable
 
 import msgpack
 
+from kairos.cluster.storage.decision_logs import DirectoryLog, directory_logs
 from kairos.cluster.storage.journal import (DIR_MODE, FILE_MODE, Journal, fsync_directory,
                                             make_private, make_private_dir)
 from kairos.cluster.storage.store import StoreUnavailable
@@ -27,6 +28,7 @@ class DirectoryStore:
         journals/<shard name>/<first lsn>.log          a shard's journal segments
         journals/<shard name>/quarantine/             damaged segments and kept torn tails
         meta/<key>                                     named blobs
+        decisions/<shard name>/                        a shard's decision log (decision_logs.py)
 
     Every file is written to a temporary name of its own writer, fsynced and renamed into
     place (then its directory fsynced), so a crash leaves the old version or the new one, never
@@ -54,9 +56,9 @@ class DirectoryStore:
         self.fsync = fsync
         try:
             make_private_dir(self.root)
-            for sub in ("customers", "snapshots", "journals", "meta"):
+            for sub in ("customers", "snapshots", "journals", "meta", "decisions"):
                 make_private_dir(self.root / sub)
-            for pattern in ("customers/p*", "journals/*", "snapshots/*", "meta/*"):
+            for pattern in ("customers/p*", "journals/*", "snapshots/*", "meta/*", "decisions/*"):
                 for path in self.root.glob(pattern):
                     try:
                         make_private(path)
@@ -147,6 +149,12 @@ class DirectoryStore:
             return (self.root / "meta" / key).read_bytes()
         except FileNotFoundError:
             return None
+
+    def decision_log(self, name: str) -> DirectoryLog:
+        return DirectoryLog(self.root / "decisions" / name, self.fsync)
+
+    def decision_logs(self) -> list[str]:
+        return directory_logs(self.root / "decisions")
 
     def _home(self, partition: int, customer_id: str) -> Path:
         name = hashlib.blake2b(customer_id.encode(), digest_size=16).hexdigest()

@@ -6,6 +6,7 @@ from typing import Any, Callable, Iterable, Iterator
 import msgpack
 
 from kairos.cluster.protocol import JOURNAL_FORMAT
+from kairos.cluster.storage.decision_logs import MemoryLog
 
 
 class MemoryJournal:
@@ -61,6 +62,7 @@ class MemoryStore:
         self._snapshots: dict[int, bytes] = {}
         self._journals: dict[str, MemoryJournal] = {}
         self._meta: dict[str, bytes] = {}
+        self._logs: dict[str, MemoryLog] = {}
 
     def put(self, partition: int, customer_id: str, blob: bytes) -> None:
         self._homes.setdefault(partition, {})[customer_id] = blob
@@ -94,3 +96,9 @@ class MemoryStore:
 
     def get_meta(self, key: str) -> bytes | None:
         return self._meta.get(key)
+
+    def decision_log(self, name: str) -> MemoryLog:
+        return self._logs.setdefault(name, MemoryLog())
+
+    def decision_logs(self) -> list[str]:
+        return sorted(self._logs)

@@ -7,6 +7,9 @@ Keys, under a prefix (default "kairos", `?prefix=` in the URL) so clusters can s
     <prefix>:j:<shard>           sorted set: journal batches, scored by their last LSN
     <prefix>:j:<shard>:last      string: the journal's last LSN (survives truncation)
     <prefix>:m:<key>             string: meta
+    <prefix>:d:<shard>           sorted set: the shard's decision log, entries scored by time
+    <prefix>:d:<shard>:bytes     string: the log's size, as decision_logs.py counts it
+    <prefix>:d                   set: the names of the decision logs
 
 A journal batch is one member, msgpack `[first lsn, records, format]` (frames.py's
 `pack_batch`, whose format rule and frame limit it follows), written with the last-LSN key in
@@ -44,6 +47,7 @@ import msgpack
 import redis
 
 from kairos.cluster.settings import REDIS_TIMEOUT_S
+from kairos.cluster.storage.decision_logs import Entry, entry_size
 from kairos.cluster.storage.frames import (Decode, JournalFormatError, check_frame, pack_batch,
                                            unpack_batch)
 from kairos.cluster.storage.store import StoreCorrupt, StoreUnavailable, redact
@@ -217,6 +221,93 @@ def _check_parameters(url: str, scheme: str, query: dict[str, list[str]]) -> Non
                     "(ssl_cert_reqs=none)", redact(url))
 
 
+class RedisLog:
+    """A decision log (decision_logs.py) as a sorted set: each member is msgpack of
+    `[customer id, record, time]` (entries that differ only in time stay apart), scored by
+    the time it was logged, written with its size in one
+    MULTI/EXEC. Trims and erasures remove exact members (ZREM), so they never race an append;
+    they read the set in pages of REPLAY_PAGE entries."""
+
+    def __init__(self, client: redis.Redis, prefix: str, name: str):
+        self.r = client
+        self.names = f"{prefix}:d"
+        self.name = name
+        self.key = f"{prefix}:d:{name}"
+
+    @_unavailable("appending to a decision log")
+    def append(self, entries: list[Entry]) -> None:
+        members = {msgpack.packb([c, data, t], use_bin_type=True): t for t, c, data in entries}
+        with self.r.pipeline(transaction=True) as tx:
+            tx.zadd(self.key, members)
+            tx.incrby(f"{self.key}:bytes", sum(map(entry_size, entries)))
+            tx.sadd(self.names, self.name)
+            tx.execute()
+
+    @_unavailable("reading a decision log")
+    def read(self, since: float, until: float) -> Iterator[Entry]:
+        """In pages by score; the members at a page's last score are asked for again with
+        the next page and skipped (a round's entries share their time)."""
+        low, seen = since, set()
+        while True:
+            want = REPLAY_PAGE + len(seen)
+            page = self.r.zrangebyscore(self.key, low, until, start=0, num=want,
+                                        withscores=True)
+            for member, score in page:
+                if not (score == low and member in seen):
+                    customer_id, data, _ = msgpack.unpackb(member, raw=False)
+                    yield score, customer_id, data
+            if len(page) < want:
+                return
+            last = page[-1][1]
+            seen = {m for m, score in page if score == last} | (seen if last == low else set())
+            low = last
+
+    @_unavailable("trimming a decision log")
+    def trim(self, before: float, max_bytes: int) -> int:
+        dropped = 0
+        while True:
+            old = self.r.zrangebyscore(self.key, "-inf", f"({before!r}", start=0,
+                                       num=REPLAY_PAGE)
+            if not old:
+                break
+            dropped += self._remove(old)
+        excess = self.size() - max_bytes
+        while excess > 0:
+            oldest, taken = self.r.zrange(self.key, 0, REPLAY_PAGE - 1), []
+            if not oldest:
+                break
+            for member in oldest:
+                taken.append(member)
+                excess -= _member_size(member)
+                if excess <= 0:
+                    break
+            dropped += self._remove(taken)
+        return dropped
+
+    @_unavailable("erasing from a decision log")
+    def erase(self, customer_ids: set[str]) -> int:
+        gone = [member for member, _ in self.r.zscan_iter(self.key, count=REPLAY_PAGE)
+                if msgpack.unpackb(member, raw=False)[0] in customer_ids]
+        return sum(self._remove(gone[k:k + REPLAY_PAGE])
+                   for k in range(0, len(gone), REPLAY_PAGE))
+
+    def _remove(self, members: list[bytes]) -> int:
+        with self.r.pipeline(transaction=True) as tx:
+            tx.zrem(self.key, *members)
+            tx.decrby(f"{self.key}:bytes", sum(map(_member_size, members)))
+            tx.execute()
+        return len(members)
+
+    @_unavailable("sizing a decision log")
+    def size(self) -> int:
+        return int(self.r.get(f"{self.key}:bytes") or 0)
+
+
+def _member_size(member: bytes) -> int:
+    customer_id, data, _ = msgpack.unpackb(member, raw=False)
+    return entry_size((0.0, customer_id, data))
+
+
 class RedisStore:
     shared = True
 
@@ -294,6 +385,13 @@ class RedisStore:
     @_unavailable("writing meta")
     def put_meta(self, key: str, blob: bytes) -> None:
         self.r.set(f"{self.prefix}:m:{key}", blob)
+
+    def decision_log(self, name: str) -> RedisLog:
+        return RedisLog(self.r, self.prefix, name)
+
+    @_unavailable("listing decision logs")
+    def decision_logs(self) -> list[str]:
+        return sorted(n.decode() for n in self.r.smembers(f"{self.prefix}:d"))
 
     @_unavailable("reading meta")
     def get_meta(self, key: str) -> bytes | None:

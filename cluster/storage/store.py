@@ -17,7 +17,11 @@ What a store keeps, keyed by partition so that it moves with the partition:
 - **snapshots**: one per partition, its resident customers, idempotency keys and alias
   directory, naming the journal and LSN they cover;
 - **journals**: one per shard (see journal.py), the changes since the snapshots;
-- **meta**: small named blobs (the controller's map).
+- **meta**: small named blobs (the controller's map);
+- **decision logs**: one per shard name (decision_logs.py), what the shard decided and the
+  outcomes it took, for `kairos log export` and replay; bounded by retention, erased by
+  ForgetCustomer. Not keyed by partition: a log stays where it was written when partitions
+  move, and readers look at every log of the store.
 
 Every failure to reach the store (disk full, Redis down) raises `StoreUnavailable`; a shard
 that meets one answers UNAVAILABLE and rebuilds itself from the store once it is back. Damaged
@@ -83,6 +87,25 @@ class JournalLike(Protocol):
     def close(self) -> None: ...
 
 
+class DecisionLogLike(Protocol):
+    """Entries (time logged, customer id, packed record), oldest first (decision_logs.py)."""
+
+    def append(self, entries: list[tuple[float, str, bytes]]) -> None: ...
+
+    def read(self, since: float, until: float) -> Iterator[tuple[float, str, bytes]]:
+        """The entries logged within [since, until]."""
+
+    def trim(self, before: float, max_bytes: int) -> int:
+        """Drop entries logged before `before`, then the oldest while over `max_bytes`
+        (whole segments where the store keeps them so: an implementation may keep a little
+        more); how many segments or entries went."""
+
+    def erase(self, customer_ids: set[str]) -> int:
+        """Drop every entry of these customers; how many went."""
+
+    def size(self) -> int: ...
+
+
 class Store(Protocol):
     url: str
     shared: bool  # every shard that opens `url` sees the same data
@@ -108,5 +131,11 @@ class Store(Protocol):
     def drop_journal(self, name: str) -> None: ...
 
     def put_meta(self, key: str, blob: bytes) -> None: ...
+
+    def decision_log(self, name: str) -> DecisionLogLike:
+        """The decision log of shard `name` (created empty the first time)."""
+
+    def decision_logs(self) -> list[str]:
+        """The names of the decision logs the store holds."""
 
     def get_meta(self, key: str) -> bytes | None: ...

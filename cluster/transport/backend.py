@@ -85,6 +85,13 @@ class ShardControl(Protocol):
                             active: bool = True) -> None:
         """Start (or, not `active`, stop) pushing a view's changed decisions to `sink`."""
 
+    async def read_log(self, since: float, until: float, outcomes_until: float,
+                       channel: str | None, limit: int, live: list[str]
+                       ) -> tuple[list, list, bool]:
+        """Read the decision log (shard/decisionlog.py `read`): this shard's, and with a
+        shared store, if it is the first of the `live` shards, the logs of shards no longer
+        live; (decisions, outcomes, whether either was cut at its bound)."""
+
 
 class LearnerControl(Protocol):
     async def sync(self, catalog_version: str, delta: ModelDelta | None,

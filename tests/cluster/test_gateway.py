@@ -7,6 +7,7 @@ fallback runs on the in-process backend with a slow shard, still over real gRPC.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import queue
 import signal
@@ -24,6 +25,7 @@ from kairos.cluster.gateway.actor import GatewayActor
 from kairos.cluster.gateway.auth import Auth
 from kairos.cluster.gateway.calls import Gateway
 from kairos.cluster.gateway.server import serve
+from kairos.cluster.evidence.records import from_json
 from kairos.cluster.gateway.wire import time_out, value_out
 from kairos.cluster.settings import NAMESPACE
 from kairos.cluster.transport.client import KairosClient
@@ -249,6 +251,28 @@ def test_respond_records_the_outcome(stubs):
     code, details = code_of(decisions.Respond, pb.Outcome(
         customer_id="r1", action_id=d.actions[0].action_id, channel="web"), metadata=key(WEB))
     assert details.startswith("outcome: must be set")
+
+
+def test_the_decision_log_exports_what_the_shards_decided(stubs):
+    """Through Ray: the shards' log writers, their read_log, the gateway's join."""
+    decisions, admin = stubs
+    d = decisions.Decide(pb.DecideRequest(customer_id="logged", channel="web"), timeout=10,
+                         metadata=key(WEB))
+    decisions.Respond(pb.Outcome(decision_id=d.decision_id, customer_id="logged",
+                                 action_id=d.actions[0].action_id, channel="web",
+                                 outcome=pb.ACCEPT), timeout=10, metadata=key(WEB))
+
+    def exported() -> list:
+        chunks = admin.ExportDecisionLog(admin_pb2.ExportDecisionLogRequest(
+            since=time_out(NOW - 60), until=time_out(time.time() + 60)), timeout=30,
+            metadata=key(ADMIN))
+        return [r for c in chunks for line in c.records.splitlines()
+                if (r := from_json(json.loads(line))).decision_id == d.decision_id and
+                r.outcomes]
+    [record] = wait_until(exported, 30, "the decision and its outcome in the exported log")
+    assert [(s.action_id, s.selection) for s in record.shown] == \
+        [(a.action_id, a.selection_probability) for a in d.actions]
+    assert [o.outcome for o in record.outcomes] == ["accept"]
 
 
 def test_record_impression_on_decide(stubs):

@@ -13,6 +13,7 @@ from typing import Any
 from kairos.cluster.control.controller import Controller
 from kairos.cluster.control.learner import Learner, Published
 from kairos.cluster.protocol import Reply, Request
+from kairos.cluster.shard import decisionlog
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage.memory_store import MemoryStore
 from kairos.cluster.transport.backend import ChannelWatch, ControllerControl, Unavailable
@@ -175,6 +176,13 @@ class LocalShard:
     async def watch_channel(self, sink: str, channel: str, placement: str | None,
                             active: bool = True) -> None:
         (await self._shard()).watch_channel(sink, channel, placement, active)
+
+    async def read_log(self, since: float, until: float, outcomes_until: float,
+                       channel: str | None, limit: int, live: list[str]
+                       ) -> tuple[list, list, bool]:
+        store = (await self._shard()).store
+        return decisionlog.read(store, decisionlog.to_read(store, self.name, live), since,
+                                until, outcomes_until, channel, limit)
 
 
 class LocalLearner:

@@ -56,3 +56,29 @@ def test_a_sound_block_still_loads(compiled):
     block = exported(compiled)
     blocks.validate(block)
     assert blocks.import_block(shard(compiled, "t").engine, block) == ["ana", "bob"]
+
+
+def test_one_customer_packs_the_same_by_either_way(compiled):
+    """pack_one (the decision log's) and pack(export_block) unpack to the same block; a block
+    of several customers numbers their strings the same way as one of each."""
+    s = shard(compiled)
+    s.process([event("ana", "page_view", T0, category="home"),
+               event("ana", "add_to_cart", T0 + 1, product_id="tv", price=499.0),
+               event("bob", "page_view", T0, category="sports")])
+    for customer in ("ana", "bob"):
+        one = blocks.unpack(blocks.pack_one(s.engine, customer))
+        slow = blocks.unpack(blocks.pack(blocks.export_block(s.engine, [customer])))
+        assert one.keys() == slow.keys()
+        for key, value in one.items():
+            assert np.array_equal(value, slow[key], equal_nan=True) \
+                if isinstance(value, np.ndarray) else value == slow[key], key
+        loaded = shard(compiled, "t").engine
+        assert blocks.import_block(loaded, one) == [customer]
+        np.testing.assert_array_equal(loaded.table.values[loaded.table.index[customer]],
+                                      s.engine.table.values[s.engine.table.index[customer]])
+    both = blocks.export_block(s.engine, ["ana", "bob"])
+    loaded = shard(compiled, "t").engine
+    blocks.import_block(loaded, blocks.unpack(blocks.pack(both)))
+    for customer in ("ana", "bob"):
+        np.testing.assert_array_equal(loaded.table.values[loaded.table.index[customer]],
+                                      s.engine.table.values[s.engine.table.index[customer]])

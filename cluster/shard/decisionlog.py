@@ -1,0 +1,223 @@
+"""The decision log: every decision a shard makes and every outcome it takes, as evidence for
+`kairos log export` and replay (cluster/evidence/records.py has the records).
+
+What is logged: each decision that leaves the shard (a Decide's answer, the decision an
+event's `decide` asked for, a push to a watch), under the sealed id its caller sees, with the
+customer's profile as the decision saw it (a one-customer block), the model inputs (the
+engine's decision memo keeps them), the eligible actions (the engine notes them from the
+kernel's reason codes while the log is on) and the shown actions with their selection
+probabilities; each outcome the shard took that names a decision (Respond, and the
+impressions a Decide records), under the id its caller sent. Decisions replayed from the
+journal are not made again, so nothing is logged twice by a recovery.
+
+Where: the store's log of this shard's name (storage/decision_logs.py), beside the journal.
+Records are collected during a round and handed over after it (`flush`); a `LogWriter` writes
+them, inline for a bare Shard and, under a ShardHost, on a thread of its own, coalescing the
+rounds that wait (group commit). So logging never delays an answer, and a crash loses the
+records not yet written (and, with a directory store, not yet fsynced): the log is evidence,
+not state, and nothing acknowledged depends on it. A writer that falls behind by
+DECISION_LOG_PENDING records drops new ones, counted (`decision_log_dropped`); a store that
+fails is counted (`decision_log_failures`) and logged, and never fails a round.
+
+Retention: `trim` every DECISION_LOG_TRIM_S drops what was logged more than
+DECISION_LOG_RETENTION_S ago, then the oldest while the log is over DECISION_LOG_MAX_BYTES.
+ForgetCustomer: `forget` drops the customer's records not yet written and has the writer
+erase its records from every log of the store (a shared store holds the logs of shards that
+owned the partition before), after writing what came before.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterable
+
+import msgpack
+
+from kairos.core.decision import Decision
+
+from kairos.cluster.evidence.records import (DecisionRecord, OutcomeRecord, ShownAction,
+                                             pack_decision, pack_outcome, unpack)
+from kairos.cluster.protocol import Outcome
+from kairos.cluster.settings import (DECISION_LOG, DECISION_LOG_MAX_BYTES,
+                                     DECISION_LOG_PENDING, DECISION_LOG_RETENTION_S,
+                                     DECISION_LOG_TRIM_S)
+from kairos.cluster.shard.context import ShardContext
+from kairos.cluster.storage.blocks import pack_one
+from kairos.cluster.storage.decision_logs import Entry
+from kairos.cluster.storage.store import Store, StoreUnavailable
+
+log = logging.getLogger("kairos.shard")
+OUTCOMES_PER_DECISION = 4  # outcomes an export reads per decision it may give, at most
+
+
+class DecisionLog:
+    def __init__(self, ctx: ShardContext, enabled: bool = bool(DECISION_LOG)):
+        self._ctx = ctx
+        self.enabled = enabled
+        ctx.engine.keep_eligible = enabled
+        self.writer = LogWriter(ctx.store, ctx.name, ctx.counts)
+        self._entries: list[Entry] = []  # this round's
+        self._forgotten: set[str] = set()
+        self._trimmed = ctx.clock()
+
+    def decided(self, decision: Decision, sealed_id: str, now: float,
+                context: dict[str, Any] | None) -> None:
+        """Log a decision as the engine made it (`decision`, whose id the engine's memo
+        knows), under the id its caller sees."""
+        if not self.enabled:
+            return
+        engine = self._ctx.engine
+        c = engine.compiled
+        predictors = engine.inputs_of(decision.decision_id)
+        inputs = {} if predictors is None else dict(zip(c.predictor_names, predictors.tolist()))
+        codes = engine.eligible.pop(decision.decision_id, None)
+        eligible = () if codes is None else tuple(c.action_ids[a] for a in codes.tolist())
+        customer_id = decision.customer_id
+        profile = pack_one(engine, customer_id) if customer_id in engine.table else b""
+        record = DecisionRecord(
+            sealed_id, now, customer_id, decision.channel, decision.placement,
+            decision.catalog_version, decision.model_version, dict(context or {}), inputs,
+            profile, eligible,
+            tuple(ShownAction(a.action_id, slot, a.selection, a.propensity, a.priority)
+                  for slot, a in enumerate(decision.actions)))
+        self._entries.append((self._ctx.clock(), customer_id,
+                              msgpack.packb(pack_decision(record), use_bin_type=True)))
+
+    def outcome(self, o: Outcome, value: float | None) -> None:
+        """Log an outcome the shard took that names a decision (`o.decision_id` as its
+        caller sent it); offline feedback names none and joins nothing."""
+        if not self.enabled or o.decision_id is None:
+            return
+        record = OutcomeRecord(o.decision_id, o.customer_id, o.action_id, o.outcome,
+                               float(value or 0.0), float(o.when))
+        self._entries.append((self._ctx.clock(), o.customer_id,
+                              msgpack.packb(pack_outcome(record), use_bin_type=True)))
+
+    def forget(self, customer_id: str) -> None:
+        """ForgetCustomer: nothing of the customer stays in the log, written or not (even when
+        the log is off now: it may have been on)."""
+        self._forgotten.add(customer_id)
+        self._entries = [e for e in self._entries if e[1] != customer_id]
+
+    def flush(self) -> None:
+        """Hand the round's records and erasures to the writer; forget the eligible actions of
+        the round's decisions that were not logged (watched views whose best action stayed)."""
+        self._ctx.engine.eligible.clear()
+        if self._entries or self._forgotten:
+            entries, self._entries = self._entries, []
+            forgotten, self._forgotten = self._forgotten, set()
+            self.writer.submit(entries, forgotten)
+
+    def trim(self) -> None:
+        """Apply the retention bounds, every DECISION_LOG_TRIM_S."""
+        now = self._ctx.clock()
+        if now - self._trimmed >= DECISION_LOG_TRIM_S:
+            self._trimmed = now
+            self.writer.submit([], set(), (now - DECISION_LOG_RETENTION_S,
+                                           DECISION_LOG_MAX_BYTES))
+
+
+class LogWriter:
+    """Writes a shard's log in order: what was submitted, then its erasures, then a trim.
+    Inline until `in_background`, then on a thread of its own, taking every submission that
+    waits at once."""
+
+    def __init__(self, store: Store, name: str, counts: dict):
+        self._store = store
+        self._name = name
+        self._counts = counts
+        self._log = None  # opened on the first write (a directory log creates its folder)
+        self._lock = threading.Lock()
+        self._entries: list[Entry] = []
+        self._forget: set[str] = set()
+        self._trim: tuple[float, int] | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._scheduled = False
+
+    def in_background(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"{self._name}-log")
+
+    def submit(self, entries: list[Entry], forget: set[str],
+               trim: tuple[float, int] | None = None) -> None:
+        with self._lock:
+            room = DECISION_LOG_PENDING - len(self._entries)
+            if len(entries) > room:
+                self._counts["decision_log_dropped"] += len(entries) - max(room, 0)
+                entries = entries[:max(room, 0)]
+            self._entries.extend(entries)
+            self._forget |= forget
+            self._trim = trim or self._trim
+            if self._scheduled:
+                return
+            self._scheduled = self._pool is not None
+        if self._pool is None:
+            self._write()
+        else:
+            self._pool.submit(self._write)
+
+    def close(self) -> None:
+        """Write what waits, and stop the thread."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def _write(self) -> None:
+        with self._lock:
+            entries, forget, trim = self._entries, self._forget, self._trim
+            self._entries, self._forget, self._trim = [], set(), None
+            self._scheduled = False
+        try:
+            if self._log is None:
+                self._log = self._store.decision_log(self._name)
+            if entries:
+                self._log.append(entries)
+                self._counts["decision_log_records"] += len(entries)
+            if forget:
+                for name in self._store.decision_logs():
+                    self._counts["decision_log_erased"] += \
+                        self._store.decision_log(name).erase(forget)
+            if trim:
+                self._log.trim(*trim)
+        except (StoreUnavailable, OSError) as exc:
+            self._counts["decision_log_failures"] += 1
+            log.warning("%s: decision log: %s (%d records lost%s)", self._name, exc,
+                        len(entries), "; its erasures are tried again" if forget else "")
+            with self._lock:
+                self._forget |= forget
+
+
+def to_read(store: Store, name: str, live: Iterable[str]) -> list[str]:
+    """The logs shard `name` reads for an export: its own; with a shared store, if it is the
+    first of the `live` shards, also those of shards no longer live (scaled away, or renamed),
+    whose logs stay where they were written."""
+    live = sorted(live)
+    orphans = sorted(set(store.decision_logs()) - set(live)) \
+        if store.shared and live and name == live[0] else []
+    return [name, *orphans]
+
+
+def read(store: Store, names: Iterable[str], since: float, until: float,
+         outcomes_until: float, channel: str | None, limit: int
+         ) -> tuple[list[DecisionRecord], list[OutcomeRecord], bool]:
+    """The decisions logged within [since, until] (of `channel`, if given), the first
+    `limit` by time, and the outcomes logged within [since, outcomes_until], the first
+    OUTCOMES_PER_DECISION x `limit`, from the named logs of the store; whether either was
+    cut short. Each log keeps at most one past either bound: memory stays bounded however
+    much the range holds."""
+    most = OUTCOMES_PER_DECISION * limit
+    decisions: list[tuple[float, DecisionRecord]] = []
+    outcomes: list[tuple[float, OutcomeRecord]] = []
+    for name in names:
+        taken, heard = len(decisions), len(outcomes)
+        for logged, _, data in store.decision_log(name).read(since, outcomes_until):
+            record = unpack(msgpack.unpackb(data, raw=False))
+            if isinstance(record, OutcomeRecord):
+                if len(outcomes) - heard <= most:
+                    outcomes.append((logged, record))
+            elif logged <= until and (channel is None or record.channel == channel) and \
+                    len(decisions) - taken <= limit:
+                decisions.append((logged, record))
+    decisions.sort(key=lambda d: d[0])
+    outcomes.sort(key=lambda o: o[0])
+    cut = len(decisions) > limit or len(outcomes) > most
+    return [d for _, d in decisions[:limit]], [o for _, o in outcomes[:most]], cut

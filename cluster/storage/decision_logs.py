@@ -1,0 +1,236 @@
+"""Decision logs as a store keeps them: per shard name, entries of (time, customer id, data),
+where `data` is a record packed by cluster/evidence/records.py (the store does not read it).
+
+Every implementation has the same five operations (store.py's `DecisionLogLike`): `append` a
+batch, `read` a time range, `trim` to the retention bounds, `erase` customers (ForgetCustomer)
+and `size`. A shard appends to its own log only; any shard may read, trim or erase any log of
+a shared store, so erasure reaches logs written by a shard that since lost the partition.
+
+`MemoryLog` is a bounded deque in this process; `DirectoryLog` keeps segment files:
+
+    decisions/<shard name>/<first entry's time, ms>.dlog   entries as frames (frames.py's
+                                                            header: length, CRC-32)
+    decisions/<shard name>/.lock                          flock: writers of this log, in turn
+
+A writer starts a segment of its own when it opens the log (so nothing is appended behind a
+torn tail a crash left) and another when the segment passes SEGMENT_BYTES or SEGMENT_S. The
+lock orders appends, trims and erasures across processes; an erasure rewrites a segment to a
+temporary file and renames it into place, and the appender reopens the segment by name for
+each batch, so it never writes to a file an erasure replaced. Readers take no lock: they see a
+segment before or after a rewrite, and stop a segment at a frame that is not whole (the tail
+being written, or torn by a crash).
+"""
+from __future__ import annotations
+
+import fcntl
+import itertools
+import logging
+import os
+import threading
+import zlib
+from collections import deque
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import msgpack
+
+from kairos.cluster.storage.frames import HEADER
+from kairos.cluster.storage.journal import FILE_MODE, fsync_directory, make_private_dir
+from kairos.cluster.storage.store import StoreUnavailable
+
+log = logging.getLogger("kairos.store")
+Entry = tuple[float, str, bytes]  # (time logged, customer id, packed record)
+SEGMENT_BYTES = 4 << 20
+MEMORY_LOG_BYTES = 64 << 20  # the most a MemoryLog keeps
+SEGMENT_S = 3600.0
+SUFFIX = ".dlog"
+_tmp_names = itertools.count()
+
+
+def entry_size(entry: Entry) -> int:
+    """What an entry counts against a log's size bound."""
+    return len(entry[1]) + len(entry[2]) + 16
+
+
+class MemoryLog:
+    """Entries in a deque, oldest first, at most MEMORY_LOG_BYTES of them whatever the
+    retention settings (the oldest go first); a lock, as a reader's thread may look while the
+    writer's thread appends."""
+
+    def __init__(self) -> None:
+        self._entries: deque[Entry] = deque()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def append(self, entries: list[Entry]) -> None:
+        with self._lock:
+            self._entries.extend(entries)
+            self._bytes += sum(map(entry_size, entries))
+            self._drop_oldest(lambda e: self._bytes > MEMORY_LOG_BYTES)
+
+    def read(self, since: float, until: float) -> Iterator[Entry]:
+        with self._lock:
+            entries = list(self._entries)
+        return (e for e in entries if since <= e[0] <= until)
+
+    def trim(self, before: float, max_bytes: int) -> int:
+        with self._lock:
+            return self._drop_oldest(lambda e: e[0] < before or self._bytes > max_bytes)
+
+    def erase(self, customer_ids: set[str]) -> int:
+        with self._lock:
+            kept = deque(e for e in self._entries if e[1] not in customer_ids)
+            dropped = len(self._entries) - len(kept)
+            self._entries, self._bytes = kept, sum(map(entry_size, kept))
+            return dropped
+
+    def size(self) -> int:
+        return self._bytes
+
+    def _drop_oldest(self, while_: Callable[[Entry], bool]) -> int:
+        dropped = 0
+        while self._entries and while_(self._entries[0]):
+            self._bytes -= entry_size(self._entries.popleft())
+            dropped += 1
+        return dropped
+
+
+class DirectoryLog:
+    def __init__(self, directory: Path, fsync: bool = True):
+        self.dir = directory
+        self.fsync = fsync
+        self._segment: Path | None = None  # the segment this writer appends to
+        try:
+            make_private_dir(directory)
+        except OSError as exc:
+            raise StoreUnavailable(f"opening decision log {directory.name}: {exc}") from exc
+
+    def append(self, entries: list[Entry]) -> None:
+        if not entries:
+            return
+        data = b"".join(_frame(e) for e in entries)
+        try:
+            with self._locked():
+                created = self._segment is None or not self._segment.exists() or \
+                    self._full(self._segment, entries[0][0])
+                if created:
+                    self._segment = self.dir / f"{int(entries[0][0] * 1000):016d}{SUFFIX}"
+                fd = os.open(self._segment, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    if self.fsync:
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
+                if created and self.fsync:
+                    fsync_directory(self.dir)
+        except OSError as exc:
+            raise StoreUnavailable(f"appending to decision log {self.dir.name}: {exc}") from exc
+
+    def _full(self, segment: Path, now: float) -> bool:
+        return segment.stat().st_size >= SEGMENT_BYTES or now - _start(segment) >= SEGMENT_S
+
+    def read(self, since: float, until: float) -> Iterator[Entry]:
+        segments = self._segments()
+        for k, segment in enumerate(segments):
+            ends = _start(segments[k + 1]) if k + 1 < len(segments) else float("inf")
+            if _start(segment) <= until and ends >= since:
+                yield from (e for e in self._entries(segment) if since <= e[0] <= until)
+
+    def trim(self, before: float, max_bytes: int) -> int:
+        """Drop whole segments: those whose successor began before `before`, then the oldest
+        while the log is over `max_bytes` (never the newest: it is being written)."""
+        dropped = 0
+        try:
+            with self._locked():
+                segments = self._segments()
+                sizes = [s.stat().st_size for s in segments]
+                total = sum(sizes)
+                for k in range(len(segments) - 1):
+                    if _start(segments[k + 1]) > before and total <= max_bytes:
+                        break
+                    segments[k].unlink()
+                    total -= sizes[k]
+                    dropped += 1
+        except OSError as exc:
+            raise StoreUnavailable(f"trimming decision log {self.dir.name}: {exc}") from exc
+        return dropped
+
+    def erase(self, customer_ids: set[str]) -> int:
+        """Rewrite every segment that holds an entry of these customers without it."""
+        dropped = 0
+        try:
+            with self._locked():
+                for segment in self._segments():
+                    entries = list(self._entries(segment))
+                    kept = [e for e in entries if e[1] not in customer_ids]
+                    if len(kept) < len(entries):
+                        self._rewrite(segment, kept)
+                        dropped += len(entries) - len(kept)
+        except OSError as exc:
+            raise StoreUnavailable(f"erasing from decision log {self.dir.name}: {exc}") from exc
+        return dropped
+
+    def size(self) -> int:
+        return sum(s.stat().st_size for s in self._segments())
+
+    def _rewrite(self, segment: Path, entries: list[Entry]) -> None:
+        tmp = segment.with_name(f"{segment.name}.{os.getpid()}.{next(_tmp_names)}.tmp")
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), "wb") as f:
+            f.write(b"".join(_frame(e) for e in entries))
+            f.flush()
+            os.fsync(f.fileno())  # an erasure is durable whatever the policy
+        os.replace(tmp, segment)
+        fsync_directory(self.dir)
+
+    def _segments(self) -> list[Path]:
+        try:
+            return sorted(self.dir.glob(f"*{SUFFIX}"))
+        except OSError as exc:
+            raise StoreUnavailable(f"listing decision log {self.dir.name}: {exc}") from exc
+
+    def _entries(self, segment: Path) -> Iterator[Entry]:
+        try:
+            data = segment.read_bytes()
+        except FileNotFoundError:  # trimmed meanwhile
+            return
+        pos = 0
+        while pos + HEADER.size <= len(data):
+            size, crc = HEADER.unpack_from(data, pos)
+            payload = data[pos + HEADER.size:pos + HEADER.size + size]
+            if len(payload) < size or zlib.crc32(payload) != crc:
+                log.warning("decision log %s: segment %s ends in a frame that is not whole at "
+                            "byte %d (being written, or torn by a crash): read up to there",
+                            self.dir.name, segment.name, pos)
+                return
+            logged, customer_id, record = msgpack.unpackb(payload, raw=False)
+            yield logged, customer_id, record
+            pos += HEADER.size + size
+
+    @contextmanager
+    def _locked(self):
+        fd = os.open(self.dir / ".lock", os.O_WRONLY | os.O_CREAT, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+
+def directory_logs(root: Path) -> list[str]:
+    try:
+        return sorted(p.name for p in root.iterdir() if p.is_dir())
+    except FileNotFoundError:
+        return []
+
+
+def _frame(entry: Entry) -> bytes:
+    payload = msgpack.packb(entry, use_bin_type=True)
+    return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def _start(segment: Path) -> float:
+    return int(segment.name[:-len(SUFFIX)]) / 1000

@@ -1,0 +1,52 @@
+"""The decision log's files: JSON lines and Parquet hold the same records, outcomes joined
+(records.py); a file of another kind is refused, naming it."""
+from __future__ import annotations
+
+import pytest
+
+from kairos.cluster.evidence.records import (DecisionRecord, LogFormatError, OutcomeRecord,
+                                             ShownAction, joined, pack_decision, pack_outcome,
+                                             read_records, unpack, write_records)
+
+T0 = 1_795_629_600.0
+
+
+def decision(k: int, customer: str = "ana") -> DecisionRecord:
+    return DecisionRecord(
+        f"0-{k:x}.6b119032.H_0oRzXZ", T0 + k, customer, "web", "hero", "v1", 3,
+        {"device": "mobile", "embedding": [0.5, 1.5]}, {"bias": 1.0, "orders": 2.0},
+        b"\x00\xffprofile", ("a1", "a2", "a3"),
+        (ShownAction("a2", 0, 0.75, 0.1, 0.2), ShownAction("a1", 1, 0.5, 0.05, 0.1)))
+
+
+def test_stored_records_unpack_as_they_were_packed():
+    outcome = OutcomeRecord("0-1.6b119032.AAAAAAAA", "ana", "a2", "accept", 9.5, T0 + 3)
+    assert unpack(pack_decision(decision(1))) == decision(1)
+    assert unpack(pack_outcome(outcome)) == outcome
+
+
+def test_outcomes_join_the_decision_they_name_whichever_tags_they_kept():
+    early = OutcomeRecord("0-1.6b119032.H_0o", "ana", "a2", "impression", 0.0, T0 + 2)
+    late = OutcomeRecord("0-1.6b119032.RzXZ", "ana", "a2", "accept", 0.0, T0 + 5)
+    stray = OutcomeRecord("9-9.6b119032.AAAA", "bob", "a1", "reject", 0.0, T0)
+    got = joined([decision(2), decision(1)], [late, stray, early])
+    assert [d.decision_id for d in got] == [decision(1).decision_id, decision(2).decision_id]
+    assert got[0].outcomes == (early, late) and got[1].outcomes == ()
+
+
+@pytest.mark.parametrize("name", ["log.jsonl", "log.parquet"])
+def test_files_round_trip(tmp_path, name, monkeypatch):
+    monkeypatch.setattr("kairos.cluster.evidence.records.PARQUET_ROWS", 2)  # row groups too
+    outcome = OutcomeRecord(decision(0).decision_id, "ana", "a2", "convert", 12.5, T0 + 9)
+    records = joined([decision(k, f"c{k}") for k in range(5)], [outcome])
+    assert write_records(records, tmp_path / name) == 5
+    assert list(read_records(tmp_path / name)) == records
+    assert write_records([], tmp_path / f"empty-{name}") == 0
+    assert list(read_records(tmp_path / f"empty-{name}")) == []
+
+
+@pytest.mark.parametrize("name", ["log.jsonl", "log.parquet"])
+def test_a_file_that_is_not_a_log_is_refused_naming_it(tmp_path, name):
+    (tmp_path / name).write_text('{"hello": 1}\n')
+    with pytest.raises(LogFormatError, match=name):
+        list(read_records(tmp_path / name))
