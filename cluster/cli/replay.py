@@ -12,7 +12,7 @@ from typing import Any
 
 from kairos.core.errors import CatalogError
 from kairos.cluster.evidence import evaluation, report
-from kairos.cluster.evidence.records import LogFormatError, read_jsonl
+from kairos.cluster.evidence.records import LogFormatError, read_records
 from kairos.cluster.evidence.replay import DEFAULT_SAMPLES, MAX_SAMPLES, candidate_error, \
     load_candidate, replay
 
@@ -25,7 +25,7 @@ def add_parser(commands: Any) -> None:
     parser = commands.add_parser("replay", help="judge a candidate catalog on a decision log "
                                                 "(offline)")
     parser.add_argument("--log", required=True, type=Path,
-                        help="decision log as JSON lines (`kairos log export`)")
+                        help="decision log, JSON lines or .parquet (`kairos log export`)")
     parser.add_argument("--catalog", required=True, type=Path, help="the candidate catalog")
     parser.add_argument("--out", type=Path, default=Path("replay"),
                         help="folder for replay.json, replay.md and replay.png (default: "
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         compiled = load_candidate(args.catalog)
-        records = itertools.islice(read_jsonl(args.log), args.limit or None)
+        records = itertools.islice(read_records(args.log), args.limit or None)
         replayed = list(replay(records, compiled, args.samples, args.seed))
     except (CatalogError, LogFormatError) as exc:
         print(f"error: {exc}", file=sys.stderr)

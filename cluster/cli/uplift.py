@@ -10,20 +10,20 @@ from pathlib import Path
 from typing import Any
 
 from kairos.cluster.evidence import uplift
-from kairos.cluster.evidence.records import LogFormatError, read_jsonl
+from kairos.cluster.evidence.records import LogFormatError, read_records
 
 
 def add_parser(commands: Any) -> None:
     parser = commands.add_parser("uplift", help="the models' uplift over the control group "
                                                 "(from a decision log)")
     parser.add_argument("--log", required=True, type=Path,
-                        help="decision log as JSON lines (`kairos log export`)")
+                        help="decision log, JSON lines or .parquet (`kairos log export`)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        report = uplift.uplift(read_jsonl(args.log))
+        report = uplift.uplift(read_records(args.log))
     except LogFormatError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

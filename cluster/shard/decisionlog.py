@@ -80,7 +80,7 @@ class DecisionLog:
             decision.catalog_version, decision.model_version, dict(context or {}), inputs,
             profile, eligible,
             tuple(ShownAction(a.action_id, slot, a.selection, a.propensity, a.priority)
-                  for slot, a in enumerate(decision.actions)))
+                  for slot, a in enumerate(decision.actions)), decision.control)
         self._entries.append((self._ctx.clock(), customer_id,
                               msgpack.packb(pack_decision(record), use_bin_type=True)))
 

@@ -177,3 +177,22 @@ def test_a_writer_behind_by_its_bound_drops_new_records_and_counts_them(monkeypa
 def test_stored_records_that_are_not_records_are_refused():
     with pytest.raises(ValueError, match="not a stored log record"):
         unpack(["x", 1])
+
+
+def test_a_decision_held_back_as_control_is_logged_so():
+    """With the web's control share at 1/2, the log marks each held decision: the ones the
+    caller saw marked `control`, and only those."""
+    import yaml
+
+    from kairos.core.catalog import default_catalog_text
+    from kairos.core.compiler import compiled_from_text
+    doc = yaml.safe_load(default_catalog_text())
+    doc["channels"]["web"]["control"] = 0.5
+    s = shard(compiled_from_text(yaml.safe_dump(doc)), store=MemoryStore(), clock=Clock(T0))
+    sent = {}
+    for i in range(40):
+        [reply], _ = s.process([decide(f"c{i}", context={"device": "mobile"}, now=T0 + i)])
+        sent[reply.value.decision_id] = reply.value.control
+    decisions, _ = logged(s.store)
+    assert {d.decision_id: d.control for d in decisions} == sent
+    assert 0 < sum(sent.values()) < 40
