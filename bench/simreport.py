@@ -5,12 +5,15 @@
   Kairos's was (nothing shown is worth 0); expected values from the truth, not the drawn
   outcomes. Per window of decisions (in the order they were answered) and cumulative. Held
   decisions (the control group) count: they are part of what the deployment earns.
-- The new action's rank: the decisions on the launch's catalog, split into RANK_WINDOWS
-  windows; in each, the actions ranked by how often Kairos showed them and by how often the
-  oracle would have. The new action's true rank is its rank by the oracle's showings over all
-  of them; it has reached it at the first window from which its rank by Kairos's showings
-  equals the true rank in every later window too. The figure is its impressions up to the end
-  of that window (the window's size is its resolution).
+- The new action (two readings, each "reached and held": from some window to the end):
+  its place: the decisions after the launch where it is truly best, in windows of
+  PLACE_WINDOW of them; it has found its place from the first window from which Kairos
+  showed it in at least 1 - control - PLACE_TOLERANCE of each window's decisions (the oracle
+  shows it in all of them; the control group's uniform draws and Thompson's exploration keep
+  any policy that explores below that). Its rank: the decisions on the launch's catalog in
+  RANK_WINDOWS windows, the actions ranked by how often Kairos showed them; its true rank is
+  its rank by the oracle's showings over all of them. Each figure is the new action's
+  impressions up to the end of that window (the window's size is its resolution).
 - Adoption: for each model version the learner published, from its publish to the moment
   the last shard adopted it or a later one (the learner's and the shards' own clocks, one
   machine); p50, p90, p99 and max over the publishes seen.
@@ -31,6 +34,8 @@ from .simtruth import Truth
 from .world import ACTIONS, DRIFT_SUMMARY, NEW_ACTION, WORLD, launch_share
 
 RANK_WINDOWS = 10
+PLACE_WINDOW = 100  # decisions where the new action is truly best
+PLACE_TOLERANCE = 0.1
 NEW = ACTIONS.index(NEW_ACTION)
 
 
@@ -67,38 +72,60 @@ def windows(truth: Truth, t: np.ndarray, accepted: np.ndarray, n: int) -> list[d
                     "drifted_share": _r(truth.drifted[part].mean()),
                     "launched_share": _r(truth.launched[part].mean()),
                     "new_action_shown": _share(truth.shown[launched] == NEW),
-                    "new_action_oracle": _share(best[launched] == NEW)})
+                    "new_action_oracle": _share(best[launched] == NEW),
+                    "new_action_hit": _share(truth.shown[launched][best[launched] == NEW]
+                                             == NEW)})
     return out
 
 
-def new_action(truth: Truth) -> dict[str, Any]:
-    """Whether and when the new action reached its true rank (module docstring)."""
+def new_action(truth: Truth, control: float) -> dict[str, Any]:
+    """When the new action found its place and its rank (module docstring)."""
     launched = np.flatnonzero(truth.launched)
-    if len(launched) < RANK_WINDOWS:
-        return {"reached": False, "launched_decisions": int(len(launched))}
     best = oracle(truth)
-    true_rank = _rank(np.bincount(best[launched], minlength=len(ACTIONS)))
-    parts = np.array_split(launched, RANK_WINDOWS)
-    ranks = [_rank(np.bincount(truth.shown[p][truth.shown[p] >= 0], minlength=len(ACTIONS)))
-             for p in parts]
-    reached = None
-    for w in range(RANK_WINDOWS - 1, -1, -1):
-        if ranks[w] != true_rank:
-            break
-        reached = w
     shown_new = truth.shown[launched] == NEW
     truly_best = best[launched] == NEW
-    out = {"true_rank": true_rank, "ranks_by_window": ranks,
-           "window_decisions": int(len(parts[0])), "launched_decisions": int(len(launched)),
-           "reached": reached is not None,
-           "oracle_share": _share(truly_best), "shown_share": _share(shown_new),
-           "hit_rate_where_best": [_share(truth.shown[p][best[p] == NEW] == NEW) for p in parts],
-           "impressions": int(shown_new.sum())}
-    if reached is not None:
-        end = int(np.searchsorted(launched, parts[reached][-1])) + 1
-        out.update({"window": reached, "impressions_to_rank": int(shown_new[:end].sum()),
-                    "decisions_to_rank": end})
+    out: dict[str, Any] = {"launched_decisions": int(len(launched)),
+                           "impressions": int(shown_new.sum()),
+                           "oracle_share": _share(truly_best), "shown_share": _share(shown_new)}
+    # its place: windows of PLACE_WINDOW decisions where it is truly best
+    where = np.flatnonzero(truly_best)
+    target = 1.0 - control - PLACE_TOLERANCE
+    parts = [where[i:i + PLACE_WINDOW]  # full windows only: the rest is left out
+             for i in range(0, len(where) - PLACE_WINDOW + 1, PLACE_WINDOW)]
+    hits = [float(shown_new[p].mean()) for p in parts]
+    held = _held_from([h >= target for h in hits])
+    out["place"] = {"target": round(target, 4), "window_decisions": PLACE_WINDOW,
+                    "hit_rate_by_window": [round(h, 3) for h in hits],
+                    "reached": held is not None}
+    if held is not None:
+        end = int(parts[held][-1]) + 1  # decisions since the launch, to the window's end
+        out["place"].update(window=held, impressions=int(shown_new[:end].sum()),
+                            decisions=end)
+    # its rank by showings
+    if len(launched) >= RANK_WINDOWS:
+        true_rank = _rank(np.bincount(best[launched], minlength=len(ACTIONS)))
+        spans = np.array_split(np.arange(len(launched)), RANK_WINDOWS)
+        shown = truth.shown[launched]
+        ranks = [_rank(np.bincount(shown[p][shown[p] >= 0], minlength=len(ACTIONS)))
+                 for p in spans]
+        held = _held_from([r == true_rank for r in ranks])
+        out["rank"] = {"true_rank": true_rank, "ranks_by_window": ranks,
+                       "window_decisions": int(len(spans[0])), "reached": held is not None}
+        if held is not None:
+            end = int(spans[held][-1]) + 1
+            out["rank"].update(window=held, impressions=int(shown_new[:end].sum()),
+                               decisions=end)
     return out
+
+
+def _held_from(ok: list[bool]) -> int | None:
+    """The first index from which every one is true (None if the last is not)."""
+    first = None
+    for i in range(len(ok) - 1, -1, -1):
+        if not ok[i]:
+            break
+        first = i
+    return first
 
 
 def _rank(counts: np.ndarray) -> int:
@@ -165,7 +192,7 @@ def results(run: dict[str, Any], truth: Truth, name: str, command: str) -> dict[
     t, accepted = np.array(rows.t), np.array(rows.accepted, bool)
     curve = windows(truth, t, accepted, run["plan"]["windows"])
     regret = truth.worth(oracle(truth)) - truth.worth(truth.shown)
-    new = new_action(truth)
+    new = new_action(truth, run["plan"]["control"])
     launch = run["launch"]
     adopted = adoption(run["publishes"], run["adoptions"],
                        (launch["sent_at"], launch["switched_at"]) if "switched_at" in launch
@@ -178,7 +205,7 @@ def results(run: dict[str, Any], truth: Truth, name: str, command: str) -> dict[
         _segment_regret(regret, 0, first_drifted, first=True) >
         _segment_regret(regret, 0, first_drifted, first=False),
         "above_control_after_launch": lift.get("after_launch", {}).get("uplift", -1) > 0,
-        "new_action_reached_its_rank": new["reached"],
+        "new_action_found_its_place": new["place"]["reached"],
         "every_publish_adopted": adopted["publishes"] > 0 and
         adopted["not_adopted_by_all"] <= 1}  # the last publish may come after the last read
     return {"run": name, "command": command, "plan": run["plan"],
@@ -211,7 +238,8 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
     return {"run": results["run"], "held": results["verdict"]["held"],
             "decisions": results["truth_check"]["decisions"],
             "regret_per_decision": results["regret"]["per_decision"],
-            "impressions_to_rank": new.get("impressions_to_rank"),
+            "impressions_to_place": new["place"].get("impressions"),
+            "impressions_to_rank": new.get("rank", {}).get("impressions"),
             "adoption_p50_ms": adopted.get("p50_ms"), "adoption_p99_ms": adopted.get("p99_ms")}
 
 
@@ -245,18 +273,24 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["", f"Regret per decision (expected, from the truth) {r['per_decision']} over the "
                   f"run ({phases}); model decisions only {r['model_only_per_decision']}; "
                   f"cumulative {r['cumulative']}.", ""]
-    if new["reached"]:
-        lines.append(f"New action: true rank {new['true_rank']} (the oracle would show it in "
-                     f"{new['oracle_share']:.1%} of the decisions after the launch); it held "
-                     f"that rank from window {new['window'] + 1} of {RANK_WINDOWS} "
-                     f"({new['window_decisions']} decisions each), after "
-                     f"**{new['impressions_to_rank']} impressions** "
-                     f"({new['decisions_to_rank']} decisions since the launch); ranks by "
-                     f"window {new['ranks_by_window']}.")
+    place, rank = new["place"], new.get("rank", {})
+    if not new["launched_decisions"]:
+        lines.append("New action: no decision was made on the launch's catalog.")
     else:
-        lines.append(f"New action: did not settle at its true rank "
-                     f"{new.get('true_rank')} (ranks by window "
-                     f"{new.get('ranks_by_window')}).")
+        lines.append(
+            f"New action: the oracle would show it in {new['oracle_share']:.1%} of the decisions "
+            f"after the launch, Kairos showed it in {new['shown_share']:.1%}. Its place (shown "
+            f"in at least {place['target']:.0%} of the decisions where it is truly best, per "
+            f"{place['window_decisions']} of them): "
+            + (f"found after **{place['impressions']} impressions** ({place['decisions']} "
+               f"decisions since the launch) and held to the end"
+               if place["reached"] else "not held by the end")
+            + f" (by window: {place['hit_rate_by_window']}). Its true rank by showings, "
+            f"{rank.get('true_rank')}: "
+            + (f"reached after {rank['impressions']} impressions and held"
+               if rank.get("reached") else "not held by the end")
+            + f" (ranks by window of {rank.get('window_decisions')} decisions: "
+            f"{rank.get('ranks_by_window')}).")
     lines += ["", f"Model adoption, publish → every shard ({a['shards']} shards, "
                   f"{a['publishes']} publishes, sync every {a['model_sync_s']} s): "
                   + (f"p50 {a['p50_ms']} ms, p90 {a['p90_ms']} ms, p99 {a['p99_ms']} ms, "
@@ -299,6 +333,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
                  label=f"{NEW_ACTION} shown by Kairos")
     axes[2].plot([d for d, _ in after], [w["new_action_oracle"] for _, w in after],
                  label=f"{NEW_ACTION} shown by the oracle")
+    axes[2].plot([d for d, _ in after], [w["new_action_hit"] for _, w in after],
+                 label=f"{NEW_ACTION} shown where it is truly best")
     axes[2].set_ylabel("share of decisions after the launch")
     axes[2].set_ylim(bottom=0)
     axes[2].set_xlabel("decisions")

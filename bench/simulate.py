@@ -349,8 +349,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--shards: at least 2 (the learner merges what several shards learn)")
     if not 0.0 <= plan.control <= 0.5:
         parser.error("--control: a share from 0 to 0.5")
-    if plan.decisions < 10 * plan.windows or plan.customers < 1:
+    if plan.decisions < 10 * plan.windows:
         parser.error(f"--decisions: at least {10 * plan.windows}")
+    if plan.customers < 1 or plan.concurrency < 1:
+        parser.error("--customers and --concurrency: at least 1")
     command = " ".join(["python -m bench.simulate"] + (sys.argv[1:] if argv is None else argv))
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     run = simulate(plan)
