@@ -5,15 +5,17 @@
   Kairos's was (nothing shown is worth 0); expected values from the truth, not the drawn
   outcomes. Per window of decisions (in the order they were answered) and cumulative. Held
   decisions (the control group) count: they are part of what the deployment earns.
-- The new action (two readings, each "reached and held": from some window to the end):
-  its place: the decisions after the launch where it is truly best, in windows of
-  PLACE_WINDOW of them; it has found its place from the first window from which Kairos
-  showed it in at least 1 - control - PLACE_TOLERANCE of each window's decisions (the oracle
-  shows it in all of them; the control group's uniform draws and Thompson's exploration keep
-  any policy that explores below that). Its rank: the decisions on the launch's catalog in
-  RANK_WINDOWS windows, the actions ranked by how often Kairos showed them; its true rank is
-  its rank by the oracle's showings over all of them. Each figure is the new action's
-  impressions up to the end of that window (the window's size is its resolution).
+- The new action, two readings. Its place: in windows of PLACE_WINDOW decisions on the
+  launch's catalog, the share of those where it is truly best in which Kairos showed it
+  (recall) and of those where Kairos showed it in which it is truly best (precision); the
+  oracle has both at 1, and the control group's uniform draws and Thompson's exploration keep
+  any policy that explores below that, so it has found its place at the first window where
+  both reach 1 - control - PLACE_TOLERANCE ("held": from a window to the end). Its rank: the
+  same decisions in RANK_WINDOWS windows, the actions ranked by how often Kairos showed
+  them; its true rank is its rank by the oracle's showings over all of them, reached (and
+  held) from the first window from which its rank equals it in every later window. Each
+  figure is the new action's impressions up to the end of that window (the window's size is
+  its resolution).
 - Adoption: for each model version the learner published, from its publish to the moment
   the last shard adopted it or a later one (the learner's and the shards' own clocks, one
   machine); p50, p90, p99 and max over the publishes seen.
@@ -34,7 +36,7 @@ from .simtruth import Truth
 from .world import ACTIONS, DRIFT_SUMMARY, NEW_ACTION, WORLD, launch_share
 
 RANK_WINDOWS = 10
-PLACE_WINDOW = 100  # decisions where the new action is truly best
+PLACE_WINDOW = 300  # decisions on the launch's catalog
 PLACE_TOLERANCE = 0.1
 NEW = ACTIONS.index(NEW_ACTION)
 
@@ -87,20 +89,24 @@ def new_action(truth: Truth, control: float) -> dict[str, Any]:
     out: dict[str, Any] = {"launched_decisions": int(len(launched)),
                            "impressions": int(shown_new.sum()),
                            "oracle_share": _share(truly_best), "shown_share": _share(shown_new)}
-    # its place: windows of PLACE_WINDOW decisions where it is truly best
-    where = np.flatnonzero(truly_best)
+    # its place: in windows of PLACE_WINDOW decisions on the launch's catalog, shown where
+    # it is truly best (recall) and truly best where shown (precision)
     target = 1.0 - control - PLACE_TOLERANCE
-    parts = [where[i:i + PLACE_WINDOW]  # full windows only: the rest is left out
-             for i in range(0, len(where) - PLACE_WINDOW + 1, PLACE_WINDOW)]
-    hits = [float(shown_new[p].mean()) for p in parts]
-    held = _held_from([h >= target for h in hits])
-    out["place"] = {"target": round(target, 4), "window_decisions": PLACE_WINDOW,
-                    "hit_rate_by_window": [round(h, 3) for h in hits],
-                    "reached": held is not None}
-    if held is not None:
-        end = int(parts[held][-1]) + 1  # decisions since the launch, to the window's end
-        out["place"].update(window=held, impressions=int(shown_new[:end].sum()),
-                            decisions=end)
+    spans = [np.arange(i, i + PLACE_WINDOW)  # full windows only: the rest is left out
+             for i in range(0, len(launched) - PLACE_WINDOW + 1, PLACE_WINDOW)]
+    recall = [_share(shown_new[p][truly_best[p]]) for p in spans]
+    precision = [_share(truly_best[p][shown_new[p]]) for p in spans]
+    ok = [r is not None and q is not None and r >= target and q >= target
+          for r, q in zip(recall, precision)]
+    place: dict[str, Any] = {"target": round(target, 4), "window_decisions": PLACE_WINDOW,
+                             "recall_by_window": recall, "precision_by_window": precision}
+    first = ok.index(True) if True in ok else None
+    for name, window in (("first", first), ("held", _held_from(ok))):
+        if window is not None:
+            end = int(spans[window][-1]) + 1  # decisions since the launch, to the window's end
+            place[name] = {"window": window, "impressions": int(shown_new[:end].sum()),
+                           "decisions": end}
+    out["place"] = place
     # its rank by showings
     if len(launched) >= RANK_WINDOWS:
         true_rank = _rank(np.bincount(best[launched], minlength=len(ACTIONS)))
@@ -137,8 +143,8 @@ def _rank(counts: np.ndarray) -> int:
 def adoption(publishes: dict[int, float], adoptions: dict[str, dict[int, float]],
              switch: tuple[float, float] | None) -> dict[str, Any]:
     """Publish → every shard running it (or a later version), over the publishes seen; those
-    published while the catalog switched (`switch`: from the PutCatalog to its answer, epoch
-    seconds) apart: the shards adopt them only once they run the new catalog."""
+    whose way to every shard the catalog switch overlapped (`switch`: from the PutCatalog to
+    its answer, epoch seconds) apart: shards adopt them only once they run the new catalog."""
     per_shard = [sorted(a.items()) for a in adoptions.values()]
     lags: dict[str, list[float]] = {"steady": [], "switch": []}
     firsts, unadopted = [], 0
@@ -147,7 +153,9 @@ def adoption(publishes: dict[int, float], adoptions: dict[str, dict[int, float]]
         if not times or None in times:
             unadopted += 1
             continue
-        during = switch is not None and switch[0] <= at <= switch[1]
+        # the switch held this one up: it was published before the switch ended and not
+        # yet everywhere when it began
+        during = switch is not None and at <= switch[1] and max(times) >= switch[0]
         lags["switch" if during else "steady"].append(max(times) - at)
         firsts.append(min(times) - at)
     out: dict[str, Any] = {"shards": len(per_shard), "publishes": len(lags["steady"]),
@@ -205,7 +213,7 @@ def results(run: dict[str, Any], truth: Truth, name: str, command: str) -> dict[
         _segment_regret(regret, 0, first_drifted, first=True) >
         _segment_regret(regret, 0, first_drifted, first=False),
         "above_control_after_launch": lift.get("after_launch", {}).get("uplift", -1) > 0,
-        "new_action_found_its_place": new["place"]["reached"],
+        "new_action_found_its_place": "first" in new["place"],
         "every_publish_adopted": adopted["publishes"] > 0 and
         adopted["not_adopted_by_all"] <= 1}  # the last publish may come after the last read
     return {"run": name, "command": command, "plan": run["plan"],
@@ -238,7 +246,7 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
     return {"run": results["run"], "held": results["verdict"]["held"],
             "decisions": results["truth_check"]["decisions"],
             "regret_per_decision": results["regret"]["per_decision"],
-            "impressions_to_place": new["place"].get("impressions"),
+            "impressions_to_place": new["place"].get("first", {}).get("impressions"),
             "impressions_to_rank": new.get("rank", {}).get("impressions"),
             "adoption_p50_ms": adopted.get("p50_ms"), "adoption_p99_ms": adopted.get("p99_ms")}
 
@@ -278,14 +286,17 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append("New action: no decision was made on the launch's catalog.")
     else:
         lines.append(
-            f"New action: the oracle would show it in {new['oracle_share']:.1%} of the decisions "
-            f"after the launch, Kairos showed it in {new['shown_share']:.1%}. Its place (shown "
-            f"in at least {place['target']:.0%} of the decisions where it is truly best, per "
-            f"{place['window_decisions']} of them): "
-            + (f"found after **{place['impressions']} impressions** ({place['decisions']} "
-               f"decisions since the launch) and held to the end"
-               if place["reached"] else "not held by the end")
-            + f" (by window: {place['hit_rate_by_window']}). Its true rank by showings, "
+            f"New action: the oracle would show it in {new['oracle_share']:.1%} of the "
+            f"decisions after the launch, Kairos showed it in {new['shown_share']:.1%}. Its "
+            f"place (recall and precision at least {place['target']:.0%} over "
+            f"{place['window_decisions']} decisions): "
+            + (f"first found after **{place['first']['impressions']} impressions** "
+               f"({place['first']['decisions']} decisions since the launch)"
+               if "first" in place else "not found")
+            + (f", held to the end from {place['held']['impressions']} impressions"
+               if "held" in place else ", not held to the end")
+            + f" (recall by window {place['recall_by_window']}, precision "
+            f"{place['precision_by_window']}). Its true rank by showings, "
             f"{rank.get('true_rank')}: "
             + (f"reached after {rank['impressions']} impressions and held"
                if rank.get("reached") else "not held by the end")

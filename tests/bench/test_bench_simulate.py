@@ -50,7 +50,10 @@ def test_the_quick_run_measures_regret_launch_and_adoption_against_the_truth(tmp
     assert new["impressions"] > 0 and 1 <= new["rank"]["true_rank"] <= len(ACTIONS)
     assert len(new["rank"]["ranks_by_window"]) == 10
     assert abs(new["oracle_share"] - report["world"]["launch_share"]) < 0.1
-    assert all(0 <= h <= 1 for h in new["place"]["hit_rate_by_window"])
+    place = new["place"]
+    assert len(place["recall_by_window"]) == len(place["precision_by_window"]) >= 2
+    assert all(0 <= h <= 1 for h in place["recall_by_window"] + place["precision_by_window"]
+               if h is not None)
     assert new["place"]["target"] == 0.8  # 1 - the control share - the tolerance
     adoption = report["adoption"]
     assert adoption["shards"] == 2 and adoption["publishes"] > 0
