@@ -12,10 +12,9 @@
   any policy that explores below that, so it has found its place at the first window where
   both reach 1 - control - PLACE_TOLERANCE ("held": from a window to the end). Its rank: the
   same decisions in RANK_WINDOWS windows, the actions ranked by how often Kairos showed
-  them; its true rank is its rank by the oracle's showings over all of them, reached (and
-  held) from the first window from which its rank equals it in every later window. Each
-  figure is the new action's impressions up to the end of that window (the window's size is
-  its resolution).
+  them; its true rank is its rank by the oracle's showings over all of them, reached at the
+  first window where its rank by Kairos's showings equals it. Each figure is the new action's
+  impressions up to the end of that window (the window's size is its resolution).
 - Adoption: for each model version the learner published, from its publish to the moment
   the last shard adopted it or a later one (the learner's and the shards' own clocks, one
   machine); p50, p90, p99 and max over the publishes seen.
@@ -96,17 +95,11 @@ def new_action(truth: Truth, control: float) -> dict[str, Any]:
              for i in range(0, len(launched) - PLACE_WINDOW + 1, PLACE_WINDOW)]
     recall = [_share(shown_new[p][truly_best[p]]) for p in spans]
     precision = [_share(truly_best[p][shown_new[p]]) for p in spans]
-    ok = [r is not None and q is not None and r >= target and q >= target
-          for r, q in zip(recall, precision)]
-    place: dict[str, Any] = {"target": round(target, 4), "window_decisions": PLACE_WINDOW,
-                             "recall_by_window": recall, "precision_by_window": precision}
-    first = ok.index(True) if True in ok else None
-    for name, window in (("first", first), ("held", _held_from(ok))):
-        if window is not None:
-            end = int(spans[window][-1]) + 1  # decisions since the launch, to the window's end
-            place[name] = {"window": window, "impressions": int(shown_new[:end].sum()),
-                           "decisions": end}
-    out["place"] = place
+    out["place"] = {"target": round(target, 4), "window_decisions": PLACE_WINDOW,
+                    "recall_by_window": recall, "precision_by_window": precision,
+                    **_reached(spans, shown_new, [
+                        r is not None and q is not None and r >= target and q >= target
+                        for r, q in zip(recall, precision)])}
     # its rank by showings
     if len(launched) >= RANK_WINDOWS:
         true_rank = _rank(np.bincount(best[launched], minlength=len(ACTIONS)))
@@ -114,13 +107,23 @@ def new_action(truth: Truth, control: float) -> dict[str, Any]:
         shown = truth.shown[launched]
         ranks = [_rank(np.bincount(shown[p][shown[p] >= 0], minlength=len(ACTIONS)))
                  for p in spans]
-        held = _held_from([r == true_rank for r in ranks])
         out["rank"] = {"true_rank": true_rank, "ranks_by_window": ranks,
-                       "window_decisions": int(len(spans[0])), "reached": held is not None}
-        if held is not None:
-            end = int(spans[held][-1]) + 1
-            out["rank"].update(window=held, impressions=int(shown_new[:end].sum()),
-                               decisions=end)
+                       "window_decisions": int(len(spans[0])),
+                       **_reached(spans, shown_new, [r == true_rank for r in ranks])}
+    return out
+
+
+def _reached(spans: list[np.ndarray], shown_new: np.ndarray, ok: list[bool]
+             ) -> dict[str, Any]:
+    """The first window that is ok, and the first from which every one is ("held"): each
+    with the new action's impressions and the decisions since the launch to its end."""
+    out = {}
+    for name, window in (("first", ok.index(True) if True in ok else None),
+                         ("held", _held_from(ok))):
+        if window is not None:
+            end = int(spans[window][-1]) + 1
+            out[name] = {"window": window, "impressions": int(shown_new[:end].sum()),
+                         "decisions": end}
     return out
 
 
@@ -247,7 +250,7 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
             "decisions": results["truth_check"]["decisions"],
             "regret_per_decision": results["regret"]["per_decision"],
             "impressions_to_place": new["place"].get("first", {}).get("impressions"),
-            "impressions_to_rank": new.get("rank", {}).get("impressions"),
+            "impressions_to_rank": new.get("rank", {}).get("first", {}).get("impressions"),
             "adoption_p50_ms": adopted.get("p50_ms"), "adoption_p99_ms": adopted.get("p99_ms")}
 
 
@@ -289,19 +292,11 @@ def markdown(results: dict[str, Any]) -> str:
             f"New action: the oracle would show it in {new['oracle_share']:.1%} of the "
             f"decisions after the launch, Kairos showed it in {new['shown_share']:.1%}. Its "
             f"place (recall and precision at least {place['target']:.0%} over "
-            f"{place['window_decisions']} decisions): "
-            + (f"first found after **{place['first']['impressions']} impressions** "
-               f"({place['first']['decisions']} decisions since the launch)"
-               if "first" in place else "not found")
-            + (f", held to the end from {place['held']['impressions']} impressions"
-               if "held" in place else ", not held to the end")
-            + f" (recall by window {place['recall_by_window']}, precision "
-            f"{place['precision_by_window']}). Its true rank by showings, "
-            f"{rank.get('true_rank')}: "
-            + (f"reached after {rank['impressions']} impressions and held"
-               if rank.get("reached") else "not held by the end")
-            + f" (ranks by window of {rank.get('window_decisions')} decisions: "
-            f"{rank.get('ranks_by_window')}).")
+            f"{place['window_decisions']} decisions): {_reading(place)} (recall by window "
+            f"{_twos(place['recall_by_window'])}, precision "
+            f"{_twos(place['precision_by_window'])}). Its true rank by showings, "
+            f"{rank.get('true_rank')}: {_reading(rank)} (ranks by window of "
+            f"{rank.get('window_decisions')} decisions: {rank.get('ranks_by_window')}).")
     lines += ["", f"Model adoption, publish → every shard ({a['shards']} shards, "
                   f"{a['publishes']} publishes, sync every {a['model_sync_s']} s): "
                   + (f"p50 {a['p50_ms']} ms, p90 {a['p90_ms']} ms, p99 {a['p99_ms']} ms, "
@@ -363,6 +358,20 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _reading(reached: dict[str, Any]) -> str:
+    if "first" not in reached:
+        return "not reached"
+    first = reached["first"]
+    return (f"first reached after **{first['impressions']} impressions** "
+            f"({first['decisions']} decisions since the launch), "
+            + (f"held to the end from {reached['held']['impressions']}"
+               if "held" in reached else "not held to the end"))
+
+
+def _twos(values: list[float | None]) -> str:
+    return "[" + ", ".join("-" if v is None else f"{v:.2f}" for v in values) + "]"
 
 
 def _share(mask: np.ndarray) -> float | None:
