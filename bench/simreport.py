@@ -313,7 +313,10 @@ def markdown(results: dict[str, Any]) -> str:
               f"Calls: {c['decided']} decided ({c['fallbacks']} fallbacks, {c['empty']} "
               f"showed nothing, {c['decide_errors']} errors), {c['outcomes']} outcomes "
               f"({c['outcomes_refused']} refused by the customer's rate, "
-              f"{c['respond_errors']} errors).", "", report.verdict_line(results["verdict"])]
+              f"{c['respond_errors']} errors)"
+              + (": " + ", ".join(f"{k} {n} (the first: {c['examples'][k]!r})"
+                                  for k, n in sorted(c["errors"].items()))
+                 if c["errors"] else "") + ".", "", report.verdict_line(results["verdict"])]
     return "\n".join(lines) + "\n"
 
 

@@ -108,6 +108,13 @@ class Counts:
     outcomes: int = 0
     outcomes_refused: int = 0  # RESOURCE_EXHAUSTED: the customer's outcome rate
     respond_errors: int = 0
+    errors: dict[str, int] = field(default_factory=dict)  # "<call> <status code>": count
+    examples: dict[str, str] = field(default_factory=dict)  # the first one's details
+
+    def failed(self, call: str, exc: grpc.aio.AioRpcError) -> None:
+        key = f"{call} {exc.code().name}"
+        self.errors[key] = self.errors.get(key, 0) + 1
+        self.examples.setdefault(key, str(exc.details())[:300])
 
 
 class Keys:
@@ -205,8 +212,9 @@ class Sessions:
         try:
             decision = await self.decisions.Decide(request, timeout=CALL_TIMEOUT_S,
                                                    metadata=key)
-        except grpc.aio.AioRpcError:
+        except grpc.aio.AioRpcError as exc:
             self.counts.decide_errors += 1
+            self.counts.failed("Decide", exc)
             return
         self.counts.decided += 1
         if decision.fallback:
@@ -250,6 +258,7 @@ class Sessions:
                 self.counts.outcomes_refused += 1
             else:
                 self.counts.respond_errors += 1
+                self.counts.failed("Respond", exc)
 
 
 def _value(v: Any) -> pb.Value:
