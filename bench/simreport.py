@@ -213,16 +213,15 @@ def results(run: dict[str, Any], truth: Truth, name: str, command: str) -> dict[
     first_launched = int(np.argmax(truth.launched)) if truth.launched.any() else None
     checks = {
         "learned_before_drift": bool(first_drifted) and
-        _segment_regret(regret, 0, first_drifted, first=True) >
-        _segment_regret(regret, 0, first_drifted, first=False),
+        _fifth(regret[:first_drifted], last=False) > _fifth(regret[:first_drifted], last=True),
         "above_control_after_launch": lift.get("after_launch", {}).get("uplift", -1) > 0,
         "new_action_found_its_place": "first" in new["place"],
         "every_publish_adopted": adopted["publishes"] > 0 and
         adopted["not_adopted_by_all"] <= 1}  # the last publish may come after the last read
     return {"run": name, "command": command, "plan": run["plan"],
             "seconds": run["seconds"], "profiles_s": run["profiles_s"],
-            "counts": run["counts"], "decisions_per_s": round(len(t) / max(run["seconds"], 1e-9),
-                                                               1),
+            "counts": run["counts"],
+            "decisions_per_s": round(len(t) / max(run["seconds"], 1e-9), 1),
             "world": {"drift": DRIFT_SUMMARY, "launch_share": round(launch_share(
                 run["population"]), 4), "new_action": NEW_ACTION},
             "drift": {"decision": first_drifted, "t_s": _at(t, first_drifted)},
@@ -237,11 +236,10 @@ def results(run: dict[str, Any], truth: Truth, name: str, command: str) -> dict[
             "verdict": {"held": all(checks.values()), "checks": checks}}
 
 
-def _segment_regret(regret: np.ndarray, start: int, end: int, first: bool) -> float:
-    """Mean regret over the first (or last) fifth of [start, end)."""
-    n = max((end - start) // 5, 1)
-    part = regret[start:start + n] if first else regret[end - n:end]
-    return float(part.mean())
+def _fifth(values: np.ndarray, last: bool) -> float:
+    """The mean of the first (or last) fifth."""
+    n = max(len(values) // 5, 1)
+    return float((values[-n:] if last else values[:n]).mean())
 
 
 def summary(results: dict[str, Any]) -> dict[str, Any]:

@@ -84,7 +84,7 @@ QUICK = Plan(customers=1000, decisions=3000, shards=2, concurrency=16, control=0
 
 @dataclass
 class Decisions:
-    """One row per decision the sessions made, in the order they were taken (columns)."""
+    """One row per decision the sessions made, in the order they were answered (columns)."""
 
     t: list[float] = field(default_factory=list)  # seconds since the sessions began
     customer: list[int] = field(default_factory=list)
@@ -95,7 +95,6 @@ class Decisions:
     shown: list[int] = field(default_factory=list)  # index into ACTIONS; -1: nothing
     control: list[bool] = field(default_factory=list)
     accepted: list[bool] = field(default_factory=list)
-    model_version: list[int] = field(default_factory=list)
     decision_id: list[str] = field(default_factory=list)
 
 
@@ -238,7 +237,6 @@ class Sessions:
         r.shown.append(shown)
         r.control.append(decision.control)
         r.accepted.append(accepted)
-        r.model_version.append(decision.model_version)
         r.decision_id.append(decision.decision_id)
         if shown >= 0:
             await self._respond(decision, action, channel, accepted, key)
