@@ -130,19 +130,24 @@ class Kairos:
 
 
 @contextmanager
-def kairos(n_shards: int, customers: int) -> Iterator[Kairos]:
+def kairos(n_shards: int, customers: int, catalog_text: str | None = None,
+           keys_file: str | None = None) -> Iterator[Kairos]:
     """The runtime (controller, learner, shards spread over the nodes) and one gateway, with
-    the embedded default's durability: a directory store, the journal fsynced per batch."""
+    the embedded default's durability: a directory store, the journal fsynced per batch. On
+    the default catalog unless given one; the gateway requires the keys of `keys_file` if
+    given (auth is off without)."""
     store = tempfile.mkdtemp(prefix="kairos-bench-store-")
     try:
-        runtime.start(n_shards=n_shards, store=store, journal_policy="fsync")
+        runtime.start(n_shards=n_shards, catalog_text=catalog_text, store=store,
+                      journal_policy="fsync")
         status = ray.get(runtime.controller().status.remote())
         nodes = sorted(x["NodeID"] for x in ray.nodes() if x["Alive"])
         shards = Counter(s["placed_on"] for s in status["shards"])
         # the fewest shards; on a tie not the head, which holds the controller and learner
         head = ray.get_runtime_context().get_node_id()
         node = min(nodes, key=lambda x: (shards[x], x == head))
-        gateway = runtime.gateway_actor(GatewayActor, 0, node, host="127.0.0.1", port=0)
+        gateway = runtime.gateway_actor(GatewayActor, 0, node, host="127.0.0.1", port=0,
+                                        keys_file=keys_file)
         port = ray.get(gateway.start.remote())
         remote = {s["shard"] for s in status["shards"] if s["placed_on"] != node}
         yield Kairos(f"127.0.0.1:{port}", node, {x: shards[x] for x in nodes},

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -37,6 +38,7 @@ from kairos.cluster.storage.store import StoreUnavailable
 
 log = logging.getLogger("kairos.learner")
 STATE_KEY = "learner"
+PUBLISHES_KEPT = 256  # (version, time) of the latest publishes `status` reports
 
 
 @dataclass
@@ -64,6 +66,9 @@ class Learner:
         self.models = ModelTable(compiled, version=int(time.time() * 1000))
         self._remaps: dict[str, ModelRemap] = {}  # older catalog version -> remap to current
         self.merged = 0
+        # (model version, epoch seconds) of the latest publishes, oldest first: with the
+        # shards' adoptions (shard/modelsync.py), how long a version takes to reach them all
+        self.publishes: deque[tuple[int, float]] = deque(maxlen=PUBLISHES_KEPT)
 
     @property
     def version(self) -> int:
@@ -88,6 +93,7 @@ class Learner:
             self.models.merge(delta)
             self.models.version += 1
             self.merged += 1
+            self.publishes.append((self.models.version, time.time()))
         if self.models.version == known_version:
             return None
         m = self.models
@@ -108,11 +114,13 @@ class Learner:
         self.models = remap.table(self.models)
         self.models.version = version + 1
         self.compiled = new
+        self.publishes.append((self.models.version, time.time()))
         return self.models.version
 
     def status(self) -> dict[str, Any]:
         return {"model_version": self.version, "merged": self.merged,
-                "catalog_version": self.compiled.version, "refused": self.refused}
+                "catalog_version": self.compiled.version, "refused": self.refused,
+                "publishes": list(self.publishes)}
 
 
 class _Chain:

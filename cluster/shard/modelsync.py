@@ -5,22 +5,31 @@ version; at least every MODEL_SYNC_S the actor sends the delta to the learner, w
 to the global posterior and publishes the next version, which the shard then uses. A delta
 the learner could not take goes with the next sync, unless the catalog switched meanwhile
 (its rows mean something else then: it stays only in this shard's models).
+
+The last ADOPTIONS_KEPT adoptions are kept with their wall-clock time, and `health` reports
+them, so the time a published version takes to reach every shard can be measured exactly
+(bench/simulate.py) however seldom the shards are asked.
 """
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
 from typing import Any
 
 from kairos.core.engine import DecisionEngine
 from kairos.core.models import ModelDelta
 
 log = logging.getLogger("kairos.shard")
+ADOPTIONS_KEPT = 64  # at one sync per MODEL_SYNC_S, the last half minute
 
 
 class ModelSync:
     def __init__(self, name: str):
         self.name = name
         self._outbox: tuple[str, ModelDelta] | None = None  # (catalog version, unsent delta)
+        # (model version, epoch seconds) of the latest adoptions, oldest first
+        self.adoptions: deque[tuple[int, float]] = deque(maxlen=ADOPTIONS_KEPT)
 
     def take(self, engine: DecisionEngine) -> tuple[str, ModelDelta | None, int]:
         """What the engine learnt since the last sync, with what an unsent sync had, for its
@@ -44,10 +53,10 @@ class ModelSync:
         if delta is not None:
             self._outbox = (catalog_version, delta)
 
-    @staticmethod
-    def adopt(engine: DecisionEngine, published: Any) -> None:
+    def adopt(self, engine: DecisionEngine, published: Any) -> None:
         """Use a model version the learner published (control/learner.py's Published) if it
         is for the engine's catalog and newer than the engine's."""
         if published.catalog_version == engine.compiled.version and \
                 published.version > engine.models.version:
             engine.adopt_models(published)
+            self.adoptions.append((published.version, time.time()))

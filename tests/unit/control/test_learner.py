@@ -28,6 +28,11 @@ def test_deltas_from_every_shard_add_and_each_merge_publishes_a_version():
     b = learner.sync(c.version, learned(c, 3, 2), a.version)
     assert b.version == first.version + 2
     assert b.positives[3] == 3 and diagonal(b.precision)[3, 0] == c.prior_precision[0, 0] + 2
+    # each merge's publish is kept with its time, for `status` (adoption time is measured
+    # from it)
+    publishes = learner.status()["publishes"]
+    assert [v for v, _ in publishes] == [a.version, b.version]
+    assert publishes[0][1] <= publishes[1][1]
 
 
 def test_a_delta_learned_under_the_previous_catalog_is_carried_over():
@@ -36,7 +41,8 @@ def test_a_delta_learned_under_the_previous_catalog_is_carried_over():
     doc = yaml.safe_load(default_catalog_text())
     doc["version"] = "next"
     doc["actions"].insert(0, dict(doc["actions"][-1], id="inserted_first"))
-    learner.switch(yaml.safe_dump(doc, sort_keys=False))
+    switched = learner.switch(yaml.safe_dump(doc, sort_keys=False))
+    assert [v for v, _ in learner.publishes] == [switched]  # a switch publishes too
     n_ch = len(c.channel_names)
     old_row = c.action_index["service_menu"] * n_ch + 1
     published = learner.sync(c.version, learned(c, old_row, 1), 0)

@@ -228,6 +228,7 @@ def test_model_sync_resends_what_the_learner_missed_and_adopts_only_newer_versio
     assert s.engine.models.version == 3
     models.adopt(s.engine, published(compiled.version, 2))
     assert s.engine.models.version == 3
+    assert [v for v, _ in models.adoptions] == [3]  # only what was adopted, with its time
 
 
 async def served_again(host, failed) -> None:
