@@ -7,7 +7,7 @@ resources and every serving node hosts a gateway and shards, so neither happens 
 The controller therefore drives it (settings: AUTOSCALE_*):
 
 - Load, each control round, from the shards' health (at most a second old): decisions and
-  events per second, resident customers and queued requests per shard, each as a share of
+  events per second (over the last 5 s), resident customers and queued requests per shard, each as a share of
   what one shard is to carry; the load is the fullest of the three (1.0: at capacity).
 - Up: the load at capacity for AUTOSCALE_UP_AFTER_S -> one more worker. The request is a
   standing `request_resources` of that many one-unit bundles of AUTOSCALE_RESOURCE, which
@@ -32,6 +32,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -39,7 +40,8 @@ from kairos.cluster.settings import (AUTOSCALE_COOLDOWN_S, AUTOSCALE_DOWN_AFTER_
                                      AUTOSCALE_DOWN_SHARE, AUTOSCALE_MAX_WORKERS,
                                      AUTOSCALE_MIN_WORKERS, AUTOSCALE_RESOURCE,
                                      AUTOSCALE_SHARD_QUEUE, AUTOSCALE_SHARD_RATE,
-                                     AUTOSCALE_SHARD_RESIDENT, AUTOSCALE_UP_AFTER_S)
+                                     AUTOSCALE_SHARD_RESIDENT, AUTOSCALE_UP_AFTER_S,
+                                     METRICS_FLUSH_S)
 from kairos.cluster.transport.backend import Backend
 
 log = logging.getLogger("kairos.autoscaling")
@@ -171,21 +173,25 @@ class Policy:
 
 
 class Meter:
-    """Shard health answers, round after round, as a Load: the counters' growth per second
-    since the previous round (a shard seen for the first time adds none yet; one whose
-    counters went back, restarted, adds what it counted since)."""
+    """Shard health answers, round after round, as a Load. The rate is the counters' growth
+    over the last `window_s` at least: a shard's health holds statistics refreshed every
+    METRICS_FLUSH_S, so rounds closer together than that see the same counters. A shard not
+    in the window's first sample adds nothing yet; one whose counters went back (restarted)
+    adds what it counted since."""
 
-    def __init__(self) -> None:
-        self._counted: dict[str, float] = {}
-        self._at: float | None = None
+    def __init__(self, window_s: float = 5 * METRICS_FLUSH_S):
+        self.window_s = window_s
+        self._samples: deque[tuple[float, dict[str, float]]] = deque()
 
     def sample(self, now: float, healths: dict[str, dict[str, Any]]) -> Load:
         counted = {name: float(sum(h.get(k, 0) for k in COUNTED)) for name, h in healths.items()}
-        grown = sum(c - self._counted[n] if c >= self._counted[n] else c
-                    for n, c in counted.items() if n in self._counted)
-        elapsed = now - self._at if self._at is not None else 0.0
-        self._counted, self._at = counted, now
-        return Load(shards=len(healths), rate=grown / elapsed if elapsed > 0 else 0.0,
+        self._samples.append((now, counted))
+        while len(self._samples) > 2 and self._samples[1][0] <= now - self.window_s:
+            self._samples.popleft()  # the newest sample at least window_s old stays first
+        then, before = self._samples[0]
+        grown = sum(c - before[n] if c >= before[n] else c
+                    for n, c in counted.items() if n in before)
+        return Load(shards=len(healths), rate=grown / (now - then) if now > then else 0.0,
                     resident=sum(h.get("resident", 0) for h in healths.values()),
                     queued=sum(h.get("queued", 0) for h in healths.values()))
 

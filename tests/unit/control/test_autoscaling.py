@@ -47,17 +47,22 @@ def test_the_load_is_the_fullest_of_rate_residents_and_queue_per_shard():
     assert Load(shards=2, rate=1.0).share(LIMITS, shards=0) == float("inf")
 
 
-def test_the_meter_turns_counters_into_rates_and_survives_restarts_and_new_shards():
-    meter = Meter()
+def test_the_meter_measures_rates_over_its_window_and_survives_restarts_and_new_shards():
+    meter = Meter(window_s=4.0)
     first = meter.sample(0.0, {"s0": {"decisions": 100, "events": 50, "resident": 7,
                                       "queued": 3}})
     assert first == Load(shards=1, rate=0.0, resident=7, queued=3)
+    # s1 is new: nothing counted for it yet
     second = meter.sample(2.0, {"s0": {"decisions": 300, "events": 50, "resident": 9},
-                                "s1": {"decisions": 1000}})  # s1 is new: nothing counted yet
+                                "s1": {"decisions": 1000}})
     assert second.rate == pytest.approx(100.0) and second.resident == 9
-    third = meter.sample(4.0, {"s0": {"decisions": 40},  # restarted: counted from zero
-                               "s1": {"decisions": 1100}})
-    assert third.rate == pytest.approx((40 + 100) / 2)
+    # the health snapshot was not refreshed since: the rate is still measured from t=0
+    assert meter.sample(3.0, {"s0": {"decisions": 300, "events": 50},
+                              "s1": {"decisions": 1000}}).rate == pytest.approx(200 / 3)
+    # past the window the first sample is dropped: measured from t=2 (s1 counted); s0
+    # restarted and counts from zero
+    fifth = meter.sample(6.0, {"s0": {"decisions": 40}, "s1": {"decisions": 1100}})
+    assert fifth.rate == pytest.approx((40 + 100) / 4)
 
 
 def test_limits_refuse_a_minimum_over_the_maximum_and_a_down_share_of_one():
