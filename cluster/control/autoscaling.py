@@ -132,8 +132,9 @@ class Policy:
         joined or were drained by someone else are taken into account without a step)."""
         limits = self.limits
         serving = [w for w in workers if not w.draining]
-        if self.desired is None:
+        if self.desired is None:  # a first round, or a restarted controller's
             self.desired = limits.bounded(len(serving))
+            self._draining = {w.node for w in workers if w.draining}  # gone already
         for w in workers:
             if w.draining and w.node not in self._draining:  # drained by someone else
                 self.desired = limits.bounded(self.desired - 1)
@@ -253,5 +254,6 @@ class Autoscaling:
     async def _drain(self, controller: Any, node: str) -> None:
         try:
             await controller.drain_node(node)
-        except Exception:  # it stays marked draining: the control loop finishes it
+        except Exception:  # cut short: it stays marked draining, the control loop finishes
+            # it; refused (it left, say): still serving, the next round counts it as wanted
             log.exception("autoscaling: draining node %s failed", node)

@@ -154,6 +154,13 @@ def test_workers_that_join_unasked_are_wanted_and_a_hand_drain_is_one_fewer():
     assert policy.desired == 2  # counted once
 
 
+def test_a_restarted_controller_counts_a_node_drained_before_as_gone_once():
+    policy = Policy(LIMITS)  # its first round: w3 was drained by the previous incarnation
+    ws = workers(("w1", 1, 500), ("w2", 1, 100), ("w3", 0, 0, True))
+    policy.decide(0.0, Load(shards=4, rate=200.0, resident=600), ws)
+    assert policy.desired == 2
+
+
 def test_the_policys_own_drain_is_not_counted_again_when_it_shows_as_draining():
     policy = Policy(LIMITS)
     low = Load(shards=4, rate=10.0)
