@@ -202,8 +202,11 @@ class Autoscaling:
 
     def __init__(self, backend: Backend, limits: Limits | None = None,
                  clock: Callable[[], float] = time.monotonic, resource: str = AUTOSCALE_RESOURCE):
-        self.backend = backend
         self.limits = limits or Limits()
+        if self.limits.enabled and not resource.strip():
+            raise ValueError("KAIROS_AUTOSCALE_RESOURCE must name the Ray resource every worker "
+                             "offers one of, got ''")
+        self.backend = backend
         self.policy = Policy(self.limits)
         self.meter = Meter()
         self.clock = clock

@@ -65,12 +65,14 @@ def test_the_meter_measures_rates_over_its_window_and_survives_restarts_and_new_
     assert fifth.rate == pytest.approx((40 + 100) / 4)
 
 
-def test_limits_refuse_a_minimum_over_the_maximum_and_a_down_share_of_one():
+def test_limits_refuse_a_minimum_over_the_maximum_a_down_share_of_one_and_no_resource():
     with pytest.raises(ValueError, match="MIN_WORKERS \\(3\\) is more than .*MAX_WORKERS \\(2\\)"):
         Limits(min_workers=3, max_workers=2)
     with pytest.raises(ValueError, match="down share"):
         Limits(max_workers=2, down_share=1.0)
     assert not Limits(max_workers=0).enabled
+    with pytest.raises(ValueError, match="KAIROS_AUTOSCALE_RESOURCE must name"):
+        Autoscaling(LocalBackend(), Limits(max_workers=2), resource=" ")
 
 
 # -- the policy ------------------------------------------------------------------------------
