@@ -184,6 +184,30 @@ GATEWAY_START_S = number("GATEWAY_START_S", 60.0, above=True, high=3600.0)
 # PutCatalog, status, channel watches): bounded even when the controller itself is stuck.
 ADMIN_CALL_S = number("ADMIN_CALL_S", 600.0, above=True, high=86400.0)
 
+# -- autoscaling (control/autoscaling.py) --------------------------------------------------------
+# Workers (Ray nodes besides the controller's) the controller keeps asking Ray's autoscaler
+# for, between these bounds (a KubeRay worker group's minReplicas and maxReplicas).
+# AUTOSCALE_MAX_WORKERS 0, the default, asks for nothing: Ray's autoscaler is left alone.
+AUTOSCALE_MIN_WORKERS = integer("AUTOSCALE_MIN_WORKERS", 0, low=0, high=10_000)
+AUTOSCALE_MAX_WORKERS = integer("AUTOSCALE_MAX_WORKERS", 0, low=0, high=10_000)
+# The custom Ray resource every worker offers exactly one of (its `ray start --resources`):
+# the request is that many one-unit bundles of it, so one bundle is one worker.
+AUTOSCALE_RESOURCE = text("AUTOSCALE_RESOURCE", "kairos_worker")
+# What one shard is to carry: decisions and events per second, resident customers, queued
+# requests. The load is the fullest of the three as a share of these (1.0: at capacity).
+# 250/s: `bench.load`'s highest rate with p99 <= 10 ms on 2 cores was 513/s with 2 shards.
+AUTOSCALE_SHARD_RATE = number("AUTOSCALE_SHARD_RATE", 250.0, above=True)
+AUTOSCALE_SHARD_RESIDENT = integer("AUTOSCALE_SHARD_RESIDENT", 1_000_000)
+AUTOSCALE_SHARD_QUEUE = integer("AUTOSCALE_SHARD_QUEUE", 1_000)
+# A worker is added once the load has been at capacity for AUTOSCALE_UP_AFTER_S; one is
+# removed once the load, spread over the shards of the others, would have stayed under
+# AUTOSCALE_DOWN_SHARE for AUTOSCALE_DOWN_AFTER_S (the gap between 1.0 and it is the
+# hysteresis). After a step, no other for AUTOSCALE_COOLDOWN_S.
+AUTOSCALE_DOWN_SHARE = number("AUTOSCALE_DOWN_SHARE", 0.6, above=True, high=0.95)
+AUTOSCALE_UP_AFTER_S = number("AUTOSCALE_UP_AFTER_S", 30.0, high=86_400.0)
+AUTOSCALE_DOWN_AFTER_S = number("AUTOSCALE_DOWN_AFTER_S", 300.0, high=86_400.0)
+AUTOSCALE_COOLDOWN_S = number("AUTOSCALE_COOLDOWN_S", 120.0, high=86_400.0)
+
 # -- clients (the gateway's route to the shards) -----------------------------------------------
 # Requests a client puts in one call to a shard, and calls it keeps in flight per shard.
 # Fewer calls in flight make bigger batches (when calls were Ray calls, IngestStream on 2

@@ -20,7 +20,7 @@ def status(args: argparse.Namespace) -> int:
     print(f"{len(st.nodes)} node(s):")
     for n in st.node_status:
         if n.draining:
-            gateway = "drained" if not n.gateway_port and not n.shards else "draining"
+            gateway = "drained" if drained(n) else "draining"
         else:
             state = "serving" if n.serving else "not serving"
             gateway = f"gateway :{n.gateway_port} {state}" if n.gateway_port else "no gateway"
@@ -47,6 +47,10 @@ def drain(args: argparse.Namespace) -> int:
               f"node; the nodes: {known}", file=sys.stderr)
         return 2
     node = matches[0]
+    if drained(node):  # Kairos's autoscaling drained it, and the autoscaler is removing it
+        print(f"node {node.node_id[:8]} ({node.address}) is drained already: no gateway, "
+              f"no shard")
+        return 0
     started = time.monotonic()
     done = Remote(_another_gateway(args.target, node, nodes)).drain(node.node_id, args.timeout)
     print(f"node {node.node_id[:8]} ({node.address}) is drained in "
@@ -54,6 +58,11 @@ def drain(args: argparse.Namespace) -> int:
           f"{', '.join(done.shards) or '(none)'} and its gateway stopped; map version "
           f"{done.map_version}")
     return 0
+
+
+def drained(node) -> bool:
+    """A node whose drain is done: marked draining, and with no gateway or shard left."""
+    return node.draining and not node.gateway_port and not node.shards
 
 
 def _another_gateway(target: str, leaving, nodes) -> str:

@@ -1,7 +1,8 @@
 """The controller as a named, detached Ray actor (CONTROLLER_NAME, started by runtime.start()):
 the control logic of controller.py on a RayBackend that creates shards and gateways, and the
-control loop that runs its reconcile rounds. Ray restarts it (max_restarts=-1): the first call
-after a restart takes up the state the previous incarnation saved in the store."""
+control loop that runs its reconcile rounds and, when it is on, autoscaling (autoscaling.py).
+Ray restarts it (max_restarts=-1): the first call after a restart takes up the state the
+previous incarnation saved in the store."""
 from __future__ import annotations
 
 import asyncio
@@ -10,6 +11,7 @@ from typing import Any
 
 import ray
 
+from kairos.cluster.control.autoscaling import Autoscaling
 from kairos.cluster.control.controller import Controller
 from kairos.cluster.control.nodes import GatewaySpec
 from kairos.cluster.gateway.actor import GatewayActor
@@ -30,6 +32,7 @@ class ControllerActor:
         self.controller = Controller(RayBackend(ShardActor, GatewayActor), catalog_text,
                                      n_partitions, store_url, journal_policy, gateways,
                                      shards_per_cpu, ray.get_runtime_context().get_node_id())
+        self.autoscaling = Autoscaling(self.controller.backend)
         self._loop_task: asyncio.Task | None = None
         self._resuming = asyncio.Lock()
 
@@ -59,6 +62,10 @@ class ControllerActor:
                 await self.controller.reconcile()
             except Exception:
                 log.exception("control loop round failed; trying again")
+            try:
+                await self.autoscaling.round(self.controller)
+            except Exception:
+                log.exception("autoscaling round failed; trying again")
 
     async def get_map(self, known_version: int, timeout_s: float = LONG_POLL_S):
         return await (await self._ready()).get_map(known_version, timeout_s)

@@ -159,6 +159,10 @@ class Backend(Protocol):
     def node_info(self) -> dict[str, dict[str, Any]]:
         """Alive node id -> {address, cpus}."""
 
+    def request_resources(self, bundles: list[dict[str, float]]) -> None:
+        """A standing request to the cluster's autoscaler (Ray's `request_resources`): keep
+        enough nodes for these bundles, replacing the previous request ([]: none)."""
+
     async def create_gateway(self, name: str, node: str, serving: dict[str, Any]) -> int:
         """Create the gateway `name` on `node` (or take the one of that name that exists),
         serving as `serving` says (GatewaySpec.serving); the port it serves on."""

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import ray
 from ray.actor import ActorClass, ActorHandle
+from ray.autoscaler.sdk import request_resources
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from kairos.cluster.protocol import Reply, Request, reply_from
@@ -65,6 +66,9 @@ class RayBackend:
         return {n["NodeID"]: {"address": n["NodeManagerAddress"],
                               "cpus": n["Resources"].get("CPU", 0.0)}
                 for n in ray.nodes() if n["Alive"]}
+
+    def request_resources(self, bundles: list[dict[str, float]]) -> None:
+        request_resources(bundles=bundles)
 
     # -- typed handles -------------------------------------------------------------------------
 

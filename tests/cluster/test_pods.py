@@ -12,7 +12,7 @@ What a machine shared by every "pod" forces the test to change, and nothing else
   rendered rayStartParams, as KubeRay builds it, with the ports made free ones (the GCS, Ray's
   metrics) and the dashboard left out;
 - the gateways bind 127.0.0.1 on free ports (KAIROS_GATEWAY_HOST, KAIROS_GATEWAY_PORT=0), so
-  the preStop's `--target 127.0.0.1:50051` becomes the worker's own gateway port;
+  the preStop's `--target kairos-gateway:50051` (the Service) becomes the head's gateway;
 - every node has this machine's address, so POD_IP, which preStop drains, is the node's id
   (which `kairos drain` takes as well as an address);
 - the Secrets' values come from the rendered Secrets; Redis is a real redis-server with the
@@ -20,7 +20,10 @@ What a machine shared by every "pod" forces the test to change, and nothing else
 - Ray's token is one the test makes, as KubeRay makes one (RAY_AUTH_MODE, RAY_AUTH_TOKEN);
 - a drain's unready window (KAIROS_DRAIN_UNREADY_S, 10 s on the head) is 2 s: the clients
   here watch the gateways' health themselves, with no probe period or endpoint update to wait
-  out, and Ray's own drain on SIGTERM is cut to 5 s for the same reason.
+  out, and Ray's own drain on SIGTERM is cut to 5 s for the same reason;
+- the controller's autoscaling is off (KAIROS_AUTOSCALE_MAX_WORKERS=0): no KubeRay acts on its
+  requests here, and the test adds and removes the workers itself (tests/cluster/
+  test_autoscaling.py runs the autoscaling with Ray's autoscaler).
 """
 from __future__ import annotations
 
@@ -43,6 +46,7 @@ from kairos.v1 import admin_pb2, admin_pb2_grpc
 from kairos.v1 import decision_pb2_grpc
 
 from tests.support.manifests import one, raycluster
+from tests.support.sessions import Pod
 from tests.support.waiting import wait_until
 
 from .traffic import Traffic
@@ -88,42 +92,6 @@ def kuberay_start(params: dict[str, str], head: bool, gcs_port: int) -> str:
                      "--block"])
 
 
-class Pod:
-    """A container's command as a process in a session of its own, its output in a file."""
-
-    def __init__(self, name: str, command: list[str], env: dict[str, str], logs: Path):
-        self.name = name
-        self.env = env
-        self.log = logs / f"{name}.log"
-        with open(self.log, "wb") as out:
-            self.process = subprocess.Popen(command, env=env, stdout=out,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self, grace_s: float = 60.0) -> None:
-        """SIGTERM, as the kubelet sends after preStop; what is left of the session after
-        the grace period is killed."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                pass
-        _kill_session(self.process.pid)
-
-
-def _kill_session(sid: int) -> None:
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getsid(int(entry)) == sid:
-                    os.kill(int(entry), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-
-
 @pytest.fixture
 def pods(tmp_path):
     started: list[Pod] = []
@@ -156,7 +124,7 @@ def test_the_pods_commands_join_drain_and_leave_under_traffic(pods):
             env["KAIROS_STORE"] = env["KAIROS_STORE"].replace("kairos-redis:6379",
                                                               f"127.0.0.1:{redis.port}")
         return {**env, "KUBERAY_GEN_RAY_START_CMD": ray_start, "KAIROS_GATEWAY_PORT": "0",
-                "KAIROS_DRAIN_UNREADY_S": "2",
+                "KAIROS_DRAIN_UNREADY_S": "2", "KAIROS_AUTOSCALE_MAX_WORKERS": "0",
                 "KAIROS_GATEWAY_HOST": "127.0.0.1", "RAY_GCS_PORT": str(gcs_port)}
 
     # the head: its entrypoint script from the ConfigMap it mounts
@@ -228,7 +196,7 @@ def test_the_pods_commands_join_drain_and_leave_under_traffic(pods):
     for pod, node in ((started[-1], joined), (started[2], worker)):
         acked = traffic.total()
         wait_until(lambda: traffic.total() > acked + 50, 60, f"traffic before {pod.name} goes")
-        hook = [part.replace(f"127.0.0.1:{GATEWAY_PORT}", f"127.0.0.1:{node.gateway_port}")
+        hook = [part.replace(f"kairos-gateway:{GATEWAY_PORT}", f"127.0.0.1:{head_port}")
                 for part in pre_stop]
         done = subprocess.run(hook, env={**pod.env, "POD_IP": node.node_id},
                               capture_output=True, text=True, timeout=300)

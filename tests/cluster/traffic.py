@@ -34,6 +34,7 @@ class Traffic:
         self.fallbacks = 0
         self.decided = 0
         self.targets: list[str] = []
+        self.pace_s = 0.0  # each customer's pause after its Decide: 0, as fast as answered
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
@@ -74,6 +75,8 @@ class Traffic:
                                              metadata=self.metadata)
                 self.decided += 1
                 self.fallbacks += decision.fallback
+                if self.pace_s:  # a lighter load, not a wait for anything
+                    await asyncio.sleep(self.pace_s)
             except grpc.aio.AioRpcError as exc:
                 self.failed.append(f"{customer} #{n}: {exc.code().name} {exc.details()}")
                 await asyncio.sleep(0.05)

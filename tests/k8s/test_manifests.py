@@ -45,8 +45,17 @@ def pod_specs(overlay: str) -> list[tuple[str, dict]]:
 
 
 def containers(overlay: str) -> list[tuple[str, dict]]:
-    return [(f"{where} container {c['name']}", c) for where, spec in pod_specs(overlay)
-            for c in spec.get("initContainers", []) + spec["containers"]]
+    """Every container the overlay runs: the pod templates', and the autoscaler sidecar KubeRay
+    adds to the head pod from autoscalerOptions (its image: the head's, when not given)."""
+    found = [(f"{where} container {c['name']}", c) for where, spec in pod_specs(overlay)
+             for c in spec.get("initContainers", []) + spec["containers"]]
+    for o in objects(overlay, "RayCluster"):
+        if o["spec"].get("enableInTreeAutoscaling"):
+            options = o["spec"].get("autoscalerOptions", {})
+            image = o["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
+            found.append((f"{overlay}: RayCluster {o['metadata']['name']} autoscaler",
+                          {"name": "autoscaler", "image": image, **options}))
+    return found
 
 
 # -- schemas ---------------------------------------------------------------------------------
@@ -246,13 +255,48 @@ def ray_pods(overlay: str) -> list[dict]:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_ray_pod_runs_a_gateway_with_grpc_probes(overlay):
-    for pod in ray_pods(overlay):
+    """Started and ready while its gateway answers gRPC health. Alive: the head while its
+    gateway answers; a worker while its raylet does (Ray's dashboard agent on the port its
+    rayStartParams give), so a worker Kairos drained, which has no gateway, stays up (not
+    ready) until the autoscaler removes it."""
+    workers = raycluster(overlay)["spec"]["workerGroupSpecs"]
+    for pod, group in [(head(overlay), None)] + [(g["template"], g) for g in workers]:
         assert pod["metadata"]["labels"].get("kairos.io/gateway") == "true"
         c = pod["spec"]["containers"][0]
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        grpc_probes = ("startupProbe", "readinessProbe") + (("livenessProbe",) if not group
+                                                            else ())
+        for probe in grpc_probes:
             assert c.get(probe, {}).get("grpc", {}).get("port") == GATEWAY_PORT, \
                 f"{overlay}: {c['name']} {probe} is not a gRPC probe on {GATEWAY_PORT}"
+        if group:
+            alive = c["livenessProbe"]["httpGet"]
+            assert alive["path"] == "/api/local_raylet_healthz", alive
+            assert str(alive["port"]) == group["rayStartParams"]["dashboard-agent-listen-port"]
         assert {"name": "grpc", "containerPort": GATEWAY_PORT} in c["ports"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rays_autoscaler_is_on_and_kairos_drives_it_within_the_groups_bounds(overlay):
+    from kairos.cluster import settings
+    rc = raycluster(overlay)
+    assert rc["spec"]["enableInTreeAutoscaling"] is True
+    options = rc["spec"]["autoscalerOptions"]
+    head_env = env_of(head(overlay)["spec"]["containers"][0])
+    # v1, the one tests/cluster/test_autoscaling.py runs: pinned where KubeRay and Ray read it
+    assert options["version"] == "v1" and head_env["RAY_enable_autoscaler_v2"]["value"] == "0"
+    assert "image" not in options, "the sidecar runs the head's image (kairos, on Ray)"
+    (group,) = rc["spec"]["workerGroupSpecs"]
+    bounds = (int(head_env["KAIROS_AUTOSCALE_MIN_WORKERS"]["value"]),
+              int(head_env["KAIROS_AUTOSCALE_MAX_WORKERS"]["value"]))
+    assert bounds == (group["minReplicas"], group["maxReplicas"]) and bounds[1] > 0
+    # KubeRay's format for custom resources (ray/autoscaler/_private/kuberay): one unit of
+    # the resource Kairos requests per worker, and none on the head
+    offered = json.loads(json.loads(group["rayStartParams"]["resources"]))
+    assert offered == {settings.AUTOSCALE_RESOURCE: 1}
+    assert "resources" not in rc["spec"]["headGroupSpec"]["rayStartParams"]
+    assert "KAIROS_AUTOSCALE_RESOURCE" not in head_env
+    # a drained worker is removed within its idle timeout; a worker's preStop never waits on it
+    assert 0 < options["idleTimeoutSeconds"] <= 600
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -282,6 +326,10 @@ def test_workers_drain_their_node_before_ray_stops(overlay):
         assert command[:2] == ["/bin/bash", "-c"]
         words = command[2].split()
         assert words[:3] == ["kairos", "drain", '"$POD_IP"']
+        # through the Service (any serving gateway): the pod's own may be drained already
+        target = words[words.index("--target") + 1]
+        assert target == f"kairos-gateway:{GATEWAY_PORT}"
+        one(overlay, "Service", target.split(":")[0])
         timeout_s = float(words[words.index("--timeout") + 1])
         assert spec["terminationGracePeriodSeconds"] >= timeout_s + 30
         env = env_of(c)

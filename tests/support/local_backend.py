@@ -37,6 +37,7 @@ class LocalBackend:
         self.cpus: dict[str, float] = {}  # a node's CPUs (default 1)
         self.gateways: dict[str, dict[str, Any]] = {}  # name -> node, port, state
         self.gateway_fails_on: set[str] = set()  # nodes where a gateway cannot bind
+        self.requests: list[list[dict[str, float]]] = []  # request_resources, in order
         self._turns: dict[tuple[str, str], int] = {}
 
     async def start_runtime(self, n_shards: int, n_partitions: int = 64) -> Controller:
@@ -52,6 +53,9 @@ class LocalBackend:
     def node_info(self) -> dict[str, dict[str, Any]]:
         return {n: {"address": f"10.0.0.{i + 1}", "cpus": self.cpus.get(n, 1.0)}
                 for i, n in enumerate(self.node_names)}
+
+    def request_resources(self, bundles: list[dict[str, float]]) -> None:
+        self.requests.append(list(bundles))
 
     async def create_gateway(self, name: str, node: str, serving: dict[str, Any]) -> int:
         await self.hop()
