@@ -14,9 +14,11 @@ from kairos.cluster.cli.remote import Remote
 from kairos.cluster.evidence.records import (DecisionRecord, from_json, is_parquet,
                                              write_records)
 from kairos.cluster.gateway import wire
+from kairos.cluster.gateway.logexport import MAX_RECORDS as PAGE  # the most one call sends
 from kairos.v1 import admin_pb2
 
 EXPORT_TIMEOUT_S = 600.0
+MIN_SLICE_S = 0.001  # a range is not split below this (its decisions share a millisecond)
 
 
 def add_command(commands, parents: list[argparse.ArgumentParser]) -> None:
@@ -33,8 +35,8 @@ def add_command(commands, parents: list[argparse.ArgumentParser]) -> None:
                         help="Parquet if it ends .parquet, else JSON lines")
     export.add_argument("--channel", default="", help="only this channel's decisions")
     export.add_argument("--max-records", type=int, default=0,
-                        help="the most decisions (default the gateway's, 5,000; at most "
-                             "20,000)")
+                        help="the most decisions, up to 20,000 (default 0: all of them, "
+                             "in as many calls as it takes)")
 
 
 def moment(text: str) -> float:
@@ -55,24 +57,52 @@ def moment(text: str) -> float:
 
 def run(args: argparse.Namespace) -> int:
     remote = Remote(args.target)
-    request = admin_pb2.ExportDecisionLogRequest(
-        since=wire.time_out(args.since), until=wire.time_out(args.until),
-        channel=args.channel, max_records=max(args.max_records, 0))
-    chunks = remote.admin.ExportDecisionLog(request, timeout=EXPORT_TIMEOUT_S,
-                                            metadata=remote.metadata)
     truncated: list[bool] = []
     partial = f"{args.out}.partial"  # a call that fails half-way leaves no FILE behind
-    written = write_records(_records(chunks, truncated), partial, is_parquet(args.out))
+    records = exported(remote, args.since, args.until, args.channel, args.max_records,
+                       truncated)
+    written = write_records(records, partial, is_parquet(args.out))
     os.replace(partial, args.out)
     print(f"wrote {written} decision records to {args.out}")
     if any(truncated):
-        print("more decisions matched than were sent: narrow --since/--until, or raise "
-              "--max-records", file=sys.stderr)
+        print(f"more than {args.max_records:,} decisions matched: only the first were "
+              f"written; raise --max-records (0: all)" if args.max_records else
+              f"more decisions were logged within {MIN_SLICE_S:g} s than one call sends: "
+              f"some of them were not written", file=sys.stderr)
     return 0
 
 
-def _records(chunks, truncated: list[bool]) -> Iterator[DecisionRecord]:
-    for chunk in chunks:
+def exported(remote: Remote, since: float, until: float, channel: str = "",
+             max_records: int = 0, truncated: list[bool] | None = None
+             ) -> Iterator[DecisionRecord]:
+    """The decisions logged from `since` to `until`, oldest first. With `max_records` one
+    call, at most that many; with 0, all of them: a range one call cannot send whole (the
+    gateway sends at most PAGE decisions a call) is asked again as two halves, down to
+    MIN_SLICE_S. Each call that was cut short appends True to `truncated`."""
+    truncated = [] if truncated is None else truncated
+    if max_records:
+        yield from _call(remote, since, until, channel, max_records, truncated)
+        return
+    page: list[bool] = []
+    records = list(_call(remote, since, until, channel, PAGE, page))
+    if any(page) and until - since > MIN_SLICE_S:
+        middle = (since + until) / 2
+        yield from exported(remote, since, middle, channel, 0, truncated)
+        # the gateway's ranges are closed: what was logged exactly at `middle` came already
+        yield from (r for r in exported(remote, middle, until, channel, 0, truncated)
+                    if r.time > middle)
+        return
+    truncated.extend(page)
+    yield from records
+
+
+def _call(remote: Remote, since: float, until: float, channel: str, max_records: int,
+          truncated: list[bool]) -> Iterator[DecisionRecord]:
+    request = admin_pb2.ExportDecisionLogRequest(
+        since=wire.time_out(since), until=wire.time_out(until), channel=channel,
+        max_records=max_records)
+    for chunk in remote.admin.ExportDecisionLog(request, timeout=EXPORT_TIMEOUT_S,
+                                                metadata=remote.metadata):
         truncated.append(chunk.truncated)
         for line in chunk.records.splitlines():
             yield from_json(json.loads(line), "the gateway's answer")

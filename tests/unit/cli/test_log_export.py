@@ -26,3 +26,54 @@ def test_the_command_takes_its_range_and_file(capsys):
     with pytest.raises(SystemExit):
         main(["log", "export", "--since", "0", "--out", "x.jsonl"])  # no --until
     assert "--until" in capsys.readouterr().err
+
+
+class Gateway:
+    """ExportDecisionLog as the gateway answers it, over records in memory: a closed range,
+    oldest first, at most `max_records`, the last chunk saying whether more matched."""
+
+    def __init__(self, times: list[float]):
+        from kairos.cluster.evidence.records import DecisionRecord
+        self.records = [DecisionRecord(f"d{i}", t, f"c{i}", "web", "hero", "1", 1, {}, {}, b"",
+                                       (), ()) for i, t in enumerate(times)]
+        self.calls = 0
+        self.admin = self
+        self.metadata = ()
+
+    def ExportDecisionLog(self, request, timeout, metadata):
+        import json
+
+        from kairos.cluster.evidence.records import to_json
+        from kairos.cluster.gateway.wire import time_in
+        from kairos.v1 import admin_pb2
+        self.calls += 1
+        since, until = time_in("since", request.since), time_in("until", request.until)
+        matched = [r for r in self.records if since <= r.time <= until]
+        sent = matched[:request.max_records]
+        yield admin_pb2.DecisionLogChunk(
+            records="".join(json.dumps(to_json(r)) + "\n" for r in sent).encode(),
+            count=len(sent), truncated=len(matched) > len(sent))
+
+
+def test_an_export_of_more_than_one_call_sends_is_asked_in_halves(monkeypatch):
+    from kairos.cluster.cli import logexport
+    monkeypatch.setattr(logexport, "PAGE", 3)
+    times = [100.0 + i * 0.5 for i in range(20)] + [110.0, 110.0]  # two share the split point
+    gateway = Gateway(times)
+    truncated: list[bool] = []
+    got = list(logexport.exported(gateway, 100.0, 120.0, truncated=truncated))
+    assert [r.decision_id for r in got] == [r.decision_id for r in gateway.records]
+    assert not any(truncated) and gateway.calls > 7
+    # with max_records, one call and what it could send
+    truncated.clear()
+    assert len(list(logexport.exported(gateway, 100.0, 120.0, max_records=2,
+                                       truncated=truncated))) == 2
+    assert truncated == [True]
+
+
+def test_decisions_sharing_a_millisecond_beyond_a_page_are_reported_cut(monkeypatch):
+    from kairos.cluster.cli import logexport
+    monkeypatch.setattr(logexport, "PAGE", 3)
+    truncated: list[bool] = []
+    got = list(logexport.exported(Gateway([50.0] * 5), 49.0, 51.0, truncated=truncated))
+    assert len(got) == 3 and any(truncated)
