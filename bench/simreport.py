@@ -258,6 +258,22 @@ def save(results: dict[str, Any], out: Path) -> Path:
     return base
 
 
+def _replay_lines(check: dict[str, Any] | None) -> list[str]:
+    """The replay of the run's exported log against the truth (simtruth.replay_check)."""
+    if not check:
+        return []
+    estimates = ", ".join(
+        f"{name.upper()} {e['value']:.3f} ({e['low']:.3f} to {e['high']:.3f}, "
+        f"{'covers' if e['covers_truth'] else 'misses'} the truth)"
+        for name, e in check["estimates"].items())
+    return [f"Replay of the run's decision log (`kairos log export`: {check['exported']} "
+            f"decisions, {check['records']} matched to the truth, {check['evaluated']} "
+            f"weighed, effective sample size {check['ess']:.0f}): the candidate's true value "
+            f"per decision on them {check['candidate_true_value']:.3f}; estimated {estimates}."
+            + (" Warnings: " + "; ".join(check["warnings"]) + "." if check["warnings"] else ""),
+            ""]
+
+
 def markdown(results: dict[str, Any]) -> str:
     p, r, new, a = results["plan"], results["regret"], results["new_action"], results["adoption"]
     c, tc = results["counts"], results["truth_check"]
@@ -308,6 +324,7 @@ def markdown(results: dict[str, Any]) -> str:
               f"Truth check: the candidate ({tc['candidate']}) is truly worth "
               f"{tc['all']['candidate_true_value']} per decision on this run's contexts, the "
               f"logging policy (Kairos) {tc['all']['logged_true_value']}.", "",
+              *_replay_lines(results.get("replay_check")),
               f"Calls: {c['decided']} decided ({c['fallbacks']} fallbacks, {c['empty']} "
               f"showed nothing, {c['decide_errors']} errors), {c['outcomes']} outcomes "
               f"({c['outcomes_refused']} refused by the customer's rate, "

@@ -24,7 +24,10 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from kairos.cluster.evidence.evaluation import evaluate
 from kairos.cluster.evidence.records import DecisionRecord
+from kairos.cluster.evidence.replay import for_replay, replay
+from kairos.core.catalog import load_catalog
 from kairos.core.compiler import compiled_from_text
 from kairos.core.engine import DecisionEngine
 
@@ -148,6 +151,24 @@ def of_log(records: Iterable[DecisionRecord], table: dict[str, dict[str, Any]]
     return {"records": int(matched), "unknown_records": unknown,
             "candidate_true_value": candidate / n, "logged_true_value": logged / n,
             "logged_realised_value": realised / n}
+
+
+def replay_check(records: list[DecisionRecord], truth: Truth) -> dict[str, Any]:
+    """The run's exported decision log replayed through the candidate (`kairos replay`'s
+    code): its off-policy estimates of the candidate's value per decision against the
+    candidate's true value on exactly those records, and whether each 95 % interval covers
+    it. The candidate has no exploration, so one re-decision gives its choice exactly."""
+    table = {row["decision_id"]: row for row in truth.lines()}
+    known = of_log(records, table)
+    replayed = list(replay(records, for_replay(load_catalog(candidate_catalog(), "candidate")),
+                           samples=1))
+    evidence = evaluate(replayed)
+    true = known["candidate_true_value"]
+    estimates = {name: {**e, "covers_truth": e["low"] <= true <= e["high"]}
+                 for name, e in evidence["estimates"].get("value", {}).items()}
+    return {**known, "exported": len(records), "evaluated": evidence["evaluated"],
+            "ess": evidence["overlap"].get("ess"), "warnings": evidence["overlap"]["warnings"],
+            "estimates": estimates}
 
 
 def _name(index: int) -> str | None:

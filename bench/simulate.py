@@ -48,6 +48,8 @@ import grpc
 import ray
 import yaml
 
+from kairos.cluster.cli.logexport import exported
+from kairos.cluster.cli.remote import Remote
 from kairos.cluster.control import runtime
 from kairos.cluster.gateway.auth import METADATA_KEY
 from kairos.v1 import admin_pb2, admin_pb2_grpc
@@ -305,6 +307,7 @@ def simulate(plan: Plan) -> dict[str, Any]:
     try:
         with ray_nodes(1), kairos(plan.shards, plan.customers, catalog_text=first,
                                   keys_file=keys.write(private)) as system:
+            began = time.time()
             try:
                 sessions, profiles_s, seconds = asyncio.run(
                     _drive(system.target, keys, population, plan, launch, watch))
@@ -312,13 +315,15 @@ def simulate(plan: Plan) -> dict[str, Any]:
             finally:
                 if watch.is_alive():
                     watch.stop()  # before Ray goes
+            # the run's decision log, as `kairos log export` writes it, before the store goes
+            log = list(exported(Remote(system.target, keys.ops), began - 60, time.time() + 60))
     finally:
         shutil.rmtree(private, ignore_errors=True)
     return {"plan": asdict(plan), "population": population, "rows": sessions.rows,
             "counts": asdict(sessions.counts), "launch": sessions.launch,
             "drift_index": sessions.drift_index, "launch_index": sessions.launch_index,
             "profiles_s": round(profiles_s, 2), "seconds": round(seconds, 1),
-            "publishes": watch.publishes, "adoptions": watch.adoptions}
+            "publishes": watch.publishes, "adoptions": watch.adoptions, "log": log}
 
 
 async def _drive(target: str, keys: Keys, population: Population, plan: Plan, launch: str,
@@ -365,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     run = simulate(plan)
     truth = simtruth.Truth.of_run(run)
     results = simreport.results(run, truth, f"simulate-{stamp}", command)
+    results["replay_check"] = simtruth.replay_check(run["log"], truth)
     base = simreport.save(results, args.out)
     truth.write(base)
     print(json.dumps(simreport.summary(results)))

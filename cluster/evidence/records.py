@@ -150,19 +150,22 @@ def unpack(stored: list) -> DecisionRecord | OutcomeRecord:
     raise LogFormatError(f"not a stored log record: kind {stored[0]!r}")
 
 
-def engine_id(decision_id: str) -> str:
-    """What a decision and the outcomes naming it share: the engine's part of a sealed id
-    (cluster/shard/outcomes.py), the same whichever of the decision's tags an outcome kept."""
-    return decision_id.split(".", 1)[0]
+def decision_key(customer_id: str, decision_id: str) -> tuple[str, str]:
+    """What a decision and the outcomes naming it share: the customer, and the engine's id
+    and issue time of a sealed id (cluster/shard/outcomes.py), the same whichever of the
+    decision's tags an outcome kept. The engine's id alone is not enough: every shard
+    process numbers its decisions from the same start."""
+    return customer_id, ".".join(decision_id.split(".", 2)[:2])
 
 
 def joined(decisions: Iterable[DecisionRecord], outcomes: Iterable[OutcomeRecord]
            ) -> list[DecisionRecord]:
     """The decisions in time order, each with the outcomes that name it, in time order."""
-    by_decision: dict[str, list[OutcomeRecord]] = {}
+    by_decision: dict[tuple[str, str], list[OutcomeRecord]] = {}
     for outcome in sorted(outcomes, key=lambda o: o.time):
-        by_decision.setdefault(engine_id(outcome.decision_id), []).append(outcome)
-    return [d.with_outcomes(by_decision.get(engine_id(d.decision_id), ()))
+        by_decision.setdefault(decision_key(outcome.customer_id, outcome.decision_id),
+                               []).append(outcome)
+    return [d.with_outcomes(by_decision.get(decision_key(d.customer_id, d.decision_id), ()))
             for d in sorted(decisions, key=lambda d: (d.time, d.decision_id))]
 
 

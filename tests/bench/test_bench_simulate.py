@@ -68,6 +68,13 @@ def test_the_quick_run_measures_regret_launch_and_adoption_against_the_truth(tmp
         base.with_name(base.name + "-candidate.yaml").read_text(), "candidate")
     assert list(candidate.action_ids) == list(BASE_ACTIONS)
     _check_the_truth_hook(base, report["truth_check"])
+    # the run's log, exported through the gateway, replayed through the candidate
+    check = report["replay_check"]
+    assert check["exported"] == check["records"] == rows and check["unknown_records"] == 0
+    assert check["evaluated"] == rows and check["ess"] > 0
+    assert set(check["estimates"]) == {"ips", "snips", "dr"}
+    assert all(e["low"] <= e["value"] <= e["high"] for e in check["estimates"].values())
+    assert "Replay of the run's decision log" in md
 
 
 def _check_the_truth_hook(base, figures) -> None:

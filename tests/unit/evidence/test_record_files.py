@@ -34,6 +34,19 @@ def test_outcomes_join_the_decision_they_name_whichever_tags_they_kept():
     assert got[0].outcomes == (early, late) and got[1].outcomes == ()
 
 
+def test_decisions_of_two_shards_with_the_same_engine_id_keep_their_own_outcomes():
+    """Every shard process numbers its engine's decisions from the same start: "0-1" issued
+    by two shards (to two customers, or in two seconds) are two decisions."""
+    ana, bob = decision(1, "ana"), decision(1, "bob")
+    later = DecisionRecord(**{**vars(decision(1, "ana")),
+                              "decision_id": "0-1.6b119099.H_0oRzXZ"})
+    outcome = OutcomeRecord(bob.decision_id, "bob", "a2", "convert", 5.0, T0 + 3)
+    got = {(d.customer_id, d.decision_id): d.outcomes for d in joined([ana, bob, later],
+                                                                      [outcome])}
+    assert got == {("ana", ana.decision_id): (), ("bob", bob.decision_id): (outcome,),
+                   ("ana", later.decision_id): ()}
+
+
 @pytest.mark.parametrize("name", ["log.jsonl", "log.parquet"])
 def test_files_round_trip(tmp_path, name, monkeypatch):
     monkeypatch.setattr("kairos.cluster.evidence.records.PARQUET_ROWS", 2)  # row groups too
