@@ -226,11 +226,17 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     records, truth = world(args.seed, args.n)
-    write_jsonl(records, args.out / "log.jsonl")
-    (args.out / "candidate.yaml").write_text(candidate_catalog(), encoding="utf-8")
-    (args.out / "logging.yaml").write_text(logging_catalog(), encoding="utf-8")
+    write_files(args.out, records)
     print(json.dumps({"records": len(records), "true_accept": truth.accept,
                       "true_value": truth.value}))
+
+
+def write_files(folder: Path, records: list[DecisionRecord]) -> Path:
+    """The log as log.jsonl, the catalogs as candidate.yaml and logging.yaml, in `folder`."""
+    write_jsonl(records, folder / "log.jsonl")
+    (folder / "candidate.yaml").write_text(candidate_catalog(), encoding="utf-8")
+    (folder / "logging.yaml").write_text(logging_catalog(), encoding="utf-8")
+    return folder
 
 
 if __name__ == "__main__":

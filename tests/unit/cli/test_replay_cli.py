@@ -8,16 +8,12 @@ import pytest
 
 from bench import truth
 from kairos.cluster.cli.main import main
-from kairos.cluster.evidence.records import write_jsonl
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("replay")
-    write_jsonl(truth.log(2, truth.customers(np.random.default_rng(2), 80)),
-                folder / "log.jsonl")
-    (folder / "candidate.yaml").write_text(truth.candidate_catalog(), encoding="utf-8")
-    return folder
+    return truth.write_files(tmp_path_factory.mktemp("replay"), truth.log(
+        2, truth.customers(np.random.default_rng(2), 80)))
 
 
 def test_replay_writes_the_report_and_prints_a_summary(files, capsys):

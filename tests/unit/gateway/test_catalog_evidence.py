@@ -3,15 +3,12 @@ shown back by GetCatalog, GetClusterStatus and `kairos status`, and switched wit
 catalog on a rollback."""
 from __future__ import annotations
 
-import json
-
 import grpc
 import numpy as np
 import pytest
 
 from bench import truth
 from kairos.cluster.cli.main import main
-from kairos.cluster.evidence.records import write_jsonl
 from kairos.cluster.gateway.admin import MAX_EVIDENCE_BYTES
 from kairos.cluster.gateway.auth import Auth
 from kairos.v1 import admin_pb2, admin_pb2_grpc
@@ -22,10 +19,8 @@ from tests.support.inprocess_gateway import InProcessGateway
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     """A replay report on the candidate catalog, written by `kairos replay`."""
-    folder = tmp_path_factory.mktemp("evidence")
-    write_jsonl(truth.log(5, truth.customers(np.random.default_rng(5), 40)),
-                folder / "log.jsonl")
-    (folder / "candidate.yaml").write_text(truth.candidate_catalog(), encoding="utf-8")
+    folder = truth.write_files(tmp_path_factory.mktemp("evidence"), truth.log(
+        5, truth.customers(np.random.default_rng(5), 40)))
     assert main(["replay", "--log", str(folder / "log.jsonl"), "--catalog",
                  str(folder / "candidate.yaml"), "--out", str(folder), "--samples", "8"]) == 0
     return folder
