@@ -244,7 +244,7 @@ def assert_close(a, b, what):
     np.testing.assert_allclose(a, b, rtol=RTOL, atol=0, equal_nan=True, err_msg=what)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(doc=catalogs(), steps=journeys(), seed=st.integers(0, 2**64 - 1),
        poisoned=st.lists(st.tuples(st.integers(0, 23), st.sampled_from([math.nan, math.inf])),
                          max_size=2))
