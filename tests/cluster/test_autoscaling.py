@@ -38,7 +38,7 @@ from kairos.v1 import decision_pb2_grpc
 from tests.support.sessions import Pod
 from tests.support.waiting import wait_until
 
-from .traffic import Traffic
+from .traffic import UNSHED, Traffic
 
 APP_KEY, ADMIN_KEY = secrets.token_hex(16), secrets.token_hex(16)
 WORKER_TYPE = "kairos-worker"
@@ -49,7 +49,7 @@ TUNING = {"KAIROS_AUTOSCALE_MIN_WORKERS": "0", "KAIROS_AUTOSCALE_MAX_WORKERS": "
           "KAIROS_AUTOSCALE_SHARD_RATE": "40", "KAIROS_AUTOSCALE_UP_AFTER_S": "2",
           "KAIROS_AUTOSCALE_DOWN_AFTER_S": "3", "KAIROS_AUTOSCALE_COOLDOWN_S": "5",
           "KAIROS_DRAIN_UNREADY_S": "1", "KAIROS_RETIRE_GRACE_S": "1",
-          "KAIROS_CONTROL_LOOP_S": "0.5"}
+          "KAIROS_CONTROL_LOOP_S": "0.5", **UNSHED}
 STEP_S = 120.0  # each step: Ray's autoscaler loop, a node's start on this loaded machine
 
 

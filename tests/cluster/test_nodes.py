@@ -24,10 +24,10 @@ from kairos.v1 import decision_pb2_grpc
 
 from tests.support.waiting import wait_until
 
-from .traffic import Traffic
+from .traffic import UNSHED, Traffic
 
 TUNING = {"KAIROS_RETIRE_GRACE_S": "1", "KAIROS_DRAIN_UNREADY_S": "2",
-          "KAIROS_CONTROL_LOOP_S": "0.5"}
+          "KAIROS_CONTROL_LOOP_S": "0.5", **UNSHED}
 JOIN_S = 30.0  # the bound: a node that joins serves, with shards, within this
 
 

@@ -23,7 +23,9 @@ What a machine shared by every "pod" forces the test to change, and nothing else
   out, and Ray's own drain on SIGTERM is cut to 5 s for the same reason;
 - the controller's autoscaling is off (KAIROS_AUTOSCALE_MAX_WORKERS=0): no KubeRay acts on its
   requests here, and the test adds and removes the workers itself (tests/cluster/
-  test_autoscaling.py runs the autoscaling with Ray's autoscaler).
+  test_autoscaling.py runs the autoscaling with Ray's autoscaler);
+- the gateways' load shedding waits for 1 s of event-loop lag, not 15 ms (traffic.UNSHED):
+  every "pod" shares two cores, and starting one is no overload of the others.
 """
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ from tests.support.manifests import one, raycluster
 from tests.support.sessions import Pod
 from tests.support.waiting import wait_until
 
-from .traffic import Traffic
+from .traffic import UNSHED, Traffic
 
 OVERLAY = "laptop"
 GATEWAY_PORT = 50051
@@ -124,7 +126,7 @@ def test_the_pods_commands_join_drain_and_leave_under_traffic(pods):
             env["KAIROS_STORE"] = env["KAIROS_STORE"].replace("kairos-redis:6379",
                                                               f"127.0.0.1:{redis.port}")
         return {**env, "KUBERAY_GEN_RAY_START_CMD": ray_start, "KAIROS_GATEWAY_PORT": "0",
-                "KAIROS_DRAIN_UNREADY_S": "2", "KAIROS_AUTOSCALE_MAX_WORKERS": "0",
+                "KAIROS_DRAIN_UNREADY_S": "2", "KAIROS_AUTOSCALE_MAX_WORKERS": "0", **UNSHED,
                 "KAIROS_GATEWAY_HOST": "127.0.0.1", "RAY_GCS_PORT": str(gcs_port)}
 
     # the head: its entrypoint script from the ConfigMap it mounts
