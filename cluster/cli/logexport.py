@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from datetime import datetime, timezone
@@ -18,7 +19,7 @@ from kairos.cluster.gateway.logexport import MAX_RECORDS as PAGE  # the most one
 from kairos.v1 import admin_pb2
 
 EXPORT_TIMEOUT_S = 600.0
-MIN_SLICE_S = 0.001  # a range is not split below this (its decisions share a millisecond)
+RESOLUTION_S = 1e-6  # of the times a call sends and takes (protobuf Timestamps carry ns)
 
 
 def add_command(commands, parents: list[argparse.ArgumentParser]) -> None:
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if any(truncated):
         print(f"more than {args.max_records:,} decisions matched: only the first were "
               f"written; raise --max-records (0: all)" if args.max_records else
-              f"more decisions were logged within {MIN_SLICE_S:g} s than one call sends: "
+              f"more decisions were logged within {RESOLUTION_S:g} s than one call sends: "
               f"some of them were not written", file=sys.stderr)
     return 0
 
@@ -76,24 +77,35 @@ def exported(remote: Remote, since: float, until: float, channel: str = "",
              max_records: int = 0, truncated: list[bool] | None = None
              ) -> Iterator[DecisionRecord]:
     """The decisions logged from `since` to `until`, oldest first. With `max_records` one
-    call, at most that many; with 0, all of them: a range one call cannot send whole (the
-    gateway sends at most PAGE decisions a call) is asked again as two halves, down to
-    MIN_SLICE_S. Each call that was cut short appends True to `truncated`."""
+    call, at most that many; with 0, all of them, a page (the most the gateway sends a call)
+    at a time: a page that was cut short gives the decisions before its last moment, and the
+    next call starts at that moment. Each call that was cut short and could not go on (more
+    than a page logged within one RESOLUTION_S) appends True to `truncated`."""
     truncated = [] if truncated is None else truncated
     if max_records:
         yield from _call(remote, since, until, channel, max_records, truncated)
         return
-    page: list[bool] = []
-    records = list(_call(remote, since, until, channel, PAGE, page))
-    if any(page) and until - since > MIN_SLICE_S:
-        middle = (since + until) / 2
-        yield from exported(remote, since, middle, channel, 0, truncated)
-        # the gateway's ranges are closed: what was logged exactly at `middle` came already
-        yield from (r for r in exported(remote, middle, until, channel, 0, truncated)
-                    if r.time > middle)
-        return
-    truncated.extend(page)
-    yield from records
+    start, after = since, -math.inf  # what was sent already: logged before `after`
+    while True:
+        cut: list[bool] = []
+        records = [r for r in _call(remote, start, until, channel, PAGE, cut)
+                   if r.time >= after]
+        if not any(cut):
+            yield from records
+            return
+        if not records:  # the look-back alone filled the page: go on without it
+            start = after
+            continue
+        last = records[-1].time
+        whole = [r for r in records if r.time < last]
+        if whole:
+            yield from whole
+            after, start = last, last - RESOLUTION_S  # the wire's times may round either way
+            continue
+        # a page logged within one moment: send it, report the rest cut, and go on past it
+        truncated.append(True)
+        yield from records
+        after = start = last + RESOLUTION_S
 
 
 def _call(remote: Remote, since: float, until: float, channel: str, max_records: int,

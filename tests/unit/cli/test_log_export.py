@@ -55,7 +55,7 @@ class Gateway:
             count=len(sent), truncated=len(matched) > len(sent))
 
 
-def test_an_export_of_more_than_one_call_sends_is_asked_in_halves(monkeypatch):
+def test_an_export_of_more_than_one_call_sends_goes_on_from_each_pages_last_moment(monkeypatch):
     from kairos.cluster.cli import logexport
     monkeypatch.setattr(logexport, "PAGE", 3)
     times = [100.0 + i * 0.5 for i in range(20)] + [110.0, 110.0]  # two share the split point
@@ -63,7 +63,8 @@ def test_an_export_of_more_than_one_call_sends_is_asked_in_halves(monkeypatch):
     truncated: list[bool] = []
     got = list(logexport.exported(gateway, 100.0, 120.0, truncated=truncated))
     assert [r.decision_id for r in got] == [r.decision_id for r in gateway.records]
-    assert not any(truncated) and gateway.calls > 7
+    # each call but the last gives the page's decisions before its last moment (2 of 3 here)
+    assert not any(truncated) and gateway.calls == 11
     # with max_records, one call and what it could send
     truncated.clear()
     assert len(list(logexport.exported(gateway, 100.0, 120.0, max_records=2,
@@ -75,5 +76,8 @@ def test_decisions_sharing_a_millisecond_beyond_a_page_are_reported_cut(monkeypa
     from kairos.cluster.cli import logexport
     monkeypatch.setattr(logexport, "PAGE", 3)
     truncated: list[bool] = []
-    got = list(logexport.exported(Gateway([50.0] * 5), 49.0, 51.0, truncated=truncated))
-    assert len(got) == 3 and any(truncated)
+    gateway = Gateway([49.5, 50.0, 50.0, 50.0, 50.0, 50.0, 50.5, 50.75])
+    got = list(logexport.exported(gateway, 49.0, 51.0, truncated=truncated))
+    # the page at 50.0 is sent as far as it goes; the export goes on after that moment
+    assert [r.time for r in got] == [49.5, 50.0, 50.0, 50.0, 50.5, 50.75]
+    assert truncated == [True]
