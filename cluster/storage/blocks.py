@@ -251,24 +251,42 @@ CATALOG_PART = ("format", "catalog", "slots", "string_columns", "actions", "chan
 
 def pack_one(engine: DecisionEngine, customer_id: str) -> bytes:
     """`pack(export_block(engine, [customer_id]))`, for the decision log's profile of each
-    decision: the catalog's part of the block (its slots, actions and channels, the same in
-    every block of the catalog, half the packing) is packed once per catalog, and the
-    customer's part follows it under one map header."""
-    block = export_block(engine, [customer_id])
-    own = {key: value for key, value in block.items() if key not in CATALOG_PART}
-    packed = msgpack.packb(own, default=_encode_array, use_bin_type=True)
-    assert len(own) <= 15  # so msgpack gave it a one-byte header (fixmap), dropped here
-    return b"\xde" + len(block).to_bytes(2, "big") + _catalog_part(engine.compiled) + \
-        packed[1:]
+    decision, packed as that would pack it but without building the block: what is the same in
+    every block of the catalog (its slots, actions and channels; each array's dtype and shape)
+    is packed once per catalog, and the customer's row of each array follows its header."""
+    c, t = engine.compiled, engine.table
+    row = t.index[customer_id]
+    values = t.values[row:row + 1].copy()
+    strings = _localize(values, _layout(c)[2], c)
+    parts = [_one_head(c), _packb([customer_id]), _STRINGS, _packb(strings)]
+    for name in ONE_ARRAYS:
+        array = values if name == "values" else getattr(t, name)[row:row + 1]
+        parts.append(_array_head(name, array.dtype.str, array.shape[1:]))
+        parts.append(_packb(array.tobytes()))
+    return b"".join(parts)
+
+
+ONE_ARRAYS = ("values", "ring_head", "applied", "lsn", *RING_COLUMNS)
+_packb = msgpack.Packer(use_bin_type=True).pack
+_STRINGS = _packb("strings")
 
 
 @functools.lru_cache(maxsize=8)
-def _catalog_part(c: CompiledCatalog) -> bytes:
-    """The catalog's key/value pairs of a block, packed, without their map header."""
+def _one_head(c: CompiledCatalog) -> bytes:
+    """A one-customer block's map header, the catalog's pairs, the pairs that are the same for
+    every customer (no journal, no extras) and the key of its ids."""
     keys, flags, _ = _layout(c)
-    part = dict(zip(CATALOG_PART, (FORMAT, c.version, keys, flags, c.action_ids,
-                                   c.channel_names)))
-    return msgpack.packb(part, use_bin_type=True)[1:]  # after its fixmap header
+    fixed = dict(zip(CATALOG_PART, (FORMAT, c.version, keys, flags, c.action_ids,
+                                    c.channel_names)), journal=None, extras=[None])
+    pairs = len(fixed) + 2 + len(ONE_ARRAYS)  # and ids, strings, the arrays
+    return b"\xde" + pairs.to_bytes(2, "big") + _packb(fixed)[1:] + _packb("ids")
+
+
+@functools.lru_cache(maxsize=64)
+def _array_head(name: str, dtype: str, shape: tuple[int, ...]) -> bytes:
+    """The key of a one-row array and its encoding (as `_encode_array`'s) up to its bytes."""
+    encoded = _packb({"__nd__": dtype, "shape": [1, *shape], "data": b""})
+    return _packb(name) + encoded[:-len(_packb(b""))]
 
 
 def _encode_array(obj: Any) -> Any:

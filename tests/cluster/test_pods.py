@@ -2,9 +2,9 @@
 
 The laptop overlay is rendered with kubectl kustomize; the head's and the workers' container
 commands, environments and the workers' preStop hook are taken from it and run as the
-kubelet would: a head and two workers, traffic through every gateway, a third worker that
+kubelet would: a head and a worker, traffic through every gateway, a second worker that
 joins (a gateway serves on it and its shard owns partitions within 30 s), its preStop drain
-and then its stop, and the same for one of the first workers. Throughout, no call fails, no
+and then its stop, and the same for the first worker. Throughout, no call fails, no
 decision is a fallback, and every acknowledged event is applied exactly once.
 
 What a machine shared by every "pod" forces the test to change, and nothing else:
@@ -181,21 +181,21 @@ def test_the_pods_commands_join_drain_and_leave_under_traffic(pods):
         serving = wait_until(ready, START_S, f"{count} nodes serving", poll_s=0.5)
         return serving, time.monotonic() - joined_at
 
-    known = {n.node_id for n in add_worker("worker-1", 2)[0]}
-    first = {n.node_id: n for n in add_worker("worker-2", 3)[0]}
+    known = {n.node_id for n in nodes()}  # the head's
+    first = {n.node_id: n for n in add_worker("worker-1", 2)[0]}
     worker = next(n for node_id, n in first.items() if node_id not in known)
 
     traffic = Traffic(12, api_key=APP_KEY).start(
         [f"127.0.0.1:{n.gateway_port}" for n in first.values()])
     wait_until(lambda: traffic.total() > 100, 60, "a first stretch of traffic")
 
-    serving, took_s = add_worker("worker-3", 4)
+    serving, took_s = add_worker("worker-2", 3)
     joined = next(n for n in serving if n.node_id not in first)
     assert took_s < JOIN_S, f"the joined node served with its shard {took_s:.1f} s after it joined"
     traffic.targets = [f"127.0.0.1:{n.gateway_port}" for n in nodes() if n.serving]
 
     pre_stop = worker_container["lifecycle"]["preStop"]["exec"]["command"]
-    for pod, node in ((started[-1], joined), (started[2], worker)):
+    for pod, node in ((started[-1], joined), (started[1], worker)):
         acked = traffic.total()
         wait_until(lambda: traffic.total() > acked + 50, 60, f"traffic before {pod.name} goes")
         hook = [part.replace(f"kairos-gateway:{GATEWAY_PORT}", f"127.0.0.1:{head_port}")
