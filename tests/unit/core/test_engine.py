@@ -250,9 +250,9 @@ def test_an_action_never_accepted_keeps_being_tried_at_the_trial_rate(impl, meth
         TRIALS.replace("METHOD", method).replace("RATE", str(rate))), seed=3)
     engine.record_outcomes([(f"c{i}", "first", "web", "accept", T0, None) for i in range(20)])
     shown = Counter(d.actions[0].action_id if d.actions else None
-                    for d in (engine.decide(f"c{i}", "web", "main", now=T0) for i in range(2000)))
-    assert shown["second"] == pytest.approx(2000 * rate, abs=60)
-    assert shown["first"] == 2000 - shown["second"]
+                    for d in (engine.decide(f"c{i}", "web", "main", now=T0) for i in range(1000)))
+    assert shown["second"] == pytest.approx(1000 * rate, abs=40)  # over 4 sd at rate 0.1
+    assert shown["first"] == 1000 - shown["second"]
     engine.record_outcomes([("c0", "second", "web", "accept", T0, None)])
-    later = [engine.decide(f"c{i}", "web", "main", now=T0) for i in range(500)]
+    later = [engine.decide(f"c{i}", "web", "main", now=T0) for i in range(300)]
     assert all(d.actions[0].action_id == "first" for d in later)  # tried: ranked as it earns
