@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter as Tally
 
 import asyncio
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, TypeVar
 
 import grpc
 
@@ -29,6 +29,7 @@ from kairos.cluster.transport.backend import Backend, Unavailable
 from kairos.cluster.transport.client import Busy, Conflict, KairosClient
 
 MAX_DETAILS = 1024  # characters of a status message
+T = TypeVar("T")
 
 
 class Gateway:
@@ -68,6 +69,25 @@ class Gateway:
         elif self._compiled.version != self.client.catalog_version and self._refresh is None:
             self._refresh = asyncio.ensure_future(self.refresh_catalog())
         return self._compiled
+
+    async def checked(self, check: Callable[[CompiledCatalog], T]) -> T:
+        """`check(catalog)` with the catalog `catalog()` gives. What it refuses (InputError)
+        while the cluster's newer catalog still compiles here is checked again once that one
+        is ready: a request made for the new catalog (a Respond to a decision that showed a
+        new action, an event of a new type) is not refused by the old one. Requests it
+        accepts never wait for a compile."""
+        catalog = await self.catalog()
+        try:
+            return check(catalog)
+        except InputError as refused:
+            if self._refresh is not None:
+                try:
+                    await asyncio.shield(self._refresh)
+                except Exception:  # the newer catalog could not be had: the refusal stands
+                    raise refused from None
+            if self._compiled is catalog:
+                raise
+        return check(self._compiled)
 
     async def refresh_catalog(self) -> None:
         try:

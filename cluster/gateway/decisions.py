@@ -54,10 +54,10 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
     async def Decide(self, request: pb.DecideRequest, context) -> pb.Decision:
         try:
             check_channel(request.channel)
-            catalog = await self.gateway.catalog()
-            who = requests.who(request)
-            channel, placement = requests.view(catalog, request.channel, request.placement)
-            context_values = requests.context_request(catalog, request)
+            catalog, who, (channel, placement), context_values = await self.gateway.checked(
+                lambda catalog: (catalog, requests.who(request),
+                                 requests.view(catalog, request.channel, request.placement),
+                                 requests.context_request(catalog, request)))
         except (Denied, InputError) as exc:
             await abort(context, exc)
         decision = await self.gateway.call(
@@ -72,7 +72,8 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
     async def Ingest(self, request: pb.Event, context) -> pb.IngestAck:
         try:
             check_channel(request.channel)
-            checked = requests.event_request(request, await self.gateway.catalog())
+            checked = await self.gateway.checked(
+                lambda catalog: requests.event_request(request, catalog))
             return await self._ingest(request, checked, "", self.gateway.timeout(context))
         except Exception as exc:
             await abort(context, exc)
@@ -181,16 +182,15 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
     async def IngestBatch(self, request: pb.EventBatch, context) -> pb.EventBatchAck:
         """Check every event, then route them all at once (each customer's in order, without
         a task per event) and gather the acks in order."""
-        catalog = await self.gateway.catalog()
-        checked = []
         try:
             if len(request.events) > BATCH_LIMIT:
                 raise InputError("events", f"at most {BATCH_LIMIT} events per batch, got "
                                            f"{len(request.events)}")
             for channel in {event.channel for event in request.events}:
                 check_channel(channel)
-            for n, event in enumerate(request.events):
-                checked.append(requests.event_request(event, catalog, f"events[{n}]."))
+            checked = await self.gateway.checked(lambda catalog: [
+                requests.event_request(event, catalog, f"events[{n}].")
+                for n, event in enumerate(request.events)])
         except (Denied, InputError) as exc:
             await abort(context, exc)
         items: list[_Pending] = []
@@ -217,7 +217,8 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
             check_channel(request.channel)
             if request.offline and not has_scope("feedback"):
                 raise Denied(True, "offline outcomes need a key with the 'feedback' scope")
-            checked = requests.outcome_request(request, await self.gateway.catalog())
+            checked = await self.gateway.checked(
+                lambda catalog: requests.outcome_request(request, catalog))
         except (Denied, InputError) as exc:
             await abort(context, exc)
         learned = await self.gateway.call(context, self.gateway.as_customer(

@@ -1,0 +1,68 @@
+"""A gateway during a catalog switch: the shards run the new catalog at once, while the gateway
+compiles it in the background and checks requests against the previous one meanwhile. A
+request made for the new catalog (here a Respond naming an action only the new one has) must
+not be refused by the previous one, and a request both accept must not wait for the compile."""
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from kairos.cluster.gateway import calls, requests
+from kairos.cluster.gateway.calls import Gateway
+from kairos.cluster.transport.client import KairosClient
+from kairos.core.catalog import default_catalog_text
+from kairos.core.compiler import compiled_from_text
+from kairos.core.errors import InputError
+from kairos.v1 import decision_pb2 as pb
+
+from tests.support.local_backend import LocalBackend
+from tests.support.waiting import until
+
+LAUNCH = """actions:
+  - {id: launch, group: sell, purpose: service, channels: {web: {treatment: t}}, value: 1}
+"""
+
+
+def respond(action_id: str) -> pb.Outcome:
+    return pb.Outcome(customer_id="ana", channel="web", action_id=action_id,
+                      outcome=pb.ACCEPT, offline=True)
+
+
+def test_a_refusal_by_the_previous_catalog_is_checked_again_against_the_new_one(monkeypatch):
+    entered, release = threading.Event(), threading.Event()
+
+    def held_compile(text: str):
+        entered.set()
+        release.wait(60)
+        return compiled_from_text(text)
+
+    async def main():
+        backend = LocalBackend()
+        await backend.start_runtime(1, n_partitions=16)
+        client = await KairosClient(backend).connect()
+        gateway = Gateway("g", client, backend)
+        await gateway.refresh_catalog()
+        before = (await gateway.catalog()).version
+        text = default_catalog_text().replace("version: ", "version: launch-", 1)
+        version = await backend.controller().put_catalog(text.replace("actions:\n", LAUNCH, 1))
+        await until(lambda: client.catalog_version == version, 30,
+                               "the client to see the switch")
+        monkeypatch.setattr(calls, "compiled_from_text", held_compile)
+
+        # accepted by the previous catalog: answered with it, without waiting for the compile
+        assert await asyncio.wait_for(gateway.checked(lambda c: c.version), 30) == before
+        # the compile of the new one started, and is held
+        assert await asyncio.get_running_loop().run_in_executor(None, entered.wait, 30)
+        refused_before = asyncio.ensure_future(gateway.checked(
+            lambda c: requests.outcome_request(respond("launch"), c)))
+        await asyncio.sleep(0)
+        assert not refused_before.done()  # waits for the new catalog instead of refusing
+        release.set()
+        assert (await asyncio.wait_for(refused_before, 30)).action_id == "launch"
+        # refused by the new catalog too: the refusal stands
+        with pytest.raises(InputError, match="unknown action 'nowhere'"):
+            await gateway.checked(lambda c: requests.outcome_request(respond("nowhere"), c))
+        await gateway.close()
+    asyncio.run(main())
