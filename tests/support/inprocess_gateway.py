@@ -3,8 +3,11 @@ loop thread of its own, for tests that call it through grpc as a channel would."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from typing import Any, Coroutine
+from typing import Any, Coroutine, Iterator
+
+import grpc
 
 from kairos.cluster.gateway.auth import Auth
 from kairos.cluster.gateway.calls import Gateway
@@ -42,3 +45,16 @@ class InProcessGateway:
         self.run(self._stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def serving(keys: str | None = None, backend: LocalBackend | None = None
+            ) -> Iterator[tuple[InProcessGateway, grpc.Channel]]:
+    """A gateway with the API keys `keys` (YAML; None: auth off) and a channel to it, both
+    closed afterwards."""
+    gateway = InProcessGateway(Auth.load(keys), backend)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
+            yield gateway, channel
+    finally:
+        gateway.close()

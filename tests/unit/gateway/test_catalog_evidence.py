@@ -10,10 +10,9 @@ import pytest
 from bench import truth
 from kairos.cluster.cli.main import main
 from kairos.cluster.gateway.admin import MAX_EVIDENCE_BYTES
-from kairos.cluster.gateway.auth import Auth
 from kairos.v1 import admin_pb2, admin_pb2_grpc
 
-from tests.support.inprocess_gateway import InProcessGateway
+from tests.support.inprocess_gateway import serving
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +27,8 @@ def report(tmp_path_factory):
 
 @pytest.fixture
 def gateway():
-    gateway = InProcessGateway(Auth.load(None))
-    channel = grpc.insecure_channel(f"127.0.0.1:{gateway.port}")
-    yield gateway, admin_pb2_grpc.AdminServiceStub(channel)
-    channel.close()
-    gateway.close()
+    with serving() as (gateway, channel):
+        yield gateway, admin_pb2_grpc.AdminServiceStub(channel)
 
 
 def put(admin, yaml_text: str, evidence: str = "") -> admin_pb2.CatalogInfo:

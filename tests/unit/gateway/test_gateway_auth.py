@@ -21,7 +21,7 @@ from kairos.cluster.settings import GATEWAY_INFLIGHT_LIMIT
 from kairos.v1 import admin_pb2, decision_pb2
 from kairos.v1 import decision_pb2 as pb
 
-from tests.support.inprocess_gateway import InProcessGateway
+from tests.support.inprocess_gateway import serving
 
 METHODS = {f"/{service.full_name}/{method.name}": method
            for module in (decision_pb2, admin_pb2)
@@ -47,11 +47,8 @@ SERVED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT,
 
 @pytest.fixture(scope="module")
 def served():
-    gateway = InProcessGateway(Auth.load(KEYS))
-    channel = grpc.insecure_channel(f"127.0.0.1:{gateway.port}")
-    yield gateway, channel
-    channel.close()
-    gateway.close()
+    with serving(KEYS) as both:
+        yield both
 
 
 def request_for(method: str, channel: str | None = None):

@@ -8,10 +8,9 @@ import asyncio
 import grpc
 import pytest
 
-from kairos.cluster.gateway.auth import Auth
 from kairos.v1 import decision_pb2 as pb
 
-from tests.support.inprocess_gateway import InProcessGateway
+from tests.support.inprocess_gateway import InProcessGateway, serving
 from tests.support.local_backend import LocalBackend
 from tests.support.waiting import wait_until
 
@@ -27,11 +26,8 @@ class SlowBackend(LocalBackend):
 
 @pytest.fixture
 def slow():
-    gateway = InProcessGateway(Auth.load(None), SlowBackend())
-    channel = grpc.insecure_channel(f"127.0.0.1:{gateway.port}")
-    yield gateway, channel
-    channel.close()
-    gateway.close()
+    with serving(backend=SlowBackend()) as both:
+        yield both
 
 
 def batch(tag: str) -> pb.EventBatch:

@@ -9,12 +9,11 @@ import random
 import grpc
 import pytest
 
-from kairos.cluster.gateway.auth import Auth
 from kairos.core.request import MAX_CUSTOMER_ID_LENGTH, MAX_DECISION_ID_LENGTH, MAX_KEY_LENGTH
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
-from tests.support.inprocess_gateway import InProcessGateway
+from tests.support.inprocess_gateway import InProcessGateway, serving
 
 LONG_ID = "c" * (MAX_CUSTOMER_ID_LENGTH + 1)
 LONG_KEY = "k" * (MAX_KEY_LENGTH + 1)
@@ -23,11 +22,8 @@ DEADLINE_S = 30
 
 @pytest.fixture(scope="module")
 def served():
-    gateway = InProcessGateway(Auth.load(None))
-    channel = grpc.insecure_channel(f"127.0.0.1:{gateway.port}")
-    yield gateway, decision_pb2_grpc.DecisionServiceStub(channel)
-    channel.close()
-    gateway.close()
+    with serving() as (gateway, channel):
+        yield gateway, decision_pb2_grpc.DecisionServiceStub(channel)
 
 
 def event(**fields) -> pb.Event:
@@ -180,11 +176,8 @@ FEEDBACK_KEYS = """keys:
 
 @pytest.fixture(scope="module")
 def keyed():
-    gateway = InProcessGateway(Auth.load(FEEDBACK_KEYS))
-    channel = grpc.insecure_channel(f"127.0.0.1:{gateway.port}")
-    yield gateway, decision_pb2_grpc.DecisionServiceStub(channel)
-    channel.close()
-    gateway.close()
+    with serving(FEEDBACK_KEYS) as (gateway, channel):
+        yield gateway, decision_pb2_grpc.DecisionServiceStub(channel)
 
 
 def test_offline_outcomes_need_the_feedback_scope_and_name_no_decision(keyed):

@@ -8,9 +8,8 @@ import pytest
 
 from kairos.v1 import decision_pb2 as pb
 
-from kairos.cluster.gateway.auth import Auth
 
-from tests.support.inprocess_gateway import InProcessGateway
+from tests.support.inprocess_gateway import serving
 
 KEY = "parse-test-key-0123456789"
 WEB_KEY = "parse-test-web-key-0123456789"
@@ -20,12 +19,10 @@ TRUNCATED = b"\x0a\xff\xff\xff\xff\x0f"  # field 1 claiming 4 GiB
 
 @pytest.fixture(scope="module")
 def channel():
-    gateway = InProcessGateway(Auth.load(
-        f"keys:\n  - {{key: {KEY}, name: all, scopes: [decide, ingest, watch, admin]}}\n"
-        f"  - {{key: {WEB_KEY}, name: web, channel: web, scopes: [decide]}}\n"))
-    with grpc.insecure_channel(f"127.0.0.1:{gateway.port}") as ch:
+    with serving(f"keys:\n  - {{key: {KEY}, name: all, scopes: [decide, ingest, watch, admin]}}\n"
+                 f"  - {{key: {WEB_KEY}, name: web, channel: web, scopes: [decide]}}\n"
+                 ) as (_, ch):
         yield ch
-    gateway.close()
 
 
 def call(channel, method: str, data: bytes, key: str | None = KEY):

@@ -5,26 +5,21 @@ from __future__ import annotations
 
 import time
 
-import grpc
 import pytest
 
 from kairos.cluster.gateway import wire
-from kairos.cluster.gateway.auth import Auth
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
-from tests.support.inprocess_gateway import InProcessGateway
+from tests.support.inprocess_gateway import serving
 
 DEADLINE_S = 10
 
 
 @pytest.fixture(scope="module")
 def stub():
-    gateway = InProcessGateway(Auth.load(None))
-    channel = grpc.insecure_channel(f"127.0.0.1:{gateway.port}")
-    yield decision_pb2_grpc.DecisionServiceStub(channel)
-    channel.close()
-    gateway.close()
+    with serving() as (_, channel):
+        yield decision_pb2_grpc.DecisionServiceStub(channel)
 
 
 def ingest(stub, customer: str, kind: str, attributes: dict) -> None:
