@@ -2,7 +2,6 @@
 knows from when on every change reaches it (real gRPC on 127.0.0.1, in-process backend)."""
 from __future__ import annotations
 
-
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
