@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections import Counter as Tally
 
 import asyncio
+import math
+import time
 from typing import Any, Awaitable, Callable, TypeVar
 
 import grpc
@@ -29,6 +31,7 @@ from kairos.cluster.transport.backend import Backend, Unavailable
 from kairos.cluster.transport.client import Busy, Conflict, KairosClient
 
 MAX_DETAILS = 1024  # characters of a status message
+CATALOG_RECHECK_S = 1.0  # the most often refused requests have the controller asked
 T = TypeVar("T")
 
 
@@ -49,6 +52,7 @@ class Gateway:
         self.shedder = Shedder()
         self._compiled: CompiledCatalog | None = None
         self._refresh: asyncio.Future | None = None
+        self._rechecked = -math.inf  # when a refusal last had the controller's catalog asked
         self._shedding: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -71,15 +75,21 @@ class Gateway:
         return self._compiled
 
     async def checked(self, check: Callable[[CompiledCatalog], T]) -> T:
-        """`check(catalog)` with the catalog `catalog()` gives. What it refuses (InputError)
-        while the cluster's newer catalog still compiles here is checked again once that one
-        is ready: a request made for the new catalog (a Respond to a decision that showed a
-        new action, an event of a new type) is not refused by the old one. Requests it
-        accepts never wait for a compile."""
+        """`check(catalog)` with the catalog `catalog()` gives. What it refuses (InputError) is
+        checked again against the catalog the cluster switched to, when there is one this
+        gateway has not compiled yet (seen in the routing table, or else asked of the
+        controller, at most once a CATALOG_RECHECK_S): a request made for the new catalog (a
+        Respond to a decision that showed a new action, an event of a new type) is not
+        refused by the old one. Requests it accepts never wait for a compile."""
         catalog = await self.catalog()
         try:
             return check(catalog)
         except InputError as refused:
+            now = time.monotonic()
+            if self._refresh is None and self._compiled is catalog and \
+                    now - self._rechecked >= CATALOG_RECHECK_S:
+                self._rechecked = now  # the shards may have switched before the map said so
+                self._refresh = asyncio.ensure_future(self.refresh_catalog())
             if self._refresh is not None:
                 try:
                     await asyncio.shield(self._refresh)
@@ -90,10 +100,12 @@ class Gateway:
         return check(self._compiled)
 
     async def refresh_catalog(self) -> None:
+        """Compile the controller's catalog, unless it is the version this gateway has."""
         try:
-            text = (await self.backend.controller().get_catalog())["text"]
-            self._compiled = await asyncio.get_running_loop().run_in_executor(
-                None, compiled_from_text, text)
+            running = await self.backend.controller().get_catalog()
+            if self._compiled is None or self._compiled.version != running["version"]:
+                self._compiled = await asyncio.get_running_loop().run_in_executor(
+                    None, compiled_from_text, running["text"])
         finally:
             self._refresh = None
 

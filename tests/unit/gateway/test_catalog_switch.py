@@ -1,7 +1,8 @@
-"""A gateway during a catalog switch: the shards run the new catalog at once, while the gateway
-compiles it in the background and checks requests against the previous one meanwhile. A
-request made for the new catalog (here a Respond naming an action only the new one has) must
-not be refused by the previous one, and a request both accept must not wait for the compile."""
+"""A gateway during a catalog switch: the shards run the new catalog before the gateway has
+compiled it (or even seen it in the routing table), and the gateway checks requests against
+the previous one meanwhile. A request made for the new catalog (here a Respond naming an
+action only the new one has) must not be refused by the previous one, and a request both
+accept must not wait for the compile."""
 from __future__ import annotations
 
 import asyncio
@@ -30,7 +31,12 @@ def respond(action_id: str) -> pb.Outcome:
                       outcome=pb.ACCEPT, offline=True)
 
 
-def test_a_refusal_by_the_previous_catalog_is_checked_again_against_the_new_one(monkeypatch):
+@pytest.mark.parametrize("map_seen", [True, False], ids=["map-seen", "map-not-yet-seen"])
+def test_a_refusal_by_the_previous_catalog_is_checked_again_against_the_new_one(monkeypatch,
+                                                                                  map_seen):
+    """With the switch seen in the routing table, the gateway compiles the new catalog in the
+    background; before it is seen (the shards switch before the map is published), a refusal
+    asks the controller."""
     entered, release = threading.Event(), threading.Event()
 
     def held_compile(text: str):
@@ -45,22 +51,24 @@ def test_a_refusal_by_the_previous_catalog_is_checked_again_against_the_new_one(
         gateway = Gateway("g", client, backend)
         await gateway.refresh_catalog()
         before = (await gateway.catalog()).version
+        if not map_seen:  # the map's long poll stops: a published map has not reached it yet
+            client._poller.cancel()
         text = default_catalog_text().replace("version: ", "version: launch-", 1)
         version = await backend.controller().put_catalog(text.replace("actions:\n", LAUNCH, 1))
-        await until(lambda: client.catalog_version == version, 30,
-                               "the client to see the switch")
         monkeypatch.setattr(calls, "compiled_from_text", held_compile)
-
-        # accepted by the previous catalog: answered with it, without waiting for the compile
-        assert await asyncio.wait_for(gateway.checked(lambda c: c.version), 30) == before
-        # the compile of the new one started, and is held
-        assert await asyncio.get_running_loop().run_in_executor(None, entered.wait, 30)
+        if map_seen:
+            await until(lambda: client.catalog_version == version, 30,
+                        "the client to see the switch")
+            # accepted by the previous catalog: answered with it, not waiting for the compile
+            assert await asyncio.wait_for(gateway.checked(lambda c: c.version), 30) == before
         refused_before = asyncio.ensure_future(gateway.checked(
             lambda c: requests.outcome_request(respond("launch"), c)))
-        await asyncio.sleep(0)
+        # the compile of the new one started, and is held
+        assert await asyncio.get_running_loop().run_in_executor(None, entered.wait, 30)
         assert not refused_before.done()  # waits for the new catalog instead of refusing
         release.set()
         assert (await asyncio.wait_for(refused_before, 30)).action_id == "launch"
+        assert (await gateway.catalog()).version == version
         # refused by the new catalog too: the refusal stands
         with pytest.raises(InputError, match="unknown action 'nowhere'"):
             await gateway.checked(lambda c: requests.outcome_request(respond("nowhere"), c))
