@@ -22,6 +22,7 @@ import ray
 from ray.cluster_utils import Cluster
 from tqdm import tqdm
 
+from kairos.cluster.cli.local import SINGLE_MACHINE
 from kairos.cluster.control import runtime
 from kairos.cluster.transport.client import KairosClient
 from kairos.cluster.gateway.actor import GatewayActor
@@ -50,6 +51,10 @@ def ray_nodes(n: int) -> Iterator[list[str]]:
     """Ray with n nodes on this machine; the alive node ids, head first. Everything Ray
     started is stopped on the way out, whatever happened."""
     os.environ.update(NODE_ENV)
+    if n == 1:  # every Ray server on loopback (cluster/cli/local.py)
+        os.environ[SINGLE_MACHINE] = "0"
+    else:  # Ray's clusters of several nodes need the machine's address
+        os.environ.pop(SINGLE_MACHINE, None)
     # Ray's workers unpickle the peers' actors and servicers: they import bench from here
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)

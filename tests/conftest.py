@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from kairos.cluster.cli.local import SINGLE_MACHINE
 from kairos.core import kernel
 from kairos.core.catalog import default_catalog_text, load_catalog_file
 from kairos.core.compiler import CompiledCatalog, compile_catalog, default_compiled
@@ -136,13 +137,15 @@ def local_ray(nodes: int = 1, env: dict[str, str] | None = None, *, cpus_per_nod
     """A Ray cluster of `nodes` nodes on this machine (ray.cluster_utils.Cluster), this
     process connected to it as the driver: its GCS on a free port, no dashboard, the agents on
     free ports, its files under the session's RAY_TMPDIR. `env` is set while it runs (its
-    processes inherit it). The Cluster, for tests that add or remove nodes."""
+    processes inherit it). The Cluster, for tests that add or remove nodes. One node runs on
+    loopback only (cluster/cli/local.py; it takes no other node); Ray's clusters of several
+    nodes need the machine's address."""
     import ray
     from ray.cluster_utils import Cluster
 
     node_args = {"num_cpus": cpus_per_node, "object_store_memory": object_store_mb * 2**20,
                  "dashboard_agent_listen_port": 0}
-    with tuned(env or {}):
+    with tuned({**(env or {}), **({SINGLE_MACHINE: "0"} if nodes == 1 else {})}):
         cluster = Cluster(initialize_head=True,
                           head_node_args={**node_args, "include_dashboard": False})
         try:

@@ -36,6 +36,7 @@ from typing import Iterator
 import psutil
 
 HOME_ENV = "KAIROS_HOME"
+SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": one node, every Ray server on loopback
 RUN_FILE = "run.json"
 LOCK_FILE = "up.lock"
 START_LOG = "ray-start.log"
@@ -130,9 +131,9 @@ def ray_env(loopback: bool, auth_mode: str) -> dict[str, str]:
     env.setdefault("RAY_worker_niceness", "0")
     env["RAY_AUTH_MODE"] = auth_mode
     if loopback:
-        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        env[SINGLE_MACHINE] = "0"
     else:
-        env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+        env.pop(SINGLE_MACHINE, None)
     return env
 
 
