@@ -3,6 +3,8 @@
     python -m bench.load                  # the full run (1,000,000 customers, one and three
                                           # Ray nodes, every peer; 15 to 30 minutes)
     python -m bench.load --smoke          # under a minute; the test suite runs it
+    python -m bench.load --modes 1 --systems floor-grpc,kairos-1node --decide-only \
+        --customers 20000 --rates 250,500 # server CPU per Decide: Kairos against the floor
 
 Systems, each behind the same kairos.v1 gRPC contract and driven by the same generators:
   floor-grpc         an empty Decide: the gRPC round trip alone
@@ -70,6 +72,8 @@ class Plan:
     shards: int  # one per core: fewer, fuller batches beat more processes on a small machine
     seed: int = 1
     systems: tuple[str, ...] = ()  # run only the phases named with these prefixes (all if empty)
+    idle_s: float = 5.0  # each system's CPU with no load is measured this long first
+    decide_only: bool = False  # Kairos runs its Decide sweep alone (a CPU-per-Decide comparison)
 
 
 FULL = Plan(customers=1_000_000, modes=(1, 3), generators=2, warmup_s=2.0, measure_s=10.0,
@@ -79,7 +83,7 @@ FULL = Plan(customers=1_000_000, modes=(1, 3), generators=2, warmup_s=2.0, measu
             journey_rate=1000, push_rate=100, actors=64, shards=os.cpu_count() or 2)
 SMOKE = Plan(customers=500, modes=(1,), generators=2, warmup_s=0.5, measure_s=1.5,
              decide_rates=(200,), stream_rates=(1000,), batch_rates=(2000,), journey_rate=200, push_rate=20,
-             actors=4, shards=2)
+             actors=4, shards=2, idle_s=1.0)
 
 
 class Bench:
@@ -90,6 +94,7 @@ class Bench:
         self.plan = plan
         self.results: dict[str, Any] = {"systems": {}, "ingest": {}, "batch": {}, "populate": {},
                                         "journey": {}, "push": {}, "ray_call": {},
+                                        "idle_cpu": {},
                                         "layout": {}, "failures": []}
 
     def step(self, target: str, op: str, rate: float, customers: int | None = None,
@@ -98,6 +103,7 @@ class Bench:
                     self.plan.measure_s, customers or self.plan.customers, self.plan.seed)
 
     def decide_sweep(self, system: str, target: str, customers: int | None = None) -> None:
+        self.results["idle_cpu"][system] = self.pool.idle(target, self.plan.idle_s)
         self.results["systems"][system] = sweep(
             self.pool, system, lambda rate: self.step(target, "decide", rate, customers),
             self.plan.decide_rates)
@@ -162,6 +168,8 @@ class Bench:
                       leave=False) as bar:
                 self.results["populate"][name] = populate(self.plan.customers, bar.update)
             self.decide_sweep(name, system.target)
+            if self.plan.decide_only:
+                return
             self.results["ingest"][name] = sweep(
                 self.pool, name, lambda rate: self.step(system.target, "stream", rate),
                 self.plan.stream_rates)
@@ -208,6 +216,9 @@ def parse(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
     parser.add_argument("--shards", type=int, help="Kairos shards")
     parser.add_argument("--systems", help="only these systems (name prefixes), e.g. "
                                           "kairos,floor-ray")
+    parser.add_argument("--decide-only", action="store_true",
+                        help="Kairos runs its Decide sweep alone (no ingest, batch, session or "
+                             "push phases)")
     args = parser.parse_args(argv)
     plan = SMOKE if args.smoke else FULL
     overrides = {
@@ -216,7 +227,7 @@ def parse(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
         "modes": _numbers(args.modes, int), "decide_rates": _numbers(args.rates, float),
         "stream_rates": _numbers(args.stream_rates, float),
         "batch_rates": _numbers(args.batch_rates, float),
-        "systems": _numbers(args.systems, str)}
+        "systems": _numbers(args.systems, str), "decide_only": args.decide_only or None}
     return replace(plan, **{k: v for k, v in overrides.items() if v is not None}), args
 
 

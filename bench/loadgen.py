@@ -242,8 +242,19 @@ class GeneratorPool:
         own_s, own_us = own.per_request(answered)
         return {"op": step.op, "rate_target": step.rate_per_s, "processes": self.processes,
                 "settled_s": settled_s, **summary, "server_cpu_s": server_s,
-                "cpu_us_per_request": server_us, "generator_cpu_s": own_s,
+                "cpu_us_per_request": server_us,
+                "cpu_us_per_request_by_process": server.by_process(answered),
+                "generator_cpu_s": own_s,
                 "generator_cpu_us_per_request": own_us}
+
+    def idle(self, target: str, seconds: float) -> dict[str, float]:
+        """The system's CPU with no load, ms per second by process name, once it has settled:
+        what it spends whatever the rate (Ray's daemons, timers, metrics), which a step's
+        CPU per request carries spread over its requests."""
+        settle(target)
+        start = time.time() + START_DELAY_S
+        server = server_cpu(self.pids(), start, start + seconds)
+        return server.by_process(1, 1e3 / seconds)
 
     def pids(self) -> set[int]:
         """The generator processes (and whatever they started)."""
@@ -274,19 +285,32 @@ class ProcessCpu:
             time.sleep(max(0.0, when - time.time()))
             self.samples.append(self._cpu_s())
 
-    def _cpu_s(self) -> float:
-        total = 0.0
+    def _cpu_s(self) -> Counter:
+        """CPU seconds so far, by process name (a Ray actor's is ray::<its class>)."""
+        spent: Counter = Counter()
         for proc in self.processes():
             with contextlib.suppress(psutil.Error):
                 times = proc.cpu_times()
-                total += times.user + times.system
-        return total
+                spent[proc.name()] += times.user + times.system
+        return spent
 
     def per_request(self, answered: int) -> tuple[float, float | None]:
         """(CPU seconds in the window, µs of it per request answered)."""
         self._thread.join()
-        spent = max(self.samples[1] - self.samples[0], 0.0)
+        spent = max(sum(self.samples[1].values()) - sum(self.samples[0].values()), 0.0)
         return round(spent, 3), round(spent / answered * 1e6, 1) if answered else None
+
+    def by_process(self, answered: int, scale: float = 1e6) -> dict[str, float]:
+        """CPU seconds × `scale` per request answered (µs by default), by process name, the
+        costliest first (a process that started or ended inside the window counts what it
+        spent while both samples saw it)."""
+        self._thread.join()
+        if not answered:
+            return {}
+        before, after = self.samples
+        spent = {name: after[name] - before[name] for name in after if name in before}
+        return {name: round(s / answered * scale, 1)
+                for name, s in sorted(spent.items(), key=lambda x: -x[1]) if s > 0}
 
 
 def server_cpu(generators: set[int], start: float, end: float) -> ProcessCpu:

@@ -193,6 +193,9 @@ def markdown(results: dict[str, Any]) -> str:
                      f"{layout['crossing_share']:.0%} of the workload's requests go to a shard "
                      f"on another node than the gateway (from the partition map, each customer "
                      f"weighted by its popularity).")
+    for name, idle in results.get("idle_cpu", {}).items():
+        lines.append(f"{name} with no load: {sum(idle.values()):.0f} ms of CPU per second ("
+                     + ", ".join(f"{process} {ms:.0f}" for process, ms in idle.items()) + ").")
     if "redis_used_mib" in results:
         lines.append(f"Redis peer: {results['redis_used_mib']} MiB used in redis-server.")
     if results["failures"]:

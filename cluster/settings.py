@@ -141,6 +141,8 @@ DECISION_LOG = integer("DECISION_LOG", 1, low=0, high=1)
 DECISION_LOG_RETENTION_S = number("DECISION_LOG_RETENTION_S", 3 * 86_400.0, above=True)
 DECISION_LOG_MAX_BYTES = integer("DECISION_LOG_MAX_BYTES", 1 << 30, low=1 << 20)
 DECISION_LOG_PENDING = integer("DECISION_LOG_PENDING", 100_000)
+# How long a shard's log writer waits after a round for more to write at once (decisionlog.py).
+DECISION_LOG_WRITE_S = number("DECISION_LOG_WRITE_S", 0.05, high=1.0)
 # How often a shard applies the retention bounds to its log.
 DECISION_LOG_TRIM_S = number("DECISION_LOG_TRIM_S", 60.0, above=True, high=86_400.0)
 # How long a call to Redis may take before the store counts as failed (the shard rebuilds).

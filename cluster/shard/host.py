@@ -393,13 +393,16 @@ class ShardHost:
     async def read_log(self, since: float, until: float, outcomes_until: float,
                        channel: str | None, limit: int, live: list[str]
                        ) -> tuple[list, list, bool]:
-        """Read the decision log (decisionlog.py `read`) on a thread: reading a store takes
-        its time, and the log's writer works beside it."""
+        """Read the decision log (decisionlog.py `read`) on a thread, once what the shard
+        logged before is written: reading a store takes its time, and the log's writer works
+        beside it."""
         shard = self.shard
         if shard is None:
             raise StoreUnavailable(f"{self.name} is recovering from the store")
         names = decisionlog.to_read(shard.store, self.name, live)
-        return await asyncio.get_running_loop().run_in_executor(
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, shard.decision_log.writer.written)
+        return await loop.run_in_executor(
             None, decisionlog.read, shard.store, names, since, until, outcomes_until, channel,
             limit)
 

@@ -31,6 +31,10 @@ def test_smoke_run_writes_reports_and_a_summary_line(tmp_path):
     run = summary["run"]
     report = json.loads((tmp_path / f"{run}.json").read_text())
     assert report["actor_per_customer"]["capacity_extrapolated"] > 0
+    # CPU by process: with no load, and per request in each step (Kairos's own actors named)
+    assert sum(report["idle_cpu"]["kairos-1node"].values()) > 0
+    by_process = report["systems"]["kairos-1node"]["steps"][0]["cpu_us_per_request_by_process"]
+    assert by_process["ray::GatewayActor"] > 0 and by_process["ray::ShardActor"] > 0
     assert report["targets"] and all(isinstance(t["met"], bool) for t in report["targets"])
     assert "| system |" in (tmp_path / f"{run}.md").read_text()
     assert (tmp_path / f"{run}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
