@@ -193,8 +193,10 @@ def markdown(results: dict[str, Any]) -> str:
                      f"{layout['crossing_share']:.0%} of the workload's requests go to a shard "
                      f"on another node than the gateway (from the partition map, each customer "
                      f"weighted by its popularity).")
-    if "redis_used_mib" in results:
-        lines.append(f"Redis peer: {results['redis_used_mib']} MiB used in redis-server.")
+    for name, redis in results["redis"].items():
+        lines.append(f"{name}: {redis['used_mib']} MiB used in its redis-server, every customer "
+                     f"loaded in {redis['populate_s']:g} s ({redis['populate_rate']:,.0f}/s, "
+                     f"pipelined).")
     if results["failures"]:
         lines += ["", "## Phases that failed (their figures are missing)", ""]
         lines += [f"- {f['phase']}: `{f['error']}`" for f in results["failures"]]
