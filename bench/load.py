@@ -3,10 +3,9 @@
     python -m bench.load                  # the full run (1,000,000 customers, one and three
                                           # Ray nodes, every peer; 15 to 30 minutes)
     python -m bench.load --smoke          # under a minute; the test suite runs it
-    python -m bench.load --systems kairos-1node,redis --sweeps decide --modes 1 --rates 250,500
-                                          # some systems (name prefixes: `redis` is both Redis
-                                          # peers), some sweeps (decide, ingest, batch, journey,
-                                          # push; the peers have Decide only), some rates
+    python -m bench.load --modes 1 --systems kairos-1node,redis --decide-only \
+        --customers 100000 --rates 250,500 # Kairos against both Redis peers (`redis` is a
+                                          # name prefix), Decide alone, at two rates
 
 Systems, each behind the same kairos.v1 gRPC contract and driven by the same generators:
   floor-grpc         an empty Decide: the gRPC round trip alone
@@ -60,7 +59,6 @@ from .systems import kairos, populate, ray_nodes
 
 RESULTS = Path(__file__).parent / "results"
 PUSH_WARMUP_S = 1.5  # the watch must be registered before measured probes go out
-SWEEPS = ("decide", "ingest", "batch", "journey", "push")  # what Kairos gets; the peers, decide
 
 
 @dataclass(frozen=True)
@@ -79,7 +77,7 @@ class Plan:
     shards: int  # one per core: fewer, fuller batches beat more processes on a small machine
     seed: int = 1
     systems: tuple[str, ...] = ()  # run only the phases named with these prefixes (all if empty)
-    sweeps: tuple[str, ...] = ()  # run only these of SWEEPS (all if empty)
+    decide_only: bool = False  # Kairos runs its Decide sweep alone (a CPU-per-Decide comparison)
 
 
 FULL = Plan(customers=1_000_000, modes=(1, 3), generators=2, warmup_s=2.0, measure_s=10.0,
@@ -107,12 +105,7 @@ class Bench:
         return Step(target, op, rate, self.plan.warmup_s if warmup_s is None else warmup_s,
                     self.plan.measure_s, customers or self.plan.customers, self.plan.seed)
 
-    def wants(self, name: str) -> bool:
-        return not self.plan.sweeps or name in self.plan.sweeps
-
     def decide_sweep(self, system: str, target: str, customers: int | None = None) -> None:
-        if not self.wants("decide"):
-            return
         self.results["systems"][system] = sweep(
             self.pool, system, lambda rate: self.step(target, "decide", rate, customers),
             self.plan.decide_rates)
@@ -125,19 +118,15 @@ class Bench:
         for mode in self.plan.modes:
             with ray_nodes(mode) as nodes:
                 self.phase(f"floor-ray-{mode}node", self.ray_floor, mode, nodes)
-                self.phase(f"kairos-{mode}node", self.kairos, mode, sweeps=SWEEPS)
+                self.phase(f"kairos-{mode}node", self.kairos, mode)
                 if mode == 1:
                     self.phase("actors", self.actors, nodes[0])
         return self.results
 
-    def phase(self, name: str, work: Callable[..., None], *args: Any,
-              sweeps: tuple[str, ...] = ("decide",)) -> None:
-        """Run one phase (unless the plan leaves out the system or all of its sweeps); a
-        failure is reported (and fails the run) but does not cost the other phases'
-        measurements."""
+    def phase(self, name: str, work: Callable[..., None], *args: Any) -> None:
+        """Run one phase; a failure is reported (and fails the run) but does not cost the
+        other phases' measurements."""
         if self.plan.systems and not name.startswith(self.plan.systems):
-            return
-        if not any(self.wants(s) for s in sweeps):
             return
         try:
             work(*args)
@@ -191,27 +180,24 @@ class Bench:
                       leave=False) as bar:
                 self.results["populate"][name] = populate(self.plan.customers, bar.update)
             self.decide_sweep(name, system.target)
-            if self.wants("ingest"):
-                self.results["ingest"][name] = sweep(
-                    self.pool, name, lambda rate: self.step(system.target, "stream", rate),
-                    self.plan.stream_rates)
-            if self.wants("batch"):
-                self.results["batch"][name] = sweep(
-                    self.pool, name, lambda rate: self.step(system.target, "batch", rate),
-                    self.plan.batch_rates)
-            if self.wants("journey"):
-                # sessions at the highest Decide rate that held (at most the plan's rate, the
-                # ladder's first without a Decide sweep): what each kind of call costs when
-                # the system is busy but not past its limit
-                held = self.results["systems"].get(name, {}).get("max_rate_target_held")
-                self.results["journey"][name] = self.pool.run(self.step(
-                    system.target, "journey",
-                    min(held or self.plan.decide_rates[0], self.plan.journey_rate)))
-            if self.wants("push"):
-                push = self.pool.run(self.step(system.target, "push", self.plan.push_rate,
-                                               warmup_s=max(self.plan.warmup_s, PUSH_WARMUP_S)))
-                push["holds"] = holds(push, "push", report.PUSH_P99_TARGET_MS)
-                self.results["push"][name] = push
+            if self.plan.decide_only:
+                return
+            self.results["ingest"][name] = sweep(
+                self.pool, name, lambda rate: self.step(system.target, "stream", rate),
+                self.plan.stream_rates)
+            self.results["batch"][name] = sweep(
+                self.pool, name, lambda rate: self.step(system.target, "batch", rate),
+                self.plan.batch_rates)
+            # sessions at the highest Decide rate that held (at most the plan's rate): what
+            # each kind of call costs when the system is busy but not past its limit
+            held = self.results["systems"][name]["max_rate_target_held"]
+            self.results["journey"][name] = self.pool.run(self.step(
+                system.target, "journey",
+                min(held or self.plan.decide_rates[0], self.plan.journey_rate)))
+            push = self.pool.run(self.step(system.target, "push", self.plan.push_rate,
+                                           warmup_s=max(self.plan.warmup_s, PUSH_WARMUP_S)))
+            push["holds"] = holds(push, "push", report.PUSH_P99_TARGET_MS)
+            self.results["push"][name] = push
 
     def actors(self, node: str) -> None:
         n = self.plan.actors
@@ -242,8 +228,9 @@ def parse(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
     parser.add_argument("--shards", type=int, help="Kairos shards")
     parser.add_argument("--systems", help="only these systems (name prefixes), e.g. "
                                           "kairos,floor-ray")
-    parser.add_argument("--sweeps", help=f"only these sweeps, of {','.join(SWEEPS)} (the "
-                                         f"peers have decide only)")
+    parser.add_argument("--decide-only", action="store_true",
+                        help="Kairos runs its Decide sweep alone (no ingest, batch, session or "
+                             "push phases)")
     args = parser.parse_args(argv)
     plan = SMOKE if args.smoke else FULL
     overrides = {
@@ -252,11 +239,7 @@ def parse(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
         "modes": _numbers(args.modes, int), "decide_rates": _numbers(args.rates, float),
         "stream_rates": _numbers(args.stream_rates, float),
         "batch_rates": _numbers(args.batch_rates, float),
-        "systems": _numbers(args.systems, str), "sweeps": _numbers(args.sweeps, str)}
-    unknown = set(overrides["sweeps"] or ()) - set(SWEEPS)
-    if unknown:
-        parser.error(f"--sweeps: unknown {', '.join(sorted(unknown))} (sweeps: "
-                     f"{', '.join(SWEEPS)})")
+        "systems": _numbers(args.systems, str), "decide_only": args.decide_only or None}
     return replace(plan, **{k: v for k, v in overrides.items() if v is not None}), args
 
 
