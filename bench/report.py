@@ -183,10 +183,11 @@ def markdown(results: dict[str, Any]) -> str:
                   f"{a['capacity_extrapolated_by_rss']:,} by RSS) — *extrapolated from the "
                   f"measured per-actor memory, not attempted*. Its Decide figures above are "
                   f"for the {a['hosted']} customers it hosts.", ""]
-    lines += ["## Floors and layout", "",
-              "Empty Ray actor call, closed loop from the driver: " +
-              "; ".join(f"{mode} p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms"
-                        for mode, r in results["ray_call"].items()) + ".", ""]
+    lines += ["## Floors and layout", ""]
+    if results["ray_call"]:  # not when the run left the Ray floors out
+        lines += ["Empty Ray actor call, closed loop from the driver: " +
+                  "; ".join(f"{mode} p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms"
+                            for mode, r in results["ray_call"].items()) + ".", ""]
     for name, layout in results["layout"].items():
         lines.append(f"{name}: gateway on node {layout['gateway_node'][:8]}, shards per node "
                      f"{list(layout['shards_by_node'].values())}; "
