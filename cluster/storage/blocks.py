@@ -3,7 +3,8 @@
 A shard hands partitions over, passivates customers and (with the durability issue) snapshots
 them as blocks. A block names its profile slots, actions and channels and carries its strings
 as text, so it loads into a shard whose catalog version or string table differs: columns are
-matched by name, new slots take their defaults, history entries of removed actions are dropped.
+matched by name, new slots take their defaults, history entries of removed actions are dropped
+(a block of the loading catalog's own layout, the usual case, loads column by column as it is).
 Encoded with msgpack; NumPy columns travel as raw buffers.
 
 Blocks come back from disk, Redis and other processes, so nothing read from one is trusted as
