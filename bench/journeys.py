@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -36,6 +36,7 @@ PATH: tuple[tuple[str, str, tuple[tuple[str, int], ...]], ...] = (
 EVENTS_PER_VISIT = (1, 3)  # events a session sends in each channel, inclusive range
 DECIDE, EVENT, RESPOND = "decide", "event", "respond"
 PROFILE_EVENT = "profile_updated"  # what a CRM sends for each customer it knows
+PROFILE_SEED = 11  # of the bulk load's profiles: every system that loads them gets the same
 TIERS = ("none", "none", "silver", "gold", "platinum")
 CONSENTS = ("marketing_opt_in", "email_opt_in", "push_opt_in")
 CONSENT_SHARE = 0.6
@@ -48,6 +49,14 @@ def customer_id(index: int) -> str:
 def profile_attributes(rng: random.Random) -> dict[str, Any]:
     """A CRM profile: a loyalty tier and consents."""
     return {"tier": rng.choice(TIERS), **{c: rng.random() < CONSENT_SHARE for c in CONSENTS}}
+
+
+def crm_profiles(customers: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The bulk load: (customer id, CRM profile attributes) for every customer, in order, the
+    same in every run and for every system loaded with them."""
+    rng = random.Random(PROFILE_SEED)
+    for i in range(customers):
+        yield customer_id(i), profile_attributes(rng)
 
 
 def popularity(n: int, exponent: float = ZIPF_EXPONENT) -> np.ndarray:

@@ -5,12 +5,19 @@
     python -m bench.load --smoke          # under a minute; the test suite runs it
     python -m bench.load --modes 1 --systems floor-grpc,kairos-1node --decide-only \
         --customers 20000 --rates 250,500 # server CPU per Decide: Kairos against the floor
+    python -m bench.load --modes 1 --systems kairos-1node,redis --decide-only \
+        --customers 100000 --rates 250,500 # Kairos against both Redis peers (`redis` is a
+                                          # name prefix), Decide alone, at two rates
 
 Systems, each behind the same kairos.v1 gRPC contract and driven by the same generators:
   floor-grpc         an empty Decide: the gRPC round trip alone
   floor-ray-<mode>   an empty Decide that awaits an empty Ray actor call (the transport Kairos
                      cannot avoid: gateway actor → shard actor; across nodes in 3node mode)
   redis              a stateless gRPC service with profiles in a real redis-server, NumPy scoring
+  redis-core         the same work as Kairos: a stateless gRPC service running Kairos's own core
+                     (catalog, compiled kernel) on each customer's block, read from a real
+                     redis-server and written back on every request; the only difference from
+                     Kairos is where the state lives
   kairos-<mode>      Kairos: runtime + one gateway (1node, or 3node with the shards spread)
   actors             the literal card: one Ray actor per customer, a bounded number of them
 
@@ -46,7 +53,7 @@ from tqdm import tqdm
 
 from . import report
 from .loadgen import GeneratorPool, Step
-from .peers import actor_per_customer, floor, redis_peer
+from .peers import actor_per_customer, floor, redis_core, redis_peer
 from .peers.serving import in_process, in_ray_actor
 from kairos.cluster.storage.redis_server import RedisServer
 from .sweep import holds, sweep
@@ -94,8 +101,8 @@ class Bench:
         self.plan = plan
         self.results: dict[str, Any] = {"systems": {}, "ingest": {}, "batch": {}, "populate": {},
                                         "journey": {}, "push": {}, "ray_call": {},
-                                        "idle_cpu": {},
-                                        "layout": {}, "failures": []}
+                                        "idle_cpu": {}, "layout": {}, "redis": {},
+                                        "failures": []}
 
     def step(self, target: str, op: str, rate: float, customers: int | None = None,
              warmup_s: float | None = None) -> Step:
@@ -110,7 +117,9 @@ class Bench:
 
     def run(self) -> dict[str, Any]:
         self.phase("floor-grpc", self.grpc_floor)
-        self.phase("redis", self.redis)
+        self.phase("redis", self.redis, "redis", redis_peer.populate, redis_peer.RedisDecisions)
+        self.phase("redis-core", self.redis, "redis-core", redis_core.populate,
+                   redis_core.CoreDecisions)
         for mode in self.plan.modes:
             with ray_nodes(mode) as nodes:
                 self.phase(f"floor-ray-{mode}node", self.ray_floor, mode, nodes)
@@ -134,16 +143,24 @@ class Bench:
         with in_process(floor.EmptyDecisions) as target:
             self.decide_sweep("floor-grpc", target)
 
-    def redis(self) -> None:
-        folder = tempfile.mkdtemp(prefix="kairos-bench-redis-")
+    def redis(self, name: str, populate_redis: Callable[[int, int, Callable[[int], None]], None],
+              service: Callable[[int], Any]) -> None:
+        """A Redis peer: its own redis-server (no persistence), every customer loaded, then its
+        service in a process of its own."""
+        folder = tempfile.mkdtemp(prefix=f"kairos-bench-{name}-")
         server = RedisServer(Path(folder), durable=False).start()
         try:
-            with tqdm(total=self.plan.customers, desc="redis populate", unit="customer",
+            with tqdm(total=self.plan.customers, desc=f"{name} populate", unit="customer",
                       leave=False) as bar:
-                redis_peer.populate(server.port, self.plan.customers, bar.update)
-            self.results["redis_used_mib"] = round(server.used_memory_bytes() / 2**20, 1)
-            with in_process(redis_peer.RedisDecisions, server.port) as target:
-                self.decide_sweep("redis", target)
+                started = time.perf_counter()
+                populate_redis(server.port, self.plan.customers, bar.update)
+                seconds = time.perf_counter() - started
+            self.results["redis"][name] = {
+                "used_mib": round(server.used_memory_bytes() / 2**20, 1),
+                "populate_s": round(seconds, 1),
+                "populate_rate": round(self.plan.customers / seconds, 1)}
+            with in_process(service, server.port) as target:
+                self.decide_sweep(name, target)
         finally:
             server.stop()
             shutil.rmtree(folder, ignore_errors=True)

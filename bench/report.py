@@ -183,10 +183,11 @@ def markdown(results: dict[str, Any]) -> str:
                   f"{a['capacity_extrapolated_by_rss']:,} by RSS) — *extrapolated from the "
                   f"measured per-actor memory, not attempted*. Its Decide figures above are "
                   f"for the {a['hosted']} customers it hosts.", ""]
-    lines += ["## Floors and layout", "",
-              "Empty Ray actor call, closed loop from the driver: " +
-              "; ".join(f"{mode} p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms"
-                        for mode, r in results["ray_call"].items()) + ".", ""]
+    lines += ["## Floors and layout", ""]
+    if results["ray_call"]:  # not when the run left the Ray floors out
+        lines += ["Empty Ray actor call, closed loop from the driver: " +
+                  "; ".join(f"{mode} p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms"
+                            for mode, r in results["ray_call"].items()) + ".", ""]
     for name, layout in results["layout"].items():
         lines.append(f"{name}: gateway on node {layout['gateway_node'][:8]}, shards per node "
                      f"{list(layout['shards_by_node'].values())}; "
@@ -196,8 +197,10 @@ def markdown(results: dict[str, Any]) -> str:
     for name, idle in results.get("idle_cpu", {}).items():
         lines.append(f"{name} with no load: {sum(idle.values()):.0f} ms of CPU per second ("
                      + ", ".join(f"{process} {ms:.0f}" for process, ms in idle.items()) + ").")
-    if "redis_used_mib" in results:
-        lines.append(f"Redis peer: {results['redis_used_mib']} MiB used in redis-server.")
+    for name, redis in results.get("redis", {}).items():
+        lines.append(f"{name}: {redis['used_mib']} MiB used in its redis-server, every customer "
+                     f"loaded in {redis['populate_s']:g} s ({redis['populate_rate']:,.0f}/s, "
+                     f"pipelined).")
     if results["failures"]:
         lines += ["", "## Phases that failed (their figures are missing)", ""]
         lines += [f"- {f['phase']}: `{f['error']}`" for f in results["failures"]]

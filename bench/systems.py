@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import shutil
 import tempfile
 import time
@@ -14,7 +13,7 @@ from collections import Counter
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import psutil
@@ -29,7 +28,7 @@ from kairos.cluster.gateway.actor import GatewayActor
 from kairos.cluster.control.partitions import partition_of
 from kairos.cluster.settings import NAMESPACE
 
-from .journeys import PROFILE_EVENT, customer_id, popularity, profile_attributes
+from .journeys import PROFILE_EVENT, crm_profiles, customer_id, popularity
 
 ROOT = Path(__file__).resolve().parents[1]
 OBJECT_STORE_BYTES = 256 * 2**20  # per node; the bench moves small messages only
@@ -43,7 +42,6 @@ NODE_ENV = {"KAIROS_PASSIVATE_IDLE_S": "86400", "KAIROS_DATA_HOST": "127.0.0.1",
             "RAY_worker_niceness": "0"}
 POPULATE_INFLIGHT = 4096  # events the bulk load keeps in flight
 POPULATE_PROGRESS_EVERY = 1000
-POPULATE_SEED = 11
 
 
 @contextmanager
@@ -99,15 +97,14 @@ def populate(customers: int, on_progress: Callable[[int], None]) -> dict[str, fl
 
 async def _populate(client: KairosClient, customers: int,
                     on_progress: Callable[[int], None]) -> None:
-    rng = random.Random(POPULATE_SEED)
     slots = asyncio.Semaphore(POPULATE_INFLIGHT)
     now = time.time()
     done = reported = 0
 
-    async def one(i: int) -> None:
+    async def one(customer: str, attributes: dict[str, Any]) -> None:
         nonlocal done, reported
         try:
-            await client.ingest(customer_id(i), PROFILE_EVENT, now, profile_attributes(rng))
+            await client.ingest(customer, PROFILE_EVENT, now, attributes)
         finally:
             slots.release()
             done += 1
@@ -116,9 +113,9 @@ async def _populate(client: KairosClient, customers: int,
                 reported = done
 
     tasks = set()
-    for i in range(customers):
+    for customer, attributes in crm_profiles(customers):
         await slots.acquire()
-        task = asyncio.ensure_future(one(i))
+        task = asyncio.ensure_future(one(customer, attributes))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     await asyncio.gather(*tasks)

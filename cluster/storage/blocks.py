@@ -3,7 +3,8 @@
 A shard hands partitions over, passivates customers and (with the durability issue) snapshots
 them as blocks. A block names its profile slots, actions and channels and carries its strings
 as text, so it loads into a shard whose catalog version or string table differs: columns are
-matched by name, new slots take their defaults, history entries of removed actions are dropped.
+matched by name, new slots take their defaults, history entries of removed actions are dropped
+(a block of the loading catalog's own layout, the usual case, loads column by column as it is).
 Encoded with msgpack; NumPy columns travel as raw buffers.
 
 Blocks come back from disk, Redis and other processes, so nothing read from one is trusted as
@@ -169,6 +170,17 @@ def _localize(values: np.ndarray, slots: list[int], c: CompiledCatalog) -> list[
 
 def _values(c: CompiledCatalog, block: dict[str, Any]) -> np.ndarray:
     source = np.asarray(block["values"], np.float64)
+    keys, flags, string_slots = _layout(c)
+    if block["slots"] == keys and list(block["string_columns"]) == flags:
+        # a block of this catalog's layout (the usual case): every column as it is, only the
+        # strings recoded, where matching the columns by name would cost a Python step each
+        out = source.copy()
+        strings = block["strings"]
+        for col in string_slots:
+            column = out[:, col]
+            known = ~np.isnan(column)
+            column[known] = [c.strings.intern(strings[int(k)]) for k in column[known].tolist()]
+        return out
     out = np.tile(c.layout.defaults, (len(source), 1))
     where = {key: col for col, key in enumerate(block["slots"])}
     was_string = block["string_columns"]
@@ -187,6 +199,10 @@ def _values(c: CompiledCatalog, block: dict[str, Any]) -> np.ndarray:
 
 
 def _rings(c: CompiledCatalog, block: dict[str, Any], t, rows: np.ndarray) -> None:
+    if block["actions"] == c.action_ids and block["channels"] == c.channel_names and \
+            np.shape(block["ring_action"])[1:] == (c.history_size,):
+        _copy_rings(block, t, rows)  # this catalog's codes and ring size: nothing to map
+        return
     action_map = np.array([c.action_index.get(a, EMPTY) for a in block["actions"]] + [EMPTY],
                           np.int16)
     # an empty entry's channel code may be 0 with no channels: it maps to EMPTY too
@@ -200,11 +216,9 @@ def _rings(c: CompiledCatalog, block: dict[str, Any], t, rows: np.ndarray) -> No
     lossless = np.all((mapped != EMPTY) == (src_action != EMPTY)) and \
         np.all((channels != EMPTY) | (src_action == EMPTY))
     if same_shape and lossless:
-        t.ring_action[rows] = mapped
-        t.ring_channel[rows] = np.where(channels == EMPTY, 0, channels)
-        t.ring_outcome[rows] = block["ring_outcome"]
-        t.ring_time[rows] = block["ring_time"]
-        t.ring_head[rows] = block["ring_head"]
+        # an unused entry's channel is 0, as in a fresh row (lossless: a used one has one)
+        _copy_rings({**block, "ring_action": mapped,
+                     "ring_channel": np.where(mapped == EMPTY, 0, channels)}, t, rows)
         return
     # Another history size, or entries of actions or channels this catalog lacks: rebuild
     # each ring, oldest entry first, keeping the newest that fit.
@@ -229,6 +243,11 @@ def _rings(c: CompiledCatalog, block: dict[str, Any], t, rows: np.ndarray) -> No
             t.ring_outcome[row, j] = block["ring_outcome"][i, e]
             t.ring_time[row, j] = block["ring_time"][i, e]
         t.ring_head[row] = len(kept) % c.history_size
+
+
+def _copy_rings(block: dict[str, Any], t, rows: np.ndarray) -> None:
+    for name in RING_COLUMNS + ("ring_head",):
+        getattr(t, name)[rows] = block[name]
 
 
 # -- wire form ---------------------------------------------------------------------------------

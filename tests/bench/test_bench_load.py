@@ -10,7 +10,7 @@ import math
 
 from tests.bench.harness import run_harness
 
-SYSTEMS = ("floor-grpc", "floor-ray-1node", "redis", "kairos-1node", "actors")
+SYSTEMS = ("floor-grpc", "floor-ray-1node", "redis", "redis-core", "kairos-1node", "actors")
 
 
 def test_smoke_run_writes_reports_and_a_summary_line(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from kairos.cluster.storage import blocks
-from tests.unit.shard.test_shard import T0, event, shard
+from tests.unit.shard.test_shard import T0, decide, event, shard
 
 
 def exported(compiled, ids=("ana", "bob")) -> dict:
@@ -82,3 +82,32 @@ def test_one_customer_packs_the_same_by_either_way(compiled):
     for customer in ("ana", "bob"):
         np.testing.assert_array_equal(loaded.table.values[loaded.table.index[customer]],
                                       s.engine.table.values[s.engine.table.index[customer]])
+
+
+def test_a_block_in_another_order_loads_as_one_in_the_catalogs_own(compiled):
+    """A block of this catalog's layout loads column by column as it is; one whose slots,
+    actions and channels come in another order (as another catalog version's may) is matched
+    by name: both give the same rows."""
+    s = shard(compiled)
+    s.process([event("ana", "page_view", T0, category="home"),
+               event("ana", "add_to_cart", T0 + 1, product_id="tv", category="home",
+                     price=499.0)])
+    s.process([decide("ana", record_impression=True), decide("ana", "app", "home", now=T0 + 2,
+                                                             record_impression=True)])
+    own = blocks.unpack(blocks.pack_one(s.engine, "ana"))
+    assert (own["ring_action"] != -1).any()  # a history to map
+    other = dict(own)
+    slots = np.arange(len(own["slots"]))[::-1]
+    other["slots"] = [own["slots"][k] for k in slots]
+    other["string_columns"] = [own["string_columns"][k] for k in slots]
+    other["values"] = own["values"][:, slots]
+    other["actions"], other["channels"] = own["actions"][::-1], own["channels"][::-1]
+    known = own["ring_action"] != -1
+    other["ring_action"] = np.where(known, len(own["actions"]) - 1 - own["ring_action"], -1)
+    other["ring_channel"] = np.where(known, len(own["channels"]) - 1 - own["ring_channel"], 0)
+    rows = []
+    for block in (own, other):
+        engine = shard(compiled, "t").engine
+        blocks.import_block(engine, block)
+        rows.append(engine.table.export("ana"))
+    assert rows[0].equals(rows[1]) and rows[0].equals(s.engine.table.export("ana"))
