@@ -9,8 +9,8 @@ row is a round, the classes are the arms, and choosing the row's class earns 1, 
 else 0; one pass, no second look. Contexts are standardised online (each feature by the
 running mean and deviation of the rows before it) for every policy alike, except
 `kairos_standardize`, which takes the raw rows and standardises them with the catalog's
-`standardize` transform. `kairos_ucb` is Kairos with UCB instead of its default Thompson
-sampling: ahead with immediate rewards, behind once rewards come late (--delay), as they do
+`standardize` transform. `kairos_ucb` is Kairos with UCB instead of its default (optimistic)
+Thompson sampling: ahead with immediate rewards, behind once rewards come late (--delay), as they do
 in production, where a deterministic policy shows every similar customer the same arm until
 the outcomes arrive. The datasets ship inside river and scikit-learn; `synthetic_120` (120
 features) is generated, for the wide-context target.
@@ -181,7 +181,8 @@ class KairosStandardizing(Kairos):
 
 
 class KairosUCB(Kairos):
-    """Kairos with UCB instead of the default Thompson sampling (same variance scale)."""
+    """Kairos with UCB instead of the default optimistic Thompson sampling (same variance
+    scale)."""
 
     method = "ucb"
 

@@ -16,6 +16,7 @@ cdef double HISTORY_EPOCH_S = 1577836800.0  # state.HISTORY_EPOCH_S
 cdef int ONE_EXAMPLE_STEPS = 100  # models.ONE_EXAMPLE_STEPS
 cdef double ONE_EXAMPLE_TOLERANCE = 1e-12  # models.ONE_EXAMPLE_TOLERANCE
 cdef double SELECTION_TAIL = 6.0  # reference.SELECTION_TAIL
+cdef double OPTIMISTIC_GAIN = 1.4142135623730951  # reference.OPTIMISTIC_GAIN, sqrt(2)
 cdef double MIN_RELATIVE_VARIANCE = 1e-12  # models.MIN_RELATIVE_VARIANCE
 
 OPCODES = {name: value for name, value in dict(
@@ -42,6 +43,7 @@ cdef class CatalogView:
     cdef int n_actions, n_channels, n_groups, n_predictors, history_size, exploration
     cdef int n_decayed, n_weights
     cdef double restraint, ucb_alpha, trial_rate, value_prior_weight
+    cdef bint optimistic
     cdef int selection_samples
     cdef const int8_t[::1] view_kind
     cdef const double[::1] view_inv_hl
@@ -84,6 +86,7 @@ cdef class CatalogView:
         self.n_weights = len(c.weight_value)
         self.exploration = int(c.exploration)
         self.restraint = c.restraint_threshold
+        self.optimistic = c.optimistic
         self.ucb_alpha = c.ucb_alpha
         self.trial_rate = c.trial_rate
         self.value_prior_weight = c.value_prior_weight
@@ -696,10 +699,19 @@ cdef inline double _propensity(CatalogView cat, ModelView mv, Workspace ws, Py_s
         if cat.exploration == EXPLORE_THOMPSON:
             ws._logit[a] = z
             ws._spread[a] = spread
-            z += spread * _normal(&ws._rng)
+            z += spread * _draw(cat, &ws._rng)
         else:
             z += cat.ucb_alpha * spread
     return _sigmoid(z)
+
+
+cdef inline double _draw(CatalogView cat, uint64_t* state) noexcept nogil:
+    """A Thompson draw, in posterior deviations from the mean: a standard normal, or, optimistic
+    (catalog `optimistic`), OPTIMISTIC_GAIN times its positive part."""
+    cdef double e = _normal(state)
+    if not cat.optimistic:
+        return e
+    return OPTIMISTIC_GAIN * e if e > 0.0 else 0.0
 
 
 cdef inline double _learned_value(CatalogView cat, ModelView mv, Py_ssize_t m,
@@ -900,9 +912,12 @@ cdef inline void _bound(CatalogView cat, Workspace ws, const double* factors, Py
                         double* low, double* high) noexcept nogil:
     """The priorities between which a's re-runs fall but for SELECTION_TAIL-sigma draws."""
     cdef double w = factors[a * N_FACTORS + 1] * factors[a * N_FACTORS + 2] * cat.lever[a]
+    cdef double below = SELECTION_TAIL, above = SELECTION_TAIL
+    if cat.optimistic:  # never below the mean, and up to OPTIMISTIC_GAIN times further above
+        below, above = 0.0, SELECTION_TAIL * OPTIMISTIC_GAIN
     if cat.exploration == EXPLORE_THOMPSON:
-        low[0] = _sigmoid(ws._logit[a] - SELECTION_TAIL * ws._spread[a]) * w
-        high[0] = _sigmoid(ws._logit[a] + SELECTION_TAIL * ws._spread[a]) * w
+        low[0] = _sigmoid(ws._logit[a] - below * ws._spread[a]) * w
+        high[0] = _sigmoid(ws._logit[a] + above * ws._spread[a]) * w
     else:
         low[0] = high[0] = factors[a * N_FACTORS + 3]
 
@@ -1016,7 +1031,7 @@ cdef void _rerun(CatalogView cat, ModelView mv, Workspace ws, int channel,
         for i in range(n_active):
             a = ws._active_list[i]
             if cat.exploration == EXPLORE_THOMPSON:
-                ws._sampled[a] = _sigmoid(ws._logit[a] + ws._spread[a] * _normal(&rng)) * \
+                ws._sampled[a] = _sigmoid(ws._logit[a] + ws._spread[a] * _draw(cat, &rng)) * \
                     factors[a * N_FACTORS + 1] * factors[a * N_FACTORS + 2] * cat.lever[a]
             else:
                 ws._sampled[a] = factors[a * N_FACTORS + 3]

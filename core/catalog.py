@@ -174,6 +174,11 @@ class ContextWeight:
 class Exploration:
     method: str = "thompson"
     variance_scale: float = DEFAULT_VARIANCE_SCALE
+    # Thompson draws below the posterior mean count as the mean (optimistic Bayesian sampling,
+    # May et al. 2012): an arm is never ranked below what the model expects of it, so
+    # exploration only ever lifts an uncertain arm, while the draws above the mean still differ
+    # from decision to decision (what UCB lacks when outcomes come late)
+    optimistic: bool = True
     ucb_alpha: float = 1.0
     group_variance_scale: dict[str, float] = field(default_factory=dict)
     # The share of decisions, among those where an action that passed its rules has never
@@ -865,13 +870,15 @@ class _Reader:
         return ContextWeight(weight, channel, group, when, path)
 
     def exploration(self, path: Path, groups: tuple[str, ...]) -> Exploration:
-        spec = self.mapping(path, (), ("method", "variance_scale", "ucb_alpha", "trial_rate",
-                                       "selection_samples", "groups"))
+        spec = self.mapping(path, (), ("method", "variance_scale", "optimistic", "ucb_alpha",
+                                       "trial_rate", "selection_samples", "groups"))
         kw: dict[str, Any] = {}
         if "method" in spec:
             kw["method"] = self.choice(path + ("method",), EXPLORATION_METHODS)
         if "variance_scale" in spec:
             kw["variance_scale"] = self.number(path + ("variance_scale",), minimum=0.0)
+        if "optimistic" in spec:
+            kw["optimistic"] = self.boolean(path + ("optimistic",))
         if "ucb_alpha" in spec:
             kw["ucb_alpha"] = self.number(path + ("ucb_alpha",), minimum=0.0)
         if "trial_rate" in spec:

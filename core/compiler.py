@@ -498,6 +498,7 @@ class CompiledCatalog:
         self.weight_cond_value = np.array(values, np.float64)
         exp = arb.exploration
         self.exploration = Exploration[exp.method.upper()]
+        self.optimistic = exp.optimistic
         self.ucb_alpha = exp.ucb_alpha
         self.trial_rate = exp.trial_rate if self.exploration != Exploration.NONE else 0.0
         self.selection_samples = exp.selection_samples

@@ -383,6 +383,10 @@ def test_small_catalog_compiles():
         "small.yaml:117:17: arbitration.exploration.trial_rate: must be at most 1, got 1.5",
         "1.5", id="trial-rate-above-one"),
     pytest.param(
+        '    method: none', '    method: thompson\n    optimistic: maybe',
+        "small.yaml:117:17: arbitration.exploration.optimistic: expected true or false, got "
+        "'maybe'", "maybe", id="optimistic-not-a-boolean"),
+    pytest.param(
         'prior: {base_rate: 0.1, precision: 1.0}',
         'prior: {base_rate: 0.1, precision: 1.0, predictor_precision: 0}',
         "small.yaml:124:64: models.prior.predictor_precision: must be at least 1e-06, got 0", "0",

@@ -38,12 +38,13 @@ def decide(engine: DecisionEngine, i: int):
     return engine.decide("ana", "web", "hero", {"x": [0.5, -1.0]}, now=T0 + i)
 
 
+@pytest.mark.parametrize("optimistic", [True, False])
 @pytest.mark.parametrize("slot", [0, 1])
-def test_estimates_match_how_often_each_action_is_shown_and_sum_to_one(impl, slot):
+def test_estimates_match_how_often_each_action_is_shown_and_sum_to_one(impl, slot, optimistic):
     """The same customer decided for 300 times: each action's share of a slot is within the
     Monte Carlo error of its estimated probability there, and the estimates of the actions
-    shown there sum to 1 (both slots are always filled)."""
-    engine = engine_with(trial_rate=0.2, selection_samples=SAMPLES)
+    shown there sum to 1 (both slots are always filled); optimistic Thompson draws or plain."""
+    engine = engine_with(trial_rate=0.2, selection_samples=SAMPLES, optimistic=optimistic)
     shown, estimates = defaultdict(int), defaultdict(list)
     n = 300
     for i in range(n):
@@ -73,3 +74,15 @@ def test_a_decision_without_draws_is_certain_and_the_decisions_own_draws_are_unc
         da, db = (decide(e, i) for e in (a, b))
         assert [x.action_id for x in da.actions] == [x.action_id for x in db.actions]
         assert [x.propensity for x in da.actions] == [x.propensity for x in db.actions]
+
+
+def test_optimistic_draws_never_fall_below_the_posterior_mean(impl):
+    """Untrained models all sit at the prior's base rate (0.3): an optimistic Thompson draw
+    never shows a propensity below it, a plain one does; both move it from decision to
+    decision."""
+    seen = {}
+    for optimistic in (True, False):
+        engine = engine_with(optimistic=optimistic)
+        seen[optimistic] = [a.propensity for i in range(100) for a in decide(engine, i).actions]
+    assert min(seen[True]) >= 0.3 and len(set(seen[True])) > 10
+    assert min(seen[False]) < 0.3
