@@ -9,8 +9,9 @@ row is a round, the classes are the arms, and choosing the row's class earns 1, 
 else 0; one pass, no second look. Contexts are standardised online (each feature by the
 running mean and deviation of the rows before it) for every policy alike, except
 `kairos_standardize`, which takes the raw rows and standardises them with the catalog's
-`standardize` transform. `kairos_ucb` is Kairos with UCB instead of its default (optimistic)
-Thompson sampling: ahead with immediate rewards, behind once rewards come late (--delay), as they do
+`standardize` transform. `kairos_optimistic` draws optimistically (`optimistic: true`: a
+Thompson draw below the posterior mean counts as the mean). `kairos_ucb` is Kairos with UCB
+instead of its default Thompson sampling: ahead with immediate rewards, behind once rewards come late (--delay), as they do
 in production, where a deterministic policy shows every similar customer the same arm until
 the outcomes arrive. The datasets ship inside river and scikit-learn; `synthetic_120` (120
 features) is generated, for the wide-context target.
@@ -137,6 +138,7 @@ class Kairos:
     raw = False  # takes the rows as the harness standardised them
     transform = "identity"
     method = "thompson"
+    optimistic = False  # the catalog's default
 
     def __init__(self, n_features: int, n_arms: int, seed: int):
         self.n_features = n_features
@@ -151,7 +153,8 @@ class Kairos:
             "context": {"x": {"type": "vector", "size": self.n_features}},
             "events": {"seen": {"fields": {}}},
             "consent": {"service": True},
-            "arbitration": {"exploration": {"method": self.method}},
+            "arbitration": {"exploration": {"method": self.method,
+                                            "optimistic": self.optimistic}},
             "actions": [{"id": a, "group": "serve", "purpose": "service",
                          "channels": {CHANNEL: {"treatment": a}}, "value": 1}
                         for a in self.actions],
@@ -180,9 +183,14 @@ class KairosStandardizing(Kairos):
     transform = "standardize"
 
 
+class KairosOptimistic(Kairos):
+    """Kairos with optimistic Thompson sampling (May et al. 2012)."""
+
+    optimistic = True
+
+
 class KairosUCB(Kairos):
-    """Kairos with UCB instead of the default optimistic Thompson sampling (same variance
-    scale)."""
+    """Kairos with UCB instead of the default Thompson sampling (same variance scale)."""
 
     method = "ucb"
 
@@ -252,7 +260,8 @@ def _as_dict(x: np.ndarray) -> dict[str, float]:
 
 
 POLICIES: dict[str, Callable[[int, int, int], Policy]] = {
-    "kairos": Kairos, "kairos_standardize": KairosStandardizing, "kairos_ucb": KairosUCB,
+    "kairos": Kairos, "kairos_standardize": KairosStandardizing,
+    "kairos_optimistic": KairosOptimistic, "kairos_ucb": KairosUCB,
     "river_linucb": RiverLinUCB,
     "river_logistic_egreedy": RiverLogisticGreedy, "vw_squarecb": VowpalSquareCB}
 

@@ -16,7 +16,6 @@ cdef double HISTORY_EPOCH_S = 1577836800.0  # state.HISTORY_EPOCH_S
 cdef int ONE_EXAMPLE_STEPS = 100  # models.ONE_EXAMPLE_STEPS
 cdef double ONE_EXAMPLE_TOLERANCE = 1e-12  # models.ONE_EXAMPLE_TOLERANCE
 cdef double SELECTION_TAIL = 6.0  # reference.SELECTION_TAIL
-cdef double OPTIMISTIC_GAIN = 1.4142135623730951  # reference.OPTIMISTIC_GAIN, sqrt(2)
 cdef double MIN_RELATIVE_VARIANCE = 1e-12  # models.MIN_RELATIVE_VARIANCE
 
 OPCODES = {name: value for name, value in dict(
@@ -707,11 +706,11 @@ cdef inline double _propensity(CatalogView cat, ModelView mv, Workspace ws, Py_s
 
 cdef inline double _draw(CatalogView cat, uint64_t* state) noexcept nogil:
     """A Thompson draw, in posterior deviations from the mean: a standard normal, or, optimistic
-    (catalog `optimistic`), OPTIMISTIC_GAIN times its positive part."""
+    (catalog `optimistic`), its positive part."""
     cdef double e = _normal(state)
     if not cat.optimistic:
         return e
-    return OPTIMISTIC_GAIN * e if e > 0.0 else 0.0
+    return e if e > 0.0 else 0.0
 
 
 cdef inline double _learned_value(CatalogView cat, ModelView mv, Py_ssize_t m,
@@ -912,12 +911,10 @@ cdef inline void _bound(CatalogView cat, Workspace ws, const double* factors, Py
                         double* low, double* high) noexcept nogil:
     """The priorities between which a's re-runs fall but for SELECTION_TAIL-sigma draws."""
     cdef double w = factors[a * N_FACTORS + 1] * factors[a * N_FACTORS + 2] * cat.lever[a]
-    cdef double below = SELECTION_TAIL, above = SELECTION_TAIL
-    if cat.optimistic:  # never below the mean, and up to OPTIMISTIC_GAIN times further above
-        below, above = 0.0, SELECTION_TAIL * OPTIMISTIC_GAIN
+    cdef double below = 0.0 if cat.optimistic else SELECTION_TAIL  # optimistic: never below
     if cat.exploration == EXPLORE_THOMPSON:
         low[0] = _sigmoid(ws._logit[a] - below * ws._spread[a]) * w
-        high[0] = _sigmoid(ws._logit[a] + above * ws._spread[a]) * w
+        high[0] = _sigmoid(ws._logit[a] + SELECTION_TAIL * ws._spread[a]) * w
     else:
         low[0] = high[0] = factors[a * N_FACTORS + 3]
 

@@ -177,8 +177,9 @@ class Exploration:
     # Thompson draws below the posterior mean count as the mean (optimistic Bayesian sampling,
     # May et al. 2012): an arm is never ranked below what the model expects of it, so
     # exploration only ever lifts an uncertain arm, while the draws above the mean still differ
-    # from decision to decision (what UCB lacks when outcomes come late)
-    optimistic: bool = True
+    # from decision to decision (what UCB lacks when outcomes come late). Off by default: it
+    # explores half as much, and the decision log then covers a candidate catalog less
+    optimistic: bool = False
     ucb_alpha: float = 1.0
     group_variance_scale: dict[str, float] = field(default_factory=dict)
     # The share of decisions, among those where an action that passed its rules has never

@@ -17,9 +17,9 @@ median 19 against 3.5), so each answer overwrote what the last ones taught.
 
 Exploration samples the logit, which is Gaussian under a diagonal posterior:
 m . x + sqrt(s * sum(x_i^2 / q_i)) * N(0, 1), where s is the catalog's variance scale (full
-variance, s = 1, over-explores with many features; see catalog.DEFAULT_VARIANCE_SCALE). The
-engine's draw is optimistic by default (catalog `optimistic`, May et al. 2012): sqrt(2) times
-the normal's positive part, never below the mean, with the same mean square as N(0, 1).
+variance, s = 1, over-explores with many features; see catalog.DEFAULT_VARIANCE_SCALE). With
+the catalog's `optimistic` (May et al. 2012) the draw is the normal's positive part, never
+below the mean.
 
 Statistics merge across shards as natural parameters: precision q and precision-weighted mean
 q*m add. A shard keeps its posterior and the published base it started from; `delta()` is what

@@ -273,10 +273,6 @@ def decide_one(cat: CatalogView, st: StateView, mv: ModelView, ws: Workspace, ro
 SCORED = frozenset(int(r) for r in (Reason.RESTRAINT, Reason.TOP_K, Reason.SELECTED,
                                     Reason.GROUP_LIMIT))
 SELECTION_TAIL = 6.0  # sigmas of a Thompson draw the selection's pruning allows for
-# An optimistic draw is sqrt(2) max(e, 0), e ~ N(0, 1): its mean square is 1, as a plain
-# draw's, so a variance scale stands for the same exploration either way (only the side of
-# the mean it falls on differs)
-OPTIMISTIC_GAIN = math.sqrt(2.0)
 
 
 def _bounds(c: CompiledCatalog, ws: Workspace, factors, a: int) -> tuple[float, float]:
@@ -284,10 +280,9 @@ def _bounds(c: CompiledCatalog, ws: Workspace, factors, a: int) -> tuple[float, 
     if c.exploration != Exploration.THOMPSON:
         return factors[a, 3], factors[a, 3]
     w = factors[a, 1] * factors[a, 2] * c.lever[a]
-    below, above = (0.0, SELECTION_TAIL * OPTIMISTIC_GAIN) if c.optimistic else \
-        (SELECTION_TAIL, SELECTION_TAIL)
+    below = 0.0 if c.optimistic else SELECTION_TAIL  # an optimistic draw is never below
     return (sigmoid(ws._logit[a] - below * ws._spread[a]) * w,
-            sigmoid(ws._logit[a] + above * ws._spread[a]) * w)
+            sigmoid(ws._logit[a] + SELECTION_TAIL * ws._spread[a]) * w)
 
 
 def _active(c: CompiledCatalog, ws: Workspace, scored: list[int], factors, k: int,
@@ -467,11 +462,11 @@ def _propensity(c: CompiledCatalog, mv: ModelView, ws: Workspace, a: int, channe
 
 def _draw(c: CompiledCatalog, rng: SplitMix64) -> float:
     """A Thompson draw, in posterior deviations from the mean: a standard normal, or, optimistic
-    (catalog `optimistic`), OPTIMISTIC_GAIN times its positive part (the kernel's `_draw`)."""
+    (catalog `optimistic`), its positive part (the kernel's `_draw`)."""
     e = rng.normal()
     if not c.optimistic:
         return e
-    return OPTIMISTIC_GAIN * e if e > 0.0 else 0.0
+    return e if e > 0.0 else 0.0
 
 
 def _learned_value(c: CompiledCatalog, mv: ModelView, m: int, value: float) -> float:

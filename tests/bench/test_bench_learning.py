@@ -15,7 +15,7 @@ def test_the_smoke_run_plays_every_policy_and_writes_its_report(tmp_path):
     assert set(report["datasets"]) == {"wine", "phishing"}
     for name, chance in (("wine", 1 / 3), ("phishing", 1 / 2)):
         d = report["datasets"][name]
-        assert set(d["policies"]) == {"kairos", "kairos_standardize", "kairos_ucb",
+        assert set(d["policies"]) == {"kairos", "kairos_standardize", "kairos_optimistic", "kairos_ucb",
                                       "river_linucb", "river_logistic_egreedy", "vw_squarecb"}
         for policy, r in d["policies"].items():
             assert len(r["rewards"]) == 1 and r["mean"] > chance + 0.1, (name, policy, r["mean"])
