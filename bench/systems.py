@@ -10,7 +10,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, deque
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,7 @@ from kairos.cluster.control import runtime
 from kairos.cluster.transport.client import KairosClient
 from kairos.cluster.gateway.actor import GatewayActor
 from kairos.cluster.control.partitions import partition_of
+from kairos.cluster.protocol import Event
 from kairos.cluster.settings import NAMESPACE
 
 from .journeys import PROFILE_EVENT, customer_id, popularity, profile_attributes
@@ -78,45 +79,49 @@ def ray_nodes(n: int) -> Iterator[list[str]]:
             cluster.shutdown()
 
 
-def populate(customers: int, on_progress: Callable[[int], None]) -> dict[str, float]:
-    """Every customer's CRM profile, through the runtime client: a bulk load that bypasses
-    the gateway (it is not what the run measures); its events per second."""
+def populate(customers: int, on_progress: Callable[[int], None],
+             first: int = 0) -> dict[str, float]:
+    """The CRM profiles of customers `first`..`customers`-1, through the runtime client: a
+    bulk load that bypasses the gateway (it is not what the run measures); its events per
+    second."""
     client = runtime.connect()
     try:
         started = time.perf_counter()
-        client.submit(_populate(client.client, customers, on_progress)).result()
+        client.submit(_populate(client.client, first, customers, on_progress)).result()
         seconds = time.perf_counter() - started
     finally:
         client.close()
-    return {"events": customers, "seconds": round(seconds, 1),
-            "rate": round(customers / seconds, 1)}
+    events = customers - first
+    return {"events": events, "seconds": round(seconds, 1),
+            "rate": round(events / max(seconds, 1e-9), 1)}
 
 
-async def _populate(client: KairosClient, customers: int,
+async def _populate(client: KairosClient, first: int, last: int,
                     on_progress: Callable[[int], None]) -> None:
-    rng = random.Random(POPULATE_SEED)
-    slots = asyncio.Semaphore(POPULATE_INFLIGHT)
+    """Enqueued without a task per event (what a gateway's streams do), POPULATE_INFLIGHT at
+    most in flight, answers taken oldest first."""
+    rng = random.Random(POPULATE_SEED + first)
     now = time.time()
-    done = reported = 0
+    inflight: deque[tuple[Event, asyncio.Future]] = deque()
+    done = 0
 
-    async def one(i: int) -> None:
-        nonlocal done, reported
-        try:
-            await client.ingest(customer_id(i), PROFILE_EVENT, now, profile_attributes(rng))
-        finally:
-            slots.release()
-            done += 1
-            if done - reported >= POPULATE_PROGRESS_EVERY or done == customers:
-                on_progress(done - reported)
-                reported = done
+    async def oldest() -> None:
+        nonlocal done
+        request, future = inflight.popleft()
+        await client.settle(request, await future)
+        done += 1
+        if done % POPULATE_PROGRESS_EVERY == 0:
+            on_progress(POPULATE_PROGRESS_EVERY)
 
-    tasks = set()
-    for i in range(customers):
-        await slots.acquire()
-        task = asyncio.ensure_future(one(i))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    await asyncio.gather(*tasks)
+    for i in range(first, last):
+        request = Event(customer_id=customer_id(i), event_type=PROFILE_EVENT, time=now,
+                        attributes=profile_attributes(rng))
+        inflight.append((request, client.enqueue(request)))
+        if len(inflight) >= POPULATE_INFLIGHT:
+            await oldest()
+    while inflight:
+        await oldest()
+    on_progress(done % POPULATE_PROGRESS_EVERY)
 
 
 @dataclass(frozen=True)

@@ -233,8 +233,9 @@ class Shard:
     def commit(self, version: str) -> None:
         self.catalogs.commit(version)
 
-    def snapshot(self, partitions: Iterable[int]) -> int:
-        return self.durability.snapshot(partitions)
+    def snapshot(self, partitions: Iterable[int] | None = None) -> int:
+        """Snapshot the partitions (default: every one owned); the customers written."""
+        return self.durability.snapshot(list(self.owned) if partitions is None else partitions)
 
     def checkpoint(self, changed_before: float, limit: int, budget_s: float = math.inf) -> int:
         return self.durability.checkpoint(changed_before, limit, budget_s)
