@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -52,6 +53,7 @@ BYTES_TARGET = 1024  # RSS per resident customer, at the larger population
 P99_RATIO_TARGET = 1.2  # Decide p99 at the larger population over the smaller's
 MEMORY_FLOOR_GIB = 4.0  # the machine's available memory the load leaves, at least
 WARMUP_S = 5.0
+RESIDENT_HEADROOM = 1.25  # a shard's resident limit over its even share of the customers
 
 
 class MemoryShort(RuntimeError):
@@ -85,34 +87,43 @@ def _shards() -> list[Any]:
     return [ray.get_actor(s["shard"], namespace="kairos") for s in status["shards"]]
 
 
-def _pauses(shards: list[Any], since: float, before: list[dict]) -> dict[str, Any]:
-    """The shards' collections since `before` (their stats then), and the long ones since
-    `since` (epoch seconds)."""
-    after = [s["gc"] for s in ray.get([shard.stats.remote() for shard in shards])]
+def _gc(shards: list[Any]) -> tuple[float, list[dict[str, Any]]]:
+    """Now (epoch seconds) and the shards' collections so far (cluster/pauses.py)."""
+    return time.time(), [s["gc"] for s in ray.get([shard.stats.remote() for shard in shards])]
+
+
+def _pauses(start: tuple[float, list[dict]], end: tuple[float, list[dict]]) -> dict[str, Any]:
+    """The shards' collections between two `_gc` readings: how many of them were full passes,
+    the seconds all of them took, and the pauses of 1 ms or more (how many, the longest)."""
+    (since, before), (until, after) = start, end
     full = sum(a["collections"][2] - b["collections"][2] for a, b in zip(after, before))
+    every = sum(sum(a["collections"]) - sum(b["collections"]) for a, b in zip(after, before))
     seconds = sum(sum(a["seconds"]) - sum(b["seconds"]) for a, b in zip(after, before))
-    long_ms = [ms for a in after for when, _, ms in a["long"] if when >= since]
-    return {"full_collections": full, "collector_s": round(seconds, 3),
+    long_ms = [ms for a in after for when, _, ms in a["long"] if since <= when <= until]
+    return {"collections": every, "full_collections": full, "collector_s": round(seconds, 3),
             "pauses_over_1ms": len(long_ms), "longest_ms": max(long_ms, default=0.0)}
 
 
 def phase(customers: int, first: int, baseline: int, pool: GeneratorPool, target: str,
           rate: float, measure_s: float) -> dict[str, Any]:
     """Load customers `first`..`customers`-1 on top of what is resident, then measure."""
+    shards = _shards()
+    started = _gc(shards)
     with tqdm(total=customers - first, desc=f"load to {customers:,}", unit="customer",
               leave=False) as bar:
         loaded = populate(customers, _guarded(bar), first=first)
     rss = kairos_rss()
-    shards = _shards()
-    before = [s["gc"] for s in ray.get([shard.stats.remote() for shard in shards])]
-    since = time.time()
+    stats = ray.get([shard.stats.remote() for shard in shards])
+    measured = _gc(shards)
     steps = {op: pool.run(Step(target, op, rate, WARMUP_S, measure_s, customers, 1))
              for op in ("decide", "ingest")}
-    pauses = _pauses(shards, since, before)
-    started = time.perf_counter()
+    pauses = {"load": _pauses(started, measured), "steps": _pauses(measured, _gc(shards))}
+    began = time.perf_counter()
     written = sum(ray.get([shard.snapshot.remote() for shard in shards]))
-    snapshot_s = time.perf_counter() - started
+    snapshot_s = time.perf_counter() - began
     return {"customers": customers, "load": loaded, "rss_mib": round(rss / 2**20, 1),
+            "resident": sum(s["resident"] for s in stats),
+            "passivated": sum(s.get("passivations", 0) for s in stats),
             "bytes_per_customer": round((rss - baseline) / customers, 1),
             "snapshot": {"customers": written, "seconds": round(snapshot_s, 2)},
             "pauses": pauses, **steps}
@@ -138,19 +149,21 @@ def markdown(results: dict[str, Any]) -> str:
              f"{results['rate']:g}/s through the gateway for {results['measure_s']:g} s each "
              f"(Zipf popularity over the population). Empty baseline: "
              f"{results['baseline_rss_mib']:,.0f} MiB over the Kairos processes.", "",
-             "| customers | RSS MiB | bytes/customer | load customers/s | snapshot s | "
-             "Decide p50 ms | Decide p99 ms | ingest p99 ms | full collections | "
-             "longest pause ms | errors |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| customers | resident | RSS MiB | bytes/customer | load customers/s | snapshot s | "
+             "Decide p50 ms | Decide p99 ms | ingest p99 ms | full collections (load, steps) | "
+             "longest pause ms (load, steps) | errors |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for p in results["phases"]:
         d, e = p["decide"]["kinds"]["decide"], p["ingest"]["kinds"]["event"]
+        load, steps = p["pauses"]["load"], p["pauses"]["steps"]
         errors = {**d["errors"], **{f"ingest {k}": v for k, v in e["errors"].items()}}
         behind = [op for op in ("decide", "ingest") if p[op]["generator"]["behind"]]
         lines.append(
-            f"| {p['customers']:,} | {p['rss_mib']:,.0f} | {p['bytes_per_customer']:,.0f} | "
+            f"| {p['customers']:,} | {p['resident']:,} | {p['rss_mib']:,.0f} | {p['bytes_per_customer']:,.0f} | "
             f"{p['load']['rate']:,.0f} | {p['snapshot']['seconds']:.1f} | {d['p50_ms']:.2f} | "
-            f"{d['p99_ms']:.2f} | {e['p99_ms']:.2f} | {p['pauses']['full_collections']} | "
-            f"{p['pauses']['longest_ms']:.1f} | {errors or ''}"
+            f"{d['p99_ms']:.2f} | {e['p99_ms']:.2f} | {load['full_collections']}, "
+            f"{steps['full_collections']} | {load['longest_ms']:.1f}, {steps['longest_ms']:.1f} | "
+            f"{errors or ''}"
             f"{' generator behind: ' + ', '.join(behind) if behind else ''} |")
     t = results["targets"]
     b, r = t["bytes_per_customer"], t["decide_p99_ratio"]
@@ -181,8 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python -m bench.resident"] + (sys.argv[1:] if argv is None else argv))
     run = time.strftime("resident-%Y%m%dT%H%M%SZ", time.gmtime()) + ("-smoke" if args.smoke
                                                                       else "")
-    # every customer stays resident (the limit is per shard; idle passivation is off already)
-    os.environ["KAIROS_RESIDENT_LIMIT"] = str(args.customers)
+    # every customer stays resident (idle passivation is off already): the limit is per
+    # shard, and each shard reserves its rows (address space, not memory: core/state.py)
+    os.environ["KAIROS_RESIDENT_LIMIT"] = str(math.ceil(args.customers / args.shards
+                                                        * RESIDENT_HEADROOM))
     small = args.customers // SMALL_SHARE
     pool = GeneratorPool(1)
     try:

@@ -66,7 +66,7 @@ class ProfileTable:
         self.defaults = compiled.layout.defaults
         self.history_size = compiled.history_size
         self.index: dict[str, int] = {}
-        self.ids: list[str | None] = []
+        self.ids: list[str | None] = []  # by row, for the rows ever taken
         self.free: list[int] = []  # rows evicted (reset to an empty profile), to reuse
         self.used = 0  # rows ever taken: the rows past it have never been written
         self.generation = 0  # bumped when the arrays are reallocated
@@ -74,8 +74,9 @@ class ProfileTable:
 
     def _allocate(self, capacity: int) -> None:
         """Grow the arrays to `capacity` rows. The rows past `used` stay zero pages that
-        nothing wrote (np.zeros: untouched memory, not resident), so capacity held for growth
-        costs address space, not memory; `row` writes an empty profile into one it takes."""
+        nothing wrote (np.zeros: untouched memory, not resident), so capacity reserved ahead
+        costs address space, not memory (a shard reserves its resident limit, and never
+        copies its arrays to grow); `row` writes an empty profile into one it takes."""
         old = getattr(self, "values", None)
         width, ring = len(self.defaults), self.history_size
         arrays = {
@@ -92,7 +93,6 @@ class ProfileTable:
             if old is not None:
                 array[:self.used] = getattr(self, name)[:self.used]
             setattr(self, name, array)
-        self.ids.extend([None] * (capacity - len(self.ids)))
         self.generation += 1
 
     @property
@@ -117,6 +117,7 @@ class ProfileTable:
                 row, self.used = self.used, self.used + 1
                 self.values[row] = self.defaults
                 self.ring_action[row] = EMPTY
+                self.ids.append(None)
             self.index[customer_id] = row
             self.ids[row] = customer_id
         return row

@@ -75,7 +75,10 @@ class Shard:
                  idle_s: float = PASSIVATE_IDLE_S, resident_limit: int = RESIDENT_LIMIT):
         """`partitions`: the partitions owned, granted by map version `granted`, or a mapping
         of each to the map version that granted it."""
-        self.ctx = ctx = ShardContext(name, n_partitions, DecisionEngine(compiled, seed=seed),
+        # the profile table reserves the resident limit's rows: address space until used
+        self.ctx = ctx = ShardContext(name, n_partitions,
+                                      DecisionEngine(compiled, capacity=resident_limit,
+                                                     seed=seed),
                                       store if store is not None else MemoryStore(), clock,
                                       seed)
         owned = dict(partitions) if isinstance(partitions, Mapping) else \
