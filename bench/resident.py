@@ -14,10 +14,12 @@ first a tenth of them, then the rest. At each of the two populations:
 - memory: the summed RSS of the Kairos processes (the Ray actors: shards, controller,
   learner, gateway) minus the same sum before any customer was loaded, per customer;
 - the load's rate, in customers per second;
+- a snapshot of every partition, all shards at once (`ShardActor.snapshot`), in wall seconds
+  (so that no background checkpoint runs in the steps that follow);
 - a Decide step and an ingest step at the same rate through the gateway (bench/loadgen.py:
   open loop, latency from the intended send time, Zipf popularity over the whole
-  population), with the shards' collector pauses over the two steps (cluster/pauses.py);
-- a snapshot of every partition, all shards at once (`ShardActor.snapshot`), in wall seconds.
+  population);
+- the shards' collector pauses over the load and over the steps (cluster/pauses.py).
 
 Targets, judged at the larger population: at most 1 KiB per customer, and Decide p99 within
 1.2x of the smaller population's, in the same run at the same rate. The load stops (and the
@@ -114,13 +116,18 @@ def phase(customers: int, first: int, baseline: int, pool: GeneratorPool, target
         loaded = populate(customers, _guarded(bar), first=first)
     rss = kairos_rss()
     stats = ray.get([shard.stats.remote() for shard in shards])
-    measured = _gc(shards)
-    steps = {op: pool.run(Step(target, op, rate, WARMUP_S, measure_s, customers, 1))
-             for op in ("decide", "ingest")}
-    pauses = {"load": _pauses(started, measured), "steps": _pauses(measured, _gc(shards))}
+    loaded_gc = _gc(shards)
+    # every partition written now, so that no background checkpoint runs in the steps
     began = time.perf_counter()
     written = sum(ray.get([shard.snapshot.remote() for shard in shards]))
     snapshot_s = time.perf_counter() - began
+    measured = _gc(shards)
+    steps = {op: pool.run(Step(target, op, rate, WARMUP_S, measure_s, customers, 1))
+             for op in ("decide", "ingest")}
+    pauses = {"load": _pauses(started, loaded_gc), "steps": _pauses(measured, _gc(shards))}
+    tqdm.write(f"{customers:,} customers: {(rss - baseline) / customers:,.0f} bytes each, "
+               f"loaded at {loaded['rate']:,.0f}/s, snapshot {snapshot_s:.1f} s, Decide p99 "
+               f"{steps['decide']['kinds']['decide']['p99_ms']} ms", file=sys.stderr)
     return {"customers": customers, "load": loaded, "rss_mib": round(rss / 2**20, 1),
             "resident": sum(s["resident"] for s in stats),
             "passivated": sum(s.get("passivations", 0) for s in stats),
