@@ -37,6 +37,7 @@ EVENTS_PER_VISIT = (1, 3)  # events a session sends in each channel, inclusive r
 DECIDE, EVENT, RESPOND = "decide", "event", "respond"
 PROFILE_EVENT = "profile_updated"  # what a CRM sends for each customer it knows
 PROFILE_SEED = 11  # of the bulk load's profiles: every system that loads them gets the same
+PROFILE_CHUNK = 10_000  # customers whose profiles one seed draws
 TIERS = ("none", "none", "silver", "gold", "platinum")
 CONSENTS = ("marketing_opt_in", "email_opt_in", "push_opt_in")
 CONSENT_SHARE = 0.6
@@ -51,12 +52,16 @@ def profile_attributes(rng: random.Random) -> dict[str, Any]:
     return {"tier": rng.choice(TIERS), **{c: rng.random() < CONSENT_SHARE for c in CONSENTS}}
 
 
-def crm_profiles(customers: int) -> Iterator[tuple[str, dict[str, Any]]]:
-    """The bulk load: (customer id, CRM profile attributes) for every customer, in order, the
-    same in every run and for every system loaded with them."""
-    rng = random.Random(PROFILE_SEED)
-    for i in range(customers):
-        yield customer_id(i), profile_attributes(rng)
+def crm_profiles(last: int, first: int = 0) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The bulk load: (customer id, CRM profile attributes) for customers first..last-1, in
+    order, the same in every run and for every system loaded with them, however the range is
+    cut (each PROFILE_CHUNK customers draw from a seed of their own)."""
+    for chunk in range(first // PROFILE_CHUNK, -(-last // PROFILE_CHUNK)):
+        rng = random.Random(PROFILE_SEED + chunk)
+        for i in range(chunk * PROFILE_CHUNK, min((chunk + 1) * PROFILE_CHUNK, last)):
+            attributes = profile_attributes(rng)
+            if i >= first:
+                yield customer_id(i), attributes
 
 
 def popularity(n: int, exponent: float = ZIPF_EXPONENT) -> np.ndarray:

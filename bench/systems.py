@@ -9,11 +9,11 @@ import os
 import shutil
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, deque
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import psutil
@@ -26,6 +26,7 @@ from kairos.cluster.control import runtime
 from kairos.cluster.transport.client import KairosClient
 from kairos.cluster.gateway.actor import GatewayActor
 from kairos.cluster.control.partitions import partition_of
+from kairos.cluster.protocol import Event
 from kairos.cluster.settings import NAMESPACE
 
 from .journeys import PROFILE_EVENT, crm_profiles, customer_id, popularity
@@ -81,44 +82,48 @@ def ray_nodes(n: int) -> Iterator[list[str]]:
             cluster.shutdown()
 
 
-def populate(customers: int, on_progress: Callable[[int], None]) -> dict[str, float]:
-    """Every customer's CRM profile, through the runtime client: a bulk load that bypasses
-    the gateway (it is not what the run measures); its events per second."""
+def populate(customers: int, on_progress: Callable[[int], None],
+             first: int = 0) -> dict[str, float]:
+    """The CRM profiles of customers `first`..`customers`-1, through the runtime client: a
+    bulk load that bypasses the gateway (it is not what the run measures); its events per
+    second."""
     client = runtime.connect()
     try:
         started = time.perf_counter()
-        client.submit(_populate(client.client, customers, on_progress)).result()
+        client.submit(_populate(client.client, first, customers, on_progress)).result()
         seconds = time.perf_counter() - started
     finally:
         client.close()
-    return {"events": customers, "seconds": round(seconds, 1),
-            "rate": round(customers / seconds, 1)}
+    events = customers - first
+    return {"events": events, "seconds": round(seconds, 1),
+            "rate": round(events / max(seconds, 1e-9), 1)}
 
 
-async def _populate(client: KairosClient, customers: int,
+async def _populate(client: KairosClient, first: int, last: int,
                     on_progress: Callable[[int], None]) -> None:
-    slots = asyncio.Semaphore(POPULATE_INFLIGHT)
+    """Enqueued without a task per event (what a gateway's streams do), POPULATE_INFLIGHT at
+    most in flight, answers taken oldest first."""
     now = time.time()
-    done = reported = 0
+    inflight: deque[tuple[Event, asyncio.Future]] = deque()
+    done = 0
 
-    async def one(customer: str, attributes: dict[str, Any]) -> None:
-        nonlocal done, reported
-        try:
-            await client.ingest(customer, PROFILE_EVENT, now, attributes)
-        finally:
-            slots.release()
-            done += 1
-            if done - reported >= POPULATE_PROGRESS_EVERY or done == customers:
-                on_progress(done - reported)
-                reported = done
+    async def oldest() -> None:
+        nonlocal done
+        request, future = inflight.popleft()
+        await client.settle(request, await future)
+        done += 1
+        if done % POPULATE_PROGRESS_EVERY == 0:
+            on_progress(POPULATE_PROGRESS_EVERY)
 
-    tasks = set()
-    for customer, attributes in crm_profiles(customers):
-        await slots.acquire()
-        task = asyncio.ensure_future(one(customer, attributes))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    await asyncio.gather(*tasks)
+    for customer, attributes in crm_profiles(last, first):
+        request = Event(customer_id=customer, event_type=PROFILE_EVENT, time=now,
+                        attributes=attributes)
+        inflight.append((request, client.enqueue(request)))
+        if len(inflight) >= POPULATE_INFLIGHT:
+            await oldest()
+    while inflight:
+        await oldest()
+    on_progress(done % POPULATE_PROGRESS_EVERY)
 
 
 @dataclass(frozen=True)

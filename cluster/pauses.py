@@ -16,17 +16,30 @@ cyclic garbage that was frozen would outlive its use, so:
   and every SETTLE_EVERY_S it settles, so that cycles which died inside the frozen set (a
   finished stream's state, an exception's traceback) are freed: one long pass every ten
   minutes instead of one every few seconds.
+
+`track()` times every collection from then on (gc.callbacks), so a process can say what its
+pauses were (`observed()`: the shards' `stats`, which bench.resident reads).
 """
 from __future__ import annotations
 
 import gc
 import time
+from collections import deque
+from typing import Any
 
 # Objects in the oldest generation (outside the frozen set) that trigger a collect-and-freeze:
 # a few milliseconds of collector work at most.
 OLDEST_FREEZE_AT = 5_000
 SETTLE_EVERY_S = 600.0
 _settled = time.monotonic()
+# Collections at least this long are kept one by one (the last LONG_KEPT), with when they ended.
+LONG_MS = 1.0
+LONG_KEPT = 1000
+GENERATIONS = 3
+_counts = [0] * GENERATIONS
+_seconds = [0.0] * GENERATIONS
+_long: deque[tuple[float, int, float]] = deque(maxlen=LONG_KEPT)  # (epoch s, generation, ms)
+_began = 0.0
 
 
 def settle() -> None:
@@ -35,6 +48,14 @@ def settle() -> None:
     gc.collect()
     gc.freeze()
     _settled = time.monotonic()
+# Collections at least this long are kept one by one (the last LONG_KEPT), with when they ended.
+LONG_MS = 1.0
+LONG_KEPT = 1000
+GENERATIONS = 3
+_counts = [0] * GENERATIONS
+_seconds = [0.0] * GENERATIONS
+_long: deque[tuple[float, int, float]] = deque(maxlen=LONG_KEPT)  # (epoch s, generation, ms)
+_began = 0.0
 
 
 def keep_short() -> bool:
@@ -48,3 +69,30 @@ def keep_short() -> bool:
     gc.collect()
     gc.freeze()
     return True
+
+
+def track() -> None:
+    """Time every collection in this process from now on (once per process)."""
+    if _timed not in gc.callbacks:
+        gc.callbacks.append(_timed)
+
+
+def _timed(phase: str, info: dict[str, Any]) -> None:
+    global _began
+    if phase == "start":
+        _began = time.perf_counter()
+        return
+    seconds = time.perf_counter() - _began
+    generation = info["generation"]
+    _counts[generation] += 1
+    _seconds[generation] += seconds
+    if seconds * 1e3 >= LONG_MS:
+        _long.append((time.time(), generation, round(seconds * 1e3, 3)))
+
+
+def observed() -> dict[str, Any]:
+    """Collections since `track()`, per generation (0, 1, 2: 2 is the full pass): how many and
+    their total seconds; and the last LONG_KEPT that took LONG_MS or more, as (epoch seconds
+    when it ended, generation, milliseconds)."""
+    return {"collections": list(_counts), "seconds": [round(s, 6) for s in _seconds],
+            "long": [list(x) for x in _long]}

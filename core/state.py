@@ -66,18 +66,22 @@ class ProfileTable:
         self.defaults = compiled.layout.defaults
         self.history_size = compiled.history_size
         self.index: dict[str, int] = {}
-        self.ids: list[str | None] = []
-        self.free: list[int] = []
+        self.ids: list[str | None] = []  # by row, for the rows ever taken
+        self.free: list[int] = []  # rows evicted (reset to an empty profile), to reuse
+        self.used = 0  # rows ever taken: the rows past it have never been written
         self.generation = 0  # bumped when the arrays are reallocated
         self._allocate(max(capacity, 1))
 
     def _allocate(self, capacity: int) -> None:
+        """Grow the arrays to `capacity` rows. The rows past `used` stay zero pages that
+        nothing wrote (np.zeros: untouched memory, not resident), so capacity reserved ahead
+        costs address space, not memory (a shard reserves its resident limit, and never
+        copies its arrays to grow); `row` writes an empty profile into one it takes."""
         old = getattr(self, "values", None)
-        n_old = 0 if old is None else len(old)
         width, ring = len(self.defaults), self.history_size
         arrays = {
-            "values": np.empty((capacity, width), np.float64),
-            "ring_action": np.full((capacity, ring), EMPTY, np.int16),
+            "values": np.zeros((capacity, width), np.float64),
+            "ring_action": np.zeros((capacity, ring), np.int16),
             "ring_channel": np.zeros((capacity, ring), np.int8),
             "ring_outcome": np.zeros((capacity, ring), np.int8),
             "ring_time": np.zeros((capacity, ring), np.int32),
@@ -85,13 +89,10 @@ class ProfileTable:
             "applied": np.zeros(capacity, np.int64),
             "lsn": np.zeros(capacity, np.int64),
         }
-        arrays["values"][:] = self.defaults
         for name, array in arrays.items():
             if old is not None:
-                array[:n_old] = getattr(self, name)
+                array[:self.used] = getattr(self, name)[:self.used]
             setattr(self, name, array)
-        self.ids.extend([None] * (capacity - n_old))
-        self.free.extend(range(capacity - 1, n_old - 1, -1))
         self.generation += 1
 
     @property
@@ -108,9 +109,15 @@ class ProfileTable:
         """The customer's row, activating a fresh profile on first use."""
         row = self.index.get(customer_id)
         if row is None:
-            if not self.free:
-                self._allocate(int(self.capacity * GROWTH) + 1)
-            row = self.free.pop()
+            if self.free:
+                row = self.free.pop()
+            else:
+                if self.used == self.capacity:
+                    self._allocate(int(self.capacity * GROWTH) + 1)
+                row, self.used = self.used, self.used + 1
+                self.values[row] = self.defaults
+                self.ring_action[row] = EMPTY
+                self.ids.append(None)
             self.index[customer_id] = row
             self.ids[row] = customer_id
         return row

@@ -40,6 +40,7 @@ class ShardActor:
     def __init__(self, name: str, n_partitions: int, seed: int, store_url: str = "memory",
                  journal_policy: str = "fsync"):
         self.name = name
+        pauses.track()
         self.incarnation = uuid.uuid4().hex  # changes when Ray restarts the actor
         self.backend = RayBackend()
         self.metrics = ShardMetrics(name)
@@ -155,7 +156,13 @@ class ShardActor:
         """Fresh statistics, taken in turn with the data path."""
         stats = await self.host.run(Shard.stats)
         return {**stats, "queued": self.host.queued, "rejected": self.host.rejected,
-                "incarnation": self.incarnation, "recovery": self.host.recovery}
+                "incarnation": self.incarnation, "recovery": self.host.recovery,
+                "gc": pauses.observed()}
+
+    async def snapshot(self) -> int:
+        """Snapshot every partition served, now, in turn with the data path (the background
+        checkpoint writes a few at a time); the customers written."""
+        return await self.host.run(Shard.snapshot)
 
     # -- admin (own concurrency group: answers while the data path is busy) --------------------
 

@@ -40,7 +40,9 @@ class CatalogSwitch:
         old = ctx.engine
         residents = [c for c in old.table.ids if c is not None]
         state = self._residency.export(residents)
-        ctx.engine = DecisionEngine(new, capacity=max(len(residents), 1024), seed=ctx.seed)
+        ctx.engine = DecisionEngine(new, capacity=max(len(residents),
+                                                      self._residency.resident_limit),
+                                    seed=ctx.seed)
         ctx.engine.keep_eligible = old.keep_eligible
         ctx.engine.use_models(ModelRemap(old.compiled, new).table(old.models))
         self._watches.switched()

@@ -14,7 +14,6 @@ one (an anonymous profile merged in) adds to it.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from typing import Any, Iterable, Protocol, Sequence
 
 from kairos.core.merge import merge_profiles
@@ -51,7 +50,11 @@ class Residency:
         self.idle_s = idle_s
         self.resident_limit = resident_limit
         self.members: dict[int, set[str]] = {}
-        self.recent: OrderedDict[str, float] = OrderedDict()  # residents, least recent first
+        # residents -> when last used, least recent first: a plain dict keeps insertion order
+        # in half an OrderedDict's memory per entry (moving to the end is a pop and an insert)
+        self.recent: dict[str, float] = {}
+        # passivate need not walk `recent` before this (its oldest entry falls idle then)
+        self._quiet_until = -math.inf
         self.timers = Timers()
 
     def activate(self, customer_id: str, partition: int, create: bool = True,
@@ -72,8 +75,8 @@ class Residency:
             else:
                 self._ctx.engine.activate([customer_id])
         self.members.setdefault(partition, set()).add(customer_id)
+        self.recent.pop(customer_id, None)
         self.recent[customer_id] = self._ctx.clock()
-        self.recent.move_to_end(customer_id)
         return True
 
     def passivate(self, now: float) -> int:
@@ -84,6 +87,11 @@ class Residency:
         """
         victims, kept = [], []
         over = len(self.recent) - self.resident_limit
+        # the walk starts at the least recent; a dict's iteration first skips the slots its
+        # moved entries left, so it is not begun every tick while nobody can be idle yet
+        if over <= 0 and now < self._quiet_until:
+            return 0
+        self._quiet_until = -math.inf
         for customer_id, seen in self.recent.items():
             if self._ctx.partition_of(customer_id) in self._ownership.leaving:
                 kept.append(customer_id)  # handed over already: its new owner writes it
@@ -92,6 +100,8 @@ class Residency:
             elif now - seen >= self.idle_s:
                 (kept if customer_id in self.timers.armed else victims).append(customer_id)
             else:
+                if not kept:  # else look again next round, for the kept ones
+                    self._quiet_until = seen + self.idle_s
                 break
         if victims:
             self._journaling.sync()
@@ -103,7 +113,7 @@ class Residency:
             self._ctx.store.put(p, customer_id, blocks.pack(self.export([customer_id])))
             self.evict(customer_id, p)
         for customer_id in kept:  # idle but waiting for a timer: look again next round
-            self.recent.move_to_end(customer_id)
+            self.recent[customer_id] = self.recent.pop(customer_id)
         self._ctx.counts["passivations"] += len(victims)
         return len(victims)
 

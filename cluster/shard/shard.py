@@ -75,7 +75,10 @@ class Shard:
                  idle_s: float = PASSIVATE_IDLE_S, resident_limit: int = RESIDENT_LIMIT):
         """`partitions`: the partitions owned, granted by map version `granted`, or a mapping
         of each to the map version that granted it."""
-        self.ctx = ctx = ShardContext(name, n_partitions, DecisionEngine(compiled, seed=seed),
+        # the profile table reserves the resident limit's rows: address space until used
+        self.ctx = ctx = ShardContext(name, n_partitions,
+                                      DecisionEngine(compiled, capacity=resident_limit,
+                                                     seed=seed),
                                       store if store is not None else MemoryStore(), clock,
                                       seed)
         owned = dict(partitions) if isinstance(partitions, Mapping) else \
@@ -233,8 +236,9 @@ class Shard:
     def commit(self, version: str) -> None:
         self.catalogs.commit(version)
 
-    def snapshot(self, partitions: Iterable[int]) -> int:
-        return self.durability.snapshot(partitions)
+    def snapshot(self, partitions: Iterable[int] | None = None) -> int:
+        """Snapshot the partitions (default: every one owned); the customers written."""
+        return self.durability.snapshot(list(self.owned) if partitions is None else partitions)
 
     def checkpoint(self, changed_before: float, limit: int, budget_s: float = math.inf) -> int:
         return self.durability.checkpoint(changed_before, limit, budget_s)

@@ -52,3 +52,17 @@ def test_keep_short_settles_now_and_then_so_cycles_that_died_frozen_are_freed(mo
     monkeypatch.setattr(pauses, "SETTLE_EVERY_S", 0.0)
     assert pauses.keep_short()
     assert alive() is None
+
+
+def test_tracked_collections_are_counted_per_generation_and_the_long_ones_kept(monkeypatch):
+    pauses.track()
+    pauses.track()  # once per process, however often asked
+    assert gc.callbacks.count(pauses._timed) == 1
+    before = pauses.observed()
+    monkeypatch.setattr(pauses, "LONG_MS", 0.0)  # every collection counts as long
+    gc.collect()
+    after = pauses.observed()
+    assert after["collections"][2] == before["collections"][2] + 1
+    assert after["seconds"][2] > before["seconds"][2]
+    when, generation, ms = after["long"][-1]
+    assert generation == 2 and ms >= 0.0 and when > 0

@@ -3,7 +3,6 @@ catalog switches, identity."""
 from __future__ import annotations
 
 import functools
-from collections import OrderedDict
 import random
 
 import numpy as np
@@ -558,7 +557,7 @@ def test_a_decision_for_an_unseen_customer_leaves_nothing_behind(compiled):
     assert s.process([profile("shown")])[0][0].value["history"]
 
 
-class _NotToBeWalked(OrderedDict):
+class _NotToBeWalked(dict):
     """A residents' index a request must look up, never walk (the soak's collapse at 100,000
     customers: every decision batch walked all of them)."""
 
