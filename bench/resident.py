@@ -182,10 +182,17 @@ def markdown(results: dict[str, Any]) -> str:
                   f"**{'met' if b['met'] else 'missed'}** "
                   f"({b['measured'] - b['target']:+,.0f} bytes)",
               f"- Decide p99 within {r['target']}x of the smaller population's: "
-              f"{r['measured']}x — **{'met' if r['met'] else 'missed'}**"
-              + ("" if r["judged"] else " (not judged: the generator fell behind its schedule "
-                                        "in a Decide step)")]
+              f"{r['measured']}x — "
+              + (f"**{'met' if r['met'] else 'missed'}**" if r["judged"] else
+                 "**not judged** (the generator fell behind its schedule in a Decide step)")]
     return "\n".join(lines) + "\n"
+
+
+def judge(path: Path) -> int:
+    """Print a saved run's report under this version's targets (the file is left as it was)."""
+    saved = json.loads(path.read_text())
+    print(markdown({**saved, "targets": targets(*saved["phases"])}))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,7 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=runtime.DEFAULT_SHARDS)
     parser.add_argument("--smoke", action="store_true", help="a short run (tests)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--judge", type=Path, metavar="FILE.json",
+                        help="judge a saved run again with this version's targets; print it")
     args = parser.parse_args(argv)
+    if args.judge:
+        return judge(args.judge)
     if args.smoke:
         args.customers, args.rate, args.measure_s = 20_000, 50.0, 2.0
     if args.customers < SMALL_SHARE:
