@@ -48,14 +48,6 @@ def settle() -> None:
     gc.collect()
     gc.freeze()
     _settled = time.monotonic()
-# Collections at least this long are kept one by one (the last LONG_KEPT), with when they ended.
-LONG_MS = 1.0
-LONG_KEPT = 1000
-GENERATIONS = 3
-_counts = [0] * GENERATIONS
-_seconds = [0.0] * GENERATIONS
-_long: deque[tuple[float, int, float]] = deque(maxlen=LONG_KEPT)  # (epoch s, generation, ms)
-_began = 0.0
 
 
 def keep_short() -> bool:
