@@ -5,7 +5,7 @@ The `def` functions take the views and arrays, release the GIL and run `nogil` l
 memoryviews; no Python object is touched inside them. Semantics are defined by reference.py,
 which the property tests hold this module to.
 """
-from libc.math cimport cos, exp, fabs, floor, isfinite, log, log1p, pow, sqrt, \
+from libc.math cimport cos, erfc, exp, fabs, floor, isfinite, log, log1p, pow, sqrt, \
     INFINITY, NAN, M_PI
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint64_t
 
@@ -13,8 +13,8 @@ import numpy as np
 
 IMPLEMENTATION = "cython"
 cdef double HISTORY_EPOCH_S = 1577836800.0  # state.HISTORY_EPOCH_S
-cdef int ONE_EXAMPLE_STEPS = 100  # models.ONE_EXAMPLE_STEPS
-cdef double ONE_EXAMPLE_TOLERANCE = 1e-12  # models.ONE_EXAMPLE_TOLERANCE
+cdef double PROBIT_SCALE2 = M_PI / 8.0  # models.PROBIT_SCALE2
+cdef double MILLS_ASYMPTOTIC = -35.0  # models.MILLS_ASYMPTOTIC
 cdef double SELECTION_TAIL = 6.0  # reference.SELECTION_TAIL
 cdef double MIN_RELATIVE_VARIANCE = 1e-12  # models.MIN_RELATIVE_VARIANCE
 
@@ -32,7 +32,7 @@ REASONS = {name: value for name, value in dict(
     INVALID_VALUE=R_INVALID_VALUE, RESTRAINT=R_RESTRAINT, GROUP_LIMIT=R_GROUP_LIMIT,
     TOP_K=R_TOP_K).items()}
 MAX_PREDICTORS_SUPPORTED = MAX_PREDICTORS
-ONE_EXAMPLE = {"steps": ONE_EXAMPLE_STEPS, "tolerance": ONE_EXAMPLE_TOLERANCE}
+ONE_EXAMPLE = {"probit_scale2": PROBIT_SCALE2, "mills_asymptotic": MILLS_ASYMPTOTIC}
 
 
 cdef class CatalogView:
@@ -300,39 +300,26 @@ cdef inline double _sigmoid(double z) noexcept nogil:
     return 0.0
 
 
-cdef double _one_example_logit(double z0, double s, double y) noexcept nogil:
-    """models.one_example_logit, step for step."""
-    cdef double r0 = s * (y - _sigmoid(z0))
-    cdef double lo, hi, z = z0, wide, width, p, f, slope, nxt
-    cdef int step
-    if r0 >= 0.0:
-        lo, hi = z0, z0 + r0
-    else:
-        lo, hi = z0 + r0, z0
-    wide = hi - lo
-    width = hi - lo
-    for step in range(ONE_EXAMPLE_STEPS):
-        p = _sigmoid(z)
-        f = z - z0 + s * (p - y)
-        if f == 0.0:
-            return z
-        if f > 0.0:
-            hi = z
-        else:
-            lo = z
-        slope = 1.0 + s * p * (1.0 - p)
-        nxt = z - f / slope
-        if not (lo < nxt and nxt < hi) or fabs(2.0 * f) > fabs(wide * slope):
-            wide = width
-            width = 0.5 * (hi - lo)
-            z = lo + width
-        else:
-            wide = width
-            width = f / slope
-            z -= width
-        if fabs(width) <= ONE_EXAMPLE_TOLERANCE * (1.0 + fabs(z)):
-            return z
-    return z
+cdef inline double _mills(double u) noexcept nogil:
+    """models.mills: phi(u) / Phi(u)."""
+    if u > MILLS_ASYMPTOTIC:
+        return 0.3989422804014327 * exp(-0.5 * u * u) / (0.5 * erfc(-u * 0.7071067811865476))
+    return -u + 1.0 / (-u) - 2.0 / (-u * u * u)
+
+
+cdef inline void _one_example_step(double z0, double s, double y, double* r,
+                                   double* w) noexcept nogil:
+    """models.one_example_step, operation for operation: r and w through the pointers."""
+    cdef double t = 1.0 if y != 0.0 else -1.0
+    cdef double c = t * sqrt(PROBIT_SCALE2 / (1.0 + PROBIT_SCALE2 * s))
+    cdef double u = c * z0
+    cdef double v = _mills(u)
+    cdef double h = v * (v + u)
+    cdef double rest = 1.0 - h
+    if rest < 0.0:
+        rest = 0.0
+    r[0] = c * v
+    w[0] = PROBIT_SCALE2 * h / (1.0 + PROBIT_SCALE2 * s * rest)
 
 
 cdef inline bint _truth(double x) noexcept nogil:
@@ -1148,19 +1135,20 @@ def record_outcomes(CatalogView cat, StateView st, ModelView mv, const int64_t[:
 
 cdef bint _learn_diagonal(ModelView mv, Py_ssize_t m, const double* x, Py_ssize_t d, double y,
                           double* mean, double* precision) noexcept nogil:
-    """The one-example MAP under a diagonal posterior; False (model untouched) when the result
-    would not be finite."""
+    """The one-example moment match under a diagonal posterior; False (model untouched) when
+    the result would not be finite."""
     cdef Py_ssize_t j
-    cdef double z = 0.0, s = 0.0, p, check = 0.0
+    cdef double z = 0.0, s = 0.0, r = NAN, w = NAN, check = 0.0
     for j in range(d):
         z += mv.mean[m, j] * x[j]
         s += x[j] * x[j] / mv.precision[m, j]
-    p = _sigmoid(_one_example_logit(z, s, y)) if isfinite(z + s) else NAN
+    if isfinite(z + s):
+        _one_example_step(z, s, y, &r, &w)
     # x*0 is 0 for a finite x and NaN for inf or NaN: one branch-free sum tells whether
     # every new value is finite (measured half the cost of isfinite per value)
     for j in range(d):
-        mean[j] = mv.mean[m, j] + (y - p) * x[j] / mv.precision[m, j]
-        precision[j] = mv.precision[m, j] + x[j] * x[j] * (p * (1.0 - p))
+        mean[j] = mv.mean[m, j] + r * x[j] / mv.precision[m, j]
+        precision[j] = mv.precision[m, j] + x[j] * x[j] * w
         check += precision[j] * 0.0 + mean[j] * 0.0
     if check != 0.0:
         return False
@@ -1172,12 +1160,12 @@ cdef bint _learn_diagonal(ModelView mv, Py_ssize_t m, const double* x, Py_ssize_
 
 cdef bint _learn_full(ModelView mv, Py_ssize_t m, const double* x, Py_ssize_t d, double y,
                       double* mean, double* precision, double* cov, double* u) noexcept nogil:
-    """The one-example MAP under a full posterior: the mean moves along u = S x, P gains
-    w x x' and S loses w u u' / (1 + w s) (Sherman-Morrison), w = p(1-p) at the MAP."""
+    """The one-example moment match under a full posterior: the mean moves by r along u = S x,
+    P gains w x x' and S loses w u u' / (1 + w s) (Sherman-Morrison)."""
     cdef Py_ssize_t i, j
     cdef double* S = &mv.covariance[m, 0, 0]
     cdef double* P = &mv.matrix[m, 0, 0]
-    cdef double z = 0.0, s = 0.0, p, w, shrink, check = 0.0
+    cdef double z = 0.0, s = 0.0, r = NAN, w = NAN, shrink, check = 0.0
     for i in range(d):
         z += mv.mean[m, i] * x[i]
         u[i] = 0.0
@@ -1186,11 +1174,11 @@ cdef bint _learn_full(ModelView mv, Py_ssize_t m, const double* x, Py_ssize_t d,
         s += x[i] * u[i]
     if s < 0.0:  # rounding in a near-singular S
         s = 0.0
-    p = _sigmoid(_one_example_logit(z, s, y)) if isfinite(z + s) else NAN
-    w = p * (1.0 - p)
+    if isfinite(z + s):
+        _one_example_step(z, s, y, &r, &w)
     shrink = w / (1.0 + w * s)
     for i in range(d):
-        mean[i] = mv.mean[m, i] + (y - p) * u[i]
+        mean[i] = mv.mean[m, i] + r * u[i]
         check += mean[i] * 0.0
         for j in range(d):
             precision[i * d + j] = P[i * d + j] + w * x[i] * x[j]

@@ -1,19 +1,26 @@
 """Adaptive propensity models: Bayesian logistic regression with a diagonal Gaussian posterior.
 
 Chapelle & Li (2011), "An Empirical Evaluation of Thompson Sampling", Algorithm 3, taken
-online, one example at a time: the new mean is the exact MAP of the Gaussian prior N(m, 1/q)
-times the example's likelihood, and the precision its Laplace curvature. Under a diagonal
-prior the MAP moves the mean along x/q only, so it is one scalar equation in the example's
-logit z = m'.x. With z0 = m.x, s = sum(x_i^2 / q_i) and y in {0, 1}::
+online, one example at a time, by assumed density filtering (Opper 1998; the update of
+Graepel et al. 2010's AdPredictor): the new Gaussian has the mean and variance of the exact
+posterior, the prior N(m, 1/q) times the example's likelihood. The likelihood depends on the
+weights only through the example's logit z = m'.x, so only the logit's distribution changes,
+N(z0, s) with z0 = m.x and s = sum(x_i^2 / q_i), and the weights follow it along x/q. With the
+probit approximation sigmoid(z) ~ Phi(k z), k^2 = pi/8 (MacKay 1992), its moments have closed
+forms; with t = 2y - 1, c = t k / sqrt(1 + k^2 s), u = c z0, v = phi(u) / Phi(u)::
 
-    z = z0 + s (y - sigmoid(z))               # solved by `one_example_logit`
-    m_i <- m_i + (y - sigmoid(z)) x_i / q_i   # the MAP
-    q_i <- q_i + x_i^2 p (1 - p),  p = sigmoid(z)
+    r = c v,  w = k^2 v (v + u) / (1 + k^2 s (1 - v (v + u)))     # `one_example_step`
+    m_i <- m_i + r x_i / q_i                  # the logit's mean moves to z0 + s r
+    q_i <- q_i + x_i^2 w                      # its variance shrinks to s / (1 + w s)
 
-One diagonal Newton step from the old mean (what this module did before) takes the residual
-at z0 instead of at the solution: with many active predictors s is large and that step moved
-the example's own logit several times further than the MAP does (on the digits reduction a
-median 19 against 3.5), so each answer overwrote what the last ones taught.
+Before, the update was the one-example MAP with the Laplace curvature p(1-p) at it (and
+before that, one Newton step). The mode and the curvature at it describe a skewed posterior
+badly where one example is most informative, when the model is unsure (s large): an accept
+on an arm the model thought unlikely moved the logit only to the mode, and a reject at a low
+p taught the variance almost nothing. Matching moments keeps the mean and variance the
+posterior has, and costs a closed form instead of the mode's root search. Measured on the
+bench.learning reduction (5 datasets, 5 shuffles x 4 seeds): the mean online reward rose on
+every dataset, at once and 100 rounds late (digits +0.02, wine +0.014, image_segments +0.003).
 
 Exploration samples the logit, which is Gaussian under a diagonal posterior:
 m . x + sqrt(s * sum(x_i^2 / q_i)) * N(0, 1), where s is the catalog's variance scale (full
@@ -23,15 +30,15 @@ below the mean.
 
 Statistics merge across shards as natural parameters: precision q and precision-weighted mean
 q*m add. A shard keeps its posterior and the published base it started from; `delta()` is what
-it learned since, and a learner adds the deltas of every shard to the base. The exact update
-changes how a shard moves its own posterior, not what it ships: each example still adds
-x^2 p(1-p) to q, and q*m moves by what the MAP moved it.
+it learned since, and a learner adds the deltas of every shard to the base: each example adds
+x^2 w to q, and q*m moves by what the update moved it.
 
 A catalog can ask for a full-covariance posterior instead (`models.posterior`, for up to
 catalog.FULL_POSTERIOR_MAX_INPUTS inputs; "auto" takes it up to FULL_POSTERIOR_AUTO_INPUTS):
-the precision is then a matrix P per model, and the same one-example MAP moves the mean along
-S x, S = inv(P), with s = x' S x. Correlated predictors then share what an example teaught
-instead of each taking all of it. The precision still adds across shards (P += p(1-p) x x');
+the precision is then a matrix P per model, and the same one-example step moves the mean by
+r along S x, S = inv(P), with s = x' S x (the logit's moments do not depend on the kind of
+posterior). Correlated predictors then share what an example teaught instead of each taking
+all of it. The precision still adds across shards (P += w x x');
 the kernels keep S current between publishes by Sherman-Morrison, and a merge or adopt
 computes it again from P for every model whose P changed, so rounding in the rank-one updates
 does not pile up. x' S x can round below zero: it counts as zero (kernel and twin alike).
@@ -51,8 +58,9 @@ import numpy as np
 from .compiler import CompiledCatalog
 
 
-ONE_EXAMPLE_STEPS = 100  # halves any bracket a prior of catalog.MIN_PRECISION can give
-ONE_EXAMPLE_TOLERANCE = 1e-12
+PROBIT_SCALE2 = math.pi / 8.0  # k^2 of the probit approximation sigmoid(z) ~ Phi(k z)
+# below it phi(u) / Phi(u) takes its asymptotic series (erfc would underflow past u ~ -38)
+MILLS_ASYMPTOTIC = -35.0
 
 
 MIN_RELATIVE_VARIANCE = 1e-12  # below it (times 1 + mean^2) an input has no spread to scale by
@@ -75,35 +83,28 @@ def sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z)) if z > -700.0 else 0.0
 
 
-def one_example_logit(z0: float, s: float, y: float) -> float:
-    """The root of f(z) = z - z0 + s (sigmoid(z) - y), the example's logit at the MAP.
+def mills(u: float) -> float:
+    """phi(u) / Phi(u), the inverse Mills ratio of the standard normal (the kernel's `_mills`)."""
+    if u > MILLS_ASYMPTOTIC:
+        return 0.3989422804014327 * math.exp(-0.5 * u * u) / (0.5 * math.erfc(
+            -u * 0.7071067811865476))
+    return -u + 1.0 / (-u) - 2.0 / (-u * u * u)
 
-    f rises (f' = 1 + s p(1-p) >= 1), and f(z0) and f(z0 + s (y - sigmoid(z0))) have opposite
-    signs, so the root lies between them: Newton steps, with a bisection of the bracket
-    instead whenever a step would leave it or would not halve |f| fast enough (rtsafe, as in
-    Numerical Recipes). The kernel (`_one_example_logit`) runs the same steps in order."""
-    r0 = s * (y - sigmoid(z0))
-    lo, hi = (z0, z0 + r0) if r0 >= 0.0 else (z0 + r0, z0)
-    z, wide, width = z0, hi - lo, hi - lo
-    for _ in range(ONE_EXAMPLE_STEPS):
-        p = sigmoid(z)
-        f = z - z0 + s * (p - y)
-        if f == 0.0:
-            return z
-        if f > 0.0:
-            hi = z
-        else:
-            lo = z
-        slope = 1.0 + s * p * (1.0 - p)
-        if not lo < z - f / slope < hi or abs(2.0 * f) > abs(wide * slope):
-            wide, width = width, 0.5 * (hi - lo)
-            z = lo + width
-        else:
-            wide, width = width, f / slope
-            z -= width
-        if abs(width) <= ONE_EXAMPLE_TOLERANCE * (1.0 + abs(z)):
-            return z
-    return z
+
+def one_example_step(z0: float, s: float, y: float) -> tuple[float, float]:
+    """(r, w): one example's moment-matched update of a logit N(z0, s) (module docstring). The
+    logit's mean moves by s r, its variance shrinks to s / (1 + w s), and the precision gains
+    w x x', so that precisions still add across shards; w is in [0, k^2]. The kernel
+    (`_one_example_step`) runs the same operations in order."""
+    t = 1.0 if y else -1.0
+    c = t * math.sqrt(PROBIT_SCALE2 / (1.0 + PROBIT_SCALE2 * s))
+    u = c * z0
+    v = mills(u)
+    h = v * (v + u)
+    rest = 1.0 - h
+    if rest < 0.0:  # h < 1 exactly; rounding where v ~ -u
+        rest = 0.0
+    return c * v, PROBIT_SCALE2 * h / (1.0 + PROBIT_SCALE2 * s * rest)
 
 
 class SplitMix64:
@@ -153,11 +154,10 @@ class BayesianLogit:
 
     def learn_one(self, x, y: bool) -> "BayesianLogit":
         x = np.asarray(x, np.float64)
-        z = one_example_logit(float(self.mean @ x), float((x * x / self.precision).sum()),
-                              float(y))
-        p = sigmoid(z)
-        self.mean += (float(y) - p) * x / self.precision
-        self.precision += x * x * (p * (1.0 - p))
+        r, w = one_example_step(float(self.mean @ x), float((x * x / self.precision).sum()),
+                                float(y))
+        self.mean += r * x / self.precision
+        self.precision += x * x * w
         return self
 
     def predict_one(self, x) -> float:

@@ -13,7 +13,7 @@ import numpy as np
 from . import rules
 from .compiler import (CLOCK_SLOT, N_FACTORS, STAGE_VALUE, CompiledCatalog, Exploration,
                        Outcome, Reason, Transform, Update)
-from .models import SplitMix64, one_example_logit, sigmoid, standardized
+from .models import SplitMix64, one_example_step, sigmoid, standardized
 from .state import EMPTY, HISTORY_EPOCH_S, profile_view
 
 IMPLEMENTATION = "reference"
@@ -566,17 +566,17 @@ def record_outcomes(cat: CatalogView, st: StateView, mv: ModelView, rows, action
 
 
 def _learn_diagonal(mv: ModelView, m: int, x: np.ndarray, y: float) -> bool:
-    """The one-example MAP under a diagonal posterior; False, the model untouched, when the
-    result would not be finite."""
+    """The one-example moment match under a diagonal posterior (models.py); False, the model
+    untouched, when the result would not be finite."""
     z0 = s = 0.0
     for j in range(len(x)):
         z0 += mv.mean[m, j] * x[j]
         s += x[j] * x[j] / mv.precision[m, j]
-    p = sigmoid(one_example_logit(z0, s, y)) if math.isfinite(z0 + s) else math.nan
+    r, w = one_example_step(z0, s, y) if math.isfinite(z0 + s) else (math.nan, math.nan)
     precision, mean = np.empty(len(x)), np.empty(len(x))
     for j in range(len(x)):
-        mean[j] = mv.mean[m, j] + (y - p) * x[j] / mv.precision[m, j]
-        precision[j] = mv.precision[m, j] + x[j] * x[j] * (p * (1.0 - p))
+        mean[j] = mv.mean[m, j] + r * x[j] / mv.precision[m, j]
+        precision[j] = mv.precision[m, j] + x[j] * x[j] * w
     if not (np.isfinite(precision).all() and np.isfinite(mean).all()):
         return False
     mv.precision[m], mv.mean[m] = precision, mean
@@ -584,8 +584,8 @@ def _learn_diagonal(mv: ModelView, m: int, x: np.ndarray, y: float) -> bool:
 
 
 def _learn_full(mv: ModelView, m: int, x: np.ndarray, y: float) -> bool:
-    """The one-example MAP under a full posterior (models.py): the mean moves along u = S x,
-    P gains w x x' and S loses w u u' / (1 + w s) (Sherman-Morrison), w = p(1-p)."""
+    """The one-example moment match under a full posterior (models.py): the mean moves by r
+    along u = S x, P gains w x x' and S loses w u u' / (1 + w s) (Sherman-Morrison)."""
     d = len(x)
     S, P = mv.covariance[m], mv.precision[m]
     z0 = s = 0.0
@@ -598,12 +598,11 @@ def _learn_full(mv: ModelView, m: int, x: np.ndarray, y: float) -> bool:
         s += x[i] * u[i]
     if s < 0.0:  # rounding in a near-singular S
         s = 0.0
-    p = sigmoid(one_example_logit(z0, s, y)) if math.isfinite(z0 + s) else math.nan
-    w = p * (1.0 - p)
+    r, w = one_example_step(z0, s, y) if math.isfinite(z0 + s) else (math.nan, math.nan)
     shrink = w / (1.0 + w * s)
     mean, precision, cov = np.empty(d), np.empty((d, d)), np.empty((d, d))
     for i in range(d):
-        mean[i] = mv.mean[m, i] + (y - p) * u[i]
+        mean[i] = mv.mean[m, i] + r * u[i]
         for j in range(d):
             precision[i, j] = P[i, j] + w * x[i] * x[j]
             cov[i, j] = S[i, j] - shrink * u[i] * u[j]

@@ -25,9 +25,9 @@ def test_opcodes_and_reasons_agree_with_python():
     assert _kernel.REASONS == {r.name: r.value for r in Reason}
 
 
-def test_the_one_example_solve_stops_where_the_twins_does():
-    assert _kernel.ONE_EXAMPLE == {"steps": models.ONE_EXAMPLE_STEPS,
-                                   "tolerance": models.ONE_EXAMPLE_TOLERANCE}
+def test_the_one_example_step_has_the_twins_constants():
+    assert _kernel.ONE_EXAMPLE == {"probit_scale2": models.PROBIT_SCALE2,
+                                   "mills_asymptotic": models.MILLS_ASYMPTOTIC}
 
 
 @pytest.mark.parametrize("value, expected", [("1", "reference"), ("0", "cython"),
