@@ -40,8 +40,8 @@ MAX_TOP_K = 1024  # actions one placement may show: the kernels size their outpu
 # on the channel carries it)
 MAX_AGENT_TEXT = 1_000
 DEFAULT_VARIANCE_SCALE = 0.1
-# a prior's precision: below it a model's variance (1/precision) is so wide that the
-# one-example solve's bracket outgrows what its steps can halve (models.ONE_EXAMPLE_STEPS)
+# a prior's precision: a weight's prior deviation of at most 1,000 logits, already far wider
+# than any weight a logistic model can use
 MIN_PRECISION = 1e-6
 MAX_CONTROL_SHARE = 0.5  # a control group larger than the policy it measures is a mistake
 DEFAULT_TRIAL_RATE = 0.02  # decisions that try an action not yet accepted on the channel
