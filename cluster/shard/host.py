@@ -35,6 +35,7 @@ import asyncio
 import functools
 import itertools
 import logging
+import math
 import time
 import traceback
 from collections import deque
@@ -48,7 +49,7 @@ from kairos.core.compiler import CompiledCatalog
 
 from kairos.cluster.protocol import Busy, Invalid, Reply, Unavailable
 from kairos.cluster.settings import (SESSION_START_S, SHARD_QUEUE_LIMIT, SHARD_ROUND_BYTES,
-                                     SHARD_ROUND_LIMIT, TICK_S)
+                                     SHARD_ROUND_LIMIT, STORE_COUNT_S, TICK_S)
 from kairos.cluster.shard import decisionlog
 from kairos.cluster.shard.sequencer import Sequencer
 from kairos.cluster.shard.shard import Shard
@@ -59,6 +60,7 @@ from kairos.cluster.storage.store import Store, StoreUnavailable
 TRACE_FRAMES = 8  # innermost frames of an unexpected failure that the log names
 
 log = logging.getLogger("kairos.shard")
+NEW_SHARD_COUNT_S = 0.5  # how soon a Shard new to serving has its store counted
 
 
 def where_failed(exc: BaseException) -> str:
@@ -109,7 +111,7 @@ class ShardHost:
         self._deliver = deliver
         self._observe = observe
         self._settle = settle
-        self._jobs = (self._work, self._tick, *jobs)
+        self._jobs = (self._work, self._tick, self._count_stored, *jobs)
         self._queue_limit = queue_limit
         self._round_limit = round_limit
         self._round_bytes = round_bytes
@@ -411,6 +413,26 @@ class ShardHost:
             await asyncio.sleep(self._tick_s)
             if self.shard is not None:
                 self._push(await self.run(Shard.tick))
+
+    async def _count_stored(self) -> None:
+        """Recount the customers with a home in the store, on a thread: a directory store
+        lists its folders, seconds for millions of customers, which the event loop (and every
+        request behind it) must not wait for. A store that cannot answer keeps the last
+        count: it is a statistic, and the data path reports the store's failures itself."""
+        loop = asyncio.get_running_loop()
+        counted, at = None, -math.inf
+        while True:
+            shard = self.shard
+            # a Shard new to serving (started, rebuilt) is counted at once, then every
+            # STORE_COUNT_S
+            if shard is not None and (shard is not counted or loop.time() - at >= STORE_COUNT_S):
+                counted, at = shard, loop.time()
+                try:
+                    shard.stored = await loop.run_in_executor(None, shard.store.count,
+                                                              list(shard.owned))
+                except Exception as exc:
+                    log.warning("%s: counting the store's customers failed: %s", self.name, exc)
+            await asyncio.sleep(min(STORE_COUNT_S, NEW_SHARD_COUNT_S))
 
 
 def _closed(failed: Shard) -> None:

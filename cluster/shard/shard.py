@@ -42,7 +42,7 @@ from kairos.cluster import protocol
 from kairos.cluster.identity import Directory
 from kairos.cluster.protocol import CUSTOMER_KINDS, Fire, Invalid, Merged, Reply, Request
 from kairos.cluster.settings import (PASSIVATE_IDLE_S, RESIDENT_LIMIT, SNAPSHOT_AFTER_S,
-                                     SNAPSHOT_BUDGET_S, STORE_COUNT_S)
+                                     SNAPSHOT_BUDGET_S)
 from kairos.cluster.shard.catalogs import CatalogSwitch
 from kairos.cluster.shard.context import ShardContext
 from kairos.cluster.shard.customers import CustomerRequests
@@ -114,7 +114,9 @@ class Shard:
             "link": identity.link, "unlink": identity.unlink, "take": identity.take,
             "merge": identity.merge, "settle": identity.settle, "claim": identity.claim,
             "retire": identity.retire, "bury": identity.bury}
-        self._stored = (-math.inf, 0)  # (when counted, customers with a home in the store)
+        # customers with a home in the store, as last counted (ShardHost recounts them every
+        # STORE_COUNT_S on a thread: a directory store's count lists its folders)
+        self.stored = 0
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -266,20 +268,11 @@ class Shard:
         return {"shard": self.name, "partitions": self.ownership.serving(),
                 "resident": len(self.engine.table),
                 "decisions_remembered": self.engine.remembered,
-                "decision_memo_capacity": self.engine.memo_capacity, "passivated": self._passivated(),
+                "decision_memo_capacity": self.engine.memo_capacity, "passivated": max(self.stored - len(self.engine.table), 0),
                 "journal_lsn": self.journal.last_lsn, "dirty_partitions": len(self.dirty),
                 "timers": len(self.timers), "aliases": self.directory.count(),
                 "catalog_version": self.catalog_version,
                 "model_version": self.engine.models.version, **self.counts}
-
-    def _passivated(self) -> int:
-        """Customers of this shard's partitions in the store and not in memory (recounted at
-        most every STORE_COUNT_S: counting a directory store lists its folders)."""
-        when, stored = self._stored
-        if self.ctx.clock() - when >= STORE_COUNT_S:
-            stored = self.store.count(list(self.owned))
-            self._stored = (self.ctx.clock(), stored)
-        return max(stored - len(self.engine.table), 0)
 
     @property
     def name(self) -> str:

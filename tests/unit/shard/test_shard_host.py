@@ -352,3 +352,31 @@ def test_rounds_within_the_byte_budget_journal_under_the_frame_limit(compiled, t
         assert replies == [[EventAck(sequence=i) for i in range(1, 41)]] * 3
         assert host.shard is shard and len(journaled_events(shard.journal)) == 120
     run(compiled, DirectoryStore(tmp_path), test, round_bytes=1024)
+
+
+def test_the_store_is_counted_on_a_thread_while_requests_are_served(compiled):
+    """Counting a directory store lists its folders, seconds for millions of customers:
+    the host counts on a thread, so requests are answered while a count is under way."""
+    class SlowCount(MemoryStore):
+        def __init__(self):
+            super().__init__()
+            self.counting, self.release = threading.Event(), threading.Event()
+
+        def count(self, partitions):
+            self.counting.set()
+            assert self.release.wait(10)
+            return 5
+
+    store = SlowCount()
+
+    async def test(host):
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, store.counting.wait, 10)
+        assert await host.handle("a", 0, [app_open("ana")], [0]) == [EventAck(sequence=1)]
+        store.release.set()
+        for _ in range(500):
+            if (await host.run(Shard.stats))["passivated"]:
+                break
+            await asyncio.sleep(0.01)
+        assert (await host.run(Shard.stats))["passivated"] == 5 - 1  # ana is resident
+    run(compiled, store, test)
