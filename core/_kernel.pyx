@@ -300,11 +300,22 @@ cdef inline double _sigmoid(double z) noexcept nogil:
     return 0.0
 
 
-cdef inline double _mills(double u) noexcept nogil:
-    """models.mills: phi(u) / Phi(u)."""
+cdef inline void _mills_moments(double u, double* v, double* h, double* rest) noexcept nogil:
+    """models.mills_moments, operation for operation: v, h and 1 - h through the pointers."""
+    cdef double a, b, gap
     if u > MILLS_ASYMPTOTIC:
-        return 0.3989422804014327 * exp(-0.5 * u * u) / (0.5 * erfc(-u * 0.7071067811865476))
-    return -u + 1.0 / (-u) - 2.0 / (-u * u * u)
+        v[0] = 0.3989422804014327 * exp(-0.5 * u * u) / (0.5 * erfc(-u * 0.7071067811865476))
+        h[0] = v[0] * (v[0] + u)
+        rest[0] = 1.0 - h[0]
+        if rest[0] < 0.0:
+            rest[0] = 0.0
+        return
+    a = -u
+    b = 1.0 / (a * a)
+    gap = (1.0 - b * (2.0 - b * (10.0 - 74.0 * b))) / a
+    rest[0] = b * (1.0 - b * (6.0 - b * (50.0 - 518.0 * b)))
+    v[0] = a + gap
+    h[0] = 1.0 - rest[0]
 
 
 cdef inline void _one_example_step(double z0, double s, double y, double* r,
@@ -312,12 +323,8 @@ cdef inline void _one_example_step(double z0, double s, double y, double* r,
     """models.one_example_step, operation for operation: r and w through the pointers."""
     cdef double t = 1.0 if y != 0.0 else -1.0
     cdef double c = t * sqrt(PROBIT_SCALE2 / (1.0 + PROBIT_SCALE2 * s))
-    cdef double u = c * z0
-    cdef double v = _mills(u)
-    cdef double h = v * (v + u)
-    cdef double rest = 1.0 - h
-    if rest < 0.0:
-        rest = 0.0
+    cdef double v, h, rest
+    _mills_moments(c * z0, &v, &h, &rest)
     r[0] = c * v
     w[0] = PROBIT_SCALE2 * h / (1.0 + PROBIT_SCALE2 * s * rest)
 

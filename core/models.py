@@ -11,7 +11,13 @@ forms; with t = 2y - 1, c = t k / sqrt(1 + k^2 s), u = c z0, v = phi(u) / Phi(u)
 
     r = c v,  w = k^2 v (v + u) / (1 + k^2 s (1 - v (v + u)))     # `one_example_step`
     m_i <- m_i + r x_i / q_i                  # the logit's mean moves to z0 + s r
-    q_i <- q_i + x_i^2 w                      # its variance shrinks to s / (1 + w s)
+    q_i <- q_i + x_i^2 w                      # the diagonal of P + w x x'
+
+Under a full posterior (precision P, covariance S), the mean moves by r S x and P gains
+w x x', and the logit's variance shrinks to s / (1 + w s), the exact posterior's. A diagonal
+posterior keeps the diagonal of P + w x x', as the Laplace update did: its logit's variance
+is then sum(a_i / (1 + w a_i)), a_i = x_i^2 / q_i, which equals s / (1 + w s) only for one
+active input.
 
 Before, the update was the one-example MAP with the Laplace curvature p(1-p) at it (and
 before that, one Newton step). The mode and the curvature at it describe a skewed posterior
@@ -83,27 +89,36 @@ def sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z)) if z > -700.0 else 0.0
 
 
-def mills(u: float) -> float:
-    """phi(u) / Phi(u), the inverse Mills ratio of the standard normal (the kernel's `_mills`)."""
+def mills_moments(u: float) -> tuple[float, float, float]:
+    """(v, h, 1 - h): v = phi(u) / Phi(u), the inverse Mills ratio of the standard normal, and
+    h = v (v + u), the share of its variance a normal loses when cut at -u (the kernel's
+    `_mills_moments`). Below MILLS_ASYMPTOTIC, where erfc underflows, v + u and 1 - h come
+    straight from their series in a = -u: as differences of near-equal numbers they lose
+    their digits (1 - h was half wrong at u = -1e4, and h went past 1 further out)."""
     if u > MILLS_ASYMPTOTIC:
-        return 0.3989422804014327 * math.exp(-0.5 * u * u) / (0.5 * math.erfc(
+        v = 0.3989422804014327 * math.exp(-0.5 * u * u) / (0.5 * math.erfc(
             -u * 0.7071067811865476))
-    return -u + 1.0 / (-u) - 2.0 / (-u * u * u)
+        h = v * (v + u)
+        rest = 1.0 - h
+        if rest < 0.0:  # h < 1 exactly: rounding
+            rest = 0.0
+        return v, h, rest
+    a = -u
+    b = 1.0 / (a * a)
+    gap = (1.0 - b * (2.0 - b * (10.0 - 74.0 * b))) / a  # v + u
+    rest = b * (1.0 - b * (6.0 - b * (50.0 - 518.0 * b)))
+    return a + gap, 1.0 - rest, rest
 
 
 def one_example_step(z0: float, s: float, y: float) -> tuple[float, float]:
     """(r, w): one example's moment-matched update of a logit N(z0, s) (module docstring). The
-    logit's mean moves by s r, its variance shrinks to s / (1 + w s), and the precision gains
-    w x x', so that precisions still add across shards; w is in [0, k^2]. The kernel
+    logit's mean moves by s r, the precision gains w x x', so that precisions still add
+    across shards, and under a full posterior the logit's variance shrinks to s / (1 + w s),
+    the exact posterior's; w is in [0, k^2]. The kernel
     (`_one_example_step`) runs the same operations in order."""
     t = 1.0 if y else -1.0
     c = t * math.sqrt(PROBIT_SCALE2 / (1.0 + PROBIT_SCALE2 * s))
-    u = c * z0
-    v = mills(u)
-    h = v * (v + u)
-    rest = 1.0 - h
-    if rest < 0.0:  # h < 1 exactly; rounding where v ~ -u
-        rest = 0.0
+    v, h, rest = mills_moments(c * z0)
     return c * v, PROBIT_SCALE2 * h / (1.0 + PROBIT_SCALE2 * s * rest)
 
 

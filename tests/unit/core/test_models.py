@@ -75,7 +75,7 @@ def tilted_moments(z0: float, s: float, y: bool) -> tuple[float, float]:
     z = np.linspace(z0 - 16 * sd, z0 + 16 * sd, 40_001)
     t = 1.0 if y else -1.0
     log_w = -0.5 * ((z - z0) / sd) ** 2 + np.log(np.vectorize(
-        lambda v: 0.5 * math.erfc(-v / math.sqrt(2)))(t * math.sqrt(models.PROBIT_SCALE2) * z)
+        lambda v: 0.5 * math.erfc(-v / math.sqrt(2)))(t * math.sqrt(math.pi / 8) * z)
         + 1e-300)
     w = np.exp(log_w - log_w.max())
     mean = float((w * z).sum() / w.sum())
@@ -118,9 +118,25 @@ def test_the_step_is_sound_anywhere(z0, s, y):
     assert 0.0 <= w <= models.PROBIT_SCALE2
 
 
-def test_the_mills_ratio_is_continuous_where_its_series_takes_over():
+def test_the_mills_moments_are_continuous_where_their_series_take_over():
     u = models.MILLS_ASYMPTOTIC
-    assert models.mills(u + 1e-9) == pytest.approx(models.mills(u - 1e-9), rel=1e-7)
+    above, below = models.mills_moments(u + 1e-9), models.mills_moments(u - 1e-9)
+    for a, b in zip(above, below):
+        assert a == pytest.approx(b, rel=1e-7)
+
+
+@pytest.mark.parametrize("u", [-35.0, -40.0, -1e2, -1e3, -1e4, -1e5, -1e8, -3e8, -1e12])
+def test_the_mills_moments_keep_their_digits_far_in_the_tail(u):
+    """1 - h of a normal cut at a = -u is 1/a^2 - 6/a^4 + ...: computed as 1 - v (v + u) it
+    lost its digits (half wrong at -1e4, h past 1 from -1e5, 0 from -3e8)."""
+    v, h, rest = models.mills_moments(u)
+    a = -u
+    assert v >= a and h <= 1.0 and rest == pytest.approx(1.0 - h, abs=1e-15)
+    assert rest * a * a == pytest.approx(1.0 - 6.0 / a**2 + 50.0 / a**4,
+                                         rel=600.0 / a**6 + 1e-14)
+    r, w = models.one_example_step(-a * math.sqrt(1.0 + models.PROBIT_SCALE2)
+                                   / math.sqrt(models.PROBIT_SCALE2), 1.0, 1.0)
+    assert r > 0.0 and 0.0 < w <= models.PROBIT_SCALE2
 
 
 def test_many_active_predictors_move_the_logit_to_its_posterior_mean():
