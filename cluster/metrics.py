@@ -10,6 +10,7 @@ from typing import Iterable
 
 from ray.util.metrics import Counter, Gauge, Histogram
 
+from kairos.cluster.gateway.admission import Shedder
 from kairos.cluster.shard.context import LEARNED_COUNT
 
 LATENCY_BOUNDARIES_MS = [0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 25, 50, 100, 200, 500, 1000]
@@ -108,7 +109,8 @@ class ShardMetrics:
 
 class GatewayMetrics:
     """What a gateway reports: the fallback decisions it answered (the shard did not answer
-    within the caller's deadline, or could not be reached), flushed from its tally."""
+    within the caller's deadline, or could not be reached), flushed from its tally, and its
+    load shedding (gateway/admission.py)."""
 
     def __init__(self, gateway: str):
         self.tags = {"gateway": gateway}
@@ -116,13 +118,26 @@ class GatewayMetrics:
                                  "reason: deadline (the shard did not answer in time) or "
                                  "unavailable (no shard could be reached)",
                                  tag_keys=("gateway", "reason"))
+        self.shed = Counter("kairos_calls_shed_total", "New calls refused with "
+                            "RESOURCE_EXHAUSTED because the gateway was overloaded",
+                            tag_keys=("gateway",))
+        self.shed_share = Gauge("kairos_gateway_shed_share", "Share of new calls the gateway "
+                                "refuses now", tag_keys=("gateway",))
+        self.loop_busy = Gauge("kairos_gateway_loop_busy", "Share of the time the gateway's "
+                               "event loop wanted a CPU (moving average)", tag_keys=("gateway",))
         self._sent: Tally = Tally()
+        self._shed_sent = 0
 
-    def flush(self, fallbacks: Tally) -> None:
+    def flush(self, fallbacks: Tally, shedder: Shedder) -> None:
         for reason, total in fallbacks.items():
             if total > self._sent[reason]:
                 self.fallbacks.inc(total - self._sent[reason], {**self.tags, "reason": reason})
                 self._sent[reason] = total
+        if shedder.refused > self._shed_sent:
+            self.shed.inc(shedder.refused - self._shed_sent, self.tags)
+            self._shed_sent = shedder.refused
+        self.shed_share.set(shedder.shed_share, self.tags)
+        self.loop_busy.set(shedder.busy, self.tags)
 
 
 class LearnerMetrics:

@@ -244,6 +244,9 @@ GATEWAY_INFLIGHT_LIMIT = integer("GATEWAY_INFLIGHT_LIMIT", 20_000)
 # refusing a share of new ones, and how often it adjusts that share (RFC 8033's 15 ms).
 SHED_TARGET_S = number("SHED_TARGET_S", 0.015, above=True, high=60.0)
 SHED_UPDATE_S = number("SHED_UPDATE_S", 0.015, above=True, high=1.0)
+# ... and the share of the time a gateway's event loop may want a CPU (running, or waiting for
+# a core) before it sheds; 1 turns that signal off.
+SHED_BUSY = number("SHED_BUSY", 0.8, above=True, high=1.0)
 # Largest request accepted (bytes); larger ones fail with RESOURCE_EXHAUSTED before decoding.
 MAX_MESSAGE_BYTES = integer("MAX_MESSAGE_BYTES", 1 << 20, low=1024)
 # Decisions a watch stream may have waiting; past it the oldest are dropped.

@@ -106,7 +106,7 @@ class GatewayServer:
             await asyncio.sleep(PAUSES_CHECK_S)
             pauses.keep_short()
             if self.metrics is not None:
-                self.metrics.flush(self.gateway.fallbacks)
+                self.metrics.flush(self.gateway.fallbacks, self.gateway.shedder)
 
     async def deliver(self, decisions: list[Decision]) -> None:
         if self.gateway is not None:

@@ -1,5 +1,5 @@
 """When a gateway sheds load: PIE (RFC 8033) over the delay its calls meet before they are
-served, the event loop's lag.
+served (the event loop's lag), and over how much of the time the loop wants a CPU.
 
 An overloaded gateway that admits everything serves nobody: calls queue in gRPC and in the
 event loop until their deadlines pass, and the shards still spend work on answers nobody
@@ -12,40 +12,65 @@ delay is above or below SHED_TARGET_S, and by how fast it is rising. The delay i
 timer of the event loop fires: a gateway short of CPU makes every call wait for its turn in
 the loop, as the calls gRPC has not handed over yet do, and refusing a share of them is what
 brings the wait down. Slow shards are not a reason to shed: their answers are awaited
-without work, and refusing calls would not make them faster (the client's queue bound and the
-callers' deadlines limit what waits for them). As RFC 8033 does, a short burst sheds nothing (no refusal while the delay is under half the
-target and the share is low), and the share decays once the delay is gone (a timer is never
-exactly on time, so "gone" is under half the target here).
+without work, and refusing calls would not make them faster (the client's queue bound and
+the callers' deadlines limit what waits for them). As RFC 8033 does, a short burst sheds
+nothing (no refusal while the delay is under half the target and the share is low), and the
+share decays once the delay is gone (a timer is never exactly on time, so "gone" is under
+half the target here).
+
+The lag alone misses the overload that matters most on a busy node. grpc.aio accepts one call
+of a method at a time, each through a hand-over from its poller thread to the loop, so when
+the node's cores are all taken the calls queue inside gRPC, unseen, while every turn of the
+loop stays short: measured on 2 cores at 2,250 Decides/s, callers waited 0.7 s (p50) and
+timed out, with the loop never late by half the target. What does show it is the loop's
+thread wanting a CPU nearly all the time: running, or runnable and waiting for a core (Linux
+counts both, /proc/thread-self/schedstat). That share was 0.37 at 500 Decides/s, 0.75 at
+1,500 and 0.95 at 2,250. While its moving average is above SHED_BUSY the share shed rises
+in proportion to the excess.
+
+Refusing relieves the loop of only part of a call: grpc.aio's own work per call (about 200
+µs of CPU here, a served Decide costs the gateway about 400) is spent on a refused call too.
+So shedding turns timeouts into fast refusals, but on a node whose cores are all taken it
+does not bring what it admits back to a quiet node's latency (bench.overload measures both).
 """
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 from typing import Callable
 
-from kairos.cluster.settings import SHED_TARGET_S, SHED_UPDATE_S
+from kairos.cluster.settings import SHED_BUSY, SHED_TARGET_S, SHED_UPDATE_S
 
 ALPHA, BETA = 0.125, 1.25  # RFC 8033's gains, per second of delay
 MAX_STEP = 0.02  # the most the share rises per update once it is 10 % or more (RFC 8033 5.1)
-DECAY = 0.98  # per update while the delay is under half the target
+DECAY = 0.98  # per update while the delay is under half the target (and the loop not busy)
+BUSY_WEIGHT = 0.2  # of each update's measure in the busy share's moving average (~75 ms)
+BUSY_GAIN = 0.15  # share added per update, per unit of busy share above SHED_BUSY
+# Under this fraction of SHED_BUSY the loop counts as idle enough for the share to decay;
+# between it and SHED_BUSY the share holds, so that it does not swing on and off.
+BUSY_HOLD = 0.9
 
 
 class Shedder:
     """`shed_share` is the share of new calls refused; `run()` keeps it."""
 
     def __init__(self, target_s: float = SHED_TARGET_S, update_s: float = SHED_UPDATE_S,
-                 draw: Callable[[], float] = random.random):
+                 busy_target: float = SHED_BUSY, draw: Callable[[], float] = random.random):
         self.target_s = target_s
         self.update_s = update_s
+        self.busy_target = busy_target
         self._draw = draw
         self.shed_share = 0.0
         self.delay_s = 0.0  # the last delay measured
+        self.busy = 0.0  # moving average of the share of time the loop wanted a CPU
         self.refused = 0  # calls refused so far
 
     def admits(self) -> bool:
         """Whether to take a new call (a refused one is counted)."""
         if self.shed_share == 0.0 or (self.delay_s < self.target_s / 2
+                                      and self.busy <= self.busy_target
                                       and self.shed_share < 0.2):
             return True
         if self._draw() >= self.shed_share:
@@ -54,23 +79,62 @@ class Shedder:
         return False
 
     async def run(self) -> None:
-        """Measure the delay and move the share, every `update_s`, until cancelled."""
-        while True:
-            start = time.monotonic()
-            await asyncio.sleep(self.update_s)
-            self.update(max(0.0, time.monotonic() - start - self.update_s))
+        """Measure the delay and the loop's demand and move the share, every `update_s`, until
+        cancelled (within the loop's thread: the demand measured is the caller's thread's)."""
+        with ThreadDemand() as demand:
+            while True:
+                start = time.monotonic()
+                await asyncio.sleep(self.update_s)
+                self.update(max(0.0, time.monotonic() - start - self.update_s), demand.share())
 
-    def update(self, delay_s: float) -> None:
-        """One PIE update with the delay just measured."""
+    def update(self, delay_s: float, busy: float = 0.0) -> None:
+        """One PIE update with the delay just measured, and the share of the time since the
+        last update that the loop's thread wanted a CPU."""
+        self.busy += BUSY_WEIGHT * (busy - self.busy)
         p = self.shed_share
         step = _scale(p) * (ALPHA * (delay_s - self.target_s) + BETA * (delay_s - self.delay_s))
+        if self.busy_target < 1.0 and self.busy > self.busy_target:
+            step = max(step, BUSY_GAIN * (self.busy - self.busy_target))
         if p >= 0.1:
             step = min(step, MAX_STEP)
         p += step
-        if max(delay_s, self.delay_s) < self.target_s / 2:  # RFC 8033: no delay at all
+        if (max(delay_s, self.delay_s) < self.target_s / 2  # RFC 8033: no delay at all
+                and self.busy < BUSY_HOLD * self.busy_target):
             p *= DECAY
         self.shed_share = min(max(p, 0.0), 1.0)
         self.delay_s = delay_s
+
+
+class ThreadDemand:
+    """The share of wall time the calling thread wanted a CPU since the last `share()`: the
+    time it ran plus the time it was runnable and waited in a run queue (Linux's schedstat).
+    Where schedstat cannot be read, only the time it ran (`time.thread_time`)."""
+
+    def __init__(self) -> None:
+        try:
+            self._fd: int | None = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        except OSError:
+            self._fd = None
+        self._last = (time.monotonic(), self._wanted_s())
+
+    def __enter__(self) -> ThreadDemand:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def share(self) -> float:
+        now, wanted = time.monotonic(), self._wanted_s()
+        (then, before), self._last = self._last, (now, wanted)
+        return (wanted - before) / max(now - then, 1e-9)
+
+    def _wanted_s(self) -> float:
+        if self._fd is None:
+            return time.thread_time()
+        ran_ns, waited_ns = os.pread(self._fd, 128, 0).split()[:2]
+        return (int(ran_ns) + int(waited_ns)) / 1e9
 
 
 def _scale(p: float) -> float:

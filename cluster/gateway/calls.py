@@ -155,8 +155,9 @@ class Gateway:
         """Raise Busy for a new call the gateway sheds, or one past its in-flight limit."""
         self.check_capacity()
         if not self.shedder.admits():
-            raise Busy(f"gateway {self.name} is overloaded: its calls wait "
-                       f"{self.shedder.delay_s * 1e3:.0f} ms to be served; it refuses "
+            raise Busy(f"gateway {self.name} is overloaded: its event loop is "
+                       f"{self.shedder.delay_s * 1e3:.0f} ms late and wants a CPU "
+                       f"{self.shedder.busy:.0%} of the time; it refuses "
                        f"{self.shedder.shed_share:.0%} of new calls")
 
 

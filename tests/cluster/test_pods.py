@@ -24,7 +24,8 @@ What a machine shared by every "pod" forces the test to change, and nothing else
 - the controller's autoscaling is off (KAIROS_AUTOSCALE_MAX_WORKERS=0): no KubeRay acts on its
   requests here, and the test adds and removes the workers itself (tests/cluster/
   test_autoscaling.py runs the autoscaling with Ray's autoscaler);
-- the gateways' load shedding waits for 1 s of event-loop lag, not 15 ms (traffic.UNSHED):
+- the gateways' load shedding waits for 1 s of event-loop lag, not 15 ms, and not for a busy
+  loop (traffic.UNSHED):
   every "pod" shares two cores, and starting one is no overload of the others.
 """
 from __future__ import annotations

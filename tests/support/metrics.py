@@ -1,4 +1,4 @@
-"""A stand-in for a ray.util.metrics Counter that keeps what it was given."""
+"""A stand-in for a ray.util.metrics Counter or Gauge that keeps what it was given."""
 from __future__ import annotations
 
 
@@ -8,3 +8,5 @@ class Recorder:
 
     def inc(self, value, tags=None):
         self.calls.append((value, tags))
+
+    set = inc
