@@ -66,6 +66,10 @@ DRIFT_AT = 0.35  # share of the run's decisions after which the truth has drifte
 LAUNCH_AT = 0.6  # share of the run's decisions at which the new catalog version is pushed
 POLL_S = 1.0  # how often the model versions are read (the shards keep their last 64)
 CALL_TIMEOUT_S = 10.0
+# A Decide the gateway sheds (RESOURCE_EXHAUSTED: at capacity; the closed loop drives it as
+# fast as it answers) is sent again after a jittered backoff from the first to the last of
+# these, doubling, as a client that respects the refusal does.
+SHED_BACKOFF_S, LAST_SHED_BACKOFF_S = 0.01, 0.64
 PROFILES_PER_BATCH = 1000
 
 
@@ -106,6 +110,7 @@ class Counts:
     fallbacks: int = 0  # the gateway answered the catalog's fallback (a shard was late)
     empty: int = 0  # decisions that showed nothing
     decide_errors: int = 0
+    decides_shed: int = 0  # refused as overload and sent again
     outcomes: int = 0
     outcomes_refused: int = 0  # RESOURCE_EXHAUSTED: the customer's outcome rate
     respond_errors: int = 0
@@ -151,6 +156,7 @@ class Sessions:
         self.decisions = decision_pb2_grpc.DecisionServiceStub(self.channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
         self.rng = random.Random(plan.seed)
+        self._jitter = random.Random(plan.seed + 1)  # backoffs: the world's draws stay as seeded
         self.rows = Decisions()
         self.counts = Counts()
         self.taken = 0
@@ -210,12 +216,8 @@ class Sessions:
         request = pb.DecideRequest(customer_id=customer_id(i), channel=channel,
                                    context={"device": _value("mobile" if mobile
                                                              else "desktop")})
-        try:
-            decision = await self.decisions.Decide(request, timeout=CALL_TIMEOUT_S,
-                                                   metadata=key)
-        except grpc.aio.AioRpcError as exc:
-            self.counts.decide_errors += 1
-            self.counts.failed("Decide", exc)
+        decision = await self._decide(request, key)
+        if decision is None:
             return
         self.counts.decided += 1
         if decision.fallback:
@@ -242,6 +244,24 @@ class Sessions:
         r.decision_id.append(decision.decision_id)
         if shown >= 0:
             await self._respond(decision, action, channel, accepted, key)
+
+    async def _decide(self, request: pb.DecideRequest, key: tuple) -> pb.Decision | None:
+        """The visit's decision, sent again while the gateway sheds it (see SHED_BACKOFF_S);
+        None after any other error (counted)."""
+        backoff = SHED_BACKOFF_S
+        while True:
+            try:
+                return await self.decisions.Decide(request, timeout=CALL_TIMEOUT_S,
+                                                   metadata=key)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED \
+                        or backoff > LAST_SHED_BACKOFF_S:
+                    self.counts.decide_errors += 1
+                    self.counts.failed("Decide", exc)
+                    return None
+            self.counts.decides_shed += 1
+            await asyncio.sleep(backoff * (0.5 + self._jitter.random()))
+            backoff *= 2
 
     async def _respond(self, decision: pb.Decision, action: str, channel: str, accepted: bool,
                        key: tuple) -> None:

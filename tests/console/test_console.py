@@ -27,7 +27,7 @@ from kairos.cluster.cli.remote import Remote
 from kairos.cluster.storage.redis_server import free_port
 from kairos.v1 import decision_pb2 as pb
 
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout, sync_playwright
 
 SCREENSHOT_ENV = "CONSOLE_SCREENSHOT"
 KAIROS = str(Path(sys.executable).parent / "kairos")
@@ -184,6 +184,11 @@ def test_accept_records_the_outcome_in_the_history_and_the_profile(page, kairos)
     first.locator("button.accept").click()
     page.wait_for_selector("p.notice")
     row = page.locator("#history tr", has_text=action).first
+    try:
+        row.wait_for(timeout=10_000)
+    except PlaywrightTimeout:  # say which page was shown: the record, a fallback, an error
+        pytest.fail(f"no history row for {action} after the accept; the page read:\n"
+                    + page.locator("body").inner_text()[:3000])
     assert "accept" in row.locator("td.outcome").inner_text().lower()
     assert row.locator("td").nth(1).inner_text() == "call_center"
     profile = kairos.gateway.decisions.GetProfile(pb.ProfileRequest(customer_id=who),
