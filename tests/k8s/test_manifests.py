@@ -474,6 +474,7 @@ def test_alerts_cover_latency_rejections_queues_recoveries_and_snapshots():
     wanted = {"KairosDecideP99OverSLA": 'ray_kairos_request_latency_ms_bucket{kind="decide"}',
               "KairosRejectingRequests": "ray_kairos_rejected_total",
               "KairosFallbackDecisions": "ray_kairos_fallbacks_total",
+              "KairosGatewayShedding": "ray_kairos_calls_shed_total",
               "KairosQueueSaturated": "ray_kairos_queue_depth",
               "KairosShardRecoveringInALoop": "ray_kairos_recoveries_total",
               "KairosSnapshotsStalled": "ray_kairos_unsnapshotted_partitions"}
