@@ -458,7 +458,7 @@ def test_dashboard_shows_what_operators_need():
     exprs = " ".join(t["expr"] for p in dashboard()["panels"] for t in p["targets"])
     for needed in ("ray_kairos_decisions_total", "ray_kairos_request_latency_ms_bucket",
                    "ray_kairos_queue_depth", "ray_kairos_rejected_total",
-                   "ray_kairos_fallbacks_total",
+                   "ray_kairos_fallbacks_total", "ray_kairos_calls_shed_total",
                    "ray_kairos_resident_customers", "ray_kairos_recoveries_total",
                    "ray_kairos_unsnapshotted_partitions", "ray_kairos_model_version"):
         assert needed in exprs, f"the dashboard has no panel on {needed}"
