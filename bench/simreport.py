@@ -326,8 +326,8 @@ def markdown(results: dict[str, Any]) -> str:
               f"logging policy (Kairos) {tc['all']['logged_true_value']}.", "",
               *_replay_lines(results.get("replay_check")),
               f"Calls: {c['decided']} decided ({c['fallbacks']} fallbacks, {c['empty']} "
-              f"showed nothing, {c['decide_errors']} errors; {c.get('decides_shed', 0)} shed by "
-              f"the gateway and sent again), {c['outcomes']} outcomes "
+              f"showed nothing, {c['decide_errors']} errors; {c.get('decides_shed', 0)} refused as "
+              f"overload (RESOURCE_EXHAUSTED) and sent again), {c['outcomes']} outcomes "
               f"({c['outcomes_refused']} refused by the customer's rate, "
               f"{c['respond_errors']} errors)"
               + (": " + ", ".join(f"{k} {n} (the first: {c['examples'][k]!r})"

@@ -6,12 +6,14 @@ customer would make one time series per person.
 from __future__ import annotations
 
 from collections import Counter as Tally
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from ray.util.metrics import Counter, Gauge, Histogram
 
-from kairos.cluster.gateway.admission import Shedder
 from kairos.cluster.shard.context import LEARNED_COUNT
+
+if TYPE_CHECKING:
+    from kairos.cluster.gateway.admission import Shedder
 
 LATENCY_BOUNDARIES_MS = [0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 25, 50, 100, 200, 500, 1000]
 

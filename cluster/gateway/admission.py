@@ -26,7 +26,8 @@ timed out, with the loop never late by half the target. What does show it is the
 thread wanting a CPU nearly all the time: running, or runnable and waiting for a core (Linux
 counts both, /proc/thread-self/schedstat). That share was 0.37 at 500 Decides/s, 0.75 at
 1,500 and 0.95 at 2,250. While its moving average is above SHED_BUSY the share shed rises
-in proportion to the excess.
+in proportion to the excess, up to BUSY_MAX_SHARE: refusals cost CPU too, so a loop kept busy
+by them alone (or by other processes on its cores) must not end up refusing everything.
 
 Refusing relieves the loop of only part of a call: grpc.aio's own work per call (about 200
 µs of CPU here, a served Decide costs the gateway about 400) is spent on a refused call too.
@@ -48,6 +49,7 @@ MAX_STEP = 0.02  # the most the share rises per update once it is 10 % or more (
 DECAY = 0.98  # per update while the delay is under half the target (and the loop not busy)
 BUSY_WEIGHT = 0.2  # of each update's measure in the busy share's moving average (~75 ms)
 BUSY_GAIN = 0.15  # share added per update, per unit of busy share above SHED_BUSY
+BUSY_MAX_SHARE = 0.9  # the most the busy share alone makes the gateway refuse
 # Under this fraction of SHED_BUSY the loop counts as idle enough for the share to decay;
 # between it and SHED_BUSY the share holds, so that it does not swing on and off.
 BUSY_HOLD = 0.9
@@ -61,6 +63,7 @@ class Shedder:
         self.target_s = target_s
         self.update_s = update_s
         self.busy_target = busy_target
+        self._busy_on = busy_target < 1.0  # SHED_BUSY=1 turns the busy signal off
         self._draw = draw
         self.shed_share = 0.0
         self.delay_s = 0.0  # the last delay measured
@@ -70,7 +73,7 @@ class Shedder:
     def admits(self) -> bool:
         """Whether to take a new call (a refused one is counted)."""
         if self.shed_share == 0.0 or (self.delay_s < self.target_s / 2
-                                      and self.busy <= self.busy_target
+                                      and not self._loop_busy()
                                       and self.shed_share < 0.2):
             return True
         if self._draw() >= self.shed_share:
@@ -81,11 +84,15 @@ class Shedder:
     async def run(self) -> None:
         """Measure the delay and the loop's demand and move the share, every `update_s`, until
         cancelled (within the loop's thread: the demand measured is the caller's thread's)."""
-        with ThreadDemand() as demand:
-            while True:
-                start = time.monotonic()
-                await asyncio.sleep(self.update_s)
-                self.update(max(0.0, time.monotonic() - start - self.update_s), demand.share())
+        try:
+            with ThreadDemand() as demand:
+                while True:
+                    start = time.monotonic()
+                    await asyncio.sleep(self.update_s)
+                    self.update(max(0.0, time.monotonic() - start - self.update_s),
+                                demand.share())
+        finally:
+            self.shed_share = 0.0  # nothing keeps it any more: admit everything
 
     def update(self, delay_s: float, busy: float = 0.0) -> None:
         """One PIE update with the delay just measured, and the share of the time since the
@@ -93,34 +100,45 @@ class Shedder:
         self.busy += BUSY_WEIGHT * (busy - self.busy)
         p = self.shed_share
         step = _scale(p) * (ALPHA * (delay_s - self.target_s) + BETA * (delay_s - self.delay_s))
-        if self.busy_target < 1.0 and self.busy > self.busy_target:
-            step = max(step, BUSY_GAIN * (self.busy - self.busy_target))
+        if self._loop_busy() and p < BUSY_MAX_SHARE:
+            step = max(step, min(BUSY_GAIN * (self.busy - self.busy_target),
+                                 BUSY_MAX_SHARE - p))
         if p >= 0.1:
             step = min(step, MAX_STEP)
         p += step
         if (max(delay_s, self.delay_s) < self.target_s / 2  # RFC 8033: no delay at all
-                and self.busy < BUSY_HOLD * self.busy_target):
+                and not (self._busy_on and self.busy >= BUSY_HOLD * self.busy_target)):
             p *= DECAY
         self.shed_share = min(max(p, 0.0), 1.0)
         self.delay_s = delay_s
+
+    def _loop_busy(self) -> bool:
+        return self._busy_on and self.busy > self.busy_target
 
 
 class ThreadDemand:
     """The share of wall time the calling thread wanted a CPU since the last `share()`: the
     time it ran plus the time it was runnable and waited in a run queue (Linux's schedstat).
-    Where schedstat cannot be read, only the time it ran (`time.thread_time`)."""
+    Where schedstat cannot be read, or reads no run time for a thread that is running (a
+    kernel that keeps no schedstats), only the time it ran (`time.thread_time`)."""
 
     def __init__(self) -> None:
+        self._fd: int | None = None
         try:
-            self._fd: int | None = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
-        except OSError:
-            self._fd = None
+            self._fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+            if self._schedstat_s()[0] <= 0.0:
+                self._close()
+        except (OSError, ValueError):
+            self._close()
         self._last = (time.monotonic(), self._wanted_s())
 
     def __enter__(self) -> ThreadDemand:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._close()
+
+    def _close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -131,10 +149,19 @@ class ThreadDemand:
         return (wanted - before) / max(now - then, 1e-9)
 
     def _wanted_s(self) -> float:
-        if self._fd is None:
-            return time.thread_time()
+        if self._fd is not None:
+            try:
+                return sum(self._schedstat_s())
+            except (OSError, ValueError):
+                # The two clocks differ: measure from here on the fallback's alone.
+                self._close()
+                self._last = (time.monotonic(), time.thread_time())
+        return time.thread_time()
+
+    def _schedstat_s(self) -> tuple[float, float]:
+        """(seconds run, seconds waited runnable) of the thread that opened the file."""
         ran_ns, waited_ns = os.pread(self._fd, 128, 0).split()[:2]
-        return (int(ran_ns) + int(waited_ns)) / 1e9
+        return int(ran_ns) / 1e9, int(waited_ns) / 1e9
 
 
 def _scale(p: float) -> float:

@@ -62,6 +62,7 @@ class Gateway:
     async def close(self) -> None:
         if self._shedding is not None:
             self._shedding.cancel()
+            await asyncio.gather(self._shedding, return_exceptions=True)
         await self.client.close()
 
     async def catalog(self) -> CompiledCatalog:

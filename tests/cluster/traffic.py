@@ -20,8 +20,8 @@ CALL_S = 10.0
 # 2-core machine Ray starting or stopping a node's processes makes a gateway's event loop
 # late by 100 ms and more, and its loop wants a CPU most of the time, while the tests' light
 # traffic flows; the shedder (15 ms of lag, or 80 % of the time) then refuses a call now and
-# then. What those tests check is joins and drains without a failed call; shedding has tests of its own (tests/unit/gateway/test_admission.py,
-# bench.overload).
+# then. What those tests check is joins and drains without a failed call; shedding has tests
+# of its own (tests/unit/gateway/test_admission.py, bench.overload).
 UNSHED = {"KAIROS_SHED_TARGET_S": "1", "KAIROS_SHED_BUSY": "1"}
 # round_robin over every address, each checked with grpc.health.v1 (the empty service)
 BALANCED = json.dumps({"loadBalancingConfig": [{"round_robin": {}}],

@@ -5,6 +5,8 @@ RESOURCE_EXHAUSTED, then serves everything again once the loop is free (real gRP
 127.0.0.1, in-process backend)."""
 from __future__ import annotations
 
+import asyncio
+import os
 import threading
 import time
 from collections import Counter as Tally
@@ -12,7 +14,7 @@ from collections import Counter as Tally
 import grpc
 import pytest
 
-from kairos.cluster.gateway.admission import BUSY_HOLD, Shedder, ThreadDemand
+from kairos.cluster.gateway.admission import BUSY_HOLD, BUSY_MAX_SHARE, Shedder, ThreadDemand
 from kairos.cluster.gateway.auth import Auth
 from kairos.cluster.metrics import GatewayMetrics
 from kairos.v1 import decision_pb2 as pb
@@ -70,11 +72,39 @@ def test_between_the_hold_line_and_the_target_the_share_holds():
     assert raised > 0.3 and s.shed_share > 0.5 * raised  # PIE's own step only (a decay: 13 %)
 
 
+def test_a_loop_busy_with_refusals_alone_still_serves_a_share():
+    s = shedder(draws=(0.95,))
+    for _ in range(2000):
+        s.update(0.1 * TARGET_S, busy=1.0)  # refusing does not lower what the loop wants
+    assert s.shed_share == pytest.approx(BUSY_MAX_SHARE) and s.admits()
+    for _ in range(200):
+        s.update(10 * TARGET_S, busy=1.0)  # a late loop is PIE's, as before: no cap
+    assert s.shed_share == 1.0
+
+
 def test_a_busy_target_of_one_turns_the_busy_signal_off():
     s = shedder(busy_target=1.0)
     for _ in range(200):
         s.update(0.1 * TARGET_S, busy=1.02)  # a measure may pass 1 by its rounding
     assert s.shed_share == 0.0 and s.admits()
+    for _ in range(200):
+        s.update(10 * TARGET_S, busy=1.02)
+    raised = s.shed_share
+    for _ in range(400):
+        s.update(0.1 * TARGET_S, busy=1.02)  # no hold band either: the share decays
+    assert raised > 0.5 and s.shed_share < 0.01
+
+
+def test_a_cancelled_shedder_admits_everything():
+    async def raise_then_cancel():
+        s = Shedder(TARGET_S, 0.005, BUSY)
+        task = asyncio.get_running_loop().create_task(s.run())
+        await asyncio.sleep(0.02)
+        s.shed_share = 0.7
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return s.shed_share
+    assert asyncio.run(raise_then_cancel()) == 0.0
 
 
 def test_the_demand_of_a_spinning_thread_is_near_one_and_of_a_sleeping_one_near_zero():
@@ -86,6 +116,20 @@ def test_the_demand_of_a_spinning_thread_is_near_one_and_of_a_sleeping_one_near_
         time.sleep(0.2)
         sleeping = demand.share()
     assert spinning > 0.6 and sleeping < 0.2
+
+
+def test_a_schedstat_that_stops_reading_falls_back_to_the_thread_s_cpu_time(tmp_path):
+    garbage = tmp_path / "schedstat"
+    garbage.write_text("not numbers\n")
+    with ThreadDemand() as demand:
+        if demand._fd is not None:
+            os.dup2(os.open(garbage, os.O_RDONLY), demand._fd)  # the same fd, unreadable now
+        demand.share()
+        assert demand._fd is None
+        end = time.monotonic() + 0.2
+        while time.monotonic() < end:
+            pass
+        assert demand.share() > 0.6
 
 
 def test_the_metrics_count_each_refusal_once_and_show_the_share_and_the_loop_busy():
