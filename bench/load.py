@@ -105,14 +105,17 @@ class Bench:
                                         "failures": []}
 
     def step(self, target: str, op: str, rate: float, customers: int | None = None,
-             warmup_s: float | None = None) -> Step:
+             warmup_s: float | None = None, routes: tuple[str, ...] = ()) -> Step:
         return Step(target, op, rate, self.plan.warmup_s if warmup_s is None else warmup_s,
-                    self.plan.measure_s, customers or self.plan.customers, self.plan.seed)
+                    self.plan.measure_s, customers or self.plan.customers, self.plan.seed,
+                    routes)
 
-    def decide_sweep(self, system: str, target: str, customers: int | None = None) -> None:
+    def decide_sweep(self, system: str, target: str, customers: int | None = None,
+                     routes: tuple[str, ...] = ()) -> None:
         self.results["idle_cpu"][system] = self.pool.idle(target, self.plan.idle_s)
         self.results["systems"][system] = sweep(
-            self.pool, system, lambda rate: self.step(target, "decide", rate, customers),
+            self.pool, system,
+            lambda rate: self.step(target, "decide", rate, customers, routes=routes),
             self.plan.decide_rates)
 
     def run(self) -> dict[str, Any]:
@@ -124,6 +127,7 @@ class Bench:
             with ray_nodes(mode) as nodes:
                 self.phase(f"floor-ray-{mode}node", self.ray_floor, mode, nodes)
                 self.phase(f"kairos-{mode}node", self.kairos, mode)
+                self.phase(f"kairos-direct-{mode}node", self.kairos_direct, mode)
                 if mode == 1:
                     self.phase("actors", self.actors, nodes[0])
         return self.results
@@ -203,6 +207,17 @@ class Bench:
                                            warmup_s=max(self.plan.warmup_s, PUSH_WARMUP_S)))
             push["holds"] = holds(push, "push", report.PUSH_P99_TARGET_MS)
             self.results["push"][name] = push
+
+    def kairos_direct(self, mode: int) -> None:
+        """Kairos called as a client that routes calls it: each Decide to its customer's
+        owner's own endpoint (shard/api.py), one hop fewer than through the gateway."""
+        name = f"kairos-direct-{mode}node"
+        with kairos(self.plan.shards, self.plan.customers, direct=True) as system:
+            self.results["layout"][name] = asdict(system)
+            with tqdm(total=self.plan.customers, desc=f"{name} populate", unit="customer",
+                      leave=False) as bar:
+                self.results["populate"][name] = populate(self.plan.customers, bar.update)
+            self.decide_sweep(name, system.target, routes=system.routes)
 
     def actors(self, node: str) -> None:
         n = self.plan.actors

@@ -39,6 +39,7 @@ import grpc
 import psutil
 from hdrh.histogram import HdrHistogram
 
+from kairos.cluster.control.partitions import partition_of
 from kairos.cluster.gateway import wire
 from kairos.cluster.shard.outcomes import RATE_REFUSAL
 from kairos.core.catalog import Catalog, load_default_catalog
@@ -84,6 +85,9 @@ class Step:
     measure_s: float
     customers: int  # the Zipf population
     seed: int = 0
+    # A target per partition (the map's owners): unary calls go to their customer's owner, as
+    # a client that routes sends them (decide, ingest, journey only). Empty: all to `target`.
+    routes: tuple[str, ...] = ()
 
 
 class Send(NamedTuple):
@@ -369,11 +373,20 @@ def _run_step(step: Step, index: int, processes: int, start_at: float) -> dict:
 
 
 async def _step(step: Step, index: int, processes: int, start_at: float) -> dict:
-    channel = grpc.aio.insecure_channel(step.target,
-                                        options=[("grpc.use_local_subchannel_pool", 1)])
+    if step.routes and step.op not in ("decide", "ingest", "journey"):
+        raise ValueError(f"a routed step sends unary calls only, not {step.op!r}")
+    channels = {target: grpc.aio.insecure_channel(
+        target, options=[("grpc.use_local_subchannel_pool", 1)])
+        for target in {step.target, *step.routes}}
     try:
-        await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT_S)
-        calls = _Calls(channel)
+        await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in channels.values())),
+                               CONNECT_TIMEOUT_S)
+        calls = _Calls(channels[step.target])
+        routed = {target: _Calls(channel) for target, channel in channels.items()}
+        owners = [routed[target] for target in step.routes]
+
+        def route(customer: str) -> _Calls:
+            return owners[partition_of(customer, len(owners))] if owners else calls
         recorder = Recorder(seconds=step.measure_s)
         seed = step.seed * 1_000 + index
         # the process's clock for the shared start time
@@ -394,11 +407,11 @@ async def _step(step: Step, index: int, processes: int, start_at: float) -> dict
         elif step.op == "batch":
             await _batches(calls, schedule(), Journeys(_CATALOG, step.customers, seed), recorder)
         else:
-            await _unary(calls, schedule(), Journeys(_CATALOG, step.customers, seed),
+            await _unary(route, schedule(), Journeys(_CATALOG, step.customers, seed),
                          OPS[step.op], recorder)
         return recorder.encode()
     finally:
-        await channel.close()
+        await asyncio.gather(*(c.close() for c in channels.values()))
 
 
 class _Calls:
@@ -511,19 +524,20 @@ def _event(request: Request) -> pb.Event:
     return message
 
 
-async def _unary(calls: _Calls, schedule: _Schedule, journeys: Journeys,
+async def _unary(route: Callable[[str], _Calls], schedule: _Schedule, journeys: Journeys,
                  kinds: frozenset[str], recorder: Recorder) -> None:
     inflight = _Inflight()
     if RESPOND in kinds:  # an outcome names a decision still to come: built as it leaves
         async for send in schedule:
             request = journeys.next(kinds)
-            inflight.start(_call(calls, request.kind, _serialised(request), send, recorder,
+            inflight.start(_call(route(request.customer_id), request.kind,
+                                 _serialised(request), send, recorder,
                                  _showing(journeys, request)))
     else:
-        prepared = iter([(r.kind, _serialised(r))
+        prepared = iter([(route(r.customer_id), r.kind, _serialised(r))
                          for r in (journeys.next(kinds) for _ in range(len(schedule)))])
         async for send in schedule:
-            kind, payload = next(prepared)
+            calls, kind, payload = next(prepared)
             inflight.start(_call(calls, kind, payload, send, recorder))
     await inflight.drain()
 

@@ -134,15 +134,18 @@ class Kairos:
     # the share of the workload's requests whose customer's shard is on another node than
     # the gateway (each customer weighted by its Zipf popularity)
     crossing_share: float
+    # each partition's owner's own kairos.v1 endpoint (shard/api.py), when asked for
+    routes: tuple[str, ...] = ()
 
 
 @contextmanager
 def kairos(n_shards: int, customers: int, catalog_text: str | None = None,
-           keys_file: str | None = None) -> Iterator[Kairos]:
+           keys_file: str | None = None, direct: bool = False) -> Iterator[Kairos]:
     """The runtime (controller, learner, shards spread over the nodes) and one gateway, with
     the embedded default's durability: a directory store, the journal fsynced per batch. On
     the default catalog unless given one; the gateway requires the keys of `keys_file` if
-    given (auth is off without)."""
+    given (auth is off without). `direct`: every shard serves kairos.v1 too, and `routes`
+    names each partition's owner's endpoint."""
     store = tempfile.mkdtemp(prefix="kairos-bench-store-")
     try:
         runtime.start(n_shards=n_shards, catalog_text=catalog_text, store=store,
@@ -158,7 +161,8 @@ def kairos(n_shards: int, customers: int, catalog_text: str | None = None,
         port = ray.get(gateway.start.remote())
         remote = {s["shard"] for s in status["shards"] if s["placed_on"] != node}
         yield Kairos(f"127.0.0.1:{port}", node, {x: shards[x] for x in nodes},
-                     _crossing_share(remote, customers))
+                     _crossing_share(remote, customers),
+                     _shard_routes(keys_file) if direct else ())
     finally:
         runtime.stop()
         shutil.rmtree(store, ignore_errors=True)
@@ -183,6 +187,15 @@ def kairos_processes() -> list[psutil.Process]:
             if name.startswith("ray::") and "IDLE" not in name:
                 found.append(proc)
     return found
+
+
+def _shard_routes(keys_file: str | None) -> tuple[str, ...]:
+    """Start every shard's own kairos.v1 endpoint; the endpoint of each partition's owner."""
+    routing = ray.get(runtime.controller().get_map.remote(-1, 0.0))
+    ports = {name: ray.get(ray.get_actor(name, namespace=NAMESPACE).serve_api.remote(
+        "127.0.0.1", 0, keys_file)) for name in routing["shards"]}
+    return tuple(f"127.0.0.1:{ports[routing['shards'][owner]]}"
+                 for owner in np.frombuffer(routing["owners"], np.uint16))
 
 
 def _crossing_share(remote_shards: set[str], customers: int) -> float:

@@ -127,15 +127,17 @@ class GatewayServer:
             self._pauses.cancel()
 
 
-def _session_port_file(name: str) -> str | None:
-    """Where this node's Ray session keeps the port the gateway `name` bound."""
+def session_file(name: str) -> str | None:
+    """A file of this node's Ray session, kept across actor restarts (None: no session
+    directory to be had, so a restart cannot learn what the process before it did)."""
     try:
         node = ray._private.worker.global_worker.node
         directory = os.path.join(node.get_session_dir_path(), "kairos")
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        return os.path.join(directory, f"{name}.port")
-    except Exception:  # no session directory to be had: a restart binds a new free port
-        log.warning("%s: no Ray session directory; a restart may serve on another port", name)
+        return os.path.join(directory, name)
+    except Exception:
+        log.warning("no Ray session directory for %s; a restart may serve on another port",
+                    name)
         return None
 
 
@@ -147,6 +149,6 @@ class GatewayActor(GatewayServer):
                  keys_file: str | None = None, keys_env: str | None = None,
                  tls_files: tuple[str, str, str | None] | None = None):
         super().__init__(name, host, port, keys_file, keys_env, tls_files,
-                         port_file=_session_port_file(name) if host is not None else None,
+                         port_file=session_file(f"{name}.port") if host is not None else None,
                          node=ray.get_runtime_context().get_node_id())
         self.metrics = GatewayMetrics(name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import os
 import uuid
@@ -21,8 +22,10 @@ import ray
 from kairos.core.compiler import compiled_from_text
 
 from kairos.cluster import pauses
-from kairos.cluster.metrics import ShardMetrics
+from kairos.cluster.gateway.actor import GatewayServer, session_file
+from kairos.cluster.metrics import GatewayMetrics, ShardMetrics
 from kairos.cluster.settings import DATA_HOST, METRICS_FLUSH_S, MODEL_SYNC_S
+from kairos.cluster.shard.api import OwnShardFirst
 from kairos.cluster.shard.host import ShardHost
 from kairos.cluster.shard.modelsync import ModelSync
 from kairos.cluster.shard.shard import Shard
@@ -52,6 +55,11 @@ class ShardActor:
         self._plane = PlaneServer(self.host.handle)
         self._snapshot: dict[str, Any] = {"shard": name, "started": False}
         self._flushed: Shard | None = None  # the Shard whose tallies the metrics follow
+        self._api: GatewayServer | None = None
+        self._api_file = session_file(f"{name}.api")
+        if self._api_file and os.path.exists(self._api_file):  # restarted while it served
+            with open(self._api_file, encoding="utf-8") as f:
+                self._serve_api(**json.load(f))
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -75,6 +83,39 @@ class ShardActor:
         await self.host.start(compiled, {p: map_version for p in partitions},
                               [tuple(w) for w in channel_watches], sources)
         return self.incarnation
+
+    async def serve_api(self, host: str, port: int = 0, keys_file: str | None = None,
+                        keys_env: str | None = None,
+                        tls_files: tuple[str, str, str | None] | None = None) -> int:
+        """Serve kairos.v1 from this process too (api.py: one hop fewer for clients that
+        route); the port. As a gateway does, it reads its secrets from files or its own
+        environment, and serves again, on the same port, after Ray restarts the actor."""
+        if self._api is None:
+            self._serve_api(host, port, keys_file, keys_env, tls_files)
+        port = await self._api.start()
+        if self._api_file:
+            with open(self._api_file, "w", encoding="utf-8") as f:
+                json.dump({"host": host, "port": port, "keys_file": keys_file,
+                           "keys_env": keys_env, "tls_files": tls_files}, f)
+        return port
+
+    def _serve_api(self, host: str, port: int, keys_file: str | None, keys_env: str | None,
+                   tls_files: tuple[str, str, str | None] | None) -> None:
+        backend = OwnShardFirst(self.name, self.host, self.backend)
+        self._api = GatewayServer(self.name, host, port, keys_file, keys_env,
+                                  tls_files and tuple(tls_files), backend,
+                                  node=ray.get_runtime_context().get_node_id())
+        self._api.metrics = GatewayMetrics(self.name)
+
+    async def api_batches_in_process(self) -> int:
+        """Batches this process's API answered without the data plane (0 if it serves none)."""
+        return self._api.gateway.client.backend.in_process if self._api else 0
+
+    async def deliver(self, decisions: list) -> None:
+        """Watched decisions for the watches registered through this process's API (this
+        actor's name is their sink's)."""
+        if self._api is not None:
+            await self._api.deliver(decisions)
 
     # -- push ----------------------------------------------------------------------------------
 
@@ -145,8 +186,11 @@ class ShardActor:
         pauses.settle()  # the old catalog's engine is freed
 
     async def retire(self) -> None:
-        """Owning nothing any more: drop the journal, before the controller stops this actor."""
+        """Owning nothing any more: drop the journal, before the controller stops this actor
+        (and forget its API, which a shard of the same name made later would serve again)."""
         await self.host.run(Shard.retire)
+        if self._api_file and os.path.exists(self._api_file):
+            os.remove(self._api_file)
 
     async def watch_channel(self, sink: str, channel: str, placement: str | None,
                             active: bool) -> None:

@@ -10,7 +10,8 @@ import math
 
 from tests.bench.harness import run_harness
 
-SYSTEMS = ("floor-grpc", "floor-ray-1node", "redis", "redis-core", "kairos-1node", "actors")
+SYSTEMS = ("floor-grpc", "floor-ray-1node", "redis", "redis-core", "kairos-1node",
+           "kairos-direct-1node", "actors")
 
 
 def test_smoke_run_writes_reports_and_a_summary_line(tmp_path):
@@ -35,6 +36,8 @@ def test_smoke_run_writes_reports_and_a_summary_line(tmp_path):
     assert sum(report["idle_cpu"]["kairos-1node"].values()) > 0
     by_process = report["systems"]["kairos-1node"]["steps"][0]["cpu_us_per_request_by_process"]
     assert by_process["ray::GatewayActor"] > 0 and by_process["ray::ShardActor"] > 0
+    # called as a client that routes: each Decide went to its owner's own endpoint
+    assert len(report["layout"]["kairos-direct-1node"]["routes"]) > 1
     assert report["targets"] and all(isinstance(t["met"], bool) for t in report["targets"])
     assert "| system |" in (tmp_path / f"{run}.md").read_text()
     assert (tmp_path / f"{run}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
