@@ -251,7 +251,8 @@ def _start_kairos(args: argparse.Namespace, address: str, catalog_text: str | No
         if args.tls_cert else None
     spec = GatewaySpec(args.host, args.port, consecutive,
                        keys_file=os.path.abspath(args.keys) if args.keys else None,
-                       keys_env=None if args.keys else KEYS_ENV, tls_files=tls_files)
+                       keys_env=None if args.keys else KEYS_ENV, tls_files=tls_files,
+                       shard_endpoints=args.shard_endpoints)
     ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING")
     try:
         per_cpu = {"shards_per_cpu": args.shards_per_cpu} if args.shards_per_cpu else {}
@@ -409,6 +410,10 @@ def _serving_options() -> argparse.ArgumentParser:
                          help="fsync each batch before acknowledging it (default), leave it "
                               "to the OS (survives a crash of Kairos, not of the machine), or "
                               "journal nothing")
+    serving.add_argument("--shard-endpoints", action="store_true",
+                         help="every shard also serves the gRPC contract itself, on a free "
+                              "port of the gateways' address, for clients that route "
+                              "(GetRoutes): one hop fewer than through a gateway")
     serving.add_argument("--tls-cert", help="serve TLS: the certificate chain (PEM)")
     serving.add_argument("--tls-key", help="serve TLS: the private key (PEM)")
     serving.add_argument("--tls-client-ca", help="mTLS: clients need a certificate this CA "

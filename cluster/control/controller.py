@@ -25,6 +25,8 @@ without Ray in tests; `ControllerActor` (actor.py) is the named, detached Ray ac
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import logging
 from typing import Any
 
@@ -58,6 +60,14 @@ def _seed_of(name: str) -> int:
     return int(name.rsplit("-", 1)[1]) + 1
 
 
+def _endpoint(host: str, node_address: str | None, port: int) -> str:
+    """host:port as clients reach it: a wildcard bind is reached at the node's address."""
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(host).is_unspecified and node_address:
+            host = node_address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class Controller:
     def __init__(self, backend: Backend, catalog_text: str | None = None,
                  n_partitions: int = DEFAULT_PARTITIONS, store_url: str = "memory",
@@ -78,6 +88,7 @@ class Controller:
         self.map: PartitionMap | None = None
         self.placement: dict[str, str | None] = {}  # shard -> node it was placed on
         self.incarnations: dict[str, str] = {}
+        self.endpoints: dict[str, str] = {}  # shard -> host:port of its own kairos.v1
         self.channel_watches: set[tuple[str, str, str | None]] = set()
         self.moving: list[Move] = []  # recorded moves not yet settled (saved)
         self.lagging = Lagging(backend)
@@ -157,6 +168,7 @@ class Controller:
                 self.incarnations[name] = health["incarnation"]
                 if health.get("catalog_version") != self.catalog_version:
                     self.lagging.catalog.add(name)  # the switch was interrupted
+                await self._serve_endpoint(name)
                 continue
             if health is None:
                 await self._create_shard(name)
@@ -216,6 +228,22 @@ class Controller:
             self.catalog_text, partitions, sorted(self.channel_watches, key=str),
             self.map.version if self.map else 1, sources)
         self.lagging.forget(name)  # it started on the current catalog and watches
+        await self._serve_endpoint(name)
+
+    async def _serve_endpoint(self, name: str) -> None:
+        """Where the spec asks for it, have the shard serve kairos.v1 itself (shard/api.py)
+        and note where, for GetRoutes. One that cannot is still served through gateways."""
+        spec = self.nodes.spec
+        if spec is None or not spec.shard_endpoints:
+            return
+        try:
+            port = await self.backend.shard(name).serve_api(**spec.serving())
+        except Exception:
+            log.exception("%s could not serve its own endpoint; gateways serve it", name)
+            self.endpoints.pop(name, None)
+            return
+        node = self.backend.node_info().get(self.placement.get(name), {})
+        self.endpoints[name] = _endpoint(spec.host, node.get("address"), port)
 
     async def _publish(self) -> None:
         routable = self.map  # saved before clients see it: no routing by a map a crash undoes
@@ -231,6 +259,7 @@ class Controller:
         index = {n: i for i, n in enumerate(names)}
         owners = np.array([index[o] for o in pmap.owners], np.uint16)
         return {"version": pmap.version, "shards": names, "owners": owners.tobytes(),
+                "endpoints": [self.endpoints.get(n, "") for n in names],
                 "catalog_version": self.catalog_version}
 
     async def get_map(self, known_version: int, timeout_s: float = LONG_POLL_S) -> dict | None:

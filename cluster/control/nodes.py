@@ -54,14 +54,17 @@ class GatewaySpec:
     keys_file: str | None = None
     keys_env: str | None = None
     tls_files: tuple[str, str, str | None] | None = None
+    shard_endpoints: bool = False  # every shard serves kairos.v1 too (shard/api.py)
 
     def port_of(self, index: int) -> int:
         return self.port + index if self.consecutive and self.port else self.port
 
-    def serving(self, index: int) -> dict[str, Any]:
-        """The gateway actor's keyword arguments."""
-        return {"host": self.host, "port": self.port_of(index), "keys_file": self.keys_file,
-                "keys_env": self.keys_env, "tls_files": self.tls_files}
+    def serving(self, index: int | None = None) -> dict[str, Any]:
+        """Gateway `index`'s actor's keyword arguments; None: a shard endpoint's (served as
+        a gateway is, on any free port)."""
+        return {"host": self.host, "port": 0 if index is None else self.port_of(index),
+                "keys_file": self.keys_file, "keys_env": self.keys_env,
+                "tls_files": self.tls_files}
 
     @classmethod
     def from_state(cls, state: dict[str, Any] | None) -> "GatewaySpec | None":

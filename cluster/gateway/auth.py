@@ -94,6 +94,7 @@ RULES: dict[str, Rule] = {
     _DECISIONS + "GetProfile": Rule("profile:read", bound=FILTER),
     _DECISIONS + "LinkIdentity": Rule("ingest", bound=UNBOUND, also="identity"),
     _DECISIONS + "ForgetCustomer": Rule("admin"),
+    _DECISIONS + "GetRoutes": Rule("decide", also="ingest"),
     _ADMIN + "ValidateCatalog": Rule("status:read", also="admin"),
     _ADMIN + "PutCatalog": Rule("admin"),
     _ADMIN + "RollbackCatalog": Rule("admin"),

@@ -227,6 +227,11 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
                 checked.time, checked.decision_id, checked.value)))
         return pb.OutcomeAck(learned_from=LEARNED_FROM.get(learned, pb.LEARNED_FROM_UNSPECIFIED))
 
+    async def GetRoutes(self, request: pb.RoutesRequest, context) -> pb.Routes:
+        version, partitions, endpoints, owners = self.client.routes()
+        return pb.Routes(version=version, partitions=partitions, endpoints=endpoints,
+                         owners=owners)
+
     async def GetProfile(self, request: pb.ProfileRequest, context) -> pb.Profile:
         catalog = await self.gateway.catalog()
         try:

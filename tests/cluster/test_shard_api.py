@@ -1,9 +1,12 @@
-"""The gRPC contract served by the shards' own processes (shard/api.py), end to end on a real
-local Ray: a client that routes calls the owner of each customer and is answered without the
-data plane; a call to a shard that does not own the customer is sent on and served; keys and
-scopes hold as at a gateway; the API serves again, on its port, after Ray restarts the shard."""
+"""Shard endpoints (shard/api.py), end to end on a real local Ray, started as `kairos up
+--shard-endpoints` starts them (the controller, from the gateways' spec): GetRoutes at a
+gateway names each partition's owner's endpoint, by the hash the proto documents; a client
+that routes is answered by the owner in its own process, without the data plane; a call to a
+shard that does not own the customer is sent on and served; keys and scopes hold as at a
+gateway; after Ray restarts a shard its endpoint serves again, on its port."""
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 
@@ -12,6 +15,7 @@ import pytest
 import ray
 
 from kairos.cluster.control import runtime
+from kairos.cluster.control.nodes import GatewaySpec
 from kairos.cluster.gateway.wire import value_out
 from kairos.cluster.settings import NAMESPACE
 from kairos.v1 import decision_pb2 as pb
@@ -25,80 +29,93 @@ AUTH = (("x-api-key", WEB),)
 
 
 @pytest.fixture(scope="module")
-def shards(ray_cluster, tmp_path_factory):
-    """{shard name: (its actor, the port its API serves on)} and a client of the runtime."""
+def routes(ray_cluster, tmp_path_factory) -> pb.Routes:
     ray_cluster(nodes=1, cpus_per_node=2)
-    names = runtime.start(n_shards=2, n_partitions=64)["shards"]
     keys_file = tmp_path_factory.mktemp("keys") / "keys.yaml"
     keys_file.write_text(KEYS)
     keys_file.chmod(0o600)
-    served = {}
-    for name in names:
-        actor = ray.get_actor(name, namespace=NAMESPACE)
-        served[name] = actor, ray.get(actor.serve_api.remote("127.0.0.1", 0, str(keys_file)))
-    client = runtime.connect()
-    yield served, client
-    client.close()
+    runtime.start(n_shards=2, n_partitions=64, gateways=GatewaySpec(
+        "127.0.0.1", 0, keys_file=str(keys_file), shard_endpoints=True))
+    nodes = ray.get(runtime.controller().status.remote())["node_status"]
+    gateway = f"127.0.0.1:{nodes[0]['gateway_port']}"
+    with grpc.insecure_channel(gateway) as channel:
+        yield decision_pb2_grpc.DecisionServiceStub(channel).GetRoutes(
+            pb.RoutesRequest(), metadata=AUTH, timeout=10)
     runtime.stop()
 
 
-def decide(port: int, customer: str, metadata=AUTH) -> pb.Decision:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        return decision_pb2_grpc.DecisionServiceStub(channel).Decide(
-            pb.DecideRequest(customer_id=customer, channel="web"), metadata=metadata,
-            timeout=10)
+def partition(customer: str, partitions: int) -> int:
+    """As the proto documents it (not the runtime's own function)."""
+    digest = hashlib.blake2b(customer.encode(), digest_size=8).digest()
+    return int.from_bytes(digest[:8], "little") % partitions
 
 
-def customers_of(client, owner: str, n: int) -> list[str]:
-    return [c for c in (f"api-{i}" for i in range(1000)) if client.owner(c) == owner][:n]
+def owner(routes: pb.Routes, customer: str) -> str:
+    return routes.endpoints[routes.owners[partition(customer, routes.partitions)]]
 
 
-def test_the_owner_answers_in_process_and_another_shard_sends_the_call_on(shards):
-    served, client = shards
-    (a, (actor_a, port_a)), (b, (actor_b, port_b)) = served.items()
-    before_a, before_b = (ray.get(x.api_batches_in_process.remote()) for x in (actor_a, actor_b))
-    for customer in customers_of(client, a, 5):
-        assert decide(port_a, customer).customer_id == customer
-    after_a = ray.get(actor_a.api_batches_in_process.remote())
-    assert after_a - before_a >= 5  # every one in process (a batch may hold more than one)
-    for customer in customers_of(client, a, 5):
-        decision = decide(port_b, customer)  # b does not own them: sent on to a
+def stub(endpoint: str) -> decision_pb2_grpc.DecisionServiceStub:
+    return decision_pb2_grpc.DecisionServiceStub(grpc.insecure_channel(endpoint))
+
+
+def decide(endpoint: str, customer: str, metadata=AUTH) -> pb.Decision:
+    return stub(endpoint).Decide(pb.DecideRequest(customer_id=customer, channel="web"),
+                                 metadata=metadata, timeout=10)
+
+
+def in_process(endpoint: str, routes: pb.Routes) -> int:
+    """Batches the shard behind `endpoint` answered from its endpoint without the data plane."""
+    shard = ray.get(runtime.controller().get_map.remote(-1, 0.0))["shards"][
+        list(routes.endpoints).index(endpoint)]
+    return ray.get(ray.get_actor(shard, namespace=NAMESPACE).api_batches_in_process.remote())
+
+
+def test_routes_name_every_shard_s_endpoint_and_every_partition_s_owner(routes):
+    assert routes.version >= 1 and routes.partitions == 64
+    assert len(routes.endpoints) == 2 and all(e.startswith("127.0.0.1:") for e in
+                                              routes.endpoints)
+    assert len(routes.owners) == 64 and set(routes.owners) == {0, 1}
+
+
+def test_the_owner_answers_in_process_and_another_shard_sends_the_call_on(routes):
+    a, b = routes.endpoints
+    mine = [c for c in (f"api-{i}" for i in range(200)) if owner(routes, c) == a][:5]
+    before_a, before_b = in_process(a, routes), in_process(b, routes)
+    for customer in mine:
+        assert decide(a, customer).customer_id == customer
+    assert in_process(a, routes) - before_a >= 1  # in process (a batch may hold several)
+    for customer in mine:
+        decision = decide(b, customer)  # b does not own them: sent on to a
         assert decision.customer_id == customer and not decision.fallback
-    assert ray.get(actor_b.api_batches_in_process.remote()) == before_b
-    ingested = pb.Event(customer_id=customers_of(client, b, 1)[0], type="page_view",
-                        channel="web")
-    ingested.attributes["category"].CopyFrom(value_out("home"))
-    with grpc.insecure_channel(f"127.0.0.1:{port_b}") as channel:
-        ack = decision_pb2_grpc.DecisionServiceStub(channel).Ingest(ingested, metadata=AUTH,
-                                                                    timeout=10)
-    assert ack.sequence >= 1
+    assert in_process(b, routes) == before_b
+    event = pb.Event(customer_id=mine[0], type="page_view", channel="web")
+    event.attributes["category"].CopyFrom(value_out("home"))
+    assert stub(a).Ingest(event, metadata=AUTH, timeout=10).sequence >= 1
 
 
-def test_keys_and_scopes_hold_as_at_a_gateway(shards):
-    served, _ = shards
-    port = next(iter(served.values()))[1]
+def test_keys_and_scopes_hold_as_at_a_gateway(routes):
+    endpoint = routes.endpoints[0]
     with pytest.raises(grpc.RpcError) as no_key:
-        decide(port, "api-0", metadata=())
+        decide(endpoint, "api-0", metadata=())
     assert no_key.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    with pytest.raises(grpc.RpcError) as other_channel, \
-            grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        decision_pb2_grpc.DecisionServiceStub(channel).Decide(
-            pb.DecideRequest(customer_id="api-0", channel="call_center"), metadata=AUTH,
-            timeout=10)
+    with pytest.raises(grpc.RpcError) as other_channel:
+        stub(endpoint).Decide(pb.DecideRequest(customer_id="api-0", channel="call_center"),
+                              metadata=AUTH, timeout=10)
     assert other_channel.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_a_restarted_shard_serves_its_api_again_on_the_same_port(shards):
-    served, client = shards
-    name, (actor, port) = next(iter(served.items()))
+def test_a_restarted_shard_serves_its_endpoint_again_on_the_same_port(routes):
+    endpoint = routes.endpoints[0]
+    shard = ray.get(runtime.controller().get_map.remote(-1, 0.0))["shards"][0]
+    actor = ray.get_actor(shard, namespace=NAMESPACE)
     pid = ray.get(actor.health.remote())["pid"]
     os.kill(pid, signal.SIGKILL)
-    customer = customers_of(client, name, 1)[0]
+    customer = next(c for c in (f"api-{i}" for i in range(200)) if owner(routes, c) == endpoint)
 
     def served_again() -> bool:
         try:
-            return decide(port, customer).customer_id == customer
+            return decide(endpoint, customer).customer_id == customer
         except grpc.RpcError:
             return False
-    wait_until(served_again, 60, "the restarted shard's API to answer on its port")
+    wait_until(served_again, 60, "the restarted shard's endpoint to answer on its port")
     assert ray.get(actor.health.remote())["pid"] != pid

@@ -36,6 +36,7 @@ class LocalBackend:
         self.store = MemoryStore(shared=True)  # as a directory or a Redis: every shard sees it
         self.cpus: dict[str, float] = {}  # a node's CPUs (default 1)
         self.gateways: dict[str, dict[str, Any]] = {}  # name -> node, port, state
+        self.endpoints: dict[str, dict[str, Any]] = {}  # shard -> host, port (serve_api)
         self.gateway_fails_on: set[str] = set()  # nodes where a gateway cannot bind
         self.requests: list[list[dict[str, float]]] = []  # request_resources, in order
         self._turns: dict[tuple[str, str], int] = {}
@@ -145,6 +146,16 @@ class LocalShard:
         shard.recover(sources)
         self._backend.shards[self.name] = shard
         return self.incarnation
+
+    async def serve_api(self, host: str, port: int = 0, keys_file: str | None = None,
+                        keys_env: str | None = None,
+                        tls_files: tuple[str, str, str | None] | None = None) -> int:
+        """As create_gateway: noted, not served (no gRPC here)."""
+        await self._backend.hop()
+        endpoints = self._backend.endpoints
+        if self.name not in endpoints:
+            endpoints[self.name] = {"host": host, "port": port or 41000 + len(endpoints)}
+        return endpoints[self.name]["port"]
 
     async def health(self) -> dict[str, Any]:
         return {"incarnation": self.incarnation, **(await self._shard()).stats()}

@@ -106,6 +106,38 @@ def test_without_a_spec_the_controller_starts_no_gateway():
     asyncio.run(main())
 
 
+def test_shard_endpoints_are_in_the_map_at_the_node_s_address_after_joins_and_restarts(
+        tmp_path):
+    async def main():
+        backend = Watched()
+        store = str(tmp_path / "store")
+        spec = GatewaySpec("0.0.0.0", 50051, consecutive=True, shard_endpoints=True)
+        ctl = await started(backend, store=store, spec=spec)
+
+        def endpoints(controller: Controller) -> dict[str, str]:
+            routing = controller.routing()
+            return dict(zip(routing["shards"], routing["endpoints"]))
+        address = {n: info["address"] for n, info in backend.node_info().items()}
+        want = {name: f"{address[ctl.placement[name]]}:{backend.endpoints[name]['port']}"
+                for name in ctl.shards}
+        assert endpoints(ctl) == want and len(set(want.values())) == 3
+        assert {e["host"] for e in backend.endpoints.values()} == {"0.0.0.0"}
+        backend.node_names.append("node-d")
+        await ctl.reconcile()
+        joined = [n for n in ctl.shards if ctl.placement[n] == "node-d"]
+        assert joined and all(endpoints(ctl)[n].startswith("10.0.0.4:") for n in joined)
+        again = await started(backend, len(ctl.shards), store, spec=None)  # Ray restarted it
+        assert endpoints(again) == endpoints(ctl)
+    asyncio.run(main())
+
+
+def test_without_shard_endpoints_the_map_names_none():
+    async def main():
+        ctl = await started(Watched())
+        assert set(ctl.routing()["endpoints"]) == {""}
+    asyncio.run(main())
+
+
 def test_a_node_that_joins_gets_a_gateway_and_shards_by_its_cpus_while_events_flow():
     async def main():
         backend = Watched()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import random
+import time
+from collections import Counter as Tally
 
 import grpc
 import pytest
@@ -110,21 +112,32 @@ def same(a: list, b: list) -> bool:
     return all((m1 == m2).all() and (p1 == p2).all() for (m1, p1), (m2, p2) in zip(a, b))
 
 
+def code_of(call, request) -> grpc.StatusCode:
+    """The call's status, sent again while the gateway sheds it (a shed call was not taken:
+    on a machine busy with other work this test's 5,000 calls can be refused a few times)."""
+    for backoff_s in (0.01, 0.02, 0.04, 0.08, 0.16, 0.32):
+        try:
+            call(request, timeout=DEADLINE_S)
+            return grpc.StatusCode.OK
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                return exc.code()
+        time.sleep(backoff_s)
+    return grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 def test_made_up_decisions_steer_no_model_and_a_real_one_still_learns(served):
     """The issue's repro: 5,000 CONVERTs with made-up decision ids on random customers."""
     gateway, stub = served
     before, residents = models(gateway), resident(gateway)
     rng = random.Random(7)
-    refused = 0
+    codes: Tally = Tally()
     for i in range(5000):
         outcome = pb.Outcome(customer_id=f"victim-{rng.randrange(10**9)}",
                              decision_id=f"{rng.randrange(16**8):x}-{i:x}",
                              action_id="service_menu", channel="web", outcome=pb.CONVERT)
-        try:
-            stub.Respond(outcome, timeout=DEADLINE_S)
-        except grpc.RpcError as exc:
-            refused += exc.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert refused == 5000
+        codes[code_of(stub.Respond, outcome)] += 1
+    assert codes == {grpc.StatusCode.INVALID_ARGUMENT: 5000}
     assert same(models(gateway), before) and resident(gateway) == residents
     decision = stub.Decide(pb.DecideRequest(customer_id="real-1", channel="web"),
                            timeout=DEADLINE_S)
