@@ -17,6 +17,7 @@ import ray
 from kairos.cluster.control import runtime
 from kairos.cluster.control.nodes import GatewaySpec
 from kairos.cluster.gateway.wire import value_out
+from kairos.cluster.routed import RoutedClient
 from kairos.cluster.settings import NAMESPACE
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
@@ -29,7 +30,7 @@ AUTH = (("x-api-key", WEB),)
 
 
 @pytest.fixture(scope="module")
-def routes(ray_cluster, tmp_path_factory) -> pb.Routes:
+def gateway(ray_cluster, tmp_path_factory) -> str:
     ray_cluster(nodes=1, cpus_per_node=2)
     keys_file = tmp_path_factory.mktemp("keys") / "keys.yaml"
     keys_file.write_text(KEYS)
@@ -37,11 +38,15 @@ def routes(ray_cluster, tmp_path_factory) -> pb.Routes:
     runtime.start(n_shards=2, n_partitions=64, gateways=GatewaySpec(
         "127.0.0.1", 0, keys_file=str(keys_file), shard_endpoints=True))
     nodes = ray.get(runtime.controller().status.remote())["node_status"]
-    gateway = f"127.0.0.1:{nodes[0]['gateway_port']}"
-    with grpc.insecure_channel(gateway) as channel:
-        yield decision_pb2_grpc.DecisionServiceStub(channel).GetRoutes(
-            pb.RoutesRequest(), metadata=AUTH, timeout=10)
+    yield f"127.0.0.1:{nodes[0]['gateway_port']}"
     runtime.stop()
+
+
+@pytest.fixture(scope="module")
+def routes(gateway) -> pb.Routes:
+    with grpc.insecure_channel(gateway) as channel:
+        return decision_pb2_grpc.DecisionServiceStub(channel).GetRoutes(
+            pb.RoutesRequest(), metadata=AUTH, timeout=10)
 
 
 def partition(customer: str, partitions: int) -> int:
@@ -91,6 +96,25 @@ def test_the_owner_answers_in_process_and_another_shard_sends_the_call_on(routes
     event = pb.Event(customer_id=mine[0], type="page_view", channel="web")
     event.attributes["category"].CopyFrom(value_out("home"))
     assert stub(a).Ingest(event, metadata=AUTH, timeout=10).sequence >= 1
+
+
+def test_the_routed_client_calls_each_owner_and_the_gateway_for_the_rest(gateway, routes):
+    client = RoutedClient(gateway, AUTH)
+    try:
+        customers = [f"routed-{i}" for i in range(20)]
+        before = {e: in_process(e, routes) for e in routes.endpoints}
+        for customer in customers:
+            assert client.stub_for(customer) is client._stub(owner(routes, customer))
+            assert client.Decide(pb.DecideRequest(customer_id=customer, channel="web"),
+                                 timeout=10).customer_id == customer
+        assert all(in_process(e, routes) > before[e] for e in routes.endpoints)
+        by_alias = pb.DecideRequest(alias=pb.Alias(type="cookie", value="routed-c"),
+                                    channel="web")
+        assert client.stub_for(by_alias.customer_id) is client._gateway
+        assert client.Decide(by_alias, timeout=10).customer_id.startswith("~cookie:")
+        assert client.GetRoutes(pb.RoutesRequest(), timeout=10) == routes  # via the gateway
+    finally:
+        client.close()
 
 
 def test_keys_and_scopes_hold_as_at_a_gateway(routes):

@@ -1,0 +1,87 @@
+"""A DecisionService client that routes: each call by customer id goes to its owner shard's own
+endpoint (shard/api.py), one hop fewer than through a gateway; everything else, and every call
+while no route is known, goes to the gateway.
+
+The routes come from the gateway's GetRoutes and are fetched again every `refresh_s`, and
+after an endpoint answers UNAVAILABLE (its shard moved or restarted). A stale route costs a
+hop, never an error: a shard that no longer owns the customer sends the call on. Retrying is
+the caller's, as the .proto says for every call (Ingest with its idempotency_key).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+import grpc
+
+from kairos.v1 import decision_pb2 as pb
+from kairos.v1 import decision_pb2_grpc
+
+from kairos.cluster.control.partitions import partition_of
+
+ROUTED = ("Decide", "Ingest", "Respond")  # the calls that name one customer by id
+
+
+class RoutedClient:
+    """`Decide`, `Ingest` and `Respond` routed by the request's customer_id (one named by
+    alias goes to the gateway); any other DecisionService method through the gateway
+    (`client.GetProfile(...)`). `metadata` (the API key) goes with every call."""
+
+    def __init__(self, gateway: str, metadata: tuple[tuple[str, str], ...] = (),
+                 credentials: grpc.ChannelCredentials | None = None, refresh_s: float = 5.0):
+        self.metadata = metadata
+        self.refresh_s = refresh_s
+        self._credentials = credentials
+        self._channels: dict[str, grpc.Channel] = {}
+        self._stubs: dict[str, decision_pb2_grpc.DecisionServiceStub] = {}
+        self._gateway = self._stub(gateway)
+        self._routes = pb.Routes()
+        self._fetched = -float("inf")
+        self._lock = threading.Lock()
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        if method in ROUTED:
+            return lambda request, **kwargs: self._routed(method, request, kwargs)
+        call = getattr(self._gateway, method)
+        return lambda request, **kwargs: call(request, metadata=self.metadata, **kwargs)
+
+    def stub_for(self, customer_id: str) -> decision_pb2_grpc.DecisionServiceStub:
+        """The owner's endpoint's stub, or the gateway's where no route is known."""
+        routes = self._current()
+        if not customer_id or not routes.partitions:
+            return self._gateway
+        endpoint = routes.endpoints[routes.owners[partition_of(customer_id, routes.partitions)]]
+        return self._stub(endpoint) if endpoint else self._gateway
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+
+    def _routed(self, method: str, request: Any, kwargs: dict[str, Any]) -> Any:
+        stub = self.stub_for(request.customer_id)
+        try:
+            return getattr(stub, method)(request, metadata=self.metadata, **kwargs)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE and stub is not self._gateway:
+                self._fetched = -float("inf")  # the next call asks for the routes first
+            raise
+
+    def _current(self) -> pb.Routes:
+        with self._lock:
+            if time.monotonic() - self._fetched >= self.refresh_s:
+                self._fetched = time.monotonic()
+                try:
+                    self._routes = self._gateway.GetRoutes(pb.RoutesRequest(),
+                                                           metadata=self.metadata, timeout=5)
+                except grpc.RpcError:  # the gateway serves every call meanwhile
+                    self._routes = pb.Routes()
+            return self._routes
+
+    def _stub(self, target: str) -> decision_pb2_grpc.DecisionServiceStub:
+        if target not in self._stubs:
+            channel = grpc.secure_channel(target, self._credentials) if self._credentials \
+                else grpc.insecure_channel(target)
+            self._channels[target] = channel
+            self._stubs[target] = decision_pb2_grpc.DecisionServiceStub(channel)
+        return self._stubs[target]
