@@ -3,9 +3,11 @@ endpoint (shard/api.py), one hop fewer than through a gateway; everything else, 
 while no route is known, goes to the gateway.
 
 The routes come from the gateway's GetRoutes and are fetched again every `refresh_s`, and
-after an endpoint answers UNAVAILABLE (its shard moved or restarted). A stale route costs a
-hop, never an error: a shard that no longer owns the customer sends the call on. Retrying is
-the caller's, as the .proto says for every call (Ingest with its idempotency_key).
+within RETRY_ROUTES_S after an endpoint answers UNAVAILABLE (its shard stopped, restarted or
+left); a failed fetch keeps the last routes. A route to a shard that is up but no longer owns
+the customer costs a hop: that shard sends the call on. One to a shard that is gone answers
+UNAVAILABLE, and retrying is the caller's, as the .proto says for every call (Ingest with its
+idempotency_key): the retry goes where the new routes say.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from kairos.v1 import decision_pb2_grpc
 from kairos.cluster.control.partitions import partition_of
 
 ROUTED = ("Decide", "Ingest", "Respond")  # the calls that name one customer by id
+RETRY_ROUTES_S = 1.0  # after an UNAVAILABLE endpoint, the routes are asked for this soon
 
 
 class RoutedClient:
@@ -35,10 +38,10 @@ class RoutedClient:
         self._credentials = credentials
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, decision_pb2_grpc.DecisionServiceStub] = {}
+        self._lock = threading.Lock()  # the routes' fetch (one at a time), the channels
         self._gateway = self._stub(gateway)
         self._routes = pb.Routes()
-        self._fetched = -float("inf")
-        self._lock = threading.Lock()
+        self._due = -float("inf")  # when the routes are to be asked for again
 
     def __getattr__(self, method: str) -> Callable[..., Any]:
         if method in ROUTED:
@@ -64,24 +67,31 @@ class RoutedClient:
             return getattr(stub, method)(request, metadata=self.metadata, **kwargs)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE and stub is not self._gateway:
-                self._fetched = -float("inf")  # the next call asks for the routes first
+                self._due = min(self._due, time.monotonic() + RETRY_ROUTES_S)
             raise
 
     def _current(self) -> pb.Routes:
-        with self._lock:
-            if time.monotonic() - self._fetched >= self.refresh_s:
-                self._fetched = time.monotonic()
-                try:
-                    self._routes = self._gateway.GetRoutes(pb.RoutesRequest(),
-                                                           metadata=self.metadata, timeout=5)
-                except grpc.RpcError:  # the gateway serves every call meanwhile
-                    self._routes = pb.Routes()
-            return self._routes
+        """The routes; asked for again when due, by one caller at a time (the others go on
+        with the last ones meanwhile)."""
+        if time.monotonic() >= self._due and self._lock.acquire(blocking=False):
+            try:
+                self._due = time.monotonic() + self.refresh_s
+                self._routes = self._gateway.GetRoutes(pb.RoutesRequest(),
+                                                       metadata=self.metadata, timeout=5)
+            except grpc.RpcError:  # the last routes stand (none yet: the gateway serves all)
+                pass
+            finally:
+                self._lock.release()
+        return self._routes
 
     def _stub(self, target: str) -> decision_pb2_grpc.DecisionServiceStub:
-        if target not in self._stubs:
-            channel = grpc.secure_channel(target, self._credentials) if self._credentials \
-                else grpc.insecure_channel(target)
-            self._channels[target] = channel
-            self._stubs[target] = decision_pb2_grpc.DecisionServiceStub(channel)
-        return self._stubs[target]
+        stub = self._stubs.get(target)
+        if stub is None:
+            with self._lock:
+                if target not in self._stubs:
+                    channel = grpc.secure_channel(target, self._credentials) \
+                        if self._credentials else grpc.insecure_channel(target)
+                    self._channels[target] = channel
+                    self._stubs[target] = decision_pb2_grpc.DecisionServiceStub(channel)
+                stub = self._stubs[target]
+        return stub

@@ -70,6 +70,9 @@ class ControllerActor:
     async def get_map(self, known_version: int, timeout_s: float = LONG_POLL_S):
         return await (await self._ready()).get_map(known_version, timeout_s)
 
+    async def shard_endpoints(self) -> dict[str, str]:
+        return await (await self._ready()).shard_endpoints()
+
     async def scale(self, n_shards: int) -> dict[str, Any]:
         return await (await self._ready()).scale(n_shards)
 

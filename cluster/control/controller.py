@@ -61,9 +61,12 @@ def _seed_of(name: str) -> int:
 
 
 def _endpoint(host: str, node_address: str | None, port: int) -> str:
-    """host:port as clients reach it: a wildcard bind is reached at the node's address."""
+    """host:port as clients reach it: a wildcard bind is reached at the node's address (""
+    while that is not known)."""
     with contextlib.suppress(ValueError):
-        if ipaddress.ip_address(host).is_unspecified and node_address:
+        if ipaddress.ip_address(host).is_unspecified:
+            if not node_address:
+                return ""
             host = node_address
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -244,6 +247,8 @@ class Controller:
             return
         node = self.backend.node_info().get(self.placement.get(name), {})
         self.endpoints[name] = _endpoint(spec.host, node.get("address"), port)
+        if not self.endpoints[name]:
+            del self.endpoints[name]
 
     async def _publish(self) -> None:
         routable = self.map  # saved before clients see it: no routing by a map a crash undoes
@@ -259,8 +264,13 @@ class Controller:
         index = {n: i for i, n in enumerate(names)}
         owners = np.array([index[o] for o in pmap.owners], np.uint16)
         return {"version": pmap.version, "shards": names, "owners": owners.tobytes(),
-                "endpoints": [self.endpoints.get(n, "") for n in names],
                 "catalog_version": self.catalog_version}
+
+    async def shard_endpoints(self) -> dict[str, str]:
+        """Each shard's own kairos.v1 endpoint (host:port), where it serves one. Not part of
+        the map: an endpoint changes (a restart on another port) without partitions moving,
+        and a map version is a promise the shards keep."""
+        return dict(self.endpoints)
 
     async def get_map(self, known_version: int, timeout_s: float = LONG_POLL_S) -> dict | None:
         """Long poll: the map once its version differs from `known_version`; None on timeout."""
@@ -349,9 +359,13 @@ class Controller:
             except Unavailable:
                 log.warning("%s did not drop its journal before stopping", name)
             await self.backend.kill_shard(name)
-            self.placement.pop(name, None)
-            self.incarnations.pop(name, None)
-            self.lagging.forget(name)
+            self._forget_shard(name)
+
+    def _forget_shard(self, name: str) -> None:
+        self.placement.pop(name, None)
+        self.incarnations.pop(name, None)
+        self.endpoints.pop(name, None)
+        self.lagging.forget(name)
 
     # -- catalogs ------------------------------------------------------------------------------
 
@@ -512,9 +526,7 @@ class Controller:
         log.warning("%s was on a node that left; a new shard recovers its partitions from the "
                     "store (%s)", dead, self.store_shown)
         await self.backend.kill_shard(dead)
-        self.placement.pop(dead)
-        self.incarnations.pop(dead, None)
-        self.lagging.forget(dead)
+        self._forget_shard(dead)
         name = await self._create_shard()
         partitions = self.map.partitions_of(dead)
         self.map = self.map.apply([Move(p, dead, name) for p in partitions], self.shards)

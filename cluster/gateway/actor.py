@@ -24,6 +24,7 @@ import ray
 from kairos.core.decision import Decision
 
 from kairos.cluster import pauses
+from kairos.cluster.gateway.admission import Shedder
 from kairos.cluster.gateway.auth import Auth
 from kairos.cluster.gateway.calls import Gateway
 from kairos.cluster.gateway.server import Tls, serve
@@ -50,8 +51,10 @@ class GatewayServer:
     def __init__(self, name: str, host: str | None = None, port: int = 0,
                  keys_file: str | None = None, keys_env: str | None = None,
                  tls_files: tuple[str, str, str | None] | None = None,
-                 backend=None, port_file: str | None = None, node: str | None = None):
+                 backend=None, port_file: str | None = None, node: str | None = None,
+                 of_shard: bool = False):
         self.name = name
+        self.of_shard = of_shard  # a shard's own endpoint (shard/api.py), not a gateway
         self.node = node
         self.gateway: Gateway | None = None
         self.server: grpc.aio.Server | None = None
@@ -73,11 +76,17 @@ class GatewayServer:
             backend = self._backend if self._backend is not None else RayBackend()
             client = await KairosClient(backend).connect()
             self.gateway = Gateway(self.name, client, backend, self.node)
+            if self.of_shard:
+                # The loop is the shard's: busy with the rounds gateways send as well, which
+                # refusing this endpoint's calls would not relieve (the host's queue bounds
+                # those). A late loop still sheds.
+                self.gateway.shedder = Shedder(busy_target=1.0)
             await self.gateway.refresh_catalog()
             if port == 0 and self._port_file and os.path.exists(self._port_file):
                 with open(self._port_file, encoding="utf-8") as f:
                     port = int(f.read())  # restarted: the port it served on before
-            self.server, self.checker, bound = await serve(self.gateway, auth, host, port, tls)
+            self.server, self.checker, bound = await serve(self.gateway, auth, host, port, tls,
+                                                           admin=not self.of_shard)
             if not bound:
                 raise OSError(f"{self.name} could not bind {host}:{port}")
             if self._port_file:
@@ -85,6 +94,8 @@ class GatewayServer:
                     f.write(str(bound))
         except Exception:
             log.exception("%s could not start serving on %s:%d", self.name, host, port)
+            if self.gateway is not None:
+                await self.gateway.close()  # its client follows the map no more
             raise
         pauses.settle()
         self._pauses = asyncio.ensure_future(self._housekeeping())

@@ -144,18 +144,22 @@ class ThreadDemand:
             self._fd = None
 
     def share(self) -> float:
-        now, wanted = time.monotonic(), self._wanted_s()
+        """(0 for the interval in which schedstat stopped reading: the fallback's clock
+        cannot be compared with its; at most 2, whatever a clock's rounding does)."""
+        reading = self._fd is not None
+        wanted = self._wanted_s()
+        now = time.monotonic()
         (then, before), self._last = self._last, (now, wanted)
-        return (wanted - before) / max(now - then, 1e-9)
+        if reading and self._fd is None:
+            return 0.0
+        return min(max((wanted - before) / max(now - then, 1e-9), 0.0), 2.0)
 
     def _wanted_s(self) -> float:
         if self._fd is not None:
             try:
                 return sum(self._schedstat_s())
             except (OSError, ValueError):
-                # The two clocks differ: measure from here on the fallback's alone.
-                self._close()
-                self._last = (time.monotonic(), time.thread_time())
+                self._close()  # from here on, the time it ran alone
         return time.thread_time()
 
     def _schedstat_s(self) -> tuple[float, float]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter as Tally
 
 import asyncio
+import contextlib
 import math
 import time
 from typing import Any, Awaitable, Callable, TypeVar
@@ -32,6 +33,7 @@ from kairos.cluster.transport.client import Busy, Conflict, KairosClient
 
 MAX_DETAILS = 1024  # characters of a status message
 CATALOG_RECHECK_S = 1.0  # the most often refused requests have the controller asked
+ENDPOINTS_REFRESH_S = 1.0  # the most often GetRoutes asks the controller for the endpoints
 T = TypeVar("T")
 
 
@@ -54,6 +56,8 @@ class Gateway:
         self._refresh: asyncio.Future | None = None
         self._rechecked = -math.inf  # when a refusal last had the controller's catalog asked
         self._shedding: asyncio.Task | None = None
+        self._endpoints: dict[str, str] = {}  # shard -> its own endpoint (GetRoutes)
+        self._endpoints_at = -math.inf
 
     def start(self) -> None:
         """Start keeping the share of calls to shed (within the serving event loop)."""
@@ -64,6 +68,18 @@ class Gateway:
             self._shedding.cancel()
             await asyncio.gather(self._shedding, return_exceptions=True)
         await self.client.close()
+
+    async def routes(self) -> tuple[int, int, list[str], list[int]]:
+        """GetRoutes: the map's version, the partition count, each shard's endpoint ("" for
+        none) and each partition's owner's index. The endpoints are the controller's, asked
+        at most once an ENDPOINTS_REFRESH_S (the last known while it cannot answer)."""
+        now = time.monotonic()
+        if now - self._endpoints_at >= ENDPOINTS_REFRESH_S:
+            self._endpoints_at = now
+            with contextlib.suppress(Unavailable):
+                self._endpoints = await self.backend.controller().shard_endpoints()
+        version, shards, owners = self.client.routes()
+        return version, len(owners), [self._endpoints.get(s, "") for s in shards], owners
 
     async def catalog(self) -> CompiledCatalog:
         """The catalog the cluster runs, for validation and fallbacks. After a switch (seen in

@@ -228,7 +228,7 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
         return pb.OutcomeAck(learned_from=LEARNED_FROM.get(learned, pb.LEARNED_FROM_UNSPECIFIED))
 
     async def GetRoutes(self, request: pb.RoutesRequest, context) -> pb.Routes:
-        version, partitions, endpoints, owners = self.client.routes()
+        version, partitions, endpoints, owners = await self.gateway.routes()
         return pb.Routes(version=version, partitions=partitions, endpoints=endpoints,
                          owners=owners)
 

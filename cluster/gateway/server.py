@@ -37,10 +37,11 @@ class Tls:
         return cls(read(cert), read(key), read(client_ca) if client_ca else None)
 
 
-async def serve(gateway: Gateway, auth: Auth, host: str, port: int, tls: Tls | None = None
-                ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
+async def serve(gateway: Gateway, auth: Auth, host: str, port: int, tls: Tls | None = None,
+                admin: bool = True) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
     """Start the gRPC server; (server, health, the port it bound). Auth may be off (no keys)
-    only on a loopback address."""
+    only on a loopback address. `admin`: AdminService too (a shard's endpoint serves
+    DecisionService only: operators' calls belong to gateways)."""
     if not auth.enabled and not is_loopback(host):
         raise ValueError(f"refusing to serve without API keys on {host}: auth may be off only "
                          f"on a loopback address")
@@ -49,11 +50,13 @@ async def serve(gateway: Gateway, auth: Auth, host: str, port: int, tls: Tls | N
         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                  ("grpc.so_reuseport", 0)])
     decision_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionService(gateway), server)
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(gateway), server)
+    services = SERVICES if admin else SERVICES[:1]
+    if admin:
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(gateway), server)
     checker = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
     reflection.enable_server_reflection(
-        SERVICES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        services + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                     reflection.SERVICE_NAME), server)
     address = f"{host}:{port}"
     if tls is None:
@@ -65,6 +68,6 @@ async def serve(gateway: Gateway, auth: Auth, host: str, port: int, tls: Tls | N
         bound = server.add_secure_port(address, credentials)
     await server.start()
     gateway.start()
-    for service in SERVICES + ("",):
+    for service in services + ("",):
         await checker.set(service, health_pb2.HealthCheckResponse.SERVING)
     return server, checker, bound

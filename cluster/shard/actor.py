@@ -10,6 +10,7 @@ remote methods' names and signatures are what the controller's typed handles cal
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -56,10 +57,9 @@ class ShardActor:
         self._snapshot: dict[str, Any] = {"shard": name, "started": False}
         self._flushed: Shard | None = None  # the Shard whose tallies the metrics follow
         self._api: GatewayServer | None = None
+        self._api_serving: dict[str, Any] = {}  # what it was asked to serve with
         self._api_file = session_file(f"{name}.api")
-        if self._api_file and os.path.exists(self._api_file):  # restarted while it served
-            with open(self._api_file, encoding="utf-8") as f:
-                self._serve_api(**json.load(f))
+        self._resume_api()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -90,26 +90,58 @@ class ShardActor:
         """Serve kairos.v1 from this process too (api.py: one hop fewer for clients that
         route); the port. As a gateway does, it reads its secrets from files or its own
         environment, and serves again, on the same port, after Ray restarts the actor."""
+        serving = {"host": host, "port": port, "keys_file": keys_file, "keys_env": keys_env,
+                   "tls_files": tls_files and list(tls_files)}
         if self._api is None:
-            self._serve_api(host, port, keys_file, keys_env, tls_files)
-        port = await self._api.start()
-        if self._api_file:
-            with open(self._api_file, "w", encoding="utf-8") as f:
-                json.dump({"host": host, "port": port, "keys_file": keys_file,
-                           "keys_env": keys_env, "tls_files": tls_files}, f)
-        return port
+            self._serve_api(**serving)
+        elif {**serving, "port": self._api_serving["port"]} != self._api_serving:
+            log.warning("%s serves its endpoint already, with other arguments: kept as it is "
+                        "until the shard restarts", self.name)
+        try:
+            bound = await self._api.start()
+        except Exception:
+            self._api = None  # not serving: the next call tries again
+            raise
+        if self._api_file:  # written whole or not at all: a torn one would stop restarts
+            kept = f"{self._api_file}.new"
+            with open(kept, "w", encoding="utf-8") as f:
+                json.dump({**self._api_serving, "port": bound,
+                           "actor": ray.get_runtime_context().get_actor_id()}, f)
+            os.replace(kept, self._api_file)
+        return bound
 
     def _serve_api(self, host: str, port: int, keys_file: str | None, keys_env: str | None,
-                   tls_files: tuple[str, str, str | None] | None) -> None:
+                   tls_files: list[str | None] | None) -> None:
+        self._api_serving = {"host": host, "port": port, "keys_file": keys_file,
+                             "keys_env": keys_env, "tls_files": tls_files}
         backend = OwnShardFirst(self.name, self.host, self.backend)
         self._api = GatewayServer(self.name, host, port, keys_file, keys_env,
                                   tls_files and tuple(tls_files), backend,
-                                  node=ray.get_runtime_context().get_node_id())
+                                  node=ray.get_runtime_context().get_node_id(), of_shard=True)
         self._api.metrics = GatewayMetrics(self.name)
+
+    def _resume_api(self) -> None:
+        """Restarted by Ray while it served its endpoint: serve it again as it did. A file an
+        earlier actor of the same name left (a runtime stopped and started again in one Ray
+        session), or one that cannot be read, is removed instead."""
+        if not self._api_file or not os.path.exists(self._api_file):
+            return
+        try:
+            with open(self._api_file, encoding="utf-8") as f:
+                saved = json.load(f)
+            if saved.pop("actor") == ray.get_runtime_context().get_actor_id():
+                self._serve_api(**saved)
+                return
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            log.exception("%s: the file of its endpoint cannot be read; not serving it",
+                          self.name)
+        with contextlib.suppress(OSError):
+            os.remove(self._api_file)
 
     async def api_batches_in_process(self) -> int:
         """Batches this process's API answered without the data plane (0 if it serves none)."""
-        return self._api.gateway.client.backend.in_process if self._api else 0
+        gateway = self._api.gateway if self._api else None
+        return gateway.client.backend.in_process if gateway else 0
 
     async def deliver(self, decisions: list) -> None:
         """Watched decisions for the watches registered through this process's API (this

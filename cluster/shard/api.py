@@ -4,9 +4,10 @@ Through a gateway every call crosses two processes: the gateway parses and check
 sends it over the data plane to the shard that owns the customer, and the answer comes back
 the same way. A client that knows the partition map (`partition_of` over the map's owners,
 what the gateway's own KairosClient does) can instead call the owner's process, which serves
-kairos.v1 itself: the same Gateway code (auth, parsing, bounds, shedding, fallbacks) on the
+kairos.v1's DecisionService itself: the same Gateway code (auth, parsing, bounds, fallbacks;
+shedding on a late loop only, since that loop is busy with the gateways' rounds too) on the
 shard's event loop, whose requests for its own partitions go to its ShardHost in process,
-with no data plane, no msgpack and no second process to wake. A call that reaches a shard that
+with no data plane and no second process to wake. A call that reaches a shard that
 does not own the customer (a stale map, a client that does not route) is still served: it is
 sent on over the data plane, as a gateway would. Watches registered here are pushed to this
 shard's actor (`ShardActor.deliver`), whose name is the sink's.
@@ -38,7 +39,8 @@ class OwnShardFirst:
         return await self.host.handle(session, seq, requests, routed)
 
     async def close(self) -> None:
-        await self.backend.close()
+        """Nothing of its own to close: the shard's RayBackend is the shard's (its pushes and
+        model syncs go on through it)."""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.backend, name)  # the control plane: the controller, the learner

@@ -111,6 +111,9 @@ class LearnerControl(Protocol):
 
 
 class ControllerControl(Protocol):
+    async def shard_endpoints(self) -> dict[str, str]:
+        """Each shard's own kairos.v1 endpoint, where it serves one (GetRoutes)."""
+
     async def get_map(self, known_version: int, timeout_s: float = LONG_POLL_S
                       ) -> dict[str, Any] | None:
         """Long poll: the routing table once its version differs from `known_version`;

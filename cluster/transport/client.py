@@ -114,7 +114,6 @@ class KairosClient:
         self.catalog_version = ""
         self._shards: list[str] = []
         self._owners: np.ndarray | None = None
-        self._endpoints: list[str] = []
         self._lanes: dict[int, _Lane] = {}
         self._links: dict[str, _ShardLink] = {}
         self._map_changed = asyncio.Event()
@@ -142,7 +141,6 @@ class KairosClient:
         self.catalog_version = routing["catalog_version"]
         self._shards = routing["shards"]
         self._owners = np.frombuffer(routing["owners"], np.uint16)
-        self._endpoints = routing.get("endpoints") or [""] * len(self._shards)
         self._map_changed.set()
         self._map_changed = asyncio.Event()
 
@@ -168,10 +166,10 @@ class KairosClient:
             except asyncio.TimeoutError:
                 return
 
-    def routes(self) -> tuple[int, int, list[str], list[int]]:
-        """The map for clients that route (kairos.v1 GetRoutes): its version, the partition
-        count, each shard's own endpoint ("" if none) and each partition's owner's index."""
-        return self.version, len(self._owners), list(self._endpoints), self._owners.tolist()
+    def routes(self) -> tuple[int, list[str], list[int]]:
+        """The map for clients that route (kairos.v1 GetRoutes): its version, the shards and
+        each partition's owner's index among them."""
+        return self.version, list(self._shards), self._owners.tolist()
 
     def owner(self, key: str) -> str:
         """The shard that owns a route key (a customer id, an alias key) now."""

@@ -279,6 +279,9 @@ class RayController(_Actor):
         return await self._call(lambda a: a.get_map.remote(known_version, timeout_s),
                                 timeout_s + CONTROL_CALL_S)
 
+    async def shard_endpoints(self) -> dict[str, str]:
+        return await self._call(lambda a: a.shard_endpoints.remote())
+
     async def scale(self, n_shards: int) -> dict[str, Any]:
         return await self._call(lambda a: a.scale.remote(n_shards),
                                 ADMIN_CALL_S)

@@ -115,8 +115,7 @@ def test_shard_endpoints_are_in_the_map_at_the_node_s_address_after_joins_and_re
         ctl = await started(backend, store=store, spec=spec)
 
         def endpoints(controller: Controller) -> dict[str, str]:
-            routing = controller.routing()
-            return dict(zip(routing["shards"], routing["endpoints"]))
+            return controller.endpoints
         address = {n: info["address"] for n, info in backend.node_info().items()}
         want = {name: f"{address[ctl.placement[name]]}:{backend.endpoints[name]['port']}"
                 for name in ctl.shards}
@@ -134,7 +133,7 @@ def test_shard_endpoints_are_in_the_map_at_the_node_s_address_after_joins_and_re
 def test_without_shard_endpoints_the_map_names_none():
     async def main():
         ctl = await started(Watched())
-        assert set(ctl.routing()["endpoints"]) == {""}
+        assert await ctl.shard_endpoints() == {}
     asyncio.run(main())
 
 

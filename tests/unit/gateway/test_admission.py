@@ -123,8 +123,10 @@ def test_a_schedstat_that_stops_reading_falls_back_to_the_thread_s_cpu_time(tmp_
     garbage.write_text("not numbers\n")
     with ThreadDemand() as demand:
         if demand._fd is not None:
-            os.dup2(os.open(garbage, os.O_RDONLY), demand._fd)  # the same fd, unreadable now
-        demand.share()
+            unreadable = os.open(garbage, os.O_RDONLY)
+            os.dup2(unreadable, demand._fd)  # the same fd, unreadable now
+            os.close(unreadable)
+            assert demand.share() == 0.0  # the interval the clocks changed in: not measured
         assert demand._fd is None
         end = time.monotonic() + 0.2
         while time.monotonic() < end:
