@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+import grpc
 import numpy as np
 import psutil
 import ray
@@ -23,11 +24,14 @@ from tqdm import tqdm
 
 from kairos.cluster.cli.local import SINGLE_MACHINE
 from kairos.cluster.control import runtime
+from kairos.cluster.control.nodes import GatewaySpec
 from kairos.cluster.transport.client import KairosClient
 from kairos.cluster.gateway.actor import GatewayActor
 from kairos.cluster.control.partitions import partition_of
 from kairos.cluster.protocol import Event
 from kairos.cluster.settings import NAMESPACE
+from kairos.v1 import decision_pb2 as pb
+from kairos.v1 import decision_pb2_grpc
 
 from .journeys import PROFILE_EVENT, crm_profiles, customer_id, popularity
 
@@ -148,21 +152,27 @@ def kairos(n_shards: int, customers: int, catalog_text: str | None = None,
     names each partition's owner's endpoint."""
     store = tempfile.mkdtemp(prefix="kairos-bench-store-")
     try:
+        # direct: as `kairos up --shard-endpoints` starts it, a gateway on every node
+        spec = GatewaySpec("127.0.0.1", 0, keys_file=keys_file, shard_endpoints=True) \
+            if direct else None
         runtime.start(n_shards=n_shards, catalog_text=catalog_text, store=store,
-                      journal_policy="fsync")
+                      journal_policy="fsync", gateways=spec)
         status = ray.get(runtime.controller().status.remote())
         nodes = sorted(x["NodeID"] for x in ray.nodes() if x["Alive"])
         shards = Counter(s["placed_on"] for s in status["shards"])
         # the fewest shards; on a tie not the head, which holds the controller and learner
         head = ray.get_runtime_context().get_node_id()
         node = min(nodes, key=lambda x: (shards[x], x == head))
-        gateway = runtime.gateway_actor(GatewayActor, 0, node, host="127.0.0.1", port=0,
-                                        keys_file=keys_file)
-        port = ray.get(gateway.start.remote())
+        if direct:
+            port = next(n["gateway_port"] for n in status["node_status"] if n["node"] == node)
+        else:
+            gateway = runtime.gateway_actor(GatewayActor, 0, node, host="127.0.0.1", port=0,
+                                            keys_file=keys_file)
+            port = ray.get(gateway.start.remote())
         remote = {s["shard"] for s in status["shards"] if s["placed_on"] != node}
-        yield Kairos(f"127.0.0.1:{port}", node, {x: shards[x] for x in nodes},
-                     _crossing_share(remote, customers),
-                     _shard_routes(keys_file) if direct else ())
+        target = f"127.0.0.1:{port}"
+        yield Kairos(target, node, {x: shards[x] for x in nodes},
+                     _crossing_share(remote, customers), _routes(target) if direct else ())
     finally:
         runtime.stop()
         shutil.rmtree(store, ignore_errors=True)
@@ -189,13 +199,12 @@ def kairos_processes() -> list[psutil.Process]:
     return found
 
 
-def _shard_routes(keys_file: str | None) -> tuple[str, ...]:
-    """Start every shard's own kairos.v1 endpoint; the endpoint of each partition's owner."""
-    routing = ray.get(runtime.controller().get_map.remote(-1, 0.0))
-    ports = {name: ray.get(ray.get_actor(name, namespace=NAMESPACE).serve_api.remote(
-        "127.0.0.1", 0, keys_file)) for name in routing["shards"]}
-    return tuple(f"127.0.0.1:{ports[routing['shards'][owner]]}"
-                 for owner in np.frombuffer(routing["owners"], np.uint16))
+def _routes(gateway: str) -> tuple[str, ...]:
+    """Each partition's owner's endpoint, as the gateway's GetRoutes says (auth off)."""
+    with grpc.insecure_channel(gateway) as channel:
+        routes = decision_pb2_grpc.DecisionServiceStub(channel).GetRoutes(pb.RoutesRequest(),
+                                                                          timeout=10)
+    return tuple(routes.endpoints[owner] for owner in routes.owners)
 
 
 def _crossing_share(remote_shards: set[str], customers: int) -> float:

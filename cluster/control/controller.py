@@ -25,8 +25,6 @@ without Ray in tests; `ControllerActor` (actor.py) is the named, detached Ray ac
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ipaddress
 import logging
 from typing import Any
 
@@ -36,11 +34,12 @@ import numpy as np
 from kairos.core.catalog import default_catalog_text
 from kairos.core.compiler import compiled_from_text
 
+from kairos.cluster.control.endpoints import ShardEndpoints
 from kairos.cluster.control.lagging import Lagging, named, on_each
-from kairos.cluster.control.moves import (hand_over, moves_from_state, moves_to_state,
-                                          round_budget, settle)
+from kairos.cluster.control.moves import hand_over, moves_from_state, round_budget, settle
 from kairos.cluster.control.nodes import GatewaySpec, NodeRefused, Nodes, NodeUnknown
 from kairos.cluster.control.partitions import DEFAULT_PARTITIONS, Move, PartitionMap
+from kairos.cluster.control.saved import STATE_KEY, state_blob
 from kairos.cluster.control.status import cluster_status
 from kairos.cluster.settings import DRAIN_UNREADY_S, LONG_POLL_S, RETIRE_GRACE_S, SHARDS_PER_CPU
 from kairos.cluster.shard.outcomes import outcome_secret
@@ -48,8 +47,6 @@ from kairos.cluster.storage.providers import open_store, redact
 from kairos.cluster.transport.backend import Backend, Unavailable
 
 log = logging.getLogger("kairos.controller")
-STATE_KEY = "controller"  # the store meta holding the controller's state
-STATE_FORMAT = 1
 
 
 def shard_name(index: int) -> str:
@@ -58,17 +55,6 @@ def shard_name(index: int) -> str:
 
 def _seed_of(name: str) -> int:
     return int(name.rsplit("-", 1)[1]) + 1
-
-
-def _endpoint(host: str, node_address: str | None, port: int) -> str:
-    """host:port as clients reach it: a wildcard bind is reached at the node's address (""
-    while that is not known)."""
-    with contextlib.suppress(ValueError):
-        if ipaddress.ip_address(host).is_unspecified:
-            if not node_address:
-                return ""
-            host = node_address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Controller:
@@ -91,7 +77,7 @@ class Controller:
         self.map: PartitionMap | None = None
         self.placement: dict[str, str | None] = {}  # shard -> node it was placed on
         self.incarnations: dict[str, str] = {}
-        self.endpoints: dict[str, str] = {}  # shard -> host:port of its own kairos.v1
+        self.endpoints = ShardEndpoints(backend)  # where each shard serves kairos.v1 itself
         self.channel_watches: set[tuple[str, str, str | None]] = set()
         self.moving: list[Move] = []  # recorded moves not yet settled (saved)
         self.lagging = Lagging(backend)
@@ -171,7 +157,7 @@ class Controller:
                 self.incarnations[name] = health["incarnation"]
                 if health.get("catalog_version") != self.catalog_version:
                     self.lagging.catalog.add(name)  # the switch was interrupted
-                await self._serve_endpoint(name)
+                await self.endpoints.serve(name, self.nodes.spec, self.placement[name])
                 continue
             if health is None:
                 await self._create_shard(name)
@@ -191,18 +177,7 @@ class Controller:
     async def _save(self) -> None:
         """Write the state as it is now, on a thread (a directory fsyncs, Redis is a network
         call: neither may stall the long polls this loop serves), in the order asked."""
-        names = sorted(set(self.placement) | set(self.map.owners))
-        index = {n: i for i, n in enumerate(names)}
-        blob = msgpack.packb({
-            "format": STATE_FORMAT, "n_partitions": self.n_partitions, "shards": names,
-            "target": self.map.shards,
-            "owners": [index[o] for o in self.map.owners], "version": self.map.version,
-            "next_index": self._next_index, "catalog": self.catalog_text,
-            "previous_catalog": self.previous_catalog, "moving": moves_to_state(self.moving),
-            "evidence": [self.evidence, self.previous_evidence],
-            "nodes": self.nodes.to_state(),
-            "channel_watches": sorted((list(w) for w in self.channel_watches), key=str)},
-            use_bin_type=True)
+        blob = state_blob(self)
         async with self._saving:  # FIFO: a later state is never overwritten by an earlier one
             await asyncio.to_thread(self.store.put_meta, STATE_KEY, blob)
 
@@ -231,24 +206,7 @@ class Controller:
             self.catalog_text, partitions, sorted(self.channel_watches, key=str),
             self.map.version if self.map else 1, sources)
         self.lagging.forget(name)  # it started on the current catalog and watches
-        await self._serve_endpoint(name)
-
-    async def _serve_endpoint(self, name: str) -> None:
-        """Where the spec asks for it, have the shard serve kairos.v1 itself (shard/api.py)
-        and note where, for GetRoutes. One that cannot is still served through gateways."""
-        spec = self.nodes.spec
-        if spec is None or not spec.shard_endpoints:
-            return
-        try:
-            port = await self.backend.shard(name).serve_api(**spec.serving())
-        except Exception:
-            log.exception("%s could not serve its own endpoint; gateways serve it", name)
-            self.endpoints.pop(name, None)
-            return
-        node = self.backend.node_info().get(self.placement.get(name), {})
-        self.endpoints[name] = _endpoint(spec.host, node.get("address"), port)
-        if not self.endpoints[name]:
-            del self.endpoints[name]
+        await self.endpoints.serve(name, self.nodes.spec, self.placement.get(name))
 
     async def _publish(self) -> None:
         routable = self.map  # saved before clients see it: no routing by a map a crash undoes
@@ -267,10 +225,8 @@ class Controller:
                 "catalog_version": self.catalog_version}
 
     async def shard_endpoints(self) -> dict[str, str]:
-        """Each shard's own kairos.v1 endpoint (host:port), where it serves one. Not part of
-        the map: an endpoint changes (a restart on another port) without partitions moving,
-        and a map version is a promise the shards keep."""
-        return dict(self.endpoints)
+        """Each shard's own kairos.v1 endpoint (host:port), where it serves one (endpoints.py)."""
+        return dict(self.endpoints.by_shard)
 
     async def get_map(self, known_version: int, timeout_s: float = LONG_POLL_S) -> dict | None:
         """Long poll: the map once its version differs from `known_version`; None on timeout."""
@@ -364,7 +320,7 @@ class Controller:
     def _forget_shard(self, name: str) -> None:
         self.placement.pop(name, None)
         self.incarnations.pop(name, None)
-        self.endpoints.pop(name, None)
+        self.endpoints.forget(name)
         self.lagging.forget(name)
 
     # -- catalogs ------------------------------------------------------------------------------

@@ -14,14 +14,14 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from kairos.core.catalog import default_catalog_text
 
 from kairos.cluster.control.actor import ControllerActor
-from kairos.cluster.control.controller import STATE_KEY
+from kairos.cluster.control.saved import STATE_KEY
 from kairos.cluster.control.learner import LearnerActor
 from kairos.cluster.control.nodes import GATEWAY_PREFIX, GatewaySpec, gateway_name
 from kairos.cluster.control.partitions import DEFAULT_PARTITIONS
 from kairos.cluster.settings import (CONTROLLER_NAME, JOURNAL_POLICIES, JOURNAL_POLICY,
                                      LEARNER_NAME, NAMESPACE, SHARDS_PER_CPU, STORE)
 from kairos.cluster.storage.providers import open_store
-from kairos.cluster.transport.client import SyncClient
+from kairos.cluster.transport.sync_client import SyncClient
 from kairos.cluster.transport.ray_backend import RayBackend
 
 DEFAULT_SHARDS = 4

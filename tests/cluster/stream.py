@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from kairos.cluster.transport.client import Busy, KairosClient, SyncClient
+from kairos.cluster.transport.client import Busy, KairosClient
+from kairos.cluster.transport.sync_client import SyncClient
 from kairos.cluster.transport.backend import Unavailable
 
 T0 = 1_795_629_600.0

@@ -13,6 +13,7 @@ import pytest
 
 from kairos.cluster.control import controller as controller_module
 from kairos.cluster.control import nodes as nodes_module
+from kairos.cluster.control import saved as saved_module
 from kairos.cluster.control.controller import Controller
 from kairos.cluster.control.learner import Learner
 from kairos.cluster.control.nodes import GatewaySpec, NodeRefused, NodeUnknown
@@ -115,7 +116,7 @@ def test_shard_endpoints_are_in_the_map_at_the_node_s_address_after_joins_and_re
         ctl = await started(backend, store=store, spec=spec)
 
         def endpoints(controller: Controller) -> dict[str, str]:
-            return controller.endpoints
+            return controller.endpoints.by_shard
         address = {n: info["address"] for n, info in backend.node_info().items()}
         want = {name: f"{address[ctl.placement[name]]}:{backend.endpoints[name]['port']}"
                 for name in ctl.shards}
@@ -218,6 +219,10 @@ def test_a_gateway_that_cannot_start_is_tried_again_later_and_holds_nothing_up(m
     async def main():
         backend = Watched()
         ctl = await started(backend)
+        # nodes.py's clock only (asyncio's is the same function: it must keep running),
+        # stopped: however slow the machine, the second try comes within the pause
+        now = [1e6]
+        monkeypatch.setattr(nodes_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
         backend.gateway_fails_on.add("node-d")
         backend.node_names.append("node-d")
         await ctl.reconcile()  # the node still gets its shard
@@ -226,8 +231,7 @@ def test_a_gateway_that_cannot_start_is_tried_again_later_and_holds_nothing_up(m
         await ctl.reconcile()  # within the pause: not tried again
         assert ctl.nodes._retry["node-d"][1] == 1.0
         backend.gateway_fails_on.clear()
-        # nodes.py's clock only (asyncio's is the same function: it must keep running)
-        monkeypatch.setattr(nodes_module, "time", SimpleNamespace(monotonic=lambda: 1e12))
+        now[0] = 1e12
         await ctl.reconcile()
         assert "node-d" in gateways_by_node(backend)
     asyncio.run(main())
@@ -290,9 +294,9 @@ def test_a_state_saved_before_nodes_were_kept_is_taken_up(tmp_path):
         backend = Watched()
         store = str(tmp_path / "store")
         ctl = await started(backend, store=store, spec=None)
-        state = msgpack.unpackb(ctl.store.get_meta(controller_module.STATE_KEY), raw=False)
+        state = msgpack.unpackb(ctl.store.get_meta(saved_module.STATE_KEY), raw=False)
         del state["nodes"]  # as a controller of the release before wrote it
-        ctl.store.put_meta(controller_module.STATE_KEY, msgpack.packb(state, use_bin_type=True))
+        ctl.store.put_meta(saved_module.STATE_KEY, msgpack.packb(state, use_bin_type=True))
         again = await started(backend, store=store)  # now with gateways
         assert set(gateways_by_node(backend)) == {"node-a", "node-b", "node-c"}
         assert again.nodes.known == {"node-a", "node-b", "node-c"}
