@@ -219,10 +219,9 @@ class ShardActor:
 
     async def retire(self) -> None:
         """Owning nothing any more: drop the journal, before the controller stops this actor
-        (and forget its API, which a shard of the same name made later would serve again)."""
+        (a shard of the same name made later is another actor: it drops the endpoint's file
+        this one leaves, `_resume_api`)."""
         await self.host.run(Shard.retire)
-        if self._api_file and os.path.exists(self._api_file):
-            os.remove(self._api_file)
 
     async def watch_channel(self, sink: str, channel: str, placement: str | None,
                             active: bool) -> None:
