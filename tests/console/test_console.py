@@ -179,9 +179,10 @@ def test_an_event_on_the_web_changes_the_page_within_a_second_without_reload(pag
 def test_accept_records_the_outcome_in_the_history_and_the_profile(page, kairos):
     who = customer(kairos)
     open_customer(page, kairos, who)
-    first = page.locator("#nba article.action").first
-    action = first.get_attribute("data-action")
-    first.locator("button.accept").click()
+    action = page.locator("#nba article.action").first.get_attribute("data-action")
+    # that action's button: a live update may re-rank the list (each decision draws its
+    # propensities) between reading the first action and clicking
+    page.locator(f'#nba article.action[data-action="{action}"] button.accept').click()
     page.wait_for_selector("p.notice")
     row = page.locator("#history tr", has_text=action).first
     try:
