@@ -2,11 +2,14 @@
 endpoint (shard/api.py), one hop fewer than through a gateway; everything else, and every call
 while no route is known, goes to the gateway.
 
-The routes come from the gateway's GetRoutes and are fetched again every `refresh_s`, and
-within RETRY_ROUTES_S after an endpoint answers UNAVAILABLE (its shard stopped, restarted or
-left); a failed fetch keeps the last routes. A route to a shard that is up but no longer owns
-the customer costs a hop: that shard sends the call on. One to a shard that is gone answers
-UNAVAILABLE, and retrying is the caller's, as the .proto says for every call (Ingest with its
+The routes come from the gateway's GetRoutes and are fetched again every `refresh_s`; sooner
+when an endpoint says they are stale, and within RETRY_ROUTES_S after one answers UNAVAILABLE
+(its shard stopped, restarted or left); a failed fetch keeps the last routes. A route to a
+shard that is up but no longer owns the customer costs a hop: that shard sends the call on and
+answers with the map's version in a trailer (ROUTES_VERSION_KEY, from shard/api.py), and a version
+newer than the routes' has them fetched again at once (at most every HINTED_ROUTES_S, as the
+gateway's map may trail the shard's). One to a shard that is gone answers UNAVAILABLE, and
+retrying is the caller's, as the .proto says for every call (Ingest with its
 idempotency_key): the retry goes where the new routes say.
 """
 from __future__ import annotations
@@ -24,6 +27,8 @@ from kairos.cluster.control.partitions import partition_of
 
 ROUTED = ("Decide", "Ingest", "Respond")  # the calls that name one customer by id
 RETRY_ROUTES_S = 1.0  # after an UNAVAILABLE endpoint, the routes are asked for this soon
+HINTED_ROUTES_S = 0.25  # the most often an endpoint's stale-route trailer has them asked for
+ROUTES_VERSION_KEY = "kairos-routes-version"  # the trailer of a call a stale route sent on
 
 
 class RoutedClient:
@@ -42,6 +47,7 @@ class RoutedClient:
         self._gateway = self._stub(gateway)
         self._routes = pb.Routes()
         self._due = -float("inf")  # when the routes are to be asked for again
+        self._fetched = -float("inf")  # when they were last asked for
 
     def __getattr__(self, method: str) -> Callable[..., Any]:
         if method in ROUTED:
@@ -64,18 +70,31 @@ class RoutedClient:
     def _routed(self, method: str, request: Any, kwargs: dict[str, Any]) -> Any:
         stub = self.stub_for(request.customer_id)
         try:
-            return getattr(stub, method)(request, metadata=self.metadata, **kwargs)
+            answer, call = getattr(stub, method).with_call(request, metadata=self.metadata,
+                                                           **kwargs)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE and stub is not self._gateway:
                 self._due = min(self._due, time.monotonic() + RETRY_ROUTES_S)
             raise
+        if stub is not self._gateway:
+            self._hinted(call.trailing_metadata() or ())
+        return answer
+
+    def _hinted(self, trailer: Any) -> None:
+        """An endpoint that did not own the customer said the map's version: routes older
+        than it are asked for again, as soon as HINTED_ROUTES_S allows."""
+        for key, value in trailer:
+            if key == ROUTES_VERSION_KEY and value.isdigit() and \
+                    int(value) > self._routes.version:
+                self._due = min(self._due, self._fetched + HINTED_ROUTES_S)
 
     def _current(self) -> pb.Routes:
         """The routes; asked for again when due, by one caller at a time (the others go on
         with the last ones meanwhile)."""
         if time.monotonic() >= self._due and self._lock.acquire(blocking=False):
             try:
-                self._due = time.monotonic() + self.refresh_s
+                self._fetched = time.monotonic()
+                self._due = self._fetched + self.refresh_s
                 self._routes = self._gateway.GetRoutes(pb.RoutesRequest(),
                                                        metadata=self.metadata, timeout=5)
             except grpc.RpcError:  # the last routes stand (none yet: the gateway serves all)

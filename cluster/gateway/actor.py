@@ -27,9 +27,10 @@ from kairos.cluster import pauses
 from kairos.cluster.gateway.admission import Shedder
 from kairos.cluster.gateway.auth import Auth
 from kairos.cluster.gateway.calls import Gateway
-from kairos.cluster.gateway.server import Tls, serve
+from kairos.cluster.gateway.server import Tls, serve, set_health
 from kairos.cluster.metrics import GatewayMetrics
 from kairos.cluster.settings import PAUSES_CHECK_S
+from kairos.cluster.shard.api import RouteHint
 from kairos.cluster.transport.client import KairosClient
 from kairos.cluster.transport.ray_backend import RayBackend
 
@@ -63,6 +64,7 @@ class GatewayServer:
         self.metrics: GatewayMetrics | None = None  # set where Ray exports them
         self._backend = backend
         self._port_file = port_file
+        self._ready = not of_shard  # what health answers (a shard's: once the shard says)
         self._serving: asyncio.Future | None = None
         if host is not None:
             self._serving = asyncio.ensure_future(
@@ -85,8 +87,10 @@ class GatewayServer:
             if port == 0 and self._port_file and os.path.exists(self._port_file):
                 with open(self._port_file, encoding="utf-8") as f:
                     port = int(f.read())  # restarted: the port it served on before
-            self.server, self.checker, bound = await serve(self.gateway, auth, host, port, tls,
-                                                           admin=not self.of_shard)
+            self.server, self.checker, bound = await serve(
+                self.gateway, auth, host, port, tls, admin=not self.of_shard,
+                interceptors=(RouteHint(self.name, client),) if self.of_shard else (),
+                serving=self._ready)
             if not bound:
                 raise OSError(f"{self.name} could not bind {host}:{port}")
             if self._port_file:
@@ -122,6 +126,14 @@ class GatewayServer:
     async def deliver(self, decisions: list[Decision]) -> None:
         if self.gateway is not None:
             self.gateway.watches.deliver(decisions)
+
+    async def set_serving(self, serving: bool) -> None:
+        """What health answers from now on, SERVING or NOT_SERVING (a shard's endpoint: while
+        its shard has recovered and owns partitions), unless shutting down."""
+        if serving != self._ready:
+            self._ready = serving
+            if self.checker is not None:
+                await set_health(self.checker, serving, admin=not self.of_shard)
 
     async def unready(self) -> None:
         """Health answers NOT_SERVING from now on (load balancers and readiness probes take

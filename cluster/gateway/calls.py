@@ -13,6 +13,7 @@ from collections import Counter as Tally
 
 import asyncio
 import contextlib
+import logging
 import math
 import time
 from typing import Any, Awaitable, Callable, TypeVar
@@ -34,7 +35,9 @@ from kairos.cluster.transport.client import Busy, Conflict, KairosClient
 MAX_DETAILS = 1024  # characters of a status message
 CATALOG_RECHECK_S = 1.0  # the most often refused requests have the controller asked
 ENDPOINTS_REFRESH_S = 1.0  # the most often GetRoutes asks the controller for the endpoints
+SHEDDER_RESTART_S = 5.0  # after the load shedder failed, until it starts again
 T = TypeVar("T")
+log = logging.getLogger("kairos.gateway")
 
 
 class Gateway:
@@ -61,7 +64,18 @@ class Gateway:
 
     def start(self) -> None:
         """Start keeping the share of calls to shed (within the serving event loop)."""
-        self._shedding = asyncio.get_running_loop().create_task(self.shedder.run())
+        self._shedding = asyncio.get_running_loop().create_task(self._shed())
+
+    async def _shed(self) -> None:
+        """The shedder's loop, started again SHEDDER_RESTART_S after it fails: a failed one
+        admits everything, so an overload would go unrefused for as long as it stayed down."""
+        while True:
+            try:
+                await self.shedder.run()
+            except Exception:  # noqa: BLE001  (logged; the loop carries on without it a while)
+                log.exception("%s: the load shedder failed; every call is admitted until it "
+                              "starts again in %.0f s", self.name, SHEDDER_RESTART_S)
+            await asyncio.sleep(SHEDDER_RESTART_S)
 
     async def close(self) -> None:
         if self._shedding is not None:

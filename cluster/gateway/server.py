@@ -38,15 +38,20 @@ class Tls:
 
 
 async def serve(gateway: Gateway, auth: Auth, host: str, port: int, tls: Tls | None = None,
-                admin: bool = True) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
+                admin: bool = True, interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (),
+                serving: bool = True
+                ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
     """Start the gRPC server; (server, health, the port it bound). Auth may be off (no keys)
     only on a loopback address. `admin`: AdminService too (a shard's endpoint serves
-    DecisionService only: operators' calls belong to gateways)."""
+    DecisionService only: operators' calls belong to gateways). `interceptors` go after the
+    parsing one, next to the handlers; `serving`: what health answers at first
+    (`set_health` changes it)."""
     if not auth.enabled and not is_loopback(host):
         raise ValueError(f"refusing to serve without API keys on {host}: auth may be off only "
                          f"on a loopback address")
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(auth), InflightLimit(gateway), ParseInterceptor()],
+        interceptors=[AuthInterceptor(auth), InflightLimit(gateway), ParseInterceptor(),
+                      *interceptors],
         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                  ("grpc.so_reuseport", 0)])
     decision_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionService(gateway), server)
@@ -68,6 +73,14 @@ async def serve(gateway: Gateway, auth: Auth, host: str, port: int, tls: Tls | N
         bound = server.add_secure_port(address, credentials)
     await server.start()
     gateway.start()
-    for service in services + ("",):
-        await checker.set(service, health_pb2.HealthCheckResponse.SERVING)
+    await set_health(checker, serving, admin)
     return server, checker, bound
+
+
+async def set_health(checker: health.aio.HealthServicer, serving: bool, admin: bool = True
+                     ) -> None:
+    """What health answers for the server's services and the whole server ("")."""
+    status = health_pb2.HealthCheckResponse.SERVING if serving else \
+        health_pb2.HealthCheckResponse.NOT_SERVING
+    for service in (SERVICES if admin else SERVICES[:1]) + ("",):
+        await checker.set(service, status)

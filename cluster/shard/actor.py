@@ -178,23 +178,29 @@ class ShardActor:
                 self.models.adopt(self.host.shard.engine, published)
 
     async def _flush_metrics(self) -> None:
+        """The metrics, and the endpoint's health, every METRICS_FLUSH_S."""
         while True:
             await asyncio.sleep(METRICS_FLUSH_S)
             shard = self.host.shard
-            if shard is None:
-                continue
-            pauses.keep_short()
-            if shard is not self._flushed:
-                self.metrics.restart_tallies()
-                self._flushed = shard
-            counts = shard.counts.copy()
-            counts["rejected"] = self.host.rejected
-            counts["model_updates_refused"] = shard.engine.models.refused
-            self.metrics.flush(counts, shard.by_channel.copy(), shard.by_group.copy(),
-                               self.host.queued, len(shard.engine.table),
-                               shard.engine.models.version,
-                               self.host.recovery.get("seconds", 0.0), len(shard.dirty))
-            self._snapshot = await self.host.run(Shard.stats)
+            if shard is not None:
+                await self._flush(shard)
+            if self._api is not None:  # routed to only while it recovered and owns partitions
+                await self._api.set_serving(shard is not None and shard is self.host.shard
+                                      and self._snapshot.get("partitions", 0) > 0)
+
+    async def _flush(self, shard: Shard) -> None:
+        pauses.keep_short()
+        if shard is not self._flushed:
+            self.metrics.restart_tallies()
+            self._flushed = shard
+        counts = shard.counts.copy()
+        counts["rejected"] = self.host.rejected
+        counts["model_updates_refused"] = shard.engine.models.refused
+        self.metrics.flush(counts, shard.by_channel.copy(), shard.by_group.copy(),
+                           self.host.queued, len(shard.engine.table),
+                           shard.engine.models.version,
+                           self.host.recovery.get("seconds", 0.0), len(shard.dirty))
+        self._snapshot = await self.host.run(Shard.stats)
 
     # -- control (from the controller) --------------------------------------------------------
 

@@ -9,16 +9,30 @@ shedding on a late loop only, since that loop is busy with the gateways' rounds 
 shard's event loop, whose requests for its own partitions go to its ShardHost in process,
 with no data plane and no second process to wake. A call that reaches a shard that
 does not own the customer (a stale map, a client that does not route) is still served: it is
-sent on over the data plane, as a gateway would. Watches registered here are pushed to this
-shard's actor (`ShardActor.deliver`), whose name is the sink's.
+sent on over the data plane, as a gateway would, and its answer carries the map's version in
+the trailer ROUTES_VERSION_KEY (`RouteHint`), so that the client asks for the routes again
+rather than pay the hop until its next refresh: the redirect of Cassandra's token-aware
+drivers and Kafka's producers, without failing the call. Watches registered here are pushed
+to this shard's actor (`ShardActor.deliver`), whose name is the sink's.
+
+Health answers SERVING only while the shard has recovered and owns partitions (checked every
+METRICS_FLUSH_S by the actor), so a shard recovering after a restart, or scaled away and
+waiting to stop, is out of load balancers before its calls would fail.
 """
 from __future__ import annotations
 
 from typing import Any
 
+import grpc
+
 from kairos.cluster.protocol import Reply, Request
+from kairos.cluster.routed import ROUTES_VERSION_KEY
 from kairos.cluster.shard.host import ShardHost
+from kairos.cluster.transport.client import KairosClient
 from kairos.cluster.transport.ray_backend import RayBackend
+
+HINTED = frozenset({"/kairos.v1.DecisionService/Decide", "/kairos.v1.DecisionService/Ingest",
+                    "/kairos.v1.DecisionService/Respond"})  # the calls a client routes
 
 
 class OwnShardFirst:
@@ -44,3 +58,32 @@ class OwnShardFirst:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.backend, name)  # the control plane: the controller, the learner
+
+
+class RouteHint(grpc.aio.ServerInterceptor):
+    """Tells a client that routed a call here by a stale map: a call by customer id for a
+    customer `own` does not own answers with the map's version in a trailer. Each method's
+    handler is wrapped once (as parsing.py does: a wrapper per call costs CPU)."""
+
+    def __init__(self, own: str, client: KairosClient):
+        self.own = own
+        self.client = client
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        if handler is None or details.method not in HINTED:
+            return handler
+        known = self._wrapped.get(details.method)
+        if known is None or known[0] is not handler:
+            known = self._wrapped[details.method] = (handler, self._hinting(handler))
+        return known[1]
+
+    def _hinting(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        async def unary_unary(request, context):
+            if request.customer_id and self.client.owner(request.customer_id) != self.own:
+                context.set_trailing_metadata(((ROUTES_VERSION_KEY, str(self.client.version)),))
+            return await handler.unary_unary(request, context)
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)

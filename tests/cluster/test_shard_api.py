@@ -2,8 +2,10 @@
 --shard-endpoints` starts them (the controller, from the gateways' spec): GetRoutes at a
 gateway names each partition's owner's endpoint, by the hash the proto documents; a client
 that routes is answered by the owner in its own process, without the data plane; a call to a
-shard that does not own the customer is sent on and served; keys and scopes hold as at a
-gateway; after Ray restarts a shard its endpoint serves again, on its port."""
+shard that does not own the customer is sent on and served, with the map's version in a
+trailer that has a routing client fetch its routes again; keys and scopes hold as at a
+gateway; after Ray restarts a shard its endpoint serves again, on its port; health answers
+SERVING while a shard owns partitions, and NOT_SERVING once it was scaled away."""
 from __future__ import annotations
 
 import hashlib
@@ -13,11 +15,12 @@ import signal
 import grpc
 import pytest
 import ray
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kairos.cluster.control import runtime
 from kairos.cluster.control.nodes import GatewaySpec
 from kairos.cluster.gateway.wire import value_out
-from kairos.cluster.routed import RoutedClient
+from kairos.cluster.routed import ROUTES_VERSION_KEY, RoutedClient
 from kairos.cluster.settings import NAMESPACE
 from kairos.v1 import admin_pb2, admin_pb2_grpc
 from kairos.v1 import decision_pb2 as pb
@@ -66,6 +69,19 @@ def call(endpoint: str, method: str, request, metadata=AUTH):
             request, metadata=metadata, timeout=10)
 
 
+def trailer(endpoint: str, customer: str) -> dict[str, str]:
+    with grpc.insecure_channel(endpoint) as channel:
+        _, answered = decision_pb2_grpc.DecisionServiceStub(channel).Decide.with_call(
+            pb.DecideRequest(customer_id=customer, channel="web"), metadata=AUTH, timeout=10)
+        return dict(answered.trailing_metadata() or ())
+
+
+def health(endpoint: str) -> int:
+    with grpc.insecure_channel(endpoint) as channel:
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(
+            service="kairos.v1.DecisionService"), timeout=10).status
+
+
 def decide(endpoint: str, customer: str, metadata=AUTH) -> pb.Decision:
     return call(endpoint, "Decide", pb.DecideRequest(customer_id=customer, channel="web"),
                 metadata)
@@ -96,6 +112,8 @@ def test_the_owner_answers_in_process_and_another_shard_sends_the_call_on(routes
         decision = decide(b, customer)  # b does not own them: sent on to a
         assert decision.customer_id == customer and not decision.fallback
     assert in_process(b, routes) == before_b
+    assert trailer(b, mine[0]) == {ROUTES_VERSION_KEY: str(routes.version)}  # a stale route
+    assert ROUTES_VERSION_KEY not in trailer(a, mine[0])
     event = pb.Event(customer_id=mine[0], type="page_view", channel="web")
     event.attributes["category"].CopyFrom(value_out("home"))
     assert call(a, "Ingest", event).sequence >= 1
@@ -116,6 +134,24 @@ def test_the_routed_client_calls_each_owner_and_the_gateway_for_the_rest(gateway
         assert client.stub_for(by_alias.customer_id) is client._gateway
         assert client.Decide(by_alias, timeout=10).customer_id.startswith("~cookie:")
         assert client.GetRoutes(pb.RoutesRequest(), timeout=10) == routes  # via the gateway
+    finally:
+        client.close()
+
+
+def test_a_stale_route_has_the_routed_client_fetch_the_routes_again(gateway, routes):
+    client = RoutedClient(gateway, AUTH, refresh_s=3600)
+    try:
+        assert client.stub_for("anyone") is not client._gateway  # the routes, fetched
+        stale = pb.Routes(version=routes.version - 1, partitions=routes.partitions,
+                          endpoints=routes.endpoints, owners=[1 - o for o in routes.owners])
+        client._routes = stale  # as if each partition had moved since
+        customer = "stale-0"
+        assert client.stub_for(customer) is client._stub(routes.endpoints[1 - routes.owners[
+            partition(customer, routes.partitions)]])
+        assert client.Decide(pb.DecideRequest(customer_id=customer, channel="web"),
+                             timeout=10).customer_id == customer  # sent on, and hinted
+        wait_until(lambda: client._current() == routes, 10, "the routes fetched again")
+        assert client.stub_for(customer) is client._stub(owner(routes, customer))
     finally:
         client.close()
 
@@ -161,3 +197,16 @@ def test_a_restarted_shard_serves_its_endpoint_again_on_the_same_port(gateway, r
     assert set(codes) <= {grpc.StatusCode.UNAVAILABLE}, codes
     assert decide(endpoint, customer).customer_id == customer  # the same port
     assert ray.get(actor.health.remote())["pid"] != pid
+
+
+def test_health_serves_while_a_shard_owns_partitions_and_not_once_it_was_scaled_away(routes):
+    serving = health_pb2.HealthCheckResponse.SERVING
+    for endpoint in routes.endpoints:
+        wait_until(lambda: health(endpoint) == serving, 30, f"{endpoint} serving")
+    scaled = runtime.controller().scale.remote(1)  # moves, then a grace, then the stop
+    try:
+        wait_until(lambda: {health(e) for e in routes.endpoints} ==
+                   {health_pb2.HealthCheckResponse.NOT_SERVING, serving}, 30,
+                   "the shard scaled away out of health while it still answers")
+    finally:
+        ray.get(scaled)

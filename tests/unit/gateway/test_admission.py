@@ -14,6 +14,7 @@ from collections import Counter as Tally
 import grpc
 import pytest
 
+from kairos.cluster.gateway import calls
 from kairos.cluster.gateway.admission import BUSY_HOLD, BUSY_MAX_SHARE, Shedder, ThreadDemand
 from kairos.cluster.gateway.auth import Auth
 from kairos.cluster.metrics import GatewayMetrics
@@ -22,7 +23,7 @@ from kairos.v1 import decision_pb2_grpc
 
 from tests.support.inprocess_gateway import InProcessGateway
 from tests.support.metrics import Recorder
-from tests.support.waiting import wait_until
+from tests.support.waiting import until, wait_until
 
 TARGET_S = 0.015
 BUSY = 0.8
@@ -217,3 +218,26 @@ def test_a_starved_gateway_refuses_new_calls_at_once_and_recovers(gateway, hold,
                    "the share to decay once the loop is free")
         assert [decide() for _ in range(20)] == [grpc.StatusCode.OK] * 20
     assert gateway.gateway.shedder.refused == codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+def test_a_shedder_that_fails_is_logged_and_started_again(monkeypatch, caplog):
+    """A failed shedder admits everything; the gateway says so and runs it again."""
+    monkeypatch.setattr(calls, "SHEDDER_RESTART_S", 0.01)
+    runs = []
+
+    async def failing():
+        runs.append(time.monotonic())
+        raise OSError("schedstat went away")
+
+    async def run_a_while():
+        gateway = calls.Gateway("g-test", client=None, backend=None)
+        monkeypatch.setattr(gateway.shedder, "run", failing)
+        gateway.start()
+        await until(lambda: len(runs) >= 2, 5.0, "the shedder run again")
+        gateway._shedding.cancel()
+        await asyncio.gather(gateway._shedding, return_exceptions=True)
+
+    with caplog.at_level("ERROR", logger="kairos.gateway"):
+        asyncio.run(run_a_while())
+    failed = [r for r in caplog.records if "load shedder failed" in r.getMessage()]
+    assert failed and "schedstat went away" in failed[0].exc_text
