@@ -252,7 +252,8 @@ def _start_kairos(args: argparse.Namespace, address: str, catalog_text: str | No
     spec = GatewaySpec(args.host, args.port, consecutive,
                        keys_file=os.path.abspath(args.keys) if args.keys else None,
                        keys_env=None if args.keys else KEYS_ENV, tls_files=tls_files,
-                       shard_endpoints=args.shard_endpoints)
+                       shard_endpoints=args.shard_endpoints or bool(args.shard_endpoint_ports),
+                       shard_ports=args.shard_endpoint_ports)
     ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING")
     try:
         per_cpu = {"shards_per_cpu": args.shards_per_cpu} if args.shards_per_cpu else {}
@@ -263,6 +264,19 @@ def _start_kairos(args: argparse.Namespace, address: str, catalog_text: str | No
                 for n in sorted(nodes, key=lambda n: n["gateway_index"]) if n["gateway_port"]]
     finally:
         ray.shutdown()
+
+
+def _port_range(text: str) -> tuple[int, int]:
+    low, _, high = text.partition("-")
+    try:
+        ports = int(low), int(high or low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be LOW-HIGH (port numbers), got {text}") \
+            from None
+    if not 1 <= ports[0] <= ports[1] <= 65535:
+        raise argparse.ArgumentTypeError(f"must be ports 1-65535, the low one first, got "
+                                         f"{text}")
+    return ports
 
 
 def _positive(text: str) -> float:
@@ -414,6 +428,10 @@ def _serving_options() -> argparse.ArgumentParser:
                          help="every shard also serves the gRPC contract itself, on a free "
                               "port of the gateways' address, for clients that route "
                               "(GetRoutes): one hop fewer than through a gateway")
+    serving.add_argument("--shard-endpoint-ports", type=_port_range, metavar="LOW-HIGH",
+                         help="with --shard-endpoints (implied): each shard endpoint binds the "
+                              "first free port of this range on its node, so that a firewall "
+                              "or a NetworkPolicy can open them (default: any free port)")
     serving.add_argument("--tls-cert", help="serve TLS: the certificate chain (PEM)")
     serving.add_argument("--tls-key", help="serve TLS: the private key (PEM)")
     serving.add_argument("--tls-client-ca", help="mTLS: clients need a certificate this CA "

@@ -55,23 +55,28 @@ class GatewaySpec:
     keys_env: str | None = None
     tls_files: tuple[str, str, str | None] | None = None
     shard_endpoints: bool = False  # every shard serves kairos.v1 too (shard/api.py)
+    # where those bind: the first free port of [low, high] on their node (None: any free one),
+    # so that a firewall or a NetworkPolicy can open them
+    shard_ports: tuple[int, int] | None = None
 
     def port_of(self, index: int) -> int:
         return self.port + index if self.consecutive and self.port else self.port
 
     def serving(self, index: int | None = None) -> dict[str, Any]:
         """Gateway `index`'s actor's keyword arguments; None: a shard endpoint's (served as
-        a gateway is, on any free port)."""
-        return {"host": self.host, "port": 0 if index is None else self.port_of(index),
-                "keys_file": self.keys_file, "keys_env": self.keys_env,
-                "tls_files": self.tls_files}
+        a gateway is, on a free port of `shard_ports`)."""
+        serving = {"host": self.host, "port": 0 if index is None else self.port_of(index),
+                   "keys_file": self.keys_file, "keys_env": self.keys_env,
+                   "tls_files": self.tls_files}
+        return serving if index is not None else {**serving, "ports": self.shard_ports}
 
     @classmethod
     def from_state(cls, state: dict[str, Any] | None) -> "GatewaySpec | None":
         if state is None:
             return None
-        tls = state.get("tls_files")
-        return cls(**{**state, "tls_files": tuple(tls) if tls else None})
+        tls, ports = state.get("tls_files"), state.get("shard_ports")
+        return cls(**{**state, "tls_files": tuple(tls) if tls else None,
+                      "shard_ports": tuple(ports) if ports else None})
 
 
 @dataclass

@@ -53,7 +53,7 @@ class GatewayServer:
                  keys_file: str | None = None, keys_env: str | None = None,
                  tls_files: tuple[str, str, str | None] | None = None,
                  backend=None, port_file: str | None = None, node: str | None = None,
-                 of_shard: bool = False):
+                 of_shard: bool = False, ports: tuple[int, int] | None = None):
         self.name = name
         self.of_shard = of_shard  # a shard's own endpoint (shard/api.py), not a gateway
         self.node = node
@@ -68,10 +68,11 @@ class GatewayServer:
         self._serving: asyncio.Future | None = None
         if host is not None:
             self._serving = asyncio.ensure_future(
-                self._serve(host, port, keys_file, keys_env, tls_files))
+                self._serve(host, port, keys_file, keys_env, tls_files, ports))
 
     async def _serve(self, host: str, port: int, keys_file: str | None, keys_env: str | None,
-                     tls_files: tuple[str, str, str | None] | None) -> int:
+                     tls_files: tuple[str, str, str | None] | None,
+                     ports: tuple[int, int] | None) -> int:
         try:
             auth = Auth.load(read_keys(keys_file, keys_env))
             tls = Tls.from_files(*tls_files) if tls_files else None
@@ -88,11 +89,9 @@ class GatewayServer:
                 with open(self._port_file, encoding="utf-8") as f:
                     port = int(f.read())  # restarted: the port it served on before
             self.server, self.checker, bound = await serve(
-                self.gateway, auth, host, port, tls, admin=not self.of_shard,
+                self.gateway, auth, host, port, tls, admin=not self.of_shard, ports=ports,
                 interceptors=(RouteHint(self.name, client),) if self.of_shard else (),
                 serving=self._ready)
-            if not bound:
-                raise OSError(f"{self.name} could not bind {host}:{port}")
             if self._port_file:
                 with open(self._port_file, "w", encoding="utf-8") as f:
                     f.write(str(bound))

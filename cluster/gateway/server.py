@@ -3,6 +3,7 @@ interceptors, with health and reflection (open to all), on plaintext or TLS."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -39,13 +40,14 @@ class Tls:
 
 async def serve(gateway: Gateway, auth: Auth, host: str, port: int, tls: Tls | None = None,
                 admin: bool = True, interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (),
-                serving: bool = True
+                serving: bool = True, ports: tuple[int, int] | None = None
                 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
     """Start the gRPC server; (server, health, the port it bound). Auth may be off (no keys)
     only on a loopback address. `admin`: AdminService too (a shard's endpoint serves
     DecisionService only: operators' calls belong to gateways). `interceptors` go after the
     parsing one, next to the handlers; `serving`: what health answers at first
-    (`set_health` changes it)."""
+    (`set_health` changes it). A `port` of 0 with `ports` (low, high): the first of them free.
+    OSError when nothing binds."""
     if not auth.enabled and not is_loopback(host):
         raise ValueError(f"refusing to serve without API keys on {host}: auth may be off only "
                          f"on a loopback address")
@@ -63,18 +65,33 @@ async def serve(gateway: Gateway, auth: Auth, host: str, port: int, tls: Tls | N
     reflection.enable_server_reflection(
         services + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                     reflection.SERVICE_NAME), server)
-    address = f"{host}:{port}"
-    if tls is None:
-        bound = server.add_insecure_port(address)
-    else:
-        credentials = grpc.ssl_server_credentials(
-            [(tls.private_key, tls.cert_chain)], root_certificates=tls.client_ca,
-            require_client_auth=tls.client_ca is not None)
-        bound = server.add_secure_port(address, credentials)
+    credentials = None if tls is None else grpc.ssl_server_credentials(
+        [(tls.private_key, tls.cert_chain)], root_certificates=tls.client_ca,
+        require_client_auth=tls.client_ca is not None)
+    tried = [port] if port or not ports else range(ports[0], ports[1] + 1)
+    bound = _bind(server, host, tried, credentials)
+    if not bound:
+        raise OSError(f"could not bind {host} on port {port}" if len(tried) == 1 else
+                      f"could not bind {host} on any port of {ports[0]}-{ports[1]}")
     await server.start()
     gateway.start()
     await set_health(checker, serving, admin)
     return server, checker, bound
+
+
+def _bind(server: grpc.aio.Server, host: str, ports: Iterable[int],
+          credentials: grpc.ServerCredentials | None) -> int:
+    """The first of `ports` that binds (0: none did)."""
+    for port in ports:
+        address = f"{host}:{port}"
+        try:
+            bound = server.add_insecure_port(address) if credentials is None else \
+                server.add_secure_port(address, credentials)
+        except RuntimeError:  # grpc's "Failed to bind": in use
+            continue
+        if bound:
+            return bound
+    return 0
 
 
 async def set_health(checker: health.aio.HealthServicer, serving: bool, admin: bool = True

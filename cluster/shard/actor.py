@@ -86,12 +86,14 @@ class ShardActor:
 
     async def serve_api(self, host: str, port: int = 0, keys_file: str | None = None,
                         keys_env: str | None = None,
-                        tls_files: tuple[str, str, str | None] | None = None) -> int:
+                        tls_files: tuple[str, str, str | None] | None = None,
+                        ports: tuple[int, int] | None = None) -> int:
         """Serve kairos.v1 from this process too (api.py: one hop fewer for clients that
-        route); the port. As a gateway does, it reads its secrets from files or its own
-        environment, and serves again, on the same port, after Ray restarts the actor."""
+        route), on `port`, else the first free one of `ports` (low, high), else any; the
+        port. As a gateway does, it reads its secrets from files or its own environment, and
+        serves again, on the same port, after Ray restarts the actor."""
         serving = {"host": host, "port": port, "keys_file": keys_file, "keys_env": keys_env,
-                   "tls_files": tls_files and list(tls_files)}
+                   "tls_files": tls_files and list(tls_files), "ports": ports and list(ports)}
         if self._api is None:
             self._serve_api(**serving)
         elif {**serving, "port": self._api_serving["port"]} != self._api_serving:
@@ -105,19 +107,20 @@ class ShardActor:
         if self._api_file:  # written whole or not at all: a torn one would stop restarts
             kept = f"{self._api_file}.new"
             with open(kept, "w", encoding="utf-8") as f:
-                json.dump({**self._api_serving, "port": bound,
+                json.dump({**self._api_serving, "port": bound, "ports": None,
                            "actor": ray.get_runtime_context().get_actor_id()}, f)
             os.replace(kept, self._api_file)
         return bound
 
     def _serve_api(self, host: str, port: int, keys_file: str | None, keys_env: str | None,
-                   tls_files: list[str | None] | None) -> None:
+                   tls_files: list[str | None] | None, ports: list[int] | None = None) -> None:
         self._api_serving = {"host": host, "port": port, "keys_file": keys_file,
-                             "keys_env": keys_env, "tls_files": tls_files}
+                             "keys_env": keys_env, "tls_files": tls_files, "ports": ports}
         backend = OwnShardFirst(self.name, self.host, self.backend)
         self._api = GatewayServer(self.name, host, port, keys_file, keys_env,
                                   tls_files and tuple(tls_files), backend,
-                                  node=ray.get_runtime_context().get_node_id(), of_shard=True)
+                                  node=ray.get_runtime_context().get_node_id(), of_shard=True,
+                                  ports=ports and (ports[0], ports[1]))
         self._api.metrics = GatewayMetrics(self.name)
 
     def _resume_api(self) -> None:

@@ -55,9 +55,11 @@ class ShardControl(Protocol):
 
     async def serve_api(self, host: str, port: int = 0, keys_file: str | None = None,
                         keys_env: str | None = None,
-                        tls_files: tuple[str, str, str | None] | None = None) -> int:
+                        tls_files: tuple[str, str, str | None] | None = None,
+                        ports: tuple[int, int] | None = None) -> int:
         """Serve kairos.v1 from the shard's own process too (shard/api.py), as a gateway
-        with these arguments would; the port (the one bound before, if it serves already)."""
+        with these arguments would, on the first free port of `ports` when given; the port
+        (the one bound before, if it serves already)."""
 
     async def health(self) -> dict[str, Any]:
         """Cheap: liveness, incarnation, node, and statistics at most a second old."""

@@ -218,9 +218,10 @@ class RayShard(_Actor):
 
     async def serve_api(self, host: str, port: int = 0, keys_file: str | None = None,
                         keys_env: str | None = None,
-                        tls_files: tuple[str, str, str | None] | None = None) -> int:
+                        tls_files: tuple[str, str, str | None] | None = None,
+                        ports: tuple[int, int] | None = None) -> int:
         return await self._call(lambda a: a.serve_api.remote(host, port, keys_file, keys_env,
-                                                             tls_files))
+                                                             tls_files, ports))
 
     async def stats(self) -> dict[str, Any]:
         return await self._call(lambda a: a.stats.remote())

@@ -1,5 +1,6 @@
 """Shard endpoints (shard/api.py), end to end on a real local Ray, started as `kairos up
---shard-endpoints` starts them (the controller, from the gateways' spec): GetRoutes at a
+--shard-endpoint-ports` starts them (the controller, from the gateways' spec: each on the
+first free port of the range): GetRoutes at a
 gateway names each partition's owner's endpoint, by the hash the proto documents; a client
 that routes is answered by the owner in its own process, without the data plane; a call to a
 shard that does not own the customer is sent on and served, with the map's version in a
@@ -22,6 +23,7 @@ from kairos.cluster.control.nodes import GatewaySpec
 from kairos.cluster.gateway.wire import value_out
 from kairos.cluster.routed import ROUTES_VERSION_KEY, RoutedClient
 from kairos.cluster.settings import NAMESPACE
+from kairos.cluster.storage.redis_server import free_port
 from kairos.v1 import admin_pb2, admin_pb2_grpc
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
@@ -31,6 +33,8 @@ from tests.support.waiting import wait_until
 WEB = "web-key-0123456789"
 KEYS = f"keys:\n  - {{key: {WEB}, name: web, channel: web, scopes: [decide, ingest]}}\n"
 AUTH = (("x-api-key", WEB),)
+LOW = min(free_port(), 65535 - 15)
+PORTS = (LOW, LOW + 15)  # `--shard-endpoint-ports`: each endpoint binds the first free one
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +44,7 @@ def gateway(ray_cluster, tmp_path_factory) -> str:
     keys_file.write_text(KEYS)
     keys_file.chmod(0o600)
     runtime.start(n_shards=2, n_partitions=64, gateways=GatewaySpec(
-        "127.0.0.1", 0, keys_file=str(keys_file), shard_endpoints=True))
+        "127.0.0.1", 0, keys_file=str(keys_file), shard_endpoints=True, shard_ports=PORTS))
     nodes = ray.get(runtime.controller().status.remote())["node_status"]
     yield f"127.0.0.1:{nodes[0]['gateway_port']}"
     runtime.stop()
@@ -98,6 +102,8 @@ def test_routes_name_every_shard_s_endpoint_and_every_partition_s_owner(routes):
     assert routes.version >= 1 and routes.partitions == 64
     assert len(routes.endpoints) == 2 and all(e.startswith("127.0.0.1:") for e in
                                               routes.endpoints)
+    ports = {int(e.rpartition(":")[2]) for e in routes.endpoints}
+    assert len(ports) == 2 and all(PORTS[0] <= p <= PORTS[1] for p in ports), ports
     assert len(routes.owners) == 64 and set(routes.owners) == {0, 1}
 
 

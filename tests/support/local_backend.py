@@ -149,12 +149,14 @@ class LocalShard:
 
     async def serve_api(self, host: str, port: int = 0, keys_file: str | None = None,
                         keys_env: str | None = None,
-                        tls_files: tuple[str, str, str | None] | None = None) -> int:
+                        tls_files: tuple[str, str, str | None] | None = None,
+                        ports: tuple[int, int] | None = None) -> int:
         """As create_gateway: noted, not served (no gRPC here)."""
         await self._backend.hop()
         endpoints = self._backend.endpoints
         if self.name not in endpoints:
-            endpoints[self.name] = {"host": host, "port": port or 41000 + len(endpoints)}
+            endpoints[self.name] = {"host": host,
+                                    "port": port or (ports or (41000,))[0] + len(endpoints)}
         return endpoints[self.name]["port"]
 
     async def health(self) -> dict[str, Any]:
