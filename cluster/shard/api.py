@@ -81,9 +81,10 @@ class RouteHint(grpc.aio.ServerInterceptor):
 
     def _hinting(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         async def unary_unary(request, context):
+            answer = await handler.unary_unary(request, context)  # the id's bounds checked
             if request.customer_id and self.client.owner(request.customer_id) != self.own:
                 context.set_trailing_metadata(((ROUTES_VERSION_KEY, str(self.client.version)),))
-            return await handler.unary_unary(request, context)
+            return answer
         return grpc.unary_unary_rpc_method_handler(
             unary_unary, request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer)
