@@ -84,7 +84,7 @@ class RoutedClient:
         """An endpoint that did not own the customer said the map's version: routes older
         than it are asked for again, as soon as HINTED_ROUTES_S allows."""
         for key, value in trailer:
-            if key == ROUTES_VERSION_KEY and value.isdigit() and \
+            if key == ROUTES_VERSION_KEY and value.isascii() and value.isdigit() and \
                     int(value) > self._routes.version:
                 self._due = min(self._due, self._fetched + HINTED_ROUTES_S)
 

@@ -58,6 +58,7 @@ from kairos.cluster.storage.store import redact  # light: no store's client is i
 # the embedded default's store: a directory that outlives `kairos down`
 STORE_DIR = "store"
 NOT_RUNNING = "Kairos is not running"
+MAX_PORT_RANGE = 1024  # shard endpoints one node may bind (a bind is tried per port)
 
 
 def validate(paths: list[str]) -> int:
@@ -273,9 +274,10 @@ def _port_range(text: str) -> tuple[int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be LOW-HIGH (port numbers), got {text}") \
             from None
-    if not 1 <= ports[0] <= ports[1] <= 65535:
-        raise argparse.ArgumentTypeError(f"must be ports 1-65535, the low one first, got "
-                                         f"{text}")
+    if not 1024 <= ports[0] <= ports[1] <= 65535 or ports[1] - ports[0] >= MAX_PORT_RANGE:
+        raise argparse.ArgumentTypeError(
+            f"must be at most {MAX_PORT_RANGE} ports within 1024-65535, the low one first, "
+            f"got {text}")
     return ports
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from typing import Callable, Sequence
 
 import grpc
 import ray
@@ -30,7 +31,6 @@ from kairos.cluster.gateway.calls import Gateway
 from kairos.cluster.gateway.server import Tls, serve, set_health
 from kairos.cluster.metrics import GatewayMetrics
 from kairos.cluster.settings import PAUSES_CHECK_S
-from kairos.cluster.shard.api import RouteHint
 from kairos.cluster.transport.client import KairosClient
 from kairos.cluster.transport.ray_backend import RayBackend
 
@@ -53,7 +53,9 @@ class GatewayServer:
                  keys_file: str | None = None, keys_env: str | None = None,
                  tls_files: tuple[str, str, str | None] | None = None,
                  backend=None, port_file: str | None = None, node: str | None = None,
-                 of_shard: bool = False, ports: tuple[int, int] | None = None):
+                 of_shard: bool = False, ports: tuple[int, int] | None = None,
+                 interceptors: Callable[[Gateway], Sequence[grpc.aio.ServerInterceptor]]
+                 = lambda gateway: ()):
         self.name = name
         self.of_shard = of_shard  # a shard's own endpoint (shard/api.py), not a gateway
         self.node = node
@@ -64,6 +66,7 @@ class GatewayServer:
         self.metrics: GatewayMetrics | None = None  # set where Ray exports them
         self._backend = backend
         self._port_file = port_file
+        self._interceptors = interceptors  # more, next to the handlers (a shard's: api.py)
         self._ready = not of_shard  # what health answers (a shard's: once the shard says)
         self._serving: asyncio.Future | None = None
         if host is not None:
@@ -88,15 +91,18 @@ class GatewayServer:
             if port == 0 and self._port_file and os.path.exists(self._port_file):
                 with open(self._port_file, encoding="utf-8") as f:
                     port = int(f.read())  # restarted: the port it served on before
+            ready = self._ready
             self.server, self.checker, bound = await serve(
                 self.gateway, auth, host, port, tls, admin=not self.of_shard, ports=ports,
-                interceptors=(RouteHint(self.name, client),) if self.of_shard else (),
-                serving=self._ready)
+                interceptors=tuple(self._interceptors(self.gateway)), serving=ready)
+            if self._ready != ready:  # set_serving came while serve() started the server
+                await set_health(self.checker, self._ready, admin=not self.of_shard)
             if self._port_file:
                 with open(self._port_file, "w", encoding="utf-8") as f:
                     f.write(str(bound))
         except Exception:
-            log.exception("%s could not start serving on %s:%d", self.name, host, port)
+            log.exception("%s could not start serving on %s (port %s)", self.name, host,
+                          port or (ports and f"{ports[0]}-{ports[1]}") or "any")
             if self.gateway is not None:
                 await self.gateway.close()  # its client follows the map no more
             raise

@@ -69,12 +69,15 @@ class Gateway:
     async def _shed(self) -> None:
         """The shedder's loop, started again SHEDDER_RESTART_S after it fails: a failed one
         admits everything, so an overload would go unrefused for as long as it stayed down."""
+        failures = 0
         while True:
             try:
                 await self.shedder.run()
-            except Exception:  # noqa: BLE001  (logged; the loop carries on without it a while)
-                log.exception("%s: the load shedder failed; every call is admitted until it "
-                              "starts again in %.0f s", self.name, SHEDDER_RESTART_S)
+            except Exception as exc:  # noqa: BLE001  (logged; the loop goes on without it)
+                failures += 1
+                log.error("%s: the load shedder failed (%d times so far: %s); every call is "
+                          "admitted until it starts again in %.0f s", self.name, failures,
+                          exc, SHEDDER_RESTART_S, exc_info=failures == 1)  # one traceback
             await asyncio.sleep(SHEDDER_RESTART_S)
 
     async def close(self) -> None:

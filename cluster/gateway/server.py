@@ -46,8 +46,8 @@ async def serve(gateway: Gateway, auth: Auth, host: str, port: int, tls: Tls | N
     only on a loopback address. `admin`: AdminService too (a shard's endpoint serves
     DecisionService only: operators' calls belong to gateways). `interceptors` go after the
     parsing one, next to the handlers; `serving`: what health answers at first
-    (`set_health` changes it). A `port` of 0 with `ports` (low, high): the first of them free.
-    OSError when nothing binds."""
+    (`set_health` changes it). `port` (0: any free one) and then, with `ports` (low, high),
+    the first of them free; OSError when nothing binds."""
     if not auth.enabled and not is_loopback(host):
         raise ValueError(f"refusing to serve without API keys on {host}: auth may be off only "
                          f"on a loopback address")
@@ -68,30 +68,32 @@ async def serve(gateway: Gateway, auth: Auth, host: str, port: int, tls: Tls | N
     credentials = None if tls is None else grpc.ssl_server_credentials(
         [(tls.private_key, tls.cert_chain)], root_certificates=tls.client_ca,
         require_client_auth=tls.client_ca is not None)
-    tried = [port] if port or not ports else range(ports[0], ports[1] + 1)
-    bound = _bind(server, host, tried, credentials)
-    if not bound:
-        raise OSError(f"could not bind {host} on port {port}" if len(tried) == 1 else
-                      f"could not bind {host} on any port of {ports[0]}-{ports[1]}")
+    # `port` first (a restart's own), then the range
+    tried = [p for p in [port, *(range(ports[0], ports[1] + 1) if ports else ())] if p] or [0]
+    bound = _bind(server, host, dict.fromkeys(tried), credentials)
+    await set_health(checker, serving, admin)
     await server.start()
     gateway.start()
-    await set_health(checker, serving, admin)
     return server, checker, bound
 
 
 def _bind(server: grpc.aio.Server, host: str, ports: Iterable[int],
           credentials: grpc.ServerCredentials | None) -> int:
-    """The first of `ports` that binds (0: none did)."""
+    """The first of `ports` that binds; OSError when none does."""
+    failed: Exception | None = None
     for port in ports:
         address = f"{host}:{port}"
         try:
             bound = server.add_insecure_port(address) if credentials is None else \
                 server.add_secure_port(address, credentials)
-        except RuntimeError:  # grpc's "Failed to bind": in use
+        except RuntimeError as exc:  # grpc's "Failed to bind": in use, or not allowed
+            failed = exc
             continue
         if bound:
             return bound
-    return 0
+    tried = list(ports)
+    raise OSError(f"could not bind {host} on port {tried[0]}" if len(tried) == 1 else
+                  f"could not bind {host} on any of ports {tried[0]}-{tried[-1]}") from failed
 
 
 async def set_health(checker: health.aio.HealthServicer, serving: bool, admin: bool = True

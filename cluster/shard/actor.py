@@ -26,7 +26,7 @@ from kairos.cluster import pauses
 from kairos.cluster.gateway.actor import GatewayServer, session_file
 from kairos.cluster.metrics import GatewayMetrics, ShardMetrics
 from kairos.cluster.settings import DATA_HOST, METRICS_FLUSH_S, MODEL_SYNC_S
-from kairos.cluster.shard.api import OwnShardFirst
+from kairos.cluster.shard.api import OwnShardFirst, RouteHint
 from kairos.cluster.shard.host import ShardHost
 from kairos.cluster.shard.modelsync import ModelSync
 from kairos.cluster.shard.shard import Shard
@@ -107,7 +107,7 @@ class ShardActor:
         if self._api_file:  # written whole or not at all: a torn one would stop restarts
             kept = f"{self._api_file}.new"
             with open(kept, "w", encoding="utf-8") as f:
-                json.dump({**self._api_serving, "port": bound, "ports": None,
+                json.dump({**self._api_serving, "port": bound,
                            "actor": ray.get_runtime_context().get_actor_id()}, f)
             os.replace(kept, self._api_file)
         return bound
@@ -120,7 +120,9 @@ class ShardActor:
         self._api = GatewayServer(self.name, host, port, keys_file, keys_env,
                                   tls_files and tuple(tls_files), backend,
                                   node=ray.get_runtime_context().get_node_id(), of_shard=True,
-                                  ports=ports and (ports[0], ports[1]))
+                                  ports=ports and (ports[0], ports[1]),
+                                  interceptors=lambda gateway: (
+                                      RouteHint(self.name, gateway.client),))
         self._api.metrics = GatewayMetrics(self.name)
 
     def _resume_api(self) -> None:
@@ -189,7 +191,7 @@ class ShardActor:
                 await self._flush(shard)
             if self._api is not None:  # routed to only while it recovered and owns partitions
                 await self._api.set_serving(shard is not None and shard is self.host.shard
-                                      and self._snapshot.get("partitions", 0) > 0)
+                                            and self._snapshot.get("partitions", 0) > 0)
 
     async def _flush(self, shard: Shard) -> None:
         pauses.keep_short()

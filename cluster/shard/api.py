@@ -26,13 +26,12 @@ from typing import Any
 import grpc
 
 from kairos.cluster.protocol import Reply, Request
-from kairos.cluster.routed import ROUTES_VERSION_KEY
+from kairos.cluster.routed import ROUTED, ROUTES_VERSION_KEY
 from kairos.cluster.shard.host import ShardHost
 from kairos.cluster.transport.client import KairosClient
 from kairos.cluster.transport.ray_backend import RayBackend
 
-HINTED = frozenset({"/kairos.v1.DecisionService/Decide", "/kairos.v1.DecisionService/Ingest",
-                    "/kairos.v1.DecisionService/Respond"})  # the calls a client routes
+HINTED = frozenset(f"/kairos.v1.DecisionService/{m}" for m in ROUTED)  # the calls clients route
 
 
 class OwnShardFirst:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from kairos.cluster.cli import local
-from kairos.cluster.cli.main import main
+from kairos.cluster.cli.main import main, parser
 from kairos.cluster.storage.redis_server import free_port
 
 KAIROS = str(Path(sys.executable).parent / "kairos")  # the installed console script
@@ -161,3 +161,18 @@ def test_up_refuses_a_console_port_in_use(home, capsys):
 
 
 # -- a real `kairos up` --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("given,error", [
+    ("20100-20163", None), ("20100", None), ("20163-20100", "the low one first"),
+    ("80-90", "within 1024-65535"), ("2000-9000", "at most 1024 ports"),
+    ("a-b", "must be LOW-HIGH")])
+def test_shard_endpoint_ports_are_a_bounded_range(home, capsys, given, error):
+    if error is None:
+        args = parser(50051).parse_args(["up", "--shard-endpoint-ports", given])
+        low, _, high = given.partition("-")
+        assert args.shard_endpoint_ports == (int(low), int(high or low))
+        return
+    with pytest.raises(SystemExit):
+        main(["up", "--shard-endpoint-ports", given])
+    assert error in capsys.readouterr().err and not (home / "run.json").exists()

@@ -1,14 +1,17 @@
 """The gateway actor's logic without Ray: constructed, it serves (keys read from its file, not
 passed); a second instance built the same way, as Ray builds a restarted actor, serves again on
-the port the first one bound."""
+the port the first one bound. A shard's endpoint binds the first free port of a range, and
+answers the health it was last told, also when told while it started."""
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from kairos.cluster.gateway import actor as actor_module
 from kairos.cluster.gateway.actor import GatewayServer
 from kairos.v1 import decision_pb2 as pb
 
@@ -70,3 +73,47 @@ def test_a_gateway_that_cannot_serve_says_why(tmp_path):
         with pytest.raises(FileNotFoundError):
             await server.start()
     asyncio.run(main())
+
+
+def test_a_port_range_binds_its_first_free_port_and_one_all_taken_is_an_oserror():
+    async def main():
+        backend = LocalBackend()
+        await backend.start_runtime(1, n_partitions=16)
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            low = busy.getsockname()[1]
+            ranged = GatewayServer("kairos-shard-0000", "127.0.0.1", 0, backend=backend,
+                                   ports=(low, min(low + 20, 65535)), of_shard=True)
+            bound = await ranged.start()
+            assert low < bound <= low + 20
+            await ranged.stop(0)
+            taken = GatewayServer("kairos-shard-0001", "127.0.0.1", 0, backend=backend,
+                                  ports=(low, low), of_shard=True)
+            with pytest.raises(OSError, match=f"could not bind 127.0.0.1 on port {low}"):
+                await taken.start()
+    asyncio.run(main())
+
+
+def test_a_shard_endpoint_told_to_serve_while_it_starts_answers_serving(monkeypatch):
+    """Health set while serve() starts the server (it yields) is what health answers."""
+    real = actor_module.serve
+    made: list[GatewayServer] = []
+
+    async def told_meanwhile(*args, **kwargs):
+        await made[0].set_serving(True)  # the shard's tick, in the window
+        return await real(*args, **kwargs)
+    monkeypatch.setattr(actor_module, "serve", told_meanwhile)
+
+    async def main():
+        backend = LocalBackend()
+        await backend.start_runtime(1, n_partitions=16)
+        made.append(GatewayServer("kairos-shard-0000", "127.0.0.1", 0, backend=backend,
+                                  of_shard=True))
+        port = await made[0].start()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            status = (await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5)).status
+        await made[0].stop(0)
+        return status
+    assert asyncio.run(main()) == health_pb2.HealthCheckResponse.SERVING
