@@ -8,7 +8,9 @@ RESOURCE_EXHAUSTED (before their request is parsed), and serves the rest at abou
 latency it has when it is not overloaded.
 
 The share is PIE's drop probability. Every SHED_UPDATE_S it is moved by how far the queueing
-delay is above or below SHED_TARGET_S, and by how fast it is rising. The delay is how late a
+delay is above or below SHED_TARGET_S, and by how fast it is rising (every
+SHED_IDLE_UPDATE_S while nothing is shed and the loop is on time and far from busy: each
+update wakes the loop, and an idle gateway need not pay 67 wake-ups a second). The delay is how late a
 timer of the event loop fires: a gateway short of CPU makes every call wait for its turn in
 the loop, as the calls gRPC has not handed over yet do, and refusing a share of them is what
 brings the wait down. Slow shards are not a reason to shed: their answers are awaited
@@ -42,7 +44,7 @@ import random
 import time
 from typing import Callable
 
-from kairos.cluster.settings import SHED_BUSY, SHED_TARGET_S, SHED_UPDATE_S
+from kairos.cluster.settings import SHED_BUSY, SHED_IDLE_UPDATE_S, SHED_TARGET_S, SHED_UPDATE_S
 
 ALPHA, BETA = 0.125, 1.25  # RFC 8033's gains, per second of delay
 MAX_STEP = 0.02  # the most the share rises per update once it is 10 % or more (RFC 8033 5.1)
@@ -53,15 +55,20 @@ BUSY_MAX_SHARE = 0.9  # the most the busy share alone makes the gateway refuse
 # Under this fraction of SHED_BUSY the loop counts as idle enough for the share to decay;
 # between it and SHED_BUSY the share holds, so that it does not swing on and off.
 BUSY_HOLD = 0.9
+# Under this fraction of SHED_BUSY (and with nothing shed, the loop on time) the share is
+# updated every SHED_IDLE_UPDATE_S rather than every SHED_UPDATE_S.
+BUSY_IDLE = 0.5
 
 
 class Shedder:
     """`shed_share` is the share of new calls refused; `run()` keeps it."""
 
     def __init__(self, target_s: float = SHED_TARGET_S, update_s: float = SHED_UPDATE_S,
-                 busy_target: float = SHED_BUSY, draw: Callable[[], float] = random.random):
+                 busy_target: float = SHED_BUSY, draw: Callable[[], float] = random.random,
+                 idle_update_s: float = SHED_IDLE_UPDATE_S):
         self.target_s = target_s
         self.update_s = update_s
+        self.idle_update_s = max(idle_update_s, update_s)
         self.busy_target = busy_target
         self._busy_on = busy_target < 1.0  # SHED_BUSY=1 turns the busy signal off
         self._draw = draw
@@ -82,17 +89,23 @@ class Shedder:
         return False
 
     async def run(self) -> None:
-        """Measure the delay and the loop's demand and move the share, every `update_s`, until
-        cancelled (within the loop's thread: the demand measured is the caller's thread's)."""
+        """Measure the delay and the loop's demand and move the share, every `update_s`
+        (`idle_update_s` while `idle()`), until cancelled (within the loop's thread: the
+        demand measured is the caller's thread's)."""
         try:
             with ThreadDemand() as demand:
                 while True:
                     start = time.monotonic()
-                    await asyncio.sleep(self.update_s)
-                    self.update(max(0.0, time.monotonic() - start - self.update_s),
-                                demand.share())
+                    interval = self.idle_update_s if self.idle() else self.update_s
+                    await asyncio.sleep(interval)
+                    self.update(max(0.0, time.monotonic() - start - interval), demand.share())
         finally:
             self.shed_share = 0.0  # nothing keeps it any more: admit everything
+
+    def idle(self) -> bool:
+        """Nothing shed, the loop on time and far from busy: updates may come less often."""
+        return self.shed_share == 0.0 and self.delay_s < self.target_s / 2 and \
+            not (self._busy_on and self.busy >= BUSY_IDLE * self.busy_target)
 
     def update(self, delay_s: float, busy: float = 0.0) -> None:
         """One PIE update with the delay just measured, and the share of the time since the

@@ -14,7 +14,7 @@ from collections import Counter as Tally
 import grpc
 import pytest
 
-from kairos.cluster.gateway import calls
+from kairos.cluster.gateway import admission, calls
 from kairos.cluster.gateway.admission import BUSY_HOLD, BUSY_MAX_SHARE, Shedder, ThreadDemand
 from kairos.cluster.gateway.auth import Auth
 from kairos.cluster.metrics import GatewayMetrics
@@ -241,3 +241,33 @@ def test_a_shedder_that_fails_is_logged_and_started_again(monkeypatch, caplog):
         asyncio.run(run_a_while())
     failed = [r for r in caplog.records if "load shedder failed" in r.getMessage()]
     assert failed and "schedstat went away" in failed[0].exc_text
+
+
+def test_an_idle_shedder_updates_less_often_and_a_busy_late_or_shedding_one_every_update(
+        monkeypatch):
+    """Each update wakes the loop: idle, it waits idle_update_s; otherwise update_s."""
+    slept: list[float] = []
+
+    async def sleep(seconds):
+        slept.append(seconds)
+        if len(slept) == 2:
+            raise asyncio.CancelledError
+    monkeypatch.setattr(admission.asyncio, "sleep", sleep)
+
+    def interval(**state) -> float:
+        s = Shedder(TARGET_S, 0.015, BUSY, idle_update_s=0.1)
+        monkeypatch.setattr(s, "update", lambda delay_s, busy=0.0: None)  # state stays
+        for name, value in state.items():
+            setattr(s, name, value)
+        slept.clear()
+        with pytest.raises(asyncio.CancelledError):
+            asyncio.run(s.run())
+        return slept[0]
+    assert interval() == 0.1
+    assert interval(busy=BUSY * admission.BUSY_IDLE * 0.9) == 0.1
+    assert interval(busy=BUSY * admission.BUSY_IDLE) == 0.015  # busy enough to watch closely
+    assert interval(delay_s=TARGET_S / 2) == 0.015  # late
+    assert interval(shed_share=0.01) == 0.015  # shedding
+    off = Shedder(TARGET_S, 0.015, 1.0, idle_update_s=0.1)
+    off.busy = 0.99  # the busy signal off: only the lag and the share count
+    assert off.idle()
