@@ -192,10 +192,17 @@ def up_message(args: argparse.Namespace, run: local.Run) -> str:
     return (f"Kairos is up: {args.nodes} Ray node(s) on {where}, {args.shards} shards, gRPC on "
             + ", ".join(run.gateways)
             + f"; store {redact(args.store)} (journal {args.journal_policy})"
+            + (f"; each shard serves its own endpoint ({_endpoints(args)}; GetRoutes names "
+               f"them)" if args.shard_endpoints or args.shard_endpoint_ports else "")
             + (f"; Ray dashboard on {run.dashboard}" if run.dashboard else "")
             + (f"; the agent's console on {run.console} (sign in with a key from "
                f"{run.console_keys})" if run.console else "")
             + ". `kairos down` stops it.")
+
+
+def _endpoints(args: argparse.Namespace) -> str:
+    ports = args.shard_endpoint_ports
+    return f"ports {ports[0]}-{ports[1]}" if ports else "free ports"
 
 
 def _start(args: argparse.Namespace, run: local.Run, catalog_text: str | None) -> None:

@@ -2,6 +2,7 @@
 interceptors, with health and reflection (open to all), on plaintext or TLS."""
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -79,9 +80,13 @@ async def serve(gateway: Gateway, auth: Auth, host: str, port: int, tls: Tls | N
 
 def _bind(server: grpc.aio.Server, host: str, ports: Iterable[int],
           credentials: grpc.ServerCredentials | None) -> int:
-    """The first of `ports` that binds; OSError when none does."""
+    """The first of `ports` that binds; OSError when none does. Of several, one that is
+    taken is skipped before grpc tries it (grpc logs an error for each bind that fails)."""
+    tried = list(ports)
     failed: Exception | None = None
-    for port in ports:
+    for port in tried:
+        if len(tried) > 1 and not _free(host, port):
+            continue
         address = f"{host}:{port}"
         try:
             bound = server.add_insecure_port(address) if credentials is None else \
@@ -91,9 +96,24 @@ def _bind(server: grpc.aio.Server, host: str, ports: Iterable[int],
             continue
         if bound:
             return bound
-    tried = list(ports)
     raise OSError(f"could not bind {host} on port {tried[0]}" if len(tried) == 1 else
                   f"could not bind {host} on any of ports {tried[0]}-{tried[-1]}") from failed
+
+
+def _free(host: str, port: int) -> bool:
+    """Whether nothing listens on host:port now (a bind that fails says so; one that cannot
+    be tried leaves it to grpc)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port,
+                                                             type=socket.SOCK_STREAM)[0]
+    except OSError:
+        return True
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.bind(address)
+        except OSError:
+            return False
+    return True
 
 
 async def set_health(checker: health.aio.HealthServicer, serving: bool, admin: bool = True

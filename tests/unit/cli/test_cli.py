@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from kairos.cluster.cli import local
-from kairos.cluster.cli.main import main, parser
+from kairos.cluster.cli.main import main, parser, up_message
 from kairos.cluster.storage.redis_server import free_port
 
 KAIROS = str(Path(sys.executable).parent / "kairos")  # the installed console script
@@ -176,3 +176,13 @@ def test_shard_endpoint_ports_are_a_bounded_range(home, capsys, given, error):
     with pytest.raises(SystemExit):
         main(["up", "--shard-endpoint-ports", given])
     assert error in capsys.readouterr().err and not (home / "run.json").exists()
+
+
+def test_up_says_where_shard_endpoints_serve():
+    run = local.Run(ray_address="127.0.0.1:6380", temp_dir="/tmp/r", sessions=[], started=0,
+                    loopback=True, auth_mode="token", gateways=["127.0.0.1:50051"])
+    ranged = parser(50051).parse_args(["up", "--shard-endpoint-ports", "20100-20110"])
+    assert "each shard serves its own endpoint (ports 20100-20110" in up_message(ranged, run)
+    assert "its own endpoint (free ports" in up_message(
+        parser(50051).parse_args(["up", "--shard-endpoints"]), run)
+    assert "endpoint" not in up_message(parser(50051).parse_args(["up"]), run)

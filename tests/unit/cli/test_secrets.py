@@ -68,7 +68,8 @@ def test_a_private_keys_file_passes_the_check(tmp_path):
 
 def test_up_prints_the_store_without_its_password():
     args = argparse.Namespace(nodes=1, shards=4, store=f"redis://kairos:{SECRET}@redis:6379/0",
-                              journal_policy="fsync")
+                              journal_policy="fsync", shard_endpoints=False,
+                              shard_endpoint_ports=None)
     run = local.Run(ray_address="127.0.0.1:6380", temp_dir="/tmp/r", sessions=[], started=0,
                     loopback=True, auth_mode="token", gateways=["127.0.0.1:50051"])
     message = up_message(args, run)
