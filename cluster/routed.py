@@ -6,7 +6,7 @@ The routes come from the gateway's GetRoutes and are fetched again every `refres
 when an endpoint says they are stale, and within RETRY_ROUTES_S after one answers UNAVAILABLE
 (its shard stopped, restarted or left); a failed fetch keeps the last routes. A route to a
 shard that is up but no longer owns the customer costs a hop: that shard sends the call on and
-answers with the map's version in a trailer (ROUTES_VERSION_KEY, from shard/api.py), and a version
+answers (an error too) with the map's version in a trailer (ROUTES_VERSION_KEY, from shard/api.py), and a version
 newer than the routes' has them fetched again at once (at most every HINTED_ROUTES_S, as the
 gateway's map may trail the shard's). One to a shard that is gone answers UNAVAILABLE, and
 retrying is the caller's, as the .proto says for every call (Ingest with its
@@ -73,8 +73,11 @@ class RoutedClient:
             answer, call = getattr(stub, method).with_call(request, metadata=self.metadata,
                                                            **kwargs)
         except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.UNAVAILABLE and stub is not self._gateway:
-                self._due = min(self._due, time.monotonic() + RETRY_ROUTES_S)
+            if stub is not self._gateway:
+                if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    self._due = min(self._due, time.monotonic() + RETRY_ROUTES_S)
+                # an error answer may say it too
+                self._hinted(getattr(exc, "trailing_metadata", tuple)() or ())
             raise
         if stub is not self._gateway:
             self._hinted(call.trailing_metadata() or ())

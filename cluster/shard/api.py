@@ -9,8 +9,8 @@ shedding on a late loop only, since that loop is busy with the gateways' rounds 
 shard's event loop, whose requests for its own partitions go to its ShardHost in process,
 with no data plane and no second process to wake. A call that reaches a shard that
 does not own the customer (a stale map, a client that does not route) is still served: it is
-sent on over the data plane, as a gateway would, and its answer carries the map's version in
-the trailer ROUTES_VERSION_KEY (`RouteHint`), so that the client asks for the routes again
+sent on over the data plane, as a gateway would, and its answer (an error too) carries the
+map's version in the trailer ROUTES_VERSION_KEY (`RouteHint`), so that the client asks for the routes again
 rather than pay the hop until its next refresh: the redirect of Cassandra's token-aware
 drivers and Kafka's producers, without failing the call. Watches registered here are pushed
 to this shard's actor (`ShardActor.deliver`), whose name is the sink's.
@@ -24,6 +24,8 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+
+from kairos.core.request import MAX_CUSTOMER_ID_LENGTH
 
 from kairos.cluster.protocol import Reply, Request
 from kairos.cluster.routed import ROUTED, ROUTES_VERSION_KEY
@@ -80,10 +82,13 @@ class RouteHint(grpc.aio.ServerInterceptor):
 
     def _hinting(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         async def unary_unary(request, context):
-            answer = await handler.unary_unary(request, context)  # the id's bounds checked
-            if request.customer_id and self.client.owner(request.customer_id) != self.own:
+            # before the handler, so that an error answer carries it too (grpc keeps a
+            # trailer set before an abort); an id past its bounds is the handler's to refuse
+            customer = request.customer_id
+            if 0 < len(customer) <= MAX_CUSTOMER_ID_LENGTH and \
+                    self.client.owner(customer) != self.own:
                 context.set_trailing_metadata(((ROUTES_VERSION_KEY, str(self.client.version)),))
-            return answer
+            return await handler.unary_unary(request, context)
         return grpc.unary_unary_rpc_method_handler(
             unary_unary, request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer)

@@ -120,6 +120,11 @@ def test_the_owner_answers_in_process_and_another_shard_sends_the_call_on(routes
     assert in_process(b, routes) == before_b
     assert trailer(b, mine[0]) == {ROUTES_VERSION_KEY: str(routes.version)}  # a stale route
     assert ROUTES_VERSION_KEY not in trailer(a, mine[0])
+    with pytest.raises(grpc.RpcError) as refused:  # an error answer says it too
+        call(b, "Decide", pb.DecideRequest(customer_id=mine[0], channel="web",
+                                           placement="nowhere"))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert dict(refused.value.trailing_metadata()) == {ROUTES_VERSION_KEY: str(routes.version)}
     event = pb.Event(customer_id=mine[0], type="page_view", channel="web")
     event.attributes["category"].CopyFrom(value_out("home"))
     assert call(a, "Ingest", event).sequence >= 1
