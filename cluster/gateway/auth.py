@@ -35,7 +35,7 @@ channel, and what a channel-bound key may do (`Rule.bound`):
     the key's; an empty channel is refused too, so a bound key cannot act outside its channel by
     leaving the channel out;
   - "filters output": the answer holds the key's channel only (GetProfile's current decisions);
-  - "unbound only": a bound key is refused, unless it has the rule's `also` scope;
+  - "unbound only": a bound key is refused, unless it has one of the rule's `also` scopes;
   - "any": the binding does not matter.
 `AuthInterceptor` checks the key and the scope from the call's metadata before the handler
 runs and before the request is parsed: a missing or unknown key fails with
@@ -66,16 +66,16 @@ MATCH, FILTER, UNBOUND, ANY = "must match", "filters output", "unbound only", "a
 
 @dataclass(frozen=True)
 class Rule:
-    """What a call needs: a key with `scope` (or with `also`, when given); `channel` is the
+    """What a call needs: a key with `scope` (or with one of `also`); `channel` is the
     request's field naming the channel, and `bound` what a channel-bound key may do (MATCH:
     the handler holds the field against the key with `check_channel`; FILTER: the handler
     shows only `visible_channel()`; UNBOUND: the interceptor refuses a bound key unless it
-    has `also`)."""
+    has one of `also`)."""
 
     scope: str
     channel: str | None = None
     bound: str = ANY
-    also: str | None = None
+    also: tuple[str, ...] = ()
 
     def __post_init__(self):
         assert self.bound in (MATCH, FILTER, UNBOUND, ANY), self.bound
@@ -92,17 +92,17 @@ RULES: dict[str, Rule] = {
     _DECISIONS + "Respond": Rule("respond", "channel", MATCH),
     _DECISIONS + "WatchDecisions": Rule("watch", "channel", MATCH),
     _DECISIONS + "GetProfile": Rule("profile:read", bound=FILTER),
-    _DECISIONS + "LinkIdentity": Rule("ingest", bound=UNBOUND, also="identity"),
+    _DECISIONS + "LinkIdentity": Rule("ingest", bound=UNBOUND, also=("identity",)),
     _DECISIONS + "ForgetCustomer": Rule("admin"),
-    _DECISIONS + "GetRoutes": Rule("decide", also="ingest"),
-    _ADMIN + "ValidateCatalog": Rule("status:read", also="admin"),
+    _DECISIONS + "GetRoutes": Rule("decide", also=("ingest", "respond")),  # the routed calls
+    _ADMIN + "ValidateCatalog": Rule("status:read", also=("admin",)),
     _ADMIN + "PutCatalog": Rule("admin"),
     _ADMIN + "RollbackCatalog": Rule("admin"),
-    _ADMIN + "GetCatalog": Rule("status:read", also="admin"),
-    _ADMIN + "GetClusterStatus": Rule("status:read", also="admin"),
+    _ADMIN + "GetCatalog": Rule("status:read", also=("admin",)),
+    _ADMIN + "GetClusterStatus": Rule("status:read", also=("admin",)),
     _ADMIN + "ScaleShards": Rule("admin"),
     _ADMIN + "DrainNode": Rule("admin"),
-    _ADMIN + "ExportDecisionLog": Rule("log:read", bound=UNBOUND, also="admin"),
+    _ADMIN + "ExportDecisionLog": Rule("log:read", bound=UNBOUND, also=("admin",)),
 }
 OPEN_SERVICES = frozenset({"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
                            "grpc.reflection.v1.ServerReflection"})
@@ -184,15 +184,16 @@ class Auth:
             raise Denied(False, f"missing or unknown API key (send it as '{METADATA_KEY}')")
         if isinstance(rule, str):
             rule = Rule(rule)
-        if rule.also is not None and rule.also in key.scopes:
+        if any(scope in key.scopes for scope in rule.also):
             return key
         if rule.scope not in key.scopes:
-            wanted = f"'{rule.scope}'" + (f" or '{rule.also}'" if rule.also else "")
+            wanted = " or ".join(f"'{scope}'" for scope in (rule.scope, *rule.also))
             raise Denied(True, f"key '{key.name}' lacks the {wanted} scope")
         if rule.bound == UNBOUND and key.channel:
+            others = " or ".join(f"'{scope}'" for scope in rule.also)
             raise Denied(True, f"key '{key.name}' is for channel '{key.channel}', and "
                                f"{method or 'this method'} is for unbound keys only (rule: "
-                               f"{UNBOUND}" + (f"; or a key with the '{rule.also}' scope"
+                               f"{UNBOUND}" + (f"; or a key with the {others} scope"
                                                if rule.also else "") + ")")
         return key
 

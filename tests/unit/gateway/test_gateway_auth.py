@@ -84,11 +84,11 @@ def status_of(channel: grpc.Channel, method: str, request, key: str | None) -> g
 def test_every_rpc_has_a_rule_and_every_rule_an_rpc():
     assert set(RULES) == set(METHODS)
     assert {rule.scope for rule in RULES.values()} <= set(SCOPES)
-    assert {rule.also for rule in RULES.values()} - {None} <= set(SCOPES)
+    assert {scope for rule in RULES.values() for scope in rule.also} <= set(SCOPES)
     for method, rule in RULES.items():
         if rule.channel is not None:
             assert request_for(method, "web") != request_for(method), method
-    assert RULES["/kairos.v1.DecisionService/LinkIdentity"].also == "identity"
+    assert RULES["/kairos.v1.DecisionService/LinkIdentity"].also == ("identity",)
 
 
 # every kind of caller: (its key, the channel its request names), for a rule
@@ -96,14 +96,16 @@ KINDS = {
     "no key": lambda rule: (None, "web"),
     "unknown key": lambda rule: (UNKNOWN_KEY, "web"),
     "lacking the scope": lambda rule: (secret(next(s for s in SCOPES
-                                                   if s not in (rule.scope, rule.also))), "web"),
+                                                   if s not in (rule.scope, *rule.also))), "web"),
     "with the scope": lambda rule: (secret(rule.scope), "app"),
     "bound to this channel": lambda rule: (secret(rule.scope, "web"), "web"),
     "bound to another channel": lambda rule: (secret(rule.scope, "web"), "app"),
     "bound, no channel named": lambda rule: (secret(rule.scope, "web"), ""),
-    "with the other scope": lambda rule: (secret(rule.also), "app") if rule.also else None,
-    "with the other scope, bound": lambda rule: (secret(rule.also, "web"), "app")
+    "with the other scope": lambda rule: (secret(rule.also[0]), "app") if rule.also else None,
+    "with the other scope, bound": lambda rule: (secret(rule.also[0], "web"), "app")
     if rule.also else None,
+    "with the last of several other scopes": lambda rule: (secret(rule.also[-1]), "app")
+    if len(rule.also) > 1 else None,
 }
 BOUND = {"bound to this channel", "bound to another channel", "bound, no channel named"}
 
