@@ -6,6 +6,7 @@ gateway on every node, now and as nodes join. `connect()` gives a client.
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import ray
@@ -25,6 +26,7 @@ from kairos.cluster.transport.sync_client import SyncClient
 from kairos.cluster.transport.ray_backend import RayBackend
 
 DEFAULT_SHARDS = 4
+STOP_WAIT_S = 30.0  # the most `stop` waits for Ray to free the actors' names
 
 
 def start(n_shards: int = DEFAULT_SHARDS, catalog_text: str | None = None,
@@ -75,7 +77,8 @@ def connect(timeout_s: float = 60.0) -> SyncClient:
 
 def stop() -> None:
     """Stop the controller (first: its loop starts gateways), the gateways (gracefully), the
-    learner and every shard."""
+    learner and every shard; return once Ray has freed their names (at most STOP_WAIT_S), so
+    that a `start` right after creates them anew."""
     names = [LEARNER_NAME]
     try:
         status = ray.get(controller().status.remote(), timeout=30)
@@ -95,3 +98,15 @@ def stop() -> None:
             ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
         except ValueError:
             pass
+    # ray.kill only asks: a start right after would find the names still taken
+    deadline = time.monotonic() + STOP_WAIT_S
+    while time.monotonic() < deadline and any(_named(n) for n in [CONTROLLER_NAME, *names]):
+        time.sleep(0.05)
+
+
+def _named(name: str) -> bool:
+    try:
+        ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        return False
+    return True
