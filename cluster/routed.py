@@ -6,11 +6,11 @@ The routes come from the gateway's GetRoutes and are fetched again every `refres
 when an endpoint says they are stale, and within RETRY_ROUTES_S after one answers UNAVAILABLE
 (its shard stopped, restarted or left); a failed fetch keeps the last routes. A route to a
 shard that is up but no longer owns the customer costs a hop: that shard sends the call on and
-answers (an error too) with the map's version in a trailer (ROUTES_VERSION_KEY, from shard/api.py), and a version
-newer than the routes' has them fetched again at once (at most every HINTED_ROUTES_S, as the
-gateway's map may trail the shard's). One to a shard that is gone answers UNAVAILABLE, and
-retrying is the caller's, as the .proto says for every call (Ingest with its
-idempotency_key): the retry goes where the new routes say.
+answers (an error too) with the map's version in a trailer (ROUTES_VERSION_KEY, from
+shard/api.py), and a version newer than the routes' has them fetched again at once (at most
+every HINTED_ROUTES_S, as the gateway's map may trail the shard's). One to a shard that is gone
+answers UNAVAILABLE, and retrying is the caller's, as the .proto says for every call (Ingest
+with its idempotency_key): the retry goes where the new routes say.
 """
 from __future__ import annotations
 

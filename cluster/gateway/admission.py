@@ -8,17 +8,16 @@ RESOURCE_EXHAUSTED (before their request is parsed), and serves the rest at abou
 latency it has when it is not overloaded.
 
 The share is PIE's drop probability. Every SHED_UPDATE_S it is moved by how far the queueing
-delay is above or below SHED_TARGET_S, and by how fast it is rising (every
-SHED_IDLE_UPDATE_S while nothing is shed and the loop is on time and far from busy: each
-update wakes the loop, and an idle gateway need not pay 67 wake-ups a second). The delay is how late a
-timer of the event loop fires: a gateway short of CPU makes every call wait for its turn in
-the loop, as the calls gRPC has not handed over yet do, and refusing a share of them is what
-brings the wait down. Slow shards are not a reason to shed: their answers are awaited
-without work, and refusing calls would not make them faster (the client's queue bound and
-the callers' deadlines limit what waits for them). As RFC 8033 does, a short burst sheds
-nothing (no refusal while the delay is under half the target and the share is low), and the
-share decays once the delay is gone (a timer is never exactly on time, so "gone" is under
-half the target here).
+delay is above or below SHED_TARGET_S, and by how fast it is rising (every SHED_IDLE_UPDATE_S
+while nothing is shed and the loop is on time and far from busy: each update wakes the loop,
+and an idle gateway need not pay 67 wake-ups a second). The delay is how late a timer of the
+event loop fires: a gateway short of CPU makes every call wait for its turn in the loop, as the
+calls gRPC has not handed over yet do, and refusing a share of them is what brings the wait
+down. Slow shards are not a reason to shed: their answers are awaited without work, and
+refusing calls would not make them faster (the client's queue bound and the callers' deadlines
+limit what waits for them). As RFC 8033 does, a short burst sheds nothing (no refusal while the
+delay is under half the target and the share is low), and the share decays once the delay is
+gone (a timer is never exactly on time, so "gone" is under half the target here).
 
 The lag alone misses the overload that matters most on a busy node. grpc.aio accepts one call
 of a method at a time, each through a hand-over from its poller thread to the loop, so when

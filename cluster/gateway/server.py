@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
-from typing import Iterable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -58,7 +57,7 @@ async def serve(gateway: Gateway, auth: Auth, host: str, port: int, tls: Tls | N
         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                  ("grpc.so_reuseport", 0)])
     decision_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionService(gateway), server)
-    services = SERVICES if admin else SERVICES[:1]
+    services = _services(admin)
     if admin:
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(gateway), server)
     checker = health.aio.HealthServicer()
@@ -71,21 +70,20 @@ async def serve(gateway: Gateway, auth: Auth, host: str, port: int, tls: Tls | N
         require_client_auth=tls.client_ca is not None)
     # `port` first (a restart's own), then the range
     tried = [p for p in [port, *(range(ports[0], ports[1] + 1) if ports else ())] if p] or [0]
-    bound = _bind(server, host, dict.fromkeys(tried), credentials)
+    bound = _bind(server, host, list(dict.fromkeys(tried)), credentials)
     await set_health(checker, serving, admin)
     await server.start()
     gateway.start()
     return server, checker, bound
 
 
-def _bind(server: grpc.aio.Server, host: str, ports: Iterable[int],
+def _bind(server: grpc.aio.Server, host: str, ports: list[int],
           credentials: grpc.ServerCredentials | None) -> int:
     """The first of `ports` that binds; OSError when none does. Of several, one that is
     taken is skipped before grpc tries it (grpc logs an error for each bind that fails)."""
-    tried = list(ports)
     failed: Exception | None = None
-    for port in tried:
-        if len(tried) > 1 and not _free(host, port):
+    for port in ports:
+        if len(ports) > 1 and not _free(host, port):
             continue
         address = f"{host}:{port}"
         try:
@@ -96,8 +94,8 @@ def _bind(server: grpc.aio.Server, host: str, ports: Iterable[int],
             continue
         if bound:
             return bound
-    raise OSError(f"could not bind {host} on port {tried[0]}" if len(tried) == 1 else
-                  f"could not bind {host} on any of ports {tried[0]}-{tried[-1]}") from failed
+    raise OSError(f"could not bind {host} on port {ports[0]}" if len(ports) == 1 else
+                  f"could not bind {host} on any of ports {ports[0]}-{ports[-1]}") from failed
 
 
 def _free(host: str, port: int) -> bool:
@@ -121,5 +119,10 @@ async def set_health(checker: health.aio.HealthServicer, serving: bool, admin: b
     """What health answers for the server's services and the whole server ("")."""
     status = health_pb2.HealthCheckResponse.SERVING if serving else \
         health_pb2.HealthCheckResponse.NOT_SERVING
-    for service in (SERVICES if admin else SERVICES[:1]) + ("",):
+    for service in _services(admin) + ("",):
         await checker.set(service, status)
+
+
+def _services(admin: bool) -> tuple[str, ...]:
+    """What a server serves: both services, or DecisionService alone (a shard's endpoint)."""
+    return SERVICES if admin else SERVICES[:1]

@@ -1,19 +1,19 @@
 """The gRPC contract served by a shard's own process: one hop fewer for clients that route.
 
 Through a gateway every call crosses two processes: the gateway parses and checks it, then
-sends it over the data plane to the shard that owns the customer, and the answer comes back
-the same way. A client that knows the partition map (`partition_of` over the map's owners,
-what the gateway's own KairosClient does) can instead call the owner's process, which serves
-kairos.v1's DecisionService itself: the same Gateway code (auth, parsing, bounds, fallbacks;
-shedding on a late loop only, since that loop is busy with the gateways' rounds too) on the
-shard's event loop, whose requests for its own partitions go to its ShardHost in process,
-with no data plane and no second process to wake. A call that reaches a shard that
-does not own the customer (a stale map, a client that does not route) is still served: it is
-sent on over the data plane, as a gateway would, and its answer (an error too) carries the
-map's version in the trailer ROUTES_VERSION_KEY (`RouteHint`), so that the client asks for the routes again
-rather than pay the hop until its next refresh: the redirect of Cassandra's token-aware
-drivers and Kafka's producers, without failing the call. Watches registered here are pushed
-to this shard's actor (`ShardActor.deliver`), whose name is the sink's.
+sends it over the data plane to the shard that owns the customer, and the answer comes back the
+same way. A client that knows the partition map (`partition_of` over the map's owners, what the
+gateway's own KairosClient does) can instead call the owner's process, which serves kairos.v1's
+DecisionService itself: the same Gateway code (auth, parsing, bounds, fallbacks; shedding on a
+late loop only, since that loop is busy with the gateways' rounds too) on the shard's event
+loop, whose requests for its own partitions go to its ShardHost in process, with no data plane
+and no second process to wake. A call that reaches a shard that does not own the customer (a
+stale map, a client that does not route) is still served: it is sent on over the data plane, as
+a gateway would, and its answer (an error too) carries the map's version in the trailer
+ROUTES_VERSION_KEY (`RouteHint`), so that the client asks for the routes again rather than pay
+the hop until its next refresh: the redirect of Cassandra's token-aware drivers and Kafka's
+producers, without failing the call. Watches registered here are pushed to this shard's actor
+(`ShardActor.deliver`), whose name is the sink's.
 
 Health answers SERVING only while the shard has recovered and owns partitions (checked every
 METRICS_FLUSH_S by the actor), so a shard recovering after a restart, or scaled away and

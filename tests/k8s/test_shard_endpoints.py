@@ -1,8 +1,8 @@
 """The shard-endpoints component (k8s/components/shard-endpoints) added to the production
 overlay, rendered by the real kustomize: the head hands `kairos start` a port range, its own
 NetworkPolicy opens exactly that range on the Ray pods (where shards run) and clashes with no
-port those pods serve or that Ray and the OS hand out at random, the objects stay valid, and the head's entrypoint passes the
-range on (run with stand-ins for `ray` and `kairos`)."""
+port those pods serve or that Ray and the OS hand out at random, the objects stay valid, and
+the head's entrypoint passes the range on (run with stand-ins for `ray` and `kairos`)."""
 from __future__ import annotations
 
 import os
