@@ -10,7 +10,8 @@
                                           # name prefix), Decide alone, at two rates
 
 Systems, each behind the same kairos.v1 gRPC contract and driven by the same generators:
-  floor-grpc         an empty Decide: the gRPC round trip alone
+  floor-grpc         an empty Decide, and events acknowledged with nothing applied: the gRPC
+                     round trip (or stream message) alone
   floor-ray-<mode>   an empty Decide that awaits an empty Ray actor call (the transport Kairos
                      cannot avoid: gateway actor → shard actor; across nodes in 3node mode)
   redis              a stateless gRPC service with profiles in a real redis-server, NumPy scoring
@@ -22,9 +23,10 @@ Systems, each behind the same kairos.v1 gRPC contract and driven by the same gen
   actors             the literal card: one Ray actor per customer, a bounded number of them
 
 Every system gets the same Decide sweep (the highest rate with p99 ≤ 10 ms, and the curve).
-Kairos, in each mode, also gets: a bulk load of every customer, IngestStream and IngestBatch
-sweeps (each event re-evaluated), sessions across channels (decide, ingest and respond mixed) and push
-latency (an event on the web to the call center's WatchDecisions stream).
+floor-grpc and Kairos also get IngestStream and IngestBatch sweeps (Kairos re-evaluates each
+event). Kairos, in each mode, also gets: a bulk load of every customer, sessions across
+channels (decide, ingest and respond mixed) and push latency (an event on the web to the call
+center's WatchDecisions stream).
 
 Writes bench/results/load-<time>.json, .md and .png (latency percentiles against rate, one line
 per system), and prints as its last stdout line a JSON summary: per system p50_ms, p99_ms,
@@ -80,7 +82,7 @@ class Plan:
     seed: int = 1
     systems: tuple[str, ...] = ()  # run only the phases named with these prefixes (all if empty)
     idle_s: float = 5.0  # each system's CPU with no load is measured this long first
-    decide_only: bool = False  # Kairos runs its Decide sweep alone (a CPU-per-Decide comparison)
+    decide_only: bool = False  # Decide sweeps alone (a CPU-per-Decide comparison)
 
 
 FULL = Plan(customers=1_000_000, modes=(1, 3), generators=2, warmup_s=2.0, measure_s=10.0,
@@ -118,6 +120,13 @@ class Bench:
             lambda rate: self.step(target, "decide", rate, customers, routes=routes),
             self.plan.decide_rates)
 
+    def ingest_sweeps(self, system: str, target: str) -> None:
+        """IngestStream's ladder, then IngestBatch's."""
+        for section, op, rates in (("ingest", "stream", self.plan.stream_rates),
+                                   ("batch", "batch", self.plan.batch_rates)):
+            self.results[section][system] = sweep(
+                self.pool, system, lambda rate, op=op: self.step(target, op, rate), rates)
+
     def run(self) -> dict[str, Any]:
         self.phase("floor-grpc", self.grpc_floor)
         self.phase("redis", self.redis, "redis", redis_peer.populate, redis_peer.RedisDecisions)
@@ -146,6 +155,8 @@ class Bench:
     def grpc_floor(self) -> None:
         with in_process(floor.EmptyDecisions) as target:
             self.decide_sweep("floor-grpc", target)
+            if not self.plan.decide_only:
+                self.ingest_sweeps("floor-grpc", target)
 
     def redis(self, name: str, populate_redis: Callable[[int, int, Callable[[int], None]], None],
               service: Callable[[int], Any]) -> None:
@@ -191,12 +202,7 @@ class Bench:
             self.decide_sweep(name, system.target)
             if self.plan.decide_only:
                 return
-            self.results["ingest"][name] = sweep(
-                self.pool, name, lambda rate: self.step(system.target, "stream", rate),
-                self.plan.stream_rates)
-            self.results["batch"][name] = sweep(
-                self.pool, name, lambda rate: self.step(system.target, "batch", rate),
-                self.plan.batch_rates)
+            self.ingest_sweeps(name, system.target)
             # sessions at the highest Decide rate that held (at most the plan's rate): what
             # each kind of call costs when the system is busy but not past its limit
             held = self.results["systems"][name]["max_rate_target_held"]
@@ -249,8 +255,8 @@ def parse(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
     parser.add_argument("--systems", help="only these systems (name prefixes), e.g. "
                                           "kairos,floor-ray")
     parser.add_argument("--decide-only", action="store_true",
-                        help="Kairos runs its Decide sweep alone (no ingest, batch, session or "
-                             "push phases)")
+                        help="Decide sweeps alone (no ingest, batch, session or push "
+                             "phases)")
     args = parser.parse_args(argv)
     plan = SMOKE if args.smoke else FULL
     overrides = {

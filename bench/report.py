@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import matplotlib
 
@@ -19,6 +19,10 @@ DECIDE_RATE_TARGET_PER_S = 1000.0  # p99 ≤ 10 ms across nodes at this rate or 
 P50_OVER_FLOOR_MAX = 1.5
 INGEST_RATE_TARGET_PER_S = 20_000.0
 OVER_REDIS_MIN = 4.0
+# issue 17's server CPU targets: per Decide, as a share of a peer's at the same rate ...
+CPU_OVER_PEER_MAX = {"redis-core": 0.5, "redis": 1.0, "floor-grpc": 1.5}
+# ... and per event re-evaluated, by how events come (µs)
+CPU_PER_EVENT_MAX_US = {"ingest": ("IngestStream", 150.0), "batch": ("IngestBatch", 40.0)}
 PUSH_P99_TARGET_MS = 20.0
 PLOTTED = (("p50_ms", "p50"), ("p99_ms", "p99"), ("p99_9_ms", "p99.9"))
 
@@ -80,10 +84,10 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     systems, checks = results["systems"], []
 
     def check(target: str, system: str, value: float | None, threshold: float,
-              at_most: bool = False) -> None:
+              at_most: bool = False, rate: float | None = None) -> None:
         met = value is not None and (value <= threshold if at_most else value >= threshold)
         checks.append({"target": target, "system": system, "value": value,
-                       "threshold": threshold, "at_most": at_most, "met": met})
+                       "threshold": threshold, "at_most": at_most, "met": met, "rate": rate})
 
     for name in sorted(n for n in systems if n.startswith("kairos-")):
         mode = name.removeprefix("kairos-")
@@ -91,8 +95,23 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
               systems[name]["max_rate_held"], DECIDE_RATE_TARGET_PER_S)
         floor = systems.get(f"floor-ray-{mode}")
         if floor is not None:
-            check("Decide p50 ÷ floor p50 (gRPC + Ray hop), same rate", name,
-                  _p50_ratio(systems[name], floor), P50_OVER_FLOOR_MAX, at_most=True)
+            value, rate = _ratio(systems[name], floor, _p50)
+            check("Decide p50 ÷ floor p50 (gRPC + Ray hop), same rate", name, value,
+                  P50_OVER_FLOOR_MAX, at_most=True, rate=rate)
+        for peer, most in CPU_OVER_PEER_MAX.items():
+            if peer in systems:
+                value, rate = _ratio(systems[name], systems[peer], _cpu_us)
+                check(f"Decide server CPU per request ÷ {peer}'s, same rate", name, value,
+                      most, at_most=True, rate=rate)
+        if "redis-core" in systems:
+            check("Decide p99 ÷ redis-core's (same work), the worst rate both ran", name,
+                  _worst_p99_ratio(systems[name], systems["redis-core"]), 1.0, at_most=True)
+        for section, (label, most) in CPU_PER_EVENT_MAX_US.items():
+            if name in results[section]:
+                figures = headline(results[section][name])
+                check(f"Ingest server CPU per event, {label}, re-evaluated (µs)", name,
+                      figures["cpu_us_per_request"], most, at_most=True,
+                      rate=figures["at_rate_target"])
         if "redis" in systems:
             redis_rate = systems["redis"]["max_rate_held"]
             check("Decide rate held ÷ Redis peer's, p99 ≤ 10 ms", name,
@@ -112,17 +131,40 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return checks
 
 
-def _p50_ratio(system: dict[str, Any], floor: dict[str, Any]) -> float | None:
-    """p50 over the floor's p50 at the highest rate both held (else their lowest common one)."""
+def _p50(step: dict[str, Any]) -> float | None:
+    return step["kinds"].get("decide", {}).get("p50_ms")
+
+
+def _p99(step: dict[str, Any]) -> float | None:
+    return step["kinds"].get("decide", {}).get("p99_ms")
+
+
+def _cpu_us(step: dict[str, Any]) -> float | None:
+    return step.get("cpu_us_per_request")
+
+
+def _ratio(system: dict[str, Any], peer: dict[str, Any],
+           figure: Callable[[dict[str, Any]], float | None]
+           ) -> tuple[float | None, float | None]:
+    """A step's figure over the peer's at the highest rate both held (else their lowest common
+    one), and that rate."""
     ours = {s["rate_target"]: s for s in system["steps"]}
-    theirs = {s["rate_target"]: s for s in floor["steps"]}
+    theirs = {s["rate_target"]: s for s in peer["steps"]}
     common = sorted(set(ours) & set(theirs))
     if not common:
-        return None
+        return None, None
     held = [r for r in common if ours[r]["holds"] and theirs[r]["holds"]]
     rate = held[-1] if held else common[0]
-    floor_p50 = theirs[rate]["kinds"]["decide"]["p50_ms"]
-    return round(ours[rate]["kinds"]["decide"]["p50_ms"] / floor_p50, 2) if floor_p50 else None
+    mine, its = figure(ours[rate]), figure(theirs[rate])
+    return (round(mine / its, 2) if mine is not None and its else None), rate
+
+
+def _worst_p99_ratio(system: dict[str, Any], peer: dict[str, Any]) -> float | None:
+    """The largest Decide p99 over the peer's, over every rate both ran."""
+    theirs = {s["rate_target"]: _p99(s) for s in peer["steps"]}
+    ratios = [_p99(s) / theirs[s["rate_target"]] for s in system["steps"]
+              if theirs.get(s["rate_target"]) and _p99(s) is not None]
+    return round(max(ratios), 2) if ratios else None
 
 
 # -- Markdown ---------------------------------------------------------------------------------
@@ -204,13 +246,42 @@ def markdown(results: dict[str, Any]) -> str:
     if results["failures"]:
         lines += ["", "## Phases that failed (their figures are missing)", ""]
         lines += [f"- {f['phase']}: `{f['error']}`" for f in results["failures"]]
+    floor_rows = _over_floor_rows(results)
+    if floor_rows:
+        lines += ["", "## Server CPU per request against the empty gRPC floor, same rate", "",
+                  "floor-grpc answers each Decide with an empty Decision and acknowledges "
+                  "each event with its id alone: what the gRPC call, or the stream's "
+                  "message, and protobuf cost with no work behind them.", "",
+                  _table(["call", "system", "intended /s", "server CPU µs/request",
+                          "floor's µs", "÷ floor"], floor_rows)]
     lines += ["", "## Targets", "",
-              _table(["target", "system", "measured", "target", "met"],
+              _table(["target", "system", "measured", "at /s", "target", "met"],
                      [[t["target"], t["system"], "—" if t["value"] is None else f"{t['value']:g}",
+                       "—" if t.get("rate") is None else f"{t['rate']:,.0f}",
                        f"{'≤' if t['at_most'] else '≥'} {t['threshold']:g}",
                        "yes" if t["met"] else "**no**"]
                       for t in results["targets"]]), ""]
     return "\n".join(lines)
+
+
+OVER_FLOOR = (("systems", "Decide"), ("ingest", "IngestStream"), ("batch", "IngestBatch"))
+
+
+def _over_floor_rows(results: dict[str, Any]) -> list[list[str]]:
+    """Each system's server CPU per request over floor-grpc's, at every rate both ran."""
+    rows = []
+    for section, call in OVER_FLOOR:
+        floor = results[section].get("floor-grpc")
+        if floor is None:
+            continue
+        theirs = {s["rate_target"]: _cpu_us(s) for s in floor["steps"]}
+        for name, result in results[section].items():
+            for step in result["steps"] if name != "floor-grpc" else ():
+                mine, its = _cpu_us(step), theirs.get(step["rate_target"])
+                if mine is not None and its:
+                    rows.append([call, name, f"{step['rate_target']:,.0f}", f"{mine:,.0f}",
+                                 f"{its:,.0f}", f"{mine / its:.2f}"])
+    return rows
 
 
 def _percentiles(stats: dict[str, Any]) -> list[str]:

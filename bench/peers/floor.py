@@ -1,7 +1,8 @@
-"""The floor: what a Decide costs with nothing to decide.
+"""The floor: what a Decide, or an ingested event, costs with nothing to decide or apply.
 
-- `EmptyDecisions`: a gRPC server whose Decide answers an empty Decision at once (the gRPC
-  round trip and protobuf work alone).
+- `EmptyDecisions`: a gRPC server whose Decide answers an empty Decision at once, and whose
+  IngestStream and IngestBatch acknowledge each event with its id and a sequence number and
+  nothing else (the gRPC round trip, or the stream's message, and protobuf work alone).
 - `RayHopDecisions`: the same, but each Decide first awaits an empty call to a Ray actor, from
   a server inside a Ray actor: the transport Kairos cannot avoid (gateway actor → shard actor).
   In three-node mode the two actors sit on different nodes.
@@ -9,7 +10,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, AsyncIterator
 
 import numpy as np
 import ray
@@ -21,8 +22,22 @@ REFERENCE_CALLS = 500  # sequential empty actor calls for the closed-loop refere
 
 
 class EmptyDecisions(decision_pb2_grpc.DecisionServiceServicer):
+    def __init__(self) -> None:
+        self.sequence = 0
+
     async def Decide(self, request: pb.DecideRequest, context) -> pb.Decision:
         return pb.Decision(customer_id=request.customer_id, channel=request.channel)
+
+    async def IngestStream(self, request_iterator, context) -> AsyncIterator[pb.IngestAck]:
+        async for event in request_iterator:
+            yield self._ack(event)
+
+    async def IngestBatch(self, request: pb.EventBatch, context) -> pb.EventBatchAck:
+        return pb.EventBatchAck(acks=[self._ack(event) for event in request.events])
+
+    def _ack(self, event: pb.Event) -> pb.IngestAck:
+        self.sequence += 1
+        return pb.IngestAck(event_id=event.event_id, sequence=self.sequence)
 
 
 @ray.remote(num_cpus=0)

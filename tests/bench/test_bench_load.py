@@ -19,6 +19,8 @@ def test_smoke_run_writes_reports_and_a_summary_line(tmp_path):
     assert set(SYSTEMS) <= set(summary["systems"])
     for section in ("ingest", "batch", "push"):
         assert "kairos-1node" in summary[section], section
+    for section in ("ingest", "batch"):  # events acknowledged with nothing applied
+        assert "floor-grpc" in summary[section], section
     for section in ("systems", "ingest", "batch", "push"):
         for name, figures in summary[section].items():
             where = f"{section}: {name}"
@@ -39,5 +41,7 @@ def test_smoke_run_writes_reports_and_a_summary_line(tmp_path):
     # called as a client that routes: each Decide went to its owner's own endpoint
     assert len(report["layout"]["kairos-direct-1node"]["routes"]) > 1
     assert report["targets"] and all(isinstance(t["met"], bool) for t in report["targets"])
-    assert "| system |" in (tmp_path / f"{run}.md").read_text()
+    text = (tmp_path / f"{run}.md").read_text()
+    assert "| system |" in text
+    assert "| IngestBatch | kairos-1node |" in text  # its CPU per event over the floor's
     assert (tmp_path / f"{run}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,87 @@
+"""The load report judges issue 17's CPU targets from the run's own steps: per Decide against
+each peer at one rate both ran, per event at the ingest sweep's headline step, and every
+system against the empty-gRPC floor at each rate both ran."""
+from __future__ import annotations
+
+import pytest
+
+from bench.report import markdown, targets
+
+
+def step(rate: float, cpu_us: float, holds: bool = True, kind: str = "decide",
+         p99_ms: float = 5.0) -> dict:
+    return {"rate_target": rate, "holds": holds, "sent": 1000, "cpu_us_per_request": cpu_us,
+            "generator_cpu_us_per_request": 100.0, "settled_s": 0.0,
+            "generator": {"lag_p99_ms": 0.5, "behind": False},
+            "kinds": {kind: {"count": 1000, "rate": rate, "p50_ms": p99_ms / 2,
+                             "p90_ms": p99_ms * 0.8, "p99_ms": p99_ms, "p99_9_ms": p99_ms,
+                             "max_ms": p99_ms, "errors": {}, "fallbacks": 0}}}
+
+
+def sweep(*steps: dict, kind: str = "decide") -> dict:
+    held = [s for s in steps if s["holds"]]
+    return {"op": kind, "kind": kind, "steps": list(steps),
+            "max_rate_held": max((s["rate_target"] for s in held), default=0.0)}
+
+
+def results() -> dict:
+    return {
+        "systems": {
+            "floor-grpc": sweep(step(250, 400.0), step(500, 300.0), step(1000, 250.0)),
+            "redis-core": sweep(step(250, 900.0, p99_ms=4.0), step(500, 800.0, p99_ms=5.0),
+                                step(1000, 700.0, p99_ms=6.0)),
+            # 1,000/s did not hold: the ratios are taken at 500/s, the highest both held
+            "kairos-1node": sweep(step(250, 1200.0, p99_ms=3.0), step(500, 1000.0, p99_ms=4.0),
+                                  step(1000, 900.0, holds=False, p99_ms=12.0))},
+        "ingest": {
+            "floor-grpc": sweep(step(1000, 150.0, kind="event"), kind="event"),
+            "kairos-1node": sweep(step(1000, 800.0, kind="event"),
+                                  step(2500, 480.0, holds=False, kind="event"), kind="event")},
+        "batch": {"kairos-1node": sweep(step(5000, 250.0, holds=False, kind="event"),
+                                        step(10000, 150.0, holds=False, kind="event"),
+                                        kind="event")},
+        "push": {}, "populate": {}, "journey": {}, "ray_call": {}, "layout": {},
+        "failures": []}
+
+
+def judged() -> dict[str, dict]:
+    return {t["target"]: t for t in targets(results()) if t["system"] == "kairos-1node"}
+
+
+def test_decide_cpu_is_judged_against_each_peer_at_the_highest_rate_both_held():
+    checks = judged()
+    core = checks["Decide server CPU per request ÷ redis-core's, same rate"]
+    assert (core["value"], core["rate"], core["threshold"], core["met"]) == (1.25, 500, 0.5,
+                                                                             False)
+    floor = checks["Decide server CPU per request ÷ floor-grpc's, same rate"]
+    assert (floor["value"], floor["rate"]) == (pytest.approx(3.33), 500)
+    # no Redis peer of the simple kind ran: no target against it
+    assert "Decide server CPU per request ÷ redis's, same rate" not in checks
+
+
+def test_decide_p99_against_the_same_work_peer_is_its_worst_rate():
+    worst = judged()["Decide p99 ÷ redis-core's (same work), the worst rate both ran"]
+    assert worst["value"] == 2.0 and not worst["met"]  # 12 ms against 6 at 1,000/s
+
+
+def test_ingest_cpu_per_event_is_the_headline_step_s():
+    checks = judged()
+    stream = checks["Ingest server CPU per event, IngestStream, re-evaluated (µs)"]
+    assert (stream["value"], stream["rate"], stream["threshold"]) == (800.0, 1000, 150.0)
+    # no step held: the first one stands for the sweep, as in the summary line
+    batch = checks["Ingest server CPU per event, IngestBatch, re-evaluated (µs)"]
+    assert (batch["value"], batch["rate"], batch["threshold"]) == (250.0, 5000, 40.0)
+
+
+def test_the_report_sets_every_system_against_the_floor_at_each_common_rate():
+    text = markdown({**results(), "targets": targets(results()), "run": "load-x",
+                     "command": "python -m bench.load", "seconds": 1.0,
+                     "machine": {"platform": "Linux", "cpus": 2, "ray": "2"},
+                     "plan": {"customers": 10, "generators": 2, "measure_s": 1.0,
+                              "warmup_s": 1.0}})
+    table = text.split("against the empty gRPC floor")[1].split("## Targets")[0]
+    assert "| Decide | kairos-1node | 500 | 1,000 | 300 | 3.33 |" in table
+    assert "| Decide | redis-core | 1,000 | 700 | 250 | 2.80 |" in table
+    assert "| IngestStream | kairos-1node | 1,000 | 800 | 150 | 5.33 |" in table
+    # no floor step at 2,500/s, and no floor batch sweep: nothing to set against
+    assert "2,500" not in table and "IngestBatch" not in table
