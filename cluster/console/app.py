@@ -71,6 +71,7 @@ class Console:
         self.gateway = gateway  # made at start-up: a gRPC aio channel belongs to its loop
         env = jinja2.Environment(loader=jinja2.PackageLoader("kairos.cluster.console"),
                                  autoescape=True, undefined=jinja2.StrictUndefined)
+        env.globals["term"] = i18n.term  # for the live part too, rendered outside render()
         self.templates = Jinja2Templates(env=env)
 
     # -- pages -------------------------------------------------------------------------------

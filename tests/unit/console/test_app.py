@@ -45,9 +45,12 @@ class StandIn:
         decision.actions.add(action_id="warranty", agent_text="Offer the warranty",
                              propensity=0.25, value=80, context_weight=1, lever=1,
                              priority=20)
+        profile.history.add(action_id="warranty", channel="web", outcome="accept")
+        profile.history.add(action_id="survey", channel="web", outcome="bookmark")  # newer
         if explain:
             decision.explanation.dropped.add(action_id="cart_push", reason="ELIGIBILITY",
                                              detail="no cart")
+            decision.explanation.dropped.add(action_id="quiz", reason="FROM_A_NEWER_SHARD")
         return profile
 
     async def decide(self, key, customer_id, channel):
@@ -143,7 +146,7 @@ def test_the_customer_page_escapes_profile_values(client):
     assert page.status_code == 200 and page.url.query == b"id=ana"
     assert HOSTILE not in page.text
     assert "&lt;img src=x onerror=&#34;document.title=1&#34;&gt;" in page.text
-    assert "Offer the warranty" in page.text and "ELIGIBILITY" in page.text
+    assert "Offer the warranty" in page.text and "Not eligible" in page.text
     assert "new_season" in page.text  # the best action on the other channels
 
 
@@ -151,6 +154,11 @@ def test_japanese_labels_for_a_japanese_browser(client):
     sign_in(client)
     page = client.get("/customer?id=ana", headers={"accept-language": "ja-JP,ja;q=0.9"})
     assert '<html lang="ja">' in page.text and "ネクスト・ベスト・アクション" in page.text
+    assert '<tr data-reason="ELIGIBILITY"><td>cart_push</td><td>対象条件を満たさない</td>' \
+        in page.text
+    assert '<td class="outcome" data-outcome="accept">承諾</td>' in page.text
+    # codes from a shard newer than the console: shown as they are
+    assert "<td>FROM_A_NEWER_SHARD</td>" in page.text and ">bookmark</td>" in page.text
 
 
 def test_empty_and_error_states(client, gateway):
