@@ -12,7 +12,10 @@
 Every page is rendered by Jinja with autoescape on, and served with a Content-Security-Policy
 that allows this origin's own script and nothing inline, so a profile value holding markup is
 shown as text and could not run even if it were not. Every POST carries its session's CSRF
-token (403 without it), and request bodies are bounded before they are read.
+token (403 without it), and request bodies are bounded before they are read. A request whose
+Host is not one the console serves is refused (400): a page whose own name an attacker rebinds
+to the console's address gets nothing. Over TLS, Strict-Transport-Security keeps browsers on
+HTTPS.
 """
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ from urllib.parse import urlencode
 
 import jinja2
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
@@ -51,6 +56,10 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"cache-control", b"no-store"),
 ]
+# HTTPS for a year after each visit; not includeSubDomains: the console's name does not speak
+# for other servers under it
+HSTS = (b"strict-transport-security", b"max-age=31536000")
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # as Host headers carry them
 STATUS_OF = {"down": 503, "not_found": 404, "denied": 403, "invalid": 400, "failed": 502}
 
 
@@ -59,6 +68,7 @@ class ConsoleConfig:
     target: str  # the gateway, host:port
     channel: str = "call_center"  # the agent's channel (its first placement's decision)
     dashboard: str = ""  # the Ray dashboard's URL for the operator page ("": no link)
+    hosts: tuple[str, ...] = LOOPBACK_HOSTS  # the Host names it answers (server.served_hosts)
 
 
 class Console:
@@ -293,7 +303,9 @@ def create_app(config: ConsoleConfig, auth: Auth, gateway: GatewayClient | None 
         Mount("/static", StaticFiles(packages=[("kairos.cluster.console", "static")]),
               name="static"),
     ]
-    return _secured(Starlette(routes=routes, lifespan=lifespan))
+    trusted = Middleware(TrustedHostMiddleware, allowed_hosts=list(config.hosts),
+                         www_redirect=False)
+    return _secured(Starlette(routes=routes, lifespan=lifespan, middleware=[trusted]))
 
 
 class _Guard:
@@ -334,11 +346,14 @@ def _text(body: str, code: int) -> Response:
 
 
 def _secured(app: Starlette) -> ASGIApp:
-    """The app, with SECURITY_HEADERS on every response."""
+    """The app, with SECURITY_HEADERS on every response, and HSTS on those over TLS only
+    (RFC 6797 7.2: a server must not send it over plain HTTP)."""
     async def secured(scope, receive, send) -> None:
+        headers = SECURITY_HEADERS + ([HSTS] if scope.get("scheme") == "https" else [])
+
         async def send_with_headers(message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = list(message.get("headers", [])) + SECURITY_HEADERS
+                message["headers"] = list(message.get("headers", [])) + headers
             await send(message)
         await app(scope, receive, send_with_headers if scope["type"] == "http" else send)
     return secured

@@ -198,6 +198,30 @@ def test_the_cookie_is_secure_over_https(gateway):
         assert "secure" in client.get("/signin").headers["set-cookie"].lower()
 
 
+def test_a_foreign_host_is_refused_and_hsts_is_sent_over_tls_only(gateway):
+    """A page whose name an attacker rebinds to the console's address sends its own name as
+    Host: refused before any route runs."""
+    app = create_app(ConsoleConfig("127.0.0.1:1"), Auth.load(KEYS), gateway)
+    for scheme, hsts in (("http", None), ("https", "max-age=31536000")):
+        with TestClient(app, base_url=f"{scheme}://127.0.0.1:8080") as client:
+            for host in ("localhost:8080", "127.0.0.1", "[::1]:8080"):
+                page = client.get("/signin", headers={"host": host})
+                assert page.status_code == 200, host
+                assert page.headers.get("strict-transport-security") == hsts
+            refused = client.get("/signin", headers={"host": "rebound.example:8080"})
+            assert refused.status_code == 400 and "set-cookie" not in refused.headers
+            assert refused.headers.get("strict-transport-security") == hsts
+
+
+def test_names_the_operator_adds_are_served(gateway):
+    config = ConsoleConfig("127.0.0.1:1", hosts=("console.example", "*.agents.example"))
+    app = create_app(config, Auth.load(KEYS), gateway)
+    with TestClient(app, base_url="https://console.example") as client:
+        assert client.get("/signin").status_code == 200
+        assert client.get("/signin", headers={"host": "eu.agents.example"}).status_code == 200
+        assert client.get("/signin", headers={"host": "127.0.0.1"}).status_code == 400
+
+
 def test_a_live_page_ends_when_its_session_does(client):
     """Signing out (in another tab) ends the live pages of that session: they would go on
     showing customers' records with a key that no longer signs anything in."""
