@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 from dataclasses import dataclass
 from typing import AsyncIterator
 from urllib.parse import urlencode
@@ -41,6 +42,7 @@ from kairos.cluster.console.gateway_client import OUTCOMES, GatewayClient, Gatew
 from kairos.cluster.console.session import (COOKIE, CSRF_FIELD, Sessions, SignInRefused,
                                             cookie_options, csrf_valid)
 from kairos.cluster.gateway.auth import Auth
+from kairos.v1 import admin_pb2
 
 SEARCH_KINDS = ("customer_id", "cookie", "device", "email")
 MAX_ID_LENGTH = 256  # the gateway's cap on customer ids and alias values
@@ -60,6 +62,8 @@ SECURITY_HEADERS = [
 # for other servers under it
 HSTS = (b"strict-transport-security", b"max-age=31536000")
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # as Host headers carry them
+# a catalog validated: (its summary, None) or (None, the gateway's validation message)
+Checked = tuple[admin_pb2.CatalogInfo | None, str | None]
 STATUS_OF = {"down": 503, "not_found": 404, "denied": 403, "invalid": 400, "failed": 502}
 
 
@@ -79,6 +83,8 @@ class Console:
         self.sessions = Sessions(auth, config.channel)
         self.streams: collections.Counter[str] = collections.Counter()  # live pages by session
         self.gateway = gateway  # made at start-up: a gRPC aio channel belongs to its loop
+        # the running catalog's summary by its text's hash: one entry, as one catalog runs
+        self.running: tuple[bytes, Checked] | None = None
         env = jinja2.Environment(loader=jinja2.PackageLoader("kairos.cluster.console"),
                                  autoescape=True, undefined=jinja2.StrictUndefined)
         env.globals["term"] = i18n.term  # for the live part too, rendered outside render()
@@ -253,15 +259,25 @@ class Console:
         try:
             status = await self.gateway.status(key)
             running = await self.gateway.running_catalog(key)
-            info, message = await self.validated(key, running.yaml)
+            info, message = await self.running_summary(key, running.yaml)
         except GatewayError as exc:
             return self.failure(request, exc)
         return self.render(request, "operator.html", 400 if problem else 200, status=status,
                            draining=views.draining(status), info=info, message=message,
                            draft=draft, checked=checked, problem=problem)
 
-    async def validated(self, key: str, text: str):
-        """(the catalog's summary, None) or (None, the gateway's validation message)."""
+    async def running_summary(self, key: str, text: str) -> Checked:
+        """`validated` for the running catalog, compiled (by the gateway) once per catalog, not
+        once per view: a catalog of thousands of actions takes a while to compile. What is
+        kept is derived from the text, which the key has just read itself."""
+        digest = hashlib.sha256(text.encode()).digest()
+        if self.running is None or self.running[0] != digest:
+            self.running = (digest, await self.validated(key, text))
+        return self.running[1]
+
+    async def validated(self, key: str, text: str) -> Checked:
+        """The catalog checked by the gateway; GatewayError for a failure other than
+        "invalid"."""
         try:
             return await self.gateway.validate(key, text), None
         except GatewayError as exc:

@@ -27,6 +27,7 @@ class StandIn:
         self.fallback = False
         self.decide_failure: GatewayError | None = None
         self.responses: list[tuple] = []
+        self.running = "catalog"
 
     def _fail(self) -> None:
         if self.failure is not None:
@@ -73,7 +74,7 @@ class StandIn:
         return admin_pb2.ClusterStatus(partitions=4096, catalog_version="v1")
 
     async def running_catalog(self, key):
-        return admin_pb2.CatalogText(yaml="catalog")
+        return admin_pb2.CatalogText(yaml=self.running)
 
     async def validate(self, key, text):
         if text == "bad":
@@ -190,6 +191,23 @@ def test_the_operator_page_and_catalog_validation(client):
     too_big = client.post("/operator/validate",
                           data={"csrf": token, "catalog": "x" * (2 << 20)})
     assert too_big.status_code == 413
+
+
+def test_the_operator_page_compiles_a_running_catalog_once(client, gateway, monkeypatch):
+    compiled = []
+    validate = gateway.validate
+
+    async def counted(key, text):
+        compiled.append(text)
+        return await validate(key, text)
+
+    monkeypatch.setattr(gateway, "validate", counted)
+    sign_in(client)
+    for running in ("catalog", "catalog", "catalog v2", "catalog v2"):
+        gateway.running = running
+        page = client.get("/operator")
+        assert page.status_code == 200 and "The running catalog is valid: omni v1" in page.text
+    assert compiled == ["catalog", "catalog v2"]
 
 
 def test_the_cookie_is_secure_over_https(gateway):
