@@ -9,7 +9,6 @@ or KAIROS_API_KEYS in its environment), never a secret on its command line.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import subprocess
 import sys
@@ -19,6 +18,9 @@ from kairos.cluster.cli import local
 from kairos.cluster.cli.secret_files import SecretFileError, check_secret_file
 
 CONSOLE_PORT = 8080
+# host names to answer besides the bind address's, comma-separated (`kairos up`'s console
+# inherits it)
+HOSTS_ENV = "KAIROS_CONSOLE_ALLOWED_HOSTS"
 CONSOLE_LOG = "console.log"
 START_TIMEOUT_S = 60.0
 
@@ -39,6 +41,13 @@ def add_command(commands, parents: list[argparse.ArgumentParser]) -> None:
                                                       "operator page")
     run_.add_argument("--tls-cert", help="serve HTTPS: the certificate chain (PEM)")
     run_.add_argument("--tls-key", help="serve HTTPS: the private key (PEM)")
+    run_.add_argument("--allowed-host", action="append", metavar="NAME",
+                      default=[n for n in os.environ.get(HOSTS_ENV, "").split(",")
+                               if n.strip()],
+                      help="a host name agents' browsers reach the console by (repeatable; "
+                           "*.example.com for any under it): requests for other names than "
+                           f"these, those in ${HOSTS_ENV} (comma-separated) and the "
+                           "bind address's are refused")
     run_.add_argument("--insecure", action="store_true",
                       help="allow plain HTTP on an address other than loopback (agents' keys "
                            "and session cookies then cross the network in clear)")
@@ -51,13 +60,13 @@ def add_up_option(up: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kairos.cluster.console.app import ConsoleConfig
-    from kairos.cluster.console.server import Listen, keys_text, serve
-    from kairos.cluster.gateway.auth import Auth
+    from kairos.cluster.console.server import Listen, keys_text, serve, served_hosts
+    from kairos.cluster.gateway.auth import Auth, is_loopback
 
     if bool(args.tls_cert) != bool(args.tls_key):
         print("--tls-cert and --tls-key go together", file=sys.stderr)
         return 2
-    if not (args.tls_cert or args.insecure or _loopback(args.host)):
+    if not (args.tls_cert or args.insecure or is_loopback(args.host)):
         print(f"--host {args.host} without --tls-cert would send agents' keys and session "
               f"cookies in clear: serve HTTPS, or say --insecure", file=sys.stderr)
         return 2
@@ -69,6 +78,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
+        hosts = served_hosts(args.host, args.allowed_host)
+    except ValueError as exc:
+        print(f"error: --allowed-host {exc}", file=sys.stderr)
+        return 2
+    try:
         text, source = keys_text(args.keys, local.home())
         auth = Auth.load(text)
     except (OSError, ValueError) as exc:
@@ -76,17 +90,11 @@ def run(args: argparse.Namespace) -> int:
         return 1
     scheme = "https" if args.tls_cert else "http"
     print(f"the agent's console on {scheme}://{args.host}:{args.port} against {args.target} "
-          f"(sign in with a key from {source})", flush=True)
-    serve(ConsoleConfig(args.target, args.channel, args.dashboard), auth,
+          f"(sign in with a key from {source}); it answers requests for "
+          f"{', '.join(hosts)} (--allowed-host adds names)", flush=True)
+    serve(ConsoleConfig(args.target, args.channel, args.dashboard, hosts), auth,
           Listen(args.host, args.port, args.tls_cert, args.tls_key))
     return 0
-
-
-def _loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: it may resolve anywhere
-        return False
 
 
 def spawn(args: argparse.Namespace, run: local.Run) -> None:

@@ -12,18 +12,24 @@
 Every page is rendered by Jinja with autoescape on, and served with a Content-Security-Policy
 that allows this origin's own script and nothing inline, so a profile value holding markup is
 shown as text and could not run even if it were not. Every POST carries its session's CSRF
-token (403 without it), and request bodies are bounded before they are read.
+token (403 without it), and request bodies are bounded before they are read. A request whose
+Host is not one the console serves is refused (400): a page whose own name an attacker rebinds
+to the console's address gets nothing. Over TLS, Strict-Transport-Security keeps browsers on
+HTTPS.
 """
 from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 from dataclasses import dataclass
 from typing import AsyncIterator
 from urllib.parse import urlencode
 
 import jinja2
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
@@ -36,6 +42,7 @@ from kairos.cluster.console.gateway_client import OUTCOMES, GatewayClient, Gatew
 from kairos.cluster.console.session import (COOKIE, CSRF_FIELD, Sessions, SignInRefused,
                                             cookie_options, csrf_valid)
 from kairos.cluster.gateway.auth import Auth
+from kairos.v1 import admin_pb2
 
 SEARCH_KINDS = ("customer_id", "cookie", "device", "email")
 MAX_ID_LENGTH = 256  # the gateway's cap on customer ids and alias values
@@ -51,6 +58,12 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"cache-control", b"no-store"),
 ]
+# HTTPS for a year after each visit; not includeSubDomains: the console's name does not speak
+# for other servers under it
+HSTS = (b"strict-transport-security", b"max-age=31536000")
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # as Host headers carry them
+# a catalog validated: (its summary, None) or (None, the gateway's validation message)
+Checked = tuple[admin_pb2.CatalogInfo | None, str | None]
 STATUS_OF = {"down": 503, "not_found": 404, "denied": 403, "invalid": 400, "failed": 502}
 
 
@@ -59,6 +72,7 @@ class ConsoleConfig:
     target: str  # the gateway, host:port
     channel: str = "call_center"  # the agent's channel (its first placement's decision)
     dashboard: str = ""  # the Ray dashboard's URL for the operator page ("": no link)
+    hosts: tuple[str, ...] = LOOPBACK_HOSTS  # the Host names it answers (server.served_hosts)
 
 
 class Console:
@@ -69,8 +83,11 @@ class Console:
         self.sessions = Sessions(auth, config.channel)
         self.streams: collections.Counter[str] = collections.Counter()  # live pages by session
         self.gateway = gateway  # made at start-up: a gRPC aio channel belongs to its loop
+        # the running catalog's summary by its text's hash: one entry, as one catalog runs
+        self.running: tuple[bytes, Checked] | None = None
         env = jinja2.Environment(loader=jinja2.PackageLoader("kairos.cluster.console"),
                                  autoescape=True, undefined=jinja2.StrictUndefined)
+        env.globals["term"] = i18n.term  # for the live part too, rendered outside render()
         self.templates = Jinja2Templates(env=env)
 
     # -- pages -------------------------------------------------------------------------------
@@ -242,15 +259,25 @@ class Console:
         try:
             status = await self.gateway.status(key)
             running = await self.gateway.running_catalog(key)
-            info, message = await self.validated(key, running.yaml)
+            info, message = await self.running_summary(key, running.yaml)
         except GatewayError as exc:
             return self.failure(request, exc)
         return self.render(request, "operator.html", 400 if problem else 200, status=status,
                            draining=views.draining(status), info=info, message=message,
                            draft=draft, checked=checked, problem=problem)
 
-    async def validated(self, key: str, text: str):
-        """(the catalog's summary, None) or (None, the gateway's validation message)."""
+    async def running_summary(self, key: str, text: str) -> Checked:
+        """`validated` for the running catalog, compiled (by the gateway) once per catalog, not
+        once per view: a catalog of thousands of actions takes a while to compile. What is
+        kept is derived from the text, which the key has just read itself."""
+        digest = hashlib.sha256(text.encode()).digest()
+        if self.running is None or self.running[0] != digest:
+            self.running = (digest, await self.validated(key, text))
+        return self.running[1]
+
+    async def validated(self, key: str, text: str) -> Checked:
+        """The catalog checked by the gateway; GatewayError for a failure other than
+        "invalid"."""
         try:
             return await self.gateway.validate(key, text), None
         except GatewayError as exc:
@@ -292,7 +319,9 @@ def create_app(config: ConsoleConfig, auth: Auth, gateway: GatewayClient | None 
         Mount("/static", StaticFiles(packages=[("kairos.cluster.console", "static")]),
               name="static"),
     ]
-    return _secured(Starlette(routes=routes, lifespan=lifespan))
+    trusted = Middleware(TrustedHostMiddleware, allowed_hosts=list(config.hosts),
+                         www_redirect=False)
+    return _secured(Starlette(routes=routes, lifespan=lifespan, middleware=[trusted]))
 
 
 class _Guard:
@@ -333,11 +362,14 @@ def _text(body: str, code: int) -> Response:
 
 
 def _secured(app: Starlette) -> ASGIApp:
-    """The app, with SECURITY_HEADERS on every response."""
+    """The app, with SECURITY_HEADERS on every response, and HSTS on those over TLS only
+    (RFC 6797 7.2: a server must not send it over plain HTTP)."""
     async def secured(scope, receive, send) -> None:
+        headers = SECURITY_HEADERS + ([HSTS] if scope.get("scheme") == "https" else [])
+
         async def send_with_headers(message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = list(message.get("headers", [])) + SECURITY_HEADERS
+                message["headers"] = list(message.get("headers", [])) + headers
             await send(message)
         await app(scope, receive, send_with_headers if scope["type"] == "http" else send)
     return secured

@@ -1,8 +1,10 @@
 """The console's two languages, English and Japanese, chosen by the browser's Accept-Language.
 
 Labels are looked up by key; every key exists in both languages (a unit test holds them to
-it), so a page is never half translated. Values from profiles and catalogs (ids, attribute
-names, agent texts) are shown as they are.
+it), so a page is never half translated. Kairos's own codes on a page (a dropped action's reason,
+a history outcome) are labelled too, by `term`; one without a label (a newer shard's) is shown
+as it is. Values from profiles and catalogs (ids, attribute names, agent texts) are shown as
+they are.
 """
 from __future__ import annotations
 
@@ -101,6 +103,26 @@ LABELS: dict[str, dict[str, str]] = {
         "actions": "actions",
         "channels": "channels",
         "event_types": "event types",
+        # why an action was dropped: the kernel's reason codes (core.compiler.Reason)
+        "reason.NOT_IN_CHANNEL": "Not offered on this channel",
+        "reason.OUTSIDE_VALIDITY": "Outside its validity window",
+        "reason.NO_CONSENT": "No consent",
+        "reason.ELIGIBILITY": "Not eligible",
+        "reason.APPLICABILITY": "Not applicable",
+        "reason.SUITABILITY": "Not suitable",
+        "reason.IMPRESSION_CAP": "Impression cap reached",
+        "reason.REJECT_SUPPRESSION": "Suppressed after rejections",
+        "reason.ACCEPT_COOLDOWN": "Recently accepted",
+        "reason.INVALID_VALUE": "Value not a finite number",
+        "reason.RESTRAINT": "Below the restraint threshold",
+        "reason.GROUP_LIMIT": "Another of its group was chosen",
+        "reason.TOP_K": "Ranked below those shown",
+        # a history entry's outcome: core.compiler.Outcome's names, lower-cased
+        "outcome.impression": "Shown",
+        "outcome.accept": "Accepted",
+        "outcome.reject": "Rejected",
+        "outcome.ignore": "Not now",
+        "outcome.convert": "Converted",
     },
     "ja": {
         "title": "Kairos エージェントコンソール",
@@ -192,6 +214,24 @@ LABELS: dict[str, dict[str, str]] = {
         "actions": "アクション",
         "channels": "チャネル",
         "event_types": "イベント種別",
+        "reason.NOT_IN_CHANNEL": "このチャネルでは提供されない",
+        "reason.OUTSIDE_VALIDITY": "有効期間外",
+        "reason.NO_CONSENT": "同意が得られていない",
+        "reason.ELIGIBILITY": "対象条件を満たさない",
+        "reason.APPLICABILITY": "適用条件を満たさない",
+        "reason.SUITABILITY": "適合条件を満たさない",
+        "reason.IMPRESSION_CAP": "表示回数の上限に到達",
+        "reason.REJECT_SUPPRESSION": "拒否が続いたため抑止中",
+        "reason.ACCEPT_COOLDOWN": "最近承諾済み",
+        "reason.INVALID_VALUE": "価値が有限の数値でない",
+        "reason.RESTRAINT": "抑制しきい値未満",
+        "reason.GROUP_LIMIT": "同じグループの別のアクションを選択",
+        "reason.TOP_K": "表示枠より下位",
+        "outcome.impression": "表示",
+        "outcome.accept": "承諾",
+        "outcome.reject": "拒否",
+        "outcome.ignore": "今はしない",
+        "outcome.convert": "コンバージョン",
     },
 }
 
@@ -221,3 +261,9 @@ def language(accept_language: str | None) -> str:
 
 def labels(lang: str) -> dict[str, str]:
     return LABELS.get(lang, LABELS[DEFAULT])
+
+
+def term(t: dict[str, str], kind: str, code: str) -> str:
+    """The label of one of Kairos's codes on a page (`kind` "reason" or "outcome"); a code
+    without one is shown as it is: a shard newer than the console may send it."""
+    return t.get(f"{kind}.{code}", code)

@@ -6,22 +6,28 @@ keys file `kairos up --keys` names, else the KAIROS_API_KEYS variable. A Kairos 
 its own in $KAIROS_HOME (CONSOLE_KEYS_FILE, mode 600, kept across restarts) with the console's
 scopes only: its gateway, with auth off, takes any call, and the console still lets in only
 the holder of that file's key.
+
+The console answers only requests whose Host header names it (DNS-rebinding defence): the
+names of its bind address, and those the operator adds (`served_hosts`).
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import yaml
 
-from kairos.cluster.console.app import ConsoleConfig, create_app
+from kairos.cluster.console.app import LOOPBACK_HOSTS, ConsoleConfig, create_app
 from kairos.cluster.console.session import CONSOLE_SCOPES, OPTIONAL_SCOPES
-from kairos.cluster.gateway.auth import KEYS_ENV, Auth
+from kairos.cluster.gateway.auth import KEYS_ENV, Auth, is_loopback
 
 CONSOLE_KEYS_FILE = "console-keys.yaml"
 GRACEFUL_STOP_S = 3  # live pages hold streams open: do not wait on them to stop
+EVERY_ADDRESS = ("0.0.0.0", "::", "")  # bind addresses that listen on every interface
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,39 @@ def keys_text(keys_file: str | None, home: Path) -> tuple[str, str]:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
     return path.read_text(encoding="utf-8"), str(path)
+
+
+def served_hosts(bind: str, names: Iterable[str] = ()) -> tuple[str, ...]:
+    """The Host names (without the port) the console answers when bound to `bind`: loopback's
+    when it listens there (or everywhere), the bind address itself, and the operator's `names`
+    (what agents' browsers call it; `*.example.com` for any name under it). ValueError for a
+    name no Host header could match, or one that matches every Host."""
+    own = list(LOOPBACK_HOSTS) if bind in EVERY_ADDRESS or is_loopback(bind) else []
+    if bind not in EVERY_ADDRESS:
+        own.append(_as_host(bind))
+    return tuple(dict.fromkeys(own + [_as_host(_checked(name)) for name in names]))
+
+
+def _checked(name: str) -> str:
+    name = name.strip().lower()
+    wildcard = name.startswith("*.") and "*" not in name[1:]
+    if not name or ("*" in name and not wildcard) or "/" in name:
+        raise ValueError(f"{name!r} is not a host name (nor *.domain)")
+    if ":" in name and not _is_ipv6(name.strip("[]")):
+        raise ValueError(f"{name!r}: give the name without its port")
+    return name
+
+
+def _as_host(host: str) -> str:
+    """`host` as a Host header carries it: an IPv6 address in brackets."""
+    return f"[{host}]" if _is_ipv6(host) else host
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).version == 6
+    except ValueError:
+        return False
 
 
 def serve(config: ConsoleConfig, auth: Auth, listen: Listen) -> None:

@@ -27,6 +27,7 @@ class StandIn:
         self.fallback = False
         self.decide_failure: GatewayError | None = None
         self.responses: list[tuple] = []
+        self.running = "catalog"
 
     def _fail(self) -> None:
         if self.failure is not None:
@@ -45,9 +46,12 @@ class StandIn:
         decision.actions.add(action_id="warranty", agent_text="Offer the warranty",
                              propensity=0.25, value=80, context_weight=1, lever=1,
                              priority=20)
+        profile.history.add(action_id="warranty", channel="web", outcome="accept")
+        profile.history.add(action_id="survey", channel="web", outcome="bookmark")  # newer
         if explain:
             decision.explanation.dropped.add(action_id="cart_push", reason="ELIGIBILITY",
                                              detail="no cart")
+            decision.explanation.dropped.add(action_id="quiz", reason="FROM_A_NEWER_SHARD")
         return profile
 
     async def decide(self, key, customer_id, channel):
@@ -70,7 +74,7 @@ class StandIn:
         return admin_pb2.ClusterStatus(partitions=4096, catalog_version="v1")
 
     async def running_catalog(self, key):
-        return admin_pb2.CatalogText(yaml="catalog")
+        return admin_pb2.CatalogText(yaml=self.running)
 
     async def validate(self, key, text):
         if text == "bad":
@@ -143,7 +147,7 @@ def test_the_customer_page_escapes_profile_values(client):
     assert page.status_code == 200 and page.url.query == b"id=ana"
     assert HOSTILE not in page.text
     assert "&lt;img src=x onerror=&#34;document.title=1&#34;&gt;" in page.text
-    assert "Offer the warranty" in page.text and "ELIGIBILITY" in page.text
+    assert "Offer the warranty" in page.text and "Not eligible" in page.text
     assert "new_season" in page.text  # the best action on the other channels
 
 
@@ -151,6 +155,11 @@ def test_japanese_labels_for_a_japanese_browser(client):
     sign_in(client)
     page = client.get("/customer?id=ana", headers={"accept-language": "ja-JP,ja;q=0.9"})
     assert '<html lang="ja">' in page.text and "ネクスト・ベスト・アクション" in page.text
+    assert '<tr data-reason="ELIGIBILITY"><td>cart_push</td><td>対象条件を満たさない</td>' \
+        in page.text
+    assert '<td class="outcome" data-outcome="accept">承諾</td>' in page.text
+    # codes from a shard newer than the console: shown as they are
+    assert "<td>FROM_A_NEWER_SHARD</td>" in page.text and ">bookmark</td>" in page.text
 
 
 def test_empty_and_error_states(client, gateway):
@@ -184,10 +193,51 @@ def test_the_operator_page_and_catalog_validation(client):
     assert too_big.status_code == 413
 
 
+def test_the_operator_page_compiles_a_running_catalog_once(client, gateway, monkeypatch):
+    compiled = []
+    validate = gateway.validate
+
+    async def counted(key, text):
+        compiled.append(text)
+        return await validate(key, text)
+
+    monkeypatch.setattr(gateway, "validate", counted)
+    sign_in(client)
+    for running in ("catalog", "catalog", "catalog v2", "catalog v2"):
+        gateway.running = running
+        page = client.get("/operator")
+        assert page.status_code == 200 and "The running catalog is valid: omni v1" in page.text
+    assert compiled == ["catalog", "catalog v2"]
+
+
 def test_the_cookie_is_secure_over_https(gateway):
     app = create_app(ConsoleConfig("127.0.0.1:1"), Auth.load(KEYS), gateway)
     with TestClient(app, base_url="https://127.0.0.1") as client:
         assert "secure" in client.get("/signin").headers["set-cookie"].lower()
+
+
+def test_a_foreign_host_is_refused_and_hsts_is_sent_over_tls_only(gateway):
+    """A page whose name an attacker rebinds to the console's address sends its own name as
+    Host: refused before any route runs."""
+    app = create_app(ConsoleConfig("127.0.0.1:1"), Auth.load(KEYS), gateway)
+    for scheme, hsts in (("http", None), ("https", "max-age=31536000")):
+        with TestClient(app, base_url=f"{scheme}://127.0.0.1:8080") as client:
+            for host in ("localhost:8080", "127.0.0.1", "[::1]:8080"):
+                page = client.get("/signin", headers={"host": host})
+                assert page.status_code == 200, host
+                assert page.headers.get("strict-transport-security") == hsts
+            refused = client.get("/signin", headers={"host": "rebound.example:8080"})
+            assert refused.status_code == 400 and "set-cookie" not in refused.headers
+            assert refused.headers.get("strict-transport-security") == hsts
+
+
+def test_names_the_operator_adds_are_served(gateway):
+    config = ConsoleConfig("127.0.0.1:1", hosts=("console.example", "*.agents.example"))
+    app = create_app(config, Auth.load(KEYS), gateway)
+    with TestClient(app, base_url="https://console.example") as client:
+        assert client.get("/signin").status_code == 200
+        assert client.get("/signin", headers={"host": "eu.agents.example"}).status_code == 200
+        assert client.get("/signin", headers={"host": "127.0.0.1"}).status_code == 400
 
 
 def test_a_live_page_ends_when_its_session_does(client):

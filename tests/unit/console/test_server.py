@@ -1,0 +1,45 @@
+"""The Host names the console answers, from its bind address and `kairos console
+--allowed-host` (or $KAIROS_CONSOLE_ALLOWED_HOSTS)."""
+from __future__ import annotations
+
+import pytest
+
+from kairos.cluster.cli.console import HOSTS_ENV, run
+from kairos.cluster.cli.main import parser
+from kairos.cluster.console.server import served_hosts
+
+LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
+
+
+@pytest.mark.parametrize("bind, names, hosts", [
+    ("127.0.0.1", (), LOOPBACK),
+    ("::1", (), LOOPBACK),
+    ("localhost", ["Console.Example"], LOOPBACK + ("console.example",)),
+    ("127.0.0.2", (), LOOPBACK + ("127.0.0.2",)),
+    ("10.0.0.5", ["console.example", "*.agents.example"],
+     ("10.0.0.5", "console.example", "*.agents.example")),
+    ("fd00::5", ["fd00::6", "[fd00::7]"], ("[fd00::5]", "[fd00::6]", "[fd00::7]")),
+    ("0.0.0.0", ["console.example"], LOOPBACK + ("console.example",)),  # every interface
+])
+def test_the_hosts_of_a_bind_address_and_the_operators_names(bind, names, hosts):
+    assert served_hosts(bind, names) == hosts
+
+
+@pytest.mark.parametrize("name", ["*", "console*.example", "console.example:8443",
+                                  "https://console.example", " "])
+def test_a_name_that_matches_nothing_or_everything_is_refused(name):
+    with pytest.raises(ValueError):
+        served_hosts("127.0.0.1", [name])
+
+
+def test_names_come_from_the_option_and_the_environment(monkeypatch):
+    monkeypatch.setenv(HOSTS_ENV, "console.example, ,agents.example")
+    args = parser(50051).parse_args(["console", "--allowed-host", "desk.example"])
+    assert args.allowed_host == ["console.example", "agents.example", "desk.example"]
+
+
+def test_kairos_console_refuses_a_name_with_its_port(capsys):
+    args = parser(50051).parse_args(["console", "--allowed-host", "console.example:8443"])
+    assert run(args) == 2
+    assert "--allowed-host 'console.example:8443': give the name without its port" \
+        in capsys.readouterr().err
