@@ -363,9 +363,11 @@ def _text(body: str, code: int) -> Response:
 
 def _secured(app: Starlette) -> ASGIApp:
     """The app, with SECURITY_HEADERS on every response, and HSTS on those over TLS only
-    (RFC 6797 7.2: a server must not send it over plain HTTP)."""
+    (RFC 6797 7.2: a server must not send it over plain HTTP), except to a browser that named
+    the console `localhost`: it would then keep every local server, on any port, on HTTPS
+    for a year (it ignores HSTS from IP addresses)."""
     async def secured(scope, receive, send) -> None:
-        headers = SECURITY_HEADERS + ([HSTS] if scope.get("scheme") == "https" else [])
+        headers = SECURITY_HEADERS + ([HSTS] if _pinnable(scope) else [])
 
         async def send_with_headers(message) -> None:
             if message["type"] == "http.response.start":
@@ -374,3 +376,11 @@ def _secured(app: Starlette) -> ASGIApp:
         await app(scope, receive, send_with_headers if scope["type"] == "http" else send)
     return secured
 
+
+def _pinnable(scope) -> bool:
+    """Over TLS, and to a host name other than localhost."""
+    if scope.get("scheme") != "https":
+        return False
+    host = dict(scope.get("headers", [])).get(b"host", b"")
+    name = host if host.endswith(b"]") else host.rsplit(b":", 1)[0]  # without its port
+    return name.lower() != b"localhost"
