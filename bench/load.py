@@ -3,6 +3,8 @@
     python -m bench.load                  # the full run (1,000,000 customers, one and three
                                           # Ray nodes, every peer; 15 to 30 minutes)
     python -m bench.load --smoke          # under a minute; the test suite runs it
+    python -m bench.load --judge bench/results/load-<time>.json  # a saved run's report
+                                          # under this version's targets, printed
     python -m bench.load --modes 1 --systems floor-grpc,kairos-1node --decide-only \
         --customers 20000 --rates 250,500 # server CPU per Decide: Kairos against the floor
     python -m bench.load --modes 1 --systems kairos-1node,redis --decide-only \
@@ -254,6 +256,9 @@ def parse(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
     parser.add_argument("--shards", type=int, help="Kairos shards")
     parser.add_argument("--systems", help="only these systems (name prefixes), e.g. "
                                           "kairos,floor-ray")
+    parser.add_argument("--judge", type=Path, metavar="FILE.json",
+                        help="print a saved run's report under this version's targets (the "
+                             "file is left as it was)")
     parser.add_argument("--decide-only", action="store_true",
                         help="Decide sweeps alone (no ingest, batch, session or push "
                              "phases)")
@@ -275,6 +280,10 @@ def _numbers(text: str | None, cast: type) -> tuple | None:
 
 def main(argv: list[str] | None = None) -> int:
     plan, args = parse(argv)
+    if args.judge:
+        saved = json.loads(args.judge.read_text())
+        print(report.markdown({**saved, "targets": report.targets(saved)}))
+        return 0
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     command = " ".join(["python -m bench.load"] + (sys.argv[1:] if argv is None else argv))
     # SIGTERM unwinds like Ctrl-C, so every server, generator and Ray node is stopped

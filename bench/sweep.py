@@ -63,11 +63,25 @@ def sweep(pool: GeneratorPool, system: str, make_step: Callable[[float], Step],
             "max_rate_target_held": best["rate_target"] if best else 0.0}
 
 
+def headline_step(result: dict[str, Any]) -> dict[str, Any]:
+    """The step that stands for a sweep: its highest that held, else its first."""
+    held = [s for s in result["steps"] if s["holds"]]
+    return max(held, key=lambda s: s["rate_target"]) if held else result["steps"][0]
+
+
+def cpu_us_per_ok(step: dict[str, Any], kind: str) -> float | None:
+    """Server CPU per request of `kind` answered without an error or a fallback: what a
+    request the system did serve cost it (per request answered, refusals, which cost less,
+    would lower the figure the more the system refused)."""
+    stats = step["kinds"].get(kind)
+    ok = stats["count"] - sum(stats["errors"].values()) - stats["fallbacks"] if stats else 0
+    spent = step.get("server_cpu_s")
+    return round(spent / ok * 1e6, 1) if spent is not None and ok > 0 else None
+
+
 def headline(result: dict[str, Any]) -> dict[str, Any]:
-    """The figures that stand for a sweep: its highest step that held, else its first."""
-    steps = result["steps"]
-    held = [s for s in steps if s["holds"]]
-    step = max(held, key=lambda s: s["rate_target"]) if held else steps[0]
+    """The figures that stand for a sweep: its headline step's."""
+    step = headline_step(result)
     stats = step["kinds"][result["kind"]]
     return {"p50_ms": stats["p50_ms"], "p99_ms": stats["p99_ms"], "rate": stats["rate"],
             "errors": failed(step, result["kind"]),

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         hosts = served_hosts(args.host, args.allowed_host)
     except ValueError as exc:
-        print(f"error: --allowed-host {exc}", file=sys.stderr)
+        print(f"error: --allowed-host or ${HOSTS_ENV}: {exc}", file=sys.stderr)
         return 2
     try:
         text, source = keys_text(args.keys, local.home())

@@ -24,7 +24,7 @@ import contextlib
 import hashlib
 from dataclasses import dataclass
 from typing import AsyncIterator
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import jinja2
 from starlette.applications import Starlette
@@ -269,7 +269,9 @@ class Console:
     async def running_summary(self, key: str, text: str) -> Checked:
         """`validated` for the running catalog, compiled (by the gateway) once per catalog, not
         once per view: a catalog of thousands of actions takes a while to compile. What is
-        kept is derived from the text, which the key has just read itself."""
+        kept is derived from the text, which the key has just read itself; a gateway failure
+        is not kept. (A gateway upgraded under an unchanged catalog is asked again once the
+        catalog changes or the console restarts.)"""
         digest = hashlib.sha256(text.encode()).digest()
         if self.running is None or self.running[0] != digest:
             self.running = (digest, await self.validated(key, text))
@@ -321,7 +323,8 @@ def create_app(config: ConsoleConfig, auth: Auth, gateway: GatewayClient | None 
     ]
     trusted = Middleware(TrustedHostMiddleware, allowed_hosts=list(config.hosts),
                          www_redirect=False)
-    return _secured(Starlette(routes=routes, lifespan=lifespan, middleware=[trusted]))
+    return _secured(Starlette(routes=routes, lifespan=lifespan, middleware=[trusted]),
+                    config)
 
 
 class _Guard:
@@ -361,13 +364,10 @@ def _text(body: str, code: int) -> Response:
     return Response(body, code, media_type="text/plain")
 
 
-def _secured(app: Starlette) -> ASGIApp:
-    """The app, with SECURITY_HEADERS on every response, and HSTS on those over TLS only
-    (RFC 6797 7.2: a server must not send it over plain HTTP), except to a browser that named
-    the console `localhost`: it would then keep every local server, on any port, on HTTPS
-    for a year (it ignores HSTS from IP addresses)."""
+def _secured(app: Starlette, config: ConsoleConfig) -> ASGIApp:
+    """The app, with SECURITY_HEADERS on every response, and HSTS on those `_pins` allows."""
     async def secured(scope, receive, send) -> None:
-        headers = SECURITY_HEADERS + ([HSTS] if _pinnable(scope) else [])
+        headers = SECURITY_HEADERS + ([HSTS] if _pins(scope, config) else [])
 
         async def send_with_headers(message) -> None:
             if message["type"] == "http.response.start":
@@ -377,10 +377,20 @@ def _secured(app: Starlette) -> ASGIApp:
     return secured
 
 
-def _pinnable(scope) -> bool:
-    """Over TLS, and to a host name other than localhost."""
+def _pins(scope, config: ConsoleConfig) -> bool:
+    """Whether an answer carries HSTS: over TLS only (RFC 6797 7.2), to a name the console
+    serves (a refused Host is not its to pin), and never where a browser would then keep other
+    servers on HTTPS for a year, since HSTS holds for a name on every port: `localhost`, or
+    the name of a dashboard linked over plain HTTP (browsers ignore HSTS from IP addresses)."""
     if scope.get("scheme") != "https":
         return False
-    host = dict(scope.get("headers", [])).get(b"host", b"")
-    name = host if host.endswith(b"]") else host.rsplit(b":", 1)[0]  # without its port
-    return name.lower() != b"localhost"
+    host = dict(scope.get("headers", [])).get(b"host", b"").decode("latin-1").lower()
+    name = (host if host.endswith("]") else host.rsplit(":", 1)[0]).rstrip(".")
+    dashboard = urlsplit(config.dashboard)
+    return name != "localhost" and _served(name, config.hosts) and \
+        not (dashboard.scheme == "http" and dashboard.hostname == name)
+
+
+def _served(name: str, hosts: tuple[str, ...]) -> bool:
+    """`name` is one of `hosts`, or under one of their `*.domain`s."""
+    return any(name == h or (h.startswith("*.") and name.endswith(h[1:])) for h in hosts)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,26 +69,38 @@ def served_hosts(bind: str, names: Iterable[str] = ()) -> tuple[str, ...]:
     return tuple(dict.fromkeys(own + [_as_host(_checked(name)) for name in names]))
 
 
+# a DNS name: letters, digits and hyphens in labels of up to 63, dot-separated
+_NAME = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*")
+
+
 def _checked(name: str) -> str:
+    """`name` lower-cased, if a Host header could carry it: an IP address, a DNS name, or
+    `*.` and a domain of two labels at least (`*.com` would let any site's page through)."""
     name = name.strip().lower()
-    wildcard = name.startswith("*.") and "*" not in name[1:]
-    if not name or ("*" in name and not wildcard) or "/" in name:
-        raise ValueError(f"{name!r} is not a host name (nor *.domain)")
-    if ":" in name and not _is_ipv6(name.strip("[]")):
+    if _ip(name.strip("[]")) is not None:
+        return name.strip("[]")
+    domain = name[2:] if name.startswith("*.") else name
+    if ":" in name:
         raise ValueError(f"{name!r}: give the name without its port")
+    if not _NAME.fullmatch(domain) or (domain is not name and "." not in domain):
+        raise ValueError(f"{name!r} is not a host name (nor *.domain, with two labels at "
+                         f"least after the *)")
     return name
 
 
 def _as_host(host: str) -> str:
-    """`host` as a Host header carries it: an IPv6 address in brackets."""
-    return f"[{host}]" if _is_ipv6(host) else host
+    """`host` as a Host header carries it: an IPv6 address compressed, in brackets."""
+    address = _ip(host)
+    if address is None:
+        return host
+    return f"[{address.compressed}]" if address.version == 6 else address.compressed
 
 
-def _is_ipv6(host: str) -> bool:
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        return ipaddress.ip_address(host).version == 6
+        return ipaddress.ip_address(host)
     except ValueError:
-        return False
+        return None
 
 
 def serve(config: ConsoleConfig, auth: Auth, listen: Listen) -> None:

@@ -19,6 +19,8 @@ LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
     ("10.0.0.5", ["console.example", "*.agents.example"],
      ("10.0.0.5", "console.example", "*.agents.example")),
     ("fd00::5", ["fd00::6", "[fd00::7]"], ("[fd00::5]", "[fd00::6]", "[fd00::7]")),
+    # as browsers write an IPv6 address in Host: compressed
+    ("fd00:0:0::5", ["FD00:0::0:6"], ("[fd00::5]", "[fd00::6]")),
     ("0.0.0.0", ["console.example"], LOOPBACK + ("console.example",)),  # every interface
 ])
 def test_the_hosts_of_a_bind_address_and_the_operators_names(bind, names, hosts):
@@ -26,8 +28,10 @@ def test_the_hosts_of_a_bind_address_and_the_operators_names(bind, names, hosts)
 
 
 @pytest.mark.parametrize("name", ["*", "console*.example", "console.example:8443",
-                                  "https://console.example", " "])
-def test_a_name_that_matches_nothing_or_everything_is_refused(name):
+                                  "https://console.example", " ", "*.com", "*.", "a b",
+                                  "-console.example", "console..example"])
+def test_a_name_that_matches_nothing_or_too_much_is_refused(name):
+    """`*.com` would admit a page of any .com site that an attacker rebinds."""
     with pytest.raises(ValueError):
         served_hosts("127.0.0.1", [name])
 
@@ -41,5 +45,5 @@ def test_names_come_from_the_option_and_the_environment(monkeypatch):
 def test_kairos_console_refuses_a_name_with_its_port(capsys):
     args = parser(50051).parse_args(["console", "--allowed-host", "console.example:8443"])
     assert run(args) == 2
-    assert "--allowed-host 'console.example:8443': give the name without its port" \
-        in capsys.readouterr().err
+    assert f"--allowed-host or ${HOSTS_ENV}: 'console.example:8443': give the name without " \
+        "its port" in capsys.readouterr().err
