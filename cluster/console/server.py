@@ -16,10 +16,12 @@ import ipaddress
 import os
 import re
 import secrets
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+import psutil
 import yaml
 
 from kairos.cluster.console.app import LOOPBACK_HOSTS, ConsoleConfig, create_app
@@ -60,13 +62,23 @@ def keys_text(keys_file: str | None, home: Path) -> tuple[str, str]:
 
 def served_hosts(bind: str, names: Iterable[str] = ()) -> tuple[str, ...]:
     """The Host names (without the port) the console answers when bound to `bind`: loopback's
-    when it listens there (or everywhere), the bind address itself, and the operator's `names`
-    (what agents' browsers call it; `*.example.com` for any name under it). ValueError for a
-    name no Host header could match, or one that matches every Host."""
+    when it listens there, the bind address itself (bound to every interface: each of the
+    machine's addresses, which an address-typing agent reaches it by and a rebinding page
+    cannot send, as its Host is the attacker's own name), and the operator's `names` (what
+    agents' browsers call it; `*.example.com` for any name under it). ValueError for a name no
+    Host header could match, or one that matches too much."""
     own = list(LOOPBACK_HOSTS) if bind in EVERY_ADDRESS or is_loopback(bind) else []
-    if bind not in EVERY_ADDRESS:
-        own.append(_as_host(bind))
+    own += [_as_host(a) for a in _interface_addresses()] if bind in EVERY_ADDRESS else \
+        [_as_host(bind)]
     return tuple(dict.fromkeys(own + [_as_host(_checked(name)) for name in names]))
+
+
+def _interface_addresses() -> list[str]:
+    """The machine's IP addresses, but link-local IPv6 ones (a Host header cannot carry their
+    zone)."""
+    return [a.address for addresses in psutil.net_if_addrs().values() for a in addresses
+            if a.family in (socket.AF_INET, socket.AF_INET6) and "%" not in a.address
+            and not ipaddress.ip_address(a.address).is_link_local]
 
 
 # a DNS name: letters, digits and hyphens in labels of up to 63, dot-separated

@@ -2,13 +2,29 @@
 --allowed-host` (or $KAIROS_CONSOLE_ALLOWED_HOSTS)."""
 from __future__ import annotations
 
+import socket
+from types import SimpleNamespace
+
+import psutil
 import pytest
 
 from kairos.cluster.cli.console import HOSTS_ENV, run
 from kairos.cluster.cli.main import parser
+from kairos.cluster.console import server
 from kairos.cluster.console.server import served_hosts
 
 LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
+
+
+@pytest.fixture(autouse=True)
+def interfaces(monkeypatch):
+    """A machine with an IPv4 and an IPv6 address, a link-local one and a MAC address."""
+    def addr(family, address):
+        return SimpleNamespace(family=family, address=address)
+    monkeypatch.setattr(server.psutil, "net_if_addrs", lambda: {
+        "lo": [addr(socket.AF_INET, "127.0.0.1"), addr(socket.AF_INET6, "::1")],
+        "eth0": [addr(socket.AF_INET, "10.1.2.3"), addr(socket.AF_INET6, "fd00:0::9"),
+                 addr(socket.AF_INET6, "fe80::1%eth0"), addr(psutil.AF_LINK, "02:42:ac:11")]})
 
 
 @pytest.mark.parametrize("bind, names, hosts", [
@@ -21,7 +37,9 @@ LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
     ("fd00::5", ["fd00::6", "[fd00::7]"], ("[fd00::5]", "[fd00::6]", "[fd00::7]")),
     # as browsers write an IPv6 address in Host: compressed
     ("fd00:0:0::5", ["FD00:0::0:6"], ("[fd00::5]", "[fd00::6]")),
-    ("0.0.0.0", ["console.example"], LOOPBACK + ("console.example",)),  # every interface
+    # every interface: each of the machine's addresses too (a Host a rebinding page cannot
+    # send), but a link-local one, whose zone no Host header carries
+    ("0.0.0.0", ["console.example"], LOOPBACK + ("10.1.2.3", "[fd00::9]", "console.example")),
 ])
 def test_the_hosts_of_a_bind_address_and_the_operators_names(bind, names, hosts):
     assert served_hosts(bind, names) == hosts
