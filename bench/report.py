@@ -308,10 +308,9 @@ def _errors(stats: dict[str, Any], unanswered: int = 0) -> str:
 
 
 def _held_row(name: str, result: dict[str, Any]) -> list[str]:
-    held = [s for s in result["steps"] if s["holds"]]
-    if not held:
+    if not any(s["holds"] for s in result["steps"]):
         return [name, "none held", "", "", "", "", "", "", ""]
-    step = max(held, key=lambda s: s["rate_target"])
+    step = headline_step(result)
     stats = step["kinds"][result["kind"]]
     return [name, f"{result['max_rate_held']:,.0f}", f"{stats['p50_ms']:.2f}",
             f"{stats['p90_ms']:.2f}", *_percentiles(stats)[1:],
