@@ -82,18 +82,30 @@ def test_ingest_cpu_is_per_event_applied_at_the_headline_step():
     assert (batch["value"], batch["rate"], batch["threshold"]) == (312.5, 5000, 40.0)
 
 
-def test_the_report_sets_every_system_against_the_floor_at_each_common_rate():
-    text = markdown({**results(), "targets": targets(results()), "run": "load-x",
+def report() -> str:
+    return markdown({**results(), "targets": targets(results()), "run": "load-x",
                      "command": "python -m bench.load", "seconds": 1.0,
                      "machine": {"platform": "Linux", "cpus": 2, "ray": "2"},
                      "plan": {"customers": 10, "generators": 2, "measure_s": 1.0,
                               "warmup_s": 1.0}})
+
+
+def test_the_report_sets_every_system_against_the_floor_at_each_common_rate():
+    text = report()
     table = text.split("against the empty gRPC floor")[1].split("## Targets")[0]
     assert "| Decide | kairos-1node | 500 | 1,000 | 300 | 3.33 |" in table
     assert "| Decide | redis-core | 1,000 | 700 | 250 | 2.80 |" in table
     assert "| IngestStream | kairos-1node | 1,000 | 800 | 150 | 5.33 |" in table
     # no floor step at 2,500/s, and no floor batch sweep: nothing to set against
     assert "2,500" not in table and "IngestBatch" not in table
+
+
+def test_the_steps_tables_give_cpu_per_request_answered_and_per_request_served():
+    batch = report().split("## Ingest in batches")[1].split("\n\n")[1]
+    assert "| server CPU µs/request | per request served | generator CPU µs/request |" in batch
+    # 250 µs per answer; 200 of the 1,000 refused: 312.5 per event served
+    row = next(line for line in batch.splitlines() if "| 5,000 |" in line)
+    assert "| 250 | 312 | 100 |" in row
 
 
 def test_a_saved_run_is_judged_again_under_these_targets(tmp_path, capsys):
