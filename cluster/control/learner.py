@@ -3,8 +3,11 @@
 Shards learn online from the outcomes they record and, at least every MODEL_SYNC_S, send what
 they learned since their last sync as a delta of natural parameters. Deltas add, so the global
 posterior is the prior plus every shard's deltas, whatever the order. Each merge publishes the
-next version; the shard that sent it adopts the version in the same call, the others at their
-next sync, so every shard runs a version that includes a response within two sync intervals.
+next version; the shard that sent it adopts the version in the same call. A shard with nothing
+to send waits for the next version in a long poll (`watch`, one at a time, at most one a sync
+interval) and adopts it as it is published; one that has learned something gets it with its next
+sync. So every shard runs a version that includes a response within two sync intervals, and an
+idle cluster makes no model calls but a poll per shard every LONG_POLL_S.
 
 The posterior is saved to the store's meta (at most every LEARNER_SAVE_S), so a learner that
 Ray restarts, or a cluster started again on the same store, goes on from what it had learned
@@ -16,9 +19,10 @@ from its prior, and both are counted (`refused`, kairos_model_rows_refused_total
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -31,7 +35,7 @@ from kairos.core.models import (COUNTS, ModelDelta, ModelRemap, ModelTable, keep
                                  sound_rows)
 
 from kairos.cluster.metrics import LearnerMetrics
-from kairos.cluster.settings import LEARNER_SAVE_S
+from kairos.cluster.settings import LEARNER_SAVE_S, LONG_POLL_S
 from kairos.cluster.storage import blocks
 from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.store import StoreUnavailable
@@ -69,6 +73,9 @@ class Learner:
         # (model version, epoch seconds) of the latest publishes, oldest first: with the
         # shards' adoptions (shard/modelsync.py), how long a version takes to reach them all
         self.publishes: deque[tuple[int, float]] = deque(maxlen=PUBLISHES_KEPT)
+        self.calls: Counter[str] = Counter()  # syncs and watches taken, for `status`
+        self._announced = self.models.version
+        self._changed = asyncio.Event()  # set, and replaced, by `announce`
 
     @property
     def version(self) -> int:
@@ -82,6 +89,7 @@ class Learner:
     def sync(self, catalog_version: str, delta: ModelDelta | None,
              known_version: int) -> Published | None:
         """Merge a shard's delta; the latest version if the shard does not have it yet."""
+        self.calls["sync"] += 1
         if delta is not None:
             if catalog_version != self.compiled.version:
                 remap = self._remaps.get(catalog_version)
@@ -94,6 +102,11 @@ class Learner:
             self.models.version += 1
             self.merged += 1
             self.publishes.append((self.models.version, time.time()))
+            self.announce()
+        return self.published(known_version)
+
+    def published(self, known_version: int) -> Published | None:
+        """The latest models, unless `known_version` is their version."""
         if self.models.version == known_version:
             return None
         m = self.models
@@ -115,12 +128,35 @@ class Learner:
         self.models.version = version + 1
         self.compiled = new
         self.publishes.append((self.models.version, time.time()))
+        self.announce()
         return self.models.version
+
+    def announce(self) -> None:
+        """Wake the watches if the version moved on since the last call (a merge, a switch,
+        a saved posterior taken up)."""
+        if self.models.version != self._announced:
+            self._announced = self.models.version
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    async def watch(self, known_version: int, timeout_s: float = LONG_POLL_S
+                    ) -> Published | None:
+        """Long poll: the latest models once their version differs from `known_version`;
+        None when `timeout_s` passes first. A shard with nothing to send waits here rather
+        than syncing every MODEL_SYNC_S (an idle cluster's Ray calls)."""
+        self.calls["watch"] += 1
+        if self.models.version == known_version:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self._changed.wait()
+            except TimeoutError:
+                return None
+        return self.published(known_version)
 
     def status(self) -> dict[str, Any]:
         return {"model_version": self.version, "merged": self.merged,
                 "catalog_version": self.compiled.version, "refused": self.refused,
-                "publishes": list(self.publishes)}
+                "publishes": list(self.publishes), "calls": dict(self.calls)}
 
 
 class _Chain:
@@ -193,20 +229,25 @@ class LearnerActor:
             except StoreUnavailable as exc:
                 log.warning("learner: could not save the posterior: %s", exc)
 
-    def sync(self, catalog_version: str, delta: ModelDelta | None,
-             known_version: int) -> Published | None:
+    async def sync(self, catalog_version: str, delta: ModelDelta | None,
+                   known_version: int) -> Published | None:
         published = self.learner.sync(catalog_version, delta, known_version)
         self.metrics.flush(self.learner.refused)
         if self.learner.merged != self._saved_merges:
             self._save()
         return published
 
-    def switch(self, catalog_text: str) -> int:
+    async def watch(self, known_version: int, timeout_s: float = LONG_POLL_S
+                    ) -> Published | None:
+        return await self.learner.watch(known_version, timeout_s)
+
+    async def switch(self, catalog_text: str) -> int:
         version = self.learner.switch(catalog_text)
         if self.learner.merged == 0:  # a fresh learner on a resumed cluster's catalog
             self._restore()
+            self.learner.announce()
         self._save(force=True)
         return version
 
-    def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, Any]:
         return self.learner.status()

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 
@@ -35,6 +35,9 @@ from kairos.cluster.storage.store import StoreUnavailable
 from kairos.cluster.transport.backend import Unavailable
 from kairos.cluster.transport.dataplane import PlaneServer
 from kairos.cluster.transport.ray_backend import RayBackend
+
+if TYPE_CHECKING:  # types only: the learner's module is the control side's
+    from kairos.cluster.control.learner import Published
 
 log = logging.getLogger("kairos.shard")
 
@@ -169,18 +172,42 @@ class ShardActor:
     # -- background ----------------------------------------------------------------------------
 
     async def _sync_models(self) -> None:
-        while True:
-            await asyncio.sleep(MODEL_SYNC_S)
-            if self.host.shard is None:
-                continue
-            catalog_version, delta, known = self.models.take(self.host.shard.engine)
-            try:
-                published = await self.backend.learner().sync(catalog_version, delta, known)
-            except Unavailable:
-                self.models.unsent(catalog_version, delta)  # sent with the next sync
-                continue
-            if published is not None and self.host.shard is not None:
-                self.models.adopt(self.host.shard.engine, published)
+        """Every MODEL_SYNC_S, what this shard learned goes to the learner, which answers with
+        the latest models. With nothing learned, a long poll waits for the next version
+        instead: one at a time, asked again at the next interval once it ended, or when the
+        engine's version moved from the one it waits to pass (a rebuilt shard, a switch)."""
+        watch: tuple[asyncio.Task, int] | None = None
+        try:
+            while True:
+                await asyncio.sleep(MODEL_SYNC_S)
+                if self.host.shard is None:
+                    continue
+                catalog_version, delta, known = self.models.take(self.host.shard.engine)
+                if delta is None:
+                    if watch is not None and not watch[0].done() and watch[1] != known:
+                        watch[0].cancel()
+                    if watch is None or watch[0].done():
+                        watch = (asyncio.get_running_loop().create_task(
+                            self._watch_models(known)), known)
+                    continue
+                try:
+                    published = await self.backend.learner().sync(catalog_version, delta,
+                                                                  known)
+                except Unavailable:
+                    self.models.unsent(catalog_version, delta)  # sent with the next sync
+                    continue
+                self._adopt(published)
+        finally:
+            if watch is not None:
+                watch[0].cancel()
+
+    async def _watch_models(self, known: int) -> None:
+        with contextlib.suppress(Unavailable):  # the learner restarts: asked again next time
+            self._adopt(await self.backend.learner().watch(known))
+
+    def _adopt(self, published: Published | None) -> None:
+        if published is not None and self.host.shard is not None:
+            self.models.adopt(self.host.shard.engine, published)
 
     async def _flush_metrics(self) -> None:
         """The metrics, and the endpoint's health, every METRICS_FLUSH_S."""

@@ -201,6 +201,20 @@ def test_a_response_reaches_every_shards_model_within_two_seconds(cluster):
                poll_s=0.05)
 
 
+def test_an_idle_cluster_sends_no_model_syncs_and_waits_in_one_long_poll_per_shard(cluster):
+    """Nothing learned: no sync every MODEL_SYNC_S (0.5 s here), only each shard's watch,
+    which the learner answers when a version is published or LONG_POLL_S (10 s) passes."""
+    c, client, runtime = cluster
+    shards = len(status(runtime)["shards"])
+    wait_until(lambda: status(runtime)["learner"]["calls"].get("watch", 0) >= shards, 5,
+               "every shard watching", poll_s=STATUS_POLL_S)
+    before = status(runtime)["learner"]["calls"]
+    time.sleep(3.0)  # six sync intervals with no traffic (the window measured, not a wait)
+    after = status(runtime)["learner"]["calls"]
+    assert after.get("sync", 0) == before.get("sync", 0)
+    assert after["watch"] - before["watch"] <= shards  # at most one poll each timed out
+
+
 def _catalog_v2() -> str:
     doc = yaml.safe_load(default_catalog_text())
     doc["version"] = "v2-switch-test"

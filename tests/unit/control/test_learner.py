@@ -1,6 +1,8 @@
 """The learner: deltas add up, versions move on, catalog switches carry learning over."""
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import yaml
 
@@ -84,3 +86,32 @@ def test_a_posterior_saved_diagonal_comes_back_into_a_full_one():
     back = Learner(compile_catalog(load_catalog(diagonal_text)))
     assert restore_models(back, save_models(after))
     np.testing.assert_allclose(back.models.precision, before.models.precision)
+
+
+def test_a_watch_answers_at_once_for_an_old_version_and_otherwise_at_the_next_publish():
+    c = default_compiled()
+    learner = Learner(c)
+    current = learner.version
+
+    async def run():
+        assert (await learner.watch(current - 1, timeout_s=5)).version == current
+        assert await learner.watch(current, timeout_s=0.05) is None  # nothing published
+        merged = asyncio.create_task(learner.watch(current, timeout_s=5))
+        await asyncio.sleep(0.01)
+        assert not merged.done()  # waiting, not answered
+        learner.sync(c.version, learned(c, 3, 1), current)  # another shard's delta
+        assert (await merged).version == current + 1
+        switched = asyncio.create_task(learner.watch(current + 1, timeout_s=5))
+        await asyncio.sleep(0.01)
+        assert not switched.done()
+        doc = yaml.safe_load(default_catalog_text())
+        doc["version"] = "v2"
+        learner.switch(yaml.safe_dump(doc, sort_keys=False))  # a switch publishes too
+        published = await switched
+        assert (published.version, published.catalog_version) == (current + 2, "v2")
+        # a delta that merges nothing moves no version and wakes nobody
+        idle = asyncio.create_task(learner.watch(current + 2, timeout_s=0.05))
+        learner.sync("v2", None, current + 2)
+        assert await idle is None
+
+    asyncio.run(run())
