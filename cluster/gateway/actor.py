@@ -30,6 +30,7 @@ from kairos.cluster.gateway.auth import Auth
 from kairos.cluster.gateway.calls import Gateway
 from kairos.cluster.gateway.server import Tls, serve, set_health
 from kairos.cluster.metrics import GatewayMetrics
+from kairos.cluster.remembered import Remembered
 from kairos.cluster.settings import PAUSES_CHECK_S
 from kairos.cluster.transport.client import KairosClient
 from kairos.cluster.transport.ray_backend import RayBackend
@@ -47,12 +48,12 @@ def read_keys(keys_file: str | None, keys_env: str | None) -> str | None:
 
 class GatewayServer:
     """What the actor does, without Ray: serve on construction (within a running event loop),
-    on `backend`, the port bound before when there was one (`port_file`)."""
+    on `backend`, on the port bound before when there was one (`remembered`)."""
 
     def __init__(self, name: str, host: str | None = None, port: int = 0,
                  keys_file: str | None = None, keys_env: str | None = None,
                  tls_files: tuple[str, str, str | None] | None = None,
-                 backend=None, port_file: str | None = None, node: str | None = None,
+                 backend=None, remembered: Remembered | None = None, node: str | None = None,
                  of_shard: bool = False, ports: tuple[int, int] | None = None,
                  interceptors: Callable[[Gateway], Sequence[grpc.aio.ServerInterceptor]]
                  = lambda gateway: ()):
@@ -65,7 +66,7 @@ class GatewayServer:
         self._pauses: asyncio.Future | None = None
         self.metrics: GatewayMetrics | None = None  # set where Ray exports them
         self._backend = backend
-        self._port_file = port_file
+        self._remembered = remembered
         self._interceptors = interceptors  # more, next to the handlers (a shard's: api.py)
         self._ready = not of_shard  # what health answers (a shard's: once the shard says)
         self._serving: asyncio.Future | None = None
@@ -88,18 +89,17 @@ class GatewayServer:
                 # those). A late loop still sheds.
                 self.gateway.shedder = Shedder(busy_target=1.0)
             await self.gateway.refresh_catalog()
-            if port == 0 and self._port_file and os.path.exists(self._port_file):
-                with open(self._port_file, encoding="utf-8") as f:
-                    port = int(f.read())  # restarted: the port it served on before
+            kept = self._remembered.recall() if port == 0 and self._remembered else None
+            if kept is not None:
+                port = kept["port"]  # restarted: the port it served on before
             ready = self._ready
             self.server, self.checker, bound = await serve(
                 self.gateway, auth, host, port, tls, admin=not self.of_shard, ports=ports,
                 interceptors=tuple(self._interceptors(self.gateway)), serving=ready)
             if self._ready != ready:  # set_serving came while serve() started the server
                 await set_health(self.checker, self._ready, admin=not self.of_shard)
-            if self._port_file:
-                with open(self._port_file, "w", encoding="utf-8") as f:
-                    f.write(str(bound))
+            if self._remembered:
+                self._remembered.keep({"port": bound})
         except Exception:
             log.exception("%s could not start serving on %s (port %s)", self.name, host,
                           port or (ports and f"{ports[0]}-{ports[1]}") or "any")
@@ -155,20 +155,6 @@ class GatewayServer:
             self._pauses.cancel()
 
 
-def session_file(name: str) -> str | None:
-    """A file of this node's Ray session, kept across actor restarts (None: no session
-    directory to be had, so a restart cannot learn what the process before it did)."""
-    try:
-        node = ray._private.worker.global_worker.node
-        directory = os.path.join(node.get_session_dir_path(), "kairos")
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        return os.path.join(directory, name)
-    except Exception:
-        log.warning("no Ray session directory for %s; a restart may serve on another port",
-                    name)
-        return None
-
-
 @ray.remote(num_cpus=0, max_restarts=-1)
 class GatewayActor(GatewayServer):
     """A gateway on one node, named kairos-gateway-<n>; shards push watch changes to it."""
@@ -177,6 +163,7 @@ class GatewayActor(GatewayServer):
                  keys_file: str | None = None, keys_env: str | None = None,
                  tls_files: tuple[str, str, str | None] | None = None):
         super().__init__(name, host, port, keys_file, keys_env, tls_files,
-                         port_file=session_file(f"{name}.port") if host is not None else None,
+                         remembered=Remembered.of_actor(f"{name}.port") if host is not None
+                         else None,
                          node=ray.get_runtime_context().get_node_id())
         self.metrics = GatewayMetrics(name)

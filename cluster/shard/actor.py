@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import os
 import uuid
@@ -23,8 +22,9 @@ import ray
 from kairos.core.compiler import compiled_from_text
 
 from kairos.cluster import pauses
-from kairos.cluster.gateway.actor import GatewayServer, session_file
+from kairos.cluster.gateway.actor import GatewayServer
 from kairos.cluster.metrics import GatewayMetrics, ShardMetrics
+from kairos.cluster.remembered import Remembered
 from kairos.cluster.settings import DATA_HOST, METRICS_FLUSH_S, MODEL_SYNC_S
 from kairos.cluster.shard.api import OwnShardFirst, RouteHint
 from kairos.cluster.shard.host import ShardHost
@@ -61,7 +61,7 @@ class ShardActor:
         self._flushed: Shard | None = None  # the Shard whose tallies the metrics follow
         self._api: GatewayServer | None = None
         self._api_serving: dict[str, Any] = {}  # what it was asked to serve with
-        self._api_file = session_file(f"{name}.api")
+        self._api_kept = Remembered.of_actor(f"{name}.api")
         self._resume_api()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -107,12 +107,7 @@ class ShardActor:
         except Exception:
             self._api = None  # not serving: the next call tries again
             raise
-        if self._api_file:  # written whole or not at all: a torn one would stop restarts
-            kept = f"{self._api_file}.new"
-            with open(kept, "w", encoding="utf-8") as f:
-                json.dump({**self._api_serving, "port": bound,
-                           "actor": ray.get_runtime_context().get_actor_id()}, f)
-            os.replace(kept, self._api_file)
+        self._api_kept.keep({**self._api_serving, "port": bound})
         return bound
 
     def _serve_api(self, host: str, port: int, keys_file: str | None, keys_env: str | None,
@@ -129,22 +124,14 @@ class ShardActor:
         self._api.metrics = GatewayMetrics(self.name)
 
     def _resume_api(self) -> None:
-        """Restarted by Ray while it served its endpoint: serve it again as it did. A file an
-        earlier actor of the same name left (a runtime stopped and started again in one Ray
-        session), or one that cannot be read, is removed instead."""
-        if not self._api_file or not os.path.exists(self._api_file):
-            return
-        try:
-            with open(self._api_file, encoding="utf-8") as f:
-                saved = json.load(f)
-            if saved.pop("actor") == ray.get_runtime_context().get_actor_id():
+        """Restarted by Ray while it served its endpoint: serve it again as it did."""
+        saved = self._api_kept.recall()
+        if saved is not None:
+            try:
                 self._serve_api(**saved)
-                return
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            log.exception("%s: the file of its endpoint cannot be read; not serving it",
-                          self.name)
-        with contextlib.suppress(OSError):
-            os.remove(self._api_file)
+            except TypeError:  # kept by another version of this code
+                log.exception("%s: the record of its endpoint does not fit; not serving it",
+                              self.name)
 
     async def api_batches_in_process(self) -> int:
         """Batches this process's API answered without the data plane (0 if it serves none)."""

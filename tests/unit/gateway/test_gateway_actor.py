@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kairos.cluster.gateway import actor as actor_module
 from kairos.cluster.gateway.actor import GatewayServer
+from kairos.cluster.remembered import Remembered
 from kairos.v1 import decision_pb2 as pb
 
 from tests.support.local_backend import LocalBackend
@@ -37,13 +38,13 @@ async def decide(port: int, key: str | None) -> grpc.StatusCode:
 def test_constructed_it_serves_and_a_restart_serves_on_the_same_port(tmp_path):
     keys = tmp_path / "keys.yaml"
     keys.write_text(f"keys:\n  - {{key: {KEY}, name: d, scopes: [decide]}}\n")
-    port_file = str(tmp_path / "gateway.port")
+    remembered = Remembered(str(tmp_path / "gateway.port"), actor="actor-1")
 
     async def main():
         backend = LocalBackend()
         await backend.start_runtime(1, n_partitions=16)
         made = dict(host="127.0.0.1", port=0, keys_file=str(keys), backend=backend,
-                    port_file=port_file)
+                    remembered=remembered)
         first = GatewayServer("kairos-gateway-0", **made)  # nobody calls start()
         await until(lambda: first.server is not None, 10, "the constructed gateway to serve")
         port = await first.start()
