@@ -13,6 +13,7 @@ from typing import Any
 from kairos.cluster.control.controller import Controller
 from kairos.cluster.control.learner import Learner, Published
 from kairos.cluster.protocol import Reply, Request
+from kairos.cluster.settings import LONG_POLL_S
 from kairos.cluster.shard import decisionlog
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage.memory_store import MemoryStore
@@ -212,6 +213,11 @@ class LocalLearner:
                    known_version: int) -> Published | None:
         await self._backend.hop()
         return self._backend.local_learner.sync(catalog_version, delta, known_version)
+
+    async def watch(self, known_version: int, timeout_s: float = LONG_POLL_S
+                    ) -> Published | None:
+        await self._backend.hop()
+        return await self._backend.local_learner.watch(known_version, timeout_s)
 
     async def switch(self, catalog_text: str) -> int:
         await self._backend.hop()
