@@ -320,12 +320,10 @@ def _held_row(name: str, result: dict[str, Any]) -> list[str]:
 
 
 def _cpu(step: dict[str, Any], key: str = "cpu_us_per_request") -> str:
-    us = step.get(key)
-    return "—" if us is None else f"{us:,.0f}"
+    return _us(step.get(key))
 
 
-def _served(step: dict[str, Any], kind: str) -> str:
-    us = cpu_us_per_ok(step, kind)
+def _us(us: float | None) -> str:
     return "—" if us is None else f"{us:,.0f}"
 
 
@@ -337,7 +335,7 @@ def _steps_table(sweeps: dict[str, Any]) -> str:
             generator = step["generator"]
             rows.append([name, f"{step['rate_target']:,.0f}", f"{stats['rate']:,.0f}",
                          *_percentiles(stats), _errors(stats, unanswered(step, result["kind"])),
-                         _cpu(step), _served(step, result["kind"]),
+                         _cpu(step), _us(cpu_us_per_ok(step, result["kind"])),
                          _cpu(step, "generator_cpu_us_per_request"),
                          f"{generator['lag_p99_ms']:.2f}" + (" behind" if generator["behind"]
                                                              else ""),

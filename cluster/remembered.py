@@ -32,20 +32,24 @@ class Remembered:
         """The file `name` of the calling actor, in its node's session directory."""
         return cls(_session_file(name), ray.get_runtime_context().get_actor_id())
 
-    def recall(self) -> dict[str, Any] | None:
-        """What this actor kept before it was restarted; None if nothing (a file another
-        actor left, or one that cannot be read, is removed)."""
+    def recall(self, required: tuple[str, ...] = ()) -> dict[str, Any] | None:
+        """What this actor kept before it was restarted, holding the `required` keys; None if
+        nothing (a file another actor left, or one that cannot be read or lacks a key, is
+        removed)."""
         if not self.path or not os.path.exists(self.path):
             return None
         try:
             with open(self.path, encoding="utf-8") as f:
                 saved = json.load(f)
             if saved["actor"] == self.actor:
-                return saved["kept"]
+                kept = saved["kept"]
+                if all(key in kept for key in required):
+                    return dict(kept)
+                log.error("%s lacks %s; not taken up", self.path,
+                          ", ".join(k for k in required if k not in kept))
         except (OSError, ValueError, KeyError, TypeError):
             log.exception("%s cannot be read; not taken up", self.path)
-        with contextlib.suppress(OSError):
-            os.remove(self.path)
+        self.forget()
         return None
 
     def keep(self, values: dict[str, Any]) -> None:
@@ -55,6 +59,12 @@ class Remembered:
         with open(written, "w", encoding="utf-8") as f:
             json.dump({"actor": self.actor, "kept": values}, f)
         os.replace(written, self.path)
+
+
+    def forget(self) -> None:
+        if self.path:
+            with contextlib.suppress(OSError):
+                os.remove(self.path)
 
 
 def _session_file(name: str) -> str | None:

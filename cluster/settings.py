@@ -73,7 +73,8 @@ PASSIVATE_IDLE_S = number("PASSIVATE_IDLE_S", 900.0, above=True)
 RESIDENT_LIMIT = integer("RESIDENT_LIMIT", 2_000_000)
 # How often a shard fires due timers and passivates: timers fire within this of their due time.
 TICK_S = number("TICK_S", 0.1, low=0.001, high=60.0)
-# How often a shard sends its model deltas to the learner and adopts the latest version.
+# How often a shard that learned something sends its model delta to the learner (and adopts the
+# version that answers); a shard that learned nothing waits in a long poll (LONG_POLL_S) instead.
 MODEL_SYNC_S = number("MODEL_SYNC_S", 0.5, low=0.01, high=3600.0)
 # How often a shard publishes its metrics and refreshes the statistics `health` returns.
 METRICS_FLUSH_S = number("METRICS_FLUSH_S", 1.0, low=0.01, high=3600.0)
@@ -151,7 +152,8 @@ REDIS_TIMEOUT_S = number("REDIS_TIMEOUT_S", 5.0, above=True, high=600.0)
 # -- control -----------------------------------------------------------------------------------
 # How often the controller looks for restarted shards and nodes that joined or left.
 CONTROL_LOOP_S = number("CONTROL_LOOP_S", 1.0, low=0.01, high=3600.0)
-# How long a routing-table long poll waits for a newer version before answering "no change".
+# How long a long poll (the routing table's, a shard's watch of the learner's models) waits for
+# a newer version before answering "no change".
 LONG_POLL_S = number("LONG_POLL_S", 10.0, above=True, high=3600.0)
 # How long a shard that was scaled away lingers, answering MOVED, before it is stopped.
 RETIRE_GRACE_S = number("RETIRE_GRACE_S", 5.0)

@@ -6,8 +6,10 @@ posterior is the prior plus every shard's deltas, whatever the order. Each merge
 next version; the shard that sent it adopts the version in the same call. A shard with nothing
 to send waits for the next version in a long poll (`watch`, one at a time, at most one a sync
 interval) and adopts it as it is published; one that has learned something gets it with its next
-sync. So every shard runs a version that includes a response within two sync intervals, and an
-idle cluster makes no model calls but a poll per shard every LONG_POLL_S.
+sync (shard/modelsync.py). So every shard runs a version that includes a response within two
+sync intervals, and an idle cluster makes no model calls but a poll per shard every LONG_POLL_S
+(while a shard runs another catalog than the learner's, a switch under way, its watch answers
+at once every interval with models it cannot use yet, as a sync would).
 
 The posterior is saved to the store's meta (at most every LEARNER_SAVE_S), so a learner that
 Ray restarts, or a cluster started again on the same store, goes on from what it had learned
@@ -74,6 +76,7 @@ class Learner:
         # shards' adoptions (shard/modelsync.py), how long a version takes to reach them all
         self.publishes: deque[tuple[int, float]] = deque(maxlen=PUBLISHES_KEPT)
         self.calls: Counter[str] = Counter()  # syncs and watches taken, for `status`
+        self.watching = 0  # watches waiting now
         self._announced = self.models.version
         self._changed = asyncio.Event()  # set, and replaced, by `announce`
 
@@ -146,17 +149,21 @@ class Learner:
         than syncing every MODEL_SYNC_S (an idle cluster's Ray calls)."""
         self.calls["watch"] += 1
         if self.models.version == known_version:
+            self.watching += 1
             try:
                 async with asyncio.timeout(timeout_s):
                     await self._changed.wait()
             except TimeoutError:
                 return None
+            finally:
+                self.watching -= 1
         return self.published(known_version)
 
     def status(self) -> dict[str, Any]:
         return {"model_version": self.version, "merged": self.merged,
                 "catalog_version": self.compiled.version, "refused": self.refused,
-                "publishes": list(self.publishes), "calls": dict(self.calls)}
+                "publishes": list(self.publishes), "calls": dict(self.calls),
+                "watching": self.watching}
 
 
 class _Chain:
@@ -204,7 +211,10 @@ def restore_models(learner: Learner, blob: bytes) -> bool:
 
 @ray.remote(num_cpus=0, max_restarts=-1)
 class LearnerActor:
-    """Started by the controller as LEARNER_NAME."""
+    """Started by the controller as LEARNER_NAME. An async actor: each idle shard's watch
+    holds one of Ray's 1,000 concurrent calls for up to LONG_POLL_S (a watch a shard gave up
+    on runs to its end here), and a save to the store holds the loop (every LEARNER_SAVE_S at
+    most)."""
 
     def __init__(self, catalog_text: str, store_url: str = "memory"):
         self.learner = Learner(compiled_from_text(catalog_text))

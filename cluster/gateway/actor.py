@@ -89,7 +89,8 @@ class GatewayServer:
                 # those). A late loop still sheds.
                 self.gateway.shedder = Shedder(busy_target=1.0)
             await self.gateway.refresh_catalog()
-            kept = self._remembered.recall() if port == 0 and self._remembered else None
+            kept = self._remembered.recall(("port",)) if port == 0 and self._remembered \
+                else None
             if kept is not None:
                 port = kept["port"]  # restarted: the port it served on before
             ready = self._ready

@@ -2,7 +2,7 @@
 
 What stays here is what needs Ray: being an async actor (admin and health methods in a
 concurrency group of their own, so they answer while the data path is busy), serving the data
-plane on this node's address, reaching the learner (model sync, every MODEL_SYNC_S) and the
+plane on this node's address, reaching the learner (model sync: modelsync.py) and the
 watch sinks (pushes), Ray's metrics (every METRICS_FLUSH_S) and the node id in `health`. The
 remote methods' names and signatures are what the controller's typed handles call
 (transport/ray_backend.py's RayShard).
@@ -10,12 +10,11 @@ remote methods' names and signatures are what the controller's typed handles cal
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import os
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ray
 
@@ -25,7 +24,7 @@ from kairos.cluster import pauses
 from kairos.cluster.gateway.actor import GatewayServer
 from kairos.cluster.metrics import GatewayMetrics, ShardMetrics
 from kairos.cluster.remembered import Remembered
-from kairos.cluster.settings import DATA_HOST, METRICS_FLUSH_S, MODEL_SYNC_S
+from kairos.cluster.settings import DATA_HOST, METRICS_FLUSH_S
 from kairos.cluster.shard.api import OwnShardFirst, RouteHint
 from kairos.cluster.shard.host import ShardHost
 from kairos.cluster.shard.modelsync import ModelSync
@@ -35,9 +34,6 @@ from kairos.cluster.storage.store import StoreUnavailable
 from kairos.cluster.transport.backend import Unavailable
 from kairos.cluster.transport.dataplane import PlaneServer
 from kairos.cluster.transport.ray_backend import RayBackend
-
-if TYPE_CHECKING:  # types only: the learner's module is the control side's
-    from kairos.cluster.control.learner import Published
 
 log = logging.getLogger("kairos.shard")
 
@@ -129,9 +125,10 @@ class ShardActor:
         if saved is not None:
             try:
                 self._serve_api(**saved)
-            except TypeError:  # kept by another version of this code
+            except Exception:  # kept by another version of this code: the shard goes on
                 log.exception("%s: the record of its endpoint does not fit; not serving it",
                               self.name)
+                self._api_kept.forget()
 
     async def api_batches_in_process(self) -> int:
         """Batches this process's API answered without the data plane (0 if it serves none)."""
@@ -159,42 +156,8 @@ class ShardActor:
     # -- background ----------------------------------------------------------------------------
 
     async def _sync_models(self) -> None:
-        """Every MODEL_SYNC_S, what this shard learned goes to the learner, which answers with
-        the latest models. With nothing learned, a long poll waits for the next version
-        instead: one at a time, asked again at the next interval once it ended, or when the
-        engine's version moved from the one it waits to pass (a rebuilt shard, a switch)."""
-        watch: tuple[asyncio.Task, int] | None = None
-        try:
-            while True:
-                await asyncio.sleep(MODEL_SYNC_S)
-                if self.host.shard is None:
-                    continue
-                catalog_version, delta, known = self.models.take(self.host.shard.engine)
-                if delta is None:
-                    if watch is not None and not watch[0].done() and watch[1] != known:
-                        watch[0].cancel()
-                    if watch is None or watch[0].done():
-                        watch = (asyncio.get_running_loop().create_task(
-                            self._watch_models(known)), known)
-                    continue
-                try:
-                    published = await self.backend.learner().sync(catalog_version, delta,
-                                                                  known)
-                except Unavailable:
-                    self.models.unsent(catalog_version, delta)  # sent with the next sync
-                    continue
-                self._adopt(published)
-        finally:
-            if watch is not None:
-                watch[0].cancel()
-
-    async def _watch_models(self, known: int) -> None:
-        with contextlib.suppress(Unavailable):  # the learner restarts: asked again next time
-            self._adopt(await self.backend.learner().watch(known))
-
-    def _adopt(self, published: Published | None) -> None:
-        if published is not None and self.host.shard is not None:
-            self.models.adopt(self.host.shard.engine, published)
+        await self.models.run(lambda: self.host.shard and self.host.shard.engine,
+                              self.backend.learner)
 
     async def _flush_metrics(self) -> None:
         """The metrics, and the endpoint's health, every METRICS_FLUSH_S."""

@@ -151,7 +151,7 @@ class Durability:
         names (a partition never snapshotted replays `sources[p]`'s journal, by default this
         shard's). Partitions recovered from another shard's journal are snapshotted here, so
         that journal may go. Models start from the priors: the learner has what this shard had
-        sent, and the next sync brings it."""
+        sent, and the next interval's sync or watch (shard/modelsync.py) brings it."""
         ctx, journaling = self._ctx, self._journaling
         started = time.perf_counter()
         plans: dict[str, dict[int, int]] = {}  # journal -> partition -> LSN its snapshot covers

@@ -206,7 +206,7 @@ def test_an_idle_cluster_sends_no_model_syncs_and_waits_in_one_long_poll_per_sha
     which the learner answers when a version is published or LONG_POLL_S (10 s) passes."""
     c, client, runtime = cluster
     shards = len(status(runtime)["shards"])
-    wait_until(lambda: status(runtime)["learner"]["calls"].get("watch", 0) >= shards, 5,
+    wait_until(lambda: status(runtime)["learner"]["watching"] == shards, 5,
                "every shard watching", poll_s=STATUS_POLL_S)
     before = status(runtime)["learner"]["calls"]
     time.sleep(3.0)  # six sync intervals with no traffic (the window measured, not a wait)

@@ -24,13 +24,24 @@ def test_a_file_another_actor_of_the_name_left_is_removed(tmp_path):
 
 
 def test_a_torn_or_foreign_file_is_removed_and_logged(tmp_path, caplog):
-    for text in ("", '{"actor": "a1", "ke', json.dumps([1, 2]), json.dumps({"actor": "a1"})):
+    for text in ("", '{"actor": "a1", "ke', json.dumps([1, 2]), json.dumps({"actor": "a1"}),
+                 json.dumps({"actor": "a1", "kept": 7}),
+                 json.dumps({"actor": "a1", "kept": ["port"]})):
         path = tmp_path / "kept"
         path.write_text(text)
         with caplog.at_level("ERROR", logger="kairos.remembered"):
             assert Remembered(str(path), "a1").recall() is None
         assert not path.exists()
-    assert len([r for r in caplog.records if "cannot be read" in r.getMessage()]) == 4
+    assert len([r for r in caplog.records if "cannot be read" in r.getMessage()]) == 6
+
+
+def test_a_record_without_what_the_restart_needs_is_removed(tmp_path, caplog):
+    path = str(tmp_path / "kairos-gateway-0.port")
+    Remembered(path, "a1").keep({})  # written by a version that kept something else
+    with caplog.at_level("ERROR", logger="kairos.remembered"):
+        assert Remembered(path, "a1").recall(("port",)) is None
+    assert not os.path.exists(path)
+    assert "lacks port" in caplog.text
 
 
 def test_nowhere_to_keep_keeps_nothing():

@@ -99,8 +99,11 @@ def test_a_watch_answers_at_once_for_an_old_version_and_otherwise_at_the_next_pu
         merged = asyncio.create_task(learner.watch(current, timeout_s=5))
         await asyncio.sleep(0.01)
         assert not merged.done()  # waiting, not answered
+        assert learner.status()["watching"] == 1
         learner.sync(c.version, learned(c, 3, 1), current)  # another shard's delta
         assert (await merged).version == current + 1
+        assert learner.status()["watching"] == 0
+        assert learner.status()["calls"] == {"sync": 1, "watch": 3}
         switched = asyncio.create_task(learner.watch(current + 1, timeout_s=5))
         await asyncio.sleep(0.01)
         assert not switched.done()

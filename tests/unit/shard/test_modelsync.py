@@ -1,0 +1,130 @@
+"""A shard's side of model sync, against a learner in process: it syncs only what it learned,
+otherwise waits in one long poll, and never adopts a version behind its own learning."""
+from __future__ import annotations
+
+import asyncio
+
+from kairos.cluster.control.learner import Learner
+from kairos.cluster.shard.modelsync import ModelSync
+from kairos.cluster.shard.shard import Shard
+from kairos.cluster.transport.backend import Unavailable
+
+from tests.support.local_backend import LocalBackend
+
+from .test_shard import N_PARTITIONS, T0
+from .test_shard_host import app_open
+
+
+class CountedLearner:
+    """The local backend's learner, counting calls; `down` makes them Unavailable."""
+
+    def __init__(self, backend: LocalBackend):
+        self.local = backend.learner()
+        self.calls: list[str] = []
+        self.down = False
+
+    async def sync(self, *args):
+        self.calls.append("sync")
+        if self.down:
+            raise Unavailable("learner restarting")
+        return await self.local.sync(*args)
+
+    async def watch(self, known_version: int):
+        self.calls.append("watch")
+        if self.down:
+            raise Unavailable("learner restarting")
+        return await self.local.watch(known_version, 5.0)
+
+
+def shard_that_learned(compiled, customer: str = "ana") -> Shard:
+    s = Shard("s0", compiled, range(N_PARTITIONS), N_PARTITIONS)
+    s.process([app_open(customer)])
+    s.engine.record_outcomes([(customer, "service_menu", "web", "accept", T0, None)])
+    return s
+
+
+def setting(compiled):
+    backend = LocalBackend()
+    backend.local_learner = Learner(compiled)
+    return backend.local_learner, CountedLearner(backend)
+
+
+async def settled() -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+def test_with_nothing_learned_one_watch_waits_and_adopts_another_shards_publish(compiled):
+    learner, counted = setting(compiled)
+    s = Shard("s0", compiled, range(N_PARTITIONS), N_PARTITIONS)
+    sync = ModelSync("s0")
+    other = shard_that_learned(compiled, "bo")
+
+    async def main():
+        await sync.step(lambda: s.engine, lambda: counted)  # version 0: answered at once
+        await settled()
+        first = learner.version
+        assert s.engine.models.version == first
+        for _ in range(3):  # nothing new: one watch waits, none piles up, no sync
+            await sync.step(lambda: s.engine, lambda: counted)
+            await settled()
+        assert counted.calls == ["watch", "watch"]
+        # another shard's delta: the waiting watch answers with it
+        learner.sync(compiled.version, other.engine.models.take_delta(), first)
+        await settled()
+        assert s.engine.models.version == first + 1
+        assert s.engine.models.positives.sum() == 1
+    asyncio.run(main())
+
+
+def test_a_rebuilt_shard_stops_waiting_on_its_old_version_and_catches_up_at_once(compiled):
+    learner, counted = setting(compiled)
+    old = Shard("s0", compiled, range(N_PARTITIONS), N_PARTITIONS)
+    sync = ModelSync("s0")
+
+    async def main():
+        engines = [old.engine]
+        await sync.step(lambda: engines[0], lambda: counted)
+        await settled()
+        await sync.step(lambda: engines[0], lambda: counted)  # waits past the latest
+        await settled()
+        engines[0] = Shard("s0", compiled, range(N_PARTITIONS), N_PARTITIONS).engine
+        assert engines[0].models.version == 0  # rebuilt from the store: the priors
+        await sync.step(lambda: engines[0], lambda: counted)
+        await settled()
+        assert engines[0].models.version == learner.version  # this interval, not the next
+    asyncio.run(main())
+
+
+def test_a_sync_replaces_the_watch_and_its_answer_keeps_the_shards_learning(compiled):
+    learner, counted = setting(compiled)
+    s = shard_that_learned(compiled)
+    sync = ModelSync("s0")
+
+    async def main():
+        watching = sync.run(lambda: s.engine, lambda: counted, interval_s=0.01)
+        task = asyncio.get_running_loop().create_task(watching)
+        await asyncio.sleep(0.1)
+        assert counted.calls[0] == "sync" and "watch" in counted.calls
+        assert s.engine.models.version == learner.version
+        assert learner.models.positives.sum() == 1  # merged once
+        assert s.engine.models.positives.sum() == 1  # and kept: nothing undid it
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert sync._watch is None  # no long poll outlives the loop
+    asyncio.run(main())
+
+
+def test_a_sync_the_learner_missed_goes_with_the_next_one(compiled):
+    learner, counted = setting(compiled)
+    s = shard_that_learned(compiled)
+    sync = ModelSync("s0")
+
+    async def main():
+        counted.down = True
+        await sync.step(lambda: s.engine, lambda: counted)
+        assert learner.merged == 0
+        counted.down = False
+        await sync.step(lambda: s.engine, lambda: counted)
+        assert learner.merged == 1 and learner.models.positives.sum() == 1
+    asyncio.run(main())
