@@ -43,10 +43,10 @@ def shard_that_learned(compiled, customer: str = "ana") -> Shard:
     return s
 
 
-def setting(compiled):
+def setting(compiled) -> tuple[Learner, CountedLearner, ModelSync]:
     backend = LocalBackend()
     backend.local_learner = Learner(compiled)
-    return backend.local_learner, CountedLearner(backend)
+    return backend.local_learner, CountedLearner(backend), ModelSync("s0")
 
 
 async def settled() -> None:
@@ -55,9 +55,8 @@ async def settled() -> None:
 
 
 def test_with_nothing_learned_one_watch_waits_and_adopts_another_shards_publish(compiled):
-    learner, counted = setting(compiled)
+    learner, counted, sync = setting(compiled)
     s = Shard("s0", compiled, range(N_PARTITIONS), N_PARTITIONS)
-    sync = ModelSync("s0")
     other = shard_that_learned(compiled, "bo")
 
     async def main():
@@ -78,9 +77,8 @@ def test_with_nothing_learned_one_watch_waits_and_adopts_another_shards_publish(
 
 
 def test_a_rebuilt_shard_stops_waiting_on_its_old_version_and_catches_up_at_once(compiled):
-    learner, counted = setting(compiled)
+    learner, counted, sync = setting(compiled)
     old = Shard("s0", compiled, range(N_PARTITIONS), N_PARTITIONS)
-    sync = ModelSync("s0")
 
     async def main():
         engines = [old.engine]
@@ -97,9 +95,8 @@ def test_a_rebuilt_shard_stops_waiting_on_its_old_version_and_catches_up_at_once
 
 
 def test_a_sync_replaces_the_watch_and_its_answer_keeps_the_shards_learning(compiled):
-    learner, counted = setting(compiled)
+    learner, counted, sync = setting(compiled)
     s = shard_that_learned(compiled)
-    sync = ModelSync("s0")
 
     async def main():
         watching = sync.run(lambda: s.engine, lambda: counted, interval_s=0.01)
@@ -116,9 +113,8 @@ def test_a_sync_replaces_the_watch_and_its_answer_keeps_the_shards_learning(comp
 
 
 def test_a_sync_the_learner_missed_goes_with_the_next_one(compiled):
-    learner, counted = setting(compiled)
+    learner, counted, sync = setting(compiled)
     s = shard_that_learned(compiled)
-    sync = ModelSync("s0")
 
     async def main():
         counted.down = True
