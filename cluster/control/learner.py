@@ -8,8 +8,7 @@ to send waits for the next version in a long poll (`watch`, one at a time, at mo
 interval) and adopts it as it is published; one that has learned something gets it with its next
 sync (shard/modelsync.py). So every shard runs a version that includes a response within two
 sync intervals, and an idle cluster makes no model calls but a poll per shard every LONG_POLL_S
-(while a shard runs another catalog than the learner's, a switch under way, its watch answers
-at once every interval with models it cannot use yet, as a sync would).
+(a watch waits out a catalog switch that reached the learner and not yet its shard).
 
 The posterior is saved to the store's meta (at most every LEARNER_SAVE_S), so a learner that
 Ray restarts, or a cluster started again on the same store, goes on from what it had learned
@@ -142,21 +141,24 @@ class Learner:
             self._changed.set()
             self._changed = asyncio.Event()
 
-    async def watch(self, known_version: int, timeout_s: float = LONG_POLL_S
-                    ) -> Published | None:
-        """Long poll: the latest models once their version differs from `known_version`;
-        None when `timeout_s` passes first. A shard with nothing to send waits here rather
-        than syncing every MODEL_SYNC_S (an idle cluster's Ray calls)."""
+    async def watch(self, catalog_version: str, known_version: int,
+                    timeout_s: float = LONG_POLL_S) -> Published | None:
+        """Long poll: the latest models once they are for `catalog_version` and their
+        version differs from `known_version`; None when `timeout_s` passes first. A shard with
+        nothing to send waits here rather than syncing every MODEL_SYNC_S (an idle cluster's
+        Ray calls), also while a catalog switch has reached the learner and not yet it (models
+        it could not use)."""
         self.calls["watch"] += 1
-        if self.models.version == known_version:
-            self.watching += 1
-            try:
-                async with asyncio.timeout(timeout_s):
+        self.watching += 1
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self.compiled.version != catalog_version or \
+                        self.models.version == known_version:
                     await self._changed.wait()
-            except TimeoutError:
-                return None
-            finally:
-                self.watching -= 1
+        except TimeoutError:
+            return None
+        finally:
+            self.watching -= 1
         return self.published(known_version)
 
     def status(self) -> dict[str, Any]:
@@ -247,9 +249,9 @@ class LearnerActor:
             self._save()
         return published
 
-    async def watch(self, known_version: int, timeout_s: float = LONG_POLL_S
-                    ) -> Published | None:
-        return await self.learner.watch(known_version, timeout_s)
+    async def watch(self, catalog_version: str, known_version: int,
+                    timeout_s: float = LONG_POLL_S) -> Published | None:
+        return await self.learner.watch(catalog_version, known_version, timeout_s)
 
     async def switch(self, catalog_text: str) -> int:
         version = self.learner.switch(catalog_text)

@@ -5,8 +5,8 @@ version. Every MODEL_SYNC_S, a shard that learned something sends its delta to t
 which adds it to the global posterior, publishes the next version and answers with it. A
 shard that learned nothing waits for the next version in the learner's long poll (`watch`)
 instead: one at a time, asked again at the next interval once it ended, and at once when the
-engine's version moved from the one it waits to pass (a shard rebuilt from the store starts
-from the priors); a sync cancels it, since its answer is the latest version anyway (and a
+engine's catalog or model version moved from the ones it waits with (a switch committed; a
+shard rebuilt from the store starts from the priors); a sync cancels it, since its answer is the latest version anyway (and a
 watch answered meanwhile would replace the models without the delta in flight). A delta the
 learner could not take goes with the next sync, unless the catalog switched meanwhile (its
 rows mean something else then: it stays only in this shard's models).
@@ -42,7 +42,8 @@ class ModelSync:
         self._outbox: tuple[str, ModelDelta] | None = None  # (catalog version, unsent delta)
         # (model version, epoch seconds) of the latest adoptions, oldest first
         self.adoptions: deque[tuple[int, float]] = deque(maxlen=ADOPTIONS_KEPT)
-        self._watch: tuple[asyncio.Task, int] | None = None  # the long poll, the version it passes
+        # the long poll, and the catalog and version it waits to pass
+        self._watch: tuple[asyncio.Task, tuple[str, int]] | None = None
 
     async def run(self, engine: Callable[[], DecisionEngine | None],
                   learner: Callable[[], LearnerControl], interval_s: float = MODEL_SYNC_S
@@ -62,11 +63,12 @@ class ModelSync:
         """One interval's sync, or the watch kept going."""
         catalog_version, delta, known = self.take(engine())
         if delta is None:
-            if self._watch is not None and self._watch[1] != known:
+            if self._watch is not None and self._watch[1] != (catalog_version, known):
                 self._stop_watching()
             if self._watch is None or self._watch[0].done():
                 self._watch = (asyncio.get_running_loop().create_task(
-                    self._watched(engine, learner(), known)), known)
+                    self._watched(engine, learner(), catalog_version, known)),
+                    (catalog_version, known))
             return
         self._stop_watching()
         try:
@@ -77,9 +79,9 @@ class ModelSync:
         self._adopt_into(engine(), published)
 
     async def _watched(self, engine: Callable[[], DecisionEngine | None],
-                       learner: LearnerControl, known: int) -> None:
+                       learner: LearnerControl, catalog_version: str, known: int) -> None:
         try:
-            self._adopt_into(engine(), await learner.watch(known))
+            self._adopt_into(engine(), await learner.watch(catalog_version, known))
         except Unavailable:
             pass  # the learner is restarting: watched again at the next interval
         except Exception:  # not a reason to stop syncing: logged, tried again

@@ -106,10 +106,10 @@ class LearnerControl(Protocol):
                    known_version: int) -> Published | None:
         """Merge a shard's model delta; the latest models unless `known_version` is it."""
 
-    async def watch(self, known_version: int, timeout_s: float = LONG_POLL_S
-                    ) -> Published | None:
-        """Long poll: the latest models once their version differs from `known_version`;
-        None when `timeout_s` passes first."""
+    async def watch(self, catalog_version: str, known_version: int,
+                    timeout_s: float = LONG_POLL_S) -> Published | None:
+        """Long poll: the latest models once they are for `catalog_version` and their version
+        differs from `known_version`; None when `timeout_s` passes first."""
 
     async def switch(self, catalog_text: str) -> int:
         """Carry the posteriors over to a new catalog; the new model version."""

@@ -265,9 +265,10 @@ class RayLearner(_Actor):
                    known_version: int) -> Published | None:
         return await self._call(lambda a: a.sync.remote(catalog_version, delta, known_version))
 
-    async def watch(self, known_version: int, timeout_s: float = LONG_POLL_S
-                    ) -> Published | None:
-        return await self._call(lambda a: a.watch.remote(known_version, timeout_s),
+    async def watch(self, catalog_version: str, known_version: int,
+                    timeout_s: float = LONG_POLL_S) -> Published | None:
+        return await self._call(lambda a: a.watch.remote(catalog_version, known_version,
+                                                         timeout_s),
                                 timeout_s + CONTROL_CALL_S)
 
     async def switch(self, catalog_text: str) -> int:

@@ -214,10 +214,11 @@ class LocalLearner:
         await self._backend.hop()
         return self._backend.local_learner.sync(catalog_version, delta, known_version)
 
-    async def watch(self, known_version: int, timeout_s: float = LONG_POLL_S
-                    ) -> Published | None:
+    async def watch(self, catalog_version: str, known_version: int,
+                    timeout_s: float = LONG_POLL_S) -> Published | None:
         await self._backend.hop()
-        return await self._backend.local_learner.watch(known_version, timeout_s)
+        return await self._backend.local_learner.watch(catalog_version, known_version,
+                                                       timeout_s)
 
     async def switch(self, catalog_text: str) -> int:
         await self._backend.hop()

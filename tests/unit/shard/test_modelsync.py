@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+import yaml
+
 from kairos.cluster.control.learner import Learner
 from kairos.cluster.shard.modelsync import ModelSync
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.transport.backend import Unavailable
+from kairos.core.catalog import default_catalog_text
+from kairos.core.compiler import compiled_from_text
 
 from tests.support.local_backend import LocalBackend
 
@@ -29,11 +33,11 @@ class CountedLearner:
             raise Unavailable("learner restarting")
         return await self.local.sync(*args)
 
-    async def watch(self, known_version: int):
+    async def watch(self, catalog_version: str, known_version: int):
         self.calls.append("watch")
         if self.down:
             raise Unavailable("learner restarting")
-        return await self.local.watch(known_version, 5.0)
+        return await self.local.watch(catalog_version, known_version, 5.0)
 
 
 def shard_that_learned(compiled, customer: str = "ana") -> Shard:
@@ -123,4 +127,30 @@ def test_a_sync_the_learner_missed_goes_with_the_next_one(compiled):
         counted.down = False
         await sync.step(lambda: s.engine, lambda: counted)
         assert learner.merged == 1 and learner.models.positives.sum() == 1
+    asyncio.run(main())
+
+
+def test_a_shard_behind_a_catalog_switch_waits_and_takes_the_new_models_once_it_switched(
+        compiled):
+    learner, counted, sync = setting(compiled)
+    s = Shard("s0", compiled, range(N_PARTITIONS), N_PARTITIONS)
+    doc = yaml.safe_load(default_catalog_text())
+    doc["version"] = "v2"
+    text = yaml.safe_dump(doc, sort_keys=False)
+
+    async def main():
+        engines = [s.engine]
+        await sync.step(lambda: engines[0], lambda: counted)
+        await settled()
+        learner.switch(text)  # the learner first; the shard still runs the old catalog
+        for _ in range(3):
+            await sync.step(lambda: engines[0], lambda: counted)
+            await settled()
+        assert counted.calls == ["watch", "watch"]  # waiting, not answered every interval
+        assert s.engine.models.version < learner.version
+        engines[0] = Shard("s0", compiled_from_text(text), range(N_PARTITIONS),
+                           N_PARTITIONS).engine  # committed
+        await sync.step(lambda: engines[0], lambda: counted)
+        await settled()
+        assert engines[0].models.version == learner.version
     asyncio.run(main())
