@@ -41,6 +41,7 @@ from kairos.cluster.control.nodes import GatewaySpec, NodeRefused, Nodes, NodeUn
 from kairos.cluster.control.partitions import DEFAULT_PARTITIONS, Move, PartitionMap
 from kairos.cluster.control.saved import STATE_KEY, state_blob
 from kairos.cluster.control.status import cluster_status
+from kairos.cluster.longpoll import Changes
 from kairos.cluster.settings import DRAIN_UNREADY_S, LONG_POLL_S, RETIRE_GRACE_S, SHARDS_PER_CPU
 from kairos.cluster.shard.outcomes import outcome_secret
 from kairos.cluster.storage.providers import open_store, redact
@@ -85,7 +86,7 @@ class Controller:
         self._drains: set[str] = set()  # nodes a drain_node call is working on now
         self._requested_gateways = gateways
         self._next_index = 0
-        self._changed = asyncio.Event()
+        self._map_changes = Changes()
         self._reconfiguring = asyncio.Lock()
         self._saving = asyncio.Lock()
         self._routable: PartitionMap | None = None  # the map as last saved: what clients see
@@ -212,8 +213,7 @@ class Controller:
         routable = self.map  # saved before clients see it: no routing by a map a crash undoes
         await self._save()
         self._routable = routable
-        self._changed.set()
-        self._changed = asyncio.Event()
+        self._map_changes.announce()
 
     def routing(self) -> dict[str, Any]:
         """The map as clients take it: shard names and an owner index per partition."""
@@ -230,12 +230,10 @@ class Controller:
 
     async def get_map(self, known_version: int, timeout_s: float = LONG_POLL_S) -> dict | None:
         """Long poll: the map once its version differs from `known_version`; None on timeout."""
-        if self._routable is None or self._routable.version == known_version:
-            try:
-                async with asyncio.timeout(timeout_s):
-                    await self._changed.wait()
-            except asyncio.TimeoutError:
-                return None
+        if not await self._map_changes.wait_until(
+                lambda: self._routable is not None and self._routable.version != known_version,
+                timeout_s):
+            return None
         return self.routing()
 
     # -- scaling -------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from its prior, and both are counted (`refused`, kairos_model_rows_refused_total
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import Counter, deque
@@ -35,6 +34,7 @@ from kairos.core.compiler import CompiledCatalog, compiled_from_text
 from kairos.core.models import (COUNTS, ModelDelta, ModelRemap, ModelTable, keep_rows,
                                  sound_rows)
 
+from kairos.cluster.longpoll import Changes
 from kairos.cluster.metrics import LearnerMetrics
 from kairos.cluster.settings import LEARNER_SAVE_S, LONG_POLL_S
 from kairos.cluster.storage import blocks
@@ -77,7 +77,7 @@ class Learner:
         self.calls: Counter[str] = Counter()  # syncs and watches taken, for `status`
         self.watching = 0  # watches waiting now
         self._announced = self.models.version
-        self._changed = asyncio.Event()  # set, and replaced, by `announce`
+        self._changes = Changes()
 
     @property
     def version(self) -> int:
@@ -138,8 +138,7 @@ class Learner:
         a saved posterior taken up)."""
         if self.models.version != self._announced:
             self._announced = self.models.version
-            self._changed.set()
-            self._changed = asyncio.Event()
+            self._changes.announce()
 
     async def watch(self, catalog_version: str, known_version: int,
                     timeout_s: float = LONG_POLL_S) -> Published | None:
@@ -151,12 +150,10 @@ class Learner:
         self.calls["watch"] += 1
         self.watching += 1
         try:
-            async with asyncio.timeout(timeout_s):
-                while self.compiled.version != catalog_version or \
-                        self.models.version == known_version:
-                    await self._changed.wait()
-        except TimeoutError:
-            return None
+            if not await self._changes.wait_until(
+                    lambda: self.compiled.version == catalog_version and
+                    self.models.version != known_version, timeout_s):
+                return None
         finally:
             self.watching -= 1
         return self.published(known_version)

@@ -6,10 +6,11 @@ which adds it to the global posterior, publishes the next version and answers wi
 shard that learned nothing waits for the next version in the learner's long poll (`watch`)
 instead: one at a time, asked again at the next interval once it ended, and at once when the
 engine's catalog or model version moved from the ones it waits with (a switch committed; a
-shard rebuilt from the store starts from the priors); a sync cancels it, since its answer is the latest version anyway (and a
-watch answered meanwhile would replace the models without the delta in flight). A delta the
-learner could not take goes with the next sync, unless the catalog switched meanwhile (its
-rows mean something else then: it stays only in this shard's models).
+shard rebuilt from the store starts from the priors). A sync cancels it, since its answer is
+the latest version anyway (and a watch answered meanwhile would replace the models without
+the delta in flight). A delta the learner could not take goes with the next sync, unless the
+catalog switched meanwhile (its rows mean something else then: it stays only in this shard's
+models).
 
 The last ADOPTIONS_KEPT adoptions are kept with their wall-clock time, and `health` reports
 them, so the time a published version takes to reach every shard can be measured exactly

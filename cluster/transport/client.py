@@ -39,6 +39,7 @@ from kairos.core.errors import InputError
 from kairos.cluster import protocol
 from kairos.cluster.control.partitions import partition_of
 from kairos.cluster.identity import alias_key, anonymous_id, check_linkable, link_id
+from kairos.cluster.longpoll import Changes
 from kairos.cluster.protocol import (Bury, Claim, Decide, Event, EventAck, Forget, Link, Merge,
                                      Outcome, ReadProfile, Reply, Request, Resolve, Retire,
                                      Settle, Take, WatchCustomer, route_key)
@@ -114,7 +115,7 @@ class KairosClient:
         self._owners: np.ndarray | None = None
         self._lanes: dict[int, _Lane] = {}
         self._links: dict[str, _ShardLink] = {}
-        self._map_changed = asyncio.Event()
+        self._map_changes = Changes()
         self._poller: asyncio.Task | None = None
 
     # -- the map -------------------------------------------------------------------------------
@@ -139,12 +140,9 @@ class KairosClient:
         self.catalog_version = routing["catalog_version"]
         self._shards = routing["shards"]
         self._owners = np.frombuffer(routing["owners"], np.uint16)
-        self._map_changed.set()
-        self._map_changed = asyncio.Event()
+        self._map_changes.announce()
 
     async def _follow_map(self) -> None:
-        # Long polls use asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
-        # cancel that races with the map changing (cpython gh-86296), so close() hung.
         controller = self.backend.controller()
         while True:
             try:
@@ -156,13 +154,7 @@ class KairosClient:
                 await asyncio.sleep(1.0)
 
     async def _map_newer_than(self, version: int, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while self.version < version and (left := deadline - time.monotonic()) > 0:
-            try:
-                async with asyncio.timeout(left):
-                    await self._map_changed.wait()
-            except asyncio.TimeoutError:
-                return
+        await self._map_changes.wait_until(lambda: self.version >= version, timeout_s)
 
     def routes(self) -> tuple[int, list[str], list[int]]:
         """The map for clients that route (kairos.v1 GetRoutes): its version, the shards and
