@@ -68,6 +68,7 @@ class Learner:
         self.compiled = compiled
         # versions start at the clock in milliseconds and count merges (at most a few dozen a
         # second), so a restarted learner publishes versions above any it published before
+        # (and, should its clock be behind, above the first a shard tells it it runs)
         self.models = ModelTable(compiled, version=int(time.time() * 1000))
         self._remaps: dict[str, ModelRemap] = {}  # older catalog version -> remap to current
         self.merged = 0
@@ -92,6 +93,7 @@ class Learner:
              known_version: int) -> Published | None:
         """Merge a shard's delta; the latest version if the shard does not have it yet."""
         self.calls["sync"] += 1
+        self._continue_past(known_version)
         if delta is not None:
             if catalog_version != self.compiled.version:
                 remap = self._remaps.get(catalog_version)
@@ -133,6 +135,15 @@ class Learner:
         self.announce()
         return self.models.version
 
+    def _continue_past(self, known_version: int) -> None:
+        """Versions go on above one a shard runs and this learner never published: the learner
+        restarted with a clock behind the one it had. Else the shard would keep its models
+        (they look newer) until enough merges passed them, and be answered every interval."""
+        if known_version > self.models.version:
+            self.models.version = known_version + 1
+            self.publishes.append((self.models.version, time.time()))
+            self.announce()
+
     def announce(self) -> None:
         """Wake the watches if the version moved on since the last call (a merge, a switch,
         a saved posterior taken up)."""
@@ -148,6 +159,7 @@ class Learner:
         Ray calls), also while a catalog switch has reached the learner and not yet it (models
         it could not use)."""
         self.calls["watch"] += 1
+        self._continue_past(known_version)
         self.watching += 1
         try:
             if not await self._changes.wait_until(

@@ -125,3 +125,19 @@ def test_a_watch_answers_at_once_for_an_old_version_and_otherwise_at_the_next_pu
         assert await idle is None
 
     asyncio.run(run())
+
+
+def test_a_learner_restarted_behind_a_shards_version_continues_above_it():
+    """Versions start at the clock: one set back on a restart, the shards run versions the
+    learner never published. Its next answer is above them, so they adopt it, once."""
+    c = default_compiled()
+    learner = Learner(c)
+    ahead = learner.version + 60_000  # the version a shard adopted before the restart
+
+    async def run():
+        published = await learner.watch(c.version, ahead, timeout_s=5)
+        assert published.version == ahead + 1 == learner.version
+        assert await learner.watch(c.version, published.version, timeout_s=0.05) is None
+        assert learner.sync(c.version, None, ahead + 5).version == ahead + 6
+
+    asyncio.run(run())

@@ -154,3 +154,17 @@ def test_a_shard_behind_a_catalog_switch_waits_and_takes_the_new_models_once_it_
         await settled()
         assert engines[0].models.version == learner.version
     asyncio.run(main())
+
+
+def test_a_shard_ahead_of_a_restarted_learner_takes_its_models_once(compiled):
+    learner, counted, sync = setting(compiled)
+    s = Shard("s0", compiled, range(N_PARTITIONS), N_PARTITIONS)
+    s.engine.models.version = learner.version + 60_000  # adopted before a restart set it back
+
+    async def main():
+        for _ in range(3):
+            await sync.step(lambda: s.engine, lambda: counted)
+            await settled()
+        assert s.engine.models.version == learner.version  # its models, not the shard's
+        assert counted.calls == ["watch", "watch"]  # then waiting, not answered every interval
+    asyncio.run(main())
