@@ -223,9 +223,9 @@ def restore_models(learner: Learner, blob: bytes) -> bool:
 @ray.remote(num_cpus=0, max_restarts=-1)
 class LearnerActor:
     """Started by the controller as LEARNER_NAME. An async actor: each idle shard's watch
-    holds one of Ray's 1,000 concurrent calls for up to LONG_POLL_S (a watch a shard gave up
-    on runs to its end here), and a save to the store holds the loop (every LEARNER_SAVE_S at
-    most)."""
+    holds one of Ray's 1,000 concurrent calls for up to LONG_POLL_S (one its shard gives up
+    on is cancelled here too: RayBackend.call's `poll`), and a save to the store holds the
+    loop (every LEARNER_SAVE_S at most)."""
 
     def __init__(self, catalog_text: str, store_url: str = "memory"):
         self.learner = Learner(compiled_from_text(catalog_text))

@@ -87,16 +87,25 @@ class RayBackend:
     def gateway(self, name: str) -> GatewayControl:
         return RayGateway(self, name)
 
-    async def call(self, name: str, invoke: Invoke, timeout_s: float = CONTROL_CALL_S) -> Any:
+    async def call(self, name: str, invoke: Invoke, timeout_s: float = CONTROL_CALL_S,
+                   poll: bool = False) -> Any:
         """`invoke(handle)` on the named actor; Unavailable if the actor cannot answer within
-        `timeout_s` (the call may still run there later)."""
+        `timeout_s` (the call may still run there later). A `poll` (a long poll: an async
+        actor's method that only waits) is cancelled at the actor too when its caller gives up
+        on it, rather than hold one of the actor's concurrent calls to its end."""
         try:
             handle = self._handle(name)
         except ValueError as exc:  # no actor by that name: not created yet, or killed
             raise Unavailable(f"{name}: no such actor") from exc
         try:
             async with asyncio.timeout(timeout_s):
-                return await invoke(handle)
+                ref = invoke(handle)
+                try:
+                    return await ref
+                except asyncio.CancelledError:
+                    if poll:
+                        ray.cancel(ref)
+                    raise
         except TimeoutError as exc:
             raise Unavailable(f"{name}: no answer within {timeout_s:g} s") from exc
         except _GONE as exc:
@@ -196,8 +205,9 @@ class _Actor:
         self._backend = backend
         self.name = name
 
-    def _call(self, invoke: Invoke, timeout_s: float = CONTROL_CALL_S) -> Awaitable[Any]:
-        return self._backend.call(self.name, invoke, timeout_s)
+    def _call(self, invoke: Invoke, timeout_s: float = CONTROL_CALL_S, poll: bool = False
+              ) -> Awaitable[Any]:
+        return self._backend.call(self.name, invoke, timeout_s, poll)
 
 
 class RayShard(_Actor):
@@ -269,7 +279,7 @@ class RayLearner(_Actor):
                     timeout_s: float = LONG_POLL_S) -> Published | None:
         return await self._call(lambda a: a.watch.remote(catalog_version, known_version,
                                                          timeout_s),
-                                timeout_s + CONTROL_CALL_S)
+                                timeout_s + CONTROL_CALL_S, poll=True)
 
     async def switch(self, catalog_text: str) -> int:
         return await self._call(lambda a: a.switch.remote(catalog_text))
@@ -284,7 +294,7 @@ class RayController(_Actor):
     async def get_map(self, known_version: int, timeout_s: float = LONG_POLL_S
                       ) -> dict[str, Any] | None:
         return await self._call(lambda a: a.get_map.remote(known_version, timeout_s),
-                                timeout_s + CONTROL_CALL_S)
+                                timeout_s + CONTROL_CALL_S, poll=True)
 
     async def shard_endpoints(self) -> dict[str, str]:
         return await self._call(lambda a: a.shard_endpoints.remote())

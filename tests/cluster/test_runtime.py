@@ -215,6 +215,30 @@ def test_an_idle_cluster_sends_no_model_syncs_and_waits_in_one_long_poll_per_sha
     assert after["watch"] - before["watch"] <= shards  # at most one poll each timed out
 
 
+def test_a_watch_given_up_on_ends_at_the_learner_too(cluster):
+    """A long poll its caller cancels (a sync replaced it, the shard stopped) is cancelled in
+    the learner as well, instead of holding one of its concurrent calls to its timeout."""
+    from kairos.cluster.transport.ray_backend import RayBackend
+    c, client, runtime = cluster
+    shards = len(status(runtime)["shards"])
+    learning = status(runtime)["learner"]
+
+    def watching() -> int:
+        return status(runtime)["learner"]["watching"]
+    wait_until(lambda: watching() == shards, 5, "every shard watching", poll_s=STATUS_POLL_S)
+
+    async def give_up():
+        watch = asyncio.create_task(RayBackend().learner().watch(
+            learning["catalog_version"], learning["model_version"], 60))
+        await asyncio.to_thread(wait_until, lambda: watching() == shards + 1, 5,
+                                "the driver's watch waiting too", poll_s=STATUS_POLL_S)
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
+    asyncio.run(give_up())
+    wait_until(lambda: watching() <= shards, 5, "the watch given up on ended",
+               poll_s=STATUS_POLL_S)
+
+
 def _catalog_v2() -> str:
     doc = yaml.safe_load(default_catalog_text())
     doc["version"] = "v2-switch-test"
