@@ -20,7 +20,8 @@ record, and a batch is in the journal whole or not at all (a process killed insi
 leaves a short frame, which fails its length or CRC check). `append(records, sync=False)`
 leaves the fsync to `sync()`, which another thread may run while appends go on (a shard goes
 on applying the next round while the last one's fsync runs, and answers a round only after
-a sync that started after it was written). A failed sync makes the journal refuse appends;
+a sync that started after it was written). A failed fsync (a sync's, a roll's, an append's)
+makes the journal refuse appends and syncs for good, as does closing it with batches unsynced;
 `close()` then cuts what was written after the last good sync (none of it was acknowledged).
 "os" leaves the flush to the operating system (survives a process crash, not a power cut);
 "off" journals nothing (recovery then has only snapshots).
@@ -117,12 +118,12 @@ class Journal:
             written = 0
             while written < len(data):
                 written += os.write(self._fd, data[written:])
-            if sync and self.policy == "fsync":
-                os.fsync(self._fd)
         except OSError:
             os.ftruncate(self._fd, self._size)  # never leave half a batch behind
             os.lseek(self._fd, self._size, os.SEEK_SET)
             raise
+        if sync and self.policy == "fsync":
+            self._fsync()
         self._size += len(data)
         self.last_lsn += len(records)
         if sync or self.policy != "fsync":
@@ -137,24 +138,34 @@ class Journal:
         """Make every batch appended so far durable (any thread; one sync at a time)."""
         with self._lock:
             upto, size = self.last_lsn, self._size
-            if upto <= self.synced_lsn or self._fd is None:
+            if upto <= self.synced_lsn:
                 return
             if self.failed is not None:
                 raise OSError(f"the journal failed earlier: {self.failed}")
-            try:
-                os.fsync(self._fd)
-            except OSError as exc:
-                self.failed = exc
-                raise
+            if self._fd is None:  # closed, or a roll failed: nothing can make them durable
+                raise OSError(f"the journal was closed with LSNs {self.synced_lsn + 1}-{upto} "
+                              "not synced")
+            self._fsync()
             if upto > self.synced_lsn:
                 self.synced_lsn, self._synced_size = upto, size
+
+    def _fsync(self) -> None:
+        """fsync the segment being appended. One that fails makes the journal refuse appends
+        and syncs for good: Linux reports a failed writeback once, and a later fsync would
+        succeed over the pages it dropped, acknowledging batches the disk does not hold."""
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            self.failed = exc
+            raise
 
     def _roll(self) -> None:
         with self._lock:
             if self._fd is not None:
                 if self.policy == "fsync" and self.synced_lsn < self.last_lsn:
-                    os.fsync(self._fd)  # a sync never spans two segments
-                os.close(self._fd)
+                    self._fsync()  # a sync never spans two segments
+                fd, self._fd = self._fd, None  # never a closed number, whatever follows
+                os.close(fd)
             path = self.directory / f"{self.last_lsn + 1:020d}{SUFFIX}"
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
             self._size = self._synced_size = os.fstat(self._fd).st_size
@@ -229,7 +240,8 @@ class Journal:
                 f.flush()
                 os.fsync(f.fileno())
             if path == self._segments()[-1] and self._fd is not None:
-                os.close(self._fd)  # the segment being appended: reopen the new file
+                fd, self._fd = self._fd, None  # the segment being appended: reopen the new
+                os.close(fd)  # file (should that fail, the next append rolls a segment)
                 os.replace(tmp, path)
                 self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
                 self._size = self._synced_size = len(data)

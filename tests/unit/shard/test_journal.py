@@ -192,6 +192,63 @@ def test_a_failed_sync_refuses_appends_and_close_cuts_what_it_did_not_cover(tmp_
     assert [r for _, r in j.replay()] == records(0, 5)
 
 
+@pytest.mark.parametrize("where", ["a roll", "an append"])
+def test_a_failed_fsync_anywhere_fails_the_journal_for_good(tmp_path, monkeypatch, where):
+    """Linux reports a failed writeback once: the next fsync succeeds over dropped pages, so
+    no later sync may acknowledge what the failed one covered."""
+    j = Journal(tmp_path, segment_bytes=1 if where == "a roll" else 64 << 20)
+    j.append(records(0, 5))
+    j.append(records(5, 5), sync=False)  # written, not yet acknowledged
+    real = os.fsync
+    failures = []
+
+    def once(fd):
+        if not failures:
+            failures.append(fd)
+            raise OSError(errno.EIO, "I/O error")
+        return real(fd)
+
+    monkeypatch.setattr(journal_module.os, "fsync", once)
+    with pytest.raises(OSError, match="I/O error"):
+        j.append(records(10, 1))  # rolls (fsyncing the batch before), or fsyncs itself
+    with pytest.raises(OSError, match="the journal failed earlier"):
+        j.sync()
+    j.close()
+    assert [r for _, r in Journal(tmp_path).replay()] == records(0, 5)
+
+
+def test_a_sync_after_closing_acknowledges_nothing_it_did_not_sync(tmp_path, monkeypatch):
+    """A dropped shard's journal is closed while a round still waits for its group commit:
+    that sync must fail, not return as if it covered the round."""
+    j = Journal(tmp_path)
+    j.append(records(0, 5))
+    j.append(records(5, 5), sync=False)
+    j.close()
+    with pytest.raises(OSError, match="closed with LSNs 6-10 not synced"):
+        j.sync()
+
+
+def test_a_roll_that_cannot_open_its_segment_keeps_no_closed_descriptor(tmp_path,
+                                                                         monkeypatch):
+    j = Journal(tmp_path, segment_bytes=1)
+    j.append(records(0, 1))
+    real = os.open
+
+    def full(path, *args, **kwargs):
+        if str(path).endswith(".log"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(journal_module.os, "open", full)
+    with pytest.raises(OSError, match="No space"):
+        j.append(records(1, 1))
+    assert j._fd is None  # not a number the process may hand to another file
+    monkeypatch.undo()
+    j.append(records(1, 1))  # the next append rolls again
+    j.close()
+    assert [r for _, r in Journal(tmp_path).replay()] == records(0, 2)
+
+
 def write_frames(directory, batches) -> None:
     """A segment of frames whose payloads are `batches` as given (any layout, any format)."""
     directory.mkdir(parents=True, exist_ok=True)
