@@ -121,9 +121,12 @@ class Durability:
         self._journaling.sync()
         deleted = 0
         for p in due:
-            for customer_id in deletes.pop(p):
+            # each id leaves the set once deleted: one that fails stays, for the next try
+            for customer_id in list(deletes[p]):
                 self._ctx.store.delete(p, customer_id)
+                deletes[p].discard(customer_id)
                 deleted += 1
+            del deletes[p]
         return deleted
 
     def erase(self) -> int:

@@ -93,12 +93,12 @@ class DirectoryStore:
         path = self._home(partition, customer_id)
         try:
             path.unlink()
+            if self.fsync:
+                fsync_directory(path.parent)
         except FileNotFoundError:
             return
         except OSError as exc:
             raise StoreUnavailable(f"deleting a customer: {exc}") from exc
-        if self.fsync:
-            fsync_directory(path.parent)
 
     def take_partition(self, partition: int) -> dict[str, bytes]:
         out = {}
@@ -122,7 +122,10 @@ class DirectoryStore:
         for p, blob in snapshots.items():
             self._write(self.root / "snapshots" / f"p{p}.snap", blob, sync_parent=False)
         if snapshots and self.fsync:
-            fsync_directory(self.root / "snapshots")
+            try:
+                fsync_directory(self.root / "snapshots")
+            except OSError as exc:
+                raise StoreUnavailable(f"writing snapshots: {exc}") from exc
 
     def get_snapshot(self, partition: int) -> bytes | None:
         try:

@@ -14,6 +14,7 @@ from kairos.cluster.protocol import Bury, Claim, Forget, Forgotten, Link, Missin
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage.directory_store import DirectoryStore
 from kairos.cluster.storage.memory_store import MemoryStore
+from kairos.cluster.storage.store import StoreUnavailable
 from kairos.cluster.transport.client import Conflict, KairosClient
 from tests.support.local_backend import LocalBackend
 from tests.unit.shard.test_shard import (N_PARTITIONS, T0, Clock, decide, event, forget,
@@ -84,6 +85,34 @@ def test_a_durable_take_or_forget_deletes_the_home_even_after_a_crash(compiled, 
     assert again.store.get(p_of(anon), anon) is None
     if kind == "take":  # the state it handed over survived in the redirect, for a retry
         assert again.directory.handed_over(p_of(anon), anon)[2] is not None
+
+
+def test_a_home_delete_that_fails_is_tried_again_and_the_others_are_not_dropped(
+        compiled, tmp_path, monkeypatch):
+    from kairos.cluster.storage import directory_store
+    clock = Clock()
+    s = shard(compiled, store=DirectoryStore(tmp_path), clock=clock)
+    p = p_of("c0")
+    same = [c for c in (f"c{i}" for i in range(500)) if p_of(c) == p][:3]
+    s.process([event(c, "page_view", T0, category="home") for c in same])
+    s.passivate(clock.now + 10**6)  # they live in their homes only
+    s.process([forget(c) for c in same])
+    real, calls = directory_store.fsync_directory, []
+
+    def failing_once(path):
+        calls.append(path)
+        if len(calls) == 1:
+            raise OSError(5, "Input/output error")
+        real(path)
+
+    monkeypatch.setattr(directory_store, "fsync_directory", failing_once)
+    with pytest.raises(StoreUnavailable, match="deleting a customer"):
+        s.durability.delete_homes()
+    assert set(s.journaling.deletes[p]) == set(same)  # none is forgotten by the shard
+    s.durability.delete_homes()  # the next tick's try
+    assert all(s.store.get(p, c) is None for c in same) and not s.journaling.deletes
+    s.process([event(same[-1], "page_view", T0 + 5, category="home")])
+    assert s.process([profile(same[-1], T0 + 5)])[0][0].value["events_applied"] == 1
 
 
 def test_forget_drops_the_customers_decisions_from_the_memo(compiled):
