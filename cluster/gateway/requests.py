@@ -10,7 +10,7 @@ kept in memory, journals or snapshots.
 from __future__ import annotations
 
 import time
-from typing import Any, NamedTuple
+from typing import Any, Collection, Mapping, NamedTuple
 
 from kairos.core.compiler import CompiledCatalog, Outcome
 from kairos.core.errors import InputError
@@ -69,7 +69,7 @@ def view(catalog: CompiledCatalog, channel: str, placement: str) -> tuple[str, s
 def context_request(catalog: CompiledCatalog, request: pb.DecideRequest) -> dict[str, Any]:
     """A decision request's context: its keyed values, and its vectors (declared vector keys,
     of their size, within their bounds) still packed, as the shard's engine reads them."""
-    values = wire.values_in("context", request.context)
+    values = declared_values("context", request.context, catalog.context_names)
     for name, packed in request.vectors.items():
         where = f"vectors.{name}"
         spec = catalog.catalog.context[catalog.context_index[name]] \
@@ -84,6 +84,18 @@ def context_request(catalog: CompiledCatalog, request: pb.DecideRequest) -> dict
         checked_vector(where, spec, packed)
         values[name] = packed
     return values
+
+
+def declared_values(where: str, values: Mapping[str, pb.Value], declared: Collection[str]
+                    ) -> dict[str, Any]:
+    """A map of values, of no more keys than are declared: the shard names any undeclared
+    key in its refusal, but a map of more keys than its data plane carries (a request of
+    under 1 MiB can hold 65,537) would not reach it, and would close the connection every
+    gateway call to that shard was using."""
+    if len(values) > len(declared):
+        raise InputError(where, f"{len(values)} keys, but only {len(declared)} are declared "
+                                f"({', '.join(sorted(declared)) or 'none'})")
+    return wire.values_in(where, values)
 
 
 def event_request(event: pb.Event, catalog: CompiledCatalog, where: str = ""
@@ -104,7 +116,8 @@ def event_request(event: pb.Event, catalog: CompiledCatalog, where: str = ""
     when = wire.optional_time_in(f"{where}time", event, "time") or time.time()
     return customer, protocol.Event(
         customer_id=customer.customer_id or "", event_type=event.type, time=when,
-        attributes=wire.values_in(f"{where}attributes", event.attributes),
+        attributes=declared_values(f"{where}attributes", event.attributes,
+                                   catalog.event_fields[event.type]),
         idempotency_key=event.idempotency_key or None,
         decide=(event.channel, event.decide_placement) if event.decide_placement else None)
 

@@ -131,10 +131,14 @@ def _ext_hook(allowed: tuple[type, ...]) -> Callable[[int, bytes], Any]:
             raise ValueError(f"unexpected ext type {code} in a data plane frame")
         fields_ = msgpack.unpackb(data, ext_hook=_HOOKS[cls], use_list=False,
                                   strict_map_key=False, **_EXT_LIMITS)
-        if cls is Decision:
-            fields_ = list(fields_)
-            fields_[_ACTIONS] = tuple(RankedAction(*a) for a in fields_[_ACTIONS])
-        return cls(*fields_)
+        try:
+            if cls is Decision:
+                fields_ = list(fields_)
+                fields_[_ACTIONS] = tuple(RankedAction(*a) for a in fields_[_ACTIONS])
+            return cls(*fields_)
+        except (IndexError, KeyError, TypeError) as exc:  # not the fields it must hold
+            raise ValueError(f"a malformed {cls.__name__} in a data plane frame: {exc}") \
+                from exc
 
     return decode
 
@@ -212,7 +216,13 @@ class PlaneServer:
         """Listen (once, however many ask at the same time); the address."""
         if self._server is None:
             self._server = asyncio.ensure_future(asyncio.start_server(self._serve, host, 0))
-        server = await asyncio.shield(self._server)
+        starting = self._server
+        try:
+            server = await asyncio.shield(starting)
+        except Exception:
+            if self._server is starting:  # a failed bind (out of descriptors): tried again
+                self._server = None
+            raise
         return server.sockets[0].getsockname()[:2]
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

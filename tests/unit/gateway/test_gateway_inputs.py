@@ -59,6 +59,16 @@ OVERSIZE = [
 ]
 
 
+# more keys than the data plane carries in one map, in a request of under 1 MiB
+MANY = {f"{i:x}": pb.Value(bool_value=True) for i in range(65_537)}
+CROWDED = [
+    ("Decide", pb.DecideRequest(customer_id="c-1", channel="web", context=MANY), "context"),
+    ("Ingest", event(attributes=MANY), "attributes"),
+    ("IngestBatch", pb.EventBatch(events=[event(), event(attributes=MANY)]),
+     "events[1].attributes"),
+]
+
+
 def call(stub, method: str, request):
     """The RPC's answer (a streaming one's first message)."""
     if method == "IngestStream":
@@ -253,3 +263,15 @@ def test_a_conversions_value_is_learned_and_a_bad_one_is_invalid_argument(served
     sums = [(s.engine.models.value_count.sum(), s.engine.models.value_sum.sum())
             for s in gateway.gateway.backend.shards.values()]
     assert (1.0, 129.5) in sums
+
+
+@pytest.mark.parametrize("method, request_, field", CROWDED, ids=[m for m, _, _ in CROWDED])
+def test_a_map_of_more_keys_than_the_catalog_declares_is_refused_before_any_shard(
+        served, method, request_, field):
+    gateway, stub = served
+    assert request_.ByteSize() < 1 << 20
+    with pytest.raises(grpc.RpcError) as exc:
+        call(stub, method, request_)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.value.details()
+    assert exc.value.details().startswith(f"{field}: 65537 keys, but only "), \
+        exc.value.details()

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
+import msgpack
 import numpy as np
 import pytest
 
 from kairos.cluster.protocol import (MOVED, OK, Event, EventAck, Moved, ReadProfile,
                                      request_from)
+from kairos.cluster.transport import dataplane
 from kairos.cluster.transport.backend import NotSent, Unavailable
 from kairos.cluster.transport.client import KairosClient
 from kairos.cluster.transport.dataplane import (PlaneClosed, PlaneConnection, PlaneServer,
@@ -123,6 +125,35 @@ def test_a_vector_travels_packed_as_little_endian_float64():
             with pytest.raises(TypeError, match="cannot carry a ndarray"):
                 await connection.call("s", 1, [("decide", bad)], [1])
         await connection.close()
+        server.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("fields", [[], [1], ["c", "web", 0.0, "not actions"]])
+def test_an_ext_without_the_fields_of_its_type_is_a_bad_frame(fields):
+    """Not an error the server's connection handler misses (an unhandled-exception
+    traceback per frame: a log flood)."""
+    unpacker = dataplane._unpacker()
+    unpacker.feed(msgpack.packb([0, "s", 0, (msgpack.ExtType(1, msgpack.packb(fields)),),
+                                 (1,)]))
+    with pytest.raises(dataplane._BAD_FRAME):
+        next(unpacker)
+
+
+def test_a_failed_listen_is_tried_again(monkeypatch):
+    async def main():
+        server = PlaneServer(_echo)
+        real = asyncio.start_server
+
+        async def out_of_descriptors(*args, **kwargs):
+            raise OSError(24, "Too many open files")
+
+        monkeypatch.setattr(dataplane.asyncio, "start_server", out_of_descriptors)
+        with pytest.raises(OSError, match="Too many open files"):
+            await server.start("127.0.0.1")
+        monkeypatch.setattr(dataplane.asyncio, "start_server", real)
+        assert (await server.start("127.0.0.1"))[0] == "127.0.0.1"
         server.close()
 
     asyncio.run(main())
