@@ -23,13 +23,13 @@ from .compiler import (CompiledCatalog, Outcome, Reason, STAGES, STAGE_APPLICABI
 from .decision import Decision, Dropped, Explanation, Learned, RankedAction
 from .errors import InputError
 from .models import ModelTable
-from .request import channel_code, check_customer, checked_vector, placement_codes, shown
+from .request import (MAX_STRING_LENGTH, channel_code, check_customer, checked_vector,
+                      placement_codes, shown)
 from .state import EMPTY, HISTORY_EPOCH_S, ProfileTable, profile_view
 
 DECISION_CACHE_SIZE = 100_000  # decisions whose model inputs are kept for their outcomes...
 DECISION_MEMO_BYTES = 64 * 2**20  # ...fewer when their inputs would take more than this
 BATCH_SIZE = 256  # decisions per kernel call
-MAX_STRING_LENGTH = 1024  # characters in one string field or context value
 MAX_ACTIONS = 1024  # the most actions one decision may ask for
 # 2088-01-19T03:14:08Z, the first second the history ring's int32 times (seconds after
 # HISTORY_EPOCH_S) cannot hold: later (or pre-1970) times are input errors

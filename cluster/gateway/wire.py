@@ -8,6 +8,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from kairos.core.decision import Decision, Explanation, RankedAction
 from kairos.core.errors import InputError
+from kairos.core.request import MAX_STRING_LENGTH, check_bounded
 from kairos.v1 import decision_pb2 as pb
 
 
@@ -18,6 +19,8 @@ def value_in(where: str, value: pb.Value) -> Any:
                                 "timestamp)")
     if kind == "timestamp_value":
         return time_in(where, value.timestamp_value)
+    if kind == "string_value":  # the shard's bound, before the request travels
+        return check_bounded(value.string_value, where, MAX_STRING_LENGTH)
     return getattr(value, kind)
 
 

@@ -10,22 +10,32 @@ import asyncio
 
 from kairos.cluster.settings import SESSION_START_S
 
+MAX_SESSION_LENGTH = 64  # characters of a session's name (a client's are 32)
+SESSIONS_KEPT = 4096  # sessions remembered, the most recently used (a client has one a shard)
+
 
 class Sequencer:
     """Each sender's batches in the order it numbered them: a sender is a session, and its
     batches are numbered from 0. A session this incarnation has not seen yet (its earlier
     batches went to the previous one, before a restart) starts at the lowest number that
-    arrives within `start_s`."""
+    arrives within `start_s`. Past `kept` sessions the least recently used one is forgotten
+    (a client starts a new session after each failed call): should it come back, it starts
+    as an unseen one."""
 
-    def __init__(self, start_s: float = SESSION_START_S):
+    def __init__(self, start_s: float = SESSION_START_S, kept: int = SESSIONS_KEPT):
         self.start_s = start_s
-        self._turns: dict[str, int] = {}  # session -> next sequence number
+        self.kept = kept
+        self._turns: dict[str, int] = {}  # session -> next sequence number, oldest use first
         self._waiting: dict[str, set[int]] = {}
         self._turn = asyncio.Condition()
 
     async def turn(self, session: str, seq: int) -> None:
         """Return once the session's batches before `seq` have had their turn; the caller
-        then has it until it next awaits."""
+        then has it until it next awaits. ValueError for a session name over
+        MAX_SESSION_LENGTH."""
+        if len(session) > MAX_SESSION_LENGTH:
+            raise ValueError(f"a session name of {len(session)} characters, over "
+                             f"{MAX_SESSION_LENGTH}")
         async with self._turn:
             waiting = self._waiting.setdefault(session, set())
             waiting.add(seq)
@@ -42,6 +52,15 @@ class Sequencer:
                 waiting.discard(seq)
                 if not waiting:
                     del self._waiting[session]
+            self._turns.pop(session, None)  # to the end: the most recently used
             self._turns[session] = seq + 1
+            if len(self._turns) > self.kept:
+                self._forget_oldest()
             self._turn.notify_all()
+
+    def _forget_oldest(self) -> None:
+        for session in self._turns:
+            if session not in self._waiting:  # a session with batches waiting is kept
+                del self._turns[session]
+                return
 

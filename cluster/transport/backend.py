@@ -39,6 +39,11 @@ class NotSent(Unavailable):
     it cannot have taken effect, so it may be sent again."""
 
 
+class NotCarried(Unavailable):
+    """A batch the transport cannot carry (a value msgpack has no type for, a frame over the
+    data plane's limits): nothing of it was sent, and sending it again would fail again."""
+
+
 class ShardControl(Protocol):
     """A shard's control and admin calls (the controller's, and `status`)."""
 

@@ -46,7 +46,7 @@ from kairos.cluster.protocol import (Bury, Claim, Decide, Event, EventAck, Forge
 from kairos.cluster.settings import (CLIENT_BATCH_LIMIT, CLIENT_BATCH_WINDOW_S,
                                      CLIENT_INFLIGHT_CALLS, CLIENT_QUEUE_LIMIT,
                                      CLIENT_REROUTE_S, CLIENT_REROUTES, LONG_POLL_S)
-from kairos.cluster.transport.backend import Backend, NotSent, Unavailable
+from kairos.cluster.transport.backend import Backend, NotCarried, NotSent, Unavailable
 
 log = logging.getLogger("kairos.client")
 MAX_REDIRECTS = 20  # a request MOVED this many times in a row fails as Unavailable
@@ -391,9 +391,12 @@ class KairosClient:
             # The shard died or is restarting (or the backend failed): requests may or may
             # not have been applied, so they fail rather than being re-sent; later ones start
             # a fresh session (unless another failed call of this session started it already).
+            # A batch the transport cannot carry fails too, and an empty one takes its number,
+            # or the session's later batches (numbered already) would wait for it at the shard.
             if not isinstance(exc, Unavailable):
                 log.exception("sending a batch to %s failed", link.name)
-            if link.session == session:
+            if link.session == session and not (isinstance(exc, NotCarried) and
+                                                await self._skip(link.name, session, seq)):
                 link.session, link.seq = uuid.uuid4().hex, 0
             reply = (_Undelivered(str(exc)) if isinstance(exc, NotSent)
                      else protocol.Unavailable(reason=str(exc)))
@@ -403,6 +406,14 @@ class KairosClient:
             link.slots.release()
         for item, reply in zip(batch, replies):
             self._answered(item, reply)
+
+    async def _skip(self, shard: str, session: str, seq: int) -> bool:
+        """Send an empty batch as `seq` of `session`; whether it was answered."""
+        try:
+            await self.backend.send(shard, session, seq, [], [])
+            return True
+        except Exception:  # the session is started afresh instead
+            return False
 
     @staticmethod
     def _resend_as(link: _ShardLink, session: str, seq: int) -> tuple[str, int]:

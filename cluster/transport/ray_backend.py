@@ -31,7 +31,7 @@ from kairos.cluster.settings import (ADMIN_CALL_S, CONTROL_CALL_S, CONTROLLER_NA
                                      GATEWAY_START_S, GATEWAY_STOP_GRACE_S, LEARNER_NAME,
                                      LONG_POLL_S, NAMESPACE, SHARD_START_S)
 from kairos.cluster.transport.backend import (ChannelWatch, ControllerControl, GatewayControl,
-                                              LearnerControl, NotSent, ShardControl,
+                                              LearnerControl, NotCarried, NotSent, ShardControl,
                                               Unavailable, WatchSink)
 from kairos.cluster.transport.dataplane import PlaneConnection, ShardFailed
 
@@ -176,7 +176,7 @@ class RayBackend:
         except ShardFailed as exc:  # that call only: the connection is fine
             raise Unavailable(f"{name}: {exc}") from exc
         except (TypeError, OverflowError) as exc:  # a value msgpack cannot carry: nothing sent
-            raise Unavailable(f"{name}: the batch cannot be sent: {exc}") from exc
+            raise NotCarried(f"{name}: the batch cannot be sent: {exc}") from exc
         except Exception as exc:  # closed, refused, timed out, or the shard is gone
             if self._planes.get(name) is plane:
                 await self._close_plane(name)  # the next batch reconnects, to a restart too

@@ -11,7 +11,8 @@ from collections import Counter as Tally
 import grpc
 import pytest
 
-from kairos.core.request import MAX_CUSTOMER_ID_LENGTH, MAX_DECISION_ID_LENGTH, MAX_KEY_LENGTH
+from kairos.core.request import (MAX_CUSTOMER_ID_LENGTH, MAX_DECISION_ID_LENGTH, MAX_KEY_LENGTH,
+                                 MAX_STRING_LENGTH)
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
@@ -56,6 +57,13 @@ OVERSIZE = [
     ("ForgetCustomer", pb.ForgetRequest(customer_id=LONG_ID), "customer_id"),
     ("LinkIdentity", pb.LinkRequest(alias=pb.Alias(type="cookie", value="x"),
                                     customer_id=LONG_ID), "customer_id"),
+    ("Ingest", event(attributes={"k" * (MAX_KEY_LENGTH + 1): pb.Value(bool_value=True)}),
+     "attributes key"),
+    ("Decide", pb.DecideRequest(customer_id="c-1", channel="web", context={
+        "device": pb.Value(string_value="d" * (MAX_STRING_LENGTH + 1))}), "context.device"),
+    ("IngestBatch", pb.EventBatch(events=[event(attributes={
+        "x": pb.Value(string_value="v" * (MAX_STRING_LENGTH + 1))})]),
+     "events[0].attributes.x"),
 ]
 
 

@@ -9,8 +9,10 @@ import msgpack
 import numpy as np
 import pytest
 
+from kairos.cluster import protocol
 from kairos.cluster.protocol import (MOVED, OK, Event, EventAck, Moved, ReadProfile,
                                      request_from)
+from kairos.cluster.settings import CLIENT_BATCH_LIMIT
 from kairos.cluster.transport import dataplane
 from kairos.cluster.transport.backend import NotSent, Unavailable
 from kairos.cluster.transport.client import KairosClient
@@ -267,6 +269,47 @@ def test_a_client_sends_to_a_restarted_shard_what_it_had_not_sent_yet():
         assert sent == [0, 0, 0]  # one batch, sent again as batch 0 of a fresh session
         await client.close()
         servers[1].close()
+
+    asyncio.run(main())
+
+
+def test_a_batch_the_plane_cannot_carry_fails_alone_and_leaves_its_session_no_gap():
+    """A request msgpack cannot pack fails its batch before anything is sent. The batches
+    numbered after it were answered only after PLANE_CALL_S (30 s), and then failed, as the
+    shard's sequencer waited for the missing number: an empty batch takes it now."""
+    from kairos.cluster.shard.sequencer import Sequencer
+    from kairos.cluster.transport.ray_backend import RayBackend
+    sequencer = Sequencer()
+
+    async def handle(session, seq, requests, routed):
+        await sequencer.turn(session, seq)
+        await asyncio.sleep(0.01)  # in flight long enough for the next batches to queue
+        return [(OK, seq, False, None)] * len(requests)
+
+    async def main():
+        server = PlaneServer(handle)
+        address = await server.start("127.0.0.1")
+        backend = RayBackend()
+
+        async def connect(name):
+            return await PlaneConnection.open(*address, server.secret)
+
+        backend._connect = connect
+        controller = _OneShardMap()
+        backend.controller = lambda: controller
+        client = await KairosClient(backend).connect()
+        await client.ingest("warm", "app_open", 1.0)  # the shard knows the session
+        unpackable = client.enqueue(Event(partition=0, customer_id="big", event_type="e",
+                                          time=1.0, attributes={"n": 2 ** 70}))
+        others = [client.enqueue(Event(partition=0, customer_id=f"c{i}", event_type="e",
+                                       time=1.0)) for i in range(1, 1100)]
+        async with asyncio.timeout(5):
+            replies = await asyncio.gather(unpackable, *others)
+        refused = [r for r in replies if isinstance(r, protocol.Unavailable)]
+        assert refused and all("cannot be sent" in r.reason for r in refused)
+        assert len(refused) <= CLIENT_BATCH_LIMIT  # its batch, and no other
+        await client.close()
+        server.close()
 
     asyncio.run(main())
 
