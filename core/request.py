@@ -20,7 +20,7 @@ from .errors import InputError
 MAX_CUSTOMER_ID_LENGTH = 256  # characters in a customer id
 MAX_KEY_LENGTH = 256  # characters in an idempotency key or an event id
 MAX_STRING_LENGTH = 1024  # characters in one string field or context value
-# characters in a decision id: a shard's sealed id is about 40 characters and 8 more per
+# characters in a decision id: a shard's sealed id is about 48 characters and 8 more per
 # action shown (a decision shows at most 1,024)
 MAX_DECISION_ID_LENGTH = 8_448
 

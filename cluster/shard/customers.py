@@ -219,16 +219,16 @@ class CustomerRequests:
         for o in batch:
             sent = o  # as its caller named the decision: the log joins it to the sealed id
             if not self._journaling.replaying:
+                refusal = self._rate.refusal(o.customer_id)  # before the seal: guesses count
+                if refusal is not None:
+                    replies.append(Busy(reason=refusal))
+                    continue
                 try:
                     if o.decision_id is not None:
                         o = o._replace(decision_id=self._seal.opened(
                             self._issued_to(o), o.decision_id, o.channel, o.action_id))
                 except InputError as exc:
                     replies.append(Invalid(field=exc.field, reason=exc.reason))
-                    continue
-                refusal = self._rate.refusal(o.customer_id)
-                if refusal is not None:
-                    replies.append(Busy(reason=refusal))
                     continue
             known = self._residency.activate(o.customer_id, o.partition, create=False)
             try:

@@ -2,15 +2,18 @@
 action it showed, at a bounded rate per customer.
 
 Decision ids are sealed as they leave a shard: to the engine's id `seal` adds the time it was
-issued and, per action shown, a short keyed MAC (BLAKE2b) over the customer, the id, that
-time, the channel and the action, with a secret every shard reads from the store (created
-once, before the first shard starts). So any shard can check an outcome without keeping
+issued, a short keyed MAC (BLAKE2b) over the customer, the id, that time, the channel and the
+tags that follow, and per action shown a tag, the same MAC over the action instead, with a
+secret every shard reads from the store (created once, before the first shard starts). The
+first MAC is checked first, so a forger guesses one MAC per Respond whatever the id's length
+(checking the action's tag alone, an id of a thousand made-up tags was a thousand guesses). So any shard can check an outcome without keeping
 anything per decision: after restarts, passivation and moves, and for a customer that has no
 profile yet (a Decide creates none). An outcome naming a made-up id, another customer's
 decision, an action the decision did not show, another channel, or a decision issued more
 than OUTCOME_WINDOW_S ago is refused (INVALID_ARGUMENT) and changes nothing. A customer's
 outcomes past OUTCOMES_PER_CUSTOMER per OUTCOME_RATE_WINDOW_S are refused (RESOURCE_EXHAUSTED),
-so even a real decision replayed over and over steers the models at that rate at most.
+so even a real decision replayed over and over steers the models at that rate at most; refused
+ones count too, so guesses at a customer's decisions are held to that rate as well.
 Outcomes that name no decision (offline feedback) are not sealed; only the gateway lets them
 through, for keys with the feedback scope. With a store the shards do not share ("memory"),
 each shard has a secret of its own: outcomes of decisions issued before their customer's
@@ -56,14 +59,15 @@ class DecisionSeal:
         self._clock = clock
 
     def seal(self, decision: Decision) -> Decision:
-        """The decision, its id sealed: `<engine id>.<issued, hex s>.<a tag per action>`."""
+        """The decision, its id sealed: `<engine id>.<issued, hex s>.<MAC><a tag per action>`."""
         issued = f"{int(self._clock()):x}"
-        signer = self._signer(decision.customer_id, decision.decision_id, issued,
-                              decision.channel)
+        shared = (decision.customer_id, decision.decision_id, issued, decision.channel)
+        signer = self._signer(*shared)
         tags = "".join(_tag(signer, a.action_id) for a in decision.actions)
+        whole = _tag(self._signer(*shared, tags), "")
         # every field but the id as it was (dataclasses.replace takes twice as long)
         return Decision(**{**vars(decision),
-                           "decision_id": f"{decision.decision_id}.{issued}.{tags}"})
+                           "decision_id": f"{decision.decision_id}.{issued}.{whole}{tags}"})
 
     def opened(self, issued_to: Iterable[str], decision_id: str, channel: str,
                action_id: str) -> str:
@@ -71,27 +75,32 @@ class DecisionSeal:
         the customers `issued_to` within OUTCOME_WINDOW_S; InputError naming `decision_id`
         otherwise."""
         try:
-            engine_id, issued, tags = decision_id.rsplit(".", 2)
+            engine_id, issued, sealed = decision_id.rsplit(".", 2)
             when = int(issued, 16)
         except ValueError:
             raise InputError("decision_id", "not a decision id Kairos issued") from None
         if not self._clock() - OUTCOME_WINDOW_S <= when:
             raise InputError("decision_id", f"issued more than {OUTCOME_WINDOW_S:g} s ago: "
                                             f"too old for outcomes")
+        whole, tags = sealed[:TAG_CHARS], sealed[TAG_CHARS:]
         for customer_id in issued_to:
-            tag = _tag(self._signer(customer_id, engine_id, issued, channel), action_id)
+            shared = (customer_id, engine_id, issued, channel)
+            if not hmac.compare_digest(whole, _tag(self._signer(*shared, tags), "")):
+                continue
+            tag = _tag(self._signer(*shared), action_id)
             if any(hmac.compare_digest(tag, tags[i:i + TAG_CHARS])
                    for i in range(0, len(tags), TAG_CHARS)):
                 return engine_id
         raise InputError("decision_id", f"no decision issued to this customer showed "
                                         f"{action_id!r} on {channel}")
 
-    def _signer(self, customer_id: str, engine_id: str, issued: str, channel: str):
-        """A keyed BLAKE2b over what every tag of a decision shares, to be copied for each
-        action (packed with msgpack, so no two different inputs read the same: the action's
-        bytes follow a complete array)."""
+    def _signer(self, *shared: str):
+        """A keyed BLAKE2b over what every tag of a decision shares (the customer, the engine's
+        id, the time issued, the channel; and for the MAC over the whole, the tags), to be
+        copied for each action (packed with msgpack, so no two different inputs read the
+        same: the action's bytes follow a complete array, of four strings or five)."""
         signer = hashlib.blake2b(key=self._secret, digest_size=TAG_BYTES)
-        signer.update(msgpack.packb((customer_id, engine_id, issued, channel)))
+        signer.update(msgpack.packb(shared))
         return signer
 
 

@@ -603,9 +603,11 @@ def test_outcomes_must_name_a_decision_a_shard_issued_and_an_action_it_showed(co
                outcome("ana", other, d.decision_id),  # not shown
                outcome("ana", shown, d.decision_id, channel="app"),
                outcome("bob", shown, d.decision_id),  # another customer's decision
-               outcome("ana", "no_such_action", d.decision_id)]
+               outcome("ana", "no_such_action", d.decision_id),
+               # tags added: each was another guess of the shown action's tag
+               outcome("ana", shown, d.decision_id + "AAAAAAAA" * 1000)]
     results, _ = s.process(refused)
-    assert [(r.status, r.field) for r in results] == [(INVALID, "decision_id")] * 8
+    assert [(r.status, r.field) for r in results] == [(INVALID, "decision_id")] * 9
     assert "bob" not in s.engine.table and not s.engine.history("ana")
     assert s.process([outcome("ana", shown, d.decision_id)])[0] == [Ok(value=Learned.DECISION)]
     assert [h["action_id"] for h in s.engine.history("ana")] == [shown]
@@ -682,6 +684,11 @@ def test_outcomes_past_a_customers_rate_are_refused_busy(compiled, monkeypatch):
     clock.now += OUTCOME_RATE_WINDOW_S
     assert s.process([outcome("ana", mine.actions[0].action_id, mine.decision_id)])[0] == \
         [Ok(value=Learned.DECISION)]
+    clock.now += OUTCOME_RATE_WINDOW_S  # guesses at a decision id count as outcomes too
+    results, _ = s.process([outcome("bob", "service_menu", f"guess-{i}.1.AAAAAAAA")
+                            for i in range(3)] +
+                           [outcome("bob", theirs.actions[0].action_id, theirs.decision_id)])
+    assert [r.status for r in results] == [INVALID, INVALID, INVALID, BUSY]
 
 
 def test_a_sealed_decision_takes_outcomes_after_a_move_and_a_restart(compiled):
