@@ -129,6 +129,10 @@ STORE_COUNT_S = number("STORE_COUNT_S", 10.0, above=True, high=86_400.0)
 # customer's own newer keys evict its older ones; nobody else's can).
 KEYS_PER_CUSTOMER = integer("KEYS_PER_CUSTOMER", 256)
 KEY_RETENTION_S = number("KEY_RETENTION_S", 86_400.0, above=True)
+# How far ahead of the gateway's clock an event's or an outcome's time may be (a caller's
+# clock running fast); later ones are INVALID_ARGUMENT: an accept dated decades ahead would
+# hold its action's cooldown, or a reject its suppression, for that long.
+CLOCK_SKEW_S = number("CLOCK_SKEW_S", 300.0, high=86_400.0)
 # How long a decision accepts outcomes (Respond) after a shard issued it.
 OUTCOME_WINDOW_S = number("OUTCOME_WINDOW_S", 7 * 86_400.0, above=True)
 # Outcomes a customer may report per OUTCOME_RATE_WINDOW_S; past it, RESOURCE_EXHAUSTED.

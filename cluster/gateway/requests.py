@@ -22,6 +22,7 @@ from kairos.v1 import decision_pb2 as pb
 from kairos.cluster import protocol
 from kairos.cluster.gateway import wire
 from kairos.cluster.identity import alias_key, check_linkable
+from kairos.cluster.settings import CLOCK_SKEW_S
 
 
 class Who(NamedTuple):
@@ -115,7 +116,7 @@ def event_request(event: pb.Event, catalog: CompiledCatalog, where: str = ""
         channel_code(catalog, event.channel, f"{where}channel")
     if event.decide_placement and not event.channel:
         raise InputError(f"{where}channel", "decide_placement needs the channel")
-    when = wire.optional_time_in(f"{where}time", event, "time") or time.time()
+    when = stated_time(f"{where}time", event)
     return customer, protocol.Event(
         customer_id=customer.customer_id or "", event_type=event.type, time=when,
         attributes=declared_values(f"{where}attributes", event.attributes,
@@ -165,5 +166,18 @@ def outcome_request(request: pb.Outcome, catalog: CompiledCatalog) -> OutcomeReq
     # the shard's engine checks the value (a convert's, in range) before anything is kept
     value = request.value if request.HasField("value") else None
     return OutcomeRequest(customer, request.action_id, request.channel, outcome,
-                          wire.optional_time_in("time", request, "time") or time.time(),
+                          stated_time("time", request),
                           None if request.offline else request.decision_id, value)
+
+
+def stated_time(where: str, message: Any) -> float:
+    """An event's or an outcome's time: as given, at most CLOCK_SKEW_S ahead of now; else
+    now."""
+    now = time.time()
+    when = wire.optional_time_in(where, message, "time")
+    if not when:  # not given (or the epoch itself, which meant now as well)
+        return now
+    if when > now + CLOCK_SKEW_S:
+        raise InputError(where, f"{when - now:.0f} s ahead of this gateway's clock (at most "
+                                f"KAIROS_CLOCK_SKEW_S, {CLOCK_SKEW_S:g} s)")
+    return when

@@ -283,3 +283,24 @@ def test_a_map_of_more_keys_than_the_catalog_declares_is_refused_before_any_shar
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.value.details()
     assert exc.value.details().startswith(f"{field}: 65537 keys, but only "), \
         exc.value.details()
+
+
+def test_times_ahead_of_the_gateways_clock_are_refused(served):
+    """An accept dated decades ahead held its action's cooldown for that long."""
+    gateway, stub = served
+    ahead = pb.Event(customer_id="c-1", type="app_open", channel="web")
+    ahead.time.FromSeconds(int(time.time()) + 10 * 365 * 86_400)
+    respond = pb.Outcome(customer_id="c-1", decision_id="d", action_id="service_menu",
+                         channel="web", outcome=pb.ACCEPT)
+    respond.time.CopyFrom(ahead.time)
+    for method, request_, field in [("Ingest", ahead, "time"), ("Respond", respond, "time"),
+                                    ("IngestBatch", pb.EventBatch(events=[ahead]),
+                                     "events[0].time")]:
+        with pytest.raises(grpc.RpcError) as exc:
+            call(stub, method, request_)
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.value.details()
+        assert exc.value.details().startswith(f"{field}: "), exc.value.details()
+        assert "ahead of this gateway's clock" in exc.value.details()
+    soon = pb.Event(customer_id="c-1", type="app_open", channel="web")
+    soon.time.FromSeconds(int(time.time()) + 60)  # a caller's clock a minute fast
+    assert call(stub, "Ingest", soon).sequence > 0
