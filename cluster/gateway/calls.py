@@ -180,10 +180,12 @@ class Gateway:
             customer_id = await self.client.resolve_key(who.alias_key)
         return await call(customer_id)
 
-    def check_capacity(self) -> None:
-        """Raise Busy once the gateway has as many runtime calls in flight as it may."""
-        if self.inflight >= GATEWAY_INFLIGHT_LIMIT:
-            raise Busy(f"gateway {self.name} has {self.inflight} calls in flight")
+    def check_capacity(self, adding: int = 1) -> None:
+        """Raise Busy if `adding` more runtime calls would take the gateway past the calls
+        it may have in flight."""
+        if self.inflight + adding > GATEWAY_INFLIGHT_LIMIT:
+            raise Busy(f"gateway {self.name} has {self.inflight} calls in flight"
+                       + (f", and {adding} more would pass its limit" if adding > 1 else ""))
 
     def admit(self) -> None:
         """Raise Busy for a new call the gateway sheds, or one past its in-flight limit."""

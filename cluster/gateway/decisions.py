@@ -29,6 +29,7 @@ from kairos.cluster.gateway.auth import Denied, check_channel, has_scope, visibl
 from kairos.cluster.gateway.calls import Gateway, abort
 from kairos.cluster.gateway.streams import Watch
 from kairos.cluster.settings import STREAM_WINDOW
+from kairos.cluster.transport.client import Busy
 
 # (a shard of an older version answers without saying: UNSPECIFIED)
 LEARNED_FROM = {kind.value: pb.LearnedFrom.Value(f"LEARNED_FROM_{kind.name}") for kind in Learned}
@@ -191,7 +192,8 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
             checked = await self.gateway.checked(lambda catalog: [
                 requests.event_request(event, catalog, f"events[{n}].")
                 for n, event in enumerate(request.events)])
-        except (Denied, InputError) as exc:
+            self.gateway.check_capacity(len(checked))  # all or none: each event is a call
+        except (Denied, InputError, Busy) as exc:
             await abort(context, exc)
         items: list[_Pending] = []
         acked = 0

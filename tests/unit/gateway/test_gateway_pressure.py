@@ -57,6 +57,9 @@ class Rig:
         self.ingest = unary("/kairos.v1.DecisionService/Ingest",
                             request_serializer=pb.Event.SerializeToString,
                             response_deserializer=pb.IngestAck.FromString)
+        self.ingest_batch = unary("/kairos.v1.DecisionService/IngestBatch",
+                                  request_serializer=pb.EventBatch.SerializeToString,
+                                  response_deserializer=pb.EventBatchAck.FromString)
         self.ingest_stream = self.channel.stream_stream(
             "/kairos.v1.DecisionService/IngestStream",
             request_serializer=pb.Event.SerializeToString,
@@ -179,6 +182,7 @@ def test_past_the_limit_calls_are_refused_at_once_and_served_once_it_drains(rig,
     assert "in flight" in refused_at_once(rig.decide,
                                           pb.DecideRequest(customer_id="x", channel="web"))
     refused_at_once(rig.ingest, event("x"))
+    refused_at_once(rig.ingest_batch, pb.EventBatch(events=[event("x")]))
     assert rig.get_catalog(admin_pb2.GetCatalogRequest(), timeout=10).version  # operators
     with pytest.raises(grpc.RpcError) as err:
         list(rig.ingest_stream(iter([event("x")]), timeout=10))
@@ -193,3 +197,15 @@ def test_past_the_limit_calls_are_refused_at_once_and_served_once_it_drains(rig,
     rig.serves("after-drain")
     assert rig.ingest(event("after-drain"), timeout=10).sequence
     assert rig.get_catalog(admin_pb2.GetCatalogRequest(), timeout=10).version
+
+
+def test_a_batch_that_would_pass_the_limit_is_refused_whole_before_any_event_is_routed(
+        rig, monkeypatch):
+    """Each event of a batch is a call in flight: a batch was checked as one call, so
+    concurrent batches took the gateway far past its limit."""
+    monkeypatch.setattr(calls, "GATEWAY_INFLIGHT_LIMIT", LIMIT)
+    over = pb.EventBatch(events=[event(f"b{n}") for n in range(LIMIT + 1)])
+    assert "more would pass its limit" in refused_at_once(rig.ingest_batch, over)
+    assert rig.inflight == 0  # nothing of it was routed
+    fits = pb.EventBatch(events=[event(f"b{n}") for n in range(LIMIT)])
+    assert len(rig.ingest_batch(fits, timeout=10).acks) == LIMIT
