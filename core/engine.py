@@ -23,8 +23,8 @@ from .compiler import (CompiledCatalog, Outcome, Reason, STAGES, STAGE_APPLICABI
 from .decision import Decision, Dropped, Explanation, Learned, RankedAction
 from .errors import InputError
 from .models import ModelTable
-from .request import (MAX_STRING_LENGTH, channel_code, check_customer, checked_vector,
-                      placement_codes, shown)
+from .request import (MAX_PROFILE_ID_LENGTH, MAX_STRING_LENGTH, channel_code, check_customer,
+                      checked_vector, placement_codes, shown)
 from .state import EMPTY, HISTORY_EPOCH_S, ProfileTable, profile_view
 
 DECISION_CACHE_SIZE = 100_000  # decisions whose model inputs are kept for their outcomes...
@@ -124,7 +124,7 @@ class DecisionEngine:
                      attributes: Mapping[str, Any] | None = None) -> EncodedEvent:
         """Check an event against its declared type; raises InputError naming the field."""
         c = self.compiled
-        check_customer(customer_id)
+        check_customer(customer_id, limit=MAX_PROFILE_ID_LENGTH)
         if event_type not in c.event_index:
             raise InputError("type", f"unknown event type {event_type!r} (declared: "
                                      f"{', '.join(c.event_names)})")
@@ -242,7 +242,7 @@ class DecisionEngine:
                        context: Mapping[str, Any] | None = None, now: Any = None,
                        max_actions: Any = 0) -> "EncodedRequest":
         """Check a decision request; raises InputError naming the field."""
-        check_customer(customer_id)
+        check_customer(customer_id, limit=MAX_PROFILE_ID_LENGTH)
         ch, pl = placement_codes(self.compiled, channel, placement)
         ctx = self.encode_context(context)
         if isinstance(max_actions, bool) or not isinstance(max_actions, int):
@@ -402,7 +402,7 @@ class DecisionEngine:
         c = self.compiled
         encoded = []
         for customer_id, action_id, channel, outcome, when, decision_id, *rest in outcomes:
-            check_customer(customer_id)
+            check_customer(customer_id, limit=MAX_PROFILE_ID_LENGTH)
             if action_id not in c.action_index:
                 raise InputError("action_id", f"unknown action {action_id!r}")
             ch = channel_code(c, channel)

@@ -18,6 +18,9 @@ from .decision import Decision, RankedAction
 from .errors import InputError
 
 MAX_CUSTOMER_ID_LENGTH = 256  # characters in a customer id
+# characters in a profile's id: a customer's, or an anonymous visitor's, which names the alias
+# ("~<type, at most 32>:<value, at most 256>", cluster/identity.py)
+MAX_PROFILE_ID_LENGTH = MAX_CUSTOMER_ID_LENGTH + 34
 MAX_KEY_LENGTH = 256  # characters in an idempotency key or an event id
 MAX_STRING_LENGTH = 1024  # characters in one string field or context value
 # characters in a decision id: a shard's sealed id is about 48 characters and 8 more per
@@ -37,13 +40,14 @@ def shown(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
-def check_customer(customer_id: Any, field: str = "customer_id") -> str:
-    """The customer id, if it is a non-empty string of bounded length; else InputError."""
+def check_customer(customer_id: Any, field: str = "customer_id",
+                   limit: int = MAX_CUSTOMER_ID_LENGTH) -> str:
+    """The customer id, if it is a non-empty string of at most `limit` characters; else
+    InputError."""
     if not isinstance(customer_id, str) or not customer_id:
         raise InputError(field, f"expected a non-empty string, got {shown(customer_id)}")
-    if len(customer_id) > MAX_CUSTOMER_ID_LENGTH:
-        raise InputError(field, f"at most {MAX_CUSTOMER_ID_LENGTH} characters, got "
-                                f"{len(customer_id)}")
+    if len(customer_id) > limit:
+        raise InputError(field, f"at most {limit} characters, got {len(customer_id)}")
     return customer_id
 
 

@@ -304,3 +304,18 @@ def test_times_ahead_of_the_gateways_clock_are_refused(served):
     soon = pb.Event(customer_id="c-1", type="app_open", channel="web")
     soon.time.FromSeconds(int(time.time()) + 60)  # a caller's clock a minute fast
     assert call(stub, "Ingest", soon).sequence > 0
+
+
+def test_an_alias_at_its_longest_names_a_profile_like_any_other(served):
+    """An alias's anonymous profile is "~<type>:<value>": at the longest type and value it
+    is longer than a customer id may be, and was refused naming a customer_id never sent."""
+    gateway, stub = served
+    alias = pb.Alias(type="t" * 32, value="v" * 256)
+    assert call(stub, "Ingest", pb.Event(alias=alias, type="app_open", channel="web")).sequence
+    assert call(stub, "Decide", pb.DecideRequest(alias=alias, channel="web")).channel == "web"
+    profile = call(stub, "GetProfile", pb.ProfileRequest(alias=alias))
+    assert profile.customer_id == "~" + "t" * 32 + ":" + "v" * 256
+    with pytest.raises(grpc.RpcError) as exc:
+        call(stub, "Ingest", pb.Event(alias=pb.Alias(type="cookie", value="v" * 257),
+                                      type="app_open", channel="web"))
+    assert exc.value.details().startswith("alias.value: "), exc.value.details()
