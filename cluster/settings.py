@@ -261,6 +261,8 @@ SHED_BUSY = number("SHED_BUSY", 0.8, above=True, high=1.0)
 MAX_MESSAGE_BYTES = integer("MAX_MESSAGE_BYTES", 1 << 20, low=1024)
 # Decisions a watch stream may have waiting; past it the oldest are dropped.
 WATCH_BACKLOG = integer("WATCH_BACKLOG", 1024)
+# WatchDecisions streams a gateway serves at once; past it, new ones are RESOURCE_EXHAUSTED.
+WATCH_STREAMS = integer("WATCH_STREAMS", 10_000)
 # Events of one IngestStream in flight at once.
 STREAM_WINDOW = integer("STREAM_WINDOW", 1024)
 # How often a gateway looks whether to freeze its long-lived objects (pauses.py).

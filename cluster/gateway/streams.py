@@ -3,10 +3,13 @@ them.
 
 A watch is a view (channel, placement) of one customer, or of every customer of the channel.
 The first stream on a watch registers it (with the customer's shard, or for a whole channel
-with the controller, which tells every shard) under the gateway's actor name; shards push the
-decisions that changed to that actor (`deliver`), which hands each to the streams that watch
-it. The last stream to leave unregisters the watch. A slow stream keeps at most WATCH_BACKLOG
-decisions: past that, the oldest drop first.
+with the controller, which tells every shard) under the gateway's actor name, and every stream
+on it is told it is ready once that registration is done (one that fails fails them all);
+shards push the decisions that changed to that actor (`deliver`), which hands each to the
+streams that watch it. The last stream to leave unregisters the watch. A slow stream keeps at
+most WATCH_BACKLOG decisions: past that, the oldest drop first. A gateway holds at most
+WATCH_STREAMS streams (each costs a shard's watch entry and a backlog); past that, a new one
+is refused (Busy: RESOURCE_EXHAUSTED).
 """
 from __future__ import annotations
 
@@ -16,9 +19,9 @@ from typing import AsyncIterator, Awaitable, Callable, NamedTuple
 
 from kairos.core.decision import Decision
 
-from kairos.cluster.settings import WATCH_BACKLOG
+from kairos.cluster.settings import WATCH_BACKLOG, WATCH_STREAMS
 from kairos.cluster.transport.backend import Backend
-from kairos.cluster.transport.client import KairosClient
+from kairos.cluster.transport.client import Busy, KairosClient
 
 
 class Watch(NamedTuple):
@@ -35,23 +38,39 @@ class _Stream:
         self.wake = asyncio.Event()
 
 
+class _Watched:
+    """A watch's streams, and its registration with the shards (its first stream's)."""
+
+    def __init__(self, registration: asyncio.Future):
+        self.streams: set[_Stream] = set()
+        self.registration = registration
+
+
 class Watches:
     def __init__(self, sink: str, client: KairosClient, backend: Backend):
         self.sink = sink
         self.client = client
         self.backend = backend
-        self._streams: dict[Watch, set[_Stream]] = {}
+        self._watched: dict[Watch, _Watched] = {}
+        self.open = 0  # streams
 
     async def follow(self, watch: Watch, registered: Callable[[], Awaitable[None]]
                      ) -> AsyncIterator[Decision]:
         """The decisions pushed for `watch` from now on, until the caller stops; `registered()`
-        is awaited once the shards push its changes (the caller tells its own caller)."""
+        is awaited once the shards push its changes (the caller tells its own caller). Busy
+        past WATCH_STREAMS streams."""
+        if self.open >= WATCH_STREAMS:
+            raise Busy(f"this gateway serves {self.open} watch streams, its most "
+                       f"(KAIROS_WATCH_STREAMS)")
         stream = _Stream()
-        first = watch not in self._streams
-        self._streams.setdefault(watch, set()).add(stream)
+        watched = self._watched.get(watch)
+        if watched is None:
+            watched = self._watched[watch] = _Watched(
+                asyncio.ensure_future(self._register(watch, True)))
+        watched.streams.add(stream)
+        self.open += 1
         try:
-            if first:
-                await self._register(watch, True)
+            await asyncio.shield(watched.registration)  # a follower waits for it too
             await registered()
             while True:
                 await stream.wake.wait()
@@ -59,9 +78,10 @@ class Watches:
                 while stream.backlog:
                     yield stream.backlog.popleft()
         finally:
-            self._streams[watch].discard(stream)
-            if not self._streams[watch]:
-                del self._streams[watch]
+            self.open -= 1
+            watched.streams.discard(stream)
+            if not watched.streams and self._watched.get(watch) is watched:
+                del self._watched[watch]
                 await self._register(watch, False)
 
     async def _register(self, watch: Watch, active: bool) -> None:
@@ -76,6 +96,7 @@ class Watches:
         for d in decisions:
             for watch in (Watch(d.customer_id, d.channel, d.placement),
                           Watch(None, d.channel, d.placement)):
-                for stream in self._streams.get(watch, ()):
+                watched = self._watched.get(watch)
+                for stream in watched.streams if watched is not None else ():
                     stream.backlog.append(d)
                     stream.wake.set()
