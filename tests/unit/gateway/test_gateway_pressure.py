@@ -155,9 +155,9 @@ def test_a_cancelled_watch_unregisters_and_the_gateway_serves(rig):
     watches = rig.gateway.gateway.watches
     for n in range(2):
         call = rig.watch(pb.WatchRequest(customer_id="w", channel="web"), timeout=30)
-        wait_until(lambda: watches._streams, 10, f"watch {n} registered")
+        wait_until(lambda: watches.open, 10, f"watch {n} registered")
         call.cancel()
-        wait_until(lambda: not watches._streams, 10, f"watch {n} gone after its cancel")
+        wait_until(lambda: not watches.open, 10, f"watch {n} gone after its cancel")
         assert rig.inflight == 0
     rig.serves("after-watch-cancel")
 
