@@ -248,6 +248,9 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
                                 f"no customer {requests.named(request)}")
         shown = visible_channel()  # a channel-bound key sees its channel's decision only
         channels = [ch for ch in catalog.channel_names if shown is None or ch == shown]
+        if shown is not None:  # and its channel's interactions
+            profile = {**profile, "history": [h for h in profile["history"]
+                                              if h["channel"] == shown]}
         decisions = await self.gateway.call(context, asyncio.gather(*(
             self.client.decide(profile["customer_id"], ch, None, None, now=now,
                                explain=request.explain)

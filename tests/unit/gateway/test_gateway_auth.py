@@ -188,13 +188,20 @@ def test_a_web_key_cannot_change_consent_through_an_event_without_a_channel(serv
                                        "names no channel (rule: channel must match)")
 
 
-def test_a_channel_bound_key_reads_its_channels_decision_only(served):
+def test_a_channel_bound_key_reads_its_channels_decision_and_interactions_only(served):
     _, channel = served
     ingest = channel.unary_unary("/kairos.v1.DecisionService/Ingest",
                                  request_serializer=pb.Event.SerializeToString,
                                  response_deserializer=pb.IngestAck.FromString)
     ingest(pb.Event(customer_id="profiled-1", type="app_open", channel="web"), timeout=5,
            metadata=(("x-api-key", secret("ingest")),))
+    decide = channel.unary_unary("/kairos.v1.DecisionService/Decide",
+                                 request_serializer=pb.DecideRequest.SerializeToString,
+                                 response_deserializer=pb.Decision.FromString)
+    for shown_on in ("web", "app"):  # impressions on two channels
+        decide(pb.DecideRequest(customer_id="profiled-1", channel=shown_on,
+                                record_impression=True), timeout=5,
+               metadata=(("x-api-key", secret("decide")),))
     profile = channel.unary_unary("/kairos.v1.DecisionService/GetProfile",
                                   request_serializer=pb.ProfileRequest.SerializeToString,
                                   response_deserializer=pb.Profile.FromString)
@@ -205,6 +212,8 @@ def test_a_channel_bound_key_reads_its_channels_decision_only(served):
                     metadata=(("x-api-key", secret("profile:read", "web")),))
     assert set(bound.current) == {"web"}
     assert bound.current["web"].channel == "web"
+    assert {h.channel for h in unbound.history} == {"web", "app"}
+    assert bound.history and {h.channel for h in bound.history} == {"web"}
 
 
 def test_the_refusal_names_the_missing_scope_or_channel(served):
