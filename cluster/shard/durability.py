@@ -132,12 +132,18 @@ class Durability:
     def erase(self) -> int:
         """Delete the homes Take and Forget left; finish ForgetCustomer: snapshot the
         partitions without the forgotten customers, then rewrite the journal without their
-        records; the records dropped."""
+        records; the records dropped. A partition's records are dropped only once a snapshot
+        holds it that recovery reads instead: this shard's, or its new owner's."""
         self.delete_homes()
-        erase = self._journaling.take_erasures()
+        erase, owned = self._journaling.take_erasures(), self._ownership.owned
+        for p in [p for p in erase if p in owned and p in self._ownership.leaving]:
+            # being handed over: not snapshotted here (the new owner will), so its records
+            # stay until it has moved (then they are dropped), or stayed (then snapshotted)
+            for customer_id in erase.pop(p):
+                self._journaling.erase_later(p, customer_id)
         if not erase:
             return 0
-        self.snapshot(erase)
+        self.snapshot([p for p in erase if p in owned])  # a released one: its owner's is
 
         def mentions(record: Record) -> bool:
             gone = erase.get(record.partition)

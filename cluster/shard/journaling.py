@@ -102,7 +102,7 @@ class Journaling:
         return erase
 
     def forget(self, partition: int) -> None:
-        """The partition moved away: its new owner snapshotted it when it adopted it."""
+        """The partition moved away: its new owner snapshotted it when it adopted it. (Its
+        forgotten customers' records here are still erased at the next `erase`.)"""
         self.dirty.pop(partition, None)
-        self._erase.pop(partition, None)
         self.deletes.pop(partition, None)

@@ -115,6 +115,28 @@ def test_a_home_delete_that_fails_is_tried_again_and_the_others_are_not_dropped(
     assert s.process([profile(same[-1], T0 + 5)])[0][0].value["events_applied"] == 1
 
 
+def test_a_forget_in_a_partition_being_handed_over_is_erased_only_once_a_snapshot_holds_it(
+        compiled, tmp_path):
+    """The partition was not snapshotted here (its new owner does that), yet its records
+    were cut from the journal: a crash before the move finished brought the forgotten
+    customer back from the older snapshot."""
+    clock = Clock()
+    s = shard(compiled, store=DirectoryStore(tmp_path), clock=clock)
+    s.process([event("ana", "page_view", T0, category="home")])
+    s.checkpoint(float("inf"), N_PARTITIONS)  # a snapshot that holds ana
+    p = p_of("ana")
+    s.process([forget("ana")])
+    s.freeze([p], 2)  # being handed over
+    assert s.erase() == 0  # not yet
+    s.close()  # a crash before the new owner took it
+    again = rebuilt(s, clock)
+    assert isinstance(again.process([profile("ana", clock.now)])[0][0], Missing)
+    again.freeze([p], 3)
+    again.release([p])  # moved: the new owner's snapshot holds it
+    assert again.erase() == 2  # ana's event and her forget, dropped from this journal
+    assert not [r for _, r in again.journal.replay()]
+
+
 def test_forget_drops_the_customers_decisions_from_the_memo(compiled):
     s = shard(compiled)
     s.process([event("ana", "app_open", T0), event("bob", "app_open", T0)])
