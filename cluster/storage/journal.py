@@ -24,7 +24,10 @@ a sync that started after it was written). A failed fsync (a sync's, a roll's, a
 makes the journal refuse appends and syncs for good, as does closing it with batches unsynced;
 `close()` then cuts what was written after the last good sync (none of it was acknowledged).
 "os" leaves the flush to the operating system (survives a process crash, not a power cut);
-"off" journals nothing (recovery then has only snapshots).
+"off" journals nothing (recovery then has only snapshots), and takes no LSNs: snapshots and
+homes written under "off" carry the last LSN written before, so records journaled after a
+restart under another policy continue above every LSN they name (had LSNs run on in memory,
+the journal would start again below them, and replay would skip acknowledged records).
 
 A crash can leave half a frame at the end of the last segment: opening the journal cuts the
 file back to its last whole frame (that batch was never acknowledged). A failed write (disk
@@ -107,9 +110,7 @@ class Journal:
         if self.failed is not None:
             raise OSError(f"the journal failed earlier: {self.failed}")
         if not records or self.policy == "off":
-            self.last_lsn += len(records)
-            self.synced_lsn = self.last_lsn
-            return self.last_lsn
+            return self.last_lsn  # nothing written: no LSN taken (see the policies above)
         first = self.last_lsn + 1
         data = frame(first, records)
         if self._fd is None or self._size >= self.segment_bytes:

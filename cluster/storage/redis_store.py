@@ -100,8 +100,7 @@ class RedisJournal:
     @_unavailable("appending to the journal")
     def append(self, records: list[Any], sync: bool = True) -> int:
         if not records or self.policy == "off":
-            self.last_lsn += len(records)
-            return self.last_lsn
+            return self.last_lsn  # no LSN taken for what is not written (journal.py)
         first, last = self.last_lsn + 1, self.last_lsn + len(records)
         batch = pack_batch(first, records)
         check_frame(len(batch), first, len(records))  # the same limit as a directory's

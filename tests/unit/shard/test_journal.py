@@ -57,7 +57,7 @@ def test_one_fsync_per_batch(tmp_path, monkeypatch):
 
 def test_policy_off_writes_nothing_and_a_bad_policy_is_refused(tmp_path):
     j = Journal(tmp_path, policy="off")
-    assert j.append(records(0, 3)) == 3
+    assert j.append(records(0, 3)) == 0  # and takes no LSNs
     assert list(j.replay()) == []
     with pytest.raises(ValueError, match="journal policy must be one of fsync, os, off"):
         Journal(tmp_path, policy="sometimes")
@@ -438,3 +438,35 @@ def test_a_zero_filled_tail_from_a_power_cut_is_cut_kept_and_never_misread(tmp_p
     assert [lsn for lsn, _ in j.replay()] == [1, 2, 3]
     assert (tmp_path / "quarantine" / f"{4:020d}.torn").exists()
     assert j.append(records(3, 1)) > 3
+
+
+def test_records_journaled_after_running_with_the_journal_off_are_never_skipped(tmp_path,
+                                                                                compiled):
+    """Under "off" LSNs ran on in memory and snapshots named them; restarted under "fsync",
+    the journal began again at 1, and replay skipped every record the snapshot's LSN
+    covered: acknowledged events lost."""
+    from kairos.cluster.shard.shard import Shard
+    from kairos.cluster.storage.directory_store import DirectoryStore
+    from tests.unit.shard.test_shard import N_PARTITIONS, T0, Clock, event, profile
+    clock = Clock()
+
+    def started(policy: str) -> Shard:
+        s = Shard("s0", compiled, range(N_PARTITIONS), N_PARTITIONS,
+                  store=DirectoryStore(tmp_path), clock=clock, journal_policy=policy)
+        s.recover()
+        return s
+
+    def applied(s: Shard) -> int:
+        return s.process([profile("ana", T0 + 200)])[0][0].value["events_applied"]
+
+    s = started("off")
+    for i in range(50):
+        s.process([event("ana", "page_view", T0 + i, category="home")])
+    s.snapshot()
+    s.close()
+    s = started("fsync")
+    for i in range(10):
+        s.process([event("ana", "page_view", T0 + 100 + i, category="home")])
+    assert applied(s) == 60
+    s.close()  # a crash: the snapshot has 50, the journal the 10 since
+    assert applied(started("fsync")) == 60
