@@ -6,6 +6,12 @@ when the shard holds more than its resident limit (least recent first). Residenc
 members of each partition (in memory; a partition's snapshot and handoff are its members),
 the recency order, and the customers' timers.
 
+A home is sealed (storage/sealed.py: a BLAKE2b checksum), so damage is seen, not misread. A
+damaged one (`HomeDamaged`) is found before a round's handlers run (`probe`): that customer's
+requests are refused and the round goes on for everyone else; its home stays as it is for an
+operator to restore or remove (README, "Corruption"). Homes written before they were sealed
+are read unchecked.
+
 A customer's state outside the profile table travels with it in its block's extras: its
 armed timers (kept here), and the state of the parts registered as `CustomerState` (its
 watches, its aliases and links). Loading a block replaces what a customer had here; folding
@@ -13,6 +19,7 @@ one (an anonymous profile merged in) adds to it.
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Iterable, Protocol, Sequence
 
@@ -23,8 +30,15 @@ from kairos.cluster.shard.journaling import Journaling
 from kairos.cluster.shard.ownership import Ownership
 from kairos.cluster.shard.timers import Timers
 from kairos.cluster.storage import blocks
+from kairos.cluster.storage.sealed import seal, unseal
+from kairos.cluster.storage.store import StoreCorrupt
 
+log = logging.getLogger("kairos.shard")
 MERGING = "\x00merging"  # the transient id of a profile being folded into another
+
+
+class HomeDamaged(StoreCorrupt):
+    """A customer's home fails its checksum, or does not read as a customer block."""
 
 
 class CustomerState(Protocol):
@@ -56,6 +70,8 @@ class Residency:
         # passivate need not walk `recent` before this (its oldest entry falls idle then)
         self._quiet_until = -math.inf
         self.timers = Timers()
+        self._homeless: set[str] = set()  # found with no home this round (`probe`)
+        self._damaged: set[str] = set()  # customers whose damaged home was logged
 
     def activate(self, customer_id: str, partition: int, create: bool = True,
                  stored: bool = True) -> bool:
@@ -65,10 +81,11 @@ class Residency:
         becomes a resident here."""
         if customer_id not in self._ctx.engine.table:
             # a home waiting to be deleted belongs to a customer taken or forgotten
-            stored = stored and customer_id not in self._journaling.deletes.get(partition, ())
+            stored = stored and customer_id not in self._homeless and \
+                customer_id not in self._journaling.deletes.get(partition, ())
             blob = self._ctx.store.get(partition, customer_id) if stored else None
             if blob is not None:
-                self.load(blocks.unpack(blob))
+                self._load_home(blob, partition)
                 self._ctx.counts["activations"] += 1
             elif not create:
                 return False
@@ -78,6 +95,35 @@ class Residency:
         self.recent.pop(customer_id, None)
         self.recent[customer_id] = self._ctx.clock()
         return True
+
+    def _load_home(self, blob: bytes, partition: int) -> None:
+        try:
+            # a block is validated whole before anything of it is loaded
+            self.load(blocks.unpack(unseal(blob, "a customer's home")[0]))
+        except (StoreCorrupt, blocks.BlockCorrupt) as exc:
+            raise HomeDamaged(f"this customer's stored profile (partition {partition}) is "
+                              f"damaged: {exc}") from None
+
+    def probe(self, customer_id: str, partition: int) -> str | None:
+        """Before a round's handlers run: load the customer from its home if it has one.
+        Why its requests are refused if the home is damaged (logged once), else None."""
+        if customer_id in self._ctx.engine.table or customer_id in self._homeless:
+            return None
+        try:
+            if not self.activate(customer_id, partition, create=False):
+                self._homeless.add(customer_id)  # the handlers need not ask the store again
+        except HomeDamaged as exc:
+            if customer_id not in self._damaged:
+                self._damaged.add(customer_id)
+                self._ctx.counts["damaged_homes"] += 1
+                log.error("%s: %s; its requests are refused until the home is restored or "
+                          "removed (README, Corruption)", self._ctx.name, exc)
+            return str(exc)
+        return None
+
+    def round_done(self) -> None:
+        """Homes may appear between rounds (passivation, handoffs): ask the store again."""
+        self._homeless.clear()
 
     def passivate(self, now: float) -> int:
         """Send idle customers (and the least recent, past the resident limit) to the store.
@@ -110,7 +156,7 @@ class Residency:
             # a new profile under a forgotten id: its home replaces the old one, which must
             # then not be deleted (the records that said so are durable since the sync)
             self._journaling.deletes.get(p, set()).discard(customer_id)
-            self._ctx.store.put(p, customer_id, blocks.pack(self.export([customer_id])))
+            self._ctx.store.put(p, customer_id, seal(blocks.pack(self.export([customer_id]))))
             self.evict(customer_id, p)
         for customer_id in kept:  # idle but waiting for a timer: look again next round
             self.recent[customer_id] = self.recent.pop(customer_id)

@@ -159,13 +159,16 @@ class Shard:
         kinds = [None if isinstance(r, Invalid) else r.kind for r in typed]
         replies: list[Reply | None] = [None if kind else r for r, kind in zip(typed, kinds)]
         touched: dict[str, float] = {}  # customer -> latest change in the round, for watches
-        for kind, run in itertools.groupby(range(len(typed)), kinds.__getitem__):
-            if kind is None:
-                continue
-            admitted = self._admitted(kind, typed, routed, run, replies)
-            answers = self._handlers[kind]([typed[k] for k in admitted], touched)
-            for k, reply in zip(admitted, answers):
-                replies[k] = reply
+        try:
+            for kind, run in itertools.groupby(range(len(typed)), kinds.__getitem__):
+                if kind is None:
+                    continue
+                admitted = self._admitted(kind, typed, routed, run, replies)
+                answers = self._handlers[kind]([typed[k] for k in admitted], touched)
+                for k, reply in zip(admitted, answers):
+                    replies[k] = reply
+        finally:
+            self.residency.round_done()
         return replies, touched
 
     def _admitted(self, kind: str, requests: list[Request], routed: Sequence[int] | None,
@@ -181,6 +184,9 @@ class Shard:
             if reply is None and redirects:
                 target = self.directory.redirect_of(request.customer_id)
                 reply = None if target is None else Merged(customer_id=target)
+            if reply is None and kind in CUSTOMER_KINDS:
+                damaged = self.residency.probe(request.customer_id, request.partition)
+                reply = None if damaged is None else protocol.Unavailable(reason=damaged)
             if reply is None:
                 admitted.append(k)
             else:

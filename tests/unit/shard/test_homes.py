@@ -1,0 +1,52 @@
+"""Customers' homes in the store: sealed, so damage is seen rather than misread, and a damaged
+one refuses its customer's requests only (the round goes on for everyone else)."""
+from __future__ import annotations
+
+import hashlib
+
+import msgpack
+
+from kairos.cluster.protocol import Unavailable
+from kairos.cluster.storage import blocks
+from kairos.cluster.storage.directory_store import DirectoryStore
+from kairos.cluster.storage.sealed import DIGEST, MAGIC
+from tests.unit.shard.test_shard import T0, Clock, event, p_of, profile, shard
+
+
+def home_file(tmp_path, customer: str):
+    name = hashlib.blake2b(customer.encode(), digest_size=16).hexdigest()
+    return tmp_path / "customers" / f"p{p_of(customer)}" / f"{name}.blk"
+
+
+def passivated(compiled, tmp_path, *customers: str):
+    clock = Clock()
+    s = shard(compiled, store=DirectoryStore(tmp_path), clock=clock)
+    s.process([event(c, "page_view", T0, category="home") for c in customers])
+    s.passivate(clock.now + 10**6)  # they live in their homes only
+    return s, clock
+
+
+def test_a_damaged_home_refuses_its_customer_and_the_round_goes_on(compiled, tmp_path):
+    s, clock = passivated(compiled, tmp_path, "ana", "bob")
+    path = home_file(tmp_path, "ana")
+    data = bytearray(path.read_bytes())
+    data[-20] ^= 0x40  # a bit flip that still decodes: only the checksum sees it
+    path.write_bytes(bytes(data))
+    replies, _ = s.process([event("ana", "page_view", T0 + 1, category="home"),
+                            event("bob", "page_view", T0 + 1, category="home")])
+    assert isinstance(replies[0], Unavailable) and "damaged" in replies[0].reason
+    assert replies[1].status == "ok"
+    assert s.process([profile("bob", clock.now)])[0][0].value["events_applied"] == 2
+    assert s.stats()["damaged_homes"] == 1
+    path.unlink()  # the operator's way out: the customer starts again
+    assert s.process([profile("ana", clock.now)])[0][0].status == "missing"
+
+
+def test_a_home_written_before_homes_were_sealed_is_still_read(compiled, tmp_path):
+    s, clock = passivated(compiled, tmp_path, "ana")
+    path = home_file(tmp_path, "ana")
+    customer_id, blob = msgpack.unpackb(path.read_bytes(), raw=False)
+    payload = blob[len(MAGIC) + DIGEST:]
+    assert blocks.unpack(payload)["ids"] == ["ana"]
+    path.write_bytes(msgpack.packb([customer_id, payload], use_bin_type=True))
+    assert s.process([profile("ana", clock.now)])[0][0].value["events_applied"] == 1
