@@ -72,7 +72,7 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
 
     async def Ingest(self, request: pb.Event, context) -> pb.IngestAck:
         try:
-            check_channel(request.channel)
+            check_event(request)
             checked = await self.gateway.checked(
                 lambda catalog: requests.event_request(request, catalog))
             return await self._ingest(request, checked, "", self.gateway.timeout(context))
@@ -130,7 +130,7 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
                 where = f"events[{n}]."
                 n += 1
                 try:
-                    check_channel(event.channel)
+                    check_event(event)
                     self.gateway.check_capacity()
                     item = self._route(event, requests.event_request(event, catalog, where),
                                        where, context)
@@ -189,6 +189,8 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
                                            f"{len(request.events)}")
             for channel in {event.channel for event in request.events}:
                 check_channel(channel)
+            if any(event.decide_placement for event in request.events):
+                check_decide()
             checked = await self.gateway.checked(lambda catalog: [
                 requests.event_request(event, catalog, f"events[{n}].")
                 for n, event in enumerate(request.events)])
@@ -300,6 +302,21 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
                     yield wire.decision_out(decision, catalog.agent_texts)
         except Exception as exc:
             await abort(context, exc)
+
+
+def check_event(event: pb.Event) -> None:
+    """The key may send the event: its channel, and the decision it asks for, if any."""
+    check_channel(event.channel)
+    if event.decide_placement:
+        check_decide()
+
+
+def check_decide() -> None:
+    """An event's decide_placement asks for a decision: the key needs the decide scope too
+    (an ingest-only key got decisions through it)."""
+    if not has_scope("decide"):
+        raise Denied(True, "decide_placement asks for a decision, which needs a key with the "
+                           "'decide' scope")
 
 
 def _ack_out(event: pb.Event, ack: protocol.EventAck) -> pb.IngestAck:

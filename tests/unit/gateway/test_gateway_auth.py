@@ -37,7 +37,9 @@ def secret(scope: str, channel: str | None = None) -> str:
 KEYS = "keys:\n" + "".join(
     f"  - {{key: '{secret(scope, channel)}', name: {scope}-{channel or 'any'}, "
     f"scopes: ['{scope}']" + (f", channel: {channel}" if channel else "") + "}\n"
-    for scope in SCOPES for channel in (None, "web"))
+    for scope in SCOPES for channel in (None, "web")) + \
+    "  - {key: 'ingest-decide-key-0123456789', name: ingest-decide, " \
+    "scopes: ['ingest', 'decide']}\n"
 DENIED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 # what a call that got past auth may answer with the requests below (empty ones, or ones that
 # only name a channel): it was checked, and refused for its content, or served
@@ -186,6 +188,31 @@ def test_a_web_key_cannot_change_consent_through_an_event_without_a_channel(serv
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert err.value.details() == ("key 'ingest-web' is for channel 'web', and the request "
                                        "names no channel (rule: channel must match)")
+
+
+def test_an_event_that_asks_for_a_decision_needs_the_decide_scope_too(served):
+    _, channel = served
+    ingest = channel.unary_unary("/kairos.v1.DecisionService/Ingest",
+                                 request_serializer=pb.Event.SerializeToString,
+                                 response_deserializer=pb.IngestAck.FromString)
+    batch = channel.unary_unary("/kairos.v1.DecisionService/IngestBatch",
+                                request_serializer=pb.EventBatch.SerializeToString,
+                                response_deserializer=pb.EventBatchAck.FromString)
+    stream = channel.stream_stream("/kairos.v1.DecisionService/IngestStream",
+                                   request_serializer=pb.Event.SerializeToString,
+                                   response_deserializer=pb.IngestAck.FromString)
+    asking = pb.Event(customer_id="asks-1", type="app_open", channel="web",
+                      decide_placement="hero")
+    only_ingest = (("x-api-key", secret("ingest")),)
+    for call in (lambda: ingest(asking, timeout=5, metadata=only_ingest),
+                 lambda: batch(pb.EventBatch(events=[asking]), timeout=5, metadata=only_ingest),
+                 lambda: list(stream(iter([asking]), timeout=5, metadata=only_ingest))):
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "'decide' scope" in err.value.details()
+    both = (("x-api-key", "ingest-decide-key-0123456789"),)
+    assert ingest(asking, timeout=5, metadata=both).decision.channel == "web"
 
 
 def test_a_channel_bound_key_reads_its_channels_decision_and_interactions_only(served):
