@@ -137,11 +137,18 @@ class RedisJournal:
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
             raise StoreCorrupt(f"redis: journal {self.key}: the batch scored {int(score)} "
                                f"does not decode ({exc})") from None
-        if first + len(records) - 1 != int(score) or expect not in (None, first):
+        if first + len(records) - 1 != int(score) or \
+                expect not in (None, first) and not self._quarantined(first - 1):
             raise StoreCorrupt(f"redis: journal {self.key}: the batch scored {int(score)} "
                                f"holds LSNs {first}-{first + len(records) - 1}, after LSN "
                                f"{'?' if expect is None else expect - 1}")
         return first, records, journal_format
+
+    @_unavailable("reading the journal's quarantine")
+    def _quarantined(self, score: int) -> bool:
+        """Whether an operator moved the batch ending at LSN `score` into the quarantine
+        (README, "Corruption"): the gap it leaves is accepted."""
+        return self.r.zcount(f"{self.key}:quarantine", score, score) > 0
 
     @_unavailable("reading the journal")
     def _page(self, low: str) -> list:

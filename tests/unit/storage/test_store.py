@@ -168,3 +168,15 @@ def test_a_redis_journal_batch_that_does_not_follow_on_or_decode_is_corrupt(redi
     with pytest.raises(StoreCorrupt, match="the batch scored 4 does not decode"):
         list(j.replay())
     assert [lsn for lsn, _ in j.replay(after_lsn=4)] == []
+    j.last_lsn = 4  # as if the damaged batch had been appended
+    j.append([("event", 1, "ana", 5)])
+    # the way out (README): the damaged batch moved into the quarantine, keeping its score
+    j.r.eval(QUARANTINE, 1, j.key, 4)
+    assert [lsn for lsn, _ in j.replay()] == [1, 2, 3, 5]
+    assert j.r.zcard(j.key + ":quarantine") == 1
+
+
+# README's command for moving a damaged batch (named by its score) into the quarantine
+QUARANTINE = ("local m = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1]) "
+              "for _, v in ipairs(m) do redis.call('ZADD', KEYS[1] .. ':quarantine', ARGV[1], v) "
+              "redis.call('ZREM', KEYS[1], v) end return #m")
