@@ -6,6 +6,7 @@ Keys, under a prefix (default "kairos", `?prefix=` in the URL) so clusters can s
     <prefix>:s:<partition>       string: the partition's snapshot
     <prefix>:j:<shard>           sorted set: journal batches, scored by their last LSN
     <prefix>:j:<shard>:last      string: the journal's last LSN (survives truncation)
+    <prefix>:j:<shard>:quarantine  sorted set: damaged batches an operator moved aside
     <prefix>:m:<key>             string: meta
     <prefix>:d:<shard>           sorted set: the shard's decision log, entries scored by time
     <prefix>:d:<shard>:bytes     string: the log's size, as decision_logs.py counts it
@@ -15,7 +16,8 @@ A journal batch is one member, msgpack `[first lsn, records, format]` (frames.py
 `pack_batch`, whose format rule and frame limit it follows), written with the last-LSN key in
 one MULTI/EXEC, so Redis holds all of a batch or none of it. Reading back, a batch that does
 not decode, whose score is not its last LSN, or whose LSNs do not follow on from the batch
-before it is StoreCorrupt (the shard stays UNAVAILABLE until the member is removed). Replay
+before it is StoreCorrupt (the shard stays UNAVAILABLE until the member is moved into the
+quarantine with its score: the gap it leaves is then accepted). Replay
 and compaction read the sorted set in pages of REPLAY_PAGE batches by score, so no single
 exchange grows with the journal (one ZRANGE of it all outlasted the socket timeout, and a
 shard's rebuild looped). Durability is the server's:
@@ -386,7 +388,8 @@ class RedisStore:
 
     @_unavailable("dropping a journal")
     def drop_journal(self, name: str) -> None:
-        self.r.delete(f"{self.prefix}:j:{name}", f"{self.prefix}:j:{name}:last")
+        key = f"{self.prefix}:j:{name}"
+        self.r.delete(key, f"{key}:last", f"{key}:quarantine")
 
     @_unavailable("writing meta")
     def put_meta(self, key: str, blob: bytes) -> None:
