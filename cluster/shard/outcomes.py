@@ -6,18 +6,18 @@ issued, a short keyed MAC (BLAKE2b) over the customer, the id, that time, the ch
 tags that follow, and per action shown a tag, the same MAC over the action instead, with a
 secret every shard reads from the store (created once, before the first shard starts). The
 first MAC is checked first, so a forger guesses one MAC per Respond whatever the id's length
-(checking the action's tag alone, an id of a thousand made-up tags was a thousand guesses).
-So any shard can check an outcome without keeping anything per decision: after restarts,
-passivation and moves, and for a customer that has no profile yet (a Decide creates none). An outcome naming a made-up id, another customer's
-decision, an action the decision did not show, another channel, or a decision issued more
-than OUTCOME_WINDOW_S ago is refused (INVALID_ARGUMENT) and changes nothing. A customer's
-outcomes past OUTCOMES_PER_CUSTOMER per OUTCOME_RATE_WINDOW_S are refused (RESOURCE_EXHAUSTED),
-so even a real decision replayed over and over steers the models at that rate at most; refused
-ones count too, so guesses at a customer's decisions are held to that rate as well.
-Outcomes that name no decision (offline feedback) are not sealed; only the gateway lets them
-through, for keys with the feedback scope. With a store the shards do not share ("memory"),
-each shard has a secret of its own: outcomes of decisions issued before their customer's
-partition moved are refused.
+(checking the action's tag alone, an id of a thousand made-up tags was a thousand guesses). So
+any shard can check an outcome without keeping anything per decision: after restarts,
+passivation and moves, and for a customer that has no profile yet (a Decide creates none). An
+outcome naming a made-up id, another customer's decision, an action the decision did not show,
+another channel, or a decision issued more than OUTCOME_WINDOW_S ago is refused
+(INVALID_ARGUMENT) and changes nothing. A customer's outcomes past OUTCOMES_PER_CUSTOMER per
+OUTCOME_RATE_WINDOW_S are refused (RESOURCE_EXHAUSTED), so even a real decision replayed over
+and over steers the models at that rate at most; refused ones count too, so guesses at a
+customer's decisions are held to that rate as well. Outcomes that name no decision (offline
+feedback) are not sealed; only the gateway lets them through, for keys with the feedback scope.
+With a store the shards do not share ("memory"), each shard has a secret of its own: outcomes
+of decisions issued before their customer's partition moved are refused.
 """
 from __future__ import annotations
 
