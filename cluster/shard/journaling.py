@@ -51,12 +51,16 @@ class Journaling:
         records, self._records = self._records, []
         if not records:
             return
+        before = self.journal.last_lsn
         try:
             last = self.journal.append(records, sync=self.sync_commits)
         except (OSError, StoreUnavailable) as exc:
             raise StoreUnavailable(f"{self._ctx.name}: journal: {exc}") from exc
         now = self._ctx.clock()
-        for lsn, record in enumerate(records, last - len(records) + 1):
+        # a journal that writes nothing (policy "off") takes no LSNs: every record is at the
+        # last one written (stamping it lower would have replay apply again what a home holds)
+        lsns = range(before + 1, last + 1) if last > before else [last] * len(records)
+        for lsn, record in zip(lsns, records):
             self.mark_dirty(record.partition, lsn, now)
             if record.kind in STAMPED:
                 self.stamp(record.customer_id, lsn)

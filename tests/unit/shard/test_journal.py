@@ -444,7 +444,8 @@ def test_records_journaled_after_running_with_the_journal_off_are_never_skipped(
                                                                                 compiled):
     """Under "off" LSNs ran on in memory and snapshots named them; restarted under "fsync",
     the journal began again at 1, and replay skipped every record the snapshot's LSN
-    covered: acknowledged events lost."""
+    covered: acknowledged events lost. And a round's records under "off" are stamped with
+    the last LSN written, not numbers below it (replay would apply them again)."""
     from kairos.cluster.shard.shard import Shard
     from kairos.cluster.storage.directory_store import DirectoryStore
     from tests.unit.shard.test_shard import N_PARTITIONS, T0, Clock, event, profile
@@ -452,21 +453,29 @@ def test_records_journaled_after_running_with_the_journal_off_are_never_skipped(
 
     def started(policy: str) -> Shard:
         s = Shard("s0", compiled, range(N_PARTITIONS), N_PARTITIONS,
-                  store=DirectoryStore(tmp_path), clock=clock, journal_policy=policy)
+                  store=DirectoryStore(tmp_path), clock=clock, journal_policy=policy,
+                  idle_s=10.0)
         s.recover()
         return s
 
     def applied(s: Shard) -> int:
         return s.process([profile("ana", T0 + 200)])[0][0].value["events_applied"]
 
+    s = started("fsync")
+    for i in range(5):
+        s.process([event("ana", "page_view", T0 + i, category="home")])  # LSNs 1-5
+    s.close()
     s = started("off")
-    for i in range(50):
-        s.process([event("ana", "page_view", T0 + i, category="home")])
-    s.snapshot()
+    for i in range(50):  # in rounds of several records, ana's first
+        s.process([event(c, "page_view", T0 + 10 + i, category="home")
+                   for c in ("ana", "bob", "cy")])
+    clock.now += 10**6
+    s.passivate(clock.now)  # homes name the LSN they hold: 5, not one below
     s.close()
     s = started("fsync")
+    assert applied(s) == 55  # the journal's LSNs 1-5 are not applied again over the home
     for i in range(10):
         s.process([event("ana", "page_view", T0 + 100 + i, category="home")])
-    assert applied(s) == 60
-    s.close()  # a crash: the snapshot has 50, the journal the 10 since
-    assert applied(started("fsync")) == 60
+    assert applied(s) == 65
+    s.close()  # a crash: the home has 55, the journal the 10 since
+    assert applied(started("fsync")) == 65
