@@ -26,14 +26,14 @@ from kairos.core.errors import InputError
 from kairos.cluster.identity import anonymous_id
 from kairos.cluster.protocol import (Busy, Decide, Event, EventAck, EventRecord, Fire,
                                      Invalid, Missing, Ok, Outcome, ReadProfile, Record, Reply,
-                                     WatchCustomer)
+                                     Unavailable, WatchCustomer)
 from kairos.cluster.shard.decisionlog import DecisionLog
 from kairos.cluster.shard.context import LEARNED_COUNT, ShardContext, touch
 from kairos.cluster.shard.journaling import Journaling
 from kairos.cluster.shard.identities import CustomerIdentities
 from kairos.cluster.shard.keys import IdempotencyKeys
 from kairos.cluster.shard.outcomes import DecisionSeal, OutcomeRate
-from kairos.cluster.shard.residency import Residency
+from kairos.cluster.shard.residency import HomeDamaged, Residency
 from kairos.cluster.shard.watches import Watches
 
 
@@ -223,14 +223,17 @@ class CustomerRequests:
                 if refusal is not None:
                     replies.append(Busy(reason=refusal))
                     continue
-                try:
-                    if o.decision_id is not None:
-                        o = o._replace(decision_id=self._seal.opened(
-                            self._issued_to(o), o.decision_id, o.channel, o.action_id))
-                except InputError as exc:
-                    replies.append(Invalid(field=exc.field, reason=exc.reason))
-                    continue
-            known = self._residency.activate(o.customer_id, o.partition, create=False)
+            try:  # nothing of the outcome is applied before its customer is loaded
+                if o.decision_id is not None and not self._journaling.replaying:
+                    o = o._replace(decision_id=self._seal.opened(
+                        self._issued_to(o), o.decision_id, o.channel, o.action_id))
+                known = self._residency.activate(o.customer_id, o.partition, create=False)
+            except InputError as exc:
+                replies.append(Invalid(field=exc.field, reason=exc.reason))
+                continue
+            except HomeDamaged as exc:
+                replies.append(Unavailable(reason=str(exc)))
+                continue
             try:
                 [learned] = self._ctx.engine.record_outcomes([(
                     o.customer_id, o.action_id, o.channel, o.outcome, o.when, o.decision_id,

@@ -234,7 +234,9 @@ class Durability:
             # not in a snapshot yet: the journal must keep it
             journaling.mark_dirty(record.partition, lsn, self._ctx.clock())
             if record.kind in STAMPED:
-                self._residency.activate(record.customer_id, record.partition, create=False)
+                damaged = self._residency.probe(record.customer_id, record.partition)
+                if damaged is not None and record.kind != "forget":
+                    continue  # not applied over nothing (a forget is: it deletes the home)
                 if journaling.holds(record.customer_id, lsn):  # its keys came with it too
                     continue
             kept.append((lsn, record))

@@ -17,11 +17,11 @@ from typing import Any
 
 from kairos.cluster.identity import Directory, link_id
 from kairos.cluster.protocol import (Bury, Claim, Conflict, Forget, Forgotten, Link, Merge, Ok,
-                                     Reply, Resolve, Retire, Settle, Take, Unlink)
+                                     Reply, Resolve, Retire, Settle, Take, Unavailable, Unlink)
 from kairos.cluster.shard.decisionlog import DecisionLog
 from kairos.cluster.shard.context import ShardContext, touch
 from kairos.cluster.shard.journaling import Journaling
-from kairos.cluster.shard.residency import Residency
+from kairos.cluster.shard.residency import HomeDamaged, Residency
 from kairos.cluster.storage import blocks
 
 
@@ -144,7 +144,12 @@ class IdentityRequests:
                 replies.append(Ok(value=state if link == r.link else None))
                 continue
             state = r.state if self._journaling.replaying else None
-            if self._residency.activate(anonymous, p, create=False):
+            try:
+                resident = self._residency.activate(anonymous, p, create=False)
+            except HomeDamaged as exc:  # its state cannot travel: the link waits
+                replies.append(Unavailable(reason=str(exc)))
+                continue
+            if resident:
                 if not self._journaling.replaying:
                     state = blocks.pack(self._residency.export([anonymous]))
                 self._residency.evict(anonymous, p)
@@ -191,13 +196,17 @@ class IdentityRequests:
         now = self._ctx.clock()
         for r in batch:
             p, customer_id = r.partition, r.customer_id
-            existed = self._residency.activate(customer_id, p, create=False)
+            try:
+                existed = resident = self._residency.activate(customer_id, p, create=False)
+            except HomeDamaged:  # forgotten all the same: its home is deleted with the rest
+                existed, resident = True, False
             aliases: list[str] = []
             if r.link is None:
                 aliases = self._directory.start_forget(p, customer_id,
                                                        self._identities.aliases(customer_id))
-            if existed:
+            if resident:
                 self._residency.evict(customer_id, p)
+            if existed:
                 self._journaling.delete_later(p, customer_id)
             self._ctx.engine.forget(customer_id)
             self._decision_log.forget(customer_id)  # replayed too: an erasure a crash cut
@@ -229,7 +238,11 @@ class IdentityRequests:
         if self._buried(r.partition, r.link):
             replies.append(_refused(r.customer_id))
             return False
-        self._residency.activate(r.customer_id, r.partition)
+        try:
+            self._residency.activate(r.customer_id, r.partition)
+        except HomeDamaged as exc:
+            replies.append(Unavailable(reason=str(exc)))
+            return False
         return True
 
     def _buried(self, partition: int, link: str) -> bool:

@@ -7,10 +7,12 @@ members of each partition (in memory; a partition's snapshot and handoff are its
 the recency order, and the customers' timers.
 
 A home is sealed (storage/sealed.py: a BLAKE2b checksum), so damage is seen, not misread. A
-damaged one (`HomeDamaged`) is found before a round's handlers run (`probe`): that customer's
-requests are refused and the round goes on for everyone else; its home stays as it is for an
-operator to restore or remove (README, "Corruption"). Homes written before they were sealed
-are read unchecked.
+damaged one (`HomeDamaged`) refuses its customer's requests and the round goes on for everyone
+else: found before a round's handlers run for events, decisions, profiles and watches
+(`probe`), and where the handlers load a customer for the others (an outcome, a link's steps;
+a forget deletes the home); replay skips its customer's records. The home stays as it is for
+an operator to restore or remove (README, "Corruption"). Homes written before they were
+sealed are read unchecked.
 
 A customer's state outside the profile table travels with it in its block's extras: its
 armed timers (kept here), and the state of the parts registered as `CustomerState` (its
@@ -85,7 +87,7 @@ class Residency:
                 customer_id not in self._journaling.deletes.get(partition, ())
             blob = self._ctx.store.get(partition, customer_id) if stored else None
             if blob is not None:
-                self._load_home(blob, partition)
+                self._load_home(blob, partition, customer_id)
                 self._ctx.counts["activations"] += 1
             elif not create:
                 return False
@@ -96,28 +98,31 @@ class Residency:
         self.recent[customer_id] = self._ctx.clock()
         return True
 
-    def _load_home(self, blob: bytes, partition: int) -> None:
+    def _load_home(self, blob: bytes, partition: int, customer_id: str) -> None:
+        """Load a home; HomeDamaged, logged and counted once a damage, if it is damaged
+        (nothing of it is loaded then: a block is validated whole first)."""
         try:
-            # a block is validated whole before anything of it is loaded
             self.load(blocks.unpack(unseal(blob, "a customer's home")[0]))
         except (StoreCorrupt, blocks.BlockCorrupt) as exc:
-            raise HomeDamaged(f"this customer's stored profile (partition {partition}) is "
-                              f"damaged: {exc}") from None
+            damaged = HomeDamaged(f"this customer's stored profile (partition {partition}) "
+                                  f"is damaged: {exc}")
+            if customer_id not in self._damaged:
+                self._damaged.add(customer_id)
+                self._ctx.counts["damaged_homes"] += 1
+                log.error("%s: %s; its requests are refused until the home is restored or "
+                          "removed (README, Corruption)", self._ctx.name, damaged)
+            raise damaged from None
+        self._damaged.discard(customer_id)  # restored: a later damage is logged again
 
     def probe(self, customer_id: str, partition: int) -> str | None:
         """Before a round's handlers run: load the customer from its home if it has one.
-        Why its requests are refused if the home is damaged (logged once), else None."""
+        Why its requests are refused if the home is damaged, else None."""
         if customer_id in self._ctx.engine.table or customer_id in self._homeless:
             return None
         try:
             if not self.activate(customer_id, partition, create=False):
                 self._homeless.add(customer_id)  # the handlers need not ask the store again
         except HomeDamaged as exc:
-            if customer_id not in self._damaged:
-                self._damaged.add(customer_id)
-                self._ctx.counts["damaged_homes"] += 1
-                log.error("%s: %s; its requests are refused until the home is restored or "
-                          "removed (README, Corruption)", self._ctx.name, exc)
             return str(exc)
         return None
 

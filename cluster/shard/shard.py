@@ -63,6 +63,9 @@ from kairos.cluster.storage.store import JournalLike, Store
 # a run of admitted requests of one kind, and the round's changed customers -> a reply each
 Handler = Callable[[list, dict[str, float]], list[Reply]]
 _TYPED = frozenset(protocol.REQUESTS.values())
+# the kinds whose handlers load their customer before anything else: a damaged home is found
+# first (residency.py `probe`); an outcome is checked before its customer is loaded
+PROBED = frozenset({"event", "decide", "profile", "watch"})
 
 
 class Shard:
@@ -184,7 +187,7 @@ class Shard:
             if reply is None and redirects:
                 target = self.directory.redirect_of(request.customer_id)
                 reply = None if target is None else Merged(customer_id=target)
-            if reply is None and kind in CUSTOMER_KINDS:
+            if reply is None and kind in PROBED:
                 damaged = self.residency.probe(request.customer_id, request.partition)
                 reply = None if damaged is None else protocol.Unavailable(reason=damaged)
             if reply is None:

@@ -6,11 +6,13 @@ import hashlib
 
 import msgpack
 
-from kairos.cluster.protocol import Unavailable
+from kairos.cluster.protocol import INVALID, Unavailable
+from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage import blocks
 from kairos.cluster.storage.directory_store import DirectoryStore
 from kairos.cluster.storage.sealed import DIGEST, MAGIC
-from tests.unit.shard.test_shard import T0, Clock, event, p_of, profile, shard
+from tests.unit.shard.test_shard import (N_PARTITIONS, T0, Clock, event, forget, outcome, p_of,
+                                        profile, shard)
 
 
 def home_file(tmp_path, customer: str):
@@ -50,3 +52,45 @@ def test_a_home_written_before_homes_were_sealed_is_still_read(compiled, tmp_pat
     assert blocks.unpack(payload)["ids"] == ["ana"]
     path.write_bytes(msgpack.packb([customer_id, payload], use_bin_type=True))
     assert s.process([profile("ana", clock.now)])[0][0].value["events_applied"] == 1
+
+
+def damage(tmp_path, customer: str) -> None:
+    path = home_file(tmp_path, customer)
+    data = bytearray(path.read_bytes())
+    data[-20] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+def test_a_customer_whose_home_is_damaged_is_forgotten_all_the_same(compiled, tmp_path):
+    s, clock = passivated(compiled, tmp_path, "ana", "bob")
+    damage(tmp_path, "ana")
+    replies, _ = s.process([forget("ana"), event("bob", "page_view", T0 + 1, category="home")])
+    assert replies[0].existed and replies[1].status == "ok"
+    s.tick()  # the forget is durable: its home goes
+    assert not home_file(tmp_path, "ana").exists()
+
+
+def test_an_outcome_for_a_damaged_home_is_refused_after_its_checks(compiled, tmp_path):
+    s, clock = passivated(compiled, tmp_path, "ana")
+    damage(tmp_path, "ana")
+    forged, _ = s.process([outcome("ana", "service_menu", "made-up")])
+    assert forged[0].status == INVALID  # refused before the store is read
+    assert s.stats().get("activations", 0) == 0
+    offline, _ = s.process([outcome("ana", "service_menu", None, kind="convert")])
+    assert isinstance(offline[0], Unavailable) and "damaged" in offline[0].reason
+
+
+def test_recovery_skips_the_records_of_a_customer_whose_home_is_damaged(compiled, tmp_path):
+    clock = Clock()
+    s = shard(compiled, store=DirectoryStore(tmp_path), clock=clock)
+    s.process([event("ana", "page_view", T0, category="home")])
+    s.passivate(clock.now + 10**6)
+    s.process([event("ana", "page_view", T0 + 1, category="home"),
+               event("bob", "page_view", T0 + 1, category="home")])
+    s.close()
+    damage(tmp_path, "ana")
+    again = Shard(s.name, compiled, list(s.owned), N_PARTITIONS,
+                  store=DirectoryStore(tmp_path), clock=clock)
+    again.recover()  # serves: bob's record applied, ana's skipped
+    assert again.process([profile("bob", clock.now)])[0][0].value["events_applied"] == 1
+    assert isinstance(again.process([profile("ana", clock.now)])[0][0], Unavailable)
