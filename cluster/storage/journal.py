@@ -143,9 +143,6 @@ class Journal:
                 return
             if self.failed is not None:
                 raise OSError(f"the journal failed earlier: {self.failed}")
-            if self._fd is None:  # closed, or a roll failed: nothing can make them durable
-                raise OSError(f"the journal was closed with LSNs {self.synced_lsn + 1}-{upto} "
-                              "not synced")
             self._fsync()
             if upto > self.synced_lsn:
                 self.synced_lsn, self._synced_size = upto, size
@@ -165,12 +162,12 @@ class Journal:
             if self._fd is not None:
                 if self.policy == "fsync" and self.synced_lsn < self.last_lsn:
                     self._fsync()  # a sync never spans two segments
+                self.synced_lsn = self.last_lsn
                 fd, self._fd = self._fd, None  # never a closed number, whatever follows
                 os.close(fd)
             path = self.directory / f"{self.last_lsn + 1:020d}{SUFFIX}"
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
             self._size = self._synced_size = os.fstat(self._fd).st_size
-            self.synced_lsn = self.last_lsn
             if self.policy == "fsync":
                 fsync_directory(self.directory)  # the new file's name must survive a crash
 
@@ -253,9 +250,14 @@ class Journal:
         return dropped
 
     def close(self) -> None:
+        """Close the segment. Batches no sync covered are cut (none was acknowledged), and
+        the journal takes no more appends or syncs: nothing could make them durable now."""
         with self._lock:
             if self._fd is None:
                 return
+            if self.failed is None and self.synced_lsn < self.last_lsn:
+                self.failed = OSError(f"closed with LSNs {self.synced_lsn + 1}-"
+                                      f"{self.last_lsn} not synced")
             if self.failed is not None:  # written after the last good sync: never acked
                 os.ftruncate(self._fd, self._synced_size)
             os.close(self._fd)

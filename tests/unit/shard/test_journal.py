@@ -226,6 +226,9 @@ def test_a_sync_after_closing_acknowledges_nothing_it_did_not_sync(tmp_path, mon
     j.close()
     with pytest.raises(OSError, match="closed with LSNs 6-10 not synced"):
         j.sync()
+    with pytest.raises(OSError, match="closed with LSNs 6-10 not synced"):
+        j.append(records(10, 1))  # a new segment would have let a sync cover 6-10
+    assert [r for _, r in Journal(tmp_path).replay()] == records(0, 5)  # never acknowledged
 
 
 def test_a_roll_that_cannot_open_its_segment_keeps_no_closed_descriptor(tmp_path,
