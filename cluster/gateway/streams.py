@@ -14,6 +14,7 @@ is refused (Busy: RESOURCE_EXHAUSTED).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from typing import AsyncIterator, Awaitable, Callable, NamedTuple
 
@@ -82,6 +83,8 @@ class Watches:
             watched.streams.discard(stream)
             if not watched.streams and self._watched.get(watch) is watched:
                 del self._watched[watch]
+                with contextlib.suppress(Exception):  # its failure was its streams' to see
+                    await watched.registration  # so the unregistration cannot overtake it
                 await self._register(watch, False)
 
     async def _register(self, watch: Watch, active: bool) -> None:

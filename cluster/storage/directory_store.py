@@ -54,6 +54,7 @@ class DirectoryStore:
         self.root = Path(directory)
         self.url = str(self.root)
         self.fsync = fsync
+        self._unsynced: set[Path] = set()  # directories whose fsync after a delete failed
         try:
             make_private_dir(self.root)
             for sub in ("customers", "snapshots", "journals", "meta", "decisions"):
@@ -90,15 +91,23 @@ class DirectoryStore:
             raise StoreUnavailable(f"reading a customer: {exc}") from exc
 
     def delete(self, partition: int, customer_id: str) -> None:
+        """Delete a home, durably: a delete retried after its directory's fsync failed finds
+        no file, and syncs the directory all the same."""
         path = self._home(partition, customer_id)
         try:
             path.unlink()
-            if self.fsync:
-                fsync_directory(path.parent)
         except FileNotFoundError:
-            return
+            if path.parent not in self._unsynced:
+                return
         except OSError as exc:
             raise StoreUnavailable(f"deleting a customer: {exc}") from exc
+        if self.fsync:
+            try:
+                fsync_directory(path.parent)
+            except OSError as exc:
+                self._unsynced.add(path.parent)
+                raise StoreUnavailable(f"deleting a customer: {exc}") from exc
+            self._unsynced.discard(path.parent)
 
     def take_partition(self, partition: int) -> dict[str, bytes]:
         out = {}

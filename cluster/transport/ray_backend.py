@@ -104,7 +104,8 @@ class RayBackend:
                     return await ref
                 except asyncio.CancelledError:
                     if poll:
-                        ray.cancel(ref)
+                        with contextlib.suppress(Exception):  # the actor may be gone
+                            ray.cancel(ref)
                     raise
         except TimeoutError as exc:
             raise Unavailable(f"{name}: no answer within {timeout_s:g} s") from exc
@@ -172,7 +173,6 @@ class RayBackend:
             raise NotSent(f"{name}: no connection: {exc!r}") from exc
         try:
             raw = await connection.call(session, seq, requests, routed)
-            return [reply_from(reply, request.kind) for reply, request in zip(raw, requests)]
         except ShardFailed as exc:  # that call only: the connection is fine
             raise Unavailable(f"{name}: {exc}") from exc
         except (TypeError, OverflowError) as exc:  # a value msgpack cannot carry: nothing sent
@@ -183,6 +183,8 @@ class RayBackend:
             if isinstance(exc, Unavailable):
                 raise
             raise Unavailable(f"{name}: {exc}") from exc
+        # outside the try: a reply that does not read is not a batch that was never sent
+        return [reply_from(reply, request.kind) for reply, request in zip(raw, requests)]
 
     async def close(self) -> None:
         for name in list(self._planes):

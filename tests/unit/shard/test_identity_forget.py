@@ -111,6 +111,7 @@ def test_a_home_delete_that_fails_is_tried_again_and_the_others_are_not_dropped(
     assert set(s.journaling.deletes[p]) == set(same)  # none is forgotten by the shard
     s.durability.delete_homes()  # the next tick's try
     assert all(s.store.get(p, c) is None for c in same) and not s.journaling.deletes
+    assert len(calls) == 4  # once for each, the one whose sync failed too
     s.process([event(same[-1], "page_view", T0 + 5, category="home")])
     assert s.process([profile(same[-1], T0 + 5)])[0][0].value["events_applied"] == 1
 
