@@ -130,7 +130,8 @@ def test_decide_rejects_bad_requests(stubs, request_, field):
     (event("b1", "app_open", channel="fax"), "channel: unknown channel 'fax'"),
     (pb.Event(customer_id="b1", type="app_open", time={"seconds": 1, "nanos": -5}),
      "time: nanos must be in 0..999999999"),
-    (event("b1", "app_open", when=5e9), "time: timestamp"),
+    (event("b1", "app_open", when=-1e9), "time: timestamp"),  # before 1970
+    (event("b1", "app_open", when=5e9), "time: "),  # 2128: ahead of the gateway's clock
 ])
 def test_bad_events_are_rejected_and_touch_nothing(stubs, bad, message):
     decisions, _ = stubs
