@@ -29,6 +29,7 @@ returns (journaling.py).
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import time
 from collections import Counter
@@ -63,6 +64,7 @@ from kairos.cluster.storage.store import JournalLike, Store
 # a run of admitted requests of one kind, and the round's changed customers -> a reply each
 Handler = Callable[[list, dict[str, float]], list[Reply]]
 _TYPED = frozenset(protocol.REQUESTS.values())
+log = logging.getLogger("kairos.shard")
 # the kinds whose handlers load their customer before anything else: a damaged home is found
 # first (residency.py `probe`); an outcome is checked before its customer is loaded
 PROBED = frozenset({"event", "decide", "profile", "watch"})
@@ -136,9 +138,16 @@ class Shard:
         must be rebuilt from the store.
         """
         replies, touched = self._dispatch(requests, routed)
+        written_after = self.journal.last_lsn
         self.journaling.commit()
-        pushes = self._sealed(self.watches.changes(touched), touched)
-        self.decision_log.flush()
+        try:
+            pushes = self._sealed(self.watches.changes(touched), touched)
+            self.decision_log.flush()
+        except Exception:  # answered UNAVAILABLE, and this Shard is rebuilt from the store:
+            if not self.journal.retract(written_after):  # its records must not come back
+                log.warning("%s: a failed round's records were synced with earlier rounds'; "
+                            "the rebuild applies them", self.name)
+            raise
         return replies, pushes
 
     def _sealed(self, pushes: list[Push], touched: dict[str, float]) -> list[Push]:

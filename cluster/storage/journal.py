@@ -98,6 +98,7 @@ class Journal:
         self._fd: int | None = None
         self._size = 0
         self._synced_size = 0  # of the current segment
+        self._before_last: tuple[int, int] | None = None  # (LSN, size) before the last append
         self._lock = threading.Lock()  # a sync against rolling, compacting and closing
         self._recover_tail()
         self.synced_lsn, self._synced_size = self.last_lsn, self._size
@@ -125,6 +126,7 @@ class Journal:
             raise
         if sync and self.policy == "fsync":
             self._fsync()
+        self._before_last = (self.last_lsn, self._size)
         self._size += len(data)
         self.last_lsn += len(records)
         if sync or self.policy != "fsync":
@@ -146,6 +148,23 @@ class Journal:
             self._fsync()
             if upto > self.synced_lsn:
                 self.synced_lsn, self._synced_size = upto, size
+
+    def retract(self, after_lsn: int) -> bool:
+        """Take back the last batch, appended after `after_lsn`, unless a sync covered it:
+        its round failed once it was written, and is answered UNAVAILABLE, so replay must not
+        apply it. Whether nothing after `after_lsn` is left."""
+        with self._lock:
+            if self.last_lsn == after_lsn:
+                return True
+            if self._before_last is None or self._before_last[0] != after_lsn or \
+                    self._fd is None or self.policy == "fsync" and self.synced_lsn > after_lsn:
+                return False
+            self.last_lsn, self._size = self._before_last
+            self.synced_lsn, self._synced_size = min(self.synced_lsn, after_lsn), \
+                min(self._synced_size, self._size)
+            self._before_last = None
+            os.ftruncate(self._fd, self._size)
+            return True
 
     def _fsync(self) -> None:
         """fsync the segment being appended. One that fails makes the journal refuse appends

@@ -40,6 +40,11 @@ class MemoryJournal:
         self.records = [(lsn, r) for lsn, r in self.records if lsn > upto_lsn]
         return before - len(self.records)
 
+    def retract(self, after_lsn: int) -> bool:
+        self.records = [(lsn, r) for lsn, r in self.records if lsn <= after_lsn]
+        self.last_lsn = after_lsn
+        return True
+
     def compact(self, drop: Callable[[Any], bool],
                 decode: Callable[[Any, int], Any] | None = None) -> int:
         gone = {lsn for lsn, r in self.records if r is not None and

@@ -113,6 +113,19 @@ class RedisJournal:
         self.last_lsn = last
         return last
 
+    @_unavailable("taking back a batch")
+    def retract(self, after_lsn: int) -> bool:
+        """Take back the last batch, appended after `after_lsn` (journal.py's `retract`; a
+        batch here is durable as soon as it is written, so it is always taken back)."""
+        if self.last_lsn == after_lsn:
+            return True
+        with self.r.pipeline(transaction=True) as tx:
+            tx.zremrangebyscore(self.key, self.last_lsn, self.last_lsn)
+            tx.set(f"{self.key}:last", after_lsn)
+            tx.execute()
+        self.last_lsn = after_lsn
+        return True
+
     def replay(self, after_lsn: int = 0, decode: Decode | None = None
                ) -> Iterator[tuple[int, Any]]:
         low, expect = f"({after_lsn}", None

@@ -79,6 +79,10 @@ class JournalLike(Protocol):
 
     def truncate(self, upto_lsn: int) -> int: ...
 
+    def retract(self, after_lsn: int) -> bool:
+        """Take back the last batch, appended after `after_lsn`, if it is not yet durable
+        for good (its round failed once it was written); whether nothing after it is left."""
+
     def compact(self, drop: Callable[[Any], bool],
                 decode: Callable[[Any, int], Any] | None = None) -> int:
         """Drop the records `drop` selects (seen through `decode`, as in `replay`), leaving

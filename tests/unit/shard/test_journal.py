@@ -482,3 +482,37 @@ def test_records_journaled_after_running_with_the_journal_off_are_never_skipped(
     assert applied(s) == 65
     s.close()  # a crash: the home has 55, the journal the 10 since
     assert applied(started("fsync")) == 65
+
+
+@pytest.mark.parametrize("policy", ["fsync", "os"])
+def test_a_round_that_fails_once_its_records_are_written_leaves_none_for_replay(
+        tmp_path, compiled, policy):
+    """It is answered UNAVAILABLE and the shard rebuilt: replaying its records applied what
+    nobody was told had happened."""
+    from kairos.cluster.shard.shard import Shard
+    from kairos.cluster.storage.directory_store import DirectoryStore
+    from tests.unit.shard.test_shard import N_PARTITIONS, T0, Clock, event, profile
+    clock = Clock()
+
+    def started() -> Shard:
+        s = Shard("s0", compiled, range(N_PARTITIONS), N_PARTITIONS,
+                  store=DirectoryStore(tmp_path), clock=clock, journal_policy=policy)
+        s.sync_commits = False  # as under ShardHost: a round is synced after it returns
+        s.recover()
+        return s
+
+    s = started()
+    s.process([event("ana", "app_open", T0)])
+    s.journal.sync()
+
+    def failing_flush():
+        raise RuntimeError("a bug in the decision log")
+
+    s.decision_log.flush = failing_flush
+    with pytest.raises(RuntimeError):
+        s.process([event("ana", "app_open", T0 + 1), event("bob", "app_open", T0 + 1)])
+    s.journal.sync()  # as ShardHost does for the dropped Shard's earlier rounds
+    s.close()
+    again = started()
+    assert again.process([profile("ana", T0 + 2)])[0][0].value["events_applied"] == 1
+    assert again.process([profile("bob", T0 + 2)])[0][0].status == "missing"

@@ -155,6 +155,16 @@ def test_redis_compaction_reads_the_journal_in_pages(redis_server, monkeypatch):
     assert [lsn for lsn, _ in kept] == list(range(1, 1201, 2))
 
 
+def test_a_redis_journal_takes_back_its_last_batch(redis_server):
+    j = open_store(f"{redis_server.url}?prefix=retract").journal("s0", "fsync")
+    j.append([("event", 1, "ana", 1)])
+    j.append([("event", 1, "ana", 2), ("event", 1, "bob", 3)])
+    assert j.retract(1) and j.last_lsn == 1
+    again = open_store(f"{redis_server.url}?prefix=retract").journal("s0", "fsync")
+    assert again.last_lsn == 1 and [lsn for lsn, _ in again.replay()] == [1]
+    assert again.append([("event", 1, "ana", 2)]) == 2
+
+
 def test_a_redis_journal_batch_that_does_not_follow_on_or_decode_is_corrupt(redis_server):
     store = open_store(f"{redis_server.url}?prefix=corrupt")
     j = store.journal("s0", "os")
