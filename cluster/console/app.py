@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
+import weakref
 from dataclasses import dataclass
 from typing import AsyncIterator
 from urllib.parse import urlencode, urlsplit
@@ -49,6 +50,7 @@ MAX_ID_LENGTH = 256  # the gateway's cap on customer ids and alias values
 MAX_BODY_BYTES = 1 << 20  # the gateway's message limit: no form needs more
 # each live page holds a watch per channel on the gateway
 MAX_STREAMS_PER_SESSION = 16
+MAX_STREAMS_PER_KEY = 64  # an agent's key signs in as many sessions as it likes
 MAX_STREAMS = 1_000
 SECURITY_HEADERS = [
     (b"content-security-policy", b"default-src 'none'; script-src 'self'; style-src 'self'; "
@@ -82,6 +84,7 @@ class Console:
         self.config = config
         self.sessions = Sessions(auth, config.channel)
         self.streams: collections.Counter[str] = collections.Counter()  # live pages by session
+        self.key_streams: collections.Counter[str] = collections.Counter()  # and by agent key
         self.gateway = gateway  # made at start-up: a gRPC aio channel belongs to its loop
         # the running catalog's summary by its text's hash: one entry, as one catalog runs
         self.running: tuple[bytes, Checked] | None = None
@@ -193,12 +196,17 @@ class Console:
         if not customer_id or len(customer_id) > MAX_ID_LENGTH:
             return _text(f"id: 1..{MAX_ID_LENGTH} characters", 400)
         if self.streams[session.id] >= MAX_STREAMS_PER_SESSION \
+                or self.key_streams[key] >= MAX_STREAMS_PER_KEY \
                 or sum(self.streams.values()) >= MAX_STREAMS:
             return _text("too many live pages open: close some", 429)
+        slot = _LivePage((self.streams, session.id), (self.key_streams, key))  # before awaits
         try:
             page = await self.customer_page(key, customer_id)
-        except GatewayError as exc:
-            return _text(exc.detail, STATUS_OF.get(exc.kind, 502))
+        except BaseException as exc:
+            slot.release()
+            if isinstance(exc, GatewayError):
+                return _text(exc.detail, STATUS_OF.get(exc.kind, 502))
+            raise
         lang = i18n.language(request.headers.get("accept-language"))
         template = self.templates.get_template("_live.html")
 
@@ -207,7 +215,6 @@ class Console:
                                                 for line in html.splitlines()) + "\n"
 
         async def stream() -> AsyncIterator[str]:
-            self.streams[session.id] += 1
             changes = self.gateway.changes(key, page.customer_id, page.channels)
             try:
                 async with contextlib.aclosing(changes):
@@ -226,11 +233,11 @@ class Console:
             except GatewayError as exc:
                 yield event("gone", exc.detail or exc.kind)
             finally:
-                self.streams[session.id] -= 1
-                if not self.streams[session.id]:
-                    del self.streams[session.id]
+                slot.release()
 
-        return StreamingResponse(stream(), media_type="text/event-stream",
+        body = stream()
+        weakref.finalize(body, slot.release)  # a stream never started: the client went away
+        return StreamingResponse(body, media_type="text/event-stream",
                                  headers={"x-accel-buffering": "no"})
 
     async def respond(self, request: Request) -> Response:
@@ -394,3 +401,20 @@ def _pins(scope, config: ConsoleConfig) -> bool:
 def _served(name: str, hosts: tuple[str, ...]) -> bool:
     """`name` is one of `hosts`, or under one of their `*.domain`s."""
     return any(name == h or (h.startswith("*.") and name.endswith(h[1:])) for h in hosts)
+
+
+class _LivePage:
+    """A live page's place under the caps, given back once however the page ends: its
+    stream closed, or never started (the client went away first)."""
+
+    def __init__(self, *places: tuple[collections.Counter[str], str]):
+        self._places = places
+        for counter, holder in places:
+            counter[holder] += 1
+
+    def release(self) -> None:
+        places, self._places = self._places, ()
+        for counter, holder in places:
+            counter[holder] -= 1
+            if not counter[holder]:
+                del counter[holder]

@@ -266,3 +266,49 @@ def test_a_live_page_ends_when_its_session_does(client):
         assert next(line for line in lines if line.startswith("event:")) == "event: update"
         assert client.post("/signout", data={"csrf": token}).status_code == 200
         assert next(line for line in lines if line.startswith("event:")) == "event: gone"
+
+
+def test_concurrent_live_pages_cannot_pass_the_cap(gateway, monkeypatch):
+    """The cap was checked before the page's first await and counted once its stream began:
+    100 requests at once all passed it, each holding watches on the gateway."""
+    monkeypatch.setattr("kairos.cluster.console.app.MAX_STREAMS_PER_SESSION", 4)
+    app = create_app(ConsoleConfig("127.0.0.1:1"), Auth.load(KEYS), gateway)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        sign_in(client)
+        cookie = f"kairos_console={client.cookies['kairos_console']}".encode()
+    profile = gateway.profile
+
+    async def slow_profile(*args, **kwargs):
+        await asyncio.sleep(0.2)  # every request is past the check before any page is built
+        return await profile(*args, **kwargs)
+
+    gateway.profile = slow_profile
+
+    async def live_page() -> tuple[int, asyncio.Task]:
+        status = asyncio.get_running_loop().create_future()
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": "GET", "scheme": "http", "path": "/customer/live",
+                 "raw_path": b"/customer/live", "query_string": b"id=ana", "root_path": "",
+                 "headers": [(b"host", b"127.0.0.1"), (b"cookie", cookie)],
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+
+        async def receive():
+            await asyncio.Event().wait()  # the browser stays
+
+        async def send(message):
+            if message["type"] == "http.response.start" and not status.done():
+                status.set_result(message["status"])
+
+        served = asyncio.ensure_future(app(scope, receive, send))
+        return await status, served
+
+    async def main():
+        pages = await asyncio.gather(*(live_page() for _ in range(30)))
+        codes = sorted(code for code, _ in pages)
+        for _, served in pages:
+            served.cancel()
+        await asyncio.gather(*(served for _, served in pages), return_exceptions=True)
+        return codes
+
+    assert asyncio.run(main()) == [200] * 4 + [429] * 26
+    assert asyncio.run(main()) == [200] * 4 + [429] * 26  # the places were given back
