@@ -60,8 +60,9 @@ def add_up_option(up: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kairos.cluster.console.app import ConsoleConfig
-    from kairos.cluster.console.server import Listen, keys_text, serve, served_hosts
-    from kairos.cluster.gateway.auth import Auth, is_loopback
+    from kairos.cluster.console.server import (CONSOLE_KEYS_FILE, Listen, keys_text, serve,
+                                               served_hosts)
+    from kairos.cluster.gateway.auth import KEYS_ENV, Auth, is_loopback
 
     if bool(args.tls_cert) != bool(args.tls_key):
         print("--tls-cert and --tls-key go together", file=sys.stderr)
@@ -70,8 +71,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"--host {args.host} without --tls-cert would send agents' keys and session "
               f"cookies in clear: serve HTTPS, or say --insecure", file=sys.stderr)
         return 2
+    own_keys = None if args.keys or os.environ.get(KEYS_ENV, "").strip() else \
+        str(local.home() / CONSOLE_KEYS_FILE)  # made 0600 the first time, checked after
     try:
-        for path, option in ((args.keys, "--keys"), (args.tls_key, "--tls-key")):
+        for path, option in ((args.keys, "--keys"), (args.tls_key, "--tls-key"),
+                             (own_keys, "the console's own keys file")):
             if path:
                 check_secret_file(path, option)
     except SecretFileError as exc:

@@ -136,10 +136,16 @@ class Auth:
 
     @classmethod
     def load(cls, text: str | None) -> "Auth":
-        """Keys from YAML text (None or empty: auth off)."""
+        """Keys from YAML text (None or empty: auth off). ValueError for text that is not
+        a keys document, naming the place but never quoting it (it holds the secrets)."""
         if not text or not text.strip():
             return cls({})
-        doc = yaml.safe_load(text)
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            raise ValueError(f"API keys: not valid YAML{where}") from None
         entries = doc.get("keys") if isinstance(doc, dict) else None
         if not isinstance(entries, list):
             raise ValueError("API keys: expected a mapping with a 'keys' list")

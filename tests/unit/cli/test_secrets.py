@@ -82,3 +82,15 @@ def test_up_help_shows_the_default_store_without_its_password(monkeypatch, capsy
         parser(50051).parse_args(["up", "--help"])
     out = capsys.readouterr().out
     assert SECRET not in out and "redis://***@redis:6379/0" in out
+
+
+def test_the_console_refuses_its_own_keys_file_once_others_can_read_it(home, capsys,
+                                                                        monkeypatch):
+    from kairos.cluster.console.server import CONSOLE_KEYS_FILE
+    monkeypatch.delenv("KAIROS_API_KEYS", raising=False)
+    home.mkdir(parents=True)
+    own = home / CONSOLE_KEYS_FILE
+    own.write_text("keys: []\n")
+    os.chmod(own, 0o644)
+    assert main(["--target", "127.0.0.1:1", "console", "--port", "0"]) == 2
+    assert str(own) in capsys.readouterr().err

@@ -323,3 +323,12 @@ def test_keys_are_found_by_their_whole_secret():
     for guess in ("key-07-0123456789abcde", "key-07-0123456789abcdeF", "", None,
                   "key-07-0123456789abcdef "):
         assert auth.identify(guess) is None
+
+
+def test_a_keys_document_that_is_not_yaml_is_refused_without_quoting_it():
+    """PyYAML's error quotes the line it stopped at, which holds a secret: `kairos up`
+    printed it with its traceback."""
+    with pytest.raises(ValueError) as refused:
+        Auth.load('keys:\n  - key: "s3cr3t-agent-key-ABCDEFGHIJ\n    scopes: [decide]\n')
+    assert str(refused.value).startswith("API keys: not valid YAML (line ")
+    assert "s3cr3t" not in str(refused.value) and refused.value.__cause__ is None
