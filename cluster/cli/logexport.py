@@ -60,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
     remote = Remote(args.target)
     truncated: list[bool] = []
     partial = f"{args.out}.partial"  # a call that fails half-way leaves no FILE behind
+    # customers' profiles and decisions: the owner's only, as the store keeps them
+    os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    os.chmod(partial, 0o600)  # one left by an earlier run keeps its mode otherwise
     records = exported(remote, args.since, args.until, args.channel, args.max_records,
                        truncated)
     written = write_records(records, partial, is_parquet(args.out))

@@ -334,6 +334,9 @@ class RedisStore:
 
     def __init__(self, url: str):
         parsed = urlparse(url)
+        if "@" in parsed.path + parsed.query + parsed.fragment:  # credentials cut short
+            raise ValueError(f"store {redact(url)}: not a valid Redis URL (a password holding "
+                             f"'/', '?' or '#' must be percent-encoded)")
         query = parse_qs(parsed.query, keep_blank_values=True)
         prefixes = query.pop("prefix", ["kairos"])
         if len(prefixes) != 1 or not prefixes[0]:
@@ -342,9 +345,12 @@ class RedisStore:
         self.prefix = prefixes[0]
         _check_parameters(url, parsed.scheme, query)
         self.url = url
-        self.r = redis.Redis.from_url(
-            urlunparse(parsed._replace(query=urlencode(query, doseq=True))),
-            socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S)
+        try:
+            self.r = redis.Redis.from_url(
+                urlunparse(parsed._replace(query=urlencode(query, doseq=True))),
+                socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S)
+        except ValueError:  # its text may quote the password ("as 'secret'")
+            raise ValueError(f"store {redact(url)}: not a valid Redis URL") from None
 
     def __repr__(self) -> str:
         return f"RedisStore({redact(self.url)!r})"

@@ -57,9 +57,9 @@ def redact(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url  # "memory", a directory
+    if "@" in rest:  # the last "@" ends the credentials, whatever they hold ("/", "?", "#")
+        rest = "***@" + rest.rpartition("@")[2]
     head, q, query = rest.partition("?")
-    if "@" in head:  # the last "@" ends the credentials, whatever characters they hold
-        head = "***@" + head.rpartition("@")[2]
     return f"{scheme}://{head}" + (_PASSWORD_PARAM.sub(r"\1***", q + query) if q else "")
 
 

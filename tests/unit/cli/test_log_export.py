@@ -81,3 +81,20 @@ def test_decisions_sharing_a_millisecond_beyond_a_page_are_reported_cut(monkeypa
     # the page at 50.0 is sent as far as it goes; the export goes on after that moment
     assert [r.time for r in got] == [49.5, 50.0, 50.0, 50.0, 50.5, 50.75]
     assert truncated == [True]
+
+
+def test_an_export_is_its_owners_only(tmp_path, monkeypatch):
+    """It holds customers' profiles as their decisions saw them, which the store keeps 0600:
+    the export was written by the umask (0644)."""
+    import argparse
+    import os
+    import stat
+    from kairos.cluster.cli import logexport
+    monkeypatch.setattr(logexport, "Remote", lambda target: Gateway([100.0, 101.0]))
+    out = tmp_path / "log.jsonl"
+    (tmp_path / "log.jsonl.partial").write_text("left by an earlier run")
+    os.chmod(tmp_path / "log.jsonl.partial", 0o644)
+    args = argparse.Namespace(target="127.0.0.1:1", out=str(out), since=99.0, until=102.0,
+                              channel=None, max_records=0)
+    assert logexport.run(args) == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600 and len(out.read_text().splitlines()) == 2

@@ -82,12 +82,24 @@ def test_a_journal_alone_writes_owner_only_segments(tmp_path, umask_022):
     (f"redis://redis.svc:6379/0?password={SECRET}&prefix=p",
      "redis://redis.svc:6379/0?password=***&prefix=p"),
     (f"unix://:{SECRET}@/run/redis.sock?db=0", "unix://***@/run/redis.sock?db=0"),
+    (f"redis://u:{SECRET}?more@host/0", "redis://***@host/0"),  # not percent-encoded
+    (f"redis://:{SECRET}#more@host/0", "redis://***@host/0"),
+    (f"redis://u:{SECRET}/more@host:6379/0?prefix=p", "redis://***@host:6379/0?prefix=p"),
     ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
     ("/home/me/.kairos/store", "/home/me/.kairos/store"),
     ("memory", "memory"),
 ])
 def test_redact_hides_a_store_urls_credentials(url, shown):
     assert redact(url) == shown
+
+
+@pytest.mark.parametrize("url", [f"redis://u:{SECRET}?more@host/0",
+                                 f"redis://:{SECRET}#more@host/0",
+                                 f"redis://:{SECRET}@host:port/0"])
+def test_a_redis_url_that_does_not_parse_is_refused_without_its_password(url):
+    with pytest.raises(ValueError) as refused:
+        open_store(url)
+    assert "not a valid Redis URL" in str(refused.value) and SECRET not in str(refused.value)
 
 
 def test_a_redis_stores_repr_hides_its_password():
