@@ -6,7 +6,8 @@ HttpOnly (no script reads it), SameSite=Strict (no other site's page sends it) a
 the console is served over TLS. A visitor who has not signed in gets an anonymous session too,
 so the sign-in form carries a CSRF token like every other form; signing in replaces the
 session's id, so an id planted before sign-in is worth nothing after it. Sessions live in
-memory, bounded in number (the least recently used goes first) and in idle time: a console
+memory, bounded in number (the least recently used goes first; MAX_SESSIONS_PER_KEY a key, so
+that one agent signing in over and over pushes out only its own) and in idle time: a console
 restart signs everyone out, which is what a restart of a desk application does too.
 Anonymous sessions have a pool of their own: anyone who reaches the console makes them (any
 web page an agent opens can send it cookie-less requests), so they must never push a
@@ -34,6 +35,7 @@ CONSOLE_SCOPES = frozenset({"profile:read", "respond", "watch"})
 OPTIONAL_SCOPES = frozenset({"status:read", "decide"})
 REFUSED_SCOPES = frozenset({"admin"})  # what an agent's console must never be able to do
 MAX_SESSIONS = 10_000  # signed in
+MAX_SESSIONS_PER_KEY = 64  # an agent's browsers and tabs; past it the key's oldest goes
 MAX_ANONYMOUS = 10_000  # visitors on their way to the sign-in form
 IDLE_S = 8 * 3600.0  # an agent's shift
 MAX_KEY_LENGTH = 256  # a sign-in form's key field: keys are short secrets, not documents
@@ -96,6 +98,10 @@ class Sessions:
         SignInRefused."""
         key = self.check_key(presented)
         self.end(session)
+        signed_in, _ = self._pools[True]
+        mine = [s.id for s in signed_in.values() if s.key == presented]  # least recent first
+        for old in mine[:max(0, len(mine) - MAX_SESSIONS_PER_KEY + 1)]:
+            del signed_in[old]  # the key's own: one key never pushes other agents out
         return self._add(Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32),
                                  time.time(), presented, key.name, key.scopes))
 

@@ -90,3 +90,14 @@ def test_without_keys_the_console_makes_its_own_private_one(tmp_path, monkeypatc
     assert sessions.sign_in(sessions.start(), key).scopes >= {"profile:read", "status:read"}
     monkeypatch.setenv(KEYS_ENV, KEYS)  # the gateways' keys, when there are any
     assert keys_text(None, tmp_path) == (KEYS, f"${KEYS_ENV}")
+
+
+def test_one_key_signing_in_over_and_over_pushes_out_only_its_own_sessions(monkeypatch):
+    monkeypatch.setattr("kairos.cluster.console.session.MAX_SESSIONS_PER_KEY", 4)
+    keys = KEYS + '  - {key: "other-agent-0123456789abcdef", name: agent-8, ' \
+                  'scopes: [profile:read, respond, watch]}\n'
+    pool = Sessions(Auth.load(keys), "call_center", max_sessions=10, idle_s=60)
+    theirs = pool.sign_in(pool.start(), "other-agent-0123456789abcdef")
+    mine = [pool.sign_in(pool.start(), AGENT) for _ in range(20)]
+    assert pool.get(theirs.id) is theirs  # 20 sign-ins did not push the other agent out
+    assert [pool.get(s.id) is s for s in mine] == [False] * 16 + [True] * 4
