@@ -240,6 +240,13 @@ def has_scope(scope: str) -> bool:
     return key is None or scope in key.scopes
 
 
+def require_scope(scope: str, reason: str) -> None:
+    """Raise Denied (PERMISSION_DENIED, saying `reason`) unless the current call's key has
+    `scope`, for what a request asks beyond its method's rule."""
+    if not has_scope(scope):
+        raise Denied(True, reason)
+
+
 def visible_channel() -> str | None:
     """The one channel the current call's answer may show (the FILTER rule): the key's, or
     None when every channel may be shown (an unbound key, or auth off)."""

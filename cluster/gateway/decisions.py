@@ -25,12 +25,15 @@ from kairos.v1 import decision_pb2_grpc
 
 from kairos.cluster import protocol
 from kairos.cluster.gateway import requests, wire
-from kairos.cluster.gateway.auth import Denied, check_channel, has_scope, visible_channel
+from kairos.cluster.gateway.auth import (Denied, check_channel, require_scope,
+                                         visible_channel)
 from kairos.cluster.gateway.calls import Gateway, abort
 from kairos.cluster.gateway.streams import Watch
 from kairos.cluster.settings import STREAM_WINDOW
 from kairos.cluster.transport.client import Busy
 
+# an event's decide_placement asks for a decision: an ingest-only key got them through it
+DECIDING = "decide_placement asks for a decision, which needs a key with the 'decide' scope"
 # (a shard of an older version answers without saying: UNSPECIFIED)
 LEARNED_FROM = {kind.value: pb.LearnedFrom.Value(f"LEARNED_FROM_{kind.name}") for kind in Learned}
 BATCH_LIMIT = 10_000  # events in one IngestBatch (the proto says so)
@@ -190,7 +193,7 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
             for channel in {event.channel for event in request.events}:
                 check_channel(channel)
             if any(event.decide_placement for event in request.events):
-                check_decide()
+                require_scope("decide", DECIDING)
             checked = await self.gateway.checked(lambda catalog: [
                 requests.event_request(event, catalog, f"events[{n}].")
                 for n, event in enumerate(request.events)])
@@ -219,8 +222,9 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
     async def Respond(self, request: pb.Outcome, context) -> pb.OutcomeAck:
         try:
             check_channel(request.channel)
-            if request.offline and not has_scope("feedback"):
-                raise Denied(True, "offline outcomes need a key with the 'feedback' scope")
+            if request.offline:
+                require_scope("feedback", "offline outcomes need a key with the 'feedback' "
+                                          "scope")
             checked = await self.gateway.checked(
                 lambda catalog: requests.outcome_request(request, catalog))
         except (Denied, InputError) as exc:
@@ -308,15 +312,7 @@ def check_event(event: pb.Event) -> None:
     """The key may send the event: its channel, and the decision it asks for, if any."""
     check_channel(event.channel)
     if event.decide_placement:
-        check_decide()
-
-
-def check_decide() -> None:
-    """An event's decide_placement asks for a decision: the key needs the decide scope too
-    (an ingest-only key got decisions through it)."""
-    if not has_scope("decide"):
-        raise Denied(True, "decide_placement asks for a decision, which needs a key with the "
-                           "'decide' scope")
+        require_scope("decide", DECIDING)
 
 
 def _ack_out(event: pb.Event, ack: protocol.EventAck) -> pb.IngestAck:
