@@ -159,7 +159,7 @@ def test_the_share_stays_a_probability():
 
 @pytest.fixture
 def gateway():
-    g = InProcessGateway(Auth.load(None))
+    g = InProcessGateway(Auth.load(None), shed=True)
     yield g
     g.close()
 
