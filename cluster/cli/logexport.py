@@ -5,21 +5,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Iterator
 
 from kairos.cluster.cli.remote import Remote
-from kairos.cluster.evidence.records import (DecisionRecord, from_json, is_parquet,
-                                             write_records)
+from kairos.cluster.evidence.records import (OUTCOMES_PER_DECISION, DecisionRecord, from_json,
+                                             is_parquet, write_records)
 from kairos.cluster.gateway import wire
 from kairos.cluster.gateway.logexport import MAX_RECORDS as PAGE  # the most one call sends
 from kairos.v1 import admin_pb2
 
 EXPORT_TIMEOUT_S = 600.0
-RESOLUTION_S = 1e-6  # of the times a call sends and takes (protobuf Timestamps carry ns)
 
 
 def add_command(commands, parents: list[argparse.ArgumentParser]) -> None:
@@ -56,68 +55,54 @@ def moment(text: str) -> float:
     return when.timestamp()
 
 
+@dataclass
+class Shortfall:
+    """What an export left out: decisions past --max-records, and outcomes past a decision's
+    bound (decisionlog.py's OUTCOMES_PER_DECISION)."""
+    more: bool = False
+    outcomes_cut: int = 0
+
+
 def run(args: argparse.Namespace) -> int:
     remote = Remote(args.target)
-    truncated: list[bool] = []
+    shortfall = Shortfall()
     partial = f"{args.out}.partial"  # a call that fails half-way leaves no FILE behind
     # customers' profiles and decisions: the owner's only, as the store keeps them
     os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
     os.chmod(partial, 0o600)  # one left by an earlier run keeps its mode otherwise
     records = exported(remote, args.since, args.until, args.channel, args.max_records,
-                       truncated)
+                       shortfall)
     written = write_records(records, partial, is_parquet(args.out))
     os.replace(partial, args.out)
     print(f"wrote {written} decision records to {args.out}")
-    if any(truncated):
+    if shortfall.more:
         print(f"more than {args.max_records:,} decisions matched: only the first were "
-              f"written; raise --max-records (0: all)" if args.max_records else
-              f"more decisions were logged within {RESOLUTION_S:g} s than one call sends: "
-              f"some of them were not written", file=sys.stderr)
+              f"written; raise --max-records (0: all)", file=sys.stderr)
+    if shortfall.outcomes_cut:
+        print(f"{shortfall.outcomes_cut:,} outcomes were left out: past a decision's "
+              f"{OUTCOMES_PER_DECISION} outcomes (impressions aside), only the first were "
+              f"joined", file=sys.stderr)
     return 0
 
 
 def exported(remote: Remote, since: float, until: float, channel: str = "",
-             max_records: int = 0, truncated: list[bool] | None = None
+             max_records: int = 0, shortfall: Shortfall | None = None
              ) -> Iterator[DecisionRecord]:
-    """The decisions logged from `since` to `until`, oldest first. With `max_records` one
-    call, at most that many; with 0, all of them, a page (the most the gateway sends a call)
-    at a time: a page that was cut short gives the decisions before its last moment, and the
-    next call starts at that moment. Each call that was cut short and could not go on (more
-    than a page logged within one RESOLUTION_S) appends True to `truncated`."""
-    truncated = [] if truncated is None else truncated
-    if max_records:
-        yield from _call(remote, since, until, channel, max_records, truncated)
-        return
-    start, after = since, -math.inf  # what was sent already: logged before `after`
+    """The decisions logged from `since` to `until`, in the order they were logged. With
+    `max_records`, one call of at most that many; with 0, all of them, a page (the most the
+    gateway sends a call) at a time, each call asking for the page after the one before."""
+    shortfall = Shortfall() if shortfall is None else shortfall
+    token = ""
     while True:
-        cut: list[bool] = []
-        records = [r for r in _call(remote, start, until, channel, PAGE, cut)
-                   if r.time >= after]
-        if not any(cut):
-            yield from records
+        request = admin_pb2.ExportDecisionLogRequest(
+            since=wire.time_out(since), until=wire.time_out(until), channel=channel,
+            max_records=max_records or PAGE, page_token=token)
+        for chunk in remote.admin.ExportDecisionLog(request, timeout=EXPORT_TIMEOUT_S,
+                                                    metadata=remote.metadata):
+            for line in chunk.records.splitlines():
+                yield from_json(json.loads(line), "the gateway's answer")
+            shortfall.outcomes_cut += chunk.outcomes_cut
+            token = chunk.next_page_token  # the last chunk's is the one that counts
+        if max_records or not token:
+            shortfall.more = bool(token)
             return
-        if not records:  # the look-back alone filled the page: go on without it
-            start = after
-            continue
-        last = records[-1].time
-        whole = [r for r in records if r.time < last]
-        if whole:
-            yield from whole
-            after, start = last, last - RESOLUTION_S  # the wire's times may round either way
-            continue
-        # a page logged within one moment: send it, report the rest cut, and go on past it
-        truncated.append(True)
-        yield from records
-        after = start = last + RESOLUTION_S
-
-
-def _call(remote: Remote, since: float, until: float, channel: str, max_records: int,
-          truncated: list[bool]) -> Iterator[DecisionRecord]:
-    request = admin_pb2.ExportDecisionLogRequest(
-        since=wire.time_out(since), until=wire.time_out(until), channel=channel,
-        max_records=max_records)
-    for chunk in remote.admin.ExportDecisionLog(request, timeout=EXPORT_TIMEOUT_S,
-                                                metadata=remote.metadata):
-        truncated.append(chunk.truncated)
-        for line in chunk.records.splitlines():
-            yield from_json(json.loads(line), "the gateway's answer")

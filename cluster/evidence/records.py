@@ -14,7 +14,7 @@ import base64
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, NamedTuple
 
 FORMAT = 1  # of the records below; a reader refuses another
 
@@ -150,6 +150,34 @@ def unpack(stored: list) -> DecisionRecord | OutcomeRecord:
     raise LogFormatError(f"not a stored log record: kind {stored[0]!r}")
 
 
+# -- what an export asks each shard for (shard/decisionlog.py reads it) --------------------------
+
+# Outcomes other than impressions an export joins to one decision, at most: its customer may
+# report OUTCOMES_PER_CUSTOMER a minute for a week, and a decision named by a client that
+# retries must not make an export hold without bound. Impressions have a bound of their own:
+# one per action shown (MAX_TOP_K).
+OUTCOMES_PER_DECISION = 32
+
+class DecisionPage(NamedTuple):
+    """An export page's decisions: those logged within [since, until] (of `channel`, if
+    given) after `after` (the last one of the page before: its time logged and id), the first
+    `limit` in the order they were logged."""
+    since: float
+    until: float
+    after: tuple[float, str] | None
+    channel: str | None
+    limit: int
+
+
+class PageOutcomes(NamedTuple):
+    """The outcomes logged within [since, until] that name an export page's decisions (their
+    `decision_key`s), at most MAX_TOP_K impressions and OUTCOMES_PER_DECISION others each
+    (shard/decisionlog.py)."""
+    keys: frozenset[tuple[str, str]]
+    since: float
+    until: float
+
+
 def decision_key(customer_id: str, decision_id: str) -> tuple[str, str]:
     """What a decision and the outcomes naming it share: the customer, and the engine's id
     and issue time of a sealed id (cluster/shard/outcomes.py), the same whichever of the
@@ -160,13 +188,13 @@ def decision_key(customer_id: str, decision_id: str) -> tuple[str, str]:
 
 def joined(decisions: Iterable[DecisionRecord], outcomes: Iterable[OutcomeRecord]
            ) -> list[DecisionRecord]:
-    """The decisions in time order, each with the outcomes that name it, in time order."""
+    """The decisions in the order given, each with the outcomes that name it, in time order."""
     by_decision: dict[tuple[str, str], list[OutcomeRecord]] = {}
     for outcome in sorted(outcomes, key=lambda o: o.time):
         by_decision.setdefault(decision_key(outcome.customer_id, outcome.decision_id),
                                []).append(outcome)
     return [d.with_outcomes(by_decision.get(decision_key(d.customer_id, d.decision_id), ()))
-            for d in sorted(decisions, key=lambda d: (d.time, d.decision_id))]
+            for d in decisions]
 
 
 # -- Parquet (pyarrow) ---------------------------------------------------------------------------

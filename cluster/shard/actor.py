@@ -26,6 +26,7 @@ from kairos.cluster.metrics import GatewayMetrics, ShardMetrics
 from kairos.cluster.remembered import Remembered
 from kairos.cluster.settings import DATA_HOST, METRICS_FLUSH_S
 from kairos.cluster.shard.api import OwnShardFirst, RouteHint
+from kairos.cluster.evidence.records import DecisionPage, PageOutcomes
 from kairos.cluster.shard.host import ShardHost
 from kairos.cluster.shard.modelsync import ModelSync
 from kairos.cluster.shard.shard import Shard
@@ -230,12 +231,11 @@ class ShardActor:
     # -- admin (own concurrency group: answers while the data path is busy) --------------------
 
     @ray.method(concurrency_group="admin")
-    async def read_log(self, since: float, until: float, outcomes_until: float,
-                       channel: str | None, limit: int, live: list[str]
-                       ) -> tuple[list, list, bool]:
+    async def read_log(self, query: DecisionPage | PageOutcomes, live: list[str]
+                       ) -> tuple[list, bool | int]:
         """The decision log, read on a thread (host.py `read_log`)."""
         try:
-            return await self.host.read_log(since, until, outcomes_until, channel, limit, live)
+            return await self.host.read_log(query, live)
         except StoreUnavailable as exc:
             raise Unavailable(str(exc)) from exc
 

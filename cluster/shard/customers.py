@@ -225,8 +225,12 @@ class CustomerRequests:
                     continue
             try:  # nothing of the outcome is applied before its customer is loaded
                 if o.decision_id is not None and not self._journaling.replaying:
-                    o = o._replace(decision_id=self._seal.opened(
-                        self._issued_to(o), o.decision_id, o.channel, o.action_id))
+                    engine_id, issued_to = self._seal.opened(
+                        self._issued_to(o), o.decision_id, o.channel, o.action_id)
+                    o = o._replace(decision_id=engine_id)
+                    # logged under whom the decision was issued to, as the decision was: an
+                    # anonymous visitor's, answered once linked, names the customer since
+                    sent = sent._replace(customer_id=issued_to)
                 known = self._residency.activate(o.customer_id, o.partition, create=False)
             except InputError as exc:
                 replies.append(Invalid(field=exc.field, reason=exc.reason))

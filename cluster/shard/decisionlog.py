@@ -34,15 +34,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable
 
 import msgpack
+import numpy as np
 
+from kairos.core.catalog import MAX_TOP_K
 from kairos.core.decision import Decision
 
-from kairos.cluster.evidence.records import (DecisionRecord, OutcomeRecord, ShownAction,
-                                             pack_decision, pack_outcome, unpack)
+from kairos.cluster.evidence.records import (OUTCOMES_PER_DECISION, DecisionPage,
+                                             DecisionRecord, OutcomeRecord, PageOutcomes,
+                                             ShownAction, decision_key, pack_decision,
+                                             pack_outcome, unpack)
 from kairos.cluster.protocol import Outcome
 from kairos.cluster.settings import (DECISION_LOG, DECISION_LOG_MAX_BYTES,
                                      DECISION_LOG_PENDING, DECISION_LOG_RETENTION_S,
@@ -53,7 +58,7 @@ from kairos.cluster.storage.decision_logs import Entry
 from kairos.cluster.storage.store import Store, StoreUnavailable
 
 log = logging.getLogger("kairos.shard")
-OUTCOMES_PER_DECISION = 4  # outcomes an export reads per decision it may give, at most
+IMPRESSION = "impression"  # the outcome a Decide with record_impression logs per action shown
 
 
 class DecisionLog:
@@ -82,7 +87,7 @@ class DecisionLog:
         profile = pack_one(engine, customer_id) if customer_id in engine.table else b""
         record = DecisionRecord(
             sealed_id, now, customer_id, decision.channel, decision.placement,
-            decision.catalog_version, decision.model_version, dict(context or {}), inputs,
+            decision.catalog_version, decision.model_version, _loggable(context or {}), inputs,
             profile, eligible,
             tuple(ShownAction(a.action_id, slot, a.selection, a.propensity, a.priority)
                   for slot, a in enumerate(decision.actions)), decision.control)
@@ -121,6 +126,13 @@ class DecisionLog:
             self._trimmed = now
             self.writer.submit([], set(), (now - DECISION_LOG_RETENTION_S,
                                            DECISION_LOG_MAX_BYTES))
+
+
+def _loggable(context: dict[str, Any]) -> dict[str, Any]:
+    """The context as exports write it (JSON): a vector the gateway passed on packed (float64
+    bytes, little-endian) as its numbers, which the engine takes as well (replay does)."""
+    return {k: np.frombuffer(v, "<f8").tolist() if isinstance(v, (bytes, bytearray)) else v
+            for k, v in context.items()}
 
 
 class LogWriter:
@@ -212,28 +224,58 @@ def to_read(store: Store, name: str, live: Iterable[str]) -> list[str]:
     return [name, *orphans]
 
 
-def read(store: Store, names: Iterable[str], since: float, until: float,
-         outcomes_until: float, channel: str | None, limit: int
-         ) -> tuple[list[DecisionRecord], list[OutcomeRecord], bool]:
-    """The decisions logged within [since, until] (of `channel`, if given), the first
-    `limit` by time, and the outcomes logged within [since, outcomes_until], the first
-    OUTCOMES_PER_DECISION x `limit`, from the named logs of the store; whether either was
-    cut short. Each log keeps at most one past either bound: memory stays bounded however
-    much the range holds."""
-    most = OUTCOMES_PER_DECISION * limit
-    decisions: list[tuple[float, DecisionRecord]] = []
-    outcomes: list[tuple[float, OutcomeRecord]] = []
+def read(store: Store, names: Iterable[str], query: DecisionPage | PageOutcomes
+         ) -> tuple[list, bool | int]:
+    """What an export asks a shard for, from the named logs of the store."""
+    if isinstance(query, DecisionPage):
+        return read_decisions(store, names, query)
+    return read_outcomes(store, names, query)
+
+
+def read_decisions(store: Store, names: Iterable[str], query: DecisionPage
+                   ) -> tuple[list[tuple[float, DecisionRecord]], bool]:
+    """The decisions `query` asks for, from the named logs of the store, each with the time it
+    was logged; whether more were logged. A log is read in the order it was written (the order
+    of its shard's clock) and left once it gave one past `limit`, so a page costs what it
+    holds, not what the range holds."""
+    found: list[tuple[float, str, DecisionRecord]] = []
+    since = query.since if query.after is None else max(query.since, query.after[0])
     for name in names:
-        taken, heard = len(decisions), len(outcomes)
-        for logged, _, data in store.decision_log(name).read(since, outcomes_until):
+        taken = 0
+        for logged, _, data in store.decision_log(name).read(since, query.until):
             record = unpack(msgpack.unpackb(data, raw=False))
-            if isinstance(record, OutcomeRecord):
-                if len(outcomes) - heard <= most:
-                    outcomes.append((logged, record))
-            elif logged <= until and (channel is None or record.channel == channel) and \
-                    len(decisions) - taken <= limit:
-                decisions.append((logged, record))
-    decisions.sort(key=lambda d: d[0])
-    outcomes.sort(key=lambda o: o[0])
-    cut = len(decisions) > limit or len(outcomes) > most
-    return [d for _, d in decisions[:limit]], [o for _, o in outcomes[:most]], cut
+            if isinstance(record, OutcomeRecord) or \
+                    (query.after is not None and (logged, record.decision_id) <= query.after) or \
+                    (query.channel is not None and record.channel != query.channel):
+                continue
+            found.append((logged, record.decision_id, record))
+            taken += 1
+            if taken > query.limit:
+                break
+    found.sort(key=lambda f: f[:2])
+    return [(logged, record) for logged, _, record in found[:query.limit]], \
+        len(found) > query.limit
+
+
+def read_outcomes(store: Store, names: Iterable[str], query: PageOutcomes
+                  ) -> tuple[list[OutcomeRecord], int]:
+    """The outcomes `query` asks for, from the named logs of the store, in the order they were
+    logged; how many more there were (past their decision's bound)."""
+    kept: list[tuple[float, OutcomeRecord]] = []
+    counted: Counter = Counter()  # by (decision key, whether an impression)
+    cut = 0
+    for name in names:
+        for logged, _, data in store.decision_log(name).read(query.since, query.until):
+            record = unpack(msgpack.unpackb(data, raw=False))
+            if not isinstance(record, OutcomeRecord):
+                continue
+            key = decision_key(record.customer_id, record.decision_id)
+            if key in query.keys:
+                kind = (key, record.outcome == IMPRESSION)
+                counted[kind] += 1
+                if counted[kind] <= (MAX_TOP_K if kind[1] else OUTCOMES_PER_DECISION):
+                    kept.append((logged, record))
+                else:
+                    cut += 1
+    kept.sort(key=lambda o: o[0])
+    return [o for _, o in kept], cut

@@ -47,6 +47,7 @@ import msgpack
 
 from kairos.core.compiler import CompiledCatalog
 
+from kairos.cluster.evidence.records import DecisionPage, PageOutcomes
 from kairos.cluster.protocol import Busy, Invalid, Reply, Unavailable
 from kairos.cluster.settings import (SESSION_START_S, SHARD_QUEUE_LIMIT, SHARD_ROUND_BYTES,
                                      SHARD_ROUND_LIMIT, STORE_COUNT_S, TICK_S)
@@ -392,9 +393,8 @@ class ShardHost:
                 self._fail(StoreUnavailable(f"{self.name}: {type(exc).__name__}"))
             raise
 
-    async def read_log(self, since: float, until: float, outcomes_until: float,
-                       channel: str | None, limit: int, live: list[str]
-                       ) -> tuple[list, list, bool]:
+    async def read_log(self, query: DecisionPage | PageOutcomes,
+                       live: list[str]) -> tuple[list, bool | int]:
         """Read the decision log (decisionlog.py `read`) on a thread, once what the shard
         logged before is written: reading a store takes its time, and the log's writer works
         beside it."""
@@ -404,9 +404,7 @@ class ShardHost:
         names = decisionlog.to_read(shard.store, self.name, live)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, shard.decision_log.writer.written)
-        return await loop.run_in_executor(
-            None, decisionlog.read, shard.store, names, since, until, outcomes_until, channel,
-            limit)
+        return await loop.run_in_executor(None, decisionlog.read, shard.store, names, query)
 
     async def _tick(self) -> None:
         while True:

@@ -70,10 +70,10 @@ class DecisionSeal:
                            "decision_id": f"{decision.decision_id}.{issued}.{whole}{tags}"})
 
     def opened(self, issued_to: Iterable[str], decision_id: str, channel: str,
-               action_id: str) -> str:
+               action_id: str) -> tuple[str, str]:
         """The engine's id of a sealed decision that showed `action_id` on `channel` to one of
-        the customers `issued_to` within OUTCOME_WINDOW_S; InputError naming `decision_id`
-        otherwise."""
+        the customers `issued_to` within OUTCOME_WINDOW_S, and that customer; InputError
+        naming `decision_id` otherwise."""
         try:
             engine_id, issued, sealed = decision_id.rsplit(".", 2)
             when = int(issued, 16)
@@ -90,7 +90,7 @@ class DecisionSeal:
             tag = _tag(self._signer(*shared), action_id)
             if any(hmac.compare_digest(tag, tags[i:i + TAG_CHARS])
                    for i in range(0, len(tags), TAG_CHARS)):
-                return engine_id
+                return engine_id, customer_id
         raise InputError("decision_id", f"no decision issued to this customer showed "
                                         f"{action_id!r} on {channel}")
 

@@ -98,12 +98,11 @@ class ShardControl(Protocol):
                             active: bool = True) -> None:
         """Start (or, not `active`, stop) pushing a view's changed decisions to `sink`."""
 
-    async def read_log(self, since: float, until: float, outcomes_until: float,
-                       channel: str | None, limit: int, live: list[str]
-                       ) -> tuple[list, list, bool]:
-        """Read the decision log (shard/decisionlog.py `read`): this shard's, and with a
+    async def read_log(self, query: Any, live: list[str]) -> tuple[list, bool | int]:
+        """Read the decision log (shard/decisionlog.py `read`: an export page's decisions, or
+        their outcomes, by the query's type, evidence/records.py): this shard's, and with a
         shared store, if it is the first of the `live` shards, the logs of shards no longer
-        live; (decisions, outcomes, whether either was cut at its bound)."""
+        live."""
 
 
 class LearnerControl(Protocol):

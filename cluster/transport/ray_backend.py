@@ -263,11 +263,8 @@ class RayShard(_Actor):
                             active: bool = True) -> None:
         await self._call(lambda a: a.watch_channel.remote(sink, channel, placement, active))
 
-    async def read_log(self, since: float, until: float, outcomes_until: float,
-                       channel: str | None, limit: int, live: list[str]
-                       ) -> tuple[list, list, bool]:
-        return await self._call(lambda a: a.read_log.remote(since, until, outcomes_until,
-                                                            channel, limit, live))
+    async def read_log(self, query: Any, live: list[str]) -> tuple[list, bool | int]:
+        return await self._call(lambda a: a.read_log.remote(query, live))
 
 
 class RayLearner(_Actor):

@@ -6,11 +6,13 @@ from __future__ import annotations
 import time
 
 import grpc
+import msgpack
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from kairos.cluster.cli.main import main
-from kairos.cluster.evidence.records import read_records
+from kairos.cluster.evidence.records import (DecisionRecord, OutcomeRecord, pack_decision,
+                                             pack_outcome, read_records)
 from kairos.cluster.gateway.auth import Auth
 from kairos.cluster.storage.blocks import unpack
 from kairos.cluster.storage.directory_store import DirectoryStore
@@ -131,3 +133,46 @@ def test_export_bounds_its_input(gateway):
     [chunk] = admin.ExportDecisionLog(admin_pb2.ExportDecisionLogRequest(
         since=at(now - 60), until=at(now)), timeout=10, metadata=key)
     assert (chunk.count, chunk.records, chunk.truncated) == (0, b"", False)
+
+
+def test_pages_neither_repeat_nor_skip_and_late_outcomes_join(gateway, tmp_path, monkeypatch,
+                                                               capsys):
+    """A log (of a shard since scaled away) where seven decisions share one moment, busy
+    with other outcomes, and one decision answered a day later: exported three at a time,
+    every decision comes once, in the order logged, with its outcomes; `--until` at the last
+    decision's own time ends the export."""
+    from kairos.cluster.cli import logexport
+    served, _ = gateway
+    t0 = time.time() - 3 * 86_400
+    made = [DecisionRecord(f"0-{k:x}.6b119032.H_0oRzXZ", t0, f"c{k}", "web", "hero", "v1", 1,
+                           {}, {}, b"", ("a1",), ()) for k in range(9)]
+    noise = [OutcomeRecord(made[1].decision_id, "c1", "a1", "impression", 0.0, t0 + k / 1e3)
+             for k in range(300)]
+    late = OutcomeRecord(made[0].decision_id, "c0", "a1", "convert", 25.0, t0 + 86_400)
+    log = served.gateway.backend.store.decision_log("kairos-shard-gone")
+    log.append(packed(made[:7], t0) + packed(made[7:], t0 + 1) + packed(noise, t0 + 2) +
+               packed([late], t0 + 86_400))
+    monkeypatch.setattr(logexport, "PAGE", 3)
+    records = export(served.port, tmp_path / "log.jsonl", monkeypatch, t0, t0 + 1)
+    assert [r.decision_id for r in records] == [r.decision_id for r in made]
+    assert records[0].outcomes == (late,) and len(records[1].outcomes) == 300
+    assert "left out" not in capsys.readouterr().err
+
+
+def packed(records, at: float) -> list:
+    return [(at, r.customer_id, msgpack.packb(
+        (pack_decision if isinstance(r, DecisionRecord) else pack_outcome)(r),
+        use_bin_type=True)) for r in records]
+
+
+def test_a_page_token_the_export_did_not_give_is_refused(gateway):
+    served, channel = gateway
+    admin = admin_pb2_grpc.AdminServiceStub(channel)
+    now = Timestamp(seconds=int(time.time()))
+    for token in ("not base64 !", "gqNrZXk", "x" * 20_000):
+        with pytest.raises(grpc.RpcError) as caught:
+            list(admin.ExportDecisionLog(admin_pb2.ExportDecisionLogRequest(
+                since=now, until=now, page_token=token), timeout=10,
+                metadata=(("x-api-key", LOG),)))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert caught.value.details().startswith("page_token: ")

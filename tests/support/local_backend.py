@@ -12,6 +12,7 @@ from typing import Any
 
 from kairos.cluster.control.controller import Controller
 from kairos.cluster.control.learner import Learner, Published
+from kairos.cluster.evidence.records import DecisionPage, PageOutcomes
 from kairos.cluster.protocol import Reply, Request
 from kairos.cluster.settings import LONG_POLL_S
 from kairos.cluster.shard import decisionlog
@@ -195,12 +196,10 @@ class LocalShard:
                             active: bool = True) -> None:
         (await self._shard()).watch_channel(sink, channel, placement, active)
 
-    async def read_log(self, since: float, until: float, outcomes_until: float,
-                       channel: str | None, limit: int, live: list[str]
-                       ) -> tuple[list, list, bool]:
+    async def read_log(self, query: DecisionPage | PageOutcomes,
+                       live: list[str]) -> tuple[list, bool | int]:
         store = (await self._shard()).store
-        return decisionlog.read(store, decisionlog.to_read(store, self.name, live), since,
-                                until, outcomes_until, channel, limit)
+        return decisionlog.read(store, decisionlog.to_read(store, self.name, live), query)
 
 
 class LocalLearner:

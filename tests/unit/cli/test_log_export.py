@@ -30,12 +30,14 @@ def test_the_command_takes_its_range_and_file(capsys):
 
 class Gateway:
     """ExportDecisionLog as the gateway answers it, over records in memory: a closed range,
-    oldest first, at most `max_records`, the last chunk saying whether more matched."""
+    in order, a page of at most `max_records`, the last chunk naming the next page and the
+    outcomes it left out."""
 
-    def __init__(self, times: list[float]):
+    def __init__(self, times: list[float], outcomes_cut: int = 0):
         from kairos.cluster.evidence.records import DecisionRecord
         self.records = [DecisionRecord(f"d{i}", t, f"c{i}", "web", "hero", "1", 1, {}, {}, b"",
                                        (), ()) for i, t in enumerate(times)]
+        self.outcomes_cut = outcomes_cut
         self.calls = 0
         self.admin = self
         self.metadata = ()
@@ -49,38 +51,39 @@ class Gateway:
         self.calls += 1
         since, until = time_in("since", request.since), time_in("until", request.until)
         matched = [r for r in self.records if since <= r.time <= until]
-        sent = matched[:request.max_records]
+        start = int(request.page_token or 0)
+        sent = matched[start:start + request.max_records]
+        more = start + len(sent) < len(matched)
         yield admin_pb2.DecisionLogChunk(
             records="".join(json.dumps(to_json(r)) + "\n" for r in sent).encode(),
-            count=len(sent), truncated=len(matched) > len(sent))
+            count=len(sent), truncated=more,
+            next_page_token=str(start + len(sent)) if more else "",
+            outcomes_cut=self.outcomes_cut)
 
 
-def test_an_export_of_more_than_one_call_sends_goes_on_from_each_pages_last_moment(monkeypatch):
+def test_an_export_of_more_than_one_call_sends_asks_for_each_next_page(monkeypatch):
     from kairos.cluster.cli import logexport
     monkeypatch.setattr(logexport, "PAGE", 3)
-    times = [100.0 + i * 0.5 for i in range(20)] + [110.0, 110.0]  # two share the split point
-    gateway = Gateway(times)
-    truncated: list[bool] = []
-    got = list(logexport.exported(gateway, 100.0, 120.0, truncated=truncated))
+    gateway = Gateway([100.0] * 7 + [100.5 + i for i in range(13)])  # 7 share a moment
+    shortfall = logexport.Shortfall()
+    got = list(logexport.exported(gateway, 100.0, 120.0, shortfall=shortfall))
     assert [r.decision_id for r in got] == [r.decision_id for r in gateway.records]
-    # each call but the last gives the page's decisions before its last moment (2 of 3 here)
-    assert not any(truncated) and gateway.calls == 11
+    assert shortfall == logexport.Shortfall() and gateway.calls == 7
     # with max_records, one call and what it could send
-    truncated.clear()
     assert len(list(logexport.exported(gateway, 100.0, 120.0, max_records=2,
-                                       truncated=truncated))) == 2
-    assert truncated == [True]
+                                       shortfall=shortfall))) == 2
+    assert shortfall.more
 
 
-def test_decisions_sharing_a_millisecond_beyond_a_page_are_reported_cut(monkeypatch):
+def test_the_command_says_what_it_left_out(tmp_path, monkeypatch, capsys):
+    import argparse
     from kairos.cluster.cli import logexport
-    monkeypatch.setattr(logexport, "PAGE", 3)
-    truncated: list[bool] = []
-    gateway = Gateway([49.5, 50.0, 50.0, 50.0, 50.0, 50.0, 50.5, 50.75])
-    got = list(logexport.exported(gateway, 49.0, 51.0, truncated=truncated))
-    # the page at 50.0 is sent as far as it goes; the export goes on after that moment
-    assert [r.time for r in got] == [49.5, 50.0, 50.0, 50.0, 50.5, 50.75]
-    assert truncated == [True]
+    monkeypatch.setattr(logexport, "Remote", lambda target: Gateway([100.0, 101.0], 3))
+    args = argparse.Namespace(target="127.0.0.1:1", out=str(tmp_path / "log.jsonl"),
+                              since=99.0, until=102.0, channel="", max_records=1)
+    assert logexport.run(args) == 0
+    err = capsys.readouterr().err
+    assert "more than 1 decisions matched" in err and "3 outcomes were left out" in err
 
 
 def test_an_export_is_its_owners_only(tmp_path, monkeypatch):
@@ -95,6 +98,6 @@ def test_an_export_is_its_owners_only(tmp_path, monkeypatch):
     (tmp_path / "log.jsonl.partial").write_text("left by an earlier run")
     os.chmod(tmp_path / "log.jsonl.partial", 0o644)
     args = argparse.Namespace(target="127.0.0.1:1", out=str(out), since=99.0, until=102.0,
-                              channel=None, max_records=0)
+                              channel="", max_records=0)
     assert logexport.run(args) == 0
     assert stat.S_IMODE(out.stat().st_mode) == 0o600 and len(out.read_text().splitlines()) == 2

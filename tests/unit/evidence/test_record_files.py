@@ -30,8 +30,8 @@ def test_outcomes_join_the_decision_they_name_whichever_tags_they_kept():
     late = OutcomeRecord("0-1.6b119032.RzXZ", "ana", "a2", "accept", 0.0, T0 + 5)
     stray = OutcomeRecord("9-9.6b119032.AAAA", "bob", "a1", "reject", 0.0, T0)
     got = joined([decision(2), decision(1)], [late, stray, early])
-    assert [d.decision_id for d in got] == [decision(1).decision_id, decision(2).decision_id]
-    assert got[0].outcomes == (early, late) and got[1].outcomes == ()
+    assert [d.decision_id for d in got] == [decision(2).decision_id, decision(1).decision_id]
+    assert got[1].outcomes == (early, late) and got[0].outcomes == ()
 
 
 def test_decisions_of_two_shards_with_the_same_engine_id_keep_their_own_outcomes():

@@ -3,12 +3,18 @@ selection probabilities, eligible actions, model inputs, the profile as a block)
 ForgetCustomer (in the memory, directory and Redis stores), and the writer's thread."""
 from __future__ import annotations
 
+import json
 from collections import Counter
 
+import msgpack
 import numpy as np
 import pytest
 
-from kairos.cluster.evidence.records import DecisionRecord, OutcomeRecord, unpack
+from kairos.cluster.evidence.records import (OUTCOMES_PER_DECISION, DecisionPage,
+                                             DecisionRecord, OutcomeRecord, PageOutcomes,
+                                             decision_key, pack_decision, pack_outcome,
+                                             to_json, unpack)
+from kairos.cluster.identity import anonymous_id
 from kairos.cluster.settings import DECISION_LOG_RETENTION_S, DECISION_LOG_TRIM_S
 from kairos.cluster.shard import decisionlog
 from kairos.cluster.storage import blocks
@@ -16,11 +22,11 @@ from kairos.cluster.storage.directory_store import DirectoryStore
 from kairos.cluster.storage.memory_store import MemoryStore
 from kairos.cluster.storage.redis_server import RedisServer
 from kairos.cluster.storage.redis_store import RedisStore
-from kairos.core.compiler import Reason
+from kairos.core.compiler import Reason, compiled_from_text
 from kairos.core.engine import DecisionEngine
 
-from tests.unit.shard.test_shard import (T0, Clock, decide, event, forget, p_of, shard,
-                                         watch)
+from tests.unit.shard.test_shard import (T0, Clock, decide, event, forget, link_steps, p_of,
+                                         shard, watch)
 from kairos.cluster.protocol import Ok, Outcome
 
 
@@ -31,11 +37,14 @@ def respond(customer, decision, outcome="accept", when=T0 + 5, action=None) -> O
 
 
 def logged(store, since=T0 - 1e6, until=T0 + 1e6):
-    """Every record of every log in the store, decisions and outcomes apart."""
-    decisions, outcomes, cut = decisionlog.read(store, store.decision_logs(), since, until,
-                                                until, None, 10_000)
-    assert not cut
-    return decisions, outcomes
+    """Every record of every log in the store, decisions and outcomes apart, in the order
+    they were logged."""
+    records = sorted(((logged, unpack(msgpack.unpackb(data, raw=False)))
+                      for name in store.decision_logs()
+                      for logged, _, data in store.decision_log(name).read(since, until)),
+                     key=lambda r: r[0])
+    return [r for _, r in records if isinstance(r, DecisionRecord)], \
+        [r for _, r in records if isinstance(r, OutcomeRecord)]
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +205,77 @@ def test_a_decision_held_back_as_control_is_logged_so():
     decisions, _ = logged(s.store)
     assert {d.decision_id: d.control for d in decisions} == sent
     assert 0 < sum(sent.values()) < 40
+
+
+def test_an_anonymous_visitors_decision_answered_once_linked_keeps_its_outcome(compiled):
+    """The decision is logged under the anonymous id it was shown to; its outcome, reported
+    under the customer the visitor became, is logged under the same id, so an export joins
+    them (decision_key: the customer and the engine's id)."""
+    s = shard(compiled, store=MemoryStore())
+    key, anon = "cookie:c1", anonymous_id("cookie:c1")
+    s.process([event(anon, "page_view", T0 - 60, category="home")])
+    [shown], _ = s.process([decide(anon, now=T0)])
+    s.process([event("ana", "page_view", T0 - 30, category="home")])
+    link_steps(s, s, s, key, "ana")
+    assert isinstance(s.process([respond("ana", shown.value)])[0][0], Ok)
+    [d], [o] = logged(s.store)
+    assert d.customer_id == o.customer_id == anon
+    assert decision_key(o.customer_id, o.decision_id) == decision_key(d.customer_id,
+                                                                      d.decision_id)
+
+
+def test_a_vector_in_the_context_is_logged_as_its_numbers(compiled):
+    """The gateway passes a vector on packed; exports write the context as JSON."""
+    from tests.unit.gateway.test_vectors import CATALOG
+    s = shard(compiled_from_text(CATALOG), store=MemoryStore())
+    vector = np.linspace(-1, 1, 8)
+    [reply], _ = s.process([decide("ana", context={"embedding": vector.astype("<f8").tobytes()})])
+    [d], _ = logged(s.store)
+    assert d.context == {"embedding": vector.tolist()}
+    assert json.loads(json.dumps(to_json(d)))["context"] == {"embedding": vector.tolist()}
+
+
+def entries(*records, at: float) -> list:
+    """Log entries of the records, all logged at `at`."""
+    return [(at, r.customer_id, msgpack.packb(
+        (pack_decision if isinstance(r, DecisionRecord) else pack_outcome)(r),
+        use_bin_type=True)) for r in records]
+
+
+def decision_at(k: int, customer: str = "ana") -> DecisionRecord:
+    return DecisionRecord(f"0-{k:x}.6b119032.H_0oRzXZ", T0 + k, customer, "web", "hero", "v1",
+                          3, {}, {}, b"", ("a1",), ())
+
+
+def test_a_page_of_decisions_after_a_cursor_skips_none_that_share_its_moment(store):
+    log = store.decision_log("s0")
+    made = [decision_at(k) for k in range(7)]
+    log.append(entries(*made[:5], at=T0))  # five share one moment
+    log.append(entries(*made[5:], at=T0 + 1))
+    got, after = [], None
+    for _ in range(10):
+        page, more = decisionlog.read_decisions(store, ["s0"], DecisionPage(
+            T0 - 1, T0 + 1, after, None, 2))
+        got += [d for _, d in page]
+        if not more:
+            break
+        after = (page[-1][0], page[-1][1].decision_id)
+    assert [d.decision_id for d in got] == [d.decision_id for d in made]
+
+
+def test_a_decisions_outcomes_are_found_however_many_others_came_before_them(store):
+    log = store.decision_log("s0")
+    ana, bob = decision_at(1, "ana"), decision_at(2, "bob")
+    log.append(entries(ana, bob, at=T0))
+    noise = [OutcomeRecord(bob.decision_id, "bob", "a1", "impression", 0.0, T0 + k / 1000)
+             for k in range(500)]
+    log.append(entries(*noise, at=T0 + 1))
+    late = OutcomeRecord(ana.decision_id, "ana", "a1", "convert", 9.0, T0 + 86_400)
+    log.append(entries(late, at=T0 + 86_400))
+    repeats = [OutcomeRecord(ana.decision_id, "ana", "a1", "accept", 0.0, T0 + 2 + k)
+               for k in range(40)]  # apart: a Redis log keeps one of members alike
+    log.append(entries(*repeats, at=T0 + 86_401))
+    outcomes, cut = decisionlog.read_outcomes(store, ["s0"], PageOutcomes(
+        frozenset({decision_key("ana", ana.decision_id)}), T0, T0 + 2 * 86_400))
+    assert outcomes[0] == late and len(outcomes) == OUTCOMES_PER_DECISION
+    assert cut == 40 + 1 - OUTCOMES_PER_DECISION
