@@ -77,6 +77,21 @@ class Handoff:
             self._journaling.forget(p)
         self._directory.drop(partitions)
 
+    def unfreeze_homes(self) -> None:
+        """Put the homes freezes took out of an unshared store back (a shard rebuilt from
+        the store recovers its frozen partitions, then `frozen_again`)."""
+        for p, homes in self._frozen.items():
+            for customer_id, blob in homes.items():
+                self._ctx.store.put(p, customer_id, blob)
+
+    def frozen_again(self, leaving: dict[int, int]) -> None:
+        """After a rebuild: the partitions that were frozen (partition -> the map version
+        their MOVED names) are again, as `freeze` left them, without a second payload."""
+        for p, version in leaving.items():
+            self._ownership.leaving[p] = version
+            if not self._ctx.store.shared:
+                self._frozen[p] = self._ctx.store.take_partition(p)
+
     def thaw(self, partitions: Sequence[int], version: int) -> None:
         """The handoff failed: serve the partitions again, to senders that saw `version`.
         Idempotent (the controller repeats it until it is answered); a partition this shard

@@ -211,9 +211,16 @@ class Shard:
         pushes for the timers' changes."""
         now = self.ctx.clock()
         names, table = self.compiled.timer_names, self.engine.table
-        fires = [Fire(partition=self.ctx.partition_of(customer_id), customer_id=customer_id,
-                      timer=names[k], due=due)
-                 for due, customer_id, k in self.timers.pop_due(now) if customer_id in table]
+        fires = []
+        for due, customer_id, k in self.timers.pop_due(now):
+            if customer_id not in table:
+                continue
+            p = self.ctx.partition_of(customer_id)
+            if p in self.ownership.leaving:  # it would answer MOVED: it fires after a thaw,
+                self.timers.arm(customer_id, k, due)  # or leaves with the partition
+            else:
+                fires.append(Fire(partition=p, customer_id=customer_id, timer=names[k],
+                                  due=due))
         _, pushes = self.process(fires)
         self.residency.passivate(now)
         self.timers.compact()

@@ -229,6 +229,22 @@ def test_timer_fires_on_tick_and_pushes_to_watchers(compiled):
         [("sink-1", ["cart_recovery_push"])]
 
 
+def test_a_timer_due_while_its_partition_is_frozen_fires_once_the_move_is_undone(compiled):
+    clock = Clock()
+    s = shard(compiled, clock=clock)
+    s.process([event("ana", "add_to_cart", T0, product_id="tv", category="electronics",
+                     price=199.0)])
+    s.freeze([p_of("ana")], 1)
+    clock.now = T0 + 1800.5
+    s.tick()  # due, but the partition answers MOVED: it waits
+    s.thaw([p_of("ana")], 1)
+    clock.now = T0 + 1801
+    s.tick()
+    view = s.process([profile("ana", T0 + 1802)])[0][0].value
+    assert view["features"]["carts_abandoned_30d"] == pytest.approx(1.0, rel=1e-3)
+    assert view["timers"] == {}
+
+
 def test_purchase_cancels_the_timer_and_a_later_event_fires_an_overdue_one_first(compiled):
     s = shard(compiled, clock=Clock())
     cart = dict(product_id="tv", category="electronics", price=199.0)

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import msgpack
 import pytest
 
-from kairos.cluster.protocol import Busy, EventAck, Invalid, Ok, Unavailable
+from kairos.cluster.protocol import Busy, EventAck, Invalid, Moved, Ok, Unavailable
 from kairos.cluster.shard.host import ShardHost
 from kairos.cluster.shard.modelsync import ModelSync
 from kairos.cluster.shard.syncs import Syncs
@@ -23,6 +23,7 @@ from kairos.cluster.storage.memory_store import MemoryStore
 from kairos.cluster.storage.store import StoreUnavailable
 
 from tests.support.faults import fsync_fails_once
+from tests.support.waiting import until
 
 from .test_shard import N_PARTITIONS, T0, event, p_of, profile
 
@@ -380,3 +381,36 @@ def test_the_store_is_counted_on_a_thread_while_requests_are_served(compiled):
             await asyncio.sleep(0.01)
         assert (await host.run(Shard.stats))["passivated"] == 5 - 1  # ana is resident
     run(compiled, store, test)
+
+
+@pytest.mark.parametrize("store_kind", ["directory", "memory"])
+@pytest.mark.parametrize("outcome", ["thaw", "release"])
+def test_a_rebuild_during_a_move_keeps_the_partitions_on_their_way_out(
+        compiled, tmp_path, monkeypatch, store_kind, outcome):
+    """The store failed under the source while a partition was frozen for a move (the same
+    outage can fail the target's adopt): the rebuilt source still holds the partition, still
+    answering MOVED, so the controller can undo the move (thaw) or finish it (release)."""
+    ana, bob = "ana", next(c for c in (f"c{k}" for k in range(100)) if p_of(c) != p_of("ana"))
+    p = p_of(ana)
+
+    async def test(host):
+        for t in range(3):
+            await host.handle("a", t, [app_open(ana, T0 + t)], [0])
+        await host.run(Shard.freeze, [p], 1)
+        failed = host.shard
+        host._fail(StoreUnavailable("the store went away"))
+        await until(lambda: host.shard not in (None, failed), 10, "the host to rebuild")
+        moved, = await host.handle("a", 3, [profile(ana)], [0])
+        assert isinstance(moved, Moved) and moved.map_version == 1
+        assert p in host.shard.owned and p in host.shard.leaving
+        if outcome == "thaw":
+            await host.run(Shard.thaw, [p], 1)
+            ana_now, = await host.handle("a", 4, [profile(ana)], [1])
+            assert ana_now.value["events_applied"] == 3
+        else:
+            await host.run(Shard.release, [p])
+            assert p not in host.shard.owned
+            assert (await host.handle("a", 4, [app_open(bob)], [1]))[0] == EventAck(sequence=1)
+    run(compiled, DirectoryStore(tmp_path) if store_kind == "directory" else MemoryStore(),
+        test)
+
