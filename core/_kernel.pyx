@@ -1120,9 +1120,6 @@ def record_outcomes(CatalogView cat, StateView st, ModelView mv, const int64_t[:
                 continue
             y = 1.0 if (outcome == OUT_ACCEPT or outcome == OUT_CONVERT) else 0.0
             m = actions[i] * cat.n_channels + channels[i]
-            if outcome == OUT_CONVERT and isfinite(values[i]):
-                mv.value_count[m] += 1.0
-                mv.value_sum[m] += values[i]
             if mv.full:
                 if not _learn_full(mv, m, &x[i, 0], d, y, mean, precision, &mv._covariance[0],
                                    &mv._u[0]):
@@ -1133,6 +1130,9 @@ def record_outcomes(CatalogView cat, StateView st, ModelView mv, const int64_t[:
                 refused_at[i] = 1
                 refused += 1
                 continue
+            if outcome == OUT_CONVERT and isfinite(values[i]):  # a refused one adds nothing
+                mv.value_count[m] += 1.0
+                mv.value_sum[m] += values[i]
             if y != 0.0:
                 mv.positives[m] += 1.0
             else:

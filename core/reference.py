@@ -549,15 +549,15 @@ def record_outcomes(cat: CatalogView, st: StateView, mv: ModelView, rows, action
             continue
         y = 1.0 if outcome in (Outcome.ACCEPT, Outcome.CONVERT) else 0.0
         m = c.model_index(a, ch)
-        if outcome == Outcome.CONVERT and math.isfinite(values[i]):
-            mv.value_count[m] += 1.0
-            mv.value_sum[m] += values[i]
         learn = _learn_diagonal if mv.covariance is None else _learn_full
         with np.errstate(all="ignore"):  # overflow is what the check in `learn` is for
             if not learn(mv, m, x[i], y):
                 refused_at[i] = 1
                 refused += 1
                 continue
+        if outcome == Outcome.CONVERT and math.isfinite(values[i]):  # a refused one adds nothing
+            mv.value_count[m] += 1.0
+            mv.value_sum[m] += values[i]
         if y:
             mv.positives[m] += 1.0
         else:

@@ -113,6 +113,17 @@ def test_the_engine_counts_refused_updates_on_its_model_table(engine):
     assert learned == [Learned.PROFILE_NO_DECISION]
 
 
+def test_a_refused_conversion_adds_no_value_either(engine):
+    """"The model is left as is": its conversion value too, or the value factor moves on an
+    outcome the ack says was not learned."""
+    c = engine.compiled
+    m = c.model_index(c.action_index["service_menu"], c.channel_index["web"])
+    engine.models.mean[m, 0] = math.inf
+    learned = engine.record_outcomes([("a", "service_menu", "web", "convert", T0, None, 250.0)])
+    assert learned == [Learned.REFUSED]
+    assert (engine.models.value_count[m], engine.models.value_sum[m]) == (0.0, 0.0)
+
+
 def poisoned(c, row: int):
     table = ModelTable(c)
     table.positives[row] += 1
