@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -38,7 +39,6 @@ TIME_RANGE = "1970..2088-01-19"
 
 CONVERSION_VALUE = FieldSpec("value", "float", minimum=0.0)  # what a convert may report
 
-_engine_ids = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,11 @@ class DecisionEngine:
         self.workspace = self.k.Workspace(compiled, batch_size, seed)
         self._bind_state()
         self._bind_models()
-        self._prefix = f"{next(_engine_ids):x}-"
+        # Ids unique to this engine, not numbered from the same start in every process: a
+        # restarted shard would issue a decision id again, and an outcome sealed for the old
+        # decision (the seal's secret outlives the process) would learn from the new one's
+        # inputs in the memo.
+        self._prefix = f"{secrets.token_hex(4)}-"
         self._decisions = itertools.count()
         self._remembered: OrderedDict[str, _Remembered] = OrderedDict()
         self._read_fields = _fields_read(compiled)

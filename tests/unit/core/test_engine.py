@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
@@ -256,3 +258,17 @@ def test_an_action_never_accepted_keeps_being_tried_at_the_trial_rate(impl, meth
     engine.record_outcomes([("c0", "second", "web", "accept", T0, None)])
     later = [engine.decide(f"c{i}", "web", "main", now=T0) for i in range(300)]
     assert all(d.actions[0].action_id == "first" for d in later)  # tried: ranked as it earns
+
+
+
+def test_an_engine_started_again_issues_ids_the_one_before_never_did():
+    """A restarted shard's process numbers its decisions from the start again: were the ids
+    the same, an outcome sealed for a decision of the process before would find the new
+    process's decision of that id in the memo and learn from its inputs."""
+    code = ("from kairos.core.compiler import default_compiled\n"
+            "from kairos.core.engine import DecisionEngine\n"
+            "e = DecisionEngine(default_compiled())\n"
+            "print(e.decide('ana', 'web', 'hero', now=1.8e9).decision_id)")
+    before, after = (subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                    text=True, check=True).stdout.strip() for _ in range(2))
+    assert before and after and before != after
