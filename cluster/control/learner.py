@@ -13,6 +13,9 @@ sync intervals, and an idle cluster makes no model calls but a poll per shard ev
 The posterior is saved to the store's meta (at most every LEARNER_SAVE_S), so a learner that
 Ray restarts, or a cluster started again on the same store, goes on from what it had learned
 rather than from the priors; the deltas merged since the last save are lost with the process.
+It is saved with its catalog's text: Ray restarts the actor with the catalog it was created
+with, and the saved one (the latest switched to) runs instead. A delta of a catalog version
+the learner neither runs nor can remap is dropped, and counted by version (`dropped`).
 
 What it publishes reaches every shard and the store, so nothing that is not finite gets in: a
 delta's rows that are not are refused (ModelTable.merge), a saved model that is not starts again
@@ -38,6 +41,7 @@ from kairos.cluster.longpoll import Changes
 from kairos.cluster.metrics import LearnerMetrics
 from kairos.cluster.settings import LEARNER_SAVE_S, LONG_POLL_S
 from kairos.cluster.storage import blocks
+from kairos.cluster.storage.blocks import BlockCorrupt
 from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.store import StoreUnavailable
 
@@ -64,8 +68,9 @@ class Published:
 class Learner:
     """The global posterior of every (action, channel) model, without Ray."""
 
-    def __init__(self, compiled: CompiledCatalog):
+    def __init__(self, compiled: CompiledCatalog, catalog_text: str | None = None):
         self.compiled = compiled
+        self.catalog_text = catalog_text  # saved with the posterior: a restart runs it again
         # versions start at the clock in milliseconds and count merges (at most a few dozen a
         # second), so a restarted learner publishes versions above any it published before
         # (and, should its clock be behind, above the first a shard tells it it runs)
@@ -76,6 +81,8 @@ class Learner:
         # shards' adoptions (shard/modelsync.py), how long a version takes to reach them all
         self.publishes: deque[tuple[int, float]] = deque(maxlen=PUBLISHES_KEPT)
         self.calls: Counter[str] = Counter()  # syncs and watches taken, for `status`
+        # deltas of a catalog version the learner has no remap for, by version: learning lost
+        self.dropped: Counter[str] = Counter()
         self.watching = 0  # watches waiting now
         self._announced = self.models.version
         self._changes = Changes()
@@ -97,10 +104,7 @@ class Learner:
         if delta is not None:
             if catalog_version != self.compiled.version:
                 remap = self._remaps.get(catalog_version)
-                if remap is None:  # learned under a version this learner never ran: drop
-                    delta = None
-                else:
-                    delta = remap.delta(delta)
+                delta = self._dropped(catalog_version) if remap is None else remap.delta(delta)
         if delta is not None and delta.learned():
             self.models.merge(delta)
             self.models.version += 1
@@ -108,6 +112,14 @@ class Learner:
             self.publishes.append((self.models.version, time.time()))
             self.announce()
         return self.published(known_version)
+
+    def _dropped(self, catalog_version: str) -> None:
+        """A delta learned under a catalog version this learner never ran (or ran before a
+        restart, which keeps no remaps): its rows cannot be placed, so it is counted and lost."""
+        if not self.dropped[catalog_version]:
+            log.warning("learner: a delta of catalog %s, which this learner does not run or "
+                        "remap, is dropped (counted in status' dropped)", catalog_version)
+        self.dropped[catalog_version] += 1
 
     def published(self, known_version: int) -> Published | None:
         """The latest models, unless `known_version` is their version."""
@@ -130,7 +142,7 @@ class Learner:
         version = self.models.version
         self.models = remap.table(self.models)
         self.models.version = version + 1
-        self.compiled = new
+        self.compiled, self.catalog_text = new, catalog_text
         self.publishes.append((self.models.version, time.time()))
         self.announce()
         return self.models.version
@@ -174,7 +186,7 @@ class Learner:
         return {"model_version": self.version, "merged": self.merged,
                 "catalog_version": self.compiled.version, "refused": self.refused,
                 "publishes": list(self.publishes), "calls": dict(self.calls),
-                "watching": self.watching}
+                "watching": self.watching, "dropped": dict(self.dropped)}
 
 
 class _Chain:
@@ -190,16 +202,25 @@ PER_MODEL = ("mean", "precision", *COUNTS)  # a row per model; `inputs` is per p
 
 def save_models(learner: Learner) -> bytes:
     m = learner.models
-    return blocks.pack({"catalog": learner.compiled.version, "version": m.version,
+    return blocks.pack({"catalog": learner.compiled.version, "catalog_text": learner.catalog_text,
+                        "version": m.version,
                         **{name: getattr(m, name) for name in (*PER_MODEL, "inputs")}})
 
 
-def restore_models(learner: Learner, blob: bytes) -> bool:
-    """Take up a saved posterior of the same catalog version; whether it was. Statistics a
-    blob lacks (saved by an older release) start where a new table does."""
+def restore_models(learner: Learner, blob: bytes, follow_catalog: bool = False) -> bool:
+    """Take up a saved posterior; whether it was. One of another catalog version is taken up
+    only with `follow_catalog` (a learner Ray restarted runs the catalog it was created with,
+    while the saved one is the latest it switched to): the learner switches to the saved
+    catalog first. Statistics a blob lacks (saved by an older release) start where a new
+    table does. BlockCorrupt, KeyError, CatalogError for a blob that does not hold together."""
     saved = blocks.unpack(blob)
     if saved["catalog"] != learner.compiled.version:
-        return False
+        text = saved.get("catalog_text")
+        if not follow_catalog or text is None:  # an older release saved no text
+            return False
+        if compiled_from_text(text).version != saved["catalog"]:
+            raise BlockCorrupt(f"the saved catalog text is not of version {saved['catalog']}")
+        learner.switch(text)
     m = learner.models
     stats = {name: saved.get(name, getattr(m, name)) for name in (*PER_MODEL, "inputs")}
     stats["precision"] = m.converted(stats["precision"])  # saved under the other posterior
@@ -228,18 +249,22 @@ class LearnerActor:
     loop (every LEARNER_SAVE_S at most)."""
 
     def __init__(self, catalog_text: str, store_url: str = "memory"):
-        self.learner = Learner(compiled_from_text(catalog_text))
+        self.learner = Learner(compiled_from_text(catalog_text), catalog_text)
         self.metrics = LearnerMetrics()
         self.store = open_store(store_url)
         self._saved_at = -float("inf")
         self._saved_merges = 0
-        self._restore()
+        self._took_up = False  # whether the saved posterior was taken up
+        # Ray restarts this actor with the arguments it was created with: the saved catalog,
+        # the latest switched to, runs instead of `catalog_text`
+        self._restore(follow_catalog=True)
 
-    def _restore(self) -> None:
+    def _restore(self, follow_catalog: bool = False) -> None:
         blob = self.store.get_meta(STATE_KEY)
-        if blob is not None and restore_models(self.learner, blob):
-            log.warning("learner: took up the saved posterior, now version %d",
-                        self.learner.version)
+        if blob is not None and restore_models(self.learner, blob, follow_catalog):
+            self._took_up = True
+            log.warning("learner: took up the saved posterior of catalog %s, now version %d",
+                        self.learner.compiled.version, self.learner.version)
 
     def _save(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -264,7 +289,9 @@ class LearnerActor:
 
     async def switch(self, catalog_text: str) -> int:
         version = self.learner.switch(catalog_text)
-        if self.learner.merged == 0:  # a fresh learner on a resumed cluster's catalog
+        if not self._took_up and self.learner.merged == 0:
+            # a fresh learner, on the catalog of a posterior an older release saved without
+            # its text
             self._restore()
             self.learner.announce()
         self._save(force=True)

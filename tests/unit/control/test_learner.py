@@ -6,10 +6,21 @@ import asyncio
 import numpy as np
 import yaml
 
-from kairos.cluster.control.learner import Learner
+from kairos.cluster.control.learner import Learner, LearnerActor
 from kairos.core.catalog import default_catalog_text, load_catalog
-from kairos.core.compiler import compile_catalog, default_compiled
+from kairos.core.compiler import compile_catalog, compiled_from_text, default_compiled
 from kairos.core.models import ModelTable, diagonal
+
+
+# the class under Ray's ActorClass: its methods run here, as Ray would run them in the actor
+Actor = LearnerActor.__ray_metadata__.modified_class.__ray_actor_class__
+
+
+def catalog(version: str) -> str:
+    """The default catalog's text under another version."""
+    doc = yaml.safe_load(default_catalog_text())
+    doc["version"] = version
+    return yaml.safe_dump(doc, sort_keys=False)
 
 
 def learned(compiled, row: int, positives: float):
@@ -141,3 +152,41 @@ def test_a_learner_restarted_behind_a_shards_version_continues_above_it():
         assert learner.sync(c.version, None, ahead + 5).version == ahead + 6
 
     asyncio.run(run())
+
+
+def test_a_learner_ray_restarts_runs_the_catalog_it_last_switched_to(tmp_path):
+    """Ray re-runs the constructor with the boot catalog: the saved posterior's catalog (the
+    latest switched to) wins, so the shards' deltas merge, their watches are answered, and the
+    next switch carries the learning over rather than saving priors over it."""
+    boot, b = default_catalog_text(), compiled_from_text(catalog("B"))
+
+    async def run():
+        first = Actor(boot, str(tmp_path))
+        await first.switch(catalog("B"))
+        published = await first.sync("B", learned(b, 3, 7), 0)
+        first._save(force=True)
+        again = Actor(boot, str(tmp_path))  # Ray restarted it
+        assert (await again.status())["catalog_version"] == "B"
+        assert again.learner.models.positives[3] == 7
+        answer = await again.sync("B", learned(b, 3, 5), published.version)
+        assert (answer.catalog_version, answer.positives[3]) == ("B", 12)
+        watched = await again.watch("B", published.version, timeout_s=1)
+        assert watched.version == again.learner.version
+        await again.switch(catalog("C"))  # the next put_catalog
+        third = Actor(boot, str(tmp_path))
+        assert third.learner.compiled.version == "C"
+        assert third.learner.models.positives[3] == 12
+
+    asyncio.run(run())
+
+
+def test_a_delta_of_a_catalog_the_learner_does_not_know_is_counted_and_logged(caplog):
+    c = default_compiled()
+    learner = Learner(c)
+    b = compiled_from_text(catalog("B"))
+    with caplog.at_level("WARNING", logger="kairos.learner"):
+        for _ in range(3):
+            assert learner.sync("B", learned(b, 3, 1), -1).catalog_version == c.version
+    assert learner.merged == 0 and learner.status()["dropped"] == {"B": 3}
+    warned = [r for r in caplog.records if "catalog B" in r.getMessage()]
+    assert len(warned) == 1  # once a catalog version, not once a delta
