@@ -16,6 +16,9 @@ rather than from the priors; the deltas merged since the last save are lost with
 It is saved with its catalog's text: Ray restarts the actor with the catalog it was created
 with, and the saved one (the latest switched to) runs instead. A delta of a catalog version
 the learner neither runs nor can remap is dropped, and counted by version (`dropped`).
+A saved posterior that cannot be read is kept aside (DAMAGED_KEY) and the learner starts
+from the priors; while the store does not answer for it, the learner merges and answers
+nothing (Unavailable: the shards keep their deltas), so no merge is saved over it.
 
 What it publishes reaches every shard and the store, so nothing that is not finite gets in: a
 delta's rows that are not are refused (ModelTable.merge), a saved model that is not starts again
@@ -44,9 +47,12 @@ from kairos.cluster.storage import blocks
 from kairos.cluster.storage.blocks import BlockCorrupt
 from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.store import StoreUnavailable
+from kairos.cluster.transport.backend import Unavailable
 
 log = logging.getLogger("kairos.learner")
 STATE_KEY = "learner"
+DAMAGED_KEY = "learner.damaged"  # a saved posterior that could not be read, kept for a person
+RESTORE_RETRY_S = 1.0  # how often calls try again to read a posterior the store did not give
 PUBLISHES_KEPT = 256  # (version, time) of the latest publishes `status` reports
 
 
@@ -255,16 +261,44 @@ class LearnerActor:
         self._saved_at = -float("inf")
         self._saved_merges = 0
         self._took_up = False  # whether the saved posterior was taken up
+        self._unread = True  # the store has not answered for the saved posterior yet
+        self._read_at = -float("inf")
         # Ray restarts this actor with the arguments it was created with: the saved catalog,
         # the latest switched to, runs instead of `catalog_text`
         self._restore(follow_catalog=True)
 
     def _restore(self, follow_catalog: bool = False) -> None:
-        blob = self.store.get_meta(STATE_KEY)
-        if blob is not None and restore_models(self.learner, blob, follow_catalog):
-            self._took_up = True
+        """Take up the saved posterior. Nothing here raises, as Ray does not restart an actor
+        whose constructor raised: a blob that cannot be read is logged and kept aside under
+        DAMAGED_KEY (the learner starts from its priors), and a store that does not answer
+        leaves it unread, read again before anything merges or publishes (`_read`)."""
+        self._read_at = time.monotonic()
+        try:
+            blob = self.store.get_meta(STATE_KEY)
+            if blob is not None:
+                try:
+                    self._took_up = restore_models(self.learner, blob, follow_catalog)
+                except Exception as exc:  # whatever the damage: the actor must come up
+                    log.error("learner: the saved posterior under meta key %r cannot be read "
+                              "(%s: %s); it is kept under %r and every model starts from its "
+                              "prior", STATE_KEY, type(exc).__name__, exc, DAMAGED_KEY)
+                    self.store.put_meta(DAMAGED_KEY, blob)
+        except StoreUnavailable as exc:
+            log.warning("learner: could not read the saved posterior, merges wait: %s", exc)
+            return
+        self._unread = False
+        if self._took_up:
             log.warning("learner: took up the saved posterior of catalog %s, now version %d",
                         self.learner.compiled.version, self.learner.version)
+
+    def _read(self) -> None:
+        """Unavailable (the caller tries again) while the saved posterior is unread: a merge
+        would be saved over it, and a watch answered with the priors."""
+        if self._unread and time.monotonic() - self._read_at >= RESTORE_RETRY_S:
+            self._restore(follow_catalog=True)  # nothing merged or switched meanwhile
+        if self._unread:
+            raise Unavailable("the learner has not read its saved posterior yet (the store "
+                              "does not answer)")
 
     def _save(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -277,6 +311,7 @@ class LearnerActor:
 
     async def sync(self, catalog_version: str, delta: ModelDelta | None,
                    known_version: int) -> Published | None:
+        self._read()
         published = self.learner.sync(catalog_version, delta, known_version)
         self.metrics.flush(self.learner.refused)
         if self.learner.merged != self._saved_merges:
@@ -285,9 +320,11 @@ class LearnerActor:
 
     async def watch(self, catalog_version: str, known_version: int,
                     timeout_s: float = LONG_POLL_S) -> Published | None:
+        self._read()
         return await self.learner.watch(catalog_version, known_version, timeout_s)
 
     async def switch(self, catalog_text: str) -> int:
+        self._read()
         version = self.learner.switch(catalog_text)
         if not self._took_up and self.learner.merged == 0:
             # a fresh learner, on the catalog of a posterior an older release saved without

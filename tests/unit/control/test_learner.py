@@ -4,9 +4,15 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pytest
 import yaml
 
-from kairos.cluster.control.learner import Learner, LearnerActor
+from kairos.cluster.control import learner as learner_module
+from kairos.cluster.control.learner import DAMAGED_KEY, STATE_KEY, Learner, LearnerActor
+from kairos.cluster.storage import blocks
+from kairos.cluster.storage.providers import open_store
+from kairos.cluster.storage.store import StoreUnavailable
+from kairos.cluster.transport.backend import Unavailable
 from kairos.core.catalog import default_catalog_text, load_catalog
 from kairos.core.compiler import compile_catalog, compiled_from_text, default_compiled
 from kairos.core.models import ModelTable, diagonal
@@ -190,3 +196,64 @@ def test_a_delta_of_a_catalog_the_learner_does_not_know_is_counted_and_logged(ca
     assert learner.merged == 0 and learner.status()["dropped"] == {"B": 3}
     warned = [r for r in caplog.records if "catalog B" in r.getMessage()]
     assert len(warned) == 1  # once a catalog version, not once a delta
+
+
+def test_a_damaged_saved_posterior_is_kept_aside_and_the_learner_starts_from_its_priors(
+        tmp_path, caplog):
+    """Ray does not restart an actor whose constructor raised: a blob that does not unpack, or
+    lacks what a posterior has, must not stop the learner for good."""
+    store = open_store(str(tmp_path))
+    c = default_compiled()
+    for damaged in (b"\x92\x01", blocks.pack({"version": 3})):
+        store.put_meta(STATE_KEY, damaged)
+        with caplog.at_level("ERROR", logger="kairos.learner"):
+            actor = Actor(default_catalog_text(), str(tmp_path))
+        assert actor.learner.models.positives.sum() == 0
+        assert store.get_meta(DAMAGED_KEY) == damaged
+        assert any(STATE_KEY in r.getMessage() and DAMAGED_KEY in r.getMessage()
+                   for r in caplog.records)
+        asyncio.run(actor.sync(c.version, learned(c, 3, 1), -1))
+        assert Actor(default_catalog_text(), str(tmp_path)).learner.models.positives[3] == 1
+
+
+class Flaky:
+    """A store that does not answer while `down`."""
+
+    def __init__(self, store):
+        self.store, self.down = store, True
+
+    def get_meta(self, key: str):
+        if self.down:
+            raise StoreUnavailable("connection refused")
+        return self.store.get_meta(key)
+
+    def put_meta(self, key: str, blob: bytes) -> None:
+        if self.down:
+            raise StoreUnavailable("connection refused")
+        self.store.put_meta(key, blob)
+
+
+def test_a_store_that_does_not_answer_at_the_start_holds_merges_until_it_is_read(
+        tmp_path, monkeypatch):
+    """The learner starts; its saved posterior is read before the first merge, so no merge is
+    saved over a posterior that was never read."""
+    c = default_compiled()
+    before = Actor(default_catalog_text(), str(tmp_path))
+    asyncio.run(before.sync(c.version, learned(c, 3, 4), -1))  # a first merge is saved
+    flaky = Flaky(open_store(str(tmp_path)))
+    monkeypatch.setattr(learner_module, "open_store", lambda url: flaky)
+    monkeypatch.setattr(learner_module, "RESTORE_RETRY_S", 0.0)
+    actor = Actor(default_catalog_text(), "redis://unreachable")
+
+    async def run():
+        with pytest.raises(Unavailable):  # the shard keeps its delta and sends it again
+            await actor.sync(c.version, learned(c, 3, 1), -1)
+        with pytest.raises(Unavailable):
+            await actor.watch(c.version, -1, timeout_s=1)
+        assert actor.learner.merged == 0
+        flaky.down = False
+        published = await actor.sync(c.version, learned(c, 3, 1), -1)
+        assert published.positives[3] == 5
+
+    asyncio.run(run())
+    assert Actor(default_catalog_text(), str(tmp_path)).learner.models.positives[3] == 5
