@@ -866,8 +866,11 @@ cdef inline bint _control_eligible(CatalogView cat, const int8_t* reasons, const
 cdef Py_ssize_t _control(CatalogView cat, Workspace ws, Py_ssize_t out, int channel,
                          int8_t* reasons, const double* factors, int k) noexcept nogil:
     """With the channel's control share, hold the decision back: it shows one action drawn
-    uniformly from the control-eligible ones instead of the models' choice. How many actions
-    control could have drawn from (0: none, and nothing was drawn)."""
+    uniformly from the control-eligible ones instead of the models' choice, or nothing when
+    none is. The coin is tossed for every decision: tossed only when something was eligible,
+    the decisions nothing could be shown in would all fall in the models' group, and the two
+    groups would differ by more than what the models add. How many actions control could
+    have drawn from."""
     cdef Py_ssize_t a, b, n_eligible = 0, pick
     cdef int j
     ws._out_control[out] = 0
@@ -876,23 +879,26 @@ cdef Py_ssize_t _control(CatalogView cat, Workspace ws, Py_ssize_t out, int chan
     for a in range(cat.n_actions):
         if _control_eligible(cat, reasons, factors, a):
             n_eligible += 1
-    if n_eligible == 0 or not _uniform(&ws._rng) < cat.control_share[channel]:
+    if not _uniform(&ws._rng) < cat.control_share[channel]:
         return n_eligible
+    for b in range(cat.n_actions):
+        if reasons[b] == R_SELECTED or reasons[b] == R_GROUP_LIMIT:
+            reasons[b] = R_TOP_K
+    ws._out_control[out] = 1
+    if n_eligible == 0:
+        ws._out_count[out] = 0
+        return 0
     pick = <Py_ssize_t>(_uniform(&ws._rng) * n_eligible)
     for a in range(cat.n_actions):
         if _control_eligible(cat, reasons, factors, a):
             if pick == 0:
                 break
             pick -= 1
-    for b in range(cat.n_actions):
-        if reasons[b] == R_SELECTED or reasons[b] == R_GROUP_LIMIT:
-            reasons[b] = R_TOP_K
     reasons[a] = R_SELECTED
     ws._out_action[out, 0] = <int32_t>a
     for j in range(N_FACTORS):
         ws._out_factors[out, 0, j] = factors[a * N_FACTORS + j]
     ws._out_count[out] = 1
-    ws._out_control[out] = 1
     return n_eligible
 
 
@@ -984,7 +990,7 @@ cdef void _selection(CatalogView cat, ModelView mv, Workspace ws, int channel,
     cdef int n = ws._out_count[out]
     cdef bint held = ws._out_control[out]
     cdef bint random = n_untried > 0
-    cdef double p, share = cat.control_share[channel] if n_control > 0 else 0.0
+    cdef double p, share = cat.control_share[channel]
     for a in range(cat.n_actions):
         if _scored(reasons, a) and cat.exploration == EXPLORE_THOMPSON and ws._spread[a] > 0.0:
             random = True

@@ -318,23 +318,27 @@ def _control_eligible(c: CompiledCatalog, reasons, factors, a: int) -> bool:
 def _control(c: CompiledCatalog, ws: Workspace, out: int, channel: int, reasons, factors,
              k: int) -> int:
     """With the channel's control share, hold the decision back: it shows one action drawn
-    uniformly from the control-eligible ones instead of the models' choice (the kernel's
-    draws, in its order). How many actions control could have drawn from (0: none, and
-    nothing was drawn)."""
+    uniformly from the control-eligible ones instead of the models' choice, or nothing when
+    none is; the coin is tossed for every decision (the kernel's draws, in its order). How
+    many actions control could have drawn from."""
     ws.out_control[out] = 0
     if k <= 0 or not c.control_share[channel] > 0.0:
         return 0
     eligible = [a for a in range(len(c.action_ids)) if _control_eligible(c, reasons, factors, a)]
-    if eligible and ws._rng.uniform() < c.control_share[channel]:
-        a = eligible[int(ws._rng.uniform() * len(eligible))]
-        for b in range(len(c.action_ids)):
-            if int(reasons[b]) in (int(Reason.SELECTED), int(Reason.GROUP_LIMIT)):
-                reasons[b] = Reason.TOP_K
-        reasons[a] = Reason.SELECTED
-        ws.out_action[out, 0] = a
-        ws.out_factors[out, 0] = factors[a]
-        ws.out_count[out] = 1
-        ws.out_control[out] = 1
+    if not ws._rng.uniform() < c.control_share[channel]:
+        return len(eligible)
+    for b in range(len(c.action_ids)):
+        if int(reasons[b]) in (int(Reason.SELECTED), int(Reason.GROUP_LIMIT)):
+            reasons[b] = Reason.TOP_K
+    ws.out_control[out] = 1
+    if not eligible:
+        ws.out_count[out] = 0
+        return 0
+    a = eligible[int(ws._rng.uniform() * len(eligible))]
+    reasons[a] = Reason.SELECTED
+    ws.out_action[out, 0] = a
+    ws.out_factors[out, 0] = factors[a]
+    ws.out_count[out] = 1
     return len(eligible)
 
 
@@ -358,7 +362,7 @@ def _selection(c: CompiledCatalog, mv: ModelView, ws: Workspace, channel: int, r
     if n > 0 and (untried or (thompson and any(ws._spread[a] > 0.0 for a in scored))):
         runs += c.selection_samples
         _rerun(c, ws, scored, untried, factors, k, out, n, hits)
-    share = c.control_share[channel] if n_control else 0.0
+    share = c.control_share[channel]
     for j in range(n):
         p = hits[j] / runs
         if share > 0.0:

@@ -81,15 +81,17 @@ def for_replay(catalog: Catalog) -> CompiledCatalog:
 
 def rewards(record: DecisionRecord) -> tuple[str, float, float, float]:
     """The first shown action (or NOTHING), the logged probability of showing it, and its
-    accept and value rewards. A decision that showed nothing earned 0 and is taken to have
-    shown nothing for sure (the log keeps no probability for it)."""
+    accept and value rewards: whether an outcome for it was positive, and the largest value
+    one reported (a Respond has no idempotency key: a retried conversion must not count
+    twice). A decision that showed nothing earned 0 and is taken to have shown nothing for
+    sure (the log keeps no probability for it)."""
     if not record.shown:
         return NOTHING, 1.0, 0.0, 0.0
     first = min(record.shown, key=lambda s: s.slot)
     positive = [o for o in record.outcomes if o.action_id == first.action_id
                 and o.outcome.upper() in POSITIVE]
     return first.action_id, first.selection, float(bool(positive)), \
-        float(sum(o.value for o in positive))
+        float(max((o.value for o in positive), default=0.0))
 
 
 class Replayer:

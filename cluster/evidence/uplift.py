@@ -7,13 +7,23 @@ what the channel earns without the models, and the difference is what they add:
 
 - per channel (and placement): the accept rate and the value per decision of the models'
   decisions against the control's, their difference (the uplift) and its 95 % confidence
-  interval (two independent means, normal approximation with unequal variances);
+  interval;
 - per action on a channel: its accept rate when the models chose to show it against when the
   control drew it: how much better the models pick whom to show it to (targeting).
 
+Groups are compared within each catalog version (a stratum), and the strata's differences
+combined, weighted by their decisions: a version may hold back another share while the
+rates move, and the groups pooled over versions would then differ by the change of share
+(Simpson's paradox), not by the models. The accept rates' interval is Agresti and Caffo's
+(a success and a failure added to each group, then the normal approximation), which holds
+its coverage for rare accepts and small control groups where the plain normal one does not
+(with no accept among 50 control decisions it had no width from them at all); the value's
+is the normal approximation with unequal variances, and is unknown (NaN) where a group of a
+stratum has fewer than two decisions that earned a value.
+
 Rewards are replay's: the first shown action's accept (ACCEPT or CONVERT) and the conversion
-values it reported. A fallback decision (nothing scored it, selection 0) belongs to neither
-group. An uplift needs decisions in both groups; with fewer than two in either its interval
+value it reported. A fallback decision (nothing scored it, selection 0) belongs to neither
+group. An uplift needs a stratum with two decisions in each group; without one its interval
 is unknown (NaN) and the report says so.
 """
 from __future__ import annotations
@@ -47,52 +57,77 @@ class Difference:
                 "low": self.low, "high": self.high}
 
 
-def difference(models: np.ndarray, control: np.ndarray) -> Difference:
-    m = float(np.mean(models)) if len(models) else math.nan
-    c = float(np.mean(control)) if len(control) else math.nan
-    if len(models) < 2 or len(control) < 2:
+Strata = dict[str, dict[bool, list[tuple[str, float, float]]]]  # version -> held? -> rows
+
+
+def difference(strata: Strata, column: int, binary: bool) -> Difference:
+    """The groups' means and their difference, over the strata with two decisions in each
+    group, each weighted by its decisions (see the module's docstring)."""
+    usable = [(_column(s[False], column), _column(s[True], column)) for s in strata.values()]
+    usable = [(m, c) for m, c in usable if len(m) >= 2 and len(c) >= 2]
+    if not usable:
+        models = _column([r for s in strata.values() for r in s[False]], column)
+        control = _column([r for s in strata.values() for r in s[True]], column)
+        m = float(np.mean(models)) if len(models) else math.nan
+        c = float(np.mean(control)) if len(control) else math.nan
         return Difference(m, c, m - c, math.nan, math.nan)
-    se = math.sqrt(float(np.var(models, ddof=1)) / len(models)
-                   + float(np.var(control, ddof=1)) / len(control))
-    return Difference(m, c, m - c, m - c - Z95 * se, m - c + Z95 * se)
+    total = sum(len(m) + len(c) for m, c in usable)
+    weights = [(len(m) + len(c)) / total for m, c in usable]
+    m = sum(w * float(np.mean(x)) for w, (x, _) in zip(weights, usable))
+    c = sum(w * float(np.mean(y)) for w, (_, y) in zip(weights, usable))
+    if binary:
+        adjusted = [((x.sum() + 1) / (len(x) + 2), (y.sum() + 1) / (len(y) + 2), len(x) + 2,
+                     len(y) + 2) for x, y in usable]
+        centre = sum(w * (pm - pc) for w, (pm, pc, _, _) in zip(weights, adjusted))
+        variance = sum(w * w * (pm * (1 - pm) / nm + pc * (1 - pc) / nc)
+                       for w, (pm, pc, nm, nc) in zip(weights, adjusted))
+    elif any(np.count_nonzero(x) < 2 or np.count_nonzero(y) < 2 for x, y in usable):
+        return Difference(m, c, m - c, math.nan, math.nan)
+    else:
+        centre = m - c
+        variance = sum(w * w * (float(np.var(x, ddof=1)) / len(x)
+                                + float(np.var(y, ddof=1)) / len(y))
+                       for w, (x, y) in zip(weights, usable))
+    half = Z95 * math.sqrt(variance)
+    return Difference(m, c, m - c, float(centre - half), float(centre + half))
 
 
 def uplift(records: Iterable[DecisionRecord]) -> dict[str, Any]:
     """The uplift report as a JSON-ready dict (see the module's docstring)."""
-    # channel/placement -> group -> [(action, accept, value)]
-    groups: dict[str, dict[bool, list[tuple[str, float, float]]]] = \
-        defaultdict(lambda: {False: [], True: []})
+    # channel/placement -> catalog version -> held back? -> [(action, accept, value)]
+    groups: dict[str, Strata] = defaultdict(lambda: defaultdict(lambda: {False: [], True: []}))
     fallbacks = 0
     for record in records:
         action, selection, accept, value = rewards(record)
         if not selection > 0.0:
             fallbacks += 1
             continue
-        groups[f"{record.channel}/{record.placement}"][record.control].append(
-            (action, accept, value))
+        groups[f"{record.channel}/{record.placement}"][record.catalog_version][
+            record.control].append((action, accept, value))
     channels = {}
-    for where, by_group in sorted(groups.items()):
-        models, control = by_group[False], by_group[True]
+    for where, strata in sorted(groups.items()):
         channels[where] = {
-            "decisions": len(models), "control_decisions": len(control),
-            **{reward: difference(_column(models, i), _column(control, i)).to_json()
+            "decisions": sum(len(s[False]) for s in strata.values()),
+            "control_decisions": sum(len(s[True]) for s in strata.values()),
+            "catalog_versions": len(strata),
+            **{reward: difference(strata, i, reward == "accept").to_json()
                for i, reward in enumerate(REWARDS, start=1)},
-            "actions": _by_action(models, control)}
+            "actions": _by_action(strata)}
     return {"channels": channels, "fallbacks_left_out": fallbacks}
 
 
-def _by_action(models: list[tuple[str, float, float]], control: list[tuple[str, float, float]]
-               ) -> dict[str, Any]:
+def _by_action(strata: Strata) -> dict[str, Any]:
     """Per action shown first: its accept rate when the models chose it against when the
-    control drew it."""
-    shown: dict[str, dict[bool, list[tuple[str, float, float]]]] = \
-        defaultdict(lambda: {False: [], True: []})
-    for held, rows in ((False, models), (True, control)):
-        for row in rows:
-            if row[0] != NOTHING:
-                shown[row[0]][held].append(row)
-    return {action: {"shown_by_models": len(by[False]), "drawn_by_control": len(by[True]),
-                     "accept": difference(_column(by[False], 1), _column(by[True], 1)).to_json()}
+    control drew it, compared within catalog versions as the channel's are."""
+    shown: dict[str, Strata] = defaultdict(lambda: defaultdict(lambda: {False: [], True: []}))
+    for version, by_group in strata.items():
+        for held, rows in by_group.items():
+            for row in rows:
+                if row[0] != NOTHING:
+                    shown[row[0]][version][held].append(row)
+    return {action: {"shown_by_models": sum(len(s[False]) for s in by.values()),
+                     "drawn_by_control": sum(len(s[True]) for s in by.values()),
+                     "accept": difference(by, 1, binary=True).to_json()}
             for action, by in sorted(shown.items())}
 
 
@@ -121,5 +156,5 @@ def table(report: dict[str, Any]) -> str:
 
 def _ci(d: dict[str, float]) -> str:
     if math.isnan(d["low"]):
-        return f"{d['uplift']:+.3f} (too few decisions)"
+        return f"{d['uplift']:+.3f} (too few to tell)"
     return f"{d['uplift']:+.3f} ({d['low']:+.3f} to {d['high']:+.3f})"

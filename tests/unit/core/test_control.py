@@ -128,3 +128,16 @@ def test_a_control_share_out_of_bounds_is_refused_with_its_path(value):
     text = catalog(0.1).replace("control: 0.1", f"control: {value}")
     with pytest.raises(CatalogError, match=r"channels\.web\.control"):
         compiled_from_text(text)
+
+
+def test_a_decision_with_nothing_eligible_is_held_back_as_often_and_shows_nothing(impl):
+    """The coin is tossed whatever is eligible: tossed only when something was, every
+    decision nothing could be shown in fell in the models' group, and the uplift compared a
+    group with such decisions to one without."""
+    share, n = 0.3, 1000
+    text = yaml.safe_dump({**yaml.safe_load(catalog(share)), "actions": [
+        {**a, "eligibility": "false"} for a in yaml.safe_load(catalog(share))["actions"]]})
+    made = decisions(text, n)
+    held = [d for d in made if d.control]
+    assert abs(len(held) / n - share) <= 4 * math.sqrt(share * (1 - share) / n)
+    assert all(not d.actions for d in made)

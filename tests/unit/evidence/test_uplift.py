@@ -10,7 +10,8 @@ from bench import truth
 from kairos.cluster.cli.main import main
 from kairos.cluster.evidence.records import DecisionRecord, OutcomeRecord, ShownAction, \
     write_jsonl
-from kairos.cluster.evidence.uplift import uplift
+from kairos.cluster.evidence.replay import rewards
+from kairos.cluster.evidence.uplift import difference, uplift
 
 
 def record(i: int, action: str, accepted: bool, control: bool, selection: float = 0.5,
@@ -81,3 +82,35 @@ def test_kairos_uplift_prints_the_table_or_says_there_is_no_control(tmp_path, ca
     path.write_text("not json\n")
     assert main(["uplift", "--log", str(path)]) == 1
     assert f"{path}:1" in capsys.readouterr().err
+
+
+def rows(rng, n: int, p: float, action: str = "a") -> list[tuple[str, float, float]]:
+    return [(action, float(a), 2.0 * a) for a in rng.random(n) < p]
+
+
+def test_versions_that_hold_back_other_shares_while_rates_move_are_compared_apart():
+    """Control 0.1 then 0.5 while the accept rate goes 0.2 -> 0.6, no uplift in either: pooled,
+    the control group is mostly from the second version and looks far better."""
+    rng = np.random.default_rng(7)
+    strata = {"v1": {False: rows(rng, 9000, 0.2), True: rows(rng, 1000, 0.2)},
+              "v2": {False: rows(rng, 5000, 0.6), True: rows(rng, 5000, 0.6)}}
+    d = difference(strata, 1, binary=True)
+    assert d.low < 0.0 < d.high
+    pooled = difference({"all": {g: strata["v1"][g] + strata["v2"][g] for g in (False, True)}},
+                        1, binary=True)
+    assert pooled.high < -0.1  # what the report said before
+
+
+def test_the_accept_interval_keeps_its_coverage_for_rare_accepts_and_a_small_control_group():
+    rng = np.random.default_rng(3)
+    covered = sum(
+        d.low <= 0.0 <= d.high for d in (
+            difference({"1": {False: rows(rng, 2000, 0.02), True: rows(rng, 50, 0.02)}}, 1,
+                       binary=True) for _ in range(400)))
+    assert covered / 400 >= 0.92  # the normal approximation's was 62 %
+
+
+def test_a_conversion_reported_twice_is_counted_once():
+    twice = record(1, "a", True, False)
+    twice = twice.with_outcomes(twice.outcomes * 2)
+    assert rewards(twice)[2:] == (1.0, 2.0)
