@@ -10,9 +10,12 @@ sync (shard/modelsync.py). So every shard runs a version that includes a respons
 sync intervals, and an idle cluster makes no model calls but a poll per shard every LONG_POLL_S
 (a watch waits out a catalog switch that reached the learner and not yet its shard).
 
-The posterior is saved to the store's meta (at most every LEARNER_SAVE_S), so a learner that
-Ray restarts, or a cluster started again on the same store, goes on from what it had learned
-rather than from the priors; the deltas merged since the last save are lost with the process.
+The posterior is saved to the store's meta, by a sync that merged if LEARNER_SAVE_S passed
+since the last save and otherwise at the next LEARNER_SAVE_S tick (an idle learner writes
+nothing), and by `flush` (runtime.stop's, before the kill). So a learner that Ray restarts, or
+a cluster started again on the same store, goes on from what it had learned rather than from
+the priors; the deltas merged since the last save (at most LEARNER_SAVE_S) are lost with the
+process.
 It is saved with its catalog's text: Ray restarts the actor with the catalog it was created
 with, and the saved one (the latest switched to) runs instead. A delta of a catalog version
 the learner neither runs nor can remap is dropped, and counted by version (`dropped`).
@@ -26,6 +29,7 @@ from its prior, and both are counted (`refused`, kairos_model_rows_refused_total
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter, deque
@@ -53,6 +57,7 @@ log = logging.getLogger("kairos.learner")
 STATE_KEY = "learner"
 DAMAGED_KEY = "learner.damaged"  # a saved posterior that could not be read, kept for a person
 RESTORE_RETRY_S = 1.0  # how often calls try again to read a posterior the store did not give
+SAVE_TICK_MIN_S = 0.1  # the periodic save's tick if LEARNER_SAVE_S is 0 (syncs save each merge)
 PUBLISHES_KEPT = 256  # (version, time) of the latest publishes `status` reports
 
 
@@ -252,7 +257,7 @@ class LearnerActor:
     """Started by the controller as LEARNER_NAME. An async actor: each idle shard's watch
     holds one of Ray's 1,000 concurrent calls for up to LONG_POLL_S (one its shard gives up
     on is cancelled here too: RayBackend.call's `poll`), and a save to the store holds the
-    loop (every LEARNER_SAVE_S at most)."""
+    loop (about every LEARNER_SAVE_S while the shards learn)."""
 
     def __init__(self, catalog_text: str, store_url: str = "memory"):
         self.learner = Learner(compiled_from_text(catalog_text), catalog_text)
@@ -260,6 +265,7 @@ class LearnerActor:
         self.store = open_store(store_url)
         self._saved_at = -float("inf")
         self._saved_merges = 0
+        self._saving: asyncio.Task | None = None  # the periodic save, from the first call on
         self._took_up = False  # whether the saved posterior was taken up
         self._unread = True  # the store has not answered for the saved posterior yet
         self._read_at = -float("inf")
@@ -271,7 +277,7 @@ class LearnerActor:
         """Take up the saved posterior. Nothing here raises, as Ray does not restart an actor
         whose constructor raised: a blob that cannot be read is logged and kept aside under
         DAMAGED_KEY (the learner starts from its priors), and a store that does not answer
-        leaves it unread, read again before anything merges or publishes (`_read`)."""
+        leaves it unread, read again before anything merges or publishes (`_ready`)."""
         self._read_at = time.monotonic()
         try:
             blob = self.store.get_meta(STATE_KEY)
@@ -291,9 +297,12 @@ class LearnerActor:
             log.warning("learner: took up the saved posterior of catalog %s, now version %d",
                         self.learner.compiled.version, self.learner.version)
 
-    def _read(self) -> None:
-        """Unavailable (the caller tries again) while the saved posterior is unread: a merge
+    def _ready(self) -> None:
+        """Start the periodic save (a call runs on the actor's loop; the constructor may not).
+        Unavailable (the caller tries again) while the saved posterior is unread: a merge
         would be saved over it, and a watch answered with the priors."""
+        if self._saving is None:
+            self._saving = asyncio.get_running_loop().create_task(self._save_unsaved())
         if self._unread and time.monotonic() - self._read_at >= RESTORE_RETRY_S:
             self._restore(follow_catalog=True)  # nothing merged or switched meanwhile
         if self._unread:
@@ -309,9 +318,26 @@ class LearnerActor:
             except StoreUnavailable as exc:
                 log.warning("learner: could not save the posterior: %s", exc)
 
+    async def _save_unsaved(self) -> None:
+        """Save the merges a sync left unsaved (within LEARNER_SAVE_S of the last save, and
+        then traffic stopped) at the next tick, so a restart loses at most LEARNER_SAVE_S of
+        merges. A learner with nothing unsaved writes nothing."""
+        while True:
+            await asyncio.sleep(max(LEARNER_SAVE_S, SAVE_TICK_MIN_S))
+            try:
+                await self.flush()
+            except Exception:  # not a reason to stop saving: logged, tried at the next tick
+                log.exception("learner: the periodic save failed")
+
+    async def flush(self) -> None:
+        """Save the merges since the last save now (also runtime.stop's, before the kill);
+        a store that does not take it is logged (`_save`)."""
+        if self.learner.merged != self._saved_merges:
+            self._save(force=True)
+
     async def sync(self, catalog_version: str, delta: ModelDelta | None,
                    known_version: int) -> Published | None:
-        self._read()
+        self._ready()
         published = self.learner.sync(catalog_version, delta, known_version)
         self.metrics.flush(self.learner.refused)
         if self.learner.merged != self._saved_merges:
@@ -320,11 +346,11 @@ class LearnerActor:
 
     async def watch(self, catalog_version: str, known_version: int,
                     timeout_s: float = LONG_POLL_S) -> Published | None:
-        self._read()
+        self._ready()
         return await self.learner.watch(catalog_version, known_version, timeout_s)
 
     async def switch(self, catalog_text: str) -> int:
-        self._read()
+        self._ready()
         version = self.learner.switch(catalog_text)
         if not self._took_up and self.learner.merged == 0:
             # a fresh learner, on the catalog of a posterior an older release saved without

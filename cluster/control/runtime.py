@@ -6,6 +6,7 @@ gateway on every node, now and as nodes join. `connect()` gives a client.
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -25,8 +26,10 @@ from kairos.cluster.storage.providers import open_store
 from kairos.cluster.transport.sync_client import SyncClient
 from kairos.cluster.transport.ray_backend import RayBackend
 
+log = logging.getLogger("kairos.runtime")
 DEFAULT_SHARDS = 4
 STOP_WAIT_S = 30.0  # the most `stop` waits for Ray to free the actors' names
+LEARNER_FLUSH_S = 10.0  # the most `stop` waits for the learner to save its last merges
 
 
 def start(n_shards: int = DEFAULT_SHARDS, catalog_text: str | None = None,
@@ -76,10 +79,11 @@ def connect(timeout_s: float = 60.0) -> SyncClient:
 
 
 def stop() -> None:
-    """Stop the controller (first: its loop starts gateways), the gateways (gracefully), the
-    learner and every shard; return once Ray has freed their names (at most STOP_WAIT_S), so
-    that a `start` right after creates them anew."""
-    names = [LEARNER_NAME]
+    """Stop the controller (first: its loop starts gateways), the gateways (gracefully), every
+    shard, and the learner once it saved what it merged since its last save (last: the shards
+    sync to it until they stop); return once Ray has freed their names (at most STOP_WAIT_S),
+    so that a `start` right after creates them anew."""
+    names: list[str] = []
     try:
         status = ray.get(controller().status.remote(), timeout=30)
         names += [s["shard"] for s in status["shards"]]
@@ -93,15 +97,34 @@ def stop() -> None:
         except (ray.exceptions.RayError, TimeoutError, ValueError):
             pass
         names.append(name)
+    _kill(names)
+    _flush_learner()
+    _kill([LEARNER_NAME])
+    names.append(LEARNER_NAME)
+    # ray.kill only asks: a start right after would find the names still taken
+    deadline = time.monotonic() + STOP_WAIT_S
+    while time.monotonic() < deadline and any(_named(n) for n in [CONTROLLER_NAME, *names]):
+        time.sleep(0.05)
+
+
+def _kill(names: list[str]) -> None:
     for name in names:
         try:
             ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
         except ValueError:
             pass
-    # ray.kill only asks: a start right after would find the names still taken
-    deadline = time.monotonic() + STOP_WAIT_S
-    while time.monotonic() < deadline and any(_named(n) for n in [CONTROLLER_NAME, *names]):
-        time.sleep(0.05)
+
+
+def _flush_learner() -> None:
+    """The learner's last merges saved; one that does not answer is logged, and killed all
+    the same."""
+    try:
+        ray.get(ray.get_actor(LEARNER_NAME, namespace=NAMESPACE).flush.remote(),
+                timeout=LEARNER_FLUSH_S)
+    except ValueError:
+        pass  # no learner
+    except (ray.exceptions.RayError, TimeoutError) as exc:
+        log.warning("stop: the learner did not save its last merges: %s", exc)
 
 
 def _named(name: str) -> bool:

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import ray
 import yaml
 
 from kairos.cluster.control import learner as learner_module
@@ -170,7 +172,7 @@ def test_a_learner_ray_restarts_runs_the_catalog_it_last_switched_to(tmp_path):
         first = Actor(boot, str(tmp_path))
         await first.switch(catalog("B"))
         published = await first.sync("B", learned(b, 3, 7), 0)
-        first._save(force=True)
+        await first.flush()
         again = Actor(boot, str(tmp_path))  # Ray restarted it
         assert (await again.status())["catalog_version"] == "B"
         assert again.learner.models.positives[3] == 7
@@ -257,3 +259,113 @@ def test_a_store_that_does_not_answer_at_the_start_holds_merges_until_it_is_read
 
     asyncio.run(run())
     assert Actor(default_catalog_text(), str(tmp_path)).learner.models.positives[3] == 5
+
+
+class Counting:
+    """A store that counts the posteriors written to it."""
+
+    def __init__(self, store):
+        self.store, self.puts = store, 0
+
+    def get_meta(self, key: str):
+        return self.store.get_meta(key)
+
+    def put_meta(self, key: str, blob: bytes) -> None:
+        self.puts += 1
+        self.store.put_meta(key, blob)
+
+
+def test_merges_left_unsaved_when_traffic_stops_are_saved_and_an_idle_learner_writes_nothing(
+        tmp_path, monkeypatch):
+    c = default_compiled()
+    counting = Counting(open_store(str(tmp_path)))
+    monkeypatch.setattr(learner_module, "open_store", lambda url: counting)
+    monkeypatch.setattr(learner_module, "LEARNER_SAVE_S", 0.3)
+
+    def saved() -> float:
+        return Actor(default_catalog_text(), "x").learner.models.positives[3]
+
+    async def run():
+        actor = Actor(default_catalog_text(), "x")
+        await actor.sync(c.version, learned(c, 3, 1), -1)  # saved: the first in 0.3 s
+        await actor.sync(c.version, learned(c, 3, 1), -1)  # the last before traffic stops
+        assert saved() == 1
+        await asyncio.sleep(0.9)
+        assert saved() == 2
+        writes = counting.puts
+        await asyncio.sleep(0.9)
+        assert counting.puts == writes  # nothing new: nothing written
+
+    asyncio.run(run())
+
+
+def test_a_flush_saves_the_merges_since_the_last_save_and_a_failed_one_is_only_logged(
+        tmp_path, monkeypatch, caplog):
+    c = default_compiled()
+    flaky = Flaky(open_store(str(tmp_path)))
+    flaky.down = False
+    monkeypatch.setattr(learner_module, "open_store", lambda url: flaky)
+
+    async def run():
+        actor = Actor(default_catalog_text(), "x")
+        await actor.sync(c.version, learned(c, 3, 1), -1)
+        await actor.sync(c.version, learned(c, 3, 1), -1)
+        await actor.flush()
+        assert Actor(default_catalog_text(), "x").learner.models.positives[3] == 2
+        await actor.sync(c.version, learned(c, 3, 1), -1)
+        flaky.down = True
+        with caplog.at_level("WARNING", logger="kairos.learner"):
+            await actor.flush()
+        assert any("could not save" in r.getMessage() for r in caplog.records)
+
+    asyncio.run(run())
+
+
+def test_stop_flushes_the_learner_after_the_shards_are_killed_and_before_it_is(monkeypatch,
+                                                                             caplog):
+    from kairos.cluster.control import runtime
+    from kairos.cluster.settings import CONTROLLER_NAME, LEARNER_NAME
+    events: list[str] = []
+
+    class Handle:
+        def __init__(self, name: str):
+            self.name = name
+
+        def __getattr__(self, method: str):
+            return SimpleNamespace(remote=lambda: (self.name, method))
+
+    class FakeRay:
+        exceptions = ray.exceptions
+        util = SimpleNamespace(list_named_actors=lambda all_namespaces: [])
+        alive: set[str] = set()
+        flush_fails = False
+
+        def get_actor(self, name: str, namespace: str) -> Handle:
+            if name not in self.alive:
+                raise ValueError(name)
+            return Handle(name)
+
+        def get(self, ref: tuple[str, str], timeout: float):
+            if ref == (CONTROLLER_NAME, "status"):
+                return {"shards": [{"shard": "kairos-shard-0000"}]}
+            assert ref == (LEARNER_NAME, "flush") and timeout <= runtime.LEARNER_FLUSH_S
+            events.append("flush")
+            if self.flush_fails:
+                raise ray.exceptions.GetTimeoutError("no answer")
+
+        def kill(self, handle: Handle, no_restart: bool) -> None:
+            events.append(f"kill {handle.name}")
+            self.alive.discard(handle.name)
+
+    fake = FakeRay()
+    monkeypatch.setattr(runtime, "ray", fake)
+    for flush_fails in (False, True):  # one that does not answer is killed all the same
+        fake.alive.update({CONTROLLER_NAME, "kairos-shard-0000", LEARNER_NAME})
+        fake.flush_fails = flush_fails
+        events.clear()
+        with caplog.at_level("WARNING", logger="kairos.runtime"):
+            runtime.stop()
+        assert events == [f"kill {CONTROLLER_NAME}", "kill kairos-shard-0000", "flush",
+                          f"kill {LEARNER_NAME}"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "stop: the learner did not save its last merges: no answer"]
