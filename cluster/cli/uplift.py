@@ -4,13 +4,13 @@ Offline: it reads the file, nothing else."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from kairos.cluster.evidence import uplift
 from kairos.cluster.evidence.records import LogFormatError, read_records
+from kairos.cluster.evidence.report import json_text
 
 
 def add_parser(commands: Any) -> None:
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json_text(report), end="")
     elif not any(c["control_decisions"] for c in report["channels"].values()):
         print("no decision in this log was held back as control: give a channel a control "
               "share (catalog: channels.<name>.control) to measure the models' uplift")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,29 @@ def write(evidence: dict[str, Any], out: Path) -> list[Path]:
     """replay.json, replay.md and (with matplotlib) replay.png in `out`; the paths written."""
     out.mkdir(parents=True, exist_ok=True)
     data, md, plot = out / "replay.json", out / "replay.md", out / "replay.png"
-    data.write_text(json.dumps(evidence, indent=2) + "\n", encoding="utf-8")
+    # whole or not at all: `kairos catalog push --evidence` reads it
+    partial = out / "replay.json.partial"
+    partial.write_text(json_text(evidence), encoding="utf-8")
+    os.replace(partial, data)
     plotted = _plot(evidence, plot)
     md.write_text(markdown(evidence, plot.name if plotted else None), encoding="utf-8")
     return [data, md, plot] if plotted else [data, md]
+
+
+def json_text(report: Any) -> str:
+    """A report as JSON that strict parsers read: an estimate that is unknown (NaN, or an
+    infinite bound) is null, not the NaN Python's json writes by default."""
+    return json.dumps(_finite(report), indent=2, allow_nan=False) + "\n"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def summary(evidence: dict[str, Any]) -> str:

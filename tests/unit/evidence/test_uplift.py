@@ -1,6 +1,7 @@
 """The models' uplift over the control group, from decision records."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -114,3 +115,15 @@ def test_a_conversion_reported_twice_is_counted_once():
     twice = record(1, "a", True, False)
     twice = twice.with_outcomes(twice.outcomes * 2)
     assert rewards(twice)[2:] == (1.0, 2.0)
+
+
+def test_an_unknown_interval_is_null_in_the_json_strict_parsers_read(tmp_path, capsys):
+    path = tmp_path / "log.jsonl"
+    write_jsonl([record(i, "a", True, False) for i in range(5)] + [record(9, "a", False, True)],
+                path)
+    assert main(["uplift", "--log", str(path), "--json"]) == 0
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+    report = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    assert report["channels"]["web/hero"]["accept"]["low"] is None
