@@ -252,7 +252,8 @@ def read_decisions(store: Store, names: Iterable[str], query: DecisionPage
             taken += 1
             if taken > query.limit:
                 break
-    found.sort(key=lambda f: f[:2])
+        found.sort(key=lambda f: f[:2])  # the first of every log read so far: a shard
+        del found[query.limit + 1:]  # reading many logs holds two pages, not one a log
     return [(logged, record) for logged, _, record in found[:query.limit]], \
         len(found) > query.limit
 
