@@ -3,8 +3,9 @@ it would earn (IPS, SNIPS, doubly robust, for the accept rate and the value per 
 how far the log supports that (overlap).
 
 A record whose logged selection is not a probability above 0 (a fallback decision, which
-nothing scored, a log written without them, or a damaged one) cannot weigh the candidate's choice: it is left
-out and counted. "Differs" is the probability that the candidate shows another action first:
+nothing scored, a log written without them, or a damaged one) cannot weigh the candidate's
+choice: it is left out and counted; so is a decision pushed to a watch, which was logged
+because its best action changed, with a probability the log does not know. "Differs" is the probability that the candidate shows another action first:
 1 - pi(logged action | x), averaged by channel and by the logged action.
 """
 from __future__ import annotations
@@ -34,12 +35,14 @@ MAX_EXAMPLES = 5  # refused requests quoted in the report
 
 def evaluate(replayed: Sequence[Replayed], seed: int = 0) -> dict[str, Any]:
     """The evidence as a JSON-ready dict (see the module's docstring and report.py)."""
-    usable = [r for r in replayed if 0.0 < r.selection <= 1.0]  # NaN is not
+    answered = [r for r in replayed if not r.pushed]
+    usable = [r for r in answered if 0.0 < r.selection <= 1.0]  # NaN is not
     refused = [r for r in replayed if r.refused]
     result: dict[str, Any] = {
         "logged_catalogs": sorted({r.catalog_version for r in replayed}),
         "records": len(replayed), "evaluated": len(usable),
-        "excluded_no_selection": len(replayed) - len(usable),
+        "excluded_no_selection": len(answered) - len(usable),
+        "excluded_pushes": len(replayed) - len(answered),
         "refused": {"count": len(refused),
                     "examples": sorted({r.refused for r in refused})[:MAX_EXAMPLES]},
         "differs": _differences(usable), "shares": _shares(usable)}

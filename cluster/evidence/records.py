@@ -54,6 +54,10 @@ class DecisionRecord:
     shown: tuple[ShownAction, ...]  # in slot order
     control: bool = False  # held back: a uniformly random eligible action was shown
     outcomes: tuple[OutcomeRecord, ...] = field(default=())  # joined on export
+    # pushed to a watch: a watched view is decided on every change of its customer and sent
+    # (and logged) only when its best action changed, so `selection` is not the probability
+    # that this record exists; replay and uplift leave pushes out
+    pushed: bool = False
 
     def with_outcomes(self, outcomes: Iterable[OutcomeRecord]) -> "DecisionRecord":
         return DecisionRecord(**{**vars(self), "outcomes": tuple(outcomes)})
@@ -125,7 +129,7 @@ def pack_decision(record: DecisionRecord) -> list:
             record.placement, record.catalog_version, record.model_version, record.context,
             record.inputs, record.profile, list(record.eligible),
             [[s.action_id, s.slot, s.selection, s.propensity, s.priority] for s in record.shown],
-            record.control]
+            record.control, record.pushed]
 
 
 def pack_outcome(record: OutcomeRecord) -> list:
@@ -138,11 +142,14 @@ def unpack(stored: list) -> DecisionRecord | OutcomeRecord:
     try:
         if stored[0] == DECISION:
             (_, decision_id, time, customer_id, channel, placement, catalog_version,
-             model_version, context, inputs, profile, eligible, shown, control) = stored
+             model_version, context, inputs, profile, eligible, shown, control,
+             *pushed) = stored  # logs written before pushes were told apart have no flag
+            if len(pushed) > 1:
+                raise ValueError(f"{len(stored)} fields")
             return DecisionRecord(decision_id, time, customer_id, channel, placement,
                                   catalog_version, model_version, context, inputs, profile,
                                   tuple(eligible), tuple(ShownAction(*s) for s in shown),
-                                  control)
+                                  control, pushed=bool(pushed and pushed[0]))
         if stored[0] == OUTCOME:
             return OutcomeRecord(*stored[1:])
     except (TypeError, ValueError, IndexError) as exc:
@@ -214,7 +221,7 @@ def _schema():
         ("context", pa.string()),  # JSON: its values are strings, numbers or vectors
         ("inputs", pa.map_(pa.string(), pa.float64())), ("profile", pa.binary()),
         ("eligible", pa.list_(pa.string())), ("shown", pa.list_(shown)),
-        ("control", pa.bool_()), ("outcomes", pa.list_(outcome)),
+        ("control", pa.bool_()), ("outcomes", pa.list_(outcome)), ("pushed", pa.bool_()),
     ], metadata={b"kairos_decision_log_format": str(FORMAT).encode()})
 
 

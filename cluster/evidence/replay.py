@@ -63,6 +63,7 @@ class Replayed:
     inputs: dict[str, float]  # what the logged decision's models read (the direct method's x)
     candidate: dict[str, float]  # the candidate's probability of showing each first
     refused: str | None = None  # the candidate refused the request (then it shows NOTHING)
+    pushed: bool = False  # pushed to a watch (records.py): left out of the estimates
 
 
 def load_candidate(path: str | Path) -> CompiledCatalog:
@@ -115,7 +116,7 @@ class Replayer:
                                  f"customer block: {exc}") from None
         replayed = Replayed(record.decision_id, record.catalog_version, record.channel,
                             record.placement, logged, selection, accept, value,
-                            dict(record.inputs), {NOTHING: 1.0})
+                            dict(record.inputs), {NOTHING: 1.0}, pushed=record.pushed)
         try:
             request = self.engine.encode_request(REPLAY_CUSTOMER, record.channel,
                                                  record.placement, record.context, record.time)

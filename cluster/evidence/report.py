@@ -76,7 +76,8 @@ def markdown(evidence: dict[str, Any], plot: str | None) -> str:
              f"{evidence['records']} logged decisions (catalog versions "
              f"{', '.join(evidence['logged_catalogs']) or 'none'}); {evidence['evaluated']} "
              f"evaluated, {evidence['excluded_no_selection']} left out for having no logged "
-             f"selection probability (fallbacks). The candidate re-decided each "
+             f"selection probability (fallbacks), {evidence.get('excluded_pushes', 0)} for "
+             f"being pushes to a watch. The candidate re-decided each "
              f"{evidence['samples']} times (its probabilities within "
              f"{evidence['candidate_error']:.3f}, one standard error). Models: "
              f"{evidence['models']}", ""]

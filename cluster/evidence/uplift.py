@@ -23,7 +23,8 @@ stratum has fewer than two decisions that earned a value.
 
 Rewards are replay's: the first shown action's accept (ACCEPT or CONVERT) and the conversion
 value it reported. A fallback decision (nothing scored it, selection 0) belongs to neither
-group. An uplift needs a stratum with two decisions in each group; without one its interval
+group, nor does a decision pushed to a watch: it was logged because its best action changed,
+which held-back decisions (a random action) do far more often. An uplift needs a stratum with two decisions in each group; without one its interval
 is unknown (NaN) and the report says so.
 """
 from __future__ import annotations
@@ -96,8 +97,11 @@ def uplift(records: Iterable[DecisionRecord]) -> dict[str, Any]:
     """The uplift report as a JSON-ready dict (see the module's docstring)."""
     # channel/placement -> catalog version -> held back? -> [(action, accept, value)]
     groups: dict[str, Strata] = defaultdict(lambda: defaultdict(lambda: {False: [], True: []}))
-    fallbacks = 0
+    fallbacks = pushes = 0
     for record in records:
+        if record.pushed:
+            pushes += 1
+            continue
         action, selection, accept, value = rewards(record)
         if not selection > 0.0:
             fallbacks += 1
@@ -113,7 +117,7 @@ def uplift(records: Iterable[DecisionRecord]) -> dict[str, Any]:
             **{reward: difference(strata, i, reward == "accept").to_json()
                for i, reward in enumerate(REWARDS, start=1)},
             "actions": _by_action(strata)}
-    return {"channels": channels, "fallbacks_left_out": fallbacks}
+    return {"channels": channels, "fallbacks_left_out": fallbacks, "pushes_left_out": pushes}
 
 
 def _by_action(strata: Strata) -> dict[str, Any]:

@@ -72,9 +72,9 @@ class DecisionLog:
         self._trimmed = ctx.clock()
 
     def decided(self, decision: Decision, sealed_id: str, now: float,
-                context: dict[str, Any] | None) -> None:
+                context: dict[str, Any] | None, pushed: bool = False) -> None:
         """Log a decision as the engine made it (`decision`, whose id the engine's memo
-        knows), under the id its caller sees."""
+        knows), under the id its caller sees; `pushed` to a watch, or answered."""
         if not self.enabled:
             return
         engine = self._ctx.engine
@@ -90,7 +90,8 @@ class DecisionLog:
             decision.catalog_version, decision.model_version, _loggable(context or {}), inputs,
             profile, eligible,
             tuple(ShownAction(a.action_id, slot, a.selection, a.propensity, a.priority)
-                  for slot, a in enumerate(decision.actions)), decision.control)
+                  for slot, a in enumerate(decision.actions)), decision.control,
+            pushed=pushed)
         self._entries.append((self._ctx.clock(), customer_id,
                               msgpack.packb(pack_decision(record), use_bin_type=True)))
 

@@ -159,7 +159,7 @@ class Shard:
             if id(decision) not in sealed:
                 sealed[id(decision)] = self.seal.seal(decision)
                 self.decision_log.decided(decision, sealed[id(decision)].decision_id,
-                                          touched[decision.customer_id], None)
+                                          touched[decision.customer_id], None, pushed=True)
         return [Push(p.sink, sealed[id(p.decision)]) for p in pushes]
 
     def _replayed(self, requests: list[Request]) -> list[Reply]:

@@ -114,6 +114,16 @@ def test_fallback_records_are_left_out_and_counted(still_log):
     assert evidence["evaluated"] == len(still_log) - 1
 
 
+def test_pushes_to_a_watch_are_left_out_and_counted(still_log):
+    """A push was logged because its best action changed: its selection is not the
+    probability that the record exists."""
+    pushed = [dataclasses.replace(r, pushed=True) for r in still_log[:2]]
+    replayed = list(replay([*pushed, *still_log[2:]], candidate(truth.candidate_catalog()), 4))
+    evidence = evaluation.evaluate(replayed)
+    assert (evidence["excluded_pushes"], evidence["excluded_no_selection"]) == (2, 0)
+    assert evidence["evaluated"] == len(still_log) - 2
+
+
 def test_a_log_with_nothing_to_weigh_reports_so(still_log):
     """Only fallbacks: no estimate, a warning, and a report that still renders."""
     fallbacks = [dataclasses.replace(r, shown=tuple(dataclasses.replace(s, selection=0.0)

@@ -1,6 +1,7 @@
 """The models' uplift over the control group, from decision records."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -127,3 +128,12 @@ def test_an_unknown_interval_is_null_in_the_json_strict_parsers_read(tmp_path, c
         raise ValueError(f"{constant} is not JSON")
     report = json.loads(capsys.readouterr().out, parse_constant=refuse)
     assert report["channels"]["web/hero"]["accept"]["low"] is None
+
+
+def test_pushes_to_a_watch_are_left_out():
+    """A watched view is logged when its best action changes, which a held-back one (a random
+    action) does far more often: pushes over-represent the control group."""
+    held = [dataclasses.replace(record(i, "a", False, True), pushed=True) for i in range(50)]
+    report = uplift([record(i, "a", True, i % 2 == 0) for i in range(100, 140)] + held)
+    assert report["pushes_left_out"] == 50
+    assert report["channels"]["web/hero"]["control_decisions"] == 20

@@ -279,3 +279,15 @@ def test_a_decisions_outcomes_are_found_however_many_others_came_before_them(sto
         frozenset({decision_key("ana", ana.decision_id)}), T0, T0 + 2 * 86_400))
     assert outcomes[0] == late and len(outcomes) == OUTCOMES_PER_DECISION
     assert cut == 40 + 1 - OUTCOMES_PER_DECISION
+
+
+def test_a_push_is_logged_as_one_and_an_answer_is_not(compiled):
+    s = shard(compiled, store=MemoryStore())
+    s.process([watch("ana", "sink-1", "push")])
+    _, pushes = s.process([event("ana", "page_view", T0, category="home")])
+    [answered], _ = s.process([decide("bob", now=T0)])
+    flags = {d.decision_id: d.pushed for d in logged(s.store)[0]}
+    assert flags == {pushes[0].decision.decision_id: True, answered.value.decision_id: False}
+    # a log written before pushes were told apart reads as answers
+    old = pack_decision(logged(s.store)[0][0])[:-1]
+    assert unpack(old).pushed is False
