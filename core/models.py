@@ -56,8 +56,8 @@ publish it to every shard, so nothing non-finite gets in: the kernels refuse suc
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -188,6 +188,18 @@ class BayesianLogit:
 
 # Per-model sums that add as they are: outcomes counted, and the values conversions reported.
 COUNTS = ("positives", "negatives", "value_count", "value_sum")
+# A delta's statistics, in the order of ModelDelta's fields
+DELTA_STATS = ("precision_mean", "precision", *COUNTS, "inputs")
+
+
+class DeltaOrigin(NamedTuple):
+    """Which shard sent a delta: its name, its model sync's incarnation (random, one a
+    process) and the delta's number in that incarnation. A sync that timed out may have been
+    merged, so its delta is sent again as itself, and the learner merges each origin once."""
+
+    shard: str
+    incarnation: str
+    sequence: int
 
 
 @dataclass
@@ -201,10 +213,11 @@ class ModelDelta:
     value_count: np.ndarray  # conversions that reported a value, shape (n_models,)
     value_sum: np.ndarray  # the values they reported
     inputs: np.ndarray  # standardised inputs seen: count, sum, squares; shape (3, n_predictors)
+    # set by the shard that sends it (shard/modelsync.py); a sum or a remap is a new delta
+    origin: DeltaOrigin | None = field(default=None, compare=False)
 
     def __add__(self, other: "ModelDelta") -> "ModelDelta":
-        return ModelDelta(*(getattr(self, f.name) + getattr(other, f.name)
-                            for f in fields(self)))
+        return ModelDelta(*(getattr(self, name) + getattr(other, name) for name in DELTA_STATS))
 
     def learned(self) -> bool:
         """Whether any outcome, value or standardised input was seen (else nothing to send)."""
@@ -367,8 +380,7 @@ class ModelTable:
     def pending(self) -> ModelDelta:
         """What was learned since the last take (not yet sent)."""
         now, taken = self._now(), self._taken
-        return ModelDelta(*(getattr(now, f.name) - getattr(taken, f.name)
-                            for f in fields(ModelDelta)))
+        return ModelDelta(*(getattr(now, name) - getattr(taken, name) for name in DELTA_STATS))
 
     def take_delta(self) -> ModelDelta:
         delta = self.pending()
@@ -433,8 +445,8 @@ class ModelTable:
 
     def _mark_as(self, unsent: ModelDelta) -> None:
         """After adopt the unsent learning is still pending: move the mark back before it."""
-        self._taken = ModelDelta(*(getattr(self._taken, f.name) - getattr(unsent, f.name)
-                                   for f in fields(ModelDelta)))
+        self._taken = ModelDelta(*(getattr(self._taken, name) - getattr(unsent, name)
+                                   for name in DELTA_STATS))
 
 
 class ModelRemap:

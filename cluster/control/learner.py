@@ -10,6 +10,11 @@ sync (shard/modelsync.py). So every shard runs a version that includes a respons
 sync intervals, and an idle cluster makes no model calls but a poll per shard every LONG_POLL_S
 (a watch waits out a catalog switch that reached the learner and not yet its shard).
 
+A sync that timed out may still have merged, and its shard sends the delta again as itself:
+each delta carries its origin (shard, the shard process's random incarnation, a sequence), the
+learner remembers the last sequence it took from each incarnation (saved with the posterior
+that holds them, at most SENDERS_KEPT), and answers a repeat without merging it (`repeated`).
+
 The posterior is saved to the store's meta, by a sync that merged if LEARNER_SAVE_S passed
 since the last save and otherwise at the next LEARNER_SAVE_S tick (an idle learner writes
 nothing), and by `flush` (runtime.stop's, before the kill). So a learner that Ray restarts, or
@@ -41,7 +46,7 @@ import numpy as np
 import ray
 
 from kairos.core.compiler import CompiledCatalog, compiled_from_text
-from kairos.core.models import (COUNTS, ModelDelta, ModelRemap, ModelTable, keep_rows,
+from kairos.core.models import (COUNTS, DeltaOrigin, ModelDelta, ModelRemap, ModelTable, keep_rows,
                                  sound_rows)
 
 from kairos.cluster.longpoll import Changes
@@ -59,6 +64,11 @@ DAMAGED_KEY = "learner.damaged"  # a saved posterior that could not be read, kep
 RESTORE_RETRY_S = 1.0  # how often calls try again to read a posterior the store did not give
 SAVE_TICK_MIN_S = 0.1  # the periodic save's tick if LEARNER_SAVE_S is 0 (syncs save each merge)
 PUBLISHES_KEPT = 256  # (version, time) of the latest publishes `status` reports
+# The shard incarnations whose last merged delta the learner remembers (saved with the
+# posterior): at most SENDERS_KEPT, the most recently heard, none silent for SENDERS_KEPT_S (a
+# shard sends a delta again at its next interval; one silent for days is a process gone)
+SENDERS_KEPT = 4096
+SENDERS_KEPT_S = 7 * 86400.0
 
 
 @dataclass
@@ -94,6 +104,9 @@ class Learner:
         self.calls: Counter[str] = Counter()  # syncs and watches taken, for `status`
         # deltas of a catalog version the learner has no remap for, by version: learning lost
         self.dropped: Counter[str] = Counter()
+        # (shard, incarnation) -> (sequence of its last delta taken, epoch seconds heard)
+        self.sequences: dict[tuple[str, str], tuple[int, float]] = {}
+        self.repeated = 0  # deltas sent again that were taken before: answered, not merged
         self.watching = 0  # watches waiting now
         self._announced = self.models.version
         self._changes = Changes()
@@ -112,6 +125,8 @@ class Learner:
         """Merge a shard's delta; the latest version if the shard does not have it yet."""
         self.calls["sync"] += 1
         self._continue_past(known_version)
+        if delta is not None and delta.origin is not None and self._repeated(delta.origin):
+            delta = None
         if delta is not None:
             if catalog_version != self.compiled.version:
                 remap = self._remaps.get(catalog_version)
@@ -123,6 +138,28 @@ class Learner:
             self.publishes.append((self.models.version, time.time()))
             self.announce()
         return self.published(known_version)
+
+    def _repeated(self, origin: DeltaOrigin) -> bool:
+        """Whether a delta was taken before (its shard sent it again after a sync that timed
+        out); else it is remembered as its shard's last."""
+        key, now = (origin.shard, origin.incarnation), time.time()
+        last = self.sequences.get(key)
+        if last is not None and origin.sequence <= last[0]:
+            self.sequences[key] = (last[0], now)
+            self.repeated += 1
+            return True
+        if last is None:
+            self._forget_senders(now)
+        self.sequences[key] = (origin.sequence, now)
+        return False
+
+    def _forget_senders(self, now: float) -> None:
+        """Room for a new shard incarnation: the silent ones go, then the least recently heard
+        past SENDERS_KEPT."""
+        for key in [k for k, (_, heard) in self.sequences.items() if now - heard > SENDERS_KEPT_S]:
+            del self.sequences[key]
+        while len(self.sequences) >= SENDERS_KEPT:
+            del self.sequences[min(self.sequences, key=lambda k: self.sequences[k][1])]
 
     def _dropped(self, catalog_version: str) -> None:
         """A delta learned under a catalog version this learner never ran (or ran before a
@@ -197,7 +234,8 @@ class Learner:
         return {"model_version": self.version, "merged": self.merged,
                 "catalog_version": self.compiled.version, "refused": self.refused,
                 "publishes": list(self.publishes), "calls": dict(self.calls),
-                "watching": self.watching, "dropped": dict(self.dropped)}
+                "watching": self.watching, "dropped": dict(self.dropped),
+                "repeated": self.repeated, "senders": len(self.sequences)}
 
 
 class _Chain:
@@ -215,6 +253,7 @@ def save_models(learner: Learner) -> bytes:
     m = learner.models
     return blocks.pack({"catalog": learner.compiled.version, "catalog_text": learner.catalog_text,
                         "version": m.version,
+                        "sequences": [[*key, *last] for key, last in learner.sequences.items()],
                         **{name: getattr(m, name) for name in (*PER_MODEL, "inputs")}})
 
 
@@ -247,8 +286,14 @@ def restore_models(learner: Learner, blob: bytes, follow_catalog: bool = False) 
             stats[name] = keep_rows(ok, stats[name], getattr(m, name))
     if not np.isfinite(stats["inputs"]).all():
         stats["inputs"] = m.inputs
+    # the deltas the posterior holds, so that one sent again is not merged twice
+    sequences = {(str(shard), str(incarnation)): (int(sequence), float(heard))
+                 for shard, incarnation, sequence, heard in saved.get("sequences", [])}
     m.adopt(SimpleNamespace(**stats, version=max(saved["version"], learner.version) + 1))
     m.refused += bad
+    for key, (sequence, heard) in sequences.items():
+        if sequence > learner.sequences.get(key, (-1, 0.0))[0]:
+            learner.sequences[key] = (sequence, heard)
     return True
 
 

@@ -8,9 +8,13 @@ instead: one at a time, asked again at the next interval once it ended, and at o
 engine's catalog or model version moved from the ones it waits with (a switch committed; a
 shard rebuilt from the store starts from the priors). A sync cancels it, since its answer is
 the latest version anyway (and a watch answered meanwhile would replace the models without
-the delta in flight). A delta the learner could not take goes with the next sync, unless the
-catalog switched meanwhile (its rows mean something else then: it stays only in this shard's
-models).
+the delta in flight). A sync that fails (Unavailable) may still have merged: the call may have
+run late, or the learner merged and died before answering. So its delta goes again at the next
+interval as itself, known to the learner by its origin (this shard, this process's random
+incarnation, a sequence number), and a delta the learner took before is answered, not merged
+again; what the shard learns meanwhile waits in its models and goes as the next delta. Unless
+the catalog switched meanwhile: its rows mean something else then, and it stays only in this
+shard's models.
 
 The last ADOPTIONS_KEPT adoptions are kept with their wall-clock time, and `health` reports
 them, so the time a published version takes to reach every shard can be measured exactly
@@ -21,11 +25,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
 from kairos.core.engine import DecisionEngine
-from kairos.core.models import ModelDelta
+from kairos.core.models import DeltaOrigin, ModelDelta
 
 from kairos.cluster.settings import MODEL_SYNC_S
 from kairos.cluster.transport.backend import LearnerControl, Unavailable
@@ -40,6 +45,10 @@ ADOPTIONS_KEPT = 64  # at one sync per MODEL_SYNC_S, the last half minute
 class ModelSync:
     def __init__(self, name: str):
         self.name = name
+        # with a sequence number, each delta's origin: a process's deltas are told apart from
+        # those of the shard's processes before it, which numbered theirs from 1 too
+        self._incarnation = uuid.uuid4().hex
+        self._sequence = 0
         self._outbox: tuple[str, ModelDelta] | None = None  # (catalog version, unsent delta)
         # (model version, epoch seconds) of the latest adoptions, oldest first
         self.adoptions: deque[tuple[int, float]] = deque(maxlen=ADOPTIONS_KEPT)
@@ -75,7 +84,7 @@ class ModelSync:
         try:
             published = await learner().sync(catalog_version, delta, known)
         except Unavailable:
-            self.unsent(catalog_version, delta)  # sent with the next sync
+            self.unsent(catalog_version, delta)  # sent again at the next interval
             return
         self._adopt_into(engine(), published)
 
@@ -98,24 +107,26 @@ class ModelSync:
             self.adopt(engine, published)
 
     def take(self, engine: DecisionEngine) -> tuple[str, ModelDelta | None, int]:
-        """What the engine learnt since the last sync, with what an unsent sync had, for its
-        catalog version (None if nothing), and the model version it has."""
-        delta = engine.models.take_delta()
-        version = engine.compiled.version
+        """The engine's catalog version, the delta to send (None if nothing) and the model
+        version the engine has. The delta is an unsent sync's, as it was (the learner may have
+        merged it), else what the engine learnt since the last take, numbered next."""
+        version, known = engine.compiled.version, engine.models.version
         if self._outbox is not None:
             unsent_version, unsent = self._outbox
             self._outbox = None
             if unsent_version == version:
-                delta = delta + unsent
-            else:
-                log.warning("%s: model learning from before the switch to catalog %s could "
-                            "not reach the learner and is kept only here", self.name, version)
+                return version, unsent, known
+            log.warning("%s: model learning from before the switch to catalog %s could not "
+                        "reach the learner and is kept only here", self.name, version)
+        delta = engine.models.take_delta()
         if not delta.learned():
-            delta = None
-        return version, delta, engine.models.version
+            return version, None, known
+        self._sequence += 1
+        delta.origin = DeltaOrigin(self.name, self._incarnation, self._sequence)
+        return version, delta, known
 
     def unsent(self, catalog_version: str, delta: ModelDelta | None) -> None:
-        """The learner could not be reached: the delta goes with the next sync."""
+        """The sync failed: the delta goes again, as itself, with the next."""
         if delta is not None:
             self._outbox = (catalog_version, delta)
 

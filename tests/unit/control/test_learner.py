@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,7 +18,7 @@ from kairos.cluster.storage.store import StoreUnavailable
 from kairos.cluster.transport.backend import Unavailable
 from kairos.core.catalog import default_catalog_text, load_catalog
 from kairos.core.compiler import compile_catalog, compiled_from_text, default_compiled
-from kairos.core.models import ModelTable, diagonal
+from kairos.core.models import DeltaOrigin, ModelTable, diagonal
 
 
 # the class under Ray's ActorClass: its methods run here, as Ray would run them in the actor
@@ -369,3 +370,41 @@ def test_stop_flushes_the_learner_after_the_shards_are_killed_and_before_it_is(m
                           f"kill {LEARNER_NAME}"]
     assert [r.getMessage() for r in caplog.records] == [
         "stop: the learner did not save its last merges: no answer"]
+
+
+def sent(delta, incarnation: str, sequence: int):
+    delta.origin = DeltaOrigin("s0", incarnation, sequence)
+    return delta
+
+
+def test_a_delta_sent_again_is_answered_without_being_merged_twice():
+    """A sync that timed out may have merged (the call ran late, or the learner merged, saved
+    and died before answering): the shard sends the delta again as itself."""
+    from kairos.cluster.control.learner import restore_models, save_models
+    c = default_compiled()
+    learner = Learner(c)
+    first = sent(learned(c, 3, 1), "a", 1)
+    answer = learner.sync(c.version, first, -1)
+    again = learner.sync(c.version, first, -1)  # its answer was lost
+    assert (again.version, again.positives[3]) == (answer.version, 1)
+    assert learner.merged == 1 and learner.status()["repeated"] == 1
+    learner.sync(c.version, sent(learned(c, 3, 1), "a", 2), answer.version)  # the next one
+    learner.sync(c.version, sent(learned(c, 3, 1), "b", 1), -1)  # a restarted shard's first
+    assert learner.merged == 3
+    restarted = Learner(c)  # what was merged is saved with the posterior it is in
+    assert restore_models(restarted, save_models(learner))
+    restarted.sync(c.version, sent(learned(c, 3, 1), "a", 2), -1)
+    assert restarted.merged == 0 and restarted.models.positives[3] == 3
+
+
+def test_the_shards_remembered_are_bounded(monkeypatch):
+    c = default_compiled()
+    learner = Learner(c)
+    monkeypatch.setattr(learner_module, "SENDERS_KEPT", 2)
+    for incarnation in "abc":  # past the cap: the least recently heard goes
+        learner.sync(c.version, sent(learned(c, 3, 1), incarnation, 1), -1)
+    assert set(learner.sequences) == {("s0", "b"), ("s0", "c")}
+    # one not heard from in SENDERS_KEPT_S goes at the next new one (a process long gone)
+    learner.sequences[("s0", "b")] = (1, time.time() - learner_module.SENDERS_KEPT_S - 1)
+    learner.sync(c.version, sent(learned(c, 3, 1), "d", 1), -1)
+    assert set(learner.sequences) == {("s0", "c"), ("s0", "d")}

@@ -26,12 +26,17 @@ class CountedLearner:
         self.local = backend.learner()
         self.calls: list[str] = []
         self.down = False
+        self.answers_lost = 0  # syncs that run at the learner but time out at the shard
 
     async def sync(self, *args):
         self.calls.append("sync")
         if self.down:
             raise Unavailable("learner restarting")
-        return await self.local.sync(*args)
+        answer = await self.local.sync(*args)
+        if self.answers_lost:
+            self.answers_lost -= 1
+            raise Unavailable("kairos-learner: no answer within 30 s")
+        return answer
 
     async def watch(self, catalog_version: str, known_version: int):
         self.calls.append("watch")
@@ -127,6 +132,25 @@ def test_a_sync_the_learner_missed_goes_with_the_next_one(compiled):
         counted.down = False
         await sync.step(lambda: s.engine, lambda: counted)
         assert learner.merged == 1 and learner.models.positives.sum() == 1
+    asyncio.run(main())
+
+
+def test_a_sync_whose_answer_was_lost_is_sent_again_as_itself_and_merged_once(compiled):
+    learner, counted, sync = setting(compiled)
+    s = shard_that_learned(compiled)
+
+    async def main():
+        counted.answers_lost = 1
+        await sync.step(lambda: s.engine, lambda: counted)  # merged; the answer lost
+        assert learner.merged == 1
+        s.engine.record_outcomes([("ana", "service_menu", "web", "accept", T0 + 1, None)])
+        await sync.step(lambda: s.engine, lambda: counted)  # the same delta, not the sum
+        assert learner.merged == 1 and learner.models.positives.sum() == 1
+        assert s.engine.models.version == learner.version
+        assert s.engine.models.positives.sum() == 2  # its newer learning kept
+        await sync.step(lambda: s.engine, lambda: counted)  # which goes as the next delta
+        assert learner.merged == 2 and learner.models.positives.sum() == 2
+        assert counted.calls == ["sync", "sync", "sync"]
     asyncio.run(main())
 
 

@@ -210,10 +210,13 @@ def test_model_sync_resends_what_the_learner_missed_and_adopts_only_newer_versio
     models = ModelSync("s0")
     version, delta, known = models.take(s.engine)
     assert version == compiled.version and known == 0 and delta.positives.sum() == 1
-    models.unsent(version, delta)  # the learner was unreachable
+    models.unsent(version, delta)  # the learner was unreachable, or its answer did not come
     s.engine.record_outcomes([("ana", "service_menu", "web", "accept", T0 + 1, None)])
     _, again, _ = models.take(s.engine)
-    assert again.positives.sum() == 2  # this sync's and the one that did not go
+    assert again is delta  # as itself: the learner knows it by its origin if it merged it
+    _, newer, _ = models.take(s.engine)
+    assert newer.positives.sum() == 1 and newer.origin == delta.origin._replace(
+        sequence=delta.origin.sequence + 1)
     assert models.take(s.engine)[1] is None  # nothing new
     table = s.engine.models
 
