@@ -255,23 +255,22 @@ def ray_pods(overlay: str) -> list[dict]:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_ray_pod_runs_a_gateway_with_grpc_probes(overlay):
-    """Started and ready while its gateway answers gRPC health. Alive: the head while its
-    gateway answers; a worker while its raylet does (Ray's dashboard agent on the port its
-    rayStartParams give), so a worker Kairos drained, which has no gateway, stays up (not
-    ready) until the autoscaler removes it."""
+    """Started and ready while its gateway answers gRPC health. Alive while Ray is (Ray's
+    dashboard agent on the port its rayStartParams give; test_operations.py): a worker Kairos
+    drained, which has no gateway, stays up (not ready) until the autoscaler removes it, and
+    a gateway that stalls on the head takes it out of the Services, not the GCS down."""
     workers = raycluster(overlay)["spec"]["workerGroupSpecs"]
-    for pod, group in [(head(overlay), None)] + [(g["template"], g) for g in workers]:
+    spec = raycluster(overlay)["spec"]
+    for pod, group in [(head(overlay), spec["headGroupSpec"])] + [
+            (g["template"], g) for g in workers]:
         assert pod["metadata"]["labels"].get("kairos.io/gateway") == "true"
         c = pod["spec"]["containers"][0]
-        grpc_probes = ("startupProbe", "readinessProbe") + (("livenessProbe",) if not group
-                                                            else ())
-        for probe in grpc_probes:
+        for probe in ("startupProbe", "readinessProbe"):
             assert c.get(probe, {}).get("grpc", {}).get("port") == GATEWAY_PORT, \
                 f"{overlay}: {c['name']} {probe} is not a gRPC probe on {GATEWAY_PORT}"
-        if group:
-            alive = c["livenessProbe"]["httpGet"]
-            assert alive["path"] == "/api/local_raylet_healthz", alive
-            assert str(alive["port"]) == group["rayStartParams"]["dashboard-agent-listen-port"]
+        alive = c["livenessProbe"]["httpGet"]
+        assert alive["path"] in ("/api/healthz", "/api/local_raylet_healthz"), alive
+        assert str(alive["port"]) == group["rayStartParams"]["dashboard-agent-listen-port"]
         assert {"name": "grpc", "containerPort": GATEWAY_PORT} in c["ports"]
 
 
@@ -282,8 +281,9 @@ def test_rays_autoscaler_is_on_and_kairos_drives_it_within_the_groups_bounds(ove
     assert rc["spec"]["enableInTreeAutoscaling"] is True
     options = rc["spec"]["autoscalerOptions"]
     head_env = env_of(head(overlay)["spec"]["containers"][0])
-    # v1, the one tests/cluster/test_autoscaling.py runs: pinned where KubeRay and Ray read it
-    assert options["version"] == "v1" and head_env["RAY_enable_autoscaler_v2"]["value"] == "0"
+    # v1, the one tests/cluster/test_autoscaling.py runs: KubeRay pins it on the head
+    # (RAY_enable_autoscaler_v2=false), and refuses the cluster if the head sets it too
+    assert options["version"] == "v1" and "RAY_enable_autoscaler_v2" not in head_env
     assert "image" not in options, "the sidecar runs the head's image (kairos, on Ray)"
     (group,) = rc["spec"]["workerGroupSpecs"]
     bounds = (int(head_env["KAIROS_AUTOSCALE_MIN_WORKERS"]["value"]),

@@ -15,6 +15,7 @@ import yaml
 
 from kairos.cluster.cli.main import parser
 
+from tests.k8s import kuberay
 from tests.k8s.test_manifests import GATEWAY_PORT, KUBERNETES_VERSION, raycluster_schema
 from tests.support.manifests import K8S, env_of, render
 from tests.support.waiting import wait_until
@@ -22,6 +23,8 @@ from tests.support.waiting import wait_until
 COMPONENT = K8S / "components" / "shard-endpoints"
 RAY_WORKER_PORTS = range(10002, 20000)  # Ray's default min/max-worker-port (none set here)
 EPHEMERAL_PORTS = range(32768, 61000)  # Linux's default: what a bind to port 0 takes
+# The label an operator puts on a namespace whose pods may call the shards directly
+OPT_IN = {"kairos.io/shard-endpoint-clients": "true"}
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +60,9 @@ def test_the_policy_opens_the_range_the_head_hands_kairos_on_every_ray_pod(rende
     assert [rule["ports"] for rule in policy["spec"]["ingress"]] == [
         [{"port": low, "endPort": high, "protocol": "TCP"}]]
     assert [rule["from"] for rule in policy["spec"]["ingress"]] == [
-        [{"namespaceSelector": {}}]], "the cluster's pods only, not whatever reaches pod IPs"
+        [{"namespaceSelector": {"matchLabels": OPT_IN}}]], \
+        "pods of the namespaces labelled for it only: not every namespace, nor whatever " \
+        "reaches pod IPs"
     selector = policy["spec"]["podSelector"]["matchLabels"]
     cluster = the(rendered, "RayCluster", "kairos")["spec"]
     pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in
@@ -76,6 +81,15 @@ def test_the_policy_opens_the_range_the_head_hands_kairos_on_every_ray_pod(rende
         "Ray's worker ports are set: hold the range against them"
 
 
+def test_the_runbook_says_how_to_let_a_namespace_in_and_what_a_cni_without_endport_does():
+    text = (K8S / "README.md").read_text()
+    section = text[text.index("## Clients that route"):]
+    section = section[:section.index("\n## ", 1)]
+    ((key, value),) = OPT_IN.items()
+    assert "kubectl label namespace" in section and f"{key}={value}" in section
+    assert "endPort" in section and "20100" in section
+
+
 def test_the_objects_stay_valid(rendered):
     import kubernetes_validate
     kubernetes_validate.validate(the(rendered, "NetworkPolicy", "kairos-shard-endpoints"),
@@ -83,6 +97,7 @@ def test_the_objects_stay_valid(rendered):
     errors = list(jsonschema.Draft7Validator(raycluster_schema()).iter_errors(
         the(rendered, "RayCluster", "kairos")))
     assert not errors, [e.message for e in errors]
+    assert kuberay.refusals(the(rendered, "RayCluster", "kairos")) == []
 
 
 @pytest.mark.parametrize("ports", ["20100-20163", None])
