@@ -2,7 +2,8 @@
 the control logic of controller.py on a RayBackend that creates shards and gateways, and the
 control loop that runs its reconcile rounds and, when it is on, autoscaling (autoscaling.py).
 Ray restarts it (max_restarts=-1): the first call after a restart takes up the state the
-previous incarnation saved in the store."""
+previous incarnation saved in the store, whole or not at all; one that fails is tried again by
+the next call and by the control loop, which runs from then on."""
 from __future__ import annotations
 
 import asyncio
@@ -34,36 +35,54 @@ class ControllerActor:
                                      shards_per_cpu, ray.get_runtime_context().get_node_id())
         self.autoscaling = Autoscaling(self.controller.backend)
         self._loop_task: asyncio.Task | None = None
-        self._resuming = asyncio.Lock()
+        self._resuming = asyncio.Lock()  # one start or resume at a time
 
     async def start(self, n_shards: int) -> dict[str, Any]:
-        try:
-            await self.controller.start(n_shards)
-        finally:  # a gateway that did not start fails the call, and the loop retries it
-            if self.controller.map is not None and self._loop_task is None:
-                self._loop_task = asyncio.get_running_loop().create_task(self._control_loop())
+        async with self._resuming:
+            try:
+                await self.controller.start(n_shards)
+            finally:  # a gateway that did not start fails the call, and the loop retries it
+                if self.controller.ready:
+                    self._start_loop()
         return self.controller.routing()
 
     async def _ready(self) -> Controller:
         """After Ray restarted this actor (start() is not called again), take up the state
-        the previous incarnation saved."""
-        if self.controller.map is None:
+        the previous incarnation saved: whole, or not at all and again at the next call."""
+        if not self.controller.ready:
             async with self._resuming:
-                if self.controller.map is None:
-                    if not await self.controller.resume():
-                        raise RuntimeError("the controller has not been started")
-                    self._loop_task = asyncio.get_running_loop().create_task(self._control_loop())
+                if not self.controller.ready:
+                    await self._resume()
         return self.controller
+
+    async def _resume(self) -> None:
+        saved = True
+        try:
+            saved = await self.controller.resume()
+        finally:  # a resume that failed is tried again by the loop's rounds too
+            if saved:
+                self._start_loop()
+        if not saved:
+            raise RuntimeError("the controller has not been started")
+
+    def _start_loop(self) -> None:
+        if self._loop_task is None:
+            self._loop_task = asyncio.get_running_loop().create_task(self._control_loop())
 
     async def _control_loop(self) -> None:
         while True:
             await asyncio.sleep(CONTROL_LOOP_S)
             try:
-                await self.controller.reconcile()
+                controller = await self._ready()
+            except Exception:
+                log.exception("taking up the saved cluster failed; trying again")
+                continue
+            try:
+                await controller.reconcile()
             except Exception:
                 log.exception("control loop round failed; trying again")
             try:
-                await self.autoscaling.round(self.controller)
+                await self.autoscaling.round(controller)
             except Exception:
                 log.exception("autoscaling round failed; trying again")
 

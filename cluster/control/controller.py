@@ -13,14 +13,16 @@ without Ray in tests; `ControllerActor` (actor.py) is the named, detached Ray ac
   in the first phase leaves every shard on the old version. The version is saved before the
   first commit; shards that miss it are caught up (lagging.py).
 - Every remote call has a deadline (ray_backend.py): a shard that does not answer fails only
-  its own step, and never holds the lock longer than that.
-- The state (map, shard names, catalogs, watches, nodes) is saved in the store's meta at every
-  change: a controller Ray restarts, or a cluster started again on the same store, takes up
-  the same shards and partitions.
-- One reconfiguration at a time. The control loop re-starts shards Ray restarted (they recover
-  from the store), replaces shards whose node died (the new one recovers the dead one's
-  partitions from the store), gives nodes that join shards and a gateway (nodes.py),
-  finishes drains a crash cut short, and re-places shards from crowded nodes.
+  its own step, and holds the lock (a reconfiguration calls shards under it) no longer than
+  that. Long polls, channel watches and the control loop's health checks take no lock.
+- The state (saved.py: map, shard names, catalogs, watches, nodes) is saved in the store's
+  meta at every change: a controller Ray restarts, or a cluster started again on the same
+  store, takes up the same shards and partitions, and the catalog running when it stopped.
+- One reconfiguration at a time. The control loop (rounds.py) replaces shards whose node died
+  (the new one recovers the dead one's partitions from the store), re-starts shards Ray
+  restarted (they recover from the store), tells a restarted learner the catalog, finishes
+  drains a crash cut short, gives nodes that join shards and a gateway (nodes.py), and
+  re-places shards from crowded nodes.
 """
 from __future__ import annotations
 
@@ -36,10 +38,11 @@ from kairos.core.compiler import compiled_from_text
 
 from kairos.cluster.control.endpoints import ShardEndpoints
 from kairos.cluster.control.lagging import Lagging, named, on_each
-from kairos.cluster.control.moves import hand_over, moves_from_state, round_budget, settle
+from kairos.cluster.control.moves import hand_over, round_budget, settle
 from kairos.cluster.control.nodes import GatewaySpec, NodeRefused, Nodes, NodeUnknown
 from kairos.cluster.control.partitions import DEFAULT_PARTITIONS, Move, PartitionMap
-from kairos.cluster.control.saved import STATE_KEY, state_blob
+from kairos.cluster.control.rounds import ControlLoop
+from kairos.cluster.control.saved import STATE_KEY, state_blob, take_up
 from kairos.cluster.control.status import cluster_status
 from kairos.cluster.longpoll import Changes
 from kairos.cluster.settings import DRAIN_UNREADY_S, LONG_POLL_S, RETIRE_GRACE_S, SHARDS_PER_CPU
@@ -58,7 +61,9 @@ def _seed_of(name: str) -> int:
     return int(name.rsplit("-", 1)[1]) + 1
 
 
-class Controller:
+class Controller(ControlLoop):
+    """The control loop's round (reconcile) is in rounds.py."""
+
     def __init__(self, backend: Backend, catalog_text: str | None = None,
                  n_partitions: int = DEFAULT_PARTITIONS, store_url: str = "memory",
                  journal_policy: str = "fsync", gateways: GatewaySpec | None = None,
@@ -81,6 +86,10 @@ class Controller:
         self.endpoints = ShardEndpoints(backend)  # where each shard serves kairos.v1 itself
         self.channel_watches: set[tuple[str, str, str | None]] = set()
         self.moving: list[Move] = []  # recorded moves not yet settled (saved)
+        # replacement -> the journal each of its partitions recovers from (the shard it replaced)
+        # until its health says it serves (saved; rounds.py)
+        self.replacing: dict[str, dict[int, str]] = {}
+        self.ready = False  # its state is whole: started, or taken up from the store
         self.lagging = Lagging(backend)
         self.nodes = Nodes(backend, gateways, shards_per_cpu)
         self._drains: set[str] = set()  # nodes a drain_node call is working on now
@@ -108,6 +117,12 @@ class Controller:
             raise ValueError(f"need at least one shard, got {n_shards}")
         outcome_secret(self.store)  # before any shard starts, so that all share one
         if await self.resume():
+            # asked for by this start (`kairos up --catalog` on a store in use); a resume after
+            # Ray restarted the controller never applies it: it is the catalog of the first
+            # start, and PutCatalog may have switched since
+            requested = self._requested_catalog
+            if requested is not None and requested != self.catalog_text:
+                await self.put_catalog(requested)
             if n_shards != len(self.shards):
                 await self.scale(n_shards)
         else:
@@ -116,11 +131,15 @@ class Controller:
             await asyncio.gather(*(self._start_shard(name) for name in names))
         self.nodes.known.update(self.backend.nodes())  # --shards placed them: not joiners
         await self._publish()
+        self.ready = True
         if failed := await self.nodes.ensure_gateways(self.backend.nodes()):
             raise RuntimeError(f"the gateways on nodes {', '.join(failed)} did not start")
 
     async def resume(self) -> bool:
-        """Take up the state saved in the store; whether there was one."""
+        """Take up the state saved in the store, whole or not at all: a failure leaves nothing
+        taken up, so that the next call (ControllerActor) resumes again; whether there was
+        one. The catalog is the saved one: what this controller was constructed with is the
+        first start's (start() applies it)."""
         blob = await asyncio.to_thread(self.store.get_meta, STATE_KEY)
         if blob is None:
             return False
@@ -129,24 +148,35 @@ class Controller:
             raise ValueError(f"the store {self.store_shown} holds {state['n_partitions']} "
                              f"partitions, not {self.n_partitions}: start with the same count "
                              f"or another store")
-        names = state["shards"]  # every shard that existed, owning partitions or retiring
-        self.map = PartitionMap([names[i] for i in state["owners"]], state["version"],
-                                state["target"])
-        self._next_index = state["next_index"]
-        self.catalog_text = state["catalog"]
-        self.catalog_version = compiled_from_text(self.catalog_text).version
-        self.previous_catalog = state["previous_catalog"]
-        self.evidence, self.previous_evidence = state.get("evidence", ({}, {}))
-        self.channel_watches = {tuple(w) for w in state["channel_watches"]}
-        self.moving = moves_from_state(state.get("moving", []))
-        self.nodes.take_up(state.get("nodes"))
+        async with self._reconfiguring:
+            self._clear()  # what an earlier attempt that failed left
+            try:
+                await self._take_up(state)
+            except BaseException:
+                self._clear()
+                raise
+        return True
+
+    def _clear(self) -> None:
+        """Nothing taken up: no map to route by, no shard known."""
+        self.map = self._routable = None
+        self.placement, self.incarnations, self.replacing = {}, {}, {}
+        self.moving = []
+        self.lagging = Lagging(self.backend)
+        self.endpoints = ShardEndpoints(self.backend)
+        self.ready = False
+
+    async def _take_up(self, state: dict[str, Any]) -> None:
+        names = take_up(self, state)  # every shard that existed, owning partitions or retiring
         if self._requested_gateways is not None:
             self.nodes.spec = self._requested_gateways
         log.warning("resuming the cluster saved in %s: map version %d, %d shards",
                     self.store_shown, self.map.version, len(names))
-        moving = {m.target for m in self.moving}  # may hold what it adopted: settled below
+        # a move's target may hold what it adopted (settled below); a replacement may own
+        # nothing yet
+        kept = {m.target for m in self.moving} | set(self.replacing)
         for name in names:
-            if name not in self.map.owners and name not in moving:  # was retiring
+            if name not in self.map.owners and name not in kept:  # was retiring
                 await asyncio.to_thread(self.store.drop_journal, name)
                 continue
             try:
@@ -156,24 +186,28 @@ class Controller:
             if health is not None and health.get("started"):
                 self.placement[name] = health.get("node")
                 self.incarnations[name] = health["incarnation"]
+                self.replacing.pop(name, None)  # it recovered what it replaced
                 if health.get("catalog_version") != self.catalog_version:
                     self.lagging.catalog.add(name)  # the switch was interrupted
                 await self.endpoints.serve(name, self.nodes.spec, self.placement[name])
                 continue
             if health is None:
                 await self._create_shard(name)
+            else:  # it answers, not serving yet (Ray restarted it, or it is rebuilding)
+                self.placement[name] = health.get("node")
             await self._start_shard(name)
-        await self.backend.learner().switch(self.catalog_text)
+        try:
+            await self.backend.learner().switch(self.catalog_text)
+        except Exception:  # no map for clients while Ray restarts it too: the loop tells it
+            log.exception("the learner was not told catalog %s; the control loop tries again",
+                          self.catalog_version)
         await self._publish()
         try:
             await self._catch_up(self.shards)
         except Exception:
             log.exception("finishing what the previous controller left failed; the control "
                           "loop tries again")
-        requested = self._requested_catalog
-        if requested is not None and requested != self.catalog_text:
-            await self.put_catalog(requested)
-        return True
+        self.ready = True
 
     async def _save(self) -> None:
         """Write the state as it is now, on a thread (a directory fsyncs, Redis is a network
@@ -200,14 +234,20 @@ class Controller:
         self.placement[name] = node
         return name
 
-    async def _start_shard(self, name: str, sources: dict[int, str] | None = None) -> None:
-        """Have the shard recover its partitions from the store and serve them."""
+    async def _start_shard(self, name: str) -> None:
+        """Have the shard recover its partitions from the store and serve them. A replacement
+        (rounds.py) recovers those never snapshotted from the journal of the shard it
+        replaces, at every start until its health says it serves, and is published once a
+        start of it succeeds."""
         partitions = self.map.partitions_of(name) if self.map else []
+        watches = set(self.channel_watches)  # a watch may change while the start runs
         self.incarnations[name] = await self.backend.shard(name).start(
-            self.catalog_text, partitions, sorted(self.channel_watches, key=str),
-            self.map.version if self.map else 1, sources)
-        self.lagging.forget(name)  # it started on the current catalog and watches
+            self.catalog_text, partitions, sorted(watches, key=str),
+            self.map.version if self.map else 1, self.replacing.get(name))
+        await self.lagging.started(name, watches, set(self.channel_watches))
         await self.endpoints.serve(name, self.nodes.spec, self.placement.get(name))
+        if name in self.replacing:
+            await self._publish()
 
     async def _publish(self) -> None:
         routable = self.map  # saved before clients see it: no routing by a map a crash undoes
@@ -266,7 +306,8 @@ class Controller:
         pairs: dict[tuple[str, str], list[int]] = {}
         for m in moves:
             pairs.setdefault((m.source, m.target), []).append(m.partition)
-        self.moving = list(moves)
+        earlier = self.moving  # an earlier round's a shard did not settle: kept until settled
+        self.moving = earlier + moves
         await self._save()  # from the first freeze on, a crash leaves these to settle
         results = await asyncio.gather(*(hand_over(self.backend, src, dst, parts, version)
                                          for (src, dst), parts in pairs.items()),
@@ -277,9 +318,9 @@ class Controller:
         # the failed ones' sources serve again before the version naming them is published
         undone = await settle(self.backend, [m for m in moves if m not in done],
                               self.map.owners, set(self.placement), self.map.version)
-        self.moving = undone + done
+        self.moving = earlier + undone + done
         await self._publish()
-        self.moving = undone + await settle(self.backend, done, self.map.owners,
+        self.moving = undone + await settle(self.backend, earlier + done, self.map.owners,
                                             set(self.placement), self.map.version)
         await self._save()
         if failures:
@@ -320,6 +361,7 @@ class Controller:
         self.incarnations.pop(name, None)
         self.endpoints.forget(name)
         self.lagging.forget(name)
+        self.replacing.pop(name, None)
 
     # -- catalogs ------------------------------------------------------------------------------
 
@@ -381,60 +423,7 @@ class Controller:
         if involved <= set(names):  # else a shard known not to answer would hold the lock
             await self._settle()
 
-    # -- the control loop ----------------------------------------------------------------------
-
-    async def reconcile(self) -> None:
-        """One round: replace shards whose node died, re-start shards Ray restarted, then
-        spread shards over nodes that joined."""
-        async with self._reconfiguring:
-            alive = set(self.backend.nodes())
-            self.nodes.left(list(alive))
-            for name in [s for s, node in self.placement.items()
-                         if node is not None and node not in alive]:
-                await self._replace(name)
-        await self.nodes.ensure_gateways(sorted(alive))
-        for node in self.nodes.draining & alive - self._drains:  # a drain a crash cut short
-            if node in self.placement.values() or self.nodes.gateway_of(node):
-                log.warning("finishing the drain of node %s", node)
-                await self.drain_node(node)
-        # asked outside the lock, so that a stuck shard does not hold up a reconfiguration;
-        # one that does not answer is being restarted by Ray, or stuck: looked at next round
-        names, known = self.shards, dict(self.incarnations)
-        healths = await asyncio.gather(*(self.backend.shard(n).health() for n in names),
-                                       return_exceptions=True)
-        async with self._reconfiguring:
-            # re-checked: one (re)started meanwhile is known already
-            answering = [n for n, h in zip(names, healths) if not isinstance(h, Exception)
-                         and n in self.placement and known.get(n) == self.incarnations.get(n)]
-            for name, health in zip(names, healths):
-                if name in answering and health["incarnation"] != known.get(name):
-                    log.warning("%s restarted; it recovers its partitions from the store "
-                                "(%s)", name, self.store_shown)
-                    await self._start_shard(name)
-            await self._catch_up(answering)
-            if wanted := self.nodes.wanted(self.backend.nodes(), self.placement):
-                await self._grow(wanted)
-            crowded = self.nodes.crowded(self.backend.nodes(), self.placement)
-            if crowded is None:
-                return
-            victim = next(s for s, n in self.placement.items() if n == crowded)
-            name = await self._create_shard()
-            await self._start_shard(name)
-            target = [s for s in self._serving_shards() if s != victim]
-            await self._rebalance(target)
-            await self._retire([victim])
-
-    async def _grow(self, wanted: dict[str, int]) -> None:
-        """New shards on the nodes that joined, as many as the policy gives each, then their
-        share of partitions (bounded rounds, as ScaleShards moves them)."""
-        for node, count in wanted.items():
-            log.warning("node %s joined: %d new shard(s) take their share of partitions",
-                        node, count)
-            for _ in range(count):
-                await self._start_shard(await self._create_shard(node=node))
-            self.nodes.known.add(node)
-        await self._save()
-        await self._rebalance(self._serving_shards())
+    # -- nodes ---------------------------------------------------------------------------------
 
     async def drain_node(self, node: str) -> dict[str, Any]:
         """Take `node` out while traffic flows: its gateway turns NOT_SERVING (and serves on
@@ -475,18 +464,6 @@ class Controller:
         log.warning("node %s is drained: %d partitions moved, shards %s stopped", node, moved,
                     victims)
         return {"node": node, "shards": victims, "moved": moved, "version": self.map.version}
-
-    async def _replace(self, dead: str) -> None:
-        log.warning("%s was on a node that left; a new shard recovers its partitions from the "
-                    "store (%s)", dead, self.store_shown)
-        await self.backend.kill_shard(dead)
-        self._forget_shard(dead)
-        name = await self._create_shard()
-        partitions = self.map.partitions_of(dead)
-        self.map = self.map.apply([Move(p, dead, name) for p in partitions], self.shards)
-        # granted at the new version: stale senders re-route
-        await self._start_shard(name, {p: dead for p in partitions})
-        await self._publish()
 
     async def status(self) -> dict[str, Any]:
         return await cluster_status(self)

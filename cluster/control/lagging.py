@@ -15,7 +15,8 @@ from kairos.cluster.transport.backend import Backend, ShardControl
 
 log = logging.getLogger("kairos.controller")
 
-WatchChange = tuple[str, str, "str | None", bool]  # sink, channel, placement, active
+Watch = tuple[str, str, "str | None"]  # sink, channel, placement
+WatchChange = tuple[str, str, "str | None", bool]  # a Watch, and whether it is on
 
 
 async def on_each(backend: Backend, names: list[str],
@@ -39,9 +40,20 @@ class Lagging:
         self.watches: dict[str, list[WatchChange]] = {}  # shard -> the changes it missed
 
     def forget(self, name: str) -> None:
-        """`name` started on the current catalog and watches, or is gone."""
+        """`name` is gone."""
         self.catalog.discard(name)
         self.watches.pop(name, None)
+
+    async def started(self, name: str, given: set[Watch], now: set[Watch]) -> None:
+        """`name` (re)started on the current catalog with the channel watches `given`: all
+        it missed before is moot, but not the changes made while its start ran (`now`: the
+        watches as they are; a broadcast meanwhile failed on it), sent to it here."""
+        self.forget(name)
+        changes = [(*w, True) for w in sorted(now - given, key=str)] + \
+            [(*w, False) for w in sorted(given - now, key=str)]
+        if changes:
+            self.watches[name] = changes
+            await self.replay_watches([name])
 
     async def commit_catalog(self, names: list[str], text: str, version: str,
                              prepared: bool = False) -> None:
@@ -75,7 +87,7 @@ class Lagging:
             for k, change in enumerate(changes):
                 try:
                     await self._backend.shard(name).watch_channel(*change)
-                except Exception:
-                    self.watches[name] = changes[k:]
+                except Exception:  # after these, what it missed meanwhile
+                    self.watches[name] = changes[k:] + self.watches.get(name, [])
                     log.warning("%s still misses channel watches; retried", name)
                     break

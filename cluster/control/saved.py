@@ -1,13 +1,16 @@
 """The controller's state as the store's meta keeps it (`Controller._save` writes it at every
-change; `Controller.resume` takes it up): the map, shard names, catalogs, moves under way,
-watches and nodes."""
+change; `Controller.resume` takes it up): the map, shard names, catalogs, moves and
+replacements under way, watches and nodes."""
 from __future__ import annotations
 
 from typing import Any
 
 import msgpack
 
-from kairos.cluster.control.moves import moves_to_state
+from kairos.core.compiler import compiled_from_text
+
+from kairos.cluster.control.moves import moves_from_state, moves_to_state
+from kairos.cluster.control.partitions import PartitionMap
 
 STATE_KEY = "controller"  # the store meta holding the controller's state
 STATE_FORMAT = 1
@@ -24,7 +27,30 @@ def state_blob(controller: Any) -> bytes:
         "next_index": controller._next_index, "catalog": controller.catalog_text,
         "previous_catalog": controller.previous_catalog,
         "moving": moves_to_state(controller.moving),
+        # [partition, journal] pairs: msgpack maps take no integer keys back
+        "replacing": {name: sorted([p, journal] for p, journal in sources.items())
+                      for name, sources in controller.replacing.items()},
         "evidence": [controller.evidence, controller.previous_evidence],
         "nodes": controller.nodes.to_state(),
         "channel_watches": sorted((list(w) for w in controller.channel_watches), key=str)},
         use_bin_type=True)
+
+
+def take_up(controller: Any, state: dict[str, Any]) -> list[str]:
+    """Set `controller`'s map, catalogs, moves, replacements, watches and nodes from a saved
+    `state` (states saved before replacements or nodes were kept have none); the names of
+    every shard it knew, owning partitions or retiring."""
+    names = state["shards"]
+    controller.map = PartitionMap([names[i] for i in state["owners"]], state["version"],
+                                  state["target"])
+    controller._next_index = state["next_index"]
+    controller.catalog_text = state["catalog"]
+    controller.catalog_version = compiled_from_text(controller.catalog_text).version
+    controller.previous_catalog = state["previous_catalog"]
+    controller.evidence, controller.previous_evidence = state.get("evidence", ({}, {}))
+    controller.channel_watches = {tuple(w) for w in state["channel_watches"]}
+    controller.moving = moves_from_state(state.get("moving", []))
+    controller.replacing = {name: {int(p): journal for p, journal in pairs}
+                            for name, pairs in state.get("replacing", {}).items()}
+    controller.nodes.take_up(state.get("nodes"))
+    return names

@@ -1,0 +1,141 @@
+"""The control loop's round (`Controller.reconcile`, which ControllerActor's loop runs): each
+step on its own, so that one that fails (logged, and tried again the next round) holds up
+none of the others.
+
+1. Shards whose node left are replaced: a new shard recovers their partitions from the store.
+   The replacement is recorded (saved) before it starts, with the journal each partition
+   recovers from, until its health says it serves: a start that fails (or whose recovery
+   does not succeed before Ray restarts it) is tried again, by the next round or a restarted
+   controller, with the same journals. It is published once a start of it succeeds.
+2. Every alive node that serves gets a gateway (nodes.py).
+3. Shards Ray restarted are started again (they recover from the store), and those that answer
+   are caught up: the catalog, channel watches, moves a round left unsettled.
+4. A learner that runs another catalog than the controller's (Ray restarted it, a resume
+   could not tell it) is told the running one.
+5. Drains a crash (or a shard that did not answer) cut short are finished: after step 3, as a
+   drain may wait on a shard that only step 3 starts again.
+6. Nodes that joined get shards; a crowded node gives one up to the emptiest.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Awaitable
+
+from kairos.cluster.control.partitions import Move
+
+log = logging.getLogger("kairos.controller")
+
+
+async def _step(what: str, work: Awaitable[Any]) -> None:
+    try:
+        await work
+    except Exception:
+        log.exception("control loop: %s failed; the next round tries again", what)
+
+
+class ControlLoop:
+    """Controller's control loop (a part of Controller: controller.py)."""
+
+    async def reconcile(self) -> None:
+        """One round of the control loop (this module's docstring)."""
+        alive = self.backend.nodes()
+        await _step("replacing shards whose node left", self._replace_departed(alive))
+        await _step("starting gateways", self.nodes.ensure_gateways(sorted(alive)))
+        await _step("re-starting and catching up shards", self._restart_shards())
+        await _step("telling the learner the catalog", self._tell_learner())
+        for node in sorted((self.nodes.draining & set(alive)) - self._drains):
+            if node in self.placement.values() or self.nodes.gateway_of(node):
+                log.warning("finishing the drain of node %s", node)
+                await _step(f"finishing the drain of node {node}", self.drain_node(node))
+        await _step("giving shards to nodes that joined", self._grow())
+        await _step("re-placing a shard of a crowded node", self._uncrowd())
+
+    async def _replace_departed(self, alive: list[str]) -> None:
+        async with self._reconfiguring:
+            self.nodes.left(alive)
+            for name in [s for s, node in self.placement.items()
+                         if node is not None and node not in alive]:
+                await _step(f"replacing {name}", self._replace(name))
+
+    async def _replace(self, dead: str) -> None:
+        """A new shard in place of `dead`, whose node left: it owns dead's partitions, and
+        recovers those never snapshotted from dead's journal. A creation that fails leaves
+        `dead` as it was, for the next round."""
+        log.warning("%s was on a node that left; a new shard recovers its partitions from the "
+                    "store (%s)", dead, self.store_shown)
+        await self.backend.kill_shard(dead)
+        name = await self._create_shard()
+        partitions = self.map.partitions_of(dead)
+        earlier = self.replacing.pop(dead, {})  # dead replaced a shard, and never started
+        self.replacing[name] = {p: earlier.get(p, dead) for p in partitions}
+        self._forget_shard(dead)
+        # granted at the new version: stale senders re-route
+        self.map = self.map.apply([Move(p, dead, name) for p in partitions], self.shards)
+        await self._save()  # recorded before the start: one that fails is tried again
+        await self._start_shard(name)  # published once it serves
+
+    async def _restart_shards(self) -> None:
+        # asked outside the lock, so that a stuck shard does not hold up a reconfiguration;
+        # one that does not answer is being restarted by Ray, or stuck: looked at next round
+        names, known = self.shards, dict(self.incarnations)
+        healths = await asyncio.gather(*(self.backend.shard(n).health() for n in names),
+                                       return_exceptions=True)
+        async with self._reconfiguring:
+            # re-checked: one (re)started meanwhile is known already
+            answering = [n for n, h in zip(names, healths) if not isinstance(h, Exception)
+                         and n in self.placement and known.get(n) == self.incarnations.get(n)]
+            for name, health in zip(names, healths):
+                if name not in answering:
+                    continue
+                if health["incarnation"] != known.get(name):
+                    log.warning("%s restarted; it recovers its partitions from the store "
+                                "(%s)", name, self.store_shown)
+                    try:
+                        await self._start_shard(name)
+                    except Exception:
+                        log.exception("%s did not start; the next round tries again", name)
+                        answering.remove(name)
+                elif health.get("started") and self.replacing.pop(name, None) is not None:
+                    await self._save()  # it serves what it recovered from those journals
+            await self._catch_up(answering)
+
+    async def _tell_learner(self) -> None:
+        # under the lock: a catalog switch tells the learner before it decides
+        async with self._reconfiguring:
+            learner = self.backend.learner()
+            running = (await learner.status()).get("catalog_version")
+            if running != self.catalog_version:
+                log.warning("the learner runs catalog %s, not %s (Ray restarted it?): "
+                            "switching it", running, self.catalog_version)
+                await learner.switch(self.catalog_text)
+
+    async def _grow(self) -> None:
+        """New shards on the nodes that joined, as many as the policy gives each, then their
+        share of partitions (bounded rounds, as ScaleShards moves them)."""
+        async with self._reconfiguring:
+            wanted = self.nodes.wanted(self.backend.nodes(), self.placement)
+            if not wanted:
+                return
+            for node, count in wanted.items():
+                log.warning("node %s joined: %d new shard(s) take their share of partitions",
+                            node, count)
+                for _ in range(count):
+                    await self._start_shard(await self._create_shard(node=node))
+                self.nodes.known.add(node)
+            await self._save()
+            await self._rebalance(self._serving_shards())
+
+    async def _uncrowd(self) -> None:
+        """A node with two shards more than the emptiest gives one up: a new one on the
+        emptiest takes its partitions."""
+        async with self._reconfiguring:
+            crowded = self.nodes.crowded(self.backend.nodes(), self.placement)
+            if crowded is None:
+                return
+            victim = next(s for s, n in self.placement.items() if n == crowded)
+            name = await self._create_shard()
+            await self._start_shard(name)
+            target = [s for s in self._serving_shards() if s != victim]
+            await self._rebalance(target)
+            await self._retire([victim])

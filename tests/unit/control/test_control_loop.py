@@ -1,0 +1,173 @@
+"""The control loop's rounds when a step fails, without Ray (LocalBackend): a replacement that
+could not be created or started is finished later with the dead shard's journal, a drain that
+cannot finish holds up no restart, a move a round could not settle is settled later, a learner
+Ray restarted is told the running catalog, and a watch added while a shard starts reaches it."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+
+from kairos.cluster.control import controller as controller_module
+from kairos.cluster.control.learner import Learner
+from kairos.cluster.transport.backend import Unavailable
+from kairos.core.compiler import default_compiled
+
+from tests.unit.control.actors import Actors, ActorShard, controller_on, customers_of, ingest
+
+CUSTOMERS = [f"c{i}" for i in range(40)]
+
+
+@pytest.fixture(autouse=True)
+def no_waits(monkeypatch):
+    monkeypatch.setattr(controller_module, "RETIRE_GRACE_S", 0.0)
+    monkeypatch.setattr(controller_module, "DRAIN_UNREADY_S", 0.0)
+
+
+async def rounds(controller, n: int = 1) -> None:
+    """`n` control rounds, as the actor's loop runs them (it logs a round's failure)."""
+    for _ in range(n):
+        with contextlib.suppress(Exception):
+            await controller.reconcile()
+
+
+def test_a_replacement_that_could_not_be_created_is_made_by_a_later_round(tmp_path):
+    async def main():
+        backend = Actors()
+        controller = await controller_on(backend, str(tmp_path))
+        dead = controller.shards[1]
+        backend.node_names.remove(backend.node_of(dead))
+        backend.fail[("kairos-shard-0003", "create")] = 1
+        await rounds(controller, 2)
+        assert dead not in controller.shards and dead not in controller.map.owners
+        assert dead not in controller.routing()["shards"] and len(controller.shards) == 3
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("then", ["a control round", "a controller restart"])
+def test_a_replacement_whose_start_failed_recovers_the_dead_shard_s_events(tmp_path, then):
+    async def main():
+        backend = Actors()
+        controller = await controller_on(backend, str(tmp_path))
+        dead = controller.shards[1]
+        mine = customers_of(controller, dead)
+        for wave in range(3):
+            await ingest(backend, mine, wave)
+        backend.node_names.remove(backend.node_of(dead))
+        backend.fail[("kairos-shard-0003", "start")] = 2  # the round's two tries
+        await rounds(controller)
+        if then == "a control round":
+            await rounds(controller)
+        else:
+            controller = await controller_on(backend, str(tmp_path))
+        routing = controller.routing()
+        assert routing["version"] == controller.map.version and dead not in routing["shards"]
+        async with asyncio.timeout(10):
+            assert await ingest(backend, mine, 3) == [4] * len(mine)  # none lost
+        await rounds(controller)
+        assert not controller.replacing  # it serves: the dead shard's journal is not needed
+    asyncio.run(main())
+
+
+def test_a_drain_that_cannot_finish_does_not_keep_the_loop_from_restarting_shards(tmp_path):
+    async def main():
+        backend = Actors()
+        controller = await controller_on(backend, str(tmp_path), home_node="node-a")
+        on = {backend.node_of(s): s for s in controller.shards}
+        backend.crash.add((on["node-c"], "adopt"))  # Ray restarts it amid the drain
+        with pytest.raises(RuntimeError):
+            await controller.drain_node("node-b")
+        await rounds(controller, 2)
+        assert backend.shards[on["node-c"]] is not None  # started again
+        assert not controller.moving and "node-b" not in controller.placement.values()
+        assert set(controller.map.owners) == {on["node-a"], on["node-c"]}
+    asyncio.run(main())
+
+
+def test_a_move_a_round_left_unsettled_is_settled_later_not_forgotten(tmp_path):
+    async def main():
+        backend = Actors()
+        controller = await controller_on(backend, str(tmp_path), 2)
+        await ingest(backend, CUSTOMERS, 0)
+        source = controller.shards[0]
+        backend.fail[(source, "release")] = 1  # one round's release does not answer
+        await controller.scale(3)
+        await rounds(controller)
+        held = [p for p in backend.shards[source].owned if controller.map.owners[p] != source]
+        assert not held and not controller.moving
+        assert await ingest(backend, CUSTOMERS, 1) == [2] * len(CUSTOMERS)
+    asyncio.run(main())
+
+
+def test_a_learner_ray_restarted_is_told_the_running_catalog(tmp_path):
+    async def main():
+        backend = Actors()
+        controller = await controller_on(backend, str(tmp_path), 2)
+        text = controller.catalog_text.replace("version: ", "version: v2-", 1)
+        version = await controller.put_catalog(text)
+        backend.local_learner = Learner(default_compiled())  # back on the boot catalog
+        await rounds(controller)
+        assert backend.local_learner.compiled.version == version
+    asyncio.run(main())
+
+
+class HeldStart(Actors):
+    """Actors whose next new shard's start waits for `go`."""
+
+    def __init__(self):
+        super().__init__()
+        self.held: set[str] = set()  # shards whose start has been held already, or need not
+        self.in_start, self.go = asyncio.Event(), asyncio.Event()
+
+    def shard(self, name: str) -> "HeldShard":
+        return HeldShard(self, name)
+
+
+class HeldShard(ActorShard):
+    async def start(self, *args, **kwargs) -> str:
+        if self.name not in self._backend.held:
+            self._backend.held.add(self.name)
+            self._backend.in_start.set()
+            await self._backend.go.wait()
+        return await super().start(*args, **kwargs)
+
+
+def test_a_watch_added_while_a_shard_starts_reaches_it(tmp_path):
+    async def main():
+        backend = HeldStart()
+        backend.held.update(f"kairos-shard-000{i}" for i in range(2))
+        controller = await controller_on(backend, str(tmp_path), 2)
+        scaling = asyncio.ensure_future(controller.scale(3))
+        await backend.in_start.wait()  # the new shard's start call is under way
+        await controller.watch_channel("kairos-gateway-0", "web", None)
+        backend.go.set()
+        await scaling
+        await rounds(controller)
+        for name, shard in backend.shards.items():
+            assert [(w.sink, w.channel) for w in shard.watches.channel] == \
+                [("kairos-gateway-0", "web")], name
+    asyncio.run(main())
+
+
+EARLIER = ("kairos-gateway-0", "web", None, True)
+LATER = ("kairos-gateway-0", "app", None, True)
+
+
+class MissingMeanwhile(ActorShard):
+    async def watch_channel(self, *change) -> None:
+        lagging = self._backend.local_controller.lagging
+        lagging.watches.setdefault(self.name, []).append(LATER)  # a broadcast it missed too
+        raise Unavailable(f"{self.name}: no answer within 600 s")
+
+
+def test_watch_changes_a_shard_misses_while_it_is_caught_up_are_kept_in_order(tmp_path):
+    async def main():
+        backend = Actors()
+        controller = await controller_on(backend, str(tmp_path), 1)
+        name = controller.shards[0]
+        controller.lagging.watches[name] = [EARLIER]
+        backend.shard = lambda shard: MissingMeanwhile(backend, shard)
+        await controller.lagging.replay_watches([name])
+        assert controller.lagging.watches[name] == [EARLIER, LATER]
+    asyncio.run(main())

@@ -1,0 +1,132 @@
+"""A controller that Ray restarts takes up the saved cluster whole, or not at all, without Ray
+(LocalBackend): every shard it finds, started or not, the catalog switched to since the cluster
+started, and, after a failed attempt, another attempt at the next call or control round."""
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+
+from kairos.cluster.control import actor as actor_module
+from kairos.cluster.control.actor import ControllerActor
+from kairos.cluster.control.controller import Controller
+from kairos.cluster.control.learner import Learner
+from kairos.cluster.transport.backend import Unavailable
+from kairos.core.catalog import default_catalog_text
+from kairos.core.compiler import compiled_from_text, default_compiled
+
+from tests.support.waiting import until
+from tests.unit.control.actors import LEARNER, Actors, controller_on
+
+BOOT = default_catalog_text().replace("version: ", "version: boot-", 1)
+PUSHED = default_catalog_text().replace("version: ", "version: pushed-", 1)
+
+
+def versions(backend: Actors) -> set[str]:
+    return {shard.catalog_version for shard in backend.shards.values()}
+
+
+def test_a_shard_that_answers_but_is_not_started_is_kept_by_a_resume(tmp_path):
+    async def main():
+        backend = Actors()
+        controller = await controller_on(backend, str(tmp_path))
+        victim = controller.shards[1]
+        backend.restart(victim)  # Ray restarted it too: it answers, not started
+        controller = Controller(backend, n_partitions=64, store_url=str(tmp_path))
+        assert await controller.resume()
+        assert victim in controller.shards and backend.shards[victim] is not None
+        version = await controller.put_catalog(PUSHED)
+        assert versions(backend) == {version}  # the switch did not skip it
+        backend.node_names.remove(backend.node_of(victim))
+        await controller.reconcile()
+        assert victim not in controller.map.owners and victim not in controller.shards
+        assert len(controller.shards) == 3
+    asyncio.run(main())
+
+
+def test_a_restarted_controller_keeps_the_catalog_put_since_the_cluster_started(tmp_path):
+    async def main():
+        backend = Actors()
+        controller = await controller_on(backend, str(tmp_path), 2, catalog_text=BOOT)
+        pushed = await controller.put_catalog(PUSHED)
+        # Ray runs the constructor again with the arguments the cluster was started with
+        controller = Controller(backend, BOOT, n_partitions=64, store_url=str(tmp_path))
+        assert await controller.resume()
+        assert controller.catalog_version == pushed and versions(backend) == {pushed}
+        assert backend.local_learner.compiled.version == pushed
+        # started again on the same store with --catalog: that one is asked for now
+        controller = await controller_on(backend, str(tmp_path), 2, catalog_text=BOOT)
+        boot = compiled_from_text(BOOT).version
+        assert controller.catalog_version == boot and versions(backend) == {boot}
+    asyncio.run(main())
+
+
+@pytest.fixture
+def actor_on(monkeypatch):
+    """ControllerActor's own class (not Ray's) on a LocalBackend, its loop every 10 ms (the
+    loops end with the test's event loop)."""
+    monkeypatch.setattr(actor_module, "CONTROL_LOOP_S", 0.01)
+    monkeypatch.setattr(actor_module.ray, "get_runtime_context",
+                        lambda: SimpleNamespace(get_node_id=lambda: "node-a"))
+
+    def make(backend: Actors, store: str):
+        monkeypatch.setattr(actor_module, "RayBackend", lambda *classes: backend)
+        return ControllerActor.__ray_metadata__.modified_class(None, 64, store)
+
+    return make
+
+
+def half_way(backend: Actors, shard: str) -> str:
+    """Have the next resume fail half-way: `shard`, restarted by Ray too, does not answer
+    its start, once."""
+    backend.restart(shard)
+    backend.fail[(shard, "start")] = 1
+    return shard
+
+
+def test_a_resume_that_failed_half_way_is_done_again_by_the_next_call(tmp_path, actor_on):
+    async def main():
+        backend = Actors()
+        first = actor_on(backend, str(tmp_path))
+        await first.start(2)
+        first._loop_task.cancel()
+        stuck = half_way(backend, first.controller.shards[1])
+        again = actor_on(backend, str(tmp_path))
+        with pytest.raises(Unavailable, match=stuck):
+            await again.get_map(0, 0.1)
+        routing = await again.get_map(0, 1.0)
+        assert routing is not None and routing["shards"] == sorted(first.controller.shards)
+        assert again._loop_task is not None and not again._loop_task.done()
+    asyncio.run(main())
+
+
+def test_a_resume_that_failed_is_done_again_by_the_control_loop(tmp_path, actor_on):
+    async def main():
+        backend = Actors()
+        first = actor_on(backend, str(tmp_path))
+        await first.start(2)
+        first._loop_task.cancel()
+        half_way(backend, first.controller.shards[1])
+        again = actor_on(backend, str(tmp_path))
+        with pytest.raises(Unavailable):
+            await again.status()
+        # no call comes: the loop takes the cluster up, and clients can route again
+        routing = await until(lambda: again.controller._routable, 5, "the map published")
+        assert routing.version == first.controller.map.version
+    asyncio.run(main())
+
+
+def test_a_learner_that_does_not_answer_a_resume_is_told_the_catalog_by_the_loop(tmp_path):
+    async def main():
+        backend = Actors()
+        controller = await controller_on(backend, str(tmp_path), 2)
+        pushed = await controller.put_catalog(PUSHED)
+        backend.local_learner = Learner(default_compiled())  # restarting with the controller
+        backend.fail[(LEARNER, "switch")] = 1
+        controller = Controller(backend, n_partitions=64, store_url=str(tmp_path))
+        assert await controller.resume()  # clients route meanwhile
+        assert controller.routing()["version"] == controller.map.version
+        await controller.reconcile()
+        assert backend.local_learner.compiled.version == pushed
+    asyncio.run(main())
