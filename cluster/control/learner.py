@@ -26,7 +26,7 @@ with, and the saved one (the latest switched to) runs instead. A delta of a cata
 the learner neither runs nor can remap is dropped, and counted by version (`dropped`).
 A saved posterior that cannot be read is kept aside (DAMAGED_KEY) and the learner starts
 from the priors; while the store does not answer for it, the learner merges and answers
-nothing (Unavailable: the shards keep their deltas), so no merge is saved over it.
+nothing (StoreUnavailable: the shards keep their deltas), so no merge is saved over it.
 
 What it publishes reaches every shard and the store, so nothing that is not finite gets in: a
 delta's rows that are not are refused (ModelTable.merge), a saved model that is not starts again
@@ -56,7 +56,6 @@ from kairos.cluster.storage import blocks
 from kairos.cluster.storage.blocks import BlockCorrupt
 from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.store import StoreUnavailable
-from kairos.cluster.transport.backend import Unavailable
 
 log = logging.getLogger("kairos.learner")
 STATE_KEY = "learner"
@@ -344,15 +343,15 @@ class LearnerActor:
 
     def _ready(self) -> None:
         """Start the periodic save (a call runs on the actor's loop; the constructor may not).
-        Unavailable (the caller tries again) while the saved posterior is unread: a merge
+        StoreUnavailable (the caller tries again) while the saved posterior is unread: a merge
         would be saved over it, and a watch answered with the priors."""
         if self._saving is None:
             self._saving = asyncio.get_running_loop().create_task(self._save_unsaved())
         if self._unread and time.monotonic() - self._read_at >= RESTORE_RETRY_S:
             self._restore(follow_catalog=True)  # nothing merged or switched meanwhile
         if self._unread:
-            raise Unavailable("the learner has not read its saved posterior yet (the store "
-                              "does not answer)")
+            raise StoreUnavailable("the learner has not read its saved posterior yet (the "
+                                   "store does not answer)")
 
     def _save(self, force: bool = False) -> None:
         now = time.monotonic()

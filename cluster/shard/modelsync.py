@@ -8,13 +8,14 @@ instead: one at a time, asked again at the next interval once it ended, and at o
 engine's catalog or model version moved from the ones it waits with (a switch committed; a
 shard rebuilt from the store starts from the priors). A sync cancels it, since its answer is
 the latest version anyway (and a watch answered meanwhile would replace the models without
-the delta in flight). A sync that fails (Unavailable) may still have merged: the call may have
-run late, or the learner merged and died before answering. So its delta goes again at the next
-interval as itself, known to the learner by its origin (this shard, this process's random
-incarnation, a sequence number), and a delta the learner took before is answered, not merged
-again; what the shard learns meanwhile waits in its models and goes as the next delta. Unless
-the catalog switched meanwhile: its rows mean something else then, and it stays only in this
-shard's models.
+the delta in flight). A sync that fails (Unavailable; StoreUnavailable while the learner has
+not read its saved posterior) may still have merged: the call may have run late, or the
+learner merged and died before answering. So its delta goes again at the next interval as
+itself, known to the learner by its origin (this shard, this process's random incarnation, a
+sequence number), and a delta the learner took before is answered, not merged again; what the
+shard learns meanwhile waits in its models and goes as the next delta. Unless the catalog
+switched meanwhile: its rows mean something else then, and it stays only in this shard's
+models.
 
 The last ADOPTIONS_KEPT adoptions are kept with their wall-clock time, and `health` reports
 them, so the time a published version takes to reach every shard can be measured exactly
@@ -33,6 +34,7 @@ from kairos.core.engine import DecisionEngine
 from kairos.core.models import DeltaOrigin, ModelDelta
 
 from kairos.cluster.settings import MODEL_SYNC_S
+from kairos.cluster.storage.store import StoreUnavailable
 from kairos.cluster.transport.backend import LearnerControl, Unavailable
 
 if TYPE_CHECKING:  # types only: the learner's module is the control side's
@@ -83,8 +85,8 @@ class ModelSync:
         self._stop_watching()
         try:
             published = await learner().sync(catalog_version, delta, known)
-        except Unavailable:
-            self.unsent(catalog_version, delta)  # sent again at the next interval
+        except (Unavailable, StoreUnavailable):  # StoreUnavailable: the learner has not
+            self.unsent(catalog_version, delta)  # read its saved posterior yet
             return
         self._adopt_into(engine(), published)
 
@@ -92,8 +94,8 @@ class ModelSync:
                        learner: LearnerControl, catalog_version: str, known: int) -> None:
         try:
             self._adopt_into(engine(), await learner.watch(catalog_version, known))
-        except Unavailable:
-            pass  # the learner is restarting: watched again at the next interval
+        except (Unavailable, StoreUnavailable):
+            pass  # the learner is restarting or reading its posterior: watched again later
         except Exception:  # not a reason to stop syncing: logged, tried again
             log.exception("%s: watching the learner failed", self.name)
 

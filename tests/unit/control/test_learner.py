@@ -15,7 +15,6 @@ from kairos.cluster.control.learner import DAMAGED_KEY, STATE_KEY, Learner, Lear
 from kairos.cluster.storage import blocks
 from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.store import StoreUnavailable
-from kairos.cluster.transport.backend import Unavailable
 from kairos.core.catalog import default_catalog_text, load_catalog
 from kairos.core.compiler import compile_catalog, compiled_from_text, default_compiled
 from kairos.core.models import DeltaOrigin, ModelTable, diagonal
@@ -249,9 +248,9 @@ def test_a_store_that_does_not_answer_at_the_start_holds_merges_until_it_is_read
     actor = Actor(default_catalog_text(), "redis://unreachable")
 
     async def run():
-        with pytest.raises(Unavailable):  # the shard keeps its delta and sends it again
+        with pytest.raises(StoreUnavailable):  # the shard keeps its delta, sends it again
             await actor.sync(c.version, learned(c, 3, 1), -1)
-        with pytest.raises(Unavailable):
+        with pytest.raises(StoreUnavailable):
             await actor.watch(c.version, -1, timeout_s=1)
         assert actor.learner.merged == 0
         flaky.down = False
@@ -338,8 +337,10 @@ def test_stop_flushes_the_learner_after_the_shards_are_killed_and_before_it_is(m
     class FakeRay:
         exceptions = ray.exceptions
         util = SimpleNamespace(list_named_actors=lambda all_namespaces: [])
-        alive: set[str] = set()
-        flush_fails = False
+
+        def __init__(self):
+            self.alive: set[str] = set()
+            self.flush_fails = False
 
         def get_actor(self, name: str, namespace: str) -> Handle:
             if name not in self.alive:

@@ -9,6 +9,7 @@ import yaml
 from kairos.cluster.control.learner import Learner
 from kairos.cluster.shard.modelsync import ModelSync
 from kairos.cluster.shard.shard import Shard
+from kairos.cluster.storage.store import StoreUnavailable
 from kairos.cluster.transport.backend import Unavailable
 from kairos.core.catalog import default_catalog_text
 from kairos.core.compiler import compiled_from_text
@@ -26,12 +27,15 @@ class CountedLearner:
         self.local = backend.learner()
         self.calls: list[str] = []
         self.down = False
+        self.unread = False  # a learner whose store has not given its saved posterior yet
         self.answers_lost = 0  # syncs that run at the learner but time out at the shard
 
     async def sync(self, *args):
         self.calls.append("sync")
         if self.down:
             raise Unavailable("learner restarting")
+        if self.unread:
+            raise StoreUnavailable("the learner has not read its saved posterior yet")
         answer = await self.local.sync(*args)
         if self.answers_lost:
             self.answers_lost -= 1
@@ -42,6 +46,8 @@ class CountedLearner:
         self.calls.append("watch")
         if self.down:
             raise Unavailable("learner restarting")
+        if self.unread:
+            raise StoreUnavailable("the learner has not read its saved posterior yet")
         return await self.local.watch(catalog_version, known_version, 5.0)
 
 
@@ -133,6 +139,26 @@ def test_a_sync_the_learner_missed_goes_with_the_next_one(compiled):
         await sync.step(lambda: s.engine, lambda: counted)
         assert learner.merged == 1 and learner.models.positives.sum() == 1
     asyncio.run(main())
+
+
+def test_a_learner_that_has_not_read_its_saved_posterior_yet_is_waited_for(compiled, caplog):
+    """Until its store gives it its saved posterior, the learner merges nothing and answers
+    no watch: the shard keeps its delta, and neither call is logged as a failure."""
+    learner, counted, sync = setting(compiled)
+    s = shard_that_learned(compiled)
+    idle = Shard("s0", compiled, range(N_PARTITIONS), N_PARTITIONS)
+
+    async def main():
+        counted.unread = True
+        await sync.step(lambda: s.engine, lambda: counted)
+        await ModelSync("s1").step(lambda: idle.engine, lambda: counted)
+        await settled()
+        counted.unread = False
+        await sync.step(lambda: s.engine, lambda: counted)
+        assert learner.merged == 1 and learner.models.positives.sum() == 1
+    with caplog.at_level("ERROR", logger="kairos.shard"):
+        asyncio.run(main())
+    assert counted.calls == ["sync", "watch", "sync"] and not caplog.records
 
 
 def test_a_sync_whose_answer_was_lost_is_sent_again_as_itself_and_merged_once(compiled):
