@@ -69,7 +69,7 @@ async def settle(backend: Backend, moves: list[Move], owners: list[str], shards:
                 drop.setdefault(shard, set()).add(m.partition)
         if owner == m.source and owner in shards:
             thaw.setdefault(owner, set()).add(m.partition)
-    failed = await _each(drop, lambda shard, parts: backend.shard(shard).release(parts))
+    failed = await _each(drop, lambda shard, parts: backend.shard(shard).release(parts, version))
     # a source whose target did not answer stays frozen: the target may still adopt later
     held = {m.partition for m in moves if m.target in failed or m.source in failed}
     thaw = {s: ps - held for s, ps in thaw.items() if ps - held}

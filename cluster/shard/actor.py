@@ -193,8 +193,8 @@ class ShardActor:
     async def adopt(self, payload: bytes, version: int) -> int:
         return await self.host.run(Shard.adopt, payload, version)
 
-    async def release(self, partitions: list[int]) -> None:
-        await self.host.run(Shard.release, partitions)
+    async def release(self, partitions: list[int], version: int) -> None:
+        await self.host.run(Shard.release, partitions, version)
 
     async def thaw(self, partitions: list[int], version: int) -> None:
         await self.host.run(Shard.thaw, partitions, version)

@@ -5,7 +5,10 @@ naming v, never applied) and hands over p's customers, resident and, when the st
 shared, passivated (each with its idempotency keys), with p's directory (and the tombstones of
 forgotten customers' links); B `adopt`s them and snapshots p, so recovery finds p in B's
 journal from then on; once the controller has published v, A `release`s p. If the adoption
-fails, A `thaw`s p and serves it again.
+fails, B `release`s p (it may have adopted it) and A `thaw`s p and serves it again. A release
+or a thaw fences p at its version (ownership.py): a freeze or an adopt of that version or an
+older one arriving later (a call that timed out still runs, calls to an actor can run out of
+order) is refused, so p never has two owners and never stays frozen behind a settled move.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ class Handoff:
         """Stop serving the partitions (requests answer MOVED with `version`) and hand over
         their customers, resident and passivated, as one packed payload."""
         ownership = self._ownership
+        ownership.check_unfenced(partitions, version, "freeze")
         for p in partitions:
             if p not in ownership.owned or p in ownership.leaving:
                 raise ValueError(f"{self._ctx.name} cannot hand over partition {p}: "
@@ -56,6 +60,7 @@ class Handoff:
         """Take over partitions handed over by `freeze` in map `version`; the number of
         customers received (in memory, and with their homes when the store is not shared)."""
         data = blocks.unpack(payload)
+        self._ownership.check_unfenced(data["partitions"], version, "adopt")
         received = set(self._residency.receive(data["block"]))
         for p, homes in data["passivated"].items():
             for customer_id, blob in homes.items():
@@ -68,8 +73,10 @@ class Handoff:
         self._durability.snapshot(data["partitions"])  # owned from here: recovery reads ours
         return len(received)
 
-    def release(self, partitions: Sequence[int]) -> None:
-        """The new owner has them: forget the partitions' customers (MOVED answers stay)."""
+    def release(self, partitions: Sequence[int], version: int) -> None:
+        """The move of map `version` is settled with another shard owning them: forget the
+        partitions' customers (MOVED answers stay), and refuse its late steps."""
+        self._ownership.fence(partitions, version)
         for p in partitions:
             self._residency.drop_partition(p)
             self._ownership.owned.pop(p, None)
@@ -84,9 +91,11 @@ class Handoff:
             for customer_id, blob in homes.items():
                 self._ctx.store.put(p, customer_id, blob)
 
-    def frozen_again(self, leaving: dict[int, int]) -> None:
+    def frozen_again(self, leaving: dict[int, int], fenced: dict[int, int]) -> None:
         """After a rebuild: the partitions that were frozen (partition -> the map version
-        their MOVED names) are again, as `freeze` left them, without a second payload."""
+        their MOVED names) are again, as `freeze` left them, without a second payload; and
+        the moves settled before still refuse their late steps."""
+        self._ownership.fenced.update(fenced)
         for p, version in leaving.items():
             self._ownership.leaving[p] = version
             if not self._ctx.store.shared:
@@ -99,6 +108,7 @@ class Handoff:
         for p in partitions:
             if p not in self._ownership.owned:
                 raise ValueError(f"{self._ctx.name} cannot thaw partition {p}: not held here")
+        self._ownership.fence(partitions, version)
         for p in partitions:
             self._ownership.leaving.pop(p, None)
             self._ownership.owned[p] = version

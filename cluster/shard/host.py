@@ -75,6 +75,8 @@ def where_failed(exc: BaseException) -> str:
 REBUILD_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)  # waits between attempts to rebuild from the store
 T = TypeVar("T")
 Job = Callable[[], Awaitable[None]]
+# a rebuilt shard's moves as the failed one left them: partitions leaving, moves settled
+Moving = tuple[dict[int, int], dict[int, int]]
 
 
 @dataclass
@@ -160,7 +162,7 @@ class ShardHost:
 
     def _recovered(self, compiled: CompiledCatalog, owned: dict[int, int],
                    channel_watches: Sequence[tuple[str, str, str | None]],
-                   sources: dict[int, str] | None, leaving: dict[int, int] | None = None
+                   sources: dict[int, str] | None, moving: Moving | None = None
                    ) -> tuple[Shard, dict[str, Any]]:
         """A Shard rebuilt from the store, and what its recovery did (on the worker thread)."""
         shard = Shard(self.name, compiled, owned, self.n_partitions, seed=self.seed,
@@ -170,7 +172,7 @@ class ShardHost:
         for sink, channel, placement in channel_watches:
             shard.watch_channel(sink, channel, placement)
         recovery = shard.recover(sources)
-        shard.handoff.frozen_again(leaving or {})
+        shard.handoff.frozen_again(*(moving or ({}, {})))
         log.info("%s recovered %d partitions, %d customers in memory, %d journal records "
                  "replayed in %.2f s", self.name, len(owned), recovery["resident"],
                  recovery["replayed"], recovery["seconds"])
@@ -180,12 +182,11 @@ class ShardHost:
 
     async def _recover(self, compiled: CompiledCatalog, owned: dict[int, int],
                        channel_watches: Sequence[tuple[str, str, str | None]],
-                       sources: dict[int, str] | None,
-                       leaving: dict[int, int] | None = None) -> bool:
+                       sources: dict[int, str] | None, moving: Moving | None = None) -> bool:
         """One attempt to build the Shard from the store; whether it serves now (if not,
         `recovery` says why, and health shows it)."""
         built = asyncio.get_running_loop().run_in_executor(
-            self._pool, self._recovered, compiled, owned, channel_watches, sources, leaving)
+            self._pool, self._recovered, compiled, owned, channel_watches, sources, moving)
         try:
             shard, recovery = await asyncio.shield(built)
         except asyncio.CancelledError:  # a new start took over: close what this one builds
@@ -204,13 +205,13 @@ class ShardHost:
 
     async def _serve_again(self, compiled: CompiledCatalog, owned: dict[int, int],
                            channel_watches: Sequence[tuple[str, str, str | None]],
-                           sources: dict[int, str] | None,
-                           leaving: dict[int, int] | None = None, tried: int = 0) -> None:
+                           sources: dict[int, str] | None, moving: Moving | None = None,
+                           tried: int = 0) -> None:
         """Recover until a Shard serves, waiting longer after each failed attempt."""
         for attempt in itertools.count(tried):
             if attempt:
                 await asyncio.sleep(REBUILD_BACKOFF_S[min(attempt, len(REBUILD_BACKOFF_S)) - 1])
-            if await self._recover(compiled, owned, channel_watches, sources, leaving):
+            if await self._recover(compiled, owned, channel_watches, sources, moving):
                 return
 
     def _fail(self, exc: Exception) -> None:
@@ -227,11 +228,12 @@ class ShardHost:
         # A partition on its way out is rebuilt too, and stays on its way out: the controller
         # then undoes the move (thaw) or finishes it (release), and either needs it held here
         # (the outage that failed this shard may well have failed the new owner's adopt).
-        leaving = dict(failed.leaving)
+        leaving, fenced = dict(failed.leaving), dict(failed.ownership.fenced)
         failed.handoff.unfreeze_homes()
         watches = [(w.sink, w.channel, w.placement) for w in failed.watches.channel]
         await asyncio.get_running_loop().run_in_executor(self._pool, _closed, failed)
-        await self._serve_again(failed.compiled, dict(failed.owned), watches, None, leaving)
+        await self._serve_again(failed.compiled, dict(failed.owned), watches, None,
+                                (leaving, fenced))
 
     async def _forever(self, job: Job) -> None:
         """Run a background job; log and go on after any failure (the loop must survive)."""

@@ -9,11 +9,28 @@ class Ownership:
     an older map answer MOVED, so a client re-sending moved requests cannot be overtaken by
     its own older ones. `leaving`: partition -> the map version that moves it away; from the
     freeze on, its requests answer MOVED naming that version and nothing of it is written
-    here (its new owner writes its snapshot)."""
+    here (its new owner writes its snapshot). `fenced`: partition -> the map version of the
+    last move settled here (released or thawed); a step of a move at or below it comes late
+    (a remote call that timed out may still run, and calls to an actor can run out of order)
+    and is refused: an adopt after its release would make two owners, a freeze after its
+    thaw would answer MOVED for ever."""
 
     def __init__(self, owned: dict[int, int]):
         self.owned = owned
         self.leaving: dict[int, int] = {}
+        self.fenced: dict[int, int] = {}
+
+    def fence(self, partitions, version: int) -> None:
+        for p in partitions:
+            self.fenced[p] = max(self.fenced.get(p, version), version)
+
+    def check_unfenced(self, partitions, version: int, step: str) -> None:
+        """ValueError when a move's step of map `version` comes after the move was settled."""
+        late = [p for p in partitions if version <= self.fenced.get(p, -1)]
+        if late:
+            raise ValueError(f"a {step} of map version {version} for partitions {late} comes "
+                             f"after their move was settled here (version "
+                             f"{max(self.fenced[p] for p in late)}): refused")
 
     def moved(self, partition: int, routed: int | None) -> Moved | None:
         """The MOVED answer for a request of `partition` its sender routed under map version

@@ -251,8 +251,8 @@ class Shard:
     def adopt(self, payload: bytes, version: int) -> int:
         return self.handoff.adopt(payload, version)
 
-    def release(self, partitions: Sequence[int]) -> None:
-        self.handoff.release(partitions)
+    def release(self, partitions: Sequence[int], version: int) -> None:
+        self.handoff.release(partitions, version)
 
     def thaw(self, partitions: Sequence[int], version: int) -> None:
         self.handoff.thaw(partitions, version)

@@ -79,11 +79,12 @@ class ShardControl(Protocol):
     async def adopt(self, payload: bytes, version: int) -> int:
         """Serve a frozen payload's partitions from `version` on; customers adopted."""
 
-    async def release(self, partitions: list[int]) -> None:
-        """Forget frozen partitions that another shard adopted."""
+    async def release(self, partitions: list[int], version: int) -> None:
+        """Forget partitions whose move of map `version` is settled with another shard
+        owning them (it adopted them, or the move to this shard was undone)."""
 
     async def thaw(self, partitions: list[int], version: int) -> None:
-        """Serve frozen partitions again (their handoff failed)."""
+        """Serve frozen partitions again (their handoff failed), granted at `version`."""
 
     async def prepare(self, catalog_text: str) -> str:
         """Phase one of a catalog switch: compile the catalog; its version."""

@@ -244,8 +244,8 @@ class RayShard(_Actor):
     async def adopt(self, payload: bytes, version: int) -> int:
         return await self._call(lambda a: a.adopt.remote(payload, version))
 
-    async def release(self, partitions: list[int]) -> None:
-        await self._call(lambda a: a.release.remote(partitions))
+    async def release(self, partitions: list[int], version: int) -> None:
+        await self._call(lambda a: a.release.remote(partitions, version))
 
     async def thaw(self, partitions: list[int], version: int) -> None:
         await self._call(lambda a: a.thaw.remote(partitions, version))

@@ -274,7 +274,7 @@ def test_a_partition_being_handed_over_is_never_snapshotted_by_its_old_owner(com
     a.checkpoint(float("inf"), N_PARTITIONS)
     assert store.get_snapshot(p) == adopted
     assert blocks.unpack(unseal(adopted, "p")[0])["journal"] == "b"
-    a.release([p])
+    a.release([p], 2)
     assert rebuilt(b, clock).process([profile("ana")])[0][0].value["events_applied"] == 1
 
 

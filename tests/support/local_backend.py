@@ -177,8 +177,8 @@ class LocalShard:
             raise Unavailable(f"{self.name} failed while adopting")
         return shard.adopt(payload, version)
 
-    async def release(self, partitions: list[int]) -> None:
-        (await self._shard()).release(partitions)
+    async def release(self, partitions: list[int], version: int) -> None:
+        (await self._shard()).release(partitions, version)
 
     async def thaw(self, partitions: list[int], version: int) -> None:
         (await self._shard()).thaw(partitions, version)

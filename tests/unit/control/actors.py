@@ -79,9 +79,9 @@ class ActorShard(LocalShard):
         self._backend.failing(self.name, "adopt")
         return await super().adopt(payload, version)
 
-    async def release(self, partitions: list[int]) -> None:
+    async def release(self, partitions: list[int], version: int) -> None:
         self._backend.failing(self.name, "release")
-        await super().release(partitions)
+        await super().release(partitions, version)
 
     async def watch_channel(self, *change: Any) -> None:
         self._backend.failing(self.name, "watch_channel")

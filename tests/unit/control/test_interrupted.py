@@ -73,8 +73,8 @@ class Hooked(LocalShard):
     async def adopt(self, payload, version):
         return await self._step("adopt", payload, version)
 
-    async def release(self, partitions):
-        return await self._step("release", partitions)
+    async def release(self, partitions, version):
+        return await self._step("release", partitions, version)
 
     async def thaw(self, partitions, version):
         return await self._step("thaw", partitions, version)
@@ -201,8 +201,8 @@ def test_the_steps_settling_repeats_are_idempotent_and_thaw_refuses_what_is_not_
     shard.thaw([0], 2)
     shard.thaw([0], 2)
     assert shard.owned[0] == 2 and 0 not in shard.leaving
-    shard.release([1])
-    shard.release([1])
+    shard.release([1], 2)
+    shard.release([1], 2)
     assert 1 not in shard.owned
     with pytest.raises(ValueError, match="not held"):  # it would serve an empty partition
         shard.thaw([1], 3)

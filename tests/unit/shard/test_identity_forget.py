@@ -133,7 +133,7 @@ def test_a_forget_in_a_partition_being_handed_over_is_erased_only_once_a_snapsho
     again = rebuilt(s, clock)
     assert isinstance(again.process([profile("ana", clock.now)])[0][0], Missing)
     again.freeze([p], 3)
-    again.release([p])  # moved: the new owner's snapshot holds it
+    again.release([p], 3)  # moved: the new owner's snapshot holds it
     assert again.erase() == 2  # ana's event and her forget, dropped from this journal
     assert not [r for _, r in again.journal.replay()]
 
@@ -187,7 +187,7 @@ def test_tombstones_move_with_their_partition_and_survive_recovery(compiled):
     assert a.process([forget(customer)])[0][0].aliases == [key]
     b = shard(compiled, "b", partitions=[], store=a.store)
     b.adopt(a.freeze([p], 2), 2)
-    a.release([p])
+    a.release([p], 2)
     late = merge(customer, link, key, None)
     assert b.process([late], [2])[0][0].status == "conflict"
     assert b.process([forget(customer)], [2])[0][0].aliases == [key]  # a retry still knows

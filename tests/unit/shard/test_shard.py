@@ -160,7 +160,7 @@ def test_handoff_moves_state_and_later_requests_answer_moved(compiled):
     assert all(a.process([event(c, "app_open", T0)])[0] == [Moved(map_version=2)]
                for c in frozen)
     assert b.adopt(payload, 2) == len(frozen)
-    a.release(moving)
+    a.release(moving, 2)
     for c in customers:
         owner = b if c in frozen else a
         assert owner.process([profile(c, T0 + 7200)])[0][0] == before[c]
@@ -354,7 +354,7 @@ def test_an_idempotency_key_applies_once_even_after_a_move(compiled):
                        EventAck(sequence=2)]
     b = shard(compiled, "b", partitions=[])
     b.adopt(a.freeze([p], 2), 2)
-    a.release([p])
+    a.release([p], 2)
     assert b.process([keyed])[0] == [EventAck(sequence=1, duplicate=True)]
     assert b.process([profile("ana")])[0][0].value["events_applied"] == 2
 
@@ -464,7 +464,7 @@ def test_the_directory_and_redirects_move_with_their_partition(compiled):
     moving = sorted({p_of(key), p_of(anon)})
     b = shard(compiled, "b", partitions=[])
     b.adopt(a.freeze(moving, 2), 2)
-    a.release(moving)
+    a.release(moving, 2)
     assert b.process([resolve(key)])[0] == [Ok(value="ana")]
     assert b.process([event(anon, "app_open", T0)])[0] == [Merged(customer_id="ana")]
     assert a.directory.count() == 0 and not a.directory.redirecting
@@ -714,10 +714,30 @@ def test_a_sealed_decision_takes_outcomes_after_a_move_and_a_restart(compiled):
     d = a.process([decide("ana")])[0][0].value
     p = p_of("ana")
     b.adopt(a.freeze([p], 2), 2)
-    a.release([p])
+    a.release([p], 2)
     assert b.process([outcome("ana", d.actions[0].action_id, d.decision_id)])[0] == [Ok(value=Learned.PROFILE_DECISION_FORGOTTEN)]
     b.close()
     restarted = Shard("b", compiled, [p], N_PARTITIONS, store=store)
     restarted.recover()
     assert restarted.process([outcome("ana", d.actions[0].action_id, d.decision_id,
                                       kind="convert")])[0] == [Ok(value=Learned.PROFILE_DECISION_FORGOTTEN)]
+
+
+def test_a_step_of_a_move_that_comes_after_the_move_was_settled_is_refused(compiled):
+    """A remote call that timed out may still run, and calls to an actor can run out of
+    order: an adopt after the target released the undone move would make two owners, a
+    freeze after the source thawed would answer MOVED for ever."""
+    a, b = shard(compiled, "a"), shard(compiled, "b", partitions=[])
+    p = p_of("ana")
+    a.process([event("ana", "app_open", T0)])
+    payload = a.freeze([p], 2)
+    b.release([p], 3)  # the controller undid the move: the target forgets what it may hold
+    a.thaw([p], 3)
+    with pytest.raises(ValueError, match="after their move was settled"):
+        b.adopt(payload, 2)
+    assert p not in b.owned
+    with pytest.raises(ValueError, match="after their move was settled"):
+        a.freeze([p], 2)
+    assert a.process([profile("ana")])[0][0].value["events_applied"] == 1
+    b.adopt(a.freeze([p], 4), 4)  # the next move, of a later version, goes through
+    assert p in b.owned

@@ -411,7 +411,7 @@ def test_a_rebuild_during_a_move_keeps_the_partitions_on_their_way_out(
             ana_now, = await host.handle("a", 4, [profile(ana)], [1])
             assert ana_now.value["events_applied"] == 3
         else:
-            await host.run(Shard.release, [p])
+            await host.run(Shard.release, [p], 1)
             assert p not in host.shard.owned
             assert (await host.handle("a", 4, [app_open(bob)], [1]))[0] == EventAck(sequence=1)
     run(compiled, DirectoryStore(tmp_path) if store_kind == "directory" else MemoryStore(),
