@@ -86,11 +86,20 @@ class ControllerActor:
             except Exception:
                 log.exception("autoscaling round failed; trying again")
 
+    async def _routing(self) -> Controller:
+        """For what the gateways that shards and nodes serve ask as they start (the map, the
+        endpoints, the catalog): while a start or a resume runs it is answered as it stands,
+        not after it, since the start waits for them (a shard it starts serves its own
+        endpoint). The map is a long poll, answered once one is published."""
+        if self.controller.ready or self._resuming.locked():
+            return self.controller
+        return await self._ready()
+
     async def get_map(self, known_version: int, timeout_s: float = LONG_POLL_S):
-        return await (await self._ready()).get_map(known_version, timeout_s)
+        return await (await self._routing()).get_map(known_version, timeout_s)
 
     async def shard_endpoints(self) -> dict[str, str]:
-        return await (await self._ready()).shard_endpoints()
+        return await (await self._routing()).shard_endpoints()
 
     async def scale(self, n_shards: int) -> dict[str, Any]:
         return await (await self._ready()).scale(n_shards)
@@ -103,7 +112,7 @@ class ControllerActor:
         return await (await self._ready()).rollback_catalog()
 
     async def get_catalog(self) -> dict[str, Any]:
-        return await (await self._ready()).get_catalog()
+        return await (await self._routing()).get_catalog()
 
     async def watch_channel(self, sink: str, channel: str, placement: str | None,
                             active: bool = True) -> None:

@@ -48,6 +48,7 @@ from kairos.cluster.longpoll import Changes
 from kairos.cluster.settings import DRAIN_UNREADY_S, LONG_POLL_S, RETIRE_GRACE_S, SHARDS_PER_CPU
 from kairos.cluster.shard.outcomes import outcome_secret
 from kairos.cluster.storage.providers import open_store, redact
+from kairos.cluster.storage.store import StoreUnavailable
 from kairos.cluster.transport.backend import Backend, Unavailable
 
 log = logging.getLogger("kairos.controller")
@@ -129,11 +130,21 @@ class Controller(ControlLoop):
             names = [await self._create_shard() for _ in range(n_shards)]
             self.map = PartitionMap.initial(names, self.n_partitions)
             await asyncio.gather(*(self._start_shard(name) for name in names))
+            await self._learner_told()  # it may follow a catalog an earlier cluster saved
         self.nodes.known.update(self.backend.nodes())  # --shards placed them: not joiners
         await self._publish()
         self.ready = True
         if failed := await self.nodes.ensure_gateways(self.backend.nodes()):
             raise RuntimeError(f"the gateways on nodes {', '.join(failed)} did not start")
+
+    async def _learner_told(self) -> None:
+        """Tell the learner the running catalog; a learner that does not answer is told by the
+        control loop (rounds.py): it must not keep clients from a map meanwhile."""
+        try:
+            await self.backend.learner().switch(self.catalog_text)
+        except Exception:
+            log.exception("the learner was not told catalog %s; the control loop tries again",
+                          self.catalog_version)
 
     async def resume(self) -> bool:
         """Take up the state saved in the store, whole or not at all: a failure leaves nothing
@@ -196,11 +207,7 @@ class Controller(ControlLoop):
             else:  # it answers, not serving yet (Ray restarted it, or it is rebuilding)
                 self.placement[name] = health.get("node")
             await self._start_shard(name)
-        try:
-            await self.backend.learner().switch(self.catalog_text)
-        except Exception:  # no map for clients while Ray restarts it too: the loop tells it
-            log.exception("the learner was not told catalog %s; the control loop tries again",
-                          self.catalog_version)
+        await self._learner_told()
         await self._publish()
         try:
             await self._catch_up(self.shards)
@@ -378,7 +385,11 @@ class Controller(ControlLoop):
             failed = await on_each(self.backend, shards, lambda s: s.prepare(catalog_text))
             if failed:
                 raise RuntimeError(f"catalog {version} was not switched: " + named(failed))
-            await self.backend.learner().switch(catalog_text)
+            try:
+                await self.backend.learner().switch(catalog_text)
+            except StoreUnavailable as exc:  # it has not read its saved posterior yet
+                raise Unavailable(f"catalog {version} was not switched: the learner: "
+                                  f"{exc}") from exc
             self.previous_catalog, self.catalog_text = self.catalog_text, catalog_text
             self.catalog_version = version
             self.previous_evidence, self.evidence = self.evidence, evidence or {}

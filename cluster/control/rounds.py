@@ -101,9 +101,11 @@ class ControlLoop:
             await self._catch_up(answering)
 
     async def _tell_learner(self) -> None:
-        # under the lock: a catalog switch tells the learner before it decides
+        learner = self.backend.learner()
+        if (await learner.status()).get("catalog_version") == self.catalog_version:
+            return  # asked without the lock: a learner that does not answer holds up nothing
+        # under the lock, asked again: a catalog switch tells the learner before it decides
         async with self._reconfiguring:
-            learner = self.backend.learner()
             running = (await learner.status()).get("catalog_version")
             if running != self.catalog_version:
                 log.warning("the learner runs catalog %s, not %s (Ray restarted it?): "

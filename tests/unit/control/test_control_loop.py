@@ -14,7 +14,8 @@ from kairos.cluster.control.learner import Learner
 from kairos.cluster.transport.backend import Unavailable
 from kairos.core.compiler import default_compiled
 
-from tests.unit.control.actors import Actors, ActorShard, controller_on, customers_of, ingest
+from tests.unit.control.actors import (ActorLearner, Actors, ActorShard, controller_on,
+                                      customers_of, ingest)
 
 CUSTOMERS = [f"c{i}" for i in range(40)]
 
@@ -170,4 +171,42 @@ def test_watch_changes_a_shard_misses_while_it_is_caught_up_are_kept_in_order(tm
         backend.shard = lambda shard: MissingMeanwhile(backend, shard)
         await controller.lagging.replay_watches([name])
         assert controller.lagging.watches[name] == [EARLIER, LATER]
+    asyncio.run(main())
+
+
+def test_a_catalog_put_while_the_learner_cannot_read_its_posterior_is_unavailable(
+        tmp_path, monkeypatch):
+    """UNAVAILABLE at the gateway, which callers retry, not UNKNOWN."""
+    from kairos.core.catalog import default_catalog_text
+    from kairos.cluster.storage.store import StoreUnavailable
+
+    async def unread(self, catalog_text):
+        raise StoreUnavailable("the learner has not read its saved posterior: redis is down")
+
+    async def main():
+        backend = Actors()
+        controller = await controller_on(backend, str(tmp_path), 2)
+        monkeypatch.setattr(ActorLearner, "switch", unread)
+        with pytest.raises(Unavailable, match="redis is down"):
+            await controller.put_catalog(default_catalog_text().replace(
+                "version: ", "version: next-", 1))
+    asyncio.run(main())
+
+
+def test_a_new_cluster_tells_the_learner_its_catalog(tmp_path):
+    """A learner started on a store an earlier cluster used follows the catalog saved with its
+    posterior: a new cluster on another catalog must not leave it there (the shards' deltas
+    would be dropped until a control round noticed)."""
+    from kairos.core.catalog import default_catalog_text
+    from kairos.core.compiler import compiled_from_text
+    from kairos.cluster.control.controller import Controller
+    other = default_catalog_text().replace("version: ", "version: earlier-", 1)
+
+    async def main():
+        backend = Actors()
+        backend.local_learner = Learner(compiled_from_text(other))
+        controller = backend.local_controller = Controller(backend, n_partitions=64,
+                                                           store_url=str(tmp_path))
+        await controller.start(2)
+        assert backend.local_learner.status()["catalog_version"] == controller.catalog_version
     asyncio.run(main())

@@ -17,7 +17,7 @@ from kairos.core.catalog import default_catalog_text
 from kairos.core.compiler import compiled_from_text, default_compiled
 
 from tests.support.waiting import until
-from tests.unit.control.actors import LEARNER, Actors, controller_on
+from tests.unit.control.actors import LEARNER, Actors, ActorShard, controller_on
 
 BOOT = default_catalog_text().replace("version: ", "version: boot-", 1)
 PUSHED = default_catalog_text().replace("version: ", "version: pushed-", 1)
@@ -130,3 +130,38 @@ def test_a_learner_that_does_not_answer_a_resume_is_told_the_catalog_by_the_loop
         await controller.reconcile()
         assert backend.local_learner.compiled.version == pushed
     asyncio.run(main())
+
+
+def test_shards_a_start_or_a_resume_starts_get_the_map_meanwhile(tmp_path, actor_on,
+                                                                 monkeypatch):
+    """A shard being started serves its own endpoint with a client that asks the controller
+    for the map: had that call waited for the start (or the resume) to end, each waited for
+    the other until the call's deadline."""
+    asked: list = []
+
+    async def start(self, *args, **kwargs):
+        actor = self._backend.actor  # what a shard's own endpoint asks as it starts
+        asked.append(await asyncio.wait_for(asyncio.gather(
+            actor.get_map(-1, 0.0), actor.get_catalog(), actor.shard_endpoints()), 5))
+        return await ActorShard.start(self, *args, **kwargs)
+
+    async def main():
+        monkeypatch.setattr(AskingShard, "start", start)
+        backend = Asking()
+        backend.actor = first = actor_on(backend, str(tmp_path))
+        await asyncio.wait_for(first.start(2), 20)
+        first._loop_task.cancel()
+        backend.restart(first.controller.shards[1])  # the resume starts it again
+        backend.actor = again = actor_on(backend, str(tmp_path))
+        routing = await asyncio.wait_for(again.get_map(0, 5.0), 20)
+        assert routing is not None and len(asked) == 3
+    asyncio.run(main())
+
+
+class AskingShard(ActorShard):
+    pass
+
+
+class Asking(Actors):
+    def shard(self, name: str) -> AskingShard:
+        return AskingShard(self, name)
