@@ -155,11 +155,14 @@ class Durability:
         self._ctx.counts["erased_records"] += dropped
         return dropped
 
-    def recover(self, sources: dict[int, str] | None = None) -> dict[str, Any]:
+    def recover(self, sources: dict[int, str] | None = None,
+                leaving: Iterable[int] = ()) -> dict[str, Any]:
         """Load every owned partition from its snapshot and replay the journal the snapshot
         names (a partition never snapshotted replays `sources[p]`'s journal, by default this
         shard's). Partitions recovered from another shard's journal are snapshotted here, so
-        that journal may go. Models start from the priors: the learner has what this shard had
+        that journal may go; not those `leaving` (a move froze them before this shard was
+        rebuilt): their new owner may have adopted them, and its snapshot must stay the one
+        its recovery reads. Models start from the priors: the learner has what this shard had
         sent, and the next interval's sync or watch (shard/modelsync.py) brings it."""
         ctx, journaling = self._ctx, self._journaling
         started = time.perf_counter()
@@ -185,7 +188,9 @@ class Durability:
                 for customer_id in self._residency.residents(after):
                     journaling.stamp(customer_id, 0)
         journaling.stamps_of = ctx.name
-        foreign = [p for name, after in plans.items() if name != ctx.name for p in after]
+        leaving = set(leaving)
+        foreign = [p for name, after in plans.items() if name != ctx.name for p in after
+                   if p not in leaving]
         self.snapshot(foreign)
         ctx.engine.use_models(ModelTable(ctx.compiled))
         ctx.counts["recoveries"] += 1

@@ -92,9 +92,10 @@ class Handoff:
                 self._ctx.store.put(p, customer_id, blob)
 
     def frozen_again(self, leaving: dict[int, int], fenced: dict[int, int]) -> None:
-        """After a rebuild: the partitions that were frozen (partition -> the map version
-        their MOVED names) are again, as `freeze` left them, without a second payload; and
-        the moves settled before still refuse their late steps."""
+        """After a rebuilt shard recovered (`recover(sources, leaving)`): the partitions that
+        were frozen (partition -> the map version their MOVED names) are again, as `freeze`
+        left them, without a second payload; and the moves settled before still refuse their
+        late steps."""
         self._ownership.fenced.update(fenced)
         for p, version in leaving.items():
             self._ownership.leaving[p] = version

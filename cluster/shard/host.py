@@ -171,8 +171,9 @@ class ShardHost:
         shard.decision_log.writer.in_background()  # off the data path too (decisionlog.py)
         for sink, channel, placement in channel_watches:
             shard.watch_channel(sink, channel, placement)
-        recovery = shard.recover(sources)
-        shard.handoff.frozen_again(*(moving or ({}, {})))
+        leaving, fenced = moving or ({}, {})
+        recovery = shard.recover(sources, leaving)
+        shard.handoff.frozen_again(leaving, fenced)
         log.info("%s recovered %d partitions, %d customers in memory, %d journal records "
                  "replayed in %.2f s", self.name, len(owned), recovery["resident"],
                  recovery["replayed"], recovery["seconds"])

@@ -273,8 +273,9 @@ class Shard:
     def erase(self) -> int:
         return self.durability.erase()
 
-    def recover(self, sources: dict[int, str] | None = None) -> dict[str, Any]:
-        return self.durability.recover(sources)
+    def recover(self, sources: dict[int, str] | None = None,
+                leaving: Iterable[int] = ()) -> dict[str, Any]:
+        return self.durability.recover(sources, leaving)
 
     def close(self) -> None:
         self.journal.close()

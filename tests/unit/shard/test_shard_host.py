@@ -417,3 +417,28 @@ def test_a_rebuild_during_a_move_keeps_the_partitions_on_their_way_out(
     run(compiled, DirectoryStore(tmp_path) if store_kind == "directory" else MemoryStore(),
         test)
 
+
+
+def test_a_source_rebuilt_after_the_target_adopted_leaves_the_targets_snapshot(compiled,
+                                                                               tmp_path):
+    """The target's snapshot of the partition names its journal: the source's recovery must
+    not snapshot the partition over it, or the target, restarted, recovers from the source's
+    journal and loses what it acknowledged since."""
+    p = p_of("ana")
+    store = DirectoryStore(tmp_path)
+
+    async def test(host):
+        await host.handle("a", 0, [app_open("ana")], [0])
+        target = Shard("t", compiled, [], N_PARTITIONS, store=DirectoryStore(tmp_path))
+        target.adopt(await host.run(Shard.freeze, [p], 1), 1)
+        failed = host.shard
+        host._fail(StoreUnavailable("the store went away"))
+        await until(lambda: host.shard not in (None, failed), 10, "the host to rebuild")
+        await host.run(Shard.release, [p], 1)
+        for t in range(1, 4):
+            target.process([app_open("ana", T0 + t)])
+        target.close()
+        again = Shard("t", compiled, [p], N_PARTITIONS, store=DirectoryStore(tmp_path))
+        again.recover()
+        assert again.process([profile("ana")])[0][0].value["events_applied"] == 4
+    run(compiled, store, test)
