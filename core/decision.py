@@ -68,7 +68,8 @@ class Decision:
     fallback: bool = False
     explanation: Explanation | None = None  # only when the request asked for it
     # held back as the channel's control group: one eligible action drawn uniformly, shown
-    # instead of the models' choice (its selection probability is the mixture's, as for all)
+    # instead of the models' choice, or none when none is eligible (its selection probability
+    # is the mixture's, as for all)
     control: bool = False
 
 

@@ -329,8 +329,9 @@ class DecisionEngine:
             if reason != Reason.SELECTED:
                 detail = self._detail(a, channel, reason, ws.factors[i, a])
                 if ws.out_control[i] and reason == Reason.TOP_K:
-                    detail = f"{detail.split(';')[0]}; held back as control: another " \
-                             f"eligible action was drawn at random"
+                    detail = f"{detail.split(';')[0]}; held back as control: " + (
+                        "another eligible action was drawn at random" if ws.out_count[i] else
+                        "nothing was shown, as no action could be drawn")
                 dropped.append(Dropped(c.action_ids[a], reason.name, detail))
         return Explanation(winners, tuple(dropped))
 

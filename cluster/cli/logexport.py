@@ -58,7 +58,7 @@ def moment(text: str) -> float:
 @dataclass
 class Shortfall:
     """What an export left out: decisions past --max-records, and outcomes past a decision's
-    bound (decisionlog.py's OUTCOMES_PER_DECISION)."""
+    bound (records.py's OUTCOMES_PER_DECISION)."""
     more: bool = False
     outcomes_cut: int = 0
 

@@ -5,8 +5,9 @@ how far the log supports that (overlap).
 A record whose logged selection is not a probability above 0 (a fallback decision, which
 nothing scored, a log written without them, or a damaged one) cannot weigh the candidate's
 choice: it is left out and counted; so is a decision pushed to a watch, which was logged
-because its best action changed, with a probability the log does not know. "Differs" is the probability that the candidate shows another action first:
-1 - pi(logged action | x), averaged by channel and by the logged action.
+because its best action changed, with a probability the log does not know. "Differs" is the
+probability that the candidate shows another action first: 1 - pi(logged action | x),
+averaged by channel and by the logged action.
 """
 from __future__ import annotations
 

@@ -52,7 +52,7 @@ class DecisionRecord:
     profile: bytes  # blocks.pack of the customer's one-row block as the decision saw it
     eligible: tuple[str, ...]  # actions that passed rules and contact policies
     shown: tuple[ShownAction, ...]  # in slot order
-    control: bool = False  # held back: a uniformly random eligible action was shown
+    control: bool = False  # held back: a uniformly random eligible action (or none) shown
     outcomes: tuple[OutcomeRecord, ...] = field(default=())  # joined on export
     # pushed to a watch: a watched view is decided on every change of its customer and sent
     # (and logged) only when its best action changed, so `selection` is not the probability
@@ -162,7 +162,7 @@ def unpack(stored: list) -> DecisionRecord | OutcomeRecord:
 # Outcomes other than impressions an export joins to one decision, at most: its customer may
 # report OUTCOMES_PER_CUSTOMER a minute for a week, and a decision named by a client that
 # retries must not make an export hold without bound. Impressions have a bound of their own:
-# one per action shown (MAX_TOP_K).
+# MAX_TOP_K, the most actions a placement shows. Both bounds are per shard's log.
 OUTCOMES_PER_DECISION = 32
 
 class DecisionPage(NamedTuple):
@@ -188,8 +188,8 @@ class PageOutcomes(NamedTuple):
 def decision_key(customer_id: str, decision_id: str) -> tuple[str, str]:
     """What a decision and the outcomes naming it share: the customer, and the engine's id
     and issue time of a sealed id (cluster/shard/outcomes.py), the same whichever of the
-    decision's tags an outcome kept. The engine's id alone is not enough: every shard
-    process numbers its decisions from the same start."""
+    decision's tags an outcome kept. The engine's id alone is not enough: its prefix, random
+    per engine, is 32 bits, and logs outlive many shard processes."""
     return customer_id, ".".join(decision_id.split(".", 2)[:2])
 
 

@@ -33,6 +33,11 @@ def json_text(report: Any) -> str:
     return json.dumps(_finite(report), indent=2, allow_nan=False) + "\n"
 
 
+def _number(value: Any) -> float:
+    """An estimate as a report holds it: a number, or null (json_text) for one unknown."""
+    return math.nan if value is None else float(value)
+
+
 def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -61,9 +66,9 @@ def headline(evidence: dict[str, Any]) -> str:
     """One line for `kairos status`: the estimates that matter and the warnings' count;
     KeyError or TypeError when `evidence` is no replay report."""
     estimates = "; ".join(
-        f"{REWARD_NAMES[reward]} {float(e['dr']['value']):.4g} "
-        f"[{float(e['dr']['low']):.4g}, {float(e['dr']['high']):.4g}] "
-        f"(logged {float(evidence['logged'][reward]):.4g})"
+        f"{REWARD_NAMES[reward]} {_number(e['dr']['value']):.4g} "
+        f"[{_number(e['dr']['low']):.4g}, {_number(e['dr']['high']):.4g}] "
+        f"(logged {_number(evidence['logged'][reward]):.4g})"
         for reward, e in evidence["estimates"].items())
     warnings = len(evidence["overlap"]["warnings"])
     return (f"replay of {int(evidence['evaluated'])} logged decisions, doubly robust: "

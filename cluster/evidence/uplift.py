@@ -24,8 +24,9 @@ stratum has fewer than two decisions that earned a value.
 Rewards are replay's: the first shown action's accept (ACCEPT or CONVERT) and the conversion
 value it reported. A fallback decision (nothing scored it, selection 0) belongs to neither
 group, nor does a decision pushed to a watch: it was logged because its best action changed,
-which held-back decisions (a random action) do far more often. An uplift needs a stratum with two decisions in each group; without one its interval
-is unknown (NaN) and the report says so.
+which held-back decisions (a random action) do far more often. An uplift needs a stratum with
+two decisions in each group; without one its interval is unknown (NaN) and the report says
+so.
 """
 from __future__ import annotations
 

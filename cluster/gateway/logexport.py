@@ -12,7 +12,7 @@ each side (two shards' clocks). The last chunk carries the token of the next pag
 starts after the last decision sent: pages neither repeat nor skip a decision, however many
 share a moment, and a decision's outcomes are found whenever they came. Everything is
 bounded: the range (MAX_SPAN_S), a page (MAX_RECORDS), a decision's outcomes
-(decisionlog.py's OUTCOMES_PER_DECISION, counted in `outcomes_cut` past it), a chunk's bytes
+(records.py's OUTCOMES_PER_DECISION, counted in `outcomes_cut` past it), a chunk's bytes
 (CHUNK_BYTES).
 """
 from __future__ import annotations

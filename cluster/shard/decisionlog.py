@@ -32,6 +32,7 @@ owned the partition before), after writing what came before.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import Counter
@@ -59,6 +60,9 @@ from kairos.cluster.storage.store import Store, StoreUnavailable
 
 log = logging.getLogger("kairos.shard")
 IMPRESSION = "impression"  # the outcome a Decide with record_impression logs per action shown
+# How far past a page's last decision an export reads each log for decisions logged at the
+# same moment (written in another order than their ids sort) or under a clock stepped back
+LOG_ORDER_SLACK_S = 1.0
 
 
 class DecisionLog:
@@ -236,27 +240,36 @@ def read(store: Store, names: Iterable[str], query: DecisionPage | PageOutcomes
 def read_decisions(store: Store, names: Iterable[str], query: DecisionPage
                    ) -> tuple[list[tuple[float, DecisionRecord]], bool]:
     """The decisions `query` asks for, from the named logs of the store, each with the time it
-    was logged; whether more were logged. A log is read in the order it was written (the order
-    of its shard's clock) and left once it gave one past `limit`, so a page costs what it
-    holds, not what the range holds."""
+    was logged; whether more were logged. A log is in the order it was written, which is the
+    order of its times (ties aside, and unless its shard's clock stepped back): so a log is
+    left once it is LOG_ORDER_SLACK_S past the first `limit` + 1 found, and a page costs what
+    it holds, not what the range holds. At most two pages are held however many logs."""
     found: list[tuple[float, str, DecisionRecord]] = []
     since = query.since if query.after is None else max(query.since, query.after[0])
+    keep = query.limit + 1
     for name in names:
-        taken = 0
+        bound = found[-1][0] if len(found) == keep else math.inf  # the page's last, so far
         for logged, _, data in store.decision_log(name).read(since, query.until):
+            if logged > bound + LOG_ORDER_SLACK_S:
+                break
             record = unpack(msgpack.unpackb(data, raw=False))
             if isinstance(record, OutcomeRecord) or \
                     (query.after is not None and (logged, record.decision_id) <= query.after) or \
                     (query.channel is not None and record.channel != query.channel):
                 continue
             found.append((logged, record.decision_id, record))
-            taken += 1
-            if taken > query.limit:
-                break
-        found.sort(key=lambda f: f[:2])  # the first of every log read so far: a shard
-        del found[query.limit + 1:]  # reading many logs holds two pages, not one a log
-    return [(logged, record) for logged, _, record in found[:query.limit]], \
-        len(found) > query.limit
+            if len(found) >= 2 * keep:
+                bound = _pruned(found, keep)
+        if len(found) >= keep:
+            _pruned(found, keep)
+    return [(logged, record) for logged, _, record in found[:query.limit]], len(found) == keep
+
+
+def _pruned(found: list, keep: int) -> float:
+    """Keep the first `keep` by (time logged, id); the time of the last one kept."""
+    found.sort(key=lambda f: f[:2])
+    del found[keep:]
+    return found[-1][0]
 
 
 def read_outcomes(store: Store, names: Iterable[str], query: PageOutcomes

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -11,7 +12,8 @@ import yaml
 from bench import truth
 from kairos.cluster.evidence import evaluation, report
 from kairos.cluster.evidence.records import LogFormatError, OutcomeRecord, ShownAction
-from kairos.cluster.evidence.replay import NOTHING, Replayer, for_replay, replay, rewards
+from kairos.cluster.evidence.replay import (NOTHING, Replayed, Replayer, for_replay, replay,
+                                            rewards)
 from kairos.core.catalog import load_catalog
 from kairos.core.engine import DecisionEngine
 
@@ -142,3 +144,11 @@ def test_a_log_with_nothing_to_weigh_reports_so(still_log):
 def test_samples_are_bounded():
     with pytest.raises(ValueError, match="samples"):
         Replayer(candidate(truth.candidate_catalog()), samples=0)
+
+
+def test_a_report_with_an_unknown_estimate_reads_back_as_evidence():
+    """replay.json writes an unknown estimate as null; PutCatalog's evidence reads it back
+    (report.headline) and must not take null for a report that is none."""
+    one = Replayed("d1", "v1", "web", "hero", "a0", 0.5, 1.0, 0.0, {}, {"a0": 1.0})
+    evidence = {**evaluation.evaluate([one]), "candidate": {"version": "v2", "name": "c"}}
+    assert "nan" in report.headline(json.loads(report.json_text(evidence)))

@@ -3,6 +3,7 @@ selection probabilities, eligible actions, model inputs, the profile as a block)
 ForgetCustomer (in the memory, directory and Redis stores), and the writer's thread."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 
@@ -291,3 +292,29 @@ def test_a_push_is_logged_as_one_and_an_answer_is_not(compiled):
     # a log written before pushes were told apart reads as answers
     old = pack_decision(logged(s.store)[0][0])[:-1]
     assert unpack(old).pushed is False
+
+
+def pages(store, limit: int) -> list[str]:
+    got, after = [], None
+    while True:
+        page, more = decisionlog.read_decisions(store, ["s0"], DecisionPage(
+            T0 - 10, T0 + 10, after, None, limit))
+        got += [d.decision_id for _, d in page]
+        if not more:
+            return got
+        after = (page[-1][0], page[-1][1].decision_id)
+
+
+def test_pages_take_decisions_written_out_of_order_within_the_slack(store):
+    """A log is in write order: ids of one moment need not sort so (a hex counter writes
+    "9", "a", "10"), and a clock may step back."""
+    log = store.decision_log("s0")
+    tied = [dataclasses.replace(decision_at(0), decision_id=f"e1-{k}.6b119032.x", time=T0)
+            for k in ("9", "a", "10")]
+    log.append(entries(*tied, at=T0))
+    stepped = [dataclasses.replace(decision_at(0), decision_id=f"s-{k}", customer_id=f"c{k}")
+               for k in range(4)]
+    for record, at in zip(stepped, (T0 + 1, T0 + 2, T0 + 3, T0 + 0.5)):  # the last stepped back
+        log.append(entries(record, at=at))
+    for limit in (1, 2):
+        assert sorted(pages(store, limit)) == sorted(d.decision_id for d in tied + stepped)
