@@ -86,6 +86,7 @@ class Controller(ControlLoop):
         self.incarnations: dict[str, str] = {}
         self.endpoints = ShardEndpoints(backend)  # where each shard serves kairos.v1 itself
         self.channel_watches: set[tuple[str, str, str | None]] = set()
+        self._watch_changes = 0  # made so far: a shard's start tells whether any came meanwhile
         self.moving: list[Move] = []  # recorded moves not yet settled (saved)
         # replacement -> the journal each of its partitions recovers from (the shard it replaced)
         # until its health says it serves (saved; rounds.py)
@@ -248,10 +249,12 @@ class Controller(ControlLoop):
         start of it succeeds."""
         partitions = self.map.partitions_of(name) if self.map else []
         watches = set(self.channel_watches)  # a watch may change while the start runs
+        changes = self._watch_changes
         self.incarnations[name] = await self.backend.shard(name).start(
             self.catalog_text, partitions, sorted(watches, key=str),
             self.map.version if self.map else 1, self.replacing.get(name))
-        await self.lagging.started(name, watches, set(self.channel_watches))
+        await self.lagging.started(name, watches, set(self.channel_watches),
+                                   changed=self._watch_changes != changes)
         await self.endpoints.serve(name, self.nodes.spec, self.placement.get(name))
         if name in self.replacing:
             await self._publish()
@@ -418,6 +421,7 @@ class Controller(ControlLoop):
         now gets it from the control loop (not under the lock: a long reconfiguration must
         not hold up a watch stream's start)."""
         key = (sink, channel, placement)
+        self._watch_changes += 1
         if active:
             self.channel_watches.add(key)
         else:

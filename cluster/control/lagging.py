@@ -44,13 +44,17 @@ class Lagging:
         self.catalog.discard(name)
         self.watches.pop(name, None)
 
-    async def started(self, name: str, given: set[Watch], now: set[Watch]) -> None:
+    async def started(self, name: str, given: set[Watch], now: set[Watch],
+                      changed: bool) -> None:
         """`name` (re)started on the current catalog with the channel watches `given`: all
-        it missed before is moot, but not the changes made while its start ran (`now`: the
-        watches as they are; a broadcast meanwhile failed on it), sent to it here."""
+        it missed before is moot, but not the changes made while its start ran (`changed`;
+        `now`: the watches as they are). Which of their broadcasts reached it, before or after
+        the start set `given`, is unknown (a watch removed and added again may be off there):
+        so every watch of `now` is sent on again (one that is on stays on), and those of
+        `given` since gone are sent off."""
         self.forget(name)
-        changes = [(*w, True) for w in sorted(now - given, key=str)] + \
-            [(*w, False) for w in sorted(given - now, key=str)]
+        changes = [(*w, True) for w in sorted(now, key=str)] + \
+            [(*w, False) for w in sorted(given - now, key=str)] if changed else []
         if changes:
             self.watches[name] = changes
             await self.replay_watches([name])

@@ -210,3 +210,41 @@ def test_a_new_cluster_tells_the_learner_its_catalog(tmp_path):
         await controller.start(2)
         assert backend.local_learner.status()["catalog_version"] == controller.catalog_version
     asyncio.run(main())
+
+
+class StartedThenHeld(ActorShard):
+    """A new shard's start that has set its watches, then waits for `go` to answer."""
+
+    async def start(self, *args, **kwargs) -> str:
+        incarnation = await super().start(*args, **kwargs)
+        if self.name not in self._backend.held:
+            self._backend.held.add(self.name)
+            self._backend.in_start.set()
+            await self._backend.go.wait()
+        return incarnation
+
+
+class HeldAfterStart(HeldStart):
+    def shard(self, name: str) -> StartedThenHeld:
+        return StartedThenHeld(self, name)
+
+
+def test_a_watch_removed_and_added_again_while_a_shard_starts_stays_on_it(tmp_path):
+    """The removal reached the started shard, the addition did not: the watches as they
+    were when the start began are the watches as they are now, and yet the shard lacks one."""
+    async def main():
+        backend = HeldAfterStart()
+        backend.held.update(f"kairos-shard-000{i}" for i in range(2))
+        controller = await controller_on(backend, str(tmp_path), 2)
+        await controller.watch_channel("kairos-gateway-0", "web", None)
+        scaling = asyncio.ensure_future(controller.scale(3))
+        await backend.in_start.wait()
+        await controller.watch_channel("kairos-gateway-0", "web", None, active=False)
+        backend.fail[("kairos-shard-0002", "watch_channel")] = 1
+        await controller.watch_channel("kairos-gateway-0", "web", None)
+        backend.go.set()
+        await scaling
+        for name, shard in backend.shards.items():
+            assert [(w.sink, w.channel) for w in shard.watches.channel] == \
+                [("kairos-gateway-0", "web")], name
+    asyncio.run(main())
