@@ -85,14 +85,20 @@ def half_way(backend: Actors, shard: str) -> str:
     return shard
 
 
+async def restarted_half_way(actor_on, store: str) -> tuple:
+    """A cluster started, then its controller restarted by Ray, with the next resume to fail
+    half-way; (the first controller, the restarted one, the shard that fails its start)."""
+    backend = Actors()
+    first = actor_on(backend, store)
+    await first.start(2)
+    first._loop_task.cancel()
+    stuck = half_way(backend, first.controller.shards[1])
+    return first, actor_on(backend, store), stuck
+
+
 def test_a_resume_that_failed_half_way_is_done_again_by_the_next_call(tmp_path, actor_on):
     async def main():
-        backend = Actors()
-        first = actor_on(backend, str(tmp_path))
-        await first.start(2)
-        first._loop_task.cancel()
-        stuck = half_way(backend, first.controller.shards[1])
-        again = actor_on(backend, str(tmp_path))
+        first, again, stuck = await restarted_half_way(actor_on, str(tmp_path))
         with pytest.raises(Unavailable, match=stuck):
             await again.get_map(0, 0.1)
         routing = await again.get_map(0, 1.0)
@@ -103,12 +109,7 @@ def test_a_resume_that_failed_half_way_is_done_again_by_the_next_call(tmp_path, 
 
 def test_a_resume_that_failed_is_done_again_by_the_control_loop(tmp_path, actor_on):
     async def main():
-        backend = Actors()
-        first = actor_on(backend, str(tmp_path))
-        await first.start(2)
-        first._loop_task.cancel()
-        half_way(backend, first.controller.shards[1])
-        again = actor_on(backend, str(tmp_path))
+        first, again, _ = await restarted_half_way(actor_on, str(tmp_path))
         with pytest.raises(Unavailable):
             await again.status()
         # no call comes: the loop takes the cluster up, and clients can route again
