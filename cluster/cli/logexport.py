@@ -9,6 +9,7 @@ import os
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Iterator
 
 from kairos.cluster.cli.remote import Remote
@@ -16,6 +17,7 @@ from kairos.cluster.evidence.records import (OUTCOMES_PER_DECISION, DecisionReco
                                              is_parquet, write_records)
 from kairos.cluster.gateway import wire
 from kairos.cluster.gateway.logexport import MAX_RECORDS as PAGE  # the most one call sends
+from kairos.cluster.storage.journal import fsync_directory
 from kairos.v1 import admin_pb2
 
 EXPORT_TIMEOUT_S = 600.0
@@ -73,7 +75,13 @@ def run(args: argparse.Namespace) -> int:
     records = exported(remote, args.since, args.until, args.channel, args.max_records,
                        shortfall)
     written = write_records(records, partial, is_parquet(args.out))
+    fd = os.open(partial, os.O_RDONLY)  # on disk before its name says it is whole
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     os.replace(partial, args.out)
+    fsync_directory(Path(args.out).resolve().parent)
     print(f"wrote {written} decision records to {args.out}")
     if shortfall.more:
         print(f"more than {args.max_records:,} decisions matched: only the first were "

@@ -86,9 +86,9 @@ def test_the_command_says_what_it_left_out(tmp_path, monkeypatch, capsys):
     assert "more than 1 decisions matched" in err and "3 outcomes were left out" in err
 
 
-def test_an_export_is_its_owners_only(tmp_path, monkeypatch):
+def test_an_export_is_its_owners_only_and_on_disk(tmp_path, monkeypatch):
     """It holds customers' profiles as their decisions saw them, which the store keeps 0600:
-    the export was written by the umask (0644)."""
+    the export was written by the umask (0644). It is synced before its name is."""
     import argparse
     import os
     import stat
@@ -99,5 +99,11 @@ def test_an_export_is_its_owners_only(tmp_path, monkeypatch):
     os.chmod(tmp_path / "log.jsonl.partial", 0o644)
     args = argparse.Namespace(target="127.0.0.1:1", out=str(out), since=99.0, until=102.0,
                               channel="", max_records=0)
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+                        or real_fsync(fd))
     assert logexport.run(args) == 0
     assert stat.S_IMODE(out.stat().st_mode) == 0o600 and len(out.read_text().splitlines()) == 2
+    # written to disk before it is renamed whole, and the rename too
+    assert synced == [f"{out}.partial", str(tmp_path)]
