@@ -187,7 +187,8 @@ class Controller(ControlLoop):
         # a move's target may hold what it adopted (settled below); a replacement may own
         # nothing yet
         kept = {m.target for m in self.moving} | set(self.replacing)
-        for name in names:
+        serving, starting = [], []
+        for name in names:  # one at a time: a shard created is placed by the ones before
             if name not in self.map.owners and name not in kept:  # was retiring
                 await asyncio.to_thread(self.store.drop_journal, name)
                 continue
@@ -201,13 +202,21 @@ class Controller(ControlLoop):
                 self.replacing.pop(name, None)  # it recovered what it replaced
                 if health.get("catalog_version") != self.catalog_version:
                     self.lagging.catalog.add(name)  # the switch was interrupted
-                await self.endpoints.serve(name, self.nodes.spec, self.placement[name])
+                serving.append(name)
                 continue
             if health is None:
                 await self._create_shard(name)
             else:  # it answers, not serving yet (Ray restarted it, or it is rebuilding)
                 self.placement[name] = health.get("node")
-            await self._start_shard(name)
+            starting.append(name)
+        # all at once, as a new cluster's: each may take KAIROS_SHARD_START_S to recover, and
+        # one after another they would outlast a pod's startup probe
+        failed = [r for r in await asyncio.gather(
+            *(self._start_shard(name) for name in starting),
+            *(self.endpoints.serve(name, self.nodes.spec, self.placement[name])
+              for name in serving), return_exceptions=True) if isinstance(r, BaseException)]
+        if failed:
+            raise failed[0]
         await self._learner_told()
         await self._publish()
         try:

@@ -166,3 +166,42 @@ class AskingShard(ActorShard):
 class Asking(Actors):
     def shard(self, name: str) -> AskingShard:
         return AskingShard(self, name)
+
+
+class Together(Actors):
+    """Shards whose starts wait until every one of `expected` is starting."""
+
+    def __init__(self):
+        super().__init__()
+        self.expected = 0
+        self.starting: set[str] = set()
+        self.all_in = asyncio.Event()
+
+    def shard(self, name: str) -> "TogetherShard":
+        return TogetherShard(self, name)
+
+
+class TogetherShard(ActorShard):
+    async def start(self, *args, **kwargs):
+        backend = self._backend
+        if backend.expected:
+            backend.starting.add(self.name)
+            if len(backend.starting) == backend.expected:
+                backend.all_in.set()
+            await asyncio.wait_for(backend.all_in.wait(), 5)
+        return await super().start(*args, **kwargs)
+
+
+def test_a_resume_starts_the_shards_ray_restarted_all_at_once(tmp_path):
+    """Each may take KAIROS_SHARD_START_S to recover: one after another, a cluster of a few
+    shards outlasted the head pod's startup probe and was restarted in a loop."""
+    async def main():
+        backend = Together()
+        first = await controller_on(backend, str(tmp_path), 3)
+        for name in first.shards:
+            backend.restart(name)
+        backend.expected = 3
+        controller = Controller(backend, n_partitions=64, store_url=str(tmp_path))
+        assert await controller.resume()
+        assert backend.starting == set(first.shards)
+    asyncio.run(main())
