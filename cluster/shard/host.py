@@ -126,6 +126,7 @@ class ShardHost:
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task] = []
         self._recovering: asyncio.Task | None = None  # retrying to build a Shard from the store
+        self._starts = 0  # starts so far: a build a later start superseded is not installed
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -143,7 +144,10 @@ class ShardHost:
             loop = asyncio.get_running_loop()
             self._loops = [loop.create_task(self._forever(job)) for job in self._jobs]
         self._stop_recovering()
-        self.shard = None
+        self._starts += 1  # a build of an earlier start still running is dropped when done
+        replaced, self.shard = self.shard, None
+        if replaced is not None:  # its journal is not left open beside the new one's
+            await asyncio.get_running_loop().run_in_executor(self._pool, _closed, replaced)
         if not await self._recover(compiled, owned, channel_watches, sources):
             self._recovering = asyncio.get_running_loop().create_task(
                 self._serve_again(compiled, owned, channel_watches, sources, tried=1))
@@ -185,7 +189,8 @@ class ShardHost:
                        channel_watches: Sequence[tuple[str, str, str | None]],
                        sources: dict[int, str] | None, moving: Moving | None = None) -> bool:
         """One attempt to build the Shard from the store; whether it serves now (if not,
-        `recovery` says why, and health shows it)."""
+        `recovery` says why, and health shows it), or a later start took over."""
+        start = self._starts
         built = asyncio.get_running_loop().run_in_executor(
             self._pool, self._recovered, compiled, owned, channel_watches, sources, moving)
         try:
@@ -200,6 +205,9 @@ class ShardHost:
                     "%s: recovering from the store failed (%s: %s); retrying", self.name,
                     type(exc).__name__, exc, exc_info=unexpected)
             return False
+        if start != self._starts:  # a later start builds its own: two would both serve
+            await asyncio.get_running_loop().run_in_executor(self._pool, _closed, shard)
+            return True
         self.shard, self.recovery = shard, recovery
         self._settle()  # and a failed Shard is freed
         return True

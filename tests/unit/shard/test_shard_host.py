@@ -8,6 +8,7 @@ import asyncio
 import subprocess
 import sys
 import threading
+import time
 from types import SimpleNamespace
 
 import msgpack
@@ -442,3 +443,58 @@ def test_a_source_rebuilt_after_the_target_adopted_leaves_the_targets_snapshot(c
         again.recover()
         assert again.process([profile("ana")])[0][0].value["events_applied"] == 4
     run(compiled, store, test)
+
+
+def test_a_start_over_a_start_still_recovering_leaves_one_shard_serving(compiled, tmp_path,
+                                                                         monkeypatch):
+    """A controller that gave up on a start (its deadline, a resume cancelled) starts the
+    shard again: the first build, ending first, served and acknowledged writes, then the
+    second, recovered before them, replaced it, and the journal held two writers' LSNs."""
+    owned = {p: 0 for p in range(N_PARTITIONS)}
+    builds = []
+    recovered = ShardHost._recovered
+    second_built, written = threading.Event(), threading.Event()
+
+    def held_second(self, *args):
+        built = recovered(self, *args)
+        builds.append(built)
+        if len(builds) == 3:  # the second start's build recovered; it ends after the write
+            second_built.set()
+            written.wait(5)
+        return built
+    monkeypatch.setattr(ShardHost, "_recovered", held_second)
+
+    def host() -> ShardHost:
+        return ShardHost("s0", N_PARTITIONS, 0, lambda: DirectoryStore(tmp_path), "fsync",
+                         tick_s=3600.0)
+
+    async def main():
+        seeded = host()
+        await seeded.start(compiled, owned, [])
+        await seeded.handle("a", 0, [app_open("ana")], [0])
+        seeded.stop()
+        seeded.shard.close()
+        again = host()
+        first = asyncio.ensure_future(again.start(compiled, owned, []))
+        await asyncio.sleep(0)
+        second = asyncio.ensure_future(again.start(compiled, owned, []))
+        await until(second_built.is_set, 5, "the second start's build")
+        wrote = again.shard is not None  # a write while the first start's build serves
+        if wrote:
+            assert await again.handle("b", 0, [app_open("ana", T0 + 1)], [0]) == \
+                [EventAck(sequence=2)]
+        written.set()
+        await first
+        await second
+        acked = (await again.handle("c", 0, [profile("ana")], [0]))[0].value["events_applied"]
+        assert acked == 1 + wrote  # what was acknowledged is there
+        await again.handle("d", 0, [app_open("ana", T0 + 2)], [0])
+        again.stop()
+        again.shard.close()
+        restarted = host()
+        await restarted.start(compiled, owned, [])
+        assert restarted.shard is not None, restarted.recovery
+        ana, = await restarted.handle("e", 0, [profile("ana")], [0])
+        assert ana.value["events_applied"] == acked + 1
+        restarted.stop()
+    asyncio.run(asyncio.wait_for(main(), 30))
