@@ -16,8 +16,9 @@ from kairos.cluster.control.autoscaling import Autoscaling
 from kairos.cluster.control.controller import Controller
 from kairos.cluster.control.nodes import GatewaySpec
 from kairos.cluster.gateway.actor import GatewayActor
-from kairos.cluster.settings import CONTROL_LOOP_S, LONG_POLL_S, SHARDS_PER_CPU
+from kairos.cluster.settings import CONTROL_LOOP_S, CONTROLLER_NAME, LONG_POLL_S, SHARDS_PER_CPU
 from kairos.cluster.shard.actor import ShardActor
+from kairos.cluster.transport.backend import Unavailable
 from kairos.cluster.transport.ray_backend import RayBackend
 
 log = logging.getLogger("kairos.controller")
@@ -36,6 +37,7 @@ class ControllerActor:
         self.autoscaling = Autoscaling(self.controller.backend)
         self._loop_task: asyncio.Task | None = None
         self._resuming = asyncio.Lock()  # one start or resume at a time
+        self._resume_task: asyncio.Task | None = None
 
     async def start(self, n_shards: int) -> dict[str, Any]:
         async with self._resuming:
@@ -48,12 +50,20 @@ class ControllerActor:
 
     async def _ready(self) -> Controller:
         """After Ray restarted this actor (start() is not called again), take up the state
-        the previous incarnation saved: whole, or not at all and again at the next call."""
+        the previous incarnation saved: whole, or not at all and again at the next call. It
+        runs in a task of its own, which callers await shielded: the first call is often a
+        long poll for the map, which its caller cancels when it gives up (ray.cancel), and
+        that must not cancel a take-up half-way through the shards' starts."""
         if not self.controller.ready:
-            async with self._resuming:
-                if not self.controller.ready:
-                    await self._resume()
+            if self._resume_task is None or self._resume_task.done():
+                self._resume_task = asyncio.get_running_loop().create_task(self._resume_once())
+            await asyncio.shield(self._resume_task)
         return self.controller
+
+    async def _resume_once(self) -> None:
+        async with self._resuming:
+            if not self.controller.ready:
+                await self._resume()
 
     async def _resume(self) -> None:
         saved = True
@@ -88,10 +98,15 @@ class ControllerActor:
 
     async def _routing(self) -> Controller:
         """For what the gateways that shards and nodes serve ask as they start (the map, the
-        endpoints, the catalog): while a start or a resume runs it is answered as it stands,
-        not after it, since the start waits for them (a shard it starts serves its own
-        endpoint). The map is a long poll, answered once one is published."""
-        if self.controller.ready or self._resuming.locked():
+        catalog): while a start or a resume runs it is answered as it stands once the state
+        is taken up (the map and its catalog), not after it, since the start waits for them
+        (a shard it starts serves its own endpoint). The map is a long poll, answered once
+        one is published. Before the state is taken up: Unavailable (tried again)."""
+        if self.controller.ready:
+            return self.controller
+        if self._resuming.locked():
+            if self.controller.map is None:
+                raise Unavailable(f"{CONTROLLER_NAME} is taking up the cluster")
             return self.controller
         return await self._ready()
 
@@ -99,7 +114,10 @@ class ControllerActor:
         return await (await self._routing()).get_map(known_version, timeout_s)
 
     async def shard_endpoints(self) -> dict[str, str]:
-        return await (await self._routing()).shard_endpoints()
+        """Unavailable until the cluster is whole: a gateway keeps the endpoints it knew."""
+        if not self.controller.ready and self._resuming.locked():
+            raise Unavailable(f"{CONTROLLER_NAME} is taking up the cluster")
+        return await (await self._ready()).shard_endpoints()
 
     async def scale(self, n_shards: int) -> dict[str, Any]:
         return await (await self._ready()).scale(n_shards)

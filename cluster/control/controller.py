@@ -118,7 +118,7 @@ class Controller(ControlLoop):
         if n_shards < 1:
             raise ValueError(f"need at least one shard, got {n_shards}")
         outcome_secret(self.store)  # before any shard starts, so that all share one
-        if await self.resume():
+        if resumed := await self.resume():
             # asked for by this start (`kairos up --catalog` on a store in use); a resume after
             # Ray restarted the controller never applies it: it is the catalog of the first
             # start, and PutCatalog may have switched since
@@ -131,9 +131,10 @@ class Controller(ControlLoop):
             names = [await self._create_shard() for _ in range(n_shards)]
             self.map = PartitionMap.initial(names, self.n_partitions)
             await asyncio.gather(*(self._start_shard(name) for name in names))
-            await self._learner_told()  # it may follow a catalog an earlier cluster saved
         self.nodes.known.update(self.backend.nodes())  # --shards placed them: not joiners
         await self._publish()
+        if not resumed:  # it may follow a catalog an earlier cluster saved with its posterior
+            await self._learner_told()
         self.ready = True
         if failed := await self.nodes.ensure_gateways(self.backend.nodes()):
             raise RuntimeError(f"the gateways on nodes {', '.join(failed)} did not start")
@@ -215,10 +216,12 @@ class Controller(ControlLoop):
             *(self._start_shard(name) for name in starting),
             *(self.endpoints.serve(name, self.nodes.spec, self.placement[name])
               for name in serving), return_exceptions=True) if isinstance(r, BaseException)]
+        for exc in failed[1:]:
+            log.error("taking up the cluster: %s", exc)
         if failed:
             raise failed[0]
-        await self._learner_told()
         await self._publish()
+        await self._learner_told()  # after: a learner that does not answer delays no map
         try:
             await self._catch_up(self.shards)
         except Exception:
