@@ -72,16 +72,20 @@ def run(args: argparse.Namespace) -> int:
     # customers' profiles and decisions: the owner's only, as the store keeps them
     os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
     os.chmod(partial, 0o600)  # one left by an earlier run keeps its mode otherwise
-    records = exported(remote, args.since, args.until, args.channel, args.max_records,
-                       shortfall)
-    written = write_records(records, partial, is_parquet(args.out))
-    fd = os.open(partial, os.O_RDONLY)  # on disk before its name says it is whole
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        records = exported(remote, args.since, args.until, args.channel, args.max_records,
+                           shortfall)
+        written = write_records(records, partial, is_parquet(args.out))
+        fd = os.open(partial, os.O_RDONLY)  # on disk before its name says it is whole
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:  # what it holds of customers is not left behind
+        os.unlink(partial)
+        raise
     os.replace(partial, args.out)
-    fsync_directory(Path(args.out).resolve().parent)
+    fsync_directory(Path(args.out).absolute().parent)  # where the name is, a link's too
     print(f"wrote {written} decision records to {args.out}")
     if shortfall.more:
         print(f"more than {args.max_records:,} decisions matched: only the first were "

@@ -54,7 +54,10 @@ async def export(gateway: Gateway, request: admin_pb2.ExportDecisionLogRequest, 
     try:
         async with asyncio.timeout(context.time_remaining()):
             # the shards the map routes to now (the controller's, as the client takes it)
-            shards = (await gateway.backend.controller().get_map(-1, 0.0))["shards"]
+            routing = await gateway.backend.controller().get_map(-1, 0.0)
+            if routing is None:
+                raise Unavailable("the controller has no map yet (it is starting)")
+            shards = routing["shards"]
             found = await _every_log(gateway, shards, DecisionPage(since, until, after, channel,
                                                                 limit))
             page = sorted((d for decisions, _ in found for d in decisions),

@@ -260,16 +260,16 @@ def read_decisions(store: Store, names: Iterable[str], query: DecisionPage
             found.append((logged, record.decision_id, record))
             if len(found) >= 2 * keep:
                 bound = _pruned(found, keep)
-        if len(found) >= keep:
-            _pruned(found, keep)
+        _pruned(found, keep)
     return [(logged, record) for logged, _, record in found[:query.limit]], len(found) == keep
 
 
 def _pruned(found: list, keep: int) -> float:
-    """Keep the first `keep` by (time logged, id); the time of the last one kept."""
+    """Keep the first `keep` by (time logged, id); the time of the last one kept (inf while
+    fewer were found)."""
     found.sort(key=lambda f: f[:2])
     del found[keep:]
-    return found[-1][0]
+    return found[-1][0] if len(found) == keep else math.inf
 
 
 def read_outcomes(store: Store, names: Iterable[str], query: PageOutcomes

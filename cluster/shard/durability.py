@@ -189,9 +189,10 @@ class Durability:
                     journaling.stamp(customer_id, 0)
         journaling.stamps_of = ctx.name
         leaving = set(leaving)
-        foreign = [p for name, after in plans.items() if name != ctx.name for p in after
-                   if p not in leaving]
-        self.snapshot(foreign)
+        foreign = [p for name, after in plans.items() if name != ctx.name for p in after]
+        self.snapshot([p for p in foreign if p not in leaving])
+        for p in leaving.intersection(foreign):  # replayed at another journal's LSNs, which
+            journaling.dirty.pop(p, None)  # would hold back this journal's truncation
         ctx.engine.use_models(ModelTable(ctx.compiled))
         ctx.counts["recoveries"] += 1
         return {"shard": ctx.name, "partitions": len(self._ownership.owned),

@@ -107,3 +107,21 @@ def test_an_export_is_its_owners_only_and_on_disk(tmp_path, monkeypatch):
     assert stat.S_IMODE(out.stat().st_mode) == 0o600 and len(out.read_text().splitlines()) == 2
     # written to disk before it is renamed whole, and the rename too
     assert synced == [f"{out}.partial", str(tmp_path)]
+
+
+def test_an_export_that_fails_half_way_leaves_nothing_behind(tmp_path, monkeypatch):
+    import argparse
+
+    import grpc
+    from kairos.cluster.cli import logexport
+
+    class Failing(Gateway):
+        def ExportDecisionLog(self, request, timeout, metadata):
+            yield from super().ExportDecisionLog(request, timeout, metadata)
+            raise grpc.RpcError("the gateway went away")
+    monkeypatch.setattr(logexport, "Remote", lambda target: Failing([100.0, 101.0]))
+    args = argparse.Namespace(target="127.0.0.1:1", out=str(tmp_path / "log.jsonl"),
+                              since=99.0, until=102.0, channel="", max_records=0)
+    with pytest.raises(grpc.RpcError):
+        logexport.run(args)
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its partial customers

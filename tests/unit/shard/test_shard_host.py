@@ -8,7 +8,6 @@ import asyncio
 import subprocess
 import sys
 import threading
-import time
 from types import SimpleNamespace
 
 import msgpack
@@ -498,3 +497,23 @@ def test_a_start_over_a_start_still_recovering_leaves_one_shard_serving(compiled
         assert ana.value["events_applied"] == acked + 1
         restarted.stop()
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_a_partition_leaving_a_rebuilt_shard_holds_back_no_truncation_of_its_journal(
+        compiled, tmp_path):
+    """Recovered from the new owner's journal (its snapshot names it), the partition was
+    dirty at that journal's LSNs: checkpoints then truncated this shard's journal as far."""
+    p = p_of("ana")
+
+    async def test(host):
+        await host.handle("a", 0, [app_open("ana")], [0])
+        target = Shard("t", compiled, [], N_PARTITIONS, store=DirectoryStore(tmp_path))
+        target.adopt(await host.run(Shard.freeze, [p], 1), 1)
+        for t in range(1, 50):
+            target.process([app_open("ana", T0 + t)])
+        failed = host.shard
+        host._fail(StoreUnavailable("the store went away"))
+        await until(lambda: host.shard not in (None, failed), 10, "the host to rebuild")
+        assert p not in host.shard.journaling.dirty
+        target.close()
+    run(compiled, DirectoryStore(tmp_path), test)
