@@ -265,7 +265,7 @@ class Controller(ControlLoop):
         self.incarnations[name] = await self.backend.shard(name).start(
             self.catalog_text, partitions, sorted(watches, key=str),
             self.map.version if self.map else 1, self.replacing.get(name))
-        await self.lagging.started(name, watches, set(self.channel_watches),
+        await self.lagging.started(name, watches, lambda: set(self.channel_watches),
                                    changed=self._watch_changes != changes)
         await self.endpoints.serve(name, self.nodes.spec, self.placement.get(name))
         if name in self.replacing:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import defaultdict
 from typing import Any, Awaitable, Callable
 
 from kairos.cluster.transport.backend import Backend, ShardControl
@@ -38,26 +39,31 @@ class Lagging:
         self._backend = backend
         self.catalog: set[str] = set()  # shards not known to have committed the catalog
         self.watches: dict[str, list[WatchChange]] = {}  # shard -> the changes it missed
+        # per shard, its watch changes in turn: a change replayed late must not land after a
+        # newer broadcast (a watch removed meanwhile would stay on there)
+        self._order: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     def forget(self, name: str) -> None:
         """`name` is gone."""
         self.catalog.discard(name)
         self.watches.pop(name, None)
 
-    async def started(self, name: str, given: set[Watch], now: set[Watch],
+    async def started(self, name: str, given: set[Watch], now: Callable[[], set[Watch]],
                       changed: bool) -> None:
         """`name` (re)started on the current catalog with the channel watches `given`: all
         it missed before is moot, but not the changes made while its start ran (`changed`;
-        `now`: the watches as they are). Which of their broadcasts reached it, before or after
-        the start set `given`, is unknown (a watch removed and added again may be off there):
-        so every watch of `now` is sent on again (one that is on stays on), and those of
-        `given` since gone are sent off."""
+        `now()`: the watches as they are, read in turn with the broadcasts to it). Which of
+        their broadcasts reached it, before or after the start set `given`, is unknown (a
+        watch removed and added again may be off there): so every watch of `now()` is sent on
+        again (one that is on stays on), and those of `given` since gone are sent off."""
         self.forget(name)
-        changes = [(*w, True) for w in sorted(now, key=str)] + \
-            [(*w, False) for w in sorted(given - now, key=str)] if changed else []
-        if changes:
-            self.watches[name] = changes
-            await self.replay_watches([name])
+        if not changed:
+            return
+        async with self._order[name]:
+            current = now()
+            self.watches[name] = [(*w, True) for w in sorted(current, key=str)] + \
+                [(*w, False) for w in sorted(given - current, key=str)]
+            await self._replay(name)
 
     async def commit_catalog(self, names: list[str], text: str, version: str,
                              prepared: bool = False) -> None:
@@ -77,7 +83,11 @@ class Lagging:
 
     async def watch_channel(self, names: list[str], change: WatchChange) -> None:
         """Send a channel watch change to every shard; remember who missed it."""
-        failed = await on_each(self._backend, names, lambda s: s.watch_channel(*change))
+        async def send(shard: ShardControl) -> None:
+            async with self._order[shard.name]:
+                await shard.watch_channel(*change)
+
+        failed = await on_each(self._backend, names, send)
         for name in failed:
             self.watches.setdefault(name, []).append(change)
         if failed:
@@ -87,11 +97,15 @@ class Lagging:
     async def replay_watches(self, names: list[str]) -> None:
         """Send each of `names` the watch changes it missed, in their order."""
         for name in [n for n in names if n in self.watches]:
-            changes = self.watches.pop(name)
-            for k, change in enumerate(changes):
-                try:
-                    await self._backend.shard(name).watch_channel(*change)
-                except Exception:  # after these, what it missed meanwhile
-                    self.watches[name] = changes[k:] + self.watches.get(name, [])
-                    log.warning("%s still misses channel watches; retried", name)
-                    break
+            async with self._order[name]:
+                await self._replay(name)
+
+    async def _replay(self, name: str) -> None:
+        changes = self.watches.pop(name, [])
+        for k, change in enumerate(changes):
+            try:
+                await self._backend.shard(name).watch_channel(*change)
+            except Exception:  # after these, what it missed meanwhile
+                self.watches[name] = changes[k:] + self.watches.get(name, [])
+                log.warning("%s still misses channel watches; retried", name)
+                break

@@ -47,6 +47,8 @@ class NotCarried(Unavailable):
 class ShardControl(Protocol):
     """A shard's control and admin calls (the controller's, and `status`)."""
 
+    name: str  # the shard's
+
     async def data_address(self) -> tuple[str, int, bytes]:
         """Where the shard serves request batches: host, port, and the secret of this
         incarnation that a data plane connection must prove it knows (dataplane.py)."""

@@ -248,3 +248,50 @@ def test_a_watch_removed_and_added_again_while_a_shard_starts_stays_on_it(tmp_pa
             assert [(w.sink, w.channel) for w in shard.watches.channel] == \
                 [("kairos-gateway-0", "web")], name
     asyncio.run(main())
+
+
+WEB = ("kairos-gateway-0", "web", None)
+APP = ("kairos-gateway-0", "app", None)
+
+
+class SlowOn(HeldShard):
+    """Its watch_channel(WEB, on) takes a while, once asked to."""
+
+    async def watch_channel(self, sink, channel, placement, active=True):
+        if self._backend.slow_on and active and (sink, channel, placement) == WEB:
+            self._backend.slow_on = False
+            self._backend.replaying.set()
+            await asyncio.sleep(0.2)
+        await super().watch_channel(sink, channel, placement, active)
+
+
+class SlowOnBackend(HeldStart):
+    def __init__(self):
+        super().__init__()
+        self.slow_on = False
+        self.replaying = asyncio.Event()
+
+    def shard(self, name: str) -> SlowOn:
+        return SlowOn(self, name)
+
+
+def test_a_watch_removed_while_a_started_shard_is_caught_up_is_off_there_too(tmp_path):
+    """The catch-up sends every watch on again: a removal broadcast meanwhile must not be
+    overtaken by it, or the shard keeps pushing to a sink nobody watches."""
+    async def main():
+        backend = SlowOnBackend()
+        backend.held.update(f"kairos-shard-000{i}" for i in range(2))
+        controller = await controller_on(backend, str(tmp_path), 2)
+        await controller.watch_channel(*WEB)
+        scaling = asyncio.ensure_future(controller.scale(3))
+        await backend.in_start.wait()
+        await controller.watch_channel(*APP)  # a change while the start runs
+        backend.slow_on = True
+        backend.go.set()
+        await backend.replaying.wait()  # the catch-up sends WEB on again, while ...
+        await controller.watch_channel(*WEB, active=False)  # ... the operator removes it
+        await scaling
+        for name, shard in backend.shards.items():
+            assert [(w.sink, w.channel) for w in shard.watches.channel] == \
+                [("kairos-gateway-0", "app")], name
+    asyncio.run(main())
