@@ -148,10 +148,16 @@ class LearnerMetrics:
     def __init__(self) -> None:
         self.refused = Counter("kairos_model_rows_refused_total", "Models in shards' deltas or "
                                "in the saved posterior refused for not being finite")
-        self._sent = 0
+        self.dropped = Counter("kairos_model_deltas_dropped_total", "Shards' deltas of a "
+                               "catalog the learner cannot map onto the one it runs, dropped")
+        self.repeated = Counter("kairos_model_deltas_repeated_total", "Shards' deltas sent "
+                                "again that the learner had merged: answered, not merged again")
+        self._sent = {"refused": 0, "dropped": 0, "repeated": 0}
 
-    def flush(self, refused: int) -> None:
-        """Report what the learner's total gained since the last flush."""
-        if refused > self._sent:
-            self.refused.inc(refused - self._sent)
-            self._sent = refused
+    def flush(self, refused: int, dropped: int = 0, repeated: int = 0) -> None:
+        """Report what the learner's totals gained since the last flush."""
+        for name, total in (("refused", refused), ("dropped", dropped),
+                            ("repeated", repeated)):
+            if total > self._sent[name]:
+                getattr(self, name).inc(total - self._sent[name])
+                self._sent[name] = total

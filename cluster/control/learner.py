@@ -383,7 +383,8 @@ class LearnerActor:
                    known_version: int) -> Published | None:
         self._ready()
         published = self.learner.sync(catalog_version, delta, known_version)
-        self.metrics.flush(self.learner.refused)
+        self.metrics.flush(self.learner.refused, sum(self.learner.dropped.values()),
+                           self.learner.repeated)
         if self.learner.merged != self._saved_merges:
             self._save()
         return published

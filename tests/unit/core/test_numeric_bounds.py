@@ -221,7 +221,10 @@ def test_refusals_reach_the_metrics():
         shard.flush(Tally(model_updates_refused=refused), Tally(), Tally(), 0, 0, 0, 0.0, 0)
     assert shard.model_updates_refused.calls == [(2, {"shard": "s1"}), (3, {"shard": "s1"})]
     learner = LearnerMetrics()
-    learner.refused = Recorder()
-    for refused in (1, 1, 4):
-        learner.flush(refused)
+    learner.refused, learner.dropped, learner.repeated = Recorder(), Recorder(), Recorder()
+    for refused, dropped, repeated in ((1, 0, 0), (1, 2, 1), (4, 2, 3)):
+        learner.flush(refused, dropped, repeated)
     assert [value for value, _ in learner.refused.calls] == [1, 3]
+    # and the deltas it dropped (a catalog it cannot remap) or took twice (a sync sent again)
+    assert [value for value, _ in learner.dropped.calls] == [2]
+    assert [value for value, _ in learner.repeated.calls] == [1, 2]
