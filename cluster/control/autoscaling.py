@@ -18,6 +18,9 @@ The controller therefore drives it (settings: AUTOSCALE_*):
   is drained (controller.drain_node: its partitions move under traffic, its shards and
   gateway stop). Holding no actor, it goes idle, and the autoscaler removes it once its idle
   timeout passes; a draining node gets no gateway or shard again (nodes.py).
+- A worker drained this way that the autoscaler has not removed yet is taken back by the next
+  step up, rather than asking for a new node: its unit would answer the standing request as a
+  new node's would, so the autoscaler would add none and keep it, drained, for good.
 - One step per AUTOSCALE_COOLDOWN_S; no step up while a requested worker has not joined, none
   at all while a drain runs. Workers that join unasked count as wanted (up to the maximum); a
   worker drained by someone else (`kairos drain`) counts as one fewer wanted (down to the
@@ -105,6 +108,7 @@ class Worker:
     shards: int = 0
     resident: int = 0
     draining: bool = False
+    released: bool = False  # drained by the autoscaler, done, and not removed yet
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,7 @@ class Step:
 
     desired: int
     drain: str | None = None
+    reuse: str | None = None  # a released worker to take back instead of asking for a node
 
 
 class Policy:
@@ -149,8 +154,13 @@ class Policy:
             if without < limits.down_share else None
         if now - self._stepped_at < limits.cooldown_s:
             return None
-        if (self._over_since is not None and now - self._over_since >= limits.up_after_s
-                and self.desired < limits.max_workers and len(serving) >= self.desired):
+        up = self._over_since is not None and now - self._over_since >= limits.up_after_s
+        released = sorted(w.node for w in workers if w.draining and w.released)
+        if up and released and len(serving) < limits.max_workers:
+            # its unit answers the standing request as well as a new node's would, so the
+            # autoscaler would add none, and keep it, drained, for good
+            return self._step(now, max(self.desired, len(serving) + 1), None, released[0])
+        if up and self.desired < limits.max_workers and len(serving) >= self.desired:
             return self._step(now, self.desired + 1, None)
         if (self._under_since is not None and now - self._under_since >= limits.down_after_s
                 and self.desired > limits.min_workers):
@@ -166,11 +176,12 @@ class Policy:
         """The worker to drain first: the one with the fewest customers to move."""
         return min(serving, key=lambda w: (w.resident, w.shards, w.node), default=None)
 
-    def _step(self, now: float, desired: int, drain: str | None) -> Step:
+    def _step(self, now: float, desired: int, drain: str | None,
+              reuse: str | None = None) -> Step:
         self.desired = desired
         self._stepped_at = now
         self._over_since = self._under_since = None
-        return Step(desired, drain)
+        return Step(desired, drain, reuse)
 
 
 class Meter:
@@ -225,13 +236,16 @@ class Autoscaling:
         healths = {n: h for n, h in zip(names, answers) if isinstance(h, dict)}
         load = self.meter.sample(self.clock(), healths)
         step = self.policy.decide(self.clock(), load, self.workers(controller, healths))
+        if step is not None and step.reuse is not None:
+            await controller.reuse_node(step.reuse)
         if self.requested != self.policy.desired:
             self.request(self.policy.desired)
         if step is not None:
             log.warning("autoscaling: load %.2f of capacity (%.0f/s, %d resident, %d queued "
-                        "on %d shards): %d worker(s)%s", load.share(self.limits), load.rate,
+                        "on %d shards): %d worker(s)%s%s", load.share(self.limits), load.rate,
                         load.resident, load.queued, load.shards, step.desired,
-                        f", draining node {step.drain}" if step.drain else "")
+                        f", draining node {step.drain}" if step.drain else "",
+                        f", taking back node {step.reuse}" if step.reuse else "")
         if step is not None and step.drain is not None:
             self.drain = asyncio.get_running_loop().create_task(
                 self._drain(controller, step.drain))
@@ -245,7 +259,8 @@ class Autoscaling:
         placed = list(controller.placement.values())
         return [Worker(node, placed.count(node), sum(h.get("resident", 0)
                                                      for h in on.get(node, [])),
-                       node in controller.nodes.draining)
+                       node in controller.nodes.draining,
+                       node in controller.nodes.released and not controller.drain_running(node))
                 for node in self.backend.nodes() if node != controller.home_node]
 
     def request(self, desired: int) -> None:
@@ -256,7 +271,7 @@ class Autoscaling:
 
     async def _drain(self, controller: Any, node: str) -> None:
         try:
-            await controller.drain_node(node)
+            await controller.drain_node(node, released=True)
         except Exception:  # cut short: it stays marked draining, the control loop finishes
             # it; refused (it left, say): still serving, the next round counts it as wanted
             log.exception("autoscaling: draining node %s failed", node)

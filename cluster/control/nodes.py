@@ -96,6 +96,9 @@ class Nodes:
         self.gateways: dict[str, GatewayRecord] = {}  # node -> its gateway
         self.draining: set[str] = set()
         self.known: set[str] = set()  # nodes that were given shards, or had them at start
+        # drained by the autoscaler and not gone yet: taken back before asking for a new node,
+        # which this one's unit would otherwise stand in for (autoscaling.py)
+        self.released: set[str] = set()
         self._retry: dict[str, tuple[float, float]] = {}  # node -> (next try, backoff)
         self._gateways_lock = asyncio.Lock()
 
@@ -105,7 +108,8 @@ class Nodes:
         return {"spec": asdict(self.spec) if self.spec else None,
                 "shards_per_cpu": self.shards_per_cpu,
                 "gateways": {n: [g.name, g.index] for n, g in self.gateways.items()},
-                "draining": sorted(self.draining), "known": sorted(self.known)}
+                "draining": sorted(self.draining), "known": sorted(self.known),
+                "released": sorted(self.released)}
 
     def take_up(self, state: dict[str, Any] | None) -> None:
         """The state an earlier controller saved (none before this module existed)."""
@@ -117,6 +121,7 @@ class Nodes:
                          for n, (name, index) in state["gateways"].items()}
         self.draining = set(state["draining"])
         self.known = set(state["known"])
+        self.released = set(state.get("released", ()))  # saved since the autoscaler reuses
 
     # -- which nodes serve ---------------------------------------------------------------------
 
@@ -151,9 +156,16 @@ class Nodes:
 
     def left(self, alive: list[str]) -> None:
         """Forget the marks of nodes that left Ray."""
-        gone = (self.draining | self.known) - set(alive)
+        gone = (self.draining | self.known | self.released) - set(alive)
         self.draining -= gone
         self.known -= gone
+        self.released -= gone
+
+    def reuse(self, node: str) -> None:
+        """Take a drained node back: it serves again, and gets shards as a node that joined."""
+        self.draining.discard(node)
+        self.released.discard(node)
+        self.known.discard(node)
 
     # -- gateways ------------------------------------------------------------------------------
 

@@ -261,3 +261,54 @@ def test_autoscaling_off_asks_for_nothing():
         assert await scaling.round(ctl) is None
         assert backend.requests == []
     asyncio.run(main())
+
+
+def test_a_step_up_takes_back_a_worker_it_drained_that_has_not_left():
+    policy = Policy(LIMITS)
+    low, high = Load(shards=4, rate=10.0), Load(shards=3, rate=400.0)
+    assert run(policy, range(0, 301), low, TWO) == [(300, Step(desired=1, drain="w2"))]
+    drained = workers(("w1", 2, 600), ("w2", 0, 0, True, True))
+    # without taking it back, a request for two units is met by w1 and the drained w2: the
+    # autoscaler adds nothing, and no step up comes while the asked-for worker has not joined
+    assert run(policy, range(421, 452), high, drained) == [
+        (451, Step(desired=2, reuse="w2"))]
+    hand_drained = workers(("w1", 2, 600), ("w2", 0, 0, True))  # `kairos drain`: left alone
+    policy = Policy(LIMITS)
+    assert run(policy, range(0, 31), high, hand_drained) == [(30, Step(desired=2))]
+
+
+def test_the_round_takes_back_a_drained_worker_the_autoscaler_has_not_removed():
+    limits = Limits(min_workers=1, max_workers=2, shard_rate=100.0, up_after_s=2.0,
+                    down_after_s=2.0, cooldown_s=3.0)
+
+    async def main():
+        backend = Counting(["head", "w1", "w2"])
+        ctl = backend.local_controller = Controller(backend, n_partitions=32,
+                                                    home_node="head")
+        await ctl.start(3)
+        clock = Clock()
+        scaling = Autoscaling(backend, limits, clock, resource="kairos_worker")
+
+        async def rounds(n: int, per_shard_per_s: int) -> list[Step]:
+            steps = []
+            for _ in range(n):
+                clock.now += 1.0
+                for name in ctl.shards:
+                    backend.counters[name] = backend.counters.get(name, 0) + per_shard_per_s
+                await ctl.reconcile()
+                if step := await scaling.round(ctl):
+                    steps.append(step)
+                if scaling.drain is not None:
+                    await until(lambda: scaling.drain.done(), 10, "the drain")
+            return steps
+
+        [step] = await rounds(10, 1)
+        drained = step.drain
+        assert step.desired == 1 and drained in ("w1", "w2")
+        assert drained in ctl.nodes.released and drained not in ctl.placement.values()
+        assert await rounds(5, 300) == [Step(desired=2, reuse=drained)]
+        assert backend.requests[-1] == [{"kairos_worker": 1}] * 2
+        assert drained not in ctl.nodes.draining and drained not in ctl.nodes.released
+        assert drained in ctl.placement.values()  # the control loop gave it shards again
+        assert sum(len(ctl.map.partitions_of(s)) for s in ctl.shards) == 32
+    asyncio.run(main())
