@@ -11,6 +11,12 @@ time and the one bound before after a restart (kept in the node's Ray session di
 Secrets never travel as task arguments: the actor reads the keys from a file or an environment
 variable of its own process, and the TLS key from its file. `start()` waits until it serves and
 answers the port.
+
+Health (grpc.health.v1, what readiness probes and load balancers read) answers SERVING only
+while the gateway can route: once its client has the controller's partition map and it has the
+catalog (a gateway that starts while the controller has published no map yet would fail every
+call), and while its owner wants it to (a shard's endpoint: while the shard says so). Once
+drained or stopped it answers NOT_SERVING for good.
 """
 from __future__ import annotations
 
@@ -36,6 +42,7 @@ from kairos.cluster.transport.client import KairosClient
 from kairos.cluster.transport.ray_backend import RayBackend
 
 log = logging.getLogger("kairos.gateway")
+ROUTABLE_CHECK_S = 0.05  # how often a gateway without a map yet looks whether it has one
 
 
 def read_keys(keys_file: str | None, keys_env: str | None) -> str | None:
@@ -68,7 +75,11 @@ class GatewayServer:
         self._backend = backend
         self._remembered = remembered
         self._interceptors = interceptors  # more, next to the handlers (a shard's: api.py)
-        self._ready = not of_shard  # what health answers (a shard's: once the shard says)
+        self._wanted = not of_shard  # SERVING wanted by its owner (a shard's: once it says)
+        self._draining = False  # unready() or stop(): NOT_SERVING for good
+        self._shown: bool | None = None  # what health answers now (None: not serving yet)
+        self._health = asyncio.Lock()  # one health change at a time, each from the latest state
+        self._routable: asyncio.Future | None = None
         self._serving: asyncio.Future | None = None
         if host is not None:
             self._serving = asyncio.ensure_future(
@@ -93,12 +104,12 @@ class GatewayServer:
                 else None
             if kept is not None:
                 port = kept["port"]  # restarted: the port it served on before
-            ready = self._ready
             self.server, self.checker, bound = await serve(
                 self.gateway, auth, host, port, tls, admin=not self.of_shard, ports=ports,
-                interceptors=tuple(self._interceptors(self.gateway)), serving=ready)
-            if self._ready != ready:  # set_serving came while serve() started the server
-                await set_health(self.checker, self._ready, admin=not self.of_shard)
+                interceptors=tuple(self._interceptors(self.gateway)), serving=False)
+            self._shown = False
+            # what set_serving, unready or the map changed while serve() started the server
+            await self._show_health()
             if self._remembered:
                 self._remembered.keep({"port": bound})
         except Exception:
@@ -109,6 +120,10 @@ class GatewayServer:
             raise
         pauses.settle()
         self._pauses = asyncio.ensure_future(self._housekeeping())
+        if not self.gateway.routable:
+            log.info("%s has no partition map yet: NOT_SERVING until the controller "
+                     "publishes one", self.name)
+            self._routable = asyncio.ensure_future(self._until_routable())
         log.info("%s serving kairos.v1 on %s:%d", self.name, host, bound)
         return bound
 
@@ -133,25 +148,50 @@ class GatewayServer:
         if self.gateway is not None:
             self.gateway.watches.deliver(decisions)
 
-    async def set_serving(self, serving: bool) -> None:
-        """What health answers from now on, SERVING or NOT_SERVING (a shard's endpoint: while
-        its shard has recovered and owns partitions), unless shutting down."""
-        if serving != self._ready:
-            self._ready = serving
-            if self.checker is not None:
+    async def _until_routable(self) -> None:
+        """Health as it stands once the gateway can route (its client follows the map by long
+        poll; this only looks whether it came)."""
+        while not self.gateway.routable:
+            await asyncio.sleep(ROUTABLE_CHECK_S)
+        log.info("%s has the partition map (version %d)", self.name,
+                 self.gateway.client.version)
+        await self._show_health()
+
+    async def _show_health(self) -> None:
+        """Have health answer what the state says: NOT_SERVING for good once draining, else
+        SERVING while the owner wants it and the gateway can route."""
+        async with self._health:
+            if self.checker is None:
+                return  # serving starts with NOT_SERVING and then shows the state
+            if self._draining:
+                await self.checker.enter_graceful_shutdown()
+                return
+            serving = self._wanted and self.gateway.routable
+            if serving != self._shown:
+                self._shown = serving
                 await set_health(self.checker, serving, admin=not self.of_shard)
+
+    async def set_serving(self, serving: bool) -> None:
+        """Whether health may answer SERVING from now on (a shard's endpoint: while its shard
+        has recovered and owns partitions): it does once the gateway can route, unless it
+        is draining or stopped."""
+        self._wanted = serving
+        await self._show_health()
 
     async def unready(self) -> None:
         """Health answers NOT_SERVING from now on (load balancers and readiness probes take
         this gateway out), while calls are still served: the first step of a node's drain."""
-        if self.checker is not None:
-            await self.checker.enter_graceful_shutdown()
+        self._draining = True
+        await self._show_health()
 
     async def stop(self, grace_s: float = 2.0) -> None:
         """Graceful: health says NOT_SERVING, calls in flight finish, then the server stops."""
+        self._draining = True
         if self.server is not None:
-            await self.checker.enter_graceful_shutdown()
+            await self._show_health()
             await self.server.stop(grace_s)
+            if self._routable is not None:
+                self._routable.cancel()
             await self.gateway.close()
             self._pauses.cancel()
 

@@ -86,6 +86,12 @@ class Gateway:
             await asyncio.gather(self._shedding, return_exceptions=True)
         await self.client.close()
 
+    @property
+    def routable(self) -> bool:
+        """Whether it has what every call needs: a partition map (maps start at version 1)
+        and a catalog."""
+        return self.client.version > 0 and self._compiled is not None
+
     async def routes(self) -> tuple[int, int, list[str], list[int]]:
         """GetRoutes: the map's version, the partition count, each shard's endpoint ("" for
         none) and each partition's owner's index. The endpoints are the controller's, asked
@@ -199,8 +205,9 @@ class Gateway:
 
 class InflightLimit(grpc.aio.ServerInterceptor):
     """Refuses DecisionService calls with RESOURCE_EXHAUSTED while the gateway is at its
-    limit, or sheds them. AdminService calls go through: an operator must be able to read the
-    status of, and scale, a saturated cluster (they need the admin scope, and are few)."""
+    limit, or sheds them; with UNAVAILABLE (try again) while it has no map to route them by
+    yet. AdminService calls go through: an operator must be able to read the status of, and
+    scale, a saturated cluster (they need the admin scope, and are few)."""
 
     def __init__(self, gateway: Gateway):
         self.gateway = gateway
@@ -209,6 +216,10 @@ class InflightLimit(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or not details.method.startswith("/kairos.v1.DecisionService/"):
             return handler
+        if not self.gateway.routable:
+            return refusal(handler, grpc.StatusCode.UNAVAILABLE,
+                           f"gateway {self.gateway.name} has no partition map yet (the "
+                           f"cluster is starting): try again")
         try:
             self.gateway.admit()
         except Busy as exc:

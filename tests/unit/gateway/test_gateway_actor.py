@@ -1,7 +1,8 @@
 """The gateway actor's logic without Ray: constructed, it serves (keys read from its file, not
 passed); a second instance built the same way, as Ray builds a restarted actor, serves again on
 the port the first one bound. A shard's endpoint binds the first free port of a range, and
-answers the health it was last told, also when told while it started."""
+answers the health it was last told, also when told while it started. Health is NOT_SERVING
+while the controller has published no map, and for good once drained."""
 from __future__ import annotations
 
 import asyncio
@@ -14,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kairos.cluster.gateway import actor as actor_module
 from kairos.cluster.gateway.actor import GatewayServer
 from kairos.cluster.remembered import Remembered
+from kairos.cluster.settings import LONG_POLL_S
 from kairos.v1 import decision_pb2 as pb
 
 from tests.support.local_backend import LocalBackend
@@ -119,3 +121,91 @@ def test_a_shard_endpoint_told_to_serve_while_it_starts_answers_serving(monkeypa
         await made[0].stop(0)
         return status
     assert asyncio.run(main()) == health_pb2.HealthCheckResponse.SERVING
+
+
+class MapWithheld:
+    """A controller that has published no partition map until `publish()` (a cluster that is
+    starting); everything else is `controller`'s."""
+
+    def __init__(self, controller):
+        self._controller = controller
+        self._published = asyncio.Event()
+
+    def publish(self) -> None:
+        self._published.set()
+
+    async def get_map(self, known_version: int, timeout_s: float = LONG_POLL_S):
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._published.wait()
+        except TimeoutError:
+            return None
+        return await self._controller.get_map(known_version, timeout_s)
+
+    def __getattr__(self, name: str):
+        return getattr(self._controller, name)
+
+
+async def health_of(port: int) -> dict[str, int]:
+    """What health answers for the server and for DecisionService."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return {service: (await stub.Check(health_pb2.HealthCheckRequest(service=service),
+                                           timeout=5)).status
+                for service in ("", "kairos.v1.DecisionService")}
+
+
+SERVING = dict.fromkeys(("", "kairos.v1.DecisionService"), health_pb2.HealthCheckResponse.SERVING)
+NOT_SERVING = dict.fromkeys(SERVING, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+
+@pytest.mark.parametrize("of_shard", [False, True], ids=["gateway", "shard endpoint"])
+def test_health_is_not_serving_until_the_controller_publishes_a_map(of_shard):
+    async def main():
+        backend = LocalBackend()
+        await backend.start_runtime(1, n_partitions=16)
+        withheld = MapWithheld(backend.local_controller)
+        backend.controller = lambda: withheld
+        server = GatewayServer("kairos-shard-0000" if of_shard else "kairos-gateway-0",
+                               "127.0.0.1", 0, backend=backend, of_shard=of_shard)
+        port = await server.start()
+        assert await health_of(port) == NOT_SERVING
+        await server.set_serving(True)  # a shard's tick: it owns partitions
+        assert await health_of(port) == NOT_SERVING
+        assert await decide(port, None) == grpc.StatusCode.UNAVAILABLE
+
+        withheld.publish()
+        await until(lambda: server.gateway.client.version, 10, "the map to reach the gateway")
+        for _ in range(100):  # health follows within a few ms
+            if await health_of(port) == SERVING:
+                break
+            await asyncio.sleep(0.02)
+        assert await health_of(port) == SERVING
+        assert await decide(port, None) == grpc.StatusCode.OK
+
+        await server.unready()  # a drain
+        await server.set_serving(True)
+        assert await health_of(port) == NOT_SERVING
+        await server.stop(0)
+    asyncio.run(main())
+
+
+def test_a_gateway_drained_while_it_starts_never_answers_serving(monkeypatch):
+    real = actor_module.serve
+    made: list[GatewayServer] = []
+
+    async def drained_meanwhile(*args, **kwargs):
+        await made[0].unready()  # the controller's drain, in the window
+        return await real(*args, **kwargs)
+    monkeypatch.setattr(actor_module, "serve", drained_meanwhile)
+
+    async def main():
+        backend = LocalBackend()
+        await backend.start_runtime(1, n_partitions=16)
+        made.append(GatewayServer("kairos-gateway-0", "127.0.0.1", 0, backend=backend))
+        port = await made[0].start()
+        assert await health_of(port) == NOT_SERVING
+        await made[0].set_serving(True)
+        assert await health_of(port) == NOT_SERVING
+        await made[0].stop(0)
+    asyncio.run(main())
