@@ -26,8 +26,10 @@ name no decision; the handler asks `has_scope`), and status:read (the cluster's 
 the running catalog, read only: GetClusterStatus, GetCatalog and ValidateCatalog, which
 change nothing; an operator's screen needs them without the admin scope's catalog switches,
 scaling and drains), and log:read (ExportDecisionLog: the decision log, every channel's
-decisions with the customers' profiles as they saw them, so for unbound keys only; admin
-may too).
+decisions with the customers' profiles as they saw them, so for unbound keys only; an unbound
+admin key may too). A profile block holds every channel's history, so narrowing an export to
+a bound key's channel would still show it the others': a bound key is refused whatever its
+scopes, admin included.
 
 Every kairos.v1 method has a `Rule` in RULES: the scope a key needs, where the request names a
 channel, and what a channel-bound key may do (`Rule.bound`):
@@ -35,7 +37,8 @@ channel, and what a channel-bound key may do (`Rule.bound`):
     the key's; an empty channel is refused too, so a bound key cannot act outside its channel by
     leaving the channel out;
   - "filters output": the answer holds the key's channel only (GetProfile's current decisions);
-  - "unbound only": a bound key is refused, unless it has one of the rule's `also` scopes;
+  - "unbound only": a bound key is refused, unless it has one of the rule's `unbinds` scopes
+    (LinkIdentity's identity); an `also` scope alone does not let it through;
   - "any": the binding does not matter.
 `AuthInterceptor` checks the key and the scope from the call's metadata before the handler
 runs and before the request is parsed: a missing or unknown key fails with
@@ -70,16 +73,19 @@ class Rule:
     request's field naming the channel, and `bound` what a channel-bound key may do (MATCH:
     the handler holds the field against the key with `check_channel`; FILTER: the handler
     shows only `visible_channel()`; UNBOUND: the interceptor refuses a bound key unless it
-    has one of `also`)."""
+    has one of `unbinds`)."""
 
     scope: str
     channel: str | None = None
     bound: str = ANY
     also: tuple[str, ...] = ()
+    unbinds: tuple[str, ...] = ()
 
     def __post_init__(self):
         assert self.bound in (MATCH, FILTER, UNBOUND, ANY), self.bound
         assert (self.channel is not None) == (self.bound == MATCH), self
+        assert not self.unbinds or self.bound == UNBOUND, self
+        assert set(self.unbinds) <= {self.scope, *self.also}, self
 
 
 _DECISIONS = "/kairos.v1.DecisionService/"
@@ -92,7 +98,8 @@ RULES: dict[str, Rule] = {
     _DECISIONS + "Respond": Rule("respond", "channel", MATCH),
     _DECISIONS + "WatchDecisions": Rule("watch", "channel", MATCH),
     _DECISIONS + "GetProfile": Rule("profile:read", bound=FILTER),
-    _DECISIONS + "LinkIdentity": Rule("ingest", bound=UNBOUND, also=("identity",)),
+    _DECISIONS + "LinkIdentity": Rule("ingest", bound=UNBOUND, also=("identity",),
+                                      unbinds=("identity",)),
     _DECISIONS + "ForgetCustomer": Rule("admin"),
     _DECISIONS + "GetRoutes": Rule("decide", also=("ingest", "respond")),  # the routed calls
     _ADMIN + "ValidateCatalog": Rule("status:read", also=("admin",)),
@@ -190,17 +197,15 @@ class Auth:
             raise Denied(False, f"missing or unknown API key (send it as '{METADATA_KEY}')")
         if isinstance(rule, str):
             rule = Rule(rule)
-        if any(scope in key.scopes for scope in rule.also):
-            return key
-        if rule.scope not in key.scopes:
+        if not key.scopes & {rule.scope, *rule.also}:
             wanted = " or ".join(f"'{scope}'" for scope in (rule.scope, *rule.also))
             raise Denied(True, f"key '{key.name}' lacks the {wanted} scope")
-        if rule.bound == UNBOUND and key.channel:
-            others = " or ".join(f"'{scope}'" for scope in rule.also)
+        if rule.bound == UNBOUND and key.channel and not key.scopes & set(rule.unbinds):
+            others = " or ".join(f"'{scope}'" for scope in rule.unbinds)
             raise Denied(True, f"key '{key.name}' is for channel '{key.channel}', and "
                                f"{method or 'this method'} is for unbound keys only (rule: "
                                f"{UNBOUND}" + (f"; or a key with the {others} scope"
-                                               if rule.also else "") + ")")
+                                               if rule.unbinds else "") + ")")
         return key
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
+import time
 
 import grpc
 import pytest
@@ -90,7 +92,7 @@ def test_every_rpc_has_a_rule_and_every_rule_an_rpc():
     for method, rule in RULES.items():
         if rule.channel is not None:
             assert request_for(method, "web") != request_for(method), method
-    assert RULES["/kairos.v1.DecisionService/LinkIdentity"].also == ("identity",)
+    assert RULES["/kairos.v1.DecisionService/LinkIdentity"].unbinds == ("identity",)
 
 
 # every kind of caller: (its key, the channel its request names), for a rule
@@ -118,7 +120,10 @@ def expected(rule, kind: str) -> set[grpc.StatusCode]:
         return {grpc.StatusCode.UNAUTHENTICATED}
     if kind == "lacking the scope":
         return {grpc.StatusCode.PERMISSION_DENIED}
-    if kind in BOUND and rule.bound == UNBOUND:
+    if kind in BOUND and rule.bound == UNBOUND and rule.scope not in rule.unbinds:
+        return {grpc.StatusCode.PERMISSION_DENIED}
+    if kind == "with the other scope, bound" and rule.bound == UNBOUND and \
+            rule.also[0] not in rule.unbinds:  # an alternative scope is not a pass
         return {grpc.StatusCode.PERMISSION_DENIED}
     if kind in BOUND - {"bound to this channel"} and rule.bound == MATCH:
         return {grpc.StatusCode.PERMISSION_DENIED}
@@ -230,6 +235,42 @@ def test_a_channel_bound_key_reads_its_channels_decision_and_interactions_only(s
     assert bound.current["web"].channel == "web"
     assert {h.channel for h in unbound.history} == {"web", "app"}
     assert bound.history and {h.channel for h in bound.history} == {"web"}
+
+
+def exported_channels(channel: grpc.Channel, key: str, named: str = "") -> set[str]:
+    """The channels of the decisions ExportDecisionLog gives `key` (the last hour's)."""
+    export = channel.unary_stream("/kairos.v1.AdminService/ExportDecisionLog",
+                                  request_serializer=admin_pb2.ExportDecisionLogRequest
+                                  .SerializeToString,
+                                  response_deserializer=admin_pb2.DecisionLogChunk.FromString)
+    request = admin_pb2.ExportDecisionLogRequest(channel=named)
+    request.since.FromSeconds(int(time.time()) - 3600)
+    request.until.FromSeconds(int(time.time()) + 60)
+    chunks = export(request, timeout=5, metadata=(("x-api-key", key),))
+    return {json.loads(line)["channel"] for chunk in chunks
+            for line in chunk.records.splitlines()}
+
+
+@pytest.mark.parametrize("scope", ["admin", "log:read"])
+def test_a_channel_bound_key_exports_no_decision_log_whatever_its_scopes(served, scope):
+    """The log's profile blocks hold every channel's history, so even an export narrowed to
+    the key's channel would show it the others' (an admin key's was not even narrowed)."""
+    _, channel = served
+    decide = channel.unary_unary("/kairos.v1.DecisionService/Decide",
+                                 request_serializer=pb.DecideRequest.SerializeToString,
+                                 response_deserializer=pb.Decision.FromString)
+    for on in ("web", "app"):
+        decide(pb.DecideRequest(customer_id="logged-1", channel=on), timeout=5,
+               metadata=(("x-api-key", secret("decide")),))
+    assert exported_channels(channel, secret(scope)) >= {"web", "app"}
+    assert exported_channels(channel, secret(scope), "app") == {"app"}
+    for named in ("", "app", "web"):
+        with pytest.raises(grpc.RpcError) as err:
+            exported_channels(channel, secret(scope, "web"), named)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert err.value.details() == (
+            f"key '{scope}-web' is for channel 'web', and /kairos.v1.AdminService/"
+            f"ExportDecisionLog is for unbound keys only (rule: unbound only)")
 
 
 def test_the_refusal_names_the_missing_scope_or_channel(served):
