@@ -12,7 +12,9 @@
 Every page is rendered by Jinja with autoescape on, and served with a Content-Security-Policy
 that allows this origin's own script and nothing inline, so a profile value holding markup is
 shown as text and could not run even if it were not. Every POST carries its session's CSRF
-token (403 without it), and request bodies are bounded before they are read. A request whose
+token (403 without it), and request bodies are bounded before they are read. Failed sign-ins
+are limited by address (session.SignInLimit): past the limit a sign-in is refused with 429 and
+Retry-After, its key unread. A request whose
 Host is not one the console serves is refused (400): a page whose own name an attacker rebinds
 to the console's address gets nothing. Over TLS, Strict-Transport-Security keeps browsers on
 HTTPS.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
+import math
 import weakref
 from dataclasses import dataclass
 from typing import AsyncIterator
@@ -40,8 +43,8 @@ from starlette.types import ASGIApp
 
 from kairos.cluster.console import i18n, views
 from kairos.cluster.console.gateway_client import OUTCOMES, GatewayClient, GatewayError, Lookup
-from kairos.cluster.console.session import (COOKIE, CSRF_FIELD, Sessions, SignInRefused,
-                                            cookie_options, csrf_valid)
+from kairos.cluster.console.session import (COOKIE, CSRF_FIELD, Sessions, SignInLimit,
+                                            SignInRefused, cookie_options, csrf_valid)
 from kairos.cluster.gateway.auth import Auth
 from kairos.v1 import admin_pb2
 
@@ -66,7 +69,8 @@ HSTS = (b"strict-transport-security", b"max-age=31536000")
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # as Host headers carry them
 # a catalog validated: (its summary, None) or (None, the gateway's validation message)
 Checked = tuple[admin_pb2.CatalogInfo | None, str | None]
-STATUS_OF = {"down": 503, "not_found": 404, "denied": 403, "invalid": 400, "failed": 502}
+STATUS_OF = {"down": 503, "not_found": 404, "denied": 403, "invalid": 400, "failed": 502,
+             "too_many_signins": 429}
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,7 @@ class Console:
     def __init__(self, config: ConsoleConfig, auth: Auth, gateway: GatewayClient | None = None):
         self.config = config
         self.sessions = Sessions(auth, config.channel)
+        self.signin_limit = SignInLimit()
         self.streams: collections.Counter[str] = collections.Counter()  # live pages by session
         self.key_streams: collections.Counter[str] = collections.Counter()  # and by agent key
         self.gateway = gateway  # made at start-up: a gRPC aio channel belongs to its loop
@@ -126,9 +131,19 @@ class Console:
 
     async def signin(self, request: Request) -> Response:
         form = await request.form()
+        # the socket's peer: uvicorn runs without proxy headers, which a client could forge
+        address = request.client.host if request.client else ""
+        # no await from here to `failed`: concurrent guesses cannot all pass one check
+        wait_s = self.signin_limit.wait_s(address)
+        if wait_s:
+            response = self.render(request, "error.html", STATUS_OF["too_many_signins"],
+                                   kind="too_many_signins", detail="", subject="")
+            response.headers["retry-after"] = str(math.ceil(wait_s))
+            return response
         try:
             session = self.sessions.sign_in(request.state.session, str(form.get("key", "")))
         except SignInRefused as exc:
+            self.signin_limit.failed(address)
             return self.render(request, "signin.html", 401, refused=str(exc))
         request.state.session, request.state.new_session = session, True
         return self.redirect(request, "/")

@@ -73,6 +73,8 @@ LABELS: dict[str, dict[str, str]] = {
         "failed": "The gateway failed the request",
         "bad_request": "Bad request",
         "csrf": "The form's security token is missing or stale: reload the page and try again.",
+        "too_many_signins": "Too many failed sign-ins from your address: wait a few minutes, "
+                            "then try again.",
         "not_found": "Not found",
         "cluster": "Cluster",
         "nodes": "Nodes",
@@ -184,6 +186,8 @@ LABELS: dict[str, dict[str, str]] = {
         "failed": "ゲートウェイでエラーが発生しました",
         "bad_request": "不正なリクエスト",
         "csrf": "フォームのセキュリティトークンがないか古くなっています。ページを再読み込みしてください。",
+        "too_many_signins": "このアドレスからのサインインの失敗が多すぎます。数分待ってから、"
+                            "もう一度お試しください。",
         "not_found": "見つかりません",
         "cluster": "クラスター",
         "nodes": "ノード",

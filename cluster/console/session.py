@@ -13,6 +13,13 @@ Anonymous sessions have a pool of their own: anyone who reaches the console make
 web page an agent opens can send it cookie-less requests), so they must never push a
 signed-in session out.
 
+Failed sign-ins are bounded (`SignInLimit`), so that nobody who reaches the console guesses keys
+at its speed: past SIGNIN_FAILURES within SIGNIN_WINDOW_S from one address (an IPv6 one's /64,
+which one host holds whole), or SIGNIN_FAILURES_ALL from every address together (a guesser with
+many addresses), sign-ins are refused (429) until the oldest of those failures is
+SIGNIN_WINDOW_S old, without the key being looked at. A sign-in that succeeds counts for
+nothing.
+
 Which keys may sign in is the gateway's key set (`kairos.cluster.gateway.auth.Auth`, read
 from the same file or variable): a key with the scopes the console needs (CONSOLE_SCOPES) and
 without the admin scope, so a session can never switch catalogs, scale or drain.
@@ -20,9 +27,10 @@ without the admin scope, so a session can never switch catalogs, scale or drain.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import secrets
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from kairos.cluster.gateway.auth import ApiKey, Auth
@@ -39,6 +47,11 @@ MAX_SESSIONS_PER_KEY = 64  # an agent's browsers and tabs; past it the key's old
 MAX_ANONYMOUS = 10_000  # visitors on their way to the sign-in form
 IDLE_S = 8 * 3600.0  # an agent's shift
 MAX_KEY_LENGTH = 256  # a sign-in form's key field: keys are short secrets, not documents
+SIGNIN_WINDOW_S = 300.0  # how long a failed sign-in counts against its address
+SIGNIN_FAILURES = 10  # failed sign-ins an address may make within the window
+# every address's together: the console's guesses per window, however many addresses guess
+SIGNIN_FAILURES_ALL = 300
+SIGNIN_ADDRESSES = 10_000  # addresses whose failures are kept; the least recent goes first
 
 
 class SignInRefused(Exception):
@@ -132,6 +145,56 @@ class Sessions:
     def end(self, session: Session) -> None:
         for pool, _ in self._pools:
             pool.pop(session.id, None)
+
+
+class SignInLimit:
+    """Failed sign-ins by address, in memory bounded by `addresses` (each keeps its last
+    `failures`, the console's last `failures_all`): `wait_s` says for how long an address's
+    sign-ins are refused, `failed` counts one."""
+
+    def __init__(self, *, failures: int = SIGNIN_FAILURES, window_s: float = SIGNIN_WINDOW_S,
+                 failures_all: int = SIGNIN_FAILURES_ALL, addresses: int = SIGNIN_ADDRESSES):
+        self._failures = failures
+        self._window_s = window_s
+        self._addresses = addresses
+        self._by_source: OrderedDict[str, deque[float]] = OrderedDict()
+        self._all: deque[float] = deque(maxlen=failures_all)
+
+    def wait_s(self, address: str, now: float | None = None) -> float:
+        """How long before `address` may try to sign in again (0: now)."""
+        now = time.monotonic() if now is None else now
+        return max(self._wait(self._by_source.get(_source(address)), now),
+                   self._wait(self._all, now))
+
+    def _wait(self, times: deque[float] | None, now: float) -> float:
+        """Until the oldest of a full count of failures leaves the window (0: not full)."""
+        if times is None or len(times) < times.maxlen:
+            return 0.0
+        return max(0.0, times[0] + self._window_s - now)
+
+    def failed(self, address: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        source = _source(address)
+        times = self._by_source.pop(source, None) or deque(maxlen=self._failures)
+        times.append(now)
+        self._by_source[source] = times  # the most recent last
+        self._all.append(now)
+        while len(self._by_source) > self._addresses:
+            self._by_source.popitem(last=False)
+
+
+def _source(address: str) -> str:
+    """Whose attempt it is: the address, or an IPv6 address's /64 (a host is given a whole
+    /64, and would otherwise guess from each of its addresses in turn)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # not an IP address (a test client's name)
+    if ip.version == 4:
+        return str(ip)
+    if ip.ipv4_mapped is not None:  # an IPv4 client of a dual-stack socket
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False))
 
 
 def csrf_valid(session: Session | None, presented: str | None) -> bool:

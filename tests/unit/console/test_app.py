@@ -10,6 +10,7 @@ from starlette.testclient import TestClient
 
 from kairos.cluster.console.app import ConsoleConfig, create_app
 from kairos.cluster.console.gateway_client import GatewayError
+from kairos.cluster.console.session import SIGNIN_FAILURES, SIGNIN_WINDOW_S
 from kairos.cluster.gateway.auth import Auth
 from kairos.v1 import admin_pb2
 from kairos.v1 import decision_pb2 as pb
@@ -139,6 +140,30 @@ def test_a_wrong_key_is_refused(client):
     form = client.get("/signin")
     refused = client.post("/signin", data={"csrf": csrf_of(form.text), "key": "guess" * 4})
     assert refused.status_code == 401 and "unknown key" in refused.text
+
+
+def test_failed_sign_ins_are_limited_by_address(gateway):
+    app = create_app(ConsoleConfig("127.0.0.1:1"), Auth.load(KEYS), gateway)
+
+    def at(address: str) -> TestClient:
+        return TestClient(app, base_url="http://127.0.0.1", client=(address, 50000))
+
+    with at("192.0.2.7") as guesser, at("192.0.2.8") as agent:
+        for _ in range(SIGNIN_FAILURES + 1):  # signing in counts for nothing
+            sign_in(guesser)
+            guesser.post("/signout", data={"csrf": csrf_of(guesser.get("/").text)})
+        for _ in range(SIGNIN_FAILURES):
+            form = guesser.get("/signin")
+            assert guesser.post("/signin", data={"csrf": csrf_of(form.text),
+                                                 "key": "guess" * 4}).status_code == 401
+        for lang, says in (("en", "Too many failed sign-ins"), ("ja", "サインインの失敗が多すぎます")):
+            form = guesser.get("/signin")
+            refused = guesser.post("/signin", data={"csrf": csrf_of(form.text), "key": AGENT},
+                                   headers={"accept-language": lang})  # the key is not read
+            assert refused.status_code == 429 and says in refused.text
+            assert 0 < int(refused.headers["retry-after"]) <= SIGNIN_WINDOW_S
+            assert 'class="card narrow error too_many_signins"' in refused.text
+        sign_in(agent)  # another address signs in
 
 
 def test_the_customer_page_escapes_profile_values(client):

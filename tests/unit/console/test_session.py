@@ -7,8 +7,8 @@ import stat
 import pytest
 
 from kairos.cluster.console.server import CONSOLE_KEYS_FILE, keys_text
-from kairos.cluster.console.session import (Sessions, SignInRefused, cookie_options,
-                                            csrf_valid)
+from kairos.cluster.console.session import (Sessions, SignInLimit, SignInRefused,
+                                            cookie_options, csrf_valid)
 from kairos.cluster.gateway.auth import KEYS_ENV, Auth
 
 AGENT = "agent-key-0123456789abcdef"
@@ -101,3 +101,34 @@ def test_one_key_signing_in_over_and_over_pushes_out_only_its_own_sessions(monke
     mine = [pool.sign_in(pool.start(), AGENT) for _ in range(20)]
     assert pool.get(theirs.id) is theirs  # 20 sign-ins did not push the other agent out
     assert [pool.get(s.id) is s for s in mine] == [False] * 16 + [True] * 4
+
+
+def test_an_address_past_its_failed_sign_ins_waits_until_the_oldest_leaves_the_window():
+    limit = SignInLimit(failures=3, window_s=60, failures_all=100, addresses=100)
+    for t in (0, 10, 20):
+        assert limit.wait_s("192.0.2.7", now=t) == 0
+        limit.failed("192.0.2.7", now=t)
+    assert limit.wait_s("192.0.2.7", now=30) == 30  # until the failure at 0 is 60 s old
+    assert limit.wait_s("::ffff:192.0.2.7", now=30) == 30  # the same address, IPv4-mapped
+    assert limit.wait_s("192.0.2.8", now=30) == 0
+    assert limit.wait_s("192.0.2.7", now=60) == 0
+    limit.failed("192.0.2.7", now=60)  # the last three: 10, 20, 60
+    assert limit.wait_s("192.0.2.7", now=61) == 9
+
+
+def test_an_ipv6_host_counts_as_its_whole_64():
+    limit = SignInLimit(failures=2, window_s=60, failures_all=100, addresses=100)
+    limit.failed("2001:db8:0:1::1", now=0)
+    limit.failed("2001:db8:0:1:ffff::2", now=1)
+    assert limit.wait_s("2001:db8:0:1::3", now=2) == 58
+    assert limit.wait_s("2001:db8:0:2::1", now=2) == 0
+
+
+def test_every_address_together_is_limited_too_and_memory_is_bounded():
+    limit = SignInLimit(failures=3, window_s=60, failures_all=5, addresses=4)
+    for i in range(5):
+        limit.failed(f"192.0.2.{i}", now=i)
+    assert limit.wait_s("198.51.100.1", now=10) == 50  # an address that never failed
+    assert limit.wait_s("198.51.100.1", now=60) == 0
+    assert len(limit._by_source) == 4  # the least recent address went first
+    assert "192.0.2.0" not in limit._by_source
