@@ -40,7 +40,7 @@ from kairos.cluster.shard.ownership import Ownership
 from kairos.cluster.shard.residency import Residency
 from kairos.cluster.storage import blocks
 from kairos.cluster.storage.sealed import SnapshotCorrupt, seal, unseal
-from kairos.cluster.storage.store import JournalLike, redact
+from kairos.cluster.storage.store import JournalReader, redact
 
 log = logging.getLogger("kairos.shard")
 SNAPSHOT_FORMAT = 2  # 2: sealed with a checksum
@@ -159,7 +159,8 @@ class Durability:
                 leaving: Iterable[int] = ()) -> dict[str, Any]:
         """Load every owned partition from its snapshot and replay the journal the snapshot
         names (a partition never snapshotted replays `sources[p]`'s journal, by default this
-        shard's). Partitions recovered from another shard's journal are snapshotted here, so
+        shard's); another shard's journal is read only, as its writer may run. Partitions
+        recovered from another shard's journal are snapshotted here, so
         that journal may go; not those `leaving` (a move froze them before this shard was
         rebuilt): their new owner may have adopted them, and its snapshot must stay the one
         its recovery reads. Models start from the priors: the learner has what this shard had
@@ -182,7 +183,7 @@ class Durability:
         replayed = 0
         for name, after in plans.items():
             journaling.stamps_of = name
-            journal = journaling.journal if name == ctx.name else ctx.store.journal(name, "off")
+            journal = journaling.journal if name == ctx.name else ctx.store.read_journal(name)
             replayed += self._replay(journal, after)
             if name != ctx.name:  # this journal's LSNs mean nothing to ours
                 for customer_id in self._residency.residents(after):
@@ -219,7 +220,7 @@ class Durability:
                       self._ctx.name, error)
             raise error from exc
 
-    def _replay(self, journal: JournalLike, after: dict[int, int]) -> int:
+    def _replay(self, journal: JournalReader, after: dict[int, int]) -> int:
         """Apply the journal's records of these partitions newer than their snapshots."""
         chunk: list[tuple[int, Record]] = []
         replayed = 0

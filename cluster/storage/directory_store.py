@@ -12,8 +12,8 @@ from typing import Iterable
 import msgpack
 
 from kairos.cluster.storage.decision_logs import DirectoryLog, directory_logs
-from kairos.cluster.storage.journal import (DIR_MODE, FILE_MODE, Journal, fsync_directory,
-                                            make_private, make_private_dir)
+from kairos.cluster.storage.journal import (DIR_MODE, FILE_MODE, Journal, JournalReader,
+                                            fsync_directory, make_private, make_private_dir)
 from kairos.cluster.storage.store import StoreUnavailable
 
 STALE_TMP_S = 600.0  # a temporary file this old is a crashed writer's leftover
@@ -149,6 +149,9 @@ class DirectoryStore:
             return Journal(self.root / "journals" / name, policy)
         except OSError as exc:
             raise StoreUnavailable(f"opening journal {name}: {exc}") from exc
+
+    def read_journal(self, name: str) -> JournalReader:
+        return JournalReader(self.root / "journals" / name)
 
     def drop_journal(self, name: str) -> None:
         Journal(self.root / "journals" / name, "off").destroy()

@@ -5,11 +5,12 @@ of `[first lsn, records, format]` (`pack_batch`; batches written before formats 
 have two elements and are format 1). No payload passes MAX_FRAME bytes: `check_frame` refuses
 one before it is written (JournalFrameTooLarge), so nothing acknowledged is ever unreadable.
 
-`read_frames` walks a segment's bytes. Only the last segment, being opened, may end in a torn
-tail: a bad frame that no intact frame follows and whose payload is not whole under a damaged
-length. Everything else (a bad frame with intact frames after it, a batch whose first LSN does
-not continue the one before it, a CRC-valid frame that holds no batch) is JournalCorrupt,
-naming the segment and the byte offset. `ambiguous_tail` says whether a torn tail is as long
+`read_frames` walks a segment's bytes. Only the last segment, being opened (or read by another
+shard while its writer may be mid-write), may end in a torn tail: a bad frame that no intact
+frame follows and whose payload is not whole under a damaged length. Everything else (a bad
+frame with intact frames after it, a batch whose first LSN does not continue the one before
+it, a CRC-valid frame that holds no batch) is JournalCorrupt, naming the segment and the byte
+offset. `ambiguous_tail` says whether a torn tail is as long
 as its header announces (a power cut mid-write, or a bit flip in the last acknowledged batch:
 the journal keeps its bytes and skips its LSNs, journal.py).
 """
@@ -91,12 +92,13 @@ def check_frame(size: int, first_lsn: int, count: int) -> None:
             f"be budgeted in bytes below it)")
 
 
-def segment_batches(path: Path) -> Iterator[tuple[int, list, int, int]]:
+def segment_batches(path: Path, tail: bool = False) -> Iterator[tuple[int, list, int, int]]:
     """(first LSN, records, format, end offset) of each frame of a segment; JournalCorrupt
-    at the first damaged frame or LSN that does not follow on."""
+    at the first damaged frame or LSN that does not follow on (with `tail`, a torn tail ends
+    them: `read_frames`)."""
     with open(path, "rb") as f:
         data = f.read()
-    return read_frames(path, data)
+    return read_frames(path, data, tail)
 
 
 def read_frames(path: Path, data: bytes, tail: bool = False

@@ -56,6 +56,10 @@ customer's), each through a temporary file that is fsynced and renamed over the 
 crash leaves either segment whole. A dropped record leaves an empty frame with its LSN behind
 (replay skips it), so LSNs stay contiguous and the last one survives reopening.
 
+`JournalReader` reads another shard's journal (store.py) without changing anything: no tail
+cut, no temporary file removed, no mode changed; a torn tail of the last segment (its writer
+may be mid-write) ends the replay.
+
 Permissions: the journal's directory (and any parent it creates) is made 0700 and every file it
 writes (segments, a compaction's temporary file) 0600, by explicit modes whatever the umask.
 Opening a journal whose directory or segments a group or others may use (an older Kairos wrote
@@ -82,13 +86,56 @@ log = logging.getLogger("kairos.store")
 DIR_MODE = 0o700  # every directory of a store: its owner's only
 FILE_MODE = 0o600  # every file of a store
 TORN = ".torn"
-class Journal:
+
+
+class JournalReader:
+    """A journal read only (store.py `read_journal`): another shard's, whose writer may run."""
+
+    tail_may_tear = True  # the last segment may end in a write its writer has not finished
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+
+    def replay(self, after_lsn: int = 0, decode: Decode | None = None
+               ) -> Iterator[tuple[int, Any]]:
+        """Every record with an LSN above `after_lsn`, in order (through `decode`, if given).
+        JournalCorrupt where LSNs do not follow on from one segment read to the next."""
+        segments = self._segments()
+        expect = None  # the first LSN the next segment read must start at
+        for i, path in enumerate(segments):
+            if i + 1 < len(segments) and first_lsn(segments[i + 1]) - 1 <= after_lsn:
+                continue  # every record of this segment is at or below after_lsn
+            if expect is not None and first_lsn(path) != expect and \
+                    expect not in self._quarantined():
+                raise corrupt(path, f"starts at LSN {first_lsn(path)}, but the segment "
+                                     f"before it ends at LSN {expect - 1}")
+            expect = first_lsn(path)
+            tail = self.tail_may_tear and i + 1 == len(segments)
+            for first, records, journal_format, _ in segment_batches(path, tail):
+                expect = first + len(records)
+                for lsn, record in enumerate(records, first):
+                    if lsn > after_lsn and record is not None:
+                        yield lsn, record if decode is None else decode(record, journal_format)
+
+    def _segments(self) -> list[Path]:
+        return sorted(self.directory.glob(f"*{SUFFIX}"))
+
+    def _quarantined(self) -> dict[int, int]:
+        """First LSN -> size in bytes of each quarantined segment or torn tail."""
+        return {int(path.stem): path.stat().st_size
+                for path in (self.directory / QUARANTINE).glob("*")
+                if path.stem.isdigit()}
+
+
+class Journal(JournalReader):
+    tail_may_tear = False  # opening it cut its torn tail, and it alone writes it
+
     def __init__(self, directory: str | os.PathLike, policy: str = "fsync",
                  segment_bytes: int = 64 << 20):
         if policy not in JOURNAL_POLICIES:
             raise ValueError(f"journal policy must be one of {', '.join(JOURNAL_POLICIES)}, "
                              f"got {policy!r}")
-        self.directory = Path(directory)
+        super().__init__(directory)
         make_private_dir(self.directory)
         self.policy = policy
         self.segment_bytes = segment_bytes
@@ -190,27 +237,7 @@ class Journal:
             if self.policy == "fsync":
                 fsync_directory(self.directory)  # the new file's name must survive a crash
 
-    # -- reading -------------------------------------------------------------------------------
-
-    def replay(self, after_lsn: int = 0, decode: Decode | None = None
-               ) -> Iterator[tuple[int, Any]]:
-        """Every record with an LSN above `after_lsn`, in order (through `decode`, if given).
-        JournalCorrupt where LSNs do not follow on from one segment read to the next."""
-        segments = self._segments()
-        expect = None  # the first LSN the next segment read must start at
-        for i, path in enumerate(segments):
-            if i + 1 < len(segments) and first_lsn(segments[i + 1]) - 1 <= after_lsn:
-                continue  # every record of this segment is at or below after_lsn
-            if expect is not None and first_lsn(path) != expect and \
-                    expect not in self._quarantined():
-                raise corrupt(path, f"starts at LSN {first_lsn(path)}, but the segment "
-                                     f"before it ends at LSN {expect - 1}")
-            expect = first_lsn(path)
-            for first, records, journal_format, _ in segment_batches(path):
-                expect = first + len(records)
-                for lsn, record in enumerate(records, first):
-                    if lsn > after_lsn and record is not None:
-                        yield lsn, record if decode is None else decode(record, journal_format)
+    # -- trimming (reading: JournalReader) ------------------------------------------------------
 
     def truncate(self, upto_lsn: int) -> int:
         """Drop the segments holding only records up to `upto_lsn` (a snapshot covers them);
@@ -288,15 +315,6 @@ class Journal:
         shutil.rmtree(self.directory, ignore_errors=True)
 
     # -- opening -------------------------------------------------------------------------------
-
-    def _segments(self) -> list[Path]:
-        return sorted(self.directory.glob(f"*{SUFFIX}"))
-
-    def _quarantined(self) -> dict[int, int]:
-        """First LSN -> size in bytes of each quarantined segment or torn tail."""
-        return {int(path.stem): path.stat().st_size
-                for path in (self.directory / QUARANTINE).glob("*")
-                if path.stem.isdigit()}
 
     def _recover_tail(self) -> None:
         """Find the last LSN; cut a torn tail off the last segment (and drop a compaction's

@@ -93,6 +93,9 @@ class MemoryStore:
     def journal(self, name: str, policy: str = "fsync") -> MemoryJournal:
         return self._journals.setdefault(name, MemoryJournal())
 
+    def read_journal(self, name: str) -> MemoryJournal:
+        return self._journals.get(name) or MemoryJournal()
+
     def drop_journal(self, name: str) -> None:
         self._journals.pop(name, None)
 

@@ -14,10 +14,10 @@ Keys, under a prefix (default "kairos", `?prefix=` in the URL) so clusters can s
 
 A journal batch is one member, msgpack `[first lsn, records, format]` (frames.py's
 `pack_batch`, whose format rule and frame limit it follows), written with the last-LSN key in
-one MULTI/EXEC, so Redis holds all of a batch or none of it. Reading back, a batch that does
-not decode, whose score is not its last LSN, or whose LSNs do not follow on from the batch
-before it is StoreCorrupt (the shard stays UNAVAILABLE until the member is moved into the
-quarantine with its score: the gap it leaves is then accepted). Replay
+one MULTI/EXEC, so Redis holds all of a batch or none of it.
+Reading back, a batch that does not decode, whose score is not its last LSN, or whose LSNs do
+not follow on from the batch before it is StoreCorrupt (the shard stays UNAVAILABLE until the
+member is moved into the quarantine with its score: the gap it leaves is then accepted). Replay
 and compaction read the sorted set in pages of REPLAY_PAGE batches by score, so no single
 exchange grows with the journal (one ZRANGE of it all outlasted the socket timeout, and a
 shard's rebuild looped). Durability is the server's:
@@ -76,10 +76,61 @@ def _unavailable(what: str):
     return wrap
 
 
-class RedisJournal:
-    def __init__(self, client: redis.Redis, key: str, policy: str):
+class RedisReader:
+    """A journal read only (store.py `read_journal`): nothing here writes."""
+
+    def __init__(self, client: redis.Redis, key: str):
         self.r = client
         self.key = key
+
+    def replay(self, after_lsn: int = 0, decode: Decode | None = None
+               ) -> Iterator[tuple[int, Any]]:
+        low, expect = f"({after_lsn}", None
+        while True:
+            page = self._page(low)
+            for member, score in page:
+                first, records, journal_format = self._unpack(member, score, expect)
+                expect = first + len(records)
+                for lsn, record in enumerate(records, first):
+                    if lsn > after_lsn and record is not None:
+                        yield lsn, record if decode is None else decode(record, journal_format)
+            if len(page) < REPLAY_PAGE:
+                return
+            low = f"({int(page[-1][1])}"
+
+    def _unpack(self, member: bytes, score: float, expect: int | None
+                ) -> tuple[int, list, int]:
+        """A batch read back; StoreCorrupt unless it decodes, its score is its last LSN and
+        it starts at `expect` (the LSN after the batch before it, when one was read)."""
+        try:
+            first, records, journal_format = unpack_batch(member)
+        except JournalFormatError:
+            raise  # whole, and newer than this code: refused as it is
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            raise StoreCorrupt(f"redis: journal {self.key}: the batch scored {int(score)} "
+                               f"does not decode ({exc})") from None
+        if first + len(records) - 1 != int(score) or \
+                expect not in (None, first) and not self._quarantined(first - 1):
+            raise StoreCorrupt(f"redis: journal {self.key}: the batch scored {int(score)} "
+                               f"holds LSNs {first}-{first + len(records) - 1}, after LSN "
+                               f"{'?' if expect is None else expect - 1}")
+        return first, records, journal_format
+
+    @_unavailable("reading the journal's quarantine")
+    def _quarantined(self, score: int) -> bool:
+        """Whether an operator moved the batch ending at LSN `score` into the quarantine
+        (README, "Corruption"): the gap it leaves is accepted."""
+        return self.r.zcount(f"{self.key}:quarantine", score, score) > 0
+
+    @_unavailable("reading the journal")
+    def _page(self, low: str) -> list:
+        return self.r.zrangebyscore(self.key, low, "+inf", start=0, num=REPLAY_PAGE,
+                                    withscores=True)
+
+
+class RedisJournal(RedisReader):
+    def __init__(self, client: redis.Redis, key: str, policy: str):
+        super().__init__(client, key)
         self.policy = policy
         self.last_lsn = int(self.r.get(f"{key}:last") or 0)
         if policy == "fsync":
@@ -125,50 +176,6 @@ class RedisJournal:
             tx.execute()
         self.last_lsn = after_lsn
         return True
-
-    def replay(self, after_lsn: int = 0, decode: Decode | None = None
-               ) -> Iterator[tuple[int, Any]]:
-        low, expect = f"({after_lsn}", None
-        while True:
-            page = self._page(low)
-            for member, score in page:
-                first, records, journal_format = self._unpack(member, score, expect)
-                expect = first + len(records)
-                for lsn, record in enumerate(records, first):
-                    if lsn > after_lsn and record is not None:
-                        yield lsn, record if decode is None else decode(record, journal_format)
-            if len(page) < REPLAY_PAGE:
-                return
-            low = f"({int(page[-1][1])}"
-
-    def _unpack(self, member: bytes, score: float, expect: int | None
-                ) -> tuple[int, list, int]:
-        """A batch read back; StoreCorrupt unless it decodes, its score is its last LSN and
-        it starts at `expect` (the LSN after the batch before it, when one was read)."""
-        try:
-            first, records, journal_format = unpack_batch(member)
-        except JournalFormatError:
-            raise  # whole, and newer than this code: refused as it is
-        except (ValueError, TypeError, msgpack.UnpackException) as exc:
-            raise StoreCorrupt(f"redis: journal {self.key}: the batch scored {int(score)} "
-                               f"does not decode ({exc})") from None
-        if first + len(records) - 1 != int(score) or \
-                expect not in (None, first) and not self._quarantined(first - 1):
-            raise StoreCorrupt(f"redis: journal {self.key}: the batch scored {int(score)} "
-                               f"holds LSNs {first}-{first + len(records) - 1}, after LSN "
-                               f"{'?' if expect is None else expect - 1}")
-        return first, records, journal_format
-
-    @_unavailable("reading the journal's quarantine")
-    def _quarantined(self, score: int) -> bool:
-        """Whether an operator moved the batch ending at LSN `score` into the quarantine
-        (README, "Corruption"): the gap it leaves is accepted."""
-        return self.r.zcount(f"{self.key}:quarantine", score, score) > 0
-
-    @_unavailable("reading the journal")
-    def _page(self, low: str) -> list:
-        return self.r.zrangebyscore(self.key, low, "+inf", start=0, num=REPLAY_PAGE,
-                                    withscores=True)
 
     @_unavailable("truncating the journal")
     def truncate(self, upto_lsn: int) -> int:
@@ -404,6 +411,9 @@ class RedisStore:
     @_unavailable("opening a journal")
     def journal(self, name: str, policy: str = "fsync") -> RedisJournal:
         return RedisJournal(self.r, f"{self.prefix}:j:{name}", policy)
+
+    def read_journal(self, name: str) -> RedisReader:
+        return RedisReader(self.r, f"{self.prefix}:j:{name}")
 
     @_unavailable("dropping a journal")
     def drop_journal(self, name: str) -> None:

@@ -23,6 +23,10 @@ What a store keeps, keyed by partition so that it moves with the partition:
   ForgetCustomer. Not keyed by partition: a log stays where it was written when partitions
   move, and readers look at every log of the store.
 
+A shard reads another shard's journal (a dead shard's it replaces, a partition's new owner's)
+with `read_journal`, which changes nothing (its writer may run): a torn tail ends the replay
+there, without being cut.
+
 Every failure to reach the store (disk full, Redis down) raises `StoreUnavailable`; a shard
 that meets one answers UNAVAILABLE and rebuilds itself from the store once it is back. Damaged
 data raises `StoreCorrupt`, a StoreUnavailable that names the file (or key) and offset: the
@@ -63,7 +67,14 @@ def redact(url: str) -> str:
     return f"{scheme}://{head}" + (_PASSWORD_PARAM.sub(r"\1***", q + query) if q else "")
 
 
-class JournalLike(Protocol):
+class JournalReader(Protocol):
+    def replay(self, after_lsn: int = 0, decode: Callable[[Any, int], Any] | None = None
+               ) -> Iterator[tuple[int, Any]]:
+        """The records above `after_lsn`, in order; each through `decode(record, format)` if
+        given, with the record format its batch was written in (journal.py)."""
+
+
+class JournalLike(JournalReader, Protocol):
     last_lsn: int
     unsynced: bool  # appended with sync=False and not made durable yet
 
@@ -71,11 +82,6 @@ class JournalLike(Protocol):
 
     def sync(self) -> None:
         """Make what was appended durable; may run on another thread than append."""
-
-    def replay(self, after_lsn: int = 0, decode: Callable[[Any, int], Any] | None = None
-               ) -> Iterator[tuple[int, Any]]:
-        """The records above `after_lsn`, in order; each through `decode(record, format)` if
-        given, with the record format its batch was written in (journal.py)."""
 
     def truncate(self, upto_lsn: int) -> int: ...
 
@@ -130,7 +136,12 @@ class Store(Protocol):
 
     def get_snapshot(self, partition: int) -> bytes | None: ...
 
-    def journal(self, name: str, policy: str = "fsync") -> JournalLike: ...
+    def journal(self, name: str, policy: str = "fsync") -> JournalLike:
+        """Shard `name`'s own journal, to write."""
+
+    def read_journal(self, name: str) -> JournalReader:
+        """Another shard's journal, to replay only: opening and reading it change nothing
+        (its writer may still run), and a torn tail ends the replay without being cut."""
 
     def drop_journal(self, name: str) -> None: ...
 

@@ -516,3 +516,33 @@ def test_a_round_that_fails_once_its_records_are_written_leaves_none_for_replay(
     again = started()
     assert again.process([profile("ana", T0 + 2)])[0][0].value["events_applied"] == 1
     assert again.process([profile("bob", T0 + 2)])[0][0].status == "missing"
+
+
+def snapshot_of(directory) -> dict:
+    """Every file under `directory`: its bytes and mode."""
+    return {path.relative_to(directory): (path.read_bytes(), path.stat().st_mode)
+            for path in sorted(directory.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("tail", ["torn", "whole but failing its CRC"])
+def test_reading_another_shards_journal_changes_nothing(tmp_path, tail):
+    """Its writer may be mid-write: the reader neither cuts nor keeps aside its tail, removes
+    no temporary file, changes no mode, and stops at the tail."""
+    j = Journal(tmp_path / "j", segment_bytes=400)
+    for b in range(6):
+        j.append(records(2 * b, 2))
+    segment = sorted((tmp_path / "j").glob("*.log"))[-1]
+    with open(segment, "ab") as f:  # the next batch, as far as the writer got
+        whole = frames.frame(13, records(12, 2))
+        f.write(whole[:-3] if tail == "torn" else whole[:-1] + bytes([whole[-1] ^ 0xFF]))
+    (tmp_path / "j" / "00000000000000000009.tmp").write_bytes(b"a compaction's")
+    os.chmod(segment, 0o644)
+    before = snapshot_of(tmp_path / "j")
+    reader = journal_module.JournalReader(tmp_path / "j")
+    assert [r for _, r in reader.replay()] == records(0, 12)
+    assert [lsn for lsn, _ in reader.replay(after_lsn=9)] == [10, 11, 12]
+    assert snapshot_of(tmp_path / "j") == before
+    assert list(journal_module.JournalReader(tmp_path / "none").replay()) == []
+    assert not (tmp_path / "none").exists()
+    assert j.append(records(12, 2)) == 14  # the writer is none the wiser
+
