@@ -70,6 +70,9 @@ class Durability:
         self.delete_homes(partitions)
         self._journaling.sync()
         journal = self._journaling.journal
+        # a shard replaced while it still runs must not overwrite its heir's snapshots with
+        # ones naming its fenced journal (checked, not excluded: it may be fenced just after)
+        journal.check_fence()
         lsn, snapshots, size, customers = journal.last_lsn, {}, 0, 0
         for i, p in enumerate(partitions):
             residents = self._residency.residents([p])
@@ -106,6 +109,10 @@ class Durability:
         oldest = min((first for first, _ in dirty.values()), default=None)
         upto = journal.last_lsn if oldest is None else oldest - 1
         if upto > self._truncated:
+            # an heir that fenced the journal may have read snapshots older than those just
+            # written (they came after its read, so after the fence): it replays what this
+            # would cut
+            journal.check_fence()
             journal.truncate(upto)
             self._truncated = upto
         return written
@@ -159,14 +166,18 @@ class Durability:
                 leaving: Iterable[int] = ()) -> dict[str, Any]:
         """Load every owned partition from its snapshot and replay the journal the snapshot
         names (a partition never snapshotted replays `sources[p]`'s journal, by default this
-        shard's); another shard's journal is read only, as its writer may run. Partitions
-        recovered from another shard's journal are snapshotted here, so
+        shard's). The `sources` journals, of a shard the controller replaced, are fenced
+        first (store.py), so that should it still run, it acknowledges nothing this recovery
+        does not read; every other shard's journal is read only, as its writer may run.
+        Partitions recovered from another shard's journal are snapshotted here, so
         that journal may go; not those `leaving` (a move froze them before this shard was
         rebuilt): their new owner may have adopted them, and its snapshot must stay the one
         its recovery reads. Models start from the priors: the learner has what this shard had
         sent, and the next interval's sync or watch (shard/modelsync.py) brings it."""
         ctx, journaling = self._ctx, self._journaling
         started = time.perf_counter()
+        for name in sorted(set((sources or {}).values()) - {ctx.name}):
+            ctx.store.fence_journal(name)  # before its snapshots and journal are read
         plans: dict[str, dict[int, int]] = {}  # journal -> partition -> LSN its snapshot covers
         unchecked = 0
         for p in sorted(self._ownership.owned):

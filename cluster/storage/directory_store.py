@@ -12,8 +12,9 @@ from typing import Iterable
 import msgpack
 
 from kairos.cluster.storage.decision_logs import DirectoryLog, directory_logs
-from kairos.cluster.storage.journal import (DIR_MODE, FILE_MODE, Journal, JournalReader,
-                                            fsync_directory, make_private, make_private_dir)
+from kairos.cluster.storage.journal import (DIR_MODE, FILE_MODE, Journal, JournalReader, drop,
+                                            fence, fsync_directory, make_private,
+                                            make_private_dir)
 from kairos.cluster.storage.store import StoreUnavailable
 
 STALE_TMP_S = 600.0  # a temporary file this old is a crashed writer's leftover
@@ -27,6 +28,7 @@ class DirectoryStore:
         snapshots/p<partition>.snap                   a partition's snapshot (sealed.py)
         journals/<shard name>/<first lsn>.log          a shard's journal segments
         journals/<shard name>/quarantine/             damaged segments and kept torn tails
+        journals/<shard name>/fenced                  another shard took its partitions over
         meta/<key>                                     named blobs
         decisions/<shard name>/                        a shard's decision log (decision_logs.py)
 
@@ -153,8 +155,14 @@ class DirectoryStore:
     def read_journal(self, name: str) -> JournalReader:
         return JournalReader(self.root / "journals" / name)
 
+    def fence_journal(self, name: str) -> None:
+        try:
+            fence(self.root / "journals" / name)
+        except OSError as exc:
+            raise StoreUnavailable(f"fencing journal {name}: {exc}") from exc
+
     def drop_journal(self, name: str) -> None:
-        Journal(self.root / "journals" / name, "off").destroy()
+        drop(self.root / "journals" / name)
 
     def put_meta(self, key: str, blob: bytes) -> None:
         self._write(self.root / "meta" / key, blob)

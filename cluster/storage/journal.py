@@ -56,9 +56,13 @@ customer's), each through a temporary file that is fsynced and renamed over the 
 crash leaves either segment whole. A dropped record leaves an empty frame with its LSN behind
 (replay skips it), so LSNs stay contiguous and the last one survives reopening.
 
-`JournalReader` reads another shard's journal (store.py) without changing anything: no tail
-cut, no temporary file removed, no mode changed; a torn tail of the last segment (its writer
-may be mid-write) ends the replay.
+Fencing (store.py): `fence(directory)` creates the file `fenced` in the journal's directory
+and fsyncs it and the directory; the writer stats it after each write it acknowledges (after
+the fsync under "fsync", after the write under "os") and after each sync, and raises
+JournalFenced once it is there (one stat per acknowledgement). A fenced journal is not opened
+for writing again, and `drop` leaves its fence behind. `JournalReader` reads another shard's
+journal without changing anything: no tail cut, no temporary file removed, no mode changed;
+a torn tail of the last segment (its writer may be mid-write) ends the replay.
 
 Permissions: the journal's directory (and any parent it creates) is made 0700 and every file it
 writes (segments, a compaction's temporary file) 0600, by explicit modes whatever the umask.
@@ -81,11 +85,13 @@ from typing import Any, Callable, Iterator
 from kairos.cluster.settings import JOURNAL_POLICIES
 from kairos.cluster.storage.frames import (QUARANTINE, SUFFIX, Decode, ambiguous_tail, corrupt,
                                            first_lsn, frame, read_frames, segment_batches)
+from kairos.cluster.storage.store import JournalFenced
 
 log = logging.getLogger("kairos.store")
 DIR_MODE = 0o700  # every directory of a store: its owner's only
 FILE_MODE = 0o600  # every file of a store
 TORN = ".torn"
+FENCE = "fenced"  # in a journal's directory once another shard took its partitions over
 
 
 class JournalReader:
@@ -136,6 +142,9 @@ class Journal(JournalReader):
             raise ValueError(f"journal policy must be one of {', '.join(JOURNAL_POLICIES)}, "
                              f"got {policy!r}")
         super().__init__(directory)
+        self._fence = self.directory / FENCE
+        self.fenced = False
+        self.check_fence()  # before anything is cut or created: another shard reads it
         make_private_dir(self.directory)
         self.policy = policy
         self.segment_bytes = segment_bytes
@@ -154,7 +163,10 @@ class Journal(JournalReader):
 
     def append(self, records: list[Any], sync: bool = True) -> int:
         """Write the records as one batch (durable per the policy, or once `sync()` ran when
-        `sync` is false); the LSN of the last."""
+        `sync` is false); the LSN of the last. JournalFenced, the batch unacknowledged, if
+        the journal was fenced before it was durable."""
+        if self.fenced:
+            raise JournalFenced.of(self.directory.name)
         if self.failed is not None:
             raise OSError(f"the journal failed earlier: {self.failed}")
         if not records or self.policy == "off":
@@ -178,6 +190,7 @@ class Journal(JournalReader):
         self.last_lsn += len(records)
         if sync or self.policy != "fsync":
             self.synced_lsn, self._synced_size = self.last_lsn, self._size
+            self.check_fence()  # acknowledged once this returns: written first, then checked
         return self.last_lsn
 
     @property
@@ -185,7 +198,8 @@ class Journal(JournalReader):
         return self.synced_lsn < self.last_lsn
 
     def sync(self) -> None:
-        """Make every batch appended so far durable (any thread; one sync at a time)."""
+        """Make every batch appended so far durable (any thread; one sync at a time);
+        JournalFenced if the journal was fenced before it was."""
         with self._lock:
             upto, size = self.last_lsn, self._size
             if upto <= self.synced_lsn:
@@ -195,6 +209,7 @@ class Journal(JournalReader):
             self._fsync()
             if upto > self.synced_lsn:
                 self.synced_lsn, self._synced_size = upto, size
+            self.check_fence()  # what it covers is acknowledged once this returns
 
     def retract(self, after_lsn: int) -> bool:
         """Take back the last batch, appended after `after_lsn`, unless a sync covered it:
@@ -212,6 +227,16 @@ class Journal(JournalReader):
             self._before_last = None
             os.ftruncate(self._fd, self._size)
             return True
+
+    def check_fence(self) -> None:
+        """JournalFenced once another shard fenced the journal (`fence`): one stat."""
+        if not self.fenced:
+            try:
+                os.stat(self._fence)
+            except FileNotFoundError:
+                return
+            self.fenced = True
+        raise JournalFenced.of(self.directory.name)
 
     def _fsync(self) -> None:
         """fsync the segment being appended. One that fails makes the journal refuse appends
@@ -309,11 +334,6 @@ class Journal(JournalReader):
             os.close(self._fd)
             self._fd = None
 
-    def destroy(self) -> None:
-        """Close and delete the whole journal (its partitions are snapshotted elsewhere)."""
-        self.close()
-        shutil.rmtree(self.directory, ignore_errors=True)
-
     # -- opening -------------------------------------------------------------------------------
 
     def _recover_tail(self) -> None:
@@ -367,6 +387,34 @@ class Journal(JournalReader):
         ever given out twice. (Those quarantined before it held only LSNs below it.)"""
         return max([lsn, *(first + size - 1 for first, size in self._quarantined().items()
                            if first >= last_segment)])
+
+
+def fence(directory: Path) -> None:
+    """Fence the journal in `directory` (see the module's text), durably: the file, its name
+    in the directory and the directory's in its parent (a shard that never journaled has
+    none yet) are synced before this returns, and the caller reads the journal only then."""
+    make_private_dir(directory)
+    fd = os.open(directory / FENCE, os.O_WRONLY | os.O_CREAT, FILE_MODE)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_directory(directory)
+    fsync_directory(directory.parent)
+
+
+def drop(directory: Path) -> None:
+    """Delete a journal (its partitions are snapshotted elsewhere). A fenced one keeps its
+    fence, alone: a writer still running stays refused, and the name is never journaled
+    again (shard names are not reused)."""
+    if not (directory / FENCE).exists():
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    for path in directory.iterdir():
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.name != FENCE:
+            path.unlink(missing_ok=True)
 
 
 def make_private(path: Path) -> None:

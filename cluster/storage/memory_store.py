@@ -7,17 +7,22 @@ import msgpack
 
 from kairos.cluster.protocol import JOURNAL_FORMAT
 from kairos.cluster.storage.decision_logs import MemoryLog
+from kairos.cluster.storage.store import JournalFenced
 
 
 class MemoryJournal:
     """A journal as a list; the store keeps it, so a shard re-created on the same store (in
-    the same process) finds what the previous one wrote."""
+    the same process) finds what the previous one wrote. A fence is a flag on it, so it fences
+    only the shards of this process: which is all there is to fence, as the journal dies with
+    the process."""
 
     unsynced = False  # nothing is more durable than memory here
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
+        self.name = name
         self.last_lsn = 0
         self.records: list[tuple[int, Any]] = []
+        self.fenced = False
 
     def sync(self) -> None:
         pass
@@ -27,7 +32,12 @@ class MemoryJournal:
             self.last_lsn += 1
             self.records.append((self.last_lsn, msgpack.unpackb(
                 msgpack.packb(record, use_bin_type=True), raw=False, strict_map_key=False)))
+        self.check_fence()  # written first, then checked, as the other stores (store.py)
         return self.last_lsn
+
+    def check_fence(self) -> None:
+        if self.fenced:
+            raise JournalFenced.of(self.name)
 
     def replay(self, after_lsn: int = 0, decode: Callable[[Any, int], Any] | None = None
                ) -> Iterator[tuple[int, Any]]:
@@ -66,6 +76,7 @@ class MemoryStore:
         self._homes: dict[int, dict[str, bytes]] = {}
         self._snapshots: dict[int, bytes] = {}
         self._journals: dict[str, MemoryJournal] = {}
+        self._fenced: set[str] = set()  # journals fenced, dropped or not
         self._meta: dict[str, bytes] = {}
         self._logs: dict[str, MemoryLog] = {}
 
@@ -91,13 +102,19 @@ class MemoryStore:
         return self._snapshots.get(partition)
 
     def journal(self, name: str, policy: str = "fsync") -> MemoryJournal:
-        return self._journals.setdefault(name, MemoryJournal())
+        if name in self._fenced:
+            raise JournalFenced.of(name)
+        return self._journals.setdefault(name, MemoryJournal(name))
 
     def read_journal(self, name: str) -> MemoryJournal:
-        return self._journals.get(name) or MemoryJournal()
+        return self._journals.get(name) or MemoryJournal(name)
+
+    def fence_journal(self, name: str) -> None:
+        self._fenced.add(name)
+        self._journals.setdefault(name, MemoryJournal(name)).fenced = True
 
     def drop_journal(self, name: str) -> None:
-        self._journals.pop(name, None)
+        self._journals.pop(name, None)  # a writer holding it still finds it fenced
 
     def put_meta(self, key: str, blob: bytes) -> None:
         self._meta[key] = blob

@@ -7,6 +7,7 @@ Keys, under a prefix (default "kairos", `?prefix=` in the URL) so clusters can s
     <prefix>:j:<shard>           sorted set: journal batches, scored by their last LSN
     <prefix>:j:<shard>:last      string: the journal's last LSN (survives truncation)
     <prefix>:j:<shard>:quarantine  sorted set: damaged batches an operator moved aside
+    <prefix>:j:<shard>:fenced    string: another shard took the journal's partitions over
     <prefix>:m:<key>             string: meta
     <prefix>:d:<shard>           sorted set: the shard's decision log, entries scored by time
     <prefix>:d:<shard>:bytes     string: the log's size, as decision_logs.py counts it
@@ -14,7 +15,11 @@ Keys, under a prefix (default "kairos", `?prefix=` in the URL) so clusters can s
 
 A journal batch is one member, msgpack `[first lsn, records, format]` (frames.py's
 `pack_batch`, whose format rule and frame limit it follows), written with the last-LSN key in
-one MULTI/EXEC, so Redis holds all of a batch or none of it.
+one MULTI/EXEC, so Redis holds all of a batch or none of it. The same MULTI/EXEC reads the
+fence (store.py: `fence_journal` sets it), so the batch and the check are one step in the
+server's order: a batch written before the fence is read by the shard that set it, and one
+after it is refused (JournalFenced; it stays, unacknowledged, in the fenced journal). This
+needs no command beyond those listed for an ACL user (README), where a Lua script would.
 Reading back, a batch that does not decode, whose score is not its last LSN, or whose LSNs do
 not follow on from the batch before it is StoreCorrupt (the shard stays UNAVAILABLE until the
 member is moved into the quarantine with its score: the gap it leaves is then accepted). Replay
@@ -52,7 +57,7 @@ from kairos.cluster.settings import REDIS_TIMEOUT_S
 from kairos.cluster.storage.decision_logs import Entry, entry_size
 from kairos.cluster.storage.frames import (Decode, JournalFormatError, check_frame, pack_batch,
                                            unpack_batch)
-from kairos.cluster.storage.store import StoreCorrupt, StoreUnavailable, redact
+from kairos.cluster.storage.store import JournalFenced, StoreCorrupt, StoreUnavailable, redact
 
 log = logging.getLogger("kairos.store")
 REPLAY_PAGE = 256  # journal batches fetched per round trip when replaying
@@ -132,7 +137,15 @@ class RedisJournal(RedisReader):
     def __init__(self, client: redis.Redis, key: str, policy: str):
         super().__init__(client, key)
         self.policy = policy
-        self.last_lsn = int(self.r.get(f"{key}:last") or 0)
+        self.fence = f"{key}:fenced"
+        self.fenced = False
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.get(f"{key}:last")
+            pipe.get(self.fence)
+            last, fenced = pipe.execute()
+        if fenced is not None:
+            raise JournalFenced.of(self.key)
+        self.last_lsn = int(last or 0)
         if policy == "fsync":
             try:
                 setting = self.r.config_get("appendfsync").get("appendfsync")
@@ -152,6 +165,8 @@ class RedisJournal(RedisReader):
 
     @_unavailable("appending to the journal")
     def append(self, records: list[Any], sync: bool = True) -> int:
+        if self.fenced:
+            raise JournalFenced.of(self.key)
         if not records or self.policy == "off":
             return self.last_lsn  # no LSN taken for what is not written (journal.py)
         first, last = self.last_lsn + 1, self.last_lsn + len(records)
@@ -160,9 +175,19 @@ class RedisJournal(RedisReader):
         with self.r.pipeline(transaction=True) as tx:
             tx.zadd(self.key, {batch: last})
             tx.set(f"{self.key}:last", last)
-            tx.execute()
+            tx.get(self.fence)
+            fenced = tx.execute()[-1]
+        if fenced is not None:  # set before this batch: it is not acknowledged
+            self.fenced = True
+            raise JournalFenced.of(self.key)
         self.last_lsn = last
         return last
+
+    @_unavailable("reading the journal's fence")
+    def check_fence(self) -> None:
+        if self.fenced or self.r.get(self.fence) is not None:
+            self.fenced = True
+            raise JournalFenced.of(self.key)
 
     @_unavailable("taking back a batch")
     def retract(self, after_lsn: int) -> bool:
@@ -415,8 +440,13 @@ class RedisStore:
     def read_journal(self, name: str) -> RedisReader:
         return RedisReader(self.r, f"{self.prefix}:j:{name}")
 
+    @_unavailable("fencing a journal")
+    def fence_journal(self, name: str) -> None:
+        self.r.set(f"{self.prefix}:j:{name}:fenced", 1)
+
     @_unavailable("dropping a journal")
     def drop_journal(self, name: str) -> None:
+        """The journal's keys but its fence, which outlives it (store.py)."""
         key = f"{self.prefix}:j:{name}"
         self.r.delete(key, f"{key}:last", f"{key}:quarantine")
 

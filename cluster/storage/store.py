@@ -23,9 +23,17 @@ What a store keeps, keyed by partition so that it moves with the partition:
   ForgetCustomer. Not keyed by partition: a log stays where it was written when partitions
   move, and readers look at every log of the store.
 
-A shard reads another shard's journal (a dead shard's it replaces, a partition's new owner's)
-with `read_journal`, which changes nothing (its writer may run): a torn tail ends the replay
-there, without being cut.
+Fencing: when the controller replaces a shard whose node left, the replacement recovers the
+dead shard's partitions from the snapshots and the dead shard's journal. Should that shard in
+fact still run (a node the GCS declared dead that runs on a while, a partitioned network), what
+it acknowledged after the replacement read its journal would be lost. So the replacement first
+fences that journal (`fence_journal`), durably, and only then reads: its writer checks the
+fence after each write (and sync) and before acknowledging, raising JournalFenced once it is
+there, so everything it acknowledged is in what the replacement reads and nothing later is
+acknowledged (a batch the fence overtook may be in the journal, never acknowledged). A fenced
+journal cannot be opened for writing again, and keeps its fence when it is dropped. Another
+shard's journal is read with `read_journal`, which changes nothing (its writer may run): a torn
+tail ends the replay there, without being cut.
 
 Every failure to reach the store (disk full, Redis down) raises `StoreUnavailable`; a shard
 that meets one answers UNAVAILABLE and rebuilds itself from the store once it is back. Damaged
@@ -45,6 +53,18 @@ _PASSWORD_PARAM = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 
 class StoreUnavailable(Exception):
     """The store could not be written or read; nothing was acknowledged."""
+
+
+class JournalFenced(StoreUnavailable):
+    """Another shard took this journal's partitions over (`Store.fence_journal`): its writer
+    acknowledges nothing more, and it cannot be opened for writing again."""
+
+    @classmethod
+    def of(cls, name: str) -> JournalFenced:
+        """Naming the journal (a plain constructor keeps the exception picklable)."""
+        return cls(f"journal {name} is fenced: another shard recovered its partitions (the "
+                   f"controller replaced this one), so nothing more written to it is "
+                   f"acknowledged")
 
 
 class StoreCorrupt(StoreUnavailable):
@@ -78,10 +98,18 @@ class JournalLike(JournalReader, Protocol):
     last_lsn: int
     unsynced: bool  # appended with sync=False and not made durable yet
 
-    def append(self, records: list[Any], sync: bool = True) -> int: ...
+    def append(self, records: list[Any], sync: bool = True) -> int:
+        """The batch's last LSN, once it is durable per the policy (or, with `sync` false,
+        written: `sync` then acknowledges it); JournalFenced if the journal was fenced before
+        that, the batch then being unacknowledged."""
 
     def sync(self) -> None:
-        """Make what was appended durable; may run on another thread than append."""
+        """Make what was appended durable; may run on another thread than append.
+        JournalFenced, as `append`, if the journal was fenced before it finished."""
+
+    def check_fence(self) -> None:
+        """JournalFenced if the journal is fenced: what names it (a snapshot) or drops what it
+        holds (a truncation) must not follow once another shard has taken it over."""
 
     def truncate(self, upto_lsn: int) -> int: ...
 
@@ -137,13 +165,18 @@ class Store(Protocol):
     def get_snapshot(self, partition: int) -> bytes | None: ...
 
     def journal(self, name: str, policy: str = "fsync") -> JournalLike:
-        """Shard `name`'s own journal, to write."""
+        """Shard `name`'s own journal, to write (JournalFenced if it is fenced)."""
 
     def read_journal(self, name: str) -> JournalReader:
         """Another shard's journal, to replay only: opening and reading it change nothing
         (its writer may still run), and a torn tail ends the replay without being cut."""
 
-    def drop_journal(self, name: str) -> None: ...
+    def fence_journal(self, name: str) -> None:
+        """Fence the journal (see the module's text), durably before returning: from then on
+        its writer acknowledges nothing. Only for a shard the controller replaced."""
+
+    def drop_journal(self, name: str) -> None:
+        """Delete the journal; a fenced one keeps its fence (its writer may still run)."""
 
     def put_meta(self, key: str, blob: bytes) -> None: ...
 

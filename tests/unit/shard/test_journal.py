@@ -19,7 +19,7 @@ from kairos.cluster.storage import journal as journal_module
 from kairos.cluster.storage.frames import (HEADER, JournalCorrupt, JournalFormatError, pack_batch,
                                            unpack_batch)
 from kairos.cluster.storage.journal import Journal
-from kairos.cluster.storage.store import StoreUnavailable
+from kairos.cluster.storage.store import JournalFenced, StoreUnavailable
 
 
 def records(first: int, n: int) -> list:
@@ -546,3 +546,33 @@ def test_reading_another_shards_journal_changes_nothing(tmp_path, tail):
     assert not (tmp_path / "none").exists()
     assert j.append(records(12, 2)) == 14  # the writer is none the wiser
 
+
+@pytest.mark.parametrize("step", ["an append", "a deferred sync", "an append under os"])
+def test_a_fence_that_overtakes_a_write_refuses_to_acknowledge_it(tmp_path, monkeypatch,
+                                                                  step):
+    """The heir fences the journal while its writer is between the write (and fsync) and the
+    acknowledgement: the writer checks the fence after them, so it refuses; everything it
+    acknowledged before is in what the heir then reads, and it writes nothing more."""
+    j = Journal(tmp_path, policy="os" if step == "an append under os" else "fsync")
+    j.append(records(0, 3))
+    if step == "a deferred sync":
+        j.append(records(3, 2), sync=False)
+    overtaken = "write" if step == "an append under os" else "fsync"
+    real = getattr(os, overtaken)
+
+    def then_fenced(*args):
+        done = real(*args)
+        monkeypatch.undo()  # the fence fsyncs too
+        journal_module.fence(tmp_path)
+        return done
+    monkeypatch.setattr(journal_module.os, overtaken, then_fenced)
+    with pytest.raises(JournalFenced, match=f"journal {tmp_path.name} is fenced"):
+        j.sync() if step == "a deferred sync" else j.append(records(3, 2))
+    assert [r for _, r in journal_module.JournalReader(tmp_path).replay()][:3] == records(0, 3)
+    size = sum(path.stat().st_size for path in tmp_path.glob("*.log"))
+    with pytest.raises(JournalFenced):
+        j.append(records(5, 1))
+    with pytest.raises(JournalFenced):
+        Journal(tmp_path)  # rebuilding the shard
+    j.close()
+    assert sum(path.stat().st_size for path in tmp_path.glob("*.log")) == size

@@ -12,7 +12,7 @@ from kairos.cluster.storage.memory_store import MemoryStore
 from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.redis_store import RedisStore
 from kairos.cluster.storage.frames import pack_batch
-from kairos.cluster.storage.store import StoreCorrupt, StoreUnavailable
+from kairos.cluster.storage.store import JournalFenced, StoreCorrupt, StoreUnavailable
 
 from kairos.cluster.storage.redis_server import RedisServer
 
@@ -70,6 +70,37 @@ def test_journals_append_replay_truncate_and_compact(store):
     assert list(store.journal("kairos-shard-0001").replay()) == []
 
 
+def test_a_fenced_journal_acknowledges_nothing_more_and_stays_fenced(store):
+    """The controller replaced a shard that still runs: its heir fences the journal, then
+    reads it. What the writer acknowledged before is read; every append after is refused
+    (a StoreUnavailable: the round answers UNAVAILABLE), reopening it for writing (a rebuild)
+    is refused, and dropping it keeps the fence. Other journals are not touched."""
+    old = store.journal("kairos-shard-0001")
+    assert old.append([("event", 1, "ana", 1), ("event", 2, "bob", 2)]) == 2
+    old.append([("event", 1, "ana", 3)], sync=False)
+    old.sync()  # acknowledged once this returns, as a shard's host does
+    store.fence_journal("kairos-shard-0001")
+    store.fence_journal("kairos-shard-0001")  # a replacement started again fences again
+    assert [lsn for lsn, _ in store.read_journal("kairos-shard-0001").replay()] == [1, 2, 3]
+    for _ in range(2):
+        with pytest.raises(JournalFenced, match="kairos-shard-0001 is fenced"):
+            old.append([("event", 1, "ana", 4)])  # or written and synced, then refused
+    assert issubclass(JournalFenced, StoreUnavailable)
+    with pytest.raises(JournalFenced):
+        old.check_fence()
+    with pytest.raises(JournalFenced):
+        store.journal("kairos-shard-0001")  # the old shard rebuilding itself
+    store.drop_journal("kairos-shard-0001")  # the heir snapshotted what it read
+    assert list(store.read_journal("kairos-shard-0001").replay()) == []
+    with pytest.raises(JournalFenced):
+        store.journal("kairos-shard-0001")
+    with pytest.raises(JournalFenced):
+        old.append([("event", 1, "ana", 5)])
+    other = store.journal("kairos-shard-0002")  # e.g. the heir's own
+    assert other.append([("event", 1, "ana", 1)]) == 1
+    other.check_fence()
+
+
 def test_a_directory_store_outlives_its_process_and_ignores_half_writes(tmp_path):
     DirectoryStore(tmp_path).put(7, "ana", b"blob")
     home = next(tmp_path.glob("customers/p7/*.blk"))
@@ -120,6 +151,7 @@ def test_redis_with_auth_and_an_acl_user_limited_to_kairos_commands_runs_the_sto
     test_homes_snapshots_and_meta(open_store(url))
     with caplog.at_level("WARNING", "kairos.store"):
         test_journals_append_replay_truncate_and_compact(open_store(url))
+        test_a_fenced_journal_acknowledges_nothing_more_and_stays_fenced(open_store(url))
     assert "refused CONFIG GET" in caplog.text and "user-secret" not in caplog.text
     for refused in (f"redis://127.0.0.1:{guarded_redis.port}/0?prefix=acl",  # no password
                     f"redis://kairos:wrong@127.0.0.1:{guarded_redis.port}/0?prefix=acl",

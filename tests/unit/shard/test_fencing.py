@@ -1,0 +1,120 @@
+"""A shard the controller replaced while it still runs (a node the GCS declared dead that runs
+on a while, a partitioned network): its heir fences its journal before reading it, so the old
+shard acknowledges nothing the heir did not read, cannot rebuild itself into serving again,
+and writes no snapshot or truncation over the heir's; and the heir reads the old journal as
+it is, cutting no torn tail under a writer that may be mid-write."""
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from kairos.cluster.protocol import EventAck
+from kairos.cluster.shard.host import ShardHost
+from kairos.cluster.storage import blocks
+from kairos.cluster.storage.directory_store import DirectoryStore
+from kairos.cluster.storage.memory_store import MemoryStore
+from kairos.cluster.storage.sealed import unseal
+from kairos.cluster.storage.store import JournalFenced
+
+from .test_shard import N_PARTITIONS, T0, event, p_of, profile, shard
+
+EVERY = {p: 0 for p in range(N_PARTITIONS)}
+FROM_S0 = {p: "s0" for p in range(N_PARTITIONS)}
+
+
+def app_open(customer: str, t: float = T0):
+    return event(customer, "app_open", t)
+
+
+def events_applied(replies) -> list[int]:
+    return [reply.value["events_applied"] for reply in replies]
+
+
+@pytest.mark.parametrize("kind", ["directory", "memory"])
+def test_a_shard_replaced_while_it_runs_acknowledges_nothing_its_heir_did_not_read(
+        compiled, tmp_path, kind):
+    """The old shard keeps running beside its heir: its next round answers UNAVAILABLE, its
+    rebuild stays fenced, the heir holds everything it acknowledged, and the heir, started
+    again under its own name (as Ray restarts it), is not fenced."""
+    memory = MemoryStore(shared=True)
+
+    def host(name: str) -> ShardHost:
+        return ShardHost(name, N_PARTITIONS, 0, lambda: DirectoryStore(tmp_path)
+                         if kind == "directory" else memory, "fsync", tick_s=3600.0)
+
+    async def main():
+        old = host("s0")
+        await old.start(compiled, EVERY, [])
+        for seq, customer in enumerate(("ana", "bob", "cy")):
+            assert await old.handle("a", seq, [app_open(customer)], [0]) == \
+                [EventAck(sequence=1)]
+        heir = host("s1")
+        await heir.start(compiled, EVERY, [], FROM_S0)
+        assert heir.shard is not None, heir.recovery
+        late, = await old.handle("a", 3, [app_open("ana", T0 + 1)], [0])
+        assert late.status == "unavailable" and "s0 is fenced" in late.reason
+        await asyncio.sleep(0.5)  # it rebuilds, and retries: its journal stays fenced
+        assert old.shard is None and "JournalFenced" in old.recovery["failed"]
+        old.stop()
+        reads = [profile(c) for c in ("ana", "bob", "cy")]
+        assert events_applied(await heir.handle("b", 0, reads, [0] * 3)) == [1, 1, 1]
+        assert await heir.handle("b", 1, [app_open("ana", T0 + 2)], [0]) == \
+            [EventAck(sequence=2)]
+        heir.stop()
+        heir.shard.close()
+        again = host("s1")
+        await again.start(compiled, EVERY, [])
+        assert again.shard is not None, again.recovery
+        assert events_applied(await again.handle("c", 0, reads, [0] * 3)) == [2, 1, 1]
+        assert await again.handle("c", 1, [app_open("bob", T0 + 2)], [0]) == \
+            [EventAck(sequence=2)]
+        again.stop()
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def journal_named(store: DirectoryStore, partition: int) -> str:
+    return blocks.unpack(unseal(store.get_snapshot(partition), "a snapshot")[0])["journal"]
+
+
+def test_an_heir_reads_the_old_journal_as_it_is_and_the_old_shard_snapshots_nothing_over_it(
+        compiled, tmp_path):
+    store = DirectoryStore(tmp_path)
+    old = shard(compiled, "s0", store=store)
+    old.process([app_open("ana"), app_open("bob")])
+    segment = max((tmp_path / "journals" / "s0").glob("*.log"))
+    with open(segment, "ab") as f:
+        f.write(b"\x40\x00\x00\x00torn")  # the header of a batch the old shard is writing
+    before = segment.read_bytes()
+    heir = shard(compiled, "s1", store=DirectoryStore(tmp_path))
+    heir.recover(FROM_S0)
+    assert segment.read_bytes() == before  # not cut under its writer
+    assert events_applied(heir.process([profile("ana"), profile("bob")])[0]) == [1, 1]
+    assert journal_named(store, p_of("ana")) == "s1"
+    with pytest.raises(JournalFenced):
+        old.snapshot()  # the old shard's tick, say
+    assert journal_named(store, p_of("ana")) == "s1"
+
+
+def test_an_old_shard_fenced_while_it_snapshots_does_not_truncate_its_journal(
+        compiled, tmp_path, monkeypatch):
+    """The heir fences and reads between the old shard's check and its snapshot write: the
+    heir read the older snapshot, so it needs the journal the old shard would truncate."""
+    old = shard(compiled, "s0", store=DirectoryStore(tmp_path))
+    old.process([app_open("ana")])
+    old.snapshot()
+    old.process([app_open("ana", T0 + 1)])
+    heir = shard(compiled, "s1", store=DirectoryStore(tmp_path))
+    put_snapshots = old.store.put_snapshots
+
+    def heir_reads_first(snapshots):
+        heir.recover(FROM_S0)
+        put_snapshots(snapshots)
+    monkeypatch.setattr(old.store, "put_snapshots", heir_reads_first)
+    truncated = []
+    monkeypatch.setattr(old.journal, "truncate", truncated.append)
+    with pytest.raises(JournalFenced):
+        old.checkpoint(math.inf, N_PARTITIONS)
+    assert truncated == []
+    assert events_applied(heir.process([profile("ana")])[0]) == [2]
