@@ -229,7 +229,7 @@ cdef class Workspace:
         self.capacity = capacity
         self.out_action = np.zeros((capacity, k), np.int32)
         self.out_factors = np.zeros((capacity, k, N_FACTORS))
-        self.out_selection = np.zeros((capacity, k))
+        self.out_selection = np.zeros((capacity, k))  # out_count 0: slot 0 holds P(nothing)
         self.out_count = np.zeros(capacity, np.int32)
         self.out_control = np.zeros(capacity, np.uint8)  # 1: held back as control
         self.reasons = np.zeros((capacity, n_actions), np.int8)
@@ -922,11 +922,13 @@ cdef inline void _bound(CatalogView cat, Workspace ws, const double* factors, Py
 cdef void _prune(CatalogView cat, Workspace ws, const int8_t* reasons, const double* factors,
                  int k, Py_ssize_t out) noexcept nogil:
     """Marks the scored actions a re-run can rank (`_active`): those whose highest priority
-    reaches the (k+1)-th highest lowest priority among the groups (each action of a group
-    that allows several), as k+1 such rivals leave one ahead of it whatever the trial takes;
-    and those the decision showed."""
+    reaches the restraint threshold and the (k+1)-th highest lowest priority among the
+    groups (each action of a group that allows several), as k+1 such rivals leave one ahead
+    of it whatever the trial takes; and those the decision showed. (Below the threshold a
+    re-run never ranks an action: left out, a decision that shows nothing re-draws only the
+    actions that might have crossed it.)"""
     cdef Py_ssize_t a, j, n_top = 0
-    cdef double low, high, bar = -INFINITY, v
+    cdef double low, high, bar = cat.restraint, v  # the rivals' lows all reach it
     cdef int g
     for g in range(cat.n_groups):
         ws._group_low[g] = NAN
@@ -984,7 +986,8 @@ cdef void _selection(CatalogView cat, ModelView mv, Workspace ws, int channel,
     first pick was `first`) and `selection_samples` re-runs. The re-runs draw from a stream
     of their own, seeded by the decision's, so the decision's own draws are as before. With
     a control share s over n_control actions, the policy is the mixture: (1 - s) x the
-    models' part, plus s / n_control at the first slot."""
+    models' part, plus s / n_control at the first slot. A decision that shows nothing puts
+    in slot 0 the probability that the policy shows nothing (`_nothing`)."""
     cdef Py_ssize_t a, i, j, runs = 1
     cdef Py_ssize_t n_untried = _n_untried(cat, mv, channel, reasons, factors)
     cdef int n = ws._out_count[out]
@@ -994,11 +997,15 @@ cdef void _selection(CatalogView cat, ModelView mv, Workspace ws, int channel,
     for a in range(cat.n_actions):
         if _scored(reasons, a) and cat.exploration == EXPLORE_THOMPSON and ws._spread[a] > 0.0:
             random = True
+    if n == 0:
+        _nothing(cat, mv, ws, channel, reasons, factors, k, out, n_control, first,
+                 random, n_untried)
+        return
     for j in range(n):
         # the decision's own draws are one run of the models: no models' estimate is 0
         # unless control showed what they did not choose
         ws._hits[j] = 1 if not held or (j == 0 and first == ws._out_action[out, 0]) else 0
-    if random and n > 0:
+    if random:
         runs += cat.selection_samples
         _rerun(cat, mv, ws, channel, reasons, factors, k, out, n, n_untried)
     for j in range(n):
@@ -1010,11 +1017,34 @@ cdef void _selection(CatalogView cat, ModelView mv, Workspace ws, int channel,
         ws._out_selection[out, j] = p
 
 
+cdef void _nothing(CatalogView cat, ModelView mv, Workspace ws, int channel,
+                   const int8_t* reasons, const double* factors, int k, Py_ssize_t out,
+                   Py_ssize_t n_control, Py_ssize_t first, bint random,
+                   Py_ssize_t n_untried) noexcept nogil:
+    """For a decision that shows nothing, the probability that the policy shows nothing, in
+    slot 0 of its selection: off-policy estimators weigh such a decision by it like any
+    other. The models' part is the share of runs that leave the first slot empty (exact when
+    nothing was drawn at random or no slot was asked for); control shows nothing only when
+    no action is control-eligible (n_control 0), so the mixture adds s then."""
+    cdef Py_ssize_t runs = 1
+    cdef double p, share = cat.control_share[channel]
+    # the decision's own run, unless control held back what the models showed
+    ws._hits[0] = 1 if first < 0 else 0
+    if random and k > 0:
+        runs += cat.selection_samples
+        _rerun(cat, mv, ws, channel, reasons, factors, k, out, 0, n_untried)
+    p = <double>ws._hits[0] / runs
+    if share > 0.0:
+        p = (1.0 - share) * p + (share if n_control == 0 else 0.0)
+    ws._out_selection[out, 0] = p
+
+
 cdef void _rerun(CatalogView cat, ModelView mv, Workspace ws, int channel,
                  const int8_t* reasons, const double* factors, int k, Py_ssize_t out, int n,
                  Py_ssize_t n_untried) noexcept nogil:
     """Adds to ws._hits[j] the re-runs of the models' draws that show the decision's j-th
-    action at slot j."""
+    action at slot j; for a decision that showed nothing (n 0), to ws._hits[0] those that
+    show nothing."""
     cdef Py_ssize_t a, i, j, s, best, n_active = 0
     cdef int g, filled
     cdef double best_p
@@ -1062,6 +1092,8 @@ cdef void _rerun(CatalogView cat, ModelView mv, Workspace ws, int channel,
         for j in range(min(n, filled)):
             if ws._sample_slots[j] == ws._out_action[out, j]:
                 ws._hits[j] += 1
+        if n == 0 and filled == 0:
+            ws._hits[0] += 1
 
 
 def decide(CatalogView cat, StateView st, ModelView mv, Workspace ws, const int64_t[::1] rows,

@@ -71,6 +71,10 @@ class Decision:
     # instead of the models' choice, or none when none is eligible (its selection probability
     # is the mixture's, as for all)
     control: bool = False
+    # for a decision that shows nothing, the probability that the policy shows nothing (as
+    # `RankedAction.selection` is estimated, control's share included), which off-policy
+    # evaluation weighs it by; None for one that shows something, and for a fallback
+    nothing_selection: float | None = None
 
 
 class Learned(str, Enum):

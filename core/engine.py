@@ -312,7 +312,8 @@ class DecisionEngine:
         explanation = self._explain(i, channel, actions) if explain else None
         return Decision(decision_id, customer_id, c.channel_names[channel],
                         c.placement_names[channel][placement], actions, c.version,
-                        self.models.version, False, explanation, bool(ws.out_control[i]))
+                        self.models.version, False, explanation, bool(ws.out_control[i]),
+                        None if n else float(ws.out_selection[i, 0]))  # slot 0: P(nothing)
 
     def _ranked(self, a: int, channel: int, factors: list[float],
                 selection: float) -> RankedAction:

@@ -48,7 +48,7 @@ class Workspace:
         self.capacity = capacity
         self.out_action = np.zeros((capacity, k), np.int32)
         self.out_factors = np.zeros((capacity, k, N_FACTORS))
-        self.out_selection = np.zeros((capacity, k))
+        self.out_selection = np.zeros((capacity, k))  # out_count 0: slot 0 holds P(nothing)
         self._logit = np.zeros(n_actions)  # Thompson's mean logit and spread per action
         self._spread = np.zeros(n_actions)
         self.out_count = np.zeros(capacity, np.int32)
@@ -288,9 +288,9 @@ def _bounds(c: CompiledCatalog, ws: Workspace, factors, a: int) -> tuple[float, 
 def _active(c: CompiledCatalog, ws: Workspace, scored: list[int], factors, k: int,
             shown: list[int]) -> list[int]:
     """The scored actions a re-run can rank: those whose highest priority reaches the
-    (k+1)-th highest lowest priority among the groups (each action of a group that allows
-    several), as k+1 such rivals leave one ahead of it whatever the trial takes; and those
-    the decision showed (the kernel's `_prune`)."""
+    restraint threshold and the (k+1)-th highest lowest priority among the groups (each
+    action of a group that allows several), as k+1 such rivals leave one ahead of it
+    whatever the trial takes; and those the decision showed (the kernel's `_prune`)."""
     best_of_group: dict[int, float] = {}
     lows = []
     for a in scored:
@@ -304,7 +304,7 @@ def _active(c: CompiledCatalog, ws: Workspace, scored: list[int], factors, k: in
             best_of_group[g] = low
     lows += best_of_group.values()
     lows.sort(reverse=True)
-    bar = lows[k] if len(lows) >= k + 1 else -math.inf
+    bar = lows[k] if len(lows) >= k + 1 else c.restraint_threshold  # the lows all reach it
     return [a for a in scored if _bounds(c, ws, factors, a)[1] >= bar or a in shown]
 SELECTION_STREAM = 0xD1B54A32D192ED03  # xor'ed into the decision's stream for the re-runs
 
@@ -349,20 +349,32 @@ def _selection(c: CompiledCatalog, mv: ModelView, ws: Workspace, channel: int, r
     the draws (Thompson's logits, the trial) that show it there: the decision's own (whose
     first pick was `first`) and `selection_samples` re-runs, from a stream of their own (the
     kernel's draws, in its order). With a control share s over n_control actions, the policy
-    is the mixture: (1 - s) x the models' part, plus s / n_control at the first slot."""
+    is the mixture: (1 - s) x the models' part, plus s / n_control at the first slot. A
+    decision that shows nothing puts in slot 0 the probability that the policy shows nothing:
+    off-policy estimators weigh it by that like any other. Its models' part is the share of
+    runs that leave the first slot empty (exact when nothing was drawn at random or no slot
+    was asked for); control shows nothing only when no action is control-eligible
+    (n_control 0), so the mixture adds s then."""
     n = int(ws.out_count[out])
     held = bool(ws.out_control[out])
     # the decision's own draws are one run of the models: no models' estimate is 0 unless
-    # control showed what they did not choose
-    hits = [int(not held or (j == 0 and first == ws.out_action[out, 0])) for j in range(n)]
+    # control showed what they did not choose (for nothing: unless the models showed any)
+    hits = [int(not held or (j == 0 and first == ws.out_action[out, 0])) for j in range(n)] \
+        if n else [int(first < 0)]
     runs = 1
     thompson = c.exploration == Exploration.THOMPSON
     scored = [a for a, reason in enumerate(reasons.tolist()) if reason in SCORED]
     untried = _untried(c, mv, channel, reasons, factors)
-    if n > 0 and (untried or (thompson and any(ws._spread[a] > 0.0 for a in scored))):
+    if k > 0 and (untried or (thompson and any(ws._spread[a] > 0.0 for a in scored))):
         runs += c.selection_samples
         _rerun(c, ws, scored, untried, factors, k, out, n, hits)
     share = c.control_share[channel]
+    if n == 0:
+        p = hits[0] / runs
+        if share > 0.0:
+            p = (1.0 - share) * p + (share if n_control == 0 else 0.0)
+        ws.out_selection[out, 0] = p
+        return
     for j in range(n):
         p = hits[j] / runs
         if share > 0.0:
@@ -375,7 +387,8 @@ def _selection(c: CompiledCatalog, mv: ModelView, ws: Workspace, channel: int, r
 def _rerun(c: CompiledCatalog, ws: Workspace, scored: list[int], untried: list[int], factors,
            k: int, out: int, n: int, hits: list[int]) -> None:
     """Adds to `hits[j]` the re-runs of the models' draws that show the decision's j-th action
-    at slot j."""
+    at slot j; for a decision that showed nothing (n 0), to `hits[0]` those that show
+    nothing."""
     thompson = c.exploration == Exploration.THOMPSON
     rng = SplitMix64(ws._rng.state ^ SELECTION_STREAM)
     active = _active(c, ws, scored, factors, k, ws.out_action[out, :n].tolist())
@@ -404,6 +417,8 @@ def _rerun(c: CompiledCatalog, ws: Workspace, scored: list[int], untried: list[i
             show(best)
         for j in range(min(n, len(slots))):
             hits[j] += slots[j] == ws.out_action[out, j]
+        if n == 0 and not slots:
+            hits[0] += 1
 
 
 def _untried(c: CompiledCatalog, mv: ModelView, channel: int, reasons, factors) -> list[int]:

@@ -4,9 +4,10 @@ replay` read them.
 A `DecisionRecord` holds what one decision saw and did: who, where, when, which catalog and
 model versions, the customer's profile as a one-customer block (storage/blocks.py, so a
 candidate catalog with other slots can load it), the model inputs by name, the eligible
-actions and the shown ones with the probability that the policy shows each at its slot. The
-outcomes that name the decision arrive later as `OutcomeRecord`s and are joined to it on
-export. Exports are JSON lines (bytes as base64) or Parquet (pyarrow).
+actions and the shown ones with the probability that the policy shows each at its slot (or,
+for a decision that showed nothing, the probability that it shows nothing). The outcomes that
+name the decision arrive later as `OutcomeRecord`s and are joined to it on export. Exports
+are JSON lines (bytes as base64) or Parquet (pyarrow).
 """
 from __future__ import annotations
 
@@ -58,6 +59,10 @@ class DecisionRecord:
     # (and logged) only when its best action changed, so `selection` is not the probability
     # that this record exists; replay and uplift leave pushes out
     pushed: bool = False
+    # P(the policy shows nothing | what it saw), for a decision that showed nothing
+    # (`Decision.nothing_selection`); None otherwise, and in logs written before it was kept,
+    # where replay takes such a decision as certain (replay.rewards)
+    nothing_selection: float | None = None
 
     def with_outcomes(self, outcomes: Iterable[OutcomeRecord]) -> "DecisionRecord":
         return DecisionRecord(**{**vars(self), "outcomes": tuple(outcomes)})
@@ -129,7 +134,7 @@ def pack_decision(record: DecisionRecord) -> list:
             record.placement, record.catalog_version, record.model_version, record.context,
             record.inputs, record.profile, list(record.eligible),
             [[s.action_id, s.slot, s.selection, s.propensity, s.priority] for s in record.shown],
-            record.control, record.pushed]
+            record.control, record.pushed, record.nothing_selection]
 
 
 def pack_outcome(record: OutcomeRecord) -> list:
@@ -141,15 +146,18 @@ def unpack(stored: list) -> DecisionRecord | OutcomeRecord:
     """The record `pack_decision` or `pack_outcome` stored; LogFormatError for anything else."""
     try:
         if stored[0] == DECISION:
+            # logs written before pushes were told apart end at `control`, those written
+            # before the probability of nothing was kept at `pushed`
             (_, decision_id, time, customer_id, channel, placement, catalog_version,
              model_version, context, inputs, profile, eligible, shown, control,
-             *pushed) = stored  # logs written before pushes were told apart have no flag
-            if len(pushed) > 1:
+             *later) = stored
+            if len(later) > 2:
                 raise ValueError(f"{len(stored)} fields")
             return DecisionRecord(decision_id, time, customer_id, channel, placement,
                                   catalog_version, model_version, context, inputs, profile,
                                   tuple(eligible), tuple(ShownAction(*s) for s in shown),
-                                  control, pushed=bool(pushed and pushed[0]))
+                                  control, pushed=bool(later and later[0]),
+                                  nothing_selection=later[1] if len(later) > 1 else None)
         if stored[0] == OUTCOME:
             return OutcomeRecord(*stored[1:])
     except (TypeError, ValueError, IndexError) as exc:
@@ -222,6 +230,7 @@ def _schema():
         ("inputs", pa.map_(pa.string(), pa.float64())), ("profile", pa.binary()),
         ("eligible", pa.list_(pa.string())), ("shown", pa.list_(shown)),
         ("control", pa.bool_()), ("outcomes", pa.list_(outcome)), ("pushed", pa.bool_()),
+        ("nothing_selection", pa.float64()),  # null but for decisions that showed nothing
     ], metadata={b"kairos_decision_log_format": str(FORMAT).encode()})
 
 

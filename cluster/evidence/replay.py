@@ -57,7 +57,7 @@ class Replayed:
     channel: str
     placement: str
     logged: str  # the action the log showed first, or NOTHING
-    selection: float  # the logging policy's probability of that (1 for NOTHING: see rewards)
+    selection: float  # the logging policy's probability of that (NOTHING too: see rewards)
     accept: float  # 1 if the first shown action was accepted or converted
     value: float  # the conversion values reported for it
     inputs: dict[str, float]  # what the logged decision's models read (the direct method's x)
@@ -84,10 +84,14 @@ def rewards(record: DecisionRecord) -> tuple[str, float, float, float]:
     """The first shown action (or NOTHING), the logged probability of showing it, and its
     accept and value rewards: whether an outcome for it was positive, and the largest value
     one reported (a Respond has no idempotency key: a retried conversion must not count
-    twice). A decision that showed nothing earned 0 and is taken to have shown nothing for
-    sure (the log keeps no probability for it)."""
+    twice). A decision that showed nothing earned 0, with the logged probability that the
+    policy shows nothing (its draws and control share can show something); a log written
+    before that was kept has none, and such a decision is taken to have shown nothing for
+    sure: when the policy is random that weighs it too little, and SNIPS's estimate comes
+    out too high."""
     if not record.shown:
-        return NOTHING, 1.0, 0.0, 0.0
+        selection = record.nothing_selection
+        return NOTHING, 1.0 if selection is None else selection, 0.0, 0.0
     first = min(record.shown, key=lambda s: s.slot)
     positive = [o for o in record.outcomes if o.action_id == first.action_id
                 and o.outcome.upper() in POSITIVE]

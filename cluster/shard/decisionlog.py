@@ -6,9 +6,10 @@ event's `decide` asked for, a push to a watch), under the sealed id its caller s
 customer's profile as the decision saw it (a one-customer block), the model inputs (the
 engine's decision memo keeps them), the eligible actions (the engine notes them from the
 kernel's reason codes while the log is on) and the shown actions with their selection
-probabilities; each outcome the shard took that names a decision (Respond, and the
-impressions a Decide records), under the id its caller sent. Decisions replayed from the
-journal are not made again, so nothing is logged twice by a recovery.
+probabilities (for a decision that showed nothing, the probability of showing nothing); each
+outcome the shard took that names a decision (Respond, and the impressions a Decide records),
+under the id its caller sent. Decisions replayed from the journal are not made again, so
+nothing is logged twice by a recovery.
 
 Where: the store's log of this shard's name (storage/decision_logs.py), beside the journal.
 Records are collected during a round and handed over after it (`flush`); a `LogWriter` writes
@@ -95,7 +96,7 @@ class DecisionLog:
             profile, eligible,
             tuple(ShownAction(a.action_id, slot, a.selection, a.propensity, a.priority)
                   for slot, a in enumerate(decision.actions)), decision.control,
-            pushed=pushed)
+            pushed=pushed, nothing_selection=decision.nothing_selection)
         self._entries.append((self._ctx.clock(), customer_id,
                               msgpack.packb(pack_decision(record), use_bin_type=True)))
 

@@ -141,3 +141,20 @@ def test_a_decision_with_nothing_eligible_is_held_back_as_often_and_shows_nothin
     held = [d for d in made if d.control]
     assert abs(len(held) / n - share) <= 4 * math.sqrt(share * (1 - share) / n)
     assert all(not d.actions for d in made)
+    # nothing scored, nothing drawn: the policy shows nothing for sure, held back or not
+    assert all(d.nothing_selection == pytest.approx(1.0, abs=1e-12) for d in made)
+
+
+def test_a_held_decision_shows_nothing_where_the_models_show_what_control_cannot_draw(impl):
+    """Only a4 passes its rules: worth nothing, control never draws it, yet at priority 0 it
+    reaches the threshold (0) and the models show it, whatever their draws. So the policy
+    shows nothing exactly when it holds a decision back: its probability is the share."""
+    share = 0.3
+    doc = yaml.safe_load(catalog(share))
+    for action in doc["actions"][:3]:
+        action["eligibility"] = "false"
+    made = decisions(yaml.safe_dump(doc), 200)
+    held = [d for d in made if d.control]
+    assert held and all(not d.actions for d in held)
+    assert all(d.nothing_selection == pytest.approx(share, abs=1e-12) for d in held)
+    assert all(d.actions[0].action_id == "a4" for d in made if not d.control)

@@ -16,15 +16,16 @@ T0 = 1_800_000_000.0
 SAMPLES = 64
 
 
-def engine_with(seed: int = 3, **exploration) -> DecisionEngine:
+def engine_with(seed: int = 3, restraint: float = 0.0, control: float = 0.0,
+                **exploration) -> DecisionEngine:
     """Five actions in two groups on one placement of two slots, uncertain models."""
     doc = {
         "kairos_catalog": 1, "name": "selection", "version": "1",
-        "channels": {"web": {"placements": {"hero": {"top_k": 2}}}},
+        "channels": {"web": {"placements": {"hero": {"top_k": 2}}, "control": control}},
         "context": {"x": {"type": "vector", "size": 2, "min": -10, "max": 10}},
         "events": {"seen": {"fields": {}}}, "consent": {"service": True},
         "arbitration": {"exploration": {"variance_scale": 1.0, **exploration},
-                        "allow_multiple": ["b"]},
+                        "allow_multiple": ["b"], "restraint_threshold": restraint},
         "actions": [{"id": f"a{i}", "group": "a" if i < 2 else "b", "purpose": "service",
                      "channels": {"web": {"treatment": f"t{i}"}}, "value": 1 + i / 10}
                     for i in range(5)],
@@ -86,3 +87,34 @@ def test_optimistic_draws_never_fall_below_the_posterior_mean(impl):
         seen[optimistic] = [a.propensity for i in range(100) for a in decide(engine, i).actions]
     assert min(seen[True]) >= 0.3 and len(set(seen[True])) > 10
     assert min(seen[False]) < 0.3
+
+
+@pytest.mark.parametrize("control", [0.0, 0.3])
+def test_a_decision_that_shows_nothing_estimates_how_often_the_policy_does(impl, control):
+    """Under a restraint threshold the Thompson draws cross now and then: the same customer
+    decided 400 times shows nothing in a share within error of the probability its decisions
+    that showed nothing carry (`nothing_selection`), control's share mixed in (it always
+    shows one of the eligible actions here); a decision that shows something carries none."""
+    engine = engine_with(restraint=1.0, control=control, selection_samples=SAMPLES)
+    made = [decide(engine, i) for i in range(400)]
+    nothing = [d.nothing_selection for d in made if not d.actions]
+    assert all(d.nothing_selection is None for d in made if d.actions)
+    assert 0.3 < len(nothing) / len(made) < 0.9  # the draws do cross the threshold
+    p = float(np.mean(nothing))
+    assert max(nothing) <= 1 - control + 1e-12  # control never shows nothing here
+    # binomial error of the share, Monte Carlo error of the estimates, and the bias of
+    # counting the decision's own run (at most 1 / (samples + 1))
+    error = math.sqrt(p * (1 - p) / len(made)) + 0.5 / math.sqrt(SAMPLES * len(nothing)) \
+        + 1 / (SAMPLES + 1)
+    assert abs(len(nothing) / len(made) - p) <= 4 * error, (len(nothing) / len(made), p)
+
+
+@pytest.mark.parametrize("control", [0.0, 0.3])
+def test_without_draws_nothing_is_certain_but_for_control(impl, control):
+    """Nothing reaches the threshold and nothing is drawn: the models show nothing for sure,
+    and the policy does unless control draws an eligible action (a share s of decisions)."""
+    engine = engine_with(restraint=100.0, control=control, method="none")
+    made = [decide(engine, i) for i in range(50)]
+    assert all(d.nothing_selection == pytest.approx(1 - control, abs=1e-12)
+               for d in made if not d.actions)
+    assert any(not d.actions for d in made)

@@ -2,6 +2,9 @@
 (records.py); a file of another kind is refused, naming it."""
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 
 from kairos.cluster.evidence.records import (DecisionRecord, LogFormatError, OutcomeRecord,
@@ -19,10 +22,19 @@ def decision(k: int, customer: str = "ana") -> DecisionRecord:
         (ShownAction("a2", 0, 0.75, 0.1, 0.2), ShownAction("a1", 1, 0.5, 0.05, 0.1)))
 
 
+def nothing(k: int, customer: str = "ana") -> DecisionRecord:
+    """A decision that showed nothing, which the policy does with probability 0.25."""
+    return dataclasses.replace(decision(k, customer), shown=(), nothing_selection=0.25)
+
+
 def test_stored_records_unpack_as_they_were_packed():
     outcome = OutcomeRecord("0-1.6b119032.AAAAAAAA", "ana", "a2", "accept", 9.5, T0 + 3)
     assert unpack(pack_decision(decision(1))) == decision(1)
+    assert unpack(pack_decision(nothing(1))) == nothing(1)
     assert unpack(pack_outcome(outcome)) == outcome
+    # logged before the probability of nothing was kept: none
+    assert unpack(pack_decision(nothing(1))[:-1]) == dataclasses.replace(
+        nothing(1), nothing_selection=None)
 
 
 def test_outcomes_join_the_decision_they_name_whichever_tags_they_kept():
@@ -51,11 +63,27 @@ def test_decisions_of_two_shards_with_the_same_engine_id_keep_their_own_outcomes
 def test_files_round_trip(tmp_path, name, monkeypatch):
     monkeypatch.setattr("kairos.cluster.evidence.records.PARQUET_ROWS", 2)  # row groups too
     outcome = OutcomeRecord(decision(0).decision_id, "ana", "a2", "convert", 12.5, T0 + 9)
-    records = joined([decision(k, f"c{k}") for k in range(5)], [outcome])
+    records = joined([decision(k, f"c{k}") for k in range(4)] + [nothing(4, "c4")], [outcome])
     assert write_records(records, tmp_path / name) == 5
     assert list(read_records(tmp_path / name)) == records
     assert write_records([], tmp_path / f"empty-{name}") == 0
     assert list(read_records(tmp_path / f"empty-{name}")) == []
+
+
+@pytest.mark.parametrize("name", ["log.jsonl", "log.parquet"])
+def test_files_written_before_the_probability_of_nothing_was_kept_read_without_it(tmp_path,
+                                                                                  name):
+    path = tmp_path / name
+    write_records([nothing(0)], path)
+    if name.endswith(".jsonl"):
+        data = json.loads(path.read_text())
+        del data["nothing_selection"]
+        path.write_text(json.dumps(data) + "\n")
+    else:
+        import pyarrow.parquet as pq
+        table = pq.read_table(path)
+        pq.write_table(table.drop_columns(["nothing_selection"]), path)  # keeps the metadata
+    assert list(read_records(path)) == [dataclasses.replace(nothing(0), nothing_selection=None)]
 
 
 @pytest.mark.parametrize("name", ["log.jsonl", "log.parquet"])

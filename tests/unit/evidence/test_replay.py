@@ -11,10 +11,13 @@ import yaml
 
 from bench import truth
 from kairos.cluster.evidence import evaluation, report
-from kairos.cluster.evidence.records import LogFormatError, OutcomeRecord, ShownAction
+from kairos.cluster.evidence.records import (DecisionRecord, LogFormatError, OutcomeRecord,
+                                             ShownAction)
 from kairos.cluster.evidence.replay import (NOTHING, Replayed, Replayer, for_replay, replay,
                                             rewards)
+from kairos.cluster.storage.blocks import export_block, pack
 from kairos.core.catalog import load_catalog
+from kairos.core.compiler import compiled_from_text
 from kairos.core.engine import DecisionEngine
 
 SAMPLES = 256
@@ -152,3 +155,64 @@ def test_a_report_with_an_unknown_estimate_reads_back_as_evidence():
     one = Replayed("d1", "v1", "web", "hero", "a0", 0.5, 1.0, 0.0, {}, {"a0": 1.0})
     evidence = {**evaluation.evaluate([one]), "candidate": {"version": "v2", "name": "c"}}
     assert "nan" in report.headline(json.loads(report.json_text(evidence)))
+
+
+ACCEPT = 0.5  # the true accept rate of the one action, wherever it is shown
+
+
+def restrained_catalog(control: float) -> str:
+    """One action under a restraint threshold its Thompson draws cross about half the time:
+    the policy shows nothing in about half its decisions, more or less as its draws fall."""
+    return yaml.safe_dump({
+        "kairos_catalog": 1, "name": "restrained", "version": "1",
+        "channels": {"web": {"placements": {"hero": {"top_k": 1}}, "control": control}},
+        "events": {"seen": {"fields": {}}}, "consent": {"service": True},
+        "arbitration": {"restraint_threshold": 0.3, "exploration": {
+            "method": "thompson", "variance_scale": 1.0, "trial_rate": 0.0}},
+        "actions": [{"id": "offer", "group": "sell", "purpose": "service",
+                     "channels": {"web": {"treatment": "banner"}}, "value": 1.0}],
+        "models": {"predictors": [], "prior": {"base_rate": 0.3, "precision": 1.0}},
+        "fallbacks": {"web": []}})
+
+
+def restrained_log(text: str, n: int, seed: int) -> tuple[list[DecisionRecord], float]:
+    """n decisions of one customer, as the decision log records them (the probability of
+    nothing included), accepted at ACCEPT when shown; and the policy's true accept rate
+    (from 20,000 more of its decisions)."""
+    rng = np.random.default_rng(seed)
+    engine = DecisionEngine(compiled_from_text(text), seed=seed)
+    engine.apply([engine.encode_event("c", "seen", truth.T0 - 1, {})])
+    block = pack(export_block(engine, ["c"]))
+    records = []
+    for i in range(n):
+        d = engine.decide("c", "web", "hero", {}, now=truth.T0 + i)
+        records.append(DecisionRecord(
+            d.decision_id, truth.T0 + i, "c", "web", "hero", d.catalog_version,
+            d.model_version, {}, {}, block, ("offer",),
+            tuple(ShownAction(a.action_id, slot, a.selection, a.propensity, a.priority)
+                  for slot, a in enumerate(d.actions)), d.control,
+            tuple(OutcomeRecord(d.decision_id, "c", a.action_id, "ACCEPT", 0.0, truth.T0 + i)
+                  for a in d.actions if rng.random() < ACCEPT),
+            nothing_selection=d.nothing_selection))
+    request = engine.encode_request("c", "web", "hero", {}, truth.T0)
+    shown = np.mean([bool(d.actions) for d in engine.decide_encoded([request] * 20_000)])
+    return records, float(shown) * ACCEPT
+
+
+@pytest.mark.parametrize("control", [0.0, 0.2])
+def test_snips_is_unbiased_where_the_policy_shows_nothing_at_random(control):
+    """The policy replayed through itself: SNIPS's interval covers its true accept rate with
+    the logged probability of showing nothing, and lies above it when nothing is taken as
+    certain (as for a log written before that was kept): those decisions, which earn 0,
+    then weigh about P(nothing) instead of 1."""
+    text = restrained_catalog(control)
+    records, true_accept = restrained_log(text, 1000, seed=1)
+    assert 0.3 < sum(not r.shown for r in records) / len(records) < 0.7
+    assert all(r.nothing_selection is not None for r in records if not r.shown)
+    old = [dataclasses.replace(r, nothing_selection=None) for r in records]
+    snips = {}
+    for name, log in (("logged", records), ("certain", old)):
+        evidence = evaluation.evaluate(list(replay(log, candidate(text), 32, seed=2)))
+        snips[name] = evidence["estimates"]["accept"]["snips"]
+    assert snips["logged"]["low"] <= true_accept <= snips["logged"]["high"], snips
+    assert snips["certain"]["low"] > true_accept, snips

@@ -289,9 +289,34 @@ def test_a_push_is_logged_as_one_and_an_answer_is_not(compiled):
     [answered], _ = s.process([decide("bob", now=T0)])
     flags = {d.decision_id: d.pushed for d in logged(s.store)[0]}
     assert flags == {pushes[0].decision.decision_id: True, answered.value.decision_id: False}
-    # a log written before pushes were told apart reads as answers
-    old = pack_decision(logged(s.store)[0][0])[:-1]
-    assert unpack(old).pushed is False
+    # a log written before the probability of nothing was kept reads as one without it,
+    # and one written before pushes were told apart, as answers
+    assert unpack(pack_decision(logged(s.store)[0][0])[:-1]).pushed is True
+    assert unpack(pack_decision(logged(s.store)[0][0])[:-2]).pushed is False
+
+
+def test_a_decision_that_shows_nothing_is_logged_with_the_probability_of_that():
+    """Nothing reaches the restraint threshold, no trial is drawn, and half the web's
+    decisions are held back: those show an eligible action, the others nothing, which the
+    policy shows with probability 1/2 (the caller's `nothing_selection`, logged as is); a
+    decision that shows something logs none."""
+    import yaml
+
+    from kairos.core.catalog import default_catalog_text
+    doc = yaml.safe_load(default_catalog_text())
+    doc["channels"]["web"]["control"] = 0.5
+    doc["arbitration"]["restraint_threshold"] = 1e9
+    doc["arbitration"]["exploration"]["trial_rate"] = 0.0
+    s = shard(compiled_from_text(yaml.safe_dump(doc)), store=MemoryStore(), clock=Clock(T0))
+    sent = {}
+    for i in range(20):
+        [reply], _ = s.process([decide(f"c{i}", context={"device": "mobile"}, now=T0 + i)])
+        sent[reply.value.decision_id] = reply.value.nothing_selection
+    decisions, _ = logged(s.store)
+    assert {d.decision_id: d.nothing_selection for d in decisions} == sent
+    assert {d.nothing_selection for d in decisions if d.shown} == {None}
+    assert {d.nothing_selection for d in decisions if not d.shown} == {0.5}
+    assert 0 < sum(not d.shown for d in decisions) < 20
 
 
 def pages(store, limit: int) -> list[str]:
