@@ -73,6 +73,10 @@ cdef enum Outcome:
     OUT_IGNORE = 4
     OUT_CONVERT = 5
 
+cdef enum Teach:  # compiler.Teach: what an outcome may still teach its decision's action
+    TEACH_LABEL = 1
+    TEACH_VALUE = 2
+
 cdef enum Reason:
     R_SELECTED = 0
     R_NOT_IN_CHANNEL = 1

@@ -1132,11 +1132,12 @@ def predictors(CatalogView cat, StateView st, ModelView mv, const int64_t[::1] r
 def record_outcomes(CatalogView cat, StateView st, ModelView mv, const int64_t[::1] rows,
                     const int32_t[::1] actions, const int32_t[::1] channels,
                     const int8_t[::1] outcomes, const double[::1] times, const double[:, ::1] x,
-                    const double[::1] values, int8_t[::1] refused_at):
-    """History for every outcome, learning for those that are not impressions (and, for a
-    conversion with a value, not NaN, the value); the number of updates refused because they
-    would leave a model not finite (the model is left as is), each marked 1 in `refused_at`
-    (0 for the others)."""
+                    const double[::1] values, const int8_t[::1] teach, int8_t[::1] refused_at):
+    """History for every outcome, learning for those that are not impressions, as far as
+    `teach` (compiler.Teach's bits) lets it: the label, and for a conversion with a value, not
+    NaN, the value; the number of updates refused because they would leave a model not
+    finite (the model is left as is, and the value not learned), each marked 1 in
+    `refused_at` (0 for the others)."""
     cdef Py_ssize_t i, m, row, d = cat.n_predictors, refused = 0
     cdef int head, outcome
     cdef double y
@@ -1158,23 +1159,24 @@ def record_outcomes(CatalogView cat, StateView st, ModelView mv, const int64_t[:
                 continue
             y = 1.0 if (outcome == OUT_ACCEPT or outcome == OUT_CONVERT) else 0.0
             m = actions[i] * cat.n_channels + channels[i]
-            if mv.full:
-                if not _learn_full(mv, m, &x[i, 0], d, y, mean, precision, &mv._covariance[0],
-                                   &mv._u[0]):
+            if teach[i] & TEACH_LABEL:
+                if mv.full:
+                    if not _learn_full(mv, m, &x[i, 0], d, y, mean, precision,
+                                       &mv._covariance[0], &mv._u[0]):
+                        refused_at[i] = 1
+                        refused += 1
+                        continue
+                elif not _learn_diagonal(mv, m, &x[i, 0], d, y, mean, precision):
                     refused_at[i] = 1
                     refused += 1
                     continue
-            elif not _learn_diagonal(mv, m, &x[i, 0], d, y, mean, precision):
-                refused_at[i] = 1
-                refused += 1
-                continue
-            if outcome == OUT_CONVERT and isfinite(values[i]):  # a refused one adds nothing
+                if y != 0.0:
+                    mv.positives[m] += 1.0
+                else:
+                    mv.negatives[m] += 1.0
+            if outcome == OUT_CONVERT and teach[i] & TEACH_VALUE and isfinite(values[i]):
                 mv.value_count[m] += 1.0
                 mv.value_sum[m] += values[i]
-            if y != 0.0:
-                mv.positives[m] += 1.0
-            else:
-                mv.negatives[m] += 1.0
     return refused
 
 

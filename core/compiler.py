@@ -17,7 +17,7 @@ import math
 import threading
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import IntEnum, IntFlag
 from typing import Any
 
 import numpy as np
@@ -81,6 +81,15 @@ class Outcome(IntEnum):
     REJECT = 3
     IGNORE = 4
     CONVERT = 5
+
+
+class Teach(IntFlag):
+    """What an outcome may still teach the model of its decision's action (record_outcomes):
+    a decision's shown action is one example, however many outcomes report on it."""
+
+    LABEL = 1  # the model's update, and the positives or negatives count
+    VALUE = 2  # a conversion's value
+    ALL = LABEL | VALUE
 
 
 class Reason(IntEnum):

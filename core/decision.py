@@ -87,3 +87,6 @@ class Learned(str, Enum):
     PROFILE_DECISION_FORGOTTEN = "profile_decision_forgotten"  # no longer in the memo
     NOTHING = "nothing"  # an impression: history only
     REFUSED = "refused"  # history only: the update would have left the model not finite
+    # history only: the decision's action learned this label from an earlier outcome (an
+    # accept then a convert is one example), and a conversion's value only once
+    REPEATED = "repeated"

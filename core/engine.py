@@ -20,7 +20,7 @@ import numpy as np
 from . import kernel as kernel_loader
 from .catalog import FieldSpec, parse_timestamp
 from .compiler import (CompiledCatalog, Outcome, Reason, STAGES, STAGE_APPLICABILITY,
-                       STAGE_ELIGIBILITY, STAGE_SUITABILITY, StringTable)
+                       STAGE_ELIGIBILITY, STAGE_SUITABILITY, StringTable, Teach)
 from .decision import Decision, Dropped, Explanation, Learned, RankedAction
 from .errors import InputError
 from .models import ModelTable
@@ -69,6 +69,12 @@ class _Remembered:
     channel: int
     predictors: np.ndarray
     actions: tuple[int, ...]
+    # per action, what its outcomes taught (_TAUGHT_*): an accept then a convert of one
+    # decision is one positive example, and a retried Respond teaches nothing again
+    taught: dict[int, int] | None = None
+
+
+_TAUGHT_POSITIVE, _TAUGHT_NEGATIVE, _TAUGHT_VALUE = 1, 2, 4
 
 
 class DecisionEngine:
@@ -438,15 +444,21 @@ class DecisionEngine:
             return []
         rows = self.activate(e[0] for e in encoded)
         x = np.empty((len(encoded), c.n_predictors))
+        teach = np.full(len(encoded), Teach.ALL, np.int8)
         missing, learned = [], []
+        marked: dict[int, tuple[_Remembered, int, int]] = {}  # taken back if refused
         for i, e in enumerate(encoded):
             memo = self._remembered.get(e[5]) if e[5] else None
             kept = memo is not None and memo.customer_id == e[0]
             if kept:
                 x[i] = memo.predictors
+                if e[3] != Outcome.IMPRESSION:
+                    teach[i], bits = _still_to_teach(memo, e[1], e[3], e[6])
+                    marked[i] = memo, e[1], bits
             else:
                 missing.append(i)
             learned.append(Learned.NOTHING if e[3] == Outcome.IMPRESSION else
+                           Learned.REPEATED if kept and not teach[i] & Teach.LABEL else
                            Learned.DECISION if kept else
                            Learned.PROFILE_DECISION_FORGOTTEN if e[5] else
                            Learned.PROFILE_NO_DECISION)
@@ -463,7 +475,11 @@ class DecisionEngine:
             np.array([e[1] for e in encoded], np.int32),
             np.array([e[2] for e in encoded], np.int32), np.array([e[3] for e in encoded], np.int8),
             np.array([e[4] for e in encoded], np.float64), x,
-            np.array([e[6] for e in encoded], np.float64), refused_at)
+            np.array([e[6] for e in encoded], np.float64), teach, refused_at)
+        for i in np.flatnonzero(refused_at).tolist():
+            if i in marked:  # nothing was taught: a later outcome of the decision may teach
+                memo, action, bits = marked[i]
+                memo.taught[action] &= ~bits
         return [Learned.REFUSED if refused else kind
                 for kind, refused in zip(learned, refused_at.tolist())]
 
@@ -595,3 +611,22 @@ def _duration(seconds: float) -> str:
         if seconds >= size and (seconds / size).is_integer():
             return f"{seconds / size:g}{unit}"
     return f"{seconds:g}s"
+
+
+def _still_to_teach(memo: _Remembered, action: int, outcome: int, value: float
+                    ) -> tuple[int, int]:
+    """What an outcome of a remembered decision may still teach its action (Teach's bits) and
+    the _TAUGHT_ bits it takes for that, set in the memo: one positive and one negative label
+    at most (an accept then a convert is one example; an ignore then an accept is both, as
+    nothing can take the ignore back), and one conversion value."""
+    taught = memo.taught if memo.taught is not None else {}
+    memo.taught = taught
+    before = taught.get(action, 0)
+    label = _TAUGHT_POSITIVE if outcome in (Outcome.ACCEPT, Outcome.CONVERT) else \
+        _TAUGHT_NEGATIVE
+    bits = label & ~before
+    if outcome == Outcome.CONVERT and math.isfinite(value):
+        bits |= _TAUGHT_VALUE & ~before
+    taught[action] = before | bits
+    return ((Teach.LABEL if bits & label else 0) |
+            (Teach.VALUE if bits & _TAUGHT_VALUE else 0)), bits

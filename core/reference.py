@@ -12,7 +12,7 @@ import numpy as np
 
 from . import rules
 from .compiler import (CLOCK_SLOT, N_FACTORS, STAGE_VALUE, CompiledCatalog, Exploration,
-                       Outcome, Reason, Transform, Update)
+                       Outcome, Reason, Teach, Transform, Update)
 from .models import SplitMix64, one_example_step, sigmoid, standardized
 from .state import EMPTY, HISTORY_EPOCH_S, profile_view
 
@@ -548,11 +548,12 @@ def predictors(cat: CatalogView, st: StateView, mv: ModelView, rows, ctx, now, o
 
 
 def record_outcomes(cat: CatalogView, st: StateView, mv: ModelView, rows, actions, channels,
-                    outcomes, times, x, values, refused_at) -> int:
-    """History for every outcome, learning for those that are not impressions (and, for a
-    conversion with a value, not NaN, the value); the number of updates refused because they
-    would leave a model not finite (the model is left as is), each marked 1 in `refused_at`
-    (0 for the others)."""
+                    outcomes, times, x, values, teach, refused_at) -> int:
+    """History for every outcome, learning for those that are not impressions, as far as
+    `teach` (Teach's bits) lets it: the label, and for a conversion with a value, not NaN,
+    the value; the number of updates refused because they would leave a model not finite
+    (the model is left as is, and the value not learned), each marked 1 in `refused_at` (0
+    for the others)."""
     c = cat.c
     refused = 0
     for i in range(len(rows)):
@@ -568,19 +569,20 @@ def record_outcomes(cat: CatalogView, st: StateView, mv: ModelView, rows, action
             continue
         y = 1.0 if outcome in (Outcome.ACCEPT, Outcome.CONVERT) else 0.0
         m = c.model_index(a, ch)
-        learn = _learn_diagonal if mv.covariance is None else _learn_full
-        with np.errstate(all="ignore"):  # overflow is what the check in `learn` is for
-            if not learn(mv, m, x[i], y):
-                refused_at[i] = 1
-                refused += 1
-                continue
-        if outcome == Outcome.CONVERT and math.isfinite(values[i]):  # a refused one adds nothing
+        if teach[i] & Teach.LABEL:
+            learn = _learn_diagonal if mv.covariance is None else _learn_full
+            with np.errstate(all="ignore"):  # overflow is what the check in `learn` is for
+                if not learn(mv, m, x[i], y):
+                    refused_at[i] = 1
+                    refused += 1
+                    continue
+            if y:
+                mv.positives[m] += 1.0
+            else:
+                mv.negatives[m] += 1.0
+        if outcome == Outcome.CONVERT and teach[i] & Teach.VALUE and math.isfinite(values[i]):
             mv.value_count[m] += 1.0
             mv.value_sum[m] += values[i]
-        if y:
-            mv.positives[m] += 1.0
-        else:
-            mv.negatives[m] += 1.0
     return refused
 
 

@@ -183,7 +183,8 @@ def journeys(draw):
             steps.append(("outcome", customer, draw(st.integers(0, 11)),
                           draw(st.sampled_from(["impression", "accept", "reject", "ignore",
                                                 "convert"])), t,
-                          draw(st.sampled_from([math.nan, 0.0, 12.5, 1e12]))))
+                          draw(st.sampled_from([math.nan, 0.0, 12.5, 1e12])),
+                          draw(st.integers(0, 3))))  # Teach's bits: what it may still teach
     return steps
 
 
@@ -275,7 +276,7 @@ def test_kernel_matches_twin(doc, steps, seed, poisoned):
                               np.array([pl], np.int32), encode_ctx(compiled, ctx)[None, :],
                               np.array([t]), np.array([k_req], np.int32))
             else:
-                _, _, a, outcome, t, value = step
+                _, _, a, outcome, t, value, teach = step
                 a %= n_actions
                 ch = int(np.flatnonzero(compiled.offered[a])[0])
                 x = np.empty((1, compiled.n_predictors))
@@ -286,7 +287,7 @@ def test_kernel_matches_twin(doc, steps, seed, poisoned):
                 refused[s] += side.k.record_outcomes(
                     side.cat, st_view, mv, rows, np.array([a], np.int32),
                     np.array([ch], np.int32), np.array([Outcome[outcome.upper()]], np.int8),
-                    np.array([t]), x, np.array([value]), flag)
+                    np.array([t]), x, np.array([value]), np.array([teach], np.int8), flag)
                 refused_at[s].append(int(flag[0]))
         compiled_side, twin = sides
         assert_close(compiled_side.table.values, twin.table.values, f"profiles after {step}")

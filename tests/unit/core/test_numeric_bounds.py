@@ -18,7 +18,7 @@ import yaml
 from kairos.cluster.control.learner import Learner, restore_models, save_models
 from kairos.cluster.metrics import LearnerMetrics, ShardMetrics
 from kairos.core.catalog import MAX_NUMBER, default_catalog_text, load_catalog
-from kairos.core.compiler import Outcome, PREDICTOR_LIMIT, compiled_from_text, default_compiled
+from kairos.core.compiler import Outcome, PREDICTOR_LIMIT, Teach, compiled_from_text, default_compiled
 from kairos.core.engine import LATEST_TIME_S, DecisionEngine
 from kairos.core.decision import Learned
 from kairos.core.errors import CatalogError, InputError
@@ -87,7 +87,7 @@ def test_the_kernel_refuses_an_update_that_is_not_finite_and_counts_it(engine):
         engine.catalog_view, engine.state_view, engine.model_view, rows,
         np.array([a, a], np.int32), np.zeros(2, np.int32),
         np.array([Outcome.CONVERT, Outcome.ACCEPT], np.int8), np.array([T0, T0]), x,
-        np.full(2, math.nan), refused_at)
+        np.full(2, math.nan), np.full(2, Teach.ALL, np.int8), refused_at)
     assert refused == 1 and refused_at.tolist() == [1, 0]
     assert finite(engine.models)
     m = c.model_index(a, 0)
