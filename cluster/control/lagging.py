@@ -84,12 +84,17 @@ class Lagging:
     async def watch_channel(self, names: list[str], change: WatchChange) -> None:
         """Send a channel watch change to every shard; remember who missed it."""
         async def send(shard: ShardControl) -> None:
+            # noted in turn with the other changes to this shard: a newer change for the same
+            # watch that lands after this one failed must find it noted, to clear it
             async with self._order[shard.name]:
-                await shard.watch_channel(*change)
+                try:
+                    await shard.watch_channel(*change)
+                except Exception:
+                    self._missed(shard.name, [change])
+                    raise
+                self._reached(shard.name, change)
 
         failed = await on_each(self._backend, names, send)
-        for name in failed:
-            self.watches.setdefault(name, []).append(change)
         if failed:
             log.warning("channel watch %s not yet on %s; the control loop retries", change,
                         named(failed))
@@ -106,6 +111,22 @@ class Lagging:
             try:
                 await self._backend.shard(name).watch_channel(*change)
             except Exception:  # after these, what it missed meanwhile
-                self.watches[name] = changes[k:] + self.watches.get(name, [])
+                self._missed(name, changes[k:] + self.watches.pop(name, []))
                 log.warning("%s still misses channel watches; retried", name)
                 break
+
+    def _missed(self, name: str, changes: list[WatchChange]) -> None:
+        """`name` missed `changes` (in their order): after what it missed before, and only
+        the latest per watch, since a watch's state at a shard is its last change."""
+        for change in changes:
+            self._reached(name, change)
+            self.watches.setdefault(name, []).append(change)
+
+    def _reached(self, name: str, change: WatchChange) -> None:
+        """`change` reached `name`: an older change of its watch that it missed is moot (and
+        replayed, would undo it)."""
+        missed = [c for c in self.watches.get(name, []) if c[:3] != change[:3]]
+        if missed:
+            self.watches[name] = missed
+        else:
+            self.watches.pop(name, None)
