@@ -27,6 +27,7 @@ tombstones keep only fingerprints (a hash) of the link ids, so the erased ids ar
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections import OrderedDict
 from typing import Any, Iterable
@@ -38,7 +39,15 @@ from kairos.cluster.settings import TOMBSTONE_S, TOMBSTONES_PER_PARTITION
 ANONYMOUS = "~"  # prefix of anonymous customers' ids; customer ids may not start with it
 ALIAS_TYPE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 MAX_ALIAS_VALUE = 256
-REDIRECTS_PER_PARTITION = 4096  # recent links whose anonymous ids still redirect
+REDIRECTS_PER_PARTITION = 4096  # recent settled links whose anonymous ids still redirect
+# Redirects still holding the state they handed over (Take done, Settle not yet) are not
+# evicted to make room for new links: the anonymous profile's home is deleted, so that state
+# is the only copy until the customer's shard merges it. Only a link client that died between
+# Take and Settle leaves one behind; past this many in a partition, the oldest is dropped and
+# logged as an error (a bound on memory, four times the settled redirects').
+UNSETTLED_PER_PARTITION = 16384
+
+log = logging.getLogger("kairos.shard")
 
 
 def alias_key(alias_type: str, value: str, field: str = "alias") -> str:
@@ -86,6 +95,9 @@ class Directory:
         # partition -> anonymous id -> [customer, link id, the state handed over (until the
         # customer's shard confirms the merge)]
         self.redirects: dict[int, OrderedDict[str, list]] = {}
+        # partition -> the anonymous ids of its redirects holding no state, oldest first:
+        # the ones evicted to bound the redirects
+        self._settled: dict[int, OrderedDict[str, None]] = {}
         self._redirected: dict[str, str] = {}  # anonymous id -> customer, for the hot path
         # partition -> fingerprint of a forgotten customer's link -> when it was buried
         self.buried: dict[int, OrderedDict[str, float]] = {}
@@ -119,21 +131,41 @@ class Directory:
 
     def leave_redirect(self, partition: int, anonymous: str, customer_id: str, link: str,
                        state: bytes | None) -> None:
-        mine = self.redirects.setdefault(partition, OrderedDict())
-        mine[anonymous] = [customer_id, link, state]
+        self.drop_redirect(partition, anonymous)
+        self.redirects.setdefault(partition, OrderedDict())[anonymous] = \
+            [customer_id, link, state]
         self._redirected[anonymous] = customer_id
-        if len(mine) > REDIRECTS_PER_PARTITION:
-            gone, _ = mine.popitem(last=False)
-            self._redirected.pop(gone, None)
+        if state is None:
+            self._settle(partition, anonymous)
+        else:
+            self._bound_unsettled(partition)
 
     def settle(self, partition: int, anonymous: str, link: str) -> None:
         """The merge is confirmed: the handed-over state is no longer needed."""
         entry = self.handed_over(partition, anonymous)
-        if entry is not None and entry[1] == link:
+        if entry is not None and entry[1] == link and entry[2] is not None:
             entry[2] = None
+            self._settle(partition, anonymous)
+
+    def _settle(self, partition: int, anonymous: str) -> None:
+        settled = self._settled.setdefault(partition, OrderedDict())
+        settled[anonymous] = None
+        if len(settled) > REDIRECTS_PER_PARTITION:
+            self.drop_redirect(partition, next(iter(settled)))
+
+    def _bound_unsettled(self, partition: int) -> None:
+        mine = self.redirects[partition]
+        if len(mine) - len(self._settled.get(partition, ())) <= UNSETTLED_PER_PARTITION:
+            return
+        gone, (_, link, _) = next((a, e) for a, e in mine.items() if e[2] is not None)
+        log.error("partition %d holds over %d links handed over and never merged: the oldest "
+                  "(link %s) is dropped with its state", partition, UNSETTLED_PER_PARTITION,
+                  fingerprint(link, self.secret))
+        self.drop_redirect(partition, gone)
 
     def drop_redirect(self, partition: int, anonymous: str) -> None:
         self.redirects.get(partition, {}).pop(anonymous, None)
+        self._settled.get(partition, {}).pop(anonymous, None)
         self._redirected.pop(anonymous, None)
 
     # -- tombstones of forgotten customers -----------------------------------------------------
@@ -198,6 +230,7 @@ class Directory:
             self.aliases.pop(p, None)
             self.buried.pop(p, None)
             self.forgetting.pop(p, None)
+            self._settled.pop(p, None)
             for anonymous in self.redirects.pop(p, {}):
                 self._redirected.pop(anonymous, None)
 
