@@ -71,7 +71,8 @@ class Durability:
         self._journaling.sync()
         journal = self._journaling.journal
         # a shard replaced while it still runs must not overwrite its heir's snapshots with
-        # ones naming its fenced journal (checked, not excluded: it may be fenced just after)
+        # ones naming its fenced journal: each write is refused once the fence is up (the
+        # store makes the check and the write one step against fence_journal)
         journal.check_fence()
         lsn, snapshots, size, customers = journal.last_lsn, {}, 0, 0
         for i, p in enumerate(partitions):
@@ -84,7 +85,8 @@ class Durability:
                 "directory": self._directory.export([p])}))
             size += len(snapshots[p])
             if size >= SNAPSHOT_WRITE_BYTES or i == len(partitions) - 1:
-                self._ctx.store.put_snapshots(snapshots)  # bounded: a shard is gigabytes
+                # bounded: a shard is gigabytes
+                self._ctx.store.put_snapshots(snapshots, unless_fenced=self._ctx.name)
                 snapshots, size = {}, 0
         for p in partitions:
             self._journaling.dirty.pop(p, None)

@@ -2,6 +2,7 @@
 contract)."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
@@ -14,7 +15,7 @@ import msgpack
 from kairos.cluster.storage.decision_logs import DirectoryLog, directory_logs
 from kairos.cluster.storage.journal import (DIR_MODE, FILE_MODE, Journal, JournalReader, drop,
                                             fence, fsync_directory, make_private,
-                                            make_private_dir)
+                                            make_private_dir, unfenced)
 from kairos.cluster.storage.store import StoreUnavailable
 
 STALE_TMP_S = 600.0  # a temporary file this old is a crashed writer's leftover
@@ -129,14 +130,18 @@ class DirectoryStore:
                 pass
         return total
 
-    def put_snapshots(self, snapshots: dict[int, bytes]) -> None:
-        for p, blob in snapshots.items():
-            self._write(self.root / "snapshots" / f"p{p}.snap", blob, sync_parent=False)
-        if snapshots and self.fsync:
-            try:
-                fsync_directory(self.root / "snapshots")
-            except OSError as exc:
-                raise StoreUnavailable(f"writing snapshots: {exc}") from exc
+    def put_snapshots(self, snapshots: dict[int, bytes], unless_fenced: str | None = None
+                      ) -> None:
+        try:
+            with (contextlib.nullcontext() if unless_fenced is None
+                  else unfenced(self.root / "journals" / unless_fenced)):
+                for p, blob in snapshots.items():
+                    self._write(self.root / "snapshots" / f"p{p}.snap", blob,
+                                sync_parent=False)
+                if snapshots and self.fsync:
+                    fsync_directory(self.root / "snapshots")
+        except OSError as exc:
+            raise StoreUnavailable(f"writing snapshots: {exc}") from exc
 
     def get_snapshot(self, partition: int) -> bytes | None:
         try:

@@ -74,6 +74,7 @@ rules for directory_store.py.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
@@ -92,6 +93,7 @@ DIR_MODE = 0o700  # every directory of a store: its owner's only
 FILE_MODE = 0o600  # every file of a store
 TORN = ".torn"
 FENCE = "fenced"  # in a journal's directory once another shard took its partitions over
+FENCE_LOCK = "fence.lock"  # flock: fencing (exclusive) waits for snapshot writes (shared)
 
 
 class JournalReader:
@@ -392,15 +394,38 @@ class Journal(JournalReader):
 def fence(directory: Path) -> None:
     """Fence the journal in `directory` (see the module's text), durably: the file, its name
     in the directory and the directory's in its parent (a shard that never journaled has
-    none yet) are synced before this returns, and the caller reads the journal only then."""
+    none yet) are synced before this returns, and the caller reads the journal only then.
+    It waits for snapshot writes that found no fence (`unfenced`) to finish."""
+    with fence_lock(directory, exclusive=True):
+        fd = os.open(directory / FENCE, os.O_WRONLY | os.O_CREAT, FILE_MODE)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_directory(directory)
+        fsync_directory(directory.parent)
+
+
+@contextlib.contextmanager
+def unfenced(directory: Path) -> Iterator[None]:
+    """Hold off fencing the journal in `directory` while the block runs (a snapshot write of
+    its shard); JournalFenced if it is fenced already. A check before the write alone would
+    let a fence and its heir's snapshots come between the check and the write."""
+    with fence_lock(directory, exclusive=False):
+        if (directory / FENCE).exists():
+            raise JournalFenced.of(directory.name)
+        yield
+
+
+@contextlib.contextmanager
+def fence_lock(directory: Path, exclusive: bool) -> Iterator[None]:
     make_private_dir(directory)
-    fd = os.open(directory / FENCE, os.O_WRONLY | os.O_CREAT, FILE_MODE)
+    fd = os.open(directory / FENCE_LOCK, os.O_RDWR | os.O_CREAT, FILE_MODE)
     try:
-        os.fsync(fd)
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
     finally:
-        os.close(fd)
-    fsync_directory(directory)
-    fsync_directory(directory.parent)
+        os.close(fd)  # and with it the lock
 
 
 def drop(directory: Path) -> None:

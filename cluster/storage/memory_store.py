@@ -95,7 +95,10 @@ class MemoryStore:
     def count(self, partitions: Iterable[int]) -> int:
         return sum(len(self._homes.get(p, ())) for p in partitions)
 
-    def put_snapshots(self, snapshots: dict[int, bytes]) -> None:
+    def put_snapshots(self, snapshots: dict[int, bytes], unless_fenced: str | None = None
+                      ) -> None:
+        if unless_fenced in self._fenced:  # one process: the check and the write are one step
+            raise JournalFenced.of(unless_fenced)
         self._snapshots.update(snapshots)
 
     def get_snapshot(self, partition: int) -> bytes | None:

@@ -416,18 +416,38 @@ class RedisStore:
             return sum(pipe.execute())
 
     @_unavailable("writing snapshots")
-    def put_snapshots(self, snapshots: dict[int, bytes]) -> None:
+    def put_snapshots(self, snapshots: dict[int, bytes], unless_fenced: str | None = None
+                      ) -> None:
         """In pipelines of at most PIPELINE_BYTES, so no single exchange outlasts the socket
-        timeout (each snapshot stands alone: a partly written set is still consistent)."""
+        timeout (each snapshot stands alone: a partly written set is still consistent). With
+        `unless_fenced`, each under WATCH of that journal's fence: a fence set before its
+        EXEC leaves it unwritten (JournalFenced)."""
         pending, size = {}, 0
         for p, blob in snapshots.items():
             pending[f"{self.prefix}:s:{p}"] = blob
             size += len(blob)
             if size >= PIPELINE_BYTES:
-                self.r.mset(pending)
+                self._mset(pending, unless_fenced)
                 pending, size = {}, 0
         if pending:
-            self.r.mset(pending)
+            self._mset(pending, unless_fenced)
+
+    def _mset(self, values: dict[str, bytes], unless_fenced: str | None) -> None:
+        if unless_fenced is None:
+            self.r.mset(values)
+            return
+        fence = f"{self.prefix}:j:{unless_fenced}:fenced"
+        with self.r.pipeline(transaction=True) as tx:
+            try:
+                tx.watch(fence)
+                if tx.get(fence) is None:
+                    tx.multi()
+                    tx.mset(values)
+                    tx.execute()
+                    return
+            except redis.exceptions.WatchError:
+                pass  # the fence came between the check and the write
+        raise JournalFenced.of(unless_fenced)
 
     @_unavailable("reading a snapshot")
     def get_snapshot(self, partition: int) -> bytes | None:

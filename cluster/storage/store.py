@@ -160,7 +160,11 @@ class Store(Protocol):
     def count(self, partitions: Iterable[int]) -> int:
         """Customers with a home in these partitions."""
 
-    def put_snapshots(self, snapshots: dict[int, bytes]) -> None: ...
+    def put_snapshots(self, snapshots: dict[int, bytes], unless_fenced: str | None = None
+                      ) -> None:
+        """Write partitions' snapshots; with `unless_fenced`, only while that journal is not
+        fenced, atomically with fence_journal (JournalFenced otherwise): a shard replaced
+        while it still runs must not write over its heir's snapshots."""
 
     def get_snapshot(self, partition: int) -> bytes | None: ...
 

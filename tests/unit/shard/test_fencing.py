@@ -97,10 +97,12 @@ def test_an_heir_reads_the_old_journal_as_it_is_and_the_old_shard_snapshots_noth
     assert journal_named(store, p_of("ana")) == "s1"
 
 
-def test_an_old_shard_fenced_while_it_snapshots_does_not_truncate_its_journal(
+def test_an_old_shard_fenced_while_it_snapshots_writes_no_snapshot_nor_truncates(
         compiled, tmp_path, monkeypatch):
-    """The heir fences and reads between the old shard's check and its snapshot write: the
-    heir read the older snapshot, so it needs the journal the old shard would truncate."""
+    """The heir fences, reads, snapshots and drops the old journal (as ShardHost does) between
+    the old shard's check and its snapshot write: the write is refused, so the heir's
+    snapshots stand (written over, they would name the dropped journal, and the heir's next
+    restart would lose what it journaled since), and nothing is truncated."""
     old = shard(compiled, "s0", store=DirectoryStore(tmp_path))
     old.process([app_open("ana")])
     old.snapshot()
@@ -108,13 +110,19 @@ def test_an_old_shard_fenced_while_it_snapshots_does_not_truncate_its_journal(
     heir = shard(compiled, "s1", store=DirectoryStore(tmp_path))
     put_snapshots = old.store.put_snapshots
 
-    def heir_reads_first(snapshots):
+    def heir_takes_over_first(snapshots, unless_fenced=None):
         heir.recover(FROM_S0)
-        put_snapshots(snapshots)
-    monkeypatch.setattr(old.store, "put_snapshots", heir_reads_first)
+        heir.snapshot()
+        heir.store.drop_journal("s0")
+        put_snapshots(snapshots, unless_fenced)
+    monkeypatch.setattr(old.store, "put_snapshots", heir_takes_over_first)
     truncated = []
     monkeypatch.setattr(old.journal, "truncate", truncated.append)
     with pytest.raises(JournalFenced):
         old.checkpoint(math.inf, N_PARTITIONS)
     assert truncated == []
-    assert events_applied(heir.process([profile("ana")])[0]) == [2]
+    assert journal_named(heir.store, p_of("ana")) == "s1"
+    heir.process([app_open("ana", T0 + 2)])
+    again = shard(compiled, "s1", store=DirectoryStore(tmp_path))
+    again.recover()
+    assert events_applied(again.process([profile("ana")])[0]) == [3]

@@ -70,6 +70,31 @@ def test_journals_append_replay_truncate_and_compact(store):
     assert list(store.journal("kairos-shard-0001").replay()) == []
 
 
+def test_a_fenced_journals_shard_writes_no_snapshot_over_its_heirs(store, monkeypatch):
+    """Snapshots written `unless_fenced` by the replaced shard's name: refused once the fence
+    is up, also when it comes between the store's check and its write (Redis: under WATCH);
+    others' writes go on."""
+    store.put_snapshots({1: b"old"}, unless_fenced="kairos-shard-0011")
+    store.fence_journal("kairos-shard-0011")
+    store.put_snapshots({1: b"heir"}, unless_fenced="kairos-shard-0012")
+    with pytest.raises(JournalFenced, match="kairos-shard-0011 is fenced"):
+        store.put_snapshots({1: b"late"}, unless_fenced="kairos-shard-0011")
+    assert store.get_snapshot(1) == b"heir"
+    if hasattr(store, "r"):  # the fence set after the WATCHed read, before EXEC
+        real_get = type(store.r).get
+
+        def fenced_meanwhile(self, key):
+            found = real_get(self, key)
+            if key.endswith("0013:fenced"):
+                store.fence_journal("kairos-shard-0013")  # by another connection
+            return found
+        monkeypatch.setattr(type(store.r), "get", fenced_meanwhile)
+        with pytest.raises(JournalFenced):
+            store.put_snapshots({1: b"racing"}, unless_fenced="kairos-shard-0013")
+        monkeypatch.undo()
+        assert store.get_snapshot(1) == b"heir"
+
+
 def test_a_fenced_journal_acknowledges_nothing_more_and_stays_fenced(store):
     """The controller replaced a shard that still runs: its heir fences the journal, then
     reads it. What the writer acknowledged before is read; every append after is refused
@@ -133,7 +158,7 @@ def test_open_store_understands_its_urls(tmp_path):
 # What Kairos runs on Redis: an ACL user limited to these commands and its prefix's keys
 # works (README: "Redis with AUTH and ACL"); no CONFIG, no admin commands.
 KAIROS_COMMANDS = ("ping get set mset del hset hget hdel hgetall hlen zadd zrem zrangebyscore "
-                   "zremrangebyscore multi exec discard")
+                   "zremrangebyscore multi exec discard watch unwatch")
 
 
 @pytest.fixture(scope="module")
@@ -146,12 +171,14 @@ def guarded_redis(tmp_path_factory):
 
 
 def test_redis_with_auth_and_an_acl_user_limited_to_kairos_commands_runs_the_store(
-        guarded_redis, caplog):
+        guarded_redis, caplog, monkeypatch):
     url = f"redis://kairos:user-secret@127.0.0.1:{guarded_redis.port}/0?prefix=acl"
     test_homes_snapshots_and_meta(open_store(url))
     with caplog.at_level("WARNING", "kairos.store"):
         test_journals_append_replay_truncate_and_compact(open_store(url))
         test_a_fenced_journal_acknowledges_nothing_more_and_stays_fenced(open_store(url))
+        test_a_fenced_journals_shard_writes_no_snapshot_over_its_heirs(open_store(url),
+                                                                       monkeypatch)
     assert "refused CONFIG GET" in caplog.text and "user-secret" not in caplog.text
     for refused in (f"redis://127.0.0.1:{guarded_redis.port}/0?prefix=acl",  # no password
                     f"redis://kairos:wrong@127.0.0.1:{guarded_redis.port}/0?prefix=acl",
