@@ -471,8 +471,7 @@ class Controller(ControlLoop):
                               f"its partitions")
         started = asyncio.get_running_loop().time()
         self.nodes.draining.add(node)
-        if released:
-            self.nodes.released.add(node)
+        self.nodes.released.discard(node)  # until this drain is done, if it is the autoscaler's
         self._drains.add(node)
         try:
             await self._save()  # a restarted controller keeps it out too, and finishes it
@@ -488,6 +487,8 @@ class Controller(ControlLoop):
             await asyncio.sleep(max(0.0, started + DRAIN_UNREADY_S
                                     - asyncio.get_running_loop().time()))
             await self.nodes.stop_gateway(node)
+            if released:  # only now: a node whose drain failed still holds shards or a gateway
+                self.nodes.released.add(node)
             await self._save()
         finally:
             self._drains.discard(node)

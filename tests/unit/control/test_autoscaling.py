@@ -312,3 +312,25 @@ def test_the_round_takes_back_a_drained_worker_the_autoscaler_has_not_removed():
         assert drained in ctl.placement.values()  # the control loop gave it shards again
         assert sum(len(ctl.map.partitions_of(s)) for s in ctl.shards) == 32
     asyncio.run(main())
+
+
+def test_a_node_is_released_for_taking_back_only_once_its_drain_is_done(monkeypatch):
+    async def main():
+        backend = Counting(["head", "w1", "w2"])
+        ctl = backend.local_controller = Controller(backend, n_partitions=16,
+                                                    home_node="head")
+        await ctl.start(3)
+
+        async def fails(*args, **kwargs):
+            raise RuntimeError("a shard did not answer")
+        with monkeypatch.context() as patched:
+            patched.setattr(ctl, "_rebalance", fails)
+            with pytest.raises(RuntimeError):
+                await ctl.drain_node("w1", released=True)
+        # still holding its shards: a step up must not take it back (the loop finishes it)
+        assert "w1" in ctl.nodes.draining and "w1" not in ctl.nodes.released
+        await ctl.drain_node("w1", released=True)
+        assert "w1" in ctl.nodes.released
+        await ctl.drain_node("w1")  # an operator's drain of it: theirs to remove
+        assert "w1" not in ctl.nodes.released
+    asyncio.run(main())

@@ -18,7 +18,8 @@ import yaml
 from kairos.cluster.control.learner import Learner, restore_models, save_models
 from kairos.cluster.metrics import LearnerMetrics, ShardMetrics
 from kairos.core.catalog import MAX_NUMBER, default_catalog_text, load_catalog
-from kairos.core.compiler import Outcome, PREDICTOR_LIMIT, Teach, compiled_from_text, default_compiled
+from kairos.core.compiler import (Outcome, PREDICTOR_LIMIT, Teach, compiled_from_text,
+                                  default_compiled)
 from kairos.core.engine import LATEST_TIME_S, DecisionEngine
 from kairos.core.decision import Learned
 from kairos.core.errors import CatalogError, InputError
