@@ -15,6 +15,9 @@ none of the others.
 5. Drains a crash (or a shard that did not answer) cut short are finished: after step 3, as a
    drain may wait on a shard that only step 3 starts again.
 6. Nodes that joined get shards; a crowded node gives one up to the emptiest.
+7. Channel watches whose sink is Gone (the gateway process whose streams registered them
+   died, or Ray restarted it: the streams died with it) are removed, as those streams would
+   have removed them on leaving; a sink that does not answer in time keeps them.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import logging
 from typing import Any, Awaitable
 
 from kairos.cluster.control.partitions import Move
+from kairos.cluster.transport.ray_backend import Gone
 
 log = logging.getLogger("kairos.controller")
 
@@ -50,6 +54,7 @@ class ControlLoop:
                 await _step(f"finishing the drain of node {node}", self.drain_node(node))
         await _step("giving shards to nodes that joined", self._grow())
         await _step("re-placing a shard of a crowded node", self._uncrowd())
+        await _step("dropping the channel watches of sinks gone", self._drop_gone_sinks())
 
     async def _replace_departed(self, alive: list[str]) -> None:
         async with self._reconfiguring:
@@ -127,6 +132,18 @@ class ControlLoop:
                 self.nodes.known.add(node)
             await self._save()
             await self._rebalance(self._serving_shards())
+
+    async def _drop_gone_sinks(self) -> None:
+        # an empty push asks each sink whether its process is the one that registered them
+        sinks = sorted({sink for sink, _, _ in self.channel_watches})
+        answers = await asyncio.gather(*(self.backend.sink(s).deliver([]) for s in sinks),
+                                       return_exceptions=True)
+        for sink, answer in zip(sinks, answers):
+            if isinstance(answer, Gone):
+                log.warning("watch sink %s is gone (%s): its channel watches go too", sink,
+                            answer)
+                for watch in sorted((w for w in self.channel_watches if w[0] == sink), key=str):
+                    await self.watch_channel(*watch, active=False)
 
     async def _uncrowd(self) -> None:
         """A node with two shards more than the emptiest gives one up: a new one on the

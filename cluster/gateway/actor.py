@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import uuid
 from typing import Callable, Sequence
 
 import grpc
@@ -39,7 +40,7 @@ from kairos.cluster.metrics import GatewayMetrics
 from kairos.cluster.remembered import Remembered
 from kairos.cluster.settings import PAUSES_CHECK_S
 from kairos.cluster.transport.client import KairosClient
-from kairos.cluster.transport.ray_backend import RayBackend
+from kairos.cluster.transport.ray_backend import Gone, RayBackend, sink_name
 
 log = logging.getLogger("kairos.gateway")
 ROUTABLE_CHECK_S = 0.05  # how often a gateway without a map yet looks whether it has one
@@ -65,6 +66,8 @@ class GatewayServer:
                  interceptors: Callable[[Gateway], Sequence[grpc.aio.ServerInterceptor]]
                  = lambda gateway: ()):
         self.name = name
+        # its watch streams die with this process: a restart by Ray is another sink
+        self.incarnation = uuid.uuid4().hex[:12]
         self.of_shard = of_shard  # a shard's own endpoint (shard/api.py), not a gateway
         self.node = node
         self.gateway: Gateway | None = None
@@ -94,6 +97,7 @@ class GatewayServer:
             backend = self._backend if self._backend is not None else RayBackend()
             client = await KairosClient(backend).connect()
             self.gateway = Gateway(self.name, client, backend, self.node)
+            self.gateway.watches.sink = sink_name(self.name, self.incarnation)
             if self.of_shard:
                 # The loop is the shard's: busy with the rounds gateways send as well, which
                 # refusing this endpoint's calls would not relieve (the host's queue bounds
@@ -144,7 +148,12 @@ class GatewayServer:
             if self.metrics is not None:
                 self.metrics.flush(self.gateway.fallbacks, self.gateway.shedder)
 
-    async def deliver(self, decisions: list[Decision]) -> None:
+    async def deliver(self, decisions: list[Decision], incarnation: str | None = None) -> None:
+        """Pushes for this process's watch streams; Gone if they are for another `incarnation`
+        (an earlier process of this actor: its streams, and so their watches, are gone)."""
+        if incarnation is not None and incarnation != self.incarnation:
+            raise Gone(f"{self.name}: incarnation {incarnation} is gone (this is "
+                       f"{self.incarnation})")
         if self.gateway is not None:
             self.gateway.watches.deliver(decisions)
 

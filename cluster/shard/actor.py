@@ -30,11 +30,12 @@ from kairos.cluster.evidence.records import DecisionPage, PageOutcomes
 from kairos.cluster.shard.host import ShardHost
 from kairos.cluster.shard.modelsync import ModelSync
 from kairos.cluster.shard.shard import Shard
+from kairos.cluster.shard.sinks import Pushes
 from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.store import StoreUnavailable
 from kairos.cluster.transport.backend import Unavailable
 from kairos.cluster.transport.dataplane import PlaneServer
-from kairos.cluster.transport.ray_backend import RayBackend
+from kairos.cluster.transport.ray_backend import Gone, RayBackend
 
 log = logging.getLogger("kairos.shard")
 
@@ -49,8 +50,9 @@ class ShardActor:
         self.backend = RayBackend()
         self.metrics = ShardMetrics(name)
         self.models = ModelSync(name)
+        self.pushes = Pushes(name, self.backend.sink, self._sink_gone)
         self.host = ShardHost(name, n_partitions, seed, functools.partial(open_store, store_url),
-                              journal_policy, deliver=self._deliver,
+                              journal_policy, deliver=self.pushes.push,
                               observe=self.metrics.observe_batch, settle=pauses.settle,
                               jobs=(self._sync_models, self._flush_metrics))
         self._plane = PlaneServer(self.host.handle)
@@ -136,23 +138,19 @@ class ShardActor:
         gateway = self._api.gateway if self._api else None
         return gateway.client.backend.in_process if gateway else 0
 
-    async def deliver(self, decisions: list) -> None:
-        """Watched decisions for the watches registered through this process's API (this
-        actor's name is their sink's)."""
+    async def deliver(self, decisions: list, incarnation: str | None = None) -> None:
+        """Watched decisions for the watches registered through this process's API (their
+        sink: this actor's name and its endpoint's incarnation); Gone for another one's."""
         if self._api is not None:
-            await self._api.deliver(decisions)
+            await self._api.deliver(decisions, incarnation)
+        elif incarnation is not None:
+            raise Gone(f"{self.name}: serves no endpoint, so no watch streams of "
+                       f"incarnation {incarnation}")
 
     # -- push ----------------------------------------------------------------------------------
 
-    def _deliver(self, sink: str, decisions: list) -> None:
-        asyncio.get_running_loop().create_task(self._send_push(sink, decisions))
-
-    async def _send_push(self, sink: str, decisions: list) -> None:
-        try:
-            await self.backend.sink(sink).deliver(decisions)
-        except Unavailable:
-            log.warning("%s: watch sink %s is gone; dropping its watches", self.name, sink)
-            await self.host.run(Shard.drop_sink, sink)
+    async def _sink_gone(self, sink: str) -> None:
+        await self.host.run(Shard.drop_sink, sink)
 
     # -- background ----------------------------------------------------------------------------
 

@@ -7,9 +7,16 @@ ActorReplicaWrapper is over a replica, and every call goes through `RayBackend.c
 place where Ray's errors for an actor that is dead, restarting or not there become
 `Unavailable`, and where every call gets its deadline (settings: CONTROL_CALL_S,
 SHARD_START_S, ADMIN_CALL_S): an actor that is alive but does not answer (stopped, wedged) is
-Unavailable too, so no caller waits on it for ever. An error the actor's method raised itself
-comes through as raised (Ray's RayTaskError is also an instance of the original exception's
-class).
+Unavailable too, so no caller waits on it for ever. An actor whose process died, or that no
+longer exists, is `Gone` (an Unavailable): what that process held in memory is lost even if
+Ray restarts the actor. An error the actor's method raised itself comes through as raised
+(Ray's RayTaskError is also an instance of the original exception's class).
+
+A watch sink is named by its actor's name and the incarnation of the process that holds the
+watch streams (`sink_name`), since the streams die with the process: a sink restarted by Ray,
+or another actor given the same name, answers pushes for an earlier incarnation Gone, and the
+shards and the controller drop that incarnation's watches, never those the new process
+registers.
 
 This module does not import the shard and gateway actors: whoever creates them (the
 controller's actor) hands their classes to `RayBackend`, so the shard and gateway sides may
@@ -44,6 +51,18 @@ if TYPE_CHECKING:
 # Ray's errors for an actor that cannot answer: dead, restarting, or not placeable
 _GONE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
          ray.exceptions.ActorUnschedulableError)
+SINK_MARK = "#"  # between a sink's actor name and its incarnation (no actor name has one)
+
+
+class Gone(Unavailable):
+    """The called actor's process died, or no actor has the name (any more); for a sink, the
+    incarnation named is not the one running. What that process held in memory (a gateway's
+    watch streams) is gone for good, though Ray may restart the actor as a new process."""
+
+
+def sink_name(actor: str, incarnation: str) -> str:
+    """The sink of the watch streams that the process `incarnation` of `actor` holds."""
+    return f"{actor}{SINK_MARK}{incarnation}"
 
 Invoke = Callable[[ActorHandle], Awaitable[Any]]
 
@@ -96,7 +115,7 @@ class RayBackend:
         try:
             handle = self._handle(name)
         except ValueError as exc:  # no actor by that name: not created yet, or killed
-            raise Unavailable(f"{name}: no such actor") from exc
+            raise Gone(f"{name}: no such actor") from exc
         try:
             async with asyncio.timeout(timeout_s):
                 ref = invoke(handle)
@@ -111,7 +130,10 @@ class RayBackend:
             raise Unavailable(f"{name}: no answer within {timeout_s:g} s") from exc
         except _GONE as exc:
             self._handles.pop(name, None)  # a restarted actor may have a new handle
-            raise Unavailable(f"{name}: {exc.__class__.__name__}") from exc
+            # died: the process that ran the call (or was to) is gone; a restarting actor
+            # answers ActorUnavailableError, one that cannot be placed yet Unschedulable
+            lost = Gone if isinstance(exc, ray.exceptions.ActorDiedError) else Unavailable
+            raise lost(f"{name}: {exc.__class__.__name__}") from exc
 
     def _handle(self, name: str) -> ActorHandle:
         handle = self._handles.get(name)
@@ -338,7 +360,16 @@ class RayGateway(_Actor):
 
 
 class RaySink(_Actor):
-    """WatchSink over a gateway actor (or any actor with `deliver`)."""
+    """WatchSink over a gateway actor (or any actor with `deliver`), by a sink's name: the
+    actor's, and the incarnation its pushes are for (none: whichever runs)."""
+
+    def __init__(self, backend: RayBackend, name: str):
+        actor, _, incarnation = name.partition(SINK_MARK)
+        super().__init__(backend, actor)
+        self.incarnation = incarnation
 
     async def deliver(self, decisions: list[Decision]) -> None:
-        await self._call(lambda a: a.deliver.remote(decisions))
+        if self.incarnation:
+            await self._call(lambda a: a.deliver.remote(decisions, self.incarnation))
+        else:  # any actor with `deliver(decisions)`
+            await self._call(lambda a: a.deliver.remote(decisions))

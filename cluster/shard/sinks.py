@@ -1,0 +1,61 @@
+"""A shard's pushes to its watch sinks (the actor's, actor.py; without a Ray runtime here).
+
+One call at a time per sink: the decisions for a sink that come while its call is in flight
+wait, only the latest per view (customer, channel, placement), and go in its next call, so a
+slow sink holds one call of the shard's, not one per round. Pushes are best-effort views: a
+call that fails as Unavailable (no answer within its deadline, a sink Ray is restarting) is
+dropped, its sink's watches kept (a later change of a view pushes it again). Only a sink that
+is Gone (the process whose streams registered the watches died: ray_backend.py) has its
+watches dropped, by `gone`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable
+
+from kairos.core.decision import Decision
+
+from kairos.cluster.transport.backend import Unavailable, WatchSink
+from kairos.cluster.transport.ray_backend import Gone
+
+log = logging.getLogger("kairos.shard")
+
+View = tuple[str, str, "str | None"]  # customer, channel, placement
+
+
+class Pushes:
+    """`sink(name)`: the handle pushes go through; `gone(name)`: drop the sink's watches."""
+
+    def __init__(self, shard: str, sink: Callable[[str], WatchSink],
+                 gone: Callable[[str], Awaitable[None]]) -> None:
+        self._shard = shard
+        self._sink = sink
+        self._gone = gone
+        self._waiting: dict[str, dict[View, Decision]] = {}  # sink -> the latest per view
+        self._sending: dict[str, asyncio.Task] = {}  # sink -> its call in flight
+
+    def push(self, sink: str, decisions: list[Decision]) -> None:
+        """Send `decisions` to `sink` (from the event loop's thread)."""
+        waiting = self._waiting.setdefault(sink, {})
+        for d in decisions:
+            waiting[(d.customer_id, d.channel, d.placement)] = d
+        if sink not in self._sending:
+            self._sending[sink] = asyncio.get_running_loop().create_task(self._send(sink))
+
+    async def _send(self, sink: str) -> None:
+        try:
+            while decisions := list(self._waiting.pop(sink, {}).values()):
+                try:
+                    await self._sink(sink).deliver(decisions)
+                except Gone:
+                    log.warning("%s: watch sink %s is gone; dropping its watches", self._shard,
+                                sink)
+                    await self._gone(sink)
+                    self._waiting.pop(sink, None)  # what came meanwhile has nowhere to go
+                    return
+                except Unavailable as exc:
+                    log.warning("%s: %d pushes to watch sink %s dropped (its watches are "
+                                "kept): %s", self._shard, len(decisions), sink, exc)
+        finally:
+            del self._sending[sink]
