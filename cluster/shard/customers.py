@@ -9,7 +9,8 @@ run goes to the kernel in one call. What changes state is noted as a journal rec
 Only what changes a customer's state makes it resident (activated from its home, or created):
 a decision for a customer nobody has seen is made on an empty profile and leaves nothing
 behind; an outcome is checked whole (outcomes.py: a decision a shard issued, within the rate)
-before it activates anyone; a watch of an unseen customer waits for it without a profile.
+before it activates anyone, and refused for a decision issued before its customer was
+forgotten; a watch of an unseen customer waits for it without a profile.
 """
 from __future__ import annotations
 
@@ -23,14 +24,14 @@ from kairos.core.decision import Learned
 from kairos.core.engine import EncodedEvent, EncodedRequest
 from kairos.core.errors import InputError
 
-from kairos.cluster.identity import anonymous_id
+from kairos.cluster.identity import Directory, anonymous_id
 from kairos.cluster.protocol import (Busy, Decide, Event, EventAck, EventRecord, Fire,
                                      Invalid, Missing, Ok, Outcome, ReadProfile, Record, Reply,
                                      Unavailable, WatchCustomer)
 from kairos.cluster.shard.decisionlog import DecisionLog
 from kairos.cluster.shard.context import LEARNED_COUNT, ShardContext, touch
 from kairos.cluster.shard.journaling import Journaling
-from kairos.cluster.shard.identities import CustomerIdentities
+from kairos.cluster.shard.identities import CustomerIdentities, forgotten_at
 from kairos.cluster.shard.keys import IdempotencyKeys
 from kairos.cluster.shard.outcomes import DecisionSeal, OutcomeRate
 from kairos.cluster.shard.residency import HomeDamaged, Residency
@@ -40,8 +41,10 @@ from kairos.cluster.shard.watches import Watches
 class CustomerRequests:
     def __init__(self, ctx: ShardContext, residency: Residency, keys: IdempotencyKeys,
                  journaling: Journaling, watches: Watches, seal: DecisionSeal,
-                 identities: CustomerIdentities, decision_log: DecisionLog):
+                 identities: CustomerIdentities, directory: Directory,
+                 decision_log: DecisionLog):
         self._ctx = ctx
+        self._directory = directory  # its tombstones say who was forgotten, and when
         self._log = decision_log
         self._identities = identities
         self._residency = residency
@@ -225,8 +228,9 @@ class CustomerRequests:
                     continue
             try:  # nothing of the outcome is applied before its customer is loaded
                 if o.decision_id is not None and not self._journaling.replaying:
-                    engine_id, issued_to = self._seal.opened(
+                    engine_id, issued_to, issued = self._seal.opened(
                         self._issued_to(o), o.decision_id, o.channel, o.action_id)
+                    self._check_not_forgotten(o, issued)
                     o = o._replace(decision_id=engine_id)
                     # logged under whom the decision was issued to, as the decision was: an
                     # anonymous visitor's, answered once linked, names the customer since
@@ -254,6 +258,15 @@ class CustomerRequests:
             self._ctx.counts["outcomes"] += 1
             self._ctx.counts[LEARNED_COUNT + learned.value] += 1
         return replies
+
+    def _check_not_forgotten(self, o: Outcome, issued: int) -> None:
+        """InputError if the customer was forgotten after the decision was issued (or in the
+        same second): its outcome would create the erased customer again, or teach the one
+        that took its id since from what was decided for the erased one."""
+        forgotten = forgotten_at(self._directory, o.partition, o.customer_id)
+        if forgotten is not None and issued <= forgotten:
+            raise InputError("decision_id", "issued before this customer was forgotten "
+                                            "(ForgetCustomer): it takes no outcomes")
 
     def _issued_to(self, o: Outcome) -> Iterator[str]:
         """Whom the decision an outcome names may have been issued to: the customer; then,

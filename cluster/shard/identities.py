@@ -8,14 +8,15 @@ anonymous id answer MERGED); Merge folds the state into the customer once per li
 drops the state the redirect kept for retries. Each customer remembers its aliases and the
 links merged into it (`CustomerIdentities`), in its block, so a retried link merges once even
 after the customer moved or was passivated. Every link step is refused (CONFLICT) once its
-link is buried by a forget. Homes are deleted only once the records saying so are durable
-(journaling.py: `delete_later`).
+link is buried by a forget. A forget also buries the customer itself (`forgotten_at`), so an
+outcome of a decision issued to it before cannot bring it back (customers.py). Homes are
+deleted only once the records saying so are durable (journaling.py: `delete_later`).
 """
 from __future__ import annotations
 
 from typing import Any
 
-from kairos.cluster.identity import Directory, link_id
+from kairos.cluster.identity import Directory, fingerprint, link_id
 from kairos.cluster.protocol import (Bury, Claim, Conflict, Forget, Forgotten, Link, Merge, Ok,
                                      Reply, Resolve, Retire, Settle, Take, Unavailable, Unlink)
 from kairos.cluster.shard.decisionlog import DecisionLog
@@ -23,6 +24,18 @@ from kairos.cluster.shard.context import ShardContext, touch
 from kairos.cluster.shard.journaling import Journaling
 from kairos.cluster.shard.residency import HomeDamaged, Residency
 from kairos.cluster.storage import blocks
+
+# the mark a forgotten customer's own tombstone is buried under, beside its links' (no link id
+# starts so: an alias type begins with a letter)
+FORGOTTEN = "\x00forgotten>"
+
+
+def forgotten_at(directory: Directory, partition: int, customer_id: str) -> float | None:
+    """When the customer was last forgotten, while its tombstone is kept (TOMBSTONE_S; at most
+    TOMBSTONES_PER_PARTITION a partition). Tombstones move and recover with their partition
+    (the directory's part of its snapshot and handoff) and come back with a replayed Forget."""
+    return directory.buried.get(partition, {}).get(
+        fingerprint(FORGOTTEN + customer_id, directory.secret))
 
 
 class CustomerIdentities:
@@ -216,12 +229,14 @@ class IdentityRequests:
             for link in [link_id(key, customer_id) for key in aliases] + [r.link]:
                 if link is not None:
                     self._directory.bury(p, link, now)
+            # even one without a profile: a decision issued to it takes outcomes, which would
+            # create one
+            self._directory.bury(p, FORGOTTEN + customer_id, now)
             replies.append(Forgotten(existed=existed, aliases=aliases))
             if existed:
                 self._ctx.counts["forgotten"] += 1
-            if existed or aliases or r.link is not None:  # else nobody has seen it
-                self._journaling.record(r)
-                self._journaling.erase_later(p, customer_id)
+            self._journaling.record(r)
+            self._journaling.erase_later(p, customer_id)
         return replies
 
     def bury(self, batch: list[Bury], touched: dict[str, float]) -> list[Reply]:

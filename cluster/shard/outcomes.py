@@ -10,12 +10,13 @@ first MAC is checked first, so a forger guesses one MAC per Respond whatever the
 any shard can check an outcome without keeping anything per decision: after restarts,
 passivation and moves, and for a customer that has no profile yet (a Decide creates none). An
 outcome naming a made-up id, another customer's decision, an action the decision did not show,
-another channel, or a decision issued more than OUTCOME_WINDOW_S ago is refused
-(INVALID_ARGUMENT) and changes nothing. A customer's outcomes past OUTCOMES_PER_CUSTOMER per
-OUTCOME_RATE_WINDOW_S are refused (RESOURCE_EXHAUSTED), so even a real decision replayed over
-and over steers the models at that rate at most; refused ones count too, so guesses at a
-customer's decisions are held to that rate as well. Outcomes that name no decision (offline
-feedback) are not sealed; only the gateway lets them through, for keys with the feedback scope.
+another channel, a decision issued more than OUTCOME_WINDOW_S ago, or one issued before its
+customer was forgotten (customers.py) is refused (INVALID_ARGUMENT) and changes nothing. A
+customer's outcomes past OUTCOMES_PER_CUSTOMER per OUTCOME_RATE_WINDOW_S are refused
+(RESOURCE_EXHAUSTED), so even a real decision replayed over and over steers the models at that
+rate at most; refused ones count too, so guesses at a customer's decisions are held to that
+rate as well. Outcomes that name no decision (offline feedback) are not sealed; only the
+gateway lets them through, for keys with the feedback scope.
 With a store the shards do not share ("memory"), each shard has a secret of its own: outcomes
 of decisions issued before their customer's partition moved are refused.
 """
@@ -70,10 +71,10 @@ class DecisionSeal:
                            "decision_id": f"{decision.decision_id}.{issued}.{whole}{tags}"})
 
     def opened(self, issued_to: Iterable[str], decision_id: str, channel: str,
-               action_id: str) -> tuple[str, str]:
+               action_id: str) -> tuple[str, str, int]:
         """The engine's id of a sealed decision that showed `action_id` on `channel` to one of
-        the customers `issued_to` within OUTCOME_WINDOW_S, and that customer; InputError
-        naming `decision_id` otherwise."""
+        the customers `issued_to` within OUTCOME_WINDOW_S, that customer, and when it was
+        issued (a whole second, rounded down); InputError naming `decision_id` otherwise."""
         try:
             engine_id, issued, sealed = decision_id.rsplit(".", 2)
             when = int(issued, 16)
@@ -90,7 +91,7 @@ class DecisionSeal:
             tag = _tag(self._signer(*shared), action_id)
             if any(hmac.compare_digest(tag, tags[i:i + TAG_CHARS])
                    for i in range(0, len(tags), TAG_CHARS)):
-                return engine_id, customer_id
+                return engine_id, customer_id, when
         raise InputError("decision_id", f"no decision issued to this customer showed "
                                         f"{action_id!r} on {channel}")
 

@@ -102,7 +102,7 @@ class Shard:
         self.decision_log = DecisionLog(ctx)
         self.customers = CustomerRequests(ctx, self.residency, self.keys, self.journaling,
                                           self.watches, self.seal, self.identities,
-                                          self.decision_log)
+                                          self.directory, self.decision_log)
         identity = IdentityRequests(ctx, self.residency, self.journaling, self.directory,
                                     self.identities, self.decision_log)
         self.durability = Durability(ctx, self.ownership, self.residency, self.directory,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from kairos.cluster.storage.store import StoreUnavailable
 from kairos.cluster.transport.client import Conflict, KairosClient
 from tests.support.local_backend import LocalBackend
 from tests.unit.shard.test_shard import (N_PARTITIONS, T0, Clock, decide, event, forget,
-                                         merge, p_of, profile, shard, take)
+                                         merge, outcome, p_of, profile, shard, take)
 
 LINK_STEPS = 5  # Claim, Link, Take, Merge, Settle (client.link_steps)
 FORGET_STEPS = 4  # Forget, Retire and Forget of the alias's anonymous profile, Bury
@@ -194,6 +195,58 @@ def test_tombstones_move_with_their_partition_and_survive_recovery(compiled):
     again = rebuilt(b, time.time)
     assert again.process([late], [2])[0][0].status == "conflict"
     assert again.process([profile(customer)], [2])[0] == [Missing()]
+
+
+def test_an_outcome_of_a_decision_issued_before_a_forget_is_refused_wherever_it_arrives(
+        compiled):
+    """A sealed decision id outlives its customer's erasure by up to OUTCOME_WINDOW_S: its
+    outcome, late, must not bring the customer back (a profile, its history, a decision-log
+    record), whether it had a profile or only decisions, after a restart and a move too; a new
+    customer under the same id takes outcomes of its own decisions."""
+    clock = Clock()
+    s = shard(compiled, "a", store=MemoryStore(shared=True), clock=clock)
+    s.process([event("ana", "app_open", T0)])
+    late = [outcome(c, d.actions[0].action_id, d.decision_id, when=T0 + 3600)
+            for c in ("ana", "ghost")  # "ghost" was only ever decided for: it had no profile
+            for d in [s.process([decide(c, now=T0)])[0][0].value]]
+    s.process([forget("ana"), forget("ghost")])
+    clock.now += 3600
+
+    def refused(shard_: Shard, routed=None) -> None:
+        replies = shard_.process(late, routed)[0]
+        assert [(r.status, r.field) for r in replies] == [("invalid", "decision_id")] * 2
+        assert "forgotten" in replies[0].reason
+        assert shard_.process([profile("ana", clock.now), profile("ghost", clock.now)],
+                              routed)[0] == [Missing(), Missing()]
+
+    refused(s)
+    s.close()
+    s = rebuilt(s, clock)  # the Forget records replayed
+    refused(s)
+    s.tick()  # the erase compacts them away: the partition's snapshot keeps the tombstones
+    s.close()
+    s = rebuilt(s, clock)
+    refused(s)
+    assert logged(s, {"ana", "ghost"}) == []
+    moving = sorted({p_of("ana"), p_of("ghost")})
+    b = shard(compiled, "b", partitions=[], store=s.store, clock=clock)
+    b.adopt(s.freeze(moving, 2), 2)
+    s.release(moving, 2)
+    refused(b, [2] * 2)
+    assert logged(b, {"ana", "ghost"}) == []
+    clock.now += 1
+    b.process([event("ana", "app_open", clock.now)], [2])
+    d = b.process([decide("ana", now=clock.now)], [2])[0][0].value
+    reply = b.process([outcome("ana", d.actions[0].action_id, d.decision_id, when=clock.now)],
+                      [2])[0][0]
+    assert reply.status == "ok"
+
+
+def logged(s: Shard, ids: set[str]) -> list[str]:
+    """The ids among `ids` that the store's decision logs name."""
+    s.decision_log.flush()
+    return [c for name in s.store.decision_logs()
+            for _, c, _ in s.store.decision_log(name).read(-math.inf, math.inf) if c in ids]
 
 
 # -- every interleaving of one link and one forget, through the client -------------------------
