@@ -167,6 +167,7 @@ class IdentityRequests:
                     state = blocks.pack(self._residency.export([anonymous]))
                 self._residency.evict(anonymous, p)
                 self._journaling.delete_later(p, anonymous)
+            touched.pop(anonymous, None)  # its changes this round left with it: none to push
             self._directory.leave_redirect(p, anonymous, r.target, r.link, state)
             self._journaling.record(r._replace(state=state))
             replies.append(Ok(value=state))
@@ -219,6 +220,8 @@ class IdentityRequests:
                                                        self._identities.aliases(customer_id))
             if resident:
                 self._residency.evict(customer_id, p)
+            # nothing is decided or pushed for it after the round, which would bring it back
+            touched.pop(customer_id, None)
             if existed:
                 self._journaling.delete_later(p, customer_id)
             self._ctx.engine.forget(customer_id)
