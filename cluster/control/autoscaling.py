@@ -271,7 +271,7 @@ class Autoscaling:
 
     async def _drain(self, controller: Any, node: str) -> None:
         try:
-            await controller.drain_node(node, released=True)
+            await controller.release_node(node)
         except Exception:  # cut short: it stays marked draining, the control loop finishes
             # it; refused (it left, say): still serving, the next round counts it as wanted
             log.exception("autoscaling: draining node %s failed", node)

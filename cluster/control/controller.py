@@ -452,14 +452,13 @@ class Controller(ControlLoop):
 
     # -- nodes ---------------------------------------------------------------------------------
 
-    async def drain_node(self, node: str, released: bool = False) -> dict[str, Any]:
+    async def drain_node(self, node: str) -> dict[str, Any]:
         """Take `node` out while traffic flows: its gateway turns NOT_SERVING (and serves on
         for DRAIN_UNREADY_S at least, while probes take it out), its partitions move to the
         shards of the other nodes, then its shards and its gateway stop. Returns once the
         node holds nothing. NodeUnknown for a node that is not alive, NodeRefused for the last
         serving one and the controller's own. A drain a crash interrupted is finished by the
-        control loop. `released`: the autoscaler's drain, whose node a step up takes back
-        while it has not left (autoscaling.py)."""
+        control loop."""
         alive = self.backend.nodes()
         if node not in alive:
             raise NodeUnknown(f"{node} is not an alive node of this cluster")
@@ -471,7 +470,7 @@ class Controller(ControlLoop):
                               f"its partitions")
         started = asyncio.get_running_loop().time()
         self.nodes.draining.add(node)
-        self.nodes.released.discard(node)  # until this drain is done, if it is the autoscaler's
+        self.nodes.released.discard(node)  # the autoscaler's mark, set once it is done
         self._drains.add(node)
         try:
             await self._save()  # a restarted controller keeps it out too, and finishes it
@@ -487,27 +486,12 @@ class Controller(ControlLoop):
             await asyncio.sleep(max(0.0, started + DRAIN_UNREADY_S
                                     - asyncio.get_running_loop().time()))
             await self.nodes.stop_gateway(node)
-            if released:  # only now: a node whose drain failed still holds shards or a gateway
-                self.nodes.released.add(node)
             await self._save()
         finally:
             self._drains.discard(node)
         log.warning("node %s is drained: %d partitions moved, shards %s stopped", node, moved,
                     victims)
         return {"node": node, "shards": victims, "moved": moved, "version": self.map.version}
-
-    def drain_running(self, node: str) -> bool:
-        return node in self._drains
-
-    async def reuse_node(self, node: str) -> None:
-        """Take back a node the autoscaler drained that has not left: it serves again, and
-        the control loop gives it a gateway and shards as a node that joined."""
-        async with self._reconfiguring:
-            if node not in self.nodes.released or node in self._drains:
-                raise NodeRefused(f"node {node} is not a drained node the autoscaler released")
-            self.nodes.reuse(node)
-            await self._save()
-        log.warning("node %s, drained by the autoscaler and not removed yet, serves again", node)
 
     async def status(self) -> dict[str, Any]:
         return await cluster_status(self)

@@ -25,6 +25,7 @@ import asyncio
 import logging
 from typing import Any, Awaitable
 
+from kairos.cluster.control.nodes import NodeRefused
 from kairos.cluster.control.partitions import Move
 from kairos.cluster.transport.ray_backend import Gone
 
@@ -116,6 +117,29 @@ class ControlLoop:
                 log.warning("the learner runs catalog %s, not %s (Ray restarted it?): "
                             "switching it", running, self.catalog_version)
                 await learner.switch(self.catalog_text)
+
+    # -- the autoscaler's drains (autoscaling.py) ------------------------------------------
+
+    async def release_node(self, node: str) -> None:
+        """Drain `node` for the autoscaler, then mark it released: a step up takes it back
+        while Ray has not removed it. Marked only once drained: a node whose drain failed
+        still holds shards or a gateway, and the control loop finishes its drain."""
+        await self.drain_node(node)
+        self.nodes.released.add(node)
+        await self._save()
+
+    def drain_running(self, node: str) -> bool:
+        return node in self._drains
+
+    async def reuse_node(self, node: str) -> None:
+        """Take back a node the autoscaler released that has not left: it serves again, and
+        the control loop gives it a gateway and shards as a node that joined."""
+        async with self._reconfiguring:
+            if node not in self.nodes.released or node in self._drains:
+                raise NodeRefused(f"node {node} is not a drained node the autoscaler released")
+            self.nodes.reuse(node)
+            await self._save()
+        log.warning("node %s, drained by the autoscaler and not removed yet, serves again", node)
 
     async def _grow(self) -> None:
         """New shards on the nodes that joined, as many as the policy gives each, then their

@@ -326,10 +326,10 @@ def test_a_node_is_released_for_taking_back_only_once_its_drain_is_done(monkeypa
         with monkeypatch.context() as patched:
             patched.setattr(ctl, "_rebalance", fails)
             with pytest.raises(RuntimeError):
-                await ctl.drain_node("w1", released=True)
+                await ctl.release_node("w1")
         # still holding its shards: a step up must not take it back (the loop finishes it)
         assert "w1" in ctl.nodes.draining and "w1" not in ctl.nodes.released
-        await ctl.drain_node("w1", released=True)
+        await ctl.release_node("w1")
         assert "w1" in ctl.nodes.released
         await ctl.drain_node("w1")  # an operator's drain of it: theirs to remove
         assert "w1" not in ctl.nodes.released

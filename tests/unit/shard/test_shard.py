@@ -699,7 +699,7 @@ def test_outcomes_past_a_customers_rate_are_refused_busy(compiled, monkeypatch):
     assert "outcomes for this customer" in results[3].reason
     clock.now += OUTCOME_RATE_WINDOW_S
     assert s.process([outcome("ana", mine.actions[0].action_id, mine.decision_id)])[0] == \
-        [Ok(value=Learned.DECISION)]
+        [Ok(value=Learned.REPEATED)]  # the same decision: taught
     clock.now += OUTCOME_RATE_WINDOW_S  # guesses at a decision id count as outcomes too
     results, _ = s.process([outcome("bob", "service_menu", f"guess-{i}.1.AAAAAAAA")
                             for i in range(3)] +
