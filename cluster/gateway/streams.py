@@ -6,8 +6,12 @@ The first stream on a watch registers it (with the customer's shard, or for a wh
 with the controller, which tells every shard) under the gateway's actor name, and every stream
 on it is told it is ready once that registration is done (one that fails fails them all);
 shards push the decisions that changed to that actor (`deliver`), which hands each to the
-streams that watch it. The last stream to leave unregisters the watch. A slow stream keeps at
-most WATCH_BACKLOG decisions: past that, the oldest drop first. A gateway holds at most
+streams that watch it. The last stream to leave unregisters the watch. A watch by an alias's
+anonymous id goes on after a link merges that customer into another: the shard keeps the
+registration on the customer, under the id it was made by, and pushes the customer's decisions
+naming that id too (shard/watches.py `Pushed`); its unregistration follows the redirect and
+takes one registration away, so the customer's own watch stays. A slow stream keeps at most
+WATCH_BACKLOG decisions: past that, the oldest drop first. A gateway holds at most
 WATCH_STREAMS streams (each costs a shard's watch entry and a backlog); past that, a new one
 is refused (Busy: RESOURCE_EXHAUSTED).
 """
@@ -21,6 +25,7 @@ from typing import AsyncIterator, Awaitable, Callable, NamedTuple
 from kairos.core.decision import Decision
 
 from kairos.cluster.settings import WATCH_BACKLOG, WATCH_STREAMS
+from kairos.cluster.shard.watches import Pushed
 from kairos.cluster.transport.backend import Backend
 from kairos.cluster.transport.client import Busy, KairosClient
 
@@ -95,9 +100,11 @@ class Watches:
             await self.client.watch(customer, self.sink, channel, placement, active)
 
     def deliver(self, decisions: list[Decision]) -> None:
-        """Shards push here; each decision goes to the streams that watch it."""
+        """Shards push here; each decision goes to the streams that watch it: by its
+        customer's id, by the other ids a `Pushed` names, or its whole channel."""
         for d in decisions:
-            for watch in (Watch(d.customer_id, d.channel, d.placement),
+            ids = (d.customer_id, *d.also) if isinstance(d, Pushed) else (d.customer_id,)
+            for watch in (*(Watch(c, d.channel, d.placement) for c in ids),
                           Watch(None, d.channel, d.placement)):
                 watched = self._watched.get(watch)
                 for stream in watched.streams if watched is not None else ():

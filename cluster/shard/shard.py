@@ -57,7 +57,7 @@ from kairos.cluster.shard.outcomes import DecisionSeal, outcome_secret
 from kairos.cluster.shard.ownership import Ownership
 from kairos.cluster.shard.residency import Residency
 from kairos.cluster.shard.timers import Timers
-from kairos.cluster.shard.watches import Push, Watches
+from kairos.cluster.shard.watches import Push, Pushed, Watches
 from kairos.cluster.storage.memory_store import MemoryStore
 from kairos.cluster.storage.store import JournalLike, Store
 
@@ -152,7 +152,8 @@ class Shard:
 
     def _sealed(self, pushes: list[Push], touched: dict[str, float]) -> list[Push]:
         """The pushes with their decisions sealed (and logged) once each, whatever the
-        number of sinks a decision goes to."""
+        number of sinks a decision goes to; one to a sink that also follows its customer by
+        other ids names them (`Pushed`)."""
         sealed: dict[int, Decision] = {}
         for push in pushes:
             decision = push.decision
@@ -160,7 +161,8 @@ class Shard:
                 sealed[id(decision)] = self.seal.seal(decision)
                 self.decision_log.decided(decision, sealed[id(decision)].decision_id,
                                           touched[decision.customer_id], None, pushed=True)
-        return [Push(p.sink, sealed[id(p.decision)]) for p in pushes]
+        return [Push(p.sink, Pushed(**vars(sealed[id(p.decision)]), also=p.also) if p.also
+                     else sealed[id(p.decision)]) for p in pushes]
 
     def _replayed(self, requests: list[Request]) -> list[Reply]:
         return self._dispatch(requests, None)[0]

@@ -5,7 +5,16 @@ channel and a placement. It is set per customer (WatchCustomer, journaled, and r
 with the customer when it is passivated or moves) or for a whole channel (`watch_channel`,
 from the controller, for outbound and orchestration). After each round the shard decides
 again for every watched view of the customers the round changed, and pushes a decision only
-when its ranked actions differ from the ones last pushed for that view (`shown`).
+when its ranked actions differ from the ones last pushed for that view (`shown`: it goes
+with the customer when it leaves memory, and with the customer's last watch of the view).
+
+A customer's watch counts its registrations, each under the id it was registered by: a sink
+registers a watch once per id and view however many streams follow it, and unregisters it
+when the last leaves, so two registrations meet when a link merges an alias's anonymous
+customer, watched, into a customer watched on the same view; the watch stays until both are
+unregistered (the anonymous id's unregistration follows the redirect to the customer). A
+decision pushed to a sink whose registrations name other ids than the customer's is a
+`Pushed`, naming those ids, so the sink hands it to the streams that follow any of them.
 """
 from __future__ import annotations
 
@@ -28,18 +37,30 @@ class Watch:
     placement: str | None = None
 
 
+@dataclass(frozen=True)
+class Pushed(Decision):
+    """A decision pushed to a sink that also follows its customer by other ids (the anonymous
+    ids of aliases linked into the customer while watched)."""
+
+    also: tuple[str, ...] = ()
+
+
 @dataclass
 class Push:
     sink: str
     decision: Decision
+    also: tuple[str, ...] = ()  # the other ids the sink follows the customer by
 
 
 class Watches:
     def __init__(self, ctx: ShardContext):
         self._ctx = ctx
-        self.by_customer: dict[str, set[Watch]] = {}
+        # customer -> watch -> the id of each registration (the customer's, or an anonymous
+        # one linked into it since)
+        self.by_customer: dict[str, dict[Watch, list[str]]] = {}
         self.channel: set[Watch] = set()  # every customer's changes on a channel
-        self.shown: dict[tuple[str, str, str | None], tuple[str, ...]] = {}  # last pushed
+        # customer -> (channel, placement) -> the ranked actions last pushed
+        self.shown: dict[str, dict[tuple[str, str | None], tuple[str, ...]]] = {}
 
     def validate(self, sink: str, channel: str, placement: str | None) -> Watch:
         """The watch, once the catalog knows its channel and placement (InputError if not)."""
@@ -47,14 +68,23 @@ class Watches:
         return Watch(sink, channel, placement or None)
 
     def watch_customer(self, customer_id: str, watch: Watch, active: bool) -> None:
-        mine = self.by_customer.setdefault(customer_id, set())
+        """Register the watch (once more), or unregister it once: the registration by
+        `customer_id` if there is one, else another (one by an anonymous id since linked, whose
+        unregistration followed the redirect here)."""
+        mine = self.by_customer.setdefault(customer_id, {})
         if active:
-            mine.add(watch)
-        else:
-            mine.discard(watch)
-            self.shown.pop((customer_id, watch.channel, watch.placement), None)
-            if not mine:  # a watch of a customer never seen leaves nothing behind
-                del self.by_customer[customer_id]
+            mine.setdefault(watch, []).append(customer_id)
+        elif watch in mine:
+            ids = mine[watch]
+            ids.remove(customer_id if customer_id in ids else ids[-1])
+            if not ids:
+                del mine[watch]
+                shown = self.shown.get(customer_id, {})
+                shown.pop((watch.channel, watch.placement), None)
+                if not shown:
+                    self.shown.pop(customer_id, None)
+        if not mine:  # a watch of a customer never seen leaves nothing behind
+            del self.by_customer[customer_id]
 
     def watch_channel(self, sink: str, channel: str, placement: str | None,
                       active: bool = True) -> None:
@@ -62,16 +92,28 @@ class Watches:
         if active:
             self.channel.add(watch)
         else:
+            # what was pushed for the view goes with each customer as it leaves memory
+            # (`drop`): walking every resident here would stall the shard
             self.channel.discard(watch)
 
     def drop_sink(self, sink: str) -> None:
-        """A sink went away: forget its watches."""
+        """A sink went away: forget its watches, and what was pushed for its customers' views
+        that no other watch names."""
         self.channel = {w for w in self.channel if w.sink != sink}
+        channel = {(w.channel, w.placement) for w in self.channel}
         for customer_id in list(self.by_customer):
-            self.by_customer[customer_id] = {w for w in self.by_customer[customer_id]
-                                             if w.sink != sink}
-            if not self.by_customer[customer_id]:
+            mine = self.by_customer[customer_id]
+            if all(w.sink != sink for w in mine):
+                continue
+            mine = self.by_customer[customer_id] = {w: ids for w, ids in mine.items()
+                                                    if w.sink != sink}
+            if not mine:
                 del self.by_customer[customer_id]
+            watched = channel | {(w.channel, w.placement) for w in mine}
+            shown = {v: best for v, best in self.shown.pop(customer_id, {}).items()
+                     if v in watched}
+            if shown:
+                self.shown[customer_id] = shown
 
     def switched(self) -> None:
         """The catalog switched (the context has its engine): channel watches of channels it
@@ -86,40 +128,47 @@ class Watches:
         engine = self._ctx.engine
         keys, encoded = [], []
         for customer_id, now in touched.items():
-            watched = self.by_customer.get(customer_id, set()) | self.channel
-            by_view: dict[tuple[str, str | None], list[str]] = {}
-            for w in watched:
-                by_view.setdefault((w.channel, w.placement), []).append(w.sink)
+            # view -> sink -> the ids its registrations follow the customer by
+            by_view: dict[tuple[str, str | None], dict[str, set[str]]] = {}
+            for w in self.channel:
+                by_view.setdefault((w.channel, w.placement), {}).setdefault(w.sink, set())
+            for w, ids in self.by_customer.get(customer_id, {}).items():
+                by_view.setdefault((w.channel, w.placement), {}).setdefault(
+                    w.sink, set()).update(ids)
             for (channel, placement), sinks in by_view.items():
-                keys.append((customer_id, channel, placement, sinks))
+                keys.append((customer_id, (channel, placement), sinks))
                 encoded.append(engine.encode_request(customer_id, channel, placement, None, now))
         pushes = []
-        for (customer_id, channel, placement, sinks), decision in \
-                zip(keys, engine.decide_encoded(encoded)):
+        for (customer_id, view, sinks), decision in zip(keys, engine.decide_encoded(encoded)):
             best = tuple(a.action_id for a in decision.actions)
-            key = (customer_id, channel, placement)
-            if self.shown.get(key) != best:
-                self.shown[key] = best
+            shown = self.shown.setdefault(customer_id, {})
+            if shown.get(view) != best:
+                shown[view] = best
                 self._ctx.counts["nba_changes"] += 1
-                pushes.extend(Push(sink, decision) for sink in sinks)
+                pushes.extend(Push(sink, decision, tuple(sorted(ids - {customer_id})))
+                              for sink, ids in sinks.items())
         return pushes
 
     # -- a customer's watches ride along in its block (residency.py) ---------------------------
 
     def extra(self, customer_id: str) -> dict[str, Any]:
-        return {"watches": [[w.sink, w.channel, w.placement]
-                            for w in self.by_customer.get(customer_id, ())]}
+        """A registration each: [sink, channel, placement, the id it was registered by]."""
+        return {"watches": [[w.sink, w.channel, w.placement, by]
+                            for w, ids in self.by_customer.get(customer_id, {}).items()
+                            for by in ids]}
 
     def restore(self, customer_id: str, extra: dict[str, Any]) -> None:
-        for sink, channel, placement in extra["watches"]:
+        """Add the registrations (a folded anonymous customer's keep the id they were
+        registered by; blocks from before that field name the customer's own)."""
+        for sink, channel, placement, *by in extra["watches"]:
             try:
-                self.by_customer.setdefault(customer_id, set()).add(
-                    self.validate(sink, channel, placement))
+                watch = self.validate(sink, channel, placement)
             except InputError:  # the channel or placement left the catalog
-                pass
+                continue
+            self.by_customer.setdefault(customer_id, {}).setdefault(watch, []).append(
+                by[0] if by else customer_id)
 
     def drop(self, customer_id: str, evicted: bool) -> None:
         self.by_customer.pop(customer_id, None)
-        if evicted:  # what was last pushed to channel watches goes with the customer
-            for channel, placement in {(w.channel, w.placement) for w in self.channel}:
-                self.shown.pop((customer_id, channel, placement), None)
+        if evicted:  # what was last pushed for its views goes with the customer
+            self.shown.pop(customer_id, None)

@@ -305,6 +305,8 @@ def left_in_memory(shards: list[Shard], ids: set[str]) -> list[str]:
             "forgetting": {x for m in d.forgetting.values() for c, v in m.items()
                            for x in [c, *v]},
             "memo": {m.customer_id for m in s.engine._remembered.values()},
+            "watches": set(s.watches.by_customer) | set(s.watches.shown) | {
+                x for m in s.watches.by_customer.values() for ids in m.values() for x in ids},
             "deletes": set().union(*s.journaling.deletes.values()),
         }
         found += [f"{s.name} {place}: {x}" for place, held in places.items()
@@ -314,12 +316,12 @@ def left_in_memory(shards: list[Shard], ids: set[str]) -> list[str]:
 
 def test_every_interleaving_of_a_link_and_a_forget_leaves_nothing_of_the_customer(tmp_path):
     """For every interleaving of the steps of one link (alias -> customer, with an anonymous
-    profile that has a home) and one forget of the customer, then a retried forget: nothing of
-    the customer or its alias stays in memory or in the store (homes, snapshots, journals,
-    after the erase tick), and a late retry of the link re-creates nothing. In a quarter of
-    the schedules each, the first forget's client dies after its first, second or third step,
-    so only the retry can finish it. Schedules run side by side, each on its own customer (so
-    the shards' rounds batch their fsyncs)."""
+    profile that has a home; both watched) and one forget of the customer, then a retried
+    forget: nothing of the customer or its alias stays in memory (watches included) or in the
+    store (homes, snapshots, journals, after the erase tick), and a late retry of the link
+    re-creates nothing. In a quarter of the schedules each, the first forget's client dies
+    after its first, second or third step, so only the retry can finish it. Schedules run side
+    by side, each on its own customer (so the shards' rounds batch their fsyncs)."""
     backend = LocalBackend()
     backend.store = DirectoryStore(tmp_path)
     orders = schedules()
@@ -335,6 +337,8 @@ def test_every_interleaving_of_a_link_and_a_forget_leaves_nothing_of_the_custome
             await asyncio.gather(*(client.ingest(anonymous_id(k), "page_view", T0,
                                                  {"category": "home"}) for _, k, _, _ in cases))
             await asyncio.gather(*(client.decide(c, "web", "hero") for _, _, c, _ in cases))
+            await asyncio.gather(*(client.watch(x, "gw", "web") for _, k, c, _ in cases
+                                   for x in (c, anonymous_id(k))))
             for s in shards():
                 s.passivate(s.ctx.clock() + 10**6)  # every profile has a home
             await asyncio.gather(*(interleave(client, order, k, c, cut)
