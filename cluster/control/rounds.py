@@ -71,6 +71,10 @@ class ControlLoop:
         log.warning("%s was on a node that left; a new shard recovers its partitions from the "
                     "store (%s)", dead, self.store_shown)
         await self.backend.kill_shard(dead)
+        # should it still run, it acknowledges nothing more: its heir fences the journals it
+        # recovers from, but not dead's own when dead was itself a replacement that served
+        # (its snapshots name its journal, while its sources name the first dead shard's)
+        await asyncio.to_thread(self.store.fence_journal, dead)
         name = await self._create_shard()
         partitions = self.map.partitions_of(dead)
         earlier = self.replacing.pop(dead, {})  # dead replaced a shard, and never started

@@ -11,6 +11,8 @@ import pytest
 
 from kairos.cluster.control import controller as controller_module
 from kairos.cluster.control.learner import Learner
+from kairos.cluster.storage.directory_store import DirectoryStore
+from kairos.cluster.storage.store import JournalFenced
 from kairos.cluster.transport.backend import Unavailable
 from kairos.core.compiler import default_compiled
 
@@ -294,4 +296,28 @@ def test_a_watch_removed_while_a_started_shard_is_caught_up_is_off_there_too(tmp
         for name, shard in backend.shards.items():
             assert [(w.sink, w.channel) for w in shard.watches.channel] == \
                 [("kairos-gateway-0", "app")], name
+    asyncio.run(main())
+
+
+def test_a_replacement_that_served_and_left_too_is_fenced_as_well(tmp_path):
+    """B replaced A and served, and its node left before a round saw it serve: C recovers
+    A's sources and B's snapshots, which name B's journal; B, should it still run, must
+    acknowledge nothing more."""
+    async def main():
+        backend = Actors()
+        controller = await controller_on(backend, str(tmp_path))
+        first = controller.shards[1]
+        mine = customers_of(controller, first)
+        await ingest(backend, mine, 0)
+        backend.node_names.remove(backend.node_of(first))
+        await controller._replace_departed(backend.nodes())
+        heir = next(s for s in controller.replacing)
+        await ingest(backend, customers_of(controller, heir), 1)  # acknowledged by B
+        backend.node_names.remove(backend.node_of(heir))
+        await controller._replace_departed(backend.nodes())
+        for name in (first, heir):
+            with pytest.raises(JournalFenced):
+                DirectoryStore(tmp_path).journal(name)
+        async with asyncio.timeout(10):
+            assert await ingest(backend, mine, 2) == [3] * len(mine)  # none lost
     asyncio.run(main())
