@@ -101,6 +101,9 @@ class Directory:
         self._redirected: dict[str, str] = {}  # anonymous id -> customer, for the hot path
         # partition -> fingerprint of a forgotten customer's link -> when it was buried
         self.buried: dict[int, OrderedDict[str, float]] = {}
+        # partition -> fingerprint of a forgotten customer -> when: apart from the links', so
+        # that erasing many customers (any id, seen or not) never pushes a link's out
+        self.forgotten: dict[int, OrderedDict[str, float]] = {}
         # partition -> customer being forgotten -> its aliases, until its forget completes
         self.forgetting: dict[int, OrderedDict[str, list[str]]] = {}
 
@@ -172,19 +175,20 @@ class Directory:
 
     def bury(self, partition: int, link: str, when: float) -> None:
         """Refuse every step of the link for TOMBSTONE_S after `when`."""
-        self._bury(partition, fingerprint(link, self.secret), when)
-
-    def _bury(self, partition: int, mark: str, when: float) -> None:
-        mine = self.buried.setdefault(partition, OrderedDict())
-        mine[mark] = when
-        mine.move_to_end(mark)
-        while mine and (len(mine) > TOMBSTONES_PER_PARTITION or
-                        next(iter(mine.values())) <= when - TOMBSTONE_S):
-            mine.popitem(last=False)
+        _bury(self.buried, partition, fingerprint(link, self.secret), when)
 
     def is_buried(self, partition: int, link: str, now: float) -> bool:
         when = self.buried.get(partition, {}).get(fingerprint(link, self.secret))
         return when is not None and now - when < TOMBSTONE_S
+
+    def bury_customer(self, partition: int, customer_id: str, when: float) -> None:
+        """Note that the customer was forgotten at `when`, for TOMBSTONE_S (at most
+        TOMBSTONES_PER_PARTITION a partition, the oldest going first)."""
+        _bury(self.forgotten, partition, fingerprint(customer_id, self.secret), when)
+
+    def forgotten_at(self, partition: int, customer_id: str) -> float | None:
+        """When the customer was last forgotten, while its tombstone is kept."""
+        return self.forgotten.get(partition, {}).get(fingerprint(customer_id, self.secret))
 
     def start_forget(self, partition: int, customer_id: str, aliases: Iterable[str]) -> list[str]:
         """Note the aliases a forget must retire (with those an earlier try noted); all of
@@ -208,6 +212,7 @@ class Directory:
         return {"aliases": {p: self.aliases.get(p, {}) for p in partitions},
                 "redirects": {p: list(self.redirects.get(p, {}).items()) for p in partitions},
                 "buried": {p: list(self.buried.get(p, {}).items()) for p in partitions},
+                "forgotten": {p: list(self.forgotten.get(p, {}).items()) for p in partitions},
                 "forgetting": {p: list(self.forgetting.get(p, {}).items())
                                for p in partitions}}
 
@@ -218,9 +223,10 @@ class Directory:
             for anonymous, (customer_id, link, state) in redirects:
                 self.leave_redirect(int(p), anonymous, customer_id, link, state)
         # snapshots and handoffs from before tombstones have neither
-        for p, buried in payload.get("buried", {}).items():
-            for mark, when in buried:
-                self._bury(int(p), mark, when)
+        for kind, marks in (("buried", self.buried), ("forgotten", self.forgotten)):
+            for p, buried in payload.get(kind, {}).items():
+                for mark, when in buried:
+                    _bury(marks, int(p), mark, when)
         for p, forgetting in payload.get("forgetting", {}).items():
             for customer_id, aliases in forgetting:
                 self.start_forget(int(p), customer_id, aliases)
@@ -229,6 +235,7 @@ class Directory:
         for p in partitions:
             self.aliases.pop(p, None)
             self.buried.pop(p, None)
+            self.forgotten.pop(p, None)
             self.forgetting.pop(p, None)
             self._settled.pop(p, None)
             for anonymous in self.redirects.pop(p, {}):
@@ -236,3 +243,13 @@ class Directory:
 
     def count(self) -> int:
         return sum(len(a) for a in self.aliases.values())
+
+
+def _bury(marks: dict[int, OrderedDict[str, float]], partition: int, mark: str,
+          when: float) -> None:
+    mine = marks.setdefault(partition, OrderedDict())
+    mine[mark] = when
+    mine.move_to_end(mark)
+    while mine and (len(mine) > TOMBSTONES_PER_PARTITION or
+                    next(iter(mine.values())) <= when - TOMBSTONE_S):
+        mine.popitem(last=False)

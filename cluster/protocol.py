@@ -116,12 +116,14 @@ class WatchCustomer(NamedTuple):
 class Forget(NamedTuple):
     """Erase a customer (identity.py: the forget saga). With `link`, the customer is the
     anonymous profile of a forgotten customer's alias, and that link is buried here (journals
-    from before this field replay with None)."""
+    from before this field replay with None). `when`: the time the shard forgot it, which
+    the journal keeps (None on the way in, and in journals from before the field)."""
 
     kind: str = "forget"
     partition: int = UNROUTED
     customer_id: str = ""
     link: str | None = None
+    when: float | None = None
 
 
 class Bury(NamedTuple):

@@ -31,7 +31,7 @@ from kairos.cluster.protocol import (Busy, Decide, Event, EventAck, EventRecord,
 from kairos.cluster.shard.decisionlog import DecisionLog
 from kairos.cluster.shard.context import LEARNED_COUNT, ShardContext, touch
 from kairos.cluster.shard.journaling import Journaling
-from kairos.cluster.shard.identities import CustomerIdentities, forgotten_at
+from kairos.cluster.shard.identities import CustomerIdentities
 from kairos.cluster.shard.keys import IdempotencyKeys
 from kairos.cluster.shard.outcomes import DecisionSeal, OutcomeRate
 from kairos.cluster.shard.residency import HomeDamaged, Residency
@@ -263,7 +263,7 @@ class CustomerRequests:
         """InputError if the customer was forgotten after the decision was issued (or in the
         same second): its outcome would create the erased customer again, or teach the one
         that took its id since from what was decided for the erased one."""
-        forgotten = forgotten_at(self._directory, o.partition, o.customer_id)
+        forgotten = self._directory.forgotten_at(o.partition, o.customer_id)
         if forgotten is not None and issued <= forgotten:
             raise InputError("decision_id", "issued before this customer was forgotten "
                                             "(ForgetCustomer): it takes no outcomes")

@@ -8,7 +8,7 @@ anonymous id answer MERGED); Merge folds the state into the customer once per li
 drops the state the redirect kept for retries. Each customer remembers its aliases and the
 links merged into it (`CustomerIdentities`), in its block, so a retried link merges once even
 after the customer moved or was passivated. Every link step is refused (CONFLICT) once its
-link is buried by a forget. A forget also buries the customer itself (`forgotten_at`), so an
+link is buried by a forget. A forget also buries the customer itself (`Directory.forgotten_at`), so an
 outcome of a decision issued to it before cannot bring it back (customers.py). Homes are
 deleted only once the records saying so are durable (journaling.py: `delete_later`).
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kairos.cluster.identity import Directory, fingerprint, link_id
+from kairos.cluster.identity import Directory, link_id
 from kairos.cluster.protocol import (Bury, Claim, Conflict, Forget, Forgotten, Link, Merge, Ok,
                                      Reply, Resolve, Retire, Settle, Take, Unavailable, Unlink)
 from kairos.cluster.shard.decisionlog import DecisionLog
@@ -24,19 +24,6 @@ from kairos.cluster.shard.context import ShardContext, touch
 from kairos.cluster.shard.journaling import Journaling
 from kairos.cluster.shard.residency import HomeDamaged, Residency
 from kairos.cluster.storage import blocks
-
-# the mark a forgotten customer's own tombstone is buried under, beside its links' (no link id
-# starts so: an alias type begins with a letter)
-FORGOTTEN = "\x00forgotten>"
-
-
-def forgotten_at(directory: Directory, partition: int, customer_id: str) -> float | None:
-    """When the customer was last forgotten, while its tombstone is kept (TOMBSTONE_S; at most
-    TOMBSTONES_PER_PARTITION a partition). Tombstones move and recover with their partition
-    (the directory's part of its snapshot and handoff) and come back with a replayed Forget."""
-    return directory.buried.get(partition, {}).get(
-        fingerprint(FORGOTTEN + customer_id, directory.secret))
-
 
 class CustomerIdentities:
     """Per resident customer: the aliases linked to it and the links merged into it."""
@@ -207,8 +194,10 @@ class IdentityRequests:
         anonymous profile, and the link is buried here, so its Take, arriving late, is
         refused."""
         replies: list[Reply] = []
-        now = self._ctx.clock()
         for r in batch:
+            # replayed, it is buried at the time it happened: a later decision to a customer
+            # re-created under the id must keep taking outcomes after a restart
+            now = self._ctx.clock() if r.when is None else r.when
             p, customer_id = r.partition, r.customer_id
             try:
                 existed = resident = self._residency.activate(customer_id, p, create=False)
@@ -234,11 +223,11 @@ class IdentityRequests:
                     self._directory.bury(p, link, now)
             # even one without a profile: a decision issued to it takes outcomes, which would
             # create one
-            self._directory.bury(p, FORGOTTEN + customer_id, now)
+            self._directory.bury_customer(p, customer_id, now)
             replies.append(Forgotten(existed=existed, aliases=aliases))
             if existed:
                 self._ctx.counts["forgotten"] += 1
-            self._journaling.record(r)
+            self._journaling.record(r._replace(when=now))
             self._journaling.erase_later(p, customer_id)
         return replies
 

@@ -409,3 +409,33 @@ def test_a_replay_warning_names_no_customer_id(compiled, caplog):
         after.recover()
     assert "replaying event for id " in caplog.text
     assert "cust-secret-9" not in caplog.text
+
+
+def test_a_customer_re_created_after_a_forget_keeps_its_outcomes_after_a_restart(compiled):
+    """The forget is buried at the time it happened, also when its record is replayed."""
+    clock = Clock()
+    s = shard(compiled, "a", store=MemoryStore(shared=True), clock=clock)
+    s.process([event("ana", "app_open", T0)])
+    s.process([forget("ana")])
+    clock.now += 60  # a new customer under the id, a minute later
+    s.process([event("ana", "app_open", clock.now)])
+    d = s.process([decide("ana", now=clock.now)])[0][0].value
+    clock.now += 60
+    s.close()
+    again = Shard("a", compiled, list(s.owned), N_PARTITIONS, store=s.store, clock=clock)
+    again.recover()
+    [reply] = again.process([outcome("ana", d.actions[0].action_id, d.decision_id,
+                                     when=clock.now)])[0]
+    assert isinstance(reply, Ok)
+
+
+def test_forgetting_many_customers_keeps_the_links_tombstones(compiled, monkeypatch):
+    monkeypatch.setattr("kairos.cluster.identity.TOMBSTONES_PER_PARTITION", 8)
+    s = shard(compiled, "a")
+    p = 0
+    s.directory.bury(p, "link-1", T0)
+    for i in range(20):  # erasures of visitors never seen
+        s.directory.bury_customer(p, f"visitor-{i}", T0)
+    assert s.directory.is_buried(p, "link-1", T0 + 1)
+    assert s.directory.forgotten_at(p, "visitor-19") == T0
+    assert s.directory.forgotten_at(p, "visitor-0") is None  # the oldest went first
