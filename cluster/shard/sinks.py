@@ -57,5 +57,7 @@ class Pushes:
                 except Unavailable as exc:
                     log.warning("%s: %d pushes to watch sink %s dropped (its watches are "
                                 "kept): %s", self._shard, len(decisions), sink, exc)
+        except Exception:  # a task nobody awaits: said here, or never (its watches are kept)
+            log.exception("%s: pushing to watch sink %s failed", self._shard, sink)
         finally:
             del self._sending[sink]

@@ -71,6 +71,21 @@ def test_one_push_at_a_time_per_sink_and_those_meanwhile_go_next_the_latest_per_
     asyncio.run(main())
 
 
+def test_a_push_that_fails_otherwise_is_logged_and_the_next_push_goes(caplog):
+    async def main():
+        sinks = Sinks()
+        sinks.fail["g"] = [TypeError("deliver() got an unexpected keyword argument")]
+        pushes = Pushes("s0", sinks, lambda sink: asyncio.sleep(0))
+        pushes.push("g", [view("ana", 1)])
+        await asyncio.sleep(0.01)
+        pushes.push("g", [view("ana", 2)])
+        await asyncio.sleep(0.01)
+        assert [[d.version for d in c] for c in sinks.calls["g"]] == [[1], [2]]
+    with caplog.at_level("ERROR"):
+        asyncio.run(main())
+    assert "pushing to watch sink g failed" in caplog.text
+
+
 def on_host(compiled, sinks: Sinks, test) -> None:
     """`test(host)` on a host whose pushes go through Pushes, as ShardActor wires them (a sink
     gone has its watches dropped in turn with the rounds)."""
