@@ -102,7 +102,10 @@ class ReadProfile(NamedTuple):
 
 
 class WatchCustomer(NamedTuple):
-    """Push the customer's changed best action for a view to the actor `sink`."""
+    """Push the customer's changed best action for a view to the actor `sink`. `by`: the id
+    the stream named, which stays when a link sends the request on to the customer, so that
+    pushes name it and its unregistration removes its own registration (None: journals from
+    before the field, and callers that name the customer itself)."""
 
     kind: str = "watch"
     partition: int = UNROUTED
@@ -111,6 +114,7 @@ class WatchCustomer(NamedTuple):
     channel: str = ""
     placement: str | None = None
     active: bool = True
+    by: str | None = None
 
 
 class Forget(NamedTuple):

@@ -311,6 +311,6 @@ class CustomerRequests:
                 continue
             self._residency.activate(w.customer_id, w.partition, create=False)
             self._journaling.record(w)
-            self._watches.watch_customer(w.customer_id, watch, w.active)
+            self._watches.watch_customer(w.customer_id, watch, w.active, w.by)
             replies.append(Ok())
         return replies

@@ -67,16 +67,19 @@ class Watches:
         placement_codes(self._ctx.compiled, channel, placement)
         return Watch(sink, channel, placement or None)
 
-    def watch_customer(self, customer_id: str, watch: Watch, active: bool) -> None:
-        """Register the watch (once more), or unregister it once: the registration by
-        `customer_id` if there is one, else another (one by an anonymous id since linked, whose
-        unregistration followed the redirect here)."""
+    def watch_customer(self, customer_id: str, watch: Watch, active: bool,
+                       by: str | None = None) -> None:
+        """Register the watch (once more) by the id its stream named (`by`, by default the
+        customer's: an anonymous id since linked, whose request followed the redirect here,
+        names the stream's), or unregister that registration once (another if there is none
+        by that id: one a link carried over before the request said its id)."""
+        by = customer_id if by is None else by
         mine = self.by_customer.setdefault(customer_id, {})
         if active:
-            mine.setdefault(watch, []).append(customer_id)
+            mine.setdefault(watch, []).append(by)
         elif watch in mine:
             ids = mine[watch]
-            ids.remove(customer_id if customer_id in ids else ids[-1])
+            ids.remove(by if by in ids else ids[-1])
             if not ids:
                 del mine[watch]
                 shown = self.shown.get(customer_id, {})

@@ -272,7 +272,7 @@ class KairosClient:
                     placement: str | None = None, active: bool = True) -> None:
         """Have the customer's owner push changes of the best action to the actor `sink`."""
         await self._ask(WatchCustomer(customer_id=customer_id, sink=sink, channel=channel,
-                                      placement=placement, active=active))
+                                      placement=placement, active=active, by=customer_id))
 
     async def _ask(self, request: Request) -> Reply | None:
         """One request, routed and settled."""

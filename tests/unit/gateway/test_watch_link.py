@@ -84,3 +84,37 @@ def test_a_stream_by_an_alias_follows_its_link_and_leaving_keeps_the_customers_w
             await client.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_stream_by_an_alias_opened_after_its_link_is_pushed_and_leaves_its_own_mark():
+    backend = PushingBackend()
+
+    async def scenario() -> None:
+        await backend.start_runtime(1, n_partitions=16)
+        client = await KairosClient(backend).connect()
+        watches = backend.gateway = Watches("g", client, backend)
+        tasks: list[asyncio.Task] = []
+        try:
+            anon = await client.resolve_key(alias_key("cookie", "x"))
+            await client.ingest(anon, "page_view", T0, {"category": "home"})
+            await client.ingest("ana", "app_open", T0)
+            assert await client.link("cookie", "x", "ana")
+            by_id, id_task = await follow(watches, Watch("ana", "web", "hero"))
+            by_alias, alias_task = await follow(watches, Watch(anon, "web", "hero"))
+            tasks += [alias_task, id_task]
+            [shard] = [s for s in backend.shards.values() if s is not None]
+            [ids] = shard.watches.by_customer["ana"].values()
+            assert sorted(ids) == sorted(["ana", anon])
+            for e in journey("ana", 30, seed=7, t0=T0 + 600):
+                await client.ingest("ana", e.event_type, e.time, e.attributes)
+            await until(lambda: by_alias and by_id, 10, "a push to both streams")
+            alias_task.cancel()
+            await asyncio.gather(alias_task, return_exceptions=True)
+            assert list(shard.watches.by_customer["ana"].values()) == [["ana"]]
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await client.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
