@@ -5,6 +5,7 @@ or are drained unasked), the meter's rates, and the controller's round on a Loca
 from __future__ import annotations
 
 import asyncio
+from typing import Callable
 
 import pytest
 
@@ -207,28 +208,36 @@ def no_waits(monkeypatch):
     monkeypatch.setattr(controller_module, "DRAIN_UNREADY_S", 0.0)
 
 
-def test_the_round_asks_the_autoscaler_then_drains_the_emptiest_worker_when_load_falls():
+async def scaled(nodes: list[str]) -> tuple[Counting, Controller, Autoscaling, Callable]:
+    """A controller with a shard per node, its autoscaling (up or down after 2 s of load, 3 s
+    apart, 1 to 2 workers) and `rounds(n, per_shard_per_s)`: n control rounds a second apart,
+    each shard counting that many decisions a second; the steps taken."""
     limits = Limits(min_workers=1, max_workers=2, shard_rate=100.0, up_after_s=2.0,
                     down_after_s=2.0, cooldown_s=3.0)
+    backend = Counting(nodes)
+    ctl = backend.local_controller = Controller(backend, n_partitions=32, home_node="head")
+    await ctl.start(len(nodes))
+    clock = Clock()
+    scaling = Autoscaling(backend, limits, clock, resource="kairos_worker")
 
+    async def rounds(n: int, per_shard_per_s: int, drains: bool = False) -> list[Step]:
+        steps = []
+        for _ in range(n):
+            clock.now += 1.0
+            for name in ctl.shards:
+                backend.counters[name] = backend.counters.get(name, 0) + per_shard_per_s
+            await ctl.reconcile()
+            if step := await scaling.round(ctl):
+                steps.append(step)
+            if drains and scaling.drain is not None:  # each drain done before the next round
+                await until(lambda: scaling.drain.done(), 10, "the drain")
+        return steps
+    return backend, ctl, scaling, rounds
+
+
+def test_the_round_asks_the_autoscaler_then_drains_the_emptiest_worker_when_load_falls():
     async def main():
-        backend = Counting(["head", "w1"])
-        ctl = backend.local_controller = Controller(backend, n_partitions=32,
-                                                    home_node="head")
-        await ctl.start(2)
-        clock = Clock()
-        scaling = Autoscaling(backend, limits, clock, resource="kairos_worker")
-
-        async def rounds(n: int, per_shard_per_s: int) -> list[Step]:
-            steps = []
-            for _ in range(n):
-                clock.now += 1.0
-                for name in ctl.shards:
-                    backend.counters[name] = backend.counters.get(name, 0) + per_shard_per_s
-                await ctl.reconcile()
-                if step := await scaling.round(ctl):
-                    steps.append(step)
-            return steps
+        backend, ctl, scaling, rounds = await scaled(["head", "w1"])
 
         assert await rounds(1, 50) == []
         assert backend.requests == [[{"kairos_worker": 1}]]  # the worker there is, asked for
@@ -278,35 +287,13 @@ def test_a_step_up_takes_back_a_worker_it_drained_that_has_not_left():
 
 
 def test_the_round_takes_back_a_drained_worker_the_autoscaler_has_not_removed():
-    limits = Limits(min_workers=1, max_workers=2, shard_rate=100.0, up_after_s=2.0,
-                    down_after_s=2.0, cooldown_s=3.0)
-
     async def main():
-        backend = Counting(["head", "w1", "w2"])
-        ctl = backend.local_controller = Controller(backend, n_partitions=32,
-                                                    home_node="head")
-        await ctl.start(3)
-        clock = Clock()
-        scaling = Autoscaling(backend, limits, clock, resource="kairos_worker")
-
-        async def rounds(n: int, per_shard_per_s: int) -> list[Step]:
-            steps = []
-            for _ in range(n):
-                clock.now += 1.0
-                for name in ctl.shards:
-                    backend.counters[name] = backend.counters.get(name, 0) + per_shard_per_s
-                await ctl.reconcile()
-                if step := await scaling.round(ctl):
-                    steps.append(step)
-                if scaling.drain is not None:
-                    await until(lambda: scaling.drain.done(), 10, "the drain")
-            return steps
-
-        [step] = await rounds(10, 1)
+        backend, ctl, scaling, rounds = await scaled(["head", "w1", "w2"])
+        [step] = await rounds(10, 1, drains=True)
         drained = step.drain
         assert step.desired == 1 and drained in ("w1", "w2")
         assert drained in ctl.nodes.released and drained not in ctl.placement.values()
-        assert await rounds(5, 300) == [Step(desired=2, reuse=drained)]
+        assert await rounds(5, 300, drains=True) == [Step(desired=2, reuse=drained)]
         assert backend.requests[-1] == [{"kairos_worker": 1}] * 2
         assert drained not in ctl.nodes.draining and drained not in ctl.nodes.released
         assert drained in ctl.placement.values()  # the control loop gave it shards again

@@ -46,10 +46,13 @@ async def follow(watches: Watches, watch: Watch) -> tuple[list[str], asyncio.Tas
     return got, task
 
 
-def test_a_stream_by_an_alias_follows_its_link_and_leaving_keeps_the_customers_watch():
+def on_one_shard(scenario) -> None:
+    """`scenario(backend, client, watches, anon, tasks)` on a runtime of one shard, where the
+    alias cookie x's anonymous customer `anon` and "ana" each have an event; the streams it
+    puts in `tasks` leave (unregistering) while the client is still there."""
     backend = PushingBackend()
 
-    async def scenario() -> None:
+    async def main() -> None:
         await backend.start_runtime(1, n_partitions=16)
         client = await KairosClient(backend).connect()
         watches = backend.gateway = Watches("g", client, backend)
@@ -58,63 +61,55 @@ def test_a_stream_by_an_alias_follows_its_link_and_leaving_keeps_the_customers_w
             anon = await client.resolve_key(alias_key("cookie", "x"))
             await client.ingest(anon, "page_view", T0, {"category": "home"})
             await client.ingest("ana", "app_open", T0)
-            by_alias, alias_task = await follow(watches, Watch(anon, "web", "hero"))
-            by_id, id_task = await follow(watches, Watch("ana", "web", "hero"))
-            tasks += [alias_task, id_task]
-            assert await client.link("cookie", "x", "ana")
-
-            async def pushed(n_before: int, seed: int, t0: float) -> None:
-                for e in journey("ana", 30, seed=seed, t0=t0):
-                    await client.ingest("ana", e.event_type, e.time, e.attributes)
-                await until(lambda: len(by_id) > n_before, 10, "a push for ana")
-
-            n = len(by_id)
-            await pushed(n, 5, T0 + 600)
-            assert by_alias[n:] == by_id[n:] and set(by_id[n:]) == {"ana"}
-            alias_task.cancel()  # it ends once its watch is unregistered
-            await asyncio.gather(alias_task, return_exceptions=True)
-            assert list(watches._watched) == [Watch("ana", "web", "hero")]
-            [shard] = [s for s in backend.shards.values() if s is not None]
-            assert list(shard.watches.by_customer) == ["ana"]
-            await pushed(len(by_id), 6, T0 + 7200)  # the customer's stream still gets them
-        finally:  # the streams leave (unregistering) while the client is still there
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await client.close()
-
-    asyncio.run(asyncio.wait_for(scenario(), 60))
-
-
-def test_a_stream_by_an_alias_opened_after_its_link_is_pushed_and_leaves_its_own_mark():
-    backend = PushingBackend()
-
-    async def scenario() -> None:
-        await backend.start_runtime(1, n_partitions=16)
-        client = await KairosClient(backend).connect()
-        watches = backend.gateway = Watches("g", client, backend)
-        tasks: list[asyncio.Task] = []
-        try:
-            anon = await client.resolve_key(alias_key("cookie", "x"))
-            await client.ingest(anon, "page_view", T0, {"category": "home"})
-            await client.ingest("ana", "app_open", T0)
-            assert await client.link("cookie", "x", "ana")
-            by_id, id_task = await follow(watches, Watch("ana", "web", "hero"))
-            by_alias, alias_task = await follow(watches, Watch(anon, "web", "hero"))
-            tasks += [alias_task, id_task]
-            [shard] = [s for s in backend.shards.values() if s is not None]
-            [ids] = shard.watches.by_customer["ana"].values()
-            assert sorted(ids) == sorted(["ana", anon])
-            for e in journey("ana", 30, seed=7, t0=T0 + 600):
-                await client.ingest("ana", e.event_type, e.time, e.attributes)
-            await until(lambda: by_alias and by_id, 10, "a push to both streams")
-            alias_task.cancel()
-            await asyncio.gather(alias_task, return_exceptions=True)
-            assert list(shard.watches.by_customer["ana"].values()) == [["ana"]]
+            await scenario(backend, client, watches, anon, tasks)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await client.close()
 
-    asyncio.run(asyncio.wait_for(scenario(), 60))
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_a_stream_by_an_alias_follows_its_link_and_leaving_keeps_the_customers_watch():
+    async def scenario(backend, client, watches, anon, tasks) -> None:
+        by_alias, alias_task = await follow(watches, Watch(anon, "web", "hero"))
+        by_id, id_task = await follow(watches, Watch("ana", "web", "hero"))
+        tasks += [alias_task, id_task]
+        assert await client.link("cookie", "x", "ana")
+
+        async def pushed(n_before: int, seed: int, t0: float) -> None:
+            for e in journey("ana", 30, seed=seed, t0=t0):
+                await client.ingest("ana", e.event_type, e.time, e.attributes)
+            await until(lambda: len(by_id) > n_before, 10, "a push for ana")
+
+        n = len(by_id)
+        await pushed(n, 5, T0 + 600)
+        assert by_alias[n:] == by_id[n:] and set(by_id[n:]) == {"ana"}
+        alias_task.cancel()  # it ends once its watch is unregistered
+        await asyncio.gather(alias_task, return_exceptions=True)
+        assert list(watches._watched) == [Watch("ana", "web", "hero")]
+        [shard] = [s for s in backend.shards.values() if s is not None]
+        assert list(shard.watches.by_customer) == ["ana"]
+        await pushed(len(by_id), 6, T0 + 7200)  # the customer's stream still gets them
+
+    on_one_shard(scenario)
+
+
+def test_a_stream_by_an_alias_opened_after_its_link_is_pushed_and_leaves_its_own_mark():
+    async def scenario(backend, client, watches, anon, tasks) -> None:
+        assert await client.link("cookie", "x", "ana")
+        by_id, id_task = await follow(watches, Watch("ana", "web", "hero"))
+        by_alias, alias_task = await follow(watches, Watch(anon, "web", "hero"))
+        tasks += [alias_task, id_task]
+        [shard] = [s for s in backend.shards.values() if s is not None]
+        [ids] = shard.watches.by_customer["ana"].values()
+        assert sorted(ids) == sorted(["ana", anon])
+        for e in journey("ana", 30, seed=7, t0=T0 + 600):
+            await client.ingest("ana", e.event_type, e.time, e.attributes)
+        await until(lambda: by_alias and by_id, 10, "a push to both streams")
+        alias_task.cancel()
+        await asyncio.gather(alias_task, return_exceptions=True)
+        assert list(shard.watches.by_customer["ana"].values()) == [["ana"]]
+
+    on_one_shard(scenario)

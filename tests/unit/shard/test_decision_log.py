@@ -192,20 +192,34 @@ def test_stored_records_that_are_not_records_are_refused():
 def test_a_decision_held_back_as_control_is_logged_so():
     """With the web's control share at 1/2, the log marks each held decision: the ones the
     caller saw marked `control`, and only those."""
+    sent, _ = logged_as_sent({}, 40, "control")
+    assert 0 < sum(sent.values()) < 40
+
+
+def logged_as_sent(arbitration: dict, n: int, field: str) -> tuple[dict, list]:
+    """`n` web decisions with the web's control share at 1/2 (and these arbitration
+    settings): each one's `field` as its caller saw it, by decision id, which the log must
+    hold as well; and the decisions logged."""
     import yaml
 
     from kairos.core.catalog import default_catalog_text
     from kairos.core.compiler import compiled_from_text
     doc = yaml.safe_load(default_catalog_text())
     doc["channels"]["web"]["control"] = 0.5
+    for key, value in arbitration.items():
+        target = doc["arbitration"]
+        *path, last = key.split(".")
+        for part in path:
+            target = target[part]
+        target[last] = value
     s = shard(compiled_from_text(yaml.safe_dump(doc)), store=MemoryStore(), clock=Clock(T0))
     sent = {}
-    for i in range(40):
+    for i in range(n):
         [reply], _ = s.process([decide(f"c{i}", context={"device": "mobile"}, now=T0 + i)])
-        sent[reply.value.decision_id] = reply.value.control
+        sent[reply.value.decision_id] = getattr(reply.value, field)
     decisions, _ = logged(s.store)
-    assert {d.decision_id: d.control for d in decisions} == sent
-    assert 0 < sum(sent.values()) < 40
+    assert {d.decision_id: getattr(d, field) for d in decisions} == sent
+    return sent, decisions
 
 
 def test_an_anonymous_visitors_decision_answered_once_linked_keeps_its_outcome(compiled):
@@ -300,20 +314,8 @@ def test_a_decision_that_shows_nothing_is_logged_with_the_probability_of_that():
     decisions are held back: those show an eligible action, the others nothing, which the
     policy shows with probability 1/2 (the caller's `nothing_selection`, logged as is); a
     decision that shows something logs none."""
-    import yaml
-
-    from kairos.core.catalog import default_catalog_text
-    doc = yaml.safe_load(default_catalog_text())
-    doc["channels"]["web"]["control"] = 0.5
-    doc["arbitration"]["restraint_threshold"] = 1e9
-    doc["arbitration"]["exploration"]["trial_rate"] = 0.0
-    s = shard(compiled_from_text(yaml.safe_dump(doc)), store=MemoryStore(), clock=Clock(T0))
-    sent = {}
-    for i in range(20):
-        [reply], _ = s.process([decide(f"c{i}", context={"device": "mobile"}, now=T0 + i)])
-        sent[reply.value.decision_id] = reply.value.nothing_selection
-    decisions, _ = logged(s.store)
-    assert {d.decision_id: d.nothing_selection for d in decisions} == sent
+    _, decisions = logged_as_sent({"restraint_threshold": 1e9,
+                                   "exploration.trial_rate": 0.0}, 20, "nothing_selection")
     assert {d.nothing_selection for d in decisions if d.shown} == {None}
     assert {d.nothing_selection for d in decisions if not d.shown} == {0.5}
     assert 0 < sum(not d.shown for d in decisions) < 20
