@@ -450,6 +450,8 @@ class KairosClient:
               failed: str | bool) -> None:
         """Have a request that did not reach its owner wait for map `version` (up to `wait_s`)
         before going again; or, when it `failed` (a reason), answer it Unavailable."""
+        if item.future.done():  # its caller gave up: nothing to send again or to answer
+            return
         if failed:
             item.future.set_result(protocol.Unavailable(reason=failed))
             return

@@ -206,6 +206,8 @@ class RayBackend:
                 raise
             raise Unavailable(f"{name}: {exc}") from exc
         # outside the try: a reply that does not read is not a batch that was never sent
+        if len(raw) != len(requests):  # each request's caller waits for an answer of its own
+            raise Unavailable(f"{name}: {len(raw)} replies to a batch of {len(requests)}")
         return [reply_from(reply, request.kind) for reply, request in zip(raw, requests)]
 
     async def close(self) -> None:

@@ -189,7 +189,9 @@ def test_the_backend_maps_every_failure_to_unavailable_and_reconnects_after_a_cl
             if failing["now"]:
                 raise RuntimeError("a bug")
             received.extend(request_from(r) for r in requests)
-            return [(OK, seq, False, None) if r[0] == "event" else (MOVED, 9) for r in requests]
+            replies = [(OK, seq, False, None) if r[0] == "event" else (MOVED, 9)
+                       for r in requests]
+            return replies[:1] if failing.get("short") else replies
 
         servers = [PlaneServer(handle)]
         addresses = [await servers[0].start("127.0.0.1")]
@@ -211,6 +213,10 @@ def test_the_backend_maps_every_failure_to_unavailable_and_reconnects_after_a_cl
             await backend.send("s0", "a", 1, [event], [1])
         failing["now"] = False
         assert await backend.send("s0", "a", 2, [event], [1]) == [EventAck(sequence=2)]
+        failing["short"] = True  # a reply each, or every caller hears Unavailable
+        with pytest.raises(Unavailable, match="1 replies to a batch of 2"):
+            await backend.send("s0", "a", 3, [event, event], [1, 1])
+        failing["short"] = False
         assert connects == ["s0"]  # one connection all along
         connection = backend._planes["s0"].result()
         servers[0].close()  # its connections go, as with a dead process

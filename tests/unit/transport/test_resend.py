@@ -7,6 +7,8 @@ import asyncio
 
 import pytest
 
+from kairos.cluster import protocol
+from kairos.cluster.protocol import Event
 from kairos.cluster.transport import client as client_module
 from kairos.cluster.transport.backend import NotSent, Unavailable
 from kairos.cluster.transport.client import KairosClient
@@ -138,6 +140,44 @@ def test_requests_nobody_awaits_any_more_are_not_sent(monkeypatch):
         assert await first == 1
         assert await client.ingest("ana", "app_open", T0 + 2) == 2  # the late one never applied
         assert len(backend.sent) == 2
+        await client.close()
+
+    asyncio.run(main())
+
+
+def test_a_request_its_caller_gave_up_on_while_it_could_not_be_sent_blocks_nothing(
+        monkeypatch):
+    """Answered a last time as never sent after its caller gave up (a deadline), it is let go:
+    setting its answer raised, the rest of its batch went unanswered and its partition's
+    later requests waited for ever."""
+    monkeypatch.setattr(client_module, "CLIENT_REROUTE_S", 0.05)
+
+    def app_open(t: float) -> Event:
+        return Event(customer_id="ana", event_type="app_open", time=t, attributes={})
+
+    class Slow(_Scripted):
+        slow_s = 0.0
+
+        async def send(self, name, session, seq, requests, routed):
+            if name in self.unreachable and requests:
+                await asyncio.sleep(self.slow_s)  # a connection that takes its time to fail
+            return await super().send(name, session, seq, requests, routed)
+
+    async def main():
+        backend = Slow()
+        await backend.start_runtime(1, n_partitions=8)
+        client = await KairosClient(backend).connect()
+        backend.gate.set()
+        backend.unreachable.add(next(iter(backend.shards)))
+        gone, waiting = client.enqueue(app_open(T0)), client.enqueue(app_open(T0 + 1))
+        await until(lambda: len(backend.sent) >= 4, 5, "two rounds of sends")
+        backend.slow_s = 0.3
+        await asyncio.sleep(0.15)  # the last round in flight
+        gone.cancel()  # its caller's deadline passed
+        reply = await asyncio.wait_for(waiting, 5)  # answered: the shard stays out of reach
+        assert isinstance(reply, protocol.Unavailable)
+        backend.unreachable.clear()
+        assert await asyncio.wait_for(client.ingest("ana", "app_open", T0 + 2), 5) >= 1
         await client.close()
 
     asyncio.run(main())
