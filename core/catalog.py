@@ -796,8 +796,8 @@ class _Reader:
         if "attributes" in spec:
             for key, val in self.mapping(path + ("attributes",), open_keys=True).items():
                 apath = path + ("attributes", self.key_name(path + ("attributes", key)))
-                if isinstance(val, float) and not math.isfinite(val):
-                    raise self.fail(apath, f"expected a finite number, got {val!r}")
+                if isinstance(val, (int, float)) and not isinstance(val, bool):
+                    self.number(apath)  # finite: an int past float range would overflow later
                 if not isinstance(val, (int, float, str, bool)):
                     raise self.fail(apath, f"expected a number, string or boolean, "
                                            f"got {_kind(val)}")

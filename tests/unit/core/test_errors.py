@@ -1014,6 +1014,9 @@ def test_history_wrong_shape(written, message):
     pytest.param('half_life: 7d}', f'half_life: {10 ** 400}}}',
                  f"small.yaml:42:64: features.views_7d.half_life: expected a positive duration "
                  f"such as 30m, 2h or 7d, got {10 ** 400}", id="duration"),
+    pytest.param('attributes: {margin: 0.4}', f'attributes: {{margin: {10 ** 400}}}',
+                 f"small.yaml:75:26: actions[1].attributes.margin (action 'shoes_promo'): "
+                 f"expected a finite number, got {10 ** 400}", id="action-attribute"),
 ])
 def test_huge_catalog_numbers(old, new, message):
     check(edit(old, new), message, None)
