@@ -34,7 +34,7 @@ MAX_NUMBER = 1e12
 EXPLORATION_METHODS = ("thompson", "ucb", "none")
 TRANSFORMS = ("identity", "log1p", "scale", "recency", "standardize")
 DEFAULT_HISTORY_SIZE = 32
-MAX_HISTORY_SIZE = 1024  # a history's most interactions; a contact-policy count past it never trips
+MAX_HISTORY_SIZE = 1024  # a history's most interactions
 MAX_TOP_K = 1024  # actions one placement may show: the kernels size their output buffers by it
 # an offer's agent_text: a few sentences for an agent's screen, not a document (every decision
 # on the channel carries it)
@@ -508,12 +508,12 @@ class _Reader:
                                     f"unknown purpose '{purpose}' (purposes: "
                                     f"{', '.join(consent)})", at_key=True)
         channel_map = {c.name: c for c in channels}
-        actions = self.actions(channel_map, consent)
-        groups = tuple(dict.fromkeys(a.group for a in actions))
-        history = DEFAULT_HISTORY_SIZE
+        history = DEFAULT_HISTORY_SIZE  # before the actions: it bounds their contact policies
         if "history" in root:
             self.mapping(("history",), ("size",))
             history = self.integer(("history", "size"), minimum=1, maximum=MAX_HISTORY_SIZE)
+        actions = self.actions(channel_map, consent, history)
+        groups = tuple(dict.fromkeys(a.group for a in actions))
         arbitration = self.arbitration(channel_map, groups, {c.name: c for c in context}) \
             if "arbitration" in root else Arbitration()
         models = self.models(attr_map, {f.name: f for f in features}, {c.name: c for c in context},
@@ -726,7 +726,8 @@ class _Reader:
                                       f"got {shown}")
         return out
 
-    def actions(self, channels: dict[str, Channel], consent: dict) -> tuple[Action, ...]:
+    def actions(self, channels: dict[str, Channel], consent: dict,
+                history: int) -> tuple[Action, ...]:
         items = self.sequence(("actions",))
         if not items:
             raise self.fail(("actions",), "must not be empty")
@@ -746,12 +747,12 @@ class _Reader:
                 raise self.fail(path + ("id",), f"duplicate action id (first at actions"
                                                 f"[{seen[action_id]}])")
             seen[action_id] = i
-            out.append(self.action(path, spec, action_id, channels, consent))
+            out.append(self.action(path, spec, action_id, channels, consent, history))
             self.action_id = None
         return tuple(out)
 
     def action(self, path: Path, spec: dict, action_id: str, channels: dict[str, Channel],
-               consent: dict) -> Action:
+               consent: dict, history: int) -> Action:
         group = self.name(path + ("group",))
         purpose = self.reference(path + ("purpose",), consent, "purpose")
         offers = []
@@ -790,8 +791,8 @@ class _Reader:
                 valid_until = self.timestamp(path + ("valid", "until"))
             if valid_until <= valid_from:
                 raise self.fail(path + ("valid",), "'until' must be after 'from'")
-        policy = self.contact_policy(path + ("contact_policy",)) if "contact_policy" in spec \
-            else ContactPolicy()
+        policy = self.contact_policy(path + ("contact_policy",), history) \
+            if "contact_policy" in spec else ContactPolicy()
         attributes = {}
         if "attributes" in spec:
             for key, val in self.mapping(path + ("attributes",), open_keys=True).items():
@@ -806,26 +807,35 @@ class _Reader:
                       rules["applicability"], rules["suitability"], value, lever, valid_from,
                       valid_until, policy, attributes, path)
 
-    def contact_policy(self, path: Path) -> ContactPolicy:
+    def contact_policy(self, path: Path, history: int) -> ContactPolicy:
         spec = self.mapping(path, (), ("max_impressions", "suppress_after_rejects",
                                        "cooldown_after_accept"))
         kw: dict[str, Any] = {}
         if "max_impressions" in spec:
             self.mapping(path + ("max_impressions",), ("count", "window"))
-            kw["max_impressions"] = self.integer(path + ("max_impressions", "count"), minimum=1,
-                                                 maximum=MAX_HISTORY_SIZE)
+            kw["max_impressions"] = self.policy_count(path + ("max_impressions", "count"),
+                                                      history)
             kw["impression_window_s"] = self.duration(path + ("max_impressions", "window"))
         if "suppress_after_rejects" in spec:
             sub = path + ("suppress_after_rejects",)
             self.mapping(sub, ("count", "for"), ("within",))
-            kw["reject_count"] = self.integer(sub + ("count",), minimum=1,
-                                              maximum=MAX_HISTORY_SIZE)
+            kw["reject_count"] = self.policy_count(sub + ("count",), history)
             kw["reject_suppress_s"] = self.duration(sub + ("for",))
             kw["reject_within_s"] = self.duration(sub + ("within",)) \
                 if "within" in spec["suppress_after_rejects"] else kw["reject_suppress_s"]
         if "cooldown_after_accept" in spec:
             kw["accept_cooldown_s"] = self.duration(path + ("cooldown_after_accept",))
         return ContactPolicy(**kw)
+
+    def policy_count(self, path: Path, history: int) -> int:
+        """A contact policy counts entries of the history ring, so a count past the ring's size
+        could never be reached and the cap would never trip."""
+        count = self.get(path)
+        if isinstance(count, int) and not isinstance(count, bool) and count > history:
+            raise self.fail(path, f"must be at most history.size ({history}), got {count}: "
+                                  f"contact policies count in the customer's last {history} "
+                                  f"interactions, all actions' together")
+        return self.integer(path, minimum=1, maximum=history)
 
     def arbitration(self, channels: dict, groups: tuple[str, ...], context: dict) -> Arbitration:
         path = ("arbitration",)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kairos.core.catalog import load_catalog
+from kairos.core.catalog import DEFAULT_HISTORY_SIZE, load_catalog
 from kairos.core.compiler import compile_catalog
 from kairos.core.engine import DecisionEngine
 from kairos.core.errors import CatalogError, InputError, KairosError, RuleError
@@ -1005,6 +1005,31 @@ def test_version_must_be_a_string(written, shown):
 ])
 def test_history_wrong_shape(written, message):
     check(edit('fallbacks:', f"{written}\nfallbacks:"), message, written[9:])
+
+
+@pytest.mark.parametrize("policy, history, message", [
+    pytest.param("max_impressions", 8,
+                 "small.yaml:65:32: actions[0].contact_policy.max_impressions.count (action "
+                 "'cart_reminder'): must be at most history.size (8), got 9: contact policies "
+                 "count in the customer's last 8 interactions, all actions' together",
+                 id="impressions"),
+    pytest.param("suppress_after_rejects", None,
+                 "small.yaml:66:39: actions[0].contact_policy.suppress_after_rejects.count "
+                 "(action 'cart_reminder'): must be at most history.size (32), got 33: contact "
+                 "policies count in the customer's last 32 interactions, all actions' together",
+                 id="rejects-default-size"),
+])
+def test_a_policy_count_past_the_history_ring(policy, history, message):
+    """The ring is all a contact policy sees: a count past its size would never trip."""
+    def with_count(count: int) -> str:
+        text = edit(f"{policy}: {{count: 2,", f"{policy}: {{count: {count},")
+        if history is None:
+            return text
+        return edit("fallbacks:", f"history: {{size: {history}}}\nfallbacks:", text)
+
+    size = history or DEFAULT_HISTORY_SIZE
+    check(with_count(size + 1), message, f"{size + 1},")
+    compile_text(with_count(size))
 
 
 @pytest.mark.parametrize("old, new, message", [
