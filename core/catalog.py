@@ -521,6 +521,7 @@ class _Reader:
         fallbacks = self.fallbacks(channel_map, actions)
         timers = self.each(("timers",), lambda p: self.timer(p, event_map)) \
             if "timers" in root else ()
+        self.no_timer_cycle(timers)
         return Catalog(name=name, version=version, channels=channels, context=context,
                        events=events, attributes=attributes, features=features, consent=consent,
                        actions=actions, arbitration=arbitration, models=models,
@@ -1041,6 +1042,42 @@ class _Reader:
             raise self.fail(path + ("fire",), f"'{fire}' also starts the timer, so it would "
                                               f"re-arm itself forever")
         return Timer(path[-1], start, self.duration(path + ("after",)), cancel, fire)
+
+    def no_timer_cycle(self, timers: tuple[Timer, ...]) -> None:
+        """Refuse timers that arm each other in a loop (one firing an event that starts the
+        next, the last's starting the first): they would fire forever, and a customer with a
+        timer armed is never passivated. A timer that re-arms itself is refused in `timer`."""
+        started_by: dict[str, list[int]] = {}
+        for j, t in enumerate(timers):
+            for event in t.start:
+                started_by.setdefault(event, []).append(j)
+        arms = [started_by.get(t.fire, []) for t in timers]
+        done = [False] * len(timers)
+        for first in range(len(timers)):
+            if done[first]:
+                continue
+            # depth first, without recursion: `trail` is the path of timers being explored,
+            # each with the next of the timers it arms to look at
+            trail, on_trail = [[first, 0]], {first}
+            while trail:
+                i, nxt = trail[-1]
+                if nxt == len(arms[i]):
+                    trail.pop()
+                    on_trail.discard(i)
+                    done[i] = True
+                    continue
+                trail[-1][1] += 1
+                j = arms[i][nxt]
+                if j in on_trail:
+                    path = [k for k, _ in trail]
+                    names = " -> ".join(timers[k].name for k in path[path.index(j):] + [j])
+                    raise self.fail(("timers", timers[i].name, "fire"),
+                                    f"'{timers[i].fire}' starts timer '{timers[j].name}': "
+                                    f"timers {names} arm each other, so they would fire "
+                                    f"forever")
+                if not done[j]:
+                    trail.append([j, 0])
+                    on_trail.add(j)
 
     def events_named(self, path: Path, events: dict[str, EventType]) -> tuple[str, ...]:
         """One event type or a list of them."""

@@ -53,3 +53,33 @@ def test_timer_errors(spec, message):
     with pytest.raises(CatalogError) as err:
         load_catalog(with_timer(spec))
     assert message in str(err.value)
+
+
+def with_timers(timers: dict) -> str:
+    doc = yaml.safe_load(default_catalog_text())
+    doc["events"].update({name: {"fields": {}} for name in ("nudge_a", "nudge_b", "nudge_c")})
+    doc["timers"].update(timers)
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def test_timers_that_arm_each_other_in_a_loop_are_refused():
+    """Each fires an event that starts the next, the last's the first: a loop with no end."""
+    text = with_timers({
+        "first": {"start": ["add_to_cart", "nudge_c"], "after": "1h", "fire": "nudge_a"},
+        "second": {"start": "nudge_a", "after": "1h", "fire": "nudge_b"},
+        "third": {"start": "nudge_b", "after": "1h", "fire": "nudge_c"}})
+    with pytest.raises(CatalogError) as err:
+        load_catalog(text, "t.yaml")
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if "fire: nudge_c" in t)
+    assert str(err.value) == (
+        f"t.yaml:{line}:11: timers.third.fire: 'nudge_c' starts timer 'first': timers first -> "
+        f"second -> third -> first arm each other, so they would fire forever")
+
+
+def test_timers_that_arm_others_without_a_loop_are_accepted():
+    c = compile_catalog(load_catalog(with_timers({
+        "first": {"start": "add_to_cart", "after": "1h", "fire": "nudge_a"},
+        "second": {"start": ["nudge_a", "add_to_cart"], "after": "1h", "fire": "nudge_b"},
+        "third": {"start": ["nudge_a", "nudge_b"], "after": "1h", "fire": "nudge_c"}})))
+    assert c.timers_started_by[c.event_index["nudge_a"]] == [c.timer_names.index("second"),
+                                                            c.timer_names.index("third")]
