@@ -3,7 +3,10 @@
 `kairos up` starts each Ray node with `ray start` in a process session of its own and records
 the sessions, the ports and the start time in $KAIROS_HOME/run.json (default ~/.kairos). Every
 process Ray starts for that node (GCS, raylet, dashboard, agents, workers) stays in its session,
-so `kairos down` stops exactly those processes, whatever state they are in: never `ray stop`
+and a random token of the run's is in the environment `ray start` passes on to them: a recorded
+session is the run's while one of its processes carries the token (a session id alone proves
+nothing: once its processes are gone, a terminal's session can get it, after a reboot say). So
+`kairos down` stops exactly those processes, whatever state they are in: never `ray stop`
 (it stops every Ray on the machine: a test's, a bench's, another Kairos's). It asks Ray to stop
 the runtime first (gateways drained) only when the GCS answers and a raylet lives, and then in
 a child process killed after GRACEFUL_STOP_S: a Ray driver whose GCS is gone or hung (or
@@ -25,6 +28,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -41,6 +45,7 @@ RUN_FILE = "run.json"
 LOCK_FILE = "up.lock"
 START_LOG = "ray-start.log"
 LOOPBACK = "127.0.0.1"
+TOKEN_ENV = "KAIROS_RUN_TOKEN"  # the run's token, in the environment of every process it starts
 RAY_PORT = 6380  # the GCS port (6379 is left to Redis)
 DASHBOARD_PORT = 8265
 RAY_START_TIMEOUT_S = 180.0  # one `ray start` (about 10 s on a quiet 2-core machine)
@@ -75,6 +80,7 @@ class Run:
     store: str = ""
     console: str = ""  # the agent's console's URL ("": none)
     console_keys: str = ""  # where the keys agents sign in with are (a path, never a key)
+    token: str = dataclasses.field(default_factory=lambda: secrets.token_hex(16))  # TOKEN_ENV
 
     @property
     def ray_port(self) -> int:
@@ -84,7 +90,7 @@ class Run:
 def read_run() -> Run | None:
     try:
         data = json.loads((home() / RUN_FILE).read_text())
-        return Run(**data)
+        return Run(**{"token": "", **data})  # "": recorded before runs had tokens
     except FileNotFoundError:
         return None
     except (ValueError, TypeError) as exc:  # not ours, or from another version
@@ -120,10 +126,14 @@ def up_lock() -> Iterator[None]:
 
 # -- Ray's environment -----------------------------------------------------------------------
 
-def ray_env(loopback: bool, auth_mode: str) -> dict[str, str]:
-    """The environment of Ray's processes (workers inherit it) and of the drivers that join."""
+def ray_env(loopback: bool, auth_mode: str, token: str = "") -> dict[str, str]:
+    """The environment of Ray's processes (workers inherit it) and of the drivers that join;
+    `token`: the run's (Run.token), which marks the processes as the run's."""
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)  # the addresses are always given explicitly
+    env.pop(TOKEN_ENV, None)  # never another run's
+    if token:
+        env[TOKEN_ENV] = token
     # Every node runs on this machine: shards serve their data path on loopback. Ray runs
     # workers at nice 15 by default, behind any batch job on the machine; Kairos's actors are
     # the latency-bound service, so they run at 0.
@@ -191,7 +201,7 @@ class StartFailed(Exception):
 def start_ray(run: Run, dashboard_port: int | None) -> None:
     """`ray start` the head and the other nodes of `run` (its sessions are filled in and
     recorded as each starts, so that `kairos down` finds them even if this is interrupted)."""
-    env = ray_env(run.loopback, run.auth_mode)
+    env = ray_env(run.loopback, run.auth_mode, run.token)
     head = ["--head", f"--port={run.ray_port}", f"--ray-client-server-port={free_port()}",
             "--dashboard-agent-listen-port=0"]  # 0: any free port (52365 is Ray's default)
     if run.loopback:
@@ -229,20 +239,46 @@ def _ray_start(run: Run, args: list[str], env: dict[str, str]) -> None:
 
 # -- find and stop ---------------------------------------------------------------------------
 
-def processes(run: Run) -> list[psutil.Process]:
-    """The live processes of the run's sessions (not ones a reused id names: those started
-    after the run)."""
+def processes(run: Run, proven: set[int] | None = None) -> list[psutil.Process]:
+    """The live processes of the run's sessions that hold a process carrying the run's token
+    (the GCS, the raylets and the console do; Ray's workers and agents do not show theirs: their
+    process titles overwrite /proc/PID/environ). Only a process in the session can have made
+    another one in it, and an id is not reused while its session has a process, so the carrier
+    vouches for the whole session. `proven`, filled in: sessions found to be the run's before,
+    which stay so for the seconds of one `kairos down` (their ids come back only after the pid
+    counter wraps past them): the workers a dying raylet starts are still stopped."""
     sessions = set(run.sessions)
-    found = []
+    members: dict[int, list[psutil.Process]] = {}
     for proc in psutil.process_iter(["create_time", "status"]):
         try:
-            if (proc.info["status"] != psutil.STATUS_ZOMBIE
-                    and proc.info["create_time"] >= run.started - 1.0
-                    and os.getsid(proc.pid) in sessions):
-                found.append(proc)
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and (
+                    sid := os.getsid(proc.pid)) in sessions:
+                members.setdefault(sid, []).append(proc)
         except (psutil.Error, OSError):
             continue
-    return found
+    if not run.token:
+        return _before_tokens(run, members)
+    proven = set() if proven is None else proven
+    proven.update(sid for sid, procs in members.items()
+                  if any(_carries(proc, run.token) for proc in procs))
+    return [proc for sid in proven for proc in members.get(sid, [])]
+
+
+def _carries(proc: psutil.Process, token: str) -> bool:
+    try:
+        return proc.environ().get(TOKEN_ENV) == token
+    except psutil.Error:  # gone, or another user's (whose environment is not readable)
+        return False
+
+
+def _before_tokens(run: Run, members: dict[int, list[psutil.Process]]) -> list[psutil.Process]:
+    """A record an older `kairos up` wrote, without a token (its Kairos may still run): the
+    processes of its sessions started since it, if the machine has not restarted since. An id
+    reused within the same boot still passes; a new `kairos up` records a token."""
+    if run.started < psutil.boot_time():
+        return []
+    return [proc for procs in members.values() for proc in procs
+            if proc.info["create_time"] >= run.started - 1.0]
 
 
 def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
@@ -282,8 +318,9 @@ def terminate(run: Run) -> tuple[int, int]:
     (processes stopped, processes that would not die)."""
     stopped: set[int] = set()
     left: list[psutil.Process] = []
+    proven: set[int] = set()
     for _ in range(3):  # a raylet may start a worker while it is being stopped
-        procs = processes(run)
+        procs = processes(run, proven)
         if not procs:
             break
         stopped.update(p.pid for p in procs)

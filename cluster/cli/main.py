@@ -207,7 +207,8 @@ def _endpoints(args: argparse.Namespace) -> str:
 
 def _start(args: argparse.Namespace, run: local.Run, catalog_text: str | None) -> None:
     # Ray reads its mode (single machine or not) when it is imported: the environment first
-    env = local.ray_env(run.loopback, run.auth_mode)
+    # (with the run's token, which the console this starts inherits: see local.processes)
+    env = local.ray_env(run.loopback, run.auth_mode, run.token)
     os.environ.clear()
     os.environ.update(env)
     local.start_ray(run, args.dashboard_port if args.dashboard else None)

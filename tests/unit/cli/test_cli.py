@@ -2,12 +2,16 @@
 
 `catalog validate`, `demo --local`, and what `status`, `demo` and `down` say when nothing runs,
 a stale record, a second `up`, busy ports, and that `down` stops exactly the process sessions
-`up` recorded (stand-ins for Ray's processes). The real `kairos up` ... `kairos down` runs in
-the cluster tier (tests/cluster/test_kairos_up.py).
+`up` recorded that carry its token (stand-ins for Ray's processes). The real `kairos up` ...
+`kairos down` runs in the cluster tier (tests/cluster/test_kairos_up.py).
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -15,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from kairos.cluster.cli import local
@@ -81,10 +86,10 @@ def test_down_with_nothing_recorded(home, capsys):
         f"Kairos is not running (nothing recorded in {home / 'run.json'})")
 
 
-def fake_run(sessions: list[int], started: float) -> local.Run:
+def fake_run(sessions: list[int], started: float, **fields) -> local.Run:
     run = local.Run(ray_address=f"127.0.0.1:{free_port()}", temp_dir=tempfile.gettempdir(),
                     sessions=sessions, started=started, loopback=True, auth_mode="token",
-                    gateways=[f"127.0.0.1:{free_port()}"])
+                    gateways=[f"127.0.0.1:{free_port()}"], **fields)
     local.write_run(run)
     return run
 
@@ -100,18 +105,34 @@ def test_down_removes_the_record_of_a_kairos_whose_processes_are_gone(home, caps
     assert main(["down"]) == 0  # and again: nothing recorded
 
 
-def sleeper() -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
-                            start_new_session=True)
+SLEEP = "import time; time.sleep(300)"
+# a Ray worker's stand-in: its process title hides its environment, and so the run's token
+WORKER = ("import os, subprocess, sys, time; "
+          f"env = {{k: v for k, v in os.environ.items() if k != {local.TOKEN_ENV!r}}}; "
+          f"subprocess.Popen([sys.executable, '-c', {SLEEP!r}], env=env); time.sleep(300)")
+
+
+def sleeper(token: str = "", code: str = SLEEP) -> subprocess.Popen:
+    """A process in a session of its own, with `token` in its environment as the processes
+    `kairos up` starts have the run's."""
+    env = {k: v for k, v in os.environ.items() if k != local.TOKEN_ENV}
+    if token:
+        env[local.TOKEN_ENV] = token
+    return subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
 
 
 def test_a_second_up_refuses_and_down_stops_exactly_the_recorded_sessions(home, capsys):
     """Stand-ins for Ray's processes: `up` sees them and leaves them alone; `down` stops the
-    recorded session's processes and no other process (a bystander in another session)."""
-    started = time.time() - 1
-    ours, bystander = sleeper(), sleeper()
+    recorded session's processes, the token's carrier and a worker without it, and no other
+    process (a bystander in another session)."""
+    started, token = time.time() - 1, secrets.token_hex(16)
+    ours, bystander = sleeper(token, WORKER), sleeper(token)
+    deadline = time.monotonic() + 30
+    while not psutil.Process(ours.pid).children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker = psutil.Process(ours.pid).children()[0]
     try:
-        run = fake_run([ours.pid], started)
+        run = fake_run([ours.pid], started, token=token)
         assert main(["up", "--port", "0"]) == 1
         assert "Kairos is already running (started" in capsys.readouterr().err
         assert ours.poll() is None and json.loads((home / "run.json").read_text())["sessions"] \
@@ -121,14 +142,57 @@ def test_a_second_up_refuses_and_down_stops_exactly_the_recorded_sessions(home, 
         assert time.monotonic() - began < 15
         out = capsys.readouterr().out
         assert out.startswith(f"Kairos is down: Ray's GCS at {run.ray_address} was gone")
-        assert "Ray's 1 processes" in out
+        assert "Ray's 2 processes" in out
         assert ours.wait(timeout=5) is not None
+        with contextlib.suppress(psutil.NoSuchProcess):  # or a zombie nobody reaps here
+            assert worker.status() == psutil.STATUS_ZOMBIE
         assert bystander.poll() is None
         assert not (home / "run.json").exists()
     finally:
+        with contextlib.suppress(psutil.Error):
+            worker.kill()
         for proc in (ours, bystander):
             proc.kill()
             proc.wait()
+
+
+def test_a_recorded_session_id_that_came_back_as_another_session_is_left_alone(home, capsys):
+    """The processes of a run are gone (a reboot without `kairos down`, say) and a terminal's
+    session got one of its ids: `down` says Kairos is not running and stops nothing, `up` does
+    not take it for a Kairos running."""
+    terminal = sleeper()
+    try:
+        fake_run([terminal.pid], time.time() - 3600)
+        assert main(["down"]) == 0
+        assert capsys.readouterr().out.startswith("Kairos is not running: the processes of")
+        assert terminal.poll() is None and not (home / "run.json").exists()
+        fake_run([terminal.pid], time.time() - 3600)
+        with socket.socket() as busy:  # `up` then stops at the ports, having started nothing
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            assert main(["up", "--ray-port", str(port), "--port", "0", "--no-dashboard"]) == 1
+        assert f"in use on this machine: port {port} (Ray)" in capsys.readouterr().err
+        assert terminal.poll() is None
+    finally:
+        terminal.kill()
+        terminal.wait()
+
+
+def test_a_record_without_a_token_is_stale_after_a_reboot(home):
+    """A record an older `kairos up` wrote (no token): its sessions' processes are still found
+    (its Kairos may be running), unless it was written before the machine last started."""
+    older = sleeper()
+    try:
+        for started, found in ((time.time() - 1, [older.pid]), (psutil.boot_time() - 60, [])):
+            record = {field: value for field, value
+                      in dataclasses.asdict(fake_run([older.pid], started)).items()
+                      if field != "token"}
+            (home / "run.json").write_text(json.dumps(record))
+            assert [proc.pid for proc in local.processes(local.read_run())] == found
+    finally:
+        older.kill()
+        older.wait()
 
 
 def test_up_refuses_ports_in_use_and_starts_nothing(home, capsys):
