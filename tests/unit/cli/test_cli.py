@@ -205,6 +205,24 @@ def test_up_refuses_ports_in_use_and_starts_nothing(home, capsys):
     assert not (home / "run.json").exists()
 
 
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6")
+@pytest.mark.parametrize("host", ["::", "::1"])
+def test_up_checks_an_ipv6_gateway_address_with_an_ipv6_socket(home, capsys, host):
+    with socket.socket() as busy, socket.socket(socket.AF_INET6) as busy_v6:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        busy_v6.bind(("::1", 0))
+        busy_v6.listen()
+        assert not local.port_free(host, busy_v6.getsockname()[1])
+        gateway = free_port()
+        assert main(["up", "--host", host, "--ray-port", str(port), "--port", str(gateway),
+                     "--no-dashboard"]) == 1
+    err = capsys.readouterr().err
+    assert f"in use on this machine: port {port} (Ray);" in err and "gateway" not in err
+    assert local.port_free(host, gateway) and not (home / "run.json").exists()
+
+
 def test_up_refuses_a_store_url_that_cannot_work_and_starts_nothing(home, capsys):
     store = "rediss://:pw-secret@redis.svc:6379/0?ssl_ca_certs=/nowhere/ca.pem"
     assert main(["up", "--store", store, "--port", "0", "--no-dashboard"]) == 1
