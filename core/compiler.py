@@ -15,7 +15,7 @@ import copy
 import itertools
 import math
 import threading
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 from typing import Any
@@ -517,10 +517,13 @@ class CompiledCatalog:
     def _compile_models(self) -> None:
         models = self.catalog.models
         preds, slots, names = [], [], ["bias"]  # one input per predictor, per vector element
-        reads = Counter(p.key for p in models.predictors)
+        read: set[str] = set()
         for p in models.predictors:
-            # an input read twice (as is and as its log, say) is told apart by its transform
-            key = p.key if reads[p.key] == 1 else f"{p.key}:{p.transform}:{p.scale:g}"
+            # an input read twice (as is and as its log, say) is told apart by its transform,
+            # the first reader keeping the plain name: a switch that adds a reader of an input
+            # keeps the first's weight, since models are carried across by these names
+            key = f"{p.key}:{p.transform}:{p.scale:g}" if p.key in read else p.key
+            read.add(p.key)
             if p.source == "context":
                 spec = self.catalog.context[self.context_index[p.name]]
                 first, size = self.context_slot[p.name], spec.size

@@ -291,12 +291,34 @@ def test_the_posterior_option_and_its_limit():
         compiled_from_text(full.replace("size: 30", "size: 80"))
 
 
+def test_a_switch_that_adds_a_reader_of_an_input_keeps_the_first_readers_weight():
+    """Models are carried across by predictor name: the first reader of `orders` keeps its name
+    when a second one comes (it was renamed, and its learned weight restarted at the prior)."""
+    compiled = compiled_from_text(default_catalog_text())
+    table = ModelTable(compiled)
+    correlated_rounds(table, compiled, np.random.default_rng(5), 200)
+    table.mean[:, compiled.predictor_names.index("orders")] = 0.75  # a weight it learned
+    text = default_catalog_text().replace(
+        "    - {name: orders, transform: log1p}\n",
+        "    - {name: orders, transform: log1p}\n    - {name: orders, transform: scale, "
+        "scale: 10}\n")
+    new = compiled_from_text(text.replace("version: ", "version: x", 1))
+    assert new.predictor_names[:3] == ["bias", "orders", "orders:scale:10"]
+    remap = ModelRemap(compiled, new)
+    old_col = compiled.predictor_names.index("orders")
+    assert remap.cols[1] == old_col and remap.cols[2] == -1
+    carried = remap.table(table)
+    np.testing.assert_array_equal(carried.mean[:, 1], table.mean[:, old_col])
+    assert carried.covariance[0, 1, 1] == pytest.approx(table.covariance[0, old_col, old_col],
+                                                        rel=1e-9)
+
+
 def test_an_input_read_twice_is_two_predictors_and_a_value_alone_is_learning():
     text = default_catalog_text().replace(
         "    - {name: orders, transform: log1p}\n",
         "    - {name: orders, transform: log1p}\n    - {name: orders}\n")
     compiled = compiled_from_text(text)
-    assert "orders:log1p:1" in compiled.predictor_names
+    assert "orders" in compiled.predictor_names  # the first reader, log1p
     assert "orders:identity:1" in compiled.predictor_names
     table = ModelTable(compiled)
     table.value_count[3] += 1
