@@ -3,8 +3,15 @@
 A shard hands partitions over, passivates customers and (with the durability issue) snapshots
 them as blocks. A block names its profile slots, actions and channels and carries its strings
 as text, so it loads into a shard whose catalog version or string table differs: columns are
-matched by name, new slots take their defaults, history entries of removed actions are dropped
-(a block of the loading catalog's own layout, the usual case, loads column by column as it is).
+matched by name and meaning, new slots take their defaults, history entries of removed actions
+are dropped (a block of the loading catalog's own layout, the usual case, loads column by
+column as it is). A slot's meaning is what its catalog says it holds (an attribute's type; a
+feature's kind, event, field, half-life, `when` filter and type; int and float are one type
+here, and a string's declared values are no part of it, as its text travels): one whose
+meaning changed under the same name (a `time_since` become a `count`, an `int` attribute
+become a `timestamp`) starts from its default like a new one, rather than reading the old
+number as the new kind.
+Blocks written before they named meanings are matched by name and "string or not" only.
 Encoded with msgpack; NumPy columns travel as raw buffers.
 
 Blocks come back from disk, Redis and other processes, so nothing read from one is trusted as
@@ -15,43 +22,59 @@ a block that fails is BlockCorrupt, never an IndexError or a row half loaded.
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+import hashlib
+from typing import Any, NamedTuple, Sequence
 
 import msgpack
 import numpy as np
 
-from kairos.core.compiler import CompiledCatalog
+from kairos.core.compiler import CLOCK_SLOT, CompiledCatalog
 from kairos.core.engine import DecisionEngine
 from kairos.core.state import EMPTY
 
 FORMAT = 1
 RING_COLUMNS = ("ring_action", "ring_channel", "ring_outcome", "ring_time")
 PER_ROW = ("ring_head", "applied", "lsn", "extras")  # one value per customer
+# bytes of each slot's digest in a block's `meanings`: a block travels with every decision the
+# log keeps, so a digest rather than the definition (a changed one goes unseen 1 in 2**32)
+MEANING_BYTES = 4
 
 
 class BlockCorrupt(ValueError):
     """A customer block that does not hold together (damaged, or not a block)."""
 
 
-def slot_keys(compiled: CompiledCatalog) -> list[str]:
-    """A name per profile slot; the helper slot after a `last` feature is '<name>@time'."""
-    return _layout(compiled)[0]
-
-
-def string_columns(compiled: CompiledCatalog) -> list[bool]:
-    return _layout(compiled)[1]
+class _Layout(NamedTuple):
+    keys: list[str]  # a name per slot; the helper slot after a `last` feature is '<name>@time'
+    flags: list[bool]  # whether each slot holds a string
+    string_slots: list[int]  # the string slots' columns
+    meanings: bytes  # each slot's meaning's digest (MEANING_BYTES each)
 
 
 @functools.lru_cache(maxsize=8)
-def _layout(compiled: CompiledCatalog) -> tuple[list[str], list[bool], list[int]]:
-    """The slots' names, whether each holds a string, and the string slots' columns: the same
-    for every block of a catalog (the decision log exports one per decision), so computed
-    once per catalog (kept by identity; a shard holds one or two at a time)."""
+def _layout(compiled: CompiledCatalog) -> _Layout:
+    """The same for every block of a catalog (the decision log exports one per decision), so
+    computed once per catalog (kept by identity; a shard holds one or two at a time)."""
+    cat = compiled.catalog
+    # an int and a float are the same number to rules and predictors: a slot declared one
+    # and then the other keeps its values
+    kind = {"int": "number", "float": "number"}
+    meaning: dict[str, tuple] = {compiled.layout.names[CLOCK_SLOT]: ("clock",)}
+    meaning.update({a.name: ("attribute", kind.get(a.type, a.type)) for a in cat.attributes})
+    meaning.update({f.name: ("feature", f.kind, f.event, f.field, float(f.half_life_s),
+                             f.when_field, list(f.when_values), kind.get(f.type, f.type))
+                    for f in cat.features})
     keys: list[str] = []
+    digests = []
     for name in compiled.layout.names:
+        # a `last` feature's helper holds the time of its value: it means what its feature
+        # does, so the two start over together
+        described = meaning[name] if name else (*meaning[keys[-1]], "time")
         keys.append(name if name else f"{keys[-1]}@time")
+        digests.append(hashlib.blake2b(msgpack.packb(described),
+                                       digest_size=MEANING_BYTES).digest())
     flags = [compiled.layout.types.get(key) == "string" for key in keys]
-    return keys, flags, np.flatnonzero(flags).tolist()
+    return _Layout(keys, flags, np.flatnonzero(flags).tolist(), b"".join(digests))
 
 
 def export_block(engine: DecisionEngine, customer_ids: Sequence[str],
@@ -61,16 +84,17 @@ def export_block(engine: DecisionEngine, customer_ids: Sequence[str],
     along for the shard's own per-customer state, such as armed timers. `journal` names the
     journal whose positions the rows' LSNs are."""
     c, t = engine.compiled, engine.table
-    keys, flags, string_slots = _layout(c)
+    layout = _layout(c)
     if len(customer_ids) == 1:  # copying a slice costs a third of indexing by an array
         row = t.index[customer_ids[0]]
         rows: slice | np.ndarray = slice(row, row + 1)
     else:
         rows = np.fromiter((t.index[i] for i in customer_ids), np.int64, len(customer_ids))
     values = t.values[rows].copy()
-    strings = _localize(values, string_slots, c)
+    strings = _localize(values, layout.string_slots, c)
     block = {"format": FORMAT, "catalog": c.version, "ids": list(customer_ids),
-             "slots": keys, "string_columns": flags, "strings": strings,
+             "slots": layout.keys, "string_columns": layout.flags,
+             "meanings": layout.meanings, "strings": strings,
              "actions": c.action_ids, "channels": c.channel_names, "values": values,
              "ring_head": t.ring_head[rows].copy(), "applied": t.applied[rows].copy(),
              "journal": journal, "lsn": t.lsn[rows].copy(),
@@ -113,8 +137,12 @@ def validate(block: Any) -> None:
         strings = len(block["strings"])
         flags = np.asarray(block["string_columns"], bool)
         actions, channels = len(block["actions"]), len(block["channels"])
+        meanings = block.get("meanings")  # absent from blocks written before it was added
     except (KeyError, TypeError) as exc:
         raise BlockCorrupt(f"a customer block lacks a well-formed {exc}") from None
+    if meanings is not None and (not isinstance(meanings, bytes) or
+                                 len(meanings) != slots * MEANING_BYTES):
+        raise _corrupt(f"meanings that are not {MEANING_BYTES} bytes for each of {slots} slots")
     if values.shape != (n, slots) and (n or values.size):
         raise _corrupt(f"values of shape {values.shape} for {n} customers and {slots} slots")
     if flags.shape != (slots,):
@@ -170,8 +198,10 @@ def _localize(values: np.ndarray, slots: list[int], c: CompiledCatalog) -> list[
 
 def _values(c: CompiledCatalog, block: dict[str, Any]) -> np.ndarray:
     source = np.asarray(block["values"], np.float64)
-    keys, flags, string_slots = _layout(c)
-    if block["slots"] == keys and list(block["string_columns"]) == flags:
+    keys, flags, string_slots, own = _layout(c)
+    meanings = block.get("meanings")
+    if block["slots"] == keys and list(block["string_columns"]) == flags and \
+            meanings in (None, own):
         # a block of this catalog's layout (the usual case): every column as it is, only the
         # strings recoded, where matching the columns by name would cost a Python step each
         out = source.copy()
@@ -185,10 +215,12 @@ def _values(c: CompiledCatalog, block: dict[str, Any]) -> np.ndarray:
     where = {key: col for col, key in enumerate(block["slots"])}
     was_string = block["string_columns"]
     strings = block["strings"]
-    for col, (key, is_string) in enumerate(zip(slot_keys(c), string_columns(c))):
+    n = MEANING_BYTES
+    for col, (key, is_string) in enumerate(zip(keys, flags)):
         src = where.get(key)
-        if src is None or bool(was_string[src]) != is_string:
-            continue  # a new slot, or one whose type changed: it starts from its default
+        if src is None or bool(was_string[src]) != is_string or meanings is not None and \
+                meanings[src * n:src * n + n] != own[col * n:col * n + n]:
+            continue  # a new slot, or one whose meaning changed: it starts from its default
         column = source[:, src]
         if is_string:
             column = column.copy()
@@ -265,7 +297,8 @@ def unpack(data: bytes) -> dict[str, Any]:
         raise BlockCorrupt(f"undecodable block data ({type(exc).__name__}: {exc})") from None
 
 
-CATALOG_PART = ("format", "catalog", "slots", "string_columns", "actions", "channels")
+CATALOG_PART = ("format", "catalog", "slots", "string_columns", "meanings", "actions",
+                "channels")
 
 
 def pack_one(engine: DecisionEngine, customer_id: str) -> bytes:
@@ -276,7 +309,7 @@ def pack_one(engine: DecisionEngine, customer_id: str) -> bytes:
     c, t = engine.compiled, engine.table
     row = t.index[customer_id]
     values = t.values[row:row + 1].copy()
-    strings = _localize(values, _layout(c)[2], c)
+    strings = _localize(values, _layout(c).string_slots, c)
     parts = [_one_head(c), _packb([customer_id]), _STRINGS, _packb(strings)]
     for name in ONE_ARRAYS:
         array = values if name == "values" else getattr(t, name)[row:row + 1]
@@ -294,9 +327,10 @@ _STRINGS = _packb("strings")
 def _one_head(c: CompiledCatalog) -> bytes:
     """A one-customer block's map header, the catalog's pairs, the pairs that are the same for
     every customer (no journal, no extras) and the key of its ids."""
-    keys, flags, _ = _layout(c)
-    fixed = dict(zip(CATALOG_PART, (FORMAT, c.version, keys, flags, c.action_ids,
-                                    c.channel_names)), journal=None, extras=[None])
+    layout = _layout(c)
+    fixed = dict(zip(CATALOG_PART, (FORMAT, c.version, layout.keys, layout.flags,
+                                    layout.meanings, c.action_ids, c.channel_names)),
+                 journal=None, extras=[None])
     pairs = len(fixed) + 2 + len(ONE_ARRAYS)  # and ids, strings, the arrays
     return b"\xde" + pairs.to_bytes(2, "big") + _packb(fixed)[1:] + _packb("ids")
 

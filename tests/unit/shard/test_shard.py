@@ -313,6 +313,29 @@ def test_catalog_switch_relays_out_residents_and_keeps_models(compiled):
     assert decision.catalog_version == "v2-test"
 
 
+def test_a_catalog_switch_starts_a_feature_of_another_kind_over(compiled):
+    """`since_cart` become a count of carts: neither a resident customer nor one passivated
+    before the switch (its home is read under the new catalog) takes its cart's time for a
+    count; the cart's other features stay."""
+    clock = Clock()
+    s = shard(compiled, clock=clock, resident_limit=1)
+    cart = dict(product_id="tv", category="electronics", price=199.0)
+    s.process([event("ana", "add_to_cart", T0, **cart)])
+    clock.now += 1
+    s.process([event("bob", "add_to_cart", T0, **cart)])
+    assert s.passivate(clock.now) == 1 and "ana" not in s.engine.table
+    before = s.process([profile("bob", T0 + 60)])[0][0].value["features"]
+    doc = yaml.safe_load(default_catalog_text())
+    doc["version"] = "v2-counts-carts"
+    doc["features"]["since_cart"] = {"kind": "count", "event": "add_to_cart"}
+    s.commit(s.prepare(yaml.safe_dump(doc, sort_keys=False)))
+    s.process([event("bob", "add_to_cart", T0 + 120, **cart)])
+    for customer, carts in (("ana", 0.0), ("bob", 1.0)):
+        after = s.process([profile(customer, T0 + 180)])[0][0].value["features"]
+        assert after["since_cart"] == carts, customer
+        assert after["cart_category"] == before["cart_category"] == "electronics"
+
+
 def test_commit_needs_a_prepared_version(compiled):
     with pytest.raises(ValueError, match="has not prepared"):
         shard(compiled).commit("v9")
