@@ -729,6 +729,13 @@ cdef inline double _quadratic(const double* S, const double* x, Py_ssize_t d) no
     return total
 
 
+cdef inline bint _ranks(CatalogView cat, double priority) noexcept nogil:
+    """Whether an action of this priority may be ranked: above 0 (a lever or context weight
+    of 0 switches an action off, though 0 reaches the default threshold of 0) and at or above
+    the restraint threshold; NaN never."""
+    return priority > 0.0 and priority >= cat.restraint
+
+
 cdef inline bint _untried(CatalogView cat, ModelView mv, int channel, const int8_t* reasons,
                           const double* factors, Py_ssize_t a) noexcept nogil:
     """Scored (ranked, under the restraint threshold, or, once the selection has run, SELECTED
@@ -800,7 +807,7 @@ cdef void _decide_one(CatalogView cat, StateView st, ModelView mv, Workspace ws,
         factors[a * N_FACTORS + 1] = weight
         factors[a * N_FACTORS + 2] = value
         factors[a * N_FACTORS + 3] = priority
-        if not priority >= cat.restraint:
+        if not _ranks(cat, priority):
             reasons[a] = R_RESTRAINT
             continue
         reasons[a] = R_TOP_K
@@ -922,11 +929,11 @@ cdef inline void _bound(CatalogView cat, Workspace ws, const double* factors, Py
 cdef void _prune(CatalogView cat, Workspace ws, const int8_t* reasons, const double* factors,
                  int k, Py_ssize_t out) noexcept nogil:
     """Marks the scored actions a re-run can rank (`_active`): those whose highest priority
-    reaches the restraint threshold and the (k+1)-th highest lowest priority among the
-    groups (each action of a group that allows several), as k+1 such rivals leave one ahead
-    of it whatever the trial takes; and those the decision showed. (Below the threshold a
-    re-run never ranks an action: left out, a decision that shows nothing re-draws only the
-    actions that might have crossed it.)"""
+    ranks (`_ranks`) and reaches the (k+1)-th highest lowest priority among the groups (each
+    action of a group that allows several, whose low ranks too), as k+1 such rivals leave
+    one ahead of it whatever the trial takes; and those the decision showed. (Below the
+    threshold, or at 0, a re-run never ranks an action: left out, a decision that shows
+    nothing re-draws only the actions that might have crossed it.)"""
     cdef Py_ssize_t a, j, n_top = 0
     cdef double low, high, bar = cat.restraint, v  # the rivals' lows all reach it
     cdef int g
@@ -937,7 +944,7 @@ cdef void _prune(CatalogView cat, Workspace ws, const int8_t* reasons, const dou
         if not _scored(reasons, a):
             continue
         _bound(cat, ws, factors, a, &low, &high)
-        if not low >= cat.restraint:
+        if not _ranks(cat, low):
             continue
         g = cat.action_group[a]
         if cat.group_multiple[g]:
@@ -956,7 +963,7 @@ cdef void _prune(CatalogView cat, Workspace ws, const int8_t* reasons, const dou
     for a in range(cat.n_actions):
         if _scored(reasons, a):
             _bound(cat, ws, factors, a, &low, &high)
-            ws._active[a] = high >= bar
+            ws._active[a] = _ranks(cat, high) and high >= bar
     for j in range(ws._out_count[out]):
         ws._active[ws._out_action[out, j]] = 1
 
@@ -1077,7 +1084,7 @@ cdef void _rerun(CatalogView cat, ModelView mv, Workspace ws, int channel,
             best_p = 0.0
             for i in range(n_active):
                 a = ws._active_list[i]
-                if ws._blocked[cat.action_group[a]] or not ws._sampled[a] >= cat.restraint:
+                if ws._blocked[cat.action_group[a]] or not _ranks(cat, ws._sampled[a]):
                     continue
                 if best < 0 or ws._sampled[a] > best_p:
                     best = a

@@ -366,8 +366,10 @@ class DecisionEngine:
             Reason.ACCEPT_COOLDOWN: f"accepted within the last "
                                     f"{_duration(policy.accept_cooldown_s)}",
             Reason.INVALID_VALUE: "its value is not a finite number for this customer",
+            # a priority of 0 reaches a threshold of 0 but is not shown all the same
             Reason.RESTRAINT: f"{scored}, below the restraint threshold "
-                              f"{c.restraint_threshold:g}",
+                              f"{c.restraint_threshold:g}" if factors[3] < c.restraint_threshold
+                              else f"{scored}; only a priority above 0 is shown",
             Reason.GROUP_LIMIT: f"{scored}; a higher-priority action of group "
                                 f"'{action.group}' was chosen",
             Reason.TOP_K: f"{scored}; ranked below the actions shown",

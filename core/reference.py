@@ -256,7 +256,7 @@ def decide_one(cat: CatalogView, st: StateView, mv: ModelView, ws: Workspace, ro
         weight = weights[c.action_group[a]]
         priority = propensity * weight * value * c.lever[a]
         factors[a] = (propensity, weight, value, priority)
-        if not priority >= c.restraint_threshold:
+        if not _ranks(c, priority):
             reasons[a] = Reason.RESTRAINT
             continue
         reasons[a] = Reason.TOP_K
@@ -275,6 +275,13 @@ SCORED = frozenset(int(r) for r in (Reason.RESTRAINT, Reason.TOP_K, Reason.SELEC
 SELECTION_TAIL = 6.0  # sigmas of a Thompson draw the selection's pruning allows for
 
 
+def _ranks(c: CompiledCatalog, priority: float) -> bool:
+    """Whether an action of this priority may be ranked: above 0 (a lever or context weight
+    of 0 switches an action off, though 0 reaches the default threshold of 0) and at or above
+    the restraint threshold; NaN never (the kernel's `_ranks`)."""
+    return priority > 0.0 and priority >= c.restraint_threshold
+
+
 def _bounds(c: CompiledCatalog, ws: Workspace, factors, a: int) -> tuple[float, float]:
     """The priorities between which a's re-runs fall but for SELECTION_TAIL-sigma draws."""
     if c.exploration != Exploration.THOMPSON:
@@ -287,15 +294,15 @@ def _bounds(c: CompiledCatalog, ws: Workspace, factors, a: int) -> tuple[float, 
 
 def _active(c: CompiledCatalog, ws: Workspace, scored: list[int], factors, k: int,
             shown: list[int]) -> list[int]:
-    """The scored actions a re-run can rank: those whose highest priority reaches the
-    restraint threshold and the (k+1)-th highest lowest priority among the groups (each
-    action of a group that allows several), as k+1 such rivals leave one ahead of it
+    """The scored actions a re-run can rank: those whose highest priority ranks (`_ranks`)
+    and reaches the (k+1)-th highest lowest priority among the groups (each action of a group
+    that allows several, whose low ranks too), as k+1 such rivals leave one ahead of it
     whatever the trial takes; and those the decision showed (the kernel's `_prune`)."""
     best_of_group: dict[int, float] = {}
     lows = []
     for a in scored:
         low = _bounds(c, ws, factors, a)[0]
-        if not low >= c.restraint_threshold:
+        if not _ranks(c, low):
             continue
         g = int(c.action_group[a])
         if c.group_multiple[g]:
@@ -305,7 +312,8 @@ def _active(c: CompiledCatalog, ws: Workspace, scored: list[int], factors, k: in
     lows += best_of_group.values()
     lows.sort(reverse=True)
     bar = lows[k] if len(lows) >= k + 1 else c.restraint_threshold  # the lows all reach it
-    return [a for a in scored if _bounds(c, ws, factors, a)[1] >= bar or a in shown]
+    highs = {a: _bounds(c, ws, factors, a)[1] for a in scored}
+    return [a for a in scored if (_ranks(c, highs[a]) and highs[a] >= bar) or a in shown]
 SELECTION_STREAM = 0xD1B54A32D192ED03  # xor'ed into the decision's stream for the re-runs
 
 
@@ -409,7 +417,7 @@ def _rerun(c: CompiledCatalog, ws: Workspace, scored: list[int], untried: list[i
         while len(slots) < k:
             best = None
             for a in active:
-                if c.action_group[a] not in blocked and sampled[a] >= c.restraint_threshold \
+                if c.action_group[a] not in blocked and _ranks(c, sampled[a]) \
                         and (best is None or sampled[a] > sampled[best]):
                     best = a
             if best is None:

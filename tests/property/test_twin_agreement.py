@@ -105,7 +105,8 @@ def actions(draw, index: int):
     action = {"id": f"a{index}", "group": draw(st.sampled_from(["sell", "serve", "retain"])),
               "purpose": draw(st.sampled_from(["marketing", "service"])), "channels": offers,
               "value": draw(st.one_of(st.floats(0.1, 50), num_expr())),
-              "lever": draw(st.floats(0.1, 3)),
+              # 0: switched off, never ranked however the draws fall
+              "lever": draw(st.one_of(st.just(0.0), st.floats(0.1, 3))),
               "attributes": {"margin": draw(st.floats(-1, 1))}}
     for stage in ("eligibility", "applicability", "suitability"):
         if draw(st.booleans()):
