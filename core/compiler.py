@@ -16,7 +16,7 @@ import itertools
 import math
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
 from typing import Any
 
@@ -380,6 +380,7 @@ class CompiledCatalog:
         self.program = rules.Program()
         self.rule_range = np.zeros((n, len(STAGES), 2), np.int32)
         self.rule_ast: list[list[rules.Node | None]] = []
+        rule_cost = _RuleCost()
         for a, action in enumerate(cat.actions):
             for key, value in action.attributes.items():
                 self.action_attributes[a, attr_index[key]] = self._action_attribute_value(value)
@@ -403,7 +404,7 @@ class CompiledCatalog:
             self.reject_within[a] = policy.reject_within_s
             self.reject_suppress[a] = policy.reject_suppress_s
             self.accept_cooldown[a] = policy.accept_cooldown_s
-            self.rule_ast.append(self._compile_action_rules(a, action))
+            self.rule_ast.append(self._compile_action_rules(a, action, rule_cost))
         self.code = np.array(self.program.code, np.int32)
         self.consts = np.array(self.program.consts or [0.0], np.float64)
         self.sets = np.array(self.program.sets or [0.0], np.float64)
@@ -424,7 +425,8 @@ class CompiledCatalog:
     def _action_attribute_value(self, value: Any) -> float:
         return float(self.strings.intern(value)) if isinstance(value, str) else float(value)
 
-    def _compile_action_rules(self, a: int, action: Action) -> list[rules.Node | None]:
+    def _compile_action_rules(self, a: int, action: Action,
+                              cost: _RuleCost) -> list[rules.Node | None]:
         asts: list[rules.Node | None] = []
         for s, stage in enumerate(STAGES):
             rule = action.value if stage == "value" else getattr(action, stage)
@@ -433,17 +435,34 @@ class CompiledCatalog:
             elif rule is None:
                 node = None
             else:
-                node = self._parse(rule, rules.NUM if stage == "value" else rules.BOOL, action)
+                node = self._parse(rule, rules.NUM if stage == "value" else rules.BOOL, action,
+                                   cost)
             if node is not None:
                 self.rule_range[a, s] = self._add_program(node, rule, action)
             asts.append(node)
         return asts
 
-    def _parse(self, rule: Rule, want: str, action: Action | None) -> rules.Node:
-        try:
-            return rules.parse(rule.text, self.resolve, self.strings.intern, want)
-        except RuleError as exc:
-            raise self._error(rule.path, exc.reason, action, exc.column) from None
+    def _parse(self, rule: Rule, want: str, action: Action, cost: _RuleCost) -> rules.Node:
+        """The rule's tree, parsed on its text's first use in this compile (actions that share
+        a text, through a YAML alias say, share its tree) and counted against the catalog's
+        bounds on every use."""
+        parsed = cost.parsed.get((rule.text, want))
+        if parsed is None:
+            try:
+                node = rules.parse(rule.text, self.resolve, self.strings.intern, want)
+            except RuleError as exc:
+                raise self._error(rule.path, exc.reason, action, exc.column) from None
+            parsed = cost.parsed[rule.text, want] = (node, *rules.size(node))
+        node, nodes, items = parsed
+        cost.nodes += nodes
+        cost.items += items
+        for used, limit, what in ((cost.nodes, rules.MAX_CATALOG_RULE_NODES, "syntax-tree nodes"),
+                                  (cost.items, rules.MAX_CATALOG_LIST_ITEMS, "list items")):
+            if used > limit:
+                raise self._error(rule.path, f"the catalog's rules hold more than {limit:,} "
+                                             f"{what} in all, counting a rule once for each "
+                                             f"action that uses it", action)
+        return node
 
     def _add_program(self, node: rules.Node, rule: Rule | float, action: Action) -> tuple:
         try:
@@ -567,6 +586,15 @@ class CompiledCatalog:
 
     def model_index(self, action: int, channel: int) -> int:
         return action * len(self.channel_names) + channel
+
+
+@dataclass
+class _RuleCost:
+    """What one compile's rules have used so far: trees by (text, type), nodes, list items."""
+
+    parsed: dict[tuple[str, str], tuple[rules.Node, int, int]] = field(default_factory=dict)
+    nodes: int = 0
+    items: int = 0
 
 
 def _rule_type(field_type: str) -> str:

@@ -188,6 +188,53 @@ def test_rules_within_the_limits_compile():
                                  "small.yaml"))
 
 
+def aliased(actions: int, text: str) -> str:
+    """A catalog whose actions all run one rule, written once and repeated by YAML aliases."""
+    same = "eligibility: *r, applicability: *r, suitability: *r"
+    return "".join([
+        'kairos_catalog: 1\nname: t\nversion: "1"\n',
+        "channels: {web: {placements: {hero: {top_k: 1}}}}\n",
+        "events: {buy: {fields: {}}}\nfeatures: {orders: {kind: count, event: buy}}\n",
+        "fallbacks: {web: []}\nactions:\n",
+        "  - {id: a0, group: g, purpose: service, channels: {web: {treatment: t}}, value: 1,\n",
+        f'     eligibility: &r "{text}", applicability: *r, suitability: *r}}\n',
+        *(f"  - {{id: a{i}, group: g, purpose: service, channels: {{web: {{treatment: t}}}}, "
+          f"value: 1, {same}}}\n" for i in range(1, actions))])
+
+
+def test_a_rule_text_is_parsed_once_per_compile(monkeypatch):
+    """Aliases let a short text repeat a long rule thousands of times: it is parsed once."""
+    parse, calls = rules.parse, []
+    monkeypatch.setattr(rules, "parse", lambda *args: calls.append(args[0]) or parse(*args))
+    compiled = compile_catalog(load_catalog(aliased(50, "orders in [1, 2, 3]")))
+    assert calls == ["orders in [1, 2, 3]"]
+    assert compiled.rule_ast[49][2] is compiled.rule_ast[0][0]
+    assert len({tuple(compiled.rule_range[a, s]) for a in range(50) for s in range(3)}) == 150
+
+
+def balanced(depth: int) -> str:
+    return "orders > 1" if depth == 0 else f"({balanced(depth - 1)} or {balanced(depth - 1)})"
+
+
+@pytest.mark.parametrize("text, limit, what", [
+    pytest.param("orders in [" + ",".join(["1"] * 2000) + "]", "MAX_CATALOG_LIST_ITEMS",
+                 "list items", id="list-items"),
+    pytest.param(balanced(7), "MAX_CATALOG_RULE_NODES", "syntax-tree nodes", id="nodes"),
+])
+def test_the_rules_of_a_catalog_are_bounded_in_all(text, limit, what):
+    """Counted once for each action that runs them: the code emitted and run grows so."""
+    assert len(text) <= MAX_RULE_LENGTH
+    nodes, items = rules.size(compile_catalog(load_catalog(aliased(1, text))).rule_ast[0][0])
+    cap = getattr(rules, limit)
+    action, stage = divmod(cap // (items if what == "list items" else nodes), 3)  # past it
+    err = error_of(aliased(action + 1, text), "t.yaml")
+    stage_name = ("eligibility", "applicability", "suitability")[stage]
+    assert str(err) == (f"t.yaml:10:19: actions[{action}].{stage_name} (action 'a{action}'): "
+                        f"the catalog's rules hold more than {cap:,} {what} in all, counting a "
+                        f"rule once for each action that uses it")
+    compile_catalog(load_catalog(aliased(action, text)))  # within the bound
+
+
 # ---------------------------------------------------------------------------------------------
 # Catalog size and action count
 
