@@ -116,7 +116,7 @@ LABELS: dict[str, dict[str, str]] = {
         "reason.REJECT_SUPPRESSION": "Suppressed after rejections",
         "reason.ACCEPT_COOLDOWN": "Recently accepted",
         "reason.INVALID_VALUE": "Value not a finite number",
-        "reason.RESTRAINT": "Below the restraint threshold",
+        "reason.RESTRAINT": "Below the restraint threshold, or a priority of 0",
         "reason.GROUP_LIMIT": "Another of its group was chosen",
         "reason.TOP_K": "Ranked below those shown",
         # a history entry's outcome: core.compiler.Outcome's names, lower-cased
@@ -228,7 +228,7 @@ LABELS: dict[str, dict[str, str]] = {
         "reason.REJECT_SUPPRESSION": "拒否が続いたため抑止中",
         "reason.ACCEPT_COOLDOWN": "最近承諾済み",
         "reason.INVALID_VALUE": "価値が有限の数値でない",
-        "reason.RESTRAINT": "抑制しきい値未満",
+        "reason.RESTRAINT": "抑制しきい値未満、または優先度 0",
         "reason.GROUP_LIMIT": "同じグループの別のアクションを選択",
         "reason.TOP_K": "表示枠より下位",
         "outcome.impression": "表示",
