@@ -3,7 +3,9 @@
 Partitions are snapshotted a while after they change (`checkpoint`, from `tick`), when they
 move and at catalog switches; the journal is then truncated behind the oldest change not yet
 in a snapshot. A snapshot holds a partition's resident customers (each with its idempotency
-keys) and its share of the alias directory, and names the journal and LSN it covers.
+keys), its passivated customers waiting for timers (residency.py's sleepers: not in a
+snapshot written before them) and its share of the alias directory, and names the journal
+and LSN it covers.
 Recovery loads each partition's snapshot and replays the journal it names through the same
 handlers that applied the records (a partition never snapshotted replays from the start). A
 customer's home in the store carries the LSN of its last change, so replay skips what a home
@@ -37,7 +39,7 @@ from kairos.cluster.settings import SNAPSHOT_BACKLOG
 from kairos.cluster.shard.context import ShardContext
 from kairos.cluster.shard.journaling import Journaling
 from kairos.cluster.shard.ownership import Ownership
-from kairos.cluster.shard.residency import Residency
+from kairos.cluster.shard.residency import Residency, checked_sleepers
 from kairos.cluster.storage import blocks
 from kairos.cluster.storage.sealed import SnapshotCorrupt, seal, unseal
 from kairos.cluster.storage.store import JournalReader, redact
@@ -82,6 +84,7 @@ class Durability:
                 "format": SNAPSHOT_FORMAT, "partition": p, "journal": self._ctx.name,
                 "lsn": lsn, "catalog": self._ctx.compiled.version,
                 "block": self._residency.export(residents),
+                "sleepers": self._residency.sleepers(p),
                 "directory": self._directory.export([p])}))
             size += len(snapshots[p])
             if size >= SNAPSHOT_WRITE_BYTES or i == len(partitions) - 1:
@@ -191,6 +194,7 @@ class Durability:
             unchecked += not checked
             journaling.stamps_of = snap["journal"]
             self._residency.receive(snap["block"])
+            self._residency.take_sleepers(p, snap["sleepers"])
             self._directory.load(snap["directory"])
             plans.setdefault(snap["journal"], {})[p] = snap["lsn"]
         replayed = 0
@@ -224,6 +228,7 @@ class Durability:
             if not isinstance(snap, dict) or snap.get("partition", partition) != partition:
                 raise SnapshotCorrupt(f"{what}: it is not this partition's snapshot")
             blocks.validate(snap["block"])
+            snap["sleepers"] = checked_sleepers(snap.get("sleepers", {}))
             return snap, checked
         except (SnapshotCorrupt, blocks.BlockCorrupt, ValueError, KeyError, TypeError) as exc:
             error = exc if isinstance(exc, SnapshotCorrupt) else SnapshotCorrupt(

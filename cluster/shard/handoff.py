@@ -3,12 +3,14 @@
 For partition p moving from A to B in map version v: A `freeze`s p (its requests answer MOVED
 naming v, never applied) and hands over p's customers, resident and, when the store is not
 shared, passivated (each with its idempotency keys), with p's directory (and the tombstones of
-forgotten customers' links); B `adopt`s them and snapshots p, so recovery finds p in B's
-journal from then on; once the controller has published v, A `release`s p. If the adoption
-fails, B `release`s p (it may have adopted it) and A `thaw`s p and serves it again. A release
-or a thaw fences p at its version (ownership.py): a freeze or an adopt of that version or an
-older one arriving later (a call that timed out still runs, calls to an actor can run out of
-order) is refused, so p never has two owners and never stays frozen behind a settled move.
+forgotten customers' links) and its passivated customers waiting for timers (residency.py's
+sleepers; a payload of a shard older than them has none); B `adopt`s them and snapshots p,
+so recovery finds p in B's journal from then on; once the controller has published v, A
+`release`s p. If the adoption fails, B `release`s p (it may have adopted it) and A `thaw`s p
+and serves it again. A release or a thaw fences p at its version (ownership.py): a freeze or
+an adopt of that version or an older one arriving later (a call that timed out still runs,
+calls to an actor can run out of order) is refused, so p never has two owners and never
+stays frozen behind a settled move.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from kairos.cluster.shard.context import ShardContext
 from kairos.cluster.shard.durability import Durability
 from kairos.cluster.shard.journaling import Journaling
 from kairos.cluster.shard.ownership import Ownership
-from kairos.cluster.shard.residency import Residency
+from kairos.cluster.shard.residency import Residency, checked_sleepers
 from kairos.cluster.storage import blocks
 
 
@@ -47,7 +49,8 @@ class Handoff:
         self._durability.delete_homes(partitions)  # else they would travel as live homes
         payload = {"partitions": list(partitions),
                    "block": self._residency.export(self._residency.residents(partitions)),
-                   "passivated": {}, "directory": self._directory.export(partitions)}
+                   "passivated": {}, "directory": self._directory.export(partitions),
+                   "sleepers": {p: self._residency.sleepers(p) for p in partitions}}
         for p in partitions:
             ownership.leaving[p] = version
             if not self._ctx.store.shared:  # homes travel with the partition
@@ -67,6 +70,8 @@ class Handoff:
                 self._ctx.store.put(int(p), customer_id, blob)
             received.update(homes)
         self._directory.load(data["directory"])
+        for p, sleepers in data.get("sleepers", {}).items():
+            self._residency.take_sleepers(int(p), checked_sleepers(sleepers))
         for p in data["partitions"]:
             self._ownership.owned[p] = version
             self._ownership.leaving.pop(p, None)

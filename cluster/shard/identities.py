@@ -203,6 +203,7 @@ class IdentityRequests:
                 existed = resident = self._residency.activate(customer_id, p, create=False)
             except HomeDamaged:  # forgotten all the same: its home is deleted with the rest
                 existed, resident = True, False
+                self._residency.timers.woke(p, customer_id)  # and its timers with it
             aliases: list[str] = []
             if r.link is None:
                 aliases = self._directory.start_forget(p, customer_id,

@@ -18,6 +18,11 @@ A customer's state outside the profile table travels with it in its block's extr
 armed timers (kept here), and the state of the parts registered as `CustomerState` (its
 watches, its aliases and links). Loading a block replaces what a customer had here; folding
 one (an anonymous profile merged in) adds to it.
+
+A customer passivated with armed timers is a sleeper: the timer wheel (timers.py) keeps its
+earliest due time per partition and activates it when that comes, so its timer fires on
+time. A partition's sleepers travel with it (`sleepers`: its snapshots and handoffs; older
+snapshots have none, and their customers' timers fire when something activates them).
 """
 from __future__ import annotations
 
@@ -37,6 +42,16 @@ from kairos.cluster.storage.store import StoreCorrupt
 
 log = logging.getLogger("kairos.shard")
 MERGING = "\x00merging"  # the transient id of a profile being folded into another
+
+
+def checked_sleepers(value: Any) -> dict[str, float]:
+    """A partition's sleepers as its snapshot or handoff carries them, from the store or
+    another process: ValueError unless they are customer ids with finite due times."""
+    if not isinstance(value, dict) or not all(
+            isinstance(c, str) and type(due) in (int, float) and math.isfinite(due)
+            for c, due in value.items()):
+        raise ValueError("a partition's sleepers are not customer ids with due times")
+    return {c: float(due) for c, due in value.items()}
 
 
 class HomeDamaged(StoreCorrupt):
@@ -71,7 +86,7 @@ class Residency:
         self.recent: dict[str, float] = {}
         # passivate need not walk `recent` before this (its oldest entry falls idle then)
         self._quiet_until = -math.inf
-        self.timers = Timers()
+        self.timers = Timers(self._wake)
         self._homeless: set[str] = set()  # found with no home this round (`probe`)
         self._damaged: set[str] = set()  # customers whose damaged home was logged
 
@@ -88,6 +103,7 @@ class Residency:
             blob = self._ctx.store.get(partition, customer_id) if stored else None
             if blob is not None:
                 self._load_home(blob, partition, customer_id)
+                self.timers.woke(partition, customer_id)  # its timers are armed here now
                 self._ctx.counts["activations"] += 1
             elif not create:
                 return False
@@ -133,8 +149,8 @@ class Residency:
     def passivate(self, now: float) -> int:
         """Send idle customers (and the least recent, past the resident limit) to the store.
 
-        A customer with an armed timer stays resident while idle, so its timer fires on time;
-        only the resident limit passivates it (its timer then fires when it is next activated).
+        A customer with an armed timer stays resident while idle; the resident limit
+        passivates it as a sleeper, which the timer wheel activates when its timer falls due.
         """
         victims, kept = [], []
         over = len(self.recent) - self.resident_limit
@@ -162,7 +178,10 @@ class Residency:
             # then not be deleted (the records that said so are durable since the sync)
             self._journaling.deletes.get(p, set()).discard(customer_id)
             self._ctx.store.put(p, customer_id, seal(blocks.pack(self.export([customer_id]))))
+            due = min(self.timers.armed.get(customer_id, {}).values(), default=None)
             self.evict(customer_id, p)
+            if due is not None:
+                self.timers.sleep(p, customer_id, due)
         for customer_id in kept:  # idle but waiting for a timer: look again next round
             self.recent[customer_id] = self.recent.pop(customer_id)
         self._ctx.counts["passivations"] += len(victims)
@@ -171,6 +190,28 @@ class Residency:
     def residents(self, partitions: Iterable[int]) -> list[str]:
         """The partitions' resident customers, in a stable order."""
         return [c for p in partitions for c in sorted(self.members.get(p, ()))]
+
+    def sleepers(self, partition: int) -> dict[str, float]:
+        """The partition's passivated customers with armed timers, each with its earliest
+        due time: what its snapshot or handoff carries besides its residents."""
+        return dict(self.timers.asleep.get(partition, {}))
+
+    def take_sleepers(self, partition: int, sleepers: dict[str, float]) -> None:
+        """Wake the partition's sleepers (`sleepers`, checked: `checked_sleepers`) when their
+        timers fall due."""
+        self.timers.sleep_all(partition, sleepers)
+
+    def _wake(self, partition: int, customer_id: str) -> bool:
+        """The timer wheel's: a sleeper's timer fell due, so make it resident (its timers are
+        armed then, and fire); False while its partition is being handed over (the timer
+        fires after a thaw, or the sleeper leaves with the partition)."""
+        if partition in self._ownership.leaving:
+            return False
+        try:
+            self.activate(customer_id, partition, create=False)  # no home: forgotten or taken
+        except HomeDamaged:  # logged: its timers fire once the home is restored and read
+            pass
+        return True
 
     # -- blocks --------------------------------------------------------------------------------
 
@@ -200,8 +241,8 @@ class Residency:
 
     def reload(self, block: dict[str, Any]) -> None:
         """Load every resident customer again, into the engine of a new catalog (their timers
-        are armed afresh under its numbering)."""
-        self.timers = Timers()
+        are armed afresh under its numbering; sleepers' homes name theirs)."""
+        self.timers.disarm_all()
         self.load(block)
 
     def fold(self, customer_id: str, block: dict[str, Any]) -> None:
@@ -229,9 +270,10 @@ class Residency:
             members.discard(customer_id)
 
     def drop_partition(self, partition: int) -> None:
-        """Evict every member of the partition (it moved away)."""
+        """Evict every member of the partition (it moved away), and forget its sleepers."""
         for customer_id in list(self.members.pop(partition, ())):
             self.evict(customer_id, partition)
+        self.timers.drop_partition(partition)
 
     def _extra(self, customer_id: str) -> dict[str, Any]:
         names = self._ctx.compiled.timer_names
