@@ -321,13 +321,14 @@ def test_a_journal_of_plain_arrays_in_the_old_layout_still_replays(compiled, tmp
         ("event", p, "ana", "app_open", T0 + 3600, {}, None, 3),
         ("outcome", p, "ana", action, "web", "accept", T0 + 3700,
          shown.decision_id.split(".")[0], None),
-        ("watch", p, "ana", "sink-1", "push", None, True)]
+        ("watch", p, "ana", "sink-1", "push", None, True, None)]
     assert {r[0] for r in written} >= {"forget", "link", "take", "merge", "settle"}
     segment = tmp_path / "journals" / "s0"
     segment.mkdir(parents=True)
-    # format 1's outcomes had no value field
-    payload = msgpack.packb([1, [tuple(r)[:8] if r[0] == "outcome" else tuple(r)
-                                 for r in written]], use_bin_type=True)
+    # format 1's outcomes had no value field, its watches no `by`, its forgets no `when`
+    fields = {"outcome": 8, "watch": 7, "forget": 4}
+    payload = msgpack.packb([1, [tuple(r)[:fields.get(r[0])] for r in written]],
+                            use_bin_type=True)
     (segment / f"{1:020d}.log").write_bytes(HEADER.pack(len(payload), zlib.crc32(payload)) +
                                             payload)
     old = Shard("s0", compiled, list(live.owned), N_PARTITIONS,
