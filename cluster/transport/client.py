@@ -27,7 +27,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Mapping, NamedTuple
 
@@ -75,6 +75,7 @@ class _Item:
     redirects: int = 0
     reroutes: int = 0  # times its shard could not be reached
     routed: int = 0  # the map version it was routed under
+    waits_at: str = ""  # while it waits in its lane: the shard whose queue bound counts it
 
 
 @dataclass
@@ -114,6 +115,7 @@ class KairosClient:
         self._shards: list[str] = []
         self._owners: np.ndarray | None = None
         self._lanes: dict[int, _Lane] = {}
+        self._waiting: Counter[str] = Counter()  # requests waiting in lanes, by shard (_hold)
         self._links: dict[str, _ShardLink] = {}
         self._map_changes = Changes()
         self._poller: asyncio.Task | None = None
@@ -288,25 +290,42 @@ class KairosClient:
         without a task per request). Requests enqueued with the same route key are applied
         in the order they were enqueued, through moves. InputError for a route key that is
         not a non-empty string; Busy when the owning shard has CLIENT_QUEUE_LIMIT requests
-        waiting to be sent."""
-        key = route_key(request)
-        if not isinstance(key, str) or not key:
-            raise InputError(request._fields[2], f"expected a non-empty string, got "
-                                                 f"{type(key).__name__} {key!r}")
-        p = partition_of(key, len(self._owners))
-        link = self._links.get(self._owner_of(p))
-        if link is not None and len(link.queue) >= CLIENT_QUEUE_LIMIT:
-            raise Busy(f"{link.name} has {len(link.queue)} requests waiting to be sent")
+        waiting: to be sent, or in its partitions' lanes (for a newer map, for the shard to
+        come back, or behind those)."""
+        p = self._partition(request)
+        owner = self._owner_of(p)
+        if (waiting := self._waiting_for(owner)) >= CLIENT_QUEUE_LIMIT:
+            raise Busy(f"{owner} has {waiting} requests waiting to be sent")
         lane = self._lanes.get(p)
         if lane is None:
             lane = self._lanes[p] = _Lane()
         future = asyncio.get_running_loop().create_future()
         item = _Item(request._replace(partition=p), future, next(lane.orders))
-        if lane.moved or lane.held or (lane.inflight and lane.shard != self._owner_of(p)):
+        if lane.moved or lane.held or (lane.inflight and lane.shard != owner):
             lane.held.append(item)  # behind what must go first
+            self._hold(item)
         else:
             self._send(lane, item)
         return future
+
+    def _partition(self, request: Request) -> int:
+        key = route_key(request)
+        if not isinstance(key, str) or not key:
+            raise InputError(request._fields[2], f"expected a non-empty string, got "
+                                                 f"{type(key).__name__} {key!r}")
+        return partition_of(key, len(self._owners))
+
+    def _waiting_for(self, shard: str) -> int:
+        """The requests counted against `shard`'s CLIENT_QUEUE_LIMIT."""
+        link = self._links.get(shard)
+        return (0 if link is None else len(link.queue)) + self._waiting[shard]
+
+    def _hold(self, item: _Item) -> None:
+        """Count a request that begins to wait in its lane, until it goes, against its
+        partition's owner in the map now: the shard new requests of the partition are checked
+        against."""
+        item.waits_at = self._owner_of(item.request.partition)
+        self._waiting[item.waits_at] += 1
 
     async def settle(self, request: Request, reply: Reply) -> Reply | None:
         """What a request's reply comes to: the done reply (Ok, EventAck or Forgotten); the
@@ -445,8 +464,7 @@ class KairosClient:
         if lane.inflight == 0 and (lane.moved or lane.held):
             asyncio.get_running_loop().create_task(self._resume(p, lane))
 
-    @staticmethod
-    def _wait(lane: _Lane, item: _Item, version: int, wait_s: float,
+    def _wait(self, lane: _Lane, item: _Item, version: int, wait_s: float,
               failed: str | bool) -> None:
         """Have a request that did not reach its owner wait for map `version` (up to `wait_s`)
         before going again; or, when it `failed` (a reason), answer it Unavailable."""
@@ -456,12 +474,14 @@ class KairosClient:
             item.future.set_result(protocol.Unavailable(reason=failed))
             return
         lane.moved.append(item)
+        self._hold(item)
         lane.want_version = max(lane.want_version, version)
         lane.wait_s = max(lane.wait_s, wait_s)
 
     async def _resume(self, p: int, lane: _Lane) -> None:
         """Every earlier request has its answer: re-send the moved ones in their original
-        order once the map shows their new owner, then what was held behind them."""
+        order once the map shows their new owner, then what was held behind them; those
+        whose callers gave up meanwhile go no further (never sent, they had no effect)."""
         if lane.moved:
             await self._map_newer_than(lane.want_version, lane.wait_s)
         if lane.inflight:  # another resume already started
@@ -469,4 +489,6 @@ class KairosClient:
         ready = sorted(lane.moved, key=lambda item: item.order) + list(lane.held)
         lane.moved, lane.held, lane.wait_s = [], deque(), 0.0
         for item in ready:
-            self._send(lane, item)
+            self._waiting[item.waits_at] -= 1
+            if not item.future.done():
+                self._send(lane, item)

@@ -11,7 +11,7 @@ from kairos.cluster import protocol
 from kairos.cluster.protocol import Event
 from kairos.cluster.transport import client as client_module
 from kairos.cluster.transport.backend import NotSent, Unavailable
-from kairos.cluster.transport.client import KairosClient
+from kairos.cluster.transport.client import Busy, KairosClient
 
 from tests.support.local_backend import LocalBackend
 from tests.support.waiting import until
@@ -178,6 +178,41 @@ def test_a_request_its_caller_gave_up_on_while_it_could_not_be_sent_blocks_nothi
         assert isinstance(reply, protocol.Unavailable)
         backend.unreachable.clear()
         assert await asyncio.wait_for(client.ingest("ana", "app_open", T0 + 2), 5) >= 1
+        await client.close()
+
+    asyncio.run(main())
+
+
+def test_requests_waiting_for_an_unreachable_shard_count_against_its_queue_bound(
+        monkeypatch):
+    """Requests held in a lane (here behind one that waits for its shard to come back) count
+    against CLIENT_QUEUE_LIMIT: only the shard's send queue was counted, so they piled up
+    without bound and nothing was refused Busy. Those whose callers gave up meanwhile are
+    not sent when the lane goes again, and the bound counts none of them after."""
+    monkeypatch.setattr(client_module, "CLIENT_QUEUE_LIMIT", 10)
+    monkeypatch.setattr(client_module, "CLIENT_REROUTE_S", 0.3)
+
+    def app_open(i: int) -> Event:
+        return Event(customer_id="ana", event_type="app_open", time=T0 + i, attributes={})
+
+    async def main():
+        backend, client = await _runtime()
+        backend.gate.set()
+        backend.unreachable.add(client.owner("ana"))
+        first = client.enqueue(app_open(0))
+        await until(lambda: len(backend.sent) == 2, 5, "the first request sent, and again",
+                    poll_s=0.001)  # never sent: it waits for the shard, the rest behind it
+        held = [client.enqueue(app_open(i)) for i in range(1, 10)]
+        with pytest.raises(Busy, match="10 requests waiting"):
+            client.enqueue(app_open(10))
+        for gone in held[::2]:
+            gone.cancel()  # their callers gave up
+        backend.unreachable.clear()
+        acks = [await client.settle(app_open(0), await asyncio.wait_for(f, 5))
+                for f in [first] + held[1::2]]
+        assert [ack.sequence for ack in acks] == [1, 2, 3, 4, 5]  # in order, the gone ones not
+        assert client._waiting_for(client.owner("ana")) == 0
+        await asyncio.gather(*(client.ingest("ana", "app_open", T0) for _ in range(10)))
         await client.close()
 
     asyncio.run(main())
