@@ -114,13 +114,15 @@ class Gateway:
             self._refresh = asyncio.ensure_future(self.refresh_catalog())
         return self._compiled
 
-    async def checked(self, check: Callable[[CompiledCatalog], T]) -> T:
+    async def checked(self, check: Callable[[CompiledCatalog], T], timeout_s: float) -> T:
         """`check(catalog)` with the catalog `catalog()` gives. What it refuses (InputError) is
         checked again against the catalog the cluster switched to, when there is one this
         gateway has not compiled yet (seen in the routing table, or else asked of the
         controller, at most once a CATALOG_RECHECK_S): a request made for the new catalog (a
         Respond to a decision that showed a new action, an event of a new type) is not
-        refused by the old one. Requests it accepts never wait for a compile."""
+        refused by the old one. Requests it accepts never wait for a compile; one that waits
+        for it waits at most `timeout_s` (the caller's time left), then TimeoutError: it may
+        be valid, so it is not refused (INVALID_ARGUMENT is not retried)."""
         catalog = await self.catalog()
         try:
             return check(catalog)
@@ -132,7 +134,11 @@ class Gateway:
                 self._refresh = asyncio.ensure_future(self.refresh_catalog())
             if self._refresh is not None:
                 try:
-                    await asyncio.shield(self._refresh)
+                    async with asyncio.timeout(timeout_s):
+                        await asyncio.shield(self._refresh)  # others may wait for it longer
+                except TimeoutError:
+                    raise TimeoutError("the catalog the cluster switched to, which the request "
+                                       "may be meant for, was not ready in time") from None
                 except Exception:  # the newer catalog could not be had: the refusal stands
                     raise refused from None
             if self._compiled is catalog:
@@ -233,7 +239,7 @@ async def abort(context, exc: BaseException) -> None:
     if code is None:
         raise exc
     await fail(context, code, "the customer's shard did not answer in time"
-               if isinstance(exc, asyncio.TimeoutError) else str(exc))
+               if isinstance(exc, TimeoutError) and not str(exc) else str(exc))
 
 
 async def fail(context, code: grpc.StatusCode, details: str) -> None:

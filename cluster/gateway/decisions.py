@@ -61,8 +61,9 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
             catalog, who, (channel, placement), context_values = await self.gateway.checked(
                 lambda catalog: (catalog, requests.who(request),
                                  requests.view(catalog, request.channel, request.placement),
-                                 requests.context_request(catalog, request)))
-        except (Denied, InputError) as exc:
+                                 requests.context_request(catalog, request)),
+                self.gateway.timeout(context))
+        except (Denied, InputError, TimeoutError) as exc:
             await abort(context, exc)
         decision = await self.gateway.call(
             context, self.gateway.as_customer(who, lambda customer_id: self.client.decide(
@@ -77,7 +78,8 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
         try:
             check_event(request)
             checked = await self.gateway.checked(
-                lambda catalog: requests.event_request(request, catalog))
+                lambda catalog: requests.event_request(request, catalog),
+                self.gateway.timeout(context))
             return await self._ingest(request, checked, "", self.gateway.timeout(context))
         except Exception as exc:
             await abort(context, exc)
@@ -196,9 +198,9 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
                 require_scope("decide", DECIDING)
             checked = await self.gateway.checked(lambda catalog: [
                 requests.event_request(event, catalog, f"events[{n}].")
-                for n, event in enumerate(request.events)])
+                for n, event in enumerate(request.events)], self.gateway.timeout(context))
             self.gateway.check_capacity(len(checked))  # all or none: each event is a call
-        except (Denied, InputError, Busy) as exc:
+        except (Denied, InputError, Busy, TimeoutError) as exc:
             await abort(context, exc)
         items: list[_Pending] = []
         acked = 0
@@ -226,8 +228,9 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
                 require_scope("feedback", "offline outcomes need a key with the 'feedback' "
                                           "scope")
             checked = await self.gateway.checked(
-                lambda catalog: requests.outcome_request(request, catalog))
-        except (Denied, InputError) as exc:
+                lambda catalog: requests.outcome_request(request, catalog),
+                self.gateway.timeout(context))
+        except (Denied, InputError, TimeoutError) as exc:
             await abort(context, exc)
         learned = await self.gateway.call(context, self.gateway.as_customer(
             checked.who, lambda customer_id: self.client.respond(
