@@ -30,6 +30,7 @@ from kairos.cluster.gateway.auth import (Denied, check_channel, require_scope,
 from kairos.cluster.gateway.calls import Gateway, abort
 from kairos.cluster.gateway.streams import Watch
 from kairos.cluster.settings import STREAM_WINDOW
+from kairos.cluster.transport.backend import Unavailable
 from kairos.cluster.transport.client import Busy
 
 # an event's decide_placement asks for a decision: an ingest-only key got them through it
@@ -40,14 +41,16 @@ BATCH_LIMIT = 10_000  # events in one IngestBatch (the proto says so)
 
 
 class _Pending(NamedTuple):
-    """An event of a stream or batch on its way: routed by customer id (`request` and the
-    future of the shard's `reply`), or by alias (`task`: resolve, then ingest)."""
+    """An event of a stream on its way: routed as it was read (`request` and the future of
+    the shard's `reply`), or by a task (`task`: its alias resolved, behind the events before
+    it; `sent` is done once it was routed, True, or will not be, False)."""
 
     event: pb.Event
     where: str
     request: protocol.Event | None = None
     reply: asyncio.Future | None = None
     task: asyncio.Future | None = None
+    sent: asyncio.Future | None = None
 
 
 class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
@@ -85,28 +88,39 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
             await abort(context, exc)
 
     async def _ingest(self, event: pb.Event, checked: tuple[requests.Who, protocol.Event],
-                      where: str, timeout_s: float) -> pb.IngestAck:
+                      where: str, timeout_s: float, after: asyncio.Future | None = None,
+                      sent: asyncio.Future | None = None) -> pb.IngestAck:
         """One checked event, its alias resolved first; input errors name the field, prefixed
-        with `where` inside a stream or batch."""
+        with `where` inside a stream. With `after` (the `sent` of the stream's event before
+        it), it is routed only once that one was, and `sent` says when it was."""
         who, request = checked
+
+        async def apply(customer_id: str) -> protocol.EventAck:
+            if after is not None and not await asyncio.shield(after):  # shield: one waiter
+                raise Unavailable("not sent: an event before it in the stream was not")
+            routed = request._replace(customer_id=customer_id)
+            reply = self.client.enqueue(routed)
+            if sent is not None:
+                sent.set_result(True)
+            return await self.client.settle(routed, await reply)
         try:
-            ack = await self.gateway.within(self.gateway.as_customer(
-                who, lambda customer_id: self._apply(request._replace(customer_id=customer_id))),
-                timeout_s)
+            ack = await self.gateway.within(self.gateway.as_customer(who, apply), timeout_s)
         except InputError as exc:
             raise InputError(where + exc.field, exc.reason) from None
+        finally:
+            if sent is not None and not sent.done():
+                sent.set_result(False)  # the events behind it are not sent either
         return _ack_out(event, ack)
 
-    async def _apply(self, request: protocol.Event) -> protocol.EventAck:
-        return await self.client.settle(request, await self.client.enqueue(request))
-
     async def IngestStream(self, request_iterator, context) -> AsyncIterator[pb.IngestAck]:
-        """Events go out as they arrive (each customer's in order); each ack goes back as soon
-        as it and every earlier one are done, in order. At most STREAM_WINDOW events wait for
-        their acks: past that, reading pauses (gRPC flow control pushes back on the sender).
-        The first failing event ends the stream with its status; earlier ones were acked.
-        Events named by customer id are routed as they are read, without a task of their own
-        (the stream's deadline bounds them all); events by alias first resolve the alias."""
+        """Events go out as they arrive, in the order they were sent; each ack goes back as
+        soon as it and every earlier one are done, in order. At most STREAM_WINDOW events wait
+        for their acks: past that, reading pauses (gRPC flow control pushes back on the
+        sender). The first failing event ends the stream with its status; earlier ones were
+        acked. Events named by customer id are routed as they are read, without a task of
+        their own (the stream's deadline bounds them all); an event by alias first resolves
+        the alias, and while it does, the events read after it wait for it to be routed (an
+        alias may name the customer a later event names by id)."""
         catalog = await self.gateway.catalog()
         pending: asyncio.Queue = asyncio.Queue(STREAM_WINDOW)
         reader = asyncio.ensure_future(self._read(request_iterator, context, catalog, pending))
@@ -130,6 +144,7 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
         that fails its checks (or a failure to read) goes in as the exception, which ends the
         stream in its turn, after the events before it."""
         n = 0
+        last: asyncio.Future | None = None  # the `sent` of the last event routed by a task
         try:
             async for event in request_iterator:
                 where = f"events[{n}]."
@@ -138,10 +153,12 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
                     check_event(event)
                     self.gateway.check_capacity()
                     item = self._route(event, requests.event_request(event, catalog, where),
-                                       where, context)
+                                       where, context, last)
                 except Exception as exc:
                     await pending.put(exc)
                     return
+                if item.sent is not None:
+                    last = item.sent
                 try:
                     await pending.put(item)
                 except asyncio.CancelledError:
@@ -155,12 +172,15 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
         await pending.put(None)
 
     def _route(self, event: pb.Event, checked: tuple[requests.Who, protocol.Event], where: str,
-               context) -> _Pending:
-        """Send a checked event on its way now; `_ack` waits for its ack."""
+               context, last: asyncio.Future | None) -> _Pending:
+        """Send a checked event on its way: now, when it names its customer and every event
+        before it was routed (`last`, the `sent` of the latest one routed by a task, is done
+        and True); else by a task, behind that one. `_ack` waits for its ack."""
         who, request = checked
-        if who.alias_key is not None:  # by alias: resolve it first
+        if who.alias_key is not None or not (last is None or (last.done() and last.result())):
+            sent = asyncio.get_running_loop().create_future()
             return _Pending(event, where, task=asyncio.ensure_future(self._ingest(
-                event, checked, where, self.gateway.timeout(context))))
+                event, checked, where, self.gateway.timeout(context), last, sent)), sent=sent)
         reply = self.client.enqueue(request)
         self.gateway.inflight += 1
         return _Pending(event, where, request, reply)
@@ -186,8 +206,10 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
                 self.gateway.inflight -= 1
 
     async def IngestBatch(self, request: pb.EventBatch, context) -> pb.EventBatchAck:
-        """Check every event, then route them all at once (each customer's in order, without
-        a task per event) and gather the acks in order."""
+        """Check every event and resolve the aliases they name; then route them all at once,
+        in the caller's order (without a task per event), or refuse the batch whole before
+        any is routed (RESOURCE_EXHAUSTED: a shard's queue in this gateway has no room for its
+        share: a retry must not apply some events twice); and gather the acks in order."""
         try:
             if len(request.events) > BATCH_LIMIT:
                 raise InputError("events", f"at most {BATCH_LIMIT} events per batch, got "
@@ -202,24 +224,35 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
             self.gateway.check_capacity(len(checked))  # all or none: each event is a call
         except (Denied, InputError, Busy, TimeoutError) as exc:
             await abort(context, exc)
-        items: list[_Pending] = []
-        acked = 0
+        self.gateway.inflight += len(checked)  # until it answers, however it ends
         try:
             async with asyncio.timeout(self.gateway.timeout(context)):
-                for n, (event, request_checked) in enumerate(zip(request.events, checked)):
-                    items.append(self._route(event, request_checked, f"events[{n}].",
-                                             context))
+                routed = await self._resolved(checked)
+                self.client.check_room(routed)  # no await until all are enqueued
+                replies = [self.client.enqueue(event) for event in routed]
                 acks = []
-                for item in items:
-                    acked += 1  # its own ack settles it, whatever the outcome
-                    acks.append(await self._ack(item))
+                for n, (event, routed_event, reply) in enumerate(zip(request.events, routed,
+                                                                     replies)):
+                    try:
+                        acks.append(_ack_out(event, await self.client.settle(routed_event,
+                                                                             await reply)))
+                    except InputError as exc:
+                        raise InputError(f"events[{n}].{exc.field}", exc.reason) from None
                 return pb.EventBatchAck(acks=acks)
         except Exception as exc:
             failure = exc
         finally:  # also when the call is cancelled: the caller went away, or its deadline passed
-            for item in items[acked:]:
-                self._drop(item)
+            self.gateway.inflight -= len(checked)
         await abort(context, failure)
+
+    async def _resolved(self, checked: list[tuple[requests.Who, protocol.Event]]
+                        ) -> list[protocol.Event]:
+        """The events, each naming its customer: the aliases they name resolved (each once,
+        all at once)."""
+        keys = list({who.alias_key for who, _ in checked if who.alias_key is not None})
+        customers = dict(zip(keys, await asyncio.gather(*map(self.client.resolve_key, keys))))
+        return [event if who.alias_key is None else
+                event._replace(customer_id=customers[who.alias_key]) for who, event in checked]
 
     async def Respond(self, request: pb.Outcome, context) -> pb.OutcomeAck:
         try:

@@ -29,7 +29,7 @@ import time
 import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Mapping, NamedTuple
+from typing import Any, AsyncIterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -307,6 +307,19 @@ class KairosClient:
         else:
             self._send(lane, item)
         return future
+
+    def check_room(self, requests: Sequence[Request]) -> None:
+        """Busy unless every shard the requests route to has room for all of its share
+        within CLIENT_QUEUE_LIMIT: enqueued right after, with no await between, none of them
+        is refused (IngestBatch is taken whole or not at all). InputError as `enqueue`."""
+        fullest = max(map(self._waiting_for, {*self._links, *self._waiting}), default=0)
+        if fullest + len(requests) <= CLIENT_QUEUE_LIMIT:
+            return  # room for all of them at any shard: no need to hash each to its owner
+        shares = Counter(self._owner_of(self._partition(request)) for request in requests)
+        for shard, share in shares.items():
+            if (waiting := self._waiting_for(shard)) + share > CLIENT_QUEUE_LIMIT:
+                raise Busy(f"{shard} has {waiting} requests waiting to be sent, and {share} "
+                           f"more would pass its limit of {CLIENT_QUEUE_LIMIT}")
 
     def _partition(self, request: Request) -> int:
         key = route_key(request)
