@@ -29,7 +29,7 @@ import time
 import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -38,15 +38,14 @@ from kairos.core.errors import InputError
 
 from kairos.cluster import protocol
 from kairos.cluster.control.partitions import partition_of
-from kairos.cluster.identity import alias_key, anonymous_id, check_linkable, link_id
 from kairos.cluster.longpoll import Changes
-from kairos.cluster.protocol import (Bury, Claim, Decide, Event, EventAck, Forget, Link, Merge,
-                                     Outcome, ReadProfile, Reply, Request, Resolve, Retire,
-                                     Settle, Take, WatchCustomer, route_key)
+from kairos.cluster.protocol import (Decide, Event, EventAck, Outcome, ReadProfile, Reply,
+                                     Request, WatchCustomer, route_key)
 from kairos.cluster.settings import (CLIENT_BATCH_LIMIT, CLIENT_BATCH_WINDOW_S,
                                      CLIENT_INFLIGHT_CALLS, CLIENT_QUEUE_LIMIT,
                                      CLIENT_REROUTE_S, CLIENT_REROUTES, LONG_POLL_S)
 from kairos.cluster.transport.backend import Backend, NotCarried, NotSent, Unavailable
+from kairos.cluster.transport.sagas import IdentitySagas
 
 log = logging.getLogger("kairos.client")
 MAX_REDIRECTS = 20  # a request MOVED this many times in a row fails as Unavailable
@@ -105,7 +104,7 @@ class _ShardLink:
         self.task: asyncio.Task | None = None
 
 
-class KairosClient:
+class KairosClient(IdentitySagas):
     """Async client of the runtime. `await connect()` first (it fetches the map)."""
 
     def __init__(self, backend: Backend):
@@ -209,66 +208,6 @@ class KairosClient:
         """The golden record, or None for a customer nobody has seen."""
         return await self._value(ReadProfile(
             customer_id=customer_id, now=now if now is not None else time.time()))
-
-    async def forget(self, customer_id: str) -> bool:
-        """Forget the customer for good: erase it from its shard and store, retire its
-        aliases from the directory (with what their anonymous profiles left), and refuse the
-        late steps of links that began before (identity.py: the forget saga; every step is
-        idempotent: retry on any error, and a retry retires every alias); whether it, or an
-        alias's anonymous profile, existed."""
-        existed = False
-        async for found in self.forget_steps(customer_id):
-            existed |= found
-        return existed
-
-    async def forget_steps(self, customer_id: str) -> AsyncIterator[bool]:
-        """`forget`, one step per iteration (tests interleave them with a link's): whether
-        the step found something to erase."""
-        forgotten = await self._ask(Forget(customer_id=customer_id))
-        yield forgotten.existed
-        for key in forgotten.aliases or ():
-            await self._ask(Retire(key=key, customer_id=customer_id))
-            yield False
-            yield (await self._ask(Forget(customer_id=anonymous_id(key),
-                                          link=link_id(key, customer_id)))).existed
-        await self._ask(Bury(customer_id=customer_id))
-        yield False
-
-    async def resolve(self, alias_type: str, value: str) -> str:
-        """The customer an alias names: the linked one, or the alias's anonymous customer."""
-        return await self.resolve_key(alias_key(alias_type, value))
-
-    async def resolve_key(self, key: str) -> str:
-        """`resolve` for an alias key (identity.alias_key) the caller already checked."""
-        return await self._value(Resolve(key=key))
-
-    async def link(self, alias_type: str, value: str, customer_id: str) -> bool:
-        """Link an alias to a customer, merging the alias's anonymous profile into it exactly
-        once (every step is idempotent: retry on any error); whether a profile merged now.
-        Conflict when the alias names another customer, or the customer was forgotten while
-        the link was under way."""
-        merged = False
-        async for merged in self.link_steps(alias_key(alias_type, value), customer_id):
-            pass
-        return merged
-
-    async def link_steps(self, key: str, customer_id: str) -> AsyncIterator[bool]:
-        """`link` of a checked alias key (identity.alias_key), one step per iteration (tests
-        interleave them with a forget's): whether a profile merged, so far."""
-        check_linkable(customer_id)
-        link, anonymous = link_id(key, customer_id), anonymous_id(key)
-        await self._ask(Claim(customer_id=customer_id, key=key, link=link))
-        yield False
-        await self._ask(Link(key=key, customer_id=customer_id))
-        yield False
-        state = await self._value(Take(anonymous=anonymous, link=link, target=customer_id))
-        yield False
-        merged = bool(await self._value(Merge(customer_id=customer_id, link=link, key=key,
-                                              state=state)))
-        yield merged
-        if state is not None:
-            await self._ask(Settle(anonymous=anonymous, link=link))
-            yield merged
 
     async def watch(self, customer_id: str, sink: str, channel: str,
                     placement: str | None = None, active: bool = True) -> None:

@@ -1,0 +1,75 @@
+"""The identity sagas a client runs (identity.py): linking an alias to a customer, merging its
+anonymous profile exactly once, and forgetting a customer with every alias. Each is a series of
+idempotent steps, each a request routed like any other; the steps are also offered one at a
+time, for tests that interleave a link's with a forget's. A part of KairosClient (client.py),
+which routes and settles the requests (`_ask`, `_value`)."""
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+from kairos.cluster.identity import alias_key, anonymous_id, check_linkable, link_id
+from kairos.cluster.protocol import Bury, Claim, Forget, Link, Merge, Resolve, Retire, Settle, Take
+
+
+class IdentitySagas:
+    """KairosClient's identity sagas (a part of it: client.py)."""
+
+    async def forget(self, customer_id: str) -> bool:
+        """Forget the customer for good: erase it from its shard and store, retire its
+        aliases from the directory (with what their anonymous profiles left), and refuse the
+        late steps of links that began before (identity.py: the forget saga; every step is
+        idempotent: retry on any error, and a retry retires every alias); whether it, or an
+        alias's anonymous profile, existed."""
+        existed = False
+        async for found in self.forget_steps(customer_id):
+            existed |= found
+        return existed
+
+    async def forget_steps(self, customer_id: str) -> AsyncIterator[bool]:
+        """`forget`, one step per iteration (tests interleave them with a link's): whether
+        the step found something to erase."""
+        forgotten = await self._ask(Forget(customer_id=customer_id))
+        yield forgotten.existed
+        for key in forgotten.aliases or ():
+            await self._ask(Retire(key=key, customer_id=customer_id))
+            yield False
+            yield (await self._ask(Forget(customer_id=anonymous_id(key),
+                                          link=link_id(key, customer_id)))).existed
+        await self._ask(Bury(customer_id=customer_id))
+        yield False
+
+    async def resolve(self, alias_type: str, value: str) -> str:
+        """The customer an alias names: the linked one, or the alias's anonymous customer."""
+        return await self.resolve_key(alias_key(alias_type, value))
+
+    async def resolve_key(self, key: str) -> str:
+        """`resolve` for an alias key (identity.alias_key) the caller already checked."""
+        return await self._value(Resolve(key=key))
+
+    async def link(self, alias_type: str, value: str, customer_id: str) -> bool:
+        """Link an alias to a customer, merging the alias's anonymous profile into it exactly
+        once (every step is idempotent: retry on any error); whether a profile merged now.
+        Conflict when the alias names another customer, or the customer was forgotten while
+        the link was under way."""
+        merged = False
+        async for merged in self.link_steps(alias_key(alias_type, value), customer_id):
+            pass
+        return merged
+
+    async def link_steps(self, key: str, customer_id: str) -> AsyncIterator[bool]:
+        """`link` of a checked alias key (identity.alias_key), one step per iteration (tests
+        interleave them with a forget's): whether a profile merged, so far."""
+        check_linkable(customer_id)
+        link, anonymous = link_id(key, customer_id), anonymous_id(key)
+        await self._ask(Claim(customer_id=customer_id, key=key, link=link))
+        yield False
+        await self._ask(Link(key=key, customer_id=customer_id))
+        yield False
+        state = await self._value(Take(anonymous=anonymous, link=link, target=customer_id))
+        yield False
+        merged = bool(await self._value(Merge(customer_id=customer_id, link=link, key=key,
+                                              state=state)))
+        yield merged
+        if state is not None:
+            await self._ask(Settle(anonymous=anonymous, link=link))
+            yield merged
