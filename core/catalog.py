@@ -278,6 +278,8 @@ class Catalog:
     fallbacks: dict[str, tuple[str, ...]]
     history_size: int
     source: Source = field(repr=False)
+    # what the checks added since catalogs could be saved refuse (load_catalog's `strict`)
+    refusals: tuple[CatalogError, ...] = field(default=(), repr=False, compare=False)
     timers: tuple[Timer, ...] = ()
 
     def channel(self, name: str) -> Channel | None:
@@ -291,9 +293,17 @@ class Catalog:
         return tuple(dict.fromkeys(a.group for a in self.actions))
 
 
-def load_catalog(text: str, source: str = "<catalog>") -> Catalog:
-    """Parse and validate a catalog; raises CatalogError naming file, line:column and path."""
-    return _Reader(Source(text, source)).catalog()
+def load_catalog(text: str, source: str = "<catalog>", strict: bool = True) -> Catalog:
+    """Parse and validate a catalog; raises CatalogError naming file, line:column and path.
+    Not `strict`: what only the checks added since catalogs could be saved refuse (a
+    contact-policy count past the history ring, timers arming each other) is kept in
+    `refusals` instead, so that a catalog the cluster took up before still runs (a saved one
+    is not checked anew at a restart); a new catalog is loaded strict (PutCatalog,
+    ValidateCatalog, the CLI)."""
+    catalog = _Reader(Source(text, source)).catalog()
+    if strict and catalog.refusals:
+        raise catalog.refusals[0]
+    return catalog
 
 
 def load_catalog_file(path: str | FsPath) -> Catalog:
@@ -347,6 +357,7 @@ class _Reader:
     def __init__(self, source: Source):
         self.src = source
         self.action_id: str | None = None
+        self.refusals: list[CatalogError] = []
 
     # -- primitives -----------------------------------------------------------------------
 
@@ -526,7 +537,7 @@ class _Reader:
                        events=events, attributes=attributes, features=features, consent=consent,
                        actions=actions, arbitration=arbitration, models=models,
                        fallbacks=fallbacks, history_size=history, source=self.src,
-                       timers=timers)
+                       timers=timers, refusals=tuple(self.refusals))
 
     def no_duplicate_keys(self) -> None:
         """Raise for the first key the YAML repeats, naming the action it is in as every other
@@ -833,9 +844,11 @@ class _Reader:
         could never be reached and the cap would never trip."""
         count = self.get(path)
         if isinstance(count, int) and not isinstance(count, bool) and count > history:
-            raise self.fail(path, f"must be at most history.size ({history}), got {count}: "
-                                  f"contact policies count in the customer's last {history} "
-                                  f"interactions, all actions' together")
+            self.refusals.append(self.fail(
+                path, f"must be at most history.size ({history}), got {count}: contact "
+                      f"policies count in the customer's last {history} interactions, all "
+                      f"actions' together"))
+            return self.integer(path, minimum=1, maximum=MAX_HISTORY_SIZE)  # as it was taken
         return self.integer(path, minimum=1, maximum=history)
 
     def arbitration(self, channels: dict, groups: tuple[str, ...], context: dict) -> Arbitration:
@@ -1071,10 +1084,11 @@ class _Reader:
                 if j in on_trail:
                     path = [k for k, _ in trail]
                     names = " -> ".join(timers[k].name for k in path[path.index(j):] + [j])
-                    raise self.fail(("timers", timers[i].name, "fire"),
-                                    f"'{timers[i].fire}' starts timer '{timers[j].name}': "
-                                    f"timers {names} arm each other, so they would fire "
-                                    f"forever")
+                    self.refusals.append(self.fail(
+                        ("timers", timers[i].name, "fire"),
+                        f"'{timers[i].fire}' starts timer '{timers[j].name}': timers {names} "
+                        f"arm each other, so they would fire forever"))
+                    return
                 if not done[j]:
                     trail.append([j, 0])
                     on_trail.add(j)

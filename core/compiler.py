@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 import math
 import threading
 from collections import OrderedDict
@@ -27,6 +28,7 @@ from .catalog import (FULL_POSTERIOR_AUTO_INPUTS, Action, Catalog, Feature, Rule
                       default_catalog_text, load_catalog)
 from .errors import CatalogError, RuleError
 
+log = logging.getLogger("kairos.catalog")
 CLOCK_SLOT = 0
 COMPILED_CACHE_SIZE = 8  # catalog texts kept compiled; a switch holds two versions at once
 FACTOR_PROPENSITY, FACTOR_WEIGHT, FACTOR_VALUE, FACTOR_PRIORITY = range(4)
@@ -611,20 +613,27 @@ _compiled: OrderedDict[str, CompiledCatalog] = OrderedDict()  # by text, least r
 _compiled_lock = threading.Lock()  # callers compile on executor threads too
 
 
-def compiled_from_text(text: str, source: str = "<catalog>") -> CompiledCatalog:
+def compiled_from_text(text: str, source: str = "<catalog>",
+                       strict: bool = False) -> CompiledCatalog:
     """The catalog written in `text`, loaded and compiled once per process however many roles
     ask (the last COMPILED_CACHE_SIZE texts are kept). Each caller gets its own string table
-    over the shared arrays. A bad catalog raises CatalogError naming `source`, every time."""
+    over the shared arrays. A bad catalog raises CatalogError naming `source`, every time;
+    `strict` as load_catalog's (a catalog coming in new: PutCatalog, ValidateCatalog)."""
     with _compiled_lock:
         compiled = _compiled.get(text)
         if compiled is not None:
             _compiled.move_to_end(text)
     if compiled is None:
-        compiled = compile_catalog(load_catalog(text, source))
+        compiled = compile_catalog(load_catalog(text, source, strict=False))
+        for refusal in compiled.catalog.refusals:  # said once per text and process
+            log.warning("catalog %s runs, though a new catalog would be refused: %s",
+                        compiled.version, refusal)
         with _compiled_lock:
             _compiled[text] = compiled
             while len(_compiled) > COMPILED_CACHE_SIZE:
                 _compiled.popitem(last=False)
+    if strict and compiled.catalog.refusals:
+        raise compiled.catalog.refusals[0]
     return compiled.with_own_strings()
 
 

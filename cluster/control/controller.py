@@ -392,7 +392,7 @@ class Controller(ControlLoop):
         """Validate, then switch every shard and the learner; the new version, with `evidence`
         (the gateway's {json, summary} of a replay report) kept with it. ValueError for
         other content under the running version (gateways tell catalogs apart by version)."""
-        version = compiled_from_text(catalog_text).version  # CatalogError: stop
+        version = compiled_from_text(catalog_text, strict=True).version  # CatalogError: stop
         async with self._reconfiguring:
             if version == self.catalog_version and catalog_text != self.catalog_text:
                 raise ValueError(f"catalog {version!r} runs with other text: give it a new version")

@@ -139,7 +139,7 @@ async def _answer(context, work: Awaitable) -> Any:
 
 async def _compile(text: str, context) -> CompiledCatalog:
     try:
-        return await asyncio.to_thread(compiled_from_text, text, "<PutCatalog>")
+        return await asyncio.to_thread(compiled_from_text, text, "<PutCatalog>", True)
     except CatalogError as exc:
         await fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 

@@ -8,8 +8,9 @@ anonymous id answer MERGED); Merge folds the state into the customer once per li
 drops the state the redirect kept for retries. Each customer remembers its aliases and the
 links merged into it (`CustomerIdentities`), in its block, so a retried link merges once even
 after the customer moved or was passivated. Every link step is refused (CONFLICT) once its
-link is buried by a forget. A forget also buries the customer itself (`Directory.forgotten_at`), so an
-outcome of a decision issued to it before cannot bring it back (customers.py). Homes are
+link is buried by a forget. A forget also buries the customer itself
+(`Directory.forgotten_at`), so an outcome of a decision issued to it before cannot bring it
+back (customers.py). Homes are
 deleted only once the records saying so are durable (journaling.py: `delete_later`).
 """
 from __future__ import annotations

@@ -62,7 +62,9 @@ def _layout(compiled: CompiledCatalog) -> _Layout:
     meaning: dict[str, tuple] = {compiled.layout.names[CLOCK_SLOT]: ("clock",)}
     meaning.update({a.name: ("attribute", kind.get(a.type, a.type)) for a in cat.attributes})
     meaning.update({f.name: ("feature", f.kind, f.event, f.field, float(f.half_life_s),
-                             f.when_field, list(f.when_values), kind.get(f.type, f.type))
+                             # a set: listed in another order, the same filter
+                             f.when_field, sorted(set(f.when_values), key=repr),
+                             kind.get(f.type, f.type))
                     for f in cat.features})
     keys: list[str] = []
     digests = []

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from kairos.core.catalog import DEFAULT_HISTORY_SIZE, load_catalog
-from kairos.core.compiler import compile_catalog
+from kairos.core.compiler import compile_catalog, compiled_from_text
 from kairos.core.engine import DecisionEngine
 from kairos.core.errors import CatalogError, InputError, KairosError, RuleError
 from kairos.core.rules import BOOL, NUM, STR, TIME, Ref, parse
@@ -1030,6 +1030,12 @@ def test_a_policy_count_past_the_history_ring(policy, history, message):
     size = history or DEFAULT_HISTORY_SIZE
     check(with_count(size + 1), message, f"{size + 1},")
     compile_text(with_count(size))
+    # a catalog the cluster took up before this check (saved, running) still runs: only one
+    # coming in new is refused (PutCatalog, ValidateCatalog, the CLI)
+    running = compiled_from_text(with_count(size + 1))
+    assert str(running.catalog.refusals[0]).endswith(message.split(": ", 1)[1])
+    with pytest.raises(CatalogError, match="must be at most history.size"):
+        compiled_from_text(with_count(size + 1), strict=True)
 
 
 @pytest.mark.parametrize("old, new, message", [

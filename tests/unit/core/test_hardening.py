@@ -277,7 +277,7 @@ def test_admin_compiles_off_the_event_loop(monkeypatch):
 
     threads = []
 
-    def fake_compile(text, source="<catalog>"):
+    def fake_compile(text, source="<catalog>", strict=False):
         threads.append(threading.get_ident())
         raise CatalogError("bad", source=source)
 

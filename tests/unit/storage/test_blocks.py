@@ -179,15 +179,18 @@ def _widened(doc) -> None:
     doc["attributes"]["loyalty_points"] = {"type": "float", "default": 0}
     doc["attributes"]["tier"]["values"].append("diamond")
     doc["features"]["views_total"] = {"kind": "count", "event": "page_view"}
+    doc["features"]["since_late_delivery"]["when"]["status"] = ["lost", "delayed"]  # a set
 
 
 def test_a_slot_that_means_the_same_keeps_its_value(compiled):
-    """An int attribute declared float, a string attribute with one more declared value, and
-    slots moved by a new feature mean what they meant: they keep their values."""
+    """An int attribute declared float, a string attribute with one more declared value, a
+    `when` filter listing its values in another order, and slots moved by a new feature mean
+    what they meant: they keep their values."""
     s = shard(compiled)
     s.process([event("ana", "profile_updated", T0, tier="gold"),
                event("ana", "loyalty_points_changed", T0, balance=1200, expiring=0,
-                     expires_at=T0 + 86400)])
+                     expires_at=T0 + 86400),
+               event("ana", "delivery_update", T0, order_id="o1", status="delayed")])
     engine = DecisionEngine(_edited(_widened))
     blocks.import_block(engine, blocks.unpack(blocks.pack_one(s.engine, "ana")))
     before, after = s.engine.profile("ana", T0), engine.profile("ana", T0)
