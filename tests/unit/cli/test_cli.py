@@ -216,8 +216,9 @@ def test_up_checks_an_ipv6_gateway_address_with_an_ipv6_socket(home, capsys, hos
         busy_v6.listen()
         assert not local.port_free(host, busy_v6.getsockname()[1])
         gateway = free_port()
+        # a console port of its own: the user's Kairos may hold the default 8080
         assert main(["up", "--host", host, "--ray-port", str(port), "--port", str(gateway),
-                     "--no-dashboard"]) == 1
+                     "--no-dashboard", "--console-port", str(free_port())]) == 1
     err = capsys.readouterr().err
     assert f"in use on this machine: port {port} (Ray);" in err and "gateway" not in err
     assert local.port_free(host, gateway) and not (home / "run.json").exists()
