@@ -23,6 +23,7 @@ import json
 import os
 import re
 import secrets
+import subprocess
 import sys
 from pathlib import Path
 
@@ -99,17 +100,49 @@ def head(tmp_path):
         "--dashboard-agent-listen-port=0", f"--metrics-export-port={free_port()}",
         f"--ray-client-server-port={free_port()}", "--disable-usage-stats", "--block"],
         env, tmp_path)
+    kairos = None
     try:
+        # as the head pod's entrypoint does (k8s/base/kairos-head.sh): Kairos once the GCS
+        # answers
+        wait_until(lambda: gcs_answers(gcs_port, env, ray_head), 120, "Ray's GCS to answer",
+                   poll_s=1.0)
         kairos = Pod("kairos-start", [
             "kairos", "start", "--address", f"127.0.0.1:{gcs_port}", "--host", "127.0.0.1",
             "--port", "0", "--shards", "1", "--store", str(tmp_path / "store")], env, tmp_path)
-        wait_until(lambda: kairos.process.poll() is not None, 300, "kairos start to return",
-                   poll_s=1.0)
-        assert kairos.process.returncode == 0, kairos.output()[-3000:]
+        try:
+            wait_until(lambda: kairos.process.poll() is not None, 300,
+                       "kairos start to return", poll_s=1.0)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{diagnosis(kairos, ray_head, temp_dir)}") from None
+        assert kairos.process.returncode == 0, diagnosis(kairos, ray_head, temp_dir)
         port = int(re.search(r"gRPC on [^:\s]+:(\d+)", kairos.output())[1])
         yield ray_head, port, Path(temp_dir)
     finally:
+        if kairos is not None:
+            kairos.stop(grace_s=5)  # returned, or hung (its driver holds nothing else)
         ray_head.stop(grace_s=30)  # its session holds the autoscaler's nodes too
+
+
+def gcs_answers(gcs_port: int, env: dict[str, str], ray_head: Pod) -> bool:
+    if ray_head.process.poll() is not None:  # BaseException: not taken for "not yet"
+        pytest.fail(f"Ray's head exited:\n{ray_head.output()[-3000:]}")
+    return subprocess.run(["ray", "health-check", "--address", f"127.0.0.1:{gcs_port}"],
+                          env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                          timeout=60).returncode == 0
+
+
+def diagnosis(kairos: Pod, ray_head: Pod, temp_dir: str, chars: int = 3000) -> str:
+    """What to look at when `kairos start` failed or hung: its output, the head's, and the
+    ends of the Ray logs that name a failure (of the sessions started since the head)."""
+    parts = [f"kairos start:\n{kairos.output()[-chars:]}",
+             f"ray head:\n{ray_head.output()[-chars:]}"]
+    since = ray_head.log.stat().st_ctime - 5
+    for log in sorted(Path(temp_dir).glob("session_2*/logs/*")):
+        if log.is_file() and log.stat().st_mtime >= since and (
+                log.name in ("raylet.out", "gcs_server.out", "monitor.log")
+                or (log.suffix == ".err" and log.stat().st_size)):
+            parts.append(f"{log}:\n{log.read_text(errors='replace')[-chars:]}")
+    return "\n\n".join(parts)
 
 
 def autoscaler_events(temp_dir: Path) -> list[str]:
