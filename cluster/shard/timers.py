@@ -1,8 +1,5 @@
 """Per-customer timers of one shard: armed by events, disarmed by events, due at a time.
 
-A heap orders the due times; `armed` is the truth (re-arming or cancelling leaves a stale heap
-entry behind, skipped when it surfaces), so arming, cancelling and firing are O(log n).
-
 A customer passivated with armed timers takes them to its home in the store; `asleep` keeps,
 per partition, the due time of each such customer's earliest timer (one entry a customer,
 gone once it is resident again or its timer fell due), and `pop_due` first brings back those
@@ -12,41 +9,99 @@ WAKE_LIMIT: a backlog falling due at once (after a restart) loads that many home
 from __future__ import annotations
 
 import heapq
-from typing import Callable
+from typing import Callable, Generic, Hashable, Iterator, TypeVar
 
 WAKE_LIMIT = 512
+
+Outer = TypeVar("Outer", bound=Hashable)
+Inner = TypeVar("Inner", bound=Hashable)
+
+
+class DueTable(Generic[Outer, Inner]):
+    """Due times by (outer, inner) key, e.g. customer -> timer -> due. A heap orders them;
+    the table is the truth (setting again or discarding leaves a stale heap entry behind,
+    skipped when it surfaces), so setting, discarding and taking the earliest are O(log n)."""
+
+    def __init__(self) -> None:
+        self.by: dict[Outer, dict[Inner, float]] = {}
+        self._heap: list[tuple[float, Outer, Inner]] = []
+
+    def __len__(self) -> int:
+        return sum(map(len, self.by.values()))
+
+    def get(self, outer: Outer, inner: Inner) -> float | None:
+        return self.by.get(outer, {}).get(inner)
+
+    def set(self, outer: Outer, inner: Inner, due: float) -> None:
+        self.by.setdefault(outer, {})[inner] = due
+        heapq.heappush(self._heap, (due, outer, inner))
+
+    def discard(self, outer: Outer, inner: Inner) -> None:
+        mine = self.by.get(outer)
+        if mine is not None and mine.pop(inner, None) is not None and not mine:
+            del self.by[outer]
+
+    def take(self, outer: Outer) -> dict[Inner, float]:
+        """Remove and return everything under `outer` (its heap entries are stale now)."""
+        return self.by.pop(outer, {})
+
+    def clear(self) -> None:
+        self.by, self._heap = {}, []
+
+    def due(self, now: float, limit: float = float("inf")) -> Iterator[tuple[float, Outer, Inner]]:
+        """The entries due at or before `now`, earliest first, at most `limit` of them; an
+        entry the caller does not discard while it holds it stays set (and due)."""
+        held: dict[tuple[Outer, Inner], tuple[float, Outer, Inner]] = {}
+        try:
+            while self._heap and self._heap[0][0] <= now and len(held) < limit:
+                entry = due, outer, inner = heapq.heappop(self._heap)
+                # a key set to the same time twice has two heap entries: one walk, one yield
+                if self.get(outer, inner) == due and (outer, inner) not in held:
+                    held[outer, inner] = entry
+                    yield entry
+        finally:  # whatever stopped the walk: those still set go back on the heap
+            for entry in held.values():
+                if self.get(entry[1], entry[2]) == entry[0]:
+                    heapq.heappush(self._heap, entry)
+
+    def compact(self) -> None:
+        """Drop stale heap entries once they outnumber the live ones."""
+        if len(self._heap) > 2 * len(self) + 1024:
+            self._heap = [(d, o, i) for d, o, i in self._heap if self.get(o, i) == d]
+            heapq.heapify(self._heap)
 
 
 class Timers:
     def __init__(self, wake: Callable[[int, str], bool]) -> None:
         """`wake(partition, customer_id)`: make a passivated customer resident, its timers
         armed here; whether it is done with (False: not now, it is tried again later)."""
-        self.armed: dict[str, dict[int, float]] = {}  # customer -> timer -> due (epoch s)
-        self._heap: list[tuple[float, str, int]] = []
+        self._armed: DueTable[str, int] = DueTable()  # customer -> timer -> due (epoch s)
         # partition -> passivated customer -> its earliest timer's due time
-        self.asleep: dict[int, dict[str, float]] = {}
-        self._sleepers: list[tuple[float, str, int]] = []  # (due, customer, partition)
+        self._asleep: DueTable[int, str] = DueTable()
         self._wake = wake
+
+    @property
+    def armed(self) -> dict[str, dict[int, float]]:
+        return self._armed.by
+
+    @property
+    def asleep(self) -> dict[int, dict[str, float]]:
+        return self._asleep.by
 
     def __len__(self) -> int:
         """The timers armed in memory (a passivated customer's are in its home)."""
-        return sum(len(t) for t in self.armed.values())
+        return len(self._armed)
 
     def arm(self, customer_id: str, timer: int, due: float) -> None:
-        self.armed.setdefault(customer_id, {})[timer] = due
-        heapq.heappush(self._heap, (due, customer_id, timer))
+        self._armed.set(customer_id, timer, due)
 
     def cancel(self, customer_id: str, timer: int) -> None:
-        mine = self.armed.get(customer_id)
-        if mine is not None and mine.pop(timer, None) is not None and not mine:
-            del self.armed[customer_id]
+        self._armed.discard(customer_id, timer)
 
     def due_before(self, customer_id: str, when: float) -> list[tuple[float, int]]:
         """The customer's timers due at or before `when`, disarmed, earliest first."""
-        mine = self.armed.get(customer_id)
-        if not mine:
-            return []
-        fired = sorted((due, k) for k, due in mine.items() if due <= when)
+        fired = sorted((due, k) for k, due in self.armed.get(customer_id, {}).items()
+                       if due <= when)
         for _, k in fired:
             self.cancel(customer_id, k)
         return fired
@@ -54,68 +109,41 @@ class Timers:
     def pop_due(self, now: float) -> list[tuple[float, str, int]]:
         """Every timer due at or before `now`, disarmed, in due order (those of passivated
         customers due by then too, once `wake` made them resident)."""
-        self._wake_due(now)
+        for _, partition, customer_id in self._asleep.due(now, WAKE_LIMIT):
+            if self._wake(partition, customer_id):
+                self.woke(partition, customer_id)
         fired = []
-        while self._heap and self._heap[0][0] <= now:
-            due, customer_id, k = heapq.heappop(self._heap)
-            if self.armed.get(customer_id, {}).get(k) == due:
-                self.cancel(customer_id, k)
-                fired.append((due, customer_id, k))
+        for entry in self._armed.due(now):
+            self.cancel(entry[1], entry[2])
+            fired.append(entry)
         return fired
 
     def take(self, customer_id: str) -> dict[int, float]:
         """Disarm and return a customer's timers (it is leaving this shard)."""
-        return self.armed.pop(customer_id, {})
+        return self._armed.take(customer_id)
 
     def disarm_all(self) -> None:
         """Forget every armed timer (they are armed again under a new catalog's numbering);
         passivated customers keep waiting: their homes name their timers."""
-        self.armed, self._heap = {}, []
+        self._armed.clear()
 
     # -- passivated customers ------------------------------------------------------------------
 
     def sleep(self, partition: int, customer_id: str, due: float) -> None:
         """The customer went to the store with its timers, the earliest due at `due`."""
-        self.asleep.setdefault(partition, {})[customer_id] = due
-        heapq.heappush(self._sleepers, (due, customer_id, partition))
+        self._asleep.set(partition, customer_id, due)
 
     def woke(self, partition: int, customer_id: str) -> None:
         """The customer is resident again, or gone: nothing to wake it for."""
-        mine = self.asleep.get(partition)
-        if mine is not None and mine.pop(customer_id, None) is not None and not mine:
-            del self.asleep[partition]
+        self._asleep.discard(partition, customer_id)
 
     def sleep_all(self, partition: int, sleepers: dict[str, float]) -> None:
         for customer_id, due in sleepers.items():
             self.sleep(partition, customer_id, due)
 
     def drop_partition(self, partition: int) -> None:
-        self.asleep.pop(partition, None)  # its heap entries are stale now
-
-    def _wake_due(self, now: float) -> None:
-        later = []  # not woken (yet): back on the heap, whatever happens
-        try:
-            for _ in range(WAKE_LIMIT):
-                if not self._sleepers or self._sleepers[0][0] > now:
-                    break
-                entry = due, customer_id, p = heapq.heappop(self._sleepers)
-                if self.asleep.get(p, {}).get(customer_id) != due:
-                    continue  # woken since, or asleep again until another time
-                later.append(entry)
-                if self._wake(p, customer_id):
-                    later.pop()
-                    self.woke(p, customer_id)
-        finally:
-            for entry in later:
-                heapq.heappush(self._sleepers, entry)
+        self._asleep.take(partition)
 
     def compact(self) -> None:
-        """Drop stale heap entries once they outnumber the live ones."""
-        if len(self._heap) > 2 * len(self) + 1024:
-            self._heap = [(d, c, k) for d, c, k in self._heap
-                          if self.armed.get(c, {}).get(k) == d]
-            heapq.heapify(self._heap)
-        if len(self._sleepers) > 2 * sum(map(len, self.asleep.values())) + 1024:
-            self._sleepers = [(d, c, p) for d, c, p in self._sleepers
-                              if self.asleep.get(p, {}).get(c) == d]
-            heapq.heapify(self._sleepers)
+        self._armed.compact()
+        self._asleep.compact()
