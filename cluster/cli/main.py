@@ -53,6 +53,7 @@ from kairos.core.errors import CatalogError
 
 from kairos.cluster.cli import console, demo, local, logexport, operate, replay, uplift
 from kairos.cluster.cli.secret_files import SecretFileError, check_secret_file
+from kairos.cluster.gateway.auth import EVERY_ADDRESS
 from kairos.cluster.storage.store import redact  # light: no store's client is imported
 
 # the embedded default's store: a directory that outlives `kairos down`
@@ -212,7 +213,7 @@ def _start(args: argparse.Namespace, run: local.Run, catalog_text: str | None) -
     os.environ.clear()
     os.environ.update(env)
     local.start_ray(run, args.dashboard_port if args.dashboard else None)
-    reach = local.LOOPBACK if args.host in ("0.0.0.0", "::", "") else args.host
+    reach = local.LOOPBACK if args.host in EVERY_ADDRESS else args.host
     # node i's gateway on port + i: every node of `kairos up` is on this machine
     run.gateways = [f"{reach}:{port}" for _, port in _start_kairos(
         args, run.ray_address, catalog_text, consecutive=True)]
@@ -236,8 +237,10 @@ def start(args: argparse.Namespace) -> int:
         print(f"error: Kairos did not start on the Ray cluster at {args.address}: {exc}",
               file=sys.stderr)
         return 1
+    # where each gateway listens: its node's address, or the one address --host names
     print(f"Kairos is serving on the Ray cluster at {args.address}: {args.shards} shards, "
-          f"gRPC on " + ", ".join(f"{host}:{port}" for host, port in gateways)
+          f"gRPC on " + ", ".join(f"{host if args.host in EVERY_ADDRESS else args.host}:{port}"
+                                  for host, port in gateways)
           + f"; store {redact(args.store)} (journal {args.journal_policy})")
     return 0
 

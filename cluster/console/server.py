@@ -26,11 +26,10 @@ import yaml
 
 from kairos.cluster.console.app import LOOPBACK_HOSTS, ConsoleConfig, create_app
 from kairos.cluster.console.session import CONSOLE_SCOPES, OPTIONAL_SCOPES
-from kairos.cluster.gateway.auth import KEYS_ENV, Auth, is_loopback
+from kairos.cluster.gateway.auth import EVERY_ADDRESS, KEYS_ENV, Auth, is_loopback
 
 CONSOLE_KEYS_FILE = "console-keys.yaml"
 GRACEFUL_STOP_S = 3  # live pages hold streams open: do not wait on them to stop
-EVERY_ADDRESS = ("0.0.0.0", "::", "")  # bind addresses that listen on every interface
 
 
 @dataclass(frozen=True)

@@ -295,6 +295,9 @@ def refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, details: str
     return make[handler.request_streaming, handler.response_streaming](refuse)
 
 
+EVERY_ADDRESS = ("0.0.0.0", "::", "")  # bind addresses that listen on every interface
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
