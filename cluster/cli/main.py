@@ -51,7 +51,8 @@ from kairos.core.catalog import load_catalog_file
 from kairos.core.compiler import compile_catalog
 from kairos.core.errors import CatalogError
 
-from kairos.cluster.cli import console, demo, local, logexport, operate, replay, uplift
+from kairos.cluster.cli import (console, demo, local, logexport, operate, replay, uplift,
+                                watchdog)
 from kairos.cluster.cli.secret_files import SecretFileError, check_secret_file
 from kairos.cluster.gateway.auth import EVERY_ADDRESS
 from kairos.cluster.storage.store import redact  # light: no store's client is imported
@@ -232,7 +233,8 @@ def start(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return exc.status
     try:
-        gateways = _start_kairos(args, args.address, catalog_text, consecutive=False)
+        gateways = _start_kairos(args, args.address, catalog_text, consecutive=False,
+                                 ray_wait_s=args.ray_wait)
     except Exception as exc:  # Ray not reachable, a gateway that could not bind, ...
         print(f"error: Kairos did not start on the Ray cluster at {args.address}: {exc}",
               file=sys.stderr)
@@ -246,11 +248,12 @@ def start(args: argparse.Namespace) -> int:
 
 
 def _start_kairos(args: argparse.Namespace, address: str, catalog_text: str | None,
-                  consecutive: bool) -> list[tuple[str, int]]:
+                  consecutive: bool, ray_wait_s: float | None = None) -> list[tuple[str, int]]:
     """Join the Ray cluster at `address` as a driver and start the runtime on it, with a
     gateway on every node, now and as nodes join (`consecutive`: gateway n on --port + n, for
     nodes that share this machine; else each on --port; 0: any free port); each gateway's
-    (node address, port), in the order of the gateways' numbers."""
+    (node address, port), in the order of the gateways' numbers. `ray_wait_s`: how long a
+    Ray this command did not start may take to answer (None: `up`'s own, which does)."""
     import ray
 
     from kairos.cluster.control import runtime
@@ -266,7 +269,9 @@ def _start_kairos(args: argparse.Namespace, address: str, catalog_text: str | No
                        keys_env=None if args.keys else KEYS_ENV, tls_files=tls_files,
                        shard_endpoints=args.shard_endpoints or bool(args.shard_endpoint_ports),
                        shard_ports=args.shard_endpoint_ports)
-    ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING")
+    with watchdog.exit_unless_done(ray_wait_s, f"no Ray cluster answered at {address} within "
+                                               f"{ray_wait_s:g} s (--ray-wait)"):
+        ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING")
     try:
         per_cpu = {"shards_per_cpu": args.shards_per_cpu} if args.shards_per_cpu else {}
         runtime.start(n_shards=args.shards, catalog_text=catalog_text, store=args.store,
@@ -384,6 +389,9 @@ def parser(gateway_port: int) -> argparse.ArgumentParser:
         help="start Kairos on a running Ray cluster (KubeRay's head pod, `ray start`)")
     on_ray.add_argument("--address", required=True,
                         help="the Ray cluster's GCS, host:port (or 'auto' on one of its nodes)")
+    on_ray.add_argument("--ray-wait", type=_positive, default=120.0, metavar="S",
+                        help="how long to wait for the cluster's GCS to answer (default "
+                             "%(default)g s; nothing is started before it does)")
     on_ray.add_argument("--host", default="0.0.0.0", help="gateways' bind address "
                                                           "(default %(default)s)")
     on_ray.add_argument("--port", type=int, default=gateway_port,

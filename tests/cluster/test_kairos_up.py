@@ -111,3 +111,17 @@ def test_start_serves_on_a_ray_cluster_something_else_started(tmp_path, monkeypa
     finally:
         local.terminate(run)
         shutil.rmtree(ray_temp, ignore_errors=True)
+
+
+def test_start_on_an_address_where_no_ray_answers_gives_up_after_ray_wait(tmp_path):
+    """Ray's own client retries a GCS that does not answer with no end: `kairos start` bounds
+    that wait (--ray-wait), says why it gave up, and exits 1."""
+    env = {**local.ray_env(True, "token"), local.HOME_ENV: str(tmp_path / "home"),
+           "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    address = f"{local.LOOPBACK}:{free_port()}"  # nothing listens there
+    began = time.monotonic()
+    done = kairos("start", "--address", address, "--ray-wait", "3", "--store", "memory",
+                  env=env, timeout_s=120)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert f"error: no Ray cluster answered at {address} within 3 s (--ray-wait)" in done.stderr
+    assert time.monotonic() - began < 60

@@ -1,0 +1,36 @@
+"""A bound on a step that cannot be interrupted: past its time, the command says why and exits.
+
+`ray.init(address=...)` on a GCS that does not answer retries inside Ray's C++ client with
+no end (Ray 2.60: "Failed to get cluster ID from GCS server", again and again), and a signal
+or an exception cannot reach it there. A command that has started nothing yet may leave then.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def exit_unless_done(timeout_s: float | None, message: str, status: int = 1
+                     ) -> Iterator[None]:
+    """Run the block; if it has not finished after `timeout_s` (None: no bound), print
+    `message` and end the process with `status` (no cleanup runs: use only where nothing was
+    started yet)."""
+    if timeout_s is None:
+        yield
+        return
+
+    def give_up() -> None:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        os._exit(status)
+
+    timer = threading.Timer(timeout_s, give_up)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
