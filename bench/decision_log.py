@@ -29,6 +29,7 @@ from kairos.cluster.storage.directory_store import DirectoryStore
 from kairos.cluster.storage.memory_store import MemoryStore
 from kairos.core.compiler import default_compiled
 
+from . import provenance
 from .workload import T0, random_event
 
 RESULTS = Path(__file__).parent / "results"
@@ -103,6 +104,7 @@ def main() -> None:
         print(f"{name:>38}  {value}")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     args.out.mkdir(parents=True, exist_ok=True)
+    provenance.stamp(result)
     (args.out / f"decision-log-{stamp}.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))
 

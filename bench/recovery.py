@@ -36,6 +36,7 @@ from kairos.cluster.storage.directory_store import DirectoryStore
 from kairos.cluster.storage.providers import open_store
 from kairos.core.compiler import default_compiled
 
+from . import provenance
 from .workload import T0, random_event
 
 RESULTS = Path(__file__).parent / "results"
@@ -162,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
+    provenance.stamp(results)
     (args.out / f"{run}.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / f"{run}.md").write_text(markdown(results))
     print(markdown(results))

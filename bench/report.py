@@ -12,12 +12,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 from matplotlib import ticker  # noqa: E402
 
-from . import loadgen  # noqa: E402
+from . import loadgen, provenance  # noqa: E402
 from .sweep import (P99_TARGET_MS, cpu_us_per_ok, failed, headline, headline_step,  # noqa: E402
-                    unanswered)
+                    holds, rate_held, unanswered)
 
-DECIDE_RATE_TARGET_PER_S = 1000.0  # p99 ≤ 10 ms across nodes at this rate or more
+# p99 ≤ 10 ms at this intended rate or more, across nodes: judged only on systems whose shards
+# span several Ray nodes (one node never pays the network hop the target is about)
+DECIDE_RATE_TARGET_PER_S = 1000.0
+# Decide p50 over floor-grpc's: the gRPC call alone, the path Kairos's data plane takes (it
+# makes no Ray actor call per request, so floor-ray's extra hop would flatter it)
 P50_OVER_FLOOR_MAX = 1.5
+P50_FLOOR = "floor-grpc"
 INGEST_RATE_TARGET_PER_S = 20_000.0
 OVER_REDIS_MIN = 4.0
 # issue 17's server CPU targets: per Decide, as a share of a peer's at the same rate ...
@@ -30,6 +35,7 @@ PLOTTED = (("p50_ms", "p50"), ("p99_ms", "p99"), ("p99_9_ms", "p99.9"))
 
 def write(results: dict[str, Any], out: Path) -> dict[str, Any]:
     """Write the three files; the summary (also stored in the JSON)."""
+    provenance.stamp(results)
     results["targets"] = targets(results)
     results["summary"] = summary(results)
     out.mkdir(parents=True, exist_ok=True)
@@ -43,6 +49,7 @@ def write(results: dict[str, Any], out: Path) -> dict[str, Any]:
 def save(results: dict[str, Any], out: Path, markdown_text: str) -> Path:
     """A pass/fail harness's report (fuzz, overload, soak): <run>.json and <run>.md in `out`;
     the path without suffix."""
+    provenance.stamp(results)
     out.mkdir(parents=True, exist_ok=True)
     base = out / results["run"]
     base.with_suffix(".json").write_text(json.dumps(results, indent=1))
@@ -85,20 +92,22 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     systems, checks = results["systems"], []
 
     def check(target: str, system: str, value: float | None, threshold: float,
-              at_most: bool = False, rate: float | None = None) -> None:
-        met = value is not None and (value <= threshold if at_most else value >= threshold)
+              at_most: bool = False, rate: float | None = None, also: bool = True) -> None:
+        """`also`: what else the target asks besides the value (push: nothing missing)."""
+        met = also and value is not None and (value <= threshold if at_most
+                                              else value >= threshold)
         checks.append({"target": target, "system": system, "value": value,
                        "threshold": threshold, "at_most": at_most, "met": met, "rate": rate})
 
     for name in sorted(n for n in systems if n.startswith("kairos-")):
-        mode = name.removeprefix("kairos-")
-        check("Decide: highest rate with p99 ≤ 10 ms (/s)", name,
-              systems[name]["max_rate_held"], DECIDE_RATE_TARGET_PER_S)
-        floor = systems.get(f"floor-ray-{mode}")
+        if _nodes(name) > 1:
+            check("Decide across nodes: highest intended rate held, p99 ≤ 10 ms (/s)", name,
+                  rate_held(systems[name], intended=True), DECIDE_RATE_TARGET_PER_S)
+        floor = systems.get(P50_FLOOR)
         if floor is not None:
             value, rate = _ratio(systems[name], floor, _decide("p50_ms"))
-            check("Decide p50 ÷ floor p50 (gRPC + Ray hop), same rate", name, value,
-                  P50_OVER_FLOOR_MAX, at_most=True, rate=rate)
+            check(f"Decide p50 ÷ {P50_FLOOR} p50 (the gRPC call Kairos's path makes), same "
+                  "rate", name, value, P50_OVER_FLOOR_MAX, at_most=True, rate=rate)
         for peer, most in CPU_OVER_PEER_MAX.items():
             if peer in systems:
                 value, rate = _ratio(systems[name], systems[peer], _cpu_us("decide"))
@@ -115,22 +124,31 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                       cpu_us_per_ok(step, "event"), most, at_most=True,
                       rate=step["rate_target"])
         if "redis" in systems:
-            redis_rate = systems["redis"]["max_rate_held"]
-            check("Decide rate held ÷ Redis peer's, p99 ≤ 10 ms", name,
-                  round(systems[name]["max_rate_held"] / redis_rate, 2) if redis_rate else None,
-                  OVER_REDIS_MIN)
+            redis_rate = rate_held(systems["redis"], intended=True)
+            check("Decide intended rate held ÷ Redis peer's, p99 ≤ 10 ms", name,
+                  round(rate_held(systems[name], intended=True) / redis_rate, 2)
+                  if redis_rate else None, OVER_REDIS_MIN)
         if name in results["ingest"]:
-            check("Ingest (stream, re-evaluated): highest rate with p99 ≤ 10 ms (events/s)",
-                  name, results["ingest"][name]["max_rate_held"], INGEST_RATE_TARGET_PER_S)
+            check("Ingest (stream, re-evaluated): highest intended rate held, p99 ≤ 10 ms "
+                  "(events/s)", name, rate_held(results["ingest"][name], intended=True),
+                  INGEST_RATE_TARGET_PER_S)
         if name in results["batch"]:
-            check("Ingest (IngestBatch, re-evaluated): highest rate with p99 ≤ 10 ms "
-                  "(events/s)", name, results["batch"][name]["max_rate_held"],
+            check("Ingest (IngestBatch, re-evaluated): highest intended rate held, p99 ≤ 10 "
+                  "ms (events/s)", name, rate_held(results["batch"][name], intended=True),
                   INGEST_RATE_TARGET_PER_S)
         if name in results["push"]:
-            check("Push p99, event on the web → call-center stream (ms)", name,
-                  results["push"][name]["kinds"].get("push", {}).get("p99_ms"),
-                  PUSH_P99_TARGET_MS, at_most=True)
+            push = results["push"][name]
+            check("Push p99, event on the web → call-center stream, no more missing than the "
+                  "error budget (ms)", name, push["kinds"].get("push", {}).get("p99_ms"),
+                  PUSH_P99_TARGET_MS, at_most=True,
+                  also=holds(push, "push", PUSH_P99_TARGET_MS))
     return checks
+
+
+def _nodes(system: str) -> int:
+    """The Ray nodes a system's name says it ran on (kairos-3node, kairos-direct-1node)."""
+    tail = system.rsplit("-", 1)[-1]
+    return int(tail.removesuffix("node")) if tail.endswith("node") else 1
 
 
 def _decide(key: str) -> Callable[[dict[str, Any]], float | None]:
@@ -310,11 +328,11 @@ def _errors(stats: dict[str, Any], unanswered: int = 0) -> str:
 
 
 def _held_row(name: str, result: dict[str, Any]) -> list[str]:
-    if not any(s["holds"] for s in result["steps"]):
+    if not rate_held(result):
         return [name, "none held", "", "", "", "", "", "", ""]
     step = headline_step(result)
     stats = step["kinds"][result["kind"]]
-    return [name, f"{result['max_rate_held']:,.0f}", f"{stats['p50_ms']:.2f}",
+    return [name, f"{rate_held(result):,.0f}", f"{stats['p50_ms']:.2f}",
             f"{stats['p90_ms']:.2f}", *_percentiles(stats)[1:],
             _errors(stats, unanswered(step, result["kind"])), _cpu(step)]
 

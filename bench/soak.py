@@ -17,7 +17,11 @@ verdict holds when, from just after the warm-up to the end (each the median of a
 samples), the processes' total RSS grew by less than 5 %, file descriptors and threads did
 not grow, no process was replaced, and the traffic was served (errors and fallbacks within the
 sweep's error budget; outcomes refused by their customer's outcome rate are counted apart, as
-the limit working). Each sample whose threads differ from the last one's records them by
+the limit working), and the service kept its pace: no step after the warm-up had a Decide
+p99 over P99_DRIFT_MAX times the median p99 of the first BASELINE_STEPS steps, and at most
+BEHIND_SHARE_MAX of the steps had their generators behind schedule (a generator behind sends
+late, so the hour was not run at the rate asked). Each sample whose threads differ from the
+last one's records them by
 process and name, so a thread that appears can be told (a pool growing to its bound, or a
 leak).
 
@@ -62,6 +66,11 @@ STEP_S = 60.0  # the traffic runs as back-to-back measured steps of this length
 WARMUP_SHARE = 0.1
 RSS_GROWTH_LIMIT = 0.05
 POOL_THREAD = "event_engine"  # what gRPC names its EventEngine pool's threads
+# Latency drift: a soak that keeps its memory but slows down is not holding. The first steps
+# are the baseline (the memos are still filling then, so they are no easier than later ones)
+BASELINE_STEPS = 3
+P99_DRIFT_MAX = 3.0
+BEHIND_SHARE_MAX = 0.1  # of all steps, the share whose generators may fall behind schedule
 
 
 class Sampler(threading.Thread):
@@ -128,8 +137,11 @@ def _memos() -> list[list[int]]:
 
 
 def _memos_full(sample: dict[str, Any]) -> bool:
-    return bool(sample["memos"]) and all(kept >= capacity > 0
-                                         for kept, capacity in sample["memos"])
+    """Every shard's memo full. Runs saved before the sampler read memos have none, and
+    those saved before it read their capacity have counts alone: neither can say."""
+    memos = sample.get("memos") or []
+    return (bool(memos) and all(isinstance(m, list) for m in memos)
+            and all(kept >= capacity > 0 for kept, capacity in memos))
 
 
 def warmed_up(samples: list[dict[str, Any]], at_least_s: float) -> float:
@@ -156,20 +168,45 @@ def verdict(samples: list[dict[str, Any]], warm_s: float, steps: list[dict[str, 
     rate_limited = errors.pop(CUSTOMER_RATE, 0)  # the limit working, on the Zipf head
     failed = sum(errors.values())
     growth = (last["rss_mib"] - first["rss_mib"]) / max(first["rss_mib"], 1e-9)
+    pace = _pace(steps, warm_s)
     checks = {"rss_growth_below_5pct": growth < RSS_GROWTH_LIMIT,
               "fds_flat": last["fds"] <= first["fds"],
               "threads_flat": last["threads"] - last["pool_threads"]
               <= first["threads"] - first["pool_threads"],
               "grpc_pool_settled": max(pool[half:]) <= max(pool[:half] or pool[:1]),
               "same_processes": len({s["processes"] for s in after}) == 1,
-              "served": failed <= ERROR_BUDGET * max(sent, 1)}
-    return {"held": all(checks.values()), "checks": checks, "window_samples": n,
+              "served": failed <= ERROR_BUDGET * max(sent, 1),
+              "p99_within_3x_first_steps": pace["p99_worst_ms"] is None
+              or pace["p99_worst_ms"] <= P99_DRIFT_MAX * pace["p99_baseline_ms"],
+              "generators_on_schedule": pace["behind_share"] <= BEHIND_SHARE_MAX}
+    return {"held": all(checks.values()), "checks": checks, "window_samples": n, **pace,
             **{key: [first[key], last[key]] for key in ("rss_mib", "fds", "threads",
                                                         "pool_threads", "processes")},
             "rss_growth": round(growth, 4), "sent": sent, "failed": failed,
             "failures": dict(+errors), "rate_limited_outcomes": rate_limited,
             "memos_full": _memos_full(after[0]),
             "threads_changed": _threads_changed(samples, warm_s)}
+
+
+def _pace(steps: list[dict[str, Any]], warm_s: float) -> dict[str, Any]:
+    """Decide p99 per step against the first steps', and how many steps ran behind."""
+    p99 = [s["kinds"].get("decide", {}).get("p99_ms") for s in steps]
+    baseline = [v for v in p99[:BASELINE_STEPS] if v is not None]
+    after = [v for v, start in zip(p99, _step_starts(steps)) if start >= warm_s and v is not None]
+    behind = sum(s["generator"]["behind"] for s in steps)
+    return {"p99_baseline_ms": statistics.median(baseline) if baseline else None,
+            "p99_worst_ms": max(after) if after and baseline else None,
+            "steps_behind": behind, "behind_share": round(behind / max(len(steps), 1), 3)}
+
+
+def _step_starts(steps: list[dict[str, Any]]) -> list[float]:
+    """When each step began, in seconds from the first: steps run back to back, each as long
+    as its sends took at its offered rate (the files do not record when a step began)."""
+    starts, t = [], 0.0
+    for step in steps:
+        starts.append(t)
+        t += step["sent"] / step["offered_rate"] if step.get("offered_rate") else 0.0
+    return starts
 
 
 def _with_pool_threads(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -225,6 +262,10 @@ def markdown(results: dict[str, Any]) -> str:
              f"| of them gRPC's EventEngine pool | {v['pool_threads'][0]} | "
              f"{v['pool_threads'][1]} |",
              f"| processes | {v['processes'][0]} | {v['processes'][1]} |", "",
+             f"Decide p99 of the first {BASELINE_STEPS} steps (median) {v['p99_baseline_ms']} "
+             f"ms, the worst step's after the warm-up {v['p99_worst_ms']} ms (at most "
+             f"{P99_DRIFT_MAX:g}×); generators behind schedule in {v['steps_behind']} of "
+             f"{len(results['steps'])} steps (at most {BEHIND_SHARE_MAX:.0%}).", "",
              f"Requests sent {v['sent']}, failed {v['failed']} "
              f"({', '.join(f'{code} {n}' for code, n in v['failures'].items()) or 'none'}); "
              f"outcomes refused by their customer's outcome rate (OUTCOMES_PER_CUSTOMER, "
@@ -314,7 +355,9 @@ def judge(path: Path) -> int:
     again = verdict(saved["samples"], saved["warmup_s"], saved["steps"])
     print(json.dumps({"run": saved["run"], "verdict_saved": saved["verdict"]["checks"],
                       **{k: again[k] for k in ("held", "checks", "rss_growth", "fds", "threads",
-                                               "pool_threads", "threads_changed")}}))
+                                               "pool_threads", "threads_changed",
+                                               "p99_baseline_ms", "p99_worst_ms",
+                                               "steps_behind")}}))
     return 0
 
 

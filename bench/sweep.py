@@ -4,7 +4,9 @@ A step "holds" when its p99 is within the target and at most ERROR_BUDGET of the
 sent failed, fell back or got no answer at all. (The rate a step sends is set by its schedule,
 not by the server; a generator that fell behind sends late, which its latency shows.) The
 ladder stops after STOP_AFTER_FAILURES steps in a row that did not hold (one noisy step does
-not cut the curve short); every step run is reported.
+not cut the curve short); every step run is reported. The rate a sweep held is the highest
+step below which every step held: a step that held above one that failed is luck, not
+capacity.
 """
 from __future__ import annotations
 
@@ -56,17 +58,35 @@ def sweep(pool: GeneratorPool, system: str, make_step: Callable[[float], Step],
             failures = 0 if result["holds"] else failures + 1
             if failures >= STOP_AFTER_FAILURES:
                 break
-    held = [s for s in steps if s["holds"]]
-    best = max(held, key=lambda s: s["rate_target"]) if held else None
-    return {"op": steps[0]["op"], "kind": KIND_OF_OP[steps[0]["op"]], "steps": steps,
-            "max_rate_held": best["kinds"][KIND_OF_OP[best["op"]]]["rate"] if best else 0.0,
-            "max_rate_target_held": best["rate_target"] if best else 0.0}
+    result = {"op": steps[0]["op"], "kind": KIND_OF_OP[steps[0]["op"]], "steps": steps}
+    return {**result, "max_rate_held": rate_held(result),
+            "max_rate_target_held": rate_held(result, intended=True)}
+
+
+def held_steps(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The sweep's steps, by rate, up to the first that did not hold."""
+    held = []
+    for step in sorted(result["steps"], key=lambda s: s["rate_target"]):
+        if not step["holds"]:
+            break
+        held.append(step)
+    return held
+
+
+def rate_held(result: dict[str, Any], intended: bool = False) -> float:
+    """The rate of the highest step below which every step held (0 if the first did not):
+    the rate it was sent at if `intended`, else the rate answered in it."""
+    held = held_steps(result)
+    if not held:
+        return 0.0
+    best = held[-1]
+    return best["rate_target"] if intended else best["kinds"][result["kind"]]["rate"]
 
 
 def headline_step(result: dict[str, Any]) -> dict[str, Any]:
-    """The step that stands for a sweep: its highest that held, else its first."""
-    held = [s for s in result["steps"] if s["holds"]]
-    return max(held, key=lambda s: s["rate_target"]) if held else result["steps"][0]
+    """The step that stands for a sweep: the highest it held (rate_held's), else its first."""
+    held = held_steps(result)
+    return held[-1] if held else result["steps"][0]
 
 
 def cpu_us_per_ok(step: dict[str, Any], kind: str) -> float | None:
@@ -87,4 +107,4 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
             "errors": failed(step, result["kind"]),
             "cpu_us_per_request": step["cpu_us_per_request"],
             "generator_cpu_us_per_request": step["generator_cpu_us_per_request"],
-            "max_rate_held": result["max_rate_held"], "at_rate_target": step["rate_target"]}
+            "max_rate_held": rate_held(result), "at_rate_target": step["rate_target"]}

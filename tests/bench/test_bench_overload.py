@@ -14,7 +14,7 @@ def test_smoke_run_writes_a_report_with_a_verdict(tmp_path):
     report = json.loads((tmp_path / f"{summary['run']}.json").read_text())
     verdict = report["verdict"]
     assert set(verdict["checks"]) == {"admitted_p99_within_2x", "refusals_within_deadline",
-                                      "no_other_errors", "all_answered"}
+                                      "refusals_fast", "no_other_errors", "all_answered"}
     assert verdict["held"] == all(verdict["checks"].values())
     assert report["overload"]["rate_target"] == 3 * report["nominal"]["rate_target"]
     assert report["nominal"]["sent"] > 0 and report["overload"]["sent"] > 0

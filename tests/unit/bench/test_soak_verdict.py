@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bench.soak import verdict
 
-STEPS = [{"sent": 1000, "kinds": {}}]
+STEPS = [{"sent": 1000, "kinds": {}, "generator": {"behind": False}}]
 
 
 def samples(pool: list[int], other: list[int]) -> list[dict]:
