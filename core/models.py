@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -298,6 +298,18 @@ def keep_rows(ok: np.ndarray, new: np.ndarray, old: np.ndarray) -> np.ndarray:
     return np.where(ok.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
 
 
+@dataclass
+class SyncPoints:
+    """Shard side: whether a table's learning waits for a journal sync (ModelTable.written),
+    and who waits for one; shared by the tables a catalog switch carries the learning to, as
+    the syncs that cover it may be told through the table it was learnt in."""
+
+    settled: bool = True  # every round learnt from is synced: all pending may go
+    failed: bool = False  # a sync failed: this shard's learning never goes (it is rebuilt)
+    wanted: list[Callable[[], None]] = field(default_factory=list)  # told at the next point
+    covering: list[Callable[[], None]] = field(default_factory=list)  # the sync in flight's
+
+
 class ModelTable:
     """Every (action, channel) model of a shard, as arrays the kernels update in place.
 
@@ -321,6 +333,10 @@ class ModelTable:
         self.covariance: np.ndarray | None = None
         self._refresh()
         self._mark()
+        # shard side, what the journal made durable (see `written`)
+        self._points = SyncPoints()
+        self._boundary: ModelDelta | None = None  # pending when the sync in flight started
+        self._synced: ModelDelta | None = None  # pending when a sync that succeeded started
 
     def _as_kind(self, precision: np.ndarray) -> np.ndarray:
         """Per-predictor precisions as this table keeps them (a diagonal matrix when full)."""
@@ -386,6 +402,64 @@ class ModelTable:
         delta = self.pending()
         self._mark()
         return delta
+
+    # A shard learns from a round as it applies it, before the journal sync that lets it
+    # answer has finished; should that sync fail, the round was never acknowledged and its
+    # client sends it again. So the learner gets only learning a successful sync covers: the
+    # host says when a round is written (`written`) and when a sync starts and ends; a sync
+    # someone waits for notes the pending learning as it starts (its boundary, a copy of the
+    # statistics: only then), and `take_synced` hands over what the last successful one
+    # covered, or everything once nothing written waits for a sync.
+
+    def written(self) -> None:
+        """Shard side: a round (and what it taught) is journaled, not synced yet."""
+        self._points.settled = False
+
+    def sync_started(self) -> None:
+        """Shard side: a journal sync starts; it covers everything learnt so far."""
+        points = self._points
+        self._boundary = self.pending() if points.wanted else None
+        points.covering, points.wanted = points.wanted, []
+
+    def sync_finished(self, ok: bool, idle: bool) -> None:
+        """Shard side: the sync ended; `idle`: nothing was written since it started."""
+        points = self._points
+        if not ok:
+            points.failed = True
+        elif self._boundary is not None:
+            self._synced = self._boundary
+        points.settled = points.settled or (ok and idle)
+        self._boundary = None
+        told, points.covering = points.covering, []
+        if points.settled or points.failed:
+            told, points.wanted = told + points.wanted, []
+        for done in told:
+            done()
+
+    def when_synced(self, done: Callable[[], None]) -> None:
+        """Shard side: call `done` once a sync covers what was learnt until now (at once if
+        nothing waits for one; never if the shard fails first)."""
+        if self._points.settled or self._points.failed:
+            done()
+        else:
+            self._points.wanted.append(done)
+
+    def take_synced(self) -> ModelDelta | None:
+        """Shard side: take what was learnt up to the latest successful sync point, or
+        everything once nothing written waits for a sync; None if no sync covered anything
+        since the last take (or one failed: the shard is being rebuilt)."""
+        if self._points.failed:
+            return None
+        if self._points.settled:
+            self._boundary = self._synced = None
+            return self.take_delta()
+        synced, self._synced = self._synced, None
+        if synced is not None:
+            self._taken = self._taken + synced
+            if self._boundary is not None:  # the sync in flight covers the rest
+                self._boundary = ModelDelta(*(getattr(self._boundary, name) -
+                                              getattr(synced, name) for name in DELTA_STATS))
+        return synced
 
     def merge(self, delta: ModelDelta) -> int:
         """Learner side: add a delta to the natural parameters (the caller bumps versions).
@@ -502,6 +576,8 @@ class ModelRemap:
         fresh.warm_start(self.new, self.new_actions)
         fresh._mark_as(self.delta(old.pending()))
         fresh.refused = old.refused
+        # the pending learning came along: the syncs it waits for, and who waits, too
+        fresh._points = old._points
         return fresh
 
     def _carry_inputs(self, old: np.ndarray) -> np.ndarray:

@@ -13,8 +13,9 @@ fifth of a shard's CPU at 1,000 decisions/s). Two things run on threads: recover
 a new Shard nobody else sees yet (requests answer UNAVAILABLE meanwhile), and the journal's
 fsync (syncs.py): a round is written to the journal as it is applied and answered once a sync
 that started after it has finished, so the next rounds are applied while the disk works (at
-6,000 events/s the shards spent half their time waiting in fsync). A background loop fires
-timers, passivates and snapshots every `tick_s`.
+6,000 events/s the shards spent half their time waiting in fsync); the models hear of each
+sync, so model sync sends the learner only what a finished one covered (syncs.py). A
+background loop fires timers, passivates and snapshots every `tick_s`.
 
 Durability: `start` recovers the shard's partitions from the store (snapshots + journal)
 before it takes traffic; until then, and whenever the store fails (disk full, Redis down),
@@ -349,7 +350,7 @@ class ShardHost:
         self.queued -= len(requests)
         if shard is not None and shard.journal.unsynced:
             # answered once durable; the next round is applied meanwhile
-            self._syncs.after_writes(shard.journal).add_done_callback(
+            self._syncs.after_writes(shard.journal, shard.engine.models).add_done_callback(
                 functools.partial(self._answer_synced, shard, round_, replies, pushes))
         else:
             self._answer(round_, replies, pushes)
@@ -397,7 +398,7 @@ class ShardHost:
             value = method(shard, *args)
             if shard.journal.unsynced:
                 try:
-                    await self._syncs.after_writes(shard.journal)
+                    await self._syncs.after_writes(shard.journal, shard.engine.models)
                 except OSError as exc:
                     raise StoreUnavailable(f"{self.name}: journal: {exc}") from exc
             return value

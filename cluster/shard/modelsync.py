@@ -17,6 +17,16 @@ shard learns meanwhile waits in its models and goes as the next delta. Unless th
 switched meanwhile: its rows mean something else then, and it stays only in this shard's
 models.
 
+Only learning the journal made durable is sent: a round is applied (and learnt from) before
+the sync that lets it be answered finishes, and should that sync fail its client is told
+UNAVAILABLE and sends it again, which the rebuilt shard learns anew. So each interval first
+waits, at most an interval, for a journal sync to cover what the shard learnt so far (at once
+when nothing written waits for one; under load the next group commit, a few milliseconds), and
+takes what the latest successful sync covered (core/models.py `take_synced`). The other way
+round, learning of acknowledged rounds not yet taken is lost when the shard rebuilds: models
+start again from the learner's version (shard/durability.py `recover`), at most an interval's
+learning of that shard.
+
 The last ADOPTIONS_KEPT adoptions are kept with their wall-clock time, and `health` reports
 them, so the time a published version takes to reach every shard can be measured exactly
 (bench/simulate.py) however seldom the shards are asked.
@@ -66,14 +76,20 @@ class ModelSync:
             while True:
                 await asyncio.sleep(interval_s)
                 if engine() is not None:
-                    await self.step(engine, learner)
+                    await self.step(engine, learner, interval_s)
         finally:
             self._stop_watching()
 
     async def step(self, engine: Callable[[], DecisionEngine | None],
-                   learner: Callable[[], LearnerControl]) -> None:
-        """One interval's sync, or the watch kept going."""
-        catalog_version, delta, known = self.take(engine())
+                   learner: Callable[[], LearnerControl], wait_s: float = MODEL_SYNC_S
+                   ) -> None:
+        """One interval's sync, or the watch kept going, once a journal sync covers what was
+        learnt (waiting `wait_s` at most: what it did not cover goes at the next interval)."""
+        await self._covered(engine(), wait_s)
+        current = engine()  # the shard may have been rebuilt or switched meanwhile
+        if current is None:
+            return
+        catalog_version, delta, known = self.take(current)
         if delta is None:
             if self._watch is not None and self._watch[1] != (catalog_version, known):
                 self._stop_watching()
@@ -89,6 +105,17 @@ class ModelSync:
             self.unsent(catalog_version, delta)  # read its saved posterior yet
             return
         self._adopt_into(engine(), published)
+
+    @staticmethod
+    async def _covered(engine: DecisionEngine | None, wait_s: float) -> None:
+        if engine is None:
+            return
+        reached = asyncio.get_running_loop().create_future()
+        engine.models.when_synced(lambda: reached.done() or reached.set_result(None))
+        try:
+            await asyncio.wait_for(reached, wait_s)
+        except asyncio.TimeoutError:
+            pass  # a slow disk, or the shard failed: what a sync covered goes all the same
 
     async def _watched(self, engine: Callable[[], DecisionEngine | None],
                        learner: LearnerControl, catalog_version: str, known: int) -> None:
@@ -111,7 +138,8 @@ class ModelSync:
     def take(self, engine: DecisionEngine) -> tuple[str, ModelDelta | None, int]:
         """The engine's catalog version, the delta to send (None if nothing) and the model
         version the engine has. The delta is an unsent sync's, as it was (the learner may have
-        merged it), else what the engine learnt since the last take, numbered next."""
+        merged it), else what the engine learnt since the last take up to the latest journal
+        sync that covered it, numbered next."""
         version, known = engine.compiled.version, engine.models.version
         if self._outbox is not None:
             unsent_version, unsent = self._outbox
@@ -120,8 +148,8 @@ class ModelSync:
                 return version, unsent, known
             log.warning("%s: model learning from before the switch to catalog %s could not "
                         "reach the learner and is kept only here", self.name, version)
-        delta = engine.models.take_delta()
-        if not delta.learned():
+        delta = engine.models.take_synced()
+        if delta is None or not delta.learned():
             return version, None, known
         self._sequence += 1
         delta.origin = DeltaOrigin(self.name, self._incarnation, self._sequence)

@@ -1,9 +1,12 @@
-"""Group commit for a shard's journal, off the event loop (see host.py)."""
+"""Group commit for a shard's journal, off the event loop (see host.py), and the syncs' points
+that tell a shard's models which learning is durable (core/models.py `take_synced`)."""
 from __future__ import annotations
 
 import asyncio
 import functools
 from concurrent.futures import ThreadPoolExecutor
+
+from kairos.core.models import ModelTable
 
 from kairos.cluster.storage.store import JournalLike
 
@@ -11,16 +14,25 @@ from kairos.cluster.storage.store import JournalLike
 class Syncs:
     """Group commit off the event loop: one journal fsync at a time, on a thread of its own.
     Whoever asks waits for the first sync that starts after it asked, which covers everything
-    written before; meanwhile the shard applies its next rounds."""
+    written before; meanwhile the shard applies its next rounds. The models of the latest
+    write are told when a round they learnt from is written and when a sync starts and ends,
+    so model sync sends the learner only learning of rounds a sync made durable."""
 
     def __init__(self, name: str):
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-sync")
         self._running = False
         self._next: asyncio.Future | None = None  # waiting for the sync after the running one
         self._journal: JournalLike | None = None
+        self._models: ModelTable | None = None
 
-    def after_writes(self, journal: JournalLike) -> asyncio.Future:
+    def after_writes(self, journal: JournalLike, models: ModelTable | None = None
+                     ) -> asyncio.Future:
+        """A future for the first sync that starts from now; `models` learnt from what was
+        written."""
         self._journal = journal
+        if models is not None:
+            models.written()
+            self._models = models
         waiting = self._next
         if waiting is None:
             waiting = self._next = asyncio.get_running_loop().create_future()
@@ -31,15 +43,21 @@ class Syncs:
     def _start(self) -> None:
         waiting, self._next = self._next, None
         self._running = True
+        models = self._models
+        if models is not None:
+            models.sync_started()
         syncing = asyncio.get_running_loop().run_in_executor(self._pool, self._journal.sync)
-        syncing.add_done_callback(functools.partial(self._finished, waiting))
+        syncing.add_done_callback(functools.partial(self._finished, waiting, models))
 
-    def _finished(self, waiting: asyncio.Future, syncing: asyncio.Future) -> None:
+    def _finished(self, waiting: asyncio.Future, models: ModelTable | None,
+                  syncing: asyncio.Future) -> None:
         self._running = False
         if syncing.exception() is None:
             waiting.set_result(None)
         else:
             waiting.set_exception(syncing.exception())
+        if models is not None:  # a failed sync's round is never taken to the learner
+            models.sync_finished(syncing.exception() is None, idle=self._next is None)
         if self._next is not None:
             self._start()
 

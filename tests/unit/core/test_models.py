@@ -324,3 +324,29 @@ def test_an_input_read_twice_is_two_predictors_and_a_value_alone_is_learning():
     table.value_count[3] += 1
     table.value_sum[3] += 20.0
     assert table.take_delta().learned() and not table.take_delta().learned()
+
+
+def test_a_shard_hands_over_only_learning_a_journal_sync_covered(small):
+    """What a table learnt after a sync started waits for the next one, and nothing goes once
+    a sync failed (the shard is rebuilt and its client sends the round again)."""
+    table, told = ModelTable(small), []
+    table.positives[0] += 1  # a round's learning, journaled
+    table.written()
+    table.when_synced(lambda: told.append("covered"))
+    table.sync_started()
+    table.positives[1] += 1  # the next round, applied while the disk works
+    table.written()
+    assert table.take_synced() is None and not told
+    table.sync_finished(ok=True, idle=False)
+    first = table.take_synced()
+    assert told == ["covered"] and first.positives.tolist()[:2] == [1, 0]
+    assert table.take_synced() is None  # the second round waits for its sync
+    table.sync_started()
+    table.sync_finished(ok=True, idle=True)  # nothing written meanwhile: all of it is durable
+    table.positives[2] += 1  # learnt without a journal write (no sync comes for it)
+    assert table.take_synced().positives.tolist()[:3] == [0, 1, 1]
+    table.positives[3] += 1
+    table.written()
+    table.sync_started()
+    table.sync_finished(ok=False, idle=True)
+    assert table.take_synced() is None
