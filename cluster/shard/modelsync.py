@@ -120,7 +120,8 @@ class ModelSync:
     async def _watched(self, engine: Callable[[], DecisionEngine | None],
                        learner: LearnerControl, catalog_version: str, known: int) -> None:
         try:
-            self._adopt_into(engine(), await learner.watch(catalog_version, known))
+            published = await learner.watch(catalog_version, known)
+            self._adopt_into(engine(), published)  # the engine in use when the answer came
         except (Unavailable, StoreUnavailable):
             pass  # the learner is restarting or reading its posterior: watched again later
         except Exception:  # not a reason to stop syncing: logged, tried again

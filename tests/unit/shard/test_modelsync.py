@@ -109,6 +109,28 @@ def test_a_rebuilt_shard_stops_waiting_on_its_old_version_and_catches_up_at_once
     asyncio.run(main())
 
 
+def test_a_watch_answered_after_the_engine_was_replaced_goes_to_the_engine_in_use(compiled):
+    learner, counted, sync = setting(compiled)
+    old = Shard("s0", compiled, range(N_PARTITIONS), N_PARTITIONS)
+
+    async def main():
+        engines = [old.engine]
+        await sync.step(lambda: engines[0], lambda: counted)
+        await settled()
+        await sync.step(lambda: engines[0], lambda: counted)  # a watch waits
+        await settled()
+        replaced = Shard("s0", compiled, range(N_PARTITIONS), N_PARTITIONS).engine
+        replaced.models.version = old.engine.models.version  # the same wait would go on
+        engines[0] = replaced
+        other = shard_that_learned(compiled, "bo")
+        learner.sync(compiled.version, other.engine.models.take_delta(), 0)
+        await settled()
+        assert replaced.models.version == learner.version
+        assert replaced.models.positives.sum() == 1
+        assert old.engine.models.version < learner.version  # dropped: nothing goes to it
+    asyncio.run(main())
+
+
 def test_a_sync_replaces_the_watch_and_its_answer_keeps_the_shards_learning(compiled):
     learner, counted, sync = setting(compiled)
     s = shard_that_learned(compiled)
