@@ -13,18 +13,27 @@ a shared store, so erasure reaches logs written by a shard that since lost the p
     decisions/<shard name>/.lock                          flock: writers of this log, in turn
 
 A writer starts a segment of its own when it opens the log (so nothing is appended behind a
-torn tail a crash left) and another when the segment passes SEGMENT_BYTES or SEGMENT_S. The
+torn tail a crash left), after a write that failed (whose part written it cuts off), and
+when the segment passes SEGMENT_BYTES or SEGMENT_S. The
 lock orders appends, trims and erasures across processes; an erasure rewrites a segment to a
 temporary file and renames it into place, and the appender reopens the segment by name for
 each batch, so it never writes to a file an erasure replaced. Readers take no lock: they see a
 segment before or after a rewrite, and stop a segment at a frame that is not whole (the tail
-being written, or torn by a crash).
+being written, or torn by a crash). A file ending .dlog not named by a time is not a
+segment: it is left alone, with a warning.
+
+Retention drops whole segments, the newest too once its last entry is past the age bound: a
+writer checks, under the lock, that its segment still exists before appending to it, so it
+starts another. A log whose shard is gone for good (an orphan: shard names are not reused)
+is removed once trimmed empty.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import itertools
 import logging
+import math
 import os
 import threading
 import zlib
@@ -46,6 +55,7 @@ MEMORY_LOG_BYTES = 64 << 20  # the most a MemoryLog keeps
 SEGMENT_S = 3600.0
 SUFFIX = ".dlog"
 _tmp_names = itertools.count()
+_foreign: set[Path] = set()  # files warned of as not segments
 
 
 def entry_size(entry: Entry) -> int:
@@ -74,7 +84,8 @@ class MemoryLog:
             entries = list(self._entries)
         return (e for e in entries if since <= e[0] <= until)
 
-    def trim(self, before: float, max_bytes: int) -> int:
+    def trim(self, before: float, max_bytes: int, orphan: bool = False) -> int:
+        """(An orphan's log stays as long as the store: it holds them in a dict.)"""
         with self._lock:
             return self._drop_oldest(lambda e: e[0] < before or self._bytes > max_bytes)
 
@@ -116,19 +127,32 @@ class DirectoryLog:
                     self._full(self._segment, entries[0][0])
                 if created:
                     self._segment = self.dir / f"{int(entries[0][0] * 1000):016d}{SUFFIX}"
-                fd = os.open(self._segment, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
-                try:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view):]
-                    if self.fsync:
-                        os.fsync(fd)
-                finally:
-                    os.close(fd)
+                self._write(self._segment, data)
                 if created and self.fsync:
                     fsync_directory(self.dir)
         except OSError as exc:
             raise StoreUnavailable(f"appending to decision log {self.dir.name}: {exc}") from exc
+
+    def _write(self, segment: Path, data: bytes) -> None:
+        """Append `data` whole or not at all: readers stop a segment at its first frame that
+        is not whole, so a part left by a failed write would hide every later append. If even
+        the cut fails, the next append starts a segment of its own."""
+        fd = os.open(segment, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                if self.fsync:
+                    os.fsync(fd)
+            except OSError:
+                self._segment = None
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise
+        finally:
+            os.close(fd)
 
     def _full(self, segment: Path, now: float) -> bool:
         return segment.stat().st_size >= SEGMENT_BYTES or now - _start(segment) >= SEGMENT_S
@@ -140,30 +164,71 @@ class DirectoryLog:
             if _start(segment) <= until and ends >= since:
                 yield from (e for e in self._entries(segment) if since <= e[0] <= until)
 
-    def trim(self, before: float, max_bytes: int) -> int:
-        """Drop whole segments: those whose successor began before `before`, then the oldest
-        while the log is over `max_bytes` (never the newest: it is being written)."""
-        dropped = 0
+    def trim(self, before: float, max_bytes: int, orphan: bool = False) -> int:
+        """Drop whole segments, oldest first: those whose every entry was logged before
+        `before` (the newest too), and while the log is over `max_bytes` any but the newest.
+        An `orphan` log (its shard is gone for good) left empty is removed."""
         try:
             with self._locked():
-                segments = self._segments()
-                sizes = [s.stat().st_size for s in segments]
-                total = sum(sizes)
-                for k in range(len(segments) - 1):
-                    if _start(segments[k + 1]) > before and total <= max_bytes:
-                        break
-                    segments[k].unlink()
-                    total -= sizes[k]
-                    dropped += 1
+                self._sweep()
+                dropped = self._drop_segments(before, max_bytes)
+                if orphan and not self._segments():
+                    self._remove()
         except OSError as exc:
             raise StoreUnavailable(f"trimming decision log {self.dir.name}: {exc}") from exc
         return dropped
+
+    def _drop_segments(self, before: float, max_bytes: int) -> int:
+        segments = self._segments()
+        sizes = [s.stat().st_size for s in segments]
+        total = sum(sizes)
+        for k, segment in enumerate(segments):
+            newest = k == len(segments) - 1
+            if not (total > max_bytes and not newest or self._past(segments, k, before)):
+                return k
+            segment.unlink()
+            total -= sizes[k]
+            if newest:  # this writer's next append starts another (the others check)
+                self._segment = None
+        return len(segments)
+
+    def _past(self, segments: list[Path], k: int, before: float) -> bool:
+        """Whether every entry of segment `k` was logged before `before`: it ends where the
+        next one begins, or at its last entry (read only for the segment at the bound)."""
+        if k + 1 < len(segments) and _start(segments[k + 1]) <= before:
+            return True
+        return _start(segments[k]) < before and self._last(segments[k]) < before
+
+    def _last(self, segment: Path) -> float:
+        """The time of a segment's last whole entry (-inf if none)."""
+        last = -math.inf
+        for last, _, _ in self._entries(segment):
+            pass
+        return last
+
+    def _remove(self) -> None:
+        """Remove an orphan log's folder, unless something not ours is left in it."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / ".lock").unlink()
+        try:
+            self.dir.rmdir()
+        except OSError as exc:
+            log.warning("decision log %s: trimmed empty, its folder stays: %s",
+                        self.dir.name, exc)
+
+    def _sweep(self) -> None:
+        """Delete temporary copies an erasure left when it failed without cleaning up (a
+        crash): under the lock no erasure is under way, and they hold erased entries."""
+        for tmp in self.dir.glob(f"*{SUFFIX}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
 
     def erase(self, customer_ids: set[str]) -> int:
         """Rewrite every segment that holds an entry of these customers without it."""
         dropped = 0
         try:
             with self._locked():
+                self._sweep()
                 for segment in self._segments():
                     entries = list(self._entries(segment))
                     kept = [e for e in entries if e[1] not in customer_ids]
@@ -179,16 +244,22 @@ class DirectoryLog:
 
     def _rewrite(self, segment: Path, entries: list[Entry]) -> None:
         tmp = segment.with_name(f"{segment.name}.{os.getpid()}.{next(_tmp_names)}.tmp")
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), "wb") as f:
-            f.write(b"".join(_frame(e) for e in entries))
-            f.flush()
-            os.fsync(f.fileno())  # an erasure is durable whatever the policy
-        os.replace(tmp, segment)
+        try:
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE),
+                           "wb") as f:
+                f.write(b"".join(_frame(e) for e in entries))
+                f.flush()
+                os.fsync(f.fileno())  # an erasure is durable whatever the policy
+            os.replace(tmp, segment)
+        except BaseException:
+            with contextlib.suppress(OSError):  # it holds the entries being erased
+                tmp.unlink()
+            raise
         fsync_directory(self.dir)
 
     def _segments(self) -> list[Path]:
         try:
-            return sorted(self.dir.glob(f"*{SUFFIX}"))
+            return sorted(p for p in self.dir.glob(f"*{SUFFIX}") if _is_segment(p))
         except OSError as exc:
             raise StoreUnavailable(f"listing decision log {self.dir.name}: {exc}") from exc
 
@@ -197,6 +268,8 @@ class DirectoryLog:
             data = segment.read_bytes()
         except FileNotFoundError:  # trimmed meanwhile
             return
+        except OSError as exc:
+            raise StoreUnavailable(f"reading decision log {self.dir.name}: {exc}") from exc
         pos = 0
         while pos + HEADER.size <= len(data):
             size, crc = HEADER.unpack_from(data, pos)
@@ -212,12 +285,23 @@ class DirectoryLog:
 
     @contextmanager
     def _locked(self):
-        fd = os.open(self.dir / ".lock", os.O_WRONLY | os.O_CREAT, FILE_MODE)
-        try:
+        while True:
+            fd = self._open_lock()
             fcntl.flock(fd, fcntl.LOCK_EX)
+            if _is_file(fd, self.dir / ".lock"):
+                break
+            os.close(fd)  # the log was removed as an orphan while this waited: lock anew
+        try:
             yield
         finally:
             os.close(fd)  # releases the lock
+
+    def _open_lock(self) -> int:
+        try:
+            return os.open(self.dir / ".lock", os.O_WRONLY | os.O_CREAT, FILE_MODE)
+        except FileNotFoundError:  # removed as an orphan since this was opened
+            make_private_dir(self.dir)
+            return os.open(self.dir / ".lock", os.O_WRONLY | os.O_CREAT, FILE_MODE)
 
 
 def directory_logs(root: Path) -> list[str]:
@@ -234,3 +318,25 @@ def _frame(entry: Entry) -> bytes:
 
 def _start(segment: Path) -> float:
     return int(segment.name[:-len(SUFFIX)]) / 1000
+
+
+def _is_file(fd: int, path: Path) -> bool:
+    """Whether `fd` is open on the file at `path` (not on one removed meanwhile)."""
+    try:
+        named = path.stat()
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (opened.st_dev, opened.st_ino) == (named.st_dev, named.st_ino)
+
+
+def _is_segment(path: Path) -> bool:
+    """Whether a file is named as a segment (an operator's copy may not be)."""
+    stem = path.name[:-len(SUFFIX)]
+    if stem.isascii() and stem.isdigit():
+        return True
+    if path not in _foreign:
+        _foreign.add(path)
+        log.warning("decision log %s: %s is not named by a time, so it is not read as a "
+                    "segment, nor trimmed", path.parent.name, path.name)
+    return False

@@ -44,6 +44,7 @@ failing later inside a connection.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -296,27 +297,31 @@ class RedisLog:
             tx.sadd(self.names, self.name)
             tx.execute()
 
-    @_unavailable("reading a decision log")
     def read(self, since: float, until: float) -> Iterator[Entry]:
         """In pages by score; the members at a page's last score are asked for again with
-        the next page and skipped (a round's entries share their time)."""
+        the next page and skipped (a round's entries share their time). A generator: its
+        pages' errors are mapped here, not where it is created."""
         low, seen = since, set()
-        while True:
-            want = REPLAY_PAGE + len(seen)
-            page = self.r.zrangebyscore(self.key, low, until, start=0, num=want,
-                                        withscores=True)
-            for member, score in page:
-                if not (score == low and member in seen):
-                    customer_id, data, _ = msgpack.unpackb(member, raw=False)
-                    yield score, customer_id, data
-            if len(page) < want:
-                return
-            last = page[-1][1]
-            seen = {m for m, score in page if score == last} | (seen if last == low else set())
-            low = last
+        try:
+            while True:
+                want = REPLAY_PAGE + len(seen)
+                page = self.r.zrangebyscore(self.key, low, until, start=0, num=want,
+                                            withscores=True)
+                for member, score in page:
+                    if not (score == low and member in seen):
+                        customer_id, data, _ = msgpack.unpackb(member, raw=False)
+                        yield score, customer_id, data
+                if len(page) < want:
+                    return
+                last = page[-1][1]
+                seen = {m for m, s in page if s == last} | (seen if last == low else set())
+                low = last
+        except ERRORS as exc:
+            raise StoreUnavailable(f"redis: reading a decision log: {exc}") from exc
 
     @_unavailable("trimming a decision log")
-    def trim(self, before: float, max_bytes: int) -> int:
+    def trim(self, before: float, max_bytes: int, orphan: bool = False) -> int:
+        """(decision_logs.py) An `orphan` left empty leaves the names of the logs."""
         dropped = 0
         while True:
             old = self.r.zrangebyscore(self.key, "-inf", f"({before!r}", start=0,
@@ -335,6 +340,15 @@ class RedisLog:
                 if excess <= 0:
                     break
             dropped += self._remove(taken)
+        if orphan:
+            with self.r.pipeline(transaction=True) as tx, \
+                    contextlib.suppress(redis.WatchError):
+                tx.watch(self.key)  # an append meanwhile (its name back in use) keeps the log
+                if not tx.zcard(self.key):
+                    tx.multi()
+                    tx.delete(self.key, f"{self.key}:bytes")
+                    tx.srem(self.names, self.name)
+                    tx.execute()
         return dropped
 
     @_unavailable("erasing from a decision log")

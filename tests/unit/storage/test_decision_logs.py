@@ -8,12 +8,14 @@ import os
 import stat
 
 import pytest
+import redis
 
 from kairos.cluster.storage import decision_logs
 from kairos.cluster.storage.decision_logs import SEGMENT_S, entry_size
 from kairos.cluster.storage.directory_store import DirectoryStore
 from kairos.cluster.storage.memory_store import MemoryStore
-from kairos.cluster.storage.redis_store import REPLAY_PAGE, RedisStore
+from kairos.cluster.storage.redis_store import REPLAY_PAGE, RedisLog, RedisStore
+from kairos.cluster.storage.store import StoreUnavailable
 
 T0 = 1_795_629_600.0
 
@@ -101,3 +103,90 @@ def test_an_erasure_beside_another_writer_loses_none_of_its_later_appends(tmp_pa
     assert eraser.erase({"a"}) == 1
     writer.append(entries("c", T0 + 5))
     assert [e[1] for e in everything(writer)] == ["b", "c"]
+
+
+def test_a_failed_append_is_cut_off_and_hides_none_that_come_after(tmp_path, monkeypatch):
+    """A part of a batch left in a segment would stop every reader there (and an erasure's
+    rewrite would drop all after it)."""
+    log = DirectoryStore(tmp_path).decision_log("s")
+    log.append(entries("a", T0))
+    write = os.write
+
+    def disk_full(fd, data):
+        write(fd, bytes(data[:30]))
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(decision_logs.os, "write", disk_full)
+    with pytest.raises(StoreUnavailable):
+        log.append(entries("b", T0 + 1))
+    monkeypatch.setattr(decision_logs.os, "write", write)
+    log.append(entries("cd", T0 + 2))
+    assert [e[1] for e in everything(log)] == ["a", "c", "d"]
+    assert log.erase({"a"}) == 1
+    assert [e[1] for e in everything(log)] == ["c", "d"]
+
+
+def test_trim_drops_the_newest_segment_too_once_all_of_it_is_past(store):
+    """A quiet shard's last segment is no exception to retention; its writer goes on in a
+    segment of its own."""
+    log = store.decision_log("s")
+    log.append(entries("ab", T0))
+    log.trim(T0 + 2, 1 << 30)
+    assert everything(log) == []
+    log.append(entries("c", T0 + 3))
+    assert [e[1] for e in everything(log)] == ["c"]
+    assert store.decision_logs() == ["s"]
+
+
+def test_an_orphan_log_trimmed_empty_is_removed(store):
+    store.decision_log("gone").append(entries("a", T0))
+    store.decision_log("gone").trim(T0 + 1, 1 << 30, orphan=True)
+    # (a memory store keeps its logs while it lives)
+    assert store.decision_logs() == ([] if store.shared else ["gone"])
+    assert everything(store.decision_log("gone")) == []
+
+
+def test_a_removed_orphan_written_again_is_a_log_again(tmp_path):
+    """A writer that waited on the lock of a log removed meanwhile locks the new one."""
+    writer = DirectoryStore(tmp_path).decision_log("s")
+    writer.append(entries("a", T0))
+    DirectoryStore(tmp_path).decision_log("s").trim(T0 + 1, 1 << 30, orphan=True)
+    assert not (tmp_path / "decisions" / "s").exists()
+    writer.append(entries("b", T0 + 2))
+    assert [e[1] for e in everything(writer)] == ["b"]
+
+
+def test_a_failed_erasure_leaves_no_copy_of_what_it_erased(tmp_path, monkeypatch):
+    log = DirectoryStore(tmp_path).decision_log("s")
+    log.append(entries("ab", T0))
+
+    def eio(fd):
+        raise OSError(5, "Input/output error")
+    monkeypatch.setattr(decision_logs.os, "fsync", eio)
+    with pytest.raises(StoreUnavailable):
+        log.erase({"a"})
+    monkeypatch.undo()
+    assert list((tmp_path / "decisions" / "s").glob("*.tmp")) == []
+    # one a crash left is swept under the lock
+    stale = tmp_path / "decisions" / "s" / f"{int(T0 * 1000):016d}.dlog.1.0.tmp"
+    stale.write_bytes(b"a's entries")
+    log.trim(-math.inf, 1 << 30)
+    assert not stale.exists()
+
+
+def test_a_file_not_named_by_a_time_is_not_a_segment(tmp_path, caplog):
+    log = DirectoryStore(tmp_path).decision_log("s")
+    log.append(entries("a", T0))
+    copy = tmp_path / "decisions" / "s" / "backup.dlog"
+    copy.write_bytes(b"an operator's copy")
+    assert [e[1] for e in everything(log)] == ["a"]
+    assert log.trim(T0 + 1, 1 << 30) == 1
+    assert copy.exists() and "backup.dlog is not named by a time" in caplog.text
+
+
+def test_redis_errors_while_a_log_is_read_are_store_unavailable():
+    class Down:
+        def zrangebyscore(self, *args, **kwargs):
+            raise redis.ConnectionError("Connection refused.")
+    reading = RedisLog(Down(), "kairos", "s").read(0.0, T0)  # (nothing asked yet)
+    with pytest.raises(StoreUnavailable, match="reading a decision log"):
+        list(reading)
