@@ -25,7 +25,9 @@ DECISION_LOG_PENDING records drops new ones, counted (`decision_log_dropped`); a
 fails is counted (`decision_log_failures`) and logged, and never fails a round.
 
 Retention: `trim` every DECISION_LOG_TRIM_S drops what was logged more than
-DECISION_LOG_RETENTION_S ago, then the oldest while the log is over DECISION_LOG_MAX_BYTES.
+DECISION_LOG_RETENTION_S ago, then the oldest while the log is over DECISION_LOG_MAX_BYTES,
+from the shard's log and from the logs of shards no longer live that it reads for exports
+(`to_read`: no writer is left to trim them), removing such a log once it is empty.
 ForgetCustomer: `forget` drops the customer's records not yet written and has the writer
 erase its records from every log of the store (a shared store holds the logs of shards that
 owned the partition before), after writing what came before.
@@ -46,10 +48,10 @@ import numpy as np
 from kairos.core.catalog import MAX_TOP_K
 from kairos.core.decision import Decision
 
-from kairos.cluster.evidence.records import (OUTCOMES_PER_DECISION, DecisionPage,
-                                             DecisionRecord, OutcomeRecord, PageOutcomes,
-                                             ShownAction, decision_key, pack_decision,
-                                             pack_outcome, unpack)
+from kairos.cluster.evidence.records import (DECISION, OUTCOME, OUTCOMES_PER_DECISION,
+                                             DecisionPage, DecisionRecord, OutcomeRecord,
+                                             PageOutcomes, ShownAction, decision_key, kind_of,
+                                             pack_decision, pack_outcome, unpack)
 from kairos.cluster.protocol import Outcome
 from kairos.cluster.settings import (DECISION_LOG, DECISION_LOG_MAX_BYTES,
                                      DECISION_LOG_PENDING, DECISION_LOG_RETENTION_S,
@@ -64,6 +66,9 @@ IMPRESSION = "impression"  # the outcome a Decide with record_impression logs pe
 # How far past a page's last decision an export reads each log for decisions logged at the
 # same moment (written in another order than their ids sort) or under a clock stepped back
 LOG_ORDER_SLACK_S = 1.0
+# The logs of shards no longer live that each shard was last given to read (`to_read`), by
+# shard name: its writer trims them as well
+_orphans: dict[str, frozenset[str]] = {}
 
 
 class DecisionLog:
@@ -208,12 +213,20 @@ class LogWriter:
                         self._store.decision_log(name).erase(forget)
             if trim:
                 self._log.trim(*trim)
-        except (StoreUnavailable, OSError) as exc:
+                self._trim_orphans(*trim)
+        except Exception as exc:  # on this thread, nobody else would see it
             self._counts["decision_log_failures"] += 1
-            log.warning("%s: decision log: %s (%d records lost%s)", self._name, exc,
+            what = str(exc) if isinstance(exc, (StoreUnavailable, OSError)) else \
+                f"{type(exc).__name__}: {exc}"
+            log.warning("%s: decision log: %s (%d records lost%s)", self._name, what,
                         len(entries), "; its erasures are tried again" if forget else "")
             with self._lock:
                 self._forget |= forget
+
+    def _trim_orphans(self, before: float, max_bytes: int) -> None:
+        for name in sorted(_orphans.get(self._name, frozenset()) &
+                           set(self._store.decision_logs())):
+            self._store.decision_log(name).trim(before, max_bytes, orphan=True)
 
 
 def _nothing() -> None:
@@ -223,10 +236,11 @@ def _nothing() -> None:
 def to_read(store: Store, name: str, live: Iterable[str]) -> list[str]:
     """The logs shard `name` reads for an export: its own; with a shared store, if it is the
     first of the `live` shards, also those of shards no longer live (scaled away, or renamed),
-    whose logs stay where they were written."""
+    whose logs stay where they were written (and which its writer trims from then on)."""
     live = sorted(live)
     orphans = sorted(set(store.decision_logs()) - set(live)) \
         if store.shared and live and name == live[0] else []
+    _orphans[name] = frozenset(orphans)
     return [name, *orphans]
 
 
@@ -253,9 +267,10 @@ def read_decisions(store: Store, names: Iterable[str], query: DecisionPage
         for logged, _, data in store.decision_log(name).read(since, query.until):
             if logged > bound + LOG_ORDER_SLACK_S:
                 break
+            if kind_of(data) == OUTCOME:  # skipped unpacked; `unpack` refuses a foreign kind
+                continue
             record = unpack(msgpack.unpackb(data, raw=False))
-            if isinstance(record, OutcomeRecord) or \
-                    (query.after is not None and (logged, record.decision_id) <= query.after) or \
+            if (query.after is not None and (logged, record.decision_id) <= query.after) or \
                     (query.channel is not None and record.channel != query.channel):
                 continue
             found.append((logged, record.decision_id, record))
@@ -282,9 +297,9 @@ def read_outcomes(store: Store, names: Iterable[str], query: PageOutcomes
     cut = 0
     for name in names:
         for logged, _, data in store.decision_log(name).read(query.since, query.until):
-            record = unpack(msgpack.unpackb(data, raw=False))
-            if not isinstance(record, OutcomeRecord):
+            if kind_of(data) == DECISION:  # most are, a few kB each: skipped unpacked
                 continue
+            record = unpack(msgpack.unpackb(data, raw=False))
             key = decision_key(record.customer_id, record.decision_id)
             if key in query.keys:
                 kind = (key, record.outcome == IMPRESSION)

@@ -9,7 +9,7 @@ import pytest
 
 from kairos.cluster.evidence.records import (DecisionRecord, LogFormatError, OutcomeRecord,
                                              ShownAction, joined, pack_decision, pack_outcome,
-                                             read_records, unpack, write_records)
+                                             read_records, to_json, unpack, write_records)
 
 T0 = 1_795_629_600.0
 
@@ -91,3 +91,31 @@ def test_a_file_that_is_not_a_log_is_refused_naming_it(tmp_path, name):
     (tmp_path / name).write_text('{"hello": 1}\n')
     with pytest.raises(LogFormatError, match=name):
         list(read_records(tmp_path / name))
+
+
+@pytest.mark.parametrize("line, says", [
+    ("null", "not a JSON object"), ("42", "not a JSON object"), ('"x"', "not a JSON object"),
+    ({"time": "soon"}, "field 'time' is a str"), ({"control": 1}, "field 'control' is a int"),
+    ({"model_version": 3.5}, "field 'model_version'"), ({"shown": [1]}, r"shown\[0\]"),
+    ({"shown": [{"action_id": "a", "slot": 0, "selection": "1", "propensity": 0.1,
+                 "priority": 0.1}]}, "field 'selection'"),
+    ({"eligible": [1]}, "eligible"), ({"inputs": {"bias": "1"}}, "inputs")])
+def test_a_line_that_is_json_but_not_a_record_is_refused_naming_where(tmp_path, line, says):
+    good = json.loads(json.dumps(to_json(decision(1))))
+    path = tmp_path / "log.jsonl"
+    path.write_text((line if isinstance(line, str) else json.dumps({**good, **line})) + "\n")
+    with pytest.raises(LogFormatError, match=f"log.jsonl:1: .*{says}"):
+        list(read_records(path))
+
+
+def test_a_parquet_row_with_nulls_is_refused_naming_it(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    path = tmp_path / "log.parquet"
+    write_records([decision(1)], path)
+    table = pq.read_table(path)
+    table = table.set_column(table.schema.get_field_index("context"), "context",
+                             pa.array([None], pa.string()))
+    pq.write_table(table, path)
+    with pytest.raises(LogFormatError, match="row 0"):
+        list(read_records(path))

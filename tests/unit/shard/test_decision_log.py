@@ -345,3 +345,55 @@ def test_pages_take_decisions_written_out_of_order_within_the_slack(store):
         log.append(entries(record, at=at))
     for limit in (1, 2):
         assert sorted(pages(store, limit)) == sorted(d.decision_id for d in tied + stepped)
+
+
+def test_the_logs_of_shards_gone_are_trimmed_by_the_shard_that_reads_them(tmp_path):
+    """Nothing writes the log of a shard scaled away any more, so nothing else trims it."""
+    store = DirectoryStore(tmp_path)
+    for name in ("kairos-shard-0000", "kairos-shard-0001"):
+        for day in range(4):
+            store.decision_log(name).append(entries(decision_at(day), at=T0 + day * 86_400))
+    names = decisionlog.to_read(store, "kairos-shard-0000", ["kairos-shard-0000"])
+    assert names == ["kairos-shard-0000", "kairos-shard-0001"]
+    writer = decisionlog.LogWriter(store, "kairos-shard-0000", Counter())
+    now = T0 + 10 * 86_400
+    writer.submit(entries(decision_at(9), at=now), set(), (now - DECISION_LOG_RETENTION_S,
+                                                           1 << 30))
+    assert store.decision_logs() == ["kairos-shard-0000"]  # the orphan, emptied, is gone
+    assert [t for t, _, _ in store.decision_log("kairos-shard-0000").read(T0, now)] == [now]
+
+
+def test_a_writer_that_fails_otherwise_counts_it_and_keeps_its_erasures(monkeypatch, caplog):
+    """The writer's thread is nobody's caller: whatever fails there is counted and logged."""
+    counts, store = Counter(), MemoryStore()
+    writer = decisionlog.LogWriter(store, "s0", counts)
+    writer.in_background()
+    monkeypatch.setattr(MemoryStore, "decision_logs", lambda self: 1 / 0)
+    writer.submit(entries(decision_at(1), at=T0), {"ana"})
+    writer.written()
+    assert counts["decision_log_failures"] == 1 and "ZeroDivisionError" in caplog.text
+    assert len(list(store.decision_log("s0").read(T0, T0))) == 1
+    monkeypatch.undo()
+    writer.submit([], set())  # the erasure is tried again with the next write
+    writer.written()
+    assert list(store.decision_log("s0").read(T0, T0)) == []
+    writer.close()
+
+
+def test_an_export_reads_past_the_records_of_the_other_kind_without_unpacking_them(
+        store, monkeypatch):
+    """An outcome pass reads a week of the log, mostly decisions a few kB each."""
+    log = store.decision_log("s0")
+    made = [decision_at(k) for k in range(50)]
+    said = OutcomeRecord(made[0].decision_id, "ana", "a1", "accept", 0.0, T0 + 1)
+    log.append(entries(*made, at=T0))
+    log.append(entries(said, at=T0 + 1))
+    unpacked = []
+    monkeypatch.setattr(decisionlog, "unpack", lambda stored: unpacked.append(stored[0]) or
+                        unpack(stored))
+    outcomes, _ = decisionlog.read_outcomes(store, ["s0"], PageOutcomes(
+        frozenset({decision_key("ana", made[0].decision_id)}), T0, T0 + 2))
+    assert outcomes == [said] and unpacked == ["o"]
+    page, _ = decisionlog.read_decisions(store, ["s0"], DecisionPage(T0 + 0.5, T0 + 2, None,
+                                                                       None, 10))
+    assert page == [] and unpacked == ["o"]
