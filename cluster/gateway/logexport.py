@@ -13,7 +13,10 @@ starts after the last decision sent: pages neither repeat nor skip a decision, h
 share a moment, and a decision's outcomes are found whenever they came. Everything is
 bounded: the range (MAX_SPAN_S), a page (MAX_RECORDS), a decision's outcomes
 (records.py's OUTCOMES_PER_DECISION, counted in `outcomes_cut` past it), a chunk's bytes
-(CHUNK_BYTES).
+(CHUNK_BYTES), the decisions a page gathers from all shards (GATHERED_RECORDS: with many
+shards a page holds fewer than `max_records`, and says there is more), the exports a gateway
+runs at once (MAX_EXPORTS; another is refused RESOURCE_EXHAUSTED), and each shard's read, to
+the call's deadline (at most ADMIN_CALL_S).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import asyncio
 import base64
 import json
 import math
+import weakref
 from typing import AsyncIterator
 
 import grpc
@@ -34,7 +38,7 @@ from kairos.cluster.evidence.records import (DecisionPage, PageOutcomes, decisio
                                              to_json)
 from kairos.cluster.gateway.calls import Gateway, fail
 from kairos.cluster.gateway.wire import time_in
-from kairos.cluster.settings import CLOCK_SKEW_S, OUTCOME_WINDOW_S
+from kairos.cluster.settings import ADMIN_CALL_S, CLOCK_SKEW_S, OUTCOME_WINDOW_S
 from kairos.cluster.transport.backend import Unavailable
 
 MAX_SPAN_S = 31 * 86_400.0
@@ -43,31 +47,53 @@ MAX_RECORDS = 20_000  # a record is a few kB, and the gateway holds a shard's an
 CHUNK_BYTES = 1 << 20  # of JSON lines per chunk (a record is a few kB: its profile block)
 MAX_TOKEN_LENGTH = 2 * MAX_DECISION_ID_LENGTH  # base64 of a time and a decision id
 EARLIEST, LATEST = 0.0, 3_786_912_000.0  # 1970 .. 2090, the engine's times and then some
+# Each shard answers with up to a page's decisions, all of which the gateway holds at once
+GATHERED_RECORDS = 4 * MAX_RECORDS
+MAX_EXPORTS = 4  # at once per gateway: each holds up to GATHERED_RECORDS records
+_exporting: weakref.WeakKeyDictionary[Gateway, int] = weakref.WeakKeyDictionary()
 
 
 async def export(gateway: Gateway, request: admin_pb2.ExportDecisionLogRequest, context
                  ) -> AsyncIterator[admin_pb2.DecisionLogChunk]:
+    if _exporting.get(gateway, 0) >= MAX_EXPORTS:
+        await fail(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                   f"this gateway runs {MAX_EXPORTS} decision log exports at once already: "
+                   f"try again when one has finished")
+    _exporting[gateway] = _exporting.get(gateway, 0) + 1
+    try:
+        async for chunk in _export(gateway, request, context):
+            yield chunk
+    finally:
+        _exporting[gateway] -= 1
+
+
+async def _export(gateway: Gateway, request: admin_pb2.ExportDecisionLogRequest, context
+                  ) -> AsyncIterator[admin_pb2.DecisionLogChunk]:
     try:
         since, until, channel, limit, after = await _checked(gateway, request)
     except InputError as exc:
         await fail(context, grpc.StatusCode.INVALID_ARGUMENT, f"{exc.field}: {exc.reason}")
+    remaining = context.time_remaining()
+    deadline = asyncio.get_running_loop().time() + \
+        min(ADMIN_CALL_S, math.inf if remaining is None else remaining)
     try:
-        async with asyncio.timeout(context.time_remaining()):
+        async with asyncio.timeout_at(deadline):
             # the shards the map routes to now (the controller's, as the client takes it)
             routing = await gateway.backend.controller().get_map(-1, 0.0)
             if routing is None:
                 raise Unavailable("the controller has no map yet (it is starting)")
             shards = routing["shards"]
+            limit = max(1, min(limit, GATHERED_RECORDS // max(len(shards), 1)))
             found = await _every_log(gateway, shards, DecisionPage(since, until, after, channel,
-                                                                limit))
+                                                                limit), deadline)
             page = sorted((d for decisions, _ in found for d in decisions),
                           key=lambda d: (d[0], d[1].decision_id))
             more = len(page) > limit or any(more for _, more in found)
             page = page[:limit]
             heard = await _every_log(gateway, shards, PageOutcomes(
                 frozenset(decision_key(d.customer_id, d.decision_id) for _, d in page),
-                page[0][0] - CLOCK_SKEW_S, page[-1][0] + OUTCOME_WINDOW_S + CLOCK_SKEW_S)
-            ) if page else []
+                page[0][0] - CLOCK_SKEW_S, page[-1][0] + OUTCOME_WINDOW_S + CLOCK_SKEW_S),
+                deadline) if page else []
     except TimeoutError:
         await fail(context, grpc.StatusCode.DEADLINE_EXCEEDED,
                    "the shards did not read their logs within the call's deadline")
@@ -89,9 +115,12 @@ async def export(gateway: Gateway, request: admin_pb2.ExportDecisionLogRequest, 
         outcomes_cut=sum(cut for _, cut in heard))
 
 
-async def _every_log(gateway: Gateway, shards: list[str], query: DecisionPage | PageOutcomes
-                     ) -> list[tuple[list, bool | int]]:
-    return await asyncio.gather(*(gateway.backend.shard(name).read_log(query, shards)
+async def _every_log(gateway: Gateway, shards: list[str], query: DecisionPage | PageOutcomes,
+                     deadline: float) -> list[tuple[list, bool | int]]:
+    """Each shard's answer, within the call's deadline (a page of a long log takes longer than
+    a control call's)."""
+    timeout_s = max(deadline - asyncio.get_running_loop().time(), 0.001)
+    return await asyncio.gather(*(gateway.backend.shard(name).read_log(query, shards, timeout_s)
                                   for name in shards))
 
 

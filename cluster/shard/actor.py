@@ -40,7 +40,8 @@ from kairos.cluster.transport.ray_backend import Gone, RayBackend
 log = logging.getLogger("kairos.shard")
 
 
-@ray.remote(num_cpus=0, concurrency_groups={"admin": 2})
+# "log": exports read on their own calls, so that a slow one never holds up health checks
+@ray.remote(num_cpus=0, concurrency_groups={"admin": 2, "log": 2})
 class ShardActor:
     def __init__(self, name: str, n_partitions: int, seed: int, store_url: str = "memory",
                  journal_policy: str = "fsync"):
@@ -228,14 +229,19 @@ class ShardActor:
 
     # -- admin (own concurrency group: answers while the data path is busy) --------------------
 
-    @ray.method(concurrency_group="admin")
-    async def read_log(self, query: DecisionPage | PageOutcomes, live: list[str]
-                       ) -> tuple[list, bool | int]:
-        """The decision log, read on a thread (host.py `read_log`)."""
+    @ray.method(concurrency_group="log")
+    async def read_log(self, query: DecisionPage | PageOutcomes, live: list[str],
+                       timeout_s: float) -> tuple[list, bool | int]:
+        """The decision log, read on a thread (host.py `read_log`), waited for as long as its
+        caller waits: then this call's slot is free for the next."""
         try:
-            return await self.host.read_log(query, live)
+            async with asyncio.timeout(timeout_s):
+                return await self.host.read_log(query, live)
         except StoreUnavailable as exc:
             raise Unavailable(str(exc)) from exc
+        except TimeoutError:
+            raise Unavailable(f"{self.name}: reading the decision log took over "
+                              f"{timeout_s:g} s") from None
 
     @ray.method(concurrency_group="admin")
     async def health(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kairos.cluster.protocol import Reply, Request
-from kairos.cluster.settings import LONG_POLL_S
+from kairos.cluster.settings import CONTROL_CALL_S, LONG_POLL_S
 
 if TYPE_CHECKING:  # types only: the learner's module is the control side's, above this one
     from kairos.core.decision import Decision
@@ -101,11 +101,12 @@ class ShardControl(Protocol):
                             active: bool = True) -> None:
         """Start (or, not `active`, stop) pushing a view's changed decisions to `sink`."""
 
-    async def read_log(self, query: Any, live: list[str]) -> tuple[list, bool | int]:
+    async def read_log(self, query: Any, live: list[str], timeout_s: float = CONTROL_CALL_S
+                       ) -> tuple[list, bool | int]:
         """Read the decision log (shard/decisionlog.py `read`: an export page's decisions, or
         their outcomes, by the query's type, evidence/records.py): this shard's, and with a
         shared store, if it is the first of the `live` shards, the logs of shards no longer
-        live."""
+        live; Unavailable past `timeout_s`."""
 
 
 class LearnerControl(Protocol):

@@ -287,8 +287,10 @@ class RayShard(_Actor):
                             active: bool = True) -> None:
         await self._call(lambda a: a.watch_channel.remote(sink, channel, placement, active))
 
-    async def read_log(self, query: Any, live: list[str]) -> tuple[list, bool | int]:
-        return await self._call(lambda a: a.read_log.remote(query, live))
+    async def read_log(self, query: Any, live: list[str], timeout_s: float = CONTROL_CALL_S
+                       ) -> tuple[list, bool | int]:
+        return await self._call(lambda a: a.read_log.remote(query, live, timeout_s),
+                                timeout_s)
 
 
 class RayLearner(_Actor):

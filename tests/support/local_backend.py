@@ -14,7 +14,7 @@ from kairos.cluster.control.controller import Controller
 from kairos.cluster.control.learner import Learner, Published
 from kairos.cluster.evidence.records import DecisionPage, PageOutcomes
 from kairos.cluster.protocol import Reply, Request
-from kairos.cluster.settings import LONG_POLL_S
+from kairos.cluster.settings import CONTROL_CALL_S, LONG_POLL_S
 from kairos.cluster.shard import decisionlog
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage.memory_store import MemoryStore
@@ -196,8 +196,8 @@ class LocalShard:
                             active: bool = True) -> None:
         (await self._shard()).watch_channel(sink, channel, placement, active)
 
-    async def read_log(self, query: DecisionPage | PageOutcomes,
-                       live: list[str]) -> tuple[list, bool | int]:
+    async def read_log(self, query: DecisionPage | PageOutcomes, live: list[str],
+                       timeout_s: float = CONTROL_CALL_S) -> tuple[list, bool | int]:
         store = (await self._shard()).store
         return decisionlog.read(store, decisionlog.to_read(store, self.name, live), query)
 
