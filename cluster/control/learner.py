@@ -22,11 +22,16 @@ a cluster started again on the same store, goes on from what it had learned rath
 the priors; the deltas merged since the last save (at most LEARNER_SAVE_S) are lost with the
 process.
 It is saved with its catalog's text: Ray restarts the actor with the catalog it was created
-with, and the saved one (the latest switched to) runs instead. A delta of a catalog version
-the learner neither runs nor can remap is dropped, and counted by version (`dropped`).
-A saved posterior that cannot be read is kept aside (DAMAGED_KEY) and the learner starts
-from the priors; while the store does not answer for it, the learner merges and answers
-nothing (StoreUnavailable: the shards keep their deltas), so no merge is saved over it.
+with, and the saved one (the latest switched to) runs instead. So a switch answers only once
+it is saved (else StoreUnavailable, and the learner stays on its catalog: the controller does
+not switch the shards). Deltas of the last REMAPS_KEPT catalog versions before the running one
+are carried over, each by one remap; one of an older version it ran is dropped, and counted by
+version (`dropped`); one of a version it never ran (its switch has not reached it yet) is
+refused, NotRunning, and its shard sends it again. A delta is remembered as taken only once
+merged. A saved posterior that cannot be read, or does not fit its catalog, is kept aside
+(DAMAGED_KEY) and the learner starts from the priors; while the store does not answer for it,
+the learner merges and answers nothing (StoreUnavailable: the shards keep their deltas), so no
+merge is saved over it.
 
 What it publishes reaches every shard and the store, so nothing that is not finite gets in: a
 delta's rows that are not are refused (ModelTable.merge), a saved model that is not starts again
@@ -68,6 +73,15 @@ PUBLISHES_KEPT = 256  # (version, time) of the latest publishes `status` reports
 # shard sends a delta again at its next interval; one silent for days is a process gone)
 SENDERS_KEPT = 4096
 SENDERS_KEPT_S = 7 * 86400.0
+# the catalog versions before the running one whose deltas are carried over: a shard runs the
+# previous one while a switch commits, and a lagging one may be a few behind
+REMAPS_KEPT = 4
+RAN_KEPT = 256  # the catalog versions run, saved: a delta of an older one is dropped, not refused
+
+
+class NotRunning(StoreUnavailable):
+    """A delta of a catalog version this learner has not run: its switch has not reached the
+    learner yet (or the learner restarted before it was saved). Its shard sends it again."""
 
 
 @dataclass
@@ -95,7 +109,11 @@ class Learner:
         # second), so a restarted learner publishes versions above any it published before
         # (and, should its clock be behind, above the first a shard tells it it runs)
         self.models = ModelTable(compiled, version=int(time.time() * 1000))
-        self._remaps: dict[str, ModelRemap] = {}  # older catalog version -> remap to current
+        # the catalog versions run, oldest first (the running one last), and of the latest
+        # REMAPS_KEPT before it, the compiled catalog and a remap to the running one
+        self.ran: dict[str, None] = {compiled.version: None}
+        self._earlier: dict[str, CompiledCatalog] = {}
+        self._remaps: dict[str, ModelRemap] = {}
         self.merged = 0
         # (model version, epoch seconds) of the latest publishes, oldest first: with the
         # shards' adoptions (shard/modelsync.py), how long a version takes to reach them all
@@ -124,33 +142,48 @@ class Learner:
         """Merge a shard's delta; the latest version if the shard does not have it yet."""
         self.calls["sync"] += 1
         self._continue_past(known_version)
-        if delta is not None and delta.origin is not None and self._repeated(delta.origin):
+        origin = None if delta is None else delta.origin
+        if origin is not None and self._repeated(origin):
             delta = None
-        if delta is not None:
-            if catalog_version != self.compiled.version:
-                remap = self._remaps.get(catalog_version)
-                delta = self._dropped(catalog_version) if remap is None else remap.delta(delta)
+        if delta is not None and catalog_version != self.compiled.version:
+            delta = self._carried(catalog_version, delta)
         if delta is not None and delta.learned():
             self.models.merge(delta)
             self.models.version += 1
             self.merged += 1
             self.publishes.append((self.models.version, time.time()))
             self.announce()
+        if delta is not None and origin is not None:  # taken: a merge that raised is not
+            self._taken(origin)
         return self.published(known_version)
+
+    def _carried(self, catalog_version: str, delta: ModelDelta) -> ModelDelta | None:
+        """A delta of an earlier catalog version in the running one's layout; None (dropped)
+        for one run too long ago; NotRunning for one never run."""
+        remap = self._remaps.get(catalog_version)
+        if remap is not None:
+            return remap.delta(delta)
+        if catalog_version not in self.ran:
+            raise NotRunning(f"the learner runs catalog {self.compiled.version}, not yet "
+                             f"{catalog_version}: the delta goes again")
+        return self._dropped(catalog_version)
 
     def _repeated(self, origin: DeltaOrigin) -> bool:
         """Whether a delta was taken before (its shard sent it again after a sync that timed
-        out); else it is remembered as its shard's last."""
-        key, now = (origin.shard, origin.incarnation), time.time()
-        last = self.sequences.get(key)
+        out)."""
+        last = self.sequences.get((origin.shard, origin.incarnation))
         if last is not None and origin.sequence <= last[0]:
-            self.sequences[key] = (last[0], now)
+            self.sequences[origin.shard, origin.incarnation] = (last[0], time.time())
             self.repeated += 1
             return True
-        if last is None:
+        return False
+
+    def _taken(self, origin: DeltaOrigin) -> None:
+        """Remember a merged delta as its shard's last."""
+        key, now = (origin.shard, origin.incarnation), time.time()
+        if key not in self.sequences:
             self._forget_senders(now)
         self.sequences[key] = (origin.sequence, now)
-        return False
 
     def _forget_senders(self, now: float) -> None:
         """Room for a new shard incarnation: the silent ones go, then the least recently heard
@@ -161,11 +194,12 @@ class Learner:
             del self.sequences[min(self.sequences, key=lambda k: self.sequences[k][1])]
 
     def _dropped(self, catalog_version: str) -> None:
-        """A delta learned under a catalog version this learner never ran (or ran before a
-        restart, which keeps no remaps): its rows cannot be placed, so it is counted and lost."""
+        """A delta learned under a catalog version this learner ran more than REMAPS_KEPT
+        versions ago (or before a restart, which keeps no remaps): its rows cannot be placed,
+        so it is counted and lost."""
         if not self.dropped[catalog_version]:
-            log.warning("learner: a delta of catalog %s, which this learner does not run or "
-                        "remap, is dropped (counted in status' dropped)", catalog_version)
+            log.warning("learner: a delta of catalog %s, which this learner no longer runs or "
+                        "remaps, is dropped (counted in status' dropped)", catalog_version)
         self.dropped[catalog_version] += 1
 
     def published(self, known_version: int) -> Published | None:
@@ -181,18 +215,36 @@ class Learner:
         new = compiled_from_text(catalog_text)
         if new.version == self.compiled.version:
             return self.models.version
-        remap = ModelRemap(self.compiled, new)
-        # deltas still in flight from older versions are carried over in two steps
-        self._remaps = {old: _Chain(r, ModelRemap(self.compiled, new))
-                        for old, r in self._remaps.items()}
-        self._remaps[self.compiled.version] = remap
+        self._earlier.pop(new.version, None)
+        self._earlier[self.compiled.version] = self.compiled
+        while len(self._earlier) > REMAPS_KEPT:
+            del self._earlier[next(iter(self._earlier))]
+        # each straight to the new version: chained, the remaps grew with every switch
+        self._remaps = {old: ModelRemap(compiled, new) for old, compiled in self._earlier.items()}
         version = self.models.version
-        self.models = remap.table(self.models)
+        self.models = self._remaps[self.compiled.version].table(self.models)
         self.models.version = version + 1
         self.compiled, self.catalog_text = new, catalog_text
+        self.ran.pop(new.version, None)
+        self.ran[new.version] = None
+        while len(self.ran) > RAN_KEPT:
+            del self.ran[next(iter(self.ran))]
         self.publishes.append((self.models.version, time.time()))
         self.announce()
         return self.models.version
+
+    def kept(self) -> tuple:
+        """What a switch changes, for `put_back`."""
+        return (self.models, self.compiled, self.catalog_text, dict(self.ran),
+                dict(self._earlier), dict(self._remaps), dict(self.sequences))
+
+    def put_back(self, kept: tuple) -> None:
+        """Undo the switches since `kept` (the store did not save them)."""
+        (self.models, self.compiled, self.catalog_text, self.ran, self._earlier, self._remaps,
+         self.sequences) = kept
+        while self.publishes and self.publishes[-1][0] > self.models.version:
+            self.publishes.pop()
+        self.announce()
 
     def _continue_past(self, known_version: int) -> None:
         """Versions go on above one a shard runs and this learner never published: the learner
@@ -237,21 +289,13 @@ class Learner:
                 "repeated": self.repeated, "senders": len(self.sequences)}
 
 
-class _Chain:
-    def __init__(self, first: ModelRemap, second: ModelRemap):
-        self.first, self.second = first, second
-
-    def delta(self, delta: ModelDelta) -> ModelDelta:
-        return self.second.delta(self.first.delta(delta))
-
-
 PER_MODEL = ("mean", "precision", *COUNTS)  # a row per model; `inputs` is per predictor
 
 
 def save_models(learner: Learner) -> bytes:
     m = learner.models
     return blocks.pack({"catalog": learner.compiled.version, "catalog_text": learner.catalog_text,
-                        "version": m.version,
+                        "version": m.version, "ran": list(learner.ran),
                         "sequences": [[*key, *last] for key, last in learner.sequences.items()],
                         **{name: getattr(m, name) for name in (*PER_MODEL, "inputs")}})
 
@@ -261,7 +305,8 @@ def restore_models(learner: Learner, blob: bytes, follow_catalog: bool = False) 
     only with `follow_catalog` (a learner Ray restarted runs the catalog it was created with,
     while the saved one is the latest it switched to): the learner switches to the saved
     catalog first. Statistics a blob lacks (saved by an older release) start where a new
-    table does. BlockCorrupt, KeyError, CatalogError for a blob that does not hold together."""
+    table does. BlockCorrupt, KeyError, CatalogError for a blob that does not hold together
+    (BlockCorrupt too for one whose shapes do not fit its catalog)."""
     saved = blocks.unpack(blob)
     if saved["catalog"] != learner.compiled.version:
         text = saved.get("catalog_text")
@@ -274,9 +319,8 @@ def restore_models(learner: Learner, blob: bytes, follow_catalog: bool = False) 
     stats = {name: saved.get(name, getattr(m, name)) for name in (*PER_MODEL, "inputs")}
     stats["precision"] = m.converted(stats["precision"])  # saved under the other posterior
     if any(stats[name].shape != getattr(m, name).shape for name in stats):
-        log.warning("learner: the saved posterior's shapes do not fit catalog %s; every model "
-                    "starts from its prior", learner.compiled.version)
-        return False
+        raise BlockCorrupt(f"the saved posterior's shapes do not fit catalog "
+                           f"{learner.compiled.version}")
     ok = sound_rows(*(stats[name] for name in PER_MODEL))
     bad = int(len(ok) - ok.sum())
     if bad:  # saved before models were checked: those start again from their prior
@@ -290,6 +334,7 @@ def restore_models(learner: Learner, blob: bytes, follow_catalog: bool = False) 
                  for shard, incarnation, sequence, heard in saved.get("sequences", [])}
     m.adopt(SimpleNamespace(**stats, version=max(saved["version"], learner.version) + 1))
     m.refused += bad
+    learner.ran = dict.fromkeys([*map(str, saved.get("ran", ())), *learner.ran][-RAN_KEPT:])
     for key, (sequence, heard) in sequences.items():
         if sequence > learner.sequences.get(key, (-1, 0.0))[0]:
             learner.sequences[key] = (sequence, heard)
@@ -353,13 +398,17 @@ class LearnerActor:
             raise StoreUnavailable("the learner has not read its saved posterior yet (the "
                                    "store does not answer)")
 
-    def _save(self, force: bool = False) -> None:
+    def _save(self, force: bool = False, strict: bool = False) -> None:
+        """Save the posterior (if forced, or LEARNER_SAVE_S passed); a store that does not
+        take it is logged, or with `strict` raises StoreUnavailable."""
         now = time.monotonic()
         if force or now - self._saved_at >= LEARNER_SAVE_S:
             try:
                 self.store.put_meta(STATE_KEY, save_models(self.learner))
                 self._saved_at, self._saved_merges = now, self.learner.merged
             except StoreUnavailable as exc:
+                if strict:
+                    raise
                 log.warning("learner: could not save the posterior: %s", exc)
 
     async def _save_unsaved(self) -> None:
@@ -395,14 +444,23 @@ class LearnerActor:
         return await self.learner.watch(catalog_version, known_version, timeout_s)
 
     async def switch(self, catalog_text: str) -> int:
+        """Run this catalog from now on; the model version. StoreUnavailable, the learner
+        left as it was, if the switch could not be saved: restarted, the learner would come
+        back on the saved catalog, behind the shards the controller switched."""
         self._ready()
+        kept, took_up = self.learner.kept(), self._took_up
         version = self.learner.switch(catalog_text)
         if not self._took_up and self.learner.merged == 0:
             # a fresh learner, on the catalog of a posterior an older release saved without
             # its text
             self._restore()
             self.learner.announce()
-        self._save(force=True)
+        try:
+            self._save(force=True, strict=True)
+        except StoreUnavailable:
+            self.learner.put_back(kept)
+            self._took_up = took_up
+            raise
         return version
 
     async def status(self) -> dict[str, Any]:

@@ -9,11 +9,12 @@ engine's catalog or model version moved from the ones it waits with (a switch co
 shard rebuilt from the store starts from the priors). A sync cancels it, since its answer is
 the latest version anyway (and a watch answered meanwhile would replace the models without
 the delta in flight). A sync that fails (Unavailable; StoreUnavailable while the learner has
-not read its saved posterior) may still have merged: the call may have run late, or the
-learner merged and died before answering. So its delta goes again at the next interval as
-itself, known to the learner by its origin (this shard, this process's random incarnation, a
-sequence number), and a delta the learner took before is answered, not merged again; what the
-shard learns meanwhile waits in its models and goes as the next delta. Unless the catalog
+not read its saved posterior or does not run the shard's catalog yet; any other error, which
+is logged) may still have merged: the call may have run late, or the learner merged and died
+before answering. So its delta goes again at the next interval as itself, known to the
+learner by its origin (this shard, this process's random incarnation, a sequence number), and
+a delta the learner took before is answered, not merged again; what the shard learns
+meanwhile waits in its models and goes as the next delta. Unless the catalog
 switched meanwhile: its rows mean something else then, and it stays only in this shard's
 models.
 
@@ -101,8 +102,13 @@ class ModelSync:
         self._stop_watching()
         try:
             published = await learner().sync(catalog_version, delta, known)
-        except (Unavailable, StoreUnavailable):  # StoreUnavailable: the learner has not
-            self.unsent(catalog_version, delta)  # read its saved posterior yet
+        except Exception as exc:  # the learner may have merged it: it goes again, as itself
+            # StoreUnavailable: the learner has not read its saved posterior yet, or does not
+            # run this catalog yet (learner.py NotRunning); anything else is a bug, logged
+            if not isinstance(exc, (Unavailable, StoreUnavailable)):
+                log.exception("%s: syncing with the learner failed; the delta goes again",
+                              self.name)
+            self.unsent(catalog_version, delta)
             return
         self._adopt_into(engine(), published)
 

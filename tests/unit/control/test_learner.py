@@ -17,7 +17,7 @@ from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.store import StoreUnavailable
 from kairos.core.catalog import default_catalog_text, load_catalog
 from kairos.core.compiler import compile_catalog, compiled_from_text, default_compiled
-from kairos.core.models import DeltaOrigin, ModelTable, diagonal
+from kairos.core.models import DeltaOrigin, ModelRemap, ModelTable, diagonal
 
 
 # the class under Ray's ActorClass: its methods run here, as Ray would run them in the actor
@@ -188,16 +188,91 @@ def test_a_learner_ray_restarts_runs_the_catalog_it_last_switched_to(tmp_path):
     asyncio.run(run())
 
 
-def test_a_delta_of_a_catalog_the_learner_does_not_know_is_counted_and_logged(caplog):
+def test_a_delta_of_a_catalog_run_too_long_ago_is_counted_and_logged(caplog):
     c = default_compiled()
     learner = Learner(c)
-    b = compiled_from_text(catalog("B"))
+    for n in range(learner_module.REMAPS_KEPT + 1):
+        learner.switch(catalog(f"v{n}"))
     with caplog.at_level("WARNING", logger="kairos.learner"):
         for _ in range(3):
-            assert learner.sync("B", learned(b, 3, 1), -1).catalog_version == c.version
-    assert learner.merged == 0 and learner.status()["dropped"] == {"B": 3}
-    warned = [r for r in caplog.records if "catalog B" in r.getMessage()]
+            assert learner.sync(c.version, learned(c, 3, 1), -1).catalog_version == "v4"
+    assert learner.merged == 0 and learner.status()["dropped"] == {c.version: 3}
+    warned = [r for r in caplog.records if f"catalog {c.version}" in r.getMessage()]
     assert len(warned) == 1  # once a catalog version, not once a delta
+
+
+def test_a_delta_of_a_catalog_the_learner_never_ran_is_refused_and_merged_once_it_runs_it():
+    """Its switch has not reached the learner yet: the shard keeps the delta (StoreUnavailable
+    is what it sends again quietly) and it merges once the learner runs that catalog."""
+    c, b = default_compiled(), compiled_from_text(catalog("B"))
+    learner = Learner(c)
+    delta = sent(learned(b, 3, 1), "a", 1)
+    with pytest.raises(learner_module.NotRunning) as refused:
+        learner.sync("B", delta, -1)
+    assert isinstance(refused.value, StoreUnavailable)
+    assert learner.status()["dropped"] == {} and not learner.sequences  # not taken
+    learner.switch(catalog("B"))
+    assert learner.sync("B", delta, -1).positives[3] == 1 and learner.merged == 1
+
+
+def test_a_delta_whose_merge_fails_is_not_remembered_as_taken(monkeypatch):
+    c = default_compiled()
+    learner = Learner(c)
+    delta = sent(learned(c, 3, 1), "a", 1)
+    merge = ModelTable.merge
+
+    def broken(self, delta):
+        raise FloatingPointError("a bug half-way")
+    monkeypatch.setattr(ModelTable, "merge", broken)
+    with pytest.raises(FloatingPointError):
+        learner.sync(c.version, delta, -1)
+    monkeypatch.setattr(ModelTable, "merge", merge)
+    assert learner.sync(c.version, delta, -1).positives[3] == 1  # sent again: merged
+    assert learner.merged == 1 and learner.repeated == 0
+
+
+def test_catalog_switches_keep_one_remap_for_each_of_the_last_few_versions():
+    """Chained, the remaps of N switches grew as N^2 and held every compiled catalog."""
+    c = default_compiled()
+    learner = Learner(c)
+    versions = [c.version] + [f"v{n}" for n in range(1, 21)]
+    for version in versions[1:]:
+        learner.switch(catalog(version))
+    kept = versions[-1 - learner_module.REMAPS_KEPT:-1]
+    assert sorted(learner._remaps) == sorted(kept)
+    assert all(type(r) is ModelRemap for r in learner._remaps.values())
+    assert all(r.new is learner.compiled for r in learner._remaps.values())
+    oldest = compiled_from_text(catalog(kept[0]))
+    assert learner.sync(kept[0], learned(oldest, 3, 2), -1).positives[3] == 2
+
+
+def test_a_switch_the_store_does_not_save_fails_and_leaves_the_learner_on_its_catalog(
+        tmp_path, monkeypatch):
+    """Else the controller switched the shards, and a learner Ray restarted before the next
+    save came back on the old catalog and dropped every shard's delta of the new one."""
+    c, b = default_compiled(), compiled_from_text(catalog("B"))
+    flaky = Flaky(open_store(str(tmp_path)))
+    flaky.down = False
+    monkeypatch.setattr(learner_module, "open_store", lambda url: flaky)
+
+    async def run():
+        actor = Actor(default_catalog_text(), "x")
+        merged = await actor.sync(c.version, learned(c, 3, 1), -1)
+        flaky.down = True
+        with pytest.raises(StoreUnavailable):
+            await actor.switch(catalog("B"))
+        status = await actor.status()
+        assert (status["catalog_version"], status["model_version"]) == (c.version,
+                                                                         merged.version)
+        assert [v for v, _ in status["publishes"]] == [merged.version]
+        assert (await actor.sync(c.version, learned(c, 3, 1), -1)).positives[3] == 2
+        flaky.down = False
+        assert await actor.switch(catalog("B")) == actor.learner.version
+        restarted = Actor(default_catalog_text(), "x")
+        assert (await restarted.status())["catalog_version"] == "B"
+        assert (await restarted.sync("B", learned(b, 3, 1), -1)).positives[3] == 3
+
+    asyncio.run(run())
 
 
 def test_a_damaged_saved_posterior_is_kept_aside_and_the_learner_starts_from_its_priors(
@@ -216,6 +291,20 @@ def test_a_damaged_saved_posterior_is_kept_aside_and_the_learner_starts_from_its
                    for r in caplog.records)
         asyncio.run(actor.sync(c.version, learned(c, 3, 1), -1))
         assert Actor(default_catalog_text(), str(tmp_path)).learner.models.positives[3] == 1
+
+
+def test_a_saved_posterior_that_does_not_fit_its_catalog_is_kept_aside(tmp_path):
+    from kairos.cluster.control.learner import save_models
+    store = open_store(str(tmp_path))
+    c = default_compiled()
+    learner = Learner(c, default_catalog_text())
+    learner.sync(c.version, learned(c, 3, 1), -1)
+    learner.models.positives = learner.models.positives[:-1]  # a posterior of other shapes
+    blob = save_models(learner)
+    store.put_meta(STATE_KEY, blob)
+    actor = Actor(default_catalog_text(), str(tmp_path))
+    assert actor.learner.models.positives.sum() == 0
+    assert store.get_meta(DAMAGED_KEY) == blob
 
 
 class Flaky:

@@ -183,6 +183,49 @@ def test_a_learner_that_has_not_read_its_saved_posterior_yet_is_waited_for(compi
     assert counted.calls == ["sync", "watch", "sync"] and not caplog.records
 
 
+def test_a_delta_the_learner_fails_on_is_kept_and_sent_again_as_itself(compiled, caplog):
+    """An error the learner raised (a bug) is logged; one of a catalog it does not run yet
+    (its switch is on the way) is not; either way the delta goes again, not lost."""
+    learner, counted, sync = setting(compiled)
+    s = shard_that_learned(compiled)
+    merge = learner.models.merge
+
+    def broken(delta):
+        raise FloatingPointError("a bug half-way")
+
+    async def main():
+        learner.models.merge = broken
+        with caplog.at_level("ERROR", logger="kairos.shard"):
+            await sync.step(lambda: s.engine, lambda: counted)
+        assert any("goes again" in r.getMessage() for r in caplog.records)
+        learner.models.merge = merge
+        await sync.step(lambda: s.engine, lambda: counted)
+        assert learner.merged == 1 and learner.models.positives.sum() == 1
+    asyncio.run(main())
+
+
+def catalog(version: str) -> str:
+    doc = yaml.safe_load(default_catalog_text())
+    doc["version"] = version
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def test_a_delta_of_a_catalog_the_learner_does_not_run_yet_waits_for_its_switch(caplog):
+    switched = compiled_from_text(catalog("B"))
+    learner, counted, sync = setting(compiled_from_text(default_catalog_text()))
+    s = shard_that_learned(switched)
+
+    async def main():
+        with caplog.at_level("WARNING", logger="kairos.shard"):
+            await sync.step(lambda: s.engine, lambda: counted)
+        assert learner.merged == 0 and not caplog.records
+        learner.switch(catalog("B"))  # the control loop tells it
+        await sync.step(lambda: s.engine, lambda: counted)
+        assert learner.merged == 1 and learner.models.positives.sum() == 1
+        assert learner.status()["dropped"] == {}
+    asyncio.run(main())
+
+
 def test_a_sync_whose_answer_was_lost_is_sent_again_as_itself_and_merged_once(compiled):
     learner, counted, sync = setting(compiled)
     s = shard_that_learned(compiled)
