@@ -18,15 +18,23 @@ none of the others.
 7. Channel watches whose sink is Gone (the gateway process whose streams registered them
    died, or Ray restarted it: the streams died with it) are removed, as those streams would
    have removed them on leaving; a sink that does not answer in time keeps them.
+8. The decision logs of shards gone (scaled away, replaced: names are never reused) are held
+   to the retention bounds, as each shard's writer holds its own, every DECISION_LOG_TRIM_S,
+   and removed once empty: nobody else writes or trims them, and customers' records must not
+   outlive the retention because the shard that logged them did not.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from typing import Any, Awaitable
 
 from kairos.cluster.control.nodes import NodeRefused
 from kairos.cluster.control.partitions import Move
+from kairos.cluster.settings import (DECISION_LOG_MAX_BYTES, DECISION_LOG_RETENTION_S,
+                                     DECISION_LOG_TRIM_S)
 from kairos.cluster.transport.ray_backend import Gone
 
 log = logging.getLogger("kairos.controller")
@@ -42,6 +50,8 @@ async def _step(what: str, work: Awaitable[Any]) -> None:
 class ControlLoop:
     """Controller's control loop (a part of Controller: controller.py)."""
 
+    _logs_trimmed = -math.inf  # when step 8 last ran
+
     async def reconcile(self) -> None:
         """One round of the control loop (this module's docstring)."""
         alive = self.backend.nodes()
@@ -56,6 +66,7 @@ class ControlLoop:
         await _step("giving shards to nodes that joined", self._grow())
         await _step("re-placing a shard of a crowded node", self._uncrowd())
         await _step("dropping the channel watches of sinks gone", self._drop_gone_sinks())
+        await _step("trimming the decision logs of shards gone", self._trim_gone_logs())
 
     async def _replace_departed(self, alive: list[str]) -> None:
         async with self._reconfiguring:
@@ -186,3 +197,14 @@ class ControlLoop:
             target = [s for s in self._serving_shards() if s != victim]
             await self._rebalance(target)
             await self._retire([victim])
+
+    async def _trim_gone_logs(self) -> None:
+        now = time.time()  # the shards' clock: their logs' entries are stamped with it
+        if not self.store.shared or now - self._logs_trimmed < DECISION_LOG_TRIM_S:
+            return  # a store of this process only holds no shard's log
+        self._logs_trimmed = now
+        known = set(self.placement) | set(self.replacing) | {m.target for m in self.moving}
+        for name in sorted(set(await asyncio.to_thread(self.store.decision_logs)) - known):
+            gone = await asyncio.to_thread(self.store.decision_log, name)
+            await asyncio.to_thread(gone.trim, now - DECISION_LOG_RETENTION_S,
+                                    DECISION_LOG_MAX_BYTES, True)

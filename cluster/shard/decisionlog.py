@@ -66,9 +66,6 @@ IMPRESSION = "impression"  # the outcome a Decide with record_impression logs pe
 # How far past a page's last decision an export reads each log for decisions logged at the
 # same moment (written in another order than their ids sort) or under a clock stepped back
 LOG_ORDER_SLACK_S = 1.0
-# The logs of shards no longer live that each shard was last given to read (`to_read`), by
-# shard name: its writer trims them as well
-_orphans: dict[str, frozenset[str]] = {}
 
 
 class DecisionLog:
@@ -213,7 +210,6 @@ class LogWriter:
                         self._store.decision_log(name).erase(forget)
             if trim:
                 self._log.trim(*trim)
-                self._trim_orphans(*trim)
         except Exception as exc:  # on this thread, nobody else would see it
             self._counts["decision_log_failures"] += 1
             what = str(exc) if isinstance(exc, (StoreUnavailable, OSError)) else \
@@ -223,11 +219,6 @@ class LogWriter:
             with self._lock:
                 self._forget |= forget
 
-    def _trim_orphans(self, before: float, max_bytes: int) -> None:
-        for name in sorted(_orphans.get(self._name, frozenset()) &
-                           set(self._store.decision_logs())):
-            self._store.decision_log(name).trim(before, max_bytes, orphan=True)
-
 
 def _nothing() -> None:
     """What `written` waits for: the writer's thread takes its work in order."""
@@ -236,11 +227,10 @@ def _nothing() -> None:
 def to_read(store: Store, name: str, live: Iterable[str]) -> list[str]:
     """The logs shard `name` reads for an export: its own; with a shared store, if it is the
     first of the `live` shards, also those of shards no longer live (scaled away, or renamed),
-    whose logs stay where they were written (and which its writer trims from then on)."""
+    whose logs stay where they were written (the controller trims them: rounds.py)."""
     live = sorted(live)
     orphans = sorted(set(store.decision_logs()) - set(live)) \
         if store.shared and live and name == live[0] else []
-    _orphans[name] = frozenset(orphans)
     return [name, *orphans]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import pytest
 
@@ -320,4 +321,29 @@ def test_a_replacement_that_served_and_left_too_is_fenced_as_well(tmp_path):
                 DirectoryStore(tmp_path).journal(name)
         async with asyncio.timeout(10):
             assert await ingest(backend, mine, 2) == [3] * len(mine)  # none lost
+    asyncio.run(main())
+
+
+def test_the_decision_logs_of_shards_gone_are_held_to_the_retention_and_removed_empty(
+        tmp_path, monkeypatch):
+    """Nothing writes the log of a shard scaled away any more, and no shard trims it: the
+    control loop does, and leaves the logs of the shards it knows to their own writers."""
+    async def main():
+        backend = Actors()
+        controller = await controller_on(backend, str(tmp_path))
+        store = controller.store
+        now = time.time()
+        days = [now - d * 86_400 for d in (6, 5, 1)]  # retention: 3 days
+        for name in ("kairos-shard-0090", "kairos-shard-0091", controller.shards[0]):
+            for when in days if name != "kairos-shard-0091" else days[:2]:
+                store.decision_log(name).append([(when, "ana", b"a record")])
+        await rounds(controller)
+        kept = {name: [t for t, _, _ in store.decision_log(name).read(0, now)]
+                for name in store.decision_logs()}
+        assert "kairos-shard-0091" not in kept  # emptied, and removed
+        assert kept["kairos-shard-0090"] == days[2:]
+        assert kept[controller.shards[0]] == days  # its own writer's to trim
+        store.decision_log("kairos-shard-0090").append([(days[0], "bob", b"late")])
+        await rounds(controller)  # not before DECISION_LOG_TRIM_S has passed
+        assert len(list(store.decision_log("kairos-shard-0090").read(0, now))) == 2
     asyncio.run(main())

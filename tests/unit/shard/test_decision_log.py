@@ -347,22 +347,6 @@ def test_pages_take_decisions_written_out_of_order_within_the_slack(store):
         assert sorted(pages(store, limit)) == sorted(d.decision_id for d in tied + stepped)
 
 
-def test_the_logs_of_shards_gone_are_trimmed_by_the_shard_that_reads_them(tmp_path):
-    """Nothing writes the log of a shard scaled away any more, so nothing else trims it."""
-    store = DirectoryStore(tmp_path)
-    for name in ("kairos-shard-0000", "kairos-shard-0001"):
-        for day in range(4):
-            store.decision_log(name).append(entries(decision_at(day), at=T0 + day * 86_400))
-    names = decisionlog.to_read(store, "kairos-shard-0000", ["kairos-shard-0000"])
-    assert names == ["kairos-shard-0000", "kairos-shard-0001"]
-    writer = decisionlog.LogWriter(store, "kairos-shard-0000", Counter())
-    now = T0 + 10 * 86_400
-    writer.submit(entries(decision_at(9), at=now), set(), (now - DECISION_LOG_RETENTION_S,
-                                                           1 << 30))
-    assert store.decision_logs() == ["kairos-shard-0000"]  # the orphan, emptied, is gone
-    assert [t for t, _, _ in store.decision_log("kairos-shard-0000").read(T0, now)] == [now]
-
-
 def test_a_writer_that_fails_otherwise_counts_it_and_keeps_its_erasures(monkeypatch, caplog):
     """The writer's thread is nobody's caller: whatever fails there is counted and logged."""
     counts, store = Counter(), MemoryStore()
