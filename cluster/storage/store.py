@@ -133,10 +133,11 @@ class DecisionLogLike(Protocol):
     def read(self, since: float, until: float) -> Iterator[tuple[float, str, bytes]]:
         """The entries logged within [since, until]."""
 
-    def trim(self, before: float, max_bytes: int) -> int:
+    def trim(self, before: float, max_bytes: int, orphan: bool = False) -> int:
         """Drop entries logged before `before`, then the oldest while over `max_bytes`
         (whole segments where the store keeps them so: an implementation may keep a little
-        more); how many segments or entries went."""
+        more); how many segments or entries went. `orphan`: the log of a shard gone, removed
+        once empty."""
 
     def erase(self, customer_ids: set[str]) -> int:
         """Drop every entry of these customers; how many went."""
