@@ -199,7 +199,7 @@ def test_a_catalog_put_while_the_learner_cannot_read_its_posterior_is_unavailabl
 def test_a_new_cluster_tells_the_learner_its_catalog(tmp_path):
     """A learner started on a store an earlier cluster used follows the catalog saved with its
     posterior: a new cluster on another catalog must not leave it there (the shards' deltas
-    would be dropped until a control round noticed)."""
+    would wait, refused, until a control round noticed)."""
     from kairos.core.catalog import default_catalog_text
     from kairos.core.compiler import compiled_from_text
     from kairos.cluster.control.controller import Controller
