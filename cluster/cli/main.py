@@ -401,13 +401,7 @@ def parser(gateway_port: int) -> argparse.ArgumentParser:
     commands.add_parser("status", help="show the cluster", parents=[target])
     console.add_command(commands, [target])
     logexport.add_command(commands, [target])
-    drain_ = commands.add_parser(
-        "drain", parents=[target],
-        help="take a node out while traffic flows: its gateway, partitions and shards")
-    drain_.add_argument("node", help="the node's id (or a unique prefix, as status shows it) "
-                                     "or its address")
-    drain_.add_argument("--timeout", type=_positive, default=600.0,
-                        help="seconds to wait for the drain (default %(default)s)")
+    operate.add_command(commands, [target], _positive)
     show = commands.add_parser("demo", help="replay a cross-channel journey", parents=[target])
     show.add_argument("--local", action="store_true", help="in-process, without a cluster")
     catalog = commands.add_parser("catalog", help="work with catalogs")

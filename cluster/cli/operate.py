@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Callable
+
+import grpc
 
 from kairos.cluster.cli.remote import Remote
 from kairos.cluster.gateway.auth import is_loopback
@@ -35,12 +38,30 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_command(commands, parents: list[argparse.ArgumentParser],
+                seconds: Callable[[str], float]) -> None:
+    drain_ = commands.add_parser(
+        "drain", parents=parents,
+        help="take a node out while traffic flows: its gateway, partitions and shards")
+    drain_.add_argument("node", help="the node's id (or a unique prefix, as status shows it) "
+                                     "or its address")
+    drain_.add_argument("--timeout", type=seconds, default=600.0,
+                        help="seconds to wait for the drain (default %(default)s)")
+    drain_.add_argument("--if-present", action="store_true",
+                        help="a node that is no longer alive is done, not an error: Ray's "
+                             "autoscaler de-registers a node before its pod is deleted "
+                             "(a worker's preStop hook)")
+
+
 def drain(args: argparse.Namespace) -> int:
     """Drain the node named by its id, a prefix of it, or its address. The call goes to a
     gateway on another node: the node's own gateway stops as part of its drain."""
     nodes = Remote(args.target).status().node_status
     matches = [n for n in nodes if n.node_id.startswith(args.node) or n.address == args.node] \
         if args.node else []
+    if not matches and args.if_present:
+        print(f"no alive node is {args.node!r}: nothing to drain")
+        return 0
     if len(matches) != 1:
         known = ", ".join(f"{n.node_id[:8]} ({n.address})" for n in nodes)
         print(f"error: {args.node!r} names {'no' if not matches else 'more than one'} alive "
@@ -52,7 +73,14 @@ def drain(args: argparse.Namespace) -> int:
               f"no shard")
         return 0
     started = time.monotonic()
-    done = Remote(_another_gateway(args.target, node, nodes)).drain(node.node_id, args.timeout)
+    try:
+        done = Remote(_another_gateway(args.target, node, nodes)).drain(node.node_id,
+                                                                        args.timeout)
+    except grpc.RpcError as exc:  # NOT_FOUND: it left Ray after the status call
+        if not (args.if_present and exc.code() == grpc.StatusCode.NOT_FOUND):
+            raise
+        print(f"node {node.node_id[:8]} ({node.address}) is no longer alive: nothing to drain")
+        return 0
     print(f"node {node.node_id[:8]} ({node.address}) is drained in "
           f"{time.monotonic() - started:.1f} s: {done.moved} partitions moved, shards "
           f"{', '.join(done.shards) or '(none)'} and its gateway stopped; map version "

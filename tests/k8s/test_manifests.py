@@ -326,6 +326,8 @@ def test_workers_drain_their_node_before_ray_stops(overlay):
         assert command[:2] == ["/bin/bash", "-c"]
         words = command[2].split()
         assert words[:3] == ["kairos", "drain", '"$POD_IP"']
+        # Ray's autoscaler de-registers a node it removes before KubeRay deletes its pod
+        assert "--if-present" in words
         # through the Service (any serving gateway): the pod's own may be drained already
         target = words[words.index("--target") + 1]
         assert target == f"kairos-gateway:{GATEWAY_PORT}"

@@ -1,9 +1,16 @@
-"""`kairos drain` sends DrainNode to a gateway on another node, reached where it listens, and
-leaves a node that is drained already as it is."""
+"""`kairos drain` sends DrainNode to a gateway on another node, reached where it listens,
+leaves a node that is drained already as it is, and with --if-present (the workers' preStop
+hook) takes a node that is no longer alive as done."""
 from __future__ import annotations
 
+from concurrent import futures
+
+import grpc
+import pytest
+
+from kairos.cluster.cli.main import main
 from kairos.cluster.cli.operate import _another_gateway, drained
-from kairos.v1 import admin_pb2
+from kairos.v1 import admin_pb2, admin_pb2_grpc
 
 
 def node(node_id: str, address: str, port: int, serving: bool = True) -> admin_pb2.NodeStatus:
@@ -37,3 +44,72 @@ def test_a_node_is_drained_once_it_is_marked_and_holds_no_gateway_and_no_shard()
     assert not drained(admin_pb2.NodeStatus(node_id="aa", draining=True, gateway_port=50051))
     assert not drained(admin_pb2.NodeStatus(node_id="aa", draining=True, shards=["s1"]))
     assert not drained(admin_pb2.NodeStatus(node_id="aa", gateway_port=0))
+
+
+class Admin(admin_pb2_grpc.AdminServiceServicer):
+    """A gateway's AdminService over a fixed cluster: `nodes` alive, and DrainNode answering
+    NOT_FOUND for the ids in `gone` (nodes that left Ray after the status call)."""
+
+    def __init__(self, nodes: list[admin_pb2.NodeStatus], gone: tuple[str, ...] = ()):
+        self.nodes, self.gone, self.drained = nodes, gone, []
+
+    def GetClusterStatus(self, request, context):
+        return admin_pb2.ClusterStatus(node_status=self.nodes)
+
+    def DrainNode(self, request, context):
+        if request.node_id in self.gone:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"node_id: {request.node_id} is not an "
+                                                     f"alive node of this cluster")
+        self.drained.append(request.node_id)
+        return admin_pb2.DrainNodeResponse(node_id=request.node_id, shards=["kairos-shard-0001"])
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(admin: Admin) -> int:
+        server = grpc.server(futures.ThreadPoolExecutor(2))
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        servers.append(server)
+        return port
+    yield start
+    for server in servers:
+        server.stop(None)
+
+
+HEAD = "ab" * 28
+WORKER = "cd" * 28
+
+
+def test_a_node_rays_autoscaler_removed_already_is_done_for_the_prestop_hook(serve, capsys):
+    """Ray's autoscaler (v1) de-registers an idle worker from the GCS before KubeRay deletes
+    its pod: the pod's address names no alive node when its preStop hook runs."""
+    port = serve(Admin([node(HEAD, "10.0.0.1", 50051)]))
+    drain = ["--target", f"127.0.0.1:{port}", "drain", "10.0.0.9"]
+    assert main(drain + ["--if-present"]) == 0
+    assert "no alive node is '10.0.0.9': nothing to drain" in capsys.readouterr().out
+    assert main(drain) == 2  # named by hand, a node that is not there is a mistake
+    assert "names no alive node" in capsys.readouterr().err
+
+
+def test_a_node_that_leaves_between_the_status_and_the_drain_is_done_too(serve, capsys):
+    admin = Admin([], gone=(WORKER,))
+    port = serve(admin)
+    admin.nodes = [node(HEAD, "127.0.0.1", port), node(WORKER, "10.0.0.9", 50051)]
+    drain = ["--target", f"127.0.0.1:{port}", "drain", "10.0.0.9"]
+    assert main(drain + ["--if-present"]) == 0
+    assert f"node {WORKER[:8]} (10.0.0.9) is no longer alive" in capsys.readouterr().out
+    assert main(drain) == 1
+    assert "NOT_FOUND" in capsys.readouterr().err
+
+
+def test_a_node_that_is_there_is_drained_with_the_flag_as_without(serve, capsys):
+    admin = Admin([])
+    port = serve(admin)
+    admin.nodes = [node(HEAD, "127.0.0.1", port), node(WORKER, "10.0.0.9", 50051)]
+    assert main(["--target", f"127.0.0.1:{port}", "drain", "10.0.0.9", "--if-present"]) == 0
+    assert admin.drained == [WORKER]
+    assert f"node {WORKER[:8]} (10.0.0.9) is drained in" in capsys.readouterr().out
