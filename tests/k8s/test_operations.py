@@ -17,14 +17,17 @@ import pytest
 import yaml
 
 from tests.k8s import kuberay
+from kairos.cluster.cli.remote import TIMEOUT_S as STATUS_CALL_S
+
 from tests.k8s.test_manifests import (
     CRD,
     OVERLAYS,
     containers,
+    drain_deadline_s,
     kairos_metrics,
     raycluster_schema,
 )
-from tests.support.manifests import K8S, env_of, head, objects, one, raycluster
+from tests.support.manifests import K8S, REPO, env_of, head, objects, one, raycluster
 
 RUNBOOK = K8S / "README.md"
 SHM = "/dev/shm"
@@ -44,6 +47,17 @@ STARTUP_SLACK_S = 60
 # threshold) and what DaemonSets take, as the README's node size is held to it.
 NODE_RESERVED_CPU = 1.0
 NODE_ALLOCATABLE_MEMORY_SHARE = 0.85
+# What a drain costs per customer on the drained node, from the committed run of
+# `python -m bench.drain` (2 cores, Decide at 200/s during it): its largest size drained
+# 499,974 customers in 68.20 s, of which RETIRE_GRACE_S (5 s) is the retired shards' fixed
+# linger: 126.4 us a customer (test_the_drain_cost_is_the_committed_benchmarks holds it).
+DRAIN_RUN = REPO / "bench/results/drain-20261203T103621Z.json"
+MOVE_S_PER_CUSTOMER = 126.5e-6
+DRAIN_SAFETY = 2.0  # a busy cluster, or one on other cores, drains slower than the benchmark's
+CLI_START_S = 5.0  # `kairos drain` starting (Python, gRPC: 0.4 s on 2 cores) before its calls
+# Ray's stop of its processes once its own SIGTERM drain is over (about 10 s in Ray 2.60:
+# SIGTERM, then SIGKILL to what is left)
+RAY_STOP_S = 20.0
 
 
 def quantity(value) -> float:
@@ -234,6 +248,58 @@ def test_ray_pods_live_while_ray_does_not_while_a_gateway_answers(overlay):
         assert str(port) == group["rayStartParams"]["dashboard-agent-listen-port"]
         if name == "head":
             assert path == "/api/healthz", "the head's liveness checks the GCS too"
+
+
+# -- draining a worker -----------------------------------------------------------------------
+
+def test_the_drain_cost_is_the_committed_benchmarks():
+    """MOVE_S_PER_CUSTOMER is the committed drain run's own figure (rounded up, not more)."""
+    run = json.loads(DRAIN_RUN.read_text())
+    largest = max(run["sizes"], key=lambda r: r["on_drained_node"])
+    (retire_s,) = controller_settings("laptop", "RETIRE_GRACE_S").values()
+    measured = (largest["drain_s"] - retire_s) / largest["on_drained_node"]
+    assert measured <= MOVE_S_PER_CUSTOMER <= measured * 1.01, measured
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_a_workers_grace_period_drains_a_full_worker(overlay):
+    """A worker holds a shard per CPU (SHARDS_PER_CPU), and autoscaling counts a shard full
+    only at AUTOSCALE_SHARD_RESIDENT customers. preStop's DrainNode deadline covers moving
+    all of them at the benchmark's cost per customer, DRAIN_SAFETY times over, and the
+    drain's fixed steps (the unready window, the retired shards' linger, the gateway's stop);
+    the grace period covers the CLI's start and status call, that deadline, Ray's own drain
+    on SIGTERM (set explicitly: its default may change) and Ray's stop."""
+    values = controller_settings(overlay, "SHARDS_PER_CPU", "AUTOSCALE_SHARD_RESIDENT",
+                                 "DRAIN_UNREADY_S", "RETIRE_GRACE_S", "GATEWAY_STOP_GRACE_S")
+    for group in raycluster(overlay)["spec"]["workerGroupSpecs"]:
+        spec = group["template"]["spec"]
+        container = spec["containers"][0]
+        cpus = float(group["rayStartParams"]["num-cpus"])
+        # the controller's shards for a node that joins (control/nodes.py)
+        shards = max(1, round(cpus * values["SHARDS_PER_CPU"]))
+        customers = shards * values["AUTOSCALE_SHARD_RESIDENT"]
+        need_s = customers * MOVE_S_PER_CUSTOMER * DRAIN_SAFETY + values["DRAIN_UNREADY_S"] \
+            + values["RETIRE_GRACE_S"] + values["GATEWAY_STOP_GRACE_S"]
+        deadline_s = drain_deadline_s(container)
+        assert deadline_s >= need_s, \
+            f"{overlay}: a drain of {customers:,} customers may take {need_s:.0f} s, " \
+            f"preStop waits {deadline_s:.0f} s"
+        ray_drain_s = float(env_of(container)["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"]["value"])
+        grace_s = CLI_START_S + STATUS_CALL_S + deadline_s + ray_drain_s + RAY_STOP_S
+        assert spec["terminationGracePeriodSeconds"] >= grace_s, \
+            f"{overlay}: the kubelet kills the pod after " \
+            f"{spec['terminationGracePeriodSeconds']} s, its stop may take {grace_s:.0f} s"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_heads_grace_period_covers_rays_own_drain_and_stop(overlay):
+    """The head is not drained by Kairos; its gateway finishes its calls while Ray drains."""
+    spec = head(overlay)["spec"]
+    env = env_of(spec["containers"][0])
+    ray_drain_s = float(env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"]["value"])
+    (stop_s,) = controller_settings(overlay, "GATEWAY_STOP_GRACE_S").values()
+    assert ray_drain_s >= stop_s
+    assert spec["terminationGracePeriodSeconds"] >= ray_drain_s + RAY_STOP_S
 
 
 # -- alerts ----------------------------------------------------------------------------------
