@@ -10,7 +10,8 @@
 #    with $KAIROS_SHARD_ENDPOINT_PORTS (LOW-HIGH), every shard serves its own endpoint there.
 # 3. Live as long as Ray does. If Kairos did not start, stop Ray and exit 1: the kubelet
 #    restarts the container and Kairos is tried again on a fresh Ray (shards recover from the
-#    store). SIGTERM (pod deletion) stops Ray.
+#    store). SIGTERM (pod deletion) stops Ray, and a `kairos start` still running before it.
+# Before 1, Ray's session directories of earlier containers are removed (prune_ray_sessions).
 # Ray is stopped by signalling the `ray start --block` this script started, which stops the
 # processes of this node only (`ray stop` would stop every Ray on the machine); the tests run
 # this script as a process beside other Rays.
@@ -22,13 +23,43 @@ GCS_WAIT_S=${KAIROS_GCS_WAIT_S:-300}
 
 ulimit -n 65536
 
+# Ray never removes its session directories, and the ray-logs emptyDir outlives a restarted
+# container: in a crash loop they pile up until the volume's sizeLimit evicts the pod. The
+# volume is sized for one session (k8s/README.md), so every earlier one goes, unless a running
+# process names it (a Ray beside this one on a shared machine, as in tests/cluster/test_pods).
+prune_ray_sessions() {
+    local running session
+    running=$(cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\0' ' ')
+    for session in "${RAY_TMPDIR:-${TMPDIR:-/tmp}}"/ray/session_2*/; do
+        session=${session%/}
+        [[ $running == *"${session##*/}"* ]] || rm -rf -- "$session"
+    done
+}
+
 stop_ray() {
     echo "kairos-head: stopping Ray" >&2
     kill -TERM "$ray_pid" 2>/dev/null
     wait "$ray_pid" 2>/dev/null || true
 }
+# A `kairos start` still running (its driver exits on SIGTERM, after ray.shutdown) gets 10 s,
+# so that Ray's own drain and stop still fit the head's grace period after it.
+# shellcheck disable=SC2329  # the trap calls it
+stop_kairos() {
+    [ -n "$kairos_pid" ] || return 0
+    echo "kairos-head: stopping kairos start" >&2
+    kill -TERM "$kairos_pid" 2>/dev/null
+    for _ in {1..10}; do
+        kill -0 "$kairos_pid" 2>/dev/null || break
+        sleep 1
+    done
+    kill -KILL "$kairos_pid" 2>/dev/null
+    wait "$kairos_pid" 2>/dev/null || true
+}
 ray_pid=""
-trap 'stop_ray; exit 0' TERM INT
+kairos_pid=""
+trap 'stop_kairos; stop_ray; exit 0' TERM INT
+
+prune_ray_sessions
 
 # KubeRay's generated command is a shell command line (it may quote values): eval keeps its
 # quoting, and exec makes $ray_pid the `ray start` itself. It blocks (--block) while the
@@ -61,7 +92,15 @@ fi
 if [ -n "${KAIROS_SHARD_ENDPOINT_PORTS:-}" ]; then  # components/shard-endpoints
     args+=(--shard-endpoint-ports "$KAIROS_SHARD_ENDPOINT_PORTS")
 fi
-if ! kairos "${args[@]}"; then
+# In the background, waited for: bash runs a trap only once the foreground command returns,
+# and a start that recovers shards takes up to 16 minutes, past the pod's grace period. A
+# SIGTERM interrupts `wait` instead, and the trap stops this start and Ray.
+kairos "${args[@]}" &
+kairos_pid=$!
+wait "$kairos_pid"
+started=$?
+kairos_pid=""
+if [ "$started" -ne 0 ]; then
     echo "kairos-head: kairos start failed; stopping Ray so that the container restarts" >&2
     stop_ray
     exit 1

@@ -112,6 +112,7 @@ def test_the_head_s_entrypoint_passes_the_range_to_kairos_start(rendered, tmp_pa
         (bin_ / name).write_text(f"#!/bin/bash\n{body}\n")
         (bin_ / name).chmod(0o755)
     env = {"PATH": f"{bin_}:{os.environ['PATH']}", "KUBERAY_GEN_RAY_START_CMD": "sleep 60",
+           "RAY_TMPDIR": str(tmp_path),  # the script prunes Ray's old sessions there
            **({"KAIROS_SHARD_ENDPOINT_PORTS": ports} if ports else {})}  # whole, or not there
     head = subprocess.Popen(["bash", str(tmp_path / "kairos-head.sh")], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
