@@ -365,6 +365,19 @@ def test_the_runbook_names_nodes_production_pods_fit_on():
 
 # -- the runbook -----------------------------------------------------------------------------
 
+def test_the_runbook_waits_for_a_pod_to_exist_before_it_waits_for_its_condition():
+    """`kubectl wait --for=condition=...` fails at once when no pod matches yet (as right
+    after `kubectl apply` or a scale-up): a condition is waited for only after a loop that
+    waits for the pod to exist, as the same `get pod` of that selector or name."""
+    lines = RUNBOOK.read_text().splitlines()
+    for i, line in enumerate(lines):
+        wait = re.search(r"kubectl -n \S+ wait pod (-l \S+|\S+) --for=condition", line)
+        if wait:
+            before = "\n".join(lines[max(0, i - 3):i])
+            assert re.search(r"until kubectl -n \S+ get pod " + re.escape(wait[1]), before), \
+                f"README line {i + 1} waits for a condition of a pod that may not exist yet"
+
+
 def test_the_runbooks_redis_backup_and_restore_follow_redis_and_stop_kairos():
     """Redis 7's AOF backup: automatic rewrites off, no rewrite running, appendonlydir copied,
     rewrites back on; a restore with Kairos suspended (a field the CRD has) and Redis stopped."""
