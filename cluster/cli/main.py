@@ -269,8 +269,8 @@ def _start_kairos(args: argparse.Namespace, address: str, catalog_text: str | No
                        keys_env=None if args.keys else KEYS_ENV, tls_files=tls_files,
                        shard_endpoints=args.shard_endpoints or bool(args.shard_endpoint_ports),
                        shard_ports=args.shard_endpoint_ports)
-    with watchdog.exit_unless_done(ray_wait_s, f"no Ray cluster answered at {address} within "
-                                               f"{ray_wait_s:g} s (--ray-wait)"):
+    with watchdog.exit_unless_done(ray_wait_s, f"no Ray cluster answered at {address}",
+                                   " (--ray-wait)"):
         ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING")
     try:
         per_cpu = {"shards_per_cpu": args.shards_per_cpu} if args.shards_per_cpu else {}

@@ -14,17 +14,17 @@ from typing import Iterator
 
 
 @contextlib.contextmanager
-def exit_unless_done(timeout_s: float | None, message: str, status: int = 1
+def exit_unless_done(timeout_s: float | None, what: str, advice: str = "", status: int = 1
                      ) -> Iterator[None]:
-    """Run the block; if it has not finished after `timeout_s` (None: no bound), print
-    `message` and end the process with `status` (no cleanup runs: use only where nothing was
-    started yet)."""
+    """Run the block; if it has not finished after `timeout_s` (None: no bound), print that
+    `what` did not happen within that time, and `advice`, and end the process with `status`
+    (no cleanup runs: use only where nothing was started yet)."""
     if timeout_s is None:
         yield
         return
 
     def give_up() -> None:
-        print(f"error: {message}", file=sys.stderr, flush=True)
+        print(f"error: {what} within {timeout_s:g} s{advice}", file=sys.stderr, flush=True)
         os._exit(status)
 
     timer = threading.Timer(timeout_s, give_up)

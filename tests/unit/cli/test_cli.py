@@ -269,3 +269,24 @@ def test_up_says_where_shard_endpoints_serve():
     assert "its own endpoint (free ports" in up_message(
         parser(50051).parse_args(["up", "--shard-endpoints"]), run)
     assert "endpoint" not in up_message(parser(50051).parse_args(["up"]), run)
+
+
+@pytest.mark.parametrize("command", [["up"], ["start", "--address", "127.0.0.1:1"]])
+def test_up_and_start_reach_ray_init(command, monkeypatch):
+    """What both commands do before joining Ray (up passes no --ray-wait: its own Ray answers)
+    runs through; ray.init is where this test stops them."""
+    import ray
+
+    from kairos.cluster.cli import main as cli
+
+    class Reached(Exception):
+        pass
+
+    def init(*args, **kwargs):
+        raise Reached
+
+    monkeypatch.setattr(ray, "init", init)
+    args = parser(50051).parse_args(command)
+    with pytest.raises(Reached):
+        cli._start_kairos(args, "127.0.0.1:1", None, consecutive=command == ["up"],
+                          ray_wait_s=getattr(args, "ray_wait", None))
