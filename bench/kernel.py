@@ -34,6 +34,10 @@ BATCH = 256
 # Between one timed event and the next (a shard taking 100 events a second): each event
 # decays its customer's windowed features from the last one's time, as live traffic does
 EVENT_GAP_S = 0.01
+# Decisions are timed a day on: later than every event the runs apply (the EventClock's
+# capacity is ~3 hours of them), so each decays the profile from its last event, as a
+# decision in traffic does; at a time before a row's clock the decay would be skipped
+DECIDE_AT = T0 + 86_400.0
 
 
 def populate(compiled: CompiledCatalog, customers: int, events_each: int,
@@ -106,18 +110,18 @@ def measure(module, engine: DecisionEngine, rng: random.Random, iterations: int,
     requests = []
     for _ in range(max(iterations, BATCH)):
         ch = rng.randrange(len(c.channel_names))
-        ctx = engine.encode_context(random_context(c.catalog, rng, T0))
+        ctx = engine.encode_context(random_context(c.catalog, rng, DECIDE_AT))
         requests.append((rng.randrange(n), ch, rng.randrange(len(c.placement_names[ch])), ctx))
     rows = np.array([r[0] for r in requests[:BATCH]], np.int64)
     chans = np.array([r[1] for r in requests[:BATCH]], np.int32)
     places = np.array([r[2] for r in requests[:BATCH]], np.int32)
     ctxs = np.stack([r[3] for r in requests[:BATCH]])
-    nows = np.full(BATCH, T0)
+    nows = np.full(BATCH, DECIDE_AT)
     zeros = np.zeros(BATCH, np.int32)
 
     def decide_1(i):
         r = requests[i % len(requests)]
-        module.decide_one(cat, st, mv, ws, r[0], r[1], r[2], r[3], T0, 0)
+        module.decide_one(cat, st, mv, ws, r[0], r[1], r[2], r[3], DECIDE_AT, 0)
 
     def decide_batch(i):
         module.decide(cat, st, mv, ws, rows, chans, places, ctxs, nows, zeros)
@@ -168,9 +172,10 @@ def engine_decide_us(engine: DecisionEngine, rng: random.Random, iterations: int
     requests = []
     for _ in range(iterations):
         ch = c.channel_names[rng.randrange(len(c.channel_names))]
-        requests.append((f"c{rng.randrange(n)}", ch, random_context(c.catalog, rng, T0)))
+        context = random_context(c.catalog, rng, DECIDE_AT)
+        requests.append((f"c{rng.randrange(n)}", ch, context))
     return timed(lambda i: engine.decide(requests[i][0], requests[i][1], None, requests[i][2],
-                                         now=T0), iterations)
+                                         now=DECIDE_AT), iterations)
 
 
 def run(action_counts, customers: int, events_each: int, iterations: int,

@@ -457,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
                "verdict": verdict(sets)}
     base = report.save(results, args.out, markdown(results))
     plot(results, base.with_suffix(".png"))
-    print(json.dumps({"run": results["run"], "held": verdict["held"],
+    print(json.dumps({"run": results["run"], "held": results["verdict"]["held"],
                       **{name: {"kairos": round(d["policies"]["kairos"]["mean"], 3)
                                 if "kairos" in d["policies"] else None,
                                 "best_peer": d.get("best_peer")}

@@ -14,35 +14,41 @@ import subprocess
 from pathlib import Path
 from typing import Any, Mapping
 
+from kairos.cluster.storage.store import redact
+
 REPO = Path(__file__).resolve().parent.parent
 PREFIXES = ("KAIROS_", "RAY_")
-SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|CERT", re.I)
-# user:password@ in a URL (redis://:pw@host, https://user:pw@host)
-URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]*@")
+SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|PWD|PASSPHRASE|CREDENTIAL|AUTH|"
+                         r"CERT|PRIVATE|SIGNING|HMAC|JWT|BEARER", re.I)
 REDACTED = "<redacted>"
 
 
 def revision(repo: Path = REPO) -> str | None:
     """`git describe --always --dirty` of the checkout the harness runs from; None where
     there is no git or no repository (an installed copy)."""
-    try:
-        done = subprocess.run(["git", "-C", str(repo), "describe", "--always", "--dirty"],
-                              capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True,
+                                  text=True, timeout=10, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() or None if done.returncode == 0 else None
+
+    # a copy of the tree inside another repository would name that repository's commit
+    top = git("rev-parse", "--show-toplevel")
+    if top is None or Path(top).resolve() != repo.resolve():
         return None
-    if done.returncode != 0:
-        return None
-    return done.stdout.strip() or None
+    return git("describe", "--always", "--dirty")
 
 
 def settings(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """The KAIROS_* and RAY_* variables set, a secret's value replaced by REDACTED and a
-    URL's credentials cut out."""
+    """The KAIROS_* and RAY_* variables set, a secret's value replaced by REDACTED (a name
+    that might be a secret's counts as one) and a URL's credentials cut out as the stores cut
+    them out of what they print (user:password@, password= and token= parameters)."""
     out = {}
     for name in sorted(n for n in environ if n.startswith(PREFIXES)):
         value = environ[name]
-        out[name] = REDACTED if SECRET_NAME.search(name) else URL_CREDENTIALS.sub(
-            f"{REDACTED}@", value)
+        out[name] = REDACTED if SECRET_NAME.search(name) else redact(value)
     return out
 
 

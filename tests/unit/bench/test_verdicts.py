@@ -209,7 +209,13 @@ SETTINGS = [
     ("RAY_USE_UVLOOP", "0", "0"),
     ("KAIROS_API_KEY", "k-123", provenance.REDACTED),
     ("RAY_REDIS_PASSWORD", "pw", provenance.REDACTED),
-    ("KAIROS_STORE", "redis://user:pw@host:6390/0", "redis://<redacted>@host:6390/0"),
+    ("KAIROS_STORE", "redis://user:pw@host:6390/0", "redis://***@host:6390/0"),
+    ("KAIROS_STORE", "redis://user:p@ss@host/0", "redis://***@host/0"),
+    ("KAIROS_STORE", "redis://user:p/ss@host/0", "redis://***@host/0"),
+    ("KAIROS_STORE", "redis://host:6379/0?password=pw", "redis://host:6379/0?password=***"),
+    ("RAY_ADDRESS", "https://h/p?token=abc&x=1", "https://h/p?token=***&x=1"),
+    ("KAIROS_OUTCOME_SIGNING_SECRET_FILE", "/run/s", provenance.REDACTED),
+    ("KAIROS_JWT", "eyJ", provenance.REDACTED),
     ("HOME", "/root", None),
 ]
 
@@ -217,6 +223,14 @@ SETTINGS = [
 @pytest.mark.parametrize("name,value,recorded", SETTINGS)
 def test_a_result_file_records_settings_with_secrets_redacted(name, value, recorded):
     assert provenance.settings({name: value}).get(name) == recorded
+
+
+def test_a_tree_copied_into_another_repository_names_no_revision(tmp_path):
+    import subprocess
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    copy = tmp_path / "kairos"
+    copy.mkdir()
+    assert provenance.revision(copy) is None  # not that repository's commit
 
 
 def test_a_result_file_records_where_it_came_from():

@@ -85,6 +85,8 @@ def test_a_journal_alone_writes_owner_only_segments(tmp_path, umask_022):
     (f"redis://u:{SECRET}?more@host/0", "redis://***@host/0"),  # not percent-encoded
     (f"redis://:{SECRET}#more@host/0", "redis://***@host/0"),
     (f"redis://u:{SECRET}/more@host:6379/0?prefix=p", "redis://***@host:6379/0?prefix=p"),
+    (f"https://h/p?auth_token={SECRET}&api_key={SECRET}&x=1",
+     "https://h/p?auth_token=***&api_key=***&x=1"),
     ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
     ("/home/me/.kairos/store", "/home/me/.kairos/store"),
     ("memory", "memory"),
