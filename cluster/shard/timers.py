@@ -51,16 +51,17 @@ class DueTable(Generic[Outer, Inner]):
     def due(self, now: float, limit: float = float("inf")) -> Iterator[tuple[float, Outer, Inner]]:
         """The entries due at or before `now`, earliest first, at most `limit` of them; an
         entry the caller does not discard while it holds it stays set (and due)."""
-        held: dict[tuple[Outer, Inner], tuple[float, Outer, Inner]] = {}
+        held: dict[tuple[float, Outer, Inner], None] = {}  # in the order yielded
         try:
             while self._heap and self._heap[0][0] <= now and len(held) < limit:
                 entry = due, outer, inner = heapq.heappop(self._heap)
                 # a key set to the same time twice has two heap entries: one walk, one yield
-                if self.get(outer, inner) == due and (outer, inner) not in held:
-                    held[outer, inner] = entry
+                # (set to another time during the walk, it is yielded again at that time)
+                if self.get(outer, inner) == due and entry not in held:
+                    held[entry] = None
                     yield entry
         finally:  # whatever stopped the walk: those still set go back on the heap
-            for entry in held.values():
+            for entry in held:
                 if self.get(entry[1], entry[2]) == entry[0]:
                     heapq.heappush(self._heap, entry)
 

@@ -59,3 +59,15 @@ def test_a_walk_stopped_early_keeps_what_it_did_not_reach():
     assert next(walk) == (0.0, "ana", 0)
     walk.close()  # e.g. the caller raised
     assert [k for _, _, k in table.due(10.0)] == [0, 1, 2, 3, 4]
+
+
+def test_a_key_set_again_during_a_walk_stays_due_at_its_new_time():
+    table = DueTable()
+    table.set(0, "ana", 5.0)
+    walked = []
+    for due, outer, inner in table.due(10.0):
+        walked.append(due)
+        if due == 5.0:
+            table.set(outer, inner, 7.0)  # e.g. a wake that failed, asleep again until later
+    assert walked == [5.0, 7.0]  # due by the walk's time too
+    assert table.get(0, "ana") == 7.0 and list(table.due(100.0)) == [(7.0, 0, "ana")]
