@@ -30,7 +30,8 @@ from the shard's log and from the logs of shards no longer live that it reads fo
 (`to_read`: no writer is left to trim them), removing such a log once it is empty.
 ForgetCustomer: `forget` drops the customer's records not yet written and has the writer
 erase its records from every log of the store (a shared store holds the logs of shards that
-owned the partition before), after writing what came before.
+owned the partition before), after writing what came before; a log whose erasure fails is
+erased again with the next trim, and holds up neither the appends nor the trim.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import msgpack
 import numpy as np
@@ -59,7 +60,7 @@ from kairos.cluster.settings import (DECISION_LOG, DECISION_LOG_MAX_BYTES,
 from kairos.cluster.shard.context import ShardContext
 from kairos.cluster.storage.blocks import pack_one
 from kairos.cluster.storage.decision_logs import Entry
-from kairos.cluster.storage.store import Store, StoreUnavailable
+from kairos.cluster.storage.store import DecisionLogLike, Store, StoreUnavailable
 
 log = logging.getLogger("kairos.shard")
 IMPRESSION = "impression"  # the outcome a Decide with record_impression logs per action shown
@@ -157,6 +158,9 @@ class LogWriter:
         self._entries: list[Entry] = []
         self._forget: set[str] = set()
         self._trim: tuple[float, int] | None = None
+        # customers whose erasure failed, by log (None: every log, when the store could not
+        # list them)
+        self._erase_again: dict[str | None, set[str]] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._scheduled = False
 
@@ -198,26 +202,64 @@ class LogWriter:
             entries, forget, trim = self._entries, self._forget, self._trim
             self._entries, self._forget, self._trim = [], set(), None
             self._scheduled = False
+        # each step on its own: a log that cannot be erased must not stop the appends nor the
+        # retention of this shard's own log, nor a failed trim undo an erasure that was done
+        if entries and self._tried(f"{len(entries)} records lost",
+                                   lambda: self._own().append(entries)):
+            self._counts["decision_log_records"] += len(entries)
+        # erasures that failed are tried again with the next trim: every write would
+        # re-read a log that keeps failing, and warn of it
+        if forget or trim:
+            self._erase(forget, retry=trim is not None)
+        if trim:
+            self._tried("its retention is applied at the next trim",
+                        lambda: self._own().trim(*trim))
+
+    def _own(self) -> DecisionLogLike:
+        if self._log is None:
+            self._log = self._store.decision_log(self._name)
+        return self._log
+
+    def _erase(self, forget: set[str], retry: bool) -> None:
+        """Erase `forget` from every log of the store, and, on `retry`, what failed before
+        from the logs it failed in; hold back for the next trim the logs that fail now (their
+        customers only: once erased, a record the customer makes later is kept)."""
+        with self._lock:
+            again = self._erase_again if retry else {}
+            if retry:
+                self._erase_again = {}
+        everywhere = forget | again.pop(None, set())
+        if not everywhere and not again:
+            return
+        listed: list[str] = []  # a log that failed before and is gone since holds nothing
+        failed: dict[str | None, set[str]] = {None: everywhere, **again}
+        if self._tried("its erasures are tried again with the next trim",
+                       lambda: listed.extend(self._store.decision_logs())):
+            failed = {}
+        for name in listed:
+            ids = everywhere | again.get(name, set())
+            if ids and not self._tried(f"erasing from {name}: tried again with the next trim",
+                                       lambda: self._count_erased(name, ids)):
+                failed[name] = ids
+        with self._lock:
+            for name, ids in failed.items():
+                self._erase_again.setdefault(name, set()).update(ids)
+
+    def _count_erased(self, name: str, ids: set[str]) -> None:
+        self._counts["decision_log_erased"] += self._store.decision_log(name).erase(ids)
+
+    def _tried(self, consequence: str, step: Callable[[], object]) -> bool:
+        """Whether `step` succeeded; a failure is counted and logged with its consequence (on
+        this thread, nobody else would see it)."""
         try:
-            if self._log is None:
-                self._log = self._store.decision_log(self._name)
-            if entries:
-                self._log.append(entries)
-                self._counts["decision_log_records"] += len(entries)
-            if forget:
-                for name in self._store.decision_logs():
-                    self._counts["decision_log_erased"] += \
-                        self._store.decision_log(name).erase(forget)
-            if trim:
-                self._log.trim(*trim)
-        except Exception as exc:  # on this thread, nobody else would see it
+            step()
+            return True
+        except Exception as exc:
             self._counts["decision_log_failures"] += 1
             what = str(exc) if isinstance(exc, (StoreUnavailable, OSError)) else \
                 f"{type(exc).__name__}: {exc}"
-            log.warning("%s: decision log: %s (%d records lost%s)", self._name, what,
-                        len(entries), "; its erasures are tried again" if forget else "")
-            with self._lock:
-                self._forget |= forget
+            log.warning("%s: decision log: %s (%s)", self._name, what, consequence)
+            return False
 
 
 def _nothing() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections import Counter
 
 import msgpack
@@ -23,6 +24,7 @@ from kairos.cluster.storage.directory_store import DirectoryStore
 from kairos.cluster.storage.memory_store import MemoryStore
 from kairos.cluster.storage.redis_server import RedisServer
 from kairos.cluster.storage.redis_store import RedisStore
+from kairos.cluster.storage.store import StoreUnavailable
 from kairos.core.compiler import Reason, compiled_from_text
 from kairos.core.engine import DecisionEngine
 
@@ -358,10 +360,54 @@ def test_a_writer_that_fails_otherwise_counts_it_and_keeps_its_erasures(monkeypa
     assert counts["decision_log_failures"] == 1 and "ZeroDivisionError" in caplog.text
     assert len(list(store.decision_log("s0").read(T0, T0))) == 1
     monkeypatch.undo()
-    writer.submit([], set())  # the erasure is tried again with the next write
+    writer.submit([], set(), (0.0, 1 << 30))  # the erasure is tried again with the next trim
     writer.written()
     assert list(store.decision_log("s0").read(T0, T0)) == []
     writer.close()
+
+
+def writer_beside_a_log_that_cannot_be_erased(monkeypatch):
+    store, counts = MemoryStore(shared=True), Counter()
+    writer = decisionlog.LogWriter(store, "s0", counts)
+    gone = store.decision_log("gone-shard")
+    gone.append([(T0, "ana", b"kept")])
+    erasing = []
+
+    def broken(ids):
+        erasing.append(set(ids))
+        raise StoreUnavailable("reading decision log gone-shard: Permission denied")
+    monkeypatch.setattr(gone, "erase", broken)
+    return store, counts, writer, erasing
+
+
+def test_a_log_that_cannot_be_erased_stops_neither_appends_nor_the_shards_retention(
+        monkeypatch, caplog):
+    store, counts, writer, erasing = writer_beside_a_log_that_cannot_be_erased(monkeypatch)
+    own = store.decision_log("s0")
+    writer.submit([(T0, "ana", b"1"), (T0, "bob", b"2")], {"ana"})
+    assert [e[1] for e in own.read(0, math.inf)] == ["bob"]  # erased where it could be
+    assert "records lost" not in caplog.text and "erasing from gone-shard" in caplog.text
+    writer.submit([(T0 + 5, "cy", b"3")], set())  # no trim: the erasure waits for one
+    assert erasing == [{"ana"}] and counts["decision_log_records"] == 3
+    for day in (1, 2):
+        writer.submit([(T0 + day * 100, "cy", b"r")], {"dan"} if day == 2 else set(),
+                      (T0 + day * 100 - 1, 1 << 30))
+    assert [e[0] for e in own.read(0, math.inf)] == [T0 + 200]  # trimmed both times
+    assert erasing == [{"ana"}, {"ana"}, {"ana", "dan"}]  # that log only, again at each trim
+    assert counts["decision_log_failures"] == 3
+
+
+def test_an_erasure_done_is_not_done_again_when_the_trim_after_it_fails(monkeypatch):
+    store, counts = MemoryStore(shared=True), Counter()
+    writer = decisionlog.LogWriter(store, "s0", counts)
+    own = store.decision_log("s0")
+    writer.submit([(T0, "ana", b"before the forget")], set())
+    monkeypatch.setattr(own, "trim", lambda *a: 1 / 0)
+    writer.submit([], {"ana"}, (0.0, 1 << 30))
+    monkeypatch.undo()
+    writer.submit([(T0 + 5, "ana", b"she came back")], set(), (0.0, 1 << 30))
+    assert [e[2] for e in own.read(0, math.inf)] == [b"she came back"]
+    assert counts["decision_log_failures"] == 1 and counts["decision_log_erased"] == 1
 
 
 def test_an_export_reads_past_the_records_of_the_other_kind_without_unpacking_them(
