@@ -205,6 +205,11 @@ class ControlLoop:
         self._logs_trimmed = now
         known = set(self.placement) | set(self.replacing) | {m.target for m in self.moving}
         for name in sorted(set(await asyncio.to_thread(self.store.decision_logs)) - known):
-            gone = await asyncio.to_thread(self.store.decision_log, name)
-            await asyncio.to_thread(gone.trim, now - DECISION_LOG_RETENTION_S,
-                                    DECISION_LOG_MAX_BYTES, True)
+            try:
+                gone = await asyncio.to_thread(self.store.decision_log, name)
+                await asyncio.to_thread(gone.trim, now - DECISION_LOG_RETENTION_S,
+                                        DECISION_LOG_MAX_BYTES, True)
+            except Exception as exc:  # one log that fails must not spare the others
+                log.warning("control loop: trimming the decision log of %s (a shard gone) "
+                            "failed, tried again in %g s: %s: %s", name, DECISION_LOG_TRIM_S,
+                            type(exc).__name__, exc)

@@ -12,8 +12,9 @@ import pytest
 
 from kairos.cluster.control import controller as controller_module
 from kairos.cluster.control.learner import Learner
+from kairos.cluster.storage.decision_logs import DirectoryLog
 from kairos.cluster.storage.directory_store import DirectoryStore
-from kairos.cluster.storage.store import JournalFenced
+from kairos.cluster.storage.store import JournalFenced, StoreUnavailable
 from kairos.cluster.transport.backend import Unavailable
 from kairos.core.compiler import default_compiled
 
@@ -346,4 +347,27 @@ def test_the_decision_logs_of_shards_gone_are_held_to_the_retention_and_removed_
         store.decision_log("kairos-shard-0090").append([(days[0], "bob", b"late")])
         await rounds(controller)  # not before DECISION_LOG_TRIM_S has passed
         assert len(list(store.decision_log("kairos-shard-0090").read(0, now))) == 2
+    asyncio.run(main())
+
+
+def test_a_gone_shards_log_that_cannot_be_trimmed_spares_none_of_those_after_it(
+        tmp_path, monkeypatch, caplog):
+    async def main():
+        backend = Actors()
+        controller = await controller_on(backend, str(tmp_path))
+        store = controller.store
+        long_ago = time.time() - 7 * 86_400  # past the retention
+        for name in ("kairos-shard-0090", "kairos-shard-0091", "kairos-shard-0092"):
+            store.decision_log(name).append([(long_ago, "ana", b"a record")])
+        trim = DirectoryLog.trim
+
+        def failing_first(log, *args):
+            if log.dir.name == "kairos-shard-0090":
+                raise StoreUnavailable("trimming decision log kairos-shard-0090: EIO")
+            return trim(log, *args)
+        monkeypatch.setattr(DirectoryLog, "trim", failing_first)
+        await rounds(controller)
+        assert {"kairos-shard-0091", "kairos-shard-0092"}.isdisjoint(store.decision_logs())
+        assert "kairos-shard-0090" in store.decision_logs()
+        assert "decision log of kairos-shard-0090 (a shard gone) failed" in caplog.text
     asyncio.run(main())
