@@ -53,6 +53,9 @@ if TYPE_CHECKING:  # types only: the learner's module is the control side's
 
 log = logging.getLogger("kairos.shard")
 ADOPTIONS_KEPT = 64  # at one sync per MODEL_SYNC_S, the last half minute
+# a delta the learner raised on this many times in a row (not Unavailable: a bug, a shape it
+# cannot take) is dropped, so that the shard's later learning does not wait behind it for good
+DELTA_TRIES = 5
 
 
 class ModelSync:
@@ -63,6 +66,8 @@ class ModelSync:
         self._incarnation = uuid.uuid4().hex
         self._sequence = 0
         self._outbox: tuple[str, ModelDelta] | None = None  # (catalog version, unsent delta)
+        self._failures = 0  # of the outbox's delta, in a row (DELTA_TRIES)
+        self.dropped = 0  # deltas given up on
         # (model version, epoch seconds) of the latest adoptions, oldest first
         self.adoptions: deque[tuple[int, float]] = deque(maxlen=ADOPTIONS_KEPT)
         # the long poll, and the catalog and version it waits to pass
@@ -102,14 +107,25 @@ class ModelSync:
         self._stop_watching()
         try:
             published = await learner().sync(catalog_version, delta, known)
-        except Exception as exc:  # the learner may have merged it: it goes again, as itself
-            # StoreUnavailable: the learner has not read its saved posterior yet, or does not
-            # run this catalog yet (learner.py NotRunning); anything else is a bug, logged
-            if not isinstance(exc, (Unavailable, StoreUnavailable)):
-                log.exception("%s: syncing with the learner failed; the delta goes again",
-                              self.name)
+        except (Unavailable, StoreUnavailable):
+            # the learner may have merged it: it goes again, as itself. StoreUnavailable: the
+            # learner has not read its saved posterior yet, or does not run this catalog yet
+            # (learner.py NotRunning)
             self.unsent(catalog_version, delta)
             return
+        except Exception:  # a bug, logged: tried again, as itself, a few times
+            self._failures += 1
+            if self._failures < DELTA_TRIES:
+                log.exception("%s: syncing with the learner failed; the delta goes again",
+                              self.name)
+                self.unsent(catalog_version, delta)
+            else:
+                self._failures, self.dropped = 0, self.dropped + 1
+                log.exception("%s: the learner failed on this delta %d times in a row: "
+                              "dropped (its learning stays in this shard's models)",
+                              self.name, DELTA_TRIES)
+            return
+        self._failures = 0
         self._adopt_into(engine(), published)
 
     @staticmethod

@@ -7,6 +7,7 @@ import asyncio
 import yaml
 
 from kairos.cluster.control.learner import Learner
+from kairos.cluster.shard import modelsync
 from kairos.cluster.shard.modelsync import ModelSync
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage.store import StoreUnavailable
@@ -282,4 +283,32 @@ def test_a_shard_ahead_of_a_restarted_learner_takes_its_models_once(compiled):
             await settled()
         assert s.engine.models.version == learner.version  # its models, not the shard's
         assert counted.calls == ["watch", "watch"]  # then waiting, not answered every interval
+    asyncio.run(main())
+
+
+def test_a_delta_the_learner_always_fails_on_is_dropped_and_later_learning_goes(compiled,
+                                                                                caplog):
+    """A delta that makes the learner raise every time must not keep every later delta of
+    the shard waiting behind it."""
+    learner, counted, sync = setting(compiled)
+    s = shard_that_learned(compiled)
+    merge = learner.models.merge
+    taken = []
+
+    def broken_on_the_first(delta):
+        if not taken:
+            raise FloatingPointError("a bug that this delta always meets")
+        return merge(delta)
+
+    async def main():
+        learner.models.merge = broken_on_the_first
+        with caplog.at_level("ERROR", logger="kairos.shard"):
+            for _ in range(modelsync.DELTA_TRIES):
+                await sync.step(lambda: s.engine, lambda: counted)
+        assert sync.dropped == 1 and any("dropped" in r.getMessage() for r in caplog.records)
+        taken.append(True)
+        s.engine.record_outcomes([("ana", "service_menu", "web", "reject", T0 + 1, None)])
+        await sync.step(lambda: s.engine, lambda: counted)
+        # the later learning (a reject), not the dropped delta's accept
+        assert learner.merged == 1 and learner.models.positives.sum() == 0
     asyncio.run(main())
