@@ -121,6 +121,9 @@ class Learner:
         self.calls: Counter[str] = Counter()  # syncs and watches taken, for `status`
         # deltas of a catalog version the learner has no remap for, by version: learning lost
         self.dropped: Counter[str] = Counter()
+        # deltas refused as of a catalog not run yet, by version: a shard stuck sending one
+        # (its switch never comes) shows here
+        self.not_running: Counter[str] = Counter()
         # (shard, incarnation) -> (sequence of its last delta taken, epoch seconds heard)
         self.sequences: dict[tuple[str, str], tuple[int, float]] = {}
         self.repeated = 0  # deltas sent again that were taken before: answered, not merged
@@ -164,6 +167,7 @@ class Learner:
         if remap is not None:
             return remap.delta(delta)
         if catalog_version not in self.ran:
+            self.not_running[catalog_version] += 1
             raise NotRunning(f"the learner runs catalog {self.compiled.version}, not yet "
                              f"{catalog_version}: the delta goes again")
         return self._dropped(catalog_version)
@@ -286,6 +290,7 @@ class Learner:
                 "catalog_version": self.compiled.version, "refused": self.refused,
                 "publishes": list(self.publishes), "calls": dict(self.calls),
                 "watching": self.watching, "dropped": dict(self.dropped),
+                "not_running": dict(self.not_running),
                 "repeated": self.repeated, "senders": len(self.sequences)}
 
 

@@ -220,6 +220,7 @@ def test_a_delta_of_a_catalog_the_learner_does_not_run_yet_waits_for_its_switch(
         with caplog.at_level("WARNING", logger="kairos.shard"):
             await sync.step(lambda: s.engine, lambda: counted)
         assert learner.merged == 0 and not caplog.records
+        assert learner.status()["not_running"] == {"B": 1}  # seen, though not logged
         learner.switch(catalog("B"))  # the control loop tells it
         await sync.step(lambda: s.engine, lambda: counted)
         assert learner.merged == 1 and learner.models.positives.sum() == 1
