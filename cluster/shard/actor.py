@@ -232,11 +232,12 @@ class ShardActor:
     @ray.method(concurrency_group="log")
     async def read_log(self, query: DecisionPage | PageOutcomes, live: list[str],
                        timeout_s: float) -> tuple[list, bool | int]:
-        """The decision log, read on a thread (host.py `read_log`), waited for as long as its
-        caller waits: then this call's slot is free for the next."""
+        """The decision log, read on a thread (host.py `read_log`: at most two at once),
+        waited for as long as its caller waits: then this call's slot is free for the next,
+        and the read stops."""
         try:
             async with asyncio.timeout(timeout_s):
-                return await self.host.read_log(query, live)
+                return await self.host.read_log(query, live, timeout_s)
         except StoreUnavailable as exc:
             raise Unavailable(str(exc)) from exc
         except TimeoutError:

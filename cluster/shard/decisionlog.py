@@ -276,15 +276,24 @@ def to_read(store: Store, name: str, live: Iterable[str]) -> list[str]:
     return [name, *orphans]
 
 
-def read(store: Store, names: Iterable[str], query: DecisionPage | PageOutcomes
-         ) -> tuple[list, bool | int]:
-    """What an export asks a shard for, from the named logs of the store."""
+def read(store: Store, names: Iterable[str], query: DecisionPage | PageOutcomes,
+         deadline: float = math.inf) -> tuple[list, bool | int]:
+    """What an export asks a shard for, from the named logs of the store; TimeoutError once
+    past `deadline` (time.monotonic()), when its caller has stopped waiting."""
     if isinstance(query, DecisionPage):
-        return read_decisions(store, names, query)
-    return read_outcomes(store, names, query)
+        return read_decisions(store, names, query, deadline)
+    return read_outcomes(store, names, query, deadline)
 
 
-def read_decisions(store: Store, names: Iterable[str], query: DecisionPage
+def _in_time(deadline: float) -> None:
+    """A read nobody waits for any more stops: it would hold one of the shard's read threads
+    (host.py `read_log`) for the rest of a long log."""
+    if time.monotonic() > deadline:
+        raise TimeoutError("the decision log's read went past its caller's deadline")
+
+
+def read_decisions(store: Store, names: Iterable[str], query: DecisionPage,
+                   deadline: float = math.inf
                    ) -> tuple[list[tuple[float, DecisionRecord]], bool]:
     """The decisions `query` asks for, from the named logs of the store, each with the time it
     was logged; whether more were logged. A log is in the order it was written, which is the
@@ -297,6 +306,7 @@ def read_decisions(store: Store, names: Iterable[str], query: DecisionPage
     for name in names:
         bound = found[-1][0] if len(found) == keep else math.inf  # the page's last, so far
         for logged, _, data in store.decision_log(name).read(since, query.until):
+            _in_time(deadline)
             if logged > bound + LOG_ORDER_SLACK_S:
                 break
             if kind_of(data) == OUTCOME:  # skipped unpacked; `unpack` refuses a foreign kind
@@ -320,8 +330,8 @@ def _pruned(found: list, keep: int) -> float:
     return found[-1][0] if len(found) == keep else math.inf
 
 
-def read_outcomes(store: Store, names: Iterable[str], query: PageOutcomes
-                  ) -> tuple[list[OutcomeRecord], int]:
+def read_outcomes(store: Store, names: Iterable[str], query: PageOutcomes,
+                  deadline: float = math.inf) -> tuple[list[OutcomeRecord], int]:
     """The outcomes `query` asks for, from the named logs of the store, in the order they were
     logged; how many more there were (past their decision's bound)."""
     kept: list[tuple[float, OutcomeRecord]] = []
@@ -329,6 +339,7 @@ def read_outcomes(store: Store, names: Iterable[str], query: PageOutcomes
     cut = 0
     for name in names:
         for logged, _, data in store.decision_log(name).read(query.since, query.until):
+            _in_time(deadline)
             if kind_of(data) == DECISION:  # most are, a few kB each: skipped unpacked
                 continue
             record = unpack(msgpack.unpackb(data, raw=False))

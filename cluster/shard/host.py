@@ -63,6 +63,8 @@ TRACE_FRAMES = 8  # innermost frames of an unexpected failure that the log names
 
 log = logging.getLogger("kairos.shard")
 NEW_SHARD_COUNT_S = 0.5  # how soon a Shard new to serving has its store counted
+# a shard's decision log reads at once (threads: each reads a page of a long log)
+LOG_READS = 2
 
 
 def where_failed(exc: BaseException) -> str:
@@ -123,6 +125,7 @@ class ShardHost:
         self._sequencer = Sequencer(session_start_s)
         self._syncs = Syncs(name)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=name)
+        self._log_reads = asyncio.Semaphore(LOG_READS)
         self._queue: deque[_Batch] = deque()
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task] = []
@@ -413,18 +416,26 @@ class ShardHost:
                 self._fail(StoreUnavailable(f"{self.name}: {type(exc).__name__}"))
             raise
 
-    async def read_log(self, query: DecisionPage | PageOutcomes,
-                       live: list[str]) -> tuple[list, bool | int]:
+    async def read_log(self, query: DecisionPage | PageOutcomes, live: list[str],
+                       timeout_s: float = math.inf) -> tuple[list, bool | int]:
         """Read the decision log (decisionlog.py `read`) on a thread, once what the shard
         logged before is written: reading a store takes its time, and the log's writer works
-        beside it."""
+        beside it. At most LOG_READS at once, counted until their threads end: a caller that
+        stops waiting (and retries) does not stop its read, which ends, with TimeoutError,
+        only once past `timeout_s`."""
         shard = self.shard
         if shard is None:
             raise StoreUnavailable(f"{self.name} is recovering from the store")
         names = decisionlog.to_read(shard.store, self.name, live)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, shard.decision_log.writer.written)
-        return await loop.run_in_executor(None, decisionlog.read, shard.store, names, query)
+        deadline = time.monotonic() + timeout_s
+
+        def read() -> tuple[list, bool | int]:
+            shard.decision_log.writer.written()
+            return decisionlog.read(shard.store, names, query, deadline)
+        await self._log_reads.acquire()
+        reading = asyncio.get_running_loop().run_in_executor(None, read)
+        reading.add_done_callback(lambda _: self._log_reads.release())
+        return await asyncio.shield(reading)
 
     async def _tick(self) -> None:
         while True:

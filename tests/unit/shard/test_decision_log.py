@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 from collections import Counter
 
 import msgpack
@@ -427,3 +428,14 @@ def test_an_export_reads_past_the_records_of_the_other_kind_without_unpacking_th
     page, _ = decisionlog.read_decisions(store, ["s0"], DecisionPage(T0 + 0.5, T0 + 2, None,
                                                                        None, 10))
     assert page == [] and unpacked == ["o"]
+
+
+def test_a_read_its_caller_no_longer_waits_for_stops(store):
+    """It would hold one of the shard's two read threads for the rest of a long log."""
+    made = decision_at(1)
+    store.decision_log("s0").append(entries(made, at=T0))
+    page = DecisionPage(T0, T0, None, None, 10)
+    for query in (page, PageOutcomes(frozenset(), T0, T0)):
+        with pytest.raises(TimeoutError, match="past its caller's deadline"):
+            decisionlog.read(store, ["s0"], query, time.monotonic() - 1)
+    assert decisionlog.read(store, ["s0"], page, time.monotonic() + 60) == ([(T0, made)], False)

@@ -8,6 +8,7 @@ import asyncio
 import subprocess
 import sys
 import threading
+import time
 from types import SimpleNamespace
 
 import msgpack
@@ -517,3 +518,44 @@ def test_a_partition_leaving_a_rebuilt_shard_holds_back_no_truncation_of_its_jou
         assert p not in host.shard.journaling.dirty
         target.close()
     run(compiled, DirectoryStore(tmp_path), test)
+
+
+def test_a_shard_reads_its_log_two_at_a_time_and_a_read_nobody_waits_for_stops(
+        compiled, monkeypatch):
+    """A client retrying an export whose reads time out: each try's read went on in the
+    background, unbounded by the actor's concurrency group, for the whole of a long log."""
+    from kairos.cluster.evidence.records import DecisionPage
+    from kairos.cluster.shard import decisionlog
+    from kairos.cluster.shard.actor import ShardActor
+    from kairos.cluster.transport.backend import Unavailable
+    read_log = ShardActor.__ray_metadata__.modified_class.read_log
+    lock, running, peak = threading.Lock(), [0], [0]
+
+    def long_read(store, names, query, deadline=float("inf")):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            for _ in range(100):  # a long log's page: a second
+                decisionlog._in_time(deadline)
+                time.sleep(0.01)
+            return [], False
+        finally:
+            with lock:
+                running[0] -= 1
+    monkeypatch.setattr(decisionlog, "read", long_read)
+
+    async def test(host):
+        actor = SimpleNamespace(name="s0", host=host)
+        group = asyncio.Semaphore(2)  # Ray's "log" concurrency group
+
+        async def call() -> str:
+            async with group:
+                with pytest.raises(Unavailable) as failed:
+                    await read_log(actor, DecisionPage(0, 1e10, None, None, 10), ["s0"], 0.05)
+                return str(failed.value)
+        answers = await asyncio.gather(*(call() for _ in range(12)))
+        assert all("took over 0.05 s" in a for a in answers)
+        await until(lambda: running[0] == 0, 0.5, "the reads to stop")  # not read to the end
+        assert peak[0] == 2
+    run(compiled, MemoryStore(), test)
