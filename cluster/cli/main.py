@@ -214,9 +214,11 @@ def _start(args: argparse.Namespace, run: local.Run, catalog_text: str | None) -
     os.environ.clear()
     os.environ.update(env)
     local.start_ray(run, args.dashboard_port if args.dashboard else None)
+    from kairos.cluster.control.endpoints import endpoint
+
     reach = local.LOOPBACK if args.host in EVERY_ADDRESS else args.host
     # node i's gateway on port + i: every node of `kairos up` is on this machine
-    run.gateways = [f"{reach}:{port}" for _, port in _start_kairos(
+    run.gateways = [endpoint(reach, None, port) for _, port in _start_kairos(
         args, run.ray_address, catalog_text, consecutive=True)]
     local.write_run(run)
     if args.console_port:
@@ -239,10 +241,11 @@ def start(args: argparse.Namespace) -> int:
         print(f"error: Kairos did not start on the Ray cluster at {args.address}: {exc}",
               file=sys.stderr)
         return 1
+    from kairos.cluster.control.endpoints import endpoint
+
     # where each gateway listens: its node's address, or the one address --host names
     print(f"Kairos is serving on the Ray cluster at {args.address}: {args.shards} shards, "
-          f"gRPC on " + ", ".join(f"{host if args.host in EVERY_ADDRESS else args.host}:{port}"
-                                  for host, port in gateways)
+          f"gRPC on " + ", ".join(endpoint(args.host, host, port) for host, port in gateways)
           + f"; store {redact(args.store)} (journal {args.journal_policy})")
     return 0
 
