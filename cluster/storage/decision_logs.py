@@ -172,8 +172,12 @@ class DirectoryLog:
             with self._locked():
                 self._sweep()
                 dropped = self._drop_segments(before, max_bytes)
-                if orphan and not self._segments():
-                    self._remove()
+                emptied = orphan and not self._segments()
+                if emptied:  # under the lock: a writer waiting for it then locks anew
+                    with contextlib.suppress(FileNotFoundError):
+                        (self.dir / ".lock").unlink()
+            if emptied:
+                self._remove()
         except OSError as exc:
             raise StoreUnavailable(f"trimming decision log {self.dir.name}: {exc}") from exc
         return dropped
@@ -207,12 +211,19 @@ class DirectoryLog:
         return last
 
     def _remove(self) -> None:
-        """Remove an orphan log's folder, unless something not ours is left in it."""
-        with contextlib.suppress(FileNotFoundError):
-            (self.dir / ".lock").unlink()
+        """Remove an orphan log's folder, its lock file gone and closed: on NFS a file removed
+        while open stays (as .nfsXXXX) until it is closed. What a writer that came meanwhile
+        left, or such a file another process still holds, keeps the folder till a later trim;
+        only something not ours is warned of."""
         try:
             self.dir.rmdir()
+        except FileNotFoundError:
+            pass
         except OSError as exc:
+            with contextlib.suppress(OSError):
+                if all(p.name == ".lock" or p.name.startswith(".nfs") or p.suffix == SUFFIX
+                       for p in self.dir.iterdir()):
+                    return
             log.warning("decision log %s: trimmed empty, its folder stays: %s",
                         self.dir.name, exc)
 

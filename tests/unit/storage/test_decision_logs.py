@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import redis
@@ -190,3 +191,46 @@ def test_redis_errors_while_a_log_is_read_are_store_unavailable():
     reading = RedisLog(Down(), "kairos", "s").read(0.0, T0)  # (nothing asked yet)
     with pytest.raises(StoreUnavailable, match="reading a decision log"):
         list(reading)
+
+
+def test_an_orphan_log_on_nfs_is_removed_and_quietly(tmp_path, monkeypatch, caplog):
+    """An NFS client keeps a file removed while it is open as .nfsXXXX until it is closed: a
+    folder whose lock file was removed while locked could never be removed."""
+    silly: dict[tuple[int, int], Path] = {}
+    unlink, close = Path.unlink, os.close
+
+    def nfs_unlink(path: Path, missing_ok: bool = False) -> None:
+        if path.name != ".lock":
+            return unlink(path, missing_ok)
+        st = path.stat()
+        silly[st.st_dev, st.st_ino] = path.with_name(f".nfs{st.st_ino:016x}")
+        path.rename(silly[st.st_dev, st.st_ino])
+
+    def nfs_close(fd: int) -> None:
+        st = os.fstat(fd)
+        close(fd)
+        if (st.st_dev, st.st_ino) in silly:
+            unlink(silly.pop((st.st_dev, st.st_ino)))
+    monkeypatch.setattr(Path, "unlink", nfs_unlink)
+    monkeypatch.setattr(os, "close", nfs_close)
+    DirectoryStore(tmp_path).decision_log("gone").append(entries("a", T0))
+    DirectoryStore(tmp_path).decision_log("gone").trim(T0 + 1, 1 << 30, orphan=True)
+    assert not (tmp_path / "decisions" / "gone").exists()
+    assert "its folder stays" not in caplog.text
+
+
+def test_a_folder_left_for_a_writer_that_came_meanwhile_is_removed_by_a_later_trim(
+        tmp_path, monkeypatch, caplog):
+    gone = DirectoryStore(tmp_path).decision_log("gone")
+    gone.append(entries("a", T0))
+    rmdir = Path.rmdir
+
+    def writer_first(path: Path) -> None:  # it locks anew, creating a lock file, just before
+        (path / ".lock").touch()
+        rmdir(path)
+    monkeypatch.setattr(Path, "rmdir", writer_first)
+    gone.trim(T0 + 1, 1 << 30, orphan=True)
+    assert "its folder stays" not in caplog.text
+    monkeypatch.undo()
+    gone.trim(T0 + 1, 1 << 30, orphan=True)
+    assert not (tmp_path / "decisions" / "gone").exists()
