@@ -15,8 +15,9 @@ bounded: the range (MAX_SPAN_S), a page (MAX_RECORDS), a decision's outcomes
 (records.py's OUTCOMES_PER_DECISION, counted in `outcomes_cut` past it), a chunk's bytes
 (CHUNK_BYTES), the decisions a page gathers from all shards (GATHERED_RECORDS: with many
 shards a page holds fewer than `max_records`, and says there is more), the exports a gateway
-runs at once (MAX_EXPORTS; another is refused RESOURCE_EXHAUSTED), and each shard's read, to
-the call's deadline (at most ADMIN_CALL_S).
+runs at once (MAX_EXPORTS; another is refused RESOURCE_EXHAUSTED), each shard's read, to
+the call's deadline (at most ADMIN_CALL_S), and the whole call, which ends DEADLINE_EXCEEDED
+ADMIN_CALL_S after it began (a client that does not read its chunks held its place).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import base64
 import json
 import math
 import weakref
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import grpc
 import msgpack
@@ -60,11 +61,34 @@ async def export(gateway: Gateway, request: admin_pb2.ExportDecisionLogRequest, 
                    f"this gateway runs {MAX_EXPORTS} decision log exports at once already: "
                    f"try again when one has finished")
     _exporting[gateway] = _exporting.get(gateway, 0) + 1
+    held = [True]
+
+    def release() -> None:
+        if held:
+            held.pop()
+            _exporting[gateway] -= 1
+    # a client that never reads would hold its place till its deadline, or for ever without
+    ending = asyncio.get_running_loop().call_later(ADMIN_CALL_S, _end, context,
+                                                   asyncio.current_task(), release)
     try:
         async for chunk in _export(gateway, request, context):
             yield chunk
     finally:
-        _exporting[gateway] -= 1
+        ending.cancel()
+        release()
+
+
+def _end(context, stream: asyncio.Task, release: Callable[[], None]) -> None:
+    """End an export that ran past ADMIN_CALL_S (its chunks not read, most likely): the
+    stream's task waits on gRPC to send one, so it is cancelled, once the status is handed to
+    gRPC (which sends it after what it holds)."""
+    release()
+    aborting = asyncio.ensure_future(fail(
+        context, grpc.StatusCode.DEADLINE_EXCEEDED,
+        f"the export ran past {ADMIN_CALL_S:g} s, the most one holds one of this gateway's "
+        f"{MAX_EXPORTS} places: read its chunks as they come, or ask for fewer records"))
+    aborting.add_done_callback(lambda done: done.cancelled() or done.exception())
+    asyncio.get_running_loop().call_soon(stream.cancel)
 
 
 async def _export(gateway: Gateway, request: admin_pb2.ExportDecisionLogRequest, context

@@ -109,3 +109,33 @@ def test_a_shards_log_reads_never_take_the_slots_of_its_health_checks():
     from kairos.cluster.shard.actor import ShardActor
     groups = ShardActor.__ray_metadata__.method_meta.concurrency_group_for_methods
     assert groups["read_log"] != groups["health"]
+
+
+def test_an_export_whose_client_does_not_read_gives_its_place_back_in_time(monkeypatch):
+    """Without a deadline of its own, such a client held one of the places for ever."""
+    monkeypatch.setattr(logexport, "ADMIN_CALL_S", 0.2)
+    aborted: list[tuple] = []
+
+    class Recorded(Context):
+        async def abort(self, code: grpc.StatusCode, details: str) -> None:
+            aborted.append((code, details))
+            await super().abort(code, details)
+
+    async def stream(gateway: Gateway) -> None:  # as gRPC's task for the call runs it
+        async for _ in logexport.export(gateway, request(), Recorded(None)):
+            await asyncio.Event().wait()  # sending it waits for the client, which never reads
+
+    async def main():
+        gateway = Gateway()
+        gateway.backend.release.set()
+        stuck = [asyncio.create_task(stream(gateway)) for _ in range(logexport.MAX_EXPORTS)]
+        await asyncio.sleep(0.1)
+        with pytest.raises(Aborted):  # all the places are held
+            await first_chunk(gateway, Context())
+        await asyncio.sleep(0.2)
+        assert all(task.cancelled() for task in stuck)
+        assert [code for code, _ in aborted] == \
+            [grpc.StatusCode.DEADLINE_EXCEEDED] * logexport.MAX_EXPORTS
+        assert "ran past 0.2 s" in aborted[0][1] and "read its chunks" in aborted[0][1]
+        assert (await first_chunk(gateway, Context())).count == 0  # room again
+    asyncio.run(main())
