@@ -3,6 +3,7 @@ in KAIROS_API_KEY: status, drain, catalog push."""
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import sys
 import time
 from typing import Callable
@@ -56,14 +57,20 @@ def add_command(commands, parents: list[argparse.ArgumentParser],
 def drain(args: argparse.Namespace) -> int:
     """Drain the node named by its id, a prefix of it, or its address. The call goes to a
     gateway on another node: the node's own gateway stops as part of its drain."""
+    if not args.node.strip():
+        print("error: name the node to drain (its id, a prefix of it, or its address)",
+              file=sys.stderr)
+        return 2
     nodes = Remote(args.target).status().node_status
-    matches = [n for n in nodes if n.node_id.startswith(args.node) or n.address == args.node] \
-        if args.node else []
+    matches = [n for n in nodes
+               if n.node_id.startswith(args.node) or _same_address(n.address, args.node)]
+    known = ", ".join(f"{n.node_id[:8]} ({n.address})" for n in nodes)
     if not matches and args.if_present:
-        print(f"no alive node is {args.node!r}: nothing to drain")
+        # trusted: an address no alive node has is a node gone (the logs show which were)
+        print(f"no alive node is {args.node!r}: nothing to drain (alive: {known})",
+              file=sys.stderr)
         return 0
     if len(matches) != 1:
-        known = ", ".join(f"{n.node_id[:8]} ({n.address})" for n in nodes)
         print(f"error: {args.node!r} names {'no' if not matches else 'more than one'} alive "
               f"node; the nodes: {known}", file=sys.stderr)
         return 2
@@ -88,6 +95,15 @@ def drain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _same_address(address: str, name: str) -> bool:
+    """Whether `name` is `address`, however an IP address is written (fd00::9, [fd00:0::9])."""
+    try:
+        return ipaddress.ip_address(address.strip("[]")) == ipaddress.ip_address(
+            name.strip("[]"))
+    except ValueError:
+        return address == name
+
+
 def drained(node) -> bool:
     """A node whose drain is done: marked draining, and with no gateway or shard left."""
     return node.draining and not node.gateway_port and not node.shards
@@ -102,7 +118,8 @@ def _another_gateway(target: str, leaving, nodes) -> str:
     for n in nodes:
         if n.node_id != leaving.node_id and n.serving and n.gateway_port:
             here = is_loopback(host.strip("[]")) and n.address == leaving.address
-            return f"{host if here else n.address}:{n.gateway_port}"
+            address = f"[{n.address}]" if ":" in n.address else n.address
+            return f"{host if here else address}:{n.gateway_port}"
     return target
 
 

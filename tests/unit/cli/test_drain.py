@@ -90,7 +90,7 @@ def test_a_node_rays_autoscaler_removed_already_is_done_for_the_prestop_hook(ser
     port = serve(Admin([node(HEAD, "10.0.0.1", 50051)]))
     drain = ["--target", f"127.0.0.1:{port}", "drain", "10.0.0.9"]
     assert main(drain + ["--if-present"]) == 0
-    assert "no alive node is '10.0.0.9': nothing to drain" in capsys.readouterr().out
+    assert "no alive node is '10.0.0.9': nothing to drain (alive: " in capsys.readouterr().err
     assert main(drain) == 2  # named by hand, a node that is not there is a mistake
     assert "names no alive node" in capsys.readouterr().err
 
@@ -113,3 +113,17 @@ def test_a_node_that_is_there_is_drained_with_the_flag_as_without(serve, capsys)
     assert main(["--target", f"127.0.0.1:{port}", "drain", "10.0.0.9", "--if-present"]) == 0
     assert admin.drained == [WORKER]
     assert f"node {WORKER[:8]} (10.0.0.9) is drained in" in capsys.readouterr().out
+
+
+def test_an_address_is_matched_however_it_is_written_and_an_empty_name_is_refused(serve,
+                                                                                  capsys):
+    """An alive node named in another spelling of its address is drained, not taken for one
+    gone (the preStop would drain nothing and say nothing); an empty name names nothing."""
+    admin = Admin([])
+    port = serve(admin)
+    admin.nodes = [node(HEAD, "127.0.0.1", port), node(WORKER, "fd00::9", 50051)]
+    target = ["--target", f"127.0.0.1:{port}", "drain"]
+    assert main(target + ["[fd00:0:0::9]", "--if-present"]) == 0
+    assert admin.drained == [WORKER]
+    assert main(target + ["", "--if-present"]) == 2
+    assert "name the node to drain" in capsys.readouterr().err
