@@ -31,6 +31,7 @@ prune_ray_sessions() {
     local running session
     running=$(cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\0' ' ')
     for session in "${RAY_TMPDIR:-${TMPDIR:-/tmp}}"/ray/session_2*/; do
+        [ -d "$session" ] || continue  # no match: the pattern itself
         session=${session%/}
         [[ $running == *"${session##*/}"* ]] || rm -rf -- "$session"
     done
@@ -52,7 +53,9 @@ stop_kairos() {
         kill -0 "$kairos_pid" 2>/dev/null || break
         sleep 1
     done
-    kill -KILL "$kairos_pid" 2>/dev/null
+    if kill -0 "$kairos_pid" 2>/dev/null; then
+        kill -KILL "$kairos_pid" 2>/dev/null
+    fi
     wait "$kairos_pid" 2>/dev/null || true
 }
 ray_pid=""

@@ -18,7 +18,8 @@ K8S = REPO / "k8s"
 
 @cache
 def rendered(overlay: str) -> tuple[dict, ...]:
-    return render(K8S / "overlays" / overlay)
+    """An overlay's objects; "base": the base's, which the overlays patch."""
+    return render(K8S / "base" if overlay == "base" else K8S / "overlays" / overlay)
 
 
 def render(kustomization: Path) -> tuple[dict, ...]:
