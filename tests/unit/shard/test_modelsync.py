@@ -70,6 +70,16 @@ async def settled() -> None:
         await asyncio.sleep(0)
 
 
+async def left_watching(compiled, sync: ModelSync, counted: CountedLearner) -> list:
+    """A shard's engine in a list (a test replaces it there, as a rebuild does) after two
+    intervals with nothing learnt: the second leaves a watch waiting past the latest version."""
+    engines = [Shard("s0", compiled, range(N_PARTITIONS), N_PARTITIONS).engine]
+    for _ in range(2):
+        await sync.step(lambda: engines[0], lambda: counted)
+        await settled()
+    return engines
+
+
 def test_with_nothing_learned_one_watch_waits_and_adopts_another_shards_publish(compiled):
     learner, counted, sync = setting(compiled)
     s = Shard("s0", compiled, range(N_PARTITIONS), N_PARTITIONS)
@@ -94,14 +104,9 @@ def test_with_nothing_learned_one_watch_waits_and_adopts_another_shards_publish(
 
 def test_a_rebuilt_shard_stops_waiting_on_its_old_version_and_catches_up_at_once(compiled):
     learner, counted, sync = setting(compiled)
-    old = Shard("s0", compiled, range(N_PARTITIONS), N_PARTITIONS)
 
     async def main():
-        engines = [old.engine]
-        await sync.step(lambda: engines[0], lambda: counted)
-        await settled()
-        await sync.step(lambda: engines[0], lambda: counted)  # waits past the latest
-        await settled()
+        engines = await left_watching(compiled, sync, counted)
         engines[0] = Shard("s0", compiled, range(N_PARTITIONS), N_PARTITIONS).engine
         assert engines[0].models.version == 0  # rebuilt from the store: the priors
         await sync.step(lambda: engines[0], lambda: counted)
@@ -112,23 +117,19 @@ def test_a_rebuilt_shard_stops_waiting_on_its_old_version_and_catches_up_at_once
 
 def test_a_watch_answered_after_the_engine_was_replaced_goes_to_the_engine_in_use(compiled):
     learner, counted, sync = setting(compiled)
-    old = Shard("s0", compiled, range(N_PARTITIONS), N_PARTITIONS)
 
     async def main():
-        engines = [old.engine]
-        await sync.step(lambda: engines[0], lambda: counted)
-        await settled()
-        await sync.step(lambda: engines[0], lambda: counted)  # a watch waits
-        await settled()
+        engines = await left_watching(compiled, sync, counted)
+        old = engines[0]
         replaced = Shard("s0", compiled, range(N_PARTITIONS), N_PARTITIONS).engine
-        replaced.models.version = old.engine.models.version  # the same wait would go on
+        replaced.models.version = old.models.version  # the same wait would go on
         engines[0] = replaced
         other = shard_that_learned(compiled, "bo")
         learner.sync(compiled.version, other.engine.models.take_delta(), 0)
         await settled()
         assert replaced.models.version == learner.version
         assert replaced.models.positives.sum() == 1
-        assert old.engine.models.version < learner.version  # dropped: nothing goes to it
+        assert old.models.version < learner.version  # dropped: nothing goes to it
     asyncio.run(main())
 
 
