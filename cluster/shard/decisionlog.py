@@ -174,6 +174,8 @@ class LogWriter:
             if len(entries) > room:
                 self._counts["decision_log_dropped"] += len(entries) - max(room, 0)
                 entries = entries[:max(room, 0)]
+            if forget:  # handed over before the forget: the forgotten customer's records
+                self._entries = [e for e in self._entries if e[1] not in forget]
             self._entries.extend(entries)
             self._forget |= forget
             self._trim = trim or self._trim
@@ -203,14 +205,15 @@ class LogWriter:
             self._entries, self._forget, self._trim = [], set(), None
             self._scheduled = False
         # each step on its own: a log that cannot be erased must not stop the appends nor the
-        # retention of this shard's own log, nor a failed trim undo an erasure that was done
+        # retention of this shard's own log, nor a failed trim undo an erasure that was done.
+        # Erasures first: the entries of this write came after them (submit), so a record the
+        # customer makes after its ForgetCustomer is kept. Those that failed are tried again
+        # with the next trim: every write would re-read a log that keeps failing, and warn of it
+        if forget or trim:
+            self._erase(forget, retry=trim is not None)
         if entries and self._tried(f"{len(entries)} records lost",
                                    lambda: self._own().append(entries)):
             self._counts["decision_log_records"] += len(entries)
-        # erasures that failed are tried again with the next trim: every write would
-        # re-read a log that keeps failing, and warn of it
-        if forget or trim:
-            self._erase(forget, retry=trim is not None)
         if trim:
             self._tried("its retention is applied at the next trim",
                         lambda: self._own().trim(*trim))

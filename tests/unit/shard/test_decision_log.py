@@ -175,7 +175,8 @@ def test_the_background_writer_writes_in_order(compiled, tmp_path):
     s.process([decide("bob")])
     s.close()  # waits for the writer
     assert [d.customer_id for d in logged(store)[0]] == ["bob"]
-    assert s.counts["decision_log_records"] == 2 and s.counts["decision_log_erased"] == 1
+    # ana's record was still waiting for the writer: dropped, never written
+    assert s.counts["decision_log_records"] == 1 and s.counts["decision_log_erased"] == 0
 
 
 def test_a_writer_behind_by_its_bound_drops_new_records_and_counts_them(monkeypatch):
@@ -385,7 +386,8 @@ def test_a_log_that_cannot_be_erased_stops_neither_appends_nor_the_shards_retent
         monkeypatch, caplog):
     store, counts, writer, erasing = writer_beside_a_log_that_cannot_be_erased(monkeypatch)
     own = store.decision_log("s0")
-    writer.submit([(T0, "ana", b"1"), (T0, "bob", b"2")], {"ana"})
+    writer.submit([(T0, "ana", b"1"), (T0, "bob", b"2")], set())
+    writer.submit([], {"ana"})
     assert [e[1] for e in own.read(0, math.inf)] == ["bob"]  # erased where it could be
     assert "records lost" not in caplog.text and "erasing from gone-shard" in caplog.text
     writer.submit([(T0 + 5, "cy", b"3")], set())  # no trim: the erasure waits for one
@@ -409,6 +411,19 @@ def test_an_erasure_done_is_not_done_again_when_the_trim_after_it_fails(monkeypa
     writer.submit([(T0 + 5, "ana", b"she came back")], set(), (0.0, 1 << 30))
     assert [e[2] for e in own.read(0, math.inf)] == [b"she came back"]
     assert counts["decision_log_failures"] == 1 and counts["decision_log_erased"] == 1
+
+
+def test_a_record_made_after_the_forget_in_the_same_write_is_kept():
+    """The writer gathers rounds for a while before it writes: a record handed over before
+    the ForgetCustomer goes, one handed over after it stays (it is a new customer's)."""
+    store, counts = MemoryStore(shared=True), Counter()
+    writer = decisionlog.LogWriter(store, "s0", counts)
+    writer.in_background()
+    writer.submit([(T0, "ana", b"before the forget")], set())
+    writer.submit([(T0 + 1, "ana", b"after the forget")], {"ana"})
+    writer.written()
+    writer.close()
+    assert [e[2] for e in store.decision_log("s0").read(0, math.inf)] == [b"after the forget"]
 
 
 def test_an_export_reads_past_the_records_of_the_other_kind_without_unpacking_them(
