@@ -250,4 +250,5 @@ class ShardActor:
         return {**self._snapshot, "queued": self.host.queued,
                 "started": self.host.shard is not None, "incarnation": self.incarnation,
                 "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
-                "recovery": self.host.recovery, "model_adoptions": list(self.models.adoptions)}
+                "recovery": self.host.recovery, "model_adoptions": list(self.models.adoptions),
+                "model_deltas_dropped": self.models.dropped}
