@@ -45,10 +45,10 @@ class ShardEndpoints:
 
 
 def endpoint(host: str, node_address: str | None, port: int) -> str:
-    """host:port as clients reach it: a wildcard bind is reached at the node's address (""
-    while that is not known)."""
+    """host:port as clients reach it: a wildcard bind ("" too) is reached at the node's
+    address ("" while that is not known)."""
     with contextlib.suppress(ValueError):
-        if ipaddress.ip_address(host).is_unspecified:
+        if not host or ipaddress.ip_address(host).is_unspecified:
             if not node_address:
                 return ""
             host = node_address

@@ -290,3 +290,12 @@ def test_up_and_start_reach_ray_init(command, monkeypatch):
     with pytest.raises(Reached):
         cli._start_kairos(args, "127.0.0.1:1", None, consecutive=command == ["up"],
                           ray_wait_s=getattr(args, "ray_wait", None))
+
+
+@pytest.mark.parametrize("host, node, shown", [
+    ("127.0.0.1", "10.0.0.5", "127.0.0.1:50051"), ("0.0.0.0", "10.0.0.5", "10.0.0.5:50051"),
+    ("", "10.0.0.5", "10.0.0.5:50051"), ("::", "fd00::5", "[fd00::5]:50051"),
+    ("::1", "fd00::5", "[::1]:50051"), ("0.0.0.0", None, "")])
+def test_a_gateway_is_shown_where_it_is_reached(host, node, shown):
+    from kairos.cluster.control.endpoints import endpoint
+    assert endpoint(host, node, 50051) == shown
