@@ -81,13 +81,16 @@ def test_core_kinds_are_valid_kubernetes(overlay):
 
 
 @cache
-def raycluster_schema() -> dict:
+def raycluster_crd() -> dict:
     if not CRD.is_file():
         pytest.fail(f"the KubeRay CRD {CRD} is missing: the repository is checked out next to "
                     f"shared/ (shared/schemas/kuberay/README.md)")
-    crd = yaml.safe_load(CRD.read_text())
-    return next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"][
-        "openAPIV3Schema"]
+    return yaml.safe_load(CRD.read_text())
+
+
+def raycluster_schema() -> dict:
+    return next(v for v in raycluster_crd()["spec"]["versions"] if v["name"] == "v1")[
+        "schema"]["openAPIV3Schema"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -14,17 +14,16 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
 from tests.k8s import kuberay
 from kairos.cluster.cli.remote import TIMEOUT_S as STATUS_CALL_S
 
 from tests.k8s.test_manifests import (
-    CRD,
     OVERLAYS,
     containers,
     drain_deadline_s,
     kairos_metrics,
+    raycluster_crd,
     raycluster_schema,
 )
 from tests.support.manifests import K8S, REPO, env_of, head, objects, one, raycluster
@@ -116,8 +115,8 @@ def test_the_autoscaler_version_is_kuberays_to_pin(overlay):
 # -- disruption budgets ----------------------------------------------------------------------
 
 def crd_has_scale() -> bool:
-    crd = yaml.safe_load(CRD.read_text())
-    return any("scale" in (v.get("subresources") or {}) for v in crd["spec"]["versions"])
+    return any("scale" in (v.get("subresources") or {})
+               for v in raycluster_crd()["spec"]["versions"])
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
