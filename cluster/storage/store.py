@@ -49,8 +49,8 @@ import re
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 # a query parameter that carries a credential (password=, auth_token=, api_key=, ...)
-_PASSWORD_PARAM = re.compile(r"([?&][^=&#]*(?:password|passwd|token|secret|key|auth)[^=&#]*=)[^&#]*",
-                             re.IGNORECASE)
+_PASSWORD_PARAM = re.compile(
+    r"([?&][^=&#]*(?:password|passwd|token|secret|key|auth)[^=&#]*=)[^&#]*", re.IGNORECASE)
 
 
 class StoreUnavailable(Exception):
@@ -77,8 +77,9 @@ class StoreCorrupt(StoreUnavailable):
 
 def redact(url: str) -> str:
     """A store URL fit to print or log: its credentials (`user:password@`, `:password@`, a
-    a `password=`, `token=` or like parameter) shown as `***`, e.g. `redis://***@host:6379/0`. Whatever names a
-    store goes through this before it is printed, logged or put in an error message."""
+    `password=`, `token=` or like parameter) shown as `***`, e.g. `redis://***@host:6379/0`.
+    Whatever names a store goes through this before it is printed, logged or put in an error
+    message."""
     url = str(url)
     scheme, sep, rest = url.partition("://")
     if not sep:
