@@ -5,11 +5,13 @@ The `def` functions take the views and arrays, release the GIL and run `nogil` l
 memoryviews; no Python object is touched inside them. Semantics are defined by reference.py,
 which the property tests hold this module to.
 """
-from libc.math cimport cos, erfc, exp, fabs, floor, isfinite, log, log1p, pow, sqrt, \
+from libc.math cimport erfc, exp, fabs, floor, isfinite, log, log1p, pow, sqrt, \
     INFINITY, NAN, M_PI
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint64_t
 
 import numpy as np
+
+from .sampling import ZIGGURAT, ZIGGURAT_R as _ZIGGURAT_R
 
 IMPLEMENTATION = "cython"
 cdef double HISTORY_EPOCH_S = 1577836800.0  # state.HISTORY_EPOCH_S
@@ -17,6 +19,7 @@ cdef double PROBIT_SCALE2 = M_PI / 8.0  # models.PROBIT_SCALE2
 cdef double MILLS_ASYMPTOTIC = -35.0  # models.MILLS_ASYMPTOTIC
 cdef double SELECTION_TAIL = 6.0  # reference.SELECTION_TAIL
 cdef double MIN_RELATIVE_VARIANCE = 1e-12  # models.MIN_RELATIVE_VARIANCE
+cdef double ZIGGURAT_R = _ZIGGURAT_R
 
 OPCODES = {name: value for name, value in dict(
     CONST=OP_CONST, PROFILE=OP_PROFILE, CONTEXT=OP_CONTEXT, ACTION=OP_ACTION, NOW=OP_NOW,
@@ -274,7 +277,26 @@ cdef class Workspace:
 
 
 # -------------------------------------------------------------------------------------------
-# Random numbers: splitmix64 and Box-Muller, as models.SplitMix64 does them.
+# Random numbers: splitmix64 and the ziggurat's normals, as sampling.SplitMix64 draws them, from
+# its tables (sampling.ZIGGURAT), copied here once.
+
+cdef uint64_t _zig_k[256]
+cdef double _zig_w[256]
+cdef double _zig_f[256]
+
+
+cdef void _load_ziggurat(tables):
+    cdef Py_ssize_t i
+    if len(tables.k) != 256:
+        raise ValueError(f"a ziggurat of {len(tables.k)} layers; the kernel draws from 256")
+    for i in range(256):
+        _zig_k[i] = tables.k[i]
+        _zig_w[i] = tables.w[i]
+        _zig_f[i] = tables.f[i]
+
+
+_load_ziggurat(ZIGGURAT)
+
 
 cdef inline uint64_t _next_u64(uint64_t* state) noexcept nogil:
     state[0] += <uint64_t>0x9E3779B97F4A7C15
@@ -288,10 +310,38 @@ cdef inline double _uniform(uint64_t* state) noexcept nogil:
     return <double>(_next_u64(state) >> 11) * (1.0 / 9007199254740992.0)
 
 
+cdef inline double _density(double x) noexcept nogil:
+    return exp(-0.5 * x * x)
+
+
 cdef inline double _normal(uint64_t* state) noexcept nogil:
-    cdef double u1 = 1.0 - _uniform(state)
-    cdef double u2 = _uniform(state)
-    return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2)
+    cdef uint64_t r, bits
+    cdef int layer
+    cdef bint negative
+    cdef double x
+    while True:
+        r = _next_u64(state)
+        layer = <int>(r & 0xFF)
+        negative = (r >> 8) & 1
+        bits = (r >> 9) & <uint64_t>0x000FFFFFFFFFFFFF
+        x = <double>bits * _zig_w[layer]
+        if negative:
+            x = -x
+        if bits < _zig_k[layer]:
+            return x
+        if layer == 0:
+            return _tail(state, negative)
+        if (_zig_f[layer - 1] - _zig_f[layer]) * _uniform(state) + _zig_f[layer] < _density(x):
+            return x
+
+
+cdef double _tail(uint64_t* state, bint negative) noexcept nogil:
+    cdef double xx, yy
+    while True:
+        xx = -(1.0 / ZIGGURAT_R) * log(1.0 - _uniform(state))
+        yy = -log(1.0 - _uniform(state))
+        if yy + yy > xx * xx:
+            return -(ZIGGURAT_R + xx) if negative else ZIGGURAT_R + xx
 
 
 cdef inline double _sigmoid(double z) noexcept nogil:
@@ -1114,6 +1164,18 @@ def decide(CatalogView cat, StateView st, ModelView mv, Workspace ws, const int6
         for i in range(n):
             _decide_one(cat, st, mv, ws, rows[i], channels[i], placements[i], &ctx[i, 0],
                         now[i], k_req[i], i)
+
+
+def normals(uint64_t seed, Py_ssize_t n):
+    """The first n standard normals the kernel draws from seed, as the twin's `normals`."""
+    out = np.empty(n)
+    cdef double[::1] view = out
+    cdef uint64_t state = seed
+    cdef Py_ssize_t i
+    with nogil:
+        for i in range(n):
+            view[i] = _normal(&state)
+    return out
 
 
 def decide_one(CatalogView cat, StateView st, ModelView mv, Workspace ws, int64_t row,

@@ -62,6 +62,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from .compiler import CompiledCatalog
+from .sampling import SplitMix64
 
 
 PROBIT_SCALE2 = math.pi / 8.0  # k^2 of the probit approximation sigmoid(z) ~ Phi(k z)
@@ -120,30 +121,6 @@ def one_example_step(z0: float, s: float, y: float) -> tuple[float, float]:
     c = t * math.sqrt(PROBIT_SCALE2 / (1.0 + PROBIT_SCALE2 * s))
     v, h, rest = mills_moments(c * z0)
     return c * v, PROBIT_SCALE2 * h / (1.0 + PROBIT_SCALE2 * s * rest)
-
-
-class SplitMix64:
-    """The kernels' random generator (splitmix64 and Box-Muller), in Python for the twin."""
-
-    MASK = (1 << 64) - 1
-
-    def __init__(self, seed: int):
-        self.state = seed & self.MASK
-
-    def next_u64(self) -> int:
-        self.state = (self.state + 0x9E3779B97F4A7C15) & self.MASK
-        z = self.state
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & self.MASK
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & self.MASK
-        return z ^ (z >> 31)
-
-    def uniform(self) -> float:
-        return (self.next_u64() >> 11) * (1.0 / 9007199254740992.0)
-
-    def normal(self) -> float:
-        u1 = 1.0 - self.uniform()  # in (0, 1]: log is finite
-        u2 = self.uniform()
-        return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
 
 
 class BayesianLogit:

@@ -13,7 +13,8 @@ import numpy as np
 from . import rules
 from .compiler import (CLOCK_SLOT, N_FACTORS, STAGE_VALUE, CompiledCatalog, Exploration,
                        Outcome, Reason, Teach, Transform, Update)
-from .models import SplitMix64, one_example_step, sigmoid, standardized
+from .models import one_example_step, sigmoid, standardized
+from .sampling import SplitMix64
 from .state import EMPTY, HISTORY_EPOCH_S, profile_view
 
 IMPLEMENTATION = "reference"
@@ -227,6 +228,12 @@ def decide(cat: CatalogView, st: StateView, mv: ModelView, ws: Workspace, rows, 
     for i in range(len(rows)):
         decide_one(cat, st, mv, ws, int(rows[i]), int(channels[i]), int(placements[i]), ctx[i],
                    float(now[i]), int(k_req[i]), i)
+
+
+def normals(seed: int, n: int) -> np.ndarray:
+    """The first n standard normals a kernel draws from seed."""
+    rng = SplitMix64(seed)
+    return np.array([rng.normal() for _ in range(n)], dtype=float)
 
 
 def decide_one(cat: CatalogView, st: StateView, mv: ModelView, ws: Workspace, row: int,

@@ -12,7 +12,7 @@ from kairos.core.compiler import Reason
 from kairos.core.rules import Op
 
 API = ("CatalogView", "StateView", "ModelView", "Workspace", "apply_events", "decide",
-       "decide_one", "predictors", "record_outcomes", "IMPLEMENTATION")
+       "decide_one", "normals", "predictors", "record_outcomes", "IMPLEMENTATION")
 
 
 @pytest.mark.parametrize("name", API)

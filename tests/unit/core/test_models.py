@@ -14,7 +14,8 @@ from kairos.core import models, reference
 from kairos.core.catalog import default_catalog_text
 from kairos.core.compiler import compiled_from_text
 from kairos.core.errors import CatalogError
-from kairos.core.models import BayesianLogit, ModelRemap, ModelTable, SplitMix64
+from kairos.core.models import BayesianLogit, ModelRemap, ModelTable
+from kairos.core.sampling import SplitMix64
 
 
 def test_docstring_examples():
