@@ -102,13 +102,17 @@ class Sampler(threading.Thread):
                     threads[str(proc.pid)] = _thread_names(proc)
             except psutil.Error:
                 continue
-        sample = {"t_s": round(time.monotonic() - self._t0, 1), "processes": len(threads),
+        sample = {"t_s": round(self.elapsed(), 1), "processes": len(threads),
                   "rss_mib": round(rss / 2**20, 1), "fds": fds,
                   "threads": sum(sum(t.values()) for t in threads.values()),
                   "memos": _memos()}
         if threads != self._threads:
             sample["thread_names"] = self._threads = threads
         return sample
+
+    def elapsed(self) -> float:
+        """Seconds on the samples' clock (their `t_s`)."""
+        return time.monotonic() - self._t0
 
     def stop(self) -> None:
         self._done.set()
@@ -200,8 +204,11 @@ def _pace(steps: list[dict[str, Any]], warm_s: float) -> dict[str, Any]:
 
 
 def _step_starts(steps: list[dict[str, Any]]) -> list[float]:
-    """When each step began, in seconds from the first: steps run back to back, each as long
-    as its sends took at its offered rate (the files do not record when a step began)."""
+    """When each step began, on the samples' clock, as the run recorded it; for files from
+    before it did, estimated: steps back to back from 0, each as long as its sends took at
+    its offered rate (which leaves out the time between steps)."""
+    if steps and all("started_s" in step for step in steps):
+        return [step["started_s"] for step in steps]
     starts, t = [], 0.0
     for step in steps:
         starts.append(t)
@@ -332,8 +339,10 @@ def main(argv: list[str] | None = None) -> int:
             sampler.start()
             started = time.monotonic()
             while (left := total_s - (time.monotonic() - started)) > 1.0:
+                step_started = round(sampler.elapsed(), 1)
                 steps.append(pool.run(Step(system.target, "journey", args.rate, 0.0,
                                            min(step_s, left), args.customers, len(steps) + 1)))
+                steps[-1]["started_s"] = step_started
             sampler.stop()
     finally:
         pool.close()

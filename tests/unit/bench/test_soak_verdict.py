@@ -37,3 +37,26 @@ def test_any_other_thread_added_is_growth():
     run = samples([4] * 40, [20] * 20 + [21] * 20)
     checks = verdict(run, 0.0, STEPS)["checks"]
     assert not checks["threads_flat"] and checks["grpc_pool_settled"]
+
+
+def paced_steps(p99_ms: list[float], starts: list[float] | None) -> list[dict]:
+    steps = [{"sent": 600, "offered_rate": 10.0,
+              "kinds": {"decide": {"p99_ms": v, "errors": {}, "fallbacks": 0}},
+              "generator": {"behind": False}} for v in p99_ms]
+    for step, start in zip(steps, starts or []):
+        step["started_s"] = start
+    return steps
+
+
+def test_the_pace_check_counts_steps_from_when_they_began():
+    # a 60 s step every 200 s (the run paused between them): the slow step began at 400 s,
+    # before the warm-up ended at 500 s, though back to back it would seem to start at 120 s
+    p99 = [5.0, 5.0, 5.0, 40.0, 6.0]
+    run = samples([4] * 70, [20] * 70)
+    recorded = verdict(run, 500.0, paced_steps(p99, [0.0, 200.0, 300.0, 400.0, 600.0]))
+    assert recorded["p99_worst_ms"] == 6.0
+    assert recorded["checks"]["p99_within_3x_first_steps"]
+    # files from before the starts were recorded: estimated back to back, 60 s each
+    estimated = verdict(run, 150.0, paced_steps(p99, None))
+    assert estimated["p99_worst_ms"] == 40.0
+    assert not estimated["checks"]["p99_within_3x_first_steps"]
