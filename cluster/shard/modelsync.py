@@ -14,9 +14,10 @@ is logged) may still have merged: the call may have run late, or the learner mer
 before answering. So its delta goes again at the next interval as itself, known to the
 learner by its origin (this shard, this process's random incarnation, a sequence number), and
 a delta the learner took before is answered, not merged again; what the shard learns
-meanwhile waits in its models and goes as the next delta. Unless the catalog
-switched meanwhile: its rows mean something else then, and it stays only in this shard's
-models.
+meanwhile waits in its models and goes as the next delta. Should the catalog switch
+meanwhile, it still goes as itself, under the catalog version it was learnt with: the learner
+places its rows in the running catalog's layout (control/learner.py `_carried`; one learnt
+more than REMAPS_KEPT versions ago is dropped there, and counted).
 
 Only learning the journal made durable is sent: a round is applied (and learnt from) before
 the sync that lets it be answered finishes, and should that sync fail its client is told
@@ -159,18 +160,15 @@ class ModelSync:
             self.adopt(engine, published)
 
     def take(self, engine: DecisionEngine) -> tuple[str, ModelDelta | None, int]:
-        """The engine's catalog version, the delta to send (None if nothing) and the model
-        version the engine has. The delta is an unsent sync's, as it was (the learner may have
-        merged it), else what the engine learnt since the last take up to the latest journal
-        sync that covered it, numbered next."""
+        """The catalog version of the delta to send (the engine's when there is none), the
+        delta (None if nothing) and the model version the engine has. The delta is an unsent
+        sync's, as it was and under the catalog version it was learnt with (the learner may
+        have merged it), else what the engine learnt since the last take up to the latest
+        journal sync that covered it, numbered next."""
         version, known = engine.compiled.version, engine.models.version
         if self._outbox is not None:
-            unsent_version, unsent = self._outbox
-            self._outbox = None
-            if unsent_version == version:
-                return version, unsent, known
-            log.warning("%s: model learning from before the switch to catalog %s could not "
-                        "reach the learner and is kept only here", self.name, version)
+            (unsent_version, unsent), self._outbox = self._outbox, None
+            return unsent_version, unsent, known
         delta = engine.models.take_synced()
         if delta is None or not delta.learned():
             return version, None, known

@@ -314,3 +314,42 @@ def test_a_delta_the_learner_always_fails_on_is_dropped_and_later_learning_goes(
         # the later learning (a reject), not the dropped delta's accept
         assert learner.merged == 1 and learner.models.positives.sum() == 0
     asyncio.run(main())
+
+
+def test_a_delta_unsent_at_a_catalog_switch_reaches_the_learner_in_the_new_layout(compiled):
+    doc = yaml.safe_load(default_catalog_text())
+    doc["version"], doc["actions"] = "reordered", doc["actions"][::-1]  # every row moves
+    text = yaml.safe_dump(doc, sort_keys=False)
+    learner, counted, sync = setting(compiled)
+    s = shard_that_learned(compiled)
+
+    async def main():
+        counted.down = True
+        await sync.step(lambda: s.engine, lambda: counted)  # the learner is restarting
+        assert learner.merged == 0
+        counted.down = False
+        learner.switch(text)
+        switched = Shard("s0", compiled_from_text(text), range(N_PARTITIONS), N_PARTITIONS)
+        await sync.step(lambda: switched.engine, lambda: counted)
+        new = learner.compiled
+        row = new.model_index(new.action_index["service_menu"], new.channel_index["web"])
+        assert learner.merged == 1 and learner.models.positives[row] == 1
+        assert learner.models.positives.sum() == 1
+        assert switched.engine.models.version == learner.version  # the answer adopted
+    asyncio.run(main())
+
+
+def test_a_delta_merged_before_a_switch_is_not_merged_again_after_it(compiled):
+    learner, counted, sync = setting(compiled)
+    s = shard_that_learned(compiled)
+
+    async def main():
+        counted.answers_lost = 1
+        await sync.step(lambda: s.engine, lambda: counted)  # merged; the answer lost
+        learner.switch(catalog("v2"))
+        switched = Shard("s0", compiled_from_text(catalog("v2")), range(N_PARTITIONS),
+                         N_PARTITIONS)
+        await sync.step(lambda: switched.engine, lambda: counted)  # again, as itself
+        assert learner.merged == 1 and learner.models.positives.sum() == 1
+        assert learner.repeated == 1
+    asyncio.run(main())
