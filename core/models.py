@@ -494,6 +494,17 @@ class ModelTable:
         self.merge(unsent)
         self._mark_as(unsent)
 
+    def take_rows(self, other: "ModelTable", rows: np.ndarray) -> None:
+        """Another table's models (of the same catalog layout) at `rows`, in place of these,
+        as learnt: not pending, as they were sent where they were learnt."""
+        for name in ("mean", "precision", *COUNTS):
+            getattr(self, name)[rows] = getattr(other, name)[rows]
+        self._refresh()
+        now = self._now()
+        for name in DELTA_STATS:
+            if name != "inputs":  # per predictor, not per model
+                getattr(self._taken, name)[rows] = getattr(now, name)[rows]
+
     def _mark_as(self, unsent: ModelDelta) -> None:
         """After adopt the unsent learning is still pending: move the mark back before it."""
         self._taken = ModelDelta(*(getattr(self._taken, name) - getattr(unsent, name)

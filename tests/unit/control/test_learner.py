@@ -498,3 +498,53 @@ def test_the_shards_remembered_are_bounded(monkeypatch):
     learner.sequences[("s0", "b")] = (1, time.time() - learner_module.SENDERS_KEPT_S - 1)
     learner.sync(c.version, sent(learned(c, 3, 1), "d", 1), -1)
     assert set(learner.sequences) == {("s0", "c"), ("s0", "d")}
+
+
+def without_first_action(version: str) -> tuple[str, str]:
+    """The default catalog under `version` without its first action; and that action's id."""
+    doc = yaml.safe_load(default_catalog_text())
+    doc["version"] = version
+    removed = doc["actions"].pop(0)
+    return yaml.safe_dump(doc, sort_keys=False), removed["id"]
+
+
+@pytest.mark.parametrize("back_to", ["rollback", "a later version"])
+def test_an_action_taken_out_and_put_back_goes_on_from_what_it_learnt(back_to):
+    c = default_compiled()
+    learner = Learner(c)
+    text_b, removed = without_first_action("B")
+    web = c.channel_index["web"]
+    row = c.model_index(c.action_index[removed], web)
+    kept_row = c.model_index(c.action_index[removed] + 1, web)
+    delta = learned(c, row, 7) + learned(c, kept_row, 2)
+    learner.sync(c.version, delta, -1)
+    before = learner.models.mean[row].copy(), learner.models.precision[row].copy()
+    learner.switch(text_b)
+    b = learner.compiled
+    learner.sync(b.version, learned(b, b.model_index(0, web), 1), -1)  # B learns on
+    learner.switch(default_catalog_text() if back_to == "rollback" else catalog("C"))
+    now = learner.compiled
+    back = now.model_index(now.action_index[removed], web)
+    assert learner.models.positives[back] == 7
+    # through the covariance and back (a remap carries the posterior's marginal)
+    assert np.allclose(learner.models.mean[back], before[0], rtol=1e-9, atol=1e-12)
+    assert np.allclose(learner.models.precision[back], before[1], rtol=1e-9)
+    # not pending: the learner's own table sends nothing, and the rows B kept are B's
+    assert not learner.models.pending().positives.any()
+    assert learner.models.positives[now.model_index(now.action_index[removed] + 1, web)] == 3
+    published = learner.published(-1)
+    assert published.positives[back] == 7  # what the shards adopt
+
+
+def test_an_action_new_to_every_catalog_run_still_starts_from_its_group():
+    c = default_compiled()
+    learner = Learner(c)
+    text_b, removed = without_first_action("B")
+    learner.switch(text_b)  # learnt nothing for it: nothing to bring back
+    learner.switch(catalog("C"))
+    now = learner.compiled
+    fresh = ModelRemap(compiled_from_text(text_b), now).table(ModelTable(
+        compiled_from_text(text_b)))
+    row = now.model_index(now.action_index[removed], now.channel_index["web"])
+    assert learner.models.positives[row] == 0
+    assert np.array_equal(learner.models.mean[row], fresh.mean[row])
