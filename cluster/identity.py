@@ -10,7 +10,10 @@ Linking an alias to a customer runs in four steps, each idempotent, so a retried
 exactly once (see KairosClient.link):
 
 0. the customer's shard notes the alias as the customer's (Claim), before anything points at
-   the customer, so a forget that comes between any two later steps knows the alias;
+   the customer, so a forget that comes between any two later steps knows the alias. The note
+   is kept in the directory's share of the customer's partition, not in the customer's home:
+   a forget must find it when the home is damaged, and a customer nobody has seen gets no
+   profile from a link that is refused;
 1. the alias's directory shard points the alias at the customer (new requests go there);
 2. the anonymous profile's shard hands its state over and leaves a redirect, so requests
    already on their way to the anonymous id follow it to the customer;
@@ -19,7 +22,9 @@ exactly once (see KairosClient.link):
 Forgetting a customer is a saga too (KairosClient.forget): the customer's shard erases it,
 keeps the aliases it had (Claimed or linked) until the saga completes, and buries each of its
 links; then each alias is retired (unlinked and its link buried) on its directory shard and
-its anonymous profile forgotten (its link buried there too); last, Bury drops the alias list.
+its anonymous profile forgotten (its link buried there too), unless the alias names another
+customer (a link of it lost to that customer's: the profile and its redirect are the other
+customer's); last, Bury drops the alias list.
 A buried link refuses every step of that link for TOMBSTONE_S, wherever it arrives, so a step
 of a link that began before the forget cannot re-create the customer or its alias. The
 tombstones keep only fingerprints (a hash) of the link ids, so the erased ids are not kept.
@@ -46,6 +51,8 @@ REDIRECTS_PER_PARTITION = 4096  # recent settled links whose anonymous ids still
 # Take and Settle leaves one behind; past this many in a partition, the oldest is dropped and
 # logged as an error (a bound on memory, four times the settled redirects').
 UNSETTLED_PER_PARTITION = 16384
+# What Retire answers for an alias that names a customer other than the one forgotten
+NAMES_ANOTHER = "names another"
 
 log = logging.getLogger("kairos.shard")
 
@@ -106,6 +113,17 @@ class Directory:
         self.forgotten: dict[int, OrderedDict[str, float]] = {}
         # partition -> customer being forgotten -> its aliases, until its forget completes
         self.forgetting: dict[int, OrderedDict[str, list[str]]] = {}
+        # partition -> customer -> the aliases its links claimed, until it is forgotten
+        self.claimed: dict[int, dict[str, list[str]]] = {}
+
+    def claim(self, partition: int, customer_id: str, key: str) -> None:
+        mine = self.claimed.setdefault(partition, {}).setdefault(customer_id, [])
+        if key not in mine:
+            mine.append(key)
+
+    def drop_claims(self, partition: int, customer_id: str) -> list[str]:
+        """The aliases the customer's links claimed, no longer noted here."""
+        return self.claimed.get(partition, {}).pop(customer_id, [])
 
     def resolve(self, partition: int, key: str) -> str:
         return self.aliases.get(partition, {}).get(key) or anonymous_id(key)
@@ -214,7 +232,8 @@ class Directory:
                 "buried": {p: list(self.buried.get(p, {}).items()) for p in partitions},
                 "forgotten": {p: list(self.forgotten.get(p, {}).items()) for p in partitions},
                 "forgetting": {p: list(self.forgetting.get(p, {}).items())
-                               for p in partitions}}
+                               for p in partitions},
+                "claimed": {p: self.claimed.get(p, {}) for p in partitions}}
 
     def load(self, payload: dict[str, Any]) -> None:
         for p, aliases in payload["aliases"].items():
@@ -230,6 +249,10 @@ class Directory:
         for p, forgetting in payload.get("forgetting", {}).items():
             for customer_id, aliases in forgetting:
                 self.start_forget(int(p), customer_id, aliases)
+        for p, claimed in payload.get("claimed", {}).items():
+            for customer_id, keys in claimed.items():
+                for key in keys:
+                    self.claim(int(p), customer_id, key)
 
     def drop(self, partitions: Iterable[int]) -> None:
         for p in partitions:
@@ -237,6 +260,7 @@ class Directory:
             self.buried.pop(p, None)
             self.forgotten.pop(p, None)
             self.forgetting.pop(p, None)
+            self.claimed.pop(p, None)
             self._settled.pop(p, None)
             for anonymous in self.redirects.pop(p, {}):
                 self._redirected.pop(anonymous, None)

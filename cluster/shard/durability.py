@@ -258,7 +258,9 @@ class Durability:
         for lsn, record in chunk:
             # not in a snapshot yet: the journal must keep it
             journaling.mark_dirty(record.partition, lsn, self._ctx.clock())
-            if record.kind in STAMPED:
+            # a claim is noted in the directory, not in the customer's home, whatever the
+            # home holds or whether it can be read
+            if record.kind in STAMPED and record.kind != "claim":
                 damaged = self._residency.probe(record.customer_id, record.partition)
                 if damaged is not None and record.kind != "forget":
                     continue  # not applied over nothing (a forget is: it deletes the home)

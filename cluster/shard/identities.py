@@ -2,10 +2,11 @@
 of forgetting a customer (see cluster/identity.py for both sagas and the Directory).
 
 The directory (this shard's share of it) answers Resolve, Link, Unlink and Retire for the
-aliases of its partitions. A link's Claim notes the alias on the customer; Take hands an
+aliases of its partitions. A link's Claim notes the alias as the customer's in the directory's
+share of the customer's partition (identity.py: readable when its home is not); Take hands an
 anonymous customer's state over and leaves a redirect (requests still on their way to the
 anonymous id answer MERGED); Merge folds the state into the customer once per link id; Settle
-drops the state the redirect kept for retries. Each customer remembers its aliases and the
+drops the state the redirect kept for retries. Each customer remembers the aliases and the
 links merged into it (`CustomerIdentities`), in its block, so a retried link merges once even
 after the customer moved or was passivated. Every link step is refused (CONFLICT) once its
 link is buried by a forget. A forget also buries the customer itself
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kairos.cluster.identity import Directory, link_id
+from kairos.cluster.identity import NAMES_ANOTHER, Directory, anonymous_id, link_id
 from kairos.cluster.protocol import (Bury, Claim, Conflict, Forget, Forgotten, Link, Merge, Ok,
                                      Reply, Resolve, Retire, Settle, Take, Unavailable, Unlink)
 from kairos.cluster.shard.decisionlog import DecisionLog
@@ -27,7 +28,8 @@ from kairos.cluster.shard.residency import HomeDamaged, Residency
 from kairos.cluster.storage import blocks
 
 class CustomerIdentities:
-    """Per resident customer: the aliases linked to it and the links merged into it."""
+    """Per resident customer: the aliases merged into it and the links that merged them
+    (blocks written before Claims were noted in the directory also hold aliases claimed)."""
 
     def __init__(self) -> None:
         self._of: dict[str, dict[str, list[str]]] = {}
@@ -81,12 +83,14 @@ class IdentityRequests:
         return [Ok(value=self._directory.resolve(r.partition, r.key)) for r in batch]
 
     def claim(self, batch: list[Claim], touched: dict[str, float]) -> list[Reply]:
-        """Step 0: note the alias on the customer, so a forget finds it from here on."""
+        """Step 0: note the alias as the customer's, so a forget finds it from here on. The
+        customer is not made resident: a link refused at step 1 leaves it no profile."""
         replies: list[Reply] = []
         for r in batch:
-            if not self._customer_step(r, replies):
+            if self._buried(r.partition, r.link):
+                replies.append(_refused(r.customer_id))
                 continue
-            self._identities.claim(r.customer_id, r.key)
+            self._directory.claim(r.partition, r.customer_id, r.key)
             self._journaling.record(r)
             replies.append(Ok())
         return replies
@@ -119,11 +123,19 @@ class IdentityRequests:
 
     def retire(self, batch: list[Retire], touched: dict[str, float]) -> list[Reply]:
         """A forget's step: unlink the alias from the forgotten customer and bury the link,
-        so its step 1, arriving late, is refused; whether the alias named the customer."""
+        so its step 1, arriving late, is refused; whether the alias named the customer, or
+        NAMES_ANOTHER: a link of it to another customer won, and its anonymous profile (or
+        the redirect and state it handed over) is that customer's, not to be erased."""
         replies: list[Reply] = []
         now = self._ctx.clock()
         for r in batch:
-            replies.append(Ok(value=self._directory.unlink(r.partition, r.key, r.customer_id)))
+            p, key = r.partition, r.key
+            if self._directory.unlink(p, key, r.customer_id):
+                replies.append(Ok(value=True))
+            elif self._directory.resolve(p, key) == anonymous_id(key):
+                replies.append(Ok(value=False))
+            else:
+                replies.append(Ok(value=NAMES_ANOTHER))
             self._directory.bury(r.partition, link_id(r.key, r.customer_id), now)
             self._journaling.record(r)
             self._journaling.erase_later(r.partition, r.customer_id)
@@ -207,8 +219,9 @@ class IdentityRequests:
                 self._residency.timers.woke(p, customer_id)  # and its timers with it
             aliases: list[str] = []
             if r.link is None:
-                aliases = self._directory.start_forget(p, customer_id,
-                                                       self._identities.aliases(customer_id))
+                aliases = self._directory.start_forget(
+                    p, customer_id, [*self._directory.drop_claims(p, customer_id),
+                                     *self._identities.aliases(customer_id)])
             if resident:
                 self._residency.evict(customer_id, p)
             # nothing is decided or pushed for it after the round, which would bring it back
@@ -217,7 +230,10 @@ class IdentityRequests:
                 self._journaling.delete_later(p, customer_id)
             self._ctx.engine.forget(customer_id)
             self._decision_log.forget(customer_id)  # replayed too: an erasure a crash cut
-            if self._directory.redirect_of(customer_id) is not None:
+            redirect = self._directory.handed_over(p, customer_id)
+            # a forgotten customer's alias's redirect is dropped only if that customer's link
+            # left it: one of another customer's link (which won the alias) is that one's
+            if redirect is not None and r.link in (None, redirect[1]):
                 self._directory.drop_redirect(p, customer_id)  # with the state it handed over
                 existed = True
             for link in [link_id(key, customer_id) for key in aliases] + [r.link]:
@@ -241,7 +257,7 @@ class IdentityRequests:
                 self._journaling.erase_later(r.partition, r.customer_id)
         return [Ok()] * len(batch)
 
-    def _customer_step(self, r: Claim | Merge, replies: list[Reply]) -> bool:
+    def _customer_step(self, r: Merge, replies: list[Reply]) -> bool:
         """Whether a link's step on its customer goes on (the customer is then resident);
         a step of a buried link is answered refused."""
         if self._buried(r.partition, r.link):

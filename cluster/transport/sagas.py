@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import AsyncIterator
 
-from kairos.cluster.identity import alias_key, anonymous_id, check_linkable, link_id
+from kairos.cluster.identity import (NAMES_ANOTHER, alias_key, anonymous_id, check_linkable,
+                                     link_id)
 from kairos.cluster.protocol import Bury, Claim, Forget, Link, Merge, Resolve, Retire, Settle, Take
 
 
@@ -31,8 +32,10 @@ class IdentitySagas:
         forgotten = await self._ask(Forget(customer_id=customer_id))
         yield forgotten.existed
         for key in forgotten.aliases or ():
-            await self._ask(Retire(key=key, customer_id=customer_id))
+            retired = await self._value(Retire(key=key, customer_id=customer_id))
             yield False
+            if retired == NAMES_ANOTHER:  # its link lost the alias: the profile is the winner's
+                continue
             yield (await self._ask(Forget(customer_id=anonymous_id(key),
                                           link=link_id(key, customer_id)))).existed
         await self._ask(Bury(customer_id=customer_id))
@@ -61,6 +64,14 @@ class IdentitySagas:
         interleave them with a forget's): whether a profile merged, so far."""
         check_linkable(customer_id)
         link, anonymous = link_id(key, customer_id), anonymous_id(key)
+        if await self.resolve_key(key) not in (customer_id, anonymous):
+            # refused before the Claim: a claim of an alias that another customer won would
+            # stay noted on this customer, and forgetting this one would then erase the
+            # alias's anonymous profile once that other customer is forgotten (a link that loses
+            # a race to another one is refused at step 1: its claim then stays)
+            from kairos.cluster.transport.client import Conflict  # client.py imports this
+            raise Conflict(f"alias {key!r} is linked to another customer; forget that "
+                           f"customer (or the alias) first")
         await self._ask(Claim(customer_id=customer_id, key=key, link=link))
         yield False
         await self._ask(Link(key=key, customer_id=customer_id))

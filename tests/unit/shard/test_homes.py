@@ -5,14 +5,16 @@ from __future__ import annotations
 import hashlib
 
 import msgpack
+import pytest
 
-from kairos.cluster.protocol import INVALID, Unavailable
+from kairos.cluster.identity import alias_key, anonymous_id, link_id
+from kairos.cluster.protocol import INVALID, Claim, Link, Ok, Retire, Unavailable
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage import blocks
 from kairos.cluster.storage.directory_store import DirectoryStore
 from kairos.cluster.storage.sealed import DIGEST, MAGIC
-from tests.unit.shard.test_shard import (N_PARTITIONS, T0, Clock, event, forget, outcome, p_of,
-                                        profile, shard)
+from tests.unit.shard.test_shard import (N_PARTITIONS, T0, Clock, event, forget, merge, outcome,
+                                        p_of, profile, shard, take)
 
 
 def home_file(tmp_path, customer: str):
@@ -61,11 +63,33 @@ def damage(tmp_path, customer: str) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_a_customer_whose_home_is_damaged_is_forgotten_all_the_same(compiled, tmp_path):
+@pytest.mark.parametrize("snapshotted", [True, False])
+def test_a_customer_whose_home_is_damaged_is_forgotten_all_the_same(compiled, tmp_path,
+                                                                    snapshotted):
+    """Its aliases too: the home that cannot be read held them, and the forget must still
+    retire them, or the alias would keep naming the forgotten id (and traffic under it would
+    build a profile under that id again); after a restart too, the link's claim recovered
+    from the partition's snapshot or replayed from the journal."""
     s, clock = passivated(compiled, tmp_path, "ana", "bob")
+    key = alias_key("email", "ana@example.com")
+    link = link_id(key, "ana")
+    s.process([Claim(partition=p_of("ana"), customer_id="ana", key=key, link=link),
+               Link(partition=p_of(key), key=key, customer_id="ana"),
+               take(anonymous_id(key), link, "ana"), merge("ana", link, key, None)])
+    s.passivate(clock.now + 10**7)
+    if snapshotted:
+        s.snapshot()
+    s.close()
     damage(tmp_path, "ana")
+    s = Shard(s.name, compiled, list(s.owned), N_PARTITIONS, store=DirectoryStore(tmp_path),
+              clock=clock)
+    s.recover()
     replies, _ = s.process([forget("ana"), event("bob", "page_view", T0 + 1, category="home")])
     assert replies[0].existed and replies[1].status == "ok"
+    assert replies[0].aliases == [key]
+    retired, _ = s.process([Retire(partition=p_of(key), key=key, customer_id="ana")])
+    assert retired == [Ok(value=True)]
+    assert s.directory.resolve(p_of(key), key) == anonymous_id(key)
     s.tick()  # the forget is durable: its home goes
     assert not home_file(tmp_path, "ana").exists()
 
