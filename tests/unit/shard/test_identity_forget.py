@@ -304,6 +304,7 @@ def left_in_memory(shards: list[Shard], ids: set[str]) -> list[str]:
                           for x in (a, v[0])},
             "forgetting": {x for m in d.forgetting.values() for c, v in m.items()
                            for x in [c, *v]},
+            "claimed": {x for m in d.claimed.values() for c, v in m.items() for x in [c, *v]},
             "memo": {m.customer_id for m in s.engine._remembered.values()},
             "watches": set(s.watches.by_customer) | set(s.watches.shown) | {
                 x for m in s.watches.by_customer.values() for ids in m.values() for x in ids},
@@ -317,11 +318,14 @@ def left_in_memory(shards: list[Shard], ids: set[str]) -> list[str]:
 def test_every_interleaving_of_a_link_and_a_forget_leaves_nothing_of_the_customer(tmp_path):
     """For every interleaving of the steps of one link (alias -> customer, with an anonymous
     profile that has a home; both watched) and one forget of the customer, then a retried
-    forget: nothing of the customer or its alias stays in memory (watches included) or in the
-    store (homes, snapshots, journals, after the erase tick), and a late retry of the link
-    re-creates nothing. In a quarter of the schedules each, the first forget's client dies
-    after its first, second or third step, so only the retry can finish it. Schedules run side
-    by side, each on its own customer (so the shards' rounds batch their fsyncs)."""
+    forget: a forget that finished after the link's Claim left nothing of the customer, its
+    alias or the alias's profile even before the retry (a late step re-creating it is caught
+    there, where the retry would erase it again); after the retry, nothing of the customer or
+    its alias stays in memory (watches included) or in the store (homes, snapshots, journals,
+    after the erase tick), and a late retry of the link re-creates nothing. In a quarter of
+    the schedules each, the first forget's client dies after its first, second or third step,
+    so only the retry can finish it. Schedules run side by side, each on its own customer (so
+    the shards' rounds batch their fsyncs)."""
     backend = LocalBackend()
     backend.store = DirectoryStore(tmp_path)
     orders = schedules()
@@ -343,6 +347,11 @@ def test_every_interleaving_of_a_link_and_a_forget_leaves_nothing_of_the_custome
                 s.passivate(s.ctx.clock() + 10**6)  # every profile has a home
             await asyncio.gather(*(interleave(client, order, k, c, cut)
                                    for order, k, c, cut in cases))
+            # a forget that finished after the link's Claim left nothing, before any retry
+            done = [(k, c) for order, k, c, cut in cases if cut is None and order[0] == "L"]
+            left = left_in_memory(shards(), {x for k, c in done for x in (c, k, anonymous_id(k))})
+            assert [x for x in left if " deletes: " not in x] == []  # homes go at the tick
+            assert [c for _, c in done if await client.profile(c) is not None] == []
             await asyncio.gather(*(client.forget(c) for _, _, c, _ in cases))  # the retry
             for s in shards():
                 s.tick()
