@@ -32,6 +32,8 @@ pack as plain arrays; this module carries them as such, and each end names them 
 order a sender's batches exactly as they did over Ray. A shard serves PLANE_CONNECTIONS
 connections at once (it closes more unread) and works on PLANE_INFLIGHT_CALLS calls per
 connection at once (past that it stops reading the connection: TCP pushes back on the sender).
+Either end drops a connection whose peer took nothing it wrote for PLANE_CALL_S, with the bytes
+not yet sent: a stopped process keeps its connections open and would hold them for good.
 """
 from __future__ import annotations
 
@@ -196,6 +198,16 @@ def _keepalive(writer: asyncio.StreamWriter) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
+def _close(writer: asyncio.StreamWriter) -> None:
+    """Close a connection, dropping what it has not sent yet: a plain close waits for a peer
+    that stopped reading to take it, which may be never, and keeps the socket and the bytes
+    meanwhile; an abort also wakes whatever waits in drain()."""
+    if writer.transport.get_write_buffer_size():
+        writer.transport.abort()
+    else:
+        writer.close()
+
+
 class _Refused(Exception):
     """A peer failed the handshake; the reason it is told."""
 
@@ -235,7 +247,7 @@ class PlaneServer:
             log.warning("data plane connection dropped: %s", exc)
         finally:
             self._serving.discard(writer)
-            writer.close()
+            _close(writer)
 
     async def _admitted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
                         ) -> bool:
@@ -297,7 +309,13 @@ class PlaneServer:
         try:
             if not writer.is_closing():
                 writer.write(frame)
-                await writer.drain()  # a peer that does not read holds its slots, not memory
+                # a peer that does not read holds its slots, not memory, and not for good
+                async with asyncio.timeout(PLANE_CALL_S):
+                    await writer.drain()
+        except TimeoutError:  # before OSError, which it is
+            log.warning("data plane connection dropped: its peer read no answer for %g s",
+                        PLANE_CALL_S)
+            _close(writer)
         except OSError:
             pass  # the connection went: its reader ends it
         finally:
@@ -308,7 +326,7 @@ class PlaneServer:
         if self._server is not None and self._server.done() and not self._server.exception():
             self._server.result().close()
         for writer in [*self._greeting, *self._serving]:
-            writer.close()
+            _close(writer)
 
 
 class PlaneConnection:
@@ -385,18 +403,21 @@ class PlaneConnection:
         future = self._pending[call] = asyncio.get_running_loop().create_future()
         self._writer.write(frame)
         try:
-            await self._writer.drain()
-        except OSError as exc:
-            self._pending.pop(call, None)
-            self._lost = True
-            raise PlaneClosed(f"the connection failed: {exc}") from exc
-        try:
+            # the write under the deadline too: a shard that stopped reading (kill -STOP, a
+            # blocked loop) would hold a call in drain() for good, and the calls behind it
             async with asyncio.timeout(PLANE_CALL_S):
+                await self._writer.drain()
                 return await future
-        except TimeoutError:
-            self._lost = True
-            self._writer.close()  # the reader fails every other call on it
-            raise PlaneClosed(f"the shard did not answer within {PLANE_CALL_S:g} s") from None
+        except TimeoutError:  # before OSError, which it is
+            failure = PlaneClosed(f"the shard did not answer within {PLANE_CALL_S:g} s")
+        except PlaneClosed:
+            raise
+        except OSError as exc:
+            failure = PlaneClosed(f"the connection failed: {exc}")
+        self._pending.pop(call, None)
+        self._lost = True
+        _close(self._writer)  # the reader fails every other call on it
+        raise failure
 
     async def _read(self) -> None:
         reason = "the shard closed the connection"
@@ -412,7 +433,7 @@ class PlaneConnection:
         except (OSError,) + _BAD_FRAME as exc:  # OSError: resets, timeouts
             reason = f"the connection failed: {exc}"
         finally:
-            self._writer.close()
+            _close(self._writer)
             self._lost |= bool(self._pending)
             for future in self._pending.values():
                 if not future.done():
@@ -420,7 +441,7 @@ class PlaneConnection:
             self._pending.clear()
 
     async def close(self) -> None:
-        self._writer.close()
+        _close(self._writer)
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)

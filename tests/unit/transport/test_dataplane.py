@@ -4,6 +4,7 @@ client finding a restarted shard (hostile traffic: test_dataplane_hostile.py).""
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import msgpack
 import numpy as np
@@ -345,6 +346,74 @@ def test_a_shard_that_never_answers_fails_its_calls_after_the_deadline(monkeypat
             await connection.call("s", 3, [("profile", 4, "c")], [1])
         wedged.set()
         await connection.close()
+        server.close()
+
+    asyncio.run(main())
+
+
+def _listening(rcvbuf: int) -> socket.socket:
+    """A socket listening on 127.0.0.1 whose connections take at most about `rcvbuf` bytes
+    that their process has not read (the kernel's default grows to megabytes)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+def test_a_shard_that_stopped_reading_fails_its_calls_after_the_deadline(monkeypatch):
+    """Review finding: a shard alive but not reading (kill -STOP, a blocked loop) and a batch
+    larger than the socket buffers held the call in drain() for good, outside PLANE_CALL_S,
+    and every call behind it; close() waited for the unsent bytes to flush, so the socket,
+    the bytes and the calls stayed."""
+    monkeypatch.setattr(dataplane, "PLANE_CALL_S", 0.3)
+    secret = b"s" * 32
+
+    async def wedged(reader, writer):  # greets, then never reads again
+        nonce = b"n" * dataplane.NONCE_BYTES
+        writer.write(dataplane._CHALLENGE.pack(dataplane.MAGIC, dataplane.PROTOCOL, nonce))
+        *_, client_nonce, _ = dataplane._RESPONSE.unpack(
+            await reader.readexactly(dataplane._RESPONSE.size))
+        writer.write(b"\x01" + dataplane._proof(secret, b"shard", nonce, client_nonce))
+        await asyncio.Event().wait()
+
+    async def main():
+        shard = await asyncio.start_server(wedged, sock=_listening(1 << 16))
+        connection = await PlaneConnection.open(*shard.sockets[0].getsockname(), secret)
+        started = asyncio.get_running_loop().time()
+        calls = [asyncio.ensure_future(connection.call("s", 0, [("event", "x" * (16 << 20))],
+                                                       [1])),
+                 asyncio.ensure_future(connection.call("s", 1, [("profile", 4, "c")], [1]))]
+        done, _ = await asyncio.wait(calls, timeout=5)
+        assert done == set(calls), "a call outlived PLANE_CALL_S"
+        assert all(isinstance(call.exception(), PlaneClosed) for call in calls)
+        assert asyncio.get_running_loop().time() - started < 3
+        await asyncio.wait_for(connection.close(), 2)
+        assert connection._writer.get_extra_info("socket").fileno() == -1
+        shard.close()
+
+    asyncio.run(main())
+
+
+def test_a_shard_drops_a_client_that_reads_no_answer_for_the_deadline(monkeypatch):
+    """Review finding: the shard's write of an answer had no deadline either: a client that
+    stopped reading held the connection, its slot and the unsent answer for good."""
+    monkeypatch.setattr(dataplane, "PLANE_CALL_S", 0.3)
+
+    async def large(session, seq, requests, routed):
+        return ["x" * (16 << 20)]
+
+    async def main():
+        server, address = await _served(large)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        sock.connect(address)
+        reader, writer = await asyncio.open_connection(sock=sock)
+        await PlaneConnection._handshake(reader, writer, server.secret)
+        writer.write(dataplane._pack([0, "s", 0, [("profile", 4, "c")], [1]]))
+        await until(lambda: server._serving, 5, "the client to be served")
+        await until(lambda: not server._serving, 3, "the shard to drop the client")
+        writer.close()
         server.close()
 
     asyncio.run(main())
