@@ -9,7 +9,8 @@ from typing import AsyncIterator
 
 from kairos.cluster.identity import (NAMES_ANOTHER, alias_key, anonymous_id, check_linkable,
                                      link_id)
-from kairos.cluster.protocol import Bury, Claim, Forget, Link, Merge, Resolve, Retire, Settle, Take
+from kairos.cluster.protocol import (Bury, Claim, Conflict, Forget, Link, Merge, Resolve, Retire,
+                                     Settle, Take)
 
 
 class IdentitySagas:
@@ -65,13 +66,13 @@ class IdentitySagas:
         check_linkable(customer_id)
         link, anonymous = link_id(key, customer_id), anonymous_id(key)
         if await self.resolve_key(key) not in (customer_id, anonymous):
-            # refused before the Claim: a claim of an alias that another customer won would
-            # stay noted on this customer, and forgetting this one would then erase the
-            # alias's anonymous profile once that other customer is forgotten (a link that loses
-            # a race to another one is refused at step 1: its claim then stays)
-            from kairos.cluster.transport.client import Conflict  # client.py imports this
-            raise Conflict(f"alias {key!r} is linked to another customer; forget that "
-                           f"customer (or the alias) first")
+            # refused before the Claim, which would stay noted on this customer: forgetting
+            # it would erase the alias's anonymous profile once the other customer is
+            # forgotten (a link that loses a race is refused at step 1, its claim noted);
+            # settled as step 1's refusal is, into client.py's Conflict
+            await self.settle(Link(key=key, customer_id=customer_id), Conflict(
+                reason=f"alias {key!r} is linked to another customer; forget that customer "
+                       f"(or the alias) first"))
         await self._ask(Claim(customer_id=customer_id, key=key, link=link))
         yield False
         await self._ask(Link(key=key, customer_id=customer_id))
