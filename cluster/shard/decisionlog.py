@@ -31,7 +31,9 @@ from the shard's log and from the logs of shards no longer live that it reads fo
 ForgetCustomer: `forget` drops the customer's records not yet written and has the writer
 erase its records from every log of the store (a shared store holds the logs of shards that
 owned the partition before), after writing what came before; a log whose erasure fails is
-erased again with the next trim, and holds up neither the appends nor the trim.
+erased again with the next trim, and holds up neither the appends nor the trim. Until an
+erasure is done, the partition snapshots name its customer (durability.py: `unerased`), so a
+restart asks for it again when the journal no longer holds the Forget that asked first.
 """
 from __future__ import annotations
 
@@ -119,6 +121,10 @@ class DecisionLog:
         self._forgotten.add(customer_id)
         self._entries = [e for e in self._entries if e[1] != customer_id]
 
+    def unerased(self) -> set[str]:
+        """The customers whose erasure from the logs is not done yet (or has failed)."""
+        return self._forgotten | self.writer.unerased()
+
     def flush(self) -> None:
         """Hand the round's records and erasures to the writer; forget the eligible actions of
         the round's decisions that were not logged (watched views whose best action stayed)."""
@@ -161,6 +167,7 @@ class LogWriter:
         # customers whose erasure failed, by log (None: every log, when the store could not
         # list them)
         self._erase_again: dict[str | None, set[str]] = {}
+        self._erasing: set[str] = set()  # the customers of the erasure under way
         self._pool: ThreadPoolExecutor | None = None
         self._scheduled = False
 
@@ -187,6 +194,10 @@ class LogWriter:
         else:
             self._pool.submit(self._write)
 
+    def unerased(self) -> set[str]:
+        with self._lock:
+            return self._forget | self._erasing | set().union(*self._erase_again.values())
+
     def written(self) -> None:
         """Wait until what was submitted before is written (blocking: call it on a thread)."""
         if self._pool is not None:
@@ -203,6 +214,7 @@ class LogWriter:
         with self._lock:
             entries, forget, trim = self._entries, self._forget, self._trim
             self._entries, self._forget, self._trim = [], set(), None
+            self._erasing = set(forget)
             self._scheduled = False
         # each step on its own: a log that cannot be erased must not stop the appends nor the
         # retention of this shard's own log, nor a failed trim undo an erasure that was done.
@@ -231,7 +243,8 @@ class LogWriter:
             again = self._erase_again if retry else {}
             if retry:
                 self._erase_again = {}
-        everywhere = forget | again.pop(None, set())
+            everywhere = forget | again.pop(None, set())
+            self._erasing = everywhere.union(*again.values())
         if not everywhere and not again:
             return
         listed: list[str] = []  # a log that failed before and is gone since holds nothing
@@ -247,6 +260,7 @@ class LogWriter:
         with self._lock:
             for name, ids in failed.items():
                 self._erase_again.setdefault(name, set()).update(ids)
+            self._erasing = set()
 
     def _count_erased(self, name: str, ids: set[str]) -> None:
         self._counts["decision_log_erased"] += self._store.decision_log(name).erase(ids)

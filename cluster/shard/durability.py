@@ -15,7 +15,9 @@ then the journal is rewritten without its records. The homes a Take or a Forget 
 deleted only once the journal holding that record is synced (`delete_homes`: at each tick,
 and before a snapshot or a handoff covers the record, so that replay need not ask again); a
 crash before then replays the record, which asks again. The directory's share in a snapshot
-carries the tombstones of forgotten customers' links (identity.py).
+carries the tombstones of forgotten customers' links (identity.py), and a snapshot names the
+customers whose decision-log erasure is not done yet (decisionlog.py), for recovery to ask
+again.
 
 Snapshots are sealed with a checksum (storage/sealed.py; format 2). A snapshot whose checksum
 fails, or whose block does not hold together, stops recovery with SnapshotCorrupt naming the
@@ -37,6 +39,7 @@ from kairos.cluster.protocol import (INVALID, STAMPED, Event, EventRecord, Recor
                                      Request, record_from, route_key)
 from kairos.cluster.settings import SNAPSHOT_BACKLOG
 from kairos.cluster.shard.context import ShardContext
+from kairos.cluster.shard.decisionlog import DecisionLog
 from kairos.cluster.shard.journaling import Journaling
 from kairos.cluster.shard.ownership import Ownership
 from kairos.cluster.shard.residency import Residency, checked_sleepers
@@ -53,9 +56,10 @@ SNAPSHOT_WRITE_BYTES = 64 << 20  # snapshots packed before they go to the store
 class Durability:
     def __init__(self, ctx: ShardContext, ownership: Ownership, residency: Residency,
                  directory: Directory, journaling: Journaling,
-                 apply: Callable[[list[Request]], list[Reply]]):
+                 apply: Callable[[list[Request]], list[Reply]], decision_log: DecisionLog):
         """`apply`: run requests through the shard's handlers (no commit, no pushes)."""
         self._ctx = ctx
+        self._decision_log = decision_log
         self._ownership = ownership
         self._residency = residency
         self._directory = directory
@@ -77,6 +81,11 @@ class Durability:
         # store makes the check and the write one step against fence_journal)
         journal.check_fence()
         lsn, snapshots, size, customers = journal.last_lsn, {}, 0, 0
+        # the snapshot covers the Forget records that asked for these erasures: they must be
+        # asked for again after a restart (the ids are kept only until the log is erased)
+        unerased: dict[int, list[str]] = {}
+        for customer_id in self._decision_log.unerased():
+            unerased.setdefault(self._ctx.partition_of(customer_id), []).append(customer_id)
         for i, p in enumerate(partitions):
             residents = self._residency.residents([p])
             customers += len(residents)
@@ -85,7 +94,8 @@ class Durability:
                 "lsn": lsn, "catalog": self._ctx.compiled.version,
                 "block": self._residency.export(residents),
                 "sleepers": self._residency.sleepers(p),
-                "directory": self._directory.export([p])}))
+                "directory": self._directory.export([p]),
+                "unerased": sorted(unerased.get(p, []))}))
             size += len(snapshots[p])
             if size >= SNAPSHOT_WRITE_BYTES or i == len(partitions) - 1:
                 # bounded: a shard is gigabytes
@@ -196,6 +206,8 @@ class Durability:
             self._residency.receive(snap["block"])
             self._residency.take_sleepers(p, snap["sleepers"])
             self._directory.load(snap["directory"])
+            for customer_id in snap.get("unerased", []):  # none in snapshots from before
+                self._decision_log.forget(customer_id)
             plans.setdefault(snap["journal"], {})[p] = snap["lsn"]
         replayed = 0
         for name, after in plans.items():

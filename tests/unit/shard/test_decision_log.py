@@ -454,3 +454,41 @@ def test_a_read_its_caller_no_longer_waits_for_stops(store):
         with pytest.raises(TimeoutError, match="past its caller's deadline"):
             decisionlog.read(store, ["s0"], query, time.monotonic() - 1)
     assert decisionlog.read(store, ["s0"], page, time.monotonic() + 60) == ([(T0, made)], False)
+
+
+def test_an_erasure_that_failed_is_asked_for_again_after_a_restart(compiled, tmp_path,
+                                                                   monkeypatch):
+    """The erasure failed once and waits in memory for the next trim; meanwhile the erase
+    tick snapshots the partition and compacts away the Forget record whose replay would ask
+    for it again, and the shard crashes: the snapshot names the customer, so the rebuilt
+    shard erases it."""
+    from kairos.cluster.shard.shard import Shard
+    from kairos.cluster.storage import decision_logs
+    from tests.unit.shard.test_shard import N_PARTITIONS
+    clock = Clock()
+    s = shard(compiled, store=DirectoryStore(tmp_path), clock=clock)
+    s.process([event(GONE, "app_open", T0), event(KEPT, "app_open", T0)])
+    s.process([decide(GONE), decide(KEPT)])
+    s.decision_log.flush()
+
+    def busy(self, ids):
+        raise OSError("disk busy")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(decision_logs.DirectoryLog, "erase", busy)
+        s.process([forget(GONE)])
+        clock.now += 5
+        s.tick()
+    assert not [r for _, r in s.journal.replay(0) if GONE in r[2:]]  # compacted away
+    s.close()  # a crash before the next trim would have tried again
+    again = Shard(s.name, compiled, list(s.owned), N_PARTITIONS, store=s.store, clock=clock)
+    again.recover()
+    again.tick()
+    again.decision_log.writer.written()
+    assert {d.customer_id for d in logged(again.store)[0]} == {KEPT}
+    assert again.decision_log.unerased() == set()
+    again.snapshot()  # done: the snapshots name it no more
+    again.close()
+    third = Shard(s.name, compiled, list(s.owned), N_PARTITIONS, store=s.store, clock=clock)
+    third.recover()
+    assert third.decision_log.unerased() == set()
