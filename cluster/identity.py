@@ -217,7 +217,12 @@ class Directory:
         if pending:
             mine[customer_id] = pending
         while len(mine) > TOMBSTONES_PER_PARTITION:
-            mine.popitem(last=False)
+            # only forgets whose client died before Bury pile up: a retry of the oldest
+            # would no longer retire its aliases, so it must not go unseen
+            gone, _ = mine.popitem(last=False)
+            log.error("partition %d holds over %d forgets never finished: the oldest "
+                      "(customer %s) is dropped, and a retry of it retires no alias",
+                      partition, TOMBSTONES_PER_PARTITION, fingerprint(gone, self.secret))
         return list(pending)
 
     def end_forget(self, partition: int, customer_id: str) -> bool:

@@ -115,3 +115,13 @@ def test_forgetting_an_alias_profile_for_a_link_that_did_not_leave_its_redirect(
     late = Forget(partition=p_of(anon), customer_id=anon, link=link_id(key, "L"))
     assert s.process([late])[0] == [Forgotten(existed=False, aliases=[])]
     assert s.directory.handed_over(p_of(anon), anon)[2] is not None
+
+
+def test_unfinished_forgets_dropped_past_their_bound_are_logged(monkeypatch, caplog):
+    from kairos.cluster import identity
+    monkeypatch.setattr(identity, "TOMBSTONES_PER_PARTITION", 2)
+    d = identity.Directory(b"secret")
+    for c in ("a", "b", "c"):
+        d.start_forget(0, c, [f"cookie:{c}"])
+    assert list(d.forgetting[0]) == ["b", "c"]
+    assert "forgets never finished" in caplog.text and "'a'" not in caplog.text
