@@ -9,6 +9,10 @@
     POST /customer/respond                         Accept, Reject, Not now (Respond)
     GET  /operator, POST /operator/validate        cluster status and catalog validation
 
+A link from another site (a CRM's deep link) arrives without the session's SameSite=Strict
+cookie: the console answers it with a page that asks again from its own origin, so the
+browser sends the cookie and the agent lands where the link pointed, still signed in.
+
 Every page is rendered by Jinja with autoescape on, and served with a Content-Security-Policy
 that allows this origin's own script and nothing inline, so a profile value holding markup is
 shown as text and could not run even if it were not. Every POST carries its session's CSRF
@@ -31,6 +35,7 @@ from typing import AsyncIterator
 from urllib.parse import urlencode, urlsplit
 
 import jinja2
+from markupsafe import escape
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -43,16 +48,21 @@ from starlette.types import ASGIApp
 
 from kairos.cluster.console import i18n, views
 from kairos.cluster.console.gateway_client import OUTCOMES, GatewayClient, GatewayError, Lookup
-from kairos.cluster.console.session import (COOKIE, CSRF_FIELD, Sessions, SignInLimit,
-                                            SignInRefused, cookie_options, csrf_valid)
+from kairos.cluster.console.session import (COOKIE, CSRF_FIELD, MAX_ANSWERED, VISITOR_COOKIE,
+                                            Sessions, SignInLimit, SignInRefused,
+                                            cookie_options)
 from kairos.cluster.gateway.auth import Auth
+from kairos.core.request import MAX_DECISION_ID_LENGTH
+from kairos.core.request import MAX_KEY_LENGTH as MAX_ACTION_ID_LENGTH
 from kairos.v1 import admin_pb2
 
 SEARCH_KINDS = ("customer_id", "cookie", "device", "email")
 MAX_ID_LENGTH = 256  # the gateway's cap on customer ids and alias values
 MAX_BODY_BYTES = 1 << 20  # the gateway's message limit: no form needs more
-# each live page holds a watch per channel on the gateway
-MAX_STREAMS_PER_SESSION = 16
+# each live page holds a watch per channel on the gateway, and a connection of the browser's
+# six to one host (HTTP/1.1): past this many a session's live pages pause, so that its other
+# tabs can still load (a hidden tab closes its stream: console.js)
+MAX_STREAMS_PER_SESSION = 4
 MAX_STREAMS_PER_KEY = 64  # an agent's key signs in as many sessions as it likes
 MAX_STREAMS = 1_000
 SECURITY_HEADERS = [
@@ -69,8 +79,9 @@ HSTS = (b"strict-transport-security", b"max-age=31536000")
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # as Host headers carry them
 # a catalog validated: (its summary, None) or (None, the gateway's validation message)
 Checked = tuple[admin_pb2.CatalogInfo | None, str | None]
-STATUS_OF = {"down": 503, "not_found": 404, "denied": 403, "invalid": 400, "failed": 502,
-             "too_many_signins": 429}
+STATUS_OF = {"down": 503, "busy": 503, "not_found": 404, "denied": 403, "invalid": 400,
+             "failed": 502, "too_many_signins": 429, "maybe_recorded": 504}
+BUSY_RETRY_S = 5  # Retry-After for a gateway that sheds load: it does so for a moment
 
 
 @dataclass(frozen=True)
@@ -111,15 +122,22 @@ class Console:
         return self.keep(request, response)
 
     def keep(self, request: Request, response: Response) -> Response:
-        """The response, setting the cookie when the session is new."""
-        if request.state.new_session:
-            response.set_cookie(COOKIE, request.state.session.id,
-                                **cookie_options(request.url.scheme == "https"))
+        """The response, setting the session's cookie when it is due (session.cookie_due),
+        or a visitor's when the browser has not got it."""
+        session, https = request.state.session, request.url.scheme == "https"
+        if session.signed_in:
+            if self.sessions.cookie_due(session):
+                response.set_cookie(COOKIE, session.id, **cookie_options(https))
+        elif request.cookies.get(VISITOR_COOKIE) != session.id:
+            response.set_cookie(VISITOR_COOKIE, session.id, **cookie_options(https, None))
         return response
 
     def failure(self, request: Request, error: GatewayError, subject: str = "") -> Response:
-        return self.render(request, "error.html", STATUS_OF.get(error.kind, 502),
-                           kind=error.kind, detail=error.detail, subject=subject)
+        response = self.render(request, "error.html", STATUS_OF.get(error.kind, 502),
+                               kind=error.kind, detail=error.detail, subject=subject)
+        if error.kind == "busy":
+            response.headers["retry-after"] = str(BUSY_RETRY_S)
+        return response
 
     def redirect(self, request: Request, url: str) -> Response:
         return self.keep(request, RedirectResponse(url, status_code=303))
@@ -145,8 +163,10 @@ class Console:
         except SignInRefused as exc:
             self.signin_limit.failed(address)
             return self.render(request, "signin.html", 401, refused=str(exc))
-        request.state.session, request.state.new_session = session, True
-        return self.redirect(request, "/")
+        request.state.session = session
+        response = self.redirect(request, "/")
+        response.delete_cookie(VISITOR_COOKIE, path="/")
+        return response
 
     async def signout(self, request: Request) -> Response:
         self.sessions.end(request.state.session)
@@ -164,8 +184,10 @@ class Console:
         by = request.query_params.get("by", "customer_id")
         wanted = request.query_params.get("id") or request.query_params.get("q", "")
         wanted = wanted.strip()
+        t = i18n.labels(i18n.language(request.headers.get("accept-language")))
         if by not in SEARCH_KINDS or not wanted or len(wanted) > MAX_ID_LENGTH:
-            return self.render(request, "search.html", 400, problem=f"1..{MAX_ID_LENGTH}")
+            return self.render(request, "search.html", 400,
+                               problem=t["id_length"].format(MAX_ID_LENGTH))
         lookup = Lookup(wanted, None if by == "customer_id" else by)
         try:
             if lookup.alias_type is not None:  # one page per customer, whatever named it
@@ -174,10 +196,12 @@ class Console:
                     {"id": profile.customer_id}))
             page = await self.customer_page(key, wanted)
         except GatewayError as exc:
-            return self.failure(request, exc, f"{by} {wanted}")
+            return self.failure(request, exc, f"{t[by]} {wanted}")
+        # a link from elsewhere reaches this page too: it says only what this session sent
         recorded = request.query_params.get("recorded", "")
+        sent = recorded in OUTCOMES and recorded in request.state.session.answered.values()
         return self.render(request, "customer.html", page=page,
-                           recorded=recorded if recorded in OUTCOMES else "")
+                           recorded=recorded if sent else "")
 
     async def customer_page(self, key: str, customer_id: str) -> views.CustomerPage:
         try:
@@ -213,7 +237,9 @@ class Console:
         if self.streams[session.id] >= MAX_STREAMS_PER_SESSION \
                 or self.key_streams[key] >= MAX_STREAMS_PER_KEY \
                 or sum(self.streams.values()) >= MAX_STREAMS:
-            return _text("too many live pages open: close some", 429)
+            # an answer the page's script reads (an EventSource cannot read a status code)
+            return StreamingResponse(iter([_event("paused", "too many live pages open")]),
+                                     media_type="text/event-stream")
         slot = _LivePage((self.streams, session.id), (self.key_streams, key))  # before awaits
         try:
             page = await self.customer_page(key, customer_id)
@@ -225,10 +251,6 @@ class Console:
         lang = i18n.language(request.headers.get("accept-language"))
         template = self.templates.get_template("_live.html")
 
-        def event(name: str, html: str) -> str:
-            return f"event: {name}\n" + "".join(f"data: {line}\n"
-                                                for line in html.splitlines()) + "\n"
-
         async def stream() -> AsyncIterator[str]:
             changes = self.gateway.changes(key, page.customer_id, page.channels)
             try:
@@ -236,17 +258,17 @@ class Console:
                     async for changed in changes:
                         if self.sessions.get(session.id, touch=False) is not session:
                             # signed out, or idle past the bound: the page is no activity
-                            yield event("gone", "signed out")
+                            yield _event("gone", "signed out")
                             return
                         if not changed:
                             yield ": heartbeat\n\n"
                             continue
                         fresh = await self.customer_page(key, page.customer_id)
-                        yield event("update", template.render(
+                        yield _event("update", template.render(
                             t=i18n.labels(lang), page=fresh, session=session,
                             csrf_field=CSRF_FIELD, recorded=""))
             except GatewayError as exc:
-                yield event("gone", exc.detail or exc.kind)
+                yield _event("gone", exc.detail or exc.kind)
             finally:
                 slot.release()
 
@@ -256,22 +278,37 @@ class Console:
                                  headers={"x-accel-buffering": "no"})
 
     async def respond(self, request: Request) -> Response:
+        """Sends an outcome once: a repeat of one the session sent (a double click, a form
+        sent again) is not sent again, as the gateway would record it twice."""
         form = await request.form()
-        customer_id = str(form.get("customer_id", ""))
-        outcome = str(form.get("outcome", ""))
-        decision_id = str(form.get("decision_id", ""))
-        if outcome not in OUTCOMES or not customer_id or len(customer_id) > MAX_ID_LENGTH \
-                or not decision_id:  # an agent answers a decision the page showed
-            return self.render(request, "error.html", 400, kind="bad_request", detail=outcome,
+        session = request.state.session
+        customer_id, decision_id, action_id, outcome = (str(form.get(name, "")) for name in (
+            "customer_id", "decision_id", "action_id", "outcome"))
+        # an agent answers a decision the page showed, within the gateway's own bounds
+        if outcome not in OUTCOMES or not 0 < len(customer_id) <= MAX_ID_LENGTH \
+                or not 0 < len(decision_id) <= MAX_DECISION_ID_LENGTH \
+                or not 0 < len(action_id) <= MAX_ACTION_ID_LENGTH:
+            return self.render(request, "error.html", 400, kind="bad_request", detail="",
                                subject="")
-        try:
-            await self.gateway.respond(request.state.session.key, customer_id,
-                                       self.config.channel, decision_id,
-                                       str(form.get("action_id", "")), outcome)
-        except GatewayError as exc:
-            return self.failure(request, exc, customer_id)
+        answered = (decision_id, action_id)
+        if answered in session.answered:  # sent, or being sent (then the page says nothing)
+            recorded = session.answered[answered] or ""
+        else:
+            session.answered[answered] = None  # before the await: a second click finds it
+            while len(session.answered) > MAX_ANSWERED:
+                session.answered.popitem(last=False)
+            try:
+                await self.gateway.respond(session.key, customer_id, self.config.channel,
+                                           decision_id, action_id, outcome)
+            except GatewayError as exc:
+                session.answered.pop(answered, None)
+                if exc.code == "DEADLINE_EXCEEDED":  # sent, maybe recorded, answer lost
+                    return self.render(request, "error.html", STATUS_OF["maybe_recorded"],
+                                       kind="maybe_recorded", detail="", subject=customer_id)
+                return self.failure(request, exc, customer_id)
+            session.answered[answered] = recorded = outcome
         return self.redirect(request, "/customer?" + urlencode(
-            {"id": customer_id, "recorded": outcome}))
+            {"id": customer_id, **({"recorded": recorded} if recorded else {})}))
 
     # -- operators -----------------------------------------------------------------------------
 
@@ -364,21 +401,44 @@ class _Guard:
 
         async def guarded(request: Request) -> Response:
             session = console.sessions.get(request.cookies.get(COOKIE))
-            request.state.new_session = session is None
-            request.state.session = session or console.sessions.start()
+            if session is None and _cross_site_navigation(request):
+                return _ask_again(request)
+            request.state.session = session or console.sessions.visitor(
+                request.cookies.get(VISITOR_COOKIE))
             if post:
                 length = request.headers.get("content-length", "")
                 if not length.isdigit() or int(length) > MAX_BODY_BYTES:
                     return _text("a form's body must have a length of at most "
                                  f"{MAX_BODY_BYTES} bytes", 413)
                 token = (await request.form()).get(CSRF_FIELD)
-                if not csrf_valid(session, token if isinstance(token, str) else None):
+                if not console.sessions.csrf_valid(request.state.session,
+                                                   token if isinstance(token, str) else None):
                     return console.render(request, "error.html", 403, kind="csrf", detail="",
                                           subject="")
             if need_key and not request.state.session.signed_in:
                 return console.redirect(request, "/signin")
             return await handler(request)
         return guarded
+
+
+def _cross_site_navigation(request: Request) -> bool:
+    """A page of another site followed a link here (Fetch Metadata): the browser left out
+    the session's Strict cookie, whether or not it holds one."""
+    return request.method == "GET" and request.headers.get("sec-fetch-site") == "cross-site" \
+        and request.headers.get("sec-fetch-mode") == "navigate"
+
+
+def _ask_again(request: Request) -> Response:
+    """A page that asks for the same URL from this origin, which a browser sends with the
+    Strict cookie. Nothing is set or kept: the browser's own cookie decides what comes."""
+    url = escape(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
+    return Response(f'<!doctype html><meta http-equiv="refresh" content="0;url={url}">'
+                    f'<a href="{url}">{url}</a>', media_type="text/html")
+
+
+def _event(name: str, html: str) -> str:
+    """A server-sent event of that name carrying `html`."""
+    return f"event: {name}\n" + "".join(f"data: {line}\n" for line in html.splitlines()) + "\n"
 
 
 def _text(body: str, code: int) -> Response:

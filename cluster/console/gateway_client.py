@@ -21,6 +21,7 @@ from kairos.cluster.cli.remote import channel_to
 from kairos.cluster.gateway.auth import METADATA_KEY
 
 CALL_TIMEOUT_S = 5.0  # an agent waits on a page, not on a batch job
+VALIDATE_TIMEOUT_S = 60.0  # compiling a catalog of thousands of actions takes a while
 HEARTBEAT_S = 15.0  # a quiet live page still hears from the server (and a closed one is noticed)
 BURST_S = 0.02  # pushes this close together are one change to show
 MAX_ANSWER_BYTES = 64 << 20
@@ -29,24 +30,28 @@ OUTCOMES = {"accept": pb.ACCEPT, "reject": pb.REJECT, "not_now": pb.IGNORE}
 
 class GatewayError(Exception):
     """A call that failed, by what the agent sees: `kind` is one of "down" (no gateway
-    answers), "not_found", "denied" (the key lacks a scope), "invalid" (the gateway refused the
-    request) or "failed"."""
+    answers), "busy" (the gateway sheds load: try again shortly), "not_found", "denied" (the
+    key lacks a scope), "invalid" (the gateway refused the request) or "failed". `code`: the
+    gRPC status's name ("" for a failure the console found itself)."""
 
     KINDS = {grpc.StatusCode.UNAVAILABLE: "down", grpc.StatusCode.DEADLINE_EXCEEDED: "down",
+             grpc.StatusCode.RESOURCE_EXHAUSTED: "busy",
              grpc.StatusCode.NOT_FOUND: "not_found",
              grpc.StatusCode.PERMISSION_DENIED: "denied",
              grpc.StatusCode.UNAUTHENTICATED: "denied",
              grpc.StatusCode.INVALID_ARGUMENT: "invalid",
              grpc.StatusCode.FAILED_PRECONDITION: "invalid"}
 
-    def __init__(self, kind: str, detail: str):
+    def __init__(self, kind: str, detail: str, code: str = ""):
         super().__init__(detail)
         self.kind = kind
         self.detail = detail
+        self.code = code
 
     @classmethod
     def of(cls, exc: grpc.aio.AioRpcError) -> "GatewayError":
-        return cls(cls.KINDS.get(exc.code(), "failed"), f"{exc.code().name}: {exc.details()}")
+        code = exc.code()
+        return cls(cls.KINDS.get(code, "failed"), f"{code.name}: {exc.details()}", code.name)
 
 
 @dataclass(frozen=True)
@@ -80,9 +85,9 @@ class GatewayClient:
     def _metadata(key: str) -> tuple[tuple[str, str], ...]:
         return ((METADATA_KEY, key),)
 
-    async def _unary(self, method, request, key: str):
+    async def _unary(self, method, request, key: str, timeout_s: float = CALL_TIMEOUT_S):
         try:
-            return await method(request, timeout=CALL_TIMEOUT_S, metadata=self._metadata(key))
+            return await method(request, timeout=timeout_s, metadata=self._metadata(key))
         except grpc.aio.AioRpcError as exc:
             raise GatewayError.of(exc) from None
 
@@ -115,7 +120,7 @@ class GatewayClient:
         """The catalog's summary; GatewayError "invalid" carries its error (file, line:column,
         path, action)."""
         return await self._unary(self._admin.ValidateCatalog, admin_pb2.CatalogText(yaml=text),
-                                 key)
+                                 key, VALIDATE_TIMEOUT_S)
 
     async def changes(self, key: str, customer_id: str, channels: list[str]
                       ) -> AsyncIterator[set[str]]:

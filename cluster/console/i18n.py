@@ -65,12 +65,21 @@ LABELS: dict[str, dict[str, str]] = {
                   "is shown. Reload the page to try again.",
         "live": "Live: the page updates as events arrive.",
         "live_lost": "Live updates stopped; reload the page.",
+        "live_paused": "Live updates paused: too many live pages are open. Close some tabs; "
+                       "this page updates again when it can.",
         "recorded": "Outcome recorded",
         "unknown_customer": "No customer is known by",
         "gateway_down": "Kairos does not answer (its gateway, or the customer's shard)",
         "denied": "Your key may not do this",
         "invalid": "The gateway refused the request",
         "failed": "The gateway failed the request",
+        "busy": "Kairos is busy: try again in a few seconds",
+        "maybe_recorded": "Kairos did not confirm the outcome in time: it may already be "
+                          "recorded. Check the customer's history before answering again.",
+        "check_history": "Open the customer's page",
+        "gateway_said": "The gateway said:",
+        "id_length": "1 to {} characters",
+        "catalog_yaml": "The catalog's YAML",
         "bad_request": "Bad request",
         "csrf": "The form's security token is missing or stale: reload the page and try again.",
         "too_many_signins": "Too many failed sign-ins from your address: wait a few minutes, "
@@ -178,12 +187,21 @@ LABELS: dict[str, dict[str, str]] = {
                   "ページを再読み込みしてください。",
         "live": "ライブ：イベントが届くとページが更新されます。",
         "live_lost": "ライブ更新が止まりました。ページを再読み込みしてください。",
+        "live_paused": "ライブ更新を一時停止中：開いているライブページが多すぎます。タブをいくつか"
+                       "閉じてください。更新できるようになると再開します。",
         "recorded": "結果を記録しました",
         "unknown_customer": "該当する顧客がいません：",
         "gateway_down": "Kairos が応答しません（ゲートウェイまたは顧客のシャード）",
         "denied": "このキーでは実行できません",
         "invalid": "ゲートウェイがリクエストを拒否しました",
         "failed": "ゲートウェイでエラーが発生しました",
+        "busy": "Kairos が混み合っています。数秒後にもう一度お試しください",
+        "maybe_recorded": "Kairos から結果の記録の確認が時間内に届きませんでした。すでに記録されている"
+                          "可能性があります。もう一度回答する前に顧客の履歴を確認してください。",
+        "check_history": "顧客のページを開く",
+        "gateway_said": "ゲートウェイからのメッセージ（英語）：",
+        "id_length": "1〜{} 文字",
+        "catalog_yaml": "カタログの YAML",
         "bad_request": "不正なリクエスト",
         "csrf": "フォームのセキュリティトークンがないか古くなっています。ページを再読み込みしてください。",
         "too_many_signins": "このアドレスからのサインインの失敗が多すぎます。数分待ってから、"

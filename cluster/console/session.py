@@ -3,15 +3,19 @@ the session's CSRF token.
 
 The cookie holds only an opaque random id (the key stays in this process's memory), is
 HttpOnly (no script reads it), SameSite=Strict (no other site's page sends it) and Secure when
-the console is served over TLS. A visitor who has not signed in gets an anonymous session too,
-so the sign-in form carries a CSRF token like every other form; signing in replaces the
-session's id, so an id planted before sign-in is worth nothing after it. Sessions live in
-memory, bounded in number (the least recently used goes first; MAX_SESSIONS_PER_KEY a key, so
-that one agent signing in over and over pushes out only its own) and in idle time: a console
-restart signs everyone out, which is what a restart of a desk application does too.
-Anonymous sessions have a pool of their own: anyone who reaches the console makes them (any
-web page an agent opens can send it cookie-less requests), so they must never push a
-signed-in session out.
+the console is served over TLS. It is set again as the agent works (REISSUE_S), so it lasts
+IDLE_S after the agent's last page, as the session does. Sessions live in memory, bounded in
+number (the least recently used goes first; MAX_SESSIONS_PER_KEY a key, so that one agent
+signing in over and over pushes out only its own) and in idle time: a console restart signs
+everyone out, which is what a restart of a desk application does too.
+
+A visitor who has not signed in keeps nothing in the console: anyone who reaches it makes
+visitors (any web page an agent opens can send it cookie-less requests), so they must cost
+no memory and push nothing out. A visitor's cookie (VISITOR_COOKIE, its own name, so it never
+replaces a signed-in session's) holds a random nonce, and the sign-in form's CSRF token is
+an HMAC of that nonce and the time, with a secret of this process: checked on the POST, good
+for SIGNIN_FORM_S. Signing in makes a new session, so nothing a visitor held is worth anything
+after it.
 
 Failed sign-ins are bounded (`SignInLimit`), so that nobody who reaches the console guesses keys
 at its speed: past SIGNIN_FAILURES within SIGNIN_WINDOW_S from one address (an IPv6 one's /64,
@@ -26,6 +30,7 @@ without the admin scope, so a session can never switch catalogs, scale or drain.
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import secrets
@@ -35,7 +40,8 @@ from dataclasses import dataclass, field
 
 from kairos.cluster.gateway.auth import ApiKey, Auth
 
-COOKIE = "kairos_console"
+COOKIE = "kairos_console"  # a signed-in session's id
+VISITOR_COOKIE = "kairos_console_visitor"  # a visitor's nonce, which the sign-in token binds
 CSRF_FIELD = "csrf"
 CONSOLE_SCOPES = frozenset({"profile:read", "respond", "watch"})
 # what more a console key may have: the operator page (status:read), and the fallback
@@ -44,8 +50,12 @@ OPTIONAL_SCOPES = frozenset({"status:read", "decide"})
 REFUSED_SCOPES = frozenset({"admin"})  # what an agent's console must never be able to do
 MAX_SESSIONS = 10_000  # signed in
 MAX_SESSIONS_PER_KEY = 64  # an agent's browsers and tabs; past it the key's oldest goes
-MAX_ANONYMOUS = 10_000  # visitors on their way to the sign-in form
 IDLE_S = 8 * 3600.0  # an agent's shift
+REISSUE_S = 600.0  # how often an active agent's cookie is set again (with a new max-age)
+SIGNIN_FORM_S = 3600.0  # how long a sign-in form's token is good for
+# outcomes a session remembers having sent (a double click's second is not sent again)
+MAX_ANSWERED = 1_000
+NONCE_LENGTH = 43  # secrets.token_urlsafe(32)'s
 MAX_KEY_LENGTH = 256  # a sign-in form's key field: keys are short secrets, not documents
 SIGNIN_WINDOW_S = 300.0  # how long a failed sign-in counts against its address
 SIGNIN_FAILURES = 10  # failed sign-ins an address may make within the window
@@ -66,6 +76,9 @@ class Session:
     key: str | None = None  # None: not signed in
     agent: str = ""  # the key's name
     scopes: frozenset[str] = field(default_factory=frozenset)
+    cookie_set: float = 0.0  # when its cookie was last sent (0: never)
+    # (decision id, action id) -> the outcome sent, or None while it is being sent
+    answered: OrderedDict[tuple[str, str], str | None] = field(default_factory=OrderedDict)
 
     @property
     def signed_in(self) -> bool:
@@ -76,54 +89,80 @@ class Sessions:
     """The console's sessions, by cookie id."""
 
     def __init__(self, auth: Auth, channel: str, *, max_sessions: int = MAX_SESSIONS,
-                 max_anonymous: int = MAX_ANONYMOUS, idle_s: float = IDLE_S):
+                 idle_s: float = IDLE_S):
         self._auth = auth
         self._channel = channel
         self._idle_s = idle_s
-        self._pools: tuple[tuple[OrderedDict[str, Session], int], ...] = (
-            (OrderedDict(), max_anonymous), (OrderedDict(), max_sessions))
+        self._max = max_sessions
+        self._pool: OrderedDict[str, Session] = OrderedDict()
+        self._secret = secrets.token_bytes(32)  # a restart voids the sign-in forms shown
 
     def get(self, cookie: str | None, now: float | None = None, touch: bool = True
             ) -> Session | None:
         """The live session the cookie names, else None. `touch`: the agent acted, so the
         idle time starts again (a live page checking on its session is not the agent)."""
         now = time.time() if now is None else now
-        for pool, _ in self._pools:
-            session = pool.get(cookie or "")
-            if session is None:
-                continue
-            if now - session.last_seen > self._idle_s:
-                del pool[session.id]
-                return None
-            if touch:
-                session.last_seen = now
-                pool.move_to_end(session.id)
-            return session
-        return None
+        session = self._pool.get(cookie or "")
+        if session is None:
+            return None
+        if now - session.last_seen > self._idle_s:
+            del self._pool[session.id]
+            return None
+        if touch:
+            session.last_seen = now
+            self._pool.move_to_end(session.id)
+        return session
 
-    def start(self, now: float | None = None) -> Session:
-        """A new anonymous session."""
-        return self._add(Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32),
-                                 time.time() if now is None else now))
+    def visitor(self, nonce: str | None, now: float | None = None) -> Session:
+        """A visitor's session, kept nowhere: its id is the nonce of its cookie (a new one
+        when the cookie has none that could be ours), its CSRF token the sign-in form's."""
+        if not nonce or len(nonce) != NONCE_LENGTH:
+            nonce = secrets.token_urlsafe(32)
+        now = time.time() if now is None else now
+        issued = str(int(now))
+        return Session(nonce, f"{issued}.{self._mac(nonce, issued)}", now)
+
+    def csrf_valid(self, session: Session, presented: str | None,
+                   now: float | None = None) -> bool:
+        """Whether a POST's token is its session's (compared in constant time): a signed-in
+        session's own, or a sign-in form's issued for the visitor's nonce within
+        SIGNIN_FORM_S."""
+        if not presented:
+            return False
+        if session.signed_in:
+            return hmac.compare_digest(session.csrf.encode(), presented.encode())
+        issued, _, mac = presented.partition(".")
+        now = time.time() if now is None else now
+        return issued.isdigit() and 0 <= now - int(issued) <= SIGNIN_FORM_S and \
+            hmac.compare_digest(self._mac(session.id, issued).encode(), mac.encode())
+
+    def _mac(self, nonce: str, issued: str) -> str:
+        return hmac.new(self._secret, f"{nonce}.{issued}".encode(), hashlib.sha256).hexdigest()
 
     def sign_in(self, session: Session, presented: str) -> Session:
         """The signed-in session that replaces `session` (new id and CSRF token), or
         SignInRefused."""
         key = self.check_key(presented)
         self.end(session)
-        signed_in, _ = self._pools[True]
-        mine = [s.id for s in signed_in.values() if s.key == presented]  # least recent first
+        mine = [s.id for s in self._pool.values() if s.key == presented]  # least recent first
         for old in mine[:max(0, len(mine) - MAX_SESSIONS_PER_KEY + 1)]:
-            del signed_in[old]  # the key's own: one key never pushes other agents out
-        return self._add(Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32),
-                                 time.time(), presented, key.name, key.scopes))
-
-    def _add(self, session: Session) -> Session:
-        pool, limit = self._pools[session.signed_in]
-        pool[session.id] = session
-        while len(pool) > limit:
-            pool.popitem(last=False)
+            del self._pool[old]  # the key's own: one key never pushes other agents out
+        session = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), time.time(),
+                          presented, key.name, key.scopes)
+        self._pool[session.id] = session
+        while len(self._pool) > self._max:
+            self._pool.popitem(last=False)
         return session
+
+    def cookie_due(self, session: Session, now: float | None = None) -> bool:
+        """Whether a response sets the session's cookie again: a new session's first, then
+        one every REISSUE_S while the agent works, so the cookie lasts as long as the
+        session."""
+        now = time.time() if now is None else now
+        if now - session.cookie_set < REISSUE_S:
+            return False
+        session.cookie_set = now
+        return True
 
     def check_key(self, presented: str) -> ApiKey:
         if not presented or len(presented) > MAX_KEY_LENGTH:
@@ -143,8 +182,7 @@ class Sessions:
         return key
 
     def end(self, session: Session) -> None:
-        for pool, _ in self._pools:
-            pool.pop(session.id, None)
+        self._pool.pop(session.id, None)
 
 
 class SignInLimit:
@@ -197,14 +235,8 @@ def _source(address: str) -> str:
     return str(ipaddress.ip_network(f"{ip}/64", strict=False))
 
 
-def csrf_valid(session: Session | None, presented: str | None) -> bool:
-    """Whether a POST's token is its session's (compared in constant time)."""
-    if session is None or not presented:
-        return False
-    return hmac.compare_digest(session.csrf.encode(), presented.encode())
-
-
-def cookie_options(secure: bool) -> dict:
-    """The session cookie's attributes (Starlette's set_cookie arguments)."""
+def cookie_options(secure: bool, max_age: float | None = IDLE_S) -> dict:
+    """A console cookie's attributes (Starlette's set_cookie arguments); `max_age` None: the
+    browser's session."""
     return {"httponly": True, "samesite": "strict", "secure": secure, "path": "/",
-            "max_age": int(IDLE_S)}
+            "max_age": None if max_age is None else int(max_age)}

@@ -1,5 +1,6 @@
 // The console's only script (the Content-Security-Policy allows no other): times in the
-// agent's own time zone, and the customer page's live part replaced as the server pushes it.
+// agent's own time zone, the customer page's live part replaced as the server pushes it, and
+// each outcome sent once.
 "use strict";
 
 function localizeTimes(root) {
@@ -15,37 +16,96 @@ function localizeTimes(root) {
   }
 }
 
+const PAUSED_RETRY_MS = 10000;  // a paused page asks again while it is shown
+
+// The live part follows the server's events while the tab is shown. A hidden tab lets go of
+// its stream: a browser opens at most six connections to one host, and tabs that each held one
+// would leave the next page waiting. Shown again, it reconnects, and the stream's first event
+// brings the page up to date.
 function followLive() {
   const live = document.getElementById("live");
   if (!live) {
     return;
   }
   const state = document.getElementById("live-state");
-  const source = new EventSource(live.dataset.source);
-  source.addEventListener("update", (event) => {
-    const opened = live.querySelector("details.dropped[open]") !== null;
-    live.innerHTML = event.data;  // rendered and escaped by the server's templates
-    const dropped = live.querySelector("details.dropped");
-    if (dropped && opened) {
-      dropped.open = true;
+  let source = null;
+  let retry = null;
+  const show = (text, stopped) => {
+    state.textContent = text;
+    state.classList.toggle("lost", stopped);
+  };
+  const stop = () => {
+    clearTimeout(retry);
+    if (source) {
+      source.close();
+      source = null;
     }
-    localizeTimes(live);
-    live.dataset.updates = String(Number(live.dataset.updates || 0) + 1);
+  };
+  const start = () => {
+    stop();
+    source = new EventSource(live.dataset.source);
+    source.addEventListener("update", (event) => {
+      const opened = live.querySelector("details.dropped[open]") !== null;
+      live.innerHTML = event.data;  // rendered and escaped by the server's templates
+      const dropped = live.querySelector("details.dropped");
+      if (dropped && opened) {
+        dropped.open = true;
+      }
+      localizeTimes(live);
+      show(state.dataset.live, false);
+      live.dataset.updates = String(Number(live.dataset.updates || 0) + 1);
+    });
+    source.addEventListener("gone", () => {
+      stop();
+      show(state.dataset.lost, true);
+    });
+    source.addEventListener("paused", () => {  // the session's other tabs hold its streams
+      stop();
+      show(state.dataset.paused, true);
+      retry = setTimeout(start, PAUSED_RETRY_MS);
+    });
+    source.onerror = () => {
+      if (source && source.readyState === EventSource.CLOSED) {
+        stop();
+        show(state.dataset.lost, true);
+      }
+    };
+  };
+  document.addEventListener("visibilitychange", () => {
+    if (document.hidden) {
+      stop();
+    } else {
+      start();
+    }
   });
-  const lost = () => {
-    source.close();
-    state.textContent = state.dataset.lost;
-    state.classList.add("lost");
-  };
-  source.addEventListener("gone", lost);
-  source.onerror = () => {
-    if (source.readyState === EventSource.CLOSED) {
-      lost();
+  if (!document.hidden) {
+    start();
+  }
+}
+
+// An outcome is sent once: a second click on its form, before the next page comes, does
+// nothing. The buttons are disabled after the submission has read the clicked one's value.
+function sendOutcomesOnce() {
+  document.addEventListener("submit", (event) => {
+    const form = event.target;
+    if (!form.classList.contains("outcomes")) {
+      return;
     }
-  };
+    if (form.dataset.sent) {
+      event.preventDefault();
+      return;
+    }
+    form.dataset.sent = "1";
+    setTimeout(() => {
+      for (const button of form.querySelectorAll("button")) {
+        button.disabled = true;
+      }
+    });
+  });
 }
 
 document.addEventListener("DOMContentLoaded", () => {
   localizeTimes(document);
   followLive();
+  sendOutcomesOnce();
 });

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import re
 
+import grpc
 import pytest
 from starlette.testclient import TestClient
 
 from kairos.cluster.console.app import ConsoleConfig, create_app
 from kairos.cluster.console.gateway_client import GatewayError
-from kairos.cluster.console.session import SIGNIN_FAILURES, SIGNIN_WINDOW_S
+from kairos.cluster.console.session import IDLE_S, SIGNIN_FAILURES, SIGNIN_WINDOW_S
+from kairos.core.request import MAX_DECISION_ID_LENGTH, MAX_KEY_LENGTH
 from kairos.cluster.gateway.auth import Auth
 from kairos.v1 import admin_pb2
 from kairos.v1 import decision_pb2 as pb
@@ -70,6 +72,7 @@ class StandIn:
 
     async def respond(self, key, *args):
         self.responses.append(args)
+        self._fail()  # as a call whose answer was lost: it may have been recorded
 
     async def status(self, key):
         return admin_pb2.ClusterStatus(partitions=4096, catalog_version="v1")
@@ -295,7 +298,8 @@ def test_a_live_page_ends_when_its_session_does(client):
 
 def test_concurrent_live_pages_cannot_pass_the_cap(gateway, monkeypatch):
     """The cap was checked before the page's first await and counted once its stream began:
-    100 requests at once all passed it, each holding watches on the gateway."""
+    100 requests at once all passed it, each holding watches on the gateway. Those past it
+    are told so in an event the page's script reads (`paused`)."""
     monkeypatch.setattr("kairos.cluster.console.app.MAX_STREAMS_PER_SESSION", 4)
     app = create_app(ConsoleConfig("127.0.0.1:1"), Auth.load(KEYS), gateway)
     with TestClient(app, base_url="http://127.0.0.1") as client:
@@ -309,8 +313,8 @@ def test_concurrent_live_pages_cannot_pass_the_cap(gateway, monkeypatch):
 
     gateway.profile = slow_profile
 
-    async def live_page() -> tuple[int, asyncio.Task]:
-        status = asyncio.get_running_loop().create_future()
+    async def live_page() -> tuple[str, asyncio.Task]:
+        first = asyncio.get_running_loop().create_future()  # the first event's name
         scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
                  "method": "GET", "scheme": "http", "path": "/customer/live",
                  "raw_path": b"/customer/live", "query_string": b"id=ana", "root_path": "",
@@ -321,19 +325,164 @@ def test_concurrent_live_pages_cannot_pass_the_cap(gateway, monkeypatch):
             await asyncio.Event().wait()  # the browser stays
 
         async def send(message):
-            if message["type"] == "http.response.start" and not status.done():
-                status.set_result(message["status"])
+            if message["type"] == "http.response.start":
+                assert message["status"] == 200
+            elif message.get("body") and not first.done():
+                first.set_result(message["body"].decode().split("\n")[0])
 
         served = asyncio.ensure_future(app(scope, receive, send))
-        return await status, served
+        return await first, served
 
     async def main():
         pages = await asyncio.gather(*(live_page() for _ in range(30)))
-        codes = sorted(code for code, _ in pages)
+        events = sorted(event for event, _ in pages)
         for _, served in pages:
             served.cancel()
         await asyncio.gather(*(served for _, served in pages), return_exceptions=True)
-        return codes
+        return events
 
-    assert asyncio.run(main()) == [200] * 4 + [429] * 26
-    assert asyncio.run(main()) == [200] * 4 + [429] * 26  # the places were given back
+    expected = ["event: paused"] * 26 + ["event: update"] * 4
+    assert asyncio.run(main()) == expected
+    assert asyncio.run(main()) == expected  # the places were given back
+
+
+CROSS_SITE = {"sec-fetch-site": "cross-site", "sec-fetch-mode": "navigate",
+              "sec-fetch-dest": "document"}
+RESPOND = {"customer_id": "ana", "decision_id": "d1", "action_id": "warranty",
+           "outcome": "reject"}
+
+
+def without_cookies(client: TestClient, method: str, url: str, **kwargs):
+    """A request as a browser sends it when it leaves the console's cookies out."""
+    kept = list(client.cookies.jar)
+    client.cookies.clear()
+    try:
+        return client.request(method, url, follow_redirects=False, **kwargs)
+    finally:
+        client.cookies.clear()  # what the answer set was for that other browser
+        for cookie in kept:
+            client.cookies.jar.set_cookie(cookie)
+
+
+def test_a_link_from_another_site_keeps_the_agent_signed_in(client):
+    """A cross-site navigation comes without the Strict cookie. It started a session and set
+    the cookie to it, signing the agent out in every tab; now it is asked for again from the
+    console's own origin, which a browser sends with the cookie, and nothing is set."""
+    sign_in(client)
+    signed_in = client.cookies["kairos_console"]
+    link = without_cookies(client, "GET", "/customer?id=ana&by=customer_id", headers=CROSS_SITE)
+    assert link.status_code == 200 and "set-cookie" not in link.headers
+    url = re.search(r'http-equiv="refresh" content="0;url=([^"]+)"', link.text).group(1)
+    assert url == "/customer?id=ana&amp;by=customer_id"
+    again = client.get(url.replace("&amp;", "&"), headers={"sec-fetch-site": "same-origin"})
+    assert again.status_code == 200 and "Offer the warranty" in again.text
+    assert client.cookies["kairos_console"] == signed_in
+    # a visitor's cookie has a name of its own: it never replaces a signed-in one
+    visit = without_cookies(client, "GET", "/signin")
+    assert [c.split("=")[0] for c in visit.headers.get_list("set-cookie")] \
+        == ["kairos_console_visitor"]
+    # a cross-site POST is not a link to follow: refused for its missing token
+    assert without_cookies(client, "POST", "/customer/respond", data=RESPOND,
+                           headers=CROSS_SITE).status_code == 403
+
+
+def test_cookie_less_requests_cost_nothing_and_push_out_no_pending_sign_in(client):
+    """Each cookie-less request started a session in a pool of 10,000: any page could send
+    enough to push out the session an agent's sign-in form belonged to. Now the form's token
+    is signed, and a visitor is kept nowhere (test_session has the flood of 10,000)."""
+    form = client.get("/signin")
+    for _ in range(200):
+        visit = without_cookies(client, "GET", "/customer?id=ana")
+        assert "kairos_console=" not in visit.headers["set-cookie"]  # nothing kept for it
+    done = client.post("/signin", data={"csrf": csrf_of(form.text), "key": AGENT})
+    assert done.status_code == 200 and done.url.path == "/"
+
+
+def test_an_outcome_is_sent_once(client, gateway):
+    """A double click sent the outcome twice, and the gateway recorded it twice."""
+    token = sign_in(client)
+    # a link (from another site too) says nothing was recorded that this session did not send
+    assert "Outcome recorded" not in client.get("/customer?id=ana&recorded=accept").text
+    for _ in range(2):
+        done = client.post("/customer/respond", data={**RESPOND, "csrf": token})
+        assert done.status_code == 200 and "recorded=reject" in str(done.url)
+    assert len(gateway.responses) == 1
+    # the answered action's buttons are gone, for what was sent
+    assert 'value="warranty"' not in done.text and "Outcome recorded: Reject" in done.text
+    client.post("/customer/respond", data={**RESPOND, "outcome": "accept", "csrf": token})
+    assert len(gateway.responses) == 1  # one answer to an action a decision showed
+
+
+def test_an_outcome_unconfirmed_in_time_is_not_offered_for_a_blind_retry(client, gateway):
+    token = sign_in(client)
+    gateway.failure = GatewayError("down", "DEADLINE_EXCEEDED: late", "DEADLINE_EXCEEDED")
+    late = client.post("/customer/respond", data={**RESPOND, "csrf": token})
+    assert late.status_code == 504 and "may already be recorded" in late.text
+    assert "history" in late.text and 'href="/customer?id=ana"' in late.text
+    gateway.failure = None  # the agent checked the history: not there, so answers again
+    assert client.post("/customer/respond", data={**RESPOND, "csrf": token}).status_code == 200
+    assert len(gateway.responses) == 2
+    gateway.failure = GatewayError("down", "UNAVAILABLE: refused", "UNAVAILABLE")
+    other = {**RESPOND, "action_id": "survey", "csrf": token}
+    assert client.post("/customer/respond", data=other).status_code == 503
+
+
+def test_a_respond_out_of_the_gateways_bounds_is_refused_unsent(client, gateway):
+    token = sign_in(client)
+    for field, length in (("action_id", MAX_KEY_LENGTH + 1),
+                          ("decision_id", MAX_DECISION_ID_LENGTH + 1), ("action_id", 0)):
+        refused = client.post("/customer/respond",
+                              data={**RESPOND, field: "x" * length, "csrf": token})
+        assert refused.status_code == 400, field
+    assert gateway.responses == []
+
+
+def test_a_busy_gateway_says_try_again_shortly(client, gateway):
+    """RESOURCE_EXHAUSTED (the gateway shedding load) showed as a failure (502)."""
+    lost = grpc.aio.AioRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(),
+                                grpc.aio.Metadata(), "overloaded")
+    assert GatewayError.of(lost).kind == "busy"
+    sign_in(client)
+    gateway.failure = GatewayError.of(lost)
+    busy = client.get("/customer?id=ana")
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "5"
+    assert "try again in a few seconds" in busy.text
+
+
+def test_the_cookie_lasts_as_long_as_the_agent_works(client, monkeypatch):
+    """Set once, at sign-in, with a max-age of IDLE_S: a busy agent was signed out
+    IDLE_S after signing in."""
+    sign_in(client)
+    assert "set-cookie" not in client.get("/").headers  # set a moment ago
+    monkeypatch.setattr("kairos.cluster.console.session.REISSUE_S", 0)
+    again = client.get("/").headers["set-cookie"]
+    assert again.startswith("kairos_console=") and f"Max-Age={int(IDLE_S)}" in again
+
+
+def test_japanese_pages_say_what_the_console_says_in_japanese(client, gateway):
+    sign_in(client)
+    ja = {"accept-language": "ja"}
+    hint = client.get("/customer?id=" + "x" * 257, headers=ja)
+    assert "(1〜256 文字)" in hint.text
+    unknown = client.get("/customer?by=email&q=nobody", headers=ja)
+    assert "該当する顧客がいません： メールアドレス nobody" in unknown.text
+    assert '<code lang="en">NOT_FOUND: no customer</code>' in unknown.text
+
+
+def test_controls_are_named_for_assistive_technology(client):
+    sign_in(client)
+    page = client.get("/customer?id=ana").text
+    for outcome in ("Accept", "Reject", "Not now"):
+        assert f'aria-label="{outcome}: warranty"' in page
+    assert 'name="q" maxlength="256" required aria-label="Find a customer"' in page
+    assert 'id="live-state" role="status"' in page
+    assert 'href="/operator"' not in page  # the key has no status:read
+
+
+def test_the_operator_link_shows_for_a_key_that_may_read_status(gateway):
+    keys = KEYS.replace("watch]", "watch, status:read]")
+    app = create_app(ConsoleConfig("127.0.0.1:1"), Auth.load(keys), gateway)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        sign_in(client)
+        assert 'href="/operator"' in client.get("/").text
+        assert 'aria-label="The catalog&#39;s YAML"' in client.get("/operator").text

@@ -7,8 +7,8 @@ import stat
 import pytest
 
 from kairos.cluster.console.server import CONSOLE_KEYS_FILE, keys_text
-from kairos.cluster.console.session import (Sessions, SignInLimit, SignInRefused,
-                                            cookie_options, csrf_valid)
+from kairos.cluster.console.session import (REISSUE_S, SIGNIN_FORM_S, Sessions, SignInLimit,
+                                            SignInRefused, cookie_options)
 from kairos.cluster.gateway.auth import KEYS_ENV, Auth
 
 AGENT = "agent-key-0123456789abcdef"
@@ -24,15 +24,17 @@ keys:
 
 @pytest.fixture
 def sessions() -> Sessions:
-    return Sessions(Auth.load(KEYS), "call_center", max_sessions=3, max_anonymous=3, idle_s=60)
+    return Sessions(Auth.load(KEYS), "call_center", max_sessions=3, idle_s=60)
 
 
 def test_a_key_with_the_consoles_scopes_signs_in_under_a_new_id(sessions):
-    anonymous = sessions.start()
-    signed = sessions.sign_in(anonymous, AGENT)
+    visitor = sessions.visitor(None)
+    signed = sessions.sign_in(visitor, AGENT)
     assert signed.signed_in and signed.agent == "agent-7"
-    assert signed.id != anonymous.id and signed.csrf != anonymous.csrf  # no session fixation
-    assert sessions.get(anonymous.id) is None and sessions.get(signed.id) is signed
+    assert signed.id != visitor.id and signed.csrf != visitor.csrf  # no session fixation
+    assert sessions.get(visitor.id) is None and sessions.get(signed.id) is signed
+    again = sessions.sign_in(signed, AGENT)  # signing in again ends the session it replaces
+    assert sessions.get(signed.id) is None and sessions.get(again.id) is again
 
 
 @pytest.mark.parametrize("key, why", [
@@ -43,40 +45,71 @@ def test_a_key_with_the_consoles_scopes_signs_in_under_a_new_id(sessions):
 ])
 def test_other_keys_are_refused(sessions, key, why):
     with pytest.raises(SignInRefused, match=why):
-        sessions.sign_in(sessions.start(), key)
+        sessions.sign_in(sessions.visitor(None), key)
 
 
 def test_sessions_expire_when_idle_and_the_oldest_go_past_the_bound(sessions):
-    first = sessions.start(now=0)
+    first = sessions.sign_in(sessions.visitor(None), AGENT)
+    first.last_seen = 0
     assert sessions.get(first.id, now=59) is first
     assert sessions.get(first.id, now=100, touch=False) is first  # a live page's check...
     assert sessions.get(first.id, now=120, touch=False) is None  # ...keeps nobody signed in
     assert sessions.get(first.id, now=200) is None
-    made = [sessions.start() for _ in range(4)]
+    made = [sessions.sign_in(sessions.visitor(None), AGENT) for _ in range(4)]
     assert sessions.get(made[0].id) is None and sessions.get(made[-1].id) is made[-1]
     assert sessions.get(None) is None and sessions.get("forged") is None
 
 
-def test_a_flood_of_anonymous_sessions_signs_no_agent_out(sessions):
-    """Any page an agent opens can send the console cookie-less requests, each of which
-    starts an anonymous session: they go first, never a signed-in one."""
-    agents = [sessions.sign_in(sessions.start(), AGENT) for _ in range(3)]
-    for _ in range(100):
-        sessions.start()
+def test_visitors_are_kept_nowhere_and_push_no_sign_in_out(sessions):
+    """Any page an agent opens can send the console cookie-less requests: they cost no
+    memory, so neither an agent's session nor a visitor's pending sign-in form goes."""
+    agents = [sessions.sign_in(sessions.visitor(None), AGENT) for _ in range(3)]
+    pending = sessions.visitor(None)
+    for _ in range(10_000):
+        sessions.visitor(None)
     assert all(sessions.get(agent.id) is agent for agent in agents)
+    assert len(sessions._pool) == 3 and sessions.get(pending.id) is None
+    assert sessions.csrf_valid(sessions.visitor(pending.id), pending.csrf)
 
 
 def test_csrf_tokens_must_be_the_sessions_own(sessions):
-    one, other = sessions.start(), sessions.start()
-    assert csrf_valid(one, one.csrf)
-    assert not csrf_valid(one, other.csrf)
-    assert not csrf_valid(one, None) and not csrf_valid(one, "")
-    assert not csrf_valid(None, one.csrf)
+    one = sessions.sign_in(sessions.visitor(None), AGENT)
+    other = sessions.sign_in(sessions.visitor(None), AGENT)
+    assert sessions.csrf_valid(one, one.csrf)
+    assert not sessions.csrf_valid(one, other.csrf)
+    assert not sessions.csrf_valid(one, None) and not sessions.csrf_valid(one, "")
+
+
+def test_a_sign_in_forms_token_is_bound_to_its_visitor_and_expires(sessions):
+    visitor = sessions.visitor(None, now=1000)
+    assert sessions.visitor(visitor.id).id == visitor.id  # the cookie's nonce, kept
+    assert sessions.visitor("x" * 500).id != "x" * 500  # not one of ours: a new one
+    assert sessions.csrf_valid(visitor, visitor.csrf, now=1000 + SIGNIN_FORM_S)
+    assert not sessions.csrf_valid(visitor, visitor.csrf, now=1001 + SIGNIN_FORM_S)
+    assert not sessions.csrf_valid(visitor, visitor.csrf, now=999)  # issued in the future
+    other = sessions.visitor(None, now=1000)
+    assert not sessions.csrf_valid(other, visitor.csrf, now=1000)  # another browser's
+    issued, _, mac = visitor.csrf.partition(".")
+    assert not sessions.csrf_valid(visitor, f"{int(issued) + 1}.{mac}", now=1001)
+    assert not sessions.csrf_valid(visitor, "", now=1000)
+    signed = sessions.sign_in(visitor, AGENT)
+    assert not sessions.csrf_valid(signed, visitor.csrf)  # died with the sign-in
+
+
+def test_the_cookie_is_set_again_as_the_agent_works(sessions):
+    """The cookie's max-age is the idle bound: set once at sign-in, it would end an agent's
+    working session IDLE_S after sign-in, however busy."""
+    signed = sessions.sign_in(sessions.visitor(None), AGENT)
+    assert sessions.cookie_due(signed, now=1000)  # the first
+    assert not sessions.cookie_due(signed, now=1000 + REISSUE_S - 1)
+    assert sessions.cookie_due(signed, now=1000 + REISSUE_S)
+    assert not sessions.cookie_due(signed, now=1001 + REISSUE_S)
 
 
 def test_the_cookie_is_http_only_strict_and_secure_over_tls():
     assert cookie_options(False) | {"secure": True} == cookie_options(True)
     assert cookie_options(True)["httponly"] and cookie_options(True)["samesite"] == "strict"
+    assert cookie_options(False, None)["max_age"] is None  # a visitor's: the browser's session
 
 
 def test_without_keys_the_console_makes_its_own_private_one(tmp_path, monkeypatch):
@@ -87,7 +120,7 @@ def test_without_keys_the_console_makes_its_own_private_one(tmp_path, monkeypatc
     assert keys_text(None, tmp_path)[0] == text  # made once, kept
     sessions = Sessions(Auth.load(text), "call_center")
     key = text.split("key: ")[1].split()[0]
-    assert sessions.sign_in(sessions.start(), key).scopes >= {"profile:read", "status:read"}
+    assert sessions.sign_in(sessions.visitor(None), key).scopes >= {"profile:read", "status:read"}
     monkeypatch.setenv(KEYS_ENV, KEYS)  # the gateways' keys, when there are any
     assert keys_text(None, tmp_path) == (KEYS, f"${KEYS_ENV}")
 
@@ -97,8 +130,8 @@ def test_one_key_signing_in_over_and_over_pushes_out_only_its_own_sessions(monke
     keys = KEYS + '  - {key: "other-agent-0123456789abcdef", name: agent-8, ' \
                   'scopes: [profile:read, respond, watch]}\n'
     pool = Sessions(Auth.load(keys), "call_center", max_sessions=10, idle_s=60)
-    theirs = pool.sign_in(pool.start(), "other-agent-0123456789abcdef")
-    mine = [pool.sign_in(pool.start(), AGENT) for _ in range(20)]
+    theirs = pool.sign_in(pool.visitor(None), "other-agent-0123456789abcdef")
+    mine = [pool.sign_in(pool.visitor(None), AGENT) for _ in range(20)]
     assert pool.get(theirs.id) is theirs  # 20 sign-ins did not push the other agent out
     assert [pool.get(s.id) is s for s in mine] == [False] * 16 + [True] * 4
 
