@@ -98,6 +98,9 @@ PLANE_CONTAINER_LEN = integer("PLANE_CONTAINER_LEN", 65_536, low=1024)
 # is not read until one is answered).
 PLANE_CONNECTIONS = integer("PLANE_CONNECTIONS", 1024)
 PLANE_HANDSHAKES = integer("PLANE_HANDSHAKES", 64)
+# Of those, how many one source address may have waiting (past it its own longest waiting one
+# is dropped), so that a stranger's flood of connections cannot crowd out other addresses.
+PLANE_HANDSHAKES_PER_SOURCE = integer("PLANE_HANDSHAKES_PER_SOURCE", 8)
 PLANE_INFLIGHT_CALLS = integer("PLANE_INFLIGHT_CALLS", 64)
 # A batch the shard has not answered this long after it was sent: the shard is wedged (a
 # stopped process keeps its TCP connections open, so keepalive never notices); the client

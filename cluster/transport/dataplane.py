@@ -20,8 +20,9 @@ fixed layouts, read with `readexactly`, and never carries the secret:
 
 where proof(side) = HMAC-SHA256(secret, b"kairos-plane <side> <PROTOCOL> " + shard nonce +
 client nonce). A shard lets PLANE_HANDSHAKES connections wait for their handshake at once
-(HANDSHAKE_S at most) and drops the longest waiting to make room, so idle connections cannot
-lock clients out.
+(HANDSHAKE_S at most), PLANE_HANDSHAKES_PER_SOURCE from one address, and drops the longest
+waiting (from the newcomer's address first) to make room, so that idle connections cannot
+lock clients out; it never drops one whose response has arrived.
 
 Then frames are msgpack arrays: `[call, session, seq, requests, routed]` answered
 `[call, results]` or `[call, None, error]`, unpacked with explicit limits (settings
@@ -38,6 +39,8 @@ not yet sent: a stopped process keeps its connections open and would hold them f
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import itertools
@@ -45,6 +48,7 @@ import logging
 import secrets
 import socket
 import struct
+import termios
 from dataclasses import fields
 from typing import Any, Awaitable, Callable
 
@@ -55,7 +59,7 @@ from kairos.core.decision import Decision, Dropped, Explanation, RankedAction
 
 from kairos.cluster.settings import (PLANE_CALL_S, PLANE_CONNECTIONS, PLANE_CONTAINER_LEN,
                                      PLANE_FRAME_BYTES, PLANE_HANDSHAKES,
-                                     PLANE_INFLIGHT_CALLS)
+                                     PLANE_HANDSHAKES_PER_SOURCE, PLANE_INFLIGHT_CALLS)
 from kairos.cluster.transport.backend import NotSent
 
 log = logging.getLogger("kairos.dataplane")
@@ -73,6 +77,10 @@ READ_CHUNK = 1 << 16
 KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 5, 1, 3
 UNACKED_S = 10
 HANDSHAKE_S = 10.0  # to connect and be greeted, or to greet
+# connections the kernel queues for accepting (asyncio's default is 100): a burst of connects
+# past it waits for SYN retries, a second or more. A flood faster than a shard accepts fills
+# any queue; that takes the network's defences (a per-source connection limit).
+LISTEN_BACKLOG = 1024
 
 # The limits of a frame, and of an ext's payload, which is unpacked whole (it needs no buffer
 # limit, and nothing in it is longer than it is).
@@ -198,6 +206,16 @@ def _keepalive(writer: asyncio.StreamWriter) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
+def _responded(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    """Whether a client's whole handshake response has arrived (read into `reader` or still
+    in the kernel): its handshake ends without waiting for the client."""
+    arrived = len(reader._buffer)  # StreamReader tells this no other way
+    with contextlib.suppress(OSError):
+        arrived += struct.unpack("i", fcntl.ioctl(writer.get_extra_info("socket").fileno(),
+                                                  termios.FIONREAD, bytes(4)))[0]
+    return arrived >= _RESPONSE.size
+
+
 def _close(writer: asyncio.StreamWriter) -> None:
     """Close a connection, dropping what it has not sent yet: a plain close waits for a peer
     that stopped reading to take it, which may be never, and keeps the socket and the bytes
@@ -221,13 +239,15 @@ class PlaneServer:
         self.secret = secrets.token_bytes(32)  # this incarnation's: a restart makes another
         self._server: asyncio.Future | None = None
         # connections waiting for their handshake, oldest first, and those being served
-        self._greeting: dict[asyncio.StreamWriter, None] = {}
+        self._greeting: dict[asyncio.StreamWriter, tuple[asyncio.StreamReader, str]] = {}
+        self._sources: dict[str, int] = {}  # connections waiting from each address
         self._serving: set[asyncio.StreamWriter] = set()
 
     async def start(self, host: str) -> tuple[str, int]:
         """Listen (once, however many ask at the same time); the address."""
         if self._server is None:
-            self._server = asyncio.ensure_future(asyncio.start_server(self._serve, host, 0))
+            self._server = asyncio.ensure_future(asyncio.start_server(self._serve, host, 0,
+                                                                   backlog=LISTEN_BACKLOG))
         starting = self._server
         try:
             server = await asyncio.shield(starting)
@@ -253,11 +273,11 @@ class PlaneServer:
                         ) -> bool:
         """Whether the peer proved it knows the secret (if not, it was told why when it
         got that far)."""
-        if len(self._greeting) >= PLANE_HANDSHAKES:  # the longest waiting makes room
-            oldest = next(iter(self._greeting))
-            del self._greeting[oldest]
-            oldest.close()
-        self._greeting[writer] = None
+        peer = writer.get_extra_info("peername")
+        if peer is None or not self._room_for(source := peer[0]):  # None: reset already
+            return False
+        self._greeting[writer] = (reader, source)
+        self._sources[source] = self._sources.get(source, 0) + 1
         try:
             _keepalive(writer)
             async with asyncio.timeout(HANDSHAKE_S):
@@ -270,8 +290,33 @@ class PlaneServer:
         except (OSError, EOFError) as exc:  # closed, reset, made room for another, too slow
             log.debug("a data plane handshake went: %r", exc)
         finally:
-            self._greeting.pop(writer, None)
+            self._forget(writer)
         return False
+
+    def _room_for(self, source: str) -> bool:
+        """Make room for a connection from `source` to wait for its handshake, if it takes
+        dropping one: the longest waiting whose response has not arrived, from `source` if it
+        has one (it must once it is at its cap), else from any address. False if none can go.
+        """
+        capped = self._sources.get(source, 0) >= PLANE_HANDSHAKES_PER_SOURCE
+        if not capped and len(self._greeting) < PLANE_HANDSHAKES:
+            return True
+        waiting = sorted(self._greeting.items(), key=lambda item: item[1][1] != source)
+        for writer, (reader, waited_from) in waiting:
+            if capped and waited_from != source:
+                break  # past its cap, an address makes room among its own only
+            if not _responded(reader, writer):
+                self._forget(writer)
+                writer.close()
+                return True
+        return False
+
+    def _forget(self, writer: asyncio.StreamWriter) -> None:
+        _, source = self._greeting.pop(writer, (None, None))
+        if source is not None:
+            self._sources[source] -= 1
+            if not self._sources[source]:
+                del self._sources[source]
 
     async def _greet(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         shard_nonce = secrets.token_bytes(NONCE_BYTES)
@@ -359,6 +404,8 @@ class PlaneConnection:
         except EOFError:
             raise PlaneClosed(f"{host}:{port} closed the connection during the handshake") \
                 from None
+        except OSError as exc:  # refused, reset, unreachable
+            raise PlaneClosed(f"{host}:{port}: the connection failed: {exc}") from None
         connection = cls(reader, writer)
         connection._reader = asyncio.get_running_loop().create_task(connection._read())
         return connection

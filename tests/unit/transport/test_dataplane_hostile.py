@@ -12,13 +12,18 @@ import hashlib
 import hmac
 import multiprocessing
 import os
+import socket
 import struct
 
 import msgpack
 import psutil
+import pytest
 
 from kairos.cluster.settings import PLANE_FRAME_BYTES
-from kairos.cluster.transport.dataplane import PlaneConnection, PlaneServer
+from kairos.cluster.transport import dataplane
+from kairos.cluster.transport.dataplane import PlaneClosed, PlaneConnection, PlaneServer
+
+from tests.support.waiting import until
 
 RSS_GROWTH_LIMIT = 50 << 20
 
@@ -144,3 +149,79 @@ def test_hostile_traffic_and_a_connection_flood_leave_the_shard_serving_in_bound
     finally:
         pipe.send("stop")
         shard.join(30)
+
+
+def _connected(source: str, address: tuple[str, int], count: int) -> list[socket.socket]:
+    """`count` connections from `source` that send nothing: a stranger's flood."""
+    flood = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.bind((source, 0))
+        sock.connect(address)  # the kernel completes it; the shard accepts it later
+        flood.append(sock)
+    return flood
+
+
+def test_a_flood_from_another_address_leaves_a_handshake_under_way_alone():
+    """Review finding: a stranger's connections, sending nothing, made room for themselves by
+    dropping the longest waiting handshake, whatever its address: a client mid-handshake was
+    dropped, and its open failed (closed during the handshake, or reset)."""
+    async def main():
+        server = PlaneServer(_echo)
+        address = await server.start("127.0.0.1")
+        reader, writer = await asyncio.open_connection(*address)
+        await until(lambda: server._greeting, 5, "the shard to greet the client")
+        flood = []
+        for _ in range(10):  # a few at a time: the shard accepts between them
+            flood += _connected("127.0.0.2", address, 20)
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # the shard took in the flood
+        await asyncio.wait_for(PlaneConnection._handshake(reader, writer, server.secret), 5)
+        writer.close()
+        await _answers(address, server.secret)  # a new client too, the flood still waiting
+        for sock in flood:
+            sock.close()
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_a_handshake_whose_response_arrived_is_never_dropped_to_make_room():
+    """A client whose whole response is in (here still in the kernel: the shard's loop has
+    not read it yet) is answered without waiting, so its own address's flood leaves it be."""
+    async def main():
+        server = PlaneServer(_echo)
+        address = await server.start("127.0.0.1")
+        reader, writer = await asyncio.open_connection(*address)
+        await until(lambda: server._greeting, 5, "the shard to greet the client")
+        next(iter(server._greeting)).transport.pause_reading()
+        magic, protocol, shard_nonce = dataplane._CHALLENGE.unpack(
+            await reader.readexactly(dataplane._CHALLENGE.size))
+        client_nonce = os.urandom(dataplane.NONCE_BYTES)
+        writer.write(dataplane._RESPONSE.pack(magic, protocol, client_nonce, dataplane._proof(
+            server.secret, b"client", shard_nonce, client_nonce)))
+        flood = _connected("127.0.0.1", address, 80)  # past PLANE_HANDSHAKES (64)
+        await asyncio.sleep(0.2)  # the shard took in the flood
+        for waiting in server._greeting:
+            waiting.transport.resume_reading()
+        assert await asyncio.wait_for(reader.readexactly(33), 5) == b"\x01" + dataplane._proof(
+            server.secret, b"shard", shard_nonce, client_nonce)
+        writer.close()
+        for sock in flood:
+            sock.close()
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_a_failed_connect_or_handshake_is_a_plane_closed():
+    """Review finding: a refused connect or a reset during the handshake escaped `open` as a
+    bare OSError, not the PlaneClosed it promises."""
+    async def main():
+        with socket.socket() as unused:
+            unused.bind(("127.0.0.1", 0))
+            address = unused.getsockname()  # bound, not listening: refused
+            with pytest.raises(PlaneClosed, match="the connection failed"):
+                await PlaneConnection.open(*address, b"s" * 32)
+
+    asyncio.run(main())
