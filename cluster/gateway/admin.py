@@ -22,6 +22,7 @@ from kairos.cluster.control.nodes import NodeRefused, NodeUnknown
 from kairos.cluster.evidence import report as evidence_report
 from kairos.cluster.gateway.calls import Gateway, fail
 from kairos.cluster.gateway.logexport import export
+from kairos.cluster.storage.store import StoreUnavailable
 from kairos.cluster.transport.backend import Unavailable
 from kairos.core.compiler import compiled_from_text
 
@@ -49,7 +50,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         try:
             await _answer(context, self.backend.controller().put_catalog(request.yaml, evidence))
         except ValueError as exc:
-            await fail(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            await fail(context, grpc.StatusCode.FAILED_PRECONDITION, _said(exc))
         return _catalog_info(compiled)
 
     async def RollbackCatalog(self, request, context) -> admin_pb2.CatalogInfo:
@@ -57,7 +58,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         try:
             await _answer(context, controller.rollback_catalog())
         except ValueError as exc:
-            await fail(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            await fail(context, grpc.StatusCode.FAILED_PRECONDITION, _said(exc))
         text = (await _answer(context, controller.get_catalog()))["text"]
         # compiling takes a while: off the event loop, which serves every other call meanwhile
         return _catalog_info(await asyncio.to_thread(compiled_from_text, text))
@@ -110,12 +111,10 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                        f"send DrainNode to a gateway on another node (kairos drain does)")
         try:
             done = await _answer(context, self.backend.controller().drain_node(node))
-        except NodeUnknown as exc:  # through Ray: the raised error is in `cause`
-            await fail(context, grpc.StatusCode.NOT_FOUND,
-                       f"node_id: {getattr(exc, 'cause', exc)}")
+        except NodeUnknown as exc:
+            await fail(context, grpc.StatusCode.NOT_FOUND, f"node_id: {_said(exc)}")
         except NodeRefused as exc:
-            await fail(context, grpc.StatusCode.FAILED_PRECONDITION,
-                       f"node_id: {getattr(exc, 'cause', exc)}")
+            await fail(context, grpc.StatusCode.FAILED_PRECONDITION, f"node_id: {_said(exc)}")
         return admin_pb2.DrainNodeResponse(node_id=node, shards=done["shards"],
                                            moved=done["moved"], map_version=done["version"])
 
@@ -133,8 +132,16 @@ async def _answer(context, work: Awaitable) -> Any:
     except TimeoutError:
         await fail(context, grpc.StatusCode.DEADLINE_EXCEEDED,
                    "the controller did not answer within the call's deadline")
-    except (Unavailable, RuntimeError) as exc:  # a shard (named) or the controller is stuck
-        await fail(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+    # a shard (named) or the controller is stuck, or the store did not take the new state
+    except (Unavailable, RuntimeError, StoreUnavailable) as exc:
+        await fail(context, grpc.StatusCode.UNAVAILABLE, _said(exc))
+
+
+def _said(exc: BaseException) -> str:
+    """What an error raised in the controller tells the client: through Ray, the raised
+    error's own message (`cause`), not the RayTaskError's, which adds the controller's
+    traceback, process id and address."""
+    return str(getattr(exc, "cause", exc))
 
 
 async def _compile(text: str, context) -> CompiledCatalog:
