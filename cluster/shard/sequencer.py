@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from kairos.cluster.settings import SESSION_START_S
+from kairos.cluster.settings import PLANE_CALL_S, SESSION_START_S
 
 MAX_SESSION_LENGTH = 64  # characters of a session's name (a client's are 32)
 SESSIONS_KEPT = 4096  # sessions remembered, the most recently used (a client has one a shard)
@@ -22,9 +22,11 @@ class Sequencer:
     (a client starts a new session after each failed call): should it come back, it starts
     as an unseen one."""
 
-    def __init__(self, start_s: float = SESSION_START_S, kept: int = SESSIONS_KEPT):
+    def __init__(self, start_s: float = SESSION_START_S, kept: int = SESSIONS_KEPT,
+                 gap_s: float = PLANE_CALL_S):
         self.start_s = start_s
         self.kept = kept
+        self.gap_s = gap_s
         self._turns: dict[str, int] = {}  # session -> next sequence number, oldest use first
         self._waiting: dict[str, set[int]] = {}
         self._turn = asyncio.Condition()
@@ -32,7 +34,10 @@ class Sequencer:
     async def turn(self, session: str, seq: int) -> None:
         """Return once the session's batches before `seq` have had their turn; the caller
         then has it until it next awaits. ValueError for a session name over
-        MAX_SESSION_LENGTH."""
+        MAX_SESSION_LENGTH, for a number the session is past (a replay: it had its turn, or
+        the session went on without it), and for one whose predecessors have not all come
+        within `gap_s` (its sender gave up on them by then: its calls have that deadline),
+        or `start_s` if longer (an unseen session starts only then)."""
         if len(session) > MAX_SESSION_LENGTH:
             raise ValueError(f"a session name of {len(session)} characters, over "
                              f"{MAX_SESSION_LENGTH}")
@@ -40,14 +45,20 @@ class Sequencer:
             waiting = self._waiting.setdefault(session, set())
             waiting.add(seq)
             try:
-                while self._turns.get(session, 0) != seq:
-                    try:
-                        async with asyncio.timeout(self.start_s):
-                            await self._turn.wait()
-                    except asyncio.TimeoutError:
-                        if session not in self._turns:
-                            self._turns[session] = min(waiting)
-                            self._turn.notify_all()
+                async with asyncio.timeout(max(self.gap_s, self.start_s)):
+                    while (turn := self._turns.get(session, 0)) != seq:
+                        if seq < turn:
+                            raise ValueError(f"batch {seq} of a session at batch {turn}")
+                        try:
+                            async with asyncio.timeout(self.start_s):
+                                await self._turn.wait()
+                        except TimeoutError:
+                            if session not in self._turns:
+                                self._turns[session] = min(waiting)
+                                self._turn.notify_all()
+            except TimeoutError:
+                raise ValueError(f"batch {seq} of a session at batch {self._turns.get(session, 0)}"
+                                 ": the batches between did not come in time") from None
             finally:
                 waiting.discard(seq)
                 if not waiting:
