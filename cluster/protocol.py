@@ -92,6 +92,7 @@ class Outcome(NamedTuple):
     when: Any = None
     decision_id: str | None = None
     value: float | None = None  # what a convert was worth (journals before it: None)
+    idempotency_key: str | None = None  # recorded once per customer (journals before: None)
 
 
 class ReadProfile(NamedTuple):

@@ -90,3 +90,5 @@ class Learned(str, Enum):
     # history only: the decision's action learned this label from an earlier outcome (an
     # accept then a convert is one example), and a conversion's value only once
     REPEATED = "repeated"
+    # nothing recorded: the customer had an outcome under the same idempotency key (cluster/)
+    DUPLICATE = "duplicate"

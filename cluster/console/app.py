@@ -279,7 +279,8 @@ class Console:
 
     async def respond(self, request: Request) -> Response:
         """Sends an outcome once: a repeat of one the session sent (a double click, a form
-        sent again) is not sent again, as the gateway would record it twice."""
+        sent again) is not sent again (and one sent again after a timeout carries the same
+        idempotency key, so the gateway records it once)."""
         form = await request.form()
         session = request.state.session
         customer_id, decision_id, action_id, outcome = (str(form.get(name, "")) for name in (

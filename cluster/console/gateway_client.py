@@ -8,6 +8,7 @@ customer unknown, a key refused), not status codes.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from dataclasses import dataclass
 from typing import AsyncIterator
 
@@ -105,9 +106,14 @@ class GatewayClient:
 
     async def respond(self, key: str, customer_id: str, channel: str, decision_id: str,
                       action_id: str, outcome: str) -> None:
+        """Records the agent's answer to one of a decision's actions once: the key names the
+        decision and the action, so an answer sent again after a timeout is not recorded
+        twice (the gateway's ids are longer than a key may be: a digest)."""
+        answer = hashlib.sha256(f"{decision_id}\x00{action_id}".encode()).hexdigest()
         await self._unary(self._decisions.Respond, pb.Outcome(
             customer_id=customer_id, channel=channel, decision_id=decision_id,
-            action_id=action_id, outcome=OUTCOMES[outcome]), key)
+            action_id=action_id, outcome=OUTCOMES[outcome],
+            idempotency_key=f"console:{answer}"), key)
 
     async def status(self, key: str) -> admin_pb2.ClusterStatus:
         return await self._unary(self._admin.GetClusterStatus,

@@ -268,7 +268,7 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
         learned = await self.gateway.call(context, self.gateway.as_customer(
             checked.who, lambda customer_id: self.client.respond(
                 customer_id, checked.action_id, checked.channel, checked.outcome,
-                checked.time, checked.decision_id, checked.value)))
+                checked.time, checked.decision_id, checked.value, checked.idempotency_key)))
         return pb.OutcomeAck(learned_from=LEARNED_FROM.get(learned, pb.LEARNED_FROM_UNSPECIFIED))
 
     async def GetRoutes(self, request: pb.RoutesRequest, context) -> pb.Routes:

@@ -135,6 +135,7 @@ class OutcomeRequest(NamedTuple):
     time: float
     decision_id: str | None  # None: offline (the caller's key has the feedback scope)
     value: float | None  # what a convert was worth
+    idempotency_key: str | None  # recorded once per customer
 
 
 def outcome_request(request: pb.Outcome, catalog: CompiledCatalog) -> OutcomeRequest:
@@ -165,9 +166,11 @@ def outcome_request(request: pb.Outcome, catalog: CompiledCatalog) -> OutcomeReq
         check_bounded(request.decision_id, "decision_id", MAX_DECISION_ID_LENGTH)
     # the shard's engine checks the value (a convert's, in range) before anything is kept
     value = request.value if request.HasField("value") else None
+    check_bounded(request.idempotency_key, "idempotency_key", MAX_KEY_LENGTH)
     return OutcomeRequest(customer, request.action_id, request.channel, outcome,
                           stated_time("time", request),
-                          None if request.offline else request.decision_id, value)
+                          None if request.offline else request.decision_id, value,
+                          request.idempotency_key or None)
 
 
 def stated_time(where: str, message: Any) -> float:

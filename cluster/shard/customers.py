@@ -32,7 +32,7 @@ from kairos.cluster.shard.decisionlog import DecisionLog
 from kairos.cluster.shard.context import LEARNED_COUNT, ShardContext, touch
 from kairos.cluster.shard.journaling import Journaling
 from kairos.cluster.shard.identities import CustomerIdentities
-from kairos.cluster.shard.keys import IdempotencyKeys
+from kairos.cluster.shard.keys import OUTCOME_KEY, IdempotencyKeys
 from kairos.cluster.shard.outcomes import DecisionSeal, OutcomeRate
 from kairos.cluster.shard.residency import HomeDamaged, Residency
 from kairos.cluster.shard.watches import Watches
@@ -216,8 +216,10 @@ class CustomerRequests:
         """Record outcomes that name a decision a shard issued and an action it showed
         (outcomes.py), or no decision at all (None: offline feedback, which only a gateway
         lets through, for keys with the feedback scope), within the customer's rate (else
-        Busy); nothing is created for one refused. A replay takes its records as they are:
-        they were checked when journaled (with the engine's own decision id)."""
+        Busy); nothing is created for one refused. One whose idempotency key its customer has
+        had (keys.py, as events': the same window, the same keys) answers DUPLICATE and
+        records nothing. A replay takes its records as they are: they were checked when
+        journaled (with the engine's own decision id)."""
         replies: list[Reply] = []
         for o in batch:
             sent = o  # as its caller named the decision: the log joins it to the sealed id
@@ -226,7 +228,12 @@ class CustomerRequests:
                 if refusal is not None:
                     replies.append(Busy(reason=refusal))
                     continue
+            key = OUTCOME_KEY + o.idempotency_key if o.idempotency_key else None
             try:  # nothing of the outcome is applied before its customer is loaded
+                if key is not None and self._repeated(o, key):
+                    replies.append(Ok(value=Learned.DUPLICATE.value))
+                    self._ctx.counts[LEARNED_COUNT + Learned.DUPLICATE.value] += 1
+                    continue
                 if o.decision_id is not None and not self._journaling.replaying:
                     engine_id, issued_to, issued = self._seal.opened(
                         self._issued_to(o), o.decision_id, o.channel, o.action_id)
@@ -251,6 +258,8 @@ class CustomerRequests:
                 continue
             if not known:  # shown a decision (or offline) before it had a profile: now it has
                 self._residency.activate(o.customer_id, o.partition)
+            if key is not None:
+                self._keys.remember(o.customer_id, key, 0)
             self._journaling.record(o)
             if not self._journaling.replaying:
                 self._log.outcome(sent, o.value)
@@ -258,6 +267,12 @@ class CustomerRequests:
             self._ctx.counts["outcomes"] += 1
             self._ctx.counts[LEARNED_COUNT + learned.value] += 1
         return replies
+
+    def _repeated(self, o: Outcome, key: str) -> bool:
+        """Whether the customer had an outcome under this key (its keys are in its home
+        while it is passivated: it is brought in to look)."""
+        return self._residency.activate(o.customer_id, o.partition, create=False) and \
+            self._keys.get(o.customer_id, key) is not None
 
     def _check_not_forgotten(self, o: Outcome, issued: int) -> None:
         """InputError if the customer was forgotten after the decision was issued (or in the

@@ -7,7 +7,7 @@ when the partition moves. Memory holds the keys of resident customers only, and 
 from two customers is two keys. Retention is a window per customer: a retry is recognised for
 at least KEY_RETENTION_S after the first application, among the customer's KEYS_PER_CUSTOMER
 most recent keys; past either, it applies again. A caller can push out only the keys of the
-customer it names.
+customer it names. Outcomes' keys (Respond) are kept the same way, among the same keys.
 """
 from __future__ import annotations
 
@@ -15,6 +15,10 @@ from collections import OrderedDict
 from typing import Any, Callable
 
 from kairos.cluster.settings import KEY_RETENTION_S, KEYS_PER_CUSTOMER
+
+# An outcome's key is kept under this prefix, so an event's and an outcome's of the same text
+# are two keys (an event's would have to start with it, NUL and all, to meet an outcome's)
+OUTCOME_KEY = "outcome\x00"
 
 
 class IdempotencyKeys:

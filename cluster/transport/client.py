@@ -197,12 +197,14 @@ class KairosClient(IdentitySagas):
 
     async def respond(self, customer_id: str, action_id: str, channel: str, outcome: str,
                       when: Any, decision_id: str | None = None,
-                      value: float | None = None) -> str:
-        """Record an outcome (a convert may carry its value); what the models learned from
-        (a core.decision.Learned value)."""
+                      value: float | None = None, idempotency_key: str | None = None) -> str:
+        """Record an outcome (a convert may carry its value) once per idempotency key; what
+        the models learned from (a core.decision.Learned value: DUPLICATE for a key the
+        customer had)."""
         return await self._value(Outcome(customer_id=customer_id, action_id=action_id,
                                 channel=channel, outcome=outcome, when=when,
-                                decision_id=decision_id, value=value))
+                                decision_id=decision_id, value=value,
+                                idempotency_key=idempotency_key))
 
     async def profile(self, customer_id: str, now: float | None = None) -> dict | None:
         """The golden record, or None for a customer nobody has seen."""
@@ -354,10 +356,10 @@ class KairosClient(IdentitySagas):
                 try:
                     replies = await self.backend.send(link.name, session, seq, requests, routed)
                     break
-                except NotSent:
+                except NotSent as exc:
                     if attempt or link.session != session:  # != : an earlier batch failed
                         raise
-                    session, seq = self._resend_as(link, session, seq)
+                    session, seq = self._resend_as(link, session, seq, exc.gapped)
         except Exception as exc:
             # The shard died or is restarting (or the backend failed): requests may or may
             # not have been applied, so they fail rather than being re-sent; later ones start
@@ -387,12 +389,15 @@ class KairosClient(IdentitySagas):
             return False
 
     @staticmethod
-    def _resend_as(link: _ShardLink, session: str, seq: int) -> tuple[str, int]:
+    def _resend_as(link: _ShardLink, session: str, seq: int, gapped: bool
+                   ) -> tuple[str, int]:
         """The session and number a batch that never left goes again as: a fresh session's
         first when it is the link's only call and newest batch (a restarted shard takes an
-        unknown session's batch 0 at once, a later one only after SESSION_START_S), else its
-        own, where the shard's sequencer keeps it in order with the session's others."""
-        if link.calls == 1 and link.seq == seq + 1:
+        unknown session's batch 0 at once, a later one only after SESSION_START_S), or when
+        batches before it went unanswered (`gapped`: the shard would wait for them in vain),
+        else its own, where the shard's sequencer keeps it in order with the session's
+        others."""
+        if gapped or (link.calls == 1 and link.seq == seq + 1):
             link.session, link.seq = uuid.uuid4().hex, 1
             return link.session, 0
         return session, seq

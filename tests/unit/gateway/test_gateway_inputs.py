@@ -319,3 +319,22 @@ def test_an_alias_at_its_longest_names_a_profile_like_any_other(served):
         call(stub, "Ingest", pb.Event(alias=pb.Alias(type="cookie", value="v" * 257),
                                       type="app_open", channel="web"))
     assert exc.value.details().startswith("alias.value: "), exc.value.details()
+
+
+def test_an_offline_outcome_retried_with_its_key_is_acknowledged_as_a_duplicate(keyed):
+    gateway, stub = keyed
+    feedback = [("x-api-key", "feedback-key-0123456789")]
+    offline = pb.Outcome(customer_id="crm-2", action_id="service_menu", channel="web",
+                         outcome=pb.CONVERT, offline=True, idempotency_key="order-42")
+    assert stub.Respond(offline, timeout=DEADLINE_S, metadata=feedback).learned_from == \
+        pb.LEARNED_FROM_PROFILE_NO_DECISION
+    learnt = models(gateway)
+    assert stub.Respond(offline, timeout=DEADLINE_S, metadata=feedback).learned_from == \
+        pb.LEARNED_FROM_DUPLICATE
+    assert same(models(gateway), learnt)
+    too_long = pb.Outcome(idempotency_key="k" * 257, **{
+        f.name: v for f, v in offline.ListFields() if f.name != "idempotency_key"})
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.Respond(too_long, timeout=DEADLINE_S, metadata=feedback)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert exc.value.details().startswith("idempotency_key:")
