@@ -36,7 +36,11 @@ class Unavailable(Exception):
 
 class NotSent(Unavailable):
     """A batch never left this process (its connection had closed before it was written):
-    it cannot have taken effect, so it may be sent again."""
+    it cannot have taken effect, so it may be sent again. `gapped`: batches written before
+    it on that connection went unanswered, so its session may have a gap at the shard that
+    nothing will fill; it goes again only in a fresh session."""
+
+    gapped = False
 
 
 class NotCarried(Unavailable):

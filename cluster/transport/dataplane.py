@@ -433,13 +433,13 @@ class PlaneConnection:
 
     async def call(self, session: str, seq: int, requests: list, routed: list[int]) -> list:
         """The shard's results for a batch. PlaneNotSent if the connection had closed before
-        (unless calls written on it went unanswered, which may leave a gap in `session`);
+        (`gapped` if calls written on it went unanswered: `session` may have a gap);
         OverflowError for a batch over the limits (nothing sent); PlaneClosed, and the
         connection dropped, if the answer takes longer than PLANE_CALL_S."""
-        if self.closed:
-            if self._lost or self._pending:
-                raise PlaneClosed("the connection is closed")
-            raise PlaneNotSent("the connection is closed")
+        if self.closed:  # then nothing is written: the call never leaves
+            unsent = PlaneNotSent("the connection is closed")
+            unsent.gapped = self._lost or bool(self._pending)
+            raise unsent
         if len(requests) > PLANE_CONTAINER_LEN:
             raise OverflowError(f"a batch of {len(requests)} requests is over "
                                 f"PLANE_CONTAINER_LEN ({PLANE_CONTAINER_LEN})")

@@ -20,13 +20,14 @@ T0 = 1_795_629_600.0
 
 
 class _Scripted(LocalBackend):
-    """Sends are recorded; the (session, seq) pairs in `not_sent` fail once as never sent;
-    the others wait for `gate`."""
+    """Sends are recorded; the (session, seq) pairs in `not_sent` fail once as never sent
+    (behind unanswered ones if `gapped`); the others wait for `gate`."""
 
     def __init__(self) -> None:
         super().__init__()
         self.sent: list[tuple[str, int]] = []
         self.not_sent: set[int] = set()  # seq numbers, in any session
+        self.gapped = False
         self.unreachable: set[str] = set()  # shards no connection opens to
         self.gate = asyncio.Event()
 
@@ -36,7 +37,9 @@ class _Scripted(LocalBackend):
             raise NotSent(f"{name}: no connection")
         if seq in self.not_sent:
             self.not_sent.discard(seq)
-            raise NotSent(f"{name}: the connection is closed")
+            unsent = NotSent(f"{name}: the connection is closed")
+            unsent.gapped = self.gapped
+            raise unsent
         await self.gate.wait()
         return await super().send(name, session, seq, requests, routed)
 
@@ -76,6 +79,29 @@ def test_a_batch_behind_another_in_flight_goes_again_in_its_place():
         assert await asyncio.gather(first, second) == [1, 2]  # in order
         sessions = {session for session, _ in backend.sent}
         assert len(sessions) == 1 and [seq for _, seq in backend.sent] == [0, 1, 1]
+        await client.close()
+
+    asyncio.run(main())
+
+
+def test_a_batch_behind_unanswered_ones_goes_again_as_the_first_of_a_fresh_session():
+    """Review finding: a batch that never left, behind batches of its session that went
+    unanswered, failed as maybe applied (its connection said so), though it never left; sent
+    again in its place, the shard would wait for the lost ones in vain."""
+    async def main():
+        backend, client = await _runtime()
+        backend.not_sent, backend.gapped = {1}, True
+        first = asyncio.ensure_future(client.ingest("ana", "app_open", T0))
+        await until(lambda: backend.sent, 5, "batch 0 in flight, held at the gate",
+                    poll_s=0.001)
+        second = asyncio.ensure_future(client.ingest("bob", "app_open", T0 + 1))
+        await until(lambda: len(backend.sent) == 3, 5,
+                    "batch 1 to fail unsent and go again", poll_s=0.001)
+        backend.gate.set()
+        assert await asyncio.gather(first, second) == [1, 1]
+        (session, _), (same, _), (fresh, _) = backend.sent
+        assert session == same != fresh
+        assert [seq for _, seq in backend.sent] == [0, 1, 0]
         await client.close()
 
     asyncio.run(main())
