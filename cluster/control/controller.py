@@ -9,9 +9,10 @@ without Ray in tests; `ControllerActor` (actor.py) is the named, detached Ray ac
   hand over the customers -> the new owner adopts them -> the version is published -> the old
   owner forgets them; clients re-send what met the freeze, in order. A round's moves are saved
   before the first freeze and settled after a crash.
-- A catalog switch is two-phase: every shard prepares (compiles), then all commit; a failure
-  in the first phase leaves every shard on the old version. The version is saved before the
-  first commit; shards that miss it are caught up (lagging.py).
+- A catalog switch (catalogs.py) is two-phase: every shard prepares (compiles), then all
+  commit; a shard that refuses the catalog in the first phase leaves every shard on the old
+  version. The version is saved before the first commit; shards that miss either phase are
+  caught up (lagging.py).
 - Every remote call has a deadline (ray_backend.py): a shard that does not answer fails only
   its own step, and holds the lock (a reconfiguration calls shards under it) no longer than
   that. Long polls, channel watches and the control loop's health checks take no lock.
@@ -36,8 +37,9 @@ import numpy as np
 from kairos.core.catalog import default_catalog_text
 from kairos.core.compiler import compiled_from_text
 
+from kairos.cluster.control.catalogs import Catalogs
 from kairos.cluster.control.endpoints import ShardEndpoints
-from kairos.cluster.control.lagging import Lagging, named, on_each
+from kairos.cluster.control.lagging import Lagging
 from kairos.cluster.control.moves import hand_over, round_budget, settle
 from kairos.cluster.control.nodes import GatewaySpec, NodeRefused, Nodes, NodeUnknown
 from kairos.cluster.control.partitions import DEFAULT_PARTITIONS, Move, PartitionMap
@@ -48,7 +50,6 @@ from kairos.cluster.longpoll import Changes
 from kairos.cluster.settings import DRAIN_UNREADY_S, LONG_POLL_S, RETIRE_GRACE_S, SHARDS_PER_CPU
 from kairos.cluster.shard.outcomes import outcome_secret
 from kairos.cluster.storage.providers import open_store, redact
-from kairos.cluster.storage.store import StoreUnavailable
 from kairos.cluster.transport.backend import Backend, Unavailable
 
 log = logging.getLogger("kairos.controller")
@@ -62,8 +63,9 @@ def _seed_of(name: str) -> int:
     return int(name.rsplit("-", 1)[1]) + 1
 
 
-class Controller(ControlLoop):
-    """The control loop's round (reconcile) is in rounds.py."""
+class Controller(ControlLoop, Catalogs):
+    """The control loop's round (reconcile) is in rounds.py, the catalog switches in
+    catalogs.py."""
 
     def __init__(self, backend: Backend, catalog_text: str | None = None,
                  n_partitions: int = DEFAULT_PARTITIONS, store_url: str = "memory",
@@ -384,46 +386,6 @@ class Controller(ControlLoop):
         self.endpoints.forget(name)
         self.lagging.forget(name)
         self.replacing.pop(name, None)
-
-    # -- catalogs ------------------------------------------------------------------------------
-
-    async def put_catalog(self, catalog_text: str, evidence: dict[str, str] | None = None
-                          ) -> str:
-        """Validate, then switch every shard and the learner; the new version, with `evidence`
-        (the gateway's {json, summary} of a replay report) kept with it. ValueError for
-        other content under the running version (gateways tell catalogs apart by version)."""
-        version = compiled_from_text(catalog_text, strict=True).version  # CatalogError: stop
-        async with self._reconfiguring:
-            if version == self.catalog_version and catalog_text != self.catalog_text:
-                raise ValueError(f"catalog {version!r} runs with other text: give it a new version")
-            shards = self.shards
-            failed = await on_each(self.backend, shards, lambda s: s.prepare(catalog_text))
-            if failed:
-                raise RuntimeError(f"catalog {version} was not switched: " + named(failed))
-            try:
-                await self.backend.learner().switch(catalog_text)
-            except StoreUnavailable as exc:  # it has not read its saved posterior yet
-                raise Unavailable(f"catalog {version} was not switched: the learner: "
-                                  f"{exc}") from exc
-            self.previous_catalog, self.catalog_text = self.catalog_text, catalog_text
-            self.catalog_version = version
-            self.previous_evidence, self.evidence = self.evidence, evidence or {}
-            self.lagging.catalog.update(shards)
-            await self._save()  # decided: from here on every shard ends on this version
-            await self.lagging.commit_catalog(shards, catalog_text, version, prepared=True)
-            self.map = self.map.apply([], self.map.shards)  # gateways learn it by long poll
-            await self._publish()
-        return version
-
-    async def get_catalog(self) -> dict[str, Any]:
-        return {"version": self.catalog_version, "text": self.catalog_text,
-                "has_previous": self.previous_catalog is not None,
-                "evidence": self.evidence.get("json", "")}
-
-    async def rollback_catalog(self) -> str:
-        if self.previous_catalog is None:
-            raise ValueError("there is no previous catalog version to roll back to")
-        return await self.put_catalog(self.previous_catalog, self.previous_evidence)
 
     # -- watches -------------------------------------------------------------------------------
 

@@ -474,6 +474,9 @@ class LearnerActor:
         """Run this catalog from now on; the model version. StoreUnavailable, the learner
         left as it was, if the switch could not be saved: restarted, the learner would come
         back on the saved catalog, behind the shards the controller switched."""
+        # compiled on a thread, before the switch finds it compiled (compiled_from_text keeps
+        # the last texts): a large catalog takes seconds, and this loop serves every watch
+        await asyncio.to_thread(compiled_from_text, catalog_text)
         self._ready()
         kept, took_up = self.learner.kept(), self._took_up
         version = self.learner.switch(catalog_text)

@@ -199,6 +199,10 @@ class ShardActor:
         await self.host.run(Shard.thaw, partitions, version)
 
     async def prepare(self, catalog_text: str) -> str:
+        # compiled on a thread, not on the data path: a large catalog takes seconds, and every
+        # shard prepares at once; Shard.prepare then finds it compiled (compiled_from_text
+        # keeps the last texts)
+        await asyncio.to_thread(compiled_from_text, catalog_text)
         return await self.host.run(Shard.prepare, catalog_text)
 
     async def commit(self, version: str) -> None:

@@ -185,12 +185,16 @@ def test_a_shard_that_fails_its_commit_is_switched_by_the_control_loop(tmp_path)
 def test_a_catalog_switch_interrupted_by_a_controller_crash_is_finished_on_resume(tmp_path):
     async def main():
         backend, controller = await started(str(tmp_path), 3)
+        seen = controller.routing()  # what the gateways hold
         text = catalog_v2(controller)
         backend.hang_at = ("commit", "before")
         await crash_during(backend, controller.put_catalog(text))
         controller = await restarted(backend, str(tmp_path), 3)
         assert controller.catalog_text == text
         assert versions(backend) == {controller.catalog_version}
+        # their long polls learn of it (a map version that names it)
+        assert (await controller.get_map(seen["version"], 0.1))["catalog_version"] == \
+            controller.catalog_version
     asyncio.run(main())
 
 

@@ -1,0 +1,99 @@
+"""The controller's catalog versions (a part of Controller: controller.py): PutCatalog and
+RollbackCatalog, each a two-phase switch of every shard and the learner, one at a time (under
+the reconfiguration lock, where the running and previous catalogs are read too).
+
+- A catalog is compiled on a thread: a large one takes seconds, and this loop serves the
+  gateways' long polls and the control loop meanwhile.
+- The same catalog sent again while it runs (a retry after DEADLINE_EXCEEDED) changes nothing:
+  switched again, it would become its own rollback target.
+- Phase one: every shard prepares. One that refuses the text (a CatalogError or ValueError)
+  stops the switch with every shard on the old version; one that fails otherwise (does not
+  answer: stopped, restarting, wedged, recovering) must not hold up the others: it is left
+  lagging, as is one that misses the commit, and caught up by the control loop (a shard that
+  starts again starts on the running catalog).
+- The decision (the new catalog, and the map version that tells the gateways of it) is saved
+  before the first commit: a controller that crashes after it finishes the switch on resume,
+  and publishes that map version, so gateways that saw the old one learn of the new catalog.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from kairos.core.compiler import compiled_from_text
+
+from kairos.cluster.control.lagging import on_each, named
+from kairos.cluster.storage.store import StoreUnavailable
+from kairos.cluster.transport.backend import Unavailable
+
+log = logging.getLogger("kairos.controller")
+
+
+async def _version(text: str, strict: bool = False) -> str:
+    """The version of the catalog in `text`, compiled off the event loop (CatalogError)."""
+    return (await asyncio.to_thread(compiled_from_text, text, "<catalog>", strict)).version
+
+
+class Catalogs:
+    """Controller's catalog switches (a part of Controller: controller.py)."""
+
+    async def put_catalog(self, catalog_text: str, evidence: dict[str, str] | None = None
+                          ) -> str:
+        """Validate, then switch every shard and the learner; the new version, with `evidence`
+        (the gateway's {json, summary} of a replay report) kept with it. ValueError for
+        other content under the running or the previous version (gateways and the learner
+        tell catalogs apart by version)."""
+        version = await _version(catalog_text, strict=True)  # CatalogError: stop
+        async with self._reconfiguring:
+            if version == self.catalog_version:
+                if catalog_text != self.catalog_text:
+                    raise ValueError(f"catalog {version!r} runs with other text: give it a "
+                                     f"new version")
+                return version
+            if self.previous_catalog is not None and catalog_text != self.previous_catalog \
+                    and version == await _version(self.previous_catalog):
+                raise ValueError(f"catalog {version!r} ran before with other text: give it "
+                                 f"a new version")
+            await self._switch(catalog_text, version, evidence or {})
+        return version
+
+    async def get_catalog(self) -> dict[str, Any]:
+        return {"version": self.catalog_version, "text": self.catalog_text,
+                "has_previous": self.previous_catalog is not None,
+                "evidence": self.evidence.get("json", "")}
+
+    async def rollback_catalog(self) -> str:
+        async with self._reconfiguring:
+            if self.previous_catalog is None:
+                raise ValueError("there is no previous catalog version to roll back to")
+            text = self.previous_catalog
+            version = await _version(text)
+            await self._switch(text, version, self.previous_evidence)
+        return version
+
+    async def _switch(self, text: str, version: str, evidence: dict[str, str]) -> None:
+        """Switch every shard and the learner to the catalog `text` of `version` (the module's
+        docstring); under the reconfiguration lock."""
+        shards = self.shards
+        failed = await on_each(self.backend, shards, lambda s: s.prepare(text))
+        refused = {n: exc for n, exc in failed.items() if isinstance(exc, ValueError)}
+        if refused:
+            raise RuntimeError(f"catalog {version} was not switched: " + named(refused))
+        try:
+            await self.backend.learner().switch(text)
+        except StoreUnavailable as exc:  # it has not read its saved posterior yet
+            raise Unavailable(f"catalog {version} was not switched: the learner: "
+                              f"{exc}") from exc
+        if failed:
+            log.warning("catalog %s is not prepared on %s; the control loop switches them",
+                        version, named(failed))
+        self.previous_catalog, self.catalog_text = self.catalog_text, text
+        self.catalog_version = version
+        self.previous_evidence, self.evidence = self.evidence, evidence
+        self.lagging.catalog.update(shards)
+        self.map = self.map.apply([], self.map.shards)  # gateways learn it by long poll
+        await self._save()  # decided: from here on every shard ends on this version
+        await self.lagging.commit_catalog([s for s in shards if s not in failed], text,
+                                          version, prepared=True)
+        await self._publish()

@@ -1,0 +1,140 @@
+"""PutCatalog and RollbackCatalog as operators and gateways retry them (catalogs.py), without
+Ray: a resend changes nothing, rollbacks read the catalogs under the lock, a shard that does
+not answer is caught up rather than holding every switch, a version names one text, and no
+catalog compiles on an event loop (the controller's, the learner's, a shard's data path)."""
+from __future__ import annotations
+
+import asyncio
+import threading
+from types import SimpleNamespace
+
+import pytest
+
+from kairos.core import compiler
+
+from kairos.cluster.control.learner import LearnerActor
+from kairos.cluster.shard.actor import ShardActor
+
+from tests.unit.control.test_interrupted import catalog_v2, no_grace, started, versions
+
+__all__ = ["no_grace"]  # the fixture, used here too
+
+
+def test_the_same_catalog_sent_again_keeps_the_rollback_target(tmp_path):
+    async def main():
+        backend, controller = await started(str(tmp_path), 2)
+        v1, v2 = controller.catalog_text, catalog_v2(controller)
+        version = await controller.put_catalog(v2)
+        assert await controller.put_catalog(v2) == version  # a retry after DEADLINE_EXCEEDED
+        assert controller.previous_catalog == v1
+        assert (await controller.get_catalog())["has_previous"]
+        back = await controller.rollback_catalog()
+        assert controller.catalog_text == v1 and versions(backend) == {back}
+    asyncio.run(main())
+
+
+def test_rollbacks_at_once_each_switch_from_what_the_one_before_left(tmp_path):
+    async def main():
+        backend, controller = await started(str(tmp_path), 2)
+        v1, v2 = controller.catalog_text, catalog_v2(controller)
+        await controller.put_catalog(v2)
+        first, second = await asyncio.gather(controller.rollback_catalog(),
+                                             controller.rollback_catalog())
+        assert first != second and controller.catalog_version == second
+        assert (controller.catalog_text, controller.previous_catalog) == (v2, v1)
+        assert versions(backend) == {second}
+    asyncio.run(main())
+
+
+def test_a_shard_that_does_not_answer_the_prepare_is_caught_up_not_holding_the_switch(
+        tmp_path):
+    async def main():
+        backend, controller = await started(str(tmp_path), 3)
+        await controller.put_catalog(catalog_v2(controller))
+        behind = controller.shards[2]
+        backend.fail[(behind, "prepare")] = 1
+        version = await controller.rollback_catalog()
+        assert controller.catalog_version == version and behind in controller.lagging.catalog
+        await controller.reconcile()
+        assert versions(backend) == {version} and not controller.lagging.catalog
+    asyncio.run(main())
+
+
+def test_a_shard_that_refuses_the_catalog_stops_the_switch(tmp_path):
+    async def main():
+        backend, controller = await started(str(tmp_path), 2)
+        before = controller.catalog_version
+        def refuse(text: str) -> str:
+            raise ValueError("the catalog does not fit this shard")
+
+        backend.shards[controller.shards[1]].prepare = refuse
+        with pytest.raises(RuntimeError, match=controller.shards[1]):
+            await controller.put_catalog(catalog_v2(controller))
+        assert controller.catalog_version == before and versions(backend) == {before}
+    asyncio.run(main())
+
+
+def test_a_version_that_ran_before_is_refused_with_other_text(tmp_path):
+    async def main():
+        backend, controller = await started(str(tmp_path), 2)
+        v1 = controller.catalog_text
+        await controller.put_catalog(catalog_v2(controller))
+        edited = v1.replace("\nname:", "\n# edited, version not bumped\nname:", 1)
+        assert edited != v1
+        with pytest.raises(ValueError, match="ran before with other text"):
+            await controller.put_catalog(edited)
+        assert controller.previous_catalog == v1
+        assert await controller.put_catalog(v1) == versions(backend).pop()  # as it ran: fine
+    asyncio.run(main())
+
+
+@pytest.fixture
+def compiles(monkeypatch):
+    """The threads catalogs were compiled on (a text compiled before is not compiled again)."""
+    threads: list[int] = []
+    compile_catalog = compiler.compile_catalog
+
+    def recorded(catalog):
+        threads.append(threading.get_ident())
+        return compile_catalog(catalog)
+
+    monkeypatch.setattr(compiler, "compile_catalog", recorded)
+    return threads
+
+
+def fresh(text: str, tag: str) -> str:
+    """Another version of `text`, never compiled in this process."""
+    return text.replace("version: ", f"version: {tag}-{id(object())}-", 1)
+
+
+def test_the_controller_compiles_catalogs_off_its_event_loop(tmp_path, compiles):
+    async def main():
+        backend, controller = await started(str(tmp_path), 2)
+        compiles.clear()
+        await controller.put_catalog(fresh(controller.catalog_text, "put"))
+        compiler._compiled.clear()  # as if evicted since: a rollback compiles it again
+        await controller.rollback_catalog()
+        loop = threading.get_ident()
+        assert len(compiles) == 2 and loop not in compiles
+    asyncio.run(main())
+
+
+def test_the_learner_and_the_shards_compile_a_catalog_off_their_event_loops(compiles):
+    from kairos.core.catalog import default_catalog_text
+    learner = LearnerActor.__ray_metadata__.modified_class.__ray_actor_class__(
+        default_catalog_text(), "memory")
+    prepare = ShardActor.__ray_metadata__.modified_class.prepare
+
+    async def run(method, *args):  # ShardHost.run: on the data path, that is on the loop
+        return method(SimpleNamespace(catalogs=SimpleNamespace(prepare=prepared)), *args)
+
+    def prepared(text: str) -> str:
+        return compiler.compiled_from_text(text).version
+
+    async def main():
+        compiles.clear()
+        await learner.switch(fresh(default_catalog_text(), "learner"))
+        await prepare(SimpleNamespace(host=SimpleNamespace(run=run)),
+                      fresh(default_catalog_text(), "shard"))
+        assert len(compiles) == 2 and threading.get_ident() not in compiles
+    asyncio.run(main())
