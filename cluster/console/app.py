@@ -11,7 +11,7 @@
 
 A link from another site (a CRM's deep link) arrives without the session's SameSite=Strict
 cookie: the console answers it with a page that asks again from its own origin, so the
-browser sends the cookie and the agent lands where the link pointed, still signed in.
+browser sends the cookie and the agent lands where the link pointed, still signed in (web.py).
 
 Every page is rendered by Jinja with autoescape on, and served with a Content-Security-Policy
 that allows this origin's own script and nothing inline, so a profile value holding markup is
@@ -32,10 +32,9 @@ import math
 import weakref
 from dataclasses import dataclass
 from typing import AsyncIterator
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import jinja2
-from markupsafe import escape
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -46,15 +45,16 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp
 
-from kairos.cluster.console import i18n, views
+from kairos.cluster.console import i18n, views, web
 from kairos.cluster.console.gateway_client import OUTCOMES, GatewayClient, GatewayError, Lookup
-from kairos.cluster.console.session import (COOKIE, CSRF_FIELD, MAX_ANSWERED, VISITOR_COOKIE,
-                                            Sessions, SignInLimit, SignInRefused,
-                                            cookie_options)
+from kairos.cluster.console.session import (ANSWERED_EARLIER, COOKIE, CSRF_FIELD, MAX_ANSWERED,
+                                            VISITOR_COOKIE, Sessions, SignInLimit,
+                                            SignInRefused, cookie_options)
 from kairos.cluster.gateway.auth import Auth
 from kairos.core.request import MAX_DECISION_ID_LENGTH
 from kairos.core.request import MAX_KEY_LENGTH as MAX_ACTION_ID_LENGTH
 from kairos.v1 import admin_pb2
+from kairos.v1 import decision_pb2 as pb
 
 SEARCH_KINDS = ("customer_id", "cookie", "device", "email")
 MAX_ID_LENGTH = 256  # the gateway's cap on customer ids and alias values
@@ -65,17 +65,6 @@ MAX_BODY_BYTES = 1 << 20  # the gateway's message limit: no form needs more
 MAX_STREAMS_PER_SESSION = 4
 MAX_STREAMS_PER_KEY = 64  # an agent's key signs in as many sessions as it likes
 MAX_STREAMS = 1_000
-SECURITY_HEADERS = [
-    (b"content-security-policy", b"default-src 'none'; script-src 'self'; style-src 'self'; "
-                                 b"img-src 'self'; connect-src 'self'; form-action 'self'; "
-                                 b"base-uri 'none'; frame-ancestors 'none'"),
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"cache-control", b"no-store"),
-]
-# HTTPS for a year after each visit; not includeSubDomains: the console's name does not speak
-# for other servers under it
-HSTS = (b"strict-transport-security", b"max-age=31536000")
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # as Host headers carry them
 # a catalog validated: (its summary, None) or (None, the gateway's validation message)
 Checked = tuple[admin_pb2.CatalogInfo | None, str | None]
@@ -197,11 +186,12 @@ class Console:
             page = await self.customer_page(key, wanted)
         except GatewayError as exc:
             return self.failure(request, exc, f"{t[by]} {wanted}")
-        # a link from elsewhere reaches this page too: it says only what this session sent
+        # a link from elsewhere reaches this page too, `recorded` and all: the notice is this
+        # session's answer for this customer, once, on the page its answer redirected to
         recorded = request.query_params.get("recorded", "")
-        sent = recorded in OUTCOMES and recorded in request.state.session.answered.values()
+        notice = request.state.session.notices.pop(wanted, "")
         return self.render(request, "customer.html", page=page,
-                           recorded=recorded if sent else "")
+                           recorded=notice if notice == recorded else "")
 
     async def customer_page(self, key: str, customer_id: str) -> views.CustomerPage:
         try:
@@ -292,22 +282,34 @@ class Console:
             return self.render(request, "error.html", 400, kind="bad_request", detail="",
                                subject="")
         answered = (decision_id, action_id)
-        if answered in session.answered:  # sent, or being sent (then the page says nothing)
+        if answered in session.answered:  # sent, or being sent (then the page says so)
             recorded = session.answered[answered] or ""
         else:
             session.answered[answered] = None  # before the await: a second click finds it
             while len(session.answered) > MAX_ANSWERED:
                 session.answered.popitem(last=False)
             try:
-                await self.gateway.respond(session.key, customer_id, self.config.channel,
-                                           decision_id, action_id, outcome)
-            except GatewayError as exc:
+                learned = await self.gateway.respond(session.key, customer_id,
+                                                     self.config.channel, decision_id,
+                                                     action_id, outcome)
+            except BaseException as exc:
+                # unconfirmed, however (a failure, a bug, the request cancelled): the action
+                # is not left "being sent" for good, so the agent may answer it again
                 session.answered.pop(answered, None)
+                if not isinstance(exc, GatewayError):
+                    raise
                 if exc.code == "DEADLINE_EXCEEDED":  # sent, maybe recorded, answer lost
                     return self.render(request, "error.html", STATUS_OF["maybe_recorded"],
                                        kind="maybe_recorded", detail="", subject=customer_id)
                 return self.failure(request, exc, customer_id)
-            session.answered[answered] = recorded = outcome
+            # the action was answered before (a reply lost to a timeout, another session):
+            # the gateway kept that answer, whatever this one said, and the history shows it
+            recorded = ANSWERED_EARLIER if learned == pb.LEARNED_FROM_DUPLICATE else outcome
+            session.answered[answered] = recorded
+        if recorded:
+            session.notices[customer_id] = recorded
+            while len(session.notices) > MAX_ANSWERED:
+                session.notices.popitem(last=False)
         return self.redirect(request, "/customer?" + urlencode(
             {"id": customer_id, **({"recorded": recorded} if recorded else {})}))
 
@@ -374,7 +376,9 @@ def create_app(config: ConsoleConfig, auth: Auth, gateway: GatewayClient | None 
         Route("/signout", signed_in(console.signout, post=True), methods=["POST"]),
         Route("/", signed_in(console.home)),
         Route("/customer", signed_in(console.customer)),
-        Route("/customer/live", signed_in(console.live)),
+        # a live page asked for again (a tab shown again, a paused one every 10 s) is the
+        # browser's doing, not the agent's: it keeps no session from idling out
+        Route("/customer/live", signed_in(console.live, touch=False)),
         Route("/customer/respond", signed_in(console.respond, post=True), methods=["POST"]),
         Route("/operator", signed_in(console.operator)),
         Route("/operator/validate", signed_in(console.validate, post=True), methods=["POST"]),
@@ -383,8 +387,8 @@ def create_app(config: ConsoleConfig, auth: Auth, gateway: GatewayClient | None 
     ]
     trusted = Middleware(TrustedHostMiddleware, allowed_hosts=list(config.hosts),
                          www_redirect=False)
-    return _secured(Starlette(routes=routes, lifespan=lifespan, middleware=[trusted]),
-                    config)
+    return web.secured(Starlette(routes=routes, lifespan=lifespan, middleware=[trusted]),
+                       config.dashboard, config.hosts)
 
 
 class _Guard:
@@ -397,13 +401,13 @@ class _Guard:
     def open(self, handler, post: bool = False):
         return self(handler, post, need_key=False)
 
-    def __call__(self, handler, post: bool = False, need_key: bool = True):
+    def __call__(self, handler, post: bool = False, need_key: bool = True, touch: bool = True):
         console = self.console
 
         async def guarded(request: Request) -> Response:
-            session = console.sessions.get(request.cookies.get(COOKIE))
-            if session is None and _cross_site_navigation(request):
-                return _ask_again(request)
+            session = console.sessions.get(request.cookies.get(COOKIE), touch=touch)
+            if session is None and web.cross_site_navigation(request):
+                return web.ask_again(request)
             request.state.session = session or console.sessions.visitor(
                 request.cookies.get(VISITOR_COOKIE))
             if post:
@@ -422,21 +426,6 @@ class _Guard:
         return guarded
 
 
-def _cross_site_navigation(request: Request) -> bool:
-    """A page of another site followed a link here (Fetch Metadata): the browser left out
-    the session's Strict cookie, whether or not it holds one."""
-    return request.method == "GET" and request.headers.get("sec-fetch-site") == "cross-site" \
-        and request.headers.get("sec-fetch-mode") == "navigate"
-
-
-def _ask_again(request: Request) -> Response:
-    """A page that asks for the same URL from this origin, which a browser sends with the
-    Strict cookie. Nothing is set or kept: the browser's own cookie decides what comes."""
-    url = escape(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
-    return Response(f'<!doctype html><meta http-equiv="refresh" content="0;url={url}">'
-                    f'<a href="{url}">{url}</a>', media_type="text/html")
-
-
 def _event(name: str, html: str) -> str:
     """A server-sent event of that name carrying `html`."""
     return f"event: {name}\n" + "".join(f"data: {line}\n" for line in html.splitlines()) + "\n"
@@ -445,38 +434,6 @@ def _event(name: str, html: str) -> str:
 def _text(body: str, code: int) -> Response:
     """A plain-text answer (typed: a browser must not sniff an echoed id as HTML)."""
     return Response(body, code, media_type="text/plain")
-
-
-def _secured(app: Starlette, config: ConsoleConfig) -> ASGIApp:
-    """The app, with SECURITY_HEADERS on every response, and HSTS on those `_pins` allows."""
-    async def secured(scope, receive, send) -> None:
-        headers = SECURITY_HEADERS + ([HSTS] if _pins(scope, config) else [])
-
-        async def send_with_headers(message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = list(message.get("headers", [])) + headers
-            await send(message)
-        await app(scope, receive, send_with_headers if scope["type"] == "http" else send)
-    return secured
-
-
-def _pins(scope, config: ConsoleConfig) -> bool:
-    """Whether an answer carries HSTS: over TLS only (RFC 6797 7.2), to a name the console
-    serves (a refused Host is not its to pin), and never where a browser would then keep other
-    servers on HTTPS for a year, since HSTS holds for a name on every port: `localhost`, or
-    the name of a dashboard linked over plain HTTP (browsers ignore HSTS from IP addresses)."""
-    if scope.get("scheme") != "https":
-        return False
-    host = dict(scope.get("headers", [])).get(b"host", b"").decode("latin-1").lower()
-    name = (host if host.endswith("]") else host.rsplit(":", 1)[0]).rstrip(".")
-    dashboard = urlsplit(config.dashboard)
-    return name != "localhost" and _served(name, config.hosts) and \
-        not (dashboard.scheme == "http" and dashboard.hostname == name)
-
-
-def _served(name: str, hosts: tuple[str, ...]) -> bool:
-    """`name` is one of `hosts`, or under one of their `*.domain`s."""
-    return any(name == h or (h.startswith("*.") and name.endswith(h[1:])) for h in hosts)
 
 
 class _LivePage:

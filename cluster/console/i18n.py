@@ -68,6 +68,9 @@ LABELS: dict[str, dict[str, str]] = {
         "live_paused": "Live updates paused: too many live pages are open. Close some tabs; "
                        "this page updates again when it can.",
         "recorded": "Outcome recorded",
+        "answered_earlier": "An answer to this action was recorded earlier, and it stands: "
+                            "see the customer's history",
+        "sending": "Sending the outcome…",
         "unknown_customer": "No customer is known by",
         "gateway_down": "Kairos does not answer (its gateway, or the customer's shard)",
         "denied": "Your key may not do this",
@@ -190,6 +193,9 @@ LABELS: dict[str, dict[str, str]] = {
         "live_paused": "ライブ更新を一時停止中：開いているライブページが多すぎます。タブをいくつか"
                        "閉じてください。更新できるようになると再開します。",
         "recorded": "結果を記録しました",
+        "answered_earlier": "このアクションへの回答は以前に記録済みで、その回答が有効です。"
+                            "顧客の履歴を確認してください",
+        "sending": "結果を送信中…",
         "unknown_customer": "該当する顧客がいません：",
         "gateway_down": "Kairos が応答しません（ゲートウェイまたは顧客のシャード）",
         "denied": "このキーでは実行できません",

@@ -2,12 +2,15 @@
 the session's CSRF token.
 
 The cookie holds only an opaque random id (the key stays in this process's memory), is
-HttpOnly (no script reads it), SameSite=Strict (no other site's page sends it) and Secure when
-the console is served over TLS. It is set again as the agent works (REISSUE_S), so it lasts
-IDLE_S after the agent's last page, as the session does. Sessions live in memory, bounded in
-number (the least recently used goes first; MAX_SESSIONS_PER_KEY a key, so that one agent
-signing in over and over pushes out only its own) and in idle time: a console restart signs
-everyone out, which is what a restart of a desk application does too.
+HttpOnly (no script reads it), SameSite=Strict (the browser leaves it out of every request
+another site's page starts, a link followed included: the console answers such a link with a
+page that asks for the same URL again from its own origin, which does carry it; web.py) and
+Secure when the console is served over TLS. It is set again as the agent works (REISSUE_S),
+so it lasts IDLE_S after the agent's last page, as the session does (a live page's stream,
+which the browser asks for again by itself, is not the agent's work). Sessions live in
+memory, bounded in number (the least recently used goes first; MAX_SESSIONS_PER_KEY a key, so
+that one agent signing in over and over pushes out only its own) and in idle time: a console
+restart signs everyone out, which is what a restart of a desk application does too.
 
 A visitor who has not signed in keeps nothing in the console: anyone who reaches it makes
 visitors (any web page an agent opens can send it cookie-less requests), so they must cost
@@ -55,7 +58,12 @@ REISSUE_S = 600.0  # how often an active agent's cookie is set again (with a new
 SIGNIN_FORM_S = 3600.0  # how long a sign-in form's token is good for
 # outcomes a session remembers having sent (a double click's second is not sent again)
 MAX_ANSWERED = 1_000
+# what a session keeps as sent for an action the gateway had an answer to already (its
+# LEARNED_FROM_DUPLICATE): which answer that was, the customer's history says (the templates
+# name it too)
+ANSWERED_EARLIER = "earlier"
 NONCE_LENGTH = 43  # secrets.token_urlsafe(32)'s
+MAX_ISSUED_DIGITS = 12  # a sign-in token's time in seconds, for the next 30,000 years
 MAX_KEY_LENGTH = 256  # a sign-in form's key field: keys are short secrets, not documents
 SIGNIN_WINDOW_S = 300.0  # how long a failed sign-in counts against its address
 SIGNIN_FAILURES = 10  # failed sign-ins an address may make within the window
@@ -77,8 +85,12 @@ class Session:
     agent: str = ""  # the key's name
     scopes: frozenset[str] = field(default_factory=frozenset)
     cookie_set: float = 0.0  # when its cookie was last sent (0: never)
-    # (decision id, action id) -> the outcome sent, or None while it is being sent
+    # (decision id, action id) -> the outcome sent (or ANSWERED_EARLIER), None while it is
+    # being sent
     answered: OrderedDict[tuple[str, str], str | None] = field(default_factory=OrderedDict)
+    # customer id -> the answer just sent for them, for the notice on the page it redirects
+    # to (taken once: a link to that page from elsewhere says nothing)
+    notices: OrderedDict[str, str] = field(default_factory=OrderedDict)
 
     @property
     def signed_in(self) -> bool:
@@ -133,7 +145,9 @@ class Sessions:
             return hmac.compare_digest(session.csrf.encode(), presented.encode())
         issued, _, mac = presented.partition(".")
         now = time.time() if now is None else now
-        return issued.isdigit() and 0 <= now - int(issued) <= SIGNIN_FORM_S and \
+        # ASCII digits, and few: isdigit() passes "²", which int() refuses, as it does 5,000 1s
+        return issued.isascii() and issued.isdigit() and len(issued) <= MAX_ISSUED_DIGITS \
+            and 0 <= now - int(issued) <= SIGNIN_FORM_S and \
             hmac.compare_digest(self._mac(session.id, issued).encode(), mac.encode())
 
     def _mac(self, nonce: str, issued: str) -> str:

@@ -25,6 +25,9 @@ from tests.unit.console.test_app import AGENT, KEYS, StandIn
 from playwright.sync_api import sync_playwright
 
 TABS = 6  # a browser's connections to one host over HTTP/1.1
+# a page that loads at all loads within this, on a busy 2-core CI machine too (a page held up
+# behind the streams never loaded)
+LOADS_WITHIN_MS = 10_000
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +111,7 @@ def test_a_link_from_another_site_opens_the_customer_signed_in(context, console,
     page = context.new_page()
     page.goto(other_site)
     page.click("#go")
-    page.wait_for_url(console + "/customer?id=ana")
+    page.wait_for_url(console + "/customer?id=ana&asked=1")  # the URL asked for again
     assert page.locator("h1.customer .id").inner_text() == "ana"
     assert session_cookie(context) == signed_in
 
@@ -120,8 +123,8 @@ def test_many_customer_tabs_leave_the_console_usable(context, console):
     tabs = [live_tab(context, console, f"c{i}") for i in range(TABS)]
     started = time.monotonic()
     page = context.new_page()
-    page.goto(console + "/", timeout=3_000)
-    assert time.monotonic() - started < 2
+    page.goto(console + "/", timeout=LOADS_WITHIN_MS)
+    assert time.monotonic() - started < LOADS_WITHIN_MS / 1000
     paused = [tab for tab in tabs if "too many live pages" in tab.inner_text("#live-state")]
     assert len(paused) == TABS - MAX_STREAMS_PER_SESSION
 
@@ -133,7 +136,7 @@ def test_a_hidden_tab_lets_go_of_its_stream_and_catches_up_when_shown(context, c
         hide(tab, True)
     shown = [live_tab(context, console, f"d{i}") for i in range(TABS - len(hidden))]
     assert all(tab.locator("#live[data-updates]").count() == 1 for tab in shown)
-    context.new_page().goto(console + "/", timeout=3_000)
+    context.new_page().goto(console + "/", timeout=LOADS_WITHIN_MS)
     back = hidden[0]
     updates = back.get_attribute("#live", "data-updates")
     hide(back, False)

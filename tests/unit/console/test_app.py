@@ -30,6 +30,7 @@ class StandIn:
         self.fallback = False
         self.decide_failure: GatewayError | None = None
         self.responses: list[tuple] = []
+        self.learned_from = pb.LEARNED_FROM_DECISION  # what Respond's ack says
         self.running = "catalog"
 
     def _fail(self) -> None:
@@ -73,6 +74,7 @@ class StandIn:
     async def respond(self, key, *args):
         self.responses.append(args)
         self._fail()  # as a call whose answer was lost: it may have been recorded
+        return self.learned_from
 
     async def status(self, key):
         return admin_pb2.ClusterStatus(partitions=4096, catalog_version="v1")
@@ -373,7 +375,7 @@ def test_a_link_from_another_site_keeps_the_agent_signed_in(client):
     link = without_cookies(client, "GET", "/customer?id=ana&by=customer_id", headers=CROSS_SITE)
     assert link.status_code == 200 and "set-cookie" not in link.headers
     url = re.search(r'http-equiv="refresh" content="0;url=([^"]+)"', link.text).group(1)
-    assert url == "/customer?id=ana&amp;by=customer_id"
+    assert url == "/customer?id=ana&amp;by=customer_id&amp;asked=1"
     again = client.get(url.replace("&amp;", "&"), headers={"sec-fetch-site": "same-origin"})
     assert again.status_code == 200 and "Offer the warranty" in again.text
     assert client.cookies["kairos_console"] == signed_in

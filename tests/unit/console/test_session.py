@@ -96,6 +96,13 @@ def test_a_sign_in_forms_token_is_bound_to_its_visitor_and_expires(sessions):
     assert not sessions.csrf_valid(signed, visitor.csrf)  # died with the sign-in
 
 
+@pytest.mark.parametrize("token", ["\u00b2.abc", "1" * 5000 + ".x"])
+def test_a_malformed_sign_in_token_is_refused_not_failed_on(sessions, token):
+    """isdigit() passed a superscript 2, which int() then refused, as it refuses 5,000
+    digits: the sign-in answered 500 where any bad token gets 403."""
+    assert not sessions.csrf_valid(sessions.visitor(None), token)
+
+
 def test_the_cookie_is_set_again_as_the_agent_works(sessions):
     """The cookie's max-age is the idle bound: set once at sign-in, it would end an agent's
     working session IDLE_S after sign-in, however busy."""
