@@ -33,7 +33,9 @@ erase its records from every log of the store (a shared store holds the logs of 
 owned the partition before), after writing what came before; a log whose erasure fails is
 erased again with the next trim, and holds up neither the appends nor the trim. Until an
 erasure is done, the partition snapshots name its customer (durability.py: `unerased`), so a
-restart asks for it again when the journal no longer holds the Forget that asked first.
+restart asks for it again when the journal no longer holds the Forget that asked first; once
+it is done, the writer hands the customer back (`erased`) and its partition is snapshotted
+again without it.
 """
 from __future__ import annotations
 
@@ -125,6 +127,11 @@ class DecisionLog:
         """The customers whose erasure from the logs is not done yet (or has failed)."""
         return self._forgotten | self.writer.unerased()
 
+    def erased(self) -> set[str]:
+        """The customers whose erasure was done since the last call: a snapshot written
+        before may still name them (durability.py writes their partitions again)."""
+        return self.writer.erased()
+
     def flush(self) -> None:
         """Hand the round's records and erasures to the writer; forget the eligible actions of
         the round's decisions that were not logged (watched views whose best action stayed)."""
@@ -168,6 +175,7 @@ class LogWriter:
         # list them)
         self._erase_again: dict[str | None, set[str]] = {}
         self._erasing: set[str] = set()  # the customers of the erasure under way
+        self._erased: set[str] = set()  # erasures done, until the shard's thread takes them
         self._pool: ThreadPoolExecutor | None = None
         self._scheduled = False
 
@@ -197,6 +205,12 @@ class LogWriter:
     def unerased(self) -> set[str]:
         with self._lock:
             return self._forget | self._erasing | set().union(*self._erase_again.values())
+
+    def erased(self) -> set[str]:
+        """The customers erased from every log since the last call (taken)."""
+        with self._lock:
+            erased, self._erased = self._erased, set()
+            return erased
 
     def written(self) -> None:
         """Wait until what was submitted before is written (blocking: call it on a thread)."""
@@ -260,6 +274,8 @@ class LogWriter:
         with self._lock:
             for name, ids in failed.items():
                 self._erase_again.setdefault(name, set()).update(ids)
+            # erased from every log they were asked of: done, whatever fails later
+            self._erased |= everywhere.union(*again.values()) - set().union(*failed.values())
             self._erasing = set()
 
     def _count_erased(self, name: str, ids: set[str]) -> None:

@@ -17,7 +17,7 @@ and before a snapshot or a handoff covers the record, so that replay need not as
 crash before then replays the record, which asks again. The directory's share in a snapshot
 carries the tombstones of forgotten customers' links (identity.py), and a snapshot names the
 customers whose decision-log erasure is not done yet (decisionlog.py), for recovery to ask
-again.
+again; once it is done, the partition is snapshotted again (`_unname_erased`).
 
 Snapshots are sealed with a checksum (storage/sealed.py; format 2). A snapshot whose checksum
 fails, or whose block does not hold together, stops recovery with SnapshotCorrupt naming the
@@ -157,6 +157,7 @@ class Durability:
         records; the records dropped. A partition's records are dropped only once a snapshot
         holds it that recovery reads instead: this shard's, or its new owner's."""
         self.delete_homes()
+        self._unname_erased()
         erase, owned = self._journaling.take_erasures(), self._ownership.owned
         for p in [p for p in erase if p in owned and p in self._ownership.leaving]:
             # being handed over: not snapshotted here (the new owner will), so its records
@@ -176,6 +177,19 @@ class Durability:
         dropped = self._journaling.journal.compact(mentions, decode=record_from)
         self._ctx.counts["erased_records"] += dropped
         return dropped
+
+    def _unname_erased(self) -> None:
+        """A customer whose decision-log erasure is done may still be named in its partition's
+        snapshot (written while it was under way): the partition is marked changed, so the
+        next checkpoint writes it without the id. Else a quiet partition's snapshot would
+        keep the id, and every restart would erase it again."""
+        # no record of the journal is needed for it: the change is past the last LSN
+        owned, lsn, now = self._ownership.owned, self._journaling.journal.last_lsn + 1, \
+            self._ctx.clock()
+        for customer_id in self._decision_log.erased():
+            p = self._ctx.partition_of(customer_id)
+            if p in owned:  # else the snapshot recovery reads is its owner's, not this one's
+                self._journaling.mark_dirty(p, lsn, now)
 
     def recover(self, sources: dict[int, str] | None = None,
                 leaving: Iterable[int] = ()) -> dict[str, Any]:

@@ -18,7 +18,8 @@ from kairos.cluster.evidence.records import (OUTCOMES_PER_DECISION, DecisionPage
                                              decision_key, pack_decision, pack_outcome,
                                              to_json, unpack)
 from kairos.cluster.identity import anonymous_id
-from kairos.cluster.settings import DECISION_LOG_RETENTION_S, DECISION_LOG_TRIM_S
+from kairos.cluster.settings import (DECISION_LOG_RETENTION_S, DECISION_LOG_TRIM_S,
+                                     SNAPSHOT_AFTER_S)
 from kairos.cluster.shard import decisionlog
 from kairos.cluster.storage import blocks
 from kairos.cluster.storage.directory_store import DirectoryStore
@@ -487,8 +488,68 @@ def test_an_erasure_that_failed_is_asked_for_again_after_a_restart(compiled, tmp
     again.decision_log.writer.written()
     assert {d.customer_id for d in logged(again.store)[0]} == {KEPT}
     assert again.decision_log.unerased() == set()
-    again.snapshot()  # done: the snapshots name it no more
+    for _ in range(2):  # done: the next checkpoint writes the partition without it
+        clock.now += SNAPSHOT_AFTER_S + 1
+        again.tick()
+    assert named_unerased(again.store, p_of(GONE)) == []
     again.close()
     third = Shard(s.name, compiled, list(s.owned), N_PARTITIONS, store=s.store, clock=clock)
     third.recover()
     assert third.decision_log.unerased() == set()
+
+
+def named_unerased(store, partition: int) -> list[str]:
+    """The customers the partition's stored snapshot names as not erased from the logs."""
+    from kairos.cluster.storage.sealed import unseal
+    return blocks.unpack(unseal(store.get_snapshot(partition), "test")[0])["unerased"]
+
+
+@pytest.mark.parametrize("why", ["failed", "under way"])
+def test_a_snapshot_stops_naming_a_customer_once_its_erasure_is_done(compiled, tmp_path,
+                                                                     monkeypatch, why):
+    """The erase tick snapshots the partition while the customer's erasure from the logs is
+    not done (it failed and waits for the next trim, or the writer's thread has not got to
+    it): the snapshot names it. Once the erasure is done, the ticks alone (the partition
+    sees no other change) write the snapshot again without its id, and a restart asks for
+    nothing."""
+    import threading
+
+    from kairos.cluster.shard.shard import Shard
+    from kairos.cluster.storage import decision_logs
+    from tests.unit.shard.test_shard import N_PARTITIONS
+    clock = Clock()
+    s = shard(compiled, store=DirectoryStore(tmp_path), clock=clock)
+    s.process([event(GONE, "app_open", T0), event(KEPT, "app_open", T0)])
+    s.process([decide(GONE), decide(KEPT)])
+    s.decision_log.flush()
+    erase, go_on = decision_logs.DirectoryLog.erase, threading.Event()
+
+    def busy(self, ids):
+        raise OSError("disk busy")
+
+    def slow(self, ids):
+        go_on.wait(10)
+        return erase(self, ids)
+
+    with monkeypatch.context() as patched:
+        if why == "failed":
+            patched.setattr(decision_logs.DirectoryLog, "erase", busy)
+        else:
+            s.decision_log.writer.in_background()
+            patched.setattr(decision_logs.DirectoryLog, "erase", slow)
+        s.process([forget(GONE)])
+        clock.now += 5
+        s.tick()
+        assert named_unerased(s.store, p_of(GONE)) == [GONE]
+    go_on.set()
+    for _ in range(3):  # the next trim tries the failed erasure again; then a checkpoint
+        clock.now += max(DECISION_LOG_TRIM_S, SNAPSHOT_AFTER_S) + 1
+        s.tick()
+        s.decision_log.writer.written()
+    assert {d.customer_id for d in logged(s.store)[0]} == {KEPT}
+    assert named_unerased(s.store, p_of(GONE)) == []
+    s.close()
+    again = Shard(s.name, compiled, list(s.owned), N_PARTITIONS, store=s.store, clock=clock)
+    again.recover()
+    assert again.decision_log.unerased() == set()
+    again.close()
