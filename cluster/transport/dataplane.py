@@ -19,10 +19,8 @@ fixed layouts, read with `readexactly`, and never carries the secret:
                    or 0, reason length (u8), reason     (then the shard closes)
 
 where proof(side) = HMAC-SHA256(secret, b"kairos-plane <side> <PROTOCOL> " + shard nonce +
-client nonce). A shard lets PLANE_HANDSHAKES connections wait for their handshake at once
-(HANDSHAKE_S at most), PLANE_HANDSHAKES_PER_SOURCE from one address, and drops the longest
-waiting (from the newcomer's address first) to make room, so that idle connections cannot
-lock clients out; it never drops one whose response has arrived.
+client nonce). Which connections may wait for their handshake, and for how long (HANDSHAKE_S
+at most), admission.py decides.
 
 Then frames are msgpack arrays: `[call, session, seq, requests, routed]` answered
 `[call, results]` or `[call, None, error]`, unpacked with explicit limits (settings
@@ -39,8 +37,6 @@ not yet sent: a stopped process keeps its connections open and would hold them f
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import hashlib
 import hmac
 import itertools
@@ -48,7 +44,6 @@ import logging
 import secrets
 import socket
 import struct
-import termios
 from dataclasses import fields
 from typing import Any, Awaitable, Callable
 
@@ -58,8 +53,8 @@ import numpy as np
 from kairos.core.decision import Decision, Dropped, Explanation, RankedAction
 
 from kairos.cluster.settings import (PLANE_CALL_S, PLANE_CONNECTIONS, PLANE_CONTAINER_LEN,
-                                     PLANE_FRAME_BYTES, PLANE_HANDSHAKES,
-                                     PLANE_HANDSHAKES_PER_SOURCE, PLANE_INFLIGHT_CALLS)
+                                     PLANE_FRAME_BYTES, PLANE_INFLIGHT_CALLS)
+from kairos.cluster.transport.admission import Handshakes
 from kairos.cluster.transport.backend import NotSent
 
 log = logging.getLogger("kairos.dataplane")
@@ -206,16 +201,6 @@ def _keepalive(writer: asyncio.StreamWriter) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
-def _responded(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-    """Whether a client's whole handshake response has arrived (read into `reader` or still
-    in the kernel): its handshake ends without waiting for the client."""
-    arrived = len(reader._buffer)  # StreamReader tells this no other way
-    with contextlib.suppress(OSError):
-        arrived += struct.unpack("i", fcntl.ioctl(writer.get_extra_info("socket").fileno(),
-                                                  termios.FIONREAD, bytes(4)))[0]
-    return arrived >= _RESPONSE.size
-
-
 def _close(writer: asyncio.StreamWriter) -> None:
     """Close a connection, dropping what it has not sent yet: a plain close waits for a peer
     that stopped reading to take it, which may be never, and keeps the socket and the bytes
@@ -238,9 +223,8 @@ class PlaneServer:
         self._handle = handle
         self.secret = secrets.token_bytes(32)  # this incarnation's: a restart makes another
         self._server: asyncio.Future | None = None
-        # connections waiting for their handshake, oldest first, and those being served
-        self._greeting: dict[asyncio.StreamWriter, tuple[asyncio.StreamReader, str]] = {}
-        self._sources: dict[str, int] = {}  # connections waiting from each address
+        # connections waiting for their handshake, and those being served
+        self._greeting = Handshakes(_RESPONSE.size)
         self._serving: set[asyncio.StreamWriter] = set()
 
     async def start(self, host: str) -> tuple[str, int]:
@@ -274,10 +258,8 @@ class PlaneServer:
         """Whether the peer proved it knows the secret (if not, it was told why when it
         got that far)."""
         peer = writer.get_extra_info("peername")
-        if peer is None or not self._room_for(source := peer[0]):  # None: reset already
+        if peer is None or not self._greeting.admit(reader, writer, peer[0]):  # None: reset
             return False
-        self._greeting[writer] = (reader, source)
-        self._sources[source] = self._sources.get(source, 0) + 1
         try:
             _keepalive(writer)
             async with asyncio.timeout(HANDSHAKE_S):
@@ -290,33 +272,8 @@ class PlaneServer:
         except (OSError, EOFError) as exc:  # closed, reset, made room for another, too slow
             log.debug("a data plane handshake went: %r", exc)
         finally:
-            self._forget(writer)
+            self._greeting.forget(writer)
         return False
-
-    def _room_for(self, source: str) -> bool:
-        """Make room for a connection from `source` to wait for its handshake, if it takes
-        dropping one: the longest waiting whose response has not arrived, from `source` if it
-        has one (it must once it is at its cap), else from any address. False if none can go.
-        """
-        capped = self._sources.get(source, 0) >= PLANE_HANDSHAKES_PER_SOURCE
-        if not capped and len(self._greeting) < PLANE_HANDSHAKES:
-            return True
-        waiting = sorted(self._greeting.items(), key=lambda item: item[1][1] != source)
-        for writer, (reader, waited_from) in waiting:
-            if capped and waited_from != source:
-                break  # past its cap, an address makes room among its own only
-            if not _responded(reader, writer):
-                self._forget(writer)
-                writer.close()
-                return True
-        return False
-
-    def _forget(self, writer: asyncio.StreamWriter) -> None:
-        _, source = self._greeting.pop(writer, (None, None))
-        if source is not None:
-            self._sources[source] -= 1
-            if not self._sources[source]:
-                del self._sources[source]
 
     async def _greet(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         shard_nonce = secrets.token_bytes(NONCE_BYTES)
