@@ -224,18 +224,22 @@ class Console:
         key, customer_id = session.key, request.query_params.get("id", "")
         if not customer_id or len(customer_id) > MAX_ID_LENGTH:
             return _text(f"id: 1..{MAX_ID_LENGTH} characters", 400)
-        if self.streams[session.id] >= MAX_STREAMS_PER_SESSION \
-                or self.key_streams[key] >= MAX_STREAMS_PER_KEY \
-                or sum(self.streams.values()) >= MAX_STREAMS:
-            # an answer the page's script reads (an EventSource cannot read a status code)
-            return StreamingResponse(iter([_event("paused", "too many live pages open")]),
-                                     media_type="text/event-stream")
+        # which cap is full: the page says what closing tabs would do (the others are the
+        # agent's other browsers, or the whole console's)
+        full = next((cap for cap, over in (
+            ("session", self.streams[session.id] >= MAX_STREAMS_PER_SESSION),
+            ("key", self.key_streams[key] >= MAX_STREAMS_PER_KEY),
+            ("console", sum(self.streams.values()) >= MAX_STREAMS)) if over), None)
+        if full:
+            return _paused(full)
         slot = _LivePage((self.streams, session.id), (self.key_streams, key))  # before awaits
         try:
             page = await self.customer_page(key, customer_id)
         except BaseException as exc:
             slot.release()
             if isinstance(exc, GatewayError):
+                if exc.kind == "busy":  # shedding load for a moment: the page asks again
+                    return _paused("busy")
                 return _text(exc.detail, STATUS_OF.get(exc.kind, 502))
             raise
         lang = i18n.language(request.headers.get("accept-language"))
@@ -429,6 +433,13 @@ class _Guard:
 def _event(name: str, html: str) -> str:
     """A server-sent event of that name carrying `html`."""
     return f"event: {name}\n" + "".join(f"data: {line}\n" for line in html.splitlines()) + "\n"
+
+
+def _paused(why: str) -> Response:
+    """A live page's answer when it cannot follow now, `why` one of session, key, console
+    (the cap that is full) and busy: an event the page's script reads (an EventSource cannot
+    read a status code), and asks again on."""
+    return StreamingResponse(iter([_event("paused", why)]), media_type="text/event-stream")
 
 
 def _text(body: str, code: int) -> Response:

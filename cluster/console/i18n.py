@@ -67,6 +67,13 @@ LABELS: dict[str, dict[str, str]] = {
         "live_lost": "Live updates stopped; reload the page.",
         "live_paused": "Live updates paused: too many live pages are open. Close some tabs; "
                        "this page updates again when it can.",
+        "live_paused_key": "Live updates paused: your key has too many live pages open, in "
+                           "this browser and others. Close some; this page updates again "
+                           "when it can.",
+        "live_paused_console": "Live updates paused: the console follows as many live pages "
+                               "as it can. This page updates again when it can.",
+        "live_paused_busy": "Live updates paused: Kairos is busy. This page tries again in a "
+                            "few seconds.",
         "recorded": "Outcome recorded",
         "answered_earlier": "An answer to this action was recorded earlier, and it stands: "
                             "see the customer's history",
@@ -192,6 +199,12 @@ LABELS: dict[str, dict[str, str]] = {
         "live_lost": "ライブ更新が止まりました。ページを再読み込みしてください。",
         "live_paused": "ライブ更新を一時停止中：開いているライブページが多すぎます。タブをいくつか"
                        "閉じてください。更新できるようになると再開します。",
+        "live_paused_key": "ライブ更新を一時停止中：このキーで開いているライブページ（他のブラウザーを"
+                           "含む）が多すぎます。いくつか閉じてください。更新できるようになると"
+                           "再開します。",
+        "live_paused_console": "ライブ更新を一時停止中：コンソールが追跡できるライブページの上限に"
+                               "達しています。更新できるようになると再開します。",
+        "live_paused_busy": "ライブ更新を一時停止中：Kairos が混み合っています。数秒後に再試行します。",
         "recorded": "結果を記録しました",
         "answered_earlier": "このアクションへの回答は以前に記録済みで、その回答が有効です。"
                             "顧客の履歴を確認してください",

@@ -166,3 +166,21 @@ def test_a_second_click_sends_no_second_outcome(context, console, gateway, monke
     assert posts == [console + "/customer/respond"]
     assert page.locator("article[data-action=warranty] button").count() == 0
     assert "Outcome recorded: Accept" in page.inner_text("article[data-action=warranty]")
+
+
+def test_a_reconnected_page_that_has_not_changed_is_not_written_again(context, console):
+    """Every event rewrote the live-state line and the live part, both live regions: a
+    screen reader read the page out again on each reconnection, and on every paused retry."""
+    tab = live_tab(context, console, "steady")
+    tab.evaluate("""() => {
+        window.writes = 0;
+        const count = () => { window.writes += 1; };
+        const watch = {childList: true, characterData: true, subtree: true};
+        new MutationObserver(count).observe(document.getElementById("live"), watch);
+        new MutationObserver(count).observe(document.getElementById("live-state"), watch);
+    }""")
+    updates = tab.get_attribute("#live", "data-updates")
+    hide(tab, True)
+    hide(tab, False)  # a new stream, whose first event is the page as it is
+    tab.wait_for_selector(f'#live:not([data-updates="{updates}"])', state="attached")
+    assert tab.evaluate("window.writes") == 0

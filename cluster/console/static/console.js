@@ -30,8 +30,13 @@ function followLive() {
   const state = document.getElementById("live-state");
   let source = null;
   let retry = null;
+  let shown = null;  // the live part's HTML as last received
+  // Both are live regions (role="status"): a screen reader reads out each write, so what
+  // has not changed is not written again (every reconnection sends the page as it is).
   const show = (text, stopped) => {
-    state.textContent = text;
+    if (state.textContent !== text) {
+      state.textContent = text;
+    }
     state.classList.toggle("lost", stopped);
   };
   const stop = () => {
@@ -45,13 +50,16 @@ function followLive() {
     stop();
     source = new EventSource(live.dataset.source);
     source.addEventListener("update", (event) => {
-      const opened = live.querySelector("details.dropped[open]") !== null;
-      live.innerHTML = event.data;  // rendered and escaped by the server's templates
-      const dropped = live.querySelector("details.dropped");
-      if (dropped && opened) {
-        dropped.open = true;
+      if (event.data !== shown) {
+        shown = event.data;
+        const opened = live.querySelector("details.dropped[open]") !== null;
+        live.innerHTML = event.data;  // rendered and escaped by the server's templates
+        const dropped = live.querySelector("details.dropped");
+        if (dropped && opened) {
+          dropped.open = true;
+        }
+        localizeTimes(live);
       }
-      localizeTimes(live);
       show(state.dataset.live, false);
       live.dataset.updates = String(Number(live.dataset.updates || 0) + 1);
     });
@@ -59,9 +67,13 @@ function followLive() {
       stop();
       show(state.dataset.lost, true);
     });
-    source.addEventListener("paused", () => {  // the session's other tabs hold its streams
+    // a cap on live pages is full (the session's, its key's, the console's), or the gateway
+    // is busy: the event says which, and the page asks again while it is shown
+    source.addEventListener("paused", (event) => {
       stop();
-      show(state.dataset.paused, true);
+      const why = {session: "pausedSession", key: "pausedKey", console: "pausedConsole",
+                   busy: "pausedBusy"}[event.data] || "pausedSession";
+      show(state.dataset[why], true);
       retry = setTimeout(start, PAUSED_RETRY_MS);
     });
     source.onerror = () => {

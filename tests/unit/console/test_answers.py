@@ -12,6 +12,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from kairos.cluster.console.app import ConsoleConfig, create_app
+from kairos.cluster.console.gateway_client import GatewayError
 from kairos.cluster.console.session import IDLE_S
 from kairos.cluster.gateway.auth import Auth
 from kairos.v1 import decision_pb2 as pb
@@ -150,3 +151,23 @@ def test_a_url_asked_for_again_is_not_asked_for_once_more(client):
     assert url == "/customer?id=ana&asked=1"
     again = client.get(url, headers=CROSS_SITE, follow_redirects=False)
     assert again.status_code == 303 and again.headers["location"] == "/signin"
+
+
+def test_a_paused_live_page_is_told_why(client, gateway, monkeypatch):
+    """Every pause said "too many live pages open", which closing this browser's tabs does
+    not help when the key's or the console's cap is full; and a busy gateway at connect time
+    ended the page's updates (503: "stopped, reload") where a moment later would do."""
+    sign_in(client)
+
+    def first_event() -> tuple[str, str]:
+        with client.stream("GET", "/customer/live?id=ana") as live:
+            lines = [line for line in live.iter_lines() if line.startswith(("event:", "data:"))]
+        return lines[0], lines[1]
+
+    for cap, why in (("MAX_STREAMS_PER_SESSION", "session"), ("MAX_STREAMS_PER_KEY", "key"),
+                     ("MAX_STREAMS", "console")):
+        with monkeypatch.context() as patched:
+            patched.setattr(f"kairos.cluster.console.app.{cap}", 0)
+            assert first_event() == ("event: paused", f"data: {why}")
+    gateway.failure = GatewayError("busy", "RESOURCE_EXHAUSTED: shedding load")
+    assert first_event() == ("event: paused", "data: busy")
