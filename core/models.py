@@ -494,11 +494,43 @@ class ModelTable:
         self.merge(unsent)
         self._mark_as(unsent)
 
-    def take_rows(self, other: "ModelTable", rows: np.ndarray) -> None:
-        """Another table's models (of the same catalog layout) at `rows`, in place of these,
-        as learnt: not pending, as they were sent where they were learnt."""
-        for name in ("mean", "precision", *COUNTS):
-            getattr(self, name)[rows] = getattr(other, name)[rows]
+    def removed(self, compiled: CompiledCatalog, rows) -> dict[tuple[str, str], RemovedModel]:
+        """The models at `rows` (of `compiled`'s layout) that learnt something, by (action id,
+        channel), as a switch that takes them out leaves them."""
+        out = {}
+        n_ch = self.n_channels
+        for m in rows:
+            if self.positives[m] + self.negatives[m] + self.value_count[m] > 0:
+                spread = self.covariance[m] if self.full else 1.0 / self.precision[m]
+                out[compiled.action_ids[m // n_ch], compiled.channel_names[m % n_ch]] = \
+                    RemovedModel(tuple(compiled.predictor_names), self.mean[m].copy(),
+                                 spread.copy(), tuple(float(getattr(self, name)[m])
+                                                      for name in COUNTS))
+        return out
+
+    def bring_back(self, compiled: CompiledCatalog, models: dict[int, RemovedModel]) -> None:
+        """Models taken out before, at the rows (of `compiled`'s layout) they come back to,
+        in place of these: each predictor by name, as a switch carries a posterior (its
+        marginal; a predictor new since keeps this row's prior). Not pending: they were
+        sent where they were learnt."""
+        for m, saved in models.items():
+            cols = np.array([saved.predictors.index(name) if name in saved.predictors else -1
+                             for name in compiled.predictor_names], np.int64)
+            kept = cols >= 0
+            self.mean[m, kept] = saved.mean[cols[kept]]
+            if self.full:
+                old = saved.spread if saved.spread.ndim == 2 else np.diag(saved.spread)
+                covariance = self.covariance[m].copy()
+                covariance[np.ix_(kept, kept)] = old[np.ix_(cols[kept], cols[kept])]
+                self.precision[m] = inverse(covariance[None])[0]
+            else:
+                variance = 1.0 / self.precision[m]
+                variance[kept] = (np.diagonal(saved.spread) if saved.spread.ndim == 2
+                                  else saved.spread)[cols[kept]]
+                self.precision[m] = 1.0 / variance
+            for name, count in zip(COUNTS, saved.counts):
+                getattr(self, name)[m] = count
+        rows = list(models)
         self._refresh()
         now = self._now()
         for name in DELTA_STATS:
@@ -509,6 +541,51 @@ class ModelTable:
         """After adopt the unsent learning is still pending: move the mark back before it."""
         self._taken = ModelDelta(*(getattr(self._taken, name) - getattr(unsent, name)
                                    for name in DELTA_STATS))
+
+
+class RemovedModel(NamedTuple):
+    """A model a catalog switch took out (`ModelTable.removed`), as it was: its predictors'
+    names, mean, covariance (full posterior) or variances (diagonal), and counts."""
+
+    predictors: tuple[str, ...]
+    mean: np.ndarray
+    spread: np.ndarray
+    counts: tuple[float, ...]
+
+
+class TakenOut:
+    """The models the latest `kept` catalog switches took out, by (action id, channel), with
+    what they had learnt (the latest removal wins), so that a switch that puts one back (a
+    rollback, a seasonal offer) gives it that instead of its group's start. Switched as a
+    whole: `switched` returns a new one, and the old stays as it was (a switch undone)."""
+
+    def __init__(self, kept: int):
+        self.kept = kept
+        self.switches = 0
+        self._models: dict[tuple[str, str], tuple[int, RemovedModel]] = {}
+
+    def switched(self, table: ModelTable, old: CompiledCatalog, remap: ModelRemap
+                 ) -> TakenOut:
+        """After a switch from `old` (its `table`) by `remap`: what it took out added."""
+        out = TakenOut(self.kept)
+        out.switches = self.switches + 1
+        gone = np.setdiff1d(np.arange(len(table.mean)), remap.rows)
+        out._models = {key: kept for key, kept in self._models.items()
+                       if kept[0] > out.switches - self.kept}
+        out._models.update((key, (out.switches, model))
+                           for key, model in table.removed(old, gone).items())
+        return out
+
+    def bring_back(self, table: ModelTable, new: CompiledCatalog, remap: ModelRemap) -> None:
+        """Into the switched `table` (of `new`), the models it gained that were taken out."""
+        n_ch = len(new.channel_names)
+        back = {}
+        for m in np.flatnonzero(remap.rows < 0):
+            kept = self._models.pop((new.action_ids[m // n_ch], new.channel_names[m % n_ch]),
+                                    None)
+            if kept is not None:
+                back[int(m)] = kept[1]
+        table.bring_back(new, back)
 
 
 class ModelRemap:

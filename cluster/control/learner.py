@@ -29,9 +29,9 @@ are carried over, each by one remap; one of an older version it ran is dropped, 
 version (`dropped`); one of a version it never ran (its switch has not reached it yet) is
 refused, NotRunning, and its shard sends it again. A delta is remembered as taken only once
 merged. An action a switch takes out and a later one puts back (a rollback, a seasonal offer)
-goes on from the models it had, not from its group's, if it was taken out within the last
-REMAPS_KEPT switches of this process (`_bring_back`; a restart keeps only the running
-posterior). A saved posterior that cannot be read, or does not fit its catalog, is kept aside
+goes on from the models it had when it was last taken out, not from its group's, if that was
+within the last REMAPS_KEPT switches of this process (core/models.py `TakenOut`: the models a switch takes
+out are kept, not whole earlier posteriors; a restart keeps only the running posterior). A saved posterior that cannot be read, or does not fit its catalog, is kept aside
 (DAMAGED_KEY) and the learner starts from the priors; while the store does not answer for it,
 the learner merges and answers nothing (StoreUnavailable: the shards keep their deltas), so no
 merge is saved over it.
@@ -54,8 +54,8 @@ import numpy as np
 import ray
 
 from kairos.core.compiler import CompiledCatalog, compiled_from_text
-from kairos.core.models import (COUNTS, DeltaOrigin, ModelDelta, ModelRemap, ModelTable, keep_rows,
-                                 sound_rows)
+from kairos.core.models import (COUNTS, DeltaOrigin, ModelDelta, ModelRemap, ModelTable,
+                                 TakenOut, keep_rows, sound_rows)
 
 from kairos.cluster.longpoll import Changes
 from kairos.cluster.metrics import LearnerMetrics
@@ -113,10 +113,10 @@ class Learner:
         # (and, should its clock be behind, above the first a shard tells it it runs)
         self.models = ModelTable(compiled, version=int(time.time() * 1000))
         # the catalog versions run, oldest first (the running one last), and of the latest
-        # REMAPS_KEPT before it, the compiled catalog with the posterior as it was left, and a
-        # remap to the running one
+        # REMAPS_KEPT before it, the compiled catalog and a remap to the running one
         self.ran: dict[str, None] = {compiled.version: None}
-        self._earlier: dict[str, tuple[CompiledCatalog, ModelTable]] = {}
+        self._earlier: dict[str, CompiledCatalog] = {}
+        self._taken_out = TakenOut(REMAPS_KEPT)  # what the latest switches took out
         self._remaps: dict[str, ModelRemap] = {}
         self.merged = 0
         # (model version, epoch seconds) of the latest publishes, oldest first: with the
@@ -223,16 +223,16 @@ class Learner:
         new = compiled_from_text(catalog_text)
         if new.version == self.compiled.version:
             return self.models.version
-        returning = self._earlier.pop(new.version, None)  # run before: its models as left
-        self._earlier[self.compiled.version] = (self.compiled, self.models)
+        self._earlier.pop(new.version, None)
+        self._earlier[self.compiled.version] = self.compiled
         while len(self._earlier) > REMAPS_KEPT:
             del self._earlier[next(iter(self._earlier))]
         # each straight to the new version: chained, the remaps grew with every switch
-        self._remaps = {old: ModelRemap(compiled, new)
-                        for old, (compiled, _) in self._earlier.items()}
-        version = self.models.version
-        self.models = self._remaps[self.compiled.version].table(self.models)
-        self._bring_back(self._remaps[self.compiled.version].rows < 0, new, returning)
+        self._remaps = {old: ModelRemap(compiled, new) for old, compiled in self._earlier.items()}
+        version, remap = self.models.version, self._remaps[self.compiled.version]
+        self._taken_out = self._taken_out.switched(self.models, self.compiled, remap)
+        self.models = remap.table(self.models)
+        self._taken_out.bring_back(self.models, new, remap)
         self.models.version = version + 1
         self.compiled, self.catalog_text = new, catalog_text
         self.ran.pop(new.version, None)
@@ -243,31 +243,15 @@ class Learner:
         self.announce()
         return self.models.version
 
-    def _bring_back(self, missing: np.ndarray, new: CompiledCatalog,
-                    returning: tuple[CompiledCatalog, ModelTable] | None) -> None:
-        """Models the new catalog has and the one left lacked (`missing`, by row) start from
-        what they learnt under the new version when it last ran, else under the latest
-        earlier catalog that had them, rather than from their group: an action taken out and
-        put back, within REMAPS_KEPT switches, goes on where it was."""
-        earlier = [] if returning is None else [(ModelRemap(returning[0], new), returning[1])]
-        earlier += [(self._remaps[v], left) for v, (_, left) in reversed(self._earlier.items())]
-        for remap, left in earlier:  # the one just left has none of them: it lacked them all
-            had = np.flatnonzero(missing & (remap.rows >= 0))
-            seen = left.positives[remap.rows[had]] + left.negatives[remap.rows[had]] > 0
-            rows = had[seen]
-            if len(rows):
-                self.models.take_rows(remap.table(left), rows)
-                missing[rows] = False
-
     def kept(self) -> tuple:
         """What a switch changes, for `put_back`."""
         return (self.models, self.compiled, self.catalog_text, dict(self.ran),
-                dict(self._earlier), dict(self._remaps), dict(self.sequences))
+                dict(self._earlier), dict(self._remaps), dict(self.sequences), self._taken_out)
 
     def put_back(self, kept: tuple) -> None:
         """Undo the switches since `kept` (the store did not save them)."""
         (self.models, self.compiled, self.catalog_text, self.ran, self._earlier, self._remaps,
-         self.sequences) = kept
+         self.sequences, self._taken_out) = kept
         while self.publishes and self.publishes[-1][0] > self.models.version:
             self.publishes.pop()
         self.announce()

@@ -50,7 +50,7 @@ def paced_steps(p99_ms: list[float], starts: list[float] | None) -> list[dict]:
 
 def test_the_pace_check_counts_steps_from_when_they_began():
     # a 60 s step every 200 s (the run paused between them): the slow step began at 400 s,
-    # before the warm-up ended at 500 s, though back to back it would seem to start at 120 s
+    # before the warm-up ended at 500 s, though back to back it would seem to start at 180 s
     p99 = [5.0, 5.0, 5.0, 40.0, 6.0]
     run = samples([4] * 70, [20] * 70)
     recorded = verdict(run, 500.0, paced_steps(p99, [0.0, 200.0, 300.0, 400.0, 600.0]))

@@ -548,3 +548,50 @@ def test_an_action_new_to_every_catalog_run_still_starts_from_its_group():
     row = now.model_index(now.action_index[removed], now.channel_index["web"])
     assert learner.models.positives[row] == 0
     assert np.array_equal(learner.models.mean[row], fresh.mean[row])
+
+
+def test_an_action_put_back_twice_goes_on_from_its_latest_learning():
+    """Not from the catalog being returned to, which is the oldest: A (7) -> B (out) -> C
+    (back, 3 more) -> D (out) -> A gives 10."""
+    c = default_compiled()
+    learner = Learner(c)
+    without, removed = without_first_action("B")
+    web = c.channel_index["web"]
+
+    def row(compiled):
+        return compiled.model_index(compiled.action_index[removed], web)
+    learner.sync(c.version, learned(c, row(c), 7), -1)
+    learner.switch(without)
+    learner.switch(catalog("C"))
+    now = learner.compiled
+    learner.sync(now.version, learned(now, row(now), 3), -1)
+    learner.switch(without_first_action("D")[0])
+    learner.switch(default_catalog_text())
+    assert learner.models.positives[row(learner.compiled)] == 10
+
+
+def test_a_model_that_learnt_only_a_value_comes_back_with_it():
+    c = default_compiled()
+    learner = Learner(c)
+    without, removed = without_first_action("B")
+    m = c.model_index(c.action_index[removed], c.channel_index["web"])
+    delta = ModelTable(c).take_delta()
+    delta.value_count[m], delta.value_sum[m] = 3, 300.0
+    learner.sync(c.version, delta, -1)
+    learner.switch(without)
+    learner.switch(default_catalog_text())
+    assert (learner.models.value_count[m], learner.models.value_sum[m]) == (3, 300.0)
+
+
+def test_switches_keep_only_the_models_they_took_out_and_only_for_a_few_switches():
+    c = default_compiled()
+    learner = Learner(c)
+    without, removed = without_first_action("B")
+    m = c.model_index(c.action_index[removed], c.channel_index["web"])
+    learner.sync(c.version, learned(c, m, 1), -1)
+    learner.switch(without)
+    assert list(learner._taken_out._models) == [(removed, "web")]  # one model, not tables
+    for n in range(learner_module.REMAPS_KEPT):
+        learner.switch(without_first_action(f"B{n}")[0])
+    learner.switch(default_catalog_text())  # taken out too long ago: from its group again
+    assert learner.models.positives[m] == 0
