@@ -257,6 +257,10 @@ class Generator:
             "idempotency_key": lambda: f"k{rng.randrange(1 << 30)}",
             "yaml": lambda: v.catalog_text,
             "shards": lambda: v.shards,
+            # the version a catalog call expects: valid calls expect none, since the fuzzer's
+            # own rollbacks change what runs; any other is refused (FAILED_PRECONDITION)
+            "expected_current_version": lambda: "",
+            "to_version": lambda: "",
         }.get(name)
         if pick is None:
             return None

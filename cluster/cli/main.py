@@ -19,9 +19,13 @@
                                         NOT_SERVING, its partitions move, its shards and
                                         gateway stop (a KubeRay worker's preStop hook)
     kairos catalog validate FILE...     check catalogs; errors name file, line:column and path
-    kairos catalog push FILE [--evidence REPORT.json]
+    kairos catalog push FILE [--evidence REPORT.json] [--expect VERSION]
                                         validate, then switch the cluster to it (keeping a
-                                        `kairos replay` report with the version)
+                                        `kairos replay` report with the version; only from
+                                        VERSION running)
+    kairos catalog rollback --to VERSION
+                                        switch back to the previous catalog, VERSION (a retry
+                                        that finds VERSION running changes nothing)
     kairos replay --log FILE --catalog CANDIDATE.yaml
                                         judge a candidate catalog on a decision log, offline:
                                         where it decides differently, off-policy estimates of
@@ -411,11 +415,7 @@ def parser(gateway_port: int) -> argparse.ArgumentParser:
     catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True)
     check = catalog_commands.add_parser("validate", help="validate and compile catalogs")
     check.add_argument("paths", nargs="+", metavar="FILE")
-    send = catalog_commands.add_parser("push", help="validate, then switch the cluster to it",
-                                       parents=[target])
-    send.add_argument("path", metavar="FILE")
-    send.add_argument("--evidence", metavar="REPORT.json",
-                      help="a `kairos replay` report on this catalog, kept with its version")
+    operate.add_catalog_commands(catalog_commands, [target])
     replay.add_parser(commands)
     uplift.add_parser(commands)
     return top
@@ -481,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
             return demo.run_remote(args.target)
         if args.command == "console":
             return console.run(args)
-        return {"status": operate.status, "drain": operate.drain, "catalog": operate.push,
+        return {"status": operate.status, "drain": operate.drain, "catalog": operate.catalog,
                 "log": logexport.run}[args.command](args)
     except grpc.RpcError as exc:
         if exc.code() == grpc.StatusCode.UNAVAILABLE:

@@ -1,5 +1,5 @@
 """The commands that operate a running Kairos through a gateway's AdminService, with the key
-in KAIROS_API_KEY: status, drain, catalog push."""
+in KAIROS_API_KEY: status, drain, catalog push and rollback."""
 from __future__ import annotations
 
 import argparse
@@ -123,6 +123,34 @@ def _another_gateway(target: str, leaving, nodes) -> str:
     return target
 
 
+def add_catalog_commands(catalog_commands, parents: list[argparse.ArgumentParser]) -> None:
+    send = catalog_commands.add_parser("push", help="validate, then switch the cluster to it",
+                                       parents=parents)
+    send.add_argument("path", metavar="FILE")
+    send.add_argument("--evidence", metavar="REPORT.json",
+                      help="a `kairos replay` report on this catalog, kept with its version")
+    send.add_argument("--expect", metavar="VERSION", default="",
+                      help="switch only from this version running (`kairos status` shows it), "
+                           "so a push that waited does not undo a switch made meanwhile")
+    back = catalog_commands.add_parser(
+        "rollback", parents=parents,
+        help="switch the cluster back to the catalog that ran before the last switch")
+    # required: without it a rollback sent again after its answer was lost switches back
+    back.add_argument("--to", metavar="VERSION", required=True,
+                      help="the previous catalog's version; refused when the previous is "
+                           "another, done already when it runs")
+
+
+def catalog(args: argparse.Namespace) -> int:
+    return {"push": push, "rollback": rollback}[args.catalog_command](args)
+
+
+def rollback(args: argparse.Namespace) -> int:
+    info = Remote(args.target).rollback_catalog(args.to)
+    print(f"the cluster now runs catalog '{info.name}' version {info.version}")
+    return 0
+
+
 def push(args: argparse.Namespace) -> int:
     path = args.path
     try:
@@ -132,7 +160,7 @@ def push(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"error: {path}: {exc.strerror}", file=sys.stderr)
         return 1
-    info = Remote(args.target).put_catalog(text, evidence)
+    info = Remote(args.target).put_catalog(text, evidence, args.expect)
     print(f"the cluster now runs catalog '{info.name}' version {info.version}"
           + (f", with the evidence in {args.evidence}" if evidence else ""))
     return 0

@@ -104,10 +104,16 @@ class Remote:
         return self.admin.DrainNode(admin_pb2.DrainNodeRequest(node_id=node_id),
                                     timeout=timeout_s, metadata=self.metadata)
 
-    def put_catalog(self, text: str, evidence_json: str = "") -> admin_pb2.CatalogInfo:
-        return self.admin.PutCatalog(admin_pb2.CatalogText(yaml=text,
-                                                           evidence_json=evidence_json),
-                                     timeout=120, metadata=self.metadata)
+    def put_catalog(self, text: str, evidence_json: str = "", expected_version: str = ""
+                    ) -> admin_pb2.CatalogInfo:
+        return self.admin.PutCatalog(
+            admin_pb2.CatalogText(yaml=text, evidence_json=evidence_json,
+                                  expected_current_version=expected_version),
+            timeout=120, metadata=self.metadata)
+
+    def rollback_catalog(self, to_version: str) -> admin_pb2.CatalogInfo:
+        return self.admin.RollbackCatalog(admin_pb2.RollbackCatalogRequest(to_version=to_version),
+                                          timeout=120, metadata=self.metadata)
 
     def close(self) -> None:
         self.channel.close()

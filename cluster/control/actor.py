@@ -122,12 +122,12 @@ class ControllerActor:
     async def scale(self, n_shards: int) -> dict[str, Any]:
         return await (await self._ready()).scale(n_shards)
 
-    async def put_catalog(self, catalog_text: str, evidence: dict[str, str] | None = None
-                          ) -> str:
-        return await (await self._ready()).put_catalog(catalog_text, evidence)
+    async def put_catalog(self, catalog_text: str, evidence: dict[str, str] | None = None,
+                          expected_version: str | None = None) -> str:
+        return await (await self._ready()).put_catalog(catalog_text, evidence, expected_version)
 
-    async def rollback_catalog(self) -> str:
-        return await (await self._ready()).rollback_catalog()
+    async def rollback_catalog(self, to_version: str | None = None) -> str:
+        return await (await self._ready()).rollback_catalog(to_version)
 
     async def get_catalog(self) -> dict[str, Any]:
         return await (await self._routing()).get_catalog()

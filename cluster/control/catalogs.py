@@ -6,6 +6,10 @@ the reconfiguration lock, where the running and previous catalogs are read too).
   gateways' long polls and the control loop meanwhile.
 - The same catalog sent again while it runs (a retry after DEADLINE_EXCEEDED) changes nothing:
   switched again, it would become its own rollback target.
+- A request may name the version it expects to switch from (PutCatalog) or to (RollbackCatalog),
+  checked under the lock: a rollback retried after it was done would otherwise switch back to
+  the catalog it rolled back from, and a put queued behind another switch would undo a
+  rollback an operator made meanwhile. A rollback to the running version is done already.
 - Phase one: every shard prepares. One that refuses the text (a CatalogError or ValueError)
   stops the switch with every shard on the old version; one that fails otherwise (does not
   answer: stopped, restarting, wedged, recovering) must not hold up the others: it is left
@@ -38,19 +42,23 @@ async def _version(text: str, strict: bool = False) -> str:
 class Catalogs:
     """Controller's catalog switches (a part of Controller: controller.py)."""
 
-    async def put_catalog(self, catalog_text: str, evidence: dict[str, str] | None = None
-                          ) -> str:
+    async def put_catalog(self, catalog_text: str, evidence: dict[str, str] | None = None,
+                          expected_version: str | None = None) -> str:
         """Validate, then switch every shard and the learner; the new version, with `evidence`
         (the gateway's {json, summary} of a replay report) kept with it. ValueError for
         other content under the running or the previous version (gateways and the learner
-        tell catalogs apart by version)."""
+        tell catalogs apart by version), and for a running version other than
+        `expected_version` (when given) unless this catalog runs already."""
         version = await _version(catalog_text, strict=True)  # CatalogError: stop
         async with self._reconfiguring:
             if version == self.catalog_version:
                 if catalog_text != self.catalog_text:
                     raise ValueError(f"catalog {version!r} runs with other text: give it a "
                                      f"new version")
-                return version
+                return version  # before the expectation: a retry of a put that was done
+            if expected_version is not None and expected_version != self.catalog_version:
+                raise ValueError(f"catalog {self.catalog_version!r} runs, not the expected "
+                                 f"{expected_version!r}: {version!r} was not switched to")
             if self.previous_catalog is not None and catalog_text != self.previous_catalog \
                     and version == await _version(self.previous_catalog):
                 raise ValueError(f"catalog {version!r} ran before with other text: give it "
@@ -63,12 +71,20 @@ class Catalogs:
                 "has_previous": self.previous_catalog is not None,
                 "evidence": self.evidence.get("json", "")}
 
-    async def rollback_catalog(self) -> str:
+    async def rollback_catalog(self, to_version: str | None = None) -> str:
+        """Switch back to the previous catalog; its version. With `to_version`: nothing to
+        do when it runs, and ValueError when the previous catalog is another one."""
         async with self._reconfiguring:
+            if to_version is not None and to_version == self.catalog_version:
+                return to_version
             if self.previous_catalog is None:
                 raise ValueError("there is no previous catalog version to roll back to")
             text = self.previous_catalog
             version = await _version(text)
+            if to_version is not None and version != to_version:
+                raise ValueError(f"the previous catalog is {version!r}, not {to_version!r} "
+                                 f"(catalog {self.catalog_version!r} runs): nothing was "
+                                 f"switched")
             await self._switch(text, version, self.previous_evidence)
         return version
 

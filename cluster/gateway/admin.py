@@ -48,16 +48,18 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         compiled = await _compile(request.yaml, context)
         evidence = await _evidence(request.evidence_json, compiled, context)
         try:
-            await _answer(context, self.backend.controller().put_catalog(request.yaml, evidence))
-        except ValueError as exc:
+            await _answer(context, self.backend.controller().put_catalog(
+                request.yaml, evidence, request.expected_current_version or None))
+        except ValueError as exc:  # other text under a version, or not the expected one runs
             await fail(context, grpc.StatusCode.FAILED_PRECONDITION, _said(exc))
         return _catalog_info(compiled)
 
-    async def RollbackCatalog(self, request, context) -> admin_pb2.CatalogInfo:
+    async def RollbackCatalog(self, request: admin_pb2.RollbackCatalogRequest, context
+                              ) -> admin_pb2.CatalogInfo:
         controller = self.backend.controller()
         try:
-            await _answer(context, controller.rollback_catalog())
-        except ValueError as exc:
+            await _answer(context, controller.rollback_catalog(request.to_version or None))
+        except ValueError as exc:  # no previous catalog, or not to_version
             await fail(context, grpc.StatusCode.FAILED_PRECONDITION, _said(exc))
         text = (await _answer(context, controller.get_catalog()))["text"]
         # compiling takes a while: off the event loop, which serves every other call meanwhile

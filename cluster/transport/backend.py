@@ -141,13 +141,16 @@ class ControllerControl(Protocol):
     async def scale(self, n_shards: int) -> dict[str, Any]:
         """Change the shard count while traffic flows: {shards, moved, version}."""
 
-    async def put_catalog(self, catalog_text: str, evidence: dict[str, str] | None = None
-                          ) -> str:
+    async def put_catalog(self, catalog_text: str, evidence: dict[str, str] | None = None,
+                          expected_version: str | None = None) -> str:
         """Switch every shard and the learner to a catalog, keeping `evidence` ({json,
-        summary} of a replay report) with it; its version."""
+        summary} of a replay report) with it; its version. ValueError, switching nothing,
+        when a version other than `expected_version` (if given) runs and this one does not."""
 
-    async def rollback_catalog(self) -> str:
-        """Switch back to the previous catalog (ValueError if there is none); its version."""
+    async def rollback_catalog(self, to_version: str | None = None) -> str:
+        """Switch back to the previous catalog (ValueError if there is none); its version.
+        With `to_version`: nothing to do when it runs already (a retry), ValueError when the
+        previous catalog is another version."""
 
     async def get_catalog(self) -> dict[str, Any]:
         """{version, text, has_previous, evidence}."""

@@ -328,13 +328,14 @@ class RayController(_Actor):
         return await self._call(lambda a: a.scale.remote(n_shards),
                                 ADMIN_CALL_S)
 
-    async def put_catalog(self, catalog_text: str, evidence: dict[str, str] | None = None
-                          ) -> str:
-        return await self._call(lambda a: a.put_catalog.remote(catalog_text, evidence),
-                                ADMIN_CALL_S)
+    async def put_catalog(self, catalog_text: str, evidence: dict[str, str] | None = None,
+                          expected_version: str | None = None) -> str:
+        return await self._call(
+            lambda a: a.put_catalog.remote(catalog_text, evidence, expected_version),
+            ADMIN_CALL_S)
 
-    async def rollback_catalog(self) -> str:
-        return await self._call(lambda a: a.rollback_catalog.remote(),
+    async def rollback_catalog(self, to_version: str | None = None) -> str:
+        return await self._call(lambda a: a.rollback_catalog.remote(to_version),
                                 ADMIN_CALL_S)
 
     async def get_catalog(self) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """PutCatalog and RollbackCatalog as operators and gateways retry them (catalogs.py), without
-Ray: a resend changes nothing, rollbacks read the catalogs under the lock, a shard that does
-not answer is caught up rather than holding every switch, a version names one text, and no
-catalog compiles on an event loop (the controller's, the learner's, a shard's data path)."""
+Ray: a resend changes nothing, rollbacks read the catalogs under the lock, a rollback or a put
+that names the version it expects switches at most once, a shard that does not answer is
+caught up rather than holding every switch, a version names one text, and no catalog compiles
+on an event loop (the controller's, the learner's, a shard's data path)."""
 from __future__ import annotations
 
 import asyncio
@@ -43,6 +44,61 @@ def test_rollbacks_at_once_each_switch_from_what_the_one_before_left(tmp_path):
         assert first != second and controller.catalog_version == second
         assert (controller.catalog_text, controller.previous_catalog) == (v2, v1)
         assert versions(backend) == {second}
+    asyncio.run(main())
+
+
+def test_a_rollback_retried_after_it_was_done_stays_on_the_version_it_named(tmp_path):
+    """The first answer lost (DEADLINE_EXCEEDED at the gateway, done in the controller): the
+    retry names the version it rolls back to, which runs, so it switches nothing."""
+    async def main():
+        backend, controller = await started(str(tmp_path), 2)
+        good, v2 = controller.catalog_version, catalog_v2(controller)
+        await controller.put_catalog(v2)
+        assert await controller.rollback_catalog(to_version=good) == good
+        assert await controller.rollback_catalog(to_version=good) == good
+        assert controller.catalog_version == good and controller.previous_catalog == v2
+        assert versions(backend) == {good}
+    asyncio.run(main())
+
+
+def test_a_rollback_to_another_version_than_the_previous_one_switches_nothing(tmp_path):
+    async def main():
+        backend, controller = await started(str(tmp_path), 2)
+        good = controller.catalog_version
+        bad = await controller.put_catalog(catalog_v2(controller))
+        with pytest.raises(ValueError, match=f"the previous catalog is {good!r}, not "
+                                             f"'older' \\(catalog {bad!r} runs\\)"):
+            await controller.rollback_catalog(to_version="older")
+        assert controller.catalog_version == bad and versions(backend) == {bad}
+    asyncio.run(main())
+
+
+def test_a_put_that_waited_behind_a_rollback_it_did_not_expect_is_refused(tmp_path):
+    """A put made while `bad` ran, queued behind the rollback an operator made meanwhile
+    (it compiles before it waits for the lock), does not undo the rollback."""
+    async def main():
+        backend, controller = await started(str(tmp_path), 2)
+        good = controller.catalog_version
+        bad = await controller.put_catalog(catalog_v2(controller))
+        v3 = controller.catalog_text.replace("version: v2-", "version: v3-", 1)
+        rolled, put = await asyncio.gather(
+            controller.rollback_catalog(), controller.put_catalog(v3, expected_version=bad),
+            return_exceptions=True)
+        assert rolled == good
+        assert isinstance(put, ValueError)
+        assert f"catalog {good!r} runs, not the expected {bad!r}" in str(put)
+        assert controller.catalog_version == good and versions(backend) == {good}
+    asyncio.run(main())
+
+
+def test_a_put_retried_after_it_was_done_is_not_refused_for_what_it_expected(tmp_path):
+    async def main():
+        backend, controller = await started(str(tmp_path), 2)
+        v1, v2 = controller.catalog_text, catalog_v2(controller)
+        good = controller.catalog_version
+        version = await controller.put_catalog(v2, expected_version=good)
+        assert await controller.put_catalog(v2, expected_version=good) == version
+        assert controller.previous_catalog == v1 and versions(backend) == {version}
     asyncio.run(main())
 
 

@@ -39,7 +39,8 @@ class StuckController:
     async def status(self) -> dict:
         await asyncio.Future()
 
-    async def put_catalog(self, catalog_text: str, evidence: dict | None = None) -> str:
+    async def put_catalog(self, catalog_text: str, evidence: dict | None = None,
+                          expected_version: str | None = None) -> str:
         raise RuntimeError("catalog x was not switched: kairos-shard-0002: no answer within 5 s")
 
 

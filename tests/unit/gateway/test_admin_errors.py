@@ -36,10 +36,11 @@ class Raising:
     def __init__(self, error: Exception):
         self.error = error
 
-    async def put_catalog(self, catalog_text: str, evidence: dict | None = None) -> str:
+    async def put_catalog(self, catalog_text: str, evidence: dict | None = None,
+                          expected_version: str | None = None) -> str:
         raise self.error
 
-    async def rollback_catalog(self) -> str:
+    async def rollback_catalog(self, to_version: str | None = None) -> str:
         raise self.error
 
     async def scale(self, n_shards: int) -> dict:
@@ -59,7 +60,7 @@ def calls(default_yaml):
     return {
         "PutCatalog": lambda s: s.PutCatalog(
             admin_pb2.CatalogText(yaml=default_yaml.read_text()), Context(None)),
-        "RollbackCatalog": lambda s: s.RollbackCatalog(admin_pb2.GetCatalogRequest(),
+        "RollbackCatalog": lambda s: s.RollbackCatalog(admin_pb2.RollbackCatalogRequest(),
                                                        Context(None)),
         "ScaleShards": lambda s: s.ScaleShards(admin_pb2.ScaleRequest(shards=2),
                                                Context(None)),
