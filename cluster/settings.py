@@ -93,14 +93,11 @@ DATA_HOST = text("DATA_HOST", "")
 PLANE_FRAME_BYTES = integer("PLANE_FRAME_BYTES", 64 << 20, low=1 << 20)
 PLANE_CONTAINER_LEN = integer("PLANE_CONTAINER_LEN", 65_536, low=1024)
 # Connections one shard serves at once (more are closed unread), connections it lets wait
-# for their handshake (past it the oldest waiting one is dropped, so idle connections cannot
-# lock clients out), and calls it works on at once per connection (past it the connection
-# is not read until one is answered).
+# for their handshake, a quarter of them from one address (a waiting one costs a socket and a
+# task; transport/admission.py says which make room for which), and calls it works on at once
+# per connection (past it the connection is not read until one is answered).
 PLANE_CONNECTIONS = integer("PLANE_CONNECTIONS", 1024)
-PLANE_HANDSHAKES = integer("PLANE_HANDSHAKES", 64)
-# Of those, how many one source address may have waiting (past it its own longest waiting one
-# is dropped), so that a stranger's flood of connections cannot crowd out other addresses.
-PLANE_HANDSHAKES_PER_SOURCE = integer("PLANE_HANDSHAKES_PER_SOURCE", 8)
+PLANE_HANDSHAKES = integer("PLANE_HANDSHAKES", 512)
 PLANE_INFLIGHT_CALLS = integer("PLANE_INFLIGHT_CALLS", 64)
 # A batch the shard has not answered this long after it was sent: the shard is wedged (a
 # stopped process keeps its TCP connections open, so keepalive never notices); the client

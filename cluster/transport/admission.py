@@ -2,9 +2,16 @@
 
 A connection costs the shard a socket and a task while it waits for its peer's handshake
 response (HANDSHAKE_S at most), and anyone who reaches the node can open one. So at most
-PLANE_HANDSHAKES wait at once, PLANE_HANDSHAKES_PER_SOURCE from one address, and the longest
-waiting (from the newcomer's address first) is dropped to make room, so that idle connections
-cannot lock clients out; one whose response has arrived is never dropped.
+PLANE_HANDSHAKES wait at once, PER_SOURCE of them from one address, so that a stranger's flood
+cannot crowd out other addresses. Legitimate clients often share an address (every process on
+a Ray node, a local cluster on 127.0.0.1, clients behind NAT), and many open at once after a
+shard restarts, so the per-address cap is generous.
+
+To make room a connection that has waited GRACE_S is dropped, the longest waiting, from the
+newcomer's address first (and only from it once that address is at its cap): a client answers
+its greeting within milliseconds, so a connection that old is most likely a silent flood's.
+With none that old the newcomer is turned away rather than a connection under way. One whose
+response has arrived is never dropped.
 """
 from __future__ import annotations
 
@@ -13,9 +20,15 @@ import contextlib
 import fcntl
 import struct
 import termios
-from typing import Iterator
+import time
+from typing import Iterable, Iterator
 
-from kairos.cluster.settings import PLANE_HANDSHAKES, PLANE_HANDSHAKES_PER_SOURCE
+from kairos.cluster.settings import PLANE_HANDSHAKES
+
+PER_SOURCE = max(1, PLANE_HANDSHAKES // 4)
+# A client's response comes one round trip after its greeting; a second is ample on a loaded
+# node, and a flood's connection that young is turned away instead of one under way.
+GRACE_S = 1.0
 
 
 def responded(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, size: int) -> bool:
@@ -34,8 +47,9 @@ class Handshakes:
 
     def __init__(self, response: int):
         self._response = response
-        self._waiting: dict[asyncio.StreamWriter, tuple[asyncio.StreamReader, str]] = {}
-        self._sources: dict[str, int] = {}  # connections waiting from each address
+        # each connection's reader, address and when it came
+        self._waiting: dict[asyncio.StreamWriter, tuple[asyncio.StreamReader, str, float]] = {}
+        self._sources: dict[str, dict[asyncio.StreamWriter, None]] = {}  # each's, oldest first
 
     def __iter__(self) -> Iterator[asyncio.StreamWriter]:
         return iter(self._waiting)
@@ -47,24 +61,26 @@ class Handshakes:
               source: str) -> bool:
         """Let a connection from `source` wait for its handshake, if there is room or room can
         be made; `forget` it once its handshake ends."""
-        if not self._room_for(source):
-            return False
-        self._waiting[writer] = (reader, source)
-        self._sources[source] = self._sources.get(source, 0) + 1
-        return True
+        own = self._sources.get(source, {})
+        if len(own) >= PER_SOURCE:
+            room = self._dropped_from(own)
+        elif len(self._waiting) >= PLANE_HANDSHAKES:
+            room = self._dropped_from(own) or self._dropped_from(self._waiting)
+        else:
+            room = True
+        if room:
+            self._waiting[writer] = (reader, source, time.monotonic())
+            self._sources.setdefault(source, {})[writer] = None
+        return room
 
-    def _room_for(self, source: str) -> bool:
-        """Make room for a connection from `source` to wait for its handshake, if it takes
-        dropping one: the longest waiting whose response has not arrived, from `source` if it
-        has one (it must once it is at its cap), else from any address. False if none can go.
-        """
-        capped = self._sources.get(source, 0) >= PLANE_HANDSHAKES_PER_SOURCE
-        if not capped and len(self._waiting) < PLANE_HANDSHAKES:
-            return True
-        waiting = sorted(self._waiting.items(), key=lambda item: item[1][1] != source)
-        for writer, (reader, waited_from) in waiting:
-            if capped and waited_from != source:
-                break  # past its cap, an address makes room among its own only
+    def _dropped_from(self, waiting: Iterable[asyncio.StreamWriter]) -> bool:
+        """Whether one of `waiting` (oldest first) was dropped: the longest waiting of those
+        that waited GRACE_S and whose response has not arrived."""
+        came_by = time.monotonic() - GRACE_S
+        for writer in waiting:
+            reader, _, came = self._waiting[writer]
+            if came > came_by:
+                return False  # the rest came later still
             if not responded(reader, writer, self._response):
                 self.forget(writer)
                 writer.close()
@@ -72,8 +88,9 @@ class Handshakes:
         return False
 
     def forget(self, writer: asyncio.StreamWriter) -> None:
-        _, source = self._waiting.pop(writer, (None, None))
+        _, source, _ = self._waiting.pop(writer, (None, None, None))
         if source is not None:
-            self._sources[source] -= 1
-            if not self._sources[source]:
+            own = self._sources[source]
+            del own[writer]
+            if not own:
                 del self._sources[source]

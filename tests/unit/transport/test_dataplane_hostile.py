@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from kairos.cluster.settings import PLANE_FRAME_BYTES
-from kairos.cluster.transport import dataplane
+from kairos.cluster.transport import admission, dataplane
 from kairos.cluster.transport.dataplane import PlaneClosed, PlaneConnection, PlaneServer
 
 from tests.support.waiting import until
@@ -137,6 +137,7 @@ def test_hostile_traffic_and_a_connection_flood_leave_the_shard_serving_in_bound
                            times=PLANE_FRAME_BYTES // (1 << 20) + 2)
             await _answers(address, secret)
         flood = [await asyncio.open_connection(*address) for _ in range(500)]  # held, silent
+        await asyncio.sleep(admission.GRACE_S)  # waited long enough to be no client's
         await _answers(address, secret)  # the oldest waiting handshakes made room
         for _, writer in flood:
             writer.close()
@@ -186,9 +187,12 @@ def test_a_flood_from_another_address_leaves_a_handshake_under_way_alone():
     asyncio.run(main())
 
 
-def test_a_handshake_whose_response_arrived_is_never_dropped_to_make_room():
+def test_a_handshake_whose_response_arrived_is_never_dropped_to_make_room(monkeypatch):
     """A client whose whole response is in (here still in the kernel: the shard's loop has
-    not read it yet) is answered without waiting, so its own address's flood leaves it be."""
+    not read it yet) is answered without waiting, so its own address's flood leaves it be,
+    however long it waited."""
+    monkeypatch.setattr(admission, "GRACE_S", 0.1)
+
     async def main():
         server = PlaneServer(_echo)
         address = await server.start("127.0.0.1")
@@ -200,7 +204,8 @@ def test_a_handshake_whose_response_arrived_is_never_dropped_to_make_room():
         client_nonce = os.urandom(dataplane.NONCE_BYTES)
         writer.write(dataplane._RESPONSE.pack(magic, protocol, client_nonce, dataplane._proof(
             server.secret, b"client", shard_nonce, client_nonce)))
-        flood = _connected("127.0.0.1", address, 80)  # past PLANE_HANDSHAKES (64)
+        await asyncio.sleep(0.2)  # past GRACE_S: only its response keeps it from going
+        flood = _connected("127.0.0.1", address, admission.PER_SOURCE + 16)  # past the cap
         await asyncio.sleep(0.2)  # the shard took in the flood
         for waiting in server._greeting:
             waiting.transport.resume_reading()
