@@ -2,13 +2,14 @@
 
 A connection costs the shard a socket and a task while it waits for its peer's handshake
 response (HANDSHAKE_S at most), and anyone who reaches the node can open one. So at most
-PLANE_HANDSHAKES wait at once, PER_SOURCE of them from one address, so that a stranger's flood
-cannot crowd out other addresses. Legitimate clients often share an address (every process on
-a Ray node, a local cluster on 127.0.0.1, clients behind NAT), and many open at once after a
-shard restarts, so the per-address cap is generous.
+PLANE_HANDSHAKES wait at once, PER_SOURCE of them from one source (an IPv4 address, or an IPv6
+/64: a host or a site is given a /64 at least, and can pick from it at will), so that a
+stranger's flood cannot crowd out other addresses. Legitimate clients often share an address
+(every process on a Ray node, a local cluster on 127.0.0.1, clients behind NAT), and many
+open at once after a shard restarts, so the per-source cap is generous.
 
 To make room a connection that has waited GRACE_S is dropped, the longest waiting, from the
-newcomer's address first (and only from it once that address is at its cap): a client answers
+newcomer's source first (and only from it once that source is at its cap): a client answers
 its greeting within milliseconds, so a connection that old is most likely a silent flood's.
 With none that old the newcomer is turned away rather than a connection under way. One whose
 response has arrived is never dropped.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import ipaddress
 import struct
 import termios
 import time
@@ -29,6 +31,17 @@ PER_SOURCE = max(1, PLANE_HANDSHAKES // 4)
 # A client's response comes one round trip after its greeting; a second is ample on a loaded
 # node, and a flood's connection that young is turned away instead of one under way.
 GRACE_S = 1.0
+
+
+def source_of(host: str) -> str:
+    """The source a connection from `host` counts against: its IPv4 address (also when it
+    came to an IPv6 socket, as ::ffff:a.b.c.d), or its IPv6 address's /64."""
+    address = ipaddress.ip_address(host.partition("%")[0])  # without an IPv6 zone (%eth0)
+    if address.version == 4:
+        return str(address)
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((address, 64), strict=False))
 
 
 def responded(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, size: int) -> bool:
@@ -58,10 +71,10 @@ class Handshakes:
         return len(self._waiting)
 
     def admit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-              source: str) -> bool:
-        """Let a connection from `source` wait for its handshake, if there is room or room can
+              host: str) -> bool:
+        """Let a connection from `host` wait for its handshake, if there is room or room can
         be made; `forget` it once its handshake ends."""
-        own = self._sources.get(source, {})
+        own = self._sources.get(source := source_of(host), {})
         if len(own) >= PER_SOURCE:
             room = self._dropped_from(own)
         elif len(self._waiting) >= PLANE_HANDSHAKES:

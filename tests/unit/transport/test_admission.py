@@ -90,3 +90,15 @@ def test_a_connection_silent_past_the_grace_makes_room(monkeypatch):
         server.close()
 
     asyncio.run(main())
+
+
+def test_an_address_counts_as_its_ipv4_address_or_its_ipv6_64():
+    """Review finding: a flood from many IPv6 addresses of one /64 (one host's or site's, to
+    pick from at will) counted as many sources, and an IPv4 client reaching a dual-stack
+    listener as ::ffff:a.b.c.d as another source than a.b.c.d."""
+    assert admission.source_of("10.1.2.3") == "10.1.2.3"
+    assert admission.source_of("::ffff:10.1.2.3") == "10.1.2.3"
+    assert admission.source_of("2001:db8:1:2:aaaa::1") == \
+        admission.source_of("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
+    assert admission.source_of("2001:db8:1:3::1") == "2001:db8:1:3::/64"
+    assert admission.source_of("fe80::1%eth0") == "fe80::/64"
