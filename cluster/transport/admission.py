@@ -31,6 +31,9 @@ PER_SOURCE = max(1, PLANE_HANDSHAKES // 4)
 # A client's response comes one round trip after its greeting; a second is ample on a loaded
 # node, and a flood's connection that young is turned away instead of one under way.
 GRACE_S = 1.0
+# Asks the kernel how many bytes a socket holds unread (Linux, the BSDs); where it is missing
+# a response counts as arrived once read
+_FIONREAD = getattr(termios, "FIONREAD", None)
 
 
 def source_of(host: str) -> str:
@@ -47,10 +50,12 @@ def source_of(host: str) -> str:
 def responded(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, size: int) -> bool:
     """Whether `size` bytes of a client's handshake response have arrived (read into `reader`
     or still in the kernel): its handshake ends without waiting for the client."""
-    arrived = len(reader._buffer)  # StreamReader tells this no other way
-    with contextlib.suppress(OSError):
-        arrived += struct.unpack("i", fcntl.ioctl(writer.get_extra_info("socket").fileno(),
-                                                  termios.FIONREAD, bytes(4)))[0]
+    # StreamReader tells what it holds no other way; a version without it: the kernel's only
+    arrived = len(getattr(reader, "_buffer", b""))
+    if _FIONREAD is not None:
+        with contextlib.suppress(OSError, ValueError):  # ValueError: closed (descriptor -1)
+            arrived += struct.unpack("i", fcntl.ioctl(writer.get_extra_info("socket").fileno(),
+                                                      _FIONREAD, bytes(4)))[0]
     return arrived >= size
 
 

@@ -102,3 +102,31 @@ def test_an_address_counts_as_its_ipv4_address_or_its_ipv6_64():
         admission.source_of("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
     assert admission.source_of("2001:db8:1:3::1") == "2001:db8:1:3::/64"
     assert admission.source_of("fe80::1%eth0") == "fe80::/64"
+
+
+def test_whether_a_response_arrived_is_told_as_far_as_it_can_be_and_never_raises(monkeypatch):
+    """Review finding: the probe read StreamReader's private `_buffer` unguarded, and asked
+    the kernel for a closed socket's bytes (its descriptor -1: ValueError), which raised out
+    of making room and dropped the newcomer instead."""
+    async def main():
+        server = PlaneServer(_echo)
+        address = await server.start("127.0.0.1")
+        reader, writer = await asyncio.open_connection(*address)
+        await until(lambda: server._greeting, 5, "the shard to greet the client")
+        shard_writer = next(iter(server._greeting))
+        shard_writer.transport.pause_reading()  # what the client sends stays in the kernel
+        writer.write(bytes(dataplane._RESPONSE.size))
+        await until(lambda: admission.responded(object(), shard_writer,
+                                                dataplane._RESPONSE.size), 5,
+                    "the response to be told without a reader's buffer")
+        with monkeypatch.context() as patched:
+            patched.setattr(admission, "_FIONREAD", None)  # a system without the probe
+            assert not admission.responded(object(), shard_writer, dataplane._RESPONSE.size)
+        shard_writer.transport.abort()
+        await until(lambda: shard_writer.get_extra_info("socket").fileno() == -1, 5,
+                    "the shard's socket to close")
+        assert not admission.responded(asyncio.StreamReader(), shard_writer, 1)
+        writer.close()
+        server.close()
+
+    asyncio.run(main())
