@@ -30,8 +30,9 @@ version (`dropped`); one of a version it never ran (its switch has not reached i
 refused, NotRunning, and its shard sends it again. A delta is remembered as taken only once
 merged. An action a switch takes out and a later one puts back (a rollback, a seasonal offer)
 goes on from the models it had when it was last taken out, not from its group's, if that was
-within the last REMAPS_KEPT switches of this process (core/models.py `TakenOut`: the models a switch takes
-out are kept, not whole earlier posteriors; a restart keeps only the running posterior). A saved posterior that cannot be read, or does not fit its catalog, is kept aside
+within the last REMAPS_KEPT switches of this process (core/models.py `TakenOut`: the models a
+switch takes out are kept, not whole earlier posteriors; a restart keeps only the running
+posterior). A saved posterior that cannot be read, or does not fit its catalog, is kept aside
 (DAMAGED_KEY) and the learner starts from the priors; while the store does not answer for it,
 the learner merges and answers nothing (StoreUnavailable: the shards keep their deltas), so no
 merge is saved over it.
@@ -46,7 +47,6 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -64,6 +64,7 @@ from kairos.cluster.storage import blocks
 from kairos.cluster.storage.blocks import BlockCorrupt
 from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.store import StoreUnavailable
+from kairos.cluster.transport.backend import NotRunning, Published
 
 log = logging.getLogger("kairos.learner")
 STATE_KEY = "learner"
@@ -80,26 +81,6 @@ SENDERS_KEPT_S = 7 * 86400.0
 # previous one while a switch commits, and a lagging one may be a few behind
 REMAPS_KEPT = 4
 RAN_KEPT = 256  # the catalog versions run, saved: a delta of an older one is dropped, not refused
-
-
-class NotRunning(StoreUnavailable):
-    """A delta of a catalog version this learner has not run: its switch has not reached the
-    learner yet (or the learner restarted before it was saved). Its shard sends it again."""
-
-
-@dataclass
-class Published:
-    """A model version as shards adopt it."""
-
-    version: int
-    catalog_version: str
-    mean: np.ndarray
-    precision: np.ndarray
-    positives: np.ndarray
-    negatives: np.ndarray
-    value_count: np.ndarray
-    value_sum: np.ndarray
-    inputs: np.ndarray
 
 
 class Learner:

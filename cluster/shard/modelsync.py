@@ -17,7 +17,8 @@ a delta the learner took before is answered, not merged again; what the shard le
 meanwhile waits in its models and goes as the next delta. Should the catalog switch
 meanwhile, it still goes as itself, under the catalog version it was learnt with: the learner
 places its rows in the running catalog's layout (control/learner.py `_carried`; one learnt
-more than REMAPS_KEPT versions ago is dropped there, and counted).
+more than REMAPS_KEPT versions ago is dropped there, and counted), unless the learner never
+ran that version (NotRunning: it lost its state), which drops it here (`dropped`).
 
 Only learning the journal made durable is sent: a round is applied (and learnt from) before
 the sync that lets it be answered finishes, and should that sync fail its client is told
@@ -40,17 +41,14 @@ import logging
 import time
 import uuid
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from kairos.core.engine import DecisionEngine
 from kairos.core.models import DeltaOrigin, ModelDelta
 
 from kairos.cluster.settings import MODEL_SYNC_S
 from kairos.cluster.storage.store import StoreUnavailable
-from kairos.cluster.transport.backend import LearnerControl, Unavailable
-
-if TYPE_CHECKING:  # types only: the learner's module is the control side's
-    from kairos.cluster.control.learner import Published
+from kairos.cluster.transport.backend import LearnerControl, NotRunning, Published, Unavailable
 
 log = logging.getLogger("kairos.shard")
 ADOPTIONS_KEPT = 64  # at one sync per MODEL_SYNC_S, the last half minute
@@ -108,10 +106,18 @@ class ModelSync:
         self._stop_watching()
         try:
             published = await learner().sync(catalog_version, delta, known)
+        except NotRunning:
+            if catalog_version == current.compiled.version:
+                self.unsent(catalog_version, delta)  # its switch is on the way to the learner
+            else:  # a catalog the shard left and the learner lost: it never runs it again
+                self.dropped += 1
+                log.warning("%s: the learner no longer knows catalog %s, which this shard "
+                            "left: its unsent learning is dropped (it stays in this shard's "
+                            "models)", self.name, catalog_version)
+            return
         except (Unavailable, StoreUnavailable):
             # the learner may have merged it: it goes again, as itself. StoreUnavailable: the
-            # learner has not read its saved posterior yet, or does not run this catalog yet
-            # (learner.py NotRunning)
+            # learner has not read its saved posterior yet
             self.unsent(catalog_version, delta)
             return
         except Exception:  # a bug, logged: tried again, as itself, a few times

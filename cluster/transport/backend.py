@@ -13,16 +13,17 @@ InputError from a shard), raised as it was.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kairos.cluster.protocol import Reply, Request
 from kairos.cluster.settings import CONTROL_CALL_S, LONG_POLL_S
 
-if TYPE_CHECKING:  # types only: the learner's module is the control side's, above this one
+if TYPE_CHECKING:  # types only
+    import numpy as np
+
     from kairos.core.decision import Decision
     from kairos.core.models import ModelDelta
-
-    from kairos.cluster.control.learner import Published
 
 # (sink, channel, placement): a gateway watching every customer's best action for a view
 ChannelWatch = tuple[str, str, str | None]
@@ -46,6 +47,27 @@ class NotSent(Unavailable):
 class NotCarried(Unavailable):
     """A batch the transport cannot carry (a value msgpack has no type for, a frame over the
     data plane's limits): nothing of it was sent, and sending it again would fail again."""
+
+
+class NotRunning(Unavailable):
+    """The learner's answer to a delta of a catalog version it has not run: the switch has
+    not reached it yet (the shard sends the delta again), or it lost what it ran (a restart
+    before its state was saved)."""
+
+
+@dataclass
+class Published:
+    """A model version as the learner publishes it and shards adopt it."""
+
+    version: int
+    catalog_version: str
+    mean: np.ndarray
+    precision: np.ndarray
+    positives: np.ndarray
+    negatives: np.ndarray
+    value_count: np.ndarray
+    value_sum: np.ndarray
+    inputs: np.ndarray
 
 
 class ShardControl(Protocol):

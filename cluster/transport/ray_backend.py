@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from kairos.core.decision import Decision
     from kairos.core.models import ModelDelta
 
-    from kairos.cluster.control.learner import Published
+    from kairos.cluster.transport.backend import Published
 
 # Ray's errors for an actor that cannot answer: dead, restarting, or not placeable
 _GONE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,

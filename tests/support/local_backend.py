@@ -11,14 +11,15 @@ import random
 from typing import Any
 
 from kairos.cluster.control.controller import Controller
-from kairos.cluster.control.learner import Learner, Published
+from kairos.cluster.control.learner import Learner
 from kairos.cluster.evidence.records import DecisionPage, PageOutcomes
 from kairos.cluster.protocol import Reply, Request
 from kairos.cluster.settings import CONTROL_CALL_S, LONG_POLL_S
 from kairos.cluster.shard import decisionlog
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage.memory_store import MemoryStore
-from kairos.cluster.transport.backend import ChannelWatch, ControllerControl, Unavailable
+from kairos.cluster.transport.backend import (ChannelWatch, ControllerControl, Published,
+                                              Unavailable)
 from kairos.core.compiler import compiled_from_text, default_compiled
 from kairos.core.decision import Decision
 from kairos.core.models import ModelDelta

@@ -15,6 +15,7 @@ from kairos.cluster.control.learner import DAMAGED_KEY, STATE_KEY, Learner, Lear
 from kairos.cluster.storage import blocks
 from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.store import StoreUnavailable
+from kairos.cluster.transport.backend import Unavailable
 from kairos.core.catalog import default_catalog_text, load_catalog
 from kairos.core.compiler import compile_catalog, compiled_from_text, default_compiled
 from kairos.core.models import DeltaOrigin, ModelRemap, ModelTable, diagonal
@@ -202,14 +203,14 @@ def test_a_delta_of_a_catalog_run_too_long_ago_is_counted_and_logged(caplog):
 
 
 def test_a_delta_of_a_catalog_the_learner_never_ran_is_refused_and_merged_once_it_runs_it():
-    """Its switch has not reached the learner yet: the shard keeps the delta (StoreUnavailable
-    is what it sends again quietly) and it merges once the learner runs that catalog."""
+    """Its switch has not reached the learner yet: the shard keeps the delta (Unavailable is
+    what it sends again quietly) and it merges once the learner runs that catalog."""
     c, b = default_compiled(), compiled_from_text(catalog("B"))
     learner = Learner(c)
     delta = sent(learned(b, 3, 1), "a", 1)
     with pytest.raises(learner_module.NotRunning) as refused:
         learner.sync("B", delta, -1)
-    assert isinstance(refused.value, StoreUnavailable)
+    assert isinstance(refused.value, Unavailable)
     assert learner.status()["dropped"] == {} and not learner.sequences  # not taken
     learner.switch(catalog("B"))
     assert learner.sync("B", delta, -1).positives[3] == 1 and learner.merged == 1

@@ -3,6 +3,7 @@ otherwise waits in one long poll, and never adopts a version behind its own lear
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import yaml
 
@@ -352,4 +353,27 @@ def test_a_delta_merged_before_a_switch_is_not_merged_again_after_it(compiled):
         await sync.step(lambda: switched.engine, lambda: counted)  # again, as itself
         assert learner.merged == 1 and learner.models.positives.sum() == 1
         assert learner.repeated == 1
+    asyncio.run(main())
+
+
+def test_a_delta_of_a_catalog_the_shard_left_and_the_learner_lost_does_not_hold_up_the_rest(
+        compiled, caplog):
+    """The learner restarted without its state and runs a newer catalog: it will never run
+    the one the unsent delta was learnt under, so the shard drops it (as it would have at the
+    switch) rather than send it for good while its later learning waits behind it."""
+    learner, counted, sync = setting(compiled)
+    s = shard_that_learned(compiled)
+
+    async def main():
+        counted.down = True
+        await sync.step(lambda: s.engine, lambda: counted)  # unsent
+        counted.down = False
+        lost = Learner(compiled_from_text(catalog("W")))  # restarted: ran W only
+        counted.local = SimpleNamespace(sync=lambda *a: asyncio.sleep(0, lost.sync(*a)))
+        w = shard_that_learned(compiled_from_text(catalog("W")), "bob")
+        with caplog.at_level("WARNING", logger="kairos.shard"):
+            for _ in range(2):
+                await sync.step(lambda: w.engine, lambda: counted)
+        assert sync.dropped == 1 and "no longer knows catalog" in caplog.text
+        assert lost.merged == 1 and lost.models.positives.sum() == 1  # bob's learning went
     asyncio.run(main())
