@@ -7,6 +7,7 @@ them in that order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from kairos.cluster.settings import PLANE_CALL_S, SESSION_START_S
 
@@ -36,8 +37,8 @@ class Sequencer:
         then has it until it next awaits. ValueError for a session name over
         MAX_SESSION_LENGTH, for a number the session is past (a replay: it had its turn, or
         the session went on without it), and for one whose predecessors have not all come
-        within `gap_s` (its sender gave up on them by then: its calls have that deadline),
-        or `start_s` if longer (an unseen session starts only then)."""
+        within `gap_s` of the session's start (its sender gave up on them by then: its calls
+        have that deadline); an unseen session starts within `start_s`."""
         if len(session) > MAX_SESSION_LENGTH:
             raise ValueError(f"a session name of {len(session)} characters, over "
                              f"{MAX_SESSION_LENGTH}")
@@ -45,17 +46,14 @@ class Sequencer:
             waiting = self._waiting.setdefault(session, set())
             waiting.add(seq)
             try:
-                async with asyncio.timeout(max(self.gap_s, self.start_s)):
+                if seq and session not in self._turns:
+                    await self._start(session, waiting)
+                # from the start on: whatever the two settings, `start_s` comes first
+                async with asyncio.timeout(self.gap_s):
                     while (turn := self._turns.get(session, 0)) != seq:
                         if seq < turn:
                             raise ValueError(f"batch {seq} of a session at batch {turn}")
-                        try:
-                            async with asyncio.timeout(self.start_s):
-                                await self._turn.wait()
-                        except TimeoutError:
-                            if session not in self._turns:
-                                self._turns[session] = min(waiting)
-                                self._turn.notify_all()
+                        await self._turn.wait()
             except TimeoutError:
                 raise ValueError(f"batch {seq} of a session at batch {self._turns.get(session, 0)}"
                                  ": the batches between did not come in time") from None
@@ -67,6 +65,17 @@ class Sequencer:
             self._turns[session] = seq + 1
             if len(self._turns) > self.kept:
                 self._forget_oldest()
+            self._turn.notify_all()
+
+    async def _start(self, session: str, waiting: set[int]) -> None:
+        """Wait up to `start_s` for an unseen session to start (its batch 0 came, or another
+        of its batches started it); if it has not by then, start it at its lowest number
+        waiting."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.start_s):
+                await self._turn.wait_for(lambda: session in self._turns)
+        if session not in self._turns:
+            self._turns[session] = min(waiting)
             self._turn.notify_all()
 
     def _forget_oldest(self) -> None:

@@ -52,3 +52,18 @@ def test_a_gap_filled_within_the_deadline_keeps_the_order():
         assert order == [1, 2, 3]
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("gap_s", [0.1, 0.2])
+def test_an_unseen_session_starts_after_start_s_however_short_the_gap_deadline(gap_s):
+    """Review finding: with gap_s <= start_s (PLANE_CALL_S <= SESSION_START_S) the gap's
+    deadline ended the wait before `start_s` did, so a session the shard had not seen (its
+    earlier batches went to the previous incarnation) never started: each batch failed."""
+    async def main():
+        sequencer = Sequencer(start_s=0.2, gap_s=gap_s)
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(sequencer.turn("fresh", 5), 2)
+        assert asyncio.get_running_loop().time() - started >= 0.19  # timers' resolution
+        await asyncio.wait_for(sequencer.turn("fresh", 6), 1)  # the session goes on
+
+    asyncio.run(main())
