@@ -24,10 +24,13 @@ class Sequencer:
     as an unseen one."""
 
     def __init__(self, start_s: float = SESSION_START_S, kept: int = SESSIONS_KEPT,
-                 gap_s: float = PLANE_CALL_S):
+                 gap_s: float | None = None):
         self.start_s = start_s
         self.kept = kept
-        self.gap_s = gap_s
+        # By default half the client's deadline for a call (PLANE_CALL_S), which began when
+        # it wrote the batch: the shard's gap error must reach it before that ends, or it
+        # drops the connection and every call on it with the batch.
+        self.gap_s = PLANE_CALL_S / 2 if gap_s is None else gap_s
         self._turns: dict[str, int] = {}  # session -> next sequence number, oldest use first
         self._waiting: dict[str, set[int]] = {}
         self._turn = asyncio.Condition()
@@ -38,7 +41,7 @@ class Sequencer:
         MAX_SESSION_LENGTH, for a number the session is past (a replay: it had its turn, or
         the session went on without it), and for one whose predecessors have not all come
         within `gap_s` of the session's start (its sender gave up on them by then: its calls
-        have that deadline); an unseen session starts within `start_s`."""
+        have a longer deadline); an unseen session starts within `start_s`."""
         if len(session) > MAX_SESSION_LENGTH:
             raise ValueError(f"a session name of {len(session)} characters, over "
                              f"{MAX_SESSION_LENGTH}")

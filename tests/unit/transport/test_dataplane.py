@@ -321,6 +321,34 @@ def test_a_batch_the_plane_cannot_carry_fails_alone_and_leaves_its_session_no_ga
     asyncio.run(main())
 
 
+def test_a_gapped_call_gets_the_shards_error_and_leaves_the_connection_open(monkeypatch):
+    """Review finding: the shard's sequencer waited PLANE_CALL_S for a session's gap to fill,
+    as long as the client's own deadline for the call, which began earlier (when it wrote
+    it): the client gave up first and dropped the connection, failing every call on it as
+    maybe applied, where the shard's error would have failed that call alone as not."""
+    from kairos.cluster.shard import sequencer as sequencing
+    monkeypatch.setattr(dataplane, "PLANE_CALL_S", 1.2)
+    monkeypatch.setattr(sequencing, "PLANE_CALL_S", 1.2)
+    sequencer = sequencing.Sequencer(start_s=0.05)
+
+    async def handle(session, seq, requests, routed):
+        await sequencer.turn(session, seq)
+        return list(requests)
+
+    async def main():
+        server, address = await _served(handle)
+        connection = await PlaneConnection.open(*address, server.secret)
+        assert await connection.call("s", 0, ["a"], [1]) == ("a",)
+        with pytest.raises(ShardFailed, match="did not come in time"):
+            await connection.call("s", 2, ["b"], [1])  # batch 1 never comes
+        assert not connection.closed
+        assert await connection.call("t", 0, ["c"], [1]) == ("c",)  # another session's
+        await connection.close()
+        server.close()
+
+    asyncio.run(main())
+
+
 def test_a_shard_that_never_answers_fails_its_calls_after_the_deadline(monkeypatch):
     """A stopped shard (kill -STOP) keeps its connections open and TCP keepalive never
     notices: without a deadline its calls stay in flight for good. After PLANE_CALL_S they
