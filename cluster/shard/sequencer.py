@@ -15,6 +15,10 @@ MAX_SESSION_LENGTH = 64  # characters of a session's name (a client's are 32)
 SESSIONS_KEPT = 4096  # sessions remembered, the most recently used (a client has one a shard)
 
 
+class OutOfTurn(ValueError):
+    """A batch its session will never reach: its sender's replay or gap, not the shard's bug."""
+
+
 class Sequencer:
     """Each sender's batches in the order it numbered them: a sender is a session, and its
     batches are numbered from 0. A session this incarnation has not seen yet (its earlier
@@ -38,10 +42,11 @@ class Sequencer:
     async def turn(self, session: str, seq: int) -> None:
         """Return once the session's batches before `seq` have had their turn; the caller
         then has it until it next awaits. ValueError for a session name over
-        MAX_SESSION_LENGTH, for a number the session is past (a replay: it had its turn, or
-        the session went on without it), and for one whose predecessors have not all come
-        within `gap_s` of the session's start (its sender gave up on them by then: its calls
-        have a longer deadline); an unseen session starts within `start_s`."""
+        MAX_SESSION_LENGTH; OutOfTurn (a ValueError) for a number the session is past (a
+        replay: it had its turn, or the session went on without it), and for one whose
+        predecessors have not all come within `gap_s` of the session's start (its sender gave
+        up on them by then: its calls have a longer deadline); an unseen session starts
+        within `start_s`."""
         if len(session) > MAX_SESSION_LENGTH:
             raise ValueError(f"a session name of {len(session)} characters, over "
                              f"{MAX_SESSION_LENGTH}")
@@ -55,10 +60,10 @@ class Sequencer:
                 async with asyncio.timeout(self.gap_s):
                     while (turn := self._turns.get(session, 0)) != seq:
                         if seq < turn:
-                            raise ValueError(f"batch {seq} of a session at batch {turn}")
+                            raise OutOfTurn(f"batch {seq} of a session at batch {turn}")
                         await self._turn.wait()
             except TimeoutError:
-                raise ValueError(f"batch {seq} of a session at batch {self._turns.get(session, 0)}"
+                raise OutOfTurn(f"batch {seq} of a session at batch {self._turns.get(session, 0)}"
                                  ": the batches between did not come in time") from None
             finally:
                 waiting.discard(seq)

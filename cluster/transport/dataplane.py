@@ -44,6 +44,7 @@ import logging
 import secrets
 import socket
 import struct
+import time
 from dataclasses import fields
 from typing import Any, Awaitable, Callable
 
@@ -54,6 +55,7 @@ from kairos.core.decision import Decision, Dropped, Explanation, RankedAction
 
 from kairos.cluster.settings import (PLANE_CALL_S, PLANE_CONNECTIONS, PLANE_CONTAINER_LEN,
                                      PLANE_FRAME_BYTES, PLANE_INFLIGHT_CALLS)
+from kairos.cluster.shard.sequencer import OutOfTurn
 from kairos.cluster.transport.admission import Handshakes
 from kairos.cluster.transport.backend import NotSent
 
@@ -76,6 +78,9 @@ HANDSHAKE_S = 10.0  # to connect and be greeted, or to greet
 # past it waits for SYN retries, a second or more. A flood faster than a shard accepts fills
 # any queue; that takes the network's defences (a per-source connection limit).
 LISTEN_BACKLOG = 1024
+# A shard warns of batches out of turn (a sender's replays or gaps) once in this long at most:
+# a client gone wrong may send a stream of them
+OUT_OF_TURN_LOG_S = 10.0
 
 # The limits of a frame, and of an ext's payload, which is unpacked whole (it needs no buffer
 # limit, and nothing in it is longer than it is).
@@ -107,7 +112,8 @@ class PlaneNotSent(PlaneClosed, NotSent):
 
 
 class ShardFailed(Exception):
-    """The shard failed answering one call (a bug, not bad input); the connection stays."""
+    """The shard failed answering one call (a bug, or a batch out of its session's turn);
+    the connection stays."""
 
 
 def _default(value: Any) -> Any:
@@ -226,6 +232,8 @@ class PlaneServer:
         # connections waiting for their handshake, and those being served
         self._greeting = Handshakes(_RESPONSE.size)
         self._serving: set[asyncio.StreamWriter] = set()
+        self._warned_at = -OUT_OF_TURN_LOG_S  # when it last warned of a batch out of turn
+        self._unwarned = 0  # batches out of turn since, not warned of
 
     async def start(self, host: str) -> tuple[str, int]:
         """Listen (once, however many ask at the same time); the address."""
@@ -305,8 +313,11 @@ class PlaneServer:
             if len(frame) > PLANE_FRAME_BYTES:
                 raise OverflowError(f"the answer takes {len(frame)} bytes, over "
                                     f"PLANE_FRAME_BYTES ({PLANE_FRAME_BYTES})")
-        except Exception as exc:  # a bug, not bad input: the caller learns it at once
-            log.exception("answering a data plane call failed")
+        except Exception as exc:  # the caller learns it at once
+            if isinstance(exc, OutOfTurn):  # its sender's doing
+                self._out_of_turn(exc)
+            else:  # a bug, not bad input
+                log.exception("answering a data plane call failed")
             frame = _pack([call, None, f"{exc.__class__.__name__}: {exc}"])
         try:
             if not writer.is_closing():
@@ -322,6 +333,14 @@ class PlaneServer:
             pass  # the connection went: its reader ends it
         finally:
             slots.release()
+
+    def _out_of_turn(self, exc: OutOfTurn) -> None:
+        if time.monotonic() - self._warned_at < OUT_OF_TURN_LOG_S:
+            self._unwarned += 1
+            return
+        log.warning("refused a data plane call out of turn (and %d since the last such "
+                    "warning): %s", self._unwarned, exc)
+        self._warned_at, self._unwarned = time.monotonic(), 0
 
     def close(self) -> None:
         """Stop listening and drop every connection."""

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from kairos.cluster.shard.sequencer import Sequencer
+from kairos.cluster.shard.sequencer import OutOfTurn, Sequencer
 
 
 def test_a_number_the_session_is_past_fails_at_once():
@@ -15,7 +15,7 @@ def test_a_number_the_session_is_past_fails_at_once():
         sequencer = Sequencer(start_s=0.05, gap_s=5)
         await sequencer.turn("s", 0)
         await sequencer.turn("s", 1)
-        with pytest.raises(ValueError, match="batch 0 of a session at batch 2"):
+        with pytest.raises(OutOfTurn, match="batch 0 of a session at batch 2"):
             await asyncio.wait_for(sequencer.turn("s", 0), 1)
         assert not sequencer._waiting
         await asyncio.wait_for(sequencer.turn("s", 2), 1)  # the session goes on
@@ -28,7 +28,7 @@ def test_a_number_after_a_gap_fails_once_the_gap_outlives_its_deadline():
         sequencer = Sequencer(start_s=0.05, gap_s=0.2)
         await sequencer.turn("s", 0)
         started = asyncio.get_running_loop().time()
-        with pytest.raises(ValueError, match="batch 5 of a session at batch 1: the batches "
+        with pytest.raises(OutOfTurn, match="batch 5 of a session at batch 1: the batches "
                                              "between did not come in time"):
             await asyncio.wait_for(sequencer.turn("s", 5), 2)
         assert 0.2 <= asyncio.get_running_loop().time() - started < 1

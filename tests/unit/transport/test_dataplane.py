@@ -4,6 +4,7 @@ client finding a restarted shard (hostile traffic: test_dataplane_hostile.py).""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 
 import msgpack
@@ -347,6 +348,33 @@ def test_a_gapped_call_gets_the_shards_error_and_leaves_the_connection_open(monk
         server.close()
 
     asyncio.run(main())
+
+
+def test_a_batch_out_of_turn_is_logged_as_a_warning_without_a_traceback(caplog):
+    """Review finding: each replayed or gapped batch was logged with its traceback, as a bug
+    in the shard: its sender's doing is a warning, and a stream of them one a while."""
+    from kairos.cluster.shard.sequencer import Sequencer
+    sequencer = Sequencer(start_s=0.05)
+
+    async def handle(session, seq, requests, routed):
+        await sequencer.turn(session, seq)
+        return list(requests)
+
+    async def main():
+        server, address = await _served(handle)
+        connection = await PlaneConnection.open(*address, server.secret)
+        await connection.call("s", 0, ["a"], [1])
+        for _ in range(3):
+            with pytest.raises(ShardFailed, match="OutOfTurn: batch 0 of a session at batch 1"):
+                await connection.call("s", 0, ["a"], [1])  # a replay
+        await connection.close()
+        server.close()
+
+    with caplog.at_level(logging.DEBUG, "kairos.dataplane"):
+        asyncio.run(main())
+    logged = [r for r in caplog.records if r.name == "kairos.dataplane"]
+    assert [(r.levelno, r.exc_info) for r in logged] == [(logging.WARNING, None)]
+    assert "batch 0 of a session at batch 1" in logged[0].getMessage()
 
 
 def test_a_shard_that_never_answers_fails_its_calls_after_the_deadline(monkeypatch):
