@@ -1,6 +1,7 @@
-"""The shards' data path (cluster/transport/dataplane.py) on real sockets, without Ray: the handshake,
-what a frame carries, overlapping calls, what a caller sees when a shard fails or goes, and a
-client finding a restarted shard (hostile traffic: test_dataplane_hostile.py)."""
+"""The shards' data path (cluster/transport/dataplane.py) on real sockets, without Ray: the
+handshake, what a frame carries, overlapping calls, what a caller sees when a shard fails or
+goes, and a client finding a restarted shard (hostile traffic: test_dataplane_hostile.py;
+which handshakes may wait: test_admission.py)."""
 from __future__ import annotations
 
 import asyncio
