@@ -11,20 +11,25 @@ exactly once (see KairosClient.link):
 
 0. the customer's shard notes the alias as the customer's (Claim), before anything points at
    the customer, so a forget that comes between any two later steps knows the alias. The note
-   is kept in the directory's share of the customer's partition, not in the customer's home:
-   a forget must find it when the home is damaged, and a customer nobody has seen gets no
-   profile from a link that is refused;
+   is kept in the directory's share of the customer's partition, not in the customer's home,
+   so that a customer nobody has seen gets no profile from a link that is refused; a link
+   refused at step 1 drops it again (Unclaim: the alias is another customer's);
 1. the alias's directory shard points the alias at the customer (new requests go there);
 2. the anonymous profile's shard hands its state over and leaves a redirect, so requests
    already on their way to the anonymous id follow it to the customer;
-3. the customer's shard folds the state in, remembering the link so a retry is a no-op.
+3. the customer's shard folds the state in, remembering the link (and the alias) in the
+   customer's block so a retry is a no-op; the claim is dropped, the block holding the alias
+   from here. So the directory keeps claims only of links under way (or whose client died
+   before step 3: of at most CLAIMED_PER_PARTITION customers in a partition).
 
 Forgetting a customer is a saga too (KairosClient.forget): the customer's shard erases it,
 keeps the aliases it had (Claimed or linked) until the saga completes, and buries each of its
 links; then each alias is retired (unlinked and its link buried) on its directory shard and
 its anonymous profile forgotten (its link buried there too), unless the alias names another
 customer (a link of it lost to that customer's: the profile and its redirect are the other
-customer's); last, Bury drops the alias list.
+customer's); last, Bury drops the alias list. A customer whose home is damaged is not
+forgotten (UNAVAILABLE, naming the home) until the home is restored or removed: the aliases
+merged into it are known only from it.
 A buried link refuses every step of that link for TOMBSTONE_S, wherever it arrives, so a step
 of a link that began before the forget cannot re-create the customer or its alias. The
 tombstones keep only fingerprints (a hash) of the link ids, so the erased ids are not kept.
@@ -51,6 +56,10 @@ REDIRECTS_PER_PARTITION = 4096  # recent settled links whose anonymous ids still
 # Take and Settle leaves one behind; past this many in a partition, the oldest is dropped and
 # logged as an error (a bound on memory, four times the settled redirects').
 UNSETTLED_PER_PARTITION = 16384
+# Customers with aliases claimed by links not merged yet: only a link client that died between
+# Claim and Merge leaves one behind; past this many in a partition, the oldest's claims are
+# dropped and logged as an error (a forget of it then learns those aliases only from its block)
+CLAIMED_PER_PARTITION = 16384
 # What Retire answers for an alias that names a customer other than the one forgotten
 NAMES_ANOTHER = "names another"
 
@@ -113,16 +122,40 @@ class Directory:
         self.forgotten: dict[int, OrderedDict[str, float]] = {}
         # partition -> customer being forgotten -> its aliases, until its forget completes
         self.forgetting: dict[int, OrderedDict[str, list[str]]] = {}
-        # partition -> customer -> the aliases its links claimed, until it is forgotten
+        # partition -> customer -> the aliases its links under way claimed (until each merges,
+        # is refused, or the customer is forgotten), the customer claiming last at the end
         self.claimed: dict[int, dict[str, list[str]]] = {}
 
     def claim(self, partition: int, customer_id: str, key: str) -> None:
-        mine = self.claimed.setdefault(partition, {}).setdefault(customer_id, [])
-        if key not in mine:
-            mine.append(key)
+        mine = self.claimed.setdefault(partition, {})
+        keys = mine[customer_id] = mine.pop(customer_id, [])
+        if key not in keys:
+            keys.append(key)
+        if len(mine) > CLAIMED_PER_PARTITION:
+            gone = next(iter(mine))
+            del mine[gone]
+            log.error("partition %d holds over %d customers with links claimed and never "
+                      "merged: the oldest's claims (customer %s) are dropped, and a forget of "
+                      "it no longer retires those aliases", partition, CLAIMED_PER_PARTITION,
+                      fingerprint(gone, self.secret))
+
+    def unclaim(self, partition: int, customer_id: str, key: str) -> bool:
+        """The alias is no longer the claim of a link under way; whether it was."""
+        mine = self.claimed.get(partition, {})
+        keys = mine.get(customer_id, [])
+        if key not in keys:
+            return False
+        keys.remove(key)
+        if not keys:
+            del mine[customer_id]
+        return True
+
+    def claims(self, partition: int, customer_id: str) -> list[str]:
+        """The aliases the customer's links under way claimed."""
+        return list(self.claimed.get(partition, {}).get(customer_id, []))
 
     def drop_claims(self, partition: int, customer_id: str) -> list[str]:
-        """The aliases the customer's links claimed, no longer noted here."""
+        """The aliases the customer's links under way claimed, no longer noted here."""
         return self.claimed.get(partition, {}).pop(customer_id, [])
 
     def resolve(self, partition: int, key: str) -> str:

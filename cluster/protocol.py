@@ -150,6 +150,18 @@ class Claim(NamedTuple):
     link: str = ""
 
 
+class Unclaim(NamedTuple):
+    """Drop a link's claim (identity.py): a link refused at step 1 (the alias names another
+    customer) sends it, so a forget of the customer leaves the alias alone. Also journaled
+    for the claim a retried link's Merge drops."""
+
+    kind: str = "unclaim"
+    partition: int = UNROUTED
+    customer_id: str = ""
+    key: str = ""
+    link: str = ""
+
+
 class Resolve(NamedTuple):
     """The customer an alias names (on the alias's directory shard)."""
 
@@ -220,7 +232,7 @@ class Settle(NamedTuple):
 
 
 Request = Union[Event, Fire, Decide, Outcome, ReadProfile, WatchCustomer, Forget, Resolve,
-                Link, Unlink, Take, Merge, Settle, Bury, Claim, Retire]
+                Link, Unlink, Take, Merge, Settle, Bury, Claim, Unclaim, Retire]
 REQUESTS: dict[str, type] = {cls._field_defaults["kind"]: cls for cls in Request.__args__}
 # requests that name a customer (the rest name an alias key or a link step's anonymous id)
 CUSTOMER_KINDS = frozenset({"event", "decide", "outcome", "profile", "watch"})
@@ -257,7 +269,7 @@ class EventRecord(NamedTuple):
 
 # Every other change is journaled as the request that made it (a Take with its state).
 Record = Union[EventRecord, Fire, Outcome, WatchCustomer, Forget, Link, Unlink, Take, Merge,
-               Settle, Bury, Claim, Retire]
+               Settle, Bury, Claim, Unclaim, Retire]
 RECORDS: dict[str, type] = {cls._field_defaults["kind"]: cls for cls in Record.__args__}
 # records whose third field is the customer they change: its LSN is stamped on the profile
 STAMPED = frozenset({"event", "fire", "outcome", "merge", "watch", "forget", "claim"})

@@ -286,9 +286,13 @@ class CustomerRequests:
     def _issued_to(self, o: Outcome) -> Iterator[str]:
         """Whom the decision an outcome names may have been issued to: the customer; then,
         for a decision shown to an anonymous visitor who has since been linked (logged in)
-        and reported under the customer it merged into, the anonymous ids of the customer's
-        aliases (the customer is loaded to look, only if the first did not match)."""
+        and reported under the customer, the anonymous ids of the aliases of its links under
+        way (claimed, noted in this shard's directory: a redirect sends the outcome here
+        from Take on, before the Merge) and of those merged into it (the customer is loaded
+        to look, only if none before matched)."""
         yield o.customer_id
+        for key in self._directory.claims(o.partition, o.customer_id):
+            yield anonymous_id(key)
         if self._residency.activate(o.customer_id, o.partition, create=False):
             for key in self._identities.aliases(o.customer_id):
                 yield anonymous_id(key)

@@ -36,7 +36,7 @@ from kairos.core.models import ModelTable
 
 from kairos.cluster.identity import Directory, fingerprint
 from kairos.cluster.protocol import (INVALID, STAMPED, Event, EventRecord, Record, Reply,
-                                     Request, record_from, route_key)
+                                     Request, Unclaim, record_from, route_key)
 from kairos.cluster.settings import SNAPSHOT_BACKLOG
 from kairos.cluster.shard.context import ShardContext
 from kairos.cluster.shard.decisionlog import DecisionLog
@@ -288,9 +288,14 @@ class Durability:
             # home holds or whether it can be read
             if record.kind in STAMPED and record.kind != "claim":
                 damaged = self._residency.probe(record.customer_id, record.partition)
-                if damaged is not None and record.kind != "forget":
-                    continue  # not applied over nothing (a forget is: it deletes the home)
-                if journaling.holds(record.customer_id, lsn):  # its keys came with it too
+                # not applied over nothing (a forget is: it deletes the home), nor over a
+                # home that holds it (its keys came with it too)
+                if (damaged is not None and record.kind != "forget") or \
+                        journaling.holds(record.customer_id, lsn):
+                    if record.kind == "merge":  # its drop of the link's claim is, all the same
+                        kept.append((lsn, Unclaim(partition=record.partition, key=record.key,
+                                                  customer_id=record.customer_id,
+                                                  link=record.link)))
                     continue
             kept.append((lsn, record))
         journaling.replaying = True

@@ -3,24 +3,26 @@ of forgetting a customer (see cluster/identity.py for both sagas and the Directo
 
 The directory (this shard's share of it) answers Resolve, Link, Unlink and Retire for the
 aliases of its partitions. A link's Claim notes the alias as the customer's in the directory's
-share of the customer's partition (identity.py: readable when its home is not); Take hands an
-anonymous customer's state over and leaves a redirect (requests still on their way to the
-anonymous id answer MERGED); Merge folds the state into the customer once per link id; Settle
-drops the state the redirect kept for retries. Each customer remembers the aliases and the
-links merged into it (`CustomerIdentities`), in its block, so a retried link merges once even
-after the customer moved or was passivated. Every link step is refused (CONFLICT) once its
-link is buried by a forget. A forget also buries the customer itself
-(`Directory.forgotten_at`), so an outcome of a decision issued to it before cannot bring it
-back (customers.py). Homes are
-deleted only once the records saying so are durable (journaling.py: `delete_later`).
+share of the customer's partition (identity.py), until its Merge or the Unclaim of a link
+refused at step 1; Take hands an anonymous customer's state over and leaves a redirect
+(requests still on their way to the anonymous id answer MERGED); Merge folds the state into
+the customer once per link id; Settle drops the state the redirect kept for retries. Each
+customer remembers the aliases and the links merged into it (`CustomerIdentities`), in its
+block, so a retried link merges once even after the customer moved or was passivated, and a
+forget finds its aliases there (or answers UNAVAILABLE when the home is damaged). Every link
+step is refused (CONFLICT) once its link is buried by a forget. A forget also buries the
+customer itself (`Directory.forgotten_at`), so an outcome of a decision issued to it before
+cannot bring it back (customers.py). Homes are deleted only once the records saying so are
+durable (journaling.py: `delete_later`).
 """
 from __future__ import annotations
 
 from typing import Any
 
-from kairos.cluster.identity import NAMES_ANOTHER, Directory, anonymous_id, link_id
+from kairos.cluster.identity import ANONYMOUS, NAMES_ANOTHER, Directory, anonymous_id, link_id
 from kairos.cluster.protocol import (Bury, Claim, Conflict, Forget, Forgotten, Link, Merge, Ok,
-                                     Reply, Resolve, Retire, Settle, Take, Unavailable, Unlink)
+                                     Reply, Resolve, Retire, Settle, Take, Unavailable, Unclaim,
+                                     Unlink)
 from kairos.cluster.shard.decisionlog import DecisionLog
 from kairos.cluster.shard.context import ShardContext, touch
 from kairos.cluster.shard.journaling import Journaling
@@ -94,6 +96,14 @@ class IdentityRequests:
             self._journaling.record(r)
             replies.append(Ok())
         return replies
+
+    def unclaim(self, batch: list[Unclaim], touched: dict[str, float]) -> list[Reply]:
+        """A link refused at step 1: its alias is another customer's, which a forget of this
+        one must not retire (nor erase the alias's anonymous profile, a later visitor's)."""
+        for r in batch:
+            if self._directory.unclaim(r.partition, r.customer_id, r.key):
+                self._journaling.record(r)
+        return [Ok()] * len(batch)
 
     def link(self, batch: list[Link], touched: dict[str, float]) -> list[Reply]:
         """Step 1: point the alias at the customer; CONFLICT if it names another one."""
@@ -175,12 +185,16 @@ class IdentityRequests:
 
     def merge(self, batch: list[Merge], touched: dict[str, float]) -> list[Reply]:
         """Step 3: fold handed-over state into the customer, once per link; whether it
-        folded now."""
+        folded now. The link's claim is dropped: the customer's block holds the alias."""
         replies: list[Reply] = []
         for r in batch:
             if not self._customer_step(r, replies):
                 continue
+            unclaimed = self._directory.unclaim(r.partition, r.customer_id, r.key)
             if not self._identities.link(r.customer_id, r.key, r.link):
+                if unclaimed:  # a retry's Claim, journaled: so is its end
+                    self._journaling.record(Unclaim(partition=r.partition, key=r.key,
+                                                    customer_id=r.customer_id, link=r.link))
                 replies.append(Ok(value=False))
                 continue
             self._journaling.record(r)
@@ -214,9 +228,20 @@ class IdentityRequests:
             p, customer_id = r.partition, r.customer_id
             try:
                 existed = resident = self._residency.activate(customer_id, p, create=False)
-            except HomeDamaged:  # forgotten all the same: its home is deleted with the rest
+            except HomeDamaged as exc:
+                if r.link is None and not customer_id.startswith(ANONYMOUS) and \
+                        not self._journaling.replaying:
+                    # the aliases merged into it are known only from its home: forgotten
+                    # without them, they would keep naming the erased id
+                    replies.append(Unavailable(reason=f"{exc}: it is forgotten once the home "
+                                                      f"is restored from a backup, or removed "
+                                                      f"(its aliases then stay linked)"))
+                    continue
+                # an alias's anonymous profile (which has none), or a forget done before:
+                # forgotten all the same, its home deleted with the rest
                 existed, resident = True, False
-                self._residency.timers.woke(p, customer_id)  # and its timers with it
+            if not resident:  # its timers go with it (a home the operator removed left them)
+                self._residency.timers.woke(p, customer_id)
             aliases: list[str] = []
             if r.link is None:
                 aliases = self._directory.start_forget(

@@ -118,7 +118,7 @@ class Shard:
             "watch": customers.watch, "forget": identity.forget, "resolve": identity.resolve,
             "link": identity.link, "unlink": identity.unlink, "take": identity.take,
             "merge": identity.merge, "settle": identity.settle, "claim": identity.claim,
-            "retire": identity.retire, "bury": identity.bury}
+            "unclaim": identity.unclaim, "retire": identity.retire, "bury": identity.bury}
         # customers with a home in the store, as last counted (ShardHost recounts them every
         # STORE_COUNT_S on a thread: a directory store's count lists its folders)
         self.stored = 0

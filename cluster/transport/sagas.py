@@ -10,7 +10,7 @@ from typing import AsyncIterator
 from kairos.cluster.identity import (NAMES_ANOTHER, alias_key, anonymous_id, check_linkable,
                                      link_id)
 from kairos.cluster.protocol import (Bury, Claim, Conflict, Forget, Link, Merge, Resolve, Retire,
-                                     Settle, Take)
+                                     Settle, Take, Unclaim)
 
 
 class IdentitySagas:
@@ -65,17 +65,23 @@ class IdentitySagas:
         interleave them with a forget's): whether a profile merged, so far."""
         check_linkable(customer_id)
         link, anonymous = link_id(key, customer_id), anonymous_id(key)
+        step1 = Link(key=key, customer_id=customer_id)
         if await self.resolve_key(key) not in (customer_id, anonymous):
-            # refused before the Claim, which would stay noted on this customer: forgetting
-            # it would erase the alias's anonymous profile once the other customer is
-            # forgotten (a link that loses a race is refused at step 1, its claim noted);
-            # settled as step 1's refusal is, into client.py's Conflict
-            await self.settle(Link(key=key, customer_id=customer_id), Conflict(
-                reason=f"alias {key!r} is linked to another customer; forget that customer "
-                       f"(or the alias) first"))
-        await self._ask(Claim(customer_id=customer_id, key=key, link=link))
-        yield False
-        await self._ask(Link(key=key, customer_id=customer_id))
+            # refused before the Claim (as step 1 would refuse it), which would only be
+            # dropped again
+            linked = Conflict(reason=f"alias {key!r} is linked to another customer; forget "
+                                     f"that customer (or the alias) first")
+        else:
+            await self._ask(Claim(customer_id=customer_id, key=key, link=link))
+            yield False
+            linked = await self.enqueue(step1)
+        if isinstance(linked, Conflict):
+            # the claim is dropped (this try's, lost in a race with another customer's link,
+            # or an earlier try's whose Unclaim failed): a forget of this customer would
+            # retire the alias and erase its anonymous profile, once the other customer is
+            # forgotten a later visitor's
+            await self._ask(Unclaim(customer_id=customer_id, key=key, link=link))
+        await self.settle(step1, linked)  # a refusal into client.py's Conflict
         yield False
         state = await self._value(Take(anonymous=anonymous, link=link, target=customer_id))
         yield False

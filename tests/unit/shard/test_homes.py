@@ -1,5 +1,6 @@
 """Customers' homes in the store: sealed, so damage is seen rather than misread, and a damaged
-one refuses its customer's requests only (the round goes on for everyone else)."""
+one refuses its customer's requests only (the round goes on for everyone else), its forget
+included until it is restored or removed."""
 from __future__ import annotations
 
 import hashlib
@@ -8,7 +9,8 @@ import msgpack
 import pytest
 
 from kairos.cluster.identity import alias_key, anonymous_id, link_id
-from kairos.cluster.protocol import INVALID, Claim, Link, Ok, Retire, Unavailable
+from kairos.cluster.protocol import (INVALID, Claim, Forgotten, Link, Ok, Retire,
+                                     Unavailable)
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage import blocks
 from kairos.cluster.storage.directory_store import DirectoryStore
@@ -63,13 +65,22 @@ def damage(tmp_path, customer: str) -> None:
     path.write_bytes(bytes(data))
 
 
+def restarted(s: Shard, tmp_path, clock: Clock) -> Shard:
+    s.close()
+    again = Shard(s.name, s.compiled, list(s.owned), N_PARTITIONS,
+                  store=DirectoryStore(tmp_path), clock=clock)
+    again.recover()
+    return again
+
+
 @pytest.mark.parametrize("snapshotted", [True, False])
-def test_a_customer_whose_home_is_damaged_is_forgotten_all_the_same(compiled, tmp_path,
-                                                                    snapshotted):
-    """Its aliases too: the home that cannot be read held them, and the forget must still
-    retire them, or the alias would keep naming the forgotten id (and traffic under it would
-    build a profile under that id again); after a restart too, the link's claim recovered
-    from the partition's snapshot or replayed from the journal."""
+def test_a_customer_whose_home_is_damaged_is_forgotten_only_once_it_is_restored(
+        compiled, tmp_path, snapshotted):
+    """The aliases merged into a customer are kept in its home only (the link's claim is
+    dropped at its merge, also when the restart replays the merge, or reads a snapshot
+    written after it): a forget that cannot read the home answers UNAVAILABLE, naming it,
+    rather than leave the alias naming the forgotten id; restored from a backup, the home
+    gives them up and the forget retires them."""
     s, clock = passivated(compiled, tmp_path, "ana", "bob")
     key = alias_key("email", "ana@example.com")
     link = link_id(key, "ana")
@@ -79,19 +90,53 @@ def test_a_customer_whose_home_is_damaged_is_forgotten_all_the_same(compiled, tm
     s.passivate(clock.now + 10**7)
     if snapshotted:
         s.snapshot()
-    s.close()
+    backup = home_file(tmp_path, "ana").read_bytes()
     damage(tmp_path, "ana")
-    s = Shard(s.name, compiled, list(s.owned), N_PARTITIONS, store=DirectoryStore(tmp_path),
-              clock=clock)
-    s.recover()
+    s = restarted(s, tmp_path, clock)
+    assert s.directory.claims(p_of("ana"), "ana") == []
     replies, _ = s.process([forget("ana"), event("bob", "page_view", T0 + 1, category="home")])
-    assert replies[0].existed and replies[1].status == "ok"
-    assert replies[0].aliases == [key]
+    assert isinstance(replies[0], Unavailable) and replies[1].status == "ok"
+    assert f"stored profile (partition {p_of('ana')}) is damaged" in replies[0].reason
+    assert s.directory.resolve(p_of(key), key) == "ana"
+    s.tick()
+    assert home_file(tmp_path, "ana").exists()
+    home_file(tmp_path, "ana").write_bytes(backup)  # the operator restores it
+    [forgotten], _ = s.process([forget("ana")])
+    assert forgotten.existed and forgotten.aliases == [key]
     retired, _ = s.process([Retire(partition=p_of(key), key=key, customer_id="ana")])
     assert retired == [Ok(value=True)]
     assert s.directory.resolve(p_of(key), key) == anonymous_id(key)
     s.tick()  # the forget is durable: its home goes
     assert not home_file(tmp_path, "ana").exists()
+
+
+def test_a_damaged_home_removed_by_the_operator_is_forgotten(compiled, tmp_path):
+    """The other way out: the customer starts again from nothing, and is forgotten (without
+    the aliases its home held: they stay linked)."""
+    s, _ = passivated(compiled, tmp_path, "ana")
+    damage(tmp_path, "ana")
+    assert isinstance(s.process([forget("ana")])[0][0], Unavailable)
+    home_file(tmp_path, "ana").unlink()
+    assert s.process([forget("ana")])[0] == [Forgotten(existed=False, aliases=[])]
+
+
+@pytest.mark.parametrize("snapshotted", [True, False])
+def test_a_link_whose_merge_never_came_is_retired_by_a_forget_after_a_restart(
+        compiled, tmp_path, snapshotted):
+    """Its client died after step 1: the alias names the customer, and only the claim says
+    so; it is recovered from the partition's snapshot or replayed from the journal."""
+    s, clock = passivated(compiled, tmp_path, "ana")
+    key = alias_key("email", "ana@example.com")
+    s.process([Claim(partition=p_of("ana"), customer_id="ana", key=key,
+                     link=link_id(key, "ana")),
+               Link(partition=p_of(key), key=key, customer_id="ana")])
+    if snapshotted:
+        s.snapshot()
+    s = restarted(s, tmp_path, clock)
+    [forgotten], _ = s.process([forget("ana")])
+    assert forgotten.existed and forgotten.aliases == [key]
+    retired, _ = s.process([Retire(partition=p_of(key), key=key, customer_id="ana")])
+    assert retired == [Ok(value=True)]
 
 
 def test_an_outcome_for_a_damaged_home_is_refused_after_its_checks(compiled, tmp_path):

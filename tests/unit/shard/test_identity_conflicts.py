@@ -9,7 +9,7 @@ import pytest
 
 from kairos.cluster.control.partitions import partition_of
 from kairos.cluster.identity import alias_key, anonymous_id, link_id
-from kairos.cluster.protocol import Forget, Forgotten
+from kairos.cluster.protocol import Claim, Forget, Forgotten
 from kairos.cluster.transport.client import Conflict, KairosClient
 from tests.support.local_backend import LocalBackend
 from tests.unit.shard.test_shard import T0, event, p_of, shard, take
@@ -68,8 +68,9 @@ def test_forgetting_a_customer_whose_link_was_refused_erases_nothing_of_the_winn
 @pytest.mark.parametrize("taken", [False, True])
 def test_a_link_that_lost_a_race_for_its_alias_leaves_the_winner_whole_when_forgotten(taken):
     """L claims x first, then W claims and links it, then L's step 1 is refused: L's claim of
-    x stays, and forgetting L retires it, but x names W: ~x's profile (before W's Take) or
-    the redirect and the state it handed over (after it) are W's."""
+    x is dropped (Unclaim). Were that lost (the claim is noted again here), forgetting L
+    retires x, but x names W: ~x's profile (before W's Take) or the redirect and the state
+    it handed over (after it) are W's."""
     backend = LocalBackend()
 
     async def scenario() -> None:
@@ -87,6 +88,8 @@ def test_a_link_that_lost_a_race_for_its_alias_leaves_the_winner_whole_when_forg
                 await w.__anext__()
             with pytest.raises(Conflict, match="linked to another customer"):
                 await loser.__anext__()
+            assert holding(backend, "L") == []
+            await client._ask(Claim(customer_id="L", key=key, link=link_id(key, "L")))
             assert await client.forget("L") is False
             assert holding(backend, "L") == []
             if taken:  # the redirect keeps W's state until W's Settle
