@@ -36,8 +36,10 @@ UNROUTED = -1  # the partition of a request the client has not routed yet
 
 # The journal's record format. 1: frames without a format number (before records were named);
 # 2: the same records, frames carry this number; 3: outcomes carry a convert's value (older
-# records read with none). A journal from a newer format is refused.
-JOURNAL_FORMAT = 3
+# records read with none); 4: outcomes carry an idempotency key (older ones read with none),
+# and a refused link's claim is dropped by an `unclaim` record. A journal from a newer format is
+# refused.
+JOURNAL_FORMAT = 4
 
 
 # -- requests ---------------------------------------------------------------------------------
