@@ -182,7 +182,9 @@ class Controller(ControlLoop, Catalogs):
         self.ready = False
 
     async def _take_up(self, state: dict[str, Any]) -> None:
-        names = take_up(self, state)  # every shard that existed, owning partitions or retiring
+        # compiled on a thread: a large catalog takes seconds, and this loop serves long polls
+        version = (await asyncio.to_thread(compiled_from_text, state["catalog"])).version
+        names = take_up(self, state, version)  # every shard that existed, owning or retiring
         if self._requested_gateways is not None:
             self.nodes.spec = self._requested_gateways
         log.warning("resuming the cluster saved in %s: map version %d, %d shards",

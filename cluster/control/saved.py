@@ -7,8 +7,6 @@ from typing import Any
 
 import msgpack
 
-from kairos.core.compiler import compiled_from_text
-
 from kairos.cluster.control.moves import moves_from_state, moves_to_state
 from kairos.cluster.control.partitions import PartitionMap
 
@@ -36,16 +34,17 @@ def state_blob(controller: Any) -> bytes:
         use_bin_type=True)
 
 
-def take_up(controller: Any, state: dict[str, Any]) -> list[str]:
+def take_up(controller: Any, state: dict[str, Any], catalog_version: str) -> list[str]:
     """Set `controller`'s map, catalogs, moves, replacements, watches and nodes from a saved
-    `state` (states saved before replacements or nodes were kept have none); the names of
+    `state` (states saved before replacements or nodes were kept have none), its catalog's
+    version being `catalog_version` (compiled by the caller, off the event loop); the names of
     every shard it knew, owning partitions or retiring."""
     names = state["shards"]
     controller.map = PartitionMap([names[i] for i in state["owners"]], state["version"],
                                   state["target"])
     controller._next_index = state["next_index"]
     controller.catalog_text = state["catalog"]
-    controller.catalog_version = compiled_from_text(controller.catalog_text).version
+    controller.catalog_version = catalog_version
     controller.previous_catalog = state["previous_catalog"]
     controller.evidence, controller.previous_evidence = state.get("evidence", ({}, {}))
     controller.channel_watches = {tuple(w) for w in state["channel_watches"]}

@@ -2,7 +2,8 @@
 Ray: a resend changes nothing, rollbacks read the catalogs under the lock, a rollback or a put
 that names the version it expects switches at most once, a shard that does not answer is
 caught up rather than holding every switch, a version names one text, and no catalog compiles
-on an event loop (the controller's, the learner's, a shard's data path)."""
+on an event loop (the controller's, at a switch or a resume, the learner's, a shard's data
+path)."""
 from __future__ import annotations
 
 import asyncio
@@ -16,7 +17,8 @@ from kairos.core import compiler
 from kairos.cluster.control.learner import LearnerActor
 from kairos.cluster.shard.actor import ShardActor
 
-from tests.unit.control.test_interrupted import catalog_v2, no_grace, started, versions
+from tests.unit.control.test_interrupted import (catalog_v2, no_grace, restarted, started,
+                                                 versions)
 
 __all__ = ["no_grace"]  # the fixture, used here too
 
@@ -172,6 +174,22 @@ def test_the_controller_compiles_catalogs_off_its_event_loop(tmp_path, compiles)
         await controller.rollback_catalog()
         loop = threading.get_ident()
         assert len(compiles) == 2 and loop not in compiles
+    asyncio.run(main())
+
+
+def test_a_resumed_controller_compiles_the_saved_catalog_off_its_event_loop(tmp_path,
+                                                                           compiles):
+    from kairos.core.catalog import default_catalog_text
+
+    async def main():
+        backend, controller = await started(str(tmp_path), 2)
+        await controller.put_catalog(fresh(controller.catalog_text, "resume"))
+        compiler._compiled.clear()  # as if evicted since: the resume compiles it again
+        compiler.compiled_from_text(default_catalog_text())  # the constructor's, not resumed
+        compiles.clear()
+        controller = await restarted(backend, str(tmp_path), 2)
+        assert controller.catalog_version.startswith("resume-")
+        assert len(compiles) == 1 and threading.get_ident() not in compiles
     asyncio.run(main())
 
 
