@@ -4,20 +4,28 @@ the reconfiguration lock, where the running and previous catalogs are read too).
 
 - A catalog is compiled on a thread: a large one takes seconds, and this loop serves the
   gateways' long polls and the control loop meanwhile.
-- The same catalog sent again while it runs (a retry after DEADLINE_EXCEEDED) changes nothing:
-  switched again, it would become its own rollback target.
+- The same catalog sent again while it runs (a retry after DEADLINE_EXCEEDED) is not switched
+  again: it would become its own rollback target. Evidence it brings replaces the running
+  version's (it is about that version), and is saved.
 - A request may name the version it expects to switch from (PutCatalog) or to (RollbackCatalog),
   checked under the lock: a rollback retried after it was done would otherwise switch back to
   the catalog it rolled back from, and a put queued behind another switch would undo a
   rollback an operator made meanwhile. A rollback to the running version is done already.
 - Phase one: every shard prepares. One that refuses the text (a CatalogError or ValueError)
-  stops the switch with every shard on the old version; one that fails otherwise (does not
-  answer: stopped, restarting, wedged, recovering) must not hold up the others: it is left
-  lagging, as is one that misses the commit, and caught up by the control loop (a shard that
-  starts again starts on the running catalog).
+  stops the switch with every shard on the old version (CatalogRefused: sent again, it would
+  be refused again); one that fails otherwise (does not answer: stopped, restarting, wedged,
+  recovering) must not hold up the others: it is left lagging, as is one that misses the
+  commit, and caught up by the control loop (a shard that starts again starts on the running
+  catalog). One shard that prepared is enough: a rollback in an incident must not wait for
+  the shards that are wedged. None is not: no shard has run the text, and an answer of OK
+  would have the gateways told of a catalog nothing serves (Unavailable, nothing switched).
 - The decision (the new catalog, and the map version that tells the gateways of it) is saved
   before the first commit: a controller that crashes after it finishes the switch on resume,
   and publishes that map version, so gateways that saw the old one learn of the new catalog.
+  A save that fails undoes the switch in memory and puts the learner back: the store stays
+  the truth, and a retry switches again (returning early as "running already", it would save
+  nothing, and a restart would switch the shards back). As any Unavailable, it may have taken
+  effect even so (written before the store's answer was lost): a restart then finishes it.
 """
 from __future__ import annotations
 
@@ -32,6 +40,10 @@ from kairos.cluster.storage.store import StoreUnavailable
 from kairos.cluster.transport.backend import Unavailable
 
 log = logging.getLogger("kairos.controller")
+
+
+class CatalogRefused(ValueError):
+    """A shard refused the catalog's text: sent again, it would be refused again."""
 
 
 async def _version(text: str, strict: bool = False) -> str:
@@ -55,6 +67,8 @@ class Catalogs:
                 if catalog_text != self.catalog_text:
                     raise ValueError(f"catalog {version!r} runs with other text: give it a "
                                      f"new version")
+                if evidence and evidence != self.evidence:
+                    await self._keep_evidence(evidence)
                 return version  # before the expectation: a retry of a put that was done
             if expected_version is not None and expected_version != self.catalog_version:
                 raise ValueError(f"catalog {self.catalog_version!r} runs, not the expected "
@@ -88,6 +102,15 @@ class Catalogs:
             await self._switch(text, version, self.previous_evidence)
         return version
 
+    async def _keep_evidence(self, evidence: dict[str, str]) -> None:
+        """`evidence` for the running version, saved (on a failure, the one before stays)."""
+        kept, self.evidence = self.evidence, evidence
+        try:
+            await self._save()
+        except BaseException:
+            self.evidence = kept
+            raise
+
     async def _switch(self, text: str, version: str, evidence: dict[str, str]) -> None:
         """Switch every shard and the learner to the catalog `text` of `version` (the module's
         docstring); under the reconfiguration lock."""
@@ -95,7 +118,10 @@ class Catalogs:
         failed = await on_each(self.backend, shards, lambda s: s.prepare(text))
         refused = {n: exc for n, exc in failed.items() if isinstance(exc, ValueError)}
         if refused:
-            raise RuntimeError(f"catalog {version} was not switched: " + named(refused))
+            raise CatalogRefused(f"catalog {version} was not switched: " + named(refused))
+        if failed and len(failed) == len(shards):
+            raise Unavailable(f"catalog {version} was not switched: no shard prepared it: "
+                              + named(failed))
         try:
             await self.backend.learner().switch(text)
         except StoreUnavailable as exc:  # it has not read its saved posterior yet
@@ -104,12 +130,26 @@ class Catalogs:
         if failed:
             log.warning("catalog %s is not prepared on %s; the control loop switches them",
                         version, named(failed))
+        before = (self.catalog_text, self.previous_catalog, self.catalog_version,
+                  self.evidence, self.previous_evidence, set(self.lagging.catalog))
         self.previous_catalog, self.catalog_text = self.catalog_text, text
         self.catalog_version = version
         self.previous_evidence, self.evidence = self.evidence, evidence
         self.lagging.catalog.update(shards)
-        self.map = self.map.apply([], self.map.shards)  # gateways learn it by long poll
-        await self._save()  # decided: from here on every shard ends on this version
+        # gateways learn it by long poll; kept if the save fails: a map version only grows
+        self.map = self.map.apply([], self.map.shards)
+        try:
+            await self._save()  # decided: from here on every shard ends on this version
+        except BaseException as exc:
+            (self.catalog_text, self.previous_catalog, self.catalog_version,
+             self.evidence, self.previous_evidence, self.lagging.catalog) = before
+            if not isinstance(exc, Exception):
+                raise  # cancelled: the control loop puts the learner back
+            await self._learner_told()
+            if isinstance(exc, StoreUnavailable):
+                raise Unavailable(f"catalog {version} was not switched: the store did not "
+                                  f"take it: {exc}") from exc
+            raise
         await self.lagging.commit_catalog([s for s in shards if s not in failed], text,
                                           version, prepared=True)
         await self._publish()

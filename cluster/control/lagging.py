@@ -4,17 +4,25 @@ A catalog commit or a channel watch goes to every shard at once, each call with 
 a shard that does not answer (stopped, wedged, restarting) must not fail the others nor hold
 the controller. It is remembered here as lagging and caught up once it answers again (the
 control loop), or when it (re)starts, since it then starts on the current catalog and watches.
+A shard that answers the control loop's health checks but keeps failing its catalog catch-up
+(a prepare that does not finish in time, a commit that fails) is tried again after a wait that
+doubles from CATCH_UP_FIRST_S to CATCH_UP_MAX_S, not every round: each try may hold the
+reconfiguration lock for a call's deadline, and each failure is a warning in the log.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections import defaultdict
+from time import monotonic
 from typing import Any, Awaitable, Callable
 
-from kairos.cluster.transport.backend import Backend, ShardControl
+from kairos.cluster.transport.backend import Backend, ShardControl, said
 
 log = logging.getLogger("kairos.controller")
+
+CATCH_UP_FIRST_S = 1.0  # the wait after a shard's first failed catalog catch-up
+CATCH_UP_MAX_S = 60.0  # and the longest, once it doubled
 
 Watch = tuple[str, str, "str | None"]  # sink, channel, placement
 WatchChange = tuple[str, str, "str | None", bool]  # a Watch, and whether it is on
@@ -29,9 +37,11 @@ async def on_each(backend: Backend, names: list[str],
 
 
 def named(failures: dict[str, Exception]) -> str:
-    """Each failure with its shard's name (Unavailable's message starts with it already)."""
-    return "; ".join(str(exc) if str(exc).startswith(name) else f"{name}: {exc}"
-                     for name, exc in failures.items())
+    """Each failure with its shard's name (Unavailable's message starts with it already), as
+    the shard's own error says it: not a RayTaskError's process and traceback (said)."""
+    texts = {name: said(exc) for name, exc in failures.items()}
+    return "; ".join(text if text.startswith(name) else f"{name}: {text}"
+                     for name, text in texts.items())
 
 
 class Lagging:
@@ -42,11 +52,15 @@ class Lagging:
         # per shard, its watch changes in turn: a change replayed late must not land after a
         # newer broadcast (a watch removed meanwhile would stay on there)
         self._order: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # shard -> (the catalog version its catch-up failed for, when it is tried next, the
+        # wait after that); a switch to another version starts it afresh
+        self._retry: dict[str, tuple[str, float, float]] = {}
 
     def forget(self, name: str) -> None:
         """`name` is gone."""
         self.catalog.discard(name)
         self.watches.pop(name, None)
+        self._retry.pop(name, None)
 
     async def started(self, name: str, given: set[Watch], now: Callable[[], set[Watch]],
                       changed: bool) -> None:
@@ -68,18 +82,37 @@ class Lagging:
     async def commit_catalog(self, names: list[str], text: str, version: str,
                              prepared: bool = False) -> None:
         """Switch those of `names` that lag to the catalog (preparing it first unless
-        `prepared`); the ones that fail keep lagging."""
+        `prepared`: the switch's own commit, never held back); the ones that fail keep
+        lagging, and a catch-up (not `prepared`) is tried again only once its wait is over
+        (the module's docstring)."""
         async def switch(shard: ShardControl) -> None:
             if not prepared:
                 await shard.prepare(text)
             await shard.commit(version)
 
-        behind = [n for n in names if n in self.catalog]
+        now = monotonic()
+        behind = [n for n in names
+                  if n in self.catalog and (prepared or self._due(n, version, now))]
         failed = await on_each(self._backend, behind, switch)
         self.catalog.difference_update(set(behind) - set(failed))
+        now = monotonic()  # the wait counts from the answer: a try may take a call's deadline
+        for name in behind:
+            earlier = self._retry.pop(name, None)
+            if name in failed and not prepared:  # the switch's own commit: caught up at once
+                wait = CATCH_UP_FIRST_S if earlier is None or earlier[0] != version \
+                    else min(2 * earlier[2], CATCH_UP_MAX_S)
+                self._retry[name] = (version, now + wait, wait)
         if failed:
-            log.warning("catalog %s is not committed yet on %s; the control loop retries",
-                        version, named(failed))
+            waits = [self._retry[n][2] for n in failed if n in self._retry]
+            log.warning("catalog %s is not committed yet on %s; the control loop tries again%s",
+                        version, named(failed),
+                        f" after a wait (at most {max(waits):g} s)" if waits else "")
+
+    def _due(self, name: str, version: str, now: float) -> bool:
+        """Whether `name`'s catch-up to `version` is tried at `now`: its wait after failing
+        the same version is over."""
+        retry = self._retry.get(name)
+        return retry is None or retry[0] != version or retry[1] <= now
 
     async def watch_channel(self, names: list[str], change: WatchChange) -> None:
         """Send a channel watch change to every shard; remember who missed it."""

@@ -23,7 +23,7 @@ from kairos.cluster.evidence import report as evidence_report
 from kairos.cluster.gateway.calls import Gateway, fail
 from kairos.cluster.gateway.logexport import export
 from kairos.cluster.storage.store import StoreUnavailable
-from kairos.cluster.transport.backend import Unavailable
+from kairos.cluster.transport.backend import Unavailable, said
 from kairos.core.compiler import compiled_from_text
 
 MAX_SHARDS = 1024
@@ -50,8 +50,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         try:
             await _answer(context, self.backend.controller().put_catalog(
                 request.yaml, evidence, request.expected_current_version or None))
-        except ValueError as exc:  # other text under a version, or not the expected one runs
-            await fail(context, grpc.StatusCode.FAILED_PRECONDITION, _said(exc))
+        # other text under a version, not the expected one runs, or a shard refused the text
+        except ValueError as exc:
+            await fail(context, grpc.StatusCode.FAILED_PRECONDITION, said(exc))
         return _catalog_info(compiled)
 
     async def RollbackCatalog(self, request: admin_pb2.RollbackCatalogRequest, context
@@ -59,8 +60,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         controller = self.backend.controller()
         try:
             await _answer(context, controller.rollback_catalog(request.to_version or None))
-        except ValueError as exc:  # no previous catalog, or not to_version
-            await fail(context, grpc.StatusCode.FAILED_PRECONDITION, _said(exc))
+        except ValueError as exc:  # no previous catalog, not to_version, or a shard refused it
+            await fail(context, grpc.StatusCode.FAILED_PRECONDITION, said(exc))
         text = (await _answer(context, controller.get_catalog()))["text"]
         # compiling takes a while: off the event loop, which serves every other call meanwhile
         return _catalog_info(await asyncio.to_thread(compiled_from_text, text))
@@ -114,9 +115,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         try:
             done = await _answer(context, self.backend.controller().drain_node(node))
         except NodeUnknown as exc:
-            await fail(context, grpc.StatusCode.NOT_FOUND, f"node_id: {_said(exc)}")
+            await fail(context, grpc.StatusCode.NOT_FOUND, f"node_id: {said(exc)}")
         except NodeRefused as exc:
-            await fail(context, grpc.StatusCode.FAILED_PRECONDITION, f"node_id: {_said(exc)}")
+            await fail(context, grpc.StatusCode.FAILED_PRECONDITION, f"node_id: {said(exc)}")
         return admin_pb2.DrainNodeResponse(node_id=node, shards=done["shards"],
                                            moved=done["moved"], map_version=done["version"])
 
@@ -136,14 +137,7 @@ async def _answer(context, work: Awaitable) -> Any:
                    "the controller did not answer within the call's deadline")
     # a shard (named) or the controller is stuck, or the store did not take the new state
     except (Unavailable, RuntimeError, StoreUnavailable) as exc:
-        await fail(context, grpc.StatusCode.UNAVAILABLE, _said(exc))
-
-
-def _said(exc: BaseException) -> str:
-    """What an error raised in the controller tells the client: through Ray, the raised
-    error's own message (`cause`), not the RayTaskError's, which adds the controller's
-    traceback, process id and address."""
-    return str(getattr(exc, "cause", exc))
+        await fail(context, grpc.StatusCode.UNAVAILABLE, said(exc))
 
 
 async def _compile(text: str, context) -> CompiledCatalog:

@@ -35,6 +35,13 @@ class Unavailable(Exception):
     taken effect."""
 
 
+def said(exc: BaseException) -> str:
+    """What an error raised on the other side tells a client: through Ray, the raised error's
+    own message (`cause`), not the RayTaskError's, which adds the raising process's traceback,
+    process title, id and address (and terminal colours)."""
+    return str(getattr(exc, "cause", exc))
+
+
 class NotSent(Unavailable):
     """A batch never left this process (its connection had closed before it was written):
     it cannot have taken effect, so it may be sent again. `gapped`: batches written before
