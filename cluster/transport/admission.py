@@ -11,8 +11,11 @@ open at once after a shard restarts, so the per-source cap is generous.
 To make room a connection that has waited GRACE_S is dropped, the longest waiting, from the
 newcomer's source first (and only from it once that source is at its cap): a client answers
 its greeting within milliseconds, so a connection that old is most likely a silent flood's.
-With none that old the newcomer is turned away rather than a connection under way. One whose
-response has arrived is never dropped.
+With none that old, a newcomer whose source holds fewer than the source with the most (less
+one) takes the longest waiting of that source's, however young: otherwise a few sources at
+their cap, opening again faster than GRACE_S, would turn every other source away. Else the
+newcomer is turned away rather than a connection under way. One whose response has arrived
+is never dropped.
 """
 from __future__ import annotations
 
@@ -83,7 +86,8 @@ class Handshakes:
         if len(own) >= PER_SOURCE:
             room = self._dropped_from(own)
         elif len(self._waiting) >= PLANE_HANDSHAKES:
-            room = self._dropped_from(own) or self._dropped_from(self._waiting)
+            room = (self._dropped_from(own) or self._dropped_from(self._waiting)
+                    or self._fair_share_made(len(own)))
         else:
             room = True
         if room:
@@ -99,6 +103,23 @@ class Handshakes:
             reader, _, came = self._waiting[writer]
             if came > came_by:
                 return False  # the rest came later still
+            if not responded(reader, writer, self._response):
+                self.forget(writer)
+                writer.close()
+                return True
+        return False
+
+    def _fair_share_made(self, held: int) -> bool:
+        """Whether the source with the most waiting, holding more than one past `held` (the
+        newcomer's source's), gave up its longest waiting one whose response has not arrived,
+        however young: a few sources at their cap fill the table, and a flood that opens its
+        connections again within GRACE_S keeps every one too young to drop. A source never
+        gives up one to a source that would then hold more than it."""
+        most = max(self._sources.values(), key=len)
+        if len(most) <= held + 1:
+            return False
+        for writer in most:
+            reader, _, _ = self._waiting[writer]
             if not responded(reader, writer, self._response):
                 self.forget(writer)
                 writer.close()

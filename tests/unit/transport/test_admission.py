@@ -130,3 +130,62 @@ def test_whether_a_response_arrived_is_told_as_far_as_it_can_be_and_never_raises
         server.close()
 
     asyncio.run(main())
+
+
+async def _flood(source: str, address: tuple[str, int], count: int) -> None:
+    """`count` silent connections from `source`, each opened again once the shard drops or
+    turns it away, so that the shard's table stays as full as the flood can keep it."""
+    async def one() -> None:
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection(*address,
+                                                               local_addr=(source, 0))
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            try:
+                await reader.read()  # until the shard closes it
+            except OSError:
+                pass
+            finally:
+                writer.close()
+            await asyncio.sleep(0.01)  # a bounded flood: the test's loop serves the shard too
+
+    await asyncio.gather(*(one() for _ in range(count)))
+
+
+def test_a_flood_from_a_few_addresses_leaves_room_for_another_address(monkeypatch):
+    """Review finding: 4 addresses, each at its cap, filled the table, and a flood that opens
+    its connections again faster than GRACE_S kept them all too young to drop: a client from
+    a fifth address found no room and was turned away. Here GRACE_S is long so that the
+    flood's connections stay young however slowly this loaded test reopens them."""
+    monkeypatch.setattr(admission, "GRACE_S", 60.0)
+
+    async def main():
+        server = PlaneServer(_echo)
+        address = await server.start("127.0.0.1")
+        flood = [asyncio.ensure_future(_flood(f"127.0.0.{2 + i}", address,
+                                              admission.PLANE_HANDSHAKES // 4))
+                 for i in range(4)]
+        try:
+            for _ in range(3):
+                await until(lambda: len(server._greeting) == admission.PLANE_HANDSHAKES, 20,
+                            "the flood to fill the shard's table")
+
+                async def client() -> None:
+                    reader, writer = await asyncio.open_connection(
+                        *address, local_addr=("127.0.0.99", 0))
+                    try:
+                        await asyncio.wait_for(
+                            PlaneConnection._handshake(reader, writer, server.secret), 10)
+                    finally:
+                        writer.close()
+
+                await asyncio.gather(*(client() for _ in range(8)))
+        finally:
+            for task in flood:
+                task.cancel()
+            await asyncio.gather(*flood, return_exceptions=True)
+            server.close()
+
+    asyncio.run(main())
