@@ -103,6 +103,11 @@ PLANE_INFLIGHT_CALLS = integer("PLANE_INFLIGHT_CALLS", 64)
 # stopped process keeps its TCP connections open, so keepalive never notices); the client
 # drops the connection, failing what was on it, and the next batch connects anew.
 PLANE_CALL_S = number("PLANE_CALL_S", 30.0, above=True, high=3600.0)
+# A shard fails a batch after a gap within half of PLANE_CALL_S (shard/sequencer.py), so that
+# the client hears of it before it drops the connection; an unseen session starts within that.
+if SESSION_START_S >= PLANE_CALL_S / 2:
+    raise ValueError(f"{PREFIX}SESSION_START_S ({SESSION_START_S:g}) must be less than half of "
+                     f"{PREFIX}PLANE_CALL_S ({PLANE_CALL_S:g})")
 
 # -- durability ----------------------------------------------------------------------------------
 # Where shards keep customers, snapshots and journals: "memory" (volatile), a directory, or

@@ -13,6 +13,9 @@ from kairos.cluster.settings import PLANE_CALL_S, SESSION_START_S
 
 MAX_SESSION_LENGTH = 64  # characters of a session's name (a client's are 32)
 SESSIONS_KEPT = 4096  # sessions remembered, the most recently used (a client has one a shard)
+# Past its start, how long an unseen session at least has to reach a batch's number: its
+# earlier batches, sent before this one, are here or a round trip away.
+START_MARGIN_S = 0.5
 
 
 class OutOfTurn(ValueError):
@@ -33,7 +36,9 @@ class Sequencer:
         self.kept = kept
         # By default half the client's deadline for a call (PLANE_CALL_S), which began when
         # it wrote the batch: the shard's gap error must reach it before that ends, or it
-        # drops the connection and every call on it with the batch.
+        # drops the connection and every call on it with the batch. So it runs from the
+        # batch's arrival, an unseen session's start included (settings.py keeps
+        # SESSION_START_S below it), but leaves a started session START_MARGIN_S.
         self.gap_s = PLANE_CALL_S / 2 if gap_s is None else gap_s
         self._turns: dict[str, int] = {}  # session -> next sequence number, oldest use first
         self._waiting: dict[str, set[int]] = {}
@@ -44,20 +49,22 @@ class Sequencer:
         then has it until it next awaits. ValueError for a session name over
         MAX_SESSION_LENGTH; OutOfTurn (a ValueError) for a number the session is past (a
         replay: it had its turn, or the session went on without it), and for one whose
-        predecessors have not all come within `gap_s` of the session's start (its sender gave
-        up on them by then: its calls have a longer deadline); an unseen session starts
-        within `start_s`."""
+        predecessors have not all come within `gap_s` of its arrival (its sender gave up on
+        them by then: its calls have a longer deadline); an unseen session starts within
+        `start_s`, and has START_MARGIN_S past that at least."""
         if len(session) > MAX_SESSION_LENGTH:
             raise ValueError(f"a session name of {len(session)} characters, over "
                              f"{MAX_SESSION_LENGTH}")
+        arrived = asyncio.get_running_loop().time()
         async with self._turn:
             waiting = self._waiting.setdefault(session, set())
             waiting.add(seq)
             try:
+                gap_s = self.gap_s
                 if seq and session not in self._turns:
                     await self._start(session, waiting)
-                # from the start on: whatever the two settings, `start_s` comes first
-                async with asyncio.timeout(self.gap_s):
+                    gap_s = max(gap_s, self.start_s + START_MARGIN_S)  # whatever the settings
+                async with asyncio.timeout_at(arrived + gap_s):
                     while (turn := self._turns.get(session, 0)) != seq:
                         if seq < turn:
                             raise OutOfTurn(f"batch {seq} of a session at batch {turn}")

@@ -4,6 +4,9 @@ on its connection and keeping its session from being forgotten."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -67,3 +70,34 @@ def test_an_unseen_session_starts_after_start_s_however_short_the_gap_deadline(g
         await asyncio.wait_for(sequencer.turn("fresh", 6), 1)  # the session goes on
 
     asyncio.run(main())
+
+
+def test_an_unseen_sessions_start_counts_against_its_gap_deadline():
+    """Review finding: an unseen session's batch after a gap waited `start_s` for the session
+    to start and then `gap_s` more, past the half of the client's deadline that `gap_s` is: the
+    client dropped the connection, with every call on it, before the gap error came. The gap
+    deadline runs from the batch's arrival."""
+    async def main():
+        sequencer = Sequencer(start_s=0.6, gap_s=0.8)
+        started = asyncio.get_running_loop().time()
+
+        async def gapped() -> float:
+            with pytest.raises(OutOfTurn, match="batch 7 of a session at batch 6"):
+                await sequencer.turn("fresh", 7)  # batch 6 never comes
+            return asyncio.get_running_loop().time() - started
+
+        _, took = await asyncio.wait_for(asyncio.gather(sequencer.turn("fresh", 5), gapped()),
+                                         5)
+        assert 0.79 <= took < 1.2  # not start_s + gap_s (1.4)
+
+    asyncio.run(main())
+
+
+def test_a_session_start_at_least_half_the_call_deadline_stops_the_settings_import():
+    """The gap deadline (half PLANE_CALL_S) must leave an unseen session time to start."""
+    env = {**os.environ, "KAIROS_SESSION_START_S": "15", "KAIROS_PLANE_CALL_S": "30"}
+    done = subprocess.run([sys.executable, "-c", "import kairos.cluster.settings"], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "ValueError: KAIROS_SESSION_START_S (15) must be less than half of " \
+           "KAIROS_PLANE_CALL_S (30)" in done.stderr
