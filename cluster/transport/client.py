@@ -351,6 +351,11 @@ class KairosClient(IdentitySagas):
                           batch: list[_Item]) -> None:
         requests = [item.request for item in batch]
         routed = [item.routed for item in batch]
+        if link.session != session:  # a failed call dropped the session since it was numbered
+            # sent in it, behind the failed batch, it would wait at the shard for that in vain;
+            # not sent yet, it goes as the fresh session's next (in the order numbered still:
+            # calls start in the order the pump made them)
+            session, seq, link.seq = link.session, link.seq, link.seq + 1
         try:
             for attempt in range(2):
                 try:

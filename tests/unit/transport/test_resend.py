@@ -242,3 +242,41 @@ def test_requests_waiting_for_an_unreachable_shard_count_against_its_queue_bound
         await client.close()
 
     asyncio.run(main())
+
+
+def test_a_batch_numbered_before_its_session_failed_goes_as_the_fresh_sessions(monkeypatch):
+    """Review finding: a batch numbered in a session that a failed call then dropped (its
+    task not started yet) still went in the old session, behind the lost batch: a shard that
+    had seen the session waited for that batch in vain (the gap deadline, 15 s)."""
+    monkeypatch.setattr(client_module, "CLIENT_BATCH_LIMIT", 1)  # numbered with no wait
+
+    class Lost(_Scripted):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lose = asyncio.Event()
+
+        async def send(self, name, session, seq, requests, routed):
+            if self.sent:
+                return await super().send(name, session, seq, requests, routed)
+            self.sent.append((session, seq))
+            await self.lose.wait()
+            raise Unavailable(f"{name}: the connection closed")
+
+    async def main():
+        backend = Lost()
+        await backend.start_runtime(1, n_partitions=8)
+        client = await KairosClient(backend).connect()
+        backend.gate.set()
+        first = asyncio.ensure_future(client.ingest("ana", "app_open", T0))
+        await until(lambda: backend.sent, 5, "batch 0 in flight", poll_s=0.001)
+        second = client.enqueue(Event(customer_id="ana", event_type="app_open", time=T0 + 1,
+                                      attributes={}))  # numbered 1 before batch 0 fails
+        backend.lose.set()
+        with pytest.raises(Unavailable, match="the connection closed"):
+            await first
+        assert isinstance(await asyncio.wait_for(second, 5), protocol.EventAck)
+        (lost, seq), (fresh, then) = backend.sent
+        assert lost != fresh and (seq, then) == (0, 0)
+        await client.close()
+
+    asyncio.run(main())
