@@ -134,7 +134,9 @@ class Console:
     # -- sign in -------------------------------------------------------------------------------
 
     async def signin_page(self, request: Request) -> Response:
-        return self.render(request, "signin.html")
+        # the page the agent came for (web.signin_url), which the form sends on
+        return self.render(request, "signin.html",
+                           next=web.local_path(request.query_params.get("next")))
 
     async def signin(self, request: Request) -> Response:
         form = await request.form()
@@ -151,9 +153,10 @@ class Console:
             session = self.sessions.sign_in(request.state.session, str(form.get("key", "")))
         except SignInRefused as exc:
             self.signin_limit.failed(address)
-            return self.render(request, "signin.html", 401, refused=str(exc))
+            return self.render(request, "signin.html", 401, refused=str(exc),
+                               next=web.local_path(form.get("next")))
         request.state.session = session
-        response = self.redirect(request, "/")
+        response = self.redirect(request, web.local_path(form.get("next")) or "/")
         response.delete_cookie(VISITOR_COOKIE, path="/")
         return response
 
@@ -178,6 +181,12 @@ class Console:
             return self.render(request, "search.html", 400,
                                problem=t["id_length"].format(MAX_ID_LENGTH))
         lookup = Lookup(wanted, None if by == "customer_id" else by)
+        # a link from elsewhere reaches this page too, `recorded` and all: the notice is this
+        # session's answer for this customer, once, on the page its answer redirected to; once
+        # even if that page fails, or a later visit would show it, stale
+        recorded = request.query_params.get("recorded", "")
+        notice = request.state.session.notices.pop(wanted, "") \
+            if lookup.alias_type is None else ""
         try:
             if lookup.alias_type is not None:  # one page per customer, whatever named it
                 profile = await self.gateway.profile(key, lookup)
@@ -186,10 +195,6 @@ class Console:
             page = await self.customer_page(key, wanted)
         except GatewayError as exc:
             return self.failure(request, exc, f"{t[by]} {wanted}")
-        # a link from elsewhere reaches this page too, `recorded` and all: the notice is this
-        # session's answer for this customer, once, on the page its answer redirected to
-        recorded = request.query_params.get("recorded", "")
-        notice = request.state.session.notices.pop(wanted, "")
         return self.render(request, "customer.html", page=page,
                            recorded=notice if notice == recorded else "")
 
@@ -425,7 +430,7 @@ class _Guard:
                     return console.render(request, "error.html", 403, kind="csrf", detail="",
                                           subject="")
             if need_key and not request.state.session.signed_in:
-                return console.redirect(request, "/signin")
+                return console.redirect(request, web.signin_url(request))
             return await handler(request)
         return guarded
 

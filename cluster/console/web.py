@@ -7,12 +7,16 @@ Over TLS, to the names the console serves, Strict-Transport-Security keeps brows
 
 A link followed from another site arrives without the session's SameSite=Strict cookie: the
 console answers it with a page that asks for the same URL again from its own origin
-(`ask_again`), which the browser sends with the cookie. The URL asked for carries ASKED, so
-that a browser which labels that request cross-site too gets the sign-in page, not the same
-page again for ever.
+(`ask_again`), which the browser sends with the cookie. The URL asked for carries ASKED, the
+time it was asked for, so that a browser which labels that request cross-site too gets the
+sign-in page, not the same page again for ever; the page console.js then takes it out of the
+address bar. An ASKED that is not fresh is a URL copied from an address bar into a CRM: it
+is a link like any other. A sign-in sends the agent on to the page asked for (`next`), which
+is one of the console's own (`local_path`).
 """
 from __future__ import annotations
 
+import time
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from markupsafe import escape
@@ -33,6 +37,10 @@ SECURITY_HEADERS = [
 # for other servers under it
 HSTS = (b"strict-transport-security", b"max-age=31536000")
 ASKED = "asked"  # the query parameter of a URL the console asked for again (`ask_again`)
+# the console's refresh comes back at once; a URL older than this was copied, and its mark
+# says nothing of the request that brings it now
+ASKED_WITHIN_S = 30
+MAX_NEXT_LENGTH = 4096  # a page to go back to after sign-in: a customer's URL, never longer
 
 
 def secured(app: ASGIApp, dashboard: str, hosts: tuple[str, ...]) -> ASGIApp:
@@ -70,17 +78,55 @@ def served(name: str, hosts: tuple[str, ...]) -> bool:
 def cross_site_navigation(request: Request) -> bool:
     """A page of another site followed a link here (Fetch Metadata): the browser left out
     the session's Strict cookie, whether or not it holds one. Not a URL the console asked
-    for again itself: that one came back cross-site too, and asking once more would loop."""
+    for again itself just now: that one came back cross-site too, and asking once more would
+    loop."""
     return request.method == "GET" and request.headers.get("sec-fetch-site") == "cross-site" \
         and request.headers.get("sec-fetch-mode") == "navigate" \
-        and ASKED not in request.query_params
+        and not asked_just_now(request)
+
+
+def asked_just_now(request: Request) -> bool:
+    """The URL is one `ask_again` made within ASKED_WITHIN_S. Not `asked=1` nor an old time:
+    an agent who copied the address bar into a CRM before console.js took the mark out gets
+    a link that a later click must ask for again like any other, or it signs them out. (A
+    mark made up to look fresh gains nothing: it leads to the sign-in page, as a link to
+    /signin does.)"""
+    stamp = request.query_params.get(ASKED, "")
+    return stamp.isascii() and stamp.isdigit() and len(stamp) <= 12 \
+        and abs(time.time() - int(stamp)) <= ASKED_WITHIN_S
+
+
+def unasked(request: Request) -> str:
+    """The request's path and query, without ASKED."""
+    query = urlencode([(name, value) for name, value in parse_qsl(
+        request.url.query, keep_blank_values=True) if name != ASKED])
+    return request.url.path + (f"?{query}" if query else "")
+
+
+def local_path(value: object) -> str:
+    """`value` if it is a path of the console's own to go on to after sign-in, else "": one
+    "/" and no more, never `//host` or `/\\host` (which browsers read as `//host`) or a
+    scheme, and no control character (browsers drop a tab or newline, leaving `//host`). A link
+    that names another site's page as `next` must not make the console an open redirect."""
+    if not isinstance(value, str) or not value.startswith("/") or len(value) > MAX_NEXT_LENGTH:
+        return ""
+    if value[1:2] == "/" or "\\" in value or any(c < " " or c == "\x7f" for c in value):
+        return ""
+    return value
+
+
+def signin_url(request: Request) -> str:
+    """Where a visitor is sent: /signin, naming the page they asked for (a GET's, but /)
+    as `next`."""
+    back = local_path(unasked(request)) if request.method == "GET" else ""
+    return "/signin" if back in ("", "/") else "/signin?" + urlencode({"next": back})
 
 
 def ask_again(request: Request) -> Response:
-    """A page that asks for the same URL (marked ASKED) from this origin, which a browser
-    sends with the Strict cookie. Nothing is set or kept: the browser's own cookie decides
-    what comes."""
-    query = urlencode(parse_qsl(request.url.query, keep_blank_values=True) + [(ASKED, "1")])
-    url = escape(f"{request.url.path}?{query}")
+    """A page that asks for the same URL (marked ASKED with the time) from this origin, which
+    a browser sends with the Strict cookie. Nothing is set or kept: the browser's own cookie
+    decides what comes."""
+    url = unasked(request)
+    url = escape(url + ("&" if "?" in url else "?") + urlencode({ASKED: int(time.time())}))
     return Response(f'<!doctype html><meta http-equiv="refresh" content="0;url={url}">'
                     f'<a href="{url}">{url}</a>', media_type="text/html")

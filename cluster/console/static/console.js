@@ -3,6 +3,25 @@
 // each outcome sent once.
 "use strict";
 
+// A link from another site is asked for again with `asked` added (web.py): it leaves the
+// address bar, or an agent who copies the address into a CRM copies the mark, which the
+// console then reads as a link of its own, not as one to ask for again.
+function forgetAsked() {
+  const url = new URL(window.location.href);
+  if (url.searchParams.has("asked")) {
+    url.searchParams.delete("asked");
+    history.replaceState(history.state, "", url.pathname + url.search + url.hash);
+  }
+}
+
+// HTML as the browser reads it (in an inert template), so that the server's text and the
+// page's own markup compare equal when they say the same
+function asParsed(html) {
+  const template = document.createElement("template");
+  template.innerHTML = html;
+  return template.innerHTML.trim();
+}
+
 function localizeTimes(root) {
   const format = new Intl.DateTimeFormat(document.documentElement.lang || undefined,
                                          {dateStyle: "medium", timeStyle: "medium"});
@@ -30,7 +49,9 @@ function followLive() {
   const state = document.getElementById("live-state");
   let source = null;
   let retry = null;
-  let shown = null;  // the live part's HTML as last received
+  // the live part's HTML as last received, at first as the server rendered it (read before
+  // times are localized): the first event, which brings the same, is not written again
+  let shown = asParsed(live.innerHTML);
   // Both are live regions (role="status"): a screen reader reads out each write, so what
   // has not changed is not written again (every reconnection sends the page as it is).
   const show = (text, stopped) => {
@@ -50,8 +71,9 @@ function followLive() {
     stop();
     source = new EventSource(live.dataset.source);
     source.addEventListener("update", (event) => {
-      if (event.data !== shown) {
-        shown = event.data;
+      const received = asParsed(event.data);
+      if (received !== shown) {
+        shown = received;
         const opened = live.querySelector("details.dropped[open]") !== null;
         live.innerHTML = event.data;  // rendered and escaped by the server's templates
         const dropped = live.querySelector("details.dropped");
@@ -117,7 +139,8 @@ function sendOutcomesOnce() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  forgetAsked();
+  followLive();  // first: it reads the live part as the server sent it
   localizeTimes(document);
-  followLive();
   sendOutcomesOnce();
 });

@@ -53,6 +53,20 @@ def test_the_recorded_notice_is_for_the_customer_answered_and_shown_once(client)
     assert NOTICE not in client.get("/customer?id=ana&recorded=accept").text  # once
 
 
+def test_the_recorded_notice_is_taken_by_its_page_even_when_that_page_fails(client, gateway):
+    """The notice was taken only once the page had been read: after a gateway busy or down
+    at that moment, it lingered, and the next visit to the customer said "Outcome recorded"
+    of an answer long past."""
+    token = sign_in(client)
+    done = client.post("/customer/respond", data={**RESPOND, "csrf": token},
+                       follow_redirects=False)
+    gateway.failure = GatewayError("busy", "RESOURCE_EXHAUSTED: shedding load")
+    assert client.get(done.headers["location"]).status_code == 503
+    gateway.failure = None
+    later = client.get(done.headers["location"])
+    assert later.status_code == 200 and NOTICE not in later.text
+
+
 def test_an_action_answered_earlier_says_so_and_keeps_the_first_answer(client, gateway):
     """The idempotency key names the decision and the action, so the gateway keeps the first
     answer (LEARNED_FROM_DUPLICATE) whatever the next one says: after a Reject whose reply
@@ -145,12 +159,14 @@ def test_no_other_sites_page_keeps_a_hold_on_the_consoles_window(client):
 
 def test_a_url_asked_for_again_is_not_asked_for_once_more(client):
     """A browser that labelled the console's own refresh cross-site again got the same page
-    again, for ever: the URL it asks for is marked, and comes to the sign-in page instead."""
+    again, for ever: the URL it asks for is marked, and comes to the sign-in page instead,
+    which goes on to that page once the agent has signed in."""
     first = client.get("/customer?id=ana", headers=CROSS_SITE, follow_redirects=False)
     url = re.search(r'content="0;url=([^"]+)"', first.text).group(1).replace("&amp;", "&")
-    assert url == "/customer?id=ana&asked=1"
+    assert re.fullmatch(r"/customer\?id=ana&asked=\d+", url)
     again = client.get(url, headers=CROSS_SITE, follow_redirects=False)
-    assert again.status_code == 303 and again.headers["location"] == "/signin"
+    assert again.status_code == 303 \
+        and again.headers["location"] == "/signin?next=%2Fcustomer%3Fid%3Dana"
 
 
 def test_a_paused_live_page_is_told_why(client, gateway, monkeypatch):
