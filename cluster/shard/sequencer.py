@@ -18,8 +18,13 @@ SESSIONS_KEPT = 4096  # sessions remembered, the most recently used (a client ha
 START_MARGIN_S = 0.5
 
 
-class OutOfTurn(ValueError):
-    """A batch its session will never reach: its sender's replay or gap, not the shard's bug."""
+class NotTaken(ValueError):
+    """A batch refused for its sender's doing (a session name too long, a batch out of
+    turn), not the shard's bug."""
+
+
+class OutOfTurn(NotTaken):
+    """A batch its session will never reach: its sender's replay or gap."""
 
 
 class Sequencer:
@@ -46,14 +51,14 @@ class Sequencer:
 
     async def turn(self, session: str, seq: int) -> None:
         """Return once the session's batches before `seq` have had their turn; the caller
-        then has it until it next awaits. ValueError for a session name over
-        MAX_SESSION_LENGTH; OutOfTurn (a ValueError) for a number the session is past (a
+        then has it until it next awaits. NotTaken (a ValueError) for a session name over
+        MAX_SESSION_LENGTH; OutOfTurn (a NotTaken) for a number the session is past (a
         replay: it had its turn, or the session went on without it), and for one whose
         predecessors have not all come within `gap_s` of its arrival (its sender gave up on
         them by then: its calls have a longer deadline); an unseen session starts within
         `start_s`, and has START_MARGIN_S past that at least."""
         if len(session) > MAX_SESSION_LENGTH:
-            raise ValueError(f"a session name of {len(session)} characters, over "
+            raise NotTaken(f"a session name of {len(session)} characters, over "
                              f"{MAX_SESSION_LENGTH}")
         arrived = asyncio.get_running_loop().time()
         async with self._turn:

@@ -55,7 +55,7 @@ from kairos.core.decision import Decision, Dropped, Explanation, RankedAction
 
 from kairos.cluster.settings import (PLANE_CALL_S, PLANE_CONNECTIONS, PLANE_CONTAINER_LEN,
                                      PLANE_FRAME_BYTES, PLANE_INFLIGHT_CALLS)
-from kairos.cluster.shard.sequencer import OutOfTurn
+from kairos.cluster.shard.sequencer import NotTaken
 from kairos.cluster.transport.admission import Handshakes
 from kairos.cluster.transport.backend import NotSent
 
@@ -78,9 +78,9 @@ HANDSHAKE_S = 10.0  # to connect and be greeted, or to greet
 # past it waits for SYN retries, a second or more. A flood faster than a shard accepts fills
 # any queue; that takes the network's defences (a per-source connection limit).
 LISTEN_BACKLOG = 1024
-# A shard warns of batches out of turn (a sender's replays or gaps) once in this long at most:
-# a client gone wrong may send a stream of them
-OUT_OF_TURN_LOG_S = 10.0
+# A shard warns of batches it refuses for their sender's doing (replays, gaps, session names
+# too long) once in this long at most: a client gone wrong may send a stream of them
+REFUSED_LOG_S = 10.0
 
 # The limits of a frame, and of an ext's payload, which is unpacked whole (it needs no buffer
 # limit, and nothing in it is longer than it is).
@@ -232,8 +232,8 @@ class PlaneServer:
         # connections waiting for their handshake, and those being served
         self._greeting = Handshakes(_RESPONSE.size)
         self._serving: set[asyncio.StreamWriter] = set()
-        self._warned_at = -OUT_OF_TURN_LOG_S  # when it last warned of a batch out of turn
-        self._unwarned = 0  # batches out of turn since, not warned of
+        self._warned_at = -REFUSED_LOG_S  # when it last warned of a batch it refused
+        self._unwarned = 0  # batches refused since, not warned of
 
     async def start(self, host: str) -> tuple[str, int]:
         """Listen (once, however many ask at the same time); the address."""
@@ -314,8 +314,8 @@ class PlaneServer:
                 raise OverflowError(f"the answer takes {len(frame)} bytes, over "
                                     f"PLANE_FRAME_BYTES ({PLANE_FRAME_BYTES})")
         except Exception as exc:  # the caller learns it at once
-            if isinstance(exc, OutOfTurn):  # its sender's doing
-                self._out_of_turn(exc)
+            if isinstance(exc, NotTaken):  # its sender's doing
+                self._refused(exc)
             else:  # a bug, not bad input
                 log.exception("answering a data plane call failed")
             frame = _pack([call, None, f"{exc.__class__.__name__}: {exc}"])
@@ -334,12 +334,12 @@ class PlaneServer:
         finally:
             slots.release()
 
-    def _out_of_turn(self, exc: OutOfTurn) -> None:
-        if time.monotonic() - self._warned_at < OUT_OF_TURN_LOG_S:
+    def _refused(self, exc: NotTaken) -> None:
+        if time.monotonic() - self._warned_at < REFUSED_LOG_S:
             self._unwarned += 1
             return
-        log.warning("refused a data plane call out of turn (and %d since the last such "
-                    "warning): %s", self._unwarned, exc)
+        log.warning("refused a data plane call (and %d since the last such warning): %s",
+                    self._unwarned, exc)
         self._warned_at, self._unwarned = time.monotonic(), 0
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ import ctypes
 import gc
 import hashlib
 import hmac
+import logging
 import multiprocessing
 import os
 import socket
@@ -230,3 +231,32 @@ def test_a_failed_connect_or_handshake_is_a_plane_closed():
                 await PlaneConnection.open(*address, b"s" * 32)
 
     asyncio.run(main())
+
+
+def test_session_names_too_long_are_refused_as_their_senders_doing_warned_of_once(caplog):
+    """Review finding: a session name over MAX_SESSION_LENGTH raised a plain ValueError, logged
+    as the shard's bug with its traceback, each time: a peer could flood the log. It is
+    refused like a batch out of turn: a warning, without a traceback, once in a while."""
+    from kairos.cluster.shard.sequencer import MAX_SESSION_LENGTH, Sequencer
+    sequencer = Sequencer(start_s=0.05)
+
+    async def handle(session, seq, requests, routed):
+        await sequencer.turn(session, seq)
+        return list(requests)
+
+    async def main():
+        server = PlaneServer(handle)
+        connection = await PlaneConnection.open(*await server.start("127.0.0.1"),
+                                                server.secret)
+        for _ in range(3):
+            with pytest.raises(dataplane.ShardFailed, match="over 64"):
+                await connection.call("s" * (MAX_SESSION_LENGTH + 1), 0, ["a"], [1])
+        assert await connection.call("s", 0, ["a"], [1]) == ("a",)  # the connection serves
+        await connection.close()
+        server.close()
+
+    with caplog.at_level(logging.DEBUG, "kairos.dataplane"):
+        asyncio.run(main())
+    logged = [r for r in caplog.records if r.name == "kairos.dataplane"]
+    assert [(r.levelno, r.exc_info) for r in logged] == [(logging.WARNING, None)]
+    assert "over 64" in logged[0].getMessage()
