@@ -2,11 +2,11 @@
 
 A connection costs the shard a socket and a task while it waits for its peer's handshake
 response (HANDSHAKE_S at most), and anyone who reaches the node can open one. So at most
-PLANE_HANDSHAKES wait at once, PER_SOURCE of them from one source (an IPv4 address, or an IPv6
-/64: a host or a site is given a /64 at least, and can pick from it at will), so that a
-stranger's flood cannot crowd out other addresses. Legitimate clients often share an address
-(every process on a Ray node, a local cluster on 127.0.0.1, clients behind NAT), and many
-open at once after a shard restarts, so the per-source cap is generous.
+PLANE_HANDSHAKES wait at once, a quarter of them (`per_source`) from one source (an IPv4
+address, or an IPv6 /64: a host or a site is given a /64 at least, and can pick from it at
+will), so that a stranger's flood cannot crowd out other addresses. Legitimate clients often
+share an address (every process on a Ray node, a local cluster on 127.0.0.1, clients behind
+NAT), and many open at once after a shard restarts, so the per-source cap is generous.
 
 To make room a connection that has waited GRACE_S is dropped, the longest waiting, from the
 newcomer's source first (and only from it once that source is at its cap): a client answers
@@ -30,13 +30,18 @@ from typing import Iterable, Iterator
 
 from kairos.cluster.settings import PLANE_HANDSHAKES
 
-PER_SOURCE = max(1, PLANE_HANDSHAKES // 4)
 # A client's response comes one round trip after its greeting; a second is ample on a loaded
 # node, and a flood's connection that young is turned away instead of one under way.
 GRACE_S = 1.0
 # Asks the kernel how many bytes a socket holds unread (Linux, the BSDs); where it is missing
 # a response counts as arrived once read
 _FIONREAD = getattr(termios, "FIONREAD", None)
+
+
+def per_source() -> int:
+    """How many connections from one source may wait at once (read from the setting each
+    time: tests change it)."""
+    return max(1, PLANE_HANDSHAKES // 4)
 
 
 def source_of(host: str) -> str:
@@ -56,7 +61,8 @@ def responded(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, size: 
     # StreamReader tells what it holds no other way; a version without it: the kernel's only
     arrived = len(getattr(reader, "_buffer", b""))
     if _FIONREAD is not None:
-        with contextlib.suppress(OSError, ValueError):  # ValueError: closed (descriptor -1)
+        # ValueError: closed (descriptor -1); AttributeError: a transport without a socket
+        with contextlib.suppress(OSError, ValueError, AttributeError):
             arrived += struct.unpack("i", fcntl.ioctl(writer.get_extra_info("socket").fileno(),
                                                       _FIONREAD, bytes(4)))[0]
     return arrived >= size
@@ -83,7 +89,7 @@ class Handshakes:
         """Let a connection from `host` wait for its handshake, if there is room or room can
         be made; `forget` it once its handshake ends."""
         own = self._sources.get(source := source_of(host), {})
-        if len(own) >= PER_SOURCE:
+        if len(own) >= per_source():
             room = self._dropped_from(own)
         elif len(self._waiting) >= PLANE_HANDSHAKES:
             room = (self._dropped_from(own) or self._dropped_from(self._waiting)

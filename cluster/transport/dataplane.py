@@ -75,8 +75,9 @@ KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 5, 1, 3
 UNACKED_S = 10
 HANDSHAKE_S = 10.0  # to connect and be greeted, or to greet
 # connections the kernel queues for accepting (asyncio's default is 100): a burst of connects
-# past it waits for SYN retries, a second or more. A flood faster than a shard accepts fills
-# any queue; that takes the network's defences (a per-source connection limit).
+# past it waits for SYN retries, a second or more. Linux caps it at net.core.somaxconn (4096
+# since 5.4, 128 before: raise it there for the full queue). A flood faster than a shard
+# accepts fills any queue; that takes the network's defences (a per-source connection limit).
 LISTEN_BACKLOG = 1024
 # A shard warns of batches it refuses for their sender's doing (replays, gaps, session names
 # too long) once in this long at most: a client gone wrong may send a stream of them

@@ -60,12 +60,13 @@ def test_past_its_cap_an_address_turns_away_the_newcomer_not_a_connection_under_
     async def main():
         server = PlaneServer(_echo)
         address = await server.start("127.0.0.1")
-        greeted = await asyncio.gather(*(_greeted(address) for _ in range(admission.PER_SOURCE)))
+        cap = admission.per_source()
+        greeted = await asyncio.gather(*(_greeted(address) for _ in range(cap)))
         reader, writer = await asyncio.open_connection(*address)
         assert await asyncio.wait_for(reader.read(), 10) == b""  # closed ungreeted
         writer.close()
         assert await asyncio.gather(*(_finished(g, server.secret) for g in greeted)) == \
-            [True] * admission.PER_SOURCE
+            [True] * cap
         server.close()
 
     asyncio.run(main())
@@ -77,16 +78,35 @@ def test_a_connection_silent_past_the_grace_makes_room(monkeypatch):
     async def main():
         server = PlaneServer(_echo)
         address = await server.start("127.0.0.1")
-        silent = [await asyncio.open_connection(*address) for _ in range(admission.PER_SOURCE)]
-        await until(lambda: len(server._greeting) == admission.PER_SOURCE, 5,
-                    "the shard to greet them all")
+        cap = admission.per_source()
+        silent = [await asyncio.open_connection(*address) for _ in range(cap)]
+        await until(lambda: len(server._greeting) == cap, 5, "the shard to greet them all")
         await asyncio.sleep(0.2)
         connection = await PlaneConnection.open(*address, server.secret)
         assert await asyncio.wait_for(connection.call("s", 0, ["x"], [1]), 10) == ("x",)
-        assert len(server._greeting) == admission.PER_SOURCE - 1  # the oldest went for it
+        assert len(server._greeting) == cap - 1  # the oldest went for it
         await connection.close()
         for _, writer in silent:
             writer.close()
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_the_per_source_cap_follows_the_handshakes_setting(monkeypatch):
+    """Review finding: the per-source cap was computed at import, so a test (or anything)
+    that changed PLANE_HANDSHAKES kept the old cap."""
+    monkeypatch.setattr(admission, "PLANE_HANDSHAKES", 8)
+
+    async def main():
+        server = PlaneServer(_echo)
+        address = await server.start("127.0.0.1")
+        greeted = await asyncio.gather(*(_greeted(address) for _ in range(2)))
+        reader, writer = await asyncio.open_connection(*address)
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # past 8 // 4: closed ungreeted
+        writer.close()
+        assert await asyncio.gather(*(_finished(g, server.secret) for g in greeted)) == \
+            [True] * 2
         server.close()
 
     asyncio.run(main())
@@ -126,6 +146,11 @@ def test_whether_a_response_arrived_is_told_as_far_as_it_can_be_and_never_raises
         await until(lambda: shard_writer.get_extra_info("socket").fileno() == -1, 5,
                     "the shard's socket to close")
         assert not admission.responded(asyncio.StreamReader(), shard_writer, 1)
+
+        class Socketless:  # a transport that has no socket to ask (get_extra_info: None)
+            get_extra_info = staticmethod(lambda name: None)
+
+        assert not admission.responded(asyncio.StreamReader(), Socketless(), 1)
         writer.close()
         server.close()
 
@@ -165,7 +190,7 @@ def test_a_flood_from_a_few_addresses_leaves_room_for_another_address(monkeypatc
         server = PlaneServer(_echo)
         address = await server.start("127.0.0.1")
         flood = [asyncio.ensure_future(_flood(f"127.0.0.{2 + i}", address,
-                                              admission.PLANE_HANDSHAKES // 4))
+                                              admission.per_source()))
                  for i in range(4)]
         try:
             for _ in range(3):

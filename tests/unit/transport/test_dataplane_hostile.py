@@ -206,7 +206,7 @@ def test_a_handshake_whose_response_arrived_is_never_dropped_to_make_room(monkey
         writer.write(dataplane._RESPONSE.pack(magic, protocol, client_nonce, dataplane._proof(
             server.secret, b"client", shard_nonce, client_nonce)))
         await asyncio.sleep(0.2)  # past GRACE_S: only its response keeps it from going
-        flood = _connected("127.0.0.1", address, admission.PER_SOURCE + 16)  # past the cap
+        flood = _connected("127.0.0.1", address, admission.per_source() + 16)  # past the cap
         await asyncio.sleep(0.2)  # the shard took in the flood
         for waiting in server._greeting:
             waiting.transport.resume_reading()
