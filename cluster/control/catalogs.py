@@ -131,18 +131,20 @@ class Catalogs:
             log.warning("catalog %s is not prepared on %s; the control loop switches them",
                         version, named(failed))
         before = (self.catalog_text, self.previous_catalog, self.catalog_version,
-                  self.evidence, self.previous_evidence, set(self.lagging.catalog))
+                  self.evidence, self.previous_evidence, set(self.lagging.catalog), self.map)
         self.previous_catalog, self.catalog_text = self.catalog_text, text
         self.catalog_version = version
         self.previous_evidence, self.evidence = self.evidence, evidence
         self.lagging.catalog.update(shards)
-        # gateways learn it by long poll; kept if the save fails: a map version only grows
+        # gateways learn it by long poll (published after the commits); put back with the rest
+        # if the save fails, as no one was given it: a shard started later on it would
+        # answer MOVED to a version no client could ever get
         self.map = self.map.apply([], self.map.shards)
         try:
             await self._save()  # decided: from here on every shard ends on this version
         except BaseException as exc:
             (self.catalog_text, self.previous_catalog, self.catalog_version,
-             self.evidence, self.previous_evidence, self.lagging.catalog) = before
+             self.evidence, self.previous_evidence, self.lagging.catalog, self.map) = before
             if not isinstance(exc, Exception):
                 raise  # cancelled: the control loop puts the learner back
             await self._learner_told()
