@@ -292,7 +292,10 @@ class Durability:
                 # home that holds it (its keys came with it too)
                 if (damaged is not None and record.kind != "forget") or \
                         journaling.holds(record.customer_id, lsn):
-                    if record.kind == "merge":  # its drop of the link's claim is, all the same
+                    # a home that holds the merge holds the alias: its claim goes; a damaged
+                    # one may come back from a backup older than the merge, so the claim
+                    # stays for a forget to find
+                    if record.kind == "merge" and damaged is None:
                         kept.append((lsn, Unclaim(partition=record.partition, key=record.key,
                                                   customer_id=record.customer_id,
                                                   link=record.link)))

@@ -77,8 +77,9 @@ def restarted(s: Shard, tmp_path, clock: Clock) -> Shard:
 def test_a_customer_whose_home_is_damaged_is_forgotten_only_once_it_is_restored(
         compiled, tmp_path, snapshotted):
     """The aliases merged into a customer are kept in its home only (the link's claim is
-    dropped at its merge, also when the restart replays the merge, or reads a snapshot
-    written after it): a forget that cannot read the home answers UNAVAILABLE, naming it,
+    dropped at its merge, or when a restart reads a snapshot written after it; a replay
+    that skips the merge of a damaged home keeps the claim, as the home may come back from
+    an older backup): a forget that cannot read the home answers UNAVAILABLE, naming it,
     rather than leave the alias naming the forgotten id; restored from a backup, the home
     gives them up and the forget retires them."""
     s, clock = passivated(compiled, tmp_path, "ana", "bob")
@@ -93,7 +94,7 @@ def test_a_customer_whose_home_is_damaged_is_forgotten_only_once_it_is_restored(
     backup = home_file(tmp_path, "ana").read_bytes()
     damage(tmp_path, "ana")
     s = restarted(s, tmp_path, clock)
-    assert s.directory.claims(p_of("ana"), "ana") == []
+    assert s.directory.claims(p_of("ana"), "ana") == ([] if snapshotted else [key])
     replies, _ = s.process([forget("ana"), event("bob", "page_view", T0 + 1, category="home")])
     assert isinstance(replies[0], Unavailable) and replies[1].status == "ok"
     assert f"stored profile (partition {p_of('ana')}) is damaged" in replies[0].reason
@@ -163,3 +164,23 @@ def test_recovery_skips_the_records_of_a_customer_whose_home_is_damaged(compiled
     again.recover()  # serves: bob's record applied, ana's skipped
     assert again.process([profile("bob", clock.now)])[0][0].value["events_applied"] == 1
     assert isinstance(again.process([profile("ana", clock.now)])[0][0], Unavailable)
+
+
+def test_a_home_damaged_before_its_merge_was_snapshotted_keeps_the_claim_for_a_forget(
+        compiled, tmp_path):
+    """Recovery skips the merge of a damaged home; the operator may restore a backup older
+    than it, which lacks the alias, so the claim must stay for the forget to retire it."""
+    s, clock = passivated(compiled, tmp_path, "ana")
+    backup = home_file(tmp_path, "ana").read_bytes()  # the nightly backup, before the link
+    key = alias_key("email", "ana@example.com")
+    link = link_id(key, "ana")
+    s.process([Claim(partition=p_of("ana"), customer_id="ana", key=key, link=link),
+               Link(partition=p_of(key), key=key, customer_id="ana"),
+               take(anonymous_id(key), link, "ana"), merge("ana", link, key, None)])
+    s.passivate(clock.now + 10**7)
+    damage(tmp_path, "ana")
+    s = restarted(s, tmp_path, clock)
+    assert s.directory.claims(p_of("ana"), "ana") == [key]
+    home_file(tmp_path, "ana").write_bytes(backup)  # the operator restores the backup
+    [forgotten], _ = s.process([forget("ana")])
+    assert forgotten.existed and forgotten.aliases == [key]
