@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import http.server
-import shutil
 import threading
 import time
 from typing import Iterator
@@ -22,7 +21,6 @@ from kairos.cluster.gateway.auth import Auth
 from kairos.cluster.storage.redis_server import free_port
 from tests.unit.console.test_app import AGENT, KEYS, StandIn
 
-from playwright.sync_api import sync_playwright
 
 TABS = 6  # a browser's connections to one host over HTTP/1.1
 # a page that loads at all loads within this, on a busy 2-core CI machine too (a page held up
@@ -63,15 +61,6 @@ def other_site(console, tmp_path_factory) -> Iterator[str]:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://localhost:{server.server_address[1]}/crm.html"
     server.shutdown()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(
-            executable_path=shutil.which("chromium") or "/usr/bin/chromium")
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from kairos.cluster.cli.remote import Remote
 from kairos.cluster.storage.redis_server import free_port
 from kairos.v1 import decision_pb2 as pb
 
-from playwright.sync_api import TimeoutError as PlaywrightTimeout, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 SCREENSHOT_ENV = "CONSOLE_SCREENSHOT"
 KAIROS = str(Path(sys.executable).parent / "kairos")
@@ -76,15 +76,6 @@ def kairos(tmp_path_factory) -> Iterator[Kairos]:
                               timeout=120, stdin=subprocess.DEVNULL)
         shutil.rmtree(ray_temp, ignore_errors=True)
     assert down.returncode == 0, down.stderr
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(
-            executable_path=shutil.which("chromium") or "/usr/bin/chromium")
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -73,6 +73,15 @@ def restarted(s: Shard, tmp_path, clock: Clock) -> Shard:
     return again
 
 
+def linked(s: Shard, customer: str, key: str) -> str:
+    """`key` linked to `customer` through every step of the saga; the key."""
+    link = link_id(key, customer)
+    s.process([Claim(partition=p_of(customer), customer_id=customer, key=key, link=link),
+               Link(partition=p_of(key), key=key, customer_id=customer),
+               take(anonymous_id(key), link, customer), merge(customer, link, key, None)])
+    return key
+
+
 @pytest.mark.parametrize("snapshotted", [True, False])
 def test_a_customer_whose_home_is_damaged_is_forgotten_only_once_it_is_restored(
         compiled, tmp_path, snapshotted):
@@ -83,11 +92,7 @@ def test_a_customer_whose_home_is_damaged_is_forgotten_only_once_it_is_restored(
     rather than leave the alias naming the forgotten id; restored from a backup, the home
     gives them up and the forget retires them."""
     s, clock = passivated(compiled, tmp_path, "ana", "bob")
-    key = alias_key("email", "ana@example.com")
-    link = link_id(key, "ana")
-    s.process([Claim(partition=p_of("ana"), customer_id="ana", key=key, link=link),
-               Link(partition=p_of(key), key=key, customer_id="ana"),
-               take(anonymous_id(key), link, "ana"), merge("ana", link, key, None)])
+    key = linked(s, "ana", alias_key("email", "ana@example.com"))
     s.passivate(clock.now + 10**7)
     if snapshotted:
         s.snapshot()
@@ -172,11 +177,7 @@ def test_a_home_damaged_before_its_merge_was_snapshotted_keeps_the_claim_for_a_f
     than it, which lacks the alias, so the claim must stay for the forget to retire it."""
     s, clock = passivated(compiled, tmp_path, "ana")
     backup = home_file(tmp_path, "ana").read_bytes()  # the nightly backup, before the link
-    key = alias_key("email", "ana@example.com")
-    link = link_id(key, "ana")
-    s.process([Claim(partition=p_of("ana"), customer_id="ana", key=key, link=link),
-               Link(partition=p_of(key), key=key, customer_id="ana"),
-               take(anonymous_id(key), link, "ana"), merge("ana", link, key, None)])
+    key = linked(s, "ana", alias_key("email", "ana@example.com"))
     s.passivate(clock.now + 10**7)
     damage(tmp_path, "ana")
     s = restarted(s, tmp_path, clock)

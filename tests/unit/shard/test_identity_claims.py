@@ -8,13 +8,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from kairos.cluster.identity import Directory, alias_key, anonymous_id, link_id
+from kairos.cluster.identity import Directory, anonymous_id, link_id
 from kairos.cluster.protocol import Claim, Forgotten, Link, Ok
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage.memory_store import MemoryStore
 from kairos.cluster.transport.client import Conflict, KairosClient
 from tests.support.local_backend import LocalBackend
-from tests.unit.shard.test_identity_conflicts import holding
+from tests.unit.shard.test_identity_conflicts import claimed_by_l, holding
 from tests.unit.shard.test_shard import (N_PARTITIONS, T0, Clock, decide, event, forget,
                                          link_steps, merge, outcome, p_of, shard, take)
 
@@ -77,12 +77,7 @@ def test_a_link_that_lost_its_alias_leaves_a_later_visitor_of_it_whole_when_forg
         await backend.start_runtime(3, n_partitions=16)
         client = await KairosClient(backend).connect()
         try:
-            key = alias_key("cookie", "raced")
-            anon = anonymous_id(key)
-            await client.ingest("W", "app_open", T0)
-            await client.ingest(anon, "page_view", T0, {"category": "home"})
-            loser = client.link_steps(key, "L")
-            await loser.__anext__()  # L's Claim
+            key, anon, loser = await claimed_by_l(client)
             await client.link("cookie", "raced", "W")
             try:
                 await loser.__anext__()

@@ -65,6 +65,18 @@ def test_forgetting_a_customer_whose_link_was_refused_erases_nothing_of_the_winn
     asyncio.run(asyncio.wait_for(scenario(), 30))
 
 
+async def claimed_by_l(client: KairosClient):
+    """W and ~x (x: cookie "raced") have a profile each, and L's link of x has made its
+    Claim: x's key, ~x, and L's link steps to go on with."""
+    key = alias_key("cookie", "raced")
+    anon = anonymous_id(key)
+    await client.ingest("W", "app_open", T0)
+    await client.ingest(anon, "page_view", T0, {"category": "home"})
+    loser = client.link_steps(key, "L")
+    await loser.__anext__()  # L's Claim
+    return key, anon, loser
+
+
 @pytest.mark.parametrize("taken", [False, True])
 def test_a_link_that_lost_a_race_for_its_alias_leaves_the_winner_whole_when_forgotten(taken):
     """L claims x first, then W claims and links it, then L's step 1 is refused: L's claim of
@@ -77,12 +89,7 @@ def test_a_link_that_lost_a_race_for_its_alias_leaves_the_winner_whole_when_forg
         await backend.start_runtime(3, n_partitions=16)
         client = await KairosClient(backend).connect()
         try:
-            key = alias_key("cookie", "raced")
-            anon = anonymous_id(key)
-            await client.ingest("W", "app_open", T0)
-            await client.ingest(anon, "page_view", T0, {"category": "home"})
-            loser = client.link_steps(key, "L")
-            await loser.__anext__()  # L's Claim
+            key, anon, loser = await claimed_by_l(client)
             w = client.link_steps(key, "W")
             for _ in range(3 if taken else 2):  # Claim, Link (and Take)
                 await w.__anext__()
