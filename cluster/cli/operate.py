@@ -21,6 +21,9 @@ def status(args: argparse.Namespace) -> int:
           f"model version {st.model_version}")
     if st.catalog_evidence:
         print(f"catalog evidence: {st.catalog_evidence}")
+    if st.previous_catalog_version:
+        print(f"a rollback goes back to catalog {st.previous_catalog_version} "
+              f"(kairos catalog rollback --to {st.previous_catalog_version})")
     print(f"{len(st.nodes)} node(s):")
     for n in st.node_status:
         if n.draining:

@@ -83,7 +83,13 @@ class Catalogs:
     async def get_catalog(self) -> dict[str, Any]:
         return {"version": self.catalog_version, "text": self.catalog_text,
                 "has_previous": self.previous_catalog is not None,
+                "previous_version": await self.previous_version(),
                 "evidence": self.evidence.get("json", "")}
+
+    async def previous_version(self) -> str:
+        """The version a rollback goes back to ("": none), for an operator's `--to`."""
+        previous = self.previous_catalog
+        return "" if previous is None else await _version(previous)
 
     async def rollback_catalog(self, to_version: str | None = None) -> str:
         """Switch back to the previous catalog; its version. With `to_version`: nothing to

@@ -18,6 +18,7 @@ async def cluster_status(controller: Any) -> dict[str, Any]:
     return {"map_version": controller.map.version, "partitions": controller.n_partitions,
             "catalog_version": controller.catalog_version, "nodes": controller.backend.nodes(),
             "catalog_evidence": controller.evidence.get("summary", ""),
+            "previous_catalog_version": await controller.previous_version(),
             "shards": shards, "learner": learner, "unsettled_moves": len(controller.moving),
             "resident": sum(s.get("resident", 0) for s in shards),
             "node_status": controller.nodes.describe(shards)}

@@ -69,7 +69,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def GetCatalog(self, request, context) -> admin_pb2.CatalogText:
         catalog = await _answer(context, self.backend.controller().get_catalog())
         return admin_pb2.CatalogText(yaml=catalog["text"], version=catalog["version"],
-                                     evidence_json=catalog.get("evidence", ""))
+                                     evidence_json=catalog.get("evidence", ""),
+                                     previous_version=catalog.get("previous_version", ""))
 
     async def GetClusterStatus(self, request, context) -> admin_pb2.ClusterStatus:
         st = await _answer(context, self.backend.controller().status())
@@ -78,6 +79,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             catalog_version=st["catalog_version"], resident=st["resident"],
             model_version=st["learner"].get("model_version", 0),
             catalog_evidence=st.get("catalog_evidence", ""),
+            previous_catalog_version=st.get("previous_catalog_version", ""),
             shards=[admin_pb2.ShardStatus(
                 name=s["shard"], node=s.get("node") or "", partitions=s["partitions"],
                 resident=s.get("resident", 0), passivated=s.get("passivated", 0),

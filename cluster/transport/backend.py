@@ -182,7 +182,7 @@ class ControllerControl(Protocol):
         previous catalog is another version."""
 
     async def get_catalog(self) -> dict[str, Any]:
-        """{version, text, has_previous, evidence}."""
+        """{version, text, has_previous, previous_version, evidence}."""
 
     async def watch_channel(self, sink: str, channel: str, placement: str | None,
                             active: bool = True) -> None:

@@ -212,3 +212,18 @@ def test_the_learner_and_the_shards_compile_a_catalog_off_their_event_loops(comp
                       fresh(default_catalog_text(), "shard"))
         assert len(compiles) == 2 and threading.get_ident() not in compiles
     asyncio.run(main())
+
+
+def test_the_version_a_rollback_goes_back_to_is_shown(tmp_path):
+    """An operator's `kairos catalog rollback --to VERSION` needs the version: GetCatalog and
+    the cluster status name it."""
+    async def main():
+        backend, controller = await started(str(tmp_path), 2)
+        v1 = controller.catalog_version
+        assert (await controller.get_catalog())["previous_version"] == ""
+        v2 = await controller.put_catalog(catalog_v2(controller))
+        assert (await controller.get_catalog())["previous_version"] == v1
+        assert (await controller.status())["previous_catalog_version"] == v1
+        await controller.rollback_catalog(to_version=v1)
+        assert (await controller.get_catalog())["previous_version"] == v2
+    asyncio.run(main())

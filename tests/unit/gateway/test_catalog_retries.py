@@ -29,6 +29,11 @@ def test_a_rollback_retried_with_its_version_answers_it_and_switches_nothing(tmp
         good, v2 = controller.catalog_version, catalog_v2(controller)
         bad = await controller.put_catalog(v2)
         service, to_good = admin(controller), admin_pb2.RollbackCatalogRequest(to_version=good)
+        # what the operator names: GetCatalog and the status say it
+        shown = await service.GetCatalog(admin_pb2.GetCatalogRequest(), Context(None))
+        assert shown.version == bad and shown.previous_version == good
+        status = await service.GetClusterStatus(admin_pb2.ClusterStatusRequest(), Context(None))
+        assert status.previous_catalog_version == good
         for _ in range(2):  # the first answer lost at the caller's deadline: sent again
             info = await service.RollbackCatalog(to_good, Context(None))
             assert info.version == good and versions(backend) == {good}
