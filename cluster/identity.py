@@ -60,6 +60,9 @@ UNSETTLED_PER_PARTITION = 16384
 # Claim and Merge leaves one behind; past this many in a partition, the oldest's claims are
 # dropped and logged as an error (a forget of it then learns those aliases only from its block)
 CLAIMED_PER_PARTITION = 16384
+# ...and claims per customer: links cancelled by their callers' deadlines between Claim and
+# Merge, again and again, leave one each; past this many, its oldest is dropped (and logged)
+CLAIMS_PER_CUSTOMER = 64
 # What Retire answers for an alias that names a customer other than the one forgotten
 NAMES_ANOTHER = "names another"
 
@@ -131,6 +134,11 @@ class Directory:
         keys = mine[customer_id] = mine.pop(customer_id, [])
         if key not in keys:
             keys.append(key)
+        if len(keys) > CLAIMS_PER_CUSTOMER:
+            keys.pop(0)
+            log.error("customer %s holds over %d aliases claimed by links never merged: the "
+                      "oldest claim is dropped, and a forget of it no longer retires that "
+                      "alias", fingerprint(customer_id, self.secret), CLAIMS_PER_CUSTOMER)
         if len(mine) > CLAIMED_PER_PARTITION:
             gone = next(iter(mine))
             del mine[gone]

@@ -66,6 +66,19 @@ def test_claims_of_links_that_never_merged_are_bounded(monkeypatch, caplog):
     assert "links claimed and never merged" in caplog.text and "cust-2" not in caplog.text
 
 
+def test_one_customers_claims_of_links_that_never_merged_are_bounded(monkeypatch, caplog):
+    """Links cancelled again and again between Claim and Merge leave a claim each: past the
+    bound, the customer's oldest goes, logged without its id."""
+    monkeypatch.setattr("kairos.cluster.identity.CLAIMS_PER_CUSTOMER", 3)
+    d = Directory(b"k" * 32)
+    with caplog.at_level(logging.ERROR, logger="kairos.shard"):
+        for n in range(5):
+            d.claim(0, "cust-many", f"cookie:c{n}")
+    assert d.claims(0, "cust-many") == ["cookie:c2", "cookie:c3", "cookie:c4"]
+    assert "aliases claimed by links never merged" in caplog.text
+    assert "cust-many" not in caplog.text
+
+
 def test_a_link_that_lost_its_alias_leaves_a_later_visitor_of_it_whole_when_forgotten():
     """L claims x, W links x, L's step 1 is refused: L's claim goes. W is forgotten (x is
     anonymous again) and a new visitor uses x: forgetting L erases nothing of that visitor.
