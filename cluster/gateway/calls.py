@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 import time
 from typing import Any, Awaitable, Callable, TypeVar
 
@@ -29,13 +30,25 @@ from kairos.cluster.gateway.requests import Who
 from kairos.cluster.gateway.streams import Watches
 from kairos.cluster.settings import (DEADLINE_MARGIN_S, DEADLINE_MARGIN_SHARE, DEFAULT_DEADLINE_S,
                                      GATEWAY_INFLIGHT_LIMIT)
-from kairos.cluster.transport.backend import Backend, Unavailable
-from kairos.cluster.transport.client import Busy, Conflict, KairosClient
+from kairos.cluster.transport.backend import Backend, NotCarried, NotSent, Unavailable
+from kairos.cluster.transport.client import Busy, Conflict, KairosClient, ShardUnavailable
 
 MAX_DETAILS = 1024  # characters of a status message
 CATALOG_RECHECK_S = 1.0  # the most often refused requests have the controller asked
 ENDPOINTS_REFRESH_S = 1.0  # the most often GetRoutes asks the controller for the endpoints
 SHEDDER_RESTART_S = 5.0  # after the load shedder failed, until it starts again
+UNAVAILABLE_LOG_S = 10.0  # the most often the detail behind an UNAVAILABLE answer is logged
+# What a caller is told for each kind of Unavailable, and whether it may have been applied;
+# the detail (shard names, sockets, internal errors) is for the gateway's log only.
+NOT_SENT = "the request did not reach the customer's shard and was not applied: retry"
+NOT_CARRIED = ("the request cannot be sent to the customer's shard (a value or size the data "
+               "plane does not carry) and was not applied")
+SHARD_FAILED = ("the customer's shard failed the request; it may have been applied: retry "
+                "with the same idempotency key")
+NO_ANSWER = ("the customer's shard did not answer; the request may have been applied: retry "
+             "with the same idempotency key")
+# the shard's one refusal meant for callers (README, Corruption), without the damage's detail
+DAMAGED = re.compile(r"this customer's stored profile \(partition \d+\) is damaged")
 T = TypeVar("T")
 log = logging.getLogger("kairos.gateway")
 
@@ -238,8 +251,39 @@ async def abort(context, exc: BaseException) -> None:
     code = _code_of(exc)
     if code is None:
         raise exc
-    await fail(context, code, "the customer's shard did not answer in time"
-               if isinstance(exc, TimeoutError) and not str(exc) else str(exc))
+    if isinstance(exc, Unavailable):
+        details = _unavailable(exc)
+    elif isinstance(exc, TimeoutError) and not str(exc):
+        details = "the customer's shard did not answer in time"
+    else:
+        details = str(exc)
+    await fail(context, code, details)
+
+
+_logged_at = -math.inf  # when the detail of an UNAVAILABLE answer was last logged
+_unlogged = 0  # UNAVAILABLE answers since, their detail not logged
+
+
+def _unavailable(exc: Unavailable) -> str:
+    """What a caller is told of `exc`: whether its request may have been applied, not the
+    transport's or the shard's detail, which is logged here (at most once an
+    UNAVAILABLE_LOG_S: a shard that is down fails every call routed to it)."""
+    global _logged_at, _unlogged
+    now = time.monotonic()
+    if now - _logged_at < UNAVAILABLE_LOG_S:
+        _unlogged += 1
+    else:
+        log.warning("a call ended UNAVAILABLE (%d more since the last logged, not logged): "
+                    "%s: %s", _unlogged, type(exc).__name__, exc)
+        _logged_at, _unlogged = now, 0
+    if isinstance(exc, NotCarried):
+        return NOT_CARRIED
+    if isinstance(exc, NotSent):
+        return NOT_SENT
+    if isinstance(exc, ShardUnavailable):
+        damaged = DAMAGED.match(str(exc))
+        return SHARD_FAILED if damaged is None else damaged.group(0)
+    return NO_ANSWER
 
 
 async def fail(context, code: grpc.StatusCode, details: str) -> None:

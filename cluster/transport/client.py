@@ -58,6 +58,20 @@ class _Undelivered(NamedTuple):
     reason: str
 
 
+class _Failed(NamedTuple):
+    """The client's own reply for a request it gave up on: `settle` raises `kind(reason)`, so
+    the gateway knows from the class whether it may have been applied (NotSent: never)."""
+
+    kind: type[Unavailable]
+    reason: str
+
+
+class ShardUnavailable(Unavailable):
+    """The shard answered, but failed the request: its own UNAVAILABLE reply (recovering from
+    the store, its journal or a round failed, the customer's home is damaged), or an error
+    its data plane answered for the batch."""
+
+
 class Busy(Exception):
     """The owning shard's queue is full: back off (gRPC RESOURCE_EXHAUSTED)."""
 
@@ -299,8 +313,10 @@ class KairosClient(IdentitySagas):
         if isinstance(reply, protocol.Busy):
             raise Busy(reply.reason or f"the shard of {route_key(request)!r} is at its queue "
                                        f"limit")
+        if isinstance(reply, _Failed):
+            raise reply.kind(reply.reason)
         if isinstance(reply, protocol.Unavailable):
-            raise Unavailable(reply.reason)
+            raise ShardUnavailable(reply.reason)
         raise Unavailable(f"unexpected reply {reply!r}")  # MOVED never reaches here
 
     def _send(self, lane: _Lane, item: _Item) -> None:
@@ -344,7 +360,7 @@ class KairosClient(IdentitySagas):
             return batch
         for item in batch:
             if item.future.done():
-                self._answered(item, protocol.Unavailable(reason="no longer awaited"))
+                self._answered(item, _Failed(NotSent, "no longer awaited"))
         return [item for item in batch if not item.future.done()]
 
     async def _call_shard(self, link: _ShardLink, session: str, seq: int,
@@ -377,7 +393,8 @@ class KairosClient(IdentitySagas):
                                                 await self._skip(link.name, session, seq)):
                 link.session, link.seq = uuid.uuid4().hex, 0
             reply = (_Undelivered(str(exc)) if isinstance(exc, NotSent)
-                     else protocol.Unavailable(reason=str(exc)))
+                     else _Failed(type(exc) if isinstance(exc, Unavailable) else Unavailable,
+                                  str(exc)))
             replies = [reply] * len(batch)
         finally:
             link.calls -= 1
@@ -433,7 +450,7 @@ class KairosClient(IdentitySagas):
         if item.future.done():  # its caller gave up: nothing to send again or to answer
             return
         if failed:
-            item.future.set_result(protocol.Unavailable(reason=failed))
+            item.future.set_result(_Failed(NotSent, failed))  # no shard took it: not applied
             return
         lane.moved.append(item)
         self._hold(item)

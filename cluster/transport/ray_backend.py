@@ -40,6 +40,7 @@ from kairos.cluster.settings import (ADMIN_CALL_S, CONTROL_CALL_S, CONTROLLER_NA
 from kairos.cluster.transport.backend import (ChannelWatch, ControllerControl, GatewayControl,
                                               LearnerControl, NotCarried, NotSent, ShardControl,
                                               Unavailable, WatchSink)
+from kairos.cluster.transport.client import ShardUnavailable
 from kairos.cluster.transport.dataplane import PlaneConnection, ShardFailed
 
 if TYPE_CHECKING:
@@ -196,7 +197,7 @@ class RayBackend:
         try:
             raw = await connection.call(session, seq, requests, routed)
         except ShardFailed as exc:  # that call only: the connection is fine
-            raise Unavailable(f"{name}: {exc}") from exc
+            raise ShardUnavailable(f"{name}: {exc}") from exc
         except (TypeError, OverflowError) as exc:  # a value msgpack cannot carry: nothing sent
             raise NotCarried(f"{name}: the batch cannot be sent: {exc}") from exc
         except Exception as exc:  # closed, refused, timed out, or the shard is gone

@@ -12,12 +12,11 @@ import msgpack
 import numpy as np
 import pytest
 
-from kairos.cluster import protocol
 from kairos.cluster.protocol import (MOVED, OK, Event, EventAck, Moved, ReadProfile,
                                      request_from)
 from kairos.cluster.settings import CLIENT_BATCH_LIMIT
 from kairos.cluster.transport import dataplane
-from kairos.cluster.transport.backend import NotSent, Unavailable
+from kairos.cluster.transport.backend import NotCarried, NotSent, Unavailable
 from kairos.cluster.transport.client import KairosClient
 from kairos.cluster.transport.dataplane import (PlaneClosed, PlaneConnection, PlaneServer,
                                                 ShardFailed)
@@ -308,14 +307,19 @@ def test_a_batch_the_plane_cannot_carry_fails_alone_and_leaves_its_session_no_ga
         backend.controller = lambda: controller
         client = await KairosClient(backend).connect()
         await client.ingest("warm", "app_open", 1.0)  # the shard knows the session
-        unpackable = client.enqueue(Event(partition=0, customer_id="big", event_type="e",
-                                          time=1.0, attributes={"n": 2 ** 70}))
-        others = [client.enqueue(Event(partition=0, customer_id=f"c{i}", event_type="e",
-                                       time=1.0)) for i in range(1, 1100)]
+        events = [Event(partition=0, customer_id="big", event_type="e", time=1.0,
+                        attributes={"n": 2 ** 70})] + [
+            Event(partition=0, customer_id=f"c{i}", event_type="e", time=1.0)
+            for i in range(1, 1100)]
         async with asyncio.timeout(5):
-            replies = await asyncio.gather(unpackable, *others)
-        refused = [r for r in replies if isinstance(r, protocol.Unavailable)]
-        assert refused and all("cannot be sent" in r.reason for r in refused)
+            replies = await asyncio.gather(*(client.enqueue(e) for e in events))
+        refused = []
+        for event, reply in zip(events, replies):
+            try:
+                await client.settle(event, reply)
+            except NotCarried as exc:
+                refused.append(exc)
+        assert refused and all("cannot be sent" in str(exc) for exc in refused)
         assert len(refused) <= CLIENT_BATCH_LIMIT  # its batch, and no other
         await client.close()
         server.close()

@@ -201,7 +201,8 @@ def test_a_request_its_caller_gave_up_on_while_it_could_not_be_sent_blocks_nothi
         await asyncio.sleep(0.15)  # the last round in flight
         gone.cancel()  # its caller's deadline passed
         reply = await asyncio.wait_for(waiting, 5)  # answered: the shard stays out of reach
-        assert isinstance(reply, protocol.Unavailable)
+        with pytest.raises(NotSent):  # never sent: not applied
+            await client.settle(app_open(T0 + 1), reply)
         backend.unreachable.clear()
         assert await asyncio.wait_for(client.ingest("ana", "app_open", T0 + 2), 5) >= 1
         await client.close()
