@@ -30,7 +30,7 @@ from kairos.cluster.gateway.auth import (Denied, check_channel, require_scope,
 from kairos.cluster.gateway.calls import Gateway, abort
 from kairos.cluster.gateway.streams import Watch
 from kairos.cluster.settings import STREAM_WINDOW
-from kairos.cluster.transport.backend import Unavailable
+from kairos.cluster.transport.backend import NotSent
 from kairos.cluster.transport.client import Busy
 
 # an event's decide_placement asks for a decision: an ingest-only key got them through it
@@ -97,7 +97,7 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
 
         async def apply(customer_id: str) -> protocol.EventAck:
             if after is not None and not await asyncio.shield(after):  # shield: one waiter
-                raise Unavailable("not sent: an event before it in the stream was not")
+                raise NotSent("not sent: an event before it in the stream was not")
             routed = request._replace(customer_id=customer_id)
             reply = self.client.enqueue(routed)
             if sent is not None:
