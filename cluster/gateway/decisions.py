@@ -30,7 +30,7 @@ from kairos.cluster.gateway.auth import (Denied, check_channel, require_scope,
 from kairos.cluster.gateway.calls import Gateway, abort
 from kairos.cluster.gateway.streams import Watch
 from kairos.cluster.settings import STREAM_WINDOW
-from kairos.cluster.transport.backend import NotSent
+from kairos.cluster.transport.backend import NotCarried, NotSent, Unavailable
 from kairos.cluster.transport.client import Busy
 
 # an event's decide_placement asks for a decision: an ingest-only key got them through it
@@ -136,7 +136,7 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
             while not pending.empty():
                 self._drop(pending.get_nowait())
         if failure is not None:
-            await abort(context, failure)
+            await abort(context, _of_many(failure))
 
     async def _read(self, request_iterator, context, catalog: CompiledCatalog,
                     pending: asyncio.Queue) -> None:
@@ -243,7 +243,7 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
             failure = exc
         finally:  # also when the call is cancelled: the caller went away, or its deadline passed
             self.gateway.inflight -= len(checked)
-        await abort(context, failure)
+        await abort(context, _of_many(failure) if len(checked) > 1 else failure)
 
     async def _resolved(self, checked: list[tuple[requests.Who, protocol.Event]]
                         ) -> list[protocol.Event]:
@@ -356,3 +356,12 @@ def _ack_out(event: pb.Event, ack: protocol.EventAck) -> pb.IngestAck:
     if ack.decision is not None:
         out.decision.CopyFrom(wire.decision_out(ack.decision))
     return out
+
+
+def _of_many(failure: Exception) -> Exception:
+    """The failure of one event that ends a call of several (a batch, a stream): the events
+    around it may have been applied, so one that was not sent (NotSent, NotCarried) does not
+    make the call "not applied"; the caller is told it may have been."""
+    if isinstance(failure, (NotSent, NotCarried)):
+        return Unavailable(str(failure))
+    return failure

@@ -98,3 +98,43 @@ def test_the_detail_is_logged_at_most_once_a_while(caplog):
         for n in range(3):
             asyncio.run(_aborted(Unavailable(f"kairos-shard-000{n}: gone")))
     assert "kairos-shard-0000" in caplog.text and "kairos-shard-0001" not in caplog.text
+
+
+def test_a_batch_whose_one_event_was_not_sent_is_not_said_to_be_unapplied(monkeypatch):
+    """IngestBatch ends with its first failing event's status; the events before it were
+    applied (and those after it may be): an event not sent must not make the whole call "not
+    applied", or a caller retrying without keys applies the others twice."""
+    from kairos.cluster import protocol
+    from kairos.cluster.transport import client as client_module
+    from kairos.v1 import decision_pb2 as pb
+    from tests.support.inprocess_gateway import serving
+    from tests.support.local_backend import LocalBackend
+
+    for name, value in (("MAX_REDIRECTS", 1), ("CLIENT_REROUTES", 1),
+                        ("CLIENT_REROUTE_S", 0.05), ("LONG_POLL_S", 0.02)):
+        monkeypatch.setattr(client_module, name, value)
+    applied = []
+
+    class BobMoves(LocalBackend):
+        """Applies every event but bob's, whose partition is never its shard's."""
+
+        async def send(self, name, session, seq, requests, routed):
+            kept = [i for i, r in enumerate(requests) if getattr(r, "customer_id", "") != "bob"]
+            replies = [protocol.Moved(map_version=protocol.NOT_MINE)] * len(requests)
+            answered = await super().send(name, session, seq, [requests[i] for i in kept],
+                                          [routed[i] for i in kept])
+            for i, reply in zip(kept, answered):
+                replies[i] = reply
+            applied.extend(requests[i].customer_id for i in kept)
+            return replies
+
+    with serving(backend=BobMoves()) as (_, channel):
+        call = channel.unary_unary("/kairos.v1.DecisionService/IngestBatch",
+                                   request_serializer=pb.EventBatch.SerializeToString,
+                                   response_deserializer=pb.EventBatchAck.FromString)
+        with pytest.raises(grpc.RpcError) as failed:
+            call(pb.EventBatch(events=[pb.Event(customer_id=c, type="app_open", channel="web")
+                                       for c in ("ana", "bob", "cy")]), timeout=20)
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "ana" in applied and failed.value.details() != calls.NOT_SENT
+    assert "may have been applied" in failed.value.details()
