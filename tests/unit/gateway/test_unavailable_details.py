@@ -14,7 +14,7 @@ from kairos.cluster.gateway import calls
 from kairos.cluster.protocol import Event
 from kairos.cluster.transport.backend import NotCarried, NotSent, Unavailable
 from kairos.cluster.transport.client import ShardUnavailable
-from kairos.cluster.transport.dataplane import PlaneConnection, PlaneServer
+from kairos.cluster.transport.dataplane import PlaneServer
 
 INTERNAL = "OSError: [Errno 28] No space left on device: '/var/lib/kairos/journals/s0'"
 LEAKS = ("kairos-shard-0003", "Errno", "OSError", "/var/lib", "StoreCorrupt")
@@ -62,20 +62,14 @@ def test_the_caller_is_told_what_happened_and_the_log_has_the_detail(exc, told, 
 def test_a_shards_internal_error_over_the_data_plane_reaches_only_the_log(caplog):
     """The error frame of a shard whose handler raised names the exception's class and
     message; through RayBackend the call ends UNAVAILABLE saying the shard failed it."""
-    from kairos.cluster.transport.ray_backend import RayBackend
+    from tests.unit.transport.test_dataplane import _backend_on
 
     async def handle(session, seq, requests, routed):
         raise OSError(28, "No space left on device", "/var/lib/kairos/journals/s0")
 
     async def main() -> Aborted:
         server = PlaneServer(handle)
-        address = await server.start("127.0.0.1")
-        backend = RayBackend()
-
-        async def connect(name):
-            return await PlaneConnection.open(*address, server.secret)
-
-        backend._connect = connect
+        backend = _backend_on(server, await server.start("127.0.0.1"))
         try:
             with pytest.raises(Unavailable) as failed:
                 await backend.send("kairos-shard-0003", "a", 0,

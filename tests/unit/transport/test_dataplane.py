@@ -41,6 +41,27 @@ async def _served(handle=_echo) -> tuple[PlaneServer, tuple[str, int]]:
     return server, await server.start("127.0.0.1")
 
 
+def _backend_on(server: PlaneServer, address: tuple[str, int]):
+    """A RayBackend whose every shard is `server` at `address` (its connect replaced: no
+    Ray)."""
+    from kairos.cluster.transport.ray_backend import RayBackend
+    backend = RayBackend()
+
+    async def connect(name):
+        return await PlaneConnection.open(*address, server.secret)
+
+    backend._connect = connect
+    return backend
+
+
+def _sequenced(sequencer):
+    """A shard's handler that takes each batch in its session's turn and echoes it."""
+    async def handle(session, seq, requests, routed):
+        await sequencer.turn(session, seq)
+        return list(requests)
+    return handle
+
+
 def test_frames_carry_requests_and_decisions_and_overlapping_calls_get_their_own_answers():
     async def main():
         server, (host, port) = await _served()
@@ -286,7 +307,6 @@ def test_a_batch_the_plane_cannot_carry_fails_alone_and_leaves_its_session_no_ga
     numbered after it were answered only after PLANE_CALL_S (30 s), and then failed, as the
     shard's sequencer waited for the missing number: an empty batch takes it now."""
     from kairos.cluster.shard.sequencer import Sequencer
-    from kairos.cluster.transport.ray_backend import RayBackend
     sequencer = Sequencer()
 
     async def handle(session, seq, requests, routed):
@@ -295,14 +315,8 @@ def test_a_batch_the_plane_cannot_carry_fails_alone_and_leaves_its_session_no_ga
         return [(OK, seq, False, None)] * len(requests)
 
     async def main():
-        server = PlaneServer(handle)
-        address = await server.start("127.0.0.1")
-        backend = RayBackend()
-
-        async def connect(name):
-            return await PlaneConnection.open(*address, server.secret)
-
-        backend._connect = connect
+        server, address = await _served(handle)
+        backend = _backend_on(server, address)
         controller = _OneShardMap()
         backend.controller = lambda: controller
         client = await KairosClient(backend).connect()
@@ -337,12 +351,8 @@ def test_a_gapped_call_gets_the_shards_error_and_leaves_the_connection_open(monk
     monkeypatch.setattr(sequencing, "PLANE_CALL_S", 1.2)
     sequencer = sequencing.Sequencer(start_s=0.05)
 
-    async def handle(session, seq, requests, routed):
-        await sequencer.turn(session, seq)
-        return list(requests)
-
     async def main():
-        server, address = await _served(handle)
+        server, address = await _served(_sequenced(sequencer))
         connection = await PlaneConnection.open(*address, server.secret)
         assert await connection.call("s", 0, ["a"], [1]) == ("a",)
         with pytest.raises(ShardFailed, match="did not come in time"):
@@ -361,12 +371,8 @@ def test_a_batch_out_of_turn_is_logged_as_a_warning_without_a_traceback(caplog):
     from kairos.cluster.shard.sequencer import Sequencer
     sequencer = Sequencer(start_s=0.05)
 
-    async def handle(session, seq, requests, routed):
-        await sequencer.turn(session, seq)
-        return list(requests)
-
     async def main():
-        server, address = await _served(handle)
+        server, address = await _served(_sequenced(sequencer))
         connection = await PlaneConnection.open(*address, server.secret)
         await connection.call("s", 0, ["a"], [1])
         for _ in range(3):

@@ -25,7 +25,7 @@ from kairos.cluster.transport import admission, dataplane
 from kairos.cluster.transport.dataplane import PlaneClosed, PlaneConnection, PlaneServer
 
 from tests.support.waiting import until
-from tests.unit.transport.test_dataplane import one_quiet_warning
+from tests.unit.transport.test_dataplane import _sequenced, one_quiet_warning
 
 RSS_GROWTH_LIMIT = 50 << 20
 
@@ -241,12 +241,8 @@ def test_session_names_too_long_are_refused_as_their_senders_doing_warned_of_onc
     from kairos.cluster.shard.sequencer import MAX_SESSION_LENGTH, Sequencer
     sequencer = Sequencer(start_s=0.05)
 
-    async def handle(session, seq, requests, routed):
-        await sequencer.turn(session, seq)
-        return list(requests)
-
     async def main():
-        server = PlaneServer(handle)
+        server = PlaneServer(_sequenced(sequencer))
         connection = await PlaneConnection.open(*await server.start("127.0.0.1"),
                                                 server.secret)
         for _ in range(3):
