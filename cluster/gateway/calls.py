@@ -30,6 +30,7 @@ from kairos.cluster.gateway.requests import Who
 from kairos.cluster.gateway.streams import Watches
 from kairos.cluster.settings import (DEADLINE_MARGIN_S, DEADLINE_MARGIN_SHARE, DEFAULT_DEADLINE_S,
                                      GATEWAY_INFLIGHT_LIMIT)
+from kairos.cluster.throttled import ThrottledWarning
 from kairos.cluster.transport.backend import Backend, NotCarried, NotSent, Unavailable
 from kairos.cluster.transport.client import Busy, Conflict, KairosClient, ShardUnavailable
 
@@ -260,22 +261,15 @@ async def abort(context, exc: BaseException) -> None:
     await fail(context, code, details)
 
 
-_logged_at = -math.inf  # when the detail of an UNAVAILABLE answer was last logged
-_unlogged = 0  # UNAVAILABLE answers since, their detail not logged
+# a shard that is down fails every call routed to it
+_UNAVAILABLE_DETAIL = ThrottledWarning(log, UNAVAILABLE_LOG_S)
 
 
 def _unavailable(exc: Unavailable) -> str:
     """What a caller is told of `exc`: whether its request may have been applied, not the
     transport's or the shard's detail, which is logged here (at most once an
-    UNAVAILABLE_LOG_S: a shard that is down fails every call routed to it)."""
-    global _logged_at, _unlogged
-    now = time.monotonic()
-    if now - _logged_at < UNAVAILABLE_LOG_S:
-        _unlogged += 1
-    else:
-        log.warning("a call ended UNAVAILABLE (%d more since the last logged, not logged): "
-                    "%s: %s", _unlogged, type(exc).__name__, exc)
-        _logged_at, _unlogged = now, 0
+    UNAVAILABLE_LOG_S)."""
+    _UNAVAILABLE_DETAIL.warn("a call ended UNAVAILABLE: %s: %s", type(exc).__name__, exc)
     if isinstance(exc, NotCarried):
         return NOT_CARRIED
     if isinstance(exc, NotSent):

@@ -44,7 +44,6 @@ import logging
 import secrets
 import socket
 import struct
-import time
 from dataclasses import fields
 from typing import Any, Awaitable, Callable
 
@@ -56,6 +55,7 @@ from kairos.core.decision import Decision, Dropped, Explanation, RankedAction
 from kairos.cluster.settings import (PLANE_CALL_S, PLANE_CONNECTIONS, PLANE_CONTAINER_LEN,
                                      PLANE_FRAME_BYTES, PLANE_INFLIGHT_CALLS)
 from kairos.cluster.shard.sequencer import NotTaken
+from kairos.cluster.throttled import ThrottledWarning
 from kairos.cluster.transport.admission import Handshakes
 from kairos.cluster.transport.backend import NotSent
 
@@ -233,8 +233,7 @@ class PlaneServer:
         # connections waiting for their handshake, and those being served
         self._greeting = Handshakes(_RESPONSE.size)
         self._serving: set[asyncio.StreamWriter] = set()
-        self._warned_at = -REFUSED_LOG_S  # when it last warned of a batch it refused
-        self._unwarned = 0  # batches refused since, not warned of
+        self._refusals = ThrottledWarning(log, REFUSED_LOG_S)
 
     async def start(self, host: str) -> tuple[str, int]:
         """Listen (once, however many ask at the same time); the address."""
@@ -316,7 +315,7 @@ class PlaneServer:
                                     f"PLANE_FRAME_BYTES ({PLANE_FRAME_BYTES})")
         except Exception as exc:  # the caller learns it at once
             if isinstance(exc, NotTaken):  # its sender's doing
-                self._refused(exc)
+                self._refusals.warn("refused a data plane call: %s", exc)
             else:  # a bug, not bad input
                 log.exception("answering a data plane call failed")
             frame = _pack([call, None, f"{exc.__class__.__name__}: {exc}"])
@@ -334,14 +333,6 @@ class PlaneServer:
             pass  # the connection went: its reader ends it
         finally:
             slots.release()
-
-    def _refused(self, exc: NotTaken) -> None:
-        if time.monotonic() - self._warned_at < REFUSED_LOG_S:
-            self._unwarned += 1
-            return
-        log.warning("refused a data plane call (and %d since the last such warning): %s",
-                    self._unwarned, exc)
-        self._warned_at, self._unwarned = time.monotonic(), 0
 
     def close(self) -> None:
         """Stop listening and drop every connection."""

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 
 import grpc
 import pytest
 
 from kairos.cluster.gateway import calls
+from kairos.cluster.throttled import ThrottledWarning
 from kairos.cluster.protocol import Event
 from kairos.cluster.transport.backend import NotCarried, NotSent, Unavailable
 from kairos.cluster.transport.client import ShardUnavailable
@@ -39,7 +39,9 @@ async def _aborted(exc: BaseException) -> Aborted:
 
 @pytest.fixture(autouse=True)
 def _logs_each(monkeypatch):
-    monkeypatch.setattr(calls, "_logged_at", -math.inf)  # an earlier test's log holds none back
+    # an earlier test's log holds none back
+    monkeypatch.setattr(calls, "_UNAVAILABLE_DETAIL",
+                        ThrottledWarning(calls.log, calls.UNAVAILABLE_LOG_S))
 
 
 @pytest.mark.parametrize("exc, told", [
