@@ -81,9 +81,6 @@ def autoscaling_config(gcs_port: int) -> dict:
 def head(tmp_path):
     """Ray's head with the autoscaler on the fake provider, and `kairos start` on it: the head
     Pod, its gateway's port, and the session's files."""
-    gcs_port = free_port()
-    config = tmp_path / "autoscaling.json"
-    config.write_text(json.dumps(autoscaling_config(gcs_port)))
     keys = {"keys": [{"key": APP_KEY, "name": "app", "scopes": ["decide", "ingest",
                                                                    "profile:read"]},
                      {"key": ADMIN_KEY, "name": "operator", "scopes": ["admin"]}]}
@@ -93,19 +90,9 @@ def head(tmp_path):
            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "5",  # Ray's own drain on SIGTERM
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     temp_dir = os.environ["RAY_TMPDIR"]  # the test session's own (tests/conftest.py)
-    ray_head = Pod("ray-head", [
-        "ray", "start", "--head", f"--port={gcs_port}", f"--autoscaling-config={config}",
-        "--num-cpus=1", f"--object-store-memory={128 * 2**20}", "--include-dashboard=false",
-        "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}",
-        "--dashboard-agent-listen-port=0", f"--metrics-export-port={free_port()}",
-        f"--ray-client-server-port={free_port()}", "--disable-usage-stats", "--block"],
-        env, tmp_path)
+    ray_head, gcs_port = started_head(tmp_path, env, temp_dir)
     kairos = None
     try:
-        # as the head pod's entrypoint does (k8s/base/kairos-head.sh): Kairos once the GCS
-        # answers
-        wait_until(lambda: gcs_answers(gcs_port, env, ray_head), 120, "Ray's GCS to answer",
-                   poll_s=1.0)
         kairos = Pod("kairos-start", [
             "kairos", "start", "--address", f"127.0.0.1:{gcs_port}", "--host", "127.0.0.1",
             "--port", "0", "--shards", "1", "--store", str(tmp_path / "store")], env, tmp_path)
@@ -121,6 +108,40 @@ def head(tmp_path):
         if kairos is not None:
             kairos.stop(grace_s=5)  # returned, or hung (its driver holds nothing else)
         ray_head.stop(grace_s=30)  # its session holds the autoscaler's nodes too
+
+
+# Its ports are picked free and then bound by Ray: another process may take one between (the
+# GCS then fails to start, "An unexpected system state": its gRPC server could not bind)
+HEAD_TRIES = 3
+
+
+def started_head(tmp_path: Path, env: dict[str, str], temp_dir: str) -> tuple[Pod, int]:
+    """Ray's head with the autoscaler on the fake provider, once its GCS answers (as the head
+    pod's entrypoint, k8s/base/kairos-head.sh, waits before Kairos); its GCS port. A head
+    whose GCS did not start is started again on other ports, up to HEAD_TRIES times."""
+    attempt = 1
+    while True:
+        gcs_port = free_port()
+        config = tmp_path / f"autoscaling-{attempt}.json"
+        config.write_text(json.dumps(autoscaling_config(gcs_port)))
+        ray_head = Pod(f"ray-head-{attempt}", [
+            "ray", "start", "--head", f"--port={gcs_port}", f"--autoscaling-config={config}",
+            "--num-cpus=1", f"--object-store-memory={128 * 2**20}",
+            "--include-dashboard=false", "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}",
+            "--dashboard-agent-listen-port=0", f"--metrics-export-port={free_port()}",
+            f"--ray-client-server-port={free_port()}", "--disable-usage-stats", "--block"],
+            env, tmp_path)
+        try:
+            wait_until(lambda: gcs_answers(gcs_port, env, ray_head), 120,
+                       "Ray's GCS to answer", poll_s=1.0)
+        except BaseException as exc:  # pytest.fail's too: a head that exited
+            ray_head.stop(grace_s=5)
+            if attempt == HEAD_TRIES or not isinstance(exc, pytest.fail.Exception) or \
+                    "Failed to start GCS" not in ray_head.output():
+                raise
+            attempt += 1
+            continue
+        return ray_head, gcs_port
 
 
 def gcs_answers(gcs_port: int, env: dict[str, str], ray_head: Pod) -> bool:
