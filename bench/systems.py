@@ -10,7 +10,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter, deque
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -22,7 +22,7 @@ import ray
 from ray.cluster_utils import Cluster
 from tqdm import tqdm
 
-from kairos.cluster.cli.local import SINGLE_MACHINE
+from kairos.cluster.cli.local import SINGLE_MACHINE, single_machine
 from kairos.cluster.control import runtime
 from kairos.cluster.control.nodes import GatewaySpec
 from kairos.cluster.transport.client import KairosClient
@@ -54,9 +54,7 @@ def ray_nodes(n: int) -> Iterator[list[str]]:
     """Ray with n nodes on this machine; the alive node ids, head first. Everything Ray
     started is stopped on the way out, whatever happened."""
     os.environ.update(NODE_ENV)
-    if n == 1:  # every Ray server on loopback (cluster/cli/local.py)
-        os.environ[SINGLE_MACHINE] = "0"
-    else:  # Ray's clusters of several nodes need the machine's address
+    if n > 1:  # Ray's clusters of several nodes need the machine's address
         os.environ.pop(SINGLE_MACHINE, None)
     # Ray's workers unpickle the peers' actors and servicers: they import bench from here
     os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -70,20 +68,23 @@ def ray_nodes(n: int) -> Iterator[list[str]]:
     node_args = {"num_cpus": os.cpu_count() if n == 1 else CPUS_PER_NODE,
                  "object_store_memory": OBJECT_STORE_BYTES, "dashboard_agent_listen_port": 0}
     cluster = None
-    try:
-        cluster = Cluster(initialize_head=True,
-                          head_node_args={**node_args, "include_dashboard": False})
-        for _ in range(n - 1):
-            cluster.add_node(**node_args)
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, **quiet)
-        head = ray.get_runtime_context().get_node_id()
-        others = sorted(x["NodeID"] for x in ray.nodes() if x["Alive"] and x["NodeID"] != head)
-        yield [head] + others
-    finally:
-        ray.shutdown()
-        if cluster is not None:
-            cluster.shutdown()
+    # one node: every Ray server on loopback (cluster/cli/local.py)
+    with single_machine() if n == 1 else nullcontext():
+        try:
+            cluster = Cluster(initialize_head=True,
+                              head_node_args={**node_args, "include_dashboard": False})
+            for _ in range(n - 1):
+                cluster.add_node(**node_args)
+            cluster.wait_for_nodes()
+            ray.init(address=cluster.address, **quiet)
+            head = ray.get_runtime_context().get_node_id()
+            others = sorted(x["NodeID"] for x in ray.nodes()
+                            if x["Alive"] and x["NodeID"] != head)
+            yield [head] + others
+        finally:
+            ray.shutdown()
+            if cluster is not None:
+                cluster.shutdown()
 
 
 def populate(customers: int, on_progress: Callable[[int], None],

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from kairos.cluster.cli.local import SINGLE_MACHINE
+from kairos.cluster.cli.local import single_machine
 from kairos.core import kernel
 from kairos.core.catalog import default_catalog_text, load_catalog_file
 from kairos.core.compiler import CompiledCatalog, compile_catalog, default_compiled
@@ -144,7 +144,7 @@ def local_ray(nodes: int = 1, env: dict[str, str] | None = None, *, cpus_per_nod
 
     node_args = {"num_cpus": cpus_per_node, "object_store_memory": object_store_mb * 2**20,
                  "dashboard_agent_listen_port": 0}
-    with tuned({**(env or {}), **({SINGLE_MACHINE: "0"} if nodes == 1 else {})}):
+    with tuned(env or {}), (single_machine() if nodes == 1 else contextlib.nullcontext()):
         cluster = _started(nodes, node_args)
         try:
             ray.init(address=cluster.address, namespace=namespace)

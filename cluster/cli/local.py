@@ -147,6 +147,27 @@ def ray_env(loopback: bool, auth_mode: str, token: str = "") -> dict[str, str]:
     return env
 
 
+@contextlib.contextmanager
+def single_machine() -> Iterator[None]:
+    """Ray's single-machine mode (every server on loopback) for a Ray this process starts
+    itself (ray.cluster_utils, the tests' and the bench's). Ray reads the variable once, when
+    it is imported: set after `import ray`, it reached the processes started but not the
+    driver, which gave them the machine's address, and the GCS listened on every interface.
+    So Ray's constant is set too; both are put back afterwards."""
+    from ray._private import ray_constants
+
+    saved = os.environ.get(SINGLE_MACHINE), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[SINGLE_MACHINE], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        if saved[0] is None:
+            os.environ.pop(SINGLE_MACHINE, None)
+        else:
+            os.environ[SINGLE_MACHINE] = saved[0]
+        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
+
+
 def auth_mode() -> str:
     """Ray's token authentication unless the user chose otherwise (RAY_AUTH_MODE); a token is
     made (~/.ray/auth_token) the first time, as Ray does for a cluster `ray.init()` starts."""

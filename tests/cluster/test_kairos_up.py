@@ -13,10 +13,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
-
 from kairos.cluster.cli import local
 from kairos.cluster.storage.redis_server import free_port
+
+from tests.support.listeners import LOOPBACK, listening
 
 KAIROS = str(Path(sys.executable).parent / "kairos")  # the installed console script
 
@@ -24,17 +24,6 @@ KAIROS = str(Path(sys.executable).parent / "kairos")  # the installed console sc
 def kairos(*args: str, env: dict[str, str], timeout_s: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([KAIROS, *args], env=env, capture_output=True, text=True,
                           timeout=timeout_s, stdin=subprocess.DEVNULL)
-
-
-def listening(procs: list[psutil.Process]) -> set[str]:
-    found = set()
-    for proc in procs:
-        try:
-            conns = getattr(proc, "net_connections", proc.connections)("inet")
-        except psutil.Error:
-            continue
-        found |= {c.laddr.ip for c in conns if c.status == psutil.CONN_LISTEN}
-    return found
 
 
 def test_up_demo_status_push_down_on_ports_of_its_own(tmp_path, default_yaml):
@@ -55,7 +44,7 @@ def test_up_demo_status_push_down_on_ports_of_its_own(tmp_path, default_yaml):
         # loopback only: every server of Ray's and Kairos's processes
         procs = local.processes(local.Run(**run))
         assert {"gcs_server", "raylet"} <= {local.name_of(p) for p in procs}
-        assert listening(procs) <= {"127.0.0.1", "::ffff:127.0.0.1"}
+        assert listening(procs) <= LOOPBACK
 
         again = kairos(*up, env=env)
         assert again.returncode == 1 and "Kairos is already running" in again.stderr
