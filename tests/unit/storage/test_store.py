@@ -190,8 +190,8 @@ def test_redis_with_auth_and_an_acl_user_limited_to_kairos_commands_runs_the_sto
 def test_redis_compaction_reads_the_journal_in_pages(redis_server, monkeypatch):
     """A long journal is compacted page by page, never in one reply that could outlast the
     socket timeout (a shard's rebuild then looped)."""
-    from kairos.cluster.storage import redis_store
-    monkeypatch.setattr(redis_store, "REPLAY_PAGE", 50)
+    from kairos.cluster.storage import redis_journal
+    monkeypatch.setattr(redis_journal, "REPLAY_PAGE", 50)
     store = open_store(f"{redis_server.url}?prefix=pages")
     j = store.journal("s0", "os")
     for b in range(600):
