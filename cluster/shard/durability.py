@@ -145,7 +145,7 @@ class Durability:
         for p in due:
             # each id leaves the set once deleted: one that fails stays, for the next try
             for customer_id in list(deletes[p]):
-                self._ctx.store.delete(p, customer_id)
+                self._ctx.store.delete(p, customer_id, unless_fenced=self._ctx.name)
                 deletes[p].discard(customer_id)
                 deleted += 1
             del deletes[p]

@@ -177,7 +177,10 @@ class Residency:
             # a new profile under a forgotten id: its home replaces the old one, which must
             # then not be deleted (the records that said so are durable since the sync)
             self._journaling.deletes.get(p, set()).discard(customer_id)
-            self._ctx.store.put(p, customer_id, seal(blocks.pack(self.export([customer_id]))))
+            # only while no heir fenced this shard's journal: a replaced shard still running
+            # would write its stale copy over the home the heir wrote since (JournalFenced)
+            self._ctx.store.put(p, customer_id, seal(blocks.pack(self.export([customer_id]))),
+                                unless_fenced=self._ctx.name)
             due = min(self.timers.armed.get(customer_id, {}).values(), default=None)
             self.evict(customer_id, p)
             if due is not None:

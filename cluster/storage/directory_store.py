@@ -8,7 +8,7 @@ import itertools
 import os
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import msgpack
 
@@ -79,10 +79,12 @@ class DirectoryStore:
                 except FileNotFoundError:
                     pass
 
-    def put(self, partition: int, customer_id: str, blob: bytes) -> None:
+    def put(self, partition: int, customer_id: str, blob: bytes,
+            unless_fenced: str | None = None) -> None:
         path = self._home(partition, customer_id)
-        self._write(path, msgpack.packb([customer_id, blob], use_bin_type=True),
-                    make_parent=True)
+        with self._unless_fenced(unless_fenced, "writing a customer"):
+            self._write(path, msgpack.packb([customer_id, blob], use_bin_type=True),
+                        make_parent=True)
 
     def get(self, partition: int, customer_id: str) -> bytes | None:
         try:
@@ -93,24 +95,24 @@ class DirectoryStore:
         except OSError as exc:
             raise StoreUnavailable(f"reading a customer: {exc}") from exc
 
-    def delete(self, partition: int, customer_id: str) -> None:
+    def delete(self, partition: int, customer_id: str, unless_fenced: str | None = None
+               ) -> None:
         """Delete a home, durably: a delete retried after its directory's fsync failed finds
         no file, and syncs the directory all the same."""
         path = self._home(partition, customer_id)
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            if path.parent not in self._unsynced:
-                return
-        except OSError as exc:
-            raise StoreUnavailable(f"deleting a customer: {exc}") from exc
-        if self.fsync:
+        with self._unless_fenced(unless_fenced, "deleting a customer"):
             try:
-                fsync_directory(path.parent)
-            except OSError as exc:
-                self._unsynced.add(path.parent)
-                raise StoreUnavailable(f"deleting a customer: {exc}") from exc
-            self._unsynced.discard(path.parent)
+                path.unlink()
+            except FileNotFoundError:
+                if path.parent not in self._unsynced:
+                    return
+            if self.fsync:
+                try:
+                    fsync_directory(path.parent)
+                except OSError:
+                    self._unsynced.add(path.parent)
+                    raise
+                self._unsynced.discard(path.parent)
 
     def take_partition(self, partition: int) -> dict[str, bytes]:
         out = {}
@@ -132,16 +134,11 @@ class DirectoryStore:
 
     def put_snapshots(self, snapshots: dict[int, bytes], unless_fenced: str | None = None
                       ) -> None:
-        try:
-            with (contextlib.nullcontext() if unless_fenced is None
-                  else unfenced(self.root / "journals" / unless_fenced)):
-                for p, blob in snapshots.items():
-                    self._write(self.root / "snapshots" / f"p{p}.snap", blob,
-                                sync_parent=False)
-                if snapshots and self.fsync:
-                    fsync_directory(self.root / "snapshots")
-        except OSError as exc:
-            raise StoreUnavailable(f"writing snapshots: {exc}") from exc
+        with self._unless_fenced(unless_fenced, "writing snapshots"):
+            for p, blob in snapshots.items():
+                self._write(self.root / "snapshots" / f"p{p}.snap", blob, sync_parent=False)
+            if snapshots and self.fsync:
+                fsync_directory(self.root / "snapshots")
 
     def get_snapshot(self, partition: int) -> bytes | None:
         try:
@@ -183,6 +180,17 @@ class DirectoryStore:
 
     def decision_logs(self) -> list[str]:
         return directory_logs(self.root / "decisions")
+
+    @contextlib.contextmanager
+    def _unless_fenced(self, journal: str | None, what: str) -> Iterator[None]:
+        """With `journal` named, hold off its fencing while the block writes (JournalFenced
+        if it is fenced already: journal.py `unfenced`); OSErrors as StoreUnavailable."""
+        try:
+            with (contextlib.nullcontext() if journal is None
+                  else unfenced(self.root / "journals" / journal)):
+                yield
+        except OSError as exc:
+            raise StoreUnavailable(f"{what}: {exc}") from exc
 
     def _home(self, partition: int, customer_id: str) -> Path:
         name = hashlib.blake2b(customer_id.encode(), digest_size=16).hexdigest()

@@ -80,13 +80,17 @@ class MemoryStore:
         self._meta: dict[str, bytes] = {}
         self._logs: dict[str, MemoryLog] = {}
 
-    def put(self, partition: int, customer_id: str, blob: bytes) -> None:
+    def put(self, partition: int, customer_id: str, blob: bytes,
+            unless_fenced: str | None = None) -> None:
+        self._check_unfenced(unless_fenced)
         self._homes.setdefault(partition, {})[customer_id] = blob
 
     def get(self, partition: int, customer_id: str) -> bytes | None:
         return self._homes.get(partition, {}).get(customer_id)
 
-    def delete(self, partition: int, customer_id: str) -> None:
+    def delete(self, partition: int, customer_id: str, unless_fenced: str | None = None
+               ) -> None:
+        self._check_unfenced(unless_fenced)
         self._homes.get(partition, {}).pop(customer_id, None)
 
     def take_partition(self, partition: int) -> dict[str, bytes]:
@@ -97,8 +101,7 @@ class MemoryStore:
 
     def put_snapshots(self, snapshots: dict[int, bytes], unless_fenced: str | None = None
                       ) -> None:
-        if unless_fenced in self._fenced:  # one process: the check and the write are one step
-            raise JournalFenced.of(unless_fenced)
+        self._check_unfenced(unless_fenced)
         self._snapshots.update(snapshots)
 
     def get_snapshot(self, partition: int) -> bytes | None:
@@ -130,3 +133,7 @@ class MemoryStore:
 
     def decision_logs(self) -> list[str]:
         return sorted(self._logs)
+
+    def _check_unfenced(self, journal: str | None) -> None:
+        if journal in self._fenced:  # one process: the check and the write are one step
+            raise JournalFenced.of(journal)

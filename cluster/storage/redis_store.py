@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
 
 import msgpack
@@ -198,16 +198,20 @@ class RedisStore:
         return f"RedisStore({redact(self.url)!r})"
 
     @unavailable("writing a customer")
-    def put(self, partition: int, customer_id: str, blob: bytes) -> None:
-        self.r.hset(f"{self.prefix}:c:{partition}", customer_id, blob)
+    def put(self, partition: int, customer_id: str, blob: bytes,
+            unless_fenced: str | None = None) -> None:
+        key = f"{self.prefix}:c:{partition}"
+        self._unless_fenced(unless_fenced, lambda r: r.hset(key, customer_id, blob))
 
     @unavailable("reading a customer")
     def get(self, partition: int, customer_id: str) -> bytes | None:
         return self.r.hget(f"{self.prefix}:c:{partition}", customer_id)
 
     @unavailable("deleting a customer")
-    def delete(self, partition: int, customer_id: str) -> None:
-        self.r.hdel(f"{self.prefix}:c:{partition}", customer_id)
+    def delete(self, partition: int, customer_id: str, unless_fenced: str | None = None
+               ) -> None:
+        key = f"{self.prefix}:c:{partition}"
+        self._unless_fenced(unless_fenced, lambda r: r.hdel(key, customer_id))
 
     @unavailable("moving a partition")
     def take_partition(self, partition: int) -> dict[str, bytes]:
@@ -237,27 +241,29 @@ class RedisStore:
             pending[f"{self.prefix}:s:{p}"] = blob
             size += len(blob)
             if size >= PIPELINE_BYTES:
-                self._mset(pending, unless_fenced)
+                self._unless_fenced(unless_fenced, lambda r: r.mset(pending))
                 pending, size = {}, 0
         if pending:
-            self._mset(pending, unless_fenced)
+            self._unless_fenced(unless_fenced, lambda r: r.mset(pending))
 
-    def _mset(self, values: dict[str, bytes], unless_fenced: str | None) -> None:
-        if unless_fenced is None:
-            self.r.mset(values)
+    def _unless_fenced(self, journal: str | None, write: Callable[[redis.Redis], Any]) -> None:
+        """`write` on the client; with `journal` named, in a MULTI/EXEC under WATCH of its
+        fence: a fence set before the EXEC leaves it unwritten (JournalFenced)."""
+        if journal is None:
+            write(self.r)
             return
-        fence = f"{self.prefix}:j:{unless_fenced}:fenced"
+        fence = f"{self.prefix}:j:{journal}:fenced"
         with self.r.pipeline(transaction=True) as tx:
             try:
                 tx.watch(fence)
                 if tx.get(fence) is None:
                     tx.multi()
-                    tx.mset(values)
+                    write(tx)
                     tx.execute()
                     return
             except redis.exceptions.WatchError:
                 pass  # the fence came between the check and the write
-        raise JournalFenced.of(unless_fenced)
+        raise JournalFenced.of(journal)
 
     @unavailable("reading a snapshot")
     def get_snapshot(self, partition: int) -> bytes | None:

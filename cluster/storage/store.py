@@ -31,7 +31,9 @@ fences that journal (`fence_journal`), durably, and only then reads: its writer 
 fence after each write (and sync) and before acknowledging, raising JournalFenced once it is
 there, so everything it acknowledged is in what the replacement reads and nothing later is
 acknowledged (a batch the fence overtook may be in the journal, never acknowledged). A fenced
-journal cannot be opened for writing again, and keeps its fence when it is dropped. Another
+journal cannot be opened for writing again, and keeps its fence when it is dropped. Its
+shard's snapshot and home writes and home deletes name it (`unless_fenced`) and are refused
+once it is fenced, in one step with the write, so none lands over its heir's. Another
 shard's journal is read with `read_journal`, which changes nothing (its writer may run): a torn
 tail ends the replay there, without being cut.
 
@@ -152,11 +154,16 @@ class Store(Protocol):
     url: str
     shared: bool  # every shard that opens `url` sees the same data
 
-    def put(self, partition: int, customer_id: str, blob: bytes) -> None: ...
+    def put(self, partition: int, customer_id: str, blob: bytes,
+            unless_fenced: str | None = None) -> None:
+        """Write a customer's home; with `unless_fenced`, as `put_snapshots`: a shard
+        replaced while it still runs must not write over its heir's newer homes."""
 
     def get(self, partition: int, customer_id: str) -> bytes | None: ...
 
-    def delete(self, partition: int, customer_id: str) -> None: ...
+    def delete(self, partition: int, customer_id: str, unless_fenced: str | None = None
+               ) -> None:
+        """Delete a customer's home; with `unless_fenced`, as `put`."""
 
     def take_partition(self, partition: int) -> dict[str, bytes]:
         """Remove and return a partition's homes (a move between unshared stores)."""

@@ -15,10 +15,13 @@ from kairos.cluster.shard.host import ShardHost
 from kairos.cluster.storage import blocks
 from kairos.cluster.storage.directory_store import DirectoryStore
 from kairos.cluster.storage.memory_store import MemoryStore
+from kairos.cluster.storage.redis_store import RedisStore
 from kairos.cluster.storage.sealed import unseal
 from kairos.cluster.storage.store import JournalFenced
 
-from .test_shard import N_PARTITIONS, T0, event, p_of, profile, shard
+from tests.unit.storage.conftest import redis_server  # noqa: F401 (a fixture)
+
+from .test_shard import N_PARTITIONS, T0, Clock, event, p_of, profile, shard
 
 EVERY = {p: 0 for p in range(N_PARTITIONS)}
 FROM_S0 = {p: "s0" for p in range(N_PARTITIONS)}
@@ -126,3 +129,32 @@ def test_an_old_shard_fenced_while_it_snapshots_writes_no_snapshot_nor_truncates
     again = shard(compiled, "s1", store=DirectoryStore(tmp_path))
     again.recover()
     assert events_applied(again.process([profile("ana")])[0]) == [3]
+
+
+@pytest.mark.parametrize("kind", ["directory", "memory", "redis"])
+def test_an_old_shard_passivating_after_its_heir_took_over_writes_no_home_over_the_heirs(
+        compiled, tmp_path, request, kind):
+    """The old shard acknowledged an event; its heir fenced it, recovered, acknowledged
+    another and passivated the customer; then the old shard, still running, ticks: its
+    passivation is refused, so the heir's home (both events) stands."""
+    memory = MemoryStore(shared=True)
+
+    def store():
+        if kind == "redis":
+            server = request.getfixturevalue("redis_server")
+            return RedisStore(f"{server.url}?prefix=zombie")
+        return DirectoryStore(tmp_path) if kind == "directory" else memory
+
+    old_clock, heir_clock = Clock(), Clock()
+    old = shard(compiled, "s0", store=store(), clock=old_clock, idle_s=60)
+    old.process([app_open("ana")])
+    heir = shard(compiled, "s1", store=store(), clock=heir_clock, idle_s=60)
+    heir.recover(FROM_S0)
+    heir.process([app_open("ana", T0 + 10)])
+    heir_clock.now = T0 + 200
+    heir.tick()
+    assert "ana" not in heir.engine.table  # in its home only, with both events
+    old_clock.now = T0 + 300
+    with pytest.raises(JournalFenced):
+        old.tick()
+    assert events_applied(heir.process([profile("ana", T0 + 400)])[0]) == [2]

@@ -95,6 +95,36 @@ def test_a_fenced_journals_shard_writes_no_snapshot_over_its_heirs(store, monkey
         assert store.get_snapshot(1) == b"heir"
 
 
+def test_a_fenced_journals_shard_writes_and_deletes_no_home_over_its_heirs(store, monkeypatch):
+    """Homes written or deleted `unless_fenced`, as snapshots: refused once the fence is up,
+    also when it comes between the store's check and its write (Redis: under WATCH)."""
+    store.put(1, "ana", b"old", unless_fenced="kairos-shard-0021")
+    store.put(1, "bob", b"old", unless_fenced="kairos-shard-0021")
+    store.fence_journal("kairos-shard-0021")
+    store.put(1, "ana", b"heir", unless_fenced="kairos-shard-0022")
+    store.put(1, "bob", b"heir", unless_fenced="kairos-shard-0022")
+    with pytest.raises(JournalFenced, match="kairos-shard-0021 is fenced"):
+        store.put(1, "ana", b"late", unless_fenced="kairos-shard-0021")
+    with pytest.raises(JournalFenced, match="kairos-shard-0021 is fenced"):
+        store.delete(1, "bob", unless_fenced="kairos-shard-0021")
+    assert (store.get(1, "ana"), store.get(1, "bob")) == (b"heir", b"heir")
+    store.delete(1, "bob", unless_fenced="kairos-shard-0022")
+    assert store.get(1, "bob") is None
+    if hasattr(store, "r"):  # the fence set after the WATCHed read, before EXEC
+        real_get = type(store.r).get
+
+        def fenced_meanwhile(self, key):
+            found = real_get(self, key)
+            if key.endswith("0023:fenced"):
+                store.fence_journal("kairos-shard-0023")  # by another connection
+            return found
+        monkeypatch.setattr(type(store.r), "get", fenced_meanwhile)
+        with pytest.raises(JournalFenced):
+            store.put(1, "ana", b"racing", unless_fenced="kairos-shard-0023")
+        monkeypatch.undo()
+        assert store.get(1, "ana") == b"heir"
+
+
 def test_a_fenced_journal_acknowledges_nothing_more_and_stays_fenced(store):
     """The controller replaced a shard that still runs: its heir fences the journal, then
     reads it. What the writer acknowledged before is read; every append after is refused
@@ -179,6 +209,8 @@ def test_redis_with_auth_and_an_acl_user_limited_to_kairos_commands_runs_the_sto
         test_a_fenced_journal_acknowledges_nothing_more_and_stays_fenced(open_store(url))
         test_a_fenced_journals_shard_writes_no_snapshot_over_its_heirs(open_store(url),
                                                                        monkeypatch)
+        test_a_fenced_journals_shard_writes_and_deletes_no_home_over_its_heirs(
+            open_store(url), monkeypatch)
     assert "refused CONFIG GET" in caplog.text and "user-secret" not in caplog.text
     for refused in (f"redis://127.0.0.1:{guarded_redis.port}/0?prefix=acl",  # no password
                     f"redis://kairos:wrong@127.0.0.1:{guarded_redis.port}/0?prefix=acl",
