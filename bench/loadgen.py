@@ -68,6 +68,9 @@ PROBE_CHANNEL, PROBE_PLACEMENT = "web", "hero"  # where push probes' events come
 # Before each step: sequential Decide probes until SETTLE_PROBES in a row answer within
 # SETTLE_MS, so queues an overloaded step left behind do not count against the next one.
 SETTLE_MS, SETTLE_PROBES, SETTLE_TIMEOUT_S = 20.0, 3, 120.0
+# Between the CPU samples inside a measured window: a process that ends in it keeps what it
+# had spent at the last one (Ray starts and reaps workers while a step runs).
+CPU_SAMPLE_S = 1.0
 
 PERCENTILES = (("50", 50.0), ("90", 90.0), ("99", 99.0), ("99_9", 99.9))  # (key, percent)
 OPS = {"decide": frozenset({DECIDE}), "ingest": frozenset({EVENT}),
@@ -248,6 +251,7 @@ class GeneratorPool:
                 "settled_s": settled_s, **summary, "server_cpu_s": server_s,
                 "cpu_us_per_request": server_us,
                 "cpu_us_per_request_by_process": server.by_process(answered),
+                "server_cpu_lower_bound": server.partial,
                 "generator_cpu_s": own_s,
                 "generator_cpu_us_per_request": own_us}
 
@@ -274,47 +278,79 @@ class GeneratorPool:
 
 class ProcessCpu:
     """CPU seconds (user + system) that a set of processes spent over a step's measured
-    window, sampled by a thread at the window's start and end (wall-clock times); a process
-    that ends inside the window loses its share. `processes()` names the set each time."""
+    window, sampled by a thread at the window's start, every CPU_SAMPLE_S and at its end.
+    A process is told by its pid and start time (pids are reused): one seen at the start
+    counts what it spent since, one that started later all it spent; one that ended inside
+    the window counts what it had spent at the last sample that saw it, and then the figure
+    is a lower bound (`partial`). `processes()` names the set each time."""
 
     def __init__(self, processes: Callable[[], Iterable[psutil.Process]], start: float,
                  end: float):
         self.processes = processes
-        self.samples: list[float] = []
+        self._baseline: dict[tuple[int, float], float] = {}  # CPU s before the window
+        self._latest: dict[tuple[int, float], tuple[str, float]] = {}  # (name, CPU s)
+        self._alive: set[tuple[int, float]] = set()  # seen by the last sample
         self._thread = threading.Thread(target=self._sample, args=(start, end), daemon=True)
         self._thread.start()
 
     def _sample(self, start: float, end: float) -> None:
-        for when in (start, end):
+        when, first = start, True
+        while True:
             time.sleep(max(0.0, when - time.time()))
-            self.samples.append(self._cpu_s())
+            seen = self._cpu_s()
+            for key, (_, spent) in seen.items():
+                # a process the first sample missed started inside the window
+                self._baseline.setdefault(key, spent if first else 0.0)
+            first = False
+            self._latest.update(seen)
+            self._alive = set(seen)
+            if when >= end:
+                return
+            when = min(when + CPU_SAMPLE_S, end)
 
-    def _cpu_s(self) -> Counter:
-        """CPU seconds so far, by process name (a Ray actor's is ray::<its class>)."""
-        spent: Counter = Counter()
+    def _cpu_s(self) -> dict[tuple[int, float], tuple[str, float]]:
+        """By (pid, start time): the process's name and its CPU seconds so far."""
+        seen = {}
         for proc in self.processes():
-            with contextlib.suppress(psutil.Error):
+            with contextlib.suppress(psutil.Error), proc.oneshot():
                 times = proc.cpu_times()
-                spent[proc.name()] += times.user + times.system
+                seen[proc.pid, proc.create_time()] = (_process_name(proc.name()),
+                                                      times.user + times.system)
+        return seen
+
+    def _spent(self) -> Counter:
+        """CPU seconds in the window by name (each process's latest)."""
+        self._thread.join()
+        spent: Counter = Counter()
+        for key, (name, cpu_s) in self._latest.items():
+            spent[name] += cpu_s - self._baseline[key]
         return spent
+
+    @property
+    def partial(self) -> bool:
+        """A process ended inside the window: what it spent after its last sample is lost."""
+        self._thread.join()
+        return bool(self._latest.keys() - self._alive)
 
     def per_request(self, answered: int) -> tuple[float, float | None]:
         """(CPU seconds in the window, µs of it per request answered)."""
-        self._thread.join()
-        spent = max(sum(self.samples[1].values()) - sum(self.samples[0].values()), 0.0)
+        spent = max(sum(self._spent().values()), 0.0)
         return round(spent, 3), round(spent / answered * 1e6, 1) if answered else None
 
     def by_process(self, answered: int, scale: float = 1e6) -> dict[str, float]:
         """CPU seconds × `scale` per request answered (µs by default), by process name, the
-        costliest first (a process that started or ended inside the window counts what it
-        spent while both samples saw it)."""
-        self._thread.join()
+        costliest first."""
         if not answered:
             return {}
-        before, after = self.samples
-        spent = {name: after[name] - before[name] for name in after if name in before}
+        spent = self._spent()
         return {name: round(s / answered * scale, 1)
                 for name, s in sorted(spent.items(), key=lambda x: -x[1]) if s > 0}
+
+
+def _process_name(title: str) -> str:
+    """A Ray actor's process title names the method it is running (ray::ShardActor.stats):
+    the actor's class alone, so that a process keeps one name whatever it was doing."""
+    return title.split(".", 1)[0] if title.startswith("ray::") else title
 
 
 def server_cpu(generators: set[int], start: float, end: float) -> ProcessCpu:

@@ -1,0 +1,76 @@
+"""The server CPU of a step (bench/loadgen.py's ProcessCpu) keeps what processes spent inside
+the window when some end in it, start in it or change their title in it (Ray reaps workers,
+starts others, and retitles an actor by the method it runs)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import psutil
+
+from bench.loadgen import ProcessCpu
+
+# Names itself, waits for a line, burns CPU, renames itself, says so, and lives until its
+# stdin closes. PR_SET_NAME sets the title psutil reads.
+CHILD = """import ctypes, sys, time
+libc = ctypes.CDLL(None)
+libc.prctl(15, sys.argv[1].encode(), 0, 0, 0)
+sys.stdin.readline()
+started = time.process_time()
+while time.process_time() - started < float(sys.argv[2]):
+    pass
+libc.prctl(15, sys.argv[3].encode(), 0, 0, 0)
+print("burnt", flush=True)
+sys.stdin.read()
+"""
+BEFORE_S, INSIDE_S = 0.5, 0.3  # CPU the first child spends before the window, the second in it
+
+
+class Child:
+    def __init__(self, name: str, burn_s: float, renamed: str):
+        self.process = subprocess.Popen([sys.executable, "-c", CHILD, name, str(burn_s),
+                                         renamed], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True)
+        self.pid = self.process.pid
+
+    def burn(self) -> None:
+        """Returns once the child has spent its CPU."""
+        self.process.stdin.write("burn\n")
+        self.process.stdin.flush()
+        assert self.process.stdout.readline().strip() == "burnt"
+
+    def end(self) -> None:
+        """The child exits and is reaped at once, as Ray's raylet reaps its workers."""
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def test_cpu_spent_in_the_window_survives_processes_ending_starting_and_renaming():
+    ours: set[int] = set()
+    old = Child("cpu-old", BEFORE_S, "cpu-old")
+    ours.add(old.pid)
+    new = None
+    try:
+        old.burn()  # its CPU is all spent before the window
+        start = time.time() + 0.2
+        cpu = ProcessCpu(lambda: [p for p in psutil.Process().children() if p.pid in ours],
+                         start, start + 3.0)
+        time.sleep(max(start + 0.3 - time.time(), 0.0))
+        old.end()  # seen at the start, gone before the end
+        new = Child("ray::Burner", INSIDE_S, "ray::Burner.go")
+        ours.add(new.pid)
+        new.burn()  # all its CPU inside the window, under another title at the end
+        spent_s, _ = cpu.per_request(1)
+        by_name = cpu.by_process(1, 1.0)
+    finally:
+        old.end()
+        if new is not None:
+            new.end()
+    # before: the old child's lifetime CPU came off the total (clamped to 0), and the new
+    # child's renaming left it out of the by-process figures
+    assert spent_s >= INSIDE_S * 0.9, (spent_s, by_name)
+    # named as a Ray actor is, by its class, whatever method its title named last
+    assert by_name.get("ray::Burner", 0.0) >= INSIDE_S * 0.9, by_name
+    assert by_name.get("cpu-old", 0.0) < INSIDE_S / 2, by_name
+    assert cpu.partial  # a process ended in the window: the figure is a lower bound
