@@ -55,7 +55,8 @@ def checked_sleepers(value: Any) -> dict[str, float]:
 
 
 class HomeDamaged(StoreCorrupt):
-    """A customer's home fails its checksum, or does not read as a customer block."""
+    """A customer's home fails its checksum, does not read as a customer block, or the store
+    finds it damaged (its envelope around the sealed blob, or another customer's)."""
 
 
 class CustomerState(Protocol):
@@ -100,9 +101,7 @@ class Residency:
             # a home waiting to be deleted belongs to a customer taken or forgotten
             stored = stored and customer_id not in self._homeless and \
                 customer_id not in self._journaling.deletes.get(partition, ())
-            blob = self._ctx.store.get(partition, customer_id) if stored else None
-            if blob is not None:
-                self._load_home(blob, partition, customer_id)
+            if stored and self._load_home(partition, customer_id):
                 self.timers.woke(partition, customer_id)  # its timers are armed here now
                 self._ctx.counts["activations"] += 1
             elif not create:
@@ -114,10 +113,14 @@ class Residency:
         self.recent[customer_id] = self._ctx.clock()
         return True
 
-    def _load_home(self, blob: bytes, partition: int, customer_id: str) -> None:
-        """Load a home; HomeDamaged, logged and counted once a damage, if it is damaged
-        (nothing of it is loaded then: a block is validated whole first)."""
+    def _load_home(self, partition: int, customer_id: str) -> bool:
+        """Load the customer's home, if it has one (whether it had); HomeDamaged, logged and
+        counted once a damage, if it is damaged (nothing of it is loaded then: a block is
+        validated whole first), the store's envelope around it included."""
         try:
+            blob = self._ctx.store.get(partition, customer_id)
+            if blob is None:
+                return False
             self.load(blocks.unpack(unseal(blob, "a customer's home")[0]))
         except (StoreCorrupt, blocks.BlockCorrupt) as exc:
             damaged = HomeDamaged(f"this customer's stored profile (partition {partition}) "
@@ -129,6 +132,7 @@ class Residency:
                           "removed (README, Corruption)", self._ctx.name, damaged)
             raise damaged from None
         self._damaged.discard(customer_id)  # restored: a later damage is logged again
+        return True
 
     def probe(self, customer_id: str, partition: int) -> str | None:
         """Before a round's handlers run: load the customer from its home if it has one.

@@ -58,6 +58,35 @@ def test_a_home_written_before_homes_were_sealed_is_still_read(compiled, tmp_pat
     assert s.process([profile("ana", clock.now)])[0][0].value["events_applied"] == 1
 
 
+ENVELOPE_DAMAGES = {"first byte flipped": lambda data: bytes([data[0] ^ 1]) + data[1:],
+                    "truncated to nothing": lambda data: b"",
+                    "last byte cut": lambda data: data[:-1]}
+
+
+@pytest.mark.parametrize("how", ENVELOPE_DAMAGES)
+def test_a_home_whose_envelope_is_damaged_is_a_damaged_home(compiled, tmp_path, how):
+    """The store's [id, blob] pair around the sealed blob, which its checksum does not cover:
+    damaged, it refuses its customer only, and a restart recovers (skipping its records)."""
+    s, clock = passivated(compiled, tmp_path, "ana", "bob")
+    path = home_file(tmp_path, "ana")
+    path.write_bytes(ENVELOPE_DAMAGES[how](path.read_bytes()))
+    replies, _ = s.process([event("ana", "page_view", T0 + 1, category="home"),
+                            event("bob", "page_view", T0 + 1, category="home")])
+    assert isinstance(replies[0], Unavailable) and "damaged" in replies[0].reason
+    assert replies[1].status == "ok"
+    again = restarted(s, tmp_path, clock)
+    assert again.process([profile("bob", clock.now)])[0][0].value["events_applied"] == 2
+    assert isinstance(again.process([profile("ana", clock.now)])[0][0], Unavailable)
+
+
+def test_a_home_file_holding_another_customer_is_a_damaged_home(compiled, tmp_path):
+    s, clock = passivated(compiled, tmp_path, "ana", "bob")
+    home_file(tmp_path, "ana").write_bytes(home_file(tmp_path, "bob").read_bytes())
+    reply = s.process([profile("ana", clock.now)])[0][0]
+    assert isinstance(reply, Unavailable) and "another customer id" in reply.reason
+    assert s.process([profile("bob", clock.now)])[0][0].value["events_applied"] == 1
+
+
 def damage(tmp_path, customer: str) -> None:
     path = home_file(tmp_path, customer)
     data = bytearray(path.read_bytes())
