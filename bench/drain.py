@@ -6,7 +6,8 @@
 For each size: two Ray nodes on this machine, Kairos on them with a gateway on each and one
 shard per node (the embedded default's durability: a directory store, fsync per batch), every
 customer's profile loaded, then DrainNode of the node that does not hold the controller, while
-Decide traffic at `--rate` goes through the other node's gateway in back-to-back steps.
+Decide traffic at `--rate` goes through the other node's gateway in steps, each after the
+first starting where the last ended (the load never pauses, however slow the system gets).
 Reported per size: the customers on the drained node, the drain's seconds (its unready window,
 KAIROS_DRAIN_UNREADY_S, set to 0 here, so the figure is the moves plus the retired shards'
 KAIROS_RETIRE_GRACE_S, 5 s, in which clients learn the new map), partitions and
@@ -50,7 +51,7 @@ from .sweep import failed  # noqa: E402
 from .systems import populate, ray_nodes  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-STEP_S = 5.0  # the traffic runs as back-to-back measured steps of this length
+STEP_S = 5.0  # the traffic runs as continuous measured steps of this length
 UNREADY_S = 10.0  # the k8s manifests' KAIROS_DRAIN_UNREADY_S
 RAY_STOP_S = 60.0  # what a worker pod's grace period leaves Ray after the drain
 SAFETY = 2.0  # a busy cluster drains slower than this machine's idle one
@@ -77,7 +78,7 @@ def drain_once(customers: int, rate: float, pool: GeneratorPool) -> dict[str, An
             def traffic() -> None:
                 while not draining.is_set():
                     steps.append(pool.run(Step(target, "decide", rate, 0.0, STEP_S, customers,
-                                               len(steps))))
+                                               len(steps)), after=steps[-1] if steps else None))
             runner = threading.Thread(target=traffic)
             runner.start()
             time.sleep(STEP_S)  # a step of traffic before the drain
@@ -98,7 +99,9 @@ def drain_once(customers: int, rate: float, pool: GeneratorPool) -> dict[str, An
             "decide_p99_ms": max((d["p99_ms"] for d in decide if d), default=None),
             "failed": sum(failed(s, "decide") for s in steps if s["kinds"].get("decide")),
             "sent": sum(s["sent"] for s in steps),
-            "steps": [{"sent": s["sent"], "failed": failed(s, "decide"),
+            "steps": [{"started_at": s["started_at"], "ended_at": s["ended_at"],
+                       "settled_s": s["settled_s"], "sent": s["sent"],
+                       "failed": failed(s, "decide"),
                        "errors": s["kinds"]["decide"]["errors"],
                        "fallbacks": s["kinds"]["decide"]["fallbacks"],
                        "p99_ms": s["kinds"]["decide"]["p99_ms"]}

@@ -65,8 +65,9 @@ STREAMS_PER_PROCESS = 4
 BATCH_WINDOW_S, BATCH_EVENTS = 0.005, 1000
 PUSH_CHANNEL, PUSH_PLACEMENT = "call_center", "agent_screen"  # where pushes are watched
 PROBE_CHANNEL, PROBE_PLACEMENT = "web", "hero"  # where push probes' events come from
-# Before each step: sequential Decide probes until SETTLE_PROBES in a row answer within
-# SETTLE_MS, so queues an overloaded step left behind do not count against the next one.
+# Before each step of its own (not chained): sequential Decide probes until SETTLE_PROBES in
+# a row answer within SETTLE_MS, so queues an overloaded step left behind do not count
+# against the next one.
 SETTLE_MS, SETTLE_PROBES, SETTLE_TIMEOUT_S = 20.0, 3, 120.0
 # Between the CPU samples inside a measured window: a process that ends in it keeps what it
 # had spent at the last one (Ray starts and reaps workers while a step runs).
@@ -230,12 +231,23 @@ class GeneratorPool:
         for future in [self._pool.submit(_ready) for _ in range(processes)]:
             future.result()
 
-    def run(self, step: Step) -> dict:
-        """Settle the system, run a step on every process; the merged summary, with the CPU
-        the system under test and the generators spent in the measured window."""
-        settled_s = settle(step.target)
-        start_at = time.time() + START_DELAY_S
-        window = (start_at + step.warmup_s, start_at + step.warmup_s + step.measure_s)
+    def run(self, step: Step, after: dict | None = None) -> dict:
+        """Run a step on every process; the merged summary, with the CPU the system under
+        test and the generators spent in the measured window, and when its schedule started
+        and ended (epoch seconds). A step of its own first lets the system settle and starts
+        START_DELAY_S later. A step `after` another (that one's result, run at once) goes on
+        with continuous traffic: its schedule starts where the other's ended, with no
+        settling, or the load would pause exactly when the system is slow (coordinated
+        omission between steps); its `settled_s` is None. Its first sends may leave late
+        (the generators were still taking the other's last answers): their lag says so, and
+        their latency runs from when they were due."""
+        if after is None:
+            settled_s = settle(step.target)
+            start_at = time.time() + START_DELAY_S
+        else:
+            settled_s, start_at = None, after["ended_at"]
+        end_at = start_at + step.warmup_s + step.measure_s
+        window = (start_at + step.warmup_s, end_at)
         generators = self.pids()
         server, own = server_cpu(generators, *window), generator_cpu(generators, *window)
         futures = [self._pool.submit(_run_step, step, i, self.processes, start_at)
@@ -248,7 +260,8 @@ class GeneratorPool:
         server_s, server_us = server.per_request(answered)
         own_s, own_us = own.per_request(answered)
         return {"op": step.op, "rate_target": step.rate_per_s, "processes": self.processes,
-                "settled_s": settled_s, **summary, "server_cpu_s": server_s,
+                "settled_s": settled_s, "chained": after is not None,
+                "started_at": start_at, "ended_at": end_at, **summary, "server_cpu_s": server_s,
                 "cpu_us_per_request": server_us,
                 "cpu_us_per_request_by_process": server.by_process(answered),
                 "server_cpu_lower_bound": server.partial,

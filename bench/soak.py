@@ -62,7 +62,7 @@ from .systems import kairos_processes, populated_kairos
 
 RESULTS = Path(__file__).parent / "results"
 SAMPLE_S = 10.0
-STEP_S = 60.0  # the traffic runs as back-to-back measured steps of this length
+STEP_S = 60.0  # the traffic runs as continuous measured steps of this length
 WARMUP_SHARE = 0.1
 RSS_GROWTH_LIMIT = 0.05
 POOL_THREAD = "event_engine"  # what gRPC names its EventEngine pool's threads
@@ -339,10 +339,13 @@ def main(argv: list[str] | None = None) -> int:
             sampler.start()
             started = time.monotonic()
             while (left := total_s - (time.monotonic() - started)) > 1.0:
-                step_started = round(sampler.elapsed(), 1)
+                # each step after the first goes on where the last ended: no pause in the load
                 steps.append(pool.run(Step(system.target, "journey", args.rate, 0.0,
-                                           min(step_s, left), args.customers, len(steps) + 1)))
-                steps[-1]["started_s"] = step_started
+                                           min(step_s, left), args.customers, len(steps) + 1),
+                                      after=steps[-1] if steps else None))
+                # when its schedule began, on the samples' clock
+                steps[-1]["started_s"] = round(
+                    sampler.elapsed() - (time.time() - steps[-1]["started_at"]), 1)
             sampler.stop()
     finally:
         pool.close()
