@@ -57,14 +57,12 @@ from kairos.core.errors import CatalogError
 
 from kairos.cluster.cli import (console, demo, local, logexport, operate, replay, uplift,
                                 watchdog)
+from kairos.cluster.cli.options import parser
 from kairos.cluster.cli.secret_files import SecretFileError, check_secret_file
 from kairos.cluster.gateway.auth import EVERY_ADDRESS
 from kairos.cluster.storage.store import redact  # light: no store's client is imported
 
-# the embedded default's store: a directory that outlives `kairos down`
-STORE_DIR = "store"
 NOT_RUNNING = "Kairos is not running"
-MAX_PORT_RANGE = 1024  # shard endpoints one node may bind (a bind is tried per port)
 
 
 def validate(paths: list[str]) -> int:
@@ -290,27 +288,6 @@ def _start_kairos(args: argparse.Namespace, address: str, catalog_text: str | No
         ray.shutdown()
 
 
-def _port_range(text: str) -> tuple[int, int]:
-    low, _, high = text.partition("-")
-    try:
-        ports = int(low), int(high or low)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be LOW-HIGH (port numbers), got {text}") \
-            from None
-    if not 1024 <= ports[0] <= ports[1] <= 65535 or ports[1] - ports[0] >= MAX_PORT_RANGE:
-        raise argparse.ArgumentTypeError(
-            f"must be at most {MAX_PORT_RANGE} ports within 1024-65535, the low one first, "
-            f"got {text}")
-    return ports
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
 def _describe(run: local.Run) -> str:
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.started))
     return (f"started {started}, Ray at {run.ray_address}"
@@ -364,97 +341,6 @@ def default_target(gateway_port: int) -> str:
     """The first gateway `kairos up` recorded on this KAIROS_HOME, else 127.0.0.1:port."""
     run = local.read_run()
     return run.gateways[0] if run and run.gateways else f"{local.LOOPBACK}:{gateway_port}"
-
-
-def parser(gateway_port: int) -> argparse.ArgumentParser:
-    target = argparse.ArgumentParser(add_help=False)
-    target.add_argument("--target", default=argparse.SUPPRESS,
-                        help="a gateway's host:port (default: the first gateway `kairos up` "
-                             f"recorded in $KAIROS_HOME, else 127.0.0.1:{gateway_port})")
-    top = argparse.ArgumentParser(prog="kairos", description="Kairos next-best-action engine",
-                                  parents=[target])
-    commands = top.add_subparsers(dest="command", required=True)
-    serving = _serving_options()
-    up_ = commands.add_parser("up", help="start the embedded default on this machine",
-                              parents=[serving])
-    up_.add_argument("--nodes", type=int, default=1, help="Ray nodes on this machine")
-    up_.add_argument("--host", default=local.LOOPBACK, help="gateway bind address")
-    up_.add_argument("--port", type=int, default=gateway_port,
-                     help="first gateway's port (node i's gateway: port + i; 0: any free "
-                          "port); default $KAIROS_GATEWAY_PORT or %(default)s")
-    up_.add_argument("--ray-port", type=int, default=local.RAY_PORT,
-                     help="the Ray cluster's GCS port on 127.0.0.1 (default %(default)s)")
-    up_.add_argument("--dashboard-port", type=int, default=local.DASHBOARD_PORT,
-                     help="the Ray dashboard's port on 127.0.0.1 (default %(default)s)")
-    up_.add_argument("--no-dashboard", dest="dashboard", action="store_false",
-                     help="start Ray without its dashboard")
-    up_.add_argument("--ray-temp-dir", help="Ray's session files and logs (default Ray's: "
-                                            f"{local.default_ray_temp_dir()})")
-    console.add_up_option(up_)
-    on_ray = commands.add_parser(
-        "start", parents=[serving],
-        help="start Kairos on a running Ray cluster (KubeRay's head pod, `ray start`)")
-    on_ray.add_argument("--address", required=True,
-                        help="the Ray cluster's GCS, host:port (or 'auto' on one of its nodes)")
-    on_ray.add_argument("--ray-wait", type=_positive, default=120.0, metavar="S",
-                        help="how long to wait for the cluster's GCS to answer (default "
-                             "%(default)g s; nothing is started before it does)")
-    on_ray.add_argument("--host", default="0.0.0.0", help="gateways' bind address "
-                                                          "(default %(default)s)")
-    on_ray.add_argument("--port", type=int, default=gateway_port,
-                        help="every node's gateway port; default $KAIROS_GATEWAY_PORT or "
-                             "%(default)s")
-    commands.add_parser("down", help="stop what `kairos up` started on this KAIROS_HOME")
-    commands.add_parser("status", help="show the cluster", parents=[target])
-    console.add_command(commands, [target])
-    logexport.add_command(commands, [target])
-    operate.add_command(commands, [target], _positive)
-    show = commands.add_parser("demo", help="replay a cross-channel journey", parents=[target])
-    show.add_argument("--local", action="store_true", help="in-process, without a cluster")
-    catalog = commands.add_parser("catalog", help="work with catalogs")
-    catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True)
-    check = catalog_commands.add_parser("validate", help="validate and compile catalogs")
-    check.add_argument("paths", nargs="+", metavar="FILE")
-    operate.add_catalog_commands(catalog_commands, [target])
-    replay.add_parser(commands)
-    uplift.add_parser(commands)
-    return top
-
-
-def _serving_options() -> argparse.ArgumentParser:
-    """What `up` and `start` share: the runtime's and the gateways' options."""
-    serving = argparse.ArgumentParser(add_help=False)
-    serving.add_argument("--shards", type=int, default=4)
-    serving.add_argument("--shards-per-cpu", type=_positive, default=None,
-                         help="shards a node that joins gets per CPU, at least one (default "
-                              "$KAIROS_SHARDS_PER_CPU or 1)")
-    serving.add_argument("--keys", help="API keys file (YAML); default $KAIROS_API_KEYS")
-    serving.add_argument("--catalog", help="catalog file (default: the built-in catalog, or "
-                                           "the one last pushed to the store's cluster)")
-    default_store = os.environ.get("KAIROS_STORE", os.path.join(str(local.home()), STORE_DIR))
-    serving.add_argument("--store", default=default_store,
-                         help="where shards keep customers, snapshots and journals: a "
-                              "directory, redis://host:port/db, or 'memory' (nothing survives "
-                              "a restart); default $KAIROS_STORE or "
-                              + redact(default_store).replace("%", "%%"))
-    serving.add_argument("--journal-policy", choices=("fsync", "os", "off"),
-                         default=os.environ.get("KAIROS_JOURNAL_POLICY", "fsync"),
-                         help="fsync each batch before acknowledging it (default), leave it "
-                              "to the OS (survives a crash of Kairos, not of the machine), or "
-                              "journal nothing")
-    serving.add_argument("--shard-endpoints", action="store_true",
-                         help="every shard also serves the gRPC contract itself, on a free "
-                              "port of the gateways' address, for clients that route "
-                              "(GetRoutes): one hop fewer than through a gateway")
-    serving.add_argument("--shard-endpoint-ports", type=_port_range, metavar="LOW-HIGH",
-                         help="with --shard-endpoints (implied): each shard endpoint binds the "
-                              "first free port of this range on its node, so that a firewall "
-                              "or a NetworkPolicy can open them (default: any free port)")
-    serving.add_argument("--tls-cert", help="serve TLS: the certificate chain (PEM)")
-    serving.add_argument("--tls-key", help="serve TLS: the private key (PEM)")
-    serving.add_argument("--tls-client-ca", help="mTLS: clients need a certificate this CA "
-                                                 "signed (PEM)")
-    return serving
 
 
 def main(argv: list[str] | None = None) -> int:
