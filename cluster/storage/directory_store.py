@@ -208,6 +208,8 @@ class DirectoryStore:
             if make_parent:
                 try:
                     os.mkdir(path.parent, DIR_MODE)
+                    if self.fsync:  # the new folder's name, as a file's, must survive a crash
+                        fsync_directory(path.parent.parent)
                 except FileExistsError:
                     pass
             with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE),

@@ -460,8 +460,9 @@ def make_private(path: Path) -> None:
 
 
 def make_private_dir(directory: Path) -> None:
-    """Create `directory` and its missing parents with mode 0700 (whatever the umask), or make
-    an existing one private (`make_private`)."""
+    """Create `directory` and its missing parents with mode 0700 (whatever the umask), each
+    synced into its parent (a crash must not lose a directory a file was written into), or
+    make an existing one private (`make_private`)."""
     missing = []
     path = Path(directory)
     while not path.exists():
@@ -472,6 +473,7 @@ def make_private_dir(directory: Path) -> None:
     for path in reversed(missing):
         with contextlib.suppress(FileExistsError):  # another shard process was first
             os.mkdir(path, DIR_MODE)
+        fsync_directory(path.parent)  # its maker may not have yet
     make_private(Path(directory))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -165,6 +166,33 @@ def test_a_directory_store_outlives_its_process_and_ignores_half_writes(tmp_path
     again = DirectoryStore(tmp_path)
     assert again.count([7]) == 1 and again.get(7, "ana") == b"blob"
     assert not list(tmp_path.glob("customers/p7/*.tmp"))
+
+
+def test_a_directory_store_syncs_each_folder_it_makes_into_its_parent(tmp_path, monkeypatch):
+    """A folder made for a file (the store's own, a partition's homes, a shard's journal) is
+    synced into its parent, which then lists it: else a crash could lose the folder and, with
+    it, files fsynced and acknowledged in it."""
+    from kairos.cluster.storage import directory_store, journal
+    synced = []
+
+    def fsync_directory(directory):
+        synced.append((Path(directory), set(os.listdir(directory))))
+        real(directory)
+    real = journal.fsync_directory
+    monkeypatch.setattr(journal, "fsync_directory", fsync_directory)
+    monkeypatch.setattr(directory_store, "fsync_directory", fsync_directory)
+    root = tmp_path / "store"
+    store = DirectoryStore(root)
+    assert (tmp_path, {"store"}) in synced
+    assert (root, {"customers", "snapshots", "journals", "meta", "decisions"}) in synced
+    synced.clear()
+    store.put(7, "ana", b"blob")
+    assert any(d == root / "customers" and "p7" in names for d, names in synced)
+    store.journal("kairos-shard-0001").append([("event", 7, "ana", 1)])
+    assert any(d == root / "journals" and "kairos-shard-0001" in names for d, names in synced)
+    synced.clear()
+    store.put(7, "bob", b"blob")  # the folder is there: only the file's name is synced
+    assert [d for d, _ in synced] == [root / "customers" / "p7"]
 
 
 def test_an_unreachable_redis_is_store_unavailable(tmp_path):
