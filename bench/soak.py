@@ -15,15 +15,14 @@ bounded cache that
 takes about twenty minutes to fill at 250 sessions/s, and its filling is not a leak. The
 verdict holds when, from just after the warm-up to the end (each the median of a tenth of the
 samples), the processes' total RSS grew by less than 5 %, file descriptors and threads did
-not grow, no process was replaced, and the traffic was served (errors and fallbacks within the
-sweep's error budget; outcomes refused by their customer's outcome rate are counted apart, as
-the limit working), and the service kept its pace: no step after the warm-up had a Decide
-p99 over P99_DRIFT_MAX times the median p99 of the first BASELINE_STEPS steps, and at most
-BEHIND_SHARE_MAX of the steps had their generators behind schedule (a generator behind sends
-late, so the hour was not run at the rate asked). Each sample whose threads differ from the
-last one's records them by
-process and name, so a thread that appears can be told (a pool growing to its bound, or a
-leak).
+not grow, no process was replaced, and the traffic was served (errors, fallbacks and requests
+never answered within the sweep's error budget; outcomes refused by their customer's outcome
+rate are counted apart, as the limit working), and the service kept its pace: no step after
+the warm-up had a Decide p99 over P99_DRIFT_MAX times the median p99 of the first
+BASELINE_STEPS steps, and at most BEHIND_SHARE_MAX of the steps had their generators behind
+schedule (a generator behind sends late, so the hour was not run at the rate asked). Each
+sample whose threads differ from the last one's records them by process and name, so a thread
+that appears can be told (a pool growing to its bound, or a leak).
 
 Threads are judged in two parts. gRPC's EventEngine pool (threads named `event_engine`, in
 every process that speaks gRPC) grows with load, not with time: its lifeguard adds a thread
@@ -166,9 +165,13 @@ def verdict(samples: list[dict[str, Any]], warm_s: float, steps: list[dict[str, 
     pool = [s["pool_threads"] for s in after]
     sent = sum(s["sent"] for s in steps)
     errors = Counter()
-    for k in (k for s in steps for k in s["kinds"].values()):
-        errors.update(k["errors"])
-        errors["fallback"] += k["fallbacks"]
+    for step in steps:
+        for k in step["kinds"].values():
+            errors.update(k["errors"])
+            errors["fallback"] += k["fallbacks"]
+        # sent, and no answer at all (not even an error) before the step ended
+        answered = sum(k["count"] for k in step["kinds"].values())
+        errors["unanswered"] += max(step["sent"] - answered, 0)
     rate_limited = errors.pop(CUSTOMER_RATE, 0)  # the limit working, on the Zipf head
     failed = sum(errors.values())
     growth = (last["rss_mib"] - first["rss_mib"]) / max(first["rss_mib"], 1e-9)

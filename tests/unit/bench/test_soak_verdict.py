@@ -41,7 +41,7 @@ def test_any_other_thread_added_is_growth():
 
 def paced_steps(p99_ms: list[float], starts: list[float] | None) -> list[dict]:
     steps = [{"sent": 600, "offered_rate": 10.0,
-              "kinds": {"decide": {"p99_ms": v, "errors": {}, "fallbacks": 0}},
+              "kinds": {"decide": {"count": 600, "p99_ms": v, "errors": {}, "fallbacks": 0}},
               "generator": {"behind": False}} for v in p99_ms]
     for step, start in zip(steps, starts or []):
         step["started_s"] = start
@@ -60,3 +60,14 @@ def test_the_pace_check_counts_steps_from_when_they_began():
     estimated = verdict(run, 150.0, paced_steps(p99, None))
     assert estimated["p99_worst_ms"] == 40.0
     assert not estimated["checks"]["p99_within_3x_first_steps"]
+
+
+def test_requests_never_answered_count_against_served():
+    run = samples([4] * 40, [20] * 40)
+    answered = paced_steps([5.0] * 4, None)
+    assert verdict(run, 0.0, answered)["checks"]["served"]
+    silent = paced_steps([5.0] * 4, None)
+    silent[2]["kinds"]["decide"]["count"] = 500  # 100 of its 600 got no answer at all
+    judged = verdict(run, 0.0, silent)
+    assert not judged["checks"]["served"]
+    assert judged["failed"] == 100 and judged["failures"] == {"unanswered": 100}
