@@ -1,8 +1,9 @@
 """The `kairos` command line, as a user runs it.
 
-`catalog validate`, `demo --local`, and what `status`, `demo` and `down` say when nothing runs,
-a stale record, a second `up`, busy ports, and that `down` stops exactly the process sessions
-`up` recorded that carry its token (stand-ins for Ray's processes). The real `kairos up` ...
+`catalog validate`, `demo --local`, what `status`, `demo` and `down` say when nothing runs and
+what the commands say when a gateway refuses a call UNAVAILABLE (Kairos runs), a stale record,
+a second `up`, busy ports, and that `down` stops exactly the process sessions `up` recorded
+that carry its token (stand-ins for Ray's processes). The real `kairos up` ...
 `kairos down` runs in the cluster tier (tests/cluster/test_kairos_up.py).
 """
 from __future__ import annotations
@@ -17,8 +18,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent import futures
 from pathlib import Path
 
+import grpc
 import psutil
 import pytest
 
@@ -78,6 +81,35 @@ def test_commands_say_plainly_that_nothing_runs(command, home, default_yaml, cap
     out, err = capsys.readouterr()
     assert err.strip() == (f"Kairos is not running: no gateway answers at {target} "
                            f"(`kairos up` starts one)")
+
+
+REFUSAL = "no shard prepared catalog 2026.12.3: kairos-shard-0001 did not answer"
+
+
+class Unavailable(grpc.GenericRpcHandler):
+    """A gateway that answers every call UNAVAILABLE with its reason, as Kairos's does when a
+    catalog switch was prepared by no shard or the store refuses a write."""
+
+    def service(self, handler_call_details):
+        def refuse(request, context):
+            context.abort(grpc.StatusCode.UNAVAILABLE, REFUSAL)
+        return grpc.unary_unary_rpc_method_handler(refuse)  # streaming calls end the same
+
+
+@pytest.mark.parametrize("command", [
+    ["status"], ["demo"], ["catalog", "push", "CATALOG"], ["catalog", "rollback", "--to", "1"],
+    ["drain", "n1"], ["log", "export", "--since", "0", "--until", "1", "--out", "OUT"]])
+def test_commands_print_the_reason_a_running_gateway_gives_for_unavailable(
+        command, home, tmp_path, default_yaml, capsys):
+    server = grpc.server(futures.ThreadPoolExecutor(2), handlers=[Unavailable()])
+    target = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    server.start()
+    files = {"CATALOG": str(default_yaml), "OUT": str(tmp_path / "log.jsonl")}
+    try:
+        assert main(["--target", target, *(files.get(a, a) for a in command)]) == 1
+    finally:
+        server.stop(None)
+    assert capsys.readouterr().err.strip() == f"error: {target}: UNAVAILABLE: {REFUSAL}"
 
 
 def test_down_with_nothing_recorded(home, capsys):
