@@ -90,22 +90,27 @@ def drain_once(customers: int, rate: float, pool: GeneratorPool) -> dict[str, An
         finally:
             runtime.stop()
             shutil.rmtree(store, ignore_errors=True)
-    decide = [s["kinds"].get("decide") for s in steps]
     return {"customers": customers, "populate": loaded,
             "on_drained_node": held, "drain_s": round(seconds, 2),
             "partitions_moved": done["moved"], "shards_stopped": done["shards"],
             "customers_per_s": round(held / seconds, 1),
-            "traffic_rate": rate, "traffic_steps": len(steps),
+            "traffic_rate": rate, **traffic_seen(steps)}
+
+
+def traffic_seen(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The Decide traffic's steps: the worst p99, and the calls sent and failed (errors,
+    fallbacks, unanswered: a step where nothing came back failed all it sent), each step's
+    too."""
+    decide = [s["kinds"].get("decide", {}) for s in steps]
+    return {"traffic_steps": len(steps),
             "decide_p99_ms": max((d["p99_ms"] for d in decide if d), default=None),
-            "failed": sum(failed(s, "decide") for s in steps if s["kinds"].get("decide")),
+            "failed": sum(failed(s, "decide") for s in steps),
             "sent": sum(s["sent"] for s in steps),
             "steps": [{"started_at": s["started_at"], "ended_at": s["ended_at"],
                        "settled_s": s["settled_s"], "sent": s["sent"],
-                       "failed": failed(s, "decide"),
-                       "errors": s["kinds"]["decide"]["errors"],
-                       "fallbacks": s["kinds"]["decide"]["fallbacks"],
-                       "p99_ms": s["kinds"]["decide"]["p99_ms"]}
-                      for s in steps if s["kinds"].get("decide")]}
+                       "failed": failed(s, "decide"), "errors": d.get("errors", {}),
+                       "fallbacks": d.get("fallbacks", 0), "p99_ms": d.get("p99_ms")}
+                      for s, d in zip(steps, decide)]}
 
 
 def held_by(shards: set[str], customers: int) -> int:

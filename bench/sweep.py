@@ -31,14 +31,17 @@ def holds(result: dict[str, Any], kind: str, p99_target_ms: float = P99_TARGET_M
 
 
 def unanswered(result: dict[str, Any], kind: str) -> int:
-    """Requests of a one-kind step that got no answer at all before the step ended."""
-    return max(result["sent"] - result["kinds"][kind]["count"], 0)
+    """Requests of a one-kind step that got no answer at all before the step ended (a step
+    with no answer of its kind has none of it in its result: all it sent)."""
+    stats = result["kinds"].get(kind)
+    return max(result["sent"] - (stats["count"] if stats else 0), 0)
 
 
 def failed(result: dict[str, Any], kind: str) -> int:
     """Error statuses, fallbacks and requests never answered."""
-    stats = result["kinds"][kind]
-    return sum(stats["errors"].values()) + stats["fallbacks"] + unanswered(result, kind)
+    stats = result["kinds"].get(kind)
+    refused = sum(stats["errors"].values()) + stats["fallbacks"] if stats else 0
+    return refused + unanswered(result, kind)
 
 
 def sweep(pool: GeneratorPool, system: str, make_step: Callable[[float], Step],
