@@ -61,7 +61,7 @@ from .peers import actor_per_customer, floor, redis_core, redis_peer
 from .peers.serving import in_process, in_ray_actor
 from kairos.cluster.storage.redis_server import RedisServer
 from .sweep import holds, sweep
-from .systems import kairos, populate, ray_nodes
+from .systems import kairos, populate_and_snapshot, ray_nodes
 
 RESULTS = Path(__file__).parent / "results"
 PUSH_WARMUP_S = 1.5  # the watch must be registered before measured probes go out
@@ -200,7 +200,8 @@ class Bench:
             self.results["layout"][name] = asdict(system)
             with tqdm(total=self.plan.customers, desc=f"{name} populate", unit="customer",
                       leave=False) as bar:
-                self.results["populate"][name] = populate(self.plan.customers, bar.update)
+                self.results["populate"][name] = populate_and_snapshot(self.plan.customers,
+                                                                       bar.update)
             self.decide_sweep(name, system.target)
             if self.plan.decide_only:
                 return
@@ -224,7 +225,8 @@ class Bench:
             self.results["layout"][name] = asdict(system)
             with tqdm(total=self.plan.customers, desc=f"{name} populate", unit="customer",
                       leave=False) as bar:
-                self.results["populate"][name] = populate(self.plan.customers, bar.update)
+                self.results["populate"][name] = populate_and_snapshot(self.plan.customers,
+                                                                       bar.update)
             self.decide_sweep(name, system.target, routes=system.routes)
 
     def actors(self, node: str) -> None:

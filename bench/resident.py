@@ -47,7 +47,8 @@ from kairos.cluster.control import runtime
 
 from . import report
 from .loadgen import GeneratorPool, Step
-from .systems import kairos, kairos_processes, populate, ray_nodes
+from .systems import (kairos, kairos_processes, populate, ray_nodes, shard_actors,
+                      snapshot_shards)
 
 RESULTS = Path(__file__).parent / "results"
 SMALL_SHARE = 10  # the smaller population is 1/SMALL_SHARE of the larger
@@ -84,11 +85,6 @@ def _guarded(bar: tqdm) -> Callable[[int], None]:
     return progress
 
 
-def _shards() -> list[Any]:
-    status = ray.get(runtime.controller().status.remote())
-    return [ray.get_actor(s["shard"], namespace="kairos") for s in status["shards"]]
-
-
 def _gc(shards: list[Any]) -> tuple[float, list[dict[str, Any]]]:
     """Now (epoch seconds) and the shards' collections so far (cluster/pauses.py)."""
     return time.time(), [s["gc"] for s in ray.get([shard.stats.remote() for shard in shards])]
@@ -109,7 +105,7 @@ def _pauses(start: tuple[float, list[dict]], end: tuple[float, list[dict]]) -> d
 def phase(customers: int, first: int, baseline: int, pool: GeneratorPool, target: str,
           rate: float, measure_s: float) -> dict[str, Any]:
     """Load customers `first`..`customers`-1 on top of what is resident, then measure."""
-    shards = _shards()
+    shards = shard_actors()
     started = _gc(shards)
     with tqdm(total=customers - first, desc=f"load to {customers:,}", unit="customer",
               leave=False) as bar:
@@ -119,7 +115,7 @@ def phase(customers: int, first: int, baseline: int, pool: GeneratorPool, target
     loaded_gc = _gc(shards)
     # every partition written now, so that no background checkpoint runs in the steps
     began = time.perf_counter()
-    written = sum(ray.get([shard.snapshot.remote() for shard in shards]))
+    written = snapshot_shards(shards)
     snapshot_s = time.perf_counter() - began
     measured = _gc(shards)
     steps = {op: pool.run(Step(target, op, rate, WARMUP_S, measure_s, customers, 1))
