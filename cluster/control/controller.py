@@ -139,7 +139,8 @@ class Controller(ControlLoop, Catalogs):
             await self._learner_told()
         self.ready = True
         if failed := await self.nodes.ensure_gateways(self.backend.nodes()):
-            raise RuntimeError(f"the gateways on nodes {', '.join(failed)} did not start")
+            raise RuntimeError("the gateways did not start: " + "; ".join(
+                f"node {node}: {why}" for node, why in failed.items()))
 
     async def _learner_told(self) -> None:
         """Tell the learner the running catalog; a learner that does not answer is told by the

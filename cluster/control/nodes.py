@@ -169,12 +169,12 @@ class Nodes:
 
     # -- gateways ------------------------------------------------------------------------------
 
-    async def ensure_gateways(self, alive: list[str]) -> list[str]:
+    async def ensure_gateways(self, alive: list[str]) -> dict[str, str]:
         """A serving gateway on every alive node that is not draining: start the missing
         ones (together), let go of those whose node left. The nodes whose gateway failed to
-        start (tried again later, with a growing pause)."""
+        start (tried again later, with a growing pause), each with what stopped it."""
         if self.spec is None:  # gateways are started by whoever started the runtime
-            return []
+            return {}
         async with self._gateways_lock:
             for node in [n for n in self.gateways if n not in alive]:
                 record = self.gateways.pop(node)
@@ -192,10 +192,12 @@ class Nodes:
             todo = missing + [n for n in unknown_port if n not in missing]
             results = await asyncio.gather(*(self._start(n) for n in todo),
                                            return_exceptions=True)
-            failed = []
+            failed = {}
             for node, result in zip(todo, results):
                 if isinstance(result, BaseException):
-                    failed.append(node)
+                    # a Ray task's error reads as the remote traceback: its last line is the
+                    # exception (a port in use: "OSError: could not bind HOST on port P")
+                    failed[node] = (str(result).strip().splitlines() or [repr(result)])[-1]
                     record = self.gateways.pop(node)
                     await self.backend.kill_gateway(record.name)
                     backoff = min(RETRY_MAX_S, 2 * self._retry.get(node, (0.0, 0.5))[1])

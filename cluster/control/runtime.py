@@ -45,7 +45,10 @@ def start(n_shards: int = DEFAULT_SHARDS, catalog_text: str | None = None,
 
     `gateways`: how the gateway the controller keeps on every node serves (None: the caller
     starts gateways itself, with gateway_actor). `shards_per_cpu`: the shards a node that
-    joins gets, per CPU (at least one)."""
+    joins gets, per CPU (at least one).
+
+    A start that fails (a gateway's port in use, say) stops what it started, and raises what
+    stopped it."""
     if journal_policy not in JOURNAL_POLICIES:
         raise ValueError(f"journal policy must be one of {', '.join(JOURNAL_POLICIES)}, "
                          f"got {journal_policy!r}")
@@ -54,11 +57,23 @@ def start(n_shards: int = DEFAULT_SHARDS, catalog_text: str | None = None,
     # global models in memory, so they must not move with a worker node that leaves
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     detached = {"namespace": NAMESPACE, "lifetime": "detached", "scheduling_strategy": here}
-    LearnerActor.options(name=LEARNER_NAME, **detached).remote(
+    # ValueError when a name is taken: another runtime's actor, which a failure leaves alone
+    learner = LearnerActor.options(name=LEARNER_NAME, **detached).remote(
         catalog_text or default_catalog_text(), store)
-    controller = ControllerActor.options(name=CONTROLLER_NAME, **detached).remote(
-        catalog_text, n_partitions, store, journal_policy, gateways, shards_per_cpu)
-    return ray.get(controller.start.remote(n_shards))
+    try:
+        controller = ControllerActor.options(name=CONTROLLER_NAME, **detached).remote(
+            catalog_text, n_partitions, store, journal_policy, gateways, shards_per_cpu)
+    except BaseException:
+        ray.kill(learner, no_restart=True)
+        raise
+    try:
+        return ray.get(controller.start.remote(n_shards))
+    except BaseException as exc:
+        # detached: left alone they would hold their names and serve on their own later
+        stop()
+        if isinstance(exc, ray.exceptions.RayTaskError):  # the controller's own error
+            raise exc.cause from exc
+        raise
 
 
 def gateway_actor(actor_class: Any, index: int, node: str, **serving: Any) -> Any:
@@ -87,9 +102,12 @@ def stop() -> None:
     try:
         status = ray.get(controller().status.remote(), timeout=30)
         names += [s["shard"] for s in status["shards"]]
-        ray.kill(controller(), no_restart=True)
     except ValueError:
         pass  # no controller: nothing to find shards through
+    except (ray.exceptions.RayError, TimeoutError) as exc:  # a start that failed, say
+        log.warning("stop: the controller did not answer (%s): the shards it started, if "
+                    "any, are not stopped", exc)
+    _kill([CONTROLLER_NAME])
     for name in sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                        if a["namespace"] == NAMESPACE and a["name"].startswith(GATEWAY_PREFIX)):
         try:

@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -114,3 +115,36 @@ def test_start_on_an_address_where_no_ray_answers_gives_up_after_ray_wait(tmp_pa
     assert done.returncode == 1, done.stderr[-2000:]
     assert f"error: no Ray cluster answered at {address} within 3 s (--ray-wait)" in done.stderr
     assert time.monotonic() - began < 60
+
+
+def test_a_start_that_fails_leaves_no_runtime_behind_and_names_the_cause(ray_cluster,
+                                                                         tmp_path):
+    """`kairos start` on a Ray started by hand, with the gateway's port held by another
+    process: it fails naming the port, stops the learner, controller, shards and gateway it had
+    started (detached: they would otherwise serve on their own and hold their names), so a
+    second start, on a free port, succeeds."""
+    import ray
+
+    from kairos.cluster.control import runtime
+    from kairos.cluster.settings import NAMESPACE
+
+    cluster = ray_cluster()
+    env = {**os.environ, local.HOME_ENV: str(tmp_path / "home")}
+    start = ["start", "--address", cluster.address, "--host", local.LOOPBACK, "--shards", "1",
+             "--store", "memory"]
+    with socket.socket() as held:
+        held.bind((local.LOOPBACK, 0))
+        held.listen()
+        port = held.getsockname()[1]
+        failed = kairos(*start, "--port", str(port), env=env)
+    assert failed.returncode == 1, failed.stdout
+    assert "error: Kairos did not start" in failed.stderr
+    assert f"could not bind {local.LOOPBACK} on port {port}" in failed.stderr, failed.stderr
+    assert not [a for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["namespace"] == NAMESPACE]
+    try:
+        done = kairos(*start, "--port", "0", env=env)
+        assert done.returncode == 0, done.stderr
+        assert "Kairos is serving on the Ray cluster" in done.stdout
+    finally:
+        runtime.stop()
