@@ -31,7 +31,7 @@ from kairos.cluster.gateway.calls import Gateway, abort
 from kairos.cluster.gateway.streams import Watch
 from kairos.cluster.settings import STREAM_WINDOW
 from kairos.cluster.transport.backend import NotCarried, NotSent, Unavailable
-from kairos.cluster.transport.client import Busy
+from kairos.cluster.transport.client import Busy, Call
 
 # an event's decide_placement asks for a decision: an ingest-only key got them through it
 DECIDING = "decide_placement asks for a decision, which needs a key with the 'decide' scope"
@@ -89,17 +89,19 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
 
     async def _ingest(self, event: pb.Event, checked: tuple[requests.Who, protocol.Event],
                       where: str, timeout_s: float, after: asyncio.Future | None = None,
-                      sent: asyncio.Future | None = None) -> pb.IngestAck:
+                      sent: asyncio.Future | None = None, call: Call | None = None
+                      ) -> pb.IngestAck:
         """One checked event, its alias resolved first; input errors name the field, prefixed
         with `where` inside a stream. With `after` (the `sent` of the stream's event before
-        it), it is routed only once that one was, and `sent` says when it was."""
+        it), it is routed only once that one was, and `sent` says when it was; `call`: the
+        stream's, which it goes unsent with."""
         who, request = checked
 
         async def apply(customer_id: str) -> protocol.EventAck:
             if after is not None and not await asyncio.shield(after):  # shield: one waiter
                 raise NotSent("not sent: an event before it in the stream was not")
             routed = request._replace(customer_id=customer_id)
-            reply = self.client.enqueue(routed)
+            reply = self.client.enqueue(routed, call)
             if sent is not None:
                 sent.set_result(True)
             return await self.client.settle(routed, await reply)
@@ -120,10 +122,13 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
         acked. Events named by customer id are routed as they are read, without a task of
         their own (the stream's deadline bounds them all); an event by alias first resolves
         the alias, and while it does, the events read after it wait for it to be routed (an
-        alias may name the customer a later event names by id)."""
+        alias may name the customer a later event names by id). Once the stream ends, what
+        of it is not sent yet goes unsent, all of it (`Call`)."""
         catalog = await self.gateway.catalog()
         pending: asyncio.Queue = asyncio.Queue(STREAM_WINDOW)
-        reader = asyncio.ensure_future(self._read(request_iterator, context, catalog, pending))
+        call = Call()
+        reader = asyncio.ensure_future(self._read(request_iterator, context, catalog, pending,
+                                                  call))
         failure = None
         try:
             async with asyncio.timeout(self.gateway.timeout(context)):
@@ -135,11 +140,12 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
             reader.cancel()
             while not pending.empty():
                 self._drop(pending.get_nowait())
+            call.give_up()
         if failure is not None:
             await abort(context, _of_many(failure))
 
     async def _read(self, request_iterator, context, catalog: CompiledCatalog,
-                    pending: asyncio.Queue) -> None:
+                    pending: asyncio.Queue, call: Call) -> None:
         """Route each event of a stream as it arrives, into `pending`; then None. An event
         that fails its checks (or a failure to read) goes in as the exception, which ends the
         stream in its turn, after the events before it."""
@@ -153,7 +159,7 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
                     check_event(event)
                     self.gateway.check_capacity()
                     item = self._route(event, requests.event_request(event, catalog, where),
-                                       where, context, last)
+                                       where, context, last, call)
                 except Exception as exc:
                     await pending.put(exc)
                     return
@@ -172,7 +178,7 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
         await pending.put(None)
 
     def _route(self, event: pb.Event, checked: tuple[requests.Who, protocol.Event], where: str,
-               context, last: asyncio.Future | None) -> _Pending:
+               context, last: asyncio.Future | None, call: Call) -> _Pending:
         """Send a checked event on its way: now, when it names its customer and every event
         before it was routed (`last`, the `sent` of the latest one routed by a task, is done
         and True); else by a task, behind that one. `_ack` waits for its ack."""
@@ -180,8 +186,9 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
         if who.alias_key is not None or not (last is None or (last.done() and last.result())):
             sent = asyncio.get_running_loop().create_future()
             return _Pending(event, where, task=asyncio.ensure_future(self._ingest(
-                event, checked, where, self.gateway.timeout(context), last, sent)), sent=sent)
-        reply = self.client.enqueue(request)
+                event, checked, where, self.gateway.timeout(context), last, sent, call)),
+                sent=sent)
+        reply = self.client.enqueue(request, call)
         self.gateway.inflight += 1
         return _Pending(event, where, request, reply)
 
@@ -209,7 +216,8 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
         """Check every event and resolve the aliases they name; then route them all at once,
         in the caller's order (without a task per event), or refuse the batch whole before
         any is routed (RESOURCE_EXHAUSTED: a shard's queue in this gateway has no room for its
-        share: a retry must not apply some events twice); and gather the acks in order."""
+        share: a retry must not apply some events twice); and gather the acks in order. Once
+        it ends, what of it is not sent yet goes unsent, all of it (`Call`)."""
         try:
             if len(request.events) > BATCH_LIMIT:
                 raise InputError("events", f"at most {BATCH_LIMIT} events per batch, got "
@@ -225,11 +233,12 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
         except (Denied, InputError, Busy, TimeoutError) as exc:
             await abort(context, exc)
         self.gateway.inflight += len(checked)  # until it answers, however it ends
+        call = Call()
         try:
             async with asyncio.timeout(self.gateway.timeout(context)):
                 routed = await self._resolved(checked)
                 self.client.check_room(routed)  # no await until all are enqueued
-                replies = [self.client.enqueue(event) for event in routed]
+                replies = [self.client.enqueue(event, call) for event in routed]
                 acks = []
                 for n, (event, routed_event, reply) in enumerate(zip(request.events, routed,
                                                                      replies)):
@@ -243,6 +252,7 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
             failure = exc
         finally:  # also when the call is cancelled: the caller went away, or its deadline passed
             self.gateway.inflight -= len(checked)
+            call.give_up()
         await abort(context, _of_many(failure) if len(checked) > 1 else failure)
 
     async def _resolved(self, checked: list[tuple[requests.Who, protocol.Event]]

@@ -80,6 +80,22 @@ class Conflict(Exception):
     """The request contradicts the state (an alias linked elsewhere): FAILED_PRECONDITION."""
 
 
+class Call:
+    """The requests of one call of several (an IngestBatch, an IngestStream), given up on
+    together. A request outside a call goes unsent once its caller stops waiting for it; one of
+    a call, only once its call is given up: a deadline cancels the one reply being awaited, and
+    dropping that event alone would send the customer's later events of the call without it
+    (and the caller's retry would apply it after them)."""
+
+    def __init__(self) -> None:
+        self.given_up = False
+
+    def give_up(self) -> None:
+        """What of the call is not sent yet is never sent: all of it at once, so what is sent
+        of a customer's events is the first of them."""
+        self.given_up = True
+
+
 @dataclass
 class _Item:
     request: Request  # routed: its partition filled in
@@ -89,6 +105,12 @@ class _Item:
     reroutes: int = 0  # times its shard could not be reached
     routed: int = 0  # the map version it was routed under
     waits_at: str = ""  # while it waits in its lane: the shard whose queue bound counts it
+    call: Call | None = None
+
+    def given_up(self) -> bool:
+        """Whether it is to go unsent: its call was given up; outside a call, its caller
+        stopped waiting (its deadline passed, or it went away: the future is cancelled)."""
+        return self.future.done() if self.call is None else self.call.given_up
 
 
 @dataclass
@@ -239,14 +261,15 @@ class KairosClient(IdentitySagas):
         reply = await self._ask(request)
         return None if reply is None else reply.value
 
-    def enqueue(self, request: Request) -> asyncio.Future:
+    def enqueue(self, request: Request, call: Call | None = None) -> asyncio.Future:
         """Route a request now, by its route key, without awaiting; a future of the shard's
         reply, which `settle` turns into the result (gateways stream many requests this way,
         without a task per request). Requests enqueued with the same route key are applied
         in the order they were enqueued, through moves. InputError for a route key that is
         not a non-empty string; Busy when the owning shard has CLIENT_QUEUE_LIMIT requests
         waiting: to be sent, or in its partitions' lanes (for a newer map, for the shard to
-        come back, or behind those)."""
+        come back, or behind those). A request of a `call` goes unsent only with the rest of
+        the call (`Call.give_up`)."""
         p = self._partition(request)
         owner = self._owner_of(p)
         if (waiting := self._waiting_for(owner)) >= CLIENT_QUEUE_LIMIT:
@@ -255,7 +278,7 @@ class KairosClient(IdentitySagas):
         if lane is None:
             lane = self._lanes[p] = _Lane()
         future = asyncio.get_running_loop().create_future()
-        item = _Item(request._replace(partition=p), future, next(lane.orders))
+        item = _Item(request._replace(partition=p), future, next(lane.orders), call=call)
         if lane.moved or lane.held or (lane.inflight and lane.shard != owner):
             lane.held.append(item)  # behind what must go first
             self._hold(item)
@@ -353,15 +376,14 @@ class KairosClient(IdentitySagas):
                     self._call_shard(link, link.session, seq, batch))
 
     def _unexpired(self, batch: list[_Item]) -> list[_Item]:
-        """The batch without the requests nobody waits for any more (the caller's deadline
-        passed, or it went away): under overload those would only delay the live ones. They
-        were never sent, so they had no effect."""
-        if all(not item.future.done() for item in batch):
+        """The batch without the requests given up on (`_Item.given_up`): under overload
+        those would only delay the live ones. They were never sent, so they had no effect."""
+        if not any(item.given_up() for item in batch):
             return batch
         for item in batch:
-            if item.future.done():
+            if item.given_up():
                 self._answered(item, _Failed(NotSent, "no longer awaited"))
-        return [item for item in batch if not item.future.done()]
+        return [item for item in batch if not item.given_up()]
 
     async def _call_shard(self, link: _ShardLink, session: str, seq: int,
                           batch: list[_Item]) -> None:
@@ -447,10 +469,11 @@ class KairosClient(IdentitySagas):
               failed: str | bool) -> None:
         """Have a request that did not reach its owner wait for map `version` (up to `wait_s`)
         before going again; or, when it `failed` (a reason), answer it Unavailable."""
-        if item.future.done():  # its caller gave up: nothing to send again or to answer
+        if item.given_up():  # nothing to send again or to answer
             return
         if failed:
-            item.future.set_result(_Failed(NotSent, failed))  # no shard took it: not applied
+            if not item.future.done():  # no shard took it: not applied
+                item.future.set_result(_Failed(NotSent, failed))
             return
         lane.moved.append(item)
         self._hold(item)
@@ -460,7 +483,7 @@ class KairosClient(IdentitySagas):
     async def _resume(self, p: int, lane: _Lane) -> None:
         """Every earlier request has its answer: re-send the moved ones in their original
         order once the map shows their new owner, then what was held behind them; those
-        whose callers gave up meanwhile go no further (never sent, they had no effect)."""
+        given up on meanwhile go no further (never sent, they had no effect)."""
         if lane.moved:
             await self._map_newer_than(lane.want_version, lane.wait_s)
         if lane.inflight:  # another resume already started
@@ -469,5 +492,5 @@ class KairosClient(IdentitySagas):
         lane.moved, lane.held, lane.wait_s = [], deque(), 0.0
         for item in ready:
             self._waiting[item.waits_at] -= 1
-            if not item.future.done():
+            if not item.given_up():
                 self._send(lane, item)
