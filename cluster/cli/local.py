@@ -39,6 +39,8 @@ from typing import Iterator
 
 import psutil
 
+from kairos.cluster.cli.secret_files import check_secret_file
+
 HOME_ENV = "KAIROS_HOME"
 SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": one node, every Ray server on loopback
 RUN_FILE = "run.json"
@@ -169,18 +171,24 @@ def single_machine() -> Iterator[None]:
 
 
 def auth_mode() -> str:
-    """Ray's token authentication unless the user chose otherwise (RAY_AUTH_MODE); a token is
-    made (~/.ray/auth_token) the first time, as Ray does for a cluster `ray.init()` starts."""
+    """Ray's token authentication unless the user chose otherwise (RAY_AUTH_MODE). Ray takes
+    the token from RAY_AUTH_TOKEN, else from the file RAY_AUTH_TOKEN_PATH names, else from
+    ~/.ray/auth_token: a file that others may read is refused (SecretFileError), as Kairos's own
+    secrets' files are, and one is made the first time, as Ray does for a cluster `ray.init()`
+    starts, but readable by this user only (Ray's own writes it under the umask)."""
     mode = os.environ.get("RAY_AUTH_MODE", "token")
-    if mode == "token" and not _have_token():
-        subprocess.run([_ray_cli(), "get-auth-token", "--generate"], stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, check=True, timeout=120)
-    return mode
-
-
-def _have_token() -> bool:
+    if mode != "token" or os.environ.get("RAY_AUTH_TOKEN"):
+        return mode
     path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
-    return bool(os.environ.get("RAY_AUTH_TOKEN")) or os.path.isfile(path)
+    check_secret_file(path, "Ray's authentication token")
+    if not os.path.isfile(path):
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            os.makedirs(folder, mode=0o700)
+        # created with its mode: never readable by others, not even for a moment
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(secrets.token_hex(32))  # as `ray get-auth-token --generate` makes one
+    return mode
 
 
 def _ray_cli() -> str:

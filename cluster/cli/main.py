@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 
@@ -163,7 +162,10 @@ def up(args: argparse.Namespace) -> int:
             return 1
         try:
             auth_mode = local.auth_mode()
-        except (subprocess.SubprocessError, OSError) as exc:
+        except SecretFileError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
             print(f"error: making Ray's authentication token failed: {exc}", file=sys.stderr)
             return 1
         run = local.Run(ray_address=f"{local.LOOPBACK}:{args.ray_port}",

@@ -1,8 +1,10 @@
-"""`kairos up` refuses secret files others can read, and never prints a store's password."""
+"""`kairos up` refuses secret files others can read (Ray's token too, which it makes readable by
+its user only), and never prints a store's password."""
 from __future__ import annotations
 
 import argparse
 import os
+import stat
 
 import pytest
 
@@ -94,3 +96,52 @@ def test_the_console_refuses_its_own_keys_file_once_others_can_read_it(home, cap
     os.chmod(own, 0o644)
     assert main(["--target", "127.0.0.1:1", "console", "--port", "0"]) == 2
     assert str(own) in capsys.readouterr().err
+
+
+@pytest.fixture
+def ray_token(tmp_path, monkeypatch):
+    """Where Ray's token is looked for: a home of the test's own (never the user's ~/.ray), a
+    umask that lets others read what is made under it, and no Ray started past the checks."""
+    def started(*args, **kwargs):
+        raise AssertionError("`kairos up` went past Ray's token")
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    monkeypatch.setenv(local.HOME_ENV, str(tmp_path / "kairos"))
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(local, "start_ray", started)
+    umask = os.umask(0o022)
+    yield tmp_path / "user" / ".ray" / "auth_token"
+    os.umask(umask)
+
+
+@pytest.mark.parametrize("at_path", [False, True], ids=["default", "RAY_AUTH_TOKEN_PATH"])
+def test_up_makes_rays_token_readable_by_this_user_only(ray_token, tmp_path, monkeypatch,
+                                                         at_path):
+    token = tmp_path / "elsewhere" / "token" if at_path else ray_token
+    if at_path:
+        monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    assert local.auth_mode() == "token"
+    made = token.read_text()
+    assert len(made) == 64
+    if at_path:  # where Ray reads it from, not ~/.ray
+        assert not ray_token.exists()
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    assert stat.S_IMODE(token.parent.stat().st_mode) == 0o700  # made by Kairos
+    assert local.auth_mode() == "token" and token.read_text() == made  # kept, not made anew
+
+
+@pytest.mark.parametrize("at_path", [False, True], ids=["default", "RAY_AUTH_TOKEN_PATH"])
+def test_up_refuses_a_ray_token_others_can_read(ray_token, tmp_path, monkeypatch, capsys,
+                                                at_path):
+    token = tmp_path / "token" if at_path else ray_token
+    if at_path:
+        monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    token.parent.mkdir(parents=True, exist_ok=True)
+    token.write_text("0" * 64)
+    os.chmod(token, 0o644)
+    free = [str(local.free_port()) for _ in range(2)]
+    assert main(["up", "--no-dashboard", "--console-port", "0", "--ray-port", free[0],
+                 "--port", free[1]]) == 2
+    err = capsys.readouterr().err
+    assert f"Ray's authentication token {token} has mode 0644" in err
+    assert f"chmod 600 {token}" in err
