@@ -42,13 +42,15 @@ BATCH_LIMIT = 10_000  # events in one IngestBatch (the proto says so)
 
 class _Pending(NamedTuple):
     """An event of a stream on its way: routed as it was read (`request` and the future of
-    the shard's `reply`), or by a task (`task`: its alias resolved, behind the events before
-    it; `sent` is done once it was routed, True, or will not be, False)."""
+    the shard's `reply`, due by `due`, the loop's time), or by a task (`task`: its alias
+    resolved, behind the events before it; `sent` is done once it was routed, True, or will
+    not be, False)."""
 
     event: pb.Event
     where: str
     request: protocol.Event | None = None
     reply: asyncio.Future | None = None
+    due: float = 0.0
     task: asyncio.Future | None = None
     sent: asyncio.Future | None = None
 
@@ -119,11 +121,13 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
         soon as it and every earlier one are done, in order. At most STREAM_WINDOW events wait
         for their acks: past that, reading pauses (gRPC flow control pushes back on the
         sender). The first failing event ends the stream with its status; earlier ones were
-        acked. Events named by customer id are routed as they are read, without a task of
-        their own (the stream's deadline bounds them all); an event by alias first resolves
-        the alias, and while it does, the events read after it wait for it to be routed (an
-        alias may name the customer a later event names by id). Once the stream ends, what
-        of it is not sent yet goes unsent, all of it (`Call`)."""
+        acked. Each event's ack is due within the deadline left when it was read: the
+        caller's, or DEFAULT_DEADLINE_S for a stream without one, which lasts for as long as
+        its caller keeps it open. Events named by customer id are routed as they are read,
+        without a task of their own; an event by alias first resolves the alias, and while it
+        does, the events read after it wait for it to be routed (an alias may name the
+        customer a later event names by id). Once the stream ends, what of it is not sent yet
+        goes unsent, all of it (`Call`)."""
         catalog = await self.gateway.catalog()
         pending: asyncio.Queue = asyncio.Queue(STREAM_WINDOW)
         call = Call()
@@ -131,7 +135,8 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
                                                   call))
         failure = None
         try:
-            async with asyncio.timeout(self.gateway.timeout(context)):
+            async with asyncio.timeout(None if context.time_remaining() is None else
+                                       self.gateway.timeout(context)):
                 while (item := await pending.get()) is not None:
                     yield await self._ack(item)
         except Exception as exc:
@@ -190,7 +195,8 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
                 sent=sent)
         reply = self.client.enqueue(request, call)
         self.gateway.inflight += 1
-        return _Pending(event, where, request, reply)
+        return _Pending(event, where, request, reply,
+                        asyncio.get_running_loop().time() + self.gateway.timeout(context))
 
     async def _ack(self, item: _Pending | Exception) -> pb.IngestAck:
         if isinstance(item, Exception):
@@ -198,7 +204,9 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
         if item.task is not None:
             return await item.task
         try:
-            return _ack_out(item.event, await self.client.settle(item.request, await item.reply))
+            async with asyncio.timeout_at(item.due):
+                return _ack_out(item.event,
+                                await self.client.settle(item.request, await item.reply))
         except InputError as exc:
             raise InputError(item.where + exc.field, exc.reason) from None
         finally:
