@@ -131,8 +131,8 @@ def spawn(args: argparse.Namespace, run: local.Run) -> None:
     local.write_run(run)
     address = f"{local.LOOPBACK}:{args.console_port}"
     deadline = time.monotonic() + START_TIMEOUT_S
-    # answering is not enough: another process may hold the port and this one have died
-    while not local.answers(address, 0.5) or process.poll() is not None:
+    # the console's own listener: something answering on the port may be another process's
+    while not local.listens(process.pid, args.console_port):
         if process.poll() is not None or time.monotonic() > deadline:
             tail = log.read_text(errors="replace").strip().splitlines()[-5:]
             raise local.StartFailed("the console did not start:\n    " + "\n    ".join(tail)

@@ -225,6 +225,15 @@ def answers(address: str, timeout_s: float = 1.0) -> bool:
         return False
 
 
+def listens(pid: int, port: int) -> bool:
+    """Whether process `pid` itself listens on TCP `port`."""
+    try:
+        return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port
+                   for c in psutil.Process(pid).net_connections("inet"))
+    except psutil.Error:  # gone
+        return False
+
+
 # -- start -----------------------------------------------------------------------------------
 
 class StartFailed(Exception):

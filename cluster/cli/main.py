@@ -131,7 +131,9 @@ def up(args: argparse.Namespace) -> int:
     if args.nodes < 1:
         print("--nodes must be at least 1", file=sys.stderr)
         return 2
+    ports = _given_ports(args)
     try:
+        _refuse_shared_ports(args, ports)
         catalog_text = checked_inputs(args)
     except Refused as exc:
         print(exc, file=sys.stderr)
@@ -145,14 +147,7 @@ def up(args: argparse.Namespace) -> int:
                 return 1
             local.forget_ray_address(run)  # it stopped without `kairos down`
             local.forget()
-        ports = [("Ray", args.ray_port)]
-        if args.dashboard:
-            ports.append(("the Ray dashboard", args.dashboard_port))
-        if args.console_port:
-            ports.append(("the console", args.console_port))
-        if args.port:
-            ports += [("a gateway", args.port + i) for i in range(args.nodes)]
-        busy = [f"{port} ({what})" for what, port in ports
+        busy = [f"{port} ({what})" for what, _, port in ports
                 if not local.port_free(args.host if what == "a gateway" else local.LOOPBACK,
                                        port)]
         if busy:
@@ -189,6 +184,35 @@ def up(args: argparse.Namespace) -> int:
             return 1
     print(up_message(args, run))
     return 0
+
+
+def _given_ports(args: argparse.Namespace) -> list[tuple[str, str, int]]:
+    """The ports `up` is to listen on, each with what listens there and the option that gives
+    it (a console port of 0, no console, and a gateway port of 0, any free one, are left out)."""
+    ports = [("Ray", "--ray-port", args.ray_port)]
+    if args.dashboard:
+        ports.append(("the Ray dashboard", "--dashboard-port", args.dashboard_port))
+    if args.console_port:
+        ports.append(("the console", "--console-port", args.console_port))
+    if args.port:  # node i's gateway on port + i
+        ports += [("a gateway", f"--port + {i}" if i else "--port", args.port + i)
+                  for i in range(args.nodes)]
+    return ports
+
+
+def _refuse_shared_ports(args: argparse.Namespace, ports: list[tuple[str, str, int]]) -> None:
+    """Refused: a port that two options give, or one within the shard endpoints' range (a
+    shard may take it first): the second to bind it would fail, or the first answer for it."""
+    first: dict[int, str] = {}
+    low, high = args.shard_endpoint_ports or (1, 0)
+    for _, option, port in ports:
+        if port in first:
+            raise Refused(f"error: {first[port]} and {option} are both port {port}: each "
+                          f"needs a port of its own", 2)
+        if low <= port <= high:
+            raise Refused(f"error: {option} {port} is within --shard-endpoint-ports "
+                          f"{low}-{high}", 2)
+        first[port] = option
 
 
 def up_message(args: argparse.Namespace, run: local.Run) -> str:

@@ -8,6 +8,7 @@ that carry its token (stand-ins for Ray's processes). The real `kairos up` ...
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import json
@@ -273,6 +274,48 @@ def test_up_refuses_a_console_port_in_use(home, capsys):
                      "--no-dashboard", "--console-port", str(port)]) == 1
     assert f"in use on this machine: port {port} (the console)" in capsys.readouterr().err
     assert not (home / "run.json").exists()
+
+
+OWN = ": each needs a port of its own"
+
+
+@pytest.mark.parametrize("given, said", [
+    ({"--console-port": "A", "--port": "A"}, "--console-port and --port are both port A" + OWN),
+    ({"--dashboard-port": "A", "--ray-port": "A"},
+     "--ray-port and --dashboard-port are both port A" + OWN),
+    ({"--nodes": "2", "--port": "A", "--console-port": "A+1"},
+     "--console-port and --port + 1 are both port A+1" + OWN),
+    ({"--port": "A", "--shard-endpoint-ports": "A-A+1"},
+     "--port A is within --shard-endpoint-ports A-A+1")])
+def test_up_refuses_a_port_given_for_two_things_and_starts_nothing(home, capsys, monkeypatch,
+                                                                   given, said):
+    def started():
+        raise AssertionError("`kairos up` went past its checks of options")
+    monkeypatch.setattr(local, "up_lock", started)
+    a = local.free_port()
+
+    def port(text: str) -> str:
+        return text.replace("A+1", str(a + 1)).replace("A", str(a))
+    options = {"--ray-port": str(local.free_port()), "--dashboard-port": str(local.free_port()),
+               "--console-port": str(local.free_port()), "--port": str(local.free_port()),
+               **{option: port(value) for option, value in given.items()}}
+    assert main(["up", *(x for pair in options.items() for x in pair)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {port(said)}"
+
+
+def test_up_says_the_console_did_not_start_when_another_process_holds_its_port(home):
+    """Something answering on the console's port is not the console: one that could not bind
+    it exits, and `kairos up` says so rather than report a console that is not running."""
+    from kairos.cluster.cli import console
+    args = argparse.Namespace(tls_client_ca=None, keys=None, tls_cert=None, tls_key=None)
+    run = fake_run([], time.time(), dashboard="")
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        args.console_port = other.getsockname()[1]
+        with pytest.raises(local.StartFailed, match="(?s)the console did not start.*in use"):
+            console.spawn(args, run)
+    assert not run.console
 
 
 # -- a real `kairos up` --------------------------------------------------------------------------
