@@ -17,6 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.k8s.quantities import quantity_bytes
 from tests.support.manifests import K8S, REPO, env_of, head, objects, one, raycluster, rendered
 
 OVERLAYS = ("laptop", "production")
@@ -413,6 +414,26 @@ def test_redis_is_durable(overlay):
     assert c["readinessProbe"] and c["livenessProbe"]
     svc = one(overlay, "Service", "kairos-redis")
     assert svc["spec"]["selector"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_redis_refuses_writes_well_below_its_memory_limit(overlay):
+    """Redis's maxmemory, as the pod's shell computes it from the container's memory limit
+    (the Downward API's limits.memory), is about 70% of that limit, with noeviction: writes fail
+    before the kernel OOM-kills Redis, and nothing Kairos stored is evicted."""
+    (c,) = one(overlay, "StatefulSet", "kairos-redis")["spec"]["template"]["spec"]["containers"]
+    limit = quantity_bytes(c["resources"]["limits"]["memory"])
+    script = c["args"][0]
+    assert re.search(r"--maxmemory-policy noeviction\b", script), f"{overlay}: no noeviction"
+    (given,) = re.findall(r"--maxmemory (\$\(\(.*?\)\)|\S+)", script)  # a number, or $((...))
+    source = env_of(c)["REDIS_MEMORY_LIMIT"]["valueFrom"]["resourceFieldRef"]
+    assert source["resource"] == "limits.memory" and source.get("divisor", "1") == "1"
+    assert source.get("containerName", c["name"]) == c["name"]
+    done = subprocess.run(["/bin/sh", "-c", f"echo {given}"], capture_output=True, text=True,
+                          env={"REDIS_MEMORY_LIMIT": str(limit)}, check=True)
+    maxmemory = int(done.stdout)
+    assert 0.65 * limit <= maxmemory <= 0.75 * limit, \
+        f"{overlay}: maxmemory {maxmemory} of a {c['resources']['limits']['memory']} limit"
 
 
 def test_production_has_disruption_budgets_and_more_workers():

@@ -1,8 +1,9 @@
 """The production overlay's Redis over TLS, run: the rendered Redis container's own command
-starts a real redis-server (Debian's 7, which has TLS), its rendered probe pings it, and the
-store URL rendered for the head reaches it as rediss://, trusting the CA from the same
-Secret. What sharing one machine changes: the Secret's files are a throwaway PKI in a folder,
-the host is localhost, the port is free, the server binds loopback only."""
+starts a real redis-server (Debian's 7, which has TLS) with the memory limit the container
+would pass it, its rendered probe pings it, and the store URL rendered for the head reaches it
+as rediss://, trusting the CA from the same Secret. What sharing one machine changes: the
+Secret's files are a throwaway PKI in a folder, the host is localhost, the port is free, the
+server binds loopback only."""
 from __future__ import annotations
 
 import os
@@ -16,6 +17,7 @@ from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.redis_server import free_port, tls_executable
 from kairos.cluster.storage.store import StoreUnavailable
 
+from tests.k8s.quantities import quantity_bytes
 from tests.support import pki
 from tests.support.manifests import env_of, head, one, raycluster
 
@@ -72,8 +74,9 @@ def test_the_rendered_redis_command_serves_tls_and_the_rendered_store_url_reache
               .replace("/data", f"{tmp_path}/data")
               .replace("--tls-port 6379", f"--tls-port {port}")
               .replace("redis-server -", "redis-server - --bind 127.0.0.1"))
+    limit = quantity_bytes(container["resources"]["limits"]["memory"])
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "REDIS_PASSWORD": PASSWORD,
-           "REDISCLI_AUTH": PASSWORD}
+           "REDISCLI_AUTH": PASSWORD, "REDIS_MEMORY_LIMIT": str(limit)}  # the Downward API's
     server = subprocess.Popen([*container["command"], script], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -86,6 +89,11 @@ def test_the_rendered_redis_command_serves_tls_and_the_rendered_store_url_reache
             assert server.poll() is None and time.monotonic() < deadline, \
                 f"Redis did not start: {answer.stdout} {answer.stderr}"
             time.sleep(0.1)
+        config = subprocess.run([*probe[:-1], "CONFIG", "GET", "maxmemory*"], env=env,
+                                capture_output=True, text=True).stdout.split()
+        settings = dict(zip(config[::2], config[1::2]))
+        assert 0 < int(settings["maxmemory"]) < limit  # tests/k8s/test_manifests.py: how far
+        assert settings["maxmemory-policy"] == "noeviction"
         store_url = (env_of(head(OVERLAY)["spec"]["containers"][0])["KAIROS_STORE"]["value"]
                      .replace("$(KAIROS_REDIS_PASSWORD)", PASSWORD)
                      .replace("@kairos-redis:6379", f"@localhost:{port}")
