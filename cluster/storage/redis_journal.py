@@ -5,8 +5,11 @@ A journal batch is one member, msgpack `[first lsn, records, format]` (frames.py
 one MULTI/EXEC, so Redis holds all of a batch or none of it. The same MULTI/EXEC reads the
 fence (store.py: `fence_journal` sets it), so the batch and the check are one step in the
 server's order: a batch written before the fence is read by the shard that set it, and one
-after it is refused (JournalFenced; it stays, unacknowledged, in the fenced journal). This
-needs no command beyond those listed for an ACL user (README), where a Lua script would.
+after it is refused (JournalFenced; it stays, unacknowledged, in the fenced journal). It runs
+under WATCH of the last-LSN key, read first: one that is not the writer's own means the server
+lost writes it had acknowledged (a crash, a failover), and nothing is appended past that gap
+(StoreUnavailable: the shard rebuilds from what the server holds). This needs no command
+beyond those listed for an ACL user (README), where a Lua script would.
 Reading back, a batch that does not decode, whose score is not its last LSN, or whose LSNs do
 not follow on from the batch before it is StoreCorrupt (the shard stays UNAVAILABLE until the
 member is moved into the quarantine with its score: the gap it leaves is then accepted). Replay
@@ -29,7 +32,7 @@ import redis
 from kairos.cluster.storage.frames import (Decode, JournalFormatError, check_frame, pack_batch,
                                            unpack_batch)
 from kairos.cluster.storage.redis_errors import unavailable
-from kairos.cluster.storage.store import JournalFenced, StoreCorrupt
+from kairos.cluster.storage.store import JournalFenced, StoreCorrupt, StoreUnavailable
 
 log = logging.getLogger("kairos.store")
 REPLAY_PAGE = 256  # journal batches (and decision log entries) fetched per round trip
@@ -93,9 +96,10 @@ class RedisJournal(RedisReader):
         super().__init__(client, key)
         self.policy = policy
         self.fence = f"{key}:fenced"
+        self.last = f"{key}:last"
         self.fenced = False
         with self.r.pipeline(transaction=False) as pipe:
-            pipe.get(f"{key}:last")
+            pipe.get(self.last)
             pipe.get(self.fence)
             last, fenced = pipe.execute()
         if fenced is not None:
@@ -128,15 +132,36 @@ class RedisJournal(RedisReader):
         batch = pack_batch(first, records)
         check_frame(len(batch), first, len(records))  # the same limit as a directory's
         with self.r.pipeline(transaction=True) as tx:
-            tx.zadd(self.key, {batch: last})
-            tx.set(f"{self.key}:last", last)
-            tx.get(self.fence)
-            fenced = tx.execute()[-1]
+            try:
+                tx.watch(self.last)
+                self._follows_on(int(tx.get(self.last) or 0))
+                tx.multi()
+                tx.zadd(self.key, {batch: last})
+                tx.set(self.last, last)
+                tx.get(self.fence)
+                fenced = tx.execute()[-1]
+            except redis.exceptions.WatchError:
+                raise StoreUnavailable(f"redis: journal {self.key}: its last LSN changed under "
+                                       f"this writer; nothing appended") from None
         if fenced is not None:  # set before this batch: it is not acknowledged
             self.fenced = True
             raise JournalFenced.of(self.key)
         self.last_lsn = last
         return last
+
+    def _follows_on(self, stored: int) -> None:
+        """StoreUnavailable, so that nothing is appended past a gap, unless the server's last
+        LSN is this writer's: a server that lost writes it had acknowledged (a crash under
+        appendfsync everysec, a failover to a lagging replica) comes back with an older one,
+        and redis-py reconnects to it without a word. The shard then rebuilds from what the
+        server holds."""
+        if stored != self.last_lsn:
+            error = StoreUnavailable(
+                f"redis: journal {self.key}: the server's last LSN is {stored}, this writer's "
+                f"{self.last_lsn}: the server lost writes it had acknowledged (a crash without "
+                f"appendfsync always, a failover to a lagging replica); nothing appended")
+            log.error("%s", error)
+            raise error
 
     @unavailable("reading the journal's fence")
     def check_fence(self) -> None:
@@ -152,7 +177,7 @@ class RedisJournal(RedisReader):
             return True
         with self.r.pipeline(transaction=True) as tx:
             tx.zremrangebyscore(self.key, self.last_lsn, self.last_lsn)
-            tx.set(f"{self.key}:last", after_lsn)
+            tx.set(self.last, after_lsn)
             tx.execute()
         self.last_lsn = after_lsn
         return True

@@ -284,6 +284,25 @@ def test_a_redis_journal_takes_back_its_last_batch(redis_server):
     assert again.append([("event", 1, "ana", 2)]) == 2
 
 
+def test_a_redis_journal_appends_nothing_past_writes_the_server_lost(redis_server):
+    """The server loses its last acknowledged batch (a crash under appendfsync everysec, a
+    failover to a lagging replica) and redis-py reconnects to it without a word: the writer
+    appends nothing past the gap (StoreUnavailable), and a writer opened again (the shard's
+    rebuild) goes on from what the server holds, which replays whole."""
+    store = open_store(f"{redis_server.url}?prefix=rollback")
+    j = store.journal("s0", "os")
+    j.append([("event", 1, "ana", 1)])
+    j.append([("event", 1, "ana", 2)])
+    j.r.zremrangebyscore(j.key, 2, 2)  # what the server holds once it lost the second batch
+    j.r.set(j.key + ":last", 1)
+    with pytest.raises(StoreUnavailable, match="last LSN is 1, this writer's 2"):
+        j.append([("event", 1, "ana", 3)])
+    assert j.r.zcard(j.key) == 1 and j.r.get(j.key + ":last") == b"1"
+    again = store.journal("s0", "os")
+    assert again.append([("event", 1, "ana", 3)]) == 2
+    assert [r[3] for _, r in again.replay()] == [1, 3]
+
+
 def test_a_redis_journal_batch_that_does_not_follow_on_or_decode_is_corrupt(redis_server):
     store = open_store(f"{redis_server.url}?prefix=corrupt")
     j = store.journal("s0", "os")
@@ -298,6 +317,7 @@ def test_a_redis_journal_batch_that_does_not_follow_on_or_decode_is_corrupt(redi
         list(j.replay())
     assert [lsn for lsn, _ in j.replay(after_lsn=4)] == []
     j.last_lsn = 4  # as if the damaged batch had been appended
+    j.r.set(j.key + ":last", 4)
     j.append([("event", 1, "ana", 5)])
     # the way out (README): the damaged batch moved into the quarantine, keeping its score
     j.r.eval(QUARANTINE, 1, j.key, 4)
