@@ -10,6 +10,15 @@ under WATCH of the last-LSN key, read first: one that is not the writer's own me
 lost writes it had acknowledged (a crash, a failover), and nothing is appended past that gap
 (StoreUnavailable: the shard rebuilds from what the server holds). This needs no command
 beyond those listed for an ACL user (README), where a Lua script would.
+
+A transaction whose reply is lost (a socket timeout after its EXEC was sent) leaves its batch
+in doubt, so the writer looks again on a new connection before it answers: a batch there is
+acknowledged; one not there never will be (the last-LSN key is written over, so an EXEC still
+on its way fails its WATCH), and the round answers UNAVAILABLE. Where the server cannot tell
+(it went away), the round answers UNAVAILABLE and the journal's next writer in this process,
+the shard's rebuild, takes the batch back if it is there before it reads, so a client's retry
+is applied once. A process that dies before that leaves the batch to be replayed, as a crash
+between any write and its answer does (idempotency keys make such retries safe).
 Reading back, a batch that does not decode, whose score is not its last LSN, or whose LSNs do
 not follow on from the batch before it is StoreCorrupt (the shard stays UNAVAILABLE until the
 member is moved into the quarantine with its score: the gap it leaves is then accepted). Replay
@@ -23,6 +32,7 @@ error: the store warns once per server and user that it could not check, and goe
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, Callable, Iterator
 
@@ -31,12 +41,19 @@ import redis
 
 from kairos.cluster.storage.frames import (Decode, JournalFormatError, check_frame, pack_batch,
                                            unpack_batch)
-from kairos.cluster.storage.redis_errors import unavailable
+from kairos.cluster.storage.redis_errors import ERRORS, unavailable
 from kairos.cluster.storage.store import JournalFenced, StoreCorrupt, StoreUnavailable
 
 log = logging.getLogger("kairos.store")
 REPLAY_PAGE = 256  # journal batches (and decision log entries) fetched per round trip
 _unchecked: set[tuple] = set()  # (host, port, user) whose durability settings were not checked
+# (server, journal key) -> a batch whose append lost its reply, the server unable to tell then
+# whether it holds it: (the batch, its last LSN, its number of records)
+_in_doubt: dict[tuple, tuple[bytes, int, int]] = {}
+SETTLE_TRIES = 3  # looks at a batch in doubt while the journal's last LSN changes under them
+# how a transaction's connection fails (redis-py raises WatchError for one that watched keys)
+LOST = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+        redis.exceptions.WatchError)
 
 
 class RedisReader:
@@ -98,6 +115,12 @@ class RedisJournal(RedisReader):
         self.fence = f"{key}:fenced"
         self.last = f"{key}:last"
         self.fenced = False
+        kwargs = client.connection_pool.connection_kwargs
+        self._where = (*(kwargs.get(k) for k in ("host", "port", "path", "db")), key)
+        doubt = _in_doubt.get(self._where)
+        if doubt is not None:  # its round was answered UNAVAILABLE: taken back if it is there
+            self._settle(*doubt, keep=False)
+            del _in_doubt[self._where]
         with self.r.pipeline(transaction=False) as pipe:
             pipe.get(self.last)
             pipe.get(self.fence)
@@ -131,8 +154,8 @@ class RedisJournal(RedisReader):
         first, last = self.last_lsn + 1, self.last_lsn + len(records)
         batch = pack_batch(first, records)
         check_frame(len(batch), first, len(records))  # the same limit as a directory's
-        with self.r.pipeline(transaction=True) as tx:
-            try:
+        try:
+            with self.r.pipeline(transaction=True) as tx:
                 tx.watch(self.last)
                 self._follows_on(int(tx.get(self.last) or 0))
                 tx.multi()
@@ -140,14 +163,59 @@ class RedisJournal(RedisReader):
                 tx.set(self.last, last)
                 tx.get(self.fence)
                 fenced = tx.execute()[-1]
-            except redis.exceptions.WatchError:
-                raise StoreUnavailable(f"redis: journal {self.key}: its last LSN changed under "
-                                       f"this writer; nothing appended") from None
+        except LOST as exc:  # the EXEC may have run, its reply lost: find out before answering
+            self._settled(batch, last, len(records), exc)
+            fenced = None  # and the fence is not up (`_settle`)
         if fenced is not None:  # set before this batch: it is not acknowledged
             self.fenced = True
             raise JournalFenced.of(self.key)
         self.last_lsn = last
         return last
+
+    def _settled(self, batch: bytes, last: int, count: int, lost: Exception) -> None:
+        """After the append's transaction failed on its connection: return if its batch is in
+        the journal (acknowledged, the fence not up), else StoreUnavailable, nothing appended
+        nor ever to be. A server that cannot tell now leaves the batch in doubt (`_in_doubt`)
+        for the journal's next writer in this process (the shard's rebuild) to settle before
+        it reads: its round is answered UNAVAILABLE, so it is taken back if it is there."""
+        try:
+            if self._settle(batch, last, count, keep=True):
+                return
+        except ERRORS as exc:
+            _in_doubt[self._where] = (batch, last, count)
+            raise StoreUnavailable(f"redis: journal {self.key}: appending LSNs "
+                                   f"{last - count + 1}-{last}: {lost}; whether the server "
+                                   f"holds them is not known yet ({exc})") from exc
+        raise StoreUnavailable(f"redis: appending to the journal: {lost}") from lost
+
+    def _settle(self, batch: bytes, last: int, count: int, keep: bool) -> bool:
+        """Whether the batch of `count` LSNs up to `last` is in the journal, its transaction's
+        reply having been lost: it is if the last-LSN key is `last` and the batch is at that
+        score. Not there, the key is written over (with its value) so that the transaction,
+        should its EXEC still be on its way, fails the WATCH of its connection; there but not
+        `keep`, it is taken back. JournalFenced, leaving it, if the journal is fenced. Redis
+        errors if the server cannot tell (a WatchError: the key changed SETTLE_TRIES times)."""
+        for _ in range(SETTLE_TRIES - 1):
+            with contextlib.suppress(redis.exceptions.WatchError):  # changed: look again
+                return self._settle_once(batch, last, count, keep)
+        return self._settle_once(batch, last, count, keep)
+
+    def _settle_once(self, batch: bytes, last: int, count: int, keep: bool) -> bool:
+        with self.r.pipeline(transaction=True) as tx:
+            tx.watch(self.last, self.fence)
+            stored = int(tx.get(self.last) or 0)
+            if tx.get(self.fence) is not None:
+                self.fenced = True
+                raise JournalFenced.of(self.key)
+            there = stored == last and batch in tx.zrangebyscore(self.key, last, last)
+            if there and keep:
+                return True
+            tx.multi()
+            if there:
+                tx.zrem(self.key, batch)
+            tx.set(self.last, last - count if there else stored)
+            tx.execute()
+            return False
 
     def _follows_on(self, stored: int) -> None:
         """StoreUnavailable, so that nothing is appended past a gap, unless the server's last

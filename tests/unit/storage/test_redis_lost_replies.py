@@ -1,0 +1,101 @@
+"""A Redis journal append whose reply is lost (the socket timed out, before or after the server
+ran its EXEC): the writer finds out whether its batch is in the journal before it answers, so
+that an append answered UNAVAILABLE is never replayed, and one in the journal is acknowledged."""
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+import redis
+
+from kairos.cluster.storage.frames import pack_batch
+from kairos.cluster.storage.providers import open_store
+from kairos.cluster.storage.store import StoreUnavailable
+
+from tests.unit.shard.test_shard import T0, Clock, event, profile, shard
+
+
+def lose_next_reply(monkeypatch, ran: bool, then: Callable[[], object] = lambda: None) -> None:
+    """The next transaction's reply is lost, the server having run it first if `ran`; `then`
+    runs before the error (the server goes away, say)."""
+    real = redis.client.Pipeline._execute_transaction
+
+    def lost(self, connection, commands, raise_on_error):
+        monkeypatch.setattr(redis.client.Pipeline, "_execute_transaction", real)
+        if ran:
+            real(self, connection, commands, raise_on_error)
+        then()
+        raise redis.exceptions.TimeoutError("Timeout reading from socket")
+    monkeypatch.setattr(redis.client.Pipeline, "_execute_transaction", lost)
+
+
+def records(journal) -> list[int]:
+    return [record[3] for _, record in journal.replay()]
+
+
+def test_a_batch_the_server_ran_is_acknowledged_when_its_reply_is_lost(redis_server,
+                                                                        monkeypatch):
+    j = open_store(f"{redis_server.url}?prefix=lost-ran").journal("s0", "os")
+    j.append([("event", 1, "ana", 1)])
+    lose_next_reply(monkeypatch, ran=True)
+    assert j.append([("event", 1, "ana", 2)]) == 2
+    assert j.append([("event", 1, "ana", 3)]) == 3
+    assert records(j) == [1, 2, 3]
+
+
+def test_a_batch_the_server_did_not_run_never_lands(redis_server, monkeypatch):
+    """Its EXEC may still be on its way (sent on a connection that watched the last-LSN key
+    before the writer looked): it fails its WATCH."""
+    j = open_store(f"{redis_server.url}?prefix=lost-not-ran").journal("s0", "os")
+    j.append([("event", 1, "ana", 1)])
+    late = j.r.pipeline(transaction=True)
+    late.watch(j.last)
+    lose_next_reply(monkeypatch, ran=False)
+    with pytest.raises(StoreUnavailable):
+        j.append([("event", 1, "ana", 2)])
+    late.multi()
+    late.zadd(j.key, {pack_batch(2, [("event", 1, "ana", 2)]): 2})
+    late.set(j.last, 2)
+    with pytest.raises(redis.exceptions.WatchError):
+        late.execute()
+    assert records(j) == [1]
+    again = open_store(f"{redis_server.url}?prefix=lost-not-ran").journal("s0", "os")
+    assert again.append([("event", 1, "ana", 3)]) == 2 and records(again) == [1, 3]
+
+
+def test_a_batch_the_server_cannot_tell_of_is_taken_back_by_the_next_writer(redis_server,
+                                                                             monkeypatch):
+    """The server ran the batch and went away before the writer could ask: the append is
+    answered UNAVAILABLE, so the journal's next writer (the shard's rebuild) takes it back
+    before it reads; the client's retry is then applied once."""
+    url = f"{redis_server.url}?prefix=lost-unknown"
+    j = open_store(url).journal("s0", "os")
+    j.append([("event", 1, "ana", 1)])
+    lose_next_reply(monkeypatch, ran=True, then=redis_server.stop)
+    try:
+        with pytest.raises(StoreUnavailable, match="not known yet"):
+            j.append([("event", 1, "ana", 2)])
+    finally:
+        redis_server.start()
+    assert j.r.zcard(j.key) == 2  # it did land
+    again = open_store(url).journal("s0", "os")
+    assert again.last_lsn == 1 and records(again) == [1]
+    assert again.append([("event", 1, "ana", 2)]) == 2 and records(again) == [1, 2]
+
+
+def test_a_shard_whose_append_lost_its_reply_applies_the_clients_retry_once(
+        redis_server, monkeypatch, compiled):
+    """The reviewer's case: the round is answered UNAVAILABLE, the shard is rebuilt from the
+    store, and the client sends the event again (no idempotency key)."""
+    url, clock = f"{redis_server.url}?prefix=lost-shard", Clock()
+    s = shard(compiled, store=open_store(url), clock=clock)
+    lose_next_reply(monkeypatch, ran=True, then=redis_server.stop)
+    try:
+        with pytest.raises(StoreUnavailable):
+            s.process([event("ana", "app_open", T0)])
+    finally:
+        redis_server.start()
+    rebuilt = shard(compiled, store=open_store(url), clock=clock)
+    rebuilt.recover()
+    assert rebuilt.process([event("ana", "app_open", T0)])[0][0].status == "ok"
+    assert rebuilt.process([profile("ana")])[0][0].value["events_applied"] == 1
