@@ -17,7 +17,9 @@ sealed are read unchecked.
 A customer's state outside the profile table travels with it in its block's extras: its
 armed timers (kept here), and the state of the parts registered as `CustomerState` (its
 watches, its aliases and links). Loading a block replaces what a customer had here; folding
-one (an anonymous profile merged in) adds to it.
+one (an anonymous profile merged in) adds to it. A resident's extras also say whether it has a
+home in the store (`housed`), so that the shard's `passivated` counts only the homes of
+customers not resident, after a recovery or a handoff too (older blocks say none has).
 
 A customer passivated with armed timers is a sleeper: the timer wheel (timers.py) keeps its
 earliest due time per partition and activates it when that comes, so its timer fires on
@@ -89,6 +91,9 @@ class Residency:
         self._quiet_until = -math.inf
         self.timers = Timers(self._wake)
         self._homeless: set[str] = set()  # found with no home this round (`probe`)
+        # residents with a home in the store (activated from it, or so their snapshot or
+        # handoff says): the homes of the others are the passivated customers' (`passivated`)
+        self.housed: set[str] = set()
         self._damaged: set[str] = set()  # customers whose damaged home was logged
 
     def activate(self, customer_id: str, partition: int, create: bool = True,
@@ -122,6 +127,7 @@ class Residency:
             if blob is None:
                 return False
             self.load(blocks.unpack(unseal(blob, "a customer's home")[0]))
+            self.housed.add(customer_id)
         except (StoreCorrupt, blocks.BlockCorrupt) as exc:
             damaged = HomeDamaged(f"this customer's stored profile (partition {partition}) "
                                   f"is damaged: {exc}")
@@ -194,6 +200,12 @@ class Residency:
         self._ctx.counts["passivations"] += len(victims)
         return len(victims)
 
+    def passivated(self, homes: int) -> int:
+        """How many of `homes` (the count of the store's homes in the shard's partitions)
+        are of customers not resident: a resident keeps its home until its next passivation,
+        and one new here has none."""
+        return max(homes - len(self.housed), 0)
+
     def residents(self, partitions: Iterable[int]) -> list[str]:
         """The partitions' resident customers, in a stable order."""
         return [c for p in partitions for c in sorted(self.members.get(p, ()))]
@@ -235,6 +247,7 @@ class Residency:
             for keeper in self._keepers:
                 keeper.drop(customer_id, evicted=False)
             self._restore(customer_id, extra)
+            (self.housed.add if extra.get("home") else self.housed.discard)(customer_id)
             self.recent[customer_id] = self._ctx.clock()
         return ids
 
@@ -272,6 +285,7 @@ class Residency:
         for keeper in self._keepers:
             keeper.drop(customer_id, evicted=True)
         self.recent.pop(customer_id, None)
+        self.housed.discard(customer_id)
         members = self.members.get(partition)
         if members is not None:
             members.discard(customer_id)
@@ -288,6 +302,8 @@ class Residency:
                             for k, due in self.timers.armed.get(customer_id, {}).items()}}
         for keeper in self._keepers:
             extra.update(keeper.extra(customer_id))
+        if customer_id in self.housed:  # so that a snapshot or handoff says so
+            extra["home"] = True
         return extra
 
     def _restore(self, customer_id: str, extra: dict[str, Any]) -> None:

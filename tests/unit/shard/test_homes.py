@@ -214,3 +214,22 @@ def test_a_home_damaged_before_its_merge_was_snapshotted_keeps_the_claim_for_a_f
     home_file(tmp_path, "ana").write_bytes(backup)  # the operator restores the backup
     [forgotten], _ = s.process([forget("ana")])
     assert forgotten.existed and forgotten.aliases == [key]
+
+
+def test_passivated_counts_the_homes_of_customers_not_resident(compiled, tmp_path):
+    """A customer back from its home keeps it until its next passivation, and a new one has
+    none, so neither is passivated; a snapshot says which residents have a home."""
+    clock = Clock()
+    s = shard(compiled, store=DirectoryStore(tmp_path), clock=clock, idle_s=60)
+    s.process([event(f"old{i}", "app_open", T0) for i in range(10)])
+    clock.now += 120
+    s.passivate(clock.now)
+    s.process([event(f"new{i}", "app_open", clock.now) for i in range(10)])
+    s.process([profile("old0", clock.now)])  # back from its home
+    s.stored = s.store.count(list(s.owned))  # as ShardHost counts it
+    assert (s.stored, s.stats()["resident"], s.stats()["passivated"]) == (10, 11, 9)
+    s.snapshot()
+    again = restarted(s, tmp_path, clock)
+    again.stored = again.store.count(list(again.owned))
+    assert (again.stats()["resident"], again.stats()["passivated"]) == (11, 9)
+
