@@ -1,4 +1,4 @@
-"""The server CPU of a step (bench/loadgen.py's ProcessCpu) keeps what processes spent inside
+"""The server CPU of a step (bench/cpu.py's ProcessCpu) keeps what processes spent inside
 the window when some end in it, start in it or change their title in it (Ray reaps workers,
 starts others, and retitles an actor by the method it runs)."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ import time
 
 import psutil
 
-from bench.loadgen import ProcessCpu
+from bench.cpu import ProcessCpu
 
 # Names itself, waits for a line, burns CPU, renames itself, says so, and lives until its
 # stdin closes. PR_SET_NAME sets the title psutil reads.
