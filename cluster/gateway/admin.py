@@ -1,7 +1,9 @@
 """kairos.v1.AdminService: catalogs, cluster status, scaling and drains, through the
 controller; the decision log's export, from the shards (logexport.py).
 
-Every call needs a key with the admin scope (auth.py checks it before the handler runs). A
+Every call needs a key with the admin scope (auth.py checks it before the handler runs); a
+gateway runs at most calls.ADMIN_CALLS of them at once, and compiles one catalog at a time
+(compiling.py: in a process of its own; another compile is refused RESOURCE_EXHAUSTED). A
 call to the controller ends within the caller's deadline (DEADLINE_EXCEEDED), and one that a
 shard or the controller did not answer ends UNAVAILABLE naming it (the controller's own calls
 have deadlines, settings.CONTROL_CALL_S), so a stuck shard never hangs an admin call.
@@ -14,17 +16,17 @@ from typing import Any, AsyncIterator, Awaitable
 
 import grpc
 
-from kairos.core.compiler import CompiledCatalog
 from kairos.core.errors import CatalogError
 from kairos.v1 import admin_pb2, admin_pb2_grpc
 
 from kairos.cluster.control.nodes import NodeRefused, NodeUnknown
 from kairos.cluster.evidence import report as evidence_report
 from kairos.cluster.gateway.calls import Gateway, fail
+from kairos.cluster.gateway.compiling import OneCompile, Summary
 from kairos.cluster.gateway.logexport import export
 from kairos.cluster.storage.store import StoreUnavailable
 from kairos.cluster.transport.backend import Unavailable, said
-from kairos.core.compiler import compiled_from_text
+from kairos.cluster.transport.client import Busy
 
 MAX_SHARDS = 1024
 MAX_NODE_ID = 64  # Ray's node ids are 56 hex digits
@@ -39,13 +41,14 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self.gateway = gateway
         self.backend = gateway.backend
         self.node = gateway.node
+        self.compiles = OneCompile()
 
     async def ValidateCatalog(self, request: admin_pb2.CatalogText, context
                               ) -> admin_pb2.CatalogInfo:
-        return _catalog_info(await _compile(request.yaml, context))
+        return _catalog_info(await self._compile(request.yaml, context))
 
     async def PutCatalog(self, request: admin_pb2.CatalogText, context) -> admin_pb2.CatalogInfo:
-        compiled = await _compile(request.yaml, context)
+        compiled = await self._compile(request.yaml, context)
         evidence = await _evidence(request.evidence_json, compiled, context)
         try:
             await _answer(context, self.backend.controller().put_catalog(
@@ -63,8 +66,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         except ValueError as exc:  # no previous catalog, not to_version, or a shard refused it
             await fail(context, grpc.StatusCode.FAILED_PRECONDITION, said(exc))
         text = (await _answer(context, controller.get_catalog()))["text"]
-        # compiling takes a while: off the event loop, which serves every other call meanwhile
-        return _catalog_info(await asyncio.to_thread(compiled_from_text, text))
+        # the rollback is done: its compile waits for another one rather than being refused
+        return _catalog_info(await self.compiles.compile(text, wait=True))
 
     async def GetCatalog(self, request, context) -> admin_pb2.CatalogText:
         catalog = await _answer(context, self.backend.controller().get_catalog())
@@ -128,6 +131,14 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         async for chunk in export(self.gateway, request, context):
             yield chunk
 
+    async def _compile(self, text: str, context) -> Summary:
+        try:
+            return await self.compiles.compile(text, "<PutCatalog>", True)
+        except CatalogError as exc:
+            await fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Busy as exc:
+            await fail(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+
 
 async def _answer(context, work: Awaitable) -> Any:
     """The controller's answer, within the caller's deadline (if it set one)."""
@@ -142,14 +153,7 @@ async def _answer(context, work: Awaitable) -> Any:
         await fail(context, grpc.StatusCode.UNAVAILABLE, said(exc))
 
 
-async def _compile(text: str, context) -> CompiledCatalog:
-    try:
-        return await asyncio.to_thread(compiled_from_text, text, "<PutCatalog>", True)
-    except CatalogError as exc:
-        await fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-
-
-async def _evidence(text: str, compiled: CompiledCatalog, context) -> dict[str, str]:
+async def _evidence(text: str, compiled: Summary, context) -> dict[str, str]:
     """PutCatalog's evidence_json checked: a replay report (at most MAX_EVIDENCE_BYTES) whose
     candidate is this catalog's version; what the controller keeps: {json, summary}."""
     if not text:
@@ -173,8 +177,5 @@ async def _evidence(text: str, compiled: CompiledCatalog, context) -> dict[str, 
     return {"json": text, "summary": summary}
 
 
-def _catalog_info(c: CompiledCatalog) -> admin_pb2.CatalogInfo:
-    cat = c.catalog
-    return admin_pb2.CatalogInfo(version=c.version, name=cat.name, actions=len(cat.actions),
-                                 channels=len(cat.channels), event_types=len(cat.events),
-                                 features=len(cat.features))
+def _catalog_info(compiled: Summary) -> admin_pb2.CatalogInfo:
+    return admin_pb2.CatalogInfo(**compiled._asdict())

@@ -1,5 +1,5 @@
-"""The gateway's gRPC server: both kairos.v1 services behind the auth, in-flight and parsing
-interceptors, with health and reflection (open to all), on plaintext or TLS."""
+"""The gateway's gRPC server: both kairos.v1 services behind the auth, in-flight, admin and
+parsing interceptors, with health and reflection (open to all), on plaintext or TLS."""
 from __future__ import annotations
 
 import socket
@@ -13,7 +13,7 @@ from kairos.v1 import admin_pb2_grpc, decision_pb2_grpc
 
 from kairos.cluster.gateway.admin import AdminService
 from kairos.cluster.gateway.auth import Auth, AuthInterceptor, is_loopback
-from kairos.cluster.gateway.calls import Gateway, InflightLimit
+from kairos.cluster.gateway.calls import AdminLimit, Gateway, InflightLimit
 from kairos.cluster.gateway.parsing import ParseInterceptor
 from kairos.cluster.gateway.decisions import DecisionService
 from kairos.cluster.settings import MAX_MESSAGE_BYTES
@@ -52,8 +52,8 @@ async def serve(gateway: Gateway, auth: Auth, host: str, port: int, tls: Tls | N
         raise ValueError(f"refusing to serve without API keys on {host}: auth may be off only "
                          f"on a loopback address")
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(auth), InflightLimit(gateway), ParseInterceptor(),
-                      *interceptors],
+        interceptors=[AuthInterceptor(auth), InflightLimit(gateway), AdminLimit(gateway),
+                      ParseInterceptor(), *interceptors],
         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                  ("grpc.so_reuseport", 0)])
     decision_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionService(gateway), server)

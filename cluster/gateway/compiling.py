@@ -1,0 +1,89 @@
+"""The catalog compiles of a gateway's admin calls (ValidateCatalog, PutCatalog,
+RollbackCatalog): one at a time, each in a process of its own.
+
+Compiling holds the GIL in long stretches of C (the YAML parser's): in a thread of the gateway,
+the shipped 50 KiB catalog stopped its event loop for tens of ms at a time, a text of a
+request's 1 MiB for seconds, and several at once failed most Decides with 50 ms deadlines. A
+process (`python -m kairos.cluster.gateway.compiling SOURCE STRICT`, the text on its stdin,
+the catalog's summary or its CatalogError as JSON on its stdout) costs about 0.3 s of another
+core to start, and leaves the loop alone. A compile whose caller went away is killed.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import NamedTuple
+
+from kairos.core.compiler import CompiledCatalog, compiled_from_text
+from kairos.core.errors import CatalogError
+
+from kairos.cluster.transport.client import Busy
+
+BUSY = ("this gateway compiles one catalog at a time and is compiling another now: try again "
+        "in a moment")
+
+
+class Summary(NamedTuple):
+    """What the admin calls answer of a compiled catalog."""
+
+    version: str
+    name: str
+    actions: int
+    channels: int
+    event_types: int
+    features: int
+
+    @classmethod
+    def of(cls, compiled: CompiledCatalog) -> "Summary":
+        catalog = compiled.catalog
+        return cls(compiled.version, catalog.name, len(catalog.actions), len(catalog.channels),
+                   len(catalog.events), len(catalog.features))
+
+
+class OneCompile:
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+
+    async def compile(self, text: str, source: str = "<catalog>", strict: bool = False,
+                      wait: bool = False) -> Summary:
+        """compiled_from_text(text, source, strict)'s summary, or its CatalogError; Busy while
+        another compile runs, or with `wait`, once it is done."""
+        if self._lock.locked() and not wait:
+            raise Busy(BUSY)
+        async with self._lock:
+            return await _compiled_apart(text, source, strict)
+
+
+async def _compiled_apart(text: str, source: str, strict: bool) -> Summary:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", __name__, source, "strict" if strict else "",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    try:
+        out, _ = await process.communicate(text.encode())
+    finally:
+        if process.returncode is None:  # its caller went away
+            process.kill()
+            await process.wait()
+    answer = json.loads(out) if out else {}
+    if "error" in answer:
+        raise CatalogError(**answer["error"])
+    if "summary" not in answer:
+        raise RuntimeError(f"the catalog compiler's process failed (exit code "
+                           f"{process.returncode})")
+    return Summary(**answer["summary"])
+
+
+def main() -> None:
+    source, strict = sys.argv[1], sys.argv[2] == "strict"
+    try:
+        answer = {"summary": Summary.of(compiled_from_text(sys.stdin.read(), source, strict))
+                  ._asdict()}
+    except CatalogError as exc:
+        answer = {"error": {field: getattr(exc, field) for field in
+                            ("reason", "path", "source", "line", "column", "action_id")}}
+    json.dump(answer, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
