@@ -98,18 +98,29 @@ LATER = [
     ("call_started", {"reason": "cancel"}, {"intent": "cancel"}),
 ]
 TIMER_WAIT_S = 8.0
+READY_TIMEOUT_S = 5.0
 PUSH_WAIT_S = 0.3
 
 
 def run_remote(target: str) -> int:
-    from kairos.cluster.cli.remote import Remote
+    from kairos.cluster.cli.remote import Remote, tls_hint
+    from kairos.cluster.cli.targets import split_target
     remote = Remote(target)
     try:
-        remote.wait_ready()
-    except (grpc.FutureTimeoutError, OSError):
-        print(f"Kairos is not running: no gateway answers at {target} (`kairos up` starts "
-              f"one)", file=sys.stderr)
+        remote.wait_ready(READY_TIMEOUT_S)
+    except (grpc.FutureTimeoutError, OSError) as exc:
         remote.close()
+        try:  # at a TCP target, gRPC's wait comes after a connection opened: something answers
+            split_target(target)
+            opened = isinstance(exc, grpc.FutureTimeoutError)
+        except ValueError:
+            opened = False
+        if opened:
+            print(f"error: {target}: no gRPC connection within {READY_TIMEOUT_S:.0f} s\n"
+                  f"({tls_hint()})", file=sys.stderr)
+        else:
+            print(f"Kairos is not running: no gateway answers at {target} (`kairos up` starts "
+                  f"one)", file=sys.stderr)
         return 1
     customer = f"ana-{uuid.uuid4().hex[:6]}"
     cookie = ("cookie", uuid.uuid4().hex[:12])

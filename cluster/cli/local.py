@@ -214,17 +214,6 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-def answers(address: str, timeout_s: float = 1.0) -> bool:
-    """Whether something accepts TCP connections at host:port (an IPv6 host in brackets or
-    not)."""
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
-            return True
-    except (OSError, ValueError):  # ValueError: no port number
-        return False
-
-
 def listens(pid: int, port: int) -> bool:
     """Whether process `pid` itself listens on TCP `port`."""
     try:

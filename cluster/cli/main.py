@@ -54,8 +54,8 @@ from kairos.core.catalog import load_catalog_file
 from kairos.core.compiler import compile_catalog
 from kairos.core.errors import CatalogError
 
-from kairos.cluster.cli import (console, demo, local, logexport, operate, replay, uplift,
-                                watchdog)
+from kairos.cluster.cli import (console, demo, local, logexport, operate, remote, replay,
+                                targets, uplift, watchdog)
 from kairos.cluster.cli.options import parser
 from kairos.cluster.cli.secret_files import SecretFileError, check_secret_file
 from kairos.cluster.gateway.auth import EVERY_ADDRESS
@@ -336,7 +336,7 @@ def down(args: argparse.Namespace) -> int:
                   f"exited; its record is removed")
             return 0
         names = {local.name_of(p) for p in procs}
-        if "gcs_server" not in names or not local.answers(run.ray_address):
+        if "gcs_server" not in names or not targets.answers(run.ray_address):
             gone = f"Ray's GCS at {run.ray_address} was gone"
         elif "raylet" not in names:
             gone = "Ray's raylet was gone"
@@ -396,14 +396,25 @@ def main(argv: list[str] | None = None) -> int:
         return {"status": operate.status, "drain": operate.drain, "catalog": operate.catalog,
                 "log": logexport.run}[args.command](args)
     except grpc.RpcError as exc:
-        # a gateway answers UNAVAILABLE itself too (a catalog switch no shard prepared, a store
-        # that refuses writes, a stuck drain): its details say why, and Kairos does run
-        if exc.code() == grpc.StatusCode.UNAVAILABLE and not local.answers(args.target):
-            print(f"{NOT_RUNNING}: no gateway answers at {args.target} (`kairos up` starts "
-                  f"one)", file=sys.stderr)
-        else:
-            print(f"error: {args.target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        print(failed_call(args.target, exc), file=sys.stderr)
         return 1
+
+
+def failed_call(target: str, exc: grpc.RpcError) -> str:
+    """What a command says of a call to the gateway at `target` that failed: the gateway's own
+    answer (its UNAVAILABLE too: a catalog switch no shard prepared, a store that refuses
+    writes, a stuck drain, while Kairos does run); NOT_RUNNING only when gRPC opened no
+    connection and nothing accepts one at the target's address."""
+    said = f"error: {target}: {exc.code().name}: {exc.details()}"
+    if not targets.connect_failed(exc):
+        return said
+    try:
+        reached = targets.answers(target)
+    except ValueError:  # a Unix socket, several addresses: gRPC's own words
+        return said
+    if not reached:
+        return f"{NOT_RUNNING}: no gateway answers at {target} (`kairos up` starts one)"
+    return f"{said}\n({remote.tls_hint()})"
 
 
 if __name__ == "__main__":

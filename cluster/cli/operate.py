@@ -11,6 +11,7 @@ from typing import Callable
 import grpc
 
 from kairos.cluster.cli.remote import Remote
+from kairos.cluster.cli.targets import join_target, split_target
 from kairos.cluster.gateway.auth import is_loopback
 
 
@@ -117,12 +118,14 @@ def _another_gateway(target: str, leaving, nodes) -> str:
     target's loopback host when it shares the leaving node's machine (`kairos up --nodes N`,
     where every gateway binds 127.0.0.1 on a port of its own); `target` itself when there is
     none."""
-    host = target.rpartition(":")[0]
+    try:
+        host = split_target(target)[0]
+    except ValueError:  # a Unix socket: every other node is reached at its address
+        host = ""
     for n in nodes:
         if n.node_id != leaving.node_id and n.serving and n.gateway_port:
-            here = is_loopback(host.strip("[]")) and n.address == leaving.address
-            address = f"[{n.address}]" if ":" in n.address else n.address
-            return f"{host if here else address}:{n.gateway_port}"
+            here = is_loopback(host) and n.address == leaving.address
+            return join_target(host if here else n.address, n.gateway_port)
     return target
 
 

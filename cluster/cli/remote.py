@@ -11,6 +11,7 @@ from kairos.v1 import admin_pb2, admin_pb2_grpc
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
+from kairos.cluster.cli.targets import split_target
 from kairos.cluster.gateway import wire
 from kairos.cluster.gateway.auth import METADATA_KEY
 
@@ -45,6 +46,20 @@ def channel_to(target: str, *, aio: bool = False, options: tuple = ()
         else api.secure_channel(target, credentials, options)
 
 
+def tls_hint() -> str:
+    """What to check when something accepts connections at a gateway's target and gRPC still
+    could not connect there (a plaintext client on a TLS gateway, a CA that did not sign the
+    gateway's certificate)."""
+    ca, cert, key = TLS_ENV
+    if not os.environ.get(ca):
+        return (f"something accepts connections there, but not plaintext gRPC: does the gateway "
+                f"serve TLS? set {ca} to the CA file that signed its certificate (and {cert} "
+                f"and {key} when it requires client certificates)")
+    return (f"something accepts connections there, but no TLS connection was made: does the "
+            f"gateway serve TLS, did the CA in {ca} ({os.environ[ca]}) sign its certificate, "
+            f"and does it require a client certificate ({cert}, {key})?")
+
+
 Customer = str | tuple[str, str]  # a customer id, or an alias (type, value)
 
 
@@ -64,11 +79,16 @@ class Remote:
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
 
     def wait_ready(self, timeout_s: float = 5.0) -> None:
-        """Return once the gateway answers; ConnectionRefusedError at once when nothing listens
-        at the target (gRPC would keep retrying), grpc.FutureTimeoutError after `timeout_s`."""
-        host, _, port = self.target.rpartition(":")
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
-            pass
+        """Return once the gateway answers; OSError at once when nothing listens at the
+        target's TCP address (gRPC would keep retrying), grpc.FutureTimeoutError after
+        `timeout_s`."""
+        try:
+            address = split_target(self.target)
+        except ValueError:  # a Unix socket, several addresses: gRPC's own wait alone
+            address = None
+        if address is not None:
+            with socket.create_connection(address, timeout=timeout_s):
+                pass
         grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
 
     def ingest(self, customer: Customer, event_type: str, when: float,

@@ -1,7 +1,8 @@
 """The `kairos` command line, as a user runs it.
 
 `catalog validate`, `demo --local`, what `status`, `demo` and `down` say when nothing runs and
-what the commands say when a gateway refuses a call UNAVAILABLE (Kairos runs), a stale record,
+what the commands say when a gateway refuses a call UNAVAILABLE (Kairos runs), whatever form
+of gRPC target names it, or serves TLS to a client that does not trust it, a stale record,
 a second `up`, busy ports, and that `down` stops exactly the process sessions `up` recorded
 that carry its token (stand-ins for Ray's processes). The real `kairos up` ...
 `kairos down` runs in the cluster tier (tests/cluster/test_kairos_up.py).
@@ -27,8 +28,11 @@ import psutil
 import pytest
 
 from kairos.cluster.cli import local
-from kairos.cluster.cli.main import main, parser, up_message
+from kairos.cluster.cli.main import NOT_RUNNING, main, parser, up_message
+from kairos.cluster.cli.remote import TLS_ENV, tls_hint
 from kairos.cluster.storage.redis_server import free_port
+
+from tests.support import pki
 
 KAIROS = str(Path(sys.executable).parent / "kairos")  # the installed console script
 
@@ -72,9 +76,14 @@ def test_demo_local_replays_the_journey_in_process(capsys):
     assert "call_started" in out and "call_center" in out
 
 
+# how gRPC takes one TCP address: host:port, and with a scheme (cluster/cli/targets.py)
+TARGET_FORMS = ["{}", "ipv4:{}", "dns:///{}"]
+
+
+@pytest.mark.parametrize("form", TARGET_FORMS)
 @pytest.mark.parametrize("command", [["status"], ["demo"], ["catalog", "push"]])
-def test_commands_say_plainly_that_nothing_runs(command, home, default_yaml, capsys):
-    target = f"127.0.0.1:{free_port()}"
+def test_commands_say_plainly_that_nothing_runs(command, form, home, default_yaml, capsys):
+    target = form.format(f"127.0.0.1:{free_port()}")
     argv = ["--target", target, *command] + ([str(default_yaml)] if "push" in command else [])
     began = time.monotonic()
     assert main(argv) == 1
@@ -97,19 +106,61 @@ class Unavailable(grpc.GenericRpcHandler):
         return grpc.unary_unary_rpc_method_handler(refuse)  # streaming calls end the same
 
 
+@pytest.mark.parametrize("form", TARGET_FORMS)
 @pytest.mark.parametrize("command", [
     ["status"], ["demo"], ["catalog", "push", "CATALOG"], ["catalog", "rollback", "--to", "1"],
     ["drain", "n1"], ["log", "export", "--since", "0", "--until", "1", "--out", "OUT"]])
 def test_commands_print_the_reason_a_running_gateway_gives_for_unavailable(
-        command, home, tmp_path, default_yaml, capsys):
+        command, form, home, tmp_path, default_yaml, capsys):
     server = grpc.server(futures.ThreadPoolExecutor(2), handlers=[Unavailable()])
-    target = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    target = form.format(f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}")
     server.start()
     files = {"CATALOG": str(default_yaml), "OUT": str(tmp_path / "log.jsonl")}
     try:
         assert main(["--target", target, *(files.get(a, a) for a in command)]) == 1
     finally:
         server.stop(None)
+    assert capsys.readouterr().err.strip() == f"error: {target}: UNAVAILABLE: {REFUSAL}"
+
+
+def test_a_unix_socket_with_nothing_there_gets_grpcs_own_words(home, tmp_path, capsys):
+    """No TCP address to look at: what gRPC said, not a guess that Kairos does not run."""
+    target = f"unix:{tmp_path / 'gateway.sock'}"
+    assert main(["--target", target, "status"]) == 1
+    assert capsys.readouterr().err.startswith(
+        f"error: {target}: UNAVAILABLE: failed to connect to all addresses")
+
+
+@pytest.fixture
+def tls_gateway(tmp_path, monkeypatch):
+    """A gateway that serves TLS only (its certificate signed by pki's `ca`), answering every
+    call UNAVAILABLE; the client's TLS settings start unset."""
+    files = pki.write(tmp_path)
+    for name in TLS_ENV:
+        monkeypatch.delenv(name, raising=False)
+    server = grpc.server(futures.ThreadPoolExecutor(2), handlers=[Unavailable()])
+    credentials = grpc.ssl_server_credentials(
+        [(files["server_key"].read_bytes(), files["server_cert"].read_bytes())])
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+    yield files, f"127.0.0.1:{port}"
+    server.stop(None)
+
+
+@pytest.mark.parametrize("command", [["status"], ["demo"]])
+@pytest.mark.parametrize("ca", [None, "foreign_ca"], ids=["plaintext", "another CA"])
+def test_a_client_that_cannot_talk_to_a_tls_gateway_is_told_to_check_its_tls_settings(
+        tls_gateway, home, monkeypatch, capsys, command, ca):
+    files, target = tls_gateway
+    if ca:
+        monkeypatch.setenv("KAIROS_TLS_CA", str(files[ca]))
+    assert main(["--target", target, *command]) == 1
+    err = capsys.readouterr().err
+    assert not err.startswith(NOT_RUNNING) and f"error: {target}: " in err
+    assert f"({tls_hint()})" in err
+    assert "does the gateway serve TLS" in err and "KAIROS_TLS_CA" in err
+    monkeypatch.setenv("KAIROS_TLS_CA", str(files["ca"]))  # the right CA: the gateway's words
+    assert main(["--target", target, *command]) == 1
     assert capsys.readouterr().err.strip() == f"error: {target}: UNAVAILABLE: {REFUSAL}"
 
 

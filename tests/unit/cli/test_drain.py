@@ -32,6 +32,8 @@ def test_nodes_of_one_machine_are_reached_on_the_targets_loopback_host():
     nodes = [node("bb", "192.0.2.2", 50051), leaving]
     assert _another_gateway("127.0.0.1:50052", leaving, nodes) == "127.0.0.1:50051"
     assert _another_gateway("192.0.2.2:50052", leaving, nodes) == "192.0.2.2:50051"
+    assert _another_gateway("dns:///127.0.0.1:50052", leaving, nodes) == "127.0.0.1:50051"
+    assert _another_gateway("ipv6:[::1]:50052", leaving, nodes) == "[::1]:50051"
 
 
 def test_with_no_other_serving_gateway_the_target_is_used():
