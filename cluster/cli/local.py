@@ -175,8 +175,9 @@ def auth_mode() -> str:
     the token from RAY_AUTH_TOKEN, else from the file RAY_AUTH_TOKEN_PATH names, else from
     ~/.ray/auth_token: a file that others may read is refused (SecretFileError), as Kairos's own
     secrets' files are, and one is made the first time, as Ray does for a cluster `ray.init()`
-    starts, but readable by this user only (Ray's own writes it under the umask)."""
-    mode = os.environ.get("RAY_AUTH_MODE", "token")
+    starts, but readable by this user only (Ray's own writes it under the umask). The mode as
+    Ray reads it, whatever its case (TOKEN is token mode); unset or blank: token."""
+    mode = os.environ.get("RAY_AUTH_MODE", "").strip().lower() or "token"
     if mode != "token" or os.environ.get("RAY_AUTH_TOKEN"):
         return mode
     path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")

@@ -10,6 +10,7 @@ import pytest
 
 from kairos.cluster.cli import local
 from kairos.cluster.cli.main import main, parser, up_message
+from kairos.cluster.cli.secret_files import SecretFileError
 
 SECRET = "s3cr3t-Pw0rd"
 
@@ -128,6 +129,18 @@ def test_up_makes_rays_token_readable_by_this_user_only(ray_token, tmp_path, mon
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
     assert stat.S_IMODE(token.parent.stat().st_mode) == 0o700  # made by Kairos
     assert local.auth_mode() == "token" and token.read_text() == made  # kept, not made anew
+
+
+@pytest.mark.parametrize("given", ["TOKEN", "Token", " token\n", ""])
+def test_token_mode_is_read_as_ray_reads_it_whatever_its_case(ray_token, monkeypatch, given):
+    """Ray's token mode in any case (blank: unset, the default): the token is made, and
+    refused once others may read it, as for `token` itself."""
+    monkeypatch.setenv("RAY_AUTH_MODE", given)
+    assert local.auth_mode() == "token"
+    assert stat.S_IMODE(ray_token.stat().st_mode) == 0o600
+    os.chmod(ray_token, 0o644)
+    with pytest.raises(SecretFileError, match="has mode 0644"):
+        local.auth_mode()
 
 
 @pytest.mark.parametrize("at_path", [False, True], ids=["default", "RAY_AUTH_TOKEN_PATH"])
