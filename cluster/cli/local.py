@@ -39,7 +39,7 @@ from typing import Iterator
 
 import psutil
 
-from kairos.cluster.cli.secret_files import check_secret_file
+from kairos.cluster.cli.secret_files import SecretFileError, check_secret_file
 
 HOME_ENV = "KAIROS_HOME"
 SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": one node, every Ray server on loopback
@@ -181,7 +181,12 @@ def auth_mode() -> str:
     if mode != "token" or os.environ.get("RAY_AUTH_TOKEN"):
         return mode
     path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
-    check_secret_file(path, "Ray's authentication token")
+    try:
+        check_secret_file(path, "Ray's authentication token")
+    except SecretFileError as exc:  # older Kairos left it 0644: every upgrade meets this
+        raise SecretFileError(
+            f"{exc}; or, as others may have read it, delete it and `kairos up` makes a new one "
+            f"(restart any Ray cluster that used it); or set RAY_AUTH_TOKEN instead") from None
     if not os.path.isfile(path):
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):

@@ -158,3 +158,21 @@ def test_up_refuses_a_ray_token_others_can_read(ray_token, tmp_path, monkeypatch
     err = capsys.readouterr().err
     assert f"Ray's authentication token {token} has mode 0644" in err
     assert f"chmod 600 {token}" in err
+    # older Kairos left it 0644: what else an upgrading user can do
+    assert "delete it and `kairos up` makes a new one" in err
+    assert "restart any Ray cluster that used it" in err and "set RAY_AUTH_TOKEN" in err
+
+
+@pytest.mark.parametrize("setting", [{"RAY_AUTH_TOKEN": "0" * 64}, {"RAY_AUTH_MODE": "disabled"}],
+                         ids=["RAY_AUTH_TOKEN", "disabled"])
+def test_a_ray_token_file_others_can_read_is_left_alone_when_ray_does_not_read_it(
+        ray_token, monkeypatch, setting):
+    """Ray reads no token file with RAY_AUTH_TOKEN set or with authentication disabled: its
+    mode refuses nothing, and it is kept as it is."""
+    ray_token.parent.mkdir(parents=True)
+    ray_token.write_text("1" * 64)
+    os.chmod(ray_token, 0o644)
+    for name, value in setting.items():
+        monkeypatch.setenv(name, value)
+    assert local.auth_mode() == setting.get("RAY_AUTH_MODE", "token")
+    assert ray_token.read_text() == "1" * 64 and stat.S_IMODE(ray_token.stat().st_mode) == 0o644
