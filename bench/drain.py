@@ -6,8 +6,8 @@
 For each size: two Ray nodes on this machine, Kairos on them with a gateway on each and one
 shard per node (the embedded default's durability: a directory store, fsync per batch), every
 customer's profile loaded, then DrainNode of the node that does not hold the controller, while
-Decide traffic at `--rate` goes through the other node's gateway in steps, each after the
-first starting where the last ended (the load never pauses, however slow the system gets).
+Decide traffic at `--rate` goes through the other node's gateway, one open-loop schedule cut
+into steps (bench/loadgen.py's Traffic: the load never pauses, however slow the system gets).
 Reported per size: the customers on the drained node, the drain's seconds (its unready window,
 KAIROS_DRAIN_UNREADY_S, set to 0 here, so the figure is the moves plus the retired shards'
 KAIROS_RETIRE_GRACE_S, 5 s, in which clients learn the new map), partitions and
@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -72,21 +71,13 @@ def drain_once(customers: int, rate: float, pool: GeneratorPool) -> dict[str, An
             nodes = {n["node"]: n for n in status["node_status"]}
             target = f"127.0.0.1:{nodes[head]['gateway_port']}"
             held = held_by(set(nodes[worker]["shards"]), customers)
-            steps: list[dict[str, Any]] = []
-            draining = threading.Event()
-
-            def traffic() -> None:
-                while not draining.is_set():
-                    steps.append(pool.run(Step(target, "decide", rate, 0.0, STEP_S, customers,
-                                               len(steps)), after=steps[-1] if steps else None))
-            runner = threading.Thread(target=traffic)
-            runner.start()
-            time.sleep(STEP_S)  # a step of traffic before the drain
-            started = time.perf_counter()
-            done = ray.get(runtime.controller().drain_node.remote(worker))
-            seconds = time.perf_counter() - started
-            draining.set()
-            runner.join()
+            with pool.traffic(Step(target, "decide", rate, 0.0, STEP_S, customers)) as traffic:
+                # a step of traffic before the drain
+                time.sleep(max(traffic.measured_at + STEP_S - time.time(), 0.0))
+                started = time.perf_counter()
+                done = ray.get(runtime.controller().drain_node.remote(worker))
+                seconds = time.perf_counter() - started
+                steps = traffic.stop()  # the step under way is the last
         finally:
             runtime.stop()
             shutil.rmtree(store, ignore_errors=True)

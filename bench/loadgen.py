@@ -8,6 +8,10 @@ actual send ("service") and how late each send left ("lag") are recorded too, so
 that fell behind its schedule shows as such instead of passing for server latency. Everything
 goes into HdrHistograms, which the parent merges across processes (encode/decode).
 
+A step (`GeneratorPool.run`) has a schedule of its own; continuous traffic
+(`GeneratorPool.traffic`, unary operations) is one schedule cut into steps, so that the load
+does not pause between them.
+
 Operations (`Step.op`):
   decide, ingest, journey  unary calls: decisions, events (each asking for the re-evaluated
                            decision), or whole sessions (events, decisions and outcomes)
@@ -28,11 +32,12 @@ import concurrent.futures
 import contextlib
 import multiprocessing
 import os
+import queue
 import random
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, NamedTuple
+from typing import Any, AsyncIterator, Awaitable, Callable, NamedTuple
 
 import grpc
 import psutil
@@ -45,11 +50,12 @@ from kairos.core.catalog import Catalog, load_default_catalog
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
-from .cpu import generator_cpu, server_cpu
+from .cpu import CpuWindow, generator_cpu, server_cpu
 from .journeys import DECIDE, EVENT, RESPOND, Journeys, Request, customer_id
 from .lifetime import exit_with_parent
 
 DEADLINE_S = 1.0  # every call's deadline; Kairos answers a late Decide with its fallback
+ANSWER_GRACE_S = 1.0  # past a call's deadline, how long its answer is still waited for
 LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS = 1, 60_000_000, 3  # histogram range and precision
 # A send leaving this much after its intended time: the generator is behind (asyncio's timers
 # alone make sends up to ~1-2 ms late; half the p99 target is where it would distort results).
@@ -65,14 +71,20 @@ STREAMS_PER_PROCESS = 4
 BATCH_WINDOW_S, BATCH_EVENTS = 0.005, 1000
 PUSH_CHANNEL, PUSH_PLACEMENT = "call_center", "agent_screen"  # where pushes are watched
 PROBE_CHANNEL, PROBE_PLACEMENT = "web", "hero"  # where push probes' events come from
-# Before each step of its own (not chained): sequential Decide probes until SETTLE_PROBES in
-# a row answer within SETTLE_MS, so queues an overloaded step left behind do not count
-# against the next one.
+# Before each step (continuous traffic: before its first): sequential Decide probes until
+# SETTLE_PROBES in a row answer within SETTLE_MS, so queues an overloaded step left behind do
+# not count against the next one.
 SETTLE_MS, SETTLE_PROBES, SETTLE_TIMEOUT_S = 20.0, 3, 120.0
+# Continuous traffic that runs until stopped ends with the step under way this long after
+# stop(): every process reads which step is the last before its schedule reaches that end.
+STOP_NOTICE_S = 0.1
+OPEN_ENDED = 2**62  # the last step of continuous traffic not stopped yet
+UNARY_OPS = frozenset({"decide", "ingest", "journey"})  # one call per request
 
 PERCENTILES = (("50", 50.0), ("90", 90.0), ("99", 99.0), ("99_9", 99.9))  # (key, percent)
 OPS = {"decide": frozenset({DECIDE}), "ingest": frozenset({EVENT}),
-       "journey": frozenset({DECIDE, EVENT, RESPOND}), "stream": frozenset({EVENT}), "batch": frozenset({EVENT})}
+       "journey": frozenset({DECIDE, EVENT, RESPOND}), "stream": frozenset({EVENT}),
+       "batch": frozenset({EVENT})}
 
 
 @dataclass(frozen=True)
@@ -155,6 +167,9 @@ class Recorder:
     sent: int = 0
     late: int = 0
     seconds: float = 0.0  # the measured window (longest over processes)
+    # continuous traffic: the longest a process's loop spent handing the step before back
+    # (to the parent) while this one's requests were due, the harness's own pause
+    handback: float | None = None
 
     def kind(self, name: str) -> KindStats:
         stats = self.kinds.get(name)
@@ -173,7 +188,7 @@ class Recorder:
     def encode(self) -> dict[str, Any]:
         return {"kinds": {k: s.encode() for k, s in self.kinds.items()},
                 "lag": self.lag.encode(), "sent": self.sent, "late": self.late,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "handback": self.handback}
 
     def add(self, encoded: dict[str, Any]) -> None:
         for name, stats in encoded["kinds"].items():
@@ -182,6 +197,8 @@ class Recorder:
         self.sent += encoded["sent"]
         self.late += encoded["late"]
         self.seconds = max(self.seconds, encoded["seconds"])
+        if encoded["handback"] is not None:
+            self.handback = max(self.handback or 0.0, encoded["handback"])
 
     def summary(self) -> dict[str, Any]:
         """Milliseconds and rates, per kind; the generator's own lateness."""
@@ -201,12 +218,14 @@ class Recorder:
                 "refused_max_ms": _ms(s.refused.get_max_value()),
                 "errors": dict(s.errors), "fallbacks": s.fallbacks}
         late_share = self.late / self.sent if self.sent else 0.0
+        generator = {"lag_p50_ms": _ms(self.lag.get_value_at_percentile(50)),
+                     "lag_p99_ms": _ms(self.lag.get_value_at_percentile(99)),
+                     "lag_max_ms": _ms(self.lag.get_max_value()),
+                     "late_share": round(late_share, 4), "behind": late_share > BEHIND_SHARE}
+        if self.handback is not None:  # apart from `behind`, which counts every late send
+            generator["handback_ms"] = round(self.handback * 1e3, 3)
         return {"sent": self.sent, "offered_rate": round(self.sent / seconds, 1), "kinds": kinds,
-                "generator": {"lag_p50_ms": _ms(self.lag.get_value_at_percentile(50)),
-                              "lag_p99_ms": _ms(self.lag.get_value_at_percentile(99)),
-                              "lag_max_ms": _ms(self.lag.get_max_value()),
-                              "late_share": round(late_share, 4),
-                              "behind": late_share > BEHIND_SHARE}}
+                "generator": generator}
 
 
 def _ms(us: int) -> float:
@@ -221,58 +240,49 @@ class GeneratorPool:
 
     def __init__(self, processes: int):
         self.processes = processes
+        context = multiprocessing.get_context("spawn")
+        # continuous traffic's steps come back on this queue as the processes hand them back,
+        # and the processes read the index of its last step here
+        self._handed = context.Queue()
+        self._last_step = context.RawValue("q", 0)
         self._pool = concurrent.futures.ProcessPoolExecutor(
-            processes, mp_context=multiprocessing.get_context("spawn"), initializer=_init,
-            initargs=(os.getpid(),))
+            processes, mp_context=context, initializer=_init,
+            initargs=(os.getpid(), self._handed, self._last_step))
         # spawn and import in every process now, not inside the first step
         for future in [self._pool.submit(_ready) for _ in range(processes)]:
             future.result()
 
-    def run(self, step: Step, after: dict | None = None) -> dict:
-        """Run a step on every process; the merged summary, with the CPU the system under
-        test and the generators spent in the measured window, and when its schedule started
-        and ended (epoch seconds). A step of its own first lets the system settle and starts
-        START_DELAY_S later. A step `after` another (that one's result, run at once) goes on
-        with continuous traffic: its schedule starts where the other's ended, with no
-        settling, or the load would pause exactly when the system is slow (coordinated
-        omission between steps); its `settled_s` is None. Its first sends may leave late
-        (the generators were still taking the other's last answers): their lag says so, and
-        their latency runs from when they were due."""
-        if after is None:
-            settled_s = settle(step.target)
-            start_at = time.time() + START_DELAY_S
-        else:
-            settled_s, start_at = None, after["ended_at"]
-        end_at = start_at + step.warmup_s + step.measure_s
-        window = (start_at + step.warmup_s, end_at)
+    def run(self, step: Step) -> dict:
+        """Let the system settle, run a step on every process starting START_DELAY_S later;
+        the merged summary, with the CPU the system under test and the generators spent in
+        the measured window, and when its schedule started and ended (epoch seconds).
+        Continuous traffic, whose load must not pause between steps, is `traffic`'s."""
+        settled_s = settle(step.target)
+        start_at = time.time() + START_DELAY_S
         generators = self.pids()
-        server, own = server_cpu(generators, *window), generator_cpu(generators, *window)
+        server = server_cpu(generators, start_at + step.warmup_s, step.measure_s)
+        own = generator_cpu(generators, start_at + step.warmup_s, step.measure_s)
         futures = [self._pool.submit(_run_step, step, i, self.processes, start_at)
                    for i in range(self.processes)]
         merged = Recorder()
         for future in futures:
             merged.add(future.result())
-        summary = merged.summary()
-        answered = sum(kind["count"] for kind in summary["kinds"].values())
-        server_s, server_us = server.per_request(answered)
-        own_s, own_us = own.per_request(answered)
-        return {"op": step.op, "rate_target": step.rate_per_s, "processes": self.processes,
-                "settled_s": settled_s, "chained": after is not None,
-                "started_at": start_at, "ended_at": end_at, **summary, "server_cpu_s": server_s,
-                "cpu_us_per_request": server_us,
-                "cpu_us_per_request_by_process": server.by_process(answered),
-                "server_cpu_lower_bound": server.partial,
-                "generator_cpu_s": own_s,
-                "generator_cpu_us_per_request": own_us}
+        return _result(step, self.processes, merged, server.window(), own.window(),
+                       settled_s=settled_s, chained=False, started_at=start_at,
+                       ended_at=start_at + step.warmup_s + step.measure_s)
+
+    def traffic(self, step: Step, steps: int | None = None) -> Traffic:
+        """Continuous traffic of `step` in `steps` steps of step.measure_s (None: until its
+        `stop()`); see Traffic."""
+        return Traffic(self, step, steps)
 
     def idle(self, target: str, seconds: float) -> dict[str, float]:
         """The system's CPU with no load, ms per second by process name, once it has settled:
         what it spends whatever the rate (Ray's daemons, timers, metrics), which a step's
         CPU per request carries spread over its requests."""
         settle(target)
-        start = time.time() + START_DELAY_S
-        server = server_cpu(self.pids(), start, start + seconds)
-        return server.by_process(1, 1e3 / seconds)
+        server = server_cpu(self.pids(), time.time() + START_DELAY_S, seconds)
+        return server.window().by_process(1, 1e3 / seconds)
 
     def pids(self) -> set[int]:
         """The generator processes (and whatever they started)."""
@@ -284,6 +294,100 @@ class GeneratorPool:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class Traffic:
+    """Continuous traffic (bench.drain, bench.soak): one open-loop schedule on every generator
+    process, cut into steps of step.measure_s, the first after step.warmup_s. A request
+    belongs to the step its intended send time falls in; a process hands a step back once its
+    schedule has passed the step's end and its last answers are in (or their deadline has
+    passed) while it goes on sending the next step's, so the load never pauses between
+    steps however slow the system gets, and a step's latency, lag and CPU are its own. The
+    system settles once, before the first step. Unary operations only (decide, ingest,
+    journey); each request is built as it leaves. A context manager: leaving it stops the
+    traffic."""
+
+    def __init__(self, pool: GeneratorPool, step: Step, steps: int | None):
+        if step.op not in UNARY_OPS:
+            raise ValueError(f"continuous traffic sends unary calls only, not {step.op!r}")
+        self.step, self._pool = step, pool
+        self._settled_s = settle(step.target)
+        self.started_at = time.time() + START_DELAY_S
+        self.measured_at = self.started_at + step.warmup_s
+        self._last = None if steps is None else steps - 1
+        pool._last_step.value = OPEN_ENDED if steps is None else steps - 1
+        generators = pool.pids()
+        self._server = server_cpu(generators, self.measured_at, step.measure_s, steps)
+        self._own = generator_cpu(generators, self.measured_at, step.measure_s, steps)
+        self._futures = [pool._pool.submit(_run_traffic, step, i, pool.processes,
+                                           self.started_at) for i in range(pool.processes)]
+        self._results: list[dict] | None = None
+
+    def __enter__(self) -> Traffic:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> list[dict]:
+        """End the traffic with the step under way STOP_NOTICE_S from now (every process
+        learns of it before that step's end); every step's result, the last once its
+        answers are in."""
+        if self._last is None:
+            under_way = (time.time() + STOP_NOTICE_S - self.measured_at) // self.step.measure_s
+            self._last = max(int(under_way), 0)
+            self._pool._last_step.value = self._last
+            self._server.last(self._last)
+            self._own.last(self._last)
+        return self.results()
+
+    def results(self) -> list[dict]:
+        """Every step's result, once the last step's answers are in."""
+        if self._last is None:
+            raise RuntimeError("open-ended traffic ends with stop()")
+        if self._results is None:
+            self._results = self._collect()
+        return self._results
+
+    def _collect(self) -> list[dict]:
+        merged = [Recorder() for _ in range(self._last + 1)]
+        expected = len(merged) * self._pool.processes
+        while expected:
+            try:
+                tag, k, encoded = self._pool._handed.get(timeout=1.0)
+            except queue.Empty:  # a process that failed hands nothing back: its error
+                for future in self._futures:
+                    if future.done() and future.exception() is not None:
+                        raise future.exception()
+                continue
+            if tag == self.started_at:  # not what an earlier traffic left, had it failed
+                merged[k].add(encoded)
+                expected -= 1
+        for future in self._futures:
+            future.result()
+        return [self._step(k, recorder) for k, recorder in enumerate(merged)]
+
+    def _step(self, k: int, merged: Recorder) -> dict:
+        started_at = self.measured_at + k * self.step.measure_s
+        return _result(self.step, self._pool.processes, merged, self._server.window(k),
+                       self._own.window(k), settled_s=self._settled_s if k == 0 else None,
+                       chained=k > 0, started_at=self.started_at if k == 0 else started_at,
+                       ended_at=started_at + self.step.measure_s)
+
+
+def _result(step: Step, processes: int, merged: Recorder, server: CpuWindow, own: CpuWindow,
+            **when: Any) -> dict:
+    """A step's result: the merged summary and the CPU the system under test and the
+    generators spent in its measured window, per request answered."""
+    summary = merged.summary()
+    answered = sum(kind["count"] for kind in summary["kinds"].values())
+    server_s, server_us = server.per_request(answered)
+    own_s, own_us = own.per_request(answered)
+    return {"op": step.op, "rate_target": step.rate_per_s, "processes": processes, **when,
+            **summary, "server_cpu_s": server_s, "cpu_us_per_request": server_us,
+            "cpu_us_per_request_by_process": server.by_process(answered),
+            "server_cpu_lower_bound": server.partial, "generator_cpu_s": own_s,
+            "generator_cpu_us_per_request": own_us}
 
 
 def settle(target: str) -> float | None:
@@ -311,24 +415,26 @@ def settle(target: str) -> float | None:
 # -- the generator process's side ----------------------------------------------------------------
 
 _CATALOG: Catalog | None = None
+_HANDED: Any = None  # the pool's queue of continuous traffic's steps
+_LAST_STEP: Any = None  # the index of continuous traffic's last step (shared memory)
 
 
-def _init(parent_pid: int) -> None:
-    global _CATALOG
+def _init(parent_pid: int, handed: Any, last_step: Any) -> None:
+    global _CATALOG, _HANDED, _LAST_STEP
     exit_with_parent(parent_pid)
     _CATALOG = load_default_catalog()
+    _HANDED, _LAST_STEP = handed, last_step
 
 
 def _ready() -> bool:
     return True
 
 
-def _run_step(step: Step, index: int, processes: int, start_at: float) -> dict:
-    return asyncio.run(_step(step, index, processes, start_at))
-
-
-async def _step(step: Step, index: int, processes: int, start_at: float) -> dict:
-    if step.routes and step.op not in ("decide", "ingest", "journey"):
+@contextlib.asynccontextmanager
+async def _connected(step: Step) -> AsyncIterator[tuple[_Calls, Callable[[str], _Calls]]]:
+    """Channels to the step's target and routes, ready: the target's calls, and which calls
+    a customer's unary requests go to."""
+    if step.routes and step.op not in UNARY_OPS:
         raise ValueError(f"a routed step sends unary calls only, not {step.op!r}")
     channels = {target: grpc.aio.insecure_channel(
         target, options=[("grpc.use_local_subchannel_pool", 1)])
@@ -342,6 +448,17 @@ async def _step(step: Step, index: int, processes: int, start_at: float) -> dict
 
         def route(customer: str) -> _Calls:
             return owners[partition_of(customer, len(owners))] if owners else calls
+        yield calls, route
+    finally:
+        await asyncio.gather(*(c.close() for c in channels.values()))
+
+
+def _run_step(step: Step, index: int, processes: int, start_at: float) -> dict:
+    return asyncio.run(_step(step, index, processes, start_at))
+
+
+async def _step(step: Step, index: int, processes: int, start_at: float) -> dict:
+    async with _connected(step) as (calls, route):
         recorder = Recorder(seconds=step.measure_s)
         seed = step.seed * 1_000 + index
         # the process's clock for the shared start time
@@ -365,8 +482,97 @@ async def _step(step: Step, index: int, processes: int, start_at: float) -> dict
             await _unary(route, schedule(), Journeys(_CATALOG, step.customers, seed),
                          OPS[step.op], recorder)
         return recorder.encode()
-    finally:
-        await asyncio.gather(*(c.close() for c in channels.values()))
+
+
+def _run_traffic(step: Step, index: int, processes: int, start_at: float) -> None:
+    asyncio.run(_traffic(step, index, processes, start_at))
+
+
+async def _traffic(step: Step, index: int, processes: int, start_at: float) -> None:
+    """This process's share of continuous traffic: Poisson arrivals from start_at until the
+    schedule passes the last step's end, each request built as it leaves; the steps are
+    handed back as they complete."""
+    async with _connected(step) as (_, route):
+        seed = step.seed * 1_000 + index
+        rng, kinds = random.Random(seed * 100), OPS[step.op]
+        journeys = Journeys(_CATALOG, step.customers, seed)
+        t = time.perf_counter() + (start_at - time.time())  # this process's clock
+        steps = _Steps(start_at, t + step.warmup_s, step.measure_s)
+        while True:
+            t += rng.expovariate(step.rate_per_s / processes)
+            await asyncio.sleep(max(t - time.perf_counter(), 0.0))
+            k = steps.index(t)
+            if k > _LAST_STEP.value:
+                break
+            recorder = steps.reach(k)
+            request = journeys.next(kinds)
+            send = recorder.sending(t, t >= steps.measured_at)
+            steps.start(k, _call(route(request.customer_id), request.kind, _serialised(request),
+                                 send, recorder,
+                                 _showing(journeys, request) if RESPOND in kinds else None))
+        await steps.finish(_LAST_STEP.value)
+
+
+class _Steps:
+    """One process's continuous traffic, by step: each step's recorder and its calls not
+    answered yet. A step is handed back to the parent (tagged with the traffic's start)
+    once the schedule has passed its end and its last answers are in, or their deadline and
+    ANSWER_GRACE_S have passed; the steps before it first."""
+
+    def __init__(self, tag: float, measured_at: float, step_s: float):
+        self.tag, self.measured_at, self.step_s = tag, measured_at, step_s
+        self.recorders: list[Recorder] = []
+        self._unanswered: list[int] = []
+        self._tasks: set[asyncio.Task] = set()
+        self._handed = 0  # steps handed back
+
+    def index(self, t: float) -> int:
+        """The step whose part of the schedule `t` falls in (the warm-up is the first's)."""
+        return max(int((t - self.measured_at) // self.step_s), 0)
+
+    def reach(self, k: int) -> Recorder:
+        """Step k's recorder: the schedule has reached it, so every step before it is closed,
+        and handed back if it is done."""
+        self._open(k)
+        self._hand_back(k)
+        return self.recorders[k]
+
+    def _open(self, k: int) -> None:
+        while len(self.recorders) <= k:
+            self.recorders.append(Recorder(seconds=self.step_s))
+            self._unanswered.append(0)
+
+    def start(self, k: int, call: Awaitable[None]) -> None:
+        self._unanswered[k] += 1
+        task = asyncio.ensure_future(call)
+        self._tasks.add(task)
+        task.add_done_callback(lambda _: self._answered(k, task))
+
+    def _answered(self, k: int, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        self._unanswered[k] -= 1
+        self._hand_back(len(self.recorders) - 1)
+
+    def _hand_back(self, closed: int, overdue: bool = False) -> None:
+        """Hand back the done steps among the first `closed` (all of them if `overdue`)."""
+        while self._handed < closed:
+            k = self._handed
+            due = self.measured_at + (k + 1) * self.step_s + DEADLINE_S + ANSWER_GRACE_S
+            if self._unanswered[k] and not overdue and time.perf_counter() < due:
+                return
+            started = time.perf_counter()
+            _HANDED.put((self.tag, k, self.recorders[k].encode()))
+            if not overdue:  # a pause while the newest step's sends are due
+                newest = self.recorders[-1]
+                newest.handback = max(newest.handback or 0.0, time.perf_counter() - started)
+            self._handed += 1
+
+    async def finish(self, last: int) -> None:
+        """Wait for the last answers, then hand back every step up to `last`."""
+        self._open(last)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=DEADLINE_S + ANSWER_GRACE_S)
+        self._hand_back(last + 1, overdue=True)
 
 
 class _Calls:
@@ -423,7 +629,7 @@ class _Inflight:
     async def drain(self) -> None:
         """Wait for the answers still due (past their deadline they are errors anyway)."""
         if self._tasks:
-            await asyncio.wait(self._tasks, timeout=DEADLINE_S + 1.0)
+            await asyncio.wait(self._tasks, timeout=DEADLINE_S + ANSWER_GRACE_S)
 
 
 async def _call(calls: _Calls, kind: str, payload: bytes, send: Send, recorder: Recorder,

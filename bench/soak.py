@@ -61,7 +61,7 @@ from .systems import kairos_processes, populated_kairos
 
 RESULTS = Path(__file__).parent / "results"
 SAMPLE_S = 10.0
-STEP_S = 60.0  # the traffic runs as continuous measured steps of this length
+STEP_S = 60.0  # the traffic, one schedule, is cut into measured steps of about this
 WARMUP_SHARE = 0.1
 RSS_GROWTH_LIMIT = 0.05
 POOL_THREAD = "event_engine"  # what gRPC names its EventEngine pool's threads
@@ -333,22 +333,19 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python -m bench.soak"] + (sys.argv[1:] if argv is None else argv))
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     total_s = args.minutes * 60
-    step_s = min(args.step_s, total_s)
-    steps: list[dict[str, Any]] = []
+    count = max(round(total_s / args.step_s), 1)  # steps of one length, as near --step-s
+    step_s = total_s / count
     pool = GeneratorPool(args.generators)
     try:
         with populated_kairos(args.shards, args.customers) as system:
             sampler = Sampler(args.sample_s)
             sampler.start()
-            started = time.monotonic()
-            while (left := total_s - (time.monotonic() - started)) > 1.0:
-                # each step after the first goes on where the last ended: no pause in the load
-                steps.append(pool.run(Step(system.target, "journey", args.rate, 0.0,
-                                           min(step_s, left), args.customers, len(steps) + 1),
-                                      after=steps[-1] if steps else None))
-                # when its schedule began, on the samples' clock
-                steps[-1]["started_s"] = round(
-                    sampler.elapsed() - (time.time() - steps[-1]["started_at"]), 1)
+            # one schedule for the whole run: the load never pauses between steps
+            steps = pool.traffic(Step(system.target, "journey", args.rate, 0.0, step_s,
+                                      args.customers, 1), count).results()
+            for step in steps:  # when its schedule began, on the samples' clock
+                began = sampler.elapsed() - (time.time() - step["started_at"])
+                step["started_s"] = round(began, 1)
             sampler.stop()
     finally:
         pool.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from bench.loadgen import GeneratorPool, Step
 from bench.peers.serving import in_process
@@ -40,16 +39,12 @@ def test_a_stalled_generator_shows_the_stall_in_latency_not_in_service_time():
     pool = GeneratorPool(1)
     try:
         with in_process(Answering) as target:
-            first = pool.run(Step(target, "decide", RATE, 0.0, 1.0, 100, 1))
-            # chained on the first, the step's schedule is known before it runs: the stall
-            # falls half a second into its measured window
-            stall_at = first["ended_at"] + WARMUP_S + 0.5
-            with ThreadPoolExecutor(1) as runner:
-                running = runner.submit(pool.run, Step(target, "decide", RATE, WARMUP_S,
-                                                       MEASURE_S, 100, 2), first)
-                time.sleep(max(stall_at - time.time(), 0.0))
-                stall(pool.pids(), STALL_S)
-                step = running.result()
+            # traffic of one step: its schedule is known once it starts, so the stall falls
+            # half a second into its measured window
+            traffic = pool.traffic(Step(target, "decide", RATE, WARMUP_S, MEASURE_S, 100), 1)
+            time.sleep(max(traffic.measured_at + 0.5 - time.time(), 0.0))
+            stall(pool.pids(), STALL_S)
+            (step,) = traffic.results()
     finally:
         pool.close()
     decide, stall_ms = step["kinds"]["decide"], STALL_S * 1e3

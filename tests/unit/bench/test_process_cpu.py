@@ -55,14 +55,15 @@ def test_cpu_spent_in_the_window_survives_processes_ending_starting_and_renaming
         old.burn()  # its CPU is all spent before the window
         start = time.time() + 0.2
         cpu = ProcessCpu(lambda: [p for p in psutil.Process().children() if p.pid in ours],
-                         start, start + 3.0)
+                         start, 3.0)
         time.sleep(max(start + 0.3 - time.time(), 0.0))
         old.end()  # seen at the start, gone before the end
         new = Child("ray::Burner", INSIDE_S, "ray::Burner.go")
         ours.add(new.pid)
         new.burn()  # all its CPU inside the window, under another title at the end
-        spent_s, _ = cpu.per_request(1)
-        by_name = cpu.by_process(1, 1.0)
+        window = cpu.window()
+        spent_s, _ = window.per_request(1)
+        by_name = window.by_process(1, 1.0)
     finally:
         old.end()
         if new is not None:
@@ -73,4 +74,40 @@ def test_cpu_spent_in_the_window_survives_processes_ending_starting_and_renaming
     # named as a Ray actor is, by its class, whatever method its title named last
     assert by_name.get("ray::Burner", 0.0) >= INSIDE_S * 0.9, by_name
     assert by_name.get("cpu-old", 0.0) < INSIDE_S / 2, by_name
-    assert cpu.partial  # a process ended in the window: the figure is a lower bound
+    assert window.partial  # a process ended in the window: the figure is a lower bound
+
+
+def test_consecutive_windows_lose_nothing_between_them():
+    """Continuous traffic's steps: the CPU a process spends across the boundary of two
+    windows falls in one or the other."""
+    child = Child("cpu-across", INSIDE_S * 2, "cpu-across")
+    try:
+        start = time.time() + 0.2
+        cpu = ProcessCpu(lambda: [psutil.Process(child.pid)], start, 1.5, windows=2)
+        time.sleep(max(start + 1.0 - time.time(), 0.0))
+        child.burn()  # from a second into the first window, most likely into the second
+        spent_s = sum(cpu.window(k).per_request(1)[0] for k in (0, 1))
+    finally:
+        child.end()
+    assert spent_s >= INSIDE_S * 2 * 0.9, spent_s
+    assert not cpu.window(1).partial
+
+
+def test_a_process_from_before_the_window_first_seen_inside_it_counts_from_then():
+    """A process the window's first sample did not see, but that started before the window
+    (Ray's processes are listed by who their parent is now), spent its earlier CPU before
+    the window: the figure leaves it out, and says it may have missed some (partial)."""
+    ours: set[int] = set()
+    late = Child("cpu-late", BEFORE_S, "cpu-late")
+    try:
+        late.burn()  # before the window
+        start = time.time() + 0.2
+        cpu = ProcessCpu(lambda: [p for p in psutil.Process().children() if p.pid in ours],
+                         start, 2.0)
+        time.sleep(max(start + 0.3 - time.time(), 0.0))
+        ours.add(late.pid)  # seen from the next sample on
+        window = cpu.window()
+    finally:
+        late.end()
+    assert window.by_process(1, 1.0).get("cpu-late", 0.0) < BEFORE_S / 2, window.by_process(1)
+    assert window.partial
