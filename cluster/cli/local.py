@@ -50,6 +50,9 @@ LOOPBACK = "127.0.0.1"
 TOKEN_ENV = "KAIROS_RUN_TOKEN"  # the run's token, in the environment of every process it starts
 RAY_PORT = 6380  # the GCS port (6379 is left to Redis)
 DASHBOARD_PORT = 8265
+# `ray start`'s --min-worker-port/--max-worker-port defaults: each Ray worker (an actor: a shard,
+# a gateway) serves on one of these, taken by whichever starts first
+RAY_WORKER_PORTS = (10002, 19999)
 RAY_START_TIMEOUT_S = 180.0  # one `ray start` (about 10 s on a quiet 2-core machine)
 GRACEFUL_STOP_S = 30.0  # `kairos down`: gateways drained, actors stopped, through Ray
 TERM_GRACE_S = 5.0  # then SIGTERM to Ray's processes, SIGKILL to what is left after this

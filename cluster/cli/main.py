@@ -202,9 +202,13 @@ def _given_ports(args: argparse.Namespace) -> list[tuple[str, str, int]]:
 
 def _refuse_shared_ports(args: argparse.Namespace, ports: list[tuple[str, str, int]]) -> None:
     """Refused: a port that two options give, or one within the shard endpoints' range (a
-    shard may take it first): the second to bind it would fail, or the first answer for it."""
+    shard may take it first) or Ray's worker ports (`ray start` refuses its GCS port there, and
+    a worker may take any other first): the second to bind it would fail, or the first answer
+    for it."""
     first: dict[int, str] = {}
     low, high = args.shard_endpoint_ports or (1, 0)
+    workers = local.RAY_WORKER_PORTS
+    taken = f"Ray's worker ports {workers[0]}-{workers[1]}, one of which each Ray worker takes"
     for _, option, port in ports:
         if port in first:
             raise Refused(f"error: {first[port]} and {option} are both port {port}: each "
@@ -212,7 +216,13 @@ def _refuse_shared_ports(args: argparse.Namespace, ports: list[tuple[str, str, i
         if low <= port <= high:
             raise Refused(f"error: {option} {port} is within --shard-endpoint-ports "
                           f"{low}-{high}", 2)
+        if workers[0] <= port <= workers[1]:
+            raise Refused(f"error: port {port} ({option}) is within {taken}: choose a port "
+                          f"outside them", 2)
         first[port] = option
+    if low <= workers[1] and high >= workers[0]:
+        raise Refused(f"error: --shard-endpoint-ports {low}-{high} overlaps {taken}: choose "
+                      f"ports outside them", 2)
 
 
 def up_message(args: argparse.Namespace, run: local.Run) -> str:

@@ -354,6 +354,38 @@ def test_up_refuses_a_port_given_for_two_things_and_starts_nothing(home, capsys,
     assert capsys.readouterr().err.strip() == f"error: {port(said)}"
 
 
+WORKERS = "Ray's worker ports 10002-19999, one of which each Ray worker takes"
+A_PORT = ": choose a port outside them"
+
+
+@pytest.mark.parametrize("given, said", [
+    (["--ray-port", "16391"], f"port 16391 (--ray-port) is within {WORKERS}{A_PORT}"),
+    (["--port", "10002"], f"port 10002 (--port) is within {WORKERS}{A_PORT}"),
+    (["--nodes", "2", "--port", "10001"], f"port 10002 (--port + 1) is within {WORKERS}{A_PORT}"),
+    (["--console-port", "19999"], f"port 19999 (--console-port) is within {WORKERS}{A_PORT}"),
+    (["--dashboard-port", "12000"], f"port 12000 (--dashboard-port) is within {WORKERS}{A_PORT}"),
+    (["--shard-endpoint-ports", "19990-20010"],
+     f"--shard-endpoint-ports 19990-20010 overlaps {WORKERS}: choose ports outside them")],
+    ids=["ray", "gateway", "second gateway", "console", "dashboard", "shard endpoints"])
+def test_up_refuses_a_port_among_rays_worker_ports_and_starts_nothing(home, capsys, monkeypatch,
+                                                                      given, said):
+    """A Ray worker (a shard, a gateway, any task) serves on a port of `ray start`'s worker
+    range: `ray start` fails on a GCS port there, and takes any other port there at random."""
+    def started():
+        raise AssertionError("`kairos up` went past its checks of options")
+    monkeypatch.setattr(local, "up_lock", started)
+    options = ["--ray-port", str(local.free_port()), "--dashboard-port", str(local.free_port()),
+               "--console-port", str(local.free_port()), "--port", str(local.free_port())]
+    assert main(["up", *options, *given]) == 2  # the last of an option given twice counts
+    assert capsys.readouterr().err.strip() == f"error: {said}"
+
+
+def test_rays_worker_ports_are_those_ray_start_uses():
+    from ray.scripts.scripts import start
+    defaults = {p.name: p.default for p in start.params}
+    assert local.RAY_WORKER_PORTS == (defaults["min_worker_port"], defaults["max_worker_port"])
+
+
 def test_up_says_the_console_did_not_start_when_another_process_holds_its_port(home):
     """Something answering on the console's port is not the console: one that could not bind
     it exits, and `kairos up` says so rather than report a console that is not running."""
