@@ -53,10 +53,11 @@ def test_a_call_past_its_deadline_never_applies_a_later_event_without_an_earlier
     backend = HeldDecides()
     with serving(backend=backend) as (gateway, channel):
         stubs = _stubs(channel)
-        held = [stubs["Decide"].future(pb.DecideRequest(customer_id=f"other{i}", channel="web"),
-                                       timeout=30) for i in range(CLIENT_INFLIGHT_CALLS)]
-        wait_until(lambda: backend.waiting == CLIENT_INFLIGHT_CALLS, 10,
-                   "every call slot to the shard held by a Decide")
+        held = []
+        for i in range(CLIENT_INFLIGHT_CALLS):  # one at a time: each a call of its own
+            held.append(stubs["Decide"].future(
+                pb.DecideRequest(customer_id=f"other{i}", channel="web"), timeout=30))
+            wait_until(lambda: backend.waiting == i + 1, 10, f"call slot {i} held by a Decide")
         events = [pb.Event(customer_id="alice", type="app_open", channel="web",
                            idempotency_key=f"k{i}") for i in range(3)]
         with pytest.raises(grpc.RpcError) as ended:
