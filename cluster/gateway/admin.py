@@ -2,7 +2,7 @@
 controller; the decision log's export, from the shards (logexport.py).
 
 Every call needs a key with the admin scope (auth.py checks it before the handler runs); a
-gateway runs at most calls.ADMIN_CALLS of them at once, and compiles one catalog at a time
+gateway runs at most bounds.ADMIN_CALLS of them at once, and compiles one catalog at a time
 (compiling.py: in a process of its own; another compile is refused RESOURCE_EXHAUSTED). A
 call to the controller ends within the caller's deadline (DEADLINE_EXCEEDED), and one that a
 shard or the controller did not answer ends UNAVAILABLE naming it (the controller's own calls

@@ -4,9 +4,8 @@ requests against, the caller's deadline, and the bound on its work in flight.
 A runtime call runs within the caller's deadline less a margin (kept back to answer in time,
 a fallback decision included) and counts as in flight while it runs. `InflightLimit` refuses
 new calls with RESOURCE_EXHAUSTED before their handlers run: past GATEWAY_INFLIGHT_LIMIT, and
-the share the gateway sheds when its calls queue (admission.py); `AdminLimit` bounds the
-AdminService calls running at once (ADMIN_CALLS). `abort` maps the runtime's errors to
-status codes.
+the share the gateway sheds when its calls queue (admission.py). `abort` maps the runtime's
+errors to status codes.
 """
 from __future__ import annotations
 
@@ -36,7 +35,6 @@ from kairos.cluster.transport.backend import Backend, NotCarried, NotSent, Unava
 from kairos.cluster.transport.client import Busy, Conflict, KairosClient, ShardUnavailable
 
 MAX_DETAILS = 1024  # characters of a status message
-ADMIN_CALLS = 8  # AdminService calls a gateway runs at once (decision log exports: 4 of them)
 CATALOG_RECHECK_S = 1.0  # the most often refused requests have the controller asked
 ENDPOINTS_REFRESH_S = 1.0  # the most often GetRoutes asks the controller for the endpoints
 SHEDDER_RESTART_S = 5.0  # after the load shedder failed, until it starts again
@@ -247,58 +245,6 @@ class InflightLimit(grpc.aio.ServerInterceptor):
         except Busy as exc:
             return refusal(handler, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         return handler
-
-
-class AdminLimit(grpc.aio.ServerInterceptor):
-    """Refuses an AdminService call with RESOURCE_EXHAUSTED, before its request is parsed,
-    while ADMIN_CALLS others run. They pass the in-flight limit and the shedding (an operator
-    must reach a saturated cluster), yet one may be heavy (a catalog compiled from a 1 MiB
-    text, a page of the decision log): unbounded, the callers of a status:read key alone
-    could starve the event loop that every Decide waits on. Each method's handler is wrapped
-    once (the parsing interceptor's reason)."""
-
-    def __init__(self, gateway: Gateway):
-        self.gateway = gateway
-        self.running = 0
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
-
-    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
-        handler = await continuation(details)
-        if handler is None or not details.method.startswith("/kairos.v1.AdminService/"):
-            return handler
-        known = self._wrapped.get(details.method)
-        if known is None or known[0] is not handler:
-            known = self._wrapped[details.method] = (handler, self._bounded(handler))
-        return known[1]
-
-    def _bounded(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        kinds = dict(request_deserializer=handler.request_deserializer,
-                     response_serializer=handler.response_serializer)
-        if handler.unary_unary:
-            async def unary_unary(request, context):
-                await self._enter(context)
-                try:
-                    return await handler.unary_unary(request, context)
-                finally:
-                    self.running -= 1
-            return grpc.unary_unary_rpc_method_handler(unary_unary, **kinds)
-        assert handler.unary_stream, "AdminService's methods take one request"
-
-        async def unary_stream(request, context):
-            await self._enter(context)
-            try:
-                async for answer in handler.unary_stream(request, context):
-                    yield answer
-            finally:
-                self.running -= 1
-        return grpc.unary_stream_rpc_method_handler(unary_stream, **kinds)
-
-    async def _enter(self, context) -> None:
-        if self.running >= ADMIN_CALLS:
-            await fail(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                       f"gateway {self.gateway.name} runs {self.running} admin calls, its "
-                       f"limit: try again in a moment")
-        self.running += 1
 
 
 async def abort(context, exc: BaseException) -> None:

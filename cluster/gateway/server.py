@@ -1,5 +1,6 @@
-"""The gateway's gRPC server: both kairos.v1 services behind the auth, in-flight, admin and
-parsing interceptors, with health and reflection (open to all), on plaintext or TLS."""
+"""The gateway's gRPC server: both kairos.v1 services behind the auth, in-flight, bounds and
+parsing interceptors, with health and reflection (open to all), on plaintext or TLS. Each
+connection carries at most STREAMS_PER_CONNECTION calls at once (more wait in the client)."""
 from __future__ import annotations
 
 import socket
@@ -13,12 +14,16 @@ from kairos.v1 import admin_pb2_grpc, decision_pb2_grpc
 
 from kairos.cluster.gateway.admin import AdminService
 from kairos.cluster.gateway.auth import Auth, AuthInterceptor, is_loopback
-from kairos.cluster.gateway.calls import AdminLimit, Gateway, InflightLimit
+from kairos.cluster.gateway.bounds import Bounds
+from kairos.cluster.gateway.calls import Gateway, InflightLimit
 from kairos.cluster.gateway.parsing import ParseInterceptor
 from kairos.cluster.gateway.decisions import DecisionService
 from kairos.cluster.settings import MAX_MESSAGE_BYTES
 
 SERVICES = ("kairos.v1.DecisionService", "kairos.v1.AdminService")
+# a bound on what one connection holds: the gateway's in-flight limit (20,000 by default) and
+# watch streams (10,000) are shared by all of its callers
+STREAMS_PER_CONNECTION = 4096
 
 
 @dataclass(frozen=True)
@@ -52,9 +57,10 @@ async def serve(gateway: Gateway, auth: Auth, host: str, port: int, tls: Tls | N
         raise ValueError(f"refusing to serve without API keys on {host}: auth may be off only "
                          f"on a loopback address")
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(auth), InflightLimit(gateway), AdminLimit(gateway),
+        interceptors=[AuthInterceptor(auth), InflightLimit(gateway), Bounds(gateway.name),
                       ParseInterceptor(), *interceptors],
         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                 ("grpc.max_concurrent_streams", STREAMS_PER_CONNECTION),
                  ("grpc.so_reuseport", 0)])
     decision_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionService(gateway), server)
     services = _services(admin)

@@ -1,6 +1,6 @@
 """Admin calls pass the gateway's in-flight limit and its shedding, so they have bounds of their
 own: one catalog compile at a time (another is refused RESOURCE_EXHAUSTED, but a rollback,
-already done, waits for it), and at most calls.ADMIN_CALLS admin calls at once. Each compile
+already done, waits for it), and at most bounds.ADMIN_CALLS admin calls at once. Each compile
 ran in a thread of its own, however many came at once: four of a large text held the GIL from
 the event loop for most of a second, and Decides with short deadlines failed. Through gRPC to
 the in-process gateway; a compile (in its own process, as served) or a controller call is
@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from kairos.cluster.gateway import compiling
-from kairos.cluster.gateway.calls import ADMIN_CALLS
+from kairos.cluster.gateway.bounds import ADMIN_CALLS
 from kairos.cluster.transport.client import Busy
 from kairos.core.catalog import default_catalog_text
 from kairos.v1 import admin_pb2
