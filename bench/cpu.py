@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from collections import Counter
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 import psutil
 
@@ -17,6 +17,17 @@ CPU_SAMPLE_S = 1.0
 
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")  # what a process's start time counts in
 Key = tuple[int, float]  # a process: its pid and start time (pids are reused)
+ENDED = "(ended processes, after their last sample)"  # by_process's name for their CPU
+
+
+class Seen(NamedTuple):
+    """A process at one sample."""
+
+    name: str
+    own: float  # its CPU seconds (user + system)
+    children: float  # its reaped children's, theirs included (what the kernel adds on reaping)
+    parent: int  # its parent's pid
+    member: bool  # of the set measured; else the parent of one, or the reaper
 
 
 class ProcessCpu:
@@ -24,11 +35,15 @@ class ProcessCpu:
     `seconds` from `start` (epoch): `windows` of them, or, if None, until `last()` names
     the last. A thread samples every process at each window's edges and every CPU_SAMPLE_S
     between; a window's closing sample is the next one's opening, so steps that follow each
-    other lose nothing between them. `processes()` names the set each time."""
+    other lose nothing between them. `processes()` names the set each time; their parents
+    are sampled too, for what their children spent after their last sample (CpuWindow), and
+    so is `reaper`, a process outside the set whose children that end are the set's (the
+    bench's own, for the system under test: the generators it started too run until their
+    pool closes)."""
 
     def __init__(self, processes: Callable[[], Iterable[psutil.Process]], start: float,
-                 seconds: float, windows: int | None = 1):
-        self.processes = processes
+                 seconds: float, windows: int | None = 1, reaper: psutil.Process | None = None):
+        self.processes, self.reaper = processes, reaper
         self.start, self.seconds = start, seconds
         self._last = math.inf if windows is None else windows - 1
         self._windows: list[CpuWindow] = []
@@ -51,7 +66,8 @@ class ProcessCpu:
         seen = self._cpu_s()
         index = 0
         while True:
-            window = CpuWindow(self.start + index * self.seconds, seen)
+            window = CpuWindow(self.start + index * self.seconds, seen,
+                               self.reaper.pid if self.reaper else None)
             end = window.start + self.seconds
             when = window.start
             while when < end:
@@ -66,57 +82,97 @@ class ProcessCpu:
                 return
             index += 1
 
-    def _cpu_s(self) -> dict[Key, tuple[str, float]]:
-        """By process: its name and its CPU seconds so far."""
-        seen = {}
+    def _cpu_s(self) -> dict[Key, Seen]:
+        """The set's processes, their parents outside it and the reaper, as they are now."""
+        seen: dict[Key, Seen] = {}
         for proc in self.processes():
-            with contextlib.suppress(psutil.Error), proc.oneshot():
-                times = proc.cpu_times()
-                seen[proc.pid, proc.create_time()] = (_process_name(proc.name()),
-                                                      times.user + times.system)
+            _look(proc, True, seen)
+        outside = {s.parent for s in seen.values()} - {pid for pid, _ in seen}
+        for pid in outside - {self.reaper.pid if self.reaper else None}:
+            with contextlib.suppress(psutil.Error):
+                _look(psutil.Process(pid), False, seen)
+        if self.reaper is not None:
+            _look(self.reaper, False, seen)
         return seen
+
+
+def _look(proc: psutil.Process, member: bool, seen: dict[Key, Seen]) -> None:
+    with contextlib.suppress(psutil.Error), proc.oneshot():
+        times = proc.cpu_times()
+        seen[proc.pid, proc.create_time()] = Seen(
+            _process_name(proc.name()), times.user + times.system,
+            times.children_user + times.children_system, proc.ppid(), member)
 
 
 class CpuWindow:
     """What the processes spent in one window of a ProcessCpu. A process alive at its start
-    counts what it spent since, one started inside it all it spent; one that ended inside it
-    counts what it had spent at the last sample that saw it, one that began before it but was
-    first seen inside it what it spent from then, and either makes the figure a lower bound
-    (`partial`)."""
+    counts what it spent since, one started inside it all it spent. One that ended inside it
+    counts what it had spent at the last sample that saw it, and its parent, when that is in
+    the set or the reaper, what it spent after (reaped, a process's CPU and its reaped
+    children's are added to its parent's children counters), as does a child born and reaped
+    between two samples, never seen (under ENDED). The figure is a lower bound (`partial`)
+    when a process ended whose parent is neither, or such a parent's counters grew by more
+    than its children seen to end had spent, or a process that began before the window was
+    first seen inside it (what it spent from then counts)."""
 
-    def __init__(self, start: float, opening: dict[Key, tuple[str, float]]):
-        self.start = start
+    def __init__(self, start: float, opening: dict[Key, Seen], reaper: int | None):
+        self.start, self._reaper = start, reaper
         self._born_from = _on_create_time_clock(start)
-        self._baseline = {key: spent for key, (_, spent) in opening.items()}  # CPU s before
-        self._latest = dict(opening)  # (name, CPU s) at the last sample that saw it
+        # CPU seconds (own, children's) at the start, or when first seen
+        self._baseline = {key: (s.own, s.children) for key, s in opening.items()}
+        self._latest = dict(opening)  # at the last sample that saw it
         self._alive = set(opening)  # seen by the last sample
-        self._missed = False  # a process alive at the start was not seen then
+        self._missed = False  # a process of the set alive at the start was not seen then
 
-    def add(self, seen: dict[Key, tuple[str, float]]) -> None:
-        for key, (_, spent) in seen.items():
+    def add(self, seen: dict[Key, Seen]) -> None:
+        for key, s in seen.items():
             if key not in self._baseline:
                 born_inside = key[1] >= self._born_from
-                self._baseline[key] = 0.0 if born_inside else spent
-                self._missed |= not born_inside
+                self._baseline[key] = (0.0, 0.0) if born_inside else (s.own, s.children)
+                self._missed |= s.member and not born_inside
         self._latest.update(seen)
         self._alive = set(seen)
 
-    def _spent(self) -> Counter:
-        """CPU seconds in the window by name (each process's latest)."""
+    def _tracked(self, key: Key) -> bool:
+        """A process whose reaped children are the set's: one of it, or the reaper."""
+        return self._latest[key].member or key[0] == self._reaper
+
+    def _accounts(self) -> tuple[Counter, bool]:
+        """CPU seconds in the window by name (under ENDED, what ended processes spent after
+        their last sample), and whether some of it went unseen."""
         spent: Counter = Counter()
-        for key, (name, cpu_s) in self._latest.items():
-            spent[name] += cpu_s - self._baseline[key]
-        return spent
+        # each process's children counters' growth, less what its children that ended had
+        # spent by their last sample (all their lives': that is what reaping adds)
+        unseen: dict[Key, float] = {}
+        for key, s in self._latest.items():
+            own, children = self._baseline[key]
+            if s.member:
+                spent[s.name] += s.own - own
+            unseen[key] = s.children - children
+        pids = {key[0]: key for key in self._latest}
+        partial = self._missed
+        for key in self._latest.keys() - self._alive:
+            s = self._latest[key]
+            parent = pids.get(s.parent)
+            if parent is not None:
+                unseen[parent] -= s.own + s.children
+            partial |= s.member and (parent is None or not self._tracked(parent))
+        for key, cpu_s in unseen.items():
+            if self._tracked(key):
+                spent[ENDED] += cpu_s
+            else:
+                partial |= cpu_s > TICK_S / 2
+        spent[ENDED] = max(spent[ENDED], 0.0)  # what rounding to clock ticks leaves below
+        return spent, partial
 
     @property
     def partial(self) -> bool:
-        """What some process spent in the window went unseen: it ended after its last sample,
-        or it was first seen after the window began."""
-        return self._missed or bool(self._latest.keys() - self._alive)
+        """What some process of the set spent in the window went unseen."""
+        return self._accounts()[1]
 
     def per_request(self, answered: int) -> tuple[float, float | None]:
         """(CPU seconds in the window, µs of it per request answered)."""
-        spent = max(sum(self._spent().values()), 0.0)
+        spent = max(sum(self._accounts()[0].values()), 0.0)
         return round(spent, 3), round(spent / answered * 1e6, 1) if answered else None
 
     def by_process(self, answered: int, scale: float = 1e6) -> dict[str, float]:
@@ -124,7 +180,7 @@ class CpuWindow:
         costliest first."""
         if not answered:
             return {}
-        spent = self._spent()
+        spent = self._accounts()[0]
         return {name: round(s / answered * scale, 1)
                 for name, s in sorted(spent.items(), key=lambda x: -x[1]) if s > 0}
 
@@ -147,9 +203,11 @@ def server_cpu(generators: set[int], start: float, seconds: float,
                windows: int | None = 1) -> ProcessCpu:
     """The system under test: every process this bench started, directly or not (servers,
     redis-server, Ray's daemons and actors), but the load generators. Only one system runs
-    at a time, so that is the system's own processes, the server side only."""
+    at a time, so that is the system's own processes, the server side only; the bench's
+    own process reaps those it started itself."""
     return ProcessCpu(lambda: [p for p in psutil.Process().children(recursive=True)
-                               if p.pid not in generators], start, seconds, windows)
+                               if p.pid not in generators], start, seconds, windows,
+                      reaper=psutil.Process())
 
 
 def generator_cpu(generators: set[int], start: float, seconds: float,
