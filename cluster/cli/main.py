@@ -315,8 +315,14 @@ def _start_kairos(args: argparse.Namespace, address: str, catalog_text: str | No
         ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING")
     try:
         per_cpu = {"shards_per_cpu": args.shards_per_cpu} if args.shards_per_cpu else {}
-        runtime.start(n_shards=args.shards, catalog_text=catalog_text, store=args.store,
-                      journal_policy=args.journal_policy, gateways=spec, **per_cpu)
+        try:
+            runtime.start(n_shards=args.shards, catalog_text=catalog_text, store=args.store,
+                          journal_policy=args.journal_policy, gateways=spec, **per_cpu)
+        except ray.exceptions.ActorAlreadyExistsError:  # its learner's or controller's name
+            raise RuntimeError(
+                f"Kairos already runs on this Ray cluster (namespace {NAMESPACE}): stop it "
+                f"first (`kairos down` for one `kairos up` started; else "
+                f"kairos.cluster.control.runtime.stop() from a driver of this cluster)") from None
         nodes = ray.get(runtime.controller().status.remote())["node_status"]
         return [(n["address"], n["gateway_port"])
                 for n in sorted(nodes, key=lambda n: n["gateway_index"]) if n["gateway_port"]]
