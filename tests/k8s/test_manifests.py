@@ -436,6 +436,32 @@ def test_redis_refuses_writes_well_below_its_memory_limit(overlay):
         f"{overlay}: maxmemory {maxmemory} of a {c['resources']['limits']['memory']} limit"
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_redis_does_not_start_without_its_memory_limit(overlay, tmp_path):
+    """The rendered command, run by the shell as the container runs it, with a stand-in for
+    redis-server that records its arguments: given the limit, maxmemory is 70% of it; with
+    REDIS_MEMORY_LIMIT empty or unset (0 would be no maxmemory at all, silently) the shell
+    stops, naming the variable, and redis-server never runs."""
+    (c,) = one(overlay, "StatefulSet", "kairos-redis")["spec"]["template"]["spec"]["containers"]
+    ran = tmp_path / "ran"
+    stand_in = tmp_path / "redis-server"
+    stand_in.write_text(f'#!/bin/sh\ncat >/dev/null\necho "$@" > {ran}\n')
+    stand_in.chmod(0o755)
+
+    def run(**env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*c["command"], c["args"][0]], capture_output=True, text=True,
+                              timeout=30, env={"PATH": f"{tmp_path}:/usr/bin:/bin",
+                                               "REDIS_PASSWORD": "pw", **env})
+    done = run(REDIS_MEMORY_LIMIT="1000")
+    assert done.returncode == 0, done.stderr
+    assert "--maxmemory 700 --maxmemory-policy noeviction" in ran.read_text()
+    ran.unlink()
+    for env in ({"REDIS_MEMORY_LIMIT": ""}, {}):
+        done = run(**env)
+        assert done.returncode != 0 and "REDIS_MEMORY_LIMIT" in done.stderr, (env, done)
+        assert not ran.exists(), f"{overlay}: redis-server ran without a memory limit ({env})"
+
+
 def test_production_has_disruption_budgets_and_more_workers():
     budgets = objects("production", "PodDisruptionBudget")
     covered = [labels for labels in (head("production")["metadata"]["labels"],)]
