@@ -77,11 +77,10 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def _figures(step: dict[str, Any], kind: str) -> dict[str, Any]:
-    stats = step["kinds"].get(kind)
-    if stats is None:  # nothing of this kind came back at all
-        return {"p50_ms": None, "p99_ms": None, "rate": 0.0, "errors": step["sent"]}
-    return {"p50_ms": stats["p50_ms"], "p99_ms": stats["p99_ms"], "rate": stats["rate"],
-            "errors": failed(step, kind)}
+    """A one-kind step's figures (no latency where nothing of its kind came back)."""
+    stats = step["kinds"].get(kind, {})
+    return {"p50_ms": stats.get("p50_ms"), "p99_ms": stats.get("p99_ms"),
+            "rate": stats.get("rate", 0.0), "errors": failed(step, kind)}
 
 
 # -- targets ----------------------------------------------------------------------------------
@@ -226,16 +225,15 @@ def markdown(results: dict[str, Any]) -> str:
     if results["journey"]:
         lines += ["## Sessions across channels (decide, ingest, respond mixed)", "",
                   _table(["system", "kind", "rate /s", "p50", "p99", "p99.9", "max", "errors"],
-                         [[name, kind, f"{s['rate']:.0f}", *_percentiles(s),
-                           _errors(s)] for name, step in results["journey"].items()
-                          for kind, s in step["kinds"].items()]), ""]
+                         [[name, kind, _rate(step, kind), *_percentiles(step, kind),
+                           _errors(step, kind, one_kind=False)]
+                          for name, step in results["journey"].items()
+                          for kind in step["kinds"]]), ""]
     if results["push"]:
         lines += ["## Push: event on the web → the call center's WatchDecisions stream", "",
                   _table(["system", "probes /s", "p50", "p99", "p99.9", "max", "missing"],
-                         [[name, f"{step['kinds']['push']['rate']:.0f}",
-                           *_percentiles(step["kinds"]["push"]),
-                           _errors(step["kinds"]["push"], unanswered(step, "push"))]
-                          for name, step in results["push"].items() if "push" in step["kinds"]]),
+                         [[name, _rate(step, "push"), *_percentiles(step, "push"),
+                           _errors(step, "push")] for name, step in results["push"].items()]),
                   ""]
     if "actor_per_customer" in results:
         a = results["actor_per_customer"]
@@ -314,16 +312,28 @@ def _over_floor_rows(results: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def _percentiles(stats: dict[str, Any]) -> list[str]:
-    return [f"{stats[k]:.2f}" for k in ("p50_ms", "p99_ms", "p99_9_ms", "max_ms")]
+def _percentiles(step: dict[str, Any], kind: str,
+                 keys: tuple[str, ...] = ("p50_ms", "p99_ms", "p99_9_ms", "max_ms")) -> list[str]:
+    """The step's latency figures of `kind` (none where nothing of it came back)."""
+    stats = step["kinds"].get(kind)
+    return [f"{stats[k]:.2f}" if stats else "—" for k in keys]
 
 
-def _errors(stats: dict[str, Any], unanswered: int = 0) -> str:
+def _rate(step: dict[str, Any], kind: str) -> str:
+    """The rate `kind` was answered at in the step."""
+    return f"{step['kinds'].get(kind, {}).get('rate', 0.0):,.0f}"
+
+
+def _errors(step: dict[str, Any], kind: str, one_kind: bool = True) -> str:
+    """The step's failures of `kind`: error statuses, fallbacks and, in a step of that kind
+    alone (`one_kind`), requests never answered."""
+    stats = step["kinds"].get(kind, {"errors": {}, "fallbacks": 0})
     parts = [f"{code} {n}" for code, n in sorted(stats["errors"].items())]
     if stats["fallbacks"]:
         parts.append(f"fallback {stats['fallbacks']}")
-    if unanswered:
-        parts.append(f"unanswered {unanswered}")
+    missing = unanswered(step, kind) if one_kind else 0
+    if missing:
+        parts.append(f"unanswered {missing}")
     return ", ".join(parts) or "0"
 
 
@@ -331,10 +341,10 @@ def _held_row(name: str, result: dict[str, Any]) -> list[str]:
     if not rate_held(result):
         return [name, "none held", "", "", "", "", "", "", ""]
     step = headline_step(result)
-    stats = step["kinds"][result["kind"]]
-    return [name, f"{rate_held(result):,.0f}", f"{stats['p50_ms']:.2f}",
-            f"{stats['p90_ms']:.2f}", *_percentiles(stats)[1:],
-            _errors(stats, unanswered(step, result["kind"])), _cpu(step)]
+    return [name, f"{rate_held(result):,.0f}",
+            *_percentiles(step, result["kind"], ("p50_ms", "p90_ms", "p99_ms", "p99_9_ms",
+                                                 "max_ms")),
+            _errors(step, result["kind"]), _cpu(step)]
 
 
 def _cpu(step: dict[str, Any], key: str = "cpu_us_per_request") -> str:
@@ -349,10 +359,9 @@ def _steps_table(sweeps: dict[str, Any]) -> str:
     rows = []
     for name, result in sweeps.items():
         for step in result["steps"]:
-            stats = step["kinds"][result["kind"]]
             generator = step["generator"]
-            rows.append([name, f"{step['rate_target']:,.0f}", f"{stats['rate']:,.0f}",
-                         *_percentiles(stats), _errors(stats, unanswered(step, result["kind"])),
+            rows.append([name, f"{step['rate_target']:,.0f}", _rate(step, result["kind"]),
+                         *_percentiles(step, result["kind"]), _errors(step, result["kind"]),
                          _cpu(step), _us(cpu_us_per_ok(step, result["kind"])),
                          _cpu(step, "generator_cpu_us_per_request"),
                          f"{generator['lag_p99_ms']:.2f}" + (" behind" if generator["behind"]

@@ -56,7 +56,7 @@ from kairos.cluster.control import runtime
 
 from . import report
 from .loadgen import CUSTOMER_RATE, GeneratorPool, Step
-from .sweep import ERROR_BUDGET
+from .sweep import ERROR_BUDGET, unanswered
 from .systems import kairos_processes, populated_kairos
 
 RESULTS = Path(__file__).parent / "results"
@@ -169,9 +169,7 @@ def verdict(samples: list[dict[str, Any]], warm_s: float, steps: list[dict[str, 
         for k in step["kinds"].values():
             errors.update(k["errors"])
             errors["fallback"] += k["fallbacks"]
-        # sent, and no answer at all (not even an error) before the step ended
-        answered = sum(k["count"] for k in step["kinds"].values())
-        errors["unanswered"] += max(step["sent"] - answered, 0)
+        errors["unanswered"] += unanswered(step)
     rate_limited = errors.pop(CUSTOMER_RATE, 0)  # the limit working, on the Zipf head
     failed = sum(errors.values())
     growth = (last["rss_mib"] - first["rss_mib"]) / max(first["rss_mib"], 1e-9)

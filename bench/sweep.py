@@ -30,18 +30,26 @@ def holds(result: dict[str, Any], kind: str, p99_target_ms: float = P99_TARGET_M
             and failed(result, kind) <= ERROR_BUDGET * result["sent"])
 
 
-def unanswered(result: dict[str, Any], kind: str) -> int:
-    """Requests of a one-kind step that got no answer at all before the step ended (a step
-    with no answer of its kind has none of it in its result: all it sent)."""
-    stats = result["kinds"].get(kind)
-    return max(result["sent"] - (stats["count"] if stats else 0), 0)
+def unanswered(result: dict[str, Any], kind: str | None = None) -> int:
+    """Requests that got no answer at all (not even an error) before the step ended: of
+    `kind`, in a step of that kind alone, or of every kind."""
+    return max(result["sent"] - sum(s["count"] for s in _figures(result, kind)), 0)
 
 
-def failed(result: dict[str, Any], kind: str) -> int:
-    """Error statuses, fallbacks and requests never answered."""
-    stats = result["kinds"].get(kind)
-    refused = sum(stats["errors"].values()) + stats["fallbacks"] if stats else 0
+def failed(result: dict[str, Any], kind: str | None = None) -> int:
+    """Error statuses, fallbacks and requests never answered: of `kind`, in a step of that
+    kind alone, or of every kind."""
+    refused = sum(sum(s["errors"].values()) + s["fallbacks"] for s in _figures(result, kind))
     return refused + unanswered(result, kind)
+
+
+def _figures(result: dict[str, Any], kind: str | None) -> list[dict[str, Any]]:
+    """The step's figures of `kind` (none when nothing of it came back: a kind is in a step's
+    result only if something of it was answered), or of every kind."""
+    kinds = result["kinds"]
+    if kind is None:
+        return list(kinds.values())
+    return [kinds[kind]] if kind in kinds else []
 
 
 def sweep(pool: GeneratorPool, system: str, make_step: Callable[[float], Step],
@@ -103,11 +111,12 @@ def cpu_us_per_ok(step: dict[str, Any], kind: str) -> float | None:
 
 
 def headline(result: dict[str, Any]) -> dict[str, Any]:
-    """The figures that stand for a sweep: its headline step's."""
+    """The figures that stand for a sweep: its headline step's (no latency, where nothing of
+    its kind came back)."""
     step = headline_step(result)
-    stats = step["kinds"][result["kind"]]
-    return {"p50_ms": stats["p50_ms"], "p99_ms": stats["p99_ms"], "rate": stats["rate"],
-            "errors": failed(step, result["kind"]),
+    stats = step["kinds"].get(result["kind"], {})
+    return {"p50_ms": stats.get("p50_ms"), "p99_ms": stats.get("p99_ms"),
+            "rate": stats.get("rate", 0.0), "errors": failed(step, result["kind"]),
             "cpu_us_per_request": step["cpu_us_per_request"],
             "generator_cpu_us_per_request": step["generator_cpu_us_per_request"],
             "max_rate_held": rate_held(result), "at_rate_target": step["rate_target"]}

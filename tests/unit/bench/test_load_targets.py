@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bench.report import markdown, targets
+from bench.report import markdown, summary, targets
 
 
 def step(rate: float, cpu_us: float, holds: bool = True, kind: str = "decide",
@@ -121,3 +121,20 @@ def test_a_saved_run_is_judged_again_under_these_targets(tmp_path, capsys):
     assert "| Ingest server CPU per event applied, IngestBatch, re-evaluated (µs) | " \
            "kairos-1node | 312.5 | 5,000 | ≤ 40 | **no** |" in text
     assert json.loads(path.read_text()) == saved  # left as it was
+
+
+def test_a_step_where_nothing_came_back_is_reported_as_unanswered():
+    silent = {**step(250, 0.0, holds=False), "kinds": {}, "server_cpu_s": 0.0,
+              "cpu_us_per_request": None}
+    data = results()
+    data["systems"]["kairos-3node"] = sweep(silent)
+    text = markdown({**data, "targets": targets(data), "run": "load-x",
+                     "command": "python -m bench.load", "seconds": 1.0,
+                     "machine": {"platform": "Linux", "cpus": 2, "ray": "2"},
+                     "plan": {"customers": 10, "generators": 2, "measure_s": 1.0,
+                              "warmup_s": 1.0}})
+    row = next(line for line in text.split("## Decide: every step")[1].splitlines()
+               if line.startswith("| kairos-3node |"))
+    assert "| 250 | 0 | — | — | — | — | unanswered 1000 |" in row
+    assert summary({**data, "targets": targets(data), "seconds": 1.0, "run": "load-x"}
+                   )["systems"]["kairos-3node"]["errors"] == 1000

@@ -8,7 +8,7 @@ import pytest
 
 from bench import learning, overload, provenance, soak
 from bench.report import targets
-from bench.sweep import failed, headline_step, holds, rate_held
+from bench.sweep import failed, headline_step, holds, rate_held, unanswered
 
 
 def kind(count: int, p99_ms: float, p50_ms: float = 1.0, errors: dict | None = None,
@@ -237,3 +237,28 @@ def test_a_result_file_records_where_it_came_from():
     stamped = provenance.stamp({"run": "x"})["provenance"]
     assert stamped["revision"]  # this checkout is a git repository
     assert len(stamped["load_average_at_start"]) == 3
+
+
+def test_overload_with_no_decide_back_is_all_unanswered_and_not_held():
+    nominal = {"sent": 1000, "kinds": {"decide": {**kind(1000, 10.0), "admitted_p99_ms": 10.0}}}
+    silent = {"sent": 3000, "offered_rate": 300.0, "rate_target": 300.0,
+              "generator": {"behind": False}, "kinds": {}}
+    judged = overload.verdict(nominal, silent)
+    assert not judged["held"] and not judged["checks"]["all_answered"]
+    assert not judged["checks"]["admitted_p99_within_2x"]
+    assert judged["unanswered"] == 3000 and judged["overload_admitted_p99_ms"] is None
+    nominal.update(offered_rate=100.0, generator={"behind": False})
+    nominal["kinds"]["decide"].update(refused_max_ms=0.0)
+    text = overload.markdown({"run": "overload-x", "command": "python -m bench.overload",
+                              "held_rate": 100.0, "search": None, "customers": 10,
+                              "shards": 2, "nominal": nominal, "overload": silent,
+                              "verdict": judged})
+    assert "| overload | 300 | 0 | — | 0 | — |  | 3000 |" in text
+
+
+def test_failures_count_every_kind_of_a_mixed_step():
+    journey = {"sent": 100, "kinds": {"decide": kind(40, 5.0, errors={"UNAVAILABLE": 2}),
+                                      "event": kind(50, 5.0, fallbacks=1)}}
+    assert unanswered(journey) == 10 and failed(journey) == 13
+    assert unanswered(journey, "decide") == 60  # as if the step sent Decides alone
+    assert failed({"sent": 7, "kinds": {}}) == 7
