@@ -30,10 +30,12 @@ class ControllerActor:
 
     def __init__(self, catalog_text: str | None, n_partitions: int, store_url: str = "memory",
                  journal_policy: str = "fsync", gateways: GatewaySpec | None = None,
-                 shards_per_cpu: float = SHARDS_PER_CPU):
+                 shards_per_cpu: float = SHARDS_PER_CPU, owner: str | None = None):
+        """`owner`: the cluster's token (ownership.py), the same after Ray restarts this."""
         self.controller = Controller(RayBackend(ShardActor, GatewayActor), catalog_text,
                                      n_partitions, store_url, journal_policy, gateways,
-                                     shards_per_cpu, ray.get_runtime_context().get_node_id())
+                                     shards_per_cpu, ray.get_runtime_context().get_node_id(),
+                                     owner)
         self.autoscaling = Autoscaling(self.controller.backend)
         self._loop_task: asyncio.Task | None = None
         self._resuming = asyncio.Lock()  # one start or resume at a time
@@ -141,3 +143,8 @@ class ControllerActor:
 
     async def status(self) -> dict[str, Any]:
         return await (await self._ready()).status()
+
+    async def release_store(self) -> None:
+        """Give the store up (runtime.stop, before the kill): a kill does not wait for this
+        process to end, which drops a directory's lock, and leaves a lease to run out."""
+        await self.controller.ownership.release()

@@ -19,6 +19,9 @@ without Ray in tests; `ControllerActor` (actor.py) is the named, detached Ray ac
 - The state (saved.py: map, shard names, catalogs, watches, nodes) is saved in the store's
   meta at every change: a controller Ray restarts, or a cluster started again on the same
   store, takes up the same shards and partitions, and the catalog running when it stopped.
+- A store serves one cluster at a time: a start or a take-up first claims it for the cluster
+  (ownership.py; the owner token outlives Ray's restarts of the controller), and fails with
+  StoreInUse, before anything is written or started, while another cluster holds it.
 - One reconfiguration at a time. The control loop (rounds.py) replaces shards whose node died
   (the new one recovers the dead one's partitions from the store), re-starts shards Ray
   restarted (they recover from the store), tells a restarted learner the catalog, finishes
@@ -49,6 +52,7 @@ from kairos.cluster.control.status import cluster_status
 from kairos.cluster.longpoll import Changes
 from kairos.cluster.settings import DRAIN_UNREADY_S, LONG_POLL_S, RETIRE_GRACE_S, SHARDS_PER_CPU
 from kairos.cluster.shard.outcomes import outcome_secret
+from kairos.cluster.storage.ownership import Ownership
 from kairos.cluster.storage.providers import open_store, redact
 from kairos.cluster.transport.backend import Backend, Unavailable
 
@@ -70,12 +74,14 @@ class Controller(ControlLoop, Catalogs):
     def __init__(self, backend: Backend, catalog_text: str | None = None,
                  n_partitions: int = DEFAULT_PARTITIONS, store_url: str = "memory",
                  journal_policy: str = "fsync", gateways: GatewaySpec | None = None,
-                 shards_per_cpu: float = SHARDS_PER_CPU, home_node: str | None = None):
+                 shards_per_cpu: float = SHARDS_PER_CPU, home_node: str | None = None,
+                 owner: str | None = None):
         self.backend = backend
         self.home_node = home_node  # where this controller and the learner run: not drained
         self.store_url = store_url
         self.store_shown = redact(store_url)  # what logs and errors say: no password
         self.store = open_store(store_url)
+        self.ownership = Ownership(self.store, owner)  # the cluster's claim on the store
         self.journal_policy = journal_policy
         self._requested_catalog = catalog_text
         self.catalog_text = catalog_text or default_catalog_text()
@@ -119,6 +125,7 @@ class Controller(ControlLoop, Catalogs):
         take up its shards (each recovers what it owned) and then scale to `n_shards`."""
         if n_shards < 1:
             raise ValueError(f"need at least one shard, got {n_shards}")
+        await self.ownership.claim()  # before anything is written: StoreInUse
         outcome_secret(self.store)  # before any shard starts, so that all share one
         if resumed := await self.resume():
             # asked for by this start (`kairos up --catalog` on a store in use); a resume after
@@ -155,7 +162,9 @@ class Controller(ControlLoop, Catalogs):
         """Take up the state saved in the store, whole or not at all: a failure leaves nothing
         taken up, so that the next call (ControllerActor) resumes again; whether there was
         one. The catalog is the saved one: what this controller was constructed with is the
-        first start's (start() applies it)."""
+        first start's (start() applies it). StoreInUse while another cluster holds the
+        store: what it saved is not this cluster's to take up."""
+        await self.ownership.claim()
         blob = await asyncio.to_thread(self.store.get_meta, STATE_KEY)
         if blob is None:
             return False

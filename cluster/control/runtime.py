@@ -22,7 +22,9 @@ from kairos.cluster.control.nodes import GATEWAY_PREFIX, GatewaySpec, gateway_na
 from kairos.cluster.control.partitions import DEFAULT_PARTITIONS
 from kairos.cluster.settings import (CONTROLLER_NAME, JOURNAL_POLICIES, JOURNAL_POLICY,
                                      LEARNER_NAME, NAMESPACE, SHARDS_PER_CPU, STORE)
+from kairos.cluster.storage.ownership import new_owner
 from kairos.cluster.storage.providers import open_store
+from kairos.cluster.storage.store import StoreInUse
 from kairos.cluster.transport.sync_client import SyncClient
 from kairos.cluster.transport.ray_backend import RayBackend
 
@@ -41,7 +43,9 @@ def start(n_shards: int = DEFAULT_SHARDS, catalog_text: str | None = None,
     `store`: where shards keep customers, snapshots and journals ("memory": nothing survives
     a shard's process; a directory; or redis://host:port/db, which every node reaches). A
     store that holds an earlier cluster's state brings it back: the same shards recover their
-    partitions, on the catalog last switched to unless `catalog_text` names another.
+    partitions, on the catalog last switched to unless `catalog_text` names another. A store
+    serves one cluster at a time: one that another live cluster holds fails the start
+    (StoreInUse), before anything is written to it.
 
     `gateways`: how the gateway the controller keeps on every node serves (None: the caller
     starts gateways itself, with gateway_actor). `shards_per_cpu`: the shards a node that
@@ -61,18 +65,22 @@ def start(n_shards: int = DEFAULT_SHARDS, catalog_text: str | None = None,
     learner = LearnerActor.options(name=LEARNER_NAME, **detached).remote(
         catalog_text or default_catalog_text(), store)
     try:
+        # Ray restarts the controller with these arguments: the owner stays the cluster's
         controller = ControllerActor.options(name=CONTROLLER_NAME, **detached).remote(
-            catalog_text, n_partitions, store, journal_policy, gateways, shards_per_cpu)
+            catalog_text, n_partitions, store, journal_policy, gateways, shards_per_cpu,
+            new_owner())
     except BaseException:
         ray.kill(learner, no_restart=True)
         raise
     try:
         return ray.get(controller.start.remote(n_shards))
     except BaseException as exc:
-        # detached: left alone they would hold their names and serve on their own later
-        stop()
-        if isinstance(exc, ray.exceptions.RayTaskError):  # the controller's own error
-            raise exc.cause from exc
+        cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc
+        # detached: left alone they would hold their names and serve on their own later; a
+        # controller refused its store started no shard (and asked, it is refused again)
+        stop(find_shards=not isinstance(cause, StoreInUse))
+        if cause is not exc:  # the controller's own error
+            raise cause from exc
         raise
 
 
@@ -93,20 +101,23 @@ def connect(timeout_s: float = 60.0) -> SyncClient:
     return SyncClient(RayBackend(), timeout_s)
 
 
-def stop() -> None:
+def stop(find_shards: bool = True) -> None:
     """Stop the controller (first: its loop starts gateways), the gateways (gracefully), every
-    shard, and the learner once it saved what it merged since its last save (last: the shards
-    sync to it until they stop); return once Ray has freed their names (at most STOP_WAIT_S),
-    so that a `start` right after creates them anew."""
+    shard (`find_shards`: those the controller knows), and the learner once it saved what it
+    merged since its last save (last: the shards sync to it until they stop); return once Ray
+    has freed their names (at most STOP_WAIT_S), so that a `start` right after creates them
+    anew."""
     names: list[str] = []
     try:
-        status = ray.get(controller().status.remote(), timeout=30)
-        names += [s["shard"] for s in status["shards"]]
+        if find_shards:
+            status = ray.get(controller().status.remote(), timeout=30)
+            names += [s["shard"] for s in status["shards"]]
     except ValueError:
         pass  # no controller: nothing to find shards through
     except (ray.exceptions.RayError, TimeoutError) as exc:  # a start that failed, say
         log.warning("stop: the controller did not answer (%s): the shards it started, if "
                     "any, are not stopped", exc)
+    _release_store()
     _kill([CONTROLLER_NAME])
     for name in sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                        if a["namespace"] == NAMESPACE and a["name"].startswith(GATEWAY_PREFIX)):
@@ -131,6 +142,18 @@ def _kill(names: list[str]) -> None:
             ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
         except ValueError:
             pass
+
+
+def _release_store() -> None:
+    """The controller's claim on the store given up before it is killed, so that a start
+    right after finds the store free (ControllerActor.release_store)."""
+    try:
+        ray.get(controller().release_store.remote(), timeout=10)
+    except ValueError:
+        pass  # no controller
+    except (ray.exceptions.RayError, TimeoutError) as exc:
+        log.warning("stop: the controller did not give up its store (%s): a start on it may "
+                    "wait for its claim to run out", exc)
 
 
 def _flush_learner() -> None:

@@ -3,9 +3,11 @@ contract)."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import itertools
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -16,10 +18,15 @@ from kairos.cluster.storage.decision_logs import DirectoryLog, directory_logs
 from kairos.cluster.storage.journal import (DIR_MODE, FILE_MODE, Journal, JournalReader, drop,
                                             fence, fsync_directory, make_private,
                                             make_private_dir, unfenced)
-from kairos.cluster.storage.store import StoreCorrupt, StoreUnavailable
+from kairos.cluster.storage.store import StoreCorrupt, StoreInUse, StoreUnavailable
 
 STALE_TMP_S = 600.0  # a temporary file this old is a crashed writer's leftover
+OWNER_FILE = "owner.lock"
 _tmp_names = itertools.count()
+# the stores this process holds (their real paths): the owner and the descriptor of the
+# owner file whose flock it holds; one per directory, as a second open's flock would conflict
+_held: dict[str, tuple[str, int]] = {}
+_holding = threading.Lock()
 
 
 class DirectoryStore:
@@ -32,6 +39,7 @@ class DirectoryStore:
         journals/<shard name>/fenced                  another shard took its partitions over
         meta/<key>                                     named blobs
         decisions/<shard name>/                        a shard's decision log (decision_logs.py)
+        owner.lock                                     the cluster that holds the store (claim)
 
     Every file is written to a temporary name of its own writer, fsynced and renamed into
     place (then its directory fsynced), so a crash leaves the old version or the new one, never
@@ -179,6 +187,46 @@ class DirectoryStore:
             return (self.root / "meta" / key).read_bytes()
         except FileNotFoundError:
             return None
+
+    def claim(self, owner: str, holder: str) -> None:
+        """An exclusive flock on owner.lock, which this process holds until it releases the
+        claim or ends (the kernel drops it with the process: a controller that died holds
+        nothing), with `holder` written in the file for other claimants' errors. Another
+        owner in this process is refused as one in another process is."""
+        root = os.path.realpath(self.root)
+        with _holding:
+            if root in _held:
+                if _held[root][0] != owner:
+                    raise StoreInUse.of(self.url, self._holder())
+                return
+            try:
+                fd = os.open(self.root / OWNER_FILE, os.O_RDWR | os.O_CREAT, FILE_MODE)
+            except OSError as exc:
+                raise StoreUnavailable(f"claiming the store {self.root}: {exc}") from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.ftruncate(fd, 0)
+                os.write(fd, holder.encode())
+            except BlockingIOError:
+                os.close(fd)
+                raise StoreInUse.of(self.url, self._holder()) from None
+            except OSError as exc:
+                os.close(fd)
+                raise StoreUnavailable(f"claiming the store {self.root}: {exc}") from exc
+            _held[root] = (owner, fd)
+
+    def release(self, owner: str) -> None:
+        root = os.path.realpath(self.root)
+        with _holding:
+            if root in _held and _held[root][0] == owner:
+                os.close(_held.pop(root)[1])  # and with it the flock
+
+    def _holder(self) -> str:
+        """What the holder of the store wrote of itself (empty while it is writing)."""
+        try:
+            return (self.root / OWNER_FILE).read_text(errors="replace").strip()
+        except OSError:
+            return ""
 
     def decision_log(self, name: str) -> DirectoryLog:
         return DirectoryLog(self.root / "decisions" / name, self.fsync)

@@ -134,6 +134,12 @@ class MemoryStore:
     def decision_logs(self) -> list[str]:
         return sorted(self._logs)
 
+    def claim(self, owner: str, holder: str) -> None:
+        pass  # no other process sees it: no other cluster to keep out
+
+    def release(self, owner: str) -> None:
+        pass
+
     def _check_unfenced(self, journal: str | None) -> None:
         if journal in self._fenced:  # one process: the check and the write are one step
             raise JournalFenced.of(journal)

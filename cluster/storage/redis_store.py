@@ -12,6 +12,7 @@ Keys, under a prefix (default "kairos", `?prefix=` in the URL) so clusters can s
     <prefix>:d:<shard>           sorted set: the shard's decision log, entries scored by time
     <prefix>:d:<shard>:bytes     string: the log's size, as decision_logs.py counts it
     <prefix>:d                   set: the names of the decision logs
+    <prefix>:owner               string: the lease of the cluster that holds the store (claim)
 
 A journal is a sorted set of batches (redis_journal.py).
 
@@ -29,6 +30,7 @@ failing later inside a connection.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 from typing import Any, Callable, Iterable, Iterator
@@ -39,12 +41,14 @@ import redis
 
 from kairos.cluster.settings import REDIS_TIMEOUT_S
 from kairos.cluster.storage.decision_logs import Entry, entry_size
+from kairos.cluster.storage.ownership import LEASE_S
 from kairos.cluster.storage.redis_errors import ERRORS, unavailable
 from kairos.cluster.storage.redis_journal import REPLAY_PAGE, RedisJournal, RedisReader
-from kairos.cluster.storage.store import JournalFenced, StoreUnavailable, redact
+from kairos.cluster.storage.store import JournalFenced, StoreInUse, StoreUnavailable, redact
 
 log = logging.getLogger("kairos.store")
 PIPELINE_BYTES = 16 << 20  # the most data one write to Redis carries
+_claims = itertools.count()  # in each lease: a renewal changes it, which its watchers see
 
 
 TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
@@ -300,3 +304,37 @@ class RedisStore:
     @unavailable("reading meta")
     def get_meta(self, key: str) -> bytes | None:
         return self.r.get(f"{self.prefix}:m:{key}")
+
+    @unavailable("claiming the store")
+    def claim(self, owner: str, holder: str) -> None:
+        """A lease: `<prefix>:owner`, msgpack of the owner, `holder` and a count that every
+        claim changes, set for LEASE_S (ownership.py renews it) under WATCH, unless another
+        owner's is there (StoreInUse, with that lease)."""
+        key = f"{self.prefix}:owner"
+        lease = msgpack.packb([owner, holder, next(_claims)])
+        while True:
+            with self.r.pipeline(transaction=True) as tx:
+                try:
+                    tx.watch(key)
+                    held = tx.get(key)
+                    if held is not None:
+                        held_by, held_as, _ = msgpack.unpackb(held, raw=False)
+                        if held_by != owner:
+                            raise StoreInUse.of(self.url, held_as, held)
+                    tx.multi()
+                    tx.set(key, lease, px=round(LEASE_S * 1000))
+                    tx.execute()
+                    return
+                except redis.WatchError:
+                    continue  # claimed, renewed or released meanwhile: looked at again
+
+    @unavailable("releasing the store")
+    def release(self, owner: str) -> None:
+        key = f"{self.prefix}:owner"
+        with self.r.pipeline(transaction=True) as tx, contextlib.suppress(redis.WatchError):
+            tx.watch(key)
+            held = tx.get(key)
+            if held is not None and msgpack.unpackb(held, raw=False)[0] == owner:
+                tx.multi()
+                tx.delete(key)
+                tx.execute()

@@ -44,6 +44,13 @@ shard stays UNAVAILABLE until the damage is quarantined.
 
 Snapshots are sealed (`seal`/`unseal` in sealed.py) by the shard before they reach a store, so
 every store keeps them checksummed the same way.
+
+Ownership: a store serves one cluster at a time. Two clusters on one store would both write
+the same shards' journals (shard names are the same in every cluster) and corrupt them. So
+the controller claims the store (`claim`, ownership.py) before its cluster writes anything,
+and keeps the claim while it lives: a directory by an exclusive `flock` its process holds
+(gone with the process), Redis by a lease the controller renews. A second cluster's claim
+raises StoreInUse, naming the store and who holds it.
 """
 from __future__ import annotations
 
@@ -69,6 +76,24 @@ class JournalFenced(StoreUnavailable):
         return cls(f"journal {name} is fenced: another shard recovered its partitions (the "
                    f"controller replaced this one), so nothing more written to it is "
                    f"acknowledged")
+
+
+class StoreInUse(Exception):
+    """Another cluster holds the store (`Store.claim`): this one must write nothing to it."""
+
+    lease: bytes | None = None  # what the holder last wrote, where it renews a lease (Redis)
+
+    @classmethod
+    def of(cls, url: str, holder: str, lease: bytes | None = None) -> StoreInUse:
+        """Naming the store (without its password) and its holder, as it described itself;
+        `lease` set as an attribute, as a plain constructor keeps the exception picklable."""
+        exc = cls(f"the store {redact(url)} is in use by another Kairos cluster"
+                  + (f" (its controller: {holder})" if holder else "")
+                  + ": a store serves one cluster at a time. Stop that cluster first (`kairos "
+                    "down` with its KAIROS_HOME), or give this one a store of its own "
+                    "(--store, KAIROS_STORE)")
+        exc.lease = lease
+        return exc
 
 
 class StoreCorrupt(StoreUnavailable):
@@ -202,3 +227,13 @@ class Store(Protocol):
         """The names of the decision logs the store holds."""
 
     def get_meta(self, key: str) -> bytes | None: ...
+
+    def claim(self, owner: str, holder: str) -> None:
+        """Claim the store for the cluster `owner` names (a token its controller keeps across
+        restarts; `holder` describes the controller, for another cluster's error), or renew
+        the claim: StoreInUse if another owner holds it. A claim lasts while this process
+        lives, and no longer than ownership.LEASE_S past the last claim where it is a lease;
+        its holder claims again every ownership.RENEW_S (ownership.py)."""
+
+    def release(self, owner: str) -> None:
+        """Give the claim up, if `owner` holds it (a controller that stops)."""

@@ -148,3 +148,45 @@ def test_a_start_that_fails_leaves_no_runtime_behind_and_names_the_cause(ray_clu
         assert "Kairos is serving on the Ray cluster" in done.stdout
     finally:
         runtime.stop()
+
+
+def test_a_second_kairos_up_on_a_store_another_cluster_holds_is_refused(tmp_path):
+    """Two clusters on one store appended to the same shards' journals (their shards have the
+    same names) and corrupted them: a second `kairos up` there, on a KAIROS_HOME and ports of
+    its own, is refused, naming the store, and the first serves on."""
+    from kairos.cluster.cli.remote import Remote
+
+    store = tmp_path / "shared-store"
+    temps: list[str] = []
+
+    def up(name: str) -> tuple[dict[str, str], subprocess.CompletedProcess]:
+        temps.append(tempfile.mkdtemp(prefix="kx-"))
+        env = {**os.environ, local.HOME_ENV: str(tmp_path / name),
+               "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+        return env, kairos("up", "--shards", "1", "--port", "0", "--ray-port", str(free_port()),
+                           "--no-dashboard", "--ray-temp-dir", temps[-1], "--console-port", "0",
+                           "--store", str(store), env=env)
+
+    first, started = up("first")
+    try:
+        assert started.returncode == 0, started.stderr
+        second, refused = up("second")
+        if refused.returncode == 0:
+            kairos("down", env=second, timeout_s=120)
+        assert refused.returncode == 1, refused.stdout
+        assert (f"error: Kairos did not start: the store {store} is in use by another Kairos "
+                f"cluster (its controller: host ") in refused.stderr, refused.stderr
+        assert "(stopped what had started)" in refused.stderr
+        assert "did not answer" not in refused.stderr  # it started no shard: not asked for any
+        gateway = json.loads((tmp_path / "first" / "run.json").read_text())["gateways"][0]
+        remote = Remote(gateway)
+        try:
+            ack = remote.ingest("cust-1", "page_view", time.time(), {"category": "home"})
+        finally:
+            remote.channel.close()
+        assert ack.sequence == 1
+    finally:
+        down = kairos("down", env=first, timeout_s=120)
+        for temp in temps:
+            shutil.rmtree(temp, ignore_errors=True)
+    assert down.returncode == 0, down.stderr

@@ -440,6 +440,9 @@ def test_stop_flushes_the_learner_after_the_shards_are_killed_and_before_it_is(m
         def get(self, ref: tuple[str, str], timeout: float):
             if ref == (CONTROLLER_NAME, "status"):
                 return {"shards": [{"shard": "kairos-shard-0000"}]}
+            if ref == (CONTROLLER_NAME, "release_store"):  # before its kill: ownership.py
+                events.append("release")
+                return None
             assert ref == (LEARNER_NAME, "flush") and timeout <= runtime.LEARNER_FLUSH_S
             events.append("flush")
             if self.flush_fails:
@@ -457,8 +460,8 @@ def test_stop_flushes_the_learner_after_the_shards_are_killed_and_before_it_is(m
         events.clear()
         with caplog.at_level("WARNING", logger="kairos.runtime"):
             runtime.stop()
-        assert events == [f"kill {CONTROLLER_NAME}", "kill kairos-shard-0000", "flush",
-                          f"kill {LEARNER_NAME}"]
+        assert events == ["release", f"kill {CONTROLLER_NAME}", "kill kairos-shard-0000",
+                          "flush", f"kill {LEARNER_NAME}"]
     assert [r.getMessage() for r in caplog.records] == [
         "stop: the learner did not save its last merges: no answer"]
 

@@ -1,0 +1,109 @@
+"""A store serves one cluster at a time (store.py, "Ownership"): a claim another cluster's live
+controller holds is refused, naming the store (without its password) and its holder; one a
+crashed controller held is free (a directory's flock goes with its process) or free once its
+lease runs out (Redis); one given up is free at once; the same cluster claims it again."""
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import pytest
+import redis
+
+from kairos.cluster.storage import ownership, redis_store
+from kairos.cluster.storage.directory_store import DirectoryStore
+from kairos.cluster.storage.ownership import Ownership
+from kairos.cluster.storage.providers import open_store
+from kairos.cluster.storage.store import StoreInUse
+
+SECRET = "claim-secret"
+HOLD = ("import sys; from kairos.cluster.storage.directory_store import DirectoryStore; "
+        "DirectoryStore(sys.argv[1]).claim('theirs', 'the other cluster'); print('claimed', "
+        "flush=True); sys.stdin.read()")
+
+
+def test_a_directory_another_process_holds_is_refused_until_that_process_dies(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == "claimed\n"
+        store = DirectoryStore(tmp_path)
+        with pytest.raises(StoreInUse) as refused:
+            store.claim("mine", "this cluster")
+        assert str(refused.value).startswith(
+            f"the store {tmp_path} is in use by another Kairos cluster (its controller: the "
+            f"other cluster): a store serves one cluster at a time. Stop that cluster first")
+    finally:
+        holder.kill()  # a crash: nothing released
+        holder.wait()
+    store.claim("mine", "this cluster")  # the kernel dropped the dead process's lock
+    assert (tmp_path / "owner.lock").read_text() == "this cluster"
+
+
+def test_one_process_holds_a_directory_for_one_owner_until_it_gives_it_up(tmp_path):
+    first, restarted, other = (DirectoryStore(tmp_path) for _ in range(3))
+    first.claim("a", "cluster a")
+    restarted.claim("a", "cluster a, restarted")  # a controller of the same cluster
+    with pytest.raises(StoreInUse, match="its controller: cluster a"):
+        other.claim("b", "cluster b")
+    other.release("b")  # not b's to give up
+    with pytest.raises(StoreInUse):
+        other.claim("b", "cluster b")
+    first.release("a")
+    other.claim("b", "cluster b")
+    with pytest.raises(StoreInUse, match="its controller: cluster b"):
+        restarted.claim("a", "cluster a")
+
+
+@pytest.fixture
+def redis_url(redis_server, monkeypatch):
+    """A store with a password (an ACL user), its lease 1 s, renewed every 50 ms."""
+    with redis.Redis(port=redis_server.port) as admin:
+        admin.execute_command("ACL", "SETUSER", "owner", "on", f">{SECRET}", "~*", "+@all")
+        admin.delete("own:owner")
+    monkeypatch.setattr(redis_store, "LEASE_S", 1.0)
+    monkeypatch.setattr(ownership, "LEASE_S", 1.0)
+    monkeypatch.setattr(ownership, "RENEW_S", 0.05)
+    monkeypatch.setattr(ownership, "POLL_S", 0.05)
+    return f"redis://owner:{SECRET}@127.0.0.1:{redis_server.port}/0?prefix=own"
+
+
+def test_a_redis_store_another_cluster_renews_is_refused_and_claimed_once_it_crashed(redis_url,
+                                                                                    caplog):
+    async def running() -> tuple[Ownership, str]:
+        first = Ownership(open_store(redis_url), "first")
+        await first.claim()
+        with pytest.raises(StoreInUse) as refused:
+            await Ownership(open_store(redis_url), "second").claim()
+        await Ownership(open_store(redis_url), "first").claim()  # Ray restarted its controller
+        return first, str(refused.value)
+
+    first, refused = asyncio.run(running())  # the loop's end stops the renewals: a crash
+    assert refused.startswith(f"the store redis://***@127.0.0.1:{redis_url.split(':')[-1]} is "
+                              f"in use by another Kairos cluster (its controller: "
+                              f"{first.holder}): a store serves one cluster at a time")
+    assert SECRET not in refused
+    second = Ownership(open_store(redis_url), "second")
+    with caplog.at_level("WARNING", "kairos.store"):
+        asyncio.run(second.claim())  # once the crashed cluster's lease ran out
+    assert "once the lease of the cluster that held it ran out" in caplog.text
+    assert SECRET not in caplog.text
+    with pytest.raises(StoreInUse, match=second.holder):
+        open_store(redis_url).claim("first", "first, started again")
+
+
+def test_a_redis_store_given_up_is_free_at_once_and_only_its_holder_gives_it_up(redis_url,
+                                                                               monkeypatch):
+    # a lease that outlasts a claim's wait for it: only its release frees the store
+    monkeypatch.setattr(redis_store, "LEASE_S", 600.0)
+
+    async def main() -> None:
+        first = Ownership(open_store(redis_url), "first")
+        await first.claim()
+        await Ownership(open_store(redis_url), "second").release()  # not its own
+        with pytest.raises(StoreInUse):
+            open_store(redis_url).claim("second", "second")
+        await first.release()
+        await Ownership(open_store(redis_url), "second").claim()
+    asyncio.run(main())
