@@ -13,7 +13,7 @@ import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -138,8 +138,20 @@ class DecisionEngine:
         if event_type not in c.event_index:
             raise InputError("type", f"unknown event type {event_type!r} (declared: "
                                      f"{', '.join(c.event_names)})")
-        spec = c.catalog.event(event_type)
         t = _encode_time("time", event_time)
+        fields = self.encode_attributes(c, event_type, attributes, self._interned,
+                                        self._read_fields)
+        return EncodedEvent(customer_id, c.event_index[event_type], t, fields)
+
+    @staticmethod
+    def encode_attributes(c: CompiledCatalog, event_type: str,
+                          attributes: Mapping[str, Any] | None,
+                          intern: Callable[[str], float] | None = None,
+                          read_fields: Collection[tuple[str, str]] = ()) -> np.ndarray:
+        """The attributes of an event of a declared type checked against its fields (raises
+        InputError naming the field), as its field slots; a string a feature reads (an
+        (event type, field) of `read_fields`) as `intern` codes it. A gateway checks with
+        these before it routes an event."""
         fields = np.full(c.n_fields, math.nan)
         attributes = attributes or {}
         declared = c.event_fields[event_type]
@@ -147,18 +159,18 @@ class DecisionEngine:
             if name not in declared:
                 raise InputError(f"attributes.{name}", f"unknown field of {event_type} "
                                                        f"(fields: {', '.join(declared) or 'none'})")
-        for f in spec.fields:
+        for f in c.catalog.event(event_type).fields:
             if f.name not in attributes or attributes[f.name] is None:
                 if f.required:
                     raise InputError(f"attributes.{f.name}", f"required field of {event_type} "
                                                              f"is missing")
                 continue
             # A string no feature reads is checked but not kept: free text must not pile up.
-            code = self._encode_value(f"attributes.{f.name}", f, attributes[f.name],
-                                      self._interned if (event_type, f.name) in self._read_fields
-                                      else _unread)
+            code = DecisionEngine._encode_value(f"attributes.{f.name}", f, attributes[f.name],
+                                                intern if (event_type, f.name) in read_fields
+                                                else _unread)
             fields[declared[f.name]] = code
-        return EncodedEvent(customer_id, c.event_index[event_type], t, fields)
+        return fields
 
     def encode_context(self, context: Mapping[str, Any] | None) -> np.ndarray:
         c = self.compiled
@@ -181,7 +193,8 @@ class DecisionEngine:
     def _interned(self, text: str) -> float:
         return float(self.compiled.strings.intern(text))
 
-    def _encode_value(self, where: str, spec: FieldSpec, value: Any,
+    @staticmethod
+    def _encode_value(where: str, spec: FieldSpec, value: Any,
                       code: Callable[[str], float]) -> float:
         """The value checked against its spec, as a float64 slot value; `code` turns a string
         into one."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import AsyncIterator, NamedTuple
+from typing import AsyncIterator, Awaitable, NamedTuple
 
 import grpc
 
@@ -38,6 +38,14 @@ DECIDING = "decide_placement asks for a decision, which needs a key with the 'de
 # (a shard of an older version answers without saying: UNSPECIFIED)
 LEARNED_FROM = {kind.value: pb.LearnedFrom.Value(f"LEARNED_FROM_{kind.name}") for kind in Learned}
 BATCH_LIMIT = 10_000  # events in one IngestBatch (the proto says so)
+ROUTED = ("; the customer's shard refused it once the call's events were routed: its other "
+          "events may have been applied")
+
+
+class ShardRefused(InputError):
+    """An event its shard refused (INVALID_ARGUMENT), though the gateway's checks, the
+    engine's own, had passed it (the shard runs another catalog, or sees the time otherwise):
+    routed already, as the rest of its call may be."""
 
 
 class _Pending(NamedTuple):
@@ -106,11 +114,11 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
             reply = self.client.enqueue(routed, call)
             if sent is not None:
                 sent.set_result(True)
-            return await self.client.settle(routed, await reply)
+            return await _settled(self.client.settle(routed, await reply))
         try:
             ack = await self.gateway.within(self.gateway.as_customer(who, apply), timeout_s)
         except InputError as exc:
-            raise InputError(where + exc.field, exc.reason) from None
+            raise type(exc)(where + exc.field, exc.reason) from None
         finally:
             if sent is not None and not sent.done():
                 sent.set_result(False)  # the events behind it are not sent either
@@ -205,10 +213,10 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
             return await item.task
         try:
             async with asyncio.timeout_at(item.due):
-                return _ack_out(item.event,
-                                await self.client.settle(item.request, await item.reply))
+                return _ack_out(item.event, await _settled(
+                    self.client.settle(item.request, await item.reply)))
         except InputError as exc:
-            raise InputError(item.where + exc.field, exc.reason) from None
+            raise type(exc)(item.where + exc.field, exc.reason) from None
         finally:
             self.gateway.inflight -= 1
 
@@ -251,10 +259,10 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
                 for n, (event, routed_event, reply) in enumerate(zip(request.events, routed,
                                                                      replies)):
                     try:
-                        acks.append(_ack_out(event, await self.client.settle(routed_event,
-                                                                             await reply)))
+                        acks.append(_ack_out(event, await _settled(
+                            self.client.settle(routed_event, await reply))))
                     except InputError as exc:
-                        raise InputError(f"events[{n}].{exc.field}", exc.reason) from None
+                        raise type(exc)(f"events[{n}].{exc.field}", exc.reason) from None
                 return pb.EventBatchAck(acks=acks)
         except Exception as exc:
             failure = exc
@@ -376,10 +384,21 @@ def _ack_out(event: pb.Event, ack: protocol.EventAck) -> pb.IngestAck:
     return out
 
 
+async def _settled(settling: Awaitable[protocol.EventAck]) -> protocol.EventAck:
+    """A routed event's ack; its shard's refusal as ShardRefused."""
+    try:
+        return await settling
+    except InputError as exc:
+        raise ShardRefused(exc.field, exc.reason) from None
+
+
 def _of_many(failure: Exception) -> Exception:
     """The failure of one event that ends a call of several (a batch, a stream): the events
     around it may have been applied, so one that was not sent (NotSent, NotCarried) does not
-    make the call "not applied"; the caller is told it may have been."""
+    make the call "not applied"; the caller is told it may have been, and that of a refusal
+    by the event's shard too (INVALID_ARGUMENT otherwise says that nothing was applied)."""
     if isinstance(failure, (NotSent, NotCarried)):
         return Unavailable(str(failure))
+    if isinstance(failure, ShardRefused):
+        return InputError(failure.field, failure.reason + ROUTED)
     return failure

@@ -2,7 +2,9 @@
 
 Everything here raises InputError naming the field (prefixed, inside a batch or stream, with
 `events[i].`), before anything is routed. The checks of a customer id, a channel and a
-placement are the core's (`kairos.core.request`), the same the engine and the shards apply.
+placement are the core's (`kairos.core.request`), and those of an event's attributes the
+engine's (`DecisionEngine.encode_attributes`), the same the shards apply: a batch with one bad
+value is refused whole, before any of its events is applied.
 Every id a caller sends has a length cap (customer ids, aliases, idempotency keys, event ids,
 decision ids, event types, action ids), checked here on every RPC, so nothing unbounded is
 kept in memory, journals or snapshots.
@@ -13,6 +15,7 @@ import time
 from typing import Any, Collection, Mapping, NamedTuple
 
 from kairos.core.compiler import CompiledCatalog, Outcome
+from kairos.core.engine import DecisionEngine
 from kairos.core.errors import InputError
 from kairos.core.request import (MAX_DECISION_ID_LENGTH, MAX_KEY_LENGTH, channel_code,
                                  check_bounded, check_customer, checked_vector,
@@ -117,10 +120,15 @@ def event_request(event: pb.Event, catalog: CompiledCatalog, where: str = ""
     if event.decide_placement and not event.channel:
         raise InputError(f"{where}channel", "decide_placement needs the channel")
     when = stated_time(f"{where}time", event)
+    attributes = declared_values(f"{where}attributes", event.attributes,
+                                 catalog.event_fields[event.type])
+    try:
+        DecisionEngine.encode_attributes(catalog, event.type, attributes)
+    except InputError as exc:
+        raise InputError(where + exc.field, exc.reason) from None
     return customer, protocol.Event(
         customer_id=customer.customer_id or "", event_type=event.type, time=when,
-        attributes=declared_values(f"{where}attributes", event.attributes,
-                                   catalog.event_fields[event.type]),
+        attributes=attributes,
         idempotency_key=event.idempotency_key or None,
         decide=(event.channel, event.decide_placement) if event.decide_placement else None)
 
