@@ -5,7 +5,8 @@
 
 For each size: two Ray nodes on this machine, Kairos on them with a gateway on each and one
 shard per node (the embedded default's durability: a directory store, fsync per batch), every
-customer's profile loaded, then DrainNode of the node that does not hold the controller, while
+customer's profile loaded and snapshotted (the partitions the load dirtied are not written
+inside the drain), then DrainNode of the node that does not hold the controller, while
 Decide traffic at `--rate` goes through the other node's gateway, one open-loop schedule cut
 into steps (bench/loadgen.py's Traffic: the load never pauses, however slow the system gets).
 Reported per size: the customers on the drained node, the drain's seconds (its unready window,
@@ -47,7 +48,7 @@ from . import report  # noqa: E402
 from .journeys import customer_id  # noqa: E402
 from .loadgen import GeneratorPool, Step  # noqa: E402
 from .sweep import failed  # noqa: E402
-from .systems import populate, ray_nodes  # noqa: E402
+from .systems import populate_and_snapshot, ray_nodes  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 STEP_S = 5.0  # the traffic runs as continuous measured steps of this length
@@ -66,7 +67,7 @@ def drain_once(customers: int, rate: float, pool: GeneratorPool) -> dict[str, An
         try:
             with tqdm(total=customers, desc=f"populate {customers:,}", unit="customer",
                       leave=False) as bar:
-                loaded = populate(customers, bar.update)
+                loaded = populate_and_snapshot(customers, bar.update)
             status = ray.get(runtime.controller().status.remote())
             nodes = {n["node"]: n for n in status["node_status"]}
             target = f"127.0.0.1:{nodes[head]['gateway_port']}"

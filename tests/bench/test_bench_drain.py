@@ -14,5 +14,7 @@ def test_a_short_run_drains_a_node_under_traffic_and_writes_reports(tmp_path, ru
     assert summary["grace_s"] >= 60
     report = json.loads(next(tmp_path.glob("drain-*.json")).read_text())
     assert report["sizes"][0]["partitions_moved"] > 0
+    # the bulk load was snapshotted before the drain began
+    assert report["sizes"][0]["populate"]["snapshot_s"] >= 0
     assert "| customers | on the drained node |" in next(tmp_path.glob("drain-*.md")).read_text()
     assert next(tmp_path.glob("drain-*.png")).stat().st_size > 0
