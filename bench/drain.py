@@ -99,7 +99,7 @@ def traffic_seen(steps: list[dict[str, Any]]) -> dict[str, Any]:
             "failed": sum(failed(s, "decide") for s in steps),
             "sent": sum(s["sent"] for s in steps),
             "steps": [{"started_at": s["started_at"], "ended_at": s["ended_at"],
-                       "settled_s": s["settled_s"], "sent": s["sent"],
+                       "settled_s": s["settled_s"], "chained": s["chained"], "sent": s["sent"],
                        "failed": failed(s, "decide"), "errors": d.get("errors", {}),
                        "fallbacks": d.get("fallbacks", 0), "p99_ms": d.get("p99_ms")}
                       for s, d in zip(steps, decide)]}

@@ -204,7 +204,9 @@ def markdown(results: dict[str, Any]) -> str:
              "bench started but the load generators: servers, redis-server, Ray's daemons and "
              "actors) in a step's measured window, per request answered in it (refusals "
              "included) and, in the steps tables, per request served (refusals, errors and "
-             "fallbacks left out: a system that sheds more does not look cheaper).", "",
+             "fallbacks left out: a system that sheds more does not look cheaper); after "
+             "\"≥\" it is a lower bound (what some process spent in the window went unseen).",
+             "",
              "## Decide: the highest rate at which p99 ≤ 10 ms held", "",
              _table(["system", "max rate held /s", "p50", "p90", "p99", "p99.9", "max",
                      "errors", "server CPU µs/request"],
@@ -344,11 +346,13 @@ def _held_row(name: str, result: dict[str, Any]) -> list[str]:
     return [name, f"{rate_held(result):,.0f}",
             *_percentiles(step, result["kind"], ("p50_ms", "p90_ms", "p99_ms", "p99_9_ms",
                                                  "max_ms")),
-            _errors(step, result["kind"]), _cpu(step)]
+            _errors(step, result["kind"]), _server_cpu(step, step.get("cpu_us_per_request"))]
 
 
-def _cpu(step: dict[str, Any], key: str = "cpu_us_per_request") -> str:
-    return _us(step.get(key))
+def _server_cpu(step: dict[str, Any], us: float | None) -> str:
+    """A step's server CPU figure, "≥" before it where it is a lower bound (what some process
+    spent in the window went unseen: server_cpu_lower_bound)."""
+    return ("≥ " if us is not None and step.get("server_cpu_lower_bound") else "") + _us(us)
 
 
 def _us(us: float | None) -> str:
@@ -362,16 +366,23 @@ def _steps_table(sweeps: dict[str, Any]) -> str:
             generator = step["generator"]
             rows.append([name, f"{step['rate_target']:,.0f}", _rate(step, result["kind"]),
                          *_percentiles(step, result["kind"]), _errors(step, result["kind"]),
-                         _cpu(step), _us(cpu_us_per_ok(step, result["kind"])),
-                         _cpu(step, "generator_cpu_us_per_request"),
+                         _server_cpu(step, step.get("cpu_us_per_request")),
+                         _server_cpu(step, cpu_us_per_ok(step, result["kind"])),
+                         _us(step.get("generator_cpu_us_per_request")),
                          f"{generator['lag_p99_ms']:.2f}" + (" behind" if generator["behind"]
                                                              else ""),
                          ("yes" if step["holds"] else "no")
-                         + (" (began unsettled)" if step["settled_s"] is None else "")])
+                         + (" (began unsettled)" if _unsettled(step) else "")])
     return _table(["system", "intended /s", "answered /s", "p50", "p99", "p99.9", "max",
                    "errors", "server CPU µs/request", "per request served",
                    "generator CPU µs/request",
                    "generator lag p99", "holds"], rows)
+
+
+def _unsettled(step: dict[str, Any]) -> bool:
+    """The step did not wait for the system to settle because settling timed out (a step of
+    continuous traffic after the first, `chained`, does not wait by design)."""
+    return step["settled_s"] is None and not step.get("chained")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:

@@ -138,3 +138,23 @@ def test_a_step_where_nothing_came_back_is_reported_as_unanswered():
     assert "| 250 | 0 | — | — | — | — | unanswered 1000 |" in row
     assert summary({**data, "targets": targets(data), "seconds": 1.0, "run": "load-x"}
                    )["systems"]["kairos-3node"]["errors"] == 1000
+
+
+def test_a_lower_bound_of_server_cpu_and_a_step_that_did_not_settle_say_so():
+    data = results()
+    lower, unsettled, chained = (step(250, 1200.0), step(500, 1000.0), step(1000, 900.0))
+    lower["server_cpu_lower_bound"] = True  # some process ended in its window
+    unsettled["settled_s"] = None  # settling timed out
+    chained.update(settled_s=None, chained=True)  # continuous traffic: no settling by design
+    data["systems"]["kairos-1node"] = sweep(lower, unsettled, chained)
+    text = markdown({**data, "targets": targets(data), "run": "load-x",
+                     "command": "python -m bench.load", "seconds": 1.0,
+                     "machine": {"platform": "Linux", "cpus": 2, "ray": "2"},
+                     "plan": {"customers": 10, "generators": 2, "measure_s": 1.0,
+                              "warmup_s": 1.0}})
+    rows = {line.split(" | ")[1]: line for line in
+            text.split("## Decide: every step")[1].split("\n\n")[1].splitlines()
+            if line.startswith("| kairos-1node |")}
+    assert "| ≥ 1,200 | ≥ 1,200 | 100 |" in rows["250"]  # answered, served; generators apart
+    assert "| 1,000 | 1,000 | 100 |" in rows["500"] and "(began unsettled)" in rows["500"]
+    assert "(began unsettled)" not in rows["1,000"]
