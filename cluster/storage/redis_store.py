@@ -252,7 +252,9 @@ class RedisStore:
 
     def _unless_fenced(self, journal: str | None, write: Callable[[redis.Redis], Any]) -> None:
         """`write` on the client; with `journal` named, in a MULTI/EXEC under WATCH of its
-        fence: a fence set before the EXEC leaves it unwritten (JournalFenced)."""
+        fence: a fence set before the EXEC leaves it unwritten (JournalFenced). A WatchError
+        is that fence only if the fence is there: redis-py raises it too for a connection
+        that failed while watching (StoreUnavailable then, not a false alarm of a takeover)."""
         if journal is None:
             write(self.r)
             return
@@ -266,7 +268,8 @@ class RedisStore:
                     tx.execute()
                     return
             except redis.exceptions.WatchError:
-                pass  # the fence came between the check and the write
+                if self.r.get(fence) is None:
+                    raise
         raise JournalFenced.of(journal)
 
     @unavailable("reading a snapshot")

@@ -1,6 +1,7 @@
 """A Redis journal append whose reply is lost (the socket timed out, before or after the server
 ran its EXEC): the writer finds out whether its batch is in the journal before it answers, so
-that an append answered UNAVAILABLE is never replayed, and one in the journal is acknowledged."""
+that an append answered UNAVAILABLE is never replayed, and one in the journal is acknowledged.
+A home or snapshot write whose connection fails is no fence of its journal."""
 from __future__ import annotations
 
 from typing import Callable
@@ -10,7 +11,7 @@ import redis
 
 from kairos.cluster.storage.frames import pack_batch
 from kairos.cluster.storage.providers import open_store
-from kairos.cluster.storage.store import StoreUnavailable
+from kairos.cluster.storage.store import JournalFenced, StoreUnavailable
 
 from tests.unit.shard.test_shard import T0, Clock, event, profile, shard
 
@@ -99,3 +100,25 @@ def test_a_shard_whose_append_lost_its_reply_applies_the_clients_retry_once(
     rebuilt.recover()
     assert rebuilt.process([event("ana", "app_open", T0)])[0][0].status == "ok"
     assert rebuilt.process([profile("ana")])[0][0].value["events_applied"] == 1
+
+
+@pytest.mark.parametrize("write", ["put", "delete", "put_snapshots"])
+def test_a_home_or_snapshot_write_whose_connection_fails_is_no_fence(redis_server, monkeypatch,
+                                                                     write):
+    """redis-py raises WatchError for a connection that fails while it watches the fence, as
+    for the fence itself: with no fence there, the write is StoreUnavailable (tried again), not
+    JournalFenced, which would say an heir took the shard's partitions over."""
+    store = open_store(f"{redis_server.url}?prefix=lost-home-{write}")
+    calls = {"put": lambda: store.put(1, "ana", b"new", unless_fenced="s0"),
+             "delete": lambda: store.delete(1, "ana", unless_fenced="s0"),
+             "put_snapshots": lambda: store.put_snapshots({1: b"new"}, unless_fenced="s0")}
+    store.put(1, "ana", b"old")
+    lose_next_reply(monkeypatch, ran=False)
+    with pytest.raises(StoreUnavailable) as failed:
+        calls[write]()
+    assert not isinstance(failed.value, JournalFenced)
+    assert "while watching" in str(failed.value)
+    assert (store.get(1, "ana"), store.get_snapshot(1)) == (b"old", None)
+    calls[write]()  # the journal is not fenced: the write goes on
+    assert (store.get(1, "ana"), store.get_snapshot(1)) == \
+        {"put": (b"new", None), "delete": (None, None), "put_snapshots": (b"old", b"new")}[write]
