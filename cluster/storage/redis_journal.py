@@ -15,10 +15,14 @@ A transaction whose reply is lost (a socket timeout after its EXEC was sent) lea
 in doubt, so the writer looks again on a new connection before it answers: a batch there is
 acknowledged; one not there never will be (the last-LSN key is written over, so an EXEC still
 on its way fails its WATCH), and the round answers UNAVAILABLE. Where the server cannot tell
-(it went away), the round answers UNAVAILABLE and the journal's next writer in this process,
-the shard's rebuild, takes the batch back if it is there before it reads, so a client's retry
-is applied once. A process that dies before that leaves the batch to be replayed, as a crash
-between any write and its answer does (idempotency keys make such retries safe).
+(it went away), the round answers UNAVAILABLE, the writer appends nothing more (the same batch
+retried through it and acknowledged would be taken back as the one in doubt), and the
+journal's next writer in this process, the shard's rebuild, takes the batch back if it is
+there before it reads, so a client's retry is applied once. A process that dies before that
+leaves the batch to be replayed, as a crash between any write and its answer does
+(idempotency keys make such retries safe), and so does a fence that came first: the heir that
+set it replayed the batch if it landed, and a retry sent to the heir applies it again unless
+it carries an idempotency key (the next writer is refused, JournalFenced, and forgets it).
 Reading back, a batch that does not decode, whose score is not its last LSN, or whose LSNs do
 not follow on from the batch before it is StoreCorrupt (the shard stays UNAVAILABLE until the
 member is moved into the quarantine with its score: the gap it leaves is then accepted). Replay
@@ -115,11 +119,16 @@ class RedisJournal(RedisReader):
         self.fence = f"{key}:fenced"
         self.last = f"{key}:last"
         self.fenced = False
+        self.failed: str | None = None  # why a batch is in doubt: nothing more is appended
         kwargs = client.connection_pool.connection_kwargs
         self._where = (*(kwargs.get(k) for k in ("host", "port", "path", "db")), key)
         doubt = _in_doubt.get(self._where)
         if doubt is not None:  # its round was answered UNAVAILABLE: taken back if it is there
-            self._settle(*doubt, keep=False)
+            try:
+                self._settle(*doubt, keep=False)
+            except JournalFenced:  # past taking back: the heir replayed it (module text)
+                del _in_doubt[self._where]
+                raise
             del _in_doubt[self._where]
         with self.r.pipeline(transaction=False) as pipe:
             pipe.get(self.last)
@@ -149,6 +158,9 @@ class RedisJournal(RedisReader):
     def append(self, records: list[Any], sync: bool = True) -> int:
         if self.fenced:
             raise JournalFenced.of(self.key)
+        if self.failed is not None:
+            raise StoreUnavailable(f"a batch appended earlier is in doubt ({self.failed}); "
+                                   f"this writer appends nothing more")
         if not records or self.policy == "off":
             return self.last_lsn  # no LSN taken for what is not written (journal.py)
         first, last = self.last_lsn + 1, self.last_lsn + len(records)
@@ -177,15 +189,17 @@ class RedisJournal(RedisReader):
         the journal (acknowledged, the fence not up), else StoreUnavailable, nothing appended
         nor ever to be. A server that cannot tell now leaves the batch in doubt (`_in_doubt`)
         for the journal's next writer in this process (the shard's rebuild) to settle before
-        it reads: its round is answered UNAVAILABLE, so it is taken back if it is there."""
+        it reads: its round is answered UNAVAILABLE, so it is taken back if it is there. This
+        writer appends nothing more (`failed`)."""
         try:
             if self._settle(batch, last, count, keep=True):
                 return
         except ERRORS as exc:
             _in_doubt[self._where] = (batch, last, count)
-            raise StoreUnavailable(f"redis: journal {self.key}: appending LSNs "
-                                   f"{last - count + 1}-{last}: {lost}; whether the server "
-                                   f"holds them is not known yet ({exc})") from exc
+            self.failed = (f"redis: journal {self.key}: appending LSNs {last - count + 1}-"
+                           f"{last}: {lost}; whether the server holds them is not known yet "
+                           f"({exc})")
+            raise StoreUnavailable(self.failed) from exc
         raise StoreUnavailable(f"redis: appending to the journal: {lost}") from lost
 
     def _settle(self, batch: bytes, last: int, count: int, keep: bool) -> bool:

@@ -9,6 +9,7 @@ from typing import Callable
 import pytest
 import redis
 
+from kairos.cluster.storage import redis_journal
 from kairos.cluster.storage.frames import pack_batch
 from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.store import JournalFenced, StoreUnavailable
@@ -82,6 +83,46 @@ def test_a_batch_the_server_cannot_tell_of_is_taken_back_by_the_next_writer(redi
     again = open_store(url).journal("s0", "os")
     assert again.last_lsn == 1 and records(again) == [1]
     assert again.append([("event", 1, "ana", 2)]) == 2 and records(again) == [1, 2]
+
+
+def test_a_writer_with_a_batch_in_doubt_appends_nothing_more(redis_server, monkeypatch):
+    """The batch in doubt never landed: the same batch retried through the same writer and
+    acknowledged would be taken back by the next writer, as the one in doubt."""
+    url = f"{redis_server.url}?prefix=lost-doubt-retry"
+    j = open_store(url).journal("s0", "os")
+    j.append([("event", 1, "ana", 1)])
+    lose_next_reply(monkeypatch, ran=False, then=redis_server.stop)
+    try:
+        with pytest.raises(StoreUnavailable, match="not known yet"):
+            j.append([("event", 1, "ana", 2)])
+    finally:
+        redis_server.start()
+    with pytest.raises(StoreUnavailable, match="in doubt .* appends nothing more"):
+        j.append([("event", 1, "ana", 2)])
+    assert records(j) == [1]
+    again = open_store(url).journal("s0", "os")
+    assert again.append([("event", 1, "ana", 2)]) == 2
+    assert records(open_store(url).journal("s0", "os")) == [1, 2]
+
+
+def test_a_batch_in_doubt_in_a_journal_fenced_since_is_left_to_the_heir(redis_server,
+                                                                        monkeypatch):
+    """The heir that fenced the journal replayed the batch (it landed): the next writer here
+    is refused, and the batch is no longer kept in doubt."""
+    url = f"{redis_server.url}?prefix=lost-doubt-fenced"
+    j = open_store(url).journal("s0", "os")
+    j.append([("event", 1, "ana", 1)])
+    lose_next_reply(monkeypatch, ran=True, then=redis_server.stop)
+    try:
+        with pytest.raises(StoreUnavailable, match="not known yet"):
+            j.append([("event", 1, "ana", 2)])
+    finally:
+        redis_server.start()
+    open_store(url).fence_journal("s0")
+    assert records(open_store(url).read_journal("s0")) == [1, 2]
+    with pytest.raises(JournalFenced):
+        open_store(url).journal("s0", "os")
+    assert j._where not in redis_journal._in_doubt
 
 
 def test_a_shard_whose_append_lost_its_reply_applies_the_clients_retry_once(
