@@ -66,6 +66,9 @@ class DirectoryStore:
         self.url = str(self.root)
         self.fsync = fsync
         self._unsynced: set[Path] = set()  # directories whose fsync after a delete failed
+        # partition folders whose names this store synced into customers/: once each, made
+        # here or not (its maker may have died, or its own sync failed, before syncing it)
+        self._listed: set[Path] = set()
         try:
             make_private_dir(self.root)
             for sub in ("customers", "snapshots", "journals", "meta", "decisions"):
@@ -253,13 +256,12 @@ class DirectoryStore:
                sync_parent: bool = True) -> None:
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{next(_tmp_names)}.tmp")
         try:
-            if make_parent:
-                try:
+            if make_parent and path.parent not in self._listed:
+                with contextlib.suppress(FileExistsError):
                     os.mkdir(path.parent, DIR_MODE)
-                    if self.fsync:  # the new folder's name, as a file's, must survive a crash
-                        fsync_directory(path.parent.parent)
-                except FileExistsError:
-                    pass
+                if self.fsync:  # the new folder's name, as a file's, must survive a crash
+                    fsync_directory(path.parent.parent)
+                self._listed.add(path.parent)
             with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE),
                            "wb") as f:
                 f.write(data)

@@ -195,6 +195,35 @@ def test_a_directory_store_syncs_each_folder_it_makes_into_its_parent(tmp_path, 
     assert [d for d, _ in synced] == [root / "customers" / "p7"]
 
 
+def test_a_directory_store_syncs_a_partition_folder_it_did_not_sync_when_it_was_made(
+        tmp_path, monkeypatch):
+    """A home's partition folder is synced into customers/ by the first write that needs it,
+    whoever made the folder: the write that made it may have failed its sync (its retry finds
+    the folder there), or another process made it and died before syncing."""
+    from kairos.cluster.storage import directory_store
+    synced, failing = [], [True]
+
+    def fsync_directory(directory):
+        if failing.pop() if failing else False:
+            raise OSError(5, "Input/output error")
+        synced.append(Path(directory))
+        real(directory)
+    real = directory_store.fsync_directory
+    monkeypatch.setattr(directory_store, "fsync_directory", fsync_directory)
+    store = DirectoryStore(tmp_path)
+    with pytest.raises(StoreUnavailable, match="Input/output error"):
+        store.put(7, "ana", b"blob")
+    store.put(7, "ana", b"blob")
+    assert synced[0] == tmp_path / "customers"
+    os.mkdir(tmp_path / "customers" / "p8", 0o700)  # by a process that died then
+    synced.clear()
+    store.put(8, "bob", b"blob")
+    assert synced == [tmp_path / "customers", tmp_path / "customers" / "p8"]
+    synced.clear()
+    store.put(8, "eve", b"blob")  # synced once: only the file's name now
+    assert synced == [tmp_path / "customers" / "p8"]
+
+
 def test_an_unreachable_redis_is_store_unavailable(tmp_path):
     server = RedisServer(tmp_path)  # never started: nothing listens on its port
     store = open_store(server.url)
