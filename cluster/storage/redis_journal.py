@@ -9,7 +9,10 @@ after it is refused (JournalFenced; it stays, unacknowledged, in the fenced jour
 under WATCH of the last-LSN key, read first: one that is not the writer's own means the server
 lost writes it had acknowledged (a crash, a failover), and nothing is appended past that gap
 (StoreUnavailable: the shard rebuilds from what the server holds). This needs no command
-beyond those listed for an ACL user (README), where a Lua script would.
+beyond those listed for an ACL user (README), where a Lua script would. It takes two round
+trips: the WATCH and its read go in one write, the MULTI/EXEC in another, on a connection of
+the client's pool (`_exchange`), as a redis-py pipeline sends each command apart once it
+watches (a third round trip, on every acknowledged round).
 
 A transaction whose reply is lost (a socket timeout after its EXEC was sent) leaves its batch
 in doubt, so the writer looks again on a new connection before it answers: a batch there is
@@ -167,14 +170,7 @@ class RedisJournal(RedisReader):
         batch = pack_batch(first, records)
         check_frame(len(batch), first, len(records))  # the same limit as a directory's
         try:
-            with self.r.pipeline(transaction=True) as tx:
-                tx.watch(self.last)
-                self._follows_on(int(tx.get(self.last) or 0))
-                tx.multi()
-                tx.zadd(self.key, {batch: last})
-                tx.set(self.last, last)
-                tx.get(self.fence)
-                fenced = tx.execute()[-1]
+            fenced = self._transact(batch, last)
         except LOST as exc:  # the EXEC may have run, its reply lost: find out before answering
             self._settled(batch, last, len(records), exc)
             fenced = None  # and the fence is not up (`_settle`)
@@ -183,6 +179,29 @@ class RedisJournal(RedisReader):
             raise JournalFenced.of(self.key)
         self.last_lsn = last
         return last
+
+    def _transact(self, batch: bytes, last: int) -> bytes | None:
+        """The append's transaction (the module's text): the batch and its last LSN, under
+        WATCH of the last-LSN key as `_follows_on` found it; the fence as the EXEC read it.
+        WatchError if the key changed before the EXEC (nothing written)."""
+        pool = self.r.connection_pool
+        connection = pool.get_connection()
+        try:
+            _, stored = _exchange(connection, ("WATCH", self.last), ("GET", self.last))
+            self._follows_on(int(stored or 0))
+            done = _exchange(connection, ("MULTI",), ("ZADD", self.key, last, batch),
+                             ("SET", self.last, last), ("GET", self.fence), ("EXEC",))[-1]
+        except BaseException:
+            connection.disconnect()  # with its WATCH, and any reply not read
+            raise
+        finally:
+            pool.release(connection)
+        if done is None:
+            raise redis.exceptions.WatchError(f"journal {self.key}: the last LSN changed")
+        for reply in done:
+            if isinstance(reply, redis.exceptions.ResponseError):
+                raise reply
+        return done[-1]
 
     def _settled(self, batch: bytes, last: int, count: int, lost: Exception) -> None:
         """After the append's transaction failed on its connection: return if its batch is in
@@ -298,6 +317,13 @@ class RedisJournal(RedisReader):
 
     def close(self) -> None:
         pass
+
+
+def _exchange(connection: redis.connection.AbstractConnection, *commands: tuple) -> list:
+    """Send `commands` in one write and read their replies; an error reply raised (the
+    replies after it unread: the caller drops the connection)."""
+    connection.send_packed_command(connection.pack_commands(commands))
+    return [connection.read_response() for _ in commands]
 
 
 def _warn_unchecked(client: redis.Redis, exc: Exception) -> None:

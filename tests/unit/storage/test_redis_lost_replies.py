@@ -18,17 +18,28 @@ from tests.unit.shard.test_shard import T0, Clock, event, profile, shard
 
 
 def lose_next_reply(monkeypatch, ran: bool, then: Callable[[], object] = lambda: None) -> None:
-    """The next transaction's reply is lost, the server having run it first if `ran`; `then`
-    runs before the error (the server goes away, say)."""
-    real = redis.client.Pipeline._execute_transaction
+    """The next transaction's reply is lost (a journal append's or a pipeline's), the server
+    having run it first if `ran`; `then` runs before the error (the server goes away, say)."""
+    real_exchange = redis_journal._exchange
+    real_transaction = redis.client.Pipeline._execute_transaction
 
-    def lost(self, connection, commands, raise_on_error):
-        monkeypatch.setattr(redis.client.Pipeline, "_execute_transaction", real)
+    def lose(run: Callable[[], object]) -> None:
+        monkeypatch.setattr(redis_journal, "_exchange", real_exchange)
+        monkeypatch.setattr(redis.client.Pipeline, "_execute_transaction", real_transaction)
         if ran:
-            real(self, connection, commands, raise_on_error)
+            run()
         then()
         raise redis.exceptions.TimeoutError("Timeout reading from socket")
-    monkeypatch.setattr(redis.client.Pipeline, "_execute_transaction", lost)
+
+    def exchange(connection, *commands):
+        if commands[-1] != ("EXEC",):
+            return real_exchange(connection, *commands)
+        lose(lambda: real_exchange(connection, *commands))
+
+    def transaction(self, *args):
+        lose(lambda: real_transaction(self, *args))
+    monkeypatch.setattr(redis_journal, "_exchange", exchange)
+    monkeypatch.setattr(redis.client.Pipeline, "_execute_transaction", transaction)
 
 
 def records(journal) -> list[int]:

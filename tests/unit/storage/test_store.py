@@ -332,6 +332,37 @@ def test_a_redis_journal_appends_nothing_past_writes_the_server_lost(redis_serve
     assert [r[3] for _, r in again.replay()] == [1, 3]
 
 
+def test_a_redis_journal_append_is_two_round_trips_under_its_watch(redis_server, monkeypatch):
+    """The WATCH of the last-LSN key and its read go in one write, the MULTI/EXEC in another (a
+    pipeline sent the WATCH apart: a third round trip on every acknowledged round); a write of
+    the key between the read and the EXEC still leaves the batch out."""
+    from redis.connection import AbstractConnection
+    store = open_store(f"{redis_server.url}?prefix=trips")
+    j = store.journal("s0", "os")
+    j.append([("event", 1, "ana", 1)])
+    writes = []
+    real_send = AbstractConnection.send_packed_command
+
+    def send(self, command, check_health=True):
+        writes.append(command)
+        return real_send(self, command, check_health)
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", send)
+    assert j.append([("event", 1, "ana", 2)]) == 2
+    assert len(writes) == 2
+    monkeypatch.undo()
+    follows_on = j._follows_on
+
+    def written_meanwhile(stored):
+        follows_on(stored)
+        store.r.set(j.last, stored)  # by another connection, its value unchanged
+    monkeypatch.setattr(j, "_follows_on", written_meanwhile)
+    with pytest.raises(StoreUnavailable):
+        j.append([("event", 1, "ana", 3)])
+    monkeypatch.undo()
+    assert [r[3] for _, r in j.replay()] == [1, 2]
+    assert j.append([("event", 1, "ana", 3)]) == 3
+
+
 def test_a_redis_journal_batch_that_does_not_follow_on_or_decode_is_corrupt(redis_server):
     store = open_store(f"{redis_server.url}?prefix=corrupt")
     j = store.journal("s0", "os")
