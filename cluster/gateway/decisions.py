@@ -38,6 +38,9 @@ DECIDING = "decide_placement asks for a decision, which needs a key with the 'de
 # (a shard of an older version answers without saying: UNSPECIFIED)
 LEARNED_FROM = {kind.value: pb.LearnedFrom.Value(f"LEARNED_FROM_{kind.name}") for kind in Learned}
 BATCH_LIMIT = 10_000  # events in one IngestBatch (the proto says so)
+# A batch's events checked, and acked, between turns of the event loop: 9,000 at once held it
+# for 70-130 ms (checks), 30-60 ms (acks), and Decides with short deadlines failed meanwhile
+CHUNK = 256
 ROUTED = ("; the customer's shard refused it once the call's events were routed: its other "
           "events may have been applied")
 
@@ -232,7 +235,8 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
         """Check every event and resolve the aliases they name; then route them all at once,
         in the caller's order (without a task per event), or refuse the batch whole before
         any is routed (RESOURCE_EXHAUSTED: a shard's queue in this gateway has no room for its
-        share: a retry must not apply some events twice); and gather the acks in order. Once
+        share: a retry must not apply some events twice); and gather the acks in order. Checks
+        and acks go CHUNK events at a time, the event loop's other calls served between. Once
         it ends, what of it is not sent yet goes unsent, all of it (`Call`)."""
         try:
             if len(request.events) > BATCH_LIMIT:
@@ -242,9 +246,7 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
                 check_channel(channel)
             if any(event.decide_placement for event in request.events):
                 require_scope("decide", DECIDING)
-            checked = await self.gateway.checked(lambda catalog: [
-                requests.event_request(event, catalog, f"events[{n}].")
-                for n, event in enumerate(request.events)], self.gateway.timeout(context))
+            checked = await self._checked(request.events, context)
             self.gateway.check_capacity(len(checked))  # all or none: each event is a call
         except (Denied, InputError, Busy, TimeoutError) as exc:
             await abort(context, exc)
@@ -258,6 +260,8 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
                 acks = []
                 for n, (event, routed_event, reply) in enumerate(zip(request.events, routed,
                                                                      replies)):
+                    if n and not n % CHUNK:
+                        await asyncio.sleep(0)
                     try:
                         acks.append(_ack_out(event, await _settled(
                             self.client.settle(routed_event, await reply))))
@@ -270,6 +274,18 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
             self.gateway.inflight -= len(checked)
             call.give_up()
         await abort(context, _of_many(failure) if len(checked) > 1 else failure)
+
+    async def _checked(self, events, context) -> list[tuple[requests.Who, protocol.Event]]:
+        """A batch's events checked, CHUNK at a time."""
+        checked: list[tuple[requests.Who, protocol.Event]] = []
+        for start in range(0, len(events), CHUNK):
+            if start:
+                await asyncio.sleep(0)
+            checked += await self.gateway.checked(lambda catalog: [
+                requests.event_request(event, catalog, f"events[{n}].")
+                for n, event in enumerate(events[start:start + CHUNK], start)],
+                self.gateway.timeout(context))
+        return checked
 
     async def _resolved(self, checked: list[tuple[requests.Who, protocol.Event]]
                         ) -> list[protocol.Event]:
