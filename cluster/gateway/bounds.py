@@ -1,38 +1,51 @@
 """Bounds on the calls a gateway runs at once besides DecisionService's (calls.InflightLimit
 counts those): AdminService calls, ADMIN_CALLS of them; and the streams of the services open
-without a key, OPEN_STREAMS of each method (grpc.health's Watch, reflection's). Past a bound, a
-call is refused RESOURCE_EXHAUSTED before its request is parsed.
+without a key (grpc.health's Watch, reflection's), OPEN_STREAMS of each method from all callers
+and OPEN_STREAMS_PER_PEER from one host. Past a bound, a call is refused before its request is
+parsed: RESOURCE_EXHAUSTED, but a health Watch UNIMPLEMENTED.
 
 Admin calls pass the in-flight limit and the shedding (an operator must reach a saturated
 cluster), yet one may be heavy (a catalog compiled from a 1 MiB text, a page of the decision
 log): unbounded, the callers of a status:read key alone could starve the event loop every
-Decide waits on. An open stream holds a task and tens of KiB until its caller leaves: anyone
+Decide waits on. An open stream holds a task and about 20 KiB until its caller leaves: anyone
 could open thousands (8,000 health watches took a gateway from 115 to 274 MiB). Health's Check
 stays open and unbounded (it is unary): Kubernetes' probes call it without a key. grpc's
-max_concurrent_streams bounds each connection too (server.py)."""
+max_concurrent_streams bounds each connection too (server.py).
+
+Every client channel configured with client-side health checks (k8s/README.md) holds a Watch
+on each gateway it reaches, so a fleet of clients needs thousands, and a refused one must not
+cost its client the gateway: grpc's clients mark a backend whose Watch fails unhealthy, and
+a channel with no healthy backend fails every call, but take UNIMPLEMENTED to mean health
+checking is off and the backend is healthy (grpc core's health_check_client). That Watch's
+channel then leaves a draining gateway only when its connection closes, as one without health
+checks does. The bound per host keeps one caller from taking every place."""
 from __future__ import annotations
 
 import inspect
+from collections import Counter
+from typing import Hashable
 
 import grpc
 
 from kairos.cluster.gateway.calls import fail
 
 ADMIN_CALLS = 8  # AdminService calls a gateway runs at once (decision log exports: 4 of them)
-OPEN_STREAMS = 1024  # of each open streaming method (a client-side health check holds one)
+OPEN_STREAMS = 8192  # of each open streaming method, from all callers (160 MiB of watches)
+OPEN_STREAMS_PER_PEER = 128  # of each, from one host (a client channel's health check holds one)
 _ADMIN = "/kairos.v1.AdminService/"
-_OPEN_STREAMING = frozenset({"/grpc.health.v1.Health/Watch",
+_WATCH = "/grpc.health.v1.Health/Watch"
+_OPEN_STREAMING = frozenset({_WATCH,
                              "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"})
 
 
 class Bounds(grpc.aio.ServerInterceptor):
-    """Counts the bounded calls running, by group (admin calls; each open streaming method),
-    and refuses those past their group's bound. Each method's handler is wrapped once (the
-    parsing interceptor's reason)."""
+    """Counts the bounded calls running, by group (admin calls; each open streaming method,
+    and each of those by host), and refuses those past their group's bound. Each method's
+    handler is wrapped once (the parsing interceptor's reason)."""
 
     def __init__(self, gateway: str):
         self.gateway = gateway
-        self.running: dict[str, int] = {}
+        self.running: Counter[Hashable] = Counter()
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
@@ -42,13 +55,10 @@ class Bounds(grpc.aio.ServerInterceptor):
             return handler
         known = self._wrapped.get(method)
         if known is None or known[0] is not handler:
-            group, limit = (("admin calls", ADMIN_CALLS) if method.startswith(_ADMIN) else
-                            (f"{method[1:]} streams", OPEN_STREAMS))
-            known = self._wrapped[method] = (handler, self._bounded(handler, group, limit))
+            known = self._wrapped[method] = (handler, self._bounded(handler, method))
         return known[1]
 
-    def _bounded(self, handler: grpc.RpcMethodHandler, group: str, limit: int
-                 ) -> grpc.RpcMethodHandler:
+    def _bounded(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         kinds = dict(request_deserializer=handler.request_deserializer,
                      response_serializer=handler.response_serializer)
         make = {(False, False): grpc.unary_unary_rpc_method_handler,
@@ -59,7 +69,7 @@ class Bounds(grpc.aio.ServerInterceptor):
                or handler.stream_stream)
 
         async def bounded(request, context):
-            await self._enter(group, limit, context)
+            taken = await self._enter(method, context)
             try:
                 answer = run(request, context)
                 if not inspect.isasyncgen(answer):
@@ -67,13 +77,38 @@ class Bounds(grpc.aio.ServerInterceptor):
                 async for each in answer:  # as writes: the wrapper is one kind for all
                     await context.write(each)
             finally:
-                self.running[group] -= 1
+                self.running.subtract(taken)
+                for group in taken:
+                    if not self.running[group]:  # hosts come and go
+                        del self.running[group]
         return make[handler.request_streaming, handler.response_streaming](bounded, **kinds)
 
-    async def _enter(self, group: str, limit: int, context) -> None:
-        running = self.running.get(group, 0)
-        if running >= limit:
-            await fail(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                       f"gateway {self.gateway} runs {running} {group} at once, its limit: try "
-                       f"again in a moment")
-        self.running[group] = running + 1
+    async def _enter(self, method: str, context) -> list[Hashable]:
+        """The groups a call of `method` takes a place in; it is refused past any of their
+        bounds."""
+        if method.startswith(_ADMIN):
+            bounds = {"admin calls": ADMIN_CALLS}
+        else:
+            group = f"{method[1:]} streams"
+            bounds = {group: OPEN_STREAMS, (group, _host(context.peer())): OPEN_STREAMS_PER_PEER}
+        for group, limit in bounds.items():
+            if (running := self.running[group]) >= limit:
+                await self._refuse(method, context, running, group)
+        self.running.update(bounds.keys())
+        return list(bounds)
+
+    async def _refuse(self, method: str, context, running: int, group: Hashable) -> None:
+        whose = f"{group[0]} of {group[1]}" if isinstance(group, tuple) else group
+        if method == _WATCH:  # the caller's backend stays healthy (the module's docstring)
+            await fail(context, grpc.StatusCode.UNIMPLEMENTED,
+                       f"gateway {self.gateway} runs {running} {whose} at once, its limit: "
+                       f"this Watch is not served (a client's health checking takes the "
+                       f"gateway as serving); Check answers")
+        await fail(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                   f"gateway {self.gateway} runs {running} {whose} at once, its limit: try "
+                   f"again in a moment")
+
+
+def _host(peer: str) -> str:
+    """The host part of grpc's peer string (`ipv4:10.0.0.7:51234`, `ipv6:%5B::1%5D:51234`)."""
+    return peer.rpartition(":")[0] or peer

@@ -1,11 +1,18 @@
 """The services open without a key (grpc.health, reflection) hold a bounded number of streams:
 anyone could open Watch streams by the thousand (each a task and tens of KiB, for as long as
-its caller stayed); past bounds.OPEN_STREAMS of a method a stream is refused
-RESOURCE_EXHAUSTED, while health's Check stays open to every caller (Kubernetes' probes carry
-no key). Each connection carries at most server.STREAMS_PER_CONNECTION calls at once. Through
-gRPC to the in-process gateway, with API keys on."""
+its caller stayed); past bounds.OPEN_STREAMS of a method, or bounds.OPEN_STREAMS_PER_PEER from
+one host, a reflection stream is refused RESOURCE_EXHAUSTED and a health Watch UNIMPLEMENTED,
+which a client's own health checking takes as a healthy backend (any other refusal made a
+client configured as k8s/README.md says lose the gateway, for a pool another host had filled),
+while health's Check stays open to every caller (Kubernetes' probes carry no key). Each
+connection carries at most server.STREAMS_PER_CONNECTION calls at once. Through gRPC to the
+in-process gateway, with API keys on; another host's calls come through a relay whose
+connections leave from 127.0.0.2."""
 from __future__ import annotations
 
+import contextlib
+import json
+import socket
 import threading
 
 import grpc
@@ -14,13 +21,72 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from kairos.cluster.gateway import bounds, server
+from kairos.v1 import decision_pb2 as pb
 
 from tests.support.inprocess_gateway import serving
 from tests.support.waiting import wait_until
 
-KEYS = "keys:\n  - key: 'secret-key-0123456789'\n    scopes: [decide]\n"
+KEY = "secret-key-0123456789"
+KEYS = f"keys:\n  - key: '{KEY}'\n    scopes: [decide]\n"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 ALONE = [("grpc.use_local_subchannel_pool", 1)]  # a connection of its own
+# a client as k8s/README.md configures one for the headless service
+HEALTH_CHECKED = ALONE + [("grpc.service_config", json.dumps(
+    {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}))]
+
+
+class OtherHost:
+    """A relay listening on 127.0.0.1 whose connections reach the gateway's `port` from
+    127.0.0.2: the gateway sees their calls come from another host."""
+
+    def __init__(self, port: int):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, args=(port,), daemon=True).start()
+
+    def _accept(self, port: int) -> None:
+        while True:
+            try:
+                inside, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            outside = socket.create_connection(("127.0.0.1", port),
+                                               source_address=("127.0.0.2", 0))
+            self.sockets += [inside, outside]
+            for source, sink in ((inside, outside), (outside, inside)):
+                threading.Thread(target=_relay, args=(source, sink), daemon=True).start()
+
+    def close(self) -> None:
+        self.listener.close()
+        for each in self.sockets:
+            with contextlib.suppress(OSError):
+                each.shutdown(socket.SHUT_RDWR)
+            each.close()
+
+
+def _relay(source: socket.socket, sink: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            sink.sendall(data)
+        sink.shutdown(socket.SHUT_WR)
+
+
+@contextlib.contextmanager
+def _channel(port: int, options=ALONE):
+    with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+        yield channel
+
+
+@contextlib.contextmanager
+def _from_other_host(port: int):
+    """A channel to the gateway on `port` whose calls come from 127.0.0.2."""
+    relay = OtherHost(port)
+    try:
+        with _channel(relay.port) as channel:
+            yield channel
+    finally:
+        relay.close()
 
 
 def _watch(channel: grpc.Channel):
@@ -47,10 +113,18 @@ def _reflection(channel: grpc.Channel, done: threading.Event):
     return stream
 
 
-def _refused(open_stream) -> str:
+def _decide(channel: grpc.Channel) -> pb.Decision:
+    return channel.unary_unary("/kairos.v1.DecisionService/Decide",
+                               request_serializer=pb.DecideRequest.SerializeToString,
+                               response_deserializer=pb.Decision.FromString)(
+        pb.DecideRequest(customer_id="alice", channel="web"), timeout=10,
+        metadata=[("x-api-key", KEY)])
+
+
+def _refused(open_stream, code=grpc.StatusCode.RESOURCE_EXHAUSTED) -> str:
     with pytest.raises(grpc.RpcError) as refused:
         open_stream()
-    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert refused.value.code() == code
     return refused.value.details()
 
 
@@ -58,7 +132,8 @@ def test_open_streams_are_bounded_and_checks_stay_open(monkeypatch):
     monkeypatch.setattr(bounds, "OPEN_STREAMS", 2)
     with serving(KEYS) as (_, channel):
         watches = [_watch(channel), _watch(channel)]
-        assert "grpc.health.v1.Health/Watch streams" in _refused(lambda: _watch(channel))
+        assert "grpc.health.v1.Health/Watch streams" in _refused(
+            lambda: _watch(channel), grpc.StatusCode.UNIMPLEMENTED)
         assert _check(channel) == SERVING
         done = threading.Event()
         streams = [_reflection(channel, done), _reflection(channel, done)]
@@ -75,6 +150,31 @@ def test_open_streams_are_bounded_and_checks_stay_open(monkeypatch):
         done.set()
         for stream in watches + streams:
             stream.cancel()
+
+
+def test_a_client_with_health_checks_keeps_a_gateway_whose_watches_another_host_holds(
+        monkeypatch):
+    monkeypatch.setattr(bounds, "OPEN_STREAMS", 3)
+    with serving(KEYS) as (gateway, _), _from_other_host(gateway.port) as hog:
+        held = [_watch(hog) for _ in range(3)]
+        with _channel(gateway.port, HEALTH_CHECKED) as client:
+            assert _decide(client).decision_id  # its Watch was refused: the gateway is healthy
+        for watch in held:
+            watch.cancel()
+
+
+def test_one_host_holds_a_bounded_share_of_the_watches(monkeypatch):
+    monkeypatch.setattr(bounds, "OPEN_STREAMS_PER_PEER", 2)
+    with serving(KEYS) as (gateway, channel):
+        held = [_watch(channel), _watch(channel)]
+        assert "Watch streams of ipv4:127.0.0.1" in _refused(
+            lambda: _watch(channel), grpc.StatusCode.UNIMPLEMENTED)
+        with _from_other_host(gateway.port) as other:
+            held.append(_watch(other))  # another host's place is its own
+        with _channel(gateway.port, HEALTH_CHECKED) as client:  # this host's, past its bound
+            assert _decide(client).decision_id
+        for watch in held:
+            watch.cancel()
 
 
 def test_a_connection_carries_a_bounded_number_of_calls(monkeypatch):
