@@ -147,4 +147,4 @@ class ControllerActor:
     async def release_store(self) -> None:
         """Give the store up (runtime.stop, before the kill): a kill does not wait for this
         process to end, which drops a directory's lock, and leaves a lease to run out."""
-        await self.controller.ownership.release()
+        await self.controller.store_claim.release()

@@ -52,7 +52,7 @@ from kairos.cluster.control.status import cluster_status
 from kairos.cluster.longpoll import Changes
 from kairos.cluster.settings import DRAIN_UNREADY_S, LONG_POLL_S, RETIRE_GRACE_S, SHARDS_PER_CPU
 from kairos.cluster.shard.outcomes import outcome_secret
-from kairos.cluster.storage.ownership import Ownership
+from kairos.cluster.storage.ownership import StoreClaim
 from kairos.cluster.storage.providers import open_store, redact
 from kairos.cluster.transport.backend import Backend, Unavailable
 
@@ -81,7 +81,7 @@ class Controller(ControlLoop, Catalogs):
         self.store_url = store_url
         self.store_shown = redact(store_url)  # what logs and errors say: no password
         self.store = open_store(store_url)
-        self.ownership = Ownership(self.store, owner)  # the cluster's claim on the store
+        self.store_claim = StoreClaim(self.store, owner)  # the cluster's claim on the store
         self.journal_policy = journal_policy
         self._requested_catalog = catalog_text
         self.catalog_text = catalog_text or default_catalog_text()
@@ -125,7 +125,7 @@ class Controller(ControlLoop, Catalogs):
         take up its shards (each recovers what it owned) and then scale to `n_shards`."""
         if n_shards < 1:
             raise ValueError(f"need at least one shard, got {n_shards}")
-        await self.ownership.claim()  # before anything is written: StoreInUse
+        await self.store_claim.claim()  # before anything is written: StoreInUse
         outcome_secret(self.store)  # before any shard starts, so that all share one
         if resumed := await self.resume():
             # asked for by this start (`kairos up --catalog` on a store in use); a resume after
@@ -164,7 +164,7 @@ class Controller(ControlLoop, Catalogs):
         one. The catalog is the saved one: what this controller was constructed with is the
         first start's (start() applies it). StoreInUse while another cluster holds the
         store: what it saved is not this cluster's to take up."""
-        await self.ownership.claim()
+        await self.store_claim.claim()
         blob = await asyncio.to_thread(self.store.get_meta, STATE_KEY)
         if blob is None:
             return False

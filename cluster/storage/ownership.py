@@ -34,7 +34,7 @@ def new_owner() -> str:
     return uuid.uuid4().hex
 
 
-class Ownership:
+class StoreClaim:
     """The claim of the controller `owner` names on `store`."""
 
     def __init__(self, store: Store, owner: str | None = None):

@@ -13,7 +13,7 @@ import redis
 
 from kairos.cluster.storage import ownership, redis_store
 from kairos.cluster.storage.directory_store import DirectoryStore
-from kairos.cluster.storage.ownership import Ownership
+from kairos.cluster.storage.ownership import StoreClaim
 from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.store import StoreInUse
 
@@ -71,12 +71,12 @@ def redis_url(redis_server, monkeypatch):
 
 def test_a_redis_store_another_cluster_renews_is_refused_and_claimed_once_it_crashed(redis_url,
                                                                                     caplog):
-    async def running() -> tuple[Ownership, str]:
-        first = Ownership(open_store(redis_url), "first")
+    async def running() -> tuple[StoreClaim, str]:
+        first = StoreClaim(open_store(redis_url), "first")
         await first.claim()
         with pytest.raises(StoreInUse) as refused:
-            await Ownership(open_store(redis_url), "second").claim()
-        await Ownership(open_store(redis_url), "first").claim()  # Ray restarted its controller
+            await StoreClaim(open_store(redis_url), "second").claim()
+        await StoreClaim(open_store(redis_url), "first").claim()  # Ray restarted its controller
         return first, str(refused.value)
 
     first, refused = asyncio.run(running())  # the loop's end stops the renewals: a crash
@@ -84,7 +84,7 @@ def test_a_redis_store_another_cluster_renews_is_refused_and_claimed_once_it_cra
                               f"in use by another Kairos cluster (its controller: "
                               f"{first.holder}): a store serves one cluster at a time")
     assert SECRET not in refused
-    second = Ownership(open_store(redis_url), "second")
+    second = StoreClaim(open_store(redis_url), "second")
     with caplog.at_level("WARNING", "kairos.store"):
         asyncio.run(second.claim())  # once the crashed cluster's lease ran out
     assert "once the lease of the cluster that held it ran out" in caplog.text
@@ -99,11 +99,11 @@ def test_a_redis_store_given_up_is_free_at_once_and_only_its_holder_gives_it_up(
     monkeypatch.setattr(redis_store, "LEASE_S", 600.0)
 
     async def main() -> None:
-        first = Ownership(open_store(redis_url), "first")
+        first = StoreClaim(open_store(redis_url), "first")
         await first.claim()
-        await Ownership(open_store(redis_url), "second").release()  # not its own
+        await StoreClaim(open_store(redis_url), "second").release()  # not its own
         with pytest.raises(StoreInUse):
             open_store(redis_url).claim("second", "second")
         await first.release()
-        await Ownership(open_store(redis_url), "second").claim()
+        await StoreClaim(open_store(redis_url), "second").claim()
     asyncio.run(main())
