@@ -31,7 +31,8 @@ from kairos.cluster.gateway.calls import Gateway, abort
 from kairos.cluster.gateway.streams import Watch
 from kairos.cluster.settings import STREAM_WINDOW
 from kairos.cluster.transport.backend import NotCarried, NotSent, Unavailable
-from kairos.cluster.transport.client import Busy, Call
+from kairos.cluster.transport.client import Busy
+from kairos.cluster.transport.lanes import Call
 
 # an event's decide_placement asks for a decision: an ingest-only key got them through it
 DECIDING = "decide_placement asks for a decision, which needs a key with the 'decide' scope"

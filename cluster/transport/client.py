@@ -23,13 +23,11 @@ shard to come back (CLIENT_REROUTE_S, CLIENT_REROUTES times), then go again.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 import uuid
 from collections import Counter, deque
-from dataclasses import dataclass, field
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -45,25 +43,12 @@ from kairos.cluster.settings import (CLIENT_BATCH_LIMIT, CLIENT_BATCH_WINDOW_S,
                                      CLIENT_INFLIGHT_CALLS, CLIENT_QUEUE_LIMIT,
                                      CLIENT_REROUTE_S, CLIENT_REROUTES, LONG_POLL_S)
 from kairos.cluster.transport.backend import Backend, NotCarried, NotSent, Unavailable
+from kairos.cluster.transport.lanes import Call, Failed, Item, Lane, Undelivered
 from kairos.cluster.transport.sagas import IdentitySagas
 
 log = logging.getLogger("kairos.client")
 MAX_REDIRECTS = 20  # a request MOVED this many times in a row fails as Unavailable
 _DONE = (protocol.Ok, protocol.EventAck, protocol.Forgotten)  # the replies that mean done
-
-
-class _Undelivered(NamedTuple):
-    """The client's own reply for a request whose batch never reached its shard."""
-
-    reason: str
-
-
-class _Failed(NamedTuple):
-    """The client's own reply for a request it gave up on: `settle` raises `kind(reason)`, so
-    the gateway knows from the class whether it may have been applied (NotSent: never)."""
-
-    kind: type[Unavailable]
-    reason: str
 
 
 class ShardUnavailable(Unavailable):
@@ -80,52 +65,6 @@ class Conflict(Exception):
     """The request contradicts the state (an alias linked elsewhere): FAILED_PRECONDITION."""
 
 
-class Call:
-    """The requests of one call of several (an IngestBatch, an IngestStream), given up on
-    together. A request outside a call goes unsent once its caller stops waiting for it; one of
-    a call, only once its call is given up: a deadline cancels the one reply being awaited, and
-    dropping that event alone would send the customer's later events of the call without it
-    (and the caller's retry would apply it after them)."""
-
-    def __init__(self) -> None:
-        self.given_up = False
-
-    def give_up(self) -> None:
-        """What of the call is not sent yet is never sent: all of it at once, so what is sent
-        of a customer's events is the first of them."""
-        self.given_up = True
-
-
-@dataclass
-class _Item:
-    request: Request  # routed: its partition filled in
-    future: asyncio.Future
-    order: int
-    redirects: int = 0
-    reroutes: int = 0  # times its shard could not be reached
-    routed: int = 0  # the map version it was routed under
-    waits_at: str = ""  # while it waits in its lane: the shard whose queue bound counts it
-    call: Call | None = None
-
-    def given_up(self) -> bool:
-        """Whether it is to go unsent: its call was given up; outside a call, its caller
-        stopped waiting (its deadline passed, or it went away: the future is cancelled)."""
-        return self.future.done() if self.call is None else self.call.given_up
-
-
-@dataclass
-class _Lane:
-    """One partition's requests: where they go and what waits."""
-
-    shard: str | None = None  # where the in-flight requests went
-    inflight: int = 0
-    moved: list[_Item] = field(default_factory=list)
-    held: deque = field(default_factory=deque)
-    want_version: int = 0  # MOVED named this map version: wait for it before re-sending
-    wait_s: float = 0.0  # how long to wait for it
-    orders: itertools.count = field(default_factory=itertools.count)
-
-
 class _ShardLink:
     """Batches to one shard: one session, sequence numbers in send order."""
 
@@ -133,7 +72,7 @@ class _ShardLink:
         self.name = name
         self.session = uuid.uuid4().hex
         self.seq = 0
-        self.queue: deque[_Item] = deque()
+        self.queue: deque[Item] = deque()
         self.wake = asyncio.Event()
         self.slots = asyncio.Semaphore(CLIENT_INFLIGHT_CALLS)
         self.calls = 0  # calls in flight
@@ -149,7 +88,7 @@ class KairosClient(IdentitySagas):
         self.catalog_version = ""
         self._shards: list[str] = []
         self._owners: np.ndarray | None = None
-        self._lanes: dict[int, _Lane] = {}
+        self._lanes: dict[int, Lane] = {}
         self._waiting: Counter[str] = Counter()  # requests waiting in lanes, by shard (_hold)
         self._links: dict[str, _ShardLink] = {}
         self._map_changes = Changes()
@@ -276,9 +215,9 @@ class KairosClient(IdentitySagas):
             raise Busy(f"{owner} has {waiting} requests waiting to be sent")
         lane = self._lanes.get(p)
         if lane is None:
-            lane = self._lanes[p] = _Lane()
+            lane = self._lanes[p] = Lane()
         future = asyncio.get_running_loop().create_future()
-        item = _Item(request._replace(partition=p), future, next(lane.orders), call=call)
+        item = Item(request._replace(partition=p), future, next(lane.orders), call=call)
         if lane.moved or lane.held or (lane.inflight and lane.shard != owner):
             lane.held.append(item)  # behind what must go first
             self._hold(item)
@@ -311,7 +250,7 @@ class KairosClient(IdentitySagas):
         link = self._links.get(shard)
         return (0 if link is None else len(link.queue)) + self._waiting[shard]
 
-    def _hold(self, item: _Item) -> None:
+    def _hold(self, item: Item) -> None:
         """Count a request that begins to wait in its lane, until it goes, against its
         partition's owner in the map now: the shard new requests of the partition are checked
         against."""
@@ -336,13 +275,13 @@ class KairosClient(IdentitySagas):
         if isinstance(reply, protocol.Busy):
             raise Busy(reply.reason or f"the shard of {route_key(request)!r} is at its queue "
                                        f"limit")
-        if isinstance(reply, _Failed):
+        if isinstance(reply, Failed):
             raise reply.kind(reply.reason)
         if isinstance(reply, protocol.Unavailable):
             raise ShardUnavailable(reply.reason)
         raise Unavailable(f"unexpected reply {reply!r}")  # MOVED never reaches here
 
-    def _send(self, lane: _Lane, item: _Item) -> None:
+    def _send(self, lane: Lane, item: Item) -> None:
         lane.shard = self._owner_of(item.request.partition)
         lane.inflight += 1
         item.routed = self.version
@@ -375,18 +314,18 @@ class KairosClient(IdentitySagas):
                 asyncio.get_running_loop().create_task(
                     self._call_shard(link, link.session, seq, batch))
 
-    def _unexpired(self, batch: list[_Item]) -> list[_Item]:
-        """The batch without the requests given up on (`_Item.given_up`): under overload
+    def _unexpired(self, batch: list[Item]) -> list[Item]:
+        """The batch without the requests given up on (`Item.given_up`): under overload
         those would only delay the live ones. They were never sent, so they had no effect."""
         if not any(item.given_up() for item in batch):
             return batch
         for item in batch:
             if item.given_up():
-                self._answered(item, _Failed(NotSent, "no longer awaited"))
+                self._answered(item, Failed(NotSent, "no longer awaited"))
         return [item for item in batch if not item.given_up()]
 
     async def _call_shard(self, link: _ShardLink, session: str, seq: int,
-                          batch: list[_Item]) -> None:
+                          batch: list[Item]) -> None:
         requests = [item.request for item in batch]
         routed = [item.routed for item in batch]
         if link.session != session:  # a failed call dropped the session since it was numbered
@@ -414,8 +353,8 @@ class KairosClient(IdentitySagas):
             if link.session == session and not (isinstance(exc, NotCarried) and
                                                 await self._skip(link.name, session, seq)):
                 link.session, link.seq = uuid.uuid4().hex, 0
-            reply = (_Undelivered(str(exc)) if isinstance(exc, NotSent)
-                     else _Failed(type(exc) if isinstance(exc, Unavailable) else Unavailable,
+            reply = (Undelivered(str(exc)) if isinstance(exc, NotSent)
+                     else Failed(type(exc) if isinstance(exc, Unavailable) else Unavailable,
                                   str(exc)))
             replies = [reply] * len(batch)
         finally:
@@ -446,7 +385,7 @@ class KairosClient(IdentitySagas):
             return link.session, 0
         return session, seq
 
-    def _answered(self, item: _Item, reply: Reply) -> None:
+    def _answered(self, item: Item, reply: Reply) -> None:
         p = item.request.partition
         lane = self._lanes[p]
         lane.inflight -= 1
@@ -456,7 +395,7 @@ class KairosClient(IdentitySagas):
             self._wait(lane, item, self.version + 1 if named == protocol.NOT_MINE else named,
                        LONG_POLL_S, item.redirects > MAX_REDIRECTS
                        and f"partition {p} kept moving")
-        elif isinstance(reply, _Undelivered):
+        elif isinstance(reply, Undelivered):
             item.reroutes += 1
             self._wait(lane, item, item.routed + 1, CLIENT_REROUTE_S,
                        item.reroutes > CLIENT_REROUTES and reply.reason)
@@ -465,7 +404,7 @@ class KairosClient(IdentitySagas):
         if lane.inflight == 0 and (lane.moved or lane.held):
             asyncio.get_running_loop().create_task(self._resume(p, lane))
 
-    def _wait(self, lane: _Lane, item: _Item, version: int, wait_s: float,
+    def _wait(self, lane: Lane, item: Item, version: int, wait_s: float,
               failed: str | bool) -> None:
         """Have a request that did not reach its owner wait for map `version` (up to `wait_s`)
         before going again; or, when it `failed` (a reason), answer it Unavailable."""
@@ -473,14 +412,14 @@ class KairosClient(IdentitySagas):
             return
         if failed:
             if not item.future.done():  # no shard took it: not applied
-                item.future.set_result(_Failed(NotSent, failed))
+                item.future.set_result(Failed(NotSent, failed))
             return
         lane.moved.append(item)
         self._hold(item)
         lane.want_version = max(lane.want_version, version)
         lane.wait_s = max(lane.wait_s, wait_s)
 
-    async def _resume(self, p: int, lane: _Lane) -> None:
+    async def _resume(self, p: int, lane: Lane) -> None:
         """Every earlier request has its answer: re-send the moved ones in their original
         order once the map shows their new owner, then what was held behind them; those
         given up on meanwhile go no further (never sent, they had no effect)."""
