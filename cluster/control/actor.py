@@ -30,8 +30,9 @@ class ControllerActor:
 
     def __init__(self, catalog_text: str | None, n_partitions: int, store_url: str = "memory",
                  journal_policy: str = "fsync", gateways: GatewaySpec | None = None,
-                 shards_per_cpu: float = SHARDS_PER_CPU, owner: str | None = None):
-        """`owner`: the cluster's token (ownership.py), the same after Ray restarts this."""
+                 shards_per_cpu: float = SHARDS_PER_CPU, *, owner: str):
+        """`owner`: the cluster's token (ownership.new_owner), which Ray passes again when it
+        restarts this: a controller's own would be another cluster's to the store it holds."""
         self.controller = Controller(RayBackend(ShardActor, GatewayActor), catalog_text,
                                      n_partitions, store_url, journal_policy, gateways,
                                      shards_per_cpu, ray.get_runtime_context().get_node_id(),

@@ -52,11 +52,15 @@ from kairos.cluster.control.status import cluster_status
 from kairos.cluster.longpoll import Changes
 from kairos.cluster.settings import DRAIN_UNREADY_S, LONG_POLL_S, RETIRE_GRACE_S, SHARDS_PER_CPU
 from kairos.cluster.shard.outcomes import outcome_secret
-from kairos.cluster.storage.ownership import StoreClaim
+from kairos.cluster.storage.ownership import StoreClaim, new_owner
 from kairos.cluster.storage.providers import open_store, redact
 from kairos.cluster.transport.backend import Backend, Unavailable
 
 log = logging.getLogger("kairos.controller")
+# the cluster of the Controllers made in this process without an owner (tests): one, as a
+# controller constructed again on a store stands for the one before. Not ControllerActor's: a
+# controller Ray restarts runs in another process, and claims with runtime.start's owner
+IN_PROCESS_OWNER = new_owner()
 
 
 def shard_name(index: int) -> str:
@@ -75,7 +79,7 @@ class Controller(ControlLoop, Catalogs):
                  n_partitions: int = DEFAULT_PARTITIONS, store_url: str = "memory",
                  journal_policy: str = "fsync", gateways: GatewaySpec | None = None,
                  shards_per_cpu: float = SHARDS_PER_CPU, home_node: str | None = None,
-                 owner: str | None = None):
+                 owner: str = IN_PROCESS_OWNER):
         self.backend = backend
         self.home_node = home_node  # where this controller and the learner run: not drained
         self.store_url = store_url

@@ -68,7 +68,7 @@ def start(n_shards: int = DEFAULT_SHARDS, catalog_text: str | None = None,
         # Ray restarts the controller with these arguments: the owner stays the cluster's
         controller = ControllerActor.options(name=CONTROLLER_NAME, **detached).remote(
             catalog_text, n_partitions, store, journal_policy, gateways, shards_per_cpu,
-            new_owner())
+            owner=new_owner())
     except BaseException:
         ray.kill(learner, no_restart=True)
         raise

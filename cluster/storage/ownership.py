@@ -23,9 +23,6 @@ log = logging.getLogger("kairos.store")
 LEASE_S = 15.0  # how long a lease outlives its last renewal
 RENEW_S = 3.0  # how often its holder renews it: a few renewals may fail before it runs out
 POLL_S = 0.5  # how often a claim looks again at another cluster's lease
-# the owner of the controllers created without one: those of one process (tests) are one
-# cluster, as a controller Ray restarts is the one it replaces
-PROCESS_OWNER = uuid.uuid4().hex
 
 
 def new_owner() -> str:
@@ -37,9 +34,9 @@ def new_owner() -> str:
 class StoreClaim:
     """The claim of the controller `owner` names on `store`."""
 
-    def __init__(self, store: Store, owner: str | None = None):
+    def __init__(self, store: Store, owner: str):
         self.store = store
-        self.owner = owner or PROCESS_OWNER
+        self.owner = owner
         # what another cluster's error says of this one
         self.holder = (f"host {socket.gethostname()}, pid {os.getpid()}, since "
                        f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}")

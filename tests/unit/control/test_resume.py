@@ -72,7 +72,7 @@ def actor_on(monkeypatch):
 
     def make(backend: Actors, store: str):
         monkeypatch.setattr(actor_module, "RayBackend", lambda *classes: backend)
-        return ControllerActor.__ray_metadata__.modified_class(None, 64, store)
+        return ControllerActor.__ray_metadata__.modified_class(None, 64, store, owner="ours")
 
     return make
 

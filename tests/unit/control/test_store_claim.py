@@ -59,3 +59,13 @@ def test_a_second_cluster_on_a_store_another_holds_starts_and_writes_nothing(tmp
         routing = await second.start(2)
         assert routing["shards"] == sorted(first.controller.shards)  # taken up
     asyncio.run(main())
+
+
+def test_a_controller_actor_claims_with_the_owner_it_is_given_and_only_that(tmp_path, actor_on):
+    """One of its process's own would make the controller Ray restarts (another process)
+    another cluster to the store its first incarnation holds: refused, or made to wait out
+    its own lease."""
+    with pytest.raises(TypeError, match="owner"):
+        ControllerActor.__ray_metadata__.modified_class(None, 64, str(tmp_path))
+    assert actor_on(Actors(), str(tmp_path), "ours").controller.store_claim.owner == "ours"
+
