@@ -49,6 +49,8 @@ from kairos.cluster.transport.sagas import IdentitySagas
 log = logging.getLogger("kairos.client")
 MAX_REDIRECTS = 20  # a request MOVED this many times in a row fails as Unavailable
 _DONE = (protocol.Ok, protocol.EventAck, protocol.Forgotten)  # the replies that mean done
+# a request given up on before it was sent: its caller stopped waiting, or its call failed
+_DROPPED = Failed(NotSent, "no longer awaited")
 
 
 class ShardUnavailable(Unavailable):
@@ -321,7 +323,7 @@ class KairosClient(IdentitySagas):
             return batch
         for item in batch:
             if item.given_up():
-                self._answered(item, Failed(NotSent, "no longer awaited"))
+                self._answered(item, _DROPPED)
         return [item for item in batch if not item.given_up()]
 
     async def _call_shard(self, link: _ShardLink, session: str, seq: int,
@@ -399,6 +401,8 @@ class KairosClient(IdentitySagas):
             item.reroutes += 1
             self._wait(lane, item, item.routed + 1, CLIENT_REROUTE_S,
                        item.reroutes > CLIENT_REROUTES and reply.reason)
+        elif isinstance(reply, Failed):
+            self._fail(item, reply)
         elif not item.future.done():
             item.future.set_result(reply)
         if lane.inflight == 0 and (lane.moved or lane.held):
@@ -407,12 +411,10 @@ class KairosClient(IdentitySagas):
     def _wait(self, lane: Lane, item: Item, version: int, wait_s: float,
               failed: str | bool) -> None:
         """Have a request that did not reach its owner wait for map `version` (up to `wait_s`)
-        before going again; or, when it `failed` (a reason), answer it Unavailable."""
-        if item.given_up():  # nothing to send again or to answer
-            return
-        if failed:
-            if not item.future.done():  # no shard took it: not applied
-                item.future.set_result(Failed(NotSent, failed))
+        before going again; or, when it `failed` (a reason) or was given up on, answer it
+        NotSent (`_fail`)."""
+        if item.given_up() or failed:  # no shard took it: not applied
+            self._fail(item, _DROPPED if item.given_up() else Failed(NotSent, failed))
             return
         lane.moved.append(item)
         self._hold(item)
@@ -422,7 +424,7 @@ class KairosClient(IdentitySagas):
     async def _resume(self, p: int, lane: Lane) -> None:
         """Every earlier request has its answer: re-send the moved ones in their original
         order once the map shows their new owner, then what was held behind them; those
-        given up on meanwhile go no further (never sent, they had no effect)."""
+        given up on meanwhile go no further (never sent, they had no effect: answered so)."""
         if lane.moved:
             await self._map_newer_than(lane.want_version, lane.wait_s)
         if lane.inflight:  # another resume already started
@@ -431,5 +433,17 @@ class KairosClient(IdentitySagas):
         lane.moved, lane.held, lane.wait_s = [], deque(), 0.0
         for item in ready:
             self._waiting[item.waits_at] -= 1
-            if not item.given_up():
+            if item.given_up():
+                self._fail(item, _DROPPED)
+            else:
                 self._send(lane, item)
+
+    @staticmethod
+    def _fail(item: Item, failure: Failed) -> None:
+        """Answer `item` with the client's own failure (unless its caller went away). The
+        rest of its call is given up first: sent later, a customer's later events of the call
+        would be applied without it (and the caller's retry would apply it after them)."""
+        if item.call is not None:
+            item.call.give_up()
+        if not item.future.done():
+            item.future.set_result(failure)

@@ -1,0 +1,83 @@
+"""A request of a Call (an IngestBatch's, an IngestStream's events) that the client fails on
+its own gives up the rest of its call, so none of the customer's later events of the call is
+sent without it: the client failing k0 (its shard unreachable through every reroute, MOVED
+past MAX_REDIRECTS, its batch failed in transit) then sent k1, held behind it in its lane or
+queued behind its batch, and applied k1 without k0 while the gateway still awaited an ack
+before k0's (LocalBackend, no Ray)."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from kairos.cluster import protocol
+from kairos.cluster.protocol import Event
+from kairos.cluster.transport import client as client_module
+from kairos.cluster.transport.backend import NotSent, Unavailable
+from kairos.cluster.transport.client import KairosClient
+from kairos.cluster.transport.lanes import Call
+
+from tests.support.local_backend import LocalBackend
+from tests.support.waiting import until
+
+T0 = 1_795_629_600.0
+
+
+class K0Fails(LocalBackend):
+    """Every batch carrying k0 fails `how`: no connection opens to its shard ("unreachable",
+    NotSent), its shard answers MOVED ("moved"), or it fails in transit once `gate` opens
+    ("failed", Unavailable: the shard died). Others are applied."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.seen = 0  # batches carrying k0 sent
+        self.failed = 0  # ... and failed
+        self.gate = asyncio.Event()
+
+    async def send(self, name, session, seq, requests, routed):
+        if not any(getattr(request, "idempotency_key", None) == "k0" for request in requests):
+            return await super().send(name, session, seq, requests, routed)
+        self.seen += 1
+        if self.how == "moved":
+            await super().send(name, session, seq, [], [])  # its turn taken: the session goes on
+            self.failed += 1
+            return [protocol.Moved()] * len(requests)
+        if self.how == "failed":
+            await self.gate.wait()
+        self.failed += 1
+        raise (NotSent if self.how == "unreachable" else Unavailable)(f"{name}: gone")
+
+
+def _event(key: str) -> Event:
+    return Event(customer_id="ana", event_type="app_open", time=T0, attributes={},
+                 idempotency_key=key)
+
+
+@pytest.mark.parametrize("how", ["unreachable", "moved", "failed"])
+def test_a_request_the_client_fails_gives_up_the_rest_of_its_call(monkeypatch, how):
+    for name, value in (("CLIENT_REROUTE_S", 0.05), ("LONG_POLL_S", 0.05),
+                        ("MAX_REDIRECTS", 1), ("CLIENT_INFLIGHT_CALLS", 1)):
+        monkeypatch.setattr(client_module, name, value)
+
+    async def main():
+        backend = K0Fails(how)
+        await backend.start_runtime(1, n_partitions=8)
+        client = await KairosClient(backend).connect()
+        call = Call()
+        k0 = client.enqueue(_event("k0"), call)
+        if how == "failed":  # k1 queues behind k0's batch, which holds the one call slot
+            await until(lambda: backend.seen, 5, "k0's batch in flight", poll_s=0)
+        else:  # k1 is held in the lane behind k0, which waits to go again
+            await until(lambda: backend.failed >= (2 if how == "unreachable" else 1), 5,
+                        "k0's first try failed", poll_s=0)
+        k1 = client.enqueue(_event("k1"), call)
+        backend.gate.set()
+        with pytest.raises(Unavailable):
+            await client.settle(_event("k0"), await k0)
+        with pytest.raises(NotSent):  # never sent: not applied
+            await client.settle(_event("k1"), await k1)
+        assert await client.profile("ana") is None  # no event of ana's was applied
+        await client.close()
+
+    asyncio.run(main())
