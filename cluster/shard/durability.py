@@ -141,15 +141,13 @@ class Durability:
         if not due:
             return 0
         self._journaling.sync()
-        deleted = 0
+        homes = [(p, customer_id) for p in due for customer_id in deletes[p]]
+        # in one batch (one fence check per transaction); the ids leave the sets once all are
+        # deleted: if it fails, all stay for the next try (a home deleted twice is no harm)
+        self._ctx.store.delete_many(homes, unless_fenced=self._ctx.name)
         for p in due:
-            # each id leaves the set once deleted: one that fails stays, for the next try
-            for customer_id in list(deletes[p]):
-                self._ctx.store.delete(p, customer_id, unless_fenced=self._ctx.name)
-                deletes[p].discard(customer_id)
-                deleted += 1
             del deletes[p]
-        return deleted
+        return len(homes)
 
     def erase(self) -> int:
         """Delete the homes Take and Forget left; finish ForgetCustomer: snapshot the

@@ -65,7 +65,7 @@ class DirectoryStore:
         self.root = Path(directory)
         self.url = str(self.root)
         self.fsync = fsync
-        self._unsynced: set[Path] = set()  # directories whose fsync after a delete failed
+        self._unsynced: set[Path] = set()  # folders with deletes not synced yet
         # partition folders whose names this store synced into customers/: once each, made
         # here or not (its maker may have died, or its own sync failed, before syncing it)
         self._listed: set[Path] = set()
@@ -92,10 +92,21 @@ class DirectoryStore:
 
     def put(self, partition: int, customer_id: str, blob: bytes,
             unless_fenced: str | None = None) -> None:
-        path = self._home(partition, customer_id)
-        with self._unless_fenced(unless_fenced, "writing a customer"):
-            self._write(path, msgpack.packb([customer_id, blob], use_bin_type=True),
-                        make_parent=True)
+        self.put_many([(partition, customer_id, blob)], unless_fenced)
+
+    def put_many(self, homes: Iterable[tuple[int, str, bytes]],
+                 unless_fenced: str | None = None) -> None:
+        """Under one hold of the fence lock; each file synced, then each folder once."""
+        with self._unless_fenced(unless_fenced, "writing customers"):
+            folders = set()
+            for partition, customer_id, blob in homes:
+                path = self._home(partition, customer_id)
+                self._write(path, msgpack.packb([customer_id, blob], use_bin_type=True),
+                            make_parent=True, sync_parent=False)
+                folders.add(path.parent)
+            if self.fsync:
+                for folder in folders:
+                    fsync_directory(folder)
 
     def get(self, partition: int, customer_id: str) -> bytes | None:
         """The customer's home; StoreCorrupt if its file is not one, or another id's."""
@@ -113,22 +124,23 @@ class DirectoryStore:
 
     def delete(self, partition: int, customer_id: str, unless_fenced: str | None = None
                ) -> None:
-        """Delete a home, durably: a delete retried after its directory's fsync failed finds
-        no file, and syncs the directory all the same."""
-        path = self._home(partition, customer_id)
-        with self._unless_fenced(unless_fenced, "deleting a customer"):
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                if path.parent not in self._unsynced:
-                    return
-            if self.fsync:
-                try:
-                    fsync_directory(path.parent)
-                except OSError:
-                    self._unsynced.add(path.parent)
-                    raise
-                self._unsynced.discard(path.parent)
+        self.delete_many([(partition, customer_id)], unless_fenced)
+
+    def delete_many(self, homes: Iterable[tuple[int, str]], unless_fenced: str | None = None
+                    ) -> None:
+        """Delete homes, durably, under one hold of the fence lock: each folder synced once,
+        and until then in `_unsynced`, so that a delete retried after a failure (which finds
+        no file) syncs it all the same."""
+        with self._unless_fenced(unless_fenced, "deleting customers"):
+            for partition, customer_id in homes:
+                path = self._home(partition, customer_id)
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    if self.fsync:
+                        self._unsynced.add(path.parent)
+            for folder in list(self._unsynced):
+                fsync_directory(folder)
+                self._unsynced.discard(folder)
 
     def take_partition(self, partition: int) -> dict[str, bytes]:
         out = {}

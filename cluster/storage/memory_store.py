@@ -82,16 +82,26 @@ class MemoryStore:
 
     def put(self, partition: int, customer_id: str, blob: bytes,
             unless_fenced: str | None = None) -> None:
+        self.put_many([(partition, customer_id, blob)], unless_fenced)
+
+    def put_many(self, homes: Iterable[tuple[int, str, bytes]],
+                 unless_fenced: str | None = None) -> None:
         self._check_unfenced(unless_fenced)
-        self._homes.setdefault(partition, {})[customer_id] = blob
+        for partition, customer_id, blob in homes:
+            self._homes.setdefault(partition, {})[customer_id] = blob
 
     def get(self, partition: int, customer_id: str) -> bytes | None:
         return self._homes.get(partition, {}).get(customer_id)
 
     def delete(self, partition: int, customer_id: str, unless_fenced: str | None = None
                ) -> None:
+        self.delete_many([(partition, customer_id)], unless_fenced)
+
+    def delete_many(self, homes: Iterable[tuple[int, str]], unless_fenced: str | None = None
+                    ) -> None:
         self._check_unfenced(unless_fenced)
-        self._homes.get(partition, {}).pop(customer_id, None)
+        for partition, customer_id in homes:
+            self._homes.get(partition, {}).pop(customer_id, None)
 
     def take_partition(self, partition: int) -> dict[str, bytes]:
         return self._homes.pop(partition, {})

@@ -33,7 +33,7 @@ import contextlib
 import itertools
 import logging
 import os
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
 
 import msgpack
@@ -49,6 +49,21 @@ from kairos.cluster.storage.store import JournalFenced, StoreInUse, StoreUnavail
 log = logging.getLogger("kairos.store")
 PIPELINE_BYTES = 16 << 20  # the most data one write to Redis carries
 _claims = itertools.count()  # in each lease: a renewal changes it, which its watchers see
+T = TypeVar("T")
+
+
+def _chunks(items: Iterable[T], size: Callable[[T], int]) -> Iterator[list[T]]:
+    """`items` in lists that end once their `size` reaches PIPELINE_BYTES (or with the last
+    item), so that no single exchange outlasts the socket timeout; read as lists are taken."""
+    chunk, total = [], 0
+    for item in items:
+        chunk.append(item)
+        total += size(item)
+        if total >= PIPELINE_BYTES:
+            yield chunk
+            chunk, total = [], 0
+    if chunk:
+        yield chunk
 
 
 TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
@@ -201,21 +216,39 @@ class RedisStore:
     def __repr__(self) -> str:
         return f"RedisStore({redact(self.url)!r})"
 
-    @unavailable("writing a customer")
     def put(self, partition: int, customer_id: str, blob: bytes,
             unless_fenced: str | None = None) -> None:
-        key = f"{self.prefix}:c:{partition}"
-        self._unless_fenced(unless_fenced, lambda r: r.hset(key, customer_id, blob))
+        self.put_many([(partition, customer_id, blob)], unless_fenced)
+
+    @unavailable("writing customers")
+    def put_many(self, homes: Iterable[tuple[int, str, bytes]],
+                 unless_fenced: str | None = None) -> None:
+        """In transactions of at most PIPELINE_BYTES (`_chunks`), an HSET per partition."""
+        for chunk in _chunks(homes, lambda home: len(home[2])):
+            by_partition: dict[int, dict[str, bytes]] = {}
+            for partition, customer_id, blob in chunk:
+                by_partition.setdefault(partition, {})[customer_id] = blob
+            self._unless_fenced(unless_fenced, lambda r: [
+                r.hset(f"{self.prefix}:c:{p}", mapping=blobs) for p, blobs in by_partition.items()])
 
     @unavailable("reading a customer")
     def get(self, partition: int, customer_id: str) -> bytes | None:
         return self.r.hget(f"{self.prefix}:c:{partition}", customer_id)
 
-    @unavailable("deleting a customer")
     def delete(self, partition: int, customer_id: str, unless_fenced: str | None = None
                ) -> None:
-        key = f"{self.prefix}:c:{partition}"
-        self._unless_fenced(unless_fenced, lambda r: r.hdel(key, customer_id))
+        self.delete_many([(partition, customer_id)], unless_fenced)
+
+    @unavailable("deleting customers")
+    def delete_many(self, homes: Iterable[tuple[int, str]], unless_fenced: str | None = None
+                    ) -> None:
+        """As `put_many`, an HDEL per partition."""
+        for chunk in _chunks(homes, lambda home: len(home[1])):
+            by_partition: dict[int, list[str]] = {}
+            for partition, customer_id in chunk:
+                by_partition.setdefault(partition, []).append(customer_id)
+            self._unless_fenced(unless_fenced, lambda r: [
+                r.hdel(f"{self.prefix}:c:{p}", *ids) for p, ids in by_partition.items()])
 
     @unavailable("moving a partition")
     def take_partition(self, partition: int) -> dict[str, bytes]:
@@ -236,27 +269,24 @@ class RedisStore:
     @unavailable("writing snapshots")
     def put_snapshots(self, snapshots: dict[int, bytes], unless_fenced: str | None = None
                       ) -> None:
-        """In pipelines of at most PIPELINE_BYTES, so no single exchange outlasts the socket
-        timeout (each snapshot stands alone: a partly written set is still consistent). With
-        `unless_fenced`, each under WATCH of that journal's fence: a fence set before its
-        EXEC leaves it unwritten (JournalFenced)."""
-        pending, size = {}, 0
-        for p, blob in snapshots.items():
-            pending[f"{self.prefix}:s:{p}"] = blob
-            size += len(blob)
-            if size >= PIPELINE_BYTES:
-                self._unless_fenced(unless_fenced, lambda r: r.mset(pending))
-                pending, size = {}, 0
-        if pending:
-            self._unless_fenced(unless_fenced, lambda r: r.mset(pending))
+        """In pipelines of at most PIPELINE_BYTES (`_chunks`; each snapshot stands alone: a
+        partly written set is still consistent). With `unless_fenced`, each under WATCH of
+        that journal's fence: a fence set before its EXEC leaves it unwritten
+        (JournalFenced)."""
+        for chunk in _chunks(snapshots.items(), lambda snapshot: len(snapshot[1])):
+            self._unless_fenced(unless_fenced, lambda r: r.mset(
+                {f"{self.prefix}:s:{p}": blob for p, blob in chunk}))
 
     def _unless_fenced(self, journal: str | None, write: Callable[[redis.Redis], Any]) -> None:
-        """`write` on the client; with `journal` named, in a MULTI/EXEC under WATCH of its
-        fence: a fence set before the EXEC leaves it unwritten (JournalFenced). A WatchError
-        is that fence only if the fence is there: redis-py raises it too for a connection
-        that failed while watching (StoreUnavailable then, not a false alarm of a takeover)."""
+        """`write` on a pipeline, sent in one exchange; with `journal` named, in a MULTI/EXEC
+        under WATCH of its fence: a fence set before the EXEC leaves it unwritten
+        (JournalFenced). A WatchError is that fence only if the fence is there: redis-py
+        raises it too for a connection that failed while watching (StoreUnavailable then,
+        not a false alarm of a takeover)."""
         if journal is None:
-            write(self.r)
+            with self.r.pipeline(transaction=False) as pipe:
+                write(pipe)
+                pipe.execute()
             return
         fence = f"{self.prefix}:j:{journal}:fenced"
         with self.r.pipeline(transaction=True) as tx:

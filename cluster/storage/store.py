@@ -184,11 +184,22 @@ class Store(Protocol):
         """Write a customer's home; with `unless_fenced`, as `put_snapshots`: a shard
         replaced while it still runs must not write over its heir's newer homes."""
 
+    def put_many(self, homes: Iterable[tuple[int, str, bytes]],
+                 unless_fenced: str | None = None) -> None:
+        """Write customers' homes, (partition, customer id, blob), as `put` does each, with
+        one fence check per transaction of PIPELINE_BYTES (Redis) or per call (a directory),
+        not per home: a passivation writes thousands. `homes` is read as it is written (its
+        blobs need not all be in memory at once); a failure may leave some written."""
+
     def get(self, partition: int, customer_id: str) -> bytes | None: ...
 
     def delete(self, partition: int, customer_id: str, unless_fenced: str | None = None
                ) -> None:
         """Delete a customer's home; with `unless_fenced`, as `put`."""
+
+    def delete_many(self, homes: Iterable[tuple[int, str]], unless_fenced: str | None = None
+                    ) -> None:
+        """Delete customers' homes, (partition, customer id), as `put_many` writes them."""
 
     def take_partition(self, partition: int) -> dict[str, bytes]:
         """Remove and return a partition's homes (a move between unshared stores)."""

@@ -21,7 +21,7 @@ from kairos.cluster.storage.store import JournalFenced
 
 from tests.unit.storage.conftest import redis_server  # noqa: F401 (a fixture)
 
-from .test_shard import N_PARTITIONS, T0, Clock, event, p_of, profile, shard
+from .test_shard import N_PARTITIONS, T0, Clock, event, forget, p_of, profile, shard
 
 EVERY = {p: 0 for p in range(N_PARTITIONS)}
 FROM_S0 = {p: "s0" for p in range(N_PARTITIONS)}
@@ -158,3 +158,43 @@ def test_an_old_shard_passivating_after_its_heir_took_over_writes_no_home_over_t
     with pytest.raises(JournalFenced):
         old.tick()
     assert events_applied(heir.process([profile("ana", T0 + 400)])[0]) == [2]
+
+
+@pytest.mark.parametrize("kind", ["directory", "redis"])
+def test_a_passivation_and_a_ticks_home_deletes_check_the_fence_once_for_all_their_homes(
+        compiled, tmp_path, request, monkeypatch, kind):
+    """The resident limit passivates thousands of customers in a tick: one fence check (a
+    shared flock on a directory's fence lock, a WATCH of a Redis fence key) for all their
+    homes, where one per home cost a round trip each and kept an heir's fence waiting."""
+    from kairos.cluster.storage import directory_store
+    if kind == "redis":
+        store = RedisStore(f"{request.getfixturevalue('redis_server').url}?prefix=batches")
+
+        def checks() -> int:
+            return store.r.info("commandstats").get("cmdstat_watch", {}).get("calls", 0)
+    else:
+        store, held = DirectoryStore(tmp_path), []
+        real_unfenced = directory_store.unfenced
+
+        def unfenced(directory):
+            held.append(directory)
+            return real_unfenced(directory)
+        monkeypatch.setattr(directory_store, "unfenced", unfenced)
+
+        def checks() -> int:
+            return len(held)
+    clock = Clock()
+    s = shard(compiled, store=store, clock=clock)
+    customers = [f"c{i}" for i in range(40)]
+    s.process([app_open(c) for c in customers])
+    before = checks()
+    assert s.passivate(clock.now + 10**6) == 40
+    assert checks() - before == 1
+    assert store.count(range(N_PARTITIONS)) == 40
+    s.process([forget(c) for c in customers[:30]])
+    before = checks()
+    assert s.durability.delete_homes() == 30
+    assert checks() - before == 1
+    assert store.count(range(N_PARTITIONS)) == 10
+    assert events_applied(s.process([profile(c) for c in customers[30:]])[0]) == [1] * 10
+    assert s.process([profile("c0")])[0][0].status == "missing"

@@ -126,6 +126,33 @@ def test_a_fenced_journals_shard_writes_and_deletes_no_home_over_its_heirs(store
         assert store.get(1, "ana") == b"heir"
 
 
+def test_homes_are_written_and_deleted_in_batches_none_once_fenced(store, monkeypatch):
+    """put_many and delete_many (a passivation's homes, a tick's deletes) do what put and delete
+    do for each home, a Redis store in several transactions here; a batch of a fenced
+    journal's shard writes and deletes nothing."""
+    from kairos.cluster.storage import redis_store
+    monkeypatch.setattr(redis_store, "PIPELINE_BYTES", 100)
+    homes = [(p, f"c{i}", bytes([i]) * 40) for i, p in enumerate([1, 2, 1, 3, 2])]
+    store.put_many(iter(homes), unless_fenced="kairos-shard-0031")
+    assert [store.get(p, c) for p, c, _ in homes] == [blob for _, _, blob in homes]
+    assert store.count([1, 2, 3]) == 5
+    store.delete_many(iter([(1, "c0"), (2, "c4"), (2, "nobody")]),
+                      unless_fenced="kairos-shard-0031")
+    assert [store.get(p, c) for p, c, _ in homes] == [None, homes[1][2], homes[2][2],
+                                                      homes[3][2], None]
+    store.put_many([(1, "c0", b"again")])  # no fence named: a handoff's
+    store.fence_journal("kairos-shard-0031")
+    with pytest.raises(JournalFenced, match="kairos-shard-0031 is fenced"):
+        store.put_many(iter([(1, "c0", b"late"), (4, "c9", b"late")]),
+                       unless_fenced="kairos-shard-0031")
+    with pytest.raises(JournalFenced, match="kairos-shard-0031 is fenced"):
+        store.delete_many([(1, "c0"), (1, "c2")], unless_fenced="kairos-shard-0031")
+    assert (store.get(1, "c0"), store.get(1, "c2"), store.get(4, "c9")) == \
+        (b"again", homes[2][2], None)
+    store.delete_many([(1, "c0"), (1, "c2")], unless_fenced="kairos-shard-0032")  # the heir's
+    assert store.count([1, 2, 3, 4]) == 2
+
+
 def test_a_fenced_journal_acknowledges_nothing_more_and_stays_fenced(store):
     """The controller replaced a shard that still runs: its heir fences the journal, then
     reads it. What the writer acknowledged before is read; every append after is refused
@@ -227,7 +254,7 @@ def test_a_directory_store_syncs_a_partition_folder_it_did_not_sync_when_it_was_
 def test_an_unreachable_redis_is_store_unavailable(tmp_path):
     server = RedisServer(tmp_path)  # never started: nothing listens on its port
     store = open_store(server.url)
-    with pytest.raises(StoreUnavailable, match="redis: writing a customer"):
+    with pytest.raises(StoreUnavailable, match="redis: writing customers"):
         store.put(1, "ana", b"x")
     with pytest.raises(StoreUnavailable, match="redis: opening a journal"):
         store.journal("kairos-shard-0000")
@@ -272,7 +299,7 @@ def test_redis_with_auth_and_an_acl_user_limited_to_kairos_commands_runs_the_sto
     for refused in (f"redis://127.0.0.1:{guarded_redis.port}/0?prefix=acl",  # no password
                     f"redis://kairos:wrong@127.0.0.1:{guarded_redis.port}/0?prefix=acl",
                     f"redis://kairos:user-secret@127.0.0.1:{guarded_redis.port}/0"):  # other keys
-        with pytest.raises(StoreUnavailable, match="redis: writing a customer"):
+        with pytest.raises(StoreUnavailable, match="redis: writing customers"):
             open_store(refused).put(1, "ana", b"x")
 
 

@@ -31,7 +31,7 @@ def test_a_store_that_trusts_the_servers_ca_works_and_plain_redis_is_refused(
 
 def test_a_server_certificate_from_another_ca_is_refused(redis_tls_server, pki_files, caplog):
     store = open_store(_url(redis_tls_server, ssl_ca_certs=pki_files["foreign_ca"]))
-    with pytest.raises(StoreUnavailable, match="redis: writing a customer") as refused:
+    with pytest.raises(StoreUnavailable, match="redis: writing customers") as refused:
         store.put(1, "ana", b"x")
     assert "certificate verify failed" in str(refused.value.__cause__ or refused.value)
     assert TLS_PASSWORD not in str(refused.value) + repr(store) + caplog.text
