@@ -4,7 +4,8 @@ A row holds the profile slots (see compiler.Layout), an interaction-history ring
 (action, channel, outcome, time), the number of events applied to the customer, which is
 the customer's event sequence number (acks report it, so order can be checked end to end), and
 the journal position (LSN) of the customer's last change, which the shard that owns it keeps
-so that recovery knows which journal records a stored copy already holds.
+so that recovery knows which journal records a stored copy already holds, and whether the
+customer has a home in the shard's store (a byte a row, where a set of ids took some 34).
 Contact policies are answered from the ring, so a customer's
 whole state is one fixed-size record: easy to snapshot, passivate and move.
 
@@ -23,7 +24,7 @@ HISTORY_EPOCH_S = 1_577_836_800.0  # 2020-01-01T00:00:00Z: ring times are int32 
 EMPTY = -1  # ring_action of an unused history entry
 GROWTH = 1.5
 COLUMNS = ("values", "ring_action", "ring_channel", "ring_outcome", "ring_time", "ring_head",
-           "applied", "lsn")
+           "applied", "lsn", "home")
 
 
 def profile_view(c: CompiledCatalog, row: np.ndarray, now: float) -> np.ndarray:
@@ -88,6 +89,7 @@ class ProfileTable:
             "ring_head": np.zeros(capacity, np.int32),
             "applied": np.zeros(capacity, np.int64),
             "lsn": np.zeros(capacity, np.int64),
+            "home": np.zeros(capacity, np.bool_),
         }
         for name, array in arrays.items():
             if old is not None:
@@ -155,7 +157,12 @@ class ProfileTable:
         self.ring_head[row] = 0
         self.applied[row] = 0
         self.lsn[row] = 0
+        self.home[row] = False
         self.free.append(row)
+
+    def housed(self) -> int:
+        """How many rows have a home in the store."""
+        return int(np.count_nonzero(self.home[:self.used]))
 
     def nbytes(self) -> int:
         """Bytes of the arrays (every allocated row, used or not)."""

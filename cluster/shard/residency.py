@@ -18,8 +18,9 @@ A customer's state outside the profile table travels with it in its block's extr
 armed timers (kept here), and the state of the parts registered as `CustomerState` (its
 watches, its aliases and links). Loading a block replaces what a customer had here; folding
 one (an anonymous profile merged in) adds to it. A resident's extras also say whether it has a
-home in the store (`housed`), so that the shard's `passivated` counts only the homes of
-customers not resident, after a recovery or a handoff too (older blocks say none has).
+home in the store (the profile table's `home` column), so that the shard's `passivated`
+counts only the homes of customers not resident, after a recovery or a handoff too (older
+blocks say none has).
 
 A customer passivated with armed timers is a sleeper: the timer wheel (timers.py) keeps its
 earliest due time per partition and activates it when that comes, so its timer fires on
@@ -91,9 +92,6 @@ class Residency:
         self._quiet_until = -math.inf
         self.timers = Timers(self._wake)
         self._homeless: set[str] = set()  # found with no home this round (`probe`)
-        # residents with a home in the store (activated from it, or so their snapshot or
-        # handoff says): the homes of the others are the passivated customers' (`passivated`)
-        self.housed: set[str] = set()
         self._damaged: set[str] = set()  # customers whose damaged home was logged
 
     def activate(self, customer_id: str, partition: int, create: bool = True,
@@ -127,7 +125,7 @@ class Residency:
             if blob is None:
                 return False
             self.load(blocks.unpack(unseal(blob, "a customer's home")[0]))
-            self.housed.add(customer_id)
+            self._house(customer_id, True)
         except (StoreCorrupt, blocks.BlockCorrupt) as exc:
             damaged = HomeDamaged(f"this customer's stored profile (partition {partition}) "
                                   f"is damaged: {exc}")
@@ -208,7 +206,7 @@ class Residency:
         """How many of `homes` (the count of the store's homes in the shard's partitions)
         are of customers not resident: a resident keeps its home until its next passivation,
         and one new here has none."""
-        return max(homes - len(self.housed), 0)
+        return max(homes - self._ctx.engine.table.housed(), 0)
 
     def residents(self, partitions: Iterable[int]) -> list[str]:
         """The partitions' resident customers, in a stable order."""
@@ -251,7 +249,7 @@ class Residency:
             for keeper in self._keepers:
                 keeper.drop(customer_id, evicted=False)
             self._restore(customer_id, extra)
-            (self.housed.add if extra.get("home") else self.housed.discard)(customer_id)
+            self._house(customer_id, bool(extra.get("home")))
             self.recent[customer_id] = self._ctx.clock()
         return ids
 
@@ -289,7 +287,6 @@ class Residency:
         for keeper in self._keepers:
             keeper.drop(customer_id, evicted=True)
         self.recent.pop(customer_id, None)
-        self.housed.discard(customer_id)
         members = self.members.get(partition)
         if members is not None:
             members.discard(customer_id)
@@ -306,9 +303,17 @@ class Residency:
                             for k, due in self.timers.armed.get(customer_id, {}).items()}}
         for keeper in self._keepers:
             extra.update(keeper.extra(customer_id))
-        if customer_id in self.housed:  # so that a snapshot or handoff says so
+        table = self._ctx.engine.table
+        if table.home[table.index[customer_id]]:  # so that a snapshot or handoff says so
             extra["home"] = True
         return extra
+
+    def _house(self, customer_id: str, home: bool) -> None:
+        """Note whether the resident has a home in the store (activated from it, or so its
+        snapshot or handoff says): the homes of the others are the passivated customers'
+        (`passivated`). A row's flag goes with its eviction."""
+        table = self._ctx.engine.table
+        table.home[table.index[customer_id]] = home
 
     def _restore(self, customer_id: str, extra: dict[str, Any]) -> None:
         """Add a customer's timers and keepers' state to what it has here (a timer armed on
