@@ -3,7 +3,9 @@ the control logic of controller.py on a RayBackend that creates shards and gatew
 control loop that runs its reconcile rounds and, when it is on, autoscaling (autoscaling.py).
 Ray restarts it (max_restarts=-1): the first call after a restart takes up the state the
 previous incarnation saved in the store, whole or not at all; one that fails is tried again by
-the next call and by the control loop, which runs from then on."""
+the next call and by the control loop, which runs from then on. A controller whose claim on
+the store is lost (ownership.py) stops being the cluster's: its loop stops, and so do the
+shards and gateways it runs, and every call after is refused (StoreInUse)."""
 from __future__ import annotations
 
 import asyncio
@@ -41,8 +43,10 @@ class ControllerActor:
         self._loop_task: asyncio.Task | None = None
         self._resuming = asyncio.Lock()  # one start or resume at a time
         self._resume_task: asyncio.Task | None = None
+        self._guard: asyncio.Task | None = None  # stands down once the claim is lost
 
     async def start(self, n_shards: int) -> dict[str, Any]:
+        self._guard_claim()
         async with self._resuming:
             try:
                 await self.controller.start(n_shards)
@@ -56,7 +60,9 @@ class ControllerActor:
         the previous incarnation saved: whole, or not at all and again at the next call. It
         runs in a task of its own, which callers await shielded: the first call is often a
         long poll for the map, which its caller cancels when it gives up (ray.cancel), and
-        that must not cancel a take-up half-way through the shards' starts."""
+        that must not cancel a take-up half-way through the shards' starts. StoreInUse once
+        the claim on the store is lost."""
+        self.controller.store_claim.check()
         if not self.controller.ready:
             if self._resume_task is None or self._resume_task.done():
                 self._resume_task = asyncio.get_running_loop().create_task(self._resume_once())
@@ -64,6 +70,7 @@ class ControllerActor:
         return self.controller
 
     async def _resume_once(self) -> None:
+        self._guard_claim()
         async with self._resuming:
             if not self.controller.ready:
                 await self._resume()
@@ -82,9 +89,37 @@ class ControllerActor:
         if self._loop_task is None:
             self._loop_task = asyncio.get_running_loop().create_task(self._control_loop())
 
+    def _guard_claim(self) -> None:
+        if self._guard is None:
+            self._guard = asyncio.get_running_loop().create_task(self._stand_down())
+
+    async def _stand_down(self) -> None:
+        """Once the claim on the store is lost, another cluster may hold the store: this one's
+        writers stop, with the calls runtime.stop makes. The loop first (its rounds save the
+        state, start shards and gateways), then the shards (they write the store), then the
+        gateways, gracefully. The learner is runtime.stop's (it writes only what the shards
+        sent)."""
+        why = await self.controller.store_claim.until_lost()
+        log.error("%s: the controller stops its shards and gateways", why)
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+        controller = self.controller
+        for name in controller.shards:
+            try:
+                await controller.backend.kill_shard(name)
+            except Exception:  # the others are stopped all the same
+                log.exception("stopping %s failed", name)
+        for node in list(controller.nodes.gateways):
+            try:
+                await controller.nodes.stop_gateway(node)
+            except Exception:
+                log.exception("stopping the gateway of node %s failed", node)
+
     async def _control_loop(self) -> None:
         while True:
             await asyncio.sleep(CONTROL_LOOP_S)
+            if self.controller.store_claim.lost():
+                return  # _stand_down stops what it ran
             try:
                 controller = await self._ready()
             except Exception:
@@ -105,6 +140,7 @@ class ControllerActor:
         is taken up (the map and its catalog), not after it, since the start waits for them
         (a shard it starts serves its own endpoint). The map is a long poll, answered once
         one is published. Before the state is taken up: Unavailable (tried again)."""
+        self.controller.store_claim.check()
         if self.controller.ready:
             return self.controller
         if self._resuming.locked():

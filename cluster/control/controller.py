@@ -21,7 +21,8 @@ without Ray in tests; `ControllerActor` (actor.py) is the named, detached Ray ac
   store, takes up the same shards and partitions, and the catalog running when it stopped.
 - A store serves one cluster at a time: a start or a take-up first claims it for the cluster
   (ownership.py; the owner token outlives Ray's restarts of the controller), and fails with
-  StoreInUse, before anything is written or started, while another cluster holds it.
+  StoreInUse, before anything is written or started, while another cluster holds it. Once the
+  claim is lost, the state is saved no more and no shard is created (StoreInUse).
 - One reconfiguration at a time. The control loop (rounds.py) replaces shards whose node died
   (the new one recovers the dead one's partitions from the store), re-starts shards Ray
   restarted (they recover from the store), tells a restarted learner the catalog, finishes
@@ -250,6 +251,7 @@ class Controller(ControlLoop, Catalogs):
     async def _save(self) -> None:
         """Write the state as it is now, on a thread (a directory fsyncs, Redis is a network
         call: neither may stall the long polls this loop serves), in the order asked."""
+        self.store_claim.check()
         blob = state_blob(self)
         async with self._saving:  # FIFO: a later state is never overwritten by an earlier one
             await asyncio.to_thread(self.store.put_meta, STATE_KEY, blob)
@@ -257,6 +259,7 @@ class Controller(ControlLoop, Catalogs):
     async def _create_shard(self, name: str | None = None, node: str | None = None) -> str:
         """Create a shard actor (a new name, or a saved one being brought back) on `node`,
         by default the first of the serving nodes with the fewest shards."""
+        self.store_claim.check()
         if name is None:
             name = shard_name(self._next_index)
             self._next_index += 1

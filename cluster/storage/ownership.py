@@ -7,11 +7,19 @@ renews changes within RENEW_S (the holder runs: StoreInUse), one whose holder is
 within LEASE_S and is then claimed, so a cluster that crashed never blocks the next for long.
 A lock its holder's process keeps (a directory's flock) goes with that process: one that is
 held is refused at once.
+
+The same holds for the holder: a lease it fails to renew for LEASE_S - RENEW_S (the store does
+not answer, a renewal hangs, its event loop stalled) may have run out, and another cluster may
+have claimed the store since; a renewal that finds another's lease knows it did. Either way the
+claim is lost for good: `claim` and `check` raise StoreInUse from then on, and the controller
+stops its cluster (ControllerActor). A directory's flock does not run out, but its renewal
+answers from this process's memory: only a loop stalled that long loses it, conservatively.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 import time
@@ -22,7 +30,7 @@ from kairos.cluster.storage.store import Store, StoreInUse, redact
 log = logging.getLogger("kairos.store")
 LEASE_S = 15.0  # how long a lease outlives its last renewal
 RENEW_S = 3.0  # how often its holder renews it: a few renewals may fail before it runs out
-POLL_S = 0.5  # how often a claim looks again at another cluster's lease
+POLLS = 6  # how many times a renewal interval a claim looks again at another cluster's lease
 
 
 def new_owner() -> str:
@@ -32,25 +40,35 @@ def new_owner() -> str:
 
 
 class StoreClaim:
-    """The claim of the controller `owner` names on `store`."""
+    """The claim of the cluster `owner` names on `store`. `lease_s` and `renew_s`: how long the
+    store keeps it past a renewal (LEASE_S for Redis, which sets it; a shorter one only gives
+    the claim up sooner), and how often it is renewed."""
 
-    def __init__(self, store: Store, owner: str):
+    def __init__(self, store: Store, owner: str, lease_s: float = LEASE_S,
+                 renew_s: float = RENEW_S):
         self.store = store
         self.owner = owner
+        self.lease_s, self.renew_s = lease_s, renew_s
         # what another cluster's error says of this one
         self.holder = (f"host {socket.gethostname()}, pid {os.getpid()}, since "
                        f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
         self._renewing: asyncio.Task | None = None
         self._claiming = asyncio.Lock()  # a release waits for a renewal under way
+        self._renewed = -math.inf  # when the last claim that succeeded began (monotonic)
+        self._lost: str | None = None  # why the claim is lost, once it is
+        self._lost_event = asyncio.Event()
 
     async def claim(self) -> None:
         """Claim the store (once a lease another cluster left has run out) and renew it from
-        then on; StoreInUse while another cluster holds it. Nothing more while claimed."""
-        if self._renewing is not None:
+        then on; StoreInUse while another cluster holds it, and once the claim is lost.
+        Nothing more while claimed."""
+        self.check()
+        if self._renewing is not None and not self._renewing.done():
             return
         loop = asyncio.get_running_loop()
-        seen, deadline = None, loop.time() + LEASE_S + RENEW_S
+        seen, deadline = None, loop.time() + self.lease_s + self.renew_s
         while True:
+            began = time.monotonic()
             try:
                 await asyncio.to_thread(self.store.claim, self.owner, self.holder)
                 break
@@ -59,22 +77,70 @@ class StoreClaim:
                 if exc.lease is None or renewed or loop.time() >= deadline:
                     raise
                 seen = exc.lease
-            await asyncio.sleep(POLL_S)
+            await asyncio.sleep(self.renew_s / POLLS)
         if seen is not None:
             log.warning("claimed the store %s once the lease of the cluster that held it ran "
                         "out", redact(self.store.url))
+        self._renewed = began
         self._renewing = loop.create_task(self._renew())
+
+    def lost(self) -> str | None:
+        """Why the claim is lost (None while it is held, or not made): its renewals found
+        another cluster's lease, or none succeeded for so long that the lease may have run
+        out (see the module's docstring)."""
+        if (self._lost is None and self._renewing is not None and not self._renewing.done()
+                and self._lapsed()):
+            self._lose(self._lapse())
+        return self._lost
+
+    def check(self) -> None:
+        """StoreInUse once the claim is lost: the store may be another cluster's."""
+        if (why := self.lost()) is not None:
+            raise StoreInUse(why)
+
+    async def until_lost(self) -> str:
+        """Wait until the claim is lost; why."""
+        await self._lost_event.wait()
+        return self._lost
+
+    def _lapsed(self) -> bool:
+        return time.monotonic() - self._renewed > self.lease_s - self.renew_s
+
+    def _lapse(self) -> str:
+        return (f"this cluster's claim on the store {redact(self.store.url)} is lost: no "
+                f"renewal of it succeeded for {time.monotonic() - self._renewed:.1f} s, so its "
+                f"lease ({self.lease_s:g} s) may have run out and another cluster taken it")
+
+    def _lose(self, why: str) -> None:
+        self._lost = why
+        self._lost_event.set()
+        log.error("%s: this cluster writes to the store no more", why)
 
     async def _renew(self) -> None:
         while True:
-            await asyncio.sleep(RENEW_S)
+            await asyncio.sleep(self.renew_s)
             async with self._claiming:  # a release holds it, and cancels this loop waiting
-                try:
-                    await asyncio.to_thread(self.store.claim, self.owner, self.holder)
-                except StoreInUse as exc:  # its lease ran out unrenewed, and another took it
-                    log.error("this cluster lost its store to another: %s", exc)
-                except Exception as exc:  # the store does not answer: tried again
-                    log.warning("renewing the claim on the store failed: %s", exc)
+                if (why := await self._renewal()) is not None:
+                    self._lose(why)
+                    return
+
+    async def _renewal(self) -> str | None:
+        """Renew the claim, waiting no longer than it is surely held; why it is lost, if."""
+        if self._lapsed():  # this loop stalled: renewed now, it would hide that
+            return self._lapse()
+        began = time.monotonic()
+        try:
+            async with asyncio.timeout(self._renewed + self.lease_s - self.renew_s - began):
+                await asyncio.to_thread(self.store.claim, self.owner, self.holder)
+            self._renewed = began
+            return None
+        except StoreInUse as exc:  # its lease ran out unrenewed, and another took it
+            return f"this cluster lost its store to another: {exc}"
+        except TimeoutError:  # it hung until the claim may have lapsed
+            pass
+        except Exception as exc:  # the store does not answer: tried again
+            log.warning("renewing the claim on the store failed: %s", exc)
+        return self._lapse() if self._lapsed() else None
 
     async def release(self) -> None:
         """Stop renewing the claim and give it up (the controller is stopping), after a

@@ -2,11 +2,13 @@
 store before its cluster writes anything (ownership.py), and a second cluster's controller,
 its own owner token, refuses to start, or to take up what the first saved, while the first
 holds the store: it starts no shard and writes nothing. Once the first gives the store up (it
-stops), the second starts there and takes up where the first stopped."""
+stops), the second starts there and takes up where the first stopped. A controller that lost
+its claim stops its cluster's writers and answers nothing more."""
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,8 +16,11 @@ import pytest
 
 from kairos.cluster.control import actor as actor_module
 from kairos.cluster.control.actor import ControllerActor
+from kairos.cluster.control.nodes import GatewaySpec
+from kairos.cluster.storage.ownership import StoreClaim
 from kairos.cluster.storage.store import StoreInUse
 
+from tests.support.waiting import until
 from tests.unit.control.actors import Actors
 
 
@@ -25,9 +30,10 @@ def actor_on(monkeypatch):
     monkeypatch.setattr(actor_module.ray, "get_runtime_context",
                         lambda: SimpleNamespace(get_node_id=lambda: "node-a"))
 
-    def make(backend: Actors, store: str, owner: str):
+    def make(backend: Actors, store: str, owner: str, **options):
         monkeypatch.setattr(actor_module, "RayBackend", lambda *classes: backend)
-        return ControllerActor.__ray_metadata__.modified_class(None, 64, store, owner=owner)
+        return ControllerActor.__ray_metadata__.modified_class(None, 64, store, owner=owner,
+                                                               **options)
 
     return make
 
@@ -68,4 +74,31 @@ def test_a_controller_actor_claims_with_the_owner_it_is_given_and_only_that(tmp_
     with pytest.raises(TypeError, match="owner"):
         ControllerActor.__ray_metadata__.modified_class(None, 64, str(tmp_path))
     assert actor_on(Actors(), str(tmp_path), "ours").controller.store_claim.owner == "ours"
+
+
+def test_a_controller_that_lost_its_claim_stops_its_cluster_and_writes_nothing_more(
+        tmp_path, actor_on, monkeypatch):
+    """Its claim was not renewed for as long as its lease surely lasts (here its loop stalled):
+    another cluster may hold the store now. Its loop, its shards and its gateways stop, and
+    what it is asked, or was doing, fails rather than write."""
+    monkeypatch.setattr(actor_module, "CONTROL_LOOP_S", 0.01)
+
+    async def main():
+        backend = Actors()
+        actor = actor_on(backend, str(tmp_path), "first", gateways=GatewaySpec("127.0.0.1", 0))
+        controller = actor.controller
+        controller.store_claim = StoreClaim(controller.store, "first", lease_s=1.0, renew_s=0.1)
+        await actor.start(2)
+        assert len(backend.shards) == 2 and len(backend.gateways) == 3
+        time.sleep(1.0)  # the whole loop stalls: no renewal runs
+        await until(lambda: not backend.shards and not backend.gateways, 5,
+                    "its shards and gateways stopped")
+        written = files(tmp_path)
+        for call in (actor.status(), actor.scale(3), controller.scale(3),
+                     controller.watch_channel("sink", "email", None)):
+            with pytest.raises(StoreInUse, match="claim on the store .* is lost"):
+                await call
+        await asyncio.sleep(0.1)  # rounds of its loop, had it gone on
+        assert actor._loop_task.done() and not backend.shards and files(tmp_path) == written
+    asyncio.run(main())
 

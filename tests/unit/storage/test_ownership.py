@@ -1,23 +1,27 @@
 """A store serves one cluster at a time (store.py, "Ownership"): a claim another cluster's live
 controller holds is refused, naming the store (without its password) and its holder; one a
 crashed controller held is free (a directory's flock goes with its process) or free once its
-lease runs out (Redis); one given up is free at once; the same cluster claims it again."""
+lease runs out (Redis); one given up is free at once; the same cluster claims it again. A
+holder that cannot renew its lease until it may have run out, or that finds another's lease,
+has lost the store for good."""
 from __future__ import annotations
 
 import asyncio
 import subprocess
 import sys
+import time
 
 import pytest
 import redis
 
-from kairos.cluster.storage import ownership, redis_store
+from kairos.cluster.storage import redis_store
 from kairos.cluster.storage.directory_store import DirectoryStore
 from kairos.cluster.storage.ownership import StoreClaim
 from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.store import StoreInUse
 
 SECRET = "claim-secret"
+LEASE_S, RENEW_S = 1.0, 0.05  # the claims' here: short, so that the tests wait little
 HOLD = ("import sys; from kairos.cluster.storage.directory_store import DirectoryStore; "
         "DirectoryStore(sys.argv[1]).claim('theirs', 'the other cluster'); print('claimed', "
         "flush=True); sys.stdin.read()")
@@ -58,25 +62,27 @@ def test_one_process_holds_a_directory_for_one_owner_until_it_gives_it_up(tmp_pa
 
 @pytest.fixture
 def redis_url(redis_server, monkeypatch):
-    """A store with a password (an ACL user), its lease 1 s, renewed every 50 ms."""
+    """A store with a password (an ACL user), its lease LEASE_S (Store.claim takes no length:
+    RedisStore's is its import of ownership.LEASE_S)."""
     with redis.Redis(port=redis_server.port) as admin:
         admin.execute_command("ACL", "SETUSER", "owner", "on", f">{SECRET}", "~*", "+@all")
         admin.delete("own:owner")
-    monkeypatch.setattr(redis_store, "LEASE_S", 1.0)
-    monkeypatch.setattr(ownership, "LEASE_S", 1.0)
-    monkeypatch.setattr(ownership, "RENEW_S", 0.05)
-    monkeypatch.setattr(ownership, "POLL_S", 0.05)
+    monkeypatch.setattr(redis_store, "LEASE_S", LEASE_S)
     return f"redis://owner:{SECRET}@127.0.0.1:{redis_server.port}/0?prefix=own"
+
+
+def claim_on(url: str, owner: str) -> StoreClaim:
+    return StoreClaim(open_store(url), owner, LEASE_S, RENEW_S)
 
 
 def test_a_redis_store_another_cluster_renews_is_refused_and_claimed_once_it_crashed(redis_url,
                                                                                     caplog):
     async def running() -> tuple[StoreClaim, str]:
-        first = StoreClaim(open_store(redis_url), "first")
+        first = claim_on(redis_url, "first")
         await first.claim()
         with pytest.raises(StoreInUse) as refused:
-            await StoreClaim(open_store(redis_url), "second").claim()
-        await StoreClaim(open_store(redis_url), "first").claim()  # Ray restarted its controller
+            await claim_on(redis_url, "second").claim()
+        await claim_on(redis_url, "first").claim()  # Ray restarted its controller
         return first, str(refused.value)
 
     first, refused = asyncio.run(running())  # the loop's end stops the renewals: a crash
@@ -84,7 +90,7 @@ def test_a_redis_store_another_cluster_renews_is_refused_and_claimed_once_it_cra
                               f"in use by another Kairos cluster (its controller: "
                               f"{first.holder}): a store serves one cluster at a time")
     assert SECRET not in refused
-    second = StoreClaim(open_store(redis_url), "second")
+    second = claim_on(redis_url, "second")
     with caplog.at_level("WARNING", "kairos.store"):
         asyncio.run(second.claim())  # once the crashed cluster's lease ran out
     assert "once the lease of the cluster that held it ran out" in caplog.text
@@ -99,11 +105,65 @@ def test_a_redis_store_given_up_is_free_at_once_and_only_its_holder_gives_it_up(
     monkeypatch.setattr(redis_store, "LEASE_S", 600.0)
 
     async def main() -> None:
-        first = StoreClaim(open_store(redis_url), "first")
+        first = claim_on(redis_url, "first")
         await first.claim()
-        await StoreClaim(open_store(redis_url), "second").release()  # not its own
+        await claim_on(redis_url, "second").release()  # not its own
         with pytest.raises(StoreInUse):
             open_store(redis_url).claim("second", "second")
         await first.release()
-        await StoreClaim(open_store(redis_url), "second").claim()
+        await claim_on(redis_url, "second").claim()
     asyncio.run(main())
+
+
+def test_a_claim_whose_renewals_hang_until_its_lease_may_have_run_out_is_lost_for_good(
+        redis_url, redis_server):
+    async def main() -> str:
+        held = claim_on(redis_url, "first")
+        await held.claim()
+        with redis.Redis(port=redis_server.port) as admin:
+            admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")  # its renewals hang
+            try:
+                why = await asyncio.wait_for(held.until_lost(), 5)
+            finally:
+                admin.execute_command("CLIENT", "UNPAUSE")
+        for _ in range(3):  # renewals would succeed again: lost all the same
+            await asyncio.sleep(RENEW_S)
+            with pytest.raises(StoreInUse, match="is lost: no renewal of it succeeded"):
+                await held.claim()
+        return why
+
+    assert SECRET not in asyncio.run(main())
+
+
+def test_a_claim_whose_renewal_finds_another_clusters_lease_is_lost_for_good(redis_url,
+                                                                           redis_server):
+    async def main() -> None:
+        held = claim_on(redis_url, "first")
+        await held.claim()
+        with redis.Redis(port=redis_server.port) as admin:
+            admin.delete("own:owner")  # as a failover to a replica it had not reached does
+        open_store(redis_url).claim("second", "the second cluster")
+        why = await asyncio.wait_for(held.until_lost(), 5)
+        assert why.startswith("this cluster lost its store to another: the store ")
+        with pytest.raises(StoreInUse, match="its controller: the second cluster"):
+            await held.claim()
+        held.store.release("second")  # the second stops: this one's claim stays lost
+        with pytest.raises(StoreInUse, match="its controller: the second cluster"):
+            held.check()
+    asyncio.run(main())
+
+
+def test_a_holder_whose_loop_stalled_past_its_lease_has_lost_the_claim(redis_url):
+    """As a GC pause or an overloaded host: the renewals did not run, the lease ran out, and
+    another cluster claimed the store meanwhile; the holder knows as soon as it looks."""
+    async def main() -> None:
+        held = claim_on(redis_url, "first")
+        await held.claim()
+        time.sleep(LEASE_S + RENEW_S)  # the whole loop stalls
+        open_store(redis_url).claim("second", "the second cluster")
+        with pytest.raises(StoreInUse, match="is lost: no renewal of it succeeded"):
+            held.check()
+        with pytest.raises(StoreInUse):
+            await held.claim()
+    asyncio.run(main())
+
