@@ -262,6 +262,9 @@ SHED_IDLE_UPDATE_S = number("SHED_IDLE_UPDATE_S", 0.1, above=True, high=1.0)
 # ... and the share of the time a gateway's event loop may want a CPU (running, or waiting for
 # a core) before it sheds; 1 turns that signal off.
 SHED_BUSY = number("SHED_BUSY", 0.8, above=True, high=1.0)
+# The longest a gateway's catalog compile (ValidateCatalog, PutCatalog) runs before it is
+# stopped: one at a time, so a slow one would hold the others, deploys included.
+CATALOG_COMPILE_S = number("CATALOG_COMPILE_S", 60.0, above=True, high=3600.0)
 # Largest request accepted (bytes); larger ones fail with RESOURCE_EXHAUSTED before decoding.
 MAX_MESSAGE_BYTES = integer("MAX_MESSAGE_BYTES", 1 << 20, low=1024)
 # Decisions a watch stream may have waiting; past it the oldest are dropped.

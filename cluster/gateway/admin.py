@@ -3,7 +3,8 @@ controller; the decision log's export, from the shards (logexport.py).
 
 Every call needs a key with the admin scope (auth.py checks it before the handler runs); a
 gateway runs at most bounds.ADMIN_CALLS of them at once, and compiles one catalog at a time
-(compiling.py: in a process of its own; another compile is refused RESOURCE_EXHAUSTED). A
+(compiling.py: in a process of its own; a ValidateCatalog is refused RESOURCE_EXHAUSTED while
+another compile runs or waits, a catalog change waits its turn within its deadline). A
 call to the controller ends within the caller's deadline (DEADLINE_EXCEEDED), and one that a
 shard or the controller did not answer ends UNAVAILABLE naming it (the controller's own calls
 have deadlines, settings.CONTROL_CALL_S), so a stuck shard never hangs an admin call.
@@ -22,7 +23,7 @@ from kairos.v1 import admin_pb2, admin_pb2_grpc
 from kairos.cluster.control.nodes import NodeRefused, NodeUnknown
 from kairos.cluster.evidence import report as evidence_report
 from kairos.cluster.gateway.calls import Gateway, fail
-from kairos.cluster.gateway.compiling import OneCompile, Summary
+from kairos.cluster.gateway.compiling import OneCompile, Summary, TooLong
 from kairos.cluster.gateway.logexport import export
 from kairos.cluster.storage.store import StoreUnavailable
 from kairos.cluster.transport.backend import Unavailable, said
@@ -48,7 +49,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         return _catalog_info(await self._compile(request.yaml, context))
 
     async def PutCatalog(self, request: admin_pb2.CatalogText, context) -> admin_pb2.CatalogInfo:
-        compiled = await self._compile(request.yaml, context)
+        compiled = await self._compile(request.yaml, context, wait=True)
         evidence = await _evidence(request.evidence_json, compiled, context)
         try:
             await _answer(context, self.backend.controller().put_catalog(
@@ -66,8 +67,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         except ValueError as exc:  # no previous catalog, not to_version, or a shard refused it
             await fail(context, grpc.StatusCode.FAILED_PRECONDITION, said(exc))
         text = (await _answer(context, controller.get_catalog()))["text"]
-        # the rollback is done: its compile waits for another one rather than being refused
-        return _catalog_info(await self.compiles.compile(text, wait=True))
+        # the rollback is done: its compile waits its turn rather than being refused
+        return _catalog_info(await self._compile(text, context, "<catalog>", False, True))
 
     async def GetCatalog(self, request, context) -> admin_pb2.CatalogText:
         catalog = await _answer(context, self.backend.controller().get_catalog())
@@ -131,12 +132,20 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         async for chunk in export(self.gateway, request, context):
             yield chunk
 
-    async def _compile(self, text: str, context) -> Summary:
+    async def _compile(self, text: str, context, source: str = "<PutCatalog>",
+                       strict: bool = True, wait: bool = False) -> Summary:
+        """The text's compile; with `wait` (a catalog change), after those before it, within
+        the call's deadline, rather than refused while another runs."""
         try:
-            return await self.compiles.compile(text, "<PutCatalog>", True)
+            async with asyncio.timeout(context.time_remaining()):
+                return await self.compiles.compile(text, source, strict, wait)
+        except TimeoutError:
+            await fail(context, grpc.StatusCode.DEADLINE_EXCEEDED,
+                       "the catalog was not compiled within the call's deadline (this gateway "
+                       "compiles one at a time)")
         except CatalogError as exc:
             await fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except Busy as exc:
+        except (Busy, TooLong) as exc:
             await fail(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
 
 

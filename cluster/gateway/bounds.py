@@ -1,16 +1,18 @@
 """Bounds on the calls a gateway runs at once besides DecisionService's (calls.InflightLimit
-counts those): AdminService calls, ADMIN_CALLS of them; and the streams of the services open
-without a key (grpc.health's Watch, reflection's), OPEN_STREAMS of each method from all callers
-and OPEN_STREAMS_PER_PEER from one host. Past a bound, a call is refused before its request is
-parsed: RESOURCE_EXHAUSTED, but a health Watch UNIMPLEMENTED.
+counts those): AdminService calls, ADMIN_CALLS of them, the last ADMIN_RESERVED for keys with
+the admin scope; and the streams of the services open without a key (grpc.health's Watch,
+reflection's), OPEN_STREAMS of each method from all callers and OPEN_STREAMS_PER_PEER from one
+host. Past a bound, a call is refused before its request is parsed: RESOURCE_EXHAUSTED, but a
+health Watch UNIMPLEMENTED.
 
 Admin calls pass the in-flight limit and the shedding (an operator must reach a saturated
 cluster), yet one may be heavy (a catalog compiled from a 1 MiB text, a page of the decision
 log): unbounded, the callers of a status:read key alone could starve the event loop every
-Decide waits on. An open stream holds a task and about 20 KiB until its caller leaves: anyone
-could open thousands (8,000 health watches took a gateway from 115 to 274 MiB). Health's Check
-stays open and unbounded (it is unary): Kubernetes' probes call it without a key. grpc's
-max_concurrent_streams bounds each connection too (server.py).
+Decide waits on, and read-only keys (status:read, log:read) holding every place would keep
+operators from changing the cluster. An open stream holds a task and about 20 KiB until its
+caller leaves: anyone could open thousands (8,000 health watches took a gateway from 115 to
+274 MiB). Health's Check stays open and unbounded (it is unary): Kubernetes' probes call it
+without a key. grpc's max_concurrent_streams bounds each connection too (server.py).
 
 Every client channel configured with client-side health checks (k8s/README.md) holds a Watch
 on each gateway it reaches, so a fleet of clients needs thousands, and a refused one must not
@@ -27,9 +29,11 @@ from typing import Hashable
 
 import grpc
 
+from kairos.cluster.gateway.auth import has_scope
 from kairos.cluster.gateway.calls import fail
 
 ADMIN_CALLS = 8  # AdminService calls a gateway runs at once (decision log exports: 4 of them)
+ADMIN_RESERVED = 2  # ... of which keys without the admin scope may not take the last ones
 OPEN_STREAMS = 8192  # of each open streaming method, from all callers (160 MiB of watches)
 OPEN_STREAMS_PER_PEER = 128  # of each, from one host (a client channel's health check holds one)
 _ADMIN = "/kairos.v1.AdminService/"
@@ -87,26 +91,29 @@ class Bounds(grpc.aio.ServerInterceptor):
         """The groups a call of `method` takes a place in; it is refused past any of their
         bounds."""
         if method.startswith(_ADMIN):
-            bounds = {"admin calls": ADMIN_CALLS}
+            bounds = {"admin calls": ADMIN_CALLS if has_scope("admin") else
+                      ADMIN_CALLS - ADMIN_RESERVED}
         else:
             group = f"{method[1:]} streams"
             bounds = {group: OPEN_STREAMS, (group, _host(context.peer())): OPEN_STREAMS_PER_PEER}
         for group, limit in bounds.items():
             if (running := self.running[group]) >= limit:
-                await self._refuse(method, context, running, group)
+                await self._refuse(method, context, running, group, limit)
         self.running.update(bounds.keys())
         return list(bounds)
 
-    async def _refuse(self, method: str, context, running: int, group: Hashable) -> None:
+    async def _refuse(self, method: str, context, running: int, group: Hashable, limit: int
+                      ) -> None:
         whose = f"{group[0]} of {group[1]}" if isinstance(group, tuple) else group
+        said = f"gateway {self.gateway} runs {running} {whose} at once, its limit"
         if method == _WATCH:  # the caller's backend stays healthy (the module's docstring)
             await fail(context, grpc.StatusCode.UNIMPLEMENTED,
-                       f"gateway {self.gateway} runs {running} {whose} at once, its limit: "
-                       f"this Watch is not served (a client's health checking takes the "
-                       f"gateway as serving); Check answers")
-        await fail(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                   f"gateway {self.gateway} runs {running} {whose} at once, its limit: try "
-                   f"again in a moment")
+                       f"{said}: this Watch is not served (a client's health checking takes "
+                       f"the gateway as serving); Check answers")
+        if limit < ADMIN_CALLS and group == "admin calls":
+            said += (f" for keys without the admin scope (its last {ADMIN_RESERVED} places "
+                     f"are kept for operators)")
+        await fail(context, grpc.StatusCode.RESOURCE_EXHAUSTED, f"{said}: try again in a moment")
 
 
 def _host(peer: str) -> str:

@@ -1,5 +1,9 @@
 """The catalog compiles of a gateway's admin calls (ValidateCatalog, PutCatalog,
-RollbackCatalog): one at a time, each in a process of its own.
+RollbackCatalog): one at a time, each in a process of its own, stopped past
+settings.CATALOG_COMPILE_S. A catalog change (PutCatalog, RollbackCatalog) waits its turn, in
+the order they came, within its caller's deadline; a ValidateCatalog, which any status:read
+key may send, is refused while another compile runs or waits, so it can never hold up a deploy
+for longer than one compile.
 
 Compiling holds the GIL in long stretches of C (the YAML parser's): in a thread of the gateway,
 the shipped 50 KiB catalog stopped its event loop for tens of ms at a time, a text of a
@@ -18,10 +22,16 @@ from typing import NamedTuple
 from kairos.core.compiler import CompiledCatalog, compiled_from_text
 from kairos.core.errors import CatalogError
 
+from kairos.cluster.settings import CATALOG_COMPILE_S
 from kairos.cluster.transport.client import Busy
 
 BUSY = ("this gateway compiles one catalog at a time and is compiling another now: try again "
         "in a moment")
+COMPILER = (sys.executable, "-m", __name__)  # the compiling process's command, less its arguments
+
+
+class TooLong(Exception):
+    """A compile stopped at CATALOG_COMPILE_S."""
 
 
 class Summary(NamedTuple):
@@ -43,26 +53,36 @@ class Summary(NamedTuple):
 
 class OneCompile:
     def __init__(self) -> None:
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # its waiters go in the order they came
+        self._wanted = 0  # compiles running or waiting
 
     async def compile(self, text: str, source: str = "<catalog>", strict: bool = False,
                       wait: bool = False) -> Summary:
-        """compiled_from_text(text, source, strict)'s summary, or its CatalogError; Busy while
-        another compile runs, or with `wait`, once it is done."""
-        if self._lock.locked() and not wait:
+        """compiled_from_text(text, source, strict)'s summary, or its CatalogError; TooLong
+        past CATALOG_COMPILE_S. Busy while another compile runs or waits; with `wait`, once
+        those before it are done (the caller's deadline cancels the wait)."""
+        if self._wanted and not wait:
             raise Busy(BUSY)
-        async with self._lock:
-            return await _compiled_apart(text, source, strict)
+        self._wanted += 1
+        try:
+            async with self._lock:
+                return await _compiled_apart(text, source, strict)
+        finally:
+            self._wanted -= 1
 
 
 async def _compiled_apart(text: str, source: str, strict: bool) -> Summary:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", __name__, source, "strict" if strict else "",
+        *COMPILER, source, "strict" if strict else "",
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
     try:
-        out, _ = await process.communicate(text.encode())
+        async with asyncio.timeout(CATALOG_COMPILE_S):
+            out, _ = await process.communicate(text.encode())
+    except TimeoutError:
+        raise TooLong(f"the catalog's compile ran past {CATALOG_COMPILE_S:g} s "
+                      f"(KAIROS_CATALOG_COMPILE_S) and was stopped") from None
     finally:
-        if process.returncode is None:  # its caller went away
+        if process.returncode is None:  # its caller went away, or it ran too long
             process.kill()
             await process.wait()
     answer = json.loads(out) if out else {}
