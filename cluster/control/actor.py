@@ -89,6 +89,11 @@ class ControllerActor:
         if self._loop_task is None:
             self._loop_task = asyncio.get_running_loop().create_task(self._control_loop())
 
+    def _end_loop(self) -> None:
+        """Stop the control loop for good: started if it was not, so that none starts later."""
+        self._start_loop()
+        self._loop_task.cancel()
+
     def _guard_claim(self) -> None:
         if self._guard is None:
             self._guard = asyncio.get_running_loop().create_task(self._stand_down())
@@ -101,8 +106,7 @@ class ControllerActor:
         sent)."""
         why = await self.controller.store_claim.until_lost()
         log.error("%s: the controller stops its shards and gateways", why)
-        if self._loop_task is not None:
-            self._loop_task.cancel()
+        self._end_loop()
         controller = self.controller
         for name in controller.shards:
             try:
@@ -181,7 +185,13 @@ class ControllerActor:
     async def status(self) -> dict[str, Any]:
         return await (await self._ready()).status()
 
+    async def stop_loop(self) -> None:
+        """runtime.stop's first step: its rounds would start the gateways and shards it stops
+        again, and save the state."""
+        self._end_loop()
+
     async def release_store(self) -> None:
-        """Give the store up (runtime.stop, before the kill): a kill does not wait for this
-        process to end, which drops a directory's lock, and leaves a lease to run out."""
+        """Give the store up (runtime.stop, once the writers are stopped, before the kill): a
+        kill does not wait for this process to end, which drops a directory's lock, and
+        leaves a lease to run out."""
         await self.controller.store_claim.release()

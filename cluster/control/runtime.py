@@ -102,11 +102,14 @@ def connect(timeout_s: float = 60.0) -> SyncClient:
 
 
 def stop(find_shards: bool = True) -> None:
-    """Stop the controller (first: its loop starts gateways), the gateways (gracefully), every
-    shard (`find_shards`: those the controller knows), and the learner once it saved what it
-    merged since its last save (last: the shards sync to it until they stop); return once Ray
-    has freed their names (at most STOP_WAIT_S), so that a `start` right after creates them
-    anew."""
+    """Stop the controller's loop (first: it starts gateways and shards), the gateways
+    (gracefully), every shard (`find_shards`: those the controller knows), and the learner once
+    it saved what it merged since its last save (last: the shards sync to it until they stop);
+    then, once Ray has freed their names, the controller, which gives up the store first: a
+    `start` on it then runs beside none of their writes. Return once Ray has freed the
+    controller's name too (all in all at most STOP_WAIT_S), so that a `start` right after
+    creates them anew."""
+    _ask_controller("stop_loop", "stop its loop", "it may start what is stopped again")
     names: list[str] = []
     try:
         if find_shards:
@@ -117,8 +120,6 @@ def stop(find_shards: bool = True) -> None:
     except (ray.exceptions.RayError, TimeoutError) as exc:  # a start that failed, say
         log.warning("stop: the controller did not answer (%s): the shards it started, if "
                     "any, are not stopped", exc)
-    _release_store()
-    _kill([CONTROLLER_NAME])
     for name in sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                        if a["namespace"] == NAMESPACE and a["name"].startswith(GATEWAY_PREFIX)):
         try:
@@ -130,10 +131,13 @@ def stop(find_shards: bool = True) -> None:
     _flush_learner()
     _kill([LEARNER_NAME])
     names.append(LEARNER_NAME)
-    # ray.kill only asks: a start right after would find the names still taken
+    # ray.kill only asks: the writers gone before the store is, and the names free for a start
     deadline = time.monotonic() + STOP_WAIT_S
-    while time.monotonic() < deadline and any(_named(n) for n in [CONTROLLER_NAME, *names]):
-        time.sleep(0.05)
+    _wait_gone(names, deadline)
+    _ask_controller("release_store", "give up its store",
+                    "a start on it may wait for its claim to run out")
+    _kill([CONTROLLER_NAME])
+    _wait_gone([CONTROLLER_NAME], deadline)
 
 
 def _kill(names: list[str]) -> None:
@@ -144,16 +148,20 @@ def _kill(names: list[str]) -> None:
             pass
 
 
-def _release_store() -> None:
-    """The controller's claim on the store given up before it is killed, so that a start
-    right after finds the store free (ControllerActor.release_store)."""
+def _wait_gone(names: list[str], deadline: float) -> None:
+    while time.monotonic() < deadline and any(_named(n) for n in names):
+        time.sleep(0.05)
+
+
+def _ask_controller(method: str, what: str, risk: str) -> None:
+    """The controller's `method` called, if there is a controller; one that does not answer
+    is logged: what it did not do, why, and what may come of it."""
     try:
-        ray.get(controller().release_store.remote(), timeout=10)
+        ray.get(getattr(controller(), method).remote(), timeout=10)
     except ValueError:
         pass  # no controller
     except (ray.exceptions.RayError, TimeoutError) as exc:
-        log.warning("stop: the controller did not give up its store (%s): a start on it may "
-                    "wait for its claim to run out", exc)
+        log.warning("stop: the controller did not %s (%s): %s", what, exc, risk)
 
 
 def _flush_learner() -> None:

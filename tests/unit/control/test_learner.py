@@ -411,11 +411,17 @@ def test_a_flush_saves_the_merges_since_the_last_save_and_a_failed_one_is_only_l
     asyncio.run(run())
 
 
-def test_stop_flushes_the_learner_after_the_shards_are_killed_and_before_it_is(monkeypatch,
-                                                                             caplog):
+def test_stop_gives_the_store_up_once_every_writer_stopped_and_then_kills_the_controller(
+        monkeypatch, caplog):
+    """The controller's loop stops first (it would start gateways and shards again); the
+    learner flushes after the shards are killed (they sync to it until then) and before it is
+    killed; the store is given up after all of them, so that a start on it runs beside none of
+    their writes, and before the controller is killed (its claim would wait to run out)."""
     from kairos.cluster.control import runtime
-    from kairos.cluster.settings import CONTROLLER_NAME, LEARNER_NAME
+    from kairos.cluster.control.nodes import gateway_name
+    from kairos.cluster.settings import CONTROLLER_NAME, LEARNER_NAME, NAMESPACE
     events: list[str] = []
+    gateway = gateway_name(0)
 
     class Handle:
         def __init__(self, name: str):
@@ -426,9 +432,9 @@ def test_stop_flushes_the_learner_after_the_shards_are_killed_and_before_it_is(m
 
     class FakeRay:
         exceptions = ray.exceptions
-        util = SimpleNamespace(list_named_actors=lambda all_namespaces: [])
-
         def __init__(self):
+            self.util = SimpleNamespace(list_named_actors=lambda all_namespaces: [
+                {"name": name, "namespace": NAMESPACE} for name in self.alive])
             self.alive: set[str] = set()
             self.flush_fails = False
 
@@ -440,8 +446,9 @@ def test_stop_flushes_the_learner_after_the_shards_are_killed_and_before_it_is(m
         def get(self, ref: tuple[str, str], timeout: float):
             if ref == (CONTROLLER_NAME, "status"):
                 return {"shards": [{"shard": "kairos-shard-0000"}]}
-            if ref == (CONTROLLER_NAME, "release_store"):  # before its kill: ownership.py
-                events.append("release")
+            if ref in [(CONTROLLER_NAME, "stop_loop"), (CONTROLLER_NAME, "release_store"),
+                       (gateway, "stop")]:
+                events.append(" ".join(ref))
                 return None
             assert ref == (LEARNER_NAME, "flush") and timeout <= runtime.LEARNER_FLUSH_S
             events.append("flush")
@@ -455,13 +462,15 @@ def test_stop_flushes_the_learner_after_the_shards_are_killed_and_before_it_is(m
     fake = FakeRay()
     monkeypatch.setattr(runtime, "ray", fake)
     for flush_fails in (False, True):  # one that does not answer is killed all the same
-        fake.alive.update({CONTROLLER_NAME, "kairos-shard-0000", LEARNER_NAME})
+        fake.alive.update({CONTROLLER_NAME, "kairos-shard-0000", gateway, LEARNER_NAME})
         fake.flush_fails = flush_fails
         events.clear()
         with caplog.at_level("WARNING", logger="kairos.runtime"):
             runtime.stop()
-        assert events == ["release", f"kill {CONTROLLER_NAME}", "kill kairos-shard-0000",
-                          "flush", f"kill {LEARNER_NAME}"]
+        assert events == [f"{CONTROLLER_NAME} stop_loop", f"{gateway} stop",
+                          "kill kairos-shard-0000", f"kill {gateway}", "flush",
+                          f"kill {LEARNER_NAME}", f"{CONTROLLER_NAME} release_store",
+                          f"kill {CONTROLLER_NAME}"]
     assert [r.getMessage() for r in caplog.records] == [
         "stop: the learner did not save its last merges: no answer"]
 

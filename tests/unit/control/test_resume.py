@@ -254,3 +254,18 @@ def test_a_caller_that_gives_up_does_not_cancel_the_resume_it_set_off(tmp_path, 
         await until(lambda: again.controller.ready, 5, "the take-up to end")
         assert backend.starts == {name: 1}
     asyncio.run(main())
+
+
+def test_a_controller_whose_loop_is_stopped_starts_nothing_again(tmp_path, actor_on):
+    """runtime.stop stops the loop first: the gateways and shards it stops next, the loop's
+    rounds would start again (here: a shard whose node left, replaced)."""
+    async def main():
+        backend = Actors()
+        actor = actor_on(backend, str(tmp_path))
+        await actor.start(2)
+        await actor.stop_loop()
+        shards = set(backend.shards)
+        backend.node_names.remove(backend.node_of(actor.controller.shards[0]))
+        await asyncio.sleep(0.1)  # rounds of the loop, had it gone on
+        assert actor._loop_task.done() and set(backend.shards) == shards
+    asyncio.run(main())
