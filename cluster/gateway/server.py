@@ -1,6 +1,7 @@
 """The gateway's gRPC server: both kairos.v1 services behind the auth, in-flight, bounds and
 parsing interceptors, with health and reflection (open to all), on plaintext or TLS. Each
-connection carries at most STREAMS_PER_CONNECTION calls at once (more wait in the client)."""
+connection carries at most `streams_per_connection()` calls at once (more wait in the client,
+silently, until one ends or their deadline passes)."""
 from __future__ import annotations
 
 import socket
@@ -12,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 from kairos.v1 import admin_pb2_grpc, decision_pb2_grpc
 
+from kairos.cluster.gateway import streams
 from kairos.cluster.gateway.admin import AdminService
 from kairos.cluster.gateway.auth import Auth, AuthInterceptor, is_loopback
 from kairos.cluster.gateway.bounds import Bounds
@@ -21,9 +23,16 @@ from kairos.cluster.gateway.decisions import DecisionService
 from kairos.cluster.settings import MAX_MESSAGE_BYTES
 
 SERVICES = ("kairos.v1.DecisionService", "kairos.v1.AdminService")
-# a bound on what one connection holds: the gateway's in-flight limit (20,000 by default) and
-# watch streams (10,000) are shared by all of its callers
-STREAMS_PER_CONNECTION = 4096
+# calls a connection carries besides every watch stream of the gateway (the in-flight limit,
+# 20,000 by default, is shared by all of its callers)
+CALLS_PER_CONNECTION = 4096
+
+
+def streams_per_connection() -> int:
+    """What one connection carries at once: every watch stream the gateway serves
+    (KAIROS_WATCH_STREAMS: a push service may watch all of its customers on one channel) and
+    CALLS_PER_CONNECTION more, so its Decides on that channel never wait behind its watches."""
+    return streams.WATCH_STREAMS + CALLS_PER_CONNECTION
 
 
 @dataclass(frozen=True)
@@ -60,7 +69,7 @@ async def serve(gateway: Gateway, auth: Auth, host: str, port: int, tls: Tls | N
         interceptors=[AuthInterceptor(auth), InflightLimit(gateway), Bounds(gateway.name),
                       ParseInterceptor(), *interceptors],
         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                 ("grpc.max_concurrent_streams", STREAMS_PER_CONNECTION),
+                 ("grpc.max_concurrent_streams", streams_per_connection()),
                  ("grpc.so_reuseport", 0)])
     decision_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionService(gateway), server)
     services = _services(admin)

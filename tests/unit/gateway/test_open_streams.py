@@ -5,9 +5,9 @@ one host, a reflection stream is refused RESOURCE_EXHAUSTED and a health Watch U
 which a client's own health checking takes as a healthy backend (any other refusal made a
 client configured as k8s/README.md says lose the gateway, for a pool another host had filled),
 while health's Check stays open to every caller (Kubernetes' probes carry no key). Each
-connection carries at most server.STREAMS_PER_CONNECTION calls at once. Through gRPC to the
-in-process gateway, with API keys on; another host's calls come through a relay whose
-connections leave from 127.0.0.2."""
+connection carries every watch stream of the gateway and server.CALLS_PER_CONNECTION calls
+more. Through gRPC to the in-process gateway, with API keys on; another host's calls come
+through a relay whose connections leave from 127.0.0.2."""
 from __future__ import annotations
 
 import contextlib
@@ -20,14 +20,15 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from kairos.cluster.gateway import bounds, server
+from kairos.cluster.gateway import bounds, server, streams
 from kairos.v1 import decision_pb2 as pb
+from kairos.v1 import decision_pb2_grpc
 
 from tests.support.inprocess_gateway import serving
 from tests.support.waiting import wait_until
 
 KEY = "secret-key-0123456789"
-KEYS = f"keys:\n  - key: '{KEY}'\n    scopes: [decide]\n"
+KEYS = f"keys:\n  - key: '{KEY}'\n    scopes: [decide, watch]\n"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 ALONE = [("grpc.use_local_subchannel_pool", 1)]  # a connection of its own
 # a client as k8s/README.md configures one for the headless service
@@ -177,15 +178,28 @@ def test_one_host_holds_a_bounded_share_of_the_watches(monkeypatch):
             watch.cancel()
 
 
-def test_a_connection_carries_a_bounded_number_of_calls(monkeypatch):
-    monkeypatch.setattr(server, "STREAMS_PER_CONNECTION", 2)
+def test_a_connection_carries_every_watch_stream_and_a_bounded_number_of_calls_more(
+        monkeypatch):
+    """A push service may watch all of its customers on one channel: with 4,096 calls per
+    connection and 10,000 watch streams per gateway, its Decides on that channel waited
+    silently until their deadlines once it watched 4,096."""
+    monkeypatch.setattr(streams, "WATCH_STREAMS", 2)
+    monkeypatch.setattr(server, "CALLS_PER_CONNECTION", 1)
     with serving(KEYS) as (gateway, channel):
-        watches = [_watch(channel), _watch(channel)]
+        stub = decision_pb2_grpc.DecisionServiceStub(channel)
+        pushes = [stub.WatchDecisions(pb.WatchRequest(customer_id=c, channel="web"),
+                                      timeout=30, metadata=[("x-api-key", KEY)])
+                  for c in ("a", "b")]
+        for push in pushes:
+            push.initial_metadata()  # the watch is in place
+        assert _decide(channel).decision_id  # beside every watch stream the gateway serves
+        held = _watch(channel)  # the one call more
         with pytest.raises(grpc.RpcError) as waited:  # it waits for one of them to end
             _check(channel, timeout=1)
         assert waited.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         with grpc.insecure_channel(f"127.0.0.1:{gateway.port}", options=ALONE) as other:
             assert _check(other) == SERVING
-        watches[0].cancel()
+        held.cancel()
         assert _check(channel) == SERVING
-        watches[1].cancel()
+        for push in pushes:
+            push.cancel()
