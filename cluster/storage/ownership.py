@@ -25,12 +25,19 @@ import socket
 import time
 import uuid
 
+import msgpack
+
 from kairos.cluster.storage.store import Store, StoreInUse, redact
 
 log = logging.getLogger("kairos.store")
 LEASE_S = 15.0  # how long a lease outlives its last renewal
 RENEW_S = 3.0  # how often its holder renews it: a few renewals may fail before it runs out
 POLLS = 6  # how many times a renewal interval a claim looks again at another cluster's lease
+
+
+def _holder(lease: bytes) -> str:
+    """Who holds `lease`, as it described itself (RedisStore.claim's [owner, holder, count])."""
+    return msgpack.unpackb(lease, raw=False)[1]
 
 
 def new_owner() -> str:
@@ -76,6 +83,11 @@ class StoreClaim:
                 renewed = seen is not None and exc.lease != seen
                 if exc.lease is None or renewed or loop.time() >= deadline:
                     raise
+                if seen is None:  # `kairos up` shows it (Ray forwards the controller's log)
+                    log.warning("the store %s is held by another cluster: waiting up to %.0f s "
+                                "for the lease of %s to run out or be renewed",
+                                redact(self.store.url), deadline - loop.time(),
+                                _holder(exc.lease))
                 seen = exc.lease
             await asyncio.sleep(self.renew_s / POLLS)
         if seen is not None:

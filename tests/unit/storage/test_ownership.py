@@ -7,6 +7,7 @@ has lost the store for good."""
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 import time
@@ -93,6 +94,8 @@ def test_a_redis_store_another_cluster_renews_is_refused_and_claimed_once_it_cra
     second = claim_on(redis_url, "second")
     with caplog.at_level("WARNING", "kairos.store"):
         asyncio.run(second.claim())  # once the crashed cluster's lease ran out
+    assert re.search(rf"held by another cluster: waiting up to \d+ s for the lease of "
+                     rf"{re.escape(first.holder)} to run out or be renewed", caplog.text)
     assert "once the lease of the cluster that held it ran out" in caplog.text
     assert SECRET not in caplog.text
     with pytest.raises(StoreInUse, match=second.holder):
