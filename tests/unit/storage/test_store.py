@@ -13,7 +13,8 @@ from kairos.cluster.storage.memory_store import MemoryStore
 from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.redis_store import RedisStore
 from kairos.cluster.storage.frames import pack_batch
-from kairos.cluster.storage.store import JournalFenced, StoreCorrupt, StoreUnavailable
+from kairos.cluster.storage.store import (JournalFenced, StoreCorrupt, StoreInUse,
+                                          StoreUnavailable)
 
 from kairos.cluster.storage.redis_server import RedisServer
 
@@ -270,9 +271,11 @@ def test_open_store_understands_its_urls(tmp_path):
 
 
 # What Kairos runs on Redis: an ACL user limited to these commands and its prefix's keys
-# works (README: "Redis with AUTH and ACL"); no CONFIG, no admin commands.
-KAIROS_COMMANDS = ("ping get set mset del hset hget hdel hgetall hlen zadd zrem zrangebyscore "
-                   "zremrangebyscore multi exec discard watch unwatch")
+# works (README: "Redis with AUTH and ACL"); no CONFIG, no admin commands. Every command the
+# store sends (redis_store.py, redis_journal.py, and redis-py's SELECT for a db other than 0).
+KAIROS_COMMANDS = ("get set mset del incrby decrby hset hget hdel hgetall hlen sadd srem "
+                   "smembers zadd zrem zrange zrangebyscore zremrangebyscore zcount zcard zscan "
+                   "multi exec watch unwatch select")
 
 
 @pytest.fixture(scope="module")
@@ -288,6 +291,10 @@ def test_redis_with_auth_and_an_acl_user_limited_to_kairos_commands_runs_the_sto
         guarded_redis, caplog, monkeypatch):
     url = f"redis://kairos:user-secret@127.0.0.1:{guarded_redis.port}/0?prefix=acl"
     test_homes_snapshots_and_meta(open_store(url))
+    test_homes_snapshots_and_meta(open_store(url.replace("/0?", "/1?")))  # SELECT
+    test_homes_are_written_and_deleted_in_batches_none_once_fenced(open_store(f"{url}:batches"),
+                                                                   monkeypatch)
+    monkeypatch.undo()
     with caplog.at_level("WARNING", "kairos.store"):
         test_journals_append_replay_truncate_and_compact(open_store(url))
         test_a_fenced_journal_acknowledges_nothing_more_and_stays_fenced(open_store(url))
@@ -301,6 +308,34 @@ def test_redis_with_auth_and_an_acl_user_limited_to_kairos_commands_runs_the_sto
                     f"redis://kairos:user-secret@127.0.0.1:{guarded_redis.port}/0"):  # other keys
         with pytest.raises(StoreUnavailable, match="redis: writing customers"):
             open_store(refused).put(1, "ana", b"x")
+
+
+def test_an_acl_user_limited_to_kairos_commands_keeps_decision_logs_and_claims_the_store(
+        guarded_redis, monkeypatch):
+    """The rest of what the store sends under the same ACL user: the decision logs (append,
+    read, list, trim, an orphan's removal, ForgetCustomer's erasure), a replay past a batch an
+    operator quarantined, and the store's claim (claimed, renewed, refused, released)."""
+    from tests.unit.storage import test_decision_logs as logs
+
+    def acl_store(prefix: str) -> RedisStore:
+        return open_store(f"redis://kairos:user-secret@127.0.0.1:{guarded_redis.port}/0"
+                          f"?prefix=acl:{prefix}")
+    logs.test_append_read_erase_and_names(acl_store("names"))
+    logs.test_trim_drops_by_age_then_by_size(acl_store("trim"), monkeypatch)
+    logs.test_an_orphan_log_trimmed_empty_is_removed(acl_store("orphan"))
+    j = acl_store("quarantine").journal("s0", "os")
+    for k in (1, 2, 3):
+        j.append([("event", 1, "ana", k)])
+    guarded_redis.client().eval(QUARANTINE, 1, j.key, 2)  # the operator's, as the admin
+    assert [lsn for lsn, _ in acl_store("quarantine").read_journal("s0").replay()] == [1, 3]
+    ours, theirs = acl_store("owner"), acl_store("owner")
+    ours.claim("ours", "this cluster")
+    ours.claim("ours", "this cluster")  # renewed
+    with pytest.raises(StoreInUse, match="its controller: this cluster"):
+        theirs.claim("theirs", "another cluster")
+    theirs.release("theirs")  # not its claim to give up
+    ours.release("ours")
+    theirs.claim("theirs", "another cluster")
 
 
 def test_redis_compaction_reads_the_journal_in_pages(redis_server, monkeypatch):
