@@ -45,6 +45,12 @@ class ControllerActor:
         self._resume_task: asyncio.Task | None = None
         self._guard: asyncio.Task | None = None  # stands down once the claim is lost
 
+    async def claim_store(self) -> None:
+        """runtime.start's first call: the store claimed before the learner is created (it
+        writes to the store as it starts); StoreInUse while another cluster holds it."""
+        self._guard_claim()
+        await self.controller.store_claim.claim()
+
     async def start(self, n_shards: int) -> dict[str, Any]:
         self._guard_claim()
         async with self._resuming:

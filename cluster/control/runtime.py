@@ -1,8 +1,9 @@
 """Start, reach and stop the Kairos runtime on a Ray cluster.
 
-`start()` creates the learner and the controller as named, detached actors in the "kairos"
-namespace; the controller creates the shards across the nodes and, given a GatewaySpec, a
-gateway on every node, now and as nodes join. `connect()` gives a client.
+`start()` creates the controller and, once it claimed the store, the learner as named,
+detached actors in the "kairos" namespace; the controller creates the shards across the nodes
+and, given a GatewaySpec, a gateway on every node, now and as nodes join. `connect()` gives a
+client.
 """
 from __future__ import annotations
 
@@ -61,24 +62,24 @@ def start(n_shards: int = DEFAULT_SHARDS, catalog_text: str | None = None,
     # global models in memory, so they must not move with a worker node that leaves
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     detached = {"namespace": NAMESPACE, "lifetime": "detached", "scheduling_strategy": here}
-    # ValueError when a name is taken: another runtime's actor, which a failure leaves alone
-    learner = LearnerActor.options(name=LEARNER_NAME, **detached).remote(
-        catalog_text or default_catalog_text(), store)
+    # ValueError when a name is taken: another runtime's actor, which a failure leaves alone.
+    # Ray restarts the controller with these arguments: the owner stays the cluster's
+    controller = ControllerActor.options(name=CONTROLLER_NAME, **detached).remote(
+        catalog_text, n_partitions, store, journal_policy, gateways, shards_per_cpu,
+        owner=new_owner())
+    learner = None
     try:
-        # Ray restarts the controller with these arguments: the owner stays the cluster's
-        controller = ControllerActor.options(name=CONTROLLER_NAME, **detached).remote(
-            catalog_text, n_partitions, store, journal_policy, gateways, shards_per_cpu,
-            owner=new_owner())
-    except BaseException:
-        ray.kill(learner, no_restart=True)
-        raise
-    try:
+        # before the learner exists: it writes to the store as it starts (a saved posterior
+        # it cannot read is kept aside), and a store another cluster holds is not its to write
+        ray.get(controller.claim_store.remote())
+        learner = LearnerActor.options(name=LEARNER_NAME, **detached).remote(
+            catalog_text or default_catalog_text(), store)
         return ray.get(controller.start.remote(n_shards))
     except BaseException as exc:
         cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc
         # detached: left alone they would hold their names and serve on their own later; a
         # controller refused its store started no shard (and asked, it is refused again)
-        stop(find_shards=not isinstance(cause, StoreInUse))
+        stop(find_shards=not isinstance(cause, StoreInUse), learner=learner is not None)
         if cause is not exc:  # the controller's own error
             raise cause from exc
         raise
@@ -101,14 +102,14 @@ def connect(timeout_s: float = 60.0) -> SyncClient:
     return SyncClient(RayBackend(), timeout_s)
 
 
-def stop(find_shards: bool = True) -> None:
+def stop(find_shards: bool = True, learner: bool = True) -> None:
     """Stop the controller's loop (first: it starts gateways and shards), the gateways
     (gracefully), every shard (`find_shards`: those the controller knows), and the learner once
-    it saved what it merged since its last save (last: the shards sync to it until they stop);
-    then, once Ray has freed their names, the controller, which gives up the store first: a
-    `start` on it then runs beside none of their writes. Return once Ray has freed the
-    controller's name too (all in all at most STOP_WAIT_S), so that a `start` right after
-    creates them anew."""
+    it saved what it merged since its last save (last: the shards sync to it until they stop;
+    `learner`: not one a start found there, another runtime's); then, once Ray has freed their
+    names, the controller, which gives up the store first: a `start` on it then runs beside
+    none of their writes. Return once Ray has freed the controller's name too (all in all at
+    most STOP_WAIT_S), so that a `start` right after creates them anew."""
     _ask_controller("stop_loop", "stop its loop", "it may start what is stopped again")
     names: list[str] = []
     try:
@@ -128,9 +129,10 @@ def stop(find_shards: bool = True) -> None:
             pass
         names.append(name)
     _kill(names)
-    _flush_learner()
-    _kill([LEARNER_NAME])
-    names.append(LEARNER_NAME)
+    if learner:
+        _flush_learner()
+        _kill([LEARNER_NAME])
+        names.append(LEARNER_NAME)
     # ray.kill only asks: the writers gone before the store is, and the names free for a start
     deadline = time.monotonic() + STOP_WAIT_S
     _wait_gone(names, deadline)
