@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import math
 import multiprocessing
 import os
 import queue
@@ -516,13 +517,16 @@ async def _traffic(step: Step, index: int, processes: int, start_at: float) -> N
 class _Steps:
     """One process's continuous traffic, by step: each step's recorder and its calls not
     answered yet. A step is handed back to the parent (tagged with the traffic's start)
-    once the schedule has passed its end and its last answers are in, or their deadline and
-    ANSWER_GRACE_S have passed; the steps before it first."""
+    once the schedule has passed its end and its last answers are in, or the deadline and
+    ANSWER_GRACE_S of its last call actually sent have passed (a generator behind schedule
+    sends past the step's end, and an answer written after the hand-back would be lost);
+    the steps before it first."""
 
     def __init__(self, tag: float, measured_at: float, step_s: float):
         self.tag, self.measured_at, self.step_s = tag, measured_at, step_s
         self.recorders: list[Recorder] = []
         self._unanswered: list[int] = []
+        self._last_sent: list[float] = []  # when each step's latest call was actually sent
         self._tasks: set[asyncio.Task] = set()
         self._handed = 0  # steps handed back
 
@@ -541,12 +545,18 @@ class _Steps:
         while len(self.recorders) <= k:
             self.recorders.append(Recorder(seconds=self.step_s))
             self._unanswered.append(0)
+            self._last_sent.append(-math.inf)
 
     def start(self, k: int, call: Awaitable[None]) -> None:
         self._unanswered[k] += 1
-        task = asyncio.ensure_future(call)
+        task = asyncio.ensure_future(self._sent(k, call))
         self._tasks.add(task)
         task.add_done_callback(lambda _: self._answered(k, task))
+
+    async def _sent(self, k: int, call: Awaitable[None]) -> None:
+        # the call's deadline runs from here, where it leaves, not from when it was started
+        self._last_sent[k] = time.perf_counter()
+        await call
 
     def _answered(self, k: int, task: asyncio.Task) -> None:
         self._tasks.discard(task)
@@ -557,7 +567,8 @@ class _Steps:
         """Hand back the done steps among the first `closed` (all of them if `overdue`)."""
         while self._handed < closed:
             k = self._handed
-            due = self.measured_at + (k + 1) * self.step_s + DEADLINE_S + ANSWER_GRACE_S
+            due = max(self.measured_at + (k + 1) * self.step_s, self._last_sent[k]) \
+                + DEADLINE_S + ANSWER_GRACE_S
             if self._unanswered[k] and not overdue and time.perf_counter() < due:
                 return
             started = time.perf_counter()

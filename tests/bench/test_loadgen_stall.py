@@ -15,6 +15,7 @@ from bench.loadgen import GeneratorPool, Step
 from bench.peers.serving import in_process
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
+from tests.bench.test_loadgen_traffic import Slow
 
 STALL_S = 0.5
 RATE, WARMUP_S, MEASURE_S = 200.0, 0.5, 3.0
@@ -57,3 +58,22 @@ def test_a_stalled_generator_shows_the_stall_in_latency_not_in_service_time():
     # only the few in flight when it began waited on the server's side of the stall
     assert decide["service_p99_ms"] <= decide["p99_ms"] / 4, decide
     assert step["generator"]["behind"] and step["generator"]["lag_max_ms"] >= stall_ms / 2
+
+
+def test_a_generator_stalled_past_a_step_end_loses_no_answer():
+    # stalled 1.5 s into the first of two steps, for longer than the rest of it: the requests
+    # due in the stall leave past the step's end and are answered ANSWER_S after they leave,
+    # past the step's end + DEADLINE_S + ANSWER_GRACE_S; the step waits for them
+    pool = GeneratorPool(1)
+    try:
+        with in_process(Slow) as target:
+            traffic = pool.traffic(Step(target, "decide", RATE, 0.0, 2.0, 1000), 2)
+            time.sleep(max(traffic.measured_at + 1.5 - time.time(), 0.0))
+            stall(pool.pids(), 2.7)
+            steps = traffic.results()
+    finally:
+        pool.close()
+    for step in steps:
+        decide = step["kinds"]["decide"]
+        assert decide["count"] == step["sent"] > 0 and not decide["errors"], step
+        assert decide["max_ms"] >= 2_000, decide  # the stall's own requests are counted
