@@ -47,10 +47,14 @@ def test_a_second_cluster_on_a_store_another_holds_starts_and_writes_nothing(tmp
                                                                              actor_on):
     async def main():
         first = actor_on(Actors(), str(tmp_path), "first")
-        await first.start(2)
-        written = files(tmp_path)
+        await first.claim_store()  # runtime.start's first step
         backend = Actors()
         second = actor_on(backend, str(tmp_path), "second")
+        with pytest.raises(StoreInUse):  # on a store still empty: its first write would show
+            await second.start(2)
+        assert list(files(tmp_path)) == ["owner.lock"]  # no outcome secret, no state
+        await first.start(2)
+        written = files(tmp_path)
         with pytest.raises(StoreInUse) as refused:
             await second.start(2)
         assert str(refused.value).startswith(

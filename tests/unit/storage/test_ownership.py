@@ -22,7 +22,9 @@ from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.store import StoreInUse
 
 SECRET = "claim-secret"
-LEASE_S, RENEW_S = 1.0, 0.05  # the claims' here: short, so that the tests wait little
+# the claims' here: short, so that the tests wait little, and long enough that a test sees
+# a lease before it runs out
+LEASE_S, RENEW_S = 3.0, 0.5
 HOLD = ("import sys; from kairos.cluster.storage.directory_store import DirectoryStore; "
         "DirectoryStore(sys.argv[1]).claim('theirs', 'the other cluster'); print('claimed', "
         "flush=True); sys.stdin.read()")
