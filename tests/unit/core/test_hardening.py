@@ -283,6 +283,9 @@ def test_admin_compiles_off_the_event_loop(monkeypatch):
         async def abort(self, code, details):
             raise RuntimeError((code, details))
 
+        def time_remaining(self):  # no deadline
+            return None
+
     async def main():
         service = admin.AdminService(SimpleNamespace(backend=None, node=None))
         with pytest.raises(RuntimeError) as exc:
