@@ -23,7 +23,7 @@ from kairos.v1 import admin_pb2, admin_pb2_grpc
 from kairos.cluster.control.nodes import NodeRefused, NodeUnknown
 from kairos.cluster.evidence import report as evidence_report
 from kairos.cluster.gateway.calls import Gateway, fail
-from kairos.cluster.gateway.compiling import OneCompile, Summary, TooLong
+from kairos.cluster.gateway.compiling import CompilerFailed, OneCompile, Summary, TooLong
 from kairos.cluster.gateway.logexport import export
 from kairos.cluster.storage.store import StoreUnavailable
 from kairos.cluster.transport.backend import Unavailable, said
@@ -147,6 +147,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             await fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except (Busy, TooLong) as exc:
             await fail(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except CompilerFailed as exc:
+            await fail(context, grpc.StatusCode.INTERNAL, str(exc))
 
 
 async def _answer(context, work: Awaitable) -> Any:

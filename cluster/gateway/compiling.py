@@ -10,12 +10,16 @@ the shipped 50 KiB catalog stopped its event loop for tens of ms at a time, a te
 request's 1 MiB for seconds, and several at once failed most Decides with 50 ms deadlines. A
 process (`python -m kairos.cluster.gateway.compiling SOURCE STRICT`, the text on its stdin,
 the catalog's summary or its CatalogError as JSON on its stdout) costs about 0.3 s of another
-core to start, and leaves the loop alone. A compile whose caller went away is killed.
+core to start, and leaves the loop alone. A compile whose caller went away is killed. A
+process that fails otherwise (kairos not importable in it, killed for its memory, a bug) is
+CompilerFailed, naming how it ended and its last line on stderr; the tail of its stderr is
+logged.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 from typing import NamedTuple
 
@@ -28,10 +32,17 @@ from kairos.cluster.transport.client import Busy
 BUSY = ("this gateway compiles one catalog at a time and is compiling another now: try again "
         "in a moment")
 COMPILER = (sys.executable, "-m", __name__)  # the compiling process's command, less its arguments
+STDERR_LOGGED = 4096  # characters of a failed compiler's stderr logged, its last
+log = logging.getLogger("kairos.gateway")
 
 
 class TooLong(Exception):
     """A compile stopped at CATALOG_COMPILE_S."""
+
+
+class CompilerFailed(Exception):
+    """The compiler's process ended without an answer: a failure of the gateway, not of the
+    catalog."""
 
 
 class Summary(NamedTuple):
@@ -74,10 +85,11 @@ class OneCompile:
 async def _compiled_apart(text: str, source: str, strict: bool) -> Summary:
     process = await asyncio.create_subprocess_exec(
         *COMPILER, source, "strict" if strict else "",
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
     try:
         async with asyncio.timeout(CATALOG_COMPILE_S):
-            out, _ = await process.communicate(text.encode())
+            out, err = await process.communicate(text.encode())
     except TimeoutError:
         raise TooLong(f"the catalog's compile ran past {CATALOG_COMPILE_S:g} s "
                       f"(KAIROS_CATALOG_COMPILE_S) and was stopped") from None
@@ -85,13 +97,26 @@ async def _compiled_apart(text: str, source: str, strict: bool) -> Summary:
         if process.returncode is None:  # its caller went away, or it ran too long
             process.kill()
             await process.wait()
-    answer = json.loads(out) if out else {}
+    try:
+        answer = json.loads(out) if process.returncode == 0 else {}
+    except ValueError:
+        answer = {}
     if "error" in answer:
         raise CatalogError(**answer["error"])
     if "summary" not in answer:
-        raise RuntimeError(f"the catalog compiler's process failed (exit code "
-                           f"{process.returncode})")
+        raise _failed(process.returncode, err.decode(errors="replace"))
     return Summary(**answer["summary"])
+
+
+def _failed(code: int, stderr: str) -> CompilerFailed:
+    """What the caller is told of a compiler's process that gave no answer; its stderr's tail
+    is logged."""
+    ended = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+    log.error("the catalog compiler's process failed (%s); its stderr ends:\n%s", ended,
+              stderr[-STDERR_LOGGED:])
+    last = next((line.strip() for line in reversed(stderr.splitlines()) if line.strip()), "")
+    return CompilerFailed(f"the catalog compiler's process failed ({ended})"
+                          + (f": {last[:200]}" if last else ""))
 
 
 def main() -> None:
