@@ -8,12 +8,16 @@ within LEASE_S and is then claimed, so a cluster that crashed never blocks the n
 A lock its holder's process keeps (a directory's flock) goes with that process: one that is
 held is refused at once.
 
-The same holds for the holder: a lease it fails to renew for LEASE_S - RENEW_S (the store does
-not answer, a renewal hangs, its event loop stalled) may have run out, and another cluster may
-have claimed the store since; a renewal that finds another's lease knows it did. Either way the
-claim is lost for good: `claim` and `check` raise StoreInUse from then on, and the controller
-stops its cluster (ControllerActor). A directory's flock does not run out, but its renewal
-answers from this process's memory: only a loop stalled that long loses it, conservatively.
+The same holds for the holder: a renewal that finds another cluster's lease knows the claim is
+lost for good: `claim` and `check` raise StoreInUse from then on, and the controller stops its
+cluster (ControllerActor). A lease it could not renew for LEASE_S - RENEW_S (the store did not
+answer, a renewal hung, its event loop stalled) may have run out, but that alone loses nothing:
+the renewals go on, and the first that reaches the store takes the lease again when no other
+cluster took it meanwhile (it warns that it lapsed), or finds the other's lease. Stopping the
+cluster on a lapse would turn a Redis outage of a few seconds, which shards ride out as
+UNAVAILABLE, into an outage until an operator starts it again. While it lapsed another
+cluster could have claimed the store and both written to it: that takes an operator starting
+a second cluster on this store in those seconds, and lasts until the next renewal.
 """
 from __future__ import annotations
 
@@ -97,12 +101,8 @@ class StoreClaim:
         self._renewing = loop.create_task(self._renew())
 
     def lost(self) -> str | None:
-        """Why the claim is lost (None while it is held, or not made): its renewals found
-        another cluster's lease, or none succeeded for so long that the lease may have run
-        out (see the module's docstring)."""
-        if (self._lost is None and self._renewing is not None and not self._renewing.done()
-                and self._lapsed()):
-            self._lose(self._lapse())
+        """Why the claim is lost (None while it is held, or not made): a renewal found
+        another cluster's lease."""
         return self._lost
 
     def check(self) -> None:
@@ -118,11 +118,6 @@ class StoreClaim:
     def _lapsed(self) -> bool:
         return time.monotonic() - self._renewed > self.lease_s - self.renew_s
 
-    def _lapse(self) -> str:
-        return (f"this cluster's claim on the store {redact(self.store.url)} is lost: no "
-                f"renewal of it succeeded for {time.monotonic() - self._renewed:.1f} s, so its "
-                f"lease ({self.lease_s:g} s) may have run out and another cluster taken it")
-
     def _lose(self, why: str) -> None:
         self._lost = why
         self._lost_event.set()
@@ -137,22 +132,22 @@ class StoreClaim:
                     return
 
     async def _renewal(self) -> str | None:
-        """Renew the claim, waiting no longer than it is surely held; why it is lost, if."""
-        if self._lapsed():  # this loop stalled: renewed now, it would hide that
-            return self._lapse()
+        """Renew the claim (or take it again once it lapsed); why it is lost, if it is."""
         began = time.monotonic()
         try:
-            async with asyncio.timeout(self._renewed + self.lease_s - self.renew_s - began):
+            async with asyncio.timeout(self.lease_s):  # a hung call is tried again
                 await asyncio.to_thread(self.store.claim, self.owner, self.holder)
-            self._renewed = began
-            return None
         except StoreInUse as exc:  # its lease ran out unrenewed, and another took it
             return f"this cluster lost its store to another: {exc}"
-        except TimeoutError:  # it hung until the claim may have lapsed
-            pass
-        except Exception as exc:  # the store does not answer: tried again
-            log.warning("renewing the claim on the store failed: %s", exc)
-        return self._lapse() if self._lapsed() else None
+        except Exception as exc:  # the store does not answer (or hung): tried again
+            log.warning("renewing the claim on the store failed: %s", exc or type(exc).__name__)
+            return None
+        if self._lapsed():
+            log.warning("the claim on the store %s was not renewed for %.1f s (its lease, "
+                        "%g s, may have run out): taken again, no other cluster had claimed it",
+                        redact(self.store.url), began - self._renewed, self.lease_s)
+        self._renewed = began
+        return None
 
     async def release(self) -> None:
         """Stop renewing the claim and give it up (the controller is stopping), after a
