@@ -13,6 +13,7 @@ import pytest
 from kairos.cluster.protocol import Decide
 from kairos.cluster.settings import CLIENT_INFLIGHT_CALLS
 from kairos.v1 import decision_pb2 as pb
+from kairos.v1.decision_pb2_grpc import DecisionServiceStub
 
 from tests.support.inprocess_gateway import serving
 from tests.support.local_backend import LocalBackend
@@ -34,43 +35,29 @@ class HeldDecides(LocalBackend):
         return await super().send(name, session, seq, requests, routed)
 
 
-def _stubs(channel: grpc.Channel) -> dict:
-    def unary(method: str, request, response):
-        return channel.unary_unary(f"/kairos.v1.DecisionService/{method}",
-                                   request_serializer=request.SerializeToString,
-                                   response_deserializer=response.FromString)
-    return {"Decide": unary("Decide", pb.DecideRequest, pb.Decision),
-            "IngestBatch": unary("IngestBatch", pb.EventBatch, pb.EventBatchAck),
-            "GetProfile": unary("GetProfile", pb.ProfileRequest, pb.Profile),
-            "IngestStream": channel.stream_stream(
-                "/kairos.v1.DecisionService/IngestStream",
-                request_serializer=pb.Event.SerializeToString,
-                response_deserializer=pb.IngestAck.FromString)}
-
-
 @pytest.mark.parametrize("method", ["IngestBatch", "IngestStream"])
 def test_a_call_past_its_deadline_never_applies_a_later_event_without_an_earlier_one(method):
     backend = HeldDecides()
     with serving(backend=backend) as (gateway, channel):
-        stubs = _stubs(channel)
+        stub = DecisionServiceStub(channel)
         held = []
         for i in range(CLIENT_INFLIGHT_CALLS):  # one at a time: each a call of its own
-            held.append(stubs["Decide"].future(
+            held.append(stub.Decide.future(
                 pb.DecideRequest(customer_id=f"other{i}", channel="web"), timeout=30))
             wait_until(lambda: backend.waiting == i + 1, 10, f"call slot {i} held by a Decide")
         events = [pb.Event(customer_id="alice", type="app_open", channel="web",
                            idempotency_key=f"k{i}") for i in range(3)]
         with pytest.raises(grpc.RpcError) as ended:
             if method == "IngestBatch":
-                stubs["IngestBatch"](pb.EventBatch(events=events), timeout=0.3)
+                stub.IngestBatch(pb.EventBatch(events=events), timeout=0.3)
             else:
-                list(stubs["IngestStream"](iter(events), timeout=0.3))
+                list(stub.IngestStream(iter(events), timeout=0.3))
         assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         gateway.loop.call_soon_threadsafe(backend.gate.set)
         for decide in held:
             decide.result()
         # the retry queues behind whatever of the first call was still to be sent
-        retried = stubs["IngestBatch"](pb.EventBatch(events=events), timeout=10)
-        profile = stubs["GetProfile"](pb.ProfileRequest(customer_id="alice"), timeout=10)
+        retried = stub.IngestBatch(pb.EventBatch(events=events), timeout=10)
+        profile = stub.GetProfile(pb.ProfileRequest(customer_id="alice"), timeout=10)
     assert [ack.sequence for ack in retried.acks] == [1, 2, 3]  # k0, k1, k2: in the order sent
     assert profile.events_applied == 3

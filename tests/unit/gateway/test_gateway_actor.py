@@ -17,6 +17,7 @@ from kairos.cluster.gateway.actor import GatewayServer
 from kairos.cluster.remembered import Remembered
 from kairos.cluster.settings import LONG_POLL_S
 from kairos.v1 import decision_pb2 as pb
+from kairos.v1.decision_pb2_grpc import DecisionServiceStub
 
 from tests.support.local_backend import LocalBackend
 from tests.support.waiting import until
@@ -26,12 +27,10 @@ KEY = "decide-key-0123456789"
 
 async def decide(port: int, key: str | None) -> grpc.StatusCode:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = channel.unary_unary("/kairos.v1.DecisionService/Decide",
-                                   request_serializer=pb.DecideRequest.SerializeToString,
-                                   response_deserializer=pb.Decision.FromString)
         try:
-            await call(pb.DecideRequest(customer_id="c", channel="web"), timeout=10,
-                       metadata=(("x-api-key", key),) if key else ())
+            await DecisionServiceStub(channel).Decide(
+                pb.DecideRequest(customer_id="c", channel="web"), timeout=10,
+                metadata=(("x-api-key", key),) if key else ())
         except grpc.aio.AioRpcError as exc:
             return exc.code()
         return grpc.StatusCode.OK

@@ -151,9 +151,7 @@ def test_a_channel_bound_key_cannot_leave_the_channel_out(served, method):
 
 
 def ingest_key_web_link(channel: grpc.Channel, key: str) -> grpc.StatusCode:
-    link = channel.unary_unary("/kairos.v1.DecisionService/LinkIdentity",
-                               request_serializer=pb.LinkRequest.SerializeToString,
-                               response_deserializer=pb.LinkAck.FromString)
+    link = decision_pb2_grpc.DecisionServiceStub(channel).LinkIdentity
     request = pb.LinkRequest(customer_id="linked-1")
     request.alias.type, request.alias.value = "email", "linked@example.com"
     try:
@@ -211,21 +209,14 @@ def test_an_event_that_asks_for_a_decision_needs_the_decide_scope_too(served):
 
 def test_a_channel_bound_key_reads_its_channels_decision_and_interactions_only(served):
     _, channel = served
-    ingest = channel.unary_unary("/kairos.v1.DecisionService/Ingest",
-                                 request_serializer=pb.Event.SerializeToString,
-                                 response_deserializer=pb.IngestAck.FromString)
-    ingest(pb.Event(customer_id="profiled-1", type="app_open", channel="web"), timeout=5,
+    stub = decision_pb2_grpc.DecisionServiceStub(channel)
+    stub.Ingest(pb.Event(customer_id="profiled-1", type="app_open", channel="web"), timeout=5,
            metadata=(("x-api-key", secret("ingest")),))
-    decide = channel.unary_unary("/kairos.v1.DecisionService/Decide",
-                                 request_serializer=pb.DecideRequest.SerializeToString,
-                                 response_deserializer=pb.Decision.FromString)
     for shown_on in ("web", "app"):  # impressions on two channels
-        decide(pb.DecideRequest(customer_id="profiled-1", channel=shown_on,
-                                record_impression=True), timeout=5,
-               metadata=(("x-api-key", secret("decide")),))
-    profile = channel.unary_unary("/kairos.v1.DecisionService/GetProfile",
-                                  request_serializer=pb.ProfileRequest.SerializeToString,
-                                  response_deserializer=pb.Profile.FromString)
+        stub.Decide(pb.DecideRequest(customer_id="profiled-1", channel=shown_on,
+                                     record_impression=True), timeout=5,
+                    metadata=(("x-api-key", secret("decide")),))
+    profile = stub.GetProfile
     unbound = profile(pb.ProfileRequest(customer_id="profiled-1"), timeout=5,
                       metadata=(("x-api-key", secret("profile:read")),))
     assert len(unbound.current) > 1 and "web" in unbound.current
@@ -256,9 +247,7 @@ def test_a_channel_bound_key_exports_no_decision_log_whatever_its_scopes(served,
     """The log's profile blocks hold every channel's history, so even an export narrowed to
     the key's channel would show it the others' (an admin key's was not even narrowed)."""
     _, channel = served
-    decide = channel.unary_unary("/kairos.v1.DecisionService/Decide",
-                                 request_serializer=pb.DecideRequest.SerializeToString,
-                                 response_deserializer=pb.Decision.FromString)
+    decide = decision_pb2_grpc.DecisionServiceStub(channel).Decide
     for on in ("web", "app"):
         decide(pb.DecideRequest(customer_id="logged-1", channel=on), timeout=5,
                metadata=(("x-api-key", secret("decide")),))
@@ -275,9 +264,7 @@ def test_a_channel_bound_key_exports_no_decision_log_whatever_its_scopes(served,
 
 def test_the_refusal_names_the_missing_scope_or_channel(served):
     _, channel = served
-    decide = channel.unary_unary("/kairos.v1.DecisionService/Decide",
-                                 request_serializer=pb.DecideRequest.SerializeToString,
-                                 response_deserializer=pb.Decision.FromString)
+    decide = decision_pb2_grpc.DecisionServiceStub(channel).Decide
     for key, details in ((secret("ingest"), "key 'ingest-any' lacks the 'decide' scope"),
                          (secret("decide", "web"), "key 'decide-web' is for channel 'web', "
                                                    "not 'app' (rule: channel must match)"),
@@ -298,9 +285,7 @@ def test_keys_are_checked_before_the_request_is_parsed(served):
 
 def test_a_stream_stops_at_the_first_event_of_another_channel(served):
     _, channel = served
-    stream = channel.stream_stream("/kairos.v1.DecisionService/IngestStream",
-                                   request_serializer=pb.Event.SerializeToString,
-                                   response_deserializer=pb.IngestAck.FromString)
+    stream = decision_pb2_grpc.DecisionServiceStub(channel).IngestStream
     events = [pb.Event(customer_id="s", type="app_open", channel="web"),
               pb.Event(customer_id="s", type="app_open", channel="app")]
     acks = stream(iter(events), timeout=5, metadata=(("x-api-key", secret("ingest", "web")),))

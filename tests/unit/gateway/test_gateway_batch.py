@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from kairos.v1 import decision_pb2 as pb
+from kairos.v1.decision_pb2_grpc import DecisionServiceStub
 
 from tests.support.inprocess_gateway import InProcessGateway, serving
 from tests.support.local_backend import LocalBackend
@@ -45,13 +46,8 @@ def wait_inflight(gateway: InProcessGateway) -> None:
 
 
 def methods(channel: grpc.Channel):
-    ingest_batch = channel.unary_unary("/kairos.v1.DecisionService/IngestBatch",
-                                       request_serializer=pb.EventBatch.SerializeToString,
-                                       response_deserializer=pb.EventBatchAck.FromString)
-    decide = channel.unary_unary("/kairos.v1.DecisionService/Decide",
-                                 request_serializer=pb.DecideRequest.SerializeToString,
-                                 response_deserializer=pb.Decision.FromString)
-    return ingest_batch, decide
+    stub = DecisionServiceStub(channel)
+    return stub.IngestBatch, stub.Decide
 
 
 def test_cancelled_batches_give_back_their_inflight_slots(slow):

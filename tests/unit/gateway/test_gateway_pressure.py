@@ -22,7 +22,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kairos.cluster.gateway import calls
 from kairos.cluster.gateway.auth import Auth
 from kairos.v1 import admin_pb2
+from kairos.v1.admin_pb2_grpc import AdminServiceStub
 from kairos.v1 import decision_pb2 as pb
+from kairos.v1.decision_pb2_grpc import DecisionServiceStub
 
 from tests.support.inprocess_gateway import InProcessGateway
 from tests.support.local_backend import LocalBackend
@@ -50,27 +52,10 @@ class Rig:
         self.backend = GatedBackend()
         self.gateway = InProcessGateway(Auth.load(None), self.backend)
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.gateway.port}")
-        unary = self.channel.unary_unary
-        self.decide = unary("/kairos.v1.DecisionService/Decide",
-                            request_serializer=pb.DecideRequest.SerializeToString,
-                            response_deserializer=pb.Decision.FromString)
-        self.ingest = unary("/kairos.v1.DecisionService/Ingest",
-                            request_serializer=pb.Event.SerializeToString,
-                            response_deserializer=pb.IngestAck.FromString)
-        self.ingest_batch = unary("/kairos.v1.DecisionService/IngestBatch",
-                                  request_serializer=pb.EventBatch.SerializeToString,
-                                  response_deserializer=pb.EventBatchAck.FromString)
-        self.ingest_stream = self.channel.stream_stream(
-            "/kairos.v1.DecisionService/IngestStream",
-            request_serializer=pb.Event.SerializeToString,
-            response_deserializer=pb.IngestAck.FromString)
-        self.watch = self.channel.unary_stream(
-            "/kairos.v1.DecisionService/WatchDecisions",
-            request_serializer=pb.WatchRequest.SerializeToString,
-            response_deserializer=pb.Decision.FromString)
-        self.get_catalog = unary("/kairos.v1.AdminService/GetCatalog",
-                                 request_serializer=admin_pb2.GetCatalogRequest.SerializeToString,
-                                 response_deserializer=admin_pb2.CatalogText.FromString)
+        stub = DecisionServiceStub(self.channel)
+        self.decide, self.ingest, self.watch = stub.Decide, stub.Ingest, stub.WatchDecisions
+        self.ingest_batch, self.ingest_stream = stub.IngestBatch, stub.IngestStream
+        self.get_catalog = AdminServiceStub(self.channel).GetCatalog
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
     @property

@@ -12,6 +12,7 @@ import pytest
 
 from kairos.cluster import protocol
 from kairos.v1 import decision_pb2 as pb
+from kairos.v1.decision_pb2_grpc import DecisionServiceStub
 
 from tests.support.inprocess_gateway import serving
 from tests.support.local_backend import LocalBackend
@@ -27,22 +28,10 @@ def _events(customer: str, bad: int | None = None) -> list[pb.Event]:
             for i in range(10)]
 
 
-def _stubs(channel: grpc.Channel):
-    stream = channel.stream_stream("/kairos.v1.DecisionService/IngestStream",
-                                   request_serializer=pb.Event.SerializeToString,
-                                   response_deserializer=pb.IngestAck.FromString)
-    batch = channel.unary_unary("/kairos.v1.DecisionService/IngestBatch",
-                                request_serializer=pb.EventBatch.SerializeToString,
-                                response_deserializer=pb.EventBatchAck.FromString)
-    return stream, batch
-
-
 def _applied(channel: grpc.Channel, customer: str) -> int:
-    profile = channel.unary_unary("/kairos.v1.DecisionService/GetProfile",
-                                  request_serializer=pb.ProfileRequest.SerializeToString,
-                                  response_deserializer=pb.Profile.FromString)
     try:
-        return profile(pb.ProfileRequest(customer_id=customer), timeout=10).events_applied
+        return DecisionServiceStub(channel).GetProfile(pb.ProfileRequest(customer_id=customer),
+                                                       timeout=10).events_applied
     except grpc.RpcError as exc:
         assert exc.code() == grpc.StatusCode.NOT_FOUND
         return 0
@@ -51,13 +40,13 @@ def _applied(channel: grpc.Channel, customer: str) -> int:
 def _send(method: str, channel: grpc.Channel, events: list[pb.Event]
           ) -> tuple[list[int], grpc.RpcError]:
     """The acks read before the call failed, and its failure."""
-    stream, batch = _stubs(channel)
+    stub = DecisionServiceStub(channel)
     acks: list[int] = []
     with pytest.raises(grpc.RpcError) as failed:
         if method == "IngestBatch":
-            batch(pb.EventBatch(events=events), timeout=10)
+            stub.IngestBatch(pb.EventBatch(events=events), timeout=10)
         else:
-            for ack in stream(iter(events), timeout=10):
+            for ack in stub.IngestStream(iter(events), timeout=10):
                 acks.append(ack.sequence)
     return acks, failed.value
 

@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from kairos.cluster.gateway import bounds, server, streams
 from kairos.v1 import decision_pb2 as pb
-from kairos.v1 import decision_pb2_grpc
+from kairos.v1.decision_pb2_grpc import DecisionServiceStub
 
 from tests.support.inprocess_gateway import serving
 from tests.support.waiting import wait_until
@@ -115,11 +115,9 @@ def _reflection(channel: grpc.Channel, done: threading.Event):
 
 
 def _decide(channel: grpc.Channel) -> pb.Decision:
-    return channel.unary_unary("/kairos.v1.DecisionService/Decide",
-                               request_serializer=pb.DecideRequest.SerializeToString,
-                               response_deserializer=pb.Decision.FromString)(
-        pb.DecideRequest(customer_id="alice", channel="web"), timeout=10,
-        metadata=[("x-api-key", KEY)])
+    return DecisionServiceStub(channel).Decide(pb.DecideRequest(customer_id="alice",
+                                                                channel="web"),
+                                               timeout=10, metadata=[("x-api-key", KEY)])
 
 
 def _refused(open_stream, code=grpc.StatusCode.RESOURCE_EXHAUSTED) -> str:
@@ -186,7 +184,7 @@ def test_a_connection_carries_every_watch_stream_and_a_bounded_number_of_calls_m
     monkeypatch.setattr(streams, "WATCH_STREAMS", 2)
     monkeypatch.setattr(server, "CALLS_PER_CONNECTION", 1)
     with serving(KEYS) as (gateway, channel):
-        stub = decision_pb2_grpc.DecisionServiceStub(channel)
+        stub = DecisionServiceStub(channel)
         pushes = [stub.WatchDecisions(pb.WatchRequest(customer_id=c, channel="web"),
                                       timeout=30, metadata=[("x-api-key", KEY)])
                   for c in ("a", "b")]

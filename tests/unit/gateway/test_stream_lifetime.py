@@ -14,22 +14,17 @@ import pytest
 from kairos.cluster.gateway import calls
 from kairos.cluster.protocol import Event
 from kairos.v1 import decision_pb2 as pb
+from kairos.v1.decision_pb2_grpc import DecisionServiceStub
 
 from tests.support.inprocess_gateway import serving
 from tests.support.local_backend import LocalBackend
 
-DEFAULT_DEADLINE_S = 0.3
+DEFAULT_DEADLINE_S = 1.0  # an ack is due within it: a loaded machine's late turns fit in it
 
 
 @pytest.fixture(autouse=True)
 def short_default_deadline(monkeypatch):
     monkeypatch.setattr(calls, "DEFAULT_DEADLINE_S", DEFAULT_DEADLINE_S)
-
-
-def _stream(channel: grpc.Channel):
-    return channel.stream_stream("/kairos.v1.DecisionService/IngestStream",
-                                 request_serializer=pb.Event.SerializeToString,
-                                 response_deserializer=pb.IngestAck.FromString)
 
 
 def _events(n: int, pause_s: float = 0.0):
@@ -41,8 +36,9 @@ def _events(n: int, pause_s: float = 0.0):
 
 def test_a_stream_without_a_deadline_outlives_the_default_one():
     with serving() as (_, channel):
-        acks = list(_stream(channel)(_events(6, pause_s=DEFAULT_DEADLINE_S / 2)))
-    assert [ack.sequence for ack in acks] == [1, 2, 3, 4, 5, 6]
+        # the stream lasts 2.4 s, each event's ack due within 1 s of it
+        acks = list(DecisionServiceStub(channel).IngestStream(_events(4, pause_s=0.6)))
+    assert [ack.sequence for ack in acks] == [1, 2, 3, 4]
 
 
 def test_an_event_its_shard_does_not_ack_still_ends_a_stream_without_a_deadline():
@@ -58,7 +54,7 @@ def test_an_event_its_shard_does_not_ack_still_ends_a_stream_without_a_deadline(
 
     backend = HeldEvents()
     with serving(backend=backend) as (gateway, channel):
-        stream = _stream(channel)(_events(1))
+        stream = DecisionServiceStub(channel).IngestStream(_events(1))
         watchdog = threading.Timer(10, stream.cancel)  # CANCELLED, where it would hang
         watchdog.start()
         with pytest.raises(grpc.RpcError) as ended:

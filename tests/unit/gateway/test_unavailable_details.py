@@ -103,6 +103,7 @@ def test_a_batch_whose_one_event_was_not_sent_is_not_said_to_be_unapplied(monkey
     from kairos.cluster import protocol
     from kairos.cluster.transport import client as client_module
     from kairos.v1 import decision_pb2 as pb
+    from kairos.v1.decision_pb2_grpc import DecisionServiceStub
     from tests.support.inprocess_gateway import serving
     from tests.support.local_backend import LocalBackend
 
@@ -124,13 +125,11 @@ def test_a_batch_whose_one_event_was_not_sent_is_not_said_to_be_unapplied(monkey
             applied.extend(requests[i].customer_id for i in kept)
             return replies
 
+    batch = pb.EventBatch(events=[pb.Event(customer_id=c, type="app_open", channel="web")
+                                  for c in ("ana", "bob", "cy")])
     with serving(backend=BobMoves()) as (_, channel):
-        call = channel.unary_unary("/kairos.v1.DecisionService/IngestBatch",
-                                   request_serializer=pb.EventBatch.SerializeToString,
-                                   response_deserializer=pb.EventBatchAck.FromString)
         with pytest.raises(grpc.RpcError) as failed:
-            call(pb.EventBatch(events=[pb.Event(customer_id=c, type="app_open", channel="web")
-                                       for c in ("ana", "bob", "cy")]), timeout=20)
+            DecisionServiceStub(channel).IngestBatch(batch, timeout=20)
     assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "ana" in applied and failed.value.details() != calls.NOT_SENT
     assert "may have been applied" in failed.value.details()
