@@ -21,6 +21,10 @@ from kairos.cluster.storage.journal import (DIR_MODE, FILE_MODE, Journal, Journa
 from kairos.cluster.storage.store import StoreCorrupt, StoreInUse, StoreUnavailable
 
 STALE_TMP_S = 600.0  # a temporary file this old is a crashed writer's leftover
+# a batch of homes lets an heir's fence in (journal.py `fence` waits for the lock) after this
+# many homes, or this long, as a Redis store ends a transaction at PIPELINE_BYTES
+FENCE_HOLD_HOMES = 256
+FENCE_HOLD_S = 0.05
 OWNER_FILE = "owner.lock"
 _tmp_names = itertools.count()
 # the stores this process holds (their real paths): the owner and the descriptor of the
@@ -96,17 +100,33 @@ class DirectoryStore:
 
     def put_many(self, homes: Iterable[tuple[int, str, bytes]],
                  unless_fenced: str | None = None) -> None:
-        """Under one hold of the fence lock; each file synced, then each folder once."""
-        with self._unless_fenced(unless_fenced, "writing customers"):
-            folders = set()
-            for partition, customer_id, blob in homes:
-                path = self._home(partition, customer_id)
-                self._write(path, msgpack.packb([customer_id, blob], use_bin_type=True),
-                            make_parent=True, sync_parent=False)
-                folders.add(path.parent)
-            if self.fsync:
+        """Each file synced, then each folder once. The fence lock is held for a chunk of
+        homes (FENCE_HOLD_HOMES, or FENCE_HOLD_S of writing) and taken again, the fence
+        checked, for the next: an heir's fence waits for one chunk, not the whole batch, and
+        stops the batch there (JournalFenced, the homes after it not written)."""
+        homes = iter(homes)
+        folders = set()
+        home = next(homes, None)  # packed outside the lock: an heir may take it meanwhile
+        while home is not None:
+            with self._unless_fenced(unless_fenced, "writing customers"):
+                until = time.monotonic() + FENCE_HOLD_S
+                folders.add(self._put_home(*home))
+                for home in itertools.islice(homes, FENCE_HOLD_HOMES - 1):
+                    folders.add(self._put_home(*home))
+                    if time.monotonic() >= until:
+                        break
+            home = next(homes, None)
+        if self.fsync:
+            with self._unless_fenced(None, "writing customers"):
                 for folder in folders:
                     fsync_directory(folder)
+
+    def _put_home(self, partition: int, customer_id: str, blob: bytes) -> Path:
+        """Write a home, its folder not synced; that folder."""
+        path = self._home(partition, customer_id)
+        self._write(path, msgpack.packb([customer_id, blob], use_bin_type=True),
+                    make_parent=True, sync_parent=False)
+        return path.parent
 
     def get(self, partition: int, customer_id: str) -> bytes | None:
         """The customer's home; StoreCorrupt if its file is not one, or another id's."""

@@ -2,6 +2,7 @@
 Redis holds outlives the shard that wrote it."""
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 from pathlib import Path
@@ -194,6 +195,42 @@ def test_a_directory_store_outlives_its_process_and_ignores_half_writes(tmp_path
     again = DirectoryStore(tmp_path)
     assert again.count([7]) == 1 and again.get(7, "ana") == b"blob"
     assert not list(tmp_path.glob("customers/p7/*.tmp"))
+
+
+def test_a_directory_stores_batch_of_homes_lets_an_heirs_fence_in_between_chunks(
+        tmp_path, monkeypatch):
+    """A long passivation batch holds the fence lock a chunk at a time: an heir's fence
+    (which waits for the lock) comes in between two chunks and stops the batch there, the
+    homes after it not written over the heir's."""
+    from kairos.cluster.storage import directory_store, journal
+    monkeypatch.setattr(directory_store, "FENCE_HOLD_HOMES", 2)
+    monkeypatch.setattr(directory_store, "FENCE_HOLD_S", 3600.0)  # chunks by count alone
+    store, heir = DirectoryStore(tmp_path), DirectoryStore(tmp_path)
+    lock = tmp_path / "journals" / "kairos-shard-0041" / journal.FENCE_LOCK
+    fenced_at = []
+
+    def homes():
+        for i in range(6):
+            if i == 2 and _unlocked(lock):  # the second chunk's first home: between chunks
+                heir.fence_journal("kairos-shard-0041")
+                fenced_at.append(i)
+            yield (1, f"c{i}", b"old")
+    with pytest.raises(JournalFenced, match="kairos-shard-0041 is fenced"):
+        store.put_many(homes(), unless_fenced="kairos-shard-0041")
+    assert fenced_at == [2]
+    assert [store.get(1, f"c{i}") for i in range(6)] == [b"old", b"old"] + [None] * 4
+
+
+def _unlocked(path: Path) -> bool:
+    """Whether nobody holds a lock on `path` (an exclusive lock would be granted now)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # and with it the lock
 
 
 def test_a_directory_store_syncs_each_folder_it_makes_into_its_parent(tmp_path, monkeypatch):
