@@ -174,6 +174,7 @@ def test_a_passivation_and_a_ticks_home_deletes_check_the_fence_once_for_all_the
             return store.r.info("commandstats").get("cmdstat_watch", {}).get("calls", 0)
     else:
         store, held = DirectoryStore(tmp_path), []
+        monkeypatch.setattr(directory_store, "FENCE_HOLD_S", 3600.0)  # one chunk of 40 homes
         real_unfenced = directory_store.unfenced
 
         def unfenced(directory):
