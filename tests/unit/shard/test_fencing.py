@@ -199,3 +199,45 @@ def test_a_passivation_and_a_ticks_home_deletes_check_the_fence_once_for_all_the
     assert store.count(range(N_PARTITIONS)) == 10
     assert events_applied(s.process([profile(c) for c in customers[30:]])[0]) == [1] * 10
     assert s.process([profile("c0")])[0][0].status == "missing"
+
+
+@pytest.mark.parametrize("kind", ["directory", "redis"])
+def test_a_passivation_fenced_mid_batch_evicts_none_of_its_customers(
+        compiled, tmp_path, request, monkeypatch, kind):
+    """A batch of homes goes out in several transactions (Redis) or holds of the fence lock
+    (a directory), each checking the fence: an heir's fence after the third stops it there
+    (JournalFenced). A customer is evicted only once every home is durable, so all stay
+    resident, those whose homes went out included, and the shard still answers for them."""
+    from kairos.cluster.storage import directory_store, redis_store
+    checks = []
+    if kind == "redis":
+        store = RedisStore(f"{request.getfixturevalue('redis_server').url}?prefix=partial")
+        monkeypatch.setattr(redis_store, "PIPELINE_BYTES", 1)  # a home a transaction
+        real_unless_fenced = store._unless_fenced
+
+        def unless_fenced(journal, write):
+            checks.append(journal)
+            if len(checks) == 4:
+                store.fence_journal("s0")  # the heir's
+            return real_unless_fenced(journal, write)
+        monkeypatch.setattr(store, "_unless_fenced", unless_fenced)
+    else:
+        store = DirectoryStore(tmp_path)
+        monkeypatch.setattr(directory_store, "FENCE_HOLD_HOMES", 1)
+        real_unfenced = directory_store.unfenced
+
+        def unfenced(directory):
+            checks.append(directory)
+            if len(checks) == 4:
+                store.fence_journal("s0")  # the heir's
+            return real_unfenced(directory)
+        monkeypatch.setattr(directory_store, "unfenced", unfenced)
+    clock = Clock()
+    s = shard(compiled, store=store, clock=clock)
+    customers = [f"c{i}" for i in range(20)]
+    s.process([app_open(c) for c in customers])
+    with pytest.raises(JournalFenced):
+        s.passivate(clock.now + 10**6)
+    assert (len(checks), store.count(range(N_PARTITIONS))) == (4, 3)
+    assert all(c in s.engine.table for c in customers)
+    assert events_applied(s.process([profile(c) for c in customers])[0]) == [1] * 20
