@@ -431,6 +431,23 @@ def test_a_redis_journal_appends_nothing_past_writes_the_server_lost(redis_serve
     assert [r[3] for _, r in again.replay()] == [1, 3]
 
 
+def test_a_redis_journal_append_refused_midway_leaves_no_watch_on_a_pooled_connection(
+        redis_server):
+    """An append refused between its two exchanges (the server lost writes) drops its
+    connection, which still watches the last-LSN key: back in the pool, it would fail the
+    store's next transaction on it once that key changed (a snapshot write refused,
+    "Watched variable changed")."""
+    store = open_store(f"{redis_server.url}?prefix=unwatched")
+    j = store.journal("s0", "os")
+    j.append([("event", 1, "ana", 1)])
+    store.r.set(j.last, 99)
+    with pytest.raises(StoreUnavailable, match="last LSN is 99, this writer's 1"):
+        j.append([("event", 1, "ana", 2)])
+    store.r.set(j.last, 1)  # on the pool's latest connection, the append's were it there
+    store.put_snapshots({1: b"snap"}, unless_fenced="s0")
+    assert store.get_snapshot(1) == b"snap"
+
+
 def test_a_redis_journal_append_is_two_round_trips_under_its_watch(redis_server, monkeypatch):
     """The WATCH of the last-LSN key and its read go in one write, the MULTI/EXEC in another (a
     pipeline sent the WATCH apart: a third round trip on every acknowledged round); a write of
