@@ -180,11 +180,6 @@ class Residency:
                 break
         if victims:
             self._journaling.sync()
-            for customer_id in victims:
-                # a new profile under a forgotten id: its home replaces the old one, which must
-                # then not be deleted (the records that said so are durable since the sync)
-                self._journaling.deletes.get(self._ctx.partition_of(customer_id),
-                                             set()).discard(customer_id)
             # only while no heir fenced this shard's journal: a replaced shard still running
             # would write its stale copies over the homes the heir wrote since (JournalFenced);
             # in one batch (one fence check per transaction), each home packed as it is written
@@ -193,6 +188,10 @@ class Residency:
                  for c in victims), unless_fenced=self._ctx.name)
         for customer_id in victims:
             p = self._ctx.partition_of(customer_id)
+            # a new profile under a forgotten id: its home replaced the old one, which must
+            # then not be deleted (the records that said so are durable since the sync); a
+            # batch that failed leaves the delete, as the old home may still be there
+            self._journaling.deletes.get(p, set()).discard(customer_id)
             due = min(self.timers.armed.get(customer_id, {}).values(), default=None)
             self.evict(customer_id, p)
             if due is not None:

@@ -117,6 +117,30 @@ def test_a_home_delete_that_fails_is_tried_again_and_the_others_are_not_dropped(
     assert s.process([profile(same[-1], T0 + 5)])[0][0].value["events_applied"] == 1
 
 
+def test_a_passivation_that_fails_keeps_the_home_delete_of_a_customer_re_created_since(
+        compiled, tmp_path):
+    """A customer forgotten, then back under the same id: its passivation writes the new home
+    over the old, whose delete is dropped then, and only once the batch is written: a batch
+    that fails before it leaves the old home to the next tick's deletes."""
+    clock = Clock()
+    s = shard(compiled, store=DirectoryStore(tmp_path), clock=clock)
+    s.process([event("ana", "page_view", T0, category="home")])
+    s.passivate(clock.now + 10**6)
+    s.process([forget("ana")])
+    bob = next(c for c in (f"b{i}" for i in range(500)) if p_of(c) != p_of("ana"))
+    s.process([event(bob, "app_open", T0 + 1), event("ana", "app_open", T0 + 1)])
+    blocked = tmp_path / "customers" / f"p{p_of(bob)}"
+    blocked.write_bytes(b"")  # a file where bob's folder goes: his home, first, fails
+    with pytest.raises(StoreUnavailable, match="writing"):
+        s.passivate(clock.now + 10**6)
+    blocked.unlink()
+    blocked.mkdir(mode=0o700)  # the store took it for the folder it made: it makes it no more
+    assert s.durability.delete_homes() == 1
+    assert s.store.get(p_of("ana"), "ana") is None
+    assert s.process([profile("ana", T0 + 2)])[0][0].value["events_applied"] == 1
+    assert s.passivate(clock.now + 10**6) == 2 and s.store.count(range(N_PARTITIONS)) == 2
+
+
 def test_a_forget_in_a_partition_being_handed_over_is_erased_only_once_a_snapshot_holds_it(
         compiled, tmp_path):
     """The partition was not snapshotted here (its new owner does that), yet its records
