@@ -47,7 +47,7 @@ from kairos.cluster.storage.redis_journal import REPLAY_PAGE, RedisJournal, Redi
 from kairos.cluster.storage.store import JournalFenced, StoreInUse, StoreUnavailable, redact
 
 log = logging.getLogger("kairos.store")
-PIPELINE_BYTES = 16 << 20  # the most data one write to Redis carries
+PIPELINE_BYTES = 16 << 20  # a write to Redis ends with the item that brings its data to this
 _claims = itertools.count()  # in each lease: a renewal changes it, which its watchers see
 T = TypeVar("T")
 
@@ -223,7 +223,8 @@ class RedisStore:
     @unavailable("writing customers")
     def put_many(self, homes: Iterable[tuple[int, str, bytes]],
                  unless_fenced: str | None = None) -> None:
-        """In transactions of at most PIPELINE_BYTES (`_chunks`), an HSET per partition."""
+        """In transactions that end once they reach PIPELINE_BYTES (`_chunks`: the home that
+        reaches it is the last), an HSET per partition."""
         for chunk in _chunks(homes, lambda home: len(home[2])):
             by_partition: dict[int, dict[str, bytes]] = {}
             for partition, customer_id, blob in chunk:
@@ -269,10 +270,10 @@ class RedisStore:
     @unavailable("writing snapshots")
     def put_snapshots(self, snapshots: dict[int, bytes], unless_fenced: str | None = None
                       ) -> None:
-        """In pipelines of at most PIPELINE_BYTES (`_chunks`; each snapshot stands alone: a
-        partly written set is still consistent). With `unless_fenced`, each under WATCH of
-        that journal's fence: a fence set before its EXEC leaves it unwritten
-        (JournalFenced)."""
+        """In pipelines that end once they reach PIPELINE_BYTES (`_chunks`: the snapshot that
+        reaches it is the last; each stands alone: a partly written set is still consistent).
+        With `unless_fenced`, each under WATCH of that journal's fence: a fence set before its
+        EXEC leaves it unwritten (JournalFenced)."""
         for chunk in _chunks(snapshots.items(), lambda snapshot: len(snapshot[1])):
             self._unless_fenced(unless_fenced, lambda r: r.mset(
                 {f"{self.prefix}:s:{p}": blob for p, blob in chunk}))
