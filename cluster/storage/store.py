@@ -187,9 +187,10 @@ class Store(Protocol):
     def put_many(self, homes: Iterable[tuple[int, str, bytes]],
                  unless_fenced: str | None = None) -> None:
         """Write customers' homes, (partition, customer id, blob), as `put` does each, with
-        one fence check per transaction of PIPELINE_BYTES (Redis) or per call (a directory),
-        not per home: a passivation writes thousands. `homes` is read as it is written (its
-        blobs need not all be in memory at once); a failure may leave some written."""
+        one fence check per transaction of PIPELINE_BYTES (Redis) or chunk of FENCE_HOLD_HOMES
+        (a directory), not per home: a passivation writes thousands. `homes` is read as it is
+        written (its blobs need not all be in memory at once); a failure may leave some
+        written."""
 
     def get(self, partition: int, customer_id: str) -> bytes | None: ...
 
