@@ -234,7 +234,6 @@ def test_passivated_counts_the_homes_of_customers_not_resident(compiled, tmp_pat
     assert (again.stats()["resident"], again.stats()["passivated"]) == (11, 9)
 
 
-
 def test_which_residents_have_a_home_is_a_byte_of_their_profile_rows(compiled, tmp_path):
     """What `passivated` leaves out, the residents with a home, is one byte of each profile
     row rather than an id in a set (some 34 MB a million residents): set for a customer back
