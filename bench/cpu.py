@@ -39,7 +39,8 @@ class ProcessCpu:
     are sampled too, for what their children spent after their last sample (CpuWindow), and
     so is `reaper`, a process outside the set whose children that end are the set's (the
     bench's own, for the system under test: the generators it started too run until their
-    pool closes)."""
+    pool closes). A process of the set that leaves it alive (its parent ended, and it was
+    re-parented to PID 1 or a subreaper) stays of it until it ends."""
 
     def __init__(self, processes: Callable[[], Iterable[psutil.Process]], start: float,
                  seconds: float, windows: int | None = 1, reaper: psutil.Process | None = None):
@@ -47,6 +48,7 @@ class ProcessCpu:
         self.start, self.seconds = start, seconds
         self._last = math.inf if windows is None else windows - 1
         self._windows: list[CpuWindow] = []
+        self._members: set[Key] = set()  # of the set at the last sample
         self._closed = threading.Condition()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -87,6 +89,12 @@ class ProcessCpu:
         seen: dict[Key, Seen] = {}
         for proc in self.processes():
             _look(proc, True, seen)
+        for pid, started in self._members - seen.keys():
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(pid)
+                if proc.create_time() == started:  # not another process given its pid
+                    _look(proc, True, seen)
+        self._members = {key for key, s in seen.items() if s.member}
         outside = {s.parent for s in seen.values()} - {pid for pid, _ in seen}
         for pid in outside - {self.reaper.pid if self.reaper else None}:
             with contextlib.suppress(psutil.Error):

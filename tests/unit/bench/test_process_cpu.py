@@ -3,6 +3,7 @@ the window when some end in it, start in it or change their title in it (Ray rea
 starts others, and retitles an actor by the method it runs)."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -140,3 +141,56 @@ def test_a_child_born_and_reaped_between_two_samples_keeps_its_cpu():
     assert reaped.per_request(1)[0] >= INSIDE_S * 0.9, reaped.by_process(1, 1.0)
     assert not reaped.partial
     assert unclaimed.partial
+
+
+# Starts a grandchild (ORPHAN) and says its pid, then exits on a line; the grandchild, named
+# by argv[2], burns argv[3] seconds once the file argv[1] + ".go" exists, then says so by
+# argv[1] + ".done", and lives until killed.
+ORPHAN = """import ctypes, os, sys, time
+libc = ctypes.CDLL(None)
+libc.prctl(15, sys.argv[2].encode(), 0, 0, 0)
+while not os.path.exists(sys.argv[1] + ".go"):
+    time.sleep(0.01)
+started = time.process_time()
+while time.process_time() - started < float(sys.argv[3]):
+    pass
+open(sys.argv[1] + ".done", "w").close()
+time.sleep(60)
+"""
+PARENT = """import subprocess, sys, os
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1], *sys.argv[2:]],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+print(child.pid, flush=True)
+sys.stdin.readline()
+os._exit(0)
+"""
+
+
+def test_a_process_that_leaves_the_tree_alive_stays_measured(tmp_path):
+    """A process whose parent ends is re-parented out of the bench's tree (to PID 1, or a
+    subreaper): it has not ended, and what it spends after is the set's."""
+    flag = str(tmp_path / "flag")
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, ORPHAN, flag, "cpu-orphan",
+                               str(INSIDE_S)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    orphan = psutil.Process(int(parent.stdout.readline()))
+    ours = {parent.pid, orphan.pid}
+    try:
+        start = time.time() + 0.2
+        cpu = ProcessCpu(lambda: [p for p in psutil.Process().children(recursive=True)
+                                  if p.pid in ours], start, 2.5, reaper=psutil.Process())
+        time.sleep(max(start + 0.3 - time.time(), 0.0))
+        parent.stdin.close()
+        parent.wait()  # reaped by this process; the orphan leaves the tree
+        assert orphan.ppid() != parent.pid and orphan.pid not in {
+            p.pid for p in psutil.Process().children(recursive=True)}
+        open(flag + ".go", "w").close()
+        while not os.path.exists(flag + ".done"):
+            time.sleep(0.01)
+        window = cpu.window()
+    finally:
+        orphan.kill()
+    by_name = window.by_process(1, 1.0)
+    # before: its CPU after it left was lost, and its total came off its parent's reaping
+    assert by_name.get("cpu-orphan", 0.0) >= INSIDE_S * 0.9, by_name
+    assert window.per_request(1)[0] >= INSIDE_S * 0.9, by_name
