@@ -40,11 +40,14 @@ class ProcessCpu:
     so is `reaper`, a process outside the set whose children that end are the set's (the
     bench's own, for the system under test: the generators it started too run until their
     pool closes). A process of the set that leaves it alive (its parent ended, and it was
-    re-parented to PID 1 or a subreaper) stays of it until it ends."""
+    re-parented to PID 1 or a subreaper) stays of it until it ends. `others` names children
+    of the reaper outside the set: sampled too, so that what the reaper's counters gain when
+    one ends is not taken for the set's."""
 
     def __init__(self, processes: Callable[[], Iterable[psutil.Process]], start: float,
-                 seconds: float, windows: int | None = 1, reaper: psutil.Process | None = None):
-        self.processes, self.reaper = processes, reaper
+                 seconds: float, windows: int | None = 1, reaper: psutil.Process | None = None,
+                 others: Callable[[], Iterable[psutil.Process]] = list):
+        self.processes, self.reaper, self.others = processes, reaper, others
         self.start, self.seconds = start, seconds
         self._last = math.inf if windows is None else windows - 1
         self._windows: list[CpuWindow] = []
@@ -95,6 +98,8 @@ class ProcessCpu:
                 if proc.create_time() == started:  # not another process given its pid
                     _look(proc, True, seen)
         self._members = {key for key, s in seen.items() if s.member}
+        for proc in self.others():
+            _look(proc, False, seen)
         outside = {s.parent for s in seen.values()} - {pid for pid, _ in seen}
         for pid in outside - {self.reaper.pid if self.reaper else None}:
             with contextlib.suppress(psutil.Error):
@@ -212,10 +217,20 @@ def server_cpu(generators: set[int], start: float, seconds: float,
     """The system under test: every process this bench started, directly or not (servers,
     redis-server, Ray's daemons and actors), but the load generators. Only one system runs
     at a time, so that is the system's own processes, the server side only; the bench's
-    own process reaps those it started itself."""
+    own process reaps those it started itself, and the generators too when their pool
+    closes or a worker dies."""
     return ProcessCpu(lambda: [p for p in psutil.Process().children(recursive=True)
                                if p.pid not in generators], start, seconds, windows,
-                      reaper=psutil.Process())
+                      reaper=psutil.Process(), others=lambda: _existing(generators))
+
+
+def _existing(pids: Iterable[int]) -> list[psutil.Process]:
+    """The processes of `pids` still running (one may end as it is looked up)."""
+    found = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            found.append(psutil.Process(pid))
+    return found
 
 
 def generator_cpu(generators: set[int], start: float, seconds: float,

@@ -10,7 +10,7 @@ import time
 
 import psutil
 
-from bench.cpu import ProcessCpu
+from bench.cpu import ProcessCpu, server_cpu
 
 # Names itself, waits for a line, burns CPU, renames itself, says so, and lives until its
 # stdin closes. PR_SET_NAME sets the title psutil reads.
@@ -194,3 +194,18 @@ def test_a_process_that_leaves_the_tree_alive_stays_measured(tmp_path):
     # before: its CPU after it left was lost, and its total came off its parent's reaping
     assert by_name.get("cpu-orphan", 0.0) >= INSIDE_S * 0.9, by_name
     assert window.per_request(1)[0] >= INSIDE_S * 0.9, by_name
+
+
+def test_a_generator_reaped_in_the_window_is_not_server_cpu():
+    """The bench's own process reaps the load generators too: what one had spent, added to
+    the reaper's counters when it ends in the window, is not the system under test's."""
+    generator = Child("cpu-generator", BEFORE_S, "cpu-generator")
+    try:
+        generator.burn()  # before the window
+        cpu = server_cpu({generator.pid}, time.time() + 0.2, 1.5)
+        time.sleep(0.5)
+        generator.end()  # reaped by this process inside the window
+        window = cpu.window()
+    finally:
+        generator.end()
+    assert window.per_request(1)[0] < BEFORE_S / 2, window.by_process(1, 1.0)
