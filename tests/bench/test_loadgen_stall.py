@@ -10,8 +10,11 @@ import contextlib
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
-from bench.loadgen import GeneratorPool, Step
+import pytest
+
+from bench.loadgen import START_DELAY_S, GeneratorPool, Step
 from bench.peers.serving import in_process
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
@@ -40,16 +43,32 @@ def stall(pids: set[int], seconds: float) -> None:
                 os.kill(pid, signal.SIGCONT)
 
 
-def test_a_stalled_generator_shows_the_stall_in_latency_not_in_service_time():
+def stalled_traffic(pool: GeneratorPool, step: Step) -> dict:
+    """Traffic of one step: its schedule is known once it starts, so the stall falls half a
+    second into its measured window."""
+    traffic = pool.traffic(step, 1)
+    time.sleep(max(traffic.measured_at + 0.5 - time.time(), 0.0))
+    stall(pool.pids(), STALL_S)
+    (result,) = traffic.results()
+    return result
+
+
+def stalled_run(pool: GeneratorPool, step: Step) -> dict:
+    """A sweep's step (bench.load): it settles first (a few ms against this server), so the
+    stall falls about half a second into its measured window."""
+    with ThreadPoolExecutor(1) as runner:
+        running = runner.submit(pool.run, step)
+        time.sleep(START_DELAY_S + WARMUP_S + 0.5)
+        stall(pool.pids(), STALL_S)
+        return running.result()
+
+
+@pytest.mark.parametrize("stalled", [stalled_traffic, stalled_run])
+def test_a_stalled_generator_shows_the_stall_in_latency_not_in_service_time(stalled):
     pool = GeneratorPool(1)
     try:
         with in_process(Answering) as target:
-            # traffic of one step: its schedule is known once it starts, so the stall falls
-            # half a second into its measured window
-            traffic = pool.traffic(Step(target, "decide", RATE, WARMUP_S, MEASURE_S, 100), 1)
-            time.sleep(max(traffic.measured_at + 0.5 - time.time(), 0.0))
-            stall(pool.pids(), STALL_S)
-            (step,) = traffic.results()
+            step = stalled(pool, Step(target, "decide", RATE, WARMUP_S, MEASURE_S, 100))
     finally:
         pool.close()
     decide, stall_ms = step["kinds"]["decide"], STALL_S * 1e3
