@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any, AsyncIterator, Awaitable
 
 import grpc
@@ -35,6 +36,7 @@ HEX = frozenset("0123456789abcdef")
 # a replay report kept with a catalog version: a few KiB for a catalog of tens of actions,
 # and well inside a request's bound (settings.MAX_MESSAGE_BYTES) beside its catalog
 MAX_EVIDENCE_BYTES = 256 * 1024
+log = logging.getLogger("kairos.gateway")
 
 
 class AdminService(admin_pb2_grpc.AdminServiceServicer):
@@ -63,12 +65,11 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                               ) -> admin_pb2.CatalogInfo:
         controller = self.backend.controller()
         try:
-            await _answer(context, controller.rollback_catalog(request.to_version or None))
+            version = await _answer(context,
+                                    controller.rollback_catalog(request.to_version or None))
         except ValueError as exc:  # no previous catalog, not to_version, or a shard refused it
             await fail(context, grpc.StatusCode.FAILED_PRECONDITION, said(exc))
-        text = (await _answer(context, controller.get_catalog()))["text"]
-        # the rollback is done: its compile waits its turn rather than being refused
-        return _catalog_info(await self._compile(text, context, "<catalog>", False, True))
+        return await self._described(version, context)
 
     async def GetCatalog(self, request, context) -> admin_pb2.CatalogText:
         catalog = await _answer(context, self.backend.controller().get_catalog())
@@ -132,6 +133,24 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         async for chunk in export(self.gateway, request, context):
             yield chunk
 
+    async def _described(self, version: str, context) -> admin_pb2.CatalogInfo:
+        """The catalog running after a rollback to `version`, described. The rollback is done,
+        so the call never fails here: an error would invite a retry, and one without
+        to_version rolls back again, to the catalog just left. Whatever keeps the running
+        catalog from being described (the controller, a compile too long or failed, the
+        deadline) leaves only its version in the answer."""
+        try:
+            async with asyncio.timeout(context.time_remaining()):
+                catalog = await self.backend.controller().get_catalog()
+                version = catalog["version"]
+                # its compile waits its turn rather than being refused
+                return _catalog_info(await self.compiles.compile(catalog["text"], "<catalog>",
+                                                                 False, True))
+        except Exception as exc:  # whatever failed, the rollback is done
+            log.warning("catalog %s runs after a rollback, but could not be described: %s: %s",
+                        version, type(exc).__name__, exc)
+            return admin_pb2.CatalogInfo(version=version)
+
     async def _compile(self, text: str, context, source: str = "<PutCatalog>",
                        strict: bool = True, wait: bool = False) -> Summary:
         """The text's compile; with `wait` (a catalog change), after those before it, within
@@ -145,8 +164,10 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                        "compiles one at a time)")
         except CatalogError as exc:
             await fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except (Busy, TooLong) as exc:
+        except Busy as exc:
             await fail(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except TooLong as exc:  # the same text would take as long again: not worth a retry
+            await fail(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except CompilerFailed as exc:
             await fail(context, grpc.StatusCode.INTERNAL, str(exc))
 

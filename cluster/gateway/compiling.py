@@ -37,7 +37,8 @@ log = logging.getLogger("kairos.gateway")
 
 
 class TooLong(Exception):
-    """A compile stopped at CATALOG_COMPILE_S."""
+    """A compile stopped at CATALOG_COMPILE_S: a property of the text (its size, its
+    nesting), not a passing condition."""
 
 
 class CompilerFailed(Exception):
@@ -91,8 +92,8 @@ async def _compiled_apart(text: str, source: str, strict: bool) -> Summary:
         async with asyncio.timeout(CATALOG_COMPILE_S):
             out, err = await process.communicate(text.encode())
     except TimeoutError:
-        raise TooLong(f"the catalog's compile ran past {CATALOG_COMPILE_S:g} s "
-                      f"(KAIROS_CATALOG_COMPILE_S) and was stopped") from None
+        raise TooLong(f"the catalog took longer than {CATALOG_COMPILE_S:g} s "
+                      f"(KAIROS_CATALOG_COMPILE_S) to compile and was stopped") from None
     finally:
         if process.returncode is None:  # its caller went away, or it ran too long
             process.kill()

@@ -1,14 +1,18 @@
 """PutCatalog and RollbackCatalog, through AdminService, safe to retry when they name the
 version they expect (expected_current_version, to_version): a rollback retried after it was
 done answers OK on the version it named, and a put or a rollback whose expectation no longer
-holds ends FAILED_PRECONDITION saying what runs, with nothing switched."""
+holds ends FAILED_PRECONDITION saying what runs, with nothing switched. A rollback done is
+answered OK even when the catalog it restored cannot be described."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from types import SimpleNamespace
 
 import grpc
+import pytest
 
+from kairos.cluster.gateway import compiling
 from kairos.cluster.gateway.admin import AdminService
 from kairos.v1 import admin_pb2
 
@@ -59,4 +63,24 @@ def test_a_put_that_expected_another_running_version_fails_its_precondition(tmp_
         info = await admin(controller).PutCatalog(
             admin_pb2.CatalogText(yaml=v2, expected_current_version=good), Context(None))
         assert controller.catalog_version == info.version != good
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("compiler", ["import time; time.sleep(60)", "raise SystemExit(3)"],
+                         ids=["too long", "compiler died"])
+def test_a_rollback_done_answers_ok_though_its_catalog_could_not_be_described(
+        tmp_path, monkeypatch, compiler):
+    """The restored catalog is compiled only to describe it: that compile failing (past
+    CATALOG_COMPILE_S, its process dead) ended a rollback that was done with an error, and the
+    retry it invited, without to_version, rolled back again to the catalog just left."""
+    async def main():
+        backend, controller = await started(str(tmp_path), 2)
+        good, v2 = controller.catalog_version, catalog_v2(controller)
+        await controller.put_catalog(v2)
+        monkeypatch.setattr(compiling, "CATALOG_COMPILE_S", 0.5)
+        monkeypatch.setattr(compiling, "COMPILER", (sys.executable, "-c", compiler))
+        info = await admin(controller).RollbackCatalog(admin_pb2.RollbackCatalogRequest(),
+                                                       Context(None))
+        assert info == admin_pb2.CatalogInfo(version=good)  # the rest empty: not described
+        assert versions(backend) == {good}
     asyncio.run(main())
