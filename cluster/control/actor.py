@@ -72,7 +72,12 @@ class ControllerActor:
         if not self.controller.ready:
             if self._resume_task is None or self._resume_task.done():
                 self._resume_task = asyncio.get_running_loop().create_task(self._resume_once())
-            await asyncio.shield(self._resume_task)
+            try:
+                await asyncio.shield(self._resume_task)
+            except asyncio.CancelledError:
+                if self._resume_task.cancelled():  # by the stand-down, not this call's caller
+                    self.controller.store_claim.check()
+                raise
         return self.controller
 
     async def _resume_once(self) -> None:
@@ -109,10 +114,15 @@ class ControllerActor:
         writers stop, with the calls runtime.stop makes. The loop first (its rounds save the
         state, start shards and gateways), then the shards (they write the store), then the
         gateways, gracefully. The learner is runtime.stop's (it writes only what the shards
-        sent)."""
+        sent). A take-up under way is cancelled first: it places the shards it finds alive. A
+        shard that a call under way (scale, a round) creates or starts from now on is killed
+        by that call (Controller._unless_lost)."""
         why = await self.controller.store_claim.until_lost()
         log.error("%s: the controller stops its shards and gateways", why)
         self._end_loop()
+        if self._resume_task is not None:
+            self._resume_task.cancel()
+            await asyncio.wait([self._resume_task])
         controller = self.controller
         for name in controller.shards:
             try:

@@ -64,8 +64,11 @@ log = logging.getLogger("kairos.controller")
 IN_PROCESS_OWNER = new_owner()
 
 
+SHARD_PREFIX = "kairos-shard-"
+
+
 def shard_name(index: int) -> str:
-    return f"kairos-shard-{index:04d}"
+    return f"{SHARD_PREFIX}{index:04d}"
 
 
 def _seed_of(name: str) -> int:
@@ -272,8 +275,16 @@ class Controller(ControlLoop, Catalogs):
         except Exception:
             await self.backend.kill_shard(name)  # not left pending on a node that went away
             raise
+        await self._unless_lost(name)
         self.placement[name] = node
         return name
+
+    async def _unless_lost(self, name: str) -> None:
+        """StoreInUse, the shard `name` killed, if the claim was lost while it came up: the
+        stand-down (ControllerActor) stopped the shards it found, before this one."""
+        if self.store_claim.lost():
+            await self.backend.kill_shard(name)
+            self.store_claim.check()
 
     async def _start_shard(self, name: str) -> None:
         """Have the shard recover its partitions from the store and serve them. A replacement
@@ -286,6 +297,7 @@ class Controller(ControlLoop, Catalogs):
         self.incarnations[name] = await self.backend.shard(name).start(
             self.catalog_text, partitions, sorted(watches, key=str),
             self.map.version if self.map else 1, self.replacing.get(name))
+        await self._unless_lost(name)
         await self.lagging.started(name, watches, lambda: set(self.channel_watches),
                                    changed=self._watch_changes != changes)
         await self.endpoints.serve(name, self.nodes.spec, self.placement.get(name))

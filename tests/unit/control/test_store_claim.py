@@ -93,10 +93,7 @@ def test_a_controller_that_lost_its_claim_stops_its_cluster_and_writes_nothing_m
         controller.store_claim = StoreClaim(controller.store, "first", lease_s=1.0, renew_s=0.1)
         await actor.start(2)
         assert len(backend.shards) == 2 and len(backend.gateways) == 3
-        def taken(owner, holder):
-            raise StoreInUse("the store is in use by another Kairos cluster (its controller: "
-                             "the second cluster)")
-        monkeypatch.setattr(controller.store, "claim", taken)  # as a Redis lease another took
+        lose_claim(controller, monkeypatch)  # as a Redis lease another took
         await until(lambda: not backend.shards and not backend.gateways, 5,
                     "its shards and gateways stopped")
         written = files(tmp_path)
@@ -108,3 +105,40 @@ def test_a_controller_that_lost_its_claim_stops_its_cluster_and_writes_nothing_m
         assert actor._loop_task.done() and not backend.shards and files(tmp_path) == written
     asyncio.run(main())
 
+
+
+def lose_claim(controller, monkeypatch) -> None:
+    """A renewal of the claim finds another cluster's lease from now on."""
+    def taken(owner, holder):
+        raise StoreInUse("the store is in use by another Kairos cluster (its controller: the "
+                         "second cluster)")
+    monkeypatch.setattr(controller.store, "claim", taken)
+
+
+def test_a_shard_a_scale_creates_while_the_controller_stands_down_is_not_left_running(
+        tmp_path, actor_on, monkeypatch):
+    """The stand-down stops the shards it finds; one that came up after it looked is killed
+    by the call that created it, which fails: none is left for `kairos down` to miss."""
+    async def main():
+        backend = Actors()
+        actor = actor_on(backend, str(tmp_path), "first")
+        controller = actor.controller
+        controller.store_claim = StoreClaim(controller.store, "first", lease_s=1.0, renew_s=0.1)
+        await actor.start(2)
+        creating, created = asyncio.Event(), asyncio.Event()
+        create = backend.create_shard
+
+        async def held_back(name, node, *args):
+            creating.set()
+            await created.wait()
+            await create(name, node, *args)
+        monkeypatch.setattr(backend, "create_shard", held_back)
+        scale = asyncio.ensure_future(actor.scale(3))
+        await creating.wait()
+        lose_claim(controller, monkeypatch)
+        await until(lambda: not backend.shards, 5, "the shards it ran stopped")
+        created.set()
+        with pytest.raises(StoreInUse, match="lost its store to another"):
+            await scale
+        assert not backend.shards
+    asyncio.run(main())
