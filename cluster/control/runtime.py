@@ -17,6 +17,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from kairos.core.catalog import default_catalog_text
 
 from kairos.cluster.control.actor import ControllerActor
+from kairos.cluster.control.controller import SHARD_PREFIX
 from kairos.cluster.control.saved import STATE_KEY
 from kairos.cluster.control.learner import LearnerActor
 from kairos.cluster.control.nodes import GATEWAY_PREFIX, GatewaySpec, gateway_name
@@ -104,25 +105,15 @@ def connect(timeout_s: float = 60.0) -> SyncClient:
 
 def stop(find_shards: bool = True, learner: bool = True) -> None:
     """Stop the controller's loop (first: it starts gateways and shards), the gateways
-    (gracefully), every shard (`find_shards`: those the controller knows), and the learner once
-    it saved what it merged since its last save (last: the shards sync to it until they stop;
-    `learner`: not one a start found there, another runtime's); then, once Ray has freed their
-    names, the controller, which gives up the store first: a `start` on it then runs beside
-    none of their writes. Return once Ray has freed the controller's name too (all in all at
+    (gracefully), every shard (`find_shards`: those the controller knows, or where it cannot
+    list them those named as shards), and the learner once it saved what it merged since its
+    last save (last: the shards sync to it until they stop; `learner`: not one a start found
+    there, another runtime's); then, once Ray has freed their names, the controller, which
+    gives up the store first: a `start` on it then runs beside none of their writes. Return once Ray has freed the controller's name too (all in all at
     most STOP_WAIT_S), so that a `start` right after creates them anew."""
     _ask_controller("stop_loop", "stop its loop", "it may start what is stopped again")
-    names: list[str] = []
-    try:
-        if find_shards:
-            status = ray.get(controller().status.remote(), timeout=30)
-            names += [s["shard"] for s in status["shards"]]
-    except ValueError:
-        pass  # no controller: nothing to find shards through
-    except (ray.exceptions.RayError, TimeoutError) as exc:  # a start that failed, say
-        log.warning("stop: the controller did not answer (%s): the shards it started, if "
-                    "any, are not stopped", exc)
-    for name in sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                       if a["namespace"] == NAMESPACE and a["name"].startswith(GATEWAY_PREFIX)):
+    names = _shards() if find_shards else []
+    for name in _named_with(GATEWAY_PREFIX):
         try:
             ray.get(ray.get_actor(name, namespace=NAMESPACE).stop.remote(), timeout=10)
         except (ray.exceptions.RayError, TimeoutError, ValueError):
@@ -140,6 +131,26 @@ def stop(find_shards: bool = True, learner: bool = True) -> None:
                     "a start on it may wait for its claim to run out")
     _kill([CONTROLLER_NAME])
     _wait_gone([CONTROLLER_NAME], deadline)
+
+
+def _shards() -> list[str]:
+    """The shards the controller knows; where it cannot list them (there is none, a start
+    failed, or it lost its store and refuses calls, when a shard it created as it stood down
+    may outlive it), every actor named as a shard."""
+    try:
+        return [s["shard"] for s in ray.get(controller().status.remote(), timeout=30)["shards"]]
+    except ValueError:
+        pass  # no controller
+    except (ray.exceptions.RayError, TimeoutError) as exc:
+        log.warning("stop: the controller did not list its shards (%s): stopping those named "
+                    "as shards", exc)
+    return _named_with(SHARD_PREFIX)
+
+
+def _named_with(prefix: str) -> list[str]:
+    """This runtime's actors whose names start with `prefix`."""
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["namespace"] == NAMESPACE and a["name"].startswith(prefix))
 
 
 def _kill(names: list[str]) -> None:
