@@ -111,8 +111,8 @@ class ShardMetrics:
 
 class GatewayMetrics:
     """What a gateway reports: the fallback decisions it answered (the shard did not answer
-    within the caller's deadline, or could not be reached), flushed from its tally, and its
-    load shedding (gateway/admission.py)."""
+    within the caller's deadline, or could not be reached) and the health Watches it refused,
+    flushed from their tallies, and its load shedding (gateway/admission.py)."""
 
     def __init__(self, gateway: str):
         self.tags = {"gateway": gateway}
@@ -127,14 +127,25 @@ class GatewayMetrics:
                                 "refuses now", tag_keys=("gateway",))
         self.loop_busy = Gauge("kairos_gateway_loop_busy", "Share of the time the gateway's "
                                "event loop wanted a CPU (moving average)", tag_keys=("gateway",))
+        self.watches_refused = Counter(
+            "kairos_health_watches_refused_total", "Health Watches refused past their bound "
+            "(gateway/bounds.py), by answer: unimplemented (the client's connection goes "
+            "without health checks for its life) or resource_exhausted (the gateway showed "
+            "NOT_SERVING)", tag_keys=("gateway", "answer"))
         self._sent: Tally = Tally()
+        self._watches_sent: Tally = Tally()
         self._shed_sent = 0
 
-    def flush(self, fallbacks: Tally, shedder: Shedder) -> None:
+    def flush(self, fallbacks: Tally, shedder: Shedder, watches_refused: Tally) -> None:
         for reason, total in fallbacks.items():
             if total > self._sent[reason]:
                 self.fallbacks.inc(total - self._sent[reason], {**self.tags, "reason": reason})
                 self._sent[reason] = total
+        for answer, total in watches_refused.items():
+            if total > self._watches_sent[answer]:
+                self.watches_refused.inc(total - self._watches_sent[answer],
+                                         {**self.tags, "answer": answer})
+                self._watches_sent[answer] = total
         if shedder.refused > self._shed_sent:
             self.shed.inc(shedder.refused - self._shed_sent, self.tags)
             self._shed_sent = shedder.refused

@@ -146,7 +146,8 @@ class GatewayServer:
             await asyncio.sleep(PAUSES_CHECK_S)
             pauses.keep_short()
             if self.metrics is not None:
-                self.metrics.flush(self.gateway.fallbacks, self.gateway.shedder)
+                self.metrics.flush(self.gateway.fallbacks, self.gateway.shedder,
+                                   self.gateway.watches_refused)
 
     async def deliver(self, decisions: list[Decision], incarnation: str | None = None) -> None:
         """Pushes for this process's watch streams; Gone if they are for another `incarnation`

@@ -3,7 +3,7 @@ counts those): AdminService calls, ADMIN_CALLS of them, the last ADMIN_RESERVED 
 the admin scope; and the streams of the services open without a key (grpc.health's Watch,
 reflection's), OPEN_STREAMS of each method from all callers and OPEN_STREAMS_PER_PEER from one
 host. Past a bound, a call is refused before its request is parsed: RESOURCE_EXHAUSTED, but a
-health Watch UNIMPLEMENTED.
+health Watch UNIMPLEMENTED while health shows SERVING.
 
 Admin calls pass the in-flight limit and the shedding (an operator must reach a saturated
 cluster), yet one may be heavy (a catalog compiled from a 1 MiB text, a page of the decision
@@ -16,21 +16,32 @@ without a key. grpc's max_concurrent_streams bounds each connection too (server.
 
 Every client channel configured with client-side health checks (k8s/README.md) holds a Watch
 on each gateway it reaches, so a fleet of clients needs thousands, and a refused one must not
-cost its client the gateway: grpc's clients mark a backend whose Watch fails unhealthy, and
-a channel with no healthy backend fails every call, but take UNIMPLEMENTED to mean health
-checking is off and the backend is healthy (grpc core's health_check_client). That Watch's
-channel then leaves a draining gateway only when its connection closes, as one without health
-checks does. The bound per host keeps one caller from taking every place."""
+cost its client the gateway: grpc's clients mark a backend whose Watch fails unhealthy (and
+try it again after a backoff), and a channel with no healthy backend fails every call, but
+take UNIMPLEMENTED to mean health checking is off and the backend is healthy (grpc core's
+health_check_client). That holds for the connection's whole life: its channel ignores the
+gateway's NOT_SERVING from then on (a drain, a lost map) and leaves it only when the
+connection closes. So a Watch past its bound is answered UNIMPLEMENTED only while health
+shows SERVING; while it shows NOT_SERVING it is refused RESOURCE_EXHAUSTED, and the client
+leaves the gateway as it should. Not a NOT_SERVING message before the end: a Watch that
+answered once is retried at once, without backoff, and refused again at once. Each refusal
+is counted (Gateway.watches_refused, by answer) and logged, throttled. The bound per host
+keeps one caller from taking every place, but not every client: anyone, without a key, can
+fill the pool while clients reconnect, so that their connections go without health checks.
+"""
 from __future__ import annotations
 
 import inspect
+import logging
 from collections import Counter
 from typing import Hashable
 
 import grpc
+from grpc_health.v1 import health, health_pb2
 
 from kairos.cluster.gateway.auth import has_scope
-from kairos.cluster.gateway.calls import fail
+from kairos.cluster.gateway.calls import Gateway, fail
+from kairos.cluster.throttled import ThrottledWarning
 
 ADMIN_CALLS = 8  # AdminService calls a gateway runs at once (decision log exports: 4 of them)
 ADMIN_RESERVED = 2  # ... of which keys without the admin scope may not take the last ones
@@ -40,6 +51,8 @@ _ADMIN = "/kairos.v1.AdminService/"
 _WATCH = "/grpc.health.v1.Health/Watch"
 _OPEN_STREAMING = frozenset({_WATCH,
                              "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"})
+REFUSED_LOG_S = 60.0  # the most often a refused Watch is logged (a full pool refuses many)
+_REFUSED_WATCH = ThrottledWarning(logging.getLogger("kairos.gateway"), REFUSED_LOG_S)
 
 
 class Bounds(grpc.aio.ServerInterceptor):
@@ -47,8 +60,9 @@ class Bounds(grpc.aio.ServerInterceptor):
     and each of those by host), and refuses those past their group's bound. Each method's
     handler is wrapped once (the parsing interceptor's reason)."""
 
-    def __init__(self, gateway: str):
+    def __init__(self, gateway: Gateway, shown: health.aio.HealthServicer):
         self.gateway = gateway
+        self.shown = shown  # what health answers
         self.running: Counter[Hashable] = Counter()
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
@@ -105,15 +119,27 @@ class Bounds(grpc.aio.ServerInterceptor):
     async def _refuse(self, method: str, context, running: int, group: Hashable, limit: int
                       ) -> None:
         whose = f"{group[0]} of {group[1]}" if isinstance(group, tuple) else group
-        said = f"gateway {self.gateway} runs {running} {whose} at once, its limit"
-        if method == _WATCH:  # the caller's backend stays healthy (the module's docstring)
-            await fail(context, grpc.StatusCode.UNIMPLEMENTED,
-                       f"{said}: this Watch is not served (a client's health checking takes "
-                       f"the gateway as serving); Check answers")
+        said = f"gateway {self.gateway.name} runs {running} {whose} at once, its limit"
+        if method == _WATCH:  # the module's docstring
+            serving = await self._serving()
+            answer = "unimplemented" if serving else "resource_exhausted"
+            self.gateway.watches_refused[answer] += 1
+            _REFUSED_WATCH.warn("%s: a health Watch from %s refused %s", said, context.peer(),
+                                answer.upper())
+            if serving:
+                await fail(context, grpc.StatusCode.UNIMPLEMENTED,
+                           f"{said}: this Watch is not served (a client's health checking "
+                           f"takes the gateway as serving); Check answers")
         if limit < ADMIN_CALLS and group == "admin calls":
             said += (f" for keys without the admin scope (its last {ADMIN_RESERVED} places "
                      f"are kept for operators)")
         await fail(context, grpc.StatusCode.RESOURCE_EXHAUSTED, f"{said}: try again in a moment")
+
+    async def _serving(self) -> bool:
+        """Whether health answers SERVING for the whole server (""; grpc's servicer always
+        knows that one, so its Check never needs the context it would abort)."""
+        shown = await self.shown.Check(health_pb2.HealthCheckRequest(), None)
+        return shown.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def _host(peer: str) -> str:

@@ -68,6 +68,7 @@ class Gateway:
         self.watches = Watches(name, client, backend)
         self.inflight = 0
         self.fallbacks: Tally = Tally()  # fallback decisions answered, by why
+        self.watches_refused: Tally = Tally()  # health Watches past their bound, by answer
         self.shedder = Shedder()
         self._compiled: CompiledCatalog | None = None
         self._refresh: asyncio.Future | None = None

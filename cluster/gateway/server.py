@@ -65,8 +65,9 @@ async def serve(gateway: Gateway, auth: Auth, host: str, port: int, tls: Tls | N
     if not auth.enabled and not is_loopback(host):
         raise ValueError(f"refusing to serve without API keys on {host}: auth may be off only "
                          f"on a loopback address")
+    checker = health.aio.HealthServicer()
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(auth), InflightLimit(gateway), Bounds(gateway.name),
+        interceptors=[AuthInterceptor(auth), InflightLimit(gateway), Bounds(gateway, checker),
                       ParseInterceptor(), *interceptors],
         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                  ("grpc.max_concurrent_streams", streams_per_connection()),
@@ -75,7 +76,6 @@ async def serve(gateway: Gateway, auth: Auth, host: str, port: int, tls: Tls | N
     services = _services(admin)
     if admin:
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(gateway), server)
-    checker = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
     reflection.enable_server_reflection(
         services + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,

@@ -148,10 +148,23 @@ def test_the_metrics_count_each_refusal_once_and_show_the_share_and_the_loop_bus
     for refusals in (2, 0, 3):
         for _ in range(refusals):
             assert not s.admits()
-        metrics.flush(Tally(), s)
+        metrics.flush(Tally(), s, Tally())
     assert metrics.shed.calls == [(2, {"gateway": "g1"}), (3, {"gateway": "g1"})]
     assert metrics.shed_share.calls[-1] == (s.shed_share, {"gateway": "g1"})
     assert metrics.loop_busy.calls[-1] == (s.busy, {"gateway": "g1"})
+
+
+def test_the_metrics_count_each_refused_health_watch_once_by_answer():
+    metrics = GatewayMetrics("g1")
+    metrics.watches_refused = Recorder()
+    refused = Tally()
+    for answer, more in (("unimplemented", 2), ("unimplemented", 0),
+                         ("resource_exhausted", 1)):
+        refused[answer] += more
+        metrics.flush(Tally(), shedder(), refused)
+    assert metrics.watches_refused.calls == [
+        (2, {"gateway": "g1", "answer": "unimplemented"}),
+        (1, {"gateway": "g1", "answer": "resource_exhausted"})]
 
 
 def test_the_share_stays_a_probability():

@@ -4,6 +4,8 @@ its caller stayed); past bounds.OPEN_STREAMS of a method, or bounds.OPEN_STREAMS
 one host, a reflection stream is refused RESOURCE_EXHAUSTED and a health Watch UNIMPLEMENTED,
 which a client's own health checking takes as a healthy backend (any other refusal made a
 client configured as k8s/README.md says lose the gateway, for a pool another host had filled),
+but only while the gateway shows SERVING (UNIMPLEMENTED takes the connection off health checks
+for its life: it kept a gateway that went NOT_SERVING),
 while health's Check stays open to every caller (Kubernetes' probes carry no key). Each
 connection carries every watch stream of the gateway and server.CALLS_PER_CONNECTION calls
 more. Through gRPC to the in-process gateway, with API keys on; another host's calls come
@@ -21,9 +23,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from kairos.cluster.gateway import bounds, server, streams
+from kairos.cluster.gateway.server import set_health
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1.decision_pb2_grpc import DecisionServiceStub
 
+from tests.support import inprocess_gateway
 from tests.support.inprocess_gateway import serving
 from tests.support.waiting import wait_until
 
@@ -158,6 +162,32 @@ def test_a_client_with_health_checks_keeps_a_gateway_whose_watches_another_host_
         held = [_watch(hog) for _ in range(3)]
         with _channel(gateway.port, HEALTH_CHECKED) as client:
             assert _decide(client).decision_id  # its Watch was refused: the gateway is healthy
+        for watch in held:
+            watch.cancel()
+
+
+def test_past_the_bound_a_not_serving_gateway_refuses_a_watch_and_its_clients_leave(
+        monkeypatch):
+    """Answered UNIMPLEMENTED, a client's channel takes its connection off health checks for
+    the connection's life, and kept a gateway that went NOT_SERVING (a drain, a lost map):
+    refused otherwise, it leaves the gateway, as one whose Watch answered NOT_SERVING."""
+    shown = {}
+
+    async def keeping_health(*args, **kwargs):
+        served = shown["served"] = await server.serve(*args, **kwargs)
+        return served
+    monkeypatch.setattr(inprocess_gateway, "serve", keeping_health)
+    monkeypatch.setattr(bounds, "OPEN_STREAMS", 2)
+    with serving(KEYS) as (gateway, channel):
+        held = [_watch(channel), _watch(channel)]
+        gateway.run(set_health(shown["served"][1], False))
+        assert "try again in a moment" in _refused(lambda: _watch(channel))
+        with _channel(gateway.port, HEALTH_CHECKED) as client:
+            with pytest.raises(grpc.RpcError) as left:
+                _decide(client)
+            assert left.value.code() == grpc.StatusCode.UNAVAILABLE
+        refused = gateway.gateway.watches_refused
+        assert refused["resource_exhausted"] >= 2 and not refused["unimplemented"]
         for watch in held:
             watch.cancel()
 
