@@ -113,8 +113,8 @@ class ControllerActor:
         """Once the claim on the store is lost, another cluster may hold the store: this one's
         writers stop, with the calls runtime.stop makes. The loop first (its rounds save the
         state, start shards and gateways), then the shards (they write the store), then the
-        gateways, gracefully. The learner is runtime.stop's (it writes only what the shards
-        sent). A take-up under way is cancelled first: it places the shards it finds alive. A
+        gateways, gracefully. The learner saves nothing more (a Ray restart of it forgets that).
+        A take-up under way is cancelled first: it places the shards it finds alive. A
         shard that a call under way (scale, a round) creates or starts from now on is killed
         by that call (Controller._unless_lost)."""
         why = await self.controller.store_claim.until_lost()
@@ -124,6 +124,10 @@ class ControllerActor:
             self._resume_task.cancel()
             await asyncio.wait([self._resume_task])
         controller = self.controller
+        try:
+            await controller.backend.learner().stand_down()
+        except Exception:  # the shards are stopped all the same
+            log.exception("telling the learner to save nothing more failed")
         for name in controller.shards:
             try:
                 await controller.backend.kill_shard(name)
@@ -201,10 +205,12 @@ class ControllerActor:
     async def status(self) -> dict[str, Any]:
         return await (await self._ready()).status()
 
-    async def stop_loop(self) -> None:
+    async def stop_loop(self) -> bool:
         """runtime.stop's first step: its rounds would start the gateways and shards it stops
-        again, and save the state."""
+        again, and save the state. Whether the claim on the store is lost: then the learner's
+        last merges are not saved (the store may be another cluster's)."""
         self._end_loop()
+        return self.controller.store_claim.lost() is not None
 
     async def release_store(self) -> None:
         """Give the store up (runtime.stop, once the writers are stopped, before the kill): a

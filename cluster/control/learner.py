@@ -63,7 +63,7 @@ from kairos.cluster.settings import LEARNER_SAVE_S, LONG_POLL_S
 from kairos.cluster.storage import blocks
 from kairos.cluster.storage.blocks import BlockCorrupt
 from kairos.cluster.storage.providers import open_store
-from kairos.cluster.storage.store import StoreUnavailable
+from kairos.cluster.storage.store import StoreInUse, StoreUnavailable
 from kairos.cluster.transport.backend import NotRunning, Published
 
 log = logging.getLogger("kairos.learner")
@@ -350,6 +350,7 @@ class LearnerActor:
         self._took_up = False  # whether the saved posterior was taken up
         self._unread = True  # the store has not answered for the saved posterior yet
         self._read_at = -float("inf")
+        self._stood_down = False  # its cluster lost the store: nothing more is saved there
         # Ray restarts this actor with the arguments it was created with: the saved catalog,
         # the latest switched to, runs instead of `catalog_text`
         self._restore(follow_catalog=True)
@@ -392,7 +393,12 @@ class LearnerActor:
 
     def _save(self, force: bool = False, strict: bool = False) -> None:
         """Save the posterior (if forced, or LEARNER_SAVE_S passed); a store that does not
-        take it is logged, or with `strict` raises StoreUnavailable."""
+        take it is logged, or with `strict` raises StoreUnavailable; once stood down, nothing
+        is saved (with `strict`: StoreInUse)."""
+        if self._stood_down:
+            if strict:
+                raise StoreInUse("the learner saves nothing more: its cluster lost the store")
+            return
         now = time.monotonic()
         if force or now - self._saved_at >= LEARNER_SAVE_S:
             try:
@@ -419,6 +425,14 @@ class LearnerActor:
         a store that does not take it is logged (`_save`)."""
         if self.learner.merged != self._saved_merges:
             self._save(force=True)
+
+    async def stand_down(self) -> None:
+        """Save nothing more (the controller lost its claim on the store, which may be
+        another cluster's now): the periodic save stops, a flush writes nothing, and a switch,
+        which must be saved, fails."""
+        self._stood_down = True
+        if self._saving is not None:
+            self._saving.cancel()
 
     async def sync(self, catalog_version: str, delta: ModelDelta | None,
                    known_version: int) -> Published | None:
@@ -452,7 +466,7 @@ class LearnerActor:
             self.learner.announce()
         try:
             self._save(force=True, strict=True)
-        except StoreUnavailable:
+        except (StoreUnavailable, StoreInUse):
             self.learner.put_back(kept)
             self._took_up = took_up
             raise

@@ -108,10 +108,12 @@ def stop(find_shards: bool = True, learner: bool = True) -> None:
     (gracefully), every shard (`find_shards`: those the controller knows, or where it cannot
     list them those named as shards), and the learner once it saved what it merged since its
     last save (last: the shards sync to it until they stop; `learner`: not one a start found
-    there, another runtime's); then, once Ray has freed their names, the controller, which
-    gives up the store first: a `start` on it then runs beside none of their writes. Return once Ray has freed the controller's name too (all in all at
-    most STOP_WAIT_S), so that a `start` right after creates them anew."""
-    _ask_controller("stop_loop", "stop its loop", "it may start what is stopped again")
+    there, another runtime's; no save where the controller lost the store, which may be
+    another cluster's now); then, once Ray has freed their names, the controller, which
+    gives up the store first: a `start` on it then runs beside none of their writes. Return
+    once Ray has freed the controller's name too (all in all at most STOP_WAIT_S), so that a
+    `start` right after creates them anew."""
+    lost = _ask_controller("stop_loop", "stop its loop", "it may start what is stopped again")
     names = _shards() if find_shards else []
     for name in _named_with(GATEWAY_PREFIX):
         try:
@@ -121,7 +123,8 @@ def stop(find_shards: bool = True, learner: bool = True) -> None:
         names.append(name)
     _kill(names)
     if learner:
-        _flush_learner()
+        if not lost:  # else the store may be another cluster's: its last merges are lost
+            _flush_learner()
         _kill([LEARNER_NAME])
         names.append(LEARNER_NAME)
     # ray.kill only asks: the writers gone before the store is, and the names free for a start
@@ -166,15 +169,17 @@ def _wait_gone(names: list[str], deadline: float) -> None:
         time.sleep(0.05)
 
 
-def _ask_controller(method: str, what: str, risk: str) -> None:
-    """The controller's `method` called, if there is a controller; one that does not answer
-    is logged: what it did not do, why, and what may come of it."""
+def _ask_controller(method: str, what: str, risk: str) -> Any:
+    """The controller's `method` called, if there is a controller: its answer (None if
+    none); one that does not answer is logged: what it did not do, why, and what may come of
+    it."""
     try:
-        ray.get(getattr(controller(), method).remote(), timeout=10)
+        return ray.get(getattr(controller(), method).remote(), timeout=10)
     except ValueError:
         pass  # no controller
     except (ray.exceptions.RayError, TimeoutError) as exc:
         log.warning("stop: the controller did not %s (%s): %s", what, exc, risk)
+    return None
 
 
 def _flush_learner() -> None:

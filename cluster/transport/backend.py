@@ -155,6 +155,9 @@ class LearnerControl(Protocol):
     async def switch(self, catalog_text: str) -> int:
         """Carry the posteriors over to a new catalog; the new model version."""
 
+    async def stand_down(self) -> None:
+        """Save nothing more to the store: the cluster lost it (ownership.py)."""
+
     async def status(self) -> dict[str, Any]: ...
 
 

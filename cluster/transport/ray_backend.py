@@ -310,6 +310,9 @@ class RayLearner(_Actor):
     async def switch(self, catalog_text: str) -> int:
         return await self._call(lambda a: a.switch.remote(catalog_text))
 
+    async def stand_down(self) -> None:
+        await self._call(lambda a: a.stand_down.remote())
+
     async def status(self) -> dict[str, Any]:
         return await self._call(lambda a: a.status.remote())
 

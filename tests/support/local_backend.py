@@ -31,6 +31,7 @@ class LocalBackend:
         self.shards: dict[str, Shard | None] = {}  # None: created, not started yet
         self.n_partitions: dict[str, int] = {}
         self.local_learner: Learner | None = None
+        self.learner_stood_down = False  # LearnerControl.stand_down was called
         self.local_controller: Controller | None = None
         self.delivered: dict[str, list[Decision]] = {}  # what sinks were pushed
         self.rng = random.Random(seed)
@@ -223,6 +224,10 @@ class LocalLearner:
     async def switch(self, catalog_text: str) -> int:
         await self._backend.hop()
         return self._backend.local_learner.switch(catalog_text)
+
+    async def stand_down(self) -> None:
+        await self._backend.hop()
+        self._backend.learner_stood_down = True  # it saves nothing: only recorded
 
     async def status(self) -> dict[str, Any]:
         await self._backend.hop()

@@ -14,7 +14,7 @@ from kairos.cluster.control import learner as learner_module
 from kairos.cluster.control.learner import DAMAGED_KEY, STATE_KEY, Learner, LearnerActor
 from kairos.cluster.storage import blocks
 from kairos.cluster.storage.providers import open_store
-from kairos.cluster.storage.store import StoreUnavailable
+from kairos.cluster.storage.store import StoreInUse, StoreUnavailable
 from kairos.cluster.transport.backend import Unavailable
 from kairos.core.catalog import default_catalog_text, load_catalog
 from kairos.core.compiler import compile_catalog, compiled_from_text, default_compiled
@@ -389,6 +389,31 @@ def test_merges_left_unsaved_when_traffic_stops_are_saved_and_an_idle_learner_wr
     asyncio.run(run())
 
 
+def test_a_learner_stood_down_saves_nothing_more(tmp_path, monkeypatch):
+    """Its cluster lost the store (another cluster's now): merges go on in memory, but neither
+    the periodic save, nor a sync, nor a flush writes, and a switch, which must be saved,
+    fails and leaves it on its catalog."""
+    c = default_compiled()
+    counting = Counting(open_store(str(tmp_path)))
+    monkeypatch.setattr(learner_module, "open_store", lambda url: counting)
+    monkeypatch.setattr(learner_module, "LEARNER_SAVE_S", 0.1)
+
+    async def run():
+        actor = Actor(default_catalog_text(), "x")
+        await actor.sync(c.version, learned(c, 3, 1), -1)
+        assert counting.puts == 1
+        await actor.stand_down()
+        await actor.sync(c.version, learned(c, 3, 1), -1)  # left unsaved
+        await asyncio.sleep(0.5)  # periodic saves, had they gone on
+        await actor.flush()
+        with pytest.raises(StoreInUse):
+            await actor.switch(catalog("other"))
+        assert counting.puts == 1 and actor.learner.models.positives[3] == 2
+        assert actor.learner.compiled.version == c.version
+
+    asyncio.run(run())
+
+
 def test_a_flush_saves_the_merges_since_the_last_save_and_a_failed_one_is_only_logged(
         tmp_path, monkeypatch, caplog):
     c = default_compiled()
@@ -437,6 +462,7 @@ def test_stop_gives_the_store_up_once_every_writer_stopped_and_then_kills_the_co
                 {"name": name, "namespace": NAMESPACE} for name in self.alive])
             self.alive: set[str] = set()
             self.flush_fails = False
+            self.lost = False  # the controller lost its claim on the store
 
         def get_actor(self, name: str, namespace: str) -> Handle:
             if name not in self.alive:
@@ -449,7 +475,7 @@ def test_stop_gives_the_store_up_once_every_writer_stopped_and_then_kills_the_co
             if ref in [(CONTROLLER_NAME, "stop_loop"), (CONTROLLER_NAME, "release_store"),
                        (gateway, "stop")]:
                 events.append(" ".join(ref))
-                return None
+                return self.lost if ref[1] == "stop_loop" else None
             assert ref == (LEARNER_NAME, "flush") and timeout <= runtime.LEARNER_FLUSH_S
             events.append("flush")
             if self.flush_fails:
@@ -473,6 +499,12 @@ def test_stop_gives_the_store_up_once_every_writer_stopped_and_then_kills_the_co
                           f"kill {CONTROLLER_NAME}"]
     assert [r.getMessage() for r in caplog.records] == [
         "stop: the learner did not save its last merges: no answer"]
+    # a controller that lost its store: the learner saves nothing there, as it is killed
+    fake.alive.update({CONTROLLER_NAME, "kairos-shard-0000", LEARNER_NAME})
+    fake.lost, fake.flush_fails = True, False
+    events.clear()
+    runtime.stop()
+    assert "flush" not in events and f"kill {LEARNER_NAME}" in events
 
 
 def sent(delta, incarnation: str, sequence: int):

@@ -96,6 +96,8 @@ def test_a_controller_that_lost_its_claim_stops_its_cluster_and_writes_nothing_m
         lose_claim(controller, monkeypatch)  # as a Redis lease another took
         await until(lambda: not backend.shards and not backend.gateways, 5,
                     "its shards and gateways stopped")
+        assert backend.learner_stood_down  # it saves nothing more
+        assert await actor.stop_loop()  # runtime.stop: the learner's merges are not saved
         written = files(tmp_path)
         for call in (actor.status(), actor.scale(3), controller.scale(3),
                      controller.watch_channel("sink", "email", None)):
