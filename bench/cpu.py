@@ -53,21 +53,40 @@ class ProcessCpu:
         self._windows: list[CpuWindow] = []
         self._members: set[Key] = set()  # of the set at the last sample
         self._closed = threading.Condition()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._error: BaseException | None = None  # what ended the sampling thread, if it failed
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="process-cpu", daemon=True)
         self._thread.start()
 
     def last(self, index: int) -> None:
         """Window `index` is the last (it has not closed yet)."""
         self._last = index
 
+    def stop(self) -> None:
+        """Stop sampling (no further window closes); returns once the thread has ended."""
+        self._stopped.set()
+        self._thread.join()
+
     def window(self, index: int = 0) -> CpuWindow:
-        """Window `index`, once it has closed."""
+        """Window `index`, once it has closed; what failed the sampling thread, if it did
+        before then."""
         with self._closed:
-            self._closed.wait_for(lambda: len(self._windows) > index)
-            return self._windows[index]
+            self._closed.wait_for(lambda: len(self._windows) > index or self._error is not None)
+            if len(self._windows) > index:
+                return self._windows[index]
+            raise self._error
 
     def _sample(self) -> None:
-        time.sleep(max(0.0, self.start - time.time()))
+        try:
+            self._windows_until_last()
+        except BaseException as exc:  # for window()'s callers, who would wait forever
+            with self._closed:
+                self._error = exc
+                self._closed.notify_all()
+
+    def _windows_until_last(self) -> None:
+        if self._stopped.wait(max(0.0, self.start - time.time())):
+            return
         seen = self._cpu_s()
         index = 0
         while True:
@@ -77,7 +96,8 @@ class ProcessCpu:
             when = window.start
             while when < end:
                 when = min(when + CPU_SAMPLE_S, end)
-                time.sleep(max(0.0, when - time.time()))
+                if self._stopped.wait(max(0.0, when - time.time())):
+                    return
                 seen = self._cpu_s()
                 window.add(seen)
             with self._closed:
@@ -236,5 +256,4 @@ def _existing(pids: Iterable[int]) -> list[psutil.Process]:
 def generator_cpu(generators: set[int], start: float, seconds: float,
                   windows: int | None = 1) -> ProcessCpu:
     """The load generators themselves: what the bench costs the machine it shares."""
-    return ProcessCpu(lambda: [psutil.Process(pid) for pid in generators
-                               if psutil.pid_exists(pid)], start, seconds, windows)
+    return ProcessCpu(lambda: _existing(generators), start, seconds, windows)

@@ -318,10 +318,14 @@ class Traffic:
         self._last = None if steps is None else steps - 1
         pool._last_step.value = OPEN_ENDED if steps is None else steps - 1
         generators = pool.pids()
-        self._server = server_cpu(generators, self.measured_at, step.measure_s, steps)
-        self._own = generator_cpu(generators, self.measured_at, step.measure_s, steps)
-        self._futures = [pool._pool.submit(_run_traffic, step, i, pool.processes,
-                                           self.started_at) for i in range(pool.processes)]
+        with contextlib.ExitStack() as samplers:  # no traffic: they would sample on for good
+            self._server = server_cpu(generators, self.measured_at, step.measure_s, steps)
+            samplers.callback(self._server.stop)
+            self._own = generator_cpu(generators, self.measured_at, step.measure_s, steps)
+            samplers.callback(self._own.stop)
+            self._futures = [pool._pool.submit(_run_traffic, step, i, pool.processes,
+                                               self.started_at) for i in range(pool.processes)]
+            samplers.pop_all()
         self._results: list[dict] | None = None
 
     def __enter__(self) -> Traffic:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 
 import grpc
+import pytest
 
 from bench.loadgen import STOP_NOTICE_S, GeneratorPool, Step
 from bench.peers.serving import in_process
@@ -94,3 +96,20 @@ def test_stopped_traffic_ends_with_the_step_under_way():
     assert all(s["kinds"]["decide"]["count"] == s["sent"] > 0 for s in steps)
     # the last step is the one under way STOP_NOTICE_S after stop()
     assert steps[-1]["started_at"] <= stopped + STOP_NOTICE_S < steps[-1]["ended_at"]
+
+
+def test_traffic_that_fails_to_start_stops_its_cpu_samplers(monkeypatch):
+    pool = GeneratorPool(1)
+    running = set(threading.enumerate())
+
+    def refused(*args: object) -> None:
+        raise RuntimeError("cannot schedule new futures after shutdown")
+
+    try:
+        with in_process(Answering) as target:
+            monkeypatch.setattr(pool._pool, "submit", refused)  # as a pool shut down does
+            with pytest.raises(RuntimeError):
+                pool.traffic(Step(target, "decide", RATE, 0.5, 1.0, 1000))
+    finally:
+        pool.close()
+    assert set(threading.enumerate()) <= running  # no sampler thread left

@@ -4,8 +4,10 @@ starts others, and retitles an actor by the method it runs)."""
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
 
 import psutil
@@ -209,3 +211,23 @@ def test_a_generator_reaped_in_the_window_is_not_server_cpu():
     finally:
         generator.end()
     assert window.per_request(1)[0] < BEFORE_S / 2, window.by_process(1, 1.0)
+
+
+def test_a_failed_sampler_fails_the_window_it_would_close():
+    """What fails the sampling thread reaches window()'s caller, who would otherwise wait
+    for good."""
+    def processes():
+        raise psutil.AccessDenied(os.getpid())
+
+    cpu = ProcessCpu(processes, time.time(), 1.0)
+    raised: queue.Queue = queue.Queue()
+
+    def wait() -> None:
+        try:
+            cpu.window()
+        except psutil.AccessDenied as exc:
+            raised.put(exc)
+
+    threading.Thread(target=wait, daemon=True).start()
+    # a guard against the hang it tests for, not a timing: the first sample fails at once
+    assert isinstance(raised.get(timeout=30), psutil.AccessDenied)
