@@ -271,6 +271,10 @@ MAX_MESSAGE_BYTES = integer("MAX_MESSAGE_BYTES", 1 << 20, low=1024)
 WATCH_BACKLOG = integer("WATCH_BACKLOG", 1024)
 # WatchDecisions streams a gateway serves at once; past it, new ones are RESOURCE_EXHAUSTED.
 WATCH_STREAMS = integer("WATCH_STREAMS", 10_000)
+# Streams of each method open without a key (health's Watch, reflection's) a gateway serves
+# from one host (an IPv4 address or an IPv6 /64) at once: a client channel's health check
+# holds one. Behind a proxy, a sidecar or SNAT every client is the one host they leave from.
+OPEN_STREAMS_PER_HOST = integer("OPEN_STREAMS_PER_HOST", 128)
 # Events of one IngestStream in flight at once.
 STREAM_WINDOW = integer("STREAM_WINDOW", 1024)
 # How often a gateway looks whether to freeze its long-lived objects (pauses.py).

@@ -1,9 +1,12 @@
 """Bounds on the calls a gateway runs at once besides DecisionService's (calls.InflightLimit
 counts those): AdminService calls, ADMIN_CALLS of them, the last ADMIN_RESERVED for keys with
 the admin scope; and the streams of the services open without a key (grpc.health's Watch,
-reflection's), OPEN_STREAMS of each method from all callers and OPEN_STREAMS_PER_PEER from one
-host. Past a bound, a call is refused before its request is parsed: RESOURCE_EXHAUSTED, but a
-health Watch UNIMPLEMENTED while health shows SERVING.
+reflection's), OPEN_STREAMS of each method from all callers and settings.OPEN_STREAMS_PER_HOST
+from one host: an IPv4 address or an IPv6 /64, as a shard's data plane counts its sources
+(transport/admission.py; a host is given a /64 at least, and picks from it at will). A proxy,
+a sidecar or SNAT in front of the gateway makes every client behind it one host. Past a
+bound, a call is refused before its request is parsed: RESOURCE_EXHAUSTED, but a health Watch
+UNIMPLEMENTED while health shows SERVING.
 
 Admin calls pass the in-flight limit and the shedding (an operator must reach a saturated
 cluster), yet one may be heavy (a catalog compiled from a 1 MiB text, a page of the decision
@@ -31,22 +34,25 @@ fill the pool while clients reconnect, so that their connections go without heal
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from collections import Counter
 from typing import Hashable
+from urllib.parse import unquote
 
 import grpc
 from grpc_health.v1 import health, health_pb2
 
 from kairos.cluster.gateway.auth import has_scope
 from kairos.cluster.gateway.calls import Gateway, fail
+from kairos.cluster.settings import OPEN_STREAMS_PER_HOST
 from kairos.cluster.throttled import ThrottledWarning
+from kairos.cluster.transport.admission import source_of
 
 ADMIN_CALLS = 8  # AdminService calls a gateway runs at once (decision log exports: 4 of them)
 ADMIN_RESERVED = 2  # ... of which keys without the admin scope may not take the last ones
 OPEN_STREAMS = 8192  # of each open streaming method, from all callers (160 MiB of watches)
-OPEN_STREAMS_PER_PEER = 128  # of each, from one host (a client channel's health check holds one)
 _ADMIN = "/kairos.v1.AdminService/"
 _WATCH = "/grpc.health.v1.Health/Watch"
 _OPEN_STREAMING = frozenset({_WATCH,
@@ -109,7 +115,7 @@ class Bounds(grpc.aio.ServerInterceptor):
                       ADMIN_CALLS - ADMIN_RESERVED}
         else:
             group = f"{method[1:]} streams"
-            bounds = {group: OPEN_STREAMS, (group, _host(context.peer())): OPEN_STREAMS_PER_PEER}
+            bounds = {group: OPEN_STREAMS, (group, _host(context.peer())): OPEN_STREAMS_PER_HOST}
         for group, limit in bounds.items():
             if (running := self.running[group]) >= limit:
                 await self._refuse(method, context, running, group, limit)
@@ -143,5 +149,11 @@ class Bounds(grpc.aio.ServerInterceptor):
 
 
 def _host(peer: str) -> str:
-    """The host part of grpc's peer string (`ipv4:10.0.0.7:51234`, `ipv6:%5B::1%5D:51234`)."""
-    return peer.rpartition(":")[0] or peer
+    """The host a call from grpc's `peer` (`ipv4:10.0.0.7:51234`, `ipv6:%5B2001:db8::7%5D:51234`)
+    counts against: its IPv4 address or its IPv6 address's /64; any other peer (a Unix
+    socket's) is its own."""
+    kind, _, address = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        with contextlib.suppress(ValueError):
+            return source_of(unquote(address).rpartition(":")[0].strip("[]"))
+    return peer

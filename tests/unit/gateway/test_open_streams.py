@@ -1,9 +1,10 @@
 """The services open without a key (grpc.health, reflection) hold a bounded number of streams:
 anyone could open Watch streams by the thousand (each a task and tens of KiB, for as long as
-its caller stayed); past bounds.OPEN_STREAMS of a method, or bounds.OPEN_STREAMS_PER_PEER from
-one host, a reflection stream is refused RESOURCE_EXHAUSTED and a health Watch UNIMPLEMENTED,
-which a client's own health checking takes as a healthy backend (any other refusal made a
-client configured as k8s/README.md says lose the gateway, for a pool another host had filled),
+its caller stayed); past bounds.OPEN_STREAMS of a method, or settings.OPEN_STREAMS_PER_HOST
+from one host (an IPv4 address, an IPv6 /64), a reflection stream is refused
+RESOURCE_EXHAUSTED and a health Watch UNIMPLEMENTED, which a client's own health checking
+takes as a healthy backend (any other refusal made a client configured as k8s/README.md says
+lose the gateway, for a pool another host had filled),
 but only while the gateway shows SERVING (UNIMPLEMENTED takes the connection off health checks
 for its life: it kept a gateway that went NOT_SERVING),
 while health's Check stays open to every caller (Kubernetes' probes carry no key). Each
@@ -12,10 +13,13 @@ more. Through gRPC to the in-process gateway, with API keys on; another host's c
 through a relay whose connections leave from 127.0.0.2."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
 import threading
+from collections import Counter as Tally
+from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -30,6 +34,7 @@ from kairos.v1.decision_pb2_grpc import DecisionServiceStub
 from tests.support import inprocess_gateway
 from tests.support.inprocess_gateway import serving
 from tests.support.waiting import wait_until
+from tests.unit.gateway.test_admin_deadlines import Context, answer
 
 KEY = "secret-key-0123456789"
 KEYS = f"keys:\n  - key: '{KEY}'\n    scopes: [decide, watch]\n"
@@ -193,10 +198,10 @@ def test_past_the_bound_a_not_serving_gateway_refuses_a_watch_and_its_clients_le
 
 
 def test_one_host_holds_a_bounded_share_of_the_watches(monkeypatch):
-    monkeypatch.setattr(bounds, "OPEN_STREAMS_PER_PEER", 2)
+    monkeypatch.setattr(bounds, "OPEN_STREAMS_PER_HOST", 2)
     with serving(KEYS) as (gateway, channel):
         held = [_watch(channel), _watch(channel)]
-        assert "Watch streams of ipv4:127.0.0.1" in _refused(
+        assert "Watch streams of 127.0.0.1 at once" in _refused(
             lambda: _watch(channel), grpc.StatusCode.UNIMPLEMENTED)
         with _from_other_host(gateway.port) as other:
             held.append(_watch(other))  # another host's place is its own
@@ -204,6 +209,35 @@ def test_one_host_holds_a_bounded_share_of_the_watches(monkeypatch):
             assert _decide(client).decision_id
         for watch in held:
             watch.cancel()
+
+
+class FromPeer(Context):
+    def __init__(self, peer: str):
+        super().__init__(None)
+        self._peer = peer
+
+    def peer(self) -> str:
+        return self._peer
+
+
+def test_ipv6_callers_count_as_their_64(monkeypatch):
+    """A host is given a /64 at least and picks addresses from it at will: counted by
+    address, one host held any number of places."""
+    monkeypatch.setattr(bounds, "OPEN_STREAMS_PER_HOST", 1)
+    limits = bounds.Bounds(SimpleNamespace(name="g", watches_refused=Tally()), None)
+    method = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+
+    async def main():
+        await limits._enter(method, FromPeer("ipv6:%5B2001:db8:0:7::1%5D:40000"))
+        refused = await answer(limits._enter(method,
+                                             FromPeer("ipv6:%5B2001:db8:0:7:ff::2%5D:40001")))
+        assert "ServerReflectionInfo streams of 2001:db8:0:7::/64 at once" in refused.details
+        await limits._enter(method, FromPeer("ipv6:%5B2001:db8:0:8::1%5D:40000"))  # another
+        # an IPv4 client reaching an IPv6 socket counts as its IPv4 address
+        await limits._enter(method, FromPeer("ipv6:%5B::ffff:10.0.0.7%5D:40000"))
+        assert "streams of 10.0.0.7 at once" in (await answer(
+            limits._enter(method, FromPeer("ipv4:10.0.0.7:40001")))).details
+    asyncio.run(main())
 
 
 def test_a_connection_carries_every_watch_stream_and_a_bounded_number_of_calls_more(
