@@ -37,6 +37,10 @@ log = logging.getLogger("kairos.store")
 LEASE_S = 15.0  # how long a lease outlives its last renewal
 RENEW_S = 3.0  # how often its holder renews it: a few renewals may fail before it runs out
 POLLS = 6  # how many times a renewal interval a claim looks again at another cluster's lease
+# the most a renewal waits for the store (it is tried again), and a release for the call of
+# one that gave up (it would claim the store again after it): within the 10 s runtime.stop
+# gives a release
+CALL_S = 4.0
 
 
 def _holder(lease: bytes) -> str:
@@ -64,7 +68,7 @@ class StoreClaim:
         self.holder = (f"host {socket.gethostname()}, pid {os.getpid()}, since "
                        f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
         self._renewing: asyncio.Task | None = None
-        self._claiming = asyncio.Lock()  # a release waits for a renewal under way
+        self._calls: set[asyncio.Future] = set()  # renewals' store calls still running
         self._renewed = -math.inf  # when the last claim that succeeded began (monotonic)
         self._lost: str | None = None  # why the claim is lost, once it is
         self._lost_event = asyncio.Event()
@@ -126,17 +130,20 @@ class StoreClaim:
     async def _renew(self) -> None:
         while True:
             await asyncio.sleep(self.renew_s)
-            async with self._claiming:  # a release holds it, and cancels this loop waiting
-                if (why := await self._renewal()) is not None:
-                    self._lose(why)
-                    return
+            if (why := await self._renewal()) is not None:
+                self._lose(why)
+                return
 
     async def _renewal(self) -> str | None:
         """Renew the claim (or take it again once it lapsed); why it is lost, if it is."""
         began = time.monotonic()
+        call = asyncio.get_running_loop().run_in_executor(None, self.store.claim, self.owner,
+                                                          self.holder)
+        self._calls.add(call)
+        call.add_done_callback(self._calls.discard)
         try:
-            async with asyncio.timeout(self.lease_s):  # a hung call is tried again
-                await asyncio.to_thread(self.store.claim, self.owner, self.holder)
+            async with asyncio.timeout(CALL_S):  # a hung call is tried again; it runs on
+                await asyncio.shield(call)
         except StoreInUse as exc:  # its lease ran out unrenewed, and another took it
             return f"this cluster lost its store to another: {exc}"
         except Exception as exc:  # the store does not answer (or hung): tried again
@@ -150,10 +157,12 @@ class StoreClaim:
         return None
 
     async def release(self) -> None:
-        """Stop renewing the claim and give it up (the controller is stopping), after a
-        renewal under way: it would claim the store again."""
-        async with self._claiming:
-            if self._renewing is not None:
-                self._renewing.cancel()
-                self._renewing = None
-            await asyncio.to_thread(self.store.release, self.owner)
+        """Stop renewing the claim and give it up (the controller is stopping), after the
+        store calls of renewals under way or given up on (at most CALL_S): one that landed
+        later would claim the store again, a lease nobody renews."""
+        if self._renewing is not None:
+            self._renewing.cancel()
+            self._renewing = None
+        if self._calls:
+            await asyncio.wait(list(self._calls), timeout=CALL_S)
+        await asyncio.to_thread(self.store.release, self.owner)

@@ -11,12 +11,13 @@ import asyncio
 import re
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 import redis
 
-from kairos.cluster.storage import redis_store
+from kairos.cluster.storage import ownership, redis_store
 from kairos.cluster.storage.directory_store import DirectoryStore
 from kairos.cluster.storage.ownership import StoreClaim
 from kairos.cluster.storage.providers import open_store
@@ -191,4 +192,51 @@ def test_a_holder_whose_loop_stalled_past_its_lease_takes_it_again_if_nobody_did
         with pytest.raises(StoreInUse, match="in use by another Kairos cluster"):
             open_store(redis_url).claim("second", "second")
         await held.release()
+    asyncio.run(main())
+
+
+class Hung:
+    """A store whose next claim, once `hang()` is called, hangs until `answer()`."""
+
+    def __init__(self, store):
+        self.store, self.hanging, self.answered = store, False, threading.Event()
+
+    def hang(self) -> None:
+        self.hanging = True
+
+    def answer(self) -> None:
+        self.answered.set()
+
+    def claim(self, owner: str, holder: str) -> None:
+        if self.hanging:
+            self.hanging = False
+            self.answered.wait()
+        self.store.claim(owner, holder)
+
+    def __getattr__(self, name: str):
+        return getattr(self.store, name)
+
+
+def test_a_renewal_given_up_on_that_lands_during_the_release_leaves_no_lease(
+        redis_url, monkeypatch, caplog):
+    """Its call runs on after the renewal gave up on it: the release waits for it, not to
+    have it claim the store again after (a lease nobody renews, which a start waits out)."""
+    monkeypatch.setattr(ownership, "CALL_S", 1.0)
+
+    async def main() -> None:
+        store = Hung(open_store(redis_url))
+        held = StoreClaim(store, "first", LEASE_S, RENEW_S)
+        await held.claim()
+        store.hang()
+        with caplog.at_level("WARNING", "kairos.store"):
+            for _ in range(100):
+                await asyncio.sleep(RENEW_S / 2)
+                if "renewing the claim on the store failed" in caplog.text:
+                    break
+        assert "renewing the claim on the store failed" in caplog.text  # it gave up
+        releasing = asyncio.ensure_future(held.release())
+        await asyncio.sleep(0.1)
+        store.answer()  # the renewal's call lands now
+        await releasing
+        open_store(redis_url).claim("second", "the second cluster")  # free
     asyncio.run(main())
