@@ -13,9 +13,10 @@ lost for good: `claim` and `check` raise StoreInUse from then on, and the contro
 cluster (ControllerActor). A lease it could not renew for LEASE_S - RENEW_S (the store did not
 answer, a renewal hung, its event loop stalled) may have run out, but that alone loses nothing:
 the renewals go on, and the first that reaches the store takes the lease again when no other
-cluster took it meanwhile (it warns that it lapsed), or finds the other's lease. Stopping the
-cluster on a lapse would turn a Redis outage of a few seconds, which shards ride out as
-UNAVAILABLE, into an outage until an operator starts it again. While it lapsed another
+cluster holds it then (it warns that it lapsed, and that one may have written meanwhile), or
+finds the other's lease. Stopping the cluster on a lapse would turn a Redis outage of a few
+seconds, which shards ride out as UNAVAILABLE, into an outage until an operator starts it
+again. While it lapsed another
 cluster could have claimed the store and both written to it: that takes an operator starting
 a second cluster on this store in those seconds, and lasts until the next renewal.
 """
@@ -151,7 +152,8 @@ class StoreClaim:
             return None
         if self._lapsed():
             log.warning("the claim on the store %s was not renewed for %.1f s (its lease, "
-                        "%g s, may have run out): taken again, no other cluster had claimed it",
+                        "%g s, may have run out): taken again, no other cluster holds it now; "
+                        "one may have written to it meanwhile",
                         redact(self.store.url), began - self._renewed, self.lease_s)
         self._renewed = began
         return None
