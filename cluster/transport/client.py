@@ -49,8 +49,6 @@ from kairos.cluster.transport.sagas import IdentitySagas
 log = logging.getLogger("kairos.client")
 MAX_REDIRECTS = 20  # a request MOVED this many times in a row fails as Unavailable
 _DONE = (protocol.Ok, protocol.EventAck, protocol.Forgotten)  # the replies that mean done
-# a request given up on before it was sent: its caller stopped waiting, or its call failed
-_DROPPED = Failed(NotSent, "no longer awaited")
 
 
 class ShardUnavailable(Unavailable):
@@ -323,7 +321,7 @@ class KairosClient(IdentitySagas):
             return batch
         for item in batch:
             if item.given_up():
-                self._answered(item, _DROPPED)
+                self._answered(item, item.unsent())
         return [item for item in batch if not item.given_up()]
 
     async def _call_shard(self, link: _ShardLink, session: str, seq: int,
@@ -414,7 +412,7 @@ class KairosClient(IdentitySagas):
         before going again; or, when it `failed` (a reason) or was given up on, answer it
         NotSent (`_fail`)."""
         if item.given_up() or failed:  # no shard took it: not applied
-            self._fail(item, _DROPPED if item.given_up() else Failed(NotSent, failed))
+            self._fail(item, item.unsent() if item.given_up() else Failed(NotSent, failed))
             return
         lane.moved.append(item)
         self._hold(item)
@@ -434,7 +432,7 @@ class KairosClient(IdentitySagas):
         for item in ready:
             self._waiting[item.waits_at] -= 1
             if item.given_up():
-                self._fail(item, _DROPPED)
+                self._fail(item, item.unsent())
             else:
                 self._send(lane, item)
 
@@ -444,6 +442,6 @@ class KairosClient(IdentitySagas):
         rest of its call is given up first: sent later, a customer's later events of the call
         would be applied without it (and the caller's retry would apply it after them)."""
         if item.call is not None:
-            item.call.give_up()
+            item.call.give_up(f"not sent: an earlier event of its call failed: {failure.reason}")
         if not item.future.done():
             item.future.set_result(failure)

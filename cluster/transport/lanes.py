@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from kairos.cluster.protocol import Request
-from kairos.cluster.transport.backend import Unavailable
+from kairos.cluster.transport.backend import NotSent, Unavailable
+
+NO_LONGER_AWAITED = "no longer awaited"  # why a request its caller stopped waiting for is unsent
 
 
 class Undelivered(NamedTuple):
@@ -37,11 +39,15 @@ class Call:
 
     def __init__(self) -> None:
         self.given_up = False
+        self.reason = ""  # what its requests left unsent are answered, once given up
 
-    def give_up(self) -> None:
+    def give_up(self, reason: str = NO_LONGER_AWAITED) -> None:
         """What of the call is not sent yet is never sent: all of it at once, so what is sent
-        of a customer's events is the first of them."""
-        self.given_up = True
+        of a customer's events is the first of them. Those are answered NotSent(`reason`),
+        the first give-up's: a stream or a batch that ends on one of them ends with the
+        cause."""
+        if not self.given_up:
+            self.given_up, self.reason = True, reason
 
 
 @dataclass
@@ -61,6 +67,10 @@ class Item:
         """Whether it is to go unsent: its call was given up; outside a call, its caller
         stopped waiting (its deadline passed, or it went away: the future is cancelled)."""
         return self.future.done() if self.call is None else self.call.given_up
+
+    def unsent(self) -> Failed:
+        """The client's own reply once it is given up on: never sent, and why."""
+        return Failed(NotSent, NO_LONGER_AWAITED if self.call is None else self.call.reason)
 
 
 @dataclass

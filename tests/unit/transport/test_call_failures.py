@@ -3,7 +3,8 @@ its own gives up the rest of its call, so none of the customer's later events of
 sent without it: the client failing k0 (its shard unreachable through every reroute, MOVED
 past MAX_REDIRECTS, its batch failed in transit) then sent k1, held behind it in its lane or
 queued behind its batch, and applied k1 without k0 while the gateway still awaited an ack
-before k0's (LocalBackend, no Ray)."""
+before k0's. What the call left unsent is answered with k0's failure (it was "no longer
+awaited", which ended a stream or a batch without its cause). LocalBackend, no Ray."""
 from __future__ import annotations
 
 import asyncio
@@ -73,10 +74,13 @@ def test_a_request_the_client_fails_gives_up_the_rest_of_its_call(monkeypatch, h
                         "k0's first try failed", poll_s=0)
         k1 = client.enqueue(_event("k1"), call)
         backend.gate.set()
-        with pytest.raises(Unavailable):
+        with pytest.raises(Unavailable) as k0_failed:
             await client.settle(_event("k0"), await k0)
-        with pytest.raises(NotSent):  # never sent: not applied
+        with pytest.raises(NotSent) as k1_unsent:  # never sent: not applied
             await client.settle(_event("k1"), await k1)
+        # why, so that a stream or a batch ending on k1 ends with the cause
+        assert str(k1_unsent.value) == (f"not sent: an earlier event of its call failed: "
+                                        f"{k0_failed.value}")
         assert await client.profile("ana") is None  # no event of ana's was applied
         await client.close()
 
