@@ -401,6 +401,10 @@ class KairosClient(IdentitySagas):
                        item.reroutes > CLIENT_REROUTES and reply.reason)
         elif isinstance(reply, Failed):
             self._fail(item, reply)
+        elif isinstance(reply, (protocol.Busy, protocol.Unavailable)):
+            # the shard refused it, not applied: as for the client's own failures (not for
+            # Invalid: the gateway checks an event's values before it routes it)
+            self._fail(item, reply, reply.reason or "its shard was at its queue limit")
         elif not item.future.done():
             item.future.set_result(reply)
         if lane.inflight == 0 and (lane.moved or lane.held):
@@ -437,11 +441,14 @@ class KairosClient(IdentitySagas):
                 self._send(lane, item)
 
     @staticmethod
-    def _fail(item: Item, failure: Failed) -> None:
-        """Answer `item` with the client's own failure (unless its caller went away). The
-        rest of its call is given up first: sent later, a customer's later events of the call
-        would be applied without it (and the caller's retry would apply it after them)."""
+    def _fail(item: Item, failure: Reply | Failed, reason: str = "") -> None:
+        """Answer `item` with a failure that leaves it not applied, the client's own or its
+        shard's refusal (unless its caller went away). The rest of its call is given up
+        first, for that reason (the failure's own, unless given): sent later, a customer's
+        later events of the call would be applied without it (and the caller's retry would
+        apply it after them)."""
         if item.call is not None:
-            item.call.give_up(f"not sent: an earlier event of its call failed: {failure.reason}")
+            item.call.give_up(f"not sent: an earlier event of its call failed: "
+                              f"{reason or failure.reason}")
         if not item.future.done():
             item.future.set_result(failure)

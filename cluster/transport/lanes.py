@@ -35,7 +35,8 @@ class Call:
     a call, only once its call is given up: a deadline cancels the one reply being awaited, and
     dropping that event alone would send the customer's later events of the call without it
     (and the caller's retry would apply it after them). The client gives a call up itself when
-    it fails one of its requests (never sent, or its batch failed)."""
+    one of its requests fails unapplied (never sent, its batch failed, or its shard refused it
+    BUSY or UNAVAILABLE)."""
 
     def __init__(self) -> None:
         self.given_up = False

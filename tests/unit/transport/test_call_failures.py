@@ -15,7 +15,7 @@ from kairos.cluster import protocol
 from kairos.cluster.protocol import Event
 from kairos.cluster.transport import client as client_module
 from kairos.cluster.transport.backend import NotSent, Unavailable
-from kairos.cluster.transport.client import KairosClient
+from kairos.cluster.transport.client import Busy, KairosClient, ShardUnavailable
 from kairos.cluster.transport.lanes import Call
 
 from tests.support.local_backend import LocalBackend
@@ -82,6 +82,62 @@ def test_a_request_the_client_fails_gives_up_the_rest_of_its_call(monkeypatch, h
         assert str(k1_unsent.value) == (f"not sent: an earlier event of its call failed: "
                                         f"{k0_failed.value}")
         assert await client.profile("ana") is None  # no event of ana's was applied
+        await client.close()
+
+    asyncio.run(main())
+
+
+class K0Refused(LocalBackend):
+    """The shard refuses k0 with `reply` (applying nothing of its batch); others are
+    applied."""
+
+    def __init__(self, reply: protocol.Reply) -> None:
+        super().__init__()
+        self.reply = reply
+
+    async def send(self, name, session, seq, requests, routed):
+        if any(getattr(request, "idempotency_key", None) == "k0" for request in requests):
+            await super().send(name, session, seq, [], [])  # its turn taken: the session goes on
+            return [self.reply] * len(requests)
+        return await super().send(name, session, seq, requests, routed)
+
+
+@pytest.mark.parametrize("refusal, raised, reason", [
+    (protocol.Busy(), Busy, "its shard was at its queue limit"),
+    (protocol.Unavailable(reason="kairos-shard-0000 is recovering"), ShardUnavailable,
+     "kairos-shard-0000 is recovering")], ids=["busy", "unavailable"])
+def test_a_request_its_shard_refused_gives_up_the_rest_of_its_call(refusal, raised, reason):
+    """A shard's BUSY or UNAVAILABLE leaves the request unapplied, as the client's own
+    failures do: the customer's later events of the call, sent in a later batch, were applied
+    without it."""
+    async def main():
+        backend = K0Refused(refusal)
+        await backend.start_runtime(1, n_partitions=8)
+        client = await KairosClient(backend).connect()
+        call = Call()
+        k0 = await client.enqueue(_event("k0"), call)
+        k1 = client.enqueue(_event("k1"), call)  # after k0's answer: a batch of its own
+        with pytest.raises(raised):
+            await client.settle(_event("k0"), k0)
+        with pytest.raises(NotSent) as k1_unsent:
+            await client.settle(_event("k1"), await k1)
+        assert str(k1_unsent.value) == f"not sent: an earlier event of its call failed: {reason}"
+        assert await client.profile("ana") is None
+        await client.close()
+
+    asyncio.run(main())
+
+
+def test_a_request_found_invalid_gives_up_nothing_of_its_call():
+    """Invalid is not a refusal of the call's order: the gateway checks an event's values
+    before it routes it, so the rest of the call goes on."""
+    async def main():
+        backend = K0Refused(protocol.Invalid(field="attributes", reason="bad"))
+        await backend.start_runtime(1, n_partitions=8)
+        client = await KairosClient(backend).connect()
+        call = Call()
+        await client.enqueue(_event("k0"), call)
+        assert isinstance(await client.enqueue(_event("k1"), call), protocol.EventAck)
         await client.close()
 
     asyncio.run(main())
