@@ -80,6 +80,17 @@ def claim_on(url: str, owner: str) -> StoreClaim:
     return StoreClaim(open_store(url), owner, LEASE_S, RENEW_S)
 
 
+async def logged(caplog, text: str) -> None:
+    """Wait, generously, until the claim's log says `text` (a renewal ran); fail if it never
+    does."""
+    with caplog.at_level("WARNING", "kairos.store"):
+        for _ in range(100):
+            if text in caplog.text:
+                return
+            await asyncio.sleep(RENEW_S / 2)
+    pytest.fail(f"the claim never logged {text!r}")
+
+
 def test_a_redis_store_another_cluster_renews_is_refused_and_claimed_once_it_crashed(redis_url,
                                                                                     caplog):
     async def running() -> tuple[StoreClaim, str]:
@@ -133,11 +144,7 @@ def test_a_claim_whose_renewals_hang_past_its_lease_is_taken_again_once_the_stor
         with redis.Redis(port=redis_server.port) as admin:
             admin.execute_command("CLIENT", "PAUSE", int((LEASE_S + RENEW_S) * 1000), "WRITE")
             await asyncio.sleep(LEASE_S + 2 * RENEW_S)  # its renewals hang meanwhile
-        with caplog.at_level("WARNING", "kairos.store"):
-            for _ in range(50):
-                await asyncio.sleep(RENEW_S / 2)
-                if "taken again" in caplog.text:
-                    break
+        await logged(caplog, "taken again")
         assert ("taken again, no other cluster holds it now; one may have written to it "
                 "meanwhile") in caplog.text
         assert held.lost() is None
@@ -183,12 +190,13 @@ def test_a_holder_whose_loop_stalled_past_its_lease_knows_it_lost_the_claim(redi
     asyncio.run(main())
 
 
-def test_a_holder_whose_loop_stalled_past_its_lease_takes_it_again_if_nobody_did(redis_url):
+def test_a_holder_whose_loop_stalled_past_its_lease_takes_it_again_if_nobody_did(redis_url,
+                                                                                caplog):
     async def main() -> None:
         held = claim_on(redis_url, "first")
         await held.claim()
         time.sleep(LEASE_S + RENEW_S)  # the whole loop stalls; nobody claims meanwhile
-        await asyncio.sleep(2 * RENEW_S)  # a renewal runs
+        await logged(caplog, "taken again")  # a renewal ran
         assert held.lost() is None
         with pytest.raises(StoreInUse, match="in use by another Kairos cluster"):
             open_store(redis_url).claim("second", "second")
@@ -229,12 +237,7 @@ def test_a_renewal_given_up_on_that_lands_during_the_release_leaves_no_lease(
         held = StoreClaim(store, "first", LEASE_S, RENEW_S)
         await held.claim()
         store.hang()
-        with caplog.at_level("WARNING", "kairos.store"):
-            for _ in range(100):
-                await asyncio.sleep(RENEW_S / 2)
-                if "renewing the claim on the store failed" in caplog.text:
-                    break
-        assert "renewing the claim on the store failed" in caplog.text  # it gave up
+        await logged(caplog, "renewing the claim on the store failed")  # it gave up
         releasing = asyncio.ensure_future(held.release())
         await asyncio.sleep(0.1)
         store.answer()  # the renewal's call lands now
