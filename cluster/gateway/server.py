@@ -31,7 +31,15 @@ CALLS_PER_CONNECTION = 4096
 def streams_per_connection() -> int:
     """What one connection carries at once: every watch stream the gateway serves
     (KAIROS_WATCH_STREAMS: a push service may watch all of its customers on one channel) and
-    CALLS_PER_CONNECTION more, so its Decides on that channel never wait behind its watches."""
+    CALLS_PER_CONNECTION more, so its Decides on that channel never wait behind its watches.
+
+    By default that is 14,096 calls, about 70 % of KAIROS_GATEWAY_INFLIGHT_LIMIT (20,000): one
+    connection, so one client, may take most of the gateway's room. That is meant: the
+    gateway's own bounds (the in-flight limit and its shedding, WATCH_STREAMS, bounds.py's)
+    protect it whichever connection a call comes on, and refuse a call (RESOURCE_EXHAUSTED)
+    where this bound makes it wait in the client in silence; well under them, it would make a
+    push service watching many customers on one channel wait on its own Decides, what it is
+    sized to prevent."""
     return streams.WATCH_STREAMS + CALLS_PER_CONNECTION
 
 
