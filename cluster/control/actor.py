@@ -142,8 +142,6 @@ class ControllerActor:
     async def _control_loop(self) -> None:
         while True:
             await asyncio.sleep(CONTROL_LOOP_S)
-            if self.controller.store_claim.lost():
-                return  # _stand_down stops what it ran
             try:
                 controller = await self._ready()
             except Exception:

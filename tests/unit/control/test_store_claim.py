@@ -97,7 +97,6 @@ def test_a_controller_that_lost_its_claim_stops_its_cluster_and_writes_nothing_m
         await until(lambda: not backend.shards and not backend.gateways, 5,
                     "its shards and gateways stopped")
         assert backend.learner_stood_down  # it saves nothing more
-        assert await actor.stop_loop()  # runtime.stop: the learner's merges are not saved
         written = files(tmp_path)
         for call in (actor.status(), actor.scale(3), controller.scale(3),
                      controller.watch_channel("sink", "email", None)):
@@ -105,6 +104,7 @@ def test_a_controller_that_lost_its_claim_stops_its_cluster_and_writes_nothing_m
                 await call
         await asyncio.sleep(0.1)  # rounds of its loop, had it gone on
         assert actor._loop_task.done() and not backend.shards and files(tmp_path) == written
+        assert await actor.stop_loop()  # runtime.stop: the learner's merges are not saved
     asyncio.run(main())
 
 
