@@ -16,17 +16,10 @@ import pytest
 
 from bench.loadgen import START_DELAY_S, GeneratorPool, Step
 from bench.peers.serving import in_process
-from kairos.v1 import decision_pb2 as pb
-from kairos.v1 import decision_pb2_grpc
-from tests.bench.test_loadgen_traffic import Slow
+from tests.bench.servers import Answering, Slow
 
 STALL_S = 0.5
 RATE, WARMUP_S, MEASURE_S = 200.0, 0.5, 3.0
-
-
-class Answering(decision_pb2_grpc.DecisionServiceServicer):
-    async def Decide(self, request, context):  # noqa: N802  (the gRPC method's name)
-        return pb.Decision(customer_id=request.customer_id, channel=request.channel)
 
 
 def stall(pids: set[int], seconds: float) -> None:
@@ -81,11 +74,11 @@ def test_a_stalled_generator_shows_the_stall_in_latency_not_in_service_time(stal
 
 def test_a_generator_stalled_past_a_step_end_loses_no_answer():
     # stalled 1.5 s into the first of two steps, for longer than the rest of it: the requests
-    # due in the stall leave past the step's end and are answered ANSWER_S after they leave,
-    # past the step's end + DEADLINE_S + ANSWER_GRACE_S; the step waits for them
+    # due in the stall leave past the step's end, all at once, and are answered half a second
+    # after they leave, past the step's end + DEADLINE_S + ANSWER_GRACE_S; the step waits
     pool = GeneratorPool(1)
     try:
-        with in_process(Slow) as target:
+        with in_process(Slow, 0.5) as target:
             traffic = pool.traffic(Step(target, "decide", RATE, 0.0, 2.0, 1000), 2)
             time.sleep(max(traffic.measured_at + 1.5 - time.time(), 0.0))
             stall(pool.pids(), 2.7)
@@ -94,5 +87,7 @@ def test_a_generator_stalled_past_a_step_end_loses_no_answer():
         pool.close()
     for step in steps:
         decide = step["kinds"]["decide"]
-        assert decide["count"] == step["sent"] > 0 and not decide["errors"], step
+        assert decide["count"] == step["sent"] > 0, step
+        # only those in flight when the stall began may fail: their deadline passed in it
+        assert sum(decide["errors"].values()) <= RATE * 0.5 * 2, decide
         assert decide["max_ms"] >= 2_000, decide  # the stall's own requests are counted

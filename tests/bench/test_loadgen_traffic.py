@@ -4,48 +4,20 @@ request arrives and answers it ANSWER_S later. No Ray: a gRPC server in a proces
 """
 from __future__ import annotations
 
-import asyncio
-import json
 import threading
 import time
 
-import grpc
 import pytest
 
 from bench.loadgen import STOP_NOTICE_S, GeneratorPool, Step
 from bench.peers.serving import in_process
-from kairos.v1 import decision_pb2 as pb
-from kairos.v1 import decision_pb2_grpc
+from tests.bench.servers import Answering, Slow, arrivals
 
-ARRIVALS = "arrivals?"  # the customer whose Decide asks the server for its arrival times
-ANSWER_S = 0.7  # within the generators' deadline (loadgen.DEADLINE_S)
 RATE, STEP_S = 200.0, 2.0
-# The longest pause in arrivals allowed: 50 mean inter-arrival times (Poisson arrivals leave
-# such a gap about once in e^50), a third of the pause waiting for the last answers makes
-GAP_S = 0.25
-
-
-class Slow(decision_pb2_grpc.DecisionServiceServicer):
-    """Records the generators' Decides (they name a placement) and answers them ANSWER_S
-    later; the harness's settle probes (no placement) at once."""
-
-    def __init__(self) -> None:
-        self.arrivals: list[float] = []
-
-    async def Decide(self, request, context):  # noqa: N802  (the gRPC method's name)
-        if request.customer_id == ARRIVALS:
-            return pb.Decision(decision_id=json.dumps(self.arrivals))
-        if request.placement:
-            self.arrivals.append(time.time())
-            await asyncio.sleep(ANSWER_S)
-        return pb.Decision(customer_id=request.customer_id, channel=request.channel)
-
-
-def arrivals(target: str) -> list[float]:
-    with grpc.insecure_channel(target) as channel:
-        stub = decision_pb2_grpc.DecisionServiceStub(channel)
-        return json.loads(stub.Decide(pb.DecideRequest(customer_id=ARRIVALS),
-                                      timeout=10).decision_id)
+# The longest pause in arrivals allowed: 100 mean inter-arrival times (Poisson arrivals leave
+# such a gap about once in e^100), two thirds of the 0.75 s the load paused for the first
+# step's last answers when a step's traffic waited for them
+GAP_S = 0.5
 
 
 def test_requests_keep_arriving_across_a_step_boundary_while_the_server_is_slow():
@@ -71,11 +43,6 @@ def test_requests_keep_arriving_across_a_step_boundary_while_the_server_is_slow(
     widest = max(range(len(gaps)), key=gaps.__getitem__)
     assert gaps[widest] <= GAP_S, (gaps[widest], "s from", during[widest] - first["ended_at"],
                                    "s after the boundary")
-
-
-class Answering(decision_pb2_grpc.DecisionServiceServicer):
-    async def Decide(self, request, context):  # noqa: N802  (the gRPC method's name)
-        return pb.Decision(customer_id=request.customer_id, channel=request.channel)
 
 
 def test_stopped_traffic_ends_with_the_step_under_way():
