@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
-from .loadgen import GeneratorPool, Step
+from .loadgen import OPS, GeneratorPool, Step
 
 P99_TARGET_MS = 10.0
 ERROR_BUDGET = 0.001  # errors, fallbacks and unanswered requests, as a share of those sent
@@ -32,13 +32,17 @@ def holds(result: dict[str, Any], kind: str, p99_target_ms: float = P99_TARGET_M
 
 def unanswered(result: dict[str, Any], kind: str | None = None) -> int:
     """Requests that got no answer at all (not even an error) before the step ended: of
-    `kind`, in a step of that kind alone, or of every kind."""
+    `kind`, in a step of that kind alone, or of every kind. The generators count what they
+    sent, not of which kind: a kind of a mixed step has no such figure (ValueError)."""
+    if kind is not None and len(OPS.get(result.get("op"), ())) > 1:
+        raise ValueError(f"a {result['op']} step's unanswered {kind} requests are not "
+                         "counted: only all its kinds' together")
     return max(result["sent"] - sum(s["count"] for s in _figures(result, kind)), 0)
 
 
 def failed(result: dict[str, Any], kind: str | None = None) -> int:
     """Error statuses, fallbacks and requests never answered: of `kind`, in a step of that
-    kind alone, or of every kind."""
+    kind alone (ValueError for a mixed step's: see unanswered), or of every kind."""
     refused = sum(sum(s["errors"].values()) + s["fallbacks"] for s in _figures(result, kind))
     return refused + unanswered(result, kind)
 

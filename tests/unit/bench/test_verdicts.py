@@ -257,8 +257,13 @@ def test_overload_with_no_decide_back_is_all_unanswered_and_not_held():
 
 
 def test_failures_count_every_kind_of_a_mixed_step():
-    journey = {"sent": 100, "kinds": {"decide": kind(40, 5.0, errors={"UNAVAILABLE": 2}),
+    journey = {"op": "journey", "sent": 100, "kinds": {"decide": kind(40, 5.0, errors={"UNAVAILABLE": 2}),
                                       "event": kind(50, 5.0, fallbacks=1)}}
     assert unanswered(journey) == 10 and failed(journey) == 13
-    assert unanswered(journey, "decide") == 60  # as if the step sent Decides alone
+    # what was sent is not counted by kind: no kind's own unanswered count, nor failures
+    for count in (unanswered, failed):
+        with pytest.raises(ValueError):
+            count(journey, "decide")
+        with pytest.raises(ValueError):  # whatever kinds came back
+            count({**journey, "kinds": {"decide": journey["kinds"]["decide"]}}, "decide")
     assert failed({"sent": 7, "kinds": {}}) == 7
