@@ -257,8 +257,9 @@ def test_overload_with_no_decide_back_is_all_unanswered_and_not_held():
 
 
 def test_failures_count_every_kind_of_a_mixed_step():
-    journey = {"op": "journey", "sent": 100, "kinds": {"decide": kind(40, 5.0, errors={"UNAVAILABLE": 2}),
-                                      "event": kind(50, 5.0, fallbacks=1)}}
+    journey = {"op": "journey", "sent": 100,
+               "kinds": {"decide": kind(40, 5.0, errors={"UNAVAILABLE": 2}),
+                         "event": kind(50, 5.0, fallbacks=1)}}
     assert unanswered(journey) == 10 and failed(journey) == 13
     # what was sent is not counted by kind: no kind's own unanswered count, nor failures
     for count in (unanswered, failed):
