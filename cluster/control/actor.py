@@ -114,21 +114,25 @@ class ControllerActor:
         writers stop, with the calls runtime.stop makes. The loop first (its rounds save the
         state, start shards and gateways), then the shards (they write the store), then the
         gateways, gracefully. The learner saves nothing more (a Ray restart of it forgets that).
-        A take-up under way is cancelled first: it places the shards it finds alive. A
-        shard that a call under way (scale, a round) creates or starts from now on is killed
-        by that call (Controller._unless_lost)."""
+        A take-up under way is cancelled first (it places the shards it finds alive), and the
+        shards its saved map names are stopped too. A shard that a call under way (scale, a
+        round) creates or starts from now on is killed by that call (Controller._unless_lost).
+        """
         why = await self.controller.store_claim.until_lost()
         log.error("%s: the controller stops its shards and gateways", why)
         self._end_loop()
+        controller = self.controller
+        # before the cancel: a take-up that fails forgets what it took up, and it places the
+        # shards its saved map names one by one
+        names = [*controller.shards, *(controller.map.shards_in_use() if controller.map else [])]
         if self._resume_task is not None:
             self._resume_task.cancel()
             await asyncio.wait([self._resume_task])
-        controller = self.controller
         try:
             await controller.backend.learner().stand_down()
         except Exception:  # the shards are stopped all the same
             log.exception("telling the learner to save nothing more failed")
-        for name in controller.shards:
+        for name in dict.fromkeys([*names, *controller.shards]):
             try:
                 await controller.backend.kill_shard(name)
             except Exception:  # the others are stopped all the same

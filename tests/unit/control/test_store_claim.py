@@ -15,12 +15,13 @@ import pytest
 
 from kairos.cluster.control import actor as actor_module
 from kairos.cluster.control.actor import ControllerActor
+from kairos.cluster.control.controller import IN_PROCESS_OWNER
 from kairos.cluster.control.nodes import GatewaySpec
 from kairos.cluster.storage.ownership import StoreClaim
 from kairos.cluster.storage.store import StoreInUse
 
 from tests.support.waiting import until
-from tests.unit.control.actors import Actors
+from tests.unit.control.actors import Actors, ActorShard, controller_on
 
 
 @pytest.fixture
@@ -142,5 +143,39 @@ def test_a_shard_a_scale_creates_while_the_controller_stands_down_is_not_left_ru
         created.set()
         with pytest.raises(StoreInUse, match="lost its store to another"):
             await scale
+        assert not backend.shards
+    asyncio.run(main())
+
+
+def test_a_take_up_under_way_when_the_claim_is_lost_leaves_no_shard_running(
+        tmp_path, actor_on, monkeypatch):
+    """Ray restarted the controller, and its take-up of the saved cluster is half-way when the
+    claim is lost: the stand-down cancels it, and stops the shards it placed and the ones the
+    saved map names that it had not reached yet."""
+    async def main():
+        backend = Actors()
+        first = await controller_on(backend, str(tmp_path), 2)
+        again = actor_on(backend, str(tmp_path), IN_PROCESS_OWNER)
+        controller = again.controller
+        controller.store_claim = StoreClaim(controller.store, IN_PROCESS_OWNER, lease_s=1.0,
+                                            renew_s=0.1)
+        asked, answered = asyncio.Event(), asyncio.Event()
+        health = ActorShard.health
+
+        async def held_back(shard):
+            if shard.name == first.shards[1]:
+                asked.set()
+                await answered.wait()
+            return await health(shard)
+        monkeypatch.setattr(ActorShard, "health", held_back)
+        status = asyncio.ensure_future(again.status())
+        await asked.wait()
+        assert list(controller.placement) == [first.shards[0]]
+        lose_claim(controller, monkeypatch)
+        await until(lambda: not backend.shards, 5, "the shards stopped")
+        answered.set()
+        with pytest.raises(StoreInUse, match="lost its store to another"):
+            await status
+        await asyncio.sleep(0.1)  # what the take-up would do next, had it gone on
         assert not backend.shards
     asyncio.run(main())
