@@ -158,3 +158,29 @@ def test_a_lower_bound_of_server_cpu_and_a_step_that_did_not_settle_say_so():
     assert "| ≥ 1,200 | ≥ 1,200 | 100 |" in rows["250"]  # answered, served; generators apart
     assert "| 1,000 | 1,000 | 100 |" in rows["500"] and "(began unsettled)" in rows["500"]
     assert "(began unsettled)" not in rows["1,000"]
+
+
+def test_an_at_most_cpu_target_is_not_judged_met_on_a_lower_bound():
+    """Server CPU some of which went unseen (server_cpu_lower_bound) is only a lower bound:
+    below an "at most" target it says nothing; above it, the target is missed all the
+    same."""
+    data = results()
+    below = step(1000, 100.0, kind="event")  # under IngestStream's 150 µs, but a lower bound
+    data["ingest"]["kairos-1node"] = sweep({**below, "server_cpu_lower_bound": True},
+                                           kind="event")
+    data["batch"]["kairos-1node"]["steps"][0]["server_cpu_lower_bound"] = True  # 312.5 > 40
+    checks = {t["target"]: t for t in targets(data) if t["system"] == "kairos-1node"}
+    stream = checks["Ingest server CPU per event applied, IngestStream, re-evaluated (µs)"]
+    batch = checks["Ingest server CPU per event applied, IngestBatch, re-evaluated (µs)"]
+    assert (stream["value"], stream["met"]) == (100.0, None)
+    assert batch["met"] is False
+    text = markdown({**data, "targets": targets(data), "run": "load-x",
+                     "command": "python -m bench.load", "seconds": 1.0,
+                     "machine": {"platform": "Linux", "cpus": 2, "ray": "2"},
+                     "plan": {"customers": 10, "generators": 2, "measure_s": 1.0,
+                              "warmup_s": 1.0}})
+    assert ("| Ingest server CPU per event applied, IngestStream, re-evaluated (µs) | "
+            "kairos-1node | ≥ 100 | 1,000 | ≤ 150 | not judged (a lower bound) |") in text
+    met = summary({**data, "targets": targets(data), "seconds": 1.0, "run": "load-x"})
+    # the one met is the Decide p50 against the floor's
+    assert met["targets_met"] == f"1/{len(targets(data))}"
