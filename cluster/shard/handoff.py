@@ -65,9 +65,10 @@ class Handoff:
         data = blocks.unpack(payload)
         self._ownership.check_unfenced(data["partitions"], version, "adopt")
         received = set(self._residency.receive(data["block"]))
-        for p, homes in data["passivated"].items():
-            for customer_id, blob in homes.items():
-                self._ctx.store.put(int(p), customer_id, blob)
+        passivated = data["passivated"]
+        self._ctx.store.put_many((int(p), customer_id, blob) for p, homes in passivated.items()
+                                 for customer_id, blob in homes.items())
+        for homes in passivated.values():
             received.update(homes)
         self._directory.load(data["directory"])
         for p, sleepers in data.get("sleepers", {}).items():
