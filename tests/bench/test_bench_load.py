@@ -40,7 +40,10 @@ def test_smoke_run_writes_reports_and_a_summary_line(tmp_path):
     assert by_process["ray::GatewayActor"] > 0 and by_process["ray::ShardActor"] > 0
     # called as a client that routes: each Decide went to its owner's own endpoint
     assert len(report["layout"]["kairos-direct-1node"]["routes"]) > 1
-    assert report["targets"] and all(isinstance(t["met"], bool) for t in report["targets"])
+    assert report["cpu_accounting"] == 2
+    # met, missed, or not judged on a CPU figure that is only a lower bound
+    assert report["targets"] and all(isinstance(t["met"], bool) or t["lower_bound"]
+                                     for t in report["targets"])
     text = (tmp_path / f"{run}.md").read_text()
     assert "| system |" in text
     assert "| IngestBatch | kairos-1node |" in text  # its CPU per event over the floor's

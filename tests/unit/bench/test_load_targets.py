@@ -184,3 +184,13 @@ def test_an_at_most_cpu_target_is_not_judged_met_on_a_lower_bound():
     met = summary({**data, "targets": targets(data), "seconds": 1.0, "run": "load-x"})
     # the one met is the Decide p50 against the floor's
     assert met["targets_met"] == f"1/{len(targets(data))}"
+
+
+def test_a_written_report_says_how_its_cpu_was_counted(tmp_path):
+    from bench.report import write
+
+    write({**results(), "run": "load-x", "command": "python -m bench.load", "seconds": 1.0,
+           "machine": {"platform": "Linux", "cpus": 2, "ray": "2"},
+           "plan": {"customers": 10, "generators": 2, "measure_s": 1.0, "warmup_s": 1.0}},
+          tmp_path)
+    assert json.loads((tmp_path / "load-x.json").read_text())["cpu_accounting"] == 2
