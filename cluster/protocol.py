@@ -29,7 +29,9 @@ MISSING = "missing"  # no customer by that id
 MERGED = "merged"  # an anonymous customer since linked into another: re-send to that one
 CONFLICT = "conflict"  # contradicts the state (an alias linked to another customer)
 BUSY = "busy"  # the shard's queue is full; nothing was applied
-UNAVAILABLE = "unavailable"  # the shard is recovering or its store failed; nothing applied
+# the shard is recovering or its store failed: nothing applied, except a round that failed
+# after a journal sync covered it (the rebuild replays it): a caller retries with its key
+UNAVAILABLE = "unavailable"
 
 NOT_MINE = 0  # the map version in a MOVED reply when the shard never owned the partition
 UNROUTED = -1  # the partition of a request the client has not routed yet

@@ -402,8 +402,10 @@ class KairosClient(IdentitySagas):
         elif isinstance(reply, Failed):
             self._fail(item, reply)
         elif isinstance(reply, (protocol.Busy, protocol.Unavailable)):
-            # the shard refused it, not applied: as for the client's own failures (not for
-            # Invalid: the gateway checks an event's values before it routes it)
+            # the shard refused it or failed it (an Unavailable may have been applied: a round
+            # that failed after a sync covered it is replayed): the rest of its call goes
+            # unsent, for order, as for the client's own failures (not for Invalid: the
+            # gateway checks an event's values before it routes it)
             self._fail(item, reply, reply.reason or "its shard was at its queue limit")
         elif not item.future.done():
             item.future.set_result(reply)
@@ -442,8 +444,9 @@ class KairosClient(IdentitySagas):
 
     @staticmethod
     def _fail(item: Item, failure: Reply | Failed, reason: str = "") -> None:
-        """Answer `item` with a failure that leaves it not applied, the client's own or its
-        shard's refusal (unless its caller went away). The rest of its call is given up
+        """Answer `item` with a failure, the client's own or its shard's refusal or failure
+        (unless its caller went away); an Unavailable may have been applied, which its answer
+        says (retry with the same key). The rest of its call is given up
         first, for that reason (the failure's own, unless given): sent later, a customer's
         later events of the call would be applied without it (and the caller's retry would
         apply it after them)."""
