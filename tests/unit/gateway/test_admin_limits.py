@@ -163,8 +163,8 @@ def test_a_gateway_runs_a_bounded_number_of_admin_calls_at_once(monkeypatch):
 
 def test_a_compile_past_its_time_is_stopped(monkeypatch):
     """CATALOG_COMPILE_S bounds a compile: its process is killed and the caller told why,
-    FAILED_PRECONDITION (one at a time, a text that compiles for minutes held every other compile, deploys
-    included)."""
+    FAILED_PRECONDITION (one at a time, a text that compiles for minutes held every other
+    compile, deploys included)."""
     monkeypatch.setattr(compiling, "CATALOG_COMPILE_S", 0.5)
     monkeypatch.setattr(compiling, "COMPILER", (sys.executable, "-c",
                                                 "import time; time.sleep(60)"))
