@@ -33,6 +33,7 @@ from kairos.cluster.settings import (DEADLINE_MARGIN_S, DEADLINE_MARGIN_SHARE, D
 from kairos.cluster.throttled import ThrottledWarning
 from kairos.cluster.transport.backend import Backend, NotCarried, NotSent, Unavailable
 from kairos.cluster.transport.client import Busy, Conflict, KairosClient, ShardUnavailable
+from kairos.cluster.transport.lanes import EarlierFailed
 
 MAX_DETAILS = 1024  # characters of a status message
 CATALOG_RECHECK_S = 1.0  # the most often refused requests have the controller asked
@@ -48,6 +49,8 @@ SHARD_FAILED = ("the customer's shard failed the request; it may have been appli
                 "with the same idempotency key")
 NO_ANSWER = ("the customer's shard did not answer; the request may have been applied: retry "
              "with the same idempotency key")
+EARLIER_FAILED = ("not sent: an earlier event of this call failed; nothing after it was "
+                  "applied: retry the call with the same idempotency keys")
 # the shard's one refusal meant for callers (README, Corruption), without the damage's detail
 DAMAGED = re.compile(r"this customer's stored profile \(partition \d+\) is damaged")
 T = TypeVar("T")
@@ -285,6 +288,8 @@ def _unavailable(exc: Unavailable) -> str:
     _UNAVAILABLE_DETAIL.warn("a call ended UNAVAILABLE: %s: %s", type(exc).__name__, exc)
     if isinstance(exc, NotCarried):
         return NOT_CARRIED
+    if isinstance(exc, EarlierFailed):
+        return EARLIER_FAILED
     if isinstance(exc, NotSent):
         return NOT_SENT
     if isinstance(exc, ShardUnavailable):

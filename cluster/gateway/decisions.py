@@ -32,7 +32,7 @@ from kairos.cluster.gateway.streams import Watch
 from kairos.cluster.settings import STREAM_WINDOW
 from kairos.cluster.transport.backend import NotCarried, NotSent, Unavailable
 from kairos.cluster.transport.client import Busy
-from kairos.cluster.transport.lanes import Call
+from kairos.cluster.transport.lanes import Call, EarlierFailed
 
 # an event's decide_placement asks for a decision: an ingest-only key got them through it
 DECIDING = "decide_placement asks for a decision, which needs a key with the 'decide' scope"
@@ -413,8 +413,10 @@ def _of_many(failure: Exception) -> Exception:
     """The failure of one event that ends a call of several (a batch, a stream): the events
     around it may have been applied, so one that was not sent (NotSent, NotCarried) does not
     make the call "not applied"; the caller is told it may have been, and that of a refusal
-    by the event's shard too (INVALID_ARGUMENT otherwise says that nothing was applied)."""
-    if isinstance(failure, (NotSent, NotCarried)):
+    by the event's shard too (INVALID_ARGUMENT otherwise says that nothing was applied). One
+    left unsent as an earlier event of its call failed says so (and that nothing after that
+    one was applied)."""
+    if isinstance(failure, (NotSent, NotCarried)) and not isinstance(failure, EarlierFailed):
         return Unavailable(str(failure))
     if isinstance(failure, ShardRefused):
         return InputError(failure.field, failure.reason + ROUTED)

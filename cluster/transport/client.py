@@ -43,7 +43,8 @@ from kairos.cluster.settings import (CLIENT_BATCH_LIMIT, CLIENT_BATCH_WINDOW_S,
                                      CLIENT_INFLIGHT_CALLS, CLIENT_QUEUE_LIMIT,
                                      CLIENT_REROUTE_S, CLIENT_REROUTES, LONG_POLL_S)
 from kairos.cluster.transport.backend import Backend, NotCarried, NotSent, Unavailable
-from kairos.cluster.transport.lanes import Call, Failed, Item, Lane, Undelivered
+from kairos.cluster.transport.lanes import (Call, EarlierFailed, Failed, Item, Lane,
+                                            Undelivered)
 from kairos.cluster.transport.sagas import IdentitySagas
 
 log = logging.getLogger("kairos.client")
@@ -492,6 +493,6 @@ class KairosClient(IdentitySagas):
         apply it after them)."""
         if item.call is not None:
             item.call.give_up(f"not sent: an earlier event of its call failed: "
-                              f"{reason or failure.reason}")
+                              f"{reason or failure.reason}", EarlierFailed)
         if not item.future.done():
             item.future.set_result(failure)

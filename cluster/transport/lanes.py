@@ -29,6 +29,12 @@ class Failed(NamedTuple):
     reason: str
 
 
+class EarlierFailed(NotSent):
+    """A request of a Call never sent because an earlier one of the call failed unapplied:
+    nothing of the call after that one was sent, so the caller may retry the whole call with
+    the same idempotency keys."""
+
+
 class Call:
     """The requests of one call of several (an IngestBatch, an IngestStream), given up on
     together. A request outside a call goes unsent once its caller stops waiting for it; one of
@@ -41,14 +47,15 @@ class Call:
     def __init__(self) -> None:
         self.given_up = False
         self.reason = ""  # what its requests left unsent are answered, once given up
+        self.kind: type[NotSent] = NotSent  # ... and raise
 
-    def give_up(self, reason: str = NO_LONGER_AWAITED) -> None:
+    def give_up(self, reason: str = NO_LONGER_AWAITED, kind: type[NotSent] = NotSent) -> None:
         """What of the call is not sent yet is never sent: all of it at once, so what is sent
         of a customer's events is the first of them. Those are answered NotSent(`reason`),
-        the first give-up's: a stream or a batch that ends on one of them ends with the
-        cause."""
+        the first give-up's (raised as its `kind`): a stream or a batch that ends on one of
+        them ends with the cause."""
         if not self.given_up:
-            self.given_up, self.reason = True, reason
+            self.given_up, self.reason, self.kind = True, reason, kind
 
 
 @dataclass
@@ -71,7 +78,9 @@ class Item:
 
     def unsent(self) -> Failed:
         """The client's own reply once it is given up on: never sent, and why."""
-        return Failed(NotSent, NO_LONGER_AWAITED if self.call is None else self.call.reason)
+        if self.call is None:
+            return Failed(NotSent, NO_LONGER_AWAITED)
+        return Failed(self.call.kind, self.call.reason)
 
 
 @dataclass

@@ -133,3 +133,31 @@ def test_a_batch_whose_one_event_was_not_sent_is_not_said_to_be_unapplied(monkey
     assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "ana" in applied and failed.value.details() != calls.NOT_SENT
     assert "may have been applied" in failed.value.details()
+
+
+def test_a_call_that_ends_on_an_event_left_unsent_for_an_earlier_one_says_so():
+    """k0 refused BUSY gives up the rest of its call; a stream or a batch that ends on k1,
+    left unsent for it, tells the caller why and that nothing after k0 was applied (not that
+    the shard did not answer), without the refusal's detail."""
+    from kairos.cluster.gateway.decisions import _of_many
+    from kairos.cluster import protocol
+    from kairos.cluster.transport.client import KairosClient
+    from kairos.cluster.transport.lanes import Call
+    from tests.unit.transport.test_call_failures import K0Refused, _event
+
+    async def main() -> Aborted:
+        backend = K0Refused(protocol.Unavailable(reason=f"kairos-shard-0003: {INTERNAL}"))
+        await backend.start_runtime(1, n_partitions=8)
+        client = await KairosClient(backend).connect()
+        try:
+            call = Call()
+            await client.enqueue(_event("k0"), call)
+            with pytest.raises(NotSent) as unsent:
+                await client.settle(_event("k1"), await client.enqueue(_event("k1"), call))
+        finally:
+            await client.close()
+        return await _aborted(_of_many(unsent.value))
+
+    aborted = asyncio.run(main())
+    assert aborted.code == grpc.StatusCode.UNAVAILABLE and aborted.details == calls.EARLIER_FAILED
+    assert not [leak for leak in LEAKS if leak in aborted.details]
