@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from typing import Any
 
 import grpc
 import psutil
@@ -70,6 +71,20 @@ def _held_compiles(monkeypatch, gate: Gate) -> list:
         return compile(self, *args, **kwargs)
     monkeypatch.setattr(compiling.OneCompile, "compile", counted)
     return asked
+
+
+def _held_status(monkeypatch, gateway, channel: grpc.Channel) -> tuple[Gate, Any, Any]:
+    """Every GetClusterStatus waits at a gate: the gate, and the stubs of GetClusterStatus
+    and of GetCatalog (which does not wait) on `channel`."""
+    gate = Gate(gateway.loop)
+    controller = gateway.gateway.backend.controller()
+    status = controller.status
+    monkeypatch.setattr(controller, "status", lambda: gate.hold(status))
+    get_status = _admin(channel, "GetClusterStatus", admin_pb2.ClusterStatusRequest,
+                        admin_pb2.ClusterStatus)
+    get_catalog = _admin(channel, "GetCatalog", admin_pb2.GetCatalogRequest,
+                         admin_pb2.CatalogText)
+    return gate, get_status, get_catalog
 
 
 def _refusal(call) -> grpc.RpcError:
@@ -143,14 +158,7 @@ def test_a_compile_that_must_not_be_refused_waits_for_the_one_running(monkeypatc
 
 def test_a_gateway_runs_a_bounded_number_of_admin_calls_at_once(monkeypatch):
     with serving() as (gateway, channel):
-        gate = Gate(gateway.loop)
-        controller = gateway.gateway.backend.controller()
-        status = controller.status
-        monkeypatch.setattr(controller, "status", lambda: gate.hold(status))
-        get_status = _admin(channel, "GetClusterStatus", admin_pb2.ClusterStatusRequest,
-                            admin_pb2.ClusterStatus)
-        get_catalog = _admin(channel, "GetCatalog", admin_pb2.GetCatalogRequest,
-                             admin_pb2.CatalogText)
+        gate, get_status, get_catalog = _held_status(monkeypatch, gateway, channel)
         held = [get_status.future(admin_pb2.ClusterStatusRequest(), timeout=60)
                 for _ in range(ADMIN_CALLS)]
         wait_until(lambda: gate.held == ADMIN_CALLS, 10, "every admin call's status held")
@@ -185,14 +193,7 @@ def test_the_last_admin_places_are_kept_for_operators(monkeypatch):
     ADMIN_RESERVED places: holding all of them, they kept operators from changing the
     cluster."""
     with serving(KEYS) as (gateway, channel):
-        gate = Gate(gateway.loop)
-        controller = gateway.gateway.backend.controller()
-        status = controller.status
-        monkeypatch.setattr(controller, "status", lambda: gate.hold(status))
-        get_status = _admin(channel, "GetClusterStatus", admin_pb2.ClusterStatusRequest,
-                            admin_pb2.ClusterStatus)
-        get_catalog = _admin(channel, "GetCatalog", admin_pb2.GetCatalogRequest,
-                             admin_pb2.CatalogText)
+        gate, get_status, get_catalog = _held_status(monkeypatch, gateway, channel)
 
         def held(key: str, n: int) -> list:
             return [get_status.future(admin_pb2.ClusterStatusRequest(), timeout=60,

@@ -46,6 +46,22 @@ def records(journal) -> list[int]:
     return [record[3] for _, record in journal.replay()]
 
 
+def in_doubt(redis_server, monkeypatch, prefix: str, ran: bool):
+    """A journal (its url, and its writer) whose second append lost its reply with the server,
+    which had run it if `ran`: the append was answered UNAVAILABLE, its batch not known yet.
+    The server is back."""
+    url = f"{redis_server.url}?prefix={prefix}"
+    j = open_store(url).journal("s0", "os")
+    j.append([("event", 1, "ana", 1)])
+    lose_next_reply(monkeypatch, ran=ran, then=redis_server.stop)
+    try:
+        with pytest.raises(StoreUnavailable, match="not known yet"):
+            j.append([("event", 1, "ana", 2)])
+    finally:
+        redis_server.start()
+    return url, j
+
+
 def test_a_batch_the_server_ran_is_acknowledged_when_its_reply_is_lost(redis_server,
                                                                         monkeypatch):
     j = open_store(f"{redis_server.url}?prefix=lost-ran").journal("s0", "os")
@@ -81,15 +97,7 @@ def test_a_batch_the_server_cannot_tell_of_is_taken_back_by_the_next_writer(redi
     """The server ran the batch and went away before the writer could ask: the append is
     answered UNAVAILABLE, so the journal's next writer (the shard's rebuild) takes it back
     before it reads; the client's retry is then applied once."""
-    url = f"{redis_server.url}?prefix=lost-unknown"
-    j = open_store(url).journal("s0", "os")
-    j.append([("event", 1, "ana", 1)])
-    lose_next_reply(monkeypatch, ran=True, then=redis_server.stop)
-    try:
-        with pytest.raises(StoreUnavailable, match="not known yet"):
-            j.append([("event", 1, "ana", 2)])
-    finally:
-        redis_server.start()
+    url, j = in_doubt(redis_server, monkeypatch, "lost-unknown", ran=True)
     assert j.r.zcard(j.key) == 2  # it did land
     again = open_store(url).journal("s0", "os")
     assert again.last_lsn == 1 and records(again) == [1]
@@ -99,15 +107,7 @@ def test_a_batch_the_server_cannot_tell_of_is_taken_back_by_the_next_writer(redi
 def test_a_writer_with_a_batch_in_doubt_appends_nothing_more(redis_server, monkeypatch):
     """The batch in doubt never landed: the same batch retried through the same writer and
     acknowledged would be taken back by the next writer, as the one in doubt."""
-    url = f"{redis_server.url}?prefix=lost-doubt-retry"
-    j = open_store(url).journal("s0", "os")
-    j.append([("event", 1, "ana", 1)])
-    lose_next_reply(monkeypatch, ran=False, then=redis_server.stop)
-    try:
-        with pytest.raises(StoreUnavailable, match="not known yet"):
-            j.append([("event", 1, "ana", 2)])
-    finally:
-        redis_server.start()
+    url, j = in_doubt(redis_server, monkeypatch, "lost-doubt-retry", ran=False)
     with pytest.raises(StoreUnavailable, match="in doubt .* appends nothing more"):
         j.append([("event", 1, "ana", 2)])
     assert records(j) == [1]
@@ -120,15 +120,7 @@ def test_a_batch_in_doubt_in_a_journal_fenced_since_is_left_to_the_heir(redis_se
                                                                         monkeypatch):
     """The heir that fenced the journal replayed the batch (it landed): the next writer here
     is refused, and the batch is no longer kept in doubt."""
-    url = f"{redis_server.url}?prefix=lost-doubt-fenced"
-    j = open_store(url).journal("s0", "os")
-    j.append([("event", 1, "ana", 1)])
-    lose_next_reply(monkeypatch, ran=True, then=redis_server.stop)
-    try:
-        with pytest.raises(StoreUnavailable, match="not known yet"):
-            j.append([("event", 1, "ana", 2)])
-    finally:
-        redis_server.start()
+    url, j = in_doubt(redis_server, monkeypatch, "lost-doubt-fenced", ran=True)
     open_store(url).fence_journal("s0")
     assert records(open_store(url).read_journal("s0")) == [1, 2]
     with pytest.raises(JournalFenced):
