@@ -49,8 +49,8 @@ SHARD_FAILED = ("the customer's shard failed the request; it may have been appli
                 "with the same idempotency key")
 NO_ANSWER = ("the customer's shard did not answer; the request may have been applied: retry "
              "with the same idempotency key")
-EARLIER_FAILED = ("not sent: an earlier event of this call failed; nothing after it was "
-                  "applied: retry the call with the same idempotency keys")
+EARLIER_FAILED = ("not sent: an earlier event of this call failed; none of that customer's "
+                  "events after it was applied: retry the call with the same idempotency keys")
 # the shard's one refusal meant for callers (README, Corruption), without the damage's detail
 DAMAGED = re.compile(r"this customer's stored profile \(partition \d+\) is damaged")
 T = TypeVar("T")
