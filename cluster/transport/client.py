@@ -78,9 +78,6 @@ class _ShardLink:
         self.slots = asyncio.Semaphore(CLIENT_INFLIGHT_CALLS)
         self.calls = 0  # calls in flight
         self.task: asyncio.Task | None = None
-        # the requests of Calls in flight, by call and route key: a customer's later ones of
-        # the call wait for them (`_next_batch`)
-        self.sent: Counter[tuple[Call, str]] = Counter()
 
 
 class KairosClient(IdentitySagas):
@@ -308,44 +305,15 @@ class KairosClient(IdentitySagas):
                 await link.slots.acquire()
                 if link.calls and len(link.queue) < CLIENT_BATCH_LIMIT:
                     await asyncio.sleep(CLIENT_BATCH_WINDOW_S)
-                batch = self._next_batch(link)
-                if not batch:  # all of the queue waits for answers: the first one wakes it
-                    link.slots.release()
-                    break
-                batch = self._unexpired(batch)
+                batch = self._unexpired([link.queue.popleft() for _ in
+                                         range(min(len(link.queue), CLIENT_BATCH_LIMIT))])
                 if not batch:
                     link.slots.release()
                     continue
-                for item in batch:
-                    if item.call is not None:
-                        link.sent[item.call, route_key(item.request)] += 1
                 seq, link.seq = link.seq, link.seq + 1
                 link.calls += 1
                 asyncio.get_running_loop().create_task(
                     self._call_shard(link, link.session, seq, batch))
-
-    @staticmethod
-    def _next_batch(link: _ShardLink) -> list[Item]:
-        """The next batch from the link's queue, in order, but for a customer's requests
-        behind one of a Call whose earlier request of the customer is in flight: the shard
-        decides BUSY per batch, so the later one, in a later batch, could be applied where the
-        earlier one was refused (the call is given up once that is answered). Those, and
-        the customer's requests behind them, stay queued in order."""
-        if not link.sent:
-            return [link.queue.popleft() for _ in range(min(len(link.queue), CLIENT_BATCH_LIMIT))]
-        batch: list[Item] = []
-        waiting: list[Item] = []
-        stalled: set[str] = set()  # customers whose requests wait
-        while link.queue and len(batch) < CLIENT_BATCH_LIMIT:
-            item = link.queue.popleft()
-            key = route_key(item.request)
-            if key in stalled or (item.call is not None and link.sent[item.call, key]):
-                stalled.add(key)
-                waiting.append(item)
-            else:
-                batch.append(item)
-        link.queue.extendleft(reversed(waiting))
-        return batch
 
     def _unexpired(self, batch: list[Item]) -> list[Item]:
         """The batch without the requests given up on (`Item.given_up`): under overload
@@ -393,16 +361,8 @@ class KairosClient(IdentitySagas):
         finally:
             link.calls -= 1
             link.slots.release()
-        for item in batch:
-            if item.call is not None:
-                sent = item.call, route_key(item.request)
-                link.sent[sent] -= 1
-                if not link.sent[sent]:
-                    del link.sent[sent]
         for item, reply in zip(batch, replies):
             self._answered(item, reply)
-        if link.queue:  # what waited for these answers goes (or, its call given up, not)
-            link.wake.set()
 
     async def _skip(self, shard: str, session: str, seq: int) -> bool:
         """Send an empty batch as `seq` of `session`; whether it was answered."""

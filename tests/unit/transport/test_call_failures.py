@@ -16,7 +16,7 @@ from kairos.cluster.protocol import Event
 from kairos.cluster.transport import client as client_module
 from kairos.cluster.transport.backend import NotSent, Unavailable
 from kairos.cluster.transport.client import Busy, KairosClient, ShardUnavailable
-from kairos.cluster.transport.lanes import Call, Failed
+from kairos.cluster.transport.lanes import Call
 
 from tests.support.local_backend import LocalBackend
 from tests.support.waiting import until
@@ -141,74 +141,3 @@ def test_a_request_found_invalid_gives_up_nothing_of_its_call():
         await client.close()
 
     asyncio.run(main())
-
-
-class K0HeldThenBusy(LocalBackend):
-    """The shard takes k0's batch in its turn but answers it BUSY (not applied) only once
-    `release` opens, or after `hold_s`: its queue was full when the batch arrived. Other
-    batches, the session's next, find room and are applied; their requests are kept in
-    `applied`."""
-
-    def __init__(self, hold_s: float) -> None:
-        super().__init__()
-        self.hold_s = hold_s
-        self.release = asyncio.Event()
-        self.k0_sent = asyncio.Event()
-        self.applied: list[Event] = []
-
-    async def send(self, name, session, seq, requests, routed):
-        if not any(getattr(request, "idempotency_key", None) == "k0" for request in requests):
-            self.applied += requests
-            self.release.set()  # k0's answer comes after this batch's
-            return await super().send(name, session, seq, requests, routed)
-        await super().send(name, session, seq, [], [])  # its turn taken: the session goes on
-        self.k0_sent.set()
-        try:  # the bound only lets a client that is right go on
-            await asyncio.wait_for(self.release.wait(), self.hold_s)
-        except asyncio.TimeoutError:
-            pass
-        return [protocol.Busy()] * len(requests)
-
-
-def _pipelined(monkeypatch, later: Event) -> tuple[list, K0HeldThenBusy]:
-    """k0 enqueued, then `later` of the same call while k0's batch awaits its answer: the
-    answers (k0's, later's) in the order they came, and the backend."""
-    monkeypatch.setattr(client_module, "CLIENT_BATCH_WINDOW_S", 0.0)
-    backend = K0HeldThenBusy(hold_s=0.5)
-
-    async def main():
-        await backend.start_runtime(1, n_partitions=8)
-        client = await KairosClient(backend).connect()
-        call = Call()
-        k0 = client.enqueue(_event("k0"), call)
-        await backend.k0_sent.wait()
-        k1 = client.enqueue(later, call)  # a call slot is free: it could go at once
-        answered = []
-        for future in asyncio.as_completed([k0, k1]):
-            answered.append(await future)
-        await client.close()
-        return answered
-
-    return asyncio.run(main()), backend
-
-
-def test_a_customer_s_later_event_of_a_call_waits_for_the_earlier_one_s_answer(monkeypatch):
-    """The shard decides BUSY per batch as it queues it: k1, sent in the session's next batch
-    while k0's still awaited its answer, found room where k0 had not and was applied without
-    it. k1 goes only once k0 is answered, and k0's refusal leaves it unsent."""
-    answered, backend = _pipelined(monkeypatch, _event("k1"))
-    assert isinstance(answered[0], protocol.Busy)
-    assert isinstance(answered[1], Failed) and issubclass(answered[1].kind, NotSent)
-    assert answered[1].reason == ("not sent: an earlier event of its call failed: its shard "
-                                  "was at its queue limit")
-    assert backend.applied == []
-
-
-def test_another_customer_s_event_of_the_call_does_not_wait(monkeypatch):
-    """Only a customer's own order is at stake: bob's event of the call goes while ana's k0
-    awaits its answer, and is applied before it."""
-    bob = _event("b0")._replace(customer_id="bob")
-    answered, backend = _pipelined(monkeypatch, bob)
-    assert isinstance(answered[0], protocol.EventAck)
-    assert isinstance(answered[1], protocol.Busy)
-    assert [event.idempotency_key for event in backend.applied] == ["b0"]
