@@ -83,19 +83,27 @@ def test_a_fenced_journals_shard_writes_no_snapshot_over_its_heirs(store, monkey
     with pytest.raises(JournalFenced, match="kairos-shard-0011 is fenced"):
         store.put_snapshots({1: b"late"}, unless_fenced="kairos-shard-0011")
     assert store.get_snapshot(1) == b"heir"
-    if hasattr(store, "r"):  # the fence set after the WATCHed read, before EXEC
-        real_get = type(store.r).get
-
-        def fenced_meanwhile(self, key):
-            found = real_get(self, key)
-            if key.endswith("0013:fenced"):
-                store.fence_journal("kairos-shard-0013")  # by another connection
-            return found
-        monkeypatch.setattr(type(store.r), "get", fenced_meanwhile)
-        with pytest.raises(JournalFenced):
-            store.put_snapshots({1: b"racing"}, unless_fenced="kairos-shard-0013")
-        monkeypatch.undo()
+    if hasattr(store, "r"):
+        _fenced_while_writing(store, monkeypatch, "kairos-shard-0013",
+                              lambda: store.put_snapshots({1: b"racing"},
+                                                          unless_fenced="kairos-shard-0013"))
         assert store.get_snapshot(1) == b"heir"
+
+
+def _fenced_while_writing(store, monkeypatch, journal: str, write) -> None:
+    """Redis: `journal` is fenced by another connection after the store's WATCHed read of its
+    fence and before its EXEC; `write` (unless_fenced=journal) must raise JournalFenced."""
+    real_get = type(store.r).get
+
+    def fenced_meanwhile(self, key):
+        found = real_get(self, key)
+        if key.endswith(f"{journal}:fenced"):
+            store.fence_journal(journal)
+        return found
+    monkeypatch.setattr(type(store.r), "get", fenced_meanwhile)
+    with pytest.raises(JournalFenced):
+        write()
+    monkeypatch.undo()
 
 
 def test_a_fenced_journals_shard_writes_and_deletes_no_home_over_its_heirs(store, monkeypatch):
@@ -113,18 +121,10 @@ def test_a_fenced_journals_shard_writes_and_deletes_no_home_over_its_heirs(store
     assert (store.get(1, "ana"), store.get(1, "bob")) == (b"heir", b"heir")
     store.delete(1, "bob", unless_fenced="kairos-shard-0022")
     assert store.get(1, "bob") is None
-    if hasattr(store, "r"):  # the fence set after the WATCHed read, before EXEC
-        real_get = type(store.r).get
-
-        def fenced_meanwhile(self, key):
-            found = real_get(self, key)
-            if key.endswith("0023:fenced"):
-                store.fence_journal("kairos-shard-0023")  # by another connection
-            return found
-        monkeypatch.setattr(type(store.r), "get", fenced_meanwhile)
-        with pytest.raises(JournalFenced):
-            store.put(1, "ana", b"racing", unless_fenced="kairos-shard-0023")
-        monkeypatch.undo()
+    if hasattr(store, "r"):
+        _fenced_while_writing(store, monkeypatch, "kairos-shard-0023",
+                              lambda: store.put(1, "ana", b"racing",
+                                                unless_fenced="kairos-shard-0023"))
         assert store.get(1, "ana") == b"heir"
 
 
