@@ -106,7 +106,8 @@ class DirectoryStore:
         stops the batch there (JournalFenced, the homes after it not written)."""
         homes = iter(homes)
         folders = set()
-        home = next(homes, None)  # packed outside the lock: an heir may take it meanwhile
+        home = next(homes, None)  # a chunk's first is packed outside the lock (an heir may
+        # take it meanwhile); the rest inside it, bounded by FENCE_HOLD_S
         while home is not None:
             with self._unless_fenced(unless_fenced, "writing customers"):
                 until = time.monotonic() + FENCE_HOLD_S

@@ -30,8 +30,6 @@ import socket
 import time
 import uuid
 
-import msgpack
-
 from kairos.cluster.storage.store import Store, StoreInUse, redact
 
 log = logging.getLogger("kairos.store")
@@ -42,11 +40,6 @@ POLLS = 6  # how many times a renewal interval a claim looks again at another cl
 # one that gave up (it would claim the store again after it): within the 10 s runtime.stop
 # gives a release
 CALL_S = 4.0
-
-
-def _holder(lease: bytes) -> str:
-    """Who holds `lease`, as it described itself (RedisStore.claim's [owner, holder, count])."""
-    return msgpack.unpackb(lease, raw=False)[1]
 
 
 def new_owner() -> str:
@@ -96,7 +89,7 @@ class StoreClaim:
                     log.warning("the store %s is held by another cluster: waiting up to %.0f s "
                                 "for the lease of %s to run out or be renewed",
                                 redact(self.store.url), deadline - loop.time(),
-                                _holder(exc.lease))
+                                exc.holder)
                 seen = exc.lease
             await asyncio.sleep(self.renew_s / POLLS)
         if seen is not None:

@@ -82,17 +82,19 @@ class StoreInUse(Exception):
     """Another cluster holds the store (`Store.claim`): this one must write nothing to it."""
 
     lease: bytes | None = None  # what the holder last wrote, where it renews a lease (Redis)
+    holder: str = ""  # the holder, as it described itself
 
     @classmethod
     def of(cls, url: str, holder: str, lease: bytes | None = None) -> StoreInUse:
         """Naming the store (without its password) and its holder, as it described itself;
-        `lease` set as an attribute, as a plain constructor keeps the exception picklable."""
+        `lease` and `holder` set as attributes, as a plain constructor keeps the exception
+        picklable."""
         exc = cls(f"the store {redact(url)} is in use by another Kairos cluster"
                   + (f" (its controller: {holder})" if holder else "")
                   + ": a store serves one cluster at a time. Stop that cluster first (`kairos "
                     "down` with its KAIROS_HOME), or give this one a store of its own "
                     "(--store, KAIROS_STORE)")
-        exc.lease = lease
+        exc.lease, exc.holder = lease, holder
         return exc
 
 
