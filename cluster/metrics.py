@@ -137,20 +137,20 @@ class GatewayMetrics:
         self._shed_sent = 0
 
     def flush(self, fallbacks: Tally, shedder: Shedder, watches_refused: Tally) -> None:
-        for reason, total in fallbacks.items():
-            if total > self._sent[reason]:
-                self.fallbacks.inc(total - self._sent[reason], {**self.tags, "reason": reason})
-                self._sent[reason] = total
-        for answer, total in watches_refused.items():
-            if total > self._watches_sent[answer]:
-                self.watches_refused.inc(total - self._watches_sent[answer],
-                                         {**self.tags, "answer": answer})
-                self._watches_sent[answer] = total
+        self._flush_tally(self.fallbacks, fallbacks, self._sent, "reason")
+        self._flush_tally(self.watches_refused, watches_refused, self._watches_sent, "answer")
         if shedder.refused > self._shed_sent:
             self.shed.inc(shedder.refused - self._shed_sent, self.tags)
             self._shed_sent = shedder.refused
         self.shed_share.set(shedder.shed_share, self.tags)
         self.loop_busy.set(shedder.busy, self.tags)
+
+    def _flush_tally(self, counter: Counter, tally: Tally, sent: Tally, tag: str) -> None:
+        """Add to `counter` what each of `tally`'s totals grew by since `sent` last saw it."""
+        for key, total in tally.items():
+            if total > sent[key]:
+                counter.inc(total - sent[key], {**self.tags, tag: key})
+                sent[key] = total
 
 
 class LearnerMetrics:
