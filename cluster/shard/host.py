@@ -1,21 +1,21 @@
 """ShardHost: what runs a Shard inside an actor, without Ray.
 
 Request batches are admitted in each sender's order (sequencer.py: a session and a sequence
-number per sender, since Ray does not promise order for async actors), counted against a
-bounded queue (past `queue_limit` a batch answers BUSY at once) and run by one worker in rounds
-of up to `round_limit` requests and `round_bytes` bytes (as msgpack), so many senders' batches
-share a kernel call and a round's journal frame stays under the journal's frame limit (a batch
-over the byte budget is split across rounds, in order; a request over it alone answers Invalid,
-as nothing could journal it). All work on the Shard happens on the event loop's thread, between
-awaits, so the Shard needs no locks: a round of the data path is tens of microseconds to a few
-milliseconds, and handing each one to a worker thread cost more than that in thread wake-ups (a
-fifth of a shard's CPU at 1,000 decisions/s). Two things run on threads: recovery, which builds
-a new Shard nobody else sees yet (requests answer UNAVAILABLE meanwhile), and the journal's
-fsync (syncs.py): a round is written to the journal as it is applied and answered once a sync
-that started after it has finished, so the next rounds are applied while the disk works (at
-6,000 events/s the shards spent half their time waiting in fsync); the models hear of each
-sync, so model sync sends the learner only what a finished one covered (syncs.py). A
-background loop fires timers, passivates and snapshots every `tick_s`.
+number per sender, since Ray does not promise order for async actors; past a refused batch, none
+of its session), counted against a bounded queue (past `queue_limit` a batch answers BUSY) and
+run by one worker in rounds of up to `round_limit` requests and `round_bytes` bytes (as
+msgpack), so many senders' batches share a kernel call and a round's journal frame stays under
+the journal's frame limit (a batch over the byte budget is split across rounds, in order; a
+request over it alone answers Invalid, as nothing could journal it). All work on the Shard
+happens on the event loop's thread, between awaits, so the Shard needs no locks: a round of the
+data path is tens of microseconds to a few milliseconds, and handing each one to a worker thread
+cost more than that in thread wake-ups (a fifth of a shard's CPU at 1,000 decisions/s). Two
+things run on threads: recovery, which builds a new Shard nobody else sees yet (requests answer
+UNAVAILABLE meanwhile), and the journal's fsync (syncs.py): a round is written to the journal as
+it is applied and answered once a sync that started after it has finished, so the next rounds
+are applied while the disk works (at 6,000 events/s the shards spent half their time waiting in
+fsync); the models hear of each sync, so model sync sends the learner only what a finished one
+covered (syncs.py). A background loop fires timers, passivates and snapshots every `tick_s`.
 
 Durability: `start` recovers the shard's partitions from the store (snapshots + journal)
 before it takes traffic; until then, and whenever the store fails (disk full, Redis down),
@@ -76,6 +76,10 @@ def where_failed(exc: BaseException) -> str:
         f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno} {frame.name}"
         for frame in reversed(frames))
 REBUILD_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)  # waits between attempts to rebuild from the store
+# A batch of a session the shard refused an earlier batch of: applied, it would overtake that
+# one (nothing of it was applied).
+OVERTAKING = Busy(reason="the shard refused an earlier batch of its sender's, and this one may "
+                         "not overtake it")
 T = TypeVar("T")
 Job = Callable[[], Awaitable[None]]
 # a rebuilt shard's moves as the failed one left them: partitions leaving, moves settled
@@ -84,6 +88,7 @@ Moving = tuple[dict[int, int], dict[int, int]]
 
 @dataclass
 class _Batch:
+    session: str
     requests: list
     routed: list[int]
     future: asyncio.Future
@@ -268,25 +273,30 @@ class ShardHost:
         the map version each request was routed under. Requests may be protocol types or
         the arrays they travel as (Shard.process)."""
         await self._sequencer.turn(session, seq)
+        if self._sequencer.refused(session):
+            return [OVERTAKING] * len(requests)
         if self.shard is None:
+            self._sequencer.refuse(session)
             return [Unavailable(reason=f"{self.name} is recovering from the store")] * \
                 len(requests)
         if self.queued + len(requests) > self._queue_limit:
+            self._sequencer.refuse(session)
             self.rejected += len(requests)
             return [Busy()] * len(requests)
         size = len(msgpack.packb(requests))  # one call for the batch: a few % of its round
         if size <= self._round_bytes:
-            return await self._queued(requests, routed, size)
-        return await self._split(requests, routed)
+            return await self._queued(session, requests, routed, size)
+        return await self._split(session, requests, routed)
 
-    def _queued(self, requests: list, routed: list[int], size: int) -> asyncio.Future:
+    def _queued(self, session: str, requests: list, routed: list[int], size: int
+                ) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Batch(requests, routed, future, time.perf_counter(), size))
+        self._queue.append(_Batch(session, requests, routed, future, time.perf_counter(), size))
         self.queued += len(requests)
         self._wake.set()
         return future
 
-    async def _split(self, requests: list, routed: list[int]) -> list[Reply]:
+    async def _split(self, session: str, requests: list, routed: list[int]) -> list[Reply]:
         """A batch over the round budget, in parts that each fit, queued in order; a request
         over the budget alone answers Invalid (its frame could never be journaled)."""
         replies: list[Reply | None] = [None] * len(requests)
@@ -301,13 +311,13 @@ class ShardHost:
                     f"(SHARD_ROUND_BYTES): the journal could not hold it"))
                 continue
             if part and part_size + size > self._round_bytes:
-                parts.append((part, self._queued([requests[i] for i in part],
+                parts.append((part, self._queued(session, [requests[i] for i in part],
                                                  [routed[i] for i in part], part_size)))
                 part, part_size = [], 0
             part.append(k)
             part_size += size
         if part:
-            parts.append((part, self._queued([requests[i] for i in part],
+            parts.append((part, self._queued(session, [requests[i] for i in part],
                                              [routed[i] for i in part], part_size)))
         for part, future in parts:
             for k, reply in zip(part, await future):
@@ -348,6 +358,7 @@ class ShardHost:
                 exc = StoreUnavailable(f"{self.name}: processing a round failed "
                                        f"({type(exc).__name__})")
             self._fail(exc)
+            self._refuse(round_)
             # answered at once: no sync of the dropped Shard's journal covers anything of it
             shard, replies, pushes = None, [Unavailable(reason=str(exc))] * len(requests), []
         self.queued -= len(requests)
@@ -364,8 +375,14 @@ class ShardHost:
             exc = StoreUnavailable(f"{self.name}: journal: {synced.exception()}")
             if self.shard is shard:
                 self._fail(exc)
+            self._refuse(round_)
             replies, pushes = [Unavailable(reason=str(exc))] * len(replies), []
         self._answer(round_, replies, pushes)
+
+    def _refuse(self, round_: list[_Batch]) -> None:
+        """Refuse the later batches of a failed round's senders (Sequencer `refused`)."""
+        for batch in round_:
+            self._sequencer.refuse(batch.session)
 
     def _answer(self, round_: list[_Batch], replies: list[Reply], pushes: list[Push]) -> None:
         done = time.perf_counter()

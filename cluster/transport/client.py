@@ -50,6 +50,9 @@ from kairos.cluster.transport.sagas import IdentitySagas
 log = logging.getLogger("kairos.client")
 MAX_REDIRECTS = 20  # a request MOVED this many times in a row fails as Unavailable
 _DONE = (protocol.Ok, protocol.EventAck, protocol.Forgotten)  # the replies that mean done
+# Replies that may be a shard's refusal of a whole batch: it then refuses the session's later
+# batches too (sequencer.py), so those not yet sent go in a fresh session.
+_REFUSALS = frozenset((protocol.Busy, protocol.Unavailable))
 
 
 class ShardUnavailable(Unavailable):
@@ -361,6 +364,8 @@ class KairosClient(IdentitySagas):
         finally:
             link.calls -= 1
             link.slots.release()
+        if link.session == session and any(type(reply) in _REFUSALS for reply in replies):
+            link.session, link.seq = uuid.uuid4().hex, 0
         for item, reply in zip(batch, replies):
             self._answered(item, reply)
 

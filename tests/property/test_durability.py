@@ -458,9 +458,10 @@ def test_a_corrupt_journal_keeps_the_host_unavailable_naming_it_until_it_is_quar
             segment.rename(segments / "quarantine" / segment.name)  # the way out
             await until(lambda: host.shard is not None, 20, "the host to recover")
             assert "failed" not in host.recovery
-            ana, = await host.handle("b", 1, [profile("ana")], [0])
+            # refused, "a" and "b" go on in fresh sessions, as clients do
+            ana, = await host.handle("b2", 0, [profile("ana")], [0])
             assert ana.value["events_applied"] == 1  # the snapshot's; the segment's is gone
-            assert await host.handle("a", 3, [event("ana", "app_open", T0 + 3)], [0]) == \
+            assert await host.handle("a2", 0, [event("ana", "app_open", T0 + 3)], [0]) == \
                 [EventAck(sequence=2)]
             assert host.shard.journal.last_lsn > 2  # past every LSN the segment held
         finally:
@@ -536,7 +537,7 @@ def test_a_shard_whose_journal_is_corrupt_at_start_comes_up_unavailable_and_retr
             segment.rename(segments / "quarantine" / segment.name)
             await until(lambda: host.shard is not None, 20, "the host to recover")
             assert "failed" not in host.recovery
-            ana, = await host.handle("b", 1, [profile("ana")], [0])
+            ana, = await host.handle("b2", 0, [profile("ana")], [0])  # refused: afresh
             assert ana.value["events_applied"] == 1  # the snapshot's
             assert await host.handle("a", 0, [event("ana", "app_open", T0 + 3)], [0]) == \
                 [EventAck(sequence=2)]

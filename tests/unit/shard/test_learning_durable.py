@@ -57,7 +57,8 @@ def test_a_round_whose_sync_fails_reaches_the_learner_only_once_it_is_sent_again
         assert (await first)[0].status == "unavailable"
         while host.shard is None:  # rebuilt from the store
             await asyncio.sleep(0.01)
-        assert (await host.handle("a", 2, [accept(T0 + 1)], [0]))[0].status == "ok"
+        # sent again, in a fresh session as a client does after a refusal
+        assert (await host.handle("a2", 0, [accept(T0 + 1)], [0]))[0].status == "ok"
         for _ in range(3):
             await models.step(engine, lambda: InProcess(learner), wait_s=1.0)
         assert learner.models.positives.sum() == 1  # acknowledged once, learnt once

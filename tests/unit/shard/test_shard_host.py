@@ -15,7 +15,7 @@ import msgpack
 import pytest
 
 from kairos.cluster.protocol import Busy, EventAck, Invalid, Moved, Ok, Unavailable
-from kairos.cluster.shard.host import ShardHost
+from kairos.cluster.shard.host import OVERTAKING, ShardHost
 from kairos.cluster.shard.modelsync import ModelSync
 from kairos.cluster.shard.syncs import Syncs
 from kairos.cluster.shard.shard import Shard
@@ -84,11 +84,41 @@ def test_a_batch_past_the_queue_limit_answers_busy_and_applies_nothing(compiled)
             host.handle("a", 0, [app_open("ana"), app_open("bob")], [0, 0]),
             host.handle("b", 0, [app_open("cy"), app_open("di")], [0, 0]))
         assert admitted == [EventAck(sequence=1)] * 2 and refused == [Busy(), Busy()]
-        assert await host.handle("b", 1, [app_open(c) for c in "wxyz"], [0] * 4) == [Busy()] * 4
+        assert await host.handle("d", 0, [app_open(c) for c in "wxyz"], [0] * 4) == [Busy()] * 4
         assert host.rejected == 6 and host.queued == 0
         missing, = await host.handle("c", 0, [profile("cy")], [0])
         assert missing.status == "missing"
     run(compiled, MemoryStore(), test, queue_limit=3)
+
+
+def test_a_sessions_batches_after_one_refused_busy_are_refused_even_once_there_is_room(
+        compiled):
+    """Sent before its sender heard of the refusal, a later batch applied would put the
+    customer's later event before the refused one (which its caller then sends again)."""
+    async def test(host):
+        admitted, refused = await asyncio.gather(
+            host.handle("a", 0, [app_open("ana"), app_open("bob")], [0, 0]),
+            host.handle("b", 0, [app_open("cy", T0), app_open("di")], [0, 0]))
+        assert admitted == [EventAck(sequence=1)] * 2 and refused == [Busy()] * 2
+        assert host.queued == 0
+        assert await host.handle("b", 1, [app_open("cy", T0 + 1)], [0]) == [OVERTAKING]
+        missing, = await host.handle("c", 0, [profile("cy")], [0])
+        assert missing.status == "missing"  # nothing of cy's was applied
+        assert await host.handle("b2", 0, [app_open("cy", T0)], [0]) == [EventAck(sequence=1)]
+    run(compiled, MemoryStore(), test, queue_limit=3)
+
+
+def test_a_sessions_batches_after_one_refused_while_recovering_are_refused_once_it_serves(
+        compiled):
+    async def test(host):
+        serving, host.shard = host.shard, None
+        unavailable, = await host.handle("a", 0, [app_open("ana", T0)], [0])
+        assert isinstance(unavailable, Unavailable)
+        host.shard = serving
+        assert await host.handle("a", 1, [app_open("ana", T0 + 1)], [0]) == [OVERTAKING]
+        missing, = await host.handle("c", 0, [profile("ana")], [0])
+        assert missing.status == "missing"
+    run(compiled, MemoryStore(), test)
 
 
 def test_a_round_combines_the_batches_that_queued_up_to_the_round_limit(compiled):
@@ -145,17 +175,21 @@ def test_a_failed_sync_answers_unavailable_and_the_host_rebuilds_from_the_store(
         fsync_fails_once(monkeypatch)
         unavailable, = await host.handle("a", 1, [app_open("ana", T0 + 1)], [0])
         assert unavailable.status == "unavailable" and "I/O error" in unavailable.reason
-        seq = 0
+        tries = 0
         while host.shard is None:  # answering UNAVAILABLE meanwhile
-            assert await host.handle("b", seq, [profile("ana")], [0]) == \
+            # a sender goes on in a fresh session after each refusal
+            assert await host.handle(f"b{tries}", 0, [profile("ana")], [0]) == \
                 [Unavailable(reason="s0 is recovering from the store")]
-            seq += 1  # a sender numbers its batches (a repeated number waits for its turn)
+            tries += 1
             await asyncio.sleep(0.01)
         assert host.shard is not failed
         # the event that was never acknowledged was not kept
-        ana, = await host.handle("a", 2, [profile("ana")], [0])
+        ana, = await host.handle("a2", 0, [profile("ana")], [0])
         assert ana.value["events_applied"] == 1
-        assert await host.handle("a", 3, [app_open("ana", T0 + 2)], [0]) == \
+        # "a"'s later batches may not overtake the one its sync failed: its sender goes on
+        # in a fresh session
+        assert await host.handle("a", 2, [app_open("ana", T0 + 2)], [0]) == [OVERTAKING]
+        assert await host.handle("a2", 1, [app_open("ana", T0 + 2)], [0]) == \
             [EventAck(sequence=2)]
     run(compiled, DirectoryStore(tmp_path), test)
 
@@ -282,11 +316,12 @@ def test_a_round_that_fails_half_way_leaves_no_trace_and_the_shard_serves_again(
         assert "fails_on_the_third" in caplog.text
         assert "'bob'" not in caplog.text and all("bob" not in r.reason for r in replies)
         await served_again(host, failed)
-        assert await host.handle("a", 2, later, [0]) == [EventAck(sequence=1)]
+        assert await host.handle("a", 2, later, [0]) == [OVERTAKING]  # "a" goes on afresh
+        assert await host.handle("a2", 0, later, [0]) == [EventAck(sequence=1)]
         assert journaled_events(host.shard.journal) == [("ana", T0), ("bob", T0),
                                                         ("cy", T0 + 2)]
         reads = [profile(c) for c in ("ana", "bob", "cy")]
-        assert await host.handle("a", 3, reads, [0] * 3) == twin.process(reads)[0]
+        assert await host.handle("a2", 1, reads, [0] * 3) == twin.process(reads)[0]
     run(compiled, DirectoryStore(tmp_path), test)
 
 

@@ -141,3 +141,36 @@ def test_a_request_found_invalid_gives_up_nothing_of_its_call():
         await client.close()
 
     asyncio.run(main())
+
+
+class Sessions(K0Refused):
+    """K0Refused that records each batch's session and number."""
+
+    def __init__(self, reply: protocol.Reply) -> None:
+        super().__init__(reply)
+        self.sent: list[tuple[str, int]] = []
+
+    async def send(self, name, session, seq, requests, routed):
+        if requests:
+            self.sent.append((session, seq))
+        return await super().send(name, session, seq, requests, routed)
+
+
+@pytest.mark.parametrize("refusal", [protocol.Busy(), protocol.Unavailable(reason="rebuilding")],
+                         ids=["busy", "unavailable"])
+def test_after_a_shards_refusal_the_client_sends_in_a_fresh_session(refusal):
+    """A shard refuses the later batches of a session it refused one of (its sequencer), so
+    the batches the client sends after hearing go in a fresh session, from 0."""
+    async def main():
+        backend = Sessions(refusal)
+        await backend.start_runtime(1, n_partitions=8)
+        client = await KairosClient(backend).connect()
+        assert isinstance(await client.enqueue(_event("k-"), Call()), protocol.EventAck)
+        refused = await client.enqueue(_event("k0"), Call())
+        assert type(refused) is type(refusal)
+        assert isinstance(await client.enqueue(_event("k1"), Call()), protocol.EventAck)
+        (first, zero), (_, one), (fresh, again) = backend.sent
+        assert (zero, one) == (0, 1) and fresh != first and again == 0
+        await client.close()
+
+    asyncio.run(main())
