@@ -338,8 +338,9 @@ def read_parquet(path: str | Path) -> Iterator[DecisionRecord]:
     metadata = source.schema_arrow.metadata or {}
     if metadata.get(b"kairos_decision_log_format") != str(FORMAT).encode():
         raise LogFormatError(f"{path}: not a Kairos decision log of format {FORMAT}")
+    first = 0  # of the batch: its rows are numbered from the file's start, not the batch's
     for batch in source.iter_batches():
-        for number, row in enumerate(batch.to_pylist()):
+        for number, row in enumerate(batch.to_pylist(), first):
             where = f"{path}: row {number}"
             try:
                 row["context"] = json.loads(row["context"])
@@ -347,6 +348,7 @@ def read_parquet(path: str | Path) -> Iterator[DecisionRecord]:
             except (TypeError, ValueError) as exc:  # null, or not JSON
                 raise LogFormatError(f"{where}: context or inputs unreadable: {exc}") from None
             yield _from_fields(row, where)
+        first += batch.num_rows
 
 
 def is_parquet(path: str | Path) -> bool:
