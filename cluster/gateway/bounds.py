@@ -46,6 +46,7 @@ from grpc_health.v1 import health, health_pb2
 
 from kairos.cluster.gateway.auth import has_scope
 from kairos.cluster.gateway.calls import Gateway, fail
+from kairos.cluster.gateway.parsing import Wrappers
 from kairos.cluster.settings import OPEN_STREAMS_PER_HOST
 from kairos.cluster.throttled import ThrottledWarning
 from kairos.cluster.transport.admission import source_of
@@ -63,24 +64,20 @@ _REFUSED_WATCH = ThrottledWarning(logging.getLogger("kairos.gateway"), REFUSED_L
 
 class Bounds(grpc.aio.ServerInterceptor):
     """Counts the bounded calls running, by group (admin calls; each open streaming method,
-    and each of those by host), and refuses those past their group's bound. Each method's
-    handler is wrapped once (the parsing interceptor's reason)."""
+    and each of those by host), and refuses those past their group's bound."""
 
     def __init__(self, gateway: Gateway, shown: health.aio.HealthServicer):
         self.gateway = gateway
         self.shown = shown  # what health answers
         self.running: Counter[Hashable] = Counter()
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._wrappers = Wrappers(self._bounded)
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         handler = await continuation(details)
         method = details.method
         if handler is None or not (method.startswith(_ADMIN) or method in _OPEN_STREAMING):
             return handler
-        known = self._wrapped.get(method)
-        if known is None or known[0] is not handler:
-            known = self._wrapped[method] = (handler, self._bounded(handler, method))
-        return known[1]
+        return self._wrappers.of(handler, method)
 
     def _bounded(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         kinds = dict(request_deserializer=handler.request_deserializer,
