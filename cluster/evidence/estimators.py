@@ -43,8 +43,13 @@ class Estimate:
 
 
 def effective_sample_size(weights: np.ndarray) -> float:
-    squares = float(np.sum(weights ** 2))
-    return float(np.sum(weights)) ** 2 / squares if squares > 0 else 0.0
+    # scaled by the largest weight first: the sums' squares of large (or tiny) weights would
+    # overflow (or vanish) where their ratio does not
+    scale = float(np.max(np.abs(weights))) if len(weights) else 0.0
+    if not scale > 0:
+        return 0.0
+    scaled = weights / scale
+    return float(np.sum(scaled)) ** 2 / float(np.sum(scaled ** 2))
 
 
 def _interval(terms: np.ndarray, weights: np.ndarray) -> Estimate:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, NamedTuple
@@ -106,6 +107,19 @@ _SHOWN_TYPES = {"action_id": str, "slot": int, "selection": _NUMBER, "propensity
                 "priority": _NUMBER}
 _OUTCOME_TYPES = {"decision_id": str, "customer_id": str, "action_id": str, "outcome": str,
                   "value": _NUMBER, "time": _NUMBER}
+# The smallest logged probability (other than a fallback's 0) a reader takes: replay divides
+# by it, and a damaged 1e-200 would make one decision outweigh the log (or overflow).
+MIN_SELECTION = 1e-9
+# Beyond its type, what a record's number must be (NaN or an infinity never is: one NaN value
+# would make every estimate NaN), and how a refusal says it. The model inputs are not here:
+# a missing one is NaN as the engine saw it, and replay reads it as 0.
+_NONNEGATIVE = (lambda x: x >= 0.0, "0 or more")
+_PROBABILITY = (lambda x: x == 0.0 or MIN_SELECTION <= x <= 1.0,
+                f"0 for a fallback, else from {MIN_SELECTION:g} to 1")
+_ANY_FINITE = (lambda x: True, "")
+_BOUNDS = {"time": _NONNEGATIVE, "value": _NONNEGATIVE, "selection": _PROBABILITY,
+           "nothing_selection": _PROBABILITY, "propensity": _ANY_FINITE,
+           "priority": _ANY_FINITE}
 
 
 def _check_types(data: dict[str, Any], where: str) -> None:
@@ -130,9 +144,22 @@ def _check_fields(data: dict[str, Any], types: dict[str, Any], optional: set[str
             if name in optional:
                 continue
             raise LogFormatError(f"{where}: no field {name!r}")
-        if not _is(data[name], kind):
-            raise LogFormatError(f"{where}: field {name!r} is a {type(data[name]).__name__}, "
+        value = data[name]
+        if not _is(value, kind):
+            raise LogFormatError(f"{where}: field {name!r} is a {type(value).__name__}, "
                                  f"not {_named(kind)}")
+        if name in _BOUNDS and value is not None:
+            within, says = _BOUNDS[name]
+            if not (_finite(value) and within(value)):
+                raise LogFormatError(f"{where}: field {name!r} is {value!r}, not a finite "
+                                     f"number{f' ({says})' if says else ''}")
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond a float's range
+        return False
 
 
 def _is(value: Any, kind: Any) -> bool:
