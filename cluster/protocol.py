@@ -72,6 +72,12 @@ class Fire(NamedTuple):
 
 
 class Decide(NamedTuple):
+    """Decide for a view. Not `log`: a preview (GetProfile's decision per channel, shown to
+    an agent beside the record, not on the channel): it is neither logged as evidence nor
+    counted in the decisions per channel. Its id is sealed all the same: the console's
+    agent answers the decision of its own channel (Respond), a real outcome the models learn
+    from. (Added last, with a default; the data plane's protocol went to 5 for it.)"""
+
     kind: str = "decide"
     partition: int = UNROUTED
     customer_id: str = ""
@@ -82,6 +88,7 @@ class Decide(NamedTuple):
     explain: bool = False
     now: float | None = None
     record_impression: bool = False
+    log: bool = True
 
 
 class Outcome(NamedTuple):

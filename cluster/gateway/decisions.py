@@ -4,8 +4,9 @@ Each handler checks its request (requests.py), names the customer, and makes its
 calls through the gateway (calls.py) within the caller's deadline. The key and its scope were
 checked before the handler ran (auth.py); a handler whose request names a channel holds it
 against a channel-bound key with `check_channel` (an empty channel is refused to such a key);
-GetProfile shows such a key only its channel's current decision (`visible_channel`). A Decide
-the shard cannot answer in time gets the catalog's fallback, marked as such.
+GetProfile shows such a key only its channel's current decision (`visible_channel`); its
+decisions are previews, which the shards neither log nor count (protocol.Decide's `log`).
+A Decide the shard cannot answer in time gets the catalog's fallback, marked as such.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import AsyncIterator, Awaitable, NamedTuple
 import grpc
 
 from kairos.core.compiler import CompiledCatalog
-from kairos.core.decision import Learned
+from kairos.core.decision import Decision, Learned
 from kairos.core.errors import InputError
 from kairos.core.request import fallback_decision
 from kairos.v1 import decision_pb2 as pb
@@ -337,8 +338,9 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
             profile = {**profile, "history": [h for h in profile["history"]
                                               if h["channel"] == shown]}
         decisions = await self.gateway.call(context, asyncio.gather(*(
-            self.client.decide(profile["customer_id"], ch, None, None, now=now,
-                               explain=request.explain)
+            self._preview(protocol.Decide(customer_id=profile["customer_id"], channel=ch,
+                                          context={}, explain=request.explain, now=now,
+                                          log=False))
             for ch in channels)))
         types = {**{a.name: a.type for a in catalog.catalog.attributes},
                  **{f.name: f.type for f in catalog.catalog.features}}
@@ -346,6 +348,11 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
                    for purpose, attribute in catalog.catalog.consent.items()}
         return wire.profile_out(profile, types, {d.channel: d for d in decisions},
                                 catalog.agent_texts, consent)
+
+    async def _preview(self, request: protocol.Decide) -> Decision:
+        """A decision GetProfile shows an agent, as the shard answers it."""
+        reply = await self.client.settle(request, await self.client.enqueue(request))
+        return reply.value
 
     async def ForgetCustomer(self, request: pb.ForgetRequest, context) -> pb.ForgetAck:
         try:

@@ -167,7 +167,10 @@ class CustomerRequests:
     def decisions(self, batch: list[Decide], touched: dict[str, float]) -> list[Reply]:
         """Decide; with `record_impression`, what was shown is recorded at once (and
         journaled as impression outcomes). A customer nobody has seen gets a decision on an
-        empty profile, which is then dropped: only recording an impression creates one."""
+        empty profile, which is then dropped: only recording an impression creates one. A
+        preview (not `log`) is neither logged nor counted per channel and group: nobody was
+        shown it on that channel, and replay would count it as a decision that earned
+        nothing."""
         engine = self._ctx.engine
         replies: list[Reply | None] = [None] * len(batch)
         encoded, where, explain = [], [], []
@@ -188,7 +191,11 @@ class CustomerRequests:
         for i, request, decision in zip(where, encoded, engine.decide_encoded(encoded, explain)):
             replies[i] = Ok(value=self._seal.seal(decision))  # outcomes name the sealed id
             sealed_id = replies[i].value.decision_id
-            self._log.decided(decision, sealed_id, request.now, batch[i].context)
+            if batch[i].log:
+                self._log.decided(decision, sealed_id, request.now, batch[i].context)
+                self.by_channel[decision.channel] += 1
+                for action in decision.actions:
+                    self.by_group[action.group] += 1
             if batch[i].record_impression:
                 for a in decision.actions:
                     shown.append((decision.customer_id, a.action_id, decision.channel,
@@ -199,9 +206,6 @@ class CustomerRequests:
                         when=request.now, decision_id=decision.decision_id)
                     self._journaling.record(impression)
                     self._log.outcome(impression._replace(decision_id=sealed_id), None)
-            self.by_channel[decision.channel] += 1
-            for action in decision.actions:
-                self.by_group[action.group] += 1
         # not `unseen - recent.keys()`: a set minus a keys view walks every resident
         for customer_id in [c for c in unseen if c not in self._residency.recent]:
             engine.table.evict(customer_id)  # the empty profile the kernel decided on

@@ -2,10 +2,11 @@
 `kairos log export` and replay (cluster/evidence/records.py has the records).
 
 What is logged: each decision that leaves the shard (a Decide's answer, the decision an
-event's `decide` asked for, a push to a watch), under the sealed id its caller sees, with the
-customer's profile as the decision saw it (a one-customer block), the model inputs (the
-engine's decision memo keeps them), the eligible actions (the engine notes them from the
-kernel's reason codes while the log is on) and the shown actions with their selection
+event's `decide` asked for, a push to a watch; not a preview, GetProfile's decision per
+channel, which no channel showed: protocol.Decide's `log`), under the sealed id its caller
+sees, with the customer's profile as the decision saw it (a one-customer block), the model
+inputs (the engine's decision memo keeps them), the eligible actions (the engine notes them
+from the kernel's reason codes while the log is on) and the shown actions with their selection
 probabilities (for a decision that showed nothing, the probability of showing nothing); each
 outcome the shard took that names a decision (Respond, and the impressions a Decide records),
 under the id its caller sent. Decisions replayed from the journal are not made again, so

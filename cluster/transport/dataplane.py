@@ -60,9 +60,10 @@ from kairos.cluster.transport.admission import Handshakes
 from kairos.cluster.transport.backend import NotSent
 
 log = logging.getLogger("kairos.dataplane")
-# 3: a challenge-response handshake of fixed layouts; 4: outcomes carry a convert's value.
-# A client and a shard of different versions refuse each other
-PROTOCOL = 4
+# 3: a challenge-response handshake of fixed layouts; 4: outcomes carry a convert's value;
+# 5: a Decide says whether it is logged. A client and a shard of different versions refuse
+# each other
+PROTOCOL = 5
 MAGIC = b"KAIROSDP"
 NONCE_BYTES = 32
 _CHALLENGE = struct.Struct(f">8sH{NONCE_BYTES}s")
