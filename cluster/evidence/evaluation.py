@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from kairos.cluster.evidence import estimators
+from kairos.cluster.evidence import estimators, report
 from kairos.cluster.evidence.replay import NOTHING, Replayed
 
 # Overlap: an action the candidate shows first in at least RARE_CANDIDATE_SHARE of decisions
@@ -51,7 +51,8 @@ def evaluate(replayed: Sequence[Replayed], seed: int = 0) -> dict[str, Any]:
     if not usable:
         result["logged"] = {reward: math.nan for reward in REWARDS}
         result["estimates"] = {}
-        result["overlap"] = {"warnings": ["no logged decision with a selection probability"]}
+        result["overlap"] = {"warnings": _refusals(result) + [
+            "no logged decision with a selection probability"]}
         return result
     names = sorted({a for r in usable for a in r.candidate} | {r.logged for r in usable})
     index = {name: a for a, name in enumerate(names)}
@@ -77,7 +78,15 @@ def evaluate(replayed: Sequence[Replayed], seed: int = 0) -> dict[str, Any]:
             "dr": estimators.doubly_robust(weights, y, q[np.arange(len(y)), logged],
                                            np.sum(pi * q, axis=1)).to_json()}
     result["overlap"] = _overlap(shares, weights, mu)
+    result["overlap"]["warnings"][:0] = _refusals(result)
     return result
+
+
+def _refusals(result: dict[str, Any]) -> list[str]:
+    refused = result["refused"]
+    if not refused["count"]:
+        return []
+    return [f"{report.refusals(result)}: {'; '.join(refused['examples'])}"]
 
 
 def _features(usable: Sequence[Replayed]) -> np.ndarray:

@@ -48,11 +48,20 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def refusals(evidence: dict[str, Any]) -> str:
+    """The requests the candidate refused, as the summary, the headline and the warnings say
+    it: each counts as showing nothing, which moves every estimate."""
+    return (f"the candidate refused {evidence['refused']['count']} of {evidence['records']} "
+            f"requests (shown as nothing)")
+
+
 def summary(evidence: dict[str, Any]) -> str:
     """A few lines for the terminal."""
+    refused = f"; {refusals(evidence)}" if evidence["refused"]["count"] else ""
     lines = [f"{evidence['evaluated']} of {evidence['records']} logged decisions replayed "
              f"through {evidence['candidate']['name']} {evidence['candidate']['version']}; "
-             f"the candidate decides differently in {_pct(evidence['differs']['overall'])}"]
+             f"the candidate decides differently in {_pct(evidence['differs']['overall'])}"
+             f"{refused}"]
     for reward, estimates in evidence["estimates"].items():
         dr = estimates["dr"]
         lines.append(f"{REWARD_NAMES[reward]}: logged {evidence['logged'][reward]:.4g}, "
@@ -71,8 +80,9 @@ def headline(evidence: dict[str, Any]) -> str:
         f"(logged {_number(evidence['logged'][reward]):.4g})"
         for reward, e in evidence["estimates"].items())
     warnings = len(evidence["overlap"]["warnings"])
+    refused = f"{refusals(evidence)}; " if evidence["refused"]["count"] else ""
     return (f"replay of {int(evidence['evaluated'])} logged decisions, doubly robust: "
-            f"{estimates or 'no estimates'}; {warnings} overlap warning(s)")
+            f"{estimates or 'no estimates'}; {refused}{warnings} overlap warning(s)")
 
 
 def markdown(evidence: dict[str, Any], plot: str | None) -> str:
@@ -87,8 +97,8 @@ def markdown(evidence: dict[str, Any], plot: str | None) -> str:
              f"{evidence['candidate_error']:.3f}, one standard error). Models: "
              f"{evidence['models']}", ""]
     if evidence["refused"]["count"]:
-        lines += [f"The candidate refused {evidence['refused']['count']} requests (counted as "
-                  f"showing nothing), e.g.: " + "; ".join(evidence["refused"]["examples"]), ""]
+        lines += [f"{refusals(evidence).capitalize()}, e.g.: "
+                  + "; ".join(evidence["refused"]["examples"]), ""]
     lines += ["## Estimates (first slot, 95 % normal intervals)", "",
               "| reward | logged | estimator | candidate | 95 % interval | ESS |",
               "|---|---|---|---|---|---|"]
