@@ -16,6 +16,12 @@ does not fit its correction term). Each estimate has a 95 % confidence interval 
 approximation (the mean of independent per-record terms plus or minus 1.96 standard errors;
 SNIPS by the delta method) and the effective sample size of its weights,
 (sum w)^2 / sum w^2: the number of logged decisions the estimate is worth.
+
+A binary reward (accepted or not) with few positives has a normal interval far too narrow:
+with none, every term is 0 and so is its width. Its interval is therefore at least Wilson's
+score interval for the estimate as a proportion over the effective sample size (what a
+weighted proportion's survey estimate takes), which with no positive among n is
+[0, z^2 / (n + z^2)]: about 3.84 / n, where the normal one says nothing at all.
 """
 from __future__ import annotations
 
@@ -60,11 +66,29 @@ def _interval(terms: np.ndarray, weights: np.ndarray) -> Estimate:
     return Estimate(mean, mean - Z95 * se, mean + Z95 * se, se, effective_sample_size(weights))
 
 
-def ips(weights: np.ndarray, rewards: np.ndarray) -> Estimate:
-    return _interval(weights * rewards, weights)
+def wilson(p: float, n: float) -> tuple[float, float]:
+    """Wilson's 95 % score interval of a proportion p observed over n trials (n may be an
+    effective sample size; at 0 it is [0, 1])."""
+    z2 = Z95 * Z95
+    centre = (n * p + z2 / 2) / (n + z2)
+    half = Z95 * math.sqrt(n * p * (1 - p) + z2 / 4) / (n + z2)
+    return max(centre - half, 0.0), min(centre + half, 1.0)
 
 
-def snips(weights: np.ndarray, rewards: np.ndarray) -> Estimate:
+def _binary(e: Estimate, binary: bool) -> Estimate:
+    """For a binary reward, the interval widened to at least Wilson's (module docstring)."""
+    if not binary or math.isnan(e.low) or math.isnan(e.high):
+        return e
+    low, high = wilson(min(max(e.value, 0.0), 1.0), e.ess)
+    return Estimate(e.value, min(e.low, low), max(e.high, high), e.standard_error, e.ess)
+
+
+def ips(weights: np.ndarray, rewards: np.ndarray, binary: bool = False) -> Estimate:
+    """`binary`: the rewards are 0 or 1 (module docstring)."""
+    return _binary(_interval(weights * rewards, weights), binary)
+
+
+def snips(weights: np.ndarray, rewards: np.ndarray, binary: bool = False) -> Estimate:
     n, total = len(weights), float(np.sum(weights))
     if n == 0 or total <= 0:
         return Estimate(math.nan, math.nan, math.nan, math.nan, 0.0)
@@ -72,15 +96,15 @@ def snips(weights: np.ndarray, rewards: np.ndarray) -> Estimate:
     # delta method: the ratio's influence terms are w_i (r_i - value) / mean(w)
     influence = weights * (rewards - value) / (total / n)
     se = float(np.std(influence, ddof=1) / math.sqrt(n)) if n > 1 else math.nan
-    return Estimate(value, value - Z95 * se, value + Z95 * se, se,
-                    effective_sample_size(weights))
+    return _binary(Estimate(value, value - Z95 * se, value + Z95 * se, se,
+                            effective_sample_size(weights)), binary)
 
 
 def doubly_robust(weights: np.ndarray, rewards: np.ndarray, q_logged: np.ndarray,
-                  q_candidate: np.ndarray) -> Estimate:
+                  q_candidate: np.ndarray, binary: bool = False) -> Estimate:
     """q_logged: the model's reward for the logged action; q_candidate: its expectation under
     the candidate, sum_a pi(a) q(x, a)."""
-    return _interval(q_candidate + weights * (rewards - q_logged), weights)
+    return _binary(_interval(q_candidate + weights * (rewards - q_logged), weights), binary)
 
 
 def direct_method(features: np.ndarray, actions: np.ndarray, rewards: np.ndarray,

@@ -30,6 +30,7 @@ RARE_LOGGED_COUNT = 10
 RARE_LOGGED_SHARE = 0.01
 LOW_SELECTION = 0.02
 LOW_ESS_SHARE = 0.1
+FEW_POSITIVES = 10  # logged decisions that earned a reward, under which it is warned of
 REWARDS = ("accept", "value")
 MAX_EXAMPLES = 5  # refused requests quoted in the report
 
@@ -72,14 +73,25 @@ def evaluate(replayed: Sequence[Replayed], seed: int = 0) -> dict[str, Any]:
         if NOTHING in index:
             q[:, index[NOTHING]] = 0.0  # showing nothing earns nothing: no model needed
         result["logged"][reward] = float(np.mean(y))
+        binary = reward == "accept"
         result["estimates"][reward] = {
-            "ips": estimators.ips(weights, y).to_json(),
-            "snips": estimators.snips(weights, y).to_json(),
+            "ips": estimators.ips(weights, y, binary).to_json(),
+            "snips": estimators.snips(weights, y, binary).to_json(),
             "dr": estimators.doubly_robust(weights, y, q[np.arange(len(y)), logged],
-                                           np.sum(pi * q, axis=1)).to_json()}
+                                           np.sum(pi * q, axis=1), binary).to_json()}
     result["overlap"] = _overlap(shares, weights, mu)
-    result["overlap"]["warnings"][:0] = _refusals(result)
+    result["overlap"]["warnings"][:0] = _refusals(result) + _few_positives(usable)
     return result
+
+
+def _few_positives(usable: Sequence[Replayed]) -> list[str]:
+    """A reward that few logged decisions earned: its estimates rest on those few (the accept
+    rate's interval on Wilson's, estimators.py; the value's normal one may be far too narrow)."""
+    earned = {"accept": "were accepted", "value": "reported a conversion value"}
+    counts = {reward: sum(getattr(r, reward) > 0 for r in usable) for reward in REWARDS}
+    return [f"only {n} of the {len(usable)} evaluated decisions {earned[reward]}: the "
+            f"{report.REWARD_NAMES[reward]}'s estimates rest on too few of them"
+            for reward, n in counts.items() if n < FEW_POSITIVES]
 
 
 def _refusals(result: dict[str, Any]) -> list[str]:

@@ -1,0 +1,63 @@
+"""A binary reward that few or no logged decisions earned: its interval is at least Wilson's
+over the effective sample size, not the normal one's width of 0 (estimators.py), and the
+report warns of it (evaluation.py)."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from bench import truth
+from kairos.cluster.evidence import estimators, evaluation
+from kairos.cluster.evidence.replay import for_replay, replay
+from kairos.core.catalog import load_catalog
+
+NONE = np.zeros(40)
+
+
+@pytest.mark.parametrize("estimate", [
+    lambda w, r: estimators.ips(w, r, binary=True),
+    lambda w, r: estimators.snips(w, r, binary=True),
+    lambda w, r: estimators.doubly_robust(w, r, np.zeros(40), np.zeros(40), binary=True)])
+def test_no_positive_gives_wilsons_interval_over_the_effective_sample_size(estimate):
+    """No accept in 40 decisions of weight 1: z^2 / (40 + z^2) = 3.8415 / 43.8415 = 0.08762
+    (the normal interval was [0, 0]). Weights 2, 2, 0, 0 (ten times): ESS 40^2 / 80 = 20, so
+    3.8415 / 23.8415 = 0.16113."""
+    e = estimate(np.ones(40), NONE)
+    assert (e.value, e.low, e.high) == pytest.approx((0.0, 0.0, 0.08762), abs=1e-5)
+    e = estimate(np.tile([2.0, 2.0, 0.0, 0.0], 10), NONE)
+    assert e.ess == pytest.approx(20.0)
+    assert (e.low, e.high) == pytest.approx((0.0, 0.16113), abs=1e-5)
+
+
+def test_one_positive_takes_the_wider_of_the_two_intervals():
+    """One accept in 40 (weight 1): IPS 0.025, standard error sqrt(0.975 / 39 / 40) = 0.025,
+    normal [0.025 - 1.96 * 0.025, ...] = [-0.0240, 0.0740]; Wilson's centre
+    (1 + 1.9207) / 43.8415 = 0.06662, half-width 1.96 * sqrt(0.975 + 0.9604) / 43.8415 =
+    0.06219: [0.0044, 0.1288]. The interval spans both."""
+    e = estimators.ips(np.ones(40), np.eye(1, 40)[0], binary=True)
+    assert e.standard_error == pytest.approx(0.025)
+    assert (e.low, e.high) == pytest.approx((-0.02400, 0.12881), abs=1e-5)
+
+
+def test_many_positives_keep_the_normal_interval():
+    rewards = np.tile([0.0, 1.0], 50)
+    assert estimators.ips(np.ones(100), rewards, binary=True) == \
+        estimators.ips(np.ones(100), rewards)
+
+
+def test_a_log_without_accepts_has_an_accept_interval_and_a_warning():
+    log = [dataclasses.replace(r, outcomes=()) for r in truth.log(
+        4, truth.customers(np.random.default_rng(4), 40), learn=False)]
+    logging = for_replay(load_catalog(truth.logging_catalog(), "logging"))
+    evidence = evaluation.evaluate(list(replay(log, logging, 8)))
+    n = evidence["evaluated"]
+    for e in evidence["estimates"]["accept"].values():
+        assert e["value"] == 0.0 and e["low"] == 0.0
+        assert 0.0 < e["high"] == pytest.approx(3.8415 / (e["ess"] + 3.8415), abs=1e-4)
+    warnings = evidence["overlap"]["warnings"]
+    assert f"only 0 of the {n} evaluated decisions were accepted: the accept rate's " \
+           f"estimates rest on too few of them" in warnings
+    assert f"only 0 of the {n} evaluated decisions reported a conversion value: the value " \
+           f"per decision's estimates rest on too few of them" in warnings
