@@ -1,0 +1,55 @@
+"""What a customer's idempotency keys cost: a fixed record per key, whatever its length, in
+memory and in its block; blocks written when keys were kept as text still load."""
+from __future__ import annotations
+
+import tracemalloc
+
+from kairos.cluster.shard.keys import RECORD, IdempotencyKeys
+from kairos.cluster.storage import blocks
+
+from .test_shard import T0, Clock
+
+LONGEST = 256  # the gateway's MAX_KEY_LENGTH
+
+
+def long_key(i: int) -> str:
+    return f"{i:04d}".ljust(LONGEST, "x")
+
+
+def test_a_customers_keys_take_a_fixed_record_each_whatever_their_length(monkeypatch):
+    monkeypatch.setattr("kairos.cluster.shard.keys.KEYS_PER_CUSTOMER", 256)
+    tracemalloc.start()
+    try:
+        keys = IdempotencyKeys(Clock())
+        for customer in range(20):
+            for i in range(256):
+                keys.remember(f"c{customer}", long_key(i), i + 1)
+        in_memory = tracemalloc.get_traced_memory()[0] / (20 * 256)
+    finally:
+        tracemalloc.stop()
+    assert in_memory < 2 * RECORD.size  # the text of a key was 400 bytes more
+    packed = blocks.pack(keys.extra("c0"))
+    assert len(packed) < 256 * RECORD.size + 64
+    assert keys.get("c0", long_key(255)) == 256 and keys.get("c0", long_key(256)) is None
+
+
+def test_a_block_holding_the_keys_themselves_still_loads():
+    clock = Clock()
+    keys = IdempotencyKeys(clock)
+    keys.remember("ana", "evt-2", 2)
+    written_before = {"keys": [["evt-1", 1, T0 - 10], ["outcome\x00o-1", 0, T0 - 5]]}
+    keys.restore("ana", written_before)
+    assert [keys.get("ana", k) for k in ("evt-1", "outcome\x00o-1", "evt-2", "evt-3")] == \
+        [1, 0, 2, None]
+    again = IdempotencyKeys(clock)  # and they go on in the new form
+    again.restore("ana", blocks.unpack(blocks.pack(keys.extra("ana"))))
+    assert [again.get("ana", k) for k in ("evt-1", "outcome\x00o-1", "evt-2")] == [1, 0, 2]
+
+
+def test_a_key_remembered_again_keeps_one_record_the_newest():
+    keys = IdempotencyKeys(Clock())
+    keys.remember("ana", "k", 1)
+    keys.remember("ana", "other", 2)
+    keys.remember("ana", "k", 3)  # as a replay does, for an event applied again
+    assert keys.get("ana", "k") == 3
+    assert len(keys.extra("ana")["key_records"]) == 2 * RECORD.size
