@@ -200,17 +200,22 @@ class Learner:
                          m.negatives, m.value_count, m.value_sum, m.inputs)
 
     def switch(self, catalog_text: str) -> int:
-        """Move the posteriors to a new catalog version; the new model version."""
-        new = compiled_from_text(catalog_text)
-        if new.version == self.compiled.version:
+        """Move the posteriors to another catalog; the new model version. A catalog is its
+        text: another text under the running version (a learner Ray restarted on its first
+        catalog, told the one that runs) is switched to as well, or its models would sit in
+        the rows of the old text's actions."""
+        if catalog_text == self.catalog_text:
             return self.models.version
+        new = compiled_from_text(catalog_text)
         self._earlier.pop(new.version, None)
-        self._earlier[self.compiled.version] = self.compiled
+        if new.version != self.compiled.version:  # else its deltas are the new text's
+            self._earlier[self.compiled.version] = self.compiled
         while len(self._earlier) > REMAPS_KEPT:
             del self._earlier[next(iter(self._earlier))]
         # each straight to the new version: chained, the remaps grew with every switch
         self._remaps = {old: ModelRemap(compiled, new) for old, compiled in self._earlier.items()}
-        version, remap = self.models.version, self._remaps[self.compiled.version]
+        version = self.models.version
+        remap = self._remaps.get(self.compiled.version) or ModelRemap(self.compiled, new)
         self._taken_out = self._taken_out.switched(self.models, self.compiled, remap)
         self.models = remap.table(self.models)
         self._taken_out.bring_back(self.models, new, remap)
@@ -293,16 +298,22 @@ def save_models(learner: Learner) -> bytes:
 
 
 def restore_models(learner: Learner, blob: bytes, follow_catalog: bool = False) -> bool:
-    """Take up a saved posterior; whether it was. One of another catalog version is taken up
-    only with `follow_catalog` (a learner Ray restarted runs the catalog it was created with,
-    while the saved one is the latest it switched to): the learner switches to the saved
-    catalog first. Statistics a blob lacks (saved by an older release) start where a new
+    """Take up a saved posterior; whether it was. One of another catalog text, whatever its
+    version (the same version's rows may be other actions'), is taken up only with
+    `follow_catalog` (a learner Ray restarted runs the catalog it was created with, while the
+    saved one is the latest it switched to): the learner switches to the saved catalog first.
+    Where either text is unknown (an older release saved none, a learner made without one),
+    the version tells. Statistics a blob lacks (saved by an older release) start where a new
     table does. BlockCorrupt, KeyError, CatalogError for a blob that does not hold together
     (BlockCorrupt too for one whose shapes do not fit its catalog)."""
     saved = blocks.unpack(blob)
-    if saved["catalog"] != learner.compiled.version:
-        text = saved.get("catalog_text")
-        if not follow_catalog or text is None:  # an older release saved no text
+    text = saved.get("catalog_text")
+    if text is None or learner.catalog_text is None:
+        same = saved["catalog"] == learner.compiled.version
+    else:
+        same = text == learner.catalog_text
+    if not same:
+        if not follow_catalog or text is None:
             return False
         if compiled_from_text(text).version != saved["catalog"]:
             raise BlockCorrupt(f"the saved catalog text is not of version {saved['catalog']}")
