@@ -11,6 +11,12 @@ and serves it again. A release or a thaw fences p at its version (ownership.py):
 an adopt of that version or an older one arriving later (a call that timed out still runs,
 calls to an actor can run out of order) is refused, so p never has two owners and never
 stays frozen behind a settled move.
+
+An adopted partition is `arriving` until the move is confirmed: by a request its sender routed
+under v or later (the map naming B was published, so the move is not undone), or by a `thaw`
+of B (the controller settling the move done). Until then B fires none of p's timers: an adopt
+whose call failed after it was done here is undone (B releases p, A thaws it), and A fires
+them then.
 """
 from __future__ import annotations
 
@@ -76,6 +82,7 @@ class Handoff:
         for p in data["partitions"]:
             self._ownership.owned[p] = version
             self._ownership.leaving.pop(p, None)
+            self._ownership.arriving[p] = version
         self._durability.snapshot(data["partitions"])  # owned from here: recovery reads ours
         return len(received)
 
@@ -86,6 +93,7 @@ class Handoff:
         for p in partitions:
             self._residency.drop_partition(p)
             self._ownership.owned.pop(p, None)
+            self._ownership.arriving.pop(p, None)
             self._frozen.pop(p, None)
             self._journaling.forget(p)
         self._directory.drop(partitions)
@@ -109,7 +117,8 @@ class Handoff:
                 self._frozen[p] = self._ctx.store.take_partition(p)
 
     def thaw(self, partitions: Sequence[int], version: int) -> None:
-        """The handoff failed: serve the partitions again, to senders that saw `version`.
+        """The handoff failed: serve the partitions again, to senders that saw `version`; or,
+        on the shard that adopted them, the move is confirmed (they are no longer arriving).
         Idempotent (the controller repeats it until it is answered); a partition this shard
         does not hold is refused, as serving it would answer from an empty partition."""
         for p in partitions:
@@ -118,6 +127,7 @@ class Handoff:
         self._ownership.fence(partitions, version)
         for p in partitions:
             self._ownership.leaving.pop(p, None)
+            self._ownership.arriving.pop(p, None)
             self._ownership.owned[p] = version
             for customer_id, blob in self._frozen.pop(p, {}).items():
                 self._ctx.store.put(p, customer_id, blob)

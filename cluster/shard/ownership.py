@@ -13,11 +13,14 @@ class Ownership:
     last move settled here (released or thawed); a step of a move at or below it comes late
     (a remote call that timed out may still run, and calls to an actor can run out of order)
     and is refused: an adopt after its release would make two owners, a freeze after its
-    thaw would answer MOVED for ever."""
+    thaw would answer MOVED for ever. `arriving`: partition -> the map version of a move
+    adopted here and not yet confirmed (handoff.py): until then its timers do not fire, as
+    the move may still be undone and its source fire them again."""
 
     def __init__(self, owned: dict[int, int]):
         self.owned = owned
         self.leaving: dict[int, int] = {}
+        self.arriving: dict[int, int] = {}
         self.fenced: dict[int, int] = {}
 
     def fence(self, partitions, version: int) -> None:

@@ -203,6 +203,8 @@ class Shard:
                 reply = None if damaged is None else protocol.Unavailable(reason=damaged)
             if reply is None:
                 admitted.append(k)
+                if routed is not None:  # its sender saw the map that moved it here published
+                    self.ownership.arriving.pop(request.partition, None)
             else:
                 replies[k] = reply
         return admitted
@@ -218,8 +220,10 @@ class Shard:
             if customer_id not in table:
                 continue
             p = self.ctx.partition_of(customer_id)
-            if p in self.ownership.leaving:  # it would answer MOVED: it fires after a thaw,
-                self.timers.arm(customer_id, k, due)  # or leaves with the partition
+            # leaving, it would answer MOVED: it fires after a thaw, or leaves with the
+            # partition; arriving, the move may be undone and the source fire it
+            if p in self.ownership.leaving or p in self.ownership.arriving:
+                self.timers.arm(customer_id, k, due)
             else:
                 fires.append(Fire(partition=p, customer_id=customer_id, timer=names[k],
                                   due=due))

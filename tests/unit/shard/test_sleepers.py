@@ -97,6 +97,7 @@ def test_a_sleeper_moves_with_its_partition(compiled, shared):
     p = p_of("ana")
     b.adopt(a.freeze([p], 2), 2)
     a.release([p], 2)
+    b.thaw([p], 2)  # the move is confirmed: its timers fire here (test_arriving.py)
     assert a.residency.sleepers(p) == {} and b.residency.sleepers(p) == {"ana": DUE}
     clock.now = DUE + 1
     assert a.tick() == []

@@ -1,0 +1,59 @@
+"""A partition adopted and not yet confirmed (`arriving`, handoff.py) fires none of its timers:
+an adopt done here whose call failed is undone (this shard releases it, the source thaws it),
+and the source fires them then, so a timer fires once, with one push. A request routed under
+the move's map version, or the controller's thaw of the target, confirms the move."""
+from __future__ import annotations
+
+import pytest
+
+from kairos.cluster.shard.shard import Shard
+from kairos.cluster.storage.memory_store import MemoryStore
+from tests.unit.shard.test_shard import N_PARTITIONS, T0, Clock, event, p_of, shard, watch
+from tests.unit.shard.test_sleepers import CART, DUE, pushed
+
+P = p_of("ana")
+
+
+def adopted(compiled) -> tuple[Shard, Shard, Clock]:
+    """`a` froze ana's partition with her cart timer armed, watched on push; `b` adopted it
+    in map version 2."""
+    clock, store = Clock(), MemoryStore(shared=True)
+    a = shard(compiled, "a", clock=clock, store=store)
+    b = shard(compiled, "b", partitions=[x for x in range(N_PARTITIONS) if x != P],
+              clock=clock, store=store)
+    a.process([event("ana", "profile_updated", T0 - 86400, marketing_opt_in=True,
+                     push_opt_in=True), watch("ana", "sink-1", "push")])
+    a.process([event("ana", "add_to_cart", T0, **CART)])
+    clock.now = DUE - 1
+    b.adopt(a.freeze([P], 2), 2)
+    return a, b, clock
+
+
+def test_an_undone_adopt_leaves_the_timer_to_the_source_which_fires_it_once(compiled):
+    a, b, clock = adopted(compiled)
+    clock.now = DUE + 0.5
+    assert b.tick() == [] and b.counts["timers_fired"] == 0
+    b.release([P], 2)  # the controller settles the move undone: the target forgets first,
+    a.thaw([P], 2)  # then the source serves again
+    assert pushed(a.tick()) == [("sink-1", "ana", ["cart_recovery_push"])]
+    assert a.counts["timers_fired"] == 1
+
+
+@pytest.mark.parametrize("confirm", ["thaw", "routed"])
+def test_a_confirmed_move_fires_the_timer_on_the_target(compiled, confirm):
+    a, b, clock = adopted(compiled)
+    if confirm == "thaw":  # the controller settles the move done
+        b.thaw([P], 2)
+    else:  # a sender that routed under the published map
+        b.process([event("ana", "app_open", DUE - 1)], routed=[2])
+    a.release([P], 2)
+    clock.now = DUE + 0.5
+    assert pushed(b.tick()) == [("sink-1", "ana", ["cart_recovery_push"])]
+    assert b.counts["timers_fired"] == 1 and a.tick() == []
+
+
+def test_a_request_not_routed_under_a_map_confirms_nothing(compiled):
+    a, b, clock = adopted(compiled)
+    b.process([event("ana", "app_open", DUE - 1)])  # not routed: the shard's own, or a test's
+    clock.now = DUE + 0.5
+    assert b.tick() == [] and b.counts["timers_fired"] == 0
