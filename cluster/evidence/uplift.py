@@ -18,8 +18,10 @@ rates move, and the groups pooled over versions would then differ by the change 
 (a success and a failure added to each group, then the normal approximation), which holds
 its coverage for rare accepts and small control groups where the plain normal one does not
 (with no accept among 50 control decisions it had no width from them at all); the value's
-is the normal approximation with unequal variances, and is unknown (NaN) where a group of a
-stratum has fewer than two decisions that earned a value.
+is the normal approximation with unequal variances. A stratum is compared when each group
+has two decisions (for the value, two that earned one: with fewer its variance is unknown);
+the others are left out of that comparison, and named (`left_out`): one small version with
+no conversion made the value's interval of a channel unknown.
 
 Rewards are replay's: the first shown action's accept (ACCEPT or CONVERT) and the conversion
 value it reported. A fallback decision (nothing scored it, selection 0) belongs to neither
@@ -53,10 +55,11 @@ class Difference:
     uplift: float
     low: float
     high: float
+    left_out: tuple[str, ...] = ()  # the catalog versions (strata) too small to compare
 
-    def to_json(self) -> dict[str, float]:
+    def to_json(self) -> dict[str, Any]:
         return {"models": self.models, "control": self.control, "uplift": self.uplift,
-                "low": self.low, "high": self.high}
+                "low": self.low, "high": self.high, "left_out": list(self.left_out)}
 
 
 Strata = dict[str, dict[bool, list[tuple[str, float, float]]]]  # version -> held? -> rows
@@ -64,15 +67,19 @@ Strata = dict[str, dict[bool, list[tuple[str, float, float]]]]  # version -> hel
 
 def difference(strata: Strata, column: int, binary: bool) -> Difference:
     """The groups' means and their difference, over the strata with two decisions in each
-    group, each weighted by its decisions (see the module's docstring)."""
-    usable = [(_column(s[False], column), _column(s[True], column)) for s in strata.values()]
-    usable = [(m, c) for m, c in usable if len(m) >= 2 and len(c) >= 2]
+    group (for a value, two that earned one), each weighted by its decisions; the others are
+    left out, and named (see the module's docstring)."""
+    columns = {version: (_column(s[False], column), _column(s[True], column))
+               for version, s in strata.items()}
+    kept = {version for version, (m, c) in columns.items() if _comparable(m, c, binary)}
+    left_out = tuple(sorted(set(columns) - kept))
+    usable = [columns[version] for version in sorted(kept)]
     if not usable:
         models = _column([r for s in strata.values() for r in s[False]], column)
         control = _column([r for s in strata.values() for r in s[True]], column)
         m = float(np.mean(models)) if len(models) else math.nan
         c = float(np.mean(control)) if len(control) else math.nan
-        return Difference(m, c, m - c, math.nan, math.nan)
+        return Difference(m, c, m - c, math.nan, math.nan, left_out)
     total = sum(len(m) + len(c) for m, c in usable)
     weights = [(len(m) + len(c)) / total for m, c in usable]
     m = sum(w * float(np.mean(x)) for w, (x, _) in zip(weights, usable))
@@ -83,15 +90,22 @@ def difference(strata: Strata, column: int, binary: bool) -> Difference:
         centre = sum(w * (pm - pc) for w, (pm, pc, _, _) in zip(weights, adjusted))
         variance = sum(w * w * (pm * (1 - pm) / nm + pc * (1 - pc) / nc)
                        for w, (pm, pc, nm, nc) in zip(weights, adjusted))
-    elif any(np.count_nonzero(x) < 2 or np.count_nonzero(y) < 2 for x, y in usable):
-        return Difference(m, c, m - c, math.nan, math.nan)
     else:
         centre = m - c
         variance = sum(w * w * (float(np.var(x, ddof=1)) / len(x)
                                 + float(np.var(y, ddof=1)) / len(y))
                        for w, (x, y) in zip(weights, usable))
     half = Z95 * math.sqrt(variance)
-    return Difference(m, c, m - c, float(centre - half), float(centre + half))
+    return Difference(m, c, m - c, float(centre - half), float(centre + half), left_out)
+
+
+def _comparable(models: np.ndarray, control: np.ndarray, binary: bool) -> bool:
+    """Whether a stratum's groups can be compared: two decisions each, and for a value two
+    that earned one each (with fewer, its variance is unknown; a small version with no
+    conversion must not make the channel's interval unknown)."""
+    least = min(len(models), len(control)) if binary else \
+        min(np.count_nonzero(models), np.count_nonzero(control))
+    return least >= 2
 
 
 def uplift(records: Iterable[DecisionRecord]) -> dict[str, Any]:
@@ -159,7 +173,8 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _ci(d: dict[str, float]) -> str:
+def _ci(d: dict[str, Any]) -> str:
+    left_out = f"; left out: {', '.join(d['left_out'])}" if d["left_out"] else ""
     if math.isnan(d["low"]):
-        return f"{d['uplift']:+.3f} (too few to tell)"
-    return f"{d['uplift']:+.3f} ({d['low']:+.3f} to {d['high']:+.3f})"
+        return f"{d['uplift']:+.3f} (too few to tell{left_out})"
+    return f"{d['uplift']:+.3f} ({d['low']:+.3f} to {d['high']:+.3f}{left_out})"
