@@ -7,6 +7,10 @@ the reconfiguration lock, where the running and previous catalogs are read too).
 - The same catalog sent again while it runs (a retry after DEADLINE_EXCEEDED) is not switched
   again: it would become its own rollback target. Evidence it brings replaces the running
   version's (it is about that version), and is saved.
+- A version names one text for the life of the store: one the cluster ran (the last
+  VERSIONS_KEPT switched from, saved with its state, and the running one) is refused with other
+  text. Shards, deltas and published models carry only the version: a learner that Ray
+  restarts, or a shard lagging behind, would put the models of one text in the other's rows.
 - A request may name the version it expects to switch from (PutCatalog) or to (RollbackCatalog),
   checked under the lock: a rollback retried after it was done would otherwise switch back to
   the catalog it rolled back from, and a put queued behind another switch would undo a
@@ -35,6 +39,7 @@ from typing import Any
 
 from kairos.core.compiler import compiled_from_text
 
+from kairos.cluster.control.catalog_identity import VersionsRun
 from kairos.cluster.control.lagging import on_each, named
 from kairos.cluster.storage.store import StoreUnavailable
 from kairos.cluster.transport.backend import Unavailable
@@ -54,13 +59,15 @@ async def _version(text: str, strict: bool = False) -> str:
 class Catalogs:
     """Controller's catalog switches (a part of Controller: controller.py)."""
 
+    versions_run = VersionsRun()  # replaced at each switch, never changed in place (saved.py)
+
     async def put_catalog(self, catalog_text: str, evidence: dict[str, str] | None = None,
                           expected_version: str | None = None) -> str:
         """Validate, then switch every shard and the learner; the new version, with `evidence`
         (the gateway's {json, summary} of a replay report) kept with it. ValueError for
-        other content under the running or the previous version (gateways and the learner
-        tell catalogs apart by version), and for a running version other than
-        `expected_version` (when given) unless this catalog runs already."""
+        other content under a version the cluster ran (the module's docstring), and for a
+        running version other than `expected_version` (when given) unless this catalog runs
+        already."""
         version = await _version(catalog_text, strict=True)  # CatalogError: stop
         async with self._reconfiguring:
             if version == self.catalog_version:
@@ -73,10 +80,10 @@ class Catalogs:
             if expected_version is not None and expected_version != self.catalog_version:
                 raise ValueError(f"catalog {self.catalog_version!r} runs, not the expected "
                                  f"{expected_version!r}: {version!r} was not switched to")
-            if self.previous_catalog is not None and catalog_text != self.previous_catalog \
-                    and version == await _version(self.previous_catalog):
-                raise ValueError(f"catalog {version!r} ran before with other text: give it "
-                                 f"a new version")
+            ran, previous = self.versions_run, self.previous_catalog
+            if previous is not None and not ran.knows(previous):  # saved by an older release
+                ran = ran.with_run(await _version(previous), previous)
+            ran.check(version, catalog_text)
             await self._switch(catalog_text, version, evidence or {})
         return version
 
@@ -137,7 +144,9 @@ class Catalogs:
             log.warning("catalog %s is not prepared on %s; the control loop switches them",
                         version, named(failed))
         before = (self.catalog_text, self.previous_catalog, self.catalog_version,
-                  self.evidence, self.previous_evidence, set(self.lagging.catalog), self.map)
+                  self.evidence, self.previous_evidence, set(self.lagging.catalog), self.map,
+                  self.versions_run)
+        self.versions_run = self.versions_run.with_run(self.catalog_version, self.catalog_text)
         self.previous_catalog, self.catalog_text = self.catalog_text, text
         self.catalog_version = version
         self.previous_evidence, self.evidence = self.evidence, evidence
@@ -150,7 +159,8 @@ class Catalogs:
             await self._save()  # decided: from here on every shard ends on this version
         except BaseException as exc:
             (self.catalog_text, self.previous_catalog, self.catalog_version,
-             self.evidence, self.previous_evidence, self.lagging.catalog, self.map) = before
+             self.evidence, self.previous_evidence, self.lagging.catalog, self.map,
+             self.versions_run) = before
             if not isinstance(exc, Exception):
                 raise  # cancelled: the control loop puts the learner back
             await self._learner_told()

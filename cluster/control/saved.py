@@ -7,6 +7,7 @@ from typing import Any
 
 import msgpack
 
+from kairos.cluster.control.catalog_identity import VersionsRun
 from kairos.cluster.control.moves import moves_from_state, moves_to_state
 from kairos.cluster.control.partitions import PartitionMap
 
@@ -24,6 +25,7 @@ def state_blob(controller: Any) -> bytes:
         "owners": [index[o] for o in controller.map.owners], "version": controller.map.version,
         "next_index": controller._next_index, "catalog": controller.catalog_text,
         "previous_catalog": controller.previous_catalog,
+        "versions_run": controller.versions_run.to_state(),
         "moving": moves_to_state(controller.moving),
         # [partition, journal] pairs: msgpack maps take no integer keys back
         "replacing": {name: sorted([p, journal] for p, journal in sources.items())
@@ -36,9 +38,9 @@ def state_blob(controller: Any) -> bytes:
 
 def take_up(controller: Any, state: dict[str, Any], catalog_version: str) -> list[str]:
     """Set `controller`'s map, catalogs, moves, replacements, watches and nodes from a saved
-    `state` (states saved before replacements or nodes were kept have none), its catalog's
-    version being `catalog_version` (compiled by the caller, off the event loop); the names of
-    every shard it knew, owning partitions or retiring."""
+    `state` (states saved before replacements, nodes or the versions run were kept have
+    none), its catalog's version being `catalog_version` (compiled by the caller, off the
+    event loop); the names of every shard it knew, owning partitions or retiring."""
     names = state["shards"]
     controller.map = PartitionMap([names[i] for i in state["owners"]], state["version"],
                                   state["target"])
@@ -46,6 +48,7 @@ def take_up(controller: Any, state: dict[str, Any], catalog_version: str) -> lis
     controller.catalog_text = state["catalog"]
     controller.catalog_version = catalog_version
     controller.previous_catalog = state["previous_catalog"]
+    controller.versions_run = VersionsRun(state.get("versions_run", ()))
     controller.evidence, controller.previous_evidence = state.get("evidence", ({}, {}))
     controller.channel_watches = {tuple(w) for w in state["channel_watches"]}
     controller.moving = moves_from_state(state.get("moving", []))

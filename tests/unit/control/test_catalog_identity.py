@@ -1,17 +1,25 @@
-"""A catalog is its text, not its version string: where a learner decides which layout its
-models are in (a saved posterior taken up, a switch) another text under the same version is
-another catalog, so no model lands in another action's rows."""
+"""A catalog is its text, not its version string (control/catalog_identity.py): another text
+under a version run before is refused by the controller, remembered across its restarts; and
+where a learner decides which layout its models are in (a saved posterior taken up, a switch)
+another text under the same version is another catalog, so no model lands in another action's
+rows."""
 from __future__ import annotations
 
 import asyncio
 
+import msgpack
+import pytest
 import yaml
 
+from kairos.cluster.control.catalog_identity import VERSIONS_KEPT, VersionsRun
 from kairos.cluster.control.learner import Learner, LearnerActor, restore_models, save_models
+from kairos.cluster.control.saved import STATE_KEY
+from kairos.cluster.storage.providers import open_store
 from kairos.core.catalog import default_catalog_text
 from kairos.core.compiler import compiled_from_text
 from kairos.core.models import ModelTable
 
+from tests.unit.control.test_interrupted import restarted, started
 
 Actor = LearnerActor.__ray_metadata__.modified_class.__ray_actor_class__
 BOOT = default_catalog_text()
@@ -89,3 +97,47 @@ def test_a_learner_ray_restarts_after_a_version_was_reused_runs_the_saved_text(t
         assert again.learner.catalog_text == AP
         assert positives_by_action(again.learner) == {FIRST: 50}
     asyncio.run(run())
+
+
+def test_a_version_run_before_the_previous_one_is_refused_with_other_text(tmp_path):
+    async def main():
+        backend, controller = await started(str(tmp_path), 2)
+        version = controller.catalog_version
+        for v in ("B", "C"):
+            await controller.put_catalog(versioned(BOOT, v))
+        with pytest.raises(ValueError, match=f"catalog {version!r} ran before with other text"):
+            await controller.put_catalog(AP)
+        again = await restarted(backend, str(tmp_path), 2)  # remembered with the state
+        with pytest.raises(ValueError, match=f"catalog {version!r} ran before with other text"):
+            await again.put_catalog(AP)
+        assert again.catalog_version == "C"
+        assert await again.put_catalog(BOOT) == version  # its own text: fine
+    asyncio.run(main())
+
+
+def test_a_state_saved_before_versions_were_kept_still_refuses_the_previous_version(tmp_path):
+    async def main():
+        backend, controller = await started(str(tmp_path), 2)
+        await controller.put_catalog(versioned(BOOT, "B"))
+        store = open_store(str(tmp_path))
+        state = msgpack.unpackb(store.get_meta(STATE_KEY), raw=False)
+        del state["versions_run"]
+        store.put_meta(STATE_KEY, msgpack.packb(state, use_bin_type=True))
+        again = await restarted(backend, str(tmp_path), 2)
+        with pytest.raises(ValueError, match="ran before with other text"):
+            await again.put_catalog(AP)
+    asyncio.run(main())
+
+
+def test_the_versions_kept_are_bounded_and_the_latest_run_stays():
+    ran = VersionsRun()
+    for n in range(VERSIONS_KEPT + 1):
+        ran = ran.with_run(f"v{n}", f"text {n}")
+    ran.check("v0", "other text")  # forgotten: the oldest
+    with pytest.raises(ValueError, match="'v1' ran before"):
+        ran.check("v1", "other text")
+    ran = ran.with_run("v1", "text 1")  # ran again: now the most recent
+    ran = ran.with_run("new", "text")
+    with pytest.raises(ValueError, match="'v1' ran before"):
+        ran.check("v1", "other text")
+    assert len(ran.to_state()) == VERSIONS_KEPT
