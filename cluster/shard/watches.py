@@ -15,6 +15,11 @@ customer, watched, into a customer watched on the same view; the watch stays unt
 unregistered (the anonymous id's unregistration follows the redirect to the customer). A
 decision pushed to a sink whose registrations name other ids than the customer's is a
 `Pushed`, naming those ids, so the sink hands it to the streams that follow any of them.
+
+A sink found Gone (its process died) has its watches dropped from memory, but the customers'
+homes, the partitions' snapshots and the journal still hold its registrations: its name is
+remembered (`gone`: a sink is a process incarnation, never named again), so that they are
+left out as those customers come back, rather than push to it and drop it again each time.
 """
 from __future__ import annotations
 
@@ -26,6 +31,10 @@ from kairos.core.errors import InputError
 from kairos.core.request import placement_codes
 
 from kairos.cluster.shard.context import ShardContext
+
+# dead sinks remembered, the latest: one older than these that a stored registration still
+# names is found Gone once more (at its next push) and remembered again
+GONE_KEPT = 1024
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,7 @@ class Watches:
         self.channel: set[Watch] = set()  # every customer's changes on a channel
         # customer -> (channel, placement) -> the ranked actions last pushed
         self.shown: dict[str, dict[tuple[str, str | None], tuple[str, ...]]] = {}
+        self.gone: dict[str, None] = {}  # sinks found Gone, oldest first
 
     def validate(self, sink: str, channel: str, placement: str | None) -> Watch:
         """The watch, once the catalog knows its channel and placement (InputError if not)."""
@@ -73,6 +83,8 @@ class Watches:
         customer's: an anonymous id since linked, whose request followed the redirect here,
         names the stream's), or unregister that registration once (another if there is none
         by that id: one a link carried over before the request said its id)."""
+        if watch.sink in self.gone:  # a late or replayed registration of a dead sink
+            return
         by = customer_id if by is None else by
         mine = self.by_customer.setdefault(customer_id, {})
         if active:
@@ -101,7 +113,12 @@ class Watches:
 
     def drop_sink(self, sink: str) -> None:
         """A sink went away: forget its watches, and what was pushed for its customers' views
-        that no other watch names."""
+        that no other watch names; and leave its registrations out wherever they come back
+        from."""
+        self.gone.pop(sink, None)
+        self.gone[sink] = None
+        if len(self.gone) > GONE_KEPT:
+            del self.gone[next(iter(self.gone))]
         self.channel = {w for w in self.channel if w.sink != sink}
         channel = {(w.channel, w.placement) for w in self.channel}
         for customer_id in list(self.by_customer):
@@ -164,6 +181,8 @@ class Watches:
         """Add the registrations (a folded anonymous customer's keep the id they were
         registered by; blocks from before that field name the customer's own)."""
         for sink, channel, placement, *by in extra["watches"]:
+            if sink in self.gone:
+                continue
             try:
                 watch = self.validate(sink, channel, placement)
             except InputError:  # the channel or placement left the catalog
