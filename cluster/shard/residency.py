@@ -22,6 +22,17 @@ home in the store (the profile table's `home` column), so that the shard's `pass
 counts only the homes of customers not resident, after a recovery or a handoff too (older
 blocks say none has).
 
+Passivation runs on the shard's thread, requests waiting meanwhile, so a tick passivates
+within PASSIVATE_BUDGET_S, a chunk of PASSIVATE_CHUNK homes at least, and leaves the rest to
+later ticks: customers that fell idle together (a bulk load, 15 minutes on) leave at the
+store's pace within that budget (about 100 a second from a directory store, one fsynced file
+a home), and meanwhile stay resident. Past the resident limit they go the same way, least
+recent first, but never more than RESIDENT_OVERFLOW stay past it: beyond that a tick
+passivates the excess whatever it takes. So after each tick residents number at most
+RESIDENT_LIMIT + RESIDENT_OVERFLOW (plus the new customers of the next tick's rounds, until
+it); a shard that full writes at each tick a home for each customer new since the last,
+taking new customers only as fast as its store writes homes.
+
 A customer passivated with armed timers is a sleeper: the timer wheel (timers.py) keeps its
 earliest due time per partition and activates it when that comes, so its timer fires on
 time. A partition's sleepers travel with it (`sleepers`: its snapshots and handoffs; older
@@ -31,10 +42,12 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any, Iterable, Protocol, Sequence
 
 from kairos.core.merge import merge_profiles
 
+from kairos.cluster.settings import PASSIVATE_CHUNK, RESIDENT_OVERFLOW
 from kairos.cluster.shard.context import ShardContext
 from kairos.cluster.shard.journaling import Journaling
 from kairos.cluster.shard.ownership import Ownership
@@ -84,6 +97,8 @@ class Residency:
         self._keepers = tuple(keepers)
         self.idle_s = idle_s
         self.resident_limit = resident_limit
+        self.overflow = RESIDENT_OVERFLOW  # past the limit, while a tick's budget catches up
+        self.chunk = PASSIVATE_CHUNK
         self.members: dict[int, set[str]] = {}
         # residents -> when last used, least recent first: a plain dict keeps insertion order
         # in half an OrderedDict's memory per entry (moving to the end is a pop and an insert)
@@ -154,20 +169,42 @@ class Residency:
         """Homes may appear between rounds (passivation, handoffs): ask the store again."""
         self._homeless.clear()
 
-    def passivate(self, now: float) -> int:
-        """Send idle customers (and the least recent, past the resident limit) to the store.
+    def passivate(self, now: float, budget_s: float = math.inf) -> int:
+        """Send idle customers (and the least recent, past the resident limit) to the store;
+        how many went. Within `budget_s` (the tick's: PASSIVATE_BUDGET_S), in chunks of
+        `chunk`, at least one, and at least those past the resident limit and `overflow`; the
+        rest go on later calls. Unbudgeted, they all go in one batch.
 
         A customer with an armed timer stays resident while idle; the resident limit
         passivates it as a sleeper, which the timer wheel activates when its timer falls due.
         """
-        victims, kept = [], []
         over = len(self.recent) - self.resident_limit
-        # the walk starts at the least recent; a dict's iteration first skips the slots its
-        # moved entries left, so it is not begun every tick while nobody can be idle yet
         if over <= 0 and now < self._quiet_until:
             return 0
+        started = time.perf_counter()
+        must = over - self.overflow  # memory stays bounded whatever the store's pace
+        done, more = 0, True
+        while more and (done < must or done == 0 or
+                        time.perf_counter() - started < budget_s):
+            want = max(self.chunk, must - done) if budget_s < math.inf else math.inf
+            victims, more = self._walk(now, over - done, want)
+            self._send(victims)
+            done += len(victims)
+        return done
+
+    def _walk(self, now: float, over: int, want: float) -> tuple[list[str], bool]:
+        """Up to `want` customers to passivate, least recent first: the `over` least recent,
+        then the idle ones; whether it stopped at `want` (more may be due). Those idle with an
+        armed timer, and those of partitions being handed over, are kept: moved to the end,
+        looked at again once what is before them has fallen idle or been passivated."""
+        victims, kept, full = [], [], False
+        # the walk starts at the least recent; a dict's iteration first skips the slots its
+        # moved entries left, so it is not begun every tick while nobody can be idle yet
         self._quiet_until = -math.inf
         for customer_id, seen in self.recent.items():
+            if len(victims) >= want:
+                full = True
+                break
             if self._ctx.partition_of(customer_id) in self._ownership.leaving:
                 kept.append(customer_id)  # handed over already: its new owner writes it
             elif over > len(victims):
@@ -178,14 +215,22 @@ class Residency:
                 if not kept:  # else look again next round, for the kept ones
                     self._quiet_until = seen + self.idle_s
                 break
-        if victims:
-            self._journaling.sync()
-            # only while no heir fenced this shard's journal: a replaced shard still running
-            # would write its stale copies over the homes the heir wrote since (JournalFenced);
-            # in one batch (one fence check per transaction), each home packed as it is written
-            self._ctx.store.put_many(
-                ((self._ctx.partition_of(c), c, seal(blocks.pack(self.export([c]))))
-                 for c in victims), unless_fenced=self._ctx.name)
+        for customer_id in kept:
+            self.recent[customer_id] = self.recent.pop(customer_id)
+        return victims, full
+
+    def _send(self, victims: list[str]) -> None:
+        """Write the customers' homes, then evict them (a sleeper each, with armed timers)."""
+        if not victims:
+            return
+        self._journaling.sync()
+        # only while no heir fenced this shard's journal: a replaced shard still running
+        # would write its stale copies over the homes the heir wrote since (JournalFenced);
+        # in one batch a chunk (one fence check per transaction), each home packed as it is
+        # written
+        self._ctx.store.put_many(
+            ((self._ctx.partition_of(c), c, seal(blocks.pack(self.export([c]))))
+             for c in victims), unless_fenced=self._ctx.name)
         for customer_id in victims:
             p = self._ctx.partition_of(customer_id)
             # a new profile under a forgotten id: its home replaced the old one, which must
@@ -196,10 +241,7 @@ class Residency:
             self.evict(customer_id, p)
             if due is not None:
                 self.timers.sleep(p, customer_id, due)
-        for customer_id in kept:  # idle but waiting for a timer: look again next round
-            self.recent[customer_id] = self.recent.pop(customer_id)
         self._ctx.counts["passivations"] += len(victims)
-        return len(victims)
 
     def passivated(self, homes: int) -> int:
         """How many of `homes` (the count of the store's homes in the shard's partitions)

@@ -42,8 +42,8 @@ from kairos.core.engine import DecisionEngine
 from kairos.cluster import protocol
 from kairos.cluster.identity import Directory
 from kairos.cluster.protocol import CUSTOMER_KINDS, Fire, Invalid, Merged, Reply, Request
-from kairos.cluster.settings import (PASSIVATE_IDLE_S, RESIDENT_LIMIT, SNAPSHOT_AFTER_S,
-                                     SNAPSHOT_BUDGET_S)
+from kairos.cluster.settings import (PASSIVATE_BUDGET_S, PASSIVATE_IDLE_S, RESIDENT_LIMIT,
+                                     SNAPSHOT_AFTER_S, SNAPSHOT_BUDGET_S)
 from kairos.cluster.shard.catalogs import CatalogSwitch
 from kairos.cluster.shard.context import ShardContext
 from kairos.cluster.shard.customers import CustomerRequests
@@ -228,7 +228,7 @@ class Shard:
                 fires.append(Fire(partition=p, customer_id=customer_id, timer=names[k],
                                   due=due))
         _, pushes = self.process(fires)
-        self.residency.passivate(now)
+        self.residency.passivate(now, PASSIVATE_BUDGET_S)
         self.timers.compact()
         self.durability.erase()
         self.durability.checkpoint(now - SNAPSHOT_AFTER_S, len(self.journaling.dirty),

@@ -1,0 +1,66 @@
+"""Passivation's pace: a tick passivates what its budget allows and leaves the rest to later
+ticks (memory bounded past the resident limit all the same)."""
+from __future__ import annotations
+
+from kairos.cluster.shard import shard as shard_module
+from kairos.cluster.shard.shard import Shard
+from kairos.cluster.storage.directory_store import DirectoryStore
+from tests.unit.shard.test_shard import N_PARTITIONS, T0, Clock, event, profile, shard
+
+IDLE_S = 900.0
+
+
+def applied(s: Shard, customers: list[str]) -> list[int]:
+    return [r.value["events_applied"] for r in s.process([profile(c) for c in customers])[0]]
+
+
+def ticked(s: Shard) -> int:
+    """A tick; how many it passivated."""
+    before = s.counts["passivations"]
+    s.tick()
+    return s.counts["passivations"] - before
+
+
+def test_a_tick_passivates_one_chunk_past_its_budget_and_the_rest_go_on_later_ticks(
+        compiled, tmp_path, monkeypatch):
+    """Customers that fell idle together leave a chunk a tick (the budget spent at once), not
+    all in one; events acknowledged meanwhile, for one already in its home and one still
+    waiting, survive a crash after the last tick."""
+    monkeypatch.setattr(shard_module, "PASSIVATE_BUDGET_S", 0.0)
+    clock = Clock()
+    s = shard(compiled, store=DirectoryStore(tmp_path), clock=clock, idle_s=IDLE_S)
+    s.residency.chunk = 8
+    customers = [f"c{i}" for i in range(30)]
+    s.process([event(c, "app_open", T0) for c in customers])
+    clock.now = T0 + IDLE_S + 1
+    assert [ticked(s), ticked(s)] == [8, 8]
+    assert len(s.engine.table) == 14
+    first, waiting = customers[0], customers[-1]  # least recent first
+    assert first not in s.engine.table and waiting in s.engine.table
+    s.process([event(first, "page_view", clock.now, category="home"),
+               event(waiting, "page_view", clock.now, category="home")])
+    assert [ticked(s), ticked(s), ticked(s)] == [8, 5, 0]  # the two are not idle again yet
+    assert sorted(s.engine.table.index) == sorted([first, waiting])
+    s.close()  # a crash: no snapshot since
+    again = Shard(s.name, compiled, list(s.owned), N_PARTITIONS, store=s.store, clock=clock)
+    again.recover()
+    assert applied(again, customers) == [2] + [1] * 28 + [2]
+
+
+def test_past_the_resident_limit_and_its_overflow_a_tick_passivates_whatever_its_budget(
+        compiled, tmp_path, monkeypatch):
+    """Residents past the limit go a chunk a tick too, but never more than `overflow` of them
+    stay: memory is bounded, and the least recent go first."""
+    monkeypatch.setattr(shard_module, "PASSIVATE_BUDGET_S", 0.0)
+    clock = Clock()
+    s = shard(compiled, store=DirectoryStore(tmp_path), clock=clock, resident_limit=10)
+    s.residency.chunk, s.residency.overflow = 2, 5
+    customers = [f"c{i}" for i in range(30)]
+    for c in customers:  # none idle
+        clock.now += 1
+        s.process([event(c, "app_open", clock.now)])
+    assert ticked(s) == 15
+    assert sorted(s.engine.table.index) == sorted(customers[15:])
+    assert [ticked(s), ticked(s), ticked(s), ticked(s)] == [2, 2, 1, 0]
+    assert sorted(s.engine.table.index) == sorted(customers[20:])
+    assert applied(s, customers) == [1] * 30
