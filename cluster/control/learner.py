@@ -57,6 +57,7 @@ from kairos.core.compiler import CompiledCatalog, compiled_from_text
 from kairos.core.models import (COUNTS, DeltaOrigin, ModelDelta, ModelRemap, ModelTable,
                                  TakenOut, keep_rows, sound_rows)
 
+from kairos.cluster.control.catalog_identity import catalog_digest
 from kairos.cluster.longpoll import Changes
 from kairos.cluster.metrics import LearnerMetrics
 from kairos.cluster.settings import LEARNER_SAVE_S, LONG_POLL_S
@@ -278,8 +279,10 @@ class Learner:
         return self.published(known_version)
 
     def status(self) -> dict[str, Any]:
+        digest = "" if self.catalog_text is None else catalog_digest(self.catalog_text)
         return {"model_version": self.version, "merged": self.merged,
-                "catalog_version": self.compiled.version, "refused": self.refused,
+                "catalog_version": self.compiled.version, "catalog_digest": digest,
+                "refused": self.refused,
                 "publishes": list(self.publishes), "calls": dict(self.calls),
                 "watching": self.watching, "dropped": dict(self.dropped),
                 "not_running": dict(self.not_running),

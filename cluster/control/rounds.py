@@ -10,8 +10,8 @@ none of the others.
 2. Every alive node that serves gets a gateway (nodes.py).
 3. Shards Ray restarted are started again (they recover from the store), and those that answer
    are caught up: the catalog, channel watches, moves a round left unsettled.
-4. A learner that runs another catalog than the controller's (Ray restarted it, a resume
-   could not tell it) is told the running one.
+4. A learner that runs another catalog text than the controller's (Ray restarted it, a
+   resume could not tell it) is told the running one.
 5. Drains a crash (or a shard that did not answer) cut short are finished: after step 3, as a
    drain may wait on a shard that only step 3 starts again.
 6. Nodes that joined get shards; a crowded node gives one up to the emptiest.
@@ -31,6 +31,7 @@ import math
 import time
 from typing import Any, Awaitable
 
+from kairos.cluster.control.catalog_identity import catalog_digest
 from kairos.cluster.control.nodes import NodeRefused
 from kairos.cluster.control.partitions import Move
 from kairos.cluster.settings import (DECISION_LOG_MAX_BYTES, DECISION_LOG_RETENTION_S,
@@ -122,15 +123,19 @@ class ControlLoop:
             await self._catch_up(answering)
 
     async def _tell_learner(self) -> None:
+        # by the text's digest, not the version: a learner on another text under the running
+        # version would publish models that the shards take up into other actions' rows
         learner = self.backend.learner()
-        if (await learner.status()).get("catalog_version") == self.catalog_version:
+        if (await learner.status()).get("catalog_digest") == catalog_digest(self.catalog_text):
             return  # asked without the lock: a learner that does not answer holds up nothing
         # under the lock, asked again: a catalog switch tells the learner before it decides
         async with self._reconfiguring:
-            running = (await learner.status()).get("catalog_version")
-            if running != self.catalog_version:
-                log.warning("the learner runs catalog %s, not %s (Ray restarted it?): "
-                            "switching it", running, self.catalog_version)
+            running = await learner.status()
+            if running.get("catalog_digest") != catalog_digest(self.catalog_text):
+                log.warning("the learner runs catalog %s (text %.12s), not %s (text %.12s; Ray "
+                            "restarted it?): switching it", running.get("catalog_version"),
+                            running.get("catalog_digest"), self.catalog_version,
+                            catalog_digest(self.catalog_text))
                 await learner.switch(self.catalog_text)
 
     # -- the autoscaler's drains (autoscaling.py) ------------------------------------------

@@ -1,8 +1,8 @@
 """A catalog is its text, not its version string (control/catalog_identity.py): another text
 under a version run before is refused by the controller, remembered across its restarts; and
-where a learner decides which layout its models are in (a saved posterior taken up, a switch)
-another text under the same version is another catalog, so no model lands in another action's
-rows."""
+where a learner decides which layout its models are in (a saved posterior taken up, a switch,
+the control loop's check of a learner Ray restarted) another text under the same version is
+another catalog, so no model lands in another action's rows."""
 from __future__ import annotations
 
 import asyncio
@@ -19,6 +19,8 @@ from kairos.core.catalog import default_catalog_text
 from kairos.core.compiler import compiled_from_text
 from kairos.core.models import ModelTable
 
+from tests.unit.control.actors import Actors, controller_on
+from tests.unit.control.test_control_loop import rounds
 from tests.unit.control.test_interrupted import restarted, started
 
 Actor = LearnerActor.__ray_metadata__.modified_class.__ray_actor_class__
@@ -141,3 +143,17 @@ def test_the_versions_kept_are_bounded_and_the_latest_run_stays():
     with pytest.raises(ValueError, match="'v1' ran before"):
         ran.check("v1", "other text")
     assert len(ran.to_state()) == VERSIONS_KEPT
+
+
+def test_a_learner_on_another_text_of_the_running_version_is_told_the_running_one(tmp_path):
+    async def main():
+        backend = Actors()
+        controller = await controller_on(backend, str(tmp_path), 2)
+        assert controller.catalog_text == BOOT
+        backend.local_learner = Learner(compiled_from_text(AP), AP)  # Ray restarted it
+        backend.local_learner.sync(backend.local_learner.compiled.version,
+                                   accepted(backend.local_learner.compiled, FIRST, 5), -1)
+        await rounds(controller)
+        assert backend.local_learner.catalog_text == BOOT
+        assert positives_by_action(backend.local_learner) == {FIRST: 5}
+    asyncio.run(main())
