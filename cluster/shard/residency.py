@@ -199,8 +199,10 @@ class Residency:
         looked at again once what is before them has fallen idle or been passivated."""
         victims, kept, full = [], [], False
         # the walk starts at the least recent; a dict's iteration first skips the slots its
-        # moved entries left, so it is not begun every tick while nobody can be idle yet
-        self._quiet_until = -math.inf
+        # moved entries left, so it is not begun every tick while nobody can be idle yet;
+        # none, or only kept ones, left: fires and events move those, else look again once
+        # one arriving now could be idle (a caller's `now` may be ahead of the clock)
+        self._quiet_until = self._ctx.clock() + self.idle_s
         for customer_id, seen in self.recent.items():
             if len(victims) >= want:
                 full = True
@@ -212,11 +214,12 @@ class Residency:
             elif now - seen >= self.idle_s:
                 (kept if customer_id in self.timers.armed else victims).append(customer_id)
             else:
-                if not kept:  # else look again next round, for the kept ones
-                    self._quiet_until = seen + self.idle_s
+                self._quiet_until = seen + self.idle_s
                 break
         for customer_id in kept:
             self.recent[customer_id] = self.recent.pop(customer_id)
+        if full:
+            self._quiet_until = -math.inf
         return victims, full
 
     def _send(self, victims: list[str]) -> None:

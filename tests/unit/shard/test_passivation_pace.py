@@ -1,5 +1,6 @@
 """Passivation's pace: a tick passivates what its budget allows and leaves the rest to later
-ticks (memory bounded past the resident limit all the same)."""
+ticks (memory bounded past the resident limit all the same), and does not walk residents it
+can only keep."""
 from __future__ import annotations
 
 from kairos.cluster.shard import shard as shard_module
@@ -64,3 +65,36 @@ def test_past_the_resident_limit_and_its_overflow_a_tick_passivates_whatever_its
     assert [ticked(s), ticked(s), ticked(s), ticked(s)] == [2, 2, 1, 0]
     assert sorted(s.engine.table.index) == sorted(customers[20:])
     assert applied(s, customers) == [1] * 30
+
+
+class Visits(dict):
+    """A residency's recency order, counting the entries its walks visit."""
+
+    visited = 0
+
+    def items(self):
+        for item in super().items():
+            self.visited += 1
+            yield item
+
+
+def test_residents_kept_for_their_timers_are_not_walked_again_every_tick(compiled):
+    """All idle, each waiting for a cart timer longer than the idle time: one walk finds that,
+    later ones wait; once the timers fired, they are passivated as any idle customer."""
+    clock = Clock()
+    s = shard(compiled, clock=clock, idle_s=IDLE_S)
+    customers = [f"c{i}" for i in range(20)]
+    s.process([event(c, "add_to_cart", T0, product_id="tv", category="electronics",
+                     price=1.0) for c in customers])
+    s.residency.recent = recent = Visits(s.residency.recent)
+    clock.now = T0 + IDLE_S + 1
+    assert s.passivate(clock.now) == 0 and recent.visited == 20
+    for _ in range(3):
+        clock.now += 1
+        assert s.passivate(clock.now) == 0
+    assert recent.visited == 20
+    clock.now = T0 + 1800 + 1  # the cart timers fire
+    s.tick()
+    assert s.counts["timers_fired"] == 20 and len(s.timers) == 0
+    clock.now += IDLE_S
+    assert s.passivate(clock.now) == 20
