@@ -3,8 +3,9 @@
 For partition p moving from A to B in map version v: A `freeze`s p (its requests answer MOVED
 naming v, never applied) and hands over p's customers, resident and, when the store is not
 shared, passivated (each with its idempotency keys), with p's directory (and the tombstones of
-forgotten customers' links) and its passivated customers waiting for timers (residency.py's
-sleepers; a payload of a shard older than them has none); B `adopt`s them and snapshots p,
+forgotten customers' links), its passivated customers waiting for timers (residency.py's
+sleepers) and the watches of its customers not seen yet (watches.py's `unseen`; a payload of
+a shard older than these has none); B `adopt`s them and snapshots p,
 so recovery finds p in B's journal from then on; once the controller has published v, A
 `release`s p. If the adoption fails, B `release`s p (it may have adopted it) and A `thaw`s p
 and serves it again. A release or a thaw fences p at its version (ownership.py): a freeze or
@@ -28,13 +29,16 @@ from kairos.cluster.shard.durability import Durability
 from kairos.cluster.shard.journaling import Journaling
 from kairos.cluster.shard.ownership import Ownership
 from kairos.cluster.shard.residency import Residency, checked_sleepers
+from kairos.cluster.shard.watches import Watches
 from kairos.cluster.storage import blocks
 
 
 class Handoff:
     def __init__(self, ctx: ShardContext, ownership: Ownership, residency: Residency,
-                 directory: Directory, journaling: Journaling, durability: Durability):
+                 directory: Directory, journaling: Journaling, durability: Durability,
+                 watches: Watches):
         self._ctx = ctx
+        self._watches = watches
         self._ownership = ownership
         self._residency = residency
         self._directory = directory
@@ -56,7 +60,8 @@ class Handoff:
         payload = {"partitions": list(partitions),
                    "block": self._residency.export(self._residency.residents(partitions)),
                    "passivated": {}, "directory": self._directory.export(partitions),
-                   "sleepers": {p: self._residency.sleepers(p) for p in partitions}}
+                   "sleepers": {p: self._residency.sleepers(p) for p in partitions},
+                   "watches": self._watches.unseen(partitions)}
         for p in partitions:
             ownership.leaving[p] = version
             if not self._ctx.store.shared:  # homes travel with the partition
@@ -79,6 +84,7 @@ class Handoff:
         self._directory.load(data["directory"])
         for p, sleepers in data.get("sleepers", {}).items():
             self._residency.take_sleepers(int(p), checked_sleepers(sleepers))
+        self._watches.take_unseen(data.get("watches", {}))
         for p in data["partitions"]:
             self._ownership.owned[p] = version
             self._ownership.leaving.pop(p, None)
@@ -97,6 +103,7 @@ class Handoff:
             self._frozen.pop(p, None)
             self._journaling.forget(p)
         self._directory.drop(partitions)
+        self._watches.drop_partitions(partitions)  # those of customers not seen yet
 
     def unfreeze_homes(self) -> None:
         """Put the homes freezes took out of an unshared store back (a shard rebuilt from

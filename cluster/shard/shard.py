@@ -108,7 +108,7 @@ class Shard:
         self.durability = Durability(ctx, self.ownership, self.residency, self.directory,
                                      self.journaling, self._replayed, self.decision_log)
         self.handoff = Handoff(ctx, self.ownership, self.residency, self.directory,
-                               self.journaling, self.durability)
+                               self.journaling, self.durability, self.watches)
         self.catalogs = CatalogSwitch(ctx, self.ownership, self.residency, self.watches,
                                       self.durability)
         customers = self.customers

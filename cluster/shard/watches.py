@@ -24,7 +24,7 @@ left out as those customers come back, rather than push to it and drop it again 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from kairos.core.decision import Decision
 from kairos.core.errors import InputError
@@ -136,11 +136,23 @@ class Watches:
                 self.shown[customer_id] = shown
 
     def switched(self) -> None:
-        """The catalog switched (the context has its engine): channel watches of channels it
-        no longer has go; customers' watches come back as the customers are reloaded, through
-        `restore`, which checks them again."""
-        self.by_customer = {}
+        """The catalog switched (the context has its engine): watches of channels and
+        placements it no longer has go. The residents' are replaced as they are reloaded
+        (`restore` checks them again); those of customers not seen yet stay, checked here."""
         self.channel = {w for w in self.channel if w.channel in self._ctx.compiled.channel_index}
+        kept = {}
+        for customer_id, mine in self.by_customer.items():
+            mine = {w: ids for w, ids in mine.items() if self._known(w)}
+            if mine:
+                kept[customer_id] = mine
+        self.by_customer = kept
+
+    def _known(self, watch: Watch) -> bool:
+        try:
+            self.validate(watch.sink, watch.channel, watch.placement)
+        except InputError:
+            return False
+        return True
 
     def changes(self, touched: dict[str, float]) -> list[Push]:
         """Pushes for the watched views whose best actions changed, deciding as of each
@@ -168,6 +180,28 @@ class Watches:
                 pushes.extend(Push(sink, decision, tuple(sorted(ids - {customer_id})))
                               for sink, ids in sinks.items())
         return pushes
+
+    # -- watches of customers not seen yet ride along with their partition (handoff.py) --------
+
+    def unseen(self, partitions: Iterable[int]) -> dict[str, list[list]]:
+        """The watches of the partitions' customers that are not resident (a watch of a
+        customer nobody has seen waits for its first event), registrations as `extra` lists
+        them: a resident's go in its block, a passivated one's in its home."""
+        table, wanted = self._ctx.engine.table, set(partitions)
+        return {c: self.extra(c)["watches"] for c in self.by_customer
+                if c not in table and self._ctx.partition_of(c) in wanted}
+
+    def take_unseen(self, unseen: dict[str, list[list]]) -> None:
+        """Add the registrations `unseen` carried (from another shard's `unseen`)."""
+        for customer_id, registrations in unseen.items():
+            self.restore(customer_id, {"watches": registrations})
+
+    def drop_partitions(self, partitions: Iterable[int]) -> None:
+        """The partitions moved away: forget the watches of their customers still here (those
+        not seen yet, once the residents are evicted); their new owner has them."""
+        wanted = set(partitions)
+        for customer_id in [c for c in self.by_customer if self._ctx.partition_of(c) in wanted]:
+            del self.by_customer[customer_id]
 
     # -- a customer's watches ride along in its block (residency.py) ---------------------------
 
