@@ -303,7 +303,8 @@ class Shard:
                 "decision_memo_capacity": self.engine.memo_capacity,
                 "passivated": self.residency.passivated(self.stored),
                 "journal_lsn": self.journal.last_lsn, "dirty_partitions": len(self.dirty),
-                "timers": len(self.timers), "aliases": self.directory.count(),
+                "timers": len(self.timers), "sleepers": self.timers.sleeping(),
+                "aliases": self.directory.count(),
                 "catalog_version": self.catalog_version,
                 "model_version": self.engine.models.version, **self.counts}
 

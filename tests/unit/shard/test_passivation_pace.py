@@ -3,6 +3,8 @@ ticks (memory bounded past the resident limit all the same), and does not walk r
 can only keep."""
 from __future__ import annotations
 
+import pytest
+
 from kairos.cluster.shard import shard as shard_module
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage.directory_store import DirectoryStore
@@ -98,3 +100,18 @@ def test_residents_kept_for_their_timers_are_not_walked_again_every_tick(compile
     assert s.counts["timers_fired"] == 20 and len(s.timers) == 0
     clock.now += IDLE_S
     assert s.passivate(clock.now) == 20
+
+
+@pytest.mark.parametrize("with_timer", [False, True])
+def test_the_shards_stats_count_its_sleepers(compiled, with_timer):
+    """A customer passivated with an armed timer stays in memory (its due time, to wake it):
+    the stats say how many, apart from the timers armed in memory."""
+    clock = Clock()
+    s = shard(compiled, clock=clock, resident_limit=1)
+    attrs = dict(product_id="tv", category="electronics", price=1.0)
+    s.process([event("ana", "add_to_cart" if with_timer else "app_open", T0,
+                     **(attrs if with_timer else {}))])
+    clock.now += 1
+    s.process([event("bob", "app_open", clock.now)])
+    assert s.passivate(clock.now) == 1
+    assert (s.stats()["sleepers"], s.stats()["timers"]) == (int(with_timer), 0)
