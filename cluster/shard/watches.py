@@ -12,7 +12,9 @@ A customer's watch counts its registrations, each under the id it was registered
 registers a watch once per id and view however many streams follow it, and unregisters it
 when the last leaves, so two registrations meet when a link merges an alias's anonymous
 customer, watched, into a customer watched on the same view; the watch stays until both are
-unregistered (the anonymous id's unregistration follows the redirect to the customer). A
+unregistered (the anonymous id's unregistration follows the redirect to the customer). There
+is one registration per id: a sink's registration again by the same id (its unregistration
+failed, a stream came again) is the one it has, which its next unregistration ends. A
 decision pushed to a sink whose registrations name other ids than the customer's is a
 `Pushed`, naming those ids, so the sink hands it to the streams that follow any of them.
 
@@ -88,7 +90,7 @@ class Watches:
         by = customer_id if by is None else by
         mine = self.by_customer.setdefault(customer_id, {})
         if active:
-            mine.setdefault(watch, []).append(by)
+            _register(mine, watch, by)
         elif watch in mine:
             ids = mine[watch]
             ids.remove(by if by in ids else ids[-1])
@@ -221,10 +223,16 @@ class Watches:
                 watch = self.validate(sink, channel, placement)
             except InputError:  # the channel or placement left the catalog
                 continue
-            self.by_customer.setdefault(customer_id, {}).setdefault(watch, []).append(
-                by[0] if by else customer_id)
+            _register(self.by_customer.setdefault(customer_id, {}), watch,
+                      by[0] if by else customer_id)
 
     def drop(self, customer_id: str, evicted: bool) -> None:
         self.by_customer.pop(customer_id, None)
         if evicted:  # what was last pushed for its views goes with the customer
             self.shown.pop(customer_id, None)
+
+
+def _register(mine: dict[Watch, list[str]], watch: Watch, by: str) -> None:
+    ids = mine.setdefault(watch, [])
+    if by not in ids:
+        ids.append(by)
