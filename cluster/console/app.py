@@ -65,6 +65,7 @@ MAX_BODY_BYTES = 1 << 20  # the gateway's message limit: no form needs more
 MAX_STREAMS_PER_SESSION = 4
 MAX_STREAMS_PER_KEY = 64  # an agent's key signs in as many sessions as it likes
 MAX_STREAMS = 1_000
+MAX_CHANNELS = 256  # a live page's channels, as its URL names them: a catalog has a few
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # as Host headers carry them
 # a catalog validated: (its summary, None) or (None, the gateway's validation message)
 Checked = tuple[admin_pb2.CatalogInfo | None, str | None]
@@ -223,12 +224,18 @@ class Console:
         return views.fallback_page(customer_id, self.config.channel, decision)
 
     async def live(self, request: Request) -> Response:
-        """Server-sent events: `update` with the live part's HTML whenever a push changes a
-        decision, a comment as heartbeat, `gone` when the watch ends."""
+        """Server-sent events: `update` with the live part's HTML, first as read once the
+        watches are in place, then whenever a push changes a decision; a comment as
+        heartbeat, `gone` when the watch ends. `channel` (repeated): the channels the page
+        shows, watched from the start (views.CustomerPage.live_source)."""
         session = request.state.session
         key, customer_id = session.key, request.query_params.get("id", "")
+        named = request.query_params.getlist("channel")
         if not customer_id or len(customer_id) > MAX_ID_LENGTH:
             return _text(f"id: 1..{MAX_ID_LENGTH} characters", 400)
+        if len(named) > MAX_CHANNELS or not all(0 < len(c) <= MAX_ID_LENGTH for c in named):
+            return _text(f"channel: at most {MAX_CHANNELS}, of 1..{MAX_ID_LENGTH} characters",
+                         400)
         # which cap is full: the page says what closing tabs would do (the others are the
         # agent's other browsers, or the whole console's)
         full = next((cap for cap, over in (
@@ -239,7 +246,7 @@ class Console:
             return _paused(full)
         slot = _LivePage((self.streams, session.id), (self.key_streams, key))  # before awaits
         try:
-            page = await self.customer_page(key, customer_id)
+            changes, page = await self.followed(key, customer_id, named)
         except BaseException as exc:
             slot.release()
             if isinstance(exc, GatewayError):
@@ -250,10 +257,15 @@ class Console:
         lang = i18n.language(request.headers.get("accept-language"))
         template = self.templates.get_template("_live.html")
 
+        def update(shown: views.CustomerPage) -> str:
+            return _event("update", template.render(
+                t=i18n.labels(lang), page=shown, session=session, csrf_field=CSRF_FIELD,
+                recorded=""))
+
         async def stream() -> AsyncIterator[str]:
-            changes = self.gateway.changes(key, page.customer_id, page.channels)
             try:
                 async with contextlib.aclosing(changes):
+                    yield update(page)
                     async for changed in changes:
                         if self.sessions.get(session.id, touch=False) is not session:
                             # signed out, or idle past the bound: the page is no activity
@@ -262,19 +274,41 @@ class Console:
                         if not changed:
                             yield ": heartbeat\n\n"
                             continue
-                        fresh = await self.customer_page(key, page.customer_id)
-                        yield _event("update", template.render(
-                            t=i18n.labels(lang), page=fresh, session=session,
-                            csrf_field=CSRF_FIELD, recorded=""))
+                        yield update(await self.customer_page(key, page.customer_id))
             except GatewayError as exc:
                 yield _event("gone", exc.detail or exc.kind)
             finally:
                 slot.release()
 
         body = stream()
-        weakref.finalize(body, slot.release)  # a stream never started: the client went away
+        # a stream never started: the client went away (asyncio closes `changes`, its
+        # watches, as it finalizes the generator)
+        weakref.finalize(body, slot.release)
         return StreamingResponse(body, media_type="text/event-stream",
                                  headers={"x-accel-buffering": "no"})
+
+    async def followed(self, key: str, customer_id: str, channels: list[str]
+                       ) -> tuple[AsyncIterator[set[str]], views.CustomerPage]:
+        """The customer's watches, in place (their first item taken), and its page as read
+        after that, so that no change made between the read and the watches goes unseen: one
+        read (a GetProfile) per live page, watching the channels the browser's page shows. A
+        page with channels they lack (none named, a catalog switched since) is read once
+        more, under watches of its own."""
+        changes, page = await self.read_watched(key, customer_id, channels)
+        if not set(page.channels) <= set(channels):
+            await changes.aclose()
+            changes, page = await self.read_watched(key, customer_id, page.channels)
+        return changes, page
+
+    async def read_watched(self, key: str, customer_id: str, channels: list[str]
+                           ) -> tuple[AsyncIterator[set[str]], views.CustomerPage]:
+        changes = self.gateway.changes(key, customer_id, channels)
+        try:
+            await anext(changes)  # {"*"}: every watch is in place
+            return changes, await self.customer_page(key, customer_id)
+        except BaseException:
+            await changes.aclose()
+            raise
 
     async def respond(self, request: Request) -> Response:
         """Sends an outcome once: a repeat of one the session sent (a double click, a form

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from urllib.parse import urlencode
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -64,6 +65,12 @@ class CustomerPage:
     @property
     def channels(self) -> list[str]:
         return [self.channel] + [name for name, _, _ in self.others]
+
+    @property
+    def live_source(self) -> str:
+        """The live part's stream, which watches the channels shown from its start."""
+        return "/customer/live?" + urlencode({"id": self.customer_id, "channel": self.channels},
+                                             doseq=True)
 
 
 def customer_page(profile: pb.Profile, channel: str) -> CustomerPage:
