@@ -45,7 +45,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp
 
-from kairos.cluster.console import i18n, views, web
+from kairos.cluster.console import i18n, live, views, web
 from kairos.cluster.console.gateway_client import OUTCOMES, GatewayClient, GatewayError, Lookup
 from kairos.cluster.console.session import (ANSWERED_EARLIER, COOKIE, CSRF_FIELD, MAX_ANSWERED,
                                             VISITOR_COOKIE, Sessions, SignInLimit,
@@ -243,22 +243,22 @@ class Console:
             ("key", self.key_streams[key] >= MAX_STREAMS_PER_KEY),
             ("console", sum(self.streams.values()) >= MAX_STREAMS)) if over), None)
         if full:
-            return _paused(full)
-        slot = _LivePage((self.streams, session.id), (self.key_streams, key))  # before awaits
+            return live.paused(full)
+        slot = live.LivePage((self.streams, session.id), (self.key_streams, key))  # before awaits
         try:
             changes, page = await self.followed(key, customer_id, named)
         except BaseException as exc:
             slot.release()
             if isinstance(exc, GatewayError):
                 if exc.kind == "busy":  # shedding load for a moment: the page asks again
-                    return _paused("busy")
+                    return live.paused("busy")
                 return _text(exc.detail, STATUS_OF.get(exc.kind, 502))
             raise
         lang = i18n.language(request.headers.get("accept-language"))
         template = self.templates.get_template("_live.html")
 
         def update(shown: views.CustomerPage) -> str:
-            return _event("update", template.render(
+            return live.event("update", template.render(
                 t=i18n.labels(lang), page=shown, session=session, csrf_field=CSRF_FIELD,
                 recorded=""))
 
@@ -269,14 +269,14 @@ class Console:
                     async for changed in changes:
                         if self.sessions.get(session.id, touch=False) is not session:
                             # signed out, or idle past the bound: the page is no activity
-                            yield _event("gone", "signed out")
+                            yield live.event("gone", "signed out")
                             return
                         if not changed:
                             yield ": heartbeat\n\n"
                             continue
                         yield update(await self.customer_page(key, page.customer_id))
             except GatewayError as exc:
-                yield _event("gone", exc.detail or exc.kind)
+                yield live.event("gone", exc.detail or exc.kind)
             finally:
                 slot.release()
 
@@ -469,35 +469,6 @@ class _Guard:
         return guarded
 
 
-def _event(name: str, html: str) -> str:
-    """A server-sent event of that name carrying `html`."""
-    return f"event: {name}\n" + "".join(f"data: {line}\n" for line in html.splitlines()) + "\n"
-
-
-def _paused(why: str) -> Response:
-    """A live page's answer when it cannot follow now, `why` one of session, key, console
-    (the cap that is full) and busy: an event the page's script reads (an EventSource cannot
-    read a status code), and asks again on."""
-    return StreamingResponse(iter([_event("paused", why)]), media_type="text/event-stream")
-
-
 def _text(body: str, code: int) -> Response:
     """A plain-text answer (typed: a browser must not sniff an echoed id as HTML)."""
     return Response(body, code, media_type="text/plain")
-
-
-class _LivePage:
-    """A live page's place under the caps, given back once however the page ends: its
-    stream closed, or never started (the client went away first)."""
-
-    def __init__(self, *places: tuple[collections.Counter[str], str]):
-        self._places = places
-        for counter, holder in places:
-            counter[holder] += 1
-
-    def release(self) -> None:
-        places, self._places = self._places, ()
-        for counter, holder in places:
-            counter[holder] -= 1
-            if not counter[holder]:
-                del counter[holder]
