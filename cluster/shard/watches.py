@@ -5,8 +5,8 @@ channel and a placement. It is set per customer (WatchCustomer, journaled, and r
 with the customer when it is passivated or moves) or for a whole channel (`watch_channel`,
 from the controller, for outbound and orchestration). After each round the shard decides
 again for every watched view of the customers the round changed, and pushes a decision only
-when its ranked actions differ from the ones last pushed for that view (`shown`: it goes
-with the customer when it leaves memory, and with the customer's last watch of the view).
+when its ranked actions differ from the ones last pushed for that view (`shown`: it rides in
+the customer's block when it leaves memory, and goes with its last watch of the view).
 
 A customer's watch counts its registrations, each under the id it was registered by: a sink
 registers a watch once per id and view however many streams follow it, and unregisters it
@@ -208,10 +208,20 @@ class Watches:
     # -- a customer's watches ride along in its block (residency.py) ---------------------------
 
     def extra(self, customer_id: str) -> dict[str, Any]:
-        """A registration each: [sink, channel, placement, the id it was registered by]."""
-        return {"watches": [[w.sink, w.channel, w.placement, by]
-                            for w, ids in self.by_customer.get(customer_id, {}).items()
-                            for by in ids]}
+        """A registration each: [sink, channel, placement, the id it was registered by]; and
+        what was last pushed for each view still watched, [channel, placement, actions], so
+        that the customer back in memory (after a passivation, a move, a restart) does not
+        push its unchanged best actions again."""
+        extra: dict[str, Any] = {"watches": [[w.sink, w.channel, w.placement, by]
+                                             for w, ids in self.by_customer.get(
+                                                 customer_id, {}).items() for by in ids]}
+        shown = self.shown.get(customer_id)
+        if shown:  # a view no longer watched leaves it here (the last watch of a channel)
+            views = self._views(customer_id)
+            extra["shown"] = [[channel, placement, list(best)]
+                              for (channel, placement), best in shown.items()
+                              if (channel, placement) in views]
+        return extra
 
     def restore(self, customer_id: str, extra: dict[str, Any]) -> None:
         """Add the registrations (a folded anonymous customer's keep the id they were
@@ -225,11 +235,25 @@ class Watches:
                 continue
             _register(self.by_customer.setdefault(customer_id, {}), watch,
                       by[0] if by else customer_id)
+        # what was pushed to the customer's own streams stays (a folded anonymous one's was
+        # pushed to its streams); blocks from before it was carried have none
+        shown = extra.get("shown")
+        if shown:
+            views = self._views(customer_id)
+            shown = {(channel, placement): tuple(best) for channel, placement, best in shown
+                     if (channel, placement) in views}
+        if shown:
+            self.shown[customer_id] = {**shown, **self.shown.get(customer_id, {})}
 
     def drop(self, customer_id: str, evicted: bool) -> None:
         self.by_customer.pop(customer_id, None)
-        if evicted:  # what was last pushed for its views goes with the customer
+        if evicted:  # what was last pushed for its views is in its block (`extra`)
             self.shown.pop(customer_id, None)
+
+    def _views(self, customer_id: str) -> set[tuple[str, str | None]]:
+        """The views pushed for the customer: every channel watch's and its own watches'."""
+        return {(w.channel, w.placement) for w in self.channel} | \
+            {(w.channel, w.placement) for w in self.by_customer.get(customer_id, {})}
 
 
 def _register(mine: dict[Watch, list[str]], watch: Watch, by: str) -> None:
