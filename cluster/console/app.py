@@ -226,7 +226,8 @@ class Console:
     async def live(self, request: Request) -> Response:
         """Server-sent events: `update` with the live part's HTML, first as read once the
         watches are in place, then whenever a push changes a decision; a comment as
-        heartbeat, `gone` when the watch ends. `channel` (repeated): the channels the page
+        heartbeat; `paused` while the gateway is busy or not answering (the page asks again),
+        `gone` when the watch ends otherwise. `channel` (repeated): the channels the page
         shows, watched from the start (views.CustomerPage.live_source)."""
         session = request.state.session
         key, customer_id = session.key, request.query_params.get("id", "")
@@ -250,8 +251,8 @@ class Console:
         except BaseException as exc:
             slot.release()
             if isinstance(exc, GatewayError):
-                if exc.kind == "busy":  # shedding load for a moment: the page asks again
-                    return live.paused("busy")
+                if exc.kind in live.RETRIED:
+                    return live.paused(exc.kind)
                 return _text(exc.detail, STATUS_OF.get(exc.kind, 502))
             raise
         lang = i18n.language(request.headers.get("accept-language"))
@@ -276,7 +277,8 @@ class Console:
                             continue
                         yield update(await self.customer_page(key, page.customer_id))
             except GatewayError as exc:
-                yield live.event("gone", exc.detail or exc.kind)
+                yield live.event("paused", exc.kind) if exc.kind in live.RETRIED else \
+                    live.event("gone", exc.detail or exc.kind)
             finally:
                 slot.release()
 

@@ -6,6 +6,10 @@ import collections
 
 from starlette.responses import Response, StreamingResponse
 
+# the gateway's failures (GatewayError kinds) a live page waits out, asking again every 10 s:
+# shedding load, or not answering (restarting, unreachable): either passes
+RETRIED = frozenset({"busy", "down"})
+
 
 def event(name: str, html: str) -> str:
     """A server-sent event of that name carrying `html`."""
@@ -14,8 +18,8 @@ def event(name: str, html: str) -> str:
 
 def paused(why: str) -> Response:
     """A live page's answer when it cannot follow now, `why` one of session, key, console
-    (the cap that is full) and busy: an event the page's script reads (an EventSource cannot
-    read a status code), and asks again on."""
+    (the cap that is full) and RETRIED's: an event the page's script reads (an EventSource
+    cannot read a status code), and asks again on."""
     return StreamingResponse(iter([event("paused", why)]), media_type="text/event-stream")
 
 

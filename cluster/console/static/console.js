@@ -90,11 +90,12 @@ function followLive() {
       show(state.dataset.lost, true);
     });
     // a cap on live pages is full (the session's, its key's, the console's), or the gateway
-    // is busy: the event says which, and the page asks again while it is shown
+    // is busy or not answering: the event says which, and the page asks again while it is
+    // shown
     source.addEventListener("paused", (event) => {
       stop();
       const why = {session: "pausedSession", key: "pausedKey", console: "pausedConsole",
-                   busy: "pausedBusy"}[event.data] || "pausedSession";
+                   busy: "pausedBusy", down: "pausedDown"}[event.data] || "pausedSession";
       show(state.dataset[why], true);
       retry = setTimeout(start, PAUSED_RETRY_MS);
     });
