@@ -76,7 +76,7 @@ class CustomerRequests:
         for i, e in enumerate(batch):
             key = e.idempotency_key
             stored = True  # whether the customer may have a home in the store
-            if key:
+            if key and not replaying:  # a journaled event was applied: so it is again
                 # a passivated customer's keys are in its home: bring it in to look
                 stored = self._residency.activate(e.customer_id, e.partition, create=False)
                 first = self._keys.get(e.customer_id, key)
@@ -234,7 +234,8 @@ class CustomerRequests:
                     continue
             key = OUTCOME_KEY + o.idempotency_key if o.idempotency_key else None
             try:  # nothing of the outcome is applied before its customer is loaded
-                if key is not None and self._repeated(o, key):
+                if key is not None and not self._journaling.replaying and \
+                        self._repeated(o, key):  # a journaled one was recorded: so it is again
                     replies.append(Ok(value=Learned.DUPLICATE.value))
                     self._ctx.counts[LEARNED_COUNT + Learned.DUPLICATE.value] += 1
                     continue
