@@ -71,14 +71,15 @@ SHARD_ROUND_BYTES = integer("SHARD_ROUND_BYTES", 16 << 20, low=1 << 10, high=32 
 PASSIVATE_IDLE_S = number("PASSIVATE_IDLE_S", 900.0, above=True)
 # Most customers resident in one shard; past it the least recently used are passivated.
 RESIDENT_LIMIT = integer("RESIDENT_LIMIT", 2_000_000)
-# How long one tick may spend passivating, in chunks of PASSIVATE_CHUNK homes (at least one):
-# requests wait for it, and the rest go on later ticks. A directory store writes (and fsyncs)
-# a home in about 1 ms, so about 100 a second go by default: customers that fell idle together
-# leave over minutes to hours, within the resident limit. Past RESIDENT_LIMIT plus
+# How long one tick may spend passivating (one home at least), in chunks of at most
+# PASSIVATE_CHUNK homes sized by the store's pace: requests wait for it, and the rest go on
+# later ticks. A directory store writes (and fsyncs) a home in about 1 ms, so about 100 a
+# second go by default: customers that fell idle together leave over minutes to hours,
+# within the resident limit. Past RESIDENT_LIMIT plus
 # RESIDENT_OVERFLOW a tick passivates the excess whatever it takes, so that memory stays
 # bounded: a shard that full takes new customers only as fast as the store writes homes.
 PASSIVATE_BUDGET_S = number("PASSIVATE_BUDGET_S", 0.01)
-PASSIVATE_CHUNK = integer("PASSIVATE_CHUNK", 16)
+PASSIVATE_CHUNK = integer("PASSIVATE_CHUNK", 64)
 RESIDENT_OVERFLOW = integer("RESIDENT_OVERFLOW", 100_000, low=0)
 # How often a shard fires due timers and passivates: timers fire within this of their due time.
 TICK_S = number("TICK_S", 0.1, low=0.001, high=60.0)

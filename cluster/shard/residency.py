@@ -23,12 +23,12 @@ counts only the homes of customers not resident, after a recovery or a handoff t
 blocks say none has).
 
 Passivation runs on the shard's thread, requests waiting meanwhile, so a tick passivates
-within PASSIVATE_BUDGET_S, a chunk of PASSIVATE_CHUNK homes at least, and leaves the rest to
-later ticks: customers that fell idle together (a bulk load, 15 minutes on) leave at the
-store's pace within that budget (about 100 a second from a directory store, one fsynced file
-a home), and meanwhile stay resident. Past the resident limit they go the same way, least
-recent first, but never more than RESIDENT_OVERFLOW stay past it: beyond that a tick
-passivates the excess whatever it takes. So after each tick residents number at most
+within PASSIVATE_BUDGET_S (one home at least), in chunks sized by the store's pace, and leaves
+the rest to later ticks: customers that fell idle together (a bulk load, 15 minutes on) leave
+at the store's pace within that budget (about 100 a second from a directory store, one
+fsynced file a home), and meanwhile stay resident. Past the resident limit they go the same
+way, least recent first, but never more than RESIDENT_OVERFLOW stay past it: beyond that a
+tick passivates the excess whatever it takes. So after each tick residents number at most
 RESIDENT_LIMIT + RESIDENT_OVERFLOW (plus the new customers of the next tick's rounds, until
 it); a shard that full writes at each tick a home for each customer new since the last,
 taking new customers only as fast as its store writes homes.
@@ -99,6 +99,7 @@ class Residency:
         self.resident_limit = resident_limit
         self.overflow = RESIDENT_OVERFLOW  # past the limit, while a tick's budget catches up
         self.chunk = PASSIVATE_CHUNK
+        self._home_s = 0.0  # what the last passivation took a home, its walk included
         self.members: dict[int, set[str]] = {}
         # residents -> when last used, least recent first: a plain dict keeps insertion order
         # in half an OrderedDict's memory per entry (moving to the end is a pop and an insert)
@@ -171,9 +172,10 @@ class Residency:
 
     def passivate(self, now: float, budget_s: float = math.inf) -> int:
         """Send idle customers (and the least recent, past the resident limit) to the store;
-        how many went. Within `budget_s` (the tick's: PASSIVATE_BUDGET_S), in chunks of
-        `chunk`, at least one, and at least those past the resident limit and `overflow`; the
-        rest go on later calls. Unbudgeted, they all go in one batch.
+        how many went. Within `budget_s` (the tick's: PASSIVATE_BUDGET_S), in chunks that
+        the store's pace so far says fit in what is left of it (at most `chunk`, at least one
+        home), and at least those past the resident limit and `overflow`; the rest go on
+        later calls. Unbudgeted, they all go in one batch.
 
         A customer with an armed timer stays resident while idle; the resident limit
         passivates it as a sleeper, which the timer wheel activates when its timer falls due.
@@ -186,9 +188,17 @@ class Residency:
         done, more = 0, True
         while more and (done < must or done == 0 or
                         time.perf_counter() - started < budget_s):
-            want = max(self.chunk, must - done) if budget_s < math.inf else math.inf
+            want = math.inf
+            if budget_s < math.inf:
+                left = budget_s - (time.perf_counter() - started)
+                # one home first, to learn the store's pace
+                fits = int(left / self._home_s) if self._home_s else 1
+                want = max(min(fits, self.chunk), 1, must - done)
+            sending = time.perf_counter()
             victims, more = self._walk(now, over - done, want)
             self._send(victims)
+            if victims:
+                self._home_s = (time.perf_counter() - sending) / len(victims)
             done += len(victims)
         return done
 

@@ -24,11 +24,11 @@ def ticked(s: Shard) -> int:
     return s.counts["passivations"] - before
 
 
-def test_a_tick_passivates_one_chunk_past_its_budget_and_the_rest_go_on_later_ticks(
+def test_a_tick_passivates_one_home_past_its_budget_and_the_rest_go_on_later_ticks(
         compiled, tmp_path, monkeypatch):
-    """Customers that fell idle together leave a chunk a tick (the budget spent at once), not
-    all in one; events acknowledged meanwhile, for one already in its home and one still
-    waiting, survive a crash after the last tick."""
+    """Customers that fell idle together leave one a tick (the budget spent at once), not all
+    in one; events acknowledged meanwhile, for one already in its home and one still waiting,
+    survive a crash after the last tick."""
     monkeypatch.setattr(shard_module, "PASSIVATE_BUDGET_S", 0.0)
     clock = Clock()
     s = shard(compiled, store=DirectoryStore(tmp_path), clock=clock, idle_s=IDLE_S)
@@ -36,13 +36,13 @@ def test_a_tick_passivates_one_chunk_past_its_budget_and_the_rest_go_on_later_ti
     customers = [f"c{i}" for i in range(30)]
     s.process([event(c, "app_open", T0) for c in customers])
     clock.now = T0 + IDLE_S + 1
-    assert [ticked(s), ticked(s)] == [8, 8]
-    assert len(s.engine.table) == 14
+    assert [ticked(s) for _ in range(10)] == [1] * 10
+    assert len(s.engine.table) == 20
     first, waiting = customers[0], customers[-1]  # least recent first
     assert first not in s.engine.table and waiting in s.engine.table
     s.process([event(first, "page_view", clock.now, category="home"),
                event(waiting, "page_view", clock.now, category="home")])
-    assert [ticked(s), ticked(s), ticked(s)] == [8, 5, 0]  # the two are not idle again yet
+    assert [ticked(s) for _ in range(20)] == [1] * 19 + [0]  # the two are not idle again yet
     assert sorted(s.engine.table.index) == sorted([first, waiting])
     s.close()  # a crash: no snapshot since
     again = Shard(s.name, compiled, list(s.owned), N_PARTITIONS, store=s.store, clock=clock)
@@ -50,9 +50,31 @@ def test_a_tick_passivates_one_chunk_past_its_budget_and_the_rest_go_on_later_ti
     assert applied(again, customers) == [2] + [1] * 28 + [2]
 
 
+def test_with_budget_to_spare_a_tick_passivates_every_idle_customer_in_chunks(
+        compiled, tmp_path, monkeypatch):
+    """One home first, to learn the store's pace, then chunks of at most `chunk`."""
+    monkeypatch.setattr(shard_module, "PASSIVATE_BUDGET_S", 3600.0)
+    store, sizes = DirectoryStore(tmp_path), []
+    written = store.put_many
+
+    def put_many(homes, unless_fenced=None):
+        homes = list(homes)
+        sizes.append(len(homes))
+        written(homes, unless_fenced=unless_fenced)
+    monkeypatch.setattr(store, "put_many", put_many)
+    clock = Clock()
+    s = shard(compiled, store=store, clock=clock, idle_s=IDLE_S)
+    s.residency.chunk = 8
+    customers = [f"c{i}" for i in range(30)]
+    s.process([event(c, "app_open", T0) for c in customers])
+    clock.now = T0 + IDLE_S + 1
+    assert ticked(s) == 30 and sizes == [1, 8, 8, 8, 5]
+    assert len(s.engine.table) == 0 and applied(s, customers) == [1] * 30
+
+
 def test_past_the_resident_limit_and_its_overflow_a_tick_passivates_whatever_its_budget(
         compiled, tmp_path, monkeypatch):
-    """Residents past the limit go a chunk a tick too, but never more than `overflow` of them
+    """Residents past the limit go one a tick too, but never more than `overflow` of them
     stay: memory is bounded, and the least recent go first."""
     monkeypatch.setattr(shard_module, "PASSIVATE_BUDGET_S", 0.0)
     clock = Clock()
@@ -64,7 +86,7 @@ def test_past_the_resident_limit_and_its_overflow_a_tick_passivates_whatever_its
         s.process([event(c, "app_open", clock.now)])
     assert ticked(s) == 15
     assert sorted(s.engine.table.index) == sorted(customers[15:])
-    assert [ticked(s), ticked(s), ticked(s), ticked(s)] == [2, 2, 1, 0]
+    assert [ticked(s) for _ in range(6)] == [1] * 5 + [0]
     assert sorted(s.engine.table.index) == sorted(customers[20:])
     assert applied(s, customers) == [1] * 30
 
