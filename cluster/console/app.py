@@ -49,7 +49,7 @@ from kairos.cluster.console import i18n, live, views, web
 from kairos.cluster.console.gateway_client import OUTCOMES, GatewayClient, GatewayError, Lookup
 from kairos.cluster.console.session import (ANSWERED_EARLIER, COOKIE, CSRF_FIELD, MAX_ANSWERED,
                                             VISITOR_COOKIE, Sessions, SignInLimit,
-                                            SignInRefused, cookie_options)
+                                            SignInRefused, cookie_name, cookie_options)
 from kairos.cluster.gateway.auth import Auth
 from kairos.core.request import MAX_DECISION_ID_LENGTH
 from kairos.core.request import MAX_KEY_LENGTH as MAX_ACTION_ID_LENGTH
@@ -117,9 +117,11 @@ class Console:
         session, https = request.state.session, request.url.scheme == "https"
         if session.signed_in:
             if self.sessions.cookie_due(session):
-                response.set_cookie(COOKIE, session.id, **cookie_options(https))
-        elif request.cookies.get(VISITOR_COOKIE) != session.id:
-            response.set_cookie(VISITOR_COOKIE, session.id, **cookie_options(https, None))
+                response.set_cookie(cookie_name(COOKIE, https), session.id,
+                                    **cookie_options(https))
+        elif request.cookies.get(cookie_name(VISITOR_COOKIE, https)) != session.id:
+            response.set_cookie(cookie_name(VISITOR_COOKIE, https), session.id,
+                                **cookie_options(https, None))
         return response
 
     def failure(self, request: Request, error: GatewayError, subject: str = "") -> Response:
@@ -158,13 +160,13 @@ class Console:
                                next=web.local_path(form.get("next")))
         request.state.session = session
         response = self.redirect(request, web.local_path(form.get("next")) or "/")
-        response.delete_cookie(VISITOR_COOKIE, path="/")
+        _forget_cookie(request, response, VISITOR_COOKIE)
         return response
 
     async def signout(self, request: Request) -> Response:
         self.sessions.end(request.state.session)
         response = RedirectResponse("/signin", status_code=303)
-        response.delete_cookie(COOKIE, path="/")
+        _forget_cookie(request, response, COOKIE)
         return response
 
     # -- customers -----------------------------------------------------------------------------
@@ -450,11 +452,13 @@ class _Guard:
         console = self.console
 
         async def guarded(request: Request) -> Response:
-            session = console.sessions.get(request.cookies.get(COOKIE), touch=touch)
+            https = request.url.scheme == "https"
+            session = console.sessions.get(request.cookies.get(cookie_name(COOKIE, https)),
+                                           touch=touch)
             if session is None and web.cross_site_navigation(request):
                 return web.ask_again(request)
             request.state.session = session or console.sessions.visitor(
-                request.cookies.get(VISITOR_COOKIE))
+                request.cookies.get(cookie_name(VISITOR_COOKIE, https)))
             if post:
                 length = request.headers.get("content-length", "")
                 if not length.isdigit() or int(length) > MAX_BODY_BYTES:
@@ -469,6 +473,12 @@ class _Guard:
                 return console.redirect(request, web.signin_url(request))
             return await handler(request)
         return guarded
+
+
+def _forget_cookie(request: Request, response: Response, name: str) -> None:
+    # Secure as it was set: a browser takes no __Host- cookie without it, a deletion neither
+    https = request.url.scheme == "https"
+    response.delete_cookie(cookie_name(name, https), path="/", secure=https)
 
 
 def _text(body: str, code: int) -> Response:

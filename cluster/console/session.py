@@ -5,12 +5,13 @@ The cookie holds only an opaque random id (the key stays in this process's memor
 HttpOnly (no script reads it), SameSite=Strict (the browser leaves it out of every request
 another site's page starts, a link followed included: the console answers such a link with a
 page that asks for the same URL again from its own origin, which does carry it; web.py) and
-Secure when the console is served over TLS. It is set again as the agent works (REISSUE_S),
-so it lasts IDLE_S after the agent's last page, as the session does (a live page's stream,
-which the browser asks for again by itself, is not the agent's work). Sessions live in
-memory, bounded in number (the least recently used goes first; MAX_SESSIONS_PER_KEY a key, so
-that one agent signing in over and over pushes out only its own) and in idle time: a console
-restart signs everyone out, which is what a restart of a desk application does too.
+Secure when the console is served over TLS, and then named with the __Host- prefix
+(`cookie_name`: no sibling subdomain can set it). It is set again as the agent works
+(REISSUE_S), so it lasts IDLE_S after the agent's last page, as the session does (a live
+page's stream, which the browser asks for again by itself, is not the agent's work). Sessions
+live in memory, bounded in number (the least recently used goes first; MAX_SESSIONS_PER_KEY a
+key, so that one agent signing in over and over pushes out only its own) and in idle time: a
+console restart signs everyone out, which is what a restart of a desk application does too.
 
 A visitor who has not signed in keeps nothing in the console: anyone who reaches it makes
 visitors (any web page an agent opens can send it cookie-less requests), so they must cost
@@ -45,6 +46,7 @@ from kairos.cluster.gateway.auth import ApiKey, Auth
 
 COOKIE = "kairos_console"  # a signed-in session's id
 VISITOR_COOKIE = "kairos_console_visitor"  # a visitor's nonce, which the sign-in token binds
+HOST_PREFIX = "__Host-"  # the cookies' names over HTTPS (cookie_name)
 CSRF_FIELD = "csrf"
 CONSOLE_SCOPES = frozenset({"profile:read", "respond", "watch"})
 # what more a console key may have: the operator page (status:read), and the fallback
@@ -247,6 +249,15 @@ def _source(address: str) -> str:
     if ip.ipv4_mapped is not None:  # an IPv4 client of a dual-stack socket
         return str(ip.ipv4_mapped)
     return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+
+
+def cookie_name(name: str, https: bool) -> str:
+    """A console cookie's name (COOKIE, VISITOR_COOKIE) as it is set and read: over HTTPS
+    with the __Host- prefix, which a browser takes only from this very host, Secure, with
+    Path=/ and no Domain, so that a sibling subdomain (of a console served as one of
+    *.example.com) cannot set it for the console: no session fixation, no login CSRF. Plain
+    HTTP, which the console serves on loopback only, cannot carry it (it needs Secure)."""
+    return HOST_PREFIX + name if https else name
 
 
 def cookie_options(secure: bool, max_age: float | None = IDLE_S) -> dict:
