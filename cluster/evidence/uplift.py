@@ -19,9 +19,15 @@ rates move, and the groups pooled over versions would then differ by the change 
 its coverage for rare accepts and small control groups where the plain normal one does not
 (with no accept among 50 control decisions it had no width from them at all); the value's
 is the normal approximation with unequal variances. A stratum is compared when each group
-has two decisions (for the value, two that earned one: with fewer its variance is unknown);
-the others are left out of that comparison, and named (`left_out`): one small version with
-no conversion made the value's interval of a channel unknown.
+has two decisions; the others are left out of that comparison, and named (`left_out`). Which
+are left out depends on the groups' sizes only, never on what they earned: keeping a version
+only when its control converted twice kept those whose control did better by chance (with
+no true effect and 5 % held back, the models' value looked 44 % lower). A group of a stratum with fewer than two
+decisions that earned a value has no variance of its own to speak of (one with none has 0),
+so the value's interval takes for it the larger of its own and that group's variance over
+all the channel's versions (their values pooled: between-version differences only widen
+it); when the group has fewer than two such decisions in all the versions either, the
+value's interval is unknown (NaN).
 
 Rewards are replay's: the first shown action's accept (ACCEPT or CONVERT) and the conversion
 value it reported. A fallback decision (nothing scored it, selection 0) belongs to neither
@@ -67,11 +73,11 @@ Strata = dict[str, dict[bool, list[tuple[str, float, float]]]]  # version -> hel
 
 def difference(strata: Strata, column: int, binary: bool) -> Difference:
     """The groups' means and their difference, over the strata with two decisions in each
-    group (for a value, two that earned one), each weighted by its decisions; the others are
-    left out, and named (see the module's docstring)."""
+    group, each weighted by its decisions; the others are left out, and named (see the
+    module's docstring)."""
     columns = {version: (_column(s[False], column), _column(s[True], column))
                for version, s in strata.items()}
-    kept = {version for version, (m, c) in columns.items() if _comparable(m, c, binary)}
+    kept = {version for version, (m, c) in columns.items() if min(len(m), len(c)) >= 2}
     left_out = tuple(sorted(set(columns) - kept))
     usable = [columns[version] for version in sorted(kept)]
     if not usable:
@@ -92,20 +98,22 @@ def difference(strata: Strata, column: int, binary: bool) -> Difference:
                        for w, (pm, pc, nm, nc) in zip(weights, adjusted))
     else:
         centre = m - c
-        variance = sum(w * w * (float(np.var(x, ddof=1)) / len(x)
-                                + float(np.var(y, ddof=1)) / len(y))
+        pooled = [_variance(np.concatenate([pair[held] for pair in columns.values()]))
+                  for held in (0, 1)]
+        variance = sum(w * w * (_variance(x, pooled[0]) / len(x)
+                                + _variance(y, pooled[1]) / len(y))
                        for w, (x, y) in zip(weights, usable))
     half = Z95 * math.sqrt(variance)
     return Difference(m, c, m - c, float(centre - half), float(centre + half), left_out)
 
 
-def _comparable(models: np.ndarray, control: np.ndarray, binary: bool) -> bool:
-    """Whether a stratum's groups can be compared: two decisions each, and for a value two
-    that earned one each (with fewer, its variance is unknown; a small version with no
-    conversion must not make the channel's interval unknown)."""
-    least = min(len(models), len(control)) if binary else \
-        min(np.count_nonzero(models), np.count_nonzero(control))
-    return least >= 2
+def _variance(values: np.ndarray, pooled: float = math.nan) -> float:
+    """A group's variance of a value; with fewer than two that earned one, the larger of its
+    own and `pooled` (that group's over the channel's versions; NaN when unknown there too)."""
+    own = float(np.var(values, ddof=1))
+    if np.count_nonzero(values) >= 2:
+        return own
+    return max(own, pooled) if pooled >= 0 else math.nan  # NaN when the pool is unknown too
 
 
 def uplift(records: Iterable[DecisionRecord]) -> dict[str, Any]:
