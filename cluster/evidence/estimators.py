@@ -21,7 +21,14 @@ A binary reward (accepted or not) with few positives has a normal interval far t
 with none, every term is 0 and so is its width. Its interval is therefore at least Wilson's
 score interval for the estimate as a proportion over the effective sample size (what a
 weighted proportion's survey estimate takes), which with no positive among n is
-[0, z^2 / (n + z^2)]: about 3.84 / n, where the normal one says nothing at all.
+[0, z^2 / (n + z^2)]: about 3.84 / n, where the normal one says nothing at all. That floor
+assumes overlap: the effective sample size does not change when every weight is scaled, so a
+candidate putting 99 % of its mass on an action the log never showed (every weight 0.01)
+would keep n and a floor of 3.84 / n. The weights' mean is the candidate's mass the log can
+see (1 under overlap); the rest, m = 1 - mean(w) less 1.96 standard errors of that mean (so
+that chance alone widens nothing), may earn anything from nothing to all of it: the floor's
+upper bound is raised by m, and its lower one scaled by 1 - m (SNIPS spreads the seen rate
+over the unseen mass). A log whose probabilities are misstated shows the same shortfall.
 """
 from __future__ import annotations
 
@@ -75,17 +82,22 @@ def wilson(p: float, n: float) -> tuple[float, float]:
     return max(centre - half, 0.0), min(centre + half, 1.0)
 
 
-def _binary(e: Estimate, binary: bool) -> Estimate:
-    """For a binary reward, the interval widened to at least Wilson's (module docstring)."""
+def _binary(e: Estimate, binary: bool, weights: np.ndarray) -> Estimate:
+    """For a binary reward, the interval widened to at least Wilson's, and by the mass the
+    log cannot see (module docstring)."""
     if not binary or math.isnan(e.low) or math.isnan(e.high):
         return e
     low, high = wilson(min(max(e.value, 0.0), 1.0), e.ess)
+    n = len(weights)
+    slack = Z95 * float(np.std(weights, ddof=1)) / math.sqrt(n) if n > 1 else 0.0
+    unseen = min(max(1.0 - float(np.mean(weights)) - slack, 0.0), 1.0)
+    low, high = low * (1.0 - unseen), min(high + unseen, 1.0)
     return Estimate(e.value, min(e.low, low), max(e.high, high), e.standard_error, e.ess)
 
 
 def ips(weights: np.ndarray, rewards: np.ndarray, binary: bool = False) -> Estimate:
     """`binary`: the rewards are 0 or 1 (module docstring)."""
-    return _binary(_interval(weights * rewards, weights), binary)
+    return _binary(_interval(weights * rewards, weights), binary, weights)
 
 
 def snips(weights: np.ndarray, rewards: np.ndarray, binary: bool = False) -> Estimate:
@@ -97,14 +109,15 @@ def snips(weights: np.ndarray, rewards: np.ndarray, binary: bool = False) -> Est
     influence = weights * (rewards - value) / (total / n)
     se = float(np.std(influence, ddof=1) / math.sqrt(n)) if n > 1 else math.nan
     return _binary(Estimate(value, value - Z95 * se, value + Z95 * se, se,
-                            effective_sample_size(weights)), binary)
+                            effective_sample_size(weights)), binary, weights)
 
 
 def doubly_robust(weights: np.ndarray, rewards: np.ndarray, q_logged: np.ndarray,
                   q_candidate: np.ndarray, binary: bool = False) -> Estimate:
     """q_logged: the model's reward for the logged action; q_candidate: its expectation under
     the candidate, sum_a pi(a) q(x, a)."""
-    return _binary(_interval(q_candidate + weights * (rewards - q_logged), weights), binary)
+    return _binary(_interval(q_candidate + weights * (rewards - q_logged), weights), binary,
+                   weights)
 
 
 def direct_method(features: np.ndarray, actions: np.ndarray, rewards: np.ndarray,

@@ -31,6 +31,24 @@ def test_no_positive_gives_wilsons_interval_over_the_effective_sample_size(estim
     assert (e.low, e.high) == pytest.approx((0.0, 0.16113), abs=1e-5)
 
 
+@pytest.mark.parametrize("estimate", [
+    lambda w, r: estimators.ips(w, r, binary=True),
+    lambda w, r: estimators.snips(w, r, binary=True),
+    lambda w, r: estimators.doubly_robust(w, r, np.zeros(len(r)), np.zeros(len(r)),
+                                          binary=True)])
+def test_mass_the_log_cannot_see_widens_the_floor(estimate):
+    """The candidate puts 99 % of its mass on an action the log never showed: every weight is
+    0.01 and the ESS stays 1000, so Wilson's floor alone said [0, 0.0038] with no accept, and
+    SNIPS's said [0.996, 1] with every seen decision accepted. The unseen 99 % may earn
+    anything: the interval spans [0.0038 x 0.01, 0.0038 + 0.99] and [0.996 x 0.01, 1]."""
+    weights = np.full(1000, 0.01)
+    e = estimate(weights, np.zeros(1000))
+    assert e.ess == pytest.approx(1000.0)
+    assert e.low <= 0.0 and e.high == pytest.approx(0.0038268 + 0.99, abs=1e-6)
+    e = estimate(weights, np.ones(1000))
+    assert e.low <= 0.00996 + 1e-5 and e.high == pytest.approx(1.0)
+
+
 def test_one_positive_takes_the_wider_of_the_two_intervals():
     """One accept in 40 (weight 1): IPS 0.025, standard error sqrt(0.975 / 39 / 40) = 0.025,
     normal [0.025 - 1.96 * 0.025, ...] = [-0.0240, 0.0740]; Wilson's centre
