@@ -5,7 +5,9 @@ each recorded until it is settled: after a crash (of the controller, or of a cal
 out) `settle` brings every recorded partition to exactly one serving shard, the owner the
 saved map names. A move the map shows done is finished (the source forgets the partition);
 one it does not is undone (the target forgets what it may have adopted, then the source
-serves the partition again). Every step is idempotent, so settling again after another crash
+serves the partition again). A done move's target is thawed too: until then it holds the
+partition as arriving (shard/handoff.py) and fires none of its timers, since an undone move's
+source fires them. Every step is idempotent, so settling again after another crash
 is safe. The target forgets before the source thaws because both write the partition's
 snapshot: the source's must be the last.
 """
@@ -67,7 +69,7 @@ async def settle(backend: Backend, moves: list[Move], owners: list[str], shards:
         for shard in {m.source, m.target} - {owner}:
             if shard in shards:
                 drop.setdefault(shard, set()).add(m.partition)
-        if owner == m.source and owner in shards:
+        if owner in (m.source, m.target) and owner in shards:
             thaw.setdefault(owner, set()).add(m.partition)
     failed = await _each(drop, lambda shard, parts: backend.shard(shard).release(parts, version))
     # a source whose target did not answer stays frozen: the target may still adopt later
@@ -75,7 +77,8 @@ async def settle(backend: Backend, moves: list[Move], owners: list[str], shards:
     thaw = {s: ps - held for s, ps in thaw.items() if ps - held}
     failed |= await _each(thaw, lambda shard, parts: backend.shard(shard).thaw(parts, version))
     return [m for m in moves if m.partition in held
-            or (m.source in failed and m.partition in thaw.get(m.source, ()))]
+            or (owners[m.partition] in failed
+                and m.partition in thaw.get(owners[m.partition], ()))]
 
 
 async def _each(steps: dict[str, set[int]], call) -> set[str]:

@@ -217,8 +217,11 @@ class Residency:
             if len(victims) >= want:
                 full = True
                 break
-            if self._ctx.partition_of(customer_id) in self._ownership.leaving:
-                kept.append(customer_id)  # handed over already: its new owner writes it
+            p = self._ctx.partition_of(customer_id)
+            # handed over already: its new owner writes it; adopted and not confirmed: a move
+            # undone leaves it to its source (handoff.py, `arriving`)
+            if p in self._ownership.leaving or p in self._ownership.arriving:
+                kept.append(customer_id)
             elif over > len(victims):
                 victims.append(customer_id)
             elif now - seen >= self.idle_s:
@@ -279,8 +282,9 @@ class Residency:
     def _wake(self, partition: int, customer_id: str) -> bool:
         """The timer wheel's: a sleeper's timer fell due, so make it resident (its timers are
         armed then, and fire); False while its partition is being handed over (the timer
-        fires after a thaw, or the sleeper leaves with the partition)."""
-        if partition in self._ownership.leaving:
+        fires after a thaw, or the sleeper leaves with the partition), or adopted and not
+        confirmed (handoff.py, `arriving`: an undone move's source wakes it)."""
+        if partition in self._ownership.leaving or partition in self._ownership.arriving:
             return False
         try:
             self.activate(customer_id, partition, create=False)  # no home: forgotten or taken

@@ -9,7 +9,7 @@ import pytest
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage.memory_store import MemoryStore
 from tests.unit.shard.test_shard import N_PARTITIONS, T0, Clock, event, p_of, shard, watch
-from tests.unit.shard.test_sleepers import CART, DUE, pushed
+from tests.unit.shard.test_sleepers import CART, DUE, asleep, pushed
 
 P = p_of("ana")
 
@@ -57,3 +57,18 @@ def test_a_request_not_routed_under_a_map_confirms_nothing(compiled):
     b.process([event("ana", "app_open", DUE - 1)])  # not routed: the shard's own, or a test's
     clock.now = DUE + 0.5
     assert b.tick() == [] and b.counts["timers_fired"] == 0
+
+
+def test_an_arriving_partition_passivates_nobody_and_wakes_no_sleeper(compiled):
+    a, clock = asleep(compiled)  # ana passivated with her cart timer: a sleeper
+    p = p_of("ana")
+    b = shard(compiled, "b", partitions=[x for x in range(N_PARTITIONS) if x != p],
+              clock=clock, store=a.store, idle_s=60.0)
+    b.process([event("bob", "app_open", clock.now)])  # resident on b, not moving
+    moving = [p, p_of("other0")]
+    b.adopt(a.freeze(moving, 2), 2)
+    clock.now = DUE + 0.5
+    assert b.tick() == [] and "ana" not in b.engine.table
+    assert "other0" in b.engine.table and "bob" not in b.engine.table
+    b.thaw(moving, 2)  # confirmed: the sleeper wakes and her timer fires
+    assert pushed(b.tick()) == [("sink-1", "ana", ["cart_recovery_push"])]
