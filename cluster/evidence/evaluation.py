@@ -52,8 +52,8 @@ def evaluate(replayed: Sequence[Replayed], seed: int = 0) -> dict[str, Any]:
     if not usable:
         result["logged"] = {reward: math.nan for reward in REWARDS}
         result["estimates"] = {}
-        result["overlap"] = {"warnings": _refusals(result) + [
-            "no logged decision with a selection probability"]}
+        result["warnings"] = []
+        result["overlap"] = {"warnings": ["no logged decision with a selection probability"]}
         return result
     names = sorted({a for r in usable for a in r.candidate} | {r.logged for r in usable})
     index = {name: a for a, name in enumerate(names)}
@@ -80,25 +80,23 @@ def evaluate(replayed: Sequence[Replayed], seed: int = 0) -> dict[str, Any]:
             "dr": estimators.doubly_robust(weights, y, q[np.arange(len(y)), logged],
                                            np.sum(pi * q, axis=1), binary).to_json()}
     result["overlap"] = _overlap(shares, weights, mu)
-    result["overlap"]["warnings"][:0] = _refusals(result) + _few_positives(usable)
+    # not the overlap's: the refused requests are said once, apart (report.refusals)
+    result["warnings"] = _few_positives(usable, replayed)
     return result
 
 
-def _few_positives(usable: Sequence[Replayed]) -> list[str]:
+def _few_positives(usable: Sequence[Replayed], replayed: Sequence[Replayed]) -> list[str]:
     """A reward that few logged decisions earned: its estimates rest on those few (the accept
-    rate's interval on Wilson's, estimators.py; the value's normal one may be far too narrow)."""
+    rate's interval on Wilson's, estimators.py; the value's normal one may be far too narrow).
+    A log in which no decision reported a conversion value is one without values: the value
+    is not warned of there."""
     earned = {"accept": "were accepted", "value": "reported a conversion value"}
     counts = {reward: sum(getattr(r, reward) > 0 for r in usable) for reward in REWARDS}
+    if not any(r.value > 0 for r in replayed):
+        del counts["value"]
     return [f"only {n} of the {len(usable)} evaluated decisions {earned[reward]}: the "
             f"{report.REWARD_NAMES[reward]}'s estimates rest on too few of them"
             for reward, n in counts.items() if n < FEW_POSITIVES]
-
-
-def _refusals(result: dict[str, Any]) -> list[str]:
-    refused = result["refused"]
-    if not refused["count"]:
-        return []
-    return [f"{report.refusals(result)}: {'; '.join(refused['examples'])}"]
 
 
 def _features(usable: Sequence[Replayed]) -> np.ndarray:

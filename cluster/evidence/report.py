@@ -67,8 +67,16 @@ def summary(evidence: dict[str, Any]) -> str:
         lines.append(f"{REWARD_NAMES[reward]}: logged {evidence['logged'][reward]:.4g}, "
                      f"candidate (doubly robust) {dr['value']:.4g} "
                      f"[{dr['low']:.4g}, {dr['high']:.4g}], ESS {dr['ess']:.0f}")
-    lines += [f"warning: {w}" for w in evidence["overlap"]["warnings"]]
+    if evidence["refused"]["count"]:
+        lines.append(f"refused, e.g.: {'; '.join(evidence['refused']['examples'])}")
+    lines += [f"warning: {w}" for w in _warnings(evidence)]
     return "\n".join(lines)
+
+
+def _warnings(evidence: dict[str, Any]) -> list[str]:
+    """The report's warnings (the refused requests apart): its own, then the overlap's (a
+    report written before they were apart has only the overlap's)."""
+    return evidence.get("warnings", []) + evidence["overlap"]["warnings"]
 
 
 def headline(evidence: dict[str, Any]) -> str:
@@ -79,10 +87,9 @@ def headline(evidence: dict[str, Any]) -> str:
         f"[{_number(e['dr']['low']):.4g}, {_number(e['dr']['high']):.4g}] "
         f"(logged {_number(evidence['logged'][reward]):.4g})"
         for reward, e in evidence["estimates"].items())
-    warnings = len(evidence["overlap"]["warnings"])
     refused = f"{refusals(evidence)}; " if evidence["refused"]["count"] else ""
     return (f"replay of {int(evidence['evaluated'])} logged decisions, doubly robust: "
-            f"{estimates or 'no estimates'}; {refused}{warnings} overlap warning(s)")
+            f"{estimates or 'no estimates'}; {refused}{len(_warnings(evidence))} warning(s)")
 
 
 def markdown(evidence: dict[str, Any], plot: str | None) -> str:
@@ -108,6 +115,7 @@ def markdown(evidence: dict[str, Any], plot: str | None) -> str:
             lines.append(f"| {REWARD_NAMES[reward]} | {evidence['logged'][reward]:.4g} | "
                          f"{name} | {e['value']:.4g} | [{e['low']:.4g}, {e['high']:.4g}] | "
                          f"{e['ess']:.0f} |")
+    lines += [""] + [f"- warning: {w}" for w in evidence.get("warnings", [])]
     lines += ["", f"![estimates]({plot})" if plot else f"({PLOT_MISSING})", "",
               "## Where the candidate decides differently", "",
               f"Overall: {_pct(evidence['differs']['overall'])} of decisions would show "

@@ -1,6 +1,7 @@
 """A candidate that refuses requests (a channel it lacks) shows nothing for them, which moves
-every estimate: the terminal's summary, the overlap warnings and `kairos status`'s headline
-say how many it refused, not only replay.md."""
+every estimate: the terminal's summary and `kairos status`'s headline say how many it refused,
+not only replay.md, once each: the refusal is no overlap warning, and the headline counts the
+report's warnings, its own and the overlap's, as warnings."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +13,7 @@ from kairos.cluster.evidence.replay import for_replay, replay
 from kairos.core.catalog import load_catalog
 
 
-def test_the_summary_the_warnings_and_the_headline_count_the_refused_requests():
+def test_the_summary_and_the_headline_count_the_refused_requests_once():
     log = truth.log(4, truth.customers(np.random.default_rng(4), 40), learn=False)
     doc = yaml.safe_load(truth.logging_catalog())
     first = next(iter(doc["channels"]))
@@ -26,8 +27,10 @@ def test_the_summary_the_warnings_and_the_headline_count_the_refused_requests():
     says = f"the candidate refused {refused} of {len(replayed)} requests (shown as nothing)"
     first_line = report.summary(evidence).splitlines()[0]
     assert first_line.endswith(says)
-    warnings = evidence["overlap"]["warnings"]
-    assert warnings[0].startswith(f"{says}: channel: unknown channel '{first}'")
-    assert f"warning: {warnings[0]}" in report.summary(evidence)
-    assert f"; {says}; {len(warnings)} overlap warning(s)" in report.headline(evidence)
+    assert f"refused, e.g.: channel: unknown channel '{first}'" in report.summary(evidence)
+    warnings = evidence["warnings"] + evidence["overlap"]["warnings"]
+    assert not any("refused" in w for w in warnings)
+    assert report.summary(evidence).count(says) == 1
+    assert warnings and all(f"warning: {w}" in report.summary(evidence) for w in warnings)
+    assert report.headline(evidence).endswith(f"; {says}; {len(warnings)} warning(s)")
     assert f"{says.capitalize()}, e.g.: channel: unknown" in report.markdown(evidence, None)
