@@ -106,7 +106,8 @@ def markdown(evidence: dict[str, Any], plot: str | None) -> str:
     if evidence["refused"]["count"]:
         lines += [f"{refusals(evidence).capitalize()}, e.g.: "
                   + "; ".join(evidence["refused"]["examples"]), ""]
-    lines += ["## Estimates (first slot, 95 % normal intervals)", "",
+    lines += ["## Estimates (first slot; 95 % intervals: normal, the accept rate's at least "
+              "Wilson's, estimators.py)", "",
               "| reward | logged | estimator | candidate | 95 % interval | ESS |",
               "|---|---|---|---|---|---|"]
     for reward, estimates in evidence["estimates"].items():
