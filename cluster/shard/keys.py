@@ -10,15 +10,10 @@ most recent keys; past either, it applies again. A caller can push out only the 
 customer it names. Outcomes' keys (Respond) are kept the same way, among the same keys.
 
 What is kept of a key is a record of RECORD.size bytes whatever the key's length (a caller's
-key may be MAX_KEY_LENGTH characters): 16 bytes of BLAKE2b over whose key it is and the key
-(two of a customer's keys meet with a chance of 2**-128), its sequence number and when it was
-remembered, a customer's records packed in one bytearray, oldest first. Blocks written before
-hold the keys themselves ("keys"), which are read as the customer's.
-
-A link folds an anonymous visitor's keys into the customer, still as the visitor's: the
-customer's own events do not meet them, whatever their key's text. A request on its way to the
-visitor meets them when a MERGED reply re-sends it to the customer (transport/client.py): its
-key then names the visitor (`redirected_key`).
+key may be MAX_KEY_LENGTH characters): 16 bytes of BLAKE2b over the key (two of a customer's
+keys meet with a chance of 2**-128), its sequence number and when it was remembered, a
+customer's records packed in one bytearray, oldest first. Blocks written before hold the keys
+themselves ("keys").
 """
 from __future__ import annotations
 
@@ -26,36 +21,17 @@ import hashlib
 import struct
 from typing import Any, Callable
 
-import msgpack
-
 from kairos.cluster.settings import KEY_RETENTION_S, KEYS_PER_CUSTOMER
 
 # An outcome's key is kept under this prefix, so an event's and an outcome's of the same text
 # are two keys (an event's would have to start with it, NUL and all, to meet an outcome's)
 OUTCOME_KEY = "outcome\x00"
-# A key re-sent through a MERGED reply starts with this, then the anonymous id's length and
-# the id (a caller's key would have to start with it, NUL and all, to pass for one)
-REDIRECTED = "\x00merged\x00"
 DIGEST_BYTES = 16
 RECORD = struct.Struct(f"<{DIGEST_BYTES}sQd")  # the key's digest, its sequence, when remembered
 
 
-def redirected_key(sent_to: str, key: str) -> str:
-    """The idempotency key of a request to the anonymous id `sent_to` that a MERGED reply
-    re-sends to the customer, so that it meets the keys the visitor had."""
-    return f"{REDIRECTED}{len(sent_to)}\x00{sent_to}{key}"
-
-
-def _digest(customer_id: str, key: str) -> bytes:
-    """What is kept of the customer's key (or, re-sent through MERGED, of the visitor's)."""
-    kind = OUTCOME_KEY if key.startswith(OUTCOME_KEY) else ""
-    text = key[len(kind):]
-    if text.startswith(REDIRECTED):
-        length, _, rest = text[len(REDIRECTED):].partition("\x00")
-        if length.isascii() and length.isdigit() and int(length) <= len(rest):
-            customer_id, text = rest[:int(length)], rest[int(length):]
-    whose = msgpack.packb((customer_id, kind + text))
-    return hashlib.blake2b(whose, digest_size=DIGEST_BYTES).digest()
+def _digest(key: str) -> bytes:
+    return hashlib.blake2b(key.encode(), digest_size=DIGEST_BYTES).digest()
 
 
 def _find(records: bytearray, digest: bytes) -> int | None:
@@ -74,7 +50,7 @@ class IdempotencyKeys:
     def get(self, customer_id: str, key: str) -> int | None:
         """The customer's sequence number of the event first applied under `key`."""
         records = self._keys.get(customer_id)
-        at = None if records is None else _find(records, _digest(customer_id, key))
+        at = None if records is None else _find(records, _digest(key))
         if at is None:
             return None
         _, sequence, when = RECORD.unpack_from(records, at)
@@ -82,7 +58,7 @@ class IdempotencyKeys:
 
     def remember(self, customer_id: str, key: str, sequence: int) -> None:
         records = self._keys.setdefault(customer_id, bytearray())
-        digest = _digest(customer_id, key)
+        digest = _digest(key)
         at = _find(records, digest)
         if at is not None:  # applied again (its window closed, or a replay): now the newest
             del records[at:at + RECORD.size]
@@ -109,7 +85,7 @@ class IdempotencyKeys:
         """Add a block's keys to the customer's (a block written before keys were kept per
         customer has none)."""
         theirs = [*RECORD.iter_unpack(extra.get("key_records", b"")),
-                  *((_digest(customer_id, key), int(sequence), float(when))
+                  *((_digest(key), int(sequence), float(when))
                     for key, sequence, when in extra.get("keys", ()))]
         if not theirs:
             return

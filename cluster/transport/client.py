@@ -42,7 +42,6 @@ from kairos.cluster.protocol import (Decide, Event, EventAck, Outcome, ReadProfi
 from kairos.cluster.settings import (CLIENT_BATCH_LIMIT, CLIENT_BATCH_WINDOW_S,
                                      CLIENT_INFLIGHT_CALLS, CLIENT_QUEUE_LIMIT,
                                      CLIENT_REROUTE_S, CLIENT_REROUTES, LONG_POLL_S)
-from kairos.cluster.shard.keys import redirected_key
 from kairos.cluster.transport.backend import Backend, NotCarried, NotSent, Unavailable
 from kairos.cluster.transport.lanes import (Call, EarlierFailed, Failed, Item, Lane,
                                             Undelivered)
@@ -270,9 +269,6 @@ class KairosClient(IdentitySagas):
         if isinstance(reply, _DONE):
             return reply
         if isinstance(reply, protocol.Merged):  # an anonymous customer since linked
-            key = getattr(request, "idempotency_key", None)
-            if key:  # the link kept the visitor's keys under its id (shard/keys.py)
-                request = request._replace(idempotency_key=redirected_key(request.customer_id, key))
             return await self._ask(request._replace(customer_id=reply.customer_id))
         if isinstance(reply, protocol.Missing):
             return None
