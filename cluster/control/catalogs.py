@@ -84,7 +84,8 @@ class Catalogs:
             if previous is not None and not ran.knows(previous):  # saved by an older release
                 ran = ran.with_run(await _version(previous), previous)
             ran.check(version, catalog_text)
-            await self._switch(catalog_text, version, evidence or {})
+            # with the previous one in: else it would be protected for this switch only
+            await self._switch(catalog_text, version, evidence or {}, ran)
         return version
 
     async def get_catalog(self) -> dict[str, Any]:
@@ -124,9 +125,11 @@ class Catalogs:
             self.evidence = kept
             raise
 
-    async def _switch(self, text: str, version: str, evidence: dict[str, str]) -> None:
+    async def _switch(self, text: str, version: str, evidence: dict[str, str],
+                      ran: VersionsRun | None = None) -> None:
         """Switch every shard and the learner to the catalog `text` of `version` (the module's
-        docstring); under the reconfiguration lock."""
+        docstring), adding the running one to `ran` (the versions run it was checked against;
+        `versions_run` if not given); under the reconfiguration lock."""
         shards = self.shards
         failed = await on_each(self.backend, shards, lambda s: s.prepare(text))
         refused = {n: exc for n, exc in failed.items() if isinstance(exc, ValueError)}
@@ -146,7 +149,8 @@ class Catalogs:
         before = (self.catalog_text, self.previous_catalog, self.catalog_version,
                   self.evidence, self.previous_evidence, set(self.lagging.catalog), self.map,
                   self.versions_run)
-        self.versions_run = self.versions_run.with_run(self.catalog_version, self.catalog_text)
+        ran = self.versions_run if ran is None else ran
+        self.versions_run = ran.with_run(self.catalog_version, self.catalog_text)
         self.previous_catalog, self.catalog_text = self.catalog_text, text
         self.catalog_version = version
         self.previous_evidence, self.evidence = self.evidence, evidence

@@ -128,6 +128,11 @@ def test_a_state_saved_before_versions_were_kept_still_refuses_the_previous_vers
         again = await restarted(backend, str(tmp_path), 2)
         with pytest.raises(ValueError, match="ran before with other text"):
             await again.put_catalog(AP)
+        # and after the next switch, which makes B the previous one: the first is kept too
+        await again.put_catalog(versioned(BOOT, "C"))
+        with pytest.raises(ValueError, match="ran before with other text"):
+            await again.put_catalog(AP)
+        assert again.catalog_version == "C"
     asyncio.run(main())
 
 
