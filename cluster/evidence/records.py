@@ -110,16 +110,16 @@ _OUTCOME_TYPES = {"decision_id": str, "customer_id": str, "action_id": str, "out
 # The smallest logged probability (other than a fallback's 0) a reader takes: replay divides
 # by it, and a damaged 1e-200 would make one decision outweigh the log (or overflow).
 MIN_SELECTION = 1e-9
-# Beyond its type, what a record's number must be (NaN or an infinity never is: one NaN value
-# would make every estimate NaN), and how a refusal says it. The model inputs are not here:
-# a missing one is NaN as the engine saw it, and replay reads it as 0.
+# Beyond its type, what a number that replay and uplift compute with must be (NaN or an
+# infinity never is: one NaN value would make every estimate NaN), and how a refusal says it.
+# Not here: the model inputs (a missing one is NaN as the engine saw it, and replay reads it
+# as 0), and a shown action's propensity and priority, which nothing here reads (the engine
+# can log a priority of inf) and which must not make a whole log unreadable.
 _NONNEGATIVE = (lambda x: x >= 0.0, "0 or more")
 _PROBABILITY = (lambda x: x == 0.0 or MIN_SELECTION <= x <= 1.0,
                 f"0 for a fallback, else from {MIN_SELECTION:g} to 1")
-_ANY_FINITE = (lambda x: True, "")
 _BOUNDS = {"time": _NONNEGATIVE, "value": _NONNEGATIVE, "selection": _PROBABILITY,
-           "nothing_selection": _PROBABILITY, "propensity": _ANY_FINITE,
-           "priority": _ANY_FINITE}
+           "nothing_selection": _PROBABILITY}
 
 
 def _check_types(data: dict[str, Any], where: str) -> None:
@@ -152,7 +152,7 @@ def _check_fields(data: dict[str, Any], types: dict[str, Any], optional: set[str
             within, says = _BOUNDS[name]
             if not (_finite(value) and within(value)):
                 raise LogFormatError(f"{where}: field {name!r} is {value!r}, not a finite "
-                                     f"number{f' ({says})' if says else ''}")
+                                     f"number ({says})")
 
 
 def _finite(value: float) -> bool:

@@ -52,8 +52,6 @@ def outcome(**fields) -> dict:
      r"shown\[0\]: field 'selection' is 1e-200, not a finite number \(0 for a fallback, "
      r"else from 1e-09 to 1\)"),
     ('"shown": [%s]' % json.dumps(shown(selection=1.5)), r"shown\[0\]: field 'selection'"),
-    ('"shown": [%s]' % json.dumps(shown(propensity=math.nan)),
-     r"shown\[0\]: field 'propensity' is nan"),
     ('"outcomes": [%s]' % json.dumps(outcome(value=math.nan)),
      r"outcomes\[0\]: field 'value' is nan"),
     ('"outcomes": [%s]' % json.dumps(outcome(value=-2.0)), r"outcomes\[0\]: field 'value'")])
@@ -73,6 +71,17 @@ def test_what_the_engine_logs_reads_back(tmp_path):
     write_records([fallback], tmp_path / "log.jsonl")
     [back] = read_records(tmp_path / "log.jsonl")
     assert back.shown == fallback.shown and math.isnan(back.inputs["bias"])
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "parquet"])
+def test_a_shown_actions_propensity_and_priority_may_be_any_number(tmp_path, suffix):
+    """Nothing replay or uplift computes reads them, and the engine can log a priority of inf:
+    a whole log was refused for it."""
+    odd = dataclasses.replace(decision(1), shown=(ShownAction("a2", 0, 0.75, math.nan,
+                                                              math.inf),))
+    write_records([decision(0), odd], tmp_path / f"log.{suffix}")
+    [_, back] = read_records(tmp_path / f"log.{suffix}")
+    assert math.isnan(back.shown[0].propensity) and back.shown[0].priority == math.inf
 
 
 def test_a_parquet_row_out_of_range_is_refused_naming_it(tmp_path):
