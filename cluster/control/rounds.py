@@ -123,20 +123,29 @@ class ControlLoop:
             await self._catch_up(answering)
 
     async def _tell_learner(self) -> None:
-        # by the text's digest, not the version: a learner on another text under the running
-        # version would publish models that the shards take up into other actions' rows
         learner = self.backend.learner()
-        if (await learner.status()).get("catalog_digest") == catalog_digest(self.catalog_text):
+        if self._learner_runs(await learner.status()):
             return  # asked without the lock: a learner that does not answer holds up nothing
         # under the lock, asked again: a catalog switch tells the learner before it decides
         async with self._reconfiguring:
             running = await learner.status()
-            if running.get("catalog_digest") != catalog_digest(self.catalog_text):
+            if not self._learner_runs(running):
                 log.warning("the learner runs catalog %s (text %.12s), not %s (text %.12s; Ray "
                             "restarted it?): switching it", running.get("catalog_version"),
                             running.get("catalog_digest"), self.catalog_version,
                             catalog_digest(self.catalog_text))
                 await learner.switch(self.catalog_text)
+
+    def _learner_runs(self, status: dict[str, Any]) -> bool:
+        """Whether a learner's `status` says it runs the running catalog. By the text's digest,
+        not the version: a learner on another text under the running version would publish
+        models that the shards take up into other actions' rows. One that gives none (made
+        without its text, or by an older release) by the version: else every round would
+        switch it again."""
+        digest = status.get("catalog_digest")
+        if digest:
+            return digest == catalog_digest(self.catalog_text)
+        return status.get("catalog_version") == self.catalog_version
 
     # -- the autoscaler's drains (autoscaling.py) ------------------------------------------
 

@@ -6,6 +6,7 @@ another catalog, so no model lands in another action's rows."""
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 
 import msgpack
 import pytest
@@ -161,4 +162,27 @@ def test_a_learner_on_another_text_of_the_running_version_is_told_the_running_on
         await rounds(controller)
         assert backend.local_learner.catalog_text == BOOT
         assert positives_by_action(backend.local_learner) == {FIRST: 5}
+    asyncio.run(main())
+
+
+class OlderRelease(Learner):
+    """A learner whose status gives no catalog digest, as an older release's did."""
+
+    def status(self):
+        return {k: v for k, v in super().status().items() if k != "catalog_digest"}
+
+
+def test_a_learner_that_gives_no_digest_of_the_running_version_is_not_switched_each_round(
+        tmp_path, caplog):
+    async def main():
+        backend = Actors()
+        controller = await controller_on(backend, str(tmp_path), 2)
+        c = compiled_from_text(controller.catalog_text)
+        for learner in (Learner(c), OlderRelease(c, BOOT)):  # made without its text
+            backend.local_learner = learner
+            version = learner.version
+            with caplog.at_level("WARNING", logger="kairos.controller"):
+                await rounds(controller, 2)
+            assert learner.version == version and learner.publishes == deque()
+            assert not [r for r in caplog.records if "switching it" in r.getMessage()]
     asyncio.run(main())
