@@ -108,7 +108,13 @@ _SHOWN_TYPES = {"action_id": str, "slot": int, "selection": _NUMBER, "propensity
 _OUTCOME_TYPES = {"decision_id": str, "customer_id": str, "action_id": str, "outcome": str,
                   "value": _NUMBER, "time": _NUMBER}
 # The smallest logged probability (other than a fallback's 0) a reader takes: replay divides
-# by it, and a damaged 1e-200 would make one decision outweigh the log (or overflow).
+# by it, and a damaged 1e-200 would make one decision outweigh the log (or overflow). It is
+# not the engine's floor, which has none: the models' part of a selection is at least
+# (1 - s) / (1 + catalog.MAX_SELECTION_SAMPLES), 7.6e-6 at the largest control share s of 0.5
+# (core/_kernel.pyx, _selection), but a held-back decision that drew an action the models
+# would not show logs s / (its control-eligible actions), up to catalog.MAX_ACTIONS of them,
+# and s may be any share above 0: s = 0.005 over 10,000 actions logs 5e-7. This refuses
+# only what a share under 1e-5 over that many actions would log.
 MIN_SELECTION = 1e-9
 # Beyond its type, what a number that replay and uplift compute with must be (NaN or an
 # infinity never is: one NaN value would make every estimate NaN), and how a refusal says it.

@@ -84,6 +84,17 @@ def test_a_shown_actions_propensity_and_priority_may_be_any_number(tmp_path, suf
     assert math.isnan(back.shown[0].propensity) and back.shown[0].priority == math.inf
 
 
+def test_a_control_draw_over_many_actions_reads_back(tmp_path):
+    """A held-back decision logs control share / eligible actions for an action the models
+    would not show: 0.005 over 10,000 actions is 5e-7, under the models' least selection
+    (records.MIN_SELECTION's comment), and a log holding it is no damaged one."""
+    drawn = dataclasses.replace(decision(1), control=True, shown=(
+        ShownAction("a2", 0, 0.005 / 10_000, 0.1, 0.2),))
+    write_records([drawn], tmp_path / "log.jsonl")
+    [back] = read_records(tmp_path / "log.jsonl")
+    assert back.shown[0].selection == pytest.approx(5e-7)
+
+
 def test_a_parquet_row_out_of_range_is_refused_naming_it(tmp_path):
     path = tmp_path / "log.parquet"
     broken = dataclasses.replace(decision(1), shown=(ShownAction("a2", 0, 1e-200, 0.1, 0.2),))
