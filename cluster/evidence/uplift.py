@@ -22,12 +22,13 @@ is the normal approximation with unequal variances. A stratum is compared when e
 has two decisions; the others are left out of that comparison, and named (`left_out`). Which
 are left out depends on the groups' sizes only, never on what they earned: keeping a version
 only when its control converted twice kept those whose control did better by chance (with
-no true effect and 5 % held back, the models' value looked 44 % lower). A group of a stratum with fewer than two
-decisions that earned a value has no variance of its own to speak of (one with none has 0),
-so the value's interval takes for it the larger of its own and that group's variance over
-all the channel's versions (their values pooled: between-version differences only widen
-it); when the group has fewer than two such decisions in all the versions either, the
-value's interval is unknown (NaN).
+no true effect and 5 % held back, the models' value looked 44 % lower). A group of a
+stratum with fewer than two decisions that earned a value has no variance of its own to
+speak of (one with none has 0), so the value's interval takes for it the larger of its own
+and that group's variance over all the channel's versions (their values pooled:
+between-version differences only widen it); when the group has fewer than two such
+decisions in all the versions either, the value's interval is unknown (NaN). The table
+names up to NAMED_LEFT_OUT left-out versions in a cell and counts the rest.
 
 Rewards are replay's: the first shown action's accept (ACCEPT or CONVERT) and the conversion
 value it reported. A fallback decision (nothing scored it, selection 0) belongs to neither
@@ -50,6 +51,7 @@ from kairos.cluster.evidence.records import DecisionRecord
 from kairos.cluster.evidence.replay import NOTHING, rewards
 
 REWARDS = ("accept", "value")
+NAMED_LEFT_OUT = 5  # versions a table's cell names; past them it counts them
 
 
 @dataclass(frozen=True)
@@ -182,7 +184,10 @@ def table(report: dict[str, Any]) -> str:
 
 
 def _ci(d: dict[str, Any]) -> str:
-    left_out = f"; left out: {', '.join(d['left_out'])}" if d["left_out"] else ""
+    names = d["left_out"]
+    left_out = f"; left out: {', '.join(names)}" if names else ""
+    if len(names) > NAMED_LEFT_OUT:
+        left_out = f"; left out: {len(names)} versions ({', '.join(names[:NAMED_LEFT_OUT])}, ...)"
     if math.isnan(d["low"]):
         return f"{d['uplift']:+.3f} (too few to tell{left_out})"
     return f"{d['uplift']:+.3f} ({d['low']:+.3f} to {d['high']:+.3f}{left_out})"

@@ -80,3 +80,14 @@ def test_the_report_names_the_versions_it_left_out():
     assert value["low"] < value["uplift"] < value["high"]
     assert value["left_out"] == ["2"]
     assert "; left out: 2)" in table(uplift(log))
+
+
+def test_a_cell_names_a_few_left_out_versions_and_counts_the_rest():
+    rng = np.random.default_rng(3)
+    log = [record(i, "a", rng.random() < 0.5, i % 4 == 0) for i in range(400)]
+    log += [dataclasses.replace(record(1000 + i, "a", True, False), catalog_version=f"v{i:02}")
+            for i in range(37)]
+    report = uplift(log)
+    assert len(report["channels"]["web/hero"]["accept"]["left_out"]) == 37
+    assert "; left out: 37 versions (v00, v01, v02, v03, v04, ...))" in table(report)
+    assert "v05" not in table(report)
