@@ -11,7 +11,7 @@ from functools import lru_cache
 from typing import Iterable
 
 # the versions the controller remembers: a version reused after this many other switches is
-# let through (the learner keeps as many: learner.py RAN_KEPT)
+# let through (the learner keeps as many: posterior.py RAN_KEPT)
 VERSIONS_KEPT = 256
 
 

@@ -47,22 +47,18 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import ray
 
 from kairos.core.compiler import CompiledCatalog, compiled_from_text
-from kairos.core.models import (COUNTS, DeltaOrigin, ModelDelta, ModelRemap, ModelTable,
-                                 TakenOut, keep_rows, sound_rows)
+from kairos.core.models import DeltaOrigin, ModelDelta, ModelRemap, ModelTable, TakenOut
 
 from kairos.cluster.control.catalog_identity import catalog_digest
+from kairos.cluster.control.posterior import RAN_KEPT, restore_models, save_models
 from kairos.cluster.longpoll import Changes
 from kairos.cluster.metrics import LearnerMetrics
 from kairos.cluster.settings import LEARNER_SAVE_S, LONG_POLL_S
-from kairos.cluster.storage import blocks
-from kairos.cluster.storage.blocks import BlockCorrupt
 from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.store import StoreInUse, StoreUnavailable
 from kairos.cluster.transport.backend import NotRunning, Published
@@ -81,7 +77,6 @@ SENDERS_KEPT_S = 7 * 86400.0
 # the catalog versions before the running one whose deltas are carried over: a shard runs the
 # previous one while a switch commits, and a lagging one may be a few behind
 REMAPS_KEPT = 4
-RAN_KEPT = 256  # the catalog versions run, saved: a delta of an older one is dropped, not refused
 
 
 class Learner:
@@ -287,64 +282,6 @@ class Learner:
                 "watching": self.watching, "dropped": dict(self.dropped),
                 "not_running": dict(self.not_running),
                 "repeated": self.repeated, "senders": len(self.sequences)}
-
-
-PER_MODEL = ("mean", "precision", *COUNTS)  # a row per model; `inputs` is per predictor
-
-
-def save_models(learner: Learner) -> bytes:
-    m = learner.models
-    return blocks.pack({"catalog": learner.compiled.version, "catalog_text": learner.catalog_text,
-                        "version": m.version, "ran": list(learner.ran),
-                        "sequences": [[*key, *last] for key, last in learner.sequences.items()],
-                        **{name: getattr(m, name) for name in (*PER_MODEL, "inputs")}})
-
-
-def restore_models(learner: Learner, blob: bytes, follow_catalog: bool = False) -> bool:
-    """Take up a saved posterior; whether it was. One of another catalog text, whatever its
-    version (the same version's rows may be other actions'), is taken up only with
-    `follow_catalog` (a learner Ray restarted runs the catalog it was created with, while the
-    saved one is the latest it switched to): the learner switches to the saved catalog first.
-    Where either text is unknown (an older release saved none, a learner made without one),
-    the version tells. Statistics a blob lacks (saved by an older release) start where a new
-    table does. BlockCorrupt, KeyError, CatalogError for a blob that does not hold together
-    (BlockCorrupt too for one whose shapes do not fit its catalog)."""
-    saved = blocks.unpack(blob)
-    text = saved.get("catalog_text")
-    if text is None or learner.catalog_text is None:
-        same = saved["catalog"] == learner.compiled.version
-    else:
-        same = text == learner.catalog_text
-    if not same:
-        if not follow_catalog or text is None:
-            return False
-        if compiled_from_text(text).version != saved["catalog"]:
-            raise BlockCorrupt(f"the saved catalog text is not of version {saved['catalog']}")
-        learner.switch(text)
-    m = learner.models
-    stats = {name: saved.get(name, getattr(m, name)) for name in (*PER_MODEL, "inputs")}
-    stats["precision"] = m.converted(stats["precision"])  # saved under the other posterior
-    if any(stats[name].shape != getattr(m, name).shape for name in stats):
-        raise BlockCorrupt(f"the saved posterior's shapes do not fit catalog "
-                           f"{learner.compiled.version}")
-    ok = sound_rows(*(stats[name] for name in PER_MODEL))
-    bad = int(len(ok) - ok.sum())
-    if bad:  # saved before models were checked: those start again from their prior
-        log.warning("learner: %d saved models are not finite; they start from their prior", bad)
-        for name in PER_MODEL:
-            stats[name] = keep_rows(ok, stats[name], getattr(m, name))
-    if not np.isfinite(stats["inputs"]).all():
-        stats["inputs"] = m.inputs
-    # the deltas the posterior holds, so that one sent again is not merged twice
-    sequences = {(str(shard), str(incarnation)): (int(sequence), float(heard))
-                 for shard, incarnation, sequence, heard in saved.get("sequences", [])}
-    m.adopt(SimpleNamespace(**stats, version=max(saved["version"], learner.version) + 1))
-    m.refused += bad
-    learner.ran = dict.fromkeys([*map(str, saved.get("ran", ())), *learner.ran][-RAN_KEPT:])
-    for key, (sequence, heard) in sequences.items():
-        if sequence > learner.sequences.get(key, (-1, 0.0))[0]:
-            learner.sequences[key] = (sequence, heard)
-    return True
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
