@@ -73,14 +73,16 @@ PASSIVATE_IDLE_S = number("PASSIVATE_IDLE_S", 900.0, above=True)
 RESIDENT_LIMIT = integer("RESIDENT_LIMIT", 2_000_000)
 # How long one tick may spend passivating (one home at least), in chunks of at most
 # PASSIVATE_CHUNK homes sized by the store's pace: requests wait for it, and the rest go on
-# later ticks. A directory store writes (and fsyncs) a home in about 1 ms, so about 100 a
-# second go by default: customers that fell idle together leave over minutes to hours,
-# within the resident limit. Past RESIDENT_LIMIT plus
-# RESIDENT_OVERFLOW a tick passivates the excess whatever it takes, so that memory stays
-# bounded: a shard that full takes new customers only as fast as the store writes homes.
+# later ticks. A directory store writes (and fsyncs) a home in a few ms (4 ms on a 2-core test
+# machine, where a shard passivated about 10 a second), so some 10 to 100 a second go by
+# default: customers that fell idle together leave over minutes to hours.
 PASSIVATE_BUDGET_S = number("PASSIVATE_BUDGET_S", 0.01)
 PASSIVATE_CHUNK = integer("PASSIVATE_CHUNK", 64)
-RESIDENT_OVERFLOW = integer("RESIDENT_OVERFLOW", 100_000, low=0)
+# Residents past RESIDENT_LIMIT wait for the ticks' budget, at most this many: past it a tick
+# passivates the excess whatever it takes. At most the limit (a shard with a smaller limit
+# clamps it to its own); the profile table reserves rows for both (residency.py).
+RESIDENT_OVERFLOW = integer("RESIDENT_OVERFLOW", min(100_000, RESIDENT_LIMIT // 20), low=0,
+                            high=RESIDENT_LIMIT)
 # How often a shard fires due timers and passivates: timers fire within this of their due time.
 TICK_S = number("TICK_S", 0.1, low=0.001, high=60.0)
 # How often a shard that learned something sends its model delta to the learner (and adopts the

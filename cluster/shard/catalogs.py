@@ -13,7 +13,7 @@ from kairos.core.models import ModelRemap
 from kairos.cluster.shard.context import ShardContext
 from kairos.cluster.shard.durability import Durability
 from kairos.cluster.shard.ownership import Ownership
-from kairos.cluster.shard.residency import Residency
+from kairos.cluster.shard.residency import Residency, table_rows
 from kairos.cluster.shard.watches import Watches
 
 
@@ -40,9 +40,8 @@ class CatalogSwitch:
         old = ctx.engine
         residents = [c for c in old.table.ids if c is not None]
         state = self._residency.export(residents)
-        ctx.engine = DecisionEngine(new, capacity=max(len(residents),
-                                                      self._residency.resident_limit),
-                                    seed=ctx.seed)
+        rows = table_rows(self._residency.resident_limit, self._residency.overflow)
+        ctx.engine = DecisionEngine(new, capacity=max(len(residents), rows), seed=ctx.seed)
         ctx.engine.keep_eligible = old.keep_eligible
         ctx.engine.use_models(ModelRemap(old.compiled, new).table(old.models))
         self._watches.switched()

@@ -47,7 +47,7 @@ from typing import Any, Iterable, Protocol, Sequence
 
 from kairos.core.merge import merge_profiles
 
-from kairos.cluster.settings import PASSIVATE_CHUNK, RESIDENT_OVERFLOW
+from kairos.cluster.settings import PASSIVATE_CHUNK, RESIDENT_OVERFLOW, SHARD_ROUND_LIMIT
 from kairos.cluster.shard.context import ShardContext
 from kairos.cluster.shard.journaling import Journaling
 from kairos.cluster.shard.ownership import Ownership
@@ -68,6 +68,19 @@ def checked_sleepers(value: Any) -> dict[str, float]:
             for c, due in value.items()):
         raise ValueError("a partition's sleepers are not customer ids with due times")
     return {c: float(due) for c, due in value.items()}
+
+
+def overflow_of(resident_limit: int) -> int:
+    """How many residents may wait past the limit for the ticks' budget (RESIDENT_OVERFLOW,
+    at most the limit)."""
+    return min(RESIDENT_OVERFLOW, resident_limit)
+
+
+def table_rows(resident_limit: int, overflow: int) -> int:
+    """The profile table's rows for a shard's residents: the limit, the overflow past it and
+    one round's new customers, so that reaching the overflow never copies the table to grow
+    it (state.py)."""
+    return resident_limit + overflow + SHARD_ROUND_LIMIT
 
 
 class HomeDamaged(StoreCorrupt):
@@ -97,7 +110,8 @@ class Residency:
         self._keepers = tuple(keepers)
         self.idle_s = idle_s
         self.resident_limit = resident_limit
-        self.overflow = RESIDENT_OVERFLOW  # past the limit, while a tick's budget catches up
+        # past the limit, while the ticks' budget catches up
+        self.overflow = overflow_of(resident_limit)
         self.chunk = PASSIVATE_CHUNK
         self._home_s = 0.0  # what the last passivation took a home, its walk included
         self.members: dict[int, set[str]] = {}

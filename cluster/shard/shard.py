@@ -55,7 +55,7 @@ from kairos.cluster.shard.journaling import Journaling
 from kairos.cluster.shard.keys import IdempotencyKeys
 from kairos.cluster.shard.outcomes import DecisionSeal, outcome_secret
 from kairos.cluster.shard.ownership import Ownership
-from kairos.cluster.shard.residency import Residency
+from kairos.cluster.shard.residency import Residency, overflow_of, table_rows
 from kairos.cluster.shard.timers import Timers
 from kairos.cluster.shard.watches import Push, Pushed, Watches
 from kairos.cluster.storage.memory_store import MemoryStore
@@ -80,10 +80,11 @@ class Shard:
                  idle_s: float = PASSIVATE_IDLE_S, resident_limit: int = RESIDENT_LIMIT):
         """`partitions`: the partitions owned, granted by map version `granted`, or a mapping
         of each to the map version that granted it."""
-        # the profile table reserves the resident limit's rows: address space until used
+        # the profile table reserves the residents' rows (up to the limit's overflow): address
+        # space until used
+        rows = table_rows(resident_limit, overflow_of(resident_limit))
         self.ctx = ctx = ShardContext(name, n_partitions,
-                                      DecisionEngine(compiled, capacity=resident_limit,
-                                                     seed=seed),
+                                      DecisionEngine(compiled, capacity=rows, seed=seed),
                                       store if store is not None else MemoryStore(), clock,
                                       seed)
         owned = dict(partitions) if isinstance(partitions, Mapping) else \

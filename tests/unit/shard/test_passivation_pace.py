@@ -3,12 +3,18 @@ ticks (memory bounded past the resident limit all the same), and does not walk r
 can only keep."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from kairos.cluster.shard import shard as shard_module
+from kairos.cluster.shard.residency import overflow_of
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage.directory_store import DirectoryStore
-from tests.unit.shard.test_shard import N_PARTITIONS, T0, Clock, event, profile, shard
+from tests.unit.shard.test_shard import (N_PARTITIONS, T0, Clock, _catalog_v2, event, profile,
+                                         shard)
 
 IDLE_S = 900.0
 
@@ -137,3 +143,32 @@ def test_the_shards_stats_count_its_sleepers(compiled, with_timer):
     s.process([event("bob", "app_open", clock.now)])
     assert s.passivate(clock.now) == 1
     assert (s.stats()["sleepers"], s.stats()["timers"]) == (int(with_timer), 0)
+
+
+def settings_with(**overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, **{f"KAIROS_{k}": v for k, v in overrides.items()}}
+    code = "import kairos.cluster.settings as s; print(s.RESIDENT_OVERFLOW)"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True)
+
+
+def test_the_overflow_is_a_share_of_the_resident_limit_and_never_above_it():
+    assert settings_with(RESIDENT_LIMIT="50000").stdout.split() == ["2500"]
+    assert settings_with().stdout.split() == ["100000"]
+    refused = settings_with(RESIDENT_LIMIT="50000", RESIDENT_OVERFLOW="50001")
+    assert refused.returncode != 0 and "KAIROS_RESIDENT_OVERFLOW must be" in refused.stderr
+    assert overflow_of(10) == 10
+
+
+def test_residents_up_to_the_overflow_fit_the_profile_table_as_made(compiled):
+    """The table reserves the limit's overflow: reaching it never copies the table to grow it,
+    after a catalog switch either."""
+    clock = Clock()
+    s = shard(compiled, clock=clock, resident_limit=10)
+    rows = s.engine.table.capacity
+    s.process([event(f"c{i}", "app_open", T0) for i in range(20)])  # none idle
+    assert len(s.engine.table) == 20 and s.engine.table.capacity == rows
+    s.commit(s.prepare(_catalog_v2()))
+    assert s.engine.table.capacity == rows
+    s.process([event(f"d{i}", "app_open", T0) for i in range(5)])
+    assert len(s.engine.table) == 25 and s.engine.table.capacity == rows
