@@ -21,6 +21,7 @@ them then.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Sequence
 
 from kairos.cluster.identity import Directory
@@ -31,6 +32,16 @@ from kairos.cluster.shard.ownership import Ownership
 from kairos.cluster.shard.residency import Residency, checked_sleepers
 from kairos.cluster.shard.watches import Watches
 from kairos.cluster.storage import blocks
+
+
+@dataclass
+class Moving:
+    """What a shard rebuilt in place (host.py) keeps of the failed one's moves: partitions
+    leaving (-> the version their MOVED names), moves settled (fenced) and partitions
+    arriving, each as ownership.py has them."""
+    leaving: dict[int, int] = field(default_factory=dict)
+    fenced: dict[int, int] = field(default_factory=dict)
+    arriving: dict[int, int] = field(default_factory=dict)
 
 
 class Handoff:
@@ -112,13 +123,20 @@ class Handoff:
             for customer_id, blob in homes.items():
                 self._ctx.store.put(p, customer_id, blob)
 
-    def frozen_again(self, leaving: dict[int, int], fenced: dict[int, int]) -> None:
-        """After a rebuilt shard recovered (`recover(sources, leaving)`): the partitions that
-        were frozen (partition -> the map version their MOVED names) are again, as `freeze`
-        left them, without a second payload; and the moves settled before still refuse their
-        late steps."""
-        self._ownership.fenced.update(fenced)
-        for p, version in leaving.items():
+    def moving(self) -> Moving:
+        """The moves as this shard left them, for a shard rebuilt in its place."""
+        ownership = self._ownership
+        return Moving(dict(ownership.leaving), dict(ownership.fenced), dict(ownership.arriving))
+
+    def frozen_again(self, moving: Moving) -> None:
+        """After a rebuilt shard recovered (`recover(sources, moving.leaving)`): the
+        partitions that were frozen are again, as `freeze` left them, without a second
+        payload; the moves settled before still refuse their late steps; and those adopted
+        and not confirmed are still arriving (else the rebuilt target fires timers that the
+        source of a move undone fires again)."""
+        self._ownership.fenced.update(moving.fenced)
+        self._ownership.arriving.update(moving.arriving)
+        for p, version in moving.leaving.items():
             self._ownership.leaving[p] = version
             if not self._ctx.store.shared:
                 self._frozen[p] = self._ctx.store.take_partition(p)

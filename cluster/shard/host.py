@@ -53,6 +53,7 @@ from kairos.cluster.protocol import Busy, Invalid, Reply, Unavailable
 from kairos.cluster.settings import (SESSION_START_S, SHARD_QUEUE_LIMIT, SHARD_ROUND_BYTES,
                                      SHARD_ROUND_LIMIT, STORE_COUNT_S, TICK_S)
 from kairos.cluster.shard import decisionlog
+from kairos.cluster.shard.handoff import Moving
 from kairos.cluster.shard.sequencer import Sequencer
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.shard.syncs import Syncs
@@ -82,8 +83,6 @@ OVERTAKING = Busy(reason="the shard refused an earlier batch of its sender's, an
                          "not overtake it")
 T = TypeVar("T")
 Job = Callable[[], Awaitable[None]]
-# a rebuilt shard's moves as the failed one left them: partitions leaving, moves settled
-Moving = tuple[dict[int, int], dict[int, int]]
 
 
 @dataclass
@@ -184,9 +183,9 @@ class ShardHost:
         shard.decision_log.writer.in_background()  # off the data path too (decisionlog.py)
         for sink, channel, placement in channel_watches:
             shard.watch_channel(sink, channel, placement)
-        leaving, fenced = moving or ({}, {})
-        recovery = shard.recover(sources, leaving)
-        shard.handoff.frozen_again(leaving, fenced)
+        moving = moving or Moving()
+        recovery = shard.recover(sources, moving.leaving)
+        shard.handoff.frozen_again(moving)
         log.info("%s recovered %d partitions, %d customers in memory, %d journal records "
                  "replayed in %.2f s", self.name, len(owned), recovery["resident"],
                  recovery["replayed"], recovery["seconds"])
@@ -246,12 +245,11 @@ class ShardHost:
         # A partition on its way out is rebuilt too, and stays on its way out: the controller
         # then undoes the move (thaw) or finishes it (release), and either needs it held here
         # (the outage that failed this shard may well have failed the new owner's adopt).
-        leaving, fenced = dict(failed.leaving), dict(failed.ownership.fenced)
+        moving = failed.handoff.moving()
         failed.handoff.unfreeze_homes()
         watches = [(w.sink, w.channel, w.placement) for w in failed.watches.channel]
         await asyncio.get_running_loop().run_in_executor(self._pool, _closed, failed)
-        await self._serve_again(failed.compiled, dict(failed.owned), watches, None,
-                                (leaving, fenced))
+        await self._serve_again(failed.compiled, dict(failed.owned), watches, None, moving)
 
     async def _forever(self, job: Job) -> None:
         """Run a background job; log and go on after any failure (the loop must survive)."""
