@@ -201,9 +201,15 @@ class Console:
         return self.render(request, "customer.html", page=page,
                            recorded=notice if notice == recorded else "")
 
-    async def customer_page(self, key: str, customer_id: str) -> views.CustomerPage:
+    async def customer_page(self, key: str, customer_id: str, live: bool = False
+                            ) -> views.CustomerPage:
+        """The customer's page; `live`: as its live part reads it, which shows the agent
+        channel's decision that the agent answers, logged as evidence (the page's own read,
+        which the live part replaces at once, decides previews only)."""
         try:
-            profile = await self.gateway.profile(key, Lookup(customer_id), explain=True)
+            profile = await self.gateway.profile(
+                key, Lookup(customer_id), explain=True,
+                shown_channel=self.config.channel if live else "")
         except GatewayError as exc:
             if exc.kind != "down":
                 raise
@@ -277,7 +283,8 @@ class Console:
                         if not changed:
                             yield ": heartbeat\n\n"
                             continue
-                        yield update(await self.customer_page(key, page.customer_id))
+                        yield update(await self.customer_page(key, page.customer_id,
+                                                              live=True))
             except GatewayError as exc:
                 yield live.event("paused", exc.kind) if exc.kind in live.RETRIED else \
                     live.event("gone", exc.detail or exc.kind)
@@ -309,7 +316,8 @@ class Console:
         changes = self.gateway.changes(key, customer_id, channels)
         try:
             await anext(changes)  # {"*"}: every watch is in place
-            return changes, await self.customer_page(key, customer_id)
+            # read with no watches, to learn the channels: read again, so not shown
+            return changes, await self.customer_page(key, customer_id, live=bool(channels))
         except BaseException:
             await changes.aclose()
             raise

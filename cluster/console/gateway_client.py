@@ -92,11 +92,13 @@ class GatewayClient:
         except grpc.aio.AioRpcError as exc:
             raise GatewayError.of(exc) from None
 
-    async def profile(self, key: str, who: Lookup, explain: bool = False) -> pb.Profile:
+    async def profile(self, key: str, who: Lookup, explain: bool = False,
+                      shown_channel: str = "") -> pb.Profile:
         """The golden record, with the best actions on every channel the key may see (with
-        `explain`: why each won, and what was dropped)."""
-        return await self._unary(self._decisions.GetProfile,
-                                 pb.ProfileRequest(explain=explain, **who.fields()), key)
+        `explain`: why each won, and what was dropped). Those are previews, unlogged, but
+        for the decision of `shown_channel` (the one an agent answers), if any."""
+        return await self._unary(self._decisions.GetProfile, pb.ProfileRequest(
+            explain=explain, shown_channel=shown_channel, **who.fields()), key)
 
     async def decide(self, key: str, customer_id: str, channel: str) -> pb.Decision:
         """The channel's decision as a channel asks for it, nothing recorded: when the

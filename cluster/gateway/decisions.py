@@ -5,7 +5,9 @@ calls through the gateway (calls.py) within the caller's deadline. The key and i
 checked before the handler ran (auth.py); a handler whose request names a channel holds it
 against a channel-bound key with `check_channel` (an empty channel is refused to such a key);
 GetProfile shows such a key only its channel's current decision (`visible_channel`); its
-decisions are previews, which the shards neither log nor count (protocol.Decide's `log`).
+decisions are previews, which the shards neither log nor count (protocol.Decide's `log`),
+but for the one of the channel its caller shows: the request's `shown_channel`, or a bound
+key's own channel, whose outcomes (an agent's answers) then join a logged decision.
 A Decide the shard cannot answer in time gets the catalog's fallback, marked as such.
 """
 from __future__ import annotations
@@ -324,7 +326,10 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
         catalog = await self.gateway.catalog()
         try:
             who = requests.who(request)
-        except InputError as exc:
+            if request.shown_channel:
+                check_channel(request.shown_channel)
+            logged = requests.shown_channel(catalog, request)
+        except (Denied, InputError) as exc:
             await abort(context, exc)
         now = time.time()
         profile = await self.gateway.call(context, self.gateway.as_customer(
@@ -333,6 +338,7 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"no customer {requests.named(request)}")
         shown = visible_channel()  # a channel-bound key sees its channel's decision only
+        logged = logged or shown  # the one decision a channel shows: evidence, not a preview
         channels = [ch for ch in catalog.channel_names if shown is None or ch == shown]
         if shown is not None:  # and its channel's interactions
             profile = {**profile, "history": [h for h in profile["history"]
@@ -340,7 +346,7 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
         decisions = await self.gateway.call(context, asyncio.gather(*(
             self._preview(protocol.Decide(customer_id=profile["customer_id"], channel=ch,
                                           context={}, explain=request.explain, now=now,
-                                          log=False))
+                                          log=ch == logged))
             for ch in channels)))
         types = {**{a.name: a.type for a in catalog.catalog.attributes},
                  **{f.name: f.type for f in catalog.catalog.features}}

@@ -70,6 +70,15 @@ def view(catalog: CompiledCatalog, channel: str, placement: str) -> tuple[str, s
     return channel, catalog.placement_names[ch][pl]
 
 
+def shown_channel(catalog: CompiledCatalog, request: pb.ProfileRequest) -> str | None:
+    """The channel whose decision a GetProfile's caller shows (`shown_channel`), checked; None
+    for none."""
+    if not request.shown_channel:
+        return None
+    channel_code(catalog, request.shown_channel, "shown_channel")
+    return request.shown_channel
+
+
 def context_request(catalog: CompiledCatalog, request: pb.DecideRequest) -> dict[str, Any]:
     """A decision request's context: its keyed values, and its vectors (declared vector keys,
     of their size, within their bounds) still packed, as the shard's engine reads them."""

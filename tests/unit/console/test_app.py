@@ -37,7 +37,7 @@ class StandIn:
         if self.failure is not None:
             raise self.failure
 
-    async def profile(self, key, who, explain=False):
+    async def profile(self, key, who, explain=False, shown_channel=""):
         self._fail()
         if who.value == "nobody":
             raise GatewayError("not_found", "NOT_FOUND: no customer")

@@ -22,9 +22,9 @@ class Recording(StandIn):
         super().__init__()
         self.calls: list[tuple] = []
 
-    async def profile(self, key, who, explain=False):
+    async def profile(self, key, who, explain=False, shown_channel=""):
         self.calls.append(("read",))
-        return await super().profile(key, who, explain)
+        return await super().profile(key, who, explain, shown_channel)
 
     async def changes(self, key, customer_id, channels):
         watched = super().changes(key, customer_id, channels)
