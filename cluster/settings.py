@@ -78,9 +78,10 @@ RESIDENT_LIMIT = integer("RESIDENT_LIMIT", 2_000_000)
 # default: customers that fell idle together leave over minutes to hours.
 PASSIVATE_BUDGET_S = number("PASSIVATE_BUDGET_S", 0.01)
 PASSIVATE_CHUNK = integer("PASSIVATE_CHUNK", 64)
-# Residents past RESIDENT_LIMIT wait for the ticks' budget, at most this many: past it a tick
-# passivates the excess whatever it takes. At most the limit (a shard with a smaller limit
-# clamps it to its own); the profile table reserves rows for both (residency.py).
+# Residents past RESIDENT_LIMIT wait for the ticks' budget, at most this many: then a request
+# that would bring in a customer not resident answers BUSY (retried) until ticks passivate
+# some. At most the limit (a shard with a smaller limit clamps it to its own); the profile
+# table reserves rows for both (residency.py).
 RESIDENT_OVERFLOW = integer("RESIDENT_OVERFLOW", min(100_000, RESIDENT_LIMIT // 20), low=0,
                             high=RESIDENT_LIMIT)
 # How often a shard fires due timers and passivates: timers fire within this of their due time.

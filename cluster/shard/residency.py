@@ -25,13 +25,14 @@ blocks say none has).
 Passivation runs on the shard's thread, requests waiting meanwhile, so a tick passivates
 within PASSIVATE_BUDGET_S (one home at least), in chunks sized by the store's pace, and leaves
 the rest to later ticks: customers that fell idle together (a bulk load, 15 minutes on) leave
-at the store's pace within that budget (about 100 a second from a directory store, one
+at the store's pace within that budget (some 10 to 100 a second from a directory store, one
 fsynced file a home), and meanwhile stay resident. Past the resident limit they go the same
-way, least recent first, but never more than RESIDENT_OVERFLOW stay past it: beyond that a
-tick passivates the excess whatever it takes. So after each tick residents number at most
-RESIDENT_LIMIT + RESIDENT_OVERFLOW (plus the new customers of the next tick's rounds, until
-it); a shard that full writes at each tick a home for each customer new since the last,
-taking new customers only as fast as its store writes homes.
+way, least recent first, and up to RESIDENT_OVERFLOW of them may wait past it: at that ceiling
+the shard `admits` no request that would bring in a customer not resident (it answers Busy,
+which its sender retries) until ticks have passivated some. Residents so number at most the
+limit and its overflow, plus the new customers of one round (admitted before any of them is
+resident) and the sleepers a tick wakes; a shard that full takes new customers as fast as its
+ticks' budget writes homes.
 
 A customer passivated with armed timers is a sleeper: the timer wheel (timers.py) keeps its
 earliest due time per partition and activates it when that comes, so its timer fires on
@@ -110,7 +111,7 @@ class Residency:
         self._keepers = tuple(keepers)
         self.idle_s = idle_s
         self.resident_limit = resident_limit
-        # past the limit, while the ticks' budget catches up
+        # past the limit, while the ticks' budget catches up; then the shard admits no others
         self.overflow = overflow_of(resident_limit)
         self.chunk = PASSIVATE_CHUNK
         self._home_s = 0.0  # what the last passivation took a home, its walk included
@@ -184,12 +185,19 @@ class Residency:
         """Homes may appear between rounds (passivation, handoffs): ask the store again."""
         self._homeless.clear()
 
+    def admits(self, customer_id: str) -> bool:
+        """Whether a request may bring the customer in (make it, or load its home): a
+        resident's always, another's while residents are fewer than the limit and its
+        overflow (the shard answers it Busy: ticks passivate at their budget's pace)."""
+        return customer_id in self.recent or \
+            len(self.recent) < self.resident_limit + self.overflow
+
     def passivate(self, now: float, budget_s: float = math.inf) -> int:
         """Send idle customers (and the least recent, past the resident limit) to the store;
         how many went. Within `budget_s` (the tick's: PASSIVATE_BUDGET_S), in chunks that
         the store's pace so far says fit in what is left of it (at most `chunk`, at least one
-        home), and at least those past the resident limit and `overflow`; the rest go on
-        later calls. Unbudgeted, they all go in one batch.
+        home); the rest go on later calls (past the limit and `overflow`, the shard admits no
+        customer not resident meanwhile). Unbudgeted, they all go in one batch.
 
         A customer with an armed timer stays resident while idle; the resident limit
         passivates it as a sleeper, which the timer wheel activates when its timer falls due.
@@ -198,16 +206,14 @@ class Residency:
         if over <= 0 and now < self._quiet_until:
             return 0
         started = time.perf_counter()
-        must = over - self.overflow  # memory stays bounded whatever the store's pace
         done, more = 0, True
-        while more and (done < must or done == 0 or
-                        time.perf_counter() - started < budget_s):
+        while more and (done == 0 or time.perf_counter() - started < budget_s):
             want = math.inf
             if budget_s < math.inf:
                 left = budget_s - (time.perf_counter() - started)
                 # one home first, to learn the store's pace
                 fits = int(left / self._home_s) if self._home_s else 1
-                want = max(min(fits, self.chunk), 1, must - done)
+                want = max(min(fits, self.chunk), 1)
             sending = time.perf_counter()
             victims, more = self._walk(now, over - done, want)
             self._send(victims)

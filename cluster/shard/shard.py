@@ -68,6 +68,9 @@ log = logging.getLogger("kairos.shard")
 # the kinds whose handlers load their customer before anything else: a damaged home is found
 # first (residency.py `probe`); an outcome is checked before its customer is loaded
 PROBED = frozenset({"event", "decide", "profile", "watch"})
+# the answer to a request that would bring a customer in past the resident limit's overflow
+CROWDED = protocol.Busy(reason="this shard holds as many customers as it may: try again "
+                               "shortly, as it passivates idle ones")
 
 
 class Shard:
@@ -189,9 +192,12 @@ class Shard:
     def _admitted(self, kind: str, requests: list[Request], routed: Sequence[int] | None,
                   run: Iterable[int], replies: list[Reply | None]) -> list[int]:
         """The requests of a run served here; the rest answer MOVED (the partition is not
-        here, or the sender's map is older than the one that gave it to this shard) or MERGED
-        (an anonymous customer since linked into another one: send it there)."""
+        here, or the sender's map is older than the one that gave it to this shard), MERGED
+        (an anonymous customer since linked into another one: send it there) or CROWDED (a
+        customer not resident, past the resident limit's overflow; a replay applies what was
+        acknowledged)."""
         redirects = self.directory.redirecting and kind in CUSTOMER_KINDS
+        crowded = kind in CUSTOMER_KINDS and not self.journaling.replaying
         admitted = []
         for k in run:
             request = requests[k]
@@ -199,6 +205,8 @@ class Shard:
             if reply is None and redirects:
                 target = self.directory.redirect_of(request.customer_id)
                 reply = None if target is None else Merged(customer_id=target)
+            if reply is None and crowded and not self.residency.admits(request.customer_id):
+                reply = CROWDED
             if reply is None and kind in PROBED:
                 damaged = self.residency.probe(request.customer_id, request.partition)
                 reply = None if damaged is None else protocol.Unavailable(reason=damaged)
@@ -263,6 +271,9 @@ class Shard:
 
     def thaw(self, partitions: Sequence[int], version: int) -> None:
         self.handoff.thaw(partitions, version)
+
+    def confirm(self, partitions: Sequence[int], version: int) -> None:
+        self.handoff.confirm(partitions, version)
 
     def prepare(self, catalog_text: str) -> str:
         return self.catalogs.prepare(catalog_text)

@@ -78,23 +78,37 @@ def test_with_budget_to_spare_a_tick_passivates_every_idle_customer_in_chunks(
     assert len(s.engine.table) == 0 and applied(s, customers) == [1] * 30
 
 
-def test_past_the_resident_limit_and_its_overflow_a_tick_passivates_whatever_its_budget(
+def test_past_the_resident_limit_and_its_overflow_new_customers_wait_for_the_budget(
         compiled, tmp_path, monkeypatch):
-    """Residents past the limit go one a tick too, but never more than `overflow` of them
-    stay: memory is bounded, and the least recent go first."""
+    """Residents past the limit go one a tick too, least recent first; at the limit and its
+    overflow, a request that would bring another customer in answers Busy (its sender
+    retries) until a tick has passivated one, and residents' requests are served: a tick
+    never passivates more than its budget allows. What was acknowledged survives a crash."""
     monkeypatch.setattr(shard_module, "PASSIVATE_BUDGET_S", 0.0)
     clock = Clock()
     s = shard(compiled, store=DirectoryStore(tmp_path), clock=clock, resident_limit=10)
     s.residency.chunk, s.residency.overflow = 2, 5
     customers = [f"c{i}" for i in range(30)]
+    answers = []
     for c in customers:  # none idle
         clock.now += 1
-        s.process([event(c, "app_open", clock.now)])
-    assert ticked(s) == 15
-    assert sorted(s.engine.table.index) == sorted(customers[15:])
+        answers.append(s.process([event(c, "app_open", clock.now)])[0][0].status)
+    assert answers == ["ok"] * 15 + ["busy"] * 15
+    assert len(s.engine.table) == 15
+    assert s.process([event("c0", "page_view", clock.now, category="home")])[0][0].status == "ok"
+    assert ticked(s) == 1 and "c1" not in s.engine.table  # the least recent
+    assert [s.process([event(c, "app_open", clock.now)])[0][0].status
+            for c in customers[15:17]] == ["ok", "busy"]
     assert [ticked(s) for _ in range(6)] == [1] * 5 + [0]
-    assert sorted(s.engine.table.index) == sorted(customers[20:])
-    assert applied(s, customers) == [1] * 30
+    assert len(s.engine.table) == 10
+    s.close()  # a crash: no snapshot since
+    again = Shard(s.name, compiled, list(s.owned), N_PARTITIONS, store=s.store, clock=clock,
+                  resident_limit=5)
+    again.residency.overflow = 0
+    again.recover()  # replays every acknowledged event, past the overflow too
+    assert len(again.engine.table) == 16
+    again.residency.overflow = 10
+    assert applied(again, customers[:16]) == [2] + [1] * 15
 
 
 class Visits(dict):
@@ -170,5 +184,3 @@ def test_residents_up_to_the_overflow_fit_the_profile_table_as_made(compiled):
     assert len(s.engine.table) == 20 and s.engine.table.capacity == rows
     s.commit(s.prepare(_catalog_v2()))
     assert s.engine.table.capacity == rows
-    s.process([event(f"d{i}", "app_open", T0) for i in range(5)])
-    assert len(s.engine.table) == 25 and s.engine.table.capacity == rows
