@@ -5,10 +5,13 @@ each recorded until it is settled: after a crash (of the controller, or of a cal
 out) `settle` brings every recorded partition to exactly one serving shard, the owner the
 saved map names. A move the map shows done is finished (the source forgets the partition);
 one it does not is undone (the target forgets what it may have adopted, then the source
-serves the partition again). A done move's target is thawed too: until then it holds the
+serves the partition again). A done move's target is confirmed too: until then it holds the
 partition as arriving (shard/handoff.py) and fires none of its timers, since an undone move's
-source fires them. Every step is idempotent, so settling again after another crash
-is safe. The target forgets before the source thaws because both write the partition's
+source fires them; a confirmation that fails is not retried here (the move is done), but by
+`confirm_owned`, which the control loop runs for the saved map. A shard older than `confirm`
+refuses it, so the controller is upgraded first: a controller older than the shards never
+confirms, and their adopted partitions fire timers only once a request routed under the new
+map arrives. Every step is idempotent, so settling again after another crash is safe. The target forgets before the source thaws because both write the partition's
 snapshot: the source's must be the last.
 """
 from __future__ import annotations
@@ -64,21 +67,32 @@ async def settle(backend: Backend, moves: list[Move], owners: list[str], shards:
     caller publishes next."""
     drop: dict[str, set[int]] = {}
     thaw: dict[str, set[int]] = {}
+    confirm: dict[str, set[int]] = {}
     for m in moves:
         owner = owners[m.partition]
         for shard in {m.source, m.target} - {owner}:
             if shard in shards:
                 drop.setdefault(shard, set()).add(m.partition)
-        if owner in (m.source, m.target) and owner in shards:
+        if owner == m.source and owner in shards:
             thaw.setdefault(owner, set()).add(m.partition)
+        elif owner == m.target and owner in shards:
+            confirm.setdefault(owner, set()).add(m.partition)
     failed = await _each(drop, lambda shard, parts: backend.shard(shard).release(parts, version))
     # a source whose target did not answer stays frozen: the target may still adopt later
     held = {m.partition for m in moves if m.target in failed or m.source in failed}
     thaw = {s: ps - held for s, ps in thaw.items() if ps - held}
     failed |= await _each(thaw, lambda shard, parts: backend.shard(shard).thaw(parts, version))
+    await _each(confirm, lambda shard, parts: backend.shard(shard).confirm(parts, version))
     return [m for m in moves if m.partition in held
-            or (owners[m.partition] in failed
-                and m.partition in thaw.get(owners[m.partition], ()))]
+            or (m.source in failed and m.partition in thaw.get(m.source, ()))]
+
+
+async def confirm_owned(backend: Backend, pmap: PartitionMap) -> None:
+    """Confirm to every shard the partitions the (saved) map gives it: a move's target whose
+    confirmation failed, or came from an older controller, fires their timers from then on.
+    A partition adopted by a move newer than the map stays arriving (handoff.py)."""
+    steps = {s: set(pmap.partitions_of(s)) for s in pmap.shards_in_use()}
+    await _each(steps, lambda shard, parts: backend.shard(shard).confirm(parts, pmap.version))
 
 
 async def _each(steps: dict[str, set[int]], call) -> set[str]:

@@ -198,6 +198,9 @@ class ShardActor:
     async def thaw(self, partitions: list[int], version: int) -> None:
         await self.host.run(Shard.thaw, partitions, version)
 
+    async def confirm(self, partitions: list[int], version: int) -> None:
+        await self.host.run(Shard.confirm, partitions, version)
+
     async def prepare(self, catalog_text: str) -> str:
         # compiled on a thread, not on the data path: a large catalog takes seconds, and every
         # shard prepares at once; Shard.prepare then finds it compiled (compiled_from_text

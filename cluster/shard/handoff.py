@@ -14,10 +14,10 @@ calls to an actor can run out of order) is refused, so p never has two owners an
 stays frozen behind a settled move.
 
 An adopted partition is `arriving` until the move is confirmed: by a request its sender routed
-under v or later (the map naming B was published, so the move is not undone), or by a `thaw`
-of B (the controller settling the move done). Until then B fires none of p's timers: an adopt
-whose call failed after it was done here is undone (B releases p, A thaws it), and A fires
-them then.
+under v or later (the map naming B was published, so the move is not undone), or by a
+`confirm` of B (the controller settling the move done; a thaw of B, serving p again at a
+later version, confirms it too). Until then B fires none of p's timers: an adopt whose call
+failed after it was done here is undone (B releases p, A thaws it), and A fires them then.
 """
 from __future__ import annotations
 
@@ -142,18 +142,30 @@ class Handoff:
                 self._frozen[p] = self._ctx.store.take_partition(p)
 
     def thaw(self, partitions: Sequence[int], version: int) -> None:
-        """The handoff failed: serve the partitions again, to senders that saw `version`; or,
-        on the shard that adopted them, the move is confirmed (they are no longer arriving).
+        """The handoff failed: serve the partitions again, to senders that saw `version`.
         Idempotent (the controller repeats it until it is answered); a partition this shard
-        does not hold is refused, as serving it would answer from an empty partition."""
+        does not hold is refused, as serving it would answer from an empty partition; one
+        frozen since for a newer move is left so (this thaw came late: serving it again would
+        make two owners)."""
         for p in partitions:
             if p not in self._ownership.owned:
                 raise ValueError(f"{self._ctx.name} cannot thaw partition {p}: not held here")
         self._ownership.fence(partitions, version)
+        leaving = self._ownership.leaving
+        partitions = [p for p in partitions if leaving.get(p, version) <= version]
         for p in partitions:
-            self._ownership.leaving.pop(p, None)
-            self._ownership.arriving.pop(p, None)
+            leaving.pop(p, None)
             self._ownership.owned[p] = version
             for customer_id, blob in self._frozen.pop(p, {}).items():
                 self._ctx.store.put(p, customer_id, blob)
+        self.confirm(partitions, version)  # served at `version`: a move that brought it stays
         self._durability.snapshot(partitions)  # the failed adopter may have written its own
+
+    def confirm(self, partitions: Sequence[int], version: int) -> None:
+        """The move of map `version` that brought the partitions here is settled done: they
+        are no longer arriving (their timers fire). Idempotent; a partition not arriving here,
+        or arriving by a newer move, is left as it is."""
+        arriving = self._ownership.arriving
+        for p in partitions:
+            if arriving.get(p, version + 1) <= version:
+                del arriving[p]

@@ -272,6 +272,9 @@ class Shard:
     def thaw(self, partitions: Sequence[int], version: int) -> None:
         self.handoff.thaw(partitions, version)
 
+    def confirm(self, partitions: Sequence[int], version: int) -> None:
+        self.handoff.confirm(partitions, version)
+
     def prepare(self, catalog_text: str) -> str:
         return self.catalogs.prepare(catalog_text)
 

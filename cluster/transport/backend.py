@@ -121,6 +121,10 @@ class ShardControl(Protocol):
     async def thaw(self, partitions: list[int], version: int) -> None:
         """Serve frozen partitions again (their handoff failed), granted at `version`."""
 
+    async def confirm(self, partitions: list[int], version: int) -> None:
+        """The moves up to map `version` that brought these partitions here are done: their
+        timers fire here from now on."""
+
     async def prepare(self, catalog_text: str) -> str:
         """Phase one of a catalog switch: compile the catalog; its version."""
 

@@ -275,6 +275,9 @@ class RayShard(_Actor):
     async def thaw(self, partitions: list[int], version: int) -> None:
         await self._call(lambda a: a.thaw.remote(partitions, version))
 
+    async def confirm(self, partitions: list[int], version: int) -> None:
+        await self._call(lambda a: a.confirm.remote(partitions, version))
+
     async def prepare(self, catalog_text: str) -> str:
         return await self._call(lambda a: a.prepare.remote(catalog_text))
 

@@ -185,6 +185,9 @@ class LocalShard:
     async def thaw(self, partitions: list[int], version: int) -> None:
         (await self._shard()).thaw(partitions, version)
 
+    async def confirm(self, partitions: list[int], version: int) -> None:
+        (await self._shard()).confirm(partitions, version)
+
     async def prepare(self, catalog_text: str) -> str:
         return (await self._shard()).prepare(catalog_text)
 

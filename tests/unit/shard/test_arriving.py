@@ -1,11 +1,12 @@
 """A partition adopted and not yet confirmed (`arriving`, handoff.py) fires none of its timers:
 an adopt done here whose call failed is undone (this shard releases it, the source thaws it),
 and the source fires them then, so a timer fires once, with one push. A request routed under
-the move's map version, or the controller's thaw of the target, confirms the move."""
+the move's map version, or the controller's `confirm` of the target, confirms the move."""
 from __future__ import annotations
 
 import pytest
 
+from kairos.cluster.protocol import Moved
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage.memory_store import MemoryStore
 from tests.unit.shard.test_shard import N_PARTITIONS, T0, Clock, event, p_of, shard, watch
@@ -39,11 +40,11 @@ def test_an_undone_adopt_leaves_the_timer_to_the_source_which_fires_it_once(comp
     assert a.counts["timers_fired"] == 1
 
 
-@pytest.mark.parametrize("confirm", ["thaw", "routed"])
+@pytest.mark.parametrize("confirm", ["confirm", "routed"])
 def test_a_confirmed_move_fires_the_timer_on_the_target(compiled, confirm):
     a, b, clock = adopted(compiled)
-    if confirm == "thaw":  # the controller settles the move done
-        b.thaw([P], 2)
+    if confirm == "confirm":  # the controller settles the move done
+        b.confirm([P], 2)
     else:  # a sender that routed under the published map
         b.process([event("ana", "app_open", DUE - 1)], routed=[2])
     a.release([P], 2)
@@ -70,5 +71,39 @@ def test_an_arriving_partition_passivates_nobody_and_wakes_no_sleeper(compiled):
     clock.now = DUE + 0.5
     assert b.tick() == [] and "ana" not in b.engine.table
     assert "other0" in b.engine.table and "bob" not in b.engine.table
-    b.thaw(moving, 2)  # confirmed: the sleeper wakes and her timer fires
+    b.confirm(moving, 2)  # the sleeper wakes and her timer fires
     assert pushed(b.tick()) == [("sink-1", "ana", ["cart_recovery_push"])]
+
+
+def test_a_confirmation_of_an_older_move_leaves_a_newer_one_arriving(compiled):
+    a, b, clock = adopted(compiled)
+    b.confirm([P], 1)  # a late confirmation of a move that brought P here before
+    assert b.ownership.arriving == {P: 2}
+    b.confirm([P], 2)
+    assert b.ownership.arriving == {}
+
+
+def test_a_confirmation_writes_no_snapshot(compiled):
+    """The adopt snapshotted the partition already; a second full one per move is waste."""
+    a, b, clock = adopted(compiled)
+    written = b.counts["snapshots"]
+    b.confirm([P], 2)
+    assert b.counts["snapshots"] == written and b.ownership.arriving == {}
+
+
+def test_a_late_thaw_leaves_a_partition_frozen_for_a_newer_move(compiled):
+    """b adopted P (version 2) and the controller settled it; P then moves on to c (version
+    3); a thaw of version 2 that timed out and runs late must not serve P again on b."""
+    store = MemoryStore(shared=True)
+    a = shard(compiled, "a", store=store)
+    b = shard(compiled, "b", partitions=[], store=store)
+    c = shard(compiled, "c", partitions=[], store=store)
+    a.process([event("ana", "app_open", T0)])
+    b.adopt(a.freeze([P], 2), 2)
+    a.release([P], 2)
+    b.thaw([P], 2)
+    c.adopt(b.freeze([P], 3), 3)
+    b.thaw([P], 2)
+    assert b.leaving == {P: 3}
+    moved = b.process([event("ana", "app_open", T0 + 1)], routed=[3])[0][0]
+    assert isinstance(moved, Moved) and moved.map_version == 3
