@@ -309,7 +309,10 @@ class Shard:
     # -- reading -------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
+        # arriving: adopted and not confirmed, so their timers wait (handoff.py); one that
+        # stays so means the controller does not confirm its moves
         return {"shard": self.name, "partitions": self.ownership.serving(),
+                "arriving": len(self.ownership.arriving),
                 "resident": len(self.engine.table),
                 "decisions_remembered": self.engine.remembered,
                 "decision_memo_capacity": self.engine.memo_capacity,

@@ -107,3 +107,11 @@ def test_a_late_thaw_leaves_a_partition_frozen_for_a_newer_move(compiled):
     assert b.leaving == {P: 3}
     moved = b.process([event("ana", "app_open", T0 + 1)], routed=[3])[0][0]
     assert isinstance(moved, Moved) and moved.map_version == 3
+
+
+def test_the_shards_stats_count_its_partitions_arriving(compiled):
+    """A partition that stays arriving fires no timers: health shows how many there are."""
+    a, b, clock = adopted(compiled)
+    assert b.stats()["arriving"] == 1 and a.stats()["arriving"] == 0
+    b.confirm([P], 2)
+    assert b.stats()["arriving"] == 0
