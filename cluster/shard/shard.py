@@ -212,8 +212,8 @@ class Shard:
                 reply = None if damaged is None else protocol.Unavailable(reason=damaged)
             if reply is None:
                 admitted.append(k)
-                if routed is not None:  # its sender saw the map that moved it here published
-                    self.ownership.arriving.pop(request.partition, None)
+                if routed is not None and self.ownership.arriving:  # its sender saw the map
+                    self.ownership.arriving.pop(request.partition, None)  # moving it here
             else:
                 replies[k] = reply
         return admitted
