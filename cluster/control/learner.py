@@ -36,6 +36,13 @@ posterior). A saved posterior that cannot be read, or does not fit its catalog, 
 (DAMAGED_KEY) and the learner starts from the priors; while the store does not answer for it,
 the learner merges and answers nothing (StoreUnavailable: the shards keep their deltas), so no
 merge is saved over it.
+A learner Ray constructs runs the catalog it was created with, which may not be the one the
+cluster runs (its saved posterior unreadable, saved without its text by an older release, or
+none), and deltas and watches carry only the catalog's version, under which another text lays
+the rows out otherwise. So until it takes up a posterior saved with its text (the latest it
+was switched to) or is switched (told the running catalog: the controller's start, or the
+control loop's next round, which sees `unconfirmed` in its status), it merges and answers
+nothing: a sync is Unavailable (the shard keeps its delta) and a watch waits.
 
 What it publishes reaches every shard and the store, so nothing that is not finite gets in: a
 delta's rows that are not are refused (ModelTable.merge), a saved model that is not starts again
@@ -61,7 +68,7 @@ from kairos.cluster.metrics import LearnerMetrics
 from kairos.cluster.settings import LEARNER_SAVE_S, LONG_POLL_S
 from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.store import StoreInUse, StoreUnavailable
-from kairos.cluster.transport.backend import NotRunning, Published
+from kairos.cluster.transport.backend import NotRunning, Published, Unavailable
 
 log = logging.getLogger("kairos.learner")
 STATE_KEY = "learner"
@@ -82,9 +89,11 @@ REMAPS_KEPT = 4
 class Learner:
     """The global posterior of every (action, channel) model, without Ray."""
 
-    def __init__(self, compiled: CompiledCatalog, catalog_text: str | None = None):
+    def __init__(self, compiled: CompiledCatalog, catalog_text: str | None = None,
+                 unconfirmed: bool = False):
         self.compiled = compiled
         self.catalog_text = catalog_text  # saved with the posterior: a restart runs it again
+        self.unconfirmed = unconfirmed  # the cluster may run another text (the module's doc)
         # versions start at the clock in milliseconds and count merges (at most a few dozen a
         # second), so a restarted learner publishes versions above any it published before
         # (and, should its clock be behind, above the first a shard tells it it runs)
@@ -125,6 +134,9 @@ class Learner:
              known_version: int) -> Published | None:
         """Merge a shard's delta; the latest version if the shard does not have it yet."""
         self.calls["sync"] += 1
+        if self.unconfirmed:  # not NotRunning: a shard drops a delta of a version it left
+            raise Unavailable(f"the learner runs catalog {self.compiled.version} and has not "
+                              f"been told the running one yet: the delta goes again")
         self._continue_past(known_version)
         origin = None if delta is None else delta.origin
         if origin is not None and self._repeated(origin):
@@ -201,6 +213,9 @@ class Learner:
         catalog, told the one that runs) is switched to as well, or its models would sit in
         the rows of the old text's actions."""
         if catalog_text == self.catalog_text:
+            if self.unconfirmed:
+                self.unconfirmed = False
+                self._changes.announce()  # the watches it held
             return self.models.version
         new = compiled_from_text(catalog_text)
         self._earlier.pop(new.version, None)
@@ -216,7 +231,7 @@ class Learner:
         self.models = remap.table(self.models)
         self._taken_out.bring_back(self.models, new, remap)
         self.models.version = version + 1
-        self.compiled, self.catalog_text = new, catalog_text
+        self.compiled, self.catalog_text, self.unconfirmed = new, catalog_text, False
         self.ran.pop(new.version, None)
         self.ran[new.version] = None
         while len(self.ran) > RAN_KEPT:
@@ -227,13 +242,13 @@ class Learner:
 
     def kept(self) -> tuple:
         """What a switch changes, for `put_back`."""
-        return (self.models, self.compiled, self.catalog_text, dict(self.ran),
+        return (self.models, self.compiled, self.catalog_text, self.unconfirmed, dict(self.ran),
                 dict(self._earlier), dict(self._remaps), dict(self.sequences), self._taken_out)
 
     def put_back(self, kept: tuple) -> None:
         """Undo the switches since `kept` (the store did not save them)."""
-        (self.models, self.compiled, self.catalog_text, self.ran, self._earlier, self._remaps,
-         self.sequences, self._taken_out) = kept
+        (self.models, self.compiled, self.catalog_text, self.unconfirmed, self.ran,
+         self._earlier, self._remaps, self.sequences, self._taken_out) = kept
         while self.publishes and self.publishes[-1][0] > self.models.version:
             self.publishes.pop()
         self.announce()
@@ -266,8 +281,8 @@ class Learner:
         self.watching += 1
         try:
             if not await self._changes.wait_until(
-                    lambda: self.compiled.version == catalog_version and
-                    self.models.version != known_version, timeout_s):
+                    lambda: self.compiled.version == catalog_version and not self.unconfirmed
+                    and self.models.version != known_version, timeout_s):
                 return None
         finally:
             self.watching -= 1
@@ -277,7 +292,7 @@ class Learner:
         digest = "" if self.catalog_text is None else catalog_digest(self.catalog_text)
         return {"model_version": self.version, "merged": self.merged,
                 "catalog_version": self.compiled.version, "catalog_digest": digest,
-                "refused": self.refused,
+                "unconfirmed": self.unconfirmed, "refused": self.refused,
                 "publishes": list(self.publishes), "calls": dict(self.calls),
                 "watching": self.watching, "dropped": dict(self.dropped),
                 "not_running": dict(self.not_running),
@@ -292,7 +307,8 @@ class LearnerActor:
     loop (about every LEARNER_SAVE_S while the shards learn)."""
 
     def __init__(self, catalog_text: str, store_url: str = "memory"):
-        self.learner = Learner(compiled_from_text(catalog_text), catalog_text)
+        # unconfirmed: Ray restarts it with `catalog_text`, which may have been switched from
+        self.learner = Learner(compiled_from_text(catalog_text), catalog_text, unconfirmed=True)
         self.metrics = LearnerMetrics()
         self.store = open_store(store_url)
         self._saved_at = -float("inf")

@@ -35,9 +35,10 @@ def restore_models(learner: Any, blob: bytes, follow_catalog: bool = False) -> b
     `follow_catalog` (a learner Ray restarted runs the catalog it was created with, while the
     saved one is the latest it switched to): the learner switches to the saved catalog first.
     Where either text is unknown (an older release saved none, a learner made without one),
-    the version tells. Statistics a blob lacks (saved by an older release) start where a new
-    table does. BlockCorrupt, KeyError, CatalogError for a blob that does not hold together
-    (BlockCorrupt too for one whose shapes do not fit its catalog)."""
+    the version tells, and the learner stays unconfirmed (learner.py). Statistics a blob
+    lacks (saved by an older release) start where a new table does. BlockCorrupt, KeyError,
+    CatalogError for a blob that does not hold together (BlockCorrupt too for one whose shapes
+    do not fit its catalog)."""
     saved = blocks.unpack(blob)
     text = saved.get("catalog_text")
     if text is None or learner.catalog_text is None:
@@ -73,4 +74,6 @@ def restore_models(learner: Any, blob: bytes, follow_catalog: bool = False) -> b
     for key, (sequence, heard) in sequences.items():
         if sequence > learner.sequences.get(key, (-1, 0.0))[0]:
             learner.sequences[key] = (sequence, heard)
+    if text is not None:  # the text it was last switched to: the cluster's (learner.py)
+        learner.unconfirmed = False
     return True

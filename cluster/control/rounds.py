@@ -10,8 +10,8 @@ none of the others.
 2. Every alive node that serves gets a gateway (nodes.py).
 3. Shards Ray restarted are started again (they recover from the store), and those that answer
    are caught up: the catalog, channel watches, moves a round left unsettled.
-4. A learner that runs another catalog text than the controller's (Ray restarted it, a
-   resume could not tell it) is told the running one.
+4. A learner that runs another catalog text than the controller's, or was not told it (Ray
+   restarted it, a resume could not tell it), is told the running one.
 5. Drains a crash (or a shard that did not answer) cut short are finished: after step 3, as a
    drain may wait on a shard that only step 3 starts again.
 6. Nodes that joined get shards; a crowded node gives one up to the emptiest.
@@ -130,18 +130,22 @@ class ControlLoop:
         async with self._reconfiguring:
             running = await learner.status()
             if not self._learner_runs(running):
-                log.warning("the learner runs catalog %s (text %.12s), not %s (text %.12s; Ray "
-                            "restarted it?): switching it", running.get("catalog_version"),
-                            running.get("catalog_digest"), self.catalog_version,
-                            catalog_digest(self.catalog_text))
+                log.warning("the learner runs catalog %s (text %.12s%s), the cluster %s (text "
+                            "%.12s; Ray restarted it?): switching it",
+                            running.get("catalog_version"), running.get("catalog_digest"),
+                            ", not told yet" if running.get("unconfirmed") else "",
+                            self.catalog_version, catalog_digest(self.catalog_text))
                 await learner.switch(self.catalog_text)
 
     def _learner_runs(self, status: dict[str, Any]) -> bool:
-        """Whether a learner's `status` says it runs the running catalog. By the text's digest,
-        not the version: a learner on another text under the running version would publish
-        models that the shards take up into other actions' rows. One that gives none (made
-        without its text, or by an older release) by the version: else every round would
-        switch it again."""
+        """Whether a learner's `status` says it runs the running catalog, and was told so (an
+        unconfirmed one merges nothing until then: learner.py). By the text's digest, not the
+        version: a learner on another text under the running version would publish models
+        that the shards take up into other actions' rows. One that gives none (made without
+        its text, or by an older release) by the version: else every round would switch it
+        again."""
+        if status.get("unconfirmed"):
+            return False
         digest = status.get("catalog_digest")
         if digest:
             return digest == catalog_digest(self.catalog_text)

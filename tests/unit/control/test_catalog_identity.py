@@ -16,6 +16,7 @@ from kairos.cluster.control.catalog_identity import VERSIONS_KEPT, VersionsRun
 from kairos.cluster.control.learner import Learner, LearnerActor, restore_models, save_models
 from kairos.cluster.control.saved import STATE_KEY
 from kairos.cluster.storage.providers import open_store
+from kairos.cluster.transport.backend import Unavailable
 from kairos.core.catalog import default_catalog_text
 from kairos.core.compiler import compiled_from_text
 from kairos.core.models import ModelTable
@@ -151,17 +152,54 @@ def test_the_versions_kept_are_bounded_and_the_latest_run_stays():
     assert len(ran.to_state()) == VERSIONS_KEPT
 
 
-def test_a_learner_on_another_text_of_the_running_version_is_told_the_running_one(tmp_path):
+def test_a_learner_not_told_the_running_catalog_merges_nothing_until_the_control_loop_tells_it(
+        tmp_path):
+    """Ray restarted it, its saved posterior unreadable, on AP (another text under the running
+    version) or on BOOT itself: the shards' deltas, laid out by BOOT, are refused (they keep
+    them) and their watches wait, until a control round tells it; then they merge in BOOT's
+    rows."""
     async def main():
         backend = Actors()
         controller = await controller_on(backend, str(tmp_path), 2)
-        assert controller.catalog_text == BOOT
-        backend.local_learner = Learner(compiled_from_text(AP), AP)  # Ray restarted it
-        backend.local_learner.sync(backend.local_learner.compiled.version,
-                                   accepted(backend.local_learner.compiled, FIRST, 5), -1)
-        await rounds(controller)
-        assert backend.local_learner.catalog_text == BOOT
-        assert positives_by_action(backend.local_learner) == {FIRST: 5}
+        shards = compiled_from_text(BOOT)
+        learner = backend.learner()  # as the shards call it
+        for text in (AP, BOOT):
+            backend.local_learner = Learner(compiled_from_text(text), text, unconfirmed=True)
+            delta = accepted(shards, FIRST, 5)
+            with pytest.raises(Unavailable):
+                await learner.sync(shards.version, delta, -1)
+            assert await learner.watch(shards.version, -1, timeout_s=0.05) is None
+            assert (await learner.status())["unconfirmed"]
+            await rounds(controller)
+            assert backend.local_learner.catalog_text == BOOT
+            assert not (await learner.status())["unconfirmed"]
+            published = await learner.sync(shards.version, delta, -1)  # sent again
+            assert positives_by_action(backend.local_learner) == {FIRST: 5}
+            assert published.positives[row(shards, FIRST)] == 5
+    asyncio.run(main())
+
+
+def test_a_learner_ray_restarts_with_an_unreadable_posterior_waits_to_be_told(tmp_path):
+    """The shards run BOOT; Ray constructs the learner on AP (same version), its saved
+    posterior unreadable: a delta merged then would sit in another action's row once told."""
+    async def main():
+        shards = compiled_from_text(BOOT)
+        for n, text in enumerate((AP, BOOT)):
+            where = str(tmp_path / str(n))
+            open_store(where).put_meta(STATE_KEY, b"\x92\x01")  # damaged
+            actor = Actor(text, where)
+            with pytest.raises(Unavailable):
+                await actor.sync(shards.version, accepted(shards, FIRST, 7), -1)
+            watch = asyncio.create_task(actor.watch(shards.version, -1, timeout_s=30))
+            await asyncio.sleep(0)
+            assert (await actor.status())["unconfirmed"] and not watch.done()
+            await actor.switch(BOOT)  # the control loop's tell
+            assert (await watch).catalog_version == shards.version  # woken, answered
+            await actor.sync(shards.version, accepted(shards, FIRST, 7), -1)
+            assert positives_by_action(actor.learner) == {FIRST: 7}
+            again = Actor(AP, where)  # took up a posterior saved with its text
+            assert not (await again.status())["unconfirmed"]
+            assert again.learner.catalog_text == BOOT
     asyncio.run(main())
 
 

@@ -11,7 +11,8 @@ import ray
 import yaml
 
 from kairos.cluster.control import learner as learner_module
-from kairos.cluster.control.learner import DAMAGED_KEY, STATE_KEY, Learner, LearnerActor
+from kairos.cluster.control.learner import (DAMAGED_KEY, STATE_KEY, Learner, LearnerActor,
+                                            save_models)
 from kairos.cluster.storage import blocks
 from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.store import StoreInUse, StoreUnavailable
@@ -23,6 +24,12 @@ from kairos.core.models import DeltaOrigin, ModelRemap, ModelTable, diagonal
 
 # the class under Ray's ActorClass: its methods run here, as Ray would run them in the actor
 Actor = LearnerActor.__ray_metadata__.modified_class.__ray_actor_class__
+
+
+def told(store) -> None:
+    """Save the posterior a learner leaves once the controller told it its catalog (the start
+    does): a LearnerActor made on `store` takes it up, and so merges and answers at once."""
+    store.put_meta(STATE_KEY, save_models(Learner(default_compiled(), default_catalog_text())))
 
 
 def catalog(version: str) -> str:
@@ -254,6 +261,7 @@ def test_a_switch_the_store_does_not_save_fails_and_leaves_the_learner_on_its_ca
     c, b = default_compiled(), compiled_from_text(catalog("B"))
     flaky = Flaky(open_store(str(tmp_path)))
     flaky.down = False
+    told(flaky.store)
     monkeypatch.setattr(learner_module, "open_store", lambda url: flaky)
 
     async def run():
@@ -290,8 +298,18 @@ def test_a_damaged_saved_posterior_is_kept_aside_and_the_learner_starts_from_its
         assert store.get_meta(DAMAGED_KEY) == damaged
         assert any(STATE_KEY in r.getMessage() and DAMAGED_KEY in r.getMessage()
                    for r in caplog.records)
-        asyncio.run(actor.sync(c.version, learned(c, 3, 1), -1))
+        asyncio.run(told_then_synced(actor, c))
         assert Actor(default_catalog_text(), str(tmp_path)).learner.models.positives[3] == 1
+
+
+async def told_then_synced(actor, c) -> None:
+    """Its catalog may not be the cluster's: nothing merges until the controller tells it."""
+    with pytest.raises(Unavailable):
+        await actor.sync(c.version, learned(c, 3, 1), -1)
+    assert (await actor.status())["unconfirmed"] and actor.learner.merged == 0
+    await actor.switch(default_catalog_text())
+    await actor.sync(c.version, learned(c, 3, 1), -1)
+    await actor.flush()
 
 
 def test_a_saved_posterior_that_does_not_fit_its_catalog_is_kept_aside(tmp_path):
@@ -330,6 +348,7 @@ def test_a_store_that_does_not_answer_at_the_start_holds_merges_until_it_is_read
     """The learner starts; its saved posterior is read before the first merge, so no merge is
     saved over a posterior that was never read."""
     c = default_compiled()
+    told(open_store(str(tmp_path)))
     before = Actor(default_catalog_text(), str(tmp_path))
     asyncio.run(before.sync(c.version, learned(c, 3, 4), -1))  # a first merge is saved
     flaky = Flaky(open_store(str(tmp_path)))
@@ -369,6 +388,7 @@ def test_merges_left_unsaved_when_traffic_stops_are_saved_and_an_idle_learner_wr
         tmp_path, monkeypatch):
     c = default_compiled()
     counting = Counting(open_store(str(tmp_path)))
+    told(counting.store)
     monkeypatch.setattr(learner_module, "open_store", lambda url: counting)
     monkeypatch.setattr(learner_module, "LEARNER_SAVE_S", 0.3)
 
@@ -395,6 +415,7 @@ def test_a_learner_stood_down_saves_nothing_more(tmp_path, monkeypatch):
     fails and leaves it on its catalog."""
     c = default_compiled()
     counting = Counting(open_store(str(tmp_path)))
+    told(counting.store)
     monkeypatch.setattr(learner_module, "open_store", lambda url: counting)
     monkeypatch.setattr(learner_module, "LEARNER_SAVE_S", 0.1)
 
@@ -419,6 +440,7 @@ def test_a_flush_saves_the_merges_since_the_last_save_and_a_failed_one_is_only_l
     c = default_compiled()
     flaky = Flaky(open_store(str(tmp_path)))
     flaky.down = False
+    told(flaky.store)
     monkeypatch.setattr(learner_module, "open_store", lambda url: flaky)
 
     async def run():
