@@ -59,6 +59,7 @@ from kairos.cluster.storage.store import StoreCorrupt
 
 log = logging.getLogger("kairos.shard")
 MERGING = "\x00merging"  # the transient id of a profile being folded into another
+VISITS_TIMED = 256  # a passivation walk checks its deadline every so many residents
 
 
 def checked_sleepers(value: Any) -> dict[str, float]:
@@ -115,6 +116,7 @@ class Residency:
         self.overflow = overflow_of(resident_limit)
         self.chunk = PASSIVATE_CHUNK
         self._home_s = 0.0  # what the last passivation took a home, its walk included
+        self._kept = 0  # residents kept by this pass of walks so far
         self.members: dict[int, set[str]] = {}
         # residents -> when last used, least recent first: a plain dict keeps insertion order
         # in half an OrderedDict's memory per entry (moving to the end is a pop and an insert)
@@ -206,37 +208,45 @@ class Residency:
         if over <= 0 and now < self._quiet_until:
             return 0
         started = time.perf_counter()
-        done, more = 0, True
-        while more and (done == 0 or time.perf_counter() - started < budget_s):
+        deadline = started + budget_s
+        done = 0
+        while True:
             want = math.inf
             if budget_s < math.inf:
-                left = budget_s - (time.perf_counter() - started)
                 # one home first, to learn the store's pace
-                fits = int(left / self._home_s) if self._home_s else 1
+                fits = int((deadline - time.perf_counter()) / self._home_s) \
+                    if self._home_s else 1
                 want = max(min(fits, self.chunk), 1)
             sending = time.perf_counter()
-            victims, more = self._walk(now, over - done, want)
+            victims, full = self._walk(now, over - done, want, deadline)
             self._send(victims)
             if victims:
                 self._home_s = (time.perf_counter() - sending) / len(victims)
             done += len(victims)
-        return done
+            if not full or time.perf_counter() >= deadline:
+                return done
 
-    def _walk(self, now: float, over: int, want: float) -> tuple[list[str], bool]:
+    def _walk(self, now: float, over: int, want: float,
+              deadline: float) -> tuple[list[str], bool]:
         """Up to `want` customers to passivate, least recent first: the `over` least recent,
-        then the idle ones; whether it stopped at `want` (more may be due). Those idle with an
-        armed timer, and those of partitions being handed over, are kept: moved to the end,
-        looked at again once what is before them has fallen idle or been passivated."""
+        then the idle ones; whether it stopped before the end (at `want`, or past `deadline`:
+        the next walk carries on). Those idle with an armed timer, and those of partitions
+        being handed over, are kept: moved to the end, looked at again once what is before
+        them has fallen idle or been passivated."""
         victims, kept, full = [], [], False
         # the walk starts at the least recent; a dict's iteration first skips the slots its
         # moved entries left, so it is not begun every tick while nobody can be idle yet;
         # none, or only kept ones, left: fires and events move those, else look again once
         # one arriving now could be idle (a caller's `now` may be ahead of the clock)
         self._quiet_until = self._ctx.clock() + self.idle_s
-        for customer_id, seen in self.recent.items():
-            if len(victims) >= want:
+        for visited, (customer_id, seen) in enumerate(self.recent.items(), 1):
+            # kept ones cost a visit each, not a home: a walk over many checks the clock
+            if len(victims) >= want or \
+                    visited % VISITS_TIMED == 0 and time.perf_counter() >= deadline:
                 full = True
                 break
+            if self._kept + len(kept) >= len(self.recent) - len(victims):
+                break  # this pass kept every resident left: what follows it kept already
             p = self._ctx.partition_of(customer_id)
             # handed over already: its new owner writes it; adopted and not confirmed: a move
             # undone leaves it to its source (handoff.py, `arriving`)
@@ -251,6 +261,9 @@ class Residency:
                 break
         for customer_id in kept:
             self.recent[customer_id] = self.recent.pop(customer_id)
+        # a pass over the residents may take several walks (ticks): those it kept lie
+        # behind the ones it has not seen yet
+        self._kept = self._kept + len(kept) if full else 0
         if full:
             self._quiet_until = -math.inf
         return victims, full

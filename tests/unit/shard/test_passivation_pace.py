@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from kairos.cluster.shard import shard as shard_module
-from kairos.cluster.shard.residency import overflow_of
+from kairos.cluster.shard.residency import VISITS_TIMED, overflow_of
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage.directory_store import DirectoryStore
 from tests.unit.shard.test_shard import (N_PARTITIONS, T0, Clock, _catalog_v2, event, profile,
@@ -184,3 +184,26 @@ def test_residents_up_to_the_overflow_fit_the_profile_table_as_made(compiled):
     assert len(s.engine.table) == 20 and s.engine.table.capacity == rows
     s.commit(s.prepare(_catalog_v2()))
     assert s.engine.table.capacity == rows
+
+
+def test_a_walk_over_kept_residents_stops_at_its_budget_and_the_next_carries_on(
+        compiled, monkeypatch):
+    """Residents kept for their timers cost a visit each: a tick past its budget stops
+    within VISITS_TIMED of them, the next tick goes on from there, and once the pass has seen
+    them all the walks wait for the idle time."""
+    monkeypatch.setattr(shard_module, "PASSIVATE_BUDGET_S", 0.0)
+    clock = Clock()
+    s = shard(compiled, clock=clock, idle_s=IDLE_S)
+    customers = [f"c{i}" for i in range(1000)]
+    s.process([event(c, "add_to_cart", T0, product_id="tv", category="electronics",
+                     price=1.0) for c in customers])
+    s.residency.recent = recent = Visits(s.residency.recent)
+    clock.now = T0 + IDLE_S + 1
+    walked = []
+    for _ in range(6):
+        before = recent.visited
+        assert ticked(s) == 0
+        walked.append(recent.visited - before)
+    assert walked == [VISITS_TIMED] * 3 + [1000 - 3 * (VISITS_TIMED - 1) + 1, 0, 0]
+    clock.now += IDLE_S / 2
+    assert ticked(s) == 0 and recent.visited == sum(walked)
