@@ -13,9 +13,11 @@ import pytest
 import yaml
 
 from kairos.cluster.control.catalog_identity import VERSIONS_KEPT, VersionsRun
+from kairos.cluster.control import learner as learner_module
 from kairos.cluster.control.learner import Learner, LearnerActor, restore_models, save_models
 from kairos.cluster.control.saved import STATE_KEY
 from kairos.cluster.storage.providers import open_store
+from kairos.cluster.storage.store import StoreUnavailable
 from kairos.cluster.transport.backend import Unavailable
 from kairos.core.catalog import default_catalog_text
 from kairos.core.compiler import compiled_from_text
@@ -24,6 +26,7 @@ from kairos.core.models import ModelTable
 from tests.unit.control.actors import Actors, controller_on
 from tests.unit.control.test_control_loop import rounds
 from tests.unit.control.test_interrupted import restarted, started
+from tests.unit.control.test_learner import Flaky
 
 Actor = LearnerActor.__ray_metadata__.modified_class.__ray_actor_class__
 BOOT = default_catalog_text()
@@ -223,4 +226,23 @@ def test_a_learner_that_gives_no_digest_of_the_running_version_is_not_switched_e
                 await rounds(controller, 2)
             assert learner.version == version and learner.publishes == deque()
             assert not [r for r in caplog.records if "switching it" in r.getMessage()]
+    asyncio.run(main())
+
+
+def test_a_tell_the_store_does_not_save_leaves_the_learner_unconfirmed(tmp_path, monkeypatch):
+    """The tell is undone (restarted, the learner would come back on its old text): so is
+    what it confirmed, or the learner would merge the shards' deltas into the old text's rows."""
+    flaky = Flaky(open_store(str(tmp_path)))
+    flaky.down = False
+    monkeypatch.setattr(learner_module, "open_store", lambda url: flaky)
+    shards = compiled_from_text(BOOT)
+
+    async def main():
+        actor = Actor(AP, "x")  # nothing saved: it may not run the cluster's catalog
+        flaky.down = True
+        with pytest.raises(StoreUnavailable):
+            await actor.switch(BOOT)
+        assert actor.learner.catalog_text == AP and (await actor.status())["unconfirmed"]
+        with pytest.raises(Unavailable):
+            await actor.sync(shards.version, accepted(shards, FIRST, 5), -1)
     asyncio.run(main())
