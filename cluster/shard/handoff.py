@@ -4,9 +4,9 @@ For partition p moving from A to B in map version v: A `freeze`s p (its requests
 naming v, never applied) and hands over p's customers, resident and, when the store is not
 shared, passivated (each with its idempotency keys), with p's directory (and the tombstones of
 forgotten customers' links), its passivated customers waiting for timers (residency.py's
-sleepers) and the watches of its customers not seen yet (watches.py's `unseen`; a payload of
-a shard older than these has none); B `adopt`s them and snapshots p,
-so recovery finds p in B's journal from then on; once the controller has published v, A
+sleepers), the watches of its customers not seen yet (watches.py's `unseen`) and the sinks
+found Gone (`gone`; a payload of a shard older than these has none); B `adopt`s them and
+snapshots p, so recovery finds p in B's journal from then on; once the controller has published v, A
 `release`s p. If the adoption fails, B `release`s p (it may have adopted it) and A `thaw`s p
 and serves it again. A release or a thaw fences p at its version (ownership.py): a freeze or
 an adopt of that version or an older one arriving later (a call that timed out still runs,
@@ -38,10 +38,11 @@ from kairos.cluster.storage import blocks
 class Moving:
     """What a shard rebuilt in place (host.py) keeps of the failed one's moves: partitions
     leaving (-> the version their MOVED names), moves settled (fenced) and partitions
-    arriving, each as ownership.py has them."""
+    arriving, each as ownership.py has them; and the sinks it found Gone (watches.py)."""
     leaving: dict[int, int] = field(default_factory=dict)
     fenced: dict[int, int] = field(default_factory=dict)
     arriving: dict[int, int] = field(default_factory=dict)
+    gone: list[str] = field(default_factory=list)
 
 
 class Handoff:
@@ -72,7 +73,8 @@ class Handoff:
                    "block": self._residency.export(self._residency.residents(partitions)),
                    "passivated": {}, "directory": self._directory.export(partitions),
                    "sleepers": {p: self._residency.sleepers(p) for p in partitions},
-                   "watches": self._watches.unseen(partitions)}
+                   "watches": self._watches.unseen(partitions),
+                   "gone": list(self._watches.gone)}
         for p in partitions:
             ownership.leaving[p] = version
             if not self._ctx.store.shared:  # homes travel with the partition
@@ -96,6 +98,7 @@ class Handoff:
         for p, sleepers in data.get("sleepers", {}).items():
             self._residency.take_sleepers(int(p), checked_sleepers(sleepers))
         self._watches.take_unseen(data.get("watches", {}))
+        self._watches.drop_sinks(data.get("gone", ()))  # and what the customers brought of them
         for p in data["partitions"]:
             self._ownership.owned[p] = version
             self._ownership.leaving.pop(p, None)
@@ -126,14 +129,16 @@ class Handoff:
     def moving(self) -> Moving:
         """The moves as this shard left them, for a shard rebuilt in its place."""
         ownership = self._ownership
-        return Moving(dict(ownership.leaving), dict(ownership.fenced), dict(ownership.arriving))
+        return Moving(dict(ownership.leaving), dict(ownership.fenced), dict(ownership.arriving),
+                      list(self._watches.gone))
 
     def frozen_again(self, moving: Moving) -> None:
         """After a rebuilt shard recovered (`recover(sources, moving.leaving)`): the
         partitions that were frozen are again, as `freeze` left them, without a second
         payload; the moves settled before still refuse their late steps; and those adopted
         and not confirmed are still arriving (else the rebuilt target fires timers that the
-        source of a move undone fires again)."""
+        source of a move undone fires again); the dead sinks' registrations it recovered go."""
+        self._watches.drop_sinks(moving.gone)
         self._ownership.fenced.update(moving.fenced)
         self._ownership.arriving.update(moving.arriving)
         for p, version in moving.leaving.items():

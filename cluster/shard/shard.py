@@ -258,7 +258,7 @@ class Shard:
 
     def drop_sink(self, sink: str) -> None:
         """A sink went away: forget its watches."""
-        self.watches.drop_sink(sink)
+        self.watches.drop_sinks([sink])
 
     def freeze(self, partitions: Sequence[int], version: int) -> bytes:
         return self.handoff.freeze(partitions, version)

@@ -22,6 +22,9 @@ A sink found Gone (its process died) has its watches dropped from memory, but th
 homes, the partitions' snapshots and the journal still hold its registrations: its name is
 remembered (`gone`: a sink is a process incarnation, never named again), so that they are
 left out as those customers come back, rather than push to it and drop it again each time.
+The names ride in handoffs and to a shard rebuilt in place (handoff.py), but are not stored:
+a shard restarted from the store remembers none, and a dead sink's registrations it recovers
+are dropped again at their first push.
 """
 from __future__ import annotations
 
@@ -113,22 +116,28 @@ class Watches:
             # (`drop`): walking every resident here would stall the shard
             self.channel.discard(watch)
 
-    def drop_sink(self, sink: str) -> None:
-        """A sink went away: forget its watches, and what was pushed for its customers' views
-        that no other watch names; and leave its registrations out wherever they come back
-        from."""
-        self.gone.pop(sink, None)
-        self.gone[sink] = None
-        if len(self.gone) > GONE_KEPT:
+    def drop_sinks(self, sinks: Iterable[str]) -> None:
+        """Sinks went away (found Gone here, or by the shard that handed over partitions or
+        that this one was rebuilt from): forget their watches, and what was pushed for their
+        customers' views that no other watch names; and leave their registrations out
+        wherever they come back from."""
+        dead = set()
+        for sink in sinks:  # the latest last
+            self.gone.pop(sink, None)
+            self.gone[sink] = None
+            dead.add(sink)
+        while len(self.gone) > GONE_KEPT:
             del self.gone[next(iter(self.gone))]
-        self.channel = {w for w in self.channel if w.sink != sink}
+        if not dead:
+            return
+        self.channel = {w for w in self.channel if w.sink not in dead}
         channel = {(w.channel, w.placement) for w in self.channel}
         for customer_id in list(self.by_customer):
             mine = self.by_customer[customer_id]
-            if all(w.sink != sink for w in mine):
+            if all(w.sink not in dead for w in mine):
                 continue
             mine = self.by_customer[customer_id] = {w: ids for w, ids in mine.items()
-                                                    if w.sink != sink}
+                                                    if w.sink not in dead}
             if not mine:
                 del self.by_customer[customer_id]
             watched = channel | {(w.channel, w.placement) for w in mine}

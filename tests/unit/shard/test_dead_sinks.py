@@ -3,7 +3,9 @@ hold are left out as they come back, so nothing pushes to it again (and drops it
 from __future__ import annotations
 
 from kairos.cluster.shard import watches
-from tests.unit.shard.test_shard import T0, Clock, event, shard, watch
+from kairos.cluster.storage.memory_store import MemoryStore
+from tests.unit.shard.test_shard import (N_PARTITIONS, T0, Clock, event, p_of, shard,
+                                         watch)
 
 
 def test_a_customer_back_from_its_home_brings_no_watch_of_a_dead_sink(compiled):
@@ -33,3 +35,22 @@ def test_the_dead_sinks_remembered_are_bounded(compiled):
     for i in range(watches.GONE_KEPT + 1):
         s.drop_sink(f"gw-{i}")
     assert len(s.watches.gone) == watches.GONE_KEPT and "gw-0" not in s.watches.gone
+
+
+def test_the_sinks_found_gone_ride_in_a_handoff(compiled):
+    """ana's home (shared store) still names the dead sink; her partition's new owner, told
+    by the handoff, leaves that registration out when she comes back."""
+    clock, store = Clock(), MemoryStore(shared=True)
+    a = shard(compiled, "a", clock=clock, store=store, idle_s=60.0)
+    p = p_of("ana")
+    b = shard(compiled, "b", partitions=[x for x in range(N_PARTITIONS) if x != p],
+              clock=clock, store=store)
+    a.process([event("ana", "app_open", T0), watch("ana", "gw-dead", "web", "hero"),
+               watch("ana", "gw-live", "web", "hero")])
+    clock.now += 61
+    assert a.passivate(clock.now) == 1
+    a.drop_sink("gw-dead")
+    b.adopt(a.freeze([p], 2), 2)
+    assert "gw-dead" in b.watches.gone
+    b.process([event("ana", "app_open", clock.now)], routed=[2])
+    assert [w.sink for w in b.watches.by_customer["ana"]] == ["gw-live"]

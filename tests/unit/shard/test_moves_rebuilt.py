@@ -10,7 +10,7 @@ from kairos.cluster.storage.store import StoreUnavailable
 
 from tests.support.waiting import until
 
-from .test_shard import N_PARTITIONS, T0, event, p_of
+from .test_shard import N_PARTITIONS, T0, event, p_of, watch
 from .test_shard_host import run
 
 
@@ -31,3 +31,18 @@ def test_a_target_rebuilt_in_place_still_holds_an_unconfirmed_partition_as_arriv
         source.thaw([p], 1)
         assert p not in host.shard.ownership.arriving and p in source.owned
     run(compiled, store, test)
+
+
+def test_a_shard_rebuilt_in_place_remembers_the_sinks_found_gone(compiled):
+    """Its journal still holds a dead sink's registration: the rebuilt shard leaves it out."""
+    async def test(host):
+        await host.handle("a", 0, [event("ana", "app_open", T0),
+                                   watch("ana", "gw-dead", "web", "hero"),
+                                   watch("ana", "gw-live", "web", "hero")], [0, 0, 0])
+        await host.run(Shard.drop_sink, "gw-dead")
+        failed = host.shard
+        host._fail(StoreUnavailable("the store went away"))
+        await until(lambda: host.shard not in (None, failed), 10, "the host to rebuild")
+        assert "gw-dead" in host.shard.watches.gone
+        assert [w.sink for w in host.shard.watches.by_customer["ana"]] == ["gw-live"]
+    run(compiled, MemoryStore(), test)
