@@ -123,6 +123,7 @@ class Residency:
         self.recent: dict[str, float] = {}
         # passivate need not walk `recent` before this (its oldest entry falls idle then)
         self._quiet_until = -math.inf
+        self._held: set[int] = set()  # partitions leaving or arriving as passivate last saw
         self.timers = Timers(self._wake)
         self._homeless: set[str] = set()  # found with no home this round (`probe`)
         self._damaged: set[str] = set()  # customers whose damaged home was logged
@@ -205,6 +206,10 @@ class Residency:
         passivates it as a sleeper, which the timer wheel activates when its timer falls due.
         """
         over = len(self.recent) - self.resident_limit
+        held = self._ownership.leaving.keys() | self._ownership.arriving.keys()
+        if not held >= self._held:  # thawed or confirmed: the customers kept for it may go
+            self._quiet_until = -math.inf
+        self._held = held
         if over <= 0 and now < self._quiet_until:
             return 0
         started = time.perf_counter()
@@ -218,8 +223,9 @@ class Residency:
                     if self._home_s else 1
                 want = max(min(fits, self.chunk), 1)
             sending = time.perf_counter()
-            victims, full = self._walk(now, over - done, want, deadline)
+            victims, full, quiet = self._walk(now, over - done, want, deadline)
             self._send(victims)
+            self._quiet_until = quiet  # written: a failed write is tried again next tick
             if victims:
                 self._home_s = (time.perf_counter() - sending) / len(victims)
             done += len(victims)
@@ -227,10 +233,10 @@ class Residency:
                 return done
 
     def _walk(self, now: float, over: int, want: float,
-              deadline: float) -> tuple[list[str], bool]:
+              deadline: float) -> tuple[list[str], bool, float]:
         """Up to `want` customers to passivate, least recent first: the `over` least recent,
         then the idle ones; whether it stopped before the end (at `want`, or past `deadline`:
-        the next walk carries on). Those idle with an armed timer, and those of partitions
+        the next walk carries on); when to walk again once they are written. Those idle with an armed timer, and those of partitions
         being handed over, are kept: moved to the end, looked at again once what is before
         them has fallen idle or been passivated."""
         victims, kept, full = [], [], False
@@ -238,7 +244,7 @@ class Residency:
         # moved entries left, so it is not begun every tick while nobody can be idle yet;
         # none, or only kept ones, left: fires and events move those, else look again once
         # one arriving now could be idle (a caller's `now` may be ahead of the clock)
-        self._quiet_until = self._ctx.clock() + self.idle_s
+        quiet = self._ctx.clock() + self.idle_s
         for visited, (customer_id, seen) in enumerate(self.recent.items(), 1):
             # kept ones cost a visit each, not a home: a walk over many checks the clock
             if len(victims) >= want or \
@@ -257,16 +263,14 @@ class Residency:
             elif now - seen >= self.idle_s:
                 (kept if customer_id in self.timers.armed else victims).append(customer_id)
             else:
-                self._quiet_until = seen + self.idle_s
+                quiet = seen + self.idle_s
                 break
         for customer_id in kept:
             self.recent[customer_id] = self.recent.pop(customer_id)
         # a pass over the residents may take several walks (ticks): those it kept lie
         # behind the ones it has not seen yet
         self._kept = self._kept + len(kept) if full else 0
-        if full:
-            self._quiet_until = -math.inf
-        return victims, full
+        return victims, full, -math.inf if full else quiet
 
     def _send(self, victims: list[str]) -> None:
         """Write the customers' homes, then evict them (a sleeper each, with armed timers)."""

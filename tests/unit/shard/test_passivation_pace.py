@@ -13,8 +13,8 @@ from kairos.cluster.shard import shard as shard_module
 from kairos.cluster.shard.residency import VISITS_TIMED, overflow_of
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage.directory_store import DirectoryStore
-from tests.unit.shard.test_shard import (N_PARTITIONS, T0, Clock, _catalog_v2, event, profile,
-                                         shard)
+from tests.unit.shard.test_shard import (N_PARTITIONS, T0, Clock, _catalog_v2, event, p_of,
+                                         profile, shard)
 
 IDLE_S = 900.0
 
@@ -207,3 +207,40 @@ def test_a_walk_over_kept_residents_stops_at_its_budget_and_the_next_carries_on(
     assert walked == [VISITS_TIMED] * 3 + [1000 - 3 * (VISITS_TIMED - 1) + 1, 0, 0]
     clock.now += IDLE_S / 2
     assert ticked(s) == 0 and recent.visited == sum(walked)
+
+
+def test_customers_a_failed_write_left_are_passivated_on_the_next_tick(compiled, monkeypatch):
+    monkeypatch.setattr(shard_module, "PASSIVATE_BUDGET_S", 3600.0)
+    clock = Clock()
+    s = shard(compiled, clock=clock, idle_s=IDLE_S)
+    clock.now = T0 - 100
+    s.process([event("zoe", "app_open", clock.now)])
+    clock.now = T0
+    s.process([event(f"c{i}", "app_open", T0) for i in range(3)])
+    clock.now = T0 + IDLE_S - 50
+    assert ticked(s) == 1  # the store's pace is known: the next chunk takes all three
+    written, fails = s.store.put_many, [ConnectionError("a store blip")]
+
+    def put_many(homes, unless_fenced=None):
+        if fails:
+            raise fails.pop()
+        return written(homes, unless_fenced=unless_fenced)
+    monkeypatch.setattr(s.store, "put_many", put_many)
+    clock.now = T0 + IDLE_S + 1
+    with pytest.raises(ConnectionError):
+        s.tick()
+    clock.now += 0.1
+    assert ticked(s) == 3 and len(s.engine.table) == 0
+
+
+def test_customers_kept_for_a_handoff_are_passivated_once_it_thaws(compiled):
+    clock = Clock()
+    s = shard(compiled, clock=clock, idle_s=IDLE_S)
+    s.process([event("ana", "app_open", T0)])
+    p = p_of("ana")
+    s.freeze([p], 2)
+    clock.now = T0 + IDLE_S + 1
+    assert ticked(s) == 0  # kept: its new owner writes it
+    s.thaw([p], 2)  # the handoff failed: it is this shard's again
+    clock.now += 0.1
+    assert ticked(s) == 1 and "ana" not in s.engine.table
