@@ -30,7 +30,7 @@ from kairos.cluster.evidence.records import DecisionPage, PageOutcomes
 from kairos.cluster.shard.host import ShardHost
 from kairos.cluster.shard.modelsync import ModelSync
 from kairos.cluster.shard.shard import Shard
-from kairos.cluster.shard.sinks import Pushes
+from kairos.cluster.shard.sinks import PROBE_S, Pushes
 from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.store import StoreUnavailable
 from kairos.cluster.transport.backend import Unavailable
@@ -55,7 +55,7 @@ class ShardActor:
         self.host = ShardHost(name, n_partitions, seed, functools.partial(open_store, store_url),
                               journal_policy, deliver=self.pushes.push,
                               observe=self.metrics.observe_batch, settle=pauses.settle,
-                              jobs=(self._sync_models, self._flush_metrics))
+                              jobs=(self._sync_models, self._flush_metrics, self._probe_sinks))
         self._plane = PlaneServer(self.host.handle)
         self._snapshot: dict[str, Any] = {"shard": name, "started": False}
         self._flushed: Shard | None = None  # the Shard whose tallies the metrics follow
@@ -158,6 +158,13 @@ class ShardActor:
     async def _sync_models(self) -> None:
         await self.models.run(lambda: self.host.shard and self.host.shard.engine,
                               self.backend.learner)
+
+    async def _probe_sinks(self) -> None:
+        """Every PROBE_S, drop the watches of the sinks Gone (sinks.py)."""
+        while True:
+            await asyncio.sleep(PROBE_S)
+            if self.host.shard is not None:
+                await self.pushes.probe(await self.host.run(Shard.watched_sinks))
 
     async def _flush_metrics(self) -> None:
         """The metrics, and the endpoint's health, every METRICS_FLUSH_S."""

@@ -260,6 +260,9 @@ class Shard:
         """A sink went away: forget its watches."""
         self.watches.drop_sinks([sink])
 
+    def watched_sinks(self) -> set[str]:
+        return self.watches.sinks()
+
     def freeze(self, partitions: Sequence[int], version: int) -> bytes:
         return self.handoff.freeze(partitions, version)
 

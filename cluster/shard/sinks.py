@@ -6,13 +6,15 @@ slow sink holds one call of the shard's, not one per round. Pushes are best-effo
 call that fails as Unavailable (no answer within its deadline, a sink Ray is restarting) is
 dropped, its sink's watches kept (a later change of a view pushes it again). Only a sink that
 is Gone (the process whose streams registered the watches died: ray_backend.py) has its
-watches dropped, by `gone`.
+watches dropped, by `gone`. A watch of a customer nobody has seen yet gets no push that would
+find its sink Gone, so the sinks the customers' watches name are asked every PROBE_S (`probe`,
+an empty push, as the controller asks those of channel watches).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Iterable
 
 from kairos.core.decision import Decision
 
@@ -22,6 +24,7 @@ from kairos.cluster.transport.ray_backend import Gone
 log = logging.getLogger("kairos.shard")
 
 View = tuple[str, str, "str | None"]  # customer, channel, placement
+PROBE_S = 300.0  # a dead sink's watches of customers not seen yet last about this long
 
 
 class Pushes:
@@ -42,6 +45,18 @@ class Pushes:
             waiting[(d.customer_id, d.channel, d.placement)] = d
         if sink not in self._sending:
             self._sending[sink] = asyncio.get_running_loop().create_task(self._send(sink))
+
+    async def probe(self, sinks: Iterable[str]) -> None:
+        """Ask each sink whether its process lives (an empty push); drop the watches of those
+        Gone. One with a push in flight is left out: that push finds out."""
+        names = [sink for sink in sinks if sink not in self._sending]
+        answers = await asyncio.gather(*(self._sink(sink).deliver([]) for sink in names),
+                                       return_exceptions=True)
+        for sink, answer in zip(names, answers):
+            if isinstance(answer, Gone):
+                log.warning("%s: watch sink %s is gone; dropping its watches", self._shard,
+                            sink)
+                await self._gone(sink)
 
     async def _send(self, sink: str) -> None:
         try:

@@ -192,6 +192,11 @@ class Watches:
                               for sink, ids in sinks.items())
         return pushes
 
+    def sinks(self) -> set[str]:
+        """The sinks the customers' watches name (sinks.py asks them whether they are Gone:
+        a watch of a customer not seen yet gets no push that would find so)."""
+        return {w.sink for mine in self.by_customer.values() for w in mine}
+
     # -- watches of customers not seen yet ride along with their partition (handoff.py) --------
 
     def unseen(self, partitions: Iterable[int]) -> dict[str, list[list]]:

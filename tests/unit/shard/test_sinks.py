@@ -192,3 +192,24 @@ def test_ray_s_errors_for_a_sink_tell_a_dead_process_from_one_that_may_answer(
         if handle is not None:  # the actor's name, and the incarnation pushed for
             assert handle.names == ["kairos-gateway-0"] and handle.args == [(["d"], "a1b2c3")]
     asyncio.run(main())
+
+
+def test_a_probe_drops_a_gone_sinks_watches_of_customers_nobody_has_seen(compiled):
+    """No push ever reaches a watch of a customer not seen yet, so no push finds its sink
+    Gone: the probe asks every sink the watches name, and one Gone loses them; one that does
+    not answer keeps them."""
+    sinks, hosts = Sinks(), []
+    live = sink_name("kairos-gateway-1", "d4e5f6")
+    sinks.fail[SINK] = [Gone(f"{SINK}: another incarnation")]
+    sinks.fail[live] = [Unavailable(f"{live}: no answer within 30 s")]
+    pushes = Pushes("s0", sinks, lambda sink: hosts[0].run(Shard.drop_sink, sink))
+
+    async def test(host):
+        hosts.append(host)
+        await host.handle("a", 0, [watch("zoe", SINK, "web", "hero"),
+                                   watch("zoe", live, "web", "hero")], [0, 0])
+        await pushes.probe(await host.run(Shard.watched_sinks))
+        assert sinks.calls == {SINK: [[]], live: [[]]}
+        assert [w.sink for w in host.shard.watches.by_customer["zoe"]] == [live]
+        assert SINK in host.shard.watches.gone
+    run(compiled, MemoryStore(), test, deliver=pushes.push)
