@@ -247,8 +247,11 @@ class Watches:
                 watch = self.validate(sink, channel, placement)
             except InputError:  # the channel or placement left the catalog
                 continue
-            _register(self.by_customer.setdefault(customer_id, {}), watch,
-                      by[0] if by else customer_id)
+            mine = self.by_customer.setdefault(customer_id, {})
+            if by:
+                _register(mine, watch, by[0])
+            else:  # an old block's: it may be a folded anonymous customer's, so not the same
+                mine.setdefault(watch, []).append(customer_id)  # as the customer's own
         # what was pushed to the customer's own streams stays (a folded anonymous one's was
         # pushed to its streams); blocks from before it was carried have none
         shown = extra.get("shown")

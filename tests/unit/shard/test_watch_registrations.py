@@ -25,3 +25,16 @@ def test_a_registration_again_after_a_passivation_is_the_one_its_home_had(compil
     assert s.passivate(clock.now) == 1
     s.process([watch("ana", "gw-1", "web", "hero")])  # loads her home, with its registration
     assert [ids for ids in s.watches.by_customer["ana"].values()] == [["ana"]]
+
+
+def test_a_registration_of_an_old_block_without_its_id_is_not_merged_into_the_customers(
+        compiled):
+    """Blocks from before registrations kept their id name the customer's: one folded from an
+    anonymous customer must stay a registration of its own, or the anonymous stream's
+    unregistration ends the customer's own watch."""
+    s = shard(compiled)
+    s.process([event("C", "app_open", T0), watch("C", "G", "web", "hero")])
+    s.watches.restore("C", {"watches": [["G", "web", "hero"]]})  # folded, from an old block
+    w = s.watches.validate("G", "web", "hero")
+    s.watches.watch_customer("C", w, False, by="X")  # the anonymous id's stream leaves
+    assert s.watches.by_customer["C"] == {w: ["C"]}
