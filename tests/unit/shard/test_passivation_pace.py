@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from kairos.cluster.shard import residency as residency_module
 from kairos.cluster.shard import shard as shard_module
 from kairos.cluster.shard.residency import VISITS_TIMED, overflow_of
 from kairos.cluster.shard.shard import Shard
@@ -244,3 +245,67 @@ def test_customers_kept_for_a_handoff_are_passivated_once_it_thaws(compiled):
     s.thaw([p], 2)  # the handoff failed: it is this shard's again
     clock.now += 0.1
     assert ticked(s) == 1 and "ana" not in s.engine.table
+
+
+U = 1 / 1024  # seconds: a unit that adds up exactly
+
+
+class Watch:
+    """A residency's clock, advanced by what its store and walks are made to cost."""
+
+    now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class SlowWalk(dict):
+    """A recency order whose every visited entry costs `cost` on `watch`."""
+
+    cost, watch = 0.0, Watch()
+
+    def items(self):
+        for item in super().items():
+            self.watch.now += self.cost
+            yield item
+
+
+def test_chunks_are_sized_by_the_stores_smoothed_pace_apart_from_the_walk(
+        compiled, monkeypatch):
+    """The pace counts what writing took, not the walk before it, and one fast chunk moves it
+    by a quarter of its difference: the next chunk does not overrun the budget fourfold."""
+    watch = Watch()
+    monkeypatch.setattr(residency_module, "time", watch)
+    clock = Clock()
+    s = shard(compiled, clock=clock, idle_s=IDLE_S)
+    s.process([event(f"c{i}", "app_open", T0) for i in range(200)])
+    s.residency.recent = recent = SlowWalk(s.residency.recent)
+    recent.watch = watch
+    sizes, per_home = [], []
+    written = s.store.put_many
+
+    def put_many(homes, unless_fenced=None):
+        homes = list(homes)
+        sizes.append(len(homes))
+        watch.now += len(homes) * (per_home.pop(0) if per_home else U)
+        written(homes, unless_fenced=unless_fenced)
+    monkeypatch.setattr(s.store, "put_many", put_many)
+    clock.now = T0 + IDLE_S + 1
+    recent.cost = U / 2
+    assert s.residency.passivate(clock.now, 16 * U) == 15 and sizes == [1, 14]
+    recent.cost, per_home[:] = 0.0, [U / 8]  # a chunk written from a cache, say
+    assert s.residency.passivate(clock.now, 16 * U) == 33 and sizes[2:] == [16, 17]
+
+
+def test_recency_is_compacted_once_passivated_customers_outnumber_residents(compiled):
+    """A dict keeps the slots of the entries popped from it: after most residents left, the
+    walks would step over them first."""
+    clock = Clock()
+    s = shard(compiled, clock=clock, idle_s=IDLE_S)
+    s.process([event(f"c{i}", "app_open", T0) for i in range(2000)])
+    clock.now = T0 + IDLE_S / 2
+    s.process([event(f"d{i}", "app_open", clock.now) for i in range(100)])
+    assert s.passivate(T0 + IDLE_S + 1) == 2000
+    recent = s.residency.recent
+    assert list(recent) == [f"d{i}" for i in range(100)]
+    assert sys.getsizeof(recent) <= 2 * sys.getsizeof(dict.fromkeys(recent, 0.0))
