@@ -232,9 +232,11 @@ class Watches:
         shown = self.shown.get(customer_id)
         if shown:  # a view no longer watched leaves it here (the last watch of a channel)
             views = self._views(customer_id)
-            extra["shown"] = [[channel, placement, list(best)]
-                              for (channel, placement), best in shown.items()
-                              if (channel, placement) in views]
+            kept = [[channel, placement, list(best)]
+                    for (channel, placement), best in shown.items()
+                    if (channel, placement) in views]
+            if kept:  # with whose it is: a fold's was pushed to an anonymous one's streams
+                extra["shown"], extra["shown_by"] = kept, customer_id
         return extra
 
     def restore(self, customer_id: str, extra: dict[str, Any]) -> None:
@@ -252,15 +254,15 @@ class Watches:
                 _register(mine, watch, by[0])
             else:  # an old block's: it may be a folded anonymous customer's, so not the same
                 mine.setdefault(watch, []).append(customer_id)  # as the customer's own
-        # what was pushed to the customer's own streams stays (a folded anonymous one's was
-        # pushed to its streams); blocks from before it was carried have none
+        # only what was pushed to the customer's own streams counts (a folded anonymous one's
+        # was pushed to its streams); blocks from before it was carried have none
         shown = extra.get("shown")
-        if shown:
+        if shown and extra.get("shown_by", customer_id) == customer_id:
             views = self._views(customer_id)
             shown = {(channel, placement): tuple(best) for channel, placement, best in shown
                      if (channel, placement) in views}
-        if shown:
-            self.shown[customer_id] = {**shown, **self.shown.get(customer_id, {})}
+            if shown:
+                self.shown[customer_id] = {**shown, **self.shown.get(customer_id, {})}
 
     def drop(self, customer_id: str, evicted: bool) -> None:
         self.by_customer.pop(customer_id, None)
