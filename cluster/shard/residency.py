@@ -252,9 +252,9 @@ class Residency:
               deadline: float) -> tuple[list[str], bool, float]:
         """Up to `want` customers to passivate, least recent first: the `over` least recent,
         then the idle ones; whether it stopped before the end (at `want`, or past `deadline`:
-        the next walk carries on); when to walk again once they are written. Those idle with an armed timer, and those of partitions
-        being handed over, are kept: moved to the end, looked at again once what is before
-        them has fallen idle or been passivated."""
+        the next walk carries on); when to walk again once they are written. Those idle with
+        an armed timer, and those of partitions being handed over, are kept: moved to the
+        end, looked at again once what is before them has fallen idle or been passivated."""
         victims, kept, full = [], [], False
         # the walk starts at the least recent; a dict's iteration first skips the slots its
         # moved entries left, so it is not begun every tick while nobody can be idle yet;

@@ -124,25 +124,34 @@ class Visits(dict):
 
 
 def test_residents_kept_for_their_timers_are_not_walked_again_every_tick(compiled):
-    """All idle, each waiting for a cart timer longer than the idle time: one walk finds that,
-    later ones wait; once the timers fired, they are passivated as any idle customer."""
+    """All idle but one, each waiting for a cart timer longer than the idle time: a walk that
+    finds only those before one not idle waits for that one to be idle, and one that finds
+    only those to the end waits for the idle time (events and fires move them); once the
+    timers fired, they are passivated as any idle customer."""
     clock = Clock()
     s = shard(compiled, clock=clock, idle_s=IDLE_S)
     customers = [f"c{i}" for i in range(20)]
     s.process([event(c, "add_to_cart", T0, product_id="tv", category="electronics",
                      price=1.0) for c in customers])
+    clock.now = T0 + 10
+    s.process([event("bob", "app_open", clock.now)])
     s.residency.recent = recent = Visits(s.residency.recent)
     clock.now = T0 + IDLE_S + 1
-    assert s.passivate(clock.now) == 0 and recent.visited == 20
+    assert s.passivate(clock.now) == 0 and recent.visited == 21  # bob is not idle yet
     for _ in range(3):
         clock.now += 1
         assert s.passivate(clock.now) == 0
-    assert recent.visited == 20
+    assert recent.visited == 21
+    clock.now = T0 + 10 + IDLE_S
+    assert s.passivate(clock.now) == 1 and recent.visited == 42  # bob, then the kept ones
+    for _ in range(3):
+        clock.now += 1
+        assert s.passivate(clock.now) == 0
     clock.now = T0 + 1800 + 1  # the cart timers fire
     s.tick()
     assert s.counts["timers_fired"] == 20 and len(s.timers) == 0
     clock.now += IDLE_S
-    assert s.passivate(clock.now) == 20
+    assert s.passivate(clock.now) == 20 and recent.visited == 42 + 20
 
 
 @pytest.mark.parametrize("with_timer", [False, True])
