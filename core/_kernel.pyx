@@ -19,6 +19,9 @@ cdef double PROBIT_SCALE2 = M_PI / 8.0  # models.PROBIT_SCALE2
 cdef double MILLS_ASYMPTOTIC = -35.0  # models.MILLS_ASYMPTOTIC
 cdef double SELECTION_TAIL = 6.0  # reference.SELECTION_TAIL
 cdef double MIN_RELATIVE_VARIANCE = 1e-12  # models.MIN_RELATIVE_VARIANCE
+cdef double STANDARDIZE_WARMUP = 32.0  # models.STANDARDIZE_WARMUP
+cdef double STANDARDIZE_CLIP_SDS = 3.0  # models.STANDARDIZE_CLIP_SDS
+cdef double STANDARDIZE_MIN_SPREAD2 = 1e-6  # models.STANDARDIZE_MIN_SPREAD2
 cdef double ZIGGURAT_R = _ZIGGURAT_R
 
 OPCODES = {name: value for name, value in dict(
@@ -36,6 +39,8 @@ REASONS = {name: value for name, value in dict(
     TOP_K=R_TOP_K).items()}
 MAX_PREDICTORS_SUPPORTED = MAX_PREDICTORS
 ONE_EXAMPLE = {"probit_scale2": PROBIT_SCALE2, "mills_asymptotic": MILLS_ASYMPTOTIC}
+INPUT_CLIP = {"warmup": STANDARDIZE_WARMUP, "sds": STANDARDIZE_CLIP_SDS,
+              "min_spread2": STANDARDIZE_MIN_SPREAD2}
 
 
 cdef class CatalogView:
@@ -617,16 +622,35 @@ cdef void _predictor_vector(CatalogView cat, ModelView mv, const double* view, c
 
 cdef void _observe_inputs(CatalogView cat, ModelView mv, const double* view,
                           const double* ctx) noexcept nogil:
-    """A decision's standardised inputs join their running statistics (after it used them)."""
+    """A decision's standardised inputs join their running statistics (after it used them),
+    clipped as models.observed clips them."""
     cdef Py_ssize_t j
     cdef double v
     for j in range(cat.n_predictors - 1):
         if cat.predictor_transform[j] == TF_STANDARDIZE:
             v = _input(cat, j, view, ctx)
             if isfinite(v * v):
+                v = _observed(v, mv.inputs[0, j + 1], mv.inputs[1, j + 1], mv.inputs[2, j + 1])
                 mv.inputs[0, j + 1] += 1.0
                 mv.inputs[1, j + 1] += v
                 mv.inputs[2, j + 1] += v * v
+
+
+cdef inline double _observed(double v, double count, double total,
+                             double squares) noexcept nogil:
+    """models.observed, operation for operation."""
+    cdef double mean, var, floor, half
+    if not count >= STANDARDIZE_WARMUP:
+        return v
+    mean = total / count
+    var = squares / count - mean * mean
+    floor = STANDARDIZE_MIN_SPREAD2 * (1.0 + mean * mean)
+    half = STANDARDIZE_CLIP_SDS * sqrt(var if var > floor else floor)
+    if v < mean - half:
+        return mean - half
+    if v > mean + half:
+        return mean + half
+    return v
 
 
 cdef void _context_weights(CatalogView cat, int channel, const double* ctx,

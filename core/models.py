@@ -71,6 +71,22 @@ MILLS_ASYMPTOTIC = -35.0
 
 
 MIN_RELATIVE_VARIANCE = 1e-12  # below it (times 1 + mean^2) an input has no spread to scale by
+# A standardised input's statistics are sums that never forget and that every shard adds to:
+# one context value of 1e12 (the input bound) among values near 50 set the deviation to 1e9 and
+# every later input standardised to about 0, for everyone, for good. So once they hold
+# STANDARDIZE_WARMUP inputs, an input joins them clipped to mean +- STANDARDIZE_CLIP_SDS
+# deviations (`observed`): one hostile value then moves the mean by at most 3 deviations / n
+# and the variance by a factor of at most 1 + 8 / n, and a stream of them, a share e of the
+# inputs, leaves a deviation inflated by sqrt((1 - e) / (1 - e - 9 e)) at most (1.35 at 5%;
+# unbounded only past 1 / (1 + 3^2) = 10%, where it grows as a power of the inputs seen).
+# Three deviations clip 0.3% of normal inputs (a heavier tail more: the statistics then
+# describe its bulk, which is what scaling needs). The spread the clip allows is floored at
+# 1e-3 x (1 + |mean|), so that an input constant so far can still start to vary (the clipped
+# values widen it by a factor of about (1 + 8 n / N)^(1/2) as n join N). Before the warm-up
+# the values enter as they are: the catalog's min and max of a field are what bound them then.
+STANDARDIZE_WARMUP = 32.0
+STANDARDIZE_CLIP_SDS = 3.0
+STANDARDIZE_MIN_SPREAD2 = 1e-6  # the floor of the clip's variance, times 1 + mean^2
 
 
 def standardized(v: float, count: float, total: float, squares: float) -> float:
@@ -83,6 +99,51 @@ def standardized(v: float, count: float, total: float, squares: float) -> float:
     out = v - mean
     if count >= 2.0 and var > MIN_RELATIVE_VARIANCE * (1.0 + mean * mean):
         out = out / math.sqrt(var)
+    return out
+
+
+def observed(v: float, count: float, total: float, squares: float) -> float:
+    """What input v adds to a standardised input's statistics (count, sum, sum of squares):
+    v itself during the warm-up, then v clipped to the statistics' mean +- STANDARDIZE_CLIP_SDS
+    deviations (the kernel's `_observed`, operation for operation)."""
+    if not count >= STANDARDIZE_WARMUP:
+        return v
+    mean, half = _window(count, total, squares)
+    if v < mean - half:
+        return mean - half
+    if v > mean + half:
+        return mean + half
+    return v
+
+
+def _window(count: float, total: float, squares: float) -> tuple[float, float]:
+    """The mean of the statistics and the half-width of the clip around it."""
+    mean = total / count
+    var = squares / count - mean * mean
+    floor = STANDARDIZE_MIN_SPREAD2 * (1.0 + mean * mean)
+    return mean, STANDARDIZE_CLIP_SDS * math.sqrt(var if var > floor else floor)
+
+
+def merged_inputs(base: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """Standardised inputs' statistics plus a shard's delta of them, the delta's part held to
+    what `observed` lets in: per input past the warm-up, the delta's mean clipped to the
+    base's mean +- STANDARDIZE_CLIP_SDS deviations and its spread about that mean to as many
+    deviations, so that a delta carrying a huge sum (of squares) cannot do what one input no
+    longer can. The shard clipped against its own statistics, which drift from the base's
+    between syncs, so an honest delta may be clipped a little too: its inputs still count."""
+    out = base + delta
+    past = (base[0] >= STANDARDIZE_WARMUP) & (delta[0] > 0.0) & np.isfinite(delta).all(axis=0)
+    for j in np.flatnonzero(past).tolist():
+        count, total, squares = (float(value) for value in base[:, j])
+        n, s, q = (float(value) for value in delta[:, j])
+        mean, half = _window(count, total, squares)
+        m = s / n
+        spread = max(q / n - m * m, 0.0)  # the delta's own variance
+        if abs(m - mean) <= half and spread + (m - mean) ** 2 <= half * half:
+            continue  # as the shard's clipped inputs are: added as they are
+        m = min(max(m, mean - half), mean + half)
+        spread = min(spread, half * half - (m - mean) ** 2)
+        out[:, j] = (count + n, total + n * m, squares + n * (spread + m * m))
     return out
 
 
@@ -468,7 +529,7 @@ class ModelTable:
             self.covariance[good] = inverse(self.precision[good])
         refused = int(len(rows) - ok.sum())
         with np.errstate(all="ignore"):
-            inputs = self.inputs + delta.inputs
+            inputs = merged_inputs(self.inputs, delta.inputs)
         if np.isfinite(inputs).all():
             self.inputs = inputs
         else:

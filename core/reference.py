@@ -13,7 +13,7 @@ import numpy as np
 from . import rules
 from .compiler import (CLOCK_SLOT, N_FACTORS, STAGE_VALUE, CompiledCatalog, Exploration,
                        Outcome, Reason, Teach, Transform, Update)
-from .models import one_example_step, sigmoid, standardized
+from .models import observed, one_example_step, sigmoid, standardized
 from .sampling import SplitMix64
 from .state import EMPTY, HISTORY_EPOCH_S, profile_view
 
@@ -161,11 +161,13 @@ def predictor_vector(c: CompiledCatalog, mv: ModelView, view: np.ndarray, ctx) -
 
 
 def observe_inputs(c: CompiledCatalog, mv: ModelView, view: np.ndarray, ctx) -> None:
-    """A decision's standardised inputs join their running statistics (after it used them)."""
+    """A decision's standardised inputs join their running statistics (after it used them),
+    clipped by `observed`."""
     for j in range(c.n_predictors - 1):
         if c.predictor_transform[j] == Transform.STANDARDIZE:
             v = float(_input(c, j, view, ctx))
             if math.isfinite(v * v):
+                v = observed(v, *mv.inputs[:, j + 1])
                 mv.inputs[0, j + 1] += 1.0
                 mv.inputs[1, j + 1] += v
                 mv.inputs[2, j + 1] += v * v

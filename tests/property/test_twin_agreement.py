@@ -247,17 +247,29 @@ def assert_close(a, b, what):
     np.testing.assert_allclose(a, b, rtol=RTOL, atol=0, equal_nan=True, err_msg=what)
 
 
+def input_statistics():
+    """A standardised input's statistics as a journey finds them: (count, mean, deviation),
+    warming up or past it (31, 32), with no spread and with the widest, so that the clip of
+    what joins them is reached from both sides and by its floor."""
+    return st.tuples(st.sampled_from([0.0, 1.0, 31.0, 32.0, 1000.0]),
+                     st.sampled_from([0.0, 5.0, -3.0, 1e6, -MAX_NUMBER, MAX_NUMBER]),
+                     st.sampled_from([0.0, 1e-9, 1.0, 1e3, MAX_NUMBER]))
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(doc=catalogs(), steps=journeys(), seed=st.integers(0, 2**64 - 1),
        poisoned=st.lists(st.tuples(st.integers(0, 23), st.sampled_from([math.nan, math.inf])),
-                         max_size=2))
-def test_kernel_matches_twin(doc, steps, seed, poisoned):
+                         max_size=2), seen=input_statistics())
+def test_kernel_matches_twin(doc, steps, seed, poisoned, seen):
     compiled = compile_catalog(load_catalog(yaml.safe_dump(doc), "random.yaml"))
     sides = [Side(_kernel, compiled, seed), Side(reference, compiled, seed)]
     n_actions = len(compiled.action_ids)
+    count, mean, sd = seen
     for side in sides:  # models a learner published before non-finite values were refused
         for m, value in poisoned:
             side.models.mean[m % compiled.n_models, 0] = value
+        side.models.inputs[:, 1:] = np.array([[count], [count * mean],
+                                              [count * (sd * sd + mean * mean)]])
     refused, refused_at = [0, 0], ([], [])  # counts, and which outcomes, per side
     for step in steps:
         for s, side in enumerate(sides):

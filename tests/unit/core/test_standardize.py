@@ -24,16 +24,19 @@ def compiled(text: str = STANDARDIZED):
     return compile_catalog(load_catalog(text, "small.yaml"))
 
 
-def online(values: np.ndarray) -> np.ndarray:
-    """Each value by the mean and (population) deviation of the values before it; centred
-    only while those have no spread."""
+def online(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each value by the mean and (population) deviation of the values before it as they
+    entered the statistics, and those: as they are for the first 32, then clipped to 3
+    deviations of the mean; centred only while those have no spread."""
     out = np.empty_like(values)
+    kept = np.empty_like(values)
     for n, v in enumerate(values):
-        seen = values[:n]
+        seen = kept[:n]
         mean = seen.mean() if n else 0.0
         sd = seen.std() if n > 1 else 0.0
         out[n] = (v - mean) / sd if sd > 0 else v - mean
-    return out
+        kept[n] = np.clip(v, mean - 3 * sd, mean + 3 * sd) if n >= 32 else v
+    return out, kept
 
 
 def test_each_decision_sees_the_input_standardised_by_those_before_it(impl):
@@ -45,7 +48,7 @@ def test_each_decision_sees_the_input_standardised_by_those_before_it(impl):
     for t, v in enumerate(values):
         engine.decide("ana", "web", "hero", {"basket_value": float(v)}, now=T0 + t)
         seen.append(engine.workspace.predictors[0][j])
-    np.testing.assert_allclose(seen, np.clip(online(values), -c.predictor_limit,
+    np.testing.assert_allclose(seen, np.clip(online(values)[0], -c.predictor_limit,
                                              c.predictor_limit), rtol=1e-9, atol=1e-9)
     assert engine.models.inputs[0, j] == len(values)
 
@@ -63,7 +66,9 @@ def test_statistics_from_every_shard_add_up_at_the_learner(impl):
     learner = Learner(c)
     shards = [DecisionEngine(c, seed=s) for s in range(2)]
     rng = np.random.default_rng(1)
-    values = [rng.normal(50.0, 10.0, 200), rng.normal(80.0, 5.0, 100)]
+    # shards see the same customers' mix (a delta 3 deviations off the learner's statistics
+    # would be clipped, test_input_clipping)
+    values = [rng.normal(50.0, 10.0, 200), rng.normal(60.0, 8.0, 100)]
     for shard, vs in zip(shards, values):
         for t, v in enumerate(vs):
             shard.decide("ana", "web", "hero", {"basket_value": float(v)}, now=T0 + t)
@@ -71,7 +76,7 @@ def test_statistics_from_every_shard_add_up_at_the_learner(impl):
     for shard in shards:
         published = learner.sync(c.version, shard.models.take_delta(), -1)
     j = c.predictor_names.index("context.basket_value")
-    both = np.concatenate(values)
+    both = np.concatenate([online(vs)[1] for vs in values])  # as each shard let them in
     count, total, squares = published.inputs[:, j]
     assert count == len(both)
     assert total / count == pytest.approx(both.mean())
