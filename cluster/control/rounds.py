@@ -32,6 +32,7 @@ import time
 from typing import Any, Awaitable
 
 from kairos.cluster.control.catalog_identity import catalog_digest
+from kairos.cluster.control.moves import confirm_owned
 from kairos.cluster.control.nodes import NodeRefused
 from kairos.cluster.control.partitions import Move
 from kairos.cluster.settings import (DECISION_LOG_MAX_BYTES, DECISION_LOG_RETENTION_S,
@@ -39,6 +40,7 @@ from kairos.cluster.settings import (DECISION_LOG_MAX_BYTES, DECISION_LOG_RETENT
 from kairos.cluster.transport.ray_backend import Gone
 
 log = logging.getLogger("kairos.controller")
+CONFIRM_OWNED_S = 30.0  # how often the shards are confirmed the partitions the map gives them
 
 
 async def _step(what: str, work: Awaitable[Any]) -> None:
@@ -52,6 +54,7 @@ class ControlLoop:
     """Controller's control loop (a part of Controller: controller.py)."""
 
     _logs_trimmed = -math.inf  # when step 8 last ran
+    _owned_confirmed = -math.inf  # when the shards were last confirmed what the map gives them
 
     async def reconcile(self) -> None:
         """One round of the control loop (this module's docstring)."""
@@ -67,6 +70,7 @@ class ControlLoop:
         await _step("giving shards to nodes that joined", self._grow())
         await _step("re-placing a shard of a crowded node", self._uncrowd())
         await _step("dropping the channel watches of sinks gone", self._drop_gone_sinks())
+        await _step("confirming the moves the map shows done", self._confirm_owned())
         await _step("trimming the decision logs of shards gone", self._trim_gone_logs())
 
     async def _replace_departed(self, alive: list[str]) -> None:
@@ -201,6 +205,18 @@ class ControlLoop:
                             answer)
                 for watch in sorted((w for w in self.channel_watches if w[0] == sink), key=str):
                     await self.watch_channel(*watch, active=False)
+
+    async def _confirm_owned(self) -> None:
+        # a target whose confirmation failed, or that an older controller never confirmed,
+        # holds its partitions arriving: their timers would never fire (shard/handoff.py);
+        # a call to every shard, so every CONFIRM_OWNED_S, not every round
+        now = time.monotonic()
+        if now - self._owned_confirmed < CONFIRM_OWNED_S:
+            return
+        async with self._reconfiguring:
+            if not self.moving and self.map is not None:
+                await confirm_owned(self.backend, self.map)
+                self._owned_confirmed = now
 
     async def _uncrowd(self) -> None:
         """A node with two shards more than the emptiest gives one up: a new one on the

@@ -16,6 +16,8 @@ import heapq
 from typing import Callable, Generic, Hashable, Iterator, TypeVar
 
 WAKE_LIMIT = 512
+# sleepers looked at a tick: those refused (their partition handed over or arriving) stay due
+WAKE_VISITS = 64 * WAKE_LIMIT
 
 Outer = TypeVar("Outer", bound=Hashable)
 Inner = TypeVar("Inner", bound=Hashable)
@@ -118,9 +120,15 @@ class Timers:
     def pop_due(self, now: float) -> list[tuple[float, str, int]]:
         """Every timer due at or before `now`, disarmed, in due order (those of passivated
         customers due by then too, once `wake` made them resident)."""
-        for _, partition, customer_id in self._asleep.due(now, WAKE_LIMIT):
+        # only wakes count against the limit: sleepers refused (their partition is being
+        # handed over, or arriving) stay due atop the heap, and must not hold back the rest
+        woken = 0
+        for seen, (_, partition, customer_id) in enumerate(self._asleep.due(now)):
+            if woken == WAKE_LIMIT or seen == WAKE_VISITS:
+                break
             if self._wake(partition, customer_id):
                 self.woke(partition, customer_id)
+                woken += 1
         fired = []
         for entry in self._armed.due(now):
             self.cancel(entry[1], entry[2])
