@@ -49,7 +49,7 @@ cdef class CatalogView:
     cdef public object c
     cdef int n_actions, n_channels, n_groups, n_predictors, history_size, exploration
     cdef int n_decayed, n_weights
-    cdef double restraint, ucb_alpha, trial_rate, value_prior_weight
+    cdef double restraint, ucb_alpha, trial_rate, value_prior_weight, value_max_ratio
     cdef bint optimistic
     cdef int selection_samples
     cdef const int8_t[::1] view_kind
@@ -97,6 +97,7 @@ cdef class CatalogView:
         self.ucb_alpha = c.ucb_alpha
         self.trial_rate = c.trial_rate
         self.value_prior_weight = c.value_prior_weight
+        self.value_max_ratio = c.value_max_ratio
         self.selection_samples = c.selection_samples
         self.view_kind = c.layout.view_kind
         self.view_inv_hl = c.layout.view_inv_half_life
@@ -1230,10 +1231,14 @@ def record_outcomes(CatalogView cat, StateView st, ModelView mv, const int64_t[:
     `teach` (compiler.Teach's bits) lets it: the label, and for a conversion with a value, not
     NaN, the value; the number of updates refused because they would leave a model not
     finite (the model is left as is, and the value not learned), each marked 1 in
-    `refused_at` (0 for the others)."""
+    `refused_at` (0 for the others). A value counts at most `_value_bound` (reference.py's
+    `record_outcomes` says why)."""
     cdef Py_ssize_t i, m, row, d = cat.n_predictors, refused = 0
     cdef int head, outcome
-    cdef double y
+    cdef double y, bound
+    # the profile and an empty context, for the value rule that bounds a convert's value
+    cdef double[::1] view = np.zeros(max(st.values.shape[1], 1))
+    cdef double[::1] no_context = np.full(max(cat.c.context_width, 1), NAN)
     # a model's new statistics go to the view's scratch, and back only when all are finite
     cdef double* mean = &mv._mean[0]
     cdef double* precision = &mv._precision[0]
@@ -1268,9 +1273,21 @@ def record_outcomes(CatalogView cat, StateView st, ModelView mv, const int64_t[:
                 else:
                     mv.negatives[m] += 1.0
             if outcome == OUT_CONVERT and teach[i] & TEACH_VALUE and isfinite(values[i]):
-                mv.value_count[m] += 1.0
-                mv.value_sum[m] += values[i]
+                _profile_view(cat, &st.values[row, 0], st.values.shape[1], times[i], &view[0])
+                bound = _value_bound(cat, actions[i], &view[0], &no_context[0], times[i])
+                if bound > 0.0:  # else there is no catalog value to bound it by: not learned
+                    mv.value_count[m] += 1.0
+                    mv.value_sum[m] += values[i] if values[i] < bound else bound
     return refused
+
+
+cdef inline double _value_bound(CatalogView cat, Py_ssize_t a, const double* view,
+                                const double* ctx, double now) noexcept nogil:
+    """The most a convert of `a` may teach: value_max_ratio times the action's catalog value
+    for the customer now, without context; NaN when that is not finite."""
+    cdef double value = _run(cat, cat.rule_range[a, 3, 0], cat.rule_range[a, 3, 1], view, ctx,
+                             a, now)
+    return cat.value_max_ratio * value if isfinite(value) else NAN
 
 
 cdef bint _learn_diagonal(ModelView mv, Py_ssize_t m, const double* x, Py_ssize_t d, double y,

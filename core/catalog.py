@@ -48,6 +48,10 @@ DEFAULT_TRIAL_RATE = 0.02  # decisions that try an action not yet accepted on th
 DEFAULT_SELECTION_SAMPLES, MAX_SELECTION_SAMPLES = 128, 65_536
 POSTERIORS = ("auto", "full", "diagonal")
 DEFAULT_VALUE_PRIOR_WEIGHT = 10.0
+# A convert's value counts at most this many times the action's catalog value for the
+# customer (models.value.max_ratio): the learned value is shared by every customer, so one
+# convert reporting 1e12 would otherwise set it for all of them
+DEFAULT_VALUE_MAX_RATIO = 10.0
 # Inputs, the intercept included, a full-covariance posterior may have: a decision costs
 # inputs^2 per action and a model inputs^2 * 16 bytes (precision and covariance)...
 FULL_POSTERIOR_MAX_INPUTS = 64
@@ -235,6 +239,7 @@ class ValueLearning:
 
     learn: bool = True
     prior_weight: float = DEFAULT_VALUE_PRIOR_WEIGHT
+    max_ratio: float = DEFAULT_VALUE_MAX_RATIO  # a convert's value counts at most this x it
 
 
 @dataclass(frozen=True)
@@ -971,11 +976,13 @@ class _Reader:
                 group_priors[group] = self.prior(path + ("groups", group), prior)
         value = ValueLearning()
         if "value" in spec:
-            vspec = self.mapping(path + ("value",), (), ("learn", "prior_weight"))
+            vspec = self.mapping(path + ("value",), (), ("learn", "prior_weight", "max_ratio"))
             value = ValueLearning(
                 self.boolean(path + ("value", "learn")) if "learn" in vspec else True,
                 self.number(path + ("value", "prior_weight"), minimum=0.0, maximum=MAX_NUMBER)
-                if "prior_weight" in vspec else DEFAULT_VALUE_PRIOR_WEIGHT)
+                if "prior_weight" in vspec else DEFAULT_VALUE_PRIOR_WEIGHT,
+                self.number(path + ("value", "max_ratio"), minimum=1.0, maximum=MAX_NUMBER)
+                if "max_ratio" in vspec else DEFAULT_VALUE_MAX_RATIO)
         return Models(tuple(predictors), prior, group_priors, posterior, value)
 
     def prior(self, path: Path, base: Prior = Prior()) -> Prior:

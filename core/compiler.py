@@ -559,6 +559,7 @@ class CompiledCatalog:
         self.full_posterior = models.posterior == "full" or (
             models.posterior == "auto" and self.n_predictors <= FULL_POSTERIOR_AUTO_INPUTS)
         self.value_prior_weight = models.value.prior_weight if models.value.learn else -1.0
+        self.value_max_ratio = models.value.max_ratio
         self.predictor_source = np.array([int(p.source == "context") for p in preds], np.int8)
         self.predictor_index = np.array(slots, np.int32)
         self.predictor_transform = np.array([Transform[p.transform.upper()] for p in preds],

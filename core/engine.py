@@ -421,7 +421,9 @@ class DecisionEngine:
     def record_outcomes(self, outcomes: Sequence[tuple]) -> list[Learned]:
         """Record (customer_id, action_id, channel, outcome, time, decision_id[, value])
         tuples; what each taught the models from. A convert may carry its value (0 to
-        MAX_NUMBER, None for none), which the model's value learns from.
+        MAX_NUMBER, None for none), which the model's value learns from, counted at most
+        `models.value.max_ratio` times the action's catalog value for the customer (the
+        kernel clips it; see reference.record_outcomes).
 
         The model learns from the inputs the decision saw when the decision is still
         remembered; otherwise from the profile as it is now, without context.

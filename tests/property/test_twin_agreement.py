@@ -148,8 +148,10 @@ def catalogs(draw):
                           "selection_samples": draw(st.sampled_from([1, 16]))}
     doc["models"]["groups"] = {}
     doc["models"]["posterior"] = draw(st.sampled_from(["full", "diagonal"]))
+    # max_ratio 1: a convert's value counts no more than the catalog's value
     doc["models"]["value"] = draw(st.sampled_from([{"learn": False}, {"prior_weight": 0},
-                                                   {"prior_weight": 10}]))
+                                                   {"prior_weight": 10},
+                                                   {"prior_weight": 2, "max_ratio": 1}]))
     doc["models"]["predictors"] = doc["models"]["predictors"] + draw(st.lists(st.sampled_from([
         {"name": "lifetime_spend"}, {"name": "spend_30d", "transform": "scale", "scale": 10},
         {"name": "max_order", "transform": "log1p"}, {"name": "min_price"},
@@ -183,8 +185,9 @@ def journeys(draw):
         else:
             steps.append(("outcome", customer, draw(st.integers(0, 11)),
                           draw(st.sampled_from(["impression", "accept", "reject", "ignore",
-                                                "convert"])), t,
-                          draw(st.sampled_from([math.nan, 0.0, 12.5, 1e12])),
+                                                "convert", "convert"])), t,
+                          # past, at and below value_max_ratio x the catalog's value
+                          draw(st.sampled_from([math.nan, 0.0, 12.5, 1e4, 1e12])),
                           draw(st.integers(0, 3))))  # Teach's bits: what it may still teach
     return steps
 

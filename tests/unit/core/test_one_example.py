@@ -26,7 +26,8 @@ def respond(engine, decision_id, action, *outcomes):
 
 
 def test_an_accept_then_a_convert_is_one_positive_and_its_value_is_learned_once(impl):
-    once, twice = engine_for("{prior_weight: 4}"), engine_for("{prior_weight: 4}")
+    spec = "{prior_weight: 4, max_ratio: 100}"  # 80 is within 100 x the catalog's value
+    once, twice = engine_for(spec), engine_for(spec)
     decision, action, m = decided(once)
     assert respond(once, decision, action, ("accept",)) == [Learned.DECISION]
     decision2, _, _ = decided(twice)

@@ -38,7 +38,7 @@ def converted(engine: DecisionEngine, value: float | None, n: int = 1) -> None:
 
 
 def test_reported_values_replace_the_catalogs_little_by_little(impl):
-    engine = engine_for("{prior_weight: 4}")
+    engine = engine_for("{prior_weight: 4, max_ratio: 100}")  # 100 is within 100 x 2
     before = value_factor(engine)
     converted(engine, 100.0, 4)
     assert value_factor(engine) == pytest.approx((4 * before + 4 * 100.0) / 8)
@@ -69,7 +69,7 @@ def test_a_bad_value_is_an_input_error_and_changes_nothing(outcome, value, reaso
 
 
 def test_values_from_every_shard_add_up_at_the_learner():
-    shards = [engine_for(seed=s) for s in range(2)]
+    shards = [engine_for("{max_ratio: 20}", seed=s) for s in range(2)]  # 30 within 20 x 2
     learner = Learner(shards[0].compiled)
     for shard, value in zip(shards, (10.0, 30.0)):
         shard.record_outcomes([("ana", "track_order", "web", "convert", T0, None, value)])
