@@ -38,7 +38,6 @@ import itertools
 import logging
 import math
 import time
-import traceback
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -53,6 +52,7 @@ from kairos.cluster.protocol import Busy, Invalid, Reply, Unavailable
 from kairos.cluster.settings import (SESSION_START_S, SHARD_QUEUE_LIMIT, SHARD_ROUND_BYTES,
                                      SHARD_ROUND_LIMIT, STORE_COUNT_S, TICK_S)
 from kairos.cluster.shard import decisionlog
+from kairos.cluster.shard.failures import where_failed
 from kairos.cluster.shard.handoff import Moving
 from kairos.cluster.shard.sequencer import Sequencer
 from kairos.cluster.shard.shard import Shard
@@ -60,22 +60,10 @@ from kairos.cluster.shard.syncs import Syncs
 from kairos.cluster.shard.watches import Push
 from kairos.cluster.storage.store import Store, StoreUnavailable
 
-TRACE_FRAMES = 8  # innermost frames of an unexpected failure that the log names
-
 log = logging.getLogger("kairos.shard")
 NEW_SHARD_COUNT_S = 0.5  # how soon a Shard new to serving has its store counted
 # a shard's decision log reads at once (threads: each reads a page of a long log)
 LOG_READS = 2
-
-
-def where_failed(exc: BaseException) -> str:
-    """An unexpected failure's type and where it was raised, without its message: a round
-    holds many callers' requests, and a message may quote a customer id (a KeyError does),
-    which neither the log nor the other callers may see."""
-    frames = traceback.extract_tb(exc.__traceback__)[-TRACE_FRAMES:]
-    return f"{type(exc).__name__} at " + " <- ".join(
-        f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno} {frame.name}"
-        for frame in reversed(frames))
 REBUILD_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)  # waits between attempts to rebuild from the store
 # A batch of a session the shard refused an earlier batch of: applied, it would overtake that
 # one (nothing of it was applied).
