@@ -108,11 +108,15 @@ class Handoff:
 
     def release(self, partitions: Sequence[int], version: int) -> None:
         """The move of map `version` is settled with another shard owning them: forget the
-        partitions' customers (MOVED answers stay), and refuse its late steps."""
+        partitions' customers (MOVED answers stay), and refuse its late steps. A partition
+        granted here by a newer move is kept (this release came late: dropping it would leave
+        it no owner)."""
+        owned = self._ownership.owned
         self._ownership.fence(partitions, version)
+        partitions = [p for p in partitions if owned.get(p, -1) <= version]
         for p in partitions:
             self._residency.drop_partition(p)
-            self._ownership.owned.pop(p, None)
+            owned.pop(p, None)
             self._ownership.arriving.pop(p, None)
             self._frozen.pop(p, None)
             self._journaling.forget(p)
@@ -150,17 +154,18 @@ class Handoff:
         """The handoff failed: serve the partitions again, to senders that saw `version`.
         Idempotent (the controller repeats it until it is answered); a partition this shard
         does not hold is refused, as serving it would answer from an empty partition; one
-        frozen since for a newer move is left so (this thaw came late: serving it again would
-        make two owners)."""
+        frozen since for a newer move, or granted here by one, is left so (this thaw came late:
+        serving it again would make two owners, or lower its grant)."""
         for p in partitions:
             if p not in self._ownership.owned:
                 raise ValueError(f"{self._ctx.name} cannot thaw partition {p}: not held here")
         self._ownership.fence(partitions, version)
-        leaving = self._ownership.leaving
-        partitions = [p for p in partitions if leaving.get(p, version) <= version]
+        leaving, owned = self._ownership.leaving, self._ownership.owned
+        partitions = [p for p in partitions
+                      if leaving.get(p, version) <= version and owned[p] <= version]
         for p in partitions:
             leaving.pop(p, None)
-            self._ownership.owned[p] = version
+            owned[p] = version
             for customer_id, blob in self._frozen.pop(p, {}).items():
                 self._ctx.store.put(p, customer_id, blob)
         self.confirm(partitions, version)  # served at `version`: a move that brought it stays
