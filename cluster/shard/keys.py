@@ -12,13 +12,21 @@ customer it names. Outcomes' keys (Respond) are kept the same way, among the sam
 What is kept of a key is a record of RECORD.size bytes whatever the key's length (a caller's
 key may be MAX_KEY_LENGTH characters): 16 bytes of BLAKE2b over the key (two of a customer's
 keys meet with a chance of 2**-128), its sequence number and when it was remembered, a
-customer's records packed in one bytearray, oldest first. Blocks written before hold the keys
-themselves ("keys").
+customer's records packed in one bytearray, oldest first. The digest covers the key alone, not
+the customer: a link folds the visitor's records into the customer's, and they are then the
+customer's keys. Blocks written before hold the keys themselves ("keys"); a shard from before
+the records reads none of a block's "key_records" (README: an upgrade is not rolled back).
+
+Every keyed event is looked up and then remembered (on issue 17's hot path), so both find a
+record through an open-addressing index of record numbers (4 bytes a slot, four slots a record:
+half empty, a miss looks at one or two), not by scanning 8 KiB of records, and the digest
+computed by the lookup is kept for the remember.
 """
 from __future__ import annotations
 
 import hashlib
 import struct
+from array import array
 from typing import Any, Callable
 
 from kairos.cluster.settings import KEY_RETENTION_S, KEYS_PER_CUSTOMER
@@ -28,49 +36,117 @@ from kairos.cluster.settings import KEY_RETENTION_S, KEYS_PER_CUSTOMER
 OUTCOME_KEY = "outcome\x00"
 DIGEST_BYTES = 16
 RECORD = struct.Struct(f"<{DIGEST_BYTES}sQd")  # the key's digest, its sequence, when remembered
+WHEN = struct.Struct("<d")  # a record's last field
+# keys looked up and not found, kept for the remember that follows (a batch's events are all
+# looked up before any is remembered); past this many, the lost ones are looked up again
+PENDING_DIGESTS = 1024
+SLOTS_PER_RECORD, MOST_USED = 4, 0.5  # an index of 256 records: 1024 slots, 4 KiB
 
 
 def _digest(key: str) -> bytes:
     return hashlib.blake2b(key.encode(), digest_size=DIGEST_BYTES).digest()
 
 
-def _find(records: bytearray, digest: bytes) -> int | None:
-    """Where the record of `digest` starts."""
-    at = records.find(digest)
-    while at != -1 and at % RECORD.size:  # the bytes met across two records' fields
-        at = records.find(digest, at + 1)
-    return None if at == -1 else at
+class _Records:
+    """A customer's records, oldest first, and their index: slot -> the number of the record
+    there (its position plus `first`); 0 is an empty slot, a number below `first` a record
+    dropped since, whose slot a new record may take."""
+    __slots__ = ("data", "first", "next", "slots", "used")
+
+    def __init__(self, data: bytearray):
+        self.data = data
+        self.reindex()
+
+    def reindex(self) -> None:
+        count = len(self.data) // RECORD.size
+        size = 8
+        while size < SLOTS_PER_RECORD * count:
+            size *= 2
+        self.slots, self.first, self.next, self.used = array("I", bytes(4 * size)), 1, 1, 0
+        for digest, _, _ in RECORD.iter_unpack(self.data):
+            self._place(digest)
+
+    def find(self, digest: bytes) -> int | None:
+        """Where the record of `digest` starts."""
+        slots, mask, first, data = self.slots, len(self.slots) - 1, self.first, self.data
+        slot = hash(digest) & mask  # the index lives in memory only: the process's hash does
+        while number := slots[slot]:
+            if number >= first and data.startswith(digest, at := (number - first) * RECORD.size):
+                return at
+            slot = (slot + 1) & mask
+        return None
+
+    def add(self, digest: bytes, record: bytes) -> None:
+        """Append the record of a digest not among these, the oldest out past
+        KEYS_PER_CUSTOMER."""
+        if self.used >= len(self.slots) * MOST_USED or self.next == 1 << 32:
+            self.reindex()  # before the record is in: sized for those kept, not one more
+        self.data += record
+        self._place(digest)
+        if len(self.data) > KEYS_PER_CUSTOMER * RECORD.size:
+            self.drop_oldest(len(self.data) // RECORD.size - KEYS_PER_CUSTOMER)
+
+    def _place(self, digest: bytes) -> None:
+        slots, mask, first = self.slots, len(self.slots) - 1, self.first
+        slot = hash(digest) & mask
+        while slots[slot] >= first:
+            slot = (slot + 1) & mask
+        self.used += not slots[slot]
+        slots[slot] = self.next
+        self.next += 1
+
+    def drop_oldest(self, count: int) -> None:
+        del self.data[:count * RECORD.size]  # at the front, a bytearray moves nothing
+        self.first += count
 
 
 class IdempotencyKeys:
     def __init__(self, clock: Callable[[], float]):
         self._clock = clock
-        self._keys: dict[str, bytearray] = {}  # customer -> its records, oldest first
+        self._keys: dict[str, _Records] = {}  # customer -> its records
+        # (customer, key) looked up and not found -> its digest, and the records it is not in
+        self._pending: dict[tuple[str, str], tuple[bytes, _Records | None]] = {}
 
     def get(self, customer_id: str, key: str) -> int | None:
         """The customer's sequence number of the event first applied under `key`."""
         records = self._keys.get(customer_id)
-        at = None if records is None else _find(records, _digest(key))
-        if at is None:
+        if records is None:
             return None
-        _, sequence, when = RECORD.unpack_from(records, at)
-        return None if when <= self._clock() - KEY_RETENTION_S else sequence
+        digest = _digest(key)
+        at = records.find(digest)
+        if at is not None:
+            _, sequence, when = RECORD.unpack_from(records.data, at)
+            if when > self._clock() - KEY_RETENTION_S:
+                return sequence
+        if len(self._pending) >= PENDING_DIGESTS:
+            self._pending.clear()
+        # only a remember of this key adds its record to these records; a restore makes others
+        self._pending[customer_id, key] = (digest, records if at is None else None)
+        return None
 
     def remember(self, customer_id: str, key: str, sequence: int) -> None:
-        records = self._keys.setdefault(customer_id, bytearray())
-        digest = _digest(key)
-        at = _find(records, digest)
-        if at is not None:  # applied again (its window closed, or a replay): now the newest
-            del records[at:at + RECORD.size]
-        records += RECORD.pack(digest, sequence, self._clock())
-        self._trim(records)
+        """Keep `key` as the customer's newest (those past the window go when its block is
+        written: the count bounds what memory holds)."""
+        digest, absent_from = self._pending.pop((customer_id, key), (None, None))
+        digest = digest or _digest(key)
+        record = RECORD.pack(digest, sequence, self._clock())
+        records = self._keys.get(customer_id)
+        if records is None:
+            self._keys[customer_id] = _Records(bytearray(record))
+        elif records is absent_from or (at := records.find(digest)) is None:
+            records.add(digest, record)
+        else:  # applied again (its window closed, or a replay): now the newest
+            del records.data[at:at + RECORD.size]
+            records.data += record
+            records.reindex()
 
-    def _trim(self, records: bytearray) -> None:
-        start = max(0, len(records) - KEYS_PER_CUSTOMER * RECORD.size)
-        horizon = self._clock() - KEY_RETENTION_S
-        while start < len(records) and RECORD.unpack_from(records, start)[2] <= horizon:
-            start += RECORD.size
-        del records[:start]
+    def _expire(self, records: _Records) -> None:
+        data, horizon = records.data, self._clock() - KEY_RETENTION_S
+        count = max(0, len(data) // RECORD.size - KEYS_PER_CUSTOMER)
+        while count * RECORD.size < len(data) and \
+                WHEN.unpack_from(data, count * RECORD.size + DIGEST_BYTES + 8)[0] <= horizon:
+            count += 1
+        records.drop_oldest(count)
 
     # -- a customer's keys ride along in its block (residency.py) ------------------------------
 
@@ -78,8 +154,8 @@ class IdempotencyKeys:
         records = self._keys.get(customer_id)
         if records is None:
             return {}
-        self._trim(records)
-        return {"key_records": bytes(records)}
+        self._expire(records)
+        return {"key_records": bytes(records.data)}
 
     def restore(self, customer_id: str, extra: dict[str, Any]) -> None:
         """Add a block's keys to the customer's (a block written before keys were kept per
@@ -90,12 +166,13 @@ class IdempotencyKeys:
         if not theirs:
             return
         entries = {digest: (sequence, when) for digest, sequence, when in theirs}
+        mine = self._keys.get(customer_id)
         entries.update((digest, (sequence, when)) for digest, sequence, when in
-                       RECORD.iter_unpack(self._keys.get(customer_id, b"")))
-        records = self._keys[customer_id] = bytearray().join(
+                       RECORD.iter_unpack(mine.data if mine else b""))
+        records = self._keys[customer_id] = _Records(bytearray().join(
             RECORD.pack(digest, *entry)
-            for digest, entry in sorted(entries.items(), key=lambda item: item[1][1]))
-        self._trim(records)
+            for digest, entry in sorted(entries.items(), key=lambda item: item[1][1])))
+        self._expire(records)
 
     def drop(self, customer_id: str, evicted: bool) -> None:
         self._keys.pop(customer_id, None)

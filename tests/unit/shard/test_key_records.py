@@ -53,3 +53,32 @@ def test_a_key_remembered_again_keeps_one_record_the_newest():
     keys.remember("ana", "k", 3)  # as a replay does, for an event applied again
     assert keys.get("ana", "k") == 3
     assert len(keys.extra("ana")["key_records"]) == 2 * RECORD.size
+
+
+def test_keys_are_found_through_many_keys_pushed_out_and_applied_again(monkeypatch):
+    monkeypatch.setattr("kairos.cluster.shard.keys.KEYS_PER_CUSTOMER", 64)
+    keys = IdempotencyKeys(Clock())
+    kept: dict[str, int] = {}  # what the window holds, oldest first
+    for sequence in range(1, 3001):
+        key = f"k{sequence % 13}" if sequence % 2 else f"e{sequence}"  # k.. come again, kept
+        assert keys.get("ana", key) == kept.get(key)
+        keys.remember("ana", key, sequence)
+        kept.pop(key, None)
+        kept[key] = sequence
+        while len(kept) > 64:
+            del kept[next(iter(kept))]
+    assert all(keys.get("ana", key) == sequence for key, sequence in kept.items())
+    assert keys.get("ana", "e1") is None and "e1" not in kept
+    assert len(keys.extra("ana")["key_records"]) == 64 * RECORD.size
+
+
+def test_a_key_looked_up_then_restored_with_the_customer_is_remembered_once():
+    keys = IdempotencyKeys(Clock())
+    keys.remember("ana", "mine", 1)
+    assert keys.get("ana", "k") is None  # not here yet: its remember is to come
+    home = IdempotencyKeys(Clock())
+    home.remember("ana", "k", 2)
+    keys.restore("ana", home.extra("ana"))  # e.g. the customer's home read in between
+    keys.remember("ana", "k", 3)
+    assert keys.get("ana", "k") == 3
+    assert len(keys.extra("ana")["key_records"]) == 2 * RECORD.size
