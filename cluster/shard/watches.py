@@ -123,9 +123,10 @@ class Watches:
         wherever they come back from."""
         dead = set()
         for sink in sinks:  # the latest last
+            if sink not in self.gone:  # else its watches went when it was found here
+                dead.add(sink)
             self.gone.pop(sink, None)
             self.gone[sink] = None
-            dead.add(sink)
         while len(self.gone) > GONE_KEPT:
             del self.gone[next(iter(self.gone))]
         if not dead:

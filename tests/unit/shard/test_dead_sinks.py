@@ -55,3 +55,32 @@ def test_the_sinks_found_gone_ride_in_a_handoff(compiled):
     assert "gw-dead" in b.watches.gone
     b.process([event("ana", "app_open", clock.now)], routed=[2])
     assert [w.sink for w in b.watches.by_customer["ana"]] == ["gw-live"]
+
+
+class _Walks(dict):
+    """A watch table that counts the walks over it."""
+
+    walks = 0
+
+    def __iter__(self):
+        self.walks += 1
+        return super().__iter__()
+
+
+def test_an_adopt_walks_no_watches_for_the_sinks_already_gone_here(compiled):
+    """Every handoff names the source's dead sinks: those already dropped here cost no walk
+    over every watched customer (one per adopt, for good, once the source knew any)."""
+    store = MemoryStore(shared=True)
+    p = p_of("ana")
+    a = shard(compiled, "a", partitions=[p], store=store)
+    b = shard(compiled, "b", partitions=[x for x in range(N_PARTITIONS) if x != p],
+              store=store)
+    a.drop_sink("gw-dead")
+    b.drop_sink("gw-dead")
+    b.process([watch("bob", "gw-live", "web", "hero")])
+    b.watches.by_customer = _Walks(b.watches.by_customer)
+    b.adopt(a.freeze([p], 2), 2)
+    assert b.watches.by_customer.walks == 0
+    assert list(b.watches.gone) == ["gw-dead"]
+    b.drop_sink("gw-new")  # a sink not gone yet is walked for
+    assert b.watches.by_customer.walks == 1
