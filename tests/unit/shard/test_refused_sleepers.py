@@ -1,6 +1,5 @@
 """Sleepers whose partition refuses to wake them (arriving, or leaving) do not count against
-timers.WAKE_LIMIT: however many are overdue, other partitions' sleepers wake when due.
-(For tests/unit/shard/, with timers_wake_limit.diff.)"""
+timers.WAKE_LIMIT: however many are overdue, other partitions' sleepers wake when due."""
 from __future__ import annotations
 
 from kairos.cluster.shard import timers
