@@ -52,7 +52,7 @@ from kairos.cluster.protocol import Busy, Invalid, Reply, Unavailable
 from kairos.cluster.settings import (SESSION_START_S, SHARD_QUEUE_LIMIT, SHARD_ROUND_BYTES,
                                      SHARD_ROUND_LIMIT, STORE_COUNT_S, TICK_S)
 from kairos.cluster.shard import decisionlog
-from kairos.cluster.shard.failures import where_failed
+from kairos.cluster.shard.failures import close_dropped, close_unused, where_failed
 from kairos.cluster.shard.handoff import Moving
 from kairos.cluster.shard.sequencer import Sequencer
 from kairos.cluster.shard.shard import Shard
@@ -143,7 +143,7 @@ class ShardHost:
         self._starts += 1  # a build of an earlier start still running is dropped when done
         replaced, self.shard = self.shard, None
         if replaced is not None:  # its journal is not left open beside the new one's
-            await asyncio.get_running_loop().run_in_executor(self._pool, _closed, replaced)
+            await asyncio.get_running_loop().run_in_executor(self._pool, close_dropped, replaced)
         if not await self._recover(compiled, owned, channel_watches, sources):
             self._recovering = asyncio.get_running_loop().create_task(
                 self._serve_again(compiled, owned, channel_watches, sources, tried=1))
@@ -192,7 +192,7 @@ class ShardHost:
         try:
             shard, recovery = await asyncio.shield(built)
         except asyncio.CancelledError:  # a new start took over: close what this one builds
-            built.add_done_callback(_close_unused)
+            built.add_done_callback(close_unused)
             raise
         except Exception as exc:  # a store that is down, or data this version cannot read
             unexpected = not isinstance(exc, (StoreUnavailable, OSError))
@@ -202,7 +202,7 @@ class ShardHost:
                     type(exc).__name__, exc, exc_info=unexpected)
             return False
         if start != self._starts:  # a later start builds its own: two would both serve
-            await asyncio.get_running_loop().run_in_executor(self._pool, _closed, shard)
+            await asyncio.get_running_loop().run_in_executor(self._pool, close_dropped, shard)
             return True
         self.shard, self.recovery = shard, recovery
         self._settle()  # and a failed Shard is freed
@@ -236,7 +236,7 @@ class ShardHost:
         moving = failed.handoff.moving()
         failed.handoff.unfreeze_homes()
         watches = [(w.sink, w.channel, w.placement) for w in failed.watches.channel]
-        await asyncio.get_running_loop().run_in_executor(self._pool, _closed, failed)
+        await asyncio.get_running_loop().run_in_executor(self._pool, close_dropped, failed)
         await self._serve_again(failed.compiled, dict(failed.owned), watches, None, moving)
 
     async def _forever(self, job: Job) -> None:
@@ -337,7 +337,10 @@ class ShardHost:
         try:
             if shard is None:
                 raise StoreUnavailable(f"{self.name} is recovering from the store")
+            refused = shard.refused
             replies, pushes = shard.process(requests, routed)
+            if shard.refused != refused:
+                self._refuse_busy(round_, replies)
         except Exception as exc:  # nothing of the round was acknowledged
             if not isinstance(exc, StoreUnavailable):  # a bug, not bad input
                 log.error("%s: processing a round failed: %s", self.name, where_failed(exc))
@@ -369,6 +372,24 @@ class ShardHost:
         """Refuse the later batches of a failed round's senders (Sequencer `refused`)."""
         for batch in round_:
             self._sequencer.refuse(batch.session)
+
+    def _refuse_busy(self, round_: list[_Batch], replies: list[Reply]) -> None:
+        """Refuse the later batches of the senders the shard answered Busy (CROWDED, an
+        outcome past its rate), those queued already too: applied, a customer's later request
+        would overtake the one refused (its sender goes on in a fresh session)."""
+        start = 0
+        for batch in round_:
+            n = len(batch.requests)
+            if any(type(r) is Busy for r in replies[start:start + n]):
+                self._sequencer.refuse(batch.session)
+            start += n
+        queue, self._queue = self._queue, deque()
+        for batch in queue:
+            if self._sequencer.refused(batch.session):
+                self.queued -= len(batch.requests)
+                batch.future.set_result([OVERTAKING] * len(batch.requests))
+            else:
+                self._queue.append(batch)
 
     def _answer(self, round_: list[_Batch], replies: list[Reply], pushes: list[Push]) -> None:
         done = time.perf_counter()
@@ -466,21 +487,3 @@ class ShardHost:
                     log.warning("%s: counting the store's customers failed: %s", self.name, exc)
             await asyncio.sleep(min(STORE_COUNT_S, NEW_SHARD_COUNT_S))
 
-
-def _closed(failed: Shard) -> None:
-    """Close a dropped Shard's journal (on the worker thread), syncing first what its earlier
-    rounds wrote: they are answered once a sync covers them, and a sync after closing would
-    cover nothing. The records of the round that failed were never written, and never are."""
-    try:
-        failed.journaling.sync()
-    except StoreUnavailable:
-        pass  # the journal failed: closing it cuts what was never synced
-    try:
-        failed.close()
-    except OSError:
-        pass
-
-
-def _close_unused(built: asyncio.Future) -> None:
-    if not built.cancelled() and built.exception() is None:
-        _closed(built.result()[0])

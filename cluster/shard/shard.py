@@ -126,6 +126,9 @@ class Shard:
         # customers with a home in the store, as last counted (ShardHost recounts them every
         # STORE_COUNT_S on a thread: a directory store's count lists its folders)
         self.stored = 0
+        # Busy replies given (CROWDED, an outcome past its rate): the host refuses their
+        # senders' later batches, looking for them only in a round that raised this
+        self.refused = 0
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -183,6 +186,8 @@ class Shard:
                     continue
                 admitted = self._admitted(kind, typed, routed, run, replies)
                 answers = self._handlers[kind]([typed[k] for k in admitted], touched)
+                if kind == "outcome":  # the outcome rate's
+                    self.refused += sum(type(a) is protocol.Busy for a in answers)
                 for k, reply in zip(admitted, answers):
                     replies[k] = reply
         finally:
@@ -207,6 +212,7 @@ class Shard:
                 reply = None if target is None else Merged(customer_id=target)
             if reply is None and crowded and not self.residency.admits(request.customer_id):
                 reply = CROWDED
+                self.refused += 1
             if reply is None and kind in PROBED:
                 damaged = self.residency.probe(request.customer_id, request.partition)
                 reply = None if damaged is None else protocol.Unavailable(reason=damaged)

@@ -1,0 +1,30 @@
+"""A shard at its resident ceiling (the limit and its overflow): what it refuses CROWDED, what
+it still serves, and how its sender's order and the ticks' budget answer the refusals."""
+from __future__ import annotations
+
+import asyncio
+
+from kairos.cluster.protocol import EventAck
+from kairos.cluster.shard.host import OVERTAKING
+from kairos.cluster.storage.memory_store import MemoryStore
+
+from .test_shard import T0, forget, profile
+from .test_shard_host import app_open, run
+
+
+def test_a_sessions_batches_queued_after_one_refused_crowded_are_refused_too(compiled):
+    """A forget frees room between the two: without the refusal the customer's later event,
+    queued before its sender heard, would be applied before the one refused."""
+    async def test(host):
+        assert await host.handle("a", 0, [app_open("ana")], [0]) == [EventAck(sequence=1)]
+        host.shard.residency.resident_limit, host.shard.residency.overflow = 1, 0
+        refused, forgot, later = await asyncio.gather(
+            host.handle("b", 0, [app_open("cy")], [0]),
+            host.handle("c", 0, [forget("ana")], [0]),
+            host.handle("b", 1, [app_open("cy", T0 + 1)], [0]))
+        assert refused[0].status == "busy" and forgot[0].status == "ok"
+        assert later == [OVERTAKING] and host.queued == 0
+        missing, = await host.handle("d", 0, [profile("cy")], [0])
+        assert missing.status == "missing"  # nothing of cy's was applied
+        assert await host.handle("b2", 0, [app_open("cy")], [0]) == [EventAck(sequence=1)]
+    run(compiled, MemoryStore(), test, round_limit=1)
