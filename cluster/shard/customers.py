@@ -116,8 +116,8 @@ class CustomerRequests:
             if i is not None:
                 replies[i] = EventAck(sequence=sequence)
         self._ctx.counts["events"] += len(encoded)
-        # the sequence number rides along in the record (the journal's layout; replay reads
-        # keys from the customer's block, not from it)
+        # the sequence number rides along in the record (the journal's layout): a replay
+        # numbers the event again as it applies it and remembers its key under that number
         for r, i in unnumbered:
             records[r] = records[r]._replace(sequence=replies[i].sequence)
         for record in records:
