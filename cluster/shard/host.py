@@ -55,7 +55,7 @@ from kairos.cluster.shard import decisionlog
 from kairos.cluster.shard.failures import close_dropped, close_unused, where_failed
 from kairos.cluster.shard.handoff import Moving
 from kairos.cluster.shard.sequencer import Sequencer
-from kairos.cluster.shard.shard import Shard
+from kairos.cluster.shard.shard import CROWDED, Shard
 from kairos.cluster.shard.syncs import Syncs
 from kairos.cluster.shard.watches import Push
 from kairos.cluster.storage.store import Store, StoreUnavailable
@@ -103,7 +103,7 @@ class ShardHost:
         self.shard: Shard | None = None
         self.recovery: dict[str, Any] = {}  # what the last recovery did
         self.queued = 0  # requests admitted, not yet processed
-        self.rejected = 0  # requests answered BUSY
+        self.rejected = 0  # requests answered BUSY: the queue full, or CROWDED
         self._open_store = open_store
         self._journal_policy = journal_policy
         self._deliver = deliver
@@ -383,6 +383,7 @@ class ShardHost:
             if any(type(r) is Busy for r in replies[start:start + n]):
                 self._sequencer.refuse(batch.session)
             start += n
+        self.rejected += sum(r is CROWDED for r in replies)
         queue, self._queue = self._queue, deque()
         for batch in queue:
             if self._sequencer.refused(batch.session):

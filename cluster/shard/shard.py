@@ -213,6 +213,7 @@ class Shard:
             if reply is None and crowded and not self.residency.admits(request.customer_id):
                 reply = CROWDED
                 self.refused += 1
+                self.counts["crowded"] += 1
             if reply is None and kind in PROBED:
                 damaged = self.residency.probe(request.customer_id, request.partition)
                 reply = None if damaged is None else protocol.Unavailable(reason=damaged)
@@ -330,7 +331,8 @@ class Shard:
                 "timers": len(self.timers), "sleepers": self.timers.sleeping(),
                 "aliases": self.directory.count(),
                 "catalog_version": self.catalog_version,
-                "model_version": self.engine.models.version, **self.counts}
+                "model_version": self.engine.models.version,
+                "crowded": self.counts["crowded"], **self.counts}  # 0 before any is refused
 
     @property
     def name(self) -> str:

@@ -28,3 +28,14 @@ def test_a_sessions_batches_queued_after_one_refused_crowded_are_refused_too(com
         assert missing.status == "missing"  # nothing of cy's was applied
         assert await host.handle("b2", 0, [app_open("cy")], [0]) == [EventAck(sequence=1)]
     run(compiled, MemoryStore(), test, round_limit=1)
+
+
+def test_requests_refused_crowded_are_counted_in_the_stats_and_among_the_rejected(compiled):
+    async def test(host):
+        assert host.shard.stats()["crowded"] == 0
+        assert await host.handle("a", 0, [app_open("ana")], [0]) == [EventAck(sequence=1)]
+        host.shard.residency.resident_limit, host.shard.residency.overflow = 1, 0
+        refused = await host.handle("b", 0, [app_open("bob"), app_open("cy")], [0, 0])
+        assert [r.status for r in refused] == ["busy"] * 2
+        assert host.shard.stats()["crowded"] == 2 and host.rejected == 2
+    run(compiled, MemoryStore(), test)
