@@ -192,12 +192,26 @@ class Residency:
         """Homes may appear between rounds (passivation, handoffs): ask the store again."""
         self._homeless.clear()
 
-    def admits(self, customer_id: str) -> bool:
+    def admits(self, customer_id: str, partition: int, creates: bool) -> bool:
         """Whether a request may bring the customer in (make it, or load its home): a
         resident's always, another's while residents are fewer than the limit and its
-        overflow (the shard answers it Busy: ticks passivate at their budget's pace)."""
-        return customer_id in self.recent or \
-            len(self.recent) < self.resident_limit + self.overflow
+        overflow (the shard answers it Busy: ticks passivate at their budget's pace); past
+        that, one that makes no customer (not `creates`: a decision, profile read or watch)
+        while the customer has no home to load (nor a damaged one: `probe` answers it)."""
+        if customer_id in self.recent or len(self.recent) < self.resident_limit + self.overflow:
+            return True
+        if creates:
+            return False
+        if customer_id in self._homeless or \
+                customer_id in self._journaling.deletes.get(partition, ()):
+            return True
+        try:
+            if self._ctx.store.get(partition, customer_id) is not None:
+                return False
+        except StoreCorrupt:  # nothing to load: `probe` answers the damage
+            return True
+        self._homeless.add(customer_id)  # `probe` need not ask the store again this round
+        return True
 
     def passivate(self, now: float, budget_s: float = math.inf) -> int:
         """Send idle customers (and the least recent, past the resident limit) to the store;

@@ -68,6 +68,9 @@ log = logging.getLogger("kairos.shard")
 # the kinds whose handlers load their customer before anything else: a damaged home is found
 # first (residency.py `probe`); an outcome is checked before its customer is loaded
 PROBED = frozenset({"event", "decide", "profile", "watch"})
+# the kinds that make their customer if it has no home (and a Decide that records its
+# impression): refused at the resident ceiling
+CREATES = frozenset({"event", "outcome"})
 # the answer to a request that would bring a customer in past the resident limit's overflow
 CROWDED = protocol.Busy(reason="this shard holds as many customers as it may: try again "
                                "shortly, as it passivates idle ones")
@@ -210,7 +213,7 @@ class Shard:
             if reply is None and redirects:
                 target = self.directory.redirect_of(request.customer_id)
                 reply = None if target is None else Merged(customer_id=target)
-            if reply is None and crowded and not self.residency.admits(request.customer_id):
+            if reply is None and crowded and not self._admits(kind, request):
                 reply = CROWDED
                 self.refused += 1
                 self.counts["crowded"] += 1
@@ -224,6 +227,14 @@ class Shard:
             else:
                 replies[k] = reply
         return admitted
+
+    def _admits(self, kind: str, request: Request) -> bool:
+        """Whether the request may come in at the resident ceiling (`Residency.admits`): a
+        watch's unregistration always, as refused its stream's end would leak the watch."""
+        if kind == "watch" and not request.active:
+            return True
+        creates = kind in CREATES or kind == "decide" and bool(request.record_impression)
+        return self.residency.admits(request.customer_id, request.partition, creates)
 
     def tick(self) -> list[Push]:
         """Fire due timers (journaled like events), passivate idle customers, erase what

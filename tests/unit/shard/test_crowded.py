@@ -6,9 +6,10 @@ import asyncio
 
 from kairos.cluster.protocol import EventAck
 from kairos.cluster.shard.host import OVERTAKING
+from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage.memory_store import MemoryStore
 
-from .test_shard import T0, forget, profile
+from .test_shard import T0, Clock, decide, event, forget, profile, shard, watch
 from .test_shard_host import app_open, run
 
 
@@ -39,3 +40,41 @@ def test_requests_refused_crowded_are_counted_in_the_stats_and_among_the_rejecte
         assert [r.status for r in refused] == ["busy"] * 2
         assert host.shard.stats()["crowded"] == 2 and host.rejected == 2
     run(compiled, MemoryStore(), test)
+
+
+def crowded_shard(compiled, clock: Clock) -> Shard:
+    """A shard at its ceiling (a limit of 2, no overflow) whose customer "w", watched by
+    sink1, is passivated (it has a home)."""
+    s = shard(compiled, clock=clock, resident_limit=2)
+    assert s.process([watch("w", "sink1", "web"), event("w", "app_open", T0)])[0][1].status \
+        == "ok"
+    s.residency.overflow = 1
+    for c in ("ana", "bob", "cy"):
+        clock.now += 1
+        assert s.process([event(c, "app_open", clock.now)])[0][0].status == "ok"
+        s.passivate(clock.now)  # unbudgeted: those past the limit
+    s.residency.overflow = 0
+    assert sorted(s.residency.recent) == ["bob", "cy"]
+    return s
+
+
+def test_at_the_ceiling_requests_that_bring_in_no_customer_are_served(compiled):
+    """A Decide, profile read or watch of a customer without a home makes no resident, and a
+    watch's unregistration ends the watch whoever it names (its stream ends with it)."""
+    clock = Clock()
+    s = crowded_shard(compiled, clock)
+    replies = s.process([decide("nobody"), profile("nobody"), watch("nobody", "sink1", "web"),
+                         watch("w", "sink1", "web", active=False)])[0]
+    assert [r.status for r in replies] == ["ok", "missing", "ok", "ok"]
+    assert all(w.sink != "sink1" for w in s.watches.by_customer.get("w", {}))
+    assert s.stats()["crowded"] == 0
+
+
+def test_at_the_ceiling_requests_that_would_bring_a_customer_in_are_refused(compiled):
+    clock = Clock()
+    s = crowded_shard(compiled, clock)
+    replies = s.process([decide("w"), profile("w"), watch("w", "sink2", "web"),
+                         event("new", "app_open", clock.now),
+                         decide("new2", record_impression=True)])[0]
+    assert [r.status for r in replies] == ["busy"] * 5
+    assert len(s.residency.recent) == 2 and s.stats()["crowded"] == 5
