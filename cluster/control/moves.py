@@ -9,10 +9,11 @@ serves the partition again). A done move's target is confirmed too: until then i
 partition as arriving (shard/handoff.py) and fires none of its timers, since an undone move's
 source fires them; a confirmation that fails is not retried here (the move is done), but by
 `confirm_owned`, which the control loop runs for the saved map. A shard older than `confirm`
-refuses it, so the controller is upgraded first: a controller older than the shards never
-confirms, and their adopted partitions fire timers only once a request routed under the new
-map arrives. Every step is idempotent, so settling again after another crash is safe. The target forgets before the source thaws because both write the partition's
-snapshot: the source's must be the last.
+has no such call (logged once per shard), and a controller older than `confirm` never sends
+it: either way an adopted partition fires its timers once a request routed under the new map
+arrives, so shards and controller may be upgraded in either order. Every step is idempotent,
+so settling again after another crash is safe. The target forgets before the source thaws
+because both write the partition's snapshot: the source's must be the last.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from kairos.cluster.settings import MAX_MOVE_FRACTION, MOVE_ROUND_CUSTOMERS
 from kairos.cluster.transport.backend import Backend
 
 log = logging.getLogger("kairos.controller")
+_PREDATE_CONFIRM: set[str] = set()  # the shards logged as older than `confirm`
 
 
 async def round_budget(backend: Backend, pmap: PartitionMap) -> int:
@@ -82,17 +84,34 @@ async def settle(backend: Backend, moves: list[Move], owners: list[str], shards:
     held = {m.partition for m in moves if m.target in failed or m.source in failed}
     thaw = {s: ps - held for s, ps in thaw.items() if ps - held}
     failed |= await _each(thaw, lambda shard, parts: backend.shard(shard).thaw(parts, version))
-    await _each(confirm, lambda shard, parts: backend.shard(shard).confirm(parts, version))
+    await _confirm(backend, confirm, version)
     return [m for m in moves if m.partition in held
             or (m.source in failed and m.partition in thaw.get(m.source, ()))]
 
 
-async def confirm_owned(backend: Backend, pmap: PartitionMap) -> None:
-    """Confirm to every shard the partitions the (saved) map gives it: a move's target whose
-    confirmation failed, or came from an older controller, fires their timers from then on.
-    A partition adopted by a move newer than the map stays arriving (handoff.py)."""
-    steps = {s: set(pmap.partitions_of(s)) for s in pmap.shards_in_use()}
-    await _each(steps, lambda shard, parts: backend.shard(shard).confirm(parts, pmap.version))
+async def confirm_owned(backend: Backend, pmap: PartitionMap, moving: Iterable[Move] = ()
+                        ) -> None:
+    """Confirm to every shard the partitions the (saved) map gives it, but those of `moving`
+    (not settled yet): a move's target whose confirmation failed, or came from an older
+    controller, fires their timers from then on. A partition adopted by a move newer than
+    the map stays arriving (handoff.py)."""
+    unsettled = {m.partition for m in moving}
+    steps = {s: set(pmap.partitions_of(s)) - unsettled for s in pmap.shards_in_use()}
+    await _confirm(backend, {s: ps for s, ps in steps.items() if ps}, pmap.version)
+
+
+async def _confirm(backend: Backend, steps: dict[str, set[int]], version: int) -> None:
+    async def call(shard: str, partitions: list[int]) -> None:
+        try:
+            await backend.shard(shard).confirm(partitions, version)
+        except AttributeError as exc:  # its actor has no such call: said once, not every round
+            if shard not in _PREDATE_CONFIRM:
+                _PREDATE_CONFIRM.add(shard)
+                log.warning("shard %s predates confirm (%s): its adopted partitions fire "
+                            "their timers once a request routed under the new map arrives",
+                            shard, exc)
+
+    await _each(steps, call)
 
 
 async def _each(steps: dict[str, set[int]], call) -> set[str]:

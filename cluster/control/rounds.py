@@ -214,8 +214,8 @@ class ControlLoop:
         if now - self._owned_confirmed < CONFIRM_OWNED_S:
             return
         async with self._reconfiguring:
-            if not self.moving and self.map is not None:
-                await confirm_owned(self.backend, self.map)
+            if self.map is not None:  # a stuck move holds back its partitions' alone
+                await confirm_owned(self.backend, self.map, self.moving)
                 self._owned_confirmed = now
 
     async def _uncrowd(self) -> None:

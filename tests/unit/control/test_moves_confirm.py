@@ -3,10 +3,13 @@ adopted are no longer arriving, so their timers fire there (shard/handoff.py).""
 from __future__ import annotations
 
 import asyncio
+import logging
 
+from kairos.cluster.control import moves
 from kairos.cluster.control.moves import confirm_owned
+from kairos.cluster.control.partitions import Move
 
-from tests.support.local_backend import LocalBackend
+from tests.support.local_backend import LocalBackend, LocalShard
 
 
 def test_a_settled_move_leaves_nothing_arriving_on_its_target():
@@ -40,3 +43,40 @@ def test_the_saved_map_confirms_what_a_target_still_holds_arriving():
         assert shard.ownership.arriving == {mine[1]: ctl.map.version + 1}
         await backend.close()
     asyncio.run(main())
+
+
+def test_a_stuck_move_holds_back_the_confirmation_of_its_partition_alone():
+    async def main():
+        backend = LocalBackend()
+        ctl = await backend.start_runtime(2)
+        name = ctl.map.shards_in_use()[0]
+        shard = backend.shards[name]
+        mine = ctl.map.partitions_of(name)
+        shard.ownership.arriving.update({p: ctl.map.version for p in mine[:2]})
+        ctl.moving = [Move(mine[1], ctl.map.shards_in_use()[1], name)]  # unsettled
+        await ctl._confirm_owned()
+        assert shard.ownership.arriving == {mine[1]: ctl.map.version}
+        await backend.close()
+    asyncio.run(main())
+
+
+def test_a_shard_older_than_confirm_is_logged_once(monkeypatch, caplog):
+    async def predates(self, partitions, version):
+        raise AttributeError("'ActorHandle' object has no attribute 'confirm'")
+
+    async def main():
+        backend = LocalBackend()
+        ctl = await backend.start_runtime(2)
+        monkeypatch.setattr(LocalShard, "confirm", predates)
+        monkeypatch.setattr(moves, "_PREDATE_CONFIRM", set())  # none logged yet
+        for _ in range(3):
+            await confirm_owned(backend, ctl.map)
+        await backend.close()
+        return ctl.map.shards_in_use()
+
+    with caplog.at_level(logging.INFO, logger="kairos.controller"):
+        shards = asyncio.run(main())
+    logged = [r.getMessage() for r in caplog.records if r.name == "kairos.controller"
+              and "confirm" in r.getMessage()]
+    assert sorted(m.split()[1] for m in logged) == sorted(shards)
+    assert all("predates confirm" in m for m in logged)
