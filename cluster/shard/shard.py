@@ -210,6 +210,9 @@ class Shard:
         for k in run:
             request = requests[k]
             reply = self.ownership.moved(request.partition, None if routed is None else routed[k])
+            if reply is None and routed is not None and self.ownership.arriving:
+                # its sender saw the map moving it here, whatever the answer below
+                self.ownership.arriving.pop(request.partition, None)
             if reply is None and redirects:
                 target = self.directory.redirect_of(request.customer_id)
                 reply = None if target is None else Merged(customer_id=target)
@@ -222,8 +225,6 @@ class Shard:
                 reply = None if damaged is None else protocol.Unavailable(reason=damaged)
             if reply is None:
                 admitted.append(k)
-                if routed is not None and self.ownership.arriving:  # its sender saw the map
-                    self.ownership.arriving.pop(request.partition, None)  # moving it here
             else:
                 replies[k] = reply
         return admitted

@@ -9,7 +9,7 @@ from kairos.cluster.shard.host import OVERTAKING
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage.memory_store import MemoryStore
 
-from .test_shard import T0, Clock, decide, event, forget, profile, shard, watch
+from .test_shard import T0, Clock, decide, event, forget, p_of, profile, shard, watch
 from .test_shard_host import app_open, run
 
 
@@ -78,3 +78,13 @@ def test_at_the_ceiling_requests_that_would_bring_a_customer_in_are_refused(comp
                          decide("new2", record_impression=True)])[0]
     assert [r.status for r in replies] == ["busy"] * 5
     assert len(s.residency.recent) == 2 and s.stats()["crowded"] == 5
+
+
+def test_a_routed_request_refused_crowded_still_confirms_its_partition_arriving(compiled):
+    """Its sender routed it under the map that moves the partition here (handoff.py)."""
+    clock = Clock()
+    s = crowded_shard(compiled, clock)
+    p = p_of("new")
+    s.ownership.arriving[p] = 0  # adopted, not confirmed yet
+    assert s.process([event("new", "app_open", clock.now)], routed=[0])[0][0].status == "busy"
+    assert p not in s.ownership.arriving
