@@ -321,7 +321,7 @@ class Residency:
             # batch that failed leaves the delete, as the old home may still be there
             self._journaling.deletes.get(p, set()).discard(customer_id)
             due = min(self.timers.armed.get(customer_id, {}).values(), default=None)
-            self.evict(customer_id, p)
+            self._evict(customer_id, p)
             if due is not None:
                 self.timers.sleep(p, customer_id, due)
         self._ctx.counts["passivations"] += len(victims)
@@ -406,7 +406,13 @@ class Residency:
         self._restore(customer_id, extra)
 
     def evict(self, customer_id: str, partition: int) -> None:
-        """Drop the customer from memory (its home, if any, stays in the store)."""
+        """Drop the customer from memory (its home, if any, stays in the store). The pass of
+        passivation walks starts again: residents leaving behind where it stopped would make
+        those it kept seem to be every resident left, and the idle ones after them skipped."""
+        self._kept = 0
+        self._evict(customer_id, partition)
+
+    def _evict(self, customer_id: str, partition: int) -> None:
         self._ctx.engine.table.evict(customer_id)
         self.timers.take(customer_id)
         for keeper in self._keepers:

@@ -318,3 +318,25 @@ def test_recency_is_compacted_once_passivated_customers_outnumber_residents(comp
     recent = s.residency.recent
     assert list(recent) == [f"d{i}" for i in range(100)]
     assert sys.getsizeof(recent) <= 2 * sys.getsizeof(dict.fromkeys(recent, 0.0))
+
+
+def test_residents_leaving_behind_a_pass_of_walks_start_it_again(compiled, monkeypatch):
+    """A pass kept a partition's residents while it was handed over (walks stopped at their
+    budget); the partition released, they leave: the idle ones the pass had not reached yet
+    are passivated on the next ticks, not kept for another idle time."""
+    monkeypatch.setattr(shard_module, "PASSIVATE_BUDGET_S", 0.0)
+    clock = Clock()
+    s = shard(compiled, clock=clock, idle_s=IDLE_S)
+    p = p_of("a0")
+    leaving = [c for c in (f"a{i}" for i in range(40_000)) if p_of(c) == p][:2 * VISITS_TIMED]
+    others = [f"b{i}" for i in range(100) if p_of(f"b{i}") != p]
+    s.process([event(c, "app_open", T0) for c in leaving])  # the least recent
+    s.process([event(c, "app_open", T0) for c in others])
+    s.freeze([p], 2)
+    clock.now = T0 + IDLE_S + 1
+    assert ticked(s) == 0  # a walk stopped at its budget, among those kept
+    s.release([p], 2)
+    assert len(s.engine.table) == len(others)
+    clock.now += 0.1
+    assert [ticked(s) for _ in range(3)] == [1] * 3
+
