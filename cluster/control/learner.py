@@ -42,7 +42,11 @@ none), and deltas and watches carry only the catalog's version, under which anot
 the rows out otherwise. So until it takes up a posterior saved with its text (the latest it
 was switched to) or is switched (told the running catalog: the controller's start, or the
 control loop's next round, which sees `unconfirmed` in its status), it merges and answers
-nothing: a sync is Unavailable (the shard keeps its delta) and a watch waits.
+nothing: a sync is Unavailable (the shard keeps its delta) and a watch waits. As a
+controller of an older release, one restarting or a stopped control loop tells it nothing, it
+also asks the controller's catalog (at most every CONFIRM_ASK_S while calls come) and confirms
+itself when that is its own text: the controller names no text the learner was not created
+with or switched to successfully.
 
 What it publishes reaches every shard and the store, so nothing that is not finite gets in: a
 delta's rows that are not are refused (ModelTable.merge), a saved model that is not starts again
@@ -54,7 +58,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from typing import Any
+from typing import Any, Callable
 
 import ray
 
@@ -68,7 +72,9 @@ from kairos.cluster.metrics import LearnerMetrics
 from kairos.cluster.settings import LEARNER_SAVE_S, LONG_POLL_S
 from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.store import StoreInUse, StoreUnavailable
-from kairos.cluster.transport.backend import NotRunning, Published, Unavailable
+from kairos.cluster.transport.backend import (ControllerControl, NotRunning, Published,
+                                              Unavailable)
+from kairos.cluster.transport.ray_backend import RayBackend
 
 log = logging.getLogger("kairos.learner")
 STATE_KEY = "learner"
@@ -84,6 +90,7 @@ SENDERS_KEPT_S = 7 * 86400.0
 # the catalog versions before the running one whose deltas are carried over: a shard runs the
 # previous one while a switch commits, and a lagging one may be a few behind
 REMAPS_KEPT = 4
+CONFIRM_ASK_S = 3.0  # how often an unconfirmed learner asks the controller's catalog
 
 
 class Learner:
@@ -213,9 +220,7 @@ class Learner:
         catalog, told the one that runs) is switched to as well, or its models would sit in
         the rows of the old text's actions."""
         if catalog_text == self.catalog_text:
-            if self.unconfirmed:
-                self.unconfirmed = False
-                self._changes.announce()  # the watches it held
+            self.confirm()
             return self.models.version
         new = compiled_from_text(catalog_text)
         self._earlier.pop(new.version, None)
@@ -239,6 +244,12 @@ class Learner:
         self.publishes.append((self.models.version, time.time()))
         self.announce()
         return self.models.version
+
+    def confirm(self) -> None:
+        """The cluster runs this learner's text: merge, and answer the watches it held."""
+        if self.unconfirmed:
+            self.unconfirmed = False
+            self._changes.announce()
 
     def kept(self) -> tuple:
         """What a switch changes, for `put_back`."""
@@ -318,6 +329,10 @@ class LearnerActor:
         self._unread = True  # the store has not answered for the saved posterior yet
         self._read_at = -float("inf")
         self._stood_down = False  # its cluster lost the store: nothing more is saved there
+        # whom an unconfirmed learner asks the cluster's catalog (tests give another)
+        self.controller: Callable[[], ControllerControl] = RayBackend().controller
+        self._asking: asyncio.Task | None = None
+        self._asked_at = -float("inf")
         # Ray restarts this actor with the arguments it was created with: the saved catalog,
         # the latest switched to, runs instead of `catalog_text`
         self._restore(follow_catalog=True)
@@ -357,6 +372,25 @@ class LearnerActor:
         if self._unread:
             raise StoreUnavailable("the learner has not read its saved posterior yet (the "
                                    "store does not answer)")
+        if self.learner.unconfirmed and time.monotonic() - self._asked_at >= CONFIRM_ASK_S \
+                and (self._asking is None or self._asking.done()):
+            self._asked_at = time.monotonic()
+            self._asking = asyncio.get_running_loop().create_task(self._ask_controller())
+
+    async def _ask_controller(self) -> None:
+        """Confirm this learner if the controller runs its text. Never switched from here:
+        the controller sets a text it switches to after the learner's switch to it, and puts
+        it back should its save fail, so an answer may already be out of date."""
+        try:
+            running = await self.controller().get_catalog()
+        except Exception as exc:  # dead, restarting, taking up the cluster: asked again later
+            log.debug("learner: the controller did not say its catalog: %s", exc)
+            return
+        # compared as it is now: a switch or a put_back may have come meanwhile
+        if self.learner.unconfirmed and running.get("text") == self.learner.catalog_text:
+            log.warning("learner: the controller runs catalog %s, this learner's text: it "
+                        "merges and answers watches again", self.learner.compiled.version)
+            self.learner.confirm()
 
     def _save(self, force: bool = False, strict: bool = False) -> None:
         """Save the posterior (if forced, or LEARNER_SAVE_S passed); a store that does not
