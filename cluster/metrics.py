@@ -163,12 +163,16 @@ class LearnerMetrics:
                                "catalog the learner cannot map onto the one it runs, dropped")
         self.repeated = Counter("kairos_model_deltas_repeated_total", "Shards' deltas sent "
                                 "again that the learner had merged: answered, not merged again")
-        self._sent = {"refused": 0, "dropped": 0, "repeated": 0}
+        self.unconfirmed = Counter("kairos_model_syncs_refused_unconfirmed_total", "Shards' "
+                                   "syncs refused while the learner was not told the cluster's "
+                                   "catalog (Ray restarted it): learning waits in the shards")
+        self._sent = {"refused": 0, "dropped": 0, "repeated": 0, "unconfirmed": 0}
 
-    def flush(self, refused: int, dropped: int = 0, repeated: int = 0) -> None:
+    def flush(self, refused: int, dropped: int = 0, repeated: int = 0,
+              unconfirmed: int = 0) -> None:
         """Report what the learner's totals gained since the last flush."""
         for name, total in (("refused", refused), ("dropped", dropped),
-                            ("repeated", repeated)):
+                            ("repeated", repeated), ("unconfirmed", unconfirmed)):
             if total > self._sent[name]:
                 getattr(self, name).inc(total - self._sent[name])
                 self._sent[name] = total

@@ -42,11 +42,11 @@ none), and deltas and watches carry only the catalog's version, under which anot
 the rows out otherwise. So until it takes up a posterior saved with its text (the latest it
 was switched to) or is switched (told the running catalog: the controller's start, or the
 control loop's next round, which sees `unconfirmed` in its status), it merges and answers
-nothing: a sync is Unavailable (the shard keeps its delta) and a watch waits. As a
-controller of an older release, one restarting or a stopped control loop tells it nothing, it
-also asks the controller's catalog (at most every CONFIRM_ASK_S while calls come) and confirms
-itself when that is its own text: the controller names no text the learner was not created
-with or switched to successfully.
+nothing: a sync is Unavailable (the shard keeps its delta, logged as throttled WARNINGs,
+counted in `refused_unconfirmed`) and a watch waits. As a controller of an older release, one
+restarting or a stopped control loop tells it nothing, it also asks the controller's catalog
+(at most every CONFIRM_ASK_S while calls come) and confirms itself when that is its own text:
+the controller names no text the learner was not created with or switched to successfully.
 
 What it publishes reaches every shard and the store, so nothing that is not finite gets in: a
 delta's rows that are not are refused (ModelTable.merge), a saved model that is not starts again
@@ -72,6 +72,7 @@ from kairos.cluster.metrics import LearnerMetrics
 from kairos.cluster.settings import LEARNER_SAVE_S, LONG_POLL_S
 from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.store import StoreInUse, StoreUnavailable
+from kairos.cluster.throttled import ThrottledWarning
 from kairos.cluster.transport.backend import (ControllerControl, NotRunning, Published,
                                               Unavailable)
 from kairos.cluster.transport.ray_backend import RayBackend
@@ -91,6 +92,7 @@ SENDERS_KEPT_S = 7 * 86400.0
 # previous one while a switch commits, and a lagging one may be a few behind
 REMAPS_KEPT = 4
 CONFIRM_ASK_S = 3.0  # how often an unconfirmed learner asks the controller's catalog
+REFUSED_LOG_S = 60.0  # how often syncs refused while unconfirmed are logged
 
 
 class Learner:
@@ -124,6 +126,8 @@ class Learner:
         # (shard, incarnation) -> (sequence of its last delta taken, epoch seconds heard)
         self.sequences: dict[tuple[str, str], tuple[int, float]] = {}
         self.repeated = 0  # deltas sent again that were taken before: answered, not merged
+        self.refused_unconfirmed = 0  # syncs refused until told the cluster's catalog
+        self._refusals = ThrottledWarning(log, REFUSED_LOG_S)
         self.watching = 0  # watches waiting now
         self._announced = self.models.version
         self._changes = Changes()
@@ -142,6 +146,10 @@ class Learner:
         """Merge a shard's delta; the latest version if the shard does not have it yet."""
         self.calls["sync"] += 1
         if self.unconfirmed:  # not NotRunning: a shard drops a delta of a version it left
+            self.refused_unconfirmed += 1
+            self._refusals.warn("learner: syncs refused (%d so far): it runs catalog %s and "
+                                "has not been told the cluster's; learning waits in the shards",
+                                self.refused_unconfirmed, self.compiled.version)
             raise Unavailable(f"the learner runs catalog {self.compiled.version} and has not "
                               f"been told the running one yet: the delta goes again")
         self._continue_past(known_version)
@@ -304,6 +312,7 @@ class Learner:
         return {"model_version": self.version, "merged": self.merged,
                 "catalog_version": self.compiled.version, "catalog_digest": digest,
                 "unconfirmed": self.unconfirmed, "refused": self.refused,
+                "refused_unconfirmed": self.refused_unconfirmed,
                 "publishes": list(self.publishes), "calls": dict(self.calls),
                 "watching": self.watching, "dropped": dict(self.dropped),
                 "not_running": dict(self.not_running),
@@ -438,9 +447,11 @@ class LearnerActor:
     async def sync(self, catalog_version: str, delta: ModelDelta | None,
                    known_version: int) -> Published | None:
         self._ready()
-        published = self.learner.sync(catalog_version, delta, known_version)
-        self.metrics.flush(self.learner.refused, sum(self.learner.dropped.values()),
-                           self.learner.repeated)
+        try:
+            published = self.learner.sync(catalog_version, delta, known_version)
+        finally:  # a refused sync counts too
+            self.metrics.flush(self.learner.refused, sum(self.learner.dropped.values()),
+                               self.learner.repeated, self.learner.refused_unconfirmed)
         if self.learner.merged != self._saved_merges:
             self._save()
         return published

@@ -8,13 +8,14 @@ instead: one at a time, asked again at the next interval once it ended, and at o
 engine's catalog or model version moved from the ones it waits with (a switch committed; a
 shard rebuilt from the store starts from the priors). A sync cancels it, since its answer is
 the latest version anyway (and a watch answered meanwhile would replace the models without
-the delta in flight). A sync that fails (Unavailable; StoreUnavailable while the learner has
-not read its saved posterior or does not run the shard's catalog yet; any other error, which
-is logged) may still have merged: the call may have run late, or the learner merged and died
-before answering. So its delta goes again at the next interval as itself, known to the
-learner by its origin (this shard, this process's random incarnation, a sequence number), and
-a delta the learner took before is answered, not merged again; what the shard learns
-meanwhile waits in its models and goes as the next delta. Should the catalog switch
+the delta in flight). A sync that fails (Unavailable, also from a learner Ray restarted that
+was not yet told the cluster's catalog, which merges nothing and answers no watch until it is;
+StoreUnavailable while the learner has not read its saved posterior; both logged, throttled;
+any other error, logged) may still have merged: the call may have run late, or the learner
+merged and died before answering. So its delta goes again at the next interval as itself,
+known to the learner by its origin (this shard, this process's random incarnation, a sequence
+number), and a delta the learner took before is answered, not merged again; what the shard
+learns meanwhile waits in its models and goes as the next delta. Should the catalog switch
 meanwhile, it still goes as itself, under the catalog version it was learnt with: the learner
 places its rows in the running catalog's layout (control/learner.py `_carried`; one learnt
 more than REMAPS_KEPT versions ago is dropped there, and counted), unless the learner never
@@ -48,6 +49,7 @@ from kairos.core.models import DeltaOrigin, ModelDelta
 
 from kairos.cluster.settings import MODEL_SYNC_S
 from kairos.cluster.storage.store import StoreUnavailable
+from kairos.cluster.throttled import ThrottledWarning
 from kairos.cluster.transport.backend import LearnerControl, NotRunning, Published, Unavailable
 
 log = logging.getLogger("kairos.shard")
@@ -55,6 +57,7 @@ ADOPTIONS_KEPT = 64  # at one sync per MODEL_SYNC_S, the last half minute
 # a delta the learner raised on this many times in a row (not Unavailable: a bug, a shape it
 # cannot take) is dropped, so that the shard's later learning does not wait behind it for good
 DELTA_TRIES = 5
+REFUSED_LOG_S = 60.0  # how often a shard logs the learner refusing its delta as Unavailable
 
 
 class ModelSync:
@@ -66,6 +69,7 @@ class ModelSync:
         self._sequence = 0
         self._outbox: tuple[str, ModelDelta] | None = None  # (catalog version, unsent delta)
         self._failures = 0  # of the outbox's delta, in a row (DELTA_TRIES)
+        self._refusals = ThrottledWarning(log, REFUSED_LOG_S)
         self.dropped = 0  # deltas given up on
         # (model version, epoch seconds) of the latest adoptions, oldest first
         self.adoptions: deque[tuple[int, float]] = deque(maxlen=ADOPTIONS_KEPT)
@@ -115,9 +119,12 @@ class ModelSync:
                             "left: its unsent learning is dropped (it stays in this shard's "
                             "models)", self.name, catalog_version)
             return
-        except (Unavailable, StoreUnavailable):
+        except (Unavailable, StoreUnavailable) as exc:
             # the learner may have merged it: it goes again, as itself. StoreUnavailable: the
-            # learner has not read its saved posterior yet
+            # learner has not read its saved posterior yet. Logged: one that stays so (an
+            # unconfirmed learner no one tells) holds up this shard's learning
+            self._refusals.warn("%s: the learner did not take this shard's delta, it goes "
+                                "again: %s", self.name, exc)
             self.unsent(catalog_version, delta)
             return
         except Exception:  # a bug, logged: tried again, as itself, a few times

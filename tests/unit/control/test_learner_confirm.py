@@ -4,16 +4,23 @@ while it does not."""
 from __future__ import annotations
 
 import asyncio
+import logging
+from types import SimpleNamespace
 
 import pytest
 
+from kairos.cluster import throttled
 from kairos.cluster.control import learner as learner_module
+from kairos.cluster.control.learner import Learner
+from kairos.cluster.shard.modelsync import ModelSync
 from kairos.cluster.storage.providers import open_store
 from kairos.cluster.transport.backend import Unavailable
 from kairos.core.compiler import compiled_from_text
 
+from tests.support.local_backend import LocalBackend
 from tests.unit.control.test_catalog_identity import (AP, BOOT, FIRST, Actor, accepted,
                                                       positives_by_action)
+from tests.unit.shard.test_modelsync import shard_that_learned
 
 SHARDS = compiled_from_text(BOOT)
 
@@ -72,4 +79,52 @@ def test_a_learner_on_another_text_than_the_controllers_stays_unconfirmed(tmp_pa
             assert (await actor.status())["unconfirmed"]
             assert actor.learner.catalog_text == text
             assert actor.learner.merged == 0
+    asyncio.run(main())
+
+
+def test_syncs_refused_unconfirmed_are_counted_and_logged_throttled(caplog, monkeypatch):
+    clock = SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(throttled, "time", SimpleNamespace(monotonic=lambda: clock.now))
+    learner = Learner(SHARDS, BOOT, unconfirmed=True)
+
+    def refused(n: int) -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="kairos.learner"):
+            for _ in range(n):
+                with pytest.raises(Unavailable):
+                    learner.sync(SHARDS.version, accepted(SHARDS, FIRST, 1), -1)
+        return [r.getMessage() for r in caplog.records]
+
+    first = refused(3)
+    assert len(first) == 1 and "syncs refused (1 so far)" in first[0]
+    clock.now += learner_module.REFUSED_LOG_S
+    later = refused(2)
+    assert len(later) == 1 and "syncs refused (4 so far)" in later[0]
+    assert "2 more since the last" in later[0]
+    assert learner.status()["refused_unconfirmed"] == 5
+
+
+def test_the_learner_actor_reports_refused_syncs_to_its_metrics(tmp_path):
+    async def main():
+        actor = restarted_learner(str(tmp_path), AP)
+        actor.controller = lambda: Silent(BOOT)
+        for _ in range(2):
+            with pytest.raises(Unavailable):
+                await actor.sync(SHARDS.version, accepted(SHARDS, FIRST, 1), -1)
+        assert actor.metrics._sent["unconfirmed"] == 2
+    asyncio.run(main())
+
+
+def test_a_shard_whose_delta_the_learner_refuses_says_so_throttled(caplog):
+    async def main():
+        backend = LocalBackend()
+        backend.local_learner = Learner(SHARDS, BOOT, unconfirmed=True)
+        shard, sync = shard_that_learned(SHARDS), ModelSync("s0")
+        with caplog.at_level(logging.WARNING, logger="kairos.shard"):
+            for _ in range(3):
+                await sync.step(lambda: shard.engine, backend.learner, 0.01)
+        refused = [r for r in caplog.records if "did not take this shard's delta" in
+                   r.getMessage()]
+        assert len(refused) == 1 and "not been told" in refused[0].getMessage()
+        assert sync._outbox is not None  # it goes again
     asyncio.run(main())
