@@ -43,7 +43,7 @@ from kairos.cluster import protocol
 from kairos.cluster.identity import Directory
 from kairos.cluster.protocol import CUSTOMER_KINDS, Fire, Invalid, Merged, Reply, Request
 from kairos.cluster.settings import (PASSIVATE_BUDGET_S, PASSIVATE_IDLE_S, RESIDENT_LIMIT,
-                                     SNAPSHOT_AFTER_S, SNAPSHOT_BUDGET_S)
+                                     SNAPSHOT_AFTER_S, SNAPSHOT_BUDGET_S, TICK_S)
 from kairos.cluster.shard.catalogs import CatalogSwitch
 from kairos.cluster.shard.context import ShardContext
 from kairos.cluster.shard.customers import CustomerRequests
@@ -132,6 +132,7 @@ class Shard:
         # Busy replies given (CROWDED, an outcome past its rate): the host refuses their
         # senders' later batches, looking for them only in a round that raised this
         self.refused = 0
+        self._crowded = False  # refused CROWDED since the last tick
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -220,6 +221,7 @@ class Shard:
                 reply = CROWDED
                 self.refused += 1
                 self.counts["crowded"] += 1
+                self._crowded = True
             if reply is None and kind in PROBED:
                 damaged = self.residency.probe(request.customer_id, request.partition)
                 reply = None if damaged is None else protocol.Unavailable(reason=damaged)
@@ -256,7 +258,12 @@ class Shard:
                 fires.append(Fire(partition=p, customer_id=customer_id, timer=names[k],
                                   due=due))
         _, pushes = self.process(fires)
-        self.residency.passivate(now, PASSIVATE_BUDGET_S)
+        # Refusing new customers at the ceiling, a tick's budget lets in as many as a few
+        # homes' writing (some 10 a second): it may take half a tick, so a full shard takes
+        # them at half its store's pace, while requests still have the other half
+        crowded, self._crowded = self._crowded, False
+        self.residency.passivate(now, max(PASSIVATE_BUDGET_S, TICK_S / 2) if crowded
+                                 else PASSIVATE_BUDGET_S)
         self.timers.compact()
         self.durability.erase()
         self.durability.checkpoint(now - SNAPSHOT_AFTER_S, len(self.journaling.dirty),

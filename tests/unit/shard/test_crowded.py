@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 
 from kairos.cluster.protocol import EventAck
+from kairos.cluster.shard import shard as shard_module
 from kairos.cluster.shard.host import OVERTAKING
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage.memory_store import MemoryStore
 
 from .test_shard import T0, Clock, decide, event, forget, p_of, profile, shard, watch
+from .test_passivation_pace import ticked
 from .test_shard_host import app_open, run
 
 
@@ -88,3 +90,20 @@ def test_a_routed_request_refused_crowded_still_confirms_its_partition_arriving(
     s.ownership.arriving[p] = 0  # adopted, not confirmed yet
     assert s.process([event("new", "app_open", clock.now)], routed=[0])[0][0].status == "busy"
     assert p not in s.ownership.arriving
+
+
+def test_a_tick_after_refusals_passivates_past_its_budget_down_to_the_limit(
+        compiled, monkeypatch):
+    """With no budget a tick writes one home; after requests were refused CROWDED it may take
+    half a tick, enough here for every resident past the limit (a memory store)."""
+    monkeypatch.setattr(shard_module, "PASSIVATE_BUDGET_S", 0.0)
+    clock = Clock()
+    s = shard(compiled, clock=clock, resident_limit=10)
+    s.residency.overflow = 5
+    s.process([event(f"c{i}", "app_open", T0) for i in range(15)])  # none idle
+    assert ticked(s) == 1  # none refused yet
+    s.process([event("d", "app_open", T0)])
+    assert [r.status for r in s.process([event("e", "app_open", T0)])[0]] == ["busy"]
+    assert ticked(s) == 5 and len(s.engine.table) == 10
+    s.process([event(f"f{i}", "app_open", T0) for i in range(5)])
+    assert ticked(s) == 1  # none refused since the last tick
