@@ -14,12 +14,14 @@ from kairos.cluster.control import learner as learner_module
 from kairos.cluster.control.learner import Learner
 from kairos.cluster.shard.modelsync import ModelSync
 from kairos.cluster.storage.providers import open_store
+from kairos.cluster.storage.store import StoreUnavailable
 from kairos.cluster.transport.backend import Unavailable
 from kairos.core.compiler import compiled_from_text
 
 from tests.support.local_backend import LocalBackend
 from tests.unit.control.test_catalog_identity import (AP, BOOT, FIRST, Actor, accepted,
                                                       positives_by_action)
+from tests.unit.control.test_learner import Flaky
 from tests.unit.shard.test_modelsync import shard_that_learned
 
 SHARDS = compiled_from_text(BOOT)
@@ -127,4 +129,23 @@ def test_a_shard_whose_delta_the_learner_refuses_says_so_throttled(caplog):
                    r.getMessage()]
         assert len(refused) == 1 and "not been told" in refused[0].getMessage()
         assert sync._outbox is not None  # it goes again
+    asyncio.run(main())
+
+
+def test_a_tell_of_the_text_it_runs_confirms_it_even_unsaved(tmp_path, monkeypatch):
+    """Its text is unchanged, so a restart comes back on it all the same: the store being down
+    must not keep every shard's learning waiting."""
+    flaky = Flaky(open_store(str(tmp_path)))
+    flaky.down = False
+    monkeypatch.setattr(learner_module, "open_store", lambda url: flaky)
+
+    async def main():
+        actor = Actor(BOOT, "x")  # nothing saved
+        actor.controller = Down
+        flaky.down = True
+        with pytest.raises(StoreUnavailable):
+            await actor.switch(BOOT)
+        assert not (await actor.status())["unconfirmed"]
+        published = await actor.sync(SHARDS.version, accepted(SHARDS, FIRST, 2), -1)
+        assert published.positives[SHARDS.action_index[FIRST] * len(SHARDS.channel_names)] == 2
     asyncio.run(main())
