@@ -16,6 +16,7 @@ from kairos.cluster.storage.decision_logs import DirectoryLog
 from kairos.cluster.storage.directory_store import DirectoryStore
 from kairos.cluster.storage.store import JournalFenced, StoreUnavailable
 from kairos.cluster.transport.backend import Unavailable
+from kairos.core.catalog import default_catalog_text
 from kairos.core.compiler import default_compiled
 
 from tests.unit.control.actors import (ActorLearner, Actors, ActorShard, controller_on,
@@ -111,7 +112,9 @@ def test_a_learner_ray_restarted_is_told_the_running_catalog(tmp_path):
         controller = await controller_on(backend, str(tmp_path), 2)
         text = controller.catalog_text.replace("version: ", "version: v2-", 1)
         version = await controller.put_catalog(text)
-        backend.local_learner = Learner(default_compiled())  # back on the boot catalog
+        # back on the boot catalog, not told the running one
+        backend.local_learner = Learner(default_compiled(), default_catalog_text(),
+                                        unconfirmed=True)
         await rounds(controller)
         assert backend.local_learner.compiled.version == version
     asyncio.run(main())
@@ -181,7 +184,6 @@ def test_watch_changes_a_shard_misses_while_it_is_caught_up_are_kept_in_order(tm
 def test_a_catalog_put_while_the_learner_cannot_read_its_posterior_is_unavailable(
         tmp_path, monkeypatch):
     """UNAVAILABLE at the gateway, which callers retry, not UNKNOWN."""
-    from kairos.core.catalog import default_catalog_text
     from kairos.cluster.storage.store import StoreUnavailable
 
     async def unread(self, catalog_text):
@@ -201,14 +203,13 @@ def test_a_new_cluster_tells_the_learner_its_catalog(tmp_path):
     """A learner started on a store an earlier cluster used follows the catalog saved with its
     posterior: a new cluster on another catalog must not leave it there (the shards' deltas
     would wait, refused, until a control round noticed)."""
-    from kairos.core.catalog import default_catalog_text
     from kairos.core.compiler import compiled_from_text
     from kairos.cluster.control.controller import Controller
     other = default_catalog_text().replace("version: ", "version: earlier-", 1)
 
     async def main():
         backend = Actors()
-        backend.local_learner = Learner(compiled_from_text(other))
+        backend.local_learner = Learner(compiled_from_text(other), other, unconfirmed=True)
         controller = backend.local_controller = Controller(backend, n_partitions=64,
                                                            store_url=str(tmp_path))
         await controller.start(2)

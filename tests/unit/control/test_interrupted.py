@@ -19,6 +19,7 @@ from kairos.cluster.control.learner import Learner
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.transport.backend import Unavailable
 from kairos.cluster.transport.client import KairosClient
+from kairos.core.catalog import default_catalog_text
 from kairos.core.compiler import default_compiled
 
 from tests.support.local_backend import LocalBackend, LocalShard
@@ -88,7 +89,8 @@ class Hooked(LocalShard):
 
 async def started(store: str, n_shards: int) -> tuple[Crashing, Controller]:
     backend = Crashing()
-    backend.local_learner = Learner(default_compiled())
+    # as Ray constructs it: unconfirmed until the controller tells it the catalog
+    backend.local_learner = Learner(default_compiled(), default_catalog_text(), unconfirmed=True)
     return backend, await restarted(backend, store, n_shards)
 
 

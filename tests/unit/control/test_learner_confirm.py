@@ -21,6 +21,7 @@ from kairos.core.compiler import compiled_from_text
 from tests.support.local_backend import LocalBackend
 from tests.unit.control.test_catalog_identity import (AP, BOOT, FIRST, Actor, accepted,
                                                       positives_by_action)
+from tests.unit.control.test_interrupted import restarted, started
 from tests.unit.control.test_learner import Flaky
 from tests.unit.shard.test_modelsync import shard_that_learned
 
@@ -148,4 +149,15 @@ def test_a_tell_of_the_text_it_runs_confirms_it_even_unsaved(tmp_path, monkeypat
         assert not (await actor.status())["unconfirmed"]
         published = await actor.sync(SHARDS.version, accepted(SHARDS, FIRST, 2), -1)
         assert published.positives[SHARDS.action_index[FIRST] * len(SHARDS.channel_names)] == 2
+    asyncio.run(main())
+
+
+def test_a_fresh_start_and_a_resume_confirm_the_learner_without_a_control_round(tmp_path):
+    async def main():
+        backend, controller = await started(str(tmp_path), 2)
+        assert not backend.local_learner.unconfirmed
+        # Ray restarts the learner along with the controller, on the first catalog
+        backend.local_learner = Learner(SHARDS, BOOT, unconfirmed=True)
+        await restarted(backend, str(tmp_path), 2)
+        assert not backend.local_learner.unconfirmed
     asyncio.run(main())

@@ -123,7 +123,9 @@ def test_a_learner_that_does_not_answer_a_resume_is_told_the_catalog_by_the_loop
         backend = Actors()
         controller = await controller_on(backend, str(tmp_path), 2)
         pushed = await controller.put_catalog(PUSHED)
-        backend.local_learner = Learner(default_compiled())  # restarting with the controller
+        # restarting with the controller, on the boot catalog and not told the running one
+        backend.local_learner = Learner(default_compiled(), default_catalog_text(),
+                                        unconfirmed=True)
         backend.fail[(LEARNER, "switch")] = 1
         controller = Controller(backend, n_partitions=64, store_url=str(tmp_path))
         assert await controller.resume()  # clients route meanwhile
