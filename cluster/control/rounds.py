@@ -55,6 +55,7 @@ class ControlLoop:
 
     _logs_trimmed = -math.inf  # when step 8 last ran
     _owned_confirmed = -math.inf  # when the shards were last confirmed what the map gives them
+    _learner_by_version = False  # whether a learner that gives no digest was logged
 
     async def reconcile(self) -> None:
         """One round of the control loop (this module's docstring)."""
@@ -153,6 +154,10 @@ class ControlLoop:
         digest = status.get("catalog_digest")
         if digest:
             return digest == catalog_digest(self.catalog_text)
+        if not self._learner_by_version:  # once: it says so every round
+            self._learner_by_version = True
+            log.info("the learner gives no catalog digest (an older release, or made without "
+                     "its text): it is checked by catalog version alone")
         return status.get("catalog_version") == self.catalog_version
 
     # -- the autoscaler's drains (autoscaling.py) ------------------------------------------

@@ -19,8 +19,10 @@ from kairos.cluster.transport.backend import Unavailable
 from kairos.core.compiler import compiled_from_text
 
 from tests.support.local_backend import LocalBackend
-from tests.unit.control.test_catalog_identity import (AP, BOOT, FIRST, Actor, accepted,
-                                                      positives_by_action)
+from tests.unit.control.actors import Actors, controller_on
+from tests.unit.control.test_catalog_identity import (AP, BOOT, FIRST, Actor, OlderRelease,
+                                                      accepted, positives_by_action)
+from tests.unit.control.test_control_loop import rounds
 from tests.unit.control.test_interrupted import restarted, started
 from tests.unit.control.test_learner import Flaky
 from tests.unit.shard.test_modelsync import shard_that_learned
@@ -160,4 +162,17 @@ def test_a_fresh_start_and_a_resume_confirm_the_learner_without_a_control_round(
         backend.local_learner = Learner(SHARDS, BOOT, unconfirmed=True)
         await restarted(backend, str(tmp_path), 2)
         assert not backend.local_learner.unconfirmed
+    asyncio.run(main())
+
+
+def test_a_learner_checked_by_version_is_logged_once(tmp_path, caplog):
+    async def main():
+        backend = Actors()
+        controller = await controller_on(backend, str(tmp_path), 2)
+        backend.local_learner = OlderRelease(SHARDS, BOOT)
+        with caplog.at_level(logging.INFO, logger="kairos.controller"):
+            await rounds(controller, 3)
+        by_version = [r for r in caplog.records if "checked by catalog version" in
+                      r.getMessage()]
+        assert len(by_version) == 1 and by_version[0].levelno == logging.INFO
     asyncio.run(main())
