@@ -52,7 +52,7 @@ from kairos.cluster.settings import PASSIVATE_CHUNK, RESIDENT_OVERFLOW, SHARD_RO
 from kairos.cluster.shard.context import ShardContext
 from kairos.cluster.shard.journaling import Journaling
 from kairos.cluster.shard.ownership import Ownership
-from kairos.cluster.shard.timers import Timers
+from kairos.cluster.shard.timers import WAKE_LIMIT, Timers
 from kairos.cluster.storage import blocks
 from kairos.cluster.storage.sealed import seal, unseal
 from kairos.cluster.storage.store import StoreCorrupt
@@ -63,6 +63,7 @@ VISITS_TIMED = 256  # a passivation walk checks its deadline every so many resid
 # how much a chunk's pace moves the estimate that sizes the next chunks: one fast or slow
 # chunk (a cache, a stall) sizes the next ones by a quarter of its difference
 PACE_WEIGHT = 0.25
+WAKE_TICKS = 2  # ticks of woken sleepers the profile table reserves rows for
 
 
 def checked_sleepers(value: Any) -> dict[str, float]:
@@ -82,10 +83,11 @@ def overflow_of(resident_limit: int) -> int:
 
 
 def table_rows(resident_limit: int, overflow: int) -> int:
-    """The profile table's rows for a shard's residents: the limit, the overflow past it and
-    one round's new customers, so that reaching the overflow never copies the table to grow
-    it (state.py)."""
-    return resident_limit + overflow + SHARD_ROUND_LIMIT
+    """The profile table's rows for a shard's residents: the limit, the overflow past it, one
+    round's new customers and the sleepers WAKE_TICKS ticks wake (full rows, past the
+    overflow: nothing refuses a timer), so that reaching the overflow never copies the table
+    to grow it (state.py); a longer backlog of wakes than the ticks' budget writes does."""
+    return resident_limit + overflow + SHARD_ROUND_LIMIT + WAKE_TICKS * WAKE_LIMIT
 
 
 class HomeDamaged(StoreCorrupt):

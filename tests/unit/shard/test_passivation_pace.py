@@ -12,7 +12,9 @@ import pytest
 
 from kairos.cluster.shard import residency as residency_module
 from kairos.cluster.shard import shard as shard_module
-from kairos.cluster.shard.residency import VISITS_TIMED, overflow_of
+from kairos.cluster.settings import SHARD_ROUND_LIMIT
+from kairos.cluster.shard.residency import VISITS_TIMED, WAKE_TICKS, overflow_of
+from kairos.cluster.shard.timers import WAKE_LIMIT
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage.directory_store import DirectoryStore
 from tests.unit.shard.test_shard import (N_PARTITIONS, T0, Clock, _catalog_v2, event, p_of,
@@ -360,3 +362,25 @@ def test_recency_is_compacted_in_one_copy(compiled):
         tracemalloc.stop()
     assert len(s.residency.recent) == 20_000
     assert peak <= 1.25 * sys.getsizeof(s.residency.recent)
+
+
+def test_sleepers_woken_past_the_ceiling_fit_the_profile_table_as_made(compiled, monkeypatch):
+    """Nothing refuses a timer: WAKE_TICKS ticks of woken sleepers (full rows) past the limit,
+    its overflow and a round's new customers never copy the table to grow it."""
+    monkeypatch.setattr(shard_module, "PASSIVATE_BUDGET_S", 0.0)
+    clock = Clock()
+    s = shard(compiled, clock=clock, resident_limit=10, idle_s=IDLE_S)
+    rows, woken = s.engine.table.capacity, WAKE_TICKS * WAKE_LIMIT
+    ceiling = s.residency.resident_limit + s.residency.overflow
+    for start in range(0, ceiling + SHARD_ROUND_LIMIT + woken, 100):
+        s.process([event(f"c{i}", "add_to_cart", T0, product_id="tv", category="electronics",
+                         price=1.0) for i in range(start, start + 100)])
+        s.passivate(T0)  # unbudgeted: down to the limit, as sleepers
+    clock.now = T0 + 3600
+    s.process([event(f"m{i}", "app_open", clock.now)  # to one under the ceiling
+               for i in range(ceiling - 1 - len(s.engine.table))])
+    s.process([event(f"n{i}", "app_open", clock.now) for i in range(SHARD_ROUND_LIMIT)])
+    for _ in range(WAKE_TICKS):
+        s.tick()  # wakes WAKE_LIMIT, passivates one (no budget)
+    assert len(s.engine.table) == ceiling - 1 + SHARD_ROUND_LIMIT + woken - WAKE_TICKS
+    assert s.engine.table.capacity == rows
