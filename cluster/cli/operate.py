@@ -20,6 +20,10 @@ def status(args: argparse.Namespace) -> int:
     print(f"catalog {st.catalog_version}, map version {st.map_version}, "
           f"{st.partitions} partitions, {st.resident} customers in memory, "
           f"model version {st.model_version}")
+    if st.learner_unconfirmed:
+        print(f"LEARNER UNCONFIRMED: not told the cluster's catalog since Ray restarted it, it "
+              f"merges no learning ({st.learner_refused_unconfirmed} syncs refused); the "
+              f"control loop tells it, or it confirms itself on the controller's catalog")
     if st.catalog_evidence:
         print(f"catalog evidence: {st.catalog_evidence}")
     if st.previous_catalog_version:

@@ -1,0 +1,43 @@
+"""`kairos status` says when the learner merges no learning because it was not told the
+cluster's catalog (control/learner.py: unconfirmed), as GetClusterStatus carries it."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+from types import SimpleNamespace
+
+from kairos.cluster.cli import operate
+from kairos.cluster.gateway.admin import AdminService
+from kairos.v1 import admin_pb2
+
+from tests.unit.gateway.test_admin_deadlines import Context
+
+
+def status_with(learner: dict) -> admin_pb2.ClusterStatus:
+    class Controller:
+        async def status(self) -> dict:
+            return {"nodes": ["n"], "partitions": 16, "map_version": 3, "catalog_version": "v",
+                    "resident": 0, "learner": learner, "shards": []}
+
+    controller = Controller()
+    service = AdminService(SimpleNamespace(backend=SimpleNamespace(controller=lambda: controller),
+                                           node=None))
+    return asyncio.run(service.GetClusterStatus(admin_pb2.ClusterStatusRequest(), Context(5)))
+
+
+def shown(monkeypatch, capsys, st: admin_pb2.ClusterStatus) -> str:
+    monkeypatch.setattr(operate, "Remote", lambda target: SimpleNamespace(status=lambda: st))
+    assert operate.status(argparse.Namespace(target="127.0.0.1:1")) == 0
+    return capsys.readouterr().out
+
+
+def test_status_shows_an_unconfirmed_learner_and_the_syncs_it_refused(monkeypatch, capsys):
+    st = status_with({"model_version": 9, "unconfirmed": True, "refused_unconfirmed": 7})
+    assert st.learner_unconfirmed and st.learner_refused_unconfirmed == 7
+    assert "LEARNER UNCONFIRMED" in shown(monkeypatch, capsys, st)
+    assert "(7 syncs refused)" in shown(monkeypatch, capsys, st)
+
+
+def test_status_says_nothing_of_a_confirmed_learner_or_an_older_one(monkeypatch, capsys):
+    for learner in ({"model_version": 9, "unconfirmed": False}, {"model_version": 9}, {}):
+        assert "LEARNER" not in shown(monkeypatch, capsys, status_with(learner))
