@@ -20,9 +20,10 @@ def number(name: str, default: float, *, low: float = 0.0, high: float = math.in
     return _checked(name, default, float, low, high, above)
 
 
-def integer(name: str, default: int, *, low: int = 1, high: float = math.inf) -> int:
-    """An integer tunable in [low, high]."""
-    return _checked(name, default, int, low, high, False)
+def integer(name: str, default: int, *, low: int = 1, high: float = math.inf,
+            high_of: str = "") -> int:
+    """An integer tunable in [low, high] (`high_of`: the setting that sets `high`)."""
+    return _checked(name, default, int, low, high, False, high_of)
 
 
 def choice(name: str, default: str, allowed: tuple[str, ...]) -> str:
@@ -36,7 +37,8 @@ def text(name: str, default: str) -> str:
     return os.environ.get(PREFIX + name, default)
 
 
-def _checked(name: str, default, cast: type, low: float, high: float, above: bool):
+def _checked(name: str, default, cast: type, low: float, high: float, above: bool,
+             high_of: str = ""):
     raw = os.environ.get(PREFIX + name)
     if raw is None:
         return cast(default)
@@ -46,8 +48,10 @@ def _checked(name: str, default, cast: type, low: float, high: float, above: boo
         kind = "an integer" if cast is int else "a number"
         raise ValueError(f"{PREFIX}{name} must be {kind}, got {raw!r}") from None
     if not math.isfinite(value) or value > high or value < low or (above and value == low):
-        bound = f"> {low:g}" if above else f">= {low:g}"
-        bound += f" and <= {high:g}" if high != math.inf else ""
+        shown = ("{:.0f}" if cast is int else "{:g}").format  # exactly, not 1.23457e+06
+        bound = f"> {shown(low)}" if above else f">= {shown(low)}"
+        if high != math.inf:
+            bound += f" and <= {shown(high)}" + (f" ({PREFIX}{high_of})" if high_of else "")
         raise ValueError(f"{PREFIX}{name} must be {bound}, got {raw!r}")
     return value
 
@@ -84,7 +88,7 @@ PASSIVATE_CHUNK = integer("PASSIVATE_CHUNK", 64)
 # some. At most the limit (a shard with a smaller limit clamps it to its own); the profile
 # table reserves rows for both (residency.py).
 RESIDENT_OVERFLOW = integer("RESIDENT_OVERFLOW", min(100_000, RESIDENT_LIMIT // 20), low=0,
-                            high=RESIDENT_LIMIT)
+                            high=RESIDENT_LIMIT, high_of="RESIDENT_LIMIT")
 # How often a shard fires due timers and passivates: timers fire within this of their due time.
 TICK_S = number("TICK_S", 0.1, low=0.001, high=60.0)
 # How often a shard that learned something sends its model delta to the learner (and adopts the

@@ -188,6 +188,12 @@ def test_the_overflow_is_a_share_of_the_resident_limit_and_never_above_it():
     assert overflow_of(10) == 10
 
 
+def test_an_overflow_past_the_limit_is_refused_naming_the_limit_exactly():
+    refused = settings_with(RESIDENT_LIMIT="1234567", RESIDENT_OVERFLOW="1234568")
+    assert "KAIROS_RESIDENT_OVERFLOW must be >= 0 and <= 1234567 (KAIROS_RESIDENT_LIMIT), got " \
+        "'1234568'" in refused.stderr
+
+
 def test_residents_up_to_the_overflow_fit_the_profile_table_as_made(compiled):
     """The table reserves the limit's overflow: reaching it never copies the table to grow it,
     after a catalog switch either."""
