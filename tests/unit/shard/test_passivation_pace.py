@@ -36,9 +36,10 @@ def ticked(s: Shard) -> int:
 
 def test_a_tick_passivates_one_home_past_its_budget_and_the_rest_go_on_later_ticks(
         compiled, tmp_path, monkeypatch):
-    """Customers that fell idle together leave one a tick (the budget spent at once), not all
-    in one; events acknowledged meanwhile, for one already in its home and one still waiting,
-    survive a crash after the last tick."""
+    """With no budget (PASSIVATE_BUDGET_S 0) a tick still writes one home, the least it
+    writes: customers that fell idle together leave one a tick, not a chunk (8) nor all at
+    once. Events acknowledged meanwhile, for one already in its home and one still waiting
+    in memory, survive a crash after the last tick."""
     monkeypatch.setattr(shard_module, "PASSIVATE_BUDGET_S", 0.0)
     clock = Clock()
     s = shard(compiled, store=DirectoryStore(tmp_path), clock=clock, idle_s=IDLE_S)
