@@ -95,8 +95,9 @@ def test_a_routed_request_refused_crowded_still_confirms_its_partition_arriving(
 def test_a_tick_after_refusals_passivates_past_its_budget_down_to_the_limit(
         compiled, monkeypatch):
     """With no budget a tick writes one home; after requests were refused CROWDED it may take
-    half a tick, enough here for every resident past the limit (a memory store)."""
+    half a tick, here enough for every resident past the limit."""
     monkeypatch.setattr(shard_module, "PASSIVATE_BUDGET_S", 0.0)
+    monkeypatch.setattr(shard_module, "TICK_S", 3600.0)
     clock = Clock()
     s = shard(compiled, clock=clock, resident_limit=10)
     s.residency.overflow = 5
