@@ -40,7 +40,8 @@ class ShardMetrics:
         self.timers_fired = Counter("kairos_timers_fired_total", "Customer timers fired",
                                     tag_keys=("shard",))
         self.rejected = Counter("kairos_rejected_total", "Requests rejected because the "
-                                "shard's queue was full", tag_keys=("shard",))
+                                "shard's queue was full or it held as many customers as "
+                                "it may (CROWDED)", tag_keys=("shard",))
         self.queue = Gauge("kairos_queue_depth", "Requests admitted, not yet processed",
                            tag_keys=("shard",))
         self.resident = Gauge("kairos_resident_customers", "Customers in memory",

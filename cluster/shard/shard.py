@@ -22,8 +22,9 @@ A Shard is composed of parts that each own their state, and share only context.p
 This module composes them and hands each request to its part. Requests and replies are
 protocol.py's types: `process` answers each request with a reply (Ok, EventAck, Forgotten,
 Moved when its partition is not or no longer here, Invalid for bad input with nothing
-applied, Missing, Merged for an anonymous customer since linked into another, Conflict; the
-host adds Busy and Unavailable), and journals the round's changes as one batch before it
+applied, Missing, Merged for an anonymous customer since linked into another, Conflict, Busy
+for a customer it has no room for (CROWDED) or an outcome past its customer's rate; the host
+adds Busy and Unavailable for whole batches), and journals the round's changes as one batch before it
 returns (journaling.py).
 """
 from __future__ import annotations
