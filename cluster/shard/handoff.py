@@ -77,6 +77,7 @@ class Handoff:
                    "gone": list(self._watches.gone)}
         for p in partitions:
             ownership.leaving[p] = version
+            self._residency.timers.park(p)  # its sleepers wait: timers.py
             if not self._ctx.store.shared:  # homes travel with the partition
                 homes = self._ctx.store.take_partition(p)
                 self._frozen[p] = homes
@@ -103,6 +104,7 @@ class Handoff:
             self._ownership.owned[p] = version
             self._ownership.leaving.pop(p, None)
             self._ownership.arriving[p] = version
+            self._residency.timers.park(p)
         self._durability.snapshot(data["partitions"])  # owned from here: recovery reads ours
         return len(received)
 
@@ -145,6 +147,8 @@ class Handoff:
         self._watches.drop_sinks(moving.gone)
         self._ownership.fenced.update(moving.fenced)
         self._ownership.arriving.update(moving.arriving)
+        for p in moving.arriving.keys() | moving.leaving.keys():
+            self._residency.timers.park(p)
         for p, version in moving.leaving.items():
             self._ownership.leaving[p] = version
             if not self._ctx.store.shared:
@@ -179,3 +183,14 @@ class Handoff:
         for p in partitions:
             if arriving.get(p, version + 1) <= version:
                 del arriving[p]
+            self._served(p)
+
+    def routed_here(self, partition: int) -> None:
+        """A request its sender routed under the map that moved the partition here (or a
+        later one) was admitted: that map was published, so the move is done (`confirm`)."""
+        self._ownership.arriving.pop(partition, None)
+        self._served(partition)
+
+    def _served(self, partition: int) -> None:
+        if partition not in self._ownership.arriving and partition not in self._ownership.leaving:
+            self._residency.timers.unpark(partition)  # its sleepers wake again

@@ -5,6 +5,9 @@ per partition, the due time of each such customer's earliest timer (one entry a 
 gone once it is resident again or its timer fell due), and `pop_due` first brings back those
 whose time has come (`wake`), so their timers fire as a resident's do. A call wakes at most
 WAKE_LIMIT: a backlog falling due at once (after a restart) loads that many homes a tick.
+The sleepers of a partition being handed over or arriving (handoff.py) must not wake here
+yet: they are `park`ed, off the due order, until it is served again (`unpark`), so that
+however many fall due meanwhile, they hold back no other partition's.
 
 The resident limit does not bound the sleepers: each stays in memory (about 160 bytes and its
 id; 10 million cost some 2 GiB) until its timer falls due, however far off (the catalog does
@@ -16,8 +19,6 @@ import heapq
 from typing import Callable, Generic, Hashable, Iterator, TypeVar
 
 WAKE_LIMIT = 512
-# sleepers looked at a tick: those refused (their partition handed over or arriving) stay due
-WAKE_VISITS = 64 * WAKE_LIMIT
 
 Outer = TypeVar("Outer", bound=Hashable)
 Inner = TypeVar("Inner", bound=Hashable)
@@ -26,11 +27,13 @@ Inner = TypeVar("Inner", bound=Hashable)
 class DueTable(Generic[Outer, Inner]):
     """Due times by (outer, inner) key, e.g. customer -> timer -> due. A heap orders them;
     the table is the truth (setting again or discarding leaves a stale heap entry behind,
-    skipped when it surfaces), so setting, discarding and taking the earliest are O(log n)."""
+    skipped when it surfaces), so setting, discarding and taking the earliest are O(log n).
+    The entries of a `park`ed outer key stay set but are not due until it is unparked."""
 
     def __init__(self) -> None:
         self.by: dict[Outer, dict[Inner, float]] = {}
         self._heap: list[tuple[float, Outer, Inner]] = []
+        self._parked: set[Outer] = set()  # their heap entries are stale
 
     def __len__(self) -> int:
         return sum(map(len, self.by.values()))
@@ -40,7 +43,8 @@ class DueTable(Generic[Outer, Inner]):
 
     def set(self, outer: Outer, inner: Inner, due: float) -> None:
         self.by.setdefault(outer, {})[inner] = due
-        heapq.heappush(self._heap, (due, outer, inner))
+        if outer not in self._parked:
+            heapq.heappush(self._heap, (due, outer, inner))
 
     def discard(self, outer: Outer, inner: Inner) -> None:
         mine = self.by.get(outer)
@@ -49,10 +53,21 @@ class DueTable(Generic[Outer, Inner]):
 
     def take(self, outer: Outer) -> dict[Inner, float]:
         """Remove and return everything under `outer` (its heap entries are stale now)."""
+        self._parked.discard(outer)
         return self.by.pop(outer, {})
 
+    def park(self, outer: Outer) -> None:
+        """Leave `outer`'s entries out of `due` until `unpark` (they stay set)."""
+        self._parked.add(outer)
+
+    def unpark(self, outer: Outer) -> None:
+        if outer in self._parked:
+            self._parked.discard(outer)
+            for inner, due in self.by.get(outer, {}).items():
+                heapq.heappush(self._heap, (due, outer, inner))
+
     def clear(self) -> None:
-        self.by, self._heap = {}, []
+        self.by, self._heap, self._parked = {}, [], set()
 
     def due(self, now: float, limit: float = float("inf")) -> Iterator[tuple[float, Outer, Inner]]:
         """The entries due at or before `now`, earliest first, at most `limit` of them; an
@@ -63,19 +78,24 @@ class DueTable(Generic[Outer, Inner]):
                 entry = due, outer, inner = heapq.heappop(self._heap)
                 # a key set to the same time twice has two heap entries: one walk, one yield
                 # (set to another time during the walk, it is yielded again at that time)
-                if self.get(outer, inner) == due and entry not in held:
+                if self._live(entry) and entry not in held:
                     held[entry] = None
                     yield entry
         finally:  # whatever stopped the walk: those still set go back on the heap
             for entry in held:
-                if self.get(entry[1], entry[2]) == entry[0]:
+                if self._live(entry):
                     heapq.heappush(self._heap, entry)
 
     def compact(self) -> None:
-        """Drop stale heap entries once they outnumber the live ones."""
+        """Drop stale heap entries (and copies: a key unparked before its entry surfaced has
+        two) once they outnumber the live ones."""
         if len(self._heap) > 2 * len(self) + 1024:
-            self._heap = [(d, o, i) for d, o, i in self._heap if self.get(o, i) == d]
+            self._heap = [entry for entry in set(self._heap) if self._live(entry)]
             heapq.heapify(self._heap)
+
+    def _live(self, entry: tuple[float, Outer, Inner]) -> bool:
+        due, outer, inner = entry
+        return self.get(outer, inner) == due and outer not in self._parked
 
 
 class Timers:
@@ -120,15 +140,9 @@ class Timers:
     def pop_due(self, now: float) -> list[tuple[float, str, int]]:
         """Every timer due at or before `now`, disarmed, in due order (those of passivated
         customers due by then too, once `wake` made them resident)."""
-        # only wakes count against the limit: sleepers refused (their partition is being
-        # handed over, or arriving) stay due atop the heap, and must not hold back the rest
-        woken = 0
-        for seen, (_, partition, customer_id) in enumerate(self._asleep.due(now)):
-            if woken == WAKE_LIMIT or seen == WAKE_VISITS:
-                break
+        for _, partition, customer_id in self._asleep.due(now, WAKE_LIMIT):
             if self._wake(partition, customer_id):
                 self.woke(partition, customer_id)
-                woken += 1
         fired = []
         for entry in self._armed.due(now):
             self.cancel(entry[1], entry[2])
@@ -160,6 +174,15 @@ class Timers:
 
     def drop_partition(self, partition: int) -> None:
         self._asleep.take(partition)
+
+    def park(self, partition: int) -> None:
+        """The partition is being handed over or arriving: its sleepers wait (the module's
+        docstring), kept and carried as before."""
+        self._asleep.park(partition)
+
+    def unpark(self, partition: int) -> None:
+        """The partition is served again: its sleepers wake when due (at once, if overdue)."""
+        self._asleep.unpark(partition)
 
     def compact(self) -> None:
         self._armed.compact()

@@ -1,20 +1,76 @@
-"""Sleepers whose partition refuses to wake them (arriving, or leaving) do not count against
-timers.WAKE_LIMIT: however many are overdue, other partitions' sleepers wake when due."""
+"""Sleepers whose partition may not wake them yet (arriving, or leaving) are parked off the
+due order (timers.py): however many are overdue, other partitions' sleepers wake when due,
+and theirs wake once the partition is served again."""
 from __future__ import annotations
 
+import functools
+
 from kairos.cluster.shard import timers
-from tests.unit.shard.test_shard import p_of
+from kairos.cluster.storage.memory_store import MemoryStore
+from tests.unit.shard.test_shard import N_PARTITIONS, p_of, shard
 from tests.unit.shard.test_sleepers import DUE, asleep, pushed
+
+# more than any number of sleepers a tick could look at: 70 ticks' wakes
+OVERDUE = 70 * timers.WAKE_LIMIT
+
+
+@functools.cache  # read only
+def overdue_in_another_partition() -> tuple[int, dict[str, float]]:
+    m = (p_of("ana") + 1) % N_PARTITIONS
+    customers = (c for c in (f"c{i}" for i in range(N_PARTITIONS * OVERDUE * 2)) if p_of(c) == m)
+    return m, {next(customers): DUE - 100 for _ in range(OVERDUE)}
 
 
 def test_overdue_sleepers_of_an_arriving_partition_hold_back_no_other_partitions(compiled):
-    s, clock = asleep(compiled)  # ana passivated with her cart timer
-    others = (f"c{i}" for i in range(100000))
-    m = next(p_of(c) for c in others if p_of(c) != p_of("ana"))
-    refused = [c for c in (f"c{i}" for i in range(200000)) if p_of(c) == m]
-    refused = refused[:timers.WAKE_LIMIT + 1]
-    s.ownership.arriving[m] = 2  # adopted, not confirmed: its sleepers wait
-    s.residency.take_sleepers(m, {c: DUE - 100 for c in refused})
+    m, refused = overdue_in_another_partition()
+    store = MemoryStore(shared=True)
+    s, clock = asleep(compiled, partitions=[p for p in range(N_PARTITIONS) if p != m],
+                      store=store)  # ana passivated with her cart timer
+    source = shard(compiled, "source", partitions=[m], store=store)
+    source.residency.take_sleepers(m, refused)
+    s.adopt(source.freeze([m], 2), 2)  # not confirmed: its sleepers wait
     clock.now = DUE + 0.5
     assert pushed(s.tick()) == [("sink-1", "ana", ["cart_recovery_push"])]
-    assert len(s.residency.sleepers(m)) == len(refused)
+    assert s.residency.sleepers(m) == refused
+    s.confirm([m], 2)
+    s.tick()
+    assert len(s.residency.sleepers(m)) == OVERDUE - timers.WAKE_LIMIT
+
+
+def test_overdue_sleepers_of_a_frozen_partition_wake_once_it_thaws(compiled):
+    m, refused = overdue_in_another_partition()
+    s, clock = asleep(compiled)
+    s.residency.take_sleepers(m, refused)
+    s.freeze([m], 2)
+    clock.now = DUE + 0.5
+    assert pushed(s.tick()) == [("sink-1", "ana", ["cart_recovery_push"])]
+    assert s.residency.sleepers(m) == refused
+    s.thaw([m], 2)
+    s.tick()
+    assert len(s.residency.sleepers(m)) == OVERDUE - timers.WAKE_LIMIT
+
+
+def test_a_released_partitions_parked_sleepers_go(compiled):
+    m, refused = overdue_in_another_partition()
+    s, clock = asleep(compiled)
+    s.residency.take_sleepers(m, refused)
+    s.freeze([m], 2)
+    s.release([m], 2)
+    assert s.residency.sleepers(m) == {} and s.timers.sleeping() == 1  # ana's
+    clock.now = DUE + 0.5
+    assert pushed(s.tick()) == [("sink-1", "ana", ["cart_recovery_push"])]
+
+
+def test_an_arriving_partitions_sleepers_wake_once_a_routed_request_settles_its_move(compiled):
+    m, refused = overdue_in_another_partition()
+    store = MemoryStore(shared=True)
+    s, clock = asleep(compiled, partitions=[p for p in range(N_PARTITIONS) if p != m],
+                      store=store)
+    source = shard(compiled, "source", partitions=[m], store=store)
+    source.residency.take_sleepers(m, refused)
+    s.adopt(source.freeze([m], 2), 2)
+    clock.now = DUE + 0.5
+    s.tick()
+    s.handoff.routed_here(m)  # shard.py's, for a request of m its sender routed under v2
+    s.tick()
+    assert len(s.residency.sleepers(m)) == OVERDUE - timers.WAKE_LIMIT
