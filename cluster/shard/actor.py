@@ -51,7 +51,7 @@ class ShardActor:
         self.backend = RayBackend()
         self.metrics = ShardMetrics(name)
         self.models = ModelSync(name)
-        self.pushes = Pushes(name, self.backend.sink, self._sink_gone)
+        self.pushes = Pushes(name, self.backend.sink, self._sinks_gone)
         self.host = ShardHost(name, n_partitions, seed, functools.partial(open_store, store_url),
                               journal_policy, deliver=self.pushes.push,
                               observe=self.metrics.observe_batch, settle=pauses.settle,
@@ -150,8 +150,8 @@ class ShardActor:
 
     # -- push ----------------------------------------------------------------------------------
 
-    async def _sink_gone(self, sink: str) -> None:
-        await self.host.run(Shard.drop_sink, sink)
+    async def _sinks_gone(self, sinks: list[str]) -> None:
+        await self.host.run(drop_sinks, sinks)
 
     # -- background ----------------------------------------------------------------------------
 
@@ -266,3 +266,8 @@ class ShardActor:
                 "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
                 "recovery": self.host.recovery, "model_adoptions": list(self.models.adoptions),
                 "model_deltas_dropped": self.models.dropped}
+
+
+def drop_sinks(shard: Shard, sinks: list[str]) -> None:
+    """Shard.drop_sink for several sinks, as one `ShardHost.run`."""
+    shard.watches.drop_sinks(sinks)

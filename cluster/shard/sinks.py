@@ -28,10 +28,10 @@ PROBE_S = 300.0  # a dead sink's watches of customers not seen yet last about th
 
 
 class Pushes:
-    """`sink(name)`: the handle pushes go through; `gone(name)`: drop the sink's watches."""
+    """`sink(name)`: the handle pushes go through; `gone(names)`: drop the sinks' watches."""
 
     def __init__(self, shard: str, sink: Callable[[str], WatchSink],
-                 gone: Callable[[str], Awaitable[None]]) -> None:
+                 gone: Callable[[list[str]], Awaitable[None]]) -> None:
         self._shard = shard
         self._sink = sink
         self._gone = gone
@@ -48,15 +48,15 @@ class Pushes:
 
     async def probe(self, sinks: Iterable[str]) -> None:
         """Ask each sink whether its process lives (an empty push); drop the watches of those
-        Gone. One with a push in flight is left out: that push finds out."""
+        Gone, all in one call. One with a push in flight is left out: that push finds out."""
         names = [sink for sink in sinks if sink not in self._sending]
         answers = await asyncio.gather(*(self._sink(sink).deliver([]) for sink in names),
                                        return_exceptions=True)
-        for sink, answer in zip(names, answers):
-            if isinstance(answer, Gone):
-                log.warning("%s: watch sink %s is gone; dropping its watches", self._shard,
-                            sink)
-                await self._gone(sink)
+        dead = [sink for sink, answer in zip(names, answers) if isinstance(answer, Gone)]
+        for sink in dead:
+            log.warning("%s: watch sink %s is gone; dropping its watches", self._shard, sink)
+        if dead:
+            await self._gone(dead)
 
     async def _send(self, sink: str) -> None:
         try:
@@ -66,7 +66,7 @@ class Pushes:
                 except Gone:
                     log.warning("%s: watch sink %s is gone; dropping its watches", self._shard,
                                 sink)
-                    await self._gone(sink)
+                    await self._gone([sink])
                     self._waiting.pop(sink, None)  # what came meanwhile has nowhere to go
                     return
                 except Unavailable as exc:

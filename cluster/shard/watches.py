@@ -76,6 +76,7 @@ class Watches:
         # customer -> (channel, placement) -> the ranked actions last pushed
         self.shown: dict[str, dict[tuple[str, str | None], tuple[str, ...]]] = {}
         self.gone: dict[str, None] = {}  # sinks found Gone, oldest first
+        self._named: dict[str, int] = {}  # sink -> the customers' watches naming it
 
     def validate(self, sink: str, channel: str, placement: str | None) -> Watch:
         """The watch, once the catalog knows its channel and placement (InputError if not)."""
@@ -93,12 +94,13 @@ class Watches:
         by = customer_id if by is None else by
         mine = self.by_customer.setdefault(customer_id, {})
         if active:
-            _register(mine, watch, by)
+            self._register(mine, watch, by)
         elif watch in mine:
             ids = mine[watch]
             ids.remove(by if by in ids else ids[-1])
             if not ids:
                 del mine[watch]
+                self._unnamed([watch])
                 shown = self.shown.get(customer_id, {})
                 shown.pop((watch.channel, watch.placement), None)
                 if not shown:
@@ -131,6 +133,8 @@ class Watches:
             del self.gone[next(iter(self.gone))]
         if not dead:
             return
+        for sink in dead:
+            self._named.pop(sink, None)
         self.channel = {w for w in self.channel if w.sink not in dead}
         channel = {(w.channel, w.placement) for w in self.channel}
         for customer_id in list(self.by_customer):
@@ -154,6 +158,7 @@ class Watches:
         self.channel = {w for w in self.channel if w.channel in self._ctx.compiled.channel_index}
         kept = {}
         for customer_id, mine in self.by_customer.items():
+            self._unnamed([w for w in mine if not self._known(w)])
             mine = {w: ids for w, ids in mine.items() if self._known(w)}
             if mine:
                 kept[customer_id] = mine
@@ -195,8 +200,9 @@ class Watches:
 
     def sinks(self) -> set[str]:
         """The sinks the customers' watches name (sinks.py asks them whether they are Gone:
-        a watch of a customer not seen yet gets no push that would find so)."""
-        return {w.sink for mine in self.by_customer.values() for w in mine}
+        a watch of a customer not seen yet gets no push that would find so), counted as they
+        come and go: a walk over every watched customer would hold the shard's loop."""
+        return set(self._named)
 
     # -- watches of customers not seen yet ride along with their partition (handoff.py) --------
 
@@ -218,7 +224,7 @@ class Watches:
         not seen yet, once the residents are evicted); their new owner has them."""
         wanted = set(partitions)
         for customer_id in [c for c in self.by_customer if self._ctx.partition_of(c) in wanted]:
-            del self.by_customer[customer_id]
+            self._unnamed(self.by_customer.pop(customer_id))
 
     # -- a customer's watches ride along in its block (residency.py) ---------------------------
 
@@ -252,9 +258,11 @@ class Watches:
                 continue
             mine = self.by_customer.setdefault(customer_id, {})
             if by:
-                _register(mine, watch, by[0])
-            else:  # an old block's: it may be a folded anonymous customer's, so not the same
-                mine.setdefault(watch, []).append(customer_id)  # as the customer's own
+                self._register(mine, watch, by[0])
+            elif watch in mine:  # an old block's: it may be a folded anonymous customer's, so
+                mine[watch].append(customer_id)  # not the same as the customer's own
+            else:
+                self._register(mine, watch, customer_id)
         # only what was pushed to the customer's own streams counts (a folded anonymous one's
         # was pushed to its streams); blocks from before it was carried have none
         shown = extra.get("shown")
@@ -266,7 +274,7 @@ class Watches:
                 self.shown[customer_id] = {**shown, **self.shown.get(customer_id, {})}
 
     def drop(self, customer_id: str, evicted: bool) -> None:
-        self.by_customer.pop(customer_id, None)
+        self._unnamed(self.by_customer.pop(customer_id, ()))
         if evicted:  # what was last pushed for its views is in its block (`extra`)
             self.shown.pop(customer_id, None)
 
@@ -275,8 +283,16 @@ class Watches:
         return {(w.channel, w.placement) for w in self.channel} | \
             {(w.channel, w.placement) for w in self.by_customer.get(customer_id, {})}
 
+    def _register(self, mine: dict[Watch, list[str]], watch: Watch, by: str) -> None:
+        if watch not in mine:
+            mine[watch] = []
+            self._named[watch.sink] = self._named.get(watch.sink, 0) + 1
+        if by not in mine[watch]:
+            mine[watch].append(by)
 
-def _register(mine: dict[Watch, list[str]], watch: Watch, by: str) -> None:
-    ids = mine.setdefault(watch, [])
-    if by not in ids:
-        ids.append(by)
+    def _unnamed(self, watches: Iterable[Watch]) -> None:
+        """The watches left the customers' (each was one of a customer's)."""
+        for w in watches:
+            self._named[w.sink] -= 1
+            if not self._named[w.sink]:
+                del self._named[w.sink]

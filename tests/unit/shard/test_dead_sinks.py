@@ -66,6 +66,10 @@ class _Walks(dict):
         self.walks += 1
         return super().__iter__()
 
+    def values(self):
+        self.walks += 1
+        return super().values()
+
 
 def test_an_adopt_walks_no_watches_for_the_sinks_already_gone_here(compiled):
     """Every handoff names the source's dead sinks: those already dropped here cost no walk
@@ -84,3 +88,31 @@ def test_an_adopt_walks_no_watches_for_the_sinks_already_gone_here(compiled):
     assert list(b.watches.gone) == ["gw-dead"]
     b.drop_sink("gw-new")  # a sink not gone yet is walked for
     assert b.watches.by_customer.walks == 1
+
+
+def test_the_sinks_the_watches_name_are_counted_not_walked_for(compiled):
+    """The probe's list of sinks (every PROBE_S) costs no walk over the watched customers,
+    and follows registrations, unregistrations, passivations, returns and dead sinks."""
+    clock = Clock()
+    s = shard(compiled, clock=clock, idle_s=60.0)
+    s.process([event("ana", "app_open", T0), watch("ana", "gw-1", "web", "hero"),
+               watch("ana", "gw-2", "web", "hero"), watch("bob", "gw-2", "web", "hero"),
+               watch("bob", "gw-3", "web", "hero")])
+    s.watches.by_customer = _Walks(s.watches.by_customer)
+
+    def named() -> set[str]:
+        walks = s.watches.by_customer.walks
+        sinks = s.watched_sinks()
+        assert s.watches.by_customer.walks == walks
+        return sinks
+
+    assert named() == {"gw-1", "gw-2", "gw-3"}
+    s.process([watch("bob", "gw-3", "web", "hero", active=False)])
+    assert named() == {"gw-1", "gw-2"}
+    clock.now += 61
+    assert s.passivate(clock.now) == 1  # ana's watches go with her home
+    assert named() == {"gw-2"}
+    s.process([event("ana", "app_open", clock.now)])
+    assert named() == {"gw-1", "gw-2"}
+    s.drop_sink("gw-2")
+    assert named() == {"gw-1"}

@@ -11,6 +11,7 @@ import pytest
 import ray
 
 from kairos.cluster.gateway.actor import GatewayServer
+from kairos.cluster.shard.actor import drop_sinks
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.shard.sinks import Pushes
 from kairos.cluster.storage.memory_store import MemoryStore
@@ -90,7 +91,7 @@ def on_host(compiled, sinks: Sinks, test) -> None:
     """`test(host)` on a host whose pushes go through Pushes, as ShardActor wires them (a sink
     gone has its watches dropped in turn with the rounds)."""
     hosts = []
-    pushes = Pushes("s0", sinks, lambda sink: hosts[0].run(Shard.drop_sink, sink))
+    pushes = Pushes("s0", sinks, lambda names: hosts[0].run(drop_sinks, names))
 
     async def with_host(host):
         hosts.append(host)
@@ -202,7 +203,7 @@ def test_a_probe_drops_a_gone_sinks_watches_of_customers_nobody_has_seen(compile
     live = sink_name("kairos-gateway-1", "d4e5f6")
     sinks.fail[SINK] = [Gone(f"{SINK}: another incarnation")]
     sinks.fail[live] = [Unavailable(f"{live}: no answer within 30 s")]
-    pushes = Pushes("s0", sinks, lambda sink: hosts[0].run(Shard.drop_sink, sink))
+    pushes = Pushes("s0", sinks, lambda names: hosts[0].run(drop_sinks, names))
 
     async def test(host):
         hosts.append(host)
@@ -213,3 +214,17 @@ def test_a_probe_drops_a_gone_sinks_watches_of_customers_nobody_has_seen(compile
         assert [w.sink for w in host.shard.watches.by_customer["zoe"]] == [live]
         assert SINK in host.shard.watches.gone
     run(compiled, MemoryStore(), test, deliver=pushes.push)
+
+
+def test_a_probe_drops_the_sinks_found_gone_at_once():
+    """The sinks a probe finds Gone go in one call (a turn with the data path each)."""
+    sinks, dropped = Sinks(), []
+    dead = [sink_name(f"kairos-gateway-{i}", "a1b2c3") for i in range(3)]
+    for name in dead:
+        sinks.fail[name] = [Gone(f"{name}: another incarnation")]
+
+    async def gone(names: list[str]) -> None:
+        dropped.append(names)
+
+    asyncio.run(Pushes("s0", sinks, gone).probe([*dead, "kairos-gateway-9"]))
+    assert dropped == [dead]
