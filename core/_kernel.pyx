@@ -49,7 +49,7 @@ cdef class CatalogView:
     cdef public object c
     cdef int n_actions, n_channels, n_groups, n_predictors, history_size, exploration
     cdef int n_decayed, n_weights
-    cdef double restraint, ucb_alpha, trial_rate, value_prior_weight, value_max_ratio
+    cdef double restraint, ucb_alpha, trial_rate, value_prior_weight
     cdef bint optimistic
     cdef int selection_samples
     cdef const int8_t[::1] view_kind
@@ -97,7 +97,6 @@ cdef class CatalogView:
         self.ucb_alpha = c.ucb_alpha
         self.trial_rate = c.trial_rate
         self.value_prior_weight = c.value_prior_weight
-        self.value_max_ratio = c.value_max_ratio
         self.selection_samples = c.selection_samples
         self.view_kind = c.layout.view_kind
         self.view_inv_hl = c.layout.view_inv_half_life
@@ -212,7 +211,7 @@ cdef class Workspace:
 
     cdef readonly int capacity
     cdef public object out_action, out_factors, out_count, out_selection, reasons, factors
-    cdef public object predictors, out_control
+    cdef public object predictors, out_control, catalog_values
     cdef int32_t[:, ::1] _out_action
     cdef double[:, :, ::1] _out_factors
     cdef double[:, ::1] _out_selection
@@ -225,7 +224,7 @@ cdef class Workspace:
     cdef uint8_t[::1] _out_control
     cdef int8_t[:, ::1] _reasons
     cdef double[:, :, ::1] _factors
-    cdef double[:, ::1] _predictors
+    cdef double[:, ::1] _predictors, _catalog_values
     cdef double[::1] _view, _weights, _last_reject, _last_accept
     cdef int32_t[::1] _impressions, _rejects, _candidates
     cdef int64_t[::1] _stamp
@@ -244,6 +243,7 @@ cdef class Workspace:
         self.reasons = np.zeros((capacity, n_actions), np.int8)
         self.factors = np.zeros((capacity, n_actions, N_FACTORS))
         self.predictors = np.zeros((capacity, compiled.n_predictors))
+        self.catalog_values = np.zeros((capacity, n_actions))
         self._out_action = self.out_action
         self._out_factors = self.out_factors
         self._out_selection = self.out_selection
@@ -261,6 +261,7 @@ cdef class Workspace:
         self._reasons = self.reasons
         self._factors = self.factors
         self._predictors = self.predictors
+        self._catalog_values = self.catalog_values
         self._view = np.zeros(compiled.layout.size)
         self._weights = np.zeros(max(len(compiled.group_names), 1))
         self._blocked = np.zeros(max(len(compiled.group_names), 1), np.uint8)
@@ -874,6 +875,7 @@ cdef void _decide_one(CatalogView cat, StateView st, ModelView mv, Workspace ws,
         if not isfinite(value):
             reasons[a] = R_INVALID_VALUE
             continue
+        ws._catalog_values[out, a] = value
         value = _learned_value(cat, mv, a * cat.n_channels + channel, value)
         propensity = _propensity(cat, mv, ws, a, channel, x)
         weight = weights[cat.action_group[a]]
@@ -1231,14 +1233,11 @@ def record_outcomes(CatalogView cat, StateView st, ModelView mv, const int64_t[:
     `teach` (compiler.Teach's bits) lets it: the label, and for a conversion with a value, not
     NaN, the value; the number of updates refused because they would leave a model not
     finite (the model is left as is, and the value not learned), each marked 1 in
-    `refused_at` (0 for the others). A value counts at most `_value_bound` (reference.py's
-    `record_outcomes` says why)."""
+    `refused_at` (0 for the others). The engine bounds a value before (engine.py's
+    `_bounded_value` says why)."""
     cdef Py_ssize_t i, m, row, d = cat.n_predictors, refused = 0
     cdef int head, outcome
-    cdef double y, bound
-    # the profile and an empty context, for the value rule that bounds a convert's value
-    cdef double[::1] view = np.zeros(max(st.values.shape[1], 1))
-    cdef double[::1] no_context = np.full(max(cat.c.context_width, 1), NAN)
+    cdef double y
     # a model's new statistics go to the view's scratch, and back only when all are finite
     cdef double* mean = &mv._mean[0]
     cdef double* precision = &mv._precision[0]
@@ -1273,21 +1272,9 @@ def record_outcomes(CatalogView cat, StateView st, ModelView mv, const int64_t[:
                 else:
                     mv.negatives[m] += 1.0
             if outcome == OUT_CONVERT and teach[i] & TEACH_VALUE and isfinite(values[i]):
-                _profile_view(cat, &st.values[row, 0], st.values.shape[1], times[i], &view[0])
-                bound = _value_bound(cat, actions[i], &view[0], &no_context[0], times[i])
-                if bound > 0.0:  # else there is no catalog value to bound it by: not learned
-                    mv.value_count[m] += 1.0
-                    mv.value_sum[m] += values[i] if values[i] < bound else bound
+                mv.value_count[m] += 1.0
+                mv.value_sum[m] += values[i]
     return refused
-
-
-cdef inline double _value_bound(CatalogView cat, Py_ssize_t a, const double* view,
-                                const double* ctx, double now) noexcept nogil:
-    """The most a convert of `a` may teach: value_max_ratio times the action's catalog value
-    for the customer now, without context; NaN when that is not finite."""
-    cdef double value = _run(cat, cat.rule_range[a, 3, 0], cat.rule_range[a, 3, 1], view, ctx,
-                             a, now)
-    return cat.value_max_ratio * value if isfinite(value) else NAN
 
 
 cdef bint _learn_diagonal(ModelView mv, Py_ssize_t m, const double* x, Py_ssize_t d, double y,

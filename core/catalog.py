@@ -48,9 +48,9 @@ DEFAULT_TRIAL_RATE = 0.02  # decisions that try an action not yet accepted on th
 DEFAULT_SELECTION_SAMPLES, MAX_SELECTION_SAMPLES = 128, 65_536
 POSTERIORS = ("auto", "full", "diagonal")
 DEFAULT_VALUE_PRIOR_WEIGHT = 10.0
-# A convert's value counts at most this many times the action's catalog value for the
-# customer (models.value.max_ratio): the learned value is shared by every customer, so one
-# convert reporting 1e12 would otherwise set it for all of them
+# A convert's value counts at most this many times the action's catalog value in the
+# decision it names (models.value.max_ratio): the learned value is shared by every customer,
+# so one convert reporting 1e12 would otherwise set it for all of them
 DEFAULT_VALUE_MAX_RATIO = 10.0
 # Inputs, the intercept included, a full-covariance posterior may have: a decision costs
 # inputs^2 per action and a model inputs^2 * 16 bytes (precision and covariance)...

@@ -69,6 +69,9 @@ class _Remembered:
     channel: int
     predictors: np.ndarray
     actions: tuple[int, ...]
+    # the value factor of each action shown (as `actions`): what bounds a convert's value,
+    # as the decision valued it, not as the client-written profile says at the outcome
+    values: tuple[float, ...]
     # per action, what its outcomes taught (_TAUGHT_*): an accept then a convert of one
     # decision is one positive example, and a retried Respond teaches nothing again
     taught: dict[int, int] | None = None
@@ -106,6 +109,10 @@ class DecisionEngine:
         # clears the rest after each round (so they never pile up)
         self.keep_eligible = False
         self.eligible: dict[str, np.ndarray] = {}
+        # converts' values, ever: counted at their bound, and not learned for want of one
+        # (`_bounded_value`), so that an operator sees what the bound did
+        self.values_clipped = 0
+        self.values_unbounded = 0
 
     @property
     def implementation(self) -> str:
@@ -325,7 +332,8 @@ class DecisionEngine:
                                ws.out_selection[i, :n].tolist()))
         decision_id = f"{self._prefix}{next(self._decisions):x}"
         self._remember(decision_id, _Remembered(customer_id, channel, ws.predictors[i].copy(),
-                                                codes))
+                                                codes, tuple(ws.catalog_values[i, list(codes)]
+                                                             .tolist())))
         if self.keep_eligible:
             self.eligible[decision_id] = np.flatnonzero(_PASSED[ws.reasons[i]])
         explanation = self._explain(i, channel, actions) if explain else None
@@ -422,8 +430,8 @@ class DecisionEngine:
         """Record (customer_id, action_id, channel, outcome, time, decision_id[, value])
         tuples; what each taught the models from. A convert may carry its value (0 to
         MAX_NUMBER, None for none), which the model's value learns from, counted at most
-        `models.value.max_ratio` times the action's catalog value for the customer (the
-        kernel clips it; see reference.record_outcomes).
+        `models.value.max_ratio` times the value the remembered decision gave the action
+        (`_bounded_value`).
 
         The model learns from the inputs the decision saw when the decision is still
         remembered; otherwise from the profile as it is now, without context.
@@ -464,13 +472,16 @@ class DecisionEngine:
         teach = np.full(len(encoded), Teach.ALL, np.int8)
         missing, learned = [], []
         marked: dict[int, tuple[_Remembered, int, int]] = {}  # taken back if refused
+        values = np.empty(len(encoded))
         for i, e in enumerate(encoded):
             memo = self._remembered.get(e[5]) if e[5] else None
             kept = memo is not None and memo.customer_id == e[0]
+            values[i] = e[6] if math.isnan(e[6]) else \
+                self._bounded_value(memo if kept else None, e[1], e[6])
             if kept:
                 x[i] = memo.predictors
                 if e[3] != Outcome.IMPRESSION:
-                    teach[i], bits = _still_to_teach(memo, e[1], e[3], e[6])
+                    teach[i], bits = _still_to_teach(memo, e[1], e[3], values[i])
                     marked[i] = memo, e[1], bits
             else:
                 missing.append(i)
@@ -491,14 +502,33 @@ class DecisionEngine:
             self.catalog_view, self.state_view, self.model_view, rows,
             np.array([e[1] for e in encoded], np.int32),
             np.array([e[2] for e in encoded], np.int32), np.array([e[3] for e in encoded], np.int8),
-            np.array([e[4] for e in encoded], np.float64), x,
-            np.array([e[6] for e in encoded], np.float64), teach, refused_at)
+            np.array([e[4] for e in encoded], np.float64), x, values, teach, refused_at)
         for i in np.flatnonzero(refused_at).tolist():
             if i in marked:  # nothing was taught: a later outcome of the decision may teach
                 memo, action, bits = marked[i]
                 memo.taught[action] &= ~bits
         return [Learned.REFUSED if refused else kind
                 for kind, refused in zip(learned, refused_at.tolist())]
+
+    def _bounded_value(self, memo: _Remembered | None, action: int, value: float) -> float:
+        """A convert's value as the model may learn it: at most value_max_ratio times the
+        catalog's value for the action when the remembered decision showed it; NaN (no value
+        learned) without such a decision, or where that value was not above 0. The learned
+        value is shared by every customer of the model, so one convert reporting 1e12 would
+        set it for all; and the bound is the decision's, not one of the profile at the
+        outcome, which the client writes (one page_view with a price of 1e12 lifted a rule on
+        last_view_price) and which lacks the decision's context (a basket's value). Clipped,
+        not refused: the client cannot see the bound, and the label still teaches."""
+        shown = memo.actions.index(action) if memo is not None and action in memo.actions \
+            else -1
+        bound = self.compiled.value_max_ratio * memo.values[shown] if shown >= 0 else math.nan
+        if not bound > 0.0:
+            self.values_unbounded += 1
+            return math.nan
+        if value > bound:
+            self.values_clipped += 1
+            return bound
+        return value
 
     def use_models(self, models: ModelTable) -> None:
         """Decide and learn with this table from now on (after a catalog switch)."""

@@ -57,6 +57,8 @@ class Workspace:
         self.reasons = np.zeros((capacity, n_actions), np.int8)
         self.factors = np.zeros((capacity, n_actions, N_FACTORS))
         self.predictors = np.zeros((capacity, compiled.n_predictors))
+        # per action, its value rule's value before learning (for the decision memo)
+        self.catalog_values = np.zeros((capacity, n_actions))
         self._rng = SplitMix64(seed)
 
     @property
@@ -260,6 +262,7 @@ def decide_one(cat: CatalogView, st: StateView, mv: ModelView, ws: Workspace, ro
         if not math.isfinite(value):
             reasons[a] = Reason.INVALID_VALUE
             continue
+        ws.catalog_values[out, a] = value
         value = _learned_value(c, mv, c.model_index(a, channel), value)
         propensity = _propensity(c, mv, ws, a, channel, x)
         weight = weights[c.action_group[a]]
@@ -570,16 +573,10 @@ def record_outcomes(cat: CatalogView, st: StateView, mv: ModelView, rows, action
     `teach` (Teach's bits) lets it: the label, and for a conversion with a value, not NaN,
     the value; the number of updates refused because they would leave a model not finite
     (the model is left as is, and the value not learned), each marked 1 in `refused_at` (0
-    for the others).
-
-    A convert's value counts at most `value_bound`: the sums are shared by every customer of
-    the model and never forget, so one convert reporting 1e12 (the input bound) would set the
-    action's value for everyone, and a stream of them would keep it there. Clipped, not
-    refused: the bound is the catalog's value for this customer as the profile stands, which
-    the client cannot see, and the outcome's label and history are worth keeping."""
+    for the others). The engine bounds a value before (engine.py's `_bounded_value` says
+    why)."""
     c = cat.c
     refused = 0
-    no_context = np.full(max(c.context_width, 1), math.nan)
     for i in range(len(rows)):
         refused_at[i] = 0
         row, a, ch, outcome = int(rows[i]), int(actions[i]), int(channels[i]), int(outcomes[i])
@@ -605,21 +602,9 @@ def record_outcomes(cat: CatalogView, st: StateView, mv: ModelView, rows, action
             else:
                 mv.negatives[m] += 1.0
         if outcome == Outcome.CONVERT and teach[i] & Teach.VALUE and math.isfinite(values[i]):
-            bound = value_bound(c, a, profile_view(c, st.values[row], float(times[i])),
-                                no_context, float(times[i]))
-            if bound > 0.0:  # else there is no catalog value to bound it by: not learned
-                mv.value_count[m] += 1.0
-                mv.value_sum[m] += values[i] if values[i] < bound else bound
+            mv.value_count[m] += 1.0
+            mv.value_sum[m] += values[i]
     return refused
-
-
-def value_bound(c: CompiledCatalog, a: int, view: np.ndarray, ctx, now: float) -> float:
-    """The most a convert of `a` may teach: value_max_ratio times the action's catalog value
-    for the customer now, without context (a convert comes long after the decision's
-    context); NaN when that is not finite (the kernel's `_value_bound`)."""
-    frame = rules.Frame(view, ctx, c.action_attributes[a], now)
-    value = rules.evaluate(c.rule_ast[a][STAGE_VALUE], frame, c.strings.intern)
-    return c.value_max_ratio * value if math.isfinite(value) else math.nan
 
 
 def _learn_diagonal(mv: ModelView, m: int, x: np.ndarray, y: float) -> bool:

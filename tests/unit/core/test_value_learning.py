@@ -33,8 +33,20 @@ def value_factor(engine: DecisionEngine) -> float:
     return next(a.value for a in decision.actions if a.action_id == "track_order")
 
 
+def shown(engine: DecisionEngine, customer: str = "ana") -> str:
+    """A decision that showed track_order to a customer who just bought: a convert's value
+    is learned only as one of a remembered decision that showed its action."""
+    engine.apply([engine.encode_event(customer, "purchase", T0 - 60,
+                                      {"amount": 20.0, "category": "bags"})])
+    decision = engine.decide(customer, "web", "hero", {"basket_value": 40.0}, now=T0)
+    assert "track_order" in [a.action_id for a in decision.actions]
+    return decision.decision_id
+
+
 def converted(engine: DecisionEngine, value: float | None, n: int = 1) -> None:
-    engine.record_outcomes([("ana", "track_order", "web", "convert", T0, None, value)] * n)
+    """n converts of track_order, each of its own decision."""
+    engine.record_outcomes([("ana", "track_order", "web", "convert", T0, shown(engine), value)
+                            for _ in range(n)])
 
 
 def test_reported_values_replace_the_catalogs_little_by_little(impl):
@@ -72,7 +84,7 @@ def test_values_from_every_shard_add_up_at_the_learner():
     shards = [engine_for("{max_ratio: 20}", seed=s) for s in range(2)]  # 30 within 20 x 2
     learner = Learner(shards[0].compiled)
     for shard, value in zip(shards, (10.0, 30.0)):
-        shard.record_outcomes([("ana", "track_order", "web", "convert", T0, None, value)])
+        converted(shard, value)
     published = None
     for shard in shards:
         published = learner.sync(shard.compiled.version, shard.models.take_delta(), -1)
