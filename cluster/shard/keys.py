@@ -19,7 +19,7 @@ the records reads none of a block's "key_records" (README: an upgrade is not rol
 
 Every keyed event is looked up and then remembered (on issue 17's hot path), so both find a
 record through an open-addressing index of record numbers (4 bytes a slot, four slots a record:
-half empty, a miss looks at one or two), not by scanning 8 KiB of records, and the digest
+at most half used, a lookup looks at a few), not by scanning 8 KiB of records, and the digest
 computed by the lookup is kept for the remember.
 """
 from __future__ import annotations
