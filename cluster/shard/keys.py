@@ -29,7 +29,7 @@ import struct
 from array import array
 from typing import Any, Callable
 
-from kairos.cluster.settings import KEY_RETENTION_S, KEYS_PER_CUSTOMER
+from kairos.cluster.settings import KEY_RETENTION_S, KEYS_PER_CUSTOMER, SHARD_ROUND_LIMIT
 
 # An outcome's key is kept under this prefix, so an event's and an outcome's of the same text
 # are two keys (an event's would have to start with it, NUL and all, to meet an outcome's)
@@ -37,9 +37,10 @@ OUTCOME_KEY = "outcome\x00"
 DIGEST_BYTES = 16
 RECORD = struct.Struct(f"<{DIGEST_BYTES}sQd")  # the key's digest, its sequence, when remembered
 WHEN = struct.Struct("<d")  # a record's last field
-# keys looked up and not found, kept for the remember that follows (a batch's events are all
-# looked up before any is remembered); past this many, the lost ones are looked up again
-PENDING_DIGESTS = 1024
+# keys looked up and not found, kept for the remember that follows (a round's events are all
+# looked up before any is remembered, so as many as a round takes); past this many, the lost
+# ones are digested and looked up again
+PENDING_DIGESTS = SHARD_ROUND_LIMIT
 SLOTS_PER_RECORD, MOST_USED = 4, 0.5  # an index of 256 records: 1024 slots, 4 KiB
 
 

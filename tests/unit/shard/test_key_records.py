@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import tracemalloc
 
+from kairos.cluster.settings import SHARD_ROUND_LIMIT
+from kairos.cluster.shard import keys as keys_module
 from kairos.cluster.shard.keys import RECORD, IdempotencyKeys
 from kairos.cluster.storage import blocks
 
@@ -82,3 +84,19 @@ def test_a_key_looked_up_then_restored_with_the_customer_is_remembered_once():
     keys.remember("ana", "k", 3)
     assert keys.get("ana", "k") == 3
     assert len(keys.extra("ana")["key_records"]) == 2 * RECORD.size
+
+
+def test_a_round_of_keyed_misses_digests_each_key_once(monkeypatch):
+    digested = []
+    real = keys_module._digest
+    monkeypatch.setattr(keys_module, "_digest", lambda key: digested.append(key) or real(key))
+    keys = IdempotencyKeys(Clock())
+    customers = [f"c{i}" for i in range(SHARD_ROUND_LIMIT)]
+    for customer in customers:
+        keys.remember(customer, "first", 1)
+    digested.clear()
+    for customer in customers:  # a round's events are all looked up, then remembered
+        assert keys.get(customer, f"k-{customer}") is None
+    for customer in customers:
+        keys.remember(customer, f"k-{customer}", 2)
+    assert len(digested) == SHARD_ROUND_LIMIT
