@@ -65,7 +65,6 @@ MAX_BODY_BYTES = 1 << 20  # the gateway's message limit: no form needs more
 MAX_STREAMS_PER_SESSION = 4
 MAX_STREAMS_PER_KEY = 64  # an agent's key signs in as many sessions as it likes
 MAX_STREAMS = 1_000
-MAX_CHANNELS = 256  # a live page's channels, as its URL names them: a catalog has a few
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # as Host headers carry them
 # a catalog validated: (its summary, None) or (None, the gateway's validation message)
 Checked = tuple[admin_pb2.CatalogInfo | None, str | None]
@@ -91,6 +90,9 @@ class Console:
         self.signin_limit = SignInLimit()
         self.streams: collections.Counter[str] = collections.Counter()  # live pages by session
         self.key_streams: collections.Counter[str] = collections.Counter()  # and by agent key
+        # the catalog's channels as each key sees them, from its last read of a record: what a
+        # live page's URL may name to watch (one entry per key of the gateway's)
+        self.channels_seen: dict[str, frozenset[str]] = {}
         self.gateway = gateway  # made at start-up: a gRPC aio channel belongs to its loop
         # the running catalog's summary by its text's hash: one entry, as one catalog runs
         self.running: tuple[bytes, Checked] | None = None
@@ -214,6 +216,7 @@ class Console:
             if exc.kind != "down":
                 raise
             return await self.fallback_page(key, customer_id, exc)
+        self.channels_seen[key] = frozenset(profile.current)
         if self.config.channel not in profile.current:
             raise GatewayError("invalid", f"no decision on the channel {self.config.channel!r}: "
                                           f"the catalog has none such, or the key is bound to "
@@ -236,15 +239,16 @@ class Console:
         watches are in place, then whenever a push changes a decision; a comment as
         heartbeat; `paused` while the gateway is busy or not answering (the page asks again),
         `gone` when the watch ends otherwise. `channel` (repeated): the channels the page
-        shows, watched from the start (views.CustomerPage.live_source)."""
+        shows, watched from the start (views.CustomerPage.live_source; live.watched)."""
         session = request.state.session
         key, customer_id = session.key, request.query_params.get("id", "")
-        named = request.query_params.getlist("channel")
+        named = live.watched(request.query_params.getlist("channel"),
+                             self.channels_seen.get(key), MAX_ID_LENGTH)
         if not customer_id or len(customer_id) > MAX_ID_LENGTH:
             return _text(f"id: 1..{MAX_ID_LENGTH} characters", 400)
-        if len(named) > MAX_CHANNELS or not all(0 < len(c) <= MAX_ID_LENGTH for c in named):
-            return _text(f"channel: at most {MAX_CHANNELS}, of 1..{MAX_ID_LENGTH} characters",
-                         400)
+        if named is None:
+            return _text(f"channel: at most {live.MAX_CHANNELS}, of 1..{MAX_ID_LENGTH} "
+                         f"characters", 400)
         # which cap is full: the page says what closing tabs would do (the others are the
         # agent's other browsers, or the whole console's)
         full = next((cap for cap, over in (

@@ -9,6 +9,20 @@ from starlette.responses import Response, StreamingResponse
 # the gateway's failures (GatewayError kinds) a live page waits out, asking again every 10 s:
 # shedding load, or not answering (restarting, unreachable): either passes
 RETRIED = frozenset({"busy", "down"})
+# a live page's channels, as its URL names them (each once): a catalog has a few, and each
+# is a watch stream on the gateway, 64 pages a key
+MAX_CHANNELS = 32
+
+
+def watched(named: list[str], seen: frozenset[str] | None, max_length: int) -> list[str] | None:
+    """The channels a live page's URL names, each once, that it may watch: those the catalog
+    has as the agent's key last read it (`seen`; None before any read: all, within the cap);
+    one added since is not dropped for long, the page's read names it (app's `followed`).
+    None: more than MAX_CHANNELS, or a name of no characters or over `max_length`."""
+    named = list(dict.fromkeys(named))
+    if len(named) > MAX_CHANNELS or not all(0 < len(c) <= max_length for c in named):
+        return None
+    return named if seen is None else [c for c in named if c in seen]
 
 
 def event(name: str, html: str) -> str:

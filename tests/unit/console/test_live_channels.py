@@ -1,0 +1,47 @@
+"""The channels a live page's URL names are watched each once, only those of the catalog as
+the agent's key last read them, and at most MAX_CHANNELS: `channel=web` 256 times opened 256
+WatchDecisions, 16,384 at 64 live pages per key, past the gateway's budget of watch streams.
+Through Starlette's TestClient against the recording stand-in gateway of test_live_reads."""
+from __future__ import annotations
+
+import pytest
+from starlette.testclient import TestClient
+
+from kairos.cluster.console.app import ConsoleConfig, create_app
+from kairos.cluster.gateway.auth import Auth
+from tests.unit.console.test_app import KEYS, sign_in
+from tests.unit.console.test_live_reads import Recording, first_update
+
+
+@pytest.fixture
+def gateway() -> Recording:
+    return Recording()
+
+
+@pytest.fixture
+def client(gateway) -> TestClient:
+    app = create_app(ConsoleConfig("127.0.0.1:1"), Auth.load(KEYS), gateway)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        sign_in(client)
+        yield client
+
+
+def test_a_channel_named_again_is_watched_once(client, gateway):
+    first_update(client, "/customer/live?id=ana&" + "&".join(["channel=web"] * 256))
+    watched = [call[1] for call in gateway.calls if call[0] == "watching"]
+    assert watched[0] == ("web",)
+
+
+def test_channels_the_catalog_lacks_are_not_watched(client, gateway):
+    client.get("/customer?id=ana")  # a read: the channels the key sees
+    made_up = "&".join(f"channel=c{n}" for n in range(20))
+    first_update(client, f"/customer/live?id=ana&channel=web&channel=call_center&{made_up}")
+    watched = [call[1] for call in gateway.calls if call[0] == "watching"]
+    assert watched == [("web", "call_center")]
+
+
+def test_more_channels_than_the_cap_are_refused(client):
+    # 33: at 64 live pages a key, 2,112 watch streams
+    many = "&".join(f"channel=c{n}" for n in range(33))
+    with client.stream("GET", f"/customer/live?id=ana&{many}") as live:
+        assert live.status_code == 400
