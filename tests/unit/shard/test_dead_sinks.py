@@ -116,3 +116,8 @@ def test_the_sinks_the_watches_name_are_counted_not_walked_for(compiled):
     assert named() == {"gw-1", "gw-2"}
     s.drop_sink("gw-2")
     assert named() == {"gw-1"}
+    s.process([watch("zed", "gw-9", "web", "hero")])  # zed not seen yet
+    assert named() == {"gw-1", "gw-9"}
+    s.freeze([p_of("zed")], 2)
+    s.release([p_of("zed")], 2)  # the watches of its customers not seen yet go
+    assert p_of("zed") != p_of("ana") and named() == {"gw-1"}
