@@ -259,7 +259,9 @@ class Console:
             return live.paused(full)
         slot = live.LivePage((self.streams, session.id), (self.key_streams, key))  # before awaits
         try:
-            changes, page = await self.followed(key, customer_id, named)
+            changes, page = await live.followed(
+                lambda channels: self.gateway.changes(key, customer_id, channels),
+                lambda shown: self.customer_page(key, customer_id, live=shown), named)
         except BaseException as exc:
             slot.release()
             if isinstance(exc, GatewayError):
@@ -301,30 +303,6 @@ class Console:
         weakref.finalize(body, slot.release)
         return StreamingResponse(body, media_type="text/event-stream",
                                  headers={"x-accel-buffering": "no"})
-
-    async def followed(self, key: str, customer_id: str, channels: list[str]
-                       ) -> tuple[AsyncIterator[set[str]], views.CustomerPage]:
-        """The customer's watches, in place (their first item taken), and its page as read
-        after that, so that no change made between the read and the watches goes unseen: one
-        read (a GetProfile) per live page, watching the channels the browser's page shows. A
-        page with channels they lack (none named, a catalog switched since) is read once
-        more, under watches of its own."""
-        changes, page = await self.read_watched(key, customer_id, channels)
-        if not set(page.channels) <= set(channels):
-            await changes.aclose()
-            changes, page = await self.read_watched(key, customer_id, page.channels)
-        return changes, page
-
-    async def read_watched(self, key: str, customer_id: str, channels: list[str]
-                           ) -> tuple[AsyncIterator[set[str]], views.CustomerPage]:
-        changes = self.gateway.changes(key, customer_id, channels)
-        try:
-            await anext(changes)  # {"*"}: every watch is in place
-            # read with no watches, to learn the channels: read again, so not shown
-            return changes, await self.customer_page(key, customer_id, live=bool(channels))
-        except BaseException:
-            await changes.aclose()
-            raise
 
     async def respond(self, request: Request) -> Response:
         """Sends an outcome once: a repeat of one the session sent (a double click, a form

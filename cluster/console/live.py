@@ -3,8 +3,15 @@ pages (app.py's `live`)."""
 from __future__ import annotations
 
 import collections
+from typing import AsyncIterator, Awaitable, Callable
 
 from starlette.responses import Response, StreamingResponse
+
+from kairos.cluster.console.gateway_client import GatewayError
+from kairos.cluster.console.views import CustomerPage
+
+Watches = Callable[[list[str]], AsyncIterator[set[str]]]  # GatewayClient.changes, of a customer
+Read = Callable[[bool], Awaitable[CustomerPage]]  # its page; True: as the live part shows it
 
 # the gateway's failures (GatewayError kinds) a live page waits out, asking again every 10 s:
 # shedding load, or not answering (restarting, unreachable): either passes
@@ -17,12 +24,45 @@ MAX_CHANNELS = 32
 def watched(named: list[str], seen: frozenset[str] | None, max_length: int) -> list[str] | None:
     """The channels a live page's URL names, each once, that it may watch: those the catalog
     has as the agent's key last read it (`seen`; None before any read: all, within the cap);
-    one added since is not dropped for long, the page's read names it (app's `followed`).
+    one added since is not dropped for long, the page's read names it (`followed`).
     None: more than MAX_CHANNELS, or a name of no characters or over `max_length`."""
     named = list(dict.fromkeys(named))
     if len(named) > MAX_CHANNELS or not all(0 < len(c) <= max_length for c in named):
         return None
     return named if seen is None else [c for c in named if c in seen]
+
+
+async def followed(watch: Watches, read: Read, channels: list[str]
+                   ) -> tuple[AsyncIterator[set[str]], CustomerPage]:
+    """The customer's watches, in place (their first item taken), and its page as read after
+    that, so that no change made between the read and the watches goes unseen: one read (a
+    GetProfile) per live page, watching the channels the browser's page shows. A page with
+    channels they lack (none named, a catalog switched since) is read once more, under
+    watches of its own; one naming a channel the catalog no longer has (refused, "invalid")
+    learns them so, rather than stop updating for good."""
+    try:
+        changes, page = await _read_watched(watch, read, channels)
+    except GatewayError as exc:
+        if exc.kind != "invalid" or not channels:
+            raise
+        channels = []
+        changes, page = await _read_watched(watch, read, channels)
+    if not set(page.channels) <= set(channels):
+        await changes.aclose()
+        changes, page = await _read_watched(watch, read, page.channels)
+    return changes, page
+
+
+async def _read_watched(watch: Watches, read: Read, channels: list[str]
+                        ) -> tuple[AsyncIterator[set[str]], CustomerPage]:
+    changes = watch(channels)
+    try:
+        await anext(changes)  # {"*"}: every watch is in place
+        # read with no watches, to learn the channels: read again, so not shown
+        return changes, await read(bool(channels))
+    except BaseException:
+        await changes.aclose()
+        raise
 
 
 def event(name: str, html: str) -> str:
