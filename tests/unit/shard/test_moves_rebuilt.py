@@ -4,6 +4,7 @@ arriving, so its timers wait for the confirmation (or for the move to be undone,
 source fires them)."""
 from __future__ import annotations
 
+from kairos.cluster.shard import timers
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage.memory_store import MemoryStore
 from kairos.cluster.storage.store import StoreUnavailable
@@ -46,3 +47,26 @@ def test_a_shard_rebuilt_in_place_remembers_the_sinks_found_gone(compiled):
         assert "gw-dead" in host.shard.watches.gone
         assert [w.sink for w in host.shard.watches.by_customer["ana"]] == ["gw-live"]
     run(compiled, MemoryStore(), test)
+
+
+def test_a_target_rebuilt_in_place_keeps_an_arriving_partitions_sleepers_parked(compiled):
+    """However many of them are overdue, another partition's sleeper wakes (timers.py)."""
+    p = p_of("ana")
+    q = (p + 1) % N_PARTITIONS
+    store = MemoryStore(shared=True)
+    overdue = {f"ana-{i}": T0 - 100 for i in range(2 * timers.WAKE_LIMIT)}
+
+    async def test(host):
+        await host.run(Shard.release, [p], 0)
+        source = Shard("a", compiled, {p: 0}, N_PARTITIONS, store=store)
+        source.residency.take_sleepers(p, overdue)
+        await host.run(Shard.adopt, source.freeze([p], 1), 1)
+        failed = host.shard
+        host._fail(StoreUnavailable("the store went away"))
+        await until(lambda: host.shard not in (None, failed), 10, "the host to rebuild")
+        assert host.shard.residency.sleepers(p) == overdue
+        host.shard.residency.take_sleepers(q, {"bob": T0})
+        await host.run(Shard.tick)
+        assert host.shard.residency.sleepers(q) == {}
+        assert host.shard.residency.sleepers(p) == overdue
+    run(compiled, store, test)
