@@ -191,7 +191,7 @@ class CustomerRequests:
         for i, request, decision in zip(where, encoded, engine.decide_encoded(encoded, explain)):
             replies[i] = Ok(value=self._seal.seal(decision))  # outcomes name the sealed id
             sealed_id = replies[i].value.decision_id
-            if batch[i].log:
+            if batch[i].log is not False:  # only an explicit preview goes unlogged
                 self._log.decided(decision, sealed_id, request.now, batch[i].context)
                 self.by_channel[decision.channel] += 1
                 for action in decision.actions:
