@@ -223,6 +223,14 @@ class _Refused(Exception):
     """A peer failed the handshake; the reason it is told."""
 
 
+class _Mismatch(Exception):
+    """A shard of another protocol: another Kairos version, which a rolling upgrade runs for a
+    while (each connection to it is refused: warned of once in a while)."""
+
+
+_MISMATCHES = ThrottledWarning(log, REFUSED_LOG_S)
+
+
 class PlaneServer:
     """A shard's end: answers each frame with `handle(session, seq, requests, routed)`.
     `secret` is what clients must prove they know (`PlaneConnection.open`)."""
@@ -292,7 +300,8 @@ class PlaneServer:
         if magic != MAGIC:
             raise _Refused("not a data plane client")
         if protocol != PROTOCOL:
-            raise _Refused(f"expected protocol {PROTOCOL}, got {protocol}")
+            raise _Refused(f"this shard speaks protocol {PROTOCOL}, the client {protocol}: run "
+                           f"one Kairos version")
         if not hmac.compare_digest(proof, _proof(self.secret, b"client", shard_nonce,
                                                  client_nonce)):
             raise _Refused("wrong proof of this shard's secret")
@@ -370,6 +379,9 @@ class PlaneConnection:
             raise PlaneClosed(f"{host}:{port} did not answer within {HANDSHAKE_S:g} s") from None
         except _Refused as exc:
             raise PlaneClosed(f"{host}:{port} refused the handshake: {exc}") from None
+        except _Mismatch as exc:
+            _MISMATCHES.warn("data plane %s:%s: %s", host, port, exc)
+            raise PlaneClosed(f"{host}:{port}: {exc}") from None
         except EOFError:
             raise PlaneClosed(f"{host}:{port} closed the connection during the handshake") \
                 from None
@@ -384,8 +396,11 @@ class PlaneConnection:
                          secret: bytes) -> None:
         magic, protocol, shard_nonce = _CHALLENGE.unpack(
             await reader.readexactly(_CHALLENGE.size))
-        if magic != MAGIC or protocol != PROTOCOL:
-            raise _Refused(f"it is not a data plane shard of protocol {PROTOCOL}")
+        if magic != MAGIC:
+            raise _Refused("it is not a data plane shard")
+        if protocol != PROTOCOL:
+            raise _Mismatch(f"the shard speaks protocol {protocol}, this client {PROTOCOL}: "
+                            f"run one Kairos version")
         client_nonce = secrets.token_bytes(NONCE_BYTES)
         writer.write(_RESPONSE.pack(MAGIC, PROTOCOL, client_nonce,
                                     _proof(secret, b"client", shard_nonce, client_nonce)))
