@@ -214,7 +214,7 @@ class Shard:
             reply = self.ownership.moved(request.partition, None if routed is None else routed[k])
             if reply is None and routed is not None and self.ownership.arriving:
                 # its sender saw the map moving it here, whatever the answer below
-                self.ownership.arriving.pop(request.partition, None)
+                self.handoff.routed_here(request.partition)
             if reply is None and redirects:
                 target = self.directory.redirect_of(request.customer_id)
                 reply = None if target is None else Merged(customer_id=target)
