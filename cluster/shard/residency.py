@@ -53,6 +53,7 @@ from kairos.cluster.shard.context import ShardContext
 from kairos.cluster.shard.journaling import Journaling
 from kairos.cluster.shard.ownership import Ownership
 from kairos.cluster.shard.timers import WAKE_LIMIT, Timers
+from kairos.cluster.shard.watches import folded
 from kairos.cluster.storage import blocks
 from kairos.cluster.storage.sealed import seal, unseal
 from kairos.cluster.storage.store import StoreCorrupt
@@ -396,7 +397,7 @@ class Residency:
         """Merge a one-customer block (an anonymous profile handed over by a link) into the
         customer: counts and decayed sums add, last values keep the newest, histories
         interleave (core/merge.py); timers, watches and aliases join the customer's."""
-        extra = block["extras"][0]
+        extra = folded(block["extras"][0], block["ids"][0])
         block["ids"] = [MERGING]
         engine = self._ctx.engine
         engine.activate([customer_id])  # a customer known only by id so far

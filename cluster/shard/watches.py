@@ -242,8 +242,8 @@ class Watches:
             kept = [[channel, placement, list(best)]
                     for (channel, placement), best in shown.items()
                     if (channel, placement) in views]
-            if kept:  # with whose it is: a fold's was pushed to an anonymous one's streams
-                extra["shown"], extra["shown_by"] = kept, customer_id
+            if kept:
+                extra["shown"] = kept
         return extra
 
     def restore(self, customer_id: str, extra: dict[str, Any]) -> None:
@@ -263,10 +263,10 @@ class Watches:
                 mine[watch].append(customer_id)  # not the same as the customer's own
             else:
                 self._register(mine, watch, customer_id)
-        # only what was pushed to the customer's own streams counts (a folded anonymous one's
-        # was pushed to its streams); blocks from before it was carried have none
+        # blocks from before it was carried have none (`folded` takes a folded one's out; the
+        # blocks of c3e6ef1 name whose it is, "shown_by", which is the customer's then)
         shown = extra.get("shown")
-        if shown and extra.get("shown_by", customer_id) == customer_id:
+        if shown:
             views = self._views(customer_id)
             shown = {(channel, placement): tuple(best) for channel, placement, best in shown
                      if (channel, placement) in views}
@@ -296,3 +296,14 @@ class Watches:
             self._named[w.sink] -= 1
             if not self._named[w.sink]:
                 del self._named[w.sink]
+
+
+def folded(extra: dict[str, Any], anonymous_id: str) -> dict[str, Any]:
+    """A folded anonymous customer's block extra as the customer takes it in (residency.py's
+    fold): what was pushed went to the anonymous id's streams, not the customer's, so it is
+    left out; a registration an old block names no id for is the anonymous id's (else the
+    customer's own unregistration could end it, or the anonymous stream's the customer's)."""
+    extra = {k: v for k, v in extra.items() if k not in ("shown", "shown_by")}
+    extra["watches"] = [[sink, channel, placement, *(by or [anonymous_id])]
+                        for sink, channel, placement, *by in extra["watches"]]
+    return extra

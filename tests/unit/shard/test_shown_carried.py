@@ -58,14 +58,3 @@ def test_a_block_holds_no_empty_record_of_what_was_pushed(compiled):
     s.watch_channel("outbound", "web", "sidebar", active=False)
     s.process([watch("ana", "gw-1", "web", "hero", active=False)])
     assert "shown" not in s.watches.extra("ana")
-
-
-def test_a_folded_anonymous_customers_pushes_do_not_count_as_the_customers(compiled):
-    """What was pushed to the anonymous customer's streams never reached the customer's: its
-    unchanged best action is pushed to them once the link folds it in."""
-    s = shard(compiled)
-    s.process([event("anon", "app_open", T0), watch("anon", "gw-2", "web", "hero")])
-    s.process([watch("ana", "gw-1", "web", "hero")])  # not seen yet: nothing pushed to her
-    s.watches.restore("ana", s.watches.extra("anon"))  # as the link's fold does
-    _, pushes = s.process([event("ana", "app_open", T0 + 1)])
-    assert sorted(p[0] for p in pushed(pushes)) == ["gw-1", "gw-2"]
