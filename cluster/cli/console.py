@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        hosts = served_hosts(args.host, args.allowed_host)
+        hosts = served_hosts(args.host, args.allowed_host, tls=bool(args.tls_cert))
     except ValueError as exc:
         print(f"error: --allowed-host or ${HOSTS_ENV}: {exc}", file=sys.stderr)
         return 2

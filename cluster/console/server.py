@@ -59,16 +59,22 @@ def keys_text(keys_file: str | None, home: Path) -> tuple[str, str]:
     return path.read_text(encoding="utf-8"), str(path)
 
 
-def served_hosts(bind: str, names: Iterable[str] = ()) -> tuple[str, ...]:
+def served_hosts(bind: str, names: Iterable[str] = (), *, tls: bool) -> tuple[str, ...]:
     """The Host names (without the port) the console answers when bound to `bind`: loopback's
     when it listens there, the bind address itself (bound to every interface: each of the
     machine's addresses, which an address-typing agent reaches it by and a rebinding page
     cannot send, as its Host is the attacker's own name), and the operator's `names` (what
-    agents' browsers call it; `*.example.com` for any name under it). ValueError for a name no
-    Host header could match, or one that matches too much."""
+    agents' browsers call it; `*.example.com` for any name under it, over `tls` only: plain
+    HTTP's cookies have no __Host- name, and a sibling subdomain could set them). ValueError
+    for a name no Host header could match, or one that matches too much."""
     own = list(LOOPBACK_HOSTS) if bind in EVERY_ADDRESS or is_loopback(bind) else []
     own += [_as_host(a) for a in _interface_addresses()] if bind in EVERY_ADDRESS else \
         [_as_host(bind)]
+    wildcards = [name for name in names if name.strip().startswith("*.")]
+    if wildcards and not tls:
+        raise ValueError(f"{wildcards[0]!r} over plain HTTP: any of its subdomains could set "
+                         f"the console's cookies for it (session fixation); serve HTTPS "
+                         f"(--tls-cert), or name the console's hosts one by one")
     return tuple(dict.fromkeys(own + [_as_host(_checked(name)) for name in names]))
 
 

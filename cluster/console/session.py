@@ -256,7 +256,8 @@ def cookie_name(name: str, https: bool) -> str:
     with the __Host- prefix, which a browser takes only from this very host, Secure, with
     Path=/ and no Domain, so that a sibling subdomain (of a console served as one of
     *.example.com) cannot set it for the console: no session fixation, no login CSRF. Plain
-    HTTP, which the console serves on loopback only, cannot carry it (it needs Secure)."""
+    HTTP (loopback, or any host with --insecure) cannot carry it (it needs Secure): the
+    console serves no wildcard host name over it (server.served_hosts)."""
     return HOST_PREFIX + name if https else name
 
 

@@ -42,7 +42,7 @@ def interfaces(monkeypatch):
     ("0.0.0.0", ["console.example"], LOOPBACK + ("10.1.2.3", "[fd00::9]", "console.example")),
 ])
 def test_the_hosts_of_a_bind_address_and_the_operators_names(bind, names, hosts):
-    assert served_hosts(bind, names) == hosts
+    assert served_hosts(bind, names, tls=True) == hosts
 
 
 @pytest.mark.parametrize("name", ["*", "console*.example", "console.example:8443",
@@ -51,7 +51,7 @@ def test_the_hosts_of_a_bind_address_and_the_operators_names(bind, names, hosts)
 def test_a_name_that_matches_nothing_or_too_much_is_refused(name):
     """`*.com` would admit a page of any .com site that an attacker rebinds."""
     with pytest.raises(ValueError):
-        served_hosts("127.0.0.1", [name])
+        served_hosts("127.0.0.1", [name], tls=True)
 
 
 def test_names_come_from_the_option_and_the_environment(monkeypatch):
@@ -65,3 +65,13 @@ def test_kairos_console_refuses_a_name_with_its_port(capsys):
     assert run(args) == 2
     assert f"--allowed-host or ${HOSTS_ENV}: 'console.example:8443': give the name without " \
         "its port" in capsys.readouterr().err
+
+
+def test_a_wildcard_name_needs_https():
+    """Over plain HTTP the cookies keep their plain names, which any subdomain of a wildcard
+    can set for the console (session fixation, login CSRF): only __Host- names, over HTTPS,
+    cannot be."""
+    with pytest.raises(ValueError, match="plain HTTP"):
+        served_hosts("10.0.0.5", ["console.example", "*.agents.example"], tls=False)
+    assert served_hosts("10.0.0.5", ["console.example"], tls=False) == ("10.0.0.5",
+                                                                       "console.example")
