@@ -413,7 +413,7 @@ def create_app(config: ConsoleConfig, auth: Auth, gateway: GatewayClient | None 
         Route("/signout", signed_in(console.signout, post=True), methods=["POST"]),
         Route("/", signed_in(console.home)),
         Route("/customer", signed_in(console.customer)),
-        # a live page asked for again (a tab shown again, a paused one every 10 s) is the
+        # a live page asked for again (a tab shown again, a paused one after a while) is the
         # browser's doing, not the agent's: it keeps no session from idling out
         Route("/customer/live", signed_in(console.live, touch=False)),
         Route("/customer/respond", signed_in(console.respond, post=True), methods=["POST"]),

@@ -75,7 +75,7 @@ LABELS: dict[str, dict[str, str]] = {
         "live_paused_busy": "Live updates paused: Kairos is busy. This page tries again in a "
                             "few seconds.",
         "live_paused_down": "Live updates paused: Kairos is not answering. This page tries "
-                            "again every few seconds.",
+                            "again shortly, then less often.",
         "recorded": "Outcome recorded",
         "answered_earlier": "An answer to this action was recorded earlier, and it stands: "
                             "see the customer's history",
@@ -207,7 +207,7 @@ LABELS: dict[str, dict[str, str]] = {
         "live_paused_console": "ライブ更新を一時停止中：コンソールが追跡できるライブページの上限に"
                                "達しています。更新できるようになると再開します。",
         "live_paused_busy": "ライブ更新を一時停止中：Kairos が混み合っています。数秒後に再試行します。",
-        "live_paused_down": "ライブ更新を一時停止中：Kairos が応答していません。数秒ごとに再試行します。",
+        "live_paused_down": "ライブ更新を一時停止中：Kairos が応答していません。まもなく再試行し、その後は間隔を空けて再試行します。",
         "recorded": "結果を記録しました",
         "answered_earlier": "このアクションへの回答は以前に記録済みで、その回答が有効です。"
                             "顧客の履歴を確認してください",

@@ -13,7 +13,7 @@ from kairos.cluster.console.views import CustomerPage
 Watches = Callable[[list[str]], AsyncIterator[set[str]]]  # GatewayClient.changes, of a customer
 Read = Callable[[bool], Awaitable[CustomerPage]]  # its page; True: as the live part shows it
 
-# the gateway's failures (GatewayError kinds) a live page waits out, asking again every 10 s:
+# the gateway's failures (GatewayError kinds) a live page waits out, asking again (console.js):
 # shedding load, or not answering (restarting, unreachable): either passes
 RETRIED = frozenset({"busy", "down"})
 # a live page's channels, as its URL names them (each once): a catalog has a few, and each

@@ -35,7 +35,16 @@ function localizeTimes(root) {
   }
 }
 
-const PAUSED_RETRY_MS = 10000;  // a paused page asks again while it is shown
+const PAUSED_RETRY_MS = 10000;  // a paused page asks again while it is shown, after about this
+const DOWN_RETRY_MAX_MS = 60000;  // and up to this while the gateway does not answer
+
+// How long a paused page waits to ask again: about PAUSED_RETRY_MS, doubled for each time in a
+// row before this one that the gateway did not answer (`downs`), up to DOWN_RETRY_MAX_MS; each
+// page draws 0.5 to 1.5 times that, so the pages a restart paused together do not all ask
+// again together, every 10 s, as the gateway comes back.
+function pausedDelay(downs) {
+  return Math.min(PAUSED_RETRY_MS * 2 ** downs, DOWN_RETRY_MAX_MS) * (0.5 + Math.random());
+}
 
 // The live part follows the server's events while the tab is shown. A hidden tab lets go of
 // its stream: a browser opens at most six connections to one host, and tabs that each held one
@@ -49,6 +58,7 @@ function followLive() {
   const state = document.getElementById("live-state");
   let source = null;
   let retry = null;
+  let downs = 0;  // pauses in a row with the gateway not answering
   // the live part's HTML as last received, at first as the server rendered it (read before
   // times are localized): the first event, which brings the same, is not written again
   let shown = asParsed(live.innerHTML);
@@ -82,6 +92,7 @@ function followLive() {
         }
         localizeTimes(live);
       }
+      downs = 0;
       show(state.dataset.live, false);
       live.dataset.updates = String(Number(live.dataset.updates || 0) + 1);
     });
@@ -97,7 +108,7 @@ function followLive() {
       const why = {session: "pausedSession", key: "pausedKey", console: "pausedConsole",
                    busy: "pausedBusy", down: "pausedDown"}[event.data] || "pausedSession";
       show(state.dataset[why], true);
-      retry = setTimeout(start, PAUSED_RETRY_MS);
+      retry = setTimeout(start, pausedDelay(event.data === "down" ? downs++ : 0));
     });
     source.onerror = () => {
       if (source && source.readyState === EventSource.CLOSED) {
