@@ -105,8 +105,12 @@ class IdempotencyKeys:
     def __init__(self, clock: Callable[[], float]):
         self._clock = clock
         self._keys: dict[str, _Records] = {}  # customer -> its records
-        # (customer, key) looked up and not found -> its digest, and the records it is not in
-        self._pending: dict[tuple[str, str], tuple[bytes, _Records | None]] = {}
+        # restores so far: a key looked up and not found is among its customer's records only
+        # once remembered, or once a restore adds it
+        self._restores = 0
+        # (customer, key) looked up -> its digest, and if it was not found the restores by then
+        # (a number, not the records: those of a customer evicted since would stay alive)
+        self._pending: dict[tuple[str, str], tuple[bytes, int | None]] = {}
 
     def get(self, customer_id: str, key: str) -> int | None:
         """The customer's sequence number of the event first applied under `key`."""
@@ -121,20 +125,19 @@ class IdempotencyKeys:
                 return sequence
         if len(self._pending) >= PENDING_DIGESTS:
             self._pending.clear()
-        # only a remember of this key adds its record to these records; a restore makes others
-        self._pending[customer_id, key] = (digest, records if at is None else None)
+        self._pending[customer_id, key] = (digest, self._restores if at is None else None)
         return None
 
     def remember(self, customer_id: str, key: str, sequence: int) -> None:
         """Keep `key` as the customer's newest (those past the window go when its block is
         written: the count bounds what memory holds)."""
-        digest, absent_from = self._pending.pop((customer_id, key), (None, None))
+        digest, absent_until = self._pending.pop((customer_id, key), (None, None))
         digest = digest or _digest(key)
         record = RECORD.pack(digest, sequence, self._clock())
         records = self._keys.get(customer_id)
         if records is None:
             self._keys[customer_id] = _Records(bytearray(record))
-        elif records is absent_from or (at := records.find(digest)) is None:
+        elif absent_until == self._restores or (at := records.find(digest)) is None:
             records.add(digest, record)
         else:  # applied again (its window closed, or a replay): now the newest
             del records.data[at:at + RECORD.size]
@@ -166,6 +169,7 @@ class IdempotencyKeys:
                     for key, sequence, when in extra.get("keys", ()))]
         if not theirs:
             return
+        self._restores += 1
         entries = {digest: (sequence, when) for digest, sequence, when in theirs}
         mine = self._keys.get(customer_id)
         entries.update((digest, (sequence, when)) for digest, sequence, when in

@@ -2,6 +2,7 @@
 memory and in its block; blocks written when keys were kept as text still load."""
 from __future__ import annotations
 
+import gc
 import tracemalloc
 
 from kairos.cluster.settings import SHARD_ROUND_LIMIT
@@ -100,3 +101,21 @@ def test_a_round_of_keyed_misses_digests_each_key_once(monkeypatch):
     for customer in customers:
         keys.remember(customer, f"k-{customer}", 2)
     assert len(digested) == SHARD_ROUND_LIMIT
+
+
+def test_a_key_looked_up_for_a_customer_evicted_since_keeps_none_of_its_records():
+    keys = IdempotencyKeys(Clock())
+    customers = [f"c{i}" for i in range(100)]
+    tracemalloc.start()
+    try:
+        for customer in customers:
+            for i in range(64):
+                keys.remember(customer, f"k{i}", i + 1)
+        for customer in customers:
+            assert keys.get(customer, "refused") is None  # its event is refused: no remember
+            keys.drop(customer, evicted=True)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held < 100 * 8 * RECORD.size  # a customer's 64 records alone are 64 of them
