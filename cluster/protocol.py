@@ -72,11 +72,12 @@ class Fire(NamedTuple):
 
 
 class Decide(NamedTuple):
-    """Decide for a view. Not `log`: a preview (GetProfile's decision per channel, shown to
-    an agent beside the record, not on the channel): it is neither logged as evidence nor
-    counted in the decisions per channel. Its id is sealed all the same: the console's
-    agent answers the decision of its own channel (Respond), a real outcome the models learn
-    from. (Added last, with a default; the data plane's protocol went to 5 for it.)"""
+    """Decide for a view. Not `log`: a preview (GetProfile's decision for a channel its
+    caller does not show, seen by an agent beside the record): it is neither logged as
+    evidence nor counted in the decisions per channel. GetProfile logs the decision of the
+    channel its caller shows (`shown_channel`, or a channel-bound key's own). A preview's id is
+    sealed all the same, so a Respond may name it. (Added last, with a default; the data
+    plane's protocol went to 5 for it.)"""
 
     kind: str = "decide"
     partition: int = UNROUTED

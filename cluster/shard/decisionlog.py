@@ -2,8 +2,9 @@
 `kairos log export` and replay (cluster/evidence/records.py has the records).
 
 What is logged: each decision that leaves the shard (a Decide's answer, the decision an
-event's `decide` asked for, a push to a watch; not a preview, GetProfile's decision per
-channel, which no channel showed: protocol.Decide's `log`), under the sealed id its caller
+event's `decide` asked for, a push to a watch, GetProfile's decision for the channel its
+caller shows; not a preview, GetProfile's decision for a channel nobody showed:
+protocol.Decide's `log`), under the sealed id its caller
 sees, with the customer's profile as the decision saw it (a one-customer block), the model
 inputs (the engine's decision memo keeps them), the eligible actions (the engine notes them
 from the kernel's reason codes while the log is on) and the shown actions with their selection
