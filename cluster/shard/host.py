@@ -1,19 +1,20 @@
 """ShardHost: what runs a Shard inside an actor, without Ray.
 
 Request batches are admitted in each sender's order (sequencer.py: a session and a sequence
-number per sender, since Ray does not promise order for async actors; past a refused batch, none
-of its session), counted against a bounded queue (past `queue_limit` a batch answers BUSY) and
-run by one worker in rounds of up to `round_limit` requests and `round_bytes` bytes (as
-msgpack), so many senders' batches share a kernel call and a round's journal frame stays under
-the journal's frame limit (a batch over the byte budget is split across rounds, in order; a
-request over it alone answers Invalid, as nothing could journal it). All work on the Shard
-happens on the event loop's thread, between awaits, so the Shard needs no locks: a round of the
-data path is tens of microseconds to a few milliseconds, and handing each one to a worker thread
-cost more than that in thread wake-ups (a fifth of a shard's CPU at 1,000 decisions/s). Two
-things run on threads: recovery, which builds a new Shard nobody else sees yet (requests answer
-UNAVAILABLE meanwhile), and the journal's fsync (syncs.py): a round is written to the journal as
-it is applied and answered once a sync that started after it has finished, so the next rounds
-are applied while the disk works (at 6,000 events/s the shards spent half their time waiting in
+number per sender, since Ray does not promise order for async actors; past a refused batch,
+none of its session, and past a refused request, none for its customer: refusals.py), counted
+against a bounded queue (past `queue_limit` a batch answers BUSY) and run by one worker in
+rounds of up to `round_limit` requests and `round_bytes` bytes (as msgpack), so many senders'
+batches share a kernel call and a round's journal frame stays under the journal's frame limit
+(a batch over the byte budget is split across rounds, in order; a request over it alone answers
+Invalid, as nothing could journal it). All work on the Shard happens on the event loop's
+thread, between awaits, so the Shard needs no locks: a round of the data path is tens of
+microseconds to a few milliseconds, and handing each one to a worker thread cost more than that
+in thread wake-ups (a fifth of a shard's CPU at 1,000 decisions/s). Two things run on threads:
+recovery, which builds a new Shard nobody else sees yet (requests answer UNAVAILABLE
+meanwhile), and the journal's fsync (syncs.py): a round is written to the journal as it is
+applied and answered once a sync that started after it has finished, so the next rounds are
+applied while the disk works (at 6,000 events/s the shards spent half their time waiting in
 fsync); the models hear of each sync, so model sync sends the learner only what a finished one
 covered (syncs.py). A background loop fires timers, passivates and snapshots every `tick_s`.
 
@@ -54,8 +55,9 @@ from kairos.cluster.settings import (SESSION_START_S, SHARD_QUEUE_LIMIT, SHARD_R
 from kairos.cluster.shard import decisionlog
 from kairos.cluster.shard.failures import close_dropped, close_unused, where_failed
 from kairos.cluster.shard.handoff import Moving
+from kairos.cluster.shard.refusals import EVERYTHING, Refusals
 from kairos.cluster.shard.sequencer import Sequencer
-from kairos.cluster.shard.shard import CROWDED, Shard
+from kairos.cluster.shard.shard import Shard
 from kairos.cluster.shard.syncs import Syncs
 from kairos.cluster.shard.watches import Push
 from kairos.cluster.storage.store import Store, StoreUnavailable
@@ -65,10 +67,10 @@ NEW_SHARD_COUNT_S = 0.5  # how soon a Shard new to serving has its store counted
 # a shard's decision log reads at once (threads: each reads a page of a long log)
 LOG_READS = 2
 REBUILD_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)  # waits between attempts to rebuild from the store
-# A batch of a session the shard refused an earlier batch of: applied, it would overtake that
-# one (nothing of it was applied).
-OVERTAKING = Busy(reason="the shard refused an earlier batch of its sender's, and this one may "
-                         "not overtake it")
+# A request of a session the shard refused an earlier batch of, or an earlier request for its
+# customer: applied, it would overtake that one (nothing of it was applied).
+OVERTAKING = Busy(reason="the shard refused an earlier request of its sender's, and this one "
+                         "may not overtake it")
 T = TypeVar("T")
 Job = Callable[[], Awaitable[None]]
 
@@ -103,7 +105,8 @@ class ShardHost:
         self.shard: Shard | None = None
         self.recovery: dict[str, Any] = {}  # what the last recovery did
         self.queued = 0  # requests admitted, not yet processed
-        self.rejected = 0  # requests answered BUSY: the queue full, or CROWDED
+        # requests answered BUSY: the queue full, CROWDED, an outcome past its rate, OVERTAKING
+        self.rejected = 0
         self._open_store = open_store
         self._journal_policy = journal_policy
         self._deliver = deliver
@@ -115,6 +118,7 @@ class ShardHost:
         self._round_bytes = round_bytes
         self._tick_s = tick_s
         self._sequencer = Sequencer(session_start_s)
+        self._refusals = Refusals()
         self._syncs = Syncs(name)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=name)
         self._log_reads = asyncio.Semaphore(LOG_READS)
@@ -259,14 +263,15 @@ class ShardHost:
         the map version each request was routed under. Requests may be protocol types or
         the arrays they travel as (Shard.process)."""
         await self._sequencer.turn(session, seq)
-        if self._sequencer.refused(session):
+        if self._refusals.of(session) is EVERYTHING:
+            self.rejected += len(requests)
             return [OVERTAKING] * len(requests)
         if self.shard is None:
-            self._sequencer.refuse(session)
+            self._refusals.refuse(session)
             return [Unavailable(reason=f"{self.name} is recovering from the store")] * \
                 len(requests)
         if self.queued + len(requests) > self._queue_limit:
-            self._sequencer.refuse(session)
+            self._refusals.refuse(session)
             self.rejected += len(requests)
             return [Busy()] * len(requests)
         size = len(msgpack.packb(requests))  # one call for the batch: a few % of its round
@@ -333,14 +338,23 @@ class ShardHost:
     def _run(self, round_: list[_Batch]) -> None:
         requests = [r for batch in round_ for r in batch.requests]
         routed = [v for batch in round_ for v in batch.routed]
+        batches = [(batch.session, batch.requests) for batch in round_]
+        held = self._refusals.held(batches)  # answered OVERTAKING
         shard = self.shard
         try:
             if shard is None:
                 raise StoreUnavailable(f"{self.name} is recovering from the store")
             refused = shard.refused
-            replies, pushes = shard.process(requests, routed)
-            if shard.refused != refused:
-                self._refuse_busy(round_, replies)
+            if held:
+                replies, pushes = shard.process(
+                    [r for k, r in enumerate(requests) if k not in held],
+                    [v for k, v in enumerate(routed) if k not in held])
+                served = iter(replies)
+                replies = [OVERTAKING if k in held else next(served) for k in range(len(requests))]
+            else:
+                replies, pushes = shard.process(requests, routed)
+            if held or shard.refused != refused:  # their later requests for those customers too
+                self.rejected += self._refusals.refuse_busy(batches, replies)
         except Exception as exc:  # nothing of the round was acknowledged
             if not isinstance(exc, StoreUnavailable):  # a bug, not bad input
                 log.error("%s: processing a round failed: %s", self.name, where_failed(exc))
@@ -369,28 +383,9 @@ class ShardHost:
         self._answer(round_, replies, pushes)
 
     def _refuse(self, round_: list[_Batch]) -> None:
-        """Refuse the later batches of a failed round's senders (Sequencer `refused`)."""
+        """Refuse the later batches of a failed round's senders (refusals.py)."""
         for batch in round_:
-            self._sequencer.refuse(batch.session)
-
-    def _refuse_busy(self, round_: list[_Batch], replies: list[Reply]) -> None:
-        """Refuse the later batches of the senders the shard answered Busy (CROWDED, an
-        outcome past its rate), those queued already too: applied, a customer's later request
-        would overtake the one refused (its sender goes on in a fresh session)."""
-        start = 0
-        for batch in round_:
-            n = len(batch.requests)
-            if any(type(r) is Busy for r in replies[start:start + n]):
-                self._sequencer.refuse(batch.session)
-            start += n
-        self.rejected += sum(r is CROWDED for r in replies)
-        queue, self._queue = self._queue, deque()
-        for batch in queue:
-            if self._sequencer.refused(batch.session):
-                self.queued -= len(batch.requests)
-                batch.future.set_result([OVERTAKING] * len(batch.requests))
-            else:
-                self._queue.append(batch)
+            self._refusals.refuse(batch.session)
 
     def _answer(self, round_: list[_Batch], replies: list[Reply], pushes: list[Push]) -> None:
         done = time.perf_counter()

@@ -33,12 +33,7 @@ class Sequencer:
     batches went to the previous one, before a restart) starts at the lowest number that
     arrives within `start_s`. Past `kept` sessions the least recently used one is forgotten
     (a client starts a new session after each failed call): should it come back, it starts
-    as an unseen one.
-
-    A session the shard refused a batch of (BUSY, or UNAVAILABLE while it rebuilds) is
-    `refused`: its later batches, sent before its sender heard, are refused too, whatever the
-    shard could take by then, or a customer's later events would overtake the one refused
-    (its sender goes on in a fresh session once it hears)."""
+    as an unseen one (the sessions the shard refused requests of are kept apart: refusals.py)."""
 
     def __init__(self, start_s: float = SESSION_START_S, kept: int = SESSIONS_KEPT,
                  gap_s: float | None = None):
@@ -52,7 +47,6 @@ class Sequencer:
         self.gap_s = PLANE_CALL_S / 2 if gap_s is None else gap_s
         self._turns: dict[str, int] = {}  # session -> next sequence number, oldest use first
         self._waiting: dict[str, set[int]] = {}
-        self._refused: set[str] = set()  # sessions of `_turns` whose later batches are refused
         self._turn = asyncio.Condition()
 
     async def turn(self, session: str, seq: int) -> None:
@@ -93,14 +87,6 @@ class Sequencer:
                 self._forget_oldest()
             self._turn.notify_all()
 
-    def refuse(self, session: str) -> None:
-        """Refuse the session's later batches (`refused`), as it is remembered."""
-        if session in self._turns:
-            self._refused.add(session)
-
-    def refused(self, session: str) -> bool:
-        return session in self._refused
-
     async def _start(self, session: str, waiting: set[int]) -> None:
         """Wait up to `start_s` for an unseen session to start (its batch 0 came, or another
         of its batches started it); if it has not by then, start it at its lowest number
@@ -116,6 +102,5 @@ class Sequencer:
         for session in self._turns:
             if session not in self._waiting:  # a session with batches waiting is kept
                 del self._turns[session]
-                self._refused.discard(session)
                 return
 

@@ -7,10 +7,10 @@ import asyncio
 from kairos.cluster.protocol import EventAck
 from kairos.cluster.shard import shard as shard_module
 from kairos.cluster.shard.host import OVERTAKING
-from kairos.cluster.shard.shard import Shard
+from kairos.cluster.shard.shard import CROWDED, Shard
 from kairos.cluster.storage.memory_store import MemoryStore
 
-from .test_shard import T0, Clock, decide, event, forget, p_of, profile, shard, watch
+from .test_shard import T0, Clock, decide, event, forget, outcome, p_of, profile, shard, watch
 from .test_passivation_pace import ticked
 from .test_shard_host import app_open, run
 
@@ -108,3 +108,37 @@ def test_a_tick_after_refusals_passivates_past_its_budget_down_to_the_limit(
     assert ticked(s) == 5 and len(s.engine.table) == 10
     s.process([event(f"f{i}", "app_open", T0) for i in range(5)])
     assert ticked(s) == 1  # none refused since the last tick
+
+
+def test_a_request_refused_crowded_refuses_its_senders_later_requests_for_that_customer_only(
+        compiled):
+    """The sender's next batch, sent before it heard, holds other customers' requests too
+    (a client's holds up to 512): those are served."""
+    async def test(host):
+        assert await host.handle("a", 0, [app_open("ana")], [0]) == [EventAck(sequence=1)]
+        host.shard.residency.resident_limit, host.shard.residency.overflow = 1, 0
+        refused, later = await asyncio.gather(
+            host.handle("b", 0, [app_open("cy")], [0]),
+            host.handle("b", 1, [app_open("cy", T0 + 1), app_open("ana", T0 + 1)], [0, 0]))
+        assert refused == [CROWDED] and later == [OVERTAKING, EventAck(sequence=2)]
+        assert host.rejected == 2  # the refusal and the request held back
+    run(compiled, MemoryStore(), test, round_limit=1)
+
+
+def test_an_outcome_past_its_rate_holds_back_only_that_customers_later_requests(compiled):
+    """Another customer's events pipelined in the same session are served; the outcome
+    refused and the one held back after it are counted among the rejected."""
+    def guess(i: int):
+        return outcome("mallory", "nope", f"guess{i}")
+
+    async def test(host):
+        await host.handle("g", 0, [guess(i) for i in range(60)], [0] * 60)
+        assert host.rejected == 0
+        first, second = await asyncio.gather(
+            host.handle("g", 1, [app_open("carol"), guess(60)], [0, 0]),
+            host.handle("g", 2, [app_open("alice"), app_open("bob"), guess(61)], [0] * 3))
+        assert [r.status for r in first] == ["ok", "busy"]
+        assert second[:2] == [EventAck(sequence=1)] * 2 and second[2] == OVERTAKING
+        assert host.rejected == 2
+    run(compiled, MemoryStore(), test, round_limit=2)
+

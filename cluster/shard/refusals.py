@@ -1,0 +1,106 @@
+"""Which of a sender's later requests a shard refuses, as applied they would overtake one it
+refused.
+
+A session (a sender: sequencer.py) whose whole batch the shard refused (its queue full, while
+it rebuilds, a round that failed) has all its later batches refused. One that had requests
+refused one by one (Busy: CROWDED at the resident ceiling, an outcome past its rate) has only
+its later requests with the same route key (the customer) refused: one customer's refusal must
+not cost the other customers of the sender's next batch (a client's batch holds up to 512
+requests, from many callers). The client goes on in a fresh session on any Busy or
+Unavailable reply (transport/client.py), so only what it sent before it heard carries the old
+session: a refusal is kept for `keep_s` after the session's last one (by default PLANE_CALL_S,
+the client's deadline for a call), apart from the sequencer's sessions, which it forgets past
+SESSIONS_KEPT (refused senders start fresh sessions, so they come fast at the ceiling).
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Container, Iterable
+
+from kairos.cluster.protocol import Busy
+from kairos.cluster.settings import PLANE_CALL_S
+
+# Refused sessions remembered (the least recently refused is forgotten first), and customers
+# named in them, all sessions' together: past that, a session's refusal covers all of it.
+REFUSALS_KEPT = 65_536
+
+
+class _Everything:
+    def __contains__(self, key: object) -> bool:
+        return True
+
+
+EVERYTHING: Container[str] = _Everything()  # a session whose every later request is refused
+NOTHING: Container[str] = frozenset()
+
+
+def route_key(request: list | tuple) -> object:
+    """A request's route key (its third field: a customer, or an alias key), typed or still
+    the array it travelled as; None for what is no request (the shard answers it Invalid)."""
+    return request[2] if isinstance(request, (list, tuple)) and len(request) > 2 else None
+
+
+class Refusals:
+    def __init__(self, keep_s: float = PLANE_CALL_S, kept: int = REFUSALS_KEPT,
+                 clock: Callable[[], float] = time.monotonic):
+        self.keep_s = keep_s
+        self.kept = kept
+        self._clock = clock
+        self._until: dict[str, float] = {}  # session -> when it is forgotten, soonest first
+        self._keys: dict[str, set] = {}  # sessions refused for these route keys only
+        self._named = 0  # route keys in `_keys`, all sessions'
+
+    def refuse(self, session: str, keys: Iterable | None = None) -> None:
+        """Refuse the session's later requests: those with these route keys, or (None) all."""
+        named = self._keys.pop(session, None)
+        whole = session in self._until and named is None
+        self._until.pop(session, None)  # to the end: the last to be forgotten
+        if named is not None:
+            self._named -= len(named)
+        if keys is not None and not whole:
+            named = (named or set()).union(keys)
+            if self._named + len(named) <= self.kept:
+                self._keys[session] = named
+                self._named += len(named)
+        self._until[session] = self._clock() + self.keep_s
+        self._forget()
+
+    def of(self, session: str) -> Container:
+        """The route keys of the session's requests refused: EVERYTHING, some, or NOTHING."""
+        if self._until:
+            self._forget()
+        if session not in self._until:
+            return NOTHING
+        return self._keys.get(session, EVERYTHING)
+
+    def held(self, batches: list[tuple[str, list]]) -> set[int]:
+        """The positions, among the requests of these (session, requests) batches, of those
+        refused (the host answers them OVERTAKING)."""
+        held: set[int] = set()
+        start = 0
+        for session, requests in batches:
+            if refused := self.of(session):
+                held.update(start + k for k, r in enumerate(requests) if route_key(r) in refused)
+            start += len(requests)
+        return held
+
+    def refuse_busy(self, batches: list[tuple[str, list]], replies: list) -> int:
+        """Refuse the sessions of these batches answered Busy (CROWDED, an outcome past its
+        rate, a request held back) their later requests for those customers; how many were."""
+        start = busy = 0
+        for session, requests in batches:
+            keys = [route_key(r) for r, reply in zip(requests, replies[start:start + len(requests)])
+                    if type(reply) is Busy]
+            if keys:
+                self.refuse(session, keys)
+                busy += len(keys)
+            start += len(requests)
+        return busy
+
+    def _forget(self) -> None:
+        now = self._clock()
+        while self._until and (len(self._until) > self.kept or
+                               next(iter(self._until.values())) <= now):
+            session = next(iter(self._until))
+            del self._until[session]
+            self._named -= len(self._keys.pop(session, ()))

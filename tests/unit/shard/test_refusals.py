@@ -1,0 +1,64 @@
+"""What a shard remembers of the requests it refused, and for how long (refusals.py)."""
+from __future__ import annotations
+
+from kairos.cluster.protocol import EventAck
+from kairos.cluster.shard.host import OVERTAKING
+from kairos.cluster.shard.refusals import EVERYTHING, NOTHING, Refusals
+from kairos.cluster.storage.memory_store import MemoryStore
+
+from .test_shard import T0, Clock, forget, profile
+from .test_shard_host import app_open, run
+
+
+def test_a_refused_session_is_refused_once_the_sequencer_has_forgotten_it(compiled):
+    """Refused senders go on in fresh sessions, so at the ceiling the sequencer forgets
+    sessions fast: a late batch of a refused one, come back unseen, is refused all the
+    same, though there is room for it by then."""
+    async def test(host):
+        host._sequencer.kept = 2
+        assert await host.handle("a", 0, [app_open("ana")], [0]) == [EventAck(sequence=1)]
+        host.shard.residency.resident_limit, host.shard.residency.overflow = 1, 0
+        refused, = await host.handle("b", 0, [app_open("cy")], [0])
+        assert refused.status == "busy"
+        assert [r.status for r in await host.handle("c", 0, [forget("ana")], [0])] == ["ok"]
+        for i in range(3):
+            await host.handle(f"x{i}", 0, [profile("ana")], [0])
+        assert "b" not in host._sequencer._turns
+        assert await host.handle("b", 1, [app_open("cy", T0 + 1)], [0]) == [OVERTAKING]
+        missing, = await host.handle("d", 0, [profile("cy")], [0])
+        assert missing.status == "missing"
+    run(compiled, MemoryStore(), test, session_start_s=0.05)
+
+
+def test_a_sessions_refusal_names_its_customers_until_it_is_forgotten():
+    clock = Clock(0.0)
+    refusals = Refusals(keep_s=30.0, clock=clock)
+    assert refusals.of("s") is NOTHING
+    refusals.refuse("s", ["cy"])
+    clock.now = 20.0
+    refusals.refuse("s", ["dan"])  # a later refusal: kept 30 s from this one
+    assert "cy" in refusals.of("s") and "dan" in refusals.of("s")
+    assert "ana" not in refusals.of("s") and refusals.of("t") is NOTHING
+    clock.now = 49.0
+    assert "cy" in refusals.of("s")
+    clock.now = 50.0
+    assert refusals.of("s") is NOTHING
+
+
+def test_a_whole_sessions_refusal_stays_whole():
+    refusals = Refusals()
+    refusals.refuse("s")
+    refusals.refuse("s", ["cy"])
+    assert refusals.of("s") is EVERYTHING
+
+
+def test_past_the_customers_it_may_name_a_sessions_refusal_covers_all_of_it():
+    """Memory stays bounded, and what is forgotten costs only the sender's later requests,
+    never an overtaking."""
+    refusals = Refusals(kept=3)
+    refusals.refuse("s", ["a", "b"])
+    refusals.refuse("t", ["c", "d"])
+    assert refusals.of("t") is EVERYTHING and "c" not in refusals.of("s")
+    refusals.refuse("u", ["e"])
+    refusals.refuse("v", ["f"])  # past 3 sessions: the least recently refused is forgotten
+    assert refusals.of("s") is NOTHING and "f" in refusals.of("v")
