@@ -133,6 +133,7 @@ class Residency:
         self._held: set[int] = set()  # partitions leaving or arriving as passivate last saw
         self.timers = Timers(self._wake)
         self._homeless: set[str] = set()  # found with no home this round (`probe`)
+        self._crowded: set[str] = set()  # refused at the ceiling this round (`admits`)
         self._damaged: set[str] = set()  # customers whose damaged home was logged
 
     def activate(self, customer_id: str, partition: int, create: bool = True,
@@ -194,17 +195,26 @@ class Residency:
     def round_done(self) -> None:
         """Homes may appear between rounds (passivation, handoffs): ask the store again."""
         self._homeless.clear()
+        self._crowded.clear()
 
     def admits(self, customer_id: str, partition: int, creates: bool) -> bool:
         """Whether a request may bring the customer in (make it, or load its home): a
         resident's always, another's while residents are fewer than the limit and its
         overflow (the shard answers it Busy: ticks passivate at their budget's pace); past
         that, one that makes no customer (not `creates`: a decision, profile read or watch)
-        while the customer has no home to load (nor a damaged one: `probe` answers it)."""
+        while the customer has no home to load (nor a damaged one: `probe` answers it). None
+        of a customer refused earlier in the round: room may have come since (a forget), and
+        its later request applied would overtake the refused one."""
+        if customer_id in self._crowded:
+            return False
         if customer_id in self.recent or len(self.recent) < self.resident_limit + self.overflow:
             return True
-        if creates:
-            return False
+        if not creates and self._homeless_now(customer_id, partition):
+            return True
+        self._crowded.add(customer_id)
+        return False
+
+    def _homeless_now(self, customer_id: str, partition: int) -> bool:
         if customer_id in self._homeless or \
                 customer_id in self._journaling.deletes.get(partition, ()):
             return True

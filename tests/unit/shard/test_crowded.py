@@ -142,3 +142,25 @@ def test_an_outcome_past_its_rate_holds_back_only_that_customers_later_requests(
         assert host.rejected == 2
     run(compiled, MemoryStore(), test, round_limit=2)
 
+
+def test_a_customer_refused_crowded_is_refused_for_the_rest_of_its_round(compiled):
+    """At the default round limit the three batches share a round, and the forget between
+    frees room: the later event of the customer refused must not be applied before the
+    refused one. Within one batch too."""
+    async def test(host):
+        assert await host.handle("a", 0, [app_open("ana")], [0]) == [EventAck(sequence=1)]
+        host.shard.residency.resident_limit, host.shard.residency.overflow = 1, 0
+        refused, forgot, later = await asyncio.gather(
+            host.handle("b", 0, [app_open("cy")], [0]),
+            host.handle("c", 0, [forget("ana")], [0]),
+            host.handle("b", 1, [app_open("cy", T0 + 1)], [0]))
+        assert refused == [CROWDED] and forgot[0].status == "ok" and later == [CROWDED]
+        missing, = await host.handle("d", 0, [profile("cy")], [0])
+        assert missing.status == "missing"  # nothing of cy's was applied
+        assert await host.handle("a2", 0, [app_open("ana")], [0]) == [EventAck(sequence=1)]
+        host.shard.residency.resident_limit = 1
+        replies = await host.handle("e", 0, [app_open("dan"), forget("ana"),
+                                             app_open("dan", T0 + 1)], [0] * 3)
+        assert [r.status for r in replies] == ["busy", "ok", "busy"]
+    run(compiled, MemoryStore(), test)
+
