@@ -65,6 +65,9 @@ VISITS_TIMED = 256  # a passivation walk checks its deadline every so many resid
 # chunk (a cache, a stall) sizes the next ones by a quarter of its difference
 PACE_WEIGHT = 0.25
 WAKE_TICKS = 2  # ticks of woken sleepers the profile table reserves rows for
+# customers `admits` found with a home, remembered until the next passivation (a tick's) so
+# that each request refused at the ceiling does not read a whole home again: at most so many
+HOMED_KEPT = 65_536
 
 
 def checked_sleepers(value: Any) -> dict[str, float]:
@@ -133,6 +136,7 @@ class Residency:
         self._held: set[int] = set()  # partitions leaving or arriving as passivate last saw
         self.timers = Timers(self._wake)
         self._homeless: set[str] = set()  # found with no home this round (`probe`)
+        self._homed: set[str] = set()  # found with a home since the last passivation (`admits`)
         self._crowded: set[str] = set()  # refused at the ceiling this round (`admits`)
         self._damaged: set[str] = set()  # customers whose damaged home was logged
 
@@ -218,8 +222,12 @@ class Residency:
         if customer_id in self._homeless or \
                 customer_id in self._journaling.deletes.get(partition, ()):
             return True
+        if customer_id in self._homed:
+            return False
         try:
             if self._ctx.store.get(partition, customer_id) is not None:
+                if len(self._homed) < HOMED_KEPT:
+                    self._homed.add(customer_id)
                 return False
         except StoreCorrupt:  # nothing to load: `probe` answers the damage
             return True
@@ -236,6 +244,7 @@ class Residency:
         A customer with an armed timer stays resident while idle; the resident limit
         passivates it as a sleeper, which the timer wheel activates when its timer falls due.
         """
+        self._homed.clear()  # forgets and handoffs remove homes: `admits` asks the store again
         over = len(self.recent) - self.resident_limit
         held = self._ownership.leaving.keys() | self._ownership.arriving.keys()
         if not held >= self._held:  # thawed or confirmed: the customers kept for it may go

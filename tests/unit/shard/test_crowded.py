@@ -164,3 +164,32 @@ def test_a_customer_refused_crowded_is_refused_for_the_rest_of_its_round(compile
         assert [r.status for r in replies] == ["busy", "ok", "busy"]
     run(compiled, MemoryStore(), test)
 
+
+class CountedStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets = 0
+
+    def get(self, partition: int, customer_id: str) -> bytes | None:
+        self.gets += 1
+        return super().get(partition, customer_id)
+
+
+def test_at_the_ceiling_a_customers_home_is_looked_up_once_until_the_next_tick(compiled):
+    """Each refused request read the customer's whole home from the store again."""
+    clock = Clock()
+    store = CountedStore()
+    s = shard(compiled, clock=clock, resident_limit=2, store=store)
+    s.residency.overflow = 10
+    for i in range(10):
+        assert s.process([event(f"h{i}", "app_open", T0)])[0][0].status == "ok"
+    s.passivate(T0)  # unbudgeted: those past the limit
+    s.residency.overflow = 0
+    store.gets = 0
+    for _ in range(3):  # rounds
+        assert {r.status for r in s.process([decide(f"h{i % 8}") for i in range(80)])[0]} \
+            == {"busy"}
+    assert store.gets == 8
+    s.tick()  # forgets and handoffs may have removed homes since
+    assert s.process([decide("h0")])[0][0].status == "busy" and store.gets == 9
+
