@@ -80,8 +80,10 @@ RESIDENT_LIMIT = integer("RESIDENT_LIMIT", 2_000_000)
 # later ticks. A directory store writes (and fsyncs) a home in a few ms (4 ms on a 2-core test
 # machine, where a shard passivated about 10 a second), so some 10 to 100 a second go by
 # default: customers that fell idle together leave over minutes to hours. A tick after requests
-# were refused at the resident ceiling (RESIDENT_OVERFLOW) may take half of TICK_S.
+# were refused at the resident ceiling (RESIDENT_OVERFLOW) may take PASSIVATE_CROWDED_S (at most
+# half of TICK_S): every request on the shard waits for it.
 PASSIVATE_BUDGET_S = number("PASSIVATE_BUDGET_S", 0.01)
+PASSIVATE_CROWDED_S = 0.05
 PASSIVATE_CHUNK = integer("PASSIVATE_CHUNK", 64)
 # Residents past RESIDENT_LIMIT wait for the ticks' budget, at most this many: then a request
 # that would bring in a customer not resident answers BUSY (retried) until ticks passivate

@@ -31,8 +31,8 @@ way, least recent first, and up to RESIDENT_OVERFLOW of them may wait past it: a
 the shard `admits` no request that would bring in a customer not resident (it answers Busy,
 which its sender retries) until ticks have passivated some. Residents so number at most the
 limit and its overflow, plus the new customers of one round (admitted before any of them is
-resident) and the sleepers a tick wakes; a shard that full takes new customers at half its
-store's pace, as a tick after such refusals may passivate for half a tick (shard.py).
+resident) and the sleepers a tick wakes; a shard that full takes new customers as fast as a
+tick after such refusals writes homes in PASSIVATE_CROWDED_S (shard.py).
 
 A customer passivated with armed timers is a sleeper: the timer wheel (timers.py) keeps its
 earliest due time per partition and activates it when that comes, so its timer fires on

@@ -43,8 +43,8 @@ from kairos.core.engine import DecisionEngine
 from kairos.cluster import protocol
 from kairos.cluster.identity import Directory
 from kairos.cluster.protocol import CUSTOMER_KINDS, Fire, Invalid, Merged, Reply, Request
-from kairos.cluster.settings import (PASSIVATE_BUDGET_S, PASSIVATE_IDLE_S, RESIDENT_LIMIT,
-                                     SNAPSHOT_AFTER_S, SNAPSHOT_BUDGET_S, TICK_S)
+from kairos.cluster.settings import (PASSIVATE_BUDGET_S, PASSIVATE_CROWDED_S, PASSIVATE_IDLE_S,
+                                     RESIDENT_LIMIT, SNAPSHOT_AFTER_S, SNAPSHOT_BUDGET_S, TICK_S)
 from kairos.cluster.shard.catalogs import CatalogSwitch
 from kairos.cluster.shard.context import ShardContext
 from kairos.cluster.shard.customers import CustomerRequests
@@ -260,11 +260,11 @@ class Shard:
                                   due=due))
         _, pushes = self.process(fires)
         # Refusing new customers at the ceiling, a tick's budget lets in as many as a few
-        # homes' writing (some 10 a second): it may take half a tick, so a full shard takes
-        # them at half its store's pace, while requests still have the other half
+        # homes' writing (some 10 a second): it may take PASSIVATE_CROWDED_S, at most half a
+        # tick. Every request waits for it (it runs on the event loop), hence the fixed cap
         crowded, self._crowded = self._crowded, False
-        self.residency.passivate(now, max(PASSIVATE_BUDGET_S, TICK_S / 2) if crowded
-                                 else PASSIVATE_BUDGET_S)
+        self.residency.passivate(now, max(PASSIVATE_BUDGET_S, min(TICK_S / 2, PASSIVATE_CROWDED_S))
+                                 if crowded else PASSIVATE_BUDGET_S)
         self.timers.compact()
         self.durability.erase()
         self.durability.checkpoint(now - SNAPSHOT_AFTER_S, len(self.journaling.dirty),

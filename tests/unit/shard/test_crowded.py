@@ -3,8 +3,10 @@ it still serves, and how its sender's order and the ticks' budget answer the ref
 from __future__ import annotations
 
 import asyncio
+import types
 
 from kairos.cluster.protocol import EventAck
+from kairos.cluster.shard import residency as residency_module
 from kairos.cluster.shard import shard as shard_module
 from kairos.cluster.shard.host import OVERTAKING
 from kairos.cluster.shard.shard import CROWDED, Shard
@@ -95,7 +97,7 @@ def test_a_routed_request_refused_crowded_still_confirms_its_partition_arriving(
 def test_a_tick_after_refusals_passivates_past_its_budget_down_to_the_limit(
         compiled, monkeypatch):
     """With no budget a tick writes one home; after requests were refused CROWDED it may take
-    half a tick, here enough for every resident past the limit."""
+    PASSIVATE_CROWDED_S, here enough for every resident past the limit."""
     monkeypatch.setattr(shard_module, "PASSIVATE_BUDGET_S", 0.0)
     monkeypatch.setattr(shard_module, "TICK_S", 3600.0)
     clock = Clock()
@@ -193,3 +195,24 @@ def test_at_the_ceiling_a_customers_home_is_looked_up_once_until_the_next_tick(c
     s.tick()  # forgets and handoffs may have removed homes since
     assert s.process([decide("h0")])[0][0].status == "busy" and store.gets == 9
 
+
+def test_a_crowded_tick_passivates_for_a_fixed_time_however_long_a_tick(compiled, monkeypatch):
+    """Passivation runs on the event loop: half of a long tick held every request that
+    long. A home takes 10 ms to write here (on a clock of the test's), so 50 ms writes five."""
+    monkeypatch.setattr(shard_module, "PASSIVATE_BUDGET_S", 0.0)
+    monkeypatch.setattr(shard_module, "TICK_S", 60.0)
+    now = [0.0]
+    monkeypatch.setattr(residency_module, "time",
+                        types.SimpleNamespace(perf_counter=lambda: now[0]))
+
+    class SlowStore(MemoryStore):
+        def put_many(self, homes, unless_fenced=None):
+            homes = list(homes)
+            now[0] += 0.01 * len(homes)
+            return super().put_many(homes, unless_fenced)
+    s = shard(compiled, clock=Clock(), resident_limit=10, store=SlowStore())
+    s.residency.overflow = 20
+    s.process([event(f"c{i}", "app_open", T0) for i in range(30)])
+    s.residency.overflow = 0
+    assert s.process([event("new", "app_open", T0)])[0][0] == CROWDED
+    assert 1 < ticked(s) <= 5
