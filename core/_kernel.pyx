@@ -22,6 +22,7 @@ cdef double MIN_RELATIVE_VARIANCE = 1e-12  # models.MIN_RELATIVE_VARIANCE
 cdef double STANDARDIZE_WARMUP = 32.0  # models.STANDARDIZE_WARMUP
 cdef double STANDARDIZE_CLIP_SDS = 3.0  # models.STANDARDIZE_CLIP_SDS
 cdef double STANDARDIZE_MIN_SPREAD2 = 1e-6  # models.STANDARDIZE_MIN_SPREAD2
+cdef double STANDARDIZE_MAX_COUNT = 10000.0  # models.STANDARDIZE_MAX_COUNT
 cdef double ZIGGURAT_R = _ZIGGURAT_R
 
 OPCODES = {name: value for name, value in dict(
@@ -40,7 +41,7 @@ REASONS = {name: value for name, value in dict(
 MAX_PREDICTORS_SUPPORTED = MAX_PREDICTORS
 ONE_EXAMPLE = {"probit_scale2": PROBIT_SCALE2, "mills_asymptotic": MILLS_ASYMPTOTIC}
 INPUT_CLIP = {"warmup": STANDARDIZE_WARMUP, "sds": STANDARDIZE_CLIP_SDS,
-              "min_spread2": STANDARDIZE_MIN_SPREAD2}
+              "min_spread2": STANDARDIZE_MIN_SPREAD2, "max_count": STANDARDIZE_MAX_COUNT}
 
 
 cdef class CatalogView:
@@ -177,20 +178,21 @@ cdef class ModelView:
     is a matrix per model; `inputs` holds the count, sum and sum of squares of each input
     that is standardised."""
 
-    cdef double[:, ::1] mean, precision, inputs
+    cdef double[:, ::1] mean, precision, inputs, inputs_added
     cdef double[:, :, ::1] matrix, covariance
     cdef double[::1] positives, negatives, value_count, value_sum
     cdef double[::1] _mean, _precision, _covariance, _u  # one update's scratch
     cdef bint full
 
     def __init__(self, mean, precision, positives, negatives, value_count, value_sum, inputs,
-                 covariance=None):
+                 inputs_added, covariance=None):
         self.mean = mean
         self.positives = positives
         self.negatives = negatives
         self.value_count = value_count
         self.value_sum = value_sum
         self.inputs = inputs
+        self.inputs_added = inputs_added
         self.full = covariance is not None
         if self.full:
             self.matrix = precision
@@ -625,9 +627,10 @@ cdef void _predictor_vector(CatalogView cat, ModelView mv, const double* view, c
 cdef void _observe_inputs(CatalogView cat, ModelView mv, const double* view,
                           const double* ctx) noexcept nogil:
     """A decision's standardised inputs join their running statistics (after it used them),
-    clipped as models.observed clips them."""
+    clipped as models.observed clips them, and forgotten down to STANDARDIZE_MAX_COUNT as
+    models.forget does; `inputs_added` sums them as they joined (the learner's delta)."""
     cdef Py_ssize_t j
-    cdef double v
+    cdef double v, r
     for j in range(cat.n_predictors - 1):
         if cat.predictor_transform[j] == TF_STANDARDIZE:
             v = _input(cat, j, view, ctx)
@@ -636,6 +639,14 @@ cdef void _observe_inputs(CatalogView cat, ModelView mv, const double* view,
                 mv.inputs[0, j + 1] += 1.0
                 mv.inputs[1, j + 1] += v
                 mv.inputs[2, j + 1] += v * v
+                mv.inputs_added[0, j + 1] += 1.0
+                mv.inputs_added[1, j + 1] += v
+                mv.inputs_added[2, j + 1] += v * v
+                if mv.inputs[0, j + 1] > STANDARDIZE_MAX_COUNT:
+                    r = STANDARDIZE_MAX_COUNT / mv.inputs[0, j + 1]
+                    mv.inputs[0, j + 1] = STANDARDIZE_MAX_COUNT
+                    mv.inputs[1, j + 1] *= r
+                    mv.inputs[2, j + 1] *= r
 
 
 cdef inline double _observed(double v, double count, double total,

@@ -13,7 +13,7 @@ import numpy as np
 from . import rules
 from .compiler import (CLOCK_SLOT, N_FACTORS, STAGE_VALUE, CompiledCatalog, Exploration,
                        Outcome, Reason, Teach, Transform, Update)
-from .models import observed, one_example_step, sigmoid, standardized
+from .models import forget, observed, one_example_step, sigmoid, standardized
 from .sampling import SplitMix64
 from .state import EMPTY, HISTORY_EPOCH_S, profile_view
 
@@ -33,11 +33,12 @@ class StateView:
 
 class ModelView:
     def __init__(self, mean, precision, positives, negatives, value_count, value_sum, inputs,
-                 covariance=None):
+                 inputs_added, covariance=None):
         self.mean, self.precision = mean, precision
         self.positives, self.negatives = positives, negatives
         self.value_count, self.value_sum = value_count, value_sum  # conversions' values
         self.inputs = inputs  # count, sum, sum of squares of each standardised input
+        self.inputs_added = inputs_added  # what joined them, not forgotten: the delta's
         self.covariance = covariance  # a full posterior's S (then `precision` is P)
 
 
@@ -164,15 +165,18 @@ def predictor_vector(c: CompiledCatalog, mv: ModelView, view: np.ndarray, ctx) -
 
 def observe_inputs(c: CompiledCatalog, mv: ModelView, view: np.ndarray, ctx) -> None:
     """A decision's standardised inputs join their running statistics (after it used them),
-    clipped by `observed`."""
+    clipped by `observed` and forgotten by `forget`; `inputs_added` sums them as they joined
+    (the learner's delta)."""
     for j in range(c.n_predictors - 1):
         if c.predictor_transform[j] == Transform.STANDARDIZE:
             v = float(_input(c, j, view, ctx))
             if math.isfinite(v * v):
                 v = observed(v, *mv.inputs[:, j + 1])
-                mv.inputs[0, j + 1] += 1.0
-                mv.inputs[1, j + 1] += v
-                mv.inputs[2, j + 1] += v * v
+                added = (1.0, v, v * v)
+                for row in range(3):
+                    mv.inputs[row, j + 1] += added[row]
+                    mv.inputs_added[row, j + 1] += added[row]
+                mv.inputs[:, j + 1] = forget(*mv.inputs[:, j + 1])
 
 
 def context_weights(c: CompiledCatalog, channel: int, ctx) -> np.ndarray:

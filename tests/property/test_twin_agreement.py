@@ -253,8 +253,10 @@ def assert_close(a, b, what):
 def input_statistics():
     """A standardised input's statistics as a journey finds them: (count, mean, deviation),
     warming up or past it (31, 32), with no spread and with the widest, so that the clip of
-    what joins them is reached from both sides and by its floor."""
-    return st.tuples(st.sampled_from([0.0, 1.0, 31.0, 32.0, 1000.0]),
+    what joins them is reached from both sides and by its floor, and at the count where they
+    forget and just under it (STANDARDIZE_MAX_COUNT, 10,000), so that a decision's input
+    makes them forget."""
+    return st.tuples(st.sampled_from([0.0, 1.0, 31.0, 32.0, 1000.0, 9999.5, 10_000.0]),
                      st.sampled_from([0.0, 5.0, -3.0, 1e6, -MAX_NUMBER, MAX_NUMBER]),
                      st.sampled_from([0.0, 1e-9, 1.0, 1e3, MAX_NUMBER]))
 
@@ -323,6 +325,8 @@ def test_kernel_matches_twin(doc, steps, seed, poisoned, seen):
             assert n or a.out_selection[0, 0] > 0.0  # the policy did show nothing
             scored = a.reasons[0] >= 11  # RESTRAINT, GROUP_LIMIT, TOP_K carry factors
             assert_close(a.factors[0][scored], b.factors[0][scored], "factors")
+            assert_close(a.catalog_values[0][scored], b.catalog_values[0][scored],
+                         "catalog values")
             assert_close(a.predictors[0], b.predictors[0], "predictors")
             assert a.rng_state == b.rng_state
     for name in ("ring_action", "ring_channel", "ring_outcome", "ring_time", "ring_head"):
@@ -330,7 +334,7 @@ def test_kernel_matches_twin(doc, steps, seed, poisoned, seen):
                                                                              name), name)
     kept = ("covariance",) if compiled.full_posterior else ()
     for name in ("mean", "precision", "positives", "negatives", "value_count", "value_sum",
-                 "inputs") + kept:
+                 "inputs", "inputs_added") + kept:
         assert_close(getattr(sides[0].models, name), getattr(sides[1].models, name), name)
     assert refused[0] == refused[1] == sum(refused_at[0]) and refused_at[0] == refused_at[1]
     limit = compiled.predictor_limit

@@ -32,7 +32,8 @@ def warmed(seed: int = 0, n: int = 1000) -> DecisionEngine:
 def test_the_kernel_clips_with_the_twins_constants():
     assert _kernel.INPUT_CLIP == {"warmup": models.STANDARDIZE_WARMUP,
                                   "sds": models.STANDARDIZE_CLIP_SDS,
-                                  "min_spread2": models.STANDARDIZE_MIN_SPREAD2}
+                                  "min_spread2": models.STANDARDIZE_MIN_SPREAD2,
+                                  "max_count": models.STANDARDIZE_MAX_COUNT}
 
 
 def test_one_input_at_the_bound_leaves_the_scale_as_it_was(impl):
@@ -52,7 +53,8 @@ def test_a_stream_of_inputs_at_the_bound_moves_the_scale_a_bounded_little():
         v = MAX_NUMBER if t % 20 == 0 else float(rng.normal(50.0, 10.0))
         engine.decide("ana", "web", "hero", {"basket_value": v}, now=T0 + 2000 + t)
     low, high = standardised(engine, 30.0), standardised(engine, 70.0)
-    # a 5% share inflates the deviation by at most 1.35 and moves the mean a fraction of one
+    # a 5% share inflates the deviation by at most (1 - e) / sqrt(1 - 10 e) = 1.34 and moves
+    # the mean a fraction of one
     assert -2.1 < low < -1.2 and 1.0 < high < 2.1
 
 

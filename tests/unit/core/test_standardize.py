@@ -66,9 +66,8 @@ def test_statistics_from_every_shard_add_up_at_the_learner(impl):
     learner = Learner(c)
     shards = [DecisionEngine(c, seed=s) for s in range(2)]
     rng = np.random.default_rng(1)
-    # shards see the same customers' mix (a delta 3 deviations off the learner's statistics
-    # would be clipped, test_input_clipping)
-    values = [rng.normal(50.0, 10.0, 200), rng.normal(60.0, 8.0, 100)]
+    # shards whose inputs differ (a region each): the learner adds them as each let them in
+    values = [rng.normal(50.0, 10.0, 200), rng.normal(80.0, 5.0, 100)]
     for shard, vs in zip(shards, values):
         for t, v in enumerate(vs):
             shard.decide("ana", "web", "hero", {"basket_value": float(v)}, now=T0 + t)

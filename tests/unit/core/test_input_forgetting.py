@@ -1,0 +1,90 @@
+"""A standardised input's shared statistics forget: past STANDARDIZE_MAX_COUNT inputs they
+are scaled down to that count (at the shard as an input joins, at the learner as a delta
+merges), so what an attack did decays once it stops; and the learner bounds what one merge
+can do without clipping an honest shard whose inputs differ from the others'."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from kairos.core import models
+from kairos.core.catalog import MAX_NUMBER
+from kairos.core.engine import DecisionEngine
+from kairos.core.models import STANDARDIZE_MAX_COUNT, forget, merged_inputs, observed
+
+from tests.unit.core.test_standardize import T0, compiled
+
+CAP = STANDARDIZE_MAX_COUNT
+
+
+def spread(stats) -> tuple[float, float]:
+    count, total, squares = stats
+    mean = total / count
+    return mean, math.sqrt(squares / count - mean * mean)
+
+
+def joined(stats: list[float], values) -> list[float]:
+    """The statistics after these inputs joined them as a shard lets them in."""
+    for v in values:
+        v = observed(v, *stats)
+        stats = list(forget(stats[0] + 1.0, stats[1] + v, stats[2] + v * v))
+    return stats
+
+
+def honest(rng, n: int) -> np.ndarray:
+    return rng.normal(50.0, 10.0, n)
+
+
+def test_a_burst_at_the_bound_fades_once_honest_inputs_follow():
+    """20,000 inputs at the bound after 10,000 honest ones widened the deviation from 10 to
+    804, still 236 after 500,000 more honest ones: now it is back within 5% after 20 caps."""
+    rng = np.random.default_rng(5)
+    stats = joined([0.0, 0.0, 0.0], honest(rng, 10_000))
+    stats = joined(stats, [MAX_NUMBER] * 20_000)
+    assert spread(stats)[1] > 100.0
+    stats = joined(stats, honest(rng, 200_000))
+    mean, sd = spread(stats)
+    assert stats[0] == CAP and abs(mean - 50.0) < 1.0 and abs(sd - 10.0) < 0.5
+
+
+def test_a_shards_statistics_forget_past_the_cap_and_its_delta_counts_what_it_let_in(impl):
+    engine = DecisionEngine(compiled())
+    j = engine.compiled.predictor_names.index("context.basket_value")
+    engine.models.inputs[:, j] = (CAP, CAP * 50.0, CAP * (100.0 + 2500.0))
+    engine.models.take_delta()
+    engine.decide("ana", "web", "hero", {"basket_value": 60.0}, now=T0)
+    count, total, squares = engine.models.inputs[:, j]
+    r = CAP / (CAP + 1.0)
+    assert count == CAP and total == (CAP * 50.0 + 60.0) * r
+    assert squares == (CAP * 2600.0 + 3600.0) * r
+    assert tuple(engine.models.pending().inputs[:, j]) == (1.0, 60.0, 3600.0)
+
+
+def test_the_learner_forgets_past_the_cap_and_a_delta_counts_at_most_the_cap():
+    base = np.array([[CAP], [CAP * 50.0], [CAP * 2600.0]])
+    small = merged_inputs(base, np.array([[100.0], [5000.0], [260_000.0]]))
+    assert small[0, 0] == CAP and spread(small[:, 0]) == spread(base[:, 0] * 1.01)
+    # a delta of 3 caps' inputs of a level 10% higher moves the mean half way, not 3/4
+    big = merged_inputs(base, np.array([[3 * CAP], [3 * CAP * 55.0], [3 * CAP * 3125.0]]))
+    assert big[0, 0] == CAP and math.isclose(spread(big[:, 0])[0], 52.5)
+
+
+def test_an_honest_shard_of_another_region_is_added_as_it_is():
+    """Region B's inputs (500, sd 50) are part of the population: the learner's statistics are
+    the pooled ones after one merge, not held to region A's window."""
+    rng = np.random.default_rng(2)
+    a = joined([0.0, 0.0, 0.0], honest(rng, 200))
+    b = joined(list(a), rng.normal(500.0, 50.0, 200))  # as shard B let them in, on A's
+    delta = np.array(b) - np.array(a)
+    out = merged_inputs(np.array(a)[:, None], delta[:, None])[:, 0]
+    np.testing.assert_allclose(out, b, rtol=1e-12)
+
+
+def test_a_level_shift_is_followed_within_a_few_caps():
+    """The same input in cents from now on (100 x): the statistics follow it."""
+    rng = np.random.default_rng(3)
+    stats = joined([0.0, 0.0, 0.0], honest(rng, 20_000))
+    stats = joined(stats, rng.normal(5000.0, 1000.0, 4 * int(CAP)))
+    assert abs(models.standardized(5000.0, *stats)) < 0.5
+
