@@ -111,6 +111,8 @@ class Watches:
     def watch_channel(self, sink: str, channel: str, placement: str | None,
                       active: bool = True) -> None:
         watch = self.validate(sink, channel, placement)
+        if sink in self.gone:  # a late or replayed registration of a dead sink
+            return
         if active:
             self.channel.add(watch)
         else:
@@ -123,19 +125,21 @@ class Watches:
         that this one was rebuilt from): forget their watches, and what was pushed for their
         customers' views that no other watch names; and leave their registrations out
         wherever they come back from."""
-        dead = set()
+        dead, passed = set(), set()
         for sink in sinks:  # the latest last
-            if sink not in self.gone:  # else its watches went when it was found here
+            passed.add(sink)
+            if sink not in self.gone:  # else its customers' watches went when it was found
                 dead.add(sink)
             self.gone.pop(sink, None)
             self.gone[sink] = None
         while len(self.gone) > GONE_KEPT:
             del self.gone[next(iter(self.gone))]
+        # by every sink passed, known Gone or not: a channel watch has no other way out
+        self.channel = {w for w in self.channel if w.sink not in passed}
         if not dead:
             return
         for sink in dead:
             self._named.pop(sink, None)
-        self.channel = {w for w in self.channel if w.sink not in dead}
         channel = {(w.channel, w.placement) for w in self.channel}
         for customer_id in list(self.by_customer):
             mine = self.by_customer[customer_id]
