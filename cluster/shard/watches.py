@@ -251,8 +251,8 @@ class Watches:
         return extra
 
     def restore(self, customer_id: str, extra: dict[str, Any]) -> None:
-        """Add the registrations (a folded anonymous customer's keep the id they were
-        registered by; blocks from before that field name the customer's own)."""
+        """Add the registrations, each by the id it names (a row of a block from before
+        that field names none: the customer's own; `folded` names a folded one's)."""
         for sink, channel, placement, *by in extra["watches"]:
             if sink in self.gone:
                 continue
@@ -263,8 +263,8 @@ class Watches:
             mine = self.by_customer.setdefault(customer_id, {})
             if by:
                 self._register(mine, watch, by[0])
-            elif watch in mine:  # an old block's: it may be a folded anonymous customer's, so
-                mine[watch].append(customer_id)  # not the same as the customer's own
+            elif watch in mine:  # an old block has a row a registration, all the customer's
+                mine[watch].append(customer_id)  # own (`folded` names a folded one's)
             else:
                 self._register(mine, watch, customer_id)
         # blocks from before it was carried have none (`folded` takes a folded one's out; the
