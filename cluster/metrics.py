@@ -62,6 +62,14 @@ class ShardMetrics:
             "kairos_model_updates_refused_total", "Model updates (outcomes, or rows of a "
             "published version) refused because they would leave a model not finite",
             tag_keys=("shard",))
+        self.values_clipped = Counter(
+            "kairos_values_clipped_total", "Conversion values taught at most models.value."
+            "max_ratio times the action's catalog value when its decision was made",
+            tag_keys=("shard",))
+        self.values_unbounded = Counter(
+            "kairos_values_unbounded_total", "Conversion values not taught: no decision was "
+            "named or remembered to bound them, or the action was not shown or worth nothing",
+            tag_keys=("shard",))
         self.learned = Counter(
             "kairos_outcomes_learned_total", "Outcomes recorded, by what the models learned "
             "from: decision (the inputs the decision saw), profile_no_decision (offline "
@@ -87,7 +95,9 @@ class ShardMetrics:
                              ("passivations", self.passivations),
                              ("timers_fired", self.timers_fired), ("rejected", self.rejected),
                              ("snapshots", self.snapshots), ("recoveries", self.recoveries),
-                             ("model_updates_refused", self.model_updates_refused)):
+                             ("model_updates_refused", self.model_updates_refused),
+                             ("values_clipped", self.values_clipped),
+                             ("values_unbounded", self.values_unbounded)):
             self._inc(metric, name, counts[name], self.tags)
         for name, n in counts.items():
             if name.startswith(LEARNED_COUNT):

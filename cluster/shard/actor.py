@@ -185,6 +185,8 @@ class ShardActor:
         counts = shard.counts.copy()
         counts["rejected"] = self.host.rejected
         counts["model_updates_refused"] = shard.engine.models.refused
+        counts["values_clipped"] = shard.engine.values_clipped
+        counts["values_unbounded"] = shard.engine.values_unbounded
         self.metrics.flush(counts, shard.by_channel.copy(), shard.by_group.copy(),
                            self.host.queued, len(shard.engine.table),
                            shard.engine.models.version,

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import pytest
 
+from kairos.cluster.metrics import ShardMetrics, Tally
 from kairos.core.catalog import MAX_NUMBER, load_catalog
 from kairos.core.compiler import compile_catalog
 from kairos.core.decision import Learned
 from kairos.core.engine import DecisionEngine
 from kairos.core.errors import CatalogError
 
+from tests.unit.core.test_numeric_bounds import Recorder
 from tests.unit.core.test_value_learning import SMALL, T0, engine_for, shown
 
 
@@ -100,3 +102,13 @@ def test_the_bound_is_the_decisions_value_with_its_context(impl):
 def test_the_ratio_is_at_least_one():
     with pytest.raises(CatalogError, match="must be at least 1"):
         engine_for("{max_ratio: 0.5}")
+
+
+def test_values_clipped_and_unbounded_reach_the_metrics():
+    shard = ShardMetrics("s1")
+    shard.values_clipped, shard.values_unbounded = Recorder(), Recorder()
+    for clipped, unbounded in ((0, 0), (2, 1), (3, 1)):
+        shard.flush(Tally(values_clipped=clipped, values_unbounded=unbounded), Tally(), Tally(),
+                    0, 0, 0, 0.0, 0)
+    assert shard.values_clipped.calls == [(2, {"shard": "s1"}), (1, {"shard": "s1"})]
+    assert shard.values_unbounded.calls == [(1, {"shard": "s1"})]
