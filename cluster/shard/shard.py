@@ -254,7 +254,7 @@ class Shard:
             # leaving, it would answer MOVED: it fires after a thaw, or leaves with the
             # partition; arriving, the move may be undone and the source fire it
             if p in self.ownership.leaving or p in self.ownership.arriving:
-                self.timers.arm(customer_id, k, due)
+                self.timers.hold(p, customer_id, k, due)
             else:
                 fires.append(Fire(partition=p, customer_id=customer_id, timer=names[k],
                                   due=due))

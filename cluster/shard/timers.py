@@ -7,7 +7,9 @@ whose time has come (`wake`), so their timers fire as a resident's do. A call wa
 WAKE_LIMIT: a backlog falling due at once (after a restart) loads that many homes a tick.
 The sleepers of a partition being handed over or arriving (handoff.py) must not wake here
 yet: they are `park`ed, off the due order, until it is served again (`unpark`), so that
-however many fall due meanwhile, they hold back no other partition's.
+however many fall due meanwhile, they hold back no other partition's. Its residents' timers
+that fall due meanwhile are `hold`: still armed (a handoff or snapshot carries them), off the
+due order until then too, so that no tick walks them again.
 
 The resident limit does not bound the sleepers: each stays in memory (about 160 bytes and its
 id; 10 million cost some 2 GiB) until its timer falls due, however far off (the catalog does
@@ -16,7 +18,7 @@ not bound a timer's delay). Their count is the shard's `sleepers` statistic.
 from __future__ import annotations
 
 import heapq
-from typing import Callable, Generic, Hashable, Iterator, TypeVar
+from typing import Callable, Generic, Hashable, Iterable, Iterator, TypeVar
 
 WAKE_LIMIT = 512
 
@@ -41,10 +43,17 @@ class DueTable(Generic[Outer, Inner]):
     def get(self, outer: Outer, inner: Inner) -> float | None:
         return self.by.get(outer, {}).get(inner)
 
-    def set(self, outer: Outer, inner: Inner, due: float) -> None:
+    def set(self, outer: Outer, inner: Inner, due: float, ordered: bool = True) -> None:
+        """Set the entry; not `ordered`, it is not due until it is (`order`)."""
         self.by.setdefault(outer, {})[inner] = due
-        if outer not in self._parked:
+        if ordered and outer not in self._parked:
             heapq.heappush(self._heap, (due, outer, inner))
+
+    def order(self, entries: Iterable[tuple[float, Outer, Inner]]) -> None:
+        """Make the entries due when their time comes, those still set so."""
+        for entry in entries:
+            if self._live(entry):
+                heapq.heappush(self._heap, entry)
 
     def discard(self, outer: Outer, inner: Inner) -> None:
         mine = self.by.get(outer)
@@ -105,6 +114,8 @@ class Timers:
         self._armed: DueTable[str, int] = DueTable()  # customer -> timer -> due (epoch s)
         # partition -> passivated customer -> its earliest timer's due time
         self._asleep: DueTable[int, str] = DueTable()
+        # partition -> the timers `hold` keeps off the due order while it is held
+        self._held: dict[int, list[tuple[float, str, int]]] = {}
         self._wake = wake
 
     @property
@@ -125,6 +136,12 @@ class Timers:
 
     def arm(self, customer_id: str, timer: int, due: float) -> None:
         self._armed.set(customer_id, timer, due)
+
+    def hold(self, partition: int, customer_id: str, timer: int, due: float) -> None:
+        """Arm a timer of the partition's (being handed over or arriving: the module's
+        docstring) that is not to be due until `unpark`."""
+        self._armed.set(customer_id, timer, due, ordered=False)
+        self._held.setdefault(partition, []).append((due, customer_id, timer))
 
     def cancel(self, customer_id: str, timer: int) -> None:
         self._armed.discard(customer_id, timer)
@@ -157,6 +174,7 @@ class Timers:
         """Forget every armed timer (they are armed again under a new catalog's numbering);
         passivated customers keep waiting: their homes name their timers."""
         self._armed.clear()
+        self._held.clear()
 
     # -- passivated customers ------------------------------------------------------------------
 
@@ -173,7 +191,9 @@ class Timers:
             self.sleep(partition, customer_id, due)
 
     def drop_partition(self, partition: int) -> None:
+        """Forget the partition's sleepers and held timers (its residents were evicted)."""
         self._asleep.take(partition)
+        self._held.pop(partition, None)
 
     def park(self, partition: int) -> None:
         """The partition is being handed over or arriving: its sleepers wait (the module's
@@ -181,8 +201,10 @@ class Timers:
         self._asleep.park(partition)
 
     def unpark(self, partition: int) -> None:
-        """The partition is served again: its sleepers wake when due (at once, if overdue)."""
+        """The partition is served again: its sleepers wake and its held timers fire when
+        due (at once, if overdue)."""
         self._asleep.unpark(partition)
+        self._armed.order(self._held.pop(partition, ()))
 
     def compact(self) -> None:
         self._armed.compact()
