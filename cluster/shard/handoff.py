@@ -96,6 +96,8 @@ class Handoff:
         for homes in passivated.values():
             received.update(homes)
         self._directory.load(data["directory"])
+        for p in data["partitions"]:  # first: its sleepers join the due order on `confirm`
+            self._residency.timers.park(p)
         for p, sleepers in data.get("sleepers", {}).items():
             self._residency.take_sleepers(int(p), checked_sleepers(sleepers))
         self._watches.take_unseen(data.get("watches", {}))
@@ -104,7 +106,6 @@ class Handoff:
             self._ownership.owned[p] = version
             self._ownership.leaving.pop(p, None)
             self._ownership.arriving[p] = version
-            self._residency.timers.park(p)
         self._durability.snapshot(data["partitions"])  # owned from here: recovery reads ours
         return len(received)
 

@@ -51,9 +51,13 @@ class DueTable(Generic[Outer, Inner]):
 
     def order(self, entries: Iterable[tuple[float, Outer, Inner]]) -> None:
         """Make the entries due when their time comes, those still set so."""
-        for entry in entries:
-            if self._live(entry):
+        live = [entry for entry in entries if self._live(entry)]
+        if len(live) < len(self._heap):
+            for entry in live:
                 heapq.heappush(self._heap, entry)
+        else:  # at least half the heap then: one heapify is cheaper than a push each
+            self._heap.extend(live)
+            heapq.heapify(self._heap)
 
     def discard(self, outer: Outer, inner: Inner) -> None:
         mine = self.by.get(outer)
@@ -72,8 +76,7 @@ class DueTable(Generic[Outer, Inner]):
     def unpark(self, outer: Outer) -> None:
         if outer in self._parked:
             self._parked.discard(outer)
-            for inner, due in self.by.get(outer, {}).items():
-                heapq.heappush(self._heap, (due, outer, inner))
+            self.order((due, outer, inner) for inner, due in self.by.get(outer, {}).items())
 
     def clear(self) -> None:
         self.by, self._heap, self._parked = {}, [], set()
