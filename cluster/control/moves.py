@@ -23,7 +23,7 @@ from typing import Iterable
 
 from kairos.cluster.control.partitions import Move, PartitionMap
 from kairos.cluster.settings import MAX_MOVE_FRACTION, MOVE_ROUND_CUSTOMERS
-from kairos.cluster.transport.backend import Backend
+from kairos.cluster.transport.backend import Backend, NoSuchCall
 
 log = logging.getLogger("kairos.controller")
 _PREDATE_CONFIRM: set[str] = set()  # the shards logged as older than `confirm`
@@ -104,7 +104,7 @@ async def _confirm(backend: Backend, steps: dict[str, set[int]], version: int) -
     async def call(shard: str, partitions: list[int]) -> None:
         try:
             await backend.shard(shard).confirm(partitions, version)
-        except AttributeError as exc:  # its actor has no such call: said once, not every round
+        except NoSuchCall as exc:  # said once, not every round
             if shard not in _PREDATE_CONFIRM:
                 _PREDATE_CONFIRM.add(shard)
                 log.warning("shard %s predates confirm (%s): its adopted partitions fire "

@@ -62,6 +62,11 @@ class NotRunning(Unavailable):
     before its state was saved)."""
 
 
+class NoSuchCall(Exception):
+    """The other side has no such call (it runs an older Kairos): not an error the call
+    raised there, which comes through as raised, whatever its class."""
+
+
 @dataclass
 class Published:
     """A model version as the learner publishes it and shards adopt it."""
@@ -123,7 +128,7 @@ class ShardControl(Protocol):
 
     async def confirm(self, partitions: list[int], version: int) -> None:
         """The moves up to map `version` that brought these partitions here are done: their
-        timers fire here from now on."""
+        timers fire here from now on. NoSuchCall from a shard older than this call."""
 
     async def prepare(self, catalog_text: str) -> str:
         """Phase one of a catalog switch: compile the catalog; its version."""

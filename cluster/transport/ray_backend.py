@@ -38,8 +38,8 @@ from kairos.cluster.settings import (ADMIN_CALL_S, CONTROL_CALL_S, CONTROLLER_NA
                                      GATEWAY_START_S, GATEWAY_STOP_GRACE_S, LEARNER_NAME,
                                      LONG_POLL_S, NAMESPACE, SHARD_START_S)
 from kairos.cluster.transport.backend import (ChannelWatch, ControllerControl, GatewayControl,
-                                              LearnerControl, NotCarried, NotSent, ShardControl,
-                                              Unavailable, WatchSink)
+                                              LearnerControl, NoSuchCall, NotCarried, NotSent,
+                                              ShardControl, Unavailable, WatchSink)
 from kairos.cluster.transport.client import ShardUnavailable
 from kairos.cluster.transport.dataplane import PlaneConnection, ShardFailed
 
@@ -276,7 +276,14 @@ class RayShard(_Actor):
         await self._call(lambda a: a.thaw.remote(partitions, version))
 
     async def confirm(self, partitions: list[int], version: int) -> None:
-        await self._call(lambda a: a.confirm.remote(partitions, version))
+        def invoke(actor: ActorHandle) -> Awaitable[Any]:
+            try:
+                method = actor.confirm
+            except AttributeError as exc:  # the handle's: an AttributeError the call raised
+                raise NoSuchCall(f"{self.name}: {exc}") from exc  # is the shard's own error
+            return method.remote(partitions, version)
+
+        await self._call(invoke)
 
     async def prepare(self, catalog_text: str) -> str:
         return await self._call(lambda a: a.prepare.remote(catalog_text))
