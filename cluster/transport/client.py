@@ -50,8 +50,9 @@ from kairos.cluster.transport.sagas import IdentitySagas
 log = logging.getLogger("kairos.client")
 MAX_REDIRECTS = 20  # a request MOVED this many times in a row fails as Unavailable
 _DONE = (protocol.Ok, protocol.EventAck, protocol.Forgotten)  # the replies that mean done
-# Replies that may be a shard's refusal of a whole batch: it then refuses the session's later
-# batches too (sequencer.py), so those not yet sent go in a fresh session.
+# Replies that may be a shard's refusal: of a whole batch (it then refuses the session's later
+# batches) or of a request (then the session's later requests for that customer: see
+# shard/refusals.py), so those not yet sent go in a fresh session.
 _REFUSALS = frozenset((protocol.Busy, protocol.Unavailable))
 
 
@@ -330,13 +331,19 @@ class KairosClient(IdentitySagas):
 
     async def _call_shard(self, link: _ShardLink, session: str, seq: int,
                           batch: list[Item]) -> None:
-        requests = [item.request for item in batch]
-        routed = [item.routed for item in batch]
         if link.session != session:  # a failed call dropped the session since it was numbered
             # sent in it, behind the failed batch, it would wait at the shard for that in vain;
             # not sent yet, it goes as the fresh session's next (in the order numbered still:
-            # calls start in the order the pump made them)
+            # calls start in the order the pump made them), less what was given up meanwhile
+            # (a refusal gives up the rest of its call: sent now, it would overtake the refused)
+            batch = self._unexpired(batch)
+            if not batch:  # no number taken in the fresh session, so none left unsent
+                link.calls -= 1
+                link.slots.release()
+                return
             session, seq, link.seq = link.session, link.seq, link.seq + 1
+        requests = [item.request for item in batch]
+        routed = [item.routed for item in batch]
         try:
             for attempt in range(2):
                 try:

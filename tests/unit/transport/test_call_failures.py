@@ -174,3 +174,49 @@ def test_after_a_shards_refusal_the_client_sends_in_a_fresh_session(refusal):
         await client.close()
 
     asyncio.run(main())
+
+
+class K0Gated(LocalBackend):
+    """k0's batch waits for `refuse` (then BUSY, applying nothing); others are applied."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refuse: asyncio.Future | None = None
+        self.sent: list[str] = []
+
+    async def send(self, name, session, seq, requests, routed):
+        keys = [getattr(request, "idempotency_key", None) for request in requests]
+        self.sent += keys
+        if "k0" not in keys:
+            return await super().send(name, session, seq, requests, routed)
+        await super().send(name, session, seq, [], [])  # its turn taken: the session goes on
+        self.refuse = asyncio.get_running_loop().create_future()
+        await self.refuse
+        return [protocol.Busy(reason="crowded")] * len(requests)
+
+
+def test_a_call_given_up_by_a_refusal_is_not_sent_from_a_batch_numbered_before(monkeypatch):
+    """k1's batch was numbered in the old session while k0's was out; k0's BUSY then gave up
+    the call and started a fresh session before k1's call began: k1 is given up, not renumbered
+    into the fresh session and applied without k0. (A zero batch window lets the pump number
+    k1's batch one loop turn after k1 is enqueued, and k0's reply lands in that turn.)"""
+    monkeypatch.setattr(client_module, "CLIENT_BATCH_WINDOW_S", 0.0)
+
+    async def main():
+        backend = K0Gated()
+        await backend.start_runtime(1, n_partitions=8)
+        client = await KairosClient(backend).connect()
+        call = Call()
+        k0 = client.enqueue(_event("k0"), call)
+        await until(lambda: backend.refuse, 5, "k0's batch sent")
+        k1 = client.enqueue(_event("k1"), call)
+        await asyncio.sleep(0)  # the pump takes k1 and waits its (zero) batch window
+        backend.refuse.set_result(None)
+        assert type(await k0) is protocol.Busy
+        with pytest.raises(NotSent):
+            await client.settle(_event("k1"), await asyncio.wait_for(k1, 5))
+        assert backend.sent == ["k0"]
+        assert await client.profile("ana") is None
+        await client.close()
+
+    asyncio.run(main())
