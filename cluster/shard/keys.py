@@ -17,10 +17,12 @@ the customer: a link folds the visitor's records into the customer's, and they a
 customer's keys. Blocks written before hold the keys themselves ("keys"); a shard from before
 the records reads none of a block's "key_records" (README: an upgrade is not rolled back).
 
-Every keyed event is looked up and then remembered (on issue 17's hot path), so both find a
-record through an open-addressing index of record numbers (4 bytes a slot, four slots a record:
-at most half used, a lookup looks at a few), not by scanning 8 KiB of records, and the digest
-computed by the lookup is kept for the remember.
+Every keyed event is looked up and then remembered (on issue 17's hot path), so past
+INDEXED_PAST records both find a record through an open-addressing index of record numbers
+(4 bytes a slot, four slots a record: at most half used, a lookup looks at a few), not by
+scanning 8 KiB of records, and the digest computed by the lookup is kept for the remember.
+Below, the records are searched: most customers hold a few keys, and issue 17 wants a resident
+customer under 1 KiB.
 """
 from __future__ import annotations
 
@@ -42,34 +44,31 @@ WHEN = struct.Struct("<d")  # a record's last field
 # ones are digested and looked up again
 PENDING_DIGESTS = SHARD_ROUND_LIMIT
 SLOTS_PER_RECORD, MOST_USED = 4, 0.5  # an index of 256 records: 1024 slots, 4 KiB
+# records a customer holds before they are indexed: finding a digest among 16 (512 bytes) costs
+# little more than a probe, and an index (an object, 64 slots) would add 400 bytes to them
+INDEXED_PAST = 16
 
 
 def _digest(key: str) -> bytes:
     return hashlib.blake2b(key.encode(), digest_size=DIGEST_BYTES).digest()
 
 
-class _Records:
-    """A customer's records, oldest first, and their index: slot -> the number of the record
-    there (its position plus `first`); 0 is an empty slot, a number below `first` a record
-    dropped since, whose slot a new record may take."""
-    __slots__ = ("data", "first", "next", "slots", "used")
+class _Index:
+    """Slot -> the number of the record there (its position plus `first`); 0 is an empty
+    slot, a number below `first` a record dropped since, whose slot a new record may take."""
+    __slots__ = ("first", "next", "slots", "used")
 
     def __init__(self, data: bytearray):
-        self.data = data
-        self.reindex()
-
-    def reindex(self) -> None:
-        count = len(self.data) // RECORD.size
+        count = len(data) // RECORD.size
         size = 8
         while size < SLOTS_PER_RECORD * count:
             size *= 2
         self.slots, self.first, self.next, self.used = array("I", bytes(4 * size)), 1, 1, 0
-        for digest, _, _ in RECORD.iter_unpack(self.data):
-            self._place(digest)
+        for digest, _, _ in RECORD.iter_unpack(data):
+            self.place(digest)
 
-    def find(self, digest: bytes) -> int | None:
-        """Where the record of `digest` starts."""
-        slots, mask, first, data = self.slots, len(self.slots) - 1, self.first, self.data
+    def find(self, data: bytearray, digest: bytes) -> int | None:
+        slots, mask, first = self.slots, len(self.slots) - 1, self.first
         slot = hash(digest) & mask  # the index lives in memory only: the process's hash does
         while number := slots[slot]:
             if number >= first and data.startswith(digest, at := (number - first) * RECORD.size):
@@ -77,17 +76,11 @@ class _Records:
             slot = (slot + 1) & mask
         return None
 
-    def add(self, digest: bytes, record: bytes) -> None:
-        """Append the record of a digest not among these, the oldest out past
-        KEYS_PER_CUSTOMER."""
-        if self.used >= len(self.slots) * MOST_USED or self.next == 1 << 32:
-            self.reindex()  # before the record is in: sized for those kept, not one more
-        self.data += record
-        self._place(digest)
-        if len(self.data) > KEYS_PER_CUSTOMER * RECORD.size:
-            self.drop_oldest(len(self.data) // RECORD.size - KEYS_PER_CUSTOMER)
+    def full(self) -> bool:
+        return self.used >= len(self.slots) * MOST_USED or self.next == 1 << 32
 
-    def _place(self, digest: bytes) -> None:
+    def place(self, digest: bytes) -> None:
+        """Index the newest record."""
         slots, mask, first = self.slots, len(self.slots) - 1, self.first
         slot = hash(digest) & mask
         while slots[slot] >= first:
@@ -96,9 +89,48 @@ class _Records:
         slots[slot] = self.next
         self.next += 1
 
+
+def _index(data: bytearray) -> _Index | None:
+    return _Index(data) if len(data) > INDEXED_PAST * RECORD.size else None
+
+
+class _Records:
+    """A customer's records, oldest first, and past INDEXED_PAST of them their index."""
+    __slots__ = ("data", "index")
+
+    def __init__(self, data: bytearray):
+        self.data, self.index = data, _index(data)
+
+    def find(self, digest: bytes) -> int | None:
+        """Where the record of `digest` starts."""
+        if self.index is not None:
+            return self.index.find(self.data, digest)
+        at = self.data.find(digest)
+        while at != -1 and at % RECORD.size:  # the bytes met across two records' fields
+            at = self.data.find(digest, at + 1)
+        return None if at == -1 else at
+
+    def add(self, digest: bytes, record: bytes) -> None:
+        """Append the record of a digest not among these, the oldest out past
+        KEYS_PER_CUSTOMER."""
+        self.data += record
+        if len(self.data) > KEYS_PER_CUSTOMER * RECORD.size:
+            self.drop_oldest(len(self.data) // RECORD.size - KEYS_PER_CUSTOMER)
+        if self.index is None or self.index.full():
+            self.index = _index(self.data)  # after the drop: sized for those kept
+        else:
+            self.index.place(digest)
+
+    def renew(self, at: int, record: bytes) -> None:
+        """Make the record at `at` the newest, as `record`."""
+        del self.data[at:at + RECORD.size]
+        self.data += record
+        self.index = _index(self.data)
+
     def drop_oldest(self, count: int) -> None:
         del self.data[:count * RECORD.size]  # at the front, a bytearray moves nothing
-        self.first += count
+        if self.index is not None:
+            self.index.first += count
 
 
 class IdempotencyKeys:
@@ -140,9 +172,7 @@ class IdempotencyKeys:
         elif absent_until == self._restores or (at := records.find(digest)) is None:
             records.add(digest, record)
         else:  # applied again (its window closed, or a replay): now the newest
-            del records.data[at:at + RECORD.size]
-            records.data += record
-            records.reindex()
+            records.renew(at, record)
 
     def _expire(self, records: _Records) -> None:
         data, horizon = records.data, self._clock() - KEY_RETENTION_S
