@@ -34,10 +34,12 @@ EVERYTHING: Container[str] = _Everything()  # a session whose every later reques
 NOTHING: Container[str] = frozenset()
 
 
-def route_key(request: list | tuple) -> object:
+def route_key(request: list | tuple) -> str | None:
     """A request's route key (its third field: a customer, or an alias key), typed or still
-    the array it travelled as; None for what is no request (the shard answers it Invalid)."""
-    return request[2] if isinstance(request, (list, tuple)) and len(request) > 2 else None
+    the array it travelled as; None for what is no request, or has no string there (the shard
+    answers it Invalid; a list there, unhashable, would fail the round before it is checked)."""
+    key = request[2] if isinstance(request, (list, tuple)) and len(request) > 2 else None
+    return key if isinstance(key, str) else None
 
 
 class Refusals:

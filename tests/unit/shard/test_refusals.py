@@ -1,6 +1,8 @@
 """What a shard remembers of the requests it refused, and for how long (refusals.py)."""
 from __future__ import annotations
 
+import asyncio
+
 from kairos.cluster.protocol import EventAck
 from kairos.cluster.shard.host import OVERTAKING
 from kairos.cluster.shard.refusals import EVERYTHING, NOTHING, Refusals
@@ -28,6 +30,21 @@ def test_a_refused_session_is_refused_once_the_sequencer_has_forgotten_it(compil
         missing, = await host.handle("d", 0, [profile("cy")], [0])
         assert missing.status == "missing"
     run(compiled, MemoryStore(), test, session_start_s=0.05)
+
+
+def test_a_request_with_no_customer_in_a_refused_session_is_answered(compiled):
+    """A list where the customer goes (unhashable) in a session refused for some customers:
+    the check for refused customers failed on it with a TypeError outside the round, whose
+    batches were then never answered. (What the shard answers it is the shard's matter.)"""
+    async def test(host):
+        host.shard.residency.resident_limit, host.shard.residency.overflow = 0, 0
+        refused, = await host.handle("b", 0, [app_open("cy")], [0])
+        assert refused.status == "busy"
+        bad = list(app_open("dan"))
+        bad[2] = ["not", "a", "customer"]
+        assert len(await asyncio.wait_for(host.handle("b", 1, [bad], [0]), 5)) == 1
+        assert host.queued == 0
+    run(compiled, MemoryStore(), test)
 
 
 def test_a_sessions_refusal_names_its_customers_until_it_is_forgotten():
