@@ -78,6 +78,7 @@ Job = Callable[[], Awaitable[None]]
 @dataclass
 class _Batch:
     session: str
+    seq: int
     requests: list
     routed: list[int]
     future: asyncio.Future
@@ -267,27 +268,29 @@ class ShardHost:
             self.rejected += len(requests)
             return [OVERTAKING] * len(requests)
         if self.shard is None:
-            self._refusals.refuse(session)
+            self._refusals.refuse(session, seq)
             return [Unavailable(reason=f"{self.name} is recovering from the store")] * \
                 len(requests)
         if self.queued + len(requests) > self._queue_limit:
-            self._refusals.refuse(session)
+            self._refusals.refuse(session, seq)
             self.rejected += len(requests)
             return [Busy()] * len(requests)
         size = len(msgpack.packb(requests))  # one call for the batch: a few % of its round
         if size <= self._round_bytes:
-            return await self._queued(session, requests, routed, size)
-        return await self._split(session, requests, routed)
+            return await self._queued(session, seq, requests, routed, size)
+        return await self._split(session, seq, requests, routed)
 
-    def _queued(self, session: str, requests: list, routed: list[int], size: int
+    def _queued(self, session: str, seq: int, requests: list, routed: list[int], size: int
                 ) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Batch(session, requests, routed, future, time.perf_counter(), size))
+        self._queue.append(_Batch(session, seq, requests, routed, future, time.perf_counter(),
+                                  size))
         self.queued += len(requests)
         self._wake.set()
         return future
 
-    async def _split(self, session: str, requests: list, routed: list[int]) -> list[Reply]:
+    async def _split(self, session: str, seq: int, requests: list, routed: list[int]
+                     ) -> list[Reply]:
         """A batch over the round budget, in parts that each fit, queued in order; a request
         over the budget alone answers Invalid (its frame could never be journaled)."""
         replies: list[Reply | None] = [None] * len(requests)
@@ -302,13 +305,13 @@ class ShardHost:
                     f"(SHARD_ROUND_BYTES): the journal could not hold it"))
                 continue
             if part and part_size + size > self._round_bytes:
-                parts.append((part, self._queued(session, [requests[i] for i in part],
+                parts.append((part, self._queued(session, seq, [requests[i] for i in part],
                                                  [routed[i] for i in part], part_size)))
                 part, part_size = [], 0
             part.append(k)
             part_size += size
         if part:
-            parts.append((part, self._queued(session, [requests[i] for i in part],
+            parts.append((part, self._queued(session, seq, [requests[i] for i in part],
                                              [routed[i] for i in part], part_size)))
         for part, future in parts:
             for k, reply in zip(part, await future):
@@ -338,7 +341,7 @@ class ShardHost:
     def _run(self, round_: list[_Batch]) -> None:
         requests = [r for batch in round_ for r in batch.requests]
         routed = [v for batch in round_ for v in batch.routed]
-        batches = [(batch.session, batch.requests) for batch in round_]
+        batches = [(batch.session, batch.seq, batch.requests) for batch in round_]
         held = self._refusals.held(batches)  # answered OVERTAKING
         shard = self.shard
         try:
@@ -385,7 +388,7 @@ class ShardHost:
     def _refuse(self, round_: list[_Batch]) -> None:
         """Refuse the later batches of a failed round's senders (refusals.py)."""
         for batch in round_:
-            self._refusals.refuse(batch.session)
+            self._refusals.refuse(batch.session, batch.seq)
 
     def _answer(self, round_: list[_Batch], replies: list[Reply], pushes: list[Push]) -> None:
         done = time.perf_counter()

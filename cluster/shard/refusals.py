@@ -50,10 +50,17 @@ class Refusals:
         self._clock = clock
         self._until: dict[str, float] = {}  # session -> when it is forgotten, soonest first
         self._keys: dict[str, set] = {}  # sessions refused for these route keys only
+        # session -> the number of its first batch refused (or refused requests of): its
+        # batches before that, queued already when it was, are not later ones (one refused
+        # whole after some customers' refusal is refused whole from the first: the batches
+        # between, queued then, lose their other customers' requests too, overtaking none)
+        self._since: dict[str, int] = {}
         self._named = 0  # route keys in `_keys`, all sessions'
 
-    def refuse(self, session: str, keys: Iterable | None = None) -> None:
-        """Refuse the session's later requests: those with these route keys, or (None) all."""
+    def refuse(self, session: str, seq: int, keys: Iterable | None = None) -> None:
+        """Refuse the session's requests from its batch `seq` on (the rest of that batch's
+        parts, and later batches): those with these route keys, or (None) all."""
+        self._since[session] = min(seq, self._since.get(session, seq))
         named = self._keys.pop(session, None)
         whole = session in self._until and named is None
         self._until.pop(session, None)  # to the end: the last to be forgotten
@@ -75,26 +82,26 @@ class Refusals:
             return NOTHING
         return self._keys.get(session, EVERYTHING)
 
-    def held(self, batches: list[tuple[str, list]]) -> set[int]:
-        """The positions, among the requests of these (session, requests) batches, of those
-        refused (the host answers them OVERTAKING)."""
+    def held(self, batches: list[tuple[str, int, list]]) -> set[int]:
+        """The positions, among the requests of these (session, seq, requests) batches, of
+        those refused (the host answers them OVERTAKING)."""
         held: set[int] = set()
         start = 0
-        for session, requests in batches:
-            if refused := self.of(session):
+        for session, seq, requests in batches:
+            if (refused := self.of(session)) and seq >= self._since[session]:
                 held.update(start + k for k, r in enumerate(requests) if route_key(r) in refused)
             start += len(requests)
         return held
 
-    def refuse_busy(self, batches: list[tuple[str, list]], replies: list) -> int:
+    def refuse_busy(self, batches: list[tuple[str, int, list]], replies: list) -> int:
         """Refuse the sessions of these batches answered Busy (CROWDED, an outcome past its
         rate, a request held back) their later requests for those customers; how many were."""
         start = busy = 0
-        for session, requests in batches:
+        for session, seq, requests in batches:
             keys = [route_key(r) for r, reply in zip(requests, replies[start:start + len(requests)])
                     if type(reply) is Busy]
             if keys:
-                self.refuse(session, keys)
+                self.refuse(session, seq, keys)
                 busy += len(keys)
             start += len(requests)
         return busy
@@ -104,5 +111,5 @@ class Refusals:
         while self._until and (len(self._until) > self.kept or
                                next(iter(self._until.values())) <= now):
             session = next(iter(self._until))
-            del self._until[session]
+            del self._until[session], self._since[session]
             self._named -= len(self._keys.pop(session, ()))

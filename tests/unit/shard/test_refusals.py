@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 
-from kairos.cluster.protocol import EventAck
+from kairos.cluster.protocol import Busy, EventAck
 from kairos.cluster.shard.host import OVERTAKING
 from kairos.cluster.shard.refusals import EVERYTHING, NOTHING, Refusals
 from kairos.cluster.storage.memory_store import MemoryStore
@@ -32,6 +32,17 @@ def test_a_refused_session_is_refused_once_the_sequencer_has_forgotten_it(compil
     run(compiled, MemoryStore(), test, session_start_s=0.05)
 
 
+def test_a_full_queue_refuses_the_sessions_later_batches_not_those_queued_before(compiled):
+    """Batch 0 was queued when batch 1 found the queue full: 0 is an earlier one, which
+    1's refusal must not cost, and it is applied; batch 2 would overtake 1, and is refused."""
+    async def test(host):
+        first, second = await asyncio.gather(host.handle("a", 0, [app_open("ana")], [0]),
+                                             host.handle("a", 1, [app_open("bob")], [0]))
+        assert (first, second) == ([EventAck(sequence=1)], [Busy()])
+        assert await host.handle("a", 2, [app_open("cy")], [0]) == [OVERTAKING]
+    run(compiled, MemoryStore(), test, queue_limit=1)
+
+
 def test_a_request_with_no_customer_in_a_refused_session_is_answered(compiled):
     """A list where the customer goes (unhashable) in a session refused for some customers:
     the check for refused customers failed on it with a TypeError outside the round, whose
@@ -51,9 +62,9 @@ def test_a_sessions_refusal_names_its_customers_until_it_is_forgotten():
     clock = Clock(0.0)
     refusals = Refusals(keep_s=30.0, clock=clock)
     assert refusals.of("s") is NOTHING
-    refusals.refuse("s", ["cy"])
+    refusals.refuse("s", 0, ["cy"])
     clock.now = 20.0
-    refusals.refuse("s", ["dan"])  # a later refusal: kept 30 s from this one
+    refusals.refuse("s", 0, ["dan"])  # a later refusal: kept 30 s from this one
     assert "cy" in refusals.of("s") and "dan" in refusals.of("s")
     assert "ana" not in refusals.of("s") and refusals.of("t") is NOTHING
     clock.now = 49.0
@@ -64,8 +75,8 @@ def test_a_sessions_refusal_names_its_customers_until_it_is_forgotten():
 
 def test_a_whole_sessions_refusal_stays_whole():
     refusals = Refusals()
-    refusals.refuse("s")
-    refusals.refuse("s", ["cy"])
+    refusals.refuse("s", 0)
+    refusals.refuse("s", 0, ["cy"])
     assert refusals.of("s") is EVERYTHING
 
 
@@ -73,9 +84,9 @@ def test_past_the_customers_it_may_name_a_sessions_refusal_covers_all_of_it():
     """Memory stays bounded, and what is forgotten costs only the sender's later requests,
     never an overtaking."""
     refusals = Refusals(kept=3)
-    refusals.refuse("s", ["a", "b"])
-    refusals.refuse("t", ["c", "d"])
+    refusals.refuse("s", 0, ["a", "b"])
+    refusals.refuse("t", 0, ["c", "d"])
     assert refusals.of("t") is EVERYTHING and "c" not in refusals.of("s")
-    refusals.refuse("u", ["e"])
-    refusals.refuse("v", ["f"])  # past 3 sessions: the least recently refused is forgotten
+    refusals.refuse("u", 0, ["e"])
+    refusals.refuse("v", 0, ["f"])  # past 3 sessions: the least recently refused is forgotten
     assert refusals.of("s") is NOTHING and "f" in refusals.of("v")
