@@ -86,7 +86,7 @@ PASSIVATE_BUDGET_S = number("PASSIVATE_BUDGET_S", 0.01)
 PASSIVATE_CROWDED_S = 0.05
 PASSIVATE_CHUNK = integer("PASSIVATE_CHUNK", 64)
 # Residents past RESIDENT_LIMIT wait for the ticks' budget, at most this many: then a request
-# that would bring in a customer not resident answers BUSY (retried) until ticks passivate
+# that would bring in a customer not resident answers BUSY (to its caller) until ticks passivate
 # some. At most the limit (a shard with a smaller limit clamps it to its own); the profile
 # table reserves rows for both (residency.py).
 RESIDENT_OVERFLOW = integer("RESIDENT_OVERFLOW", min(100_000, RESIDENT_LIMIT // 20), low=0,

@@ -29,7 +29,7 @@ at the store's pace within that budget (some 10 to 100 a second from a directory
 fsynced file a home), and meanwhile stay resident. Past the resident limit they go the same
 way, least recent first, and up to RESIDENT_OVERFLOW of them may wait past it: at that ceiling
 the shard `admits` no request that would bring in a customer not resident (it answers Busy,
-which its sender retries) until ticks have passivated some. Residents so number at most the
+to its caller, unretried) until ticks have passivated some. Residents so number at most the
 limit and its overflow, plus the new customers of one round (admitted before any of them is
 resident) and the sleepers a tick wakes; a shard that full takes new customers as fast as a
 tick after such refusals writes homes in PASSIVATE_CROWDED_S (shard.py).

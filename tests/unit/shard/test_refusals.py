@@ -81,8 +81,9 @@ def test_a_whole_sessions_refusal_stays_whole():
 
 
 def test_past_the_customers_it_may_name_a_sessions_refusal_covers_all_of_it():
-    """Memory stays bounded, and what is forgotten costs only the sender's later requests,
-    never an overtaking."""
+    """Memory stays bounded: customers past what it may name cost the session's refusal only
+    the sender's later requests (it covers all of them); a session forgotten past the sessions
+    kept is no longer held, so a late batch of it may overtake its refused one."""
     refusals = Refusals(kept=3)
     refusals.refuse("s", 0, ["a", "b"])
     refusals.refuse("t", 0, ["c", "d"])
