@@ -183,7 +183,7 @@ def _held(count: float, total: float, squares: float, n: float, s: float, q: flo
     most = growth * (half / STANDARDIZE_CLIP_SDS) ** 2
     m = s / n
     var = q / n - m * m
-    if abs(m - mean) <= shift and var <= most:
+    if abs(m - mean) <= shift and 0.0 <= var <= most:  # negative: the delta's rounding
         return n, s, q
     m = min(max(m, mean - shift), mean + shift)
     var = min(max(var, 0.0), most)
@@ -472,6 +472,15 @@ class ModelTable:
         self._taken = ModelDelta(natural_mean(self.mean, self.precision), self.precision.copy(),
                                  *(getattr(self, name).copy() for name in COUNTS),
                                  self.inputs_added.copy())
+        self._rebase()
+
+    def _rebase(self) -> None:
+        """Take the mark's inputs out of `inputs_added` (in place: the kernels hold it), so
+        that it sums only what is pending. As a running total, one early input of 1e12 kept
+        1e24 in its sum of squares for the shard's life: every later delta's squares, a
+        difference against it, rounded away, and the learner's variance went negative."""
+        self.inputs_added -= self._taken.inputs
+        self._taken.inputs = np.zeros_like(self.inputs_added)
 
     def _now(self) -> ModelDelta:
         """The table's statistics in the form of a delta (natural parameters, sums)."""
@@ -541,6 +550,7 @@ class ModelTable:
         synced, self._synced = self._synced, None
         if synced is not None:
             self._taken = self._taken + synced
+            self._rebase()
             if self._boundary is not None:  # the sync in flight covers the rest
                 self._boundary = ModelDelta(*(getattr(self._boundary, name) -
                                               getattr(synced, name) for name in DELTA_STATS))
@@ -649,6 +659,7 @@ class ModelTable:
         """After adopt the unsent learning is still pending: move the mark back before it."""
         self._taken = ModelDelta(*(getattr(self._taken, name) - getattr(unsent, name)
                                    for name in DELTA_STATS))
+        self._rebase()
 
 
 class RemovedModel(NamedTuple):

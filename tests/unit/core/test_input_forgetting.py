@@ -88,3 +88,29 @@ def test_a_level_shift_is_followed_within_a_few_caps():
     stats = joined(stats, rng.normal(5000.0, 1000.0, 4 * int(CAP)))
     assert abs(models.standardized(5000.0, *stats)) < 0.5
 
+
+def test_one_huge_early_input_leaves_later_deltas_their_precision(impl):
+    """A shard's first input of 1e12 (in its warm-up, let in as it is) went into its delta and
+    also stayed in the running total each later delta was a difference of: their squares
+    rounded away against 1e24 and every later delta reported a negative variance."""
+    engine = DecisionEngine(compiled())
+    j = engine.compiled.predictor_names.index("context.basket_value")
+    engine.decide("mallory", "web", "hero", {"basket_value": 1e12}, now=T0)
+    assert engine.models.take_delta().inputs[2, j] == 1e24
+    rng = np.random.default_rng(1)
+    for t, v in enumerate(honest(rng, 500)):
+        engine.decide("ana", "web", "hero", {"basket_value": float(v)}, now=T0 + t)
+    taken = engine.models.take_delta().inputs[:, j]
+    assert taken[0] == 500.0 and abs(spread(taken)[1] - 10.0) < 1.0
+    # and a delta rebased by an adopt keeps its inputs
+    engine.decide("ana", "web", "hero", {"basket_value": 60.0}, now=T0)
+    engine.models.adopt(engine.models)
+    assert tuple(engine.models.take_delta().inputs[:, j]) == (1.0, 60.0, 3600.0)
+
+
+def test_the_learner_refuses_a_delta_variance_below_zero():
+    """Sums whose squares are short of their mean's square (rounding, or a hostile shard)
+    are not added as they are: the merged variance is held at 0, not below."""
+    base = np.array([[100.0], [5000.0], [100.0 * 2600.0]])
+    count, total, squares = merged_inputs(base, np.array([[100.0], [5000.0], [0.0]]))[:, 0]
+    assert (count, total) == (200.0, 10_000.0) and squares / count - 50.0 ** 2 == 0.0
