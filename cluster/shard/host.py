@@ -119,7 +119,7 @@ class ShardHost:
         self._round_bytes = round_bytes
         self._tick_s = tick_s
         self._sequencer = Sequencer(session_start_s)
-        self._refusals = Refusals()
+        self._refusals = Refusals(abandoned=self._sequencer.abandon)
         self._syncs = Syncs(name)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=name)
         self._log_reads = asyncio.Semaphore(LOG_READS)

@@ -44,8 +44,10 @@ def route_key(request: list | tuple) -> str | None:
 
 class Refusals:
     def __init__(self, keep_s: float = PLANE_CALL_S, kept: int = REFUSALS_KEPT,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 abandoned: Callable[[str], None] = lambda session: None):
         self.keep_s = keep_s
+        self._abandoned = abandoned  # told each session refused: its sender goes on in another
         self.kept = kept
         self._clock = clock
         self._until: dict[str, float] = {}  # session -> when it is forgotten, soonest first
@@ -61,6 +63,7 @@ class Refusals:
         """Refuse the session's requests from its batch `seq` on (the rest of that batch's
         parts, and later batches): those with these route keys, or (None) all."""
         self._since[session] = min(seq, self._since.get(session, seq))
+        self._abandoned(session)
         named = self._keys.pop(session, None)
         whole = session in self._until and named is None
         self._until.pop(session, None)  # to the end: the last to be forgotten

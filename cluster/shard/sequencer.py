@@ -31,9 +31,11 @@ class Sequencer:
     """Each sender's batches in the order it numbered them: a sender is a session, and its
     batches are numbered from 0. A session this incarnation has not seen yet (its earlier
     batches went to the previous one, before a restart) starts at the lowest number that
-    arrives within `start_s`. Past `kept` sessions the least recently used one is forgotten
-    (a client starts a new session after each failed call): should it come back, it starts
-    as an unseen one (the sessions the shard refused requests of are kept apart: refusals.py)."""
+    arrives within `start_s`. Past `kept` sessions the earliest abandoned one (refused) is
+    forgotten, else the least recently used (a client starts a new session after each failed
+    call or refusal: one per refusal at the resident ceiling, which must not push out the live
+    quiet senders, whose next batch would wait `start_s`): should it come back, it starts as an
+    unseen one (the sessions the shard refused requests of are kept apart: refusals.py)."""
 
     def __init__(self, start_s: float = SESSION_START_S, kept: int = SESSIONS_KEPT,
                  gap_s: float | None = None):
@@ -46,6 +48,7 @@ class Sequencer:
         # SESSION_START_S below it), but leaves a started session START_MARGIN_S.
         self.gap_s = PLANE_CALL_S / 2 if gap_s is None else gap_s
         self._turns: dict[str, int] = {}  # session -> next sequence number, oldest use first
+        self._abandoned: dict[str, None] = {}  # sessions of `_turns`, the first abandoned first
         self._waiting: dict[str, set[int]] = {}
         self._turn = asyncio.Condition()
 
@@ -98,9 +101,17 @@ class Sequencer:
             self._turns[session] = min(waiting)
             self._turn.notify_all()
 
+    def abandon(self, session: str) -> None:
+        """The session's sender has gone on in another (the shard refused it): forget it
+        first."""
+        if session in self._turns:
+            self._abandoned.setdefault(session)
+
     def _forget_oldest(self) -> None:
-        for session in self._turns:
-            if session not in self._waiting:  # a session with batches waiting is kept
-                del self._turns[session]
-                return
+        for sessions in (self._abandoned, self._turns):
+            for session in sessions:
+                if session not in self._waiting:  # a session with batches waiting is kept
+                    del self._turns[session]
+                    self._abandoned.pop(session, None)
+                    return
 

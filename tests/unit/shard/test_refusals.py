@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from kairos.cluster.protocol import Busy, EventAck
 from kairos.cluster.shard.host import OVERTAKING
 from kairos.cluster.shard.refusals import EVERYTHING, NOTHING, Refusals
+from kairos.cluster.shard.sequencer import OutOfTurn
 from kairos.cluster.storage.memory_store import MemoryStore
 
 from .test_shard import T0, Clock, forget, profile
@@ -30,6 +33,22 @@ def test_a_refused_session_is_refused_once_the_sequencer_has_forgotten_it(compil
         missing, = await host.handle("d", 0, [profile("cy")], [0])
         assert missing.status == "missing"
     run(compiled, MemoryStore(), test, session_start_s=0.05)
+
+
+def test_the_sequencer_forgets_refused_sessions_before_live_ones(compiled):
+    """A refused sender goes on in a fresh session, one per refusal at the ceiling: past the
+    sessions kept those abandoned go first, not the live sender least recently heard from
+    ("a" still knows where it is: a replay of its batch 0 is out of turn, not its start)."""
+    async def test(host):
+        host._sequencer.kept = 2
+        assert await host.handle("a", 0, [app_open("ana")], [0]) == [EventAck(sequence=1)]
+        host.shard.residency.resident_limit, host.shard.residency.overflow = 1, 0
+        refused, = await host.handle("b", 0, [app_open("cy")], [0])
+        assert refused.status == "busy"
+        await host.handle("c", 0, [profile("ana")], [0])
+        with pytest.raises(OutOfTurn):
+            await host.handle("a", 0, [app_open("ana")], [0])
+    run(compiled, MemoryStore(), test)
 
 
 def test_a_full_queue_refuses_the_sessions_later_batches_not_those_queued_before(compiled):
