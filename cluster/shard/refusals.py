@@ -23,6 +23,11 @@ from kairos.cluster.settings import PLANE_CALL_S
 # Refused sessions remembered (the least recently refused is forgotten first), and customers
 # named in them, all sessions' together: past that, a session's refusal covers all of it.
 REFUSALS_KEPT = 65_536
+# Customers one session's refusal may name; past that it covers all of the session, which
+# costs only that session's batches sent before its sender heard (it goes on in another):
+# else a few batches refused for many new customers each (a client's holds up to 512) used up
+# REFUSALS_KEPT for PLANE_CALL_S, and every session's refusal covered all of it meanwhile.
+SESSION_KEYS_KEPT = 64
 
 
 class _Everything:
@@ -71,7 +76,7 @@ class Refusals:
             self._named -= len(named)
         if keys is not None and not whole:
             named = (named or set()).union(keys)
-            if self._named + len(named) <= self.kept:
+            if len(named) <= SESSION_KEYS_KEPT and self._named + len(named) <= self.kept:
                 self._keys[session] = named
                 self._named += len(named)
         self._until[session] = self._clock() + self.keep_s

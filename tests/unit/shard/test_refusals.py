@@ -7,7 +7,7 @@ import pytest
 
 from kairos.cluster.protocol import Busy, EventAck
 from kairos.cluster.shard.host import OVERTAKING
-from kairos.cluster.shard.refusals import EVERYTHING, NOTHING, Refusals
+from kairos.cluster.shard.refusals import EVERYTHING, NOTHING, SESSION_KEYS_KEPT, Refusals
 from kairos.cluster.shard.sequencer import OutOfTurn
 from kairos.cluster.storage.memory_store import MemoryStore
 
@@ -110,3 +110,18 @@ def test_past_the_customers_it_may_name_a_sessions_refusal_covers_all_of_it():
     refusals.refuse("u", 0, ["e"])
     refusals.refuse("v", 0, ["f"])  # past 3 sessions: the least recently refused is forgotten
     assert refusals.of("s") is NOTHING and "f" in refusals.of("v")
+
+
+def test_a_session_refused_for_many_customers_is_refused_whole_not_the_others():
+    """Sessions refused for many new customers each (a client's batch holds up to 512) are
+    refused whole past SESSION_KEYS_KEPT, and leave room to name a later session's customers:
+    128 of 512 each used every name REFUSALS_KEPT allows, so each refusal for 30 s more
+    covered all of its session."""
+    refusals = Refusals()
+    for s in range(128):
+        refusals.refuse(f"s{s}", 0, [f"c{s}-{i}" for i in range(512)])
+    refusals.refuse("next", 0, ["x"])
+    assert "x" in refusals.of("next") and "y" not in refusals.of("next")
+    assert refusals.of("s0") is EVERYTHING
+    refusals.refuse("few", 0, [f"k{i}" for i in range(SESSION_KEYS_KEPT)])
+    assert "k0" in refusals.of("few") and "other" not in refusals.of("few")
