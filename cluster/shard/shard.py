@@ -428,7 +428,13 @@ class Shard:
 def _typed(raw: list | tuple) -> Request | Invalid:
     """A request from the array it travelled as, or why it is none."""
     try:
-        return protocol.request_from(raw)
+        request = protocol.request_from(raw)
+        # the partition and the customer (or key) it routes by index and hash the shard's
+        # tables: of another type, they would fail the round, not the request
+        if type(request[1]) is not int or type(request[2]) is not str:
+            return Invalid(field="request", reason="not a request: its partition must be an "
+                           "integer and its customer a string")
+        return request
     except ValueError as exc:
         return Invalid(field="kind", reason=str(exc))
     except TypeError as exc:  # more fields than its kind has, or not an array at all
