@@ -473,11 +473,13 @@ class DecisionEngine:
         missing, learned = [], []
         marked: dict[int, tuple[_Remembered, int, int]] = {}  # taken back if refused
         values = np.empty(len(encoded))
+        bounded: dict[int, bool | None] = {}  # clipped, unbounded or neither (_bounded_value)
         for i, e in enumerate(encoded):
             memo = self._remembered.get(e[5]) if e[5] else None
             kept = memo is not None and memo.customer_id == e[0]
-            values[i] = e[6] if math.isnan(e[6]) else \
-                self._bounded_value(memo if kept else None, e[1], e[6])
+            values[i] = e[6]
+            if not math.isnan(e[6]):
+                values[i], bounded[i] = self._bounded_value(memo if kept else None, e[1], e[6])
             if kept:
                 x[i] = memo.predictors
                 if e[3] != Outcome.IMPRESSION:
@@ -507,10 +509,19 @@ class DecisionEngine:
             if i in marked:  # nothing was taught: a later outcome of the decision may teach
                 memo, action, bits = marked[i]
                 memo.taught[action] &= ~bits
+        # counted where the value would have taught: not a repeat of a convert, not refused
+        for i, clipped in bounded.items():
+            if clipped is None or refused_at[i]:
+                continue
+            if clipped and teach[i] & Teach.VALUE:
+                self.values_clipped += 1
+            elif not clipped and learned[i] != Learned.REPEATED:
+                self.values_unbounded += 1
         return [Learned.REFUSED if refused else kind
                 for kind, refused in zip(learned, refused_at.tolist())]
 
-    def _bounded_value(self, memo: _Remembered | None, action: int, value: float) -> float:
+    def _bounded_value(self, memo: _Remembered | None, action: int, value: float
+                       ) -> tuple[float, bool | None]:
         """A convert's value as the model may learn it: at most value_max_ratio times the
         catalog's value for the action when the remembered decision showed it; NaN (no value
         learned) without such a decision, or where that value was not above 0. The learned
@@ -518,17 +529,16 @@ class DecisionEngine:
         set it for all; and the bound is the decision's, not one of the profile at the
         outcome, which the client writes (one page_view with a price of 1e12 lifted a rule on
         last_view_price) and which lacks the decision's context (a basket's value). Clipped,
-        not refused: the client cannot see the bound, and the label still teaches."""
+        not refused: the client cannot see the bound, and the label still teaches. With it,
+        whether the value was clipped (True), left unbounded (False) or neither (None)."""
         shown = memo.actions.index(action) if memo is not None and action in memo.actions \
             else -1
         bound = self.compiled.value_max_ratio * memo.values[shown] if shown >= 0 else math.nan
         if not bound > 0.0:
-            self.values_unbounded += 1
-            return math.nan
+            return math.nan, False
         if value > bound:
-            self.values_clipped += 1
-            return bound
-        return value
+            return bound, True
+        return value, None
 
     def use_models(self, models: ModelTable) -> None:
         """Decide and learn with this table from now on (after a catalog switch)."""

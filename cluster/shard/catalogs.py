@@ -43,6 +43,9 @@ class CatalogSwitch:
         rows = table_rows(self._residency.resident_limit, self._residency.overflow)
         ctx.engine = DecisionEngine(new, capacity=max(len(residents), rows), seed=ctx.seed)
         ctx.engine.keep_eligible = old.keep_eligible
+        # totals the metrics export, which ignore one that went down (as models.refused)
+        ctx.engine.values_clipped = old.values_clipped
+        ctx.engine.values_unbounded = old.values_unbounded
         ctx.engine.use_models(ModelRemap(old.compiled, new).table(old.models))
         self._watches.switched()
         self._residency.reload(state)

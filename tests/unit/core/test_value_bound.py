@@ -112,3 +112,15 @@ def test_values_clipped_and_unbounded_reach_the_metrics():
                     0, 0, 0, 0.0, 0)
     assert shard.values_clipped.calls == [(2, {"shard": "s1"}), (1, {"shard": "s1"})]
     assert shard.values_unbounded.calls == [(1, {"shard": "s1"})]
+
+
+def test_a_repeated_convert_counts_its_value_once(impl):
+    """A retried Respond teaches nothing again, and is not counted again either."""
+    engine = engine_for()
+    decision_id = shown(engine)
+    for _ in range(2):
+        engine.record_outcomes([("ana", "track_order", "web", "convert", T0, decision_id,
+                                 MAX_NUMBER),
+                                ("ana", "gold_upgrade", "web", "convert", T0, decision_id, 5.0)])
+    assert engine.models.value_count.sum() == 1
+    assert (engine.values_clipped, engine.values_unbounded) == (1, 1)
