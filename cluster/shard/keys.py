@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from array import array
+from bisect import bisect_left, insort
 from typing import Any, Callable
 
 from kairos.cluster.settings import KEY_RETENTION_S, KEYS_PER_CUSTOMER, SHARD_ROUND_LIMIT
@@ -54,9 +55,11 @@ def _digest(key: str) -> bytes:
 
 
 class _Index:
-    """Slot -> the number of the record there (its position plus `first`); 0 is an empty
-    slot, a number below `first` a record dropped since, whose slot a new record may take."""
-    __slots__ = ("first", "next", "slots", "used")
+    """Slot -> the number of the record there: its position plus `first` and the holes below
+    it, numbers whose record was made the newest (so the records after it need no new numbers
+    until the index is rebuilt). 0 is an empty slot, a number below `first` a record dropped
+    since, whose slot a new record may take."""
+    __slots__ = ("first", "holes", "next", "slots", "used")
 
     def __init__(self, data: bytearray):
         count = len(data) // RECORD.size
@@ -64,20 +67,40 @@ class _Index:
         while size < SLOTS_PER_RECORD * count:
             size *= 2
         self.slots, self.first, self.next, self.used = array("I", bytes(4 * size)), 1, 1, 0
+        self.holes = array("I")  # ascending, none below `first`
         for digest, _, _ in RECORD.iter_unpack(data):
             self.place(digest)
 
     def find(self, data: bytearray, digest: bytes) -> int | None:
-        slots, mask, first = self.slots, len(self.slots) - 1, self.first
+        slots, mask, first, holes = self.slots, len(self.slots) - 1, self.first, self.holes
         slot = hash(digest) & mask  # the index lives in memory only: the process's hash does
         while number := slots[slot]:
-            if number >= first and data.startswith(digest, at := (number - first) * RECORD.size):
+            # a hole's number points at the record after it: a match is that record's digest
+            if number >= first and data.startswith(
+                    digest, at := (number - first - bisect_left(holes, number)) * RECORD.size):
                 return at
             slot = (slot + 1) & mask
         return None
 
     def full(self) -> bool:
         return self.used >= len(self.slots) * MOST_USED or self.next == 1 << 32
+
+    def vacate(self, position: int) -> None:
+        """The record at `position` is gone from there: its number is a hole."""
+        start, holes = self.first + position, self.holes
+        low, high = 0, len(holes)  # how many holes are below it: those with holes[i] - i <= start
+        while low < high:
+            middle = (low + high) // 2
+            low, high = (middle + 1, high) if holes[middle] - middle <= start else (low, middle)
+        insort(holes, start + low)
+
+    def drop_oldest(self, count: int) -> None:
+        first, holes = self.first + count, self.holes
+        gone = 0
+        while gone < len(holes) and holes[gone] < first:
+            first, gone = first + 1, gone + 1
+        del holes[:gone]
+        self.first = first
 
     def place(self, digest: bytes) -> None:
         """Index the newest record."""
@@ -125,12 +148,16 @@ class _Records:
         """Make the record at `at` the newest, as `record`."""
         del self.data[at:at + RECORD.size]
         self.data += record
-        self.index = _index(self.data)
+        if self.index is None or self.index.full():
+            self.index = _index(self.data)
+        else:
+            self.index.vacate(at // RECORD.size)
+            self.index.place(record[:DIGEST_BYTES])
 
     def drop_oldest(self, count: int) -> None:
         del self.data[:count * RECORD.size]  # at the front, a bytearray moves nothing
         if self.index is not None:
-            self.index.first += count
+            self.index.drop_oldest(count)
 
 
 class IdempotencyKeys:

@@ -139,3 +139,25 @@ def test_a_key_looked_up_for_a_customer_evicted_since_keeps_none_of_its_records(
     finally:
         tracemalloc.stop()
     assert held < 100 * 8 * RECORD.size  # a customer's 64 records alone are 64 of them
+
+
+def test_keys_applied_again_become_the_newest_without_the_index_rebuilt_each_time():
+    keys = IdempotencyKeys(Clock())
+    order = [f"k{i}" for i in range(256)]
+    for sequence, key in enumerate(order, 1):
+        keys.remember("ana", key, sequence)
+    again = order[7::3] + order[::5]  # some twice, each moved from the middle to the end
+    rebuilt, index = 0, keys._keys["ana"].index
+    for sequence, key in enumerate(again, 257):
+        keys.remember("ana", key, sequence)  # a replay, or applied again past its window
+        rebuilt += keys._keys["ana"].index is not index
+        index = keys._keys["ana"].index
+        order.remove(key)
+        order.append(key)
+    assert rebuilt <= 1  # once, when half its slots are used, not once a key
+    sequences = [sequence for _, sequence, _ in
+                 RECORD.iter_unpack(keys.extra("ana")["key_records"])]
+    assert sequences == sorted(sequences) and len(sequences) == 256
+    assert [keys.get("ana", key) for key in order] == sequences
+    keys.remember("ana", "new", 1000)  # pushes out the oldest, past the holes
+    assert keys.get("ana", order[0]) is None and keys.get("ana", order[1]) is not None
