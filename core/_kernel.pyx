@@ -23,6 +23,7 @@ cdef double STANDARDIZE_WARMUP = 32.0  # models.STANDARDIZE_WARMUP
 cdef double STANDARDIZE_CLIP_SDS = 3.0  # models.STANDARDIZE_CLIP_SDS
 cdef double STANDARDIZE_MIN_SPREAD2 = 1e-6  # models.STANDARDIZE_MIN_SPREAD2
 cdef double STANDARDIZE_MAX_COUNT = 10000.0  # models.STANDARDIZE_MAX_COUNT
+cdef double STANDARDIZE_CLIPPED_SHARE = 0.1  # models.STANDARDIZE_CLIPPED_SHARE
 cdef double ZIGGURAT_R = _ZIGGURAT_R
 
 OPCODES = {name: value for name, value in dict(
@@ -41,7 +42,8 @@ REASONS = {name: value for name, value in dict(
 MAX_PREDICTORS_SUPPORTED = MAX_PREDICTORS
 ONE_EXAMPLE = {"probit_scale2": PROBIT_SCALE2, "mills_asymptotic": MILLS_ASYMPTOTIC}
 INPUT_CLIP = {"warmup": STANDARDIZE_WARMUP, "sds": STANDARDIZE_CLIP_SDS,
-              "min_spread2": STANDARDIZE_MIN_SPREAD2, "max_count": STANDARDIZE_MAX_COUNT}
+              "min_spread2": STANDARDIZE_MIN_SPREAD2, "max_count": STANDARDIZE_MAX_COUNT,
+              "clipped_share": STANDARDIZE_CLIPPED_SHARE}
 
 
 cdef class CatalogView:
@@ -178,14 +180,14 @@ cdef class ModelView:
     is a matrix per model; `inputs` holds the count, sum and sum of squares of each input
     that is standardised."""
 
-    cdef double[:, ::1] mean, precision, inputs, inputs_added
+    cdef double[:, ::1] mean, precision, inputs, inputs_added, input_clips
     cdef double[:, :, ::1] matrix, covariance
     cdef double[::1] positives, negatives, value_count, value_sum
     cdef double[::1] _mean, _precision, _covariance, _u  # one update's scratch
     cdef bint full
 
     def __init__(self, mean, precision, positives, negatives, value_count, value_sum, inputs,
-                 inputs_added, covariance=None):
+                 inputs_added, input_clips, covariance=None):
         self.mean = mean
         self.positives = positives
         self.negatives = negatives
@@ -193,6 +195,7 @@ cdef class ModelView:
         self.value_sum = value_sum
         self.inputs = inputs
         self.inputs_added = inputs_added
+        self.input_clips = input_clips
         self.full = covariance is not None
         if self.full:
             self.matrix = precision
@@ -627,21 +630,34 @@ cdef void _predictor_vector(CatalogView cat, ModelView mv, const double* view, c
 cdef void _observe_inputs(CatalogView cat, ModelView mv, const double* view,
                           const double* ctx) noexcept nogil:
     """A decision's standardised inputs join their running statistics (after it used them),
-    clipped as models.observed clips them, and forgotten down to STANDARDIZE_MAX_COUNT as
-    models.forget does; `inputs_added` sums them as they joined (the learner's delta)."""
+    clipped as models.observed clips them (at models.clipped_weight's weight), and forgotten
+    down to STANDARDIZE_MAX_COUNT as models.forget does; `inputs_added` sums them as they
+    joined (the learner's delta)."""
     cdef Py_ssize_t j
-    cdef double v, r
+    cdef double v, c, r, w
     for j in range(cat.n_predictors - 1):
         if cat.predictor_transform[j] == TF_STANDARDIZE:
             v = _input(cat, j, view, ctx)
             if isfinite(v * v):
-                v = _observed(v, mv.inputs[0, j + 1], mv.inputs[1, j + 1], mv.inputs[2, j + 1])
-                mv.inputs[0, j + 1] += 1.0
-                mv.inputs[1, j + 1] += v
-                mv.inputs[2, j + 1] += v * v
-                mv.inputs_added[0, j + 1] += 1.0
-                mv.inputs_added[1, j + 1] += v
-                mv.inputs_added[2, j + 1] += v * v
+                c = _observed(v, mv.inputs[0, j + 1], mv.inputs[1, j + 1], mv.inputs[2, j + 1])
+                mv.input_clips[0, j + 1] += 1.0
+                if c != v:
+                    mv.input_clips[1, j + 1] += 1.0
+                if mv.input_clips[0, j + 1] > STANDARDIZE_MAX_COUNT:
+                    r = STANDARDIZE_MAX_COUNT / mv.input_clips[0, j + 1]
+                    mv.input_clips[0, j + 1] = STANDARDIZE_MAX_COUNT
+                    mv.input_clips[1, j + 1] *= r
+                w = 1.0
+                if c != v and mv.input_clips[1, j + 1] > \
+                        STANDARDIZE_CLIPPED_SHARE * mv.input_clips[0, j + 1]:
+                    w = STANDARDIZE_CLIPPED_SHARE * mv.input_clips[0, j + 1] / \
+                        mv.input_clips[1, j + 1]
+                mv.inputs[0, j + 1] += w
+                mv.inputs[1, j + 1] += w * c
+                mv.inputs[2, j + 1] += w * c * c
+                mv.inputs_added[0, j + 1] += w
+                mv.inputs_added[1, j + 1] += w * c
+                mv.inputs_added[2, j + 1] += w * c * c
                 if mv.inputs[0, j + 1] > STANDARDIZE_MAX_COUNT:
                     r = STANDARDIZE_MAX_COUNT / mv.inputs[0, j + 1]
                     mv.inputs[0, j + 1] = STANDARDIZE_MAX_COUNT

@@ -96,13 +96,25 @@ MIN_RELATIVE_VARIANCE = 1e-12  # below it (times 1 + mean^2) an input has no spr
 #   exponentially weighted window of about the cap's last values. An attack's effect then
 #   decays by a factor e per cap of honest values after it, and a burst widens the deviation by
 #   at most about e^(4 k / cap). 10,000 keeps the sampling error of the deviation near 0.7%
-#   (1 / sqrt(2 x cap)), small against the scale a model learns, while an input whose level
-#   moves (a new region, a new currency) is followed within a few tens of thousands of
-#   decisions, and a share of hostile values bounded as above, not growing with the history.
+#   (1 / sqrt(2 x cap)), small against the scale a model learns, and a share of hostile
+#   values bounded as above, not growing with the history.
+# - Forgetting pins the count at the cap, so each clipped value of a burst widens the variance
+#   by the same 1 + 8 / cap and a burst grows it exponentially (20,000 at the bound after
+#   honest ones: deviation 10 -> 169,244; 40,000: 1.5e11). So a shard counts the share of
+#   clipped values among those it let in, forgotten as the statistics are (`clipped_weight`,
+#   its `ModelTable.input_clips`, not shared: the clipping happens where it counts), and past
+#   STANDARDIZE_CLIPPED_SHARE (10%) a clipped value joins at the weight that holds their
+#   total weight to that share: once the first thousand-odd of a burst have joined, it widens
+#   the deviation by some 1.7x per cap of values (20,000: 10 -> 82; 40,000: 227), and a
+#   steady 20% share settles near 5x instead of growing; a share under 10% joins as before.
+#   The price: an honest level shift is a burst too, so an input whose level moves 100x (a
+#   new currency) is followed within some 100,000 values (40,000 at full weight). A shard
+#   that has seen few values yet (a new one, after a switch) weighs its first clipped ones low.
 STANDARDIZE_WARMUP = 32.0
 STANDARDIZE_CLIP_SDS = 3.0
 STANDARDIZE_MIN_SPREAD2 = 1e-6  # the floor of the clip's variance, times 1 + mean^2
 STANDARDIZE_MAX_COUNT = 10_000.0  # past it the statistics forget (see above)
+STANDARDIZE_CLIPPED_SHARE = 0.1  # past it clipped values join at a lower weight (see above)
 
 
 def standardized(v: float, count: float, total: float, squares: float) -> float:
@@ -147,6 +159,22 @@ def forget(count: float, total: float, squares: float) -> tuple[float, float, fl
         r = STANDARDIZE_MAX_COUNT / count
         return STANDARDIZE_MAX_COUNT, total * r, squares * r
     return count, total, squares
+
+
+def clipped_weight(clipped: bool, seen: float, clips: float) -> tuple[float, float, float]:
+    """(weight, seen, clips): the weight an input joins the statistics at, and a shard's count
+    of the inputs it let in and of those clipped, this one added and forgotten down to
+    STANDARDIZE_MAX_COUNT; the kernel's `_observe_inputs`, operation for operation."""
+    seen += 1.0
+    if clipped:
+        clips += 1.0
+    if seen > STANDARDIZE_MAX_COUNT:
+        r = STANDARDIZE_MAX_COUNT / seen
+        seen = STANDARDIZE_MAX_COUNT
+        clips *= r
+    if clipped and clips > STANDARDIZE_CLIPPED_SHARE * seen:
+        return STANDARDIZE_CLIPPED_SHARE * seen / clips, seen, clips
+    return 1.0, seen, clips
 
 
 def merged_inputs(base: np.ndarray, delta: np.ndarray) -> np.ndarray:
@@ -415,6 +443,8 @@ class ModelTable:
         # delta's (forgetting is not additive, and each shard's delta forgetting the shared
         # statistics would forget them as many times as there are shards)
         self.inputs_added = np.zeros((3, compiled.n_predictors))
+        # the inputs this shard let in and those it clipped, forgotten (`clipped_weight`)
+        self.input_clips = np.zeros((2, compiled.n_predictors))
         self.covariance: np.ndarray | None = None
         self._refresh()
         self._mark()
@@ -443,7 +473,8 @@ class ModelTable:
     def kernel_arrays(self) -> tuple:
         """What the kernels' ModelView takes."""
         return (self.mean, self.precision, self.positives, self.negatives, self.value_count,
-                self.value_sum, self.inputs, self.inputs_added, self.covariance)
+                self.value_sum, self.inputs, self.inputs_added, self.input_clips,
+                self.covariance)
 
     def warm_start(self, compiled: CompiledCatalog, actions) -> None:
         """Cold start for new actions: begin where their group is, not at zero.

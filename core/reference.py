@@ -13,7 +13,8 @@ import numpy as np
 from . import rules
 from .compiler import (CLOCK_SLOT, N_FACTORS, STAGE_VALUE, CompiledCatalog, Exploration,
                        Outcome, Reason, Teach, Transform, Update)
-from .models import forget, observed, one_example_step, sigmoid, standardized
+from .models import (clipped_weight, forget, observed, one_example_step, sigmoid,
+                     standardized)
 from .sampling import SplitMix64
 from .state import EMPTY, HISTORY_EPOCH_S, profile_view
 
@@ -33,12 +34,13 @@ class StateView:
 
 class ModelView:
     def __init__(self, mean, precision, positives, negatives, value_count, value_sum, inputs,
-                 inputs_added, covariance=None):
+                 inputs_added, input_clips, covariance=None):
         self.mean, self.precision = mean, precision
         self.positives, self.negatives = positives, negatives
         self.value_count, self.value_sum = value_count, value_sum  # conversions' values
         self.inputs = inputs  # count, sum, sum of squares of each standardised input
         self.inputs_added = inputs_added  # what joined them, not forgotten: the delta's
+        self.input_clips = input_clips  # inputs let in and clipped, forgotten (this shard's)
         self.covariance = covariance  # a full posterior's S (then `precision` is P)
 
 
@@ -165,14 +167,16 @@ def predictor_vector(c: CompiledCatalog, mv: ModelView, view: np.ndarray, ctx) -
 
 def observe_inputs(c: CompiledCatalog, mv: ModelView, view: np.ndarray, ctx) -> None:
     """A decision's standardised inputs join their running statistics (after it used them),
-    clipped by `observed` and forgotten by `forget`; `inputs_added` sums them as they joined
-    (the learner's delta)."""
+    clipped by `observed` (at `clipped_weight`'s weight) and forgotten by `forget`;
+    `inputs_added` sums them as they joined (the learner's delta)."""
     for j in range(c.n_predictors - 1):
         if c.predictor_transform[j] == Transform.STANDARDIZE:
             v = float(_input(c, j, view, ctx))
             if math.isfinite(v * v):
-                v = observed(v, *mv.inputs[:, j + 1])
-                added = (1.0, v, v * v)
+                joined = observed(v, *mv.inputs[:, j + 1])
+                w, seen, clips = clipped_weight(joined != v, *mv.input_clips[:, j + 1])
+                mv.input_clips[:, j + 1] = seen, clips
+                added = (w, w * joined, w * joined * joined)
                 for row in range(3):
                     mv.inputs[row, j + 1] += added[row]
                     mv.inputs_added[row, j + 1] += added[row]

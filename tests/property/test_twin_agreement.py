@@ -264,8 +264,9 @@ def input_statistics():
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(doc=catalogs(), steps=journeys(), seed=st.integers(0, 2**64 - 1),
        poisoned=st.lists(st.tuples(st.integers(0, 23), st.sampled_from([math.nan, math.inf])),
-                         max_size=2), seen=input_statistics())
-def test_kernel_matches_twin(doc, steps, seed, poisoned, seen):
+                         max_size=2), seen=input_statistics(),
+       clipped=st.sampled_from([0.0, 0.05, 0.5]))
+def test_kernel_matches_twin(doc, steps, seed, poisoned, seen, clipped):
     compiled = compile_catalog(load_catalog(yaml.safe_dump(doc), "random.yaml"))
     sides = [Side(_kernel, compiled, seed), Side(reference, compiled, seed)]
     n_actions = len(compiled.action_ids)
@@ -275,6 +276,8 @@ def test_kernel_matches_twin(doc, steps, seed, poisoned, seen):
             side.models.mean[m % compiled.n_models, 0] = value
         side.models.inputs[:, 1:] = np.array([[count], [count * mean],
                                               [count * (sd * sd + mean * mean)]])
+        # the shard's share of clipped inputs, under and over the share that lowers weights
+        side.models.input_clips[:, 1:] = np.array([[count], [count * clipped]])
     refused, refused_at = [0, 0], ([], [])  # counts, and which outcomes, per side
     for step in steps:
         for s, side in enumerate(sides):
@@ -334,7 +337,7 @@ def test_kernel_matches_twin(doc, steps, seed, poisoned, seen):
                                                                              name), name)
     kept = ("covariance",) if compiled.full_posterior else ()
     for name in ("mean", "precision", "positives", "negatives", "value_count", "value_sum",
-                 "inputs", "inputs_added") + kept:
+                 "inputs", "inputs_added", "input_clips") + kept:
         assert_close(getattr(sides[0].models, name), getattr(sides[1].models, name), name)
     assert refused[0] == refused[1] == sum(refused_at[0]) and refused_at[0] == refused_at[1]
     limit = compiled.predictor_limit

@@ -33,7 +33,8 @@ def test_the_kernel_clips_with_the_twins_constants():
     assert _kernel.INPUT_CLIP == {"warmup": models.STANDARDIZE_WARMUP,
                                   "sds": models.STANDARDIZE_CLIP_SDS,
                                   "min_spread2": models.STANDARDIZE_MIN_SPREAD2,
-                                  "max_count": models.STANDARDIZE_MAX_COUNT}
+                                  "max_count": models.STANDARDIZE_MAX_COUNT,
+                                  "clipped_share": models.STANDARDIZE_CLIPPED_SHARE}
 
 
 def test_one_input_at_the_bound_leaves_the_scale_as_it_was(impl):

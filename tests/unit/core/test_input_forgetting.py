@@ -11,7 +11,8 @@ import numpy as np
 from kairos.core import models
 from kairos.core.catalog import MAX_NUMBER
 from kairos.core.engine import DecisionEngine
-from kairos.core.models import STANDARDIZE_MAX_COUNT, forget, merged_inputs, observed
+from kairos.core.models import (STANDARDIZE_MAX_COUNT, clipped_weight, forget, merged_inputs,
+                                observed)
 
 from tests.unit.core.test_standardize import T0, compiled
 
@@ -19,17 +20,20 @@ CAP = STANDARDIZE_MAX_COUNT
 
 
 def spread(stats) -> tuple[float, float]:
-    count, total, squares = stats
+    count, total, squares = stats[:3]
     mean = total / count
     return mean, math.sqrt(squares / count - mean * mean)
 
 
 def joined(stats: list[float], values) -> list[float]:
-    """The statistics after these inputs joined them as a shard lets them in."""
+    """The statistics (and the shard's count of inputs and of those clipped, when given)
+    after these inputs joined them as a shard lets them in."""
+    stats, clips = list(stats[:3]), list(stats[3:]) or [0.0, 0.0]
     for v in values:
-        v = observed(v, *stats)
-        stats = list(forget(stats[0] + 1.0, stats[1] + v, stats[2] + v * v))
-    return stats
+        c = observed(v, *stats)
+        w, *clips = clipped_weight(c != v, *clips)
+        stats = list(forget(stats[0] + w, stats[1] + w * c, stats[2] + w * c * c))
+    return stats + clips
 
 
 def honest(rng, n: int) -> np.ndarray:
@@ -42,7 +46,7 @@ def test_a_burst_at_the_bound_fades_once_honest_inputs_follow():
     rng = np.random.default_rng(5)
     stats = joined([0.0, 0.0, 0.0], honest(rng, 10_000))
     stats = joined(stats, [MAX_NUMBER] * 20_000)
-    assert spread(stats)[1] > 100.0
+    assert spread(stats)[1] > 50.0
     stats = joined(stats, honest(rng, 200_000))
     mean, sd = spread(stats)
     assert stats[0] == CAP and abs(mean - 50.0) < 1.0 and abs(sd - 10.0) < 0.5
@@ -76,17 +80,18 @@ def test_an_honest_shard_of_another_region_is_added_as_it_is():
     rng = np.random.default_rng(2)
     a = joined([0.0, 0.0, 0.0], honest(rng, 200))
     b = joined(list(a), rng.normal(500.0, 50.0, 200))  # as shard B let them in, on A's
-    delta = np.array(b) - np.array(a)
-    out = merged_inputs(np.array(a)[:, None], delta[:, None])[:, 0]
-    np.testing.assert_allclose(out, b, rtol=1e-12)
+    delta = np.array(b[:3]) - np.array(a[:3])
+    out = merged_inputs(np.array(a[:3])[:, None], delta[:, None])[:, 0]
+    np.testing.assert_allclose(out, b[:3], rtol=1e-12)
 
 
-def test_a_level_shift_is_followed_within_a_few_caps():
-    """The same input in cents from now on (100 x): the statistics follow it."""
+def test_a_level_shift_is_followed_within_a_dozen_caps():
+    """The same input in cents from now on (100 x): the statistics follow it, as fast as
+    clipped values joining at a lower weight past a 10% share let them (4 caps without)."""
     rng = np.random.default_rng(3)
     stats = joined([0.0, 0.0, 0.0], honest(rng, 20_000))
-    stats = joined(stats, rng.normal(5000.0, 1000.0, 4 * int(CAP)))
-    assert abs(models.standardized(5000.0, *stats)) < 0.5
+    stats = joined(stats, rng.normal(5000.0, 1000.0, 12 * int(CAP)))
+    assert abs(models.standardized(5000.0, *stats[:3])) < 0.5
 
 
 def test_one_huge_early_input_leaves_later_deltas_their_precision(impl):
@@ -114,3 +119,29 @@ def test_the_learner_refuses_a_delta_variance_below_zero():
     base = np.array([[100.0], [5000.0], [100.0 * 2600.0]])
     count, total, squares = merged_inputs(base, np.array([[100.0], [5000.0], [0.0]]))[:, 0]
     assert (count, total) == (200.0, 10_000.0) and squares / count - 50.0 ** 2 == 0.0
+
+
+def test_a_burst_widens_the_deviation_by_a_bounded_factor_per_cap():
+    """With the count pinned at the cap each clipped value widened the variance by 1 + 8 / cap:
+    40,000 at the bound after honest inputs took the deviation from 10 to 1.5e11. Past a 10%
+    share of clipped values they join at a lower weight; a steady 5% joins as before."""
+    rng = np.random.default_rng(0)
+    warm = joined([0.0, 0.0, 0.0], honest(rng, 10_000))
+    assert spread(joined(warm, [MAX_NUMBER] * 40_000))[1] < 500.0
+    for share, most in ((0.05, 14.0), (0.2, 60.0)):
+        values = honest(rng, 50_000)
+        values[rng.random(len(values)) < share] = MAX_NUMBER
+        assert spread(joined(warm, values))[1] < most
+
+
+def test_a_shard_weighs_clipped_inputs_as_the_twin_helpers_do(impl):
+    engine = DecisionEngine(compiled())
+    j = engine.compiled.predictor_names.index("context.basket_value")
+    engine.models.inputs[:, j] = start = (CAP, CAP * 50.0, CAP * 2600.0)
+    values = [MAX_NUMBER if t % 3 else 55.0 for t in range(60)]
+    for t, v in enumerate(values):
+        engine.decide("ana", "web", "hero", {"basket_value": v}, now=T0 + t)
+    expected = joined(list(start), values)
+    assert list(engine.models.inputs[:, j]) == expected[:3]
+    assert list(engine.models.input_clips[:, j]) == expected[3:] == [60.0, 40.0]
+    assert engine.models.pending().inputs[0, j] < 60.0  # its delta has the weights too

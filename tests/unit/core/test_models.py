@@ -166,7 +166,8 @@ def full_view(mean, precision):
     """A one-model ModelView of the twin over a full posterior."""
     return reference.ModelView(mean[None].copy(), precision[None].copy(), np.zeros(1),
                                np.zeros(1), np.zeros(1), np.zeros(1), np.zeros((3, len(mean))),
-                               np.zeros((3, len(mean))), np.linalg.inv(precision)[None])
+                               np.zeros((3, len(mean))), np.zeros((2, len(mean))),
+                               np.linalg.inv(precision)[None])
 
 
 @settings(max_examples=150, deadline=None)
