@@ -24,8 +24,8 @@ protocol.py's types: `process` answers each request with a reply (Ok, EventAck, 
 Moved when its partition is not or no longer here, Invalid for bad input with nothing
 applied, Missing, Merged for an anonymous customer since linked into another, Conflict, Busy
 for a customer it has no room for (CROWDED) or an outcome past its customer's rate; the host
-adds Busy and Unavailable for whole batches), and journals the round's changes as one batch before it
-returns (journaling.py).
+adds Busy and Unavailable for whole batches), and journals the round's changes as one batch
+before it returns (journaling.py).
 """
 from __future__ import annotations
 
