@@ -11,12 +11,11 @@ import types
 import pytest
 from starlette.testclient import TestClient
 
-from kairos.cluster.console.app import ConsoleConfig, create_app
 from kairos.cluster.console.gateway_client import GatewayError
 from kairos.cluster.console.session import IDLE_S
-from kairos.cluster.gateway.auth import Auth
 from kairos.v1 import decision_pb2 as pb
-from tests.unit.console.test_app import AGENT, CROSS_SITE, KEYS, RESPOND, StandIn, csrf_of
+from tests.support.console import client_fixture
+from tests.unit.console.test_app import AGENT, CROSS_SITE, RESPOND, StandIn, csrf_of
 
 NOTICE = 'class="notice"'
 
@@ -26,11 +25,7 @@ def gateway() -> StandIn:
     return StandIn()
 
 
-@pytest.fixture
-def client(gateway) -> TestClient:
-    app = create_app(ConsoleConfig("127.0.0.1:1"), Auth.load(KEYS), gateway)
-    with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
-        yield client
+client = client_fixture(signed_in=False, raise_server_exceptions=False)  # tests take the token
 
 
 def sign_in(client: TestClient) -> str:

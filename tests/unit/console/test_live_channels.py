@@ -5,11 +5,8 @@ Through Starlette's TestClient against the recording stand-in gateway of test_li
 from __future__ import annotations
 
 import pytest
-from starlette.testclient import TestClient
 
-from kairos.cluster.console.app import ConsoleConfig, create_app
-from kairos.cluster.gateway.auth import Auth
-from tests.unit.console.test_app import KEYS, sign_in
+from tests.support.console import client_fixture
 from tests.unit.console.test_live_reads import Recording, first_update
 
 
@@ -18,12 +15,7 @@ def gateway() -> Recording:
     return Recording()
 
 
-@pytest.fixture
-def client(gateway) -> TestClient:
-    app = create_app(ConsoleConfig("127.0.0.1:1"), Auth.load(KEYS), gateway)
-    with TestClient(app, base_url="http://127.0.0.1") as client:
-        sign_in(client)
-        yield client
+client = client_fixture()
 
 
 def test_a_channel_named_again_is_watched_once(client, gateway):

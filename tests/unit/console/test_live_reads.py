@@ -10,9 +10,8 @@ import re
 import pytest
 from starlette.testclient import TestClient
 
-from kairos.cluster.console.app import ConsoleConfig, create_app
-from kairos.cluster.gateway.auth import Auth
-from tests.unit.console.test_app import KEYS, StandIn, sign_in
+from tests.support.console import client_fixture
+from tests.unit.console.test_app import StandIn, sign_in
 
 
 class Recording(StandIn):
@@ -40,11 +39,7 @@ def gateway() -> Recording:
     return Recording()
 
 
-@pytest.fixture
-def client(gateway) -> TestClient:
-    app = create_app(ConsoleConfig("127.0.0.1:1"), Auth.load(KEYS), gateway)
-    with TestClient(app, base_url="http://127.0.0.1") as client:
-        yield client
+client = client_fixture(signed_in=False)  # each test signs in: its reads are counted
 
 
 def first_update(client: TestClient, url: str) -> None:

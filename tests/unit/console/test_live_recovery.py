@@ -8,10 +8,9 @@ from __future__ import annotations
 import pytest
 from starlette.testclient import TestClient
 
-from kairos.cluster.console.app import ConsoleConfig, create_app
 from kairos.cluster.console.gateway_client import GatewayError
-from kairos.cluster.gateway.auth import Auth
-from tests.unit.console.test_app import KEYS, StandIn, sign_in
+from tests.support.console import client_fixture
+from tests.unit.console.test_app import StandIn
 
 LIVE = "/customer/live?id=ana&channel=call_center&channel=web"
 DOWN = GatewayError("down", "UNAVAILABLE: failed to connect to all addresses")
@@ -31,12 +30,7 @@ def gateway() -> WatchesEnd:
     return WatchesEnd()
 
 
-@pytest.fixture
-def client(gateway) -> TestClient:
-    app = create_app(ConsoleConfig("127.0.0.1:1"), Auth.load(KEYS), gateway)
-    with TestClient(app, base_url="http://127.0.0.1") as client:
-        sign_in(client)
-        yield client
+client = client_fixture()
 
 
 def events(client: TestClient) -> list[tuple[str, str]]:

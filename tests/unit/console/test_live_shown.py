@@ -12,9 +12,8 @@ import asyncio
 import pytest
 from starlette.testclient import TestClient
 
-from kairos.cluster.console.app import ConsoleConfig, create_app
-from kairos.cluster.gateway.auth import Auth
-from tests.unit.console.test_app import KEYS, StandIn, sign_in
+from tests.support.console import client_fixture
+from tests.unit.console.test_app import StandIn
 
 
 class Shown(StandIn):
@@ -41,12 +40,7 @@ def gateway() -> Shown:
     return Shown()
 
 
-@pytest.fixture
-def client(gateway) -> TestClient:
-    app = create_app(ConsoleConfig("127.0.0.1:1"), Auth.load(KEYS), gateway)
-    with TestClient(app, base_url="http://127.0.0.1") as client:
-        sign_in(client)
-        yield client
+client = client_fixture()
 
 
 def updates(client: TestClient, url: str, n: int) -> None:
