@@ -3,20 +3,13 @@ sleepers wake (timers.py)."""
 from __future__ import annotations
 
 from kairos.cluster.shard import timers
-from kairos.cluster.storage.memory_store import MemoryStore
-from tests.unit.shard.test_refused_sleepers import OVERDUE, overdue_in_another_partition
-from tests.unit.shard.test_shard import N_PARTITIONS, event, shard
-from tests.unit.shard.test_sleepers import DUE, asleep
+from tests.unit.shard.test_refused_sleepers import OVERDUE, arriving_overdue
+from tests.unit.shard.test_shard import event
+from tests.unit.shard.test_sleepers import DUE
 
 
 def test_a_routed_request_wakes_an_arriving_partitions_sleepers(compiled):
-    m, refused = overdue_in_another_partition()
-    store = MemoryStore(shared=True)
-    s, clock = asleep(compiled, partitions=[p for p in range(N_PARTITIONS) if p != m],
-                      store=store)
-    source = shard(compiled, "source", partitions=[m], store=store)
-    source.residency.take_sleepers(m, refused)
-    s.adopt(source.freeze([m], 2), 2)
+    s, clock, m, refused = arriving_overdue(compiled)
     clock.now = DUE + 0.5
     s.tick()
     someone = next(iter(refused))
