@@ -17,16 +17,22 @@ from .test_passivation_pace import ticked
 from .test_shard_host import app_open, run
 
 
+async def cy_past_a_forget(host) -> tuple[list, list, list]:
+    """With ana resident at a ceiling of one, the replies to three batches sent together: cy's
+    first event (no room), ana's forget (which makes room), and cy's later event."""
+    assert await host.handle("a", 0, [app_open("ana")], [0]) == [EventAck(sequence=1)]
+    host.shard.residency.resident_limit, host.shard.residency.overflow = 1, 0
+    return await asyncio.gather(
+        host.handle("b", 0, [app_open("cy")], [0]),
+        host.handle("c", 0, [forget("ana")], [0]),
+        host.handle("b", 1, [app_open("cy", T0 + 1)], [0]))
+
+
 def test_a_sessions_batches_queued_after_one_refused_crowded_are_refused_too(compiled):
     """A forget frees room between the two: without the refusal the customer's later event,
     queued before its sender heard, would be applied before the one refused."""
     async def test(host):
-        assert await host.handle("a", 0, [app_open("ana")], [0]) == [EventAck(sequence=1)]
-        host.shard.residency.resident_limit, host.shard.residency.overflow = 1, 0
-        refused, forgot, later = await asyncio.gather(
-            host.handle("b", 0, [app_open("cy")], [0]),
-            host.handle("c", 0, [forget("ana")], [0]),
-            host.handle("b", 1, [app_open("cy", T0 + 1)], [0]))
+        refused, forgot, later = await cy_past_a_forget(host)
         assert refused[0].status == "busy" and forgot[0].status == "ok"
         assert later == [OVERTAKING] and host.queued == 0
         missing, = await host.handle("d", 0, [profile("cy")], [0])
@@ -150,12 +156,7 @@ def test_a_customer_refused_crowded_is_refused_for_the_rest_of_its_round(compile
     frees room: the later event of the customer refused must not be applied before the
     refused one. Within one batch too."""
     async def test(host):
-        assert await host.handle("a", 0, [app_open("ana")], [0]) == [EventAck(sequence=1)]
-        host.shard.residency.resident_limit, host.shard.residency.overflow = 1, 0
-        refused, forgot, later = await asyncio.gather(
-            host.handle("b", 0, [app_open("cy")], [0]),
-            host.handle("c", 0, [forget("ana")], [0]),
-            host.handle("b", 1, [app_open("cy", T0 + 1)], [0]))
+        refused, forgot, later = await cy_past_a_forget(host)
         assert refused == [CROWDED] and forgot[0].status == "ok" and later == [CROWDED]
         missing, = await host.handle("d", 0, [profile("cy")], [0])
         assert missing.status == "missing"  # nothing of cy's was applied

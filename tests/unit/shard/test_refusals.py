@@ -15,16 +15,22 @@ from .test_shard import T0, Clock, forget, profile
 from .test_shard_host import app_open, run
 
 
+async def refuse_cy(host) -> None:
+    """At a ceiling of one, with ana resident and two sessions kept: session "b"'s first batch,
+    cy's, is refused busy."""
+    host._sequencer.kept = 2
+    assert await host.handle("a", 0, [app_open("ana")], [0]) == [EventAck(sequence=1)]
+    host.shard.residency.resident_limit, host.shard.residency.overflow = 1, 0
+    refused, = await host.handle("b", 0, [app_open("cy")], [0])
+    assert refused.status == "busy"
+
+
 def test_a_refused_session_is_refused_once_the_sequencer_has_forgotten_it(compiled):
     """Refused senders go on in fresh sessions, so at the ceiling the sequencer forgets
     sessions fast: a late batch of a refused one, come back unseen, is refused all the
     same, though there is room for it by then."""
     async def test(host):
-        host._sequencer.kept = 2
-        assert await host.handle("a", 0, [app_open("ana")], [0]) == [EventAck(sequence=1)]
-        host.shard.residency.resident_limit, host.shard.residency.overflow = 1, 0
-        refused, = await host.handle("b", 0, [app_open("cy")], [0])
-        assert refused.status == "busy"
+        await refuse_cy(host)
         assert [r.status for r in await host.handle("c", 0, [forget("ana")], [0])] == ["ok"]
         for i in range(3):
             await host.handle(f"x{i}", 0, [profile("ana")], [0])
@@ -40,11 +46,7 @@ def test_the_sequencer_forgets_refused_sessions_before_live_ones(compiled):
     sessions kept those abandoned go first, not the live sender least recently heard from
     ("a" still knows where it is: a replay of its batch 0 is out of turn, not its start)."""
     async def test(host):
-        host._sequencer.kept = 2
-        assert await host.handle("a", 0, [app_open("ana")], [0]) == [EventAck(sequence=1)]
-        host.shard.residency.resident_limit, host.shard.residency.overflow = 1, 0
-        refused, = await host.handle("b", 0, [app_open("cy")], [0])
-        assert refused.status == "busy"
+        await refuse_cy(host)
         await host.handle("c", 0, [profile("ana")], [0])
         with pytest.raises(OutOfTurn):
             await host.handle("a", 0, [app_open("ana")], [0])
