@@ -9,8 +9,10 @@ from types import SimpleNamespace
 import pytest
 
 from kairos.cluster.control import moves
+from kairos.cluster.control.controller import Controller
 from kairos.cluster.control.moves import confirm_owned
 from kairos.cluster.control.partitions import Move
+from kairos.cluster.shard.shard import Shard
 from kairos.cluster.transport.backend import NoSuchCall
 from kairos.cluster.transport.ray_backend import RayBackend
 
@@ -32,16 +34,20 @@ def test_a_settled_move_leaves_nothing_arriving_on_its_target():
     asyncio.run(main())
 
 
+async def two_shards() -> tuple[LocalBackend, Controller, Shard, list[int]]:
+    """A local runtime of two shards; its first shard, and that shard's partitions."""
+    backend = LocalBackend()
+    ctl = await backend.start_runtime(2)
+    shard = backend.shards[ctl.map.shards_in_use()[0]]
+    return backend, ctl, shard, ctl.map.partitions_of(shard.name)
+
+
 def test_the_saved_map_confirms_what_a_target_still_holds_arriving():
     """A confirmation that failed (or an older controller that never sent one) leaves the
     target's partitions arriving; `confirm_owned` for the saved map confirms them, and leaves
     one adopted by a move newer than the map arriving."""
     async def main():
-        backend = LocalBackend()
-        ctl = await backend.start_runtime(2)
-        name = ctl.map.shards_in_use()[0]
-        shard = backend.shards[name]
-        mine = ctl.map.partitions_of(name)
+        backend, ctl, shard, mine = await two_shards()
         shard.ownership.arriving.update({mine[0]: ctl.map.version,
                                          mine[1]: ctl.map.version + 1})
         await confirm_owned(backend, ctl.map)
@@ -52,13 +58,9 @@ def test_the_saved_map_confirms_what_a_target_still_holds_arriving():
 
 def test_a_stuck_move_holds_back_the_confirmation_of_its_partition_alone():
     async def main():
-        backend = LocalBackend()
-        ctl = await backend.start_runtime(2)
-        name = ctl.map.shards_in_use()[0]
-        shard = backend.shards[name]
-        mine = ctl.map.partitions_of(name)
+        backend, ctl, shard, mine = await two_shards()
         shard.ownership.arriving.update({p: ctl.map.version for p in mine[:2]})
-        ctl.moving = [Move(mine[1], ctl.map.shards_in_use()[1], name)]  # unsettled
+        ctl.moving = [Move(mine[1], ctl.map.shards_in_use()[1], shard.name)]  # unsettled
         await ctl._confirm_owned()
         assert shard.ownership.arriving == {mine[1]: ctl.map.version}
         await backend.close()
