@@ -470,7 +470,6 @@ class LearnerActor:
         await asyncio.to_thread(compiled_from_text, catalog_text)
         self._ready()
         kept, took_up = self.learner.kept(), self._took_up
-        same = catalog_text == self.learner.catalog_text
         version = self.learner.switch(catalog_text)
         if not self._took_up and self.learner.merged == 0:
             # a fresh learner, on the catalog of a posterior an older release saved without
@@ -479,13 +478,9 @@ class LearnerActor:
             self.learner.announce()
         try:
             self._save(force=True, strict=True)
-        except (StoreUnavailable, StoreInUse) as exc:
+        except (StoreUnavailable, StoreInUse):
             self.learner.put_back(kept)
             self._took_up = took_up
-            if same:  # told the text it runs, which a restart comes back on all the same
-                log.warning("learner: told catalog %s, the text it runs, not saved (%s): it "
-                            "merges all the same", self.learner.compiled.version, exc)
-                self.learner.confirm()
             raise
         return version
 
