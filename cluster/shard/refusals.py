@@ -6,7 +6,8 @@ it rebuilds, a round that failed) has all its later batches refused. One that ha
 refused one by one (Busy: CROWDED at the resident ceiling, an outcome past its rate) has only
 its later requests with the same route key (the customer) refused: one customer's refusal must
 not cost the other customers of the sender's next batch (a client's batch holds up to 512
-requests, from many callers). The client goes on in a fresh session on any Busy or
+requests, from many callers), unless more than SESSION_KEYS_KEPT were refused (then the whole
+session is). The client goes on in a fresh session on any Busy or
 Unavailable reply (transport/client.py), so only what it sent before it heard carries the old
 session: a refusal is kept for `keep_s` after the session's last one (by default PLANE_CALL_S,
 the client's deadline for a call), apart from the sequencer's sessions, which it forgets past

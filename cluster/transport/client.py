@@ -81,6 +81,7 @@ class _ShardLink:
         self.wake = asyncio.Event()
         self.slots = asyncio.Semaphore(CLIENT_INFLIGHT_CALLS)
         self.calls = 0  # calls in flight
+        self.sent: list[list] = []  # the calls in flight: [session, number, items]
         self.task: asyncio.Task | None = None
 
 
@@ -344,6 +345,8 @@ class KairosClient(IdentitySagas):
             session, seq, link.seq = link.session, link.seq, link.seq + 1
         requests = [item.request for item in batch]
         routed = [item.routed for item in batch]
+        flight = [session, seq, batch]
+        link.sent.append(flight)
         try:
             for attempt in range(2):
                 try:
@@ -352,7 +355,7 @@ class KairosClient(IdentitySagas):
                 except NotSent as exc:
                     if attempt or link.session != session:  # != : an earlier batch failed
                         raise
-                    session, seq = self._resend_as(link, session, seq, exc.gapped)
+                    session, seq = flight[:2] = self._resend_as(link, session, seq, exc.gapped)
         except Exception as exc:
             # The shard died or is restarting (or the backend failed): requests may or may
             # not have been applied, so they fail rather than being re-sent; later ones start
@@ -371,10 +374,27 @@ class KairosClient(IdentitySagas):
         finally:
             link.calls -= 1
             link.slots.release()
-        if link.session == session and any(type(reply) in _REFUSALS for reply in replies):
-            link.session, link.seq = uuid.uuid4().hex, 0
+            link.sent.remove(flight)
+        if any(type(reply) in _REFUSALS for reply in replies):
+            if link.session == session:
+                link.session, link.seq = uuid.uuid4().hex, 0
+            self._refused_behind(link, session, seq)
         for item, reply in zip(batch, replies):
             self._answered(item, reply)
+
+    @staticmethod
+    def _refused_behind(link: _ShardLink, session: str, seq: int) -> None:
+        """Give up the calls of the requests in flight behind a refused batch in its session:
+        the shard refuses those of the refused customers (refusals.py), but answers them
+        later, and meanwhile their calls' next requests would go in the fresh session and be
+        applied ahead of them. All of them: which customers the shard holds back is its own
+        reckoning (past its bounds, the whole session)."""
+        for sent_in, number, items in link.sent:
+            if sent_in == session and number > seq:
+                for item in items:
+                    if item.call is not None:
+                        item.call.give_up("not sent: its shard refused an earlier request "
+                                          "sent before it", EarlierFailed)
 
     async def _skip(self, shard: str, session: str, seq: int) -> bool:
         """Send an empty batch as `seq` of `session`; whether it was answered."""
