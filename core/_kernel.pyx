@@ -78,6 +78,7 @@ cdef class CatalogView:
     cdef const int8_t[::1] predictor_source, predictor_transform
     cdef const int32_t[::1] predictor_index
     cdef const double[::1] predictor_param
+    cdef const uint8_t[::1] predictor_clip
     cdef double predictor_limit
     cdef const double[::1] control_share
 
@@ -147,6 +148,7 @@ cdef class CatalogView:
         self.predictor_transform = _nonempty(c.predictor_transform, np.int8)
         self.predictor_index = _nonempty(c.predictor_index, np.int32)
         self.predictor_param = _nonempty(c.predictor_param, np.float64)
+        self.predictor_clip = _nonempty(c.predictor_clip, np.uint8)
         self.predictor_limit = c.predictor_limit
         self.control_share = c.control_share
 
@@ -630,16 +632,20 @@ cdef void _predictor_vector(CatalogView cat, ModelView mv, const double* view, c
 cdef void _observe_inputs(CatalogView cat, ModelView mv, const double* view,
                           const double* ctx) noexcept nogil:
     """A decision's standardised inputs join their running statistics (after it used them),
-    clipped as models.observed clips them (at models.clipped_weight's weight), and forgotten
-    down to STANDARDIZE_MAX_COUNT as models.forget does; `inputs_added` sums them as they
-    joined (the learner's delta)."""
+    clipped as models.observed clips them (at models.clipped_weight's weight) unless their
+    field declares both bounds (`predictor_clip`), and forgotten down to
+    STANDARDIZE_MAX_COUNT as models.forget does; `inputs_added` sums them as they joined (the
+    learner's delta)."""
     cdef Py_ssize_t j
     cdef double v, c, r, w
     for j in range(cat.n_predictors - 1):
         if cat.predictor_transform[j] == TF_STANDARDIZE:
             v = _input(cat, j, view, ctx)
             if isfinite(v * v):
-                c = _observed(v, mv.inputs[0, j + 1], mv.inputs[1, j + 1], mv.inputs[2, j + 1])
+                c = v
+                if cat.predictor_clip[j]:
+                    c = _observed(v, mv.inputs[0, j + 1], mv.inputs[1, j + 1],
+                                  mv.inputs[2, j + 1])
                 mv.input_clips[0, j + 1] += 1.0
                 if c != v:
                     mv.input_clips[1, j + 1] += 1.0

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from . import rules
-from .catalog import (FULL_POSTERIOR_AUTO_INPUTS, Action, Catalog, Feature, Rule,
-                      default_catalog_text, load_catalog)
+from .catalog import (FULL_POSTERIOR_AUTO_INPUTS, MAX_NUMBER, Action, Catalog, Feature,
+                      Rule, default_catalog_text, load_catalog)
 from .errors import CatalogError, RuleError
 
 log = logging.getLogger("kairos.catalog")
@@ -573,6 +573,11 @@ class CompiledCatalog:
             else:
                 params.append(p.scale)
         self.predictor_param = np.array(params, np.float64)
+        # a standardised input whose field declares both bounds joins its statistics unclipped:
+        # the gateway refuses values outside them, which bounds what one value can do, and the
+        # clip would narrow a sparse input (a flag set in under 10% of decisions) to nothing
+        self.predictor_clip = np.array([int(not self._declares_bounds(p)) for p in preds],
+                                       np.uint8)
         self.predictor_limit = PREDICTOR_LIMIT
         n = len(self.action_ids)
         self.prior_mean = np.zeros((n, self.n_predictors))
@@ -582,6 +587,13 @@ class CompiledCatalog:
             self.prior_mean[a, 0] = math.log(prior.base_rate / (1.0 - prior.base_rate))
             self.prior_precision[a, 0] = prior.precision
             self.prior_precision[a, 1:] = prior.predictor_precision
+
+    def _declares_bounds(self, p) -> bool:
+        """Whether predictor p reads a context field declaring both a min and a max."""
+        if p.source != "context":
+            return False
+        spec = self.catalog.context[self.context_index[p.name]]
+        return -MAX_NUMBER < spec.minimum and spec.maximum < MAX_NUMBER
 
     @property
     def n_models(self) -> int:

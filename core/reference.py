@@ -167,13 +167,14 @@ def predictor_vector(c: CompiledCatalog, mv: ModelView, view: np.ndarray, ctx) -
 
 def observe_inputs(c: CompiledCatalog, mv: ModelView, view: np.ndarray, ctx) -> None:
     """A decision's standardised inputs join their running statistics (after it used them),
-    clipped by `observed` (at `clipped_weight`'s weight) and forgotten by `forget`;
-    `inputs_added` sums them as they joined (the learner's delta)."""
+    clipped by `observed` (at `clipped_weight`'s weight) unless their field declares both
+    bounds (`predictor_clip`), and forgotten by `forget`; `inputs_added` sums them as they
+    joined (the learner's delta)."""
     for j in range(c.n_predictors - 1):
         if c.predictor_transform[j] == Transform.STANDARDIZE:
             v = float(_input(c, j, view, ctx))
             if math.isfinite(v * v):
-                joined = observed(v, *mv.inputs[:, j + 1])
+                joined = observed(v, *mv.inputs[:, j + 1]) if c.predictor_clip[j] else v
                 w, seen, clips = clipped_weight(joined != v, *mv.input_clips[:, j + 1])
                 mv.input_clips[:, j + 1] = seen, clips
                 added = (w, w * joined, w * joined * joined)

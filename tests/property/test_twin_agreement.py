@@ -265,9 +265,12 @@ def input_statistics():
 @given(doc=catalogs(), steps=journeys(), seed=st.integers(0, 2**64 - 1),
        poisoned=st.lists(st.tuples(st.integers(0, 23), st.sampled_from([math.nan, math.inf])),
                          max_size=2), seen=input_statistics(),
-       clipped=st.sampled_from([0.0, 0.05, 0.5]))
-def test_kernel_matches_twin(doc, steps, seed, poisoned, seen, clipped):
+       clipped=st.sampled_from([0.0, 0.05, 0.5]), clip=st.booleans())
+def test_kernel_matches_twin(doc, steps, seed, poisoned, seen, clipped, clip):
     compiled = compile_catalog(load_catalog(yaml.safe_dump(doc), "random.yaml"))
+    # whether standardised inputs join their statistics clipped (off where the field declares
+    # both bounds), drawn here since the drawn catalogs standardise a profile input only
+    compiled.predictor_clip = np.full_like(compiled.predictor_clip, clip)
     sides = [Side(_kernel, compiled, seed), Side(reference, compiled, seed)]
     n_actions = len(compiled.action_ids)
     count, mean, sd = seen
