@@ -95,6 +95,8 @@ class Refusals:
         """The positions, among the requests of these (session, seq, requests) batches, of
         those refused (the host answers them OVERTAKING)."""
         held: set[int] = set()
+        if not self._until:  # the usual round: nothing refused, nothing to look up per batch
+            return held
         start = 0
         for session, seq, requests in batches:
             if (refused := self.of(session)) and seq >= self._since[session]:
