@@ -20,9 +20,9 @@ from __future__ import annotations
 from typing import Any
 
 from kairos.cluster.identity import ANONYMOUS, NAMES_ANOTHER, Directory, anonymous_id, link_id
-from kairos.cluster.protocol import (Bury, Claim, Conflict, Forget, Forgotten, Link, Merge, Ok,
-                                     Reply, Resolve, Retire, Settle, Take, Unavailable, Unclaim,
-                                     Unlink)
+from kairos.cluster.protocol import (Bury, Claim, Conflict, Forget, Forgotten, Invalid, Link,
+                                     Merge, Ok, Reply, Resolve, Retire, Settle, Take, Unavailable,
+                                     Unclaim, Unlink)
 from kairos.cluster.shard.decisionlog import DecisionLog
 from kairos.cluster.shard.context import ShardContext, touch
 from kairos.cluster.shard.journaling import Journaling
@@ -188,6 +188,11 @@ class IdentityRequests:
         folded now. The link's claim is dropped: the customer's block holds the alias."""
         replies: list[Reply] = []
         for r in batch:
+            try:  # before any change: a state that fails to fold would fail the round
+                block = None if r.state is None else _handed_over(r.state)
+            except blocks.BlockCorrupt as exc:
+                replies.append(Invalid(field="state", reason=str(exc)))
+                continue
             if not self._customer_step(r, replies):
                 continue
             unclaimed = self._directory.unclaim(r.partition, r.customer_id, r.key)
@@ -198,8 +203,8 @@ class IdentityRequests:
                 replies.append(Ok(value=False))
                 continue
             self._journaling.record(r)
-            if r.state is not None:
-                self._residency.fold(r.customer_id, blocks.unpack(r.state))
+            if block is not None:
+                self._residency.fold(r.customer_id, block)
                 touch(touched, r.customer_id, self._ctx.clock())
                 self._ctx.counts["merges"] += 1
             replies.append(Ok(value=r.state is not None))
@@ -297,6 +302,15 @@ class IdentityRequests:
 
     def _buried(self, partition: int, link: str) -> bool:
         return self._directory.is_buried(partition, link, self._ctx.clock())
+
+
+def _handed_over(state: bytes) -> dict[str, Any]:
+    """The one-customer block a Take handed over; BlockCorrupt for anything else."""
+    block = blocks.unpack(state)
+    blocks.validate(block)
+    if len(block["ids"]) != 1 or type(block["extras"][0]) is not dict:
+        raise blocks.BlockCorrupt("a handed-over state holds one customer's block")
+    return block
 
 
 def _refused(customer_id: str) -> Conflict:

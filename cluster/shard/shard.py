@@ -45,6 +45,7 @@ from kairos.cluster.identity import Directory
 from kairos.cluster.protocol import CUSTOMER_KINDS, Fire, Invalid, Merged, Reply, Request
 from kairos.cluster.settings import (PASSIVATE_BUDGET_S, PASSIVATE_CROWDED_S, PASSIVATE_IDLE_S,
                                      RESIDENT_LIMIT, SNAPSHOT_AFTER_S, SNAPSHOT_BUDGET_S, TICK_S)
+from kairos.cluster.shard import wire
 from kairos.cluster.shard.catalogs import CatalogSwitch
 from kairos.cluster.shard.context import ShardContext
 from kairos.cluster.shard.customers import CustomerRequests
@@ -181,7 +182,7 @@ class Shard:
 
     def _dispatch(self, requests: Sequence[Request | list | tuple],
                   routed: Sequence[int] | None) -> tuple[list[Reply], dict[str, float]]:
-        typed = [r if type(r) in _TYPED else _typed(r) for r in requests]
+        typed = [r if type(r) in _TYPED else wire.typed(r) for r in requests]
         kinds = [None if isinstance(r, Invalid) else r.kind for r in typed]
         replies: list[Reply | None] = [None if kind else r for r, kind in zip(typed, kinds)]
         touched: dict[str, float] = {}  # customer -> latest change in the round, for watches
@@ -424,18 +425,3 @@ class Shard:
     def sync_commits(self, value: bool) -> None:
         self.journaling.sync_commits = value
 
-
-def _typed(raw: list | tuple) -> Request | Invalid:
-    """A request from the array it travelled as, or why it is none."""
-    try:
-        request = protocol.request_from(raw)
-        # the partition and the customer (or key) it routes by index and hash the shard's
-        # tables: of another type, they would fail the round, not the request
-        if type(request[1]) is not int or type(request[2]) is not str:
-            return Invalid(field="request", reason="not a request: its partition must be an "
-                           "integer and its customer a string")
-        return request
-    except ValueError as exc:
-        return Invalid(field="kind", reason=str(exc))
-    except TypeError as exc:  # more fields than its kind has, or not an array at all
-        return Invalid(field="request", reason=f"not a request: {exc}")

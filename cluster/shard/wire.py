@@ -1,0 +1,89 @@
+"""Requests from the arrays they crossed the data plane as, each field held to its declared
+type before the round sees it.
+
+A round applies its requests together: one whose channel is a list (unhashable in the
+shard's indexes), whose idempotency key is a number (hashed as text) or whose partition is
+2**70 (out of the int64 tables) would raise in the round and fail every caller's request in
+it, rebuilding the shard. The peer is authenticated, so this guards against a faulty or
+older client rather than a stranger; checked here, such a request answers Invalid by itself.
+The checks come from the request types' own annotations (protocol.py), so a field added there
+is checked without a line here. Requests built in this process are typed already and skip
+this. What a field holds beyond its type (an attribute's value, a block's layout) is for its
+handler to refuse.
+"""
+from __future__ import annotations
+
+import math
+import types
+import typing
+from typing import Any, NamedTuple, Union
+
+from kairos.cluster import protocol
+from kairos.cluster.protocol import Invalid, Request
+
+_INT64 = 1 << 63
+_ANY = None  # a field of any type (its handler checks it)
+
+
+class _Field(NamedTuple):
+    name: str
+    types: frozenset | None  # the exact types it may have, or _ANY
+    items: tuple[_Field, ...] = ()  # of a tuple-typed field, each item's
+
+
+def _field(name: str, hint: Any) -> _Field:
+    """What a value of `hint` (an annotation of protocol.py's requests) may be."""
+    if hint is Any:
+        return _Field(name, _ANY)
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        either = [_field(name, arg) for arg in typing.get_args(hint)]
+        items = next((f.items for f in either if f.items), ())
+        return _Field(name, frozenset().union(*(f.types for f in either)), items)
+    if origin is tuple:  # arrives as a list: msgpack has one array type
+        return _Field(name, frozenset({list, tuple}),
+                      tuple(_field(name, arg) for arg in typing.get_args(hint)))
+    # msgpack sends a whole float as an int; bool is an int's subclass, not one of its values
+    return _Field(name, frozenset({int, float}) if hint is float else
+                  frozenset({type(None) if hint is None else hint}))
+
+
+def _fits(field: _Field, value: Any) -> bool:
+    kind = type(value)
+    if field.types is _ANY:
+        return True
+    if kind not in field.types:
+        return False
+    if kind is int:
+        return -_INT64 <= value < _INT64
+    if kind is float:
+        return math.isfinite(value)
+    if field.items and kind in (list, tuple):
+        return len(value) == len(field.items) and all(map(_fits, field.items, value))
+    return True
+
+
+_FIELDS: dict[type, list[_Field]] = {
+    cls: [_field(name, hint) for name, hint in typing.get_type_hints(cls).items()][1:]
+    for cls in protocol.REQUESTS.values()}
+
+
+def typed(raw: Any) -> Request | Invalid:
+    """A request from the array it travelled as, or why it is none: its unknown kind, or its
+    first field of another type than its kind declares."""
+    try:
+        request = protocol.request_from(raw)
+    except ValueError as exc:
+        return Invalid(field="kind", reason=str(exc))
+    except TypeError as exc:  # more fields than its kind has, unhashable, not an array
+        return Invalid(field="request", reason=f"not a request: {exc}")
+    for field, value in zip(_FIELDS[type(request)], request[1:]):
+        if not _fits(field, value):
+            return Invalid(field=field.name, reason=f"a {request.kind} request's {field.name} "
+                           f"may not be {type(value).__name__} {_shown(value)}")
+    return request
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
