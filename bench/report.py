@@ -14,7 +14,7 @@ from matplotlib import ticker  # noqa: E402
 
 from . import loadgen, provenance  # noqa: E402
 from .sweep import (P99_TARGET_MS, cpu_us_per_ok, failed, headline, headline_step,  # noqa: E402
-                    holds, rate_held, unanswered)
+                    holds, rate_held, served, unanswered)
 
 # p99 ≤ 10 ms at this intended rate or more, across nodes: judged only on systems whose shards
 # span several Ray nodes (one node never pays the network hop the target is about)
@@ -76,8 +76,11 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
         "ingest": {name: headline(r) for name, r in results["ingest"].items()},
         "batch": {name: headline(r) for name, r in results["batch"].items()},
         "push": {name: _figures(step, "push") for name, step in results["push"].items()},
+        # of the targets judged: one the run did not measure, or measured only a lower
+        # bound of, is neither met nor missed
         "targets_met": f"{sum(t['met'] is True for t in results['targets'])}"
-                       f"/{len(results['targets'])}",
+                       f"/{sum(t['met'] is not None for t in results['targets'])}",
+        "targets_not_measured": sum(_unmeasured(t) for t in results["targets"]),
         "failures": [f["phase"] for f in results["failures"]]}
 
 
@@ -92,17 +95,22 @@ def _figures(step: dict[str, Any], kind: str) -> dict[str, Any]:
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets, each with the measured value; only for what this run measured."""
+    """The issue's targets for the systems this run measured, each with its value (None
+    where the run did not measure that figure)."""
     systems, checks = results["systems"], []
 
     def check(target: str, system: str, value: float | None, threshold: float,
               at_most: bool = False, rate: float | None = None, also: bool = True,
               lower_bound: bool = False) -> None:
         """`also`: what else the target asks besides the value (push: nothing missing).
+        A value of None is a figure the run did not measure (an older run's server CPU,
+        say): the target is not judged (met None: "not measured") unless `also` failed.
         A value that is only a `lower_bound` (server CPU some of which went unseen) cannot
-        show an "at most" target met: it is not judged (met None)."""
-        met = also and value is not None and (value <= threshold if at_most
-                                              else value >= threshold)
+        show an "at most" target met: it is not judged either."""
+        if value is None:
+            met = False if not also else None
+        else:
+            met = also and (value <= threshold if at_most else value >= threshold)
         if lower_bound and at_most and met:
             met = None
         checks.append({"target": target, "system": system, "value": value,
@@ -113,17 +121,21 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         if _nodes(name) > 1:
             check("Decide across nodes: highest intended rate held, p99 ≤ 10 ms (/s)", name,
                   rate_held(systems[name], intended=True), DECIDE_RATE_TARGET_PER_S)
+        # a figure of ours missing at the rate judged because nothing was served there is
+        # a miss (`also` False), not a figure the run did not measure
         floor = systems.get(P50_FLOOR)
         if floor is not None:
             value, rate = _ratio(systems[name], floor, _decide("p50_ms"))
             check(f"Decide p50 ÷ {P50_FLOOR} p50 (the gRPC call Kairos's path makes), same "
-                  "rate", name, value, P50_OVER_FLOOR_MAX, at_most=True, rate=rate)
+                  "rate", name, value, P50_OVER_FLOOR_MAX, at_most=True, rate=rate,
+                  also=_served_at(systems[name], rate))
         for peer, most in CPU_OVER_PEER_MAX.items():
             if peer in systems:
                 value, rate = _ratio(systems[name], systems[peer], _cpu_us("decide"))
                 check(f"Decide server CPU per request served ÷ {peer}'s, same rate", name,
                       value, most, at_most=True, rate=rate,
-                      lower_bound=_cpu_lower_bound(systems[name], rate))
+                      lower_bound=_cpu_lower_bound(systems[name], rate),
+                      also=_served_at(systems[name], rate))
         if "redis-core" in systems:
             value, rate = _worst_p99_ratio(systems[name], systems["redis-core"])
             check("Decide p99 ÷ redis-core's (same work), the worst rate both ran", name,
@@ -134,12 +146,15 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 check(f"Ingest server CPU per event applied, {label}, re-evaluated (µs)", name,
                       cpu_us_per_ok(step, "event"), most, at_most=True,
                       rate=step["rate_target"],
-                      lower_bound=bool(step.get("server_cpu_lower_bound")))
+                      lower_bound=bool(step.get("server_cpu_lower_bound")),
+                      also=served(step, "event") > 0)
         if "redis" in systems:
-            redis_rate = rate_held(systems["redis"], intended=True)
+            ours, redis_rate = (rate_held(systems[s], intended=True) for s in (name, "redis"))
+            # a peer that held no rate leaves no ratio: not judged, unless neither held one
+            # (then ours, none, is a miss)
             check("Decide intended rate held ÷ Redis peer's, p99 ≤ 10 ms", name,
-                  round(rate_held(systems[name], intended=True) / redis_rate, 2)
-                  if redis_rate else None, OVER_REDIS_MIN)
+                  round(ours / redis_rate, 2) if redis_rate else None, OVER_REDIS_MIN,
+                  also=bool(redis_rate or ours))
         if name in results["ingest"]:
             check("Ingest (stream, re-evaluated): highest intended rate held, p99 ≤ 10 ms "
                   "(events/s)", name, rate_held(results["ingest"][name], intended=True),
@@ -166,6 +181,13 @@ def _nodes(system: str) -> int:
 def _decide(key: str) -> Callable[[dict[str, Any]], float | None]:
     """A step's Decide figure named `key` (p50_ms, p99_ms), None if no Decide answered."""
     return lambda step: step["kinds"].get("decide", {}).get(key)
+
+
+def _served_at(system: dict[str, Any], rate: float | None) -> bool:
+    """Whether the system served a Decide in its step at `rate` (True where no rate was
+    judged: then nothing is missing of ours)."""
+    return rate is None or any(served(s, "decide") > 0 for s in system["steps"]
+                               if s["rate_target"] == rate)
 
 
 def _cpu_lower_bound(system: dict[str, Any], rate: float | None) -> bool:
@@ -306,10 +328,29 @@ def markdown(results: dict[str, Any]) -> str:
                        f"{'≥ ' if t.get('lower_bound') else ''}{t['value']:g}",
                        "—" if t.get("rate") is None else f"{t['rate']:,.0f}",
                        f"{'≤' if t['at_most'] else '≥'} {t['threshold']:g}",
-                       "not judged (a lower bound)" if t["met"] is None
-                       else "yes" if t["met"] else "**no**"]
-                      for t in results["targets"]]), ""]
+                       _met(t)]
+                      for t in results["targets"]]), "", _count(results["targets"]), ""]
     return "\n".join(lines)
+
+
+def _met(target: dict[str, Any]) -> str:
+    """A target's verdict, or why there is none."""
+    if target["met"] is None:
+        return "not measured" if _unmeasured(target) else "not judged (a lower bound)"
+    return "yes" if target["met"] else "**no**"
+
+
+def _unmeasured(target: dict[str, Any]) -> bool:
+    return target["met"] is None and target["value"] is None
+
+
+def _count(checks: list[dict[str, Any]]) -> str:
+    """How many targets were met of those judged, and why the others were not judged."""
+    judged = [t for t in checks if t["met"] is not None]
+    unmeasured = sum(_unmeasured(t) for t in checks)
+    return (f"{sum(t['met'] for t in judged)} of the {len(judged)} targets judged met; "
+            f"{unmeasured} not measured, {len(checks) - len(judged) - unmeasured} not judged "
+            "(a lower bound).")
 
 
 OVER_FLOOR = (("systems", "Decide"), ("ingest", "IngestStream"), ("batch", "IngestBatch"))

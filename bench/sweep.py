@@ -104,12 +104,17 @@ def headline_step(result: dict[str, Any]) -> dict[str, Any]:
     return held[-1] if held else result["steps"][0]
 
 
-def cpu_us_per_ok(step: dict[str, Any], kind: str) -> float | None:
-    """Server CPU per request of `kind` answered without an error or a fallback: what a
-    request the system did serve cost it (per request answered, refusals, which cost less,
-    would lower the figure the more the system refused)."""
+def served(step: dict[str, Any], kind: str) -> int:
+    """The step's requests of `kind` answered without an error or a fallback."""
     stats = step["kinds"].get(kind)
-    ok = stats["count"] - sum(stats["errors"].values()) - stats["fallbacks"] if stats else 0
+    return stats["count"] - sum(stats["errors"].values()) - stats["fallbacks"] if stats else 0
+
+
+def cpu_us_per_ok(step: dict[str, Any], kind: str) -> float | None:
+    """Server CPU per request of `kind` served (`served`): what a request the system did
+    serve cost it (per request answered, refusals, which cost less, would lower the figure
+    the more the system refused)."""
+    ok = served(step, kind)
     spent = step.get("server_cpu_s")
     return round(spent / ok * 1e6, 1) if spent is not None and ok > 0 else None
 
@@ -121,6 +126,7 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
     stats = step["kinds"].get(result["kind"], {})
     return {"p50_ms": stats.get("p50_ms"), "p99_ms": stats.get("p99_ms"),
             "rate": stats.get("rate", 0.0), "errors": failed(step, result["kind"]),
-            "cpu_us_per_request": step["cpu_us_per_request"],
-            "generator_cpu_us_per_request": step["generator_cpu_us_per_request"],
+            # runs before the CPU figures have none (judged again, they are not measured)
+            "cpu_us_per_request": step.get("cpu_us_per_request"),
+            "generator_cpu_us_per_request": step.get("generator_cpu_us_per_request"),
             "max_rate_held": rate_held(result), "at_rate_target": step["rate_target"]}

@@ -182,8 +182,9 @@ def test_an_at_most_cpu_target_is_not_judged_met_on_a_lower_bound():
     assert ("| Ingest server CPU per event applied, IngestStream, re-evaluated (µs) | "
             "kairos-1node | ≥ 100 | 1,000 | ≤ 150 | not judged (a lower bound) |") in text
     met = summary({**data, "targets": targets(data), "seconds": 1.0, "run": "load-x"})
-    # the one met is the Decide p50 against the floor's
-    assert met["targets_met"] == f"1/{len(targets(data))}"
+    # the one met is the Decide p50 against the floor's; the one not judged is neither met
+    # nor missed
+    assert met["targets_met"] == f"1/{len(targets(data)) - 1}"
 
 
 def test_a_written_report_says_how_its_cpu_was_counted(tmp_path):
@@ -194,3 +195,54 @@ def test_a_written_report_says_how_its_cpu_was_counted(tmp_path):
            "plan": {"customers": 10, "generators": 2, "measure_s": 1.0, "warmup_s": 1.0}},
           tmp_path)
     assert json.loads((tmp_path / "load-x.json").read_text())["cpu_accounting"] == 2
+
+
+def without_cpu(data: dict) -> dict:
+    """The run as one from before the server CPU was measured: no CPU figure in any step."""
+    for section in ("systems", "ingest", "batch"):
+        for result in data[section].values():
+            for s in result["steps"]:
+                for key in ("server_cpu_s", "cpu_us_per_request",
+                            "generator_cpu_us_per_request"):
+                    del s[key]
+    return data
+
+
+CPU_TARGETS = ("Decide server CPU per request served ÷ redis-core's, same rate",
+               "Decide server CPU per request served ÷ floor-grpc's, same rate",
+               "Ingest server CPU per event applied, IngestStream, re-evaluated (µs)",
+               "Ingest server CPU per event applied, IngestBatch, re-evaluated (µs)")
+
+
+@pytest.mark.parametrize("measured", [True, False])
+def test_a_target_the_run_did_not_measure_is_neither_met_nor_missed(measured):
+    """A run without the CPU figures (an older run, judged again) leaves its CPU targets
+    "not measured", out of the count of those met and missed; with them, each is judged."""
+    data = results() if measured else without_cpu(results())
+    checks = {t["target"]: t for t in targets(data) if t["system"] == "kairos-1node"}
+    assert all(checks[name]["met"] is (False if measured else None) for name in CPU_TARGETS)
+    judged = len(checks) - (0 if measured else len(CPU_TARGETS))
+    assert summary({**data, "targets": targets(data), "seconds": 1.0, "run": "load-x"}
+                   )["targets_met"] == f"1/{judged}"  # the Decide p50 against the floor's
+    text = markdown({**data, "targets": targets(data), "run": "load-x",
+                     "command": "python -m bench.load", "seconds": 1.0,
+                     "machine": {"platform": "Linux", "cpus": 2, "ray": "2"},
+                     "plan": {"customers": 10, "generators": 2, "measure_s": 1.0,
+                              "warmup_s": 1.0}})
+    row = next(line for line in text.splitlines()
+               if line.startswith("| Ingest server CPU per event applied, IngestBatch"))
+    assert row.endswith("| ≤ 40 | **no** |" if measured
+                        else "| — | 5,000 | ≤ 40 | not measured |")
+    assert (f"1 of the {judged} targets judged met; {0 if measured else len(CPU_TARGETS)} not "
+            "measured") in text
+
+
+def test_a_figure_missing_because_nothing_was_served_is_a_miss():
+    """No Decide served at the rate judged: the ratios have no value, and that is a miss,
+    not a figure the run did not measure."""
+    data = results()
+    for s in data["systems"]["kairos-1node"]["steps"]:
+        s["kinds"]["decide"]["errors"] = {"UNAVAILABLE": 1000}
+    checks = {t["target"]: t for t in targets(data) if t["system"] == "kairos-1node"}
+    core = checks["Decide server CPU per request served ÷ redis-core's, same rate"]
+    assert (core["value"], core["met"]) == (None, False)
