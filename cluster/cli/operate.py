@@ -13,6 +13,12 @@ import grpc
 from kairos.cluster.cli.remote import Remote
 from kairos.cluster.cli.targets import join_target, split_target
 from kairos.cluster.gateway.auth import is_loopback
+from kairos.v1 import admin_pb2
+
+# a relaying gateway's call cut short: the drain goes on in the controller, so it is sent
+# again through another gateway, where it waits for the first
+RELAY_CUT = (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+MIN_RELAY_S = 1.0  # less left than this: the drain is not sent again
 
 
 def status(args: argparse.Namespace) -> int:
@@ -64,7 +70,8 @@ def add_command(commands, parents: list[argparse.ArgumentParser],
 
 def drain(args: argparse.Namespace) -> int:
     """Drain the node named by its id, a prefix of it, or its address. The call goes to a
-    gateway on another node: the node's own gateway stops as part of its drain."""
+    gateway on another node, the controller's first (`relays`): the node's own gateway stops
+    as part of its drain."""
     if not args.node.strip():
         print("error: name the node to drain (its id, a prefix of it, or its address)",
               file=sys.stderr)
@@ -89,8 +96,7 @@ def drain(args: argparse.Namespace) -> int:
         return 0
     started = time.monotonic()
     try:
-        done = Remote(_another_gateway(args.target, node, nodes)).drain(node.node_id,
-                                                                        args.timeout)
+        done = _relayed_drain(relays(args.target, node, nodes), node.node_id, args.timeout)
     except grpc.RpcError as exc:  # NOT_FOUND: it left Ray after the status call
         if not (args.if_present and exc.code() == grpc.StatusCode.NOT_FOUND):
             raise
@@ -117,20 +123,51 @@ def drained(node) -> bool:
     return node.draining and not node.gateway_port and not node.shards
 
 
-def _another_gateway(target: str, leaving, nodes) -> str:
-    """A serving gateway on a node other than `leaving`: at its node's address, or at the
-    target's loopback host when it shares the leaving node's machine (`kairos up --nodes N`,
-    where every gateway binds 127.0.0.1 on a port of its own); `target` itself when there is
-    none."""
+def relays(target: str, leaving, nodes) -> list[str]:
+    """The gateways to send `leaving`'s DrainNode through, best first: the controller's node's
+    (never drained), then the other serving ones (a node whose drain began shows as not
+    serving; one whose drain has not begun yet may still be leaving, as when several workers
+    are deleted together), then `target` itself (on Kubernetes Service kairos-gateway, which
+    by then reaches only gateways that are not draining). A gateway is reached at its node's
+    address, or at the target's loopback host when it shares the leaving node's machine
+    (`kairos up --nodes N`, where every gateway binds 127.0.0.1 on a port of its own)."""
     try:
         host = split_target(target)[0]
     except ValueError:  # a Unix socket: every other node is reached at its address
         host = ""
-    for n in nodes:
-        if n.node_id != leaving.node_id and n.serving and n.gateway_port:
-            here = is_loopback(host) and n.address == leaving.address
-            return join_target(host if here else n.address, n.gateway_port)
-    return target
+    others = sorted((n for n in nodes if n.node_id != leaving.node_id and n.serving
+                     and n.gateway_port), key=lambda n: not n.controller)
+    found = []
+    for n in others:
+        here = is_loopback(host) and n.address == leaving.address
+        found.append(join_target(host if here else n.address, n.gateway_port))
+    return list(dict.fromkeys([*found, target]))
+
+
+def _relayed_drain(through: list[str], node_id: str, timeout_s: float
+                   ) -> admin_pb2.DrainNodeResponse:
+    """DrainNode through the first of `through`, and through the next one when a gateway's
+    call was cut (CANCELLED: it stopped, its own node drained; UNAVAILABLE: it is gone or
+    could not be reached), with what is left of `timeout_s`. A drain sent again waits for
+    the first, which goes on in the controller, and then finds the node empty."""
+    deadline = time.monotonic() + timeout_s
+    for relay, after in zip(through, through[1:]):
+        try:
+            return _drain_through(relay, node_id, deadline - time.monotonic())
+        except grpc.RpcError as exc:
+            if exc.code() not in RELAY_CUT or deadline - time.monotonic() < MIN_RELAY_S:
+                raise
+            print(f"DrainNode through {relay} ended {exc.code().name} ({exc.details()}); "
+                  f"sent again through {after}", file=sys.stderr)
+    return _drain_through(through[-1], node_id, deadline - time.monotonic())
+
+
+def _drain_through(relay: str, node_id: str, timeout_s: float) -> admin_pb2.DrainNodeResponse:
+    remote = Remote(relay)
+    try:
+        return remote.drain(node_id, timeout_s)
+    finally:
+        remote.close()
 
 
 def add_catalog_commands(catalog_commands, parents: list[argparse.ArgumentParser]) -> None:

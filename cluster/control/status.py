@@ -21,7 +21,8 @@ async def cluster_status(controller: Any) -> dict[str, Any]:
             "previous_catalog_version": await controller.previous_version(),
             "shards": shards, "learner": learner, "unsettled_moves": len(controller.moving),
             "resident": sum(s.get("resident", 0) for s in shards),
-            "node_status": controller.nodes.describe(shards)}
+            "node_status": [{**n, "controller": n["node"] == controller.home_node}
+                            for n in controller.nodes.describe(shards)]}
 
 
 async def _shard_status(controller: Any, name: str) -> dict[str, Any]:

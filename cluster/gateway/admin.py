@@ -97,7 +97,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             node_status=[admin_pb2.NodeStatus(
                 node_id=n["node"], address=n["address"], gateway_port=n["gateway_port"],
                 serving=n["serving"], draining=n["draining"], shards=n["shards"],
-                partitions=n["partitions"], resident=n["resident"], cpus=n["cpus"])
+                partitions=n["partitions"], resident=n["resident"], cpus=n["cpus"],
+                controller=n["controller"])
                 for n in st.get("node_status", ())])
 
     async def ScaleShards(self, request: admin_pb2.ScaleRequest, context

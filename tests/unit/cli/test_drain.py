@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from kairos.cluster.cli.main import main
-from kairos.cluster.cli.operate import _another_gateway, drained
+from kairos.cluster.cli.operate import drained, relays
 from kairos.v1 import admin_pb2, admin_pb2_grpc
 
 
@@ -23,22 +23,22 @@ def test_on_kubernetes_every_gateway_has_port_50051_and_an_address_of_its_own():
     nodes = [leaving, node("bb", "10.0.0.6", 50051, serving=False), node("cc", "10.0.0.7", 50051)]
     # whatever gateway the target reaches (preStop: Service kairos-gateway), the drain goes
     # to another pod's
-    assert _another_gateway("kairos-gateway:50051", leaving, nodes) == "10.0.0.7:50051"
-    assert _another_gateway("127.0.0.1:50051", leaving, nodes) == "10.0.0.7:50051"
+    assert relays("kairos-gateway:50051", leaving, nodes)[0] == "10.0.0.7:50051"
+    assert relays("127.0.0.1:50051", leaving, nodes)[0] == "10.0.0.7:50051"
 
 
 def test_nodes_of_one_machine_are_reached_on_the_targets_loopback_host():
     leaving = node("aa", "192.0.2.2", 50052)
     nodes = [node("bb", "192.0.2.2", 50051), leaving]
-    assert _another_gateway("127.0.0.1:50052", leaving, nodes) == "127.0.0.1:50051"
-    assert _another_gateway("192.0.2.2:50052", leaving, nodes) == "192.0.2.2:50051"
-    assert _another_gateway("dns:///127.0.0.1:50052", leaving, nodes) == "127.0.0.1:50051"
-    assert _another_gateway("ipv6:[::1]:50052", leaving, nodes) == "[::1]:50051"
+    assert relays("127.0.0.1:50052", leaving, nodes)[0] == "127.0.0.1:50051"
+    assert relays("192.0.2.2:50052", leaving, nodes)[0] == "192.0.2.2:50051"
+    assert relays("dns:///127.0.0.1:50052", leaving, nodes)[0] == "127.0.0.1:50051"
+    assert relays("ipv6:[::1]:50052", leaving, nodes)[0] == "[::1]:50051"
 
 
 def test_with_no_other_serving_gateway_the_target_is_used():
     leaving = node("aa", "10.0.0.5", 50051)
-    assert _another_gateway("10.0.0.5:50051", leaving, [leaving]) == "10.0.0.5:50051"
+    assert relays("10.0.0.5:50051", leaving, [leaving]) == ["10.0.0.5:50051"]
 
 
 def test_a_node_is_drained_once_it_is_marked_and_holds_no_gateway_and_no_shard():

@@ -1,0 +1,143 @@
+"""Where `kairos drain` relays DrainNode when several workers leave together (their preStop
+hooks at once: a Recreate, `kubectl delete pod -l ...`, a drain of several nodes): through the
+controller's node's gateway first, never drained, and through the next gateway when a relay's
+call is cut because that relay's own node drained and its gateway stopped."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from concurrent import futures
+
+import grpc
+import pytest
+
+from kairos.cluster.cli import operate
+from kairos.cluster.cli.main import main
+from kairos.cluster.cli.operate import relays
+from kairos.cluster.gateway.admin import AdminService
+from kairos.v1 import admin_pb2, admin_pb2_grpc
+
+from tests.unit.control.test_nodes import Watched, started
+from tests.unit.gateway.test_admin_deadlines import Context
+
+HEAD, A, B = "ab" * 28, "cd" * 28, "ef" * 28
+ADDRESS = {HEAD: "10.0.0.1", A: "10.0.0.2", B: "10.0.0.3"}
+
+
+def node(node_id: str, address: str, port: int, serving: bool = True,
+         controller: bool = False) -> admin_pb2.NodeStatus:
+    return admin_pb2.NodeStatus(node_id=node_id, address=address, gateway_port=port,
+                                serving=serving, controller=controller)
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations([HEAD, A, B])))
+def test_two_leaving_workers_relay_through_the_head_not_through_each_other(order):
+    """The review's case: both hooks read the status before either drain began, so both
+    workers show serving; in node-id order each could pick the other, whose gateway stops
+    once its own drain is done and cuts the call."""
+    nodes = [node(n, ADDRESS[n], 50051, controller=n == HEAD) for n in order]
+    a, b = (next(n for n in nodes if n.node_id == w) for w in (A, B))
+    for leaving, other in ((a, b), (b, a)):
+        through = relays("kairos-gateway:50051", leaving, nodes)
+        assert through[0] == "10.0.0.1:50051"
+        assert through == ["10.0.0.1:50051", f"{other.address}:50051", "kairos-gateway:50051"]
+
+
+def test_the_status_marks_the_controllers_node():
+    """cluster_status marks the node the controller runs on, and the gateway carries it."""
+    async def status() -> admin_pb2.ClusterStatus:
+        backend = Watched()
+        ctl = await started(backend, home="node-b")
+        service = AdminService(type("Gateway", (), {"backend": type(
+            "Backend", (), {"controller": lambda self: ctl})(), "node": None})())
+        return await service.GetClusterStatus(admin_pb2.ClusterStatusRequest(), Context(5))
+    st = asyncio.run(status())
+    assert {n.node_id: n.controller for n in st.node_status} == {
+        "node-a": False, "node-b": True, "node-c": False}
+
+
+class Gateway(admin_pb2_grpc.AdminServiceServicer):
+    """A gateway's AdminService: the status it is given; DrainNode answered, recorded with
+    the deadline it had left, or `cut` (this gateway's server stops during the call, as a
+    leaving worker's gateway does once its own drain is done), or refused with `refuse`."""
+
+    def __init__(self, nodes=(), cut: bool = False, refuse: grpc.StatusCode | None = None):
+        self.nodes, self.cut, self.refuse = list(nodes), cut, refuse
+        self.drained: list[tuple[str, float]] = []
+        self.server: grpc.Server | None = None
+        self.port = 0
+
+    def GetClusterStatus(self, request, context):
+        return admin_pb2.ClusterStatus(node_status=self.nodes)
+
+    def DrainNode(self, request, context):
+        self.drained.append((request.node_id, context.time_remaining()))
+        if self.refuse is not None:
+            context.abort(self.refuse, "refused")
+        if self.cut:  # a second into the call, as a stopping gateway's grace period ends
+            threading.Timer(1.0, self.server.stop, args=(0,)).start()
+            threading.Event().wait(5)
+        return admin_pb2.DrainNodeResponse(node_id=request.node_id, shards=["kairos-shard-0002"])
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(gateway: Gateway) -> int:
+        gateway.server = server = grpc.server(futures.ThreadPoolExecutor(4))
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(gateway, server)
+        gateway.port = port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        servers.append(server)
+        return port
+    yield start
+    for server in servers:
+        server.stop(None)
+
+
+def cluster(serve, worker_b: Gateway) -> tuple[Gateway, int]:
+    """Worker A leaving; worker B's gateway `worker_b`, on A's machine (reached at the
+    target's loopback host, as under `kairos up --nodes N`); the head's gateway not serving
+    (the control loop restarts it), so B's comes before the Service's. The Service (the
+    target) reaches a gateway that answers."""
+    service = Gateway()
+    port = serve(service)
+    b_port = serve(worker_b)
+    service.nodes = [node(HEAD, "127.0.0.1", 0, serving=False, controller=True),
+                     node(A, "192.0.2.9", 50051), node(B, "192.0.2.9", b_port)]
+    return service, port
+
+
+def test_a_drain_cut_by_its_relays_own_stop_is_sent_again_within_the_deadline_left(serve,
+                                                                                   capsys):
+    worker_b = Gateway(cut=True)
+    service, port = cluster(serve, worker_b)
+    assert main(["--target", f"127.0.0.1:{port}", "drain", A[:8], "--if-present",
+                 "--timeout", "30"]) == 0
+    assert [n for n, _ in worker_b.drained] == [A]
+    assert [n for n, _ in service.drained] == [A]
+    (_, first), (_, again) = worker_b.drained[0], service.drained[0]
+    assert again < first - 0.5  # the deadline left, not a new one
+    err = capsys.readouterr()
+    assert (f"DrainNode through 127.0.0.1:{worker_b.port} ended" in err.err
+            and f"sent again through 127.0.0.1:{port}" in err.err)
+    assert f"node {A[:8]} (192.0.2.9) is drained in" in err.out
+
+
+def test_a_drain_refused_by_the_relay_is_not_sent_again(serve, capsys):
+    worker_b = Gateway(refuse=grpc.StatusCode.FAILED_PRECONDITION)
+    service, port = cluster(serve, worker_b)
+    assert main(["--target", f"127.0.0.1:{port}", "drain", A[:8]]) == 1
+    assert [n for n, _ in worker_b.drained] == [A] and service.drained == []
+    assert "FAILED_PRECONDITION" in capsys.readouterr().err
+
+
+def test_a_cut_drain_with_too_little_time_left_is_not_sent_again(serve, monkeypatch):
+    monkeypatch.setattr(operate, "MIN_RELAY_S", 60.0)
+    worker_b = Gateway(cut=True)
+    service, port = cluster(serve, worker_b)
+    assert main(["--target", f"127.0.0.1:{port}", "drain", A[:8], "--timeout",
+                 "30"]) == 1
+    assert service.drained == []
