@@ -42,7 +42,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -56,6 +55,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
 from . import report
+from .lifetime import exit_on_sigterm
 from .loadgen import GeneratorPool, Step
 from .peers import actor_per_customer, floor, redis_core, redis_peer
 from .peers.serving import in_process, in_ray_actor
@@ -288,8 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     command = " ".join(["python -m bench.load"] + (sys.argv[1:] if argv is None else argv))
-    # SIGTERM unwinds like Ctrl-C, so every server, generator and Ray node is stopped
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    exit_on_sigterm()
     started = time.perf_counter()
     pool = GeneratorPool(plan.generators)
     try:

@@ -46,6 +46,7 @@ from tqdm import tqdm
 from kairos.cluster.control import runtime
 
 from . import report
+from .lifetime import exit_on_sigterm
 from .loadgen import GeneratorPool, Step
 from .systems import (kairos, kairos_processes, populate, ray_nodes, shard_actors,
                       snapshot_shards)
@@ -219,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["KAIROS_RESIDENT_LIMIT"] = str(math.ceil(args.customers / args.shards
                                                         * RESIDENT_HEADROOM))
     small = args.customers // SMALL_SHARE
+    exit_on_sigterm()
     pool = GeneratorPool(1)
     try:
         with ray_nodes(1), kairos(args.shards, args.customers) as system:

@@ -34,6 +34,7 @@ from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
 from .journeys import PROFILE_EVENT, crm_profiles, customer_id, popularity
+from .lifetime import within
 
 ROOT = Path(__file__).resolve().parents[1]
 OBJECT_STORE_BYTES = 256 * 2**20  # per node; the bench moves small messages only
@@ -45,6 +46,9 @@ CPUS_PER_NODE = 1  # Ray's CPU resource per node of a multi-node run (Kairos res
 # peers') run at 0, as the in-process peers and the generators do.
 NODE_ENV = {"KAIROS_PASSIVATE_IDLE_S": "86400", "KAIROS_DATA_HOST": "127.0.0.1",
             "RAY_worker_niceness": "0"}
+# runtime.start waits for its actors with no deadline: one Ray never places (its workers
+# killed by Ray's memory monitor on a crowded machine) would hang the run
+START_TIMEOUT_S = 180.0
 POPULATE_INFLIGHT = 4096  # events the bulk load keeps in flight
 POPULATE_PROGRESS_EVERY = 1000
 
@@ -179,8 +183,9 @@ def kairos(n_shards: int, customers: int, catalog_text: str | None = None,
         # direct: as `kairos up --shard-endpoints` starts it, a gateway on every node
         spec = GatewaySpec("127.0.0.1", 0, keys_file=keys_file, shard_endpoints=True) \
             if direct else None
-        runtime.start(n_shards=n_shards, catalog_text=catalog_text, store=store,
-                      journal_policy="fsync", gateways=spec)
+        within(START_TIMEOUT_S, lambda: runtime.start(
+            n_shards=n_shards, catalog_text=catalog_text, store=store, journal_policy="fsync",
+            gateways=spec), "runtime.start")
         status = ray.get(runtime.controller().status.remote())
         nodes = sorted(x["NodeID"] for x in ray.nodes() if x["Alive"])
         shards = Counter(s["placed_on"] for s in status["shards"])
