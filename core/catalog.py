@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from importlib import resources
@@ -39,6 +40,18 @@ MAX_TOP_K = 1024  # actions one placement may show: the kernels size their outpu
 # an offer's agent_text: a few sentences for an agent's screen, not a document (every decision
 # on the channel carries it)
 MAX_AGENT_TEXT = 1_000
+# the catalog's name and version are labels: the version travels in every decision, ack and
+# status (a 900 KB one made every customer's GetProfile pass gRPC's 4 MiB), so it is a short run
+# of visible ASCII (what "2026.12.2", "v2-rc.1" or "2026-12-05T10:00+01:00" need)
+MAX_NAME = 200
+MAX_VERSION = 64
+_VERSION_RE = re.compile(r"[!-~]{1,%d}" % MAX_VERSION)
+# characters no text may hold once YAML's escapes are read ("\e", "\u202e"; YAML itself refuses
+# only raw ones): controls but tab and line feed (a terminal's or a log's escape sequences), and
+# bidirectional embeddings, overrides and isolates, which show a text in another order than it
+# is read. A label (name) is one line, so it holds no tab or line feed either.
+_HIDDEN_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_HIDDEN_IN_LABEL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 DEFAULT_VARIANCE_SCALE = 0.1
 # a prior's precision: a weight's prior deviation of at most 1,000 logits, already far wider
 # than any weight a logistic model can use
@@ -56,7 +69,7 @@ DEFAULT_VALUE_MAX_RATIO = 10.0
 # inputs^2 per action and a model inputs^2 * 16 bytes (precision and covariance)...
 FULL_POSTERIOR_MAX_INPUTS = 64
 FULL_POSTERIOR_AUTO_INPUTS = 32  # ...and "auto" takes it up to this many
-_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")  # of everything a catalog names: channels, actions...
 _DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 
 
@@ -301,7 +314,8 @@ class Catalog:
 def load_catalog(text: str, source: str = "<catalog>", strict: bool = True) -> Catalog:
     """Parse and validate a catalog; raises CatalogError naming file, line:column and path.
     Not `strict`: what only the checks added since catalogs could be saved refuse (a
-    contact-policy count past the history ring, timers arming each other) is kept in
+    contact-policy count past the history ring, timers arming each other, a name or version
+    too long, a text with control or bidirectional-override characters) is kept in
     `refusals` instead, so that a catalog the cluster took up before still runs (a saved one
     is not checked anew at a restart); a new catalog is loaded strict (PutCatalog,
     ValidateCatalog, the CLI)."""
@@ -400,25 +414,51 @@ class _Reader:
 
     def name(self, path: Path) -> str:
         value = self.get(path)
-        if not isinstance(value, str) or not _NAME_RE.match(value):
+        if not isinstance(value, str) or not NAME_RE.match(value):
             raise self.fail(path, f"expected a name of lowercase letters, digits and '_' "
                                   f"starting with a letter, got {value!r}")
         return value
 
     def key_name(self, path: Path) -> str:
         key = path[-1]
-        if not _NAME_RE.match(key):
+        if not NAME_RE.match(key):
             raise self.fail(path, f"'{key}' is not a valid name: use lowercase letters, digits "
                                   f"and '_', starting with a letter", at_key=True)
         return key
 
-    def text(self, path: Path, max_length: int | None = None) -> str:
+    def string(self, path: Path) -> str:
         value = self.get(path)
         if not isinstance(value, str) or not value.strip():
             raise self.fail(path, f"expected a non-empty string, got {value!r}")
+        return value
+
+    def text(self, path: Path, max_length: int | None = None) -> str:
+        value = self.string(path)
         if max_length is not None and len(value) > max_length:
             raise self.fail(path, f"at most {max_length} characters, got {len(value)}")
+        self.visible(path, value, _HIDDEN_RE)
         return value
+
+    def label(self, path: Path, max_length: int) -> str:
+        """A one-line text; its length is a check added since catalogs could be saved."""
+        value = self.string(path)
+        if len(value) > max_length:
+            self.refusals.append(self.fail(path, f"at most {max_length} characters, got "
+                                                 f"{len(value)}"))
+        self.visible(path, value, _HIDDEN_IN_LABEL_RE)
+        return value
+
+    def visible(self, path: Path, value: str, hidden: re.Pattern) -> None:
+        """A refusal (a check added since catalogs could be saved) for the first character of
+        `value` that `hidden` finds."""
+        found = hidden.search(value)
+        if found:
+            char = found.group()
+            name = unicodedata.name(char, "")
+            self.refusals.append(self.fail(
+                path, f"character #x{ord(char):04x}{f' ({name})' if name else ''} at "
+                      f"{found.start() + 1}: no control or bidirectional-override characters "
+                      f"in a catalog's texts"))
 
     def number(self, path: Path, *, minimum: float | None = None, positive: bool = False,
                maximum: float | None = None) -> float:
@@ -501,7 +541,7 @@ class _Reader:
         if isinstance(fmt, bool) or fmt != FORMAT_VERSION:  # True == 1
             raise self.fail(("kairos_catalog",), f"unsupported catalog format {fmt!r} (this "
                                                  f"Kairos reads {FORMAT_VERSION})")
-        name = self.text(("name",))
+        name = self.label(("name",), MAX_NAME)
         version = self.version()
         events = self.each(("events",), self.event_type, non_empty=True)
         event_map = {e.name: e for e in events}
@@ -565,7 +605,13 @@ class _Reader:
         if not isinstance(value, str):  # a YAML number would lose digits: 1.10 reads as 1.1
             raise self.fail(("version",), f"expected a string such as \"2026.11.1\" (quote it), "
                                           f"got {_kind(value)}")
-        return self.text(("version",))
+        value = self.string(("version",))
+        if not _VERSION_RE.fullmatch(value):
+            shown = repr(value[:MAX_VERSION]) + ("..." if len(value) > MAX_VERSION else "")
+            self.refusals.append(self.fail(("version",), (
+                f"expected at most {MAX_VERSION} ASCII letters, digits and punctuation marks "
+                f"(no spaces), got {shown} ({len(value)} characters)")))
+        return value
 
     def field_spec(self, path: Path, vectors: bool = False) -> FieldSpec:
         spec = self.mapping(path, ("type",), ("required", "values", "min", "max", "size"))
