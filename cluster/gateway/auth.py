@@ -3,8 +3,8 @@
 Keys are YAML (or JSON), from a file (`kairos up --keys FILE`) or the KAIROS_API_KEYS variable:
 
     keys:
-      - key: "web-7f3a..."          # sent by the caller in the x-api-key metadata entry
-        name: web-frontend
+      - key: "web-7f3a..."          # sent in the x-api-key metadata entry: 16 characters or
+        name: web-frontend          # more, no whitespace
         channel: web                # optional: the key may only act on this channel
         scopes: [decide, ingest, respond, watch]
       - key: "ops-..."
@@ -17,6 +17,9 @@ Keys are YAML (or JSON), from a file (`kairos up --keys FILE`) or the KAIROS_API
         name: console-agent         # the agent's console (cluster/console/)
         scopes: [profile:read, respond, watch, status:read]
 
+An entry has only these fields. One the loader does not know (`chanel`), or a `channel` that
+names no channel (empty, null, a list), refuses the whole file: read as unbound, such a key
+would act on every channel.
 Without keys, auth is off, which the gateway allows only on a loopback address.
 
 Scopes: decide, ingest, respond, watch, profile:read, admin, identity (LinkIdentity: links
@@ -29,7 +32,8 @@ scaling and drains), and log:read (ExportDecisionLog: the decision log, every ch
 decisions with the customers' profiles as they saw them, so for unbound keys only; an unbound
 admin key may too). A profile block holds every channel's history, so narrowing an export to
 a bound key's channel would still show it the others': a bound key is refused whatever its
-scopes, admin included.
+scopes, admin included. So are the admin scope's changes (ForgetCustomer, which erases every
+channel's history, the catalog's switches, scaling, drains): each acts on every channel.
 
 Every kairos.v1 method has a `Rule` in RULES: the scope a key needs, where the request names a
 channel, and what a channel-bound key may do (`Rule.bound`):
@@ -52,16 +56,21 @@ from __future__ import annotations
 import contextvars
 import hmac
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import yaml
 
+from kairos.core.catalog import NAME_RE
+
 SCOPES = ("decide", "ingest", "respond", "watch", "profile:read", "admin", "identity",
           "feedback", "status:read", "log:read")
 KEYS_ENV = "KAIROS_API_KEYS"  # where `kairos up` and its gateways find keys without --keys
 METADATA_KEY = "x-api-key"
+KEY_FIELDS = ("key", "name", "channel", "scopes")  # an entry's, and no others
+_FIELD_RE = re.compile(r"[A-Za-z_]{1,20}")
 
 
 MATCH, FILTER, UNBOUND, ANY = "must match", "filters output", "unbound only", "any"
@@ -100,15 +109,15 @@ RULES: dict[str, Rule] = {
     _DECISIONS + "GetProfile": Rule("profile:read", bound=FILTER),
     _DECISIONS + "LinkIdentity": Rule("ingest", bound=UNBOUND, also=("identity",),
                                       unbinds=("identity",)),
-    _DECISIONS + "ForgetCustomer": Rule("admin"),
+    _DECISIONS + "ForgetCustomer": Rule("admin", bound=UNBOUND),
     _DECISIONS + "GetRoutes": Rule("decide", also=("ingest", "respond")),  # the routed calls
     _ADMIN + "ValidateCatalog": Rule("status:read", also=("admin",)),
-    _ADMIN + "PutCatalog": Rule("admin"),
-    _ADMIN + "RollbackCatalog": Rule("admin"),
+    _ADMIN + "PutCatalog": Rule("admin", bound=UNBOUND),
+    _ADMIN + "RollbackCatalog": Rule("admin", bound=UNBOUND),
     _ADMIN + "GetCatalog": Rule("status:read", also=("admin",)),
     _ADMIN + "GetClusterStatus": Rule("status:read", also=("admin",)),
-    _ADMIN + "ScaleShards": Rule("admin"),
-    _ADMIN + "DrainNode": Rule("admin"),
+    _ADMIN + "ScaleShards": Rule("admin", bound=UNBOUND),
+    _ADMIN + "DrainNode": Rule("admin", bound=UNBOUND),
     _ADMIN + "ExportDecisionLog": Rule("log:read", bound=UNBOUND, also=("admin",)),
 }
 OPEN_SERVICES = frozenset({"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
@@ -131,6 +140,26 @@ class ApiKey:
     name: str
     scopes: frozenset[str]
     channel: str | None = None
+
+
+def _check_fields(entry: dict, where: str) -> None:
+    """ValueError for a field the loader does not know, or a `channel` that names no channel:
+    read as absent, either would leave a key meant for one channel unbound. A field's name is
+    quoted only when it reads as one (a secret written as a field's name stays unsaid)."""
+    for field in entry:
+        if field not in KEY_FIELDS:
+            shown = f" '{field}'" if isinstance(field, str) and _FIELD_RE.fullmatch(field) \
+                else ""
+            raise ValueError(f"{where}: unknown field{shown} (fields: {', '.join(KEY_FIELDS)})")
+    if "channel" in entry and not (isinstance(entry["channel"], str) and
+                                   NAME_RE.fullmatch(entry["channel"])):
+        raise ValueError(f"{where}: 'channel' must name one channel (lowercase letters, digits "
+                         f"and '_'), got {_kind(entry['channel'])}; leave it out for a key of "
+                         f"every channel")
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else f"{type(value).__name__} {str(value)[:64]!r}"
 
 
 class Auth:
@@ -159,9 +188,16 @@ class Auth:
         keys = {}
         for i, entry in enumerate(entries):
             where = f"API keys: keys[{i}]"
-            if not isinstance(entry, dict) or not isinstance(entry.get("key"), str) or \
-                    len(entry["key"]) < 16:
-                raise ValueError(f"{where}: 'key' must be a string of at least 16 characters")
+            if not isinstance(entry, dict):
+                raise ValueError(f"{where}: expected a mapping of {', '.join(KEY_FIELDS)}")
+            if isinstance(entry.get("name"), str):
+                where += f" ({entry['name'][:64]!r})"
+            _check_fields(entry, where)
+            secret = entry.get("key")
+            if not isinstance(secret, str) or len(secret) < 16 or \
+                    any(c.isspace() for c in secret):
+                raise ValueError(f"{where}: 'key' must be a string of at least 16 characters, "
+                                 f"without whitespace")
             scopes = entry.get("scopes")
             if not isinstance(scopes, list) or not scopes:
                 raise ValueError(f"{where}: 'scopes' must be a non-empty list")

@@ -3,7 +3,8 @@
 Table-driven over the rules themselves: every RPC of kairos.v1 must have a rule, and every RPC
 is tried with every kind of key (no key, an unknown key, a key lacking the scope, a key with it,
 a key with it bound to the request's channel, to another channel, and with no channel in the
-request); what each should get follows from the RPC's rule alone.
+request); what each should get follows from the RPC's rule alone. A channel-bound admin key
+too, against a list of its own of the RPCs that act on every channel.
 """
 from __future__ import annotations
 
@@ -110,12 +111,26 @@ KINDS = {
     if rule.also else None,
     "with the last of several other scopes": lambda rule: (secret(rule.also[-1]), "app")
     if len(rule.also) > 1 else None,
+    "bound admin": lambda rule: (secret("admin", "web"), "web")
+    if "admin" in (rule.scope, *rule.also) else None,
 }
+# The RPCs that act on every channel (a customer's whole history, the catalog, the cluster, the
+# log of every channel's decisions), said here apart from RULES: a channel-bound key is refused
+# them whatever its scopes, as it may not act outside its channel (a bound admin key erased a
+# customer known on another channel only, switched the catalog and scaled the cluster)
+EVERY_CHANNEL = {"/kairos.v1.DecisionService/ForgetCustomer",
+                 "/kairos.v1.DecisionService/LinkIdentity",
+                 "/kairos.v1.AdminService/PutCatalog", "/kairos.v1.AdminService/RollbackCatalog",
+                 "/kairos.v1.AdminService/ScaleShards", "/kairos.v1.AdminService/DrainNode",
+                 "/kairos.v1.AdminService/ExportDecisionLog"}
 BOUND = {"bound to this channel", "bound to another channel", "bound, no channel named"}
 
 
-def expected(rule, kind: str) -> set[grpc.StatusCode]:
-    """What the rule says a caller of this kind gets."""
+def expected(method: str, kind: str) -> set[grpc.StatusCode]:
+    """What the method's rule says a caller of this kind gets."""
+    rule = RULES[method]
+    if kind == "bound admin":
+        return {grpc.StatusCode.PERMISSION_DENIED} if method in EVERY_CHANNEL else SERVED
     if kind in ("no key", "unknown key"):
         return {grpc.StatusCode.UNAUTHENTICATED}
     if kind == "lacking the scope":
@@ -137,7 +152,11 @@ def test_every_rpc_against_every_kind_of_key(served, method, kind):
     _, channel = served
     rule = RULES[method]
     key, named = KINDS[kind](rule)
-    assert status_of(channel, method, request_for(method, named), key) in expected(rule, kind)
+    assert status_of(channel, method, request_for(method, named), key) in expected(method, kind)
+
+
+def test_the_rpcs_that_act_on_every_channel_are_for_unbound_keys():
+    assert {method for method in EVERY_CHANNEL if RULES[method].bound != UNBOUND} == set()
 
 
 @pytest.mark.parametrize("method", sorted(m for m, rule in RULES.items() if rule.bound == MATCH))
