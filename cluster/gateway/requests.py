@@ -26,6 +26,7 @@ from kairos.cluster import protocol
 from kairos.cluster.gateway import wire
 from kairos.cluster.identity import alias_key, check_linkable
 from kairos.cluster.settings import CLOCK_SKEW_S
+from kairos.cluster.shard.outcomes import issued_at
 
 
 class Who(NamedTuple):
@@ -185,9 +186,22 @@ def outcome_request(request: pb.Outcome, catalog: CompiledCatalog) -> OutcomeReq
     value = request.value if request.HasField("value") else None
     check_bounded(request.idempotency_key, "idempotency_key", MAX_KEY_LENGTH)
     return OutcomeRequest(customer, request.action_id, request.channel, outcome,
-                          stated_time("time", request),
+                          outcome_time(request),
                           None if request.offline else request.decision_id, value,
                           request.idempotency_key or None)
+
+
+def outcome_time(request: pb.Outcome) -> float:
+    """A Respond's time (`stated_time`); one stated for a decision, not more than CLOCK_SKEW_S
+    before the decision was issued: an impression or a reject dated before its decision falls
+    out of the contact policies' windows it should count in. The issue time is the one the
+    id states, which the shard proves (`DecisionSeal.opened`: the id's MAC covers it)."""
+    when = stated_time("time", request)
+    issued = None if request.offline else issued_at(request.decision_id)
+    if issued is not None and request.HasField("time") and when < issued - CLOCK_SKEW_S:
+        raise InputError("time", f"{issued - when:.0f} s before the decision it names was "
+                                 f"issued (at most KAIROS_CLOCK_SKEW_S, {CLOCK_SKEW_S:g} s)")
+    return when
 
 
 def stated_time(where: str, message: Any) -> float:

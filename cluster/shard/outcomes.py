@@ -76,8 +76,7 @@ class DecisionSeal:
         the customers `issued_to` within OUTCOME_WINDOW_S, that customer, and when it was
         issued (a whole second, rounded down); InputError naming `decision_id` otherwise."""
         try:
-            engine_id, issued, sealed = decision_id.rsplit(".", 2)
-            when = int(issued, 16)
+            engine_id, issued, when, sealed = _parts(decision_id)
         except ValueError:
             raise InputError("decision_id", "not a decision id Kairos issued") from None
         if not self._clock() - OUTCOME_WINDOW_S <= when:
@@ -103,6 +102,22 @@ class DecisionSeal:
         signer = hashlib.blake2b(key=self._secret, digest_size=TAG_BYTES)
         signer.update(msgpack.packb(shared))
         return signer
+
+
+def issued_at(decision_id: str) -> int | None:
+    """When a sealed id says its decision was issued (a whole second, rounded down); None for
+    what is not a sealed id. Unproven: `DecisionSeal.opened` proves it, as the MAC covers it."""
+    try:
+        return _parts(decision_id)[2]
+    except ValueError:
+        return None
+
+
+def _parts(decision_id: str) -> tuple[str, str, int, str]:
+    """A sealed id's engine id, issue time (hex, and as a number) and MACs; ValueError for
+    what is not one."""
+    engine_id, issued, sealed = decision_id.rsplit(".", 2)
+    return engine_id, issued, int(issued, 16), sealed
 
 
 def _tag(signer, action_id: str) -> str:
