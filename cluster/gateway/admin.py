@@ -48,7 +48,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
     async def ValidateCatalog(self, request: admin_pb2.CatalogText, context
                               ) -> admin_pb2.CatalogInfo:
-        return _catalog_info(await self._compile(request.yaml, context))
+        return _catalog_info(await self._compile(request.yaml, context, "<ValidateCatalog>"))
 
     async def PutCatalog(self, request: admin_pb2.CatalogText, context) -> admin_pb2.CatalogInfo:
         compiled = await self._compile(request.yaml, context, wait=True)

@@ -120,7 +120,7 @@ def test_a_gateway_compiles_one_catalog_at_a_time_and_a_catalog_change_waits_its
         with pytest.raises(grpc.RpcError) as bad:  # the compile's error, from its process
             validate(admin_pb2.CatalogText(yaml="actions: [}"), timeout=60)
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert bad.value.details().startswith("<PutCatalog>:1:")
+    assert bad.value.details().startswith("<ValidateCatalog>:1:")  # not PutCatalog's
 
 
 def test_a_compile_that_must_not_be_refused_waits_for_the_one_running(monkeypatch):
