@@ -7,7 +7,8 @@ against a channel-bound key with `check_channel` (an empty channel is refused to
 GetProfile shows such a key only its channel's current decision (`visible_channel`); its
 decisions are previews, which the shards neither log nor count (protocol.Decide's `log`),
 but for the one of the channel its caller shows: the request's `shown_channel`, or a bound
-key's own channel, whose outcomes (an agent's answers) then join a logged decision.
+key's own channel, whose outcomes (an agent's answers) then join a logged decision; for a key
+that may add to the log (LOGGING; a `shown_channel` from another is refused).
 A Decide the shard cannot answer in time gets the catalog's fallback, marked as such.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ from kairos.v1 import decision_pb2_grpc
 
 from kairos.cluster import protocol
 from kairos.cluster.gateway import requests, wire
-from kairos.cluster.gateway.auth import (Denied, check_channel, require_scope,
+from kairos.cluster.gateway.auth import (Denied, check_channel, has_scope, require_scope,
                                          visible_channel)
 from kairos.cluster.gateway.calls import Gateway, abort
 from kairos.cluster.gateway.streams import Watch
@@ -41,6 +42,13 @@ from kairos.cluster.transport.lanes import Call, EarlierFailed
 DECIDING = "decide_placement asks for a decision, which needs a key with the 'decide' scope"
 # (a shard of an older version answers without saying: UNSPECIFIED)
 LEARNED_FROM = {kind.value: pb.LearnedFrom.Value(f"LEARNED_FROM_{kind.name}") for kind in Learned}
+# GetProfile's shown_channel has the shard log that channel's decision, which profile:read
+# alone must not (a read adding to the evidence and its counts). Not the decide scope alone: the
+# console's agents show it with profile:read and respond (cluster/console/session.py), and
+# respond already adds outcomes to the log
+LOGGING = ("decide", "respond")
+SHOWING = ("shown_channel logs the decision the caller shows, which needs a key with the "
+           "'decide' or 'respond' scope")
 BATCH_LIMIT = 10_000  # events in one IngestBatch (the proto says so)
 # A batch's events checked, and acked, between turns of the event loop: 9,000 at once held it
 # for 70-130 ms (checks), 30-60 ms (acks), and Decides with short deadlines failed meanwhile
@@ -328,6 +336,8 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
             who = requests.who(request)
             if request.shown_channel:
                 check_channel(request.shown_channel)
+                if not may_log():
+                    raise Denied(True, SHOWING)
             logged = requests.shown_channel(catalog, request)
         except (Denied, InputError) as exc:
             await abort(context, exc)
@@ -338,7 +348,8 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"no customer {requests.named(request)}")
         shown = visible_channel()  # a channel-bound key sees its channel's decision only
-        logged = logged or shown  # the one decision a channel shows: evidence, not a preview
+        if may_log():  # the one decision a channel shows: evidence, not a preview
+            logged = logged or shown
         channels = [ch for ch in catalog.channel_names if shown is None or ch == shown]
         if shown is not None:  # and its channel's interactions
             profile = {**profile, "history": [h for h in profile["history"]
@@ -398,6 +409,11 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
                     yield wire.decision_out(decision, catalog.agent_texts)
         except Exception as exc:
             await abort(context, exc)
+
+
+def may_log() -> bool:
+    """Whether the current call's key may have GetProfile log a decision (LOGGING)."""
+    return any(has_scope(scope) for scope in LOGGING)
 
 
 def check_event(event: pb.Event) -> None:

@@ -1,8 +1,9 @@
 """GetProfile's decisions are previews but for the one its caller shows: the request's
 `shown_channel`, or a bound key's own channel. That one is logged, so the outcomes an agent
 answers it with join a decision (replay and `kairos uplift` measure the agent's channel,
-control share included); the others stay unlogged. Over real gRPC on the in-process
-backend."""
+control share included); the others stay unlogged. Only for a key that may add to the log
+(decide or respond, as the console's agents have): a profile:read key's shown_channel is
+refused, and a bound one's reads log nothing. Over real gRPC on the in-process backend."""
 from __future__ import annotations
 
 import time
@@ -20,8 +21,14 @@ from tests.unit.gateway.test_profile_previews import logged_channels
 
 DEADLINE_S = 10
 AGENT, DESK = "agent-key-0123456789abcdef", "desk-key-0123456789abcdef"
-KEYS = (f"keys:\n  - {{key: '{AGENT}', name: agent, scopes: [profile:read, ingest, admin]}}\n"
-        f"  - {{key: '{DESK}', name: desk, scopes: [profile:read], channel: call_center}}\n")
+READER, BOUND_READER = "reader-key-0123456789abcdef", "bound-reader-key-0123456789abcdef"
+KEYS = (f"keys:\n  - {{key: '{AGENT}', name: agent, scopes: [profile:read, respond, ingest, "
+        f"admin]}}\n"
+        f"  - {{key: '{DESK}', name: desk, scopes: [profile:read, respond], "
+        f"channel: call_center}}\n"
+        f"  - {{key: '{READER}', name: reader, scopes: [profile:read]}}\n"
+        f"  - {{key: '{BOUND_READER}', name: bound-reader, scopes: [profile:read], "
+        f"channel: call_center}}\n")
 
 
 def ingest(stub) -> None:
@@ -87,3 +94,19 @@ def test_an_unknown_or_foreign_shown_channel_is_refused(served):
     with pytest.raises(grpc.RpcError) as denied:
         profile(stub, DESK, shown_channel="web")
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_read_only_key_logs_no_decision(served):
+    """profile:read alone reads: its shown_channel is refused, and a bound one's own channel's
+    decision stays a preview."""
+    stub, admin = served
+    since = time.time() - 5
+    before = exported(admin, since)
+    with pytest.raises(grpc.RpcError) as denied:
+        profile(stub, READER, shown_channel="call_center")
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert denied.value.details() == ("shown_channel logs the decision the caller shows, which "
+                                      "needs a key with the 'decide' or 'respond' scope")
+    assert len(profile(stub, READER).current) > 1
+    assert set(profile(stub, BOUND_READER).current) == {"call_center"}
+    assert exported(admin, since) == before
