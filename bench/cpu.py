@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from collections import Counter
-from typing import Callable, Iterable, NamedTuple
+from typing import Callable, Iterable, NamedTuple, TypeVar
 
 import psutil
 
@@ -18,6 +18,7 @@ CPU_SAMPLE_S = 1.0
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")  # what a process's start time counts in
 Key = tuple[int, float]  # a process: its pid and start time (pids are reused)
 ENDED = "(ended processes, after their last sample)"  # by_process's name for their CPU
+T = TypeVar("T")
 
 
 class Seen(NamedTuple):
@@ -242,6 +243,23 @@ def server_cpu(generators: set[int], start: float, seconds: float,
     return ProcessCpu(lambda: [p for p in psutil.Process().children(recursive=True)
                                if p.pid not in generators], start, seconds, windows,
                       reaper=psutil.Process(), others=lambda: _existing(generators))
+
+
+def server_cpu_during(generators: set[int], work: Callable[[], T]) -> tuple[T, float]:
+    """`work()`'s answer and the CPU seconds server_cpu's processes spent while it ran,
+    between two samples: for a short call into long-lived processes (a snapshot between
+    steps), so what a process that started or ended meanwhile spent is left out."""
+    def own() -> dict[Key, float]:
+        seen: dict[Key, Seen] = {}
+        for proc in psutil.Process().children(recursive=True):
+            if proc.pid not in generators:
+                _look(proc, True, seen)
+        return {key: s.own for key, s in seen.items()}
+
+    before = own()
+    answer = work()
+    after = own()
+    return answer, round(sum(after[key] - before[key] for key in after.keys() & before), 3)
 
 
 def _existing(pids: Iterable[int]) -> list[psutil.Process]:

@@ -2,7 +2,8 @@
 
     python -m bench.load                  # the full run (1,000,000 customers, one and three
                                           # Ray nodes, every peer; 15 to 30 minutes)
-    python -m bench.load --smoke          # under a minute; the test suite runs it
+    python -m bench.load --smoke          # 1.5 to 2 minutes; the test suite runs it (its
+                                          # steps are short: CPU figures are coarse)
     python -m bench.load --judge bench/results/load-<time>.json  # a saved run's report
                                           # under this version's targets, printed
     python -m bench.load --modes 1 --systems floor-grpc,kairos-1node --decide-only \
@@ -17,10 +18,11 @@ Systems, each behind the same kairos.v1 gRPC contract and driven by the same gen
   floor-ray-<mode>   an empty Decide that awaits an empty Ray actor call (the transport Kairos
                      cannot avoid: gateway actor → shard actor; across nodes in 3node mode)
   redis              a stateless gRPC service with profiles in a real redis-server, NumPy scoring
-  redis-core         the same work as Kairos: a stateless gRPC service running Kairos's own core
-                     (catalog, compiled kernel) on each customer's block, read from a real
-                     redis-server and written back on every request; the only difference from
-                     Kairos is where the state lives
+  redis-core         the same decision work as Kairos: a stateless gRPC service running Kairos's
+                     own core (catalog, compiled kernel) on each customer's block, read from a
+                     real redis-server (no persistence) and written back on every request. Not
+                     the same durability: it has no journal (Kairos fsyncs its per batch), no
+                     decision log and no sealed decision ids
   kairos-<mode>      Kairos: runtime + one gateway (1node, or 3node with the shards spread)
   actors             the literal card: one Ray actor per customer, a bounded number of them
 
@@ -28,7 +30,9 @@ Every system gets the same Decide sweep (the highest rate with p99 ≤ 10 ms, an
 floor-grpc and Kairos also get IngestStream and IngestBatch sweeps (Kairos re-evaluates each
 event). Kairos, in each mode, also gets: a bulk load of every customer, sessions across
 channels (decide, ingest and respond mixed) and push latency (an event on the web to the call
-center's WatchDecisions stream).
+center's WatchDecisions stream). After each of its steps that writes (ingest, sessions, push)
+every shard is snapshotted, outside the measured windows: what the step dirtied would be
+snapshotted a minute later, inside a later step; the report gives that snapshot's cost apart.
 
 Writes bench/results/load-<time>.json, .md and .png (latency percentiles against rate, one line
 per system), and prints as its last stdout line a JSON summary: per system p50_ms, p99_ms,
@@ -55,13 +59,14 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
 from . import report
+from .journeys import EVENT, RESPOND
 from .lifetime import exit_on_sigterm
 from .loadgen import GeneratorPool, Step
 from .peers import actor_per_customer, floor, redis_core, redis_peer
 from .peers.serving import in_process, in_ray_actor
 from kairos.cluster.storage.redis_server import RedisServer
-from .sweep import holds, sweep
-from .systems import kairos, populate_and_snapshot, ray_nodes
+from .sweep import holds, served, sweep
+from .systems import kairos, populate_and_snapshot, ray_nodes, settle_snapshots
 
 RESULTS = Path(__file__).parent / "results"
 PUSH_WARMUP_S = 1.5  # the watch must be registered before measured probes go out
@@ -77,7 +82,8 @@ class Plan:
     decide_rates: tuple[float, ...]  # per second, the sweep's ladder
     stream_rates: tuple[float, ...]  # events per second on IngestStream
     batch_rates: tuple[float, ...]  # events per second in IngestBatch messages
-    journey_rate: float  # mixed sessions per second, at most (see Bench.kairos)
+    journey_rate: float  # requests per second (of sessions mixing decide, ingest, respond),
+    # at most (see Bench.kairos)
     push_rate: float  # push probes per second
     actors: int  # the literal card's customer actors
     shards: int  # one per core: fewer, fuller batches beat more processes on a small machine
@@ -93,8 +99,8 @@ FULL = Plan(customers=1_000_000, modes=(1, 3), generators=2, warmup_s=2.0, measu
             batch_rates=(5000, 10_000, 20_000, 30_000, 40_000),
             journey_rate=1000, push_rate=100, actors=64, shards=os.cpu_count() or 2)
 SMOKE = Plan(customers=500, modes=(1,), generators=2, warmup_s=0.5, measure_s=1.5,
-             decide_rates=(200,), stream_rates=(1000,), batch_rates=(2000,), journey_rate=200, push_rate=20,
-             actors=4, shards=2, idle_s=1.0)
+             decide_rates=(200,), stream_rates=(1000,), batch_rates=(2000,), journey_rate=200,
+             push_rate=20, actors=4, shards=2, idle_s=1.0)
 
 
 class Bench:
@@ -122,12 +128,24 @@ class Bench:
             lambda rate: self.step(target, "decide", rate, customers, routes=routes),
             self.plan.decide_rates)
 
-    def ingest_sweeps(self, system: str, target: str) -> None:
-        """IngestStream's ladder, then IngestBatch's."""
+    def ingest_sweeps(self, system: str, target: str,
+                      after: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """IngestStream's ladder, then IngestBatch's; `after` each step (sweep's)."""
         for section, op, rates in (("ingest", "stream", self.plan.stream_rates),
                                    ("batch", "batch", self.plan.batch_rates)):
             self.results[section][system] = sweep(
-                self.pool, system, lambda rate, op=op: self.step(target, op, rate), rates)
+                self.pool, system, lambda rate, op=op: self.step(target, op, rate), rates,
+                after)
+
+    def settle_deferred(self, step: dict[str, Any]) -> None:
+        """After a Kairos step that wrote, outside its window: the snapshots of the partitions
+        it dirtied, taken now (systems.settle_snapshots), so that they land in no later
+        step's window; their cost goes beside the step's (`deferred`), per write served."""
+        deferred = settle_snapshots(self.pool.pids())
+        writes = sum(served(step, kind) for kind in (EVENT, RESPOND))
+        deferred["cpu_us_per_write"] = (round(deferred["server_cpu_s"] / writes * 1e6, 1)
+                                        if writes else None)
+        step["deferred"] = deferred
 
     def run(self) -> dict[str, Any]:
         self.phase("floor-grpc", self.grpc_floor)
@@ -205,16 +223,21 @@ class Bench:
             self.decide_sweep(name, system.target)
             if self.plan.decide_only:
                 return
-            self.ingest_sweeps(name, system.target)
+            # a Decide writes nothing (no record_impression): only the steps below dirty
+            # partitions
+            self.ingest_sweeps(name, system.target, after=self.settle_deferred)
             # sessions at the highest Decide rate that held (at most the plan's rate): what
             # each kind of call costs when the system is busy but not past its limit
             held = self.results["systems"][name]["max_rate_target_held"]
-            self.results["journey"][name] = self.pool.run(self.step(
+            journey = self.pool.run(self.step(
                 system.target, "journey",
                 min(held or self.plan.decide_rates[0], self.plan.journey_rate)))
+            self.settle_deferred(journey)
+            self.results["journey"][name] = journey
             push = self.pool.run(self.step(system.target, "push", self.plan.push_rate,
                                            warmup_s=max(self.plan.warmup_s, PUSH_WARMUP_S)))
             push["holds"] = holds(push, "push", report.PUSH_P99_TARGET_MS)
+            self.settle_deferred(push)
             self.results["push"][name] = push
 
     def kairos_direct(self, mode: int) -> None:
@@ -245,7 +268,8 @@ class Bench:
 
 def parse(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="a run under a minute (tests)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a short run, 1.5 to 2 minutes (tests)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="report folder")
     parser.add_argument("--customers", type=int, help="resident customers")
     parser.add_argument("--modes", help="Ray node counts to run, e.g. 1,3")

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 from matplotlib import ticker  # noqa: E402
 
 from . import loadgen, provenance  # noqa: E402
+from .cpu import TICK_S  # noqa: E402
 from .sweep import (P99_TARGET_MS, cpu_us_per_ok, failed, headline, headline_step,  # noqa: E402
                     holds, rate_held, served, unanswered)
 
@@ -81,7 +82,19 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
         "targets_met": f"{sum(t['met'] is True for t in results['targets'])}"
                        f"/{sum(t['met'] is not None for t in results['targets'])}",
         "targets_not_measured": sum(_unmeasured(t) for t in results["targets"]),
+        "cpu_tick_us": _tick_us(results),
         "failures": [f["phase"] for f in results["failures"]]}
+
+
+def _tick_us(results: dict[str, Any]) -> float | None:
+    """The coarsest resolution of the run's CPU per request: a process's CPU counts in clock
+    ticks, so a step's figure moves by a tick over the requests it answered (a short step's,
+    as the smoke run's, by tens of µs)."""
+    answered = [sum(k["count"] for k in step["kinds"].values())
+                for section in ("systems", "ingest", "batch")
+                for result in results[section].values() for step in result["steps"]]
+    answered = [n for n in answered if n]
+    return round(TICK_S * 1e6 / min(answered), 1) if answered else None
 
 
 def _figures(step: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -247,10 +260,16 @@ def markdown(results: dict[str, Any]) -> str:
              "actors) in a step's measured window, per request answered in it (refusals "
              "included) and, in the steps tables, per request served (refusals, errors and "
              "fallbacks left out: a system that sheds more does not look cheaper); after "
-             "\"≥\" it is a lower bound (what some process spent in the window went unseen).",
+             "\"≥\" it is a lower bound (what some process spent in the window went unseen). "
+             f"Each process's CPU counts in clock ticks of {TICK_S * 1e3:g} ms, so a step's "
+             "figure moves by a tick over the requests it answered: by up to "
+             f"{_tick_us(results) or 0:g} µs per request in this run. \"answered /s\" "
+             "counts the requests the seeded schedule meant to send in a step's window that "
+             "were served, per second: the same for every system that served them all, not "
+             "a throughput; a rate held is the intended rate.",
              "",
              "## Decide: the highest rate at which p99 ≤ 10 ms held", "",
-             _table(["system", "max rate held /s", "p50", "p90", "p99", "p99.9", "max",
+             _table(["system", "max intended rate held /s", "p50", "p90", "p99", "p99.9", "max",
                      "errors", "server CPU µs/request"],
                     [_held_row(name, r) for name, r in results["systems"].items()]), "",
              "## Decide: every step", "", _steps_table(results["systems"]), ""]
@@ -266,6 +285,19 @@ def markdown(results: dict[str, Any]) -> str:
                   f"{loadgen.BATCH_WINDOW_S * 1e3:g} ms, at most {loadgen.BATCH_EVENTS:,} events; "
                   "each event re-evaluates the customer; latency from each event's arrival)",
                   "", _steps_table(results["batch"]), ""]
+    deferred = _deferred_rows(results)
+    if deferred:
+        lines += ["## Snapshots settled after each step that wrote (outside its window)", "",
+                  "Partitions a step dirtied are snapshotted SNAPSHOT_AFTER_S (60 s) later, "
+                  "inside whichever step runs then: the bench snapshots every partition "
+                  "after such a step instead, and reports that here (the server CPU of the "
+                  "system's processes over the snapshot call, its idle cost included, per "
+                  "event or outcome the step served). Not in the steps' figures above. An "
+                  "upper bound of the step's own snapshot cost: the shards' snapshot call "
+                  "writes the clean partitions too.", "",
+                  _table(["steps", "system", "intended /s", "partitions dirty", "customers "
+                          "written", "seconds", "server CPU s", "µs per write served, at most"],
+                         deferred), ""]
     if results["journey"]:
         lines += ["## Sessions across channels (decide, ingest, respond mixed)", "",
                   _table(["system", "kind", "rate /s", "p50", "p99", "p99.9", "max", "errors"],
@@ -353,6 +385,25 @@ def _count(checks: list[dict[str, Any]]) -> str:
             "(a lower bound).")
 
 
+DEFERRED = (("ingest", "IngestStream"), ("batch", "IngestBatch"), ("journey", "sessions"),
+            ("push", "push probes"))
+
+
+def _deferred_rows(results: dict[str, Any]) -> list[list[str]]:
+    """Each step's snapshots settled after it (`deferred`; runs before it have none)."""
+    rows = []
+    for section, call in DEFERRED:
+        for name, result in results.get(section, {}).items():
+            for step in result["steps"] if "steps" in result else [result]:
+                d = step.get("deferred")
+                if d is not None:
+                    rows.append([call, name, f"{step['rate_target']:,.0f}",
+                                 f"{d['dirty_partitions']:,} of {d['partitions']:,}",
+                                 f"{d['customers']:,}", f"{d['seconds']:.2f}",
+                                 f"{d['server_cpu_s']:.2f}", _us(d["cpu_us_per_write"])])
+    return rows
+
+
 OVER_FLOOR = (("systems", "Decide"), ("ingest", "IngestStream"), ("batch", "IngestBatch"))
 
 
@@ -406,7 +457,7 @@ def _held_row(name: str, result: dict[str, Any]) -> list[str]:
     if not rate_held(result):
         return [name, "none held", "", "", "", "", "", "", ""]
     step = headline_step(result)
-    return [name, f"{rate_held(result):,.0f}",
+    return [name, f"{rate_held(result, intended=True):,.0f}",
             *_percentiles(step, result["kind"], ("p50_ms", "p90_ms", "p99_ms", "p99_9_ms",
                                                  "max_ms")),
             _errors(step, result["kind"]), _server_cpu(step, step.get("cpu_us_per_request"))]

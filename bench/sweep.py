@@ -57,8 +57,11 @@ def _figures(result: dict[str, Any], kind: str | None) -> list[dict[str, Any]]:
 
 
 def sweep(pool: GeneratorPool, system: str, make_step: Callable[[float], Step],
-          rates: tuple[float, ...]) -> dict[str, Any]:
-    """Run the ladder; the steps and the highest rate that held (0 if none did)."""
+          rates: tuple[float, ...], after: Callable[[dict[str, Any]], None] | None = None
+          ) -> dict[str, Any]:
+    """Run the ladder; the steps and the highest rate that held (0 if none did). `after`
+    is given each step's result once its measured window has closed (the system's work the
+    step deferred is settled there, before the next step's window)."""
     steps = []
     failures = 0
     with tqdm(rates, desc=f"{system} {make_step(rates[0]).op}", unit="step",
@@ -67,6 +70,8 @@ def sweep(pool: GeneratorPool, system: str, make_step: Callable[[float], Step],
             step = make_step(rate)
             result = pool.run(step)
             result["holds"] = holds(result, KIND_OF_OP[step.op])
+            if after is not None:
+                after(result)
             steps.append(result)
             stats = result["kinds"].get(KIND_OF_OP[step.op], {})
             bar.set_postfix_str(f"{rate:.0f}/s p99 {stats.get('p99_ms', float('nan')):.1f} ms")

@@ -33,6 +33,7 @@ from kairos.cluster.settings import NAMESPACE
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
+from .cpu import server_cpu_during
 from .journeys import PROFILE_EVENT, crm_profiles, customer_id, popularity
 from .lifetime import within
 
@@ -145,6 +146,22 @@ def snapshot_shards(shards: list[Any] | None = None) -> int:
     """Every partition of the shards (default: all) snapshotted now; the customers written."""
     shards = shard_actors() if shards is None else shards
     return sum(ray.get([shard.snapshot.remote() for shard in shards]))
+
+
+def settle_snapshots(generators: set[int]) -> dict[str, float]:
+    """Every shard snapshotted now, between steps: the partitions a step's writes dirtied
+    would otherwise be snapshotted SNAPSHOT_AFTER_S later, inside whichever step runs then
+    (or none), and charge it their cost. How many partitions were dirty of those served,
+    the customers written, the wall seconds and the server CPU seconds it took: an upper
+    bound of what the step deferred (ShardActor.snapshot writes every partition it serves,
+    the clean ones too)."""
+    shards = shard_actors()
+    stats = ray.get([shard.stats.remote() for shard in shards])
+    started = time.perf_counter()
+    written, cpu_s = server_cpu_during(generators, lambda: snapshot_shards(shards))
+    return {"dirty_partitions": sum(s["dirty_partitions"] for s in stats),
+            "partitions": sum(s["partitions"] for s in stats), "customers": written,
+            "seconds": round(time.perf_counter() - started, 2), "server_cpu_s": cpu_s}
 
 
 def populate_and_snapshot(customers: int, on_progress: Callable[[int], None]

@@ -246,3 +246,17 @@ def test_a_figure_missing_because_nothing_was_served_is_a_miss():
     checks = {t["target"]: t for t in targets(data) if t["system"] == "kairos-1node"}
     core = checks["Decide server CPU per request served ÷ redis-core's, same rate"]
     assert (core["value"], core["met"]) == (None, False)
+
+
+def test_the_rate_held_is_the_intended_rate_not_the_schedules_count():
+    """The seeded schedule meant to send 513 requests a second in the 500/s step's window:
+    the rate held is 500/s."""
+    data = results()
+    data["systems"]["kairos-1node"]["steps"][1]["kinds"]["decide"]["rate"] = 513.0
+    text = markdown({**data, "targets": targets(data), "run": "load-x",
+                     "command": "python -m bench.load", "seconds": 1.0,
+                     "machine": {"platform": "Linux", "cpus": 2, "ray": "2"},
+                     "plan": {"customers": 10, "generators": 2, "measure_s": 1.0,
+                              "warmup_s": 1.0}})
+    held = text.split("## Decide: the highest rate")[1].split("## Decide: every step")[0]
+    assert "| kairos-1node | 500 |" in held and "max intended rate held /s" in held
