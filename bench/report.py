@@ -151,8 +151,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                       also=_served_at(systems[name], rate))
         if "redis-core" in systems:
             value, rate = _worst_p99_ratio(systems[name], systems["redis-core"])
-            check("Decide p99 ÷ redis-core's (same work), the worst rate both ran", name,
-                  value, 1.0, at_most=True, rate=rate)
+            check("Decide p99 ÷ redis-core's (same decision work), the worst rate both ran",
+                  name, value, 1.0, at_most=True, rate=rate)
         for section, (label, most) in CPU_PER_EVENT_MAX_US.items():
             if name in results[section]:
                 step = headline_step(results[section][name])

@@ -68,7 +68,8 @@ def test_decide_cpu_is_judged_against_each_peer_at_the_highest_rate_both_held():
 
 
 def test_decide_p99_against_the_same_work_peer_is_its_worst_rate():
-    worst = judged()["Decide p99 ÷ redis-core's (same work), the worst rate both ran"]
+    worst = judged()["Decide p99 ÷ redis-core's (same decision work), the worst rate both "
+                     "ran"]
     assert (worst["value"], worst["rate"], worst["met"]) == (2.0, 1000, False)  # 12 ms : 6
 
 
