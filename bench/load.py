@@ -21,7 +21,7 @@ Systems, each behind the same kairos.v1 gRPC contract and driven by the same gen
   redis-core         the same decision work as Kairos: a stateless gRPC service running Kairos's
                      own core (catalog, compiled kernel) on each customer's block, read from a
                      real redis-server (no persistence) and written back on every request. Not
-                     the same durability: it has no journal (Kairos fsyncs its per batch), no
+                     the same durability: it has no journal (Kairos fsyncs one per batch), no
                      decision log and no sealed decision ids
   kairos-<mode>      Kairos: runtime + one gateway (1node, or 3node with the shards spread)
   actors             the literal card: one Ray actor per customer, a bounded number of them
