@@ -11,11 +11,15 @@ from kairos.v1 import admin_pb2, admin_pb2_grpc
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
+from kairos.cluster.cli.secret_files import SecretFileError, check_secret_file
 from kairos.cluster.cli.targets import split_target
 from kairos.cluster.gateway import wire
 from kairos.cluster.gateway.auth import METADATA_KEY
 
 KEY_ENV = "KAIROS_API_KEY"
+# else the file holding the key: on Kubernetes a mounted Secret, kept out of the environment
+# that every process of the pod inherits
+KEY_FILE_ENV = "KAIROS_API_KEY_FILE"
 # TLS to the gateway: the CA that signed its certificate; for mTLS also this client's
 # certificate and key (PEM files).
 TLS_ENV = ("KAIROS_TLS_CA", "KAIROS_TLS_CERT", "KAIROS_TLS_KEY")
@@ -60,6 +64,23 @@ def tls_hint() -> str:
             f"and does it require a client certificate ({cert}, {key})?")
 
 
+def api_key_from_env() -> str | None:
+    """The key in KAIROS_API_KEY, else the one in the file KAIROS_API_KEY_FILE names (a
+    secret's file: see check_secret_file), else None. SystemExit when that file is refused or
+    cannot be read."""
+    key, path = os.environ.get(KEY_ENV), os.environ.get(KEY_FILE_ENV)
+    if key or not path:
+        return key
+    try:
+        check_secret_file(path, KEY_FILE_ENV)
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip() or None
+    except SecretFileError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    except OSError as exc:
+        raise SystemExit(f"error: {KEY_FILE_ENV} {path}: {exc.strerror}") from None
+
+
 Customer = str | tuple[str, str]  # a customer id, or an alias (type, value)
 
 
@@ -73,7 +94,7 @@ class Remote:
     def __init__(self, target: str, api_key: str | None = None):
         self.target = target
         self.channel = channel_to(target)
-        key = api_key or os.environ.get(KEY_ENV)
+        key = api_key or api_key_from_env()
         self.metadata = ((METADATA_KEY, key),) if key else ()
         self.decisions = decision_pb2_grpc.DecisionServiceStub(self.channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
