@@ -39,7 +39,8 @@ What `kairos up` started is recorded in $KAIROS_HOME/run.json (default ~/.kairos
 `kairos up` on the same KAIROS_HOME refuses to start, and `kairos down` stops exactly those
 processes (see local.py), within about a minute whatever state they are in. Commands that talk
 to a running Kairos use --target (default: the first gateway `kairos up` recorded, else
-127.0.0.1:50051) and the API key in KAIROS_API_KEY when the gateway requires keys.
+127.0.0.1:50051) and the API key in KAIROS_API_KEY, or in the file KAIROS_API_KEY_FILE names,
+when the gateway requires keys.
 """
 from __future__ import annotations
 

@@ -15,8 +15,10 @@ What a machine shared by every "pod" forces the test to change, and nothing else
   the preStop's `--target kairos-gateway:50051` (the Service) becomes the head's gateway;
 - every node has this machine's address, so POD_IP, which preStop drains, is the node's id
   (which `kairos drain` takes as well as an address);
-- the Secrets' values come from the rendered Secrets; Redis is a real redis-server with the
-  overlay's password, on 127.0.0.1, instead of Service kairos-redis;
+- the Secrets' files come from the rendered Secrets, written under the test's directory (this
+  user's, mode 0600: no kubelet makes them root's with the pod's fsGroup) and the variables
+  naming them pointed there; Redis is a real redis-server with the overlay's password, on
+  127.0.0.1, instead of Service kairos-redis;
 - Ray's token is one the test makes, as KubeRay makes one (RAY_AUTH_MODE, RAY_AUTH_TOKEN);
 - a drain's unready window (KAIROS_DRAIN_UNREADY_S, 10 s on the head) is 2 s: the clients
   here watch the gateways' health themselves, with no probe period or endpoint update to wait
@@ -71,17 +73,35 @@ def secret_value(name: str, key: str) -> str:
 
 def container_env(container: dict, fields: dict[str, str]) -> dict[str, str]:
     """The container's environment as the kubelet builds it: $(VAR) expanded from the ones
-    before, Secrets' keys read, fieldRefs from `fields` (left out when not given)."""
+    before, fieldRefs from `fields` (left out when not given); no secret is in it
+    (tests/k8s/test_secret_files.py)."""
     env: dict[str, str] = {}
     for e in container.get("env", []):
         if "value" in e:
             env[e["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), e["value"])
-        elif "secretKeyRef" in e["valueFrom"]:
-            ref = e["valueFrom"]["secretKeyRef"]
-            env[e["name"]] = secret_value(ref["name"], ref["key"])
         elif e["valueFrom"]["fieldRef"]["fieldPath"] in fields:
             env[e["name"]] = fields[e["valueFrom"]["fieldRef"]["fieldPath"]]
     return env
+
+
+def mounted_secrets(spec: dict, container: dict, root: Path) -> dict[str, str]:
+    """The container's Secret volumes written under `root`, this user's with mode 0600: the
+    mount path -> its folder here."""
+    volumes = {v["name"]: v["secret"] for v in spec["volumes"] if "secret" in v}
+    found = {}
+    for mount in container.get("volumeMounts", []):
+        if mount["name"] not in volumes:
+            continue
+        secret = volumes[mount["name"]]
+        folder = root / mount["name"]
+        folder.mkdir(exist_ok=True)
+        data = one(OVERLAY, "Secret", secret["secretName"])["data"]
+        for key, path in ({i["key"]: i["path"] for i in secret.get("items", [])}
+                          or {key: key for key in data}).items():
+            (folder / path).write_bytes(base64.b64decode(data[key]))
+            (folder / path).chmod(0o600)
+        found[mount["mountPath"]] = str(folder)
+    return found
 
 
 def kuberay_start(params: dict[str, str], head: bool, gcs_port: int) -> str:
@@ -121,8 +141,12 @@ def test_the_pods_commands_join_drain_and_leave_under_traffic(pods):
               # emptied it in preStop by then, so the test does not wait out Ray's default
               "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "5"}
 
-    def env_for(container: dict, ray_start: str) -> dict[str, str]:
+    def env_for(spec: dict, ray_start: str) -> dict[str, str]:
+        container = spec["containers"][0]
         env = {**common, **container_env(container, {})}
+        for path, here in mounted_secrets(spec, container, tmp).items():
+            env.update({name: value.replace(path, here) for name, value in env.items()
+                        if value.startswith(path + "/")})
         if "KAIROS_STORE" in env:  # the head's: Service kairos-redis is this redis-server
             env["KAIROS_STORE"] = env["KAIROS_STORE"].replace("kairos-redis:6379",
                                                               f"127.0.0.1:{redis.port}")
@@ -138,7 +162,7 @@ def test_the_pods_commands_join_drain_and_leave_under_traffic(pods):
     (bin_dir / "kairos-head.sh").write_text(
         one(OVERLAY, "ConfigMap", "kairos-head-start")["data"]["kairos-head.sh"])
     command = [part.replace("/opt/kairos/bin", str(bin_dir)) for part in head_container["command"]]
-    head = Pod("head", command, env_for(head_container, kuberay_start(
+    head = Pod("head", command, env_for(head_spec["template"]["spec"], kuberay_start(
         head_spec["rayStartParams"], True, gcs_port)), tmp)
     started.append(head)
     def head_serves() -> re.Match | None:
@@ -164,7 +188,8 @@ def test_the_pods_commands_join_drain_and_leave_under_traffic(pods):
         for attempt in range(3):
             ray_start = kuberay_start(group["rayStartParams"], False, gcs_port)  # own ports
             pod = Pod(f"{name}-{attempt}", worker_container["command"]
-                      + worker_container["args"], env_for(worker_container, ray_start), tmp)
+                      + worker_container["args"], env_for(group["template"]["spec"], ray_start),
+                      tmp)
             try:
                 wait_until(lambda: len(nodes()) == count, NODE_UP_S, f"{name}'s node in Ray",
                            poll_s=0.5)
