@@ -10,14 +10,17 @@ Recovery loads each partition's snapshot and replays the journal it names throug
 handlers that applied the records (a partition never snapshotted replays from the start). A
 customer's home in the store carries the LSN of its last change, so replay skips what a home
 already holds.
-ForgetCustomer is finished by `erase`: the partitions are snapshotted without the customer,
-then the journal is rewritten without its records. The homes a Take or a Forget leave are
-deleted only once the journal holding that record is synced (`delete_homes`: at each tick,
-and before a snapshot or a handoff covers the record, so that replay need not ask again); a
-crash before then replays the record, which asks again. The directory's share in a snapshot
-carries the tombstones of forgotten customers' links (identity.py), and a snapshot names the
-customers whose decision-log erasure is not done yet (decisionlog.py), for recovery to ask
-again; once it is done, the partition is snapshotted again (`_unname_erased`).
+ForgetCustomer is finished by `erase`: the partitions are snapshotted without the customer
+but naming the ids to erase, the journal is rewritten without their records, and the
+partitions are snapshotted again without the ids (a rewrite that fails is tried again, by a
+rebuilt shard too). The homes a Take or a Forget leave are deleted only once a snapshot
+covers the record (`delete_homes`, after the snapshot: at the erase, a checkpoint, or before
+a handoff), whatever the journal policy: a crash before then replays the record (or, with
+nothing journaled, loses it and keeps the home), which asks again; the snapshot names the
+homes until they are deleted. The directory's share in a snapshot carries the tombstones of
+forgotten customers' links (identity.py), and a snapshot names the customers whose
+decision-log erasure is not done yet (decisionlog.py), for recovery to ask again; once it is
+done, the partition is snapshotted again (`_unname_erased`).
 
 Snapshots are sealed with a checksum (storage/sealed.py; format 2). A snapshot whose checksum
 fails, or whose block does not hold together, stops recovery with SnapshotCorrupt naming the
@@ -72,8 +75,6 @@ class Durability:
         number of customers written. Partitions being handed over are left alone: their new
         owner writes theirs when it adopts them."""
         partitions = [p for p in partitions if p not in self._ownership.leaving]
-        # the snapshot covers the records that asked for these: replay will not ask again
-        self.delete_homes(partitions)
         self._journaling.sync()
         journal = self._journaling.journal
         # a shard replaced while it still runs must not overwrite its heir's snapshots with
@@ -86,6 +87,7 @@ class Durability:
         unerased: dict[int, list[str]] = {}
         for customer_id in self._decision_log.unerased():
             unerased.setdefault(self._ctx.partition_of(customer_id), []).append(customer_id)
+        deletes = self._journaling.deletes
         for i, p in enumerate(partitions):
             residents = self._residency.residents([p])
             customers += len(residents)
@@ -95,7 +97,11 @@ class Durability:
                 "block": self._residency.export(residents),
                 "sleepers": self._residency.sleepers(p),
                 "directory": self._directory.export([p]),
-                "unerased": sorted(unerased.get(p, []))}))
+                "unerased": sorted(unerased.get(p, [])),
+                # the homes and journal records this snapshot covers the reasons to erase,
+                # until they are (a failed delete or rewrite, or a crash, cut before that)
+                "deleting": sorted(deletes.get(p, ())),
+                "erasing": sorted(self._journaling.erasures_of(p))}))
             size += len(snapshots[p])
             if size >= SNAPSHOT_WRITE_BYTES or i == len(partitions) - 1:
                 # bounded: a shard is gigabytes
@@ -104,6 +110,10 @@ class Durability:
         for p in partitions:
             self._journaling.dirty.pop(p, None)
         self._ctx.counts["snapshots"] += len(partitions)
+        # only now: deleted before the snapshot covers the Take or Forget that asked, a crash
+        # (or a journal that keeps nothing: policy off, os at a power cut) would lose what the
+        # home held, the state handed over or the forgotten customer's aliases
+        self.delete_homes(partitions)
         return customers
 
     def checkpoint(self, changed_before: float, limit: int, budget_s: float = math.inf) -> int:
@@ -133,9 +143,10 @@ class Durability:
         return written
 
     def delete_homes(self, partitions: Iterable[int] | None = None) -> int:
-        """Delete the homes that Take and Forget left (of these partitions, default all), now
-        that the journal holding their records is synced; the number deleted. A crash before
-        this replays those records, which ask again."""
+        """Delete the homes that Take and Forget left (of these partitions, default all); the
+        number deleted. Only once a snapshot covers the records that asked (`snapshot`): a
+        crash before then replays them, which ask again, and one after reads the homes left
+        in the snapshot (`deleting`)."""
         deletes = self._journaling.deletes
         due = [p for p in (list(deletes) if partitions is None else partitions) if p in deletes]
         if not due:
@@ -154,17 +165,30 @@ class Durability:
         partitions without the forgotten customers, then rewrite the journal without their
         records; the records dropped. A partition's records are dropped only once a snapshot
         holds it that recovery reads instead: this shard's, or its new owner's."""
-        self.delete_homes()
+        dirty = self._journaling.dirty
+        # a snapshot covers their records, but a delete after it failed
+        self.delete_homes([p for p in self._journaling.deletes if p not in dirty])
         self._unname_erased()
-        erase, owned = self._journaling.take_erasures(), self._ownership.owned
-        for p in [p for p in erase if p in owned and p in self._ownership.leaving]:
-            # being handed over: not snapshotted here (the new owner will), so its records
-            # stay until it has moved (then they are dropped), or stayed (then snapshotted)
-            for customer_id in erase.pop(p):
-                self._journaling.erase_later(p, customer_id)
+        owned, leaving = self._ownership.owned, self._ownership.leaving
+        # being handed over: not snapshotted here (the new owner will), so its records stay
+        # until it has moved (then they are dropped), or stayed (then snapshotted)
+        erase = self._journaling.take_erasures(lambda p: p not in owned or p not in leaving)
         if not erase:
             return 0
-        self.snapshot([p for p in erase if p in owned])  # a released one: its owner's is
+        mine = [p for p in erase if p in owned]  # a released one: its owner's snapshot is read
+        try:
+            # written naming the erasures: a rewrite that fails leaves them to a rebuilt shard
+            self.snapshot(mine)
+            dropped = self._compact(erase)
+        except BaseException:
+            self._journaling.erase_again()
+            raise
+        self._journaling.erasures_done()
+        self.snapshot(mine)  # and again without their ids (one that fails: they are erased again)
+        return dropped
+
+    def _compact(self, erase: dict[int, set[str]]) -> int:
+        """Rewrite the journal without the records naming these customers; how many went."""
 
         def mentions(record: Record) -> bool:
             gone = erase.get(record.partition)
@@ -214,6 +238,10 @@ class Durability:
                 continue
             snap, checked = self._read_snapshot(p, blob)
             unchecked += not checked
+            for customer_id in snap.get("deleting", []):  # none in snapshots from before
+                journaling.delete_later(p, customer_id)
+            for customer_id in snap.get("erasing", []):
+                journaling.erase_later(p, customer_id)
             journaling.stamps_of = snap["journal"]
             self._residency.receive(snap["block"])
             self._residency.take_sleepers(p, snap["sleepers"])

@@ -68,7 +68,9 @@ class Handoff:
             if p not in ownership.owned or p in ownership.leaving:
                 raise ValueError(f"{self._ctx.name} cannot hand over partition {p}: "
                                  f"not serving it")
-        self._durability.delete_homes(partitions)  # else they would travel as live homes
+        # the homes Take and Forget left are deleted (else they would travel as live homes)
+        # once a snapshot covers the records that asked (durability.py)
+        self._durability.snapshot([p for p in partitions if p in self._journaling.deletes])
         payload = {"partitions": list(partitions),
                    "block": self._residency.export(self._residency.residents(partitions)),
                    "passivated": {}, "directory": self._directory.export(partitions),

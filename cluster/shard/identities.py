@@ -12,8 +12,8 @@ block, so a retried link merges once even after the customer moved or was passiv
 forget finds its aliases there (or answers UNAVAILABLE when the home is damaged). Every link
 step is refused (CONFLICT) once its link is buried by a forget. A forget also buries the
 customer itself (`Directory.forgotten_at`), so an outcome of a decision issued to it before
-cannot bring it back (customers.py). Homes are deleted only once the records saying so are
-durable (journaling.py: `delete_later`).
+cannot bring it back (customers.py). Homes are deleted only once a snapshot covers the
+records saying so (journaling.py: `delete_later`).
 """
 from __future__ import annotations
 

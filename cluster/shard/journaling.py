@@ -14,6 +14,8 @@ change: the journal must keep everything from there on (durability.py snapshots 
 """
 from __future__ import annotations
 
+from typing import Callable
+
 from kairos.cluster.protocol import STAMPED, Record
 from kairos.cluster.shard.context import ShardContext
 from kairos.cluster.storage.store import JournalLike, StoreUnavailable
@@ -33,8 +35,9 @@ class Journaling:
         self.dirty: dict[int, tuple[int, float]] = {}
         self._records: list[Record] = []  # this round's, in the order they were applied
         self._erase: dict[int, set[str]] = {}  # partition -> ids to erase from the journal
-        # partition -> homes to delete from the store once the records that justify it are
-        # durable (durability.py: `delete_homes`); until then nothing may load them
+        self._erasing: dict[int, set[str]] = {}  # those of the rewrite under way
+        # partition -> homes to delete from the store once a snapshot covers the records that
+        # justify it (durability.py: `delete_homes`); until then nothing may load them
         self.deletes: dict[int, set[str]] = {}
 
     @property
@@ -97,13 +100,31 @@ class Journaling:
         self._erase.setdefault(partition, set()).add(customer_id)
 
     def delete_later(self, partition: int, customer_id: str) -> None:
-        """Delete the customer's home once this round's records are durable: deleted sooner,
-        a crash before the sync would lose it with no record of why."""
+        """Delete the customer's home once a snapshot covers this round's records: deleted
+        sooner, a crash would lose it with no record of why (or, the home holding a forgotten
+        customer's aliases, without them)."""
         self.deletes.setdefault(partition, set()).add(customer_id)
 
-    def take_erasures(self) -> dict[int, set[str]]:
-        erase, self._erase = self._erase, {}
-        return erase
+    def take_erasures(self, due: Callable[[int], bool]) -> dict[int, set[str]]:
+        """The erasures of the partitions `due` selects, now under way: snapshots name them
+        (`erasures_of`) until `erasures_done`, or `erase_again` when the rewrite failed."""
+        self._erasing = {p: ids for p, ids in self._erase.items() if due(p)}
+        for p in self._erasing:
+            del self._erase[p]
+        return self._erasing
+
+    def erasures_of(self, partition: int) -> set[str]:
+        """The ids still to be erased from the partition's records, the rewrite's included."""
+        return self._erase.get(partition, set()) | self._erasing.get(partition, set())
+
+    def erasures_done(self) -> None:
+        self._erasing = {}
+
+    def erase_again(self) -> None:
+        """The rewrite failed: its erasures are asked for again at the next `erase`."""
+        for p, ids in self._erasing.items():
+            self._erase.setdefault(p, set()).update(ids)
+        self._erasing = {}
 
     def forget(self, partition: int) -> None:
         """The partition moved away: its new owner snapshotted it when it adopted it. (Its
