@@ -104,6 +104,10 @@ SESSION_START_S = number("SESSION_START_S", 2.0, above=True, high=60.0)
 # The address shards serve their data path on (transport/dataplane.py): empty for the node's
 # address as Ray knows it; `kairos up` and the tests, all on one machine, use 127.0.0.1.
 DATA_HOST = text("DATA_HOST", "")
+# Whether the data plane is TLS with a pinned per-incarnation certificate (transport/
+# pinned.py): "auto" when the shard binds an address other than loopback (on loopback only the
+# node's own processes are on the path, and TLS would only cost CPU), else always or never.
+PLANE_TLS = choice("PLANE_TLS", "auto", ("auto", "on", "off"))
 # The data plane's limits (transport/dataplane.py). A frame is one batch of requests or its
 # replies: a batch of CLIENT_BATCH_LIMIT requests of a few KiB each is about 1 MiB, so 64 MiB
 # leaves margin (a client refuses to send a larger batch; a shard answers a larger reply with

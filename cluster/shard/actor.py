@@ -69,13 +69,14 @@ class ShardActor:
     async def ready(self) -> str:
         return self.incarnation
 
-    async def data_address(self) -> tuple[str, int, bytes]:
-        """Where this incarnation serves request batches (dataplane.py): host, port and the
-        secret a connection must prove it knows (only Ray's authorised callers learn it).
+    async def data_address(self) -> tuple[str, int, bytes, bytes | None]:
+        """Where this incarnation serves request batches (dataplane.py): host, port, the
+        secret a connection must prove it knows (only Ray's authorised callers learn it) and
+        its TLS certificate's fingerprint (None off TLS: pinned.py).
         (On the default group's event loop, the one `handle` and the worker use: each
         concurrency group has a loop of its own.)"""
         host, port = await self._plane.start(DATA_HOST or ray.util.get_node_ip_address())
-        return host, port, self._plane.secret
+        return host, port, self._plane.secret, self._plane.fingerprint
 
     async def start(self, catalog_text: str, partitions: list[int],
                     channel_watches: list[tuple], map_version: int,

@@ -87,9 +87,11 @@ class ShardControl(Protocol):
 
     name: str  # the shard's
 
-    async def data_address(self) -> tuple[str, int, bytes]:
-        """Where the shard serves request batches: host, port, and the secret of this
-        incarnation that a data plane connection must prove it knows (dataplane.py)."""
+    async def data_address(self) -> tuple[str, int, bytes, bytes | None]:
+        """Where the shard serves request batches: host, port, the secret of this
+        incarnation that a data plane connection must prove it knows (dataplane.py), and the
+        SHA-256 fingerprint of the certificate it serves TLS with, which a connection pins
+        (None: it serves no TLS, on loopback; pinned.py)."""
 
     async def start(self, catalog_text: str, partitions: list[int],
                     channel_watches: list[ChannelWatch], map_version: int,

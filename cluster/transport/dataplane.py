@@ -5,8 +5,9 @@ call. Request batches do not: on this 2-core machine a Ray actor call costs abou
 (0.8 ms in the caller, 1.0 ms in the actor), a msgpack frame over a TCP connection about
 0.1 ms, so a Ray hop per batch capped a gateway at a few hundred requests per second (Ray's own
 compiled graphs bypass the actor-call path for the same reason). Each shard serves its requests
-on a port of its node; a client asks the shard for the address and a secret through Ray,
-connects once and keeps the connection.
+on a port of its node; a client asks the shard for the address, a secret and (with TLS) a
+certificate's fingerprint through Ray, connects once and keeps the connection. Off loopback
+the connection is TLS, the shard's certificate pinned (pinned.py), and all below runs in it.
 
 The port is open to whoever reaches the node, so nothing a peer sends is parsed before it has
 proved it knows the secret, which only callers Ray authorised can learn and which changes with
@@ -43,6 +44,7 @@ import itertools
 import logging
 import secrets
 import socket
+import ssl
 import struct
 from dataclasses import fields
 from typing import Any, Awaitable, Callable
@@ -56,6 +58,7 @@ from kairos.cluster.settings import (PLANE_CALL_S, PLANE_CONNECTIONS, PLANE_CONT
                                      PLANE_FRAME_BYTES, PLANE_INFLIGHT_CALLS)
 from kairos.cluster.shard.sequencer import NotTaken
 from kairos.cluster.throttled import ThrottledWarning
+from kairos.cluster.transport import pinned
 from kairos.cluster.transport.admission import Handshakes
 from kairos.cluster.transport.backend import NotSent
 
@@ -233,11 +236,14 @@ _MISMATCHES = ThrottledWarning(log, REFUSED_LOG_S)
 
 class PlaneServer:
     """A shard's end: answers each frame with `handle(session, seq, requests, routed)`.
-    `secret` is what clients must prove they know (`PlaneConnection.open`)."""
+    `secret` is what clients must prove they know (`PlaneConnection.open`), `fingerprint` its
+    TLS certificate's, once started (None: plaintext, pinned.wanted)."""
 
     def __init__(self, handle: Handler):
         self._handle = handle
         self.secret = secrets.token_bytes(32)  # this incarnation's: a restart makes another
+        self.fingerprint: bytes | None = None
+        self._tls: ssl.SSLContext | None = None
         self._server: asyncio.Future | None = None
         # connections waiting for their handshake, and those being served
         self._greeting = Handshakes(_RESPONSE.size)
@@ -247,6 +253,8 @@ class PlaneServer:
     async def start(self, host: str) -> tuple[str, int]:
         """Listen (once, however many ask at the same time); the address."""
         if self._server is None:
+            if pinned.wanted(host):
+                self._tls, self.fingerprint = pinned.server_context()
             self._server = asyncio.ensure_future(asyncio.start_server(self._serve, host, 0,
                                                                    backlog=LISTEN_BACKLOG))
         starting = self._server
@@ -280,6 +288,10 @@ class PlaneServer:
         try:
             _keepalive(writer)
             async with asyncio.timeout(HANDSHAKE_S):
+                if self._tls is not None:  # after admission, which bounds a flood's cost;
+                    # in this task's first step, before the loop reads the socket (which
+                    # would take a ClientHello as plaintext, and TLS would never see it)
+                    await pinned.start_tls(writer, self._tls)
                 await self._greet(reader, writer)
             return True
         except _Refused as exc:
@@ -364,12 +376,18 @@ class PlaneConnection:
         self._reader: asyncio.Task | None = None
 
     @classmethod
-    async def open(cls, host: str, port: int, secret: bytes) -> "PlaneConnection":
-        """Connect to a shard and prove both ends know the shard's `secret`."""
+    async def open(cls, host: str, port: int, secret: bytes, fingerprint: bytes | None = None
+                   ) -> "PlaneConnection":
+        """Connect to a shard and prove both ends know the shard's `secret`; over TLS if
+        the shard published its certificate's `fingerprint`, refusing (PlaneClosed) a peer
+        whose certificate has another before the handshake reads or sends anything."""
         try:
             async with asyncio.timeout(HANDSHAKE_S):
-                reader, writer = await asyncio.open_connection(host, port)
+                reader, writer = await asyncio.open_connection(
+                    host, port, ssl=pinned.client_context() if fingerprint else None)
                 try:
+                    if fingerprint:
+                        pinned.check(writer.get_extra_info("ssl_object"), fingerprint)
                     _keepalive(writer)
                     await cls._handshake(reader, writer, secret)
                 except BaseException:

@@ -240,7 +240,7 @@ class _Actor:
 class RayShard(_Actor):
     """ShardControl over a ShardActor."""
 
-    async def data_address(self) -> tuple[str, int, bytes]:
+    async def data_address(self) -> tuple[str, int, bytes, bytes | None]:
         return await self._call(lambda a: a.data_address.remote())
 
     async def start(self, catalog_text: str, partitions: list[int],
