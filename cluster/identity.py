@@ -125,6 +125,9 @@ class Directory:
         self.forgotten: dict[int, OrderedDict[str, float]] = {}
         # partition -> customer being forgotten -> its aliases, until its forget completes
         self.forgetting: dict[int, OrderedDict[str, list[str]]] = {}
+        # partition -> alias key -> [customer being forgotten, when] from its Retire until
+        # the forget is finished: the alias resolves to it meanwhile
+        self.retiring: dict[int, OrderedDict[str, list]] = {}
         # partition -> customer -> the aliases its links under way claimed (until each merges,
         # is refused, or the customer is forgotten), the customer claiming last at the end
         self.claimed: dict[int, dict[str, list[str]]] = {}
@@ -167,7 +170,14 @@ class Directory:
         return self.claimed.get(partition, {}).pop(customer_id, [])
 
     def resolve(self, partition: int, key: str) -> str:
-        return self.aliases.get(partition, {}).get(key) or anonymous_id(key)
+        """The customer the alias is linked to; else the one a forget under way retired it
+        from (a forget by the alias, retried, must find that customer again); else its
+        anonymous customer."""
+        retiring = self.retiring.get(partition, {}).get(key)
+        return self.linked(partition, key) or (retiring and retiring[0]) or anonymous_id(key)
+
+    def linked(self, partition: int, key: str) -> str | None:
+        return self.aliases.get(partition, {}).get(key)
 
     def link(self, partition: int, key: str, customer_id: str) -> str | None:
         """Point the alias at the customer; the customer it already names, if another."""
@@ -266,6 +276,31 @@ class Directory:
                       partition, TOMBSTONES_PER_PARTITION, fingerprint(gone, self.secret))
         return list(pending)
 
+    def retire(self, partition: int, key: str, customer_id: str, when: float) -> None:
+        """The alias resolves to the customer until its forget is finished (`release`), for
+        TOMBSTONE_S at most (a forget whose client died after its Bury leaves it)."""
+        mine = self.retiring.setdefault(partition, OrderedDict())
+        mine[key] = [customer_id, when]
+        mine.move_to_end(key)
+        while mine and (len(mine) > TOMBSTONES_PER_PARTITION or
+                        next(iter(mine.values()))[1] <= when - TOMBSTONE_S):
+            crowded = len(mine) > TOMBSTONES_PER_PARTITION
+            _, (customer, _) = mine.popitem(last=False)
+            if crowded:
+                log.error("partition %d holds over %d aliases of forgets never finished: the "
+                          "oldest (customer %s) is dropped, and a forget by it, retried, "
+                          "finds that customer no more", partition, TOMBSTONES_PER_PARTITION,
+                          fingerprint(customer, self.secret))
+
+    def release(self, partition: int, key: str, customer_id: str) -> bool:
+        """The customer's forget is finished: the alias no longer resolves to it; whether it
+        did."""
+        mine = self.retiring.get(partition, {})
+        if mine.get(key, [None])[0] != customer_id:
+            return False
+        del mine[key]
+        return True
+
     def end_forget(self, partition: int, customer_id: str) -> bool:
         """The forget's aliases are retired: keep only the buried links; whether it was on."""
         return self.forgetting.get(partition, {}).pop(customer_id, None) is not None
@@ -279,6 +314,7 @@ class Directory:
                 "forgotten": {p: list(self.forgotten.get(p, {}).items()) for p in partitions},
                 "forgetting": {p: list(self.forgetting.get(p, {}).items())
                                for p in partitions},
+                "retiring": {p: list(self.retiring.get(p, {}).items()) for p in partitions},
                 "claimed": {p: self.claimed.get(p, {}) for p in partitions}}
 
     def load(self, payload: dict[str, Any]) -> None:
@@ -295,6 +331,9 @@ class Directory:
         for p, forgetting in payload.get("forgetting", {}).items():
             for customer_id, aliases in forgetting:
                 self.start_forget(int(p), customer_id, aliases)
+        for p, retiring in payload.get("retiring", {}).items():
+            for key, (customer_id, when) in retiring:
+                self.retire(int(p), key, customer_id, when)
         for p, claimed in payload.get("claimed", {}).items():
             for customer_id, keys in claimed.items():
                 for key in keys:
@@ -306,6 +345,7 @@ class Directory:
             self.buried.pop(p, None)
             self.forgotten.pop(p, None)
             self.forgetting.pop(p, None)
+            self.retiring.pop(p, None)
             self.claimed.pop(p, None)
             self._settled.pop(p, None)
             for anonymous in self.redirects.pop(p, {}):

@@ -39,9 +39,9 @@ UNROUTED = -1  # the partition of a request the client has not routed yet
 # The journal's record format. 1: frames without a format number (before records were named);
 # 2: the same records, frames carry this number; 3: outcomes carry a convert's value (older
 # records read with none); 4: outcomes carry an idempotency key (older ones read with none),
-# and a refused link's claim is dropped by an `unclaim` record. A journal from a newer format is
-# refused.
-JOURNAL_FORMAT = 4
+# and a refused link's claim is dropped by an `unclaim` record; 5: a retire carries `finished`
+# (older ones read as not). A journal from a newer format is refused.
+JOURNAL_FORMAT = 5
 
 
 # -- requests ---------------------------------------------------------------------------------
@@ -203,12 +203,16 @@ class Unlink(NamedTuple):
 
 class Retire(NamedTuple):
     """A forget's step on an alias's directory shard: unlink the alias from the forgotten
-    customer and bury the link, so a late step 1 of it is refused."""
+    customer and bury the link, so a late step 1 of it is refused. Until the forget is
+    `finished` (a last Retire, after its Bury), the alias resolves to the customer, so a
+    forget by the alias, cut and retried, finishes the same customer's (journals from before
+    this field replay with False)."""
 
     kind: str = "retire"
     partition: int = UNROUTED
     key: str = ""
     customer_id: str = ""
+    finished: bool = False
 
 
 class Take(NamedTuple):

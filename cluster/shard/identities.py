@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kairos.cluster.identity import ANONYMOUS, NAMES_ANOTHER, Directory, anonymous_id, link_id
+from kairos.cluster.identity import ANONYMOUS, NAMES_ANOTHER, Directory, link_id
 from kairos.cluster.protocol import (Bury, Claim, Conflict, Forget, Forgotten, Invalid, Link,
                                      Merge, Ok, Reply, Resolve, Retire, Settle, Take, Unavailable,
                                      Unclaim, Unlink)
@@ -140,12 +140,21 @@ class IdentityRequests:
         now = self._ctx.clock()
         for r in batch:
             p, key = r.partition, r.key
+            if r.finished:  # after the forget's Bury: whether the alias still resolved to it
+                released = self._directory.release(p, key, r.customer_id)
+                replies.append(Ok(value=released))
+                if released:
+                    self._journaling.record(r)
+                    self._journaling.erase_later(p, r.customer_id)
+                continue
             if self._directory.unlink(p, key, r.customer_id):
                 replies.append(Ok(value=True))
-            elif self._directory.resolve(p, key) == anonymous_id(key):
+            elif self._directory.linked(p, key) is None:
                 replies.append(Ok(value=False))
             else:
                 replies.append(Ok(value=NAMES_ANOTHER))
+            if replies[-1].value != NAMES_ANOTHER:
+                self._directory.retire(p, key, r.customer_id, now)
             self._directory.bury(r.partition, link_id(r.key, r.customer_id), now)
             self._journaling.record(r)
             self._journaling.erase_later(r.partition, r.customer_id)

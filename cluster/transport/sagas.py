@@ -40,6 +40,8 @@ class IdentitySagas:
             yield (await self._ask(Forget(customer_id=anonymous_id(key),
                                           link=link_id(key, customer_id)))).existed
         await self._ask(Bury(customer_id=customer_id))
+        for key in forgotten.aliases or ():  # no longer resolving to the customer
+            await self._value(Retire(key=key, customer_id=customer_id, finished=True))
         yield False
 
     async def resolve(self, alias_type: str, value: str) -> str:

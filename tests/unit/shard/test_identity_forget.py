@@ -190,7 +190,9 @@ def test_a_retried_forget_retires_every_alias_and_late_link_steps_are_refused(co
     assert s.process([retire])[0] == [Ok(value=False)]
     gone = Forget(partition=p_of(anon), customer_id=anon, link=link)
     assert s.process([gone])[0] == [Forgotten(existed=True, aliases=[])]
-    s.process([Bury(partition=p_of(customer), customer_id=customer)])
+    assert s.directory.resolve(p_of(key), key) == customer  # until the forget is finished
+    s.process([Bury(partition=p_of(customer), customer_id=customer),
+               retire._replace(finished=True)])
     late = s.process([claim, Link(partition=p_of(key), key=key, customer_id=customer),
                       take(anon, link, customer), merge(customer, link, key, None)])[0]
     assert [r.status for r in late] == ["conflict"] * 4

@@ -1,0 +1,66 @@
+"""A forget by alias, cut after a Retire and retried by the same alias (the gateway resolves
+the alias on every try): the retired alias resolves to the customer until its forget is
+finished, so the retry finishes that customer's forget (identity.py)."""
+from __future__ import annotations
+
+import asyncio
+
+from kairos.cluster.identity import alias_key, anonymous_id
+from kairos.cluster.protocol import Retire
+from kairos.cluster.shard.shard import Shard
+from kairos.cluster.storage.memory_store import MemoryStore
+from kairos.cluster.transport.client import KairosClient
+from tests.support.local_backend import LocalBackend
+from tests.unit.shard.test_shard import N_PARTITIONS, T0, Clock, event, p_of, resolve, shard
+
+
+def test_a_forget_by_alias_cut_after_its_retire_and_retried_forgets_the_whole_customer():
+    async def scenario() -> None:
+        backend = LocalBackend()
+        await backend.start_runtime(3, n_partitions=16)
+        client = await KairosClient(backend).connect()
+        try:
+            await client.ingest("ana", "app_open", T0)
+            for v in ("a", "b"):
+                await client.ingest(anonymous_id(alias_key("cookie", v)), "page_view", T0,
+                                    {"category": "home"})
+                await client.link("cookie", v, "ana")
+            steps = client.forget_steps(await client.resolve_key("cookie:a"))
+            await steps.__anext__()  # Forget
+            await steps.__anext__()  # Retire of cookie:a
+            await steps.aclose()  # the caller's deadline
+            assert await client.resolve_key("cookie:a") == "ana"  # its forget is unfinished
+            await client.forget(await client.resolve_key("cookie:a"))  # the retry, by alias
+            assert [await client.resolve("cookie", v) for v in "ab"] == \
+                ["~cookie:a", "~cookie:b"]
+            for s in backend.shards.values():
+                d = s.directory
+                assert not any(d.forgetting.values()) and not any(d.retiring.values())
+                assert "ana" not in {c for m in d.aliases.values() for c in m.values()}
+        finally:
+            await client.close()
+    asyncio.run(scenario())
+
+
+def test_a_retired_alias_resolves_to_its_customer_across_a_rebuild_until_finished(compiled):
+    store, clock = MemoryStore(shared=True), Clock()
+    key = alias_key("cookie", "a")
+    s = shard(compiled, store=store, clock=clock)
+    s.process([event("ana", "app_open", T0)])
+    s.process([Retire(partition=p_of(key), key=key, customer_id="ana")])
+
+    def rebuilt() -> Shard:
+        s.close()
+        again = shard(compiled, store=store, clock=clock)
+        again.recover()
+        return again
+    s = rebuilt()  # replayed from the journal
+    assert s.process([resolve(key)])[0][0].value == "ana"
+    s.checkpoint(float("inf"), N_PARTITIONS)
+    s = rebuilt()  # from the snapshot
+    assert s.process([resolve(key)])[0][0].value == "ana"
+    done = Retire(partition=p_of(key), key=key, customer_id="ana", finished=True)
+    assert s.process([done])[0][0].value is True
+    assert s.process([resolve(key)])[0][0].value == anonymous_id(key)
+    s = rebuilt()
+    assert s.process([resolve(key)])[0][0].value == anonymous_id(key)
