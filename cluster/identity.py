@@ -27,9 +27,12 @@ keeps the aliases it had (Claimed or linked) until the saga completes, and burie
 links; then each alias is retired (unlinked and its link buried) on its directory shard and
 its anonymous profile forgotten (its link buried there too), unless the alias names another
 customer (a link of it lost to that customer's: the profile and its redirect are the other
-customer's); last, Bury drops the alias list. A customer whose home is damaged is not
-forgotten (UNAVAILABLE, naming the home) until the home is restored or removed: the aliases
-merged into it are known only from it.
+customer's); then Bury drops the alias list; last, each alias is released (a Retire
+`finished`): from its Retire until then it resolves to the forgotten customer, so that a
+forget by the alias, cut and retried, finishes this one (and its requests meet that
+customer's forget under way). A customer whose home is damaged is not forgotten
+(UNAVAILABLE, naming the home) until the home is restored or removed: the aliases merged
+into it are known only from it.
 A buried link refuses every step of that link for TOMBSTONE_S, wherever it arrives, so a step
 of a link that began before the forget cannot re-create the customer or its alias. The
 tombstones keep only fingerprints (a hash) of the link ids, so the erased ids are not kept.
