@@ -14,6 +14,7 @@ handler to refuse.
 from __future__ import annotations
 
 import math
+import reprlib
 import types
 import typing
 from typing import Any, NamedTuple, Union
@@ -71,6 +72,9 @@ _FIELDS: dict[type, list[_Field]] = {
 def typed(raw: Any) -> Request | Invalid:
     """A request from the array it travelled as, or why it is none: its unknown kind, or its
     first field of another type than its kind declares."""
+    if type(raw) not in (list, tuple):  # a map would be read by its keys
+        return Invalid(field="request", reason=f"not a request: a {type(raw).__name__}, not "
+                       f"an array")
     try:
         request = protocol.request_from(raw)
     except ValueError as exc:
@@ -79,11 +83,16 @@ def typed(raw: Any) -> Request | Invalid:
         return Invalid(field="request", reason=f"not a request: {exc}")
     for field, value in zip(_FIELDS[type(request)], request[1:]):
         if not _fits(field, value):
-            return Invalid(field=field.name, reason=f"a {request.kind} request's {field.name} "
+            return Invalid(field=field.name, reason=f"the {request.kind} request's {field.name} "
                            f"may not be {type(value).__name__} {_shown(value)}")
     return request
 
 
 def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    """A short sketch of the value: reprlib cuts strings, containers and nesting as it goes (a
+    whole repr of a deep one raises RecursionError, of a long one costs the round its time)."""
+    return _SKETCH.repr(value[:41] if type(value) in (str, bytes) else value)
+
+
+_SKETCH = reprlib.Repr()
+_SKETCH.maxlevel, _SKETCH.maxstring, _SKETCH.maxother, _SKETCH.maxlong = 2, 40, 40, 40

@@ -91,3 +91,17 @@ def test_a_merge_of_two_customers_state_is_refused(compiled):
     two = blocks.pack(s.residency.export(["anon-1", "anon-2"]))
     merge = Merge(partition=p_of(BOB), customer_id=BOB, link=LINK, key=KEY, state=two)
     assert s.process([merge])[0][0].field == "state"
+
+
+def test_a_request_sent_as_a_map_or_nested_deep_fails_alone(compiled):
+    deep: list = []
+    inner = deep
+    for _ in range(5_000):  # deeper than repr recurses: the Invalid's words must not raise
+        inner.append([])
+        inner = inner[0]
+    replies, _ = shard(compiled, "s0").process([
+        {0: "event", 1: 0, 2: "ana"}, {"kind": "event"}, ["event", 0, deep],
+        ["event", 0, "x" * 1_000_000, ["app_open"]], list(event("ana", "app_open", T0))])
+    assert [r.field for r in replies[:4]] == ["request", "request", "customer_id", "event_type"]
+    assert len(replies[2].reason) < 200 and len(replies[3].reason) < 200
+    assert isinstance(replies[3], Invalid) and replies[4] == EventAck(sequence=1)
