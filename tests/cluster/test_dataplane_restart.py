@@ -55,7 +55,7 @@ def test_a_shard_under_garbage_and_a_connection_flood_keeps_serving(runtime_clie
     name = _shards(runtime)[0]
     pid = shard_health(name)["pid"]
     rss = psutil.Process(pid).memory_info().rss
-    host, port, _ = ray.get(_shard(name).data_address.remote(), timeout=30)
+    host, port, *_ = ray.get(_shard(name).data_address.remote(), timeout=30)
     nested_exts = msgpack.packb(None)
     for _ in range(2000):  # before the fix, decoding these overflowed the C stack
         nested_exts = msgpack.packb(msgpack.ExtType(1, nested_exts))
