@@ -127,6 +127,15 @@ class Handoff:
             self._journaling.forget(p)
         self._directory.drop(partitions)
         self._watches.drop_partitions(partitions)  # those of customers not seen yet
+        self._forget_decisions(set(partitions))
+
+    def _forget_decisions(self, partitions: set[int]) -> None:
+        """Drop the decision memo's entries of the partitions' customers: a forget of one
+        reaches its new owner only, and the memo holds the id and the decision's inputs."""
+        memo = self._ctx.engine._remembered  # one pass: Engine.forget scans it per customer
+        for decision_id in [d for d, m in memo.items()
+                            if self._ctx.partition_of(m.customer_id) in partitions]:
+            del memo[decision_id]
 
     def unfreeze_homes(self) -> None:
         """Put the homes freezes took out of an unshared store back (a shard rebuilt from
