@@ -191,7 +191,8 @@ def _call_frame(frame: Any) -> tuple[int, str, int, tuple, tuple]:
     call, session, seq, requests, routed = frame
     if not (isinstance(call, int) and isinstance(session, str) and isinstance(seq, int)
             and isinstance(requests, tuple) and isinstance(routed, tuple)
-            and len(requests) == len(routed)):
+            and len(requests) == len(routed)
+            and all(v is None or type(v) is int for v in routed)):  # compared with versions
         raise ValueError("a call frame is [call, session, seq, requests, routed]")
     return call, session, seq, requests, routed
 

@@ -255,3 +255,11 @@ def test_session_names_too_long_are_refused_as_their_senders_doing_warned_of_onc
     with caplog.at_level(logging.DEBUG, "kairos.dataplane"):
         asyncio.run(main())
     assert "over 64" in one_quiet_warning(caplog)
+
+
+@pytest.mark.parametrize("routed", [("7",), ((1,),), (1.5,), (True,)], ids=repr)
+def test_a_call_frame_whose_map_versions_are_no_integers_is_refused_whole(routed):
+    # they are compared with the partitions' versions in the round: a string would fail it
+    with pytest.raises(ValueError, match="a call frame is"):
+        dataplane._call_frame((1, "session", 1, (["event", 0, "ana"],), routed))
+    assert dataplane._call_frame((1, "s", 1, ([], []), (None, 3)))[4] == (None, 3)
