@@ -48,9 +48,11 @@ from typing import Any, Iterable, Protocol, Sequence
 
 from kairos.core.merge import merge_profiles
 
+from kairos.cluster.identity import fingerprint
 from kairos.cluster.settings import PASSIVATE_CHUNK, RESIDENT_OVERFLOW, SHARD_ROUND_LIMIT
 from kairos.cluster.shard.context import ShardContext
 from kairos.cluster.shard.journaling import Journaling
+from kairos.cluster.shard.outcomes import outcome_secret
 from kairos.cluster.shard.ownership import Ownership
 from kairos.cluster.shard.timers import WAKE_LIMIT, Timers
 from kairos.cluster.shard.watches import folded
@@ -173,14 +175,17 @@ class Residency:
             self.load(blocks.unpack(unseal(blob, "a customer's home")[0]))
             self._house(customer_id, True)
         except (StoreCorrupt, blocks.BlockCorrupt) as exc:
-            damaged = HomeDamaged(f"this customer's stored profile (partition {partition}) "
-                                  f"is damaged: {exc}")
             if customer_id not in self._damaged:
                 self._damaged.add(customer_id)
                 self._ctx.counts["damaged_homes"] += 1
-                log.error("%s: %s; its requests are refused until the home is restored or "
-                          "removed (README, Corruption)", self._ctx.name, damaged)
-            raise damaged from None
+                # not the home's path: an unkeyed hash of the id, which logs (no forget
+                # erases them) must not keep
+                log.error("%s: customer %s: its stored profile (partition %d) is damaged; its "
+                          "requests are refused until the home is restored or removed (README, "
+                          "Corruption)", self._ctx.name,
+                          fingerprint(customer_id, outcome_secret(self._ctx.store)), partition)
+            raise HomeDamaged(f"this customer's stored profile (partition {partition}) is "
+                              f"damaged: {exc}") from None
         self._damaged.discard(customer_id)  # restored: a later damage is logged again
         return True
 
