@@ -25,7 +25,7 @@ from kairos.v1 import decision_pb2 as pb
 from kairos.cluster import protocol
 from kairos.cluster.gateway import wire
 from kairos.cluster.identity import alias_key, check_linkable
-from kairos.cluster.settings import CLOCK_SKEW_S
+from kairos.cluster.settings import CLOCK_SKEW_S, OUTCOME_WINDOW_S
 from kairos.cluster.shard.outcomes import issued_at
 
 
@@ -195,10 +195,22 @@ def outcome_time(request: pb.Outcome) -> float:
     """A Respond's time (`stated_time`); one stated for a decision, not more than CLOCK_SKEW_S
     before the decision was issued: an impression or a reject dated before its decision falls
     out of the contact policies' windows it should count in. The issue time is the one the
-    id states, which the shard proves (`DecisionSeal.opened`: the id's MAC covers it)."""
+    id states, which the shard proves (`DecisionSeal.opened`: the id's MAC covers it).
+    An offline one, not more than OUTCOME_WINDOW_S ago: the bound of an outcome that names a
+    decision, so offline feedback is news no longer than it. Not the catalog's longest
+    contact-policy window: a catalog without policies would refuse every dated one, and a
+    catalog switch would change what a batch of feedback may hold."""
     when = stated_time("time", request)
-    issued = None if request.offline else issued_at(request.decision_id)
-    if issued is not None and request.HasField("time") and when < issued - CLOCK_SKEW_S:
+    if not request.HasField("time"):
+        return when
+    if request.offline:
+        age = time.time() - when
+        if age > OUTCOME_WINDOW_S:
+            raise InputError("time", f"{age:.0f} s ago (an offline outcome's at most "
+                                     f"KAIROS_OUTCOME_WINDOW_S, {OUTCOME_WINDOW_S:g} s)")
+        return when
+    issued = issued_at(request.decision_id)
+    if issued is not None and when < issued - CLOCK_SKEW_S:
         raise InputError("time", f"{issued - when:.0f} s before the decision it names was "
                                  f"issued (at most KAIROS_CLOCK_SKEW_S, {CLOCK_SKEW_S:g} s)")
     return when

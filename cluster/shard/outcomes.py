@@ -26,6 +26,7 @@ import base64
 import hashlib
 import hmac
 import math
+import re
 import secrets
 from collections import Counter
 from typing import Callable, Iterable
@@ -42,6 +43,9 @@ SECRET_META = "outcome-secret"  # the store's meta entry holding the cluster's s
 TAG_BYTES = 6  # 48 bits a forger must guess, one Respond per guess
 TAG_CHARS = 8  # base64 of TAG_BYTES
 RATE_REFUSAL = "outcomes for this customer within"  # in why one is refused (load tests tell it)
+# an id's issue time as `seal` writes it; a longer run (an id may hold 8,448 characters) would
+# be a number no float holds, and the gateway's check of an outcome's time ended UNKNOWN
+_ISSUED_RE = re.compile("[0-9a-f]{1,16}")
 
 
 def outcome_secret(store: Store) -> bytes:
@@ -117,6 +121,8 @@ def _parts(decision_id: str) -> tuple[str, str, int, str]:
     """A sealed id's engine id, issue time (hex, and as a number) and MACs; ValueError for
     what is not one."""
     engine_id, issued, sealed = decision_id.rsplit(".", 2)
+    if not _ISSUED_RE.fullmatch(issued):
+        raise ValueError(f"not an issue time: {issued[:20]!r}")
     return engine_id, issued, int(issued, 16), sealed
 
 

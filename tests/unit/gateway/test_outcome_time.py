@@ -10,7 +10,7 @@ import time
 import grpc
 import pytest
 
-from kairos.cluster.settings import CLOCK_SKEW_S
+from kairos.cluster.settings import CLOCK_SKEW_S, OUTCOME_WINDOW_S
 from kairos.cluster.shard.outcomes import issued_at
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
@@ -61,3 +61,51 @@ def test_the_issue_time_is_read_from_a_sealed_id_only():
     assert issued_at("d-1.6553f100.AAAAAAAABBBBBBBB") == 0x6553f100
     for not_sealed in ("", "d-1", "d-1.zz.AAAAAAAA"):
         assert issued_at(not_sealed) is None
+
+
+def test_an_issue_time_is_at_most_sixteen_lowercase_hex_digits():
+    assert issued_at("d-1.ffffffffffffffff.AAAAAAAA") == 2 ** 64 - 1
+    for not_sealed in ("d-1." + "f" * 17 + ".AAAAAAAA", "d-1.0x10.AAAAAAAA",
+                       "d-1.1_0.AAAAAAAA", "d-1.-10.AAAAAAAA", "d-1. 10.AAAAAAAA",
+                       "d-1.FF.AAAAAAAA"):
+        assert issued_at(not_sealed) is None
+
+
+def test_an_id_with_a_huge_issue_time_is_refused_as_not_issued(stub):
+    """Its issue time once overflowed a float in the check of a stated time: UNKNOWN."""
+    decision = stub.Decide(pb.DecideRequest(customer_id="huge", channel="web"),
+                           timeout=DEADLINE_S)
+    engine_id, _, sealed = decision.decision_id.rsplit(".", 2)
+    outcome = pb.Outcome(customer_id="huge", decision_id=f"{engine_id}.{'f' * 300}.{sealed}",
+                         action_id=decision.actions[0].action_id, channel="web",
+                         outcome=pb.IMPRESSION)
+    outcome.time.FromSeconds(60)
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.Respond(outcome, timeout=DEADLINE_S)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == "decision_id: not a decision id Kairos issued"
+
+
+def offline(stub, customer_id: str, at: float) -> pb.OutcomeAck:
+    action_id = stub.Decide(pb.DecideRequest(customer_id="any", channel="web"),
+                            timeout=DEADLINE_S).actions[0].action_id
+    outcome = pb.Outcome(customer_id=customer_id, action_id=action_id, channel="web",
+                         outcome=pb.IMPRESSION, offline=True)
+    outcome.time.FromSeconds(int(at))
+    return stub.Respond(outcome, timeout=DEADLINE_S)
+
+
+def test_an_offline_outcome_older_than_the_outcome_window_is_refused(stub):
+    """Dated 1970 it sat outside every contact policy's window, and was taken."""
+    for at in (60, time.time() - OUTCOME_WINDOW_S - 60):
+        with pytest.raises(grpc.RpcError) as refused:
+            offline(stub, "offline-old", at)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.details().startswith("time: ")
+        assert refused.value.details().endswith(
+            f" s ago (an offline outcome's at most KAIROS_OUTCOME_WINDOW_S, "
+            f"{OUTCOME_WINDOW_S:g} s)")
+    offline(stub, "offline-recent", time.time() - OUTCOME_WINDOW_S + 60)
+    history = stub.GetProfile(pb.ProfileRequest(customer_id="offline-recent"),
+                              timeout=DEADLINE_S).history
+    assert [h.outcome for h in history] == ["impression"]
