@@ -430,7 +430,7 @@ def test_admin_catalogs_status_and_scaling(stubs):
         yaml=default_catalog_text().replace("kairos_catalog: 1", "kairos_catalog: 9")),
         metadata=key(ADMIN))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert details.startswith("<PutCatalog>:") and "unsupported catalog format" in details
+    assert details.startswith("<ValidateCatalog>:") and "unsupported catalog format" in details
     current = admin.GetCatalog(admin_pb2.GetCatalogRequest(), timeout=10, metadata=key(ADMIN))
     assert current.version == info.version
     switched = admin.PutCatalog(admin_pb2.CatalogText(
