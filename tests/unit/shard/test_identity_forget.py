@@ -221,6 +221,7 @@ def test_tombstones_move_with_their_partition_and_survive_recovery(compiled):
     assert b.process([forget(customer)], [2])[0][0].aliases == [key]  # a retry still knows
     again = rebuilt(b, time.time)
     assert again.process([late], [2])[0][0].status == "conflict"
+    again.process([Bury(partition=p, customer_id=customer)], [2])  # (refused while under way)
     assert again.process([profile(customer)], [2])[0] == [Missing()]
 
 
