@@ -249,6 +249,21 @@ def test_a_figure_missing_because_nothing_was_served_is_a_miss():
     assert (core["value"], core["met"]) == (None, False)
 
 
+P99_TARGET = "Decide p99 ÷ redis-core's (same decision work), the worst rate both ran"
+
+
+@pytest.mark.parametrize("refusing", [(250, 500, 1000), (1000,)])
+def test_a_p99_of_fast_refusals_does_not_meet_the_same_work_target(refusing):
+    """Decides answered UNAVAILABLE in 1 ms, at every rate or the top one: the p99 of every
+    answer is the best of the run, yet nothing was served there: a miss."""
+    data = results()
+    for s in data["systems"]["kairos-1node"]["steps"]:
+        if s["rate_target"] in refusing:
+            s["kinds"]["decide"].update(p99_ms=1.0, p50_ms=0.5, errors={"UNAVAILABLE": 1000})
+    checks = {t["target"]: t for t in targets(data) if t["system"] == "kairos-1node"}
+    assert checks[P99_TARGET]["met"] is False
+
+
 def test_the_rate_held_is_the_intended_rate_not_the_schedules_count():
     """The seeded schedule meant to send 513 requests a second in the 500/s step's window:
     the rate held is 500/s."""
