@@ -45,6 +45,12 @@ MAX_AGENT_TEXT = 1_000
 # of visible ASCII (what "2026.12.2", "v2-rc.1" or "2026-12-05T10:00+01:00" need)
 MAX_NAME = 200
 MAX_VERSION = 64
+# a string field's value (`values:`): a request's string holds no more (request.py's
+# MAX_STRING_LENGTH), so a longer one could never be matched
+MAX_VALUE = 1_024
+# an action's string attribute (a URL, a short description): what clients read off the
+# catalog, not a document
+MAX_ATTRIBUTE_TEXT = 4_096
 _VERSION_RE = re.compile(r"[!-~]{1,%d}" % MAX_VERSION)
 # characters no text may hold once YAML's escapes are read ("\e", "\u202e"; YAML itself refuses
 # only raw ones): controls but tab and line feed (a terminal's or a log's escape sequences), and
@@ -314,8 +320,9 @@ class Catalog:
 def load_catalog(text: str, source: str = "<catalog>", strict: bool = True) -> Catalog:
     """Parse and validate a catalog; raises CatalogError naming file, line:column and path.
     Not `strict`: what only the checks added since catalogs could be saved refuse (a
-    contact-policy count past the history ring, timers arming each other, a name or version
-    too long, a text with control or bidirectional-override characters) is kept in
+    contact-policy count past the history ring, timers arming each other, a name, version,
+    field value or string attribute too long, a text with control or bidirectional-override
+    characters) is kept in
     `refusals` instead, so that a catalog the cluster took up before still runs (a saved one
     is not checked anew at a restart); a new catalog is loaded strict (PutCatalog,
     ValidateCatalog, the CLI)."""
@@ -442,11 +449,16 @@ class _Reader:
     def label(self, path: Path, max_length: int) -> str:
         """A one-line text; its length is a check added since catalogs could be saved."""
         value = self.string(path)
+        self.bounded(path, value, max_length, _HIDDEN_IN_LABEL_RE)
+        return value
+
+    def bounded(self, path: Path, value: str, max_length: int, hidden: re.Pattern) -> None:
+        """Refusals (checks added since catalogs could be saved) for `value` longer than
+        `max_length`, and for the first character of it that `hidden` finds."""
         if len(value) > max_length:
             self.refusals.append(self.fail(path, f"at most {max_length} characters, got "
                                                  f"{len(value)}"))
-        self.visible(path, value, _HIDDEN_IN_LABEL_RE)
-        return value
+        self.visible(path, value, hidden)
 
     def visible(self, path: Path, value: str, hidden: re.Pattern) -> None:
         """A refusal (a check added since catalogs could be saved) for the first character of
@@ -653,6 +665,7 @@ class _Reader:
                 raise self.fail(path + ("values", i), f"expected a string, got {item!r}")
             if item in out:
                 raise self.fail(path + ("values", i), f"duplicate value '{item}'")
+            self.bounded(path + ("values", i), item, MAX_VALUE, _HIDDEN_IN_LABEL_RE)
             out.append(item)
         return tuple(out)
 
@@ -865,6 +878,8 @@ class _Reader:
                 if not isinstance(val, (int, float, str, bool)):
                     raise self.fail(apath, f"expected a number, string or boolean, "
                                            f"got {_kind(val)}")
+                if isinstance(val, str):
+                    self.bounded(apath, val, MAX_ATTRIBUTE_TEXT, _HIDDEN_RE)
                 attributes[key] = val
         return Action(action_id, group, purpose, tuple(offers), rules["eligibility"],
                       rules["applicability"], rules["suitability"], value, lever, valid_from,

@@ -1,7 +1,8 @@
 """A catalog's texts after YAML's escapes are read: the version is a short label of visible
 ASCII (it travels in every decision: 900 KB of it made GetProfile pass gRPC's 4 MiB), the name
-at most MAX_NAME characters on one line, and no text holds control characters (but tab and line
-feed in the longer ones) or bidirectional overrides. These checks came after catalogs could be
+at most MAX_NAME characters on one line, a string field's values at most MAX_VALUE on one line,
+an action's string attributes at most MAX_ATTRIBUTE_TEXT, and no text holds control characters
+(but tab and line feed in the longer ones) or bidirectional overrides. These checks came after catalogs could be
 saved, so a saved catalog breaking them still loads, with the refusal kept (`strict=False`)."""
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kairos.core.catalog import MAX_NAME, MAX_VERSION, load_catalog
+from kairos.core.catalog import (MAX_ATTRIBUTE_TEXT, MAX_NAME, MAX_VALUE, MAX_VERSION,
+                                 load_catalog)
 from kairos.core.errors import CatalogError
 
 SMALL = Path(__file__).parent / "data" / "small.yaml"
@@ -89,3 +91,47 @@ def test_an_agent_text_may_have_lines_tabs_and_right_to_left_words():
     catalog = load_catalog(with_agent_text(written), "small.yaml")
     texts = [o.agent_text for a in catalog.actions for o in a.offers if o.agent_text]
     assert texts == ["Offer the upgrade.\n\tSay: \u05e9\u05dc\u05d5\u05dd\u200f"]
+
+
+@pytest.mark.parametrize("old, where", [
+    ("device: {type: string, values: [desktop, mobile]}", "context.device.values[2]"),
+    ("status: {type: string, values: [shipped, delayed, lost, delivered]}",
+     "events.delivery_update.fields.status.values[4]"),
+    ("tier: {type: string, values: [none, silver, gold], default", "attributes.tier.values[3]"),
+])
+@pytest.mark.parametrize("written, error", [
+    ('"ta\\e[2Jblet"', "#x001b at 3"),
+    ('"ta\\u202eblet"', "#x202e (RIGHT-TO-LEFT OVERRIDE) at 3"),
+    ('"ta\\tblet"', "#x0009 at 3"),  # a value is one line
+])
+def test_a_field_value_holds_no_control_or_bidi_override_character(old, where, written, error):
+    assert refusal(edited(old, old.replace("]", f", {written}]"))).endswith(
+        f" {where}: character {error}: no control or bidirectional-override characters in a "
+        f"catalog's texts")
+
+
+def test_a_field_value_is_at_most_max_value_characters():
+    old = "device: {type: string, values: [desktop, mobile]}"
+    assert load_catalog(edited(old, old.replace("]", f", {'t' * MAX_VALUE}]")), "small.yaml")
+    assert refusal(edited(old, old.replace("]", f", {'t' * (MAX_VALUE + 1)}]"))).endswith(
+        f" context.device.values[2]: at most {MAX_VALUE} characters, got {MAX_VALUE + 1}")
+
+
+@pytest.mark.parametrize("note, error", [
+    ('"a\\e[2Jb"', "character #x001b at 2: no control or bidirectional-override characters"),
+    ('"a\\u202eb"', "character #x202e (RIGHT-TO-LEFT OVERRIDE) at 2: no control"),
+    ('"' + "n" * (MAX_ATTRIBUTE_TEXT + 1) + '"',
+     f"at most {MAX_ATTRIBUTE_TEXT} characters, got {MAX_ATTRIBUTE_TEXT + 1}"),
+])
+def test_a_string_attribute_of_an_action_is_checked_as_a_text(note, error):
+    message = refusal(edited("attributes: {margin: 0.4}",
+                             f"attributes: {{margin: 0.4, note: {note}}}"))
+    assert f".attributes.note (action '" in message and f": {error}" in message
+
+
+def test_a_string_attribute_may_have_lines_and_tabs():
+    tail = "n" * (MAX_ATTRIBUTE_TEXT - 21)
+    catalog = load_catalog(edited("attributes: {margin: 0.4}", f'attributes: {{margin: 0.4, '
+                                  f'note: "Line one.\\n\\tLine two: {tail}"}}'), "small.yaml")
+    assert [a.attributes["note"] for a in catalog.actions if "note" in a.attributes] == \
+        [f"Line one.\n\tLine two: {tail}"]
