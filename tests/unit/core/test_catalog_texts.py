@@ -2,8 +2,9 @@
 ASCII (it travels in every decision: 900 KB of it made GetProfile pass gRPC's 4 MiB), the name
 at most MAX_NAME characters on one line, a string field's values at most MAX_VALUE on one line,
 an action's string attributes at most MAX_ATTRIBUTE_TEXT, and no text holds control characters
-(but tab and line feed in the longer ones) or bidirectional overrides. These checks came after catalogs could be
-saved, so a saved catalog breaking them still loads, with the refusal kept (`strict=False`)."""
+(but tab and line feed in the longer ones) or bidirectional overrides. These checks came after
+catalogs could be saved, so a saved catalog breaking them still loads, with the refusal kept
+(`strict=False`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -126,7 +127,7 @@ def test_a_field_value_is_at_most_max_value_characters():
 def test_a_string_attribute_of_an_action_is_checked_as_a_text(note, error):
     message = refusal(edited("attributes: {margin: 0.4}",
                              f"attributes: {{margin: 0.4, note: {note}}}"))
-    assert f".attributes.note (action '" in message and f": {error}" in message
+    assert ".attributes.note (action '" in message and f": {error}" in message
 
 
 def test_a_string_attribute_may_have_lines_and_tabs():
