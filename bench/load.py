@@ -228,7 +228,7 @@ class Bench:
             self.ingest_sweeps(name, system.target, after=self.settle_deferred)
             # sessions at the highest Decide rate that held (at most the plan's rate): what
             # each kind of call costs when the system is busy but not past its limit
-            held = self.results["systems"][name]["max_rate_target_held"]
+            held = self.results["systems"][name]["max_rate_held"]
             journey = self.pool.run(self.step(
                 system.target, "journey",
                 min(held or self.plan.decide_rates[0], self.plan.journey_rate)))

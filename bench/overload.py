@@ -78,7 +78,7 @@ def _held_line(results: dict[str, Any]) -> str:
     search = results["search"]
     if search is None:
         return f"Decide rate held {rate} (given)"
-    if search["max_rate_target_held"]:
+    if search["max_rate_held"]:
         return f"Decide held at {rate} (p99 within {P99_TARGET_MS:g} ms, the sweep)"
     return (f"no rate of the sweep held Decide's p99 within {P99_TARGET_MS:g} ms: nominal is "
             f"its lowest, {rate}")
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             if held is None:
                 search = sweep(pool, "kairos", step,
                                tuple(float(r) for r in args.rates.split(",")))
-                held = search["max_rate_target_held"] or float(args.rates.split(",")[0])
+                held = search["max_rate_held"] or float(args.rates.split(",")[0])
             nominal = pool.run(step(held))
             overload = pool.run(step(FACTOR * held))
     finally:

@@ -276,3 +276,5 @@ def test_the_rate_held_is_the_intended_rate_not_the_schedules_count():
                               "warmup_s": 1.0}})
     held = text.split("## Decide: the highest rate")[1].split("## Decide: every step")[0]
     assert "| kairos-1node | 500 |" in held and "max intended rate held /s" in held
+    line = summary({**data, "targets": targets(data), "run": "load-x", "seconds": 1.0})
+    assert line["systems"]["kairos-1node"]["max_rate_held"] == 500

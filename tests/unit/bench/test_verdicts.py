@@ -52,8 +52,7 @@ def decide_step(rate: float, p99_ms: float = 5.0, p50_ms: float = 1.0,
 
 def sweep_of(*steps: dict) -> dict:
     result = {"op": "decide", "kind": "decide", "steps": list(steps)}
-    return {**result, "max_rate_held": rate_held(result),
-            "max_rate_target_held": rate_held(result, intended=True)}
+    return {**result, "max_rate_held": rate_held(result, intended=True)}
 
 
 def judge(systems: dict, push: dict | None = None) -> dict[tuple[str, str], dict]:
