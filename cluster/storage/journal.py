@@ -3,8 +3,10 @@
 A frame holds one batch (frames.py: its encoding, and how damage is told from a torn tail),
 whose records have log sequence numbers that count from 1 and never repeat: a batch names its
 first. Frames live in segment files named after their first LSN; a segment is closed
-past `segment_bytes`, so truncating after a snapshot deletes whole files and never rewrites
-one.
+past `segment_bytes`, or `segment_s` (KAIROS_SNAPSHOT_AFTER_S) after it took its first batch,
+so truncating after a snapshot deletes whole files and never rewrites one, and a record
+outlives the snapshot covering it by about that long at most (a forgotten customer's, on
+the shard its partition moved from, which never learns of the forget).
 
 Formats: the records are opaque here, but each batch names the record format it was written
 in (protocol.JOURNAL_FORMAT; batches written before formats were numbered have two elements
@@ -80,10 +82,11 @@ import os
 import shutil
 import stat
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from kairos.cluster.settings import JOURNAL_POLICIES
+from kairos.cluster.settings import JOURNAL_POLICIES, SNAPSHOT_AFTER_S
 from kairos.cluster.storage.frames import (QUARANTINE, SUFFIX, Decode, ambiguous_tail, corrupt,
                                            first_lsn, frame, read_frames, segment_batches)
 from kairos.cluster.storage.store import JournalFenced
@@ -139,7 +142,7 @@ class Journal(JournalReader):
     tail_may_tear = False  # opening it cut its torn tail, and it alone writes it
 
     def __init__(self, directory: str | os.PathLike, policy: str = "fsync",
-                 segment_bytes: int = 64 << 20):
+                 segment_bytes: int = 64 << 20, segment_s: float = SNAPSHOT_AFTER_S):
         if policy not in JOURNAL_POLICIES:
             raise ValueError(f"journal policy must be one of {', '.join(JOURNAL_POLICIES)}, "
                              f"got {policy!r}")
@@ -150,6 +153,8 @@ class Journal(JournalReader):
         make_private_dir(self.directory)
         self.policy = policy
         self.segment_bytes = segment_bytes
+        self.segment_s = segment_s
+        self._opened = time.monotonic()  # when the current segment took its first batch
         self.last_lsn = 0
         self.synced_lsn = 0  # durable up to here (under "fsync"; else it follows last_lsn)
         self.failed: OSError | None = None  # a sync failed: nothing more is appended
@@ -175,8 +180,11 @@ class Journal(JournalReader):
             return self.last_lsn  # nothing written: no LSN taken (see the policies above)
         first = self.last_lsn + 1
         data = frame(first, records)
-        if self._fd is None or self._size >= self.segment_bytes:
+        if self._fd is None or self._size >= self.segment_bytes or \
+                self._size and time.monotonic() - self._opened >= self.segment_s:
             self._roll()
+        if not self._size:
+            self._opened = time.monotonic()
         try:
             written = 0
             while written < len(data):
@@ -268,7 +276,11 @@ class Journal(JournalReader):
 
     def truncate(self, upto_lsn: int) -> int:
         """Drop the segments holding only records up to `upto_lsn` (a snapshot covers them);
-        the number of files removed."""
+        the number of files removed. A current segment that holds only such records is closed
+        first (the next batch starts a new one): a quiet shard's last records, those of a
+        partition since moved or forgotten there, go too."""
+        if self._size and upto_lsn >= self.last_lsn:
+            self._roll()
         segments = self._segments()
         removed = 0
         for path, following in zip(segments, segments[1:]):
