@@ -172,12 +172,14 @@ class Directory:
         """The aliases the customer's links under way claimed, no longer noted here."""
         return self.claimed.get(partition, {}).pop(customer_id, [])
 
-    def resolve(self, partition: int, key: str) -> str:
+    def resolve(self, partition: int, key: str, now: float) -> str:
         """The customer the alias is linked to; else the one a forget under way retired it
-        from (a forget by the alias, retried, must find that customer again); else its
-        anonymous customer."""
+        from (a forget by the alias, retried, must find that customer again) within
+        TOMBSTONE_S; else its anonymous customer."""
         retiring = self.retiring.get(partition, {}).get(key)
-        return self.linked(partition, key) or (retiring and retiring[0]) or anonymous_id(key)
+        if retiring is not None and now - retiring[1] < TOMBSTONE_S:
+            return self.linked(partition, key) or retiring[0]
+        return self.linked(partition, key) or anonymous_id(key)
 
     def linked(self, partition: int, key: str) -> str | None:
         return self.aliases.get(partition, {}).get(key)

@@ -82,7 +82,8 @@ class IdentityRequests:
 
     def resolve(self, batch: list[Resolve], touched: dict[str, float]) -> list[Reply]:
         """The customer an alias names: its linked customer, or its anonymous one."""
-        return [Ok(value=self._directory.resolve(r.partition, r.key)) for r in batch]
+        now = self._ctx.clock()
+        return [Ok(value=self._directory.resolve(r.partition, r.key, now)) for r in batch]
 
     def claim(self, batch: list[Claim], touched: dict[str, float]) -> list[Reply]:
         """Step 0: note the alias as the customer's, so a forget finds it from here on. The

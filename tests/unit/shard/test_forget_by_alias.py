@@ -7,6 +7,7 @@ import asyncio
 
 from kairos.cluster.identity import alias_key, anonymous_id
 from kairos.cluster.protocol import Retire
+from kairos.cluster.settings import TOMBSTONE_S
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage.memory_store import MemoryStore
 from kairos.cluster.transport.client import KairosClient
@@ -63,4 +64,18 @@ def test_a_retired_alias_resolves_to_its_customer_across_a_rebuild_until_finishe
     assert s.process([done])[0][0].value is True
     assert s.process([resolve(key)])[0][0].value == anonymous_id(key)
     s = rebuilt()
+    assert s.process([resolve(key)])[0][0].value == anonymous_id(key)
+
+
+def test_an_alias_its_forgets_client_left_unreleased_resolves_to_its_own_profile_in_time(
+        compiled):
+    """A forget whose client died after its Bury, before the last Retire: past TOMBSTONE_S
+    the alias no longer resolves to the forgotten customer."""
+    clock = Clock()
+    key = alias_key("cookie", "a")
+    s = shard(compiled, clock=clock)
+    s.process([Retire(partition=p_of(key), key=key, customer_id="ana")])
+    clock.now += TOMBSTONE_S - 1
+    assert s.process([resolve(key)])[0][0].value == "ana"
+    clock.now += 1
     assert s.process([resolve(key)])[0][0].value == anonymous_id(key)

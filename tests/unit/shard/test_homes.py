@@ -132,7 +132,7 @@ def test_a_customer_whose_home_is_damaged_is_forgotten_only_once_it_is_restored(
     replies, _ = s.process([forget("ana"), event("bob", "page_view", T0 + 1, category="home")])
     assert isinstance(replies[0], Unavailable) and replies[1].status == "ok"
     assert f"stored profile (partition {p_of('ana')}) is damaged" in replies[0].reason
-    assert s.directory.resolve(p_of(key), key) == "ana"
+    assert s.directory.resolve(p_of(key), key, s.ctx.clock()) == "ana"
     s.tick()
     assert home_file(tmp_path, "ana").exists()
     home_file(tmp_path, "ana").write_bytes(backup)  # the operator restores it
