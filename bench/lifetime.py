@@ -32,14 +32,24 @@ def exit_with_parent(parent_pid: int) -> None:
 def exit_on_sigterm() -> None:
     """SIGTERM unwinds like Ctrl-C (exit status 143), so every server, generator and Ray node
     the run started is stopped by the `finally`s on the way out; Python's default would end
-    the process at once and leave Ray's processes behind."""
+    the process at once and leave Ray's processes behind. Ray's head node and ray.init put
+    their own handlers in its place (exit status 1, 15): systems.ray_nodes sets it again."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
+class Abandoned(TimeoutError):
+    """`within`'s timeout: `work` still runs on `thread`, which the caller may wait for once
+    it has stopped what the work waits on."""
+
+    def __init__(self, message: str, thread: threading.Thread):
+        super().__init__(message)
+        self.thread = thread
+
+
 def within(seconds: float, work: Callable[[], T], what: str) -> T:
-    """`work()`'s answer, or TimeoutError after `seconds`, for a call that waits with no
-    deadline of its own (a Ray actor that never starts, its worker killed by Ray's memory
-    monitor). It runs on a daemon thread, which a timed-out call leaves waiting: the
+    """`work()`'s answer, or Abandoned (a TimeoutError) after `seconds`, for a call that waits
+    with no deadline of its own (a Ray actor that never starts, its worker killed by Ray's
+    memory monitor). It runs on a daemon thread, which a timed-out call leaves waiting: the
     process can still exit. Signals reach the caller meanwhile."""
     answer: concurrent.futures.Future = concurrent.futures.Future()
 
@@ -49,8 +59,9 @@ def within(seconds: float, work: Callable[[], T], what: str) -> T:
         except BaseException as exc:  # noqa: BLE001  (raised again in the caller)
             answer.set_exception(exc)
 
-    threading.Thread(target=run, name=what, daemon=True).start()
+    thread = threading.Thread(target=run, name=what, daemon=True)
+    thread.start()
     try:
         return answer.result(timeout=seconds)
     except concurrent.futures.TimeoutError:
-        raise TimeoutError(f"{what}: no answer in {seconds:g} s") from None
+        raise Abandoned(f"{what}: no answer in {seconds:g} s", thread) from None

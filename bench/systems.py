@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import tempfile
 import time
 from collections import Counter, deque
@@ -35,7 +36,7 @@ from kairos.v1 import decision_pb2_grpc
 
 from .cpu import server_cpu_during
 from .journeys import PROFILE_EVENT, crm_profiles, customer_id, popularity
-from .lifetime import within
+from .lifetime import Abandoned, within
 
 ROOT = Path(__file__).resolve().parents[1]
 OBJECT_STORE_BYTES = 256 * 2**20  # per node; the bench moves small messages only
@@ -50,6 +51,9 @@ NODE_ENV = {"KAIROS_PASSIVATE_IDLE_S": "86400", "KAIROS_DATA_HOST": "127.0.0.1",
 # runtime.start waits for its actors with no deadline: one Ray never places (its workers
 # killed by Ray's memory monitor on a crowded machine) would hang the run
 START_TIMEOUT_S = 180.0
+# A start given up on still waits on its thread: once its actors are stopped its wait fails
+# and it stops what it started, by name, so it must end before the next phase starts its own
+ABANDONED_START_WAIT_S = 60.0
 POPULATE_INFLIGHT = 4096  # events the bulk load keeps in flight
 POPULATE_PROGRESS_EVERY = 1000
 
@@ -73,6 +77,9 @@ def ray_nodes(n: int) -> Iterator[list[str]]:
     node_args = {"num_cpus": os.cpu_count() if n == 1 else CPUS_PER_NODE,
                  "object_store_memory": OBJECT_STORE_BYTES, "dashboard_agent_listen_port": 0}
     cluster = None
+    # the run's SIGTERM handler (exit_on_sigterm), which the head node Cluster starts here
+    # and ray.init each replace with Ray's own (exit status 1, 15): set again once they ran
+    ours = signal.getsignal(signal.SIGTERM)
     # one node: every Ray server on loopback (cluster/cli/local.py)
     with single_machine() if n == 1 else nullcontext():
         try:
@@ -82,6 +89,8 @@ def ray_nodes(n: int) -> Iterator[list[str]]:
                 cluster.add_node(**node_args)
             cluster.wait_for_nodes()
             ray.init(address=cluster.address, **quiet)
+            if callable(ours) and signal.getsignal(signal.SIGTERM) is not ours:
+                signal.signal(signal.SIGTERM, ours)
             head = ray.get_runtime_context().get_node_id()
             others = sorted(x["NodeID"] for x in ray.nodes()
                             if x["Alive"] and x["NodeID"] != head)
@@ -196,13 +205,18 @@ def kairos(n_shards: int, customers: int, catalog_text: str | None = None,
     given (auth is off without). `direct`: every shard serves kairos.v1 too, and `routes`
     names each partition's owner's endpoint."""
     store = tempfile.mkdtemp(prefix="kairos-bench-store-")
+    abandoned = None
     try:
         # direct: as `kairos up --shard-endpoints` starts it, a gateway on every node
         spec = GatewaySpec("127.0.0.1", 0, keys_file=keys_file, shard_endpoints=True) \
             if direct else None
-        within(START_TIMEOUT_S, lambda: runtime.start(
-            n_shards=n_shards, catalog_text=catalog_text, store=store, journal_policy="fsync",
-            gateways=spec), "runtime.start")
+        try:
+            within(START_TIMEOUT_S, lambda: runtime.start(
+                n_shards=n_shards, catalog_text=catalog_text, store=store,
+                journal_policy="fsync", gateways=spec), "runtime.start")
+        except Abandoned as exc:
+            abandoned = exc.thread
+            raise
         status = ray.get(runtime.controller().status.remote())
         nodes = sorted(x["NodeID"] for x in ray.nodes() if x["Alive"])
         shards = Counter(s["placed_on"] for s in status["shards"])
@@ -221,6 +235,8 @@ def kairos(n_shards: int, customers: int, catalog_text: str | None = None,
                      _crossing_share(remote, customers), _routes(target) if direct else ())
     finally:
         runtime.stop()
+        if abandoned is not None:
+            abandoned.join(ABANDONED_START_WAIT_S)
         shutil.rmtree(store, ignore_errors=True)
 
 

@@ -26,15 +26,24 @@ def test_within_answers_raises_or_gives_up_after_its_seconds():
 @pytest.mark.timeout(30)  # without the deadline the start waits for good
 def test_a_runtime_start_that_never_answers_fails_the_phase_and_is_stopped(monkeypatch):
     """Ray's memory monitor killing the controller's workers left runtime.start waiting
-    forever: the start now fails after START_TIMEOUT_S, and what it started is stopped."""
-    stopped = []
+    forever: the start now fails after START_TIMEOUT_S, and what it started is stopped. The
+    start keeps waiting on its thread until then; stopped, its wait fails and it stops what
+    it started, by name: that is over before the phase ends (the next one's actors would
+    be stopped)."""
+    stopped, ended = threading.Event(), []
+
+    def start(**_) -> None:
+        stopped.wait()
+        time.sleep(0.3)  # the start's own stop, after its wait failed
+        ended.append(True)
+
     monkeypatch.setattr(systems, "START_TIMEOUT_S", 0.2)
-    monkeypatch.setattr(systems.runtime, "start", lambda **_: threading.Event().wait())
-    monkeypatch.setattr(systems.runtime, "stop", lambda: stopped.append(True))
+    monkeypatch.setattr(systems.runtime, "start", start)
+    monkeypatch.setattr(systems.runtime, "stop", stopped.set)
     with pytest.raises(TimeoutError, match="runtime.start"):
         with systems.kairos(2, 10):
             pass
-    assert stopped == [True]
+    assert stopped.is_set() and ended == [True]
 
 
 def test_sigterm_unwinds_the_run():
