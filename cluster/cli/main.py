@@ -51,7 +51,7 @@ import time
 
 import grpc
 
-from kairos.core.catalog import load_catalog_file
+from kairos.core.catalog import Catalog, load_catalog, load_catalog_file
 from kairos.core.compiler import compile_catalog
 from kairos.core.errors import CatalogError
 
@@ -112,7 +112,8 @@ def checked_inputs(args: argparse.Namespace) -> str | None:
     try:
         catalog_text = operate.read_text(args.catalog) if args.catalog else None
         if catalog_text is not None:
-            compile_catalog(load_catalog_file(args.catalog))
+            _warn_of_refusals(compile_catalog(load_catalog(catalog_text, args.catalog,
+                                                           strict=False)).catalog)
         # checked here, read again by each gateway from the file (or the variable, which Ray's
         # processes inherit): secrets never travel as Ray task arguments
         Auth.load(operate.read_text(args.keys) if args.keys else os.environ.get(KEYS_ENV))
@@ -126,6 +127,18 @@ def checked_inputs(args: argparse.Namespace) -> str | None:
     except OSError as exc:
         raise Refused(f"error: {exc.filename}: {exc.strerror}", 1) from None
     return catalog_text
+
+
+def _warn_of_refusals(catalog: Catalog) -> None:
+    """The start goes on with a catalog that only checks newer than saved catalogs refuse: at
+    every head start Kubernetes passes the catalog the store may run already, and a restart is
+    never refused it (on a store that runs another catalog, the controller switches to this
+    one as PutCatalog does, and refuses it then). Each refusal is said: a new catalog with it
+    is refused."""
+    for refusal in catalog.refusals:
+        print(f"warning: {refusal} (a check newer than catalogs saved in a store: this start "
+              f"goes on, as the store may run this catalog; PutCatalog and `kairos catalog "
+              f"validate` refuse it)", file=sys.stderr)
 
 
 def up(args: argparse.Namespace) -> int:

@@ -5,7 +5,9 @@ the reconfiguration lock, where the running and previous catalogs are read too).
 - A catalog is compiled on a thread: a large one takes seconds, and this loop serves the
   gateways' long polls and the control loop meanwhile.
 - The same catalog sent again while it runs (a retry after DEADLINE_EXCEEDED) is not switched
-  again: it would become its own rollback target. Evidence it brings replaces the running
+  again: it would become its own rollback target. Nor is it refused by the checks newer than
+  it (load_catalog's `strict`), which only a new catalog must pass: a catalog taken before an
+  upgrade added them still runs. Evidence it brings replaces the running
   version's (it is about that version), and is saved.
 - A version names one text for the life of the store: one the cluster ran (the last
   VERSIONS_KEPT switched from, saved with its state, and the running one) is refused with other
@@ -37,7 +39,7 @@ import asyncio
 import logging
 from typing import Any
 
-from kairos.core.compiler import compiled_from_text
+from kairos.core.compiler import CompiledCatalog, compiled_from_text
 
 from kairos.cluster.control.catalog_identity import VersionsRun
 from kairos.cluster.control.lagging import on_each, named
@@ -51,9 +53,14 @@ class CatalogRefused(ValueError):
     """A shard refused the catalog's text: sent again, it would be refused again."""
 
 
-async def _version(text: str, strict: bool = False) -> str:
-    """The version of the catalog in `text`, compiled off the event loop (CatalogError)."""
-    return (await asyncio.to_thread(compiled_from_text, text, "<catalog>", strict)).version
+async def _compiled(text: str) -> CompiledCatalog:
+    """The catalog in `text`, compiled off the event loop (CatalogError), not strict."""
+    return await asyncio.to_thread(compiled_from_text, text, "<catalog>")
+
+
+async def _version(text: str) -> str:
+    """The version of the catalog in `text` (CatalogError)."""
+    return (await _compiled(text)).version
 
 
 class Catalogs:
@@ -68,7 +75,8 @@ class Catalogs:
         other content under a version the cluster ran (the module's docstring), and for a
         running version other than `expected_version` (when given) unless this catalog runs
         already."""
-        version = await _version(catalog_text, strict=True)  # CatalogError: stop
+        compiled = await _compiled(catalog_text)  # CatalogError: stop
+        version = compiled.version
         async with self._reconfiguring:
             if version == self.catalog_version:
                 if catalog_text != self.catalog_text:
@@ -76,7 +84,11 @@ class Catalogs:
                                      f"new version")
                 if evidence and evidence != self.evidence:
                     await self._keep_evidence(evidence)
-                return version  # before the expectation: a retry of a put that was done
+                # before the expectation: a retry of a put that was done; and before the
+                # checks newer than the text, which would refuse what the cluster runs
+                return version
+            if compiled.catalog.refusals:  # a new catalog: those checks too
+                raise compiled.catalog.refusals[0]
             if expected_version is not None and expected_version != self.catalog_version:
                 raise ValueError(f"catalog {self.catalog_version!r} runs, not the expected "
                                  f"{expected_version!r}: {version!r} was not switched to")

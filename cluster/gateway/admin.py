@@ -51,7 +51,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         return _catalog_info(await self._compile(request.yaml, context, "<ValidateCatalog>"))
 
     async def PutCatalog(self, request: admin_pb2.CatalogText, context) -> admin_pb2.CatalogInfo:
-        compiled = await self._compile(request.yaml, context, wait=True)
+        compiled = await self._compile(request.yaml, context, wait=True, unless_running=True)
         evidence = await _evidence(request.evidence_json, compiled, context)
         try:
             await _answer(context, self.backend.controller().put_catalog(
@@ -155,12 +155,21 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             return admin_pb2.CatalogInfo(version=version)
 
     async def _compile(self, text: str, context, source: str = "<PutCatalog>",
-                       strict: bool = True, wait: bool = False) -> Summary:
+                       strict: bool = True, wait: bool = False,
+                       unless_running: bool = False) -> Summary:
         """The text's compile; with `wait` (a catalog change), after those before it, within
-        the call's deadline, rather than refused while another runs."""
+        the call's deadline, rather than refused while another runs. With `unless_running`
+        (PutCatalog), the text the cluster runs is compiled as a saved one: the controller
+        answers that it runs (a retry, a deploy sending it again), and checks newer than it
+        must not refuse it first."""
         try:
             async with asyncio.timeout(context.time_remaining()):
-                return await self.compiles.compile(text, source, strict, wait)
+                try:
+                    return await self.compiles.compile(text, source, strict, wait)
+                except CatalogError:
+                    if not (strict and unless_running and await self._runs(text)):
+                        raise
+                return await self.compiles.compile(text, source, False, wait)
         except TimeoutError:
             await fail(context, grpc.StatusCode.DEADLINE_EXCEEDED,
                        "the catalog was not compiled within the call's deadline (this gateway "
@@ -173,6 +182,15 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             await fail(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except CompilerFailed as exc:
             await fail(context, grpc.StatusCode.INTERNAL, str(exc))
+
+
+    async def _runs(self, text: str) -> bool:
+        """Whether the cluster runs the catalog `text` (not, when the controller does not
+        answer: the text's refusal stands, and a retry may find it)."""
+        try:
+            return (await self.backend.controller().get_catalog())["text"] == text
+        except (Unavailable, RuntimeError, StoreUnavailable):
+            return False
 
 
 async def _answer(context, work: Awaitable) -> Any:

@@ -7,18 +7,23 @@ path)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from types import SimpleNamespace
 
 import pytest
 
 from kairos.core import compiler
+from kairos.core.catalog import default_catalog_text
+from kairos.core.compiler import default_compiled
+from kairos.core.errors import CatalogError
 
-from kairos.cluster.control.learner import LearnerActor
+from kairos.cluster.control.controller import Controller
+from kairos.cluster.control.learner import Learner, LearnerActor
 from kairos.cluster.shard.actor import ShardActor
 
-from tests.unit.control.test_interrupted import (catalog_v2, no_grace, restarted, started,
-                                                 versions)
+from tests.unit.control.test_interrupted import (Crashing, catalog_v2, no_grace, restarted,
+                                                 started, versions)
 
 __all__ = ["no_grace"]  # the fixture, used here too
 
@@ -226,4 +231,26 @@ def test_the_version_a_rollback_goes_back_to_is_shown(tmp_path):
         assert (await controller.status())["previous_catalog_version"] == v1
         await controller.rollback_catalog(to_version=v1)
         assert (await controller.get_catalog())["previous_version"] == v2
+    asyncio.run(main())
+
+
+def test_the_running_catalog_sent_again_is_not_refused_by_checks_newer_than_it(tmp_path):
+    """A catalog taken before the version, name and character limits (a version with a space)
+    still runs after the upgrade; PutCatalog of its text (a retry, a deploy sending it again)
+    answers that it runs, while a new catalog those checks refuse is refused."""
+    spaced = re.sub(r"^version: .*$", 'version: "2026.12 launch"', default_catalog_text(),
+                    count=1, flags=re.M)
+
+    async def main():
+        backend = Crashing()
+        backend.local_learner = Learner(default_compiled(), default_catalog_text(),
+                                        unconfirmed=True)
+        controller = backend.local_controller = Controller(backend, spaced, n_partitions=64,
+                                                           store_url=str(tmp_path))
+        await controller.start(2)
+        assert await controller.put_catalog(spaced) == "2026.12 launch"
+        with pytest.raises(CatalogError, match="version: expected at most 64 ASCII"):
+            await controller.put_catalog(spaced.replace("2026.12 launch", "2026.12 launch 2"))
+        assert (controller.catalog_text, controller.previous_catalog) == (spaced, None)
+        assert versions(backend) == {"2026.12 launch"}
     asyncio.run(main())
