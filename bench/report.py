@@ -293,14 +293,12 @@ def markdown(results: dict[str, Any]) -> str:
     if deferred:
         lines += ["## Snapshots settled after each step that wrote (outside its window)", "",
                   "Partitions a step dirtied are snapshotted SNAPSHOT_AFTER_S (60 s) later, "
-                  "inside whichever step runs then: the bench snapshots every partition "
+                  "inside whichever step runs then: the bench snapshots those partitions "
                   "after such a step instead, and reports that here (the server CPU of the "
                   "system's processes over the snapshot call, its idle cost included, per "
-                  "event or outcome the step served). Not in the steps' figures above. An "
-                  "upper bound of the step's own snapshot cost: the shards' snapshot call "
-                  "writes the clean partitions too.", "",
+                  "event or outcome the step served). Not in the steps' figures above.", "",
                   _table(["steps", "system", "intended /s", "partitions dirty", "customers "
-                          "written", "seconds", "server CPU s", "µs per write served, at most"],
+                          "written", "seconds", "server CPU s", "µs per write served"],
                          deferred), ""]
     if results["journey"]:
         lines += ["## Sessions across channels (decide, ingest, respond mixed)", "",

@@ -239,10 +239,11 @@ class ShardActor:
                 "incarnation": self.incarnation, "recovery": self.host.recovery,
                 "gc": pauses.observed()}
 
-    async def snapshot(self) -> int:
-        """Snapshot every partition served, now, in turn with the data path (the background
-        checkpoint writes a few at a time); the customers written."""
-        return await self.host.run(Shard.snapshot)
+    async def snapshot(self, dirty_only: bool = False) -> int:
+        """Snapshot every partition served (`dirty_only`: those with changes no snapshot
+        holds yet), now, in turn with the data path (the background checkpoint writes a few
+        at a time); the customers written."""
+        return await self.host.run(Shard.snapshot_dirty if dirty_only else Shard.snapshot)
 
     # -- admin (own concurrency group: answers while the data path is busy) --------------------
 

@@ -316,6 +316,11 @@ class Shard:
         """Snapshot the partitions (default: every one owned); the customers written."""
         return self.durability.snapshot(list(self.owned) if partitions is None else partitions)
 
+    def snapshot_dirty(self) -> int:
+        """Snapshot the partitions with changes no snapshot holds yet (what the background
+        checkpoint would write); the customers written."""
+        return self.durability.snapshot(list(self.journaling.dirty))
+
     def checkpoint(self, changed_before: float, limit: int, budget_s: float = math.inf) -> int:
         return self.durability.checkpoint(changed_before, limit, budget_s)
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from bench import load, sweep
+from bench import load, sweep, systems
 from bench.cpu import server_cpu_during
 from bench.loadgen import Step
 from bench.report import _deferred_rows
@@ -53,6 +53,33 @@ def test_a_settled_step_reports_its_snapshot_per_write_served(monkeypatch):
     bench.results["journey"]["kairos-1node"] = step
     assert _deferred_rows(bench.results) == [
         ["sessions", "kairos-1node", "200", "3 of 4", "500", "0.50", "0.02", "200"]]
+
+
+class Method:
+    def __init__(self, answer):
+        self.answer, self.calls = answer, []
+
+    def remote(self, *args):
+        self.calls.append(args)
+        return self.answer(*args)
+
+
+class ShardActor:
+    """A shard of 4 partitions, 1 of them dirty, 100 customers in each."""
+
+    def __init__(self) -> None:
+        self.stats = Method(lambda: {"dirty_partitions": 1, "partitions": 4})
+        self.snapshot = Method(lambda dirty_only=False: 100 if dirty_only else 400)
+
+
+def test_the_settle_snapshots_the_dirty_partitions_only(monkeypatch):
+    shards = [ShardActor(), ShardActor()]
+    monkeypatch.setattr(systems, "shard_actors", lambda: shards)
+    monkeypatch.setattr(systems.ray, "get", lambda refs: refs)
+    settled = systems.settle_snapshots(set())
+    assert [s.snapshot.calls for s in shards] == [[(True,)], [(True,)]]
+    assert (settled["dirty_partitions"], settled["partitions"], settled["customers"]) == \
+        (2, 8, 200)
 
 
 def test_the_cpu_over_a_call_is_what_the_system_spent_during_it():
