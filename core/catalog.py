@@ -45,8 +45,8 @@ MAX_AGENT_TEXT = 1_000
 # of visible ASCII (what "2026.12.2", "v2-rc.1" or "2026-12-05T10:00+01:00" need)
 MAX_NAME = 200
 MAX_VERSION = 64
-# a string field's value (`values:`): a request's string holds no more (request.py's
-# MAX_STRING_LENGTH), so a longer one could never be matched
+# a string field's value (`values:`), and a request's string (request.py's MAX_STRING_LENGTH):
+# a longer declared value could never be matched
 MAX_VALUE = 1_024
 # an action's string attribute (a URL, a short description): what clients read off the
 # catalog, not a document

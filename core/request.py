@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .catalog import FieldSpec
+from .catalog import MAX_VALUE, FieldSpec
 from .compiler import CompiledCatalog
 from .decision import Decision, RankedAction
 from .errors import InputError
@@ -22,7 +22,7 @@ MAX_CUSTOMER_ID_LENGTH = 256  # characters in a customer id
 # ("~<type, at most 32>:<value, at most 256>", cluster/identity.py)
 MAX_PROFILE_ID_LENGTH = MAX_CUSTOMER_ID_LENGTH + 34
 MAX_KEY_LENGTH = 256  # characters in an idempotency key or an event id
-MAX_STRING_LENGTH = 1024  # characters in one string field or context value
+MAX_STRING_LENGTH = MAX_VALUE  # characters in one string field or context value
 # characters in a decision id: a shard's sealed id is about 48 characters and 8 more per
 # action shown (a decision shows at most 1,024)
 MAX_DECISION_ID_LENGTH = 8_448
