@@ -8,9 +8,11 @@ actual send ("service") and how late each send left ("lag") are recorded too, so
 that fell behind its schedule shows as such instead of passing for server latency. Everything
 goes into HdrHistograms, which the parent merges across processes (encode/decode).
 
-A step (`GeneratorPool.run`) has a schedule of its own; continuous traffic
-(`GeneratorPool.traffic`, unary operations) is one schedule cut into steps, so that the load
-does not pause between them.
+A step (`GeneratorPool.run`) has a schedule of its own, and every request that depends on no
+answer is built before it starts (outside its measured window, and not between the send a
+schedule stamps and the call); continuous traffic (`GeneratorPool.traffic`, unary operations)
+is one schedule cut into steps, so that the load does not pause between them, each request
+built as it leaves.
 
 Operations (`Step.op`):
   decide, ingest, journey  unary calls: decisions, events (each asking for the re-evaluated
@@ -30,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import itertools
 import math
 import multiprocessing
 import os
@@ -38,7 +41,7 @@ import random
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, NamedTuple
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, NamedTuple, TypeVar
 
 import grpc
 import psutil
@@ -55,6 +58,8 @@ from .cpu import CpuWindow, generator_cpu, server_cpu
 from .journeys import DECIDE, EVENT, RESPOND, Journeys, Request, customer_id
 from .lifetime import exit_with_parent
 
+T = TypeVar("T")
+
 DEADLINE_S = 1.0  # every call's deadline; Kairos answers a late Decide with its fallback
 ANSWER_GRACE_S = 1.0  # past a call's deadline, how long its answer is still waited for
 LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS = 1, 60_000_000, 3  # histogram range and precision
@@ -63,7 +68,13 @@ LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS = 1, 60_000_000, 3  # histogram range 
 LATE_SEND_MS = 5.0
 CUSTOMER_RATE = "RESOURCE_EXHAUSTED (customer's outcome rate)"  # an error label of its own
 BEHIND_SHARE = 0.01  # above this share of late sends a step is flagged "generator behind"
-START_DELAY_S = 0.5  # between submitting a step and its first intended send
+# between submitting continuous traffic, or every process having built a step's requests,
+# and the first intended send
+START_DELAY_S = 0.5
+# Building a step's requests before it starts: a process's share at the top rates (240,000
+# at ~10 µs) takes seconds; the parent waits this long for every process's, a process as long
+# for the start, polling every START_POLL_S
+BUILD_TIMEOUT_S, START_POLL_S = 300.0, 0.001
 CONNECT_TIMEOUT_S = 10.0
 # IngestStreams each process keeps open: a high-volume channel spreads its events over a few
 # streams, and one stream's acks are written one after another.
@@ -81,9 +92,6 @@ SETTLE_MS, SETTLE_PROBES, SETTLE_TIMEOUT_S = 20.0, 3, 120.0
 STOP_NOTICE_S = 0.1
 OPEN_ENDED = 2**62  # the last step of continuous traffic not stopped yet
 UNARY_OPS = frozenset({"decide", "ingest", "journey"})  # one call per request
-# Requests are built ahead of their sends while the next is at least BUILD_MARGIN_S away,
-# at most BUILD_SLICE (~0.3 ms of work) between two turns of a generator's loop
-BUILD_MARGIN_S, BUILD_SLICE = 0.001, 32
 
 PERCENTILES = (("50", 50.0), ("90", 90.0), ("99", 99.0), ("99_9", 99.9))  # (key, percent)
 OPS = {"decide": frozenset({DECIDE}), "ingest": frozenset({EVENT}),
@@ -249,31 +257,57 @@ class GeneratorPool:
         # and the processes read the index of its last step here
         self._handed = context.Queue()
         self._last_step = context.RawValue("q", 0)
+        # a step's start: [its tag, the processes that built their requests, its start time
+        # (epoch seconds; 0 until every process has built)]
+        self._start = context.Array("d", 3)
+        self._steps = 0
         self._pool = concurrent.futures.ProcessPoolExecutor(
             processes, mp_context=context, initializer=_init,
-            initargs=(os.getpid(), self._handed, self._last_step))
+            initargs=(os.getpid(), self._handed, self._last_step, self._start))
         # spawn and import in every process now, not inside the first step
         for future in [self._pool.submit(_ready) for _ in range(processes)]:
             future.result()
 
     def run(self, step: Step) -> dict:
-        """Let the system settle, run a step on every process starting START_DELAY_S later;
-        the merged summary, with the CPU the system under test and the generators spent in
-        the measured window, and when its schedule started and ended (epoch seconds).
-        Continuous traffic, whose load must not pause between steps, is `traffic`'s."""
+        """Let the system settle, have every process build its share of a step's requests,
+        and run the step START_DELAY_S after the last has; the merged summary, with the CPU
+        the system under test and the generators spent in the measured window, and when its
+        schedule started and ended (epoch seconds). Continuous traffic, whose load must not
+        pause between steps, is `traffic`'s."""
         settled_s = settle(step.target)
+        self._steps += 1
+        with self._start.get_lock():
+            self._start[:] = [self._steps, 0, 0]
+        futures = [self._pool.submit(_run_step, step, i, self.processes, self._steps)
+                   for i in range(self.processes)]
+        try:
+            self._built(futures)
+        except BaseException:
+            self._start[0] = 0  # the processes waiting for this step's start give it up
+            raise
         start_at = time.time() + START_DELAY_S
         generators = self.pids()
         server = server_cpu(generators, start_at + step.warmup_s, step.measure_s)
         own = generator_cpu(generators, start_at + step.warmup_s, step.measure_s)
-        futures = [self._pool.submit(_run_step, step, i, self.processes, start_at)
-                   for i in range(self.processes)]
+        self._start[2] = start_at
         merged = Recorder()
         for future in futures:
             merged.add(future.result())
         return _result(step, self.processes, merged, server.window(), own.window(),
                        settled_s=settled_s, chained=False, started_at=start_at,
                        ended_at=start_at + step.warmup_s + step.measure_s)
+
+    def _built(self, futures: list[concurrent.futures.Future]) -> None:
+        """Wait until every process has built its share of the step's requests (one that
+        failed raises its error)."""
+        deadline = time.monotonic() + BUILD_TIMEOUT_S
+        while self._start[1] < self.processes:
+            for future in futures:
+                if future.done():
+                    future.result()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the step's requests not built in {BUILD_TIMEOUT_S:g} s")
+            time.sleep(START_POLL_S)
 
     def traffic(self, step: Step, steps: int | None = None) -> Traffic:
         """Continuous traffic of `step` in `steps` steps of step.measure_s (None: until its
@@ -425,13 +459,14 @@ def settle(target: str) -> float | None:
 _CATALOG: Catalog | None = None
 _HANDED: Any = None  # the pool's queue of continuous traffic's steps
 _LAST_STEP: Any = None  # the index of continuous traffic's last step (shared memory)
+_START: Any = None  # a step's start (GeneratorPool._start, shared memory)
 
 
-def _init(parent_pid: int, handed: Any, last_step: Any) -> None:
-    global _CATALOG, _HANDED, _LAST_STEP
+def _init(parent_pid: int, handed: Any, last_step: Any, start: Any) -> None:
+    global _CATALOG, _HANDED, _LAST_STEP, _START
     exit_with_parent(parent_pid)
     _CATALOG = load_default_catalog()
-    _HANDED, _LAST_STEP = handed, last_step
+    _HANDED, _LAST_STEP, _START = handed, last_step, start
 
 
 def _ready() -> bool:
@@ -461,35 +496,52 @@ async def _connected(step: Step) -> AsyncIterator[tuple[_Calls, Callable[[str], 
         await asyncio.gather(*(c.close() for c in channels.values()))
 
 
-def _run_step(step: Step, index: int, processes: int, start_at: float) -> dict:
-    return asyncio.run(_step(step, index, processes, start_at))
+def _run_step(step: Step, index: int, processes: int, tag: int) -> dict:
+    return asyncio.run(_step(step, index, processes, tag))
 
 
-async def _step(step: Step, index: int, processes: int, start_at: float) -> dict:
+async def _step(step: Step, index: int, processes: int, tag: int) -> dict:
     async with _connected(step) as (calls, route):
         recorder = Recorder(seconds=step.measure_s)
         seed = step.seed * 1_000 + index
-        # the process's clock for the shared start time
-        t0 = time.perf_counter() + (start_at - time.time())
-
-        def schedule(lane: int = 0, lanes: int = 1) -> _Schedule:
-            """This process's share of the step's arrivals, split over `lanes`."""
-            return _Schedule(step.rate_per_s / processes / lanes, t0, step.warmup_s,
-                             step.measure_s, random.Random(seed * 100 + lane), recorder)
-
+        # this process's share of the step's arrivals, split over its lanes
+        lanes = STREAMS_PER_PROCESS if step.op == "stream" else 1
+        schedules = [_Schedule(step.rate_per_s / processes / lanes, step.warmup_s,
+                               step.measure_s, random.Random(seed * 100 + lane), recorder)
+                     for lane in range(lanes)]
+        start = _Start(lambda: _started(tag), schedules)
         if step.op == "push":
-            await _push(calls, schedule(), seed, recorder)
+            await _push(calls, schedules[0], seed, recorder, start)
         elif step.op == "stream":
             await asyncio.gather(*(
-                _stream(calls, schedule(k, STREAMS_PER_PROCESS),
-                        Journeys(_CATALOG, step.customers, seed * 100 + k), recorder)
-                for k in range(STREAMS_PER_PROCESS)))
+                _stream(calls, schedule, Journeys(_CATALOG, step.customers, seed * 100 + k),
+                        recorder, start)
+                for k, schedule in enumerate(schedules)))
         elif step.op == "batch":
-            await _batches(calls, schedule(), Journeys(_CATALOG, step.customers, seed), recorder)
+            await _batches(calls, schedules[0], Journeys(_CATALOG, step.customers, seed),
+                           recorder, start)
         else:
-            await _unary(route, schedule(), Journeys(_CATALOG, step.customers, seed),
-                         OPS[step.op], recorder)
+            await _unary(route, schedules[0], Journeys(_CATALOG, step.customers, seed),
+                         OPS[step.op], recorder, start)
         return recorder.encode()
+
+
+async def _started(tag: int) -> float:
+    """Report this process's requests for step `tag` built; the step's start (epoch seconds)
+    once the parent has set it, after every process has built its own."""
+    with _START.get_lock():
+        if _START[0] == tag:
+            _START[1] += 1
+    deadline = time.monotonic() + BUILD_TIMEOUT_S
+    while True:
+        with _START.get_lock():
+            if _START[0] != tag:
+                raise RuntimeError("the step was given up before it started")
+            if _START[2]:
+                return _START[2]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the step did not start in {BUILD_TIMEOUT_S:g} s")
+        await asyncio.sleep(START_POLL_S)
 
 
 def _run_traffic(step: Step, index: int, processes: int, start_at: float) -> None:
@@ -594,8 +646,8 @@ class _Steps:
 
 
 class _Calls:
-    """DecisionService's methods taking and returning bytes: requests are serialised ahead
-    of their sends (_Ahead) wherever nothing in them depends on an answer, and replies are parsed
+    """DecisionService's methods taking and returning bytes: a step's requests are serialised
+    before it starts wherever nothing in them depends on an answer, and replies are parsed
     only where something is read from them, so the generators spend their CPU on calls."""
 
     def __init__(self, channel: grpc.aio.Channel):
@@ -608,80 +660,58 @@ class _Calls:
 
 
 class _Schedule:
-    """Intended send times: Poisson arrivals from t0, drawn up front; the first `warmup_s`
-    are not measured. Iterating sleeps until each time comes (never waiting for answers) and
-    yields a Send."""
+    """Intended send times: Poisson arrivals over warmup_s + measure_s, drawn up front (a
+    step's requests are built for them before it starts), from the t0 that `start` gives; the
+    first `warmup_s` are not measured. Iterating sleeps until each time comes (never waiting
+    for answers) and yields a Send."""
 
-    def __init__(self, rate_per_s: float, t0: float, warmup_s: float, measure_s: float,
+    def __init__(self, rate_per_s: float, warmup_s: float, measure_s: float,
                  rng: random.Random, recorder: Recorder):
-        self.warm_end = t0 + warmup_s
-        self.end = self.warm_end + measure_s
+        self.warmup_s, self.span = warmup_s, warmup_s + measure_s
         self.recorder = recorder
-        self.times: list[float] = []
-        self._sent = 0
-        t = t0 + rng.expovariate(rate_per_s)
-        while t < self.end:
-            self.times.append(t)
+        self._offsets: list[float] = []  # from t0
+        t = rng.expovariate(rate_per_s)
+        while t < self.span:
+            self._offsets.append(t)
             t += rng.expovariate(rate_per_s)
+        self.times: list[float] = []
+        self.warm_end = self.end = math.inf
 
     def __len__(self) -> int:
-        return len(self.times)
+        return len(self._offsets)
 
-    def due(self) -> float:
-        """When the next send is due (infinity after the last)."""
-        return self.times[self._sent] if self._sent < len(self.times) else math.inf
+    def start(self, t0: float) -> None:
+        """Send from t0 (perf_counter time) on."""
+        self.times = [t0 + offset for offset in self._offsets]
+        self.warm_end, self.end = t0 + self.warmup_s, t0 + self.span
 
     async def __aiter__(self) -> AsyncIterator[Send]:
         for t in self.times:
             # behind schedule, still yield to the loop, or answers are never read
             await asyncio.sleep(max(t - time.perf_counter(), 0.0))
-            self._sent += 1
             yield self.recorder.sending(t, t >= self.warm_end)
 
 
-class _Ahead:
-    """A step's requests, built ahead of their sends in the schedule's slack rather than all
-    before the first send: at the top rates that took a process 2 s or more (240,000
-    requests at ~10 µs), nearly all of the start delay and warm-up, whose sends then left
-    late, in a burst. A task builds while the next send is more than BUILD_MARGIN_S away
-    (BUILD_SLICE at most between two turns of the loop, where answers are read); one it has
-    not reached when its send is due is built then. A context manager: leaving it stops the
-    task."""
+class _Start:
+    """A step's start in one process: its lanes build their requests, then wait here; once
+    the last has, `ready` reports them built and answers the step's start (epoch seconds),
+    which starts every lane's schedule."""
 
-    def __init__(self, build: Callable[[], Any], count: int, due: Callable[[], float]):
-        self._build, self._left, self._due = build, count, due
-        self._built: deque = deque()
-        self._task = asyncio.ensure_future(self._ahead())
+    def __init__(self, ready: Callable[[], Awaitable[float]], schedules: list[_Schedule]):
+        self._ready, self._schedules = ready, schedules
+        self._waiting = len(schedules)
+        self._started = asyncio.Event()
 
-    def __enter__(self) -> _Ahead:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._task.cancel()
-
-    async def _ahead(self) -> None:
-        while self._left:
-            until = self._due() - BUILD_MARGIN_S
-            if time.perf_counter() >= until:  # a send is due: after it
-                await asyncio.sleep(BUILD_MARGIN_S / 2)
-                continue
-            for _ in range(min(BUILD_SLICE, self._left)):
-                self._add()
-                if time.perf_counter() >= until:
-                    break
-            await asyncio.sleep(0)
-
-    def _add(self) -> None:
-        self._built.append(self._build())
-        self._left -= 1
-
-    def next(self) -> Any:
-        if not self._built:  # the task is behind the sends: the next in order, now
-            self._add()
-        return self._built.popleft()
-
-    def take(self, n: int) -> list[Any]:
-        return [self.next() for _ in range(n)]
+    async def __call__(self) -> None:
+        self._waiting -= 1
+        if self._waiting:
+            await self._started.wait()
+            return
+        start_at = await self._ready()
+        t0 = time.perf_counter() + (start_at - time.time())  # this process's clock
+        for schedule in self._schedules:
+            schedule.start(t0)
+        self._started.set()
 
 
 class _Inflight:
@@ -755,9 +785,10 @@ def _event(request: Request) -> pb.Event:
 
 
 async def _unary(route: Callable[[str], _Calls], schedule: _Schedule, journeys: Journeys,
-                 kinds: frozenset[str], recorder: Recorder) -> None:
+                 kinds: frozenset[str], recorder: Recorder, start: _Start) -> None:
     inflight = _Inflight()
     if RESPOND in kinds:  # an outcome names a decision still to come: built as it leaves
+        await start()
         async for send in schedule:
             request = journeys.next(kinds)
             inflight.start(_call(route(request.customer_id), request.kind,
@@ -768,11 +799,17 @@ async def _unary(route: Callable[[str], _Calls], schedule: _Schedule, journeys: 
             request = journeys.next(kinds)
             return route(request.customer_id), request.kind, _serialised(request)
 
-        with _Ahead(build, len(schedule), schedule.due) as prepared:
-            async for send in schedule:
-                calls, kind, payload = prepared.next()
-                inflight.start(_call(calls, kind, payload, send, recorder))
+        prepared = _built(build, len(schedule))
+        await start()
+        async for send in schedule:
+            calls, kind, payload = next(prepared)
+            inflight.start(_call(calls, kind, payload, send, recorder))
     await inflight.drain()
+
+
+def _built(build: Callable[[], T], count: int) -> Iterator[T]:
+    """`count` requests, built now, in order."""
+    return iter([build() for _ in range(count)])
 
 
 def _showing(journeys: Journeys, request: Request) -> Callable[[pb.Decision], None] | None:
@@ -784,30 +821,31 @@ def _showing(journeys: Journeys, request: Request) -> Callable[[pb.Decision], No
 
 
 async def _stream(calls: _Calls, schedule: _Schedule, journeys: Journeys,
-                  recorder: Recorder) -> None:
+                  recorder: Recorder, start: _Start) -> None:
     """One IngestStream: events leave on schedule; acks come back in order."""
     inflight: deque[Send] = deque()
 
     async def events() -> AsyncIterator[bytes]:
         async for send in schedule:
             inflight.append(send)
-            yield prepared.next()
+            yield next(prepared)
 
     stats = recorder.kind(EVENT)
-    with _Ahead(lambda: _event(journeys.next(OPS["stream"])).SerializeToString(),
-                len(schedule), schedule.due) as prepared:
-        call = calls.stream(events(), timeout=schedule.end - time.perf_counter()
-                            + DEADLINE_S + 5.0)
-        try:
-            async for _ in call:
-                stats.answered(inflight.popleft())
-        except grpc.aio.AioRpcError as exc:  # the stream ended: every unacked event failed
-            while inflight:
-                stats.answered(inflight.popleft(), exc.code().name)
+    prepared = _built(lambda: _event(journeys.next(OPS["stream"])).SerializeToString(),
+                      len(schedule))
+    await start()
+    call = calls.stream(events(), timeout=schedule.end - time.perf_counter()
+                        + DEADLINE_S + 5.0)
+    try:
+        async for _ in call:
+            stats.answered(inflight.popleft())
+    except grpc.aio.AioRpcError as exc:  # the stream ended: every unacked event failed
+        while inflight:
+            stats.answered(inflight.popleft(), exc.code().name)
 
 
 async def _batches(calls: _Calls, schedule: _Schedule, journeys: Journeys,
-                   recorder: Recorder) -> None:
+                   recorder: Recorder, start: _Start) -> None:
     """A relay: holds the events that arrive and sends them as one IngestBatch once the
     oldest has waited BATCH_WINDOW_S (checked as events arrive) or BATCH_EVENTS are held.
     Each event is serialised ahead as a batch of one: serialised messages concatenated
@@ -827,20 +865,21 @@ async def _batches(calls: _Calls, schedule: _Schedule, journeys: Journeys,
             stats.answered(arrival)
 
     held: list[Send] = []
-    with _Ahead(lambda: pb.EventBatch(events=[_event(journeys.next(OPS["batch"]))])
-                .SerializeToString(), len(schedule), schedule.due) as prepared:
-        async for arrival in schedule:
-            held.append(arrival)
-            if len(held) >= BATCH_EVENTS or \
-                    arrival.intended - held[0].intended >= BATCH_WINDOW_S:
-                inflight.start(send(held, b"".join(prepared.take(len(held)))))
-                held = []
-        if held:
-            inflight.start(send(held, b"".join(prepared.take(len(held)))))
+    prepared = _built(lambda: pb.EventBatch(events=[_event(journeys.next(OPS["batch"]))])
+                      .SerializeToString(), len(schedule))
+    await start()
+    async for arrival in schedule:
+        held.append(arrival)
+        if len(held) >= BATCH_EVENTS or arrival.intended - held[0].intended >= BATCH_WINDOW_S:
+            inflight.start(send(held, b"".join(itertools.islice(prepared, len(held)))))
+            held = []
+    if held:
+        inflight.start(send(held, b"".join(itertools.islice(prepared, len(held)))))
     await inflight.drain()
 
 
-async def _push(calls: _Calls, schedule: _Schedule, seed: int, recorder: Recorder) -> None:
+async def _push(calls: _Calls, schedule: _Schedule, seed: int, recorder: Recorder,
+                start: _Start) -> None:
     """Watch the call center's decisions for every customer; each probe is an event on the
     web for a customer never seen before, whose first decision is a change, so each probe
     causes exactly one push. The warm-up must cover the watch's registration (a second)."""
@@ -860,6 +899,7 @@ async def _push(calls: _Calls, schedule: _Schedule, seed: int, recorder: Recorde
     prepared = iter([(probe, _serialised(journeys.event(probe, PROBE_CHANNEL, PROBE_PLACEMENT)))
                      for probe in probes])
     inflight = _Inflight()
+    await start()
     async for send in schedule:
         probe, payload = next(prepared)
         waiting[probe] = send
