@@ -51,7 +51,7 @@ def test_smoke_run_writes_reports_and_a_summary_line(tmp_path):
                report["push"]["kairos-1node"]]
     for step in written:
         deferred = step["deferred"]
-        assert deferred["customers"] >= report["plan"]["customers"]  # push adds its probes
+        assert deferred["customers"] > 0  # those of the partitions the step dirtied
         assert 0 < deferred["dirty_partitions"] <= deferred["partitions"]
         assert deferred["server_cpu_s"] > 0 and deferred["cpu_us_per_write"] > 0
     assert "deferred" not in report["ingest"]["floor-grpc"]["steps"][0]
