@@ -98,8 +98,9 @@ class Durability:
                 "sleepers": self._residency.sleepers(p),
                 "directory": self._directory.export([p]),
                 "unerased": sorted(unerased.get(p, [])),
-                # the homes and journal records this snapshot covers the reasons to erase,
-                # until they are (a failed delete or rewrite, or a crash, cut before that)
+                # the homes and journal records still to erase: this snapshot covers the
+                # records that asked, so recovery asks again (a failed delete or rewrite, or
+                # a crash, came first)
                 "deleting": sorted(deletes.get(p, ())),
                 "erasing": sorted(self._journaling.erasures_of(p))}))
             size += len(snapshots[p])
@@ -161,10 +162,12 @@ class Durability:
         return len(homes)
 
     def erase(self) -> int:
-        """Delete the homes Take and Forget left; finish ForgetCustomer: snapshot the
-        partitions without the forgotten customers, then rewrite the journal without their
-        records; the records dropped. A partition's records are dropped only once a snapshot
-        holds it that recovery reads instead: this shard's, or its new owner's."""
+        """Delete the homes Take and Forget left that a snapshot covers (a delete after it
+        failed); finish ForgetCustomer: snapshot the partitions without the forgotten
+        customers (and their homes), rewrite the journal without their records, snapshot
+        them again without their ids; the records dropped. A partition's records are dropped
+        only once a snapshot holds it that recovery reads instead: this shard's, or its new
+        owner's."""
         dirty = self._journaling.dirty
         # a snapshot covers their records, but a delete after it failed
         self.delete_homes([p for p in self._journaling.deletes if p not in dirty])
