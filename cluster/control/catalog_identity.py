@@ -39,6 +39,9 @@ class VersionsRun:
     def knows(self, text: str) -> bool:
         return catalog_digest(text) in self._digests.values()
 
+    def digests(self) -> list[str]:
+        return list(self._digests.values())
+
     def check(self, version: str, text: str) -> None:
         """ValueError if `version` ran with another text than `text`."""
         digest = self._digests.get(version)

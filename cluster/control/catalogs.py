@@ -87,14 +87,14 @@ class Catalogs:
                 # before the expectation: a retry of a put that was done; and before the
                 # checks newer than the text, which would refuse what the cluster runs
                 return version
-            if compiled.catalog.refusals:  # a new catalog: those checks too
+            ran = await self._ran()
+            # a new catalog: those checks too; one the cluster ran (pushed again to go back to
+            # it) is a saved one, as a rollback to it would be
+            if compiled.catalog.refusals and not ran.knows(catalog_text):
                 raise compiled.catalog.refusals[0]
             if expected_version is not None and expected_version != self.catalog_version:
                 raise ValueError(f"catalog {self.catalog_version!r} runs, not the expected "
                                  f"{expected_version!r}: {version!r} was not switched to")
-            ran, previous = self.versions_run, self.previous_catalog
-            if previous is not None and not ran.knows(previous):  # saved by an older release
-                ran = ran.with_run(await _version(previous), previous)
             ran.check(version, catalog_text)
             # with the previous one in: else it would be protected for this switch only
             await self._switch(catalog_text, version, evidence or {}, ran)
@@ -104,7 +104,16 @@ class Catalogs:
         return {"version": self.catalog_version, "text": self.catalog_text,
                 "has_previous": self.previous_catalog is not None,
                 "previous_version": await self.previous_version(),
-                "evidence": self.evidence.get("json", "")}
+                "evidence": self.evidence.get("json", ""),
+                "ran_digests": (await self._ran()).digests()}
+
+    async def _ran(self) -> VersionsRun:
+        """The versions run, with the previous one (saved by an older release, it may not be
+        among them)."""
+        ran, previous = self.versions_run, self.previous_catalog
+        if previous is not None and not ran.knows(previous):
+            ran = ran.with_run(await _version(previous), previous)
+        return ran
 
     async def previous_version(self) -> str:
         """The version a rollback goes back to ("": none), for an operator's `--to`."""

@@ -21,6 +21,7 @@ import grpc
 from kairos.core.errors import CatalogError
 from kairos.v1 import admin_pb2, admin_pb2_grpc
 
+from kairos.cluster.control.catalog_identity import catalog_digest
 from kairos.cluster.control.nodes import NodeRefused, NodeUnknown
 from kairos.cluster.evidence import report as evidence_report
 from kairos.cluster.gateway.calls import Gateway, fail
@@ -159,15 +160,15 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                        unless_running: bool = False) -> Summary:
         """The text's compile; with `wait` (a catalog change), after those before it, within
         the call's deadline, rather than refused while another runs. With `unless_running`
-        (PutCatalog), the text the cluster runs is compiled as a saved one: the controller
-        answers that it runs (a retry, a deploy sending it again), and checks newer than it
-        must not refuse it first."""
+        (PutCatalog), a text the cluster runs or ran is compiled as a saved one: the controller
+        answers that it runs (a retry, a deploy sending it again) or switches back to it (the
+        previous file pushed again), and checks newer than it must not refuse it first."""
         try:
             async with asyncio.timeout(context.time_remaining()):
                 try:
                     return await self.compiles.compile(text, source, strict, wait)
                 except CatalogError:
-                    if not (strict and unless_running and await self._runs(text)):
+                    if not (strict and unless_running and await self._ran(text)):
                         raise
                 return await self.compiles.compile(text, source, False, wait)
         except TimeoutError:
@@ -184,13 +185,15 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             await fail(context, grpc.StatusCode.INTERNAL, str(exc))
 
 
-    async def _runs(self, text: str) -> bool:
-        """Whether the cluster runs the catalog `text` (not, when the controller does not
-        answer: the text's refusal stands, and a retry may find it)."""
+    async def _ran(self, text: str) -> bool:
+        """Whether the cluster runs or ran the catalog `text` (not, when the controller does
+        not answer: the text's refusal stands, and a retry may find it)."""
         try:
-            return (await self.backend.controller().get_catalog())["text"] == text
+            running = await self.backend.controller().get_catalog()
         except (Unavailable, RuntimeError, StoreUnavailable):
             return False
+        return running["text"] == text or \
+            catalog_digest(text) in running.get("ran_digests", ())  # older controllers: none
 
 
 async def _answer(context, work: Awaitable) -> Any:

@@ -61,3 +61,16 @@ def test_a_new_catalog_the_newer_checks_refuse_is_still_refused(tmp_path):
         assert REFUSED in validated.details
         assert versions(backend) == {"2026.12 launch"}
     asyncio.run(main())
+
+
+def test_the_previous_file_pushed_again_goes_back_to_it(tmp_path):
+    # k8s/README's way back: push the previous file (as `kairos catalog rollback` would)
+    async def main():
+        backend, service = await running(str(tmp_path), SPACED)
+        newer = SPACED.replace('"2026.12 launch"', "v-next")
+        assert (await service.PutCatalog(admin_pb2.CatalogText(yaml=newer),
+                                         Context(30))).version == "v-next"
+        back = await service.PutCatalog(admin_pb2.CatalogText(yaml=SPACED), Context(30))
+        assert back.version == "2026.12 launch"
+        assert backend.local_controller.catalog_version == "2026.12 launch"
+    asyncio.run(main())
