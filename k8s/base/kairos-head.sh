@@ -5,11 +5,12 @@
 #    from rayStartParams); KubeRay leaves the `ulimit` to us.
 # 2. Once the GCS answers, start Kairos on it: `kairos start` joins as a driver, starts the
 #    controller, the learner, the shards and a gateway on every Ray node alive now, and exits.
-#    The store is $KAIROS_STORE with the password from the file $KAIROS_STORE_PASSWORD_FILE
-#    put in (for `kairos start` alone), the API keys are the file $KAIROS_API_KEYS_FILE
-#    (`--keys`): Secrets mounted as files, never in the container's environment or on a
-#    command line; a catalog from the optional ConfigMap; with $KAIROS_SHARD_ENDPOINT_PORTS
-#    (LOW-HIGH), every shard serves its own endpoint there.
+#    The store is $KAIROS_STORE, whose password `kairos start` reads itself from the file
+#    $KAIROS_STORE_PASSWORD_FILE names; the API keys are the file $KAIROS_API_KEYS_FILE
+#    (`--keys`): Secrets mounted as files, which this script never reads, so that no secret
+#    is in the container's environment or on a command line (any process's argv); a catalog
+#    from the optional ConfigMap; with $KAIROS_SHARD_ENDPOINT_PORTS (LOW-HIGH), every shard
+#    serves its own endpoint there.
 # 3. Live as long as Ray does. If Kairos did not start, stop Ray and exit 1: the kubelet
 #    restarts the container and Kairos is tried again on a fresh Ray (shards recover from the
 #    store). SIGTERM (pod deletion) stops Ray, and a `kairos start` still running before it.
@@ -100,22 +101,10 @@ fi
 if [ -n "${KAIROS_API_KEYS_FILE:-}" ]; then
     args+=(--keys "$KAIROS_API_KEYS_FILE")
 fi
-# The password goes into the URL in the environment of `kairos start` only: Ray's processes
-# were started before, and inherit none of it (scheme://host becomes scheme://:PASSWORD@host).
-store=()
-if [ -n "${KAIROS_STORE_PASSWORD_FILE:-}" ]; then
-    if [ -z "${KAIROS_STORE:-}" ] || ! password=$(cat -- "$KAIROS_STORE_PASSWORD_FILE"); then
-        echo "kairos-head: no KAIROS_STORE, or no password read from" \
-             "$KAIROS_STORE_PASSWORD_FILE" >&2
-        stop_ray
-        exit 1
-    fi
-    store=("KAIROS_STORE=${KAIROS_STORE%%://*}://:${password}@${KAIROS_STORE#*://}")
-fi
 # In the background, waited for: bash runs a trap only once the foreground command returns,
 # and a start that recovers shards takes up to 16 minutes, past the pod's grace period. A
 # SIGTERM interrupts `wait` instead, and the trap stops this start and Ray.
-env "${store[@]}" kairos "${args[@]}" &
+kairos "${args[@]}" &
 kairos_pid=$!
 wait "$kairos_pid"
 started=$?

@@ -95,7 +95,7 @@ def test_the_rendered_redis_command_serves_tls_and_the_rendered_store_url_reache
         assert 0 < int(settings["maxmemory"]) < limit  # tests/k8s/test_manifests.py: how far
         assert settings["maxmemory-policy"] == "noeviction"
         store_url = (env_of(head(OVERLAY)["spec"]["containers"][0])["KAIROS_STORE"]["value"]
-                     # the password as kairos-head.sh puts it in (test_secret_files.py)
+                     # the password as `kairos start` puts it in (test_secret_files.py)
                      .replace("://kairos-redis:6379", f"://:{PASSWORD}@localhost:{port}")
                      .replace("/etc/kairos/redis-tls/", f"{secret}/"))
         store = open_store(store_url)

@@ -1,0 +1,101 @@
+"""`kairos start` and `kairos up` read a Redis store's password from the file
+KAIROS_STORE_PASSWORD_FILE names (a secret's file, checked as the others are) and put it into
+the store URL themselves, so that nothing before them (kairos-head.sh, a shell, `env`) holds
+it on a command line or in an environment Ray's processes inherit."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from kairos.cluster.cli import main as cli
+from kairos.cluster.cli.options import STORE_PASSWORD_FILE_ENV
+from kairos.cluster.storage.providers import open_store
+
+PASSWORD = "p@ss/w#rd?:%"  # what a URL would cut short unencoded
+STORE = "redis://kairos-redis:6379/0?prefix=kairos"
+COMMANDS = [["up", "--no-dashboard"], ["start", "--address", "127.0.0.1:1"]]
+
+
+@pytest.fixture
+def password_file(tmp_path, monkeypatch):
+    path = tmp_path / "password"
+    path.write_text(PASSWORD + "\n")  # a Secret made --from-file keeps the file's newline
+    path.chmod(0o600)
+    monkeypatch.setenv("KAIROS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(STORE_PASSWORD_FILE_ENV, str(path))
+    return path
+
+
+def parsed(argv: list[str]):
+    from kairos.cluster.settings import GATEWAY_PORT
+    return cli.parser(GATEWAY_PORT).parse_args(argv)
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=["up", "start"])
+def test_the_password_from_the_file_goes_into_the_store_url_of_kairos_store(
+        password_file, monkeypatch, command):
+    monkeypatch.setenv("KAIROS_STORE", STORE)
+    store = parsed(command).store
+    assert store == ("redis://:p%40ss%2Fw%23rd%3F%3A%25@kairos-redis:6379/0?prefix=kairos")
+    client = open_store(store).r  # no connection is made
+    assert client.connection_pool.connection_kwargs["password"] == PASSWORD
+    assert client.connection_pool.connection_kwargs["host"] == "kairos-redis"
+    # --store too, and TLS's scheme
+    store = parsed([*command, "--store", "rediss://kairos-redis:6379/0"]).store
+    assert store == "rediss://:p%40ss%2Fw%23rd%3F%3A%25@kairos-redis:6379/0"
+
+
+def test_kairos_start_hands_the_runtime_the_store_with_the_password(password_file,
+                                                                    monkeypatch, capsys):
+    monkeypatch.setenv("KAIROS_STORE", STORE)
+    given = []
+    monkeypatch.setattr(cli, "_start_kairos",
+                        lambda args, *rest, **kwargs: given.append(args.store) or [])
+    assert cli.main(["start", "--address", "127.0.0.1:1"]) == 0
+    assert open_store(given[0]).r.connection_pool.connection_kwargs["password"] == PASSWORD
+    assert PASSWORD not in capsys.readouterr().out  # "store redis://***@kairos-redis..."
+
+
+def test_without_the_setting_the_store_is_as_given(monkeypatch):
+    monkeypatch.delenv(STORE_PASSWORD_FILE_ENV, raising=False)
+    monkeypatch.setenv("KAIROS_STORE", STORE)
+    assert parsed(COMMANDS[1]).store == STORE
+
+
+def _refused(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exited:
+        parsed(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert PASSWORD not in err and "p%40ss" not in err
+    return err
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=["up", "start"])
+def test_a_password_file_others_can_read_is_refused(password_file, capsys, command):
+    password_file.chmod(0o644)
+    err = _refused(capsys, [*command, "--store", STORE])
+    assert f"{STORE_PASSWORD_FILE_ENV} {password_file} has mode 0644" in err
+
+
+@pytest.mark.parametrize("store, words", [
+    ("redis://:other@kairos-redis:6379/0", "without credentials, not redis://***@kairos"),
+    ("memory", "must be a redis:// or rediss:// URL"),
+    ("/var/lib/kairos", "must be a redis:// or rediss:// URL"),
+])
+def test_a_store_the_password_cannot_go_into_is_refused(password_file, capsys, store, words):
+    assert words in _refused(capsys, ["start", "--address", "x:1", "--store", store])
+
+
+def test_a_missing_or_empty_password_file_is_refused(password_file, capsys):
+    password_file.write_text("\n")
+    assert "is empty" in _refused(capsys, ["start", "--address", "x:1", "--store", STORE])
+    os.unlink(password_file)
+    assert f"{password_file}: No such file" in _refused(
+        capsys, ["start", "--address", "x:1", "--store", STORE])
+
+
+def test_other_commands_do_not_read_it(password_file, monkeypatch):
+    password_file.chmod(0o644)  # refused by up and start, never read by status
+    assert parsed(["status"]).command == "status"
