@@ -72,6 +72,17 @@ def test_each_secret_is_mounted_where_the_variable_naming_its_file_points(overla
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_secrets_are_mounted_as_volumes_not_subpaths(overlay):
+    """A subPath mount is a single file, without the Secret volume's `..data` layout that
+    Kairos's check of secrets' files asks of a root-owned, group-readable file."""
+    for where, spec in ray_pods(overlay):
+        secrets = {v["name"] for v in spec["volumes"] if "secret" in v}
+        for c in spec["containers"] + spec.get("initContainers", []):
+            assert not [m for m in c.get("volumeMounts", [])
+                        if m["name"] in secrets and m.get("subPath")], f"{overlay} {where}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_mounted_secrets_pass_kairos_check_of_secrets_files(overlay, monkeypatch):
     """As the kubelet makes them: root's, the volume's defaultMode, group fsGroup; read by
     the pod's user (runAsUser, runAsGroup, and fsGroup among its groups)."""
