@@ -42,6 +42,7 @@ from kairos.core.catalog import default_catalog_text
 from kairos.core.compiler import compiled_from_text
 
 from kairos.cluster.control.catalogs import Catalogs
+from kairos.cluster.control.drains import Drains
 from kairos.cluster.control.endpoints import ShardEndpoints
 from kairos.cluster.control.lagging import Lagging
 from kairos.cluster.control.moves import hand_over, round_budget, settle
@@ -110,7 +111,7 @@ class Controller(ControlLoop, Catalogs):
         self.ready = False  # its state is whole: started, or taken up from the store
         self.lagging = Lagging(backend)
         self.nodes = Nodes(backend, gateways, shards_per_cpu)
-        self._drains: set[str] = set()  # nodes a drain_node call is working on now
+        self.drains = Drains()
         self._requested_gateways = gateways
         self._next_index = 0
         self._map_changes = Changes()
@@ -121,6 +122,10 @@ class Controller(ControlLoop, Catalogs):
     @property
     def shards(self) -> list[str]:
         return list(self.placement)
+
+    @property
+    def _drains(self) -> set[str]:  # the control loop finishes the drains not running
+        return self.drains.running()
 
     def _serving_shards(self) -> list[str]:
         """Shards that may be given partitions: those not on a draining node."""
@@ -451,7 +456,11 @@ class Controller(ControlLoop, Catalogs):
         shards of the other nodes, then its shards and its gateway stop. Returns once the
         node holds nothing. NodeUnknown for a node that is not alive, NodeRefused for the last
         serving one and the controller's own. A drain a crash interrupted is finished by the
-        control loop."""
+        control loop. Asked for again while it runs, it answers that drain's result
+        (drains.py)."""
+        return await self.drains.join(node, lambda: self._drain(node))
+
+    async def _drain(self, node: str) -> dict[str, Any]:
         alive = self.backend.nodes()
         if node not in alive:
             raise NodeUnknown(f"{node} is not an alive node of this cluster")
@@ -464,24 +473,20 @@ class Controller(ControlLoop, Catalogs):
         started = asyncio.get_running_loop().time()
         self.nodes.draining.add(node)
         self.nodes.released.discard(node)  # the autoscaler's mark, set once it is done
-        self._drains.add(node)
-        try:
-            await self._save()  # a restarted controller keeps it out too, and finishes it
-            await self.nodes.unready(node)
-            async with self._reconfiguring:
-                victims = [s for s, n in self.placement.items() if n == node]
-                target = self._serving_shards()
-                if victims and not target:  # its shards were all there were
-                    target = [await self._create_shard()]
-                    await self._start_shard(target[0])
-                moved = await self._rebalance(target)
-                await self._retire(victims)
-            await asyncio.sleep(max(0.0, started + DRAIN_UNREADY_S
-                                    - asyncio.get_running_loop().time()))
-            await self.nodes.stop_gateway(node)
-            await self._save()
-        finally:
-            self._drains.discard(node)
+        await self._save()  # a restarted controller keeps it out too, and finishes it
+        await self.nodes.unready(node)
+        async with self._reconfiguring:
+            victims = [s for s, n in self.placement.items() if n == node]
+            target = self._serving_shards()
+            if victims and not target:  # its shards were all there were
+                target = [await self._create_shard()]
+                await self._start_shard(target[0])
+            moved = await self._rebalance(target)
+            await self._retire(victims)
+        await asyncio.sleep(max(0.0, started + DRAIN_UNREADY_S
+                                - asyncio.get_running_loop().time()))
+        await self.nodes.stop_gateway(node)
+        await self._save()
         log.warning("node %s is drained: %d partitions moved, shards %s stopped", node, moved,
                     victims)
         return {"node": node, "shards": victims, "moved": moved, "version": self.map.version}

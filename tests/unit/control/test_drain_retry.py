@@ -1,0 +1,72 @@
+"""A DrainNode sent again for a node whose drain runs (`kairos drain` re-sends it through
+another gateway when its relay's call was cut) joins that drain and answers its result: the
+shards and partitions it moved, when it is done, without a second unready period."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from kairos.cluster.control import controller as controller_module
+
+from tests.unit.control.test_nodes import Watched, started
+
+UNREADY_S = 0.5
+
+
+@pytest.fixture(autouse=True)
+def waits(monkeypatch):
+    monkeypatch.setattr(controller_module, "RETIRE_GRACE_S", 0.0)
+    monkeypatch.setattr(controller_module, "DRAIN_UNREADY_S", UNREADY_S)
+
+
+def test_a_drain_asked_for_again_while_it_runs_answers_the_first_ones_result():
+    async def main():
+        ctl = await started(Watched(), n_shards=6)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        first = asyncio.create_task(ctl.drain_node("node-b"))
+        await asyncio.sleep(0.05)
+        assert ctl._drains == {"node-b"}  # the control loop leaves it alone
+        again = await ctl.drain_node("node-b")
+        took = loop.time() - began
+        done = await first
+        assert done["moved"] > 0 and done["shards"]
+        assert again == done
+        assert took < 2 * UNREADY_S  # not a second unready period after the first
+        assert ctl._drains == set()
+    asyncio.run(main())
+
+
+def test_a_drain_whose_caller_is_cut_goes_on_and_the_retry_gets_its_result():
+    async def main():
+        ctl = await started(Watched(), n_shards=6)
+        shards = sorted(s for s, n in ctl.placement.items() if n == "node-b")
+        first = asyncio.create_task(ctl.drain_node("node-b"))
+        await asyncio.sleep(0.05)
+        first.cancel()  # the relaying gateway stopped: its call to the controller ends
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert ctl._drains == {"node-b"}
+        again = await ctl.drain_node("node-b")
+        assert sorted(again["shards"]) == shards and again["moved"] > 0
+        assert "node-b" not in ctl.placement.values() and not ctl.nodes.gateway_of("node-b")
+    asyncio.run(main())
+
+
+def test_a_failed_drain_is_tried_anew_by_the_next_call(monkeypatch):
+    async def main():
+        ctl = await started(Watched(), n_shards=6)
+        real = ctl._rebalance
+
+        async def fails(*args, **kwargs):
+            raise RuntimeError("a shard did not answer")
+        monkeypatch.setattr(ctl, "_rebalance", fails)
+        calls = [asyncio.create_task(ctl.drain_node("node-b")) for _ in range(2)]
+        for call in calls:  # both callers get the one failure
+            with pytest.raises(RuntimeError, match="did not answer"):
+                await call
+        monkeypatch.setattr(ctl, "_rebalance", real)
+        done = await ctl.drain_node("node-b")
+        assert done["moved"] > 0
+    asyncio.run(main())
