@@ -10,15 +10,16 @@ from typing import Callable
 
 import grpc
 
-from kairos.cluster.cli.remote import Remote
+from kairos.cluster.cli.remote import TIMEOUT_S, Remote
 from kairos.cluster.cli.targets import join_target, split_target
 from kairos.cluster.gateway.auth import is_loopback
 from kairos.v1 import admin_pb2
 
 # a relaying gateway's call cut short: the drain goes on in the controller, so it is sent
-# again through another gateway, where it waits for the first
+# again through another gateway, where it joins the first (controller.drain_node)
 RELAY_CUT = (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
 MIN_RELAY_S = 1.0  # less left than this: the drain is not sent again
+CONNECT_S = 3.0  # a relay not connected in this long is passed over for the next
 
 
 def status(args: argparse.Namespace) -> int:
@@ -102,6 +103,11 @@ def drain(args: argparse.Namespace) -> int:
             raise
         print(f"node {node.node_id[:8]} ({node.address}) is no longer alive: nothing to drain")
         return 0
+    if done is None:
+        print(f"node {node.node_id[:8]} ({node.address}) is drained in "
+              f"{time.monotonic() - started:.1f} s, by the DrainNode sent before (its answer, "
+              f"with what it moved, was lost)")
+        return 0
     print(f"node {node.node_id[:8]} ({node.address}) is drained in "
           f"{time.monotonic() - started:.1f} s: {done.moved} partitions moved, shards "
           f"{', '.join(done.shards) or '(none)'} and its gateway stopped; map version "
@@ -145,29 +151,54 @@ def relays(target: str, leaving, nodes) -> list[str]:
 
 
 def _relayed_drain(through: list[str], node_id: str, timeout_s: float
-                   ) -> admin_pb2.DrainNodeResponse:
-    """DrainNode through the first of `through`, and through the next one when a gateway's
-    call was cut (CANCELLED: it stopped, its own node drained; UNAVAILABLE: it is gone or
-    could not be reached), with what is left of `timeout_s`. A drain sent again waits for
-    the first, which goes on in the controller, and then finds the node empty."""
+                   ) -> admin_pb2.DrainNodeResponse | None:
+    """DrainNode through the first of `through` that connects within CONNECT_S (the last one:
+    within what is left), and through the next one when a gateway's call was cut (CANCELLED:
+    it stopped, its own node drained; UNAVAILABLE: it is gone or could not be reached), with
+    what is left of `timeout_s`. A drain sent again joins the first, which goes on in the
+    controller, and answers its result; before it is sent again, the next gateway's status
+    is read: None when the node is drained already (the first ended, its answer lost)."""
     deadline = time.monotonic() + timeout_s
+    resent = False
     for relay, after in zip(through, through[1:]):
+        remote = Remote(relay)
         try:
-            return _drain_through(relay, node_id, deadline - time.monotonic())
+            if not _connects(remote, min(CONNECT_S, deadline - time.monotonic())):
+                print(f"DrainNode through {relay}: no connection in {CONNECT_S:g} s; sent "
+                      f"through {after}", file=sys.stderr)
+                continue
+            return _drain_on(remote, node_id, deadline, resent)
         except grpc.RpcError as exc:
             if exc.code() not in RELAY_CUT or deadline - time.monotonic() < MIN_RELAY_S:
                 raise
+            resent = True
             print(f"DrainNode through {relay} ended {exc.code().name} ({exc.details()}); "
                   f"sent again through {after}", file=sys.stderr)
-    return _drain_through(through[-1], node_id, deadline - time.monotonic())
-
-
-def _drain_through(relay: str, node_id: str, timeout_s: float) -> admin_pb2.DrainNodeResponse:
-    remote = Remote(relay)
+        finally:
+            remote.close()
+    remote = Remote(through[-1])
     try:
-        return remote.drain(node_id, timeout_s)
+        return _drain_on(remote, node_id, deadline, resent)
     finally:
         remote.close()
+
+
+def _drain_on(remote: Remote, node_id: str, deadline: float, resent: bool
+              ) -> admin_pb2.DrainNodeResponse | None:
+    if resent and any(drained(n) for n in remote.status(
+            min(TIMEOUT_S, deadline - time.monotonic())).node_status if n.node_id == node_id):
+        return None
+    return remote.drain(node_id, deadline - time.monotonic())
+
+
+def _connects(remote: Remote, timeout_s: float) -> bool:
+    """Whether the gateway's connection is up within `timeout_s`: a pod IP that cannot be
+    reached from here (packets dropped) would cost gRPC's connect timeout, 20 s, per relay."""
+    try:
+        remote.wait_ready(max(timeout_s, 0.0))
+    except (OSError, grpc.FutureTimeoutError):
+        return False
+    return True
 
 
 def add_catalog_commands(catalog_commands, parents: list[argparse.ArgumentParser]) -> None:

@@ -137,8 +137,8 @@ class Remote:
             pb.WatchRequest(customer_id=customer_id, channel=channel, placement=placement),
             metadata=self.metadata)
 
-    def status(self) -> admin_pb2.ClusterStatus:
-        return self.admin.GetClusterStatus(admin_pb2.ClusterStatusRequest(), timeout=TIMEOUT_S,
+    def status(self, timeout_s: float = TIMEOUT_S) -> admin_pb2.ClusterStatus:
+        return self.admin.GetClusterStatus(admin_pb2.ClusterStatusRequest(), timeout=timeout_s,
                                            metadata=self.metadata)
 
     def drain(self, node_id: str, timeout_s: float) -> admin_pb2.DrainNodeResponse:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -62,8 +64,9 @@ class Gateway(admin_pb2_grpc.AdminServiceServicer):
     the deadline it had left, or `cut` (this gateway's server stops during the call, as a
     leaving worker's gateway does once its own drain is done), or refused with `refuse`."""
 
-    def __init__(self, nodes=(), cut: bool = False, refuse: grpc.StatusCode | None = None):
-        self.nodes, self.cut, self.refuse = list(nodes), cut, refuse
+    def __init__(self, nodes=(), cut: bool = False, refuse: grpc.StatusCode | None = None,
+                 then=None):
+        self.nodes, self.cut, self.refuse, self.then = list(nodes), cut, refuse, then
         self.drained: list[tuple[str, float]] = []
         self.server: grpc.Server | None = None
         self.port = 0
@@ -75,6 +78,8 @@ class Gateway(admin_pb2_grpc.AdminServiceServicer):
         self.drained.append((request.node_id, context.time_remaining()))
         if self.refuse is not None:
             context.abort(self.refuse, "refused")
+        if self.then is not None:  # what the controller does meanwhile
+            self.then()
         if self.cut:  # a second into the call, as a stopping gateway's grace period ends
             threading.Timer(1.0, self.server.stop, args=(0,)).start()
             threading.Event().wait(5)
@@ -141,3 +146,50 @@ def test_a_cut_drain_with_too_little_time_left_is_not_sent_again(serve, monkeypa
     assert main(["--target", f"127.0.0.1:{port}", "drain", A[:8], "--timeout",
                  "30"]) == 1
     assert service.drained == []
+
+
+def test_a_drain_that_ended_before_it_is_sent_again_is_not_sent_again(serve, capsys):
+    """The first DrainNode drained the node, and its relay's call was cut before the answer
+    came: the next gateway's status shows the node drained, and no second drain is sent (it
+    would answer that nothing moved, after the unready period again)."""
+    def drained_meanwhile():
+        service.nodes[1] = admin_pb2.NodeStatus(node_id=A, address="192.0.2.9", draining=True)
+    worker_b = Gateway(cut=True, then=drained_meanwhile)
+    service, port = cluster(serve, worker_b)
+    assert main(["--target", f"127.0.0.1:{port}", "drain", A[:8], "--timeout", "30"]) == 0
+    assert [n for n, _ in worker_b.drained] == [A] and service.drained == []
+    assert "by the DrainNode sent before (its answer, with what it moved, was lost)" in \
+        capsys.readouterr().out
+
+
+@pytest.fixture
+def silent():
+    """Listeners that accept connections and never answer (a pod IP whose packets are
+    dropped costs gRPC its 20 s connect timeout the same way)."""
+    sockets = []
+
+    def listener() -> str:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        sockets.append(s)
+        return f"127.0.0.1:{s.getsockname()[1]}"
+    yield listener
+    for s in sockets:
+        s.close()
+
+
+def test_a_relay_that_does_not_connect_is_passed_over_after_a_short_wait(serve, silent,
+                                                                         monkeypatch, capsys):
+    monkeypatch.setattr(operate, "CONNECT_S", 0.5)
+    target = Gateway()
+    through = [silent(), silent(), f"127.0.0.1:{serve(target)}"]
+    began = time.monotonic()
+    done = operate._relayed_drain(through, A, 30.0)
+    assert time.monotonic() - began < 5.0  # not 2 x 20 s
+    assert done.shards == ["kairos-shard-0002"] and [n for n, _ in target.drained] == [A]
+    (_, left), = target.drained
+    assert 25.0 < left < 29.5  # the deadline left, less the relays' waits
+    err = capsys.readouterr().err
+    assert f"DrainNode through {through[0]}: no connection in 0.5 s; sent through " \
+           f"{through[1]}" in err
