@@ -64,9 +64,9 @@ from kairos.cluster.transport.backend import NotSent
 
 log = logging.getLogger("kairos.dataplane")
 # 3: a challenge-response handshake of fixed layouts; 4: outcomes carry a convert's value;
-# 5: a Decide says whether it is logged. A client and a shard of different versions refuse
-# each other
-PROTOCOL = 5
+# 5: a Decide says whether it is logged; 6: a Retire says whether its forget is finished. A
+# client and a shard of different versions refuse each other
+PROTOCOL = 6
 MAGIC = b"KAIROSDP"
 NONCE_BYTES = 32
 _CHALLENGE = struct.Struct(f">8sH{NONCE_BYTES}s")
