@@ -76,6 +76,10 @@ CREATES = frozenset({"event", "outcome"})
 # the answer to a request that would bring a customer in past the resident limit's overflow
 CROWDED = protocol.Busy(reason="this shard holds as many customers as it may: try again "
                                "shortly, as it passivates idle ones")
+# the answer to a request for a customer whose forget is under way (its aliases still resolve
+# to it): applied, it would re-create the customer the forget is erasing
+FORGETTING = protocol.Unavailable(reason="this customer is being forgotten: its requests are "
+                                         "refused until ForgetCustomer finishes (retry it)")
 
 
 class Shard:
@@ -224,6 +228,10 @@ class Shard:
                 self.refused += 1
                 self.counts["crowded"] += 1
                 self._crowded = True
+            if reply is None and kind in PROBED and not self.journaling.replaying and \
+                    request.customer_id in self.directory.forgetting.get(request.partition, ()) \
+                    and (kind != "watch" or request.active):
+                reply = FORGETTING
             if reply is None and kind in PROBED:
                 damaged = self.residency.probe(request.customer_id, request.partition)
                 reply = None if damaged is None else protocol.Unavailable(reason=damaged)
