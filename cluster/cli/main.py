@@ -40,7 +40,9 @@ What `kairos up` started is recorded in $KAIROS_HOME/run.json (default ~/.kairos
 processes (see local.py), within about a minute whatever state they are in. Commands that talk
 to a running Kairos use --target (default: the first gateway `kairos up` recorded, else
 127.0.0.1:50051) and the API key in KAIROS_API_KEY, or in the file KAIROS_API_KEY_FILE names,
-when the gateway requires keys.
+when the gateway requires keys. `up` and `start` put a Redis store's password into its URL from
+the file KAIROS_STORE_PASSWORD_FILE names, when it is set (options.py), so that no command line
+or environment before them holds it.
 """
 from __future__ import annotations
 
