@@ -134,13 +134,12 @@ def checked_inputs(args: argparse.Namespace) -> str | None:
 def _warn_of_refusals(catalog: Catalog) -> None:
     """The start goes on with a catalog that only checks newer than saved catalogs refuse: at
     every head start Kubernetes passes the catalog the store may run already, and a restart is
-    never refused it (on a store that runs another catalog, the controller switches to this
-    one as PutCatalog does, and refuses it then). Each refusal is said: a new catalog with it
-    is refused."""
+    never refused it. The controller refuses it where it comes in new: on a new store, and on
+    a store that runs another catalog (switched to as PutCatalog does). Each refusal is said."""
     for refusal in catalog.refusals:
-        print(f"warning: {refusal} (a check newer than catalogs saved in a store: this start "
-              f"goes on, as the store may run this catalog; PutCatalog and `kairos catalog "
-              f"validate` refuse it)", file=sys.stderr)
+        print(f"warning: {refusal} (a check newer than catalogs saved in a store: a store that "
+              f"runs this catalog starts with it; a new store, or one running another catalog, "
+              f"refuses it, as PutCatalog and `kairos catalog validate` do)", file=sys.stderr)
 
 
 def up(args: argparse.Namespace) -> int:

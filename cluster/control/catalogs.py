@@ -100,6 +100,14 @@ class Catalogs:
             await self._switch(catalog_text, version, evidence or {}, ran)
         return version
 
+    async def check_first_catalog(self) -> None:
+        """A new store's first catalog comes in new, as PutCatalog's would: the checks newer
+        than saved catalogs refuse it too (CatalogError). A restart resumes the saved catalog
+        and is never refused (`kairos up`/`start --catalog` only warn of those checks)."""
+        refusals = (await _compiled(self.catalog_text)).catalog.refusals
+        if refusals:
+            raise refusals[0]
+
     async def get_catalog(self) -> dict[str, Any]:
         return {"version": self.catalog_version, "text": self.catalog_text,
                 "has_previous": self.previous_catalog is not None,

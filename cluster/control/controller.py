@@ -150,6 +150,7 @@ class Controller(ControlLoop, Catalogs):
             if n_shards != len(self.shards):
                 await self.scale(n_shards)
         else:
+            await self.check_first_catalog()
             names = [await self._create_shard() for _ in range(n_shards)]
             self.map = PartitionMap.initial(names, self.n_partitions)
             await asyncio.gather(*(self._start_shard(name) for name in names))

@@ -234,12 +234,36 @@ def test_the_version_a_rollback_goes_back_to_is_shown(tmp_path):
     asyncio.run(main())
 
 
-def test_the_running_catalog_sent_again_is_not_refused_by_checks_newer_than_it(tmp_path):
+SPACED = re.sub(r"^version: .*$", 'version: "2026.12 launch"', default_catalog_text(),
+                count=1, flags=re.M)  # valid before the version, name and character limits
+
+
+@pytest.fixture
+def older_release(monkeypatch):
+    """Stores are started as a release before those limits did: with SPACED."""
+    async def taken(self):
+        pass
+    monkeypatch.setattr(Controller, "check_first_catalog", taken)
+
+
+def test_a_new_store_is_refused_a_first_catalog_the_newer_checks_refuse(tmp_path):
+    async def main():
+        backend = Crashing()
+        backend.local_learner = Learner(default_compiled(), default_catalog_text(),
+                                        unconfirmed=True)
+        controller = Controller(backend, SPACED, n_partitions=64, store_url=str(tmp_path))
+        with pytest.raises(CatalogError, match="version: expected at most 64 ASCII"):
+            await controller.start(2)
+        assert not backend.shards  # nothing created
+    asyncio.run(main())
+
+
+def test_the_running_catalog_sent_again_is_not_refused_by_checks_newer_than_it(
+        tmp_path, older_release):
     """A catalog taken before the version, name and character limits (a version with a space)
     still runs after the upgrade; PutCatalog of its text (a retry, a deploy sending it again)
     answers that it runs, while a new catalog those checks refuse is refused."""
-    spaced = re.sub(r"^version: .*$", 'version: "2026.12 launch"', default_catalog_text(),
-                    count=1, flags=re.M)
+    spaced = SPACED
 
     async def main():
         backend = Crashing()

@@ -6,10 +6,10 @@ ValidateCatalog, which judges a text as a new catalog."""
 from __future__ import annotations
 
 import asyncio
-import re
 from types import SimpleNamespace
 
 import grpc
+import pytest
 
 from kairos.cluster.control.controller import Controller
 from kairos.cluster.control.learner import Learner
@@ -18,13 +18,12 @@ from kairos.core.catalog import default_catalog_text
 from kairos.core.compiler import default_compiled
 from kairos.v1 import admin_pb2
 
+from tests.unit.control.test_catalog_versions import SPACED, older_release
 from tests.unit.control.test_interrupted import Crashing, no_grace, versions
 from tests.unit.gateway.test_admin_deadlines import Context, answer
 
-__all__ = ["no_grace"]  # the fixture, used here too
-
-SPACED = re.sub(r"^version: .*$", 'version: "2026.12 launch"', default_catalog_text(),
-                count=1, flags=re.M)
+__all__ = ["no_grace", "older_release"]  # the fixtures, used here too
+pytestmark = pytest.mark.usefixtures("older_release")  # clusters started with SPACED
 REFUSED = "version: expected at most 64 ASCII letters, digits and punctuation marks"
 
 
