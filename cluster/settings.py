@@ -123,6 +123,11 @@ PLANE_CONTAINER_LEN = integer("PLANE_CONTAINER_LEN", 65_536, low=1024)
 PLANE_CONNECTIONS = integer("PLANE_CONNECTIONS", 1024)
 PLANE_HANDSHAKES = integer("PLANE_HANDSHAKES", 512)
 PLANE_INFLIGHT_CALLS = integer("PLANE_INFLIGHT_CALLS", 64)
+# New connections per second one source (an IPv4 address or an IPv6 /64) may open to a shard,
+# after a burst of PLANE_CONNECTIONS (transport/admission.py): a client keeps its connection
+# and opens another only after a failure or a restart, so only a flood keeps opening them, and
+# over TLS each costs the shard's serving loop about 0.6 ms of CPU before it proves anything.
+PLANE_CONNECT_RATE = number("PLANE_CONNECT_RATE", 64.0, above=True)
 # A batch the shard has not answered this long after it was sent: the shard is wedged (a
 # stopped process keeps its TCP connections open, so keepalive never notices); the client
 # drops the connection, failing what was on it, and the next batch connects anew.

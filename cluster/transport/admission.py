@@ -16,6 +16,13 @@ one) takes the longest waiting of that source's, however young: otherwise a few 
 their cap, opening again faster than GRACE_S, would turn every other source away. Else the
 newcomer is turned away rather than a connection under way. One whose response has arrived
 is never dropped.
+
+That cap bounds how many handshakes are under way, not how many a source starts per second,
+and over TLS each costs the shard's serving loop about 0.6 ms of CPU (an ECDHE and an ECDSA
+signature, for a ClientHello a flood replays at no cost of its own; plaintext, 0.14 ms). So
+before all that a source may open PLANE_CONNECTIONS connections at once (the most a shard
+serves: every client of a node reconnecting after a restart fits), and then
+PLANE_CONNECT_RATE a second (`ConnectRate`); a connection past it is closed before any TLS.
 """
 from __future__ import annotations
 
@@ -26,9 +33,10 @@ import ipaddress
 import struct
 import termios
 import time
+from collections import OrderedDict
 from typing import Iterable, Iterator
 
-from kairos.cluster.settings import PLANE_HANDSHAKES
+from kairos.cluster.settings import PLANE_CONNECT_RATE, PLANE_CONNECTIONS, PLANE_HANDSHAKES
 
 # A client's response comes one round trip after its greeting; a second is ample on a loaded
 # node, and a flood's connection that young is turned away instead of one under way.
@@ -36,6 +44,10 @@ GRACE_S = 1.0
 # Asks the kernel how many bytes a socket holds unread (Linux, the BSDs); where it is missing
 # a response counts as arrived once read
 _FIONREAD = getattr(termios, "FIONREAD", None)
+# Sources whose rate is kept, the least recently seen forgotten past it (it gets its burst
+# back): more sources than that opening connections at once defeat any per-source limit, and
+# the table stays a few MiB
+SOURCES_KEPT = 16_384
 
 
 def per_source() -> int:
@@ -68,6 +80,27 @@ def responded(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, size: 
     return arrived >= size
 
 
+class ConnectRate:
+    """Whether a source may open another connection: a token bucket per source, as the
+    generic cell rate algorithm keeps it (one time per source: when its bucket is full again,
+    a source whose bucket is full needing no entry)."""
+
+    def __init__(self) -> None:
+        self._full_at: OrderedDict[str, float] = OrderedDict()  # least recently seen first
+
+    def allows(self, source: str) -> bool:
+        """Whether `source` may open a connection now (taking its token if so)."""
+        now = time.monotonic()
+        spacing = 1 / PLANE_CONNECT_RATE  # read each time, as per_source's: tests change it
+        while self._full_at and (next(iter(self._full_at.values())) <= now
+                                 or len(self._full_at) >= SOURCES_KEPT):
+            self._full_at.popitem(last=False)
+        full_at = max(self._full_at.pop(source, now), now) + spacing
+        allowed = full_at - now <= PLANE_CONNECTIONS * spacing
+        self._full_at[source] = full_at if allowed else full_at - spacing
+        return allowed
+
+
 class Handshakes:
     """The connections waiting for their handshake, oldest first. `response` is the size of
     a client's handshake response."""
@@ -77,6 +110,7 @@ class Handshakes:
         # each connection's reader, address and when it came
         self._waiting: dict[asyncio.StreamWriter, tuple[asyncio.StreamReader, str, float]] = {}
         self._sources: dict[str, dict[asyncio.StreamWriter, None]] = {}  # each's, oldest first
+        self._rate = ConnectRate()
 
     def __iter__(self) -> Iterator[asyncio.StreamWriter]:
         return iter(self._waiting)
@@ -86,9 +120,11 @@ class Handshakes:
 
     def admit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
               host: str) -> bool:
-        """Let a connection from `host` wait for its handshake, if there is room or room can
-        be made; `forget` it once its handshake ends."""
-        own = self._sources.get(source := source_of(host), {})
+        """Let a connection from `host` wait for its handshake, if its source is within its
+        rate and there is room or room can be made; `forget` it once its handshake ends."""
+        if not self._rate.allows(source := source_of(host)):
+            return False
+        own = self._sources.get(source, {})
         if len(own) >= per_source():
             room = self._dropped_from(own)
         elif len(self._waiting) >= PLANE_HANDSHAKES:

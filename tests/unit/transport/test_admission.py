@@ -5,9 +5,13 @@ connections that have waited long enough to be no client's."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import ssl
+import subprocess
+import sys
 
-from kairos.cluster.transport import admission, dataplane
+from kairos.cluster.transport import admission, dataplane, pinned
 from kairos.cluster.transport.dataplane import PlaneConnection, PlaneServer
 
 from tests.support.waiting import until
@@ -214,3 +218,94 @@ def test_a_flood_from_a_few_addresses_leaves_room_for_another_address(monkeypatc
             server.close()
 
     asyncio.run(main())
+
+
+def _client_hello() -> bytes:
+    """A TLS 1.3 ClientHello, made once and replayed: what a flood sends at no cost of its
+    own, while each one costs a TLS shard a key exchange and a signature."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    with contextlib.suppress(ssl.SSLWantReadError):
+        context.wrap_bio(incoming, outgoing).do_handshake()
+    return outgoing.read()
+
+
+async def _answer_to(hello: bytes, source: str, address: tuple[str, int]) -> bytes:
+    """What a shard sends back to `hello` from `source` before it waits for more (b"" when
+    it closed the connection at once)."""
+    reader, writer = await asyncio.open_connection(*address, local_addr=(source, 0))
+    try:
+        writer.write(hello)
+        return await asyncio.wait_for(reader.read(1 << 16), 10)
+    except ConnectionResetError:  # closed with the hello unread
+        return b""
+    finally:
+        writer.close()
+
+
+def test_past_its_rate_a_source_is_closed_before_any_tls_and_another_source_is_not(
+        monkeypatch):
+    """Review finding (rev40 d-tls, 1): admission capped the handshakes under way, not how
+    many a source started per second, and each replayed ClientHello cost a TLS shard about
+    0.6 ms of CPU on its serving loop: a flood from one address halved a client's calls."""
+    monkeypatch.setattr(pinned, "PLANE_TLS", "on")
+    monkeypatch.setattr(admission, "PLANE_CONNECTIONS", 4)  # the burst
+    monkeypatch.setattr(admission, "PLANE_CONNECT_RATE", 0.01)  # none more in this test
+    tls_started = []
+    start_tls = pinned.start_tls
+
+    async def counted(writer, context):
+        tls_started.append(writer)
+        await start_tls(writer, context)
+
+    monkeypatch.setattr(pinned, "start_tls", counted)
+
+    async def main():
+        server = PlaneServer(_echo)
+        address = await server.start("127.0.0.1")
+        hello = _client_hello()
+        answers = [await _answer_to(hello, "127.0.0.2", address) for _ in range(6)]
+        assert [a[:1] for a in answers] == [b"\x16"] * 4 + [b""] * 2  # a ServerHello, or none
+        assert len(tls_started) == 4
+        connection = await PlaneConnection.open(*address, server.secret, server.fingerprint)
+        assert await asyncio.wait_for(connection.call("s", 0, ["x"], [1]), 10) == ("x",)
+        await connection.close()
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_a_source_gets_a_connection_back_each_spacing_and_its_burst_once_it_waited(
+        monkeypatch):
+    monkeypatch.setattr(admission, "PLANE_CONNECTIONS", 3)
+    monkeypatch.setattr(admission, "PLANE_CONNECT_RATE", 2.0)  # one each 0.5 s
+    now = [100.0]
+    monkeypatch.setattr(admission.time, "monotonic", lambda: now[0])
+    rate = admission.ConnectRate()
+    assert [rate.allows("10.0.0.1") for _ in range(4)] == [True] * 3 + [False]
+    assert rate.allows("10.0.0.2")  # a source of its own
+    now[0] += 0.5
+    assert [rate.allows("10.0.0.1") for _ in range(2)] == [True, False]
+    now[0] += 1.5  # full again: forgotten, as a source never seen
+    assert [rate.allows("10.0.0.1") for _ in range(4)] == [True] * 3 + [False]
+    assert list(rate._full_at) == ["10.0.0.1"]
+
+
+def test_the_sources_kept_are_bounded_the_least_recently_seen_forgotten(monkeypatch):
+    monkeypatch.setattr(admission, "PLANE_CONNECTIONS", 1)
+    monkeypatch.setattr(admission, "SOURCES_KEPT", 4)
+    monkeypatch.setattr(admission.time, "monotonic", lambda: 100.0)
+    rate = admission.ConnectRate()
+    assert all(rate.allows(f"10.0.0.{i}") for i in range(6))
+    assert list(rate._full_at) == [f"10.0.0.{i}" for i in range(2, 6)]
+    assert not rate.allows("10.0.0.5")  # kept: still past its rate
+    assert rate.allows("10.0.0.0")  # forgotten: its burst back
+    assert len(rate._full_at) == 4
+
+
+def test_the_rate_setting_must_be_above_zero():
+    env = {**os.environ, "KAIROS_PLANE_CONNECT_RATE": "0"}
+    run = subprocess.run([sys.executable, "-c", "import kairos.cluster.settings"], env=env,
+                         capture_output=True, text=True)
+    assert run.returncode != 0 and "KAIROS_PLANE_CONNECT_RATE must be > 0" in run.stderr
