@@ -64,8 +64,8 @@ from kairos.cluster.transport.backend import NotSent
 
 log = logging.getLogger("kairos.dataplane")
 # 3: a challenge-response handshake of fixed layouts; 4: outcomes carry a convert's value;
-# 5: a Decide says whether it is logged; 6: a Retire says whether its forget is finished. A
-# client and a shard of different versions refuse each other
+# 5: a Decide says whether it is logged; 6: a Retire says whether its forget is finished, and
+# TLS off loopback (pinned.py). A client and a shard of different versions refuse each other
 PROTOCOL = 6
 MAGIC = b"KAIROSDP"
 NONCE_BYTES = 32
@@ -381,8 +381,11 @@ class PlaneConnection:
                    ) -> "PlaneConnection":
         """Connect to a shard and prove both ends know the shard's `secret`; over TLS if
         the shard published its certificate's `fingerprint`, refusing (PlaneClosed) a peer
-        whose certificate has another before the handshake reads or sends anything."""
+        whose certificate has another before the handshake reads or sends anything, and a
+        shard off loopback that published none (pinned.plaintext_refused)."""
         try:
+            if fingerprint is None and (refusal := pinned.plaintext_refused(host)):
+                raise _Mismatch(refusal)
             async with asyncio.timeout(HANDSHAKE_S):
                 reader, writer = await asyncio.open_connection(
                     host, port, ssl=pinned.client_context() if fingerprint else None)

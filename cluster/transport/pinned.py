@@ -9,12 +9,15 @@ fingerprint through Ray with its address and secret. A client checks no CA and n
 it refuses the connection unless the certificate the peer shows has that fingerprint, before
 it answers the HMAC challenge (which stays, inside TLS). On loopback only the node's own
 processes are on the path, and TLS would only cost CPU: setting PLANE_TLS (auto|on|off)
-forces either way.
+forces either way. A client refuses a shard off loopback that published no fingerprint (an
+older version's) unless PLANE_TLS is off: it never falls back to plaintext unasked.
 
 The fingerprint travels in Ray's own calls, as the secret does: an attacker who can rewrite
 those (Ray's traffic is plaintext unless Ray's TLS is on) can have a client trust his
-certificate; one who only reads them learns nothing that decrypts the data plane (the key
-never leaves the shard's process, and TLS 1.3's key exchange is ephemeral).
+certificate. One who only reads them learns the secret, and with it can connect to the shard
+as a client does (read profiles, send events): TLS does not limit that, only Ray's own TLS
+does. He learns nothing that decrypts other clients' connections (the key never leaves the
+shard's process, and TLS 1.3's key exchange is ephemeral).
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ from kairos.cluster.settings import PLANE_TLS
 # something that does. Backdated a little for peers whose clocks lag.
 VALID_FOR = datetime.timedelta(days=1)
 BACKDATED = datetime.timedelta(minutes=5)
-# Where the chain's file is written for ssl to load, when this user may: memory, not a disk
+# Where the chain's file is written for ssl to load, when it can be: memory, not a disk
 IN_MEMORY = "/dev/shm"
 
 
@@ -49,19 +52,35 @@ class NotPinned(ConnectionError):
     """The peer's certificate is not the one the shard published: not that shard."""
 
 
-def wanted(host: str) -> bool:
-    """Whether a shard binding `host` serves TLS: by the setting PLANE_TLS, and when it says
-    "auto", unless `host` is a loopback address (a host name other than localhost may
-    resolve to any address, so it gets TLS)."""
-    if PLANE_TLS != "auto":
-        return PLANE_TLS == "on"
+def loopback(host: str) -> bool:
+    """Whether `host` is a loopback address (a host name other than localhost may resolve to
+    any address, so it is not)."""
     try:
         address = ipaddress.ip_address(host.partition("%")[0])  # without an IPv6 zone
     except ValueError:
-        return host != "localhost"
+        return host == "localhost"
     if address.version == 6 and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    return not address.is_loopback
+    return address.is_loopback
+
+
+def wanted(host: str) -> bool:
+    """Whether a shard binding `host` serves TLS: by the setting PLANE_TLS, and when it says
+    "auto", unless `host` is a loopback address."""
+    if PLANE_TLS != "auto":
+        return PLANE_TLS == "on"
+    return not loopback(host)
+
+
+def plaintext_refused(host: str) -> str | None:
+    """Why a client refuses to talk plaintext to a shard at `host` that published no
+    fingerprint, or None where it may: off loopback only a shard of an older Kairos version
+    serves plaintext unasked, and a client that followed it would cross the network in the
+    clear without anyone having chosen to."""
+    if PLANE_TLS == "off" or loopback(host):
+        return None
+    return ("it published no certificate to pin, off loopback (a shard of an older Kairos "
+            "version): run one Kairos version, or set KAIROS_PLANE_TLS=off for plaintext")
 
 
 def server_context() -> tuple[ssl.SSLContext, bytes]:
@@ -77,20 +96,35 @@ def server_context() -> tuple[ssl.SSLContext, bytes]:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.num_tickets = 0  # a client connects once and keeps the connection: no resumption
-    # ssl loads a chain only from a file: the key goes there encrypted under a password that
-    # stays in memory, in a directory only this user may enter (mkdtemp's 0700), for as long
-    # as the load takes
-    parent = IN_MEMORY if os.access(IN_MEMORY, os.W_OK | os.X_OK) else None
-    password = secrets.token_bytes(32)
-    pem = certificate.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(password))
-    with tempfile.TemporaryDirectory(prefix="kairos-plane-", dir=parent) as folder:
-        path = os.path.join(folder, "chain.pem")
-        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as file:
-            file.write(pem)
-        context.load_cert_chain(path, password=password)
+    _load_chain(context, certificate.public_bytes(serialization.Encoding.PEM), key)
     return context, fingerprint(certificate.public_bytes(serialization.Encoding.DER))
+
+
+def _load_chain(context: ssl.SSLContext, certificate: bytes,
+                key: ec.EllipticCurvePrivateKey) -> None:
+    """Load the chain into `context`. ssl loads one only from a file: the key goes there
+    encrypted under a password that stays in memory, in a directory only this user may enter
+    (mkdtemp's 0700), for as long as the load takes; in memory where that can be written,
+    else in the temp dir (which may be on disk)."""
+    password = secrets.token_bytes(32)
+    pem = certificate + key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.BestAvailableEncryption(password))
+    for parent in (IN_MEMORY, None):
+        try:
+            # a file left behind holds nothing usable without the password: a failed removal
+            # must not leave the shard without TLS, and so unreachable, for its incarnation
+            with tempfile.TemporaryDirectory(prefix="kairos-plane-", dir=parent,
+                                             ignore_cleanup_errors=True) as folder:
+                path = os.path.join(folder, "chain.pem")
+                with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600),
+                          "wb") as file:
+                    file.write(pem)
+                context.load_cert_chain(path, password=password)
+                return
+        except OSError:  # /dev/shm missing, not this user's to write, or full (Ray's store)
+            if parent is None:
+                raise
 
 
 async def start_tls(writer: asyncio.StreamWriter, context: ssl.SSLContext) -> None:

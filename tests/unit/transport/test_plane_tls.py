@@ -5,12 +5,14 @@ could inject frames. Real sockets on 127.0.0.1, TLS forced on (as "auto" does of
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import pathlib
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -271,3 +273,102 @@ def test_a_relay_in_the_path_reads_no_customer_and_cannot_change_a_frame(tls_on)
         server.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("tls", ["auto", "on"])
+def test_a_client_refuses_plaintext_off_loopback_before_it_connects(tls, monkeypatch, caplog):
+    """Review finding (rev40 d-tls, 2): a shard of an older version publishes no fingerprint,
+    and a new client followed it in plaintext across the network without a word."""
+    monkeypatch.setattr(pinned, "PLANE_TLS", tls)
+    monkeypatch.setattr(dataplane, "_MISMATCHES",
+                        dataplane.ThrottledWarning(dataplane.log, dataplane.REFUSED_LOG_S))
+    connected = []
+
+    async def refused(*args, **kwargs):
+        connected.append(args)
+        raise ConnectionRefusedError("nothing listens")
+
+    monkeypatch.setattr(dataplane.asyncio, "open_connection", refused)
+    for host in ("10.1.2.3", "fe80::1%eth0", "kairos-worker-0.kairos.svc"):
+        with pytest.raises(PlaneClosed, match="published no certificate to pin, off "
+                                              "loopback .*run one Kairos version"):
+            asyncio.run(PlaneConnection.open(host, 7000, b"s" * 32, None))
+    assert connected == []
+    assert "published no certificate" in caplog.text  # warned of, as another version is
+    for host in ("127.0.0.1", "::1", "localhost"):  # the node's own processes only
+        with pytest.raises(PlaneClosed, match="the connection failed"):
+            asyncio.run(PlaneConnection.open(host, 7000, b"s" * 32, None))
+    assert [host for host, *_ in connected] == ["127.0.0.1", "::1", "localhost"]
+
+
+def test_a_client_talks_plaintext_off_loopback_when_told_to(monkeypatch):
+    monkeypatch.setattr(pinned, "PLANE_TLS", "off")
+    connected = []
+
+    async def refused(*args, **kwargs):
+        connected.append((args, kwargs))
+        raise ConnectionRefusedError("nothing listens")
+
+    monkeypatch.setattr(dataplane.asyncio, "open_connection", refused)
+    with pytest.raises(PlaneClosed, match="the connection failed"):
+        asyncio.run(PlaneConnection.open("10.1.2.3", 7000, b"s" * 32, None))
+    assert connected == [(("10.1.2.3", 7000), {"ssl": None})]
+
+
+def test_a_client_from_before_tls_is_told_to_run_one_version():
+    """Review finding (rev40 d-tls, 2): TLS came without a new protocol, so a client from
+    before it (protocol 5) was not told why it failed. (Against a TLS shard it still only
+    times out: it speaks no TLS, and a TLS shard says nothing before a ClientHello.)"""
+    async def main():
+        server, address = await _started(_Shard())  # loopback: plaintext, as before TLS
+        reader, writer = await asyncio.open_connection(*address)
+        await reader.readexactly(dataplane._CHALLENGE.size)
+        writer.write(dataplane._RESPONSE.pack(dataplane.MAGIC, 5, bytes(32), bytes(32)))
+        refused = await asyncio.wait_for(reader.read(), 5)
+        assert refused[:1] == b"\x00" and refused[2:].decode() == (
+            f"this shard speaks protocol {dataplane.PROTOCOL}, the client 5: run one Kairos "
+            f"version")
+        writer.close()
+        server.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("failure", [errno.ENOSPC, errno.EACCES])
+def test_a_chain_that_cannot_be_written_in_memory_goes_to_the_temp_dir(failure, monkeypatch,
+                                                                       tmp_path):
+    """Review finding (rev40 d-tls, 4): a /dev/shm that Ray's object store filled (or one
+    this user may not write, though it may enter it) failed server_context, and so every
+    data_address of that incarnation: the shard was unreachable."""
+    memory, temp = tmp_path / "shm", tmp_path / "tmp"
+    memory.mkdir()
+    temp.mkdir()
+    monkeypatch.setattr(pinned, "IN_MEMORY", str(memory))
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    written = []
+    open_ = os.open
+
+    def full(path, flags, mode=0o777, **kwargs):
+        if flags & os.O_CREAT:  # a file written, not a folder opened to remove it
+            if str(path).startswith(str(memory)):
+                raise OSError(failure, os.strerror(failure), path)
+            written.append(path)
+        return open_(path, flags, mode, **kwargs)
+
+    monkeypatch.setattr(os, "open", full)
+    _, fingerprint = pinned.server_context()
+    assert len(fingerprint) == 32
+    assert [pathlib.Path(path).parent.parent for path in written] == [temp]
+    assert list(memory.iterdir()) == list(temp.iterdir()) == []  # neither kept a file
+
+
+def test_a_chain_whose_file_cannot_be_removed_still_serves(monkeypatch, tmp_path):
+    """What is left holds the key only under a password that is gone: the shard serves."""
+    monkeypatch.setattr(pinned, "IN_MEMORY", str(tmp_path))
+
+    def busy(*args, **kwargs):
+        raise OSError(errno.EBUSY, os.strerror(errno.EBUSY))
+
+    monkeypatch.setattr(os, "unlink", busy)
+    _, fingerprint = pinned.server_context()
+    assert len(fingerprint) == 32
