@@ -133,8 +133,9 @@ class LocalShard:
             raise Unavailable(f"{self.name} is not started")
         return shard
 
-    async def data_address(self) -> tuple[str, int, str]:
-        return "in-process", 0, self.incarnation  # LocalBackend.send needs no data plane
+    async def data_address(self) -> tuple[str, int, bytes, bytes | None]:
+        # as ShardControl's: LocalBackend.send needs no data plane, so no secret, no TLS
+        return "in-process", 0, self.incarnation.encode(), None
 
     async def start(self, catalog_text: str, partitions: list[int],
                     channel_watches: list[ChannelWatch], map_version: int,
