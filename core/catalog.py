@@ -704,7 +704,8 @@ class _Reader:
             if ftype == "int" and not float(number).is_integer():
                 raise self.fail(path, f"expected an integer, got {self.get(path)!r}")
             return number
-        value = self.text(path)
+        value = self.string(path)  # a default or a rule's literal: a request's string's size
+        self.bounded(path, value, MAX_VALUE, _HIDDEN_IN_LABEL_RE)
         if values is not None and value not in values:
             raise self.fail(path, f"'{value}' is not one of {', '.join(values)}")
         return value

@@ -624,6 +624,8 @@ def compile_catalog(catalog: Catalog) -> CompiledCatalog:
 
 _compiled: OrderedDict[str, CompiledCatalog] = OrderedDict()  # by text, least recent first
 _compiled_lock = threading.Lock()  # callers compile on executor threads too
+# the texts whose refusals were logged as running (a strict compile logs nothing: it refuses)
+_refusals_said: OrderedDict[str, bool] = OrderedDict()
 
 
 def compiled_from_text(text: str, source: str = "<catalog>",
@@ -638,15 +640,21 @@ def compiled_from_text(text: str, source: str = "<catalog>",
             _compiled.move_to_end(text)
     if compiled is None:
         compiled = compile_catalog(load_catalog(text, source, strict=False))
-        for refusal in compiled.catalog.refusals:  # said once per text and process
-            log.warning("catalog %s runs, though a new catalog would be refused: %s",
-                        compiled.version, refusal)
         with _compiled_lock:
             _compiled[text] = compiled
             while len(_compiled) > COMPILED_CACHE_SIZE:
                 _compiled.popitem(last=False)
-    if strict and compiled.catalog.refusals:
-        raise compiled.catalog.refusals[0]
+    if compiled.catalog.refusals:
+        if strict:
+            raise compiled.catalog.refusals[0]
+        with _compiled_lock:
+            said, _refusals_said[text] = text in _refusals_said, True
+            while len(_refusals_said) > COMPILED_CACHE_SIZE:
+                _refusals_said.popitem(last=False)
+        for refusal in () if said else compiled.catalog.refusals:  # once per text and process
+            # %r: the version may hold what the newer checks refuse (control characters)
+            log.warning("catalog %r runs, though a new catalog would be refused: %s",
+                        compiled.version, refusal)
     return compiled.with_own_strings()
 
 

@@ -136,3 +136,27 @@ def test_a_string_attribute_may_have_lines_and_tabs():
                                   f'note: "Line one.\\n\\tLine two: {tail}"}}'), "small.yaml")
     assert [a.attributes["note"] for a in catalog.actions if "note" in a.attributes] == \
         [f"Line one.\n\tLine two: {tail}"]
+
+
+def test_a_refused_catalog_is_logged_as_running_only_when_it_runs(caplog):
+    # a strict compile refuses it and logs nothing; one taken as saved says so once, the
+    # version written as a literal (it may hold the very characters the checks refuse)
+    from kairos.core.compiler import compiled_from_text
+    text = edited('version: "t1"', 'version: "t1 \\e[2J\\u202e"')
+    with pytest.raises(CatalogError):
+        compiled_from_text(text, "small.yaml", strict=True)
+    assert "runs, though" not in caplog.text
+    compiled_from_text(text, "small.yaml")
+    compiled_from_text(text, "small.yaml")
+    said = [r.getMessage() for r in caplog.records if "runs, though" in r.getMessage()]
+    assert len(said) == 1 and "\x1b" not in said[0] and "\\x1b" in said[0]
+
+
+@pytest.mark.parametrize("default, error", [
+    ('"' + "x" * (MAX_VALUE + 1) + '"', f"at most {MAX_VALUE} characters"),
+    (r'"two\nlines"', "character #x000a")], ids=["long", "lines"])
+def test_a_string_default_is_bounded_as_a_value(default, error):
+    # a default, as a rule's literal, stands for a request's string: no longer, one line
+    assert error in refusal(edited("  member_since: {type: timestamp}",
+                                   f"  member_since: {{type: timestamp}}\n"
+                                   f"  note: {{type: string, default: {default}}}"))
