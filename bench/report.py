@@ -192,7 +192,7 @@ def _nodes(system: str) -> int:
 
 
 def _decide(key: str) -> Callable[[dict[str, Any]], float | None]:
-    """A step's Decide figure named `key` (p50_ms, p99_ms), None if no Decide answered."""
+    """A step's Decide figure named `key` (p50_ms), None if no Decide answered."""
     return lambda step: step["kinds"].get("decide", {}).get(key)
 
 
@@ -232,19 +232,27 @@ def _ratio(system: dict[str, Any], peer: dict[str, Any],
 
 def _worst_p99_ratio(system: dict[str, Any], peer: dict[str, Any]
                      ) -> tuple[float | None, float | None, bool]:
-    """The largest Decide p99 over the peer's, over every rate both ran, and that rate; and
-    whether ours served Decides at every one of those rates (the p99 counts every answer: a
-    rate where ours only refused, fast, would show the best ratio rather than a miss)."""
-    p99 = _decide("p99_ms")
-    theirs = {s["rate_target"]: p99(s) for s in peer["steps"]}
-    compared = [s for s in system["steps"] if theirs.get(s["rate_target"])]
-    ratios = [(p99(s) / theirs[s["rate_target"]], s["rate_target"]) for s in compared
-              if p99(s) is not None]
-    everywhere = all(served(s, "decide") > 0 for s in compared)
+    """The largest Decide p99 over the peer's, over every rate the peer served at that ours
+    ran, and that rate; and whether ours served Decides at every one of those rates. The p99
+    is of the Decides served: refusals are not the latency compared (on the p99 of every
+    answer, a Kairos serving a trickle slowly and refusing the rest in 1 ms met the target),
+    and a rate where ours served none is a miss."""
+    theirs = {s["rate_target"]: s for s in peer["steps"] if served(s, "decide") > 0}
+    compared = [(s, theirs[s["rate_target"]]) for s in system["steps"]
+                if s["rate_target"] in theirs]
+    ratios = [(_served_p99(ours) / _served_p99(its), ours["rate_target"])
+              for ours, its in compared if served(ours, "decide") > 0]
+    everywhere = len(ratios) == len(compared)
     if not ratios:
         return None, None, everywhere
     ratio, rate = max(ratios)
     return round(ratio, 2), rate, everywhere
+
+
+def _served_p99(step: dict[str, Any]) -> float:
+    """The p99 of a step's Decides served (recorded since before redis-core ran, so in every
+    run that has the peer)."""
+    return step["kinds"]["decide"]["admitted_p99_ms"]
 
 
 # -- Markdown ---------------------------------------------------------------------------------
