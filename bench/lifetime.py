@@ -32,8 +32,9 @@ def exit_with_parent(parent_pid: int) -> None:
 def exit_on_sigterm() -> None:
     """SIGTERM unwinds like Ctrl-C (exit status 143), so every server, generator and Ray node
     the run started is stopped by the `finally`s on the way out; Python's default would end
-    the process at once and leave Ray's processes behind. Ray's head node and ray.init put
-    their own handlers in its place (exit status 1, 15): systems.ray_nodes sets it again."""
+    the process at once and leave Ray's processes behind. Each Ray node started here and
+    ray.init put their own handlers in its place (exit status 1, 15): systems.ray_nodes sets
+    it again after each."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 

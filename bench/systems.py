@@ -77,20 +77,27 @@ def ray_nodes(n: int) -> Iterator[list[str]]:
     node_args = {"num_cpus": os.cpu_count() if n == 1 else CPUS_PER_NODE,
                  "object_store_memory": OBJECT_STORE_BYTES, "dashboard_agent_listen_port": 0}
     cluster = None
-    # the run's SIGTERM handler (exit_on_sigterm), which the head node Cluster starts here
-    # and ray.init each replace with Ray's own (exit status 1, 15): set again once they ran
+    # the run's SIGTERM handler (exit_on_sigterm), which each node Cluster starts here and
+    # ray.init replace with Ray's own (exit status 1, 15): set again after each, so a SIGTERM
+    # while the nodes start unwinds too
     ours = signal.getsignal(signal.SIGTERM)
+
+    def ours_again() -> None:
+        if callable(ours) and signal.getsignal(signal.SIGTERM) is not ours:
+            signal.signal(signal.SIGTERM, ours)
+
     # one node: every Ray server on loopback (cluster/cli/local.py)
     with single_machine() if n == 1 else nullcontext():
         try:
             cluster = Cluster(initialize_head=True,
                               head_node_args={**node_args, "include_dashboard": False})
+            ours_again()
             for _ in range(n - 1):
                 cluster.add_node(**node_args)
+                ours_again()
             cluster.wait_for_nodes()
             ray.init(address=cluster.address, **quiet)
-            if callable(ours) and signal.getsignal(signal.SIGTERM) is not ours:
-                signal.signal(signal.SIGTERM, ours)
+            ours_again()
             head = ray.get_runtime_context().get_node_id()
             others = sorted(x["NodeID"] for x in ray.nodes()
                             if x["Alive"] and x["NodeID"] != head)

@@ -1,6 +1,7 @@
-"""A bench terminated while its Ray runs unwinds with the run's own handler: ray.init puts
-Ray's in its place (exit status 15), and bench.systems.ray_nodes sets the run's again. Ray's
-files go under the test session's RAY_TMPDIR, which the child inherits."""
+"""A bench terminated while its Ray runs, or while Ray's nodes start, unwinds with the run's
+own handler: each node started and ray.init put Ray's in its place (exit status 1, 15), and
+bench.systems.ray_nodes sets the run's again after each. Ray's files go under the test
+session's RAY_TMPDIR, which the child inherits."""
 from __future__ import annotations
 
 import signal
@@ -10,12 +11,18 @@ import sys
 import pytest
 
 CHILD = """
+import os, signal, sys, time
 from bench.lifetime import exit_on_sigterm
-from bench.systems import ray_nodes
-import time
+from bench import systems
 exit_on_sigterm()
+if sys.argv[1] == 'starting':  # terminated after the head node started, before ray.init
+    wait = systems.Cluster.wait_for_nodes
+    def terminated(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return wait(self, *args, **kwargs)
+    systems.Cluster.wait_for_nodes = terminated
 try:
-    with ray_nodes(1):
+    with systems.ray_nodes(1):
         print('ready', flush=True)
         time.sleep(120)
 finally:
@@ -24,12 +31,14 @@ finally:
 
 
 @pytest.mark.timeout(180)
-def test_sigterm_with_ray_running_unwinds_with_143():
-    with subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE,
+@pytest.mark.parametrize("when", ["running", "starting"])
+def test_sigterm_with_ray_running_or_starting_unwinds_with_143(when):
+    with subprocess.Popen([sys.executable, "-c", CHILD, when], stdout=subprocess.PIPE,
                           stderr=subprocess.DEVNULL, text=True) as proc:
         try:
-            assert proc.stdout.readline() == "ready\n"
-            proc.send_signal(signal.SIGTERM)
+            if when == "running":
+                assert proc.stdout.readline() == "ready\n"
+                proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=120) == 143
             assert proc.stdout.read() == "cleaned up\n"
         finally:
