@@ -28,11 +28,12 @@ links; then each alias is retired (unlinked and its link buried) on its director
 its anonymous profile forgotten (its link buried there too), unless the alias names another
 customer (a link of it lost to that customer's: the profile and its redirect are the other
 customer's); then Bury drops the alias list; last, each alias is released (a Retire
-`finished`): from its Retire until then it resolves to the forgotten customer, so that a
-forget by the alias, cut and retried, finishes this one (and its requests meet that
-customer's forget under way). A customer whose home is damaged is not forgotten
-(UNAVAILABLE, naming the home) until the home is restored or removed: the aliases merged
-into it are known only from it.
+`finished`): from its Retire until then (TOMBSTONE_S at most) it resolves, for a forget saga
+only (Resolve `for_forget`), to the forgotten customer, so that a forget by the alias, cut and
+retried, finishes this one, releasing the alias even when cut after the Bury; other callers
+get its anonymous customer, so their requests do not re-create the forgotten one. A customer
+whose home is damaged is not forgotten (UNAVAILABLE) until the home is restored or removed:
+the aliases merged into it are known only from it.
 A buried link refuses every step of that link for TOMBSTONE_S, wherever it arrives, so a step
 of a link that began before the forget cannot re-create the customer or its alias. The
 tombstones keep only fingerprints (a hash) of the link ids, so the erased ids are not kept.
@@ -172,11 +173,11 @@ class Directory:
         """The aliases the customer's links under way claimed, no longer noted here."""
         return self.claimed.get(partition, {}).pop(customer_id, [])
 
-    def resolve(self, partition: int, key: str, now: float) -> str:
-        """The customer the alias is linked to; else the one a forget under way retired it
-        from (a forget by the alias, retried, must find that customer again) within
+    def resolve(self, partition: int, key: str, now: float, for_forget: bool = False) -> str:
+        """The customer the alias is linked to; else, `for_forget`, the one a forget under way
+        retired it from (a forget by the alias, retried, must find that customer again) within
         TOMBSTONE_S; else its anonymous customer."""
-        retiring = self.retiring.get(partition, {}).get(key)
+        retiring = self.retiring.get(partition, {}).get(key) if for_forget else None
         if retiring is not None and now - retiring[1] < TOMBSTONE_S:
             return self.linked(partition, key) or retiring[0]
         return self.linked(partition, key) or anonymous_id(key)

@@ -175,11 +175,15 @@ class Unclaim(NamedTuple):
 
 
 class Resolve(NamedTuple):
-    """The customer an alias names (on the alias's directory shard)."""
+    """The customer an alias names (on the alias's directory shard). `for_forget`: a forget
+    saga's, which also finds the customer a forget under way retired the alias from (so a
+    forget by the alias, cut and retried, finishes that customer's); other callers get the
+    alias's anonymous customer then, so their requests do not re-create the forgotten one."""
 
     kind: str = "resolve"
     partition: int = UNROUTED
     key: str = ""
+    for_forget: bool = False
 
 
 class Link(NamedTuple):

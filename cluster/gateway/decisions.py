@@ -376,8 +376,9 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
             who = requests.who(request)
         except InputError as exc:
             await abort(context, exc)
-        existed = await self.gateway.call(context, self.gateway.as_customer(
-            who, self.client.forget))
+        existed = await self.gateway.call(context, self.client.forget(who.customer_id)
+                                          if who.alias_key is None else
+                                          self.client.forget_key(who.alias_key))
         return pb.ForgetAck(existed=existed)
 
     async def LinkIdentity(self, request: pb.LinkRequest, context) -> pb.LinkAck:

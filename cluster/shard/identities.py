@@ -81,9 +81,11 @@ class IdentityRequests:
         self._identities = identities
 
     def resolve(self, batch: list[Resolve], touched: dict[str, float]) -> list[Reply]:
-        """The customer an alias names: its linked customer, or its anonymous one."""
+        """The customer an alias names: its linked customer, or its anonymous one (or, to a
+        forget saga, the customer a forget under way retired it from)."""
         now = self._ctx.clock()
-        return [Ok(value=self._directory.resolve(r.partition, r.key, now)) for r in batch]
+        return [Ok(value=self._directory.resolve(r.partition, r.key, now, r.for_forget))
+                for r in batch]
 
     def claim(self, batch: list[Claim], touched: dict[str, float]) -> list[Reply]:
         """Step 0: note the alias as the customer's, so a forget finds it from here on. The

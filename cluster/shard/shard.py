@@ -76,8 +76,8 @@ CREATES = frozenset({"event", "outcome"})
 # the answer to a request that would bring a customer in past the resident limit's overflow
 CROWDED = protocol.Busy(reason="this shard holds as many customers as it may: try again "
                                "shortly, as it passivates idle ones")
-# the answer to a request for a customer whose forget is under way (its aliases still resolve
-# to it): applied, it would re-create the customer the forget is erasing
+# the answer to a request for a customer whose forget is under way (its aliases not yet retired
+# resolve to it): applied, it would re-create the customer the forget is erasing
 FORGETTING = protocol.Unavailable(reason="this customer is being forgotten: its requests are "
                                          "refused until ForgetCustomer finishes (retry it)")
 

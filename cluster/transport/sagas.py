@@ -16,23 +16,37 @@ from kairos.cluster.protocol import (Bury, Claim, Conflict, Forget, Link, Merge,
 class IdentitySagas:
     """KairosClient's identity sagas (a part of it: client.py)."""
 
-    async def forget(self, customer_id: str) -> bool:
+    async def forget(self, customer_id: str, by: str | None = None) -> bool:
         """Forget the customer for good: erase it from its shard and store, retire its
         aliases from the directory (with what their anonymous profiles left), and refuse the
         late steps of links that began before (identity.py: the forget saga; every step is
         idempotent: retry on any error, and a retry retires every alias); whether it, or an
-        alias's anonymous profile, existed."""
+        alias's anonymous profile, existed. `by`: the alias key the forget was asked by
+        (`forget_key`)."""
         existed = False
-        async for found in self.forget_steps(customer_id):
+        async for found in self.forget_steps(customer_id, by):
             existed |= found
         return existed
 
-    async def forget_steps(self, customer_id: str) -> AsyncIterator[bool]:
+    async def forget_key(self, key: str) -> bool:
+        """`forget` by an alias key (identity.alias_key) the caller checked: of its linked
+        customer, or the one a forget cut after its Bury retired it from (the retry finishes
+        that forget: the alias is released), or its anonymous customer."""
+        customer_id = await self._value(Resolve(key=key, for_forget=True))
+        return await self.forget(customer_id, key)
+
+    async def forget_steps(self, customer_id: str, by: str | None = None
+                           ) -> AsyncIterator[bool]:
         """`forget`, one step per iteration (tests interleave them with a link's): whether
         the step found something to erase."""
         forgotten = await self._ask(Forget(customer_id=customer_id))
         yield forgotten.existed
-        for key in forgotten.aliases or ():
+        aliases = list(forgotten.aliases or ())
+        if by is not None and by not in aliases and customer_id != anonymous_id(by):
+            # a retry of a forget cut after its Bury, which no longer names the alias: it is
+            # retired again (its anonymous profile, a visitor's since, erased) and released
+            aliases.append(by)
+        for key in aliases:
             retired = await self._value(Retire(key=key, customer_id=customer_id))
             yield False
             if retired == NAMES_ANOTHER:  # its link lost the alias: the profile is the winner's
@@ -40,7 +54,7 @@ class IdentitySagas:
             yield (await self._ask(Forget(customer_id=anonymous_id(key),
                                           link=link_id(key, customer_id)))).existed
         await self._ask(Bury(customer_id=customer_id))
-        for key in forgotten.aliases or ():  # no longer resolving to the customer
+        for key in aliases:  # no longer resolving to the customer
             await self._value(Retire(key=key, customer_id=customer_id, finished=True))
         yield False
 

@@ -1,12 +1,13 @@
 """A forget by alias, cut after a Retire and retried by the same alias (the gateway resolves
-the alias on every try): the retired alias resolves to the customer until its forget is
-finished, so the retry finishes that customer's forget (identity.py)."""
+the alias on every try): the retired alias resolves to the customer, for a forget saga only,
+until its forget is finished, so the retry finishes that customer's forget (identity.py);
+other callers get the alias's anonymous customer meanwhile."""
 from __future__ import annotations
 
 import asyncio
 
-from kairos.cluster.identity import alias_key, anonymous_id
-from kairos.cluster.protocol import Retire
+from kairos.cluster.identity import alias_key, anonymous_id, link_id
+from kairos.cluster.protocol import Bury, Forget, Resolve, Retire
 from kairos.cluster.settings import TOMBSTONE_S
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage.memory_store import MemoryStore
@@ -26,12 +27,13 @@ def test_a_forget_by_alias_cut_after_its_retire_and_retried_forgets_the_whole_cu
                 await client.ingest(anonymous_id(alias_key("cookie", v)), "page_view", T0,
                                     {"category": "home"})
                 await client.link("cookie", v, "ana")
-            steps = client.forget_steps(await client.resolve_key("cookie:a"))
+            steps = client.forget_steps(await client.resolve_key("cookie:a"), "cookie:a")
             await steps.__anext__()  # Forget
             await steps.__anext__()  # Retire of cookie:a
             await steps.aclose()  # the caller's deadline
-            assert await client.resolve_key("cookie:a") == "ana"  # its forget is unfinished
-            await client.forget(await client.resolve_key("cookie:a"))  # the retry, by alias
+            assert await client._value(Resolve(key="cookie:a", for_forget=True)) == "ana"
+            assert await client.resolve_key("cookie:a") == "~cookie:a"
+            await client.forget_key("cookie:a")  # the retry, by alias
             assert [await client.resolve("cookie", v) for v in "ab"] == \
                 ["~cookie:a", "~cookie:b"]
             for s in backend.shards.values():
@@ -41,6 +43,10 @@ def test_a_forget_by_alias_cut_after_its_retire_and_retried_forgets_the_whole_cu
         finally:
             await client.close()
     asyncio.run(scenario())
+
+
+def for_forget(key: str) -> Resolve:
+    return resolve(key)._replace(for_forget=True)
 
 
 def test_a_retired_alias_resolves_to_its_customer_across_a_rebuild_until_finished(compiled):
@@ -56,15 +62,15 @@ def test_a_retired_alias_resolves_to_its_customer_across_a_rebuild_until_finishe
         again.recover()
         return again
     s = rebuilt()  # replayed from the journal
-    assert s.process([resolve(key)])[0][0].value == "ana"
+    assert s.process([for_forget(key)])[0][0].value == "ana"
     s.checkpoint(float("inf"), N_PARTITIONS)
     s = rebuilt()  # from the snapshot
-    assert s.process([resolve(key)])[0][0].value == "ana"
+    assert s.process([for_forget(key)])[0][0].value == "ana"
     done = Retire(partition=p_of(key), key=key, customer_id="ana", finished=True)
     assert s.process([done])[0][0].value is True
-    assert s.process([resolve(key)])[0][0].value == anonymous_id(key)
+    assert s.process([for_forget(key)])[0][0].value == anonymous_id(key)
     s = rebuilt()
-    assert s.process([resolve(key)])[0][0].value == anonymous_id(key)
+    assert s.process([for_forget(key)])[0][0].value == anonymous_id(key)
 
 
 def test_an_alias_its_forgets_client_left_unreleased_resolves_to_its_own_profile_in_time(
@@ -76,6 +82,38 @@ def test_an_alias_its_forgets_client_left_unreleased_resolves_to_its_own_profile
     s = shard(compiled, clock=clock)
     s.process([Retire(partition=p_of(key), key=key, customer_id="ana")])
     clock.now += TOMBSTONE_S - 1
-    assert s.process([resolve(key)])[0][0].value == "ana"
+    assert s.process([for_forget(key)])[0][0].value == "ana"
     clock.now += 1
-    assert s.process([resolve(key)])[0][0].value == anonymous_id(key)
+    assert s.process([for_forget(key)])[0][0].value == anonymous_id(key)
+
+
+def test_a_forget_cut_after_its_bury_leaves_ordinary_traffic_by_the_alias_anonymous():
+    """The client died after Bury, before the finished Retires: a visitor's event by the
+    alias (resolved as the gateway does) goes to the alias's anonymous customer, not to the
+    erased id; a retry by the alias erases that profile too and releases the alias."""
+    async def scenario() -> None:
+        backend = LocalBackend()
+        await backend.start_runtime(3, n_partitions=16)
+        client = await KairosClient(backend).connect()
+        try:
+            await client.ingest("ana", "app_open", T0)
+            await client.ingest("~cookie:a", "page_view", T0, {"category": "home"})
+            await client.link("cookie", "a", "ana")
+            forgotten = await client._ask(Forget(customer_id="ana"))
+            await client._value(Retire(key="cookie:a", customer_id="ana"))
+            await client._ask(Forget(customer_id="~cookie:a", link=link_id("cookie:a", "ana")))
+            await client._ask(Bury(customer_id="ana"))  # and the client died
+            assert forgotten.aliases == ["cookie:a"]
+            who = await client.resolve("cookie", "a")
+            assert who == "~cookie:a"
+            await client.ingest(who, "page_view", T0 + 60, {"category": "home"})
+            assert not any("ana" in s.engine.table.index for s in backend.shards.values())
+            assert await client.forget("ana") is False  # a retry by id: nothing left of it
+            await client.forget_key("cookie:a")  # a retry by the alias
+            assert await client._value(Resolve(key="cookie:a", for_forget=True)) == "~cookie:a"
+            for s in backend.shards.values():
+                assert not any(s.directory.retiring.values())
+                assert "~cookie:a" not in s.engine.table.index
+        finally:
+            await client.close()
+    asyncio.run(scenario())

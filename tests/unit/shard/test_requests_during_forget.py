@@ -1,4 +1,4 @@
-"""While a customer's forget is under way, its aliases still resolve to it (identity.py): its
+"""While a customer's forget is under way, its aliases not yet retired resolve to it: its
 requests are refused, so a visitor's event by an alias does not re-create the customer."""
 from __future__ import annotations
 

@@ -68,7 +68,7 @@ def test_the_invalid_answer_names_the_field(compiled, bad, field):
 
 
 def test_an_array_with_more_fields_than_its_kind_or_an_unknown_kind_fails_alone(compiled):
-    replies, _ = shard(compiled, "s0").process([["resolve", 0, "k", "extra"], ["nope", 0],
+    replies, _ = shard(compiled, "s0").process([["resolve", 0, "k", False, "extra"], ["nope", 0],
                                                  [], 5, list(event("ana", "app_open", T0))])
     assert [getattr(r, "field", None) for r in replies[:4]] == ["request", "kind", "kind",
                                                                 "request"]
