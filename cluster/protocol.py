@@ -40,7 +40,7 @@ UNROUTED = -1  # the partition of a request the client has not routed yet
 # 2: the same records, frames carry this number; 3: outcomes carry a convert's value (older
 # records read with none); 4: outcomes carry an idempotency key (older ones read with none),
 # and a refused link's claim is dropped by an `unclaim` record; 5: a retire carries `finished`
-# (older ones read as not). A journal from a newer format is refused.
+# (older ones read as finished) and its time. A journal from a newer format is refused.
 JOURNAL_FORMAT = 5
 
 
@@ -209,14 +209,17 @@ class Retire(NamedTuple):
     """A forget's step on an alias's directory shard: unlink the alias from the forgotten
     customer and bury the link, so a late step 1 of it is refused. Until the forget is
     `finished` (a last Retire, after its Bury), the alias resolves to the customer, so a
-    forget by the alias, cut and retried, finishes the same customer's (journals from before
-    this field replay with False)."""
+    forget by the alias, cut and retried, finishes the same customer's (journals of formats
+    before 5, whose forgets left no alias resolving to the customer, replay with True).
+    `when`: the time the shard retired it, which the journal keeps (None on the way in, and
+    in journals from before the field), so a replay does not restart TOMBSTONE_S."""
 
     kind: str = "retire"
     partition: int = UNROUTED
     key: str = ""
     customer_id: str = ""
     finished: bool = False
+    when: float | None = None
 
 
 class Take(NamedTuple):
@@ -304,6 +307,8 @@ def record_from(raw: list | tuple, journal_format: int = JOURNAL_FORMAT) -> Reco
     cls = RECORDS.get(raw[0]) if raw else None
     if cls is None:
         raise ValueError(f"unknown journal record kind {raw[0] if raw else None!r}")
+    if cls is Retire and journal_format < 5:
+        return Retire(*raw)._replace(finished=True)
     return cls(*raw)
 
 

@@ -138,15 +138,23 @@ class IdentityRequests:
         """A forget's step: unlink the alias from the forgotten customer and bury the link,
         so its step 1, arriving late, is refused; whether the alias named the customer, or
         NAMES_ANOTHER: a link of it to another customer won, and its anonymous profile (or
-        the redirect and state it handed over) is that customer's, not to be erased."""
+        the redirect and state it handed over) is that customer's, not to be erased.
+        Finished (after the forget's Bury): whether the alias still resolved to it."""
         replies: list[Reply] = []
-        now = self._ctx.clock()
         for r in batch:
+            # replayed, at the time it happened: a restart does not lengthen TOMBSTONE_S
+            now = self._ctx.clock() if r.when is None else r.when
             p, key = r.partition, r.key
-            if r.finished:  # after the forget's Bury: whether the alias still resolved to it
+            if r.finished:
                 released = self._directory.release(p, key, r.customer_id)
                 replies.append(Ok(value=released))
-                if released:
+                if self._journaling.replaying:
+                    # a format-4 retire too (read as finished): the whole of its forget's step
+                    self._directory.unlink(p, key, r.customer_id)
+                    link = link_id(key, r.customer_id)
+                    if not self._directory.is_buried(p, link, now):
+                        self._directory.bury(p, link, now)
+                elif released:
                     self._journaling.record(r)
                     self._journaling.erase_later(p, r.customer_id)
                 continue
@@ -159,7 +167,7 @@ class IdentityRequests:
             if replies[-1].value != NAMES_ANOTHER:
                 self._directory.retire(p, key, r.customer_id, now)
             self._directory.bury(r.partition, link_id(r.key, r.customer_id), now)
-            self._journaling.record(r)
+            self._journaling.record(r._replace(when=now))
             self._journaling.erase_later(r.partition, r.customer_id)
         return replies
 
