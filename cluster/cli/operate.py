@@ -10,13 +10,13 @@ from typing import Callable
 
 import grpc
 
-from kairos.cluster.cli.remote import TIMEOUT_S, Remote
+from kairos.cluster.cli.remote import Remote
 from kairos.cluster.cli.targets import join_target, split_target
 from kairos.cluster.gateway.auth import is_loopback
 from kairos.v1 import admin_pb2
 
 # a relaying gateway's call cut short: the drain goes on in the controller, so it is sent
-# again through another gateway, where it joins the first (controller.drain_node)
+# again through another gateway, and answers the first one's result (control/drains.py)
 RELAY_CUT = (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
 MIN_RELAY_S = 1.0  # less left than this: the drain is not sent again
 CONNECT_S = 3.0  # a relay not connected in this long is passed over for the next
@@ -103,11 +103,6 @@ def drain(args: argparse.Namespace) -> int:
             raise
         print(f"node {node.node_id[:8]} ({node.address}) is no longer alive: nothing to drain")
         return 0
-    if done is None:
-        print(f"node {node.node_id[:8]} ({node.address}) is drained in "
-              f"{time.monotonic() - started:.1f} s, by the DrainNode sent before (its answer, "
-              f"with what it moved, was lost)")
-        return 0
     print(f"node {node.node_id[:8]} ({node.address}) is drained in "
           f"{time.monotonic() - started:.1f} s: {done.moved} partitions moved, shards "
           f"{', '.join(done.shards) or '(none)'} and its gateway stopped; map version "
@@ -151,15 +146,13 @@ def relays(target: str, leaving, nodes) -> list[str]:
 
 
 def _relayed_drain(through: list[str], node_id: str, timeout_s: float
-                   ) -> admin_pb2.DrainNodeResponse | None:
+                   ) -> admin_pb2.DrainNodeResponse:
     """DrainNode through the first of `through` that connects within CONNECT_S (the last one:
     within what is left), and through the next one when a gateway's call was cut (CANCELLED:
     it stopped, its own node drained; UNAVAILABLE: it is gone or could not be reached), with
-    what is left of `timeout_s`. A drain sent again joins the first, which goes on in the
-    controller, and answers its result; before it is sent again, the next gateway's status
-    is read: None when the node is drained already (the first ended, its answer lost)."""
+    what is left of `timeout_s`. A drain sent again answers the first one's result, which goes
+    on in the controller: joined while it runs, kept once it ended (control/drains.py)."""
     deadline = time.monotonic() + timeout_s
-    resent = False
     for relay, after in zip(through, through[1:]):
         remote = Remote(relay)
         try:
@@ -167,28 +160,19 @@ def _relayed_drain(through: list[str], node_id: str, timeout_s: float
                 print(f"DrainNode through {relay}: no connection in {CONNECT_S:g} s; sent "
                       f"through {after}", file=sys.stderr)
                 continue
-            return _drain_on(remote, node_id, deadline, resent)
+            return remote.drain(node_id, deadline - time.monotonic())
         except grpc.RpcError as exc:
             if exc.code() not in RELAY_CUT or deadline - time.monotonic() < MIN_RELAY_S:
                 raise
-            resent = True
             print(f"DrainNode through {relay} ended {exc.code().name} ({exc.details()}); "
                   f"sent again through {after}", file=sys.stderr)
         finally:
             remote.close()
     remote = Remote(through[-1])
     try:
-        return _drain_on(remote, node_id, deadline, resent)
+        return remote.drain(node_id, deadline - time.monotonic())
     finally:
         remote.close()
-
-
-def _drain_on(remote: Remote, node_id: str, deadline: float, resent: bool
-              ) -> admin_pb2.DrainNodeResponse | None:
-    if resent and any(drained(n) for n in remote.status(
-            min(TIMEOUT_S, deadline - time.monotonic())).node_status if n.node_id == node_id):
-        return None
-    return remote.drain(node_id, deadline - time.monotonic())
 
 
 def _connects(remote: Remote, timeout_s: float) -> bool:

@@ -100,10 +100,13 @@ class ControllerActor:
         if self._loop_task is None:
             self._loop_task = asyncio.get_running_loop().create_task(self._control_loop())
 
-    def _end_loop(self) -> None:
-        """Stop the control loop for good: started if it was not, so that none starts later."""
+    async def _end_loop(self) -> None:
+        """Stop the control loop for good: started if it was not, so that none starts later.
+        The drains under way end with it: shielded from their callers' cancels, they would go
+        on creating and stopping shards while the shards are stopped (drains.py)."""
         self._start_loop()
         self._loop_task.cancel()
+        await self.controller.drains.cancel()
 
     def _guard_claim(self) -> None:
         if self._guard is None:
@@ -120,7 +123,7 @@ class ControllerActor:
         """
         why = await self.controller.store_claim.until_lost()
         log.error("%s: the controller stops its shards and gateways", why)
-        self._end_loop()
+        await self._end_loop()
         controller = self.controller
         # before the cancel: a take-up that fails forgets what it took up, and it places the
         # shards its saved map names one by one
@@ -211,7 +214,7 @@ class ControllerActor:
         """runtime.stop's first step: its rounds would start the gateways and shards it stops
         again, and save the state. Whether the claim on the store is lost: then the learner's
         last merges are not saved (the store may be another cluster's)."""
-        self._end_loop()
+        await self._end_loop()
         return self.controller.store_claim.lost() is not None
 
     async def release_store(self) -> None:

@@ -111,7 +111,7 @@ class Controller(ControlLoop, Catalogs):
         self.ready = False  # its state is whole: started, or taken up from the store
         self.lagging = Lagging(backend)
         self.nodes = Nodes(backend, gateways, shards_per_cpu)
-        self.drains = Drains()
+        self.drains = Drains(self._drained)
         self._requested_gateways = gateways
         self._next_index = 0
         self._map_changes = Changes()
@@ -457,8 +457,11 @@ class Controller(ControlLoop, Catalogs):
         shards of the other nodes, then its shards and its gateway stop. Returns once the
         node holds nothing. NodeUnknown for a node that is not alive, NodeRefused for the last
         serving one and the controller's own. A drain a crash interrupted is finished by the
-        control loop. Asked for again while it runs, it answers that drain's result
-        (drains.py)."""
+        control loop. Asked for again while it runs, or after it while the node stays drained,
+        it answers that drain's result (drains.py)."""
+        if node in self.nodes.released:  # an operator drains it: theirs to remove, not ours
+            self.nodes.released.discard(node)
+            await self._save()
         return await self.drains.join(node, lambda: self._drain(node))
 
     async def _drain(self, node: str) -> dict[str, Any]:
@@ -473,7 +476,6 @@ class Controller(ControlLoop, Catalogs):
                               f"its partitions")
         started = asyncio.get_running_loop().time()
         self.nodes.draining.add(node)
-        self.nodes.released.discard(node)  # the autoscaler's mark, set once it is done
         await self._save()  # a restarted controller keeps it out too, and finishes it
         await self.nodes.unready(node)
         async with self._reconfiguring:

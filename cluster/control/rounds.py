@@ -65,7 +65,7 @@ class ControlLoop:
         await _step("re-starting and catching up shards", self._restart_shards())
         await _step("telling the learner the catalog", self._tell_learner())
         for node in sorted((self.nodes.draining & set(alive)) - self._drains):
-            if node in self.placement.values() or self.nodes.gateway_of(node):
+            if not self._drained(node):
                 log.warning("finishing the drain of node %s", node)
                 await _step(f"finishing the drain of node {node}", self.drain_node(node))
         await _step("giving shards to nodes that joined", self._grow())
@@ -169,6 +169,11 @@ class ControlLoop:
         await self.drain_node(node)
         self.nodes.released.add(node)
         await self._save()
+
+    def _drained(self, node: str) -> bool:
+        """Whether `node` is marked draining and holds no shard and no gateway."""
+        return (node in self.nodes.draining and node not in self.placement.values()
+                and not self.nodes.gateway_of(node))
 
     def drain_running(self, node: str) -> bool:
         return node in self._drains

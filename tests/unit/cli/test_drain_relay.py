@@ -64,9 +64,8 @@ class Gateway(admin_pb2_grpc.AdminServiceServicer):
     the deadline it had left, or `cut` (this gateway's server stops during the call, as a
     leaving worker's gateway does once its own drain is done), or refused with `refuse`."""
 
-    def __init__(self, nodes=(), cut: bool = False, refuse: grpc.StatusCode | None = None,
-                 then=None):
-        self.nodes, self.cut, self.refuse, self.then = list(nodes), cut, refuse, then
+    def __init__(self, nodes=(), cut: bool = False, refuse: grpc.StatusCode | None = None):
+        self.nodes, self.cut, self.refuse = list(nodes), cut, refuse
         self.drained: list[tuple[str, float]] = []
         self.server: grpc.Server | None = None
         self.port = 0
@@ -78,8 +77,6 @@ class Gateway(admin_pb2_grpc.AdminServiceServicer):
         self.drained.append((request.node_id, context.time_remaining()))
         if self.refuse is not None:
             context.abort(self.refuse, "refused")
-        if self.then is not None:  # what the controller does meanwhile
-            self.then()
         if self.cut:  # a second into the call, as a stopping gateway's grace period ends
             threading.Timer(1.0, self.server.stop, args=(0,)).start()
             threading.Event().wait(5)
@@ -148,18 +145,23 @@ def test_a_cut_drain_with_too_little_time_left_is_not_sent_again(serve, monkeypa
     assert service.drained == []
 
 
-def test_a_drain_that_ended_before_it_is_sent_again_is_not_sent_again(serve, capsys):
-    """The first DrainNode drained the node, and its relay's call was cut before the answer
-    came: the next gateway's status shows the node drained, and no second drain is sent (it
-    would answer that nothing moved, after the unready period again)."""
-    def drained_meanwhile():
-        service.nodes[1] = admin_pb2.NodeStatus(node_id=A, address="192.0.2.9", draining=True)
-    worker_b = Gateway(cut=True, then=drained_meanwhile)
-    service, port = cluster(serve, worker_b)
-    assert main(["--target", f"127.0.0.1:{port}", "drain", A[:8], "--timeout", "30"]) == 0
-    assert [n for n, _ in worker_b.drained] == [A] and service.drained == []
-    assert "by the DrainNode sent before (its answer, with what it moved, was lost)" in \
-        capsys.readouterr().out
+@pytest.mark.parametrize("status", ["slow", "failing"])
+def test_a_cut_drain_is_sent_again_whatever_the_next_gateways_status_does(serve, status):
+    """The review's case: the status read before a resend failed the drain when it was slow
+    (a shard's health hangs on a node just killed) or failed, though the resend would have
+    worked. The controller answers a drain sent again with the first one's result (the
+    control tests of drains.py), so the CLI reads no status before it."""
+    class Status(Gateway):
+        def GetClusterStatus(self, request, context):
+            if status == "slow":
+                time.sleep(3)
+            context.abort(grpc.StatusCode.INTERNAL, "status failed")
+    first, second = Gateway(cut=True), Status()
+    through = [f"127.0.0.1:{serve(first)}", f"127.0.0.1:{serve(second)}"]
+    began = time.monotonic()
+    done = operate._relayed_drain(through, A, 30.0)
+    assert done.shards == ["kairos-shard-0002"] and [n for n, _ in second.drained] == [A]
+    assert time.monotonic() - began < 2.5  # the cut's second, and no status read
 
 
 @pytest.fixture
