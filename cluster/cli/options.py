@@ -115,18 +115,22 @@ def serving_options() -> argparse.ArgumentParser:
 def with_store_password(url: str) -> str:
     """`url` with the password from the file KAIROS_STORE_PASSWORD_FILE names, when it is set
     (a secret's file: see check_secret_file), put in percent-encoded: `redis://host...`
-    becomes `redis://:PASSWORD@host...`. argparse's type of --store, so applied to the
+    becomes `redis://:PASSWORD@host...`, and one with a Redis ACL user, `redis://USER@host...`,
+    becomes `redis://USER:PASSWORD@host...`. argparse's type of --store, so applied to the
     default too; refused (ArgumentTypeError, whose words never hold the password) for a
-    store that is not Redis, a URL that has credentials already, or a file refused or
+    store that is not Redis, a URL that has a password already, or a file refused or
     unreadable or empty."""
     path = os.environ.get(STORE_PASSWORD_FILE_ENV)
     if not path:
         return url
     scheme, _, rest = url.partition("://")
-    if not url.startswith(REDIS_SCHEMES) or "@" in rest:
+    # as redact() reads it: the last "@" ends the credentials, whatever they hold
+    user, _, place = rest.rpartition("@")
+    if not url.startswith(REDIS_SCHEMES) or any(c in user for c in ":/?#"):
         raise argparse.ArgumentTypeError(
             f"{STORE_PASSWORD_FILE_ENV} is set, so the store must be a redis:// or rediss:// "
-            f"URL without credentials, not {redact(url)}")
+            f"URL without a password (a user name alone may come before the host), not "
+            f"{redact(url)}")
     try:
         check_secret_file(path, STORE_PASSWORD_FILE_ENV)
         with open(path, encoding="utf-8") as f:
@@ -141,7 +145,7 @@ def with_store_password(url: str) -> str:
             from None
     if not password:
         raise argparse.ArgumentTypeError(f"{STORE_PASSWORD_FILE_ENV} {path} is empty")
-    return f"{scheme}://:{quote(password, safe='')}@{rest}"
+    return f"{scheme}://{user}:{quote(password, safe='')}@{place}"
 
 
 def port_range(text: str) -> tuple[int, int]:

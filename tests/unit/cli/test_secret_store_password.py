@@ -46,6 +46,18 @@ def test_the_password_from_the_file_goes_into_the_store_url_of_kairos_store(
     assert store == "rediss://:p%40ss%2Fw%23rd%3F%3A%25@kairos-redis:6379/0"
 
 
+@pytest.mark.parametrize("user", ["kairos", "app%40team"])
+def test_the_password_goes_after_a_redis_acl_user_in_the_url(password_file, user):
+    """The README's ACL user with the password from the file: every `@` was refused."""
+    store = parsed(["start", "--address", "x:1", "--store",
+                    f"rediss://{user}@kairos-redis:6379/0?prefix=kairos"]).store
+    assert store == (f"rediss://{user}:p%40ss%2Fw%23rd%3F%3A%25@kairos-redis:6379/0"
+                     f"?prefix=kairos")
+    kwargs = open_store(store).r.connection_pool.connection_kwargs  # no connection is made
+    assert kwargs["username"] == user.replace("%40", "@") and kwargs["password"] == PASSWORD
+    assert kwargs["host"] == "kairos-redis"
+
+
 def test_kairos_start_hands_the_runtime_the_store_with_the_password(password_file,
                                                                     monkeypatch, capsys):
     monkeypatch.setenv("KAIROS_STORE", STORE)
@@ -80,7 +92,11 @@ def test_a_password_file_others_can_read_is_refused(password_file, capsys, comma
 
 
 @pytest.mark.parametrize("store, words", [
-    ("redis://:other@kairos-redis:6379/0", "without credentials, not redis://***@kairos"),
+    ("redis://:other@kairos-redis:6379/0", "without a password (a user name alone may come "
+                                           "before the host), not redis://***@kairos"),
+    ("redis://kairos:other@kairos-redis:6379/0", "not redis://***@kairos"),
+    ("redis://kairos:p@ss@kairos-redis:6379/0", "not redis://***@kairos"),  # "@" unencoded
+    ("redis://kairos-redis:6379/0?user=a@b", "without a password"),  # no user before the host
     ("memory", "must be a redis:// or rediss:// URL"),
     ("/var/lib/kairos", "must be a redis:// or rediss:// URL"),
 ])
