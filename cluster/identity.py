@@ -282,6 +282,16 @@ class Directory:
                       partition, TOMBSTONES_PER_PARTITION, fingerprint(gone, self.secret))
         return list(pending)
 
+    def being_forgotten(self, partition: int, customer_id: str, now: float) -> bool:
+        """Whether the customer's forget is under way (not yet buried) and was tried less than
+        TOMBSTONE_S ago, as its tombstone says: as long as its links' tombstones, which make a
+        retry sound, last (and all the shard knows of when it began). Past that, a forget whose
+        client died before its Bury no longer holds the customer's requests back; a retry
+        still finds the aliases to retire."""
+        when = self.forgotten_at(partition, customer_id)
+        return customer_id in self.forgetting.get(partition, ()) and when is not None and \
+            now - when < TOMBSTONE_S
+
     def retire(self, partition: int, key: str, customer_id: str, when: float) -> None:
         """The alias resolves to the customer until its forget is finished (`release`), for
         TOMBSTONE_S at most (a forget whose client died after its Bury leaves it)."""

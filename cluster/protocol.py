@@ -42,6 +42,11 @@ UNROUTED = -1  # the partition of a request the client has not routed yet
 # and a refused link's claim is dropped by an `unclaim` record; 5: a retire carries `finished`
 # (older ones read as finished) and its time. A journal from a newer format is refused.
 JOURNAL_FORMAT = 5
+# a shard's refusal of a request for a customer whose forget is under way (shard.py), which the
+# gateway passes on as it is (calls.py)
+BEING_FORGOTTEN = ("this customer is being forgotten; nothing was applied: its requests are "
+                   "refused until ForgetCustomer finishes, TOMBSTONE_S at most: retry "
+                   "ForgetCustomer")
 
 
 # -- requests ---------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from kairos.cluster.gateway.admission import Shedder
 from kairos.cluster.gateway.auth import Denied, refusal
 from kairos.cluster.gateway.requests import Who
 from kairos.cluster.gateway.streams import Watches
+from kairos.cluster.protocol import BEING_FORGOTTEN
 from kairos.cluster.settings import (DEADLINE_MARGIN_S, DEADLINE_MARGIN_SHARE, DEFAULT_DEADLINE_S,
                                      GATEWAY_INFLIGHT_LIMIT)
 from kairos.cluster.throttled import ThrottledWarning
@@ -51,7 +52,8 @@ NO_ANSWER = ("the customer's shard did not answer; the request may have been app
              "with the same idempotency key")
 EARLIER_FAILED = ("not sent: an earlier event of this call failed; none of that customer's "
                   "events after it was applied: retry the call with the same idempotency keys")
-# the shard's one refusal meant for callers (README, Corruption), without the damage's detail
+# a shard's refusal meant for callers (README, Corruption), without the damage's detail; the
+# other, BEING_FORGOTTEN (protocol.py), is passed on as it is
 DAMAGED = re.compile(r"this customer's stored profile \(partition \d+\) is damaged")
 T = TypeVar("T")
 log = logging.getLogger("kairos.gateway")
@@ -293,6 +295,8 @@ def _unavailable(exc: Unavailable) -> str:
     if isinstance(exc, NotSent):
         return NOT_SENT
     if isinstance(exc, ShardUnavailable):
+        if str(exc) == BEING_FORGOTTEN:
+            return BEING_FORGOTTEN
         damaged = DAMAGED.match(str(exc))
         return SHARD_FAILED if damaged is None else damaged.group(0)
     return NO_ANSWER

@@ -78,8 +78,7 @@ CROWDED = protocol.Busy(reason="this shard holds as many customers as it may: tr
                                "shortly, as it passivates idle ones")
 # the answer to a request for a customer whose forget is under way (its aliases not yet retired
 # resolve to it): applied, it would re-create the customer the forget is erasing
-FORGETTING = protocol.Unavailable(reason="this customer is being forgotten: its requests are "
-                                         "refused until ForgetCustomer finishes (retry it)")
+FORGETTING = protocol.Unavailable(reason=protocol.BEING_FORGOTTEN)
 
 
 class Shard:
@@ -229,7 +228,8 @@ class Shard:
                 self.counts["crowded"] += 1
                 self._crowded = True
             if reply is None and kind in PROBED and not self.journaling.replaying and \
-                    request.customer_id in self.directory.forgetting.get(request.partition, ()) \
+                    self.directory.being_forgotten(request.partition, request.customer_id,
+                                                   self.ctx.clock()) \
                     and (kind != "watch" or request.active):
                 reply = FORGETTING
             if reply is None and kind in PROBED:
