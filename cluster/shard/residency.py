@@ -180,12 +180,14 @@ class Residency:
                 self._ctx.counts["damaged_homes"] += 1
                 # not the home's path: an unkeyed hash of the id, which logs (no forget
                 # erases them) must not keep
-                log.error("%s: customer %s: its stored profile (partition %d) is damaged; its "
-                          "requests are refused until the home is restored or removed (README, "
-                          "Corruption)", self._ctx.name,
-                          fingerprint(customer_id, outcome_secret(self._ctx.store)), partition)
+                log.error("%s: customer %s: its stored profile (partition %d) is damaged (%s); "
+                          "its requests are refused until the home is restored or removed "
+                          "(README, Corruption)", self._ctx.name,
+                          fingerprint(customer_id, outcome_secret(self._ctx.store)), partition,
+                          type(exc).__name__)
+            # nor its answer, which the gateway logs: the damage's detail names the path
             raise HomeDamaged(f"this customer's stored profile (partition {partition}) is "
-                              f"damaged: {exc}") from None
+                              f"damaged") from None
         self._damaged.discard(customer_id)  # restored: a later damage is logged again
         return True
 

@@ -83,7 +83,7 @@ def test_a_home_file_holding_another_customer_is_a_damaged_home(compiled, tmp_pa
     s, clock = passivated(compiled, tmp_path, "ana", "bob")
     home_file(tmp_path, "ana").write_bytes(home_file(tmp_path, "bob").read_bytes())
     reply = s.process([profile("ana", clock.now)])[0][0]
-    assert isinstance(reply, Unavailable) and "another customer id" in reply.reason
+    assert isinstance(reply, Unavailable) and "is damaged" in reply.reason
     assert s.process([profile("bob", clock.now)])[0][0].value["events_applied"] == 1
 
 
