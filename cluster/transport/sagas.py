@@ -82,9 +82,10 @@ class IdentitySagas:
         check_linkable(customer_id)
         link, anonymous = link_id(key, customer_id), anonymous_id(key)
         step1 = Link(key=key, customer_id=customer_id)
-        if await self.resolve_key(key) not in (customer_id, anonymous):
+        if await self._value(Resolve(key=key, for_forget=True)) not in (customer_id, anonymous):
             # refused before the Claim (as step 1 would refuse it), which would only be
-            # dropped again
+            # dropped again; also while a forget that retired the alias is unfinished: its
+            # next step forgets the alias's anonymous profile
             linked = Conflict(reason=f"alias {key!r} is linked to another customer; forget "
                                      f"that customer (or the alias) first")
         else:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from kairos.cluster.identity import alias_key, anonymous_id, link_id
 from kairos.cluster.protocol import Bury, Forget, Resolve, Retire
 from kairos.cluster.settings import TOMBSTONE_S
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage.memory_store import MemoryStore
-from kairos.cluster.transport.client import KairosClient
+from kairos.cluster.transport.client import Conflict, KairosClient
 from tests.support.local_backend import LocalBackend
 from tests.unit.shard.test_shard import N_PARTITIONS, T0, Clock, event, p_of, resolve, shard
 
@@ -114,6 +116,31 @@ def test_a_forget_cut_after_its_bury_leaves_ordinary_traffic_by_the_alias_anonym
             for s in backend.shards.values():
                 assert not any(s.directory.retiring.values())
                 assert "~cookie:a" not in s.engine.table.index
+        finally:
+            await client.close()
+    asyncio.run(scenario())
+
+
+def test_an_alias_a_cut_forget_retired_links_to_another_customer_once_it_finishes():
+    """Its next step forgets the alias's anonymous profile: a link to another customer meanwhile
+    (which would take that profile) is refused; a retry by the alias finishes the forget."""
+    async def scenario() -> None:
+        backend = LocalBackend()
+        await backend.start_runtime(3, n_partitions=16)
+        client = await KairosClient(backend).connect()
+        try:
+            await client.ingest("ana", "app_open", T0)
+            await client.link("cookie", "a", "ana")
+            await client.ingest("bob", "app_open", T0)
+            steps = client.forget_steps("ana")
+            await steps.__anext__()  # Forget
+            await steps.__anext__()  # Retire of cookie:a
+            await steps.aclose()
+            with pytest.raises(Conflict):
+                await client.link("cookie", "a", "bob")
+            await client.forget_key("cookie:a")
+            await client.link("cookie", "a", "bob")
+            assert await client.resolve("cookie", "a") == "bob"
         finally:
             await client.close()
     asyncio.run(scenario())
