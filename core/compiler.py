@@ -628,12 +628,13 @@ _compiled_lock = threading.Lock()  # callers compile on executor threads too
 _refusals_said: OrderedDict[str, bool] = OrderedDict()
 
 
-def compiled_from_text(text: str, source: str = "<catalog>",
-                       strict: bool = False) -> CompiledCatalog:
+def compiled_from_text(text: str, source: str = "<catalog>", strict: bool = False,
+                       quiet: bool = False) -> CompiledCatalog:
     """The catalog written in `text`, loaded and compiled once per process however many roles
     ask (the last COMPILED_CACHE_SIZE texts are kept). Each caller gets its own string table
     over the shared arrays. A bad catalog raises CatalogError naming `source`, every time;
-    `strict` as load_catalog's (a catalog coming in new: PutCatalog, ValidateCatalog)."""
+    `strict` as load_catalog's (a catalog coming in new: PutCatalog, ValidateCatalog); a
+    caller that only checks the text (`quiet`) does not log its refusals as running."""
     with _compiled_lock:
         compiled = _compiled.get(text)
         if compiled is not None:
@@ -647,6 +648,8 @@ def compiled_from_text(text: str, source: str = "<catalog>",
     if compiled.catalog.refusals:
         if strict:
             raise compiled.catalog.refusals[0]
+        if quiet:
+            return compiled.with_own_strings()
         with _compiled_lock:
             said, _refusals_said[text] = text in _refusals_said, True
             while len(_refusals_said) > COMPILED_CACHE_SIZE:

@@ -138,8 +138,9 @@ def _warn_of_refusals(catalog: Catalog) -> None:
     a store that runs another catalog (switched to as PutCatalog does). Each refusal is said."""
     for refusal in catalog.refusals:
         print(f"warning: {refusal} (a check newer than catalogs saved in a store: a store that "
-              f"runs this catalog starts with it; a new store, or one running another catalog, "
-              f"refuses it, as PutCatalog and `kairos catalog validate` do)", file=sys.stderr)
+              f"runs this catalog, or ran it in its last 256 switches, starts with it; a new "
+              f"store, or one that never ran it, refuses it, as PutCatalog and `kairos catalog "
+              f"validate` do)", file=sys.stderr)
 
 
 def up(args: argparse.Namespace) -> int:

@@ -54,8 +54,10 @@ class CatalogRefused(ValueError):
 
 
 async def _compiled(text: str) -> CompiledCatalog:
-    """The catalog in `text`, compiled off the event loop (CatalogError), not strict."""
-    return await asyncio.to_thread(compiled_from_text, text, "<catalog>")
+    """The catalog in `text`, compiled off the event loop (CatalogError), not strict; its
+    refusals are not logged as running here, where it is checked (the shards and the learner
+    that take it up log them)."""
+    return await asyncio.to_thread(compiled_from_text, text, "<catalog>", False, True)
 
 
 async def _version(text: str) -> str:

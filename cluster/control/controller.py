@@ -94,7 +94,7 @@ class Controller(ControlLoop, Catalogs):
         self.journal_policy = journal_policy
         self._requested_catalog = catalog_text
         self.catalog_text = catalog_text or default_catalog_text()
-        self.catalog_version = compiled_from_text(self.catalog_text).version
+        self.catalog_version = compiled_from_text(self.catalog_text, quiet=True).version
         self.previous_catalog: str | None = None
         self.evidence, self.previous_evidence = {}, {}  # PutCatalog's: {json, summary}
         self.n_partitions = n_partitions

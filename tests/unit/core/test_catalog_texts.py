@@ -145,6 +145,7 @@ def test_a_refused_catalog_is_logged_as_running_only_when_it_runs(caplog):
     text = edited('version: "t1"', 'version: "t1 \\e[2J\\u202e"')
     with pytest.raises(CatalogError):
         compiled_from_text(text, "small.yaml", strict=True)
+    compiled_from_text(text, "small.yaml", quiet=True)  # a check, as the controller's
     assert "runs, though" not in caplog.text
     compiled_from_text(text, "small.yaml")
     compiled_from_text(text, "small.yaml")
