@@ -11,7 +11,7 @@ import pytest
 
 from kairos.cluster.gateway import calls
 from kairos.cluster.throttled import ThrottledWarning
-from kairos.cluster.protocol import Event
+from kairos.cluster.protocol import BEING_FORGOTTEN, Event
 from kairos.cluster.transport.backend import NotCarried, NotSent, Unavailable
 from kairos.cluster.transport.client import ShardUnavailable
 from kairos.cluster.transport.dataplane import PlaneServer
@@ -161,3 +161,12 @@ def test_a_call_that_ends_on_an_event_left_unsent_for_an_earlier_one_says_so():
     aborted = asyncio.run(main())
     assert aborted.code == grpc.StatusCode.UNAVAILABLE and aborted.details == calls.EARLIER_FAILED
     assert not [leak for leak in LEAKS if leak in aborted.details]
+
+
+def test_a_request_for_a_customer_being_forgotten_is_told_to_retry_the_forget():
+    # nothing was applied: "may have been applied" would invite retrying the request itself
+    with pytest.raises(Aborted) as aborted:
+        asyncio.run(calls.abort(Context(), ShardUnavailable(BEING_FORGOTTEN)))
+    assert aborted.value.code == grpc.StatusCode.UNAVAILABLE
+    assert aborted.value.details == BEING_FORGOTTEN
+    assert "nothing was applied" in BEING_FORGOTTEN and "may have been" not in BEING_FORGOTTEN
