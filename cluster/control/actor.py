@@ -44,6 +44,7 @@ class ControllerActor:
         self._resuming = asyncio.Lock()  # one start or resume at a time
         self._resume_task: asyncio.Task | None = None
         self._guard: asyncio.Task | None = None  # stands down once the claim is lost
+        self._stopping = False  # the loop ended for good: no drain, scale or catalog change
 
     async def claim_store(self) -> None:
         """runtime.start's first call: the store claimed before the learner is created (it
@@ -104,9 +105,25 @@ class ControllerActor:
         """Stop the control loop for good: started if it was not, so that none starts later.
         The drains under way end with it: shielded from their callers' cancels, they would go
         on creating and stopping shards while the shards are stopped (drains.py)."""
+        self._stopping = True
         self._start_loop()
         self._loop_task.cancel()
         await self.controller.drains.cancel()
+
+    async def _changing(self) -> Controller:
+        """For the calls that change the cluster (a drain, a scale, a catalog): Unavailable once
+        the loop ended for good. runtime.stop lists and stops the shards next, and such a call
+        (a kairos drain sent again through a gateway not stopped yet) would move partitions and
+        create shards meanwhile, with nothing to cancel it. Nor does it start a take-up then."""
+        self.controller.store_claim.check()  # after a stand-down: StoreInUse, which says why
+        self._unless_stopping()
+        controller = await self._ready()
+        self._unless_stopping()  # the loop ended while a take-up ran
+        return controller
+
+    def _unless_stopping(self) -> None:
+        if self._stopping:
+            raise Unavailable("the controller is stopping")
 
     def _guard_claim(self) -> None:
         if self._guard is None:
@@ -188,14 +205,15 @@ class ControllerActor:
         return await (await self._ready()).shard_endpoints()
 
     async def scale(self, n_shards: int) -> dict[str, Any]:
-        return await (await self._ready()).scale(n_shards)
+        return await (await self._changing()).scale(n_shards)
 
     async def put_catalog(self, catalog_text: str, evidence: dict[str, str] | None = None,
                           expected_version: str | None = None) -> str:
-        return await (await self._ready()).put_catalog(catalog_text, evidence, expected_version)
+        controller = await self._changing()
+        return await controller.put_catalog(catalog_text, evidence, expected_version)
 
     async def rollback_catalog(self, to_version: str | None = None) -> str:
-        return await (await self._ready()).rollback_catalog(to_version)
+        return await (await self._changing()).rollback_catalog(to_version)
 
     async def get_catalog(self) -> dict[str, Any]:
         return await (await self._routing()).get_catalog()
@@ -205,7 +223,7 @@ class ControllerActor:
         await (await self._ready()).watch_channel(sink, channel, placement, active)
 
     async def drain_node(self, node: str) -> dict[str, Any]:
-        return await (await self._ready()).drain_node(node)
+        return await (await self._changing()).drain_node(node)
 
     async def status(self) -> dict[str, Any]:
         return await (await self._ready()).status()

@@ -14,6 +14,9 @@ import asyncio
 import logging
 from typing import Any, Awaitable, Callable
 
+from kairos.cluster.control.nodes import NodeRefused, NodeUnknown
+from kairos.cluster.transport.backend import Unavailable
+
 log = logging.getLogger("kairos.controller")
 
 
@@ -23,6 +26,7 @@ class Drains:
         gateway, so that a drain's result still stands."""
         self._drained = drained
         self._by_node: dict[str, asyncio.Future] = {}  # running, or done and still standing
+        self._cancelled = False  # with the control loop, for good
 
     def running(self) -> set[str]:
         """The nodes a drain is working on now."""
@@ -32,11 +36,14 @@ class Drains:
                    ) -> dict[str, Any]:
         """The result of `node`'s drain running now, or of its last one while the node stays
         drained, else of `drain()`, started now. It runs on when a caller is cancelled (a
-        relay's call cut), for the retry to join."""
+        relay's call cut), for the retry to join. Unavailable once the drains were cancelled:
+        one started then would go on, as they did."""
         for done in [n for n, t in self._by_node.items() if t.done() and not self._drained(n)]:
             del self._by_node[done]  # served again (the autoscaler took it back), or gone
         task = self._by_node.get(node)
         if task is None:
+            if self._cancelled:
+                raise Unavailable("the controller is stopping")
             task = self._by_node[node] = asyncio.ensure_future(drain())
             task.add_done_callback(lambda _: self._ended(node, task))
         return await asyncio.shield(task)
@@ -44,17 +51,21 @@ class Drains:
     def _ended(self, node: str, task: asyncio.Future) -> None:
         """A drain that failed or was cancelled is started anew by the next call; its error
         is logged here, since a caller cut short (the control loop stopped, a relay's call
-        cut) never sees it."""
+        cut) never sees it. A drain refused (the node is gone, or may not be drained) is not
+        logged: it ends before any work, and its caller gets the refusal."""
         if task.cancelled() or task.exception() is not None:
             if self._by_node.get(node) is task:
                 del self._by_node[node]
-            if not task.cancelled():
+            if not task.cancelled() and not isinstance(task.exception(),
+                                                        (NodeUnknown, NodeRefused)):
                 log.error("the drain of node %s failed", node, exc_info=task.exception())
 
     async def cancel(self) -> None:
         """Cancel the drains under way, and return once they ended: the control loop stops
         (runtime.stop, whose next steps list and stop the shards; a controller that lost its
-        store), and a drain going on would create and start shards meanwhile."""
+        store), and a drain going on would create and start shards meanwhile. None starts
+        after."""
+        self._cancelled = True
         running = [task for task in self._by_node.values() if not task.done()]
         for task in running:
             task.cancel()

@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from kairos.cluster.control import controller as controller_module
+from kairos.cluster.control.nodes import NodeRefused, NodeUnknown
 
 from tests.unit.control.test_nodes import Watched, started
 
@@ -143,3 +144,16 @@ def test_a_failed_drain_whose_caller_was_cut_is_logged(monkeypatch, caplog):
     asyncio.run(main())
     failed = [r for r in caplog.records if r.getMessage() == "the drain of node node-b failed"]
     assert len(failed) == 1 and "did not answer" in str(failed[0].exc_info[1])
+
+
+def test_a_refused_drain_is_not_logged_as_a_failure(caplog):
+    async def main():
+        ctl = await started(Watched(), n_shards=6, home="node-c")
+        with pytest.raises(NodeUnknown):
+            await ctl.drain_node("node-gone")  # a preStop hook's node that left already
+        with pytest.raises(NodeRefused):
+            await ctl.drain_node("node-c")
+        await asyncio.sleep(0.05)
+        assert ctl._drains == set()
+    asyncio.run(main())
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []

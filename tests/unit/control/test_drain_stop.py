@@ -11,6 +11,8 @@ import pytest
 from kairos.cluster.control import actor as actor_module
 from kairos.cluster.control import controller as controller_module
 from kairos.cluster.control.actor import ControllerActor
+from kairos.cluster.control.drains import Drains
+from kairos.cluster.transport.backend import Unavailable
 
 from tests.support.waiting import until
 from tests.unit.control.test_nodes import SPEC, Watched
@@ -47,4 +49,47 @@ def test_stopping_the_loop_ends_the_drains_under_way(monkeypatch):
         held.set()
         await asyncio.sleep(0.1)
         assert backend.log == []  # nothing of it goes on: no freeze, no gateway stopped
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("call", [
+    lambda actor: actor.drain_node("node-b"),
+    lambda actor: actor.scale(8),
+    lambda actor: actor.put_catalog("not even a catalog"),
+    lambda actor: actor.rollback_catalog(),
+], ids=["drain", "scale", "put_catalog", "rollback"])
+def test_a_change_asked_for_after_the_loop_stopped_is_refused(monkeypatch, call):
+    """A kairos drain sent again through a gateway that runtime.stop has not stopped yet (its
+    relay was cut by the stop) started a drain that nothing cancelled: it moved partitions
+    while runtime.stop listed and stopped the shards."""
+    async def main():
+        backend = Watched()
+        monkeypatch.setattr(actor_module, "RayBackend", lambda *classes: backend)
+        actor = ControllerActor.__ray_metadata__.modified_class(None, 64, "memory",
+                                                                gateways=SPEC, owner="ours")
+        await actor.start(6)
+        await actor.stop_loop()
+        backend.log.clear()
+        placement = dict(actor.controller.placement)
+        with pytest.raises(Unavailable, match="the controller is stopping"):
+            await call(actor)
+        await asyncio.sleep(0.05)
+        assert backend.log == [] and actor.controller.placement == placement
+    asyncio.run(main())
+
+
+def test_no_drain_starts_once_the_drains_were_cancelled():
+    """A DrainNode past the actor's check when the loop stops (its node's release saved
+    first) would start its drain after the cancel."""
+    async def main():
+        drains = Drains(lambda node: False)
+        await drains.cancel()
+        started = []
+
+        async def drain():
+            started.append(True)
+            return {}
+        with pytest.raises(Unavailable, match="the controller is stopping"):
+            await drains.join("node-b", drain)
+        assert started == []
     asyncio.run(main())
