@@ -27,11 +27,14 @@ keeps the aliases it had (Claimed or linked) until the saga completes, and burie
 links; then each alias is retired (unlinked and its link buried) on its directory shard and
 its anonymous profile forgotten (its link buried there too), unless the alias names another
 customer (a link of it lost to that customer's: the profile and its redirect are the other
-customer's); then Bury drops the alias list; last, each alias is released (a Retire
-`finished`): from its Retire until then (TOMBSTONE_S at most) it resolves, for a forget saga
-only (Resolve `for_forget`), to the forgotten customer, so that a forget by the alias, cut and
-retried, finishes this one, releasing the alias even when cut after the Bury; other callers
-get its anonymous customer, so their requests do not re-create the forgotten one. A customer
+customer's); then Bury ends the refusal of the customer's requests; then each alias is
+released (a Retire `finished`): from its Retire until then (TOMBSTONE_S at most) it resolves,
+for a forget saga only (Resolve `for_forget`), to the forgotten customer, so that a forget by
+the alias, cut and retried, finishes this one, releasing the alias even when cut after the
+Bury; other callers get its anonymous customer, so their requests do not re-create the
+forgotten one. Last, a Bury `finished` drops the alias list, which the customer's shard keeps
+till then (TOMBSTONE_S at most), so that a retry by id, cut after the Bury, releases the
+aliases too. A customer
 whose home is damaged is not forgotten (UNAVAILABLE) until the home is restored or removed:
 the aliases merged into it are known only from it.
 A buried link refuses every step of that link for TOMBSTONE_S, wherever it arrives, so a step
@@ -127,8 +130,11 @@ class Directory:
         # partition -> fingerprint of a forgotten customer -> when: apart from the links', so
         # that erasing many customers (any id, seen or not) never pushes a link's out
         self.forgotten: dict[int, OrderedDict[str, float]] = {}
-        # partition -> customer being forgotten -> its aliases, until its forget completes
+        # partition -> customer being forgotten -> its aliases until its Bury (then `releasing`)
         self.forgetting: dict[int, OrderedDict[str, list[str]]] = {}
+        # partition -> customer buried -> [its aliases, when it was forgotten] until its forget
+        # confirms them released (TOMBSTONE_S at most): a retry by id finds them again
+        self.releasing: dict[int, OrderedDict[str, list]] = {}
         # partition -> alias key -> [customer being forgotten, when] from its Retire until
         # the forget is finished: the alias resolves to it meanwhile
         self.retiring: dict[int, OrderedDict[str, list]] = {}
@@ -288,9 +294,10 @@ class Directory:
         retry sound, last (and all the shard knows of when it began). Past that, a forget whose
         client died before its Bury no longer holds the customer's requests back; a retry
         still finds the aliases to retire."""
+        if customer_id not in self.forgetting.get(partition, ()):  # the hot path: no hash
+            return False
         when = self.forgotten_at(partition, customer_id)
-        return customer_id in self.forgetting.get(partition, ()) and when is not None and \
-            now - when < TOMBSTONE_S
+        return when is not None and now - when < TOMBSTONE_S
 
     def retire(self, partition: int, key: str, customer_id: str, when: float) -> None:
         """The alias resolves to the customer until its forget is finished (`release`), for
@@ -317,9 +324,37 @@ class Directory:
         del mine[key]
         return True
 
-    def end_forget(self, partition: int, customer_id: str) -> bool:
-        """The forget's aliases are retired: keep only the buried links; whether it was on."""
-        return self.forgetting.get(partition, {}).pop(customer_id, None) is not None
+    def end_forget(self, partition: int, customer_id: str, when: float) -> bool:
+        """The forget's aliases are retired (its Bury): the customer's requests are taken
+        again, and the aliases are kept until the forget releases them (`released`), for
+        TOMBSTONE_S after `when` at most, so a retry by id, cut after this, releases them too;
+        whether it was on."""
+        aliases = self.forgetting.get(partition, {}).pop(customer_id, None)
+        if aliases is None:
+            return False
+        self._keep(partition, customer_id, aliases, when)
+        return True
+
+    def _keep(self, partition: int, customer_id: str, aliases: list[str], when: float) -> None:
+        mine = self.releasing.setdefault(partition, OrderedDict())
+        mine[customer_id] = [aliases, when]
+        mine.move_to_end(customer_id)
+        while mine and (len(mine) > TOMBSTONES_PER_PARTITION or
+                        next(iter(mine.values()))[1] <= when - TOMBSTONE_S):
+            mine.popitem(last=False)  # its aliases' `retiring` entries are dropped by now too
+
+    def unrelease(self, partition: int, customer_id: str, now: float) -> list[str]:
+        """The aliases of the customer's forget, buried and not yet released less than
+        TOMBSTONE_S ago, no longer kept here (a retry of the forget notes them again)."""
+        aliases, when = self.releasing.get(partition, {}).pop(customer_id, ([], now))
+        return aliases if now - when < TOMBSTONE_S else []
+
+    def released(self, partition: int, customer_id: str) -> bool:
+        """The forget's aliases are released: drop what is kept of it; whether any was."""
+        buried = self.releasing.get(partition, {}).pop(customer_id, None)
+        # a journal's Bury from before `released` was its forget's end: its list is dropped
+        unburied = self.forgetting.get(partition, {}).pop(customer_id, None)
+        return buried is not None or unburied is not None
 
     # -- partition handoff ---------------------------------------------------------------------
 
@@ -330,6 +365,8 @@ class Directory:
                 "forgotten": {p: list(self.forgotten.get(p, {}).items()) for p in partitions},
                 "forgetting": {p: list(self.forgetting.get(p, {}).items())
                                for p in partitions},
+                "releasing": {p: list(self.releasing.get(p, {}).items())
+                              for p in partitions},
                 "retiring": {p: list(self.retiring.get(p, {}).items()) for p in partitions},
                 "claimed": {p: self.claimed.get(p, {}) for p in partitions}}
 
@@ -347,6 +384,9 @@ class Directory:
         for p, forgetting in payload.get("forgetting", {}).items():
             for customer_id, aliases in forgetting:
                 self.start_forget(int(p), customer_id, aliases)
+        for p, releasing in payload.get("releasing", {}).items():
+            for customer_id, (aliases, when) in releasing:
+                self._keep(int(p), customer_id, list(aliases), when)
         for p, retiring in payload.get("retiring", {}).items():
             for key, (customer_id, when) in retiring:
                 self.retire(int(p), key, customer_id, when)
@@ -361,6 +401,7 @@ class Directory:
             self.buried.pop(p, None)
             self.forgotten.pop(p, None)
             self.forgetting.pop(p, None)
+            self.releasing.pop(p, None)
             self.retiring.pop(p, None)
             self.claimed.pop(p, None)
             self._settled.pop(p, None)

@@ -40,8 +40,10 @@ UNROUTED = -1  # the partition of a request the client has not routed yet
 # 2: the same records, frames carry this number; 3: outcomes carry a convert's value (older
 # records read with none); 4: outcomes carry an idempotency key (older ones read with none),
 # and a refused link's claim is dropped by an `unclaim` record; 5: a retire carries `finished`
-# (older ones read as finished) and its time. A journal from a newer format is refused.
-JOURNAL_FORMAT = 5
+# (older ones read as finished); 6: a retire carries its time (older ones may not: replayed at
+# the replay's), a bury whether its forget's aliases are released (older ones read as
+# released). A journal from a newer format is refused.
+JOURNAL_FORMAT = 6
 # a shard's refusal of a request for a customer whose forget is under way (shard.py), which the
 # gateway passes on as it is (calls.py)
 BEING_FORGOTTEN = ("this customer is being forgotten; nothing was applied: its requests are "
@@ -149,11 +151,15 @@ class Forget(NamedTuple):
 
 
 class Bury(NamedTuple):
-    """The last step of a forget: its aliases are retired, drop the list of them."""
+    """A forget's step after its Retires: its aliases are retired, the customer's requests are
+    no longer refused. Its shard keeps the aliases until its last step, `finished` (after
+    the finished Retires: the aliases are released), so that a retry by id cut between the
+    two finds them (journals of formats before 6, which dropped them here, replay with True)."""
 
     kind: str = "bury"
     partition: int = UNROUTED
     customer_id: str = ""
+    finished: bool = False
 
 
 class Claim(NamedTuple):
@@ -312,8 +318,8 @@ def record_from(raw: list | tuple, journal_format: int = JOURNAL_FORMAT) -> Reco
     cls = RECORDS.get(raw[0]) if raw else None
     if cls is None:
         raise ValueError(f"unknown journal record kind {raw[0] if raw else None!r}")
-    if cls is Retire and journal_format < 5:
-        return Retire(*raw)._replace(finished=True)
+    if (cls is Retire and journal_format < 5) or (cls is Bury and journal_format < 6):
+        return cls(*raw)._replace(finished=True)
     return cls(*raw)
 
 

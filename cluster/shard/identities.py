@@ -142,8 +142,7 @@ class IdentityRequests:
         Finished (after the forget's Bury): whether the alias still resolved to it."""
         replies: list[Reply] = []
         for r in batch:
-            # replayed, at the time it happened: a restart does not lengthen TOMBSTONE_S
-            now = self._ctx.clock() if r.when is None else r.when
+            now = self._when(r)
             p, key = r.partition, r.key
             if r.finished:
                 released = self._directory.release(p, key, r.customer_id)
@@ -241,15 +240,15 @@ class IdentityRequests:
         """Erase customers from memory (the decision memo too) and the store (and, at the
         next `erase`, from the snapshots and the journal), and bury their links: whether each
         existed, and its aliases, for the caller to retire. A customer's aliases, those of
-        links still under way (Claimed) included, are kept until its Bury, so a retried
-        forget retires them all. With `link`, the customer is a forgotten customer's alias's
+        links still under way (Claimed) included, are kept until its last step (a Bury
+        `finished`), so a retried forget retires and releases them all. With `link`, the customer is a forgotten customer's alias's
         anonymous profile, and the link is buried here, so its Take, arriving late, is
         refused."""
         replies: list[Reply] = []
         for r in batch:
             # replayed, it is buried at the time it happened: a later decision to a customer
             # re-created under the id must keep taking outcomes after a restart
-            now = self._ctx.clock() if r.when is None else r.when
+            now = self._when(r)
             p, customer_id = r.partition, r.customer_id
             try:
                 existed = resident = self._residency.activate(customer_id, p, create=False)
@@ -271,7 +270,8 @@ class IdentityRequests:
             if r.link is None:
                 aliases = self._directory.start_forget(
                     p, customer_id, [*self._directory.drop_claims(p, customer_id),
-                                     *self._identities.aliases(customer_id)])
+                                     *self._identities.aliases(customer_id),
+                                     *self._directory.unrelease(p, customer_id, now)])
             if resident:
                 self._residency.evict(customer_id, p)
             # nothing is decided or pushed for it after the round, which would bring it back
@@ -300,12 +300,29 @@ class IdentityRequests:
         return replies
 
     def bury(self, batch: list[Bury], touched: dict[str, float]) -> list[Reply]:
-        """A forget's last step: its aliases are retired; keep only the buried links."""
+        """A forget's aliases are retired: its customer's requests are taken again, and the
+        aliases are kept (from the forget's time: replayed, as it happened) until they are
+        released too, `finished`: then nothing but the buried links is left."""
         for r in batch:
-            if self._directory.end_forget(r.partition, r.customer_id):
+            p, customer_id = r.partition, r.customer_id
+            if r.finished:
+                ended = self._directory.released(p, customer_id)
+            else:
+                when = self._directory.forgotten_at(p, customer_id)
+                ended = self._directory.end_forget(p, customer_id,
+                                                   self._ctx.clock() if when is None else when)
+            if ended:
                 self._journaling.record(r)
-                self._journaling.erase_later(r.partition, r.customer_id)
+                self._journaling.erase_later(p, customer_id)
         return [Ok()] * len(batch)
+
+    def _when(self, r: Forget | Retire) -> float:
+        """When the step happened: now, or replayed, the time its record keeps, so a restart
+        does not lengthen TOMBSTONE_S (a peer's is not trusted: a faulty one's 0 would bury
+        a link already expired)."""
+        if r.when is None or not self._journaling.replaying:
+            return self._ctx.clock()
+        return r.when
 
     def _customer_step(self, r: Merge, replies: list[Reply]) -> bool:
         """Whether a link's step on its customer goes on (the customer is then resident);

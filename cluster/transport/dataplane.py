@@ -63,10 +63,10 @@ from kairos.cluster.transport.admission import Handshakes
 from kairos.cluster.transport.backend import NotSent
 
 log = logging.getLogger("kairos.dataplane")
-# 3: a challenge-response handshake of fixed layouts; 4: outcomes carry a convert's value;
-# 5: a Decide says whether it is logged; 6: a Retire says whether its forget is finished, and
-# TLS off loopback (pinned.py). A client and a shard of different versions refuse each other
-PROTOCOL = 6
+# 3: a challenge-response handshake of fixed layouts; 4: outcomes carry a convert's value; 5: a
+# Decide says if it is logged; 6: a Retire if its forget is finished, TLS off loopback (pinned.py);
+# 7: Resolve.for_forget, Retire.when, Bury.finished. Peers of other versions refuse each other
+PROTOCOL = 7
 MAGIC = b"KAIROSDP"
 NONCE_BYTES = 32
 _CHALLENGE = struct.Struct(f">8sH{NONCE_BYTES}s")

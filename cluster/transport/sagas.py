@@ -56,6 +56,7 @@ class IdentitySagas:
         await self._ask(Bury(customer_id=customer_id))
         for key in aliases:  # no longer resolving to the customer
             await self._value(Retire(key=key, customer_id=customer_id, finished=True))
+        await self._ask(Bury(customer_id=customer_id, finished=True))  # nothing left to retry
         yield False
 
     async def resolve(self, alias_type: str, value: str) -> str:
