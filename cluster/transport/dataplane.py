@@ -284,13 +284,13 @@ class PlaneServer:
         """Whether the peer proved it knows the secret (if not, it was told why when it
         got that far)."""
         peer = writer.get_extra_info("peername")
-        if peer is None or not self._greeting.admit(reader, writer, peer[0]):  # None: reset
+        if peer is None or not await self._greeting.admit(reader, writer, peer[0]):  # None: reset
             return False
         try:
             _keepalive(writer)
             async with asyncio.timeout(HANDSHAKE_S):
                 if self._tls is not None:  # after admission, which bounds a flood's cost;
-                    # in this task's first step, before the loop reads the socket (which
+                    # in the step admission let it in, before the loop reads it (which
                     # would take a ClientHello as plaintext, and TLS would never see it)
                     await pinned.start_tls(writer, self._tls)
                 await self._greet(reader, writer)

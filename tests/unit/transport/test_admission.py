@@ -8,8 +8,13 @@ import asyncio
 import contextlib
 import os
 import ssl
+import logging
+import socket
 import subprocess
 import sys
+import threading
+
+import pytest
 
 from kairos.cluster.transport import admission, dataplane, pinned
 from kairos.cluster.transport.dataplane import PlaneConnection, PlaneServer
@@ -245,13 +250,15 @@ async def _answer_to(hello: bytes, source: str, address: tuple[str, int]) -> byt
 
 
 def test_past_its_rate_a_source_is_closed_before_any_tls_and_another_source_is_not(
-        monkeypatch):
+        monkeypatch, caplog):
     """Review finding (rev40 d-tls, 1): admission capped the handshakes under way, not how
     many a source started per second, and each replayed ClientHello cost a TLS shard about
-    0.6 ms of CPU on its serving loop: a flood from one address halved a client's calls."""
+    0.6 ms of CPU on its serving loop: a flood from one address halved a client's calls.
+    Past its rate a connection is held unread, GRACE_S at most, then closed and logged."""
     monkeypatch.setattr(pinned, "PLANE_TLS", "on")
     monkeypatch.setattr(admission, "PLANE_CONNECTIONS", 4)  # the burst
     monkeypatch.setattr(admission, "PLANE_CONNECT_RATE", 0.01)  # none more in this test
+    monkeypatch.setattr(admission, "GRACE_S", 0.2)
     tls_started = []
     start_tls = pinned.start_tls
 
@@ -273,6 +280,66 @@ def test_past_its_rate_a_source_is_closed_before_any_tls_and_another_source_is_n
         await connection.close()
         server.close()
 
+    with caplog.at_level(logging.WARNING, "kairos.dataplane"):
+        asyncio.run(main())
+    assert [r.getMessage() for r in caplog.records] == [
+        "closed a data plane connection from 127.0.0.2, past its rate of 0.01 a second for "
+        "0.2 s (0 more since the last, not logged)"]  # the second one held back
+
+
+def test_past_its_rate_a_connection_waits_for_its_sources_next_token(monkeypatch):
+    """Review finding (rev40 d-final1, 1): one past the rate was closed at accept, though a
+    token came a moment later."""
+    monkeypatch.setattr(admission, "PLANE_CONNECTIONS", 1)
+    monkeypatch.setattr(admission, "PLANE_CONNECT_RATE", 10.0)  # one each 0.1 s
+
+    async def main():
+        server = PlaneServer(_echo)
+        address = await server.start("127.0.0.1")
+        connections = await asyncio.gather(*(PlaneConnection.open(*address, server.secret)
+                                             for _ in range(4)))
+        for connection in connections:
+            assert await asyncio.wait_for(connection.call("s", 0, ["x"], [1]), 10) == ("x",)
+            await connection.close()
+        server.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("tls", ["on", "off"])
+def test_a_same_source_connect_and_close_flood_does_not_lock_a_client_out(monkeypatch, tls):
+    """Review finding (rev40 d-final1, 1): a connection refused past the rate took no token,
+    so a stranger sharing a client's address (a Ray node, a NAT), connecting and closing in a
+    loop, kept the bucket empty: the client was closed at accept (4 of 20 opens got in)."""
+    monkeypatch.setattr(pinned, "PLANE_TLS", tls)
+    monkeypatch.setattr(admission, "PLANE_CONNECTIONS", 4)
+    monkeypatch.setattr(admission, "PLANE_CONNECT_RATE", 5.0)  # one each 0.2 s
+    stop = threading.Event()
+
+    def flood(address: tuple[str, int]) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError), socket.create_connection(address, 1):
+                pass
+
+    async def main():
+        server = PlaneServer(_echo)
+        address = await server.start("127.0.0.1")
+        threads = [threading.Thread(target=flood, args=(address,)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        try:
+            await asyncio.sleep(0.3)  # the burst spent
+            for _ in range(10):
+                connection = await PlaneConnection.open(*address, server.secret,
+                                                        server.fingerprint)
+                await connection.close()
+                await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            for thread in threads:
+                await asyncio.to_thread(thread.join)
+            server.close()
+
     asyncio.run(main())
 
 
@@ -283,12 +350,14 @@ def test_a_source_gets_a_connection_back_each_spacing_and_its_burst_once_it_wait
     now = [100.0]
     monkeypatch.setattr(admission.time, "monotonic", lambda: now[0])
     rate = admission.ConnectRate()
-    assert [rate.allows("10.0.0.1") for _ in range(4)] == [True] * 3 + [False]
-    assert rate.allows("10.0.0.2")  # a source of its own
-    now[0] += 0.5
-    assert [rate.allows("10.0.0.1") for _ in range(2)] == [True, False]
+    assert [rate.wait_s("10.0.0.1") for _ in range(4)] == [0] * 3 + [0.5]
+    assert rate.wait_s("10.0.0.2") == 0  # a source of its own
+    now[0] += 0.2
+    assert rate.wait_s("10.0.0.1") == pytest.approx(0.3)  # asking takes nothing
+    now[0] += 0.3
+    assert [rate.wait_s("10.0.0.1") for _ in range(2)] == [0, 0.5]
     now[0] += 1.5  # full again: forgotten, as a source never seen
-    assert [rate.allows("10.0.0.1") for _ in range(4)] == [True] * 3 + [False]
+    assert [rate.wait_s("10.0.0.1") for _ in range(4)] == [0] * 3 + [0.5]
     assert list(rate._full_at) == ["10.0.0.1"]
 
 
@@ -297,10 +366,10 @@ def test_the_sources_kept_are_bounded_the_least_recently_seen_forgotten(monkeypa
     monkeypatch.setattr(admission, "SOURCES_KEPT", 4)
     monkeypatch.setattr(admission.time, "monotonic", lambda: 100.0)
     rate = admission.ConnectRate()
-    assert all(rate.allows(f"10.0.0.{i}") for i in range(6))
+    assert not any(rate.wait_s(f"10.0.0.{i}") for i in range(6))
     assert list(rate._full_at) == [f"10.0.0.{i}" for i in range(2, 6)]
-    assert not rate.allows("10.0.0.5")  # kept: still past its rate
-    assert rate.allows("10.0.0.0")  # forgotten: its burst back
+    assert rate.wait_s("10.0.0.5")  # kept: still past its rate
+    assert not rate.wait_s("10.0.0.0")  # forgotten: its burst back
     assert len(rate._full_at) == 4
 
 
