@@ -39,6 +39,7 @@ import ipaddress
 import logging
 import socket
 import struct
+import sys
 import termios
 import time
 from collections import OrderedDict
@@ -61,8 +62,8 @@ _FIONREAD = getattr(termios, "FIONREAD", None)
 SOURCES_KEPT = 16_384
 # Asks the kernel a connection's TCP state (Linux): where it is missing a held connection whose
 # peer left is found out only when its token comes
-_TCP_INFO = getattr(socket, "TCP_INFO", None)
-_ESTABLISHED = 1  # tcp_info's first byte, Linux's TCP_ESTABLISHED
+_TCP_INFO = getattr(socket, "TCP_INFO", None) if sys.platform.startswith("linux") else None
+_ESTABLISHED = 1  # tcp_info's first byte, Linux's TCP_ESTABLISHED (the BSDs number it 4)
 # How many of a source's held connections, the longest held first, a newcomer past the caps
 # checks for one whose peer left: a connect-and-close flood's are all gone, and checking them
 # all would make each newcomer of a flood that keeps its own open cost a scan of the cap
@@ -280,6 +281,14 @@ class Handshakes:
                 writer.close()
                 return True
         return False
+
+    def dropped(self) -> list[asyncio.StreamWriter]:
+        """Every connection waiting, each forgotten (a held one's wait ends at once): the
+        server closes them as it stops."""
+        writers = list(self._waiting)
+        for writer in writers:
+            self.forget(writer)
+        return writers
 
     def forget(self, writer: asyncio.StreamWriter) -> None:
         _, source, _ = self._waiting.pop(writer, (None, None, None))

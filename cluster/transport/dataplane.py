@@ -361,7 +361,7 @@ class PlaneServer:
         """Stop listening and drop every connection."""
         if self._server is not None and self._server.done() and not self._server.exception():
             self._server.result().close()
-        for writer in [*self._greeting, *self._serving]:
+        for writer in [*self._greeting.dropped(), *self._serving]:
             _close(writer)
 
 

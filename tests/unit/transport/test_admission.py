@@ -378,3 +378,27 @@ def test_the_rate_setting_must_be_above_zero():
     run = subprocess.run([sys.executable, "-c", "import kairos.cluster.settings"], env=env,
                          capture_output=True, text=True)
     assert run.returncode != 0 and "KAIROS_PLANE_CONNECT_RATE must be > 0" in run.stderr
+
+
+def test_a_server_closed_ends_the_waits_of_connections_held_past_the_rate(monkeypatch):
+    # held connections' waits ended with the server, not GRACE_S later in a loop shut down
+    monkeypatch.setattr(admission, "PLANE_CONNECTIONS", 1)
+    monkeypatch.setattr(admission, "PLANE_CONNECT_RATE", 0.01)  # no second token here
+    monkeypatch.setattr(admission, "GRACE_S", 60.0)
+
+    async def main():
+        server = PlaneServer(_echo)
+        address = await server.start("127.0.0.1")
+        first = await _greeted(address)  # the burst's one
+        held = [await asyncio.open_connection(*address) for _ in range(3)]
+        async with asyncio.timeout(10):
+            while sum(len(h) for h in server._greeting._held.values()) < 3:
+                await asyncio.sleep(0.01)
+        waits = [turn for h in server._greeting._held.values() for turn in h.values()]
+        server.close()
+        assert all(turn.done() and turn.result() is False for turn in waits)
+        for reader, writer in [first[:2], *held]:
+            await asyncio.wait_for(reader.read(), 5)  # closed: its end comes at once
+            writer.close()
+
+    asyncio.run(main())
