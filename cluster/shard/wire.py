@@ -44,7 +44,8 @@ def _field(name: str, hint: Any) -> _Field:
     if origin is tuple:  # arrives as a list: msgpack has one array type
         return _Field(name, frozenset({list, tuple}),
                       tuple(_field(name, arg) for arg in typing.get_args(hint)))
-    # msgpack sends a whole float as an int; bool is an int's subclass, not one of its values
+    # a caller may send a whole number for a float; bool is an int's subclass, not one of its
+    # values
     return _Field(name, frozenset({int, float}) if hint is float else
                   frozenset({type(None) if hint is None else hint}))
 
