@@ -95,13 +95,19 @@ class RedisLog:
     `[customer id, record, time]` (entries that differ only in time stay apart), scored by
     the time it was logged, written with its size in one
     MULTI/EXEC. Trims and erasures remove exact members (ZREM), so they never race an append;
-    they read the set in pages of REPLAY_PAGE entries."""
+    they read the set in pages of REPLAY_PAGE entries, each page under WATCH of
+    `<log>:removals`, which every removal bumps in its MULTI/EXEC, so that the bytes it
+    subtracts are those of members still there: any shard may trim or erase any log, and a
+    member two removers read (a trim beside another shard's ForgetCustomer) was subtracted
+    twice, taking the counter below zero and the log past its byte bound. Appends do not
+    bump it, so they never make a removal start over."""
 
     def __init__(self, client: redis.Redis, prefix: str, name: str):
         self.r = client
         self.names = f"{prefix}:d"
         self.name = name
         self.key = f"{prefix}:d:{name}"
+        self.removals = f"{self.key}:removals"
 
     @unavailable("appending to a decision log")
     def append(self, entries: list[Entry]) -> None:
@@ -138,51 +144,79 @@ class RedisLog:
     def trim(self, before: float, max_bytes: int, orphan: bool = False) -> int:
         """(decision_logs.py) An `orphan` left empty leaves the names of the logs."""
         dropped = 0
-        while True:
-            old = self.r.zrangebyscore(self.key, "-inf", f"({before!r}", start=0,
-                                       num=REPLAY_PAGE)
-            if not old:
-                break
-            dropped += self._remove(old)
-        excess = self.size() - max_bytes
-        while excess > 0:
-            oldest, taken = self.r.zrange(self.key, 0, REPLAY_PAGE - 1), []
-            if not oldest:
-                break
-            for member in oldest:
-                taken.append(member)
-                excess -= _member_size(member)
-                if excess <= 0:
-                    break
-            dropped += self._remove(taken)
+        while removed := self._remove(lambda r: r.zrangebyscore(
+                self.key, "-inf", f"({before!r}", start=0, num=REPLAY_PAGE)):
+            dropped += removed
+        while removed := self._remove(lambda r: _reaching(
+                r.zrange(self.key, 0, REPLAY_PAGE - 1), self._size(r) - max_bytes)):
+            dropped += removed
         if orphan:
             with self.r.pipeline(transaction=True) as tx, \
                     contextlib.suppress(redis.WatchError):
                 tx.watch(self.key)  # an append meanwhile (its name back in use) keeps the log
                 if not tx.zcard(self.key):
                     tx.multi()
-                    tx.delete(self.key, f"{self.key}:bytes")
+                    tx.delete(self.key, f"{self.key}:bytes", self.removals)
                     tx.srem(self.names, self.name)
                     tx.execute()
         return dropped
 
     @unavailable("erasing from a decision log")
     def erase(self, customer_ids: set[str]) -> int:
-        gone = [member for member, _ in self.r.zscan_iter(self.key, count=REPLAY_PAGE)
-                if msgpack.unpackb(member, raw=False)[0] in customer_ids]
-        return sum(self._remove(gone[k:k + REPLAY_PAGE])
-                   for k in range(0, len(gone), REPLAY_PAGE))
+        """ZSCAN step by step, each step's members of these customers removed under the
+        step's WATCH (a step started over scans from the same cursor)."""
+        dropped, cursor, after = 0, 0, 0
 
-    def _remove(self, members: list[bytes]) -> int:
+        def theirs(r: redis.Redis) -> list[bytes]:
+            nonlocal after
+            after, page = r.zscan(self.key, cursor, count=REPLAY_PAGE)
+            # a set: a step may return a member twice, and it is removed (and counted) once
+            return list({member for member, _ in page
+                         if msgpack.unpackb(member, raw=False)[0] in customer_ids})
+        while True:
+            dropped += self._remove(theirs)
+            if not after:
+                return dropped
+            cursor = after
+
+    def _remove(self, read: Callable[[redis.Redis], list[bytes]]) -> int:
+        """Remove the members `read` returns, read on the connection that WATCHes the
+        removals' count (the class's text): a removal by another meanwhile fails the EXEC,
+        and the page is read again. How many went."""
         with self.r.pipeline(transaction=True) as tx:
-            tx.zrem(self.key, *members)
-            tx.decrby(f"{self.key}:bytes", sum(map(_member_size, members)))
-            tx.execute()
-        return len(members)
+            while True:
+                try:
+                    tx.watch(self.removals)
+                    members = read(tx)
+                    if not members:
+                        return 0
+                    tx.multi()
+                    tx.zrem(self.key, *members)
+                    tx.decrby(f"{self.key}:bytes", sum(map(_member_size, members)))
+                    tx.incrby(self.removals, 1)
+                    tx.execute()
+                    return len(members)
+                except redis.WatchError:
+                    continue
 
     @unavailable("sizing a decision log")
     def size(self) -> int:
-        return int(self.r.get(f"{self.key}:bytes") or 0)
+        return self._size(self.r)
+
+    def _size(self, r: redis.Redis) -> int:
+        return int(r.get(f"{self.key}:bytes") or 0)
+
+
+def _reaching(members: list[bytes], excess: int) -> list[bytes]:
+    """The first of `members` (oldest first) whose sizes add up to `excess` (none if it is
+    not above 0), or all."""
+    if excess <= 0:
+        return []
+    for k, member in enumerate(members):
+        excess -= _member_size(member)
+        if excess <= 0:
+            return members[:k + 1]
+    return members
 
 
 def _member_size(member: bytes) -> int:
