@@ -4,11 +4,11 @@
 without Ray in tests; `ControllerActor` (actor.py) is the named, detached Ray actor around it.
 
 - Shards are spread over the serving nodes, each new one on the node with the fewest.
-- The map is versioned; gateways and clients follow it by long poll. Scaling moves partitions
-  in bounded rounds (moves.py): freeze (the old owner answers MOVED with the next version) ->
-  hand over the customers -> the new owner adopts them -> the version is published -> the old
-  owner forgets them; clients re-send what met the freeze, in order. A round's moves are saved
-  before the first freeze and settled after a crash.
+- The map is versioned; gateways and clients follow it by long poll. Scaling (scaling.py)
+  moves partitions in bounded rounds (moves.py): freeze (the old owner answers MOVED with the
+  next version) -> hand over the customers -> the new owner adopts them -> the version is
+  published -> the old owner forgets them; clients re-send what met the freeze, in order. A
+  round's moves are saved before the first freeze and settled after a crash.
 - A catalog switch (catalogs.py) is two-phase: every shard prepares (compiles), then all
   commit; a shard that refuses the catalog in the first phase leaves every shard on the old
   version. The version is saved before the first commit; shards that miss either phase are
@@ -45,11 +45,11 @@ from kairos.cluster.control.catalogs import Catalogs
 from kairos.cluster.control.drains import Drains
 from kairos.cluster.control.endpoints import ShardEndpoints
 from kairos.cluster.control.lagging import Lagging
-from kairos.cluster.control.moves import hand_over, round_budget, settle
 from kairos.cluster.control.nodes import GatewaySpec, NodeRefused, Nodes, NodeUnknown
 from kairos.cluster.control.partitions import DEFAULT_PARTITIONS, Move, PartitionMap
 from kairos.cluster.control.rounds import ControlLoop
 from kairos.cluster.control.saved import STATE_KEY, state_blob, take_up
+from kairos.cluster.control.scaling import Scaling
 from kairos.cluster.control.status import cluster_status
 from kairos.cluster.longpoll import Changes
 from kairos.cluster.settings import DRAIN_UNREADY_S, LONG_POLL_S, RETIRE_GRACE_S, SHARDS_PER_CPU
@@ -76,9 +76,9 @@ def _seed_of(name: str) -> int:
     return int(name.rsplit("-", 1)[1]) + 1
 
 
-class Controller(ControlLoop, Catalogs):
+class Controller(ControlLoop, Catalogs, Scaling):
     """The control loop's round (reconcile) is in rounds.py, the catalog switches in
-    catalogs.py."""
+    catalogs.py, scaling in scaling.py."""
 
     def __init__(self, backend: Backend, catalog_text: str | None = None,
                  n_partitions: int = DEFAULT_PARTITIONS, store_url: str = "memory",
@@ -338,71 +338,6 @@ class Controller(ControlLoop, Catalogs):
         return self.routing()
 
     # -- scaling -------------------------------------------------------------------------------
-
-    async def scale(self, n_shards: int) -> dict[str, Any]:
-        """Change the shard count while traffic flows; returns when the spread is even."""
-        if n_shards < 1:
-            raise ValueError(f"need at least one shard, got {n_shards}")
-        async with self._reconfiguring:
-            target = self._serving_shards()[:n_shards]
-            for _ in range(n_shards - len(target)):
-                name = await self._create_shard()
-                await self._start_shard(name)
-                target.append(name)
-            moved = await self._rebalance(target)
-            await self._retire([s for s in self.shards if s not in target])
-            return {"shards": len(self.shards), "moved": moved, "version": self.map.version}
-
-    async def _rebalance(self, target: list[str]) -> int:
-        await self._settle()
-        budget = await round_budget(self.backend, self.map)
-        moved = 0
-        while moves := self.map.plan(target, budget):
-            await self._move(moves, target)
-            moved += len(moves)
-        return moved
-
-    async def _move(self, moves: list[Move], target: list[str]) -> None:
-        version = self.map.version + 1
-        pairs: dict[tuple[str, str], list[int]] = {}
-        for m in moves:
-            pairs.setdefault((m.source, m.target), []).append(m.partition)
-        earlier = self.moving  # an earlier round's a shard did not settle: kept until settled
-        self.moving = earlier + moves
-        await self._save()  # from the first freeze on, a crash leaves these to settle
-        results = await asyncio.gather(*(hand_over(self.backend, src, dst, parts, version)
-                                         for (src, dst), parts in pairs.items()),
-                                       return_exceptions=True)
-        failures = {pair: r for pair, r in zip(pairs, results) if isinstance(r, Exception)}
-        done = [m for m in moves if (m.source, m.target) not in failures]
-        self.map = self.map.apply(done, target)
-        # the failed ones' sources serve again before the version naming them is published
-        undone = await settle(self.backend, [m for m in moves if m not in done],
-                              self.map.owners, set(self.placement), self.map.version)
-        self.moving = earlier + undone + done
-        await self._publish()
-        self.moving = undone + await settle(self.backend, earlier + done, self.map.owners,
-                                            set(self.placement), self.map.version)
-        await self._save()
-        if failures:
-            raise RuntimeError("handoffs failed (their partitions stay where they were): " +
-                               "; ".join(f"{a} -> {b}: {r}" for (a, b), r in failures.items()))
-
-    async def _settle(self) -> None:
-        """Settle the moves an interrupted round left (moves.py); RuntimeError while a shard
-        they involve does not answer."""
-        if not self.moving:
-            return
-        undo = any(self.map.owners[m.partition] == m.source for m in self.moving)
-        version = self.map.version + 1 if undo else self.map.version
-        self.moving = await settle(self.backend, self.moving, self.map.owners,
-                                   set(self.placement), version)
-        if undo:  # senders that met the freeze wait for a version past it
-            self.map = self.map.apply([], self.map.shards)
-        await self._publish()
-        if self.moving:
-            stuck = ", ".join(sorted({s for m in self.moving for s in (m.source, m.target)}))
-            raise RuntimeError(f"moves between {stuck} are not settled (a shard did not answer)")
 
     async def _retire(self, names: list[str]) -> None:
         """Stop shards that own nothing any more, after clients had time to see the map."""

@@ -13,7 +13,12 @@ has no such call (logged once per shard), and a controller older than `confirm` 
 it: either way an adopted partition fires its timers once a request routed under the new map
 arrives, so shards and controller may be upgraded in either order. Every step is idempotent,
 so settling again after another crash is safe. The target forgets before the source thaws
-because both write the partition's snapshot: the source's must be the last.
+because both write the partition's snapshot: the source's must be the last. So a source whose
+target does not answer the release stays frozen (its MOVED names a version the clients hold
+already: they wait, client.py), for as long as the target may still adopt late: the store
+keeps one snapshot per partition and has no fence by map version that would refuse the
+target's. Meanwhile later rounds plan around that move (`plan_around`): the rest of the
+cluster scales and drains.
 """
 from __future__ import annotations
 
@@ -61,12 +66,27 @@ async def hand_over(backend: Backend, source: str, target: str, partitions: list
     return await backend.shard(target).adopt(payload, version)
 
 
+def plan_around(pmap: PartitionMap, shards: list[str], budget: int, unsettled: Iterable[Move],
+                stuck: set[str]) -> list[Move]:
+    """`pmap.plan` over the partitions and shards that can move now: neither a partition of an
+    `unsettled` move (its source may be frozen: a freeze would be refused) nor one of a
+    `stuck` shard (it did not answer: a move to or from it would fail, and hold more
+    partitions frozen) moves, and the shards that answer share the rest evenly."""
+    held = {m.partition for m in unsettled}
+    free = [p for p, owner in enumerate(pmap.owners) if p not in held and owner not in stuck]
+    receivers = [s for s in shards if s not in stuck]
+    if not receivers:
+        return []
+    part = PartitionMap([pmap.owners[p] for p in free], pmap.version, pmap.shards)
+    return [Move(free[m.partition], m.source, m.target) for m in part.plan(receivers, budget)]
+
+
 async def settle(backend: Backend, moves: list[Move], owners: list[str], shards: set[str],
-                 version: int) -> list[Move]:
+                 version: int) -> tuple[list[Move], set[str]]:
     """Bring each move's partition to its owner in `owners` alone; the moves left unsettled
-    because a shard did not answer (settle them again later). Shards not in `shards` are
-    gone and are skipped; an undone move's source serves again granted at `version`, which the
-    caller publishes next."""
+    because a shard did not answer (settle them again later), and those shards. Shards not in
+    `shards` are gone and are skipped; an undone move's source serves again granted at
+    `version`, which the caller publishes next."""
     drop: dict[str, set[int]] = {}
     thaw: dict[str, set[int]] = {}
     confirm: dict[str, set[int]] = {}
@@ -86,7 +106,7 @@ async def settle(backend: Backend, moves: list[Move], owners: list[str], shards:
     failed |= await _each(thaw, lambda shard, parts: backend.shard(shard).thaw(parts, version))
     await _confirm(backend, confirm, version)
     return [m for m in moves if m.partition in held
-            or (m.source in failed and m.partition in thaw.get(m.source, ()))]
+            or (m.source in failed and m.partition in thaw.get(m.source, ()))], failed
 
 
 async def confirm_owned(backend: Backend, pmap: PartitionMap, moving: Iterable[Move] = ()

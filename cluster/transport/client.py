@@ -10,7 +10,9 @@ shards:
 - each partition has a lane; a lane sends to one shard at a time;
 - when a shard answers MOVED (the partition froze, or the map was stale), the lane stops,
   waits until every earlier request of the lane has its answer and the map shows the new
-  owner, then re-sends the moved requests in their original order before anything newer.
+  owner, then re-sends the moved requests in their original order before anything newer;
+  a MOVED naming no newer map than the request was routed by (its owner is frozen behind a
+  move not settled yet) waits as a shard not reached does (below), not re-sent at once.
 
 A request whose batch failed in transit (the shard died or restarted) is answered
 Unavailable, never re-sent: it may or may not have been applied. A batch that never left
@@ -422,9 +424,15 @@ class KairosClient(IdentitySagas):
         p = item.request.partition
         lane = self._lanes[p]
         lane.inflight -= 1
-        if isinstance(reply, protocol.Moved):
+        named = reply.map_version if isinstance(reply, protocol.Moved) else None
+        if named is not None and protocol.NOT_MINE != named <= item.routed:
+            # its map's owner is frozen by a move not settled (control/moves.py): it serves
+            # from a newer map on, which re-sent at once would not find (a bounded wait)
+            item.reroutes += 1
+            self._wait(lane, item, item.routed + 1, CLIENT_REROUTE_S,
+                       item.reroutes > CLIENT_REROUTES and f"partition {p} is not served yet")
+        elif named is not None:
             item.redirects += 1
-            named = reply.map_version
             self._wait(lane, item, self.version + 1 if named == protocol.NOT_MINE else named,
                        LONG_POLL_S, item.redirects > MAX_REDIRECTS
                        and f"partition {p} kept moving")

@@ -1,0 +1,95 @@
+"""Controller's scaling: partitions moved in bounded rounds (moves.py) and the moves a round
+left settled. A part of Controller (controller.py), which holds the map, the placement, the
+lock these run under and `_retire`, which stops the shards that own nothing any more."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from kairos.cluster.control import moves as moving
+from kairos.cluster.control.partitions import Move
+
+log = logging.getLogger("kairos.controller")
+
+
+class Scaling:
+    """ScaleShards, and the rebalancing that drains, joins and re-placements share."""
+
+    async def scale(self, n_shards: int) -> dict[str, Any]:
+        """Change the shard count while traffic flows; returns when the spread is even
+        (RuntimeError, once the rest is spread, while a move a shard did not answer holds
+        some partitions back)."""
+        if n_shards < 1:
+            raise ValueError(f"need at least one shard, got {n_shards}")
+        async with self._reconfiguring:
+            target = self._serving_shards()[:n_shards]
+            for _ in range(n_shards - len(target)):
+                name = await self._create_shard()
+                await self._start_shard(name)
+                target.append(name)
+            moved = await self._rebalance(target)
+            await self._retire([s for s in self.shards if s not in target])
+            if self.map.plan(target, 1):
+                raise RuntimeError(f"the spread is not even yet: {self._unsettled()}")
+            return {"shards": len(self.shards), "moved": moved, "version": self.map.version}
+
+    async def _rebalance(self, target: list[str]) -> int:
+        """Spread the partitions over `target`, around the moves a shard that does not answer
+        leaves unsettled; RuntimeError if those keep partitions on a shard not in `target`
+        (it cannot be stopped)."""
+        stuck = await self._settle()
+        budget = await moving.round_budget(self.backend, self.map)
+        moved = 0
+        while moves := moving.plan_around(self.map, target, budget, self.moving, stuck):
+            await self._move(moves, target)
+            moved += len(moves)
+        if kept := [s for s in self.map.shards_in_use() if s not in target]:
+            raise RuntimeError(f"{', '.join(kept)} still own partitions: {self._unsettled()}")
+        return moved
+
+    async def _move(self, moves: list[Move], target: list[str]) -> None:
+        version = self.map.version + 1
+        pairs: dict[tuple[str, str], list[int]] = {}
+        for m in moves:
+            pairs.setdefault((m.source, m.target), []).append(m.partition)
+        earlier = self.moving  # an earlier round's a shard did not settle: kept until settled
+        self.moving = earlier + moves
+        await self._save()  # from the first freeze on, a crash leaves these to settle
+        results = await asyncio.gather(*(moving.hand_over(self.backend, src, dst, parts,
+                                                          version)
+                                         for (src, dst), parts in pairs.items()),
+                                       return_exceptions=True)
+        failures = {pair: r for pair, r in zip(pairs, results) if isinstance(r, Exception)}
+        done = [m for m in moves if (m.source, m.target) not in failures]
+        self.map = self.map.apply(done, target)
+        # the failed ones' sources serve again before the version naming them is published
+        undone, _ = await moving.settle(self.backend, [m for m in moves if m not in done],
+                                        self.map.owners, set(self.placement), self.map.version)
+        self.moving = earlier + undone + done
+        await self._publish()
+        unsettled, _ = await moving.settle(self.backend, earlier + done, self.map.owners,
+                                           set(self.placement), self.map.version)
+        self.moving = undone + unsettled
+        await self._save()
+        if failures:
+            raise RuntimeError("handoffs failed (their partitions stay where they were): " +
+                               "; ".join(f"{a} -> {b}: {r}" for (a, b), r in failures.items()))
+
+    async def _settle(self) -> set[str]:
+        """Settle the moves an interrupted round left (moves.py); the shards that did not
+        answer (their moves stay recorded, settled by a later round)."""
+        if not self.moving:
+            return set()
+        undo = any(self.map.owners[m.partition] == m.source for m in self.moving)
+        version = self.map.version + 1 if undo else self.map.version
+        self.moving, stuck = await moving.settle(self.backend, self.moving, self.map.owners,
+                                                 set(self.placement), version)
+        if undo:  # senders that met the freeze wait for a version past it
+            self.map = self.map.apply([], self.map.shards)
+        await self._publish()
+        return stuck
+
+    def _unsettled(self) -> str:
+        shards = ", ".join(sorted({s for m in self.moving for s in (m.source, m.target)}))
+        return f"moves between {shards} are not settled (a shard did not answer)"
