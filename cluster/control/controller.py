@@ -114,6 +114,9 @@ class Controller(ControlLoop, Catalogs, Scaling):
         self.drains = Drains(self._drained)
         self._requested_gateways = gateways
         self._next_index = 0
+        # new shard names handed out and not placed yet (saved before their actor is created:
+        # a resume stops those a crash left behind, unknown to it otherwise)
+        self.starting: set[str] = set()
         self._map_changes = Changes()
         self._reconfiguring = asyncio.Lock()
         self._saving = asyncio.Lock()
@@ -216,11 +219,16 @@ class Controller(ControlLoop, Catalogs, Scaling):
         # a move's target may hold what it adopted (settled below); a replacement may own
         # nothing yet
         kept = {m.target for m in self.moving} | set(self.replacing)
+        # retiring, created for a scale and given nothing yet, or created and not saved: its
+        # actor may run on (detached), its name taken
+        for name in sorted({n for n in names if n not in self.map.owners and n not in kept}
+                           | (self.starting - set(names))):
+            await self.backend.kill_shard(name)
+            await asyncio.to_thread(self.store.drop_journal, name)
+        self.starting = set()
         serving, starting = [], []
-        for name in names:  # one at a time: a shard created is placed by the ones before
-            if name not in self.map.owners and name not in kept:  # was retiring
-                await asyncio.to_thread(self.store.drop_journal, name)
-                continue
+        for name in [n for n in names if n in self.map.owners or n in kept]:
+            # one at a time: a shard created is placed by the ones before
             try:
                 health = await self.backend.shard(name).health()
             except Unavailable:
@@ -267,11 +275,18 @@ class Controller(ControlLoop, Catalogs, Scaling):
 
     async def _create_shard(self, name: str | None = None, node: str | None = None) -> str:
         """Create a shard actor (a new name, or a saved one being brought back) on `node`,
-        by default the first of the serving nodes with the fewest shards."""
+        by default the first of the serving nodes with the fewest shards. A new name is saved
+        (`starting`, with the next index) before its actor exists: a crash before the shard
+        is saved as one leaves a name the resumed controller stops, and hands out no more."""
         self.store_claim.check()
         if name is None:
             name = shard_name(self._next_index)
             self._next_index += 1
+            self.starting.add(name)
+            if self.map is None:  # a first start saves nothing before its map: one that
+                await self.backend.kill_shard(name)  # crashed may have left this name taken
+            else:
+                await self._save()
         if node is None:
             load = self.nodes.load(self.backend.nodes(), self.placement)
             node = min(load, key=load.__getitem__, default=None)
@@ -283,6 +298,7 @@ class Controller(ControlLoop, Catalogs, Scaling):
             raise
         await self._unless_lost(name)
         self.placement[name] = node
+        self.starting.discard(name)  # saved as a shard from the next save on
         return name
 
     async def _unless_lost(self, name: str) -> None:

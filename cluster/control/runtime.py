@@ -105,8 +105,8 @@ def connect(timeout_s: float = 60.0) -> SyncClient:
 
 def stop(find_shards: bool = True, learner: bool = True) -> None:
     """Stop the controller's loop (first: it starts gateways and shards), the gateways
-    (gracefully), every shard (`find_shards`: those the controller knows, or where it cannot
-    list them those named as shards), and the learner once it saved what it merged since its
+    (gracefully), every shard (`find_shards`: those the controller knows and every actor
+    named as a shard), and the learner once it saved what it merged since its
     last save (last: the shards sync to it until they stop; `learner`: not one a start found
     there, another runtime's; no save where the controller lost the store, which may be
     another cluster's now); then, once Ray has freed their names, the controller, which
@@ -137,17 +137,20 @@ def stop(find_shards: bool = True, learner: bool = True) -> None:
 
 
 def _shards() -> list[str]:
-    """The shards the controller knows; where it cannot list them (there is none, a start
-    failed, or it lost its store and refuses calls, when a shard it created as it stood down
-    may outlive it), every actor named as a shard."""
+    """The shards the controller knows, and every actor named as a shard: one the controller
+    does not know (it crashed while it created shards, and has not resumed yet to stop
+    them), or all of them where it cannot list them (there is none, a start failed, or it
+    lost its store and refuses calls, when a shard it created as it stood down may outlive
+    it)."""
+    listed: list[str] = []
     try:
-        return [s["shard"] for s in ray.get(controller().status.remote(), timeout=30)["shards"]]
+        listed = [s["shard"] for s in ray.get(controller().status.remote(), timeout=30)["shards"]]
     except ValueError:
         pass  # no controller
     except (ray.exceptions.RayError, TimeoutError) as exc:
         log.warning("stop: the controller did not list its shards (%s): stopping those named "
                     "as shards", exc)
-    return _named_with(SHARD_PREFIX)
+    return sorted(set(listed) | set(_named_with(SHARD_PREFIX)))
 
 
 def _named_with(prefix: str) -> list[str]:

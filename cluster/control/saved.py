@@ -1,6 +1,6 @@
 """The controller's state as the store's meta keeps it (`Controller._save` writes it at every
-change; `Controller.resume` takes it up): the map, shard names, catalogs, moves and
-replacements under way, watches and nodes."""
+change; `Controller.resume` takes it up): the map, shard names (and those handed out to shards
+being created), catalogs, moves and replacements under way, watches and nodes."""
 from __future__ import annotations
 
 from typing import Any
@@ -23,7 +23,8 @@ def state_blob(controller: Any) -> bytes:
         "format": STATE_FORMAT, "n_partitions": controller.n_partitions, "shards": names,
         "target": controller.map.shards,
         "owners": [index[o] for o in controller.map.owners], "version": controller.map.version,
-        "next_index": controller._next_index, "catalog": controller.catalog_text,
+        "next_index": controller._next_index, "starting": sorted(controller.starting),
+        "catalog": controller.catalog_text,
         "previous_catalog": controller.previous_catalog,
         "versions_run": controller.versions_run.to_state(),
         "moving": moves_to_state(controller.moving),
@@ -37,14 +38,16 @@ def state_blob(controller: Any) -> bytes:
 
 
 def take_up(controller: Any, state: dict[str, Any], catalog_version: str) -> list[str]:
-    """Set `controller`'s map, catalogs, moves, replacements, watches and nodes from a saved
-    `state` (states saved before replacements, nodes or the versions run were kept have
-    none), its catalog's version being `catalog_version` (compiled by the caller, off the
-    event loop); the names of every shard it knew, owning partitions or retiring."""
+    """Set `controller`'s map, catalogs, moves, replacements, watches, nodes and the names of
+    shards being created from a saved `state` (states saved before replacements, nodes, the
+    versions run or the names being created were kept have none), its catalog's version
+    being `catalog_version` (compiled by the caller, off the event loop); the names of every
+    shard it knew, owning partitions or retiring."""
     names = state["shards"]
     controller.map = PartitionMap([names[i] for i in state["owners"]], state["version"],
                                   state["target"])
     controller._next_index = state["next_index"]
+    controller.starting = set(state.get("starting", ()))
     controller.catalog_text = state["catalog"]
     controller.catalog_version = catalog_version
     controller.previous_catalog = state["previous_catalog"]
