@@ -13,10 +13,24 @@ it, a CRC-valid frame that holds no batch) is JournalCorrupt, naming the segment
 offset. `ambiguous_tail` says whether a torn tail is as long
 as its header announces (a power cut mid-write, or a bit flip in the last acknowledged batch:
 the journal keeps its bytes and skips its LSNs, journal.py).
+
+A store without frames (redis_journal.py) keeps each batch sealed (`seal_batch`): msgpack of
+`[first lsn, packed batch, SEALED, CRC-32 of the packed batch]`, one zlib.crc32 over bytes
+already packed. SEALED stands where a plain batch has its format and is above every record
+format, so a Kairos from before sealing refuses a sealed batch as too new (JournalFormatError)
+rather than misreading it; `unseal_batch` reads plain batches too (written before sealing,
+unchecked). A sealed batch whose CRC fails, or whose two first LSNs differ, is BatchDamaged.
+
+Erasure reaches the quarantine (journal.py, redis_journal.py): `scrub` and `scrub_batch`
+rewrite what an operator, or opening the journal, moved aside without the records erasure
+drops, reading a damaged batch as far as it decodes. What holds no batch that decodes, and a
+record the decoder cannot read, cannot be checked for the customers erased, so they go.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import struct
 import zlib
@@ -35,6 +49,7 @@ SUFFIX = ".log"
 QUARANTINE = "quarantine"
 # how a batch payload begins: a msgpack array of 2 or 3, then the first LSN as an unsigned int
 _BATCH_START = re.compile(rb"[\x92\x93][\x01-\x7f\xcc-\xcf]")
+SEALED = 1 << 16  # a sealed batch's mark, where a plain batch has its format (module text)
 _UINTS = {0xcc: struct.Struct(">B"), 0xcd: struct.Struct(">H"), 0xce: struct.Struct(">I"),
           0xcf: struct.Struct(">Q")}
 
@@ -54,21 +69,31 @@ class JournalFormatError(ValueError):
     wrote it): refused whole, never skipped or cut off."""
 
 
+class BatchDamaged(ValueError):
+    """A sealed batch's CRC-32 fails, or its two first LSNs differ."""
+
+
 Decode = Callable[[Any, int], Any]  # (record as stored, its batch's format) -> record
 
 
-def pack_batch(first_lsn: int, records: list[Any], journal_format: int = JOURNAL_FORMAT
-               ) -> bytes:
+def pack_batch(first_lsn: int, records: list[Any], journal_format: int = JOURNAL_FORMAT,
+               unicode_errors: str = "strict") -> bytes:
     """A batch as stored: msgpack of `[first lsn, records, format]` (format 1: without it,
-    as it was written before formats were numbered)."""
+    as it was written before formats were numbered). `unicode_errors` as `unpack_batch`'s."""
     batch = [first_lsn, records] if journal_format == 1 else [first_lsn, records, journal_format]
-    return msgpack.packb(batch, use_bin_type=True)
+    return msgpack.packb(batch, use_bin_type=True, unicode_errors=unicode_errors)
 
 
-def unpack_batch(data: bytes) -> tuple[int, list, int]:
+def unpack_batch(data: bytes, unicode_errors: str = "strict") -> tuple[int, list, int]:
     """(first LSN, records, format) of a stored batch; JournalFormatError for a format newer
-    than this code writes."""
-    first, records, *rest = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    than this code writes. "surrogateescape" reads a damaged batch's strings, their bad bytes
+    kept (`scrub`)."""
+    return _batch(msgpack.unpackb(data, raw=False, strict_map_key=False,
+                                  unicode_errors=unicode_errors))
+
+
+def _batch(unpacked: list) -> tuple[int, list, int]:
+    first, records, *rest = unpacked
     journal_format = rest[0] if rest else 1
     if journal_format > JOURNAL_FORMAT:
         raise JournalFormatError(f"journal batch at LSN {first} has record format "
@@ -77,8 +102,33 @@ def unpack_batch(data: bytes) -> tuple[int, list, int]:
     return first, records, journal_format
 
 
-def frame(first_lsn: int, records: list[Any], journal_format: int = JOURNAL_FORMAT) -> bytes:
-    payload = pack_batch(first_lsn, records, journal_format)
+def seal_batch(first_lsn: int, records: list[Any], journal_format: int = JOURNAL_FORMAT,
+               unicode_errors: str = "strict") -> bytes:
+    """A batch as a store without frames keeps it, behind its CRC-32 (the module's text)."""
+    payload = pack_batch(first_lsn, records, journal_format, unicode_errors)
+    return msgpack.packb([first_lsn, payload, SEALED, zlib.crc32(payload)], use_bin_type=True)
+
+
+def unseal_batch(data: bytes, checked: bool = True) -> tuple[int, list, int]:
+    """(first LSN, records, format) of a sealed batch, or of a plain one (unchecked).
+    BatchDamaged if a sealed one's CRC fails or its two first LSNs differ; JournalFormatError
+    as `unpack_batch`. Not `checked` (a quarantined batch): read as far as it decodes."""
+    errors = "strict" if checked else LENIENT
+    unpacked = msgpack.unpackb(data, raw=False, strict_map_key=False, unicode_errors=errors)
+    if len(unpacked) != 4 or unpacked[2] != SEALED:
+        return _batch(unpacked)
+    first, payload, _, crc = unpacked
+    if checked and zlib.crc32(payload) != crc:
+        raise BatchDamaged(f"the CRC-32 of its {len(payload)}-byte batch fails")
+    batch = unpack_batch(payload, errors)
+    if batch[0] != first:
+        raise BatchDamaged(f"it is sealed as from LSN {first}, its batch from LSN {batch[0]}")
+    return batch
+
+
+def frame(first_lsn: int, records: list[Any], journal_format: int = JOURNAL_FORMAT,
+          unicode_errors: str = "strict") -> bytes:
+    payload = pack_batch(first_lsn, records, journal_format, unicode_errors)
     check_frame(len(payload), first_lsn, len(records))
     return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
@@ -111,7 +161,8 @@ def read_frames(path: Path, data: bytes, tail: bool = False
     while pos < len(data):
         end = _intact(data, pos)
         if end is None:
-            if tail and not _intact_after(data, pos, expect) and not _misframed(data, pos):
+            if tail and _next_intact(data, pos, expect) is None and \
+                    not _misframed(data, pos):
                 return
             raise corrupt(path, f"damaged frame at byte {pos} of {len(data)}")
         try:
@@ -124,6 +175,17 @@ def read_frames(path: Path, data: bytes, tail: bool = False
             raise corrupt(path, f"the batch at byte {pos} starts at LSN {first}, not {expect}")
         yield first, records, journal_format, end
         expect, pos = first + len(records), end
+
+
+def written(path: Path, data: bytes, mode: int) -> Path:
+    """`path`, created anew (so with `mode`, whatever was there) holding `data`, fsynced."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return path
 
 
 def corrupt(path: Path, what: str) -> JournalCorrupt:
@@ -145,9 +207,10 @@ def _intact(data: bytes, pos: int) -> int | None:
     return None
 
 
-def _intact_after(data: bytes, pos: int, expect: int) -> bool:
-    """Whether an intact frame starts anywhere past `pos`: then what is at `pos` was no torn
-    write (a crash tears only the last frame written) but damage inside the segment. Only
+def _next_intact(data: bytes, pos: int, expect: int) -> int | None:
+    """Where the first intact frame past `pos` starts, if one does: then what is at `pos` was
+    no torn write (a crash tears only the last frame written) but damage inside the segment.
+    Only
     places where a payload could begin with a first LSN past `expect` (the LSN the frame at
     `pos` should start at) are checksummed, so a long segment is scanned in one pass."""
     for match in _BATCH_START.finditer(data, pos + 1 + HEADER.size):
@@ -156,8 +219,100 @@ def _intact_after(data: bytes, pos: int, expect: int) -> bool:
         if first is not None and expect < first <= expect + len(data) and \
                 HEADER.unpack_from(data, at)[0] <= len(data) - at - HEADER.size and \
                 _intact(data, at) is not None:
-            return True
-    return False
+            return at
+    return None
+
+
+def kept_records(records: list, journal_format: int, drop: Callable[[Any], bool],
+                 decode: Decode | None, damaged: bool = False) -> tuple[list, int]:
+    """`records` with those `drop` selects (seen through `decode`) left None, an empty slot
+    that keeps its LSN; how many went. With `damaged` (a quarantined batch), a record the
+    decoder cannot read goes too: it cannot be checked."""
+    kept, gone = [], 0
+    for r in records:
+        if r is not None and _selected(r, journal_format, drop, decode, damaged):
+            r, gone = None, gone + 1
+        kept.append(r)
+    return kept, gone
+
+
+def _selected(record: Any, journal_format: int, drop: Callable[[Any], bool],
+              decode: Decode | None, damaged: bool) -> bool:
+    try:
+        return drop(record if decode is None else decode(record, journal_format))
+    except Exception:  # whatever a decoder raises on a damaged record
+        if not damaged:
+            raise
+        return True
+
+
+def scrub(path: Path, data: bytes, drop: Callable[[Any], bool], decode: Decode | None
+          ) -> tuple[bytes, int, int]:
+    """A quarantined file's bytes without what erasure drops (the module's text): (the bytes
+    left, records dropped, bytes cut). A frame that loses no record is kept as it is, one
+    that does is written anew (its CRC that of what is left)."""
+    parts, pos, dropped, cut = [], 0, 0, 0
+    expect = int(path.name.split(".")[0])
+    while pos < len(data):
+        end = _intact(data, pos) or _announced(data, pos)
+        batch = None if end is None else _readable(data[pos + HEADER.size:end])
+        if batch is None:
+            after = _next_intact(data, pos, expect) or len(data)
+            pos, cut = after, cut + after - pos
+            continue
+        first, records, journal_format = batch
+        kept, gone = kept_records(records, journal_format, drop, decode, damaged=True)
+        parts.append(frame(first, kept, journal_format, LENIENT) if gone else data[pos:end])
+        pos, dropped, expect = end, dropped + gone, first + len(records)
+    if dropped or cut:
+        log.warning("%s: erasure rewrites it without %d records%s", path, dropped,
+                    f" and {cut} bytes that decode as no batch" if cut else "")
+    return b"".join(parts), dropped, cut
+
+
+def scrub_batch(member: bytes, last_lsn: int, drop: Callable[[Any], bool],
+                decode: Decode | None) -> tuple[bytes, int]:
+    """A quarantined Redis batch (sealed or plain, scored `last_lsn`) without what erasure
+    drops, sealed; the records dropped. One that does not decode becomes an empty batch
+    ending at `last_lsn`."""
+    try:
+        batch = _checked_shape(unseal_batch(member, checked=False))
+    except _UNREADABLE:
+        batch = None
+    if batch is None:
+        return seal_batch(last_lsn + 1, []), 0
+    first, records, journal_format = batch
+    kept, gone = kept_records(records, journal_format, drop, decode, damaged=True)
+    return (seal_batch(first, kept, journal_format, LENIENT) if gone else member), gone
+
+
+LENIENT = "surrogateescape"  # a damaged batch's strings, read and written back as they are
+_UNREADABLE = (ValueError, TypeError, OverflowError, msgpack.UnpackException)
+
+
+def _readable(payload: bytes) -> tuple[int, list, int] | None:
+    """The batch a payload, perhaps damaged, decodes to."""
+    try:
+        return _checked_shape(unpack_batch(payload, LENIENT))
+    except _UNREADABLE:
+        return None
+
+
+def _checked_shape(batch: tuple) -> tuple[int, list, int] | None:
+    first, records, journal_format = batch
+    if isinstance(first, int) and isinstance(records, list) and \
+            isinstance(journal_format, int):
+        return batch
+    return None
+
+
+def _announced(data: bytes, pos: int) -> int | None:
+    """The end of the frame at `pos` as its length says, if the data hold that much."""
+    if pos + HEADER.size > len(data):
+        return None
+    length, _ = HEADER.unpack_from(data, pos)
+    end = pos + HEADER.size + length
+    return end if length and end <= len(data) else None
 
 
 def _first_of(data: bytes, at: int) -> int | None:

@@ -9,12 +9,9 @@ outlives the snapshot covering it by about that long at most (a forgotten custom
 the shard its partition moved from, which never learns of the forget).
 
 Formats: the records are opaque here, but each batch names the record format it was written
-in (protocol.JOURNAL_FORMAT; batches written before formats were numbered have two elements
-and are format 1), and readers pass `decode(record, format)` to `replay` and `compact` to see
-records as they were meant. A batch of a format newer than this code knows raises
-JournalFormatError, while opening as well as replaying: it is never misread, nor cut off as a
-torn tail. `pack_batch`/`unpack_batch` (frames.py) are the batch encoding, for the stores that
-keep batches elsewhere (redis_store.py).
+in (protocol.JOURNAL_FORMAT; frames.py), and readers pass `decode(record, format)` to `replay`
+and `compact`. A batch of a newer format than this code knows raises JournalFormatError, while
+opening as well as replaying: it is never misread, nor cut off as a torn tail.
 
 Group commit: `append(records)` writes a whole batch as one frame with one write and, under
 the default policy "fsync", one fsync, so the cost of durability is paid per batch, not per
@@ -56,7 +53,9 @@ written (JournalFrameTooLarge): it would be acknowledged and then never read bac
 Erasure: `compact(drop)` rewrites the segments holding records that `drop` selects (a forgotten
 customer's), each through a temporary file that is fsynced and renamed over the old one, so a
 crash leaves either segment whole. A dropped record leaves an empty frame with its LSN behind
-(replay skips it), so LSNs stay contiguous and the last one survives reopening.
+(replay skips it), so LSNs stay contiguous and the last one survives reopening. So are the
+files in `quarantine/` (frames.py's `scrub`), after creating the segment the next batch would
+start if none follows them: a rewritten file's size no longer bounds the LSNs it could hold.
 
 Fencing (store.py): `fence(directory)` creates the file `fenced` in the journal's directory
 and fsyncs it and the directory; the writer stats it after each write it acknowledges (after
@@ -88,7 +87,8 @@ from typing import Any, Callable, Iterator
 
 from kairos.cluster.settings import JOURNAL_POLICIES, SNAPSHOT_AFTER_S
 from kairos.cluster.storage.frames import (QUARANTINE, SUFFIX, Decode, ambiguous_tail, corrupt,
-                                           first_lsn, frame, read_frames, segment_batches)
+                                           first_lsn, frame, kept_records, read_frames, scrub,
+                                           segment_batches, written)
 from kairos.cluster.storage.store import JournalFenced
 
 log = logging.getLogger("kairos.store")
@@ -260,17 +260,20 @@ class Journal(JournalReader):
 
     def _roll(self) -> None:
         with self._lock:
-            if self._fd is not None:
-                if self.policy == "fsync" and self.synced_lsn < self.last_lsn:
-                    self._fsync()  # a sync never spans two segments
-                self.synced_lsn = self.last_lsn
-                fd, self._fd = self._fd, None  # never a closed number, whatever follows
-                os.close(fd)
-            path = self.directory / f"{self.last_lsn + 1:020d}{SUFFIX}"
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
-            self._size = self._synced_size = os.fstat(self._fd).st_size
-            if self.policy == "fsync":
-                fsync_directory(self.directory)  # the new file's name must survive a crash
+            self._next_segment()
+
+    def _next_segment(self) -> None:
+        if self._fd is not None:
+            if self.policy == "fsync" and self.synced_lsn < self.last_lsn:
+                self._fsync()  # a sync never spans two segments
+            self.synced_lsn = self.last_lsn
+            fd, self._fd = self._fd, None  # never a closed number, whatever follows
+            os.close(fd)
+        path = self.directory / f"{self.last_lsn + 1:020d}{SUFFIX}"
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+        self._size = self._synced_size = os.fstat(self._fd).st_size
+        if self.policy == "fsync":
+            fsync_directory(self.directory)  # the new file's name must survive a crash
 
     # -- trimming (reading: JournalReader) ------------------------------------------------------
 
@@ -301,27 +304,16 @@ class Journal(JournalReader):
     def _compact(self, drop: Callable[[Any], bool], decode: Decode | None) -> int:
         dropped = 0
         for path in self._segments():
-            batches, gone = [], 0
-            for first, records, journal_format, _ in segment_batches(path):
-                kept = []
-                for r in records:
-                    if r is not None and drop(r if decode is None else decode(r, journal_format)):
-                        r, gone = None, gone + 1  # an empty frame slot keeps its LSN
-                    kept.append(r)
-                batches.append((first, kept, journal_format))
+            batches = [(first, *kept_records(records, journal_format, drop, decode),
+                        journal_format) for first, records, journal_format, _ in
+                       segment_batches(path)]
+            gone = sum(k for _, _, k, _ in batches)
             if not gone:
                 continue
             dropped += gone
             data = b"".join(frame(first, kept, journal_format)
-                            for first, kept, journal_format in batches)
-            tmp = path.with_suffix(".tmp")
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()  # so that the file is created, with FILE_MODE
-            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE),
-                           "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+                            for first, kept, _, journal_format in batches)
+            tmp = written(path.with_suffix(".tmp"), data, FILE_MODE)
             if path == self._segments()[-1] and self._fd is not None:
                 fd, self._fd = self._fd, None  # the segment being appended: reopen the new
                 os.close(fd)  # file (should that fail, the next append rolls a segment)
@@ -332,6 +324,21 @@ class Journal(JournalReader):
                 os.replace(tmp, path)
         if dropped:
             fsync_directory(self.directory)
+        return dropped + self._scrub_quarantine(drop, decode)
+
+    def _scrub_quarantine(self, drop: Callable[[Any], bool], decode: Decode | None) -> int:
+        """The quarantined files without the records `drop` selects; how many went."""
+        dropped = 0
+        for path in sorted((self.directory / QUARANTINE).glob("*")):
+            if not (path.stem.isdigit() and path.suffix in (SUFFIX, TORN)):
+                continue  # not a journal's file: the operator's own
+            kept, gone, cut = scrub(path, path.read_bytes(), drop, decode)
+            if gone or cut:
+                if self._fd is None:
+                    self._next_segment()
+                os.replace(written(path.with_name(f".{path.name}.tmp"), kept, FILE_MODE), path)
+                fsync_directory(path.parent)
+                dropped += gone
         return dropped
 
     def close(self) -> None:
@@ -352,8 +359,9 @@ class Journal(JournalReader):
 
     def _recover_tail(self) -> None:
         """Find the last LSN; cut a torn tail off the last segment (and drop a compaction's
-        temporary file: the segment it was to replace is whole)."""
-        for leftover in self.directory.glob("*.tmp"):
+        temporary files: the files they were to replace are whole)."""
+        for leftover in [*self.directory.glob("*.tmp"),
+                         *(self.directory / QUARANTINE).glob(".*.tmp")]:
             leftover.unlink()
         segments = self._segments()
         for segment in segments:
@@ -384,12 +392,7 @@ class Journal(JournalReader):
     def _keep_torn(self, data: bytes, lsn: int) -> None:
         """Keep a tail that may have been an acknowledged batch (see the module's text)."""
         make_private_dir(self.directory / QUARANTINE)
-        path = self.directory / QUARANTINE / f"{lsn:020d}{TORN}"
-        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE),
-                       "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        path = written(self.directory / QUARANTINE / f"{lsn:020d}{TORN}", data, FILE_MODE)
         fsync_directory(path.parent)
         log.error("%s: the last frame's checksum fails though it is whole: cut off as a torn "
                   "tail, its bytes kept in %s; LSNs go on past every LSN it could hold",

@@ -1,7 +1,8 @@
 """RedisJournal: a shard's journal on a Redis server (redis_store.py: its keys).
 
-A journal batch is one member, msgpack `[first lsn, records, format]` (frames.py's
-`pack_batch`, whose format rule and frame limit it follows), written with the last-LSN key in
+A journal batch is one member, sealed behind its CRC-32 (frames.py's `seal_batch`; members
+written before sealing are plain msgpack `[first lsn, records, format]`, read unchecked; the
+format rule and frame limit are frames.py's), written with the last-LSN key in
 one MULTI/EXEC, so Redis holds all of a batch or none of it. The same MULTI/EXEC reads the
 fence (store.py: `fence_journal` sets it), so the batch and the check are one step in the
 server's order: a batch written before the fence is read by the shard that set it, and one
@@ -46,8 +47,8 @@ from typing import Any, Callable, Iterator
 import msgpack
 import redis
 
-from kairos.cluster.storage.frames import (Decode, JournalFormatError, check_frame, pack_batch,
-                                           unpack_batch)
+from kairos.cluster.storage.frames import (Decode, JournalFormatError, check_frame, scrub_batch,
+                                           seal_batch, unseal_batch)
 from kairos.cluster.storage.redis_errors import ERRORS, unavailable
 from kairos.cluster.storage.store import JournalFenced, StoreCorrupt, StoreUnavailable
 
@@ -90,7 +91,7 @@ class RedisReader:
         """A batch read back; StoreCorrupt unless it decodes, its score is its last LSN and
         it starts at `expect` (the LSN after the batch before it, when one was read)."""
         try:
-            first, records, journal_format = unpack_batch(member)
+            first, records, journal_format = unseal_batch(member)
         except JournalFormatError:
             raise  # whole, and newer than this code: refused as it is
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
@@ -167,7 +168,7 @@ class RedisJournal(RedisReader):
         if not records or self.policy == "off":
             return self.last_lsn  # no LSN taken for what is not written (journal.py)
         first, last = self.last_lsn + 1, self.last_lsn + len(records)
-        batch = pack_batch(first, records)
+        batch = seal_batch(first, records)
         check_frame(len(batch), first, len(records))  # the same limit as a directory's
         try:
             fenced = self._transact(batch, last)
@@ -290,15 +291,31 @@ class RedisJournal(RedisReader):
     def compact(self, drop: Callable[[Any], bool], decode: Decode | None = None) -> int:
         """Page by page (REPLAY_PAGE batches, by score), so a long journal never needs one
         exchange that outlasts the socket timeout. A rewritten batch keeps its score, and the
-        next page starts past it."""
+        next page starts past it. Then the quarantine (`_scrub_quarantine`)."""
         dropped, low = 0, "-inf"
         while True:
             page = self._page(low)
             for member, score in page:
                 dropped += self._compact_batch(member, score, drop, decode)
             if len(page) < REPLAY_PAGE:
-                return dropped
+                return dropped + self._scrub_quarantine(drop, decode)
             low = f"({int(page[-1][1])}"
+
+    @unavailable("compacting the journal's quarantine")
+    def _scrub_quarantine(self, drop: Callable[[Any], bool], decode: Decode | None) -> int:
+        """Each batch an operator quarantined without the records `drop` selects, at its
+        score (frames.py's `scrub_batch`: the rest is kept for the operator, and the score
+        keeps the gap accepted); how many went. In one reply: a handful of damaged batches."""
+        dropped, quarantine = 0, f"{self.key}:quarantine"
+        for member, score in self.r.zrange(quarantine, 0, -1, withscores=True):
+            scrubbed, gone = scrub_batch(member, int(score), drop, decode)
+            if scrubbed != member:
+                with self.r.pipeline(transaction=True) as tx:
+                    tx.zrem(quarantine, member)
+                    tx.zadd(quarantine, {scrubbed: score})
+                    tx.execute()
+            dropped += gone
+        return dropped
 
     @unavailable("compacting the journal")
     def _compact_batch(self, member: bytes, score: float, drop: Callable[[Any], bool],
@@ -311,7 +328,7 @@ class RedisJournal(RedisReader):
         if gone:
             with self.r.pipeline(transaction=True) as tx:
                 tx.zrem(self.key, member)
-                tx.zadd(self.key, {pack_batch(first, kept, journal_format): score})
+                tx.zadd(self.key, {seal_batch(first, kept, journal_format): score})
                 tx.execute()
         return gone
 
