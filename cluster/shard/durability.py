@@ -106,7 +106,7 @@ class Durability:
             size += len(snapshots[p])
             if size >= SNAPSHOT_WRITE_BYTES or i == len(partitions) - 1:
                 # bounded: a shard is gigabytes
-                self._ctx.store.put_snapshots(snapshots, unless_fenced=self._ctx.name)
+                self._ctx.store.put_snapshots(snapshots, unless_fenced=self._ctx.name, lsn=lsn)
                 snapshots, size = {}, 0
         for p in partitions:
             self._journaling.dirty.pop(p, None)
@@ -240,6 +240,7 @@ class Durability:
                 plans.setdefault((sources or {}).get(p, ctx.name), {})[p] = 0
                 continue
             snap, checked = self._read_snapshot(p, blob)
+            self._check_newest(p, snap)
             unchecked += not checked
             for customer_id in snap.get("deleting", []):  # none in snapshots from before
                 journaling.delete_later(p, customer_id)
@@ -292,6 +293,24 @@ class Durability:
                       "then recovers from the journal and the customers' homes)",
                       self._ctx.name, error)
             raise error from exc
+
+    def _check_newest(self, partition: int, snap: dict[str, Any]) -> None:
+        """SnapshotCorrupt (logged with the way out) when a newer snapshot of the partition,
+        naming the same journal, was written than the one the store holds (store.py,
+        "Owners"): its journal may since have been truncated behind the newer one, losing
+        the records between, which replay could not tell."""
+        newest = self._ctx.store.snapshot_lsn(partition)
+        if newest is None or newest[0] != snap["journal"] or newest[1] <= snap["lsn"]:
+            return
+        error = SnapshotCorrupt(
+            f"the snapshot of partition {partition} in {redact(self._ctx.store.url)} covers "
+            f"journal {snap['journal']} up to LSN {snap['lsn']}, but one up to LSN {newest[1]} "
+            f"was written before it (the older was written over it: an older Kairos, or a "
+            f"copy restored), and the journal may no longer hold the records between")
+        log.error("%s: %s; this shard serves nothing until an operator accepts the loss by "
+                  "removing the partition's snapshot LSN record (README, \"Corruption\")",
+                  self._ctx.name, error)
+        raise error
 
     def _replay(self, journal: JournalReader, after: dict[int, int]) -> int:
         """Apply the journal's records of these partitions newer than their snapshots."""

@@ -39,6 +39,7 @@ import itertools
 import logging
 import math
 import time
+import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -94,13 +95,15 @@ class ShardHost:
                  settle: Callable[[], None] = lambda: None, jobs: Sequence[Job] = (),
                  queue_limit: int = SHARD_QUEUE_LIMIT, round_limit: int = SHARD_ROUND_LIMIT,
                  round_bytes: int = SHARD_ROUND_BYTES, session_start_s: float = SESSION_START_S,
-                 tick_s: float = TICK_S):
+                 tick_s: float = TICK_S, incarnation: str | None = None):
         """`open_store` opens the store each (re)built Shard uses; `deliver(sink, decisions)`
         sends pushes; `observe(kinds, latency_ms)` is told each answered batch's request
         kinds and time in the shard; `settle` runs after a Shard is (re)built (the actor
         tidies the heap: pauses.py); `jobs` run in the background, with the host's own, once
-        it has started, each restarted after a failure."""
+        it has started, each restarted after a failure. `incarnation`: this process's, which
+        owns the shard's journal from each start on (store.py, "Owners")."""
         self.name = name
+        self.incarnation = incarnation or uuid.uuid4().hex
         self.n_partitions = n_partitions
         self.seed = seed
         self.shard: Shard | None = None
@@ -128,6 +131,7 @@ class ShardHost:
         self._loops: list[asyncio.Task] = []
         self._recovering: asyncio.Task | None = None  # retrying to build a Shard from the store
         self._starts = 0  # starts so far: a build a later start superseded is not installed
+        self._claimed = 0  # the start that claimed the journal: its later builds only check
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -167,11 +171,15 @@ class ShardHost:
 
     def _recovered(self, compiled: CompiledCatalog, owned: dict[int, int],
                    channel_watches: Sequence[tuple[str, str, str | None]],
-                   sources: dict[int, str] | None, moving: Moving | None = None
-                   ) -> tuple[Shard, dict[str, Any]]:
-        """A Shard rebuilt from the store, and what its recovery did (on the worker thread)."""
+                   sources: dict[int, str] | None, moving: Moving | None = None,
+                   start: int = 0) -> tuple[Shard, dict[str, Any]]:
+        """A Shard rebuilt from the store, and what its recovery did (on the worker thread).
+        A start's first build claims the journal; a rebuild finds it its own or stays down."""
+        store = self._open_store()
+        store.own_journal(self.name, self.incarnation, claim=start != self._claimed)
+        self._claimed = start
         shard = Shard(self.name, compiled, owned, self.n_partitions, seed=self.seed,
-                      store=self._open_store(), journal_policy=self._journal_policy)
+                      store=store, journal_policy=self._journal_policy)
         shard.sync_commits = False  # Syncs makes each round durable before it is answered
         shard.decision_log.writer.in_background()  # off the data path too (decisionlog.py)
         for sink, channel, placement in channel_watches:
@@ -193,7 +201,8 @@ class ShardHost:
         `recovery` says why, and health shows it), or a later start took over."""
         start = self._starts
         built = asyncio.get_running_loop().run_in_executor(
-            self._pool, self._recovered, compiled, owned, channel_watches, sources, moving)
+            self._pool, self._recovered, compiled, owned, channel_watches, sources, moving,
+            start)
         try:
             shard, recovery = await asyncio.shield(built)
         except asyncio.CancelledError:  # a new start took over: close what this one builds

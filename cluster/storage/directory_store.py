@@ -18,7 +18,9 @@ from kairos.cluster.storage.decision_logs import DirectoryLog, directory_logs
 from kairos.cluster.storage.journal import (DIR_MODE, FILE_MODE, Journal, JournalReader, drop,
                                             fence, fsync_directory, make_private,
                                             make_private_dir, unfenced)
-from kairos.cluster.storage.store import StoreCorrupt, StoreInUse, StoreUnavailable
+from kairos.cluster.storage import owned_journal
+from kairos.cluster.storage.owned_journal import OwnedJournal
+from kairos.cluster.storage.store import JournalFenced, StoreCorrupt, StoreInUse, StoreUnavailable
 
 STALE_TMP_S = 600.0  # a temporary file this old is a crashed writer's leftover
 # a batch of homes lets an heir's fence in (journal.py `fence` waits for the lock) after this
@@ -38,9 +40,11 @@ class DirectoryStore:
 
         customers/p<partition>/<hash of the id>.blk   a customer's home (id + blob)
         snapshots/p<partition>.snap                   a partition's snapshot (sealed.py)
+        snapshots/p<partition>.lsn                    msgpack [journal, LSN] of its newest
         journals/<shard name>/<first lsn>.log          a shard's journal segments
         journals/<shard name>/quarantine/             damaged segments and kept torn tails
         journals/<shard name>/fenced                  another shard took its partitions over
+        journals/<shard name>/owner                   its shard's incarnation that writes it
         meta/<key>                                     named blobs
         decisions/<shard name>/                        a shard's decision log (decision_logs.py)
         owner.lock                                     the cluster that holds the store (claim)
@@ -69,6 +73,7 @@ class DirectoryStore:
         self.root = Path(directory)
         self.url = str(self.root)
         self.fsync = fsync
+        self._owners: dict[str, str] = {}  # journal -> the incarnation written as (own_journal)
         self._unsynced: set[Path] = set()  # folders with deletes not synced yet
         # partition folders whose names this store synced into customers/: once each, made
         # here or not (its maker may have died, or its own sync failed, before syncing it)
@@ -181,13 +186,38 @@ class DirectoryStore:
                 pass
         return total
 
-    def put_snapshots(self, snapshots: dict[int, bytes], unless_fenced: str | None = None
-                      ) -> None:
+    def put_snapshots(self, snapshots: dict[int, bytes], unless_fenced: str | None = None,
+                      lsn: int | None = None) -> None:
+        """With `lsn`, each partition's `.lsn` file is checked before its snapshot is
+        written, and written once the snapshots are durable, never before (beside an older
+        snapshot it would be corruption), without an fsync of its own: a crash may leave an
+        older one or none, a weaker check, not a false one."""
         with self._unless_fenced(unless_fenced, "writing snapshots"):
+            if lsn is not None:
+                for p in snapshots:
+                    journal, newer = self.snapshot_lsn(p) or (None, 0)
+                    if journal == unless_fenced and newer > lsn:
+                        raise JournalFenced.stale(str(unless_fenced), p, lsn, newer)
             for p, blob in snapshots.items():
                 self._write(self.root / "snapshots" / f"p{p}.snap", blob, sync_parent=False)
             if snapshots and self.fsync:
                 fsync_directory(self.root / "snapshots")
+            for p in snapshots if lsn is not None else ():
+                self._write(self.root / "snapshots" / f"p{p}.lsn",
+                            msgpack.packb([unless_fenced, lsn]), sync=False)
+
+    def snapshot_lsn(self, partition: int) -> tuple[str, int] | None:
+        """(A file that does not decode, a crash's, is as none.)"""
+        try:
+            journal, lsn = msgpack.unpackb(
+                (self.root / "snapshots" / f"p{partition}.lsn").read_bytes(), raw=False)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StoreUnavailable(f"reading a snapshot's LSN: {exc}") from exc
+        except (ValueError, TypeError, msgpack.UnpackException):
+            return None
+        return journal, lsn
 
     def get_snapshot(self, partition: int) -> bytes | None:
         try:
@@ -199,9 +229,22 @@ class DirectoryStore:
 
     def journal(self, name: str, policy: str = "fsync") -> Journal:
         try:
+            if name in self._owners:
+                return OwnedJournal(self.root / "journals" / name, policy, self._owners[name])
             return Journal(self.root / "journals" / name, policy)
         except OSError as exc:
             raise StoreUnavailable(f"opening journal {name}: {exc}") from exc
+
+    def own_journal(self, name: str, owner: str, claim: bool) -> None:
+        """(owned_journal.py: the file and its lock.)"""
+        try:
+            if claim:
+                owned_journal.claim(self.root / "journals" / name, owner)
+            else:
+                owned_journal.check(self.root / "journals" / name, owner)
+        except OSError as exc:
+            raise StoreUnavailable(f"claiming journal {name}: {exc}") from exc
+        self._owners[name] = owner
 
     def read_journal(self, name: str) -> JournalReader:
         return JournalReader(self.root / "journals" / name)
@@ -277,6 +320,8 @@ class DirectoryStore:
         try:
             with (contextlib.nullcontext() if journal is None
                   else unfenced(self.root / "journals" / journal)):
+                if journal in self._owners:
+                    owned_journal.check(self.root / "journals" / journal, self._owners[journal])
                 yield
         except OSError as exc:
             raise StoreUnavailable(f"{what}: {exc}") from exc
@@ -286,7 +331,8 @@ class DirectoryStore:
         return self.root / "customers" / f"p{partition}" / f"{name}.blk"
 
     def _write(self, path: Path, data: bytes, make_parent: bool = False,
-               sync_parent: bool = True) -> None:
+               sync_parent: bool = True, sync: bool = True) -> None:
+        """`sync` false: neither the file nor its folder fsynced."""
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{next(_tmp_names)}.tmp")
         try:
             if make_parent and path.parent not in self._listed:
@@ -298,11 +344,11 @@ class DirectoryStore:
             with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE),
                            "wb") as f:
                 f.write(data)
-                if self.fsync:
+                if self.fsync and sync:
                     f.flush()
                     os.fsync(f.fileno())
             os.replace(tmp, path)
-            if self.fsync and sync_parent:
+            if self.fsync and sync and sync_parent:
                 fsync_directory(path.parent)
         except OSError as exc:
             try:

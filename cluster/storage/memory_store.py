@@ -7,7 +7,7 @@ import msgpack
 
 from kairos.cluster.protocol import JOURNAL_FORMAT
 from kairos.cluster.storage.decision_logs import MemoryLog
-from kairos.cluster.storage.store import JournalFenced
+from kairos.cluster.storage.store import JournalDisowned, JournalFenced
 
 
 class MemoryJournal:
@@ -77,6 +77,11 @@ class MemoryStore:
         self._snapshots: dict[int, bytes] = {}
         self._journals: dict[str, MemoryJournal] = {}
         self._fenced: set[str] = set()  # journals fenced, dropped or not
+        # journal -> its owner (own_journal): the start of a shard's incarnation claims it,
+        # and its rebuild checks it; writes do not (one process's incarnations share this
+        # object, so it cannot tell them apart: the other stores' objects are each one's)
+        self._owners: dict[str, str] = {}
+        self._covers: dict[int, tuple[str, int]] = {}  # partition -> snapshot_lsn
         self._meta: dict[str, bytes] = {}
         self._logs: dict[str, MemoryLog] = {}
 
@@ -109,13 +114,28 @@ class MemoryStore:
     def count(self, partitions: Iterable[int]) -> int:
         return sum(len(self._homes.get(p, ())) for p in partitions)
 
-    def put_snapshots(self, snapshots: dict[int, bytes], unless_fenced: str | None = None
-                      ) -> None:
+    def put_snapshots(self, snapshots: dict[int, bytes], unless_fenced: str | None = None,
+                      lsn: int | None = None) -> None:
         self._check_unfenced(unless_fenced)
+        if lsn is not None:
+            for p in snapshots:
+                journal, newer = self._covers.get(p, (None, 0))
+                if journal == unless_fenced and newer > lsn:
+                    raise JournalFenced.stale(str(unless_fenced), p, lsn, newer)
+            self._covers.update((p, (str(unless_fenced), lsn)) for p in snapshots)
         self._snapshots.update(snapshots)
 
     def get_snapshot(self, partition: int) -> bytes | None:
         return self._snapshots.get(partition)
+
+    def snapshot_lsn(self, partition: int) -> tuple[str, int] | None:
+        return self._covers.get(partition)
+
+    def own_journal(self, name: str, owner: str, claim: bool) -> None:
+        if claim:
+            self._owners[name] = owner
+        elif self._owners.get(name, owner) != owner:
+            raise JournalDisowned.of(name)
 
     def journal(self, name: str, policy: str = "fsync") -> MemoryJournal:
         if name in self._fenced:

@@ -9,11 +9,15 @@ server's order: a batch written before the fence is read by the shard that set i
 after it is refused (JournalFenced; it stays, unacknowledged, in the fenced journal). It runs
 under WATCH of the last-LSN key, read first: one that is not the writer's own means the server
 lost writes it had acknowledged (a crash, a failover), and nothing is appended past that gap
-(StoreUnavailable: the shard rebuilds from what the server holds). This needs no command
-beyond those listed for an ACL user (README), where a Lua script would. It takes two round
-trips: the WATCH and its read go in one write, the MULTI/EXEC in another, on a connection of
-the client's pool (`_exchange`), as a redis-py pipeline sends each command apart once it
-watches (a third round trip, on every acknowledged round).
+(StoreUnavailable: the shard rebuilds from what the server holds). The same exchange WATCHes
+and reads the journal's owner (store.py, "Owners"): a writer for an incarnation that no
+longer owns it writes nothing (JournalDisowned). This needs no command beyond those listed
+for an ACL user (README), where a Lua script would. It takes two round trips: the WATCH and
+its reads go in one write, the MULTI/EXEC in another, on a connection of the client's pool
+(`_exchange`), as a redis-py pipeline sends each command apart once it watches (a third
+round trip, on every acknowledged round). Every other write of the shard's (truncation,
+take-back, compaction, and the store's snapshot and home writes) goes the same way
+(`guarded`), under WATCH of the fence and the owner.
 
 A transaction whose reply is lost (a socket timeout after its EXEC was sent) leaves its batch
 in doubt, so the writer looks again on a new connection before it answers: a batch there is
@@ -42,7 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import msgpack
 import redis
@@ -50,7 +54,8 @@ import redis
 from kairos.cluster.storage.frames import (Decode, JournalFormatError, check_frame, scrub_batch,
                                            seal_batch, unseal_batch)
 from kairos.cluster.storage.redis_errors import ERRORS, unavailable
-from kairos.cluster.storage.store import JournalFenced, StoreCorrupt, StoreUnavailable
+from kairos.cluster.storage.store import (JournalDisowned, JournalFenced, StoreCorrupt,
+                                          StoreUnavailable)
 
 log = logging.getLogger("kairos.store")
 REPLAY_PAGE = 256  # journal batches (and decision log entries) fetched per round trip
@@ -117,11 +122,16 @@ class RedisReader:
 
 
 class RedisJournal(RedisReader):
-    def __init__(self, client: redis.Redis, key: str, policy: str):
+    def __init__(self, client: redis.Redis, key: str, policy: str, owner: str | None = None):
+        """`owner`: the incarnation this writer writes as (store.py, "Owners"); None for a
+        writer that checks only the fence."""
         super().__init__(client, key)
         self.policy = policy
         self.fence = f"{key}:fenced"
         self.last = f"{key}:last"
+        self.owner_key = f"{key}:owner"
+        self.owner = owner
+        self.disowned = False  # found another incarnation the owner: nothing more is written
         self.fenced = False
         self.failed: str | None = None  # why a batch is in doubt: nothing more is appended
         kwargs = client.connection_pool.connection_kwargs
@@ -137,9 +147,9 @@ class RedisJournal(RedisReader):
         with self.r.pipeline(transaction=False) as pipe:
             pipe.get(self.last)
             pipe.get(self.fence)
-            last, fenced = pipe.execute()
-        if fenced is not None:
-            raise JournalFenced.of(self.key)
+            pipe.get(self.owner_key)
+            last, fenced, owner = pipe.execute()
+        self._refuse(fenced, owner)
         self.last_lsn = int(last or 0)
         if policy == "fsync":
             try:
@@ -161,7 +171,7 @@ class RedisJournal(RedisReader):
     @unavailable("appending to the journal")
     def append(self, records: list[Any], sync: bool = True) -> int:
         if self.fenced:
-            raise JournalFenced.of(self.key)
+            raise self._refused()
         if self.failed is not None:
             raise StoreUnavailable(f"a batch appended earlier is in doubt ({self.failed}); "
                                    f"this writer appends nothing more")
@@ -184,11 +194,15 @@ class RedisJournal(RedisReader):
     def _transact(self, batch: bytes, last: int) -> bytes | None:
         """The append's transaction (the module's text): the batch and its last LSN, under
         WATCH of the last-LSN key as `_follows_on` found it; the fence as the EXEC read it.
-        WatchError if the key changed before the EXEC (nothing written)."""
+        WatchError if the key changed before the EXEC (nothing written). The owner is watched
+        and read with it, in the same write: JournalFenced, nothing written, if it is not this
+        writer's."""
         pool = self.r.connection_pool
         connection = pool.get_connection()
         try:
-            _, stored = _exchange(connection, ("WATCH", self.last), ("GET", self.last))
+            _, stored, owner = _exchange(connection, ("WATCH", self.last, self.owner_key),
+                                         ("GET", self.last), ("GET", self.owner_key))
+            self._refuse(None, owner)
             self._follows_on(int(stored or 0))
             done = _exchange(connection, ("MULTI",), ("ZADD", self.key, last, batch),
                              ("SET", self.last, last), ("GET", self.fence), ("EXEC",))[-1]
@@ -236,11 +250,9 @@ class RedisJournal(RedisReader):
 
     def _settle_once(self, batch: bytes, last: int, count: int, keep: bool) -> bool:
         with self.r.pipeline(transaction=True) as tx:
-            tx.watch(self.last, self.fence)
+            tx.watch(self.last, self.fence, self.owner_key)
             stored = int(tx.get(self.last) or 0)
-            if tx.get(self.fence) is not None:
-                self.fenced = True
-                raise JournalFenced.of(self.key)
+            self._refuse(tx.get(self.fence), tx.get(self.owner_key))
             there = stored == last and batch in tx.zrangebyscore(self.key, last, last)
             if there and keep:
                 return True
@@ -265,11 +277,28 @@ class RedisJournal(RedisReader):
             log.error("%s", error)
             raise error
 
-    @unavailable("reading the journal's fence")
-    def check_fence(self) -> None:
-        if self.fenced or self.r.get(self.fence) is not None:
+    def _refuse(self, fenced: bytes | None, owner: bytes | None) -> None:
+        """JournalFenced if the journal is fenced, or owned by another incarnation than this
+        writer's (when it writes as one)."""
+        if self.fenced:
+            raise self._refused()
+        if fenced is not None:  # the first reason: dropping a fenced journal takes its owner
             self.fenced = True
             raise JournalFenced.of(self.key)
+        if not owns(self.owner, owner):
+            self.fenced = self.disowned = True
+            raise JournalDisowned.of(self.key)
+
+    def _refused(self) -> JournalFenced:
+        """Why this writer writes nothing more, once it found out."""
+        return (JournalDisowned if self.disowned else JournalFenced).of(self.key)
+
+    @unavailable("reading the journal's fence")
+    def check_fence(self) -> None:
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.get(self.fence)
+            pipe.get(self.owner_key)
+            self._refuse(*pipe.execute())
 
     @unavailable("taking back a batch")
     def retract(self, after_lsn: int) -> bool:
@@ -277,16 +306,23 @@ class RedisJournal(RedisReader):
         batch here is durable as soon as it is written, so it is always taken back)."""
         if self.last_lsn == after_lsn:
             return True
-        with self.r.pipeline(transaction=True) as tx:
-            tx.zremrangebyscore(self.key, self.last_lsn, self.last_lsn)
-            tx.set(self.last, after_lsn)
-            tx.execute()
+        self._guarded(("ZREMRANGEBYSCORE", self.key, self.last_lsn, self.last_lsn),
+                      ("SET", self.last, after_lsn))
         self.last_lsn = after_lsn
         return True
 
     @unavailable("truncating the journal")
     def truncate(self, upto_lsn: int) -> int:
-        return self.r.zremrangebyscore(self.key, "-inf", upto_lsn)
+        return self._guarded(("ZREMRANGEBYSCORE", self.key, "-inf", upto_lsn))[0]
+
+    def _guarded(self, *commands: tuple) -> list:
+        if self.fenced:
+            raise self._refused()
+        try:
+            return guarded(self.r, self.key, self.owner, commands)
+        except JournalFenced as exc:
+            self.fenced, self.disowned = True, isinstance(exc, JournalDisowned)
+            raise
 
     def compact(self, drop: Callable[[Any], bool], decode: Decode | None = None) -> int:
         """Page by page (REPLAY_PAGE batches, by score), so a long journal never needs one
@@ -310,10 +346,7 @@ class RedisJournal(RedisReader):
         for member, score in self.r.zrange(quarantine, 0, -1, withscores=True):
             scrubbed, gone = scrub_batch(member, int(score), drop, decode)
             if scrubbed != member:
-                with self.r.pipeline(transaction=True) as tx:
-                    tx.zrem(quarantine, member)
-                    tx.zadd(quarantine, {scrubbed: score})
-                    tx.execute()
+                self._guarded(("ZREM", quarantine, member), ("ZADD", quarantine, score, scrubbed))
             dropped += gone
         return dropped
 
@@ -326,14 +359,54 @@ class RedisJournal(RedisReader):
                 for r in records]
         gone = sum(1 for r in kept if r is None) - sum(1 for r in records if r is None)
         if gone:
-            with self.r.pipeline(transaction=True) as tx:
-                tx.zrem(self.key, member)
-                tx.zadd(self.key, {seal_batch(first, kept, journal_format): score})
-                tx.execute()
+            self._guarded(("ZREM", self.key, member),
+                          ("ZADD", self.key, score, seal_batch(first, kept, journal_format)))
         return gone
 
     def close(self) -> None:
         pass
+
+
+def owns(mine: str | None, stored: bytes | None) -> bool:
+    """Whether a writer as incarnation `mine` (None: as none, an older caller's way) may write
+    a journal whose owner key holds `stored`."""
+    return mine is None or stored is not None and stored.decode() == mine
+
+
+def guarded(client: redis.Redis, journal: str, owner: str | None, commands: Sequence[tuple],
+            watched: Sequence[str] = (), check: Callable[[list], None] = lambda values: None
+            ) -> list:
+    """Run `commands` in a MULTI/EXEC unless the journal (its key) is fenced or, with
+    `owner`, another incarnation's (JournalFenced, nothing written); the EXEC's replies. Two
+    round trips (`_exchange`): one WATCHes the fence, the owner and `watched` and reads them
+    (`check`, given the values of `watched`, raises to refuse), the other is the MULTI/EXEC.
+    A watched key changed before the EXEC: looked at again, up to SETTLE_TRIES times (then
+    WatchError)."""
+    fence, owner_key = f"{journal}:fenced", f"{journal}:owner"
+    pool = client.connection_pool
+    for _ in range(SETTLE_TRIES):
+        connection = pool.get_connection()
+        try:
+            replies = _exchange(connection, ("WATCH", fence, owner_key, *watched),
+                                ("GET", fence), ("GET", owner_key),
+                                *(("GET", key) for key in watched))
+            if replies[1] is not None:
+                raise JournalFenced.of(journal)
+            if not owns(owner, replies[2]):
+                raise JournalDisowned.of(journal)
+            check(replies[3:])
+            done = _exchange(connection, ("MULTI",), *commands, ("EXEC",))[-1]
+        except BaseException:
+            connection.disconnect()  # with its WATCH, and any reply not read
+            raise
+        finally:
+            pool.release(connection)
+        if done is not None:
+            for reply in done:
+                if isinstance(reply, redis.exceptions.ResponseError):
+                    raise reply
+            return done
+    raise redis.exceptions.WatchError(f"{journal}: the keys a write watched kept changing")
 
 
 def _exchange(connection: redis.connection.AbstractConnection, *commands: tuple) -> list:

@@ -4,10 +4,12 @@ Keys, under a prefix (default "kairos", `?prefix=` in the URL) so clusters can s
 
     <prefix>:c:<partition>       hash: customer id -> home blob
     <prefix>:s:<partition>       string: the partition's snapshot
+    <prefix>:s:<partition>:lsn   string: msgpack [journal, LSN] of its newest one (store.py)
     <prefix>:j:<shard>           sorted set: journal batches, scored by their last LSN
     <prefix>:j:<shard>:last      string: the journal's last LSN (survives truncation)
     <prefix>:j:<shard>:quarantine  sorted set: damaged batches an operator moved aside
     <prefix>:j:<shard>:fenced    string: another shard took the journal's partitions over
+    <prefix>:j:<shard>:owner     string: the shard's incarnation that writes it (store.py)
     <prefix>:m:<key>             string: meta
     <prefix>:d:<shard>           sorted set: the shard's decision log, entries scored by time
     <prefix>:d:<shard>:bytes     string: the log's size, as decision_logs.py counts it
@@ -33,7 +35,7 @@ import contextlib
 import itertools
 import logging
 import os
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
 
 import msgpack
@@ -43,8 +45,10 @@ from kairos.cluster.settings import REDIS_TIMEOUT_S
 from kairos.cluster.storage.decision_logs import Entry, entry_size
 from kairos.cluster.storage.ownership import LEASE_S
 from kairos.cluster.storage.redis_errors import ERRORS, unavailable
-from kairos.cluster.storage.redis_journal import REPLAY_PAGE, RedisJournal, RedisReader
-from kairos.cluster.storage.store import JournalFenced, StoreInUse, StoreUnavailable, redact
+from kairos.cluster.storage.redis_journal import (REPLAY_PAGE, RedisJournal, RedisReader,
+                                                   guarded, owns)
+from kairos.cluster.storage.store import (JournalDisowned, JournalFenced, StoreInUse,
+                                          StoreUnavailable, redact)
 
 log = logging.getLogger("kairos.store")
 PIPELINE_BYTES = 16 << 20  # a write to Redis ends with the item that brings its data to this
@@ -240,6 +244,7 @@ class RedisStore:
         self.prefix = prefixes[0]
         _check_parameters(url, parsed.scheme, query)
         self.url = url
+        self._owners: dict[str, str] = {}  # journal -> the incarnation written as (own_journal)
         try:
             self.r = redis.Redis.from_url(
                 urlunparse(parsed._replace(query=urlencode(query, doseq=True))),
@@ -260,11 +265,11 @@ class RedisStore:
         """In transactions that end once they reach PIPELINE_BYTES (`_chunks`: the home that
         reaches it is the last), an HSET per partition."""
         for chunk in _chunks(homes, lambda home: len(home[2])):
-            by_partition: dict[int, dict[str, bytes]] = {}
+            by_partition: dict[int, list[str | bytes]] = {}
             for partition, customer_id, blob in chunk:
-                by_partition.setdefault(partition, {})[customer_id] = blob
-            self._unless_fenced(unless_fenced, lambda r: [
-                r.hset(f"{self.prefix}:c:{p}", mapping=blobs) for p, blobs in by_partition.items()])
+                by_partition.setdefault(partition, []).extend((customer_id, blob))
+            self._unless_fenced(unless_fenced, [("HSET", f"{self.prefix}:c:{p}", *fields)
+                                                for p, fields in by_partition.items()])
 
     @unavailable("reading a customer")
     def get(self, partition: int, customer_id: str) -> bytes | None:
@@ -282,8 +287,8 @@ class RedisStore:
             by_partition: dict[int, list[str]] = {}
             for partition, customer_id in chunk:
                 by_partition.setdefault(partition, []).append(customer_id)
-            self._unless_fenced(unless_fenced, lambda r: [
-                r.hdel(f"{self.prefix}:c:{p}", *ids) for p, ids in by_partition.items()])
+            self._unless_fenced(unless_fenced, [("HDEL", f"{self.prefix}:c:{p}", *ids)
+                                                for p, ids in by_partition.items()])
 
     @unavailable("moving a partition")
     def take_partition(self, partition: int) -> dict[str, bytes]:
@@ -302,48 +307,74 @@ class RedisStore:
             return sum(pipe.execute())
 
     @unavailable("writing snapshots")
-    def put_snapshots(self, snapshots: dict[int, bytes], unless_fenced: str | None = None
-                      ) -> None:
-        """In pipelines that end once they reach PIPELINE_BYTES (`_chunks`: the snapshot that
-        reaches it is the last; each stands alone: a partly written set is still consistent).
-        With `unless_fenced`, each under WATCH of that journal's fence: a fence set before its
-        EXEC leaves it unwritten (JournalFenced)."""
+    def put_snapshots(self, snapshots: dict[int, bytes], unless_fenced: str | None = None,
+                      lsn: int | None = None) -> None:
+        """In transactions that end once they reach PIPELINE_BYTES (`_chunks`: the snapshot
+        that reaches it is the last; each stands alone: a partly written set is still
+        consistent). With `unless_fenced`, each under WATCH of that journal's fence and owner
+        (`_unless_fenced`); with `lsn` too, of the partitions' `:lsn` keys, checked and
+        written with them."""
         for chunk in _chunks(snapshots.items(), lambda snapshot: len(snapshot[1])):
-            self._unless_fenced(unless_fenced, lambda r: r.mset(
-                {f"{self.prefix}:s:{p}": blob for p, blob in chunk}))
+            values: list[str | bytes] = []
+            for p, blob in chunk:
+                values.extend((f"{self.prefix}:s:{p}", blob))
+                if lsn is not None:
+                    values.extend((f"{self.prefix}:s:{p}:lsn",
+                                   msgpack.packb([unless_fenced, lsn])))
+            covered = [p for p, _ in chunk] if lsn is not None else []
 
-    def _unless_fenced(self, journal: str | None, write: Callable[[redis.Redis], Any]) -> None:
-        """`write` on a pipeline, sent in one exchange; with `journal` named, in a MULTI/EXEC
-        under WATCH of its fence: a fence set before the EXEC leaves it unwritten
-        (JournalFenced). A WatchError is that fence only if the fence is there: redis-py
-        raises it too for a connection that failed while watching (StoreUnavailable then,
-        not a false alarm of a takeover)."""
+            def check(stored: list, covered: list[int] = covered) -> None:
+                for p, value in zip(covered, stored):
+                    journal, newer = msgpack.unpackb(value, raw=False) if value else (None, 0)
+                    if journal == unless_fenced and newer > lsn:
+                        raise JournalFenced.stale(str(unless_fenced), p, lsn, newer)
+            self._unless_fenced(unless_fenced, [("MSET", *values)],
+                                [f"{self.prefix}:s:{p}:lsn" for p in covered], check)
+
+    def _unless_fenced(self, journal: str | None, commands: list[tuple],
+                       watched: Sequence[str] = (),
+                       check: Callable[[list], None] = lambda values: None) -> None:
+        """`commands` sent in one exchange; with `journal` named, in a MULTI/EXEC under WATCH of
+        its fence and owner (and `watched`, which `check` sees), two round trips
+        (redis_journal.py `guarded`): JournalFenced, nothing written, if the journal is fenced
+        or another incarnation's than this store's (`own_journal`) before the EXEC."""
         if journal is None:
             with self.r.pipeline(transaction=False) as pipe:
-                write(pipe)
+                for command in commands:
+                    pipe.execute_command(*command)
                 pipe.execute()
             return
-        fence = f"{self.prefix}:j:{journal}:fenced"
-        with self.r.pipeline(transaction=True) as tx:
-            try:
-                tx.watch(fence)
-                if tx.get(fence) is None:
-                    tx.multi()
-                    write(tx)
-                    tx.execute()
-                    return
-            except redis.exceptions.WatchError:
-                if self.r.get(fence) is None:
-                    raise
-        raise JournalFenced.of(journal)
+        guarded(self.r, f"{self.prefix}:j:{journal}", self._owners.get(journal), commands,
+                watched, check)
 
     @unavailable("reading a snapshot")
     def get_snapshot(self, partition: int) -> bytes | None:
         return self.r.get(f"{self.prefix}:s:{partition}")
 
+    @unavailable("reading a snapshot's LSN")
+    def snapshot_lsn(self, partition: int) -> tuple[str, int] | None:
+        value = self.r.get(f"{self.prefix}:s:{partition}:lsn")
+        return None if value is None else tuple(msgpack.unpackb(value, raw=False))
+
+    @unavailable("claiming a journal")
+    def own_journal(self, name: str, owner: str, claim: bool) -> None:
+        key = f"{self.prefix}:j:{name}"
+        if claim:
+            self.r.set(f"{key}:owner", owner)
+        else:
+            with self.r.pipeline(transaction=False) as pipe:
+                pipe.get(f"{key}:fenced")
+                pipe.get(f"{key}:owner")
+                fenced, stored = pipe.execute()
+            if fenced is not None:  # the first reason: dropping a fenced journal took its owner
+                raise JournalFenced.of(name)
+            if not owns(owner, stored):
+                raise JournalDisowned.of(name)
+        self._owners[name] = owner
+
     @unavailable("opening a journal")
     def journal(self, name: str, policy: str = "fsync") -> RedisJournal:
-        return RedisJournal(self.r, f"{self.prefix}:j:{name}", policy)
+        return RedisJournal(self.r, f"{self.prefix}:j:{name}", policy, self._owners.get(name))
 
     def read_journal(self, name: str) -> RedisReader:
         return RedisReader(self.r, f"{self.prefix}:j:{name}")
@@ -356,7 +387,7 @@ class RedisStore:
     def drop_journal(self, name: str) -> None:
         """The journal's keys but its fence, which outlives it (store.py)."""
         key = f"{self.prefix}:j:{name}"
-        self.r.delete(key, f"{key}:last", f"{key}:quarantine")
+        self.r.delete(key, f"{key}:last", f"{key}:quarantine", f"{key}:owner")
 
     @unavailable("writing meta")
     def put_meta(self, key: str, blob: bytes) -> None:

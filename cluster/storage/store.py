@@ -37,6 +37,22 @@ once it is fenced, in one step with the write, so none lands over its heir's. An
 shard's journal is read with `read_journal`, which changes nothing (its writer may run): a torn
 tail ends the replay there, without being cut.
 
+Owners: a shard name may run twice at once, in two incarnations (a second cluster that resumed
+from a controller's lapsed claim; Ray restarting a shard whose node it declared dead while the
+old process runs on), both writing the same journal and snapshots: the old one's snapshot,
+written over the newer one after the journal was truncated behind it, lost acknowledged
+events. So each start of a shard by the controller claims its journal for its incarnation
+(`own_journal` with `claim`), and its store object writes for that journal (appends, syncs'
+acknowledgements aside, truncations, take-backs, compactions, and every write `unless_fenced`
+names it) only while the journal's owner is that incarnation, checked in one step with the
+write as the fence is: JournalFenced otherwise, the write not made. A rebuild of the same
+incarnation does not claim: it finds the journal its own, or stays down. A store without an
+owner for a journal (written by an older Kairos) is claimed by the first start. Behind it, a
+snapshot written with its `lsn` is refused where the partition's newest one named the same
+journal at a higher LSN (`snapshot_lsn` keeps it), and recovery reads that too: a snapshot
+older than the newest written of its journal (an older Kairos wrote over it, or an operator
+restored one) is StoreCorrupt, as the journal's records between may be gone.
+
 Every failure to reach the store (disk full, Redis down) raises `StoreUnavailable`; a shard
 that meets one answers UNAVAILABLE and rebuilds itself from the store once it is back. Damaged
 data raises `StoreCorrupt`, a StoreUnavailable that names the file (or key) and offset: the
@@ -76,6 +92,22 @@ class JournalFenced(StoreUnavailable):
         return cls(f"journal {name} is fenced: another shard recovered its partitions (the "
                    f"controller replaced this one), so nothing more written to it is "
                    f"acknowledged")
+
+    @classmethod
+    def stale(cls, name: str, partition: int, lsn: int, newer: int) -> JournalFenced:
+        return cls(f"journal {name}: a snapshot of partition {partition} at LSN {lsn} is "
+                   f"refused: one at LSN {newer} of the same journal was written (by another "
+                   f"incarnation of the shard)")
+
+
+class JournalDisowned(JournalFenced):
+    """Another incarnation of the same shard owns the journal (the module's text, "Owners")."""
+
+    @classmethod
+    def of(cls, name: str) -> JournalDisowned:
+        return cls(f"journal {name} is owned by another incarnation of its shard (the "
+                   f"controller started the shard again), so this one writes nothing more to "
+                   f"it, nor any snapshot or home of its partitions")
 
 
 class StoreInUse(Exception):
@@ -140,8 +172,9 @@ class JournalLike(JournalReader, Protocol):
         JournalFenced, as `append`, if the journal was fenced before it finished."""
 
     def check_fence(self) -> None:
-        """JournalFenced if the journal is fenced: what names it (a snapshot) or drops what it
-        holds (a truncation) must not follow once another shard has taken it over."""
+        """JournalFenced if the journal is fenced, or owned by another incarnation of its
+        shard (JournalDisowned): what names it (a snapshot) or drops what it holds (a
+        truncation) must not follow once another shard has taken it over."""
 
     def truncate(self, upto_lsn: int) -> int: ...
 
@@ -210,13 +243,24 @@ class Store(Protocol):
     def count(self, partitions: Iterable[int]) -> int:
         """Customers with a home in these partitions."""
 
-    def put_snapshots(self, snapshots: dict[int, bytes], unless_fenced: str | None = None
-                      ) -> None:
+    def put_snapshots(self, snapshots: dict[int, bytes], unless_fenced: str | None = None,
+                      lsn: int | None = None) -> None:
         """Write partitions' snapshots; with `unless_fenced`, only while that journal is not
         fenced, atomically with fence_journal (JournalFenced otherwise): a shard replaced
-        while it still runs must not write over its heir's snapshots."""
+        while it still runs must not write over its heir's snapshots. With `lsn` (they cover
+        journal `unless_fenced` up to it), JournalFenced where a partition's `snapshot_lsn`
+        names that journal at a higher LSN, and else that becomes its `snapshot_lsn`."""
 
     def get_snapshot(self, partition: int) -> bytes | None: ...
+
+    def snapshot_lsn(self, partition: int) -> tuple[str, int] | None:
+        """The journal and LSN of the newest snapshot of the partition written with `lsn`."""
+
+    def own_journal(self, name: str, owner: str, claim: bool) -> None:
+        """Write journal `name` (and `unless_fenced` it) through this store object as the
+        incarnation `owner` (module text, "Owners"): with `claim`, make it the journal's owner
+        (a start of the shard by the controller); without, JournalFenced unless it is (a
+        rebuild). Before the journal is opened."""
 
     def journal(self, name: str, policy: str = "fsync") -> JournalLike:
         """Shard `name`'s own journal, to write (JournalFenced if it is fenced)."""

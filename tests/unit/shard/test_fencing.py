@@ -113,11 +113,11 @@ def test_an_old_shard_fenced_while_it_snapshots_writes_no_snapshot_nor_truncates
     heir = shard(compiled, "s1", store=DirectoryStore(tmp_path))
     put_snapshots = old.store.put_snapshots
 
-    def heir_takes_over_first(snapshots, unless_fenced=None):
+    def heir_takes_over_first(snapshots, unless_fenced=None, lsn=None):
         heir.recover(FROM_S0)
         heir.snapshot()
         heir.store.drop_journal("s0")
-        put_snapshots(snapshots, unless_fenced)
+        put_snapshots(snapshots, unless_fenced, lsn)
     monkeypatch.setattr(old.store, "put_snapshots", heir_takes_over_first)
     truncated = []
     monkeypatch.setattr(old.journal, "truncate", truncated.append)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from kairos.cluster.storage import redis_journal
 from kairos.cluster.storage.directory_store import STALE_TMP_S, DirectoryStore
 from kairos.cluster.storage.memory_store import MemoryStore
 from kairos.cluster.storage.providers import open_store
@@ -93,14 +94,14 @@ def test_a_fenced_journals_shard_writes_no_snapshot_over_its_heirs(store, monkey
 def _fenced_while_writing(store, monkeypatch, journal: str, write) -> None:
     """Redis: `journal` is fenced by another connection after the store's WATCHed read of its
     fence and before its EXEC; `write` (unless_fenced=journal) must raise JournalFenced."""
-    real_get = type(store.r).get
+    real_exchange = redis_journal._exchange
 
-    def fenced_meanwhile(self, key):
-        found = real_get(self, key)
-        if key.endswith(f"{journal}:fenced"):
+    def fenced_meanwhile(connection, *commands):
+        replies = real_exchange(connection, *commands)
+        if commands[0][0] == "WATCH" and commands[0][1].endswith(f"{journal}:fenced"):
             store.fence_journal(journal)
-        return found
-    monkeypatch.setattr(type(store.r), "get", fenced_meanwhile)
+        return replies
+    monkeypatch.setattr(redis_journal, "_exchange", fenced_meanwhile)
     with pytest.raises(JournalFenced):
         write()
     monkeypatch.undo()
