@@ -52,7 +52,7 @@ cdef class CatalogView:
     cdef public object c
     cdef int n_actions, n_channels, n_groups, n_predictors, history_size, exploration
     cdef int n_decayed, n_weights
-    cdef double restraint, ucb_alpha, trial_rate, value_prior_weight
+    cdef double restraint, ucb_alpha, trial_rate, value_prior_weight, value_limit
     cdef bint optimistic
     cdef int selection_samples
     cdef const int8_t[::1] view_kind
@@ -101,6 +101,7 @@ cdef class CatalogView:
         self.ucb_alpha = c.ucb_alpha
         self.trial_rate = c.trial_rate
         self.value_prior_weight = c.value_prior_weight
+        self.value_limit = c.value_limit
         self.selection_samples = c.selection_samples
         self.view_kind = c.layout.view_kind
         self.view_inv_hl = c.layout.view_inv_half_life
@@ -819,11 +820,13 @@ cdef inline double _draw(CatalogView cat, uint64_t* state) noexcept nogil:
 cdef inline double _learned_value(CatalogView cat, ModelView mv, Py_ssize_t m,
                                   double value) noexcept nogil:
     """The catalog's value for this customer, weighed as value_prior_weight conversions,
-    blended with the values the model's conversions reported (as is until there are any)."""
+    blended with the values the model's conversions reported (as is until there are any).
+    Weighed by shares, not summed then divided: prior_weight x value may overflow."""
+    cdef double total
     if cat.value_prior_weight < 0.0 or mv.value_count[m] == 0.0:
         return value
-    return (cat.value_prior_weight * value + mv.value_sum[m]) / \
-        (cat.value_prior_weight + mv.value_count[m])
+    total = cat.value_prior_weight + mv.value_count[m]
+    return value * (cat.value_prior_weight / total) + mv.value_sum[m] / total
 
 
 cdef inline double _quadratic(const double* S, const double* x, Py_ssize_t d) noexcept nogil:
@@ -905,7 +908,7 @@ cdef void _decide_one(CatalogView cat, StateView st, ModelView mv, Workspace ws,
             reasons[a] = reason
             continue
         value = _run(cat, cat.rule_range[a, 3, 0], cat.rule_range[a, 3, 1], view, ctx, a, now)
-        if not isfinite(value):
+        if not fabs(value) <= cat.value_limit:  # NaN and inf too
             reasons[a] = R_INVALID_VALUE
             continue
         ws._catalog_values[out, a] = value

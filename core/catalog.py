@@ -16,11 +16,13 @@ from pathlib import Path as FsPath
 from typing import Any, Callable
 
 from ._kernel import MAX_PREDICTORS_SUPPORTED
-from .errors import CatalogError
-from .rules import DURATION_UNITS_S
+from .errors import CatalogError, RuleError
+from .rules import DURATION_UNITS_S, MAX_NUMBER, out_of_range
 from .yamlsource import Path, Source
 
 MAX_ACTIONS = 10_000  # in one catalog
+# the history ring keeps an interaction's channel in an int8 (state.py's ring_channel)
+MAX_CHANNELS = 127
 MAX_PREDICTORS = MAX_PREDICTORS_SUPPORTED - 1  # a catalog's; the kernel adds the intercept
 FORMAT_VERSION = 1
 FIELD_TYPES = ("string", "int", "float", "bool", "timestamp")
@@ -29,9 +31,6 @@ FEATURE_KINDS = ("count", "sum", "decayed_count", "decayed_sum", "last", "time_s
 KINDS_WITH_FIELD = {"sum", "decayed_sum", "last", "min", "max"}
 KINDS_WITH_HALF_LIFE = {"decayed_count", "decayed_sum"}
 NUMERIC_TYPES = ("int", "float")
-# The widest an int or float value may be, catalog and input alike: ints stay exact in a float64
-# slot (2**53 is about 9e15), and sums of many such values stay finite.
-MAX_NUMBER = 1e12
 EXPLORATION_METHODS = ("thompson", "ucb", "none")
 TRANSFORMS = ("identity", "log1p", "scale", "recency", "standardize")
 DEFAULT_HISTORY_SIZE = 32
@@ -65,6 +64,9 @@ MIN_PRECISION = 1e-6
 MAX_CONTROL_SHARE = 0.5  # a control group larger than the policy it measures is a mistake
 DEFAULT_TRIAL_RATE = 0.02  # decisions that try an action not yet accepted on the channel
 DEFAULT_SELECTION_SAMPLES, MAX_SELECTION_SAMPLES = 128, 65_536
+# selection_samples x the actions offered on a channel: each re-run draws every action that can
+# still rank, about 18 ns each here, so this keeps a decision's re-runs to about 5 ms
+MAX_SELECTION_WORK = 262_144
 POSTERIORS = ("auto", "full", "diagonal")
 DEFAULT_VALUE_PRIOR_WEIGHT = 10.0
 # A convert's value counts at most this many times the action's catalog value in the
@@ -75,6 +77,9 @@ DEFAULT_VALUE_MAX_RATIO = 10.0
 # inputs^2 per action and a model inputs^2 * 16 bytes (precision and covariance)...
 FULL_POSTERIOR_MAX_INPUTS = 64
 FULL_POSTERIOR_AUTO_INPUTS = 32  # ...and "auto" takes it up to this many
+# The bytes a shard's models of every (action, channel) pair may take (each shard and the
+# learner hold them all): 10,000 actions on 6 channels, 32 full-covariance inputs: 1.4 GiB
+MAX_MODEL_BYTES = 2 * 2**30
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")  # of everything a catalog names: channels, actions...
 _DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 
@@ -271,6 +276,22 @@ class Models:
     # FULL_POSTERIOR_AUTO_INPUTS inputs
     posterior: str = "auto"
     value: ValueLearning = ValueLearning()
+    inputs: int = 0  # the predictors' inputs (a vector counts its size), the intercept not
+
+    @property
+    def full(self) -> bool:
+        """Whether each model keeps a covariance matrix."""
+        return self.posterior == "full" or (
+            self.posterior == "auto" and self.inputs + 1 <= FULL_POSTERIOR_AUTO_INPUTS)
+
+    @property
+    def model_bytes(self) -> int:
+        """What one (action, channel) model takes in a shard's table: its mean, precision (and
+        covariance, full) and four counts (models.COUNTS), and the copy of them the table
+        keeps to take what it learned since."""
+        d = self.inputs + 1
+        matrix = d * d if self.full else d
+        return 8 * (2 * (d + matrix + 4) + (matrix if self.full else 0))
 
 
 @dataclass(frozen=True)
@@ -384,6 +405,7 @@ class _Reader:
         self.src = source
         self.action_id: str | None = None
         self.refusals: list[CatalogError] = []
+        self.literals: dict[str, RuleError | None] = {}  # rules.out_of_range by rule text
 
     # -- primitives -----------------------------------------------------------------------
 
@@ -487,6 +509,26 @@ class _Reader:
             raise self.fail(path, f"must be at most {maximum:g}, got {value!r}")
         return float(value)
 
+    def within(self, path: Path, value: float, minimum: float = 0.0,
+               maximum: float = MAX_NUMBER) -> float:
+        """A bound that came after catalogs could be saved: past it refuses a catalog coming
+        in new, while a saved one still loads with its value (load_catalog's `strict`)."""
+        if value < minimum:
+            self.refusals.append(self.fail(path, f"must be at least {minimum:g}, got {value!r}"))
+        elif value > maximum:
+            self.refusals.append(self.fail(path, f"must be at most {maximum:g}, got {value!r}"))
+        return value
+
+    def rule(self, path: Path) -> Rule:
+        text = self.text(path)
+        if text not in self.literals:  # an alias repeats a rule's text many times
+            self.literals[text] = out_of_range(text)
+        error = self.literals[text]
+        if error is not None:
+            self.refusals.append(self.src.error(path, error.reason, action_id=self.action_id,
+                                                column_in_value=error.column))
+        return Rule(text, path)
+
     def integer(self, path: Path, *, minimum: int = 0, maximum: int) -> int:
         """The compiler keeps integers in int32 arrays, so each has an upper bound."""
         value = self.get(path)
@@ -566,6 +608,9 @@ class _Reader:
         bool_attrs = {a.name for a in attributes if a.type == "bool"}
         channels = self.each(("channels",), lambda p: self.channel(p, bool_attrs),
                              non_empty=True)
+        if len(channels) > MAX_CHANNELS:
+            self.refusals.append(self.fail(("channels",), f"more than {MAX_CHANNELS} channels "
+                                                          f"({len(channels)} given)"))
         context = self.each(("context",), lambda p: self.field_spec(p, vectors=True)) \
             if "context" in root else ()
         consent = self.consent(bool_attrs) if "consent" in root else {"service": None}
@@ -584,8 +629,10 @@ class _Reader:
         groups = tuple(dict.fromkeys(a.group for a in actions))
         arbitration = self.arbitration(channel_map, groups, {c.name: c for c in context}) \
             if "arbitration" in root else Arbitration()
+        self.selection_work(channels, actions, arbitration.exploration)
         models = self.models(attr_map, {f.name: f for f in features}, {c.name: c for c in context},
                              groups) if "models" in root else Models()
+        self.models_fit(models, len(actions), len(channels))
         fallbacks = self.fallbacks(channel_map, actions)
         timers = self.each(("timers",), lambda p: self.timer(p, event_map)) \
             if "timers" in root else ()
@@ -851,14 +898,15 @@ class _Reader:
                                         {p.name for p in channels[ch_name].placements},
                                         f"placement of {ch_name}")
             offers.append(Offer(ch_name, treatment, placements, agent_text))
-        rules = {stage: Rule(self.text(path + (stage,)), path + (stage,)) if stage in spec
+        rules = {stage: self.rule(path + (stage,)) if stage in spec
                  else None for stage in ("eligibility", "applicability", "suitability")}
         raw_value = spec["value"]
         if isinstance(raw_value, str):
-            value: float | Rule = Rule(self.text(path + ("value",)), path + ("value",))
+            value: float | Rule = self.rule(path + ("value",))
         else:
-            value = self.number(path + ("value",))
-        lever = self.number(path + ("lever",), minimum=0.0) if "lever" in spec else 1.0
+            value = self.within(path + ("value",), self.number(path + ("value",)), -MAX_NUMBER)
+        lever = self.within(path + ("lever",), self.number(path + ("lever",), minimum=0.0)) \
+            if "lever" in spec else 1.0
         valid_from, valid_until = -math.inf, math.inf
         if "valid" in spec:
             window = self.mapping(path + ("valid",), (), ("from", "until"))
@@ -935,6 +983,8 @@ class _Reader:
                 weights.append(self.context_weight(path + ("context_weights", i), channels,
                                                    groups, context))
             kw["context_weights"] = tuple(weights)
+            self.weights_bounded(path + ("context_weights",), kw["context_weights"], channels,
+                                 groups)
         if "exploration" in spec:
             kw["exploration"] = self.exploration(path + ("exploration",), groups)
         return Arbitration(**kw)
@@ -942,7 +992,7 @@ class _Reader:
     def context_weight(self, path: Path, channels: dict, groups: tuple[str, ...],
                        context: dict) -> ContextWeight:
         spec = self.mapping(path, ("weight",), ("channel", "group", "when"))
-        weight = self.number(path + ("weight",), minimum=0.0)
+        weight = self.within(path + ("weight",), self.number(path + ("weight",), minimum=0.0))
         channel = self.reference(path + ("channel",), channels, "channel") \
             if "channel" in spec else None
         group = self.reference(path + ("group",), groups, "action group") \
@@ -960,6 +1010,58 @@ class _Reader:
                                     at_key=True)
                 when[key] = self.typed_value(kpath, ctx.type, ctx.values)
         return ContextWeight(weight, channel, group, when, path)
+
+    def weights_bounded(self, path: Path, weights: tuple[ContextWeight, ...], channels: dict,
+                        groups: tuple[str, ...]) -> None:
+        """Context weights that match together multiply, so the most a group's weight can
+        reach on a channel, its weights over 1 taken together, stays within MAX_NUMBER (past
+        it priorities overflow to inf and rank by nothing)."""
+        over: dict[tuple[str | None, str | None], float] = {}
+        for w in weights:
+            if w.weight > 1.0:
+                key = (w.channel, w.group)
+                over[key] = over.get(key, 1.0) * w.weight
+        for channel in channels:
+            common = over.get((None, None), 1.0) * over.get((channel, None), 1.0)
+            group, most = max(((g, over.get((None, g), 1.0) * over.get((channel, g), 1.0))
+                               for g in groups), key=lambda item: item[1])
+            if common * most > MAX_NUMBER:
+                self.refusals.append(self.fail(
+                    path, f"weights that can match together multiply to {common * most:g} on "
+                          f"channel '{channel}' (group '{group}'); the most is {MAX_NUMBER:g}"))
+                return
+
+    def selection_work(self, channels: tuple[Channel, ...], actions: tuple[Action, ...],
+                       exploration: Exploration) -> None:
+        """Where a decision is drawn at random, its selection probabilities re-run the draws
+        selection_samples times over every action of the channel that can still rank: that
+        product is what one decision costs, so it is bounded."""
+        if exploration.method == "none" or (exploration.method == "ucb"
+                                            and exploration.trial_rate == 0.0):
+            return
+        offered = {c.name: 0 for c in channels}
+        for action in actions:
+            for offer in action.offers:
+                offered[offer.channel] += 1
+        channel = max(offered, key=offered.__getitem__)
+        work = exploration.selection_samples * offered[channel]
+        if work > MAX_SELECTION_WORK:
+            self.refusals.append(self.fail(
+                ("arbitration", "exploration", "selection_samples"),
+                f"selection_samples x actions on channel '{channel}' is "
+                f"{exploration.selection_samples} x {offered[channel]} = {work:,}; the most is "
+                f"{MAX_SELECTION_WORK:,} (fewer samples, or exploration method: none)"))
+
+    def models_fit(self, models: Models, n_actions: int, n_channels: int) -> None:
+        """A model for every (action, channel) pair, in every shard and the learner: a catalog
+        whose models would not fit MAX_MODEL_BYTES is refused before any of them allocates."""
+        need = models.model_bytes * n_actions * n_channels
+        if need > MAX_MODEL_BYTES:
+            kind = " (full posterior)" if models.full else ""
+            self.refusals.append(self.fail(
+                ("models",), f"models need {need / 2**30:.1f} GiB for {n_actions:,} actions x "
+                             f"{n_channels} channels x {models.inputs + 1} coefficients{kind}; "
+                             f"the most is {MAX_MODEL_BYTES / 2**30:g} GiB"))
 
     def exploration(self, path: Path, groups: tuple[str, ...]) -> Exploration:
         spec = self.mapping(path, (), ("method", "variance_scale", "optimistic", "ucb_alpha",
@@ -1045,7 +1147,7 @@ class _Reader:
                 if "prior_weight" in vspec else DEFAULT_VALUE_PRIOR_WEIGHT,
                 self.number(path + ("value", "max_ratio"), minimum=1.0, maximum=MAX_NUMBER)
                 if "max_ratio" in vspec else DEFAULT_VALUE_MAX_RATIO)
-        return Models(tuple(predictors), prior, group_priors, posterior, value)
+        return Models(tuple(predictors), prior, group_priors, posterior, value, inputs)
 
     def prior(self, path: Path, base: Prior = Prior()) -> Prior:
         spec = self.mapping(path, (), ("base_rate", "precision", "predictor_precision"))

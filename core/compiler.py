@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from . import rules
-from .catalog import (FULL_POSTERIOR_AUTO_INPUTS, MAX_NUMBER, Action, Catalog, Feature,
-                      Rule, default_catalog_text, load_catalog)
+from .catalog import (MAX_NUMBER, Action, Catalog, Feature, Rule, default_catalog_text,
+                      load_catalog)
 from .errors import CatalogError, RuleError
 
 log = logging.getLogger("kairos.catalog")
@@ -556,8 +556,10 @@ class CompiledCatalog:
             names += [f"{key}[{i}]" for i in range(size)] if vector else [key]
         self.predictor_names = names
         self.n_predictors = len(self.predictor_names)
-        self.full_posterior = models.posterior == "full" or (
-            models.posterior == "auto" and self.n_predictors <= FULL_POSTERIOR_AUTO_INPUTS)
+        self.full_posterior = models.full
+        # a value rule's result past it is invalid, as a non-finite one is: priorities stay
+        # finite however the catalog's numbers combine
+        self.value_limit = MAX_NUMBER
         self.value_prior_weight = models.value.prior_weight if models.value.learn else -1.0
         self.value_max_ratio = models.value.max_ratio
         self.predictor_source = np.array([int(p.source == "context") for p in preds], np.int8)

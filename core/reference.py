@@ -268,7 +268,7 @@ def decide_one(cat: CatalogView, st: StateView, mv: ModelView, ws: Workspace, ro
             reasons[a] = reason
             continue
         value = rules.evaluate(c.rule_ast[a][STAGE_VALUE], frame, c.strings.intern)
-        if not math.isfinite(value):
+        if not abs(value) <= c.value_limit:  # NaN and inf too
             reasons[a] = Reason.INVALID_VALUE
             continue
         ws.catalog_values[out, a] = value
@@ -519,11 +519,13 @@ def _draw(c: CompiledCatalog, rng: SplitMix64) -> float:
 
 def _learned_value(c: CompiledCatalog, mv: ModelView, m: int, value: float) -> float:
     """The catalog's value for this customer, weighed as value_prior_weight conversions,
-    blended with the values the model's conversions reported (as is until there are any)."""
+    blended with the values the model's conversions reported (as is until there are any).
+    Weighed by shares, not summed then divided: prior_weight x value may overflow."""
     k = c.value_prior_weight
     if k < 0.0 or mv.value_count[m] == 0.0:
         return value
-    return (k * value + mv.value_sum[m]) / (k + mv.value_count[m])
+    total = k + mv.value_count[m]
+    return value * (k / total) + mv.value_sum[m] / total
 
 
 def _quadratic(S: np.ndarray, x: np.ndarray) -> float:

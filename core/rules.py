@@ -45,6 +45,11 @@ class Unusable(Exception):
 Resolver = Callable[[str], "Ref | None"]  # None: unknown; raises Unusable
 
 DURATION_UNITS_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+# The widest an int or float value may be, catalog and input alike: ints stay exact in a float64
+# slot (2**53 is about 9e15), and sums of many such values stay finite. Here, not in catalog.py
+# (which re-exports it), because a rule's literals are held to it too and catalog.py imports
+# this module.
+MAX_NUMBER = 1e12
 
 # ---------------------------------------------------------------------------------------------
 # Lexer
@@ -336,10 +341,8 @@ class _Parser:
 
     def atom(self) -> Node:
         tok = self.take()
-        if tok.kind == "number":
-            return Const(tok.column, float(tok.text), NUM)
-        if tok.kind == "duration":
-            return Const(tok.column, float(tok.text[:-1]) * DURATION_UNITS_S[tok.text[-1]], NUM)
+        if tok.kind in ("number", "duration"):
+            return Const(tok.column, _number(tok), NUM)
         if tok.kind == "string":
             return Const(tok.column, tok.text[1:-1], STR)
         if tok.kind == "keyword" and tok.text in ("true", "false"):
@@ -376,6 +379,29 @@ class _Parser:
             raise RuleError(f"{name.text}() takes {fn.arity} argument"
                             f"{'s' if fn.arity > 1 else ''}, got {len(args)}", name.column)
         return Call(name.column, name.text, args)
+
+
+def _number(tok: Token) -> float:
+    """A number or duration token's value (a duration in seconds)."""
+    if tok.kind == "duration":
+        return float(tok.text[:-1]) * DURATION_UNITS_S[tok.text[-1]]
+    return float(tok.text)
+
+
+def out_of_range(text: str) -> RuleError | None:
+    """The first number a rule writes past MAX_NUMBER (1e999 reads as inf), as the error a
+    catalog coming in new is refused with. The parser takes it as written, so that a catalog
+    saved before the bound still loads (catalog.py's refusals)."""
+    try:
+        tokens = tokenize(text)
+    except RuleError:
+        return None  # the compiler says what is wrong with the rule
+    for tok in tokens:
+        if tok.kind in ("number", "duration") and not abs(_number(tok)) <= MAX_NUMBER:
+            shown = tok.text if len(tok.text) <= 40 else tok.text[:37] + "..."
+            return RuleError(f"number out of range: {shown} (at most {MAX_NUMBER:g})",
+                             tok.column)
+    return None
 
 
 def _describe(tok: Token) -> str:

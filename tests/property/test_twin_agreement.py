@@ -43,7 +43,9 @@ STR_NAMES = {"tier": ["none", "silver", "gold"], "last_category": ["shoes", "bag
              "context.device": ["desktop", "mobile"]}
 BOOL_NAMES = ["marketing_opt_in", "email_opt_in"]
 
-numbers = st.sampled_from(["0", "1", "2.5", "10", "100", "-3", "30m", "2h", "7d", "0.001"])
+# 1e12, MAX_NUMBER: a value rule's result past it is INVALID_VALUE in both
+numbers = st.sampled_from(["0", "1", "2.5", "10", "100", "-3", "30m", "2h", "7d", "0.001",
+                           "1e12"])
 
 
 def num_expr():
