@@ -1,7 +1,8 @@
 """Soak: Kairos under steady mixed traffic for an hour, watched for leaks.
 
     python -m bench.soak --rate 300                 # an hour of sessions at 300/s
-    python -m bench.soak --minutes 2 --rate 100     # the suite's short version
+    python -m bench.soak --minutes 0.4 --rate 100 --step-s 8 --sample-s 1.5
+                                                    # the suite's short version (24 s)
 
 Sessions (decisions, events and outcomes mixed, as bench/loadgen.py's "journey") arrive at
 the given rate, which should be about half the Decide rate the machine holds (bench.load or
