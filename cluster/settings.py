@@ -265,7 +265,9 @@ CLIENT_QUEUE_LIMIT = integer("CLIENT_QUEUE_LIMIT", 10_000)
 # A batch whose shard cannot be reached (no connection opens: its node left, it is
 # restarting) never left, so its requests wait up to this long for the map to name a new
 # owner (the controller replacing the shard) or for the shard to come back, then go again;
-# after CLIENT_REROUTES such waits they fail Unavailable.
+# so do requests whose owner answers MOVED naming no newer map than they were routed by (it
+# is frozen behind a move a shard did not settle: control/moves.py). After CLIENT_REROUTES
+# such waits they fail Unavailable.
 CLIENT_REROUTE_S = number("CLIENT_REROUTE_S", 5.0, above=True, high=600.0)
 CLIENT_REROUTES = integer("CLIENT_REROUTES", 2, high=100)
 

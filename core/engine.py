@@ -387,7 +387,8 @@ class DecisionEngine:
                                        f"{_duration(policy.reject_suppress_s)}",
             Reason.ACCEPT_COOLDOWN: f"accepted within the last "
                                     f"{_duration(policy.accept_cooldown_s)}",
-            Reason.INVALID_VALUE: "its value is not a finite number for this customer",
+            Reason.INVALID_VALUE: "its value is not a finite number within ±1e12 for this "
+                                  "customer",
             # a priority of 0 reaches a threshold of 0 but is not shown all the same
             Reason.RESTRAINT: f"{scored}, below the restraint threshold "
                               f"{c.restraint_threshold:g}" if factors[3] < c.restraint_threshold

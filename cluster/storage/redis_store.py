@@ -13,6 +13,7 @@ Keys, under a prefix (default "kairos", `?prefix=` in the URL) so clusters can s
     <prefix>:m:<key>             string: meta
     <prefix>:d:<shard>           sorted set: the shard's decision log, entries scored by time
     <prefix>:d:<shard>:bytes     string: the log's size, as decision_logs.py counts it
+    <prefix>:d:<shard>:removals  string: a count every trim or erasure bumps (RedisLog)
     <prefix>:d                   set: the names of the decision logs
     <prefix>:owner               string: the lease of the cluster that holds the store (claim)
 
