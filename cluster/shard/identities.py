@@ -274,6 +274,8 @@ class IdentityRequests:
                                      *self._directory.unrelease(p, customer_id, now)])
             if resident:
                 self._residency.evict(customer_id, p)
+            else:  # never seen, or its home damaged: a watch waiting for it would push the
+                self._residency.drop_kept(customer_id)  # customer re-created under the id
             # nothing is decided or pushed for it after the round, which would bring it back
             touched.pop(customer_id, None)
             if existed:

@@ -442,13 +442,18 @@ class Residency:
     def _evict(self, customer_id: str, partition: int) -> None:
         self._ctx.engine.table.evict(customer_id)
         self.timers.take(customer_id)
-        for keeper in self._keepers:
-            keeper.drop(customer_id, evicted=True)
+        self.drop_kept(customer_id)
         if self.recent.pop(customer_id, None) is not None:
             self._holes += 1
         members = self.members.get(partition)
         if members is not None:
             members.discard(customer_id)
+
+    def drop_kept(self, customer_id: str) -> None:
+        """Forget what the keepers hold of the customer, resident or not (a watch of a
+        customer not seen yet is held without a profile)."""
+        for keeper in self._keepers:
+            keeper.drop(customer_id, evicted=True)
 
     def drop_partition(self, partition: int) -> None:
         """Evict every member of the partition (it moved away), and forget its sleepers."""
