@@ -7,10 +7,12 @@ forgotten customers' links), its passivated customers waiting for timers (reside
 sleepers), the watches of its customers not seen yet (watches.py's `unseen`) and the sinks
 found Gone (`gone`; a payload of a shard older than these has none); B `adopt`s them and
 snapshots p, so recovery finds p in B's journal from then on; once the controller has published v, A
-`release`s p. If the adoption fails, B `release`s p (it may have adopted it) and A `thaw`s p
-and serves it again. A release or a thaw fences p at its version (ownership.py): a freeze or
-an adopt of that version or an older one arriving later (a call that timed out still runs,
-calls to an actor can run out of order) is refused, so p never has two owners and never
+`release`s p. Before A's freeze is answered, the pushes of p's customers A still has for its
+sinks land (or, past a bound, are dropped: the actor's `freeze`, sinks.py's `flush`), so none
+lands after one of B's. If the adoption fails, B `release`s p (it may have adopted it) and A
+`thaw`s p and serves it again. A release or a thaw fences p at its version (ownership.py): a
+freeze or an adopt of that version or an older one arriving later (a call that timed out still
+runs, calls to an actor can run out of order) is refused, so p never has two owners and never
 stays frozen behind a settled move.
 
 An adopted partition is `arriving` until the move is confirmed: by a request its sender routed
