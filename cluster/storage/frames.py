@@ -19,12 +19,17 @@ A store without frames (redis_journal.py) keeps each batch sealed (`seal_batch`)
 already packed. SEALED stands where a plain batch has its format and is above every record
 format, so a Kairos from before sealing refuses a sealed batch as too new (JournalFormatError)
 rather than misreading it; `unseal_batch` reads plain batches too (written before sealing,
-unchecked). A sealed batch whose CRC fails, or whose two first LSNs differ, is BatchDamaged.
+unchecked). A sealed batch whose CRC fails, or whose two first LSNs differ, is BatchDamaged, as
+is an array of 4 without the SEALED mark (a plain batch has 2 or 3 elements): damage to the
+mark is corruption, not a newer format.
 
 Erasure reaches the quarantine (journal.py, redis_journal.py): `scrub` and `scrub_batch`
 rewrite what an operator, or opening the journal, moved aside without the records erasure
 drops, reading a damaged batch as far as it decodes. What holds no batch that decodes, and a
-record the decoder cannot read, cannot be checked for the customers erased, so they go.
+record the decoder cannot read, cannot be checked for the customers erased, so they go. A
+damaged batch rewritten keeps a CRC that fails (`_crc`), so moved back it is still refused as
+damaged rather than replayed as intact; a batch of a newer format is kept as it is (logged):
+refused whole, as everywhere, never cut off.
 """
 from __future__ import annotations
 
@@ -103,34 +108,49 @@ def _batch(unpacked: list) -> tuple[int, list, int]:
 
 
 def seal_batch(first_lsn: int, records: list[Any], journal_format: int = JOURNAL_FORMAT,
-               unicode_errors: str = "strict") -> bytes:
+               unicode_errors: str = "strict", damaged: bool = False) -> bytes:
     """A batch as a store without frames keeps it, behind its CRC-32 (the module's text)."""
     payload = pack_batch(first_lsn, records, journal_format, unicode_errors)
-    return msgpack.packb([first_lsn, payload, SEALED, zlib.crc32(payload)], use_bin_type=True)
+    return msgpack.packb([first_lsn, payload, SEALED, _crc(payload, damaged)],
+                         use_bin_type=True)
 
 
 def unseal_batch(data: bytes, checked: bool = True) -> tuple[int, list, int]:
     """(first LSN, records, format) of a sealed batch, or of a plain one (unchecked).
     BatchDamaged if a sealed one's CRC fails or its two first LSNs differ; JournalFormatError
     as `unpack_batch`. Not `checked` (a quarantined batch): read as far as it decodes."""
+    return _unsealed(data, checked)[0]
+
+
+def _unsealed(data: bytes, checked: bool) -> tuple[tuple[int, list, int], bool | None]:
+    """`unseal_batch`'s batch, and whether its CRC holds (None: a plain batch has none)."""
     errors = "strict" if checked else LENIENT
     unpacked = msgpack.unpackb(data, raw=False, strict_map_key=False, unicode_errors=errors)
-    if len(unpacked) != 4 or unpacked[2] != SEALED:
-        return _batch(unpacked)
-    first, payload, _, crc = unpacked
-    if checked and zlib.crc32(payload) != crc:
+    if len(unpacked) != 4:
+        return _batch(unpacked), None
+    first, payload, mark, crc = unpacked
+    if mark != SEALED:
+        raise BatchDamaged(f"it has a sealed batch's 4 elements but {mark!r} for its mark")
+    holds = zlib.crc32(payload) == crc
+    if checked and not holds:
         raise BatchDamaged(f"the CRC-32 of its {len(payload)}-byte batch fails")
     batch = unpack_batch(payload, errors)
     if batch[0] != first:
         raise BatchDamaged(f"it is sealed as from LSN {first}, its batch from LSN {batch[0]}")
-    return batch
+    return batch, holds
 
 
 def frame(first_lsn: int, records: list[Any], journal_format: int = JOURNAL_FORMAT,
-          unicode_errors: str = "strict") -> bytes:
+          unicode_errors: str = "strict", damaged: bool = False) -> bytes:
     payload = pack_batch(first_lsn, records, journal_format, unicode_errors)
     check_frame(len(payload), first_lsn, len(records))
-    return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+    return HEADER.pack(len(payload), _crc(payload, damaged)) + payload
+
+
+def _crc(payload: bytes, damaged: bool) -> int:
+    """The CRC-32 of `payload`; one that never matches it for a damaged batch rewritten
+    (`scrub`), which must not come out of erasure looking intact."""
+    return zlib.crc32(payload) ^ (0xFFFFFFFF if damaged else 0)
 
 
 def check_frame(size: int, first_lsn: int, count: int) -> None:
@@ -250,19 +270,27 @@ def scrub(path: Path, data: bytes, drop: Callable[[Any], bool], decode: Decode |
           ) -> tuple[bytes, int, int]:
     """A quarantined file's bytes without what erasure drops (the module's text): (the bytes
     left, records dropped, bytes cut). A frame that loses no record is kept as it is, one
-    that does is written anew (its CRC that of what is left)."""
+    that does is written anew (its CRC that of what is left, unless its own failed)."""
     parts, pos, dropped, cut = [], 0, 0, 0
     expect = int(path.name.split(".")[0])
     while pos < len(data):
-        end = _intact(data, pos) or _announced(data, pos)
-        batch = None if end is None else _readable(data[pos + HEADER.size:end])
+        intact = _intact(data, pos)
+        end = intact or _announced(data, pos)
+        try:
+            batch = None if end is None else _readable(data[pos + HEADER.size:end])
+        except JournalFormatError as exc:
+            _kept_unread(f"{path}, the frame at byte {pos}", exc)
+            parts.append(data[pos:end])
+            pos = end
+            continue
         if batch is None:
             after = _next_intact(data, pos, expect) or len(data)
             pos, cut = after, cut + after - pos
             continue
         first, records, journal_format = batch
         kept, gone = kept_records(records, journal_format, drop, decode, damaged=True)
-        parts.append(frame(first, kept, journal_format, LENIENT) if gone else data[pos:end])
+        parts.append(frame(first, kept, journal_format, LENIENT, damaged=intact is None)
+                     if gone else data[pos:end])
         pos, dropped, expect = end, dropped + gone, first + len(records)
     if dropped or cut:
         log.warning("%s: erasure rewrites it without %d records%s", path, dropped,
@@ -272,18 +300,32 @@ def scrub(path: Path, data: bytes, drop: Callable[[Any], bool], decode: Decode |
 
 def scrub_batch(member: bytes, last_lsn: int, drop: Callable[[Any], bool],
                 decode: Decode | None) -> tuple[bytes, int]:
-    """A quarantined Redis batch (sealed or plain, scored `last_lsn`) without what erasure
-    drops, sealed; the records dropped. One that does not decode becomes an empty batch
-    ending at `last_lsn`."""
+    """A quarantined Redis batch (scored `last_lsn`) without what erasure drops, sealed as it
+    was (a plain one stays plain, unchecked; a sealed one whose CRC failed keeps a failing
+    CRC); the records dropped. One that does not decode becomes an empty batch ending at
+    `last_lsn`."""
     try:
-        batch = _checked_shape(unseal_batch(member, checked=False))
+        batch, holds = _unsealed(member, checked=False)
+        batch = _checked_shape(batch)
+    except JournalFormatError as exc:
+        _kept_unread(f"the quarantined batch scored {last_lsn}", exc)
+        return member, 0
     except _UNREADABLE:
         batch = None
     if batch is None:
         return seal_batch(last_lsn + 1, []), 0
     first, records, journal_format = batch
     kept, gone = kept_records(records, journal_format, drop, decode, damaged=True)
-    return (seal_batch(first, kept, journal_format, LENIENT) if gone else member), gone
+    if not gone:
+        return member, 0
+    if holds is None:
+        return pack_batch(first, kept, journal_format, LENIENT), gone
+    return seal_batch(first, kept, journal_format, LENIENT, damaged=not holds), gone
+
+
+def _kept_unread(where: str, exc: JournalFormatError) -> None:
+    log.error("%s: %s; erasure keeps it as it is, unread: whatever records of the customers "
+              "erased it holds stay in it", where, exc)
 
 
 LENIENT = "surrogateescape"  # a damaged batch's strings, read and written back as they are
@@ -291,9 +333,11 @@ _UNREADABLE = (ValueError, TypeError, OverflowError, msgpack.UnpackException)
 
 
 def _readable(payload: bytes) -> tuple[int, list, int] | None:
-    """The batch a payload, perhaps damaged, decodes to."""
+    """The batch a payload, perhaps damaged, decodes to (JournalFormatError: too new)."""
     try:
         return _checked_shape(unpack_batch(payload, LENIENT))
+    except JournalFormatError:
+        raise
     except _UNREADABLE:
         return None
 

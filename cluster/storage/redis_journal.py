@@ -341,13 +341,21 @@ class RedisJournal(RedisReader):
     def _scrub_quarantine(self, drop: Callable[[Any], bool], decode: Decode | None) -> int:
         """Each batch an operator quarantined without the records `drop` selects, at its
         score (frames.py's `scrub_batch`: the rest is kept for the operator, and the score
-        keeps the gap accepted); how many went. In one reply: a handful of damaged batches."""
+        keeps the gap accepted); how many went. In one reply: a handful of damaged batches.
+        One the operator removed meanwhile stays removed: `guarded` cannot WATCH a sorted set
+        (it GETs what it watches), so the ZREM's reply tells, and the rewrite is taken back (a
+        crash between leaves it, without the records erased)."""
         dropped, quarantine = 0, f"{self.key}:quarantine"
         for member, score in self.r.zrange(quarantine, 0, -1, withscores=True):
             scrubbed, gone = scrub_batch(member, int(score), drop, decode)
-            if scrubbed != member:
-                self._guarded(("ZREM", quarantine, member), ("ZADD", quarantine, score, scrubbed))
-            dropped += gone
+            if scrubbed == member:
+                continue
+            removed, added = self._guarded(("ZREM", quarantine, member),
+                                           ("ZADD", quarantine, score, scrubbed))
+            if removed:
+                dropped += gone
+            elif added:
+                self._guarded(("ZREM", quarantine, scrubbed))
         return dropped
 
     @unavailable("compacting the journal")

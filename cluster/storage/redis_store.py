@@ -13,7 +13,6 @@ Keys, under a prefix (default "kairos", `?prefix=` in the URL) so clusters can s
     <prefix>:m:<key>             string: meta
     <prefix>:d:<shard>           sorted set: the shard's decision log, entries scored by time
     <prefix>:d:<shard>:bytes     string: the log's size, as decision_logs.py counts it
-    <prefix>:d:<shard>:removals  string: a count every trim or erasure bumps (RedisLog)
     <prefix>:d                   set: the names of the decision logs
     <prefix>:owner               string: the lease of the cluster that holds the store (claim)
 
@@ -100,19 +99,17 @@ class RedisLog:
     `[customer id, record, time]` (entries that differ only in time stay apart), scored by
     the time it was logged, written with its size in one
     MULTI/EXEC. Trims and erasures remove exact members (ZREM), so they never race an append;
-    they read the set in pages of REPLAY_PAGE entries, each page under WATCH of
-    `<log>:removals`, which every removal bumps in its MULTI/EXEC, so that the bytes it
-    subtracts are those of members still there: any shard may trim or erase any log, and a
-    member two removers read (a trim beside another shard's ForgetCustomer) was subtracted
-    twice, taking the counter below zero and the log past its byte bound. Appends do not
-    bump it, so they never make a removal start over."""
+    they read the set in pages of REPLAY_PAGE entries and subtract the sizes of only the
+    members their ZREMs removed (`_remove`): any shard may trim or erase any log, and a member
+    two removers read (a trim beside another shard's ForgetCustomer) was subtracted twice,
+    taking the counter below zero and the log past its byte bound. Nothing is WATCHed, so no
+    remover makes another start over."""
 
     def __init__(self, client: redis.Redis, prefix: str, name: str):
         self.r = client
         self.names = f"{prefix}:d"
         self.name = name
         self.key = f"{prefix}:d:{name}"
-        self.removals = f"{self.key}:removals"
 
     @unavailable("appending to a decision log")
     def append(self, entries: list[Entry]) -> None:
@@ -149,67 +146,50 @@ class RedisLog:
     def trim(self, before: float, max_bytes: int, orphan: bool = False) -> int:
         """(decision_logs.py) An `orphan` left empty leaves the names of the logs."""
         dropped = 0
-        while removed := self._remove(lambda r: r.zrangebyscore(
-                self.key, "-inf", f"({before!r}", start=0, num=REPLAY_PAGE)):
-            dropped += removed
-        while removed := self._remove(lambda r: _reaching(
-                r.zrange(self.key, 0, REPLAY_PAGE - 1), self._size(r) - max_bytes)):
-            dropped += removed
+        while old := self.r.zrangebyscore(self.key, "-inf", f"({before!r}", start=0,
+                                          num=REPLAY_PAGE):
+            dropped += self._remove(old)
+        while oldest := _reaching(self.r.zrange(self.key, 0, REPLAY_PAGE - 1),
+                                  self.size() - max_bytes):
+            dropped += self._remove(oldest)
         if orphan:
             with self.r.pipeline(transaction=True) as tx, \
                     contextlib.suppress(redis.WatchError):
                 tx.watch(self.key)  # an append meanwhile (its name back in use) keeps the log
                 if not tx.zcard(self.key):
                     tx.multi()
-                    tx.delete(self.key, f"{self.key}:bytes", self.removals)
+                    tx.delete(self.key, f"{self.key}:bytes")
                     tx.srem(self.names, self.name)
                     tx.execute()
         return dropped
 
     @unavailable("erasing from a decision log")
     def erase(self, customer_ids: set[str]) -> int:
-        """ZSCAN step by step, each step's members of these customers removed under the
-        step's WATCH (a step started over scans from the same cursor)."""
-        dropped, cursor, after = 0, 0, 0
+        """ZSCAN's steps, these customers' members removed in pages (a member ZSCAN returns
+        twice is removed, and counted, once: `_remove`)."""
+        theirs = (member for member, _ in self.r.zscan_iter(self.key, count=REPLAY_PAGE)
+                  if msgpack.unpackb(member, raw=False)[0] in customer_ids)
+        dropped = 0
+        while page := list(itertools.islice(theirs, REPLAY_PAGE)):
+            dropped += self._remove(page)
+        return dropped
 
-        def theirs(r: redis.Redis) -> list[bytes]:
-            nonlocal after
-            after, page = r.zscan(self.key, cursor, count=REPLAY_PAGE)
-            # a set: a step may return a member twice, and it is removed (and counted) once
-            return list({member for member, _ in page
-                         if msgpack.unpackb(member, raw=False)[0] in customer_ids})
-        while True:
-            dropped += self._remove(theirs)
-            if not after:
-                return dropped
-            cursor = after
-
-    def _remove(self, read: Callable[[redis.Redis], list[bytes]]) -> int:
-        """Remove the members `read` returns, read on the connection that WATCHes the
-        removals' count (the class's text): a removal by another meanwhile fails the EXEC,
-        and the page is read again. How many went."""
+    def _remove(self, members: list[bytes]) -> int:
+        """Remove `members`, one ZREM each in one MULTI/EXEC, whose replies say which were
+        still there; subtract the sizes of those alone. How many went. The subtraction is a
+        second round trip: a crash between leaves the count too high, the safe direction (a
+        trim then drops more than it must; the log never passes its bound)."""
         with self.r.pipeline(transaction=True) as tx:
-            while True:
-                try:
-                    tx.watch(self.removals)
-                    members = read(tx)
-                    if not members:
-                        return 0
-                    tx.multi()
-                    tx.zrem(self.key, *members)
-                    tx.decrby(f"{self.key}:bytes", sum(map(_member_size, members)))
-                    tx.incrby(self.removals, 1)
-                    tx.execute()
-                    return len(members)
-                except redis.WatchError:
-                    continue
+            for member in members:
+                tx.zrem(self.key, member)
+            gone = [member for member, removed in zip(members, tx.execute()) if removed]
+        if gone:
+            self.r.decrby(f"{self.key}:bytes", sum(map(_member_size, gone)))
+        return len(gone)
 
     @unavailable("sizing a decision log")
     def size(self) -> int:
-        return self._size(self.r)
-
-    def _size(self, r: redis.Redis) -> int:
-        return int(r.get(f"{self.key}:bytes") or 0)
+        return int(self.r.get(f"{self.key}:bytes") or 0)
 
 
 def _reaching(members: list[bytes], excess: int) -> list[bytes]:
