@@ -32,7 +32,7 @@ from kairos.cluster.shard.durability import Durability
 from kairos.cluster.shard.journaling import Journaling
 from kairos.cluster.shard.ownership import Ownership
 from kairos.cluster.shard.residency import Residency, checked_sleepers
-from kairos.cluster.shard.watches import Watches
+from kairos.cluster.shard.watches import Watches, checked_unseen
 from kairos.cluster.storage import blocks
 
 
@@ -93,6 +93,7 @@ class Handoff:
         customers received (in memory, and with their homes when the store is not shared)."""
         data = blocks.unpack(payload)
         self._ownership.check_unfenced(data["partitions"], version, "adopt")
+        unseen = checked_unseen(data.get("watches", {}))  # before anything is taken in
         received = set(self._residency.receive(data["block"]))
         passivated = data["passivated"]
         self._ctx.store.put_many((int(p), customer_id, blob) for p, homes in passivated.items()
@@ -104,7 +105,7 @@ class Handoff:
             self._residency.timers.park(p)
         for p, sleepers in data.get("sleepers", {}).items():
             self._residency.take_sleepers(int(p), checked_sleepers(sleepers))
-        self._watches.take_unseen(data.get("watches", {}))
+        self._watches.take_unseen(unseen)
         self._watches.drop_sinks(data.get("gone", ()))  # and what the customers brought of them
         for p in data["partitions"]:
             self._ownership.owned[p] = version

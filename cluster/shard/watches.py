@@ -302,6 +302,22 @@ class Watches:
                 del self._named[w.sink]
 
 
+def checked_unseen(value: Any) -> dict[str, list[list]]:
+    """Watches of customers not seen yet as a handoff or a snapshot carries them (`unseen`),
+    from another process or the store: ValueError unless each is a customer id with its
+    registrations, [sink, channel, placement or None, and the id it was registered by]."""
+    def registration(row: Any) -> bool:
+        return isinstance(row, (list, tuple)) and len(row) in (3, 4) and \
+            all(isinstance(x, str) for x in (row[0], row[1], *row[3:])) and \
+            (row[2] is None or isinstance(row[2], str))
+    if not isinstance(value, dict) or not all(
+            isinstance(c, str) and isinstance(rows, (list, tuple)) and
+            all(registration(row) for row in rows) for c, rows in value.items()):
+        raise ValueError("watches of customers not seen yet that are not customer ids with "
+                         "registrations")
+    return value
+
+
 def folded(extra: dict[str, Any], anonymous_id: str) -> dict[str, Any]:
     """A folded anonymous customer's block extra as the customer takes it in (residency.py's
     fold): what was pushed went to the anonymous id's streams, not the customer's, so it is
