@@ -7,6 +7,13 @@ from the controller, for outbound and orchestration). After each round the shard
 again for every watched view of the customers the round changed, and pushes a decision only
 when its ranked actions differ from the ones last pushed for that view (`shown`: it rides in
 the customer's block when it leaves memory, and goes with its last watch of the view).
+Pushes are at least once: a shard restarted from the store has `shown` as its partitions'
+snapshots and the customers' homes hold it, and its replay of the journal after them decides
+nothing, so a best action pushed since may be pushed again, unchanged, at the customer's
+next change.
+Deciding again in the replay would not give back what was pushed (the models have moved on,
+draws are random), and a `shown` that differs from what the stream last got holds back the
+push that would correct it: a repeat is the lesser harm.
 
 A customer's watch counts its registrations, each under the id it was registered by: a sink
 registers a watch once per id and view however many streams follow it, and unregisters it
@@ -235,8 +242,8 @@ class Watches:
     def extra(self, customer_id: str) -> dict[str, Any]:
         """A registration each: [sink, channel, placement, the id it was registered by]; and
         what was last pushed for each view still watched, [channel, placement, actions], so
-        that the customer back in memory (after a passivation, a move, a restart) does not
-        push its unchanged best actions again."""
+        that the customer back in memory (after a passivation, a move, a restart from the
+        snapshot or home that holds it) does not push its unchanged best actions again."""
         extra: dict[str, Any] = {"watches": [[w.sink, w.channel, w.placement, by]
                                              for w, ids in self.by_customer.get(
                                                  customer_id, {}).items() for by in ids]}
