@@ -9,7 +9,12 @@ none of the others.
    controller, with the same journals. It is published once a start of it succeeds.
 2. Every alive node that serves gets a gateway (nodes.py).
 3. Shards Ray restarted are started again (they recover from the store), and those that answer
-   are caught up: the catalog, channel watches, moves a round left unsettled.
+   are caught up: the catalog, channel watches, moves a round left unsettled. So is a shard
+   whose journal is no longer its own while it is the incarnation the controller knows: only
+   the store can have lost its claim (a failover, a restart from older persistence, FLUSHALL),
+   since the actor Ray's name reaches is its one incarnation. Not while this cluster's claim on
+   the store is lost: a second cluster holding it may have started that shard, and gets its
+   journal only after this claim ran out, which the next renewal finds (then this one stops).
 4. A learner that runs another catalog text than the controller's, or was not told it (Ray
    restarted it, a resume could not tell it), is told the running one.
 5. Drains a crash (or a shard that did not answer) cut short are finished: after step 3, as a
@@ -48,6 +53,11 @@ async def _step(what: str, work: Awaitable[Any]) -> None:
         await work
     except Exception:
         log.exception("control loop: %s failed; the next round tries again", what)
+
+
+def _disowned(health: dict[str, Any]) -> bool:
+    """Whether a shard's health says it is down because its journal is not its own (host.py)."""
+    return not health.get("started") and bool((health.get("recovery") or {}).get("disowned"))
 
 
 class ControlLoop:
@@ -115,11 +125,15 @@ class ControlLoop:
             for name, health in zip(names, healths):
                 if name not in answering:
                     continue
-                if health["incarnation"] != known.get(name):
-                    log.warning("%s restarted; it recovers its partitions from the store "
-                                "(%s)", name, self.store_shown)
+                restarted = health["incarnation"] != known.get(name)
+                if restarted or _disowned(health):
+                    log.warning("%s %s; it recovers its partitions from the store (%s)", name,
+                                "restarted" if restarted else "lost its claim on its journal",
+                                self.store_shown)
                     try:
-                        await self._start_shard(name)
+                        # a cluster that lost the store must not take the journal back
+                        self.store_claim.check()
+                        await self._start_shard(name)  # it claims the journal
                     except Exception:
                         log.exception("%s did not start; the next round tries again", name)
                         answering.remove(name)

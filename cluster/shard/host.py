@@ -61,7 +61,7 @@ from kairos.cluster.shard.sequencer import Sequencer
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.shard.syncs import Syncs
 from kairos.cluster.shard.watches import Push
-from kairos.cluster.storage.store import Store, StoreUnavailable
+from kairos.cluster.storage.store import JournalDisowned, Store, StoreUnavailable
 
 log = logging.getLogger("kairos.shard")
 NEW_SHARD_COUNT_S = 0.5  # how soon a Shard new to serving has its store counted
@@ -72,6 +72,8 @@ REBUILD_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)  # waits between attempts to rebui
 # customer: applied, it would overtake that one (nothing of it was applied).
 OVERTAKING = Busy(reason="the shard refused an earlier request of its sender's, and this one "
                          "may not overtake it")
+DISOWNED = ("JournalDisowned: journal {} is not this incarnation's (the controller started "
+            "another, or the store lost its claim): down until the controller starts it again")
 T = TypeVar("T")
 Job = Callable[[], Awaitable[None]]
 
@@ -211,9 +213,11 @@ class ShardHost:
         except Exception as exc:  # a store that is down, or data this version cannot read
             unexpected = not isinstance(exc, (StoreUnavailable, OSError))
             self.recovery = {"failed": f"{type(exc).__name__}: {exc}"}
+            if isinstance(exc, JournalDisowned):  # what health says; the controller acts on it
+                self.recovery = {"failed": DISOWNED.format(self.name), "disowned": True}
             log.log(logging.ERROR if unexpected else logging.WARNING,
-                    "%s: recovering from the store failed (%s: %s); retrying", self.name,
-                    type(exc).__name__, exc, exc_info=unexpected)
+                    "%s: recovering from the store failed (%s); retrying", self.name,
+                    self.recovery["failed"], exc_info=unexpected)
             return False
         if start != self._starts:  # a later start builds its own: two would both serve
             await asyncio.get_running_loop().run_in_executor(self._pool, close_dropped, shard)
@@ -234,8 +238,7 @@ class ShardHost:
                 return
 
     def _fail(self, exc: Exception) -> None:
-        """The store failed under the shard, or a round failed half-way: stop serving and
-        rebuild from the store."""
+        """The store failed under the shard, or a round failed half-way: rebuild from the store."""
         failed, self.shard = self.shard, None
         if failed is None:
             return
