@@ -365,6 +365,9 @@ class Controller(ControlLoop, Catalogs, Scaling):
                 await self.backend.shard(name).retire()  # its journal goes with it
             except Unavailable:
                 log.warning("%s did not drop its journal before stopping", name)
+            # should it run on (cut off from Ray, not from the store), a late adopt of a move
+            # writes no snapshot over its owner's: every write naming its journal is refused
+            await asyncio.to_thread(self.store.fence_journal, name)
             await self.backend.kill_shard(name)
             self._forget_shard(name)
 

@@ -18,7 +18,8 @@ target does not answer the release stays frozen (its MOVED names a version the c
 already: they wait, client.py), for as long as the target may still adopt late: the store
 keeps one snapshot per partition and has no fence by map version that would refuse the
 target's. Meanwhile later rounds plan around that move (`plan_around`): the rest of the
-cluster scales and drains.
+cluster scales and drains, and neither of its shards is stopped until it settles (scaling.py;
+a shard stopped has its journal fenced too, controller.py `_retire`).
 """
 from __future__ import annotations
 
@@ -71,14 +72,22 @@ def plan_around(pmap: PartitionMap, shards: list[str], budget: int, unsettled: I
     """`pmap.plan` over the partitions and shards that can move now: neither a partition of an
     `unsettled` move (its source may be frozen: a freeze would be refused) nor one of a
     `stuck` shard (it did not answer: a move to or from it would fail, and hold more
-    partitions frozen) moves, and the shards that answer share the rest evenly."""
+    partitions frozen) moves, and the shards that answer end as even as those pinned allow:
+    a shard's pinned partitions count in its load (they come first in its list, so `plan`'s
+    donors give the others), and one pinned with more than an even share takes nothing and
+    gives all it may (it is left out, as a leaving shard)."""
     held = {m.partition for m in unsettled}
     free = [p for p, owner in enumerate(pmap.owners) if p not in held and owner not in stuck]
     receivers = [s for s in shards if s not in stuck]
     if not receivers:
         return []
-    part = PartitionMap([pmap.owners[p] for p in free], pmap.version, pmap.shards)
-    return [Move(free[m.partition], m.source, m.target) for m in part.plan(receivers, budget)]
+    pinned = {s: [p for p in sorted(held) if pmap.owners[p] == s] for s in receivers}
+    while heavy := {s for s in receivers if len(pinned[s]) > (
+            len(free) + sum(len(pinned[r]) for r in receivers)) // len(receivers)}:
+        receivers = [s for s in receivers if s not in heavy]  # never all of them
+    kept = [p for s in receivers for p in pinned[s]] + free
+    part = PartitionMap([pmap.owners[p] for p in kept], pmap.version, pmap.shards)
+    return [Move(kept[m.partition], m.source, m.target) for m in part.plan(receivers, budget)]
 
 
 async def settle(backend: Backend, moves: list[Move], owners: list[str], shards: set[str],

@@ -36,16 +36,18 @@ class Scaling:
 
     async def _rebalance(self, target: list[str]) -> int:
         """Spread the partitions over `target`, around the moves a shard that does not answer
-        leaves unsettled; RuntimeError if those keep partitions on a shard not in `target`
-        (it cannot be stopped)."""
+        leaves unsettled; RuntimeError if those keep partitions on a shard not in `target`,
+        or keep it in a move (it cannot be stopped: the target of a move undone may still
+        adopt late, and its source thaws once the shard is gone: moves.py)."""
         stuck = await self._settle()
         budget = await moving.round_budget(self.backend, self.map)
         moved = 0
         while moves := moving.plan_around(self.map, target, budget, self.moving, stuck):
             await self._move(moves, target)
             moved += len(moves)
-        if kept := [s for s in self.map.shards_in_use() if s not in target]:
-            raise RuntimeError(f"{', '.join(kept)} still own partitions: {self._unsettled()}")
+        if kept := sorted((self._in_moves() | set(self.map.shards_in_use())) - set(target)):
+            raise RuntimeError(f"{', '.join(kept)} cannot stop yet (partitions owned, or a "
+                               f"move): {self._unsettled()}")
         return moved
 
     async def _move(self, moves: list[Move], target: list[str]) -> None:
@@ -90,6 +92,10 @@ class Scaling:
         await self._publish()
         return stuck
 
+    def _in_moves(self) -> set[str]:
+        """The shards of the moves not settled yet."""
+        return {s for m in self.moving for s in (m.source, m.target)} & set(self.placement)
+
     def _unsettled(self) -> str:
-        shards = ", ".join(sorted({s for m in self.moving for s in (m.source, m.target)}))
+        shards = ", ".join(sorted(self._in_moves()))
         return f"moves between {shards} are not settled (a shard did not answer)"

@@ -51,6 +51,7 @@ from kairos.cluster.transport.sagas import IdentitySagas
 
 log = logging.getLogger("kairos.client")
 MAX_REDIRECTS = 20  # a request MOVED this many times in a row fails as Unavailable
+HELD = "a move that a shard did not settle"  # waits for it: apart from its shard's (_wait)
 _DONE = (protocol.Ok, protocol.EventAck, protocol.Forgotten)  # the replies that mean done
 # Replies that may be a shard's refusal: of a whole batch (it then refuses the session's later
 # batches) or of a request (then the session's later requests for that customer: see
@@ -98,6 +99,7 @@ class KairosClient(IdentitySagas):
         self._owners: np.ndarray | None = None
         self._lanes: dict[int, Lane] = {}
         self._waiting: Counter[str] = Counter()  # requests waiting in lanes, by shard (_hold)
+        self._held: set[int] = set()  # partitions whose lanes wait for a move to settle
         self._links: dict[str, _ShardLink] = {}
         self._map_changes = Changes()
         self._poller: asyncio.Task | None = None
@@ -215,18 +217,18 @@ class KairosClient(IdentitySagas):
         in the order they were enqueued, through moves. InputError for a route key that is
         not a non-empty string; Busy when the owning shard has CLIENT_QUEUE_LIMIT requests
         waiting: to be sent, or in its partitions' lanes (for a newer map, for the shard to
-        come back, or behind those). A request of a `call` goes unsent only with the rest of
-        the call (`Call.give_up`)."""
+        come back, or behind those; those of partitions a move holds count apart: HELD). A
+        request of a `call` goes unsent only with the rest of the call (`Call.give_up`)."""
         p = self._partition(request)
-        owner = self._owner_of(p)
-        if (waiting := self._waiting_for(owner)) >= CLIENT_QUEUE_LIMIT:
-            raise Busy(f"{owner} has {waiting} requests waiting to be sent")
+        counted = self._counted_at(p)
+        if (waiting := self._waiting_for(counted)) >= CLIENT_QUEUE_LIMIT:
+            raise Busy(f"{counted} has {waiting} requests waiting to be sent")
         lane = self._lanes.get(p)
         if lane is None:
             lane = self._lanes[p] = Lane()
         future = asyncio.get_running_loop().create_future()
         item = Item(request._replace(partition=p), future, next(lane.orders), call=call)
-        if lane.moved or lane.held or (lane.inflight and lane.shard != owner):
+        if lane.moved or lane.held or (lane.inflight and lane.shard != self._owner_of(p)):
             lane.held.append(item)  # behind what must go first
             self._hold(item)
         else:
@@ -240,7 +242,7 @@ class KairosClient(IdentitySagas):
         fullest = max(map(self._waiting_for, {*self._links, *self._waiting}), default=0)
         if fullest + len(requests) <= CLIENT_QUEUE_LIMIT:
             return  # room for all of them at any shard: no need to hash each to its owner
-        shares = Counter(self._owner_of(self._partition(request)) for request in requests)
+        shares = Counter(self._counted_at(self._partition(request)) for request in requests)
         for shard, share in shares.items():
             if (waiting := self._waiting_for(shard)) + share > CLIENT_QUEUE_LIMIT:
                 raise Busy(f"{shard} has {waiting} requests waiting to be sent, and {share} "
@@ -258,11 +260,13 @@ class KairosClient(IdentitySagas):
         link = self._links.get(shard)
         return (0 if link is None else len(link.queue)) + self._waiting[shard]
 
+    def _counted_at(self, p: int) -> str:
+        """What `p`'s requests count against: its owner in the map now, or HELD (`_wait`)."""
+        return HELD if p in self._held else self._owner_of(p)
+
     def _hold(self, item: Item) -> None:
-        """Count a request that begins to wait in its lane, until it goes, against its
-        partition's owner in the map now: the shard new requests of the partition are checked
-        against."""
-        item.waits_at = self._owner_of(item.request.partition)
+        """Count a request waiting in its lane, until it goes, as `_counted_at` counts new ones."""
+        item.waits_at = self._counted_at(item.request.partition)
         self._waiting[item.waits_at] += 1
 
     async def settle(self, request: Request, reply: Reply) -> Reply | None:
@@ -413,8 +417,7 @@ class KairosClient(IdentitySagas):
         first when it is the link's only call and newest batch (a restarted shard takes an
         unknown session's batch 0 at once, a later one only after SESSION_START_S), or when
         batches before it went unanswered (`gapped`: the shard would wait for them in vain),
-        else its own, where the shard's sequencer keeps it in order with the session's
-        others."""
+        else its own, where the shard's sequencer keeps it in order with the session's others."""
         if gapped or (link.calls == 1 and link.seq == seq + 1):
             link.session, link.seq = uuid.uuid4().hex, 1
             return link.session, 0
@@ -425,21 +428,18 @@ class KairosClient(IdentitySagas):
         lane = self._lanes[p]
         lane.inflight -= 1
         named = reply.map_version if isinstance(reply, protocol.Moved) else None
-        if named is not None and protocol.NOT_MINE != named <= item.routed:
-            # its map's owner is frozen by a move not settled (control/moves.py): it serves
-            # from a newer map on, which re-sent at once would not find (a bounded wait)
+        # held: its owner is frozen by a move not settled (control/moves.py): a bounded wait
+        held = named is not None and protocol.NOT_MINE != named <= item.routed
+        if held or isinstance(reply, Undelivered):
             item.reroutes += 1
-            self._wait(lane, item, item.routed + 1, CLIENT_REROUTE_S,
-                       item.reroutes > CLIENT_REROUTES and f"partition {p} is not served yet")
+            self._wait(lane, item, item.routed + 1, CLIENT_REROUTE_S, item.reroutes >
+                       CLIENT_REROUTES and (f"partition {p} is not served yet" if held
+                                            else reply.reason), held)
         elif named is not None:
             item.redirects += 1
             self._wait(lane, item, self.version + 1 if named == protocol.NOT_MINE else named,
                        LONG_POLL_S, item.redirects > MAX_REDIRECTS
                        and f"partition {p} kept moving")
-        elif isinstance(reply, Undelivered):
-            item.reroutes += 1
-            self._wait(lane, item, item.routed + 1, CLIENT_REROUTE_S,
-                       item.reroutes > CLIENT_REROUTES and reply.reason)
         elif isinstance(reply, Failed):
             self._fail(item, reply)
         elif isinstance(reply, (protocol.Busy, protocol.Unavailable)):
@@ -454,13 +454,15 @@ class KairosClient(IdentitySagas):
             asyncio.get_running_loop().create_task(self._resume(p, lane))
 
     def _wait(self, lane: Lane, item: Item, version: int, wait_s: float,
-              failed: str | bool) -> None:
+              failed: str | bool, held: bool = False) -> None:
         """Have a request that did not reach its owner wait for map `version` (up to `wait_s`)
-        before going again; or, when it `failed` (a reason) or was given up on, answer it
-        NotSent (`_fail`)."""
+        before going again (`held` by a move: HELD counts the lane's waits, not its shard); or,
+        when it `failed` (a reason) or was given up on, answer it NotSent (`_fail`)."""
         if item.given_up() or failed:  # no shard took it: not applied
             self._fail(item, item.unsent() if item.given_up() else Failed(NotSent, failed))
             return
+        if held:
+            self._held.add(item.request.partition)
         lane.moved.append(item)
         self._hold(item)
         lane.want_version = max(lane.want_version, version)
@@ -476,6 +478,7 @@ class KairosClient(IdentitySagas):
             return
         ready = sorted(lane.moved, key=lambda item: item.order) + list(lane.held)
         lane.moved, lane.held, lane.wait_s = [], deque(), 0.0
+        self._held.discard(p)
         for item in ready:
             self._waiting[item.waits_at] -= 1
             if item.given_up():
@@ -487,10 +490,9 @@ class KairosClient(IdentitySagas):
     def _fail(item: Item, failure: Reply | Failed, reason: str = "") -> None:
         """Answer `item` with a failure, the client's own or its shard's refusal or failure
         (unless its caller went away); an Unavailable may have been applied, which its answer
-        says (retry with the same key). The rest of its call is given up
-        first, for that reason (the failure's own, unless given): sent later, a customer's
-        later events of the call would be applied without it (and the caller's retry would
-        apply it after them)."""
+        says (retry with the same key). The rest of its call is given up first, for that
+        reason (the failure's own, unless given): sent later, a customer's later events of the
+        call would be applied without it (and the caller's retry would apply it after them)."""
         if item.call is not None:
             item.call.give_up(f"not sent: an earlier event of its call failed: "
                               f"{reason or failure.reason}", EarlierFailed)
