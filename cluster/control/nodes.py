@@ -95,7 +95,8 @@ class Nodes:
         self.shards_per_cpu = shards_per_cpu
         self.gateways: dict[str, GatewayRecord] = {}  # node -> its gateway
         self.draining: set[str] = set()
-        self.known: set[str] = set()  # nodes that were given shards, or had them at start
+        # nodes whose shards were given partitions, or that were there at start
+        self.known: set[str] = set()
         # drained by the autoscaler and not gone yet: taken back before asking for a new node,
         # which this one's unit would otherwise stand in for (autoscaling.py)
         self.released: set[str] = set()
@@ -130,12 +131,14 @@ class Nodes:
         return [n for n in alive if n not in self.draining]
 
     def wanted(self, alive: list[str], placement: dict[str, str | None]) -> dict[str, int]:
-        """Nodes that joined and hold no shard -> how many shards the policy gives them
-        (shards per CPU, at least one). A node counts as joined once it is not known."""
+        """Nodes that joined (not known yet) -> how many new shards they get: as many as the
+        policy gives them (shards per CPU, at least one), none where they hold shards already
+        (a join cut short before its shards owned partitions: they are given their share)."""
         holding = set(placement.values())
         cpus = self.backend.node_info()
-        return {n: max(1, round(cpus.get(n, {}).get("cpus", 1) * self.shards_per_cpu))
-                for n in self.serving(alive) if n not in self.known and n not in holding}
+        return {n: 0 if n in holding else
+                max(1, round(cpus.get(n, {}).get("cpus", 1) * self.shards_per_cpu))
+                for n in self.serving(alive) if n not in self.known}
 
     def load(self, alive: list[str], placement: dict[str, str | None]) -> dict[str, int]:
         """Shards placed on each serving node, in the backend's order of the nodes."""
