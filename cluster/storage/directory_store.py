@@ -18,7 +18,7 @@ from kairos.cluster.storage.decision_logs import DirectoryLog, directory_logs
 from kairos.cluster.storage.journal import (DIR_MODE, FILE_MODE, Journal, JournalReader, drop,
                                             fence, fsync_directory, make_private,
                                             make_private_dir, unfenced)
-from kairos.cluster.storage import owned_journal
+from kairos.cluster.storage import lsn_records, owned_journal
 from kairos.cluster.storage.owned_journal import OwnedJournal
 from kairos.cluster.storage.store import JournalFenced, StoreCorrupt, StoreInUse, StoreUnavailable
 
@@ -204,20 +204,17 @@ class DirectoryStore:
                 fsync_directory(self.root / "snapshots")
             for p in snapshots if lsn is not None else ():
                 self._write(self.root / "snapshots" / f"p{p}.lsn",
-                            msgpack.packb([unless_fenced, lsn]), sync=False)
+                            lsn_records.packed(str(unless_fenced), lsn), sync=False)
 
     def snapshot_lsn(self, partition: int) -> tuple[str, int] | None:
-        """(A file that does not decode, a crash's, is as none.)"""
+        """(One that does not decode, a crash's, is as none: lsn_records.py.)"""
         try:
-            journal, lsn = msgpack.unpackb(
-                (self.root / "snapshots" / f"p{partition}.lsn").read_bytes(), raw=False)
+            data = (self.root / "snapshots" / f"p{partition}.lsn").read_bytes()
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise StoreUnavailable(f"reading a snapshot's LSN: {exc}") from exc
-        except (ValueError, TypeError, msgpack.UnpackException):
-            return None
-        return journal, lsn
+        return lsn_records.unpacked(data)
 
     def get_snapshot(self, partition: int) -> bytes | None:
         try:

@@ -42,6 +42,7 @@ import msgpack
 import redis
 
 from kairos.cluster.settings import REDIS_TIMEOUT_S
+from kairos.cluster.storage import lsn_records
 from kairos.cluster.storage.decision_logs import Entry, entry_size
 from kairos.cluster.storage.ownership import LEASE_S
 from kairos.cluster.storage.redis_errors import ERRORS, unavailable
@@ -301,12 +302,12 @@ class RedisStore:
                 values.extend((f"{self.prefix}:s:{p}", blob))
                 if lsn is not None:
                     values.extend((f"{self.prefix}:s:{p}:lsn",
-                                   msgpack.packb([unless_fenced, lsn])))
+                                   lsn_records.packed(str(unless_fenced), lsn)))
             covered = [p for p, _ in chunk] if lsn is not None else []
 
             def check(stored: list, covered: list[int] = covered) -> None:
                 for p, value in zip(covered, stored):
-                    journal, newer = msgpack.unpackb(value, raw=False) if value else (None, 0)
+                    journal, newer = lsn_records.unpacked(value) or (None, 0)
                     if journal == unless_fenced and newer > lsn:
                         raise JournalFenced.stale(str(unless_fenced), p, lsn, newer)
             self._unless_fenced(unless_fenced, [("MSET", *values)],
@@ -334,8 +335,13 @@ class RedisStore:
 
     @unavailable("reading a snapshot's LSN")
     def snapshot_lsn(self, partition: int) -> tuple[str, int] | None:
-        value = self.r.get(f"{self.prefix}:s:{partition}:lsn")
-        return None if value is None else tuple(msgpack.unpackb(value, raw=False))
+        key = f"{self.prefix}:s:{partition}:lsn"
+        value = self.r.get(key)
+        record = lsn_records.unpacked(value)
+        if value is not None and record is None:  # as none: lsn_records.py
+            log.warning("%s does not hold msgpack [journal, LSN]: read as none (it was changed "
+                        "outside Kairos); the partition's next snapshot writes it anew", key)
+        return record
 
     @unavailable("claiming a journal")
     def own_journal(self, name: str, owner: str, claim: bool) -> None:
