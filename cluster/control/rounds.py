@@ -204,19 +204,25 @@ class ControlLoop:
 
     async def _grow(self) -> None:
         """New shards on the nodes that joined, as many as the policy gives each, then their
-        share of partitions (bounded rounds, as ScaleShards moves them)."""
+        share of partitions (bounded rounds, as ScaleShards moves them). A node is known once
+        its shards own partitions: until then each round gives it its share again (a crash
+        before its first move leaves shards that own nothing, which a resume stops)."""
         async with self._reconfiguring:
             wanted = self.nodes.wanted(self.backend.nodes(), self.placement)
             if not wanted:
                 return
             for node, count in wanted.items():
-                log.warning("node %s joined: %d new shard(s) take their share of partitions",
-                            node, count)
+                log.warning("node %s joined: %d new shard(s), its shards take their share of "
+                            "partitions", node, count)
                 for _ in range(count):
                     await self._start_shard(await self._create_shard(node=node))
-                self.nodes.known.add(node)
             await self._save()
-            await self._rebalance(self._serving_shards())
+            try:
+                await self._rebalance(self._serving_shards())
+            finally:  # saved with the next save: a crash before has its shards given again
+                owning = {self.placement.get(s) for s in self.map.shards_in_use()}
+                self.nodes.known.update(n for n in wanted if n in owning)
+            await self._save()
 
     async def _drop_gone_sinks(self) -> None:
         # an empty push asks each sink whether its process is the one that registered them
@@ -247,9 +253,11 @@ class ControlLoop:
         emptiest takes its partitions."""
         async with self._reconfiguring:
             crowded = self.nodes.crowded(self.backend.nodes(), self.placement)
-            if crowded is None:
+            # not a shard of a move not settled: it cannot stop before the move settles
+            victim = next((s for s, n in self.placement.items()
+                           if n == crowded and s not in self._in_moves()), None)
+            if crowded is None or victim is None:
                 return
-            victim = next(s for s, n in self.placement.items() if n == crowded)
             name = await self._create_shard()
             await self._start_shard(name)
             target = [s for s in self._serving_shards() if s != victim]
