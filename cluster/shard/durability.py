@@ -253,6 +253,10 @@ class Durability:
             for customer_id in snap.get("unerased", []):  # none in snapshots from before
                 self._decision_log.forget(customer_id)
             plans.setdefault(snap["journal"], {})[p] = snap["lsn"]
+        # a snapshot past the journal's end: it lost its tail (journal.py, "Lost tails")
+        own = max(plans.get(ctx.name, {}).values(), default=0)
+        if own > journaling.journal.last_lsn:
+            journaling.journal.skip_past(own)
         replayed = 0
         for name, after in plans.items():
             journaling.stamps_of = name

@@ -7,6 +7,7 @@ import fcntl
 import hashlib
 import itertools
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -15,9 +16,9 @@ from typing import Iterable, Iterator
 import msgpack
 
 from kairos.cluster.storage.decision_logs import DirectoryLog, directory_logs
-from kairos.cluster.storage.journal import (DIR_MODE, FILE_MODE, Journal, JournalReader, drop,
-                                            fence, fsync_directory, make_private,
-                                            make_private_dir, unfenced)
+from kairos.cluster.storage.journal import (DIR_MODE, FENCE, FILE_MODE, Journal,
+                                            JournalReader, fence, fence_lock, fsync_directory,
+                                            make_private, make_private_dir)
 from kairos.cluster.storage import lsn_records, owned_journal
 from kairos.cluster.storage.owned_journal import OwnedJournal
 from kairos.cluster.storage.store import JournalFenced, StoreCorrupt, StoreInUse, StoreUnavailable
@@ -313,7 +314,7 @@ class DirectoryStore:
     @contextlib.contextmanager
     def _unless_fenced(self, journal: str | None, what: str) -> Iterator[None]:
         """With `journal` named, hold off its fencing while the block writes (JournalFenced
-        if it is fenced already: journal.py `unfenced`); OSErrors as StoreUnavailable."""
+        if it is fenced already: `unfenced`); OSErrors as StoreUnavailable."""
         try:
             with (contextlib.nullcontext() if journal is None
                   else unfenced(self.root / "journals" / journal)):
@@ -365,3 +366,28 @@ def _unpack_home(path: Path, data: bytes) -> tuple[str, bytes]:
     if not isinstance(customer_id, str) or not isinstance(blob, bytes):
         raise StoreCorrupt(f"{path}: not a customer's home (an id and a blob)")
     return customer_id, blob
+
+
+@contextlib.contextmanager
+def unfenced(directory: Path) -> Iterator[None]:
+    """Hold off fencing the journal in `directory` while the block runs (a snapshot write of
+    its shard); JournalFenced if it is fenced already. A check before the write alone would
+    let a fence and its heir's snapshots come between the check and the write."""
+    with fence_lock(directory, exclusive=False):
+        if (directory / FENCE).exists():
+            raise JournalFenced.of(directory.name)
+        yield
+
+
+def drop(directory: Path) -> None:
+    """Delete a journal (its partitions are snapshotted elsewhere). A fenced one keeps its
+    fence, alone: a writer still running stays refused, and the name is never journaled
+    again (shard names are not reused)."""
+    if not (directory / FENCE).exists():
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    for path in directory.iterdir():
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.name != FENCE:
+            path.unlink(missing_ok=True)

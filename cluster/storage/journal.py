@@ -50,6 +50,12 @@ records' changes that no snapshot or home holds.
 A batch whose frame would pass MAX_FRAME (what a reader accepts) is refused before anything is
 written (JournalFrameTooLarge): it would be acknowledged and then never read back.
 
+Lost tails: under "os" a power cut can lose the journal's tail while a snapshot naming a later
+LSN, fsynced, stays. Recovery then moves the next LSN past it (`skip_past`), as records
+numbered again below it would be skipped by replay, and their snapshots refused. The gap is
+kept as an empty quarantined file, `quarantine/<its first LSN>.lost`, accepted as a
+quarantined segment's; a crash before the next segment exists leaves recovery to skip again.
+
 Erasure: `compact(drop)` rewrites the segments holding records that `drop` selects (a forgotten
 customer's), each through a temporary file that is fsynced and renamed over the old one, so a
 crash leaves either segment whole. A dropped record leaves an empty frame with its LSN behind
@@ -57,13 +63,13 @@ crash leaves either segment whole. A dropped record leaves an empty frame with i
 files in `quarantine/` (frames.py's `scrub`), after creating the segment the next batch would
 start if none follows them: a rewritten file's size no longer bounds the LSNs it could hold.
 
-Fencing (store.py): `fence(directory)` creates the file `fenced` in the journal's directory
-and fsyncs it and the directory; the writer stats it after each write it acknowledges (after
-the fsync under "fsync", after the write under "os") and after each sync, and raises
-JournalFenced once it is there (one stat per acknowledgement). A fenced journal is not opened
-for writing again, and `drop` leaves its fence behind. `JournalReader` reads another shard's
-journal without changing anything: no tail cut, no temporary file removed, no mode changed;
-a torn tail of the last segment (its writer may be mid-write) ends the replay.
+Fencing (store.py): `fence(directory)` creates the file `fenced` in the journal's directory and
+fsyncs it and the directory; the writer stats it after each write it acknowledges (after the
+fsync under "fsync", after the write under "os") and after each sync, and raises JournalFenced
+once it is there (one stat per acknowledgement). A fenced journal is not opened for writing
+again, and `drop` (directory_store.py) leaves its fence behind. `JournalReader` reads another
+shard's journal without changing anything: no tail cut, no temporary file removed, no mode
+changed; a torn tail of the last segment (its writer may be mid-write) ends the replay.
 
 Permissions: the journal's directory (and any parent it creates) is made 0700 and every file it
 writes (segments, a compaction's temporary file) 0600, by explicit modes whatever the umask.
@@ -78,7 +84,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import shutil
 import stat
 import threading
 import time
@@ -95,6 +100,7 @@ log = logging.getLogger("kairos.store")
 DIR_MODE = 0o700  # every directory of a store: its owner's only
 FILE_MODE = 0o600  # every file of a store
 TORN = ".torn"
+LOST = ".lost"  # in quarantine/: LSNs a lost tail had given out (`skip_past`)
 FENCE = "fenced"  # in a journal's directory once another shard took its partitions over
 FENCE_LOCK = "fence.lock"  # flock: fencing (exclusive) waits for snapshot writes (shared)
 
@@ -389,6 +395,20 @@ class Journal(JournalReader):
             self._fd = os.open(last, os.O_WRONLY | os.O_APPEND)
             self._size = good
 
+    def skip_past(self, lsn: int) -> None:
+        """Give out no LSN up to `lsn`: a snapshot of this journal covers it, past its end (the
+        module's text, "Lost tails"), the gap kept as an empty quarantined file."""
+        if lsn <= self.last_lsn:
+            return
+        make_private_dir(self.directory / QUARANTINE)
+        fsync_directory(written(self.directory / QUARANTINE / f"{self.last_lsn + 1:020d}{LOST}",
+                                b"", FILE_MODE).parent)
+        log.error("%s: ends at LSN %d, but a snapshot covers it up to LSN %d (a power cut under "
+                  "\"os\" lost its tail): LSNs go on past it", self.directory, self.last_lsn, lsn)
+        with self._lock:
+            self.last_lsn = lsn
+            self._next_segment()
+
     def _keep_torn(self, data: bytes, lsn: int) -> None:
         """Keep a tail that may have been an acknowledged batch (see the module's text)."""
         make_private_dir(self.directory / QUARANTINE)
@@ -422,17 +442,6 @@ def fence(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def unfenced(directory: Path) -> Iterator[None]:
-    """Hold off fencing the journal in `directory` while the block runs (a snapshot write of
-    its shard); JournalFenced if it is fenced already. A check before the write alone would
-    let a fence and its heir's snapshots come between the check and the write."""
-    with fence_lock(directory, exclusive=False):
-        if (directory / FENCE).exists():
-            raise JournalFenced.of(directory.name)
-        yield
-
-
-@contextlib.contextmanager
 def fence_lock(directory: Path, exclusive: bool) -> Iterator[None]:
     make_private_dir(directory)
     fd = os.open(directory / FENCE_LOCK, os.O_RDWR | os.O_CREAT, FILE_MODE)
@@ -441,20 +450,6 @@ def fence_lock(directory: Path, exclusive: bool) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # and with it the lock
-
-
-def drop(directory: Path) -> None:
-    """Delete a journal (its partitions are snapshotted elsewhere). A fenced one keeps its
-    fence, alone: a writer still running stays refused, and the name is never journaled
-    again (shard names are not reused)."""
-    if not (directory / FENCE).exists():
-        shutil.rmtree(directory, ignore_errors=True)
-        return
-    for path in directory.iterdir():
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        elif path.name != FENCE:
-            path.unlink(missing_ok=True)
 
 
 def make_private(path: Path) -> None:

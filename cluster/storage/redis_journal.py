@@ -165,6 +165,14 @@ class RedisJournal(RedisReader):
 
     unsynced = False  # each append is one MULTI/EXEC, durable per the server's appendfsync
 
+    def skip_past(self, lsn: int) -> None:
+        """StoreCorrupt: a snapshot covers this journal up to `lsn`, past its last LSN. A
+        directory journal's tail can go at a power cut (journal.py, "Lost tails"); not this
+        one's: a snapshot is written after the batches it covers, on the same server, and what
+        a server keeps (its AOF or RDB, a replica) is a prefix of its writes."""
+        raise StoreCorrupt(f"journal {self.key} ends at LSN {self.last_lsn}, but a snapshot "
+                           f"covers it up to LSN {lsn}: its keys were changed outside Kairos")
+
     def sync(self) -> None:
         pass
 
