@@ -84,6 +84,9 @@ class Watches:
         self.shown: dict[str, dict[tuple[str, str | None], tuple[str, ...]]] = {}
         self.gone: dict[str, None] = {}  # sinks found Gone, oldest first
         self._named: dict[str, int] = {}  # sink -> the customers' watches naming it
+        # partition -> the customers registered there since `unseen` last looked (those whose
+        # watches went since are pruned then): snapshots and handoffs walk no other watches
+        self._watched_in: dict[int, set[str]] = {}
 
     def validate(self, sink: str, channel: str, placement: str | None) -> Watch:
         """The watch, once the catalog knows its channel and placement (InputError if not)."""
@@ -102,6 +105,7 @@ class Watches:
         mine = self.by_customer.setdefault(customer_id, {})
         if active:
             self._register(mine, watch, by)
+            self._indexed(customer_id)
         elif watch in mine:
             ids = mine[watch]
             ids.remove(by if by in ids else ids[-1])
@@ -221,9 +225,13 @@ class Watches:
         """The watches of the partitions' customers that are not resident (a watch of a
         customer nobody has seen waits for its first event), registrations as `extra` lists
         them: a resident's go in its block, a passivated one's in its home."""
-        table, wanted = self._ctx.engine.table, set(partitions)
-        return {c: self.extra(c)["watches"] for c in self.by_customer
-                if c not in table and self._ctx.partition_of(c) in wanted}
+        table, unseen = self._ctx.engine.table, {}
+        for p in partitions:
+            watched = {c for c in self._watched_in.pop(p, ()) if c in self.by_customer}
+            if watched:
+                self._watched_in[p] = watched
+            unseen.update((c, self.extra(c)["watches"]) for c in watched if c not in table)
+        return unseen
 
     def take_unseen(self, unseen: dict[str, list[list]]) -> None:
         """Add the registrations `unseen` carried (from another shard's `unseen`)."""
@@ -236,6 +244,8 @@ class Watches:
         wanted = set(partitions)
         for customer_id in [c for c in self.by_customer if self._ctx.partition_of(c) in wanted]:
             self._unnamed(self.by_customer.pop(customer_id))
+        for p in wanted:
+            self._watched_in.pop(p, None)
 
     # -- a customer's watches ride along in its block (residency.py) ---------------------------
 
@@ -274,6 +284,8 @@ class Watches:
                 mine[watch].append(customer_id)  # own (`folded` names a folded one's)
             else:
                 self._register(mine, watch, customer_id)
+        if customer_id in self.by_customer:
+            self._indexed(customer_id)
         # blocks from before it was carried have none (`folded` takes a folded one's out; the
         # blocks of c3e6ef1 name whose it is, "shown_by", which is the customer's then)
         shown = extra.get("shown")
@@ -300,6 +312,9 @@ class Watches:
             self._named[watch.sink] = self._named.get(watch.sink, 0) + 1
         if by not in mine[watch]:
             mine[watch].append(by)
+
+    def _indexed(self, customer_id: str) -> None:
+        self._watched_in.setdefault(self._ctx.partition_of(customer_id), set()).add(customer_id)
 
     def _unnamed(self, watches: Iterable[Watch]) -> None:
         """The watches left the customers' (each was one of a customer's)."""
