@@ -84,8 +84,8 @@ class Watches:
         self.shown: dict[str, dict[tuple[str, str | None], tuple[str, ...]]] = {}
         self.gone: dict[str, None] = {}  # sinks found Gone, oldest first
         self._named: dict[str, int] = {}  # sink -> the customers' watches naming it
-        # partition -> the customers registered there since `unseen` last looked (those whose
-        # watches went since are pruned then): snapshots and handoffs walk no other watches
+        # partition -> its customers with watches (those a catalog switch took all of are
+        # pruned as `unseen` reads them): snapshots and handoffs walk no other watches
         self._watched_in: dict[int, set[str]] = {}
 
     def validate(self, sink: str, channel: str, placement: str | None) -> Watch:
@@ -117,7 +117,7 @@ class Watches:
                 if not shown:
                     self.shown.pop(customer_id, None)
         if not mine:  # a watch of a customer never seen leaves nothing behind
-            del self.by_customer[customer_id]
+            self._unwatched(customer_id)
 
     def watch_channel(self, sink: str, channel: str, placement: str | None,
                       active: bool = True) -> None:
@@ -159,7 +159,7 @@ class Watches:
             mine = self.by_customer[customer_id] = {w: ids for w, ids in mine.items()
                                                     if w.sink not in dead}
             if not mine:
-                del self.by_customer[customer_id]
+                self._unwatched(customer_id)
             watched = channel | {(w.channel, w.placement) for w in mine}
             shown = {v: best for v, best in self.shown.pop(customer_id, {}).items()
                      if v in watched}
@@ -297,7 +297,9 @@ class Watches:
                 self.shown[customer_id] = {**shown, **self.shown.get(customer_id, {})}
 
     def drop(self, customer_id: str, evicted: bool) -> None:
-        self._unnamed(self.by_customer.pop(customer_id, ()))
+        if customer_id in self.by_customer:
+            self._unnamed(self.by_customer[customer_id])
+            self._unwatched(customer_id)
         if evicted:  # what was last pushed for its views is in its block (`extra`)
             self.shown.pop(customer_id, None)
 
@@ -315,6 +317,11 @@ class Watches:
 
     def _indexed(self, customer_id: str) -> None:
         self._watched_in.setdefault(self._ctx.partition_of(customer_id), set()).add(customer_id)
+
+    def _unwatched(self, customer_id: str) -> None:
+        """The customer has no watch left (`_unnamed` is told of those it had)."""
+        del self.by_customer[customer_id]
+        self._watched_in.get(self._ctx.partition_of(customer_id), set()).discard(customer_id)
 
     def _unnamed(self, watches: Iterable[Watch]) -> None:
         """The watches left the customers' (each was one of a customer's)."""
