@@ -260,7 +260,8 @@ CLIENT_INFLIGHT_CALLS = integer("CLIENT_INFLIGHT_CALLS", 2)
 # Under load (a call to the shard in flight), how long a call waits for more requests before
 # it goes; at low load calls go at once.
 CLIENT_BATCH_WINDOW_S = number("CLIENT_BATCH_WINDOW_S", 0.001, high=1.0)
-# Requests a client lets wait for one shard while its calls are in flight; past it, Busy.
+# Requests a client lets wait for one shard while its calls are in flight; past it, Busy. Those
+# waiting for partitions a move not settled holds count apart, against as many of their own.
 CLIENT_QUEUE_LIMIT = integer("CLIENT_QUEUE_LIMIT", 10_000)
 # A batch whose shard cannot be reached (no connection opens: its node left, it is
 # restarting) never left, so its requests wait up to this long for the map to name a new
