@@ -36,6 +36,8 @@ import time
 from collections import Counter
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import msgpack
+
 from kairos.core.compiler import CompiledCatalog
 from kairos.core.decision import Decision
 from kairos.core.engine import DecisionEngine
@@ -44,7 +46,8 @@ from kairos.cluster import protocol
 from kairos.cluster.identity import Directory
 from kairos.cluster.protocol import CUSTOMER_KINDS, Fire, Invalid, Merged, Reply, Request
 from kairos.cluster.settings import (PASSIVATE_BUDGET_S, PASSIVATE_CROWDED_S, PASSIVATE_IDLE_S,
-                                     RESIDENT_LIMIT, SNAPSHOT_AFTER_S, SNAPSHOT_BUDGET_S, TICK_S)
+                                     RESIDENT_LIMIT, SHARD_ROUND_BYTES, SNAPSHOT_AFTER_S,
+                                     SNAPSHOT_BUDGET_S, TICK_FIRE_LIMIT, TICK_S)
 from kairos.cluster.shard import wire
 from kairos.cluster.shard.catalogs import CatalogSwitch
 from kairos.cluster.shard.context import ShardContext
@@ -79,6 +82,7 @@ CROWDED = protocol.Busy(reason="this shard holds as many customers as it may: tr
 # the answer to a request for a customer whose forget is under way (its aliases not yet retired
 # resolve to it): applied, it would re-create the customer the forget is erasing
 FORGETTING = protocol.Unavailable(reason=protocol.BEING_FORGOTTEN)
+_pack = msgpack.Packer(use_bin_type=True).pack  # one Packer: msgpack.packb makes one a call
 
 
 class Shard:
@@ -250,24 +254,11 @@ class Shard:
         return self.residency.admits(request.customer_id, request.partition, creates)
 
     def tick(self) -> list[Push]:
-        """Fire due timers (journaled like events), passivate idle customers, erase what
-        ForgetCustomer asked for, snapshot partitions whose changes have waited long enough;
-        pushes for the timers' changes."""
+        """Fire due timers (journaled like events, a round's worth: `_due_fires`), passivate
+        idle customers, erase what ForgetCustomer asked for, snapshot partitions whose changes
+        have waited long enough; pushes for the timers' changes."""
         now = self.ctx.clock()
-        names, table = self.compiled.timer_names, self.engine.table
-        fires = []
-        for due, customer_id, k in self.timers.pop_due(now):
-            if customer_id not in table:
-                continue
-            p = self.ctx.partition_of(customer_id)
-            # leaving, it would answer MOVED: it fires after a thaw, or leaves with the
-            # partition; arriving, the move may be undone and the source fire it
-            if p in self.ownership.leaving or p in self.ownership.arriving:
-                self.timers.hold(p, customer_id, k, due)
-            else:
-                fires.append(Fire(partition=p, customer_id=customer_id, timer=names[k],
-                                  due=due))
-        _, pushes = self.process(fires)
+        _, pushes = self.process(self._due_fires(now))
         # Refusing new customers at the ceiling, a tick's budget lets in as many as a few
         # homes' writing (some 10 a second): it may take PASSIVATE_CROWDED_S, at most half a
         # tick. Every request waits for it (it runs on the event loop), hence the fixed cap
@@ -281,6 +272,40 @@ class Shard:
         self.decision_log.flush()  # what a replay's forgets asked for, and other methods'
         self.decision_log.trim()
         return pushes
+
+    def _due_fires(self, now: float) -> list[Fire]:
+        """This tick's firings: the due timers, earliest first, at most TICK_FIRE_LIMIT and
+        SHARD_ROUND_BYTES of records (at least one), as a request round is held. One round,
+        one journal frame: a backlog past MAX_FRAME would fail the tick, and, the rebuild
+        arming the same timers, every tick after it. The rest stay due, first at the next
+        tick; a customer's event fires its own overdue ones before it meanwhile."""
+        names, table = self.compiled.timer_names, self.engine.table
+        taken: list[tuple[Fire, int]] = []
+        size = 0
+
+        def fits(due: float, customer_id: str, k: int) -> bool:
+            nonlocal size
+            fire = Fire(partition=self.ctx.partition_of(customer_id), customer_id=customer_id,
+                        timer=names[k], due=due)
+            size += len(_pack(fire))  # its record, as the journal packs it
+            if taken and (len(taken) >= TICK_FIRE_LIMIT or size > SHARD_ROUND_BYTES):
+                return False
+            taken.append((fire, k))
+            return True
+
+        self.timers.pop_due(now, fits)  # disarmed: exactly those `taken`, in order
+        fires = []
+        for fire, k in taken:
+            if fire.customer_id not in table:
+                continue
+            # leaving, it would answer MOVED: it fires after a thaw, or leaves with the
+            # partition; arriving, the move may be undone and the source fire it
+            if fire.partition in self.ownership.leaving or \
+                    fire.partition in self.ownership.arriving:
+                self.timers.hold(fire.partition, fire.customer_id, k, fire.due)
+            else:
+                fires.append(fire)
+        return fires
 
     # -- the parts' operations -----------------------------------------------------------------
 

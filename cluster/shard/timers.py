@@ -18,6 +18,7 @@ not bound a timer's delay). Their count is the shard's `sleepers` statistic.
 from __future__ import annotations
 
 import heapq
+from contextlib import closing
 from typing import Callable, Generic, Hashable, Iterable, Iterator, TypeVar
 
 WAKE_LIMIT = 512
@@ -157,16 +158,22 @@ class Timers:
             self.cancel(customer_id, k)
         return fired
 
-    def pop_due(self, now: float) -> list[tuple[float, str, int]]:
-        """Every timer due at or before `now`, disarmed, in due order (those of passivated
-        customers due by then too, once `wake` made them resident)."""
+    def pop_due(self, now: float, fits: Callable[[float, str, int], bool] = lambda *_: True
+                ) -> list[tuple[float, str, int]]:
+        """The timers due at or before `now`, disarmed, in due order (those of passivated
+        customers due by then too, once `wake` made them resident), as long as `fits(due,
+        customer_id, timer)` takes them: the first it refuses and those after it stay armed,
+        the earliest due of the next call, so a backlog drains in due order over calls."""
         for _, partition, customer_id in self._asleep.due(now, WAKE_LIMIT):
             if self._wake(partition, customer_id):
                 self.woke(partition, customer_id)
         fired = []
-        for entry in self._armed.due(now):
-            self.cancel(entry[1], entry[2])
-            fired.append(entry)
+        with closing(self._armed.due(now)) as walk:  # closed: the refused one goes back
+            for entry in walk:
+                if not fits(*entry):
+                    break
+                self.cancel(entry[1], entry[2])
+                fired.append(entry)
         return fired
 
     def take(self, customer_id: str) -> dict[int, float]:
