@@ -7,7 +7,7 @@ import msgpack
 
 from kairos.cluster.protocol import JOURNAL_FORMAT
 from kairos.cluster.storage.decision_logs import MemoryLog
-from kairos.cluster.storage.store import JournalDisowned, JournalFenced
+from kairos.cluster.storage.store import JournalDisowned, JournalFenced, StoreCorrupt
 
 
 class MemoryJournal:
@@ -26,6 +26,11 @@ class MemoryJournal:
 
     def sync(self) -> None:
         pass
+
+    def skip_past(self, lsn: int) -> None:
+        """StoreCorrupt: nothing in memory loses a journal's tail and keeps its snapshots."""
+        raise StoreCorrupt(f"journal {self.name} ends at LSN {self.last_lsn}, but a snapshot "
+                           f"covers it up to LSN {lsn}")
 
     def append(self, records: list[Any], sync: bool = True) -> int:
         for record in records:

@@ -101,13 +101,15 @@ class JournalFenced(StoreUnavailable):
 
 
 class JournalDisowned(JournalFenced):
-    """Another incarnation of the same shard owns the journal (the module's text, "Owners")."""
+    """The journal's owner is not this incarnation of its shard (the module's text, "Owners"):
+    the controller started another, or the store lost this one's claim (then the controller
+    starts this one again: control/rounds.py)."""
 
     @classmethod
     def of(cls, name: str) -> JournalDisowned:
-        return cls(f"journal {name} is owned by another incarnation of its shard (the "
-                   f"controller started the shard again), so this one writes nothing more to "
-                   f"it, nor any snapshot or home of its partitions")
+        return cls(f"journal {name} is not this incarnation's (the controller started another "
+                   f"incarnation of its shard, or the store lost this one's claim), so this one "
+                   f"writes nothing more to it, nor any snapshot or home of its partitions")
 
 
 class StoreInUse(Exception):
@@ -175,6 +177,10 @@ class JournalLike(JournalReader, Protocol):
         """JournalFenced if the journal is fenced, or owned by another incarnation of its
         shard (JournalDisowned): what names it (a snapshot) or drops what it holds (a
         truncation) must not follow once another shard has taken it over."""
+
+    def skip_past(self, lsn: int) -> None:
+        """Give out no LSN up to `lsn`, which a snapshot of this journal covers past its end
+        (recovery; journal.py, "Lost tails"); StoreCorrupt where only damage can do that."""
 
     def truncate(self, upto_lsn: int) -> int: ...
 
