@@ -23,6 +23,7 @@ from kairos.core.compiler import compiled_from_text
 from kairos.cluster import pauses
 from kairos.cluster.gateway.actor import GatewayServer
 from kairos.cluster.metrics import GatewayMetrics, ShardMetrics
+from kairos.cluster.control.partitions import partition_of
 from kairos.cluster.remembered import Remembered
 from kairos.cluster.settings import DATA_HOST, METRICS_FLUSH_S
 from kairos.cluster.shard.api import OwnShardFirst, RouteHint
@@ -197,7 +198,11 @@ class ShardActor:
     # -- control (from the controller) --------------------------------------------------------
 
     async def freeze(self, partitions: list[int], version: int) -> bytes:
-        return await self.host.run(Shard.freeze, partitions, version)
+        payload = await self.host.run(Shard.freeze, partitions, version)
+        # their customers' pushes land before any of the new owner's (sinks.py)
+        moving, n = set(partitions), self.host.n_partitions
+        await self.pushes.flush(lambda customer_id: partition_of(customer_id, n) in moving)
+        return payload
 
     async def adopt(self, payload: bytes, version: int) -> int:
         return await self.host.run(Shard.adopt, payload, version)

@@ -324,9 +324,9 @@ class CustomerRequests:
         to a sink. A customer nobody has seen gets no profile: the watch waits for its first
         event (a channel often watches before the customer shows up). Such a watch is held
         for an open stream, so the gateways' streams bound it, not the ids callers name; it
-        is journaled, and moves and catalog switches carry it (watches.py's `unseen`), but
-        snapshots carry only residents' watches, so one does not outlive a restart from a
-        snapshot written after it (the stream then sees nothing until it is opened again)."""
+        is journaled, and moves, catalog switches and its partition's snapshots carry it
+        (watches.py's `unseen`; a snapshot written before they did has none, so a restart
+        from one loses it: the stream then sees nothing until it is opened again)."""
         replies: list[Reply] = []
         for w in batch:
             try:

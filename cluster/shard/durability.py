@@ -4,8 +4,9 @@ Partitions are snapshotted a while after they change (`checkpoint`, from `tick`)
 move and at catalog switches; the journal is then truncated behind the oldest change not yet
 in a snapshot. A snapshot holds a partition's resident customers (each with its idempotency
 keys), its passivated customers waiting for timers (residency.py's sleepers: not in a
-snapshot written before them) and its share of the alias directory, and names the journal
-and LSN it covers.
+snapshot written before them), the watches of its customers not seen yet (watches.py's
+`unseen`: none in a snapshot written before them, so those are lost at a restart from one)
+and its share of the alias directory, and names the journal and LSN it covers.
 Recovery loads each partition's snapshot and replays the journal it names through the same
 handlers that applied the records (a partition never snapshotted replays from the start). A
 customer's home in the store carries the LSN of its last change, so replay skips what a home
@@ -46,6 +47,7 @@ from kairos.cluster.shard.decisionlog import DecisionLog
 from kairos.cluster.shard.journaling import Journaling
 from kairos.cluster.shard.ownership import Ownership
 from kairos.cluster.shard.residency import Residency, checked_sleepers
+from kairos.cluster.shard.watches import Watches, checked_unseen
 from kairos.cluster.storage import blocks
 from kairos.cluster.storage.sealed import SnapshotCorrupt, seal, unseal
 from kairos.cluster.storage.store import JournalReader, redact
@@ -59,9 +61,11 @@ SNAPSHOT_WRITE_BYTES = 64 << 20  # snapshots packed before they go to the store
 class Durability:
     def __init__(self, ctx: ShardContext, ownership: Ownership, residency: Residency,
                  directory: Directory, journaling: Journaling,
-                 apply: Callable[[list[Request]], list[Reply]], decision_log: DecisionLog):
+                 apply: Callable[[list[Request]], list[Reply]], decision_log: DecisionLog,
+                 watches: Watches):
         """`apply`: run requests through the shard's handlers (no commit, no pushes)."""
         self._ctx = ctx
+        self._watches = watches
         self._decision_log = decision_log
         self._ownership = ownership
         self._residency = residency
@@ -87,6 +91,10 @@ class Durability:
         unerased: dict[int, list[str]] = {}
         for customer_id in self._decision_log.unerased():
             unerased.setdefault(self._ctx.partition_of(customer_id), []).append(customer_id)
+        unseen: dict[int, dict[str, list[list]]] = {}
+        for customer_id, registrations in self._watches.unseen(partitions).items():
+            unseen.setdefault(self._ctx.partition_of(customer_id), {})[customer_id] = \
+                registrations
         deletes = self._journaling.deletes
         for i, p in enumerate(partitions):
             residents = self._residency.residents([p])
@@ -96,6 +104,7 @@ class Durability:
                 "lsn": lsn, "catalog": self._ctx.compiled.version,
                 "block": self._residency.export(residents),
                 "sleepers": self._residency.sleepers(p),
+                "unseen": unseen.get(p, {}),
                 "directory": self._directory.export([p]),
                 "unerased": sorted(unerased.get(p, [])),
                 # the homes and journal records still to erase: this snapshot covers the
@@ -249,6 +258,7 @@ class Durability:
             journaling.stamps_of = snap["journal"]
             self._residency.receive(snap["block"])
             self._residency.take_sleepers(p, snap["sleepers"])
+            self._watches.take_unseen(snap["unseen"])
             self._directory.load(snap["directory"])
             for customer_id in snap.get("unerased", []):  # none in snapshots from before
                 self._decision_log.forget(customer_id)
@@ -289,6 +299,7 @@ class Durability:
                 raise SnapshotCorrupt(f"{what}: it is not this partition's snapshot")
             blocks.validate(snap["block"])
             snap["sleepers"] = checked_sleepers(snap.get("sleepers", {}))
+            snap["unseen"] = checked_unseen(snap.get("unseen", {}))  # none in older ones
             return snap, checked
         except (SnapshotCorrupt, blocks.BlockCorrupt, ValueError, KeyError, TypeError) as exc:
             error = exc if isinstance(exc, SnapshotCorrupt) else SnapshotCorrupt(

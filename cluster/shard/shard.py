@@ -122,7 +122,8 @@ class Shard:
         identity = IdentityRequests(ctx, self.residency, self.journaling, self.directory,
                                     self.identities, self.decision_log)
         self.durability = Durability(ctx, self.ownership, self.residency, self.directory,
-                                     self.journaling, self._replayed, self.decision_log)
+                                     self.journaling, self._replayed, self.decision_log,
+                                     self.watches)
         self.handoff = Handoff(ctx, self.ownership, self.residency, self.directory,
                                self.journaling, self.durability, self.watches)
         self.catalogs = CatalogSwitch(ctx, self.ownership, self.residency, self.watches,
