@@ -85,6 +85,11 @@ FORGETTING = protocol.Unavailable(reason=protocol.BEING_FORGOTTEN)
 _pack = msgpack.Packer(use_bin_type=True).pack  # one Packer: msgpack.packb makes one a call
 
 
+# The most due timers a tick takes off the due order whose firing waits (partition moving,
+# customer not in memory): not journaled, they cost only the loop's time (a few µs each)
+HELD_PER_TICK = 65_536
+
+
 class Shard:
     """Partitions, their resident customers, timers and watches; one engine at a time."""
 
@@ -280,16 +285,23 @@ class Shard:
         one journal frame: a backlog past MAX_FRAME would fail the tick, and, the rebuild
         arming the same timers, every tick after it. The rest stay due, first at the next
         tick; a customer's event fires its own overdue ones before it meanwhile."""
-        names, table = self.compiled.timer_names, self.engine.table
+        names, table, ownership = self.compiled.timer_names, self.engine.table, self.ownership
         taken: list[tuple[Fire, int]] = []
-        size = 0
+        count = size = 0
 
         def fits(due: float, customer_id: str, k: int) -> bool:
-            nonlocal size
+            nonlocal count, size
             fire = Fire(partition=self.ctx.partition_of(customer_id), customer_id=customer_id,
                         timer=names[k], due=due)
-            size += len(_pack(fire))  # its record, as the journal packs it
-            if taken and (len(taken) >= TICK_FIRE_LIMIT or size > SHARD_ROUND_BYTES):
+            # only firings are journaled: a held or skipped one would otherwise make every
+            # other partition's timers wait behind a moving partition's backlog
+            if customer_id in table and fire.partition not in ownership.leaving and \
+                    fire.partition not in ownership.arriving:
+                count += 1
+                size += len(_pack(fire))  # its record, as the journal packs it
+                if count > 1 and (count > TICK_FIRE_LIMIT or size > SHARD_ROUND_BYTES):
+                    return False
+            elif len(taken) >= HELD_PER_TICK:  # the loop's own time, held ones included
                 return False
             taken.append((fire, k))
             return True

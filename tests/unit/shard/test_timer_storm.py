@@ -15,7 +15,7 @@ from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage import frames
 from kairos.cluster.storage.directory_store import DirectoryStore
 from tests.conftest import default_compiled
-from tests.unit.shard.test_shard import N_PARTITIONS, T0, Clock, event, shard
+from tests.unit.shard.test_shard import N_PARTITIONS, T0, Clock, event, p_of, shard
 
 CART = dict(product_id="tv", category="electronics", price=199.0)
 AFTER = 1800.0  # cart_abandoned's delay in the default catalog
@@ -99,3 +99,26 @@ def test_the_backlog_fires_in_due_order_and_a_customer_s_event_fires_its_own_fir
     assert fired[:len(by_due) - 51] == [c for c in by_due[50:] if c != late]
     while any(c.startswith("new") for c in s.timers.armed):
         s.tick()
+
+
+def test_a_moving_partition_s_backlog_does_not_hold_other_partitions_timers_back(
+        tmp_path, monkeypatch):
+    """Held for a moving partition, a timer writes no record: it takes none of the tick's
+    budget, so the other partitions' timers due after that backlog fire at the next tick
+    (they waited a tick per TICK_FIRE_LIMIT held ones), and the held ones fire after the
+    thaw, each once."""
+    monkeypatch.setattr(shard_module, "TICK_FIRE_LIMIT", 50, raising=False)
+    clock = Clock()
+    moving = p_of("a-0")
+    held = [c for c in (f"a-{i}" for i in range(20_000)) if p_of(c) == moving][:300]
+    others = [c for c in (f"b-{i}" for i in range(2_000)) if p_of(c) != moving][:40]
+    s = loaded(tmp_path, clock, held + others, [T0] * len(held) + [T0 + 1] * len(others))
+    s.freeze([moving], 7)
+    clock.now = T0 + AFTER + 5
+    s.tick()
+    assert not any(c in s.timers.armed for c in others)
+    assert s.counts["timers_fired"] == len(others)
+    s.thaw([moving], 7)
+    while len(s.timers):
+        s.tick()
+    assert s.counts["timers_fired"] == len(held) + len(others)
