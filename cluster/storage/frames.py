@@ -125,19 +125,32 @@ def unseal_batch(data: bytes, checked: bool = True) -> tuple[int, list, int]:
 def _unsealed(data: bytes, checked: bool) -> tuple[tuple[int, list, int], bool | None]:
     """`unseal_batch`'s batch, and whether its CRC holds (None: a plain batch has none)."""
     errors = "strict" if checked else LENIENT
+    unpacked, holds = _opened(data, errors)
+    if checked and holds is False:
+        raise BatchDamaged(f"the CRC-32 of its {len(unpacked[1])}-byte batch fails")
+    return _contents(unpacked, holds, errors), holds
+
+
+def _opened(data: bytes, errors: str) -> tuple[list, bool | None]:
+    """A stored batch's msgpack array, and whether its CRC holds (None: plain), before its
+    records are read: damage may make them read as a newer format (`scrub_batch`)."""
     unpacked = msgpack.unpackb(data, raw=False, strict_map_key=False, unicode_errors=errors)
     if len(unpacked) != 4:
-        return _batch(unpacked), None
+        return unpacked, None
     first, payload, mark, crc = unpacked
     if mark != SEALED:
         raise BatchDamaged(f"it has a sealed batch's 4 elements but {mark!r} for its mark")
-    holds = zlib.crc32(payload) == crc
-    if checked and not holds:
-        raise BatchDamaged(f"the CRC-32 of its {len(payload)}-byte batch fails")
+    return unpacked, zlib.crc32(payload) == crc
+
+
+def _contents(unpacked: list, holds: bool | None, errors: str) -> tuple[int, list, int]:
+    if holds is None:
+        return _batch(unpacked)
+    first, payload = unpacked[:2]
     batch = unpack_batch(payload, errors)
     if batch[0] != first:
         raise BatchDamaged(f"it is sealed as from LSN {first}, its batch from LSN {batch[0]}")
-    return batch, holds
+    return batch
 
 
 def frame(first_lsn: int, records: list[Any], journal_format: int = JOURNAL_FORMAT,
@@ -279,10 +292,12 @@ def scrub(path: Path, data: bytes, drop: Callable[[Any], bool], decode: Decode |
         try:
             batch = None if end is None else _readable(data[pos + HEADER.size:end])
         except JournalFormatError as exc:
-            _kept_unread(f"{path}, the frame at byte {pos}", exc)
-            parts.append(data[pos:end])
-            pos = end
-            continue
+            if intact is not None:
+                _kept_unread(f"{path}, the frame at byte {pos}", exc)
+                parts.append(data[pos:end])
+                pos = end
+                continue
+            batch = None  # damage that reads as a newer format: unreadable, as other damage
         if batch is None:
             after = _next_intact(data, pos, expect) or len(data)
             pos, cut = after, cut + after - pos
@@ -305,11 +320,13 @@ def scrub_batch(member: bytes, last_lsn: int, drop: Callable[[Any], bool],
     CRC); the records dropped. One that does not decode becomes an empty batch ending at
     `last_lsn`."""
     try:
-        batch, holds = _unsealed(member, checked=False)
-        batch = _checked_shape(batch)
+        unpacked, holds = _opened(member, LENIENT)  # raises no JournalFormatError
+        batch = _checked_shape(_contents(unpacked, holds, LENIENT))
     except JournalFormatError as exc:
-        _kept_unread(f"the quarantined batch scored {last_lsn}", exc)
-        return member, 0
+        if holds is not False:
+            _kept_unread(f"the quarantined batch scored {last_lsn}", exc)
+            return member, 0
+        batch = None  # damage that reads as a newer format: unreadable, as other damage
     except _UNREADABLE:
         batch = None
     if batch is None:
