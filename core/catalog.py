@@ -58,15 +58,25 @@ _VERSION_RE = re.compile(r"[!-~]{1,%d}" % MAX_VERSION)
 _HIDDEN_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 _HIDDEN_IN_LABEL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 DEFAULT_VARIANCE_SCALE = 0.1
+# Exploration reaches at most 10 posterior deviations (variance_scale scales the variance, so
+# 100; ucb_alpha the deviation): past that a draw or a bonus swamps whatever a model learnt,
+# and the ranking is as good as random
+MAX_VARIANCE_SCALE, MAX_UCB_ALPHA = 100.0, 10.0
 # a prior's precision: a weight's prior deviation of at most 1,000 logits, already far wider
 # than any weight a logistic model can use
 MIN_PRECISION = 1e-6
 MAX_CONTROL_SHARE = 0.5  # a control group larger than the policy it measures is a mistake
 DEFAULT_TRIAL_RATE = 0.02  # decisions that try an action not yet accepted on the channel
 DEFAULT_SELECTION_SAMPLES, MAX_SELECTION_SAMPLES = 128, 65_536
-# selection_samples x the actions offered on a channel: each re-run draws every action that can
-# still rank, about 18 ns each here, so this keeps a decision's re-runs to about 5 ms
-MAX_SELECTION_WORK = 262_144
+# A decision's selection_samples re-runs (where decisions draw at random) each draw every action
+# of the channel that can still rank, then fill each of its top_k slots by a pass over them:
+# about 1-3 ns x (15 + top_k) an action a re-run on a 2-core dev box (2,048 actions x 128
+# samples: 4.4 ms at top_k 3, 28 ms at 64, 336 ms at 1,024; a pass costs more where few
+# actions fill many slots). selection_samples x actions x (15 + top_k) at most
+# MAX_SELECTION_WORK keeps a decision's re-runs to about 3.5 ms at top_k 3 (194,444 samples
+# x actions) and 10 ms at worst (10 actions in 10 slots, 14,000 samples)
+SELECTION_DRAW_PASSES = 15  # what drawing an action costs, in passes over it
+MAX_SELECTION_WORK = 3_500_000
 POSTERIORS = ("auto", "full", "diagonal")
 DEFAULT_VALUE_PRIOR_WEIGHT = 10.0
 # A convert's value counts at most this many times the action's catalog value in the
@@ -77,9 +87,13 @@ DEFAULT_VALUE_MAX_RATIO = 10.0
 # inputs^2 per action and a model inputs^2 * 16 bytes (precision and covariance)...
 FULL_POSTERIOR_MAX_INPUTS = 64
 FULL_POSTERIOR_AUTO_INPUTS = 32  # ...and "auto" takes it up to this many
-# The bytes a shard's models of every (action, channel) pair may take (each shard and the
-# learner hold them all): 10,000 actions on 6 channels, 32 full-covariance inputs: 1.4 GiB
+# The bytes a shard's models of every (action, channel) pair may take: 10,000 actions on 6
+# channels, 32 full-covariance inputs: 1.4 GiB. Each shard and the learner hold a table of them,
+# and a model sync briefly needs about twice that (a shard's and a learner's table in one
+# process peaked at 3.3-3.8 times one table's bytes while taking, merging and adopting deltas)
 MAX_MODEL_BYTES = 2 * 2**30
+_MAX_WEIGHT_SPLITS = 32  # context fields _most tells weights apart by, one within another
+_MAX_JOINT_WEIGHTS = 1_000  # weights for every group x groups named, weighed together
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")  # of everything a catalog names: channels, actions...
 _DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 
@@ -608,9 +622,11 @@ class _Reader:
         bool_attrs = {a.name for a in attributes if a.type == "bool"}
         channels = self.each(("channels",), lambda p: self.channel(p, bool_attrs),
                              non_empty=True)
+        # refused even in a saved catalog: past 127 the history's channels wrapped onto
+        # others, so such a catalog never kept its contact policies
         if len(channels) > MAX_CHANNELS:
-            self.refusals.append(self.fail(("channels",), f"more than {MAX_CHANNELS} channels "
-                                                          f"({len(channels)} given)"))
+            raise self.fail(("channels",), f"more than {MAX_CHANNELS} channels ({len(channels)} "
+                                           f"given): the history keeps a channel in a byte")
         context = self.each(("context",), lambda p: self.field_spec(p, vectors=True)) \
             if "context" in root else ()
         consent = self.consent(bool_attrs) if "consent" in root else {"service": None}
@@ -983,8 +999,7 @@ class _Reader:
                 weights.append(self.context_weight(path + ("context_weights", i), channels,
                                                    groups, context))
             kw["context_weights"] = tuple(weights)
-            self.weights_bounded(path + ("context_weights",), kw["context_weights"], channels,
-                                 groups)
+            self.weights_bounded(path + ("context_weights",), kw["context_weights"], channels)
         if "exploration" in spec:
             kw["exploration"] = self.exploration(path + ("exploration",), groups)
         return Arbitration(**kw)
@@ -1011,31 +1026,47 @@ class _Reader:
                 when[key] = self.typed_value(kpath, ctx.type, ctx.values)
         return ContextWeight(weight, channel, group, when, path)
 
-    def weights_bounded(self, path: Path, weights: tuple[ContextWeight, ...], channels: dict,
-                        groups: tuple[str, ...]) -> None:
+    def weights_bounded(self, path: Path, weights: tuple[ContextWeight, ...],
+                        channels: dict) -> None:
         """Context weights that match together multiply, so the most a group's weight can
-        reach on a channel, its weights over 1 taken together, stays within MAX_NUMBER (past
-        it priorities overflow to inf and rank by nothing)."""
-        over: dict[tuple[str | None, str | None], float] = {}
+        reach on a channel stays within MAX_NUMBER (past it priorities overflow to inf and
+        rank by nothing). Past _MAX_JOINT_WEIGHTS, the weights for every group are bounded
+        apart from a group's own and the two multiplied: looser, but channels x groups x
+        weights would make a catalog of many weights slow to check."""
+        over: dict[tuple[str | None, str | None], list[ContextWeight]] = {}
         for w in weights:
-            if w.weight > 1.0:
-                key = (w.channel, w.group)
-                over[key] = over.get(key, 1.0) * w.weight
-        for channel in channels:
-            common = over.get((None, None), 1.0) * over.get((channel, None), 1.0)
-            group, most = max(((g, over.get((None, g), 1.0) * over.get((channel, g), 1.0))
-                               for g in groups), key=lambda item: item[1])
-            if common * most > MAX_NUMBER:
+            if w.weight > 1.0:  # one under 1 only ever lowers a priority
+                over.setdefault((w.channel, w.group), []).append(w)
+        named = dict.fromkeys(g for _, g in over if g is not None)
+        # a channel no weight names reaches what any other such does: one of them is checked
+        own_weights = {c for c, _ in over}
+        alike = [c for c in channels if c not in own_weights][:1]
+        for channel in (c for c in channels if c in own_weights or c in alike):
+            common = over.get((None, None), []) + over.get((channel, None), [])
+            apart = len(common) * len(named) > _MAX_JOINT_WEIGHTS
+            most, group = _most(common), None
+            alone = most
+            for g in named:
+                own = over.get((None, g), []) + over.get((channel, g), [])
+                reach = alone * _most(own) if apart else _most(common + own)
+                if reach > most:
+                    most, group = reach, g
+            if most > MAX_NUMBER:
+                where = f"channel '{channel}'" + (f" (group '{group}')" if group else "")
+                how = "; the weights for every group bounded apart from the group's own, " \
+                      "as there are so many" if apart and group else ""
                 self.refusals.append(self.fail(
-                    path, f"weights that can match together multiply to {common * most:g} on "
-                          f"channel '{channel}' (group '{group}'); the most is {MAX_NUMBER:g}"))
+                    path, f"weights that can match together may multiply to {most:g} on "
+                          f"{where}; the most is {MAX_NUMBER:g} (of weights whose `when` "
+                          f"names different values of one context field, only the largest "
+                          f"counts{how})"))
                 return
 
     def selection_work(self, channels: tuple[Channel, ...], actions: tuple[Action, ...],
                        exploration: Exploration) -> None:
         """Where a decision is drawn at random, its selection probabilities re-run the draws
-        selection_samples times over every action of the channel that can still rank: that
-        product is what one decision costs, so it is bounded."""
+        selection_samples times over every action of the channel that can still rank, filling
+        its top_k slots: what one decision costs (MAX_SELECTION_WORK), so it is bounded."""
         if exploration.method == "none" or (exploration.method == "ucb"
                                             and exploration.trial_rate == 0.0):
             return
@@ -1043,14 +1074,18 @@ class _Reader:
         for action in actions:
             for offer in action.offers:
                 offered[offer.channel] += 1
-        channel = max(offered, key=offered.__getitem__)
-        work = exploration.selection_samples * offered[channel]
+        samples = exploration.selection_samples
+        # a re-run fills no more slots than the channel has actions
+        work, channel, k = max((samples * offered[c.name] * (SELECTION_DRAW_PASSES + k), c.name, k)
+                               for c in channels
+                               for k in [min(max(p.top_k for p in c.placements), offered[c.name])])
         if work > MAX_SELECTION_WORK:
             self.refusals.append(self.fail(
                 ("arbitration", "exploration", "selection_samples"),
-                f"selection_samples x actions on channel '{channel}' is "
-                f"{exploration.selection_samples} x {offered[channel]} = {work:,}; the most is "
-                f"{MAX_SELECTION_WORK:,} (fewer samples, or exploration method: none)"))
+                f"selection_samples x actions x ({SELECTION_DRAW_PASSES} + top_k) on channel "
+                f"'{channel}' is {samples} x {offered[channel]} x ({SELECTION_DRAW_PASSES} + {k}) "
+                f"= {work:,}; the most is {MAX_SELECTION_WORK:,}, 3.5 to 10 ms a decision (fewer "
+                f"samples, actions or top_k, or exploration method: none)"))
 
     def models_fit(self, models: Models, n_actions: int, n_channels: int) -> None:
         """A model for every (action, channel) pair, in every shard and the learner: a catalog
@@ -1070,11 +1105,15 @@ class _Reader:
         if "method" in spec:
             kw["method"] = self.choice(path + ("method",), EXPLORATION_METHODS)
         if "variance_scale" in spec:
-            kw["variance_scale"] = self.number(path + ("variance_scale",), minimum=0.0)
+            kw["variance_scale"] = self.within(
+                path + ("variance_scale",), self.number(path + ("variance_scale",), minimum=0.0),
+                maximum=MAX_VARIANCE_SCALE)
         if "optimistic" in spec:
             kw["optimistic"] = self.boolean(path + ("optimistic",))
         if "ucb_alpha" in spec:
-            kw["ucb_alpha"] = self.number(path + ("ucb_alpha",), minimum=0.0)
+            kw["ucb_alpha"] = self.within(
+                path + ("ucb_alpha",), self.number(path + ("ucb_alpha",), minimum=0.0),
+                maximum=MAX_UCB_ALPHA)
         if "trial_rate" in spec:
             kw["trial_rate"] = self.number(path + ("trial_rate",), minimum=0.0, maximum=1.0)
         if "selection_samples" in spec:
@@ -1088,7 +1127,10 @@ class _Reader:
                     raise self.fail(gpath, f"unknown action group '{group}'"
                                            f"{_did_you_mean(group, groups)}", at_key=True)
                 self.mapping(gpath, ("variance_scale",))
-                per_group[group] = self.number(gpath + ("variance_scale",), minimum=0.0)
+                per_group[group] = self.within(
+                    gpath + ("variance_scale",),
+                    self.number(gpath + ("variance_scale",), minimum=0.0),
+                    maximum=MAX_VARIANCE_SCALE)
             kw["group_variance_scale"] = per_group
         return Exploration(**kw)
 
@@ -1272,6 +1314,28 @@ class _Reader:
         if not names:
             raise self.fail(path, "must not be empty")
         return names
+
+
+def _most(weights: list[ContextWeight], depth: int = 0) -> float:
+    """The most that context weights can multiply to on one request. Two whose `when` names
+    different values of one context field never match together (a request holds one value):
+    of such alternatives only the largest counts, the rest multiply as if they all matched.
+    An upper bound, exact for one weight per value of a field; past _MAX_WEIGHT_SPLITS fields
+    split in turn the weights left are multiplied (looser, still a bound)."""
+    values: dict[str, set] = {}
+    for w in weights:
+        for key, value in w.when.items():
+            values.setdefault(key, set()).add(value)
+    split = [key for key, seen in values.items() if len(seen) > 1]
+    if not split or depth == _MAX_WEIGHT_SPLITS:
+        return math.prod(w.weight for w in weights)
+    key = max(split, key=lambda k: sum(k in w.when for w in weights))  # the most weights apart
+    alternatives: dict[Any, list[ContextWeight]] = {}
+    for w in weights:
+        if key in w.when:
+            alternatives.setdefault(w.when[key], []).append(w)
+    return _most([w for w in weights if key not in w.when], depth + 1) * \
+        max(_most(alike, depth + 1) for alike in alternatives.values())
 
 
 def _to_float(number: int | float) -> float:

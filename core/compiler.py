@@ -15,6 +15,7 @@ import copy
 import itertools
 import logging
 import math
+import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -558,8 +559,10 @@ class CompiledCatalog:
         self.n_predictors = len(self.predictor_names)
         self.full_posterior = models.full
         # a value rule's result past it is invalid, as a non-finite one is: priorities stay
-        # finite however the catalog's numbers combine
-        self.value_limit = MAX_NUMBER
+        # finite however the catalog's numbers combine. A catalog saved before the bound
+        # (one with refusals) keeps what it had, only a non-finite value invalid: its value
+        # past 1e12, a constant too, would otherwise drop its action from every decision
+        self.value_limit = sys.float_info.max if self.catalog.refusals else MAX_NUMBER
         self.value_prior_weight = models.value.prior_weight if models.value.learn else -1.0
         self.value_max_ratio = models.value.max_ratio
         self.predictor_source = np.array([int(p.source == "context") for p in preds], np.int8)
