@@ -29,7 +29,9 @@ fails is counted (`decision_log_failures`) and logged, and never fails a round.
 Retention: `trim` every DECISION_LOG_TRIM_S drops what was logged more than
 DECISION_LOG_RETENTION_S ago, then the oldest while the log is over DECISION_LOG_MAX_BYTES,
 from the shard's log and from the logs of shards no longer live that it reads for exports
-(`to_read`: no writer is left to trim them), removing such a log once it is empty.
+(`to_read`: no writer is left to trim them), removing such a log once it is empty. Between
+a trim's pages the writer appends what was submitted meanwhile (`_append_waiting`), so a long
+trim holds the appends up for a page, not for the trim.
 ForgetCustomer: `forget` drops the customer's records not yet written and has the writer
 erase its records from every log of the store (a shared store holds the logs of shards that
 owned the partition before), after writing what came before; a log whose erasure fails is
@@ -239,12 +241,26 @@ class LogWriter:
         # with the next trim: every write would re-read a log that keeps failing, and warn of it
         if forget or trim:
             self._erase(forget, retry=trim is not None)
+        self._append(entries)
+        if trim:
+            self._tried("its retention is applied at the next trim",
+                        lambda: self._own().trim(*trim, between_pages=self._append_waiting))
+
+    def _append(self, entries: list[Entry]) -> None:
         if entries and self._tried(f"{len(entries)} records lost",
                                    lambda: self._own().append(entries)):
             self._counts["decision_log_records"] += len(entries)
-        if trim:
-            self._tried("its retention is applied at the next trim",
-                        lambda: self._own().trim(*trim))
+
+    def _append_waiting(self) -> None:
+        """Between a trim's pages, what was submitted meanwhile: a long trim (a Redis log's
+        pages cost some 5 µs an entry, a GiB's 25 s) would hold them past
+        DECISION_LOG_PENDING. Not past an erasure submitted meanwhile: the next write erases
+        first, then appends what came after it."""
+        with self._lock:
+            if self._forget:
+                return
+            entries, self._entries = self._entries, []
+        self._append(entries)
 
     def _own(self) -> DecisionLogLike:
         if self._log is None:

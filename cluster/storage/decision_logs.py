@@ -84,8 +84,10 @@ class MemoryLog:
             entries = list(self._entries)
         return (e for e in entries if since <= e[0] <= until)
 
-    def trim(self, before: float, max_bytes: int, orphan: bool = False) -> int:
-        """(An orphan's log stays as long as the store: it holds them in a dict.)"""
+    def trim(self, before: float, max_bytes: int, orphan: bool = False,
+             between_pages: Callable[[], object] | None = None) -> int:
+        """(An orphan's log stays as long as the store: it holds them in a dict. No pages: a
+        trim here costs what an append does, and `between_pages` is not called.)"""
         with self._lock:
             return self._drop_oldest(lambda e: e[0] < before or self._bytes > max_bytes)
 
@@ -164,10 +166,13 @@ class DirectoryLog:
             if _start(segment) <= until and ends >= since:
                 yield from (e for e in self._entries(segment) if since <= e[0] <= until)
 
-    def trim(self, before: float, max_bytes: int, orphan: bool = False) -> int:
+    def trim(self, before: float, max_bytes: int, orphan: bool = False,
+             between_pages: Callable[[], object] | None = None) -> int:
         """Drop whole segments, oldest first: those whose every entry was logged before
         `before` (the newest too), and while the log is over `max_bytes` any but the newest.
-        An `orphan` log (its shard is gone for good) left empty is removed."""
+        An `orphan` log (its shard is gone for good) left empty is removed. A segment goes
+        with one unlink, so `between_pages` is not called (an append from it would wait for
+        the lock this trim holds)."""
         try:
             with self._locked():
                 self._sweep()

@@ -103,8 +103,9 @@ class RedisLog:
     they read the set in pages of REPLAY_PAGE entries and subtract the sizes of only the
     members their ZREMs removed (`_remove`): any shard may trim or erase any log, and a member
     two removers read (a trim beside another shard's ForgetCustomer) was subtracted twice,
-    taking the counter below zero and the log past its byte bound. Nothing is WATCHed, so no
-    remover makes another start over."""
+    taking the counter below zero and the log past its byte bound. Only the log's emptiness
+    is WATCHed (`_if_empty`, where nothing is left to start over), so no remover makes
+    another start over."""
 
     def __init__(self, client: redis.Redis, prefix: str, name: str):
         self.r = client
@@ -144,24 +145,24 @@ class RedisLog:
             raise StoreUnavailable(f"redis: reading a decision log: {exc}") from exc
 
     @unavailable("trimming a decision log")
-    def trim(self, before: float, max_bytes: int, orphan: bool = False) -> int:
-        """(decision_logs.py) An `orphan` left empty leaves the names of the logs."""
+    def trim(self, before: float, max_bytes: int, orphan: bool = False,
+             between_pages: Callable[[], object] | None = None) -> int:
+        """(decision_logs.py) An `orphan` left empty leaves the names of the logs; a log left
+        empty has its count reset (one left too high by a crash comes back down).
+        `between_pages` is called after each page, so a long trim never holds its caller's
+        other writes for more than a page (shard/decisionlog.py)."""
         dropped = 0
         while old := self.r.zrangebyscore(self.key, "-inf", f"({before!r}", start=0,
                                           num=REPLAY_PAGE):
             dropped += self._remove(old)
+            if between_pages:
+                between_pages()
         while oldest := _reaching(self.r.zrange(self.key, 0, REPLAY_PAGE - 1),
                                   self.size() - max_bytes):
             dropped += self._remove(oldest)
-        if orphan:
-            with self.r.pipeline(transaction=True) as tx, \
-                    contextlib.suppress(redis.WatchError):
-                tx.watch(self.key)  # an append meanwhile (its name back in use) keeps the log
-                if not tx.zcard(self.key):
-                    tx.multi()
-                    tx.delete(self.key, f"{self.key}:bytes")
-                    tx.srem(self.names, self.name)
-                    tx.execute()
+            if between_pages:
+                between_pages()
+        self._if_empty(orphan)
         return dropped
 
     @unavailable("erasing from a decision log")
@@ -179,18 +180,59 @@ class RedisLog:
         """Remove `members`, one ZREM each in one MULTI/EXEC, whose replies say which were
         still there; subtract the sizes of those alone. How many went. The subtraction is a
         second round trip: a crash between leaves the count too high, the safe direction (a
-        trim then drops more than it must; the log never passes its bound)."""
-        with self.r.pipeline(transaction=True) as tx:
-            for member in members:
-                tx.zrem(self.key, member)
-            gone = [member for member, removed in zip(members, tx.execute()) if removed]
-        if gone:
-            self.r.decrby(f"{self.key}:bytes", sum(map(_member_size, gone)))
+        trim then drops more than it must; the log never passes its bound). A count taken to
+        0 or below (an orphan trim removed the log meanwhile, and this DECRBY made its count
+        again) goes with the log if the log is gone."""
+        removed = _zrems(self.r, self.key, members)
+        gone = [member for member, was in zip(members, removed) if was]
+        if gone and self.r.decrby(f"{self.key}:bytes", sum(map(_member_size, gone))) <= 0:
+            self._if_empty(orphan=False)
         return len(gone)
+
+    def _if_empty(self, orphan: bool) -> None:
+        """An empty log's count removed (0), and an `orphan`'s name; an append meanwhile
+        (under WATCH) keeps them. Another remover's DECRBY still on its way takes the count
+        below zero, and removes it again (`_remove`), unless an append comes first: the count
+        then stays low by that remover's page, the log that much over its bound until it
+        empties again."""
+        with self.r.pipeline(transaction=True) as tx, contextlib.suppress(redis.WatchError):
+            tx.watch(self.key)
+            if not tx.zcard(self.key):
+                tx.multi()
+                tx.delete(self.key, f"{self.key}:bytes")
+                if orphan:
+                    tx.srem(self.names, self.name)
+                tx.execute()
 
     @unavailable("sizing a decision log")
     def size(self) -> int:
         return int(self.r.get(f"{self.key}:bytes") or 0)
+
+
+def _zrems(client: redis.Redis, key: str, members: list[bytes]) -> list[int]:
+    """One MULTI/EXEC of a ZREM per member (a reply each: 1 if it was there), packed here in
+    one buffer: redis-py's per-command packing and pipeline bookkeeping cost twice as much."""
+    k = key.encode()
+    zrem = b"*3\r\n$4\r\nZREM\r\n$%d\r\n%s\r\n" % (len(k), k)
+    packed = b"".join([b"*1\r\n$5\r\nMULTI\r\n",
+                       *(b"%s$%d\r\n%s\r\n" % (zrem, len(m), m) for m in members),
+                       b"*1\r\n$4\r\nEXEC\r\n"])
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    try:
+        connection.send_packed_command([packed])
+        for _ in range(len(members) + 1):  # OK, then QUEUED for each ZREM
+            connection.read_response()
+        removed = connection.read_response()
+    except BaseException:
+        connection.disconnect()  # with any reply not read
+        raise
+    finally:
+        pool.release(connection)
+    for reply in removed:
+        if isinstance(reply, redis.exceptions.ResponseError):
+            raise reply
+    return removed
 
 
 def _reaching(members: list[bytes], excess: int) -> list[bytes]:
