@@ -56,6 +56,7 @@ from kairos.cluster.settings import DRAIN_UNREADY_S, LONG_POLL_S, RETIRE_GRACE_S
 from kairos.cluster.shard.outcomes import outcome_secret
 from kairos.cluster.storage.ownership import StoreClaim, new_owner
 from kairos.cluster.storage.providers import open_store, redact
+from kairos.cluster.throttled import ThrottledWarning
 from kairos.cluster.transport.backend import Backend, Unavailable
 
 log = logging.getLogger("kairos.controller")
@@ -121,6 +122,10 @@ class Controller(ControlLoop, Catalogs, Scaling):
         self._reconfiguring = asyncio.Lock()
         self._saving = asyncio.Lock()
         self._routable: PartitionMap | None = None  # the map as last saved: what clients see
+        # the shards that did not answer the last catch-up (its health, or its settle), and
+        # the drains they hold back, each with its notice (rounds.py)
+        self._unanswered: set[str] = set()
+        self._held_drains: dict[str, ThrottledWarning] = {}
 
     @property
     def shards(self) -> list[str]:
@@ -396,12 +401,14 @@ class Controller(ControlLoop, Catalogs, Scaling):
 
     async def _catch_up(self, names: list[str]) -> None:
         """Bring shards that answer again up to date: the catalog, channel watches, and the
-        moves an interrupted round left."""
+        moves an interrupted round left. Those that did not answer it (`names` leaves them
+        out, or they failed the settle) hold back the drains of their moves' nodes."""
         await self.lagging.commit_catalog(names, self.catalog_text, self.catalog_version)
         await self.lagging.replay_watches(names)
         involved = {s for m in self.moving for s in (m.source, m.target)} & set(self.placement)
-        if involved <= set(names):  # else a shard known not to answer would hold the lock
-            await self._settle()
+        # else a shard known not to answer would hold the lock
+        stuck = await self._settle() if involved <= set(names) else set()
+        self._unanswered = (set(self.placement) - set(names)) | stuck
 
     # -- nodes ---------------------------------------------------------------------------------
 

@@ -95,7 +95,8 @@ class Nodes:
         self.shards_per_cpu = shards_per_cpu
         self.gateways: dict[str, GatewayRecord] = {}  # node -> its gateway
         self.draining: set[str] = set()
-        # nodes whose shards were given partitions, or that were there at start
+        # nodes whose shards were given their share of partitions (none, where shards
+        # outnumber them), or that were there at start
         self.known: set[str] = set()
         # drained by the autoscaler and not gone yet: taken back before asking for a new node,
         # which this one's unit would otherwise stand in for (autoscaling.py)
@@ -133,7 +134,7 @@ class Nodes:
     def wanted(self, alive: list[str], placement: dict[str, str | None]) -> dict[str, int]:
         """Nodes that joined (not known yet) -> how many new shards they get: as many as the
         policy gives them (shards per CPU, at least one), none where they hold shards already
-        (a join cut short before its shards owned partitions: they are given their share)."""
+        (a join cut short before its shards were given their share: they are given it)."""
         holding = set(placement.values())
         cpus = self.backend.node_info()
         return {n: 0 if n in holding else

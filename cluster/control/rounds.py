@@ -18,7 +18,9 @@ none of the others.
 4. A learner that runs another catalog text than the controller's, or was not told it (Ray
    restarted it, a resume could not tell it), is told the running one.
 5. Drains a crash (or a shard that did not answer) cut short are finished: after step 3, as a
-   drain may wait on a shard that only step 3 starts again.
+   drain may wait on a shard that only step 3 starts again. Not while the node holds a shard
+   of a move left unsettled by a shard that did not answer step 3: it would fail again every
+   round, so it waits (said once) until that shard answers or its node leaves.
 6. Nodes that joined get shards; a crowded node gives one up to the emptiest.
 7. Channel watches whose sink is Gone (the gateway process whose streams registered them
    died, or Ray restarted it: the streams died with it) are removed, as those streams would
@@ -42,10 +44,12 @@ from kairos.cluster.control.nodes import NodeRefused
 from kairos.cluster.control.partitions import Move
 from kairos.cluster.settings import (DECISION_LOG_MAX_BYTES, DECISION_LOG_RETENTION_S,
                                      DECISION_LOG_TRIM_S)
+from kairos.cluster.throttled import ThrottledWarning
 from kairos.cluster.transport.ray_backend import Gone
 
 log = logging.getLogger("kairos.controller")
 CONFIRM_OWNED_S = 30.0  # how often the shards are confirmed the partitions the map gives them
+HELD_DRAIN_LOG_S = 600.0  # how often a drain held by a move not settled is said again
 
 
 async def _step(what: str, work: Awaitable[Any]) -> None:
@@ -74,15 +78,39 @@ class ControlLoop:
         await _step("starting gateways", self.nodes.ensure_gateways(sorted(alive)))
         await _step("re-starting and catching up shards", self._restart_shards())
         await _step("telling the learner the catalog", self._tell_learner())
-        for node in sorted((self.nodes.draining & set(alive)) - self._drains):
-            if not self._drained(node):
-                log.warning("finishing the drain of node %s", node)
-                await _step(f"finishing the drain of node {node}", self.drain_node(node))
+        await self._finish_drains(alive)
         await _step("giving shards to nodes that joined", self._grow())
         await _step("re-placing a shard of a crowded node", self._uncrowd())
         await _step("dropping the channel watches of sinks gone", self._drop_gone_sinks())
         await _step("confirming the moves the map shows done", self._confirm_owned())
         await _step("trimming the decision logs of shards gone", self._trim_gone_logs())
+
+    async def _finish_drains(self, alive: list[str]) -> None:
+        """Step 5, but for a node that holds a shard of a move held by a shard that did not
+        answer the catch-up (step 3): its drain would fail after settling again (a new map
+        version each time, and the lock held for a call's deadline), so it waits, said once
+        and then every HELD_DRAIN_LOG_S, until that shard answers or its node leaves."""
+        notices, self._held_drains = self._held_drains, {}
+        for node in sorted((self.nodes.draining & set(alive)) - self._drains):
+            if self._drained(node):
+                continue
+            if waits_on := self._held_by(node):
+                notice = self._held_drains[node] = notices.get(node) or ThrottledWarning(
+                    log, HELD_DRAIN_LOG_S)
+                notice.warn("the drain of node %s waits: a move of its shards is not settled, "
+                            "as %s did not answer; it is finished once that shard answers (one "
+                            "that hangs: restart it, e.g. `ray.kill` of its actor without "
+                            "no_restart, which Ray restarts) or its node leaves the cluster",
+                            node, ", ".join(waits_on))
+                continue
+            log.warning("finishing the drain of node %s", node)
+            await _step(f"finishing the drain of node {node}", self.drain_node(node))
+
+    def _held_by(self, node: str) -> list[str]:
+        """The shards that did not answer of the moves not settled with a shard on `node`."""
+        on_node = {s for s, n in self.placement.items() if n == node}
+        return sorted({s for m in self.moving if {m.source, m.target} & on_node
+                       for s in (m.source, m.target)} & self._unanswered & set(self.placement))
 
     async def _replace_departed(self, alive: list[str]) -> None:
         async with self._reconfiguring:
@@ -205,23 +233,27 @@ class ControlLoop:
     async def _grow(self) -> None:
         """New shards on the nodes that joined, as many as the policy gives each, then their
         share of partitions (bounded rounds, as ScaleShards moves them). A node is known once
-        its shards own partitions: until then each round gives it its share again (a crash
-        before its first move leaves shards that own nothing, which a resume stops)."""
+        a rebalance with its shards ended, or they own partitions: until then each round gives
+        it its share again (a crash before its first move leaves shards that own nothing,
+        which a resume stops). Its share may be none, where shards outnumber partitions."""
         async with self._reconfiguring:
             wanted = self.nodes.wanted(self.backend.nodes(), self.placement)
             if not wanted:
                 return
             for node, count in wanted.items():
-                log.warning("node %s joined: %d new shard(s), its shards take their share of "
-                            "partitions", node, count)
+                if count:  # none: its join was cut short, and is taken up again
+                    log.warning("node %s joined: %d new shard(s), its shards take their share "
+                                "of partitions", node, count)
                 for _ in range(count):
                     await self._start_shard(await self._create_shard(node=node))
             await self._save()
             try:
                 await self._rebalance(self._serving_shards())
-            finally:  # saved with the next save: a crash before has its shards given again
+            except BaseException:  # saved with the next save: a crash before gives it again
                 owning = {self.placement.get(s) for s in self.map.shards_in_use()}
                 self.nodes.known.update(n for n in wanted if n in owning)
+                raise
+            self.nodes.known.update(wanted)
             await self._save()
 
     async def _drop_gone_sinks(self) -> None:

@@ -28,7 +28,12 @@ class Scaling:
                 name = await self._create_shard()
                 await self._start_shard(name)
                 target.append(name)
-            moved = await self._rebalance(target)
+            try:
+                moved = await self._rebalance(target)
+            except RuntimeError:  # a move held the rest back: nothing else would stop these
+                await self._retire([s for s in self.shards if s not in target
+                                    and s not in self.map.owners and s not in self._in_moves()])
+                raise
             await self._retire([s for s in self.shards if s not in target])
             if self.map.plan(target, 1):
                 raise RuntimeError(f"the spread is not even yet: {self._unsettled()}")
@@ -83,13 +88,18 @@ class Scaling:
         answer (their moves stay recorded, settled by a later round)."""
         if not self.moving:
             return set()
-        undo = any(self.map.owners[m.partition] == m.source for m in self.moving)
-        version = self.map.version + 1 if undo else self.map.version
-        self.moving, stuck = await moving.settle(self.backend, self.moving, self.map.owners,
+        before = self.moving
+        undone = [m for m in before if self.map.owners[m.partition] == m.source]
+        version = self.map.version + 1 if undone else self.map.version
+        self.moving, stuck = await moving.settle(self.backend, before, self.map.owners,
                                                  set(self.placement), version)
-        if undo:  # senders that met the freeze wait for a version past it
+        # senders that met the freeze wait for a version past it, once a source serves again;
+        # none while every source stays frozen (else each round's retry would wake every long
+        # poll, for as long as a target does not answer)
+        if any(m not in self.moving for m in undone):
             self.map = self.map.apply([], self.map.shards)
-        await self._publish()
+        if self.moving != before or self.map is not self._routable:
+            await self._publish()
         return stuck
 
     def _in_moves(self) -> set[str]:

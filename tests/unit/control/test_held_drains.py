@@ -1,0 +1,125 @@
+"""What a move held by a target that does not answer its release (test_held_moves.py) leaves
+to the control loop: a drain of one of its shards' node waits, without a retry each round,
+until the shard answers or its node leaves; a scale-down stops the shards it emptied before
+it met the move; and a settle that thaws nothing publishes no new map. A node that joins
+with more shards than partitions is known once its rebalance ends (rounds.py `_grow`), so
+that it is not joined again every round. Ray-free (LocalBackend)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from kairos.cluster.control import controller as controller_module
+from kairos.cluster.control.controller import Controller
+from kairos.cluster.control.learner import Learner
+from kairos.core.catalog import default_catalog_text
+from kairos.core.compiler import default_compiled
+
+from tests.unit.control.test_held_moves import SOURCE, TARGET, held_move
+from tests.unit.control.test_interrupted import Crashing, assert_one_owner_each
+
+THIRD = "kairos-shard-0002"
+
+
+@pytest.fixture(autouse=True)
+def no_waits(monkeypatch):
+    monkeypatch.setattr(controller_module, "RETIRE_GRACE_S", 0.0)
+    monkeypatch.setattr(controller_module, "DRAIN_UNREADY_S", 0.0)
+
+
+def _records(caplog, level: int, text: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno >= level and text in r.getMessage()]
+
+
+def test_a_catch_up_that_thaws_nothing_publishes_no_new_map(tmp_path):
+    async def main():
+        backend, controller, held = await held_move(str(tmp_path), 10**6)
+        version, releases = controller.map.version, backend.fail[(TARGET, "release")]
+        for _ in range(3):
+            await controller.reconcile()
+        assert backend.fail[(TARGET, "release")] == releases - 3  # asked each round
+        assert controller.map.version == version == controller.routing()["version"]
+        assert {m.partition for m in controller.moving} == held
+    asyncio.run(main())
+
+
+def test_a_drain_held_by_a_move_waits_without_a_retry_each_round_until_its_node_leaves(
+        tmp_path, caplog):
+    async def main():
+        backend, controller, held = await held_move(str(tmp_path), 10**6)
+        node = controller.placement[TARGET]
+        with pytest.raises(RuntimeError, match=f"{TARGET} cannot stop yet"):
+            await controller.drain_node(node)
+        version = controller.map.version
+        caplog.clear()
+        for _ in range(4):
+            await controller.reconcile()
+        assert controller.map.version == version
+        assert not _records(caplog, logging.ERROR, "")  # no drain tried, none failed
+        assert not _records(caplog, logging.WARNING, "finishing the drain")
+        waits = _records(caplog, logging.WARNING, f"the drain of node {node} waits")
+        assert len(waits) == 1 and TARGET in waits[0].getMessage()
+        assert node in controller.nodes.draining and TARGET in controller.placement
+        # the way out: the node leaves (or the shard answers again, below)
+        backend.node_names.remove(node)
+        await controller.reconcile()
+        assert TARGET not in controller.placement and not controller.moving
+        assert not controller.nodes.draining
+        assert not held & set(backend.shards[SOURCE].leaving)  # the source serves them again
+        assert_one_owner_each(backend, controller)
+    asyncio.run(main())
+
+
+def test_a_drain_held_by_a_move_is_finished_once_its_shard_answers_again(tmp_path, caplog):
+    async def main():
+        backend, controller, held = await held_move(str(tmp_path), 10**6)
+        node = controller.placement[TARGET]
+        with pytest.raises(RuntimeError, match="cannot stop yet"):
+            await controller.drain_node(node)
+        await controller.reconcile()
+        backend.fail.clear()  # restarted, it answers
+        await controller.reconcile()
+        assert not controller.moving and not held & set(backend.shards[SOURCE].leaving)
+        assert node not in controller.placement.values()  # drained
+        assert_one_owner_each(backend, controller)
+    asyncio.run(main())
+
+
+def test_a_scale_down_that_meets_a_held_move_stops_the_shards_it_emptied(tmp_path):
+    async def main():
+        backend, controller, held = await held_move(str(tmp_path), 10**6)
+        with pytest.raises(RuntimeError, match="not even yet"):
+            await controller.scale(3)
+        assert controller.map.partitions_of(THIRD)
+        with pytest.raises(RuntimeError, match=f"{TARGET} cannot stop yet"):
+            await controller.scale(1)
+        assert not controller.map.partitions_of(THIRD)
+        assert controller.shards == [SOURCE, TARGET]  # the third is stopped, the move's kept
+        assert THIRD not in backend.shards
+        backend.fail.clear()
+        await controller.reconcile()
+        await controller.scale(1)
+        assert controller.shards == [SOURCE]
+        assert_one_owner_each(backend, controller)
+    asyncio.run(main())
+
+
+def test_a_node_whose_shard_is_given_no_partition_joins_once(tmp_path, caplog):
+    async def main():
+        backend = Crashing()
+        backend.local_learner = Learner(default_compiled(), default_catalog_text(),
+                                        unconfirmed=True)
+        controller = backend.local_controller = Controller(backend, n_partitions=4,
+                                                           store_url=str(tmp_path))
+        await controller.start(4)  # as many shards as partitions: a new one gets none
+        backend.node_names.append("node-d")
+        caplog.clear()
+        for _ in range(3):
+            await controller.reconcile()
+        joined = [s for s, n in controller.placement.items() if n == "node-d"]
+        assert len(joined) == 1 and not controller.map.partitions_of(joined[0])
+        assert "node-d" in controller.nodes.known
+        assert len(_records(caplog, logging.WARNING, "node node-d joined")) == 1
+    asyncio.run(main())
