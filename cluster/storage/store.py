@@ -277,7 +277,9 @@ class Store(Protocol):
 
     def fence_journal(self, name: str) -> None:
         """Fence the journal (see the module's text), durably before returning: from then on
-        its writer acknowledges nothing. Only for a shard the controller replaced."""
+        its writer acknowledges nothing. For a shard the controller stopped for good
+        (replaced, or retired by a scale-down, drain or re-placement), which may run on cut
+        off from Ray: the fence outlives drop_journal, one small key or file per such shard."""
 
     def drop_journal(self, name: str) -> None:
         """Delete the journal; a fenced one keeps its fence (its writer may still run)."""
