@@ -99,8 +99,8 @@ class ControlLoop:
                     log, HELD_DRAIN_LOG_S)
                 notice.warn("the drain of node %s waits: a move of its shards is not settled, "
                             "as %s did not answer; it is finished once that shard answers (one "
-                            "that hangs: restart it, e.g. `ray.kill` of its actor without "
-                            "no_restart, which Ray restarts) or its node leaves the cluster",
+                            "that hangs: have Ray restart it, `ray.kill(actor, no_restart="
+                            "False)`) or its node leaves the cluster",
                             node, ", ".join(waits_on))
                 continue
             log.warning("finishing the drain of node %s", node)
