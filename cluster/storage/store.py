@@ -204,11 +204,13 @@ class DecisionLogLike(Protocol):
     def read(self, since: float, until: float) -> Iterator[tuple[float, str, bytes]]:
         """The entries logged within [since, until]."""
 
-    def trim(self, before: float, max_bytes: int, orphan: bool = False) -> int:
+    def trim(self, before: float, max_bytes: int, orphan: bool = False,
+             between_pages: Callable[[], object] | None = None) -> int:
         """Drop entries logged before `before`, then the oldest while over `max_bytes`
         (whole segments where the store keeps them so: an implementation may keep a little
         more); how many segments or entries went. `orphan`: the log of a shard gone, removed
-        once empty."""
+        once empty. `between_pages`: called between pages where a trim takes several (Redis),
+        so its caller's appends wait a page."""
 
     def erase(self, customer_ids: set[str]) -> int:
         """Drop every entry of these customers; how many went."""
