@@ -310,6 +310,13 @@ MAX_MESSAGE_BYTES = integer("MAX_MESSAGE_BYTES", 1 << 20, low=1024)
 WATCH_BACKLOG = integer("WATCH_BACKLOG", 1024)
 # WatchDecisions streams a gateway serves at once; past it, new ones are RESOURCE_EXHAUSTED.
 WATCH_STREAMS = integer("WATCH_STREAMS", 10_000)
+# ... of them one API key may hold, and one host (an IPv4 address or an IPv6 /64; behind a
+# proxy, a sidecar or SNAT every client is the one host they leave from): so one caller cannot
+# take every place.
+WATCH_STREAMS_PER_KEY = integer("WATCH_STREAMS_PER_KEY", max(1, WATCH_STREAMS // 4),
+                                high=WATCH_STREAMS, high_of="WATCH_STREAMS")
+WATCH_STREAMS_PER_HOST = integer("WATCH_STREAMS_PER_HOST", max(1, WATCH_STREAMS // 4),
+                                 high=WATCH_STREAMS, high_of="WATCH_STREAMS")
 # Streams of each method open without a key (health's Watch, reflection's) a gateway serves
 # from one host (an IPv4 address or an IPv6 /64) at once: a client channel's health check
 # holds one. Behind a proxy, a sidecar or SNAT every client is the one host they leave from.

@@ -260,6 +260,11 @@ def _admitted() -> ApiKey | None:
     return key
 
 
+def caller() -> ApiKey | None:
+    """The key the current call was admitted with (None: auth is off)."""
+    return _admitted()
+
+
 def check_channel(channel: str) -> None:
     """Raise Denied unless the current call's key may act on `channel` (the MATCH rule: a key
     bound to a channel may act on that one only, and not on none)."""

@@ -112,7 +112,7 @@ class Bounds(grpc.aio.ServerInterceptor):
                       ADMIN_CALLS - ADMIN_RESERVED}
         else:
             group = f"{method[1:]} streams"
-            bounds = {group: OPEN_STREAMS, (group, _host(context.peer())): OPEN_STREAMS_PER_HOST}
+            bounds = {group: OPEN_STREAMS, (group, host_of(context.peer())): OPEN_STREAMS_PER_HOST}
         for group, limit in bounds.items():
             if (running := self.running[group]) >= limit:
                 await self._refuse(method, context, running, group, limit)
@@ -145,7 +145,7 @@ class Bounds(grpc.aio.ServerInterceptor):
         return shown.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def _host(peer: str) -> str:
+def host_of(peer: str) -> str:
     """The host a call from grpc's `peer` (`ipv4:10.0.0.7:51234`, `ipv6:%5B2001:db8::7%5D:51234`)
     counts against: its IPv4 address or its IPv6 address's /64; any other peer (a Unix
     socket's) is its own."""

@@ -27,7 +27,7 @@ from kairos.core.errors import InputError
 from kairos.cluster.gateway.admission import Shedder
 from kairos.cluster.gateway.auth import Denied, refusal
 from kairos.cluster.gateway.requests import Who
-from kairos.cluster.gateway.streams import Watches
+from kairos.cluster.gateway.streams import Ended, Watches
 from kairos.cluster.protocol import BEING_FORGOTTEN
 from kairos.cluster.settings import (DEADLINE_MARGIN_S, DEADLINE_MARGIN_SHARE, DEFAULT_DEADLINE_S,
                                      GATEWAY_INFLIGHT_LIMIT)
@@ -312,6 +312,7 @@ def _code_of(exc: BaseException) -> grpc.StatusCode | None:
         return exc.code
     for kind, code in ((InputError, grpc.StatusCode.INVALID_ARGUMENT),
                        (Busy, grpc.StatusCode.RESOURCE_EXHAUSTED),
+                       (Ended, grpc.StatusCode.NOT_FOUND),
                        (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
                        (asyncio.TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
                        (Unavailable, grpc.StatusCode.UNAVAILABLE)):

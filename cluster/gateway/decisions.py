@@ -29,10 +29,12 @@ from kairos.v1 import decision_pb2_grpc
 
 from kairos.cluster import protocol
 from kairos.cluster.gateway import requests, wire
-from kairos.cluster.gateway.auth import (Denied, check_channel, has_scope, require_scope,
+from kairos.cluster.gateway.auth import (Denied, caller, check_channel, has_scope, require_scope,
                                          visible_channel)
+from kairos.cluster.gateway.bounds import host_of
 from kairos.cluster.gateway.calls import Gateway, abort
 from kairos.cluster.gateway.streams import Watch
+from kairos.cluster.identity import anonymous_id
 from kairos.cluster.settings import STREAM_WINDOW
 from kairos.cluster.transport.backend import NotCarried, NotSent, Unavailable
 from kairos.cluster.transport.client import Busy
@@ -47,6 +49,9 @@ LEARNED_FROM = {kind.value: pb.LearnedFrom.Value(f"LEARNED_FROM_{kind.name}") fo
 # console's agents show it with profile:read and respond (cluster/console/session.py), and
 # respond already adds outcomes to the log
 LOGGING = ("decide", "respond")
+# a ForgetCustomer through this gateway ends the streams that watch the customer (NOT_FOUND)
+FORGOTTEN = ("the customer was forgotten (ForgetCustomer): its watch ended; a new watch "
+             "follows the id if it comes back")
 SHOWING = ("shown_channel logs the decision the caller shows, which needs a key with the "
            "'decide' or 'respond' scope")
 BATCH_LIMIT = 10_000  # events in one IngestBatch (the proto says so)
@@ -376,9 +381,14 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
             who = requests.who(request)
         except InputError as exc:
             await abort(context, exc)
-        existed = await self.gateway.call(context, self.client.forget(who.customer_id)
-                                          if who.alias_key is None else
-                                          self.client.forget_key(who.alias_key))
+        if who.alias_key is None:
+            ids = {who.customer_id}
+            existed = await self.gateway.call(context, self.client.forget(who.customer_id))
+        else:  # the id its streams were opened on, read while the alias still names it
+            ids = {anonymous_id(who.alias_key), await self.gateway.call(
+                context, self.client.resolve_key(who.alias_key))}
+            existed = await self.gateway.call(context, self.client.forget_key(who.alias_key))
+        self.gateway.watches.end(ids, FORGOTTEN)
         return pb.ForgetAck(existed=existed)
 
     async def LinkIdentity(self, request: pb.LinkRequest, context) -> pb.LinkAck:
@@ -405,7 +415,8 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
         try:
             async with contextlib.aclosing(self.gateway.watches.follow(
                     Watch(customer, channel, placement),
-                    lambda: context.send_initial_metadata(()))) as decisions:
+                    lambda: context.send_initial_metadata(()),
+                    key=caller(), host=host_of(context.peer()))) as decisions:
                 async for decision in decisions:
                     yield wire.decision_out(decision, catalog.agent_texts)
         except Exception as exc:

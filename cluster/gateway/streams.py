@@ -2,32 +2,51 @@
 them.
 
 A watch is a view (channel, placement) of one customer, or of every customer of the channel.
-The first stream on a watch registers it (with the customer's shard, or for a whole channel
-with the controller, which tells every shard) under the gateway's actor name, and every stream
-on it is told it is ready once that registration is done (one that fails fails them all);
-shards push the decisions that changed to that actor (`deliver`), which hands each to the
-streams that watch it. The last stream to leave unregisters the watch. A watch by an alias's
-anonymous id goes on after a link merges that customer into another: the shard keeps the
-registration on the customer, under the id it was made by, and pushes the customer's decisions
-naming that id too (shard/watches.py `Pushed`); its unregistration follows the redirect and
-takes one registration away, so the customer's own watch stays. A slow stream keeps at most
-WATCH_BACKLOG decisions: past that, the oldest drop first. A gateway holds at most
-WATCH_STREAMS streams (each costs a shard's watch entry and a backlog); past that, a new one
-is refused (Busy: RESOURCE_EXHAUSTED).
+Its registration (with the customer's shard, or for a whole channel with the controller,
+which tells every shard) under the gateway's actor name follows its streams: a watch is
+registered while it has streams and unregistered once it has none, by one task per watch
+that makes one call at a time and then looks again (`_settle`). So a stream that arrives as
+the last one leaves waits for that unregistration and registers again: the shard, which
+keeps one registration per id, never applies an unregistration after the registration a
+stream was told is in place. Every stream is told it is ready once the shards hold the
+watch (at once if they already do; a registration that fails fails the streams waiting on
+it). A failed unregistration is tried again, backing off (a stream that arrives meanwhile
+waits for the next try, which registers the watch again), for UNWATCH_RETRY_S; until it is
+done the watch keeps its place here, and counts against WATCH_STREAMS as a watch the shards
+may hold.
+
+Shards push the decisions that changed to that actor (`deliver`), which appends each once to
+the log of every watch it matches, found by key: a stream reads the log with its own cursor,
+so a push costs the same for one stream as for thousands (a log read by its only stream is
+emptied). A watch by an alias's anonymous id goes on after a link merges that customer into
+another: the shard keeps the registration on the customer, under the id it was made by, and
+pushes the customer's decisions naming that id too (shard/watches.py `Pushed`); its
+unregistration follows the redirect and takes one registration away, so the customer's own
+watch stays. A slow stream is at most WATCH_BACKLOG decisions behind: past that, it skips the
+oldest. A gateway holds at most WATCH_STREAMS streams (each costs a shard's watch entry),
+WATCH_STREAMS_PER_KEY of one API key and WATCH_STREAMS_PER_HOST from one host; past any, a
+new one is refused (Busy: RESOURCE_EXHAUSTED). `end` ends the streams on customers this
+gateway forgot (Ended: NOT_FOUND).
 """
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections import deque
-from typing import AsyncIterator, Awaitable, Callable, NamedTuple
+import logging
+from collections import Counter, deque
+from typing import AsyncIterator, Awaitable, Callable, Hashable, NamedTuple
 
 from kairos.core.decision import Decision
 
-from kairos.cluster.settings import WATCH_BACKLOG, WATCH_STREAMS
+from kairos.cluster.settings import (WATCH_BACKLOG, WATCH_STREAMS, WATCH_STREAMS_PER_HOST,
+                                     WATCH_STREAMS_PER_KEY)
 from kairos.cluster.shard.watches import Pushed
 from kairos.cluster.transport.backend import Backend
 from kairos.cluster.transport.client import Busy, KairosClient
+
+log = logging.getLogger("kairos.gateway")
+
+UNWATCH_RETRY_S = 600.0  # how long a failed unregistration is tried again
+UNWATCH_BACKOFF_S = (0.1, 5.0)  # the first wait before it is tried again, and the longest
 
 
 class Watch(NamedTuple):
@@ -36,20 +55,45 @@ class Watch(NamedTuple):
     placement: str
 
 
-class _Stream:
-    """One WatchDecisions call: what waits for it (bounded: the oldest drop first)."""
+class Ended(Exception):
+    """A stream's watch ended on the gateway (its customer was forgotten): NOT_FOUND."""
 
-    def __init__(self) -> None:
-        self.backlog: deque[Decision] = deque(maxlen=WATCH_BACKLOG)
-        self.wake = asyncio.Event()
+
+class _Stream:
+    """One WatchDecisions call: where it is in its watch's log."""
+
+    def __init__(self, cursor: int) -> None:
+        self.cursor = cursor  # the number of the next decision it reads
+        self.ended: Ended | None = None
 
 
 class _Watched:
-    """A watch's streams, and its registration with the shards (its first stream's)."""
+    """A watch's streams, the decisions pushed for them (the last WATCH_BACKLOG, numbered
+    from 0), and its registration with the shards."""
 
-    def __init__(self, registration: asyncio.Future):
+    def __init__(self) -> None:
         self.streams: set[_Stream] = set()
-        self.registration = registration
+        self.log: deque[Decision] = deque(maxlen=WATCH_BACKLOG)
+        self.pushed = 0  # decisions appended to the log
+        self.wake = asyncio.Event()  # replaced once set: the streams that waited read on
+        self.held: bool | None = False  # None: a call failed, so the shards may hold it
+        self.ready = _future()  # done once a registration is done for the waiting streams
+        self.settling: asyncio.Task | None = None
+
+    def append(self, decision: Decision) -> None:
+        self.log.append(decision)
+        self.pushed += 1
+
+    def woken(self) -> None:
+        self.wake.set()
+        self.wake = asyncio.Event()
+
+
+def _future() -> asyncio.Future:
+    """A future whose failure its waiters may all have left before (no warning then)."""
+    future = asyncio.get_running_loop().create_future()
+    future.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return future
 
 
 class Watches:
@@ -59,38 +103,115 @@ class Watches:
         self.backend = backend
         self._watched: dict[Watch, _Watched] = {}
         self.open = 0  # streams
+        self._callers: Counter[tuple[str, Hashable]] = Counter()  # streams by key, by host
 
-    async def follow(self, watch: Watch, registered: Callable[[], Awaitable[None]]
-                     ) -> AsyncIterator[Decision]:
+    async def follow(self, watch: Watch, registered: Callable[[], Awaitable[None]], *,
+                     key: Hashable = None, host: Hashable = None) -> AsyncIterator[Decision]:
         """The decisions pushed for `watch` from now on, until the caller stops; `registered()`
         is awaited once the shards push its changes (the caller tells its own caller). Busy
-        past WATCH_STREAMS streams."""
+        past WATCH_STREAMS streams, or past the caller's share: `key` (its API key, None
+        without auth) and `host`. Ended if `end` ends it."""
+        callers = self._admit(key, host)
+        watched = self._watched.get(watch)
+        if watched is None:
+            if len(self._watched) >= WATCH_STREAMS:  # some still on their way out
+                raise Busy(f"this gateway holds {len(self._watched)} watches on the shards, "
+                           f"with those it is unregistering, its most (KAIROS_WATCH_STREAMS)")
+            watched = self._watched[watch] = _Watched()
+        stream = _Stream(watched.pushed)
+        watched.streams.add(stream)
+        self.open += 1
+        self._callers.update(callers)
+        try:
+            self._settle_soon(watch, watched)
+            await asyncio.shield(watched.ready)  # a follower waits for it too
+            await registered()
+            while True:
+                if stream.ended is not None:
+                    raise stream.ended
+                if stream.cursor == watched.pushed:
+                    if len(watched.streams) == 1:  # read: none else needs it
+                        watched.log.clear()
+                    await watched.wake.wait()
+                    continue
+                first = watched.pushed - len(watched.log)  # the oldest still kept
+                stream.cursor = max(stream.cursor, first) + 1
+                yield watched.log[stream.cursor - 1 - first]
+        finally:
+            self.open -= 1
+            self._callers.subtract(callers)
+            for caller in callers:
+                if not self._callers[caller]:  # hosts come and go
+                    del self._callers[caller]
+            watched.streams.discard(stream)
+            self._settle_soon(watch, watched)
+            if not watched.streams:  # the last ends once its watch is unregistered (or tried)
+                await asyncio.shield(watched.settling)
+
+    def _admit(self, key: Hashable, host: Hashable) -> list[tuple[str, Hashable]]:
+        """The groups a new stream counts in; Busy past the gateway's or a group's bound."""
         if self.open >= WATCH_STREAMS:
             raise Busy(f"this gateway serves {self.open} watch streams, its most "
                        f"(KAIROS_WATCH_STREAMS)")
-        stream = _Stream()
-        watched = self._watched.get(watch)
-        if watched is None:
-            watched = self._watched[watch] = _Watched(
-                asyncio.ensure_future(self._register(watch, True)))
-        watched.streams.add(stream)
-        self.open += 1
-        try:
-            await asyncio.shield(watched.registration)  # a follower waits for it too
-            await registered()
-            while True:
-                await stream.wake.wait()
-                stream.wake.clear()
-                while stream.backlog:
-                    yield stream.backlog.popleft()
-        finally:
-            self.open -= 1
-            watched.streams.discard(stream)
-            if not watched.streams and self._watched.get(watch) is watched:
-                del self._watched[watch]
-                with contextlib.suppress(Exception):  # its failure was its streams' to see
-                    await watched.registration  # so the unregistration cannot overtake it
-                await self._register(watch, False)
+        callers = [(kind, who) for kind, who in (("key", key), ("host", host)) if who is not None]
+        for kind, who in callers:
+            limit = WATCH_STREAMS_PER_KEY if kind == "key" else WATCH_STREAMS_PER_HOST
+            if (running := self._callers[kind, who]) >= limit:
+                whose = f"key '{getattr(who, 'name', who)}'" if kind == "key" else f"host {who}"
+                raise Busy(f"this gateway serves {running} watch streams of {whose}, its most "
+                           f"for one {kind} (KAIROS_WATCH_STREAMS_PER_{kind.upper()})")
+        return callers
+
+    def _settle_soon(self, watch: Watch, watched: _Watched) -> None:
+        if watched.settling is None or watched.settling.done():
+            watched.settling = asyncio.ensure_future(self._settle(watch, watched))
+
+    async def _settle(self, watch: Watch, watched: _Watched,
+                      retry: tuple[float, float] | None = None) -> None:
+        """Registers `watch` while it has streams and unregisters it once it has none, one
+        call at a time, until the shards hold what its streams need; then forgets it if it
+        has none. A failed registration fails the streams that waited for it; a failed
+        unregistration is tried again later (`retry`: the wait before the next try, and when
+        to give up)."""
+        while (want := bool(watched.streams)) != watched.held:
+            if watched.ready.done():  # the streams from now on wait for the next one
+                watched.ready = _future()
+            ready = watched.ready
+            try:
+                await self._register(watch, want)
+            except Exception as exc:
+                watched.held = None
+                if want:  # those it was for fail: the next registration is for new ones
+                    ready.set_exception(exc)
+                    watched.streams.clear()
+                    continue
+                self._retry_later(watch, watched, exc, retry)
+                return
+            watched.held = want
+            if want:
+                ready.set_result(None)
+        self._drop_unused(watch, watched)
+
+    def _retry_later(self, watch: Watch, watched: _Watched, exc: Exception,
+                     retry: tuple[float, float] | None) -> None:
+        """Try `watch`'s settling again after a wait, twice as long each time (at most
+        UNWATCH_BACKOFF_S[1]), for UNWATCH_RETRY_S."""
+        now = asyncio.get_running_loop().time()
+        wait, give_up = retry or (UNWATCH_BACKOFF_S[0], now + UNWATCH_RETRY_S)
+        if now + wait > give_up:
+            log.warning("gave up unregistering watch %s after %.0f s: %s", watch,
+                        UNWATCH_RETRY_S, exc)
+            self._drop_unused(watch, watched)
+            return
+
+        async def later() -> None:
+            await asyncio.sleep(wait)
+            await self._settle(watch, watched, (min(wait * 2, UNWATCH_BACKOFF_S[1]), give_up))
+        watched.settling = asyncio.ensure_future(later())
+
+    def _drop_unused(self, watch: Watch, watched: _Watched) -> None:
+        if not watched.streams and self._watched.get(watch) is watched:
+            del self._watched[watch]
 
     async def _register(self, watch: Watch, active: bool) -> None:
         customer, channel, placement = watch
@@ -100,13 +221,28 @@ class Watches:
             await self.client.watch(customer, self.sink, channel, placement, active)
 
     def deliver(self, decisions: list[Decision]) -> None:
-        """Shards push here; each decision goes to the streams that watch it: by its
-        customer's id, by the other ids a `Pushed` names, or its whole channel."""
+        """Shards push here; each decision goes to the watches it matches: by its customer's
+        id, by the other ids a `Pushed` names, or its whole channel."""
+        woken: dict[int, _Watched] = {}
         for d in decisions:
             ids = (d.customer_id, *d.also) if isinstance(d, Pushed) else (d.customer_id,)
             for watch in (*(Watch(c, d.channel, d.placement) for c in ids),
                           Watch(None, d.channel, d.placement)):
                 watched = self._watched.get(watch)
-                for stream in watched.streams if watched is not None else ():
-                    stream.backlog.append(d)
-                    stream.wake.set()
+                if watched is not None and watched.streams:
+                    watched.append(d)
+                    woken[id(watched)] = watched
+        for watched in woken.values():
+            watched.woken()
+
+    def end(self, customer_ids: set[str], reason: str) -> int:
+        """End the streams that watch any of `customer_ids` (Ended, saying `reason`); how
+        many."""
+        ended = 0
+        for watch, watched in list(self._watched.items()):
+            if watch.customer_id in customer_ids:
+                for stream in watched.streams:
+                    stream.ended = Ended(reason)
+                    ended += 1
+                watched.woken()
+        return ended
