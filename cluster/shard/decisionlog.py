@@ -254,12 +254,14 @@ class LogWriter:
     def _append_waiting(self) -> None:
         """Between a trim's pages, what was submitted meanwhile: a long trim (a Redis log's
         pages cost some 5 µs an entry, a GiB's 25 s) would hold them past
-        DECISION_LOG_PENDING. Not past an erasure submitted meanwhile: the next write erases
-        first, then appends what came after it."""
+        DECISION_LOG_PENDING. An erasure submitted meanwhile runs first: those records came
+        after it, so a record a customer makes after its ForgetCustomer is kept."""
         with self._lock:
-            if self._forget:
-                return
-            entries, self._entries = self._entries, []
+            entries, forget = self._entries, self._forget
+            self._entries, self._forget = [], set()
+            self._erasing = set(forget)
+        if forget:
+            self._erase(forget, retry=False)
         self._append(entries)
 
     def _own(self) -> DecisionLogLike:
