@@ -75,6 +75,7 @@ class DirectoryStore:
         self.url = str(self.root)
         self.fsync = fsync
         self._owners: dict[str, str] = {}  # journal -> the incarnation written as (own_journal)
+        self._journals: dict[str, Journal] = {}  # the last opened of each name (`_unless_fenced`)
         self._unsynced: set[Path] = set()  # folders with deletes not synced yet
         # partition folders whose names this store synced into customers/: once each, made
         # here or not (its maker may have died, or its own sync failed, before syncing it)
@@ -227,11 +228,12 @@ class DirectoryStore:
 
     def journal(self, name: str, policy: str = "fsync") -> Journal:
         try:
-            if name in self._owners:
-                return OwnedJournal(self.root / "journals" / name, policy, self._owners[name])
-            return Journal(self.root / "journals" / name, policy)
+            journal = OwnedJournal(self.root / "journals" / name, policy, self._owners[name]) \
+                if name in self._owners else Journal(self.root / "journals" / name, policy)
         except OSError as exc:
             raise StoreUnavailable(f"opening journal {name}: {exc}") from exc
+        self._journals[name] = journal
+        return journal
 
     def own_journal(self, name: str, owner: str, claim: bool) -> None:
         """(owned_journal.py: the file and its lock.)"""
@@ -254,6 +256,7 @@ class DirectoryStore:
             raise StoreUnavailable(f"fencing journal {name}: {exc}") from exc
 
     def drop_journal(self, name: str) -> None:
+        self._journals.pop(name, None)
         drop(self.root / "journals" / name)
 
     def put_meta(self, key: str, blob: bytes) -> None:
@@ -314,12 +317,16 @@ class DirectoryStore:
     @contextlib.contextmanager
     def _unless_fenced(self, journal: str | None, what: str) -> Iterator[None]:
         """With `journal` named, hold off its fencing while the block writes (JournalFenced
-        if it is fenced already: `unfenced`); OSErrors as StoreUnavailable."""
+        if it is fenced already: `unfenced`), and sync it first: what the block writes (a
+        snapshot, a home) names its LSNs, which must outlive a power cut under "os" too
+        (journal.py); OSErrors as StoreUnavailable."""
         try:
             with (contextlib.nullcontext() if journal is None
                   else unfenced(self.root / "journals" / journal)):
                 if journal in self._owners:
                     owned_journal.check(self.root / "journals" / journal, self._owners[journal])
+                if self.fsync and journal in self._journals:
+                    self._journals[journal].sync()
                 yield
         except OSError as exc:
             raise StoreUnavailable(f"{what}: {exc}") from exc

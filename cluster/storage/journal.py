@@ -13,20 +13,22 @@ in (protocol.JOURNAL_FORMAT; frames.py), and readers pass `decode(record, format
 and `compact`. A batch of a newer format than this code knows raises JournalFormatError, while
 opening as well as replaying: it is never misread, nor cut off as a torn tail.
 
-Group commit: `append(records)` writes a whole batch as one frame with one write and, under
-the default policy "fsync", one fsync, so the cost of durability is paid per batch, not per
-record, and a batch is in the journal whole or not at all (a process killed inside the write
-leaves a short frame, which fails its length or CRC check). `append(records, sync=False)`
-leaves the fsync to `sync()`, which another thread may run while appends go on (a shard goes
-on applying the next round while the last one's fsync runs, and answers a round only after
-a sync that started after it was written). A failed fsync (a sync's, a roll's, an append's)
-makes the journal refuse appends and syncs for good, as does closing it with batches unsynced;
-`close()` then cuts what was written after the last good sync (none of it was acknowledged).
-"os" leaves the flush to the operating system (survives a process crash, not a power cut);
+Group commit: `append(records)` writes a whole batch as one frame with one write and, under the
+default policy "fsync", one fsync: durability is paid per batch, not per record, and a batch is
+in the journal whole or not at all (a process killed inside the write leaves a short frame,
+which fails its length or CRC check). `append(records, sync=False)` leaves the fsync to
+`sync()`, which another thread may run while appends go on (a shard applies the next round
+while the last one's fsync runs, and answers a round only after a sync that started after it
+was written). A failed fsync (a sync's, a roll's, an append's) makes the journal refuse appends
+and syncs for good, as does closing it with batches unsynced; `close()` then cuts what was
+written after the last good sync (none of it was acknowledged). "os" leaves the flush to the
+operating system (a process crash loses nothing, a power cut the tail) but for `sync()` (and a
+roll: the segment closed): the store runs it before a snapshot or a home names the journal's
+LSNs (directory_store.py), one fsync each time, so a power cut takes none they name.
 "off" journals nothing (recovery then has only snapshots), and takes no LSNs: snapshots and
 homes written under "off" carry the last LSN written before, so records journaled after a
-restart under another policy continue above every LSN they name (had LSNs run on in memory,
-the journal would start again below them, and replay would skip acknowledged records).
+restart under another policy continue above every LSN they name (had LSNs run on in memory, the
+journal would start again below them, and replay would skip acknowledged records).
 
 A crash can leave half a frame at the end of the last segment: opening the journal cuts the
 file back to its last whole frame (that batch was never acknowledged). A failed write (disk
@@ -50,11 +52,11 @@ records' changes that no snapshot or home holds.
 A batch whose frame would pass MAX_FRAME (what a reader accepts) is refused before anything is
 written (JournalFrameTooLarge): it would be acknowledged and then never read back.
 
-Lost tails: under "os" a power cut can lose the journal's tail while a snapshot naming a later
-LSN, fsynced, stays. Recovery then moves the next LSN past it (`skip_past`), as records
-numbered again below it would be skipped by replay, and their snapshots refused. The gap is
-kept as an empty quarantined file, `quarantine/<its first LSN>.lost`, accepted as a
-quarantined segment's; a crash before the next segment exists leaves recovery to skip again.
+Lost tails: a journal can end before a snapshot of it (a disk that lied about an fsync, or "os"
+before `sync` fsynced): recovery moves the next LSN past it (`skip_past`), as records numbered
+again below it would be skipped by replay, and their snapshots refused. The gap is kept as an
+empty quarantined file, `quarantine/<its first LSN>.lost`, accepted as a quarantined segment's;
+a crash before the next segment is there leaves recovery to skip again.
 
 Erasure: `compact(drop)` rewrites the segments holding records that `drop` selects (a forgotten
 customer's), each through a temporary file that is fsynced and renamed over the old one, so a
@@ -171,6 +173,7 @@ class Journal(JournalReader):
         self._lock = threading.Lock()  # a sync against rolling, compacting and closing
         self._recover_tail()
         self.synced_lsn, self._synced_size = self.last_lsn, self._size
+        self._disk_lsn = self.last_lsn  # under "os": on disk up to here, names too (`sync`)
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -214,15 +217,19 @@ class Journal(JournalReader):
         return self.synced_lsn < self.last_lsn
 
     def sync(self) -> None:
-        """Make every batch appended so far durable (any thread; one sync at a time);
-        JournalFenced if the journal was fenced before it was."""
+        """Make every batch appended so far durable (any thread; one sync at a time), under
+        "os" on disk while it is open; JournalFenced if the journal was fenced before it was."""
         with self._lock:
             upto, size = self.last_lsn, self._size
-            if upto <= self.synced_lsn:
+            if upto <= (self.synced_lsn if self.policy != "os" or self._fd is None
+                        else self._disk_lsn):
                 return
             if self.failed is not None:
                 raise OSError(f"the journal failed earlier: {self.failed}")
             self._fsync()
+            if self.policy == "os":  # the segments it rolled are fsynced, not their names
+                fsync_directory(self.directory)
+                self._disk_lsn = upto
             if upto > self.synced_lsn:
                 self.synced_lsn, self._synced_size = upto, size
             self.check_fence()  # what it covers is acknowledged once this returns
@@ -237,10 +244,10 @@ class Journal(JournalReader):
             if self._before_last is None or self._before_last[0] != after_lsn or \
                     self._fd is None or self.policy == "fsync" and self.synced_lsn > after_lsn:
                 return False
-            self.last_lsn, self._size = self._before_last
+            (self.last_lsn, self._size), self._before_last = self._before_last, None
+            self._disk_lsn = min(self._disk_lsn, after_lsn)  # its LSNs are given out again
             self.synced_lsn, self._synced_size = min(self.synced_lsn, after_lsn), \
                 min(self._synced_size, self._size)
-            self._before_last = None
             os.ftruncate(self._fd, self._size)
             return True
 
@@ -270,7 +277,8 @@ class Journal(JournalReader):
 
     def _next_segment(self) -> None:
         if self._fd is not None:
-            if self.policy == "fsync" and self.synced_lsn < self.last_lsn:
+            if self.policy == "fsync" and self.synced_lsn < self.last_lsn or \
+                    self.policy == "os" and self._disk_lsn < self.last_lsn:
                 self._fsync()  # a sync never spans two segments
             self.synced_lsn = self.last_lsn
             fd, self._fd = self._fd, None  # never a closed number, whatever follows
@@ -396,15 +404,14 @@ class Journal(JournalReader):
             self._size = good
 
     def skip_past(self, lsn: int) -> None:
-        """Give out no LSN up to `lsn`: a snapshot of this journal covers it, past its end (the
-        module's text, "Lost tails"), the gap kept as an empty quarantined file."""
+        """Give out no LSN up to `lsn`, which a snapshot covers past the end ("Lost tails")."""
         if lsn <= self.last_lsn:
             return
         make_private_dir(self.directory / QUARANTINE)
         fsync_directory(written(self.directory / QUARANTINE / f"{self.last_lsn + 1:020d}{LOST}",
                                 b"", FILE_MODE).parent)
-        log.error("%s: ends at LSN %d, but a snapshot covers it up to LSN %d (a power cut under "
-                  "\"os\" lost its tail): LSNs go on past it", self.directory, self.last_lsn, lsn)
+        log.error("%s: ends at LSN %d, but a snapshot covers it up to LSN %d (its tail was lost): "
+                  "LSNs go on past it", self.directory, self.last_lsn, lsn)
         with self._lock:
             self.last_lsn = lsn
             self._next_segment()
@@ -420,17 +427,15 @@ class Journal(JournalReader):
 
     def _past_quarantine(self, lsn: int, last_segment: int) -> int:
         """The last LSN, past every LSN a quarantined file from `last_segment` (the last
-        segment's first LSN) on could hold (a record is at least one byte), so that none is
-        ever given out twice. (Those quarantined before it held only LSNs below it.)"""
+        segment's first LSN; those before it held only LSNs below it) on could hold."""
         return max([lsn, *(first + size - 1 for first, size in self._quarantined().items()
                            if first >= last_segment)])
 
 
 def fence(directory: Path) -> None:
-    """Fence the journal in `directory` (see the module's text), durably: the file, its name
-    in the directory and the directory's in its parent (a shard that never journaled has
-    none yet) are synced before this returns, and the caller reads the journal only then.
-    It waits for snapshot writes that found no fence (`unfenced`) to finish."""
+    """Fence the journal in `directory` (the module's text), durably: the file, its name and the
+    directory's in its parent (a shard that never journaled has none yet), once the snapshot
+    writes that found no fence (`unfenced`) are done; the caller reads the journal only then."""
     with fence_lock(directory, exclusive=True):
         fd = os.open(directory / FENCE, os.O_WRONLY | os.O_CREAT, FILE_MODE)
         try:
