@@ -154,7 +154,13 @@ class ControlLoop:
                 if name not in answering:
                     continue
                 restarted = health["incarnation"] != known.get(name)
-                if restarted or _disowned(health):
+                if not restarted and _disowned(health) and self.store_claim.lapsed():
+                    # another cluster may hold the store, and have its shard claim the journal
+                    # back next: each would rebuild the other's (both running, with their maps)
+                    log.warning("%s lost its claim on its journal; started again once this "
+                                "cluster's claim on the store is renewed", name)
+                    answering.remove(name)
+                elif restarted or _disowned(health):
                     log.warning("%s %s; it recovers its partitions from the store (%s)", name,
                                 "restarted" if restarted else "lost its claim on its journal",
                                 self.store_shown)

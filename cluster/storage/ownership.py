@@ -18,7 +18,9 @@ finds the other's lease. Stopping the cluster on a lapse would turn a Redis outa
 seconds, which shards ride out as UNAVAILABLE, into an outage until an operator starts it
 again. While it lapsed another
 cluster could have claimed the store and both written to it: that takes an operator starting
-a second cluster on this store in those seconds, and lasts until the next renewal.
+a second cluster on this store in those seconds, and lasts until the next renewal. Meanwhile
+the control loop starts no shard that lost its journal's claim (`lapsed`): its start would
+claim the journal from the other cluster's shard, and that one's claim it back.
 """
 from __future__ import annotations
 
@@ -113,7 +115,9 @@ class StoreClaim:
         await self._lost_event.wait()
         return self._lost
 
-    def _lapsed(self) -> bool:
+    def lapsed(self) -> bool:
+        """Whether the claim was not renewed for `lease_s - renew_s` (or not made): its lease
+        may have run out, and another cluster may hold the store now."""
         return time.monotonic() - self._renewed > self.lease_s - self.renew_s
 
     def _lose(self, why: str) -> None:
@@ -143,7 +147,7 @@ class StoreClaim:
         except Exception as exc:  # the store does not answer (or hung): tried again
             log.warning("renewing the claim on the store failed: %s", exc or type(exc).__name__)
             return None
-        if self._lapsed():
+        if self.lapsed():
             log.warning("the claim on the store %s was not renewed for %.1f s (its lease, "
                         "%g s, may have run out): taken again, no other cluster holds it now; "
                         "one may have written to it meanwhile",
