@@ -69,7 +69,8 @@ SHARD_ROUND_LIMIT = integer("SHARD_ROUND_LIMIT", 2048)
 # Bytes of requests (as msgpack) one round may take: a round is journaled as one frame, which
 # must stay under the journal's 64 MiB MAX_FRAME (storage/frames.py). Its records can take more
 # than its requests (an event's adds its sequence number, a link's Take the customer's state),
-# so a quarter of it.
+# so a quarter of it. An event counts besides its bytes a Fire record per timer of the catalog
+# (at most MAX_TIMERS): its customer's overdue timers fire in its round (shard/rounds.py).
 SHARD_ROUND_BYTES = integer("SHARD_ROUND_BYTES", 16 << 20, low=1 << 10, high=32 << 20)
 # A customer idle this long is passivated to the store.
 PASSIVATE_IDLE_S = number("PASSIVATE_IDLE_S", 900.0, above=True)

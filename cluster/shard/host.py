@@ -4,10 +4,11 @@ Request batches are admitted in each sender's order (sequencer.py: a session and
 number per sender, since Ray does not promise order for async actors; past a refused batch,
 none of its session, and past a refused request, none for its customer: refusals.py), counted
 against a bounded queue (past `queue_limit` a batch answers BUSY) and run by one worker in
-rounds of up to `round_limit` requests and `round_bytes` bytes (as msgpack), so many senders'
-batches share a kernel call and a round's journal frame stays under the journal's frame limit
-(a batch over the byte budget is split across rounds, in order; a request over it alone answers
-Invalid, as nothing could journal it). All work on the Shard happens on the event loop's
+rounds of up to `round_limit` requests and `round_bytes` bytes (as msgpack, an event's with the
+Fire records of the timers it may fire: rounds.py), so many senders' batches share a kernel call
+and a round's journal frame stays under the journal's frame limit (a batch over the byte budget
+is split across rounds, in order; a request over it alone answers Invalid, as nothing could
+journal it). All work on the Shard happens on the event loop's
 thread, between awaits, so the Shard needs no locks: a round of the data path is tens of
 microseconds to a few milliseconds, and handing each one to a worker thread cost more than that
 in thread wake-ups (a fifth of a shard's CPU at 1,000 decisions/s). Two things run on threads:
@@ -42,7 +43,6 @@ import time
 import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable, Sequence, TypeVar
 
 import msgpack
@@ -50,13 +50,14 @@ import msgpack
 from kairos.core.compiler import CompiledCatalog
 
 from kairos.cluster.evidence.records import DecisionPage, PageOutcomes
-from kairos.cluster.protocol import Busy, Invalid, Reply, Unavailable
+from kairos.cluster.protocol import Busy, Reply, Unavailable
 from kairos.cluster.settings import (SESSION_START_S, SHARD_QUEUE_LIMIT, SHARD_ROUND_BYTES,
                                      SHARD_ROUND_LIMIT, STORE_COUNT_S, TICK_S)
 from kairos.cluster.shard import decisionlog
 from kairos.cluster.shard.failures import close_dropped, close_unused, where_failed
 from kairos.cluster.shard.handoff import Moving
 from kairos.cluster.shard.refusals import EVERYTHING, Refusals
+from kairos.cluster.shard.rounds import Batch, FireCost, cut, events_in, next_round
 from kairos.cluster.shard.sequencer import Sequencer
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.shard.syncs import Syncs
@@ -76,17 +77,6 @@ DISOWNED = ("JournalDisowned: journal {} is not this incarnation's (the controll
             "another, or the store lost its claim): down until the controller starts it again")
 T = TypeVar("T")
 Job = Callable[[], Awaitable[None]]
-
-
-@dataclass
-class _Batch:
-    session: str
-    seq: int
-    requests: list
-    routed: list[int]
-    future: asyncio.Future
-    arrived: float  # perf_counter
-    size: int  # bytes, as msgpack
 
 
 class ShardHost:
@@ -128,7 +118,8 @@ class ShardHost:
         self._syncs = Syncs(name)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=name)
         self._log_reads = asyncio.Semaphore(LOG_READS)
-        self._queue: deque[_Batch] = deque()
+        self._queue: deque[Batch] = deque()
+        self._fire_cost = FireCost()  # of the serving catalog
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task] = []
         self._recovering: asyncio.Task | None = None  # retrying to build a Shard from the store
@@ -288,47 +279,20 @@ class ShardHost:
             self.rejected += len(requests)
             return [Busy()] * len(requests)
         size = len(msgpack.packb(requests))  # one call for the batch: a few % of its round
-        if size <= self._round_bytes:
-            return await self._queued(session, seq, requests, routed, size)
-        return await self._split(session, seq, requests, routed)
-
-    def _queued(self, session: str, seq: int, requests: list, routed: list[int], size: int
-                ) -> asyncio.Future:
-        future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Batch(session, seq, requests, routed, future, time.perf_counter(),
-                                  size))
-        self.queued += len(requests)
+        batch = Batch(session, seq, requests, routed,
+                      asyncio.get_running_loop().create_future(), time.perf_counter(), size,
+                      *events_in(requests))
+        cost = self._cost()
+        parts = [batch] if cost.of_batch(batch) <= self._round_bytes else \
+            cut(batch, self._round_bytes, cost)
+        self._queue.extend(parts)
+        self.queued += sum(len(part.requests) for part in parts)
         self._wake.set()
-        return future
+        return await batch.future
 
-    async def _split(self, session: str, seq: int, requests: list, routed: list[int]
-                     ) -> list[Reply]:
-        """A batch over the round budget, in parts that each fit, queued in order; a request
-        over the budget alone answers Invalid (its frame could never be journaled)."""
-        replies: list[Reply | None] = [None] * len(requests)
-        parts: list[tuple[list[int], asyncio.Future]] = []
-        part: list[int] = []
-        part_size = 0
-        for k, request in enumerate(requests):
-            size = len(msgpack.packb(request))
-            if size > self._round_bytes:
-                replies[k] = Invalid(field="request", reason=(
-                    f"packs to {size} bytes, over a round's {self._round_bytes}-byte budget "
-                    f"(SHARD_ROUND_BYTES): the journal could not hold it"))
-                continue
-            if part and part_size + size > self._round_bytes:
-                parts.append((part, self._queued(session, seq, [requests[i] for i in part],
-                                                 [routed[i] for i in part], part_size)))
-                part, part_size = [], 0
-            part.append(k)
-            part_size += size
-        if part:
-            parts.append((part, self._queued(session, seq, [requests[i] for i in part],
-                                             [routed[i] for i in part], part_size)))
-        for part, future in parts:
-            for k, reply in zip(part, await future):
-                replies[k] = reply
-        return replies
+    def _cost(self) -> FireCost:
+        """What a batch costs a round by the serving catalog (rounds.py)."""
+        return self._fire_cost.of(None if self.shard is None else self.shard.compiled)
 
     async def _work(self) -> None:
         while True:
@@ -336,21 +300,22 @@ class ShardHost:
             self._wake.clear()
             while self._queue:
                 await asyncio.sleep(0)  # admit what arrived meanwhile into this round
-                self._run(self._next_round())
+                round_ = self._next_round()
+                if round_:
+                    self._run(round_)
 
-    def _next_round(self) -> list[_Batch]:
-        """Queued batches, oldest first, up to `round_limit` requests and `round_bytes` bytes
-        (at least one batch: none is over the bytes)."""
-        round_ = [self._queue.popleft()]
-        size, bytes_ = len(round_[0].requests), round_[0].size
-        while self._queue and size + len(self._queue[0].requests) <= self._round_limit and \
-                bytes_ + self._queue[0].size <= self._round_bytes:
-            round_.append(self._queue.popleft())
-            size += len(round_[-1].requests)
-            bytes_ += round_[-1].size
-        return round_
+    def _next_round(self) -> list[Batch]:
+        cost = self._cost()
+        while self._queue and cost.of_batch(self._queue[0]) > self._round_bytes:
+            # queued before a catalog switch that made its events cost more: cut again
+            head = self._queue.popleft()
+            parts = cut(head, self._round_bytes, cost)
+            self._queue.extendleft(reversed(parts))
+            self.queued -= len(head.requests) - sum(len(part.requests) for part in parts)
+        return next_round(self._queue, self._round_limit, self._round_bytes, cost) \
+            if self._queue else []
 
-    def _run(self, round_: list[_Batch]) -> None:
+    def _run(self, round_: list[Batch]) -> None:
         requests = [r for batch in round_ for r in batch.requests]
         routed = [v for batch in round_ for v in batch.routed]
         batches = [(batch.session, batch.seq, batch.requests) for batch in round_]
@@ -387,7 +352,7 @@ class ShardHost:
         else:
             self._answer(round_, replies, pushes)
 
-    def _answer_synced(self, shard: Shard, round_: list[_Batch], replies: list[Reply],
+    def _answer_synced(self, shard: Shard, round_: list[Batch], replies: list[Reply],
                        pushes: list[Push], synced: asyncio.Future) -> None:
         if synced.exception() is not None:  # none of it was acknowledged
             exc = StoreUnavailable(f"{self.name}: journal: {synced.exception()}")
@@ -397,12 +362,12 @@ class ShardHost:
             replies, pushes = [Unavailable(reason=str(exc))] * len(replies), []
         self._answer(round_, replies, pushes)
 
-    def _refuse(self, round_: list[_Batch]) -> None:
+    def _refuse(self, round_: list[Batch]) -> None:
         """Refuse the later batches of a failed round's senders (refusals.py)."""
         for batch in round_:
             self._refusals.refuse(batch.session, batch.seq)
 
-    def _answer(self, round_: list[_Batch], replies: list[Reply], pushes: list[Push]) -> None:
+    def _answer(self, round_: list[Batch], replies: list[Reply], pushes: list[Push]) -> None:
         done = time.perf_counter()
         start = 0
         for batch in round_:
