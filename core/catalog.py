@@ -36,6 +36,11 @@ TRANSFORMS = ("identity", "log1p", "scale", "recency", "standardize")
 DEFAULT_HISTORY_SIZE = 32
 MAX_HISTORY_SIZE = 1024  # a history's most interactions
 MAX_TOP_K = 1024  # actions one placement may show: the kernels size their output buffers by it
+# A customer's event fires each of its overdue timers first, one journal record each, inside the
+# event's request round, whose bytes the shard counts ahead for every timer (cluster/shard/
+# rounds.py): 64 keeps an event's share at most 80 KB (a 1 KB id, 200-character names), half a %
+# of a round's 16 MiB, and 2,048 events of 36-character ids (20-character names) one round.
+MAX_TIMERS = 64
 # an offer's agent_text: a few sentences for an agent's screen, not a document (every decision
 # on the channel carries it)
 MAX_AGENT_TEXT = 1_000
@@ -355,12 +360,11 @@ class Catalog:
 def load_catalog(text: str, source: str = "<catalog>", strict: bool = True) -> Catalog:
     """Parse and validate a catalog; raises CatalogError naming file, line:column and path.
     Not `strict`: what only the checks added since catalogs could be saved refuse (a
-    contact-policy count past the history ring, timers arming each other, a name, version,
-    field value or string attribute too long, a text with control or bidirectional-override
-    characters) is kept in
-    `refusals` instead, so that a catalog the cluster took up before still runs (a saved one
-    is not checked anew at a restart); a new catalog is loaded strict (PutCatalog,
-    ValidateCatalog, the CLI)."""
+    contact-policy count past the history ring, timers arming each other, more than
+    MAX_TIMERS timers, a name, version, field value or string attribute too long, a text with
+    control or bidirectional-override characters) is kept in `refusals` instead, so that a
+    catalog the cluster took up before still runs (a saved one is not checked anew at a
+    restart); a new catalog is loaded strict (PutCatalog, ValidateCatalog, the CLI)."""
     catalog = _Reader(Source(text, source)).catalog()
     if strict and catalog.refusals:
         raise catalog.refusals[0]
@@ -652,6 +656,10 @@ class _Reader:
         fallbacks = self.fallbacks(channel_map, actions)
         timers = self.each(("timers",), lambda p: self.timer(p, event_map)) \
             if "timers" in root else ()
+        if len(timers) > MAX_TIMERS:
+            self.refusals.append(self.fail(("timers",), (
+                f"more than {MAX_TIMERS} timers ({len(timers)} given): an event fires each of "
+                f"its customer's overdue ones in its request round")))
         self.no_timer_cycle(timers)
         return Catalog(name=name, version=version, channels=channels, context=context,
                        events=events, attributes=attributes, features=features, consent=consent,
