@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from importlib import resources
@@ -626,11 +627,14 @@ class _Reader:
         bool_attrs = {a.name for a in attributes if a.type == "bool"}
         channels = self.each(("channels",), lambda p: self.channel(p, bool_attrs),
                              non_empty=True)
-        # refused even in a saved catalog: past 127 the history's channels wrapped onto
-        # others, so such a catalog never kept its contact policies
+        # past 127 the history's channels wrap onto others, so such a catalog never kept its
+        # contact policies; a saved one still runs (refusing it would leave its store no way to
+        # start, not even with another catalog: the saved one is taken up first) until replaced
         if len(channels) > MAX_CHANNELS:
-            raise self.fail(("channels",), f"more than {MAX_CHANNELS} channels ({len(channels)} "
-                                           f"given): the history keeps a channel in a byte")
+            self.refusals.append(self.fail(("channels",), (
+                f"more than {MAX_CHANNELS} channels ({len(channels)} given): the history keeps "
+                f"a channel in a byte, so the channels past the {MAX_CHANNELS}th share others' "
+                f"history until this catalog is replaced")))
         context = self.each(("context",), lambda p: self.field_spec(p, vectors=True)) \
             if "context" in root else ()
         consent = self.consent(bool_attrs) if "consent" in root else {"service": None}
@@ -1331,13 +1335,15 @@ def _most(weights: list[ContextWeight], depth: int = 0) -> float:
     An upper bound, exact for one weight per value of a field; past _MAX_WEIGHT_SPLITS fields
     split in turn the weights left are multiplied (looser, still a bound)."""
     values: dict[str, set] = {}
+    naming: Counter[str] = Counter()  # how many weights name each field
     for w in weights:
+        naming.update(w.when.keys())
         for key, value in w.when.items():
             values.setdefault(key, set()).add(value)
     split = [key for key, seen in values.items() if len(seen) > 1]
     if not split or depth == _MAX_WEIGHT_SPLITS:
         return math.prod(w.weight for w in weights)
-    key = max(split, key=lambda k: sum(k in w.when for w in weights))  # the most weights apart
+    key = max(split, key=naming.__getitem__)  # the most weights apart
     alternatives: dict[Any, list[ContextWeight]] = {}
     for w in weights:
         if key in w.when:
