@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Iterable
+from collections.abc import Set
+from typing import Iterable, NamedTuple
 
 from kairos.cluster.control.partitions import Move, PartitionMap
 from kairos.cluster.settings import MAX_MOVE_FRACTION, MOVE_ROUND_CUSTOMERS
@@ -35,12 +36,14 @@ log = logging.getLogger("kairos.controller")
 _PREDATE_CONFIRM: set[str] = set()  # the shards logged as older than `confirm`
 
 
-async def round_budget(backend: Backend, pmap: PartitionMap) -> int:
+async def round_budget(backend: Backend, pmap: PartitionMap, skip: Set[str] = frozenset()
+                       ) -> int:
     """Partitions one round may move: MAX_MOVE_FRACTION of them, and no more than carry about
     MOVE_ROUND_CUSTOMERS customers (resident and passivated) at the densest shard's mean, so
     that a round's freeze, which holds its partitions' requests, stays short however many
-    customers the shards hold. A shard that does not answer counts as empty."""
-    shards = pmap.shards_in_use()
+    customers the shards hold. A shard that does not answer counts as empty, and so does one
+    in `skip` (known not to answer: it is not asked)."""
+    shards = [s for s in pmap.shards_in_use() if s not in skip]
     healths = await asyncio.gather(*(backend.shard(s).health() for s in shards),
                                    return_exceptions=True)
     density = max((h.get("resident", 0) + h.get("passivated", 0))
@@ -90,12 +93,17 @@ def plan_around(pmap: PartitionMap, shards: list[str], budget: int, unsettled: I
     return [Move(kept[m.partition], m.source, m.target) for m in part.plan(receivers, budget)]
 
 
+class Settled(NamedTuple):
+    unsettled: list[Move]  # as a shard did not answer: settle them again later
+    failed: set[str]  # the shards that did not answer
+    thawed: bool  # whether a source was sent a thaw (answered or not): publish `version`
+
+
 async def settle(backend: Backend, moves: list[Move], owners: list[str], shards: set[str],
-                 version: int) -> tuple[list[Move], set[str]]:
-    """Bring each move's partition to its owner in `owners` alone; the moves left unsettled
-    because a shard did not answer (settle them again later), and those shards. Shards not in
-    `shards` are gone and are skipped; an undone move's source serves again granted at
-    `version`, which the caller publishes next."""
+                 version: int) -> Settled:
+    """Bring each move's partition to its owner in `owners` alone. Shards not in `shards` are
+    gone and are skipped; an undone move's source serves again granted at `version`, which
+    the caller publishes next: a thaw whose answer was lost may have run."""
     drop: dict[str, set[int]] = {}
     thaw: dict[str, set[int]] = {}
     confirm: dict[str, set[int]] = {}
@@ -114,8 +122,9 @@ async def settle(backend: Backend, moves: list[Move], owners: list[str], shards:
     thaw = {s: ps - held for s, ps in thaw.items() if ps - held}
     failed |= await _each(thaw, lambda shard, parts: backend.shard(shard).thaw(parts, version))
     await _confirm(backend, confirm, version)
-    return [m for m in moves if m.partition in held
-            or (m.source in failed and m.partition in thaw.get(m.source, ()))], failed
+    return Settled([m for m in moves if m.partition in held
+                    or (m.source in failed and m.partition in thaw.get(m.source, ()))],
+                   failed, bool(thaw))
 
 
 async def confirm_owned(backend: Backend, pmap: PartitionMap, moving: Iterable[Move] = ()

@@ -20,7 +20,8 @@ none of the others.
 5. Drains a crash (or a shard that did not answer) cut short are finished: after step 3, as a
    drain may wait on a shard that only step 3 starts again. Not while the node holds a shard
    of a move left unsettled by a shard that did not answer step 3: it would fail again every
-   round, so it waits (said once) until that shard answers or its node leaves.
+   round, so it waits (said once) until that shard answers or its node leaves, and meanwhile
+   its other partitions move, around that move.
 6. Nodes that joined get shards; a crowded node gives one up to the emptiest.
 7. Channel watches whose sink is Gone (the gateway process whose streams registered them
    died, or Ray restarted it: the streams died with it) are removed, as those streams would
@@ -89,22 +90,41 @@ class ControlLoop:
         """Step 5, but for a node that holds a shard of a move held by a shard that did not
         answer the catch-up (step 3): its drain would fail after settling again (a new map
         version each time, and the lock held for a call's deadline), so it waits, said once
-        and then every HELD_DRAIN_LOG_S, until that shard answers or its node leaves."""
+        and then every HELD_DRAIN_LOG_S, until that shard answers or its node leaves. Its
+        partitions that can move do meanwhile, around that move (`_drain_around`)."""
         notices, self._held_drains = self._held_drains, {}
         for node in sorted((self.nodes.draining & set(alive)) - self._drains):
             if self._drained(node):
                 continue
-            if waits_on := self._held_by(node):
-                notice = self._held_drains[node] = notices.get(node) or ThrottledWarning(
-                    log, HELD_DRAIN_LOG_S)
-                notice.warn("the drain of node %s waits: a move of its shards is not settled, "
-                            "as %s did not answer; it is finished once that shard answers (one "
-                            "that hangs: have Ray restart it, `ray.kill(actor, no_restart="
-                            "False)`) or its node leaves the cluster",
-                            node, ", ".join(waits_on))
+            if not (waits_on := self._held_by(node)):
+                log.warning("finishing the drain of node %s", node)
+                await _step(f"finishing the drain of node {node}", self.drain_node(node))
                 continue
-            log.warning("finishing the drain of node %s", node)
-            await _step(f"finishing the drain of node {node}", self.drain_node(node))
+            notice = self._held_drains[node] = notices.get(node) or ThrottledWarning(
+                log, HELD_DRAIN_LOG_S)
+            notice.warn("the drain of node %s waits: a move of its shards is not settled, as "
+                        "%s did not answer; its other partitions move meanwhile, and it is "
+                        "finished once that shard answers (one that hangs: have Ray restart "
+                        "it, `ray.kill(actor, no_restart=False)`) or its node leaves the "
+                        "cluster", node, ", ".join(waits_on))
+            await _step(f"moving the partitions of node {node} around a move not settled",
+                        self._drain_around(node))
+
+    async def _drain_around(self, node: str) -> None:
+        """Move the partitions of a draining `node` that can move now: neither held by a move
+        nor owned by a shard that did not answer. The moves of the shards that did not answer
+        are not settled again (the catch-up asked them), so that none holds the lock for a
+        call's deadline; with nothing to move, nothing is saved and no map published."""
+        async with self._reconfiguring:
+            held = {m.partition for m in self.moving}
+            if not any(p not in held for s, n in self.placement.items()
+                       if n == node and s not in self._unanswered
+                       for p in self.map.partitions_of(s)):
+                return
+            moved = await self._spread(self._serving_shards(), frozenset(self._unanswered))
+        if moved:
+            log.warning("node %s: %d partitions moved to other nodes while its drain waits",
+                        node, moved)
 
     def _held_by(self, node: str) -> list[str]:
         """The shards that did not answer of the moves not settled with a shard on `node`."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Set
 from typing import Any
 
 from kairos.cluster.control import moves as moving
@@ -44,18 +45,25 @@ class Scaling:
         leaves unsettled; RuntimeError if those keep partitions on a shard not in `target`,
         or keep it in a move (it cannot be stopped: the target of a move undone may still
         adopt late, and its source thaws once the shard is gone: moves.py)."""
-        stuck = await self._settle()
-        budget = await moving.round_budget(self.backend, self.map)
-        moved = 0
-        while moves := moving.plan_around(self.map, target, budget, self.moving, stuck):
-            await self._move(moves, target)
-            moved += len(moves)
+        moved = await self._spread(target)
         if kept := sorted((self._in_moves() | set(self.map.shards_in_use())) - set(target)):
             raise RuntimeError(f"{', '.join(kept)} cannot stop yet (partitions owned, or a "
                                f"move): {self._unsettled()}")
         return moved
 
-    async def _move(self, moves: list[Move], target: list[str]) -> None:
+    async def _spread(self, target: list[str], skip: Set[str] = frozenset()) -> int:
+        """Move partitions towards an even spread over `target`, around the moves not settled;
+        the partitions moved. The moves of shards in `skip`, known not to answer, are not
+        settled again (a call to such a shard would hold the lock for its deadline)."""
+        stuck = await self._settle(skip)
+        budget = await moving.round_budget(self.backend, self.map, skip)
+        moved = 0
+        while moves := moving.plan_around(self.map, target, budget, self.moving, stuck):
+            await self._move(moves, target, skip)
+            moved += len(moves)
+        return moved
+
+    async def _move(self, moves: list[Move], target: list[str], skip: Set[str]) -> None:
         version = self.map.version + 1
         pairs: dict[tuple[str, str], list[int]] = {}
         for m in moves:
@@ -71,36 +79,42 @@ class Scaling:
         done = [m for m in moves if (m.source, m.target) not in failures]
         self.map = self.map.apply(done, target)
         # the failed ones' sources serve again before the version naming them is published
-        undone, _ = await moving.settle(self.backend, [m for m in moves if m not in done],
-                                        self.map.owners, set(self.placement), self.map.version)
+        undone = (await moving.settle(self.backend, [m for m in moves if m not in done],
+                                      self.map.owners, set(self.placement),
+                                      self.map.version)).unsettled
         self.moving = earlier + undone + done
         await self._publish()
-        unsettled, _ = await moving.settle(self.backend, earlier + done, self.map.owners,
-                                           set(self.placement), self.map.version)
-        self.moving = undone + unsettled
+        due, left = _apart(earlier, skip)
+        unsettled = (await moving.settle(self.backend, due + done, self.map.owners,
+                                         set(self.placement), self.map.version)).unsettled
+        self.moving = undone + left + unsettled
         await self._save()
         if failures:
             raise RuntimeError("handoffs failed (their partitions stay where they were): " +
                                "; ".join(f"{a} -> {b}: {r}" for (a, b), r in failures.items()))
 
-    async def _settle(self) -> set[str]:
-        """Settle the moves an interrupted round left (moves.py); the shards that did not
-        answer (their moves stay recorded, settled by a later round)."""
-        if not self.moving:
-            return set()
+    async def _settle(self, skip: Set[str] = frozenset()) -> set[str]:
+        """Settle the moves an interrupted round left (moves.py), but those of shards in `skip`
+        (left as they are); the shards that did not answer, `skip` among them (their moves
+        stay recorded, settled by a later round)."""
         before = self.moving
-        undone = [m for m in before if self.map.owners[m.partition] == m.source]
+        due, _ = _apart(before, skip)
+        if not due:
+            return set(skip)
+        undone = [m for m in due if self.map.owners[m.partition] == m.source]
         version = self.map.version + 1 if undone else self.map.version
-        self.moving, stuck = await moving.settle(self.backend, before, self.map.owners,
-                                                 set(self.placement), version)
-        # senders that met the freeze wait for a version past it, once a source serves again;
-        # none while every source stays frozen (else each round's retry would wake every long
-        # poll, for as long as a target does not answer)
-        if any(m not in self.moving for m in undone):
+        settled = await moving.settle(self.backend, due, self.map.owners, set(self.placement),
+                                      version)
+        self.moving = [m for m in before if m not in due or m in settled.unsettled]
+        # senders that met the freeze wait for a version past it, once a source may serve
+        # again: a thaw sent, answered or not (one whose answer was lost re-granted them all
+        # the same); none while every source stays frozen (else each round's retry would
+        # wake every long poll, for as long as a target does not answer)
+        if settled.thawed:
             self.map = self.map.apply([], self.map.shards)
         if self.moving != before or self.map is not self._routable:
             await self._publish()
-        return stuck
+        return settled.failed | set(skip)
 
     def _in_moves(self) -> set[str]:
         """The shards of the moves not settled yet."""
@@ -109,3 +123,9 @@ class Scaling:
     def _unsettled(self) -> str:
         shards = ", ".join(sorted(self._in_moves()))
         return f"moves between {shards} are not settled (a shard did not answer)"
+
+
+def _apart(moves: list[Move], skip: Set[str]) -> tuple[list[Move], list[Move]]:
+    """`moves` apart: those to settle, and those of a shard in `skip`."""
+    left = [m for m in moves if {m.source, m.target} & skip]
+    return [m for m in moves if m not in left], left

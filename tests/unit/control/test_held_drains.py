@@ -1,7 +1,9 @@
 """What a move held by a target that does not answer its release (test_held_moves.py) leaves
 to the control loop: a drain of one of its shards' node waits, without a retry each round,
-until the shard answers or its node leaves; a scale-down stops the shards it emptied before
-it met the move; and a settle that thaws nothing publishes no new map. A node that joins
+until the shard answers or its node leaves, while the node's other partitions move around
+the move, asking the shard that did not answer nothing; a scale-down stops the shards it
+emptied before it met the move; and a settle that thaws nothing publishes no new map, while
+one that sent a thaw does, even when the thaw's answer was lost. A node that joins
 with more shards than partitions is known once its rebalance ends (rounds.py `_grow`), so
 that it is not joined again every round. Ray-free (LocalBackend)."""
 from __future__ import annotations
@@ -17,8 +19,11 @@ from kairos.cluster.control.learner import Learner
 from kairos.core.catalog import default_catalog_text
 from kairos.core.compiler import default_compiled
 
+from kairos.cluster.transport.backend import Unavailable
+
 from tests.unit.control.test_held_moves import SOURCE, TARGET, held_move
-from tests.unit.control.test_interrupted import Crashing, assert_one_owner_each
+from tests.unit.control.test_interrupted import (Crashing, Hooked, assert_one_owner_each,
+                                                 ingest_all, started)
 
 THIRD = "kairos-shard-0002"
 
@@ -42,6 +47,71 @@ def test_a_catch_up_that_thaws_nothing_publishes_no_new_map(tmp_path):
         assert backend.fail[(TARGET, "release")] == releases - 3  # asked each round
         assert controller.map.version == version == controller.routing()["version"]
         assert {m.partition for m in controller.moving} == held
+    asyncio.run(main())
+
+
+def test_a_thaw_whose_answer_was_lost_publishes_the_map_past_the_freeze(tmp_path, monkeypatch):
+    async def main():
+        backend, controller, held = await held_move(str(tmp_path), 1)
+        frozen_at = controller.routing()["version"]
+        thaw = Hooked.thaw
+
+        async def lost(self, partitions, version):  # it runs, its answer does not come back
+            await thaw(self, partitions, version)
+            monkeypatch.setattr(Hooked, "thaw", thaw)
+            raise Unavailable(f"{self.name}: no answer within the call's deadline")
+
+        monkeypatch.setattr(Hooked, "thaw", lost)
+        await controller.reconcile()  # the target answers its release: the move is undone
+        source = backend.shards[SOURCE]
+        assert not held & set(source.leaving)
+        granted = {source.owned[p] for p in held}
+        assert granted == {controller.routing()["version"]} and frozen_at < min(granted)
+    asyncio.run(main())
+
+
+def test_a_held_drain_moves_the_partitions_that_can_move_asking_the_held_shard_nothing(
+        tmp_path, caplog):
+    async def main():
+        backend, controller = await started(str(tmp_path), 3)
+        await ingest_all(backend, 0)
+        source, stuck = controller.shards[:2]  # a drain's handoff to `stuck` fails part-way
+        node = controller.placement[source]
+        backend.fail.update({(stuck, "adopt"): 10**6, (stuck, "release"): 10**6})
+        with pytest.raises(RuntimeError, match="handoffs failed"):
+            await controller.drain_node(node)
+        held = {m.partition for m in controller.moving}
+        assert held and len(controller.map.partitions_of(source)) > len(held)
+        its_own = controller.map.partitions_of(stuck)
+        asked: list[str] = []
+        shard, around = backend.shard, controller._drain_around
+
+        async def recorded(name: str) -> None:
+            backend.shard = lambda s: asked.append(s) or shard(s)
+            try:
+                await around(name)
+            finally:
+                backend.shard = shard
+
+        controller._drain_around = recorded
+        caplog.clear()
+        releases = backend.fail[(stuck, "release")]
+        await controller.reconcile()
+        assert set(controller.map.partitions_of(source)) == held  # the rest moved
+        assert stuck not in asked and controller.map.partitions_of(stuck) == its_own
+        assert backend.fail[(stuck, "release")] == releases - 1  # the catch-up's alone
+        assert not _records(caplog, logging.ERROR, "")
+        version = controller.map.version
+        for _ in range(3):
+            await controller.reconcile()
+        assert controller.map.version == version == controller.routing()["version"]
+        assert not _records(caplog, logging.ERROR, "")
+        assert len(_records(caplog, logging.WARNING, f"the drain of node {node} waits")) == 1
+        assert len(_records(caplog, logging.WARNING, "moved to other nodes")) == 1
+        backend.fail.clear()  # restarted, it answers: the drain is finished
+        await controller.reconcile()
+        assert node not in controller.placement.values() and not controller.moving
+        assert_one_owner_each(backend, controller)
     asyncio.run(main())
 
 
