@@ -198,11 +198,14 @@ class ShardActor:
     # -- control (from the controller) --------------------------------------------------------
 
     async def freeze(self, partitions: list[int], version: int) -> bytes:
-        payload = await self.host.run(Shard.freeze, partitions, version)
-        # their customers' pushes land before any of the new owner's (sinks.py)
+        """Park the partitions, let their customers' pushes land (so they do before any of
+        the new owner's: sinks.py), then hand them over, with the views whose pushes the
+        flush dropped not shown, so their new owner (or this shard, thawed) pushes them."""
+        await self.host.run(Shard.park, partitions, version)
         moving, n = set(partitions), self.host.n_partitions
-        await self.pushes.flush(lambda customer_id: partition_of(customer_id, n) in moving)
-        return payload
+        unsent = await self.pushes.flush(lambda customer_id: partition_of(customer_id, n)
+                                         in moving)
+        return await self.host.run(Shard.export, partitions, version, unsent)
 
     async def adopt(self, payload: bytes, version: int) -> int:
         return await self.host.run(Shard.adopt, payload, version)

@@ -7,13 +7,14 @@ forgotten customers' links), its passivated customers waiting for timers (reside
 sleepers), the watches of its customers not seen yet (watches.py's `unseen`) and the sinks
 found Gone (`gone`; a payload of a shard older than these has none); B `adopt`s them and
 snapshots p, so recovery finds p in B's journal from then on; once the controller has published v, A
-`release`s p. Before A's freeze is answered, the pushes of p's customers A still has for its
-sinks land (or, past a bound, are dropped: the actor's `freeze`, sinks.py's `flush`), so none
-lands after one of B's. If the adoption fails, B `release`s p (it may have adopted it) and A
-`thaw`s p and serves it again. A release or a thaw fences p at its version (ownership.py): a
-freeze or an adopt of that version or an older one arriving later (a call that timed out still
-runs, calls to an actor can run out of order) is refused, so p never has two owners and never
-stays frozen behind a settled move.
+`release`s p. A's freeze parks p (`park`: MOVED from then on), lets the pushes of p's customers
+A still has for its sinks land (or, past a bound, drops them: sinks.py's `flush`), so none
+lands after one of B's, and only then exports p (`export`), the views whose pushes were dropped
+as not shown, so that B (or A, thawed) pushes them at the customer's next change. If the
+adoption fails, B `release`s p (it may have adopted it) and A `thaw`s p and serves it again. A
+release or a thaw fences p at its version (ownership.py): a freeze or an adopt of that version
+or an older one arriving later (a call that timed out still runs, calls to an actor can run out
+of order) is refused, so p never has two owners and never stays frozen behind a settled move.
 
 An adopted partition is `arriving` until the move is confirmed: by a request its sender routed
 under v or later (the map naming B was published, so the move is not undone), or by a
@@ -24,7 +25,7 @@ failed after it was done here is undone (B releases p, A thaws it), and A fires 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from kairos.cluster.identity import Directory
 from kairos.cluster.shard.context import ShardContext
@@ -32,7 +33,7 @@ from kairos.cluster.shard.durability import Durability
 from kairos.cluster.shard.journaling import Journaling
 from kairos.cluster.shard.ownership import Ownership
 from kairos.cluster.shard.residency import Residency, checked_sleepers
-from kairos.cluster.shard.watches import Watches, checked_unseen
+from kairos.cluster.shard.watches import View, Watches, checked_unseen
 from kairos.cluster.storage import blocks
 
 
@@ -63,7 +64,15 @@ class Handoff:
 
     def freeze(self, partitions: Sequence[int], version: int) -> bytes:
         """Stop serving the partitions (requests answer MOVED with `version`) and hand over
-        their customers, resident and passivated, as one packed payload."""
+        their customers, resident and passivated, as one packed payload (`park`, then
+        `export`: a shard with sinks flushes their pushes in between, actor.py)."""
+        self.park(partitions, version)
+        return self.export(partitions, version)
+
+    def park(self, partitions: Sequence[int], version: int) -> None:
+        """Stop serving the partitions (requests answer MOVED with `version`): from here
+        nothing of theirs changes or is decided, so what `export` hands over later is what
+        they are now, but for what the pushes left unsent."""
         ownership = self._ownership
         ownership.check_unfenced(partitions, version, "freeze")
         for p in partitions:
@@ -71,22 +80,34 @@ class Handoff:
                 raise ValueError(f"{self._ctx.name} cannot hand over partition {p}: "
                                  f"not serving it")
         # the homes Take and Forget left are deleted (else they would travel as live homes)
-        # once a snapshot covers the records that asked (durability.py)
+        # once a snapshot covers the records that asked (durability.py); none is written once
+        # they are leaving
         self._durability.snapshot([p for p in partitions if p in self._journaling.deletes])
-        payload = {"partitions": list(partitions),
-                   "block": self._residency.export(self._residency.residents(partitions)),
-                   "passivated": {}, "directory": self._directory.export(partitions),
-                   "sleepers": {p: self._residency.sleepers(p) for p in partitions},
-                   "watches": self._watches.unseen(partitions),
-                   "gone": list(self._watches.gone)}
         for p in partitions:
             ownership.leaving[p] = version
             self._residency.timers.park(p)  # its sleepers wait: timers.py
             if not self._ctx.store.shared:  # homes travel with the partition
-                homes = self._ctx.store.take_partition(p)
-                self._frozen[p] = homes
-                payload["passivated"][p] = homes
-        return blocks.pack(payload)
+                self._frozen[p] = self._ctx.store.take_partition(p)
+
+    def export(self, partitions: Sequence[int], version: int,
+               unsent: Iterable[View] = ()) -> bytes:
+        """The parked partitions' customers, resident and passivated, as one packed payload;
+        `unsent`: views whose pushes were dropped, not shown (watches.py), here and in it. A
+        partition thawed, or parked again by another move, since `park` is refused."""
+        self._watches.unshown(unsent)  # first: a thaw that came between serves them so too
+        self._ownership.check_unfenced(partitions, version, "freeze")
+        for p in partitions:
+            if self._ownership.leaving.get(p) != version:
+                raise ValueError(f"{self._ctx.name} cannot hand over partition {p}: not "
+                                 f"parked for the move of map version {version}")
+        return blocks.pack({
+            "partitions": list(partitions),
+            "block": self._residency.export(self._residency.residents(partitions)),
+            "passivated": {} if self._ctx.store.shared else
+            {p: self._frozen.get(p, {}) for p in partitions},
+            "directory": self._directory.export(partitions),
+            "sleepers": {p: self._residency.sleepers(p) for p in partitions},
+            "watches": self._watches.unseen(partitions), "gone": list(self._watches.gone)})
 
     def adopt(self, payload: bytes, version: int) -> int:
         """Take over partitions handed over by `freeze` in map `version`; the number of

@@ -62,7 +62,7 @@ from kairos.cluster.shard.outcomes import DecisionSeal, outcome_secret
 from kairos.cluster.shard.ownership import Ownership
 from kairos.cluster.shard.residency import Residency, overflow_of, table_rows
 from kairos.cluster.shard.timers import Timers
-from kairos.cluster.shard.watches import Push, Pushed, Watches
+from kairos.cluster.shard.watches import Push, Pushed, View, Watches
 from kairos.cluster.storage.memory_store import MemoryStore
 from kairos.cluster.storage.store import JournalLike, Store
 
@@ -339,6 +339,13 @@ class Shard:
 
     def freeze(self, partitions: Sequence[int], version: int) -> bytes:
         return self.handoff.freeze(partitions, version)
+
+    def park(self, partitions: Sequence[int], version: int) -> None:
+        self.handoff.park(partitions, version)
+
+    def export(self, partitions: Sequence[int], version: int,
+               unsent: Iterable[View] = ()) -> bytes:
+        return self.handoff.export(partitions, version, unsent)
 
     def adopt(self, payload: bytes, version: int) -> int:
         return self.handoff.adopt(payload, version)

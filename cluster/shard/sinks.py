@@ -10,27 +10,63 @@ watches dropped, by `gone`. A watch of a customer nobody has seen yet gets no pu
 find its sink Gone, so the sinks the customers' watches name are asked every PROBE_S (`probe`,
 an empty push, as the controller asks those of channel watches).
 
-Pushes are ordered per shard only: a partition handed over is `flush`ed before its freeze is
-answered, so the pushes its customers had here land before any of its new owner's. Those still
-waiting after FLUSH_S (a slow sink) are dropped rather than sent late, over newer ones; a call
-in flight then cannot be recalled, and may still land after the new owner's.
+Pushes are ordered per shard only: a partition handed over is parked, then `flush`ed, then
+exported (the actor's `freeze`), so the pushes its customers had here land before any of its
+new owner's. Those still waiting after FLUSH_S (a slow sink) are dropped rather than sent late,
+over newer ones, and handed over as not shown (watches.py's `unshown`), so the view is pushed
+again at the customer's next change; a call in flight then cannot be recalled, and may still
+land after the new owner's.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Awaitable, Callable, Iterable
 
 from kairos.core.decision import Decision
 
+from kairos.cluster.shard.watches import View
 from kairos.cluster.transport.backend import Unavailable, WatchSink
 from kairos.cluster.transport.ray_backend import Gone
 
 log = logging.getLogger("kairos.shard")
 
-View = tuple[str, str, "str | None"]  # customer, channel, placement
 PROBE_S = 300.0  # a dead sink's watches of customers not seen yet last about this long
 FLUSH_S = 2.0  # how long a freeze waits for its partitions' pushes (moves.py: it holds them)
+FLUSH_LOOKS = 4096  # waiting pushes `flush` looks at between yields to the event loop
+
+
+@dataclass
+class _Sending:
+    """A sink's sending task and its calls: `flush` waits for a given one to end."""
+
+    task: asyncio.Task | None = None
+    carries: list[Decision] = field(default_factory=list)  # the call in flight
+    started: int = 0  # calls begun
+    ended: int = 0
+    _ends: asyncio.Future | None = None
+
+    def call_ended(self) -> asyncio.Future:
+        """Resolved as the next call ends (or the task does)."""
+        if self._ends is None:
+            self._ends = asyncio.get_running_loop().create_future()
+        return self._ends
+
+    def ending(self) -> None:
+        self.ended += 1
+        if self._ends is not None:
+            self._ends.set_result(None)
+            self._ends = None
+
+
+async def _yielding(views: list[View]) -> AsyncIterator[View]:
+    """The views, letting the event loop run between every FLUSH_LOOKS of them."""
+    for k in range(0, len(views), FLUSH_LOOKS):
+        if k:
+            await asyncio.sleep(0)
+        for v in views[k:k + FLUSH_LOOKS]:
+            yield v
 
 
 class Pushes:
@@ -42,9 +78,7 @@ class Pushes:
         self._sink = sink
         self._gone = gone
         self._waiting: dict[str, dict[View, Decision]] = {}  # sink -> the latest per view
-        self._sending: dict[str, asyncio.Task] = {}  # sink -> its call in flight
-        self._flight: dict[str, list[Decision]] = {}  # sink -> what that call carries
-        self._progress: asyncio.Future | None = None  # resolved as a call ends (`flush`)
+        self._sending: dict[str, _Sending] = {}  # sink -> its task, while it has one
 
     def push(self, sink: str, decisions: list[Decision]) -> None:
         """Send `decisions` to `sink` (from the event loop's thread)."""
@@ -52,7 +86,8 @@ class Pushes:
         for d in decisions:
             waiting[(d.customer_id, d.channel, d.placement)] = d
         if sink not in self._sending:
-            self._sending[sink] = asyncio.get_running_loop().create_task(self._send(sink))
+            sending = self._sending[sink] = _Sending()
+            sending.task = asyncio.get_running_loop().create_task(self._send(sink, sending))
 
     async def probe(self, sinks: Iterable[str]) -> None:
         """Ask each sink whether its process lives (an empty push); drop the watches of those
@@ -66,42 +101,47 @@ class Pushes:
         if dead:
             await self._gone(dead)
 
-    async def flush(self, moving: Callable[[str], bool], within_s: float = FLUSH_S) -> int:
-        """Wait, up to `within_s`, until no call in flight or waiting carries a decision of
-        a customer `moving` names (its partition is handed over: nothing new of it comes);
-        then drop those still waiting, and return their number."""
+    async def flush(self, moving: Callable[[str], bool], within_s: float = FLUSH_S
+                    ) -> list[View]:
+        """Wait, up to `within_s`, for the calls that carry, or will carry, a decision of a
+        customer `moving` names (its partition is parked: nothing new of it comes); then drop
+        those still waiting, and return their views. The calls are found once, here: waking
+        at every call's end to look through every sink's decisions again would hold the
+        event loop while a hung sink has many waiting."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within_s
-        while any(self._carries(sink, moving) for sink in self._sending):
-            if loop.time() >= deadline:
-                break
-            if self._progress is None:
-                self._progress = loop.create_future()
-            await asyncio.wait([self._progress], timeout=deadline - loop.time())
-        dropped = 0
-        for sink, waiting in self._waiting.items():
-            stale = [v for v in waiting if moving(v[0])]
+        calls: list[tuple[str, _Sending, int]] = []  # a sink, and the call of it to wait for
+        held: dict[str, list[View]] = {}  # sink -> the moving customers' views waiting
+        for sink, sending in list(self._sending.items()):
+            started, carried = sending.started, sending.carries
+            views = [v async for v in _yielding(list(self._waiting.get(sink, ())))
+                     if moving(v[0])]
+            if views:  # they go in the call after the one in flight as it was looked at
+                held[sink] = views
+                calls.append((sink, sending, started + 1))
+            elif any(moving(d.customer_id) for d in carried):
+                calls.append((sink, sending, started))
+        for sink, sending, call in calls:
+            while sending.ended < call and self._sending.get(sink) is sending and \
+                    loop.time() < deadline:
+                await asyncio.wait([sending.call_ended()], timeout=deadline - loop.time())
+        dropped = []
+        for sink, views in held.items():
+            waiting = self._waiting.get(sink, {})
+            stale = [v for v in views if v in waiting]
             for v in stale:
                 del waiting[v]
             if stale:
-                dropped += len(stale)
+                dropped.extend(stale)
                 log.warning("%s: %d pushes to watch sink %s dropped: their partition moved "
                             "while the sink was slow", self._shard, len(stale), sink)
         return dropped
 
-    def _carries(self, sink: str, moving: Callable[[str], bool]) -> bool:
-        return any(moving(d.customer_id) for d in self._flight.get(sink, ())) or \
-            any(moving(customer) for customer, _, _ in self._waiting.get(sink, {}))
-
-    def _progressed(self) -> None:
-        if self._progress is not None:
-            self._progress.set_result(None)
-            self._progress = None
-
-    async def _send(self, sink: str) -> None:
+    async def _send(self, sink: str, sending: _Sending) -> None:
         try:
             while decisions := list(self._waiting.pop(sink, {}).values()):
-                self._flight[sink] = decisions
+                sending.carries = decisions
+                sending.started += 1
                 try:
                     await self._sink(sink).deliver(decisions)
                 except Gone:
@@ -113,10 +153,10 @@ class Pushes:
                 except Unavailable as exc:
                     log.warning("%s: %d pushes to watch sink %s dropped (its watches are "
                                 "kept): %s", self._shard, len(decisions), sink, exc)
-                self._progressed()
+                finally:
+                    sending.carries = []
+                    sending.ending()
         except Exception:  # a task nobody awaits: said here, or never (its watches are kept)
             log.exception("%s: pushing to watch sink %s failed", self._shard, sink)
         finally:
-            self._flight.pop(sink, None)
             del self._sending[sink]
-            self._progressed()

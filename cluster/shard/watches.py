@@ -7,10 +7,13 @@ from the controller, for outbound and orchestration). After each round the shard
 again for every watched view of the customers the round changed, and pushes a decision only
 when its ranked actions differ from the ones last pushed for that view (`shown`: it rides in
 the customer's block when it leaves memory, and goes with its last watch of the view).
-Pushes are at least once: a shard restarted from the store has `shown` as its partitions'
-snapshots and the customers' homes hold it, and its replay of the journal after them decides
-nothing, so a best action pushed since may be pushed again, unchanged, at the customer's
-next change.
+Pushes are best effort: one may repeat, and one may be missed. A shard restarted from the
+store has `shown` as its partitions' snapshots and the customers' homes hold it, and its
+replay of the journal after them decides nothing, so a best action pushed since may be pushed
+again, unchanged, at the customer's next change. A push whose call timed out (sinks.py) stays
+in `shown`, so the stream keeps the older action until the best one changes again; one that a
+move dropped unsent is taken out of it (`unshown`), so the view is pushed at the customer's
+next change wherever it is then.
 Deciding again in the replay would not give back what was pushed (the models have moved on,
 draws are random), and a `shown` that differs from what the stream last got holds back the
 push that would correct it: a repeat is the lesser harm.
@@ -47,6 +50,8 @@ from kairos.cluster.shard.context import ShardContext
 # dead sinks remembered, the latest: one older than these that a stored registration still
 # names is found Gone once more (at its next push) and remembered again
 GONE_KEPT = 1024
+
+View = tuple[str, str, "str | None"]  # a customer's pushes: customer, channel, placement
 
 
 @dataclass(frozen=True)
@@ -241,11 +246,20 @@ class Watches:
     def drop_partitions(self, partitions: Iterable[int]) -> None:
         """The partitions moved away: forget the watches of their customers still here (those
         not seen yet, once the residents are evicted); their new owner has them."""
-        wanted = set(partitions)
-        for customer_id in [c for c in self.by_customer if self._ctx.partition_of(c) in wanted]:
-            self._unnamed(self.by_customer.pop(customer_id))
-        for p in wanted:
-            self._watched_in.pop(p, None)
+        for p in partitions:
+            for customer_id in self._watched_in.pop(p, ()):
+                if customer_id in self.by_customer:
+                    self._unnamed(self.by_customer.pop(customer_id))
+
+    def unshown(self, views: Iterable[View]) -> None:
+        """The pushes of these views were dropped unsent (sinks.py's `flush`): what was
+        pushed for them is not known, so the next decision for each is pushed. A customer
+        passivated since keeps what its home says."""
+        for customer_id, channel, placement in views:
+            shown = self.shown.get(customer_id, {})
+            shown.pop((channel, placement), None)
+            if not shown:
+                self.shown.pop(customer_id, None)
 
     # -- a customer's watches ride along in its block (residency.py) ---------------------------
 
