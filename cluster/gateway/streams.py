@@ -10,10 +10,10 @@ the last one leaves waits for that unregistration and registers again: the shard
 keeps one registration per id, never applies an unregistration after the registration a
 stream was told is in place. Every stream is told it is ready once the shards hold the
 watch (at once if they already do; a registration that fails fails the streams waiting on
-it). A failed unregistration is tried again, backing off (a stream that arrives meanwhile
-waits for the next try, which registers the watch again), for UNWATCH_RETRY_S; until it is
+it). A failed unregistration is tried again, backing off, for UNWATCH_RETRY_S; until it is
 done the watch keeps its place here, and counts against WATCH_STREAMS as a watch the shards
-may hold.
+may hold. A stream that arrives while a try is in flight has the watch registered again as
+soon as the try fails (the last one included), one that arrives between tries at the next.
 
 Shards push the decisions that changed to that actor (`deliver`), which appends each once to
 the log of every watch it matches, found by key: a stream reads the log with its own cursor,
@@ -26,7 +26,9 @@ watch stays. A slow stream is at most WATCH_BACKLOG decisions behind: past that,
 oldest. A gateway holds at most WATCH_STREAMS streams (each costs a shard's watch entry),
 WATCH_STREAMS_PER_KEY of one API key and WATCH_STREAMS_PER_HOST from one host; past any, a
 new one is refused (Busy: RESOURCE_EXHAUSTED). `end` ends the streams on customers this
-gateway forgot (Ended: NOT_FOUND).
+gateway forgot (Ended: NOT_FOUND); the forget dropped their watches on the shard, so a stream
+that joins one of those watches before they have left waits for the watch to be registered
+again.
 """
 from __future__ import annotations
 
@@ -65,6 +67,11 @@ class _Stream:
     def __init__(self, cursor: int) -> None:
         self.cursor = cursor  # the number of the next decision it reads
         self.ended: Ended | None = None
+
+
+def _live(watched: "_Watched") -> bool:
+    """Whether any of the watch's streams still reads (an ended one needs no registration)."""
+    return any(stream.ended is None for stream in watched.streams)
 
 
 class _Watched:
@@ -173,7 +180,7 @@ class Watches:
         has none. A failed registration fails the streams that waited for it; a failed
         unregistration is tried again later (`retry`: the wait before the next try, and when
         to give up)."""
-        while (want := bool(watched.streams)) != watched.held:
+        while (want := _live(watched)) != watched.held:
             if watched.ready.done():  # the streams from now on wait for the next one
                 watched.ready = _future()
             ready = watched.ready
@@ -181,12 +188,16 @@ class Watches:
                 await self._register(watch, want)
             except Exception as exc:
                 watched.held = None
-                if want:  # those it was for fail: the next registration is for new ones
-                    ready.set_exception(exc)
+                if want and watched.ready is ready:  # those it was for fail: the next
+                    ready.set_exception(exc)         # registration is for new ones
                     watched.streams.clear()
-                    continue
+                if want or _live(watched):  # streams that came as it unregistered have it
+                    continue                # registered now, not after a wait (or never)
                 self._retry_later(watch, watched, exc, retry)
                 return
+            if want and watched.ready is not ready:  # `end` came meanwhile: the forget may
+                watched.held = None                  # have dropped what this registered
+                continue
             watched.held = want
             if want:
                 ready.set_result(None)
@@ -240,9 +251,15 @@ class Watches:
         many."""
         ended = 0
         for watch, watched in list(self._watched.items()):
-            if watch.customer_id in customer_ids:
-                for stream in watched.streams:
-                    stream.ended = Ended(reason)
-                    ended += 1
-                watched.woken()
+            if watch.customer_id not in customer_ids or not watched.streams:
+                continue
+            for stream in watched.streams:
+                stream.ended = Ended(reason)
+                ended += 1
+            watched.woken()
+            if not watched.ready.done():  # the streams waiting for it are all ended
+                watched.ready.set_exception(Ended(reason))
+            watched.ready = _future()  # streams from now on wait for a registration since
+            watched.held = None        # the forget (which dropped the watch on the shard)
+            self._settle_soon(watch, watched)
         return ended

@@ -272,3 +272,92 @@ def test_a_watch_still_being_unregistered_keeps_its_place_in_the_gateways_bound(
         await asyncio.gather(b, return_exceptions=True)
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("backoff, retry_s", [((0.01, 0.01), 0.0), ((30.0, 30.0), 600.0)],
+                         ids=["the last try", "a try before a long backoff"])
+def test_a_stream_arriving_as_an_unregistration_fails_is_registered_at_once(monkeypatch,
+                                                                           backoff, retry_s):
+    """rev41 d-streams finding 1 (q1): a stream that came during the try the gateway then gave
+    up after was never registered nor told anything; during another try, it waited out the
+    backoff."""
+    monkeypatch.setattr(streams_module, "UNWATCH_BACKOFF_S", backoff)
+    monkeypatch.setattr(streams_module, "UNWATCH_RETRY_S", retry_s)
+
+    async def main() -> None:
+        shards = FakeShards()
+        watches = Watches("g", shards, shards)
+        watch = Watch("w", "web", "hero")
+        a, ready = await opened(watches, watch)
+        await asyncio.wait_for(ready.wait(), 5)
+        shards.failing = 1
+        shards.gate.clear()  # A's unregistration is in flight ...
+        a.cancel()
+        await asyncio.sleep(0.01)
+        b, b_ready = await opened(watches, watch)  # ... as B comes
+        shards.gate.set()
+        await asyncio.wait_for(b_ready.wait(), 5)
+        assert shards.failing == 0 and shards.held == {tuple(watch)}
+        b.cancel()
+        await asyncio.gather(a, b, return_exceptions=True)
+        assert shards.held == set() and not watches._watched
+
+    asyncio.run(main())
+
+
+def test_a_stream_joining_a_forgotten_customers_watch_waits_for_it_to_be_registered_again():
+    """rev41 d-streams finding 2 (q2): `end` left the watch marked held, so a stream joining
+    before the ended ones left was told in place at once, and nothing registered it again
+    though the forget had dropped it on the shard."""
+    async def main() -> None:
+        shards = FakeShards()
+        watches = Watches("g", shards, shards)
+        watch = Watch("w", "web", "hero")
+        a, ready = await opened(watches, watch)
+        await asyncio.wait_for(ready.wait(), 5)
+        shards.held.discard(tuple(watch))  # the forget drops the customer's watches
+        assert watches.end({"w"}, "forgotten") == 1
+        b, b_ready = await opened(watches, watch, 0)  # in the same turn
+        await asyncio.wait_for(b_ready.wait(), 5)
+        assert shards.held == {tuple(watch)}
+        with pytest.raises(streams_module.Ended):
+            await a
+        b.cancel()
+        await asyncio.gather(b, return_exceptions=True)
+        assert shards.held == set() and not watches._watched
+
+    asyncio.run(main())
+
+
+def test_a_registration_the_forget_overtook_is_made_again_for_the_streams_after_it():
+    """A's registration lands on the shard, the forget drops it, and its reply comes after
+    the gateway ended A: B, which joined since, is told ready only once it is made again."""
+    class ReplyLate(FakeShards):
+        def __init__(self) -> None:
+            super().__init__()
+            self.reply = asyncio.Event()
+
+        async def _apply(self, key: tuple, active: bool) -> None:
+            await super()._apply(key, active)
+            await self.reply.wait()
+
+    async def main() -> None:
+        shards = ReplyLate()
+        watches = Watches("g", shards, shards)
+        watch = Watch("w", "web", "hero")
+        a, a_ready = await opened(watches, watch)
+        assert shards.held == {tuple(watch)} and not a_ready.is_set()
+        shards.held.discard(tuple(watch))  # the forget
+        watches.end({"w"}, "forgotten")
+        b, b_ready = await opened(watches, watch)
+        shards.reply.set()
+        await asyncio.wait_for(b_ready.wait(), 5)
+        assert shards.held == {tuple(watch)}
+        with pytest.raises(streams_module.Ended):
+            await a
+        assert not a_ready.is_set()  # ended before it was told anything
+        b.cancel()
+        await asyncio.gather(b, return_exceptions=True)
+        assert shards.held == set() and not watches._watched
+
+    asyncio.run(main())
