@@ -16,12 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import AsyncIterator, Awaitable, NamedTuple
+from typing import Any, AsyncIterator, Awaitable, NamedTuple
 
 import grpc
 
 from kairos.core.compiler import CompiledCatalog
-from kairos.core.decision import Decision, Learned
+from kairos.core.decision import Learned
 from kairos.core.errors import InputError
 from kairos.core.request import fallback_decision
 from kairos.v1 import decision_pb2 as pb
@@ -360,7 +360,7 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
             profile = {**profile, "history": [h for h in profile["history"]
                                               if h["channel"] == shown]}
         decisions = await self.gateway.call(context, asyncio.gather(*(
-            self._preview(protocol.Decide(customer_id=profile["customer_id"], channel=ch,
+            self._answer(protocol.Decide(customer_id=profile["customer_id"], channel=ch,
                                           context={}, explain=request.explain, now=now,
                                           log=ch == logged))
             for ch in channels)))
@@ -371,8 +371,9 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
         return wire.profile_out(profile, types, {d.channel: d for d in decisions},
                                 catalog.agent_texts, consent)
 
-    async def _preview(self, request: protocol.Decide) -> Decision:
-        """A decision GetProfile shows an agent, as the shard answers it."""
+    async def _answer(self, request: protocol.Request) -> Any:
+        """What a request's shard answers (a decision GetProfile shows an agent, the customer
+        a forget by alias forgets)."""
         reply = await self.client.settle(request, await self.client.enqueue(request))
         return reply.value
 
@@ -384,10 +385,13 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
         if who.alias_key is None:
             ids = {who.customer_id}
             existed = await self.gateway.call(context, self.client.forget(who.customer_id))
-        else:  # the id its streams were opened on, read while the alias still names it
-            ids = {anonymous_id(who.alias_key), await self.gateway.call(
-                context, self.client.resolve_key(who.alias_key))}
-            existed = await self.gateway.call(context, self.client.forget_key(who.alias_key))
+        else:  # the forget's own resolution (client.forget_key's): a retry cut after its
+            # Retire still names the customer, the id the alias's streams were opened on
+            customer = await self.gateway.call(context, self._answer(
+                protocol.Resolve(key=who.alias_key, for_forget=True)))
+            ids = {anonymous_id(who.alias_key), customer}
+            existed = await self.gateway.call(context, self.client.forget(customer,
+                                                                          who.alias_key))
         self.gateway.watches.end(ids, FORGOTTEN)
         return pb.ForgetAck(existed=existed)
 

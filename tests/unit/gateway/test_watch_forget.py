@@ -1,12 +1,13 @@
 """WatchDecisions streams end with NOT_FOUND once ForgetCustomer through their gateway forgot
-their customer (by id or by alias), and one API key holds at most its share of a gateway's
-streams (real gRPC on 127.0.0.1, in-process backend)."""
+their customer (by id or by alias, retried after a cut too), and one API key holds at most its
+share of a gateway's streams (real gRPC on 127.0.0.1, in-process backend)."""
 from __future__ import annotations
 
 import grpc
 import pytest
 
 from kairos.cluster.gateway import streams as streams_module
+from kairos.cluster.identity import alias_key
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
@@ -42,6 +43,31 @@ def test_a_forget_through_the_gateway_ends_its_customers_streams(forgotten):
         assert "forgotten" in ended.value.details()
         assert other.running()  # another customer's stream goes on
         other.cancel()
+
+
+def test_a_forget_by_alias_retried_after_a_cut_ends_the_aliass_streams():
+    """rev41 d-streams finding 3 (q4): the first try was cut after its Retire, so a plain
+    Resolve of the alias named its anonymous id by the retry, whose end left the streams the
+    alias had opened on the customer's id running."""
+    with serving() as (gateway, channel):
+        stub = decision_pb2_grpc.DecisionServiceStub(channel)
+        stub.Ingest(pb.Event(customer_id="w", type="app_open", event_id="e1", channel="web"),
+                    timeout=30)
+        alias = pb.Alias(type="cookie", value="x")
+        stub.LinkIdentity(pb.LinkRequest(alias=alias, customer_id="w"), timeout=30)
+        mine = _watch(stub, alias=alias)
+
+        async def cut_after_retire() -> None:  # Forget, Retire; then the client died
+            steps = gateway.client.forget_steps("w", alias_key("cookie", "x"))
+            for _ in range(2):
+                await steps.__anext__()
+            await steps.aclose()
+        gateway.run(cut_after_retire())
+        assert gateway.run(gateway.client.resolve("cookie", "x")) == "~cookie:x"
+        assert stub.ForgetCustomer(pb.ForgetRequest(alias=alias), timeout=30).existed
+        with pytest.raises(grpc.RpcError) as ended:
+            next(mine)
+        assert ended.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def test_one_key_holds_at_most_its_share_of_the_gateways_streams(monkeypatch):
