@@ -72,6 +72,10 @@ SHARD_ROUND_LIMIT = integer("SHARD_ROUND_LIMIT", 2048)
 # so a quarter of it. An event counts besides its bytes a Fire record per timer of the catalog
 # (at most MAX_TIMERS): its customer's overdue timers fire in its round (shard/rounds.py).
 SHARD_ROUND_BYTES = integer("SHARD_ROUND_BYTES", 16 << 20, low=1 << 10, high=32 << 20)
+# Customers not seen yet that a shard keeps watches of (a watch waits for the customer's first
+# event): snapshots and moves carry them all, about 120 bytes each, so a registration whose
+# unregistration never came is kept for good. Past it a new one answers BUSY.
+SHARD_UNSEEN_WATCHES = integer("SHARD_UNSEEN_WATCHES", 100_000)
 # A customer idle this long is passivated to the store.
 PASSIVATE_IDLE_S = number("PASSIVATE_IDLE_S", 900.0, above=True)
 # Most customers resident in one shard; past it the least recently used are passivated.

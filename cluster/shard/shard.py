@@ -79,6 +79,8 @@ CREATES = frozenset({"event", "outcome"})
 # the answer to a request that would bring a customer in past the resident limit's overflow
 CROWDED = protocol.Busy(reason="this shard holds as many customers as it may: try again "
                                "shortly, as it passivates idle ones")
+UNSEEN_WATCHED = protocol.Busy(reason="this shard watches as many customers not seen yet as it "
+                                      "may (SHARD_UNSEEN_WATCHES)")
 # the answer to a request for a customer whose forget is under way (its aliases not yet retired
 # resolve to it): applied, it would re-create the customer the forget is erasing
 FORGETTING = protocol.Unavailable(reason=protocol.BEING_FORGOTTEN)
@@ -217,9 +219,10 @@ class Shard:
                   run: Iterable[int], replies: list[Reply | None]) -> list[int]:
         """The requests of a run served here; the rest answer MOVED (the partition is not
         here, or the sender's map is older than the one that gave it to this shard), MERGED
-        (an anonymous customer since linked into another one: send it there) or CROWDED (a
-        customer not resident, past the resident limit's overflow; a replay applies what was
-        acknowledged)."""
+        (an anonymous customer since linked into another one: send it there), CROWDED (a
+        customer not resident, past the resident limit's overflow) or UNSEEN_WATCHED (a watch
+        of a customer not seen yet, past SHARD_UNSEEN_WATCHES); a replay applies what was
+        acknowledged."""
         redirects = self.directory.redirecting and kind in CUSTOMER_KINDS
         crowded = kind in CUSTOMER_KINDS and not self.journaling.replaying
         admitted = []
@@ -245,6 +248,11 @@ class Shard:
             if reply is None and kind in PROBED:
                 damaged = self.residency.probe(request.customer_id, request.partition)
                 reply = None if damaged is None else protocol.Unavailable(reason=damaged)
+            # after the probe: a customer it loaded from its home is not one not seen yet
+            if reply is None and crowded and kind == "watch" and request.active and \
+                    not self.watches.admits(request.customer_id):
+                reply = UNSEEN_WATCHED
+                self.refused += 1
             if reply is None:
                 admitted.append(k)
             else:

@@ -38,6 +38,7 @@ are dropped again at their first push.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -45,11 +46,15 @@ from kairos.core.decision import Decision
 from kairos.core.errors import InputError
 from kairos.core.request import placement_codes
 
+from kairos.cluster.settings import SHARD_UNSEEN_WATCHES
 from kairos.cluster.shard.context import ShardContext
 
 # dead sinks remembered, the latest: one older than these that a stored registration still
 # names is found Gone once more (at its next push) and remembered again
 GONE_KEPT = 1024
+# at the cap of customers watched but not seen yet, those seen since are taken out of the count
+# at most this often (a walk of them all)
+UNSEEN_PRUNE_S = 5.0
 
 View = tuple[str, str, "str | None"]  # a customer's pushes: customer, channel, placement
 
@@ -92,6 +97,33 @@ class Watches:
         # partition -> its customers with watches (those a catalog switch took all of are
         # pruned as `unseen` reads them): snapshots and handoffs walk no other watches
         self._watched_in: dict[int, set[str]] = {}
+        # customers watched while not resident (some seen since, until pruned): snapshots and
+        # handoffs carry every such watch, so a leaked registration (its unregistration
+        # failed) is kept for good and their number is capped (`admits`)
+        self._unseen: set[str] = set()
+        # those `admits` let in since the last prune: their round may not have registered
+        # them yet (or it refused them: Invalid, a dead sink's), so the next one keeps them
+        self._admitted: set[str] = set()
+        self._pruned_at = -math.inf
+        self.unseen_cap = SHARD_UNSEEN_WATCHES
+
+    def admits(self, customer_id: str) -> bool:
+        """Whether a registration for the customer may come in: not one that would watch more
+        customers not seen yet than `unseen_cap`. A resident's, or one of a customer watched
+        already, always; one admitted is counted at once, so a round's stay under the cap."""
+        if customer_id in self.by_customer or customer_id in self._ctx.engine.table:
+            return True
+        now = self._ctx.clock()
+        if len(self._unseen) >= self.unseen_cap and now >= self._pruned_at + UNSEEN_PRUNE_S:
+            self._pruned_at, table, kept = now, self._ctx.engine.table, self._admitted
+            self._unseen = {c for c in self._unseen if c not in table and
+                            (c in self.by_customer or c in kept)}
+            self._admitted = set()
+        if len(self._unseen) >= self.unseen_cap:
+            return False
+        self._unseen.add(customer_id)
+        self._admitted.add(customer_id)
+        return True
 
     def validate(self, sink: str, channel: str, placement: str | None) -> Watch:
         """The watch, once the catalog knows its channel and placement (InputError if not)."""
@@ -111,6 +143,8 @@ class Watches:
         if active:
             self._register(mine, watch, by)
             self._indexed(customer_id)
+            if customer_id not in self._ctx.engine.table:  # a replay's too, not `admits`'s
+                self._unseen.add(customer_id)
         elif watch in mine:
             ids = mine[watch]
             ids.remove(by if by in ids else ids[-1])
@@ -242,12 +276,15 @@ class Watches:
         """Add the registrations `unseen` carried (from another shard's `unseen`)."""
         for customer_id, registrations in unseen.items():
             self.restore(customer_id, {"watches": registrations})
+        # admitted where they were registered: counted, not refused
+        self._unseen.update(c for c in unseen if c in self.by_customer)
 
     def drop_partitions(self, partitions: Iterable[int]) -> None:
         """The partitions moved away: forget the watches of their customers still here (those
         not seen yet, once the residents are evicted); their new owner has them."""
         for p in partitions:
             for customer_id in self._watched_in.pop(p, ()):
+                self._unseen.discard(customer_id)
                 if customer_id in self.by_customer:
                     self._unnamed(self.by_customer.pop(customer_id))
 
@@ -335,6 +372,7 @@ class Watches:
     def _unwatched(self, customer_id: str) -> None:
         """The customer has no watch left (`_unnamed` is told of those it had)."""
         del self.by_customer[customer_id]
+        self._unseen.discard(customer_id)
         self._watched_in.get(self._ctx.partition_of(customer_id), set()).discard(customer_id)
 
     def _unnamed(self, watches: Iterable[Watch]) -> None:
