@@ -202,6 +202,7 @@ class ShardActor:
         the new owner's: sinks.py), then hand them over, with the views whose pushes the
         flush dropped not shown, so their new owner (or this shard, thawed) pushes them."""
         await self.host.run(Shard.park, partitions, version)
+        await self.host.settled()  # the pushes of rounds before the park are queued
         moving, n = set(partitions), self.host.n_partitions
         unsent = await self.pushes.flush(lambda customer_id: partition_of(customer_id, n)
                                          in moving)

@@ -416,6 +416,12 @@ class ShardHost:
                 self._fail(StoreUnavailable(f"{self.name}: {type(exc).__name__}"))
             raise
 
+    async def settled(self) -> None:
+        """Once the rounds applied so far are answered and their pushes sent (`run` waits for
+        a sync only while the journal is `unsynced`, which a sync's thread ends before its
+        rounds are answered)."""
+        await self._syncs.settled()
+
     async def read_log(self, query: DecisionPage | PageOutcomes, live: list[str],
                        timeout_s: float = math.inf) -> tuple[list, bool | int]:
         """Read the decision log (decisionlog.py `read`) on a thread, once what the shard

@@ -20,7 +20,7 @@ class Syncs:
 
     def __init__(self, name: str):
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-sync")
-        self._running = False
+        self._running: asyncio.Future | None = None  # the waiting of the sync running
         self._next: asyncio.Future | None = None  # waiting for the sync after the running one
         self._journal: JournalLike | None = None
         self._models: ModelTable | None = None
@@ -36,13 +36,21 @@ class Syncs:
         waiting = self._next
         if waiting is None:
             waiting = self._next = asyncio.get_running_loop().create_future()
-            if not self._running:
+            if self._running is None:
                 self._start()
         return waiting
 
+    async def settled(self) -> None:
+        """Once the syncs asked for so far have ended and their waiters were told: a sync's
+        thread makes the journal durable (no longer `unsynced`) before the event loop hears
+        of it, and whoever waits on the journal alone would go on before they are told."""
+        asked = [w for w in (self._running, self._next) if w is not None]
+        if asked:  # told in the order they asked: these waiters before this one
+            await asyncio.wait(asked)
+
     def _start(self) -> None:
         waiting, self._next = self._next, None
-        self._running = True
+        self._running = waiting
         models = self._models
         if models is not None:
             models.sync_started()
@@ -51,7 +59,7 @@ class Syncs:
 
     def _finished(self, waiting: asyncio.Future, models: ModelTable | None,
                   syncing: asyncio.Future) -> None:
-        self._running = False
+        self._running = None
         if syncing.exception() is None:
             waiting.set_result(None)
         else:

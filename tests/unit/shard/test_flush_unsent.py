@@ -30,6 +30,9 @@ class Host:
         self.calls.append(method.__name__)
         return method(self.shard, *args)
 
+    async def settled(self) -> None:
+        self.calls.append("settled")
+
 
 def actor(host: Host, pushes: Any) -> Any:
     a = object.__new__(Actor)
@@ -100,7 +103,7 @@ def test_a_push_the_flush_dropped_is_pushed_by_the_source_thawed(compiled):
     assert [(p.sink, p.decision.customer_id) for p in pushes] == [("gw-1", "ana")]
 
 
-def test_a_freeze_answers_once_the_flush_is_done_and_exports_after_it(compiled):
+def test_a_freeze_flushes_once_the_rounds_before_are_answered_and_exports_after_it(compiled):
     calls: list[str] = []
     flushed = asyncio.Event()
 
@@ -116,11 +119,11 @@ def test_a_freeze_answers_once_the_flush_is_done_and_exports_after_it(compiled):
         freeze = asyncio.create_task(
             actor(Host(shard(compiled), calls), Stub()).freeze([p_of("ana")], 2))
         await asyncio.sleep(0.05)
-        assert not freeze.done() and calls == ["park", "flush"]
+        assert not freeze.done() and calls == ["park", "settled", "flush"]
         flushed.set()
         return await freeze
     assert blocks.unpack(asyncio.run(main()))["partitions"] == [p_of("ana")]
-    assert calls == ["park", "flush", "export"]
+    assert calls == ["park", "settled", "flush", "export"]
 
 
 def test_a_flush_looks_through_the_queued_pushes_once_however_often_calls_end():
