@@ -64,8 +64,11 @@ LEARNER_NAME = "kairos-learner"
 # -- shards ------------------------------------------------------------------------------------
 # Requests a shard has admitted but not yet processed; past it, new batches answer BUSY.
 SHARD_QUEUE_LIMIT = integer("SHARD_QUEUE_LIMIT", 20_000)
-# Requests one kernel round may take from a shard's queue.
-SHARD_ROUND_LIMIT = integer("SHARD_ROUND_LIMIT", 2048)
+# Requests one kernel round may take from a shard's queue. At most 4,096: what a round's records
+# take past the bytes SHARD_ROUND_BYTES costs (an event's sequence number, a Forget's time, a
+# link's Take the customer's state, not known before it is loaded: shard/rounds.py) comes out of
+# the frame's margin, MAX_FRAME less the round's bytes, at least 32 MiB: 8 KB a request at most.
+SHARD_ROUND_LIMIT = integer("SHARD_ROUND_LIMIT", 2048, high=4096)
 # Bytes of requests (as msgpack) one round may take: a round is journaled as one frame, which
 # must stay under the journal's 64 MiB MAX_FRAME (storage/frames.py). Its records can take more
 # than its requests (an event's adds its sequence number, a link's Take the customer's state),

@@ -5,7 +5,8 @@ number per sender, since Ray does not promise order for async actors; past a ref
 none of its session, and past a refused request, none for its customer: refusals.py), counted
 against a bounded queue (past `queue_limit` a batch answers BUSY) and run by one worker in
 rounds of up to `round_limit` requests and `round_bytes` bytes (as msgpack, an event's with the
-Fire records of the timers it may fire: rounds.py), so many senders' batches share a kernel call
+Fire records of the timers it may fire, a Decide's that records its impression with an Outcome
+record per action it may show: rounds.py), so many senders' batches share a kernel call
 and a round's journal frame stays under the journal's frame limit (a batch over the byte budget
 is split across rounds, in order; a request over it alone answers Invalid, as nothing could
 journal it). All work on the Shard happens on the event loop's
@@ -57,7 +58,7 @@ from kairos.cluster.shard import decisionlog
 from kairos.cluster.shard.failures import close_dropped, close_unused, where_failed
 from kairos.cluster.shard.handoff import Moving
 from kairos.cluster.shard.refusals import EVERYTHING, Refusals
-from kairos.cluster.shard.rounds import Batch, FireCost, cut, events_in, next_round
+from kairos.cluster.shard.rounds import Batch, RoundCost, cut, makes_of, next_round
 from kairos.cluster.shard.sequencer import Sequencer
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.shard.syncs import Syncs
@@ -119,7 +120,7 @@ class ShardHost:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=name)
         self._log_reads = asyncio.Semaphore(LOG_READS)
         self._queue: deque[Batch] = deque()
-        self._fire_cost = FireCost()  # of the serving catalog
+        self._round_cost = RoundCost()  # of the serving catalog
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task] = []
         self._recovering: asyncio.Task | None = None  # retrying to build a Shard from the store
@@ -281,7 +282,7 @@ class ShardHost:
         size = len(msgpack.packb(requests))  # one call for the batch: a few % of its round
         batch = Batch(session, seq, requests, routed,
                       asyncio.get_running_loop().create_future(), time.perf_counter(), size,
-                      *events_in(requests))
+                      makes_of(requests))
         cost = self._cost()
         parts = [batch] if cost.of_batch(batch) <= self._round_bytes else \
             cut(batch, self._round_bytes, cost)
@@ -290,9 +291,9 @@ class ShardHost:
         self._wake.set()
         return await batch.future
 
-    def _cost(self) -> FireCost:
+    def _cost(self) -> RoundCost:
         """What a batch costs a round by the serving catalog (rounds.py)."""
-        return self._fire_cost.of(None if self.shard is None else self.shard.compiled)
+        return self._round_cost.of(None if self.shard is None else self.shard.compiled)
 
     async def _work(self) -> None:
         while True:
@@ -307,7 +308,7 @@ class ShardHost:
     def _next_round(self) -> list[Batch]:
         cost = self._cost()
         while self._queue and cost.of_batch(self._queue[0]) > self._round_bytes:
-            # queued before a catalog switch that made its events cost more: cut again
+            # queued before a catalog switch that made its requests cost more: cut again
             head = self._queue.popleft()
             parts = cut(head, self._round_bytes, cost)
             self._queue.extendleft(reversed(parts))

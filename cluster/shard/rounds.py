@@ -1,31 +1,66 @@
 """What a request batch costs a shard's round, and a batch cut into parts that each fit.
 
 A round is journaled as one frame, which must stay under the journal's MAX_FRAME: its requests'
-bytes (as msgpack) bound most of its records (settings.py, SHARD_ROUND_BYTES), but not the
-timers an event fires. A customer's timers that fell due before its event fire first, inside
-the round (customers.py, `events`), one Fire record each: 2,048 events of 1 KB ids for a
-catalog of 41 timers made 104 MB of them. So an event costs, besides its bytes, a Fire for each
-of the catalog's timers (at most MAX_TIMERS), of its customer id, the longest timer name and
-FIRE_OVERHEAD bytes. The catalog can change while a batch waits, so a batch keeps what the
-cost is made of (its events, their ids' bytes) and is costed by the catalog of its round.
+bytes (as msgpack) bound most of its records (settings.py, SHARD_ROUND_BYTES), but not those a
+request makes of its own beyond them:
+- an event: a customer's timers that fell due before it fire first, inside the round
+  (customers.py, `events`), one Fire record each: 2,048 events of 1 KB ids for a catalog of 41
+  timers made 104 MB of them. So an event costs, besides its bytes, a Fire for each of the
+  catalog's timers (at most MAX_TIMERS), of its customer id, the longest timer name and
+  FIRE_OVERHEAD bytes.
+- a Decide recording its impression: an Outcome record per action shown (customers.py,
+  `decisions`), 300 of 1 KB ids on a placement of 200 made 74 MB. So it costs, besides its
+  bytes, an Outcome for each action of the catalog's largest placement (top_k, at most
+  MAX_TOP_K), of its customer id, the longest action id and channel name, and IMPRESSION_OVERHEAD
+  bytes (its engine decision id's among them).
+The other kinds journal their request (a Forget's or Retire's with a time, an event's with its
+sequence number: a few bytes, which the frame's margin past the round's bytes covers), a record
+made of its fields (a Merge's Unclaim) or nothing; but a link's Take journals the anonymous
+customer's state, known only once the customer is loaded, so it is not costed here. The margin
+holds 8 KB a request at the most requests a round may take (settings.py, SHARD_ROUND_LIMIT):
+a customer with 64 idempotency keys packs to 5.4 KB, but one with long histories may pack to
+more, so a round of many such Takes is not known to fit. The catalog can change while a batch
+waits, so a batch keeps what the cost is made of (its events and decides, their ids' bytes) and
+is costed by the catalog of its round.
 """
 from __future__ import annotations
 
 import asyncio
 from collections import deque
 from dataclasses import dataclass, replace
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import msgpack
 
 from kairos.core.compiler import CompiledCatalog
 
-from kairos.cluster.protocol import Fire, Invalid, Reply
+from kairos.cluster.protocol import Decide, Fire, Invalid, Outcome, Reply
 
 _LONG = "x" * (1 << 16)  # long enough for msgpack's widest string header
 # a packed Fire's bytes besides its customer id and timer name: the widest headers and numbers
 FIRE_OVERHEAD = len(msgpack.packb(Fire(partition=-1 << 63, customer_id=_LONG, timer=_LONG,
                                        due=0.5), use_bin_type=True)) - 2 * len(_LONG)
+# an engine's decision id (core/engine.py): 8 hex digits, a dash, a 64-bit count in hex
+_ENGINE_ID = "f" * 8 + "-" + "f" * 16
+# a packed impression Outcome's bytes besides its customer id, action id and channel: the
+# widest headers and numbers, and the engine's decision id it names
+IMPRESSION_OVERHEAD = len(msgpack.packb(Outcome(
+    partition=-1 << 63, customer_id=_LONG, action_id=_LONG, channel=_LONG,
+    outcome="impression", when=0.5, decision_id=_ENGINE_ID), use_bin_type=True)) - 3 * len(_LONG)
+
+
+class Makes(NamedTuple):
+    """Requests that may journal records besides their bytes, as many as the catalog says,
+    each of its customer id: events (a Fire per timer) and decides recording their impression
+    (an Outcome per action shown); and their customer ids' bytes (UTF-8)."""
+
+    events: int = 0
+    event_ids: int = 0
+    shows: int = 0
+    show_ids: int = 0
+
+    def plus(self, other: Makes) -> Makes:
+        return Makes(*(a + b for a, b in zip(self, other)))
 
 
 @dataclass
@@ -37,78 +72,96 @@ class Batch:
     future: asyncio.Future
     arrived: float  # perf_counter
     size: int  # bytes, as msgpack
-    events: int  # event requests, which fire their customers' overdue timers
-    ids: int  # their customer ids' bytes (UTF-8)
+    makes: Makes  # what its requests may journal besides
 
 
-def events_in(requests: Iterable) -> tuple[int, int]:
-    """The event requests among `requests` and their customer ids' UTF-8 bytes. A request is
-    typed or still the array it travelled as: its kind first, its customer id third."""
-    events = ids = 0
+_RECORD_IMPRESSION = Decide._fields.index("record_impression")
+
+
+def makes_of(requests: Iterable) -> Makes:
+    """What `requests` may journal besides their bytes. A request is typed or still the array
+    it travelled as: its kind first, its customer id third (a Decide's record_impression, left
+    out of a short array, is its default, False)."""
+    events = event_ids = shows = show_ids = 0
     for r in requests:
         try:
             if r[0] == "event":
-                ids += len(r[2].encode())
+                event_ids += len(r[2].encode())
                 events += 1
-        except (LookupError, TypeError, AttributeError):  # not a request: it fires nothing
+            elif r[0] == "decide" and len(r) > _RECORD_IMPRESSION and r[_RECORD_IMPRESSION]:
+                show_ids += len(r[2].encode())
+                shows += 1
+        except (LookupError, TypeError, AttributeError):  # not a request: it makes nothing
             pass
-    return events, ids
+    return Makes(events, event_ids, shows, show_ids)
 
 
-class FireCost:
-    """The bytes an event's overdue fires may add to its round, by the serving catalog."""
+def _longest(names: Iterable[str]) -> int:
+    return max((len(n.encode()) for n in names), default=0)
+
+
+class RoundCost:
+    """The bytes requests cost a round by the serving catalog: theirs, and the records their
+    events' overdue fires and their decides' impressions may add."""
 
     def __init__(self) -> None:
         self._of: CompiledCatalog | None = None
         self.timers = 0
         self.per_fire = 0  # a Fire record's bytes besides its customer id, at most
+        self.shown = 0  # the most actions a decision shows
+        self.per_impression = 0  # an impression Outcome's bytes besides its customer id
 
-    def of(self, compiled: CompiledCatalog | None) -> FireCost:
+    def of(self, compiled: CompiledCatalog | None) -> RoundCost:
         """This cost for `compiled` (None: the last catalog's: no Shard serves meanwhile)."""
         if compiled is not None and compiled is not self._of:
-            self._of, names = compiled, compiled.timer_names
-            self.timers = len(names)
-            self.per_fire = max((len(n.encode()) for n in names), default=0) + FIRE_OVERHEAD
+            self._of = compiled
+            self.timers = len(compiled.timer_names)
+            self.per_fire = _longest(compiled.timer_names) + FIRE_OVERHEAD
+            self.shown = compiled.max_top_k
+            self.per_impression = _longest(compiled.action_ids) + \
+                _longest(compiled.channel_names) + IMPRESSION_OVERHEAD
         return self
 
-    def bytes(self, size: int, events: int, ids: int) -> int:
-        """Of requests of `size` bytes with `events` events whose ids have `ids` bytes."""
-        return size + self.timers * (ids + events * self.per_fire)
+    def bytes(self, size: int, makes: Makes) -> int:
+        """Of requests of `size` bytes that make `makes`."""
+        return size + self.timers * (makes.event_ids + makes.events * self.per_fire) + \
+            self.shown * (makes.show_ids + makes.shows * self.per_impression)
 
     def of_batch(self, batch: Batch) -> int:
-        return self.bytes(batch.size, batch.events, batch.ids)
+        return self.bytes(batch.size, batch.makes)
 
 
-def cut(batch: Batch, budget: int, cost: FireCost) -> list[Batch]:
+def cut(batch: Batch, budget: int, cost: RoundCost) -> list[Batch]:
     """A batch over the round budget in parts that each fit, in order, its future answered
     once theirs all are; a request over the budget alone answers Invalid (its frame could
     never be journaled)."""
     replies: list[Reply | None] = [None] * len(batch.requests)
     parts: list[tuple[list[int], Batch]] = []
     part: list[int] = []
-    total = events = ids = 0
+    total, makes = 0, Makes()
 
     def close() -> None:
         parts.append((part, replace(
             batch, requests=[batch.requests[k] for k in part],
             routed=[batch.routed[k] for k in part], future=batch.future.get_loop().create_future(),
-            size=total, events=events, ids=ids)))
+            size=total, makes=makes)))
 
     for k, request in enumerate(batch.requests):
         size = len(msgpack.packb(request))
-        its_events, its_ids = events_in((request,))
-        alone = cost.bytes(size, its_events, its_ids)
+        its = makes_of((request,))
+        alone = cost.bytes(size, its)
         if alone > budget:
-            fires = f", and {alone - size} for the timers it may fire," if alone > size else ""
+            what = "the timers it may fire" if its.events else "the impressions it records"
+            more = f", and {alone - size} for {what}," if alone > size else ""
             replies[k] = Invalid(field="request", reason=(
-                f"packs to {size} bytes{fires} over a round's {budget}-byte budget "
+                f"packs to {size} bytes{more} over a round's {budget}-byte budget "
                 f"(SHARD_ROUND_BYTES): the journal could not hold it"))
             continue
-        if part and cost.bytes(total + size, events + its_events, ids + its_ids) > budget:
+        if part and cost.bytes(total + size, makes.plus(its)) > budget:
             close()
-            part, total, events, ids = [], 0, 0, 0
+            part, total, makes = [], 0, Makes()
         part.append(k)
-        total, events, ids = total + size, events + its_events, ids + its_ids
+        total, makes = total + size, makes.plus(its)
     if part:
         close()
 
@@ -129,7 +182,7 @@ def cut(batch: Batch, budget: int, cost: FireCost) -> list[Batch]:
     return [p for _, p in parts]
 
 
-def next_round(queue: deque[Batch], limit: int, budget: int, cost: FireCost
+def next_round(queue: deque[Batch], limit: int, budget: int, cost: RoundCost
                ) -> list[Batch]:
     """Queued batches, oldest first, up to `limit` requests and `budget` bytes (at least one
     batch: none is over the budget when queued or cut)."""
