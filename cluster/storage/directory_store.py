@@ -18,7 +18,8 @@ import msgpack
 from kairos.cluster.storage.decision_logs import DirectoryLog, directory_logs
 from kairos.cluster.storage.journal import (DIR_MODE, FENCE, FILE_MODE, Journal,
                                             JournalReader, fence, fence_lock, fsync_directory,
-                                            make_private, make_private_dir)
+                                            make_private_dir)
+from kairos.cluster.storage.private_paths import make_private
 from kairos.cluster.storage import lsn_records, owned_journal
 from kairos.cluster.storage.owned_journal import OwnedJournal
 from kairos.cluster.storage.store import JournalFenced, StoreCorrupt, StoreInUse, StoreUnavailable
@@ -106,17 +107,19 @@ class DirectoryStore:
         self.put_many([(partition, customer_id, blob)], unless_fenced)
 
     def put_many(self, homes: Iterable[tuple[int, str, bytes]],
-                 unless_fenced: str | None = None) -> None:
+                 unless_fenced: str | None = None, lsn: int | None = None) -> None:
         """Each file synced, then each folder once. The fence lock is held for a chunk of
         homes (FENCE_HOLD_HOMES, or FENCE_HOLD_S of writing) and taken again, the fence
         checked, for the next: an heir's fence waits for one chunk, not the whole batch, and
-        stops the batch there (JournalFenced, the homes after it not written)."""
+        stops the batch there (JournalFenced, the homes after it not written). With `lsn`
+        (the homes name journal `unless_fenced` up to it), that journal is synced up to it
+        once, not before each chunk up to what was appended meanwhile (`_unless_fenced`)."""
         homes = iter(homes)
         folders = set()
         home = next(homes, None)  # a chunk's first is packed outside the lock (an heir may
         # take it meanwhile); the rest inside it, bounded by FENCE_HOLD_S
         while home is not None:
-            with self._unless_fenced(unless_fenced, "writing customers"):
+            with self._unless_fenced(unless_fenced, "writing customers", lsn):
                 until = time.monotonic() + FENCE_HOLD_S
                 folders.add(self._put_home(*home))
                 for home in itertools.islice(homes, FENCE_HOLD_HOMES - 1):
@@ -194,7 +197,7 @@ class DirectoryStore:
         written, and written once the snapshots are durable, never before (beside an older
         snapshot it would be corruption), without an fsync of its own: a crash may leave an
         older one or none, a weaker check, not a false one."""
-        with self._unless_fenced(unless_fenced, "writing snapshots"):
+        with self._unless_fenced(unless_fenced, "writing snapshots", lsn):
             if lsn is not None:
                 for p in snapshots:
                     journal, newer = self.snapshot_lsn(p) or (None, 0)
@@ -315,18 +318,21 @@ class DirectoryStore:
         return directory_logs(self.root / "decisions")
 
     @contextlib.contextmanager
-    def _unless_fenced(self, journal: str | None, what: str) -> Iterator[None]:
+    def _unless_fenced(self, journal: str | None, what: str, lsn: int | None = None
+                       ) -> Iterator[None]:
         """With `journal` named, hold off its fencing while the block writes (JournalFenced
-        if it is fenced already: `unfenced`), and sync it first: what the block writes (a
-        snapshot, a home) names its LSNs, which must outlive a power cut under "os" too
-        (journal.py); OSErrors as StoreUnavailable."""
+        if it is fenced already: `unfenced`), and sync it first, up to `lsn` if given (else
+        all appended): what the block writes (a snapshot, a home) names its LSNs, which must
+        outlive a power cut under "os" too (journal.py); a sync that covers them is skipped,
+        so a batch of homes of LSNs up to `lsn` syncs once however many rounds append
+        meanwhile. OSErrors as StoreUnavailable."""
         try:
             with (contextlib.nullcontext() if journal is None
                   else unfenced(self.root / "journals" / journal)):
                 if journal in self._owners:
                     owned_journal.check(self.root / "journals" / journal, self._owners[journal])
                 if self.fsync and journal in self._journals:
-                    self._journals[journal].sync()
+                    self._journals[journal].sync(lsn)
                 yield
         except OSError as exc:
             raise StoreUnavailable(f"{what}: {exc}") from exc

@@ -23,8 +23,9 @@ was written). A failed fsync (a sync's, a roll's, an append's) makes the journal
 and syncs for good, as does closing it with batches unsynced; `close()` then cuts what was
 written after the last good sync (none of it was acknowledged). "os" leaves the flush to the
 operating system (a process crash loses nothing, a power cut the tail) but for `sync()` (and a
-roll: the segment closed): the store runs it before a snapshot or a home names the journal's
-LSNs (directory_store.py), one fsync each time, so a power cut takes none they name.
+roll: the segment closed): the store runs it before a snapshot or homes name the journal's
+LSNs (directory_store.py), so a power cut takes none they name; one fsync (and the directory's)
+unless an earlier one covered them, so rounds appending meanwhile cost a batch none again.
 "off" journals nothing (recovery then has only snapshots), and takes no LSNs: snapshots and
 homes written under "off" carry the last LSN written before, so records journaled after a
 restart under another policy continue above every LSN they name (had LSNs run on in memory, the
@@ -86,7 +87,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import stat
 import threading
 import time
 from pathlib import Path
@@ -96,6 +96,7 @@ from kairos.cluster.settings import JOURNAL_POLICIES, SNAPSHOT_AFTER_S
 from kairos.cluster.storage.frames import (QUARANTINE, SUFFIX, Decode, ambiguous_tail, corrupt,
                                            first_lsn, frame, kept_records, read_frames, scrub,
                                            segment_batches, written)
+from kairos.cluster.storage.private_paths import make_private
 from kairos.cluster.storage.store import JournalFenced
 
 log = logging.getLogger("kairos.store")
@@ -216,13 +217,15 @@ class Journal(JournalReader):
     def unsynced(self) -> bool:
         return self.synced_lsn < self.last_lsn
 
-    def sync(self) -> None:
+    def sync(self, needed: int | None = None) -> None:
         """Make every batch appended so far durable (any thread; one sync at a time), under
-        "os" on disk while it is open; JournalFenced if the journal was fenced before it was."""
+        "os" on disk while it is open, unless it is up to `needed` already (the LSN a snapshot
+        or homes name); JournalFenced if the journal was fenced before it was."""
         with self._lock:
             upto, size = self.last_lsn, self._size
-            if upto <= (self.synced_lsn if self.policy != "os" or self._fd is None
-                        else self._disk_lsn):
+            if min(upto, upto if needed is None else needed) <= (
+                    self.synced_lsn if self.policy != "os" or self._fd is None
+                    else self._disk_lsn):
                 return
             if self.failed is not None:
                 raise OSError(f"the journal failed earlier: {self.failed}")
@@ -455,23 +458,6 @@ def fence_lock(directory: Path, exclusive: bool) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # and with it the lock
-
-
-def make_private(path: Path) -> None:
-    """Take the group's and others' permission bits off an existing path, with a warning (an
-    older Kairos, or another tool, made it by the umask); PermissionError where this user may
-    not (it is not the owner)."""
-    mode = stat.S_IMODE(os.stat(path).st_mode)
-    if not mode & 0o077:
-        return
-    try:
-        os.chmod(path, mode & ~0o077)
-    except PermissionError as exc:
-        raise PermissionError(exc.errno, f"{path} has mode {mode:04o} and cannot be made its "
-                                         f"owner's only ({exc.strerror}); a store's files must "
-                                         f"not be readable by others", str(path)) from None
-    log.warning("%s had mode %04o: made it %04o (a store's files are its owner's only)",
-                path, mode, mode & ~0o077)
 
 
 def make_private_dir(directory: Path) -> None:
