@@ -123,7 +123,7 @@ class ControlLoop:
                 return
             moved = await self._spread(self._serving_shards(), frozenset(self._unanswered))
         if moved:
-            log.warning("node %s: %d partitions moved to other nodes while its drain waits",
+            log.warning("node %s: %d partitions moved in a spread while its drain waits",
                         node, moved)
 
     def _held_by(self, node: str) -> list[str]:

@@ -59,7 +59,7 @@ class Scaling:
         budget = await moving.round_budget(self.backend, self.map, skip)
         moved = 0
         while moves := moving.plan_around(self.map, target, budget, self.moving, stuck):
-            await self._move(moves, target, skip)
+            await self._move(moves, target, stuck)  # those that just failed: not asked again
             moved += len(moves)
         return moved
 

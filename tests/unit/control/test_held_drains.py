@@ -107,7 +107,7 @@ def test_a_held_drain_moves_the_partitions_that_can_move_asking_the_held_shard_n
         assert controller.map.version == version == controller.routing()["version"]
         assert not _records(caplog, logging.ERROR, "")
         assert len(_records(caplog, logging.WARNING, f"the drain of node {node} waits")) == 1
-        assert len(_records(caplog, logging.WARNING, "moved to other nodes")) == 1
+        assert len(_records(caplog, logging.WARNING, "moved in a spread")) == 1
         backend.fail.clear()  # restarted, it answers: the drain is finished
         await controller.reconcile()
         assert node not in controller.placement.values() and not controller.moving
