@@ -64,11 +64,13 @@ LEARNER_NAME = "kairos-learner"
 # -- shards ------------------------------------------------------------------------------------
 # Requests a shard has admitted but not yet processed; past it, new batches answer BUSY.
 SHARD_QUEUE_LIMIT = integer("SHARD_QUEUE_LIMIT", 20_000)
-# Requests one kernel round may take from a shard's queue. At most 4,096: what a round's records
-# take past the bytes SHARD_ROUND_BYTES costs (an event's sequence number, a Forget's time, a
-# link's Take the customer's state, not known before it is loaded: shard/rounds.py) comes out of
-# the frame's margin, MAX_FRAME less the round's bytes, at least 32 MiB: 8 KB a request at most.
-SHARD_ROUND_LIMIT = integer("SHARD_ROUND_LIMIT", 2048, high=4096)
+# Requests one kernel round may take from a shard's queue. At most the default, 2,048: what a
+# round's records take past the bytes SHARD_ROUND_BYTES costs (an event's sequence number, a
+# Forget's time, a link's Take the customer's state, not known before it is loaded:
+# shard/rounds.py) comes out of the frame's margin, MAX_FRAME less the round's bytes, at least
+# 32 MiB: 16 KB a request, more than a customer of the default catalog with a 1 KB id and its
+# 256 idempotency keys packs to (12.5 KB).
+SHARD_ROUND_LIMIT = integer("SHARD_ROUND_LIMIT", 2048, high=2048)
 # Bytes of requests (as msgpack) one round may take: a round is journaled as one frame, which
 # must stay under the journal's 64 MiB MAX_FRAME (storage/frames.py). Its records can take more
 # than its requests (an event's adds its sequence number, a link's Take the customer's state),

@@ -17,11 +17,11 @@ The other kinds journal their request (a Forget's or Retire's with a time, an ev
 sequence number: a few bytes, which the frame's margin past the round's bytes covers), a record
 made of its fields (a Merge's Unclaim) or nothing; but a link's Take journals the anonymous
 customer's state, known only once the customer is loaded, so it is not costed here. The margin
-holds 8 KB a request at the most requests a round may take (settings.py, SHARD_ROUND_LIMIT):
-a customer with 64 idempotency keys packs to 5.4 KB, but one with long histories may pack to
-more, so a round of many such Takes is not known to fit. The catalog can change while a batch
-waits, so a batch keeps what the cost is made of (its events and decides, their ids' bytes) and
-is costed by the catalog of its round.
+holds 16 KB a request at the most requests a round may take (settings.py, SHARD_ROUND_LIMIT):
+a customer of the default catalog with a 1 KB id and 256 idempotency keys packs to 12.5 KB, but
+one with long histories or long text attributes may pack to more, so a round of many such Takes
+is not known to fit. The catalog can change while a batch waits, so a batch keeps what the cost
+is made of (its events and decides, their ids' bytes) and is costed by the catalog of its round.
 """
 from __future__ import annotations
 
