@@ -338,9 +338,11 @@ class Residency:
         # would write its stale copies over the homes the heir wrote since (JournalFenced);
         # in one batch a chunk (one fence check per transaction), each home packed as it is
         # written
+        table = self._ctx.engine.table
         self._ctx.store.put_many(
             ((self._ctx.partition_of(c), c, seal(blocks.pack(self.export([c]))))
-             for c in victims), unless_fenced=self._ctx.name)
+             for c in victims), unless_fenced=self._ctx.name,
+            lsn=max(int(table.lsn[table.index[c]]) for c in victims))  # what the homes name
         for customer_id in victims:
             p = self._ctx.partition_of(customer_id)
             # a new profile under a forgotten id: its home replaced the old one, which must

@@ -95,7 +95,7 @@ class MemoryStore:
         self.put_many([(partition, customer_id, blob)], unless_fenced)
 
     def put_many(self, homes: Iterable[tuple[int, str, bytes]],
-                 unless_fenced: str | None = None) -> None:
+                 unless_fenced: str | None = None, lsn: int | None = None) -> None:
         self._check_unfenced(unless_fenced)
         for partition, customer_id, blob in homes:
             self._homes.setdefault(partition, {})[customer_id] = blob

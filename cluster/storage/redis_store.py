@@ -282,7 +282,7 @@ class RedisStore:
 
     @unavailable("writing customers")
     def put_many(self, homes: Iterable[tuple[int, str, bytes]],
-                 unless_fenced: str | None = None) -> None:
+                 unless_fenced: str | None = None, lsn: int | None = None) -> None:
         """In transactions that end once they reach PIPELINE_BYTES (`_chunks`: the home that
         reaches it is the last), an HSET per partition."""
         for chunk in _chunks(homes, lambda home: len(home[2])):

@@ -228,12 +228,13 @@ class Store(Protocol):
         replaced while it still runs must not write over its heir's newer homes."""
 
     def put_many(self, homes: Iterable[tuple[int, str, bytes]],
-                 unless_fenced: str | None = None) -> None:
+                 unless_fenced: str | None = None, lsn: int | None = None) -> None:
         """Write customers' homes, (partition, customer id, blob), as `put` does each, with
         one fence check per transaction of PIPELINE_BYTES (Redis) or chunk of FENCE_HOLD_HOMES
         (a directory), not per home: a passivation writes thousands. `homes` is read as it is
         written (its blobs need not all be in memory at once); a failure may leave some
-        written."""
+        written. With `lsn`, the homes name journal `unless_fenced` up to it, and a store
+        that makes the journal durable before they name it does so once, up to it."""
 
     def get(self, partition: int, customer_id: str) -> bytes | None: ...
 

@@ -207,10 +207,10 @@ def test_a_crowded_tick_passivates_for_a_fixed_time_however_long_a_tick(compiled
                         types.SimpleNamespace(perf_counter=lambda: now[0]))
 
     class SlowStore(MemoryStore):
-        def put_many(self, homes, unless_fenced=None):
+        def put_many(self, homes, unless_fenced=None, lsn=None):
             homes = list(homes)
             now[0] += 0.01 * len(homes)
-            return super().put_many(homes, unless_fenced)
+            return super().put_many(homes, unless_fenced, lsn)
     s = shard(compiled, clock=Clock(), resident_limit=10, store=SlowStore())
     s.residency.overflow = 20
     s.process([event(f"c{i}", "app_open", T0) for i in range(30)])

@@ -68,7 +68,7 @@ def test_with_budget_to_spare_a_tick_passivates_every_idle_customer_in_chunks(
     store, sizes = DirectoryStore(tmp_path), []
     written = store.put_many
 
-    def put_many(homes, unless_fenced=None):
+    def put_many(homes, unless_fenced=None, lsn=None):
         homes = list(homes)
         sizes.append(len(homes))
         written(homes, unless_fenced=unless_fenced)
@@ -243,7 +243,7 @@ def test_customers_a_failed_write_left_are_passivated_on_the_next_tick(compiled,
     assert ticked(s) == 1  # the store's pace is known: the next chunk takes all three
     written, fails = s.store.put_many, [ConnectionError("a store blip")]
 
-    def put_many(homes, unless_fenced=None):
+    def put_many(homes, unless_fenced=None, lsn=None):
         if fails:
             raise fails.pop()
         return written(homes, unless_fenced=unless_fenced)
@@ -305,7 +305,7 @@ def test_chunks_are_sized_by_the_stores_smoothed_pace_apart_from_the_walk(
     sizes, per_home = [], []
     written = s.store.put_many
 
-    def put_many(homes, unless_fenced=None):
+    def put_many(homes, unless_fenced=None, lsn=None):
         homes = list(homes)
         sizes.append(len(homes))
         watch.now += len(homes) * (per_home.pop(0) if per_home else U)
