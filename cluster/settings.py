@@ -75,7 +75,8 @@ SHARD_ROUND_LIMIT = integer("SHARD_ROUND_LIMIT", 2048, high=2048)
 # must stay under the journal's 64 MiB MAX_FRAME (storage/frames.py). Its records can take more
 # than its requests (an event's adds its sequence number, a link's Take the customer's state),
 # so a quarter of it. An event counts besides its bytes a Fire record per timer of the catalog
-# (at most MAX_TIMERS): its customer's overdue timers fire in its round (shard/rounds.py).
+# (at most MAX_TIMERS): its customer's overdue timers fire in its round; a Decide recording its
+# impression an Outcome record per action the catalog's largest placement shows (shard/rounds.py).
 SHARD_ROUND_BYTES = integer("SHARD_ROUND_BYTES", 16 << 20, low=1 << 10, high=32 << 20)
 # Customers not seen yet that a shard keeps watches of (a watch waits for the customer's first
 # event): snapshots and moves carry them all, about 120 bytes each, so a registration whose

@@ -323,8 +323,9 @@ class CustomerRequests:
         """Start (or, not `active`, stop) pushing a customer's changed best action for a view
         to a sink. A customer nobody has seen gets no profile: the watch waits for its first
         event (a channel often watches before the customer shows up). Such a watch is held
-        for an open stream, so the gateways' streams bound it, not the ids callers name; it
-        is journaled, and moves, catalog switches and its partition's snapshots carry it
+        for an open stream, so the gateways' streams bound it, and past SHARD_UNSEEN_WATCHES
+        of them a new one answers BUSY (`Watches.admits`); it is journaled, and moves,
+        catalog switches and its partition's snapshots carry it
         (watches.py's `unseen`; a snapshot written before they did has none, so a restart
         from one loses it: the stream then sees nothing until it is opened again)."""
         replies: list[Reply] = []
