@@ -66,6 +66,20 @@ async def opened(watches: Watches, watch: Watch, settle: float = 0.01, **caller
     return task, ready
 
 
+async def in_place(watches: Watches, watch: Watch, settle: float = 0.01, **caller
+                   ) -> asyncio.Task:
+    """A stream on `watch`, once it is told its watch is in place."""
+    task, ready = await opened(watches, watch, settle, **caller)
+    await asyncio.wait_for(ready.wait(), 10)
+    return task
+
+
+async def hang_up(*tasks: asyncio.Task) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 @pytest.mark.parametrize("customer", ["w", None], ids=["by customer", "channel-wide"])
 def test_a_stream_that_arrives_as_the_last_one_leaves_is_in_place_once_told_so(customer):
     """The leaving stream's unregistration went after the newcomer's registration, so the
@@ -96,11 +110,9 @@ def test_a_failed_unregistration_is_tried_again_until_the_shard_takes_it(monkeyp
     async def main() -> None:
         shards = FakeShards()
         watches = Watches("g", shards, shards)
-        a, ready = await opened(watches, Watch("w", "web", "hero"))
-        await asyncio.wait_for(ready.wait(), 5)
+        a = await in_place(watches, Watch("w", "web", "hero"))
         shards.failing = 3  # the shard blips as the caller hangs up
-        a.cancel()
-        await asyncio.gather(a, return_exceptions=True)
+        await hang_up(a)
         await until(lambda: not shards.held, 5, "the unregistration to be tried again")
         assert shards.failing == 0 and not watches._watched
 
@@ -114,16 +126,12 @@ def test_a_stream_arriving_while_an_unregistration_is_retried_gets_its_watch(mon
         shards = FakeShards()
         watches = Watches("g", shards, shards)
         watch = Watch("w", "web", "hero")
-        a, ready = await opened(watches, watch)
-        await asyncio.wait_for(ready.wait(), 5)
+        a = await in_place(watches, watch)
         shards.failing = 1
-        a.cancel()
-        await asyncio.gather(a, return_exceptions=True)
-        b, b_ready = await opened(watches, watch)
-        await asyncio.wait_for(b_ready.wait(), 5)
+        await hang_up(a)
+        b = await in_place(watches, watch)
         assert shards.held == {tuple(watch)}
-        b.cancel()
-        await asyncio.gather(b, return_exceptions=True)
+        await hang_up(b)
         assert shards.held == set()
 
     asyncio.run(main())
@@ -136,11 +144,9 @@ def test_unregistrations_are_given_up_after_their_time(monkeypatch):
     async def main() -> None:
         shards = FakeShards()
         watches = Watches("g", shards, shards)
-        a, ready = await opened(watches, Watch("w", "web", "hero"))
-        await asyncio.wait_for(ready.wait(), 5)
+        a = await in_place(watches, Watch("w", "web", "hero"))
         shards.failing = 10 ** 6
-        a.cancel()
-        await asyncio.gather(a, return_exceptions=True)
+        await hang_up(a)
         await until(lambda: not watches._watched, 5, "the gateway to give up")
 
     asyncio.run(main())
@@ -165,11 +171,9 @@ def test_a_shard_blip_as_callers_hang_up_leaves_no_watch_on_the_shard(monkeypatc
         watches = backend.gateway = Watches("g", client, backend)
         await client.ingest("w", "app_open", T0)
         for i in range(5):
-            task, ready = await opened(watches, Watch(f"id{i}", "web", "hero"))
-            await asyncio.wait_for(ready.wait(), 10)
+            task = await in_place(watches, Watch(f"id{i}", "web", "hero"))
             backend.down = True
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await hang_up(task)
             backend.down = False
         [shard] = [s for s in backend.shards.values() if s is not None]
         await until(lambda: not shard.watches.by_customer, 10, "the watches to be unregistered")
@@ -190,12 +194,10 @@ def test_one_caller_holds_at_most_its_share_of_the_streams(monkeypatch, who):
         refused, _ = await opened(watches, Watch("x", "web", "hero"), **{who: "one"})
         with pytest.raises(Busy, match=f"PER_{who.upper()}"):
             await asyncio.wait_for(refused, 5)
-        other, ready = await opened(watches, Watch(None, "web", "hero"), **{who: "two"})
-        await asyncio.wait_for(ready.wait(), 5)
+        other = await in_place(watches, Watch(None, "web", "hero"), **{who: "two"})
         mine[0][0].cancel()
         await asyncio.gather(mine[0][0], return_exceptions=True)
-        again, ready = await opened(watches, Watch(None, "web", "hero"), **{who: "one"})
-        await asyncio.wait_for(ready.wait(), 5)
+        again = await in_place(watches, Watch(None, "web", "hero"), **{who: "one"})
         for task in (mine[1][0], other, again):
             task.cancel()
         await asyncio.gather(mine[1][0], other, again, return_exceptions=True)
@@ -256,20 +258,16 @@ def test_a_watch_still_being_unregistered_keeps_its_place_in_the_gateways_bound(
     async def main() -> None:
         shards = FakeShards()
         watches = Watches("g", shards, shards)
-        a, ready = await opened(watches, Watch("a", "web", "hero"))
-        await asyncio.wait_for(ready.wait(), 5)
+        a = await in_place(watches, Watch("a", "web", "hero"))
         shards.failing = 10 ** 6  # its unregistration keeps failing: the shard holds it
-        a.cancel()
-        await asyncio.gather(a, return_exceptions=True)
+        await hang_up(a)
         refused, _ = await opened(watches, Watch("b", "web", "hero"))
         with pytest.raises(Busy, match="unregistering"):
             await asyncio.wait_for(refused, 5)
         shards.failing = 0
         await until(lambda: not watches._watched, 5, "the unregistration to go through")
-        b, ready = await opened(watches, Watch("b", "web", "hero"))
-        await asyncio.wait_for(ready.wait(), 5)
-        b.cancel()
-        await asyncio.gather(b, return_exceptions=True)
+        b = await in_place(watches, Watch("b", "web", "hero"))
+        await hang_up(b)
 
     asyncio.run(main())
 
@@ -288,8 +286,7 @@ def test_a_stream_arriving_as_an_unregistration_fails_is_registered_at_once(monk
         shards = FakeShards()
         watches = Watches("g", shards, shards)
         watch = Watch("w", "web", "hero")
-        a, ready = await opened(watches, watch)
-        await asyncio.wait_for(ready.wait(), 5)
+        a = await in_place(watches, watch)
         shards.failing = 1
         shards.gate.clear()  # A's unregistration is in flight ...
         a.cancel()
@@ -313,8 +310,7 @@ def test_a_stream_joining_a_forgotten_customers_watch_waits_for_it_to_be_registe
         shards = FakeShards()
         watches = Watches("g", shards, shards)
         watch = Watch("w", "web", "hero")
-        a, ready = await opened(watches, watch)
-        await asyncio.wait_for(ready.wait(), 5)
+        a = await in_place(watches, watch)
         shards.held.discard(tuple(watch))  # the forget drops the customer's watches
         assert watches.end({"w"}, "forgotten") == 1
         b, b_ready = await opened(watches, watch, 0)  # in the same turn
@@ -322,8 +318,7 @@ def test_a_stream_joining_a_forgotten_customers_watch_waits_for_it_to_be_registe
         assert shards.held == {tuple(watch)}
         with pytest.raises(streams_module.Ended):
             await a
-        b.cancel()
-        await asyncio.gather(b, return_exceptions=True)
+        await hang_up(b)
         assert shards.held == set() and not watches._watched
 
     asyncio.run(main())
@@ -356,8 +351,7 @@ def test_a_registration_the_forget_overtook_is_made_again_for_the_streams_after_
         with pytest.raises(streams_module.Ended):
             await a
         assert not a_ready.is_set()  # ended before it was told anything
-        b.cancel()
-        await asyncio.gather(b, return_exceptions=True)
+        await hang_up(b)
         assert shards.held == set() and not watches._watched
 
     asyncio.run(main())
