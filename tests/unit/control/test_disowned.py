@@ -48,12 +48,17 @@ def disowned(name: str) -> dict[str, Any]:
     return {"failed": DISOWNED.format(name), "disowned": True}
 
 
+async def started(tmp_path) -> tuple[Losing, Any, str]:
+    """A controller on a Losing backend, its starts forgotten, and the name of a shard of it."""
+    backend = Losing()
+    controller = await controller_on(backend, str(tmp_path))
+    backend.starts.clear()
+    return backend, controller, controller.shards[1]
+
+
 def test_a_shard_whose_claim_the_store_lost_is_started_again_by_the_control_loop(tmp_path):
     async def main():
-        backend = Losing()
-        controller = await controller_on(backend, str(tmp_path))
-        backend.starts.clear()
-        name = controller.shards[1]
+        backend, controller, name = await started(tmp_path)
         mine = customers_of(controller, name)
         await ingest(backend, mine, 0)
         known = controller.incarnations[name]
@@ -70,10 +75,7 @@ def test_a_shard_down_for_another_reason_rebuilds_itself(tmp_path):
     """A recovery that failed otherwise (the store is down) is the shard's own to retry: the
     controller does not start it again each round."""
     async def main():
-        backend = Losing()
-        controller = await controller_on(backend, str(tmp_path))
-        backend.starts.clear()
-        name = controller.shards[1]
+        backend, controller, name = await started(tmp_path)
         backend.down(name, {"failed": "StoreUnavailable: the store does not answer"})
         await rounds(controller, 2)
         assert backend.shards[name] is None and not backend.starts
@@ -82,10 +84,7 @@ def test_a_shard_down_for_another_reason_rebuilds_itself(tmp_path):
 
 def test_a_cluster_that_lost_its_claim_on_the_store_does_not_take_a_journal_back(tmp_path):
     async def main():
-        backend = Losing()
-        controller = await controller_on(backend, str(tmp_path))
-        backend.starts.clear()
-        name = controller.shards[1]
+        backend, controller, name = await started(tmp_path)
         backend.down(name, disowned(name))
         controller.store_claim.lost = lambda: "this cluster lost its store to another"
         await rounds(controller, 2)

@@ -7,16 +7,12 @@ from __future__ import annotations
 import asyncio
 
 from tests.unit.control.test_control_loop import rounds
-from tests.unit.control.test_disowned import Losing, disowned
-from tests.unit.control.actors import controller_on
+from tests.unit.control.test_disowned import disowned, started
 
 
 def test_a_disowned_shard_waits_for_the_cluster_s_claim_to_be_renewed(tmp_path):
     async def main():
-        backend = Losing()
-        controller = await controller_on(backend, str(tmp_path))
-        backend.starts.clear()
-        name = controller.shards[1]
+        backend, controller, name = await started(tmp_path)
         backend.down(name, disowned(name))
         claim = controller.store_claim
         renewed = claim._renewed
