@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kairos.cluster.storage.redis_server import RedisServer, RedisTls
+from kairos.cluster.storage.redis_store import RedisStore
 
 from tests.support import pki
 
@@ -16,6 +17,13 @@ def redis_server(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def logs(redis_server, request):
+    """The same decision log opened by two shards."""
+    url = f"{redis_server.url}?prefix=dl{abs(hash(request.node.name))}"
+    return RedisStore(url).decision_log("s0"), RedisStore(url).decision_log("s0")
 
 
 @pytest.fixture(scope="session")

@@ -10,21 +10,11 @@ import pytest
 from redis.commands.core import ScanCommands, SortedSetCommands
 
 from kairos.cluster.storage.decision_logs import entry_size
-from kairos.cluster.storage.redis_store import RedisStore
+
+from tests.unit.storage.test_decision_log_removals import logged
 
 T0 = 1_795_629_600.0
 ENOUGH = 10  # reads beside which another shard erased: past these, a remover is starved
-
-
-def logged(customers: str, t: float) -> list:
-    return [(t + k, c, b"r" * 100) for k, c in enumerate(customers)]
-
-
-@pytest.fixture
-def logs(redis_server, request):
-    """The same log opened by two shards."""
-    url = f"{redis_server.url}?prefix=ct{abs(hash(request.node.name))}"
-    return RedisStore(url).decision_log("s0"), RedisStore(url).decision_log("s0")
 
 
 def erasing_after_each(monkeypatch, cls: type, name: str, theirs) -> None:

@@ -4,24 +4,15 @@ two erasures) overlap. Only what was removed is subtracted (review rev41 storage
 the counter went below zero and the byte bound stopped holding)."""
 from __future__ import annotations
 
-import pytest
 from redis.commands.core import ScanCommands, SortedSetCommands
 
 from kairos.cluster.storage.decision_logs import entry_size
-from kairos.cluster.storage.redis_store import RedisStore
 
 T0 = 1_795_629_600.0
 
 
 def logged(customers: str, t: float) -> list:
     return [(t + k, c, b"r" * 100) for k, c in enumerate(customers)]
-
-
-@pytest.fixture
-def logs(redis_server, request):
-    """The same log opened by two shards."""
-    url = f"{redis_server.url}?prefix=rm{abs(hash(request.node.name))}"
-    return RedisStore(url).decision_log("s0"), RedisStore(url).decision_log("s0")
 
 
 def after_first(monkeypatch, cls: type, name: str, meanwhile) -> None:
