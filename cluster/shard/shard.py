@@ -80,7 +80,8 @@ CREATES = frozenset({"event", "outcome"})
 CROWDED = protocol.Busy(reason="this shard holds as many customers as it may: try again "
                                "shortly, as it passivates idle ones")
 UNSEEN_WATCHED = protocol.Busy(reason="this shard watches as many customers not seen yet as it "
-                                      "may (SHARD_UNSEEN_WATCHES)")
+                                      "may (KAIROS_SHARD_UNSEEN_WATCHES): try again once those "
+                                      "customers are seen or their streams close")
 # the answer to a request for a customer whose forget is under way (its aliases not yet retired
 # resolve to it): applied, it would re-create the customer the forget is erasing
 FORGETTING = protocol.Unavailable(reason=protocol.BEING_FORGOTTEN)
