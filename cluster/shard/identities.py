@@ -241,9 +241,9 @@ class IdentityRequests:
         next `erase`, from the snapshots and the journal), and bury their links: whether each
         existed, and its aliases, for the caller to retire. A customer's aliases, those of
         links still under way (Claimed) included, are kept until its last step (a Bury
-        `finished`), so a retried forget retires and releases them all. With `link`, the customer is a forgotten customer's alias's
-        anonymous profile, and the link is buried here, so its Take, arriving late, is
-        refused."""
+        `finished`), so a retried forget retires and releases them all. With `link`, the
+        customer is a forgotten customer's alias's anonymous profile, and the link is buried
+        here, so its Take, arriving late, is refused."""
         replies: list[Reply] = []
         for r in batch:
             # replayed, it is buried at the time it happened: a later decision to a customer

@@ -146,7 +146,8 @@ def catalogs(draw):
         max_size=3))]
     method = draw(st.sampled_from(["none", "thompson", "ucb"]))
     arb["exploration"] = {"method": method, "variance_scale": draw(st.sampled_from([0.1, 1.0])),
-                          "optimistic": draw(st.booleans()), "ucb_alpha": 1.5, "trial_rate": draw(st.sampled_from([0.0, 0.3, 1.0])),
+                          "optimistic": draw(st.booleans()), "ucb_alpha": 1.5,
+                          "trial_rate": draw(st.sampled_from([0.0, 0.3, 1.0])),
                           "selection_samples": draw(st.sampled_from([1, 16]))}
     doc["models"]["groups"] = {}
     doc["models"]["posterior"] = draw(st.sampled_from(["full", "diagonal"]))

@@ -303,7 +303,8 @@ def test_open_store_understands_its_urls(tmp_path):
     assert isinstance(open_store("memory"), MemoryStore)
     assert isinstance(open_store(str(tmp_path)), DirectoryStore)
     assert isinstance(open_store(f"file://{tmp_path}"), DirectoryStore)
-    assert isinstance(open_store("redis://127.0.0.1:1/0?prefix=k"), RedisStore)  # lazy: no connection
+    # lazy: no connection
+    assert isinstance(open_store("redis://127.0.0.1:1/0?prefix=k"), RedisStore)
     with pytest.raises(ValueError, match="unknown store 'mongodb://x'"):
         open_store("mongodb://x")
 
