@@ -40,6 +40,12 @@ _LONG = "x" * (1 << 16)  # long enough for msgpack's widest string header
 # a packed Fire's bytes besides its customer id and timer name: the widest headers and numbers
 FIRE_OVERHEAD = len(msgpack.packb(Fire(partition=-1 << 63, customer_id=_LONG, timer=_LONG,
                                        due=0.5), use_bin_type=True)) - 2 * len(_LONG)
+
+
+def fire_bytes(id_bytes: int, timer_bytes: int) -> int:
+    """A Fire record's bytes as the journal packs it, at most, for a customer id and a timer
+    name of these lengths (UTF-8): what a round's overdue fires and a tick's firings cost."""
+    return id_bytes + timer_bytes + FIRE_OVERHEAD
 # an engine's decision id (core/engine.py): 8 hex digits, a dash, a 64-bit count in hex
 _ENGINE_ID = "f" * 8 + "-" + "f" * 16
 # a packed impression Outcome's bytes besides its customer id, action id and channel: the
@@ -116,7 +122,7 @@ class RoundCost:
         if compiled is not None and compiled is not self._of:
             self._of = compiled
             self.timers = len(compiled.timer_names)
-            self.per_fire = _longest(compiled.timer_names) + FIRE_OVERHEAD
+            self.per_fire = fire_bytes(0, _longest(compiled.timer_names))
             self.shown = compiled.max_top_k
             self.per_impression = _longest(compiled.action_ids) + \
                 _longest(compiled.channel_names) + IMPRESSION_OVERHEAD

@@ -36,8 +36,6 @@ import time
 from collections import Counter
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import msgpack
-
 from kairos.core.compiler import CompiledCatalog
 from kairos.core.decision import Decision
 from kairos.core.engine import DecisionEngine
@@ -61,6 +59,7 @@ from kairos.cluster.shard.keys import IdempotencyKeys
 from kairos.cluster.shard.outcomes import DecisionSeal, outcome_secret
 from kairos.cluster.shard.ownership import Ownership
 from kairos.cluster.shard.residency import Residency, overflow_of, table_rows
+from kairos.cluster.shard.rounds import fire_bytes
 from kairos.cluster.shard.timers import Timers
 from kairos.cluster.shard.watches import Push, Pushed, View, Watches
 from kairos.cluster.storage.memory_store import MemoryStore
@@ -85,7 +84,6 @@ UNSEEN_WATCHED = protocol.Busy(reason="this shard watches as many customers not 
 # the answer to a request for a customer whose forget is under way (its aliases not yet retired
 # resolve to it): applied, it would re-create the customer the forget is erasing
 FORGETTING = protocol.Unavailable(reason=protocol.BEING_FORGOTTEN)
-_pack = msgpack.Packer(use_bin_type=True).pack  # one Packer: msgpack.packb makes one a call
 
 
 # The most due timers a tick takes off the due order whose firing waits (partition moving,
@@ -307,7 +305,7 @@ class Shard:
             if customer_id in table and fire.partition not in ownership.leaving and \
                     fire.partition not in ownership.arriving:
                 count += 1
-                size += len(_pack(fire))  # its record, as the journal packs it
+                size += fire_bytes(len(customer_id.encode()), len(names[k].encode()))
                 if count > 1 and (count > TICK_FIRE_LIMIT or size > SHARD_ROUND_BYTES):
                     return False
             elif len(taken) >= HELD_PER_TICK:  # the loop's own time, held ones included

@@ -12,10 +12,13 @@ import asyncio
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kairos.core.catalog import default_catalog_text
 from kairos.core.compiler import compiled_from_text
-from kairos.cluster.protocol import EventAck
+from kairos.cluster.protocol import EventAck, Fire
+from kairos.cluster.shard.rounds import fire_bytes
 from kairos.cluster.storage import frames
 from kairos.cluster.storage.directory_store import DirectoryStore
 from tests.unit.shard.test_shard import T0, event
@@ -124,3 +127,16 @@ def test_an_event_whose_possible_fires_alone_pass_the_budget_is_invalid(tmp_path
                "(SHARD_ROUND_BYTES)" in replies[0].reason
         assert replies[1] == EventAck(sequence=1) and host.shard is shard
     run(compiled, DirectoryStore(tmp_path, fsync=False), test, round_bytes=BUDGET)
+
+
+@given(customer_id=st.text(max_size=70_000), timer=st.text(min_size=1, max_size=300),
+       partition=st.integers(-1 << 63, (1 << 63) - 1),
+       due=st.floats(allow_nan=False, allow_infinity=False))
+@settings(max_examples=200, deadline=None)
+def test_a_fire_record_packs_to_at_most_what_rounds_and_ticks_price_it(customer_id, timer,
+                                                                      partition, due):
+    """Rounds (overdue fires) and ticks (firings) both price a Fire by `fire_bytes` without
+    packing it: the price must cover the record the journal writes."""
+    fire = Fire(partition=partition, customer_id=customer_id, timer=timer, due=due)
+    packed = msgpack.packb(fire, use_bin_type=True)
+    assert len(packed) <= fire_bytes(len(customer_id.encode()), len(timer.encode()))
