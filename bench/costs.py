@@ -1,0 +1,159 @@
+"""Micro-costs the README quotes, each measured on the real code path: a decision's selection
+re-runs at the catalog's bound, timer firings per tick, the journal's owner and heir fences,
+the Redis decision log's removal per entry, a push handed to a watch, the data plane's TLS and
+the decision-log writer's write alone or shared.
+
+    python -m bench.costs           # every probe, sized to take a few minutes on 2 cores
+    python -m bench.costs --quick   # seconds (the test suite uses it so it never rots)
+
+Writes bench/results/costs-<time>.json (each probe's inputs and, per figure, the median and
+spread over its repeats; the revision, settings and load average) and .md (the table the
+README quotes), and prints a JSON summary as its last line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from kairos.core.catalog import MAX_SELECTION_WORK, SELECTION_DRAW_PASSES, load_catalog
+from kairos.core.catalog import default_catalog_text
+from kairos.core.compiler import compile_catalog
+from kairos.core.engine import DecisionEngine
+
+from . import provenance
+from .workload import T0
+
+RESULTS = Path(__file__).parent / "results"
+Probe = Callable[[bool], dict[str, Any]]
+
+
+def spread(samples: list[float], unit: str, digits: int = 3) -> dict[str, Any]:
+    """A figure over its repeats: the median, the lowest and highest, how many."""
+    return {"unit": unit, "median": round(statistics.median(samples), digits),
+            "min": round(min(samples), digits), "max": round(max(samples), digits),
+            "repeats": len(samples)}
+
+
+# -- 1. selection re-runs at the catalog bound --------------------------------------------------
+
+# (actions, top_k) on one channel; selection_samples is the most MAX_SELECTION_WORK allows
+SELECTION_SHAPES = ((2048, 3), (10, 10))
+
+
+def bound_catalog(actions: int, top_k: int):
+    """The default catalog cut to one channel of one placement of `top_k` slots, offering
+    `actions` copies of one always-applicable service action, with as many Thompson re-runs as
+    MAX_SELECTION_WORK allows (the catalog checks refuse one more)."""
+    doc = yaml.safe_load(default_catalog_text())
+    samples = MAX_SELECTION_WORK // (actions * (SELECTION_DRAW_PASSES + top_k))
+    doc["channels"] = {"web": {"placements": {"slot": {"top_k": top_k}}}}
+    doc["actions"] = [{"id": f"a{i}", "group": "serve", "purpose": "service", "value": 10 + i % 7,
+                       "channels": {"web": {"treatment": f"t{i}"}}} for i in range(actions)]
+    doc["fallbacks"] = {"web": []}
+    doc["arbitration"] = {"one_per_group": False,
+                          "exploration": {"method": "thompson", "variance_scale": 0.1,
+                                          "selection_samples": samples}}
+    doc["models"]["groups"] = {"serve": doc["models"]["groups"]["serve"]}
+    compiled = compile_catalog(load_catalog(yaml.safe_dump(doc, sort_keys=False),
+                                            f"bound x{actions} top_k {top_k}"))
+    return compiled, samples
+
+
+def selection_bound(quick: bool) -> dict[str, Any]:
+    """Wall ms of a decision (engine.decide: the kernel's draw, then its selection re-runs)
+    on catalogs at MAX_SELECTION_WORK, and ns per action per pass of a re-run."""
+    decisions = 3 if quick else 40
+    out: dict[str, Any] = {"inputs": {"max_selection_work": MAX_SELECTION_WORK,
+                                      "decisions": decisions, "shapes": []}, "figures": {}}
+    for actions, top_k in SELECTION_SHAPES:
+        compiled, samples = bound_catalog(actions, top_k)
+        engine = DecisionEngine(compiled, capacity=16)
+        passes = samples * actions * (SELECTION_DRAW_PASSES + top_k)
+        out["inputs"]["shapes"].append({"actions": actions, "top_k": top_k,
+                                        "selection_samples": samples, "work": passes})
+        engine.decide("c0", "web", "slot", {}, now=T0)  # warm: the row and the workspace
+        ms = []
+        for i in range(decisions):
+            began = time.perf_counter()
+            engine.decide(f"c{i % 8}", "web", "slot", {}, now=T0 + i)
+            ms.append((time.perf_counter() - began) * 1e3)
+        name = f"{actions}_actions_top_k_{top_k}"
+        out["figures"][f"decide_ms_{name}"] = spread(ms, "ms")
+        out["figures"][f"ns_per_action_pass_{name}"] = spread([m * 1e6 / passes for m in ms],
+                                                              "ns")
+    return out
+
+
+PROBES: tuple[tuple[str, Probe], ...] = (("selection_bound", selection_bound),)
+
+
+# -- the report ---------------------------------------------------------------------------------
+
+
+def run(quick: bool) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for name, probe in PROBES:
+        began = time.perf_counter()
+        results[name] = probe(quick)
+        results[name]["seconds"] = round(time.perf_counter() - began, 2)
+    return results
+
+
+def finite_figures(probes: dict[str, Any]) -> bool:
+    return all(math.isfinite(v[k]) for p in probes.values() for v in p.get("figures", {}).values()
+               for k in ("median", "min", "max"))
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [f"# Micro-costs {report['time']}", "", f"`{report['command']}` "
+             f"(load average at start {report['provenance']['load_average_at_start']}, "
+             f"{report['provenance']['cpus']} CPUs; revision "
+             f"{report['provenance']['revision']})", "",
+             "| probe | figure | median | min | max | unit | repeats |",
+             "|---|---|---:|---:|---:|---|---:|"]
+    for name, probe in report["probes"].items():
+        if "skipped" in probe:
+            lines.append(f"| {name} | skipped: {probe['skipped']} | | | | | |")
+        for figure, v in probe.get("figures", {}).items():
+            lines.append(f"| {name} | {figure} | {v['median']:g} | {v['min']:g} | {v['max']:g} "
+                         f"| {v['unit']} | {v['repeats']} |")
+    lines += ["", "## Inputs", ""]
+    lines += [f"- {name}: `{json.dumps(p.get('inputs', {}))}`"
+              for name, p in report["probes"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="seconds: the test suite's run")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="report folder")
+    args = parser.parse_args(argv)
+    began = time.perf_counter()
+    probes = run(args.quick)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    report = {"bench": "costs", "time": stamp, "quick": args.quick,
+              "command": "python -m bench.costs" + (" --quick" if args.quick else ""),
+              "seconds": round(time.perf_counter() - began, 1),
+              "load_average_1m": round(os.getloadavg()[0], 2), "probes": probes}
+    provenance.stamp(report)
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = f"costs-{stamp}{'-quick' if args.quick else ''}"
+    (args.out / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
+    (args.out / f"{name}.md").write_text(markdown(report))
+    print(markdown(report))
+    print(json.dumps({"report": str(args.out / f"{name}.json"), "seconds": report["seconds"],
+                      "finite": finite_figures(probes),
+                      "skipped": [n for n, p in probes.items() if "skipped" in p]}))
+
+
+if __name__ == "__main__":
+    main()
