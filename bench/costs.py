@@ -16,17 +16,22 @@ import argparse
 import json
 import math
 import os
-import random
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
+from kairos.cluster.control.partitions import partition_of
+from kairos.cluster.protocol import Event
+from kairos.cluster.settings import TICK_FIRE_LIMIT, TICK_S
+from kairos.cluster.shard.shard import Shard
+from kairos.cluster.storage.directory_store import DirectoryStore
 from kairos.core.catalog import MAX_SELECTION_WORK, SELECTION_DRAW_PASSES, load_catalog
 from kairos.core.catalog import default_catalog_text
-from kairos.core.compiler import compile_catalog
+from kairos.core.compiler import compile_catalog, default_compiled
 from kairos.core.engine import DecisionEngine
 
 from . import provenance
@@ -93,7 +98,67 @@ def selection_bound(quick: bool) -> dict[str, Any]:
     return out
 
 
-PROBES: tuple[tuple[str, Probe], ...] = (("selection_bound", selection_bound),)
+# -- 2. timer firings per tick ------------------------------------------------------------------
+
+PARTITIONS = 64
+CART_TIMER_S = 1800.0  # the default catalog's cart_abandoned: 30 minutes after add_to_cart
+BURST = 70_000  # the README's burst of timers due at once
+
+
+class Clock:
+    def __init__(self, now: float):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def carts(customers: range, at: float) -> list[Event]:
+    """An add_to_cart for each customer: each arms its cart_abandoned timer."""
+    return [Event(partition=partition_of(f"c{k}", PARTITIONS), customer_id=f"c{k}",
+                  event_type="add_to_cart", time=at,
+                  attributes={"product_id": "tv", "category": "electronics", "price": 199.0})
+            for k in customers]
+
+
+def timer_ticks(quick: bool) -> dict[str, Any]:
+    """Wall ms of a shard's tick firing TICK_FIRE_LIMIT due timers (journaled to a directory
+    store, fsynced as a shard's journal is), and what that makes: a tick every TICK_S after
+    the last one ended fires TICK_FIRE_LIMIT / (TICK_S + a tick's time) a second, and a burst
+    of BURST due at once drains in ceil(BURST / TICK_FIRE_LIMIT) such periods."""
+    ticks = 2 if quick else 12
+    customers = ticks * TICK_FIRE_LIMIT
+    clock = Clock(T0)
+    with tempfile.TemporaryDirectory() as root:
+        # never idle long enough to passivate: a sleeper's wake is a cost of its own
+        shard = Shard("bench", default_compiled(), range(PARTITIONS), PARTITIONS,
+                      store=DirectoryStore(root), clock=clock, idle_s=10 * CART_TIMER_S)
+        for k in range(0, customers, TICK_FIRE_LIMIT):
+            shard.process(carts(range(k, min(k + TICK_FIRE_LIMIT, customers)), T0))
+        clock.now = T0 + CART_TIMER_S - 1
+        while shard.journaling.dirty:  # the loaded partitions' snapshots, before the timing
+            shard.tick()
+        clock.now = T0 + CART_TIMER_S + 0.5
+        ms, fired = [], []
+        for _ in range(ticks):
+            before = shard.counts["timers_fired"]
+            began = time.perf_counter()
+            shard.tick()
+            ms.append((time.perf_counter() - began) * 1e3)
+            fired.append(shard.counts["timers_fired"] - before)
+    per_s = [n / (TICK_S + m / 1e3) for n, m in zip(fired, ms)]
+    periods = math.ceil(BURST / TICK_FIRE_LIMIT)
+    return {"inputs": {"tick_fire_limit": TICK_FIRE_LIMIT, "tick_s": TICK_S,
+                       "customers_due": customers, "ticks": ticks, "fired": sum(fired),
+                       "store": "directory, fsync", "burst": BURST},
+            "figures": {"tick_ms": spread(ms, "ms", 1),
+                        "firings_per_s": spread(per_s, "/s", 0),
+                        "burst_drain_s": spread([periods * (TICK_S + m / 1e3) for m in ms],
+                                                "s", 2)}}
+
+
+PROBES: tuple[tuple[str, Probe], ...] = (("selection_bound", selection_bound),
+                                         ("timer_ticks", timer_ticks))
 
 
 # -- the report ---------------------------------------------------------------------------------
