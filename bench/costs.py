@@ -157,8 +157,46 @@ def timer_ticks(quick: bool) -> dict[str, Any]:
                                                 "s", 2)}}
 
 
+# -- 3. the journal's owner and heir fences -----------------------------------------------------
+
+RECORD = (b"x" * 200,)  # one small record a batch: what the checks add shows, not the writing
+
+
+def per_call_us(fn: Callable[[], Any], calls: int) -> float:
+    began = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - began) / calls * 1e6
+
+
+def journal_fences(quick: bool) -> dict[str, Any]:
+    """Wall µs per append to a directory store's journal, its owner unchecked (a Journal) and
+    checked (the OwnedJournal a shard the controller started writes: a shared `flock` and a
+    `stat` of the owner file each), in turn, and of the heir fence's check alone (the `stat`
+    after each write and sync). Policy "os": no fsync, whose 200 µs and more would hide them."""
+    repeats, calls = (3, 300) if quick else (15, 5000)
+    plain, owned, fence = [], [], []
+    with tempfile.TemporaryDirectory() as root:
+        store = DirectoryStore(root, fsync=False)
+        store.own_journal("owned", "incarnation-1", claim=True)
+        journals = {"plain": store.journal("plain", "os"), "owned": store.journal("owned", "os")}
+        for _ in range(repeats):
+            plain.append(per_call_us(lambda: journals["plain"].append([RECORD]), calls))
+            owned.append(per_call_us(lambda: journals["owned"].append([RECORD]), calls))
+            fence.append(per_call_us(journals["plain"].check_fence, calls))
+        for journal in journals.values():
+            journal.close()
+    return {"inputs": {"store": "directory", "policy": "os", "record_bytes": len(RECORD[0]),
+                       "appends_per_repeat": calls, "repeats": repeats},
+            "figures": {"append_us_unowned": spread(plain, "µs", 2),
+                        "append_us_owned": spread(owned, "µs", 2),
+                        "owner_check_us": spread([o - p for o, p in zip(owned, plain)], "µs", 2),
+                        "fence_check_us": spread(fence, "µs", 2)}}
+
+
 PROBES: tuple[tuple[str, Probe], ...] = (("selection_bound", selection_bound),
-                                         ("timer_ticks", timer_ticks))
+                                         ("timer_ticks", timer_ticks),
+                                         ("journal_fences", journal_fences))
 
 
 # -- the report ---------------------------------------------------------------------------------
