@@ -106,6 +106,7 @@ class Controller(ControlLoop, Catalogs, Scaling):
         self.channel_watches: set[tuple[str, str, str | None]] = set()
         self._watch_changes = 0  # made so far: a shard's start tells whether any came meanwhile
         self.moving: list[Move] = []  # recorded moves not yet settled (saved)
+        self.thaws_published: set[Move] = set()  # undone, thaw sent at a published version
         # replacement -> the journal each of its partitions recovers from (the shard it replaced)
         # until its health says it serves (saved; rounds.py)
         self.replacing: dict[str, dict[int, str]] = {}
@@ -208,7 +209,7 @@ class Controller(ControlLoop, Catalogs, Scaling):
         """Nothing taken up: no map to route by, no shard known."""
         self.map = self._routable = None
         self.placement, self.incarnations, self.replacing = {}, {}, {}
-        self.moving = []
+        self.moving, self.thaws_published = [], set()
         self.lagging = Lagging(self.backend)
         self.endpoints = ShardEndpoints(self.backend)
         self.ready = False

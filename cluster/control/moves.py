@@ -96,7 +96,8 @@ def plan_around(pmap: PartitionMap, shards: list[str], budget: int, unsettled: I
 class Settled(NamedTuple):
     unsettled: list[Move]  # as a shard did not answer: settle them again later
     failed: set[str]  # the shards that did not answer
-    thawed: bool  # whether a source was sent a thaw (answered or not): publish `version`
+    thawed: set[int]  # the partitions whose source was sent a thaw (answered or not): publish
+    # `version`
 
 
 async def settle(backend: Backend, moves: list[Move], owners: list[str], shards: set[str],
@@ -124,7 +125,7 @@ async def settle(backend: Backend, moves: list[Move], owners: list[str], shards:
     await _confirm(backend, confirm, version)
     return Settled([m for m in moves if m.partition in held
                     or (m.source in failed and m.partition in thaw.get(m.source, ()))],
-                   failed, bool(thaw))
+                   failed, {p for ps in thaw.values() for p in ps})
 
 
 async def confirm_owned(backend: Backend, pmap: PartitionMap, moving: Iterable[Move] = ()

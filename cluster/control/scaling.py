@@ -79,9 +79,11 @@ class Scaling:
         done = [m for m in moves if (m.source, m.target) not in failures]
         self.map = self.map.apply(done, target)
         # the failed ones' sources serve again before the version naming them is published
-        undone = (await moving.settle(self.backend, [m for m in moves if m not in done],
-                                      self.map.owners, set(self.placement),
-                                      self.map.version)).unsettled
+        failed = [m for m in moves if m not in done]
+        settled = await moving.settle(self.backend, failed, self.map.owners, set(self.placement),
+                                      self.map.version)
+        undone = settled.unsettled
+        self.thaws_published |= {m for m in undone if m.partition in settled.thawed}
         self.moving = earlier + undone + done
         await self._publish()
         due, left = _apart(earlier, skip)
@@ -102,7 +104,11 @@ class Scaling:
         if not due:
             return set(skip)
         undone = [m for m in due if self.map.owners[m.partition] == m.source]
-        version = self.map.version + 1 if undone else self.map.version
+        # a thaw sent at a version since published goes again at the published one: a source
+        # that keeps failing it would otherwise publish a new map, and wake every long poll,
+        # each round
+        fresh = [m for m in undone if m not in self.thaws_published]
+        version = self.map.version + 1 if fresh else self.map.version
         settled = await moving.settle(self.backend, due, self.map.owners, set(self.placement),
                                       version)
         self.moving = [m for m in before if m not in due or m in settled.unsettled]
@@ -110,8 +116,10 @@ class Scaling:
         # again: a thaw sent, answered or not (one whose answer was lost re-granted them all
         # the same); none while every source stays frozen (else each round's retry would
         # wake every long poll, for as long as a target does not answer)
-        if settled.thawed:
+        if fresh and settled.thawed:
             self.map = self.map.apply([], self.map.shards)
+        self.thaws_published = {m for m in self.moving if m in self.thaws_published
+                                or (m in undone and m.partition in settled.thawed)}
         if self.moving != before or self.map is not self._routable:
             await self._publish()
         return settled.failed | set(skip)

@@ -70,6 +70,46 @@ def test_a_thaw_whose_answer_was_lost_publishes_the_map_past_the_freeze(tmp_path
     asyncio.run(main())
 
 
+def test_a_thaw_that_keeps_failing_publishes_one_map_and_lands_at_it(tmp_path):
+    """Review rev41 d-moves4 finding 1: each round re-sent a failing thaw at a new version and
+    published it, waking every long poll and spending waiting clients' redirects."""
+    async def main():
+        backend, controller = await started(str(tmp_path), 1)
+        await ingest_all(backend, 0)
+        # the adopt fails, and the source refuses the thaw that undoes the move four times
+        backend.fail.update({(TARGET, "adopt"): 1, (SOURCE, "thaw"): 4})
+        with pytest.raises(RuntimeError, match="handoffs failed"):
+            await controller.scale(2)
+        source = backend.shards[SOURCE]
+        held = {m.partition for m in controller.moving}
+        assert held and held <= set(source.leaving)
+        version = controller.routing()["version"]  # the thaw went at it, published
+        for _ in range(3):
+            await controller.reconcile()
+        assert controller.routing()["version"] == version and held <= set(source.leaving)
+        await controller.reconcile()  # it lands, at the version already published
+        assert not held & set(source.leaving) and not controller.moving
+        assert {source.owned[p] for p in held} == {version} == {controller.routing()["version"]}
+        assert not controller.thaws_published
+        assert_one_owner_each(backend, controller)
+    asyncio.run(main())
+
+
+def test_a_thaw_first_sent_by_a_catch_up_publishes_one_map_however_often_it_fails(tmp_path):
+    async def main():
+        backend, controller, held = await held_move(str(tmp_path), 1)
+        backend.fail[(SOURCE, "thaw")] = 3  # the target answers: the catch-ups undo the move
+        frozen_at = controller.routing()["version"]
+        for _ in range(3):
+            await controller.reconcile()
+        assert controller.routing()["version"] == frozen_at + 1  # the first send's, alone
+        await controller.reconcile()
+        source = backend.shards[SOURCE]
+        assert not held & set(source.leaving) and not controller.moving
+        assert {source.owned[p] for p in held} == {frozen_at + 1}
+    asyncio.run(main())
+
+
 def test_a_held_drain_moves_the_partitions_that_can_move_asking_the_held_shard_nothing(
         tmp_path, caplog):
     async def main():
