@@ -13,6 +13,7 @@ README quotes), and prints a JSON summary as its last line.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import os
@@ -25,6 +26,7 @@ from typing import Any, Callable
 import yaml
 
 from kairos.cluster.control.partitions import partition_of
+from kairos.cluster.gateway.streams import Watch, Watches
 from kairos.cluster.protocol import Event
 from kairos.cluster.settings import TICK_FIRE_LIMIT, TICK_S
 from kairos.cluster.shard.shard import Shard
@@ -35,6 +37,7 @@ from kairos.cluster.storage.redis_store import RedisStore, _zrems
 from kairos.core.catalog import MAX_SELECTION_WORK, SELECTION_DRAW_PASSES, load_catalog
 from kairos.core.catalog import default_catalog_text
 from kairos.core.compiler import compile_catalog, default_compiled
+from kairos.core.decision import Decision
 from kairos.core.engine import DecisionEngine
 
 from . import provenance
@@ -239,10 +242,82 @@ def redis_log_trim(quick: bool) -> dict[str, Any]:
                         "zrems_us_per_entry": spread(zrems, "µs", 2)}}
 
 
+# -- 5. a push handed to a watch --------------------------------------------------------------
+
+PUSHES = 500  # a repeat's pushes, under WATCH_BACKLOG: no stream skips any
+
+
+class Registrar:
+    """Both shards and controller to a gateway's Watches: every (un)registration held at once,
+    so only the hand-over is timed."""
+
+    async def watch(self, *registration: Any) -> None:
+        pass
+
+    async def watch_channel(self, *registration: Any) -> None:
+        pass
+
+    def controller(self) -> "Registrar":
+        return self
+
+
+async def _push_us(streams: int, repeats: int) -> tuple[list[float], list[float]]:
+    """Wall µs of Watches.deliver (what the gateway actor's deliver runs for a shard's push)
+    handing one decision to a watch of `streams` streams: the first push of a repeat, every
+    stream waiting for it (it wakes each), and the pushes after it, none yet read; the streams
+    read between repeats."""
+    registrar, watch = Registrar(), Watch("c0", "web", "hero")
+    watches = Watches("bench", registrar, registrar)  # type: ignore[arg-type]
+    ready = asyncio.Event()
+
+    async def registered() -> None:
+        ready.set()
+
+    async def read() -> None:
+        async for _ in watches.follow(watch, registered):
+            pass
+
+    readers = [asyncio.ensure_future(read()) for _ in range(streams)]
+    await asyncio.wait_for(ready.wait(), 10)
+    while watches.open < streams:
+        await asyncio.sleep(0.001)
+    await asyncio.sleep(0.01)  # every stream waiting
+    decision = Decision("d0", "c0", "web", "hero", (), "v", 1)
+    first, after = [], []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        watches.deliver([decision])
+        first.append((time.perf_counter() - began) * 1e6)
+        began = time.perf_counter()
+        for _ in range(PUSHES):
+            watches.deliver([decision])
+        after.append((time.perf_counter() - began) / PUSHES * 1e6)
+        await asyncio.sleep(0.01)  # every stream reads what was pushed, then waits again
+    for reader in readers:
+        reader.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+    return first, after
+
+
+def watch_push(quick: bool) -> dict[str, Any]:
+    """A push handed to a customer's watch of one stream against one of many."""
+    repeats, many = (3, 100) if quick else (20, 2500)
+    figures = {}
+    for n in (1, many):
+        first, after = asyncio.run(_push_us(n, repeats))
+        figures[f"push_us_{n}_streams_waiting"] = spread(first, "µs", 2)
+        figures[f"push_us_{n}_streams_behind"] = spread(after, "µs", 2)
+    return {"inputs": {"pushes_per_repeat": PUSHES + 1, "streams": [1, many],
+                       "repeats": repeats,
+                       "path": "gateway Watches.deliver, registrations held at once"},
+            "figures": figures}
+
+
 PROBES: tuple[tuple[str, Probe], ...] = (("selection_bound", selection_bound),
                                          ("timer_ticks", timer_ticks),
                                          ("journal_fences", journal_fences),
-                                         ("redis_log_trim", redis_log_trim))
+                                         ("redis_log_trim", redis_log_trim),
+                                         ("watch_push", watch_push))
 
 
 # -- the report ---------------------------------------------------------------------------------
