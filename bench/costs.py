@@ -20,6 +20,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,6 +30,7 @@ from kairos.cluster.control.partitions import partition_of
 from kairos.cluster.gateway.streams import Watch, Watches
 from kairos.cluster.protocol import OK, Event, request_from
 from kairos.cluster.settings import TICK_FIRE_LIMIT, TICK_S
+from kairos.cluster.shard.decisionlog import LogWriter
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage import redis_server
 from kairos.cluster.storage.directory_store import DirectoryStore
@@ -394,12 +396,52 @@ def plane_tls(quick: bool) -> dict[str, Any]:
             "figures": figures}
 
 
+# -- 7. the decision-log writer, a record alone or sharing a write ----------------------------
+
+DECISION_RECORD_BYTES = 3449  # a default-catalog record's mean (bench.decision_log's run)
+SHARED = 256  # records of one write: a round's Decides
+
+
+def log_writer(quick: bool) -> dict[str, Any]:
+    """CPU µs (the writing thread's) per record of a shard's LogWriter appending to a directory
+    store's decision log, fsynced: a record written on its own against SHARED records in one
+    write (what group commit gathers). Inline, as before `in_background`: the background
+    thread's wait for more rounds is time, not CPU."""
+    repeats, alone, shared = (3, 20, 2) if quick else (10, 200, 20)
+    record = b"d" * DECISION_RECORD_BYTES
+    own, together = [], []
+    with tempfile.TemporaryDirectory() as root:
+        counts: Counter = Counter()
+        writer = LogWriter(DirectoryStore(root), "bench", counts)
+        at = T0
+        for _ in range(repeats):
+            began = time.thread_time()
+            for _ in range(alone):
+                at += 1
+                writer.submit([(at, "c0", record)], set())
+            own.append((time.thread_time() - began) / alone * 1e6)
+            began = time.thread_time()
+            for _ in range(shared):
+                at += 1
+                writer.submit([(at, f"c{k}", record) for k in range(SHARED)], set())
+            together.append((time.thread_time() - began) / (shared * SHARED) * 1e6)
+        writer.close()
+    if counts["decision_log_records"] != repeats * (alone + shared * SHARED):
+        raise RuntimeError(f"the writer lost records (it logs why): {dict(counts)}")
+    return {"inputs": {"store": "directory, fsync", "record_bytes": DECISION_RECORD_BYTES,
+                       "writes_alone_per_repeat": alone, "records_per_shared_write": SHARED,
+                       "shared_writes_per_repeat": shared, "repeats": repeats},
+            "figures": {"cpu_us_record_alone": spread(own, "µs CPU", 1),
+                        "cpu_us_per_record_shared": spread(together, "µs CPU", 1)}}
+
+
 PROBES: tuple[tuple[str, Probe], ...] = (("selection_bound", selection_bound),
                                          ("timer_ticks", timer_ticks),
                                          ("journal_fences", journal_fences),
                                          ("redis_log_trim", redis_log_trim),
                                          ("watch_push", watch_push),
-                                         ("plane_tls", plane_tls))
+                                         ("plane_tls", plane_tls),
+                                         ("log_writer", log_writer))
 
 
 # -- the report ---------------------------------------------------------------------------------
