@@ -40,7 +40,7 @@ from kairos.cluster.transport import pinned
 from kairos.cluster.transport.dataplane import PlaneConnection, PlaneServer
 from kairos.core.catalog import MAX_SELECTION_WORK, SELECTION_DRAW_PASSES, load_catalog
 from kairos.core.catalog import default_catalog_text
-from kairos.core.compiler import compile_catalog, default_compiled
+from kairos.core.compiler import CompiledCatalog, compile_catalog, default_compiled
 from kairos.core.decision import Decision
 from kairos.core.engine import DecisionEngine
 
@@ -70,7 +70,7 @@ def added(more: list[float], less: list[float], unit: str, digits: int = 3) -> d
 SELECTION_SHAPES = ((2048, 3), (10, 10))
 
 
-def bound_catalog(actions: int, top_k: int):
+def bound_catalog(actions: int, top_k: int) -> tuple[CompiledCatalog, int]:
     """The default catalog cut to one channel of one placement of `top_k` slots, offering
     `actions` copies of one always-applicable service action, with as many Thompson re-runs as
     MAX_SELECTION_WORK allows (the catalog checks refuse one more)."""
