@@ -92,7 +92,7 @@ def bound_catalog(actions: int, top_k: int) -> tuple[CompiledCatalog, int]:
 def selection_bound(quick: bool) -> dict[str, Any]:
     """Wall ms of a decision (engine.decide: the kernel's draw, then its selection re-runs)
     on catalogs at MAX_SELECTION_WORK, and ns per action per pass of a re-run."""
-    decisions = 3 if quick else 40
+    decisions = 3 if quick else 200
     out: dict[str, Any] = {"inputs": {"max_selection_work": MAX_SELECTION_WORK,
                                       "decisions": decisions, "shapes": []}, "figures": {}}
     for actions, top_k in SELECTION_SHAPES:
@@ -142,7 +142,7 @@ def timer_ticks(quick: bool) -> dict[str, Any]:
     store, fsynced as a shard's journal is), and what that makes: a tick every TICK_S after
     the last one ended fires TICK_FIRE_LIMIT / (TICK_S + a tick's time) a second, and a burst
     of BURST due at once drains in ceil(BURST / TICK_FIRE_LIMIT) such periods."""
-    ticks = 2 if quick else 12
+    ticks = 2 if quick else 30
     customers = ticks * TICK_FIRE_LIMIT
     clock = Clock(T0)
     with tempfile.TemporaryDirectory() as root:
@@ -190,7 +190,7 @@ def journal_fences(quick: bool) -> dict[str, Any]:
     checked (the OwnedJournal a shard the controller started writes: a shared `flock` and a
     `stat` of the owner file each), in turn, and of the heir fence's check alone (the `stat`
     after each write and sync). Policy "os": no fsync, whose 200 µs and more would hide them."""
-    repeats, calls = (3, 300) if quick else (15, 5000)
+    repeats, calls = (3, 300) if quick else (30, 5000)
     plain, owned, fence = [], [], []
     with tempfile.TemporaryDirectory() as root:
         store = DirectoryStore(root, fsync=False)
@@ -221,7 +221,7 @@ def redis_log_trim(quick: bool) -> dict[str, Any]:
     the harness starts as the tests do (durable: an append-only file fsynced every write)."""
     if not os.path.exists(redis_server.EXECUTABLE):
         return {"skipped": f"no redis-server ({redis_server.EXECUTABLE})"}
-    repeats, entries = (2, 2000) if quick else (7, 20_000)
+    repeats, entries = (2, 2000) if quick else (20, 20_000)
     record = b"r" * LOG_RECORD_BYTES
     trim, zrems = [], []
     with tempfile.TemporaryDirectory() as root, \
@@ -311,7 +311,7 @@ async def _push_us(streams: int, repeats: int) -> tuple[list[float], list[float]
 
 def watch_push(quick: bool) -> dict[str, Any]:
     """A push handed to a customer's watch of one stream against one of many."""
-    repeats, many = (3, 100) if quick else (20, 2500)
+    repeats, many = (3, 100) if quick else (40, 2500)
     figures = {}
     for n in (1, many):
         first, after = asyncio.run(_push_us(n, repeats))
@@ -381,7 +381,7 @@ async def _plane(repeats: int, connections: int, frames: int) -> dict[str, list[
 def plane_tls(quick: bool) -> dict[str, Any]:
     """The data plane on 127.0.0.1, TLS on against off: CPU of both ends per connection and
     per frame, and what TLS adds to each (on minus off, repeat by repeat)."""
-    repeats, connections, frames = (2, 5, 20) if quick else (10, 50, 300)
+    repeats, connections, frames = (2, 5, 20) if quick else (30, 50, 300)
     cpu = asyncio.run(_plane(repeats, connections, frames))
     figures = {}
     for kind in ("connection_us", *(f"frame_us_{n}" for n in FRAME_REQUESTS)):
@@ -407,7 +407,7 @@ def log_writer(quick: bool) -> dict[str, Any]:
     store's decision log, fsynced: a record written on its own against SHARED records in one
     write (what group commit gathers). Inline, as before `in_background`: the background
     thread's wait for more rounds is time, not CPU."""
-    repeats, alone, shared = (3, 20, 2) if quick else (10, 200, 20)
+    repeats, alone, shared = (3, 20, 2) if quick else (30, 200, 20)
     record = b"d" * DECISION_RECORD_BYTES
     own, together = [], []
     with tempfile.TemporaryDirectory() as root:
