@@ -127,8 +127,8 @@ def event_request(event: pb.Event, catalog: CompiledCatalog, where: str = ""
                                          f"{', '.join(catalog.event_names)})")
     if event.channel:
         channel_code(catalog, event.channel, f"{where}channel")
-    if event.decide_placement and not event.channel:
-        raise InputError(f"{where}channel", "decide_placement needs the channel")
+    if event.decide_placement:
+        decide_placement(catalog, event, where)
     when = stated_time(f"{where}time", event)
     attributes = declared_values(f"{where}attributes", event.attributes,
                                  catalog.event_fields[event.type])
@@ -141,6 +141,17 @@ def event_request(event: pb.Event, catalog: CompiledCatalog, where: str = ""
         attributes=attributes,
         idempotency_key=event.idempotency_key or None,
         decide=(event.channel, event.decide_placement) if event.decide_placement else None)
+
+
+def decide_placement(catalog: CompiledCatalog, event: pb.Event, where: str) -> None:
+    """An event's `decide_placement`, checked here as well as on its shard: a batch or a
+    stream refused for it at the shard has had its other events routed already."""
+    if not event.channel:
+        raise InputError(f"{where}channel", "decide_placement needs the channel")
+    try:
+        placement_codes(catalog, event.channel, event.decide_placement)
+    except InputError as exc:
+        raise InputError(f"{where}decide_placement", exc.reason) from None
 
 
 class OutcomeRequest(NamedTuple):
