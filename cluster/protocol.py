@@ -49,6 +49,9 @@ JOURNAL_FORMAT = 6
 BEING_FORGOTTEN = ("this customer is being forgotten; nothing was applied: its requests are "
                    "refused until ForgetCustomer finishes, TOMBSTONE_S at most: retry "
                    "ForgetCustomer")
+# a shard's reply to a Decide it reached after its `expires`: its caller had the fallback, so
+# it was not decided (the gateway treats it as no answer: the fallback, if it still waits)
+EXPIRED = "the caller stopped waiting before the shard reached this Decide: not decided"
 
 
 # -- requests ---------------------------------------------------------------------------------
@@ -84,7 +87,10 @@ class Decide(NamedTuple):
     evidence nor counted in the decisions per channel. GetProfile logs the decision of the
     channel its caller shows (`shown_channel`, or a channel-bound key's own). A preview's id is
     sealed all the same, so a Respond may name it. (Added last, with a default; the data
-    plane's protocol went to 5 for it.)"""
+    plane's protocol went to 5 for it.) `expires`: the wall-clock time its caller stops
+    waiting (None: it waits); a shard that reaches it later answers Unavailable(EXPIRED)
+    and decides nothing: its caller had the fallback, and would never see the decision, the
+    impressions it records or its log entry. Not journaled; added last, with a default."""
 
     kind: str = "decide"
     partition: int = UNROUTED
@@ -97,6 +103,7 @@ class Decide(NamedTuple):
     now: float | None = None
     record_impression: bool = False
     log: bool = True
+    expires: float | None = None
 
 
 class Outcome(NamedTuple):

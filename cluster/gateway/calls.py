@@ -28,7 +28,7 @@ from kairos.cluster.gateway.admission import Shedder
 from kairos.cluster.gateway.auth import Denied, refusal
 from kairos.cluster.gateway.requests import Who
 from kairos.cluster.gateway.streams import Ended, Watches
-from kairos.cluster.protocol import BEING_FORGOTTEN
+from kairos.cluster.protocol import BEING_FORGOTTEN, EXPIRED
 from kairos.cluster.settings import (DEADLINE_MARGIN_S, DEADLINE_MARGIN_SHARE, DEFAULT_DEADLINE_S,
                                      GATEWAY_INFLIGHT_LIMIT)
 from kairos.cluster.throttled import ThrottledWarning
@@ -194,6 +194,11 @@ class Gateway:
         remaining = DEFAULT_DEADLINE_S if remaining is None else remaining
         return max(0.0, remaining - max(DEADLINE_MARGIN_S, DEADLINE_MARGIN_SHARE * remaining))
 
+    def expires(self, context) -> float:
+        """The wall-clock time a runtime call started now is waited for until (`timeout`): a
+        shard that reaches a Decide later skips it (protocol.Decide's `expires`)."""
+        return time.time() + self.timeout(context)
+
     async def call(self, context, work: Awaitable, fallback: Callable[[], Any] | None = None
                    ) -> Any:
         """Run the runtime call within the deadline; a timeout or an unavailable shard gives
@@ -202,8 +207,8 @@ class Gateway:
             return await self.within(work, self.timeout(context))
         except (asyncio.TimeoutError, Unavailable) as exc:
             if fallback is not None:
-                self.fallbacks["deadline" if isinstance(exc, asyncio.TimeoutError)
-                               else "unavailable"] += 1
+                late = isinstance(exc, asyncio.TimeoutError) or str(exc) == EXPIRED
+                self.fallbacks["deadline" if late else "unavailable"] += 1
                 return fallback()
             await abort(context, exc)
         except (InputError, Busy, Conflict) as exc:

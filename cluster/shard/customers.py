@@ -15,6 +15,7 @@ forgotten; a watch of an unseen customer waits for it without a profile.
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
 from typing import Iterator
 
@@ -25,7 +26,7 @@ from kairos.core.engine import EncodedEvent, EncodedRequest
 from kairos.core.errors import InputError
 
 from kairos.cluster.identity import Directory, anonymous_id
-from kairos.cluster.protocol import (Busy, Decide, Event, EventAck, EventRecord, Fire,
+from kairos.cluster.protocol import (EXPIRED, Busy, Decide, Event, EventAck, EventRecord, Fire,
                                      Invalid, Missing, Ok, Outcome, ReadProfile, Record, Reply,
                                      Unavailable, WatchCustomer)
 from kairos.cluster.shard.decisionlog import DecisionLog
@@ -170,12 +171,16 @@ class CustomerRequests:
         empty profile, which is then dropped: only recording an impression creates one. A
         preview (not `log`) is neither logged nor counted per channel and group: nobody was
         shown it on that channel, and replay would count it as a decision that earned
-        nothing."""
+        nothing. One reached after its `expires` is not decided (protocol.Decide)."""
         engine = self._ctx.engine
         replies: list[Reply | None] = [None] * len(batch)
         encoded, where, explain = [], [], []
         unseen = set()
+        now = time.time()  # once a run: the deadlines are the gateways' wall clocks
         for i, d in enumerate(batch):
+            if d.expires is not None and d.expires < now:
+                replies[i] = Unavailable(reason=EXPIRED)
+                continue
             try:
                 encoded.append(engine.encode_request(d.customer_id, d.channel, d.placement,
                                                      d.context, d.now, d.max_actions))
