@@ -222,7 +222,8 @@ async def _evidence(text: str, compiled: Summary, context) -> dict[str, str]:
         report = json.loads(text)
         version = report["candidate"]["version"]
         summary = evidence_report.headline(report)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    # RecursionError: nested deeper than the parser's stack (under 1 MiB of brackets)
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         await fail(context, grpc.StatusCode.INVALID_ARGUMENT,
                    f"evidence_json: not a replay report (kairos replay's replay.json): "
                    f"{type(exc).__name__}: {str(exc)[:200]}")
