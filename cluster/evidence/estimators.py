@@ -12,10 +12,19 @@ importance weight w_i = pi_i(a_i) / mu_i:
 
 q is the direct-method model: a ridge regression of the reward on the decision's inputs, one
 per action, cross-fitted (each record's q comes from the folds it is not in, so its own reward
-does not fit its correction term). Each estimate has a 95 % confidence interval by the normal
-approximation (the mean of independent per-record terms plus or minus 1.96 standard errors;
-SNIPS by the delta method) and the effective sample size of its weights,
-(sum w)^2 / sum w^2: the number of logged decisions the estimate is worth.
+does not fit its correction term). Inputs are unbounded (a context number may be 1e12), and a
+linear model extrapolates: one outlying input made q, and with it DR, any number at all. So
+each input is clipped to its training records' TRIM..1-TRIM quantiles before it is
+standardised by them (an outlier, in either fold, weighs no more than the edge of the bulk),
+and q is clipped to the rewards the training records earned (for the accept rate within
+[0, 1]). A fit that fails numerically predicts the training records' mean reward, and is
+counted (`DirectMethod.failed`): DR stays unbiased with any q when the logged probabilities
+are right; q only narrows its interval.
+
+Each estimate has a 95 % confidence interval by the normal approximation (the mean of
+independent per-record terms plus or minus 1.96 standard errors; SNIPS by the delta method)
+and the effective sample size of its weights, (sum w)^2 / sum w^2: the number of logged
+decisions the estimate is worth.
 
 A binary reward (accepted or not) with few positives has a normal interval far too narrow:
 with none, every term is 0 and so is its width. Its interval is therefore at least Wilson's
@@ -40,6 +49,7 @@ import numpy as np
 Z95 = 1.959963984540054  # the standard normal's 97.5th percentile
 RIDGE = 1.0  # the direct method's penalty on its slopes (not its intercept)
 FOLDS = 2  # of the direct method's cross-fitting
+TRIM = 0.01  # of each input's training values, at either end, that the direct method clips
 
 
 @dataclass(frozen=True)
@@ -120,15 +130,24 @@ def doubly_robust(weights: np.ndarray, rewards: np.ndarray, q_logged: np.ndarray
                    weights)
 
 
+@dataclass(frozen=True)
+class DirectMethod:
+    q: np.ndarray  # q[i, a]: the predicted reward of action a for record i
+    failed: int  # fits that failed numerically and predict their training records' mean
+
+
 def direct_method(features: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
-                  n_actions: int, seed: int = 0, folds: int = FOLDS) -> np.ndarray:
-    """Cross-fitted predictions q[i, a] of the reward of action a for record i: per fold, a
-    ridge regression per action fitted on the other folds' records that showed it (an action
-    they never showed gets their mean reward). `actions` holds each record's logged action
-    index; features are one row per record (an intercept is added)."""
+                  n_actions: int, seed: int = 0, folds: int = FOLDS) -> DirectMethod:
+    """Cross-fitted predictions of each action's reward for each record: per fold, a ridge
+    regression per action fitted on the other folds' records that showed it (an action they
+    never showed gets their mean reward), on inputs clipped and standardised by those
+    records, its predictions clipped to their rewards' range (module docstring). `actions`
+    holds each record's logged action index; features are one row per record (an intercept
+    is added)."""
     n = len(rewards)
-    x = np.hstack([np.ones((n, 1)), np.nan_to_num(features.reshape(n, -1))])
+    x = np.nan_to_num(features.reshape(n, -1))
     q = np.zeros((n, n_actions))
+    failed = 0
     fold = np.random.default_rng(seed).permutation(n) % folds if n >= folds else np.zeros(n, int)
     for k in range(folds):
         test, train = fold == k, fold != k
@@ -136,15 +155,44 @@ def direct_method(features: np.ndarray, actions: np.ndarray, rewards: np.ndarray
             continue
         if not train.any():  # too few records to hold any out: fit on all of them
             train = np.ones(n, bool)
-        fallback = float(np.mean(rewards[train]))
+        y = rewards[train]
+        fallback = float(np.mean(y))
+        x_train, x_test = _standardised(x[train], x[test])
         for a in range(n_actions):
-            rows = train & (actions == a)
-            q[test, a] = x[test] @ _ridge(x[rows], rewards[rows]) if rows.any() else fallback
-    return q
+            rows = actions[train] == a
+            predicted = _ridge(x_train[rows], y[rows], x_test) if rows.any() else fallback
+            if predicted is None:
+                failed += 1
+                predicted = fallback
+            q[test, a] = np.clip(predicted, np.min(y), np.max(y))
+    return DirectMethod(q, failed)
 
 
-def _ridge(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def _standardised(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both folds' inputs clipped to the training ones' TRIM..1-TRIM quantiles, centred and
+    scaled by the clipped training ones, with an intercept column."""
+    with np.errstate(all="ignore"):  # inputs near the float maximum: _ridge refuses the result
+        low, high = np.quantile(train, [TRIM, 1 - TRIM], axis=0)
+        train, test = np.clip(train, low, high), np.clip(test, low, high)
+        centre, scale = np.mean(train, axis=0), np.std(train, axis=0)
+        scale = np.where(scale > 0, scale, 1.0)  # a constant input: 0 after centring
+        return tuple(np.hstack([np.ones((len(z), 1)), (z - centre) / scale])
+                     for z in (train, test))
+
+
+def _ridge(x: np.ndarray, y: np.ndarray, x_test: np.ndarray) -> np.ndarray | None:
+    """x_test's predictions by the ridge regression of y on x; None when the fit fails
+    numerically."""
     penalty = RIDGE * np.eye(x.shape[1])
     penalty[0, 0] = 0.0  # the intercept is free: an action's mean reward is not shrunk to 0
-    # lstsq, not solve: a single record (or constant columns) leaves the system singular
-    return np.linalg.lstsq(x.T @ x + penalty, x.T @ y, rcond=None)[0]
+    with np.errstate(all="ignore"):
+        gram, moments = x.T @ x + penalty, x.T @ y
+        # LAPACK given a non-finite number prints to stderr before it raises
+        if not all(np.all(np.isfinite(z)) for z in (gram, moments, x_test)):
+            return None
+        try:
+            # lstsq, not solve: a single record (or constant columns) leaves it singular
+            predicted = x_test @ np.linalg.lstsq(gram, moments, rcond=None)[0]
+        except np.linalg.LinAlgError:
+            return None
+    return predicted if np.all(np.isfinite(predicted)) else None

@@ -69,7 +69,8 @@ def evaluate(replayed: Sequence[Replayed], seed: int = 0) -> dict[str, Any]:
     result["estimates"] = {}
     for reward in REWARDS:
         y = np.array([getattr(r, reward) for r in usable])
-        q = estimators.direct_method(features, logged, y, len(names), seed)
+        model = estimators.direct_method(features, logged, y, len(names), seed)
+        q = model.q
         if NOTHING in index:
             q[:, index[NOTHING]] = 0.0  # showing nothing earns nothing: no model needed
         result["logged"][reward] = float(np.mean(y))
@@ -77,12 +78,22 @@ def evaluate(replayed: Sequence[Replayed], seed: int = 0) -> dict[str, Any]:
         result["estimates"][reward] = {
             "ips": estimators.ips(weights, y, binary).to_json(),
             "snips": estimators.snips(weights, y, binary).to_json(),
-            "dr": estimators.doubly_robust(weights, y, q[np.arange(len(y)), logged],
-                                           np.sum(pi * q, axis=1), binary).to_json()}
+            "dr": {**estimators.doubly_robust(weights, y, q[np.arange(len(y)), logged],
+                                              np.sum(pi * q, axis=1), binary).to_json(),
+                   "model_fallbacks": model.failed}}
     result["overlap"] = _overlap(shares, weights, mu)
     # not the overlap's: the refused requests are said once, apart (report.refusals)
-    result["warnings"] = _few_positives(usable, replayed)
+    result["warnings"] = _few_positives(usable, replayed) + _model_fallbacks(result)
     return result
+
+
+def _model_fallbacks(result: dict[str, Any]) -> list[str]:
+    """Fits of the doubly robust estimate's reward model that failed numerically (inputs near
+    the largest float) and predict their training records' mean instead (estimators.py)."""
+    return [f"the doubly robust {report.REWARD_NAMES[reward]}'s reward model failed "
+            f"numerically in {n} fit(s) (inputs near the largest number?): those predict the "
+            f"mean reward" for reward, e in result["estimates"].items()
+            if (n := e["dr"]["model_fallbacks"])]
 
 
 def _few_positives(usable: Sequence[Replayed], replayed: Sequence[Replayed]) -> list[str]:
