@@ -17,7 +17,8 @@ rates move, and the groups pooled over versions would then differ by the change 
 (Simpson's paradox), not by the models. The accept rates' interval is Agresti and Caffo's
 (a success and a failure added to each group, then the normal approximation), which holds
 its coverage for rare accepts and small control groups where the plain normal one does not
-(with no accept among 50 control decisions it had no width from them at all); the value's
+(with no accept among 50 control decisions it had no width from them at all), clipped to
+[-1, 1] where it passes what a difference of two rates can be; the value's
 is the normal approximation with unequal variances. A stratum is compared when each group
 has two decisions; the others are left out of that comparison, and named (`left_out`). Which
 are left out depends on the groups' sizes only, never on what they earned: keeping a version
@@ -106,7 +107,10 @@ def difference(strata: Strata, column: int, binary: bool) -> Difference:
                                 + _variance(y, pooled[1]) / len(y))
                        for w, (x, y) in zip(weights, usable))
     half = Z95 * math.sqrt(variance)
-    return Difference(m, c, m - c, float(centre - half), float(centre + half), left_out)
+    low, high = float(centre - half), float(centre + half)
+    if binary:  # a difference of two rates: the normal approximation can pass +-1
+        low, high = max(low, -1.0), min(high, 1.0)
+    return Difference(m, c, m - c, low, high, left_out)
 
 
 def _variance(values: np.ndarray, pooled: float = math.nan) -> float:

@@ -137,3 +137,13 @@ def test_pushes_to_a_watch_are_left_out():
     report = uplift([record(i, "a", True, i % 2 == 0) for i in range(100, 140)] + held)
     assert report["pushes_left_out"] == 50
     assert report["channels"]["web/hero"]["control_decisions"] == 20
+
+
+def test_the_accept_interval_stays_within_what_a_difference_of_rates_can_be():
+    """Models 4/4 against control 0/2: Agresti and Caffo's normal interval reached 1.102
+    (review rev42 learning finding 2); the uplift of a rate is within [-1, 1]."""
+    rows = {False: [("a", 1.0, 0.0)] * 4, True: [("a", 0.0, 0.0)] * 2}
+    up = difference({"1": rows}, 1, binary=True)
+    assert up.uplift == 1.0 and 0.0 < up.low and up.high == 1.0
+    down = difference({"1": {False: rows[True], True: rows[False]}}, 1, binary=True)
+    assert down.low == -1.0 and down.high < 0.0
