@@ -56,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"error: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 1
-    evidence = {"log": str(args.log), "candidate": {"file": str(args.catalog), "name": compiled.catalog.name,
+    evidence = {"log": str(args.log),
+                "candidate": {"file": str(args.catalog), "name": compiled.catalog.name,
                               "version": compiled.version},
                 "samples": args.samples, "candidate_error": candidate_error(args.samples),
                 "models": MODELS, **evaluation.evaluate(replayed, args.seed)}
