@@ -20,13 +20,14 @@ from __future__ import annotations
 from typing import Any
 
 from kairos.cluster.identity import ANONYMOUS, NAMES_ANOTHER, Directory, link_id
-from kairos.cluster.protocol import (Bury, Claim, Conflict, Forget, Forgotten, Invalid, Link,
-                                     Merge, Ok, Reply, Resolve, Retire, Settle, Take, Unavailable,
-                                     Unclaim, Unlink)
+from kairos.cluster.protocol import (Bury, Busy, Claim, Conflict, Forget, Forgotten, Invalid,
+                                     Link, Merge, Ok, Reply, Resolve, Retire, Settle, Take,
+                                     Unavailable, Unclaim, Unlink)
 from kairos.cluster.shard.decisionlog import DecisionLog
 from kairos.cluster.shard.context import ShardContext, touch
 from kairos.cluster.shard.journaling import Journaling
 from kairos.cluster.shard.residency import HomeDamaged, Residency
+from kairos.cluster.shard.rounds import taken_budget
 from kairos.cluster.storage import blocks
 
 class CustomerIdentities:
@@ -79,6 +80,8 @@ class IdentityRequests:
         self._journaling = journaling
         self._directory = directory
         self._identities = identities
+        # the round (its `touched`, one per round) and the state bytes its Takes handed over
+        self._taken: tuple[dict[str, float], int] = ({}, 0)
 
     def resolve(self, batch: list[Resolve], touched: dict[str, float]) -> list[Reply]:
         """The customer an alias names: its linked customer, or its anonymous one (or, to a
@@ -173,7 +176,9 @@ class IdentityRequests:
     def take(self, batch: list[Take], touched: dict[str, float]) -> list[Reply]:
         """Step 2: hand an anonymous customer's state over (None if it has none) and redirect
         its id. A retry of the same link gets the same state back. Replayed, the state comes
-        from the record: the customer it was exported from is gone."""
+        from the record: the customer it was exported from is gone. The states a round hands
+        over stay within `taken_budget` (rounds.py: its frame must hold them): a Take past it
+        answers BUSY and changes nothing, for its link's caller to retry in a later round."""
         replies: list[Reply] = []
         for r in batch:
             p, anonymous = r.partition, r.anonymous
@@ -194,6 +199,10 @@ class IdentityRequests:
             if resident:
                 if not self._journaling.replaying:
                     state = blocks.pack(self._residency.export([anonymous]))
+                    refused = self._over_budget(len(state), touched)
+                    if refused is not None:
+                        replies.append(refused)
+                        continue
                 self._residency.evict(anonymous, p)
                 self._journaling.delete_later(p, anonymous)
             touched.pop(anonymous, None)  # its changes this round left with it: none to push
@@ -201,6 +210,21 @@ class IdentityRequests:
             self._journaling.record(r._replace(state=state))
             replies.append(Ok(value=state))
         return replies
+
+    def _over_budget(self, size: int, touched: dict[str, float]) -> Reply | None:
+        """The refusal of a state of `size` bytes past what the round may still hand over
+        (None: it is counted in); one past all of it answers UNAVAILABLE (no round can)."""
+        budget = taken_budget()
+        if size > budget:
+            return Unavailable(reason=f"the anonymous customer's state packs to {size} bytes, "
+                                      f"more than a round may hand over ({budget}): the link "
+                                      f"waits")
+        taken = self._taken[1] if self._taken[0] is touched else 0
+        if taken + size > budget:
+            return Busy(reason=f"this round handed over {taken} bytes of customers' states, "
+                               f"and this one's {size} would pass its {budget}: retry the link")
+        self._taken = (touched, taken + size)
+        return None
 
     def merge(self, batch: list[Merge], touched: dict[str, float]) -> list[Reply]:
         """Step 3: fold handed-over state into the customer, once per link; whether it

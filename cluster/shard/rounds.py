@@ -14,14 +14,19 @@ request makes of its own beyond them:
   MAX_TOP_K), of its customer id, the longest action id and channel name, and IMPRESSION_OVERHEAD
   bytes (its engine decision id's among them).
 The other kinds journal their request (a Forget's or Retire's with a time, an event's with its
-sequence number: a few bytes, which the frame's margin past the round's bytes covers), a record
-made of its fields (a Merge's Unclaim) or nothing; but a link's Take journals the anonymous
-customer's state, known only once the customer is loaded, so it is not costed here. The margin
-holds 16 KB a request at the most requests a round may take (settings.py, SHARD_ROUND_LIMIT):
-a customer of the default catalog with a 1 KB id and 256 idempotency keys packs to 12.5 KB, but
-one with long histories or long text attributes may pack to more, so a round of many such Takes
-is not known to fit. The catalog can change while a batch waits, so a batch keeps what the cost
-is made of (its events and decides, their ids' bytes) and is costed by the catalog of its round.
+sequence number: a few bytes, RECORD_EXTRA at most, which the frame's margin past the round's
+bytes covers), a record made of its fields (a Merge's Unclaim) or nothing; but a link's Take
+journals the anonymous customer's state, known only once the customer is loaded. No price by
+the catalog bounds it tightly: a customer of the default catalog packs to 3.3 KB, one with a
+1 KB id and 256 idempotency keys to 12.5 KB, one of a catalog of long histories and many text
+attributes (MAX_ATTRIBUTE_TEXT each) to hundreds of KB, and its watches' registrations have no
+cap. So a Take is costed by its bytes only, and the shard bounds what a round's Takes hand
+over instead: a round's requests cost at most half a frame (SHARD_ROUND_BYTES is at most
+MAX_FRAME / 2), and its states may take the other half less RECORD_EXTRA a request
+(`taken_budget`: 32 MB, ten thousand customers of the default catalog); a Take past it
+answers BUSY, having changed nothing, and its link's caller retries it (identities.py,
+`take`). The catalog can change while a batch waits, so a batch keeps what the cost is made of
+(its events and decides, their ids' bytes) and is costed by the catalog of its round.
 """
 from __future__ import annotations
 
@@ -35,6 +40,8 @@ import msgpack
 from kairos.core.compiler import CompiledCatalog
 
 from kairos.cluster.protocol import Decide, Fire, Invalid, Outcome, Reply
+from kairos.cluster.settings import SHARD_ROUND_LIMIT
+from kairos.cluster.storage import frames
 
 _LONG = "x" * (1 << 16)  # long enough for msgpack's widest string header
 # a packed Fire's bytes besides its customer id and timer name: the widest headers and numbers
@@ -46,6 +53,15 @@ def fire_bytes(id_bytes: int, timer_bytes: int) -> int:
     """A Fire record's bytes as the journal packs it, at most, for a customer id and a timer
     name of these lengths (UTF-8): what a round's overdue fires and a tick's firings cost."""
     return id_bytes + timer_bytes + FIRE_OVERHEAD
+# what a request's record may take past the request's bytes: an event's sequence number, a
+# Forget's or Retire's time, a Take's state's header (the state apart: `taken_budget`)
+RECORD_EXTRA = 16
+
+
+def taken_budget() -> int:
+    """The bytes of state a round's Takes may hand over: the half of a frame its requests
+    cannot cost, less what each request's record may add past its bytes."""
+    return frames.MAX_FRAME // 2 - SHARD_ROUND_LIMIT * RECORD_EXTRA
 # an engine's decision id (core/engine.py): 8 hex digits, a dash, a 64-bit count in hex
 _ENGINE_ID = "f" * 8 + "-" + "f" * 16
 # a packed impression Outcome's bytes besides its customer id, action id and channel: the
