@@ -85,11 +85,11 @@ def context_request(catalog: CompiledCatalog, request: pb.DecideRequest) -> dict
     of their size, within their bounds) still packed, as the shard's engine reads them."""
     values = declared_values("context", request.context, catalog.context_names)
     for name, packed in request.vectors.items():
+        check_bounded(name, "vectors key", MAX_KEY_LENGTH)  # before it names the field
         where = f"vectors.{name}"
         spec = catalog.catalog.context[catalog.context_index[name]] \
             if name in catalog.context_index else None
         if spec is None or spec.type != "vector":
-            check_bounded(name, where, MAX_KEY_LENGTH)
             declared = [c.name for c in catalog.catalog.context if c.type == "vector"]
             raise InputError(where, f"not a vector context key (declared vectors: "
                                     f"{', '.join(declared) or 'none'})")
