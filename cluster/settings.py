@@ -66,17 +66,17 @@ LEARNER_NAME = "kairos-learner"
 SHARD_QUEUE_LIMIT = integer("SHARD_QUEUE_LIMIT", 20_000)
 # Requests one kernel round may take from a shard's queue. At most the default, 2,048: what a
 # round's records take past the bytes SHARD_ROUND_BYTES costs (an event's sequence number, a
-# Forget's time, a link's Take the customer's state, not known before it is loaded:
-# shard/rounds.py) comes out of the frame's margin, MAX_FRAME less the round's bytes, at least
-# 32 MiB: 16 KB a request, more than a customer of the default catalog with a 1 KB id and its
-# 256 idempotency keys packs to (12.5 KB).
+# Forget's time: RECORD_EXTRA, 16 bytes a request) and the states its links' Takes hand over
+# (not known before the customer is loaded: at most `taken_budget`, shard/rounds.py) come out
+# of the frame's margin, MAX_FRAME less the round's bytes, at least 32 MiB.
 SHARD_ROUND_LIMIT = integer("SHARD_ROUND_LIMIT", 2048, high=2048)
 # Bytes of requests (as msgpack) one round may take: a round is journaled as one frame, which
 # must stay under the journal's 64 MiB MAX_FRAME (storage/frames.py). Its records can take more
 # than its requests (an event's adds its sequence number, a link's Take the customer's state),
-# so a quarter of it. An event counts besides its bytes a Fire record per timer of the catalog
-# (at most MAX_TIMERS): its customer's overdue timers fire in its round; a Decide recording its
-# impression an Outcome record per action the catalog's largest placement shows (shard/rounds.py).
+# so a quarter of it, and at most half: a round's Takes hand over states of the other half. An
+# event counts besides its bytes a Fire record per timer of the catalog (at most MAX_TIMERS):
+# its customer's overdue timers fire in its round; a Decide recording its impression an
+# Outcome record per action the catalog's largest placement shows (shard/rounds.py).
 SHARD_ROUND_BYTES = integer("SHARD_ROUND_BYTES", 16 << 20, low=1 << 10, high=32 << 20)
 # Customers not seen yet that a shard keeps watches of (a watch waits for the customer's first
 # event): snapshots and moves carry them all, about 120 bytes each, so a registration whose
