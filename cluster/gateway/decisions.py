@@ -102,7 +102,8 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
             context, self.gateway.as_customer(who, lambda customer_id: self.client.decide(
                 customer_id, channel, placement, context_values,
                 max_actions=request.max_actions, explain=request.explain,
-                record_impression=request.record_impression)),
+                record_impression=request.record_impression,
+                expires=self.gateway.expires(context))),
             fallback=lambda: fallback_decision(catalog, who.customer_id or "", channel,
                                                placement))
         return wire.decision_out(decision, catalog.agent_texts)

@@ -174,11 +174,11 @@ class KairosClient(IdentitySagas):
     async def decide(self, customer_id: str, channel: str, placement: str | None = None,
                      context: Mapping[str, Any] | None = None, *, max_actions: int = 0,
                      explain: bool = False, now: float | None = None,
-                     record_impression: bool = False) -> Decision:
+                     record_impression: bool = False, expires: float | None = None) -> Decision:
         return await self._value(Decide(
             customer_id=customer_id, channel=channel, placement=placement,
             context=dict(context or {}), max_actions=max_actions, explain=explain, now=now,
-            record_impression=record_impression))
+            record_impression=record_impression, expires=expires))
 
     async def respond(self, customer_id: str, action_id: str, channel: str, outcome: str,
                       when: Any, decision_id: str | None = None,

@@ -65,8 +65,8 @@ from kairos.cluster.transport.backend import NotSent
 log = logging.getLogger("kairos.dataplane")
 # 3: a challenge-response handshake of fixed layouts; 4: outcomes carry a convert's value; 5: a
 # Decide says if it is logged; 6: a Retire if its forget is finished, TLS off loopback (pinned.py);
-# 7: Resolve.for_forget, Retire.when, Bury.finished. Peers of other versions refuse each other
-PROTOCOL = 7
+# 7: Resolve.for_forget, Retire.when, Bury.finished; 8: Decide.expires. Others refuse each other
+PROTOCOL = 8
 MAGIC = b"KAIROSDP"
 NONCE_BYTES = 32
 _CHALLENGE = struct.Struct(f">8sH{NONCE_BYTES}s")

@@ -11,6 +11,11 @@ from kairos.cluster.gateway.calls import Gateway
 from kairos.cluster.protocol import EXPIRED
 from kairos.cluster.settings import DEADLINE_MARGIN_S
 from kairos.cluster.transport.client import ShardUnavailable
+from kairos.v1 import decision_pb2 as pb
+from kairos.v1.decision_pb2_grpc import DecisionServiceStub
+
+from tests.support.inprocess_gateway import serving
+from tests.support.local_backend import LocalBackend
 
 
 class Context:
@@ -47,3 +52,30 @@ def test_an_expired_reply_answers_the_fallback_counted_as_the_deadline():
                 for work in (expired, failed)]
     assert asyncio.run(both()) == ["fallback", "fallback"]
     assert gateway.fallbacks == {"deadline": 1, "unavailable": 1}
+
+
+class _Queued(LocalBackend):
+    """A shard that reaches requests `delay` seconds after they are sent (a queue ahead)."""
+
+    delay = 0.0
+
+    async def send(self, name, session, seq, requests, routed):
+        await asyncio.sleep(self.delay)
+        return await super().send(name, session, seq, requests, routed)
+
+
+def test_a_decide_answered_with_the_fallback_records_nothing_on_a_shard_that_reaches_it_late():
+    """End to end: the caller was shown the fallback; the shard, reaching the Decide well past
+    its expiry, decides nothing, so no impression of a decision nobody saw is recorded."""
+    backend = _Queued()
+    with serving(backend=backend) as (_, channel):
+        stub = DecisionServiceStub(channel)
+        stub.Ingest(pb.Event(customer_id="imp", type="app_open", channel="web"), timeout=10)
+        backend.delay = 1.0
+        shown = stub.Decide(pb.DecideRequest(customer_id="imp", channel="web",
+                                             record_impression=True), timeout=0.3)
+        assert shown.fallback
+        time.sleep(1.2)  # the shard has reached it
+        backend.delay = 0.0
+        profile = stub.GetProfile(pb.ProfileRequest(customer_id="imp"), timeout=10)
+        assert profile.events_applied == 1 and not profile.history
