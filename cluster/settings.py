@@ -302,7 +302,7 @@ DEADLINE_MARGIN_SHARE = number("DEADLINE_MARGIN_SHARE", 0.05, high=0.5)
 # How far a shard's clock may run ahead of a gateway's: a shard skips a Decide only this long
 # past the wall-clock time its gateway stopped waiting (protocol.Decide's `expires`), so a
 # clock that far ahead never turns Decides answered in time into fallbacks.
-CLOCK_SKEW_S = number("CLOCK_SKEW_S", 0.1, high=60.0)
+SHARD_CLOCK_SKEW_S = number("SHARD_CLOCK_SKEW_S", 0.1, high=60.0)
 # Calls one gateway works on at once; past it, RESOURCE_EXHAUSTED at once.
 GATEWAY_INFLIGHT_LIMIT = integer("GATEWAY_INFLIGHT_LIMIT", 20_000)
 # Load shedding (gateway/admission.py): the queueing delay a gateway keeps its calls near by

@@ -29,7 +29,7 @@ from kairos.cluster.identity import Directory, anonymous_id
 from kairos.cluster.protocol import (EXPIRED, Busy, Decide, Event, EventAck, EventRecord, Fire,
                                      Invalid, Missing, Ok, Outcome, ReadProfile, Record, Reply,
                                      Unavailable, WatchCustomer)
-from kairos.cluster.settings import CLOCK_SKEW_S
+from kairos.cluster.settings import SHARD_CLOCK_SKEW_S
 from kairos.cluster.shard.decisionlog import DecisionLog
 from kairos.cluster.shard.context import LEARNED_COUNT, ShardContext, touch
 from kairos.cluster.shard.journaling import Journaling
@@ -178,7 +178,7 @@ class CustomerRequests:
         encoded, where, explain = [], [], []
         unseen = set()
         # once a run: the deadlines are the gateways' wall clocks, this one's ahead by at most
-        past = time.time() - CLOCK_SKEW_S
+        past = time.time() - SHARD_CLOCK_SKEW_S
         for i, d in enumerate(batch):
             if d.expires is not None and d.expires < past:
                 replies[i] = Unavailable(reason=EXPIRED)
