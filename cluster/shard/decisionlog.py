@@ -253,7 +253,7 @@ class LogWriter:
 
     def _append_waiting(self) -> None:
         """Between a trim's pages, what was submitted meanwhile: a long trim (a Redis log's
-        pages cost some 5 µs an entry, a GiB's 25 s) would hold them past
+        pages cost some 13 µs an entry, a GiB's 25 s) would hold them past
         DECISION_LOG_PENDING. An erasure submitted meanwhile runs first: those records came
         after it, so a record a customer makes after its ForgetCustomer is kept."""
         with self._lock:
