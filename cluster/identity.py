@@ -50,6 +50,7 @@ from collections import OrderedDict
 from typing import Any, Iterable
 
 from kairos.core.errors import InputError
+from kairos.core.request import quoted
 
 from kairos.cluster.settings import TOMBSTONE_S, TOMBSTONES_PER_PARTITION
 
@@ -80,7 +81,8 @@ def alias_key(alias_type: str, value: str, field: str = "alias") -> str:
     """The directory key of an alias, after checking it."""
     if not isinstance(alias_type, str) or not ALIAS_TYPE.fullmatch(alias_type):
         raise InputError(f"{field}.type", f"expected a lower-case name such as 'cookie' or "
-                                          f"'email' (letters, digits, _), got {alias_type!r}")
+                                          f"'email' (letters, digits, _), got "
+                                          f"{quoted(alias_type)}")
     if not isinstance(value, str) or not value:
         raise InputError(f"{field}.value", "expected a non-empty string")
     if len(value) > MAX_ALIAS_VALUE:

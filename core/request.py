@@ -40,6 +40,18 @@ def shown(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
+QUOTED = 64  # characters of a caller's value an input error quotes
+
+
+def quoted(value: Any) -> str:
+    """A caller's value as an input error quotes it: a string's first QUOTED characters (and
+    its length, when cut), never all of a long one; anything else whole (the contract's
+    fields are strings: only an in-process caller passes another type)."""
+    if not isinstance(value, str) or len(value) <= QUOTED:
+        return repr(value)
+    return f"{value[:QUOTED]!r}... ({len(value)} characters)"
+
+
 def check_customer(customer_id: Any, field: str = "customer_id",
                    limit: int = MAX_CUSTOMER_ID_LENGTH) -> str:
     """The customer id, if it is a non-empty string of at most `limit` characters; else
@@ -64,7 +76,7 @@ def channel_code(compiled: CompiledCatalog, channel: str, field: str = "channel"
     """The channel's code; InputError listing the catalog's channels when it has no such one."""
     code = compiled.channel_index.get(channel)
     if code is None:
-        raise InputError(field, f"unknown channel {channel!r} (channels: "
+        raise InputError(field, f"unknown channel {quoted(channel)} (channels: "
                                 f"{', '.join(compiled.channel_names)})")
     return code
 
@@ -78,7 +90,7 @@ def placement_codes(compiled: CompiledCatalog, channel: str,
         return PlacementCodes(ch, 0)
     code = compiled.placement_index[ch].get(placement)
     if code is None:
-        raise InputError("placement", f"unknown placement {placement!r} of "
+        raise InputError("placement", f"unknown placement {quoted(placement)} of "
                                       f"{compiled.channel_names[ch]} (placements: "
                                       f"{', '.join(compiled.placement_names[ch])})")
     return PlacementCodes(ch, code)

@@ -19,7 +19,7 @@ from kairos.core.engine import DecisionEngine
 from kairos.core.errors import InputError
 from kairos.core.request import (MAX_DECISION_ID_LENGTH, MAX_KEY_LENGTH, channel_code,
                                  check_bounded, check_customer, checked_vector,
-                                 placement_codes)
+                                 placement_codes, quoted)
 from kairos.v1 import decision_pb2 as pb
 
 from kairos.cluster import protocol
@@ -123,7 +123,7 @@ def event_request(event: pb.Event, catalog: CompiledCatalog, where: str = ""
     check_bounded(event.idempotency_key, f"{where}idempotency_key", MAX_KEY_LENGTH)
     if event.type not in catalog.event_index:
         check_bounded(event.type, f"{where}type", MAX_KEY_LENGTH)
-        raise InputError(f"{where}type", f"unknown event type {event.type!r} (declared: "
+        raise InputError(f"{where}type", f"unknown event type {quoted(event.type)} (declared: "
                                          f"{', '.join(catalog.event_names)})")
     if event.channel:
         channel_code(catalog, event.channel, f"{where}channel")
@@ -177,7 +177,7 @@ def outcome_request(request: pb.Outcome, catalog: CompiledCatalog) -> OutcomeReq
     a = catalog.action_index.get(request.action_id)
     if a is None:
         check_bounded(request.action_id, "action_id", MAX_KEY_LENGTH)
-        raise InputError("action_id", f"unknown action {request.action_id!r}")
+        raise InputError("action_id", f"unknown action {quoted(request.action_id)}")
     if not catalog.offered[a, ch]:
         raise InputError("action_id", f"action {request.action_id!r} is not offered on "
                                       f"{request.channel}")
