@@ -46,10 +46,19 @@ UNAVAILABLE_LOG_S = 10.0  # the most often the detail behind an UNAVAILABLE answ
 NOT_SENT = "the request did not reach the customer's shard and was not applied: retry"
 NOT_CARRIED = ("the request cannot be sent to the customer's shard (a value or size the data "
                "plane does not carry) and was not applied")
-SHARD_FAILED = ("the customer's shard failed the request; it may have been applied: retry "
-                "with the same idempotency key")
-NO_ANSWER = ("the customer's shard did not answer; the request may have been applied: retry "
-             "with the same idempotency key")
+SILENT = "the customer's shard did not answer"
+FAILED = "the customer's shard failed the request"
+# ...and then what a retry does, which depends on the RPC (`abort`'s `retry`): one that carries
+# idempotency keys (Ingest, its batches and streams, Respond) may have been applied
+KEYED = "the request may have been applied: retry with the same idempotency key"
+READ = "retry"  # GetProfile and a Watch's alias: reads
+# LinkIdentity and ForgetCustomer are sagas of idempotent steps (transport/sagas.py)
+LINK = ("the link may be partly done: retry it, which finishes it and merges the alias's "
+        "anonymous profile at most once (`merged` says whether this try merged it)")
+FORGET = ("the forget may be partly done: retry ForgetCustomer, by the same id or alias, until "
+          "it answers OK; a retry finishes it")
+NO_ANSWER = f"{SILENT}; {KEYED}"  # a keyed RPC's messages
+SHARD_FAILED = f"{FAILED}; {KEYED}"
 EARLIER_FAILED = ("not sent: an earlier event of this call failed; none of that customer's "
                   "events after it was applied: retry the call with the same idempotency keys")
 # a shard's refusal meant for callers (README, Corruption), without the damage's detail; the
@@ -199,10 +208,10 @@ class Gateway:
         shard that reaches a Decide later skips it (protocol.Decide's `expires`)."""
         return time.time() + self.timeout(context)
 
-    async def call(self, context, work: Awaitable, fallback: Callable[[], Any] | None = None
-                   ) -> Any:
+    async def call(self, context, work: Awaitable, fallback: Callable[[], Any] | None = None,
+                   retry: str = KEYED) -> Any:
         """Run the runtime call within the deadline; a timeout or an unavailable shard gives
-        `fallback()` when there is one; errors become status codes."""
+        `fallback()` when there is one; errors become status codes (`abort`, told `retry`)."""
         try:
             return await self.within(work, self.timeout(context))
         except (asyncio.TimeoutError, Unavailable) as exc:
@@ -210,7 +219,7 @@ class Gateway:
                 late = isinstance(exc, asyncio.TimeoutError) or str(exc) == EXPIRED
                 self.fallbacks["deadline" if late else "unavailable"] += 1
                 return fallback()
-            await abort(context, exc)
+            await abort(context, exc, retry)
         except (InputError, Busy, Conflict) as exc:
             await abort(context, exc)
 
@@ -270,13 +279,15 @@ class InflightLimit(grpc.aio.ServerInterceptor):
         return handler
 
 
-async def abort(context, exc: BaseException) -> None:
-    """End the call with the status code for `exc` (re-raised if it has none)."""
+async def abort(context, exc: BaseException, retry: str = KEYED) -> None:
+    """End the call with the status code for `exc` (re-raised if it has none). `retry`: what
+    the caller is told a retry does, when the call may have been applied (KEYED, READ, LINK,
+    FORGET)."""
     code = _code_of(exc)
     if code is None:
         raise exc
     if isinstance(exc, Unavailable):
-        details = _unavailable(exc)
+        details = _unavailable(exc, retry)
     elif isinstance(exc, TimeoutError) and not str(exc):
         details = "the customer's shard did not answer in time"
     else:
@@ -288,9 +299,9 @@ async def abort(context, exc: BaseException) -> None:
 _UNAVAILABLE_DETAIL = ThrottledWarning(log, UNAVAILABLE_LOG_S)
 
 
-def _unavailable(exc: Unavailable) -> str:
-    """What a caller is told of `exc`: whether its request may have been applied, not the
-    transport's or the shard's detail, which is logged here (at most once an
+def _unavailable(exc: Unavailable, retry: str) -> str:
+    """What a caller is told of `exc`: whether its request may have been applied (and then
+    `retry`), not the transport's or the shard's detail, which is logged here (at most once an
     UNAVAILABLE_LOG_S)."""
     _UNAVAILABLE_DETAIL.warn("a call ended UNAVAILABLE: %s: %s", type(exc).__name__, exc)
     if isinstance(exc, NotCarried):
@@ -303,8 +314,8 @@ def _unavailable(exc: Unavailable) -> str:
         if str(exc) == BEING_FORGOTTEN:
             return BEING_FORGOTTEN
         damaged = DAMAGED.match(str(exc))
-        return SHARD_FAILED if damaged is None else damaged.group(0)
-    return NO_ANSWER
+        return f"{FAILED}; {retry}" if damaged is None else damaged.group(0)
+    return f"{SILENT}; {retry}"
 
 
 async def fail(context, code: grpc.StatusCode, details: str) -> None:

@@ -32,7 +32,7 @@ from kairos.cluster.gateway import requests, wire
 from kairos.cluster.gateway.auth import (Denied, caller, check_channel, has_scope, require_scope,
                                          visible_channel)
 from kairos.cluster.gateway.bounds import host_of
-from kairos.cluster.gateway.calls import Gateway, abort
+from kairos.cluster.gateway.calls import FORGET, LINK, READ, Gateway, abort
 from kairos.cluster.gateway.streams import Watch
 from kairos.cluster.identity import anonymous_id
 from kairos.cluster.settings import STREAM_WINDOW
@@ -349,7 +349,7 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
             await abort(context, exc)
         now = time.time()
         profile = await self.gateway.call(context, self.gateway.as_customer(
-            who, lambda customer_id: self.client.profile(customer_id, now)))
+            who, lambda customer_id: self.client.profile(customer_id, now)), retry=READ)
         if profile is None:
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"no customer {requests.named(request)}")
@@ -364,7 +364,7 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
             self._answer(protocol.Decide(customer_id=profile["customer_id"], channel=ch,
                                           context={}, explain=request.explain, now=now,
                                           log=ch == logged))
-            for ch in channels)))
+            for ch in channels)), retry=READ)
         types = {**{a.name: a.type for a in catalog.catalog.attributes},
                  **{f.name: f.type for f in catalog.catalog.features}}
         consent = {purpose: attribute is None or bool(profile["attributes"].get(attribute))
@@ -385,14 +385,15 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
             await abort(context, exc)
         if who.alias_key is None:
             ids = {who.customer_id}
-            existed = await self.gateway.call(context, self.client.forget(who.customer_id))
+            existed = await self.gateway.call(context, self.client.forget(who.customer_id),
+                                              retry=FORGET)
         else:  # the forget's own resolution (client.forget_key's): a retry cut after its
             # Retire still names the customer, the id the alias's streams were opened on
             customer = await self.gateway.call(context, self._answer(
-                protocol.Resolve(key=who.alias_key, for_forget=True)))
+                protocol.Resolve(key=who.alias_key, for_forget=True)), retry=FORGET)
             ids = {anonymous_id(who.alias_key), customer}
-            existed = await self.gateway.call(context, self.client.forget(customer,
-                                                                          who.alias_key))
+            existed = await self.gateway.call(
+                context, self.client.forget(customer, who.alias_key), retry=FORGET)
         self.gateway.watches.end(ids, FORGOTTEN)
         return pb.ForgetAck(existed=existed)
 
@@ -402,7 +403,7 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
         except InputError as exc:
             await abort(context, exc)
         return pb.LinkAck(merged=await self.gateway.call(context, self.client.link(
-            request.alias.type, request.alias.value, request.customer_id)))
+            request.alias.type, request.alias.value, request.customer_id), retry=LINK))
 
     async def WatchDecisions(self, request: pb.WatchRequest, context
                              ) -> AsyncIterator[pb.Decision]:
@@ -416,7 +417,8 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
             await abort(context, exc)
         customer = who.customer_id
         if who.alias_key is not None:
-            customer = await self.gateway.call(context, self.client.resolve_key(who.alias_key))
+            customer = await self.gateway.call(context, self.client.resolve_key(who.alias_key),
+                                               retry=READ)
         try:
             async with contextlib.aclosing(self.gateway.watches.follow(
                     Watch(customer, channel, placement),
@@ -425,7 +427,7 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
                 async for decision in decisions:
                     yield wire.decision_out(decision, catalog.agent_texts)
         except Exception as exc:
-            await abort(context, exc)
+            await abort(context, exc, READ)
 
 
 def may_log() -> bool:
