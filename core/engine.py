@@ -25,7 +25,7 @@ from .decision import Decision, Dropped, Explanation, Learned, RankedAction
 from .errors import InputError
 from .models import ModelTable
 from .request import (MAX_PROFILE_ID_LENGTH, MAX_STRING_LENGTH, channel_code, check_customer,
-                      checked_vector, placement_codes, shown)
+                      checked_vector, placement_codes, quoted, shown)
 from .state import EMPTY, HISTORY_EPOCH_S, ProfileTable, profile_view
 
 DECISION_CACHE_SIZE = 100_000  # decisions whose model inputs are kept for their outcomes...
@@ -209,7 +209,8 @@ class DecisionEngine:
             if not isinstance(value, str):
                 raise InputError(where, f"expected a string, got {shown(value)}")
             if spec.values is not None and value not in spec.values:
-                raise InputError(where, f"{value!r} is not one of {', '.join(spec.values)}")
+                raise InputError(where, f"{quoted(value)} is not one of "
+                                        f"{', '.join(spec.values)}")
             if len(value) > MAX_STRING_LENGTH:
                 raise InputError(where, f"at most {MAX_STRING_LENGTH} characters, got "
                                         f"{len(value)}")
@@ -641,9 +642,9 @@ def _encode_time(where: str, value: Any) -> float:
         parsed = parse_timestamp(value)
         if parsed is None:
             raise InputError(where, f"expected epoch seconds or an ISO-8601 timestamp with a "
-                                    f"zone, got {value!r}")
+                                    f"zone, got {quoted(value)}")
         if not 0.0 <= parsed < LATEST_TIME_S:
-            raise InputError(where, f"timestamp {value!r} is outside {TIME_RANGE}")
+            raise InputError(where, f"timestamp {quoted(value)} is outside {TIME_RANGE}")
         return parsed
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InputError(where, f"expected a timestamp, got {shown(value)}")

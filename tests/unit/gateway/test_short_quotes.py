@@ -37,6 +37,11 @@ CASES = [  # (rpc, request, field named, value's character, its length)
                                     customer_id="t-1"), "alias.type", "t", LONG),
     ("IngestBatch", pb.EventBatch(events=[_event(), _event(decide_placement="x" * LONG)]),
      "events[1].decide_placement", "x", LONG),
+    # a field of allowed values, in an event's attributes and a Decide's context (core/engine)
+    ("Ingest", _event(type="page_view", attributes={"category": pb.Value(
+        string_value="z" * 1000)}), "attributes.category", "z", 1000),
+    ("Decide", pb.DecideRequest(customer_id="t-1", channel="web", context={
+        "device": pb.Value(string_value="d" * 1000)}), "context.device", "d", 1000),
     # bounded to 256 characters before this check: quoted no longer for all that
     ("Ingest", _event(type="y" * 200), "type", "y", 200),
     ("Respond", pb.Outcome(customer_id="t-1", channel="web", action_id="a" * 200,
