@@ -5,7 +5,7 @@ Each seed is a world of `bench/truth.py`: a log Kairos wrote on synthetic custom
 acceptance probabilities are known, replayed through the candidate catalog (`kairos replay`'s
 code), against the candidate's true value on the same contexts.
 
-    python -m bench.coverage                  # seeds 0 to 59 (about a minute on 2 cores)
+    python -m bench.coverage                  # seeds 0 to 59 (about 20 s on 2 cores)
     python -m bench.coverage --seeds 20:60    # seeds 20 to 59
 
 Writes bench/results/coverage-<time>.json and .md and prints the Markdown table.

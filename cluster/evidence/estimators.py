@@ -14,9 +14,10 @@ q is the direct-method model: a ridge regression of the reward on the decision's
 per action, cross-fitted (each record's q comes from the folds it is not in, so its own reward
 does not fit its correction term). Inputs are unbounded (a context number may be 1e12), and a
 linear model extrapolates: one outlying input made q, and with it DR, any number at all. So
-each input is clipped to its training records' TRIM..1-TRIM quantiles before it is
-standardised by them (an outlier, in either fold, weighs no more than the edge of the bulk),
-and q is clipped to the rewards the training records earned (for the accept rate within
+each input is clipped to its training records' TRIM..1-TRIM quantiles, taken inward (a data
+point, never the most extreme of 100 or fewer), before it is standardised by the clipped
+training values (an outlier, in either fold, weighs no more than the edge of the bulk; so does
+a rare one: a flag set in under TRIM of the records does not enter the model), and q is clipped to the rewards the training records earned (for the accept rate within
 [0, 1]). A fit that fails numerically predicts the training records' mean reward, and is
 counted (`DirectMethod.failed`): DR stays unbiased with any q when the logged probabilities
 are right; q only narrows its interval.
@@ -170,9 +171,12 @@ def direct_method(features: np.ndarray, actions: np.ndarray, rewards: np.ndarray
 
 def _standardised(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Both folds' inputs clipped to the training ones' TRIM..1-TRIM quantiles, centred and
-    scaled by the clipped training ones, with an intercept column."""
+    scaled by the clipped training ones, with an intercept column. The quantiles are taken
+    inward: interpolated, those of 100 records or fewer lie between the most extreme value
+    and the next, so one outlier would still set the scale."""
     with np.errstate(all="ignore"):  # inputs near the float maximum: _ridge refuses the result
-        low, high = np.quantile(train, [TRIM, 1 - TRIM], axis=0)
+        low = np.quantile(train, TRIM, axis=0, method="higher")
+        high = np.quantile(train, 1 - TRIM, axis=0, method="lower")
         train, test = np.clip(train, low, high), np.clip(test, low, high)
         centre, scale = np.mean(train, axis=0), np.std(train, axis=0)
         scale = np.where(scale > 0, scale, 1.0)  # a constant input: 0 after centring

@@ -49,6 +49,23 @@ def test_an_outlier_in_the_evaluated_fold_is_not_extrapolated():
     assert q[1] == pytest.approx(q[x > -1e9].min(), abs=0.05)
 
 
+@pytest.mark.parametrize("n", [150, 400])
+def test_an_outlier_among_the_training_inputs_leaves_the_model_following_the_bulk(n):
+    """Rewards rise with x; one training input is 1e9. Clipped, each fold's model still
+    follows x on the other records (unclipped, the outlier set the scale and the fold trained
+    with it predicted a constant); with 75 records a training fold, the interpolated 99th
+    percentile still lay half-way to the outlier."""
+    rng = np.random.default_rng(11)
+    x = rng.uniform(0, 1, n)
+    rewards = np.clip(x + rng.normal(0, 0.05, n), 0, 1)
+    x[7] = 1e9
+    q = estimators.direct_method(x[:, None], np.zeros(n, int), rewards, 1).q[:, 0]
+    fold = np.random.default_rng(0).permutation(n) % estimators.FOLDS
+    for k in range(estimators.FOLDS):
+        bulk = (fold == k) & (x < 1e9)
+        assert np.corrcoef(x[bulk], q[bulk])[0, 1] > 0.9, k
+
+
 def test_predictions_stay_within_the_training_rewards():
     """A value reward: q never leaves the training fold's [min, max]."""
     rng = np.random.default_rng(5)
