@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgpack
+
 from kairos.cluster.identity import ANONYMOUS, NAMES_ANOTHER, Directory, link_id
 from kairos.cluster.protocol import (Bury, Busy, Claim, Conflict, Forget, Forgotten, Invalid,
                                      Link, Merge, Ok, Reply, Resolve, Retire, Settle, Take,
@@ -27,8 +29,13 @@ from kairos.cluster.shard.decisionlog import DecisionLog
 from kairos.cluster.shard.context import ShardContext, touch
 from kairos.cluster.shard.journaling import Journaling
 from kairos.cluster.shard.residency import HomeDamaged, Residency
+from kairos.cluster.settings import SHARD_ROUND_BYTES
 from kairos.cluster.shard.rounds import taken_budget
 from kairos.cluster.storage import blocks
+
+_pack = msgpack.Packer(use_bin_type=True).pack
+_BIN_HEADER = 4  # a state's bin header past an empty one's (msgpack's bin 32: 5 bytes, not 1)
+
 
 class CustomerIdentities:
     """Per resident customer: the aliases merged into it and the links that merged them
@@ -178,7 +185,9 @@ class IdentityRequests:
         its id. A retry of the same link gets the same state back. Replayed, the state comes
         from the record: the customer it was exported from is gone. The states a round hands
         over stay within `taken_budget` (rounds.py: its frame must hold them): a Take past it
-        answers BUSY and changes nothing, for its link's caller to retry in a later round."""
+        answers BUSY and changes nothing, for its link's caller to retry in a later round; one
+        whose state no round could hand over, or whose Merge no round could carry, answers
+        CONFLICT and changes nothing (the link cannot finish: the caller is told why)."""
         replies: list[Reply] = []
         for r in batch:
             p, anonymous = r.partition, r.anonymous
@@ -199,7 +208,7 @@ class IdentityRequests:
             if resident:
                 if not self._journaling.replaying:
                     state = blocks.pack(self._residency.export([anonymous]))
-                    refused = self._over_budget(len(state), touched)
+                    refused = self._over_budget(r, len(state), touched)
                     if refused is not None:
                         replies.append(refused)
                         continue
@@ -211,14 +220,18 @@ class IdentityRequests:
             replies.append(Ok(value=state))
         return replies
 
-    def _over_budget(self, size: int, touched: dict[str, float]) -> Reply | None:
+    def _over_budget(self, r: Take, size: int, touched: dict[str, float]) -> Reply | None:
         """The refusal of a state of `size` bytes past what the round may still hand over
-        (None: it is counted in); one past all of it answers UNAVAILABLE (no round can)."""
+        (None: it is counted in); CONFLICT for one no round can hand over, or whose Merge (the
+        state and the link's ids: its key is shorter than its link) no round can take."""
         budget = taken_budget()
-        if size > budget:
-            return Unavailable(reason=f"the anonymous customer's state packs to {size} bytes, "
-                                      f"more than a round may hand over ({budget}): the link "
-                                      f"waits")
+        merge = size + len(_pack(Merge(partition=-1 << 63, customer_id=r.target, link=r.link,
+                                       key=r.link, state=b""))) + _BIN_HEADER
+        if size > budget or merge > SHARD_ROUND_BYTES:
+            return Conflict(reason=f"the anonymous customer's state packs to {size} bytes, and "
+                                   f"a link hands over at most {budget} in a round and merges "
+                                   f"at most {SHARD_ROUND_BYTES} (KAIROS_SHARD_ROUND_BYTES) of "
+                                   f"state and ids: this link cannot finish")
         taken = self._taken[1] if self._taken[0] is touched else 0
         if taken + size > budget:
             return Busy(reason=f"this round handed over {taken} bytes of customers' states, "

@@ -15,7 +15,8 @@ import pytest
 from kairos.core.catalog import default_catalog_text
 from kairos.core.compiler import compiled_from_text
 from kairos.cluster.identity import anonymous_id, link_id
-from kairos.cluster.protocol import Busy, EventAck, Ok, Take, Unavailable
+from kairos.cluster.protocol import Busy, Conflict, EventAck, Ok, Take
+from kairos.cluster.shard import identities
 from kairos.cluster.shard.rounds import taken_budget
 from kairos.cluster.storage import blocks, frames
 from kairos.cluster.storage.directory_store import DirectoryStore
@@ -84,7 +85,8 @@ def test_a_round_of_takes_hands_over_no_more_state_than_its_frame_holds(tmp_path
 def test_a_state_alone_past_what_a_round_may_hand_over_is_kept_and_the_round_served(
         tmp_path, monkeypatch):
     """A frame limit so low that one customer's state is more than a round may hand over:
-    its Take answers UNAVAILABLE (the customer keeps its state), the rest of the round goes."""
+    its Take answers CONFLICT, saying why (the customer keeps its state), the rest of the
+    round goes."""
     records = frames.MAX_FRAME // 2 - taken_budget()  # what the other records may add
     monkeypatch.setattr(frames, "MAX_FRAME", 2 * (records + (3 << 10)))
     assert taken_budget() == 3 << 10
@@ -95,8 +97,25 @@ def test_a_state_alone_past_what_a_round_may_hand_over_is_kept_and_the_round_ser
         assert len(state) > taken_budget()
         replies = await host.handle("a", 0, [take(KEYS[0]), event("ana", "app_open", T0)],
                                     [0, 0])
-        assert type(replies[0]) is Unavailable and "hand over" in replies[0].reason
+        assert type(replies[0]) is Conflict and "cannot finish" in replies[0].reason
         assert replies[1] == EventAck(sequence=1) and host.shard is shard
         assert blocks.pack(shard.residency.export([anonymous_id(KEYS[0])])) == state
+    run(compiled_from_text(default_catalog_text()), DirectoryStore(tmp_path, fsync=False), test,
+        round_bytes=2 << 10)
+
+
+def test_a_state_its_merge_could_not_carry_is_kept_and_the_link_told_why(tmp_path,
+                                                                        monkeypatch):
+    """Review rev42 d-shard finding 2: a state within what a round may hand over but past
+    what one round may take as the Merge that carries it was handed over, evicted, and every
+    Merge then answered INVALID_ARGUMENT: the link could never finish."""
+    monkeypatch.setattr(identities, "SHARD_ROUND_BYTES", 2 << 10)
+
+    async def test(host):
+        state, = (await visited(host, KEYS[:1])).values()
+        assert 2 << 10 < len(state) < taken_budget()
+        replies = await host.handle("a", 0, [take(KEYS[0])], [0])
+        assert type(replies[0]) is Conflict and "cannot finish" in replies[0].reason
+        assert blocks.pack(host.shard.residency.export([anonymous_id(KEYS[0])])) == state
     run(compiled_from_text(default_catalog_text()), DirectoryStore(tmp_path, fsync=False), test,
         round_bytes=2 << 10)
