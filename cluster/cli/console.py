@@ -16,6 +16,7 @@ import time
 
 from kairos.cluster.cli import local
 from kairos.cluster.cli.secret_files import SecretFileError, check_secret_file
+from kairos.cluster.cli.targets import port, port_or_zero
 
 CONSOLE_PORT = 8080
 # host names to answer besides the bind address's, comma-separated (`kairos up`'s console
@@ -30,7 +31,7 @@ def add_command(commands, parents: list[argparse.ArgumentParser]) -> None:
                                help="serve the agent's web console against a gateway")
     run_.add_argument("--host", default=local.LOOPBACK, help="bind address (default "
                                                               "%(default)s)")
-    run_.add_argument("--port", type=int, default=CONSOLE_PORT, help="default %(default)s")
+    run_.add_argument("--port", type=port, default=CONSOLE_PORT, help="default %(default)s")
     run_.add_argument("--channel", default="call_center",
                       help="the agents' channel: its next best actions, and where their "
                            "outcomes are recorded (default %(default)s)")
@@ -54,7 +55,7 @@ def add_command(commands, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def add_up_option(up: argparse.ArgumentParser) -> None:
-    up.add_argument("--console-port", type=int, default=CONSOLE_PORT,
+    up.add_argument("--console-port", type=port_or_zero, default=CONSOLE_PORT,
                     help="the agent's console on 127.0.0.1 (default %(default)s; 0: none)")
 
 

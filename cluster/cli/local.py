@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -54,9 +56,15 @@ DASHBOARD_PORT = 8265
 # a gateway) serves on one of these, taken by whichever starts first
 RAY_WORKER_PORTS = (10002, 19999)
 RAY_START_TIMEOUT_S = 180.0  # one `ray start` (about 10 s on a quiet 2-core machine)
+# `kairos up` joining the Ray it started, which answers within seconds: past this, it is stopped
+# (ray.init retries a GCS that does not answer without end)
+RAY_INIT_TIMEOUT_S = 120.0
 GRACEFUL_STOP_S = 30.0  # `kairos down`: gateways drained, actors stopped, through Ray
 TERM_GRACE_S = 5.0  # then SIGTERM to Ray's processes, SIGKILL to what is left after this
 KILL_WAIT_S = 3.0
+# what the processes of a `kairos up` run, by name or command line: Ray's servers, its workers'
+# titles (ray::Shard), its scripts (.../ray/dashboard/agent.py), `ray start`, Kairos's console
+RAY_OR_KAIROS = re.compile(r"\bgcs_server\b|\braylet\b|\bray::|/ray/|\bray start\b|\bkairos\b")
 
 
 def home() -> Path:
@@ -98,6 +106,9 @@ def read_run() -> Run | None:
         return Run(**{"token": "", **data})  # "": recorded before runs had tokens
     except FileNotFoundError:
         return None
+    except OSError as exc:  # KAIROS_HOME a file, run.json a directory, ...
+        raise SystemExit(f"error: {home() / RUN_FILE}: {exc.strerror} (${HOME_ENV} must be a "
+                         f"directory, its {RUN_FILE} a file)") from None
     except (ValueError, TypeError) as exc:  # not ours, or from another version
         raise SystemExit(f"error: {home() / RUN_FILE} is not a Kairos run record ({exc}); "
                          f"remove it once no Kairos runs on this KAIROS_HOME") from None
@@ -119,8 +130,13 @@ def forget() -> None:
 @contextlib.contextmanager
 def up_lock() -> Iterator[None]:
     """One `kairos up` or `down` at a time per KAIROS_HOME; a second one fails at once."""
-    home().mkdir(parents=True, exist_ok=True)
-    with open(home() / LOCK_FILE, "w") as f:
+    try:
+        home().mkdir(parents=True, exist_ok=True)
+        f = open(home() / LOCK_FILE, "w")
+    except OSError as exc:
+        raise SystemExit(f"error: {exc.filename}: {exc.strerror} (${HOME_ENV} must be a "
+                         f"directory this user may write)") from None
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -210,16 +226,31 @@ def free_port(host: str = LOOPBACK) -> int:
         return s.getsockname()[1]
 
 
+class AddressUnusable(Exception):
+    """A host this machine cannot listen on: a name that does not resolve, an address that is
+    not one of this machine's."""
+
+
 def port_free(host: str, port: int) -> bool:
-    """Whether a server could listen on host:port (host: an IPv4 or IPv6 address, or a name)."""
+    """Whether a server could listen on host:port (host: an IPv4 or IPv6 address, or a name;
+    port 0: any free one); ValueError for a port outside 0-65535 (getaddrinfo would take it
+    modulo 65536), AddressUnusable for a host that is not this machine's or does not resolve."""
+    if not 0 <= port < 65536:
+        raise ValueError(f"port {port} is out of range (0-65535)")
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-        with socket.socket(family, kind, proto) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise AddressUnusable(f"cannot resolve host {host!r} ({exc})") from None
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
             s.bind(address)
-    except OSError:  # in use, or a host this machine has no address for
-        return False
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise AddressUnusable(f"cannot listen on {host} port {port}: {exc.strerror}") \
+                from None
     return True
 
 
@@ -287,6 +318,24 @@ def processes(run: Run, proven: set[int] | None = None) -> list[psutil.Process]:
     vouches for the whole session. `proven`, filled in: sessions found to be the run's before,
     which stay so for the seconds of one `kairos down` (their ids come back only after the pid
     counter wraps past them): the workers a dying raylet starts are still stopped."""
+    members = _members(run)
+    if not run.token:
+        return [proc for proc in _since(run, members) if _ray_or_kairos(proc)]
+    proven = set() if proven is None else proven
+    proven.update(sid for sid, procs in members.items()
+                  if any(_carries(proc, run.token) for proc in procs))
+    return [proc for sid in proven for proc in members.get(sid, [])]
+
+
+def strangers(run: Run) -> list[int]:
+    """For a record without a token: the processes of its sessions, started since it, that
+    `processes` leaves alone because their command lines are neither Ray's nor Kairos's."""
+    if run.token:
+        return []
+    return [proc.pid for proc in _since(run, _members(run)) if not _ray_or_kairos(proc)]
+
+
+def _members(run: Run) -> dict[int, list[psutil.Process]]:
     sessions = set(run.sessions)
     members: dict[int, list[psutil.Process]] = {}
     for proc in psutil.process_iter(["create_time", "status"]):
@@ -296,12 +345,7 @@ def processes(run: Run, proven: set[int] | None = None) -> list[psutil.Process]:
                 members.setdefault(sid, []).append(proc)
         except (psutil.Error, OSError):
             continue
-    if not run.token:
-        return _before_tokens(run, members)
-    proven = set() if proven is None else proven
-    proven.update(sid for sid, procs in members.items()
-                  if any(_carries(proc, run.token) for proc in procs))
-    return [proc for sid in proven for proc in members.get(sid, [])]
+    return members
 
 
 def _carries(proc: psutil.Process, token: str) -> bool:
@@ -311,14 +355,22 @@ def _carries(proc: psutil.Process, token: str) -> bool:
         return False
 
 
-def _before_tokens(run: Run, members: dict[int, list[psutil.Process]]) -> list[psutil.Process]:
+def _since(run: Run, members: dict[int, list[psutil.Process]]) -> list[psutil.Process]:
     """A record an older `kairos up` wrote, without a token (its Kairos may still run): the
-    processes of its sessions started since it, if the machine has not restarted since. An id
-    reused within the same boot still passes; a new `kairos up` records a token."""
+    processes of its sessions started since it, if the machine has not restarted since. A
+    session id reused within the same boot still passes: `processes` then takes only those
+    that run Ray or Kairos."""
     if run.started < psutil.boot_time():
         return []
     return [proc for procs in members.values() for proc in procs
             if proc.info["create_time"] >= run.started - 1.0]
+
+
+def _ray_or_kairos(proc: psutil.Process) -> bool:
+    try:
+        return bool(RAY_OR_KAIROS.search(" ".join([proc.name(), *proc.cmdline()])))
+    except psutil.Error:
+        return False
 
 
 def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:

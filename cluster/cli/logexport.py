@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -16,11 +17,16 @@ from kairos.cluster.cli.remote import Remote
 from kairos.cluster.evidence.records import (OUTCOMES_PER_DECISION, DecisionRecord, from_json,
                                              is_parquet, write_records)
 from kairos.cluster.gateway import wire
-from kairos.cluster.gateway.logexport import MAX_RECORDS as PAGE  # the most one call sends
-from kairos.cluster.storage.journal import fsync_directory
 from kairos.v1 import admin_pb2
 
 EXPORT_TIMEOUT_S = 600.0
+
+
+def page() -> int:
+    """The most one call sends. Imported when asked: the gateway's module imports
+    kairos.cluster.settings, which the command line imports only in main() (main.py)."""
+    from kairos.cluster.gateway.logexport import MAX_RECORDS
+    return MAX_RECORDS
 
 
 def add_command(commands, parents: list[argparse.ArgumentParser]) -> None:
@@ -36,17 +42,31 @@ def add_command(commands, parents: list[argparse.ArgumentParser]) -> None:
     export.add_argument("--out", required=True, metavar="FILE",
                         help="Parquet if it ends .parquet, else JSON lines")
     export.add_argument("--channel", default="", help="only this channel's decisions")
-    export.add_argument("--max-records", type=int, default=0,
+    export.add_argument("--max-records", type=max_records, default=0,
                         help="the most decisions, up to 20,000 (default 0: all of them, "
                              "in as many calls as it takes)")
+
+
+def max_records(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if not 0 <= value <= page():
+        raise argparse.ArgumentTypeError(f"must be 0 (all) to {page():,}, got {text}")
+    return value
 
 
 def moment(text: str) -> float:
     """Epoch seconds from epoch seconds or an ISO 8601 time (UTC when it names no zone)."""
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):
+            raise argparse.ArgumentTypeError(f"must be a time, got {text!r}")
+        return seconds
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
@@ -70,7 +90,11 @@ def run(args: argparse.Namespace) -> int:
     shortfall = Shortfall()
     partial = f"{args.out}.partial"  # a call that fails half-way leaves no FILE behind
     # customers' profiles and decisions: the owner's only, as the store keeps them
-    os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    try:
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    except OSError as exc:
+        print(f"error: --out {args.out}: {exc.strerror}", file=sys.stderr)
+        return 1
     os.chmod(partial, 0o600)  # one left by an earlier run keeps its mode otherwise
     try:
         records = exported(remote, args.since, args.until, args.channel, args.max_records,
@@ -84,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:  # what it holds of customers is not left behind
         os.unlink(partial)
         raise
+    from kairos.cluster.storage.journal import fsync_directory  # see page()
     os.replace(partial, args.out)
     fsync_directory(Path(args.out).absolute().parent)  # where the name is, a link's too
     print(f"wrote {written} decision records to {args.out}")
@@ -108,7 +133,7 @@ def exported(remote: Remote, since: float, until: float, channel: str = "",
     while True:
         request = admin_pb2.ExportDecisionLogRequest(
             since=wire.time_out(since), until=wire.time_out(until), channel=channel,
-            max_records=max_records or PAGE, page_token=token)
+            max_records=max_records or page(), page_token=token)
         for chunk in remote.admin.ExportDecisionLog(request, timeout=EXPORT_TIMEOUT_S,
                                                     metadata=remote.metadata):
             for line in chunk.records.splitlines():

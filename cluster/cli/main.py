@@ -32,6 +32,9 @@
                                         its accept rate and value (see replay.py)
     kairos uplift --log FILE [--json]   the models' uplift over a channel's control group, per
                                         channel and per action, from a decision log (offline)
+    kairos log export --since T --until T --out FILE
+                                        the decisions logged in a time range, with their
+                                        outcomes, as JSON lines or Parquet (logexport.py)
     kairos down                         stop the gateways, the runtime and the Ray cluster that
                                         `kairos up` started (never another Ray on the machine)
 
@@ -50,17 +53,21 @@ import argparse
 import os
 import sys
 import time
+from typing import Callable
 
 import grpc
 
-from kairos.core.catalog import Catalog, load_catalog, load_catalog_file
+from kairos.core.catalog import load_catalog_file
 from kairos.core.compiler import compile_catalog
 from kairos.core.errors import CatalogError
 
-from kairos.cluster.cli import (console, demo, local, logexport, operate, remote, replay,
+# none of these imports kairos.cluster.settings, which main() imports: a KAIROS_* setting it
+# refuses is said in one line there, for every command
+from kairos.cluster.cli import (checks, console, demo, local, logexport, operate, remote, replay,
                                 targets, uplift, watchdog)
+from kairos.cluster.cli.checks import Refused, checked_inputs
 from kairos.cluster.cli.options import parser
-from kairos.cluster.cli.secret_files import SecretFileError, check_secret_file
+from kairos.cluster.cli.secret_files import SecretFileError
 from kairos.cluster.gateway.auth import EVERY_ADDRESS
 from kairos.cluster.storage.store import redact  # light: no store's client is imported
 
@@ -88,68 +95,10 @@ def validate(paths: list[str]) -> int:
     return 1 if failed else 0
 
 
-class Refused(Exception):
-    """What stops a command before it starts anything: the message, and the exit status."""
-
-    def __init__(self, message: str, status: int):
-        super().__init__(message)
-        self.status = status
-
-
-def checked_inputs(args: argparse.Namespace) -> str | None:
-    """What can be wrong before anything starts (options, files, the catalog); the catalog's
-    text (None: the default). Refused otherwise."""
-    from kairos.cluster.gateway.auth import KEYS_ENV, Auth
-    from kairos.cluster.gateway.server import Tls
-
-    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
-        raise Refused("--tls-cert and --tls-key go together (and --tls-client-ca needs them)",
-                      2)
-    try:  # secrets in files anyone may read are refused before anything reads them
-        for path, option in ((args.keys, "--keys"), (args.tls_key, "--tls-key")):
-            if path:
-                check_secret_file(path, option)
-    except SecretFileError as exc:
-        raise Refused(f"error: {exc}", 2) from None
-    try:
-        catalog_text = operate.read_text(args.catalog) if args.catalog else None
-        if catalog_text is not None:
-            _warn_of_refusals(compile_catalog(load_catalog(catalog_text, args.catalog,
-                                                           strict=False)).catalog)
-        # checked here, read again by each gateway from the file (or the variable, which Ray's
-        # processes inherit): secrets never travel as Ray task arguments
-        Auth.load(operate.read_text(args.keys) if args.keys else os.environ.get(KEYS_ENV))
-        if args.tls_cert:
-            Tls.from_files(args.tls_cert, args.tls_key, args.tls_client_ca)
-        if args.store.startswith(("redis://", "rediss://")):  # its parameters; no connection
-            from kairos.cluster.storage.providers import open_store
-            open_store(args.store)
-    except (CatalogError, ValueError) as exc:
-        raise Refused(f"error: {exc}", 1) from None
-    except OSError as exc:
-        raise Refused(f"error: {exc.filename}: {exc.strerror}", 1) from None
-    return catalog_text
-
-
-def _warn_of_refusals(catalog: Catalog) -> None:
-    """The start goes on with a catalog that only checks newer than saved catalogs refuse: at
-    every head start Kubernetes passes the catalog the store may run already, and a restart is
-    never refused it. The controller refuses it where it comes in new: on a new store, and on
-    a store that runs another catalog (switched to as PutCatalog does). Each refusal is said."""
-    for refusal in catalog.refusals:
-        print(f"warning: {refusal} (a check newer than catalogs saved in a store: a store that "
-              f"runs this catalog, or ran it in its last 256 switches, starts with it; a new "
-              f"store, or one that never ran it, refuses it, as PutCatalog and `kairos catalog "
-              f"validate` do)", file=sys.stderr)
-
-
 def up(args: argparse.Namespace) -> int:
-    if args.nodes < 1:
-        print("--nodes must be at least 1", file=sys.stderr)
-        return 2
-    ports = _given_ports(args)
+    ports = checks.given_ports(args)
     try:
-        _refuse_shared_ports(args, ports)
+        checks.refuse_shared_ports(args, ports)
         catalog_text = checked_inputs(args)
     except Refused as exc:
         print(exc, file=sys.stderr)
@@ -163,14 +112,11 @@ def up(args: argparse.Namespace) -> int:
                 return 1
             local.forget_ray_address(run)  # it stopped without `kairos down`
             local.forget()
-        busy = [f"{port} ({what})" for what, _, port in ports
-                if not local.port_free(args.host if what == "a gateway" else local.LOOPBACK,
-                                       port)]
-        if busy:
-            print(f"error: in use on this machine: port {', '.join(busy)}; is another Kairos "
-                  f"or Ray running? (`kairos up --help` shows how to choose other ports)",
-                  file=sys.stderr)
-            return 1
+        try:
+            checks.refuse_busy_ports(args, ports)
+        except Refused as exc:
+            print(exc, file=sys.stderr)
+            return exc.status
         try:
             auth_mode = local.auth_mode()
         except SecretFileError as exc:
@@ -202,45 +148,6 @@ def up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _given_ports(args: argparse.Namespace) -> list[tuple[str, str, int]]:
-    """The ports `up` is to listen on, each with what listens there and the option that gives
-    it (a console port of 0, no console, and a gateway port of 0, any free one, are left out)."""
-    ports = [("Ray", "--ray-port", args.ray_port)]
-    if args.dashboard:
-        ports.append(("the Ray dashboard", "--dashboard-port", args.dashboard_port))
-    if args.console_port:
-        ports.append(("the console", "--console-port", args.console_port))
-    if args.port:  # node i's gateway on port + i
-        ports += [("a gateway", f"--port + {i}" if i else "--port", args.port + i)
-                  for i in range(args.nodes)]
-    return ports
-
-
-def _refuse_shared_ports(args: argparse.Namespace, ports: list[tuple[str, str, int]]) -> None:
-    """Refused: a port that two options give, or one within the shard endpoints' range (a
-    shard may take it first) or Ray's worker ports (`ray start` refuses its GCS port there, and
-    a worker may take any other first): the second to bind it would fail, or the first answer
-    for it."""
-    first: dict[int, str] = {}
-    low, high = args.shard_endpoint_ports or (1, 0)
-    workers = local.RAY_WORKER_PORTS
-    taken = f"Ray's worker ports {workers[0]}-{workers[1]}, one of which each Ray worker takes"
-    for _, option, port in ports:
-        if port in first:
-            raise Refused(f"error: {first[port]} and {option} are both port {port}: each "
-                          f"needs a port of its own", 2)
-        if low <= port <= high:
-            raise Refused(f"error: {option} {port} is within --shard-endpoint-ports "
-                          f"{low}-{high}", 2)
-        if workers[0] <= port <= workers[1]:
-            raise Refused(f"error: port {port} ({option}) is within {taken}: choose a port "
-                          f"outside them", 2)
-        first[port] = option
-    if low <= workers[1] and high >= workers[0]:
-        raise Refused(f"error: --shard-endpoint-ports {low}-{high} overlaps {taken}: choose "
-                      f"ports outside them", 2)
-
-
 def up_message(args: argparse.Namespace, run: local.Run) -> str:
     """What `kairos up` says once Kairos is up (the store without its credentials)."""
     where = (f"{local.LOOPBACK} (loopback only)" if run.loopback
@@ -270,10 +177,16 @@ def _start(args: argparse.Namespace, run: local.Run, catalog_text: str | None) -
     local.start_ray(run, args.dashboard_port if args.dashboard else None)
     from kairos.cluster.control.endpoints import endpoint
 
+    def stop_ray() -> None:  # from the watchdog's thread: this one is stuck in ray.init
+        local.terminate(run)
+        local.forget_ray_address(run)
+        local.forget()
+
     reach = local.LOOPBACK if args.host in EVERY_ADDRESS else args.host
     # node i's gateway on port + i: every node of `kairos up` is on this machine
     run.gateways = [endpoint(reach, None, port) for _, port in _start_kairos(
-        args, run.ray_address, catalog_text, consecutive=True)]
+        args, run.ray_address, catalog_text, consecutive=True,
+        ray_wait_s=local.RAY_INIT_TIMEOUT_S, on_timeout=stop_ray)]
     local.write_run(run)
     if args.console_port:
         console.spawn(args, run)
@@ -305,12 +218,14 @@ def start(args: argparse.Namespace) -> int:
 
 
 def _start_kairos(args: argparse.Namespace, address: str, catalog_text: str | None,
-                  consecutive: bool, ray_wait_s: float | None = None) -> list[tuple[str, int]]:
+                  consecutive: bool, ray_wait_s: float | None = None,
+                  on_timeout: Callable[[], None] | None = None) -> list[tuple[str, int]]:
     """Join the Ray cluster at `address` as a driver and start the runtime on it, with a
     gateway on every node, now and as nodes join (`consecutive`: gateway n on --port + n, for
     nodes that share this machine; else each on --port; 0: any free port); each gateway's
-    (node address, port), in the order of the gateways' numbers. `ray_wait_s`: how long a
-    Ray this command did not start may take to answer (None: `up`'s own, which does)."""
+    (node address, port), in the order of the gateways' numbers. `ray_wait_s`: how long the
+    Ray may take to answer (None: no bound), after which `on_timeout` runs and the process
+    exits (watchdog.py)."""
     import ray
 
     from kairos.cluster.control import runtime
@@ -327,7 +242,8 @@ def _start_kairos(args: argparse.Namespace, address: str, catalog_text: str | No
                        shard_endpoints=args.shard_endpoints or bool(args.shard_endpoint_ports),
                        shard_ports=args.shard_endpoint_ports)
     with watchdog.exit_unless_done(ray_wait_s, f"no Ray cluster answered at {address}",
-                                   " (--ray-wait)"):
+                                   "; stopping what it started" if on_timeout else
+                                   " (--ray-wait)", on_timeout=on_timeout):
         ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING")
     try:
         per_cpu = {"shards_per_cpu": args.shards_per_cpu} if args.shards_per_cpu else {}
@@ -362,11 +278,13 @@ def down(args: argparse.Namespace) -> int:
             return 0
         procs = local.processes(run)
         if not procs:
+            _say_strangers(run)
             local.forget_ray_address(run)
             local.forget()
             print(f"{NOT_RUNNING}: the processes of the Kairos {_describe(run)} had "
                   f"exited; its record is removed")
             return 0
+        _say_strangers(run)
         names = {local.name_of(p) for p in procs}
         if "gcs_server" not in names or not targets.answers(run.ray_address):
             gone = f"Ray's GCS at {run.ray_address} was gone"
@@ -395,6 +313,29 @@ def down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say_strangers(run: local.Run) -> None:
+    """A record without a token (an older `kairos up`'s) proves nothing of its sessions: what
+    runs there that is not Ray or Kairos is left alone, and said."""
+    if pids := local.strangers(run):
+        print(f"warning: {local.home() / local.RUN_FILE} has no run token (an older Kairos "
+              f"wrote it): processes {', '.join(map(str, pids))} of its sessions are left "
+              f"running, as their command lines are not Ray's or Kairos's", file=sys.stderr)
+
+
+def refused_target(target: str) -> str | None:
+    """What is wrong with a --target before anything dials it (gRPC takes a port modulo
+    65536), or None."""
+    try:
+        host, _ = targets.split_target(target)
+    except targets.NotOneAddress:  # a Unix socket, several addresses: gRPC's own checks
+        return None
+    except ValueError as exc:
+        return f"error: --target {exc}"
+    if not target.startswith("dns://") and not targets.resolves(host):
+        return f"error: --target {target}: cannot resolve host {host!r}"
+    return None
+
+
 def default_target(gateway_port: int) -> str:
     """The first gateway `kairos up` recorded on this KAIROS_HOME, else 127.0.0.1:port."""
     run = local.read_run()
@@ -420,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
         return demo.run()
     if "target" not in args:
         args.target = default_target(GATEWAY_PORT)
+    if refused := refused_target(args.target):
+        print(refused, file=sys.stderr)
+        return 2
     try:
         if args.command == "demo":
             return demo.run_remote(args.target)

@@ -7,6 +7,7 @@ from urllib.parse import quote
 
 from kairos.cluster.cli import console, local, logexport, operate, replay, uplift
 from kairos.cluster.cli.secret_files import SecretFileError, check_secret_file
+from kairos.cluster.cli.targets import port, port_or_zero
 from kairos.cluster.storage.store import redact  # light: no store's client is imported
 
 # the embedded default's store: a directory that outlives `kairos down`
@@ -30,14 +31,15 @@ def parser(gateway_port: int) -> argparse.ArgumentParser:
     serving = serving_options()
     up_ = commands.add_parser("up", help="start the embedded default on this machine",
                               parents=[serving])
-    up_.add_argument("--nodes", type=int, default=1, help="Ray nodes on this machine")
+    up_.add_argument("--nodes", type=int, default=1,
+                     help="Ray nodes on this machine (default %(default)s)")
     up_.add_argument("--host", default=local.LOOPBACK, help="gateway bind address")
-    up_.add_argument("--port", type=int, default=gateway_port,
+    up_.add_argument("--port", type=port_or_zero, default=gateway_port,
                      help="first gateway's port (node i's gateway: port + i; 0: any free "
                           "port); default $KAIROS_GATEWAY_PORT or %(default)s")
-    up_.add_argument("--ray-port", type=int, default=local.RAY_PORT,
+    up_.add_argument("--ray-port", type=port, default=local.RAY_PORT,
                      help="the Ray cluster's GCS port on 127.0.0.1 (default %(default)s)")
-    up_.add_argument("--dashboard-port", type=int, default=local.DASHBOARD_PORT,
+    up_.add_argument("--dashboard-port", type=port, default=local.DASHBOARD_PORT,
                      help="the Ray dashboard's port on 127.0.0.1 (default %(default)s)")
     up_.add_argument("--no-dashboard", dest="dashboard", action="store_false",
                      help="start Ray without its dashboard")
@@ -54,9 +56,9 @@ def parser(gateway_port: int) -> argparse.ArgumentParser:
                              "%(default)g s; nothing is started before it does)")
     on_ray.add_argument("--host", default="0.0.0.0", help="gateways' bind address "
                                                           "(default %(default)s)")
-    on_ray.add_argument("--port", type=int, default=gateway_port,
-                        help="every node's gateway port; default $KAIROS_GATEWAY_PORT or "
-                             "%(default)s")
+    on_ray.add_argument("--port", type=port_or_zero, default=gateway_port,
+                        help="every node's gateway port (0: any free port); default "
+                             "$KAIROS_GATEWAY_PORT or %(default)s")
     commands.add_parser("down", help="stop what `kairos up` started on this KAIROS_HOME")
     commands.add_parser("status", help="show the cluster", parents=[target])
     console.add_command(commands, [target])
@@ -77,7 +79,8 @@ def parser(gateway_port: int) -> argparse.ArgumentParser:
 def serving_options() -> argparse.ArgumentParser:
     """What `up` and `start` share: the runtime's and the gateways' options."""
     serving = argparse.ArgumentParser(add_help=False)
-    serving.add_argument("--shards", type=int, default=4)
+    serving.add_argument("--shards", type=int, default=4,
+                         help="shards to start with (default %(default)s)")
     serving.add_argument("--shards-per-cpu", type=positive, default=None,
                          help="shards a node that joins gets per CPU, at least one (default "
                               "$KAIROS_SHARDS_PER_CPU or 1)")

@@ -28,17 +28,28 @@ TIMEOUT_S = 10.0
 
 def tls_credentials() -> grpc.ChannelCredentials | None:
     """TLS to a gateway when KAIROS_TLS_CA is set (with this client's certificate for mTLS),
-    else None: plaintext."""
+    else None: plaintext. SystemExit when a file cannot be read, or the key's file is refused
+    (a secret's file: see check_secret_file)."""
     ca, cert, key = (os.environ.get(name) for name in TLS_ENV)
     if not ca:
         return None
 
-    def read(path: str | None) -> bytes | None:
+    def read(path: str | None, name: str) -> bytes | None:
         if not path:
             return None
-        with open(path, "rb") as f:
-            return f.read()
-    return grpc.ssl_channel_credentials(read(ca), read(key), read(cert))
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise SystemExit(f"error: {name} {path}: {exc.strerror}") from None
+    if key:
+        try:
+            check_secret_file(key, TLS_ENV[2])
+        except SecretFileError as exc:
+            raise SystemExit(f"error: {exc}") from None
+    return grpc.ssl_channel_credentials(*(read(path, name) for path, name
+                                          in ((ca, TLS_ENV[0]), (key, TLS_ENV[2]),
+                                              (cert, TLS_ENV[1]))))
 
 
 def channel_to(target: str, *, aio: bool = False, options: tuple = ()

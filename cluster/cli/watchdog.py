@@ -10,21 +10,23 @@ import contextlib
 import os
 import sys
 import threading
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 @contextlib.contextmanager
-def exit_unless_done(timeout_s: float | None, what: str, advice: str = "", status: int = 1
-                     ) -> Iterator[None]:
+def exit_unless_done(timeout_s: float | None, what: str, advice: str = "", status: int = 1,
+                     on_timeout: Callable[[], None] | None = None) -> Iterator[None]:
     """Run the block; if it has not finished after `timeout_s` (None: no bound), print that
-    `what` did not happen within that time, and `advice`, and end the process with `status`
-    (no cleanup runs: use only where nothing was started yet)."""
+    `what` did not happen within that time, and `advice`, run `on_timeout` (no other cleanup
+    runs: it stops what was started) and end the process with `status`."""
     if timeout_s is None:
         yield
         return
 
     def give_up() -> None:
         print(f"error: {what} within {timeout_s:g} s{advice}", file=sys.stderr, flush=True)
+        if on_timeout is not None:
+            on_timeout()
         os._exit(status)
 
     timer = threading.Timer(timeout_s, give_up)

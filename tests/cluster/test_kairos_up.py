@@ -110,7 +110,8 @@ def test_start_on_an_address_where_no_ray_answers_gives_up_after_ray_wait(tmp_pa
            "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     address = f"{local.LOOPBACK}:{free_port()}"  # nothing listens there
     began = time.monotonic()
-    done = kairos("start", "--address", address, "--ray-wait", "3", "--store", "memory",
+    done = kairos("start", "--address", address, "--host", local.LOOPBACK, "--ray-wait", "3",
+                  "--store", "memory",
                   env=env, timeout_s=120)
     assert done.returncode == 1, done.stderr[-2000:]
     assert f"error: no Ray cluster answered at {address} within 3 s (--ray-wait)" in done.stderr

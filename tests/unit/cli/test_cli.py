@@ -35,6 +35,7 @@ from kairos.cluster.storage.redis_server import free_port
 from tests.support import pki
 
 KAIROS = str(Path(sys.executable).parent / "kairos")  # the installed console script
+KEYS = "keys:\n- key: 0123456789abcdef0123\n  scopes: [admin]\n"
 
 
 @pytest.fixture
@@ -264,9 +265,11 @@ def test_a_recorded_session_id_that_came_back_as_another_session_is_left_alone(h
 
 
 def test_a_record_without_a_token_is_stale_after_a_reboot(home):
-    """A record an older `kairos up` wrote (no token): its sessions' processes are still found
-    (its Kairos may be running), unless it was written before the machine last started."""
-    older = sleeper()
+    """A record an older `kairos up` wrote (no token): its sessions' processes that run Ray are
+    still found (its Kairos may be running), unless it was written before the machine last
+    started."""
+    # a Ray worker's stand-in: its process title
+    older = subprocess.Popen([sys.executable, "-c", SLEEP, "ray::Shard"], start_new_session=True)
     try:
         for started, found in ((time.time() - 1, [older.pid]), (psutil.boot_time() - 60, [])):
             record = {field: value for field, value
@@ -291,7 +294,9 @@ def test_up_refuses_ports_in_use_and_starts_nothing(home, capsys):
 
 @pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6")
 @pytest.mark.parametrize("host", ["::", "::1"])
-def test_up_checks_an_ipv6_gateway_address_with_an_ipv6_socket(home, capsys, host):
+def test_up_checks_an_ipv6_gateway_address_with_an_ipv6_socket(home, capsys, host,
+                                                              monkeypatch):
+    monkeypatch.setenv("KAIROS_API_KEYS", KEYS)  # a gateway off loopback needs keys
     with socket.socket() as busy, socket.socket(socket.AF_INET6) as busy_v6:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

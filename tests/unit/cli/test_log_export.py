@@ -63,7 +63,7 @@ class Gateway:
 
 def test_an_export_of_more_than_one_call_sends_asks_for_each_next_page(monkeypatch):
     from kairos.cluster.cli import logexport
-    monkeypatch.setattr(logexport, "PAGE", 3)
+    monkeypatch.setattr(logexport, "page", lambda: 3)
     gateway = Gateway([100.0] * 7 + [100.5 + i for i in range(13)])  # 7 share a moment
     shortfall = logexport.Shortfall()
     got = list(logexport.exported(gateway, 100.0, 120.0, shortfall=shortfall))

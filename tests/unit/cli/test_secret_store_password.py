@@ -11,6 +11,7 @@ import pytest
 from kairos.cluster.cli import main as cli
 from kairos.cluster.cli.options import STORE_PASSWORD_FILE_ENV
 from kairos.cluster.storage.providers import open_store
+from tests.unit.cli.test_cli import KEYS
 
 PASSWORD = "p@ss/w#rd?:%"  # what a URL would cut short unencoded
 STORE = "redis://kairos-redis:6379/0?prefix=kairos"
@@ -61,6 +62,7 @@ def test_the_password_goes_after_a_redis_acl_user_in_the_url(password_file, user
 def test_kairos_start_hands_the_runtime_the_store_with_the_password(password_file,
                                                                     monkeypatch, capsys):
     monkeypatch.setenv("KAIROS_STORE", STORE)
+    monkeypatch.setenv("KAIROS_API_KEYS", KEYS)  # its gateways are on 0.0.0.0
     given = []
     monkeypatch.setattr(cli, "_start_kairos",
                         lambda args, *rest, **kwargs: given.append(args.store) or [])

@@ -95,7 +95,7 @@ def test_the_console_refuses_its_own_keys_file_once_others_can_read_it(home, cap
     own = home / CONSOLE_KEYS_FILE
     own.write_text("keys: []\n")
     os.chmod(own, 0o644)
-    assert main(["--target", "127.0.0.1:1", "console", "--port", "0"]) == 2
+    assert main(["--target", "127.0.0.1:1", "console", "--port", "8080"]) == 2
     assert str(own) in capsys.readouterr().err
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from kairos.cluster.cli.main import Refused, checked_inputs, main, parser
 from kairos.core.catalog import default_catalog_text
+from tests.unit.cli.test_cli import KEYS
 
 SPACED = re.sub(r"^version: .*$", 'version: "2026.12 launch"', default_catalog_text(),
                 count=1, flags=re.M)
@@ -27,6 +28,7 @@ def spaced(tmp_path) -> str:
 def test_a_catalog_only_newer_checks_refuse_starts_with_a_warning(spaced, command, capsys,
                                                                   monkeypatch):
     monkeypatch.delenv("KAIROS_STORE", raising=False)
+    monkeypatch.setenv("KAIROS_API_KEYS", KEYS)  # `start`'s gateways are on 0.0.0.0
     args = parser(50051).parse_args([*command, "--catalog", spaced])
     assert checked_inputs(args) == SPACED
     warning = capsys.readouterr().err
