@@ -173,12 +173,13 @@ def refuse_busy_ports(args: argparse.Namespace, ports: list[tuple[str, str, int]
     busy = []
     if not args.port:  # any free port: its address is still checked
         ports = [*ports, ("a gateway", "--port", 0)]
-    for what, _, port in ports:
+    for what, option, port in ports:
+        gateway = what == "a gateway"
         try:
-            if not local.port_free(args.host if what == "a gateway" else local.LOOPBACK, port):
+            if not local.port_free(args.host if gateway else local.LOOPBACK, port):
                 busy.append(f"{port} ({what})")
-        except local.AddressUnusable as exc:
-            raise Refused(f"error: --host: {exc}", 2) from None
+        except local.AddressUnusable as exc:  # the address, or the port (EACCES)
+            raise Refused(f"error: {'--host' if gateway else option}: {exc}", 2) from None
     if busy:
         raise Refused(f"error: in use on this machine: port {', '.join(busy)}; is another "
                       f"Kairos or Ray running? (`kairos up --help` shows how to choose other "

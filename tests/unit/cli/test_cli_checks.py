@@ -78,14 +78,16 @@ def test_port_free_checks_the_range_and_tells_an_unknown_host_from_a_port_in_use
 
 
 @pytest.mark.parametrize("port", ["50051", "0"])
-def test_up_says_a_host_does_not_resolve_rather_than_in_use(home, nothing_starts, capsys,
-                                                            monkeypatch, port):
+@pytest.mark.parametrize("host, said", [
+    ("no.such.host.invalid", "error: --host: cannot resolve host 'no.such.host.invalid'"),
+    ("192.0.2.1", "error: --host: cannot listen on 192.0.2.1 port")])
+def test_up_says_a_host_cannot_be_listened_on_rather_than_in_use(home, nothing_starts, capsys,
+                                                                 monkeypatch, port, host, said):
     monkeypatch.setenv("KAIROS_API_KEYS", KEYS)
-    assert main(["up", "--host", "no.such.host.invalid", "--port", port, "--ray-port",
-                 str(local.free_port()), "--no-dashboard", "--console-port", "0"]) == 2
+    assert main(["up", "--host", host, "--port", port, "--ray-port", str(local.free_port()),
+                 "--no-dashboard", "--console-port", "0"]) == 2
     err = capsys.readouterr().err
-    assert "error: --host: cannot resolve host 'no.such.host.invalid'" in err
-    assert "in use" not in err
+    assert said in err and "in use" not in err
 
 
 @pytest.mark.parametrize("target, said", [
