@@ -103,26 +103,30 @@ class Scaling:
         due, _ = _apart(before, skip)
         if not due:
             return set(skip)
-        undone = [m for m in due if self.map.owners[m.partition] == m.source]
         # a thaw sent at a version since published goes again at the published one: a source
         # that keeps failing it would otherwise publish a new map, and wake every long poll,
         # each round
-        fresh = [m for m in undone if m not in self.thaws_published]
+        again = [m for m in due if m in self.thaws_published]
+        rest = [m for m in due if m not in self.thaws_published]
+        fresh = [m for m in rest if self.map.owners[m.partition] == m.source]
         version = self.map.version + 1 if fresh else self.map.version
-        settled = await moving.settle(self.backend, due, self.map.owners, set(self.placement),
-                                      version)
-        self.moving = [m for m in before if m not in due or m in settled.unsettled]
+        retried, settled = await asyncio.gather(*(
+            moving.settle(self.backend, moves, self.map.owners, set(self.placement), at)
+            for moves, at in ((again, self.map.version), (rest, version))))
+        unsettled = retried.unsettled + settled.unsettled
+        self.moving = [m for m in before if m not in due or m in unsettled]
         # senders that met the freeze wait for a version past it, once a source may serve
-        # again: a thaw sent, answered or not (one whose answer was lost re-granted them all
-        # the same); none while every source stays frozen (else each round's retry would
-        # wake every long poll, for as long as a target does not answer)
-        if fresh and settled.thawed:
+        # again: a fresh thaw sent, answered or not (one whose answer was lost re-granted them
+        # all the same), or a retried one answered (its senders wait past the version it
+        # went at); none while every source stays frozen (else each round's retry would wake
+        # every long poll, for as long as a target does not answer or a source refuses)
+        if (fresh and settled.thawed) or any(m not in retried.unsettled for m in again):
             self.map = self.map.apply([], self.map.shards)
-        self.thaws_published = {m for m in self.moving if m in self.thaws_published
-                                or (m in undone and m.partition in settled.thawed)}
+        self.thaws_published = {m for m in self.moving if m in again
+                                or (m in fresh and m.partition in settled.thawed)}
         if self.moving != before or self.map is not self._routable:
             await self._publish()
-        return settled.failed | set(skip)
+        return retried.failed | settled.failed | set(skip)
 
     def _in_moves(self) -> set[str]:
         """The shards of the moves not settled yet."""

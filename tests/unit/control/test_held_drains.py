@@ -70,9 +70,11 @@ def test_a_thaw_whose_answer_was_lost_publishes_the_map_past_the_freeze(tmp_path
     asyncio.run(main())
 
 
-def test_a_thaw_that_keeps_failing_publishes_one_map_and_lands_at_it(tmp_path):
+def test_a_thaw_that_keeps_failing_publishes_no_map_until_it_lands_at_the_published_one(
+        tmp_path):
     """Review rev41 d-moves4 finding 1: each round re-sent a failing thaw at a new version and
-    published it, waking every long poll and spending waiting clients' redirects."""
+    published it, waking every long poll and spending waiting clients' redirects. Once it
+    lands, one map past it wakes the senders held since the freeze."""
     async def main():
         backend, controller = await started(str(tmp_path), 1)
         await ingest_all(backend, 0)
@@ -89,7 +91,8 @@ def test_a_thaw_that_keeps_failing_publishes_one_map_and_lands_at_it(tmp_path):
         assert controller.routing()["version"] == version and held <= set(source.leaving)
         await controller.reconcile()  # it lands, at the version already published
         assert not held & set(source.leaving) and not controller.moving
-        assert {source.owned[p] for p in held} == {version} == {controller.routing()["version"]}
+        assert {source.owned[p] for p in held} == {version}
+        assert controller.routing()["version"] == version + 1
         assert not controller.thaws_published
         assert_one_owner_each(backend, controller)
     asyncio.run(main())
@@ -107,6 +110,28 @@ def test_a_thaw_first_sent_by_a_catch_up_publishes_one_map_however_often_it_fail
         source = backend.shards[SOURCE]
         assert not held & set(source.leaving) and not controller.moving
         assert {source.owned[p] for p in held} == {frozen_at + 1}
+        assert controller.routing()["version"] == frozen_at + 2  # landed: senders woken
+    asyncio.run(main())
+
+
+def test_a_held_move_beside_a_failing_thaw_publishes_no_map_each_round(tmp_path):
+    """Review rev42 d-shard finding 1: a move held by a target that never answers counted as
+    a thaw not yet sent every round, so the other move's failing thaw was re-sent at a new
+    version, and published, each round."""
+    async def main():
+        backend, controller = await started(str(tmp_path), 1)
+        await ingest_all(backend, 0)
+        backend.fail.update({(TARGET, "adopt"): 1, (THIRD, "adopt"): 10**6,
+                             (THIRD, "release"): 10**6, (SOURCE, "thaw"): 4})
+        with pytest.raises(RuntimeError, match="handoffs failed"):
+            await controller.scale(3)
+        version = controller.routing()["version"]
+        for _ in range(3):
+            await controller.reconcile()
+        assert controller.routing()["version"] == version
+        await controller.reconcile()  # the thaw lands: one map, for the senders it held
+        assert controller.routing()["version"] == version + 1
+        assert {m.target for m in controller.moving} == {THIRD}  # held, still
     asyncio.run(main())
 
 
