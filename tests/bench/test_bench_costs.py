@@ -1,5 +1,6 @@
 """The micro-costs harness runs end to end (quick mode) and reports every probe the README
-quotes, each with its inputs and finite figures (no timing is judged)."""
+quotes, each with its inputs and finite figures, and each probe ran the path it names (no
+timing is judged)."""
 from __future__ import annotations
 
 import json
@@ -27,6 +28,28 @@ def test_quick_run_reports_every_probe_with_finite_figures(tmp_path, run_bench):
             assert all(math.isfinite(value[k]) for k in ("median", "min", "max")), figure
             # a difference of two timings (on minus off) may fall below zero by noise
             assert value.get("difference") or value["min"] > 0, (name, figure, value)
+    assert_paths(report["probes"])
     table = next(tmp_path.glob("costs-*-quick.md")).read_text()
     assert "| probe | figure | median |" in table
     assert all(f"| {name} |" in table for name in report["probes"])
+
+
+def assert_paths(probes: dict) -> None:
+    """What each probe's inputs record of the work it timed: all of it done, on its path."""
+    ticks = probes["timer_ticks"]["inputs"]
+    assert ticks["fired"] == ticks["customers_due"] > 0
+    plane = probes["plane_tls"]["inputs"]["negotiated"]
+    assert set(plane["off"]) == {"None"} and set(plane["on"]) == {"TLSv1.3"}, plane
+    assert plane["off"]["None"] == plane["on"]["TLSv1.3"] > 0
+    if "skipped" not in probes["redis_log_trim"]:
+        trim = probes["redis_log_trim"]["inputs"]
+        assert trim["trimmed"] == trim["zrems_removed"] == trim["entries_logged"] > 0, trim
+        assert trim["left"] == 0 and 3449 in trim["record_bytes"]
+    writer = probes["log_writer"]["inputs"]
+    assert writer["records_written"] == writer["records_submitted"] > 0, writer
+    assert writer["writer_threads"] == ["bench-log_0"], writer  # a ShardHost's, not inline
+    # each lone record a write of its own, each shared write one of SHARED records
+    assert writer["writes_alone"] == writer["records_alone"] > 0
+    assert writer["writes_shared"] == writer["shared_writes"] > 0
+    assert writer["records_submitted"] == (writer["records_alone"] + writer["shared_writes"]
+                                           * writer["records_per_shared_write"])
