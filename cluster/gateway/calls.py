@@ -216,8 +216,10 @@ class Gateway:
             return await self.within(work, self.timeout(context))
         except (asyncio.TimeoutError, Unavailable) as exc:
             if fallback is not None:
-                late = isinstance(exc, asyncio.TimeoutError) or str(exc) == EXPIRED
-                self.fallbacks["deadline" if late else "unavailable"] += 1
+                # expired: a shard skipped it past its expiry (answered in time, a shard's
+                # clock ahead of this one's: KAIROS_SHARD_CLOCK_SKEW_S)
+                self.fallbacks["expired" if str(exc) == EXPIRED else "deadline" if isinstance(
+                    exc, asyncio.TimeoutError) else "unavailable"] += 1
                 return fallback()
             await abort(context, exc, retry)
         except (InputError, Busy, Conflict) as exc:

@@ -360,10 +360,11 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
         if shown is not None:  # and its channel's interactions
             profile = {**profile, "history": [h for h in profile["history"]
                                               if h["channel"] == shown]}
+        expires = self.gateway.expires(context)  # the logged one, unseen, would be evidence
         decisions = await self.gateway.call(context, asyncio.gather(*(
             self._answer(protocol.Decide(customer_id=profile["customer_id"], channel=ch,
                                           context={}, explain=request.explain, now=now,
-                                          log=ch == logged))
+                                          log=ch == logged, expires=expires))
             for ch in channels)), retry=READ)
         types = {**{a.name: a.type for a in catalog.catalog.attributes},
                  **{f.name: f.type for f in catalog.catalog.features}}

@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import time
 
+import grpc
+import pytest
+
 from kairos.cluster.gateway.calls import Gateway
 from kairos.cluster.protocol import EXPIRED
 from kairos.cluster.settings import DEADLINE_MARGIN_S
@@ -38,7 +41,7 @@ def test_a_decide_expires_when_the_gateway_stops_waiting_for_it():
     assert expires < before + 2.0 - DEADLINE_MARGIN_S / 2  # the margin is kept to answer
 
 
-def test_an_expired_reply_answers_the_fallback_counted_as_the_deadline():
+def test_an_expired_reply_answers_the_fallback_counted_apart():
     gateway = _gateway()
 
     async def expired():
@@ -51,7 +54,7 @@ def test_an_expired_reply_answers_the_fallback_counted_as_the_deadline():
         return [await gateway.call(Context(2.0), work(), fallback=lambda: "fallback")
                 for work in (expired, failed)]
     assert asyncio.run(both()) == ["fallback", "fallback"]
-    assert gateway.fallbacks == {"deadline": 1, "unavailable": 1}
+    assert gateway.fallbacks == {"expired": 1, "unavailable": 1}
 
 
 class _Queued(LocalBackend):
@@ -79,3 +82,30 @@ def test_a_decide_answered_with_the_fallback_records_nothing_on_a_shard_that_rea
         backend.delay = 0.0
         profile = stub.GetProfile(pb.ProfileRequest(customer_id="imp"), timeout=10)
         assert profile.events_applied == 1 and not profile.history
+
+
+class _DecidesQueued(LocalBackend):
+    """A shard that reaches Decides `delay` seconds after they are sent; reads at once."""
+
+    delay = 0.0
+
+    async def send(self, name, session, seq, requests, routed):
+        if any(getattr(r, "kind", None) == "decide" for r in requests):
+            await asyncio.sleep(self.delay)
+        return await super().send(name, session, seq, requests, routed)
+
+
+def test_a_profile_read_past_its_deadline_logs_no_decision_its_caller_never_got():
+    """Review rev42 d-gateway finding 1: GetProfile's logged Decide (the channel its caller
+    shows) carried no expiry, so a shard reaching it late logged it as evidence."""
+    backend = _DecidesQueued()
+    with serving(backend=backend) as (_, channel):
+        stub = DecisionServiceStub(channel)
+        stub.Ingest(pb.Event(customer_id="prof", type="app_open", channel="web"), timeout=10)
+        backend.delay = 1.0
+        with pytest.raises(grpc.RpcError) as late:
+            stub.GetProfile(pb.ProfileRequest(customer_id="prof", shown_channel="web"),
+                            timeout=0.3)
+        assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        time.sleep(1.2)  # the shard has reached its Decides
+        assert sum(s.counts["decisions"] for s in backend.shards.values() if s) == 0
