@@ -51,6 +51,7 @@ from kairos.cluster.console.session import (ANSWERED_EARLIER, COOKIE, CSRF_FIELD
                                             VISITOR_COOKIE, Sessions, SignInLimit,
                                             SignInRefused, cookie_name, cookie_options)
 from kairos.cluster.gateway.auth import Auth
+from kairos.cluster.settings import WATCH_STREAMS_PER_HOST
 from kairos.core.request import MAX_DECISION_ID_LENGTH
 from kairos.core.request import MAX_KEY_LENGTH as MAX_ACTION_ID_LENGTH
 from kairos.v1 import admin_pb2
@@ -64,7 +65,11 @@ MAX_BODY_BYTES = 1 << 20  # the gateway's message limit: no form needs more
 # tabs can still load (a hidden tab closes its stream: console.js)
 MAX_STREAMS_PER_SESSION = 4
 MAX_STREAMS_PER_KEY = 64  # an agent's key signs in as many sessions as it likes
-MAX_STREAMS = 1_000
+# the console is one host to the gateway, which serves it WATCH_STREAMS_PER_HOST watches in
+# all, a page's one per channel: the console's cap leaves them enough for pages of the
+# default catalog's channels (past it, or with more channels, the gateway's share pauses them)
+PAGE_CHANNELS = 6
+MAX_STREAMS = WATCH_STREAMS_PER_HOST // PAGE_CHANNELS
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # as Host headers carry them
 # a catalog validated: (its summary, None) or (None, the gateway's validation message)
 Checked = tuple[admin_pb2.CatalogInfo | None, str | None]
@@ -265,9 +270,9 @@ class Console:
         except BaseException as exc:
             slot.release()
             if isinstance(exc, GatewayError):
-                if exc.kind in live.RETRIED:
-                    return live.paused(exc.kind)
-                return _text(exc.detail, STATUS_OF.get(exc.kind, 502))
+                why = live.paused_by(exc)
+                return live.paused(why) if why else \
+                    _text(exc.detail, STATUS_OF.get(exc.kind, 502))
             raise
         lang = i18n.language(request.headers.get("accept-language"))
         template = self.templates.get_template("_live.html")
@@ -292,7 +297,8 @@ class Console:
                         yield update(await self.customer_page(key, page.customer_id,
                                                               live=True))
             except GatewayError as exc:
-                yield live.event("paused", exc.kind) if exc.kind in live.RETRIED else \
+                why = live.paused_by(exc)
+                yield live.event("paused", why) if why else \
                     live.event("gone", exc.detail or exc.kind)
             finally:
                 slot.release()
@@ -415,7 +421,9 @@ def create_app(config: ConsoleConfig, auth: Auth, gateway: GatewayClient | None 
         Route("/customer", signed_in(console.customer)),
         # a live page asked for again (a tab shown again, a paused one after a while) is the
         # browser's doing, not the agent's: it keeps no session from idling out
-        Route("/customer/live", signed_in(console.live, touch=False)),
+        # and a live page's script's alone: a link, a frame or another origin's page that
+        # opened it would log a decision and hold watches for a customer the agent never saw
+        Route("/customer/live", signed_in(console.live, touch=False, own_page=True)),
         Route("/customer/respond", signed_in(console.respond, post=True), methods=["POST"]),
         Route("/operator", signed_in(console.operator)),
         Route("/operator/validate", signed_in(console.validate, post=True), methods=["POST"]),
@@ -438,10 +446,14 @@ class _Guard:
     def open(self, handler, post: bool = False):
         return self(handler, post, need_key=False)
 
-    def __call__(self, handler, post: bool = False, need_key: bool = True, touch: bool = True):
+    def __call__(self, handler, post: bool = False, need_key: bool = True, touch: bool = True,
+                 own_page: bool = False):
+        """`own_page`: the route answers the console's own pages' scripts only (403)."""
         console = self.console
 
         async def guarded(request: Request) -> Response:
+            if own_page and not web.from_own_page(request):
+                return _text("for the console's own pages only", 403)
             https = request.url.scheme == "https"
             session = console.sessions.get(request.cookies.get(cookie_name(COOKIE, https)),
                                            touch=touch)
@@ -455,8 +467,11 @@ class _Guard:
                     return _text("a form's body must have a length of at most "
                                  f"{MAX_BODY_BYTES} bytes", 413)
                 token = (await request.form()).get(CSRF_FIELD)
-                if not console.sessions.csrf_valid(request.state.session,
-                                                   token if isinstance(token, str) else None):
+                # another port's page on a loopback console is same-site: it can plant a
+                # visitor's cookie with a token of its own (README), but its POST says where
+                # it comes from
+                if web.from_another_origin(request) or not console.sessions.csrf_valid(
+                        request.state.session, token if isinstance(token, str) else None):
                     return console.render(request, "error.html", 403, kind="csrf", detail="",
                                           subject="")
             if need_key and not request.state.session.signed_in:

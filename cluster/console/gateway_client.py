@@ -51,8 +51,11 @@ class GatewayError(Exception):
 
     @classmethod
     def of(cls, exc: grpc.aio.AioRpcError) -> "GatewayError":
-        code = exc.code()
-        return cls(cls.KINDS.get(code, "failed"), f"{code.name}: {exc.details()}", code.name)
+        return cls.status(exc.code(), exc.details())
+
+    @classmethod
+    def status(cls, code: grpc.StatusCode, details: str | None) -> "GatewayError":
+        return cls(cls.KINDS.get(code, "failed"), f"{code.name}: {details}", code.name)
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,7 @@ class GatewayClient:
                 async for decision in call:
                     changed.add(decision.channel)
                     woken.set()
-                failed.append(GatewayError("down", "a watch ended"))
+                failed.append(await _ended(call))
             except grpc.aio.AioRpcError as exc:
                 failed.append(GatewayError.of(exc))
             woken.set()
@@ -166,6 +169,11 @@ class GatewayClient:
             try:
                 for call in calls:
                     await asyncio.wait_for(call.initial_metadata(), CALL_TIMEOUT_S)
+                    # the gateway sends its metadata once the watch is registered; a refusal
+                    # (busy, denied, an unknown channel) comes as trailers only, which end
+                    # the wait for metadata too, with none
+                    if call.done():
+                        raise await _ended(call)
             except grpc.aio.AioRpcError as exc:
                 raise GatewayError.of(exc) from None
             except asyncio.TimeoutError:
@@ -190,3 +198,12 @@ class GatewayClient:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _ended(call: grpc.aio.UnaryStreamCall) -> GatewayError:
+    """Why a watch that has ended did: its status, or "down" for one the gateway closed as
+    done (a watch never ends of its own accord)."""
+    code = await call.code()
+    if code == grpc.StatusCode.OK:
+        return GatewayError("down", "a watch ended")
+    return GatewayError.status(code, await call.details())

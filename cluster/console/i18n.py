@@ -72,6 +72,10 @@ LABELS: dict[str, dict[str, str]] = {
                            "when it can.",
         "live_paused_console": "Live updates paused: the console follows as many live pages "
                                "as it can. This page updates again when it can.",
+        "live_paused_host": "Live updates paused: the console holds as many watches as the "
+                            "gateway serves one host (KAIROS_WATCH_STREAMS_PER_HOST; a live "
+                            "page holds one per channel). This page tries again in a few "
+                            "seconds.",
         "live_paused_busy": "Live updates paused: Kairos is busy. This page tries again in a "
                             "few seconds.",
         "live_paused_down": "Live updates paused: Kairos is not answering. This page tries "
@@ -206,6 +210,9 @@ LABELS: dict[str, dict[str, str]] = {
                            "再開します。",
         "live_paused_console": "ライブ更新を一時停止中：コンソールが追跡できるライブページの上限に"
                                "達しています。更新できるようになると再開します。",
+        "live_paused_host": "ライブ更新を一時停止中：コンソールの監視数が、ゲートウェイが 1 ホストに"
+                            "許す上限（KAIROS_WATCH_STREAMS_PER_HOST。ライブページはチャネルごとに"
+                            "1 つ使います）に達しています。数秒後に再試行します。",
         "live_paused_busy": "ライブ更新を一時停止中：Kairos が混み合っています。数秒後に再試行します。",
         "live_paused_down": "ライブ更新を一時停止中：Kairos が応答していません。まもなく再試行し、その後は間隔を空けて再試行します。",
         "recorded": "結果を記録しました",

@@ -16,6 +16,10 @@ Read = Callable[[bool], Awaitable[CustomerPage]]  # its page; True: as the live 
 # the gateway's failures (GatewayError kinds) a live page waits out, asking again (console.js):
 # shedding load, or not answering (restarting, unreachable): either passes
 RETRIED = frozenset({"busy", "down"})
+# what the gateway's refusal names when the console's own share of watches is what is full (the
+# console is one host to it): a pause of its own, "host", as closing this browser's tabs does
+# little and the gateway is not busy
+HOST_SHARE = "KAIROS_WATCH_STREAMS_PER_HOST"
 # a live page's channels, as its URL names them (each once): a catalog has a few, and each
 # is a watch stream on the gateway, 64 pages a key
 MAX_CHANNELS = 32
@@ -70,10 +74,18 @@ def event(name: str, html: str) -> str:
     return f"event: {name}\n" + "".join(f"data: {line}\n" for line in html.splitlines()) + "\n"
 
 
+def paused_by(exc: GatewayError) -> str | None:
+    """Why a live page pauses on the gateway's failure (`paused`); None: it ends."""
+    if exc.kind not in RETRIED:
+        return None
+    return "host" if exc.kind == "busy" and HOST_SHARE in exc.detail else exc.kind
+
+
 def paused(why: str) -> Response:
     """A live page's answer when it cannot follow now, `why` one of session, key, console
-    (the cap that is full) and RETRIED's: an event the page's script reads (an EventSource
-    cannot read a status code), and asks again on."""
+    (the cap that is full), host (the gateway's share for the console) and RETRIED's: an
+    event the page's script reads (an EventSource cannot read a status code), and asks again
+    on."""
     return StreamingResponse(iter([event("paused", why)]), media_type="text/event-stream")
 
 

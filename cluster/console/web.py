@@ -85,6 +85,24 @@ def cross_site_navigation(request: Request) -> bool:
         and not asked_just_now(request)
 
 
+def from_own_page(request: Request) -> bool:
+    """Whether a request is, by the browser's Fetch Metadata, a script's on one of the
+    console's own pages (a live page's EventSource): not a navigation (a link followed, a
+    refresh, a frame), not an element's load, and from this origin, not another site's nor
+    another port's on the same host (same-site, with the Strict cookies). A browser that sends
+    no Fetch Metadata passes."""
+    headers = request.headers
+    return headers.get("sec-fetch-mode") != "navigate" \
+        and headers.get("sec-fetch-dest", "empty") == "empty" \
+        and headers.get("sec-fetch-site", "same-origin") == "same-origin"
+
+
+def from_another_origin(request: Request) -> bool:
+    """A page of another site, or of another port on the console's host (same-site: its
+    requests carry the Strict cookies, and it can set them), started the request."""
+    return request.headers.get("sec-fetch-site") in ("same-site", "cross-site")
+
+
 def asked_just_now(request: Request) -> bool:
     """The URL is one `ask_again` made within ASKED_WITHIN_S. Not `asked=1` nor an old time:
     an agent who copied the address bar into a CRM before console.js took the mark out gets

@@ -100,13 +100,14 @@ function followLive() {
       stop();
       show(state.dataset.lost, true);
     });
-    // a cap on live pages is full (the session's, its key's, the console's), or the gateway
-    // is busy or not answering: the event says which, and the page asks again while it is
-    // shown
+    // a cap on live pages is full (the session's, its key's, the console's, the gateway's
+    // watches for the console), or the gateway is busy or not answering: the event says
+    // which, and the page asks again while it is shown
     source.addEventListener("paused", (event) => {
       stop();
       const why = {session: "pausedSession", key: "pausedKey", console: "pausedConsole",
-                   busy: "pausedBusy", down: "pausedDown"}[event.data] || "pausedSession";
+                   host: "pausedHost", busy: "pausedBusy",
+                   down: "pausedDown"}[event.data] || "pausedSession";
       show(state.dataset[why], true);
       retry = setTimeout(start, pausedDelay(event.data === "down" ? downs++ : 0));
     });
