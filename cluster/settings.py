@@ -107,9 +107,10 @@ TICK_S = number("TICK_S", 0.1, low=0.001, high=60.0)
 # Timer firings one tick may apply, as many as a request round by default, their records held
 # to SHARD_ROUND_BYTES too, so a tick's journal frame stays under MAX_FRAME however long the ids;
 # those due past it wait for the next ticks, earliest first. At the defaults a shard fires about
-# 15,000 timers a second (2,048 a tick, the tick about 31 ms, on the 2-core test machine): timers
-# falling due slower than that fire within a tick; a burst waits a tick per 2,048 (70,000 at
-# once about 4.5 s), each tick holding the event loop some 30 ms rather than all of it at once.
+# 15,000 timers a second (2,048 a tick, the tick about 40 ms, on the 2-core test machine:
+# bench/results/costs-20261206T003319Z.md): timers falling due slower than that fire within a
+# tick; a burst waits a tick per 2,048 (70,000 at once about 4.9 s), each tick holding the event
+# loop some 40 ms rather than all of it at once.
 TICK_FIRE_LIMIT = integer("TICK_FIRE_LIMIT", SHARD_ROUND_LIMIT)
 # How often a shard that learned something sends its model delta to the learner (and adopts the
 # version that answers); a shard that learned nothing waits in a long poll (LONG_POLL_S) instead.

@@ -76,11 +76,13 @@ DEFAULT_TRIAL_RATE = 0.02  # decisions that try an action not yet accepted on th
 DEFAULT_SELECTION_SAMPLES, MAX_SELECTION_SAMPLES = 128, 65_536
 # A decision's selection_samples re-runs (where decisions draw at random) each draw every action
 # of the channel that can still rank, then fill each of its top_k slots by a pass over them:
-# about 1.0-1.3 ns x (15 + top_k) an action a re-run on a 2-core dev box (2,048 actions x 128
+# about 1.1-2.0 ns x (15 + top_k) an action a re-run on a 2-core dev box (2,048 actions x 128
 # samples: 4.4 ms at top_k 3, 28 ms at 64, 336 ms at 1,024; a pass costs more where few
-# actions fill many slots). selection_samples x actions x (15 + top_k) at most
-# MAX_SELECTION_WORK keeps a decision to about 3.6 ms at top_k 3 (194,444 samples x actions)
-# and 4.3 ms with 10 actions in 10 slots, 14,000 samples (python -m bench.costs)
+# actions fill many slots, the most where top_k is about the actions). selection_samples x
+# actions x (15 + top_k) at most MAX_SELECTION_WORK keeps a decision to about 4-7 ms: 3.7 ms
+# at top_k 3 (194,444 samples x actions), 4.2 ms with 10 actions in 10 slots (14,000 samples),
+# 7.1 ms with 32 in 32 (2,327 samples), the slowest shape found (python -m bench.costs,
+# bench/results/costs-20261206T003319Z.md)
 SELECTION_DRAW_PASSES = 15  # what drawing an action costs, in passes over it
 MAX_SELECTION_WORK = 3_500_000
 POSTERIORS = ("auto", "full", "diagonal")
@@ -1096,8 +1098,8 @@ class _Reader:
                 ("arbitration", "exploration", "selection_samples"),
                 f"selection_samples x actions x ({SELECTION_DRAW_PASSES} + top_k) on channel "
                 f"'{channel}' is {samples} x {offered[channel]} x ({SELECTION_DRAW_PASSES} + {k}) "
-                f"= {work:,}; the most is {MAX_SELECTION_WORK:,}, about 4 ms a decision (fewer "
-                f"samples, actions or top_k, or exploration method: none)"))
+                f"= {work:,}; the most is {MAX_SELECTION_WORK:,}, about 4 to 7 ms a decision "
+                f"(fewer samples, actions or top_k, or exploration method: none)"))
 
     def models_fit(self, models: Models, n_actions: int, n_channels: int) -> None:
         """A model for every (action, channel) pair, in every shard and the learner: a catalog

@@ -17,8 +17,9 @@ Where: the store's log of this shard's name (storage/decision_logs.py), beside t
 Records are collected during a round and handed over after it (`flush`); a `LogWriter` writes
 them, inline for a bare Shard and, under a ShardHost, on a thread of its own, coalescing the
 rounds that wait (group commit), and waiting DECISION_LOG_WRITE_S after a round for more to
-come: on this 2-core machine a write of its own (open, write, fsync, close, and the thread's
-wake-up) cost 330-480 µs of CPU, as much as the rest of a Decide in the shard, and at a few
+come: on this 2-core machine a write of its own (the thread's wake-up after that wait, open,
+write, fsync, close) cost about 520 µs of CPU, 320 µs to 1 ms (python -m bench.costs,
+bench/results/costs-20261206T003319Z.md), as much as the rest of a Decide in the shard, and at a few
 hundred decisions per second each round would otherwise be written alone. An export waits
 for what was submitted before it (`written`). So logging never delays an answer, and a crash
 loses the records not yet written (and, with a directory store, not yet fsynced): the log is
@@ -253,7 +254,8 @@ class LogWriter:
 
     def _append_waiting(self) -> None:
         """Between a trim's pages, what was submitted meanwhile: a long trim (a Redis log's
-        pages cost some 13 µs an entry, a GiB's 25 s) would hold them past
+        pages cost some 21 µs an entry of 3,449 bytes, a decision record's mean size, a GiB's
+        6.5 s, and 9 µs an entry of 200 bytes, a GiB's 45 s: bench.costs) would hold them past
         DECISION_LOG_PENDING. An erasure submitted meanwhile runs first: those records came
         after it, so a record a customer makes after its ForgetCustomer is kept."""
         with self._lock:

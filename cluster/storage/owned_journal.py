@@ -9,8 +9,9 @@ past a lost tail checks the owner first, and one that finds another's raises Jou
 (a JournalFenced) with nothing written (two writers appending to one segment would give out
 the same LSNs twice).
 The check is a `stat` of the file, read only when it changed (a claim renames a new file
-in), and a shared `flock` on a descriptor the journal keeps open: about 4 µs more per append
-(3.9 µs became 7.6 µs without fsync in python -m bench.costs; an fsync is 200 µs and more).
+in), and a shared `flock` on a descriptor the journal keeps open: about 3.5 µs more per append
+(3.8 µs became 7.2 µs without fsync in python -m bench.costs,
+bench/results/costs-20261206T003319Z.md; an fsync is 200 µs and more).
 """
 from __future__ import annotations
 

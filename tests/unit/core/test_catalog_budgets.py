@@ -119,7 +119,8 @@ def test_selection_samples_times_a_channels_actions_and_top_k_is_bounded():
     error = refusal(samples_catalog(753, 512))
     assert error.path == "arbitration.exploration.selection_samples"
     assert "selection_samples x actions x (15 + top_k) on channel 'web' is 512 x 759 x " \
-           "(15 + 3) = 6,994,944; the most is 3,500,000, about 4 ms a decision" in str(error)
+           "(15 + 3) = 6,994,944; the most is 3,500,000, about 4 to 7 ms a decision" \
+        in str(error)
     # the same samples and actions at top_k 64: 79 passes, not 18
     error = refusal(samples_catalog(753, 256, top_k=64))
     assert "is 256 x 759 x (15 + 64) = 15,350,016" in str(error)
