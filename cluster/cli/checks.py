@@ -77,6 +77,21 @@ def checked_inputs(args: argparse.Namespace) -> str | None:
     return catalog_text
 
 
+def refuse_store_password(store: str) -> None:
+    """`kairos start`: a store URL that holds a password is Refused. The URL is an argument of
+    the controller, the learner and every shard, which Ray's GCS keeps, and the processes
+    that open the store run on Ray nodes whose environment `start` cannot set."""
+    from kairos.cluster.storage.providers import STORE_PASSWORD_FILE_ENV, split_password
+
+    if split_password(store)[1]:
+        raise Refused(
+            f"error: --store {redact(store)} holds a password, which would reach every Ray "
+            f"node as an argument of Kairos's actors, kept by Ray's GCS: put it in a file only "
+            f"its reader may read (`chmod 600`), set {STORE_PASSWORD_FILE_ENV} to its path for "
+            f"`kairos start` and on every Ray node (their processes open the store), and give "
+            f"the URL without it", 2)
+
+
 def _load_tls(cert: str, key: str, client_ca: str | None) -> None:
     """Load the gateways' certificate chain, key and client CA as a TLS server would: PEM that
     does not parse, or a key that is not the certificate's, is Refused here. An encrypted key

@@ -3,21 +3,14 @@ from __future__ import annotations
 
 import argparse
 import os
-from urllib.parse import quote
 
 from kairos.cluster.cli import console, local, logexport, operate, replay, uplift
-from kairos.cluster.cli.secret_files import SecretFileError, check_secret_file
 from kairos.cluster.cli.targets import port, port_or_zero
 from kairos.cluster.storage.store import redact  # light: no store's client is imported
 
 # the embedded default's store: a directory that outlives `kairos down`
 STORE_DIR = "store"
 MAX_PORT_RANGE = 1024  # shard endpoints one node may bind (a bind is tried per port)
-# the file holding the password of a redis:// or rediss:// store whose URL has none: on
-# Kubernetes a mounted Secret, read by `kairos up`/`start` themselves, so that the password is
-# neither in an environment Ray's processes inherit nor on a command line (kairos-head.sh)
-STORE_PASSWORD_FILE_ENV = "KAIROS_STORE_PASSWORD_FILE"
-REDIS_SCHEMES = ("redis://", "rediss://")
 
 
 def parser(gateway_port: int) -> argparse.ArgumentParser:
@@ -88,13 +81,14 @@ def serving_options() -> argparse.ArgumentParser:
     serving.add_argument("--catalog", help="catalog file (default: the built-in catalog, or "
                                            "the one last pushed to the store's cluster)")
     default_store = os.environ.get("KAIROS_STORE", os.path.join(str(local.home()), STORE_DIR))
-    serving.add_argument("--store", default=default_store, type=with_store_password,
+    serving.add_argument("--store", default=default_store, type=checked_store,
                          help="where shards keep customers, snapshots and journals: a "
                               "directory, redis://host:port/db, or 'memory' (nothing survives "
                               "a restart); default $KAIROS_STORE or "
                               + redact(default_store).replace("%", "%%")
-                              + f"; a Redis URL's password may be in the file "
-                                f"${STORE_PASSWORD_FILE_ENV} names instead")
+                              + "; a Redis URL's password goes in the file "
+                                "$KAIROS_STORE_PASSWORD_FILE names (`up` moves one given "
+                                "in the URL there)")
     serving.add_argument("--journal-policy", choices=("fsync", "os", "off"),
                          default=os.environ.get("KAIROS_JOURNAL_POLICY", "fsync"),
                          help="fsync each batch before acknowledging it (default), leave it "
@@ -115,40 +109,19 @@ def serving_options() -> argparse.ArgumentParser:
     return serving
 
 
-def with_store_password(url: str) -> str:
-    """`url` with the password from the file KAIROS_STORE_PASSWORD_FILE names, when it is set
-    (a secret's file: see check_secret_file), put in percent-encoded: `redis://host...`
-    becomes `redis://:PASSWORD@host...`, and one with a Redis ACL user, `redis://USER@host...`,
-    becomes `redis://USER:PASSWORD@host...`. argparse's type of --store, so applied to the
-    default too; refused (ArgumentTypeError, whose words never hold the password) for a
-    store that is not Redis, a URL that has a password already, or a file refused or
-    unreadable or empty."""
-    path = os.environ.get(STORE_PASSWORD_FILE_ENV)
-    if not path:
-        return url
-    scheme, _, rest = url.partition("://")
-    # as redact() reads it: the last "@" ends the credentials, whatever they hold
-    user, _, place = rest.rpartition("@")
-    if not url.startswith(REDIS_SCHEMES) or any(c in user for c in ":/?#"):
-        raise argparse.ArgumentTypeError(
-            f"{STORE_PASSWORD_FILE_ENV} is set, so the store must be a redis:// or rediss:// "
-            f"URL without a password (a user name alone may come before the host), not "
-            f"{redact(url)}")
+def checked_store(url: str) -> str:
+    """argparse's type of --store (so applied to the default too): `url` as given, once the
+    password it will be opened with checked (providers.with_password_file: a file refused,
+    unreadable or empty, a URL it cannot go into) by ArgumentTypeError, whose words never
+    hold the password. The password stays out of the URL: each process that opens the store
+    reads it from the file itself."""
+    from kairos.cluster.storage.providers import with_password_file  # redis-py: up/start only
+
     try:
-        check_secret_file(path, STORE_PASSWORD_FILE_ENV)
-        with open(path, encoding="utf-8") as f:
-            password = f.read().rstrip("\r\n")
-    except SecretFileError as exc:
+        with_password_file(url)
+    except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    except OSError as exc:
-        raise argparse.ArgumentTypeError(f"{STORE_PASSWORD_FILE_ENV} {path}: {exc.strerror}") \
-            from None
-    except UnicodeDecodeError:
-        raise argparse.ArgumentTypeError(f"{STORE_PASSWORD_FILE_ENV} {path} is not UTF-8 text") \
-            from None
-    if not password:
-        raise argparse.ArgumentTypeError(f"{STORE_PASSWORD_FILE_ENV} {path} is empty")
-    return f"{scheme}://{user}:{quote(password, safe='')}@{place}"
+    return url
 
 
 def port_range(text: str) -> tuple[int, int]:

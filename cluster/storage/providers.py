@@ -1,27 +1,96 @@
 """The store a URL names (`open_store`). The one module that imports every implementation;
-they import only the interface (store.py), so no module imports one that imports it back."""
+they import only the interface (store.py), so no module imports one that imports it back.
+
+A Redis store's password never travels in its URL between Kairos's processes: the URL's
+copies that Ray passes (the controller's, the learner's, each shard's arguments) are kept by
+Ray's GCS with their task specs. Each process that opens the store reads the password from
+the file $KAIROS_STORE_PASSWORD_FILE names (`with_password_file`) instead."""
 from __future__ import annotations
 
 import os
-from urllib.parse import urlparse
+from urllib.parse import quote, unquote, urlparse
 
+from kairos.cluster.cli.secret_files import SecretFileError, check_secret_file
 from kairos.cluster.storage.directory_store import DirectoryStore
 from kairos.cluster.storage.memory_store import MemoryStore
 from kairos.cluster.storage.redis_store import RedisStore
 from kairos.cluster.storage.store import Store, redact
 
-__all__ = ["open_store", "redact"]
+__all__ = ["open_store", "redact", "split_password", "with_password_file",
+           "STORE_PASSWORD_FILE_ENV"]
+
+# a mounted Secret on Kubernetes (on every Ray node: shards open the store on workers too),
+# a file `kairos up` writes for its Ray processes where the URL it was given held a password
+STORE_PASSWORD_FILE_ENV = "KAIROS_STORE_PASSWORD_FILE"
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def open_store(url: str) -> Store:
-    """`memory`, a directory path (or `file:///path`), or `redis://host:port/db[?prefix=p]`."""
+    """`memory`, a directory path (or `file:///path`), or `redis://host:port/db[?prefix=p]`
+    (its password from the file $KAIROS_STORE_PASSWORD_FILE names, when that is set)."""
     if url == "memory":
         return MemoryStore()
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        return RedisStore(url)
+    if url.startswith(REDIS_SCHEMES):
+        return RedisStore(with_password_file(url))
     if url.startswith("file://"):
         url = urlparse(url).path
     if "://" in url:
         raise ValueError(f"unknown store {redact(url)!r}: use 'memory', a directory, or "
                          f"redis://host:port/db")
     return DirectoryStore(os.path.expanduser(url))
+
+
+def split_password(url: str) -> tuple[str, str]:
+    """A Redis URL without the password it holds (`user:password@` or `:password@` before the
+    host, a `password=` parameter, as redis-py reads them), and that password, decoded ("":
+    none). Any other URL as it is, with ""."""
+    if not url.startswith(REDIS_SCHEMES):
+        return url, ""
+    scheme, _, rest = url.partition("://")
+    # as redact() reads it: the last "@" ends the credentials, whatever they hold
+    credentials, at, place = rest.rpartition("@")
+    user, colon, password = credentials.partition(":")
+    password = unquote(password) if colon else ""
+    head, q, query = place.partition("?")
+    kept = []
+    for parameter in query.split("&") if q else []:
+        name, _, value = parameter.partition("=")
+        if name == "password":  # redis-py: the parameter wins over the URL's credentials
+            password = unquote(value)
+        else:
+            kept.append(parameter)
+    bare = f"{scheme}://{user}{at if user else ''}{head}" + ("?" + "&".join(kept) if kept else "")
+    return bare, password
+
+
+def with_password_file(url: str) -> str:
+    """`url` with the password from the file $KAIROS_STORE_PASSWORD_FILE names, when it is set
+    (a secret's file: see check_secret_file), put in percent-encoded: `redis://host...`
+    becomes `redis://:PASSWORD@host...`, and one with a Redis ACL user, `redis://USER@host...`,
+    becomes `redis://USER:PASSWORD@host...`. Refused (ValueError, whose words never hold the
+    password) for a store that is not Redis, a URL that has a password already, or a file
+    refused, unreadable or empty."""
+    path = os.environ.get(STORE_PASSWORD_FILE_ENV)
+    if not path:
+        return url
+    scheme, _, rest = url.partition("://")
+    user, _, place = rest.rpartition("@")
+    if not url.startswith(REDIS_SCHEMES) or split_password(url)[0] != url \
+            or any(c in user for c in "/?#"):
+        raise ValueError(
+            f"{STORE_PASSWORD_FILE_ENV} is set, so the store must be a redis://, rediss:// or "
+            f"unix:// URL without a password (a user name alone may come before the host), "
+            f"not {redact(url)}")
+    try:
+        check_secret_file(path, STORE_PASSWORD_FILE_ENV)
+        with open(path, encoding="utf-8") as f:
+            password = f.read().rstrip("\r\n")
+    except SecretFileError as exc:
+        raise ValueError(str(exc)) from None
+    except OSError as exc:
+        raise ValueError(f"{STORE_PASSWORD_FILE_ENV} {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{STORE_PASSWORD_FILE_ENV} {path} is not UTF-8 text") from None
+    if not password:
+        raise ValueError(f"{STORE_PASSWORD_FILE_ENV} {path} is empty")
+    return f"{scheme}://{user}:{quote(password, safe='')}@{place}"

@@ -5,7 +5,8 @@
 #    from rayStartParams); KubeRay leaves the `ulimit` to us.
 # 2. Once the GCS answers, start Kairos on it: `kairos start` joins as a driver, starts the
 #    controller, the learner, the shards and a gateway on every Ray node alive now, and exits.
-#    The store is $KAIROS_STORE, whose password `kairos start` reads itself from the file
+#    The store is $KAIROS_STORE, whose password every process that opens it (`kairos
+#    start`, the controller, the learner, each shard) reads itself from the file
 #    $KAIROS_STORE_PASSWORD_FILE names; the API keys are the file $KAIROS_API_KEYS_FILE
 #    (`--keys`): Secrets mounted as files, which this script never reads, so that no secret
 #    is in the container's environment or on a command line (any process's argv); a catalog

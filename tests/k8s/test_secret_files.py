@@ -2,7 +2,8 @@
 process inherits, and which KubeRay copies into the workers' init container): each Secret is
 mounted where the variable that names its file points, with a mode and a pod securityContext
 that Kairos's check of secrets' files accepts (cluster/cli/secret_files.py), and the head's
-entrypoint hands `kairos start` the password file's path, never the password."""
+entrypoint hands `kairos start` the password file's path, never the password, which every
+process that opens the store (on the workers too) reads from the file itself."""
 from __future__ import annotations
 
 import os
@@ -69,6 +70,10 @@ def test_each_secret_is_mounted_where_the_variable_naming_its_file_points(overla
         assert secret_at(spec, keys_file) == ("kairos-api-keys", "api-keys.yaml"), where
         admin = env_of(spec["containers"][0])["KAIROS_API_KEY_FILE"]["value"]
         assert secret_at(spec, admin) == ("kairos-api-keys", "admin-key"), where
+        # the shards on a worker open the store, with the password from the same file
+        password = env_of(spec["containers"][0])["KAIROS_STORE_PASSWORD_FILE"]["value"]
+        assert password == env["KAIROS_STORE_PASSWORD_FILE"]["value"], where
+        assert secret_at(spec, password) == ("kairos-redis", "password"), where
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -143,7 +148,7 @@ time.sleep(600)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_the_store_password_is_on_no_command_line_and_kairos_start_puts_it_in(
+def test_the_store_password_is_on_no_command_line_nor_in_the_url_kairos_start_passes_on(
         overlay, stubs):  # noqa: F811 (the fixture)
     tmp, env, pods = stubs
     (tmp / "bin" / "kairos").write_text(PARSING_KAIROS)
@@ -164,10 +169,10 @@ def test_the_store_password_is_on_no_command_line_and_kairos_start_puts_it_in(
     # kairos got the store without it, and the file's path, in its environment
     assert (tmp / "kairos-env").read_text() == repr(
         {"KAIROS_STORE": store, "KAIROS_STORE_PASSWORD_FILE": str(password)})
-    # and puts it in itself
+    # and checks the file, but passes the URL on without it: the actors it starts are
+    # Ray tasks whose arguments the GCS keeps
     wait_until(lambda: (tmp / "store").exists(), 30, "kairos to parse its command line")
-    scheme, rest = store.split("://")
-    assert (tmp / "store").read_text() == f"{scheme}://:S3cret-Passw0rd@{rest}"
+    assert (tmp / "store").read_text() == store
 
 
 def test_the_head_stops_when_kairos_start_cannot_read_the_password(stubs):  # noqa: F811

@@ -1,7 +1,8 @@
-"""`kairos start` and `kairos up` read a Redis store's password from the file
-KAIROS_STORE_PASSWORD_FILE names (a secret's file, checked as the others are) and put it into
-the store URL themselves, so that nothing before them (kairos-head.sh, a shell, `env`) holds
-it on a command line or in an environment Ray's processes inherit."""
+"""`kairos start` and `kairos up` check the Redis store's password in the file
+KAIROS_STORE_PASSWORD_FILE names (a secret's file, checked as the others are) and pass the URL
+on without it: each process that opens the store puts it in from the file itself, so that
+nothing before them (kairos-head.sh, a shell, `env`) holds it on a command line or in an
+environment, and no Ray task's arguments do."""
 from __future__ import annotations
 
 import os
@@ -9,7 +10,7 @@ import os
 import pytest
 
 from kairos.cluster.cli import main as cli
-from kairos.cluster.cli.options import STORE_PASSWORD_FILE_ENV
+from kairos.cluster.storage.providers import STORE_PASSWORD_FILE_ENV
 from kairos.cluster.storage.providers import open_store
 from tests.unit.cli.test_cli import KEYS
 
@@ -34,17 +35,18 @@ def parsed(argv: list[str]):
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=["up", "start"])
-def test_the_password_from_the_file_goes_into_the_store_url_of_kairos_store(
+def test_the_store_url_stays_without_the_password_which_opening_it_reads_from_the_file(
         password_file, monkeypatch, command):
     monkeypatch.setenv("KAIROS_STORE", STORE)
     store = parsed(command).store
-    assert store == ("redis://:p%40ss%2Fw%23rd%3F%3A%25@kairos-redis:6379/0?prefix=kairos")
+    assert store == STORE
     client = open_store(store).r  # no connection is made
     assert client.connection_pool.connection_kwargs["password"] == PASSWORD
     assert client.connection_pool.connection_kwargs["host"] == "kairos-redis"
     # --store too, and TLS's scheme
     store = parsed([*command, "--store", "rediss://kairos-redis:6379/0"]).store
-    assert store == "rediss://:p%40ss%2Fw%23rd%3F%3A%25@kairos-redis:6379/0"
+    assert store == "rediss://kairos-redis:6379/0"
+    assert open_store(store).r.connection_pool.connection_kwargs["password"] == PASSWORD
 
 
 @pytest.mark.parametrize("user", ["kairos", "app%40team"])
@@ -52,14 +54,13 @@ def test_the_password_goes_after_a_redis_acl_user_in_the_url(password_file, user
     """The README's ACL user with the password from the file: every `@` was refused."""
     store = parsed(["start", "--address", "x:1", "--store",
                     f"rediss://{user}@kairos-redis:6379/0?prefix=kairos"]).store
-    assert store == (f"rediss://{user}:p%40ss%2Fw%23rd%3F%3A%25@kairos-redis:6379/0"
-                     f"?prefix=kairos")
+    assert store == f"rediss://{user}@kairos-redis:6379/0?prefix=kairos"
     kwargs = open_store(store).r.connection_pool.connection_kwargs  # no connection is made
     assert kwargs["username"] == user.replace("%40", "@") and kwargs["password"] == PASSWORD
     assert kwargs["host"] == "kairos-redis"
 
 
-def test_kairos_start_hands_the_runtime_the_store_with_the_password(password_file,
+def test_kairos_start_hands_the_runtime_the_store_without_the_password(password_file,
                                                                     monkeypatch, capsys):
     monkeypatch.setenv("KAIROS_STORE", STORE)
     monkeypatch.setenv("KAIROS_API_KEYS", KEYS)  # its gateways are on 0.0.0.0
@@ -67,6 +68,7 @@ def test_kairos_start_hands_the_runtime_the_store_with_the_password(password_fil
     monkeypatch.setattr(cli, "_start_kairos",
                         lambda args, *rest, **kwargs: given.append(args.store) or [])
     assert cli.main(["start", "--address", "127.0.0.1:1"]) == 0
+    assert given == [STORE]
     assert open_store(given[0]).r.connection_pool.connection_kwargs["password"] == PASSWORD
     assert PASSWORD not in capsys.readouterr().out  # "store redis://***@kairos-redis..."
 
@@ -99,8 +101,8 @@ def test_a_password_file_others_can_read_is_refused(password_file, capsys, comma
     ("redis://kairos:other@kairos-redis:6379/0", "not redis://***@kairos"),
     ("redis://kairos:p@ss@kairos-redis:6379/0", "not redis://***@kairos"),  # "@" unencoded
     ("redis://kairos-redis:6379/0?user=a@b", "without a password"),  # no user before the host
-    ("memory", "must be a redis:// or rediss:// URL"),
-    ("/var/lib/kairos", "must be a redis:// or rediss:// URL"),
+    ("memory", "must be a redis://, rediss:// or unix:// URL"),
+    ("/var/lib/kairos", "must be a redis://, rediss:// or unix:// URL"),
 ])
 def test_a_store_the_password_cannot_go_into_is_refused(password_file, capsys, store, words):
     assert words in _refused(capsys, ["start", "--address", "x:1", "--store", store])

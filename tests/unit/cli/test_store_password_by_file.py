@@ -1,0 +1,163 @@
+"""A Redis store's password is in no Ray task's arguments (Ray's GCS keeps them with the
+tasks' specs): `kairos start` and `kairos up` create the controller and the learner (which
+passes its URL on to every shard) with a URL that holds none, and each process that opens the
+store reads it from the file KAIROS_STORE_PASSWORD_FILE names. `kairos up` moves a password
+given in the URL to such a file for its own Ray; `kairos start` refuses one."""
+from __future__ import annotations
+
+import os
+import stat
+from types import SimpleNamespace
+from urllib.parse import quote
+
+import pytest
+
+from kairos.cluster.cli import local
+from kairos.cluster.cli import main as cli
+from kairos.cluster.control import runtime
+from kairos.cluster.storage.providers import STORE_PASSWORD_FILE_ENV, open_store
+from kairos.cluster.storage.redis_server import RedisServer
+from kairos.cluster.storage.store import StoreUnavailable
+from tests.unit.cli.test_cli import KEYS
+
+PASSWORD = "p@ss/w#rd?:%"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    redis_ = RedisServer(tmp_path_factory.mktemp("redis"), durable=False,
+                         password=PASSWORD).start()
+    yield redis_
+    redis_.stop()
+
+
+@pytest.fixture
+def environment(tmp_path, monkeypatch):
+    """A KAIROS_HOME of the test's own; the environment as it was afterwards (`kairos up`
+    replaces this process's with Ray's)."""
+    saved = dict(os.environ)
+    monkeypatch.setenv(local.HOME_ENV, str(tmp_path / "home"))
+    monkeypatch.delenv(STORE_PASSWORD_FILE_ENV, raising=False)
+    yield tmp_path
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def password_file(folder, mode: int = 0o600):
+    path = folder / "password"
+    path.write_text(PASSWORD + "\n")
+    path.chmod(mode)
+    return path
+
+
+def test_open_store_connects_with_the_password_from_the_file(server, environment,
+                                                             monkeypatch):
+    with pytest.raises(StoreUnavailable):
+        open_store(server.url).get_meta("k")
+    monkeypatch.setenv(STORE_PASSWORD_FILE_ENV, str(password_file(environment)))
+    store = open_store(server.url)
+    store.put_meta("k", b"v")
+    assert store.get_meta("k") == b"v"
+
+
+def test_open_store_refuses_a_password_file_others_can_read(server, environment, monkeypatch):
+    path = password_file(environment, 0o644)
+    monkeypatch.setenv(STORE_PASSWORD_FILE_ENV, str(path))
+    with pytest.raises(ValueError, match=f"{STORE_PASSWORD_FILE_ENV} {path} has mode 0644") \
+            as refused:
+        open_store(server.url)
+    assert PASSWORD not in str(refused.value)
+
+
+class Actor:
+    """A stand-in for an actor class: records the arguments of what it creates."""
+
+    def __init__(self, created: list):
+        self.created = created
+
+    def options(self, **_):
+        return self
+
+    def remote(self, *args, **kwargs):
+        self.created.append(args)
+        return SimpleNamespace(claim_store=SimpleNamespace(remote=lambda: None),
+                               start=SimpleNamespace(remote=lambda n: {}),
+                               status=SimpleNamespace(remote=lambda: {"node_status": []}))
+
+
+@pytest.fixture
+def ray_stub(monkeypatch):
+    """Ray as far as `_start_kairos` and runtime.start use it: the controller's and the
+    learner's arguments, as Ray would keep them; the store is opened for real."""
+    import ray
+
+    created = {"controller": [], "learner": []}
+    monkeypatch.setattr(ray, "init", lambda **_: None)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.setattr(ray, "get", lambda ref, **_: ref)
+    monkeypatch.setattr(ray, "get_runtime_context",
+                        lambda: SimpleNamespace(get_node_id=lambda: "node"))
+    monkeypatch.setattr(runtime, "NodeAffinitySchedulingStrategy", lambda *a, **k: None)
+    monkeypatch.setattr(runtime, "ControllerActor", Actor(created["controller"]))
+    monkeypatch.setattr(runtime, "LearnerActor", Actor(created["learner"]))
+    monkeypatch.setattr(runtime, "controller", lambda: Actor([]).remote())
+    return created
+
+
+def given_stores(created: dict) -> list[str]:
+    # ControllerActor(catalog_text, n_partitions, store, ...), LearnerActor(catalog, store)
+    return [created["controller"][0][2], created["learner"][0][1]]
+
+
+def test_kairos_start_creates_the_actors_with_a_store_url_without_the_password(
+        server, environment, monkeypatch, ray_stub):
+    monkeypatch.setenv(STORE_PASSWORD_FILE_ENV, str(password_file(environment)))
+    monkeypatch.setenv("KAIROS_API_KEYS", KEYS)
+    args = cli.parser(50051).parse_args(["start", "--address", "x:1", "--store", server.url])
+    cli._start_kairos(args, "x:1", None, consecutive=False)  # runtime.start opened the store
+    assert given_stores(ray_stub) == [server.url, server.url]
+
+
+def test_kairos_up_moves_a_password_in_the_url_to_a_file_for_its_ray(server, environment,
+                                                                      monkeypatch, ray_stub):
+    """`kairos up --store redis://:PW@host/0`: Ray's processes get the file's path, the actors
+    a URL without the password, and `kairos down` (forget) removes the file."""
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "t")  # no token file made
+    ray_envs = []
+    monkeypatch.setattr(local, "start_ray", lambda run, *_: ray_envs.append(
+        local.ray_env(run.loopback, run.auth_mode, run.token)))
+    monkeypatch.setattr(local, "write_run", lambda run: None)
+    inline = server.url.replace("//", f"//:{quote(PASSWORD, safe='')}@")
+    assert cli.main(["up", "--ray-port", str(local.free_port()), "--port", "0",
+                     "--no-dashboard", "--console-port", "0", "--store", inline]) == 0
+    assert given_stores(ray_stub) == [server.url, server.url]
+    path = ray_envs[0][STORE_PASSWORD_FILE_ENV]
+    assert path == str(environment / "home" / local.STORE_PASSWORD)
+    assert open(path).read() == PASSWORD
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+    assert PASSWORD not in str(ray_envs[0])
+    local.forget()
+    assert not os.path.exists(path)
+
+
+def test_kairos_up_that_fails_removes_the_password_file(server, environment, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "t")
+    monkeypatch.setattr(cli, "_start", lambda *_: (_ for _ in ()).throw(RuntimeError("no")))
+    inline = server.url.replace("//", "//:pw@")
+    assert cli.main(["up", "--ray-port", str(local.free_port()), "--port", "0",
+                     "--no-dashboard", "--console-port", "0", "--store", inline]) == 1
+    assert not (environment / "home" / local.STORE_PASSWORD).exists()
+
+
+@pytest.mark.parametrize("store", ["redis://:pw@kairos-redis:6379/0",
+                                   "redis://kairos:pw@kairos-redis:6379/0",
+                                   "rediss://kairos-redis:6379/0?password=pw&prefix=k"])
+def test_kairos_start_refuses_a_store_url_with_a_password_and_says_how(
+        environment, monkeypatch, capsys, store):
+    monkeypatch.setattr(cli, "_start_kairos", lambda *a, **k: pytest.fail("started"))
+    monkeypatch.setenv("KAIROS_API_KEYS", KEYS)
+    assert cli.main(["start", "--address", "x:1", "--store", store]) == 2
+    err = capsys.readouterr().err
+    assert "holds a password" in err and f"set {STORE_PASSWORD_FILE_ENV}" in err
+    assert "pw" not in err.replace("password", "")
