@@ -100,8 +100,10 @@ def _load_tls(cert: str, key: str, client_ca: str | None) -> None:
     try:
         context.load_cert_chain(cert, key, password=lambda: b"")
     except ssl.SSLError as exc:
-        raise Refused(f"error: --tls-cert {cert} and --tls-key {key} are not a PEM certificate "
-                      f"chain and its unencrypted private key ({exc.reason or exc})", 1) from None
+        raise Refused(f"error: --tls-cert {cert} and --tls-key {key} were refused by this "
+                      f"host's OpenSSL as a certificate chain and its unencrypted private key "
+                      f"({exc.reason or exc}: not PEM, not a matching pair, or weaker than its "
+                      f"security level allows)", 1) from None
     if client_ca:
         try:
             context.load_verify_locations(cafile=client_ca)

@@ -367,9 +367,11 @@ def strangers(run: Run) -> list[int]:
 def _members(run: Run) -> dict[int, list[psutil.Process]]:
     sessions = set(run.sessions)
     members: dict[int, list[psutil.Process]] = {}
+    me = psutil.Process()  # and its shell: a reused session id may be this very one's
+    ours = {me.pid, *(p.pid for p in me.parents())}
     for proc in psutil.process_iter(["create_time", "status"]):
         try:
-            if proc.info["status"] != psutil.STATUS_ZOMBIE and (
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and proc.pid not in ours and (
                     sid := os.getsid(proc.pid)) in sessions:
                 members.setdefault(sid, []).append(proc)
         except (psutil.Error, OSError):

@@ -8,6 +8,7 @@ gRPC takes `host:port`, `[v6]:port`, `dns:[//authority/]host:port`, `ipv4:a.b.c.
 from __future__ import annotations
 
 import argparse
+import re
 import socket
 
 import grpc
@@ -15,6 +16,8 @@ import grpc
 DEFAULT_PORT = 443  # gRPC's, for a target that names no port
 PORTS = range(1, 65536)
 NOT_TCP = ("unix:", "unix-abstract:", "vsock:")
+# a URI of a resolver gRPC has besides dns (passthrough:///, xds:///): left to gRPC to read
+OTHER_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*://")
 # the beginning of what gRPC's core says when it opened no connection (newer gRPC: "errors
 # resolving"; older: "DNS resolution failed"); a gateway's own UNAVAILABLE says something else
 CONNECT_FAILURES = ("failed to connect to all addresses", "DNS resolution failed",
@@ -47,7 +50,8 @@ def split_target(target: str) -> tuple[str, int]:
     brackets; NotOneAddress for a target that names none (a Unix socket) or several, ValueError
     for one that is malformed (no host, a port that is no number or out of range)."""
     address = target
-    if address.startswith(NOT_TCP):
+    if address.startswith(NOT_TCP) or (OTHER_SCHEME.match(address)
+                                       and not address.startswith("dns:")):
         raise NotOneAddress(f"{target} is not a TCP address")
     if address.startswith("dns:"):
         address = address[len("dns:"):]

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from kairos.cluster.cli import local, main as cli, watchdog
@@ -101,6 +102,14 @@ def test_a_target_is_checked_before_it_is_dialled(home, capsys, target, said):
     assert capsys.readouterr().err.strip() == said
 
 
+@pytest.mark.parametrize("target", ["passthrough:///127.0.0.1:50051", "xds:///kairos",
+                                    "unix:/tmp/kairos.sock"])
+def test_a_target_of_another_grpc_resolver_is_left_to_grpc(target):
+    """Review rev42 d-cli finding 4: passthrough:/// and xds:/// were refused as hosts that
+    do not resolve."""
+    assert cli.refused_target(target) is None
+
+
 # -- what would fail only once Ray runs -----------------------------------------------------------
 
 def up_args(*options: str):
@@ -134,9 +143,9 @@ def test_a_tls_pair_that_is_not_pem_is_refused(home, tmp_path):
     junk = tmp_path / "junk.pem"
     junk.write_text("not PEM\n")
     junk.chmod(0o600)
-    with pytest.raises(Refused, match="are not a PEM certificate chain and its unencrypted"):
+    with pytest.raises(Refused, match="refused by this host's OpenSSL as a certificate chain and its unencrypted"):
         checked_inputs(up_args("--tls-cert", str(junk), "--tls-key", str(junk)))
-    with pytest.raises(Refused, match="are not a PEM certificate chain"):  # another's key
+    with pytest.raises(Refused, match="refused by this host's OpenSSL"):  # another's key
         checked_inputs(up_args("--tls-cert", str(files["server_cert"]), "--tls-key",
                                str(files["client_key"])))
     with pytest.raises(Refused, match=f"--tls-client-ca {junk} holds no PEM certificate"):
@@ -300,6 +309,17 @@ def test_down_leaves_alone_what_a_tokenless_records_sessions_run_that_is_not_ray
         for proc in (unrelated, worker):
             proc.kill()
             proc.wait()
+
+
+def test_down_never_counts_itself_or_its_shell_among_a_records_sessions(home):
+    """Review rev42 d-cli finding 1: a record's session id reused by the shell `down` runs in
+    made `down` (its command line names kairos) stop itself, so the record was never cleared
+    and `up` kept saying Kairos ran."""
+    run = local.Run(ray_address="127.0.0.1:1", temp_dir=str(home), sessions=[os.getsid(0)],
+                    started=time.time() - 60, loopback=True, auth_mode="token")
+    me = psutil.Process()
+    taken = {p.pid for procs in local._members(run).values() for p in procs}
+    assert not taken & {me.pid, *(p.pid for p in me.parents())}
 
 
 # -- help and docs --------------------------------------------------------------------------------
