@@ -4,7 +4,9 @@ while no route is known, goes to the gateway.
 
 The routes come from the gateway's GetRoutes and are fetched again every `refresh_s`; sooner
 when an endpoint says they are stale, and within RETRY_ROUTES_S after one answers UNAVAILABLE
-(its shard stopped, restarted or left); a failed fetch keeps the last routes. A route to a
+(its shard stopped, restarted or left). Only the first fetch is waited for: later ones run in
+the background while calls go on with the last routes, which a failed fetch, or an answer that
+does not hold together (an owner missing or naming no endpoint), leaves in place. A route to a
 shard that is up but no longer owns the customer costs a hop: that shard sends the call on and
 answers (an error too) with the map's version in a trailer (ROUTES_VERSION_KEY, from
 shard/api.py), and a version newer than the routes' has them fetched again at once (at most
@@ -14,6 +16,7 @@ with its idempotency_key): the retry goes where the new routes say.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any, Callable
@@ -24,6 +27,8 @@ from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
 from kairos.cluster.control.partitions import partition_of
+
+log = logging.getLogger(__name__)
 
 ROUTED = ("Decide", "Ingest", "Respond")  # the calls that name one customer by id
 RETRY_ROUTES_S = 1.0  # after an UNAVAILABLE endpoint, the routes are asked for this soon
@@ -43,7 +48,9 @@ class RoutedClient:
         self._credentials = credentials
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, decision_pb2_grpc.DecisionServiceStub] = {}
-        self._lock = threading.Lock()  # the routes' fetch (one at a time), the channels
+        self._fetching = threading.Lock()  # held while a routes fetch runs: one at a time
+        self._channels_lock = threading.Lock()  # apart, so no call waits out a fetch for one
+        self._warned = False  # a malformed answer is logged once
         self._gateway = self._stub(gateway)
         self._routes = pb.Routes()
         self._due = -float("inf")  # when the routes are to be asked for again
@@ -92,24 +99,42 @@ class RoutedClient:
                 self._due = min(self._due, self._fetched + HINTED_ROUTES_S)
 
     def _current(self) -> pb.Routes:
-        """The routes; asked for again when due, by one caller at a time (the others go on
-        with the last ones meanwhile)."""
-        if time.monotonic() >= self._due and self._lock.acquire(blocking=False):
-            try:
-                self._fetched = time.monotonic()
-                self._due = self._fetched + self.refresh_s
-                self._routes = self._gateway.GetRoutes(pb.RoutesRequest(),
-                                                       metadata=self.metadata, timeout=5)
-            except grpc.RpcError:  # the last routes stand (none yet: the gateway serves all)
-                pass
-            finally:
-                self._lock.release()
+        """The routes; asked for again when due, by one fetch at a time. Only the first is
+        waited for (by the caller that starts it); later ones run in the background while the
+        last routes serve."""
+        if time.monotonic() >= self._due and self._fetching.acquire(blocking=False):
+            first = self._fetched == -float("inf")
+            self._fetched = time.monotonic()
+            self._due = self._fetched + self.refresh_s
+            if first:
+                self._fetch()
+            else:
+                threading.Thread(target=self._fetch, name="kairos-routes", daemon=True).start()
         return self._routes
+
+    def _fetch(self) -> None:
+        """GetRoutes, taken when it holds together; the last routes stand otherwise (none yet:
+        the gateway serves all). Releases the fetch lock `_current` took."""
+        try:
+            routes = self._gateway.GetRoutes(pb.RoutesRequest(), metadata=self.metadata,
+                                             timeout=5)
+            if usable(routes):
+                self._routes = routes
+            elif not self._warned:
+                self._warned = True
+                log.warning("the gateway's routes do not hold together (%d partitions, "
+                            "%d owners, %d endpoints, highest owner %d): the last routes stand",
+                            routes.partitions, len(routes.owners), len(routes.endpoints),
+                            max(routes.owners, default=-1))
+        except (grpc.RpcError, ValueError):  # ValueError: closed meanwhile (close())
+            pass
+        finally:
+            self._fetching.release()
 
     def _stub(self, target: str) -> decision_pb2_grpc.DecisionServiceStub:
         stub = self._stubs.get(target)
         if stub is None:
-            with self._lock:
+            with self._channels_lock:
                 if target not in self._stubs:
                     channel = grpc.secure_channel(target, self._credentials) \
                         if self._credentials else grpc.insecure_channel(target)
@@ -117,3 +142,12 @@ class RoutedClient:
                     self._stubs[target] = decision_pb2_grpc.DecisionServiceStub(channel)
                 stub = self._stubs[target]
         return stub
+
+
+def usable(routes: pb.Routes) -> bool:
+    """Whether every partition has an owner naming one of the endpoints; no partitions at all
+    (the gateway knows no map) is usable too, and sends every call to the gateway."""
+    if not routes.partitions:
+        return not routes.owners
+    return len(routes.owners) == routes.partitions and \
+        max(routes.owners) < len(routes.endpoints)
