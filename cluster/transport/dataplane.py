@@ -24,14 +24,15 @@ client nonce). Which connections may wait for their handshake, and for how long 
 at most), admission.py decides.
 
 Then frames are msgpack arrays: `[call, session, seq, requests, routed]` answered
-`[call, results]` or `[call, None, error]`, unpacked with explicit limits (settings
-PLANE_FRAME_BYTES, PLANE_CONTAINER_LEN) so that a header cannot make the receiver allocate
-more than the limits allow. Requests and results are protocol.py's requests and replies, which
-pack as plain arrays; this module carries them as such, and each end names them again
-(`request_from`, `reply_from`). Frames on one connection are read in order, and `session`/`seq`
-order a sender's batches exactly as they did over Ray. A shard serves PLANE_CONNECTIONS
-connections at once (it closes more unread) and works on PLANE_INFLIGHT_CALLS calls per
-connection at once (past that it stops reading the connection: TCP pushes back on the sender).
+`[call, results]` or `[call, None, error]`, unpacked with explicit limits (codec.py) so that
+a header cannot make the receiver allocate more than the limits allow. Requests and results
+are protocol.py's requests and replies, which pack as plain arrays; this module carries them
+as such, and each end names them again (`request_from`, `reply_from`). Frames on one
+connection are read in order, and `session`/`seq` order a sender's batches exactly as they did
+over Ray. A shard serves PLANE_CONNECTIONS connections at once (it closes more unread) and
+works on PLANE_INFLIGHT_CALLS calls per open connection at once (past that it reads the
+connection no further than a chunk: TCP pushes back on the sender); a connection's calls
+still running when it closes are cancelled.
 Either end drops a connection whose peer took nothing it wrote for PLANE_CALL_S, with the bytes
 not yet sent: a stopped process keeps its connections open and would hold them for good.
 """
@@ -46,13 +47,7 @@ import secrets
 import socket
 import ssl
 import struct
-from dataclasses import fields
-from typing import Any, Awaitable, Callable
-
-import msgpack
-import numpy as np
-
-from kairos.core.decision import Decision, Dropped, Explanation, RankedAction
+from typing import Awaitable, Callable
 
 from kairos.cluster.settings import (PLANE_CALL_S, PLANE_CONNECTIONS, PLANE_CONTAINER_LEN,
                                      PLANE_FRAME_BYTES, PLANE_INFLIGHT_CALLS)
@@ -61,6 +56,8 @@ from kairos.cluster.throttled import ThrottledWarning
 from kairos.cluster.transport import pinned
 from kairos.cluster.transport.admission import Handshakes
 from kairos.cluster.transport.backend import NotSent
+from kairos.cluster.transport.codec import (_BAD_FRAME, _call_frame, _frames, _pack,
+                                            _unpacker, read_ahead)
 
 log = logging.getLogger("kairos.dataplane")
 # 3: a challenge-response handshake of fixed layouts; 4: outcomes carry a convert's value; 5: a
@@ -71,7 +68,6 @@ MAGIC = b"KAIROSDP"
 NONCE_BYTES = 32
 _CHALLENGE = struct.Struct(f">8sH{NONCE_BYTES}s")
 _RESPONSE = struct.Struct(f">8sH{NONCE_BYTES}s32s")
-READ_CHUNK = 1 << 16
 # A peer that vanished without closing (its node lost power) is noticed after about
 # IDLE + INTERVAL × COUNT seconds of silence by TCP keepalive, or, while frames wait for its
 # acknowledgement (when keepalive sends nothing), after UNACKED_S.
@@ -87,24 +83,6 @@ LISTEN_BACKLOG = 1024
 # too long) once in this long at most: a client gone wrong may send a stream of them
 REFUSED_LOG_S = 10.0
 
-# The limits of a frame, and of an ext's payload, which is unpacked whole (it needs no buffer
-# limit, and nothing in it is longer than it is).
-_EXT_LIMITS = dict(max_array_len=PLANE_CONTAINER_LEN, max_map_len=PLANE_CONTAINER_LEN)
-_LIMITS = dict(max_buffer_size=PLANE_FRAME_BYTES, max_str_len=PLANE_FRAME_BYTES,
-               max_bin_len=PLANE_FRAME_BYTES, max_ext_len=PLANE_FRAME_BYTES, **_EXT_LIMITS)
-# What a malformed or over-limit frame raises while it is unpacked (BufferFull is no ValueError)
-_BAD_FRAME = (ValueError, TypeError, msgpack.UnpackException)
-
-# The runtime's values that msgpack has no type for, as ext types (their fields in order),
-# and the ext types each may hold: a decision its explanation, an explanation its actions.
-# Decoding follows this fixed structure, so nested exts cannot make it recurse any deeper.
-_TYPES = (Decision, RankedAction, Explanation, Dropped)
-_INNER = {Decision: (Explanation,), Explanation: (RankedAction, Dropped), RankedAction: (),
-          Dropped: ()}
-_CODES = {cls: code for code, cls in enumerate(_TYPES, start=1)}
-_FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in _TYPES}
-_ACTIONS = _FIELDS[Decision].index("actions")
-
 Handler = Callable[[str, int, list, list], Awaitable[list]]
 
 
@@ -119,82 +97,6 @@ class PlaneNotSent(PlaneClosed, NotSent):
 class ShardFailed(Exception):
     """The shard failed answering one call (a bug, or a batch out of its session's turn);
     the connection stays."""
-
-
-def _default(value: Any) -> Any:
-    cls = type(value)
-    code = _CODES.get(cls)
-    if code is not None:
-        fields_ = [getattr(value, name) for name in _FIELDS[cls]]
-        if cls is Decision:  # the common case: its actions as plain arrays (3x cheaper)
-            fields_[_ACTIONS] = [[getattr(a, name) for name in _FIELDS[RankedAction]]
-                                 for a in value.actions]
-        return msgpack.ExtType(code, _pack(fields_))
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind in "iuf":
-        return np.ascontiguousarray(value, "<f8").tobytes()  # a vector key's packed numbers
-    raise TypeError(f"the data plane cannot carry a {cls.__name__}")
-
-
-def _ext_hook(allowed: tuple[type, ...]) -> Callable[[int, bytes], Any]:
-    """Decodes the ext types `allowed` where they may occur; any other code is refused."""
-    by_code = {_CODES[cls]: cls for cls in allowed}
-
-    def decode(code: int, data: bytes) -> Any:
-        cls = by_code.get(code)
-        if cls is None:
-            raise ValueError(f"unexpected ext type {code} in a data plane frame")
-        fields_ = msgpack.unpackb(data, ext_hook=_HOOKS[cls], use_list=False,
-                                  strict_map_key=False, **_EXT_LIMITS)
-        try:
-            if cls is Decision:
-                fields_ = list(fields_)
-                fields_[_ACTIONS] = tuple(RankedAction(*a) for a in fields_[_ACTIONS])
-            return cls(*fields_)
-        except (IndexError, KeyError, TypeError) as exc:  # not the fields it must hold
-            raise ValueError(f"a malformed {cls.__name__} in a data plane frame: {exc}") \
-                from exc
-
-    return decode
-
-
-_HOOKS = {cls: _ext_hook(_INNER[cls]) for cls in _TYPES}  # what decodes the inside of each
-_FRAME_HOOK = _ext_hook(_TYPES)
-
-
-def _pack(value: Any) -> bytes:
-    return msgpack.packb(value, default=_default)
-
-
-def _unpacker() -> msgpack.Unpacker:
-    # use_list=False: arrays come out as tuples, which protocol.py's types are built from
-    return msgpack.Unpacker(ext_hook=_FRAME_HOOK, use_list=False, strict_map_key=False,
-                            **_LIMITS)
-
-
-async def _frames(reader: asyncio.StreamReader, unpacker: msgpack.Unpacker):
-    """The frames a connection carries, until it closes."""
-    while True:
-        data = await reader.read(READ_CHUNK)
-        if not data:
-            return
-        unpacker.feed(data)
-        for frame in unpacker:
-            yield frame
-
-
-def _call_frame(frame: Any) -> tuple[int, str, int, tuple, tuple]:
-    """A request frame's parts, checked for shape: the handler gets nothing else."""
-    if not (isinstance(frame, tuple) and len(frame) == 5):
-        raise ValueError(f"a call frame is an array of 5, got {type(frame).__name__}")
-    call, session, seq, requests, routed = frame
-    if not (isinstance(call, int) and isinstance(session, str) and isinstance(seq, int)
-            and isinstance(requests, tuple) and isinstance(routed, tuple)
-            and len(requests) == len(routed)
-            and all(v is None or type(v) is int for v in routed)):  # compared with versions
-        raise ValueError("a call frame is [call, session, seq, requests, routed]")
-    return call, session, seq, requests, routed
 
 
 def _proof(secret: bytes, side: bytes, shard_nonce: bytes, client_nonce: bytes) -> bytes:
@@ -323,11 +225,28 @@ class PlaneServer:
         writer.write(b"\x01" + _proof(self.secret, b"shard", shard_nonce, client_nonce))
 
     async def _calls(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve the connection's calls until it closes; then cancel those still running,
+        whose answers could not be written: a client that reconnects must not leave calls
+        behind, PLANE_INFLIGHT_CALLS a connection at a time. The handler takes cancelling
+        (ShardHost.handle: a batch waiting for its turn never has it, one queued is done)."""
         slots = asyncio.Semaphore(PLANE_INFLIGHT_CALLS)
-        async for frame in _frames(reader, _unpacker()):
-            call = _call_frame(frame)
-            await slots.acquire()  # the connection is not read while its calls are at the cap
-            asyncio.get_running_loop().create_task(self._answer(writer, slots, *call))
+        answering: set[asyncio.Task] = set()
+        unpacker = _unpacker()
+        try:
+            async for frame in _frames(reader, unpacker):
+                call = _call_frame(frame)
+                if not slots.locked():
+                    await slots.acquire()
+                # at the cap the connection is read no further than a chunk, which shows a
+                # peer that closed meanwhile
+                elif not await read_ahead(reader, unpacker, slots.acquire()):
+                    return
+                task = asyncio.get_running_loop().create_task(self._answer(writer, slots, *call))
+                answering.add(task)
+                task.add_done_callback(answering.discard)
+        finally:
+            for task in answering:
+                task.cancel()
 
     async def _answer(self, writer: asyncio.StreamWriter, slots: asyncio.Semaphore, call: int,
                       session: str, seq: int, requests: tuple, routed: tuple) -> None:
