@@ -10,7 +10,8 @@ shards:
 - each partition has a lane; a lane sends to one shard at a time;
 - when a shard answers MOVED (the partition froze, or the map was stale), the lane stops,
   waits until every earlier request of the lane has its answer and the map shows the new
-  owner, then re-sends the moved requests in their original order before anything newer;
+  owner, then re-sends the moved requests in their original order before anything newer
+  (the lane's later requests still queued for the shard wait behind them too);
   a MOVED naming no newer map than the request was routed by (its owner is frozen behind a
   move not settled yet) waits as a shard not reached does (below), not re-sent at once.
 
@@ -45,8 +46,8 @@ from kairos.cluster.settings import (CLIENT_BATCH_LIMIT, CLIENT_BATCH_WINDOW_S,
                                      CLIENT_INFLIGHT_CALLS, CLIENT_QUEUE_LIMIT,
                                      CLIENT_REROUTE_S, CLIENT_REROUTES, LONG_POLL_S)
 from kairos.cluster.transport.backend import Backend, NotCarried, NotSent, Unavailable
-from kairos.cluster.transport.lanes import (Call, EarlierFailed, Failed, Item, Lane,
-                                            Undelivered)
+from kairos.cluster.transport.lanes import Call, EarlierFailed, Failed, Item, Lane, Undelivered
+from kairos.cluster.transport.links import ShardLink
 from kairos.cluster.transport.sagas import IdentitySagas
 
 log = logging.getLogger("kairos.client")
@@ -73,21 +74,6 @@ class Conflict(Exception):
     """The request contradicts the state (an alias linked elsewhere): FAILED_PRECONDITION."""
 
 
-class _ShardLink:
-    """Batches to one shard: one session, sequence numbers in send order."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self.session = uuid.uuid4().hex
-        self.seq = 0
-        self.queue: deque[Item] = deque()
-        self.wake = asyncio.Event()
-        self.slots = asyncio.Semaphore(CLIENT_INFLIGHT_CALLS)
-        self.calls = 0  # calls in flight
-        self.sent: list[list] = []  # the calls in flight: [session, number, items]
-        self.task: asyncio.Task | None = None
-
-
 class KairosClient(IdentitySagas):
     """Async client of the runtime. `await connect()` first (it fetches the map)."""
 
@@ -100,7 +86,7 @@ class KairosClient(IdentitySagas):
         self._lanes: dict[int, Lane] = {}
         self._waiting: Counter[str] = Counter()  # requests waiting in lanes, by shard (_hold)
         self._held: set[int] = set()  # partitions whose lanes wait for a move to settle
-        self._links: dict[str, _ShardLink] = {}
+        self._links: dict[str, ShardLink] = {}
         self._map_changes = Changes()
         self._poller: asyncio.Task | None = None
 
@@ -299,12 +285,12 @@ class KairosClient(IdentitySagas):
         item.routed = self.version
         link = self._links.get(lane.shard)
         if link is None:
-            link = self._links[lane.shard] = _ShardLink(lane.shard)
+            link = self._links[lane.shard] = ShardLink(lane.shard, CLIENT_INFLIGHT_CALLS)
             link.task = asyncio.get_running_loop().create_task(self._pump(link))
         link.queue.append(item)
         link.wake.set()
 
-    async def _pump(self, link: _ShardLink) -> None:
+    async def _pump(self, link: ShardLink) -> None:
         """Send whatever queued for the shard as one call, whenever a call slot is free. Under
         load (another call to the shard still in flight) a call first waits up to
         CLIENT_BATCH_WINDOW_S for more requests, so the round trip is paid per batch; at low
@@ -316,8 +302,8 @@ class KairosClient(IdentitySagas):
                 await link.slots.acquire()
                 if link.calls and len(link.queue) < CLIENT_BATCH_LIMIT:
                     await asyncio.sleep(CLIENT_BATCH_WINDOW_S)
-                batch = self._unexpired([link.queue.popleft() for _ in
-                                         range(min(len(link.queue), CLIENT_BATCH_LIMIT))])
+                batch = self._sendable([link.queue.popleft() for _ in
+                                        range(min(len(link.queue), CLIENT_BATCH_LIMIT))])
                 if not batch:
                     link.slots.release()
                     continue
@@ -326,24 +312,35 @@ class KairosClient(IdentitySagas):
                 asyncio.get_running_loop().create_task(
                     self._call_shard(link, link.session, seq, batch))
 
-    def _unexpired(self, batch: list[Item]) -> list[Item]:
-        """The batch without the requests given up on (`Item.given_up`): under overload
-        those would only delay the live ones. They were never sent, so they had no effect."""
-        if not any(item.given_up() for item in batch):
+    def _sendable(self, batch: list[Item]) -> list[Item]:
+        """The batch without the requests given up on (`Item.given_up`: under overload those
+        would only delay the live ones; never sent, they had no effect) and without those
+        whose lane has an earlier request waiting to go again (`Lane.moved`: its batch never
+        left, or MOVED answered it): queued before it failed, they would be applied ahead of
+        it, so they go back to wait behind it (`_behind`)."""
+        lanes = self._lanes
+        if not any(item.given_up() or lanes[item.request.partition].moved for item in batch):
             return batch
+        sendable = []
         for item in batch:
             if item.given_up():
                 self._answered(item, item.unsent())
-        return [item for item in batch if not item.given_up()]
+            elif lanes[item.request.partition].moved:
+                self._behind(item)
+            else:
+                sendable.append(item)
+        return sendable
 
-    async def _call_shard(self, link: _ShardLink, session: str, seq: int,
+    async def _call_shard(self, link: ShardLink, session: str, seq: int,
                           batch: list[Item]) -> None:
+        # what was given up, or fell behind a request of its lane, since the pump took it
+        # stays unsent (a refusal gives up the rest of its call: sent now, it would overtake
+        # the refused); emptied, it goes all the same unless renumbered: the shard waits for it
+        batch = self._sendable(batch)
         if link.session != session:  # a failed call dropped the session since it was numbered
             # sent in it, behind the failed batch, it would wait at the shard for that in vain;
             # not sent yet, it goes as the fresh session's next (in the order numbered still:
-            # calls start in the order the pump made them), less what was given up meanwhile
-            # (a refusal gives up the rest of its call: sent now, it would overtake the refused)
-            batch = self._unexpired(batch)
+            # calls start in the order the pump made them)
             if not batch:  # no number taken in the fresh session, so none left unsent
                 link.calls -= 1
                 link.slots.release()
@@ -361,7 +358,7 @@ class KairosClient(IdentitySagas):
                 except NotSent as exc:
                     if attempt or link.session != session:  # != : an earlier batch failed
                         raise
-                    session, seq = flight[:2] = self._resend_as(link, session, seq, exc.gapped)
+                    session, seq = flight[:2] = link.resend_as(session, seq, exc.gapped)
         except Exception as exc:
             # The shard died or is restarting (or the backend failed): requests may or may
             # not have been applied, so they fail rather than being re-sent; later ones start
@@ -384,23 +381,9 @@ class KairosClient(IdentitySagas):
         if any(type(reply) in _REFUSALS for reply in replies):
             if link.session == session:
                 link.session, link.seq = uuid.uuid4().hex, 0
-            self._refused_behind(link, session, seq)
+            link.refused_behind(session, seq)
         for item, reply in zip(batch, replies):
             self._answered(item, reply)
-
-    @staticmethod
-    def _refused_behind(link: _ShardLink, session: str, seq: int) -> None:
-        """Give up the calls of the requests in flight behind a refused batch in its session:
-        the shard refuses those of the refused customers (refusals.py), but answers them
-        later, and meanwhile their calls' next requests would go in the fresh session and be
-        applied ahead of them. All of them: which customers the shard holds back is its own
-        reckoning (past its bounds, the whole session)."""
-        for sent_in, number, items in link.sent:
-            if sent_in == session and number > seq:
-                for item in items:
-                    if item.call is not None:
-                        item.call.give_up("not sent: its shard refused an earlier request "
-                                          "sent before it", EarlierFailed)
 
     async def _skip(self, shard: str, session: str, seq: int) -> bool:
         """Send an empty batch as `seq` of `session`; whether it was answered."""
@@ -409,19 +392,6 @@ class KairosClient(IdentitySagas):
             return True
         except Exception:  # the session is started afresh instead
             return False
-
-    @staticmethod
-    def _resend_as(link: _ShardLink, session: str, seq: int, gapped: bool
-                   ) -> tuple[str, int]:
-        """The session and number a batch that never left goes again as: a fresh session's
-        first when it is the link's only call and newest batch (a restarted shard takes an
-        unknown session's batch 0 at once, a later one only after SESSION_START_S), or when
-        batches before it went unanswered (`gapped`: the shard would wait for them in vain),
-        else its own, where the shard's sequencer keeps it in order with the session's others."""
-        if gapped or (link.calls == 1 and link.seq == seq + 1):
-            link.session, link.seq = uuid.uuid4().hex, 1
-            return link.session, 0
-        return session, seq
 
     def _answered(self, item: Item, reply: Reply) -> None:
         p = item.request.partition
@@ -450,6 +420,18 @@ class KairosClient(IdentitySagas):
             self._fail(item, reply, reply.reason or "its shard was at its queue limit")
         elif not item.future.done():
             item.future.set_result(reply)
+        self._resume_when_free(p, lane)
+
+    def _behind(self, item: Item) -> None:
+        """Take back a request not sent yet whose lane has an earlier one waiting to go again:
+        it waits with it, to go after it (`_resume` re-sends them in their original order)."""
+        lane = self._lanes[item.request.partition]
+        lane.inflight -= 1
+        self._wait(lane, item, 0, 0.0, failed=False)
+        self._resume_when_free(item.request.partition, lane)
+
+    def _resume_when_free(self, p: int, lane: Lane) -> None:
+        """Once none of the lane's requests is in flight, re-send what waits in it."""
         if lane.inflight == 0 and (lane.moved or lane.held):
             asyncio.get_running_loop().create_task(self._resume(p, lane))
 
