@@ -29,6 +29,15 @@ instead let a stranger sharing a client's source (a Ray node, a NAT, an IPv6 /64
 client out: connecting and closing in a loop, it won every token. So a held connection whose
 peer closed it is dropped and takes no token. The limit is per source only: enough sources
 past their burst still fill a shard's loop with TLS handshakes.
+
+A source that keeps its connections open and silent and opens another as soon as one closes
+does lock out the clients that share it: its newcomers take the place of its connections as
+they reach GRACE_S, and a client's finds none that old and is turned away. Connections turned
+away are accepted and closed, at the shard's cost (a plaintext shard spent about half a core on
+one such source). Charging them to their source's rate would save none of that (the accept is
+paid), and would lock the source's clients out long after the flood stopped (thousands of
+attempts a second, repaid at PLANE_CONNECT_RATE); a per-source connection limit in the
+network is what bounds it.
 """
 from __future__ import annotations
 
