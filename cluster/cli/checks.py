@@ -15,7 +15,7 @@ from kairos.core.compiler import compile_catalog
 from kairos.core.errors import CatalogError
 
 from kairos.cluster.cli import local, operate
-from kairos.cluster.cli.secret_files import SecretFileError, check_secret_file
+from kairos.cluster.secret_files import SecretFileError, check_secret_file
 from kairos.cluster.storage.store import redact  # light: no store's client is imported
 
 # `kairos up`'s Ray nodes, each a raylet with its agents and workers on this one machine

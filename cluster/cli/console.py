@@ -15,7 +15,7 @@ import sys
 import time
 
 from kairos.cluster.cli import local
-from kairos.cluster.cli.secret_files import SecretFileError, check_secret_file
+from kairos.cluster.secret_files import SecretFileError, check_secret_file
 from kairos.cluster.cli.targets import port, port_or_zero
 
 CONSOLE_PORT = 8080

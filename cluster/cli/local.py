@@ -41,7 +41,7 @@ from typing import Iterator
 
 import psutil
 
-from kairos.cluster.cli.secret_files import SecretFileError, check_secret_file
+from kairos.cluster.secret_files import SecretFileError, check_secret_file
 
 HOME_ENV = "KAIROS_HOME"
 SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": one node, every Ray server on loopback

@@ -69,7 +69,7 @@ from kairos.cluster.cli import (checks, console, demo, local, logexport, operate
                                 targets, uplift, watchdog)
 from kairos.cluster.cli.checks import Refused, checked_inputs
 from kairos.cluster.cli.options import parser
-from kairos.cluster.cli.secret_files import SecretFileError
+from kairos.cluster.secret_files import SecretFileError
 from kairos.cluster.gateway.auth import EVERY_ADDRESS
 from kairos.cluster.storage.store import redact  # light: no store's client is imported
 

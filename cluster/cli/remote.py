@@ -11,7 +11,7 @@ from kairos.v1 import admin_pb2, admin_pb2_grpc
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
-from kairos.cluster.cli.secret_files import SecretFileError, check_secret_file
+from kairos.cluster.secret_files import SecretFileError, check_secret_file
 from kairos.cluster.cli.targets import split_target
 from kairos.cluster.gateway import wire
 from kairos.cluster.gateway.auth import METADATA_KEY

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from urllib.parse import quote, unquote, urlparse
 
-from kairos.cluster.cli.secret_files import SecretFileError, check_secret_file
+from kairos.cluster.secret_files import SecretFileError, check_secret_file
 from kairos.cluster.storage.directory_store import DirectoryStore
 from kairos.cluster.storage.memory_store import MemoryStore
 from kairos.cluster.storage.redis_store import RedisStore

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kairos.cluster.cli import secret_files
+from kairos.cluster import secret_files
 from tests.k8s.test_entrypoints import head_script, start, stubs  # noqa: F401 (a fixture)
 from tests.support.manifests import env_of, head, raycluster
 from tests.support.waiting import wait_until

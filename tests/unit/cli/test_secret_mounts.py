@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from kairos.cluster.cli import remote, secret_files
-from kairos.cluster.cli.secret_files import SecretFileError, check_secret_file
+from kairos.cluster import secret_files
+from kairos.cluster.cli import remote
 from kairos.cluster.gateway.auth import METADATA_KEY
+from kairos.cluster.secret_files import SecretFileError, check_secret_file
 
 MINE = os.getegid()
 OTHER_GROUP = max({os.getegid(), *os.getgroups()}) + 1
@@ -173,7 +174,7 @@ def test_real_root_owned_files_read_by_a_user_in_their_group():
     process of uid 1000 with group 100 among its groups, in and out of a Secret volume's
     layout (in a directory that user can reach: pytest's tmp_path is root's alone)."""
     as_user = ["setpriv", "--reuid", "1000", "--regid", "1000", "--groups", str(USERS)]
-    if subprocess.run([*as_user, sys.executable, "-c", "import kairos.cluster.cli.secret_files"],
+    if subprocess.run([*as_user, sys.executable, "-c", "import kairos.cluster.secret_files"],
                       capture_output=True).returncode:
         pytest.skip("uid 1000 cannot run this checkout's Python (it lies under a directory "
                     "only root may enter, as a `mktemp -d` one)")
@@ -186,7 +187,7 @@ def test_real_root_owned_files_read_by_a_user_in_their_group():
         for path in (os.path.realpath(in_volume), plain):
             os.chown(path, 0, USERS)
             os.chmod(path, 0o440)
-        check = ("import sys; from kairos.cluster.cli.secret_files import check_secret_file, "
+        check = ("import sys; from kairos.cluster.secret_files import check_secret_file, "
                  "SecretFileError\ntry: check_secret_file(sys.argv[1], '--keys')\n"
                  "except SecretFileError: print('refused')\n"
                  "else: print('accepted', open(sys.argv[1]).read().strip())")

@@ -10,7 +10,7 @@ import pytest
 
 from kairos.cluster.cli import local
 from kairos.cluster.cli.main import main, parser, up_message
-from kairos.cluster.cli.secret_files import SecretFileError
+from kairos.cluster.secret_files import SecretFileError
 
 SECRET = "s3cr3t-Pw0rd"
 
@@ -64,7 +64,7 @@ def test_a_secret_file_of_another_user_is_refused(tmp_path, home, monkeypatch, c
 
 
 def test_a_private_keys_file_passes_the_check(tmp_path):
-    from kairos.cluster.cli.secret_files import check_secret_file
+    from kairos.cluster.secret_files import check_secret_file
     check_secret_file(_file(tmp_path, "keys.yaml", 0o600), "--keys")
     check_secret_file(_file(tmp_path, "keys2.yaml", 0o400), "--keys")
 
