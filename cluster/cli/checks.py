@@ -35,6 +35,7 @@ def checked_inputs(args: argparse.Namespace) -> str | None:
     text (None: the default). Refused otherwise."""
     from kairos.cluster.gateway.admin import MAX_SHARDS  # ScaleShards' bound
     from kairos.cluster.gateway.auth import KEYS_ENV, Auth, is_loopback
+    from kairos.cluster.storage.providers import REDIS_SCHEMES, open_store
 
     if not 1 <= args.shards <= MAX_SHARDS:
         raise Refused(f"error: --shards must be 1..{MAX_SHARDS}, got {args.shards}", 2)
@@ -61,14 +62,15 @@ def checked_inputs(args: argparse.Namespace) -> str | None:
         auth = Auth.load(operate.read_text(args.keys) if args.keys else os.environ.get(KEYS_ENV))
         if args.tls_cert:
             _load_tls(args.tls_cert, args.tls_key, args.tls_client_ca)
-        if args.store.startswith(("redis://", "rediss://")):  # its parameters; no connection
-            from kairos.cluster.storage.providers import open_store
+        if args.store.startswith(REDIS_SCHEMES):  # its parameters; no connection
             open_store(args.store)
-            _check_redis_db(args.store)
+            if not args.store.startswith("unix://"):  # a socket's path, its database ?db=
+                _check_redis_db(args.store)
     except (CatalogError, ValueError) as exc:
         raise Refused(f"error: {exc}", 1) from None
     except OSError as exc:
         raise Refused(f"error: {exc.filename}: {exc.strerror}", 1) from None
+    _refuse_store_password(args.store)
     if not auth.enabled and not is_loopback(args.host):  # as each gateway would, once Ray runs
         raise Refused(f"error: refusing to serve without API keys on {args.host}: auth may be "
                       f"off only on a loopback address (--keys, or ${KEYS_ENV})", 2)
@@ -77,19 +79,22 @@ def checked_inputs(args: argparse.Namespace) -> str | None:
     return catalog_text
 
 
-def refuse_store_password(store: str) -> None:
-    """`kairos start`: a store URL that holds a password is Refused. The URL is an argument of
-    the controller, the learner and every shard, which Ray's GCS keeps, and the processes
-    that open the store run on Ray nodes whose environment `start` cannot set."""
+def _refuse_store_password(store: str) -> None:
+    """A store URL that holds a password, in --store or in $KAIROS_STORE (which Ray's
+    processes inherit from `kairos up`), is Refused: Ray keeps it in its GCS with the
+    driver's command line and the actors' arguments, and `kairos start` cannot set the
+    environment of the Ray nodes where the store is opened."""
     from kairos.cluster.storage.providers import STORE_PASSWORD_FILE_ENV, split_password
 
-    if split_password(store)[1]:
-        raise Refused(
-            f"error: --store {redact(store)} holds a password, which would reach every Ray "
-            f"node as an argument of Kairos's actors, kept by Ray's GCS: put it in a file only "
-            f"its reader may read (`chmod 600`), set {STORE_PASSWORD_FILE_ENV} to its path for "
-            f"`kairos start` and on every Ray node (their processes open the store), and give "
-            f"the URL without it", 2)
+    for where, url in (("$KAIROS_STORE", os.environ.get("KAIROS_STORE", "")),
+                       ("--store", store)):
+        if split_password(url)[1]:
+            raise Refused(
+                f"error: {where} {redact(url)} holds a password, which Ray would keep in its "
+                f"GCS and pass to every Ray node: put it in a file only its reader may read "
+                f"(`chmod 600`), set {STORE_PASSWORD_FILE_ENV} to its path (for `kairos "
+                f"start`, on every Ray node too: their processes open the store), and give "
+                f"the URL without it", 2)
 
 
 def _load_tls(cert: str, key: str, client_ca: str | None) -> None:

@@ -46,7 +46,6 @@ from kairos.cluster.secret_files import SecretFileError, check_secret_file
 HOME_ENV = "KAIROS_HOME"
 SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": one node, every Ray server on loopback
 RUN_FILE = "run.json"
-STORE_PASSWORD = "secrets/store-password"  # in KAIROS_HOME: see store_password_by_file
 LOCK_FILE = "up.lock"
 START_LOG = "ray-start.log"
 LOOPBACK = "127.0.0.1"
@@ -124,32 +123,8 @@ def write_run(run: Run) -> None:
 
 
 def forget() -> None:
-    """The run's record gone, and the store's password `kairos up` kept for its Ray."""
-    for path in (home() / RUN_FILE, home() / STORE_PASSWORD):
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
-def store_password_by_file(url: str) -> str:
-    """`url` without the password it holds (`kairos up --store redis://:PW@host/0`), which
-    goes to a file only this user may read, $KAIROS_HOME/secrets/store-password (forget()
-    removes it), named by KAIROS_STORE_PASSWORD_FILE in this process's environment, which
-    Ray's processes get (ray_env): each one that opens the store reads it there, and the
-    password is in no Ray task's arguments, which Ray's GCS keeps."""
-    from kairos.cluster.storage.providers import STORE_PASSWORD_FILE_ENV, split_password
-
-    bare, password = split_password(url)
-    if not password:
-        return bare
-    path = home().absolute() / STORE_PASSWORD
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
     with contextlib.suppress(FileNotFoundError):
-        path.unlink()  # a file made now gets its mode as it is created: never others' a moment
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-        f.write(password)
-    os.environ[STORE_PASSWORD_FILE_ENV] = str(path)
-    return bare
+        (home() / RUN_FILE).unlink()
 
 
 @contextlib.contextmanager

@@ -43,11 +43,10 @@ What `kairos up` started is recorded in $KAIROS_HOME/run.json (default ~/.kairos
 processes (see local.py), within about a minute whatever state they are in. Commands that talk
 to a running Kairos use --target (default: the first gateway `kairos up` recorded, else
 127.0.0.1:50051) and the API key in KAIROS_API_KEY, or in the file KAIROS_API_KEY_FILE names,
-when the gateway requires keys. A Redis store's password is in no Ray task's arguments (Ray's
-GCS keeps them): every process that opens the store reads it from the file
-KAIROS_STORE_PASSWORD_FILE names (`up` and `start` check it first, options.py); `up` moves a
-password given in the URL to such a file for its own Ray (local.store_password_by_file), and
-`start`, whose Ray nodes it cannot reach, refuses one.
+when the gateway requires keys. A Redis store's password is in no Ray task's arguments nor on
+`up`'s command line (Ray's GCS keeps both): every process that opens the store reads it from
+the file KAIROS_STORE_PASSWORD_FILE names (`up` and `start` check it first, options.py), and
+both refuse a store URL that holds one (checks.py).
 """
 from __future__ import annotations
 
@@ -135,7 +134,6 @@ def up(args: argparse.Namespace) -> int:
                         dashboard=f"http://{local.LOOPBACK}:{args.dashboard_port}"
                         if args.dashboard else "")
         try:
-            args.store = local.store_password_by_file(args.store)
             _start(args, run, catalog_text)
         except BaseException as exc:  # stop what started, whatever went wrong (^C too)
             local.terminate(run)
@@ -200,7 +198,6 @@ def start(args: argparse.Namespace) -> int:
     runtime and a gateway on every node alive, each on --port of its node's address. Nothing
     is recorded in $KAIROS_HOME: the platform that started Ray stops it."""
     try:
-        checks.refuse_store_password(args.store)
         catalog_text = checked_inputs(args)
     except Refused as exc:
         print(exc, file=sys.stderr)

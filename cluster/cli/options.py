@@ -87,8 +87,8 @@ def serving_options() -> argparse.ArgumentParser:
                               "a restart); default $KAIROS_STORE or "
                               + redact(default_store).replace("%", "%%")
                               + "; a Redis URL's password goes in the file "
-                                "$KAIROS_STORE_PASSWORD_FILE names (`up` moves one given "
-                                "in the URL there)")
+                                "$KAIROS_STORE_PASSWORD_FILE names (one in the URL is "
+                                "refused)")
     serving.add_argument("--journal-policy", choices=("fsync", "os", "off"),
                          default=os.environ.get("KAIROS_JOURNAL_POLICY", "fsync"),
                          help="fsync each batch before acknowledging it (default), leave it "

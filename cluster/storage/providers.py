@@ -8,20 +8,17 @@ the file $KAIROS_STORE_PASSWORD_FILE names (`with_password_file`) instead."""
 from __future__ import annotations
 
 import os
-from urllib.parse import quote, unquote, urlparse
+from urllib.parse import quote, unquote, unquote_plus, urlparse
 
 from kairos.cluster.secret_files import SecretFileError, check_secret_file
 from kairos.cluster.storage.directory_store import DirectoryStore
 from kairos.cluster.storage.memory_store import MemoryStore
-from kairos.cluster.storage.redis_store import RedisStore
+from kairos.cluster.storage.redis_store import STORE_PASSWORD_FILE_ENV, RedisStore
 from kairos.cluster.storage.store import Store, redact
 
 __all__ = ["open_store", "redact", "split_password", "with_password_file",
-           "STORE_PASSWORD_FILE_ENV"]
+           "STORE_PASSWORD_FILE_ENV", "REDIS_SCHEMES"]
 
-# a mounted Secret on Kubernetes (on every Ray node: shards open the store on workers too),
-# a file `kairos up` writes for its Ray processes where the URL it was given held a password
-STORE_PASSWORD_FILE_ENV = "KAIROS_STORE_PASSWORD_FILE"
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
@@ -49,29 +46,31 @@ def split_password(url: str) -> tuple[str, str]:
     scheme, _, rest = url.partition("://")
     # as redact() reads it: the last "@" ends the credentials, whatever they hold
     credentials, at, place = rest.rpartition("@")
-    user, colon, password = credentials.partition(":")
-    password = unquote(password) if colon else ""
+    user, colon, in_credentials = credentials.partition(":")
     head, q, query = place.partition("?")
-    kept = []
+    kept, password = [], ""
     for parameter in query.split("&") if q else []:
         name, _, value = parameter.partition("=")
-        if name == "password":  # redis-py: the parameter wins over the URL's credentials
-            password = unquote(value)
+        if name == "password":
+            password = unquote_plus(value)  # redis-py reads the query with parse_qs: "+" is " "
         else:
             kept.append(parameter)
     bare = f"{scheme}://{user}{at if user else ''}{head}" + ("?" + "&".join(kept) if kept else "")
-    return bare, password
+    # redis-py: a password in the credentials wins over the parameter
+    return bare, (unquote(in_credentials) if colon else "") or password
 
 
 def with_password_file(url: str) -> str:
     """`url` with the password from the file $KAIROS_STORE_PASSWORD_FILE names, when it is set
     (a secret's file: see check_secret_file), put in percent-encoded: `redis://host...`
     becomes `redis://:PASSWORD@host...`, and one with a Redis ACL user, `redis://USER@host...`,
-    becomes `redis://USER:PASSWORD@host...`. Refused (ValueError, whose words never hold the
-    password) for a store that is not Redis, a URL that has a password already, or a file
-    refused, unreadable or empty."""
+    becomes `redis://USER:PASSWORD@host...`. A URL that holds a password is used as it is:
+    the controller of a cluster an older Kairos started hands its shards such a URL, on Ray
+    nodes that have the variable too (the CLI refuses every URL that holds one). Refused
+    (ValueError, whose words never hold the password) for a store that is not Redis, a URL
+    the password cannot go into, or a file refused, unreadable or empty."""
     path = os.environ.get(STORE_PASSWORD_FILE_ENV)
-    if not path:
+    if not path or split_password(url)[1]:
         return url
     scheme, _, rest = url.partition("://")
     user, _, place = rest.rpartition("@")

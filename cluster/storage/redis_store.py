@@ -35,6 +35,7 @@ import contextlib
 import itertools
 import logging
 import os
+import socket
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
 
@@ -55,6 +56,9 @@ log = logging.getLogger("kairos.store")
 PIPELINE_BYTES = 16 << 20  # a write to Redis ends with the item that brings its data to this
 _claims = itertools.count()  # in each lease: a renewal changes it, which its watchers see
 T = TypeVar("T")
+# the file holding the store's password, read by each process that opens the store
+# (providers.with_password_file): a mounted Secret on Kubernetes, on every Ray node
+STORE_PASSWORD_FILE_ENV = "KAIROS_STORE_PASSWORD_FILE"
 
 
 def _chunks(items: Iterable[T], size: Callable[[T], int]) -> Iterator[list[T]]:
@@ -249,6 +253,25 @@ def _member_size(member: bytes) -> int:
     return entry_size((0.0, customer_id, data))
 
 
+def _handshake(connection: redis.connection.AbstractConnection) -> None:
+    """redis-py's own (AUTH or HELLO, then SELECT), on each new connection: the server's
+    refusal of its credentials (NOAUTH, WRONGPASS, HELLO unauthenticated) says where the
+    password comes from, on which node, since a node without the file opens the store with
+    none. The server's words quote no password."""
+    try:
+        connection.on_connect()
+    except redis.exceptions.AuthenticationError as exc:
+        path = os.environ.get(STORE_PASSWORD_FILE_ENV)
+        used = f"{STORE_PASSWORD_FILE_ENV} names {path}" if path else \
+            f"{STORE_PASSWORD_FILE_ENV} is not set"
+        raise redis.exceptions.AuthenticationError(
+            f"the Redis server refused this process's credentials ({exc}); on this node "
+            f"({socket.gethostname()}) {used}: every process that opens the store reads its "
+            f"password from the file {STORE_PASSWORD_FILE_ENV} names, which must be set, to "
+            f"a file holding the server's password, on every Ray node (the shards open the "
+            f"store on the node they run on)") from exc
+
+
 class RedisStore:
     shared = True
 
@@ -269,7 +292,8 @@ class RedisStore:
         try:
             self.r = redis.Redis.from_url(
                 urlunparse(parsed._replace(query=urlencode(query, doseq=True))),
-                socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S)
+                socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S,
+                redis_connect_func=_handshake)
         except ValueError:  # its text may quote the password ("as 'secret'")
             raise ValueError(f"store {redact(url)}: not a valid Redis URL") from None
 

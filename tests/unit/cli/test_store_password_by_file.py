@@ -1,14 +1,13 @@
 """A Redis store's password is in no Ray task's arguments (Ray's GCS keeps them with the
-tasks' specs): `kairos start` and `kairos up` create the controller and the learner (which
-passes its URL on to every shard) with a URL that holds none, and each process that opens the
-store reads it from the file KAIROS_STORE_PASSWORD_FILE names. `kairos up` moves a password
-given in the URL to such a file for its own Ray; `kairos start` refuses one."""
+tasks' specs) nor on `kairos up`'s command line (Ray's GCS keeps the driver's as its job's
+entrypoint): `kairos start` and `kairos up` create the controller and the learner (which
+passes its URL on to every shard) with a URL that holds none, each process that opens the
+store reads it from the file KAIROS_STORE_PASSWORD_FILE names, and both commands refuse a URL
+that holds one, in --store or in $KAIROS_STORE (which Ray's processes inherit)."""
 from __future__ import annotations
 
 import os
-import stat
 from types import SimpleNamespace
-from urllib.parse import quote
 
 import pytest
 
@@ -38,6 +37,7 @@ def environment(tmp_path, monkeypatch):
     saved = dict(os.environ)
     monkeypatch.setenv(local.HOME_ENV, str(tmp_path / "home"))
     monkeypatch.delenv(STORE_PASSWORD_FILE_ENV, raising=False)
+    monkeypatch.delenv("KAIROS_STORE", raising=False)
     yield tmp_path
     os.environ.clear()
     os.environ.update(saved)
@@ -118,46 +118,64 @@ def test_kairos_start_creates_the_actors_with_a_store_url_without_the_password(
     assert given_stores(ray_stub) == [server.url, server.url]
 
 
-def test_kairos_up_moves_a_password_in_the_url_to_a_file_for_its_ray(server, environment,
-                                                                      monkeypatch, ray_stub):
-    """`kairos up --store redis://:PW@host/0`: Ray's processes get the file's path, the actors
-    a URL without the password, and `kairos down` (forget) removes the file."""
+INLINE = ["redis://:pw@kairos-redis:6379/0", "redis://kairos:pw@kairos-redis:6379/0",
+          "rediss://kairos-redis:6379/0?password=pw&prefix=k"]
+UP = ["up", "--no-dashboard", "--port", "0", "--console-port", "0"]
+
+
+@pytest.fixture
+def nothing_starts(environment, monkeypatch):
+    monkeypatch.setenv("KAIROS_API_KEYS", KEYS)
     monkeypatch.setenv("RAY_AUTH_TOKEN", "t")  # no token file made
+    monkeypatch.setattr(local, "start_ray", lambda *a, **k: pytest.fail("Ray started"))
+    monkeypatch.setattr(cli, "_start_kairos", lambda *a, **k: pytest.fail("started"))
+
+
+def _refused_store(capsys, argv: list[str]) -> str:
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "holds a password" in err and f"set {STORE_PASSWORD_FILE_ENV}" in err
+    assert "pw" not in err.replace("password", "")
+    return err
+
+
+@pytest.mark.parametrize("command", [UP, ["start", "--address", "x:1"]], ids=["up", "start"])
+@pytest.mark.parametrize("store", INLINE)
+def test_up_and_start_refuse_a_store_url_with_a_password_and_say_how(
+        nothing_starts, capsys, command, store):
+    """`up` too: its command line would be the entrypoint of its job in Ray's GCS, and
+    $KAIROS_STORE in the environment of every Ray process."""
+    assert "--store" in _refused_store(capsys, [*command, "--store", store])
+
+
+@pytest.mark.parametrize("command", [UP, ["start", "--address", "x:1"]], ids=["up", "start"])
+def test_up_and_start_refuse_a_password_in_kairos_store_even_beside_a_store_option(
+        nothing_starts, monkeypatch, capsys, command):
+    monkeypatch.setenv("KAIROS_STORE", INLINE[0])
+    assert "$KAIROS_STORE" in _refused_store(capsys, command)
+    assert "$KAIROS_STORE" in _refused_store(
+        capsys, [*command, "--store", "redis://kairos-redis:6379/0"])
+
+
+def test_up_passes_the_password_file_to_its_ray_and_the_bare_url_to_the_actors(
+        server, environment, monkeypatch, ray_stub):
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "t")  # no token file made
+    monkeypatch.chdir(environment)
+    monkeypatch.setenv(STORE_PASSWORD_FILE_ENV, password_file(environment).name)
     ray_envs = []
     monkeypatch.setattr(local, "start_ray", lambda run, *_: ray_envs.append(
         local.ray_env(run.loopback, run.auth_mode, run.token)))
     monkeypatch.setattr(local, "write_run", lambda run: None)
-    inline = server.url.replace("//", f"//:{quote(PASSWORD, safe='')}@")
-    assert cli.main(["up", "--ray-port", str(local.free_port()), "--port", "0",
-                     "--no-dashboard", "--console-port", "0", "--store", inline]) == 0
+    assert cli.main([*UP, "--ray-port", str(local.free_port()), "--store", server.url]) == 0
     assert given_stores(ray_stub) == [server.url, server.url]
-    path = ray_envs[0][STORE_PASSWORD_FILE_ENV]
-    assert path == str(environment / "home" / local.STORE_PASSWORD)
-    assert open(path).read() == PASSWORD
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+    # absolute: Ray's workers do not run in this directory
+    assert ray_envs[0][STORE_PASSWORD_FILE_ENV] == str(environment / "password")
     assert PASSWORD not in str(ray_envs[0])
-    local.forget()
-    assert not os.path.exists(path)
 
 
-def test_kairos_up_that_fails_removes_the_password_file(server, environment, monkeypatch):
-    monkeypatch.setenv("RAY_AUTH_TOKEN", "t")
-    monkeypatch.setattr(cli, "_start", lambda *_: (_ for _ in ()).throw(RuntimeError("no")))
-    inline = server.url.replace("//", "//:pw@")
-    assert cli.main(["up", "--ray-port", str(local.free_port()), "--port", "0",
-                     "--no-dashboard", "--console-port", "0", "--store", inline]) == 1
-    assert not (environment / "home" / local.STORE_PASSWORD).exists()
-
-
-@pytest.mark.parametrize("store", ["redis://:pw@kairos-redis:6379/0",
-                                   "redis://kairos:pw@kairos-redis:6379/0",
-                                   "rediss://kairos-redis:6379/0?password=pw&prefix=k"])
-def test_kairos_start_refuses_a_store_url_with_a_password_and_says_how(
-        environment, monkeypatch, capsys, store):
-    monkeypatch.setattr(cli, "_start_kairos", lambda *a, **k: pytest.fail("started"))
-    monkeypatch.setenv("KAIROS_API_KEYS", KEYS)
-    assert cli.main(["start", "--address", "x:1", "--store", store]) == 2
+@pytest.mark.parametrize("store", ["unix:///run/redis.sock?prefix=a@b",
+                                   "unix:///run/redis.sock?bogus=1"])
+def test_start_checks_a_unix_socket_store_before_ray_starts(nothing_starts, capsys, store):
+    assert cli.main(["start", "--address", "x:1", "--store", store]) == 1
     err = capsys.readouterr().err
-    assert "holds a password" in err and f"set {STORE_PASSWORD_FILE_ENV}" in err
-    assert "pw" not in err.replace("password", "")
+    assert "not a valid Redis URL" in err or "'bogus' is unknown" in err

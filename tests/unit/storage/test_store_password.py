@@ -1,0 +1,77 @@
+"""A Redis store's password as each process that opens the store reads it: from the file
+KAIROS_STORE_PASSWORD_FILE names, or from a URL that still holds one (an older Kairos's
+controller hands its shards such a URL); a server that refuses the credentials says where the
+password comes from, never the password."""
+from __future__ import annotations
+
+import pytest
+
+from kairos.cluster.storage.providers import STORE_PASSWORD_FILE_ENV, open_store, split_password
+from kairos.cluster.storage.redis_server import RedisServer
+from kairos.cluster.storage.store import StoreUnavailable
+
+PASSWORD = "s3cret+pw"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    redis_ = RedisServer(tmp_path_factory.mktemp("redis"), durable=False,
+                         password=PASSWORD).start()
+    yield redis_
+    redis_.stop()
+
+
+@pytest.fixture
+def password_file(tmp_path, monkeypatch):
+    """The variable set, to a file holding `text`."""
+    def written(text: str) -> str:
+        path = tmp_path / "password"
+        path.write_text(text + "\n")
+        path.chmod(0o600)
+        monkeypatch.setenv(STORE_PASSWORD_FILE_ENV, str(path))
+        return str(path)
+    monkeypatch.delenv(STORE_PASSWORD_FILE_ENV, raising=False)
+    return written
+
+
+def _refusal(url: str) -> str:
+    with pytest.raises(StoreUnavailable) as refused:
+        open_store(url).get_meta("k")
+    return str(refused.value)
+
+
+def test_a_node_without_the_password_file_is_told_to_set_it_on_every_node(server,
+                                                                           password_file):
+    said = _refusal(server.url)  # HELLO (NOAUTH) before any command
+    assert f"{STORE_PASSWORD_FILE_ENV} is not set" in said
+    assert "on every Ray node" in said
+
+
+def test_a_wrong_password_says_which_file_it_came_from_and_not_the_password(server,
+                                                                            password_file):
+    path = password_file("not-the-s3cret")
+    said = _refusal(server.url)  # WRONGPASS
+    assert f"{STORE_PASSWORD_FILE_ENV} names {path}" in said and "on every Ray node" in said
+    assert "not-the-s3cret" not in said and PASSWORD not in said
+
+
+def test_a_url_that_holds_a_password_is_opened_with_it_though_the_file_is_set(server,
+                                                                             password_file):
+    """A cluster an older Kairos started: its controller passes shards the password in the
+    URL, on nodes that have the variable too."""
+    password_file("not-the-s3cret")
+    store = open_store(server.url.replace("//", "//:s3cret%2Bpw@"))
+    store.put_meta("k", b"v")
+    assert store.get_meta("k") == b"v"
+
+
+@pytest.mark.parametrize("url, password", [
+    ("redis://h/0?password=s3cret+pw", "s3cret pw"),  # parse_qs: "+" is a space
+    ("redis://h/0?password=s3cret%2Bpw&prefix=k", "s3cret+pw"),
+    ("redis://:s3cret+pw@h/0", "s3cret+pw"),  # the credentials: no "+" decoded
+    ("redis://:a@h/0?password=b", "a"),  # the credentials win over the parameter
+])
+def test_split_password_reads_the_password_as_redis_py_does(url, password):
+    from redis.connection import parse_url
+
+    assert split_password(url)[1] == password == parse_url(url)["password"]
