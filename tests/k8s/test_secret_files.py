@@ -1,7 +1,7 @@
 """Kairos's secrets reach the Ray pods as files, not as environment variables (which every Ray
 process inherits, and which KubeRay copies into the workers' init container): each Secret is
 mounted where the variable that names its file points, with a mode and a pod securityContext
-that Kairos's check of secrets' files accepts (cluster/cli/secret_files.py), and the head's
+that Kairos's check of secrets' files accepts (cluster/secret_files.py), and the head's
 entrypoint hands `kairos start` the password file's path, never the password, which every
 process that opens the store (on the workers too) reads from the file itself."""
 from __future__ import annotations
