@@ -150,8 +150,9 @@ class GatewayServer:
                                    self.gateway.watches_refused)
 
     async def deliver(self, decisions: list[Decision], incarnation: str | None = None) -> None:
-        """Pushes for this process's watch streams; Gone if they are for another `incarnation`
-        (an earlier process of this actor: its streams, and so their watches, are gone)."""
+        """Pushes for this process's watch streams (and the forgets' word to end some:
+        streams.py); Gone if they are for another `incarnation` (an earlier process of this
+        actor: its streams, and so their watches, are gone)."""
         if incarnation is not None and incarnation != self.incarnation:
             raise Gone(f"{self.name}: incarnation {incarnation} is gone (this is "
                        f"{self.incarnation})")

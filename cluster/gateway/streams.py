@@ -26,9 +26,12 @@ watch stays. A slow stream is at most WATCH_BACKLOG decisions behind: past that,
 oldest. A gateway holds at most WATCH_STREAMS streams (each costs a shard's watch entry),
 WATCH_STREAMS_PER_KEY of one API key and WATCH_STREAMS_PER_HOST from one host; past any, a
 new one is refused (Busy: RESOURCE_EXHAUSTED). `end` ends the streams on customers this
-gateway forgot (Ended: NOT_FOUND); the forget dropped their watches on the shard, so a stream
+gateway forgot (Ended: NOT_FOUND), or that a shard says were forgotten through another
+gateway (`Unwatched`, pushed); the forget dropped their watches on the shard, so a stream
 that joins one of those watches before they have left waits for the watch to be registered
-again.
+again. The shard tells every gateway that held a watch, this one too: a stream that came here
+between the forget's answer and the shard's word (a few milliseconds) is ended as well, and
+its caller watches again.
 """
 from __future__ import annotations
 
@@ -41,12 +44,16 @@ from kairos.core.decision import Decision
 
 from kairos.cluster.settings import (WATCH_BACKLOG, WATCH_STREAMS, WATCH_STREAMS_PER_HOST,
                                      WATCH_STREAMS_PER_KEY)
-from kairos.cluster.shard.watches import Pushed
+from kairos.cluster.shard.watches import Pushed, Unwatched
 from kairos.cluster.transport.backend import Backend
 from kairos.cluster.transport.client import Busy, KairosClient
 
 log = logging.getLogger("kairos.gateway")
 
+# why the streams on a forgotten customer ended, on the gateway that served the forget or on
+# another one that the customer's shard told (an `Unwatched` pushed)
+FORGOTTEN = ("the customer was forgotten (ForgetCustomer): its watch ended; a new watch "
+             "follows the id if it comes back")
 UNWATCH_RETRY_S = 600.0  # how long a failed unregistration is tried again
 UNWATCH_BACKOFF_S = (0.1, 5.0)  # the first wait before it is tried again, and the longest
 
@@ -231,11 +238,17 @@ class Watches:
         else:
             await self.client.watch(customer, self.sink, channel, placement, active)
 
-    def deliver(self, decisions: list[Decision]) -> None:
+    def deliver(self, decisions: list[Decision | Unwatched]) -> None:
         """Shards push here; each decision goes to the watches it matches: by its customer's
-        id, by the other ids a `Pushed` names, or its whole channel."""
+        id, by the other ids a `Pushed` names, or its whole channel. An `Unwatched` (a forget
+        dropped this gateway's watches of its customer) ends the streams that follow any of
+        its ids, as a forget through this gateway does (`end`)."""
         woken: dict[int, _Watched] = {}
+        forgotten: set[str] = set()
         for d in decisions:
+            if isinstance(d, Unwatched):
+                forgotten.update(d.ids)
+                continue
             ids = (d.customer_id, *d.also) if isinstance(d, Pushed) else (d.customer_id,)
             for watch in (*(Watch(c, d.channel, d.placement) for c in ids),
                           Watch(None, d.channel, d.placement)):
@@ -245,6 +258,8 @@ class Watches:
                     woken[id(watched)] = watched
         for watched in woken.values():
             watched.woken()
+        if forgotten:
+            self.end(forgotten, FORGOTTEN)
 
     def end(self, customer_ids: set[str], reason: str) -> int:
         """End the streams that watch any of `customer_ids` (Ended, saying `reason`); how

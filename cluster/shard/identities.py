@@ -31,6 +31,7 @@ from kairos.cluster.shard.journaling import Journaling
 from kairos.cluster.shard.residency import HomeDamaged, Residency
 from kairos.cluster.settings import SHARD_ROUND_BYTES
 from kairos.cluster.shard.rounds import taken_budget
+from kairos.cluster.shard.watches import Watches
 from kairos.cluster.storage import blocks
 
 _pack = msgpack.Packer(use_bin_type=True).pack
@@ -80,8 +81,9 @@ class CustomerIdentities:
 class IdentityRequests:
     def __init__(self, ctx: ShardContext, residency: Residency, journaling: Journaling,
                  directory: Directory, identities: CustomerIdentities,
-                 decision_log: DecisionLog):
+                 decision_log: DecisionLog, watches: Watches):
         self._ctx = ctx
+        self._watches = watches
         self._decision_log = decision_log
         self._residency = residency
         self._journaling = journaling
@@ -309,6 +311,8 @@ class IdentityRequests:
                     p, customer_id, [*self._directory.drop_claims(p, customer_id),
                                      *self._identities.aliases(customer_id),
                                      *self._directory.unrelease(p, customer_id, now)])
+            if not self._journaling.replaying:  # the sinks end its streams, on any gateway
+                self._watches.forgotten(customer_id)
             if resident:
                 self._residency.evict(customer_id, p)
             else:  # never seen, or its home damaged: a watch waiting for it would push the

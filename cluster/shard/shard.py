@@ -126,7 +126,7 @@ class Shard:
                                           self.watches, self.seal, self.identities,
                                           self.directory, self.decision_log)
         identity = IdentityRequests(ctx, self.residency, self.journaling, self.directory,
-                                    self.identities, self.decision_log)
+                                    self.identities, self.decision_log, self.watches)
         self.durability = Durability(ctx, self.ownership, self.residency, self.directory,
                                      self.journaling, self._replayed, self.decision_log,
                                      self.watches)
@@ -168,7 +168,8 @@ class Shard:
         written_after = self.journal.last_lsn
         self.journaling.commit()
         try:
-            pushes = self._sealed(self.watches.changes(touched), touched)
+            pushes = self._sealed(self.watches.changes(touched), touched) + \
+                self.watches.unwatched()  # the forgets' word, after the round's pushes
             self.decision_log.flush()
         except Exception:  # answered UNAVAILABLE, and this Shard is rebuilt from the store:
             if not self.journal.retract(written_after):  # its records must not come back

@@ -16,6 +16,12 @@ new owner's. Those still waiting after FLUSH_S (a slow sink) are dropped rather 
 over newer ones, and handed over as not shown (watches.py's `unshown`), so the view is pushed
 again at the customer's next change; a call in flight then cannot be recalled, and may still
 land after the new owner's.
+
+A forget's word that a sink's watches of the customer were dropped (watches.py `Unwatched`)
+waits apart from the views' pushes, so that no push replaces it (a channel watch's, of a
+customer re-created under the id), and goes after them in the sink's next call: its streams
+end after the pushes before it. It is best effort as pushes are (an Unavailable call drops
+it); a flush keeps it, since its customer is gone wherever the partition goes.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ from typing import AsyncIterator, Awaitable, Callable, Iterable
 
 from kairos.core.decision import Decision
 
-from kairos.cluster.shard.watches import View
+from kairos.cluster.shard.watches import Unwatched, View
 from kairos.cluster.transport.backend import Unavailable, WatchSink
 from kairos.cluster.transport.ray_backend import Gone
 
@@ -42,7 +48,7 @@ class _Sending:
     """A sink's sending task and its calls: `flush` waits for a given one to end."""
 
     task: asyncio.Task | None = None
-    carries: list[Decision] = field(default_factory=list)  # the call in flight
+    carries: list[Decision | Unwatched] = field(default_factory=list)  # the call in flight
     started: int = 0  # calls begun
     ended: int = 0
     _ends: asyncio.Future | None = None
@@ -78,13 +84,17 @@ class Pushes:
         self._sink = sink
         self._gone = gone
         self._waiting: dict[str, dict[View, Decision]] = {}  # sink -> the latest per view
+        self._ending: dict[str, dict[Unwatched, None]] = {}  # sink -> the forgets' word
         self._sending: dict[str, _Sending] = {}  # sink -> its task, while it has one
 
-    def push(self, sink: str, decisions: list[Decision]) -> None:
+    def push(self, sink: str, decisions: list[Decision | Unwatched]) -> None:
         """Send `decisions` to `sink` (from the event loop's thread)."""
         waiting = self._waiting.setdefault(sink, {})
         for d in decisions:
-            waiting[(d.customer_id, d.channel, d.placement)] = d
+            if isinstance(d, Unwatched):
+                self._ending.setdefault(sink, {})[d] = None
+            else:
+                waiting[(d.customer_id, d.channel, d.placement)] = d
         if sink not in self._sending:
             sending = self._sending[sink] = _Sending()
             sending.task = asyncio.get_running_loop().create_task(self._send(sink, sending))
@@ -139,7 +149,8 @@ class Pushes:
 
     async def _send(self, sink: str, sending: _Sending) -> None:
         try:
-            while decisions := list(self._waiting.pop(sink, {}).values()):
+            while decisions := [*self._waiting.pop(sink, {}).values(),
+                                *self._ending.pop(sink, {})]:
                 sending.carries = decisions
                 sending.started += 1
                 try:
@@ -149,6 +160,7 @@ class Pushes:
                                 sink)
                     await self._gone([sink])
                     self._waiting.pop(sink, None)  # what came meanwhile has nowhere to go
+                    self._ending.pop(sink, None)
                     return
                 except Unavailable as exc:
                     log.warning("%s: %d pushes to watch sink %s dropped (its watches are "

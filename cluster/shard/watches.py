@@ -27,6 +27,9 @@ is one registration per id: a sink's registration again by the same id (its unre
 failed, a stream came again) is the one it has, which its next unregistration ends. A
 decision pushed to a sink whose registrations name other ids than the customer's is a
 `Pushed`, naming those ids, so the sink hands it to the streams that follow any of them.
+A forget drops the customer's watches and tells each sink that held one (`Unwatched`, after
+the round's pushes, best effort as they are), so that the streams on every gateway end, not
+only those of the gateway that served it.
 
 A sink found Gone (its process died) has its watches dropped from memory, but the customers'
 homes, the partitions' snapshots and the journal still hold its registrations: its name is
@@ -76,10 +79,20 @@ class Pushed(Decision):
     also: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Unwatched:
+    """Sent to a sink after a forget dropped its watches of the customer: it ends the streams
+    that follow the customer by any of `ids` (the customer's own, and the anonymous ids of
+    aliases linked into it while watched), which no push would reach again."""
+
+    customer_id: str
+    ids: tuple[str, ...]
+
+
 @dataclass
 class Push:
     sink: str
-    decision: Decision
+    decision: Decision | Unwatched
     also: tuple[str, ...] = ()  # the other ids the sink follows the customer by
 
 
@@ -106,6 +119,7 @@ class Watches:
         self._admitted: set[str] = set()
         self._pruned_at = -math.inf
         self.unseen_cap = SHARD_UNSEEN_WATCHES
+        self._telling: list[Push] = []  # the forgets' word to sinks, not taken yet
 
     def admits(self, customer_id: str) -> bool:
         """Whether a registration for the customer may come in: not one that would watch more
@@ -251,6 +265,23 @@ class Watches:
                 pushes.extend(Push(sink, decision, tuple(sorted(ids - {customer_id})))
                               for sink, ids in sinks.items())
         return pushes
+
+    def forgotten(self, customer_id: str) -> None:
+        """The customer is being forgotten, its watches with it (`drop`): each sink that
+        watches it is told, after the round's pushes (`unwatched`), to end the streams that
+        follow it by any id its registrations name. Not for a replayed forget (identities.py):
+        the streams the sinks hold now may have come since, on registrations the replay keeps,
+        and would end at every restart."""
+        ids: dict[str, set[str]] = {}
+        for w, by in self.by_customer.get(customer_id, {}).items():
+            ids.setdefault(w.sink, {customer_id}).update(by)
+        self._telling.extend(Push(sink, Unwatched(customer_id, tuple(sorted(named))))
+                               for sink, named in ids.items())
+
+    def unwatched(self) -> list[Push]:
+        """What `forgotten` has for the sinks since it was last asked."""
+        telling, self._telling = self._telling, []
+        return telling
 
     def sinks(self) -> set[str]:
         """The sinks the customers' watches name (sinks.py asks them whether they are Gone:
