@@ -33,7 +33,7 @@ from kairos.cluster.gateway.auth import (Denied, caller, check_channel, has_scop
                                          visible_channel)
 from kairos.cluster.gateway.bounds import host_of
 from kairos.cluster.gateway.calls import FORGET, LINK, READ, Gateway, abort
-from kairos.cluster.gateway.streams import Watch
+from kairos.cluster.gateway.streams import FORGOTTEN, Watch
 from kairos.cluster.identity import anonymous_id
 from kairos.cluster.settings import STREAM_WINDOW
 from kairos.cluster.transport.backend import NotCarried, NotSent, Unavailable
@@ -49,9 +49,6 @@ LEARNED_FROM = {kind.value: pb.LearnedFrom.Value(f"LEARNED_FROM_{kind.name}") fo
 # console's agents show it with profile:read and respond (cluster/console/session.py), and
 # respond already adds outcomes to the log
 LOGGING = ("decide", "respond")
-# a ForgetCustomer through this gateway ends the streams that watch the customer (NOT_FOUND)
-FORGOTTEN = ("the customer was forgotten (ForgetCustomer): its watch ended; a new watch "
-             "follows the id if it comes back")
 SHOWING = ("shown_channel logs the decision the caller shows, which needs a key with the "
            "'decide' or 'respond' scope")
 BATCH_LIMIT = 10_000  # events in one IngestBatch (the proto says so)
