@@ -51,7 +51,6 @@ from kairos.cluster.console.session import (ANSWERED_EARLIER, COOKIE, CSRF_FIELD
                                             VISITOR_COOKIE, Sessions, SignInLimit,
                                             SignInRefused, cookie_name, cookie_options)
 from kairos.cluster.gateway.auth import Auth
-from kairos.cluster.settings import WATCH_STREAMS_PER_HOST
 from kairos.core.request import MAX_DECISION_ID_LENGTH
 from kairos.core.request import MAX_KEY_LENGTH as MAX_ACTION_ID_LENGTH
 from kairos.v1 import admin_pb2
@@ -65,11 +64,10 @@ MAX_BODY_BYTES = 1 << 20  # the gateway's message limit: no form needs more
 # tabs can still load (a hidden tab closes its stream: console.js)
 MAX_STREAMS_PER_SESSION = 4
 MAX_STREAMS_PER_KEY = 64  # an agent's key signs in as many sessions as it likes
-# the console is one host to the gateway, which serves it WATCH_STREAMS_PER_HOST watches in
-# all, a page's one per channel: the console's cap leaves them enough for pages of the
-# default catalog's channels (past it, or with more channels, the gateway's share pauses them)
-PAGE_CHANNELS = 6
-MAX_STREAMS = WATCH_STREAMS_PER_HOST // PAGE_CHANNELS
+# live pages of all sessions: the gateway, to which the console is one host, also holds them
+# to WATCH_STREAMS_PER_HOST watches, a page's one per channel (some 416 pages of the default
+# catalog's 6), and a page it refuses pauses naming that share (`host`)
+MAX_STREAMS = 1_000
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # as Host headers carry them
 # a catalog validated: (its summary, None) or (None, the gateway's validation message)
 Checked = tuple[admin_pb2.CatalogInfo | None, str | None]
