@@ -15,19 +15,14 @@ from kairos.cluster.cli import local
 from kairos.cluster.cli import main as cli
 from kairos.cluster.control import runtime
 from kairos.cluster.storage.providers import STORE_PASSWORD_FILE_ENV, open_store
-from kairos.cluster.storage.redis_server import RedisServer
 from kairos.cluster.storage.store import StoreUnavailable
 from tests.unit.cli.test_cli import KEYS
+from tests.unit.storage.test_store_password import password_server
 
 PASSWORD = "p@ss/w#rd?:%"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    redis_ = RedisServer(tmp_path_factory.mktemp("redis"), durable=False,
-                         password=PASSWORD).start()
-    yield redis_
-    redis_.stop()
+server = password_server(PASSWORD)
 
 
 @pytest.fixture

@@ -13,27 +13,20 @@ from kairos.cluster.identity import alias_key
 from kairos.cluster.shard.watches import Unwatched
 from kairos.cluster.transport.client import KairosClient
 
-from tests.support.local_backend import LocalBackend
-from tests.unit.gateway.test_watch_link import follow
+from tests.unit.gateway.test_watch_link import PushingBackend, follow
 from tests.unit.shard.test_shard import T0
 
 
-class TwoGateways(LocalBackend):
+class TwoGateways(PushingBackend):
     """Hands each round's pushes to the gateway (`gateways`) of their sink; keeps them all."""
 
     gateways: dict[str, Watches] = {}
 
-    async def send(self, name, session, seq, requests, routed):
-        await self.hop()
-        while self._turns.get((name, session), 0) != seq:
-            await asyncio.sleep(0)
-        self._turns[(name, session)] = seq + 1
-        replies, pushes = self.shards[name].process(requests, routed)
+    def hand_over(self, pushes: list) -> None:
         for sink, gateway in self.gateways.items():
             pushed = [p.decision for p in pushes if p.sink == sink]
             self.delivered.setdefault(sink, []).extend(pushed)
             gateway.deliver(pushed)
-        return replies
 
 
 def on_two_gateways(scenario) -> None:

@@ -25,8 +25,11 @@ class PushingBackend(LocalBackend):
             await asyncio.sleep(0)
         self._turns[(name, session)] = seq + 1
         replies, pushes = self.shards[name].process(requests, routed)
-        self.gateway.deliver([p.decision for p in pushes if p.sink == "g"])
+        self.hand_over(pushes)
         return replies
+
+    def hand_over(self, pushes: list) -> None:
+        self.gateway.deliver([p.decision for p in pushes if p.sink == "g"])
 
 
 async def follow(watches: Watches, watch: Watch) -> tuple[list[str], asyncio.Task]:

@@ -13,12 +13,18 @@ from kairos.cluster.storage.store import StoreUnavailable
 PASSWORD = "s3cret+pw"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    redis_ = RedisServer(tmp_path_factory.mktemp("redis"), durable=False,
-                         password=PASSWORD).start()
-    yield redis_
-    redis_.stop()
+def password_server(password: str):
+    """A module's fixture: a redis-server of its own that requires `password`."""
+    @pytest.fixture(scope="module")
+    def server(tmp_path_factory):
+        redis_ = RedisServer(tmp_path_factory.mktemp("redis"), durable=False,
+                             password=password).start()
+        yield redis_
+        redis_.stop()
+    return server
+
+
+server = password_server(PASSWORD)
 
 
 @pytest.fixture
