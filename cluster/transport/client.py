@@ -21,7 +21,11 @@ Unavailable, never re-sent: it may or may not have been applied. A batch that ne
 while the client was idle) is sent again, once, on a fresh connection to the shard's new
 incarnation. When even that finds no connection (the shard's node left, the shard is
 restarting), its requests wait, like MOVED ones, for the map to name a new owner or for the
-shard to come back (CLIENT_REROUTE_S, CLIENT_REROUTES times), then go again.
+shard to come back (CLIENT_REROUTE_S, CLIENT_REROUTES times), then go again. A route key's
+requests in two calls in flight to one shard keep their order because the backend's calls to a
+shard share one connection (RayBackend: one per shard): were the earlier one's never sent and
+the later one's to reach a restarted shard, which starts a session it does not know at the
+lowest number it gets, the later would be applied first.
 """
 from __future__ import annotations
 
@@ -331,6 +335,15 @@ class KairosClient(IdentitySagas):
                 sendable.append(item)
         return sendable
 
+    def _resendable(self, link: ShardLink, flight: list) -> list[Item]:
+        """A batch that never left, going again as a fresh session's first, less what
+        `_sendable` takes out and what must wait for a call in flight (`split_behind`);
+        emptied, it goes all the same, for the fresh session's next batches."""
+        batch, behind = link.split_behind(flight, self._sendable(flight[2]))
+        for item in behind:
+            self._behind(item)
+        return batch
+
     async def _call_shard(self, link: ShardLink, session: str, seq: int,
                           batch: list[Item]) -> None:
         # what was given up, or fell behind a request of its lane, since the pump took it
@@ -346,19 +359,22 @@ class KairosClient(IdentitySagas):
                 link.slots.release()
                 return
             session, seq, link.seq = link.session, link.seq, link.seq + 1
-        requests = [item.request for item in batch]
-        routed = [item.routed for item in batch]
         flight = [session, seq, batch]
         link.sent.append(flight)
         try:
             for attempt in range(2):
                 try:
-                    replies = await self.backend.send(link.name, session, seq, requests, routed)
+                    replies = await self.backend.send(link.name, session, seq,
+                                                      [item.request for item in batch],
+                                                      [item.routed for item in batch])
                     break
                 except NotSent as exc:
                     if attempt or link.session != session:  # != : an earlier batch failed
                         raise
-                    session, seq = flight[:2] = link.resend_as(session, seq, exc.gapped)
+                    fresh = link.resend_as(session, seq, exc.gapped)
+                    if fresh[0] != session:  # not ordered at the shard after the other calls
+                        batch = flight[2] = self._resendable(link, flight)
+                    session, seq = flight[:2] = fresh
         except Exception as exc:
             # The shard died or is restarting (or the backend failed): requests may or may
             # not have been applied, so they fail rather than being re-sent; later ones start

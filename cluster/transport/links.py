@@ -47,3 +47,21 @@ class ShardLink:
             self.session, self.seq = uuid.uuid4().hex, 1
             return self.session, 0
         return session, seq
+
+    def split_behind(self, flight: list, batch: list[Item]) -> tuple[list[Item], list[Item]]:
+        """`batch`, about to go again as `flight` in a fresh session, which the shard orders
+        after none of the link's other calls: the requests that may go, and those whose lane
+        has an earlier request in another call in flight (sent, or going again in its own
+        session), to wait behind it in their lane."""
+        earliest: dict[int, int] = {}
+        for other in self.sent:
+            if other is not flight:
+                for item in other[2]:
+                    p = item.request.partition
+                    earliest[p] = min(item.order, earliest.get(p, item.order))
+        go: list[Item] = []
+        behind: list[Item] = []
+        for item in batch:
+            late = earliest.get(item.request.partition, item.order) < item.order
+            (behind if late else go).append(item)
+        return go, behind

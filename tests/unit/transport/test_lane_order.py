@@ -1,10 +1,13 @@
 """A customer's later request queued for its shard while an earlier one is in flight does not
 overtake it when the earlier one comes back to wait in its lane (its batch never reached the
 shard, or the shard answered MOVED for a move not settled): it waits behind it, also when the
-partition moves to another shard meanwhile (review rev42 transport finding 1; LocalBackend)."""
+partition moves to another shard meanwhile (review rev42 transport finding 1; LocalBackend).
+Nor when it is in flight already, in a batch that never left and goes again in a fresh session
+(review rev42 d-order finding 1)."""
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 
 import pytest
 
@@ -103,3 +106,56 @@ def test_it_waits_for_it_when_the_partition_moves_to_another_shard_meanwhile(mon
     assert before != after
     assert acks == [1, 2]
     assert backend.applied == [(after, "E1", 1), (after, "E2", 2)]
+
+
+class _Scripted(LocalBackend):
+    """The batch carrying E1 or E2 takes `script[(event, attempt)]` = (seconds, gapped) on
+    that attempt, then fails as never sent (`gapped`: after batches left unanswered) unless
+    gapped is None; attempts not scripted go at once. `applied` as _Flaky's, less the shard."""
+
+    def __init__(self, script: dict) -> None:
+        super().__init__()
+        self.script, self.attempts = script, Counter()
+        self.applied: list[tuple[str, int]] = []
+
+    async def send(self, name, session, seq, requests, routed):
+        names = {E1: "E1", E2: "E2"}
+        events = [names.get(getattr(r, "time", None)) for r in requests]
+        if first := next(filter(None, events), None):
+            delay, gapped = self.script.get((first, self.attempts[first]), (0.0, None))
+            self.attempts[first] += 1
+            await asyncio.sleep(delay)
+            if gapped is not None:
+                exc = NotSent(f"{name}: no connection (restarting)")
+                exc.gapped = gapped
+                raise exc
+        replies = await super().send(name, session, seq, requests, routed)
+        self.applied += [(e, reply.sequence) for e, reply in zip(events, replies) if e]
+        return replies
+
+
+async def _in_flight(backend: _Scripted) -> list:
+    """E1, then E2 of one customer in the shard's second call slot: both in flight."""
+    await backend.start_runtime(1, n_partitions=8)
+    client = await KairosClient(backend).connect()
+    try:
+        first = asyncio.ensure_future(client.ingest("ana", "app_open", E1))
+        await asyncio.sleep(0.01)
+        second = asyncio.ensure_future(client.ingest("ana", "app_open", E2))
+        return await asyncio.wait_for(asyncio.gather(first, second), 10)
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("retry_fails", [True, False], ids=["E1-undelivered", "E1-retry-later"])
+def test_a_later_request_in_flight_does_not_go_ahead_in_a_fresh_session(retry_fails):
+    """E1's batch never leaves, and goes again in its session (it is not the link's only
+    call); E2's never leaves after batches went unanswered, so it goes again as a fresh
+    session's first, which the shard does not order after E1's: E2 waits for E1's answer,
+    also when E1's second try fails too (re-sent from its lane) or goes through later."""
+    backend = _Scripted({("E1", 0): (0.05, False), ("E1", 1): (0.2, False if retry_fails else None),
+                         ("E2", 0): (0.1, True)})
+    acks = asyncio.run(_in_flight(backend))
+    assert backend.attempts["E1"] == (3 if retry_fails else 2)
+    assert acks == [1, 2]
+    assert backend.applied == [("E1", 1), ("E2", 2)]
