@@ -143,7 +143,10 @@ def run_remote(target: str) -> int:
         _print_pushes(pushed, PUSH_WAIT_S)
     print("\n(waiting: 30 minutes after the add-to-cart without a purchase, the shard's "
           "cart_abandoned timer fires)")
-    _print_pushes(pushed, TIMER_WAIT_S, until="cart_recovery_push")
+    if not _print_pushes(pushed, TIMER_WAIT_S, until="cart_recovery_push"):
+        print("    (no push of cart_recovery_push: the timer's re-evaluation drew the offer the "
+              "push channel already showed, at random as Thompson sampling does, and a watch "
+              "is pushed changes only; the next decision draws again)")
     print(f"{'now':>10}  after the timer")
     _show(remote, customer, {}, shown)
     print()
@@ -172,8 +175,9 @@ def _show(remote, customer, context, shown) -> None:
     print("\n".join(changes) if changes else "    (no change)")
 
 
-def _print_pushes(pushed: queue.Queue, wait_s: float, until: str | None = None) -> None:
-    """Print what the watch stream received within `wait_s` (or until an action shows)."""
+def _print_pushes(pushed: queue.Queue, wait_s: float, until: str | None = None) -> bool:
+    """Print what the watch stream received within `wait_s` (or until an action shows);
+    whether `until` showed."""
     deadline = time.time() + wait_s
     while time.time() < deadline:
         try:
@@ -183,7 +187,8 @@ def _print_pushes(pushed: queue.Queue, wait_s: float, until: str | None = None) 
         print(f"    ⇢ pushed on the watch stream: {decision.channel} → "
               f"{describe(decision.actions)}")
         if until and any(a.action_id == until for a in decision.actions):
-            return
+            return True
+    return False
 
 
 def _follow(stream, pushed: queue.Queue) -> None:

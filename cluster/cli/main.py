@@ -345,6 +345,16 @@ def default_target(gateway_port: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, where a reader that left (`kairos status | head`) is caught
+        return code
+    except BrokenPipeError:  # what it did not read it did not want: no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _main(argv: list[str] | None) -> int:
+    try:
         from kairos.cluster.settings import GATEWAY_PORT
     except ValueError as exc:  # a KAIROS_* override that is not a number or out of range
         print(f"error: {exc}", file=sys.stderr)

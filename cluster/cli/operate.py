@@ -25,7 +25,8 @@ CONNECT_S = 3.0  # a relay not connected in this long is passed over for the nex
 def status(args: argparse.Namespace) -> int:
     st = Remote(args.target).status()
     print(f"catalog {st.catalog_version}, map version {st.map_version}, "
-          f"{st.partitions} partitions, {st.resident} customers in memory, "
+          f"{st.partitions} partitions, {st.resident:,} customer"
+          f"{'' if st.resident == 1 else 's'} in memory, "
           f"model version {st.model_version}")
     if st.learner_unconfirmed:
         print(f"LEARNER UNCONFIRMED: not told the cluster's catalog since Ray restarted it, it "
@@ -209,7 +210,7 @@ def catalog(args: argparse.Namespace) -> int:
 
 def rollback(args: argparse.Namespace) -> int:
     info = Remote(args.target).rollback_catalog(args.to)
-    print(f"the cluster now runs catalog '{info.name}' version {info.version}")
+    print(f"the cluster runs catalog '{info.name}' version {info.version}")  # if it did already
     return 0
 
 

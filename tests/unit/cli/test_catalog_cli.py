@@ -47,7 +47,7 @@ def test_rollback_names_the_version_it_goes_back_to(serve, capsys):
     admin = Admin()
     rollback = ["--target", f"127.0.0.1:{serve(admin)}", "catalog", "rollback"]
     assert main(rollback + ["--to", "v1"]) == 0
-    assert "now runs catalog 'omni-retail' version v1" in capsys.readouterr().out
+    assert "the cluster runs catalog 'omni-retail' version v1" in capsys.readouterr().out
     assert main(rollback + ["--to", "v0"]) == 1
     assert "FAILED_PRECONDITION: the previous catalog is 'v1', not 'v0'" in \
         capsys.readouterr().err
