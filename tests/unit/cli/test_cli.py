@@ -467,7 +467,9 @@ def test_a_gateway_is_shown_where_it_is_reached(host, node, shown):
 def test_a_reader_that_leaves_early_gets_no_traceback():
     """`kairos demo --local | head -1`: the rest of the output had nowhere to go, and Python
     printed a BrokenPipeError traceback (review rev42 walk finding 6)."""
-    code = "import sys; from kairos.cluster.cli.main import main; sys.exit(main(sys.argv[1:]))"
-    done = subprocess.run(["bash", "-c", f'"{sys.executable}" -c "{code}" demo --local | head -1'],
+    code = ("from kairos.cluster.cli.main import main\n"
+            "for _ in range(60):  # past a pipe's 64 KiB, so the writer meets the reader gone\n"
+            "    main(['demo', '--local'])")
+    done = subprocess.run(["bash", "-c", f"{sys.executable} -c \"{code}\" | head -1"],
                           capture_output=True, text=True, timeout=120)
     assert done.stdout.startswith("Kairos demo") and "Traceback" not in done.stderr, done.stderr
