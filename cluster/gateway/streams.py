@@ -29,14 +29,19 @@ new one is refused (Busy: RESOURCE_EXHAUSTED). `end` ends the streams on custome
 gateway forgot (Ended: NOT_FOUND), or that a shard says were forgotten through another
 gateway (`Unwatched`, pushed); the forget dropped their watches on the shard, so a stream
 that joins one of those watches before they have left waits for the watch to be registered
-again. The shard tells every gateway that held a watch, this one too: a stream that came here
-between the forget's answer and the shard's word (a few milliseconds) is ended as well, and
-its caller watches again.
+again. The shard tells every gateway that held a watch, this one too, and its word may come
+late (behind a slow call of pushes, or from a partition's old owner): it carries the forget's
+time, and ends only the watches whose registration was sent before it (this process's wall
+clock against the shard's), so a stream on a customer re-created under the id, or on an
+alias's anonymous id again, that registered since stays. One within the clocks' skew of the
+forget may be ended too; its caller watches again.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections import Counter, deque
 from typing import AsyncIterator, Awaitable, Callable, Hashable, NamedTuple
 
@@ -93,6 +98,7 @@ class _Watched:
         self.held: bool | None = False  # None: a call failed, so the shards may hold it
         self.ready = _future()  # done once a registration is done for the waiting streams
         self.settling: asyncio.Task | None = None
+        self.registered_at = -math.inf  # when its latest registration was sent (wall clock)
 
     def append(self, decision: Decision) -> None:
         self.log.append(decision)
@@ -191,6 +197,8 @@ class Watches:
             if watched.ready.done():  # the streams from now on wait for the next one
                 watched.ready = _future()
             ready = watched.ready
+            if want:
+                watched.registered_at = time.time()
             try:
                 await self._register(watch, want)
             except Exception as exc:
@@ -242,12 +250,13 @@ class Watches:
         """Shards push here; each decision goes to the watches it matches: by its customer's
         id, by the other ids a `Pushed` names, or its whole channel. An `Unwatched` (a forget
         dropped this gateway's watches of its customer) ends the streams that follow any of
-        its ids, as a forget through this gateway does (`end`)."""
+        its ids on a watch registered before the forget, as a forget through this gateway
+        does (`end`)."""
         woken: dict[int, _Watched] = {}
-        forgotten: set[str] = set()
+        forgotten: list[Unwatched] = []
         for d in decisions:
             if isinstance(d, Unwatched):
-                forgotten.update(d.ids)
+                forgotten.append(d)
                 continue
             ids = (d.customer_id, *d.also) if isinstance(d, Pushed) else (d.customer_id,)
             for watch in (*(Watch(c, d.channel, d.placement) for c in ids),
@@ -258,15 +267,17 @@ class Watches:
                     woken[id(watched)] = watched
         for watched in woken.values():
             watched.woken()
-        if forgotten:
-            self.end(forgotten, FORGOTTEN)
+        for word in forgotten:
+            self.end(set(word.ids), FORGOTTEN, registered_before=word.at)
 
-    def end(self, customer_ids: set[str], reason: str) -> int:
-        """End the streams that watch any of `customer_ids` (Ended, saying `reason`); how
-        many."""
+    def end(self, customer_ids: set[str], reason: str,
+            registered_before: float = math.inf) -> int:
+        """End the streams that watch any of `customer_ids` (Ended, saying `reason`) on
+        watches registered before `registered_before`; how many."""
         ended = 0
         for watch, watched in list(self._watched.items()):
-            if watch.customer_id not in customer_ids or not watched.streams:
+            if watch.customer_id not in customer_ids or not watched.streams or \
+                    watched.registered_at >= registered_before:
                 continue
             for stream in watched.streams:
                 stream.ended = Ended(reason)

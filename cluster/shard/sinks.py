@@ -19,9 +19,13 @@ land after the new owner's.
 
 A forget's word that a sink's watches of the customer were dropped (watches.py `Unwatched`)
 waits apart from the views' pushes, so that no push replaces it (a channel watch's, of a
-customer re-created under the id), and goes after them in the sink's next call: its streams
-end after the pushes before it. It is best effort as pushes are (an Unavailable call drops
-it); a flush keeps it, since its customer is gone wherever the partition goes.
+customer re-created under the id), and goes in a call of its own after the pushes taken with
+it: its streams end after the pushes before it, and a sink that cannot take it (a gateway
+older than the word, which cannot unpickle it) loses only the word, said in one warning. Only
+gateways get it (a sink named with an incarnation: ray_backend.py `sink_name`); a user's own
+sink actor (KairosClient.watch) takes decisions only. It is best effort as pushes are; a
+flush keeps it, since its customer is gone wherever the partition goes, and it carries the
+forget's time, so a late one ends no watch registered since.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ from kairos.core.decision import Decision
 
 from kairos.cluster.shard.watches import Unwatched, View
 from kairos.cluster.transport.backend import Unavailable, WatchSink
-from kairos.cluster.transport.ray_backend import Gone
+from kairos.cluster.transport.ray_backend import SINK_MARK, Gone
 
 log = logging.getLogger("kairos.shard")
 
@@ -50,6 +54,7 @@ class _Sending:
     task: asyncio.Task | None = None
     carries: list[Decision | Unwatched] = field(default_factory=list)  # the call in flight
     started: int = 0  # calls begun
+    words_next: bool = False  # a call of forgets' words follows the one in flight
     ended: int = 0
     _ends: asyncio.Future | None = None
 
@@ -92,7 +97,8 @@ class Pushes:
         waiting = self._waiting.setdefault(sink, {})
         for d in decisions:
             if isinstance(d, Unwatched):
-                self._ending.setdefault(sink, {})[d] = None
+                if SINK_MARK in sink:  # a gateway's
+                    self._ending.setdefault(sink, {})[d] = None
             else:
                 waiting[(d.customer_id, d.channel, d.placement)] = d
         if sink not in self._sending:
@@ -126,9 +132,9 @@ class Pushes:
             started, carried = sending.started, sending.carries
             views = [v async for v in _yielding(list(self._waiting.get(sink, ())))
                      if moving(v[0])]
-            if views:  # they go in the call after the one in flight as it was looked at
+            if views:  # they go in the next call of pushes after the one in flight
                 held[sink] = views
-                calls.append((sink, sending, started + 1))
+                calls.append((sink, sending, started + 1 + sending.words_next))
             elif any(moving(d.customer_id) for d in carried):
                 calls.append((sink, sending, started))
         for sink, sending, call in calls:
@@ -149,26 +155,40 @@ class Pushes:
 
     async def _send(self, sink: str, sending: _Sending) -> None:
         try:
-            while decisions := [*self._waiting.pop(sink, {}).values(),
-                                *self._ending.pop(sink, {})]:
-                sending.carries = decisions
-                sending.started += 1
-                try:
-                    await self._sink(sink).deliver(decisions)
-                except Gone:
-                    log.warning("%s: watch sink %s is gone; dropping its watches", self._shard,
-                                sink)
-                    await self._gone([sink])
-                    self._waiting.pop(sink, None)  # what came meanwhile has nowhere to go
-                    self._ending.pop(sink, None)
-                    return
-                except Unavailable as exc:
-                    log.warning("%s: %d pushes to watch sink %s dropped (its watches are "
-                                "kept): %s", self._shard, len(decisions), sink, exc)
-                finally:
-                    sending.carries = []
-                    sending.ending()
+            while sink in self._waiting or sink in self._ending:
+                pushes = list(self._waiting.pop(sink, {}).values())
+                words: list[Decision | Unwatched] = list(self._ending.pop(sink, {}))
+                for decisions in (pushes, words):
+                    sending.words_next = decisions is pushes and bool(words)
+                    if decisions and not await self._call(sink, sending, decisions):
+                        return
         except Exception:  # a task nobody awaits: said here, or never (its watches are kept)
             log.exception("%s: pushing to watch sink %s failed", self._shard, sink)
         finally:
             del self._sending[sink]
+
+    async def _call(self, sink: str, sending: _Sending,
+                    decisions: list[Decision | Unwatched]) -> bool:
+        """One call to `sink`; False if it is Gone (its watches dropped)."""
+        sending.carries = decisions
+        sending.started += 1
+        try:
+            await self._sink(sink).deliver(decisions)
+        except Gone:
+            log.warning("%s: watch sink %s is gone; dropping its watches", self._shard, sink)
+            await self._gone([sink])
+            self._waiting.pop(sink, None)  # what came meanwhile has nowhere to go
+            self._ending.pop(sink, None)
+            return False
+        except Unavailable as exc:
+            log.warning("%s: %d pushes to watch sink %s dropped (its watches are kept): %s",
+                        self._shard, len(decisions), sink, exc)
+        except Exception as exc:  # an older gateway cannot unpickle the word
+            if not isinstance(decisions[0], Unwatched):
+                raise
+            log.warning("%s: watch sink %s was not told that %d forgotten customers' watches "
+                        "ended: %s", self._shard, sink, len(decisions), exc)
+        finally:
+            sending.carries = []
+            sending.ending()
+        return True

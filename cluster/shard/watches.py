@@ -28,8 +28,9 @@ failed, a stream came again) is the one it has, which its next unregistration en
 decision pushed to a sink whose registrations name other ids than the customer's is a
 `Pushed`, naming those ids, so the sink hands it to the streams that follow any of them.
 A forget drops the customer's watches and tells each sink that held one (`Unwatched`, after
-the round's pushes, best effort as they are), so that the streams on every gateway end, not
-only those of the gateway that served it.
+the round's pushes, best effort as they are, with the forget's time so that a late word ends
+no watch registered since), so that the streams on every gateway end, not only those of the
+gateway that served it.
 
 A sink found Gone (its process died) has its watches dropped from memory, but the customers'
 homes, the partitions' snapshots and the journal still hold its registrations: its name is
@@ -83,10 +84,13 @@ class Pushed(Decision):
 class Unwatched:
     """Sent to a sink after a forget dropped its watches of the customer: it ends the streams
     that follow the customer by any of `ids` (the customer's own, and the anonymous ids of
-    aliases linked into it while watched), which no push would reach again."""
+    aliases linked into it while watched), which no push would reach again. `at`: the
+    forget's wall-clock time; a watch the sink registered after it (the word came late, the
+    customer re-created, or an alias's anonymous id watched again) is not the one dropped."""
 
     customer_id: str
     ids: tuple[str, ...]
+    at: float
 
 
 @dataclass
@@ -275,8 +279,9 @@ class Watches:
         ids: dict[str, set[str]] = {}
         for w, by in self.by_customer.get(customer_id, {}).items():
             ids.setdefault(w.sink, {customer_id}).update(by)
-        self._telling.extend(Push(sink, Unwatched(customer_id, tuple(sorted(named))))
-                               for sink, named in ids.items())
+        now = self._ctx.clock()
+        self._telling.extend(Push(sink, Unwatched(customer_id, tuple(sorted(named)), now))
+                             for sink, named in ids.items())
 
     def unwatched(self) -> list[Push]:
         """What `forgotten` has for the sinks since it was last asked."""

@@ -18,14 +18,19 @@ from tests.unit.shard.test_shard import T0
 
 
 class TwoGateways(PushingBackend):
-    """Hands each round's pushes to the gateway (`gateways`) of their sink; keeps them all."""
+    """Hands each round's pushes to the gateway (`gateways`) of their sink; keeps them all.
+    The forgets' words to a sink in `late` wait there (a slow call ahead of them)."""
 
     gateways: dict[str, Watches] = {}
+    late: dict[str, list[Unwatched]] = {}
 
     def hand_over(self, pushes: list) -> None:
         for sink, gateway in self.gateways.items():
             pushed = [p.decision for p in pushes if p.sink == sink]
             self.delivered.setdefault(sink, []).extend(pushed)
+            if sink in self.late:
+                self.late[sink] += [d for d in pushed if isinstance(d, Unwatched)]
+                pushed = [d for d in pushed if not isinstance(d, Unwatched)]
             gateway.deliver(pushed)
 
 
@@ -81,8 +86,8 @@ def test_a_forget_through_one_gateway_ends_the_customers_streams_on_the_other():
         for _ in range(100):
             await asyncio.sleep(0)
         assert got == ["bea"]
-        assert [d for d in backend.delivered["b"] if isinstance(d, Unwatched)] == \
-            [Unwatched("ana", tuple(sorted(["ana", anon])))]
+        assert [(d.customer_id, d.ids) for d in backend.delivered["b"]
+                if isinstance(d, Unwatched)] == [("ana", tuple(sorted(["ana", anon])))]
 
     on_two_gateways(scenario)
 
@@ -96,5 +101,39 @@ def test_a_forget_that_finds_no_watches_tells_no_gateway():
         assert not [d for sink in "ab" for d in backend.delivered.get(sink, ())
                     if isinstance(d, Unwatched)]
         assert not on_b.done()
+
+    on_two_gateways(scenario)
+
+
+def test_a_late_word_ends_no_stream_registered_since_the_forget():
+    """The word to b waits behind a slow call while ana is re-created and a stream on b, by
+    her id and by the alias's anonymous id (the same id again), registers; it lands after:
+    those streams go on, as their registrations on the shard do."""
+    async def scenario(a, b, backend, tasks) -> None:
+        anon = await a.client.resolve_key(alias_key("cookie", "x"))
+        backend.late = {"b": []}
+        _, old = await follow(b, Watch("ana", "web", "hero"))
+        _, old_by_alias = await follow(b, Watch(anon, "web", "hero"))
+        assert await a.client.link("cookie", "x", "ana")
+        assert await a.client.forget("ana")
+        assert backend.late["b"]  # held
+        for task in (old, old_by_alias):
+            task.cancel()
+        await asyncio.gather(old, old_by_alias, return_exceptions=True)
+        await a.client.ingest("ana", "app_open", T0 + 2)  # re-created under the id
+        anon = await a.client.resolve_key(alias_key("cookie", "x"))
+        await a.client.ingest(anon, "page_view", T0 + 2, {"category": "home"})
+        got, again = await follow(b, Watch("ana", "web", "hero"))
+        got_by_alias, by_alias = await follow(b, Watch(anon, "web", "hero"))
+        tasks += [again, by_alias]
+        b.deliver(backend.late.pop("b"))
+        for _ in range(100):
+            await asyncio.sleep(0)
+        assert not again.done() and not by_alias.done()
+        await a.client.ingest("ana", "app_open", T0 + 3)
+        await a.client.ingest(anon, "app_open", T0 + 3)
+        for _ in range(100):
+            await asyncio.sleep(0)
+        assert "ana" in got and anon in got_by_alias
 
     on_two_gateways(scenario)

@@ -14,12 +14,13 @@ from tests.unit.shard.test_shard import T0, Clock, event, forget, shard, watch
 from tests.unit.shard.test_unseen_restart import restarted
 
 
-def told(pushes) -> list[tuple[str, Unwatched]]:
-    return sorted((p.sink, p.decision) for p in pushes if isinstance(p.decision, Unwatched))
+def told(pushes) -> list[tuple[str, str, tuple[str, ...]]]:
+    return sorted((p.sink, p.decision.customer_id, p.decision.ids) for p in pushes
+                  if isinstance(p.decision, Unwatched))
 
 
 def test_a_forget_tells_each_sink_that_watched_the_customer_by_any_id(compiled):
-    s = shard(compiled)
+    s = shard(compiled, clock=Clock())
     s.process([event("zed", "app_open", T0)])
     s.process([watch("zed", "gw-a", "web", "hero"), watch("zed", "gw-b", "web", "hero"),
                watch("zed", "gw-b", "push"),
@@ -27,9 +28,10 @@ def test_a_forget_tells_each_sink_that_watched_the_customer_by_any_id(compiled):
                watch("zed", "gw-c", "web", "hero")._replace(by="~cookie:x")])
     s.watch_channel("gw-d", "web", "hero")  # every customer's: it goes on
     _, pushes = s.process([event("ana", "app_open", T0 + 1), forget("zed")])
-    assert told(pushes) == [("gw-a", Unwatched("zed", ("zed",))),
-                            ("gw-b", Unwatched("zed", ("zed",))),
-                            ("gw-c", Unwatched("zed", ("zed", "~cookie:x")))]
+    assert told(pushes) == [("gw-a", "zed", ("zed",)), ("gw-b", "zed", ("zed",)),
+                            ("gw-c", "zed", ("zed", "~cookie:x"))]
+    # when it was forgotten: a gateway ends no watch it registered after (a late word)
+    assert {p.decision.at for p in pushes if isinstance(p.decision, Unwatched)} == {s.ctx.clock()}
     kinds = [isinstance(p.decision, Unwatched) for p in pushes]
     assert kinds[0] is False and kinds == sorted(kinds)  # after the round's (ana's) pushes
     assert not told(s.process([event("ana", "app_open", T0 + 2)])[1])  # told once
@@ -40,7 +42,7 @@ def test_a_forget_that_finds_no_watches_tells_nobody(compiled):
     s.process([event("zed", "app_open", T0), watch("ana", "gw-a", "web", "hero")])
     assert s.process([forget("zed")])[1] == []
     s.process([watch("zed", "gw-a", "web", "hero")])
-    assert told(s.process([forget("zed")])[1]) == [("gw-a", Unwatched("zed", ("zed",)))]
+    assert told(s.process([forget("zed")])[1]) == [("gw-a", "zed", ("zed",))]
     assert s.process([forget("zed")])[1] == []  # a retry: its watches went with the first
 
 
@@ -57,31 +59,103 @@ def test_a_forget_replayed_from_the_journal_tells_nobody_again(compiled):
     assert not told(r.process([event("ana", "app_open", T0 + 5)])[1])
 
 
-def test_the_word_goes_after_the_pushes_before_it_and_no_push_of_its_view_replaces_it():
-    """Queued behind a call in flight, with pushes of the customer's view before and after it
-    (a channel watch's, of a customer re-created under the id): the next call carries them
-    all, the word last."""
-    calls: list[list] = []
-    released = asyncio.Event()
+class Sink:
+    """Takes each call (`calls`); the first waits for `released`; a call carrying a word
+    fails with `words_fail` (an older gateway, which cannot unpickle it)."""
 
-    class Sink:
-        async def deliver(self, decisions: list) -> None:
-            calls.append(decisions)
-            if len(calls) == 1:
-                await released.wait()
+    def __init__(self, words_fail: Exception | None = None) -> None:
+        self.calls: list[list] = []
+        self.released = asyncio.Event()
+        self.words_fail = words_fail
 
-    def pushed(n: int) -> Decision:
-        return Decision(f"d{n}", "zed", "web", "hero", ("x",), "v1", n)
+    async def deliver(self, decisions: list) -> None:
+        self.calls.append(decisions)
+        if len(self.calls) == 1:
+            await self.released.wait()
+        if self.words_fail and any(isinstance(d, Unwatched) for d in decisions):
+            raise self.words_fail
+
+
+def pushed(n: int) -> Decision:
+    return Decision(f"d{n}", "zed", "web", "hero", ("x",), "v1", n)
+
+
+WORD = Unwatched("zed", ("zed",), T0)
+GATEWAY = "gw#b1"  # a gateway's sink: its actor's name and incarnation
+
+
+async def queued_behind_a_call(sink: Sink, name: str = GATEWAY) -> Pushes:
+    """Pushes to `sink`: one in flight, then pushes of the customer's view before and after
+    its word (a channel watch's, of a customer re-created under the id)."""
+    pushes = Pushes("s0", lambda _: sink, lambda names: asyncio.sleep(0))
+    pushes.push(name, [pushed(1)])
+    await asyncio.sleep(0)  # in flight
+    pushes.push(name, [pushed(2), WORD])
+    pushes.push(name, [pushed(3)])
+    return pushes
+
+
+async def sent(sink: Sink, calls: int) -> None:
+    sink.released.set()
+    while len(sink.calls) < calls:
+        await asyncio.sleep(0)
+    for _ in range(10):  # none more
+        await asyncio.sleep(0)
+
+
+def test_the_word_goes_after_the_pushes_before_it_in_a_call_of_its_own():
+    """No push of its view replaces it; a sink that cannot take it loses no push with it."""
+    sink = Sink()
 
     async def main() -> None:
-        pushes = Pushes("s0", lambda name: Sink(), lambda names: asyncio.sleep(0))
-        pushes.push("gw-b", [pushed(1)])
-        await asyncio.sleep(0)  # in flight
-        word = Unwatched("zed", ("zed",))
-        pushes.push("gw-b", [pushed(2), word])
-        pushes.push("gw-b", [pushed(3)])
-        released.set()
-        while len(calls) < 2:
-            await asyncio.sleep(0)
+        await queued_behind_a_call(sink)
+        await sent(sink, 3)
     asyncio.run(asyncio.wait_for(main(), 10))
-    assert calls == [[pushed(1)], [pushed(3), Unwatched("zed", ("zed",))]]
+    assert sink.calls == [[pushed(1)], [pushed(3)], [WORD]]
+
+
+def test_a_gateway_that_cannot_take_the_word_loses_only_the_word_said_in_one_line(caplog):
+    sink = Sink(words_fail=AttributeError("Can't get attribute 'Unwatched'"))
+
+    async def main() -> None:
+        pushes = await queued_behind_a_call(sink)
+        await sent(sink, 3)
+        pushes.push(GATEWAY, [pushed(4)])  # the sink's pushes go on
+        await sent(sink, 4)
+    asyncio.run(asyncio.wait_for(main(), 10))
+    assert sink.calls[3] == [pushed(4)]
+    failed = [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+    assert [(r.levelname, r.exc_info) for r in failed] == [("WARNING", None)]
+    assert "not told" in failed[0].getMessage()
+
+
+def test_a_users_own_sink_gets_no_word():
+    """An actor registered with KairosClient.watch (no incarnation in its name) takes
+    decisions only."""
+    sink = Sink()
+
+    async def main() -> None:
+        await queued_behind_a_call(sink, "my-sink")
+        await sent(sink, 2)
+    asyncio.run(asyncio.wait_for(main(), 10))
+    assert sink.calls == [[pushed(1)], [pushed(3)]]
+
+
+def test_a_flush_waits_for_the_pushes_queued_behind_a_call_of_words():
+    """The moving customer's push goes in the call after the word's: the flush waits for
+    that one to end, not the word's."""
+    ended: list[list] = []
+
+    class Slow:
+        async def deliver(self, decisions: list) -> None:
+            await asyncio.sleep(0.02)
+            ended.append(decisions)
+
+    async def main() -> list:
+        pushes = Pushes("s0", lambda _: Slow(), lambda names: asyncio.sleep(0))
+        pushes.push(GATEWAY, [pushed(1), WORD])
+        await asyncio.sleep(0)  # the push in flight, the word next
+        pushes.push(GATEWAY, [pushed(2)])
+        return await pushes.flush(lambda c: c == "zed", within_s=5)
+    assert asyncio.run(asyncio.wait_for(main(), 10)) == []  # none dropped
+    assert ended == [[pushed(1)], [WORD], [pushed(2)]]  # all landed before the flush ended
