@@ -12,7 +12,6 @@ README quotes), and prints a JSON summary as its last line.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import math
@@ -47,10 +46,9 @@ from kairos.core.compiler import CompiledCatalog, compile_catalog, default_compi
 from kairos.core.decision import Decision
 from kairos.core.engine import DecisionEngine
 
-from . import provenance
+from . import quickrun
 from .workload import T0
 
-RESULTS = Path(__file__).parent / "results"
 Probe = Callable[[bool], dict[str, Any]]
 
 
@@ -540,26 +538,11 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="seconds: the test suite's run")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="report folder")
-    args = parser.parse_args(argv)
-    began = time.perf_counter()
-    probes = run(args.quick)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    report = {"bench": "costs", "time": stamp, "quick": args.quick,
-              "command": "python -m bench.costs" + (" --quick" if args.quick else ""),
-              "seconds": round(time.perf_counter() - began, 1),
-              "load_average_1m": round(os.getloadavg()[0], 2), "probes": probes}
-    provenance.stamp(report)
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = f"costs-{stamp}{'-quick' if args.quick else ''}"
-    (args.out / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.out / f"{name}.md").write_text(markdown(report))
-    print(markdown(report))
-    print(json.dumps({"report": str(args.out / f"{name}.json"), "seconds": report["seconds"],
-                      "finite": finite_figures(probes),
-                      "skipped": [n for n, p in probes.items() if "skipped" in p]}))
+    quickrun.main("costs", __doc__.splitlines()[0], lambda quick: {"probes": run(quick)},
+                  markdown, lambda report: {
+                      "finite": finite_figures(report["probes"]),
+                      "skipped": [n for n, p in report["probes"].items() if "skipped" in p]},
+                  argv)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ summary as its last line.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import math
@@ -41,11 +40,10 @@ from kairos.cluster.storage.memory_store import MemoryStore
 from kairos.cluster.transport.dataplane import HANDSHAKE_S, PlaneConnection, PlaneServer
 from kairos.core.compiler import default_compiled
 
-from . import provenance
+from . import quickrun
 from .costs import spread
 from .workload import T0
 
-RESULTS = Path(__file__).parent / "results"
 PARTITIONS = 64
 HOST = "127.0.0.1"  # the shard's address and the client's source
 OTHER_SOURCE = "127.0.0.2"  # a stranger's: loopback answers all of 127/8
@@ -314,27 +312,14 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="seconds: the test suite's run")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="report folder")
-    args = parser.parse_args(argv)
-    began = time.perf_counter()
-    scenarios, inputs = asyncio.run(_run(args.quick))
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    report = {"bench": "flood", "time": stamp, "quick": args.quick,
-              "command": "python -m bench.flood" + (" --quick" if args.quick else ""),
-              "seconds": round(time.perf_counter() - began, 1),
-              "load_average_1m": round(os.getloadavg()[0], 2), "machine": machine(),
-              "inputs": inputs, "scenarios": scenarios}
-    provenance.stamp(report)
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = f"flood-{stamp}{'-quick' if args.quick else ''}"
-    (args.out / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.out / f"{name}.md").write_text(markdown(report))
-    print(markdown(report))
-    print(json.dumps({"report": str(args.out / f"{name}.json"), "seconds": report["seconds"],
-                      "finite": finite(scenarios),
-                      "client_opened": {n: s["client_opened"] for n, s in scenarios.items()}}))
+    def measure(quick: bool) -> dict[str, Any]:
+        scenarios, inputs = asyncio.run(_run(quick))
+        return {"machine": machine(), "inputs": inputs, "scenarios": scenarios}
+
+    quickrun.main("flood", __doc__.splitlines()[0], measure, markdown, lambda report: {
+        "finite": finite(report["scenarios"]),
+        "client_opened": {n: s["client_opened"] for n, s in report["scenarios"].items()}},
+        argv)
 
 
 if __name__ == "__main__":

@@ -17,3 +17,14 @@ def run_harness(name: str, args: list[str], out: Path, timeout_s: float) -> dict
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def quick_report(run_bench, bench: str, out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """bench.<bench> --quick (bench/quickrun.py): its summary line and its JSON report, the
+    fields every such report has checked."""
+    summary = run_bench(bench, out, "--quick", timeout_s=15)
+    report = json.loads(next(out.glob(f"{bench}-*-quick.json")).read_text())
+    assert summary["report"].endswith(".json") and summary["finite"] is True
+    assert report["command"] == f"python -m bench.{bench} --quick"
+    assert report["load_average_1m"] >= 0 and report["provenance"]["cpus"] >= 1
+    return summary, report

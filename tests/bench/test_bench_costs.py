@@ -3,20 +3,16 @@ quotes, each with its inputs and finite figures, and each probe ran the path it 
 timing is judged)."""
 from __future__ import annotations
 
-import json
 import math
 
 from bench import costs
+from tests.bench.harness import quick_report
 
 FIELDS = {"unit", "median", "min", "max", "repeats"}
 
 
 def test_quick_run_reports_every_probe_with_finite_figures(tmp_path, run_bench):
-    summary = run_bench("costs", tmp_path, "--quick", timeout_s=15)
-    report = json.loads(next(tmp_path.glob("costs-*-quick.json")).read_text())
-    assert summary["report"].endswith(".json") and summary["finite"] is True
-    assert report["command"] == "python -m bench.costs --quick"
-    assert report["load_average_1m"] >= 0 and report["provenance"]["cpus"] >= 1
+    summary, report = quick_report(run_bench, "costs", tmp_path)
     assert list(report["probes"]) == [name for name, _ in costs.PROBES]
     for name, probe in report["probes"].items():
         if "skipped" in probe:  # only the Redis probe may be, without a redis-server

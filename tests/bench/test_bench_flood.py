@@ -3,20 +3,16 @@ with finite figures, the client's opens counted, every call answered by the real
 the flood from another source really flooding (no timing is judged)."""
 from __future__ import annotations
 
-import json
 import math
 
 from bench import flood
+from tests.bench.harness import quick_report
 
 SPREADS = ("shard_cpu_percent", "flooder_cpu_percent", "call_ms_median", "call_ms_max")
 
 
 def test_quick_run_reports_every_scenario_with_finite_figures(tmp_path, run_bench):
-    summary = run_bench("flood", tmp_path, "--quick", timeout_s=15)
-    report = json.loads(next(tmp_path.glob("flood-*-quick.json")).read_text())
-    assert summary["report"].endswith(".json") and summary["finite"] is True
-    assert report["command"] == "python -m bench.flood --quick"
-    assert report["load_average_1m"] >= 0 and report["provenance"]["cpus"] >= 1
+    summary, report = quick_report(run_bench, "flood", tmp_path)
     assert report["provenance"]["load_average_at_start"] is not None
     assert report["machine"]["cpus"] >= 1 and "same machine" in report["inputs"]["flooder"]
     assert list(report["scenarios"]) == [name for name, _, _ in flood._scenarios(True)]
