@@ -7,6 +7,7 @@ Ray's GCS with their task specs. Each process that opens the store reads the pas
 the file $KAIROS_STORE_PASSWORD_FILE names (`with_password_file`) instead."""
 from __future__ import annotations
 
+import logging
 import os
 from urllib.parse import quote, unquote, unquote_plus, urlparse
 
@@ -15,6 +16,8 @@ from kairos.cluster.storage.directory_store import DirectoryStore
 from kairos.cluster.storage.memory_store import MemoryStore
 from kairos.cluster.storage.redis_store import STORE_PASSWORD_FILE_ENV, RedisStore
 from kairos.cluster.storage.store import Store, redact
+
+log = logging.getLogger("kairos.store")
 
 __all__ = ["open_store", "redact", "split_password", "with_password_file",
            "STORE_PASSWORD_FILE_ENV", "REDIS_SCHEMES"]
@@ -51,7 +54,7 @@ def split_password(url: str) -> tuple[str, str]:
     kept, password = [], ""
     for parameter in query.split("&") if q else []:
         name, _, value = parameter.partition("=")
-        if name == "password":
+        if unquote_plus(name) == "password":  # as parse_qs decodes names: pass%77ord too
             password = unquote_plus(value)  # redis-py reads the query with parse_qs: "+" is " "
         else:
             kept.append(parameter)
@@ -70,7 +73,12 @@ def with_password_file(url: str) -> str:
     (ValueError, whose words never hold the password) for a store that is not Redis, a URL
     the password cannot go into, or a file refused, unreadable or empty."""
     path = os.environ.get(STORE_PASSWORD_FILE_ENV)
-    if not path or split_password(url)[1]:
+    if not path:
+        return url
+    if split_password(url)[1]:  # should the server refuse it, its refusal names the file
+        log.warning("store %s: the URL holds a password (an older Kairos's controller passed "
+                    "it on), used instead of the file %s names", redact(url),
+                    STORE_PASSWORD_FILE_ENV)
         return url
     scheme, _, rest = url.partition("://")
     user, _, place = rest.rpartition("@")

@@ -37,7 +37,7 @@ import logging
 import os
 import socket
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
-from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
+from urllib.parse import parse_qs, urlencode, urlparse
 
 import msgpack
 import redis
@@ -83,11 +83,14 @@ def _check_parameters(url: str, scheme: str, query: dict[str, list[str]]) -> Non
     """Every parameter known, given once, TLS ones only with rediss://, files present."""
     for name, values in query.items():
         where = f"store {redact(url)}: parameter {name!r}"
-        if name not in ("password", *TLS_PARAMETERS):
-            known = ", ".join(("prefix", "password", *TLS_PARAMETERS))
+        if name not in ("password", "db", *TLS_PARAMETERS):
+            known = ", ".join(("prefix", "password", "db", *TLS_PARAMETERS))
             raise ValueError(f"{where} is unknown (known: {known})")
         if len(values) != 1:
             raise ValueError(f"{where} is given {len(values)} times")
+        if name == "db" and (scheme != "unix" or not values[0].isdigit()):
+            raise ValueError(f"{where}: a socket's (unix://) database, a number (redis:// and "
+                             f"rediss:// name theirs after the host: /0)")
         if name in TLS_PARAMETERS and scheme != "rediss":
             raise ValueError(f"{where} needs TLS: use rediss://")
         if name in TLS_FILES and not os.access(values[0], os.R_OK):
@@ -290,8 +293,9 @@ class RedisStore:
         self.url = url
         self._owners: dict[str, str] = {}  # journal -> the incarnation written as (own_journal)
         try:
+            # the query text alone replaced: urlunparse would turn unix:///path into unix:/path
             self.r = redis.Redis.from_url(
-                urlunparse(parsed._replace(query=urlencode(query, doseq=True))),
+                url.partition("?")[0] + (f"?{urlencode(query, doseq=True)}" if query else ""),
                 socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S,
                 redis_connect_func=_handshake)
         except ValueError:  # its text may quote the password ("as 'secret'")

@@ -74,8 +74,10 @@ import re
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 # a query parameter that carries a credential (password=, auth_token=, api_key=, ...)
+# a parameter named for a secret, or whose name is percent-encoded (pass%77ord reads as password)
 _PASSWORD_PARAM = re.compile(
-    r"([?&][^=&#]*(?:password|passwd|token|secret|key|auth)[^=&#]*=)[^&#]*", re.IGNORECASE)
+    r"([?&](?:[^=&#]*(?:password|passwd|token|secret|key|auth)[^=&#]*|[^=&#]*%[^=&#]*)=)[^&#]*",
+    re.IGNORECASE)
 
 
 class StoreUnavailable(Exception):

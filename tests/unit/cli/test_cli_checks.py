@@ -183,6 +183,13 @@ def test_a_redis_database_that_is_no_number_is_refused(home, db, refused):
         checked_inputs(args)
 
 
+def test_a_refused_database_is_named_without_the_password_before_it():
+    args = parser(50051).parse_args(["up", "--store", "redis://:s3cret@h:6379/abc"])
+    with pytest.raises(Refused, match="the database after the host") as refused:
+        checked_inputs(args)
+    assert "s3cret" not in str(refused.value)
+
+
 def test_up_stops_its_ray_when_joining_it_takes_too_long(home, tmp_path, monkeypatch, capsys):
     """ray.init retries a GCS that does not answer with no end, holding up.lock: `up` bounds
     it, stops the Ray it started and exits (the process exit is stubbed here)."""
