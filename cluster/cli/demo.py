@@ -144,9 +144,9 @@ def run_remote(target: str) -> int:
     print("\n(waiting: 30 minutes after the add-to-cart without a purchase, the shard's "
           "cart_abandoned timer fires)")
     if not _print_pushes(pushed, TIMER_WAIT_S, until="cart_recovery_push"):
-        print("    (no push of cart_recovery_push: the timer's re-evaluation drew the offer the "
-              "push channel already showed, at random as Thompson sampling does, and a watch "
-              "is pushed changes only; the next decision draws again)")
+        print("    (no push of cart_recovery_push seen: the timer's re-evaluation may have "
+              "drawn the offer the push channel already showed, at random as Thompson sampling "
+              "does, and a watch is pushed changes only; the next decision draws again)")
     print(f"{'now':>10}  after the timer")
     _show(remote, customer, {}, shown)
     print()

@@ -346,7 +346,8 @@ def default_target(gateway_port: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     try:
         code = _main(argv)
-        sys.stdout.flush()  # here, where a reader that left (`kairos status | head`) is caught
+        if sys.stdout is not None:  # None: started with stdout closed (`kairos down >&-`)
+            sys.stdout.flush()  # here, where a reader that left (`kairos status | head`) is caught
         return code
     except BrokenPipeError:  # what it did not read it did not want: no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

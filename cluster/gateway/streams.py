@@ -47,8 +47,8 @@ from typing import AsyncIterator, Awaitable, Callable, Hashable, NamedTuple
 
 from kairos.core.decision import Decision
 
-from kairos.cluster.settings import (WATCH_BACKLOG, WATCH_STREAMS, WATCH_STREAMS_PER_HOST,
-                                     WATCH_STREAMS_PER_KEY)
+from kairos.cluster.settings import (SHARD_CLOCK_SKEW_S, WATCH_BACKLOG, WATCH_STREAMS,
+                                     WATCH_STREAMS_PER_HOST, WATCH_STREAMS_PER_KEY)
 from kairos.cluster.shard.watches import Pushed, Unwatched
 from kairos.cluster.transport.backend import Backend
 from kairos.cluster.transport.client import Busy, KairosClient
@@ -267,8 +267,9 @@ class Watches:
                     woken[id(watched)] = watched
         for watched in woken.values():
             watched.woken()
-        for word in forgotten:
-            self.end(set(word.ids), FORGOTTEN, registered_before=word.at)
+        for word in forgotten:  # by the shard's clock, erring (within the skew) towards ending:
+            # a stream ended needlessly reopens, one left open on a dropped watch gets nothing
+            self.end(set(word.ids), FORGOTTEN, registered_before=word.at + SHARD_CLOCK_SKEW_S)
 
     def end(self, customer_ids: set[str], reason: str,
             registered_before: float = math.inf) -> int:

@@ -27,6 +27,7 @@ import grpc
 import psutil
 import pytest
 
+from kairos.core.catalog import default_catalog_text
 from kairos.cluster.cli import local
 from kairos.cluster.cli.main import NOT_RUNNING, main, parser, up_message
 from kairos.cluster.cli.remote import TLS_ENV, tls_hint
@@ -473,3 +474,15 @@ def test_a_reader_that_leaves_early_gets_no_traceback():
     done = subprocess.run(["bash", "-c", f"{sys.executable} -c \"{code}\" | head -1"],
                           capture_output=True, text=True, timeout=120)
     assert done.stdout.startswith("Kairos demo") and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_command_run_with_stdout_closed_still_succeeds(tmp_path):
+    """`kairos catalog validate FILE >&-`: Python starts with sys.stdout None, and the flush
+    meant for a reader that left failed the command (review rev42 d-late finding 3)."""
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(default_catalog_text())
+    code = "import sys; from kairos.cluster.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run(["bash", "-c", f'{sys.executable} -c "{code}" catalog validate '
+                                         f'{catalog} >&-'], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr

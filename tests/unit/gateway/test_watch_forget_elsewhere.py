@@ -5,9 +5,11 @@ no gateway anything (two gateways on one in-process shard, pushes handed to thei
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
+from kairos.cluster.gateway import streams as streams_module
 from kairos.cluster.gateway.streams import FORGOTTEN, Ended, Watch, Watches
 from kairos.cluster.identity import alias_key
 from kairos.cluster.shard.watches import Unwatched
@@ -105,10 +107,13 @@ def test_a_forget_that_finds_no_watches_tells_no_gateway():
     on_two_gateways(scenario)
 
 
-def test_a_late_word_ends_no_stream_registered_since_the_forget():
+def test_a_late_word_ends_no_stream_registered_since_the_forget(monkeypatch):
     """The word to b waits behind a slow call while ana is re-created and a stream on b, by
     her id and by the alias's anonymous id (the same id again), registers; it lands after:
-    those streams go on, as their registrations on the shard do."""
+    those streams go on, as their registrations on the shard do (the clocks here are one:
+    no skew is allowed for)."""
+    monkeypatch.setattr(streams_module, "SHARD_CLOCK_SKEW_S", 0.0)
+
     async def scenario(a, b, backend, tasks) -> None:
         anon = await a.client.resolve_key(alias_key("cookie", "x"))
         backend.late = {"b": []}
@@ -135,5 +140,21 @@ def test_a_late_word_ends_no_stream_registered_since_the_forget():
         for _ in range(100):
             await asyncio.sleep(0)
         assert "ana" in got and anon in got_by_alias
+
+    on_two_gateways(scenario)
+
+
+def test_a_gateway_clock_ahead_within_the_skew_still_ends_a_stream_the_forget_dropped(
+        monkeypatch):
+    """Review rev42 d-late finding 1: b's clock 50 ms ahead of the shard's made a stream it
+    registered just before the forget look registered after it: left open on a watch the
+    shard had dropped, it got nothing."""
+    async def scenario(a, b, backend, tasks) -> None:
+        for shard in backend.shards.values():  # 50 ms behind the gateways'
+            monkeypatch.setattr(shard.ctx, "clock", lambda: time.time() - 0.05)
+        _, on_b = await follow(b, Watch("ana", "web", "hero"))
+        tasks.append(on_b)
+        assert await a.client.forget("ana")
+        assert str(await ended(on_b)) == FORGOTTEN
 
     on_two_gateways(scenario)
