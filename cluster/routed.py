@@ -4,8 +4,9 @@ while no route is known, goes to the gateway.
 
 The routes come from the gateway's GetRoutes and are fetched again every `refresh_s`; sooner
 when an endpoint says they are stale, and within RETRY_ROUTES_S after one answers UNAVAILABLE
-(its shard stopped, restarted or left). Only the first fetch is waited for: later ones run in
-the background while calls go on with the last routes, which a failed fetch, or an answer that
+(its shard stopped, restarted or left). The first fetch, and the one such an answer asks for,
+is waited for by the call that starts it; the others run in the background while calls go on
+with the last routes, which a failed fetch, or an answer that
 does not hold together (an owner missing or naming no endpoint), leaves in place. A route to a
 shard that is up but no longer owns the customer costs a hop: that shard sends the call on and
 answers (an error too) with the map's version in a trailer (ROUTES_VERSION_KEY, from
@@ -54,6 +55,7 @@ class RoutedClient:
         self._gateway = self._stub(gateway)
         self._routes = pb.Routes()
         self._due = -float("inf")  # when the routes are to be asked for again
+        self._urgent = False  # the next fetch is for an endpoint gone or a newer map
         self._fetched = -float("inf")  # when they were last asked for
 
     def __getattr__(self, method: str) -> Callable[..., Any]:
@@ -83,6 +85,7 @@ class RoutedClient:
             if stub is not self._gateway:
                 if exc.code() == grpc.StatusCode.UNAVAILABLE:
                     self._due = min(self._due, time.monotonic() + RETRY_ROUTES_S)
+                    self._urgent = True
                 # an error answer may say it too
                 self._hinted(getattr(exc, "trailing_metadata", tuple)() or ())
             raise
@@ -97,16 +100,19 @@ class RoutedClient:
             if key == ROUTES_VERSION_KEY and value.isascii() and value.isdigit() and \
                     int(value) > self._routes.version:
                 self._due = min(self._due, self._fetched + HINTED_ROUTES_S)
+                self._urgent = True
 
     def _current(self) -> pb.Routes:
         """The routes; asked for again when due, by one fetch at a time. Only the first is
         waited for (by the caller that starts it); later ones run in the background while the
         last routes serve."""
         if time.monotonic() >= self._due and self._fetching.acquire(blocking=False):
-            first = self._fetched == -float("inf")
-            self._fetched = time.monotonic()
+            # the first, and one an UNAVAILABLE endpoint or a newer map asked for: a retry
+            # that started it waits, so that it goes where the new routes say
+            waited = self._fetched == -float("inf") or self._urgent
+            self._fetched, self._urgent = time.monotonic(), False
             self._due = self._fetched + self.refresh_s
-            if first:
+            if waited:
                 self._fetch()
             else:
                 threading.Thread(target=self._fetch, name="kairos-routes", daemon=True).start()

@@ -88,14 +88,30 @@ def _unpacker() -> msgpack.Unpacker:
                             **_LIMITS)
 
 
-async def _frames(reader: asyncio.StreamReader, unpacker: msgpack.Unpacker):
+class Reading:
+    """A connection's unpacker and the bytes fed to it: what it holds unread is those less
+    where it stands (`tell`)."""
+
+    def __init__(self) -> None:
+        self.unpacker = _unpacker()
+        self.fed = 0
+
+    def feed(self, data: bytes) -> None:
+        self.unpacker.feed(data)
+        self.fed += len(data)
+
+    def unread(self) -> int:
+        return self.fed - self.unpacker.tell()
+
+
+async def _frames(reader: asyncio.StreamReader, reading: Reading):
     """The frames a connection carries, until it closes."""
     while True:
         data = await reader.read(READ_CHUNK)
         if not data:
             return
-        unpacker.feed(data)
-        for frame in unpacker:
+        reading.feed(data)
+        for frame in reading.unpacker:
             yield frame
 
 
@@ -112,26 +128,26 @@ def _call_frame(frame: Any) -> tuple[int, str, int, tuple, tuple]:
     return call, session, seq, requests, routed
 
 
-async def read_ahead(reader: asyncio.StreamReader, unpacker: msgpack.Unpacker,
+async def read_ahead(reader: asyncio.StreamReader, fed: Reading,
                      until: Awaitable[Any]) -> bool:
-    """Await `until` while feeding `unpacker` what `reader` brings, up to READ_CHUNK bytes
-    (the frames in them wait their turn): without it a reader that waits, on a peer that wrote
-    a little more then closed, would see the close only once `until` came. False once the peer
-    closed (`until` cancelled unless it came too); True once `until` came."""
+    """Await `until` while feeding `fed` what `reader` brings, until it holds READ_CHUNK bytes
+    unread (the frames in them wait their turn; however many waits there are, the connection
+    is read no further ahead than that, and past it TCP pushes back): without it a reader that
+    waits, on a peer that wrote a little more then closed, would see the close only once
+    `until` came. False once the peer closed (`until` cancelled unless it came too); True
+    once `until` came."""
     waited = asyncio.ensure_future(until)
     reading: asyncio.Future | None = None
-    ahead = 0
     try:
-        while ahead < READ_CHUNK:
-            reading = asyncio.ensure_future(reader.read(READ_CHUNK - ahead))
+        while fed.unread() < READ_CHUNK:
+            reading = asyncio.ensure_future(reader.read(READ_CHUNK - fed.unread()))
             await asyncio.wait((waited, reading), return_when=asyncio.FIRST_COMPLETED)
             if not reading.done():
                 return True  # the read, cancelled below, takes nothing
             if not (data := reading.result()):
                 return False
-            unpacker.feed(data)
-            ahead += len(data)
-        await waited  # past READ_CHUNK the peer waits too (TCP pushes back)
+            fed.feed(data)
+        await waited
         return True
     finally:
         going = [task for task in (waited, reading) if task is not None and not task.done()]

@@ -56,8 +56,8 @@ from kairos.cluster.throttled import ThrottledWarning
 from kairos.cluster.transport import pinned
 from kairos.cluster.transport.admission import Handshakes
 from kairos.cluster.transport.backend import NotSent
-from kairos.cluster.transport.codec import (_BAD_FRAME, _call_frame, _frames, _pack,
-                                            _unpacker, read_ahead)
+from kairos.cluster.transport.codec import (_BAD_FRAME, Reading, _call_frame, _frames, _pack,
+                                            read_ahead)
 
 log = logging.getLogger("kairos.dataplane")
 # 3: a challenge-response handshake of fixed layouts; 4: outcomes carry a convert's value; 5: a
@@ -231,15 +231,15 @@ class PlaneServer:
         (ShardHost.handle: a batch waiting for its turn never has it, one queued is done)."""
         slots = asyncio.Semaphore(PLANE_INFLIGHT_CALLS)
         answering: set[asyncio.Task] = set()
-        unpacker = _unpacker()
+        fed = Reading()
         try:
-            async for frame in _frames(reader, unpacker):
+            async for frame in _frames(reader, fed):
                 call = _call_frame(frame)
                 if not slots.locked():
                     await slots.acquire()
-                # at the cap the connection is read no further than a chunk, which shows a
-                # peer that closed meanwhile
-                elif not await read_ahead(reader, unpacker, slots.acquire()):
+                # at the cap the connection is read no further than a chunk ahead, which
+                # shows a peer that closed meanwhile, unless it wrote past that
+                elif not await read_ahead(reader, fed, slots.acquire()):
                     return
                 task = asyncio.get_running_loop().create_task(self._answer(writer, slots, *call))
                 answering.add(task)
@@ -289,7 +289,7 @@ class PlaneConnection:
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self._writer = writer
-        self._frames = _frames(reader, _unpacker())
+        self._frames = _frames(reader, Reading())
         self._calls = itertools.count()
         self._pending: dict[int, asyncio.Future] = {}
         self._lost = False  # a call written on it went unanswered

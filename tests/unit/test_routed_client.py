@@ -14,6 +14,7 @@ from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc as pbg
 
 from kairos.cluster.control.partitions import partition_of
+from kairos.cluster import routed as routed_module
 from kairos.cluster.routed import RoutedClient
 
 from tests.support.waiting import wait_until
@@ -140,3 +141,40 @@ def test_no_call_waits_for_a_routes_refresh_once_routes_are_known(cluster):
         release.set()
         client.close()
 
+
+
+def test_the_retry_after_an_endpoint_went_away_goes_where_the_new_routes_say(cluster,
+                                                                            monkeypatch):
+    """Review rev42 d-plane finding 2: with refreshes in the background, the retry that the
+    UNAVAILABLE made the routes due for still went to the endpoint gone (by the old routes),
+    failing once more."""
+    gateway, addresses = cluster
+    monkeypatch.setattr(routed_module, "RETRY_ROUTES_S", 0.0)
+    gone = customer_of(0)
+    client = RoutedClient(addresses[0], refresh_s=60)
+    try:
+        assert decided_by(client, gone) == "e1"
+        gateway.routes = pb.Routes(version=2, partitions=P, endpoints=addresses[1:],
+                                   owners=[1] * P)  # e1's shard left: e2 owns all
+        dead = client._stub(addresses[1])
+        monkeypatch.setattr(dead, "Decide", Refusing())
+        with pytest.raises(grpc.RpcError):
+            decided_by(client, gone)
+        assert decided_by(client, gone) == "e2"
+    finally:
+        client.close()
+
+
+class Refusing:
+    """A stub method answering UNAVAILABLE, as an endpoint whose shard left does."""
+
+    def with_call(self, *args, **kwargs):
+        raise Unavailable()
+
+
+class Unavailable(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def trailing_metadata(self) -> tuple:
+        return ()

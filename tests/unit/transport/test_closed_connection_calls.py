@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from kairos.cluster.settings import PLANE_INFLIGHT_CALLS
+from kairos.cluster.transport import codec
 from kairos.cluster.transport.dataplane import PlaneConnection, PlaneServer
 
 from tests.support.waiting import until
@@ -53,3 +54,28 @@ def test_a_client_reconnecting_leaves_no_calls_running_nor_connections_counted()
             server.close()
 
     asyncio.run(main())
+
+
+def test_calls_pipelined_far_past_the_cap_are_all_answered(monkeypatch):
+    """Review rev42 d-plane finding 1: each call taken at the cap read another chunk ahead,
+    so a connection's unread backlog grew by a chunk a freed slot, past the frame limit,
+    and the connection was dropped with every call on it. It holds one chunk ahead now."""
+    monkeypatch.setitem(codec._LIMITS, "max_buffer_size", 256 << 10)
+
+    async def slow(session: str, seq: int, requests: tuple, routed: tuple) -> list:
+        await asyncio.sleep(0.005)
+        return list(requests)
+
+    async def main() -> None:
+        server = PlaneServer(slow)
+        address = await server.start("127.0.0.1")
+        connection = await PlaneConnection.open(*address, server.secret)
+        try:
+            answers = await asyncio.gather(*(connection.call("s", i, [b"x" * 200], [1])
+                                             for i in range(3000)))
+            assert len(answers) == 3000
+        finally:
+            await connection.close()
+            server.close()
+
+    asyncio.run(asyncio.wait_for(main(), 120))

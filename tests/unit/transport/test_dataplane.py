@@ -15,7 +15,7 @@ import pytest
 from kairos.cluster.protocol import (MOVED, OK, Event, EventAck, Moved, ReadProfile,
                                      request_from)
 from kairos.cluster.settings import CLIENT_BATCH_LIMIT
-from kairos.cluster.transport import dataplane
+from kairos.cluster.transport import codec, dataplane
 from kairos.cluster.transport.backend import NotCarried, NotSent, Unavailable
 from kairos.cluster.transport.client import KairosClient
 from kairos.cluster.transport.dataplane import (PlaneClosed, PlaneConnection, PlaneServer,
@@ -159,10 +159,10 @@ def test_a_vector_travels_packed_as_little_endian_float64():
 def test_an_ext_without_the_fields_of_its_type_is_a_bad_frame(fields):
     """Not an error the server's connection handler misses (an unhandled-exception
     traceback per frame: a log flood)."""
-    unpacker = dataplane._unpacker()
+    unpacker = codec._unpacker()
     unpacker.feed(msgpack.packb([0, "s", 0, (msgpack.ExtType(1, msgpack.packb(fields)),),
                                  (1,)]))
-    with pytest.raises(dataplane._BAD_FRAME):
+    with pytest.raises(codec._BAD_FRAME):
         next(unpacker)
 
 
