@@ -17,8 +17,8 @@ linear model extrapolates: one outlying input made q, and with it DR, any number
 each input is clipped to its training records' TRIM..1-TRIM quantiles, taken inward (a data
 point, never the most extreme of 100 or fewer), before it is standardised by the clipped
 training values (an outlier, in either fold, weighs no more than the edge of the bulk; so does
-a rare one: a flag set in under TRIM of the records does not enter the model), and q is clipped to the rewards the training records earned (for the accept rate within
-[0, 1]). A fit that fails numerically predicts the training records' mean reward, and is
+a rare one: a flag set in under TRIM of the records does not enter the model), and q is
+clipped to the rewards the training records earned (for the accept rate within [0, 1]). A fit that fails numerically predicts the training records' mean reward, and is
 counted (`DirectMethod.failed`): DR stays unbiased with any q when the logged probabilities
 are right; q only narrows its interval.
 

@@ -143,7 +143,8 @@ def test_a_tls_pair_that_is_not_pem_is_refused(home, tmp_path):
     junk = tmp_path / "junk.pem"
     junk.write_text("not PEM\n")
     junk.chmod(0o600)
-    with pytest.raises(Refused, match="refused by this host's OpenSSL as a certificate chain and its unencrypted"):
+    with pytest.raises(Refused, match="refused by this host's OpenSSL as a certificate chain "
+                                      "and its unencrypted"):
         checked_inputs(up_args("--tls-cert", str(junk), "--tls-key", str(junk)))
     with pytest.raises(Refused, match="refused by this host's OpenSSL"):  # another's key
         checked_inputs(up_args("--tls-cert", str(files["server_cert"]), "--tls-key",
