@@ -152,7 +152,7 @@ def test_pages_neither_repeat_nor_skip_and_late_outcomes_join(gateway, tmp_path,
     log = served.gateway.backend.store.decision_log("kairos-shard-gone")
     log.append(packed(made[:7], t0) + packed(made[7:], t0 + 1) + packed(noise, t0 + 2) +
                packed([late], t0 + 86_400))
-    monkeypatch.setattr(logexport, "PAGE", 3)
+    monkeypatch.setattr(logexport, "page", lambda: 3)
     records = export(served.port, tmp_path / "log.jsonl", monkeypatch, t0, t0 + 1)
     assert [r.decision_id for r in records] == [r.decision_id for r in made]
     assert records[0].outcomes == (late,) and len(records[1].outcomes) == 300
