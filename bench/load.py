@@ -2,7 +2,7 @@
 
     python -m bench.load                  # the full run (1,000,000 customers, one and three
                                           # Ray nodes, every peer; 15 to 30 minutes)
-    python -m bench.load --smoke          # 1.5 to 2 minutes; the test suite runs it (its
+    python -m bench.load --smoke          # about a minute; the test suite runs it (its
                                           # steps are short: CPU figures are coarse)
     python -m bench.load --judge bench/results/load-<time>.json  # a saved run's report
                                           # under this version's targets, printed
@@ -98,7 +98,7 @@ FULL = Plan(customers=1_000_000, modes=(1, 3), generators=2, warmup_s=2.0, measu
             stream_rates=(1000, 2500, 5000, 10_000, 20_000, 40_000),
             batch_rates=(5000, 10_000, 20_000, 30_000, 40_000),
             journey_rate=1000, push_rate=100, actors=64, shards=os.cpu_count() or 2)
-SMOKE = Plan(customers=500, modes=(1,), generators=2, warmup_s=0.5, measure_s=1.5,
+SMOKE = Plan(customers=500, modes=(1,), generators=2, warmup_s=0.3, measure_s=1.0,
              decide_rates=(200,), stream_rates=(1000,), batch_rates=(2000,), journey_rate=200,
              push_rate=20, actors=4, shards=2, idle_s=1.0)
 
@@ -269,7 +269,7 @@ class Bench:
 def parse(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true",
-                        help="a short run, 1.5 to 2 minutes (tests)")
+                        help="a short run, about a minute (tests)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="report folder")
     parser.add_argument("--customers", type=int, help="resident customers")
     parser.add_argument("--modes", help="Ray node counts to run, e.g. 1,3")

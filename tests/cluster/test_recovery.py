@@ -20,7 +20,7 @@ from .restarts import shard_health, wait_restarted
 from .stream import T0, AckedStream
 
 TUNING = {"KAIROS_RETIRE_GRACE_S": "0.5", "KAIROS_SNAPSHOT_AFTER_S": "1"}
-KILLS = 10
+KILLS = 6
 
 
 @pytest.fixture(scope="module")
