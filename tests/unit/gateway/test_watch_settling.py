@@ -75,6 +75,14 @@ async def in_place(watches: Watches, watch: Watch, settle: float = 0.01, **calle
     return task
 
 
+async def one_watch() -> tuple[FakeShards, Watches, Watch, asyncio.Task]:
+    """A gateway on FakeShards with one stream in place on the watch ("w", "web", "hero")."""
+    shards = FakeShards()
+    watches = Watches("g", shards, shards)
+    watch = Watch("w", "web", "hero")
+    return shards, watches, watch, await in_place(watches, watch)
+
+
 async def hang_up(*tasks: asyncio.Task) -> None:
     for task in tasks:
         task.cancel()
@@ -124,10 +132,7 @@ def test_a_stream_arriving_while_an_unregistration_is_retried_gets_its_watch(mon
     monkeypatch.setattr(streams_module, "UNWATCH_BACKOFF_S", (0.05, 0.05))
 
     async def main() -> None:
-        shards = FakeShards()
-        watches = Watches("g", shards, shards)
-        watch = Watch("w", "web", "hero")
-        a = await in_place(watches, watch)
+        shards, watches, watch, a = await one_watch()
         shards.failing = 1
         await hang_up(a)
         b = await in_place(watches, watch)
@@ -289,10 +294,7 @@ def test_a_stream_arriving_as_an_unregistration_fails_is_registered_at_once(monk
     monkeypatch.setattr(streams_module, "UNWATCH_RETRY_S", retry_s)
 
     async def main() -> None:
-        shards = FakeShards()
-        watches = Watches("g", shards, shards)
-        watch = Watch("w", "web", "hero")
-        a = await in_place(watches, watch)
+        shards, watches, watch, a = await one_watch()
         shards.failing = 1
         shards.gate.clear()  # A's unregistration is in flight ...
         a.cancel()
@@ -313,10 +315,7 @@ def test_a_stream_joining_a_forgotten_customers_watch_waits_for_it_to_be_registe
     before the ended ones left was told in place at once, and nothing registered it again
     though the forget had dropped it on the shard."""
     async def main() -> None:
-        shards = FakeShards()
-        watches = Watches("g", shards, shards)
-        watch = Watch("w", "web", "hero")
-        a = await in_place(watches, watch)
+        shards, watches, watch, a = await one_watch()
         shards.held.discard(tuple(watch))  # the forget drops the customer's watches
         assert watches.end({"w"}, "forgotten") == 1
         b, b_ready = await opened(watches, watch, 0)  # in the same turn
