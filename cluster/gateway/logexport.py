@@ -32,7 +32,7 @@ import grpc
 import msgpack
 
 from kairos.core.errors import InputError
-from kairos.core.request import MAX_DECISION_ID_LENGTH
+from kairos.core.request import MAX_DECISION_ID_LENGTH, quoted
 from kairos.v1 import admin_pb2
 
 from kairos.cluster.evidence.records import (DecisionPage, PageOutcomes, decision_key, joined,
@@ -189,6 +189,6 @@ async def _checked(gateway: Gateway, request: admin_pb2.ExportDecisionLogRequest
         raise InputError("max_records", f"at most {MAX_RECORDS}, got {request.max_records}")
     channel = request.channel or None
     if channel is not None and channel not in (await gateway.catalog()).channel_index:
-        raise InputError("channel", f"no channel {channel[:64]!r} in the running catalog")
+        raise InputError("channel", f"no channel {quoted(channel)} in the running catalog")
     return since, until, channel, request.max_records or DEFAULT_RECORDS, \
         _after(request.page_token)
