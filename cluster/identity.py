@@ -40,6 +40,12 @@ the aliases merged into it are known only from it.
 A buried link refuses every step of that link for TOMBSTONE_S, wherever it arrives, so a step
 of a link that began before the forget cannot re-create the customer or its alias. The
 tombstones keep only fingerprints (a hash) of the link ids, so the erased ids are not kept.
+A forget of an alias's anonymous customer (by the alias, or by that id) that finds its state
+handed over by a link not settled yet is answered MERGED: the link's caller holds the state,
+whose Merge dropping it here would not stop. The saga merges that link first, with no state
+(a link merges once: the late Merge folds nothing), settles it, and forgets again. A forget
+by the alias then resolves it again: a link that pointed it at a customer meanwhile, which
+the visitor's state may have reached, made that customer the alias's visitor, forgotten too.
 """
 from __future__ import annotations
 

@@ -23,8 +23,8 @@ import msgpack
 
 from kairos.cluster.identity import ANONYMOUS, NAMES_ANOTHER, Directory, link_id
 from kairos.cluster.protocol import (Bury, Busy, Claim, Conflict, Forget, Forgotten, Invalid,
-                                     Link, Merge, Ok, Reply, Resolve, Retire, Settle, Take,
-                                     Unavailable, Unclaim, Unlink)
+                                     Link, Merge, Merged, Ok, Reply, Resolve, Retire, Settle,
+                                     Take, Unavailable, Unclaim, Unlink)
 from kairos.cluster.shard.decisionlog import DecisionLog
 from kairos.cluster.shard.context import ShardContext, touch
 from kairos.cluster.shard.journaling import Journaling
@@ -282,13 +282,18 @@ class IdentityRequests:
         links still under way (Claimed) included, are kept until its last step (a Bury
         `finished`), so a retried forget retires and releases them all. With `link`, the
         customer is a forgotten customer's alias's anonymous profile, and the link is buried
-        here, so its Take, arriving late, is refused."""
+        here, so its Take, arriving late, is refused. Without, an anonymous customer whose
+        link has not settled is answered MERGED (`_unsettled`) and changes nothing."""
         replies: list[Reply] = []
         for r in batch:
             # replayed, it is buried at the time it happened: a later decision to a customer
             # re-created under the id must keep taking outcomes after a restart
             now = self._when(r)
             p, customer_id = r.partition, r.customer_id
+            unsettled = self._unsettled(r)
+            if unsettled is not None:
+                replies.append(unsettled)
+                continue
             try:
                 existed = resident = self._residency.activate(customer_id, p, create=False)
             except HomeDamaged as exc:
@@ -341,6 +346,19 @@ class IdentityRequests:
             self._journaling.record(r._replace(when=now))
             self._journaling.erase_later(p, customer_id)
         return replies
+
+    def _unsettled(self, r: Forget) -> Merged | None:
+        """MERGED, naming the link's customer, for an anonymous customer whose state a link
+        handed over and has not settled (None otherwise): the state is on its way there, in
+        the link's caller, so dropping it here would not stop its Merge. The forget saga
+        settles that link as merging nothing first (sagas.py), then forgets it again; a
+        forget of a forgotten customer's alias's profile (`link`) drops the state, its Merge
+        refused by the link's tombstone on the customer's shard."""
+        redirect = self._directory.handed_over(r.partition, r.customer_id)
+        if r.link is not None or redirect is None or redirect[2] is None or \
+                self._journaling.replaying:
+            return None
+        return Merged(customer_id=redirect[0])
 
     def bury(self, batch: list[Bury], touched: dict[str, float]) -> list[Reply]:
         """A forget's aliases are retired: its customer's requests are taken again, and the

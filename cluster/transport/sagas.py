@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import AsyncIterator
 
-from kairos.cluster.identity import (NAMES_ANOTHER, alias_key, anonymous_id, check_linkable,
-                                     link_id)
-from kairos.cluster.protocol import (Bury, Claim, Conflict, Forget, Link, Merge, Resolve, Retire,
-                                     Settle, Take, Unclaim)
+from kairos.cluster.identity import (ANONYMOUS, NAMES_ANOTHER, alias_key, anonymous_id,
+                                     check_linkable, link_id)
+from kairos.cluster.protocol import (Bury, Claim, Conflict, Forget, Forgotten, Link, Merge,
+                                     Merged, Resolve, Retire, Settle, Take, Unclaim)
 
 
 class IdentitySagas:
@@ -22,7 +22,8 @@ class IdentitySagas:
         late steps of links that began before (identity.py: the forget saga; every step is
         idempotent: retry on any error, and a retry retires every alias); whether it, or an
         alias's anonymous profile, existed. `by`: the alias key the forget was asked by
-        (`forget_key`)."""
+        (`forget_key`): forgetting its anonymous customer, the forget also forgets the
+        customer a link pointed the alias at meanwhile."""
         existed = False
         async for found in self.forget_steps(customer_id, by):
             existed |= found
@@ -39,7 +40,7 @@ class IdentitySagas:
                            ) -> AsyncIterator[bool]:
         """`forget`, one step per iteration (tests interleave them with a link's): whether
         the step found something to erase."""
-        forgotten = await self._ask(Forget(customer_id=customer_id))
+        forgotten = await self._forget_first(customer_id)
         yield forgotten.existed
         aliases = list(forgotten.aliases or ())
         if by is not None and by not in aliases and customer_id != anonymous_id(by):
@@ -58,6 +59,32 @@ class IdentitySagas:
             await self._value(Retire(key=key, customer_id=customer_id, finished=True))
         await self._ask(Bury(customer_id=customer_id, finished=True))  # nothing left to retry
         yield False
+        if by is not None and customer_id == anonymous_id(by):
+            # a link of the alias under way when the forget resolved it to its anonymous
+            # customer has pointed it at a customer since, to whom the visitor's state went
+            # (or goes): the alias's visitor is that customer now, forgotten too
+            now = await self._value(Resolve(key=by, for_forget=True))
+            if now != customer_id:
+                async for found in self.forget_steps(now, by):
+                    yield found
+
+    async def _forget_first(self, customer_id: str) -> Forgotten:
+        """A forget's Forget. An anonymous customer whose state a link handed over, not
+        settled yet, answers MERGED (identities.py): the link's caller holds the state, and
+        its Merge would fold it in after the forget. So the link is merged first, with no
+        state (a link merges once: its Merge, late, folds nothing) and settled, and the
+        Forget sent again. Its link merging nothing, the link's caller may still finish it:
+        the alias then names that customer, and the visitor's events are forgotten."""
+        forget = Forget(customer_id=customer_id)
+        while isinstance(reply := await self.enqueue(forget), Merged):
+            key = customer_id[len(ANONYMOUS):]
+            link = link_id(key, reply.customer_id)
+            merge = Merge(customer_id=reply.customer_id, link=link, key=key)
+            merged = await self.enqueue(merge)
+            if not isinstance(merged, Conflict):  # a forget buried it: so is its late Merge
+                await self.settle(merge, merged)
+            await self._ask(Settle(anonymous=customer_id, link=link))
+        return await self.settle(forget, reply)
 
     async def resolve(self, alias_type: str, value: str) -> str:
         """The customer an alias names: the linked one, or the alias's anonymous customer."""
