@@ -71,11 +71,12 @@ REDIRECTS_PER_PARTITION = 4096  # recent settled links whose anonymous ids still
 # logged as an error (a bound on memory, four times the settled redirects').
 UNSETTLED_PER_PARTITION = 16384
 # Customers with aliases claimed by links not merged yet: only a link client that died between
-# Claim and Merge leaves one behind; past this many in a partition, the oldest's claims are
-# dropped and logged as an error (a forget of it then learns those aliases only from its block)
+# Claim and Merge leaves one behind; at this many in a partition, a Claim of another customer
+# answers BUSY (retrying those links finishes them) rather than dropping the oldest's claims,
+# which a forget of it needs to retire those aliases
 CLAIMED_PER_PARTITION = 16384
 # ...and claims per customer: links cancelled by their callers' deadlines between Claim and
-# Merge, again and again, leave one each; past this many, its oldest is dropped (and logged)
+# Merge, again and again, leave one each; at this many, its next Claim answers BUSY likewise
 CLAIMS_PER_CUSTOMER = 64
 # What Retire answers for an alias that names a customer other than the one forgotten
 NAMES_ANOTHER = "names another"
@@ -151,22 +152,28 @@ class Directory:
         self.claimed: dict[int, dict[str, list[str]]] = {}
 
     def claim(self, partition: int, customer_id: str, key: str) -> None:
+        """Note the alias as claimed by the customer's link under way (`claim_refusal` said
+        there is room: a snapshot's or a journal's claims are all noted again)."""
         mine = self.claimed.setdefault(partition, {})
         keys = mine[customer_id] = mine.pop(customer_id, [])
         if key not in keys:
             keys.append(key)
-        if len(keys) > CLAIMS_PER_CUSTOMER:
-            keys.pop(0)
-            log.error("customer %s holds over %d aliases claimed by links never merged: the "
-                      "oldest claim is dropped, and a forget of it no longer retires that "
-                      "alias", fingerprint(customer_id, self.secret), CLAIMS_PER_CUSTOMER)
-        if len(mine) > CLAIMED_PER_PARTITION:
-            gone = next(iter(mine))
-            del mine[gone]
-            log.error("partition %d holds over %d customers with links claimed and never "
-                      "merged: the oldest's claims (customer %s) are dropped, and a forget of "
-                      "it no longer retires those aliases", partition, CLAIMED_PER_PARTITION,
-                      fingerprint(gone, self.secret))
+
+    def claim_refusal(self, partition: int, customer_id: str) -> str | None:
+        """Why a new claim by the customer is refused for now (None: it is not): a claim
+        dropped to make room would leave a forget of the customer blind to that alias, which
+        would keep naming the erased id."""
+        mine = self.claimed.get(partition, {})
+        keys = mine.get(customer_id)
+        if keys is not None and len(keys) >= CLAIMS_PER_CUSTOMER:
+            return (f"customer {customer_id!r} has {CLAIMS_PER_CUSTOMER} links under way "
+                    f"(claimed, not merged): retry those links (LinkIdentity, the same alias "
+                    f"and customer) to finish them, then this one")
+        if keys is None and len(mine) >= CLAIMED_PER_PARTITION:
+            return (f"its partition holds {CLAIMED_PER_PARTITION} customers with links under "
+                    f"way (claimed, not merged): retry those links to finish them, then this "
+                    f"one")
+        return None
 
     def unclaim(self, partition: int, customer_id: str, key: str) -> bool:
         """The alias is no longer the claim of a link under way; whether it was."""

@@ -182,6 +182,11 @@ STORE_COUNT_S = number("STORE_COUNT_S", 10.0, above=True, high=86_400.0)
 # customer's own newer keys evict its older ones; nobody else's can).
 KEYS_PER_CUSTOMER = integer("KEYS_PER_CUSTOMER", 256)
 KEY_RETENTION_S = number("KEY_RETENTION_S", 86_400.0, above=True)
+# Aliases one customer may hold, linked or claimed by links under way (cluster/identity.py);
+# a LinkIdentity of another one is FAILED_PRECONDITION. A ForgetCustomer's reply lists them
+# all, about 1 KiB each at most (a 256-character value), and the customer's block keeps each
+# with its link: at the default, 1 MiB at most, far within the data plane's limits (PLANE_*).
+ALIASES_PER_CUSTOMER = integer("ALIASES_PER_CUSTOMER", 1024, high=PLANE_CONTAINER_LEN // 4)
 # How far ahead of the gateway's clock an event's or an outcome's time may be (a caller's
 # clock running fast); later ones are INVALID_ARGUMENT: an accept dated decades ahead would
 # hold its action's cooldown, or a reject its suppression, for that long.

@@ -29,7 +29,7 @@ from kairos.cluster.shard.decisionlog import DecisionLog
 from kairos.cluster.shard.context import ShardContext, touch
 from kairos.cluster.shard.journaling import Journaling
 from kairos.cluster.shard.residency import HomeDamaged, Residency
-from kairos.cluster.settings import SHARD_ROUND_BYTES
+from kairos.cluster.settings import ALIASES_PER_CUSTOMER, SHARD_ROUND_BYTES
 from kairos.cluster.shard.rounds import taken_budget
 from kairos.cluster.shard.watches import Watches
 from kairos.cluster.storage import blocks
@@ -107,10 +107,32 @@ class IdentityRequests:
             if self._buried(r.partition, r.link):
                 replies.append(_refused(r.customer_id))
                 continue
+            refused = None if self._journaling.replaying else self._claim_refusal(r)
+            if refused is not None:
+                replies.append(refused)
+                continue
             self._directory.claim(r.partition, r.customer_id, r.key)
             self._journaling.record(r)
             replies.append(Ok())
         return replies
+
+    def _claim_refusal(self, r: Claim) -> Reply | None:
+        """BUSY past the claims of links under way the directory keeps (identity.py);
+        CONFLICT for an alias past ALIASES_PER_CUSTOMER (its block's and those claimed), which
+        a forget's reply lists; None for one the customer holds already (a retry)."""
+        p, customer_id, key = r.partition, r.customer_id, r.key
+        try:  # its block holds the aliases merged into it
+            self._residency.activate(customer_id, p, create=False)
+        except HomeDamaged as exc:
+            return Unavailable(reason=str(exc))
+        aliases = {*self._identities.aliases(customer_id), *self._directory.claims(p, customer_id)}
+        if key in aliases:
+            return None
+        if len(aliases) >= ALIASES_PER_CUSTOMER:
+            return Conflict(reason=f"customer {customer_id!r} has {len(aliases)} aliases, "
+                                   f"KAIROS_ALIASES_PER_CUSTOMER: it takes no other")
+        busy = self._directory.claim_refusal(p, customer_id)
+        return None if busy is None else Busy(reason=busy)
 
     def unclaim(self, batch: list[Unclaim], touched: dict[str, float]) -> list[Reply]:
         """A link refused at step 1: its alias is another customer's, which a forget of this

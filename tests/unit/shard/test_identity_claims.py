@@ -1,18 +1,20 @@
 """What a link's claim (identity.py, step 0) leaves in the directory: nothing once the link
 merged (the customer's block holds the alias) or was refused at step 1 (the alias is another
-customer's); a bounded number of claims of links whose client died; and, while the link is
-under way, an outcome of a decision shown to the alias's anonymous visitor is taken under
-the customer."""
+customer's); a bounded number of claims of links whose client died, and of aliases per
+customer; and, while the link is under way, an outcome of a decision shown to the alias's
+anonymous visitor is taken under the customer."""
 from __future__ import annotations
 
 import asyncio
-import logging
 
-from kairos.cluster.identity import Directory, anonymous_id, link_id
+import pytest
+
+from kairos.cluster.identity import CLAIMS_PER_CUSTOMER, anonymous_id, link_id
 from kairos.cluster.protocol import Claim, Forgotten, Link, Ok
+from kairos.cluster.protocol import Conflict as Refused
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage.memory_store import MemoryStore
-from kairos.cluster.transport.client import Conflict, KairosClient
+from kairos.cluster.transport.client import Busy, Conflict, KairosClient
 from tests.support.local_backend import LocalBackend
 from tests.unit.shard.test_identity_conflicts import claimed_by_l, holding
 from tests.unit.shard.test_shard import (N_PARTITIONS, T0, Clock, decide, event, forget,
@@ -54,29 +56,79 @@ def test_a_merged_link_leaves_no_claim_its_forget_finds_the_alias_in_the_block(c
     assert forgotten == Forgotten(existed=True, aliases=["cookie:k7"])
 
 
-def test_claims_of_links_that_never_merged_are_bounded(monkeypatch, caplog):
-    """Only a link client that died between Claim and Merge leaves one: past the bound, the
-    oldest customer's go, logged without its id."""
+def test_claims_of_links_that_never_merged_are_bounded_by_refusing_new_ones(compiled,
+                                                                           monkeypatch):
+    """Only a link client that died between Claim and Merge leaves one. At the bound, per
+    partition or per customer, a new Claim answers BUSY and changes nothing (no claim is
+    dropped: a forget needs each to retire its alias); the claims held may be retried."""
     monkeypatch.setattr("kairos.cluster.identity.CLAIMED_PER_PARTITION", 2)
-    d = Directory(b"k" * 32)
-    with caplog.at_level(logging.ERROR, logger="kairos.shard"):
-        for customer in ("cust-old-1", "cust-2", "cust-old-1", "cust-3"):
-            d.claim(0, customer, f"cookie:{customer}")
-    assert d.claimed[0] == {"cust-old-1": ["cookie:cust-old-1"], "cust-3": ["cookie:cust-3"]}
-    assert "links claimed and never merged" in caplog.text and "cust-2" not in caplog.text
-
-
-def test_one_customers_claims_of_links_that_never_merged_are_bounded(monkeypatch, caplog):
-    """Links cancelled again and again between Claim and Merge leave a claim each: past the
-    bound, the customer's oldest goes, logged without its id."""
     monkeypatch.setattr("kairos.cluster.identity.CLAIMS_PER_CUSTOMER", 3)
-    d = Directory(b"k" * 32)
-    with caplog.at_level(logging.ERROR, logger="kairos.shard"):
-        for n in range(5):
-            d.claim(0, "cust-many", f"cookie:c{n}")
-    assert d.claims(0, "cust-many") == ["cookie:c2", "cookie:c3", "cookie:c4"]
-    assert "aliases claimed by links never merged" in caplog.text
-    assert "cust-many" not in caplog.text
+    s = shard(compiled)
+    customers = [c for c in (f"cust{i}" for i in range(100)) if p_of(c) == p_of("cust0")]
+    first, second, third = customers[:3]
+
+    def status(customer: str, key: str) -> str:
+        return s.process([claim(customer, key)])[0][0].status
+    assert [status(first, f"cookie:c{n}") for n in range(4)] == ["ok"] * 3 + ["busy"]
+    assert status(second, "cookie:s") == "ok"
+    assert status(third, "cookie:t") == "busy"
+    assert [status(first, "cookie:c0"), status(second, "cookie:s")] == ["ok", "ok"]
+    assert sorted(claims(s)) == sorted([(first, "cookie:c0"), (first, "cookie:c1"),
+                                        (first, "cookie:c2"), (second, "cookie:s")])
+    [forgotten], _ = s.process([forget(first)])
+    assert sorted(forgotten.aliases) == ["cookie:c0", "cookie:c1", "cookie:c2"]
+
+
+def test_a_forget_after_many_links_cut_before_their_merge_leaves_no_alias_naming_the_id():
+    """65 links to one customer cut after their step 1 (review rev43, p5): the 65th is
+    refused BUSY before its Claim, and the forget retires the 64 others, so none of them
+    names the erased id, and an event by one of them does not bring it back."""
+    backend = LocalBackend()
+
+    async def scenario() -> None:
+        await backend.start_runtime(3, n_partitions=16)
+        client = await KairosClient(backend).connect()
+        try:
+            await client.ingest("erased-id", "app_open", T0)
+            keys = [f"device:d{i:03d}" for i in range(CLAIMS_PER_CUSTOMER + 1)]
+            for key in keys[:-1]:
+                steps = client.link_steps(key, "erased-id")
+                await steps.__anext__()  # Claim
+                await steps.__anext__()  # Link; then the caller's deadline
+                await steps.aclose()
+            with pytest.raises(Busy, match="links under way"):
+                await client.link(*keys[-1].split(":"), "erased-id")
+            assert await client.resolve_key(keys[-1]) == anonymous_id(keys[-1])
+            assert await client.forget("erased-id") is True
+            assert [k for k in keys if await client.resolve_key(k) != anonymous_id(k)] == []
+            await client.ingest(await client.resolve_key(keys[0]), "app_open", T0 + 60)
+            assert await client.profile("erased-id") is None
+        finally:
+            await client.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_a_customer_takes_no_alias_past_its_bound(compiled, monkeypatch):
+    """Its aliases, merged (its block, also passivated) and claimed, count: another one's
+    Claim is CONFLICT and changes nothing, so a forget's reply, listing them all, stays
+    within the plane's limits (review rev43: 66,000 aliases made the customer unforgettable);
+    a retried link of one it holds goes on."""
+    monkeypatch.setattr("kairos.cluster.shard.identities.ALIASES_PER_CUSTOMER", 3)
+    clock = Clock()
+    s = shard(compiled, store=MemoryStore(), clock=clock)
+    s.process([event("ana", "app_open", T0)])
+    for key in ("cookie:a", "cookie:b"):
+        s.process([claim("ana", key)])
+        link_steps(s, s, s, key, "ana")
+    s.passivate(clock.now + 10**7)  # its aliases are in its home only
+    assert s.process([claim("ana", "cookie:c")])[0] == [Ok()]
+    [refused], _ = s.process([claim("ana", "cookie:d")])
+    assert isinstance(refused, Refused) and "KAIROS_ALIASES_PER_CUSTOMER" in refused.reason
+    assert s.process([claim("ana", "cookie:a")])[0] == [Ok()]  # a retry of a merged link
+    assert ("ana", "cookie:d") not in claims(s)
+    [forgotten], _ = s.process([forget("ana")])
+    assert sorted(forgotten.aliases) == ["cookie:a", "cookie:b", "cookie:c"]
 
 
 def test_a_link_that_lost_its_alias_leaves_a_later_visitor_of_it_whole_when_forgotten():
