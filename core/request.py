@@ -3,10 +3,13 @@ the request cannot be decided.
 
 The engine, the gateway and the shard check the same things (a customer id, a channel and one
 of its placements) with the same InputError messages; the gateway answers with the fallback
-decision when a shard misses the deadline.
+decision when a shard misses the deadline. The ids callers send are also held to `check_plain`
+where they enter the cluster (the gateway, a shard's data plane), not by the engine, which
+replays journals holding ids kept before that rule.
 """
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any, NamedTuple
 
@@ -61,6 +64,33 @@ def check_customer(customer_id: Any, field: str = "customer_id",
     if len(customer_id) > limit:
         raise InputError(field, f"at most {limit} characters, got {len(customer_id)}")
     return customer_id
+
+
+# what no id a caller names a customer, an alias or a request by may hold: C0 and C1 control
+# characters and DEL (no id needs one; the cluster's own keys hold a NUL, keys.py's outcome
+# keys, so that no caller's id is one; and a log or a terminal reads them as escapes), and
+# lone surrogates (no UTF-8 encodes one, so a journal could not write it: gRPC's strings
+# cannot carry one, an in-process caller's can)
+_NOT_IN_IDS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def check_plain(value: str, field: str) -> str:
+    """The id, if it holds none of the characters ids may not (`_NOT_IN_IDS`); else
+    InputError naming the first one."""
+    if value.isprintable():  # as no control character or surrogate is: most ids, at once
+        return value
+    found = _NOT_IN_IDS.search(value)
+    if found is not None:
+        raise InputError(field, f"character U+{ord(found.group()):04X} at {found.start() + 1}: "
+                                f"ids hold no control characters (U+0000-U+001F, "
+                                f"U+007F-U+009F) or lone surrogates")
+    return value
+
+
+def check_key(value: str, field: str, limit: int) -> str:
+    """An optional id of a request (an idempotency key, an event or decision id) as a caller
+    sends it: `check_bounded`'s, and `check_plain`."""
+    return check_plain(check_bounded(value, field, limit), field)
 
 
 def check_bounded(value: str, field: str, limit: int) -> str:

@@ -7,7 +7,8 @@ engine's (`DecisionEngine.encode_attributes`), the same the shards apply: a batc
 value is refused whole, before any of its events is applied.
 Every id a caller sends has a length cap (customer ids, aliases, idempotency keys, event ids,
 decision ids, event types, action ids), checked here on every RPC, so nothing unbounded is
-kept in memory, journals or snapshots.
+kept in memory, journals or snapshots; and those it names a customer or a request by hold no
+control characters (`check_plain`), so none is taken for an id the cluster makes itself.
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from kairos.core.compiler import CompiledCatalog, Outcome
 from kairos.core.engine import DecisionEngine
 from kairos.core.errors import InputError
 from kairos.core.request import (MAX_DECISION_ID_LENGTH, MAX_KEY_LENGTH, channel_code,
-                                 check_bounded, check_customer, checked_vector,
-                                 placement_codes, quoted)
+                                 check_bounded, check_customer, check_key,
+                                 check_plain, checked_vector, placement_codes, quoted)
 from kairos.v1 import decision_pb2 as pb
 
 from kairos.cluster import protocol
@@ -37,12 +38,20 @@ class Who(NamedTuple):
 
 
 def who(message, where: str = "") -> Who:
-    """The customer a request names (`customer_id` or `alias`), checked."""
+    """The customer a request names (`customer_id` or `alias`), checked. A forget's are not
+    held to `check_plain`: it erases what was kept before ids were."""
+    erasing = isinstance(message, pb.ForgetRequest)
     if message.WhichOneof("customer") == "alias":
-        return Who(None, alias_key(message.alias.type, message.alias.value, f"{where}alias"))
+        key = alias_key(message.alias.type, message.alias.value, f"{where}alias")
+        if not erasing:
+            check_plain(message.alias.value, f"{where}alias.value")
+        return Who(None, key)
     if not message.customer_id:
         raise InputError(f"{where}customer_id", "is required (or an alias)")
-    return Who(check_customer(message.customer_id, f"{where}customer_id"), None)
+    check_customer(message.customer_id, f"{where}customer_id")
+    if not erasing:
+        check_plain(message.customer_id, f"{where}customer_id")
+    return Who(message.customer_id, None)
 
 
 def named(message) -> str:
@@ -60,8 +69,9 @@ def require(value: str, field: str) -> None:
 def link_target(request: pb.LinkRequest) -> None:
     """A link's alias and customer, checked."""
     alias_key(request.alias.type, request.alias.value)
+    check_plain(request.alias.value, "alias.value")
     require(request.customer_id, "customer_id")
-    check_customer(request.customer_id)
+    check_plain(check_customer(request.customer_id), "customer_id")
     check_linkable(request.customer_id)
 
 
@@ -119,8 +129,8 @@ def event_request(event: pb.Event, catalog: CompiledCatalog, where: str = ""
     """Whom an event names, and its runtime request, checked. The request's customer id is
     empty for an event by alias, until the alias is resolved."""
     customer = who(event, where)
-    check_bounded(event.event_id, f"{where}event_id", MAX_KEY_LENGTH)
-    check_bounded(event.idempotency_key, f"{where}idempotency_key", MAX_KEY_LENGTH)
+    check_key(event.event_id, f"{where}event_id", MAX_KEY_LENGTH)
+    check_key(event.idempotency_key, f"{where}idempotency_key", MAX_KEY_LENGTH)
     if event.type not in catalog.event_index:
         check_bounded(event.type, f"{where}type", MAX_KEY_LENGTH)
         raise InputError(f"{where}type", f"unknown event type {quoted(event.type)} (declared: "
@@ -192,10 +202,10 @@ def outcome_request(request: pb.Outcome, catalog: CompiledCatalog) -> OutcomeReq
         raise InputError("decision_id", "an offline outcome names no decision")
     if not request.offline:
         require(request.decision_id, "decision_id")
-        check_bounded(request.decision_id, "decision_id", MAX_DECISION_ID_LENGTH)
+        check_key(request.decision_id, "decision_id", MAX_DECISION_ID_LENGTH)
     # the shard's engine checks the value (a convert's, in range) before anything is kept
     value = request.value if request.HasField("value") else None
-    check_bounded(request.idempotency_key, "idempotency_key", MAX_KEY_LENGTH)
+    check_key(request.idempotency_key, "idempotency_key", MAX_KEY_LENGTH)
     return OutcomeRequest(customer, request.action_id, request.channel, outcome,
                           outcome_time(request),
                           None if request.offline else request.decision_id, value,

@@ -61,7 +61,8 @@ from kairos.cluster.storage.sealed import seal, unseal
 from kairos.cluster.storage.store import StoreCorrupt
 
 log = logging.getLogger("kairos.shard")
-MERGING = "\x00merging"  # the transient id of a profile being folded into another
+# the key of a profile being folded into another: not a string, so no customer's id is it
+MERGING = object()
 VISITS_TIMED = 256  # a passivation walk checks its deadline every so many residents
 # how much a chunk's pace moves the estimate that sizes the next chunks: one fast or slow
 # chunk (a cache, a stall) sizes the next ones by a quarter of its difference

@@ -9,7 +9,9 @@ older client rather than a stranger; checked here, such a request answers Invali
 The checks come from the request types' own annotations (protocol.py), so a field added there
 is checked without a line here. Requests built in this process are typed already and skip
 this. What a field holds beyond its type (an attribute's value, a block's layout) is for its
-handler to refuse.
+handler to refuse, but for the ids a request keeps something under: they hold no control
+characters (`check_plain`, the gateway's rule), so a client that skips the gateway's checks
+cannot name what the shard keys by ids of its own.
 """
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ import reprlib
 import types
 import typing
 from typing import Any, NamedTuple, Union
+
+from kairos.core.errors import InputError
+from kairos.core.request import check_plain
 
 from kairos.cluster import protocol
 from kairos.cluster.protocol import Invalid, Request
@@ -70,9 +75,20 @@ _FIELDS: dict[type, list[_Field]] = {
     for cls in protocol.REQUESTS.values()}
 
 
+# the requests that keep something under the ids they name, and those ids' fields; the others
+# read or erase what is kept (a forget's steps, by ids kept before they were held to the rule)
+_KEEPING = ("event", "decide", "outcome", "watch", "claim", "link", "take", "merge")
+_IDS = ("customer_id", "key", "anonymous", "target", "link", "by", "idempotency_key")
+_PLAIN: dict[type, tuple[int, ...]] = {
+    protocol.REQUESTS[kind]: tuple(i for i, f in enumerate(protocol.REQUESTS[kind]._fields)
+                                   if f in _IDS)
+    for kind in _KEEPING}
+
+
 def typed(raw: Any) -> Request | Invalid:
-    """A request from the array it travelled as, or why it is none: its unknown kind, or its
-    first field of another type than its kind declares."""
+    """A request from the array it travelled as, or why it is none: its unknown kind, its
+    first field of another type than its kind declares, or an id it keeps something under
+    holding a character no id may (`check_plain`)."""
     if type(raw) not in (list, tuple):  # a map would be read by its keys
         return Invalid(field="request", reason=f"not a request: a {type(raw).__name__}, not "
                        f"an array")
@@ -86,6 +102,12 @@ def typed(raw: Any) -> Request | Invalid:
         if not _fits(field, value):
             return Invalid(field=field.name, reason=f"the {request.kind} request's {field.name} "
                            f"may not be {type(value).__name__} {_shown(value)}")
+    try:
+        for i in _PLAIN.get(type(request), ()):
+            if request[i]:
+                check_plain(request[i], request._fields[i])
+    except InputError as exc:
+        return Invalid(field=exc.field, reason=exc.reason)
     return request
 
 
