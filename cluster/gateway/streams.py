@@ -41,12 +41,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import secrets
 import time
 from collections import Counter, deque
 from typing import AsyncIterator, Awaitable, Callable, Hashable, NamedTuple
 
 from kairos.core.decision import Decision
 
+from kairos.cluster.identity import fingerprint
 from kairos.cluster.settings import (SHARD_CLOCK_SKEW_S, WATCH_BACKLOG, WATCH_STREAMS,
                                      WATCH_STREAMS_PER_HOST, WATCH_STREAMS_PER_KEY)
 from kairos.cluster.shard.watches import Pushed, Unwatched
@@ -61,12 +63,26 @@ FORGOTTEN = ("the customer was forgotten (ForgetCustomer): its watch ended; a ne
              "follows the id if it comes back")
 UNWATCH_RETRY_S = 600.0  # how long a failed unregistration is tried again
 UNWATCH_BACKOFF_S = (0.1, 5.0)  # the first wait before it is tried again, and the longest
+# keys the fingerprints this gateway's logs name customers by (logs outlive a forget, so they
+# keep no id): its process's own, as a gateway has not the cluster's secret, and an unkeyed
+# hash of an e-mail address can be found again by hashing a list of addresses
+LOG_SECRET = secrets.token_bytes(32)
 
 
 class Watch(NamedTuple):
     customer_id: str | None  # None: every customer of the channel
     channel: str
     placement: str
+
+
+def logged(watch: Watch, exc: Exception) -> tuple[str, str]:
+    """A watch as a log line names it (its customer by fingerprint, and its view), and an
+    error about it, whose message may quote the id (a Busy's does), the same way."""
+    if watch.customer_id is None:
+        return f"of every customer on {watch.channel}/{watch.placement}", str(exc)
+    shown = fingerprint(watch.customer_id, LOG_SECRET)
+    return (f"of customer {shown} on {watch.channel}/{watch.placement}",
+            str(exc).replace(watch.customer_id, shown))
 
 
 class Ended(Exception):
@@ -225,8 +241,9 @@ class Watches:
         now = asyncio.get_running_loop().time()
         wait, give_up = retry or (UNWATCH_BACKOFF_S[0], now + UNWATCH_RETRY_S)
         if now + wait > give_up:
-            log.warning("gave up unregistering watch %s after %.0f s: %s", watch,
-                        UNWATCH_RETRY_S, exc)
+            shown, why = logged(watch, exc)
+            log.warning("gave up unregistering the watch %s after %.0f s: %s: %s", shown,
+                        UNWATCH_RETRY_S, type(exc).__name__, why)
             self._drop_unused(watch, watched)
             return
 
