@@ -7,8 +7,9 @@ resources and every serving node hosts a gateway and shards, so neither happens 
 The controller therefore drives it (settings: AUTOSCALE_*):
 
 - Load, each control round, from the shards' health (at most a second old): decisions and
-  events per second (over the last 5 s), resident customers and queued requests per shard, each as a share of
-  what one shard is to carry; the load is the fullest of the three (1.0: at capacity).
+  events per second (over the last 5 s), resident customers and queued requests per shard,
+  each as a share of what one shard is to carry; the load is the fullest of the three (1.0:
+  at capacity).
 - Up: the load at capacity for AUTOSCALE_UP_AFTER_S -> one more worker. The request is a
   standing `request_resources` of that many one-unit bundles of AUTOSCALE_RESOURCE, which
   every worker offers once: the autoscaler adds the missing node, and the node that joins gets
@@ -273,5 +274,6 @@ class Autoscaling:
         try:
             await controller.release_node(node)
         except Exception:  # cut short: it stays marked draining, the control loop finishes
-            # it; refused (it left, say): still serving, the next round counts it as wanted
+            # it and marks it released then (a step up takes it back); refused (it left, say):
+            # still serving, the next round counts it as wanted
             log.exception("autoscaling: draining node %s failed", node)

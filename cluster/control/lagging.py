@@ -57,7 +57,12 @@ class Lagging:
         self._retry: dict[str, tuple[str, float, float]] = {}
 
     def forget(self, name: str) -> None:
-        """`name` is gone."""
+        """`name` is gone (names are never used again)."""
+        self._caught_up(name)
+        self._order.pop(name, None)
+
+    def _caught_up(self, name: str) -> None:
+        """Nothing is known to lag at `name`."""
         self.catalog.discard(name)
         self.watches.pop(name, None)
         self._retry.pop(name, None)
@@ -70,7 +75,7 @@ class Lagging:
         their broadcasts reached it, before or after the start set `given`, is unknown (a
         watch removed and added again may be off there): so every watch of `now()` is sent on
         again (one that is on stays on), and those of `given` since gone are sent off."""
-        self.forget(name)
+        self._caught_up(name)  # its lock kept: a broadcast to it may hold it
         if not changed:
             return
         async with self._order[name]:

@@ -101,6 +101,9 @@ class Nodes:
         # drained by the autoscaler and not gone yet: taken back before asking for a new node,
         # which this one's unit would otherwise stand in for (autoscaling.py)
         self.released: set[str] = set()
+        # being drained by the autoscaler: released once drained, by whichever drain finishes
+        # it (the autoscaler's, or the control loop's after that one was cut short)
+        self.releasing: set[str] = set()
         self._retry: dict[str, tuple[float, float]] = {}  # node -> (next try, backoff)
         self._gateways_lock = asyncio.Lock()
 
@@ -111,7 +114,7 @@ class Nodes:
                 "shards_per_cpu": self.shards_per_cpu,
                 "gateways": {n: [g.name, g.index] for n, g in self.gateways.items()},
                 "draining": sorted(self.draining), "known": sorted(self.known),
-                "released": sorted(self.released)}
+                "released": sorted(self.released), "releasing": sorted(self.releasing)}
 
     def take_up(self, state: dict[str, Any] | None) -> None:
         """The state an earlier controller saved (none before this module existed)."""
@@ -124,6 +127,7 @@ class Nodes:
         self.draining = set(state["draining"])
         self.known = set(state["known"])
         self.released = set(state.get("released", ()))  # saved since the autoscaler reuses
+        self.releasing = set(state.get("releasing", ()))
 
     # -- which nodes serve ---------------------------------------------------------------------
 
@@ -132,14 +136,18 @@ class Nodes:
         return [n for n in alive if n not in self.draining]
 
     def wanted(self, alive: list[str], placement: dict[str, str | None]) -> dict[str, int]:
-        """Nodes that joined (not known yet) -> how many new shards they get: as many as the
-        policy gives them (shards per CPU, at least one), none where they hold shards already
-        (a join cut short before its shards were given their share: they are given it)."""
+        """Nodes that joined (not known yet) -> how many new shards they get: their share
+        (`shares`), none where they hold shards already (a join cut short before its shards
+        were given their share: they are given it)."""
         holding = set(placement.values())
-        cpus = self.backend.node_info()
-        return {n: 0 if n in holding else
-                max(1, round(cpus.get(n, {}).get("cpus", 1) * self.shards_per_cpu))
-                for n in self.serving(alive) if n not in self.known}
+        return {n: 0 if n in holding else share
+                for n, share in self.shares(self.serving(alive)).items() if n not in self.known}
+
+    def shares(self, nodes: list[str]) -> dict[str, int]:
+        """How many shards each of `nodes` is sized for: shards per CPU, at least one."""
+        info = self.backend.node_info()
+        return {n: max(1, round(info.get(n, {}).get("cpus", 1) * self.shards_per_cpu))
+                for n in nodes}
 
     def load(self, alive: list[str], placement: dict[str, str | None]) -> dict[str, int]:
         """Shards placed on each serving node, in the backend's order of the nodes."""
@@ -149,27 +157,45 @@ class Nodes:
                 load[node] += 1
         return load
 
-    def crowded(self, alive: list[str], placement: dict[str, str | None]) -> str | None:
-        """The node with the most shards, if it has two or more than the emptiest (one of
-        its shards is then replaced by a new one, placed on the emptiest)."""
+    def crowded(self, alive: list[str], placement: dict[str, str | None]
+                ) -> tuple[str, str] | None:
+        """The node most over its share of shards (`shares`) and the node furthest under its
+        own, if there is one of each: one of the first's shards is then replaced by a new one
+        on the second. Shares, not raw counts: a node with more CPUs keeps its larger count,
+        and no node is given more shards than its CPUs, on which its drain's deadline is
+        sized (k8s/README)."""
         load = self.load(alive, placement)
-        if len(load) < 2:
+        room = {n: share - load[n] for n, share in self.shares(list(load)).items()}
+        if not room:
             return None
-        busiest = max(load, key=load.__getitem__)
-        return busiest if load[busiest] - min(load.values()) >= 2 else None
+        busiest, emptiest = min(room, key=room.__getitem__), max(room, key=room.__getitem__)
+        return (busiest, emptiest) if room[busiest] < 0 < room[emptiest] else None
 
     def left(self, alive: list[str]) -> None:
-        """Forget the marks of nodes that left Ray."""
-        gone = (self.draining | self.known | self.released) - set(alive)
+        """Forget the marks of nodes that left Ray, and when their gateways were to be tried
+        again."""
+        gone = (self.draining | self.known | self.released | self.releasing
+                | set(self._retry)) - set(alive)
         self.draining -= gone
         self.known -= gone
         self.released -= gone
+        self.releasing -= gone
+        for node in gone:
+            self._retry.pop(node, None)
 
     def reuse(self, node: str) -> None:
         """Take a drained node back: it serves again, and gets shards as a node that joined."""
         self.draining.discard(node)
-        self.released.discard(node)
+        self.disown(node)
         self.known.discard(node)
+
+    def disown(self, node: str) -> bool:
+        """Drop the autoscaler's marks of `node` (an operator drains it: theirs to remove, not
+        the autoscaler's to take back); whether it had one."""
+        marked = node in self.released | self.releasing
+        self.released.discard(node)
+        self.releasing.discard(node)
+        return marked
 
     # -- gateways ------------------------------------------------------------------------------
 

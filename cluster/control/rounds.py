@@ -21,8 +21,10 @@ none of the others.
    drain may wait on a shard that only step 3 starts again. Not while the node holds a shard
    of a move left unsettled by a shard that did not answer step 3: it would fail again every
    round, so it waits (said once) until that shard answers or its node leaves, and meanwhile
-   its other partitions move, around that move.
-6. Nodes that joined get shards; a crowded node gives one up to the emptiest.
+   its other partitions move, around that move. A drain the autoscaler started marks its
+   node released once finished, as its own would have (a step up takes the node back).
+6. Nodes that joined get shards; a node over its share (shards per CPU) gives one up to the
+   node furthest under its own.
 7. Channel watches whose sink is Gone (the gateway process whose streams registered them
    died, or Ray restarted it: the streams died with it) are removed, as those streams would
    have removed them on leaving; a sink that does not answer in time keeps them.
@@ -95,10 +97,12 @@ class ControlLoop:
         notices, self._held_drains = self._held_drains, {}
         for node in sorted((self.nodes.draining & set(alive)) - self._drains):
             if self._drained(node):
+                if node in self.nodes.releasing:  # the autoscaler's, finished since it failed
+                    await _step(f"marking node {node} released", self._released(node))
                 continue
             if not (waits_on := self._held_by(node)):
                 log.warning("finishing the drain of node %s", node)
-                await _step(f"finishing the drain of node {node}", self.drain_node(node))
+                await _step(f"finishing the drain of node {node}", self._join_drain(node))
                 continue
             notice = self._held_drains[node] = notices.get(node) or ThrottledWarning(
                 log, HELD_DRAIN_LOG_S)
@@ -232,9 +236,30 @@ class ControlLoop:
 
     async def release_node(self, node: str) -> None:
         """Drain `node` for the autoscaler, then mark it released: a step up takes it back
-        while Ray has not removed it. Marked only once drained: a node whose drain failed
-        still holds shards or a gateway, and the control loop finishes its drain."""
-        await self.drain_node(node)
+        while Ray has not removed it. Marked releasing first (saved): a drain that fails still
+        leaves shards or a gateway there, and the control loop (or a restarted controller)
+        finishes it, and then marks it released (`_finish_drains`); else a step up would ask
+        for a new node, which the drained one's unit stands in for. A drain refused, or that
+        failed before marking the node draining, leaves it serving and unmarked."""
+        self.nodes.releasing.add(node)
+        await self._save()
+        try:
+            await self._join_drain(node)
+        except Exception:
+            if node not in self.nodes.draining and self.nodes.disown(node):
+                await self._save()
+            raise
+        if node in self.nodes.releasing:  # else an operator drained it meanwhile: theirs
+            await self._released(node)
+
+    async def _join_drain(self, node: str) -> dict[str, Any]:
+        """`node`'s drain, joined where one runs (drains.py), the autoscaler's marks of it
+        kept: drain_node, an operator's, drops them."""
+        return await self.drains.join(node, lambda: self._drain(node))
+
+    async def _released(self, node: str) -> None:
+        """`node`, drained for the autoscaler, is one a step up may take back."""
+        self.nodes.releasing.discard(node)
         self.nodes.released.add(node)
         await self._save()
 
@@ -307,16 +332,17 @@ class ControlLoop:
                 self._owned_confirmed = now
 
     async def _uncrowd(self) -> None:
-        """A node with two shards more than the emptiest gives one up: a new one on the
-        emptiest takes its partitions."""
+        """A node over its share of shards gives one up to the node furthest under its own
+        (`Nodes.crowded`): a new shard there takes its partitions. Not while a move is not
+        settled: the rebalance would fail, after the new shard started and before the old
+        one stopped, round after round, one more shard each time."""
         async with self._reconfiguring:
             crowded = self.nodes.crowded(self.backend.nodes(), self.placement)
-            # not a shard of a move not settled: it cannot stop before the move settles
-            victim = next((s for s, n in self.placement.items()
-                           if n == crowded and s not in self._in_moves()), None)
-            if crowded is None or victim is None:
+            if crowded is None or self._in_moves():
                 return
-            name = await self._create_shard()
+            busiest, emptiest = crowded
+            victim = next(s for s, n in self.placement.items() if n == busiest)
+            name = await self._create_shard(node=emptiest)
             await self._start_shard(name)
             target = [s for s in self._serving_shards() if s != victim]
             await self._rebalance(target)
