@@ -67,8 +67,9 @@ REDIRECTS_PER_PARTITION = 4096  # recent settled links whose anonymous ids still
 # Redirects still holding the state they handed over (Take done, Settle not yet) are not
 # evicted to make room for new links: the anonymous profile's home is deleted, so that state
 # is the only copy until the customer's shard merges it. Only a link client that died between
-# Take and Settle leaves one behind; past this many in a partition, the oldest is dropped and
-# logged as an error (a bound on memory, four times the settled redirects').
+# Take and Settle leaves one behind; at this many in a partition, a Take that would hand a
+# state over answers BUSY (retrying those links settles them) rather than dropping the oldest,
+# acknowledged events and all (a bound on memory, four times the settled redirects').
 UNSETTLED_PER_PARTITION = 16384
 # Customers with aliases claimed by links not merged yet: only a link client that died between
 # Claim and Merge leaves one behind; at this many in a partition, a Claim of another customer
@@ -236,8 +237,6 @@ class Directory:
         self._redirected[anonymous] = customer_id
         if state is None:
             self._settle(partition, anonymous)
-        else:
-            self._bound_unsettled(partition)
 
     def settle(self, partition: int, anonymous: str, link: str) -> None:
         """The merge is confirmed: the handed-over state is no longer needed."""
@@ -252,15 +251,16 @@ class Directory:
         if len(settled) > REDIRECTS_PER_PARTITION:
             self.drop_redirect(partition, next(iter(settled)))
 
-    def _bound_unsettled(self, partition: int) -> None:
-        mine = self.redirects[partition]
-        if len(mine) - len(self._settled.get(partition, ())) <= UNSETTLED_PER_PARTITION:
-            return
-        gone, (_, link, _) = next((a, e) for a, e in mine.items() if e[2] is not None)
-        log.error("partition %d holds over %d links handed over and never merged: the oldest "
-                  "(link %s) is dropped with its state", partition, UNSETTLED_PER_PARTITION,
-                  fingerprint(link, self.secret))
-        self.drop_redirect(partition, gone)
+    def take_refusal(self, partition: int) -> str | None:
+        """Why a Take handing a state over is refused for now (None: it is not): a state
+        dropped to make room is the only copy of its visitor's acknowledged events."""
+        if len(self.redirects.get(partition, ())) - len(self._settled.get(partition, ())) < \
+                UNSETTLED_PER_PARTITION:
+            return None
+        return (f"its partition holds {UNSETTLED_PER_PARTITION} anonymous customers' states "
+                f"handed over by links never merged (their callers gave up after step 2): "
+                f"retry those links (LinkIdentity, the same alias and customer) to finish "
+                f"them, then this one")
 
     def drop_redirect(self, partition: int, anonymous: str) -> None:
         self.redirects.get(partition, {}).pop(anonymous, None)

@@ -209,9 +209,10 @@ class IdentityRequests:
         its id. A retry of the same link gets the same state back. Replayed, the state comes
         from the record: the customer it was exported from is gone. The states a round hands
         over stay within `taken_budget` (rounds.py: its frame must hold them): a Take past it
-        answers BUSY and changes nothing, for its link's caller to retry in a later round; one
-        whose state no round could hand over, or whose Merge no round could carry, answers
-        CONFLICT and changes nothing (the link cannot finish: the caller is told why)."""
+        answers BUSY and changes nothing, for its link's caller to retry in a later round (as
+        does one past the states kept for links not settled: identity.py); one whose state
+        no round could hand over, or whose Merge no round could carry, answers CONFLICT and
+        changes nothing (the link cannot finish: the caller is told why)."""
         replies: list[Reply] = []
         for r in batch:
             p, anonymous = r.partition, r.anonymous
@@ -232,7 +233,8 @@ class IdentityRequests:
             if resident:
                 if not self._journaling.replaying:
                     state = blocks.pack(self._residency.export([anonymous]))
-                    refused = self._over_budget(r, len(state), touched)
+                    refused = self._unsettled_full(p) or self._over_budget(r, len(state),
+                                                                            touched)
                     if refused is not None:
                         replies.append(refused)
                         continue
@@ -243,6 +245,10 @@ class IdentityRequests:
             self._journaling.record(r._replace(state=state))
             replies.append(Ok(value=state))
         return replies
+
+    def _unsettled_full(self, partition: int) -> Busy | None:
+        refused = self._directory.take_refusal(partition)
+        return None if refused is None else Busy(reason=refused)
 
     def _over_budget(self, r: Take, size: int, touched: dict[str, float]) -> Reply | None:
         """The refusal of a state of `size` bytes past what the round may still hand over
