@@ -10,7 +10,8 @@ and its share of the alias directory, and names the journal and LSN it covers.
 Recovery loads each partition's snapshot and replays the journal it names through the same
 handlers that applied the records (a partition never snapshotted replays from the start). A
 customer's home in the store carries the LSN of its last change, so replay skips what a home
-already holds.
+already holds; but for a Forget only its eviction and the home's deletion: a newer home is a
+profile made again under the id, and the forget's tombstones and erasures still stand.
 ForgetCustomer is finished by `erase`: the partitions are snapshotted without the customer
 but naming the ids to erase, the journal is rewritten without their records, and the
 partitions are snapshotted again without the ids (a rewrite that fails is tried again, by a
@@ -343,7 +344,8 @@ class Durability:
         """Replay records through the handlers, skipping what a customer's home already holds
         (its stamp is at or past the record's LSN)."""
         journaling = self._journaling
-        kept = []
+        kept: list[tuple[int, Record]] = []
+        applied = 0
         for lsn, record in chunk:
             # not in a snapshot yet: the journal must keep it
             journaling.mark_dirty(record.partition, lsn, self._ctx.clock())
@@ -351,10 +353,15 @@ class Durability:
             # home holds or whether it can be read
             if record.kind in STAMPED and record.kind != "claim":
                 damaged = self._residency.probe(record.customer_id, record.partition)
+                held = journaling.holds(record.customer_id, lsn)
+                if record.kind == "forget" and held:
+                    # in order: the records before it may be its customer's
+                    applied += self._apply_kept(kept) + self._forget_beside(lsn, record)
+                    kept = []
+                    continue
                 # not applied over nothing (a forget is: it deletes the home), nor over a
                 # home that holds it (its keys came with it too)
-                if (damaged is not None and record.kind != "forget") or \
-                        journaling.holds(record.customer_id, lsn):
+                if (damaged is not None and record.kind != "forget") or held:
                     # a home that holds the merge holds the alias: its claim goes; a damaged
                     # one may come back from a backup older than the merge, so the claim
                     # stays for a forget to find
@@ -364,6 +371,33 @@ class Durability:
                                                   link=record.link)))
                     continue
             kept.append((lsn, record))
+        return applied + self._apply_kept(kept)
+
+    def _forget_beside(self, lsn: int, record: Record) -> int:
+        """Replay a Forget whose customer's home is newer than it: the id was made again
+        after the forget, and that profile passivated. The home is the new profile's, so it
+        is neither evicted nor deleted; the rest of the forget is replayed (its directory
+        tombstones, the decision log's erasure, the journal's), which the home does not hold.
+        The new profile is kept from the handler as a home being deleted would be, and then
+        loaded again, as `probe` had left it."""
+        p, customer_id = record.partition, record.customer_id
+        self._residency.evict(customer_id, p)
+        hidden = self._journaling.deletes.setdefault(p, set())
+        hidden.add(customer_id)  # not there before: `activate` would not have loaded it
+        try:
+            applied = self._apply_kept([(lsn, record)])
+        finally:
+            hidden.discard(customer_id)
+            if not hidden:
+                del self._journaling.deletes[p]
+        self._residency.probe(customer_id, p)
+        return applied
+
+    def _apply_kept(self, kept: list[tuple[int, Record]]) -> int:
+        """Apply records through the handlers and stamp the rows they changed."""
+        if not kept:
+            return 0
+        journaling = self._journaling
         journaling.replaying = True
         try:
             replies = self._apply([_request(record) for _, record in kept])
