@@ -52,6 +52,7 @@ HEADER = struct.Struct("<II")  # payload length, CRC-32 of the payload
 MAX_FRAME = 64 << 20  # the largest payload written or read
 SUFFIX = ".log"
 QUARANTINE = "quarantine"
+LOST = ".lost"  # in quarantine/: an empty file, accepting a gap from the LSN it is named after
 # how a batch payload begins: a msgpack array of 2 or 3, then the first LSN as an unsigned int
 _BATCH_START = re.compile(rb"[\x92\x93][\x01-\x7f\xcc-\xcf]")
 SEALED = 1 << 16  # a sealed batch's mark, where a plain batch has its format (module text)
@@ -221,10 +222,37 @@ def written(path: Path, data: bytes, mode: int) -> Path:
     return path
 
 
+def fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def corrupt(path: Path, what: str) -> JournalCorrupt:
     """The error for damage in a segment, logged with the way out."""
     error = JournalCorrupt(f"{path}: {what}; the journal is not read past it until the segment "
                            f"is moved into {path.parent / QUARANTINE}/ (README, \"Corruption\")")
+    log.error("%s", error)
+    return error
+
+
+def misnumbered(path: Path, expect: int) -> JournalCorrupt:
+    """The error for a segment that does not start at `expect`, the LSN after the segment
+    before it. Past a gap nothing accepts, the segment itself may be intact, holding batches
+    acknowledged after the gap: quarantining it would lose them, so the way out accepts the
+    gap instead."""
+    first = first_lsn(path)
+    what = f"starts at LSN {first}, but the segment before it ends at LSN {expect - 1}"
+    if first < expect:
+        return corrupt(path, what)
+    error = JournalCorrupt(
+        f"{path}: {what}, and no record accepts LSNs {expect}-{first - 1} as skipped (a "
+        f"segment or a gap's file removed, or a quarantined file an older Kairos relied on); do "
+        f"not quarantine this segment, which may hold acknowledged batches: if those LSNs are "
+        f"gone, create the empty file {path.parent / QUARANTINE}/{expect:020d}{LOST} to accept "
+        f"the gap (README, \"Corruption\")")
     log.error("%s", error)
     return error
 

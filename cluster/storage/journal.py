@@ -37,34 +37,36 @@ full) is cut back the same way before the error reaches the caller, so the journ
 half a batch. Anything else is corruption (JournalCorrupt, naming the file and the byte
 offset), never a torn tail: a bad frame that an intact frame follows, a frame whose payload is
 whole but whose length is wrong, a batch whose first LSN does not continue the one before it
-(within a segment, or from one segment to the next). One case cannot be told apart from a
-torn write: a whole-length last frame whose CRC fails (a power cut mid-write, or a bit flip in
-the last acknowledged batch). It is cut off as a torn tail, but its bytes are kept in
-`quarantine/<lsn>.torn` and the next LSN skips past every LSN it could have held, so no LSN is
-ever reused (a customer's home may carry one).
+(within a segment, or from one segment to the next). One case cannot be told apart from a torn
+write: a whole-length last frame whose CRC fails (a power cut mid-write, or a bit flip in the
+last acknowledged batch). It is cut off as a torn tail, its bytes kept in `quarantine/<lsn>.torn`
+and LSNs go on past every LSN it could have held (Gaps): a customer's home may carry one.
 
-Quarantine, the way out of corruption: the operator moves the damaged segment into the
-journal's `quarantine/` folder, keeping its name. On opening, the gap it leaves (from its
-first LSN) is accepted, the next LSN again skips past every LSN it could have held (a record
-takes at least a byte), and replay serves the records before and after it: a shard recovers
-from its snapshots, these records and the customers' homes, losing only the quarantined
-records' changes that no snapshot or home holds.
+Quarantine, the way out of corruption: the operator moves the damaged segment into the journal's
+`quarantine/` folder, keeping its name, and the shard recovers from its snapshots, the records
+before and after it and the customers' homes, losing only the quarantined records' changes that no
+snapshot or home holds.
+
+Gaps: LSNs given out that no segment holds (a torn tail's, a quarantined segment's, a lost tail's)
+are recorded on opening as the empty `<first LSN>.gap` beside the segments, which replay accepts a
+jump from, and the segment the LSNs go on in is created, both fsynced: quarantine/ is evidence
+only, removable once inspected (a gap an older Kairos left there alone is accepted, and recorded).
+Truncation drops a gap's file with the segments before it.
 
 A batch whose frame would pass MAX_FRAME (what a reader accepts) is refused before anything is
 written (JournalFrameTooLarge): it would be acknowledged and then never read back.
 
 Lost tails: a journal can end before a snapshot of it (a disk that lied about an fsync, or "os"
 before `sync` fsynced): recovery moves the next LSN past it (`skip_past`), as records numbered
-again below it would be skipped by replay, and their snapshots refused. The gap is kept as an
-empty quarantined file, `quarantine/<its first LSN>.lost`, accepted as a quarantined segment's;
-a crash before the next segment is there leaves recovery to skip again.
+again below it would be skipped by replay, and their snapshots refused: a gap (Gaps), shown as the
+empty `quarantine/<its first LSN>.lost` (a crash before the next segment: skipped again).
 
 Erasure: `compact(drop)` rewrites the segments holding records that `drop` selects (a forgotten
-customer's), each through a temporary file that is fsynced and renamed over the old one, so a
-crash leaves either segment whole. A dropped record leaves an empty frame with its LSN behind
-(replay skips it), so LSNs stay contiguous and the last one survives reopening. So are the
-files in `quarantine/` (frames.py's `scrub`), after creating the segment the next batch would
-start if none follows them: a rewritten file's size no longer bounds the LSNs it could hold.
+customer's), each through a temporary file that is fsynced and renamed over the old one, so a crash
+leaves either segment whole. A dropped record leaves an empty frame with its LSN behind (replay
+skips it), so LSNs stay contiguous and the last one survives reopening. So are the files in
+`quarantine/` (frames.py's `scrub`), once a segment follows them: a rewritten file's size no longer
+bounds the LSNs it could hold.
 
 Fencing (store.py): `fence(directory)` creates the file `fenced` in the journal's directory and
 fsyncs it and the directory; the writer stats it after each write it acknowledges (after the
@@ -75,11 +77,10 @@ shard's journal without changing anything: no tail cut, no temporary file remove
 changed; a torn tail of the last segment (its writer may be mid-write) ends the replay.
 
 Permissions: the journal's directory (and any parent it creates) is made 0700 and every file it
-writes (segments, a compaction's temporary file) 0600, by explicit modes whatever the umask.
-Opening a journal whose directory or segments a group or others may use (an older Kairos wrote
-them by the umask) takes those bits away and logs a warning; where it may not (another user
-owns them) it refuses with PermissionError. `make_private_dir` and `make_private` are the same
-rules for directory_store.py.
+writes 0600, by explicit modes whatever the umask. Opening a journal whose directory or segments
+a group or others may use (an older Kairos wrote them by the umask) takes those bits away and
+logs a warning; where it may not (another user owns them) it refuses with PermissionError.
+`make_private_dir` and `make_private` are the same rules for directory_store.py.
 """
 from __future__ import annotations
 
@@ -93,9 +94,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from kairos.cluster.settings import JOURNAL_POLICIES, SNAPSHOT_AFTER_S
-from kairos.cluster.storage.frames import (QUARANTINE, SUFFIX, Decode, ambiguous_tail, corrupt,
-                                           first_lsn, frame, kept_records, read_frames, scrub,
-                                           segment_batches, written)
+from kairos.cluster.storage.frames import (LOST, QUARANTINE, SUFFIX, Decode, ambiguous_tail,
+                                           first_lsn, frame, fsync_directory, kept_records,
+                                           misnumbered, read_frames, scrub, segment_batches,
+                                           written)
 from kairos.cluster.storage.private_paths import make_private
 from kairos.cluster.storage.store import JournalFenced
 
@@ -103,7 +105,7 @@ log = logging.getLogger("kairos.store")
 DIR_MODE = 0o700  # every directory of a store: its owner's only
 FILE_MODE = 0o600  # every file of a store
 TORN = ".torn"
-LOST = ".lost"  # in quarantine/: LSNs a lost tail had given out (`skip_past`)
+GAP = ".gap"  # beside the segments: no segment holds the LSNs from its name to the next one's
 FENCE = "fenced"  # in a journal's directory once another shard took its partitions over
 FENCE_LOCK = "fence.lock"  # flock: fencing (exclusive) waits for snapshot writes (shared)
 
@@ -126,9 +128,9 @@ class JournalReader:
             if i + 1 < len(segments) and first_lsn(segments[i + 1]) - 1 <= after_lsn:
                 continue  # every record of this segment is at or below after_lsn
             if expect is not None and first_lsn(path) != expect and \
-                    expect not in self._quarantined():
-                raise corrupt(path, f"starts at LSN {first_lsn(path)}, but the segment "
-                                     f"before it ends at LSN {expect - 1}")
+                    not (self.directory / f"{expect:020d}{GAP}").exists() and \
+                    expect not in self._quarantined():  # a journal from before gaps' files
+                raise misnumbered(path, expect)
             expect = first_lsn(path)
             tail = self.tail_may_tear and i + 1 == len(segments)
             for first, records, journal_format, _ in segment_batches(path, tail):
@@ -143,8 +145,7 @@ class JournalReader:
     def _quarantined(self) -> dict[int, int]:
         """First LSN -> size in bytes of each quarantined segment or torn tail."""
         return {int(path.stem): path.stat().st_size
-                for path in (self.directory / QUARANTINE).glob("*")
-                if path.stem.isdigit()}
+                for path in (self.directory / QUARANTINE).glob("*") if path.stem.isdigit()}
 
 
 class Journal(JournalReader):
@@ -278,7 +279,7 @@ class Journal(JournalReader):
         with self._lock:
             self._next_segment()
 
-    def _next_segment(self) -> None:
+    def _next_segment(self, durable: bool = False) -> None:
         if self._fd is not None:
             if self.policy == "fsync" and self.synced_lsn < self.last_lsn or \
                     self.policy == "os" and self._disk_lsn < self.last_lsn:
@@ -289,8 +290,8 @@ class Journal(JournalReader):
         path = self.directory / f"{self.last_lsn + 1:020d}{SUFFIX}"
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
         self._size = self._synced_size = os.fstat(self._fd).st_size
-        if self.policy == "fsync":
-            fsync_directory(self.directory)  # the new file's name must survive a crash
+        if durable or self.policy == "fsync":  # the new file's name must survive a crash
+            fsync_directory(self.directory)
 
     # -- trimming (reading: JournalReader) ------------------------------------------------------
 
@@ -307,6 +308,9 @@ class Journal(JournalReader):
             if first_lsn(following) - 1 <= upto_lsn:
                 path.unlink()
                 removed += 1
+        for gap in self.directory.glob(f"*{GAP}") if segments else ():
+            if int(gap.name[:-len(GAP)]) < first_lsn(segments[removed]):
+                gap.unlink()  # no segment left before it: nothing to accept
         if removed and self.policy == "fsync":
             fsync_directory(self.directory)
         return removed
@@ -375,18 +379,29 @@ class Journal(JournalReader):
     # -- opening -------------------------------------------------------------------------------
 
     def _recover_tail(self) -> None:
-        """Find the last LSN; cut a torn tail off the last segment (and drop a compaction's
-        temporary files: the files they were to replace are whole)."""
+        """Find the last LSN, past every LSN a quarantined file could hold ("Gaps"); cut a
+        torn tail off the last segment (and drop a compaction's temporary files: the files
+        they were to replace are whole)."""
         for leftover in [*self.directory.glob("*.tmp"),
                          *(self.directory / QUARANTINE).glob(".*.tmp")]:
             leftover.unlink()
         segments = self._segments()
         for segment in segments:
             make_private(segment)
-        if not segments:
-            self.last_lsn = self._past_quarantine(0, 0)
-            return
-        last = segments[-1]
+        first, last = (first_lsn(segments[0]), first_lsn(segments[-1])) if segments else (0, 0)
+        self.last_lsn, size = self._cut_tail(segments[-1]) if segments else (0, 0)
+        past = self.last_lsn
+        for gap, held in self._quarantined().items():
+            if gap >= first:
+                self._record_gap(gap)  # a quarantined segment's, or one an older Kairos left
+            if gap >= last:  # (a file before the last segment held only LSNs below it)
+                past = max(past, gap + held - 1)
+        if segments and past == self.last_lsn:  # else the LSNs go on in a segment of their own
+            self._fd, self._size = os.open(segments[-1], os.O_WRONLY | os.O_APPEND), size
+        self._go_past(past)
+
+    def _cut_tail(self, last: Path) -> tuple[int, int]:
+        """The last segment's last LSN and size once its torn tail is cut."""
         data = last.read_bytes()
         good, lsn = 0, first_lsn(last) - 1
         for first, records, _, end in read_frames(last, data, tail=True):
@@ -401,38 +416,45 @@ class Journal(JournalReader):
                 f.truncate(good)
                 f.flush()
                 os.fsync(f.fileno())
-        self.last_lsn = self._past_quarantine(lsn, first_lsn(last))
-        if self.last_lsn == lsn:  # else the next batch starts a segment of its own
-            self._fd = os.open(last, os.O_WRONLY | os.O_APPEND)
-            self._size = good
+        return lsn, good
 
     def skip_past(self, lsn: int) -> None:
         """Give out no LSN up to `lsn`, which a snapshot covers past the end ("Lost tails")."""
         if lsn <= self.last_lsn:
             return
-        make_private_dir(self.directory / QUARANTINE)
-        fsync_directory(written(self.directory / QUARANTINE / f"{self.last_lsn + 1:020d}{LOST}",
-                                b"", FILE_MODE).parent)
+        self._quarantine(f"{self.last_lsn + 1:020d}{LOST}", b"")
         log.error("%s: ends at LSN %d, but a snapshot covers it up to LSN %d (its tail was lost): "
                   "LSNs go on past it", self.directory, self.last_lsn, lsn)
         with self._lock:
-            self.last_lsn = lsn
-            self._next_segment()
+            self._go_past(lsn)
+
+    def _go_past(self, lsn: int) -> None:
+        """Give out no LSN up to `lsn`, which no segment holds ("Gaps"): the gap recorded, then
+        the segment the LSNs go on in created (under the lock, or opening, which it may hold)."""
+        if lsn <= self.last_lsn:
+            return
+        self._record_gap(self.last_lsn + 1)
+        self.last_lsn = lsn
+        self._next_segment(durable=True)
+
+    def _record_gap(self, lsn: int) -> None:
+        """Replay accepts a gap from `lsn` to the next segment, whatever is in quarantine/."""
+        path = self.directory / f"{lsn:020d}{GAP}"
+        if not path.exists():
+            fsync_directory(written(path, b"", FILE_MODE).parent)
 
     def _keep_torn(self, data: bytes, lsn: int) -> None:
         """Keep a tail that may have been an acknowledged batch (see the module's text)."""
-        make_private_dir(self.directory / QUARANTINE)
-        path = written(self.directory / QUARANTINE / f"{lsn:020d}{TORN}", data, FILE_MODE)
-        fsync_directory(path.parent)
+        path = self._quarantine(f"{lsn:020d}{TORN}", data)
         log.error("%s: the last frame's checksum fails though it is whole: cut off as a torn "
                   "tail, its bytes kept in %s; LSNs go on past every LSN it could hold",
                   self.directory, path)
 
-    def _past_quarantine(self, lsn: int, last_segment: int) -> int:
-        """The last LSN, past every LSN a quarantined file from `last_segment` (the last
-        segment's first LSN; those before it held only LSNs below it) on could hold."""
-        return max([lsn, *(first + size - 1 for first, size in self._quarantined().items()
-                           if first >= last_segment)])
+    def _quarantine(self, name: str, data: bytes) -> Path:
+        make_private_dir(self.directory / QUARANTINE)
+        path = written(self.directory / QUARANTINE / name, data, FILE_MODE)
+        fsync_directory(path.parent)
+        return path
 
 
 def fence(directory: Path) -> None:
@@ -476,11 +498,3 @@ def make_private_dir(directory: Path) -> None:
             os.mkdir(path, DIR_MODE)
         fsync_directory(path.parent)  # its maker may not have yet
     make_private(Path(directory))
-
-
-def fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

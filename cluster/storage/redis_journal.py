@@ -33,7 +33,11 @@ set it replayed the batch if it landed, and a retry sent to the heir applies it 
 it carries an idempotency key (the next writer is refused, JournalFenced, and forgets it).
 Reading back, a batch that does not decode, whose score is not its last LSN, or whose LSNs do
 not follow on from the batch before it is StoreCorrupt (the shard stays UNAVAILABLE until the
-member is moved into the quarantine with its score: the gap it leaves is then accepted). Replay
+member is moved into the quarantine with its score: the gap it leaves is then accepted). The
+journal's next writer (the shard's next try) records each quarantined score in the sorted set
+`<key>:gaps`, which replay reads as well (truncation drops those it passed), so the quarantine
+is evidence only, removable once inspected; a batch that decodes but follows a gap nothing
+accepts is never named as one to quarantine (the error says how to accept the gap). Replay
 and compaction read the sorted set in pages of REPLAY_PAGE batches by score, so no single
 exchange grows with the journal (one ZRANGE of it all outlasted the socket timeout, and a
 shard's rebuild looped). Durability is the server's:
@@ -102,18 +106,28 @@ class RedisReader:
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
             raise StoreCorrupt(f"redis: journal {self.key}: the batch scored {int(score)} "
                                f"does not decode ({exc})") from None
-        if first + len(records) - 1 != int(score) or \
-                expect not in (None, first) and not self._quarantined(first - 1):
-            raise StoreCorrupt(f"redis: journal {self.key}: the batch scored {int(score)} "
-                               f"holds LSNs {first}-{first + len(records) - 1}, after LSN "
-                               f"{'?' if expect is None else expect - 1}")
+        misscored = first + len(records) - 1 != int(score)
+        if misscored or expect not in (None, first) and not self._skipped(first - 1):
+            what = (f"redis: journal {self.key}: the batch scored {int(score)} holds LSNs "
+                    f"{first}-{first + len(records) - 1}, after LSN "
+                    f"{'?' if expect is None else expect - 1}")
+            if not misscored and first > expect:  # intact: what is wrong is the gap before it
+                what += (f"; no record accepts LSNs {expect}-{first - 1} as skipped: do not "
+                         f"quarantine this batch, which may hold acknowledged events; if those "
+                         f"LSNs are gone, accept the gap with `ZADD {self.key}:gaps "
+                         f"{first - 1} {first - 1}` (README, \"Corruption\")")
+            raise StoreCorrupt(what)
         return first, records, journal_format
 
     @unavailable("reading the journal's quarantine")
-    def _quarantined(self, score: int) -> bool:
-        """Whether an operator moved the batch ending at LSN `score` into the quarantine
-        (README, "Corruption"): the gap it leaves is accepted."""
-        return self.r.zcount(f"{self.key}:quarantine", score, score) > 0
+    def _skipped(self, score: int) -> bool:
+        """Whether the batch ending at LSN `score` was quarantined (README, "Corruption"), so
+        the gap it leaves is accepted: recorded in the gaps' set (`_record_gaps`), or, until
+        a writer opened since, in the quarantine alone."""
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.zcount(f"{self.key}:gaps", score, score)
+            pipe.zcount(f"{self.key}:quarantine", score, score)
+            return any(pipe.execute())
 
     @unavailable("reading the journal")
     def _page(self, low: str) -> list:
@@ -151,6 +165,7 @@ class RedisJournal(RedisReader):
             last, fenced, owner = pipe.execute()
         self._refuse(fenced, owner)
         self.last_lsn = int(last or 0)
+        self._record_gaps()
         if policy == "fsync":
             try:
                 setting = self.r.config_get("appendfsync").get("appendfsync")
@@ -164,6 +179,15 @@ class RedisJournal(RedisReader):
                             "with appendonly yes and appendfsync always", key, aof, setting)
 
     unsynced = False  # each append is one MULTI/EXEC, durable per the server's appendfsync
+
+    @unavailable("recording the journal's gaps")
+    def _record_gaps(self) -> None:
+        """Record the score of each quarantined batch in the gaps' set (the module's text)."""
+        scores = {int(score) for _, score in
+                  self.r.zrange(f"{self.key}:quarantine", 0, -1, withscores=True)}
+        if scores:
+            self._guarded(("ZADD", f"{self.key}:gaps",
+                           *(part for score in sorted(scores) for part in (score, score))))
 
     def skip_past(self, lsn: int) -> None:
         """StoreCorrupt: a snapshot covers this journal up to `lsn`, past its last LSN. A
@@ -321,7 +345,8 @@ class RedisJournal(RedisReader):
 
     @unavailable("truncating the journal")
     def truncate(self, upto_lsn: int) -> int:
-        return self._guarded(("ZREMRANGEBYSCORE", self.key, "-inf", upto_lsn))[0]
+        return self._guarded(("ZREMRANGEBYSCORE", self.key, "-inf", upto_lsn),
+                             ("ZREMRANGEBYSCORE", f"{self.key}:gaps", "-inf", upto_lsn))[0]
 
     def _guarded(self, *commands: tuple) -> list:
         if self.fenced:
