@@ -451,8 +451,8 @@ cdef void _apply_one(CatalogView cat, double* row, int etype, double t,
             row[slot] += x
         elif kind == UPD_DECAYED_SUM:
             row[slot] += x * pow(2.0, -(clock - t) * cat.update_inv_hl[u])
-        elif kind == UPD_LAST:
-            if not row[slot + 1] > t:
+        elif kind == UPD_LAST:  # `last` features, `from` attributes: a late, older event
+            if not row[slot + 1] > t:  # changes nothing (NaN: no time, older than any)
                 row[slot] = x
                 row[slot + 1] = t
         elif kind == UPD_MIN:
@@ -461,8 +461,6 @@ cdef void _apply_one(CatalogView cat, double* row, int etype, double t,
         elif kind == UPD_MAX:
             if not row[slot] >= x:
                 row[slot] = x
-        elif kind == UPD_SET:
-            row[slot] = x
 
 
 # -------------------------------------------------------------------------------------------

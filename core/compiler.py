@@ -2,9 +2,12 @@
 
 The profile layout: one float64 row per resident customer. Slot 0 is the customer's clock (the
 latest event time the decayed features are expressed at); then one slot per attribute and per
-feature, and a second slot holding the event time for `last` features. Rules and predictors
-address the *view* of a row at decision time, which has the same slots with decayed features
-decayed to `now` and `time_since` features turned into seconds.
+feature, and a second slot holding the event time of the value for `last` features and for
+attributes set `from` an event: events arrive late, and the newest by event time must win, not
+the last applied (a helper slot holding NaN, as in a row from before it existed, is older than
+any event). Rules and predictors address the *view* of a row at decision time, which has the
+same slots with decayed features decayed to `now` and `time_since` features turned into
+seconds.
 
 A catalog's text fixes its version, so `compiled_from_text` compiles each text once per process
 and hands every caller the same read-only arrays.
@@ -50,7 +53,6 @@ class Update(IntEnum):
     TIME_SINCE = 6
     MIN = 7
     MAX = 8
-    SET = 9
 
 
 class View(IntEnum):
@@ -275,19 +277,26 @@ class CompiledCatalog:
             kinds.append(kind)
             inv_hl.append(1.0 / half_life_s if half_life_s else 0.0)
 
+        def add_time() -> None:
+            """The helper slot after a value: its event's time, to keep the newest on late
+            events."""
+            names.append("")
+            defaults.append(math.nan)
+            kinds.append(View.COPY)
+            inv_hl.append(0.0)
+
         for attr in cat.attributes:
             add(attr.name, attr.type, attr.values, self.encode_scalar(attr.default, attr.type))
+            if attr.from_event is not None:
+                add_time()
         for feat in cat.features:
             starts_at_zero = feat.kind in ("count", "sum", "decayed_count", "decayed_sum")
             kind = {"decayed_count": View.DECAYED, "decayed_sum": View.DECAYED,
                     "time_since": View.SINCE}.get(feat.kind, View.COPY)
             add(feat.name, feat.type, feat.values, 0.0 if starts_at_zero else math.nan, kind,
                 feat.half_life_s)
-            if feat.kind == "last":  # the time of the value, to keep the latest on late events
-                names.append("")
-                defaults.append(math.nan)
-                kinds.append(View.COPY)
-                inv_hl.append(0.0)
+            if feat.kind == "last":
+                add_time()
         return Layout(names, slot, types, vocab, np.array(defaults, np.float64),
                       np.array(kinds, np.int8), np.array(inv_hl, np.float64))
 
@@ -300,10 +309,10 @@ class CompiledCatalog:
         for feat in cat.features:
             ops[self.event_index[feat.event]].append(self._update_op(feat, when_values))
         for attr in cat.attributes:
-            if attr.from_event is not None:
+            if attr.from_event is not None:  # a `last` of its field: the newest event's value
                 field = self.event_fields[attr.from_event][attr.from_field]
                 ops[self.event_index[attr.from_event]].append(
-                    (Update.SET, self.layout.slot[attr.name], field, 0.0, -1, 0, 0))
+                    (Update.LAST, self.layout.slot[attr.name], field, 0.0, -1, 0, 0))
         flat = [op for per_event in ops for op in per_event]
         self.update_start = np.cumsum([0] + [len(o) for o in ops]).astype(np.int32)
         columns = list(zip(*flat)) if flat else [()] * 7

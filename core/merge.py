@@ -3,10 +3,12 @@
 When an anonymous visitor (a cookie, a device) turns out to be a known customer, the two
 profiles become one. The merged profile is the one the customer would have if every event of
 both had been applied to it: counts and sums add, decayed values add once both are aged to
-the later clock, `last` keeps the newer value, min and max combine, `time_since` keeps the
-latest time, and the interaction histories interleave by time (the newest that fit the
-ring). Attributes are not events' sums: the known customer's values win, and the other's
-fill only those it never had (NaN). The number of events applied adds up.
+the later clock, `last` keeps the newer value, and so does an attribute set `from` an event,
+min and max combine, `time_since` keeps the latest time, and the interaction histories
+interleave by time (the newest that fit the ring). Where neither value has a time to go by
+(an attribute no event sets, a row from before attributes kept one) the known customer's
+value wins, and the other's fills only one it never had (NaN). The number of events applied
+adds up.
 
 Merges are rare (one per link), so this is plain NumPy over two rows, not kernel code.
 """
@@ -29,6 +31,9 @@ def slot_ops(compiled: CompiledCatalog) -> np.ndarray:
     ops = np.full(compiled.layout.size, KEEP, np.int8)
     for feature in compiled.catalog.features:
         ops[compiled.layout.slot[feature.name]] = _FEATURE_OPS[feature.kind]
+    for attr in compiled.catalog.attributes:
+        if attr.from_event is not None:  # events set it as they set a `last` (compiler.py)
+            ops[compiled.layout.slot[attr.name]] = LAST
     return ops
 
 
@@ -57,8 +62,11 @@ def merge_values(compiled: CompiledCatalog, mine: np.ndarray, theirs: np.ndarray
         elif op == DECAYED:
             out[s] = _aged(x, clocks[0], clock, inv_hl[s]) + _aged(y, clocks[1], clock, inv_hl[s])
         elif op == LAST:
+            # no time (NaN) is older than any; a value the known customer never had is filled
+            # whatever its time (a row from before attributes kept times has none)
             if theirs[s + 1] > mine[s + 1] or (math.isnan(mine[s + 1])
-                                               and not math.isnan(theirs[s + 1])):
+                                               and not math.isnan(theirs[s + 1])) \
+                    or math.isnan(x):
                 out[s], out[s + 1] = y, theirs[s + 1]
         elif op in (MIN, MAX, LATEST):
             pick = np.fmin if op == MIN else np.fmax

@@ -117,8 +117,6 @@ def _apply_one(c: CompiledCatalog, row: np.ndarray, etype: int, t: float, f) -> 
         elif kind == Update.MAX:
             if not row[slot] >= x:
                 row[slot] = x
-        elif kind == Update.SET:
-            row[slot] = x
 
 
 def _when_matches(c: CompiledCatalog, u: int, f) -> bool:
