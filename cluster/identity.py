@@ -103,8 +103,21 @@ def anonymous_id(key: str) -> str:
 
 
 def link_id(key: str, customer_id: str) -> str:
-    """Linking the same alias to the same customer again is the same link."""
-    return f"{key}>{customer_id}"
+    """Linking the same alias to the same customer again is the same link; two links are
+    two ids, whatever '>' their ids hold (each part's '\\' and '>' escaped)."""
+    return f"{_escaped(key)}>{_escaped(customer_id)}"
+
+
+def link_ids(key: str, customer_id: str) -> tuple[str, ...]:
+    """The ids the link is known by: `link_id`, and, for ids holding '>' or '\\', the one
+    Kairos gave it before (`key>customer_id`, which two links could share), still in blocks,
+    redirects, journals and tombstones written before."""
+    legacy, escaped = f"{key}>{customer_id}", link_id(key, customer_id)
+    return (escaped,) if escaped == legacy else (escaped, legacy)
+
+
+def _escaped(part: str) -> str:
+    return part.replace("\\", "\\\\").replace(">", "\\>")
 
 
 def fingerprint(value: str, secret: bytes) -> str:
@@ -238,10 +251,16 @@ class Directory:
         if state is None:
             self._settle(partition, anonymous)
 
+    def redirected_by(self, partition: int, anonymous: str, link: str) -> bool:
+        """Whether the anonymous customer's redirect is the link's (by its id then, or now)."""
+        entry = self.handed_over(partition, anonymous)
+        return entry is not None and (
+            link == entry[1] or link in link_ids(anonymous[len(ANONYMOUS):], entry[0]))
+
     def settle(self, partition: int, anonymous: str, link: str) -> None:
         """The merge is confirmed: the handed-over state is no longer needed."""
         entry = self.handed_over(partition, anonymous)
-        if entry is not None and entry[1] == link and entry[2] is not None:
+        if self.redirected_by(partition, anonymous, link) and entry[2] is not None:
             entry[2] = None
             self._settle(partition, anonymous)
 
@@ -276,6 +295,10 @@ class Directory:
     def is_buried(self, partition: int, link: str, now: float) -> bool:
         when = self.buried.get(partition, {}).get(fingerprint(link, self.secret))
         return when is not None and now - when < TOMBSTONE_S
+
+    def link_buried(self, partition: int, key: str, customer_id: str, now: float) -> bool:
+        """Whether the link of the alias to the customer is buried, by any of its ids."""
+        return any(self.is_buried(partition, link, now) for link in link_ids(key, customer_id))
 
     def bury_customer(self, partition: int, customer_id: str, when: float) -> None:
         """Note that the customer was forgotten at `when`, for TOMBSTONE_S (at most

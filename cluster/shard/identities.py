@@ -21,7 +21,7 @@ from typing import Any
 
 import msgpack
 
-from kairos.cluster.identity import ANONYMOUS, NAMES_ANOTHER, Directory, link_id
+from kairos.cluster.identity import ANONYMOUS, NAMES_ANOTHER, Directory, link_id, link_ids
 from kairos.cluster.protocol import (Bury, Busy, Claim, Conflict, Forget, Forgotten, Invalid,
                                      Link, Merge, Merged, Ok, Reply, Resolve, Retire, Settle,
                                      Take, Unavailable, Unclaim, Unlink)
@@ -55,12 +55,12 @@ class CustomerIdentities:
             mine["aliases"].append(key)
         return mine
 
-    def link(self, customer_id: str, key: str, link: str) -> bool:
-        """Note that the alias names the customer; whether `link` is new (and note it)."""
+    def link(self, customer_id: str, key: str) -> bool:
+        """Note that the alias names the customer; whether its link is new (and note it)."""
         mine = self.claim(customer_id, key)
-        if link in mine["links"]:
+        if any(link in mine["links"] for link in link_ids(key, customer_id)):
             return False
-        mine["links"].append(link)
+        mine["links"].append(link_id(key, customer_id))
         return True
 
     # -- riding along in the customer's block (residency.py) ----------------------------------
@@ -104,7 +104,7 @@ class IdentityRequests:
         customer is not made resident: a link refused at step 1 leaves it no profile."""
         replies: list[Reply] = []
         for r in batch:
-            if self._buried(r.partition, r.link):
+            if self._buried(r.partition, r.key, r.customer_id):
                 replies.append(_refused(r.customer_id))
                 continue
             refused = None if self._journaling.replaying else self._claim_refusal(r)
@@ -146,7 +146,7 @@ class IdentityRequests:
         """Step 1: point the alias at the customer; CONFLICT if it names another one."""
         replies: list[Reply] = []
         for r in batch:
-            if self._buried(r.partition, link_id(r.key, r.customer_id)):
+            if self._buried(r.partition, r.key, r.customer_id):
                 replies.append(_refused(r.customer_id))
             elif self._directory.link(r.partition, r.key, r.customer_id) is not None:
                 replies.append(Conflict(reason=f"alias {r.key!r} is linked to another "
@@ -184,9 +184,8 @@ class IdentityRequests:
                 if self._journaling.replaying:
                     # a format-4 retire too (read as finished): the whole of its forget's step
                     self._directory.unlink(p, key, r.customer_id)
-                    link = link_id(key, r.customer_id)
-                    if not self._directory.is_buried(p, link, now):
-                        self._directory.bury(p, link, now)
+                    if not self._directory.link_buried(p, key, r.customer_id, now):
+                        self._directory.bury(p, link_id(key, r.customer_id), now)
                 elif released:
                     self._journaling.record(r)
                     self._journaling.erase_later(p, r.customer_id)
@@ -216,13 +215,13 @@ class IdentityRequests:
         replies: list[Reply] = []
         for r in batch:
             p, anonymous = r.partition, r.anonymous
-            if self._buried(p, r.link):
+            if self._buried(p, anonymous[len(ANONYMOUS):], r.target):
                 replies.append(_refused(r.target))
                 continue
             earlier = self._directory.handed_over(p, anonymous)
-            if earlier is not None:
-                _, link, state = earlier
-                replies.append(Ok(value=state if link == r.link else None))
+            if earlier is not None:  # the same link if to the same customer
+                target, _, state = earlier
+                replies.append(Ok(value=state if target == r.target else None))
                 continue
             state = r.state if self._journaling.replaying else None
             try:
@@ -282,7 +281,7 @@ class IdentityRequests:
             if not self._customer_step(r, replies):
                 continue
             unclaimed = self._directory.unclaim(r.partition, r.customer_id, r.key)
-            if not self._identities.link(r.customer_id, r.key, r.link):
+            if not self._identities.link(r.customer_id, r.key):
                 if unclaimed:  # a retry's Claim, journaled: so is its end
                     self._journaling.record(Unclaim(partition=r.partition, key=r.key,
                                                     customer_id=r.customer_id, link=r.link))
@@ -359,7 +358,8 @@ class IdentityRequests:
             redirect = self._directory.handed_over(p, customer_id)
             # a forgotten customer's alias's redirect is dropped only if that customer's link
             # left it: one of another customer's link (which won the alias) is that one's
-            if redirect is not None and r.link in (None, redirect[1]):
+            if redirect is not None and (r.link is None or
+                                         self._directory.redirected_by(p, customer_id, r.link)):
                 self._directory.drop_redirect(p, customer_id)  # with the state it handed over
                 existed = True
             for link in [link_id(key, customer_id) for key in aliases] + [r.link]:
@@ -416,7 +416,7 @@ class IdentityRequests:
     def _customer_step(self, r: Merge, replies: list[Reply]) -> bool:
         """Whether a link's step on its customer goes on (the customer is then resident);
         a step of a buried link is answered refused."""
-        if self._buried(r.partition, r.link):
+        if self._buried(r.partition, r.key, r.customer_id):
             replies.append(_refused(r.customer_id))
             return False
         try:
@@ -426,8 +426,8 @@ class IdentityRequests:
             return False
         return True
 
-    def _buried(self, partition: int, link: str) -> bool:
-        return self._directory.is_buried(partition, link, self._ctx.clock())
+    def _buried(self, partition: int, key: str, customer_id: str) -> bool:
+        return self._directory.link_buried(partition, key, customer_id, self._ctx.clock())
 
 
 def _handed_over(state: bytes) -> dict[str, Any]:
