@@ -8,6 +8,7 @@ Keys, under a prefix (default "kairos", `?prefix=` in the URL) so clusters can s
     <prefix>:j:<shard>           sorted set: journal batches, scored by their last LSN
     <prefix>:j:<shard>:last      string: the journal's last LSN (survives truncation)
     <prefix>:j:<shard>:quarantine  sorted set: damaged batches an operator moved aside
+    <prefix>:j:<shard>:gaps      sorted set: their scores, the gaps replay accepts
     <prefix>:j:<shard>:fenced    string: another shard took the journal's partitions over
     <prefix>:j:<shard>:owner     string: the shard's incarnation that writes it (store.py)
     <prefix>:m:<key>             string: meta
@@ -441,7 +442,7 @@ class RedisStore:
     def drop_journal(self, name: str) -> None:
         """The journal's keys but its fence, which outlives it (store.py)."""
         key = f"{self.prefix}:j:{name}"
-        self.r.delete(key, f"{key}:last", f"{key}:quarantine", f"{key}:owner")
+        self.r.delete(key, f"{key}:last", f"{key}:quarantine", f"{key}:gaps", f"{key}:owner")
 
     @unavailable("writing meta")
     def put_meta(self, key: str, blob: bytes) -> None:
