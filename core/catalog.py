@@ -85,6 +85,21 @@ DEFAULT_SELECTION_SAMPLES, MAX_SELECTION_SAMPLES = 128, 65_536
 # bench/results/costs-20261206T003319Z.md)
 SELECTION_DRAW_PASSES = 15  # what drawing an action costs, in passes over it
 MAX_SELECTION_WORK = 3_500_000
+# Every decision weighs the context weights: the kernel (_context_weights) looks at each
+# weight, at the `when` conditions of those on the channel, and for each of those that match
+# multiplies the weight into every group's, named group or not: weights x (conditions +
+# groups) on a channel, 0.3-1.5 ns a step on a 2-core dev box (5,000 groups x 40,000 weights
+# took 53 ms a decision; 10,000 x 200, 2 million steps, 1.3-3 ms). MAX_WEIGHT_WORK keeps it
+# to a few ms: 200 weights over 10,000 groups, or 2,000 over 1,000; MAX_CONTEXT_WEIGHTS
+# also bounds what the catalog checks multiply together at validation.
+MAX_CONTEXT_WEIGHTS = 2_000
+MAX_WEIGHT_WORK = 4_000_000
+# Every decision scores each action of the channel by its model: inputs (the intercept
+# included) a step, and inputs^2 under a full posterior where exploration draws or adds its
+# deviation, about 1.6 ns a step (2,000 actions x 64^2 took 13 ms a decision). MAX_MODEL_WORK
+# keeps it to about 4-6 ms: 2,048 actions with auto's 32 full inputs (2.1 million), 850 with
+# 64, any 10,000 under a diagonal posterior.
+MAX_MODEL_WORK = 3_500_000
 POSTERIORS = ("auto", "full", "diagonal")
 DEFAULT_VALUE_PRIOR_WEIGHT = 10.0
 # A convert's value counts at most this many times the action's catalog value in the
@@ -608,6 +623,7 @@ class _Reader:
 
     def catalog(self) -> Catalog:
         self.no_duplicate_keys()
+        self.plain_numbers()
         root = self.mapping((), ("kairos_catalog", "name", "version", "channels", "events",
                                  "actions", "fallbacks"),
                             ("context", "attributes", "features", "consent", "arbitration",
@@ -655,11 +671,14 @@ class _Reader:
         groups = tuple(dict.fromkeys(a.group for a in actions))
         arbitration = self.arbitration(channel_map, groups, {c.name: c for c in context}) \
             if "arbitration" in root else Arbitration()
-        self.selection_work(channels, actions, arbitration.exploration)
+        offered = _offered(channels, actions)
+        self.selection_work(channels, offered, arbitration.exploration)
+        self.weight_work(offered, arbitration.context_weights, len(groups))
         models = self.models(attr_map, {f.name: f for f in features}, {c.name: c for c in context},
                              groups) if "models" in root else Models()
         self.models_fit(models, len(actions), len(channels))
-        fallbacks = self.fallbacks(channel_map, actions)
+        self.model_work(models, offered, arbitration.exploration)
+        fallbacks = self.fallbacks(channel_map, actions, consent)
         timers = self.each(("timers",), lambda p: self.timer(p, event_map)) \
             if "timers" in root else ()
         if len(timers) > MAX_TIMERS:
@@ -679,6 +698,16 @@ class _Reader:
         for path, mark in self.src.duplicates[:1]:
             raise self.src.error(path, f"duplicate key '{path[-1]}'", mark,
                                  action_id=self.action_id_at(path))
+
+    def plain_numbers(self) -> None:
+        """Refusals (a check added since catalogs could be saved) for numbers that YAML 1.1
+        reads otherwise than an author, or YAML 1.2, would: `1:30` is 90, `010` is 8."""
+        for path, mark, text, value in self.src.odd_numbers:
+            self.refusals.append(self.src.error(
+                path, f"{text!r} reads as {value!r} (a YAML 1.1 number form): write numbers "
+                      f"in plain decimal, such as 90 or 1.5, a duration such as 1h30m as "
+                      f"\"90m\", and quote a text that is not a number", mark,
+                action_id=self.action_id_at(path)))
 
     def action_id_at(self, path: Path) -> str | None:
         """The id of the action that `path` is inside, when it has one."""
@@ -927,6 +956,10 @@ class _Reader:
                 placements = self.names(cpath + ("placements",),
                                         {p.name for p in channels[ch_name].placements},
                                         f"placement of {ch_name}")
+                if not placements:  # the compiler reads no placements as every placement
+                    raise self.fail(cpath + ("placements",), f"must not be empty (leave "
+                                                             f"{ch_name} out to not offer the "
+                                                             f"action there)")
             offers.append(Offer(ch_name, treatment, placements, agent_text))
         rules = {stage: self.rule(path + (stage,)) if stage in spec
                  else None for stage in ("eligibility", "applicability", "suitability")}
@@ -1076,7 +1109,7 @@ class _Reader:
                           f"counts{how})"))
                 return
 
-    def selection_work(self, channels: tuple[Channel, ...], actions: tuple[Action, ...],
+    def selection_work(self, channels: tuple[Channel, ...], offered: dict[str, int],
                        exploration: Exploration) -> None:
         """Where a decision is drawn at random, its selection probabilities re-run the draws
         selection_samples times over every action of the channel that can still rank, filling
@@ -1084,10 +1117,6 @@ class _Reader:
         if exploration.method == "none" or (exploration.method == "ucb"
                                             and exploration.trial_rate == 0.0):
             return
-        offered = {c.name: 0 for c in channels}
-        for action in actions:
-            for offer in action.offers:
-                offered[offer.channel] += 1
         samples = exploration.selection_samples
         # a re-run fills no more slots than the channel has actions
         work, channel, k = max((samples * offered[c.name] * (SELECTION_DRAW_PASSES + k), c.name, k)
@@ -1100,6 +1129,44 @@ class _Reader:
                 f"'{channel}' is {samples} x {offered[channel]} x ({SELECTION_DRAW_PASSES} + {k}) "
                 f"= {work:,}; the most is {MAX_SELECTION_WORK:,}, about 4 to 7 ms a decision "
                 f"(fewer samples, actions or top_k, or exploration method: none)"))
+
+    def weight_work(self, offered: dict[str, int], weights: tuple[ContextWeight, ...],
+                    n_groups: int) -> None:
+        """What weighing the context weights costs a decision on its costliest channel
+        (MAX_WEIGHT_WORK): every weight is looked at, and those on the channel test their
+        conditions and, all matching, multiply into every group."""
+        path = ("arbitration", "context_weights")
+        if len(weights) > MAX_CONTEXT_WEIGHTS:
+            self.refusals.append(self.fail(path, f"more than {MAX_CONTEXT_WEIGHTS:,} context "
+                                                 f"weights ({len(weights):,} given)"))
+            return
+        work, channel = max((len(weights) + sum(len(w.when) + n_groups for w in weights
+                                                if w.channel in (None, c)), c)
+                            for c in offered)
+        if work > MAX_WEIGHT_WORK:
+            on = sum(w.channel in (None, channel) for w in weights)
+            self.refusals.append(self.fail(
+                path, f"context weights cost {work:,} steps a decision on channel '{channel}' "
+                      f"({len(weights):,} weights, {on:,} of them on it, each multiplied into "
+                      f"{n_groups:,} groups); the most is {MAX_WEIGHT_WORK:,}, about 1 to 2 ms "
+                      f"(fewer weights or fewer action groups)"))
+
+    def model_work(self, models: Models, offered: dict[str, int],
+                   exploration: Exploration) -> None:
+        """What scoring every action of a channel by its model costs a decision
+        (MAX_MODEL_WORK): its inputs, squared where a full posterior's deviation is read."""
+        d = models.inputs + 1
+        squared = models.full and exploration.method != "none"
+        per_action = d * d if squared else d
+        most, channel = max((n, c) for c, n in offered.items())
+        if most * per_action > MAX_MODEL_WORK:
+            how = f"{d} x {d} (full posterior)" if squared else f"{d}"
+            self.refusals.append(self.fail(
+                ("models", "predictors"),
+                f"scoring channel '{channel}' costs {most:,} actions x {how} inputs = "
+                f"{most * per_action:,} steps a decision; the most is {MAX_MODEL_WORK:,}, about "
+                f"4 to 6 ms (fewer actions on the channel, fewer predictors, or posterior: "
+                f"diagonal)"))
 
     def models_fit(self, models: Models, n_actions: int, n_channels: int) -> None:
         """A model for every (action, channel) pair, in every shard and the learner: a catalog
@@ -1247,8 +1314,8 @@ class _Reader:
             raise self.fail(path + ("scale",), f"the {transform} transform takes no scale")
         return Predictor(name, source, transform, scale, path=path)
 
-    def fallbacks(self, channels: dict[str, Channel],
-                  actions: tuple[Action, ...]) -> dict[str, tuple[str, ...]]:
+    def fallbacks(self, channels: dict[str, Channel], actions: tuple[Action, ...],
+                  consent: dict[str, str | None]) -> dict[str, tuple[str, ...]]:
         path = ("fallbacks",)
         spec = self.mapping(path, open_keys=True)
         by_id = {a.id: a for a in actions}
@@ -1258,9 +1325,12 @@ class _Reader:
                 raise self.fail(path + (ch_name,), f"unknown channel '{ch_name}'", at_key=True)
             ids = self.names(path + (ch_name,), by_id, "action")
             for i, action_id in enumerate(ids):
-                if not any(o.channel == ch_name for o in by_id[action_id].offers):
+                offer = next((o for o in by_id[action_id].offers if o.channel == ch_name), None)
+                if offer is None:
                     raise self.fail(path + (ch_name, i), f"action '{action_id}' is not offered "
                                                          f"on {ch_name}")
+                self.fallback_fits(path + (ch_name, i), by_id[action_id], offer,
+                                   channels[ch_name], consent)
             out[ch_name] = ids
         for ch_name in channels:
             if ch_name not in out:
@@ -1268,6 +1338,25 @@ class _Reader:
                                       f"means no action)")
         return out
 
+    def fallback_fits(self, path: Path, action: Action, offer: Offer, channel: Channel,
+                      consent: dict[str, str | None]) -> None:
+        """A refusal (a check added since catalogs could be saved) for a fallback that could
+        show what a decision would not: the gateway serves fallbacks without rules or a
+        profile, so to every customer, at any time, at every placement of the channel."""
+        where = f"fallback on {channel.name}: action '{action.id}'"
+        missing = [p.name for p in channel.placements
+                   if offer.placements is not None and p.name not in offer.placements]
+        if consent.get(action.purpose) is not None or action.purpose in channel.consent:
+            reason = f"its purpose '{action.purpose}' needs consent, which a fallback cannot check"
+        elif math.isfinite(action.valid_from) or math.isfinite(action.valid_until):
+            reason = "it has a validity window, which a fallback cannot check"
+        elif missing:
+            reason = f"it is not offered at {', '.join(missing)} (a fallback is for every " \
+                     f"placement of the channel)"
+        else:
+            return
+        self.refusals.append(self.src.error(path, f"{where}: {reason}",
+                                            action_id=action.id))
 
     def timer(self, path: Path, events: dict[str, EventType]) -> Timer:
         spec = self.mapping(path, ("start", "after", "fire"), ("cancel",))
@@ -1328,6 +1417,15 @@ class _Reader:
         if not names:
             raise self.fail(path, "must not be empty")
         return names
+
+
+def _offered(channels: tuple[Channel, ...], actions: tuple[Action, ...]) -> dict[str, int]:
+    """The actions offered on each channel."""
+    offered = {c.name: 0 for c in channels}
+    for action in actions:
+        for offer in action.offers:
+            offered[offer.channel] += 1
+    return offered
 
 
 def _most(weights: list[ContextWeight], depth: int = 0) -> float:

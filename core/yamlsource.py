@@ -16,6 +16,12 @@ Path = tuple  # of str keys and int indexes
 
 # PyYAML's line breaks: its marks count lines by these
 _LINE_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
+# A number as YAML 1.2 and YAML 1.1 read alike. SafeLoader follows YAML 1.1, which also reads
+# `1:30` as 90 (base 60), `010` as 8 (octal), `0x2`, `0b10` and `1_000` as numbers: an author
+# meaning 1h30m or ten gets another value without a word.
+_DECIMAL = re.compile(r"[-+]?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
+                      r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)")
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 # Scalar constructors signal a bad value with plain Python exceptions, not ConstructorError
 _BAD_SCALAR = (ValueError, TypeError, AttributeError, KeyError, OverflowError)
 
@@ -76,6 +82,8 @@ class Source:
         self.marks: dict[Path, Mark] = {}
         self.key_marks: dict[Path, Mark] = {}  # where each mapping key itself was written
         self.duplicates: list[tuple[Path, Mark]] = []  # (path, where the repeated key is)
+        # numbers written in a YAML 1.1 form only (_DECIMAL): (path, where, text, value read)
+        self.odd_numbers: list[tuple[Path, Mark, str, Any]] = []
         self._built: set[int] = set()  # nodes built once: another visit is an alias's
         self._open: set[int] = set()  # the lists and mappings being built, outermost first
         self._repeated = 0  # values built again for aliases
@@ -131,7 +139,10 @@ class Source:
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self._build(loader, item, path + (i,)) for i, item in enumerate(node.value)]
-        return self._construct(loader, node)
+        value = self._construct(loader, node)
+        if node.tag in _NUMBER_TAGS and not _DECIMAL.fullmatch(node.value):
+            self.odd_numbers.append((path, _mark(node), node.value, value))
+        return value
 
     def _construct(self, loader: yaml.SafeLoader, node: yaml.Node) -> Any:
         try:

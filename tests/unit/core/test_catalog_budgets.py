@@ -94,7 +94,8 @@ def test_a_saved_catalog_past_a_later_bound_still_loads():
     catalog (load_catalog's strict=False), a catalog coming in new is."""
     text = vector_catalog(1_100, 18).replace("method: none", "method: ucb\n    ucb_alpha: 50")
     loaded = load_catalog(text, "small.yaml", strict=False)
-    assert [e.path for e in loaded.refusals] == ["arbitration.exploration.ucb_alpha", "models"]
+    assert [e.path for e in loaded.refusals] == ["arbitration.exploration.ucb_alpha", "models",
+                                                 "models.predictors"]
 
 
 # -- a decision's selection re-runs ----------------------------------------------------------

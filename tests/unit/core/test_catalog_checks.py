@@ -1,0 +1,197 @@
+"""Catalogs that validated yet asked for what a decision cannot give: context weights and
+models whose work grows with every decision, an empty placement list read as every
+placement, fallbacks shown where a decision would not show them, and YAML 1.1 numbers read
+with another value than the one written (review rev43, catalog)."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from kairos.core.catalog import (MAX_CONTEXT_WEIGHTS, MAX_MODEL_WORK, MAX_WEIGHT_WORK,
+                                 load_catalog, load_default_catalog)
+from kairos.core.compiler import compile_catalog
+from kairos.core.errors import CatalogError
+
+from tests.unit.core.test_value_learning import SMALL
+
+OWN_GROUP = "{id: a%d, group: g%d, purpose: service, value: 1, channels: {web: {treatment: t}}}"
+
+
+def refused(text: str) -> CatalogError:
+    with pytest.raises(CatalogError) as exc:
+        load_catalog(text, "small.yaml")
+    return exc.value
+
+
+def edit(old: str, new: str, text: str = SMALL) -> str:
+    assert text.count(old) == 1
+    return text.replace(old, new, 1)
+
+
+def with_doc(change) -> str:
+    doc = yaml.safe_load(SMALL)
+    change(doc)
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+# -- context weights ---------------------------------------------------------------------------
+
+def weighted(n_groups: int, n_weights: int) -> str:
+    """small.yaml (its 3 groups and 2 weights) with n_groups more groups of one action each
+    and n_weights more weights of 1 for every group."""
+    def change(doc):
+        doc["actions"] += [yaml.safe_load(OWN_GROUP % (i, i)) for i in range(n_groups)]
+        doc["arbitration"]["context_weights"] += [{"weight": 1}] * n_weights
+    return with_doc(change)
+
+
+def test_context_weights_times_the_groups_they_multiply_into_are_bounded():
+    """Each weight that matches multiplies into every group (the kernel's _context_weights):
+    5,000 groups x 40,000 weights of 1 took 53 ms a decision, and weights of 1 never trip the
+    bound on what weights multiply to."""
+    assert MAX_WEIGHT_WORK == 4_000_000
+    # 2,003 groups; on web each of 1,996 weights is looked at, the first's one condition
+    # tested, and each multiplied into every group: 1,996 + 1 + 1,996 x 2,003 = 3,999,985
+    load_catalog(weighted(2_000, 1_994), "small.yaml")
+    error = refused(weighted(2_000, 1_995))
+    assert error.path == "arbitration.context_weights" and error.line > 0
+    assert "context weights cost 4,001,989 steps a decision on channel 'web' (1,997 weights, " \
+           "1,997 of them on it, each multiplied into 2,003 groups); the most is 4,000,000" \
+           in str(error)
+
+
+def test_the_context_weights_are_counted():
+    assert MAX_CONTEXT_WEIGHTS == 2_000
+    load_catalog(weighted(0, MAX_CONTEXT_WEIGHTS - 2), "small.yaml")
+    error = refused(weighted(0, MAX_CONTEXT_WEIGHTS - 1))
+    assert error.path == "arbitration.context_weights"
+    assert "more than 2,000 context weights (2,001 given)" in str(error)
+    # a catalog saved before the bound still loads, the refusal named
+    saved = load_catalog(weighted(0, MAX_CONTEXT_WEIGHTS - 1), "small.yaml", strict=False)
+    assert [e.path for e in saved.refusals] == ["arbitration.context_weights"]
+
+
+# -- models ------------------------------------------------------------------------------------
+
+def modelled(n_actions: int, posterior: str, method: str = "thompson") -> str:
+    """small.yaml with n_actions more on web, scored by a context vector of 63 inputs."""
+    def change(doc):
+        doc["context"]["emb"] = {"type": "vector", "size": 63, "min": -1, "max": 1}
+        doc["models"]["predictors"] = [{"name": "emb", "source": "context"}]
+        doc["models"]["posterior"] = posterior
+        doc["actions"] += [yaml.safe_load(OWN_GROUP % (i, 0)) for i in range(n_actions)]
+        doc["arbitration"]["exploration"] = {"method": method, "selection_samples": 1}
+    return with_doc(change)
+
+
+def test_a_channels_actions_times_their_models_inputs_are_bounded():
+    """A full posterior's deviation is a quadratic form of the inputs per action: 2,000
+    actions x 64 inputs took 13 ms a decision."""
+    assert MAX_MODEL_WORK == 3_500_000
+    load_catalog(modelled(848, "full"), "small.yaml")  # 854 on web x 64 x 64: 3,497,984
+    error = refused(modelled(849, "full"))
+    assert error.path == "models.predictors"
+    assert "scoring channel 'web' costs 855 actions x 64 x 64 (full posterior) inputs = " \
+           "3,502,080 steps a decision; the most is 3,500,000" in str(error)
+    # a diagonal posterior reads each input once, and no exploration reads no deviation
+    load_catalog(modelled(5_000, "diagonal"), "small.yaml")
+    load_catalog(modelled(2_000, "full", "none"), "small.yaml")
+
+
+def test_the_default_catalog_is_within_the_decision_budgets():
+    catalog = load_default_catalog()
+    assert not catalog.refusals
+
+
+# -- an offer's placements ---------------------------------------------------------------------
+
+def test_an_empty_placement_list_is_refused_not_read_as_every_placement():
+    text = edit("      web: {treatment: track_widget}\n",
+                "      web: {treatment: track_widget, placements: []}\n")
+    error = refused(text)
+    assert (error.action_id, error.path) == ("track_order", "actions[4].channels.web.placements")
+    assert (error.line, error.column) == (98, 50)
+    assert "must not be empty" in str(error)
+
+
+# -- fallbacks ---------------------------------------------------------------------------------
+
+WINTER_SALE_AS_SERVICE = ("purpose: marketing\n    channels:\n      web: {treatment: winter",
+                          "purpose: service\n    channels:\n      web: {treatment: winter")
+
+
+@pytest.mark.parametrize("fallbacks, action, path, reason", [
+    ("web: [track_order]\n  email: [cart_reminder]", "cart_reminder", "fallbacks.email[0]",
+     "its purpose 'marketing' needs consent, which a fallback cannot check"),
+    ("web: [winter_sale]\n  email: []", "winter_sale", "fallbacks.web[0]",
+     "it has a validity window, which a fallback cannot check"),
+    ("web: [delivery_apology, shoes_promo]\n  email: []", "shoes_promo", "fallbacks.web[1]",
+     "its purpose 'marketing' needs consent"),
+])
+def test_a_fallback_must_be_safe_for_any_customer_at_any_time(fallbacks, action, path, reason):
+    """The gateway serves a fallback without rules or a profile: an opted-out customer was
+    sent cart_reminder, and winter_sale was shown years after it ended."""
+    text = edit(*WINTER_SALE_AS_SERVICE)
+    error = refused(edit("web: [track_order]\n  email: []", fallbacks, text))
+    assert (error.action_id, error.path) == (action, path)
+    assert error.line == (129 if "email[" in path else 128)
+    assert reason in str(error)
+
+
+def test_a_fallback_must_be_offered_at_every_placement_of_its_channel():
+    """A fallback is shown at whichever placement asked: the shipped catalog's web fallback
+    showed generic_welcome (offered at hero only) at sidebar and checkout."""
+    text = edit("fallbacks:\n  web: [track_order]\n", "fallbacks:\n  web: [gold_upgrade]\n")
+    error = refused(edit("purpose: marketing\n    channels:\n      web: {treatment: "
+                         "upgrade_sidebar", "purpose: service\n    channels:\n      web: "
+                         "{treatment: upgrade_sidebar", text))
+    assert (error.action_id, error.path, error.line, error.column) == \
+        ("gold_upgrade", "fallbacks.web[0]", 128, 9)
+    assert "it is not offered at hero (a fallback is for every placement of the channel)" \
+        in str(error)
+
+
+def test_the_default_catalogs_fallbacks_are_offered_wherever_they_are_shown():
+    catalog = load_default_catalog()
+    by_id = {a.id: a for a in catalog.actions}
+    for channel, ids in catalog.fallbacks.items():
+        for action_id in ids:
+            offer = next(o for o in by_id[action_id].offers if o.channel == channel)
+            assert offer.placements is None or set(offer.placements) == \
+                {p.name for p in catalog.channel(channel).placements}
+
+
+# -- YAML 1.1 numbers --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("old, new, path, column, read", [
+    ("cooldown_after_accept: 1d", "cooldown_after_accept: 1:30",
+     "actions[0].contact_policy.cooldown_after_accept", 30, "'1:30' reads as 90"),
+    ("window: 1d}", "window: 1:00:00}", "actions[0].contact_policy.max_impressions.window", 43,
+     "'1:00:00' reads as 3600"),
+    ("    value: 30\n", "    value: 010\n", "actions[3].value", 12, "'010' reads as 8"),
+    ("max_impressions: {count: 2,", "max_impressions: {count: 0x2,",
+     "actions[0].contact_policy.max_impressions.count", 32, "'0x2' reads as 2"),
+    ("value: 8\n", "value: 1_000\n", "actions[1].value", 12, "'1_000' reads as 1000"),
+])
+def test_a_number_in_a_yaml_1_1_form_is_refused_where_written(old, new, path, column, read):
+    error = refused(edit(old, new))
+    assert error.path == path
+    assert error.column == column
+    assert read in str(error) and "write numbers in plain decimal" in str(error)
+    assert error.action_id is not None
+
+
+def test_plain_decimal_numbers_read_as_written():
+    text = edit("    value: 30\n", "    value: -0.5e+1\n")
+    text = edit("weight: 2.0}", "weight: +2.}", text)
+    catalog = load_catalog(text, "small.yaml")
+    assert catalog.actions[3].value == -5.0
+    assert catalog.arbitration.context_weights[1].weight == 2.0
+    compile_catalog(catalog)
+
+
+def test_a_saved_catalog_with_a_yaml_1_1_number_still_loads():
+    saved = load_catalog(edit("cooldown_after_accept: 1d", "cooldown_after_accept: 1:30"),
+                         "small.yaml", strict=False)
+    assert saved.actions[0].contact_policy.accept_cooldown_s == 90.0
+    assert [e.action_id for e in saved.refusals] == ["cart_reminder"]
