@@ -12,6 +12,9 @@ handlers that applied the records (a partition never snapshotted replays from th
 customer's home in the store carries the LSN of its last change, so replay skips what a home
 already holds; but for a Forget only its eviction and the home's deletion: a newer home is a
 profile made again under the id, and the forget's tombstones and erasures still stand.
+Passivating writes no snapshot, so a snapshot's residents may since live in their homes: once
+the snapshots loaded hold more than the resident limit, those whose homes are as new as their
+copies stay there (sleepers, with timers armed), so a restart holds no more than the shard did.
 ForgetCustomer is finished by `erase`: the partitions are snapshotted without the customer
 but naming the ids to erase, the journal is rewritten without their records, and the
 partitions are snapshotted again without the ids (a rewrite that fails is tried again, by a
@@ -51,7 +54,7 @@ from kairos.cluster.shard.residency import Residency, checked_sleepers
 from kairos.cluster.shard.watches import Watches, checked_unseen
 from kairos.cluster.storage import blocks
 from kairos.cluster.storage.sealed import SnapshotCorrupt, seal, unseal
-from kairos.cluster.storage.store import JournalReader, redact
+from kairos.cluster.storage.store import JournalReader, StoreCorrupt, redact
 
 log = logging.getLogger("kairos.shard")
 SNAPSHOT_FORMAT = 2  # 2: sealed with a checksum
@@ -244,6 +247,8 @@ class Durability:
             ctx.store.fence_journal(name)  # before its snapshots and journal are read
         plans: dict[str, dict[int, int]] = {}  # journal -> partition -> LSN its snapshot covers
         unchecked = 0
+        # the customers loaded whose homes were not read: each block's journal, ids and LSNs
+        unread: list[tuple[str | None, list[str], Any]] = []
         for p in sorted(self._ownership.owned):
             blob = ctx.store.get_snapshot(p)
             if blob is None:
@@ -264,6 +269,12 @@ class Durability:
             for customer_id in snap.get("unerased", []):  # none in snapshots from before
                 self._decision_log.forget(customer_id)
             plans.setdefault(snap["journal"], {})[p] = snap["lsn"]
+            block = snap["block"]
+            unread.append((block.get("journal"), block["ids"], block["lsn"]))
+            if len(self._residency.recent) > self._residency.resident_limit:
+                for loaded in unread:
+                    self._leave_passivated(*loaded)
+                unread = []
         # a snapshot past the journal's end: it lost its tail (journal.py, "Lost tails")
         own = max(plans.get(ctx.name, {}).values(), default=0)
         if own > journaling.journal.last_lsn:
@@ -288,6 +299,36 @@ class Durability:
                 "resident": len(ctx.engine.table), "replayed": replayed,
                 "journals": sorted(plans), "unchecked_snapshots": unchecked,
                 "seconds": time.perf_counter() - started}
+
+    def _leave_passivated(self, journal: str | None, ids: list[str], lsns: Any) -> None:
+        """Evict the customers of a snapshot's block (`ids`, at `lsns` of `journal`) whose
+        homes are as new as their copies: passivated since the snapshot (which passivation
+        does not write again), their homes hold what replay would have added to the copies.
+        Each whose home has timers armed sleeps until the earliest. A home waiting to be
+        deleted, one damaged or one at another journal's LSNs leaves its customer's copy
+        where it is."""
+        deletes = self._journaling.deletes
+        if journal is None:  # a block from before they named one: its LSNs compare to none
+            return
+        for customer_id, lsn in zip(ids, lsns):
+            p = self._ctx.partition_of(customer_id)
+            if customer_id in deletes.get(p, ()):
+                continue
+            try:
+                blob = self._ctx.store.get(p, customer_id)
+                if blob is None:
+                    continue
+                home = blocks.unpack(unseal(blob, "a customer's home")[0])
+                blocks.validate(home)
+            except (StoreCorrupt, blocks.BlockCorrupt):
+                continue  # the journal's records complete the copy
+            if home["ids"] != [customer_id] or home.get("journal") != journal or \
+                    home["lsn"][0] < lsn:
+                continue
+            self._residency.evict(customer_id, p)
+            timers = (home["extras"][0] or {}).get("timers") or {}
+            if timers:
+                self._residency.take_sleepers(p, {customer_id: min(timers.values())})
 
     def _read_snapshot(self, partition: int, blob: bytes) -> tuple[dict[str, Any], bool]:
         """A stored snapshot, and whether a checksum vouched for it; SnapshotCorrupt (logged
