@@ -62,8 +62,10 @@ from kairos.cluster.transport.codec import (_BAD_FRAME, Reading, _call_frame, _f
 log = logging.getLogger("kairos.dataplane")
 # 3: a challenge-response handshake of fixed layouts; 4: outcomes carry a convert's value; 5: a
 # Decide says if it is logged; 6: a Retire if its forget is finished, TLS off loopback (pinned.py);
-# 7: Resolve.for_forget, Retire.when, Bury.finished; 8: Decide.expires. Others refuse each other
-PROTOCOL = 8
+# 7: Resolve.for_forget, Retire.when, Bury.finished; 8: Decide.expires; 9: a Forget of an
+# anonymous customer whose link is unsettled answers MERGED (a client of 8 would follow it and
+# forget the link's customer). Others refuse each other
+PROTOCOL = 9
 MAGIC = b"KAIROSDP"
 NONCE_BYTES = 32
 _CHALLENGE = struct.Struct(f">8sH{NONCE_BYTES}s")
