@@ -107,12 +107,15 @@ class Scaling:
         # that keeps failing it would otherwise publish a new map, and wake every long poll,
         # each round
         again = [m for m in due if m in self.thaws_published]
-        rest = [m for m in due if m not in self.thaws_published]
-        fresh = [m for m in rest if self.map.owners[m.partition] == m.source]
-        version = self.map.version + 1 if fresh else self.map.version
+        # one the map does not show done may have been handed over at the version after it (a
+        # crash before its publish): its steps go at that one, published below once its source
+        # may serve again. The others' go at the map's: a shard fenced at a version never
+        # published would refuse the next move's adopt or freeze, made at it, as late
+        fresh = [m for m in due if m not in again and self.map.owners[m.partition] == m.source]
+        current = [m for m in due if m not in fresh]
         retried, settled = await asyncio.gather(*(
             moving.settle(self.backend, moves, self.map.owners, set(self.placement), at)
-            for moves, at in ((again, self.map.version), (rest, version))))
+            for moves, at in ((current, self.map.version), (fresh, self.map.version + 1))))
         unsettled = retried.unsettled + settled.unsettled
         self.moving = [m for m in before if m not in due or m in unsettled]
         # senders that met the freeze wait for a version past it, once a source may serve
@@ -120,7 +123,7 @@ class Scaling:
         # all the same), or a retried one answered (its senders wait past the version it
         # went at); none while every source stays frozen (else each round's retry would wake
         # every long poll, for as long as a target does not answer or a source refuses)
-        if (fresh and settled.thawed) or any(m not in retried.unsettled for m in again):
+        if settled.thawed or any(m not in retried.unsettled for m in again):
             self.map = self.map.apply([], self.map.shards)
         self.thaws_published = {m for m in self.moving if m in again
                                 or (m in fresh and m.partition in settled.thawed)}
