@@ -45,6 +45,7 @@ from kairos.cluster.control.catalogs import Catalogs
 from kairos.cluster.control.drains import Drains
 from kairos.cluster.control.endpoints import ShardEndpoints
 from kairos.cluster.control.lagging import Lagging
+from kairos.cluster.control.moves import Unreleased
 from kairos.cluster.control.nodes import GatewaySpec, NodeRefused, Nodes, NodeUnknown
 from kairos.cluster.control.partitions import DEFAULT_PARTITIONS, Move, PartitionMap
 from kairos.cluster.control.rounds import ControlLoop
@@ -254,10 +255,14 @@ class Controller(ControlLoop, Catalogs, Scaling):
             starting.append(name)
         # all at once, as a new cluster's: each may take KAIROS_SHARD_START_S to recover, and
         # one after another they would outlast a pod's startup probe
-        failed = [r for r in await asyncio.gather(
+        results = await asyncio.gather(
             *(self._start_shard(name) for name in starting),
             *(self.endpoints.serve(name, self.nodes.spec, self.placement[name])
-              for name in serving), return_exceptions=True) if isinstance(r, BaseException)]
+              for name in serving), return_exceptions=True)
+        for held in (r for r in results if isinstance(r, Unreleased)):  # the control loop's
+            log.warning("taking up the cluster: %s; the control loop starts it then", held)
+        failed = [r for r in results
+                  if isinstance(r, BaseException) and not isinstance(r, Unreleased)]
         for exc in failed[1:]:
             log.error("taking up the cluster: %s", exc)
         if failed:
@@ -319,6 +324,8 @@ class Controller(ControlLoop, Catalogs, Scaling):
         (rounds.py) recovers those never snapshotted from the journal of the shard it
         replaces, at every start until its health says it serves, and is published once a
         start of it succeeds."""
+        if self.map:  # Unreleased while a move's target may still adopt late what it serves
+            await self._released_before_start(name)
         partitions = self.map.partitions_of(name) if self.map else []
         watches = set(self.channel_watches)  # a watch may change while the start runs
         changes = self._watch_changes

@@ -17,9 +17,12 @@ because both write the partition's snapshot: the source's must be the last. So a
 target does not answer the release stays frozen (its MOVED names a version the clients hold
 already: they wait, client.py), for as long as the target may still adopt late: the store
 keeps one snapshot per partition and has no fence by map version that would refuse the
-target's. Meanwhile later rounds plan around that move (`plan_around`): the rest of the
-cluster scales and drains, and neither of its shards is stopped until it settles (scaling.py;
-a shard stopped has its journal fenced too, controller.py `_retire`).
+target's. That freeze is in the source's memory alone: a source Ray restarts (or a shard
+replacing it) starts unfrozen, so it is started only once the target answered the release
+(scaling.py `_released_before_start`). Meanwhile later rounds plan around that move
+(`plan_around`): the rest of the cluster scales and drains, and neither of its shards is
+stopped until it settles (scaling.py; a shard stopped has its journal fenced too,
+controller.py `_retire`).
 """
 from __future__ import annotations
 
@@ -91,6 +94,11 @@ def plan_around(pmap: PartitionMap, shards: list[str], budget: int, unsettled: I
     kept = [p for s in receivers for p in pinned[s]] + free
     part = PartitionMap([pmap.owners[p] for p in kept], pmap.version, pmap.shards)
     return [Move(kept[m.partition], m.source, m.target) for m in part.plan(receivers, budget)]
+
+
+class Unreleased(RuntimeError):
+    """A shard is not started: a move's target that may still adopt late what it is to serve
+    did not answer the release (scaling.py)."""
 
 
 class Settled(NamedTuple):

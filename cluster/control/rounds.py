@@ -42,7 +42,7 @@ import time
 from typing import Any, Awaitable
 
 from kairos.cluster.control.catalog_identity import catalog_digest
-from kairos.cluster.control.moves import confirm_owned
+from kairos.cluster.control.moves import Unreleased, confirm_owned
 from kairos.cluster.control.nodes import NodeRefused
 from kairos.cluster.control.partitions import Move
 from kairos.cluster.settings import (DECISION_LOG_MAX_BYTES, DECISION_LOG_RETENTION_S,
@@ -146,7 +146,8 @@ class ControlLoop:
     async def _replace(self, dead: str) -> None:
         """A new shard in place of `dead`, whose node left: it owns dead's partitions, and
         recovers those never snapshotted from dead's journal. A creation that fails leaves
-        `dead` as it was, for the next round."""
+        `dead` as it was, for the next round. A start that fails (Unreleased: the target of
+        a move of dead's partitions does not answer) is tried again by `_restart_shards`."""
         log.warning("%s was on a node that left; a new shard recovers its partitions from the "
                     "store (%s)", dead, self.store_shown)
         await self.backend.kill_shard(dead)
@@ -192,6 +193,9 @@ class ControlLoop:
                         # a cluster that lost the store must not take the journal back
                         self.store_claim.check()
                         await self._start_shard(name)  # it claims the journal
+                    except Unreleased as exc:  # a move's target does not answer: no traceback
+                        log.warning("%s; the next round tries again", exc)
+                        answering.remove(name)
                     except Exception:
                         log.exception("%s did not start; the next round tries again", name)
                         answering.remove(name)

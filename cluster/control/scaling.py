@@ -131,6 +131,35 @@ class Scaling:
             await self._publish()
         return retried.failed | settled.failed | set(skip)
 
+    async def _released_before_start(self, name: str) -> None:
+        """Have the targets of the moves not settled of the partitions `name` is to serve
+        release them, before it starts (Ray restarted it, or it replaces a shard whose node
+        left): the freeze that kept a late adopt's snapshot the last (moves.py) was in the
+        memory of a process gone, and `name` starts unfrozen. Unreleased, and `name` is not
+        started (the next round tries again), while a target does not answer."""
+        # a target gone had its journal fenced (`_retire`, `_replace`): it writes no snapshot
+        held = [m for m in self.moving if self.map.owners[m.partition] == name
+                and m.target != name and m.target in self.placement]
+        if not held:
+            return
+        # one known not to answer is not asked (it would hold the lock for a call's deadline)
+        asked = [m for m in held if m.target not in self._unanswered]
+        # as `_settle`'s fresh ones: a move may have been handed over at the version after
+        # the map's; no thaw (`name` is left out), as the start serves them
+        unsettled = (await moving.settle(self.backend, asked, self.map.owners,
+                                         set(self.placement) - {name},
+                                         self.map.version + 1)).unsettled
+        unsettled += [m for m in held if m not in asked]
+        if done := [m for m in held if m not in unsettled]:
+            self.moving = [m for m in self.moving if m not in done]
+            self.thaws_published -= set(done)
+            self.map = self.map.apply([], self.map.shards)  # the version they were fenced at
+            await self._publish()
+        if unsettled:
+            raise moving.Unreleased(
+                f"{name} starts once {', '.join(sorted({m.target for m in unsettled}))} "
+                f"answers the release of the partitions it may still adopt late")
+
     def _in_moves(self) -> set[str]:
         """The shards of the moves not settled yet."""
         return {s for m in self.moving for s in (m.source, m.target)} & set(self.placement)

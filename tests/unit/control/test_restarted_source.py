@@ -1,0 +1,111 @@
+"""The source of a move whose target did not answer its release stays frozen (moves.py), but
+only in its process's memory. A source Ray restarts, one taken up by a controller Ray
+restarted, and a shard that replaces it when its node leaves start only once the target has
+released the partitions: serving them earlier, while the target may still run the adopt that
+timed out, would let that adopt's snapshot make the next recovery drop what was acknowledged
+meanwhile. Ray-free (the Actors harness)."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from kairos.cluster.control import controller as controller_module
+from kairos.cluster.control.partitions import partition_of
+
+from tests.support.local_backend import LocalShard
+from tests.unit.control.actors import Actors, controller_on, ingest
+
+SOURCE, TARGET, HEIR = "kairos-shard-0000", "kairos-shard-0001", "kairos-shard-0002"
+CUSTOMERS = [f"c{i}" for i in range(40)]
+
+
+@pytest.fixture(autouse=True)
+def no_grace(monkeypatch):
+    monkeypatch.setattr(controller_module, "RETIRE_GRACE_S", 0.0)
+
+
+@pytest.fixture
+def frozen(monkeypatch) -> list[tuple[bytes, int]]:
+    """The payloads the shards' freezes answered, with their map versions."""
+    answered = []
+    freeze = LocalShard.freeze
+
+    async def kept(self, partitions, version):
+        payload = await freeze(self, partitions, version)
+        answered.append((payload, version))
+        return payload
+
+    monkeypatch.setattr(LocalShard, "freeze", kept)
+    return answered
+
+
+async def held_move(store: str):
+    """One shard scaled to two: the adopt times out, and the target then answers no release."""
+    backend = Actors()
+    controller = await controller_on(backend, store, n_shards=1)
+    assert set(await ingest(backend, CUSTOMERS, 0)) == {1}
+    backend.fail.update({(TARGET, "adopt"): 1, (TARGET, "release"): 10**6})
+    with pytest.raises(RuntimeError, match="handoffs failed"):
+        await controller.scale(2)
+    held = {m.partition for m in controller.moving}
+    assert held and held <= set(backend.shards[SOURCE].leaving)
+    return backend, controller, [c for c in CUSTOMERS if partition_of(c, 64) in held]
+
+
+async def late_adopt_then_release(backend: Actors, controller, frozen, waiting: str) -> None:
+    """The target runs the adopt that timed out, then answers again: `waiting` starts, and
+    what it acknowledges survives its next restart."""
+    backend.shards[TARGET].adopt(*frozen[0])
+    backend.fail.clear()
+    for _ in range(2):  # a target that failed the last round's settle is asked the next
+        await controller.reconcile()
+    assert not controller.moving and backend.shards[waiting] is not None
+    assert controller.routing()["version"] == controller.map.version
+
+
+async def acknowledged_survives_a_restart(backend: Actors, controller, owner: str,
+                                          victims: list[str]) -> None:
+    assert set(await asyncio.wait_for(ingest(backend, victims, 1), 10)) == {2}
+    backend.restart(owner)
+    await controller.reconcile()
+    assert set(await asyncio.wait_for(ingest(backend, victims, 2), 10)) == {3}
+
+
+def test_a_restarted_source_starts_once_its_target_released_the_held_partitions(
+        tmp_path, frozen):
+    async def main():
+        backend, controller, victims = await held_move(str(tmp_path))
+        backend.restart(SOURCE)
+        for _ in range(2):
+            await controller.reconcile()
+            assert backend.shards[SOURCE] is None  # not serving what the target may adopt
+        assert controller.moving
+        await late_adopt_then_release(backend, controller, frozen, SOURCE)
+        await acknowledged_survives_a_restart(backend, controller, SOURCE, victims)
+    asyncio.run(main())
+
+
+def test_a_source_restarted_while_the_controller_was_down_is_started_by_the_control_loop(
+        tmp_path, frozen):
+    async def main():
+        backend, _, victims = await held_move(str(tmp_path))
+        backend.restart(SOURCE)
+        controller = await controller_on(backend, str(tmp_path), n_shards=2)  # takes it up
+        assert controller.ready and backend.shards[SOURCE] is None
+        await late_adopt_then_release(backend, controller, frozen, SOURCE)
+        await acknowledged_survives_a_restart(backend, controller, SOURCE, victims)
+    asyncio.run(main())
+
+
+def test_the_heir_of_a_source_whose_node_left_starts_once_the_target_released(
+        tmp_path, frozen):
+    async def main():
+        backend, controller, victims = await held_move(str(tmp_path))
+        backend.node_names.remove(controller.placement[SOURCE])
+        await controller.reconcile()
+        assert SOURCE not in controller.shards and HEIR in controller.shards
+        assert backend.shards[HEIR] is None  # replaced, not started
+        await late_adopt_then_release(backend, controller, frozen, HEIR)
+        await acknowledged_survives_a_restart(backend, controller, HEIR, victims)
+    asyncio.run(main())
