@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from ._kernel import MAX_PREDICTORS_SUPPORTED
 from .errors import CatalogError, RuleError
-from .rules import DURATION_UNITS_S, MAX_NUMBER, out_of_range
+from .rules import DURATION_UNITS_S, KEYWORDS, MAX_NUMBER, out_of_range
 from .yamlsource import Path, Source
 
 MAX_ACTIONS = 10_000  # in one catalog
@@ -60,9 +60,16 @@ _VERSION_RE = re.compile(r"[!-~]{1,%d}" % MAX_VERSION)
 # characters no text may hold once YAML's escapes are read ("\e", "\u202e"; YAML itself refuses
 # only raw ones): controls but tab and line feed (a terminal's or a log's escape sequences), and
 # bidirectional embeddings, overrides and isolates, which show a text in another order than it
-# is read. A label (name) is one line, so it holds no tab or line feed either.
-_HIDDEN_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-_HIDDEN_IN_LABEL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# is read; and the line and paragraph separators, which break a line in a log or the console's
+# JSON, and the zero-width space, word joiner and byte order mark, which hide text. A label
+# (name) is one line, so it holds no tab or line feed either, nor the other invisible ones:
+# zero-width (non-)joiners and direction marks, which a text's Persian, Indic or Hebrew words
+# may need, a label's name does not.
+_INVISIBLE = "\u200b\u2028\u2029\u2060\ufeff"
+_HIDDEN_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069%s]"
+                        % _INVISIBLE)
+_HIDDEN_IN_LABEL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069%s"
+                                 "\u061c\u200c-\u200f]" % _INVISIBLE)
 DEFAULT_VARIANCE_SCALE = 0.1
 # Exploration reaches at most 10 posterior deviations (variance_scale scales the variance, so
 # 100; ucb_alpha the deviation): past that a draw or a bonus swamps whatever a model learnt,
@@ -118,7 +125,7 @@ MAX_MODEL_BYTES = 2 * 2**30
 _MAX_WEIGHT_SPLITS = 32  # context fields _most tells weights apart by, one within another
 _MAX_JOINT_WEIGHTS = 1_000  # weights for every group x groups named, weighed together
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")  # of everything a catalog names: channels, actions...
-_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_DURATION_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([smhdw])$")  # not "１d": float() reads it
 
 
 @dataclass(frozen=True)
@@ -655,6 +662,8 @@ class _Reader:
                 f"history until this catalog is replaced")))
         context = self.each(("context",), lambda p: self.field_spec(p, vectors=True)) \
             if "context" in root else ()
+        for key in context:
+            self.not_keyword(("context", key.name))
         consent = self.consent(bool_attrs) if "consent" in root else {"service": None}
         for ch in channels:
             for purpose in ch.consent:
@@ -857,6 +866,8 @@ class _Reader:
             wpath = path + ("when", when_field)
             when_values = tuple(self.typed_value(wpath + (i,), spec_field.type, spec_field.values)
                                 for i in range(len(self.sequence(wpath))))
+            if not when_values:  # no event would count
+                self.refusals.append(self.fail(wpath, "must not be empty"))
         ftype, fvalues = "float", None
         if kind == "last":
             ftype, fvalues = event.field(field_name).type, event.field(field_name).values
@@ -864,6 +875,9 @@ class _Reader:
                        ftype, fvalues)
 
     def unique_profile_names(self, attributes: tuple, features: tuple) -> None:
+        for section, items in (("attributes", attributes), ("features", features)):
+            for item in items:
+                self.not_keyword((section, item.name))
         seen = {a.name for a in attributes}
         for f in features:
             if f.name in seen:
@@ -873,6 +887,14 @@ class _Reader:
                 raise self.fail(("features", f.name), "'now' is reserved", at_key=True)
         if "now" in seen:
             raise self.fail(("attributes", "now"), "'now' is reserved", at_key=True)
+
+    def not_keyword(self, path: Path) -> None:
+        """A refusal (a check added since catalogs could be saved) for a name rules read as a
+        keyword, so that no rule could read it."""
+        if path[-1] in KEYWORDS:
+            self.refusals.append(self.fail(path, f"'{path[-1]}' is a rule keyword, so no rule "
+                                                 f"could read it: use another name",
+                                           at_key=True))
 
     def channel(self, path: Path, bool_attrs: set[str]) -> Channel:
         spec = self.mapping(path, ("placements",), ("consent", "control"))
@@ -957,9 +979,9 @@ class _Reader:
                                         {p.name for p in channels[ch_name].placements},
                                         f"placement of {ch_name}")
                 if not placements:  # the compiler reads no placements as every placement
-                    raise self.fail(cpath + ("placements",), f"must not be empty (leave "
-                                                             f"{ch_name} out to not offer the "
-                                                             f"action there)")
+                    self.refusals.append(self.fail(cpath + ("placements",), (
+                        f"must not be empty (leave {ch_name} out to not offer the action "
+                        f"there)")))
             offers.append(Offer(ch_name, treatment, placements, agent_text))
         rules = {stage: self.rule(path + (stage,)) if stage in spec
                  else None for stage in ("eligibility", "applicability", "suitability")}
@@ -986,7 +1008,9 @@ class _Reader:
             for key, val in self.mapping(path + ("attributes",), open_keys=True).items():
                 apath = path + ("attributes", self.key_name(path + ("attributes", key)))
                 if isinstance(val, (int, float)) and not isinstance(val, bool):
-                    self.number(apath)  # finite: an int past float range would overflow later
+                    # finite (an int past float range would overflow later), and within what
+                    # a decision takes: past it every decision drops the action
+                    self.within(apath, self.number(apath), -MAX_NUMBER)
                 if not isinstance(val, (int, float, str, bool)):
                     raise self.fail(apath, f"expected a number, string or boolean, "
                                            f"got {_kind(val)}")

@@ -63,7 +63,7 @@ _TOKEN_RE = re.compile(
   | (?P<name>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?)
   | (?P<op><=|>=|==|!=|<|>|\+|-|\*|/|\(|\)|\[|\]|,)
     """,
-    re.VERBOSE,
+    re.VERBOSE | re.ASCII,  # ASCII digits only: float() reads "١" and "１" as 1 too
 )
 KEYWORDS = {"and", "or", "not", "in", "between", "true", "false"}
 
@@ -607,7 +607,7 @@ _SINCE_UNITS_S = {"days_since": 86400.0, "hours_since": 3600.0, "minutes_since":
 _SIMPLE_CALLS = {"known": Op.KNOWN, "coalesce": Op.COALESCE, "min": Op.MIN, "max": Op.MAX,
                  "abs": Op.ABS, "log1p": Op.LOG1P}
 
-MAX_STACK = 32
+MAX_STACK = 32  # the kernel's evaluation stack (_kernel.pxd): values a rule holds at once
 
 
 @dataclass
@@ -622,9 +622,7 @@ class Program:
     def add(self, node: Node, intern: Callable[[str], int]) -> tuple[int, int]:
         """Append the code of one rule; returns its (start, end) in `code` (int32 units)."""
         start = len(self.code)
-        depth = self._emit(node, intern)
-        if depth > MAX_STACK:
-            raise RuleError(f"the rule is nested too deeply (stack {depth} > {MAX_STACK})", 1)
+        self._emit(node, intern)
         return start, len(self.code)
 
     def _const(self, value: float) -> int:
@@ -632,7 +630,16 @@ class Program:
         return len(self.consts) - 1
 
     def _emit(self, node: Node, intern: Callable[[str], int]) -> int:
-        """Emit code for node; returns the stack depth it needs."""
+        """Emit code for node; returns the stack depth it needs, at most MAX_STACK: past it
+        RuleError at the innermost node that needs more."""
+        depth = self._emit_node(node, intern)
+        if depth > MAX_STACK:
+            raise RuleError(f"the rule is nested too deeply here: it holds {depth} values at "
+                            f"once, the most is {MAX_STACK} (nest on the left: (a + b) + c "
+                            f"holds fewer than a + (b + c))", node.column)
+        return depth
+
+    def _emit_node(self, node: Node, intern: Callable[[str], int]) -> int:
         if isinstance(node, Const):
             self.code += [Op.CONST, self._const(literal_value(node, intern))]
             return 1

@@ -130,6 +130,10 @@ class Source:
                 if not isinstance(key_node, yaml.ScalarNode):  # a list or mapping: unhashable
                     kind = "a list" if isinstance(key_node, yaml.SequenceNode) else "a mapping"
                     raise self.error(path, f"keys must be strings, got {kind}", _mark(key_node))
+                if key_node.tag == "tag:yaml.org,2002:merge":  # SafeLoader's, not Source's
+                    raise _Refused(problem="merge keys (<<) are not supported: write the keys "
+                                           "out, or put an alias where the whole value goes",
+                                   problem_mark=key_node.start_mark)
                 key = self._construct(loader, key_node)
                 if key in out:
                     self.duplicates.append((path + (key,), _mark(key_node)))

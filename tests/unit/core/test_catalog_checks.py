@@ -195,3 +195,104 @@ def test_a_saved_catalog_with_a_yaml_1_1_number_still_loads():
                          "small.yaml", strict=False)
     assert saved.actions[0].contact_policy.accept_cooldown_s == 90.0
     assert [e.action_id for e in saved.refusals] == ["cart_reminder"]
+
+
+# -- smaller checks ----------------------------------------------------------------------------
+
+def test_a_numeric_action_attribute_is_held_to_the_bound_of_values():
+    """Past 1e12 every decision dropped the action (INVALID_VALUE), unnoticed at validation."""
+    error = refused(edit("attributes: {margin: 0.4}", "attributes: {margin: 5.0e+12}"))
+    assert (error.action_id, error.path) == ("shoes_promo", "actions[1].attributes.margin")
+    assert "must be at most 1e+12" in str(error)
+    load_catalog(edit("attributes: {margin: 0.4}", "attributes: {margin: -1.0e+12}"),
+                 "small.yaml")
+
+
+def test_a_features_when_needs_a_value():
+    error = refused(edit("when: {status: [delayed, lost]}", "when: {status: []}"))
+    assert (error.path, error.line) == ("features.late_deliveries.when.status", 51)
+    assert "must not be empty" in str(error)
+
+
+@pytest.mark.parametrize("old, new, path", [
+    ("  member_since: {type: timestamp}\n", "  between: {type: timestamp}\n",
+     "attributes.between"),
+    ("  orders: {kind: count", "  and: {kind: count, event: purchase}\n  orders: {kind: count",
+     "features.and"),
+    ("  basket_value: {type: float}\n", "  basket_value: {type: float}\n  in: {type: float}\n",
+     "context.in"),
+])
+def test_a_rule_keyword_is_no_name(old, new, path):
+    """A rule reading it failed with "unexpected 'between'", which did not say why."""
+    error = refused(edit(old, new))
+    assert error.path == path
+    assert f"'{path.split('.')[1]}' is a rule keyword, so no rule could read it" in str(error)
+
+
+@pytest.mark.parametrize("old, new", [
+    ("window: 1d}", "window: \"\uff11d\"}"),  # a fullwidth one
+    ("late_deliveries >= 1", "late_deliveries >= \u0661"),  # an Arabic-Indic one
+])
+def test_digits_are_ascii(old, new):
+    """float() reads "１" and "١" as 1, the schema's and the kernel's digits do not."""
+    with pytest.raises(CatalogError):
+        compile_catalog(load_catalog(edit(old, new), "small.yaml"))
+
+
+def test_a_merge_key_is_said_to_be_unsupported():
+    text = edit("  - id: track_order\n", "  - <<: {lever: 2}\n    id: track_order\n")
+    error = refused(text)
+    assert (error.line, error.column) == (94, 5)
+    assert str(error).endswith("merge keys (<<) are not supported: write the keys out, or put "
+                               "an alias where the whole value goes")
+
+
+AGENT_TEXT = ("web: {treatment: track_widget}",
+              'web: {treatment: track_widget, agent_text: "a%sb"}')
+
+
+@pytest.mark.parametrize("old, new, char", [
+    ("name: small-test", 'name: "a\\u2028test"', "#x2028 (LINE SEPARATOR)"),
+    ("name: small-test", 'name: "a\\u200btest"', "#x200b (ZERO WIDTH SPACE)"),
+    ("name: small-test", 'name: "a\\u200ftest"', "#x200f (RIGHT-TO-LEFT MARK)"),
+    ("name: small-test", 'name: "a\\u061ctest"', "#x061c (ARABIC LETTER MARK)"),
+    (AGENT_TEXT[0], AGENT_TEXT[1] % "\\u2029", "#x2029 (PARAGRAPH SEPARATOR)"),
+    (AGENT_TEXT[0], AGENT_TEXT[1] % "\\ufeff", "#xfeff (ZERO WIDTH NO-BREAK SPACE)"),
+])
+def test_line_breaking_and_invisible_characters_are_refused(old, new, char):
+    """They broke lines or hid text in logs and the console. A name is one line: no mark."""
+    error = refused(edit(old, new))
+    assert f"character {char} at 2" in str(error)
+
+
+def test_an_agent_text_keeps_the_joiners_and_marks_its_words_need():
+    text = edit(AGENT_TEXT[0], AGENT_TEXT[1] % "\\u200c\\u200d\\u200e\\u200f\\u061c")
+    load_catalog(text, "small.yaml")
+
+
+@pytest.mark.parametrize("change, valid", [
+    (lambda d: d.update(timers={"t": {"start": "add_to_cart", "after": 1800,
+                                      "fire": "quiet"}}), True),
+    (lambda d: d["actions"][0]["contact_policy"]["max_impressions"].update(window=" 2h "), True),
+    (lambda d: d["channels"]["web"]["placements"]["hero"].update(top_k=1025), False),
+    (lambda d: d["actions"][1]["attributes"].update(margin="x" * 5_000), False),
+    (lambda d: d["actions"][1]["attributes"].update(margin=2e12), False),
+    (lambda d: d["attributes"].update(visits={"type": "int", "default": 1.5}), False),
+    (lambda d: d["attributes"].update(visits={"type": "int", "default": 2}), True),
+], ids=["timer-after-seconds", "duration-spaces", "top-k", "attribute-text", "attribute-number",
+        "int-default", "int-default-whole"])
+def test_the_schema_agrees_with_the_loader(change, valid):
+    """Editors showed errors on catalogs Kairos takes and none on some it refuses."""
+    from tests.unit.core.test_catalog_schema import as_json, validator
+    doc = yaml.safe_load(SMALL)
+    doc["events"]["quiet"] = {"fields": {}}  # what a timer may fire
+    change(doc)
+    text = yaml.safe_dump(doc, sort_keys=False)
+    errors = list(validator().iter_errors(as_json(yaml.safe_load(text))))
+    assert (errors == []) == valid
+    try:
+        load_catalog(text, "small.yaml")
+    except CatalogError:
+        assert not valid
+    else:
+        assert valid

@@ -572,8 +572,9 @@ def test_rule_errors_point_into_the_rule(text, message, points_at):
                  "small.yaml:93:12: actions[3].value (action 'delivery_apology'): expected a "
                  "number, got True", "true", id="bool-value"),
     pytest.param(APPLY, '    applicability: "' + "1 + (" * 33 + "1" + ")" * 33 + ' > 1"\n',
-                 apology(21, "the rule is nested too deeply (stack 34 > 32)"), "1 + (",
-                 id="too-deep"),
+                 apology(28, "the rule is nested too deeply here: it holds 33 values at once, "
+                             "the most is 32 (nest on the left: (a + b) + c holds fewer than "
+                             "a + (b + c))"), "+ (1", id="too-deep"),
 ])
 def test_more_rule_errors(old, new, message, points_at):
     check(edit(old, new), message, points_at)
