@@ -1353,8 +1353,8 @@ class _Reader:
                 if offer is None:
                     raise self.fail(path + (ch_name, i), f"action '{action_id}' is not offered "
                                                          f"on {ch_name}")
-                self.fallback_fits(path + (ch_name, i), by_id[action_id], offer,
-                                   channels[ch_name], consent)
+                self.fallback_fits(path + (ch_name, i), by_id[action_id], channels[ch_name],
+                                   consent)
             out[ch_name] = ids
         for ch_name in channels:
             if ch_name not in out:
@@ -1362,21 +1362,17 @@ class _Reader:
                                       f"means no action)")
         return out
 
-    def fallback_fits(self, path: Path, action: Action, offer: Offer, channel: Channel,
+    def fallback_fits(self, path: Path, action: Action, channel: Channel,
                       consent: dict[str, str | None]) -> None:
         """A refusal (a check added since catalogs could be saved) for a fallback that could
         show what a decision would not: the gateway serves fallbacks without rules or a
-        profile, so to every customer, at any time, at every placement of the channel."""
+        profile, so to every customer, at any time (at the placements where each is offered,
+        at most their top_k: core/request.py fallback_decision)."""
         where = f"fallback on {channel.name}: action '{action.id}'"
-        missing = [p.name for p in channel.placements
-                   if offer.placements is not None and p.name not in offer.placements]
         if consent.get(action.purpose) is not None or action.purpose in channel.consent:
             reason = f"its purpose '{action.purpose}' needs consent, which a fallback cannot check"
         elif math.isfinite(action.valid_from) or math.isfinite(action.valid_until):
             reason = "it has a validity window, which a fallback cannot check"
-        elif missing:
-            reason = f"it is not offered at {', '.join(missing)} (a fallback is for every " \
-                     f"placement of the channel)"
         else:
             return
         self.refusals.append(self.src.error(path, f"{where}: {reason}",

@@ -11,6 +11,7 @@ from kairos.core.catalog import (MAX_CONTEXT_WEIGHTS, MAX_MODEL_WORK, MAX_WEIGHT
                                  load_catalog, load_default_catalog)
 from kairos.core.compiler import compile_catalog
 from kairos.core.errors import CatalogError
+from kairos.core.request import fallback_decision
 
 from tests.unit.core.test_value_learning import SMALL
 
@@ -138,27 +139,16 @@ def test_a_fallback_must_be_safe_for_any_customer_at_any_time(fallbacks, action,
     assert reason in str(error)
 
 
-def test_a_fallback_must_be_offered_at_every_placement_of_its_channel():
-    """A fallback is shown at whichever placement asked: the shipped catalog's web fallback
-    showed generic_welcome (offered at hero only) at sidebar and checkout."""
-    text = edit("fallbacks:\n  web: [track_order]\n", "fallbacks:\n  web: [gold_upgrade]\n")
-    error = refused(edit("purpose: marketing\n    channels:\n      web: {treatment: "
-                         "upgrade_sidebar", "purpose: service\n    channels:\n      web: "
-                         "{treatment: upgrade_sidebar", text))
-    assert (error.action_id, error.path, error.line, error.column) == \
-        ("gold_upgrade", "fallbacks.web[0]", 128, 9)
-    assert "it is not offered at hero (a fallback is for every placement of the channel)" \
-        in str(error)
-
-
-def test_the_default_catalogs_fallbacks_are_offered_wherever_they_are_shown():
-    catalog = load_default_catalog()
-    by_id = {a.id: a for a in catalog.actions}
-    for channel, ids in catalog.fallbacks.items():
-        for action_id in ids:
-            offer = next(o for o in by_id[action_id].offers if o.channel == channel)
-            assert offer.placements is None or set(offer.placements) == \
-                {p.name for p in catalog.channel(channel).placements}
+def test_a_fallback_shows_only_where_it_is_offered_and_at_most_the_placements_top_k():
+    """A fallback is served at whichever placement asked: the shipped catalog's web fallback
+    showed generic_welcome (offered at hero only) at sidebar and checkout, and two actions at
+    hero, whose top_k is 1."""
+    compiled = compile_catalog(load_default_catalog())
+    shown = {placement: [a.action_id for a in fallback_decision(compiled, "c", "web",
+                                                                placement).actions]
+             for placement in ("hero", "sidebar", "checkout", "account")}
+    assert shown == {"hero": ["generic_welcome"], "sidebar": [], "checkout": [],
+                     "account": ["service_menu"]}
 
 
 # -- YAML 1.1 numbers --------------------------------------------------------------------------
