@@ -57,10 +57,12 @@ stop_kairos() {
         kill -0 "$kairos_pid" 2>/dev/null || break
         sleep 1
     done
+    # Waited for only if it was still there: bash's `wait` for a child it has already reaped
+    # can block for good inside a trap that interrupted a `wait` for that child
     if kill -0 "$kairos_pid" 2>/dev/null; then
         kill -KILL "$kairos_pid" 2>/dev/null
+        wait "$kairos_pid" 2>/dev/null || true
     fi
-    wait "$kairos_pid" 2>/dev/null || true
 }
 ray_pid=""
 kairos_pid=""
