@@ -43,8 +43,10 @@ prune_ray_sessions() {
 
 stop_ray() {
     echo "kairos-head: stopping Ray" >&2
-    kill -TERM "$ray_pid" 2>/dev/null
-    wait "$ray_pid" 2>/dev/null || true
+    # waited for only if it was there (see stop_kairos)
+    if kill -TERM "$ray_pid" 2>/dev/null; then
+        wait "$ray_pid" 2>/dev/null || true
+    fi
 }
 # A `kairos start` still running (its driver exits on SIGTERM, after ray.shutdown) gets 10 s,
 # so that Ray's own drain and stop still fit the head's grace period after it.
