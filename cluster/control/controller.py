@@ -428,10 +428,9 @@ class Controller(ControlLoop, Catalogs, Scaling):
         serving one and the controller's own. A drain a crash interrupted is finished by the
         control loop. Asked for again while it runs, or after it while the node stays drained,
         it answers that drain's result (drains.py)."""
-        if node in self.nodes.released:  # an operator drains it: theirs to remove, not ours
-            self.nodes.released.discard(node)
+        if self.nodes.disown(node):  # an operator drains it: theirs to remove, not ours
             await self._save()
-        return await self.drains.join(node, lambda: self._drain(node))
+        return await self._join_drain(node)
 
     async def _drain(self, node: str) -> dict[str, Any]:
         alive = self.backend.nodes()

@@ -76,3 +76,23 @@ def test_a_release_refused_leaves_the_node_unmarked():
             await ctl.release_node("head")
         assert not ctl.nodes.releasing and not ctl.nodes.released
     asyncio.run(main())
+
+
+def test_an_operators_drain_of_a_node_the_autoscaler_was_releasing_drops_its_mark(monkeypatch,
+                                                                                   tmp_path):
+    """Theirs to remove: a later step up must not take it back."""
+    async def main():
+        backend = Counting(["head", "w1", "w2"])
+        store = str(tmp_path / "store")
+        ctl = Controller(backend, n_partitions=16, store_url=store, home_node="head")
+        await ctl.start(3)
+        failing_once(monkeypatch, ctl)
+        with pytest.raises(RuntimeError):
+            await ctl.release_node("w1")  # cut short: still marked releasing
+        assert ctl.nodes.releasing == {"w1"}
+        await ctl.drain_node("w1")
+        assert not ctl.nodes.releasing and not ctl.nodes.released
+        again = Controller(backend, n_partitions=16, store_url=store, home_node="head")
+        await again.start(3)
+        assert not again.nodes.releasing and not again.nodes.released
+    asyncio.run(main())
