@@ -46,7 +46,6 @@ cdef enum Update:
     UPD_TIME_SINCE = 6
     UPD_MIN = 7
     UPD_MAX = 8
-    UPD_SET = 9
 
 cdef enum View:
     VIEW_COPY = 0

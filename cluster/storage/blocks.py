@@ -47,7 +47,9 @@ class BlockCorrupt(ValueError):
 
 
 class _Layout(NamedTuple):
-    keys: list[str]  # a name per slot; the helper slot after a `last` feature is '<name>@time'
+    # a name per slot; the helper slot after a `last` feature or a `from` attribute (the
+    # time of its value) is '<name>@time'
+    keys: list[str]
     flags: list[bool]  # whether each slot holds a string
     string_slots: list[int]  # the string slots' columns
     meanings: bytes  # each slot's meaning's digest (MEANING_BYTES each)
@@ -71,8 +73,8 @@ def _layout(compiled: CompiledCatalog) -> _Layout:
     keys: list[str] = []
     digests = []
     for name in compiled.layout.names:
-        # a `last` feature's helper holds the time of its value: it means what its feature
-        # does, so the two start over together
+        # a `last` feature's or `from` attribute's helper holds the time of its value: it
+        # means what its slot does, so the two start over together
         described = meaning[name] if name else (*meaning[keys[-1]], "time")
         keys.append(name if name else f"{keys[-1]}@time")
         digests.append(hashlib.blake2b(msgpack.packb(described),
