@@ -9,7 +9,8 @@ own GCS on a free port, no dashboard, no fixed agent port.
 Tiers, one folder each, run in this order: `unit/` (no Ray, quick), `property/` (randomised
 equivalence against a twin: the kernel's NumPy twin, a shard that never crashed; no Ray), `cluster/` (starts Ray clusters on this machine),
 `console/` (the agent's console in Chromium against a `kairos up` of its own), `bench/` (the
-harnesses' quick modes, end to end). `-m unit` (or any tier's name) picks one.
+harnesses' quick modes, end to end). `-m unit` (or any tier's name) picks one. With workers
+(pytest-xdist's `-n`, on by default), one runs the Ray tiers and the others the rest (ByTier).
 Tests of the unit and property tiers cannot start Ray: `ray.init` and Ray's node start-up
 raise while their fixtures and bodies run (see `pytest_runtest_protocol`).
 """
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+from xdist.scheduler import LoadScopeScheduling
 
 from kairos.cluster.cli.local import single_machine
 from kairos.core import kernel
@@ -76,12 +78,35 @@ def tier_of(item: pytest.Item) -> str:
 def pytest_collection_modifyitems(session, config, items: list[pytest.Item]) -> None:
     """Each test gets its tier's marker (`-m unit`, `-m "not bench"`), and the tiers run in
     order: unit, k8s, property, cluster, console, bench (a stable sort: within a tier,
-    collection order)."""
+    collection order); with more than one worker, in the order of RAY_FIRST (ByTier)."""
     for item in items:
         tier = tier_of(item)
         item.add_marker(tier)
         item.stash[_TIER] = tier
-    items.sort(key=lambda item: TIERS.index(item.stash[_TIER]))
+    shared = getattr(config, "workerinput", {}).get("workercount", 1) > 1
+    order = RAY_FIRST if shared else TIERS
+    items.sort(key=lambda item: order.index(item.stash[_TIER]))
+
+
+# With workers (pytest-xdist, -n): the Ray tiers first, so that one worker starts on them
+RAY_FIRST = ("cluster", "console", "bench", "unit", "k8s", "property")
+
+
+class ByTier(LoadScopeScheduling):
+    """pytest-xdist's scheduling by scope, the scopes being: the Ray tiers, all of them as one,
+    which one worker runs in order from the start (two Ray clusters never run at once), and
+    each module of the other tiers, which the other workers share (a module's fixtures set up
+    once)."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        module = nodeid.split("::", 1)[0]
+        parts = Path(module).parts
+        tier = parts[parts.index("tests") + 1] if "tests" in parts[:-1] else ""
+        return module if tier in NO_RAY else "ray"
+
+
+def pytest_xdist_make_scheduler(config, log) -> ByTier:
+    return ByTier(config, log)
 
 
 @pytest.hookimpl(hookwrapper=True)
