@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from ._kernel import MAX_PREDICTORS_SUPPORTED
 from .errors import CatalogError, RuleError
-from .rules import DURATION_UNITS_S, KEYWORDS, MAX_NUMBER, out_of_range
+from .rules import DURATION_UNITS_S, KEYWORDS, MAX_NUMBER, refused_number
 from .yamlsource import Path, Source
 
 MAX_ACTIONS = 10_000  # in one catalog
@@ -125,7 +125,7 @@ MAX_MODEL_BYTES = 2 * 2**30
 _MAX_WEIGHT_SPLITS = 32  # context fields _most tells weights apart by, one within another
 _MAX_JOINT_WEIGHTS = 1_000  # weights for every group x groups named, weighed together
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")  # of everything a catalog names: channels, actions...
-_DURATION_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([smhdw])$")  # not "１d": float() reads it
+_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")  # Unicode digits: see duration
 
 
 @dataclass(frozen=True)
@@ -448,7 +448,7 @@ class _Reader:
         self.src = source
         self.action_id: str | None = None
         self.refusals: list[CatalogError] = []
-        self.literals: dict[str, RuleError | None] = {}  # rules.out_of_range by rule text
+        self.literals: dict[str, RuleError | None] = {}  # rules.refused_number by rule text
 
     # -- primitives -----------------------------------------------------------------------
 
@@ -565,7 +565,7 @@ class _Reader:
     def rule(self, path: Path) -> Rule:
         text = self.text(path)
         if text not in self.literals:  # an alias repeats a rule's text many times
-            self.literals[text] = out_of_range(text)
+            self.literals[text] = refused_number(text)
         error = self.literals[text]
         if error is not None:
             self.refusals.append(self.src.error(path, error.reason, action_id=self.action_id,
@@ -590,10 +590,13 @@ class _Reader:
         return value
 
     def duration(self, path: Path) -> float:
-        seconds = parse_duration(self.get(path))
+        value = self.get(path)
+        seconds = parse_duration(value)
         if seconds is None or not math.isfinite(seconds) or seconds <= 0:
             raise self.fail(path, f"expected a positive duration such as 30m, 2h or 7d, "
-                                  f"got {self.get(path)!r}")
+                                  f"got {value!r}")
+        if isinstance(value, str) and not value.isascii():  # "１d": float() reads it as 1
+            self.refusals.append(self.fail(path, f"digits are ASCII ones, got {value!r}"))
         return seconds
 
     def timestamp(self, path: Path) -> float:

@@ -63,7 +63,7 @@ _TOKEN_RE = re.compile(
   | (?P<name>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?)
   | (?P<op><=|>=|==|!=|<|>|\+|-|\*|/|\(|\)|\[|\]|,)
     """,
-    re.VERBOSE | re.ASCII,  # ASCII digits only: float() reads "١" and "１" as 1 too
+    re.VERBOSE,  # Unicode digits and spaces, as catalogs were saved with: see refused_number
 )
 KEYWORDS = {"and", "or", "not", "in", "between", "true", "false"}
 
@@ -388,17 +388,22 @@ def _number(tok: Token) -> float:
     return float(tok.text)
 
 
-def out_of_range(text: str) -> RuleError | None:
-    """The first number a rule writes past MAX_NUMBER (1e999 reads as inf), as the error a
-    catalog coming in new is refused with. The parser takes it as written, so that a catalog
-    saved before the bound still loads (catalog.py's refusals)."""
+def refused_number(text: str) -> RuleError | None:
+    """The first number a rule writes past MAX_NUMBER (1e999 reads as inf), or with digits
+    other than ASCII ones ("١" and "１", which float() reads as 1), as the error a catalog
+    coming in new is refused with. The parser takes it as written, so that a catalog saved
+    before these checks still loads (catalog.py's refusals)."""
     try:
         tokens = tokenize(text)
     except RuleError:
         return None  # the compiler says what is wrong with the rule
     for tok in tokens:
-        if tok.kind in ("number", "duration") and not abs(_number(tok)) <= MAX_NUMBER:
-            shown = tok.text if len(tok.text) <= 40 else tok.text[:37] + "..."
+        if tok.kind not in ("number", "duration"):
+            continue
+        shown = tok.text if len(tok.text) <= 40 else tok.text[:37] + "..."
+        if not tok.text.isascii():
+            return RuleError(f"digits are ASCII ones: {shown}", tok.column)
+        if not abs(_number(tok)) <= MAX_NUMBER:
             return RuleError(f"number out of range: {shown} (at most {MAX_NUMBER:g})",
                              tok.column)
     return None

@@ -224,9 +224,16 @@ def test_a_rule_keyword_is_no_name(old, new, path):
     ("late_deliveries >= 1", "late_deliveries >= \u0661"),  # an Arabic-Indic one
 ])
 def test_digits_are_ascii(old, new):
-    """float() reads "１" and "١" as 1, the schema's and the kernel's digits do not."""
-    with pytest.raises(CatalogError):
-        compile_catalog(load_catalog(edit(old, new), "small.yaml"))
+    """float() reads "１" and "١" as 1, the schema's and the kernel's digits do not: a new
+    catalog is refused, and one saved before still loads and runs as it did."""
+    assert "digits are ASCII ones" in str(refused(edit(old, new)))
+    compile_catalog(load_catalog(edit(old, new), "small.yaml", strict=False))
+
+
+def test_a_rule_may_hold_any_unicode_space():
+    """As catalogs were saved with (a no-break space pasted into a rule)."""
+    compile_catalog(load_catalog(edit("late_deliveries >= 1", "late_deliveries\u00a0>=\u30001"),
+                                 "small.yaml"))
 
 
 def test_a_merge_key_is_said_to_be_unsupported():
