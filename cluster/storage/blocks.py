@@ -294,11 +294,18 @@ def _values(c: CompiledCatalog, block: dict[str, Any]) -> np.ndarray:
     was_string = block["string_columns"]
     strings = block["strings"]
     n = MEANING_BYTES
+    carried, clock = set(), where.get(keys[CLOCK_SLOT])
     for col, (key, is_string) in enumerate(zip(keys, flags)):
         src = where.get(key)
         if src is None or bool(was_string[src]) != is_string or meanings is not None and \
                 meanings[src * n:src * n + n] != own[col * n:col * n + n]:
+            if key.endswith("@time") and col - 1 in carried and clock is not None:
+                # a value carried without its time (an attribute set `from` an event, stored
+                # before it had one): as of the newest event the profile had, so that a late,
+                # older event (a stale consent) does not change it
+                out[:, col] = source[:, clock]
             continue  # a new slot, or one whose meaning changed: it starts from its default
+        carried.add(col)
         column = source[:, src]
         if is_string:
             column = column.copy()

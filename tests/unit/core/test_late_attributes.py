@@ -124,26 +124,29 @@ def written_before(engine, customer) -> dict:
     return block
 
 
-def test_a_profile_written_before_loads_and_its_values_are_older_than_any_event(engine):
-    """Upgrading: a stored profile keeps its attributes; their times are unknown (NaN), so the
-    first event to set each one does, whatever its time, and from then on the newest wins."""
-    apply(engine, "c", ("profile_updated", T0 + H, {"tier": "gold", "email_opt_in": False}))
+def test_a_profile_written_before_loads_its_values_as_of_its_newest_event(engine):
+    """Upgrading: a stored profile keeps its attributes, each timed at the profile's clock (the
+    newest event it had), so a late, older event (a stale consent) changes none of them, and
+    a newer one does."""
+    apply(engine, "c", ("profile_updated", T0 + H, {"tier": "gold", "email_opt_in": False}),
+          ("page_view", T0 + 2 * H, {"category": "shoes"}))
     block = written_before(engine, "c")
     before = engine.profile("c", T0 + 3 * H)
     fresh = DecisionEngine(engine.compiled)
     blocks.import_block(fresh, blocks.unpack(blocks.pack(block)))
     assert fresh.profile("c", T0 + 3 * H) == before
-    assert math.isnan(time_of(fresh, "c", "email_opt_in"))
-    apply(fresh, "c", ("profile_updated", T0 + 0.5 * H, {"tier": "silver", "email_opt_in": True}),
-          ("profile_updated", T0, {"tier": "none", "email_opt_in": False}))
+    assert time_of(fresh, "c", "email_opt_in") == T0 + 2 * H
+    apply(fresh, "c", ("profile_updated", T0 + 1.5 * H, {"tier": "silver", "email_opt_in": True}))
     assert (attributes(fresh, "c")["tier"], attributes(fresh, "c")["email_opt_in"]) == \
-        ("silver", True)
-    assert time_of(fresh, "c", "tier") == T0 + 0.5 * H
+        ("gold", False)
+    apply(fresh, "c", ("profile_updated", T0 + 2.5 * H, {"tier": "silver"}))
+    assert attributes(fresh, "c")["tier"] == "silver"
+    assert time_of(fresh, "c", "tier") == T0 + 2.5 * H
 
 
-def test_a_profile_written_before_merges_as_it_did_when_neither_side_has_times(engine):
-    """Two rows from before: the known customer's attributes win, the other's fill only what
-    it never had."""
+def test_profiles_written_before_merge_by_their_newest_events(engine):
+    """Two rows from before, their attributes timed at their clocks: the newer one's win, and
+    fill what the other never had."""
     apply(engine, "known", ("profile_updated", T0, {"tier": "gold"}))
     apply(engine, "anon", ("profile_updated", T0 + H, {"tier": "silver", "email_opt_in": True}))
     fresh = DecisionEngine(engine.compiled)
@@ -153,5 +156,5 @@ def test_a_profile_written_before_merges_as_it_did_when_neither_side_has_times(e
     t.values[t.index["known"], slot] = math.nan  # an attribute it never had
     merge_profiles(fresh.compiled, t, "known", "anon")
     got = attributes(fresh, "known")
-    assert (got["tier"], got["email_opt_in"]) == ("gold", True)
-    assert np.isnan(time_of(fresh, "known", "tier"))
+    assert (got["tier"], got["email_opt_in"]) == ("silver", True)
+    assert time_of(fresh, "known", "tier") == T0 + H
