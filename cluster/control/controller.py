@@ -253,16 +253,13 @@ class Controller(ControlLoop, Catalogs, Scaling):
             else:  # it answers, not serving yet (Ray restarted it, or it is rebuilding)
                 self.placement[name] = health.get("node")
             starting.append(name)
-        # all at once, as a new cluster's: each may take KAIROS_SHARD_START_S to recover, and
-        # one after another they would outlast a pod's startup probe
-        results = await asyncio.gather(
-            *(self._start_shard(name) for name in starting),
-            *(self.endpoints.serve(name, self.nodes.spec, self.placement[name])
-              for name in serving), return_exceptions=True)
-        for held in (r for r in results if isinstance(r, Unreleased)):  # the control loop's
+        served = asyncio.gather(*(self.endpoints.serve(name, self.nodes.spec,
+                                                       self.placement[name])
+                                  for name in serving), return_exceptions=True)
+        unreleased, failed = await self._start_all(starting)
+        failed += [r for r in await served if isinstance(r, BaseException)]
+        for held in unreleased:  # the control loop's
             log.warning("taking up the cluster: %s; the control loop starts it then", held)
-        failed = [r for r in results
-                  if isinstance(r, BaseException) and not isinstance(r, Unreleased)]
         for exc in failed[1:]:
             log.error("taking up the cluster: %s", exc)
         if failed:
@@ -275,6 +272,24 @@ class Controller(ControlLoop, Catalogs, Scaling):
             log.exception("finishing what the previous controller left failed; the control "
                           "loop tries again")
         self.ready = True
+
+    async def _start_all(self, names: list[str]) -> tuple[list[Unreleased], list[BaseException]]:
+        """Start `names` all at once, as a new cluster's (each may take KAIROS_SHARD_START_S to
+        recover: one after another they would outlast a pod's startup probe); the Unreleased
+        left, and the other failures. A source of a move not settled asks its target, starting
+        beside it, for the release while the target still recovers, which refuses it: those
+        are started again while a pass starts one more (a chain of moves takes a pass a link).
+        Else a fresh Ray cluster, where no process could adopt late, would leave the sources
+        down until the control loop's next round, and fail a scale that follows the resume."""
+        while True:
+            results = await asyncio.gather(*(self._start_shard(name) for name in names),
+                                           return_exceptions=True)
+            unreleased = [r for r in results if isinstance(r, Unreleased)]
+            failed = [r for r in results
+                      if isinstance(r, BaseException) and not isinstance(r, Unreleased)]
+            if failed or len(unreleased) in (0, len(names)):
+                return unreleased, failed
+            names = [n for n, r in zip(names, results) if isinstance(r, Unreleased)]
 
     async def _save(self) -> None:
         """Write the state as it is now, on a thread (a directory fsyncs, Redis is a network

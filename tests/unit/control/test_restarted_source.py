@@ -14,7 +14,7 @@ from kairos.cluster.control import controller as controller_module
 from kairos.cluster.control.partitions import partition_of
 
 from tests.support.local_backend import LocalShard
-from tests.unit.control.actors import Actors, controller_on, ingest
+from tests.unit.control.actors import Actors, ActorShard, controller_on, ingest
 
 SOURCE, TARGET, HEIR = "kairos-shard-0000", "kairos-shard-0001", "kairos-shard-0002"
 CUSTOMERS = [f"c{i}" for i in range(40)]
@@ -108,4 +108,31 @@ def test_the_heir_of_a_source_whose_node_left_starts_once_the_target_released(
         assert backend.shards[HEIR] is None  # replaced, not started
         await late_adopt_then_release(backend, controller, frozen, HEIR)
         await acknowledged_survives_a_restart(backend, controller, HEIR, victims)
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("n_shards", [2, 3])
+def test_a_fresh_cluster_starts_the_source_once_its_target_started_beside_it(
+        tmp_path, monkeypatch, n_shards):
+    """Ray started afresh on the saved store: every process is new, and the target, recovering
+    beside the source, refuses its release until it started. The take-up asks again once it
+    did, so the source serves at once and a scale that follows the resume does not fail on
+    the move (k8s: a failed `kairos start` restarts the head, into the same state)."""
+    async def main():
+        first, _, victims = await held_move(str(tmp_path))
+        first.fail.clear()
+        start = ActorShard.start
+
+        async def recovering(self, *args, **kwargs):
+            if self.name == TARGET:
+                await asyncio.sleep(0.2)
+            return await start(self, *args, **kwargs)
+
+        monkeypatch.setattr(ActorShard, "start", recovering)
+        backend = Actors()
+        backend.store = first.store  # the store outlives the cluster
+        controller = await controller_on(backend, str(tmp_path), n_shards=n_shards)
+        assert backend.shards[SOURCE] is not None and not controller.moving
+        assert len(controller.shards) == n_shards
+        assert set(await asyncio.wait_for(ingest(backend, victims, 1), 10)) == {2}
     asyncio.run(main())
