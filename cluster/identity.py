@@ -43,9 +43,10 @@ tombstones keep only fingerprints (a hash) of the link ids, so the erased ids ar
 A forget of an alias's anonymous customer (by the alias, or by that id) that finds its state
 handed over by a link not settled yet is answered MERGED: the link's caller holds the state,
 whose Merge dropping it here would not stop. The saga merges that link first, with no state
-(a link merges once: the late Merge folds nothing), settles it, and forgets again. A forget
-by the alias then resolves it again: a link that pointed it at a customer meanwhile, which
-the visitor's state may have reached, made that customer the alias's visitor, forgotten too.
+(a link merges once: the late Merge folds nothing), settles it, and forgets again. The
+Forget names the customer of the settled redirect it dropped (`Forgotten.merged_into`): the
+visitor's state may have reached it, which makes it the alias's visitor, forgotten too by a
+forget by the alias. A link whose Take came after the Forget got nothing and is left alone.
 """
 from __future__ import annotations
 

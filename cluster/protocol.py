@@ -350,11 +350,14 @@ class EventAck(NamedTuple):
 
 
 class Forgotten(NamedTuple):
-    """Whether the customer existed, and its aliases (for the caller to unlink)."""
+    """Whether the customer existed, and its aliases (for the caller to unlink); of an
+    anonymous customer, the customer its settled link's redirect, dropped, named (the one
+    that may hold its events)."""
 
     status: str = OK
     existed: bool = False
     aliases: list | None = None
+    merged_into: str | None = None
 
 
 class Moved(NamedTuple):

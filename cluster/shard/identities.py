@@ -356,19 +356,20 @@ class IdentityRequests:
             self._ctx.engine.forget(customer_id)
             self._decision_log.forget(customer_id)  # replayed too: an erasure a crash cut
             redirect = self._directory.handed_over(p, customer_id)
+            merged_into = None
             # a forgotten customer's alias's redirect is dropped only if that customer's link
             # left it: one of another customer's link (which won the alias) is that one's
             if redirect is not None and (r.link is None or
                                          self._directory.redirected_by(p, customer_id, r.link)):
                 self._directory.drop_redirect(p, customer_id)  # with the state it handed over
-                existed = True
+                existed, merged_into = True, redirect[0]
             for link in [link_id(key, customer_id) for key in aliases] + [r.link]:
                 if link is not None:
                     self._directory.bury(p, link, now)
             # even one without a profile: a decision issued to it takes outcomes, which would
             # create one
             self._directory.bury_customer(p, customer_id, now)
-            replies.append(Forgotten(existed=existed, aliases=aliases))
+            replies.append(Forgotten(existed=existed, aliases=aliases, merged_into=merged_into))
             if existed:
                 self._ctx.counts["forgotten"] += 1
             self._journaling.record(r._replace(when=now))

@@ -23,7 +23,7 @@ class IdentitySagas:
         idempotent: retry on any error, and a retry retires every alias); whether it, or an
         alias's anonymous profile, existed. `by`: the alias key the forget was asked by
         (`forget_key`): forgetting its anonymous customer, the forget also forgets the
-        customer a link pointed the alias at meanwhile."""
+        customer a link handed the visitor's state to meanwhile."""
         existed = False
         async for found in self.forget_steps(customer_id, by):
             existed |= found
@@ -59,14 +59,14 @@ class IdentitySagas:
             await self._value(Retire(key=key, customer_id=customer_id, finished=True))
         await self._ask(Bury(customer_id=customer_id, finished=True))  # nothing left to retry
         yield False
-        if by is not None and customer_id == anonymous_id(by):
+        if by is not None and customer_id == anonymous_id(by) and forgotten.merged_into:
             # a link of the alias under way when the forget resolved it to its anonymous
-            # customer has pointed it at a customer since, to whom the visitor's state went
-            # (or goes): the alias's visitor is that customer now, forgotten too
-            now = await self._value(Resolve(key=by, for_forget=True))
-            if now != customer_id:
-                async for found in self.forget_steps(now, by):
-                    yield found
+            # customer handed the visitor's state to a customer since (the redirect the Forget
+            # dropped names it): the alias's visitor is that customer now, forgotten too. Not
+            # whoever the alias names by now: a link whose Take came after the Forget got
+            # nothing from the visitor
+            async for found in self.forget_steps(forgotten.merged_into, by):
+                yield found
 
     async def _forget_first(self, customer_id: str) -> Forgotten:
         """A forget's Forget. An anonymous customer whose state a link handed over, not
@@ -74,7 +74,8 @@ class IdentitySagas:
         its Merge would fold it in after the forget. So the link is merged first, with no
         state (a link merges once: its Merge, late, folds nothing) and settled, and the
         Forget sent again. Its link merging nothing, the link's caller may still finish it:
-        the alias then names that customer, and the visitor's events are forgotten."""
+        the alias then names that customer, whom a forget by the alias forgets too (its
+        Merge may have come first)."""
         forget = Forget(customer_id=customer_id)
         while isinstance(reply := await self.enqueue(forget), Merged):
             key = customer_id[len(ANONYMOUS):]

@@ -501,7 +501,8 @@ def test_forget_returns_the_aliases_and_erases_the_redirect(compiled):
     s.passivate(T0 + 10**6)  # the aliases ride along with the passivated customer
     assert s.process([forget("ana")])[0] == [Forgotten(existed=True, aliases=[key])]
     assert s.process([Unlink(partition=p_of(key), key=key, customer_id="ana"),
-                      forget(anon)])[0] == [Ok(value=True), Forgotten(existed=True, aliases=[])]
+                      forget(anon)])[0] == [Ok(value=True), Forgotten(existed=True, aliases=[],
+                                                                      merged_into="ana")]
     assert s.process([resolve(key), profile(anon)])[0] == [Ok(value=anon), Missing()]
 
 
