@@ -127,18 +127,20 @@ def placement_codes(compiled: CompiledCatalog, channel: str,
 
 
 def fallback_decision(compiled: CompiledCatalog, customer_id: str, channel: str,
-                      placement: str | None = None) -> Decision:
+                      placement: str | None = None, max_actions: int = 0) -> Decision:
     """The catalog's fallback for the channel, marked as such: those of its fallbacks offered
-    at the placement, at most its top_k; nothing is scored, so each action has priority 0 and
-    weight 1, and no model version decided it."""
+    at the placement, at most its top_k or `max_actions` (0: the top_k), as a decision shows;
+    nothing is scored, so each action has priority 0 and weight 1, and no model version
+    decided it."""
     ch, pl = placement_codes(compiled, channel, placement)
     # those offered at the placement, at most as many as it shows
     shown = [a for a in compiled.fallbacks.get(ch, ()) if compiled.offered[a, ch] >> pl & 1]
+    top_k = int(compiled.placement_top_k[ch, pl])
     actions = tuple(RankedAction(compiled.action_ids[a],
                                  compiled.group_names[compiled.action_group[a]],
                                  compiled.treatments[a][ch], 0.0, 0.0, 0.0, 1.0,
                                  float(compiled.lever[a]), 0.0)
-                    for a in shown[:int(compiled.placement_top_k[ch, pl])])
+                    for a in shown[:min(max_actions or top_k, top_k)])
     return Decision(f"fallback-{uuid.uuid4().hex[:16]}", customer_id,
                     compiled.channel_names[ch], compiled.placement_names[ch][pl], actions,
                     compiled.version, 0, fallback=True)

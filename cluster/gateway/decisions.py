@@ -102,7 +102,7 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
                 record_impression=request.record_impression,
                 expires=self.gateway.expires(context))),
             fallback=lambda: fallback_decision(catalog, who.customer_id or "", channel,
-                                               placement))
+                                               placement, request.max_actions))
         return wire.decision_out(decision, catalog.agent_texts)
 
     async def Ingest(self, request: pb.Event, context) -> pb.IngestAck:

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from kairos.core.catalog import (MAX_CONTEXT_WEIGHTS, MAX_MODEL_WORK, MAX_WEIGHT_WORK,
-                                 load_catalog, load_default_catalog)
+                                 default_catalog_text, load_catalog, load_default_catalog)
 from kairos.core.compiler import compile_catalog
 from kairos.core.errors import CatalogError
 from kairos.core.request import fallback_decision
@@ -149,6 +149,15 @@ def test_a_fallback_shows_only_where_it_is_offered_and_at_most_the_placements_to
              for placement in ("hero", "sidebar", "checkout", "account")}
     assert shown == {"hero": ["generic_welcome"], "sidebar": [], "checkout": [],
                      "account": ["service_menu"]}
+
+
+def test_a_fallback_shows_at_most_the_actions_the_caller_asked_for():
+    both = ("fallbacks:\n  web: [generic_welcome, service_menu]",
+            "fallbacks:\n  web: [track_order, help_center_article]")
+    compiled = compile_catalog(load_catalog(default_catalog_text().replace(*both)))
+    assert len(fallback_decision(compiled, "c", "web", "sidebar").actions) == 2  # top_k 3
+    assert [a.action_id for a in fallback_decision(compiled, "c", "web", "sidebar", 1).actions] \
+        == ["track_order"]
 
 
 # -- YAML 1.1 numbers --------------------------------------------------------------------------
