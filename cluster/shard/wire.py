@@ -78,7 +78,8 @@ _FIELDS: dict[type, list[_Field]] = {
 # the requests that keep something under the ids they name, and those ids' fields; the others
 # read or erase what is kept (a forget's steps, by ids kept before they were held to the rule)
 _KEEPING = ("event", "decide", "outcome", "watch", "claim", "link", "take", "merge")
-_IDS = ("customer_id", "key", "anonymous", "target", "link", "by", "idempotency_key")
+_IDS = ("customer_id", "key", "anonymous", "target", "link", "by", "idempotency_key",
+        "decision_id")
 _PLAIN: dict[type, tuple[int, ...]] = {
     protocol.REQUESTS[kind]: tuple(i for i, f in enumerate(protocol.REQUESTS[kind]._fields)
                                    if f in _IDS)
@@ -103,12 +104,21 @@ def typed(raw: Any) -> Request | Invalid:
             return Invalid(field=field.name, reason=f"the {request.kind} request's {field.name} "
                            f"may not be {type(value).__name__} {_shown(value)}")
     try:
-        for i in _PLAIN.get(type(request), ()):
+        for i in _plain(request):
             if request[i]:
                 check_plain(request[i], request._fields[i])
     except InputError as exc:
         return Invalid(field=exc.field, reason=exc.reason)
     return request
+
+
+def _plain(request: Request) -> tuple[int, ...]:
+    """The fields of the ids `request` keeps something under. A Merge with no state folds
+    nothing: it is the forget saga's (sagas.py), settling a link whose ids may have been kept
+    before they were held to the rule, which the forget could never finish if refused."""
+    if type(request) is protocol.Merge and request.state is None:
+        return ()
+    return _PLAIN.get(type(request), ())
 
 
 def _shown(value: Any) -> str:
