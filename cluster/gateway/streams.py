@@ -47,6 +47,7 @@ from collections import Counter, deque
 from typing import AsyncIterator, Awaitable, Callable, Hashable, NamedTuple
 
 from kairos.core.decision import Decision
+from kairos.core.request import quoted
 
 from kairos.cluster.identity import fingerprint
 from kairos.cluster.settings import (SHARD_CLOCK_SKEW_S, WATCH_BACKLOG, WATCH_STREAMS,
@@ -77,12 +78,16 @@ class Watch(NamedTuple):
 
 def logged(watch: Watch, exc: Exception) -> tuple[str, str]:
     """A watch as a log line names it (its customer by fingerprint, and its view), and an
-    error about it, whose message may quote the id (a Busy's does), the same way."""
+    error about it, whose message may quote the id (a Busy's does), the same way: quoted as
+    errors quote (by repr, escaping a backslash or a quote it holds, or a long one's start),
+    or as it is."""
     if watch.customer_id is None:
         return f"of every customer on {watch.channel}/{watch.placement}", str(exc)
-    shown = fingerprint(watch.customer_id, LOG_SECRET)
-    return (f"of customer {shown} on {watch.channel}/{watch.placement}",
-            str(exc).replace(watch.customer_id, shown))
+    customer_id, why = watch.customer_id, str(exc)
+    shown = fingerprint(customer_id, LOG_SECRET)
+    for form in (quoted(customer_id), repr(customer_id), customer_id):
+        why = why.replace(form, shown)
+    return f"of customer {shown} on {watch.channel}/{watch.placement}", why
 
 
 class Ended(Exception):

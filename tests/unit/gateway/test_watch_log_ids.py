@@ -7,8 +7,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import pytest
+
 from kairos.cluster.gateway import streams as streams_module
-from kairos.cluster.gateway.streams import Watch, Watches
+from kairos.core.request import quoted
+
+from kairos.cluster.gateway.streams import Watch, Watches, logged
 from kairos.cluster.identity import fingerprint
 from kairos.cluster.transport.client import Busy
 
@@ -45,3 +49,15 @@ def test_a_given_up_unregistration_is_logged_by_fingerprint(monkeypatch, caplog)
     shown = fingerprint(EMAIL, streams_module.LOG_SECRET)
     assert f"customer {shown} on web/hero" in logged and "Busy" in logged, logged
     assert logged.count(shown) == 2  # the error's quote too
+
+
+@pytest.mark.parametrize("customer", ["~email:o'brien\"x@example.com", "DOMAIN\\ana",
+                                      "~email:" + "a" * 300 + "@example.com"])
+def test_an_error_quoting_the_id_by_repr_is_logged_by_fingerprint(customer):
+    """Errors quote an id by repr (or a long one's start: core.request.quoted), which escapes
+    a backslash, or a quote when it holds both kinds (review rev43 d-identity finding 7)."""
+    shown = fingerprint(customer, streams_module.LOG_SECRET)
+    for quoting in (repr, quoted):
+        _, why = logged(Watch(customer, "web", "hero"),
+                        Busy(f"customer {quoting(customer)} is being forgotten"))
+        assert why == f"customer {shown} is being forgotten"
