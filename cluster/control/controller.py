@@ -128,6 +128,7 @@ class Controller(ControlLoop, Catalogs, Scaling):
         # the drains they hold back, each with its notice (rounds.py)
         self._unanswered: set[str] = set()
         self._held_drains: dict[str, ThrottledWarning] = {}
+        self._held_starts: dict[tuple[str, str], ThrottledWarning] = {}  # (shard, what said)
 
     @property
     def shards(self) -> list[str]:
@@ -341,6 +342,7 @@ class Controller(ControlLoop, Catalogs, Scaling):
         start of it succeeds."""
         if self.map:  # Unreleased while a move's target may still adopt late what it serves
             await self._released_before_start(name)
+            self._start_unheld(name)
         partitions = self.map.partitions_of(name) if self.map else []
         watches = set(self.channel_watches)  # a watch may change while the start runs
         changes = self._watch_changes
@@ -405,6 +407,7 @@ class Controller(ControlLoop, Catalogs, Scaling):
         self.endpoints.forget(name)
         self.lagging.forget(name)
         self.replacing.pop(name, None)
+        self._start_unheld(name)
 
     # -- watches -------------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Set
-from typing import Iterable, NamedTuple
+from typing import Callable, Iterable, NamedTuple
 
 from kairos.cluster.control.partitions import Move, PartitionMap
 from kairos.cluster.settings import MAX_MOVE_FRACTION, MOVE_ROUND_CUSTOMERS
@@ -37,6 +37,7 @@ from kairos.cluster.transport.backend import Backend, NoSuchCall
 
 log = logging.getLogger("kairos.controller")
 _PREDATE_CONFIRM: set[str] = set()  # the shards logged as older than `confirm`
+HELD_LOG_S = 600.0  # how often a drain or a start held by a move not settled is said again
 
 
 async def round_budget(backend: Backend, pmap: PartitionMap, skip: Set[str] = frozenset()
@@ -109,10 +110,11 @@ class Settled(NamedTuple):
 
 
 async def settle(backend: Backend, moves: list[Move], owners: list[str], shards: set[str],
-                 version: int) -> Settled:
+                 version: int, warn: Callable[..., None] = log.warning) -> Settled:
     """Bring each move's partition to its owner in `owners` alone. Shards not in `shards` are
     gone and are skipped; an undone move's source serves again granted at `version`, which
-    the caller publishes next: a thaw whose answer was lost may have run."""
+    the caller publishes next: a thaw whose answer was lost may have run. A shard that fails
+    a step is said by `warn`."""
     drop: dict[str, set[int]] = {}
     thaw: dict[str, set[int]] = {}
     confirm: dict[str, set[int]] = {}
@@ -125,11 +127,13 @@ async def settle(backend: Backend, moves: list[Move], owners: list[str], shards:
             thaw.setdefault(owner, set()).add(m.partition)
         elif owner == m.target and owner in shards:
             confirm.setdefault(owner, set()).add(m.partition)
-    failed = await _each(drop, lambda shard, parts: backend.shard(shard).release(parts, version))
+    failed = await _each(drop, lambda shard, parts: backend.shard(shard).release(parts, version),
+                         warn)
     # a source whose target did not answer stays frozen: the target may still adopt later
     held = {m.partition for m in moves if m.target in failed or m.source in failed}
     thaw = {s: ps - held for s, ps in thaw.items() if ps - held}
-    failed |= await _each(thaw, lambda shard, parts: backend.shard(shard).thaw(parts, version))
+    failed |= await _each(thaw, lambda shard, parts: backend.shard(shard).thaw(parts, version),
+                          warn)
     await _confirm(backend, confirm, version)
     return Settled([m for m in moves if m.partition in held
                     or (m.source in failed and m.partition in thaw.get(m.source, ()))],
@@ -161,7 +165,8 @@ async def _confirm(backend: Backend, steps: dict[str, set[int]], version: int) -
     await _each(steps, call)
 
 
-async def _each(steps: dict[str, set[int]], call) -> set[str]:
+async def _each(steps: dict[str, set[int]], call,
+                warn: Callable[..., None] = log.warning) -> set[str]:
     """Run `call(shard, partitions)` for every shard at once; the shards that failed."""
     names = list(steps)
     results = await asyncio.gather(*(call(n, sorted(steps[n])) for n in names),
@@ -169,6 +174,6 @@ async def _each(steps: dict[str, set[int]], call) -> set[str]:
     failed = set()
     for name, result in zip(names, results):
         if isinstance(result, Exception):
-            log.warning("settling a move on %s failed (retried later): %r", name, result)
+            warn("settling a move on %s failed (retried later): %r", name, result)
             failed.add(name)
     return failed

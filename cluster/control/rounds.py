@@ -42,7 +42,7 @@ import time
 from typing import Any, Awaitable
 
 from kairos.cluster.control.catalog_identity import catalog_digest
-from kairos.cluster.control.moves import Unreleased, confirm_owned
+from kairos.cluster.control.moves import HELD_LOG_S, Unreleased, confirm_owned
 from kairos.cluster.control.nodes import NodeRefused
 from kairos.cluster.control.partitions import Move
 from kairos.cluster.settings import (DECISION_LOG_MAX_BYTES, DECISION_LOG_RETENTION_S,
@@ -52,7 +52,6 @@ from kairos.cluster.transport.ray_backend import Gone
 
 log = logging.getLogger("kairos.controller")
 CONFIRM_OWNED_S = 30.0  # how often the shards are confirmed the partitions the map gives them
-HELD_DRAIN_LOG_S = 600.0  # how often a drain held by a move not settled is said again
 
 
 async def _step(what: str, work: Awaitable[Any]) -> None:
@@ -92,7 +91,7 @@ class ControlLoop:
         """Step 5, but for a node that holds a shard of a move held by a shard that did not
         answer the catch-up (step 3): its drain would fail after settling again (a new map
         version each time, and the lock held for a call's deadline), so it waits, said once
-        and then every HELD_DRAIN_LOG_S, until that shard answers or its node leaves. Its
+        and then every HELD_LOG_S, until that shard answers or its node leaves. Its
         partitions that can move do meanwhile, around that move (`_drain_around`)."""
         notices, self._held_drains = self._held_drains, {}
         for node in sorted((self.nodes.draining & set(alive)) - self._drains):
@@ -105,7 +104,7 @@ class ControlLoop:
                 await _step(f"finishing the drain of node {node}", self._join_drain(node))
                 continue
             notice = self._held_drains[node] = notices.get(node) or ThrottledWarning(
-                log, HELD_DRAIN_LOG_S)
+                log, HELD_LOG_S)
             notice.warn("the drain of node %s waits: a move of its shards is not settled, as "
                         "%s did not answer; its other partitions move meanwhile, and it is "
                         "finished once that shard answers (one that hangs: have Ray restart "
@@ -186,15 +185,17 @@ class ControlLoop:
                                 "cluster's claim on the store is renewed", name)
                     answering.remove(name)
                 elif restarted or _disowned(health):
-                    log.warning("%s %s; it recovers its partitions from the store (%s)", name,
-                                "restarted" if restarted else "lost its claim on its journal",
-                                self.store_shown)
+                    if (name, "wait") not in self._held_starts:  # else said while it waits
+                        log.warning("%s %s; it recovers its partitions from the store (%s)",
+                                    name, "restarted" if restarted
+                                    else "lost its claim on its journal", self.store_shown)
                     try:
                         # a cluster that lost the store must not take the journal back
                         self.store_claim.check()
                         await self._start_shard(name)  # it claims the journal
                     except Unreleased as exc:  # a move's target does not answer: no traceback
-                        log.warning("%s; the next round tries again", exc)
+                        self._held_start(name, "wait").warn("%s; the next round tries again",
+                                                            exc)
                         answering.remove(name)
                     except Exception:
                         log.exception("%s did not start; the next round tries again", name)

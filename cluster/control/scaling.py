@@ -10,6 +10,7 @@ from typing import Any
 
 from kairos.cluster.control import moves as moving
 from kairos.cluster.control.partitions import Move
+from kairos.cluster.throttled import ThrottledWarning
 
 log = logging.getLogger("kairos.controller")
 
@@ -147,8 +148,8 @@ class Scaling:
         # as `_settle`'s fresh ones: a move may have been handed over at the version after
         # the map's; no thaw (`name` is left out), as the start serves them
         unsettled = (await moving.settle(self.backend, asked, self.map.owners,
-                                         set(self.placement) - {name},
-                                         self.map.version + 1)).unsettled
+                                         set(self.placement) - {name}, self.map.version + 1,
+                                         self._held_start(name, "release").warn)).unsettled
         unsettled += [m for m in held if m not in asked]
         if done := [m for m in held if m not in unsettled]:
             self.moving = [m for m in self.moving if m not in done]
@@ -159,6 +160,17 @@ class Scaling:
             raise moving.Unreleased(
                 f"{name} starts once {', '.join(sorted({m.target for m in unsettled}))} "
                 f"answers the release of the partitions it may still adopt late")
+
+    def _held_start(self, name: str, what: str) -> ThrottledWarning:
+        """How a start of `name` that waits on a move's target says `what` (a release asked,
+        the wait): once, then every HELD_LOG_S while it waits, as each round tries again."""
+        return self._held_starts.setdefault((name, what),
+                                            ThrottledWarning(log, moving.HELD_LOG_S))
+
+    def _start_unheld(self, name: str) -> None:
+        """`name` no longer waits on a move's target (released, or the shard is gone): a wait
+        again is said at once."""
+        self._held_starts = {k: w for k, w in self._held_starts.items() if k[0] != name}
 
     def _in_moves(self) -> set[str]:
         """The shards of the moves not settled yet."""

@@ -7,6 +7,7 @@ meanwhile. Ray-free (the Actors harness)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -135,4 +136,21 @@ def test_a_fresh_cluster_starts_the_source_once_its_target_started_beside_it(
         assert backend.shards[SOURCE] is not None and not controller.moving
         assert len(controller.shards) == n_shards
         assert set(await asyncio.wait_for(ingest(backend, victims, 1), 10)) == {2}
+    asyncio.run(main())
+
+
+def test_a_source_waiting_on_its_target_is_said_once_not_every_round(tmp_path, frozen, caplog):
+    async def main():
+        backend, controller, _ = await held_move(str(tmp_path))
+        backend.restart(SOURCE)
+        caplog.clear()
+        await controller.reconcile()
+        said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert any("starts once" in m for m in said) and any("restarted" in m for m in said)
+        caplog.clear()
+        for _ in range(5):
+            await controller.reconcile()
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        await late_adopt_then_release(backend, controller, frozen, SOURCE)
+        assert not controller._held_starts  # a wait again is said at once
     asyncio.run(main())
