@@ -102,10 +102,10 @@ MAX_SELECTION_WORK = 3_500_000
 MAX_CONTEXT_WEIGHTS = 2_000
 MAX_WEIGHT_WORK = 4_000_000
 # Every decision scores each action of the channel by its model: inputs (the intercept
-# included) a step, and inputs^2 under a full posterior where exploration draws or adds its
-# deviation, about 1.6 ns a step (2,000 actions x 64^2 took 13 ms a decision). MAX_MODEL_WORK
-# keeps it to about 4-6 ms: 2,048 actions with auto's 32 full inputs (2.1 million), 850 with
-# 64, any 10,000 under a diagonal posterior.
+# included) a step, and where exploration draws or adds its deviation, inputs^2 under a full
+# posterior and twice the inputs under a diagonal one, about 1.6 ns a step (2,000 actions x
+# 64^2 took 13 ms a decision). MAX_MODEL_WORK keeps it to about 4-6 ms: 2,048 actions with
+# auto's 32 full inputs (2.1 million), 850 with 64, 10,000 with 174 diagonal inputs.
 MAX_MODEL_WORK = 3_500_000
 POSTERIORS = ("auto", "full", "diagonal")
 DEFAULT_VALUE_PRIOR_WEIGHT = 10.0
@@ -1181,19 +1181,21 @@ class _Reader:
     def model_work(self, models: Models, offered: dict[str, int],
                    exploration: Exploration) -> None:
         """What scoring every action of a channel by its model costs a decision
-        (MAX_MODEL_WORK): its inputs, squared where a full posterior's deviation is read."""
+        (MAX_MODEL_WORK): its inputs, and where exploration reads the posterior's deviation,
+        their square (full) or twice them again (diagonal)."""
         d = models.inputs + 1
-        squared = models.full and exploration.method != "none"
-        per_action = d * d if squared else d
+        exploring = exploration.method != "none"
+        per_action = d * d if exploring and models.full else 2 * d if exploring else d
         most, channel = max((n, c) for c, n in offered.items())
         if most * per_action > MAX_MODEL_WORK:
-            how = f"{d} x {d} (full posterior)" if squared else f"{d}"
+            how = f"{d} x {d} (full posterior)" if exploring and models.full else \
+                f"2 x {d} (diagonal posterior, explored)" if exploring else f"{d}"
+            diagonal = ", or posterior: diagonal" if models.full else ""
             self.refusals.append(self.fail(
                 ("models", "predictors"),
                 f"scoring channel '{channel}' costs {most:,} actions x {how} inputs = "
                 f"{most * per_action:,} steps a decision; the most is {MAX_MODEL_WORK:,}, about "
-                f"4 to 6 ms (fewer actions on the channel, fewer predictors, or posterior: "
-                f"diagonal)"))
+                f"4 to 6 ms (fewer actions on the channel, fewer predictors{diagonal})"))
 
     def models_fit(self, models: Models, n_actions: int, n_channels: int) -> None:
         """A model for every (action, channel) pair, in every shard and the learner: a catalog

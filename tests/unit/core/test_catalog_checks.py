@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
+import kairos.core.catalog as catalog_module
 from kairos.core.catalog import (MAX_CONTEXT_WEIGHTS, MAX_MODEL_WORK, MAX_WEIGHT_WORK,
                                  default_catalog_text, load_catalog, load_default_catalog)
 from kairos.core.compiler import compile_catalog
@@ -94,9 +95,18 @@ def test_a_channels_actions_times_their_models_inputs_are_bounded():
     assert error.path == "models.predictors"
     assert "scoring channel 'web' costs 855 actions x 64 x 64 (full posterior) inputs = " \
            "3,502,080 steps a decision; the most is 3,500,000" in str(error)
-    # a diagonal posterior reads each input once, and no exploration reads no deviation
+    # a diagonal posterior reads each input twice where explored, and no exploration reads
+    # no deviation
     load_catalog(modelled(5_000, "diagonal"), "small.yaml")
     load_catalog(modelled(2_000, "full", "none"), "small.yaml")
+
+
+def test_an_explored_diagonal_posterior_reads_each_input_twice(monkeypatch):
+    monkeypatch.setattr(catalog_module, "MAX_MODEL_WORK", 20_000)
+    load_catalog(modelled(150, "diagonal"), "small.yaml")  # 156 on web x 2 x 64: 19,968
+    error = refused(modelled(151, "diagonal"))
+    assert "157 actions x 2 x 64 (diagonal posterior, explored) inputs = 20,096" in str(error)
+    assert "posterior: diagonal" not in str(error)  # it is one
 
 
 def test_the_default_catalog_is_within_the_decision_budgets():
