@@ -129,6 +129,7 @@ class Controller(ControlLoop, Catalogs, Scaling):
         self._unanswered: set[str] = set()
         self._held_drains: dict[str, ThrottledWarning] = {}
         self._held_starts: dict[tuple[str, str], ThrottledWarning] = {}  # (shard, what said)
+        self._waiting_since: dict[str, float] = {}  # shard -> its first start Unreleased
 
     @property
     def shards(self) -> list[str]:

@@ -19,7 +19,8 @@ already: they wait, client.py), for as long as the target may still adopt late: 
 keeps one snapshot per partition and has no fence by map version that would refuse the
 target's. That freeze is in the source's memory alone: a source Ray restarts (or a shard
 replacing it) starts unfrozen, so it is started only once the target answered the release
-(scaling.py `_released_before_start`). Meanwhile later rounds plan around that move
+(scaling.py `_released_before_start`), or was replaced, its journal fenced, after keeping it
+waiting HELD_TARGET_S (rounds.py `_replace_holding`). Meanwhile later rounds plan around that move
 (`plan_around`): the rest of the cluster scales and drains, and neither of its shards is
 stopped until it settles (scaling.py; a shard stopped has its journal fenced too,
 controller.py `_retire`).
@@ -99,7 +100,11 @@ def plan_around(pmap: PartitionMap, shards: list[str], budget: int, unsettled: I
 
 class Unreleased(RuntimeError):
     """A shard is not started: a move's target that may still adopt late what it is to serve
-    did not answer the release (scaling.py)."""
+    did not answer the release (scaling.py); `targets`, those that did not."""
+
+    def __init__(self, message: str, targets: list[str]):
+        super().__init__(message)
+        self.targets = targets
 
 
 class Settled(NamedTuple):

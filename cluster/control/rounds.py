@@ -15,6 +15,9 @@ none of the others.
    since the actor Ray's name reaches is its one incarnation. Not while this cluster's claim on
    the store is lost: a second cluster holding it may have started that shard, and gets its
    journal only after this claim ran out, which the next renewal finds (then this one stops).
+   A source of a move not settled starts once the move's target released the partitions
+   (scaling.py), serving none of its own meanwhile: a target that keeps it waiting for
+   HELD_TARGET_S is replaced as one whose node left (step 1), its journal fenced.
 4. A learner that runs another catalog text than the controller's, or was not told it (Ray
    restarted it, a resume could not tell it), is told the running one.
 5. Drains a crash (or a shard that did not answer) cut short are finished: after step 3, as a
@@ -52,6 +55,7 @@ from kairos.cluster.transport.ray_backend import Gone
 
 log = logging.getLogger("kairos.controller")
 CONFIRM_OWNED_S = 30.0  # how often the shards are confirmed the partitions the map gives them
+HELD_TARGET_S = 300.0  # how long a start waits on a move's target before it is replaced
 
 
 async def _step(what: str, work: Awaitable[Any]) -> None:
@@ -197,12 +201,32 @@ class ControlLoop:
                         self._held_start(name, "wait").warn("%s; the next round tries again",
                                                             exc)
                         answering.remove(name)
+                        await self._replace_holding(name, exc.targets, answering)
                     except Exception:
                         log.exception("%s did not start; the next round tries again", name)
                         answering.remove(name)
                 elif health.get("started") and self.replacing.pop(name, None) is not None:
                     await self._save()  # it serves what it recovered from those journals
             await self._catch_up(answering)
+
+    async def _replace_holding(self, waiting: str, targets: list[str],
+                               answering: list[str]) -> None:
+        """Replace, as shards whose node left, the move targets that kept `waiting` from
+        starting for HELD_TARGET_S: it serves none of its partitions meanwhile (not only those
+        of the move, as the freeze did before it restarted), and a target hung, or cut off
+        from Ray on a node that stays, may never release them. Once it is stopped and its
+        journal fenced, no adopt of it can write a snapshot late, so `waiting` starts the next
+        round. `answering` (the catch-up's) loses those replaced."""
+        since = self._waiting_since.setdefault(waiting, time.monotonic())
+        if time.monotonic() - since < HELD_TARGET_S:
+            return
+        for target in (t for t in targets if t in self.placement):
+            log.warning("%s has not released the partitions of a move for %.0f s, while %s "
+                        "serves none of its own until it does: it is replaced", target,
+                        time.monotonic() - since, waiting)
+            await _step(f"replacing {target}", self._replace(target))
+            if target not in self.placement and target in answering:
+                answering.remove(target)
 
     async def _tell_learner(self) -> None:
         learner = self.backend.learner()

@@ -157,9 +157,10 @@ class Scaling:
             self.map = self.map.apply([], self.map.shards)  # the version they were fenced at
             await self._publish()
         if unsettled:
-            raise moving.Unreleased(
-                f"{name} starts once {', '.join(sorted({m.target for m in unsettled}))} "
-                f"answers the release of the partitions it may still adopt late")
+            targets = sorted({m.target for m in unsettled})
+            raise moving.Unreleased(f"{name} starts once {', '.join(targets)} answers the "
+                                    f"release of the partitions it may still adopt late",
+                                    targets)
 
     def _held_start(self, name: str, what: str) -> ThrottledWarning:
         """How a start of `name` that waits on a move's target says `what` (a release asked,
@@ -171,6 +172,7 @@ class Scaling:
         """`name` no longer waits on a move's target (released, or the shard is gone): a wait
         again is said at once."""
         self._held_starts = {k: w for k, w in self._held_starts.items() if k[0] != name}
+        self._waiting_since.pop(name, None)
 
     def _in_moves(self) -> set[str]:
         """The shards of the moves not settled yet."""

@@ -11,7 +11,7 @@ import logging
 
 import pytest
 
-from kairos.cluster.control import controller as controller_module
+from kairos.cluster.control import controller as controller_module, rounds
 from kairos.cluster.control.partitions import partition_of
 
 from tests.support.local_backend import LocalShard
@@ -153,4 +153,26 @@ def test_a_source_waiting_on_its_target_is_said_once_not_every_round(tmp_path, f
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
         await late_adopt_then_release(backend, controller, frozen, SOURCE)
         assert not controller._held_starts  # a wait again is said at once
+    asyncio.run(main())
+
+
+def test_a_target_that_keeps_a_restarted_source_down_is_replaced_after_a_while(
+        tmp_path, monkeypatch):
+    """The source, restarted, serves none of its partitions while it waits; a target that does
+    not release them for HELD_TARGET_S (hung on a node that stays) is replaced as one whose
+    node left, its journal fenced, and the source starts."""
+    monkeypatch.setattr(rounds, "HELD_TARGET_S", 0.3)
+
+    async def main():
+        backend, controller, victims = await held_move(str(tmp_path))
+        backend.restart(SOURCE)
+        for _ in range(2):
+            await controller.reconcile()
+        assert backend.shards[SOURCE] is None and TARGET in controller.shards
+        await asyncio.sleep(0.35)
+        await controller.reconcile()
+        assert TARGET not in controller.shards and HEIR in controller.shards
+        await controller.reconcile()
+        assert backend.shards[SOURCE] is not None and not controller.moving
+        await acknowledged_survives_a_restart(backend, controller, SOURCE, victims)
     asyncio.run(main())
