@@ -111,7 +111,7 @@ class IdentityRequests:
             if refused is not None:
                 replies.append(refused)
                 continue
-            self._directory.claim(r.partition, r.customer_id, r.key)
+            self._directory.claim(r.partition, r.customer_id, r.key, self._ctx.clock())
             self._journaling.record(r)
             replies.append(Ok())
         return replies
@@ -131,7 +131,7 @@ class IdentityRequests:
         if len(aliases) >= ALIASES_PER_CUSTOMER:
             return Conflict(reason=f"customer {customer_id!r} has {len(aliases)} aliases, "
                                    f"KAIROS_ALIASES_PER_CUSTOMER: it takes no other")
-        busy = self._directory.claim_refusal(p, customer_id)
+        busy = self._directory.claim_refusal(p, customer_id, self._ctx.clock())
         return None if busy is None else Busy(reason=busy)
 
     def unclaim(self, batch: list[Unclaim], touched: dict[str, float]) -> list[Reply]:
@@ -240,13 +240,14 @@ class IdentityRequests:
                 self._residency.evict(anonymous, p)
                 self._journaling.delete_later(p, anonymous)
             touched.pop(anonymous, None)  # its changes this round left with it: none to push
-            self._directory.leave_redirect(p, anonymous, r.target, r.link, state)
+            self._directory.leave_redirect(p, anonymous, r.target, r.link, state,
+                                           self._ctx.clock())
             self._journaling.record(r._replace(state=state))
             replies.append(Ok(value=state))
         return replies
 
     def _unsettled_full(self, partition: int) -> Busy | None:
-        refused = self._directory.take_refusal(partition)
+        refused = self._directory.take_refusal(partition, self._ctx.clock())
         return None if refused is None else Busy(reason=refused)
 
     def _over_budget(self, r: Take, size: int, touched: dict[str, float]) -> Reply | None:
