@@ -118,21 +118,31 @@ class IdentityRequests:
 
     def _claim_refusal(self, r: Claim) -> Reply | None:
         """BUSY past the claims of links under way the directory keeps (identity.py);
-        CONFLICT for an alias past ALIASES_PER_CUSTOMER (its block's and those claimed), which
-        a forget's reply lists; None for one the customer holds already (a retry)."""
-        p, customer_id, key = r.partition, r.customer_id, r.key
+        CONFLICT for an alias past ALIASES_PER_CUSTOMER (`_new_alias`); None for one the
+        customer holds already (a retry)."""
+        p, customer_id = r.partition, r.customer_id
         try:  # its block holds the aliases merged into it
             self._residency.activate(customer_id, p, create=False)
         except HomeDamaged as exc:
             return Unavailable(reason=str(exc))
-        aliases = {*self._identities.aliases(customer_id), *self._directory.claims(p, customer_id)}
-        if key in aliases:
-            return None
-        if len(aliases) >= ALIASES_PER_CUSTOMER:
-            return Conflict(reason=f"customer {customer_id!r} has {len(aliases)} aliases, "
-                                   f"KAIROS_ALIASES_PER_CUSTOMER: it takes no other")
+        new = self._new_alias(r)
+        if not isinstance(new, Ok):
+            return new
         busy = self._directory.claim_refusal(p, customer_id, self._ctx.clock())
         return None if busy is None else Busy(reason=busy)
+
+    def _new_alias(self, r: Claim | Merge) -> Reply | None:
+        """Of an alias the (resident) customer neither holds nor claimed: CONFLICT past
+        ALIASES_PER_CUSTOMER (its block's and those claimed), which a forget's reply lists,
+        else Ok; None for one it has (a retry)."""
+        aliases = {*self._identities.aliases(r.customer_id),
+                   *self._directory.claims(r.partition, r.customer_id)}
+        if r.key in aliases:
+            return None
+        if len(aliases) >= ALIASES_PER_CUSTOMER:
+            return Conflict(reason=f"customer {r.customer_id!r} has {len(aliases)} aliases, "
+                                   f"KAIROS_ALIASES_PER_CUSTOMER: it takes no other")
+        return Ok()
 
     def unclaim(self, batch: list[Unclaim], touched: dict[str, float]) -> list[Reply]:
         """A link refused at step 1: its alias is another customer's, which a forget of this
@@ -280,6 +290,11 @@ class IdentityRequests:
                 replies.append(Invalid(field="state", reason=str(exc)))
                 continue
             if not self._customer_step(r, replies):
+                continue
+            # a client that skipped the Claim is held to the bound all the same
+            refused = None if self._journaling.replaying else self._new_alias(r)
+            if isinstance(refused, Conflict):
+                replies.append(refused)
                 continue
             unclaimed = self._directory.unclaim(r.partition, r.customer_id, r.key)
             if not self._identities.link(r.customer_id, r.key):

@@ -157,6 +157,24 @@ def test_a_customer_takes_no_alias_past_its_bound(compiled, monkeypatch):
     assert sorted(forgotten.aliases) == ["cookie:a", "cookie:b", "cookie:c"]
 
 
+def test_a_merge_without_its_claim_takes_no_alias_past_the_bound(compiled, monkeypatch):
+    """A data-plane client that skips the Claim: its Merge of a new alias past
+    KAIROS_ALIASES_PER_CUSTOMER is CONFLICT and folds nothing (review rev43 d-identity finding
+    4: the bound was held at Claim only); a merged alias's retry goes on."""
+    monkeypatch.setattr("kairos.cluster.shard.identities.ALIASES_PER_CUSTOMER", 2)
+    s = shard(compiled)
+    for key in ("cookie:a", "cookie:b"):
+        assert s.process([merge("ana", link_id(key, "ana"), key, None)])[0] == [Ok(value=False)]
+    s.process([event("~cookie:c", "page_view", T0, category="home")])
+    state = s.process([take("~cookie:c", link_id("cookie:c", "ana"), "ana")])[0][0].value
+    [refused], _ = s.process([merge("ana", link_id("cookie:c", "ana"), "cookie:c", state)])
+    assert isinstance(refused, Refused) and "KAIROS_ALIASES_PER_CUSTOMER" in refused.reason
+    assert s.process([merge("ana", link_id("cookie:a", "ana"), "cookie:a", None)])[0] == \
+        [Ok(value=False)]
+    [forgotten], _ = s.process([forget("ana")])
+    assert sorted(forgotten.aliases) == ["cookie:a", "cookie:b"]
+
+
 def test_a_link_that_lost_its_alias_leaves_a_later_visitor_of_it_whole_when_forgotten():
     """L claims x, W links x, L's step 1 is refused: L's claim goes. W is forgotten (x is
     anonymous again) and a new visitor uses x: forgetting L erases nothing of that visitor.
