@@ -21,7 +21,8 @@ The controller therefore drives it (settings: AUTOSCALE_*):
   timeout passes; a draining node gets no gateway or shard again (nodes.py).
 - A worker drained this way that the autoscaler has not removed yet is taken back by the next
   step up, rather than asking for a new node: its unit would answer the standing request as a
-  new node's would, so the autoscaler would add none and keep it, drained, for good.
+  new node's would, so the autoscaler would add none and keep it, drained, for good. So is one
+  whose drain is held (a move not settled keeps shards there): it serves again as it is.
 - One step per AUTOSCALE_COOLDOWN_S; no step up while a requested worker has not joined, none
   at all while a drain runs. Workers that join unasked count as wanted (up to the maximum); a
   worker drained by someone else (`kairos drain`) counts as one fewer wanted (down to the
@@ -109,7 +110,8 @@ class Worker:
     shards: int = 0
     resident: int = 0
     draining: bool = False
-    released: bool = False  # drained by the autoscaler, done, and not removed yet
+    # drained by the autoscaler (done, or held and not running now) and not removed yet
+    released: bool = False
 
 
 @dataclass(frozen=True)
@@ -261,7 +263,8 @@ class Autoscaling:
         return [Worker(node, placed.count(node), sum(h.get("resident", 0)
                                                      for h in on.get(node, [])),
                        node in controller.nodes.draining,
-                       node in controller.nodes.released and not controller.drain_running(node))
+                       node in controller.nodes.released | controller.nodes.releasing
+                       and not controller.drain_running(node))
                 for node in self.backend.nodes() if node != controller.home_node]
 
     def request(self, desired: int) -> None:

@@ -301,13 +301,18 @@ class ControlLoop:
         return node in self._drains
 
     async def reuse_node(self, node: str) -> None:
-        """Take back a node the autoscaler released that has not left: it serves again, and
-        the control loop gives it a gateway and shards as a node that joined."""
+        """Take back a node the autoscaler released, or whose drain for it is held and not
+        running, that has not left: it serves again, and the control loop gives it a gateway
+        and shards as a node that joined (one with shards left keeps them, and takes its share
+        of partitions). A held drain made its gateway NOT_SERVING for good: it is stopped, and
+        the control loop starts another."""
         async with self._reconfiguring:
-            if node not in self.nodes.released or node in self._drains:
-                raise NodeRefused(f"node {node} is not a drained node the autoscaler released")
+            if node not in self.nodes.released | self.nodes.releasing or node in self._drains:
+                raise NodeRefused(f"node {node} is not a node the autoscaler released or "
+                                  f"holds a drain of")
             self.nodes.reuse(node)
             await self._save()
+        await self.nodes.stop_gateway(node)
         log.warning("node %s, drained by the autoscaler and not removed yet, serves again", node)
 
     async def _grow(self) -> None:

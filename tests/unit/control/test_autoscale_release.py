@@ -10,7 +10,7 @@ import pytest
 from kairos.cluster.control import controller as controller_module
 from kairos.cluster.control.autoscaling import Step
 from kairos.cluster.control.controller import Controller
-from kairos.cluster.control.nodes import NodeRefused
+from kairos.cluster.control.nodes import GatewaySpec, NodeRefused
 
 from tests.unit.control.test_autoscaling import Counting, scaled
 
@@ -43,6 +43,37 @@ def test_a_drain_that_failed_once_is_taken_back_by_the_next_step_up(monkeypatch)
         assert await rounds(5, 300, drains=True) == [Step(desired=2, reuse=drained)]
         assert backend.requests[-1] == [{"kairos_worker": 1}] * 2
         assert drained in ctl.placement.values() and not ctl.nodes.releasing
+    asyncio.run(main())
+
+
+def test_a_step_up_takes_back_a_node_whose_drain_is_held(monkeypatch):
+    """A drain held (here every rebalance fails, as with a move a shard does not answer)
+    leaves the node releasing: its unit answers the standing request, so only taking it back
+    gives the step up its worker. Its gateway, NOT_SERVING for good, makes way for a new one."""
+    async def main():
+        backend, ctl, scaling, rounds = await scaled(["head", "w1", "w2"])
+        ctl.nodes.spec = GatewaySpec("127.0.0.1", 0)
+        await rounds(1, 1)
+        held = [True]
+        real = ctl._rebalance
+
+        async def rebalance(target):
+            if held:
+                raise RuntimeError("a move is not settled")
+            return await real(target)
+        monkeypatch.setattr(ctl, "_rebalance", rebalance)
+        [step] = await rounds(10, 1, drains=True)
+        node = step.drain
+        unready = ctl.nodes.gateway_of(node).name
+        assert backend.gateways[unready]["state"] == "unready" and ctl.nodes.releasing == {node}
+        assert await rounds(5, 300, drains=True) == [Step(desired=2, reuse=node)]
+        assert backend.requests[-1] == [{"kairos_worker": 1}] * 2
+        assert node not in ctl.nodes.draining | ctl.nodes.releasing | ctl.nodes.released
+        # stopped, and another (its name free again) serves there
+        assert backend.gateways[ctl.nodes.gateway_of(node).name]["state"] == "serving"
+        held.clear()
+        await rounds(2, 300, drains=True)
+        assert node in ctl.placement.values() and node not in ctl.nodes.draining
     asyncio.run(main())
 
 
