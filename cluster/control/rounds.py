@@ -146,13 +146,14 @@ class ControlLoop:
                          if node is not None and node not in alive]:
                 await _step(f"replacing {name}", self._replace(name))
 
-    async def _replace(self, dead: str) -> None:
-        """A new shard in place of `dead`, whose node left: it owns dead's partitions, and
-        recovers those never snapshotted from dead's journal. A creation that fails leaves
-        `dead` as it was, for the next round. A start that fails (Unreleased: the target of
-        a move of dead's partitions does not answer) is tried again by `_restart_shards`."""
-        log.warning("%s was on a node that left; a new shard recovers its partitions from the "
-                    "store (%s)", dead, self.store_shown)
+    async def _replace(self, dead: str, why: str = "was on a node that left") -> None:
+        """A new shard in place of `dead`, whose node left (or as `why` says): it owns dead's
+        partitions, and recovers those never snapshotted from dead's journal. A creation that
+        fails leaves `dead` as it was, for the next round. A start that fails (Unreleased: the
+        target of a move of dead's partitions does not answer) is tried again by
+        `_restart_shards`."""
+        log.warning("%s %s; a new shard recovers its partitions from the store (%s)", dead, why,
+                    self.store_shown)
         await self.backend.kill_shard(dead)
         # should it still run, it acknowledges nothing more: its heir fences the journals it
         # recovers from, but not dead's own when dead was itself a replacement that served
@@ -221,10 +222,10 @@ class ControlLoop:
         if time.monotonic() - since < HELD_TARGET_S:
             return
         for target in (t for t in targets if t in self.placement):
-            log.warning("%s has not released the partitions of a move for %.0f s, while %s "
-                        "serves none of its own until it does: it is replaced", target,
-                        time.monotonic() - since, waiting)
-            await _step(f"replacing {target}", self._replace(target))
+            why = (f"has not released the partitions of a move for "
+                   f"{time.monotonic() - since:.0f} s, while {waiting} serves none of its own "
+                   f"until it does")
+            await _step(f"replacing {target}", self._replace(target, why))
             if target not in self.placement and target in answering:
                 answering.remove(target)
 
