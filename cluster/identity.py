@@ -82,6 +82,7 @@ CLAIMED_PER_PARTITION = 16384
 CLAIMS_PER_CUSTOMER = 64
 # What Retire answers for an alias that names a customer other than the one forgotten
 NAMES_ANOTHER = "names another"
+_LINK_ID = re.compile(r"(?:[^\\>]|\\[\\>])*>(?:[^\\>]|\\[\\>])*")  # what `link_id` gives
 
 log = logging.getLogger("kairos.shard")
 
@@ -111,10 +112,10 @@ def link_id(key: str, customer_id: str) -> str:
 
 def link_ids(key: str, customer_id: str) -> tuple[str, ...]:
     """The ids the link is known by: `link_id`, and, for ids holding '>' or '\\', the one
-    Kairos gave it before (`key>customer_id`, which two links could share), still in blocks,
-    redirects, journals and tombstones written before."""
+    Kairos gave it before (`key>customer_id`, which two links could share) in blocks,
+    redirects, journals and tombstones, unless it reads as another link's `link_id`."""
     legacy, escaped = f"{key}>{customer_id}", link_id(key, customer_id)
-    return (escaped,) if escaped == legacy else (escaped, legacy)
+    return (escaped,) if escaped == legacy or _LINK_ID.fullmatch(legacy) else (escaped, legacy)
 
 
 def _escaped(part: str) -> str:
@@ -189,8 +190,7 @@ class Directory:
             if now - at.get(customer_id, now) < TOMBSTONE_S:
                 return (f"customer {customer_id!r} has {CLAIMS_PER_CUSTOMER} links under way "
                         f"(claimed, not merged): retry those links (LinkIdentity, the same "
-                        f"alias and customer) to finish them, then this one, or wait "
-                        f"KAIROS_TOMBSTONE_S")
+                        f"alias and customer), then this one, or wait KAIROS_TOMBSTONE_S")
             self._abandon_claims(partition, customer_id)
         elif keys is None:
             while len(mine) >= CLAIMED_PER_PARTITION:
@@ -203,9 +203,9 @@ class Directory:
         return None
 
     def _abandon_claims(self, partition: int, customer_id: str) -> None:
-        log.warning("partition %d drops the claims of customer %s, whose links were abandoned "
-                    "KAIROS_TOMBSTONE_S ago: a forget of it no longer retires those aliases",
-                    partition, fingerprint(customer_id, self.secret))
+        log.warning("partition %d drops the claims of customer %s, of links abandoned "
+                    "KAIROS_TOMBSTONE_S ago: its forget retires no such alias", partition,
+                    fingerprint(customer_id, self.secret))
         self.drop_claims(partition, customer_id)
 
     def unclaim(self, partition: int, customer_id: str, key: str) -> bool:
