@@ -344,8 +344,12 @@ class Residency:
             ((self._ctx.partition_of(c), c, seal(blocks.pack(self.export([c]))))
              for c in victims), unless_fenced=self._ctx.name,
             lsn=max(int(table.lsn[table.index[c]]) for c in victims))  # what the homes name
+        # their snapshots still hold them: the next checkpoint writes those without them (a
+        # recovery then reads no home of theirs); past the last LSN, it holds back no record
+        lsn, now = self._journaling.journal.last_lsn + 1, self._ctx.clock()
         for customer_id in victims:
             p = self._ctx.partition_of(customer_id)
+            self._journaling.mark_dirty(p, lsn, now)
             # a new profile under a forgotten id: its home replaced the old one, which must
             # then not be deleted (the records that said so are durable since the sync); a
             # batch that failed leaves the delete, as the old home may still be there
@@ -393,12 +397,13 @@ class Residency:
 
     def export(self, customer_ids: Sequence[str]) -> dict[str, Any]:
         """The customers (resident) as a block, with their timers and keepers' state."""
-        extras = [self._extra(c) for c in customer_ids]
+        extras = [self.extra(c) for c in customer_ids]
         return blocks.export_block(self._ctx.engine, customer_ids, extras, self._ctx.name)
 
     def load(self, block: dict[str, Any]) -> list[str]:
         """Make a block's customers resident, replacing what they had here; their ids."""
-        ids = blocks.import_block(self._ctx.engine, block, self._journaling.stamps_of)
+        ids = blocks.import_block(self._ctx.engine, block, self._journaling.stamps_of,
+                                  shard=True)
         for customer_id, extra in zip(ids, block["extras"]):
             self.timers.take(customer_id)
             for keeper in self._keepers:
@@ -464,7 +469,7 @@ class Residency:
             self.evict(customer_id, partition)
         self.timers.drop_partition(partition)
 
-    def _extra(self, customer_id: str) -> dict[str, Any]:
+    def extra(self, customer_id: str) -> dict[str, Any]:
         names = self._ctx.compiled.timer_names
         extra = {"timers": {names[k]: due
                             for k, due in self.timers.armed.get(customer_id, {}).items()}}

@@ -111,11 +111,11 @@ def export_block(engine: DecisionEngine, customer_ids: Sequence[str],
 
 
 def import_block(engine: DecisionEngine, block: dict[str, Any],
-                 journal: str | None = None) -> list[str]:
+                 journal: str | None = None, shard: bool = False) -> list[str]:
     """Load a block's customers into the engine's table (activating them); their ids. Their
     LSNs are kept when the block names `journal`, else they start at 0 (every record of
-    `journal` is newer than a copy made under another owner)."""
-    validate(block)
+    `journal` is newer than a copy made under another owner). `shard`: as `validate`."""
+    validate(block, shard)
     c, t = engine.compiled, engine.table
     ids = block["ids"]
     if not ids:
@@ -128,8 +128,10 @@ def import_block(engine: DecisionEngine, block: dict[str, Any],
     return ids
 
 
-def validate(block: Any) -> None:
-    """BlockCorrupt unless every length, shape and code of the block is in range."""
+def validate(block: Any, shard: bool = False) -> None:
+    """BlockCorrupt unless every length, shape and code of the block is in range. `shard`:
+    a shard's block (a home, snapshot or handoff), whose customers' extras are maps, never
+    none as in the decision log's."""
     if not isinstance(block, dict):
         raise BlockCorrupt(f"a customer block is a map, not {type(block).__name__}")
     if block.get("format") != FORMAT:
@@ -157,7 +159,7 @@ def validate(block: Any) -> None:
         if length != n:
             raise _corrupt(f"{length} {name} entries for {n} customers")
     for extra in block["extras"]:
-        _check_extra(extra)
+        _check_extra(extra, shard)
     if not n:
         return
     size = rings[0].shape[1] if rings[0].ndim == 2 else 0
@@ -180,13 +182,13 @@ def validate(block: Any) -> None:
             raise _corrupt(f"string codes outside 0..{strings - 1}")
 
 
-def _check_extra(extra: Any) -> None:
-    """BlockCorrupt unless a customer's extras are none (the decision log's blocks) or a map
-    of the shape the shard writes: its timers (residency.py), watches and what was pushed
-    (watches.py), aliases and links (identities.py), idempotency keys (keys.py) and whether
-    it has a home. Keys this version does not know are let be. (Once per customer of every
-    snapshot recovery reads: an empty value costs a type check only.)"""
-    if extra is None:
+def _check_extra(extra: Any, shard: bool) -> None:
+    """BlockCorrupt unless a customer's extras are none (the decision log's blocks, not
+    `shard`) or a map of the shape the shard writes: its timers (residency.py), watches and
+    what was pushed (watches.py), aliases and links (identities.py), idempotency keys
+    (keys.py) and whether it has a home. Keys this version does not know are let be. (Once
+    per customer of every snapshot recovery reads: an empty value costs a type check only.)"""
+    if extra is None and not shard:
         return
     if type(extra) is not dict or "timers" not in extra or "watches" not in extra:
         raise _corrupt("extras that are not a map with timers and watches")

@@ -153,6 +153,10 @@ class DirectoryStore:
             raise StoreCorrupt(f"{path}: the home of another customer id")
         return blob
 
+    def get_many(self, partition: int, customer_ids: list[str]) -> list[bytes | None]:
+        """A file each: local reads have no round trip to save."""
+        return [self.get(partition, c) for c in customer_ids]
+
     def delete(self, partition: int, customer_id: str, unless_fenced: str | None = None
                ) -> None:
         self.delete_many([(partition, customer_id)], unless_fenced)

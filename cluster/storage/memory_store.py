@@ -103,6 +103,10 @@ class MemoryStore:
     def get(self, partition: int, customer_id: str) -> bytes | None:
         return self._homes.get(partition, {}).get(customer_id)
 
+    def get_many(self, partition: int, customer_ids: list[str]) -> list[bytes | None]:
+        homes = self._homes.get(partition, {})
+        return [homes.get(c) for c in customer_ids]
+
     def delete(self, partition: int, customer_id: str, unless_fenced: str | None = None
                ) -> None:
         self.delete_many([(partition, customer_id)], unless_fenced)

@@ -325,6 +325,11 @@ class RedisStore:
     def get(self, partition: int, customer_id: str) -> bytes | None:
         return self.r.hget(f"{self.prefix}:c:{partition}", customer_id)
 
+    @unavailable("reading customers")
+    def get_many(self, partition: int, customer_ids: list[str]) -> list[bytes | None]:
+        # HMGET needs a field
+        return self.r.hmget(f"{self.prefix}:c:{partition}", customer_ids) if customer_ids else []
+
     def delete(self, partition: int, customer_id: str, unless_fenced: str | None = None
                ) -> None:
         self.delete_many([(partition, customer_id)], unless_fenced)

@@ -240,6 +240,11 @@ class Store(Protocol):
 
     def get(self, partition: int, customer_id: str) -> bytes | None: ...
 
+    def get_many(self, partition: int, customer_ids: list[str]) -> list[bytes | None]:
+        """The homes of these customers of the partition, in their order (None for one
+        without), in one round trip where the store has them (Redis: an HMGET); the caller
+        bounds how many. StoreCorrupt, as `get`, if one of them is damaged."""
+
     def delete(self, partition: int, customer_id: str, unless_fenced: str | None = None
                ) -> None:
         """Delete a customer's home; with `unless_fenced`, as `put`."""

@@ -43,6 +43,9 @@ def test_homes_snapshots_and_meta(store):
     store.put(4, "eve", b"e")
     assert store.count([3, 4]) == 3 and store.count([3]) == 2
     assert store.get(3, "ana") == b"a2" and store.get(3, "ana") == b"a2"  # reading keeps it
+    # recovery reads a snapshot's homes in batches (one HMGET on Redis)
+    assert store.get_many(3, ["bob", "eve", "ana"]) == [b"b", None, b"a2"]
+    assert store.get_many(3, []) == []
     store.delete(3, "ana")
     store.delete(3, "ana")
     assert store.get(3, "ana") is None
@@ -312,7 +315,7 @@ def test_open_store_understands_its_urls(tmp_path):
 # What Kairos runs on Redis: an ACL user limited to these commands and its prefix's keys
 # works (README: "Redis with AUTH and ACL"); no CONFIG, no admin commands. Every command the
 # store sends (redis_store.py, redis_journal.py, and redis-py's SELECT for a db other than 0).
-KAIROS_COMMANDS = ("get set mset del incrby decrby hset hget hdel hgetall hlen sadd srem "
+KAIROS_COMMANDS = ("get set mset del incrby decrby hset hget hmget hdel hgetall hlen sadd srem "
                    "smembers zadd zrem zrange zrangebyscore zremrangebyscore zcount zcard zscan "
                    "multi exec watch unwatch select")
 
