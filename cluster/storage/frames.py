@@ -53,6 +53,7 @@ MAX_FRAME = 64 << 20  # the largest payload written or read
 SUFFIX = ".log"
 QUARANTINE = "quarantine"
 LOST = ".lost"  # in quarantine/: an empty file, accepting a gap from the LSN it is named after
+GAP = ".gap"  # beside the segments: no segment holds the LSNs from its name to the one it holds
 # how a batch payload begins: a msgpack array of 2 or 3, then the first LSN as an unsigned int
 _BATCH_START = re.compile(rb"[\x92\x93][\x01-\x7f\xcc-\xcf]")
 SEALED = 1 << 16  # a sealed batch's mark, where a plain batch has its format (module text)
@@ -236,6 +237,24 @@ def corrupt(path: Path, what: str) -> JournalCorrupt:
                            f"is moved into {path.parent / QUARANTINE}/ (README, \"Corruption\")")
     log.error("%s", error)
     return error
+
+
+def past_gaps(directory: Path, expect: int, first: int) -> int:
+    """Where the next segment read (starting at `first`) must start, `expect` once the one
+    before it ended: past each gap recorded from there, to the last LSN its file holds (a
+    segment lost after the gap is not to go unseen), or at `first` past an empty file (one
+    written before they held it)."""
+    while expect != first:
+        try:
+            end = (directory / f"{expect:020d}{GAP}").read_bytes()
+        except FileNotFoundError:
+            break
+        if not end:
+            return first
+        if not end.isdigit() or int(end) < expect:  # damaged: as if it were not there
+            break
+        expect = int(end) + 1
+    return expect
 
 
 def misnumbered(path: Path, expect: int) -> JournalCorrupt:

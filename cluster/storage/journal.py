@@ -48,10 +48,10 @@ before and after it and the customers' homes, losing only the quarantined record
 snapshot or home holds.
 
 Gaps: LSNs given out that no segment holds (a torn tail's, a quarantined segment's, a lost tail's)
-are recorded on opening as the empty `<first LSN>.gap` beside the segments, which replay accepts a
-jump from, and the segment the LSNs go on in is created, both fsynced: quarantine/ is evidence
-only, removable once inspected (a gap an older Kairos left there alone is accepted, and recorded).
-Truncation drops a gap's file with the segments before it.
+are recorded on opening as `<first LSN>.gap` beside the segments, holding the last (replay accepts
+a jump to the LSN after it; an empty one, as first written, to any), and the segment the LSNs go on
+in is created, both fsynced: quarantine/ is evidence only, removable once inspected (a gap an older
+Kairos left there alone is accepted, and recorded). Truncation drops it with the segments before.
 
 A batch whose frame would pass MAX_FRAME (what a reader accepts) is refused before anything is
 written (JournalFrameTooLarge): it would be acknowledged and then never read back.
@@ -94,10 +94,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from kairos.cluster.settings import JOURNAL_POLICIES, SNAPSHOT_AFTER_S
-from kairos.cluster.storage.frames import (LOST, QUARANTINE, SUFFIX, Decode, ambiguous_tail,
-                                           first_lsn, frame, fsync_directory, kept_records,
-                                           misnumbered, read_frames, scrub, segment_batches,
-                                           written)
+from kairos.cluster.storage.frames import (GAP, LOST, QUARANTINE, SUFFIX, Decode,
+                                           ambiguous_tail, first_lsn, frame, fsync_directory,
+                                           kept_records, misnumbered, past_gaps, read_frames,
+                                           scrub, segment_batches, written)
 from kairos.cluster.storage.private_paths import make_private
 from kairos.cluster.storage.store import JournalFenced
 
@@ -105,7 +105,6 @@ log = logging.getLogger("kairos.store")
 DIR_MODE = 0o700  # every directory of a store: its owner's only
 FILE_MODE = 0o600  # every file of a store
 TORN = ".torn"
-GAP = ".gap"  # beside the segments: no segment holds the LSNs from its name to the next one's
 FENCE = "fenced"  # in a journal's directory once another shard took its partitions over
 FENCE_LOCK = "fence.lock"  # flock: fencing (exclusive) waits for snapshot writes (shared)
 
@@ -127,8 +126,9 @@ class JournalReader:
         for i, path in enumerate(segments):
             if i + 1 < len(segments) and first_lsn(segments[i + 1]) - 1 <= after_lsn:
                 continue  # every record of this segment is at or below after_lsn
+            if expect is not None:
+                expect = past_gaps(self.directory, expect, first_lsn(path))
             if expect is not None and first_lsn(path) != expect and \
-                    not (self.directory / f"{expect:020d}{GAP}").exists() and \
                     expect not in self._quarantined():  # a journal from before gaps' files
                 raise misnumbered(path, expect)
             expect = first_lsn(path)
@@ -390,12 +390,12 @@ class Journal(JournalReader):
             make_private(segment)
         first, last = (first_lsn(segments[0]), first_lsn(segments[-1])) if segments else (0, 0)
         self.last_lsn, size = self._cut_tail(segments[-1]) if segments else (0, 0)
-        past = self.last_lsn
-        for gap, held in self._quarantined().items():
-            if gap >= first:
-                self._record_gap(gap)  # a quarantined segment's, or one an older Kairos left
-            if gap >= last:  # (a file before the last segment held only LSNs below it)
-                past = max(past, gap + held - 1)
+        quarantined, starts = self._quarantined(), [first_lsn(s) for s in segments]
+        # past any LSN they could hold from the last segment on (one before it held fewer)
+        past = max([self.last_lsn] + [g + n - 1 for g, n in quarantined.items() if g >= last])
+        for gap in (gap for gap in quarantined if gap >= first):
+            # a quarantined segment's (or one an older Kairos left), up to the next segment
+            self._record_gap(gap, min((s - 1 for s in starts if s > gap), default=past))
         if segments and past == self.last_lsn:  # else the LSNs go on in a segment of their own
             self._fd, self._size = os.open(segments[-1], os.O_WRONLY | os.O_APPEND), size
         self._go_past(past)
@@ -433,15 +433,15 @@ class Journal(JournalReader):
         the segment the LSNs go on in created (under the lock, or opening, which it may hold)."""
         if lsn <= self.last_lsn:
             return
-        self._record_gap(self.last_lsn + 1)
+        self._record_gap(self.last_lsn + 1, lsn)
         self.last_lsn = lsn
         self._next_segment(durable=True)
 
-    def _record_gap(self, lsn: int) -> None:
-        """Replay accepts a gap from `lsn` to the next segment, whatever is in quarantine/."""
+    def _record_gap(self, lsn: int, last: int) -> None:
+        """Replay accepts a gap from `lsn` to `last`, whatever is in quarantine/."""
         path = self.directory / f"{lsn:020d}{GAP}"
         if not path.exists():
-            fsync_directory(written(path, b"", FILE_MODE).parent)
+            fsync_directory(written(path, str(last).encode(), FILE_MODE).parent)
 
     def _keep_torn(self, data: bytes, lsn: int) -> None:
         """Keep a tail that may have been an acknowledged batch (see the module's text)."""
