@@ -77,16 +77,23 @@ def test_a_step_up_takes_back_a_node_whose_drain_is_held(monkeypatch):
     asyncio.run(main())
 
 
+async def release_cut_short(monkeypatch, store: str) -> tuple[Counting, Controller]:
+    """A controller over head, w1 and w2 whose autoscaler drain of w1 failed (still marked
+    releasing), with its backend."""
+    backend = Counting(["head", "w1", "w2"])
+    ctl = Controller(backend, n_partitions=16, store_url=store, home_node="head")
+    await ctl.start(3)
+    failing_once(monkeypatch, ctl)
+    with pytest.raises(RuntimeError):
+        await ctl.release_node("w1")
+    return backend, ctl
+
+
 def test_a_restarted_controller_finishes_the_autoscalers_drain_and_marks_it(monkeypatch,
                                                                                tmp_path):
     async def main():
-        backend = Counting(["head", "w1", "w2"])
         store = str(tmp_path / "store")
-        ctl = Controller(backend, n_partitions=16, store_url=store, home_node="head")
-        await ctl.start(3)
-        failing_once(monkeypatch, ctl)
-        with pytest.raises(RuntimeError):
-            await ctl.release_node("w1")
+        backend, _ = await release_cut_short(monkeypatch, store)
         again = backend.local_controller = Controller(backend, n_partitions=16,
                                                       store_url=store, home_node="head")
         await again.start(3)  # as Ray restarts it
@@ -113,13 +120,8 @@ def test_an_operators_drain_of_a_node_the_autoscaler_was_releasing_drops_its_mar
                                                                                    tmp_path):
     """Theirs to remove: a later step up must not take it back."""
     async def main():
-        backend = Counting(["head", "w1", "w2"])
         store = str(tmp_path / "store")
-        ctl = Controller(backend, n_partitions=16, store_url=store, home_node="head")
-        await ctl.start(3)
-        failing_once(monkeypatch, ctl)
-        with pytest.raises(RuntimeError):
-            await ctl.release_node("w1")  # cut short: still marked releasing
+        backend, ctl = await release_cut_short(monkeypatch, store)
         assert ctl.nodes.releasing == {"w1"}
         await ctl.drain_node("w1")
         assert not ctl.nodes.releasing and not ctl.nodes.released
