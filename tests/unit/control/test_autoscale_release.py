@@ -12,7 +12,7 @@ from kairos.cluster.control.autoscaling import Step
 from kairos.cluster.control.controller import Controller
 from kairos.cluster.control.nodes import GatewaySpec, NodeRefused
 
-from tests.unit.control.test_autoscaling import Counting, scaled
+from tests.unit.control.test_autoscaling import Counting, controlling, scaled
 
 
 @pytest.fixture(autouse=True)
@@ -106,10 +106,7 @@ def test_a_restarted_controller_finishes_the_autoscalers_drain_and_marks_it(monk
 
 def test_a_release_refused_leaves_the_node_unmarked():
     async def main():
-        backend = Counting(["head", "w1"])
-        ctl = backend.local_controller = Controller(backend, n_partitions=16,
-                                                    home_node="head")
-        await ctl.start(2)
+        _, ctl = await controlling(["head", "w1"], 2)
         with pytest.raises(NodeRefused):
             await ctl.release_node("head")
         assert not ctl.nodes.releasing and not ctl.nodes.released

@@ -208,15 +208,23 @@ def no_waits(monkeypatch):
     monkeypatch.setattr(controller_module, "DRAIN_UNREADY_S", 0.0)
 
 
+async def controlling(nodes: list[str], shards: int,
+                      partitions: int = 16) -> tuple[Counting, Controller]:
+    """A controller over `nodes` with `shards` shards, its backend's local controller."""
+    backend = Counting(nodes)
+    ctl = backend.local_controller = Controller(backend, n_partitions=partitions,
+                                                home_node="head")
+    await ctl.start(shards)
+    return backend, ctl
+
+
 async def scaled(nodes: list[str]) -> tuple[Counting, Controller, Autoscaling, Callable]:
     """A controller with a shard per node, its autoscaling (up or down after 2 s of load, 3 s
     apart, 1 to 2 workers) and `rounds(n, per_shard_per_s)`: n control rounds a second apart,
     each shard counting that many decisions a second; the steps taken."""
     limits = Limits(min_workers=1, max_workers=2, shard_rate=100.0, up_after_s=2.0,
                     down_after_s=2.0, cooldown_s=3.0)
-    backend = Counting(nodes)
-    ctl = backend.local_controller = Controller(backend, n_partitions=32, home_node="head")
-    await ctl.start(len(nodes))
+    backend, ctl = await controlling(nodes, len(nodes), partitions=32)
     clock = Clock()
     scaling = Autoscaling(backend, limits, clock, resource="kairos_worker")
 
@@ -262,10 +270,7 @@ def test_the_round_asks_the_autoscaler_then_drains_the_emptiest_worker_when_load
 
 def test_autoscaling_off_asks_for_nothing():
     async def main():
-        backend = Counting(["head", "w1"])
-        ctl = backend.local_controller = Controller(backend, n_partitions=16,
-                                                    home_node="head")
-        await ctl.start(1)
+        backend, ctl = await controlling(["head", "w1"], 1)
         scaling = Autoscaling(backend, Limits(max_workers=0))
         assert await scaling.round(ctl) is None
         assert backend.requests == []
