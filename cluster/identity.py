@@ -34,8 +34,9 @@ the alias, cut and retried, finishes this one, releasing the alias even when cut
 Bury; other callers get its anonymous customer, so their requests do not re-create the
 forgotten one. Last, a Bury `finished` drops the alias list, which the customer's shard keeps
 till then (TOMBSTONE_S at most), so that a retry by id, cut after the Bury, releases the
-aliases too. A customer whose home is damaged is not forgotten (UNAVAILABLE) until the home is
-restored or removed: the aliases merged into it are known only from it.
+aliases too. A customer
+whose home is damaged is not forgotten (UNAVAILABLE) until the home is restored or removed:
+the aliases merged into it are known only from it.
 A buried link refuses every step of that link for TOMBSTONE_S, wherever it arrives, so a step
 of a link that began before the forget cannot re-create the customer or its alias. The
 tombstones keep only fingerprints (a hash) of the link ids, so the erased ids are not kept.
@@ -67,18 +68,17 @@ REDIRECTS_PER_PARTITION = 4096  # recent settled links whose anonymous ids still
 # Redirects still holding the state they handed over (Take done, Settle not yet) are not
 # evicted to make room for new links: the anonymous profile's home is deleted, so that state
 # is the only copy until the customer's shard merges it. Only a link client that died between
-# Take and Settle leaves one behind; at this many in a partition handed over less than
-# TOMBSTONE_S ago, a Take that would hand a state over answers BUSY (retrying those links
-# settles them) rather than dropping the oldest, acknowledged events and all. Older ones are
-# kept, not counted: they add at most this many a partition each TOMBSTONE_S.
+# Take and Settle leaves one behind; at this many in a partition, a Take that would hand a
+# state over answers BUSY (retrying those links settles them) rather than dropping the oldest,
+# acknowledged events and all (a bound on memory, four times the settled redirects').
 UNSETTLED_PER_PARTITION = 16384
-# Customers with aliases claimed by links not merged yet (a link client that died between
-# Claim and Merge leaves one behind); at this many in a partition, a Claim of another customer
-# drops the claims of those whose last was TOMBSTONE_S ago (as a link's tombstone goes: a
-# forget of one then retires no such alias), else answers BUSY (retrying those links ends them)
+# Customers with aliases claimed by links not merged yet: only a link client that died between
+# Claim and Merge leaves one behind; at this many in a partition, a Claim of another customer
+# answers BUSY (retrying those links finishes them) rather than dropping the oldest's claims,
+# which a forget of it needs to retire those aliases
 CLAIMED_PER_PARTITION = 16384
-# ...and claims per customer (each link cut by its caller's deadline after its Claim leaves
-# one): at this many, its next Claim drops them likewise, else answers BUSY
+# ...and claims per customer: links cancelled by their callers' deadlines between Claim and
+# Merge, again and again, leave one each; at this many, its next Claim answers BUSY likewise
 CLAIMS_PER_CUSTOMER = 64
 # What Retire answers for an alias that names a customer other than the one forgotten
 NAMES_ANOTHER = "names another"
@@ -166,47 +166,30 @@ class Directory:
         # partition -> customer -> the aliases its links under way claimed (until each merges,
         # is refused, or the customer is forgotten), the customer claiming last at the end
         self.claimed: dict[int, dict[str, list[str]]] = {}
-        self.claimed_at: dict[int, dict[str, float]] = {}  # ...and when it claimed last
-        # partition -> anonymous id -> when its redirect took a state not settled yet, those
-        # less than TOMBSTONE_S ago (`take_refusal`), oldest first
-        self._unsettled: dict[int, OrderedDict[str, float]] = {}
 
-    def claim(self, partition: int, customer_id: str, key: str, when: float) -> None:
-        """Note the alias as claimed by the customer's link under way at `when`."""
+    def claim(self, partition: int, customer_id: str, key: str) -> None:
+        """Note the alias as claimed by the customer's link under way (`claim_refusal` said
+        there is room: a snapshot's or a journal's claims are all noted again)."""
         mine = self.claimed.setdefault(partition, {})
         keys = mine[customer_id] = mine.pop(customer_id, [])
         if key not in keys:
             keys.append(key)
-        self.claimed_at.setdefault(partition, {}).pop(customer_id, None)
-        self.claimed_at[partition][customer_id] = when
 
-    def claim_refusal(self, partition: int, customer_id: str, now: float) -> str | None:
+    def claim_refusal(self, partition: int, customer_id: str) -> str | None:
         """Why a new claim by the customer is refused for now (None: it is not): a claim
         dropped to make room would leave a forget of the customer blind to that alias, which
-        would keep naming the erased id, unless its links were abandoned TOMBSTONE_S ago."""
-        mine, at = self.claimed.get(partition, {}), self.claimed_at.get(partition, {})
+        would keep naming the erased id."""
+        mine = self.claimed.get(partition, {})
         keys = mine.get(customer_id)
         if keys is not None and len(keys) >= CLAIMS_PER_CUSTOMER:
-            if now - at.get(customer_id, now) < TOMBSTONE_S:
-                return (f"customer {customer_id!r} has {CLAIMS_PER_CUSTOMER} links under way "
-                        f"(claimed, not merged): retry those links (LinkIdentity, the same "
-                        f"alias and customer), then this one, or wait KAIROS_TOMBSTONE_S")
-            self._abandon_claims(partition, customer_id)
-        elif keys is None:
-            while len(mine) >= CLAIMED_PER_PARTITION:
-                oldest, when = next(iter(at.items()))
-                if now - when < TOMBSTONE_S:
-                    return (f"its partition holds {CLAIMED_PER_PARTITION} customers with links "
-                            f"under way (claimed, not merged): retry those links to finish "
-                            f"them, then this one")
-                self._abandon_claims(partition, oldest)
+            return (f"customer {customer_id!r} has {CLAIMS_PER_CUSTOMER} links under way "
+                    f"(claimed, not merged): retry those links (LinkIdentity, the same alias "
+                    f"and customer) to finish them, then this one")
+        if keys is None and len(mine) >= CLAIMED_PER_PARTITION:
+            return (f"its partition holds {CLAIMED_PER_PARTITION} customers with links under "
+                    f"way (claimed, not merged): retry those links to finish them, then this "
+                    f"one")
         return None
-
-    def _abandon_claims(self, partition: int, customer_id: str) -> None:
-        log.warning("partition %d drops the claims of customer %s, of links abandoned "
-                    "KAIROS_TOMBSTONE_S ago: its forget retires no such alias", partition,
-                    fingerprint(customer_id, self.secret))
-        self.drop_claims(partition, customer_id)
 
     def unclaim(self, partition: int, customer_id: str, key: str) -> bool:
         """The alias is no longer the claim of a link under way; whether it was."""
@@ -216,7 +199,7 @@ class Directory:
             return False
         keys.remove(key)
         if not keys:
-            self.drop_claims(partition, customer_id)
+            del mine[customer_id]
         return True
 
     def claims(self, partition: int, customer_id: str) -> list[str]:
@@ -225,7 +208,6 @@ class Directory:
 
     def drop_claims(self, partition: int, customer_id: str) -> list[str]:
         """The aliases the customer's links under way claimed, no longer noted here."""
-        self.claimed_at.get(partition, {}).pop(customer_id, None)
         return self.claimed.get(partition, {}).pop(customer_id, [])
 
     def resolve(self, partition: int, key: str, now: float, for_forget: bool = False) -> str:
@@ -263,16 +245,13 @@ class Directory:
         return self.redirects.get(partition, {}).get(anonymous)
 
     def leave_redirect(self, partition: int, anonymous: str, customer_id: str, link: str,
-                       state: bytes | None, when: float | None) -> None:
-        """Redirect the anonymous id; of a state handed over at `when` (None: not counted)."""
+                       state: bytes | None) -> None:
         self.drop_redirect(partition, anonymous)
         self.redirects.setdefault(partition, OrderedDict())[anonymous] = \
             [customer_id, link, state]
         self._redirected[anonymous] = customer_id
         if state is None:
             self._settle(partition, anonymous)
-        elif when is not None:
-            self._unsettled.setdefault(partition, OrderedDict())[anonymous] = when
 
     def redirected_by(self, partition: int, anonymous: str, link: str) -> bool:
         """Whether the anonymous customer's redirect is the link's (by its id then, or now)."""
@@ -288,33 +267,25 @@ class Directory:
             self._settle(partition, anonymous)
 
     def _settle(self, partition: int, anonymous: str) -> None:
-        self._unsettled.get(partition, {}).pop(anonymous, None)
         settled = self._settled.setdefault(partition, OrderedDict())
         settled[anonymous] = None
         if len(settled) > REDIRECTS_PER_PARTITION:
             self.drop_redirect(partition, next(iter(settled)))
 
-    def take_refusal(self, partition: int, now: float) -> str | None:
+    def take_refusal(self, partition: int) -> str | None:
         """Why a Take handing a state over is refused for now (None: it is not): a state
-        dropped to make room is the only copy of its visitor's acknowledged events. One
-        handed over TOMBSTONE_S ago is kept, but no longer counted."""
-        young = self._unsettled.get(partition, OrderedDict())
-        while len(young) >= UNSETTLED_PER_PARTITION and \
-                now - next(iter(young.values())) >= TOMBSTONE_S:
-            young.popitem(last=False)
-            log.warning("partition %d keeps a state handed over by a link abandoned "
-                        "KAIROS_TOMBSTONE_S ago (retrying the link merges it)", partition)
-        if len(young) < UNSETTLED_PER_PARTITION:
+        dropped to make room is the only copy of its visitor's acknowledged events."""
+        if len(self.redirects.get(partition, ())) - len(self._settled.get(partition, ())) < \
+                UNSETTLED_PER_PARTITION:
             return None
         return (f"its partition holds {UNSETTLED_PER_PARTITION} anonymous customers' states "
                 f"handed over by links never merged (their callers gave up after step 2): "
                 f"retry those links (LinkIdentity, the same alias and customer) to finish "
-                f"them, then this one, or wait KAIROS_TOMBSTONE_S")
+                f"them, then this one")
 
     def drop_redirect(self, partition: int, anonymous: str) -> None:
         self.redirects.get(partition, {}).pop(anonymous, None)
         self._settled.get(partition, {}).pop(anonymous, None)
-        self._unsettled.get(partition, {}).pop(anonymous, None)
         self._redirected.pop(anonymous, None)
 
     # -- tombstones of forgotten customers -----------------------------------------------------
@@ -437,20 +408,14 @@ class Directory:
                 "releasing": {p: list(self.releasing.get(p, {}).items())
                               for p in partitions},
                 "retiring": {p: list(self.retiring.get(p, {}).items()) for p in partitions},
-                "claimed": {p: self.claimed.get(p, {}) for p in partitions},
-                "claimed_at": {p: self.claimed_at.get(p, {}) for p in partitions},
-                "unsettled_at": {p: list(self._unsettled.get(p, {}).items())
-                                 for p in partitions}}
+                "claimed": {p: self.claimed.get(p, {}) for p in partitions}}
 
     def load(self, payload: dict[str, Any]) -> None:
         for p, aliases in payload["aliases"].items():
             self.aliases[int(p)] = dict(aliases)
         for p, redirects in payload["redirects"].items():
-            # snapshots from before the times were kept: their states and claims count as old
-            handed = dict(payload.get("unsettled_at", {}).get(p, ()))
             for anonymous, (customer_id, link, state) in redirects:
-                self.leave_redirect(int(p), anonymous, customer_id, link, state,
-                                    handed.get(anonymous))
+                self.leave_redirect(int(p), anonymous, customer_id, link, state)
         # snapshots and handoffs from before tombstones have neither
         for kind, marks in (("buried", self.buried), ("forgotten", self.forgotten)):
             for p, buried in payload.get(kind, {}).items():
@@ -466,10 +431,9 @@ class Directory:
             for key, (customer_id, when) in retiring:
                 self.retire(int(p), key, customer_id, when)
         for p, claimed in payload.get("claimed", {}).items():
-            at = payload.get("claimed_at", {}).get(p, {})
             for customer_id, keys in claimed.items():
                 for key in keys:
-                    self.claim(int(p), customer_id, key, at.get(customer_id, 0.0))
+                    self.claim(int(p), customer_id, key)
 
     def drop(self, partitions: Iterable[int]) -> None:
         for p in partitions:
@@ -480,9 +444,7 @@ class Directory:
             self.releasing.pop(p, None)
             self.retiring.pop(p, None)
             self.claimed.pop(p, None)
-            self.claimed_at.pop(p, None)
             self._settled.pop(p, None)
-            self._unsettled.pop(p, None)
             for anonymous in self.redirects.pop(p, {}):
                 self._redirected.pop(anonymous, None)
 

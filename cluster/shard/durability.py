@@ -425,7 +425,7 @@ class Durability:
                         applied += self._apply_kept(kept)
                         kept = []
                         self._directory.claim(record.partition, record.customer_id,
-                                              record.key, self._ctx.clock())
+                                              record.key)
                     continue
             kept.append((lsn, record))
         return applied + self._apply_kept(kept)

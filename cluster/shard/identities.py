@@ -111,7 +111,7 @@ class IdentityRequests:
             if refused is not None:
                 replies.append(refused)
                 continue
-            self._directory.claim(r.partition, r.customer_id, r.key, self._ctx.clock())
+            self._directory.claim(r.partition, r.customer_id, r.key)
             self._journaling.record(r)
             replies.append(Ok())
         return replies
@@ -128,7 +128,7 @@ class IdentityRequests:
         new = self._new_alias(r)
         if not isinstance(new, Ok):
             return new
-        busy = self._directory.claim_refusal(p, customer_id, self._ctx.clock())
+        busy = self._directory.claim_refusal(p, customer_id)
         return None if busy is None else Busy(reason=busy)
 
     def _new_alias(self, r: Claim | Merge) -> Reply | None:
@@ -250,14 +250,13 @@ class IdentityRequests:
                 self._residency.evict(anonymous, p)
                 self._journaling.delete_later(p, anonymous)
             touched.pop(anonymous, None)  # its changes this round left with it: none to push
-            self._directory.leave_redirect(p, anonymous, r.target, r.link, state,
-                                           self._ctx.clock())
+            self._directory.leave_redirect(p, anonymous, r.target, r.link, state)
             self._journaling.record(r._replace(state=state))
             replies.append(Ok(value=state))
         return replies
 
     def _unsettled_full(self, partition: int) -> Busy | None:
-        refused = self._directory.take_refusal(partition, self._ctx.clock())
+        refused = self._directory.take_refusal(partition)
         return None if refused is None else Busy(reason=refused)
 
     def _over_budget(self, r: Take, size: int, touched: dict[str, float]) -> Reply | None:

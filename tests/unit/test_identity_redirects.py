@@ -8,12 +8,9 @@ import pytest
 from kairos.cluster import identity
 from kairos.cluster.identity import Directory, alias_key, anonymous_id, link_id
 from kairos.cluster.protocol import Settle
-from kairos.cluster.settings import TOMBSTONE_S
-from kairos.cluster.storage.memory_store import MemoryStore
 from kairos.core.compiler import default_compiled
 
-from tests.unit.shard.test_shard import (T0, Clock, event, merge, p_of, profile, shard,
-                                         take)
+from tests.unit.shard.test_shard import T0, event, merge, p_of, profile, shard, take
 
 SECRET = b"s" * 32
 
@@ -54,14 +51,14 @@ def test_a_link_retried_after_newer_links_turned_the_redirects_over_still_merges
 def test_settled_redirects_are_evicted_oldest_first_and_unsettled_ones_never():
     d = Directory(SECRET)
     for i in range(4):
-        d.leave_redirect(0, f"~s{i}", f"c{i}", f"l{i}", None, 0.0)
+        d.leave_redirect(0, f"~s{i}", f"c{i}", f"l{i}", None)
     assert list(d.redirects[0]) == ["~s2", "~s3"]
     assert d.redirect_of("~s0") is None and d.redirect_of("~s3") == "c3"
     for i in range(3):
-        d.leave_redirect(0, f"~u{i}", f"d{i}", f"m{i}", b"state", 0.0)
+        d.leave_redirect(0, f"~u{i}", f"d{i}", f"m{i}", b"state")
     d.settle(0, "~u0", "m0")  # now the newest settled: ~s2 goes
     assert list(d.redirects[0]) == ["~s3", "~u0", "~u1", "~u2"]
-    d.leave_redirect(0, "~u3", "d3", "m3", b"state", 0.0)  # as a snapshot or a journal holds it
+    d.leave_redirect(0, "~u3", "d3", "m3", b"state")  # as a snapshot or a journal holds it
     assert list(d.redirects[0]) == ["~s3", "~u0", "~u1", "~u2", "~u3"]
 
 
@@ -93,41 +90,3 @@ def test_a_take_past_the_unsettled_states_answers_busy_and_hands_nothing_over():
     assert state is not None
     s.process([merge("ana", link, x[1:], state)])
     assert s.process([profile("ana")])[0][0].value["events_applied"] == 1
-
-
-def test_states_handed_over_tombstone_s_ago_are_kept_but_hold_no_take_back():
-    """Review rev43 d-identity finding 2: links abandoned between Take and Settle answered
-    every later Take of their partition BUSY for good. Past KAIROS_TOMBSTONE_S their states
-    no longer count (kept: each is the only copy of its visitor's events, which a retry of its
-    link still merges), and a snapshot or handoff keeps when each was handed over."""
-    clock = Clock()
-    s = shard(default_compiled(), store=MemoryStore(), clock=clock)
-    x = anonymous_id(alias_key("cookie", "x"))
-    held = []
-    for i, other in enumerate(same_partition(x, 3)):
-        s.process([event(other, "page_view", T0, category="home")])
-        held.append((other, link_id(other[1:], f"c{i}"), f"c{i}"))
-        assert s.process([take(*held[-1])])[0][0].value is not None
-    s.process([event(x, "page_view", T0, category="home")])
-    link = link_id(x[1:], "ana")
-    clock.now += TOMBSTONE_S - 1
-    assert s.process([take(x, link, "ana")])[0][0].status == "busy"
-    moved = Directory(SECRET)
-    moved.load(s.directory.export([p_of(x)]))
-    clock.now += 1
-    assert moved.take_refusal(p_of(x), clock.now) is None
-    assert s.process([take(x, link, "ana")])[0][0].value is not None
-    assert s.process([take(*held[0])])[0][0].value is not None  # still its state
-
-
-def test_a_directory_from_before_the_times_were_kept_counts_its_states_as_old():
-    d = Directory(SECRET)
-    for i in range(3):
-        d.leave_redirect(0, f"~u{i}", f"d{i}", f"m{i}", b"state", 10.0)
-    d.claim(0, "ana", "cookie:a", 10.0)
-    payload = d.export([0])
-    old = Directory(SECRET)
-    old.load({k: v for k, v in payload.items() if not k.endswith("_at")})
-    assert d.take_refusal(0, 10.0) is not None and old.take_refusal(0, 10.0) is None
-    assert old.claimed_at[0] == {"ana": 0.0}
-    assert old.handed_over(0, "~u0") == ["d0", "m0", b"state"]

@@ -11,7 +11,6 @@ import pytest
 
 from kairos.cluster.identity import CLAIMS_PER_CUSTOMER, anonymous_id, link_id
 from kairos.cluster.protocol import Claim, Forgotten, Link, Ok
-from kairos.cluster.settings import TOMBSTONE_S
 from kairos.cluster.protocol import Conflict as Refused
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage.memory_store import MemoryStore
@@ -78,31 +77,6 @@ def test_claims_of_links_that_never_merged_are_bounded_by_refusing_new_ones(comp
                                         (first, "cookie:c2"), (second, "cookie:s")])
     [forgotten], _ = s.process([forget(first)])
     assert sorted(forgotten.aliases) == ["cookie:c0", "cookie:c1", "cookie:c2"]
-
-
-def test_claims_of_links_abandoned_tombstone_s_ago_make_room(compiled, monkeypatch):
-    """At the bound, claims whose customer claimed last KAIROS_TOMBSTONE_S ago or more are
-    dropped for a new Claim, not answered BUSY for ever (review rev43 d-identity finding 2:
-    64 links cut after their Claim blocked the customer's new links for good); younger ones
-    still hold it back."""
-    monkeypatch.setattr("kairos.cluster.identity.CLAIMED_PER_PARTITION", 2)
-    monkeypatch.setattr("kairos.cluster.identity.CLAIMS_PER_CUSTOMER", 3)
-    clock = Clock()
-    s = shard(compiled, store=MemoryStore(), clock=clock)
-    first, second, third = [c for c in (f"cust{i}" for i in range(100))
-                            if p_of(c) == p_of("cust0")][:3]
-
-    def status(customer: str, key: str) -> str:
-        return s.process([claim(customer, key)])[0][0].status
-    assert [status(first, f"cookie:c{n}") for n in range(3)] == ["ok"] * 3
-    clock.now += TOMBSTONE_S / 2
-    assert [status(second, "cookie:s"), status(first, "cookie:new")] == ["ok", "busy"]
-    clock.now += TOMBSTONE_S / 2
-    assert status(first, "cookie:new") == "ok"  # its own three, abandoned, are dropped
-    assert status(third, "cookie:t") == "busy"  # the others' are younger
-    clock.now += TOMBSTONE_S
-    assert status(third, "cookie:t") == "ok"  # the oldest's (second's) make room
-    assert sorted(claims(s)) == [(first, "cookie:new"), (third, "cookie:t")]
 
 
 def test_a_forget_after_many_links_cut_before_their_merge_leaves_no_alias_naming_the_id():

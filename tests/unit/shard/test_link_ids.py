@@ -40,7 +40,7 @@ def test_the_ids_links_had_before_are_still_recognised():
     identities.restore("b>c", {"aliases": ["cookie:a"], "links": ["cookie:a>b>c"]})
     assert identities.link("b>c", "cookie:a") is False
     anonymous = anonymous_id("cookie:x>y")
-    d.leave_redirect(0, anonymous, "z", "cookie:x>y>z", b"state", 0.0)
+    d.leave_redirect(0, anonymous, "z", "cookie:x>y>z", b"state")
     assert d.redirected_by(0, anonymous, link_id("cookie:x>y", "z"))
     d.settle(0, anonymous, "cookie:x>y>z")
     assert d.handed_over(0, anonymous) == ["z", "cookie:x>y>z", None]
