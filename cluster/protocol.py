@@ -253,7 +253,8 @@ class Take(NamedTuple):
 
 
 class Merge(NamedTuple):
-    """Step 3 of a link: fold the handed-over state into the customer, once per link."""
+    """Step 3 of a link: fold the handed-over state into the customer, once per link. Ok,
+    whether this Merge bound the link: a retry's (or a late one's) is False."""
 
     kind: str = "merge"
     partition: int = UNROUTED

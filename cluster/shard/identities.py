@@ -279,8 +279,10 @@ class IdentityRequests:
         return None
 
     def merge(self, batch: list[Merge], touched: dict[str, float]) -> list[Reply]:
-        """Step 3: fold handed-over state into the customer, once per link; whether it
-        folded now. The link's claim is dropped: the customer's block holds the alias."""
+        """Step 3: fold handed-over state into the customer, once per link; whether this
+        Merge bound the link (and folded its state, if any): a forget saga's Merge with no
+        state that did folded nothing into the customer, and the link's own, late, folds
+        nothing either (sagas.py). The link's claim is dropped: the block holds the alias."""
         replies: list[Reply] = []
         for r in batch:
             try:  # before any change: a state that fails to fold would fail the round
@@ -307,7 +309,7 @@ class IdentityRequests:
                 self._residency.fold(r.customer_id, block)
                 touch(touched, r.customer_id, self._ctx.clock())
                 self._ctx.counts["merges"] += 1
-            replies.append(Ok(value=r.state is not None))
+            replies.append(Ok(value=True))
         return replies
 
     def settle(self, batch: list[Settle], touched: dict[str, float]) -> list[Reply]:

@@ -74,18 +74,25 @@ class IdentitySagas:
         its Merge would fold it in after the forget. So the link is merged first, with no
         state (a link merges once: its Merge, late, folds nothing) and settled, and the
         Forget sent again. Its link merging nothing, the link's caller may still finish it:
-        the alias then names that customer, whom a forget by the alias forgets too (its
-        Merge may have come first)."""
-        forget = Forget(customer_id=customer_id)
+        the alias then names that customer, whom a forget by the alias forgets too only if
+        the link's Merge came first (this Merge found the link bound: the Merge answers
+        whether it bound it), not if this one did (nothing reached the customer)."""
+        forget, bound_empty = Forget(customer_id=customer_id), set()
         while isinstance(reply := await self.enqueue(forget), Merged):
             key = customer_id[len(ANONYMOUS):]
             link = link_id(key, reply.customer_id)
             merge = Merge(customer_id=reply.customer_id, link=link, key=key)
             merged = await self.enqueue(merge)
             if not isinstance(merged, Conflict):  # a forget buried it: so is its late Merge
-                await self.settle(merge, merged)
+                if (await self.settle(merge, merged)).value is True:  # it bound the link
+                    bound_empty.add(reply.customer_id)
             await self._ask(Settle(anonymous=customer_id, link=link))
-        return await self.settle(forget, reply)
+        forgotten = await self.settle(forget, reply)
+        if forgotten.merged_into in bound_empty:
+            # this Merge bound the link, folding nothing: the link's own, late, folds nothing
+            # too, so its customer got nothing from the visitor
+            return forgotten._replace(merged_into=None)
+        return forgotten
 
     async def resolve(self, alias_type: str, value: str) -> str:
         """The customer an alias names: the linked one, or the alias's anonymous customer."""
@@ -131,8 +138,9 @@ class IdentitySagas:
         yield False
         state = await self._value(Take(anonymous=anonymous, link=link, target=customer_id))
         yield False
-        merged = bool(await self._value(Merge(customer_id=customer_id, link=link, key=key,
-                                              state=state)))
+        bound = await self._value(Merge(customer_id=customer_id, link=link, key=key,
+                                        state=state))
+        merged = bool(bound) and state is not None  # a Merge with no state folds nothing
         yield merged
         if state is not None:
             await self._ask(Settle(anonymous=anonymous, link=link))

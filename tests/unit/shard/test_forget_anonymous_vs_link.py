@@ -57,11 +57,13 @@ def merged_before_forget(order: tuple[str, ...]) -> bool:
 def visitor_reached_customer(order: tuple[str, ...]) -> bool:
     """Whether, by the alias, the customer may hold the visitor's events the forget erases:
     the link's Link came before the forget's resolution (the forget is of the customer), or
-    its Take before the forget's Forget (the redirect names the customer). A link whose Take
-    came after got nothing, and its customer keeps its own events."""
+    its Merge before the forget's Forget (the redirect names the customer, who got the
+    state). A link whose Take came after the Forget got nothing, nor one whose Merge came
+    after: the Forget answered MERGED and the forget's own Merge, with no state, bound the
+    link first (sagas.py), so its customer keeps its own events."""
     link = [i for i, who in enumerate(order) if who == "L"]
     forget = [i for i, who in enumerate(order) if who == "F"]
-    return link[1] < forget[0] or link[2] < forget[1]
+    return link[1] < forget[0] or link[MERGE_STEP] < forget[1]
 
 
 def run(by_alias: bool, forget_steps: int) -> None:

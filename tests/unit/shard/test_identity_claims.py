@@ -137,8 +137,8 @@ def test_a_merge_without_its_claim_takes_no_alias_past_the_bound(compiled, monke
     4: the bound was held at Claim only); a merged alias's retry goes on."""
     monkeypatch.setattr("kairos.cluster.shard.identities.ALIASES_PER_CUSTOMER", 2)
     s = shard(compiled)
-    for key in ("cookie:a", "cookie:b"):
-        assert s.process([merge("ana", link_id(key, "ana"), key, None)])[0] == [Ok(value=False)]
+    for key in ("cookie:a", "cookie:b"):  # it bound the link (with no state: sagas.py)
+        assert s.process([merge("ana", link_id(key, "ana"), key, None)])[0] == [Ok(value=True)]
     s.process([event("~cookie:c", "page_view", T0, category="home")])
     state = s.process([take("~cookie:c", link_id("cookie:c", "ana"), "ana")])[0][0].value
     [refused], _ = s.process([merge("ana", link_id("cookie:c", "ana"), "cookie:c", state)])
