@@ -114,11 +114,17 @@ def typed(raw: Any) -> Request | Invalid:
 
 def _plain(request: Request) -> tuple[int, ...]:
     """The fields of the ids `request` keeps something under. A Merge with no state folds
-    nothing: it is the forget saga's (sagas.py), settling a link whose ids may have been kept
-    before they were held to the rule, which the forget could never finish if refused."""
+    nothing: it is the forget saga's (sagas.py), settling a link whose alias may have been
+    kept before ids were held to the rule, which the forget could never finish if refused;
+    its customer is held to the rule all the same, as the Merge creates the customer and
+    keeps the alias under it (a forget meeting a link of a customer kept before the rule,
+    under way across the upgrade, is refused: Invalid, until that link settles)."""
     if type(request) is protocol.Merge and request.state is None:
-        return ()
+        return _STATELESS_MERGE
     return _PLAIN.get(type(request), ())
+
+
+_STATELESS_MERGE = (protocol.Merge._fields.index("customer_id"),)
 
 
 def _shown(value: Any) -> str:

@@ -30,6 +30,10 @@ BAD, KEY = "\x00merging", "cookie:v"
     (Take(partition=0, anonymous=anonymous_id(KEY), link=link_id(KEY, BAD), target=BAD),
      "link"),
     (Merge(partition=0, customer_id=BAD, link="l", key=KEY, state=b"s"), "customer_id"),
+    # one with no state too: it creates the customer and keeps the alias under it (review
+    # rev43 d2-identity finding 4); only its alias and link may be kept before the rule
+    (Merge(partition=0, customer_id=BAD, link=link_id("cookie:\x01", BAD),
+           key="cookie:\x01"), "customer_id"),
     # README: a decision id is held to the rule too (review rev43 d-identity finding 6)
     (Outcome(partition=0, customer_id="ana", action_id="a", channel="web", outcome="accept",
              decision_id="d\x00\x1b[31m"), "decision_id"),
