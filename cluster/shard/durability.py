@@ -54,7 +54,7 @@ from kairos.cluster.shard.residency import Residency, checked_sleepers
 from kairos.cluster.shard.watches import Watches, checked_unseen
 from kairos.cluster.storage import blocks
 from kairos.cluster.storage.sealed import SnapshotCorrupt, seal, unseal
-from kairos.cluster.storage.store import JournalReader, StoreCorrupt, redact
+from kairos.cluster.storage.store import JournalReader, StoreCorrupt, intact_homes, redact
 
 log = logging.getLogger("kairos.shard")
 SNAPSHOT_FORMAT = 2  # 2: sealed with a checksum
@@ -317,10 +317,8 @@ class Durability:
         for start in range(0, len(ids), HOMES_READ):
             chunk = ids[start:start + HOMES_READ]
             p = self._ctx.partition_of(chunk[0])  # a snapshot's block is one partition's
-            try:
-                blobs = store.get_many(p, chunk)
-            except StoreCorrupt:  # the journal's records complete the copies
-                continue
+            # None for a damaged home too: its copy stays, the journal's records complete it
+            blobs = intact_homes(store, p, chunk)
             for i, (customer_id, blob) in enumerate(zip(chunk, blobs), start):
                 if blob is None or customer_id in deletes.get(p, ()):
                     continue

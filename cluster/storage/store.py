@@ -243,7 +243,8 @@ class Store(Protocol):
     def get_many(self, partition: int, customer_ids: list[str]) -> list[bytes | None]:
         """The homes of these customers of the partition, in their order (None for one
         without), in one round trip where the store has them (Redis: an HMGET); the caller
-        bounds how many. StoreCorrupt, as `get`, if one of them is damaged."""
+        bounds how many. StoreCorrupt, as `get`, if one of them is damaged (`intact_homes`
+        tells which)."""
 
     def delete(self, partition: int, customer_id: str, unless_fenced: str | None = None
                ) -> None:
@@ -313,3 +314,20 @@ class Store(Protocol):
 
     def release(self, owner: str) -> None:
         """Give the claim up, if `owner` holds it (a controller that stops)."""
+
+
+def intact_homes(store: Store, partition: int, customer_ids: list[str]) -> list[bytes | None]:
+    """`store.get_many`, but with None for a damaged home (StoreCorrupt) rather than failing
+    them all: one damaged home must cost only its own customer. When the batch fails, each
+    home is read alone (a round trip each on Redis, whose batch raises no StoreCorrupt)."""
+    try:
+        return store.get_many(partition, customer_ids)
+    except StoreCorrupt:
+        pass
+    homes: list[bytes | None] = []
+    for customer_id in customer_ids:
+        try:
+            homes.append(store.get(partition, customer_id))
+        except StoreCorrupt:
+            homes.append(None)
+    return homes

@@ -83,3 +83,17 @@ def test_a_home_as_new_as_its_copy_with_other_extras_leaves_the_copy(compiled, t
     r = shard(compiled, store=DirectoryStore(tmp_path), clock=clock, resident_limit=1)
     r.recover()
     assert ana in r.engine.table and customers[1] not in r.engine.table
+
+
+def test_a_damaged_home_keeps_only_its_own_customer_resident(compiled, tmp_path):
+    """A home holding another id's (StoreCorrupt for the batch read that holds it) leaves
+    only its customer's copy, not its whole batch (review rev43 d2-ctl-dur finding 3)."""
+    customers = one_partition(N)
+    _, clock = snapshotted_then_passivated(compiled, tmp_path, customers)
+    store = CountedStore(tmp_path)
+    ana, bob = customers[0], customers[1]
+    store._home(p_of(ana), ana).write_bytes(store._home(p_of(bob), bob).read_bytes())
+    r = shard(compiled, store=store, clock=clock, resident_limit=N // 2)
+    r.recover()
+    assert [c for c in customers if c in r.engine.table] == [ana]
+    assert store.batches == 1
