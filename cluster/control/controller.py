@@ -130,6 +130,7 @@ class Controller(ControlLoop, Catalogs, Scaling):
         self._held_drains: dict[str, ThrottledWarning] = {}
         self._held_starts: dict[tuple[str, str], ThrottledWarning] = {}  # (shard, what said)
         self._waiting_since: dict[str, float] = {}  # shard -> its first start Unreleased
+        self._healths: dict[str, dict[str, Any]] = {}  # the last catch-up's, of those answering
 
     @property
     def shards(self) -> list[str]:

@@ -19,11 +19,11 @@ already: they wait, client.py), for as long as the target may still adopt late: 
 keeps one snapshot per partition and has no fence by map version that would refuse the
 target's. That freeze is in the source's memory alone: a source Ray restarts (or a shard
 replacing it) starts unfrozen, so it is started only once the target answered the release
-(scaling.py `_released_before_start`), or was replaced, its journal fenced, after keeping it
-waiting HELD_TARGET_S (rounds.py `_replace_holding`). Meanwhile later rounds plan around that move
-(`plan_around`): the rest of the cluster scales and drains, and neither of its shards is
-stopped until it settles (scaling.py; a shard stopped has its journal fenced too,
-controller.py `_retire`).
+(scaling.py `_released_before_start`) or answers as a process Ray restarted, or was replaced,
+its journal fenced, after keeping it waiting HELD_TARGET_S (rounds.py `_replace_holding`).
+Meanwhile later rounds plan around that move (`plan_around`): the rest of the cluster scales
+and drains, and neither of its shards is stopped until it settles (scaling.py; a shard stopped
+has its journal fenced too, controller.py `_retire`).
 """
 from __future__ import annotations
 

@@ -15,9 +15,11 @@ none of the others.
    since the actor Ray's name reaches is its one incarnation. Not while this cluster's claim on
    the store is lost: a second cluster holding it may have started that shard, and gets its
    journal only after this claim ran out, which the next renewal finds (then this one stops).
-   A source of a move not settled starts once the move's target released the partitions
-   (scaling.py), serving none of its own meanwhile: a target that keeps it waiting for
-   HELD_TARGET_S is replaced as one whose node left (step 1), its journal fenced.
+   A source of a move not settled starts once the move's target released the partitions, or
+   answers as a process Ray restarted (the adopt died with the old one: scaling.py), serving
+   none of its own meanwhile: a started target that keeps it waiting for HELD_TARGET_S is
+   replaced as one whose node left (step 1), its journal fenced; one not started is not (it
+   waits on a target of its own, replaced in its turn, or its start fails).
 4. A learner that runs another catalog text than the controller's, or was not told it (Ray
    restarted it, a resume could not tell it), is told the running one.
 5. Drains a crash (or a shard that did not answer) cut short are finished: after step 3, as a
@@ -167,7 +169,10 @@ class ControlLoop:
         # granted at the new version: stale senders re-route
         self.map = self.map.apply([Move(p, dead, name) for p in partitions], self.shards)
         await self._save()  # recorded before the start: one that fails is tried again
-        await self._start_shard(name)  # published once it serves
+        try:
+            await self._start_shard(name)  # published once it serves
+        except Unreleased as exc:  # replaced all the same: `_restart_shards` starts it
+            self._held_start(name, "wait").warn("%s; the next round tries again", exc)
 
     async def _restart_shards(self) -> None:
         # asked outside the lock, so that a stuck shard does not hold up a reconfiguration;
@@ -175,6 +180,9 @@ class ControlLoop:
         names, known = self.shards, dict(self.incarnations)
         healths = await asyncio.gather(*(self.backend.shard(n).health() for n in names),
                                        return_exceptions=True)
+        # what each shard that answered said: a start held by a move's target tells from it
+        # whether that target can still adopt late (scaling.py `_released_before_start`)
+        self._healths = {n: h for n, h in zip(names, healths) if not isinstance(h, Exception)}
         async with self._reconfiguring:
             # re-checked: one (re)started meanwhile is known already
             answering = [n for n, h in zip(names, healths) if not isinstance(h, Exception)
@@ -221,7 +229,11 @@ class ControlLoop:
         since = self._waiting_since.setdefault(waiting, time.monotonic())
         if time.monotonic() - since < HELD_TARGET_S:
             return
-        for target in (t for t in targets if t in self.placement):
+        # one not started is not hung: it waits on a target of its own (replaced in its
+        # turn), or its start fails, and replacing it would keep `waiting` down longer
+        for target in (t for t in targets if t in self.placement
+                       and t not in self._waiting_since
+                       and self._healths.get(t, {}).get("started", True)):
             why = (f"has not released the partitions of a move for "
                    f"{time.monotonic() - since:.0f} s, while {waiting} serves none of its own "
                    f"until it does")
@@ -369,11 +381,13 @@ class ControlLoop:
     async def _uncrowd(self) -> None:
         """A node over its share of shards gives one up to the node furthest under its own
         (`Nodes.crowded`): a new shard there takes its partitions. Not while a move is not
-        settled: the rebalance would fail, after the new shard started and before the old
-        one stopped, round after round, one more shard each time."""
+        settled, nor while a shard is not started (a replacement, a restarted shard whose
+        start waits or failed): the rebalance would fail, after the new shard started and
+        before the old one stopped, round after round, one more shard each time."""
         async with self._reconfiguring:
             crowded = self.nodes.crowded(self.backend.nodes(), self.placement)
-            if crowded is None or self._in_moves():
+            if (crowded is None or self._in_moves() or self.replacing or self._waiting_since
+                    or self._unanswered & set(self.placement)):
                 return
             busiest, emptiest = crowded
             victim = next(s for s, n in self.placement.items() if n == busiest)

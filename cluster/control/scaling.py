@@ -143,14 +143,16 @@ class Scaling:
                 and m.target != name and m.target in self.placement]
         if not held:
             return
-        # one known not to answer is not asked (it would hold the lock for a call's deadline)
-        asked = [m for m in held if m.target not in self._unanswered]
+        # one known not to answer is not asked (it would hold the lock for a call's deadline);
+        # nor one Ray restarted: its adopt died with the process the move ran with
+        asked = [m for m in held if m.target not in self._unanswered
+                 and not self._restarted(m.target)]
         # as `_settle`'s fresh ones: a move may have been handed over at the version after
         # the map's; no thaw (`name` is left out), as the start serves them
         unsettled = (await moving.settle(self.backend, asked, self.map.owners,
                                          set(self.placement) - {name}, self.map.version + 1,
                                          self._held_start(name, "release").warn)).unsettled
-        unsettled += [m for m in held if m not in asked]
+        unsettled += [m for m in held if m not in asked and not self._restarted(m.target)]
         if done := [m for m in held if m not in unsettled]:
             self.moving = [m for m in self.moving if m not in done]
             self.thaws_published -= set(done)
@@ -161,6 +163,14 @@ class Scaling:
             raise moving.Unreleased(f"{name} starts once {', '.join(targets)} answers the "
                                     f"release of the partitions it may still adopt late",
                                     targets)
+
+    def _restarted(self, name: str) -> bool:
+        """Whether `name` last answered (`_restart_shards`) as another process than the one
+        the controller started: Ray restarted it. Not when the controller knows no start of it
+        (a resume), as it cannot tell."""
+        answered = self._healths.get(name, {}).get("incarnation")
+        known = self.incarnations.get(name)
+        return None not in (answered, known) and answered != known
 
     def _held_start(self, name: str, what: str) -> ThrottledWarning:
         """How a start of `name` that waits on a move's target says `what` (a release asked,
