@@ -34,6 +34,8 @@ from kairos.core import kernel
 from kairos.core.catalog import default_catalog_text, load_catalog_file
 from kairos.core.compiler import CompiledCatalog, compile_catalog, default_compiled
 
+from tests.support.ray_nodes import started
+
 TESTS = Path(__file__).resolve().parent
 DATA = TESTS / "unit" / "core" / "data"
 ROOT = TESTS.parent
@@ -179,20 +181,11 @@ def local_ray(nodes: int = 1, env: dict[str, str] | None = None, *, cpus_per_nod
             cluster.shutdown()
 
 
-# Ray gives a node's raylet a fixed 30 s to register with the GCS (ray/_private/node.py); on
-# two cores shared with a running Kairos and the test run it has, now and then, needed longer
-RAY_NODE_STARTS = 2
-NODE_TIMED_OUT = "timed out during startup"
-
-
 def _started(nodes: int, node_args: dict[str, Any]) -> Any:
-    """A Cluster of `nodes` nodes, started again (once) when a node's start times out, after
-    the processes the timed-out start left (it does not stop them) are killed."""
-    import psutil
+    """A Cluster of `nodes` nodes, started again (once) when a node's start times out."""
     from ray.cluster_utils import Cluster
 
-    for attempt in range(RAY_NODE_STARTS):
-        before = {p.pid for p in psutil.Process().children(recursive=True)}
+    def start() -> Any:
         cluster = Cluster()
         try:
             cluster.add_node(**node_args, include_dashboard=False)  # the first is the head
@@ -200,14 +193,10 @@ def _started(nodes: int, node_args: dict[str, Any]) -> Any:
                 cluster.add_node(**node_args)
             cluster.wait_for_nodes()
             return cluster
-        except Exception as exc:
-            if NODE_TIMED_OUT not in str(exc) or attempt + 1 == RAY_NODE_STARTS:
-                raise
+        except BaseException:
             cluster.shutdown()
-            for process in psutil.Process().children(recursive=True):
-                if process.pid not in before:
-                    with contextlib.suppress(psutil.Error):
-                        process.kill()
+            raise
+    return started(start)
 
 
 @pytest.fixture(scope="module")

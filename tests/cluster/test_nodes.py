@@ -22,6 +22,7 @@ from kairos.cluster.control.nodes import GatewaySpec
 from kairos.v1 import admin_pb2, admin_pb2_grpc
 from kairos.v1 import decision_pb2_grpc
 
+from tests.support.ray_nodes import started
 from tests.support.waiting import wait_until
 
 from .traffic import UNSHED, Traffic
@@ -47,10 +48,11 @@ def node_status() -> list[dict]:
 def join(cluster) -> str:
     """Add a Ray node; its id once Ray counts it alive. On this loaded 2-core machine Ray's
     own start of a node now and then fails (its raylet exits before it registers with the
-    GCS, with nothing in its logs): that node is removed and another one started."""
+    GCS, with nothing in its logs, or registers after Ray's 30 s): that node is removed and
+    another one started."""
     for _ in range(3):
-        node = cluster.add_node(num_cpus=1, object_store_memory=128 * 2**20,
-                                dashboard_agent_listen_port=0)
+        node = started(lambda: cluster.add_node(num_cpus=1, object_store_memory=128 * 2**20,
+                                                dashboard_agent_listen_port=0))
         try:
             return wait_until(lambda: any(n["NodeID"] == node.node_id and n["Alive"]
                                           for n in ray.nodes()) and node.node_id, 20,
