@@ -84,6 +84,8 @@ _PLAIN: dict[type, tuple[int, ...]] = {
     protocol.REQUESTS[kind]: tuple(i for i, f in enumerate(protocol.REQUESTS[kind]._fields)
                                    if f in _IDS)
     for kind in _KEEPING}
+# a Merge with no state (the forget saga's) is held to the rule by its customer only (_plain)
+_STATELESS_MERGE = (protocol.Merge._fields.index("customer_id"),)
 
 
 def typed(raw: Any) -> Request | Invalid:
@@ -123,8 +125,6 @@ def _plain(request: Request) -> tuple[int, ...]:
         return _STATELESS_MERGE
     return _PLAIN.get(type(request), ())
 
-
-_STATELESS_MERGE = (protocol.Merge._fields.index("customer_id"),)
 
 
 def _shown(value: Any) -> str:
