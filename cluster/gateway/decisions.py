@@ -20,7 +20,6 @@ from typing import Any, AsyncIterator, Awaitable, NamedTuple
 
 import grpc
 
-from kairos.core.compiler import CompiledCatalog
 from kairos.core.decision import Learned
 from kairos.core.errors import InputError
 from kairos.core.request import fallback_decision
@@ -153,12 +152,12 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
         without a task of their own; an event by alias first resolves the alias, and while it
         does, the events read after it wait for it to be routed (an alias may name the
         customer a later event names by id). Once the stream ends, what of it is not sent yet
-        goes unsent, all of it (`Call`)."""
-        catalog = await self.gateway.catalog()
+        goes unsent, all of it (`Call`). Each event is checked as a unary Ingest is
+        (`Gateway.checked`): against the catalog the cluster runs when it is read, not the one
+        it ran when the stream opened."""
         pending: asyncio.Queue = asyncio.Queue(STREAM_WINDOW)
         call = Call()
-        reader = asyncio.ensure_future(self._read(request_iterator, context, catalog, pending,
-                                                  call))
+        reader = asyncio.ensure_future(self._read(request_iterator, context, pending, call))
         failure = None
         try:
             async with asyncio.timeout(None if context.time_remaining() is None else
@@ -175,8 +174,8 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
         if failure is not None:
             await abort(context, _of_many(failure))
 
-    async def _read(self, request_iterator, context, catalog: CompiledCatalog,
-                    pending: asyncio.Queue, call: Call) -> None:
+    async def _read(self, request_iterator, context, pending: asyncio.Queue,
+                    call: Call) -> None:
         """Route each event of a stream as it arrives, into `pending`; then None. An event
         that fails its checks (or a failure to read) goes in as the exception, which ends the
         stream in its turn, after the events before it."""
@@ -189,8 +188,10 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
                 try:
                     check_event(event)
                     self.gateway.check_capacity()
-                    item = self._route(event, requests.event_request(event, catalog, where),
-                                       where, context, last, call)
+                    checked = await self.gateway.checked(
+                        lambda catalog: requests.event_request(event, catalog, where),
+                        self.gateway.timeout(context))
+                    item = self._route(event, checked, where, context, last, call)
                 except Exception as exc:
                     await pending.put(exc)
                     return
@@ -423,7 +424,9 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
                     lambda: context.send_initial_metadata(()),
                     key=caller(), host=host_of(context.peer()))) as decisions:
                 async for decision in decisions:
-                    yield wire.decision_out(decision, catalog.agent_texts)
+                    # the running catalog's texts: the stream outlives switches
+                    yield wire.decision_out(decision,
+                                            (await self.gateway.catalog()).agent_texts)
         except Exception as exc:
             await abort(context, exc, READ)
 
