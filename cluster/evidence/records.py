@@ -20,6 +20,8 @@ from typing import Any, Iterable, Iterator, NamedTuple
 
 import msgpack
 
+from kairos.core.rules import MAX_NUMBER
+
 FORMAT = 1  # of the records below; a reader refuses another
 
 
@@ -122,9 +124,11 @@ MIN_SELECTION = 1e-9
 # as 0), and a shown action's propensity and priority, which nothing here reads (the engine
 # can log a priority of inf) and which must not make a whole log unreadable.
 _NONNEGATIVE = (lambda x: x >= 0.0, "0 or more")
+# a conversion value as the API takes it: one of 1e300 made every value estimate inf
+_VALUE = (lambda x: 0.0 <= x <= MAX_NUMBER, f"from 0 to {MAX_NUMBER:g}")
 _PROBABILITY = (lambda x: x == 0.0 or MIN_SELECTION <= x <= 1.0,
                 f"0 for a fallback, else from {MIN_SELECTION:g} to 1")
-_BOUNDS = {"time": _NONNEGATIVE, "value": _NONNEGATIVE, "selection": _PROBABILITY,
+_BOUNDS = {"time": _NONNEGATIVE, "value": _VALUE, "selection": _PROBABILITY,
            "nothing_selection": _PROBABILITY}
 
 

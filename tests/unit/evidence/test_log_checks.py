@@ -54,7 +54,10 @@ def outcome(**fields) -> dict:
     ('"shown": [%s]' % json.dumps(shown(selection=1.5)), r"shown\[0\]: field 'selection'"),
     ('"outcomes": [%s]' % json.dumps(outcome(value=math.nan)),
      r"outcomes\[0\]: field 'value' is nan"),
-    ('"outcomes": [%s]' % json.dumps(outcome(value=-2.0)), r"outcomes\[0\]: field 'value'")])
+    ('"outcomes": [%s]' % json.dumps(outcome(value=-2.0)), r"outcomes\[0\]: field 'value'"),
+    # past what the API takes (rules.MAX_NUMBER): one of 1e300 made every value estimate inf
+    ('"outcomes": [%s]' % json.dumps(outcome(value=1e300)),
+     r"outcomes\[0\]: field 'value' is 1e\+300, not a finite number \(from 0 to 1e\+12\)")])
 def test_a_number_out_of_its_range_is_refused_naming_line_and_field(tmp_path, fields, says):
     """A NaN value made every value estimate NaN; a selection of 1e-200 overflowed replay."""
     path = tmp_path / "log.jsonl"
