@@ -22,8 +22,9 @@ emptied). A watch by an alias's anonymous id goes on after a link merges that cu
 another: the shard keeps the registration on the customer, under the id it was made by, and
 pushes the customer's decisions naming that id too (shard/watches.py `Pushed`); its
 unregistration follows the redirect and takes one registration away, so the customer's own
-watch stays. A slow stream is at most WATCH_BACKLOG decisions behind: past that, it skips the
-oldest. A gateway holds at most WATCH_STREAMS streams (each costs a shard's watch entry),
+watch stays. A slow stream is at most WATCH_BACKLOG decisions behind: past that, the oldest
+are dropped, and the stream, once it reads again, ends (FellBehind: RESOURCE_EXHAUSTED, naming
+how many it missed), so its caller knows to watch again and Decide what it needs. A gateway holds at most WATCH_STREAMS streams (each costs a shard's watch entry),
 WATCH_STREAMS_PER_KEY of one API key and WATCH_STREAMS_PER_HOST from one host; past any, a
 new one is refused (Busy: RESOURCE_EXHAUSTED). `end` ends the streams on customers this
 gateway forgot (Ended: NOT_FOUND), or that a shard says were forgotten through another
@@ -92,6 +93,15 @@ def logged(watch: Watch, exc: Exception) -> tuple[str, str]:
 
 class Ended(Exception):
     """A stream's watch ended on the gateway (its customer was forgotten): NOT_FOUND."""
+
+
+class FellBehind(Busy):
+    """A stream read too slowly: pushes for it were dropped (RESOURCE_EXHAUSTED)."""
+
+    def __init__(self, missed: int) -> None:
+        super().__init__(f"this watch stream fell {missed} pushes behind (more than "
+                         f"KAIROS_WATCH_BACKLOG, {WATCH_BACKLOG}), which it missed: watch "
+                         f"again, and call Decide for the customers whose best action matters")
 
 
 class _Stream:
@@ -176,7 +186,9 @@ class Watches:
                     await watched.wake.wait()
                     continue
                 first = watched.pushed - len(watched.log)  # the oldest still kept
-                stream.cursor = max(stream.cursor, first) + 1
+                if stream.cursor < first:
+                    raise FellBehind(first - stream.cursor)
+                stream.cursor += 1
                 yield watched.log[stream.cursor - 1 - first]
         finally:
             self.open -= 1
