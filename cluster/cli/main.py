@@ -69,7 +69,7 @@ from kairos.cluster.cli import (checks, console, demo, local, logexport, operate
 from kairos.cluster.cli.checks import Refused, checked_inputs
 from kairos.cluster.cli.options import parser
 from kairos.cluster.secret_files import SecretFileError
-from kairos.cluster.gateway.auth import EVERY_ADDRESS
+from kairos.cluster.gateway.auth import EVERY_ADDRESS, is_loopback
 from kairos.cluster.storage.store import redact  # light: no store's client is imported
 
 NOT_RUNNING = "Kairos is not running"
@@ -383,8 +383,9 @@ def _main(argv: list[str] | None) -> int:
             return console.run(args)
         return {"status": operate.status, "drain": operate.drain, "catalog": operate.catalog,
                 "log": logexport.run}[args.command](args)
-    except grpc.RpcError as exc:
-        print(failed_call(args.target, exc), file=sys.stderr)
+    except grpc.RpcError as exc:  # a drain's names the gateway that answered it
+        answered = exc.relay if isinstance(exc, operate.DrainFailed) else args.target
+        print(failed_call(answered, exc), file=sys.stderr)
         return 1
 
 
@@ -400,8 +401,10 @@ def failed_call(target: str, exc: grpc.RpcError) -> str:
         reached = targets.answers(target)
     except ValueError:  # a Unix socket, several addresses: gRPC's own words
         return said
-    if not reached:
-        return f"{NOT_RUNNING}: no gateway answers at {target} (`kairos up` starts one)"
+    if not reached:  # `kairos up` starts a gateway on this machine only
+        here = is_loopback(targets.split_target(target)[0])
+        hint = " (`kairos up` starts one)" if here else ""
+        return f"{NOT_RUNNING}: no gateway answers at {target}{hint}"
     return f"{said}\n({remote.tls_hint()})"
 
 

@@ -15,9 +15,13 @@ from kairos.cluster.cli.targets import join_target, split_target
 from kairos.cluster.gateway.auth import is_loopback
 from kairos.v1 import admin_pb2
 
-# a relaying gateway's call cut short: the drain goes on in the controller, so it is sent
-# again through another gateway, and answers the first one's result (control/drains.py)
-RELAY_CUT = (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+# the gateway's answers to DrainNode from the controller's drain itself (gateway/admin.py): a
+# node unknown, refused, or a request no gateway takes. Any other failure (a relaying gateway's
+# call cut short, a host that is no gateway of this cluster) sends the drain through the next
+# relay: the drain goes on in the controller, which answers a drain sent again with the first
+# one's result (control/drains.py)
+DRAIN_ANSWERS = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION,
+                 grpc.StatusCode.INVALID_ARGUMENT)
 MIN_RELAY_S = 1.0  # less left than this: the drain is not sent again
 CONNECT_S = 3.0  # a relay not connected in this long is passed over for the next
 
@@ -83,9 +87,10 @@ def drain(args: argparse.Namespace) -> int:
                if n.node_id.startswith(args.node) or _same_address(n.address, args.node)]
     known = ", ".join(f"{n.node_id[:8]} ({n.address})" for n in nodes)
     if not matches and args.if_present:
-        # trusted: an address no alive node has is a node gone (the logs show which were)
-        print(f"no alive node is {args.node!r}: nothing to drain (alive: {known})",
-              file=sys.stderr)
+        # trusted: an address no alive node has is a node gone (the logs show which were);
+        # said as no match, so that an operator's mistyped name does not pass for done
+        print(f"{args.node!r} matches no alive node's id or address: nothing drained "
+              f"(alive: {known})", file=sys.stderr)
         return 0
     if len(matches) != 1:
         print(f"error: {args.node!r} names {'no' if not matches else 'more than one'} alive "
@@ -132,7 +137,9 @@ def relays(target: str, leaving, nodes) -> list[str]:
     are deleted together), then `target` itself (on Kubernetes Service kairos-gateway, which
     by then reaches only gateways that are not draining). A gateway is reached at its node's
     address, or at the target's loopback host when it shares the leaving node's machine
-    (`kairos up --nodes N`, where every gateway binds 127.0.0.1 on a port of its own)."""
+    (`kairos up --nodes N`, where every gateway binds 127.0.0.1 on a port of its own). A
+    loopback target elsewhere (a port-forward) is not on the nodes' network: their addresses
+    may be other hosts' there, which must not get the admin key, so it is the only relay."""
     try:
         host = split_target(target)[0]
     except ValueError:  # a Unix socket: every other node is reached at its address
@@ -141,18 +148,37 @@ def relays(target: str, leaving, nodes) -> list[str]:
                      and n.gateway_port), key=lambda n: not n.controller)
     found = []
     for n in others:
-        here = is_loopback(host) and n.address == leaving.address
-        found.append(join_target(host if here else n.address, n.gateway_port))
+        if is_loopback(host) and n.address == leaving.address:
+            found.append(join_target(host, n.gateway_port))
+        elif not is_loopback(host) or is_loopback(n.address):
+            found.append(join_target(n.address, n.gateway_port))
     return list(dict.fromkeys([*found, target]))
+
+
+class DrainFailed(grpc.RpcError):
+    """A DrainNode's failure, with the gateway that answered it (`relay`), which the error
+    names: not always the --target."""
+
+    def __init__(self, relay: str, cause: grpc.RpcError):
+        super().__init__(cause)
+        self.relay, self.cause = relay, cause
+
+    def code(self) -> grpc.StatusCode:
+        return self.cause.code()
+
+    def details(self) -> str:
+        return self.cause.details()
 
 
 def _relayed_drain(through: list[str], node_id: str, timeout_s: float
                    ) -> admin_pb2.DrainNodeResponse:
     """DrainNode through the first of `through` that connects within CONNECT_S (the last one:
-    within what is left), and through the next one when a gateway's call was cut (CANCELLED:
-    it stopped, its own node drained; UNAVAILABLE: it is gone or could not be reached), with
-    what is left of `timeout_s`. A drain sent again answers the first one's result, which goes
-    on in the controller: joined while it runs, kept once it ended (control/drains.py)."""
+    within what is left), and through the next one when a gateway's call failed other than
+    with the controller's answer (DRAIN_ANSWERS): cut (CANCELLED: it stopped, its own node
+    drained; UNAVAILABLE: it is gone or could not be reached), or answered by a host that is no
+    gateway of this cluster, with what is left of `timeout_s`. A drain sent again answers the
+    first one's result, which goes on in the controller: joined while it runs, kept once it
+    ended (control/drains.py). Its failure is a DrainFailed naming the gateway."""
     deadline = time.monotonic() + timeout_s
     for relay, after in zip(through, through[1:]):
         remote = Remote(relay)
@@ -163,8 +189,8 @@ def _relayed_drain(through: list[str], node_id: str, timeout_s: float
                 continue
             return remote.drain(node_id, deadline - time.monotonic())
         except grpc.RpcError as exc:
-            if exc.code() not in RELAY_CUT or deadline - time.monotonic() < MIN_RELAY_S:
-                raise
+            if exc.code() in DRAIN_ANSWERS or deadline - time.monotonic() < MIN_RELAY_S:
+                raise DrainFailed(relay, exc) from None
             print(f"DrainNode through {relay} ended {exc.code().name} ({exc.details()}); "
                   f"sent again through {after}", file=sys.stderr)
         finally:
@@ -172,6 +198,8 @@ def _relayed_drain(through: list[str], node_id: str, timeout_s: float
     remote = Remote(through[-1])
     try:
         return remote.drain(node_id, deadline - time.monotonic())
+    except grpc.RpcError as exc:
+        raise DrainFailed(through[-1], exc) from None
     finally:
         remote.close()
 

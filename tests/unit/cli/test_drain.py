@@ -24,7 +24,16 @@ def test_on_kubernetes_every_gateway_has_port_50051_and_an_address_of_its_own():
     # whatever gateway the target reaches (preStop: Service kairos-gateway), the drain goes
     # to another pod's
     assert relays("kairos-gateway:50051", leaving, nodes)[0] == "10.0.0.7:50051"
-    assert relays("127.0.0.1:50051", leaving, nodes)[0] == "10.0.0.7:50051"
+
+
+def test_through_a_port_forward_the_admin_key_goes_to_no_pod_address():
+    """The review's case: from an operator's machine, a pod's address may be another host's
+    (an office network overlapping the pod CIDR), which would get the admin key; the
+    port-forward on loopback is the only relay."""
+    leaving = node("aa", "10.0.0.5", 50051)
+    nodes = [leaving, node("cc", "10.0.0.7", 50051), node("dd", "127.0.0.1", 50052)]
+    assert relays("127.0.0.1:50051", leaving, nodes) == ["127.0.0.1:50052", "127.0.0.1:50051"]
+    assert relays("localhost:50051", leaving, nodes) == ["127.0.0.1:50052", "localhost:50051"]
 
 
 def test_nodes_of_one_machine_are_reached_on_the_targets_loopback_host():
@@ -92,7 +101,9 @@ def test_a_node_rays_autoscaler_removed_already_is_done_for_the_prestop_hook(ser
     port = serve(Admin([node(HEAD, "10.0.0.1", 50051)]))
     drain = ["--target", f"127.0.0.1:{port}", "drain", "10.0.0.9"]
     assert main(drain + ["--if-present"]) == 0
-    assert "no alive node is '10.0.0.9': nothing to drain (alive: " in capsys.readouterr().err
+    # said as no match, not as done: an operator's mistyped name is noticed
+    assert "'10.0.0.9' matches no alive node's id or address: nothing drained (alive: " \
+        in capsys.readouterr().err
     assert main(drain) == 2  # named by hand, a node that is not there is a mistake
     assert "names no alive node" in capsys.readouterr().err
 

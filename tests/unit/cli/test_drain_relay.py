@@ -195,3 +195,37 @@ def test_a_relay_that_does_not_connect_is_passed_over_after_a_short_wait(serve, 
     err = capsys.readouterr().err
     assert f"DrainNode through {through[0]}: no connection in 0.5 s; sent through " \
            f"{through[1]}" in err
+
+
+def test_through_a_loopback_target_no_pod_address_is_sent_the_drain(serve, capsys):
+    """The review's case: through a port-forward, the nodes' addresses (here in TEST-NET,
+    reaching nothing) may be other hosts', which must not get the admin key: the drain goes
+    through the target, at once."""
+    service = Gateway([node(HEAD, "192.0.2.1", 50051, controller=True),
+                       node(A, "192.0.2.2", 50051)])
+    port = serve(service)
+    began = time.monotonic()
+    assert main(["--target", f"127.0.0.1:{port}", "drain", A[:8]]) == 0
+    assert time.monotonic() - began < operate.CONNECT_S  # no connection tried elsewhere
+    assert [n for n, _ in service.drained] == [A]
+    assert "192.0.2.1" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.PERMISSION_DENIED,
+                                  grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INTERNAL])
+def test_a_relay_that_is_no_gateway_of_the_cluster_is_passed_over(serve, capsys, code):
+    """The review's case: a host answering at a node's address with an error of its own ended
+    the drain, which the target would have done."""
+    stranger, target = Gateway(refuse=code), Gateway()
+    through = [f"127.0.0.1:{serve(stranger)}", f"127.0.0.1:{serve(target)}"]
+    done = operate._relayed_drain(through, A, 30.0)
+    assert done.shards == ["kairos-shard-0002"] and [n for n, _ in target.drained] == [A]
+    assert f"DrainNode through {through[0]} ended {code.name}" in capsys.readouterr().err
+
+
+def test_the_drains_error_names_the_gateway_that_answered(serve, capsys):
+    worker_b = Gateway(refuse=grpc.StatusCode.FAILED_PRECONDITION)
+    service, port = cluster(serve, worker_b)
+    assert main(["--target", f"127.0.0.1:{port}", "drain", A[:8]]) == 1
+    assert capsys.readouterr().err.startswith(
+        f"error: 127.0.0.1:{worker_b.port}: FAILED_PRECONDITION: refused")
