@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kairos.core.errors import CatalogError
+from kairos.cluster.control.catalog_identity import catalog_digest
 from kairos.cluster.evidence import evaluation, report
 from kairos.cluster.evidence.records import LogFormatError, read_records
 from kairos.cluster.evidence.replay import DEFAULT_SAMPLES, MAX_SAMPLES, candidate_error, \
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         print("error: --limit must be 0 (all) or more", file=sys.stderr)
         return 2
     try:
-        compiled = load_candidate(args.catalog)
+        compiled, text = load_candidate(args.catalog)
         records = itertools.islice(read_records(args.log), args.limit or None)
         replayed = list(replay(records, compiled, args.samples, args.seed))
     except (CatalogError, LogFormatError) as exc:
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     evidence = {"log": str(args.log),
                 "candidate": {"file": str(args.catalog), "name": compiled.catalog.name,
-                              "version": compiled.version},
+                              "version": compiled.version, "digest": catalog_digest(text)},
                 "samples": args.samples, "candidate_error": candidate_error(args.samples),
                 "models": MODELS, **evaluation.evaluate(replayed, args.seed)}
     written = report.write(evidence, args.out)

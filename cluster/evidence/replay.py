@@ -32,7 +32,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from kairos.core.catalog import Catalog, load_catalog_file
+from kairos.core.catalog import Catalog, load_catalog
 from kairos.core.compiler import CompiledCatalog, compile_catalog
 from kairos.core.engine import DecisionEngine, EncodedRequest
 from kairos.core.errors import InputError
@@ -66,10 +66,12 @@ class Replayed:
     pushed: bool = False  # pushed to a watch (records.py): left out of the estimates
 
 
-def load_candidate(path: str | Path) -> CompiledCatalog:
-    """The candidate catalog, compiled for replay; a bad one raises CatalogError naming file,
+def load_candidate(path: str | Path) -> tuple[CompiledCatalog, str]:
+    """The candidate catalog, compiled for replay, and its text (the report names its digest,
+    which PutCatalog holds the catalog put to); a bad one raises CatalogError naming file,
     line and action."""
-    return for_replay(load_catalog_file(path))
+    text = Path(path).read_text(encoding="utf-8")
+    return for_replay(load_catalog(text, str(path))), text
 
 
 def for_replay(catalog: Catalog) -> CompiledCatalog:

@@ -53,7 +53,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
     async def PutCatalog(self, request: admin_pb2.CatalogText, context) -> admin_pb2.CatalogInfo:
         compiled = await self._compile(request.yaml, context, wait=True, unless_running=True)
-        evidence = await _evidence(request.evidence_json, compiled, context)
+        evidence = await _evidence(request.evidence_json, request.yaml, compiled, context)
         try:
             await _answer(context, self.backend.controller().put_catalog(
                 request.yaml, evidence, request.expected_current_version or None))
@@ -209,9 +209,11 @@ async def _answer(context, work: Awaitable) -> Any:
         await fail(context, grpc.StatusCode.UNAVAILABLE, said(exc))
 
 
-async def _evidence(text: str, compiled: Summary, context) -> dict[str, str]:
+async def _evidence(text: str, catalog_text: str, compiled: Summary, context
+                    ) -> dict[str, str]:
     """PutCatalog's evidence_json checked: a replay report (at most MAX_EVIDENCE_BYTES) whose
-    candidate is this catalog's version; what the controller keeps: {json, summary}."""
+    candidate is this catalog: its version and its text's digest (a candidate edited after its
+    replay keeps its version); what the controller keeps: {json, summary}."""
     if not text:
         return {}
     size = len(text.encode())
@@ -221,6 +223,7 @@ async def _evidence(text: str, compiled: Summary, context) -> dict[str, str]:
     try:
         report = json.loads(text)
         version = report["candidate"]["version"]
+        digest = report["candidate"].get("digest")
         summary = evidence_report.headline(report)
     # RecursionError: nested deeper than the parser's stack (under 1 MiB of brackets)
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
@@ -231,6 +234,15 @@ async def _evidence(text: str, compiled: Summary, context) -> dict[str, str]:
         await fail(context, grpc.StatusCode.INVALID_ARGUMENT,
                    f"evidence_json: the report is about catalog version {str(version)[:100]!r}, "
                    f"not {compiled.version!r}")
+    if digest is None:  # a report written before they named one
+        await fail(context, grpc.StatusCode.INVALID_ARGUMENT,
+                   "evidence_json: the report names no catalog digest (written by an older "
+                   "kairos replay): run kairos replay on this catalog again")
+    if digest != catalog_digest(catalog_text):
+        await fail(context, grpc.StatusCode.INVALID_ARGUMENT,
+                   f"evidence_json: the report is about another text of version "
+                   f"{compiled.version!r} (digest {str(digest)[:64]!r}), not this catalog's "
+                   f"{catalog_digest(catalog_text)!r}: run kairos replay on this catalog again")
     return {"json": text, "summary": summary}
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from bench import truth
 from kairos.cluster.cli.main import main
+from kairos.cluster.control.catalog_identity import catalog_digest
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +26,7 @@ def test_replay_writes_the_report_and_prints_a_summary(files, capsys):
     assert "accept rate: logged" in printed and "doubly robust" in printed
     evidence = json.loads((out / "replay.json").read_text())
     assert evidence["samples"] == 16 and evidence["logged_catalogs"] == ["log-1"]
+    assert evidence["candidate"]["digest"] == catalog_digest(truth.candidate_catalog())
     assert set(evidence["estimates"]) == {"accept", "value"}
     assert set(evidence["estimates"]["value"]) == {"ips", "snips", "dr"}
     assert set(evidence["differs"]["by_channel"]) == {"web/hero", "app/home"}

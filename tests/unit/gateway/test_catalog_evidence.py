@@ -3,12 +3,15 @@ shown back by GetCatalog, GetClusterStatus and `kairos status`, and switched wit
 catalog on a rollback."""
 from __future__ import annotations
 
+import json
+
 import grpc
 import numpy as np
 import pytest
 
 from bench import truth
 from kairos.cluster.cli.main import main
+from kairos.cluster.control.catalog_identity import catalog_digest
 from kairos.cluster.gateway.admin import MAX_EVIDENCE_BYTES
 from kairos.v1 import admin_pb2, admin_pb2_grpc
 
@@ -74,6 +77,32 @@ def test_evidence_about_another_version_is_refused_and_nothing_switches(gateway,
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "about catalog version 'cand-1', not 'log-1'" in refused.value.details()
     assert admin.GetCatalog(admin_pb2.GetCatalogRequest(), timeout=30).version == before
+
+
+def test_evidence_about_another_text_of_the_version_is_refused_naming_both_digests(
+        gateway, report):
+    """The candidate edited after its replay, its version kept: the evidence was bound to the
+    version string only and the edited text went live with the other text's estimates (review
+    rev44 learning finding 6)."""
+    _, admin = gateway
+    edited = truth.candidate_catalog() + "\n# edited after the replay\n"
+    with pytest.raises(grpc.RpcError) as refused:
+        put(admin, edited, (report / "replay.json").read_text())
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    said = refused.value.details()
+    assert "another text of version 'cand-1'" in said
+    assert catalog_digest(truth.candidate_catalog())[:64] in said
+    assert catalog_digest(edited) in said and "run kairos replay" in said
+
+
+def test_a_report_naming_no_digest_is_refused(gateway, report):
+    _, admin = gateway
+    old = json.loads((report / "replay.json").read_text())
+    del old["candidate"]["digest"]
+    with pytest.raises(grpc.RpcError) as refused:
+        put(admin, truth.candidate_catalog(), json.dumps(old))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "names no catalog digest" in refused.value.details()
 
 
 def test_kairos_catalog_push_with_evidence_and_status(gateway, report, capsys):
