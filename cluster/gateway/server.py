@@ -26,6 +26,15 @@ SERVICES = ("kairos.v1.DecisionService", "kairos.v1.AdminService")
 # calls a connection carries besides every watch stream of the gateway (the in-flight limit,
 # 20,000 by default, is shared by all of its callers)
 CALLS_PER_CONNECTION = 4096
+# A client that vanished without closing (its host lost, a NAT or load balancer that dropped
+# the connection's state) holds its streams, watch slots and shard registrations until the
+# gateway notices: it pings a quiet connection after KEEPALIVE[0] and drops it when no answer
+# comes within KEEPALIVE[1] (gRPC's default is 2 h). Clients may ping too, to keep a quiet
+# watch alive through such middleboxes: every 5 s at most, with or without
+# calls; faster pings earn GOAWAY too_many_pings (gRPC's default minimum is 5 min).
+KEEPALIVE_OPTIONS = [("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000),
+                     ("grpc.keepalive_permit_without_calls", 1),
+                     ("grpc.http2.min_ping_interval_without_data_ms", 5_000)]
 
 
 def streams_per_connection() -> int:
@@ -79,7 +88,7 @@ async def serve(gateway: Gateway, auth: Auth, host: str, port: int, tls: Tls | N
                       ParseInterceptor(), *interceptors],
         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                  ("grpc.max_concurrent_streams", streams_per_connection()),
-                 ("grpc.so_reuseport", 0)])
+                 ("grpc.so_reuseport", 0), *KEEPALIVE_OPTIONS])
     decision_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionService(gateway), server)
     services = _services(admin)
     if admin:
