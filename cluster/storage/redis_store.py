@@ -11,7 +11,7 @@ Keys, under a prefix (default "kairos", `?prefix=` in the URL) so clusters can s
     <prefix>:j:<shard>:gaps      sorted set: their scores, the gaps replay accepts
     <prefix>:j:<shard>:fenced    string: another shard took the journal's partitions over
     <prefix>:j:<shard>:owner     string: the shard's incarnation that writes it (store.py)
-    <prefix>:m:<key>             string: meta
+    <prefix>:m:<key>             string: meta (one past a few MiB: in chunks, redis_chunks.py)
     <prefix>:d:<shard>           sorted set: the shard's decision log, entries scored by time
     <prefix>:d:<shard>:bytes     string: the log's size, as decision_logs.py counts it
     <prefix>:d                   set: the names of the decision logs
@@ -44,7 +44,7 @@ import msgpack
 import redis
 
 from kairos.cluster.settings import REDIS_TIMEOUT_S
-from kairos.cluster.storage import lsn_records
+from kairos.cluster.storage import lsn_records, redis_chunks
 from kairos.cluster.storage.decision_logs import Entry, entry_size
 from kairos.cluster.storage.ownership import LEASE_S
 from kairos.cluster.storage.redis_errors import ERRORS, unavailable
@@ -451,7 +451,7 @@ class RedisStore:
 
     @unavailable("writing meta")
     def put_meta(self, key: str, blob: bytes) -> None:
-        self.r.set(f"{self.prefix}:m:{key}", blob)
+        redis_chunks.put(self.r, self.prefix, key, blob)
 
     def decision_log(self, name: str) -> RedisLog:
         return RedisLog(self.r, self.prefix, name)
@@ -462,7 +462,7 @@ class RedisStore:
 
     @unavailable("reading meta")
     def get_meta(self, key: str) -> bytes | None:
-        return self.r.get(f"{self.prefix}:m:{key}")
+        return redis_chunks.get(self.r, self.prefix, key)
 
     @unavailable("claiming the store")
     def claim(self, owner: str, holder: str) -> None:

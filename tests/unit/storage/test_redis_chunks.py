@@ -1,0 +1,146 @@
+"""Meta values past one Redis value's limit (redis_chunks.py): saved in chunks, switched to
+whole, read back checked, a torn save leaving the previous value."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import redis
+
+from kairos.cluster.storage import redis_chunks
+from kairos.cluster.storage.redis_server import RedisServer
+from kairos.cluster.storage.redis_store import RedisStore
+from kairos.cluster.storage.store import StoreCorrupt
+
+from tests.unit.storage.test_store import KAIROS_COMMANDS
+
+CHUNK = 1 << 19  # 512 KiB: the server below takes no value past 1 MiB
+
+
+@pytest.fixture
+def store(redis_server, request, monkeypatch):
+    """A store whose server refuses values past 1 MiB (its least proto-max-bulk-len), as
+    512 MiB refuses the learner's largest posteriors, with chunks of CHUNK."""
+    redis.Redis.from_url(redis_server.url).config_set("proto-max-bulk-len", 1 << 20)
+    monkeypatch.setattr(redis_chunks, "CHUNK_BYTES", CHUNK)
+    return RedisStore(f"{redis_server.url}?prefix=ch{abs(hash(request.node.name))}")
+
+
+def _keys(store: RedisStore) -> list[bytes]:
+    return sorted(store.r.keys(f"{store.prefix}:*"))
+
+
+def test_a_value_past_the_servers_limit_round_trips_in_chunks(store):
+    big = os.urandom(3 * CHUNK + 17)  # 1.5 MiB: one SET of it drops the connection
+    store.put_meta("learner", big)
+    assert store.get_meta("learner") == big
+    assert len(_keys(store)) == 1 + 4  # the header and 4 chunks
+    bigger = os.urandom(4 * CHUNK)
+    store.put_meta("learner", bigger)  # the previous generation's chunks go with the switch
+    assert store.get_meta("learner") == bigger and len(_keys(store)) == 1 + 4
+    store.put_meta("learner", b"small")
+    assert store.get_meta("learner") == b"small"
+    assert _keys(store) == [f"{store.prefix}:m:learner".encode()]
+
+
+def test_a_value_saved_as_one_string_by_the_previous_version_loads_and_is_replaced(store):
+    store.r.set(f"{store.prefix}:m:learner", b"old posterior")
+    assert store.get_meta("learner") == b"old posterior"
+    big = os.urandom(2 * CHUNK + 1)
+    store.put_meta("learner", big)
+    assert store.get_meta("learner") == big
+    assert store.r.get(f"{store.prefix}:m:learner") is None
+
+
+def test_a_save_killed_between_chunks_leaves_the_previous_value_and_is_swept(store,
+                                                                             monkeypatch):
+    before = os.urandom(2 * CHUNK + 5)
+    store.put_meta("learner", before)
+    kept = _keys(store)
+    written = []
+    chunk = redis_chunks._chunk
+
+    def dies_at_the_third(prefix, key, generation, n):
+        written.append(n)
+        if len(written) == 3:
+            raise KeyboardInterrupt("killed")
+        return chunk(prefix, key, generation, n)
+
+    monkeypatch.setattr(redis_chunks, "_chunk", dies_at_the_third)
+    monkeypatch.setattr(store.r, "delete", lambda *keys: None)  # killed: no clean-up either
+    with pytest.raises(KeyboardInterrupt):
+        store.put_meta("learner", os.urandom(5 * CHUNK))
+    monkeypatch.undo()
+    assert store.get_meta("learner") == before
+    leftovers = set(_keys(store)) - set(kept)
+    assert len(leftovers) == 1 + 2  # the pending generations and the 2 chunks written
+    store.put_meta("learner", b"next")  # not stale yet: kept (its save may be alive)
+    assert leftovers <= set(_keys(store))
+    now = redis_chunks.time.time()
+    monkeypatch.setattr(redis_chunks.time, "time", lambda: now + redis_chunks.STALE_S + 1)
+    store.put_meta("learner", b"later")
+    assert _keys(store) == [f"{store.prefix}:m:learner".encode()]
+
+
+def test_a_save_that_fails_between_chunks_deletes_them(store, monkeypatch):
+    store.put_meta("learner", b"before")
+    chunk, calls = redis_chunks._chunk, []
+
+    def fails_at_the_second(*args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise redis.exceptions.ConnectionError("lost")
+        return chunk(*args)
+
+    monkeypatch.setattr(redis_chunks, "_chunk", fails_at_the_second)
+    with pytest.raises(Exception, match="lost"):
+        store.put_meta("learner", os.urandom(3 * CHUNK))
+    monkeypatch.undo()
+    assert store.get_meta("learner") == b"before"
+    assert len(_keys(store)) == 2  # the value and the pending generation (swept later)
+
+
+def test_a_read_that_meets_a_newer_save_reads_that_one(store, monkeypatch):
+    first, second = os.urandom(2 * CHUNK + 1), os.urandom(3 * CHUNK + 1)
+    store.put_meta("learner", first)
+    assemble = redis_chunks._assemble
+
+    def saved_meanwhile(client, prefix, key, header):
+        monkeypatch.setattr(redis_chunks, "_assemble", assemble)
+        store.put_meta("learner", second)  # deletes the chunks `header` names
+        return assemble(client, prefix, key, header)
+
+    monkeypatch.setattr(redis_chunks, "_assemble", saved_meanwhile)
+    assert store.get_meta("learner") == second
+
+
+def test_a_missing_or_changed_chunk_is_corrupt(store):
+    store.put_meta("learner", os.urandom(2 * CHUNK + 1))
+    chunks = [k for k in _keys(store) if b":mc:" in k]
+    store.r.set(chunks[0], b"x" * CHUNK)
+    with pytest.raises(StoreCorrupt, match="do not match its header"):
+        store.get_meta("learner")
+    store.r.delete(chunks[1])
+    with pytest.raises(StoreCorrupt, match=r"chunk \d of the 3 of its saved value .* missing"):
+        store.get_meta("learner")
+
+
+@pytest.fixture(scope="module")
+def guarded_redis(tmp_path_factory):
+    rules = f"on >user-secret ~acl:* -@all {' '.join('+' + c for c in KAIROS_COMMANDS.split())}"
+    server = RedisServer(tmp_path_factory.mktemp("guarded"), password="admin-secret",
+                         users={"kairos": rules}).start()
+    yield server
+    server.stop()
+
+
+def test_an_acl_user_limited_to_kairos_commands_saves_and_reads_chunks(guarded_redis,
+                                                                      monkeypatch):
+    store = RedisStore(f"redis://kairos:user-secret@127.0.0.1:{guarded_redis.port}/0"
+                       f"?prefix=acl")
+    monkeypatch.setattr(redis_chunks, "CHUNK_BYTES", 1000)
+    for value in (os.urandom(3500), os.urandom(2100), b"small", os.urandom(1001)):
+        store.put_meta("learner", value)
+        assert store.get_meta("learner") == value
+    monkeypatch.setattr(redis_chunks.time, "time", lambda: 2e10)  # the sweep's ZRANGEBYSCORE
+    store.put_meta("learner", b"x")
