@@ -31,7 +31,7 @@ import redis
 from kairos.cluster.storage.redis_errors import ERRORS
 from kairos.cluster.storage.store import StoreCorrupt, StoreUnavailable
 
-CHUNK_BYTES = 4 << 20  # a few socket timeouts' worth of nothing: one SET each
+CHUNK_BYTES = 4 << 20  # one SET each: far below the value limit, sent well within a timeout
 CHUNKS_PER_READ = 4  # GETs sent together: 16 MiB, as redis_store.py's PIPELINE_BYTES
 STALE_S = 600.0  # a generation not written to for this long is a killed save's
 READ_TRIES = 3  # reads a chunk gone to a newer save starts over (then StoreUnavailable)
