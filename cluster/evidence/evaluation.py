@@ -30,6 +30,8 @@ RARE_LOGGED_COUNT = 10
 RARE_LOGGED_SHARE = 0.01
 LOW_SELECTION = 0.02
 LOW_ESS_SHARE = 0.1
+# the candidate's mass the log cannot see (estimators.unseen_mass) over which it is warned of
+UNSEEN_MASS = 0.05
 FEW_POSITIVES = 10  # logged decisions that earned a reward, under which it is warned of
 REWARDS = ("accept", "value")
 MAX_EXAMPLES = 5  # refused requests quoted in the report
@@ -65,6 +67,9 @@ def evaluate(replayed: Sequence[Replayed], seed: int = 0) -> dict[str, Any]:
     mu = np.array([r.selection for r in usable])
     weights = pi[np.arange(len(usable)), logged] / mu
     features = _features(usable)
+    customers: dict[object, int] = {}
+    clusters = np.array([customers.setdefault((i,) if r.customer is None else r.customer,
+                                              len(customers)) for i, r in enumerate(usable)])
     result["logged"] = {}
     result["estimates"] = {}
     for reward in REWARDS:
@@ -74,12 +79,13 @@ def evaluate(replayed: Sequence[Replayed], seed: int = 0) -> dict[str, Any]:
         if NOTHING in index:
             q[:, index[NOTHING]] = 0.0  # showing nothing earns nothing: no model needed
         result["logged"][reward] = float(np.mean(y))
-        binary = reward == "accept"
+        # the value's largest is the log's: the unseen mass may earn more (estimators.py)
+        given = {"binary": reward == "accept", "clusters": clusters}
         result["estimates"][reward] = {
-            "ips": estimators.ips(weights, y, binary).to_json(),
-            "snips": estimators.snips(weights, y, binary).to_json(),
+            "ips": estimators.ips(weights, y, **given).to_json(),
+            "snips": estimators.snips(weights, y, **given).to_json(),
             "dr": {**estimators.doubly_robust(weights, y, q[np.arange(len(y)), logged],
-                                              np.sum(pi * q, axis=1), binary).to_json(),
+                                              np.sum(pi * q, axis=1), **given).to_json(),
                    "model_fallbacks": model.failed}}
     result["overlap"] = _overlap(shares, weights, mu)
     # not the overlap's: the refused requests are said once, apart (report.refusals)
@@ -157,10 +163,17 @@ def _overlap(shares: dict[str, dict[str, float]], weights: np.ndarray, mu: np.nd
     if low > 0.1:
         warnings.append(f"{low:.0%} of the importance weight comes from decisions the log made "
                         f"with a selection under {LOW_SELECTION:g}")
+    unseen = estimators.unseen_mass(weights)
+    if unseen > UNSEEN_MASS:
+        warnings.append(f"the log shows the candidate's choice for {float(np.mean(weights)):.0%} "
+                        f"of its mass only (the mean importance weight; 1 where the log "
+                        f"explores all it would show): at least {unseen:.0%} of what it would "
+                        f"show the log never showed in that context (or its logged "
+                        f"probabilities are misstated), and the intervals are widened by it")
     if ess < LOW_ESS_SHARE * n:
         warnings.append(f"effective sample size {ess:.0f} of {n} decisions: a few decisions "
                         f"carry the estimates")
     return {"ess": ess, "ess_share": ess / n, "rare_actions": rare,
             "rare_mass": float(sum(a["candidate"] for a in rare)),
-            "low_selection_weight": low,
+            "low_selection_weight": low, "unseen_mass": unseen,
             "max_weight": float(np.max(weights)), "warnings": warnings}

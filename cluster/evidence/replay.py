@@ -64,6 +64,9 @@ class Replayed:
     candidate: dict[str, float]  # the candidate's probability of showing each first
     refused: str | None = None  # the candidate refused the request (then it shows NOTHING)
     pushed: bool = False  # pushed to a watch (records.py): left out of the estimates
+    # whose decision it was: a customer's decisions share its propensity, and the intervals
+    # are clustered by it (estimators.py); None: a record of its own
+    customer: str | None = None
 
 
 def load_candidate(path: str | Path) -> tuple[CompiledCatalog, str]:
@@ -122,7 +125,8 @@ class Replayer:
                                  f"customer block: {exc}") from None
         replayed = Replayed(record.decision_id, record.catalog_version, record.channel,
                             record.placement, logged, selection, accept, value,
-                            dict(record.inputs), {NOTHING: 1.0}, pushed=record.pushed)
+                            dict(record.inputs), {NOTHING: 1.0}, pushed=record.pushed,
+                            customer=record.customer_id)
         try:
             request = self.engine.encode_request(REPLAY_CUSTOMER, record.channel,
                                                  record.placement, record.context, record.time)

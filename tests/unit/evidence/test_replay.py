@@ -186,12 +186,14 @@ def restrained_log(text: str, n: int, seed: int) -> tuple[list[DecisionRecord], 
     records = []
     for i in range(n):
         d = engine.decide("c", "web", "hero", {}, now=truth.T0 + i)
+        # each logged as another customer's (of the same profile): the draws are independent,
+        # and the intervals, clustered by customer, have none to tell from one customer's
         records.append(DecisionRecord(
-            d.decision_id, truth.T0 + i, "c", "web", "hero", d.catalog_version,
+            d.decision_id, truth.T0 + i, f"c{i}", "web", "hero", d.catalog_version,
             d.model_version, {}, {}, block, ("offer",),
             tuple(ShownAction(a.action_id, slot, a.selection, a.propensity, a.priority)
                   for slot, a in enumerate(d.actions)), d.control,
-            tuple(OutcomeRecord(d.decision_id, "c", a.action_id, "ACCEPT", 0.0, truth.T0 + i)
+            tuple(OutcomeRecord(d.decision_id, f"c{i}", a.action_id, "ACCEPT", 0.0, truth.T0 + i)
                   for a in d.actions if rng.random() < ACCEPT),
             nothing_selection=d.nothing_selection))
     request = engine.encode_request("c", "web", "hero", {}, truth.T0)
