@@ -344,6 +344,16 @@ WATCH_STREAMS_PER_HOST = integer("WATCH_STREAMS_PER_HOST", max(1, WATCH_STREAMS 
 OPEN_STREAMS_PER_HOST = integer("OPEN_STREAMS_PER_HOST", 128)
 # Events of one IngestStream in flight at once.
 STREAM_WINDOW = integer("STREAM_WINDOW", 1024)
+# IngestStreams a gateway serves at once (each holds tasks and up to STREAM_WINDOW events), and
+# of them one API key and one host (as for the watch streams); past any, RESOURCE_EXHAUSTED.
+INGEST_STREAMS = integer("INGEST_STREAMS", 4096)
+INGEST_STREAMS_PER_KEY = integer("INGEST_STREAMS_PER_KEY", max(1, INGEST_STREAMS // 4),
+                                 high=INGEST_STREAMS, high_of="INGEST_STREAMS")
+INGEST_STREAMS_PER_HOST = integer("INGEST_STREAMS_PER_HOST", max(1, INGEST_STREAMS // 4),
+                                  high=INGEST_STREAMS, high_of="INGEST_STREAMS")
+# How long an IngestStream may wait for its caller's next event before the gateway ends it
+# (DEADLINE_EXCEEDED, its events acked), so forgotten streams do not hold their places.
+INGEST_STREAM_IDLE_S = number("INGEST_STREAM_IDLE_S", 600.0, above=True)
 # How often a gateway looks whether to freeze its long-lived objects (pauses.py).
 PAUSES_CHECK_S = number("PAUSES_CHECK_S", 1.0, above=True, high=3600.0)
 # How long a forgotten customer's links stay refused (a late step of a link that began before

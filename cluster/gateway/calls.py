@@ -27,10 +27,11 @@ from kairos.core.errors import InputError
 from kairos.cluster.gateway.admission import Shedder
 from kairos.cluster.gateway.auth import Denied, refusal
 from kairos.cluster.gateway.requests import Who
-from kairos.cluster.gateway.streams import Ended, Watches
+from kairos.cluster.gateway.streams import Ended, Open, Watches
 from kairos.cluster.protocol import BEING_FORGOTTEN, EXPIRED
 from kairos.cluster.settings import (DEADLINE_MARGIN_S, DEADLINE_MARGIN_SHARE, DEFAULT_DEADLINE_S,
-                                     GATEWAY_INFLIGHT_LIMIT)
+                                     GATEWAY_INFLIGHT_LIMIT, INGEST_STREAMS,
+                                     INGEST_STREAMS_PER_HOST, INGEST_STREAMS_PER_KEY)
 from kairos.cluster.throttled import ThrottledWarning
 from kairos.cluster.transport.backend import Backend, NotCarried, NotSent, Unavailable
 from kairos.cluster.transport.client import Busy, Conflict, KairosClient, ShardUnavailable
@@ -80,6 +81,8 @@ class Gateway:
         self.client = client
         self.backend = backend
         self.watches = Watches(name, client, backend)
+        self.ingest_streams = Open("ingest", "INGEST_STREAMS", lambda: (
+            INGEST_STREAMS, INGEST_STREAMS_PER_KEY, INGEST_STREAMS_PER_HOST))
         self.inflight = 0
         self.fallbacks: Tally = Tally()  # fallback decisions answered, by why
         self.watches_refused: Tally = Tally()  # health Watches past their bound, by answer

@@ -34,7 +34,7 @@ from kairos.cluster.gateway.bounds import host_of
 from kairos.cluster.gateway.calls import FORGET, LINK, READ, Gateway, abort
 from kairos.cluster.gateway.streams import FORGOTTEN, Watch
 from kairos.cluster.identity import anonymous_id
-from kairos.cluster.settings import STREAM_WINDOW
+from kairos.cluster.settings import INGEST_STREAM_IDLE_S, STREAM_WINDOW
 from kairos.cluster.transport.backend import NotCarried, NotSent, Unavailable
 from kairos.cluster.transport.client import Busy
 from kairos.cluster.transport.lanes import Call, EarlierFailed
@@ -154,7 +154,14 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
         customer a later event names by id). Once the stream ends, what of it is not sent yet
         goes unsent, all of it (`Call`). Each event is checked as a unary Ingest is
         (`Gateway.checked`): against the catalog the cluster runs when it is read, not the one
-        it ran when the stream opened."""
+        it ran when the stream opened. A gateway serves at most INGEST_STREAMS of them (and
+        of those, at most INGEST_STREAMS_PER_KEY of one key and _PER_HOST from one host: past
+        any, RESOURCE_EXHAUSTED), and ends one whose caller sent no event for
+        INGEST_STREAM_IDLE_S (DEADLINE_EXCEEDED, once every event sent was acked)."""
+        try:
+            callers = self.gateway.ingest_streams.admit(caller(), host_of(context.peer()))
+        except Busy as exc:
+            await abort(context, exc)
         pending: asyncio.Queue = asyncio.Queue(STREAM_WINDOW)
         call = Call()
         reader = asyncio.ensure_future(self._read(request_iterator, context, pending, call))
@@ -171,18 +178,20 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
             while not pending.empty():
                 self._drop(pending.get_nowait())
             call.give_up()
+            self.gateway.ingest_streams.release(callers)
         if failure is not None:
             await abort(context, _of_many(failure))
 
     async def _read(self, request_iterator, context, pending: asyncio.Queue,
                     call: Call) -> None:
         """Route each event of a stream as it arrives, into `pending`; then None. An event
-        that fails its checks (or a failure to read) goes in as the exception, which ends the
-        stream in its turn, after the events before it."""
+        that fails its checks (or a failure to read, or a wait for the next event past
+        INGEST_STREAM_IDLE_S) goes in as the exception, which ends the stream in its turn,
+        after the events before it."""
         n = 0
         last: asyncio.Future | None = None  # the `sent` of the last event routed by a task
         try:
-            async for event in request_iterator:
+            while (event := await _next(request_iterator)) is not None:
                 where = f"events[{n}]."
                 n += 1
                 try:
@@ -448,6 +457,19 @@ def _ack_out(event: pb.Event, ack: protocol.EventAck) -> pb.IngestAck:
     if ack.decision is not None:
         out.decision.CopyFrom(wire.decision_out(ack.decision))
     return out
+
+
+async def _next(events: AsyncIterator[pb.Event]) -> pb.Event | None:
+    """A stream's next event, None at its end; TimeoutError past INGEST_STREAM_IDLE_S."""
+    try:
+        async with asyncio.timeout(INGEST_STREAM_IDLE_S):
+            return await anext(events)
+    except StopAsyncIteration:
+        return None
+    except TimeoutError:
+        raise TimeoutError(f"the stream sent no event for {INGEST_STREAM_IDLE_S:.0f} s "
+                           f"(KAIROS_INGEST_STREAM_IDLE_S): the gateway ended it, every event "
+                           f"sent on it was acked; open a new stream to send more") from None
 
 
 async def _settled(settling: Awaitable[protocol.EventAck]) -> protocol.EventAck:

@@ -147,14 +147,57 @@ def _future() -> asyncio.Future:
     return future
 
 
+class Open:
+    """The streams of one method a gateway serves at once, counted in all and by caller (API
+    key, host) against bounds read as each stream comes (`bounds()`: the gateway's, one key's,
+    one host's; `setting` names them in refusals, KAIROS_<setting> and its _PER_KEY and
+    _PER_HOST), so that one caller cannot take every place."""
+
+    def __init__(self, what: str, setting: str, bounds: Callable[[], tuple[int, int, int]]):
+        self.what = what
+        self.setting = setting
+        self.bounds = bounds
+        self.open = 0
+        self.callers: Counter[tuple[str, Hashable]] = Counter()
+
+    def admit(self, key: Hashable, host: Hashable) -> list[tuple[str, Hashable]]:
+        """Count a new stream of `key` (None without auth) from `host`; the groups it counts
+        in, for `release`. Busy past the gateway's or a group's bound."""
+        most, per_key, per_host = self.bounds()
+        if self.open >= most:
+            raise Busy(f"this gateway serves {self.open} {self.what} streams, its most "
+                       f"(KAIROS_{self.setting})")
+        callers = [(kind, who) for kind, who in (("key", key), ("host", host)) if who is not None]
+        for kind, who in callers:
+            if (running := self.callers[kind, who]) >= (per_key if kind == "key" else per_host):
+                whose = f"key '{getattr(who, 'name', who)}'" if kind == "key" else f"host {who}"
+                raise Busy(f"this gateway serves {running} {self.what} streams of {whose}, its "
+                           f"most for one {kind} (KAIROS_{self.setting}_PER_{kind.upper()})")
+        self.open += 1
+        self.callers.update(callers)
+        return callers
+
+    def release(self, callers: list[tuple[str, Hashable]]) -> None:
+        """A stream `admit` counted in `callers` ended."""
+        self.open -= 1
+        self.callers.subtract(callers)
+        for caller in callers:
+            if not self.callers[caller]:  # hosts come and go
+                del self.callers[caller]
+
+
 class Watches:
     def __init__(self, sink: str, client: KairosClient, backend: Backend):
         self.sink = sink
         self.client = client
         self.backend = backend
         self._watched: dict[Watch, _Watched] = {}
-        self.open = 0  # streams
-        self._callers: Counter[tuple[str, Hashable]] = Counter()  # streams by key, by host
+        self.streams = Open("watch", "WATCH_STREAMS", lambda: (
+            WATCH_STREAMS, WATCH_STREAMS_PER_KEY, WATCH_STREAMS_PER_HOST))
+
+    @property
+    def open(self) -> int:
+        return self.streams.open
 
     async def follow(self, watch: Watch, registered: Callable[[], Awaitable[None]], *,
                      key: Hashable = None, host: Hashable = None) -> AsyncIterator[Decision]:
@@ -162,17 +205,15 @@ class Watches:
         is awaited once the shards push its changes (the caller tells its own caller). Busy
         past WATCH_STREAMS streams, or past the caller's share: `key` (its API key, None
         without auth) and `host`. Ended if `end` ends it."""
-        callers = self._admit(key, host)
         watched = self._watched.get(watch)
+        if watched is None and len(self._watched) >= WATCH_STREAMS:  # some on their way out
+            raise Busy(f"this gateway holds {len(self._watched)} watches on the shards, with "
+                       f"those it is unregistering, its most (KAIROS_WATCH_STREAMS)")
+        callers = self.streams.admit(key, host)
         if watched is None:
-            if len(self._watched) >= WATCH_STREAMS:  # some still on their way out
-                raise Busy(f"this gateway holds {len(self._watched)} watches on the shards, "
-                           f"with those it is unregistering, its most (KAIROS_WATCH_STREAMS)")
             watched = self._watched[watch] = _Watched()
         stream = _Stream(watched.pushed)
         watched.streams.add(stream)
-        self.open += 1
-        self._callers.update(callers)
         try:
             self._settle_soon(watch, watched)
             await asyncio.shield(watched.ready)  # a follower waits for it too
@@ -191,29 +232,11 @@ class Watches:
                 stream.cursor += 1
                 yield watched.log[stream.cursor - 1 - first]
         finally:
-            self.open -= 1
-            self._callers.subtract(callers)
-            for caller in callers:
-                if not self._callers[caller]:  # hosts come and go
-                    del self._callers[caller]
+            self.streams.release(callers)
             watched.streams.discard(stream)
             self._settle_soon(watch, watched)
             if not watched.streams:  # the last ends once its watch is unregistered (or tried)
                 await asyncio.shield(watched.settling)
-
-    def _admit(self, key: Hashable, host: Hashable) -> list[tuple[str, Hashable]]:
-        """The groups a new stream counts in; Busy past the gateway's or a group's bound."""
-        if self.open >= WATCH_STREAMS:
-            raise Busy(f"this gateway serves {self.open} watch streams, its most "
-                       f"(KAIROS_WATCH_STREAMS)")
-        callers = [(kind, who) for kind, who in (("key", key), ("host", host)) if who is not None]
-        for kind, who in callers:
-            limit = WATCH_STREAMS_PER_KEY if kind == "key" else WATCH_STREAMS_PER_HOST
-            if (running := self._callers[kind, who]) >= limit:
-                whose = f"key '{getattr(who, 'name', who)}'" if kind == "key" else f"host {who}"
-                raise Busy(f"this gateway serves {running} watch streams of {whose}, its most "
-                           f"for one {kind} (KAIROS_WATCH_STREAMS_PER_{kind.upper()})")
-        return callers
 
     def _settle_soon(self, watch: Watch, watched: _Watched) -> None:
         if watched.settling is None or watched.settling.done():

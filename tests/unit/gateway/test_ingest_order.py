@@ -37,6 +37,9 @@ class Context:
     def time_remaining(self) -> float:
         return 20.0
 
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:50000"
+
     async def abort(self, code: grpc.StatusCode, details: str) -> None:
         raise Aborted(code, details)
 

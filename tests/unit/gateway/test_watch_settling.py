@@ -207,7 +207,7 @@ def test_one_caller_holds_at_most_its_share_of_the_streams(monkeypatch, who):
         for task in (mine[1][0], other, again):
             task.cancel()
         await asyncio.gather(mine[1][0], other, again, return_exceptions=True)
-        assert not watches._callers
+        assert not watches.streams.callers
 
     asyncio.run(main())
 

@@ -1,0 +1,56 @@
+"""IngestStreams are bounded as watch streams are: a gateway serves at most INGEST_STREAMS
+(past it, RESOURCE_EXHAUSTED), and ends one whose caller sent nothing for INGEST_STREAM_IDLE_S
+(DEADLINE_EXCEEDED, naming the setting), which frees its place (real gRPC on 127.0.0.1,
+in-process backend)."""
+from __future__ import annotations
+
+import queue
+
+import grpc
+import pytest
+
+from kairos.cluster.gateway import calls, decisions
+from kairos.v1 import decision_pb2 as pb
+from kairos.v1.decision_pb2_grpc import DecisionServiceStub
+
+from tests.support.inprocess_gateway import serving
+from tests.support.waiting import wait_until
+
+
+def _event(key: str) -> pb.Event:
+    return pb.Event(customer_id="ivy", type="app_open", channel="web", idempotency_key=key)
+
+
+def test_past_its_most_ingest_streams_a_gateway_refuses_new_ones(monkeypatch):
+    monkeypatch.setattr(calls, "INGEST_STREAMS", 1)
+    with serving() as (gateway, channel):
+        stub = DecisionServiceStub(channel)
+        sent: queue.Queue = queue.Queue()
+        first = stub.IngestStream(iter(sent.get, None), timeout=30)
+        sent.put(_event("a"))
+        assert next(first).sequence  # it holds the gateway's one place
+        with pytest.raises(grpc.RpcError) as refused:
+            next(stub.IngestStream(iter([_event("b")]), timeout=30))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "KAIROS_INGEST_STREAMS" in refused.value.details()
+        sent.put(None)
+        assert list(first) == []
+        wait_until(lambda: not gateway.gateway.ingest_streams.open, 10, "the place freed")
+        assert next(stub.IngestStream(iter([_event("c")]), timeout=30)).sequence
+
+
+def test_an_idle_ingest_stream_is_ended_and_frees_its_place(monkeypatch):
+    monkeypatch.setattr(decisions, "INGEST_STREAM_IDLE_S", 0.5)
+    with serving() as (gateway, channel):
+        sent: queue.Queue = queue.Queue()
+        acks = DecisionServiceStub(channel).IngestStream(iter(sent.get, None))  # no deadline
+        try:
+            sent.put(_event("a"))
+            assert next(acks).sequence
+            with pytest.raises(grpc.RpcError) as ended:
+                next(acks)  # nothing more is sent
+            assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "KAIROS_INGEST_STREAM_IDLE_S" in ended.value.details()
+            wait_until(lambda: not gateway.gateway.ingest_streams.open, 10, "the place freed")
+        finally:
+            sent.put(None)
