@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -106,6 +107,13 @@ def standard_error(influence: np.ndarray, clusters: np.ndarray | None = None) ->
     if g < 2:
         return math.nan
     return math.sqrt(g / (g - 1) * float(np.sum(sums ** 2))) / n
+
+
+def clusters(customers: Sequence[str | None]) -> np.ndarray:
+    """Each record's customer as a code for standard_error (a record naming none its own)."""
+    codes: dict[object, int] = {}
+    return np.array([codes.setdefault((i,) if c is None else c, len(codes))
+                     for i, c in enumerate(customers)], np.int64)
 
 
 def wilson(p: float, n: float) -> tuple[float, float]:

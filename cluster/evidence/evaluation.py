@@ -67,9 +67,7 @@ def evaluate(replayed: Sequence[Replayed], seed: int = 0) -> dict[str, Any]:
     mu = np.array([r.selection for r in usable])
     weights = pi[np.arange(len(usable)), logged] / mu
     features = _features(usable)
-    customers: dict[object, int] = {}
-    clusters = np.array([customers.setdefault((i,) if r.customer is None else r.customer,
-                                              len(customers)) for i, r in enumerate(usable)])
+    clusters = estimators.clusters([r.customer for r in usable])
     result["logged"] = {}
     result["estimates"] = {}
     for reward in REWARDS:

@@ -19,7 +19,13 @@ rates move, and the groups pooled over versions would then differ by the change 
 its coverage for rare accepts and small control groups where the plain normal one does not
 (with no accept among 50 control decisions it had no width from them at all), clipped to
 [-1, 1] where it passes what a difference of two rates can be; the value's
-is the normal approximation with unequal variances. A stratum is compared when each group
+is the normal approximation with unequal variances. A customer has many decisions, in both
+groups, which share its propensity and its response to the models: each stratum's variance
+is multiplied by its design effect, the difference's variance clustered by customer over
+the one that takes every decision as independent, when that is above 1 (with one decision
+per customer it is not, and the numbers are the independent ones). Where the models' effect
+differed by customer, the independent interval covered no effect in under half of the logs
+of 50 customers x 40 decisions (tests/unit/evidence/test_uplift_clustered.py). A stratum is compared when each group
 has two decisions; the others are left out of that comparison, and named (`left_out`). Which
 are left out depends on the groups' sizes only, never on what they earned: keeping a version
 only when its control converted twice kept those whose control did better by chance (with
@@ -47,7 +53,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from kairos.cluster.evidence.estimators import Z95
+from kairos.cluster.evidence.estimators import Z95, clusters, standard_error
 from kairos.cluster.evidence.records import DecisionRecord
 from kairos.cluster.evidence.replay import NOTHING, rewards
 
@@ -71,7 +77,9 @@ class Difference:
                 "low": self.low, "high": self.high, "left_out": list(self.left_out)}
 
 
-Strata = dict[str, dict[bool, list[tuple[str, float, float]]]]  # version -> held? -> rows
+# a logged decision: its first shown action, accept and value, and its customer (None: its own)
+Row = tuple[str, float, float, str | None]
+Strata = dict[str, dict[bool, list[Row]]]  # version -> held? -> rows
 
 
 def difference(strata: Strata, column: int, binary: bool) -> Difference:
@@ -80,9 +88,12 @@ def difference(strata: Strata, column: int, binary: bool) -> Difference:
     module's docstring)."""
     columns = {version: (_column(s[False], column), _column(s[True], column))
                for version, s in strata.items()}
+    # how much a customer's decisions in both groups widen each stratum's variance
+    widening = {version: _design_effect(columns[version], s) for version, s in strata.items()}
     kept = {version for version, (m, c) in columns.items() if min(len(m), len(c)) >= 2}
     left_out = tuple(sorted(set(columns) - kept))
     usable = [columns[version] for version in sorted(kept)]
+    effects = [widening[version] for version in sorted(kept)]
     if not usable:
         models = _column([r for s in strata.values() for r in s[False]], column)
         control = _column([r for s in strata.values() for r in s[True]], column)
@@ -97,20 +108,36 @@ def difference(strata: Strata, column: int, binary: bool) -> Difference:
         adjusted = [((x.sum() + 1) / (len(x) + 2), (y.sum() + 1) / (len(y) + 2), len(x) + 2,
                      len(y) + 2) for x, y in usable]
         centre = sum(w * (pm - pc) for w, (pm, pc, _, _) in zip(weights, adjusted))
-        variance = sum(w * w * (pm * (1 - pm) / nm + pc * (1 - pc) / nc)
-                       for w, (pm, pc, nm, nc) in zip(weights, adjusted))
+        variance = sum(w * w * f * (pm * (1 - pm) / nm + pc * (1 - pc) / nc)
+                       for w, f, (pm, pc, nm, nc) in zip(weights, effects, adjusted))
     else:
         centre = m - c
         pooled = [_variance(np.concatenate([pair[held] for pair in columns.values()]))
                   for held in (0, 1)]
-        variance = sum(w * w * (_variance(x, pooled[0]) / len(x)
-                                + _variance(y, pooled[1]) / len(y))
-                       for w, (x, y) in zip(weights, usable))
+        variance = sum(w * w * f * (_variance(x, pooled[0]) / len(x)
+                                    + _variance(y, pooled[1]) / len(y))
+                       for w, f, (x, y) in zip(weights, effects, usable))
     half = Z95 * math.sqrt(variance)
     low, high = float(centre - half), float(centre + half)
     if binary:  # a difference of two rates: the normal approximation can pass +-1
         low, high = max(low, -1.0), min(high, 1.0)
     return Difference(m, c, m - c, low, high, left_out)
+
+
+def _design_effect(columns: tuple[np.ndarray, np.ndarray], groups: dict[bool, list[Row]]
+                   ) -> float:
+    """The difference's variance clustered by customer (estimators.standard_error: each
+    customer's terms in either group summed) over its variance with every decision taken as
+    independent, at least 1 (with one decision per customer the clustered one is no larger,
+    and the independent numbers stand)."""
+    x, y = columns
+    if min(len(x), len(y)) < 2:
+        return 1.0
+    independent = float(np.var(x, ddof=1)) / len(x) + float(np.var(y, ddof=1)) / len(y)
+    influence = np.concatenate([(x - np.mean(x)) / len(x), (np.mean(y) - y) / len(y)])
+    codes = clusters([row[3] for row in groups[False] + groups[True]])
+    clustered = (standard_error(influence, codes) * len(influence)) ** 2
+    return max(clustered / independent, 1.0) if independent > 0 else 1.0
 
 
 def _variance(values: np.ndarray, pooled: float = math.nan) -> float:
@@ -136,7 +163,7 @@ def uplift(records: Iterable[DecisionRecord]) -> dict[str, Any]:
             fallbacks += 1
             continue
         groups[f"{record.channel}/{record.placement}"][record.catalog_version][
-            record.control].append((action, accept, value))
+            record.control].append((action, accept, value, record.customer_id))
     channels = {}
     for where, strata in sorted(groups.items()):
         channels[where] = {
@@ -164,7 +191,7 @@ def _by_action(strata: Strata) -> dict[str, Any]:
             for action, by in sorted(shown.items())}
 
 
-def _column(rows: list[tuple[str, float, float]], i: int) -> np.ndarray:
+def _column(rows: list[Row], i: int) -> np.ndarray:
     return np.array([row[i] for row in rows], float)
 
 

@@ -13,7 +13,7 @@ from kairos.cluster.cli.main import main
 from kairos.cluster.evidence.records import DecisionRecord, OutcomeRecord, ShownAction, \
     write_jsonl
 from kairos.cluster.evidence.replay import rewards
-from kairos.cluster.evidence.uplift import difference, uplift
+from kairos.cluster.evidence.uplift import Row, difference, uplift
 
 
 def record(i: int, action: str, accepted: bool, control: bool, selection: float = 0.5,
@@ -86,8 +86,8 @@ def test_kairos_uplift_prints_the_table_or_says_there_is_no_control(tmp_path, ca
     assert f"{path}:1" in capsys.readouterr().err
 
 
-def rows(rng, n: int, p: float, action: str = "a") -> list[tuple[str, float, float]]:
-    return [(action, float(a), 2.0 * a) for a in rng.random(n) < p]
+def rows(rng, n: int, p: float, action: str = "a") -> list[Row]:
+    return [(action, float(a), 2.0 * a, None) for a in rng.random(n) < p]
 
 
 def test_versions_that_hold_back_other_shares_while_rates_move_are_compared_apart():
@@ -142,7 +142,7 @@ def test_pushes_to_a_watch_are_left_out():
 def test_the_accept_interval_stays_within_what_a_difference_of_rates_can_be():
     """Models 4/4 against control 0/2: Agresti and Caffo's normal interval reached 1.102
     (review rev42 learning finding 2); the uplift of a rate is within [-1, 1]."""
-    rows = {False: [("a", 1.0, 0.0)] * 4, True: [("a", 0.0, 0.0)] * 2}
+    rows = {False: [("a", 1.0, 0.0, None)] * 4, True: [("a", 0.0, 0.0, None)] * 2}
     up = difference({"1": rows}, 1, binary=True)
     assert up.uplift == 1.0 and 0.0 < up.low and up.high == 1.0
     down = difference({"1": {False: rows[True], True: rows[False]}}, 1, binary=True)

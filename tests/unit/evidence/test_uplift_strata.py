@@ -9,12 +9,12 @@ import math
 
 import numpy as np
 
-from kairos.cluster.evidence.uplift import difference, table, uplift
+from kairos.cluster.evidence.uplift import Strata, difference, table, uplift
 from tests.unit.evidence.test_uplift import record
 
 
 def _strata(rng: np.random.Generator, versions: int, models: int, control: int, rate: float
-            ) -> dict[str, dict[bool, list[tuple[str, float, float]]]]:
+            ) -> Strata:
     """Versions whose groups convert alike (no true effect), each conversion worth Exp(50)."""
     strata = {}
     for v in range(versions):
@@ -22,7 +22,7 @@ def _strata(rng: np.random.Generator, versions: int, models: int, control: int, 
         for held, n in ((False, models), (True, control)):
             accepted = rng.random(n) < rate
             values = np.where(accepted, rng.exponential(50.0, n), 0.0)
-            groups[held] = [("a", float(a), float(x)) for a, x in zip(accepted, values)]
+            groups[held] = [("a", float(a), float(x), None) for a, x in zip(accepted, values)]
         strata[f"v{v}"] = groups
     return strata
 
@@ -44,9 +44,9 @@ def test_with_no_true_effect_the_value_uplift_is_unbiased_and_its_interval_cover
 
 def test_a_small_version_without_conversions_is_compared_with_the_channels_variance():
     rng = np.random.default_rng(0)
-    big = {False: [("a", 1.0, float(v)) for v in rng.exponential(5, 2000)],
-           True: [("a", 1.0, float(v)) for v in rng.exponential(4, 200)]}
-    small = {False: [("a", 0.0, 0.0)] * 3, True: [("a", 0.0, 0.0)] * 2}
+    big = {False: [("a", 1.0, float(v), None) for v in rng.exponential(5, 2000)],
+           True: [("a", 1.0, float(v), None) for v in rng.exponential(4, 200)]}
+    small = {False: [("a", 0.0, 0.0, None)] * 3, True: [("a", 0.0, 0.0, None)] * 2}
     alone = difference({"v1": big}, 2, binary=False)
     both = difference({"v1": big, "v2": small}, 2, binary=False)
     assert both.left_out == ()
@@ -60,9 +60,9 @@ def test_a_small_version_without_conversions_is_compared_with_the_channels_varia
 
 def test_a_version_with_fewer_than_two_decisions_in_a_group_is_left_out_and_named():
     rng = np.random.default_rng(0)
-    big = {False: [("a", 1.0, float(v)) for v in rng.exponential(5, 2000)],
-           True: [("a", 1.0, float(v)) for v in rng.exponential(4, 200)]}
-    tiny = {False: [("a", 1.0, 3.0)] * 3, True: [("a", 0.0, 0.0)]}
+    big = {False: [("a", 1.0, float(v), None) for v in rng.exponential(5, 2000)],
+           True: [("a", 1.0, float(v), None) for v in rng.exponential(4, 200)]}
+    tiny = {False: [("a", 1.0, 3.0, None)] * 3, True: [("a", 0.0, 0.0, None)]}
     alone = difference({"v1": big}, 2, binary=False)
     for column, binary in ((1, True), (2, False)):
         both = difference({"v1": big, "v2": tiny}, column, binary)
