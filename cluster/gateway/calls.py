@@ -26,8 +26,8 @@ from kairos.core.errors import InputError
 
 from kairos.cluster.gateway.admission import Shedder
 from kairos.cluster.gateway.auth import Denied, refusal
-from kairos.cluster.gateway.requests import Who
-from kairos.cluster.gateway.streams import Ended, Open, Watches
+from kairos.cluster.gateway.requests import Who, view
+from kairos.cluster.gateway.streams import Ended, Open, Watch, Watches
 from kairos.cluster.protocol import BEING_FORGOTTEN, EXPIRED
 from kairos.cluster.settings import (DEADLINE_MARGIN_S, DEADLINE_MARGIN_SHARE, DEFAULT_DEADLINE_S,
                                      GATEWAY_INFLIGHT_LIMIT, INGEST_STREAMS,
@@ -39,6 +39,7 @@ from kairos.cluster.transport.lanes import EarlierFailed
 
 MAX_DETAILS = 1024  # characters of a status message
 CATALOG_RECHECK_S = 1.0  # the most often refused requests have the controller asked
+CATALOG_FOLLOW_S = 1.0  # how often the map is looked at for a catalog switch without calls
 ENDPOINTS_REFRESH_S = 1.0  # the most often GetRoutes asks the controller for the endpoints
 SHEDDER_RESTART_S = 5.0  # after the load shedder failed, until it starts again
 UNAVAILABLE_LOG_S = 10.0  # the most often the detail behind an UNAVAILABLE answer is logged
@@ -91,12 +92,23 @@ class Gateway:
         self._refresh: asyncio.Future | None = None
         self._rechecked = -math.inf  # when a refusal last had the controller's catalog asked
         self._shedding: asyncio.Task | None = None
+        self._following: asyncio.Task | None = None
         self._endpoints: dict[str, str] = {}  # shard -> its own endpoint (GetRoutes)
         self._endpoints_at = -math.inf
 
     def start(self) -> None:
-        """Start keeping the share of calls to shed (within the serving event loop)."""
+        """Start keeping the share of calls to shed, and following the catalog (within the
+        serving event loop)."""
         self._shedding = asyncio.get_running_loop().create_task(self._shed())
+        self._following = asyncio.get_running_loop().create_task(self._follow_catalog())
+
+    async def _follow_catalog(self) -> None:
+        """Compile the catalog the cluster switched to even while no call asks for it: watch
+        streams on a view it took away end only then (`refresh_catalog`)."""
+        while True:
+            await asyncio.sleep(CATALOG_FOLLOW_S)
+            with contextlib.suppress(Exception):  # the next look, or a call, tries again
+                await self.catalog()
 
     async def _shed(self) -> None:
         """The shedder's loop, started again SHEDDER_RESTART_S after it fails: a failed one
@@ -113,9 +125,10 @@ class Gateway:
             await asyncio.sleep(SHEDDER_RESTART_S)
 
     async def close(self) -> None:
-        if self._shedding is not None:
-            self._shedding.cancel()
-            await asyncio.gather(self._shedding, return_exceptions=True)
+        tasks = [task for task in (self._shedding, self._following) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.client.close()
 
     @property
@@ -194,8 +207,9 @@ class Gateway:
         try:
             running = await self.backend.controller().get_catalog()
             if self._compiled is None or self._compiled.version != running["version"]:
-                self._compiled = await asyncio.get_running_loop().run_in_executor(
+                self._compiled = compiled = await asyncio.get_running_loop().run_in_executor(
                     None, compiled_from_text, running["text"])
+                self.watches.end_where(lambda watch, _: _view_left(compiled, watch))
         finally:
             self._refresh = None
 
@@ -282,6 +296,17 @@ class InflightLimit(grpc.aio.ServerInterceptor):
         except Busy as exc:
             return refusal(handler, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         return handler
+
+
+def _view_left(catalog: CompiledCatalog, watch: Watch) -> str | None:
+    """Why a stream on `watch` ends with the switch to `catalog`: its view is not in it (the
+    shards dropped its watches); None if it is."""
+    try:
+        view(catalog, watch.channel, watch.placement)
+    except InputError as exc:
+        return (f"the catalog the cluster switched to ({catalog.version}) has no "
+                f"{watch.channel}/{watch.placement} ({exc.reason}): this watch ended")
+    return None
 
 
 async def abort(context, exc: BaseException, retry: str = KEYED) -> None:

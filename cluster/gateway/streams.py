@@ -35,7 +35,10 @@ late (behind a slow call of pushes, or from a partition's old owner): it carries
 time, and ends only the watches whose registration was sent before it (this process's wall
 clock against the shard's), so a stream on a customer re-created under the id, or on an
 alias's anonymous id again, that registered since stays. One within the clocks' skew of the
-forget may be ended too; its caller watches again.
+forget may be ended too; its caller watches again. A catalog switch that takes a watched
+view away has the shards drop its watches too: the gateway ends their streams (`end_where`,
+NOT_FOUND) once it has compiled the new catalog, and their unregistration, which the shards
+refuse as invalid, is done.
 """
 from __future__ import annotations
 
@@ -48,6 +51,7 @@ from collections import Counter, deque
 from typing import AsyncIterator, Awaitable, Callable, Hashable, NamedTuple
 
 from kairos.core.decision import Decision
+from kairos.core.errors import InputError
 from kairos.core.request import quoted
 
 from kairos.cluster.identity import fingerprint
@@ -248,7 +252,8 @@ class Watches:
         call at a time, until the shards hold what its streams need; then forgets it if it
         has none. A failed registration fails the streams that waited for it; a failed
         unregistration is tried again later (`retry`: the wait before the next try, and when
-        to give up)."""
+        to give up), but one refused as invalid is done: its view left the catalog, and the
+        shards dropped the watch at their switch."""
         while (want := _live(watched)) != watched.held:
             if watched.ready.done():  # the streams from now on wait for the next one
                 watched.ready = _future()
@@ -258,6 +263,9 @@ class Watches:
             try:
                 await self._register(watch, want)
             except Exception as exc:
+                if not want and isinstance(exc, InputError):  # its view left the catalog: the
+                    watched.held = False                      # shards dropped it then
+                    continue
                 watched.held = None
                 if want and watched.ready is ready:  # those it was for fail: the next
                     ready.set_exception(exc)         # registration is for new ones
@@ -332,10 +340,16 @@ class Watches:
             registered_before: float = math.inf) -> int:
         """End the streams that watch any of `customer_ids` (Ended, saying `reason`) on
         watches registered before `registered_before`; how many."""
+        return self.end_where(lambda watch, registered_at: reason if (
+            watch.customer_id in customer_ids and registered_at < registered_before) else None)
+
+    def end_where(self, why: Callable[[Watch, float], str | None]) -> int:
+        """End the streams of each watch that `why(watch, when it was registered)` gives a
+        reason for (Ended, saying it); how many. Their watches are registered again for the
+        streams that come since, or unregistered."""
         ended = 0
         for watch, watched in list(self._watched.items()):
-            if watch.customer_id not in customer_ids or not watched.streams or \
-                    watched.registered_at >= registered_before:
+            if not watched.streams or (reason := why(watch, watched.registered_at)) is None:
                 continue
             for stream in watched.streams:
                 stream.ended = Ended(reason)
