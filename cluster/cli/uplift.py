@@ -1,6 +1,6 @@
-"""`kairos uplift --log FILE [--json]`: the models' uplift over the control group from a
-decision log (`kairos log export`), per channel and per action (cluster/evidence/uplift.py).
-Offline: it reads the file, nothing else."""
+"""`kairos uplift --log FILE [--catalog CATALOG.yaml ...] [--json]`: the models' uplift over
+the control group from a decision log (`kairos log export`), per channel and per action
+(cluster/evidence/uplift.py). Offline: it reads the files, nothing else."""
 from __future__ import annotations
 
 import argparse
@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kairos.core.errors import CatalogError
 from kairos.cluster.evidence import uplift
 from kairos.cluster.evidence.records import LogFormatError, read_records
+from kairos.cluster.evidence.replay import Replayer, load_candidate
 from kairos.cluster.evidence.report import json_text
 
 
@@ -18,13 +20,21 @@ def add_parser(commands: Any) -> None:
                                                 "(from a decision log)")
     parser.add_argument("--log", required=True, type=Path,
                         help="decision log, JSON lines or .parquet (`kairos log export`)")
+    parser.add_argument("--catalog", action="append", type=Path, default=[],
+                        help="a catalog the log's decisions were made by, through whose bound "
+                             "(models.value.max_ratio) their conversion values are read; "
+                             "repeat it for each version")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        report = uplift.uplift(read_records(args.log))
-    except LogFormatError as exc:
+        catalogs = {}
+        for path in args.catalog:
+            compiled, _ = load_candidate(path)
+            catalogs[compiled.version] = Replayer(compiled, samples=1)
+        report = uplift.uplift(read_records(args.log), catalogs)
+    except (CatalogError, LogFormatError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
@@ -37,4 +47,8 @@ def run(args: argparse.Namespace) -> int:
               "share (catalog: channels.<name>.control) to measure the models' uplift")
     else:
         print(uplift.table(report))
+    if report["values_unbounded"] and not args.json:
+        print(f"{report['values_unbounded']} conversion value(s) read as reported: no "
+              f"--catalog of their version values their action (one of 1e12 sets the value "
+              f"uplift)")
     return 0

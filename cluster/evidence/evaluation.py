@@ -87,7 +87,8 @@ def evaluate(replayed: Sequence[Replayed], seed: int = 0) -> dict[str, Any]:
                    "model_fallbacks": model.failed}}
     result["overlap"] = _overlap(shares, weights, mu)
     # not the overlap's: the refused requests are said once, apart (report.refusals)
-    result["warnings"] = _few_positives(usable, replayed) + _model_fallbacks(result)
+    result["warnings"] = _few_positives(usable, replayed) + _model_fallbacks(result) + \
+        _values_read(usable)
     return result
 
 
@@ -98,6 +99,19 @@ def _model_fallbacks(result: dict[str, Any]) -> list[str]:
             f"numerically in {n} fit(s) (inputs near the largest number?): those predict the "
             f"mean reward" for reward, e in result["estimates"].items()
             if (n := e["dr"]["model_fallbacks"])]
+
+
+def _values_read(usable: Sequence[Replayed]) -> list[str]:
+    """Conversion values read at the candidate's bound, and those it has none for (replay.py):
+    either may be what a hostile or buggy caller reported."""
+    clipped = sum(r.clipped for r in usable)
+    unbounded = sum(r.value > 0 and math.isnan(r.value_bound) for r in usable)
+    return ([f"{clipped} conversion value(s) above the candidate's bound (models.value."
+             f"max_ratio x the action's value in the decision) are read at it, as its models "
+             f"would learn them"] if clipped else []) + \
+        ([f"{unbounded} conversion value(s) are read as reported: the candidate does not "
+          f"value their action in their decision, so its models would learn none of them"]
+         if unbounded else [])
 
 
 def _few_positives(usable: Sequence[Replayed], replayed: Sequence[Replayed]) -> list[str]:

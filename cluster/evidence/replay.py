@@ -18,6 +18,14 @@ statistics a `standardize` input is scaled by build up from the replayed decisio
 record's `samples` alike), as a fresh candidate's would from its traffic: the first records
 of a log see few of them.
 
+A convert's value is read as the candidate's models would learn it (core/engine.py,
+_bounded_value): at most the catalog's `models.value.max_ratio` times the candidate's value
+for the logged action in that decision (its `value` rule on the record's profile, context and
+time). One hostile convert of 1e12, which the API takes, moved the value estimates by 1e8
+while the models clipped it. Where the candidate does not value the action there (not in it,
+filtered out, or valued at 0 or less) its models would learn no value, and the value is read
+as reported: evaluation.py counts such values and warns of them.
+
 First slot only: the reward of a logged decision is what its first shown action earned, and
 the candidate is judged by what it would show first (a placement of several slots is
 evaluated by its first; the other slots' effects on each other are not modelled).
@@ -33,7 +41,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from kairos.core.catalog import Catalog, load_catalog
-from kairos.core.compiler import CompiledCatalog, compile_catalog
+from kairos.core.compiler import CompiledCatalog, Reason, compile_catalog
 from kairos.core.engine import DecisionEngine, EncodedRequest
 from kairos.core.errors import InputError
 from kairos.cluster.evidence.records import DecisionRecord, LogFormatError
@@ -46,6 +54,8 @@ NOTHING = "(nothing)"  # no action shown: a decision may show none, and earns 0 
 # the -ED forms are accepted as written by hand.
 POSITIVE = frozenset({"ACCEPT", "ACCEPTED", "CONVERT", "CONVERTED"})
 REPLAY_CUSTOMER = "replay"  # every record is loaded into this one row
+# the kernel's reasons for an action whose catalog value it computed: it passed every filter
+_VALUED = np.array([r == Reason.SELECTED or r > Reason.INVALID_VALUE for r in Reason], bool)
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,10 @@ class Replayed:
     # whose decision it was: a customer's decisions share its propensity, and the intervals
     # are clustered by it (estimators.py); None: a record of its own
     customer: str | None = None
+    # the candidate's bound on the logged action's conversion value in this decision (NaN:
+    # none) and whether `value` was reported above it and is read at it
+    value_bound: float = math.nan
+    clipped: bool = False
 
 
 def load_candidate(path: str | Path) -> tuple[CompiledCatalog, str]:
@@ -114,6 +128,7 @@ class Replayer:
         self.samples = samples
         self.engine = DecisionEngine(compiled, capacity=1, seed=seed)
         self._names = list(compiled.action_ids) + [NOTHING]
+        self._index = {name: a for a, name in enumerate(compiled.action_ids)}
 
     def replay(self, record: DecisionRecord) -> Replayed:
         logged, selection, accept, value = rewards(record)
@@ -133,8 +148,21 @@ class Replayer:
         except InputError as exc:
             return dataclasses.replace(replayed, refused=str(exc))
         shares = self._first_shown(request) / self.samples
-        return dataclasses.replace(replayed, candidate={
-            self._names[a]: float(shares[a]) for a in np.flatnonzero(shares)})
+        bound = self._value_bound(logged)
+        return dataclasses.replace(
+            replayed, candidate={self._names[a]: float(shares[a])
+                                 for a in np.flatnonzero(shares)},
+            value=min(value, bound) if bound > 0 else value, value_bound=bound,
+            clipped=bool(value > bound))
+
+    def _value_bound(self, logged: str) -> float:
+        """The candidate's bound on a convert's value for the logged action in the decision
+        `_first_shown` made last (module docstring); NaN where it values it at none."""
+        a = self._index.get(logged)
+        if a is None or not _VALUED[self.engine.workspace.reasons[0, a]]:
+            return math.nan
+        bound = self.compiled.value_max_ratio * float(self.engine.workspace.catalog_values[0, a])
+        return bound if bound > 0 else math.nan
 
     def _first_shown(self, request: EncodedRequest) -> np.ndarray:
         """How many of `samples` decisions show each action first (the last count: none),

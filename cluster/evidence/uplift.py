@@ -25,20 +25,26 @@ is multiplied by its design effect, the difference's variance clustered by custo
 the one that takes every decision as independent, when that is above 1 (with one decision
 per customer it is not, and the numbers are the independent ones). Where the models' effect
 differed by customer, the independent interval covered no effect in under half of the logs
-of 50 customers x 40 decisions (tests/unit/evidence/test_uplift_clustered.py). A stratum is compared when each group
-has two decisions; the others are left out of that comparison, and named (`left_out`). Which
-are left out depends on the groups' sizes only, never on what they earned: keeping a version
-only when its control converted twice kept those whose control did better by chance (with
-no true effect and 5 % held back, the models' value looked 44 % lower). A group of a
-stratum with fewer than two decisions that earned a value has no variance of its own to
-speak of (one with none has 0), so the value's interval takes for it the larger of its own
-and that group's variance over all the channel's versions (their values pooled:
-between-version differences only widen it); when the group has fewer than two such
-decisions in all the versions either, the value's interval is unknown (NaN). The table
-names up to NAMED_LEFT_OUT left-out versions in a cell and counts the rest.
+of 50 customers x 40 decisions (tests/unit/evidence/test_uplift_clustered.py).
+
+A stratum is compared when each group has two decisions; the others are left out of that
+comparison, and named (`left_out`). Which are left out depends on the groups' sizes only, never
+on what they earned: keeping a version only when its control converted twice kept those whose
+control did better by chance (with no true effect and 5 % held back, the models' value looked
+44 % lower). A group of a stratum with fewer than two decisions that earned a value has no
+variance of its own to speak of (one with none has 0), so the value's interval takes for it the
+larger of its own and that group's variance over all the channel's versions (their values
+pooled: between-version differences only widen it); when the group has fewer than two such
+decisions in all the versions either, the value's interval is unknown (NaN). The table names up
+to NAMED_LEFT_OUT left-out versions in a cell and counts the rest.
 
 Rewards are replay's: the first shown action's accept (ACCEPT or CONVERT) and the conversion
-value it reported. A fallback decision (nothing scored it, selection 0) belongs to neither
+value it reported, read as the models learned it where the catalog that made the decision is
+given (`kairos uplift --catalog`): at most its models.value.max_ratio times the action's value
+in the decision (replay.py). One convert of 1e12, which the API takes, made a value uplift of
++5.6e8. A value of a decision whose catalog is not given, or which it does not value, is read
+as reported, and counted (`values_unbounded`); so are those read at the bound
+(`values_clipped`). A fallback decision (nothing scored it, selection 0) belongs to neither
 group, nor does a decision pushed to a watch: it was logged because its best action changed,
 which held-back decisions (a random action) do far more often. An uplift needs a stratum with
 two decisions in each group; without one its interval is unknown (NaN) and the report says
@@ -49,13 +55,13 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from kairos.cluster.evidence.estimators import Z95, clusters, standard_error
 from kairos.cluster.evidence.records import DecisionRecord
-from kairos.cluster.evidence.replay import NOTHING, rewards
+from kairos.cluster.evidence.replay import NOTHING, Replayer, rewards
 
 REWARDS = ("accept", "value")
 NAMED_LEFT_OUT = 5  # versions a table's cell names; past them it counts them
@@ -149,11 +155,14 @@ def _variance(values: np.ndarray, pooled: float = math.nan) -> float:
     return max(own, pooled) if pooled >= 0 else math.nan  # NaN when the pool is unknown too
 
 
-def uplift(records: Iterable[DecisionRecord]) -> dict[str, Any]:
-    """The uplift report as a JSON-ready dict (see the module's docstring)."""
-    # channel/placement -> catalog version -> held back? -> [(action, accept, value)]
+def uplift(records: Iterable[DecisionRecord], catalogs: Mapping[str, Replayer] = {}
+           ) -> dict[str, Any]:
+    """The uplift report as a JSON-ready dict (see the module's docstring). `catalogs`: by
+    version, the catalogs the log's decisions were made by, through whose bound their convert
+    values are read (see the module's docstring)."""
+    # channel/placement -> catalog version -> held back? -> [(action, accept, value, customer)]
     groups: dict[str, Strata] = defaultdict(lambda: defaultdict(lambda: {False: [], True: []}))
-    fallbacks = pushes = 0
+    fallbacks = pushes = clipped = unbounded = 0
     for record in records:
         if record.pushed:
             pushes += 1
@@ -162,6 +171,12 @@ def uplift(records: Iterable[DecisionRecord]) -> dict[str, Any]:
         if not selection > 0.0:
             fallbacks += 1
             continue
+        if value > 0.0:
+            read = catalogs[record.catalog_version].replay(record) \
+                if record.catalog_version in catalogs else None
+            value = value if read is None else read.value
+            clipped += read is not None and read.clipped
+            unbounded += read is None or math.isnan(read.value_bound)
         groups[f"{record.channel}/{record.placement}"][record.catalog_version][
             record.control].append((action, accept, value, record.customer_id))
     channels = {}
@@ -173,7 +188,8 @@ def uplift(records: Iterable[DecisionRecord]) -> dict[str, Any]:
             **{reward: difference(strata, i, reward == "accept").to_json()
                for i, reward in enumerate(REWARDS, start=1)},
             "actions": _by_action(strata)}
-    return {"channels": channels, "fallbacks_left_out": fallbacks, "pushes_left_out": pushes}
+    return {"channels": channels, "fallbacks_left_out": fallbacks, "pushes_left_out": pushes,
+            "values_clipped": clipped, "values_unbounded": unbounded}
 
 
 def _by_action(strata: Strata) -> dict[str, Any]:
