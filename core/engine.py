@@ -13,7 +13,7 @@ import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
+from typing import Any, Callable, Collection, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -78,6 +78,21 @@ class _Remembered:
 
 
 _TAUGHT_POSITIVE, _TAUGHT_NEGATIVE, _TAUGHT_VALUE = 1, 2, 4
+
+
+class TaughtLabels(Protocol):
+    """Which labels outcomes of decisions have taught their actions, kept where the memo is
+    not: the memo is lost at a restart, a move, a catalog switch or a link, and lets a
+    decision go after `memo_capacity` later ones, and an outcome then would teach its label
+    again (a shard keeps these with the customer's durable state: outcomes.TaughtLabels)."""
+
+    def taught(self, customer_id: str, decision_id: str, action_id: str,
+               positive: bool) -> bool:
+        """Whether an outcome of the decision taught the action this label."""
+
+    def teach(self, customer_id: str, decision_id: str, action_id: str,
+              positive: bool) -> None:
+        """An outcome of the decision has taught the action this label."""
 
 
 class DecisionEngine:
@@ -429,7 +444,8 @@ class DecisionEngine:
 
     # -- outcomes ----------------------------------------------------------------------------
 
-    def record_outcomes(self, outcomes: Sequence[tuple]) -> list[Learned]:
+    def record_outcomes(self, outcomes: Sequence[tuple], labels: TaughtLabels | None = None
+                        ) -> list[Learned]:
         """Record (customer_id, action_id, channel, outcome, time, decision_id[, value])
         tuples; what each taught the models from. A convert may carry its value (0 to
         MAX_NUMBER, None for none), which the model's value learns from, counted at most
@@ -437,7 +453,9 @@ class DecisionEngine:
         (`_bounded_value`).
 
         The model learns from the inputs the decision saw when the decision is still
-        remembered; otherwise from the profile as it is now, without context.
+        remembered; otherwise from the profile as it is now, without context. A decision's
+        action learns each label once: the memo says which it taught, and `labels`, where
+        given, what outcomes taught beyond the memo (and is told what these teach).
         """
         c = self.compiled
         encoded = []
@@ -477,6 +495,9 @@ class DecisionEngine:
         marked: dict[int, tuple[_Remembered, int, int]] = {}  # taken back if refused
         values = np.empty(len(encoded))
         bounded: dict[int, bool | None] = {}  # clipped, unbounded or neither (_bounded_value)
+        # (customer, decision, action, positive) of the labels `labels` is to be told of
+        durable: dict[int, tuple[str, str, str, bool]] = {}
+        claimed: set[tuple[str, str, str, bool]] = set()  # and those of earlier outcomes here
         for i, e in enumerate(encoded):
             memo = self._remembered.get(e[5]) if e[5] else None
             kept = memo is not None and memo.customer_id == e[0]
@@ -490,8 +511,16 @@ class DecisionEngine:
                     marked[i] = memo, e[1], bits
             else:
                 missing.append(i)
+            if labels is not None and e[5] and e[3] != Outcome.IMPRESSION:
+                label = (e[0], e[5], c.action_ids[e[1]],
+                         e[3] in (Outcome.ACCEPT, Outcome.CONVERT))
+                if label in claimed or labels.taught(*label):
+                    teach[i] &= ~Teach.LABEL
+                elif teach[i] & Teach.LABEL:
+                    durable[i] = label
+                    claimed.add(label)
             learned.append(Learned.NOTHING if e[3] == Outcome.IMPRESSION else
-                           Learned.REPEATED if kept and not teach[i] & Teach.LABEL else
+                           Learned.REPEATED if e[5] and not teach[i] & Teach.LABEL else
                            Learned.DECISION if kept else
                            Learned.PROFILE_DECISION_FORGOTTEN if e[5] else
                            Learned.PROFILE_NO_DECISION)
@@ -512,6 +541,9 @@ class DecisionEngine:
             if i in marked:  # nothing was taught: a later outcome of the decision may teach
                 memo, action, bits = marked[i]
                 memo.taught[action] &= ~bits
+            durable.pop(i, None)
+        for label in durable.values():
+            labels.teach(*label)
         # counted where the value would have taught: not a repeat of a convert, not refused
         for i, clipped in bounded.items():
             if clipped is None or refused_at[i]:

@@ -35,7 +35,7 @@ from kairos.cluster.shard.context import LEARNED_COUNT, ShardContext, touch
 from kairos.cluster.shard.journaling import Journaling
 from kairos.cluster.shard.identities import CustomerIdentities
 from kairos.cluster.shard.keys import OUTCOME_KEY, IdempotencyKeys
-from kairos.cluster.shard.outcomes import DecisionSeal, OutcomeRate
+from kairos.cluster.shard.outcomes import DecisionSeal, OutcomeRate, TaughtLabels
 from kairos.cluster.shard.residency import HomeDamaged, Residency
 from kairos.cluster.shard.watches import Watches
 
@@ -51,6 +51,7 @@ class CustomerRequests:
         self._identities = identities
         self._residency = residency
         self._keys = keys
+        self._labels = TaughtLabels(keys)
         self._seal = seal
         self._rate = OutcomeRate(ctx.clock)
         self._journaling = journaling
@@ -264,7 +265,7 @@ class CustomerRequests:
             try:
                 [learned] = self._ctx.engine.record_outcomes([(
                     o.customer_id, o.action_id, o.channel, o.outcome, o.when, o.decision_id,
-                    o.value)])
+                    o.value)], self._labels)
             except InputError as exc:
                 replies.append(Invalid(field=exc.field, reason=exc.reason))
                 continue
