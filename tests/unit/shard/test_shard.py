@@ -744,7 +744,7 @@ def test_a_sealed_decision_takes_outcomes_after_a_move_and_a_restart(compiled):
     restarted = Shard("b", compiled, [p], N_PARTITIONS, store=store)
     restarted.recover()
     assert restarted.process([outcome("ana", d.actions[0].action_id, d.decision_id,
-                                      kind="convert")])[0] == [Ok(value=Learned.PROFILE_DECISION_FORGOTTEN)]
+                                      kind="convert")])[0] == [Ok(value=Learned.REPEATED)]
 
 
 def test_a_step_of_a_move_that_comes_after_the_move_was_settled_is_refused(compiled):
