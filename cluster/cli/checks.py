@@ -74,6 +74,11 @@ def checked_inputs(args: argparse.Namespace) -> str | None:
     if not auth.enabled and not is_loopback(args.host):  # as each gateway would, once Ray runs
         raise Refused(f"error: refusing to serve without API keys on {args.host}: auth may be "
                       f"off only on a loopback address (--keys, or ${KEYS_ENV})", 2)
+    if not (args.tls_cert or args.insecure or is_loopback(args.host)):
+        raise Refused(f"error: refusing to serve plaintext gRPC on --host {args.host}: API "
+                      f"keys, and every request and answer, would cross the network in clear; "
+                      f"serve TLS (--tls-cert and --tls-key), or say --insecure to accept that",
+                      2)
     if getattr(args, "ray_temp_dir", None):
         _check_temp_dir(args.ray_temp_dir)
     return catalog_text

@@ -47,8 +47,9 @@ def parser(gateway_port: int) -> argparse.ArgumentParser:
     on_ray.add_argument("--ray-wait", type=positive, default=120.0, metavar="S",
                         help="how long to wait for the cluster's GCS to answer (default "
                              "%(default)g s; nothing is started before it does)")
-    on_ray.add_argument("--host", default="0.0.0.0", help="gateways' bind address "
-                                                          "(default %(default)s)")
+    on_ray.add_argument("--host", default="0.0.0.0",
+                        help="gateways' bind address (default %(default)s: with --tls-cert, "
+                             "or --insecure)")
     on_ray.add_argument("--port", type=port_or_zero, default=gateway_port,
                         help="every node's gateway port (0: any free port); default "
                              "$KAIROS_GATEWAY_PORT or %(default)s")
@@ -106,6 +107,10 @@ def serving_options() -> argparse.ArgumentParser:
     serving.add_argument("--tls-key", help="serve TLS: the private key (PEM)")
     serving.add_argument("--tls-client-ca", help="mTLS: clients need a certificate this CA "
                                                  "signed (PEM)")
+    serving.add_argument("--insecure", action="store_true",
+                         help="allow plaintext gRPC on a --host other than loopback (API keys "
+                              "and every request then cross the network in clear); without "
+                              "it, such a --host needs --tls-cert")
     return serving
 
 

@@ -12,9 +12,9 @@ from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
 from kairos.cluster.secret_files import SecretFileError, check_secret_file
-from kairos.cluster.cli.targets import split_target
+from kairos.cluster.cli.targets import NOT_TCP, NotOneAddress, split_target
 from kairos.cluster.gateway import wire
-from kairos.cluster.gateway.auth import METADATA_KEY
+from kairos.cluster.gateway.auth import METADATA_KEY, is_loopback
 
 KEY_ENV = "KAIROS_API_KEY"
 # else the file holding the key: on Kubernetes a mounted Secret, kept out of the environment
@@ -24,6 +24,8 @@ KEY_FILE_ENV = "KAIROS_API_KEY_FILE"
 # certificate and key (PEM files).
 TLS_ENV = ("KAIROS_TLS_CA", "KAIROS_TLS_CERT", "KAIROS_TLS_KEY")
 TIMEOUT_S = 10.0
+# set to 1: plaintext to a gateway off this machine is accepted (its keys cross in clear)
+INSECURE_ENV = "KAIROS_INSECURE"
 
 
 def tls_credentials() -> grpc.ChannelCredentials | None:
@@ -54,11 +56,36 @@ def tls_credentials() -> grpc.ChannelCredentials | None:
 
 def channel_to(target: str, *, aio: bool = False, options: tuple = ()
                ) -> grpc.Channel | grpc.aio.Channel:
-    """A channel to a gateway (see tls_credentials): blocking, or asyncio's with `aio`."""
+    """A channel to a gateway (see tls_credentials): blocking, or asyncio's with `aio`.
+    SystemExit for plaintext that plaintext_refusal refuses."""
     credentials = tls_credentials()
+    refusal = plaintext_refusal(target) if credentials is None else None
+    if refusal:
+        raise SystemExit(f"error: {refusal}")
     api = grpc.aio if aio else grpc
     return api.insecure_channel(target, options) if credentials is None \
         else api.secure_channel(target, credentials, options)
+
+
+def plaintext_refusal(target: str) -> str | None:
+    """Why plaintext gRPC to `target` is refused: it leaves this machine (a target that is no
+    loopback address, nor a Unix or VM socket) and ${INSECURE_ENV} is not 1; None when it is
+    not refused. A malformed target is left to gRPC, whose error names it: it reaches no one."""
+    if os.environ.get(INSECURE_ENV, "").strip() == "1":
+        return None
+    try:
+        if is_loopback(split_target(target)[0]):
+            return None
+    except NotOneAddress:
+        if target.startswith(NOT_TCP):
+            return None
+    except ValueError:
+        return None
+    return (f"refusing plaintext gRPC to {target}: the API key, and every request and answer, "
+            f"would cross the network in clear. Have the gateway serve TLS (--tls-cert) and "
+            f"set {TLS_ENV[0]} to the CA file that signed its certificate, reach it through "
+            f"a loopback address (an SSH tunnel, `kubectl port-forward`), or set "
+            f"{INSECURE_ENV}=1 to accept that")
 
 
 def tls_hint() -> str:

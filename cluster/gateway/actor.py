@@ -38,6 +38,7 @@ from kairos.cluster.gateway.calls import Gateway
 from kairos.cluster.gateway.server import Tls, serve, set_health
 from kairos.cluster.metrics import GatewayMetrics
 from kairos.cluster.remembered import Remembered
+from kairos.cluster.secret_files import check_secret_file
 from kairos.cluster.settings import PAUSES_CHECK_S
 from kairos.cluster.transport.client import KairosClient
 from kairos.cluster.transport.ray_backend import Gone, RayBackend, sink_name
@@ -47,8 +48,11 @@ ROUTABLE_CHECK_S = 0.05  # how often a gateway without a map yet looks whether i
 
 
 def read_keys(keys_file: str | None, keys_env: str | None) -> str | None:
-    """The API keys' text: from the file, else the environment variable (None: auth off)."""
+    """The API keys' text: from the file, else the environment variable (None: auth off).
+    SecretFileError for a file others may read: each node's gateway checks the file on its
+    own node, which the command line's check never saw."""
     if keys_file:
+        check_secret_file(keys_file, "the API keys file (--keys)")
         with open(keys_file, encoding="utf-8") as f:
             return f.read()
     return os.environ.get(keys_env) if keys_env else None

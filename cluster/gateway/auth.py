@@ -3,8 +3,8 @@
 Keys are YAML (or JSON), from a file (`kairos up --keys FILE`) or the KAIROS_API_KEYS variable:
 
     keys:
-      - key: "web-7f3a..."          # sent in the x-api-key metadata entry: 16 characters or
-        name: web-frontend          # more, no whitespace
+      - key: "web-7f3a..."          # sent in the x-api-key metadata entry: random, e.g.
+        name: web-frontend          # secrets.token_urlsafe(32) (see _check_secret)
         channel: web                # optional: the key may only act on this channel
         scopes: [decide, ingest, respond, watch]
       - key: "ops-..."
@@ -56,6 +56,7 @@ from __future__ import annotations
 import contextvars
 import hmac
 import ipaddress
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,13 @@ SCOPES = ("decide", "ingest", "respond", "watch", "profile:read", "admin", "iden
 KEYS_ENV = "KAIROS_API_KEYS"  # where `kairos up` and its gateways find keys without --keys
 METADATA_KEY = "x-api-key"
 KEY_FIELDS = ("key", "name", "channel", "scopes")  # an entry's, and no others
+# A key is a secret only if it cannot be guessed: the gateway answers wrong keys at gRPC's
+# speed, with no limit. 96 bits: 2^96 guesses at a million a second is 10^15 years.
+MIN_LENGTH = 16
+MIN_BITS = 96
+MIN_DISTINCT = 8
+MAKE_KEY = ("make one with `python -c \"import secrets; print(secrets.token_urlsafe(32))\"` "
+            "(43 characters, 256 random bits)")
 _FIELD_RE = re.compile(r"[A-Za-z_]{1,20}")
 
 
@@ -162,6 +170,33 @@ def _kind(value: Any) -> str:
     return "nothing" if value is None else f"{type(value).__name__} {str(value)[:64]!r}"
 
 
+def estimated_bits(secret: str) -> float:
+    """What guessing `secret` would take were it drawn at random from the character classes it
+    uses (digits, lower case, upper case, anything else as ASCII's 32 punctuation marks): its
+    length times log2 of their size. An upper bound: a key made by hand has far less."""
+    classes = (str.isdigit, str.islower, str.isupper)
+    used = [any(test(c) for c in secret) for test in classes]
+    alphabet = sum(size for size, is_used in zip((10, 26, 26), used) if is_used)
+    if any(not any(test(c) for test in classes) for c in secret):
+        alphabet += 32
+    return len(secret) * math.log2(alphabet) if alphabet > 1 else 0.0
+
+
+def _check_secret(secret: object, where: str) -> None:
+    """ValueError for a key that is plainly guessable: short, with whitespace, under MIN_BITS
+    by estimated_bits, or of fewer than MIN_DISTINCT characters (`aaaa...`, `abab...`, which
+    the estimate alone would pass once long enough). It never quotes the key."""
+    if not isinstance(secret, str) or len(secret) < MIN_LENGTH or \
+            any(c.isspace() for c in secret):
+        raise ValueError(f"{where}: 'key' must be a string of at least {MIN_LENGTH} "
+                         f"characters, without whitespace; {MAKE_KEY}")
+    if estimated_bits(secret) < MIN_BITS or len(set(secret)) < MIN_DISTINCT:
+        raise ValueError(f"{where}: 'key' is too easily guessed (it needs at least "
+                         f"{MIN_DISTINCT} different characters, and {MIN_BITS} bits as if "
+                         f"random over the kinds of character it uses: e.g. 17 letters and "
+                         f"digits); {MAKE_KEY}")
+
+
 class Auth:
     def __init__(self, keys: dict[str, ApiKey]):
         self._keys = [(secret.encode(), key) for secret, key in keys.items()]
@@ -193,11 +228,7 @@ class Auth:
             if isinstance(entry.get("name"), str):
                 where += f" ({entry['name'][:64]!r})"
             _check_fields(entry, where)
-            secret = entry.get("key")
-            if not isinstance(secret, str) or len(secret) < 16 or \
-                    any(c.isspace() for c in secret):
-                raise ValueError(f"{where}: 'key' must be a string of at least 16 characters, "
-                                 f"without whitespace")
+            _check_secret(entry.get("key"), where)
             scopes = entry.get("scopes")
             if not isinstance(scopes, list) or not scopes:
                 raise ValueError(f"{where}: 'scopes' must be a non-empty list")

@@ -20,6 +20,7 @@ from kairos.cluster.gateway.bounds import Bounds
 from kairos.cluster.gateway.calls import Gateway, InflightLimit
 from kairos.cluster.gateway.parsing import ParseInterceptor
 from kairos.cluster.gateway.decisions import DecisionService
+from kairos.cluster.secret_files import check_secret_file
 from kairos.cluster.settings import MAX_MESSAGE_BYTES
 
 SERVICES = ("kairos.v1.DecisionService", "kairos.v1.AdminService")
@@ -63,6 +64,9 @@ class Tls:
 
     @classmethod
     def from_files(cls, cert: str, key: str, client_ca: str | None = None) -> "Tls":
+        """SecretFileError for a key file others may read (each node checks its own copy)."""
+        check_secret_file(key, "the TLS private key (--tls-key)")
+
         def read(path: str) -> bytes:
             with open(path, "rb") as f:
                 return f.read()

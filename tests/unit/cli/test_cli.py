@@ -308,7 +308,7 @@ def test_up_checks_an_ipv6_gateway_address_with_an_ipv6_socket(home, capsys, hos
         gateway = free_port()
         # a console port of its own: the user's Kairos may hold the default 8080
         assert main(["up", "--host", host, "--ray-port", str(port), "--port", str(gateway),
-                     "--no-dashboard", "--console-port", str(free_port())]) == 1
+                     "--no-dashboard", "--console-port", str(free_port()), "--insecure"]) == 1
     err = capsys.readouterr().err
     assert f"in use on this machine: port {port} (Ray);" in err and "gateway" not in err
     assert local.port_free(host, gateway) and not (home / "run.json").exists()

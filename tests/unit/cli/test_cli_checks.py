@@ -86,7 +86,7 @@ def test_up_says_a_host_cannot_be_listened_on_rather_than_in_use(home, nothing_s
                                                                  monkeypatch, port, host, said):
     monkeypatch.setenv("KAIROS_API_KEYS", KEYS)
     assert main(["up", "--host", host, "--port", port, "--ray-port", str(local.free_port()),
-                 "--no-dashboard", "--console-port", "0"]) == 2
+                 "--no-dashboard", "--console-port", "0", "--insecure"]) == 2
     err = capsys.readouterr().err
     assert said in err and "in use" not in err
 
@@ -161,7 +161,8 @@ def test_a_gateway_off_loopback_without_keys_is_refused_before_ray(home, monkeyp
         checked_inputs(parser(50051).parse_args([*command, "--store", "memory"]))
     assert str(refused.value).startswith(NO_KEYS.format("0.0.0.0"))
     monkeypatch.setenv("KAIROS_API_KEYS", KEYS)
-    assert checked_inputs(parser(50051).parse_args([*command, "--store", "memory"])) is None
+    assert checked_inputs(parser(50051).parse_args([*command, "--store", "memory",
+                                                    "--insecure"])) is None
 
 
 def test_a_ray_temp_dir_that_cannot_be_made_is_refused(home, tmp_path):

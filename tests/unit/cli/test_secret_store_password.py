@@ -67,7 +67,7 @@ def test_kairos_start_hands_the_runtime_the_store_without_the_password(password_
     given = []
     monkeypatch.setattr(cli, "_start_kairos",
                         lambda args, *rest, **kwargs: given.append(args.store) or [])
-    assert cli.main(["start", "--address", "127.0.0.1:1"]) == 0
+    assert cli.main(["start", "--address", "127.0.0.1:1", "--insecure"]) == 0
     assert given == [STORE]
     assert open_store(given[0]).r.connection_pool.connection_kwargs["password"] == PASSWORD
     assert PASSWORD not in capsys.readouterr().out  # "store redis://***@kairos-redis..."

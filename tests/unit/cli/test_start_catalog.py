@@ -24,7 +24,8 @@ def spaced(tmp_path) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("command", [["start", "--address", "127.0.0.1:1"], ["up"]])
+@pytest.mark.parametrize("command", [["start", "--address", "127.0.0.1:1", "--insecure"],
+                                     ["up"]])
 def test_a_catalog_only_newer_checks_refuse_starts_with_a_warning(spaced, command, capsys,
                                                                   monkeypatch):
     monkeypatch.delenv("KAIROS_STORE", raising=False)

@@ -39,6 +39,7 @@ async def decide(port: int, key: str | None) -> grpc.StatusCode:
 def test_constructed_it_serves_and_a_restart_serves_on_the_same_port(tmp_path):
     keys = tmp_path / "keys.yaml"
     keys.write_text(f"keys:\n  - {{key: {KEY}, name: d, scopes: [decide]}}\n")
+    keys.chmod(0o600)
     remembered = Remembered(str(tmp_path / "gateway.port"), actor="actor-1")
 
     async def main():

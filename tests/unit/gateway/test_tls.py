@@ -90,6 +90,7 @@ def test_tls_from_files(tmp_path, pki):
     cert, key = pki["server"]
     (tmp_path / "c.pem").write_bytes(cert)
     (tmp_path / "k.pem").write_bytes(key)
+    (tmp_path / "k.pem").chmod(0o600)
     (tmp_path / "ca.pem").write_bytes(pki["ca"])
     tls = Tls.from_files(str(tmp_path / "c.pem"), str(tmp_path / "k.pem"),
                          str(tmp_path / "ca.pem"))
