@@ -226,7 +226,9 @@ class Watches:
     def switched(self) -> None:
         """The catalog switched (the context has its engine): watches of channels and
         placements it no longer has go. The residents' are replaced as they are reloaded
-        (`restore` checks them again); those of customers not seen yet stay, checked here."""
+        (`restore` checks them again); those of customers not seen yet stay, checked here.
+        No sink is told: a gateway ends the streams on such a view itself once it compiles
+        the catalog, and takes the refusal of their unregistration (Invalid) as done."""
         self.channel = {w for w in self.channel if w.channel in self._ctx.compiled.channel_index}
         kept = {}
         for customer_id, mine in self.by_customer.items():
