@@ -16,13 +16,15 @@ from tests.support.local_backend import LocalBackend
 from tests.support.waiting import wait_until
 
 
-def test_a_watch_on_a_placement_the_catalog_dropped_ends_naming_it():
+@pytest.mark.parametrize("customer_id", ["hal", None], ids=["customer", "channel"])
+def test_a_watch_on_a_placement_the_catalog_dropped_ends_naming_it(customer_id):
     backend = LocalBackend()
     with serving(backend=backend) as (gw, channel):
         stub = DecisionServiceStub(channel)
         stub.Ingest(pb.Event(customer_id="hal", type="app_open", channel="web"), timeout=10)
-        watch = stub.WatchDecisions(pb.WatchRequest(customer_id="hal", channel="call_center",
-                                                    placement="ivr"), timeout=30)
+        watch = stub.WatchDecisions(pb.WatchRequest(customer_id=customer_id,
+                                                    channel="call_center", placement="ivr"),
+                                    timeout=30)
         watch.initial_metadata()  # the watch is in place
         text = default_catalog_text().replace("version: ", "version: no-ivr-", 1)
         assert "      ivr: {top_k: 1}" in text
