@@ -24,7 +24,8 @@ pushes the customer's decisions naming that id too (shard/watches.py `Pushed`); 
 unregistration follows the redirect and takes one registration away, so the customer's own
 watch stays. A slow stream is at most WATCH_BACKLOG decisions behind: past that, the oldest
 are dropped, and the stream, once it reads again, ends (FellBehind: RESOURCE_EXHAUSTED, naming
-how many it missed), so its caller knows to watch again and Decide what it needs. A gateway holds at most WATCH_STREAMS streams (each costs a shard's watch entry),
+how many it missed), so its caller knows to watch again and Decide what it needs. A gateway
+holds at most WATCH_STREAMS streams (each costs a shard's watch entry),
 WATCH_STREAMS_PER_KEY of one API key and WATCH_STREAMS_PER_HOST from one host; past any, a
 new one is refused (Busy: RESOURCE_EXHAUSTED). `end` ends the streams on customers this
 gateway forgot (Ended: NOT_FOUND), or that a shard says were forgotten through another
