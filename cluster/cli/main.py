@@ -30,8 +30,11 @@
                                         judge a candidate catalog on a decision log, offline:
                                         where it decides differently, off-policy estimates of
                                         its accept rate and value (see replay.py)
-    kairos uplift --log FILE [--json]   the models' uplift over a channel's control group, per
-                                        channel and per action, from a decision log (offline)
+    kairos uplift --log FILE [--catalog FILE ...] [--json]
+                                        the models' uplift over a channel's control group, per
+                                        channel and per action, from a decision log (offline;
+                                        convert values bounded as each catalog's models bound
+                                        them)
     kairos log export --since T --until T --out FILE
                                         the decisions logged in a time range, with their
                                         outcomes, as JSON lines or Parquet (logexport.py)
