@@ -32,7 +32,7 @@ from kairos.cluster.gateway.auth import (Denied, caller, check_channel, has_scop
                                          visible_channel)
 from kairos.cluster.gateway.bounds import host_of
 from kairos.cluster.gateway.calls import FORGET, LINK, READ, Gateway, abort
-from kairos.cluster.gateway.streams import FORGOTTEN, Watch
+from kairos.cluster.gateway.streams import FORGOTTEN, IdleLimit, Watch
 from kairos.cluster.identity import anonymous_id
 from kairos.cluster.settings import INGEST_STREAM_IDLE_S, STREAM_WINDOW
 from kairos.cluster.transport.backend import NotCarried, NotSent, Unavailable
@@ -54,6 +54,9 @@ BATCH_LIMIT = 10_000  # events in one IngestBatch (the proto says so)
 # A batch's events checked, and acked, between turns of the event loop: 9,000 at once held it
 # for 70-130 ms (checks), 30-60 ms (acks), and Decides with short deadlines failed meanwhile
 CHUNK = 256
+IDLE = (f"the stream sent no event for {INGEST_STREAM_IDLE_S:.0f} s (KAIROS_INGEST_STREAM_IDLE_S): "
+        f"the gateway ended it; the events acked on it were applied, none after them: open a "
+        f"new stream to send more")
 ROUTED = ("; the customer's shard refused it once the call's events were routed: its other "
           "events may have been applied")
 
@@ -190,8 +193,9 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
         after the events before it."""
         n = 0
         last: asyncio.Future | None = None  # the `sent` of the last event routed by a task
+        idle = IdleLimit(INGEST_STREAM_IDLE_S, IDLE)
         try:
-            while (event := await _next(request_iterator)) is not None:
+            while (event := await idle.next(request_iterator)) is not None:
                 where = f"events[{n}]."
                 n += 1
                 try:
@@ -216,6 +220,8 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
         except Exception as exc:
             await pending.put(exc)
             return
+        finally:
+            idle.close()
         await pending.put(None)
 
     def _route(self, event: pb.Event, checked: tuple[requests.Who, protocol.Event], where: str,
@@ -457,19 +463,6 @@ def _ack_out(event: pb.Event, ack: protocol.EventAck) -> pb.IngestAck:
     if ack.decision is not None:
         out.decision.CopyFrom(wire.decision_out(ack.decision))
     return out
-
-
-async def _next(events: AsyncIterator[pb.Event]) -> pb.Event | None:
-    """A stream's next event, None at its end; TimeoutError past INGEST_STREAM_IDLE_S."""
-    try:
-        async with asyncio.timeout(INGEST_STREAM_IDLE_S):
-            return await anext(events)
-    except StopAsyncIteration:
-        return None
-    except TimeoutError:
-        raise TimeoutError(f"the stream sent no event for {INGEST_STREAM_IDLE_S:.0f} s "
-                           f"(KAIROS_INGEST_STREAM_IDLE_S): the gateway ended it, every event "
-                           f"sent on it was acked; open a new stream to send more") from None
 
 
 async def _settled(settling: Awaitable[protocol.EventAck]) -> protocol.EventAck:

@@ -4,12 +4,14 @@
 in-process backend)."""
 from __future__ import annotations
 
+import asyncio
 import queue
 
 import grpc
 import pytest
 
 from kairos.cluster.gateway import calls, decisions
+from kairos.cluster.gateway.streams import IdleLimit
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1.decision_pb2_grpc import DecisionServiceStub
 
@@ -54,3 +56,27 @@ def test_an_idle_ingest_stream_is_ended_and_frees_its_place(monkeypatch):
             wait_until(lambda: not gateway.gateway.ingest_streams.open, 10, "the place freed")
         finally:
             sent.put(None)
+
+
+def test_only_a_wait_for_the_next_item_counts_as_idle():
+    """Items coming within the limit, and time spent elsewhere (acks awaited, the window
+    full) between reads, end nothing, however long the stream lasts in all."""
+    async def main() -> list[int]:
+        async def items():
+            for n in range(6):
+                await asyncio.sleep(0.05)
+                yield n
+            await asyncio.sleep(1)
+            yield 6
+        idle = IdleLimit(0.12, "idle")
+        got, source = [], items()
+        try:
+            while (item := await idle.next(source)) is not None:
+                got.append(item)
+                await asyncio.sleep(0.2 if item == 2 else 0)  # busy, not waiting: not idle
+        except TimeoutError as exc:
+            assert str(exc) == "idle"
+        finally:
+            idle.close()
+        return got
+    assert asyncio.run(main()) == [0, 1, 2, 3, 4, 5]
