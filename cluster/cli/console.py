@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from kairos.cluster.console.app import ConsoleConfig
     from kairos.cluster.console.server import (CONSOLE_KEYS_FILE, Listen, keys_text, serve,
                                                served_hosts)
+    from kairos.cluster.cli.remote import TLS_ENV, plaintext_refusal
     from kairos.cluster.gateway.auth import KEYS_ENV, Auth, is_loopback
 
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -71,6 +72,11 @@ def run(args: argparse.Namespace) -> int:
     if not (args.tls_cert or args.insecure or is_loopback(args.host)):
         print(f"--host {args.host} without --tls-cert would send agents' keys and session "
               f"cookies in clear: serve HTTPS, or say --insecure", file=sys.stderr)
+        return 2
+    # said now, not once the server starts (its gateway client's channel_to would exit then)
+    refusal = None if os.environ.get(TLS_ENV[0]) else plaintext_refusal(args.target)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
         return 2
     own_keys = None if args.keys or os.environ.get(KEYS_ENV, "").strip() else \
         str(local.home() / CONSOLE_KEYS_FILE)  # made 0600 the first time, checked after

@@ -106,6 +106,11 @@ fi
 if [ -n "${KAIROS_API_KEYS_FILE:-}" ]; then
     args+=(--keys "$KAIROS_API_KEYS_FILE")
 fi
+# Plaintext gRPC off loopback only when the manifests say so (API keys cross the pod network
+# in clear): `kairos start` refuses it otherwise
+if [ "${KAIROS_INSECURE:-}" = 1 ]; then
+    args+=(--insecure)
+fi
 # In the background, waited for: bash runs a trap only once the foreground command returns,
 # and a start that recovers shards takes up to 16 minutes, past the pod's grace period. A
 # SIGTERM interrupts `wait` instead, and the trap stops this start and Ray.
