@@ -73,11 +73,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"--host {args.host} without --tls-cert would send agents' keys and session "
               f"cookies in clear: serve HTTPS, or say --insecure", file=sys.stderr)
         return 2
-    # said now, not once the server starts (its gateway client's channel_to would exit then)
-    refusal = None if os.environ.get(TLS_ENV[0]) else plaintext_refusal(args.target)
-    if refusal:
-        print(f"error: {refusal}", file=sys.stderr)
-        return 2
     own_keys = None if args.keys or os.environ.get(KEYS_ENV, "").strip() else \
         str(local.home() / CONSOLE_KEYS_FILE)  # made 0600 the first time, checked after
     try:
@@ -92,6 +87,11 @@ def run(args: argparse.Namespace) -> int:
         hosts = served_hosts(args.host, args.allowed_host, tls=bool(args.tls_cert))
     except ValueError as exc:
         print(f"error: --allowed-host or ${HOSTS_ENV}: {exc}", file=sys.stderr)
+        return 2
+    # said now, not once the server starts (its gateway client's channel_to would exit then)
+    refusal = None if os.environ.get(TLS_ENV[0]) else plaintext_refusal(args.target)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
         return 2
     try:
         text, source = keys_text(args.keys, local.home())
