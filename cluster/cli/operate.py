@@ -9,6 +9,7 @@ import time
 from typing import Callable
 
 import grpc
+import psutil
 
 from kairos.cluster.cli.remote import Remote
 from kairos.cluster.cli.targets import join_target, split_target
@@ -138,21 +139,31 @@ def relays(target: str, leaving, nodes) -> list[str]:
     by then reaches only gateways that are not draining). A gateway is reached at its node's
     address, or at the target's loopback host when it shares the leaving node's machine
     (`kairos up --nodes N`, where every gateway binds 127.0.0.1 on a port of its own). A
-    loopback target elsewhere (a port-forward) is not on the nodes' network: their addresses
-    may be other hosts' there, which must not get the admin key, so it is the only relay."""
+    loopback target on a machine that is none of the nodes (a port-forward) is not on the
+    nodes' network: their addresses may be other hosts' there, which must not get the admin
+    key, so it is the only relay. On a node (`kubectl exec`, `kairos start` on each machine)
+    the nodes' addresses are the cluster's, and a node's own gateway does not drain it."""
     try:
         host = split_target(target)[0]
     except ValueError:  # a Unix socket: every other node is reached at its address
         host = ""
+    forwarded = is_loopback(host) and not any(_here(n.address) for n in nodes
+                                              if not is_loopback(n.address))
     others = sorted((n for n in nodes if n.node_id != leaving.node_id and n.serving
                      and n.gateway_port), key=lambda n: not n.controller)
     found = []
     for n in others:
         if is_loopback(host) and n.address == leaving.address:
             found.append(join_target(host, n.gateway_port))
-        elif not is_loopback(host) or is_loopback(n.address):
+        elif not forwarded or is_loopback(n.address):
             found.append(join_target(n.address, n.gateway_port))
     return list(dict.fromkeys([*found, target]))
+
+
+def _here(address: str) -> bool:
+    """Whether `address` is one of this machine's own (an interface's)."""
+    return any(_same_address(a.address.split("%")[0], address)
+               for addresses in psutil.net_if_addrs().values() for a in addresses)
 
 
 class DrainFailed(grpc.RpcError):

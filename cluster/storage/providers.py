@@ -90,7 +90,8 @@ def with_password_file(url: str) -> str:
             f"not {redact(url)}")
     try:
         check_secret_file(path, STORE_PASSWORD_FILE_ENV)
-        with open(path, encoding="utf-8") as f:
+        # newline="": a CR inside the password is the password's, as Redis takes it
+        with open(path, encoding="utf-8", newline="") as f:
             password = f.read().rstrip("\r\n")
     except SecretFileError as exc:
         raise ValueError(str(exc)) from None

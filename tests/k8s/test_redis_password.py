@@ -21,7 +21,7 @@ from tests.support.manifests import one
 
 PASSWORDS = ['has"quote', "ends-with\\", "back\\x41slash", "with  spaces ", "single'quote",
              "crlf-terminated\r\n", "new\nline", 'all\\"of\\\\them"\\', "$HOME `id` ${x}",
-             "pässwörd"]
+             "pässwörd", "inner\rcr", "inner\r\ncrlf"]
 
 
 def _script(overlay: str) -> tuple[list[str], str]:
@@ -40,7 +40,7 @@ def test_the_rendered_redis_command_takes_any_password(tmp_path, monkeypatch, pa
     server = subprocess.Popen([*command, script], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT)
     secret = tmp_path / "password"  # the Secret's file, which Kairos reads
-    secret.write_text(password)
+    secret.write_text(password, newline="")
     secret.chmod(0o600)
     monkeypatch.setenv(STORE_PASSWORD_FILE_ENV, str(secret))
     try:
@@ -58,6 +58,16 @@ def test_the_rendered_redis_command_takes_any_password(tmp_path, monkeypatch, pa
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.parametrize("password", ["", "\n", "\r\n"])
+def test_the_rendered_redis_command_refuses_an_empty_password(password):
+    """Redis with `requirepass ""` serves without AUTH: the container stops instead."""
+    command, script = _script("laptop")
+    done = subprocess.run([*command, script], env={**os.environ, "REDIS_PASSWORD": password,
+                                                   "REDIS_MEMORY_LIMIT": str(2**30)},
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1 and "the password is empty" in done.stderr
 
 
 def test_redis_over_tls_writes_the_password_as_the_base_does():

@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from kairos.cluster.cli.main import main
+from kairos.cluster.cli import operate
 from kairos.cluster.cli.operate import drained, relays
 from kairos.v1 import admin_pb2, admin_pb2_grpc
 
@@ -26,10 +27,11 @@ def test_on_kubernetes_every_gateway_has_port_50051_and_an_address_of_its_own():
     assert relays("kairos-gateway:50051", leaving, nodes)[0] == "10.0.0.7:50051"
 
 
-def test_through_a_port_forward_the_admin_key_goes_to_no_pod_address():
+def test_through_a_port_forward_the_admin_key_goes_to_no_pod_address(monkeypatch):
     """The review's case: from an operator's machine, a pod's address may be another host's
     (an office network overlapping the pod CIDR), which would get the admin key; the
     port-forward on loopback is the only relay."""
+    monkeypatch.setattr(operate, "_here", lambda address: False)  # whatever this machine is
     leaving = node("aa", "10.0.0.5", 50051)
     nodes = [leaving, node("cc", "10.0.0.7", 50051), node("dd", "127.0.0.1", 50052)]
     assert relays("127.0.0.1:50051", leaving, nodes) == ["127.0.0.1:50052", "127.0.0.1:50051"]

@@ -197,10 +197,12 @@ def test_a_relay_that_does_not_connect_is_passed_over_after_a_short_wait(serve, 
            f"{through[1]}" in err
 
 
-def test_through_a_loopback_target_no_pod_address_is_sent_the_drain(serve, capsys):
+def test_through_a_loopback_target_no_pod_address_is_sent_the_drain(serve, capsys,
+                                                                    monkeypatch):
     """The review's case: through a port-forward, the nodes' addresses (here in TEST-NET,
     reaching nothing) may be other hosts', which must not get the admin key: the drain goes
     through the target, at once."""
+    monkeypatch.setattr(operate, "_here", lambda address: False)  # whatever this machine is
     service = Gateway([node(HEAD, "192.0.2.1", 50051, controller=True),
                        node(A, "192.0.2.2", 50051)])
     port = serve(service)
@@ -209,6 +211,21 @@ def test_through_a_loopback_target_no_pod_address_is_sent_the_drain(serve, capsy
     assert time.monotonic() - began < operate.CONNECT_S  # no connection tried elsewhere
     assert [n for n, _ in service.drained] == [A]
     assert "192.0.2.1" not in capsys.readouterr().err
+
+
+def test_a_loopback_target_on_a_node_drains_it_through_another_nodes_gateway(monkeypatch):
+    """The review's case: on a worker (`kubectl exec`, `kairos start` on each machine) the
+    target is the worker's own gateway, which does not drain its node: the head's, at its
+    address on the cluster's network, is tried first, as before the port-forward rule."""
+    nodes = [node(HEAD, "192.0.2.1", 50051, controller=True), node(A, "192.0.2.2", 50051)]
+    monkeypatch.setattr(operate, "_here", lambda address: address == "192.0.2.2")
+    assert relays("127.0.0.1:50051", nodes[1], nodes) == ["192.0.2.1:50051", "127.0.0.1:50051"]
+    monkeypatch.setattr(operate, "_here", lambda address: False)  # a port-forward
+    assert relays("127.0.0.1:50051", nodes[1], nodes) == ["127.0.0.1:50051"]
+
+
+def test_this_machines_addresses_are_here():
+    assert operate._here("127.0.0.1") and not operate._here("198.51.100.77")
 
 
 @pytest.mark.parametrize("code", [grpc.StatusCode.PERMISSION_DENIED,
