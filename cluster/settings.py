@@ -327,7 +327,8 @@ SHED_BUSY = number("SHED_BUSY", 0.8, above=True, high=1.0)
 CATALOG_COMPILE_S = number("CATALOG_COMPILE_S", 60.0, above=True, high=3600.0)
 # Largest request accepted (bytes); larger ones fail with RESOURCE_EXHAUSTED before decoding.
 MAX_MESSAGE_BYTES = integer("MAX_MESSAGE_BYTES", 1 << 20, low=1024)
-# Decisions a watch stream may have waiting; past it the oldest are dropped.
+# Decisions a watch stream may have waiting; past it the oldest are dropped and the stream
+# ends RESOURCE_EXHAUSTED, saying how many it missed.
 WATCH_BACKLOG = integer("WATCH_BACKLOG", 1024)
 # WatchDecisions streams a gateway serves at once; past it, new ones are RESOURCE_EXHAUSTED.
 WATCH_STREAMS = integer("WATCH_STREAMS", 10_000)
