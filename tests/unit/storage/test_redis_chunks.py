@@ -3,14 +3,17 @@ whole, read back checked, a torn save leaving the previous value."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 
+import msgpack
 import pytest
 import redis
 
 from kairos.cluster.storage import redis_chunks
 from kairos.cluster.storage.redis_server import RedisServer
 from kairos.cluster.storage.redis_store import RedisStore
-from kairos.cluster.storage.store import StoreCorrupt
+from kairos.cluster.storage.store import StoreCorrupt, StoreUnavailable
 
 from tests.unit.storage.test_store import KAIROS_COMMANDS
 
@@ -23,6 +26,7 @@ def store(redis_server, request, monkeypatch):
     512 MiB refuses the learner's largest posteriors, with chunks of CHUNK."""
     redis.Redis.from_url(redis_server.url).config_set("proto-max-bulk-len", 1 << 20)
     monkeypatch.setattr(redis_chunks, "CHUNK_BYTES", CHUNK)
+    monkeypatch.setattr(redis_chunks, "ONE_VALUE_BYTES", 2 * CHUNK)  # the server's 1 MiB
     return RedisStore(f"{redis_server.url}?prefix=ch{abs(hash(request.node.name))}")
 
 
@@ -73,11 +77,14 @@ def test_a_save_killed_between_chunks_leaves_the_previous_value_and_is_swept(sto
     monkeypatch.undo()
     assert store.get_meta("learner") == before
     leftovers = set(_keys(store)) - set(kept)
-    assert len(leftovers) == 1 + 2  # the pending generations and the 2 chunks written
+    assert len(leftovers) == 2 + 2  # the pending generations, its live key, the 2 chunks
+    monkeypatch.setattr(time, "time", lambda: 2e10)  # this host's clock is not the server's
     store.put_meta("learner", b"next")  # not stale yet: kept (its save may be alive)
     assert leftovers <= set(_keys(store))
-    now = redis_chunks.time.time()
-    monkeypatch.setattr(redis_chunks.time, "time", lambda: now + redis_chunks.STALE_S + 1)
+    monkeypatch.undo()
+    (alive,) = [k for k in leftovers if b":ma:" in k]
+    store.r.pexpire(alive, 1)  # STALE_S passed by the server's clock
+    time.sleep(0.05)
     store.put_meta("learner", b"later")
     assert _keys(store) == [f"{store.prefix}:m:learner".encode()]
 
@@ -97,7 +104,7 @@ def test_a_save_that_fails_between_chunks_deletes_them(store, monkeypatch):
         store.put_meta("learner", os.urandom(3 * CHUNK))
     monkeypatch.undo()
     assert store.get_meta("learner") == b"before"
-    assert len(_keys(store)) == 2  # the value and the pending generation (swept later)
+    assert len(_keys(store)) == 3  # the value, the pending generation and its key (swept later)
 
 
 def test_a_read_that_meets_a_newer_save_reads_that_one(store, monkeypatch):
@@ -139,8 +146,79 @@ def test_an_acl_user_limited_to_kairos_commands_saves_and_reads_chunks(guarded_r
     store = RedisStore(f"redis://kairos:user-secret@127.0.0.1:{guarded_redis.port}/0"
                        f"?prefix=acl")
     monkeypatch.setattr(redis_chunks, "CHUNK_BYTES", 1000)
+    monkeypatch.setattr(redis_chunks, "ONE_VALUE_BYTES", 1000)
     for value in (os.urandom(3500), os.urandom(2100), b"small", os.urandom(1001)):
         store.put_meta("learner", value)
         assert store.get_meta("learner") == value
-    monkeypatch.setattr(redis_chunks.time, "time", lambda: 2e10)  # the sweep's ZRANGEBYSCORE
-    store.put_meta("learner", b"x")
+    monkeypatch.setattr(redis_chunks, "STALE_S", 0.001)
+    monkeypatch.setattr(redis_chunks, "_chunk", lambda *args: 1 / 0)  # leaves a dead save
+    with pytest.raises(ZeroDivisionError):
+        store.put_meta("learner", os.urandom(2000))
+    monkeypatch.undo()
+    time.sleep(0.05)
+    store.put_meta("learner", b"x")  # sweeps it: ZRANGE, MGET, WATCH, GET, MULTI, ZREM, DEL
+    assert store.r.zrange("acl:mp:learner", 0, -1) == []
+
+
+def test_a_value_an_older_kairos_could_save_stays_one_key_it_reads(store):
+    value = os.urandom(CHUNK + CHUNK // 2)  # past a chunk, not past ONE_VALUE_BYTES
+    store.put_meta("learner", value)
+    assert _keys(store) == [f"{store.prefix}:m:learner".encode()]
+    assert store.r.get(f"{store.prefix}:m:learner") == value  # an older Kairos's get_meta
+
+
+def test_after_a_rollback_the_older_kairos_save_is_read_not_the_stale_chunks(store):
+    store.put_meta("learner", os.urandom(3 * CHUNK))
+    store.r.set(f"{store.prefix}:m:learner", b"saved by an older Kairos")  # its put_meta
+    assert store.get_meta("learner") == b"saved by an older Kairos"
+    bigger = os.urandom(4 * CHUNK)
+    store.put_meta("learner", bigger)  # the stale generation goes with the switch
+    assert store.get_meta("learner") == bigger and len(_keys(store)) == 1 + 4
+
+
+def test_a_sweep_and_a_stalled_saves_switch_never_publish_deleted_chunks(store, monkeypatch):
+    before, stalled = os.urandom(2 * CHUNK + 1), os.urandom(3 * CHUNK)
+    store.put_meta("learner", before)
+    switch, captured = redis_chunks._switch, {}
+    monkeypatch.setattr(redis_chunks, "_switch", lambda *a: captured.update(a=a))
+    store.put_meta("learner", stalled)  # its chunks written, its switch not yet
+    monkeypatch.setattr(redis_chunks, "_switch", switch)
+    (alive,) = store.r.keys(f"{store.prefix}:ma:*")
+    store.r.pexpire(alive, 1)  # stalled past STALE_S
+    time.sleep(0.05)
+    chunks, landed = redis_chunks._chunks, []
+
+    def switch_lands_inside_the_sweep(*args):  # between its WATCH and its EXEC
+        if not landed:
+            landed.append(threading.Thread(target=switch, args=captured["a"]))
+            landed[0].start()
+            landed[0].join()
+        return chunks(*args)
+
+    monkeypatch.setattr(redis_chunks, "_chunks", switch_lands_inside_the_sweep)
+    redis_chunks._sweep(store.r, store.prefix, "learner")
+    monkeypatch.undo()
+    assert landed and store.get_meta("learner") == stalled
+
+
+def test_a_save_that_resumes_after_its_chunks_were_swept_fails_and_keeps_the_value(store,
+                                                                                   monkeypatch):
+    before = os.urandom(2 * CHUNK + 1)
+    store.put_meta("learner", before)
+    chunk, stalled = redis_chunks._chunk, []
+
+    def swept_before_the_second(prefix, key, generation, n):
+        if n == 1 and not stalled:  # stalled past STALE_S: a sweep deletes what it wrote
+            stalled.append(n)
+            store.r.pexpire(redis_chunks._alive(prefix, key, generation), 1)
+            time.sleep(0.05)
+            redis_chunks._sweep(store.r, prefix, key)
+        return chunk(prefix, key, generation, n)
+
+    monkeypatch.setattr(redis_chunks, "_chunk", swept_before_the_second)
+    with pytest.raises(StoreUnavailable, match="deleted as a dead save's"):
+        store.put_meta("learner", os.urandom(3 * CHUNK))
+    monkeypatch.undo()
+    assert store.get_meta("learner") == before
+    (generation,) = {k.split(b":")[-2] for k in _keys(store) if b":mc:" in k}  # before's
+    assert msgpack.unpackb(store.r.get(f"{store.prefix}:mh:learner"))[0] == generation.decode()
