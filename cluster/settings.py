@@ -325,6 +325,13 @@ SHED_BUSY = number("SHED_BUSY", 0.8, above=True, high=1.0)
 # The longest a gateway's catalog compile (ValidateCatalog, PutCatalog) runs before it is
 # stopped: one at a time, so a slow one would hold the others, deploys included.
 CATALOG_COMPILE_S = number("CATALOG_COMPILE_S", 60.0, above=True, high=3600.0)
+# Connections a gateway holds at once (past it, a new one is closed as it comes: its client's
+# call fails UNAVAILABLE and is retried); keep it under the process's open-file limit. Anyone
+# who reaches the port may open one before any key is asked for.
+GATEWAY_CONNECTIONS = integer("GATEWAY_CONNECTIONS", 8192)
+# ... and how long one may carry no call before the gateway closes it (HTTP/2 GOAWAY: a client
+# connects again for its next call), so idle or half-open connections do not pile up.
+GATEWAY_CONNECTION_IDLE_S = number("GATEWAY_CONNECTION_IDLE_S", 300.0, above=True)
 # Largest request accepted (bytes); larger ones fail with RESOURCE_EXHAUSTED before decoding.
 MAX_MESSAGE_BYTES = integer("MAX_MESSAGE_BYTES", 1 << 20, low=1024)
 # Decisions a watch stream may have waiting; past it the oldest are dropped and the stream

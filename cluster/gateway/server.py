@@ -21,7 +21,8 @@ from kairos.cluster.gateway.calls import Gateway, InflightLimit
 from kairos.cluster.gateway.parsing import ParseInterceptor
 from kairos.cluster.gateway.decisions import DecisionService
 from kairos.cluster.secret_files import check_secret_file
-from kairos.cluster.settings import MAX_MESSAGE_BYTES
+from kairos.cluster.settings import (GATEWAY_CONNECTION_IDLE_S, GATEWAY_CONNECTIONS,
+                                     MAX_MESSAGE_BYTES)
 
 SERVICES = ("kairos.v1.DecisionService", "kairos.v1.AdminService")
 # calls a connection carries besides every watch stream of the gateway (the in-flight limit,
@@ -36,6 +37,14 @@ CALLS_PER_CONNECTION = 4096
 KEEPALIVE_OPTIONS = [("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000),
                      ("grpc.keepalive_permit_without_calls", 1),
                      ("grpc.http2.min_ping_interval_without_data_ms", 5_000)]
+
+
+def connection_options() -> list[tuple[str, int]]:
+    """The bounds on connections, which anyone who reaches the port opens before a key is
+    asked for: how many at once (KAIROS_GATEWAY_CONNECTIONS), and how long one may carry no
+    call (KAIROS_GATEWAY_CONNECTION_IDLE_S)."""
+    return [("grpc.max_allowed_incoming_connections", GATEWAY_CONNECTIONS),
+            ("grpc.max_connection_idle_ms", int(GATEWAY_CONNECTION_IDLE_S * 1000))]
 
 
 def streams_per_connection() -> int:
@@ -92,7 +101,7 @@ async def serve(gateway: Gateway, auth: Auth, host: str, port: int, tls: Tls | N
                       ParseInterceptor(), *interceptors],
         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                  ("grpc.max_concurrent_streams", streams_per_connection()),
-                 ("grpc.so_reuseport", 0), *KEEPALIVE_OPTIONS])
+                 ("grpc.so_reuseport", 0), *KEEPALIVE_OPTIONS, *connection_options()])
     decision_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionService(gateway), server)
     services = _services(admin)
     if admin:
