@@ -153,7 +153,11 @@ def _sweep(client: redis.Redis, prefix: str, key: str) -> None:
     if not members:
         return
     alive = [_alive(prefix, key, m.decode().partition(":")[0]) for m in members]
-    for member, mark, seen in zip(members, alive, client.mget(alive)):
+    with client.pipeline(transaction=False) as pipe:  # GETs, not MGET: the README's ACL
+        for mark in alive:
+            pipe.get(mark)
+        seen_all = pipe.execute()
+    for member, mark, seen in zip(members, alive, seen_all):
         if seen is not None:
             continue
         generation, _, count = member.decode().partition(":")

@@ -11,7 +11,7 @@ Keys, under a prefix (default "kairos", `?prefix=` in the URL) so clusters can s
     <prefix>:j:<shard>:gaps      sorted set: their scores, the gaps replay accepts
     <prefix>:j:<shard>:fenced    string: another shard took the journal's partitions over
     <prefix>:j:<shard>:owner     string: the shard's incarnation that writes it (store.py)
-    <prefix>:m:<key>             string: meta (one past a few MiB: in chunks, redis_chunks.py)
+    <prefix>:m:<key>             string: meta (one past 256 MiB: in chunks, redis_chunks.py)
     <prefix>:d:<shard>           sorted set: the shard's decision log, entries scored by time
     <prefix>:d:<shard>:bytes     string: the log's size, as decision_logs.py counts it
     <prefix>:d                   set: the names of the decision logs

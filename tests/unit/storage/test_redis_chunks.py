@@ -151,12 +151,18 @@ def test_an_acl_user_limited_to_kairos_commands_saves_and_reads_chunks(guarded_r
         store.put_meta("learner", value)
         assert store.get_meta("learner") == value
     monkeypatch.setattr(redis_chunks, "STALE_S", 0.001)
-    monkeypatch.setattr(redis_chunks, "_chunk", lambda *args: 1 / 0)  # leaves a dead save
-    with pytest.raises(ZeroDivisionError):
+    chunk = redis_chunks._chunk
+
+    def second_fails(prefix: str, key: str, generation: str, n: int) -> str:
+        assert n == 0
+        return chunk(prefix, key, generation, n)
+    monkeypatch.setattr(redis_chunks, "_chunk", second_fails)  # leaves a dead save, listed
+    with pytest.raises(AssertionError):
         store.put_meta("learner", os.urandom(2000))
     monkeypatch.undo()
+    assert len(store.r.zrange("acl:mp:learner", 0, -1)) == 1
     time.sleep(0.05)
-    store.put_meta("learner", b"x")  # sweeps it: ZRANGE, MGET, WATCH, GET, MULTI, ZREM, DEL
+    store.put_meta("learner", b"x")  # sweeps it: ZRANGE, GETs, WATCH, GET, MULTI, ZREM, DEL
     assert store.r.zrange("acl:mp:learner", 0, -1) == []
 
 
