@@ -314,9 +314,20 @@ class DeltaOrigin(NamedTuple):
     sequence: int
 
 
+# A delta's statistics that have a row per model
+ROW_STATS = ("precision_mean", "precision", *COUNTS)
+
+
 @dataclass
 class ModelDelta:
-    """Learning between two points in time, as natural-parameter increments (they add)."""
+    """Learning between two points in time, as natural-parameter increments (they add).
+
+    Of every model (`rows` None: the per-model arrays have a row per model), or of the models
+    at `rows` (ascending, of `n_models`) only: a shard's sync carries the models it learnt in,
+    not the whole table. Pickled, such a delta keeps its per-model arrays under another name
+    (`__getstate__`), so that a learner of an older release, which reads every delta as dense,
+    raises on it rather than adding its rows to the first models; a dense one pickles as it
+    always did, which such a learner takes."""
 
     precision_mean: np.ndarray  # d(P m), shape (n_models, n_predictors)
     precision: np.ndarray  # d(P): (n_models, n_predictors), or a matrix per model when full
@@ -327,13 +338,68 @@ class ModelDelta:
     inputs: np.ndarray  # standardised inputs seen: count, sum, squares; shape (3, n_predictors)
     # set by the shard that sends it (shard/modelsync.py); a sum or a remap is a new delta
     origin: DeltaOrigin | None = field(default=None, compare=False)
+    rows: np.ndarray | None = field(default=None, compare=False)
+    n_models: int = field(default=0, compare=False)
+    # whether its sender adopts a version published as rows (control/learner.py PublishedRows):
+    # an older shard's delta unpickles without it
+    takes_rows: bool = field(default=False, compare=False)
 
     def __add__(self, other: "ModelDelta") -> "ModelDelta":
-        return ModelDelta(*(getattr(self, name) + getattr(other, name) for name in DELTA_STATS))
+        return added(self, other, 1.0)
 
     def learned(self) -> bool:
         """Whether any outcome, value or standardised input was seen (else nothing to send)."""
         return any(getattr(self, name).any() for name in (*COUNTS, "inputs"))
+
+    def model_rows(self) -> np.ndarray:
+        """The models the per-model arrays' rows are."""
+        return np.arange(len(self.positives)) if self.rows is None else self.rows
+
+    def dense(self) -> "ModelDelta":
+        """The same learning with a row per model (zeros where it has none), origin kept."""
+        if self.rows is None:
+            return self
+        stats = []
+        for name in ROW_STATS:
+            part = getattr(self, name)
+            whole = np.zeros((self.n_models,) + part.shape[1:])
+            whole[self.rows] = part
+            stats.append(whole)
+        return ModelDelta(*stats, self.inputs, origin=self.origin, takes_rows=self.takes_rows)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if self.rows is not None:
+            state["row_stats"] = tuple(state.pop(name) for name in ROW_STATS)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)  # an older shard's has no rows, n_models or takes_rows: defaults
+        state.update(zip(ROW_STATS, state.pop("row_stats", ())))
+        self.__dict__.update(state)
+
+
+def added(a: ModelDelta, b: ModelDelta, sign: float) -> ModelDelta:
+    """a + sign * b, over the models either has rows for (dense if both are)."""
+    if a.rows is None and b.rows is None:
+        return ModelDelta(*(getattr(a, name) + sign * getattr(b, name)
+                            for name in DELTA_STATS))
+    a_rows, b_rows = a.model_rows(), b.model_rows()
+    rows = np.union1d(a_rows, b_rows)
+    at_a, at_b = np.searchsorted(rows, a_rows), np.searchsorted(rows, b_rows)
+    stats = []
+    for name in ROW_STATS:
+        part = getattr(a, name)
+        out = np.zeros((len(rows),) + part.shape[1:])
+        out[at_a] = part
+        out[at_b] += sign * getattr(b, name)
+        stats.append(out)
+    return ModelDelta(*stats, a.inputs + sign * b.inputs, rows=rows,
+                      n_models=max(_size(a), _size(b)), takes_rows=a.takes_rows)
+
+
+def _size(delta: ModelDelta) -> int:
+    return len(delta.positives) if delta.rows is None else delta.n_models
 
 
 def diagonal(precision: np.ndarray) -> np.ndarray:
@@ -508,6 +574,17 @@ class ModelTable:
                                  self.inputs_added.copy())
         self._rebase()
 
+    def _mark_rows(self, rows: np.ndarray) -> None:
+        """`_mark` for the models at `rows`, the others' marks being theirs already: the
+        kernels count every example a model learns from, so a model whose counts are its
+        mark's learnt nothing since (`_learnt`)."""
+        taken = self._taken
+        taken.precision_mean[rows] = natural_mean(self.mean[rows], self.precision[rows])
+        for name in ROW_STATS[1:]:
+            getattr(taken, name)[rows] = getattr(self, name)[rows]
+        taken.inputs = self.inputs_added.copy()
+        self._rebase()
+
     def _rebase(self) -> None:
         """Take the mark's inputs out of `inputs_added` (in place: the kernels hold it), so
         that it sums only what is pending. As a running total, one early input of 1e12 kept
@@ -521,23 +598,43 @@ class ModelTable:
         return ModelDelta(natural_mean(self.mean, self.precision), self.precision,
                           *(getattr(self, name) for name in COUNTS), self.inputs_added)
 
-    def pending(self) -> ModelDelta:
-        """What was learned since the last take (not yet sent)."""
-        now, taken = self._now(), self._taken
-        return ModelDelta(*(getattr(now, name) - getattr(taken, name) for name in DELTA_STATS))
+    def _learnt(self) -> np.ndarray:
+        """The models whose counts moved since their mark: a look at the counts, not at the
+        whole table, so that a sync costs the models learnt in."""
+        taken = self._taken
+        moved = np.zeros(len(self.positives), bool)
+        for name in COUNTS:
+            moved |= getattr(self, name) != getattr(taken, name)
+        return np.flatnonzero(moved)
 
-    def take_delta(self) -> ModelDelta:
-        delta = self.pending()
-        self._mark()
-        return delta
+    def _pending(self) -> ModelDelta:
+        """What was learned since the last take, as rows of the models that learnt."""
+        rows, taken = self._learnt(), self._taken
+        now = (natural_mean(self.mean[rows], self.precision[rows]),
+               *(getattr(self, name)[rows] for name in ROW_STATS[1:]))
+        return ModelDelta(*(part - getattr(taken, name)[rows]
+                            for name, part in zip(ROW_STATS, now)),
+                          self.inputs_added - taken.inputs, rows=rows,
+                          n_models=len(self.positives), takes_rows=True)
+
+    def pending(self) -> ModelDelta:
+        """What was learned since the last take (not yet sent), a row per model."""
+        return self._pending().dense()
+
+    def take_delta(self, every_model: bool = True) -> ModelDelta:
+        """What was learned since the last take, a row per model or (not `every_model`) of
+        the models that learnt only."""
+        delta = self._pending()
+        self._mark_rows(delta.rows)
+        return delta.dense() if every_model else delta
 
     # A shard learns from a round as it applies it, before the journal sync that lets it
     # answer has finished; should that sync fail, the round was never acknowledged and its
     # client sends it again. So the learner gets only learning a successful sync covers: the
     # host says when a round is written (`written`) and when a sync starts and ends; a sync
     # someone waits for notes the pending learning as it starts (its boundary, a copy of the
-    # statistics: only then), and `take_synced` hands over what the last successful one
-    # covered, or everything once nothing written waits for a sync.
+    # statistics of the models that learnt: only then), and `take_synced` hands over what the
+    # last successful one covered, or everything once nothing written waits for a sync.
 
     def written(self) -> None:
         """Shard side: a round (and what it taught) is journaled, not synced yet."""
@@ -546,7 +643,7 @@ class ModelTable:
     def sync_started(self) -> None:
         """Shard side: a journal sync starts; it covers everything learnt so far."""
         points = self._points
-        self._boundary = self.pending() if points.wanted else None
+        self._boundary = self._pending() if points.wanted else None
         points.covering, points.wanted = points.wanted, []
 
     def sync_finished(self, ok: bool, idle: bool) -> None:
@@ -572,51 +669,56 @@ class ModelTable:
         else:
             self._points.wanted.append(done)
 
-    def take_synced(self) -> ModelDelta | None:
+    def take_synced(self, every_model: bool = True) -> ModelDelta | None:
         """Shard side: take what was learnt up to the latest successful sync point, or
         everything once nothing written waits for a sync; None if no sync covered anything
-        since the last take (or one failed: the shard is being rebuilt)."""
+        since the last take (or one failed: the shard is being rebuilt). A row per model, or
+        (not `every_model`) rows of the models that learnt only."""
         if self._points.failed:
             return None
         if self._points.settled:
             self._boundary = self._synced = None
-            return self.take_delta()
+            return self.take_delta(every_model)
         synced, self._synced = self._synced, None
         if synced is not None:
-            self._taken = self._taken + synced
-            self._rebase()
+            self._taken_more(synced)
             if self._boundary is not None:  # the sync in flight covers the rest
-                self._boundary = ModelDelta(*(getattr(self._boundary, name) -
-                                              getattr(synced, name) for name in DELTA_STATS))
-        return synced
+                self._boundary = added(self._boundary, synced, -1.0)
+        return synced if synced is None or not every_model else synced.dense()
+
+    def _taken_more(self, delta: ModelDelta) -> None:
+        """Move the mark on by a delta taken (rows of it, in place: the mark is this table's)."""
+        rows, taken = delta.model_rows(), self._taken
+        for name in ROW_STATS:
+            getattr(taken, name)[rows] += getattr(delta, name)
+        taken.inputs = taken.inputs + delta.inputs
+        self._rebase()
 
     def merge(self, delta: ModelDelta) -> int:
         """Learner side: add a delta to the natural parameters (the caller bumps versions).
 
         Models the delta does not touch keep their statistics bit for bit. A model whose
         delta, or whose result, is not finite keeps what it had; returns how many models
-        refused their part of the delta (and 1 for refused input statistics)."""
+        refused their part of the delta (and 1 for refused input statistics). Written in
+        place: whoever publishes the arrays copies them (control/learner.py)."""
         counts = np.stack([getattr(delta, name) for name in COUNTS], axis=1)
-        rows = np.flatnonzero(~((delta.precision_mean == 0).all(axis=1)
-                                & (per_model(delta.precision) == 0).all(axis=1)
-                                & (counts == 0).all(axis=1)))
+        at = np.flatnonzero(~((delta.precision_mean == 0).all(axis=1)
+                              & (per_model(delta.precision) == 0).all(axis=1)
+                              & (counts == 0).all(axis=1)))
+        rows = delta.model_rows()[at]
         with np.errstate(all="ignore"):  # what overflows is refused just below
-            precision = self.precision[rows] + delta.precision[rows]
+            precision = self.precision[rows] + delta.precision[at]
             mean = solve_rows(precision, natural_mean(self.mean[rows], self.precision[rows]) +
-                              delta.precision_mean[rows])
-            summed = {name: getattr(self, name)[rows] + getattr(delta, name)[rows]
+                              delta.precision_mean[at])
+            summed = {name: getattr(self, name)[rows] + getattr(delta, name)[at]
                       for name in COUNTS}
         ok = sound_rows(mean, precision, *summed.values()) & \
-            sound_rows(delta.precision_mean[rows], delta.precision[rows], counts[rows],
+            sound_rows(delta.precision_mean[at], delta.precision[at], counts[at],
                        positive=False)
         good = rows[ok]
-        # new arrays, not writes into these: a version already published may still hold them
         for name, value in (("mean", mean), ("precision", precision), *summed.items()):
-            array = getattr(self, name).copy()
-            array[good] = value[ok]
-            setattr(self, name, array)
+            getattr(self, name)[good] = value[ok]
         if self.full:
-            self.covariance = self.covariance.copy()
             self.covariance[good] = inverse(self.precision[good])
         refused = int(len(rows) - ok.sum())
         with np.errstate(all="ignore"):
@@ -626,22 +728,36 @@ class ModelTable:
         else:
             refused += 1
         self.refused += refused
-        self._mark()
+        self._mark_rows(good)
         return refused
 
     def adopt(self, published: Any) -> None:
         """Shard side: take a published posterior (anything with the table's statistics as
-        attributes, and its `version`), rebasing the pending delta onto it."""
-        unsent = self.pending()
-        before = self.precision
-        for name in ("mean", "precision", *COUNTS, "inputs"):
-            setattr(self, name, getattr(published, name).copy())
+        attributes, and its `version`), rebasing the pending delta onto it. One with `rows`
+        (not None) holds the models at those rows only, all that changed since the version
+        this table has: only they are replaced, and a model that learnt since the last take
+        and is not among them keeps its statistics and its pending learning as they are (the
+        published model is the one this table started from)."""
+        unsent = self._pending()
+        rows = getattr(published, "rows", None)
+        if rows is None:
+            before = self.precision
+            for name in ("mean", "precision", *COUNTS):
+                setattr(self, name, getattr(published, name).copy())
+            if before.shape != self.precision.shape:  # another layout: every model
+                before = np.full_like(self.precision, np.nan)
+            changed = np.flatnonzero(~per_model(self.precision == before).all(axis=1))
+            self._mark()
+        else:
+            before = self.precision[rows]
+            for name in ("mean", "precision", *COUNTS):
+                getattr(self, name)[rows] = getattr(published, name)
+            changed = rows[~per_model(self.precision[rows] == before).all(axis=1)]
+            self._mark_rows(rows)
+            unsent = _within(unsent, rows)
+        self.inputs = published.inputs.copy()
         if self.full:  # most versions change a few models: invert only theirs
-            changed = np.flatnonzero(~per_model(self.precision == before).all(axis=1)) \
-                if before.shape == self.precision.shape else np.arange(len(self.precision))
-            self.covariance = self.covariance.copy()
             self.covariance[changed] = inverse(self.precision[changed])
-        self._mark()
         self.version = published.version
         self.merge(unsent)
         self._mark_as(unsent)
@@ -691,9 +807,16 @@ class ModelTable:
 
     def _mark_as(self, unsent: ModelDelta) -> None:
         """After adopt the unsent learning is still pending: move the mark back before it."""
-        self._taken = ModelDelta(*(getattr(self._taken, name) - getattr(unsent, name)
-                                   for name in DELTA_STATS))
-        self._rebase()
+        self._taken_more(ModelDelta(*(-getattr(unsent, name) for name in DELTA_STATS),
+                                    rows=unsent.rows, n_models=unsent.n_models))
+
+
+def _within(delta: ModelDelta, rows: np.ndarray) -> ModelDelta:
+    """A delta of rows (`ModelTable._pending`) cut to the models at `rows` (ascending), the
+    input statistics kept."""
+    keep = np.isin(delta.rows, rows)
+    return ModelDelta(*(getattr(delta, name)[keep] for name in ROW_STATS), delta.inputs,
+                      rows=delta.rows[keep], n_models=delta.n_models)
 
 
 class RemovedModel(NamedTuple):
@@ -806,6 +929,7 @@ class ModelRemap:
 
     def delta(self, delta: ModelDelta) -> ModelDelta:
         """A delta learned under the old version, in the new layout (unmatched parts drop)."""
+        delta = delta.dense()
         n, d = len(self.rows), len(self.cols)
         zeros1 = np.zeros(n)
         precision = np.zeros((n, d, d) if self.new.full_posterior else (n, d))

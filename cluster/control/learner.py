@@ -8,7 +8,8 @@ to send waits for the next version in a long poll (`watch`, one at a time, at mo
 interval) and adopts it as it is published; one that has learned something gets it with its next
 sync (shard/modelsync.py). So every shard runs a version that includes a response within two
 sync intervals, and an idle cluster makes no model calls but a poll per shard every LONG_POLL_S
-(a watch waits out a catalog switch that reached the learner and not yet its shard).
+(a watch waits out a catalog switch that reached the learner and not yet its shard). A version
+goes as rows: the models changed since the caller's (posterior.py `ChangedRows`, PublishedRows).
 
 A sync that timed out may still have merged, and its shard sends the delta again as itself:
 each delta carries its origin (shard, the shard process's random incarnation, a sequence), the
@@ -66,7 +67,8 @@ from kairos.core.compiler import CompiledCatalog, compiled_from_text
 from kairos.core.models import DeltaOrigin, ModelDelta, ModelRemap, ModelTable, TakenOut
 
 from kairos.cluster.control.catalog_identity import catalog_digest
-from kairos.cluster.control.posterior import RAN_KEPT, restore_models, save_models
+from kairos.cluster.control.posterior import (PUBLISHED_STATS, RAN_KEPT, ChangedRows,
+                                              PublishedRows, restore_models, save_models)
 from kairos.cluster.longpoll import Changes
 from kairos.cluster.metrics import LearnerMetrics
 from kairos.cluster.settings import LEARNER_SAVE_S, LONG_POLL_S
@@ -131,6 +133,7 @@ class Learner:
         self.watching = 0  # watches waiting now
         self._announced = self.models.version
         self._changes = Changes()
+        self._changed = ChangedRows()  # what the latest merges changed, to publish rows
 
     @property
     def version(self) -> int:
@@ -153,6 +156,7 @@ class Learner:
             raise Unavailable(f"the learner runs catalog {self.compiled.version} and has not "
                               f"been told the running one yet: the delta goes again")
         self._continue_past(known_version)
+        takes_rows = delta is not None and delta.takes_rows
         origin = None if delta is None else delta.origin
         if origin is not None and self._repeated(origin):
             delta = None
@@ -161,12 +165,13 @@ class Learner:
         if delta is not None and delta.learned():
             self.models.merge(delta)
             self.models.version += 1
+            self._changed.merged(self.models, delta.model_rows())
             self.merged += 1
             self.publishes.append((self.models.version, time.time()))
             self.announce()
         if delta is not None and origin is not None:  # taken: a merge that raised is not
             self._taken(origin)
-        return self.published(known_version)
+        return self.published(known_version, takes_rows)
 
     def _carried(self, catalog_version: str, delta: ModelDelta) -> ModelDelta | None:
         """A delta of an earlier catalog version in the running one's layout; None (dropped)
@@ -214,13 +219,19 @@ class Learner:
                         "remaps, is dropped (counted in status' dropped)", catalog_version)
         self.dropped[catalog_version] += 1
 
-    def published(self, known_version: int) -> Published | None:
-        """The latest models, unless `known_version` is their version."""
-        if self.models.version == known_version:
-            return None
+    def published(self, known_version: int, takes_rows: bool = False) -> Published | None:
+        """The latest models, unless `known_version` is their version: for a caller that
+        `takes_rows`, those changed since its version where the learner remembers them."""
         m = self.models
-        return Published(m.version, self.compiled.version, m.mean, m.precision, m.positives,
-                         m.negatives, m.value_count, m.value_sum, m.inputs)
+        if m.version == known_version:
+            return None
+        rows = self._changed.since(m, known_version) if takes_rows else None
+        stats = [getattr(m, name).copy() if rows is None or name == "inputs" else
+                 getattr(m, name)[rows] for name in PUBLISHED_STATS]  # copies: merges write
+        if not takes_rows:
+            return Published(m.version, self.compiled.version, *stats)
+        return PublishedRows(m.version, self.compiled.version, *stats, since=known_version,
+                             rows=rows)
 
     def switch(self, catalog_text: str) -> int:
         """Move the posteriors to another catalog; the new model version. A catalog is its
@@ -305,7 +316,7 @@ class Learner:
                 return None
         finally:
             self.watching -= 1
-        return self.published(known_version)
+        return self.published(known_version, takes_rows=True)
 
     def status(self) -> dict[str, Any]:
         digest = "" if self.catalog_text is None else catalog_digest(self.catalog_text)

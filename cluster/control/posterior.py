@@ -1,9 +1,12 @@
 """The learner's posterior as the store's meta keeps it (learner.py saves it and takes it up):
 the models' statistics, with the catalog they are laid out by (its version and text), the
-catalog versions the learner ran, and the last delta taken from each shard incarnation."""
+catalog versions the learner ran, and the last delta taken from each shard incarnation; and as
+it publishes it to a shard at a recent version: the models changed since (`ChangedRows`)."""
 from __future__ import annotations
 
 import logging
+from collections import deque
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -14,10 +17,56 @@ from kairos.core.models import COUNTS, keep_rows, sound_rows
 
 from kairos.cluster.storage import blocks
 from kairos.cluster.storage.blocks import BlockCorrupt
+from kairos.cluster.transport.backend import Published
 
 log = logging.getLogger("kairos.learner")
 RAN_KEPT = 256  # the catalog versions run, saved: a delta of an older one is dropped, not refused
 PER_MODEL = ("mean", "precision", *COUNTS)  # a row per model; `inputs` is per predictor
+PUBLISHED_STATS = (*PER_MODEL, "inputs")  # Published's, in its order
+# the merges whose models the learner remembers, to answer a shard at most this many versions
+# behind with the models changed since (a version a merge: a few dozen a second at most)
+CHANGES_KEPT = 256
+
+
+@dataclass
+class PublishedRows(Published):
+    """A model version for a shard that adopts rows (its delta `takes_rows`, or a watch): the
+    per-model arrays hold the models at `rows` only (ascending), those changed since version
+    `since`, the caller's; `rows` None: every model. A class of its own: a shard of an older
+    release cannot unpickle it, so it does not take these rows for its first models."""
+
+    since: int = -1
+    rows: np.ndarray | None = None
+
+
+class ChangedRows:
+    """The models each of a table's latest merges changed, by the version it made. Only the
+    merges tell it: a table that moved otherwise (a switch, a put_back, a posterior taken up,
+    versions continued past a shard's) starts it again, so a version it does not hold is
+    answered with every model."""
+
+    def __init__(self) -> None:
+        self._table: Any = None
+        self._from = self._to = -1  # it holds the merges after _from, up to _to
+        self._merges: deque[tuple[int, np.ndarray]] = deque()
+
+    def merged(self, table: Any, rows: np.ndarray) -> None:
+        """`table` (a ModelTable) merged a delta of `rows` and moved one version on."""
+        if table is not self._table or self._to != table.version - 1:
+            self._table, self._from = table, table.version - 1
+            self._merges.clear()
+        self._merges.append((table.version, rows))
+        self._to = table.version
+        if len(self._merges) > CHANGES_KEPT:
+            self._from = self._merges.popleft()[0]
+
+    def since(self, table: Any, version: int) -> np.ndarray | None:
+        """The models changed after `version`, ascending; None if it does not know."""
+        if table is not self._table or self._to != table.version or \
+                not self._from <= version <= self._to:
+            return None
+        later = [rows for merged, rows in self._merges if merged > version]
+        return np.unique(np.concatenate(later)) if later else np.zeros(0, np.int64)
 
 
 def save_models(learner: Any) -> bytes:

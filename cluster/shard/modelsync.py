@@ -2,7 +2,12 @@
 
 Shards keep model statistics as deltas of natural parameters against the last published
 version. Every MODEL_SYNC_S, a shard that learned something sends its delta to the learner,
-which adds it to the global posterior, publishes the next version and answers with it. A
+which adds it to the global posterior, publishes the next version and answers with it. Both
+carry rows, not the whole table: the delta the models the shard learnt in, the answer those
+changed since the shard's version (every model to a shard too far behind, or new), and the
+shard replaces only those (core/models.py `adopt`). A learner of an older release raises on a
+delta of rows: after any failure the delta goes again with a row per model, until an answer
+of rows (PublishedRows) says the learner takes them. A
 shard that learned nothing waits for the next version in the learner's long poll (`watch`)
 instead: one at a time, asked again at the next interval once it ended, and at once when the
 engine's catalog or model version moved from the ones it waits with (a switch committed; a
@@ -69,6 +74,9 @@ class ModelSync:
         self._sequence = 0
         self._outbox: tuple[str, ModelDelta] | None = None  # (catalog version, unsent delta)
         self._failures = 0  # of the outbox's delta, in a row (DELTA_TRIES)
+        # whether the learner takes deltas of the models learnt in only (one of an older
+        # release raises on them: they go again as dense until it answers PublishedRows)
+        self._rows = True
         self._refusals = ThrottledWarning(log, REFUSED_LOG_S)
         self.dropped = 0  # deltas given up on
         # (model version, epoch seconds) of the latest adoptions, oldest first
@@ -109,7 +117,8 @@ class ModelSync:
             return
         self._stop_watching()
         try:
-            published = await learner().sync(catalog_version, delta, known)
+            published = await learner().sync(catalog_version,
+                                              delta if self._rows else delta.dense(), known)
         except NotRunning:
             if catalog_version == current.compiled.version:
                 self.unsent(catalog_version, delta)  # its switch is on the way to the learner
@@ -128,6 +137,7 @@ class ModelSync:
             self.unsent(catalog_version, delta)
             return
         except Exception:  # a bug, logged: tried again, as itself, a few times
+            self._rows = False  # with a row per model: a learner of an older release takes it
             self._failures += 1
             if self._failures < DELTA_TRIES:
                 log.exception("%s: syncing with the learner failed; the delta goes again",
@@ -140,6 +150,8 @@ class ModelSync:
                               self.name, DELTA_TRIES)
             return
         self._failures = 0
+        if hasattr(published, "rows"):  # PublishedRows: the learner takes rows
+            self._rows = True
         self._adopt_into(engine(), published)
 
     @staticmethod
@@ -182,7 +194,7 @@ class ModelSync:
         if self._outbox is not None:
             (unsent_version, unsent), self._outbox = self._outbox, None
             return unsent_version, unsent, known
-        delta = engine.models.take_synced()
+        delta = engine.models.take_synced(every_model=False)
         if delta is None or not delta.learned():
             return version, None, known
         self._sequence += 1
@@ -196,7 +208,12 @@ class ModelSync:
 
     def adopt(self, engine: DecisionEngine, published: Any) -> None:
         """Use a model version the learner published (control/learner.py's Published) if it
-        is for the engine's catalog and newer than the engine's."""
+        is for the engine's catalog and newer than the engine's; one of the models changed
+        since a version (PublishedRows with rows) only onto that version (the engine's models
+        may have been rebuilt or switched meanwhile: its next sync or watch answers them)."""
+        if getattr(published, "rows", None) is not None and \
+                published.since != engine.models.version:
+            return
         if published.catalog_version == engine.compiled.version and \
                 published.version > engine.models.version:
             engine.adopt_models(published)
