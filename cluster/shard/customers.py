@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -63,8 +63,9 @@ class CustomerRequests:
         """Apply events. An event whose idempotency key its customer has had (keys.py: per
         customer, within a retention window) answers the first application's sequence number,
         `duplicate`, and applies nothing. With `decide`, the decision for that view after the
-        event comes with the acknowledgement. Timers that fell due before an event fire
-        first, at their due time."""
+        event comes with the acknowledgement, a duplicate's too (decided, sealed and logged
+        alike, on the profile as it is: its event is not applied again). Timers that fell due
+        before an event fire first, at their due time."""
         engine, timers = self._ctx.engine, self._residency.timers
         replaying = self._journaling.replaying
         replies: list[Reply | None] = [None] * len(batch)
@@ -83,18 +84,26 @@ class CustomerRequests:
                 # a passivated customer's keys are in its home: bring it in to look
                 stored = self._residency.activate(e.customer_id, e.partition, create=False)
                 first = self._keys.get(e.customer_id, key)
-                if first is not None:
-                    replies[i] = EventAck(sequence=first, duplicate=True)
-                    continue
-                if (e.customer_id, key) in first_of:
-                    repeats.append((i, first_of[(e.customer_id, key)]))
+                if first is not None or (e.customer_id, key) in first_of:
+                    # applied once, not again; but a retry after a lost answer is owed the
+                    # decision: an ack without one reads as no actions, "do nothing now"
+                    try:
+                        view = self._view(e, e.time)
+                    except InputError as exc:
+                        replies[i] = Invalid(field=exc.field, reason=exc.reason)
+                        continue
+                    if view is not None:
+                        views.append((i, view))
+                    if first is not None:
+                        replies[i] = EventAck(sequence=first, duplicate=True)
+                    else:
+                        repeats.append((i, first_of[(e.customer_id, key)]))
                     continue
             try:
                 event = engine.encode_event(e.customer_id, e.event_type, e.time, e.attributes)
-                if e.decide and not replaying:
-                    channel, placement = e.decide
-                    views.append((i, engine.encode_request(e.customer_id, channel, placement,
-                                                           None, event.time)))
+                view = None if replaying else self._view(e, event.time)
+                if view is not None:
+                    views.append((i, view))
             except InputError as exc:
                 replies[i] = Invalid(field=exc.field, reason=exc.reason)
                 continue
@@ -133,6 +142,14 @@ class CustomerRequests:
             replies[i] = replies[i]._replace(decision=self._seal.seal(decision))
             self._log.decided(decision, replies[i].decision.decision_id, view.now, None)
         return replies
+
+    def _view(self, e: Event, now: Any) -> EncodedRequest | None:
+        """The view an event asks to be decided after it (`decide`), as of `now`; InputError
+        for one the catalog does not have."""
+        if not e.decide:
+            return None
+        channel, placement = e.decide
+        return self._ctx.engine.encode_request(e.customer_id, channel, placement, None, now)
 
     def fires(self, batch: list[Fire], touched: dict[str, float]) -> list[Reply]:
         """Timer firings, from `tick` or a replay (a timer the catalog no longer has is
@@ -230,23 +247,26 @@ class CustomerRequests:
         lets through, for keys with the feedback scope), within the customer's rate (else
         Busy); nothing is created for one refused. One whose idempotency key its customer has
         had (keys.py, as events': the same window, the same keys) answers DUPLICATE and
-        records nothing. A replay takes its records as they are: they were checked when
-        journaled (with the engine's own decision id)."""
+        records nothing, whatever the rate, and is not counted in it. A replay takes its
+        records as they are: they were checked when journaled (with the engine's own decision
+        id)."""
         replies: list[Reply] = []
         for o in batch:
             sent = o  # as its caller named the decision: the log joins it to the sealed id
-            if not self._journaling.replaying:
-                refusal = self._rate.refusal(o.customer_id)  # before the seal: guesses count
-                if refusal is not None:
-                    replies.append(Busy(reason=refusal))
-                    continue
             key = OUTCOME_KEY + o.idempotency_key if o.idempotency_key else None
             try:  # nothing of the outcome is applied before its customer is loaded
                 if key is not None and not self._journaling.replaying and \
                         self._repeated(o, key):  # a journaled one was recorded: so it is again
+                    # before the rate, uncharged: a retry of an outcome already acknowledged
+                    # records nothing, and a busy customer's retry is owed DUPLICATE
                     replies.append(Ok(value=Learned.DUPLICATE.value))
                     self._ctx.counts[LEARNED_COUNT + Learned.DUPLICATE.value] += 1
                     continue
+                if not self._journaling.replaying:
+                    refusal = self._rate.refusal(o.customer_id)  # before the seal: guesses count
+                    if refusal is not None:
+                        replies.append(Busy(reason=refusal))
+                        continue
                 if o.decision_id is not None and not self._journaling.replaying:
                     engine_id, issued_to, issued = self._seal.opened(
                         self._issued_to(o), o.decision_id, o.channel, o.action_id)

@@ -15,8 +15,11 @@ customer was forgotten (customers.py) is refused (INVALID_ARGUMENT) and changes 
 customer's outcomes past OUTCOMES_PER_CUSTOMER per OUTCOME_RATE_WINDOW_S are refused
 (RESOURCE_EXHAUSTED), so even a real decision replayed over and over steers the models at that
 rate at most; refused ones count too, so guesses at a customer's decisions are held to that
-rate as well. Outcomes that name no decision (offline feedback) are not sealed; only the
-gateway lets them through, for keys with the feedback scope.
+rate as well. A retry of an outcome recorded before (its idempotency key, customers.py) is
+neither counted nor refused: it answers DUPLICATE, records nothing and checks no seal, so it
+teaches nothing and tells a guesser nothing about a decision. Outcomes that name no decision
+(offline feedback) are not sealed; only the gateway lets them through, for keys with the
+feedback scope.
 With a store the shards do not share ("memory"), each shard has a secret of its own: outcomes
 of decisions issued before their customer's partition moved are refused.
 
