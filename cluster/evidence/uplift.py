@@ -20,12 +20,15 @@ its coverage for rare accepts and small control groups where the plain normal on
 (with no accept among 50 control decisions it had no width from them at all), clipped to
 [-1, 1] where it passes what a difference of two rates can be; the value's
 is the normal approximation with unequal variances. A customer has many decisions, in both
-groups, which share its propensity and its response to the models: each stratum's variance
-is multiplied by its design effect, the difference's variance clustered by customer over
-the one that takes every decision as independent, when that is above 1 (with one decision
-per customer it is not, and the numbers are the independent ones). Where the models' effect
-differed by customer, the independent interval covered no effect in under half of the logs
-of 50 customers x 40 decisions (tests/unit/evidence/test_uplift_clustered.py).
+groups and every catalog version, which share its propensity and its response to the models:
+the combined difference's variance is multiplied by its design effect, that variance clustered
+by customer (each customer's weighted terms summed over the groups and the versions) over the
+one that takes every decision as independent, when that is above 1 (with one decision per
+customer it is not, and the numbers are the independent ones; with one customer there is no
+clustered variance, and the effect is 1). Where the models' effect differed by customer, the
+independent interval covered no effect in under half of the logs of 50 customers x 40
+decisions, and one clustered within each version only in half of those of 50 customers x 40
+versions x 1 decision (tests/unit/evidence/test_uplift_clustered.py).
 
 A stratum is compared when each group has two decisions; the others are left out of that
 comparison, and named (`left_out`). Which are left out depends on the groups' sizes only, never
@@ -94,12 +97,9 @@ def difference(strata: Strata, column: int, binary: bool) -> Difference:
     module's docstring)."""
     columns = {version: (_column(s[False], column), _column(s[True], column))
                for version, s in strata.items()}
-    # how much a customer's decisions in both groups widen each stratum's variance
-    widening = {version: _design_effect(columns[version], s) for version, s in strata.items()}
     kept = {version for version, (m, c) in columns.items() if min(len(m), len(c)) >= 2}
     left_out = tuple(sorted(set(columns) - kept))
     usable = [columns[version] for version in sorted(kept)]
-    effects = [widening[version] for version in sorted(kept)]
     if not usable:
         models = _column([r for s in strata.values() for r in s[False]], column)
         control = _column([r for s in strata.values() for r in s[True]], column)
@@ -110,19 +110,21 @@ def difference(strata: Strata, column: int, binary: bool) -> Difference:
     weights = [(len(m) + len(c)) / total for m, c in usable]
     m = sum(w * float(np.mean(x)) for w, (x, _) in zip(weights, usable))
     c = sum(w * float(np.mean(y)) for w, (_, y) in zip(weights, usable))
+    # how much a customer's decisions, in both groups and every version, widen the variance
+    effect = _design_effect(usable, [strata[version] for version in sorted(kept)], weights)
     if binary:
         adjusted = [((x.sum() + 1) / (len(x) + 2), (y.sum() + 1) / (len(y) + 2), len(x) + 2,
                      len(y) + 2) for x, y in usable]
         centre = sum(w * (pm - pc) for w, (pm, pc, _, _) in zip(weights, adjusted))
-        variance = sum(w * w * f * (pm * (1 - pm) / nm + pc * (1 - pc) / nc)
-                       for w, f, (pm, pc, nm, nc) in zip(weights, effects, adjusted))
+        variance = effect * sum(w * w * (pm * (1 - pm) / nm + pc * (1 - pc) / nc)
+                                for w, (pm, pc, nm, nc) in zip(weights, adjusted))
     else:
         centre = m - c
         pooled = [_variance(np.concatenate([pair[held] for pair in columns.values()]))
                   for held in (0, 1)]
-        variance = sum(w * w * f * (_variance(x, pooled[0]) / len(x)
-                                    + _variance(y, pooled[1]) / len(y))
-                       for w, f, (x, y) in zip(weights, effects, usable))
+        variance = effect * sum(w * w * (_variance(x, pooled[0]) / len(x)
+                                         + _variance(y, pooled[1]) / len(y))
+                                for w, (x, y) in zip(weights, usable))
     half = Z95 * math.sqrt(variance)
     low, high = float(centre - half), float(centre + half)
     if binary:  # a difference of two rates: the normal approximation can pass +-1
@@ -130,20 +132,24 @@ def difference(strata: Strata, column: int, binary: bool) -> Difference:
     return Difference(m, c, m - c, low, high, left_out)
 
 
-def _design_effect(columns: tuple[np.ndarray, np.ndarray], groups: dict[bool, list[Row]]
-                   ) -> float:
-    """The difference's variance clustered by customer (estimators.standard_error: each
-    customer's terms in either group summed) over its variance with every decision taken as
+def _design_effect(usable: list[tuple[np.ndarray, np.ndarray]], strata: list[dict[bool, list[Row]]],
+                   weights: list[float]) -> float:
+    """The combined difference's variance clustered by customer (estimators.standard_error:
+    each customer's weighted terms summed over both groups and every version, since a
+    customer's decisions span versions) over its variance with every decision taken as
     independent, at least 1 (with one decision per customer the clustered one is no larger,
-    and the independent numbers stand)."""
-    x, y = columns
-    if min(len(x), len(y)) < 2:
-        return 1.0
-    independent = float(np.var(x, ddof=1)) / len(x) + float(np.var(y, ddof=1)) / len(y)
-    influence = np.concatenate([(x - np.mean(x)) / len(x), (np.mean(y) - y) / len(y)])
-    codes = clusters([row[3] for row in groups[False] + groups[True]])
+    and the independent numbers stand); 1 with fewer than two customers, which have no
+    clustered variance."""
+    independent = sum(w * w * (float(np.var(x, ddof=1)) / len(x) + float(np.var(y, ddof=1))
+                               / len(y)) for w, (x, y) in zip(weights, usable))
+    influence = np.concatenate([w * np.concatenate([(x - np.mean(x)) / len(x),
+                                                    (np.mean(y) - y) / len(y)])
+                                for w, (x, y) in zip(weights, usable)])
+    codes = clusters([row[3] for s in strata for row in s[False] + s[True]])
     clustered = (standard_error(influence, codes) * len(influence)) ** 2
-    return max(clustered / independent, 1.0) if independent > 0 else 1.0
+    if not independent > 0 or math.isnan(clustered):
+        return 1.0
+    return max(clustered / independent, 1.0)
 
 
 def _variance(values: np.ndarray, pooled: float = math.nan) -> float:
