@@ -27,6 +27,7 @@ import grpc
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
+from kairos.cluster.cli.remote import plaintext_refusal
 from kairos.cluster.control.partitions import partition_of
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,9 @@ class RoutedClient:
         if stub is None:
             with self._channels_lock:
                 if target not in self._stubs:
+                    refusal = None if self._credentials else plaintext_refusal(target)
+                    if refusal:  # the API key would cross the network in clear
+                        raise ValueError(refusal)
                     channel = grpc.secure_channel(target, self._credentials) \
                         if self._credentials else grpc.insecure_channel(target)
                     self._channels[target] = channel

@@ -15,6 +15,7 @@ import sys
 import time
 
 from kairos.cluster.cli import local
+from kairos.cluster.cli.remote import INSECURE_ENV, TLS_ENV, plaintext_refusal
 from kairos.cluster.secret_files import SecretFileError, check_secret_file
 from kairos.cluster.cli.targets import port, port_or_zero
 
@@ -63,7 +64,6 @@ def run(args: argparse.Namespace) -> int:
     from kairos.cluster.console.app import ConsoleConfig
     from kairos.cluster.console.server import (CONSOLE_KEYS_FILE, Listen, keys_text, serve,
                                                served_hosts)
-    from kairos.cluster.cli.remote import TLS_ENV, plaintext_refusal
     from kairos.cluster.gateway.auth import KEYS_ENV, Auth, is_loopback
 
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -130,6 +130,8 @@ def spawn(args: argparse.Namespace, run: local.Run) -> None:
                     "--tls-key", os.path.abspath(args.tls_key)]
         # `kairos up`'s own certificate, self-signed on a laptop, is the CA it trusts
         env.setdefault("KAIROS_TLS_CA", os.path.abspath(args.tls_cert))
+    elif args.insecure:  # `up` was told to serve plaintext: its own console calls it so
+        env.setdefault(INSECURE_ENV, "1")
     log = local.home() / CONSOLE_LOG
     with open(log, "a") as out:
         process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=out,

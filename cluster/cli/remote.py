@@ -12,7 +12,7 @@ from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
 from kairos.cluster.secret_files import SecretFileError, check_secret_file
-from kairos.cluster.cli.targets import NOT_TCP, NotOneAddress, split_target
+from kairos.cluster.cli.targets import NOT_TCP, split_target
 from kairos.cluster.gateway import wire
 from kairos.cluster.gateway.auth import METADATA_KEY, is_loopback
 
@@ -70,17 +70,15 @@ def channel_to(target: str, *, aio: bool = False, options: tuple = ()
 def plaintext_refusal(target: str) -> str | None:
     """Why plaintext gRPC to `target` is refused: it leaves this machine (a target that is no
     loopback address, nor a Unix or VM socket) and ${INSECURE_ENV} is not 1; None when it is
-    not refused. A malformed target is left to gRPC, whose error names it: it reaches no one."""
-    if os.environ.get(INSECURE_ENV, "").strip() == "1":
+    not refused. A target this cannot read is refused too, but a socket's: gRPC may still dial
+    it (a port past 65535 is taken modulo 65536, a host alone on port 443)."""
+    if os.environ.get(INSECURE_ENV, "").strip() == "1" or target.startswith(NOT_TCP):
         return None
     try:
-        if is_loopback(split_target(target)[0]):
+        if is_loopback(split_target(target)[0].lower().rstrip(".")):
             return None
-    except NotOneAddress:
-        if target.startswith(NOT_TCP):
-            return None
-    except ValueError:
-        return None
+    except ValueError:  # NotOneAddress too
+        pass
     return (f"refusing plaintext gRPC to {target}: the API key, and every request and answer, "
             f"would cross the network in clear. Have the gateway serve TLS (--tls-cert) and "
             f"set {TLS_ENV[0]} to the CA file that signed its certificate, reach it through "

@@ -348,6 +348,8 @@ def test_workers_drain_their_node_before_ray_stops(overlay):
         env = env_of(c)
         assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
         assert env["KAIROS_API_KEY_FILE"]["value"] == "/etc/kairos/api-keys/admin-key"
+        # the Service's plaintext gRPC, which the CLI refuses off loopback unless told
+        assert env["KAIROS_INSECURE"]["value"] == "1" == head_env["KAIROS_INSECURE"]["value"]
         ready = c["readinessProbe"]
         assert ready["periodSeconds"] * ready["failureThreshold"] * 2 <= unready_s
     if overlay == "laptop":  # its example key file holds the admin key preStop uses

@@ -396,7 +396,8 @@ def test_up_says_the_console_did_not_start_when_another_process_holds_its_port(h
     """Something answering on the console's port is not the console: one that could not bind
     it exits, and `kairos up` says so rather than report a console that is not running."""
     from kairos.cluster.cli import console
-    args = argparse.Namespace(tls_client_ca=None, keys=None, tls_cert=None, tls_key=None)
+    args = argparse.Namespace(tls_client_ca=None, keys=None, tls_cert=None, tls_key=None,
+                              insecure=False)
     run = fake_run([], time.time(), dashboard="")
     with socket.socket() as other:
         other.bind(("127.0.0.1", 0))

