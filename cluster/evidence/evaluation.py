@@ -88,8 +88,17 @@ def evaluate(replayed: Sequence[Replayed], seed: int = 0) -> dict[str, Any]:
     result["overlap"] = _overlap(shares, weights, mu)
     # not the overlap's: the refused requests are said once, apart (report.refusals)
     result["warnings"] = _few_positives(usable, replayed) + _model_fallbacks(result) + \
-        _values_read(usable)
+        _values_read(usable) + _few_customers(clusters)
     return result
+
+
+def _few_customers(clusters: np.ndarray) -> list[str]:
+    """A log of one customer: its decisions share it, and with no second one the intervals
+    cannot be clustered by customer (estimators.py), so they take them as independent."""
+    if estimators.customers(clusters, len(clusters)) >= 2:
+        return []
+    return ["too few customers: every evaluated decision is one customer's, so the intervals "
+            "take them as independent and are likely too narrow"]
 
 
 def _model_fallbacks(result: dict[str, Any]) -> list[str]:

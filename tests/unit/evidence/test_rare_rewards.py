@@ -51,12 +51,13 @@ def test_mass_the_log_cannot_see_widens_the_floor(estimate):
 
 def test_one_positive_takes_the_wider_of_the_two_intervals():
     """One accept in 40 (weight 1): IPS 0.025, standard error sqrt(0.975 / 39 / 40) = 0.025,
-    normal [0.025 - 1.96 * 0.025, ...] = [-0.0240, 0.0740]; Wilson's centre
+    t's [0.025 - 2.0227 * 0.025, ...] = [-0.0256, 0.0756] (39 degrees of freedom); Wilson's
+    centre
     (1 + 1.9207) / 43.8415 = 0.06662, half-width 1.96 * sqrt(0.975 + 0.9604) / 43.8415 =
     0.06219: [0.0044, 0.1288]. The interval spans both."""
     e = estimators.ips(np.ones(40), np.eye(1, 40)[0], binary=True)
     assert e.standard_error == pytest.approx(0.025)
-    assert (e.low, e.high) == pytest.approx((-0.02400, 0.12881), abs=1e-5)
+    assert (e.low, e.high) == pytest.approx((-0.02557, 0.12881), abs=1e-5)
 
 
 def test_many_positives_keep_the_normal_interval():
