@@ -44,7 +44,12 @@ weighted proportion's survey estimate takes), which with no positive among n is
 [0, z^2 / (n + z^2)]: about 3.84 / n, where the normal one says nothing at all.
 
 Every estimate assumes overlap: the log shows, with some probability, what the candidate
-would. The weights' mean is the candidate's mass the log can see (1 under overlap); the rest,
+would. The weights' mean is the candidate's mass the log can see (1 under overlap), but for
+showing nothing, which earns 0 wherever it is shown: its mass is known in every decision, so
+a record's seen mass is its weight where the log showed something, plus the candidate's
+probability of showing nothing (`seen`; SNIPS normalises by it). A candidate that showed
+nothing in half the contexts of a log that never did counted that half as unseen, and SNIPS
+read 0.27 for a truth of 0.15. The rest,
 m = 1 - mean(w) less 1.96 standard errors of that mean (so that chance alone widens nothing),
 may earn anything from nothing to the reward's largest (1 for the accept rate; for the value,
 what the caller gives: evaluation.py takes the largest value the log shows, read through the
@@ -173,17 +178,18 @@ def unseen_mass(weights: np.ndarray) -> float:
     return min(max(1.0 - float(np.mean(weights)) - slack, 0.0), 1.0)
 
 
-def _widened(e: Estimate, weights: np.ndarray, rewards: np.ndarray, binary: bool,
+def _widened(e: Estimate, seen: np.ndarray, rewards: np.ndarray, binary: bool,
              largest: float | None, modelled: bool = False) -> Estimate:
     """The interval widened to at least Wilson's for a binary reward, and by the mass the log
-    cannot see times the largest reward (None: 1 if binary, else the largest of `rewards`);
-    `modelled`: the estimate guessed that mass's reward (module docstring)."""
+    cannot see (from `seen`, each record's) times the largest reward (None: 1 if binary, else
+    the largest of `rewards`); `modelled`: the estimate guessed that mass's reward (module
+    docstring)."""
     if math.isnan(e.low) or math.isnan(e.high):
         return e
     low, high = wilson(min(max(e.value, 0.0), 1.0), e.ess) if binary else (e.low, e.high)
     if largest is None:
         largest = 1.0 if binary else float(np.max(rewards, initial=0.0))
-    unseen = unseen_mass(weights)
+    unseen = unseen_mass(seen)
     # the rewards are 0 or more: so is what the candidate earns
     low = max(low - unseen * (largest if modelled else max(low, 0.0)), 0.0)
     high += unseen * largest
@@ -194,33 +200,37 @@ def _widened(e: Estimate, weights: np.ndarray, rewards: np.ndarray, binary: bool
 
 # Each estimator's `binary`: the rewards are 0 or 1; `clusters`: each record's customer (None:
 # each record its own); `largest`: the largest reward the unseen mass may earn (module
-# docstring; None: 1 if binary, else the largest of `rewards`).
+# docstring; None: 1 if binary, else the largest of `rewards`); `seen`: each record's
+# candidate mass the log sees (None: its weight; module docstring).
 
 def ips(weights: np.ndarray, rewards: np.ndarray, binary: bool = False,
-        clusters: np.ndarray | None = None, largest: float | None = None) -> Estimate:
-    return _widened(_interval(weights * rewards, weights, clusters), weights, rewards, binary,
-                    largest)
+        clusters: np.ndarray | None = None, largest: float | None = None,
+        seen: np.ndarray | None = None) -> Estimate:
+    return _widened(_interval(weights * rewards, weights, clusters),
+                    weights if seen is None else seen, rewards, binary, largest)
 
 
 def snips(weights: np.ndarray, rewards: np.ndarray, binary: bool = False,
-          clusters: np.ndarray | None = None, largest: float | None = None) -> Estimate:
-    n, total = len(weights), float(np.sum(weights))
+          clusters: np.ndarray | None = None, largest: float | None = None,
+          seen: np.ndarray | None = None) -> Estimate:
+    seen = weights if seen is None else seen
+    n, total = len(weights), float(np.sum(seen))
     if n == 0 or total <= 0:
         return Estimate(math.nan, math.nan, math.nan, math.nan, 0.0)
     value = float(np.sum(weights * rewards)) / total
-    # delta method: the ratio's influence terms are w_i (r_i - value) / mean(w)
-    return _widened(_centred(value, weights * (rewards - value) / (total / n), clusters,
-                             weights), weights, rewards, binary, largest)
+    # delta method: the ratio's influence terms are (w_i r_i - value s_i) / mean(s)
+    return _widened(_centred(value, (weights * rewards - value * seen) / (total / n), clusters,
+                             weights), seen, rewards, binary, largest)
 
 
 def doubly_robust(weights: np.ndarray, rewards: np.ndarray, q_logged: np.ndarray,
                   q_candidate: np.ndarray, binary: bool = False,
-                  clusters: np.ndarray | None = None, largest: float | None = None
-                  ) -> Estimate:
+                  clusters: np.ndarray | None = None, largest: float | None = None,
+                  seen: np.ndarray | None = None) -> Estimate:
     """q_logged: the model's reward for the logged action; q_candidate: its expectation under
     the candidate, sum_a pi(a) q(x, a)."""
     return _widened(_interval(q_candidate + weights * (rewards - q_logged), weights, clusters),
-                    weights, rewards, binary, largest, modelled=True)
+                    weights if seen is None else seen, rewards, binary, largest, modelled=True)
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,7 @@ def evaluate(replayed: Sequence[Replayed], seed: int = 0) -> dict[str, Any]:
     logged = np.array([index[r.logged] for r in usable])
     mu = np.array([r.selection for r in usable])
     weights = pi[np.arange(len(usable)), logged] / mu
+    seen = _seen(weights, pi, logged, index.get(NOTHING))
     features = _features(usable)
     clusters = estimators.clusters([r.customer for r in usable])
     result["logged"] = {}
@@ -78,14 +79,14 @@ def evaluate(replayed: Sequence[Replayed], seed: int = 0) -> dict[str, Any]:
             q[:, index[NOTHING]] = 0.0  # showing nothing earns nothing: no model needed
         result["logged"][reward] = float(np.mean(y))
         # the value's largest is the log's: the unseen mass may earn more (estimators.py)
-        given = {"binary": reward == "accept", "clusters": clusters}
+        given = {"binary": reward == "accept", "clusters": clusters, "seen": seen}
         result["estimates"][reward] = {
             "ips": estimators.ips(weights, y, **given).to_json(),
             "snips": estimators.snips(weights, y, **given).to_json(),
             "dr": {**estimators.doubly_robust(weights, y, q[np.arange(len(y)), logged],
                                               np.sum(pi * q, axis=1), **given).to_json(),
                    "model_fallbacks": model.failed}}
-    result["overlap"] = _overlap(shares, weights, mu)
+    result["overlap"] = _overlap(shares, weights, seen, mu)
     # not the overlap's: the refused requests are said once, apart (report.refusals)
     result["warnings"] = _few_positives(usable, replayed) + _model_fallbacks(result) + \
         _values_read(usable) + _few_customers(clusters)
@@ -169,8 +170,18 @@ def _shares(usable: Sequence[Replayed]) -> dict[str, dict[str, float]]:
             for a in sorted(set(logged) | set(candidate))}
 
 
-def _overlap(shares: dict[str, dict[str, float]], weights: np.ndarray, mu: np.ndarray
-             ) -> dict[str, Any]:
+def _seen(weights: np.ndarray, pi: np.ndarray, logged: np.ndarray, nothing: int | None
+          ) -> np.ndarray:
+    """Each record's candidate mass the log sees (estimators.py): its weight where the log
+    showed something, plus the candidate's probability of showing nothing, which earns 0
+    wherever it is shown: known without the log showing it."""
+    if nothing is None:
+        return weights
+    return np.where(logged == nothing, 0.0, weights) + pi[:, nothing]
+
+
+def _overlap(shares: dict[str, dict[str, float]], weights: np.ndarray, seen: np.ndarray,
+             mu: np.ndarray) -> dict[str, Any]:
     n = len(weights)
     rare = [{"action": a, **s} for a, s in shares.items() if a != NOTHING
             and s["candidate"] >= RARE_CANDIDATE_SHARE
@@ -184,9 +195,9 @@ def _overlap(shares: dict[str, dict[str, float]], weights: np.ndarray, mu: np.nd
     if low > 0.1:
         warnings.append(f"{low:.0%} of the importance weight comes from decisions the log made "
                         f"with a selection under {LOW_SELECTION:g}")
-    unseen = estimators.unseen_mass(weights)
+    unseen = estimators.unseen_mass(seen)
     if unseen > UNSEEN_MASS:
-        warnings.append(f"the log shows the candidate's choice for {float(np.mean(weights)):.0%} "
+        warnings.append(f"the log shows the candidate's choice for {float(np.mean(seen)):.0%} "
                         f"of its mass only (the mean importance weight; 1 where the log "
                         f"explores all it would show): at least {unseen:.0%} of what it would "
                         f"show the log never showed in that context (or its logged "
