@@ -52,8 +52,9 @@ nothing in half the contexts of a log that never did counted that half as unseen
 read 0.27 for a truth of 0.15. The rest,
 m = 1 - mean(w) less 1.96 standard errors of that mean (so that chance alone widens nothing),
 may earn anything from nothing to the reward's largest (1 for the accept rate; for the value,
-what the caller gives: evaluation.py takes the largest value the log shows, read through the
-candidate's bound (replay.py), which what the unseen mass would earn may pass). So every interval's upper bound is raised by m times that largest reward, and
+what the caller gives: evaluation.py takes the largest value the log shows read through the
+candidate's bound (replay.py), which what the unseen mass would earn may pass). So every
+interval's upper bound is raised by m times that largest reward, and
 its lower one lowered: IPS's and SNIPS's by m times itself (what the log sees, spread over the
 unseen mass by SNIPS, is all that is certain), DR's by m times the largest reward (its model
 guessed the unseen mass's reward). A log that never explores (every selection 1) showed a

@@ -78,8 +78,8 @@ def evaluate(replayed: Sequence[Replayed], seed: int = 0) -> dict[str, Any]:
         if NOTHING in index:
             q[:, index[NOTHING]] = 0.0  # showing nothing earns nothing: no model needed
         result["logged"][reward] = float(np.mean(y))
-        # the value's largest is the log's: the unseen mass may earn more (estimators.py)
-        given = {"binary": reward == "accept", "clusters": clusters, "seen": seen}
+        given = {"binary": reward == "accept", "clusters": clusters, "seen": seen,
+                 "largest": _largest_value(usable) if reward == "value" else None}
         result["estimates"][reward] = {
             "ips": estimators.ips(weights, y, **given).to_json(),
             "snips": estimators.snips(weights, y, **given).to_json(),
@@ -91,6 +91,17 @@ def evaluate(replayed: Sequence[Replayed], seed: int = 0) -> dict[str, Any]:
     result["warnings"] = _few_positives(usable, replayed) + _model_fallbacks(result) + \
         _values_read(usable) + _few_customers(clusters)
     return result
+
+
+def _largest_value(usable: Sequence[Replayed]) -> float | None:
+    """The largest value the unseen mass may earn (estimators.py): the log's largest read
+    through the candidate's bound (replay.py), which the unseen mass may pass. A value read as
+    reported (an action the candidate does not value, a refused request) is left out: one
+    hostile convert of 1e12 raised every value interval's upper bound to 4.8e11. None (the
+    largest of all, estimators.py) when no value was read through a bound: the estimates are
+    then all read as reported, which the report warns of, and have no other scale."""
+    bounded = [r.value for r in usable if not math.isnan(r.value_bound)]
+    return max(bounded) if bounded else None
 
 
 def _few_customers(clusters: np.ndarray) -> list[str]:
