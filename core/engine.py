@@ -555,18 +555,6 @@ class DecisionEngine:
         return [Learned.REFUSED if refused else kind
                 for kind, refused in zip(learned, refused_at.tolist())]
 
-    def learned_value(self, customer_id: str, decision_id: str | None, action_id: str,
-                      value: float) -> float | None:
-        """What a convert of value `value` reporting on the decision teaches the models (as
-        `record_outcomes`, clipped at the bound the remembered decision sets); None where
-        they learn no value from it (the memo no longer keeps the decision, or none is
-        named: nothing bounds it)."""
-        memo = self._remembered.get(decision_id) if decision_id else None
-        if memo is None or memo.customer_id != customer_id:
-            return None
-        learned, _ = self._bounded_value(memo, self.compiled.action_index[action_id], value)
-        return None if math.isnan(learned) else learned
-
     def _bounded_value(self, memo: _Remembered | None, action: int, value: float
                        ) -> tuple[float, bool | None]:
         """A convert's value as the model may learn it: at most value_max_ratio times the

@@ -230,7 +230,7 @@ class CustomerRequests:
                         action_id=a.action_id, channel=decision.channel, outcome="impression",
                         when=request.now, decision_id=decision.decision_id)
                     self._journaling.record(impression)
-                    self._log.outcome(impression._replace(decision_id=sealed_id), None, None)
+                    self._log.outcome(impression._replace(decision_id=sealed_id), None)
         # not `unseen - recent.keys()`: a set minus a keys view walks every resident
         for customer_id in [c for c in unseen if c not in self._residency.recent]:
             engine.table.evict(customer_id)  # the empty profile the kernel decided on
@@ -295,9 +295,7 @@ class CustomerRequests:
                 self._keys.remember(o.customer_id, key, 0)
             self._journaling.record(o)
             if not self._journaling.replaying:
-                self._log.outcome(sent, o.value, None if o.value is None else
-                                  self._ctx.engine.learned_value(
-                                      o.customer_id, o.decision_id, o.action_id, o.value))
+                self._log.outcome(sent, o.value)
             replies.append(Ok(value=learned.value))
             self._ctx.counts["outcomes"] += 1
             self._ctx.counts[LEARNED_COUNT + learned.value] += 1

@@ -112,18 +112,13 @@ class DecisionLog:
         self._entries.append((self._ctx.clock(), customer_id,
                               msgpack.packb(pack_decision(record), use_bin_type=True)))
 
-    def outcome(self, o: Outcome, value: float | None, learned: float | None) -> None:
+    def outcome(self, o: Outcome, value: float | None) -> None:
         """Log an outcome the shard took that names a decision (`o.decision_id` as its
-        caller sent it); offline feedback names none and joins nothing. A convert's value is
-        logged as the models learned it (`learned`: clipped at the bound its decision set,
-        engine.learned_value), so one hostile value cannot swing the evidence built from the
-        log; as reported (`value`) only where the engine knew no bound (the memo had let the
-        decision go) and the models learned no value from it."""
+        caller sent it); offline feedback names none and joins nothing."""
         if not self.enabled or o.decision_id is None:
             return
-        logged = value if learned is None else learned
         record = OutcomeRecord(o.decision_id, o.customer_id, o.action_id, o.outcome,
-                               float(logged or 0.0), float(o.when))
+                               float(value or 0.0), float(o.when))
         self._entries.append((self._ctx.clock(), o.customer_id,
                               msgpack.packb(pack_outcome(record), use_bin_type=True)))
 
