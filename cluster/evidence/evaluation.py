@@ -208,10 +208,11 @@ def _overlap(shares: dict[str, dict[str, float]], weights: np.ndarray, seen: np.
                         f"with a selection under {LOW_SELECTION:g}")
     unseen = estimators.unseen_mass(seen)
     if unseen > UNSEEN_MASS:
-        warnings.append(f"the log shows the candidate's choice for {float(np.mean(seen)):.0%} "
-                        f"of its mass only (the mean importance weight; 1 where the log "
-                        f"explores all it would show): at least {unseen:.0%} of what it would "
-                        f"show the log never showed in that context (or its logged "
+        warnings.append(f"the log may not have seen {unseen:.0%} of what the candidate would "
+                        f"show: it sees {float(np.mean(seen)):.0%} of its mass (the mean "
+                        f"importance weight, with its share of showing nothing; 1 where the "
+                        f"log explores all it would show), so what the candidate would show "
+                        f"the log may never have shown in that context (or its logged "
                         f"probabilities are misstated), and the intervals are widened by it")
     if ess < LOW_ESS_SHARE * n:
         warnings.append(f"effective sample size {ess:.0f} of {n} decisions: a few decisions "

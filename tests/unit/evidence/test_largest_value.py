@@ -5,6 +5,7 @@ d-evidence finding 5)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from kairos.cluster.evidence import evaluation
 from kairos.cluster.evidence.replay import Replayed
@@ -40,5 +41,6 @@ def test_without_a_bounded_value_the_largest_of_all_sets_it():
     rows = [Replayed(f"d{i}", "v1", "web", "hero", "B", 1.0, 1.0, 5.0 + i % 2, {}, {"A": 1.0},
                      customer=f"c{i}") for i in range(100)]
     evidence = evaluation.evaluate(rows)
-    assert evidence["overlap"]["unseen_mass"] == 1.0  # the log never showed A
-    assert evidence["estimates"]["value"]["ips"]["high"] >= 6.0
+    unseen = evidence["overlap"]["unseen_mass"]
+    assert unseen > 0.9  # the log never showed A (less the slack of 100 decisions)
+    assert evidence["estimates"]["value"]["ips"]["high"] == pytest.approx(6.0 * unseen)

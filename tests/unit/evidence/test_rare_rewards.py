@@ -40,13 +40,16 @@ def test_mass_the_log_cannot_see_widens_the_floor(estimate):
     """The candidate puts 99 % of its mass on an action the log never showed: every weight is
     0.01 and the ESS stays 1000, so Wilson's floor alone said [0, 0.0038] with no accept, and
     SNIPS's said [0.996, 1] with every seen decision accepted. The unseen 99 % may earn
-    anything: the interval spans [0.0038 x 0.01, 0.0038 + 0.99] and [0.996 x 0.01, 1]."""
+    anything: the interval spans [0.0038 x 0.01, 0.0038 + m] and [0.996 x (1 - m), about 1],
+    m the 99 % less its slack (estimators.unseen_mass: 0.981)."""
     weights = np.full(1000, 0.01)
+    unseen = estimators.unseen_mass(weights)
+    assert 0.98 < unseen < 0.99
     e = estimate(weights, np.zeros(1000))
     assert e.ess == pytest.approx(1000.0)
-    assert e.low <= 0.0 and e.high == pytest.approx(0.0038268 + 0.99, abs=1e-6)
+    assert e.low <= 0.0 and e.high == pytest.approx(0.0038268 + unseen, abs=1e-6)
     e = estimate(weights, np.ones(1000))
-    assert e.low <= 0.00996 + 1e-5 and e.high == pytest.approx(1.0)
+    assert e.low <= 0.996 * (1 - unseen) + 1e-5 and e.high > 0.999
 
 
 def test_one_positive_takes_the_wider_of_the_two_intervals():

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kairos.cluster.evidence import evaluation
+from kairos.cluster.evidence import estimators, evaluation
 from kairos.cluster.evidence.replay import Replayed
 
 RATES = {(0, "A"): 0.3, (1, "A"): 0.6, (0, "B"): 0.2, (1, "B"): 0.2}
@@ -41,9 +41,9 @@ def test_every_interval_covers_the_truth_the_log_never_saw(evidence, reward, nam
 def test_the_overlap_warnings_say_the_unseen_mass(evidence):
     overlap = evidence["overlap"]
     assert 0.45 < overlap["unseen_mass"] < 0.5
-    [said] = [w for w in overlap["warnings"] if "never showed" in w]
-    assert said.startswith("the log shows the candidate's choice for 50% of its mass only")
-    assert "at least 48%" in said
+    [said] = [w for w in overlap["warnings"] if "may not have seen" in w]
+    assert said.startswith("the log may not have seen 48% of what the candidate would show")
+    assert "it sees 50% of its mass" in said
 
 
 def test_a_log_that_explores_is_not_warned_of():
@@ -53,4 +53,21 @@ def test_a_log_that_explores_is_not_warned_of():
             for i, logged in enumerate(rng.choice(["A", "B"], 2000))]
     evidence = evaluation.evaluate(rows)
     assert evidence["overlap"]["unseen_mass"] < evaluation.UNSEEN_MASS
-    assert not [w for w in evidence["overlap"]["warnings"] if "never showed" in w]
+    assert not [w for w in evidence["overlap"]["warnings"] if "may not have seen" in w]
+
+
+@pytest.mark.parametrize("actions, alpha", [(5, 0.5), (10, 0.3), (20, 0.2)])
+def test_healthy_logs_of_200_decisions_are_rarely_warned_of(actions, alpha):
+    """Every action in the log's support (Dirichlet selections floored at 1/129), the candidate
+    one action per context: nothing is unseen, but the weights are right-skewed. 1.96 standard
+    errors of mean(w) warned of 19-28 % of these logs (review rev44 d-evidence finding 3)."""
+    rng = np.random.default_rng(8)
+    warned = 0
+    for _ in range(300):
+        probs = np.maximum(rng.dirichlet([alpha] * actions, 200), 1 / 129)
+        probs /= probs.sum(axis=1, keepdims=True)
+        logged = (probs.cumsum(axis=1) > rng.random((200, 1))).argmax(axis=1)
+        chosen = rng.integers(0, actions, 200)
+        weights = np.where(logged == chosen, 1.0 / probs[np.arange(200), logged], 0.0)
+        warned += estimators.unseen_mass(weights) > evaluation.UNSEEN_MASS
+    assert warned / 300 < 0.06, warned
