@@ -21,8 +21,7 @@ since the last save and otherwise at the next LEARNER_SAVE_S tick (an idle learn
 nothing), and by `flush` (runtime.stop's, before the kill). So a learner that Ray restarts, or
 a cluster started again on the same store, goes on from what it had learned rather than from
 the priors; the deltas merged since the last save (at most LEARNER_SAVE_S) are lost with the
-process.
-It is saved with its catalog's text: Ray restarts the actor with the catalog it was created
+process. It is saved with its catalog's text: Ray restarts the actor with the catalog it was created
 with, and the saved one (the latest switched to) runs instead. So a switch answers only once
 it is saved (else StoreUnavailable, and the learner stays on its catalog: the controller does
 not switch the shards). Deltas of the last REMAPS_KEPT catalog versions before the running one
@@ -34,9 +33,9 @@ goes on from the models it had when it was last taken out, not from its group's,
 within the last REMAPS_KEPT switches of this process (core/models.py `TakenOut`: the models a
 switch takes out are kept, not whole earlier posteriors; a restart keeps only the running
 posterior). A saved posterior that cannot be read, or does not fit its catalog, is kept aside
-(DAMAGED_KEY) and the learner starts from the priors; while the store does not answer for it,
-the learner merges and answers nothing (StoreUnavailable: the shards keep their deltas), so no
-merge is saved over it.
+(DAMAGED_KEY; one with a chunk lost is only logged) and the learner starts from the priors; while
+the store does not answer for it, the learner merges and answers nothing (StoreUnavailable: the
+shards keep their deltas), so no merge is saved over it.
 A learner Ray constructs runs the catalog it was created with, which may not be the one the
 cluster runs (its saved posterior unreadable, saved without its text by an older release, or
 none), and deltas and watches carry only the catalog's version, under which another text lays
@@ -73,7 +72,7 @@ from kairos.cluster.longpoll import Changes
 from kairos.cluster.metrics import LearnerMetrics
 from kairos.cluster.settings import LEARNER_SAVE_S, LONG_POLL_S
 from kairos.cluster.storage.providers import open_store
-from kairos.cluster.storage.store import StoreInUse, StoreUnavailable
+from kairos.cluster.storage.store import StoreCorrupt, StoreInUse, StoreUnavailable
 from kairos.cluster.throttled import ThrottledWarning
 from kairos.cluster.transport.backend import (ControllerControl, NotRunning, Published,
                                               Unavailable)
@@ -373,6 +372,8 @@ class LearnerActor:
                               "(%s: %s); it is kept under %r and every model starts from its "
                               "prior", STATE_KEY, type(exc).__name__, exc, DAMAGED_KEY)
                     self.store.put_meta(DAMAGED_KEY, blob)
+        except StoreCorrupt as exc:  # a chunk of it lost: nothing whole to keep aside
+            log.error("learner: saved posterior unreadable (%s): models start from priors", exc)
         except StoreUnavailable as exc:
             log.warning("learner: could not read the saved posterior, merges wait: %s", exc)
             return

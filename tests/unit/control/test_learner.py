@@ -302,6 +302,26 @@ def test_a_damaged_saved_posterior_is_kept_aside_and_the_learner_starts_from_its
         assert Actor(default_catalog_text(), str(tmp_path)).learner.models.positives[3] == 1
 
 
+def test_a_saved_posterior_with_a_chunk_lost_starts_the_learner_from_its_priors(
+        tmp_path, caplog, monkeypatch):
+    """A chunked one (storage/redis_chunks.py) with a chunk gone is StoreCorrupt, which is a
+    StoreUnavailable: the learner waited on it for good, refusing every sync and watch."""
+    from kairos.cluster.storage.store import StoreCorrupt
+
+    store = open_store(str(tmp_path))
+    c = default_compiled()
+
+    def lost(key: str) -> bytes:
+        raise StoreCorrupt("meta 'learner': chunk 3 of the 5 of its saved value is missing")
+    monkeypatch.setattr(type(store), "get_meta", lambda self, key: lost(key))
+    with caplog.at_level("ERROR", logger="kairos.learner"):
+        actor = Actor(default_catalog_text(), str(tmp_path))
+    assert any("chunk 3" in r.getMessage() for r in caplog.records)
+    monkeypatch.undo()
+    asyncio.run(told_then_synced(actor, c))
+    assert Actor(default_catalog_text(), str(tmp_path)).learner.models.positives[3] == 1
+
+
 async def told_then_synced(actor, c) -> None:
     """Its catalog may not be the cluster's: nothing merges until the controller tells it."""
     with pytest.raises(Unavailable):
