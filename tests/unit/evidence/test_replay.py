@@ -53,8 +53,8 @@ def test_rewards_read_the_first_slot_and_its_positive_outcomes(still_log):
 def test_replaying_the_logging_policy_gives_back_its_selection(still_log):
     """pi(logged action | x) of the policy replayed through itself is its logged selection,
     within the Monte Carlo error of both (the log's from its 128 re-runs, replay's from
-    SAMPLES re-decisions); the weights stay near 1 (an effective sample size near the log's) and every estimate
-    is the logged mean."""
+    SAMPLES re-decisions); the weights stay near 1 (an effective sample size near the log's)
+    and every estimate is the logged mean."""
     replayed = list(replay(still_log, candidate(truth.logging_catalog()), SAMPLES, seed=9))
     gaps = []
     for r in replayed:
