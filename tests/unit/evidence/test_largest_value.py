@@ -4,29 +4,19 @@ reported) raised every value interval's upper bound from 6.5 to 4.8e11 (review r
 d-evidence finding 5)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from kairos.cluster.evidence import evaluation
 from kairos.cluster.evidence.replay import Replayed
 
-RATES = {(0, "A"): 0.3, (1, "A"): 0.6, (0, "B"): 0.2, (1, "B"): 0.2}
-
+from tests.unit.evidence.segments import segments_log
 
 def log(poisoned: bool) -> list[Replayed]:
     """A log that never explores: A to segment 0, B to segment 1; the candidate shows A to
     everyone and values A only (bound 100), so half its mass is unseen."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(4000):
-        segment = i % 2
-        logged = "A" if segment == 0 else "B"
-        accepted = float(rng.random() < RATES[segment, logged])
-        value = 1e12 if poisoned and i == 1 else accepted * 10.0
-        rows.append(Replayed(f"d{i}", "v1", "web", "hero", logged, 1.0, accepted or value > 0,
-                             value, {"segment": float(segment)}, {"A": 1.0}, customer=f"c{i}",
-                             value_bound=100.0 if logged == "A" else float("nan")))
-    return rows
+    return segments_log(lambda rng, segment: "AB"[segment], 1.0, lambda segment: {"A": 1.0},
+                        value=lambda i, accepted: 1e12 if poisoned and i == 1 else accepted * 10,
+                        value_bound=lambda logged: 100.0 if logged == "A" else float("nan"))
 
 
 def test_a_value_read_as_reported_does_not_set_the_widening():

@@ -5,31 +5,23 @@ its intervals widened to [0, 0.64] around 0.14, and SNIPS, normalised over the w
 read 0.27 for a truth of 0.15 (review rev44 d-evidence finding 4)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from kairos.cluster.evidence import evaluation
-from kairos.cluster.evidence.replay import NOTHING, Replayed
+from kairos.cluster.evidence.replay import NOTHING
 
-RATES = {(0, "A"): 0.3, (1, "A"): 0.6, (0, "B"): 0.2, (1, "B"): 0.2}
-VALUE = 10.0
+from tests.unit.evidence.segments import segments_log
+
 TRUTH = {"accept": 0.15, "value": 1.5}  # A to segment 0, nothing to segment 1
 
 
 @pytest.fixture(scope="module")
 def evidence():
     """The log shows A or B at random (0.5 each), never nothing."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(4000):
-        segment = i % 2
-        logged = "A" if rng.random() < 0.5 else "B"
-        accepted = float(rng.random() < RATES[segment, logged])
-        rows.append(Replayed(f"d{i}", "v1", "web", "hero", logged, 0.5, accepted,
-                             accepted * VALUE, {"segment": float(segment)},
-                             {"A": 1.0} if segment == 0 else {NOTHING: 1.0},
-                             customer=f"c{i}", value_bound=1e9))
-    return evaluation.evaluate(rows)
+    return evaluation.evaluate(segments_log(
+        lambda rng, segment: "A" if rng.random() < 0.5 else "B", 0.5,
+        lambda segment: {"A": 1.0} if segment == 0 else {NOTHING: 1.0},
+        value_bound=lambda logged: 1e9))
 
 
 def test_showing_nothing_is_seen(evidence):

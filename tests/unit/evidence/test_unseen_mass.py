@@ -11,23 +11,15 @@ import pytest
 from kairos.cluster.evidence import estimators, evaluation
 from kairos.cluster.evidence.replay import Replayed
 
-RATES = {(0, "A"): 0.3, (1, "A"): 0.6, (0, "B"): 0.2, (1, "B"): 0.2}
-VALUE = 10.0  # what an accept is worth
+from tests.unit.evidence.segments import segments_log
+
 TRUTH = {"accept": 0.45, "value": 4.5}  # the candidate's: A to both segments
 
 
 @pytest.fixture(scope="module")
 def evidence():
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(4000):
-        segment = i % 2
-        logged = "A" if segment == 0 else "B"
-        accepted = float(rng.random() < RATES[segment, logged])
-        rows.append(Replayed(f"d{i}", "v1", "web", "hero", logged, 1.0, accepted,
-                             accepted * VALUE, {"segment": float(segment)}, {"A": 1.0},
-                             customer=f"c{i}"))
-    return evaluation.evaluate(rows)
+    return evaluation.evaluate(segments_log(lambda rng, segment: "AB"[segment], 1.0,
+                                            lambda segment: {"A": 1.0}))
 
 
 @pytest.mark.parametrize("reward", ["accept", "value"])

@@ -11,11 +11,10 @@ import pytest
 import redis
 
 from kairos.cluster.storage import redis_chunks
-from kairos.cluster.storage.redis_server import RedisServer
 from kairos.cluster.storage.redis_store import RedisStore
 from kairos.cluster.storage.store import StoreCorrupt, StoreUnavailable
 
-from tests.unit.storage.test_store import KAIROS_COMMANDS
+from tests.unit.storage.test_store import guarded_redis  # noqa: F401 (a fixture)
 
 CHUNK = 1 << 19  # 512 KiB: the server below takes no value past 1 MiB
 
@@ -132,17 +131,8 @@ def test_a_missing_or_changed_chunk_is_corrupt(store):
         store.get_meta("learner")
 
 
-@pytest.fixture(scope="module")
-def guarded_redis(tmp_path_factory):
-    rules = f"on >user-secret ~acl:* -@all {' '.join('+' + c for c in KAIROS_COMMANDS.split())}"
-    server = RedisServer(tmp_path_factory.mktemp("guarded"), password="admin-secret",
-                         users={"kairos": rules}).start()
-    yield server
-    server.stop()
-
-
-def test_an_acl_user_limited_to_kairos_commands_saves_and_reads_chunks(guarded_redis,
-                                                                      monkeypatch):
+def test_an_acl_user_limited_to_kairos_commands_saves_and_reads_chunks(
+        guarded_redis, monkeypatch):  # noqa: F811 (the fixture)
     store = RedisStore(f"redis://kairos:user-secret@127.0.0.1:{guarded_redis.port}/0"
                        f"?prefix=acl")
     monkeypatch.setattr(redis_chunks, "CHUNK_BYTES", 1000)
