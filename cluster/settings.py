@@ -196,6 +196,10 @@ OUTCOME_WINDOW_S = number("OUTCOME_WINDOW_S", 7 * 86_400.0, above=True)
 # Outcomes a customer may report per OUTCOME_RATE_WINDOW_S; past it, RESOURCE_EXHAUSTED.
 OUTCOMES_PER_CUSTOMER = integer("OUTCOMES_PER_CUSTOMER", 60)
 OUTCOME_RATE_WINDOW_S = number("OUTCOME_RATE_WINDOW_S", 60.0, above=True)
+# The labels outcomes taught a decision's actions, kept per customer apart from its idempotency
+# keys (cluster/shard/outcomes.py) for OUTCOME_WINDOW_S: past its LABELS_PER_CUSTOMER most
+# recent (32 bytes each), a later outcome teaches an older decision's label again.
+LABELS_PER_CUSTOMER = integer("LABELS_PER_CUSTOMER", 64)
 # The decision log (cluster/shard/decisionlog.py): every decision a shard makes and every
 # outcome it takes, beside the journal. 0 turns it off. A shard's log keeps records this long
 # and at most this many bytes (the oldest go first), and holds at most DECISION_LOG_PENDING
@@ -334,9 +338,15 @@ GATEWAY_CONNECTIONS = integer("GATEWAY_CONNECTIONS", 8192)
 GATEWAY_CONNECTION_IDLE_S = number("GATEWAY_CONNECTION_IDLE_S", 300.0, above=True)
 # Largest request accepted (bytes); larger ones fail with RESOURCE_EXHAUSTED before decoding.
 MAX_MESSAGE_BYTES = integer("MAX_MESSAGE_BYTES", 1 << 20, low=1024)
-# Decisions a watch stream may have waiting; past it the oldest are dropped and the stream
-# ends RESOURCE_EXHAUSTED, saying how many it missed.
+# Decisions a watch stream of one customer may have left unread when a shard's push call comes;
+# past it the oldest are dropped and the stream ends RESOURCE_EXHAUSTED, saying how many it
+# missed. The call itself does not count (it is kept whole): a stream ends for being slow, not
+# for a shard's large call.
 WATCH_BACKLOG = integer("WATCH_BACKLOG", 1024)
+# ... of a channel's watch (every customer's decisions on it, so bursts are large). The kept
+# decisions are shared by all the watch's streams: at most this many per watched view, and one
+# push call's (about 1-2 KiB each: 16,384 is 16-32 MiB a view).
+CHANNEL_WATCH_BACKLOG = integer("CHANNEL_WATCH_BACKLOG", 16_384)
 # WatchDecisions streams a gateway serves at once; past it, new ones are RESOURCE_EXHAUSTED.
 WATCH_STREAMS = integer("WATCH_STREAMS", 10_000)
 # ... of them one API key may hold, and one host (an IPv4 address or an IPv6 /64; behind a

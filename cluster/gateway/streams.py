@@ -22,9 +22,13 @@ emptied). A watch by an alias's anonymous id goes on after a link merges that cu
 another: the shard keeps the registration on the customer, under the id it was made by, and
 pushes the customer's decisions naming that id too (shard/watches.py `Pushed`); its
 unregistration follows the redirect and takes one registration away, so the customer's own
-watch stays. A slow stream is at most WATCH_BACKLOG decisions behind: past that, the oldest
-are dropped, and the stream, once it reads again, ends (FellBehind: RESOURCE_EXHAUSTED, naming
-how many it missed), so its caller knows to watch again and Decide what it needs. A gateway
+watch stays. A slow stream is at most WATCH_BACKLOG decisions behind (CHANNEL_WATCH_BACKLOG on
+a channel's watch, which every customer's decisions feed): past that, the oldest are dropped,
+and the stream, once it reads again, ends (FellBehind: RESOURCE_EXHAUSTED, naming how many it
+missed), so its caller knows to watch again and Decide what it needs. Only what a stream left
+unread before a push call counts: the call itself is kept whole however large (a shard sends
+what waited during its last call as one), so a stream ends for being slow, never because a
+burst came at once; a watch keeps at most its backlog and one push call. A gateway
 holds at most WATCH_STREAMS streams (each costs a shard's watch entry),
 WATCH_STREAMS_PER_KEY of one API key and WATCH_STREAMS_PER_HOST from one host; past any, a
 new one is refused (Busy: RESOURCE_EXHAUSTED). `end` ends the streams on customers this
@@ -56,8 +60,9 @@ from kairos.core.errors import InputError
 from kairos.core.request import quoted
 
 from kairos.cluster.identity import fingerprint
-from kairos.cluster.settings import (SHARD_CLOCK_SKEW_S, WATCH_BACKLOG, WATCH_STREAMS,
-                                     WATCH_STREAMS_PER_HOST, WATCH_STREAMS_PER_KEY)
+from kairos.cluster.settings import (CHANNEL_WATCH_BACKLOG, SHARD_CLOCK_SKEW_S, WATCH_BACKLOG,
+                                     WATCH_STREAMS, WATCH_STREAMS_PER_HOST,
+                                     WATCH_STREAMS_PER_KEY)
 from kairos.cluster.shard.watches import Pushed, Unwatched
 from kairos.cluster.transport.backend import Backend
 from kairos.cluster.transport.client import Busy, KairosClient
@@ -104,10 +109,11 @@ class Ended(Exception):
 class FellBehind(Busy):
     """A stream read too slowly: pushes for it were dropped (RESOURCE_EXHAUSTED)."""
 
-    def __init__(self, missed: int) -> None:
+    def __init__(self, missed: int, setting: str, backlog: int) -> None:
         super().__init__(f"this watch stream fell {missed} pushes behind (more than "
-                         f"KAIROS_WATCH_BACKLOG, {WATCH_BACKLOG}), which it missed: watch "
-                         f"again, and call Decide for the customers whose best action matters")
+                         f"KAIROS_{setting}, {backlog}), which it missed: it read too slowly; "
+                         f"watch again, and call Decide for the customers whose best action "
+                         f"matters")
 
 
 class _Stream:
@@ -124,12 +130,14 @@ def _live(watched: "_Watched") -> bool:
 
 
 class _Watched:
-    """A watch's streams, the decisions pushed for them (the last WATCH_BACKLOG, numbered
-    from 0), and its registration with the shards."""
+    """A watch's streams, the decisions pushed for them (the last `backlog` before the latest
+    push call, and that call's; numbered from 0), and its registration with the shards."""
 
-    def __init__(self) -> None:
+    def __init__(self, channel_wide: bool) -> None:
+        self.setting = "CHANNEL_WATCH_BACKLOG" if channel_wide else "WATCH_BACKLOG"
+        self.backlog = CHANNEL_WATCH_BACKLOG if channel_wide else WATCH_BACKLOG
         self.streams: set[_Stream] = set()
-        self.log: deque[Decision] = deque(maxlen=WATCH_BACKLOG)
+        self.log: deque[Decision] = deque()
         self.pushed = 0  # decisions appended to the log
         self.wake = asyncio.Event()  # replaced once set: the streams that waited read on
         self.held: bool | None = False  # None: a call failed, so the shards may hold it
@@ -140,6 +148,12 @@ class _Watched:
     def append(self, decision: Decision) -> None:
         self.log.append(decision)
         self.pushed += 1
+
+    def trim(self, delivered: int) -> None:
+        """Drop the oldest past the backlog, not counting the `delivered` of the push call that
+        just came: a stream ends for what it left unread before the call."""
+        for _ in range(len(self.log) - self.backlog - delivered):
+            self.log.popleft()
 
     def woken(self) -> None:
         self.wake.set()
@@ -259,7 +273,7 @@ class Watches:
                        f"those it is unregistering, its most (KAIROS_WATCH_STREAMS)")
         callers = self.streams.admit(key, host)
         if watched is None:
-            watched = self._watched[watch] = _Watched()
+            watched = self._watched[watch] = _Watched(watch.customer_id is None)
         stream = _Stream(watched.pushed)
         watched.streams.add(stream)
         try:
@@ -276,7 +290,7 @@ class Watches:
                     continue
                 first = watched.pushed - len(watched.log)  # the oldest still kept
                 if stream.cursor < first:
-                    raise FellBehind(first - stream.cursor)
+                    raise FellBehind(first - stream.cursor, watched.setting, watched.backlog)
                 stream.cursor += 1
                 yield watched.log[stream.cursor - 1 - first]
         finally:
@@ -361,7 +375,7 @@ class Watches:
         dropped this gateway's watches of its customer) ends the streams that follow any of
         its ids on a watch registered before the forget, as a forget through this gateway
         does (`end`)."""
-        woken: dict[int, _Watched] = {}
+        woken: dict[int, tuple[_Watched, int]] = {}  # and how many it had pushed before
         forgotten: list[Unwatched] = []
         for d in decisions:
             if isinstance(d, Unwatched):
@@ -372,9 +386,10 @@ class Watches:
                           Watch(None, d.channel, d.placement)):
                 watched = self._watched.get(watch)
                 if watched is not None and watched.streams:
+                    woken.setdefault(id(watched), (watched, watched.pushed))
                     watched.append(d)
-                    woken[id(watched)] = watched
-        for watched in woken.values():
+        for watched, before in woken.values():
+            watched.trim(watched.pushed - before)
             watched.woken()
         for word in forgotten:  # by the shard's clock, erring (within the skew) towards ending:
             # a stream ended needlessly reopens, one left open on a dropped watch gets nothing
