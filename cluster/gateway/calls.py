@@ -210,6 +210,7 @@ class Gateway:
                 self._compiled = compiled = await asyncio.get_running_loop().run_in_executor(
                     None, compiled_from_text, running["text"])
                 self.watches.end_where(lambda watch, _: _view_left(compiled, watch))
+                self.watches.register_again()  # a switch between may have dropped them
         finally:
             self._refresh = None
 

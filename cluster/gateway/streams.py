@@ -43,7 +43,10 @@ alias's anonymous id again, that registered since stays. One within the clocks' 
 forget may be ended too; its caller watches again. A catalog switch that takes a watched
 view away has the shards drop its watches too: the gateway ends their streams (`end_where`,
 NOT_FOUND) once it has compiled the new catalog, and their unregistration, which the shards
-refuse as invalid, is done.
+refuse as invalid, is done. A switch away and back within one look of the gateway's is never
+compiled here, yet the shards dropped the watch at it: so after every compile each watch is
+registered again (`register_again`, a call per watch per switch), and comes back, or is
+refused and its streams end.
 """
 from __future__ import annotations
 
@@ -121,7 +124,7 @@ class _Stream:
 
     def __init__(self, cursor: int) -> None:
         self.cursor = cursor  # the number of the next decision it reads
-        self.ended: Ended | None = None
+        self.ended: Exception | None = None
 
 
 def _live(watched: "_Watched") -> bool:
@@ -143,6 +146,7 @@ class _Watched:
         self.held: bool | None = False  # None: a call failed, so the shards may hold it
         self.ready = _future()  # done once a registration is done for the waiting streams
         self.settling: asyncio.Task | None = None
+        self.again = False  # registered again since the call in flight began (a switch)
         self.registered_at = -math.inf  # when its latest registration was sent (wall clock)
 
     def append(self, decision: Decision) -> None:
@@ -158,6 +162,18 @@ class _Watched:
     def woken(self) -> None:
         self.wake.set()
         self.wake = asyncio.Event()
+
+
+def _fail(watch: Watch, watched: _Watched, exc: Exception) -> None:
+    """End the watch's streams on its failed registration: those that read too, as the shards
+    may not push to them (NOT_FOUND, Ended, for a view the shards' catalog lacks)."""
+    if isinstance(exc, InputError):
+        exc = Ended(f"the catalog the cluster runs has no {watch.channel}/{watch.placement} "
+                    f"({exc}): this watch ended")
+    for stream in watched.streams:
+        stream.ended = stream.ended or exc
+    watched.streams.clear()
+    watched.woken()
 
 
 def _future() -> asyncio.Future:
@@ -318,6 +334,7 @@ class Watches:
             ready = watched.ready
             if want:
                 watched.registered_at = time.time()
+            watched.again = False
             try:
                 await self._register(watch, want)
             except Exception as exc:
@@ -325,20 +342,30 @@ class Watches:
                     watched.held = False                      # shards dropped it then
                     continue
                 watched.held = None
-                if want and watched.ready is ready:  # those it was for fail: the next
-                    ready.set_exception(exc)         # registration is for new ones
-                    watched.streams.clear()
+                if want and watched.ready is ready:  # those it was for fail (the reading
+                    ready.set_exception(exc)         # ones too, after a switch): the next
+                    _fail(watch, watched, exc)       # registration is for new ones
                 if want or _live(watched):  # streams that came as it unregistered have it
                     continue                # registered now, not after a wait (or never)
                 self._retry_later(watch, watched, exc, retry)
                 return
-            if want and watched.ready is not ready:  # `end` came meanwhile: the forget may
-                watched.held = None                  # have dropped what this registered
+            if want and (watched.ready is not ready or watched.again):  # `end` or a switch
+                watched.held = None  # came meanwhile: it may have dropped what this registered
                 continue
             watched.held = want
             if want:
                 ready.set_result(None)
         self._drop_unused(watch, watched)
+
+    def register_again(self) -> None:
+        """Register every watch that has streams again, after a catalog switch: the shards
+        may have dropped it at a switch this gateway never compiled. One still held is held
+        once; one whose view is gone is refused, and its streams end."""
+        for watch, watched in self._watched.items():
+            if _live(watched):
+                watched.again = True
+                watched.held = None
+                self._settle_soon(watch, watched)
 
     def _retry_later(self, watch: Watch, watched: _Watched, exc: Exception,
                      retry: tuple[float, float] | None) -> None:
