@@ -40,6 +40,11 @@ from kairos.cluster.transport.lanes import EarlierFailed
 MAX_DETAILS = 1024  # characters of a status message
 CATALOG_RECHECK_S = 1.0  # the most often refused requests have the controller asked
 CATALOG_FOLLOW_S = 1.0  # how often the map is looked at for a catalog switch without calls
+# after a failed fetch or compile of the catalog switched to, the first wait before the next,
+# doubled each failure up to the second (a controller down, or a text this gateway cannot
+# compile, would otherwise cost a call and a compile a second)
+CATALOG_RETRY_S = (1.0, 30.0)
+CATALOG_FAILED_LOG_S = 60.0  # the most often such a failure is logged
 ENDPOINTS_REFRESH_S = 1.0  # the most often GetRoutes asks the controller for the endpoints
 SHEDDER_RESTART_S = 5.0  # after the load shedder failed, until it starts again
 UNAVAILABLE_LOG_S = 10.0  # the most often the detail behind an UNAVAILABLE answer is logged
@@ -90,6 +95,8 @@ class Gateway:
         self.shedder = Shedder()
         self._compiled: CompiledCatalog | None = None
         self._refresh: asyncio.Future | None = None
+        self._refresh_wait = CATALOG_RETRY_S[0]  # after the next failed refresh
+        self._refresh_after = -math.inf  # no refresh starts on its own before (monotonic)
         self._rechecked = -math.inf  # when a refusal last had the controller's catalog asked
         self._shedding: asyncio.Task | None = None
         self._following: asyncio.Task | None = None
@@ -104,11 +111,14 @@ class Gateway:
 
     async def _follow_catalog(self) -> None:
         """Compile the catalog the cluster switched to even while no call asks for it: watch
-        streams on a view it took away end only then (`refresh_catalog`)."""
+        streams on a view it took away end only then (`refresh_catalog`). A failed refresh
+        is logged (`_refreshed`) and waited out (CATALOG_RETRY_S)."""
         while True:
             await asyncio.sleep(CATALOG_FOLLOW_S)
             with contextlib.suppress(Exception):  # the next look, or a call, tries again
                 await self.catalog()
+                if self._refresh is not None:
+                    await asyncio.shield(self._refresh)
 
     async def _shed(self) -> None:
         """The shedder's loop, started again SHEDDER_RESTART_S after it fails: a failed one
@@ -155,9 +165,30 @@ class Gateway:
         previous one serves, so no call waits for a compile."""
         if self._compiled is None:
             await self.refresh_catalog()
-        elif self._compiled.version != self.client.catalog_version and self._refresh is None:
-            self._refresh = asyncio.ensure_future(self.refresh_catalog())
+        elif self._compiled.version != self.client.catalog_version and self._refresh is None \
+                and time.monotonic() >= self._refresh_after:
+            self._start_refresh()
         return self._compiled
+
+    def _start_refresh(self) -> None:
+        """`refresh_catalog` in the background, which callers may wait for or not."""
+        self._refresh = asyncio.ensure_future(self.refresh_catalog())
+        self._refresh.add_done_callback(self._refreshed)
+
+    def _refreshed(self, refresh: asyncio.Future) -> None:
+        """A background refresh ended: after a failure (its exception taken here, as its
+        waiters may all have left), none starts on its own for a while, longer each time, and
+        the failure is logged at most once a CATALOG_FAILED_LOG_S."""
+        exc = None if refresh.cancelled() else refresh.exception()
+        if exc is None:
+            self._refresh_wait, self._refresh_after = CATALOG_RETRY_S[0], -math.inf
+            return
+        self._refresh_after = time.monotonic() + self._refresh_wait
+        _CATALOG_FAILED.warn("%s: the catalog the cluster switched to (%s) could not be had "
+                             "(tried again in %.0f s; %s serves meanwhile): %s: %s", self.name,
+                             self.client.catalog_version, self._refresh_wait,
+                             self._compiled and self._compiled.version, type(exc).__name__, exc)
+        self._refresh_wait = min(self._refresh_wait * 2, CATALOG_RETRY_S[1])
 
     async def checked(self, check: Callable[[CompiledCatalog], T], timeout_s: float) -> T:
         """`check(catalog)` with the catalog `catalog()` gives. What it refuses (InputError) is
@@ -176,7 +207,7 @@ class Gateway:
             if self._refresh is None and self._compiled is catalog and \
                     now - self._rechecked >= CATALOG_RECHECK_S:
                 self._rechecked = now  # the shards may have switched before the map said so
-                self._refresh = asyncio.ensure_future(self.refresh_catalog())
+                self._start_refresh()
             if self._refresh is not None:
                 try:
                     async with asyncio.timeout(timeout_s):
@@ -328,6 +359,7 @@ async def abort(context, exc: BaseException, retry: str = KEYED) -> None:
 
 # a shard that is down fails every call routed to it
 _UNAVAILABLE_DETAIL = ThrottledWarning(log, UNAVAILABLE_LOG_S)
+_CATALOG_FAILED = ThrottledWarning(log, CATALOG_FAILED_LOG_S)
 
 
 def _unavailable(exc: Unavailable, retry: str) -> str:

@@ -1,0 +1,55 @@
+"""The gateway's catalog follow while the controller cannot answer, after the map named a
+version it has not compiled: no 'Task exception was never retrieved' (an ERROR traceback
+each look), one throttled warning, and fewer and fewer controller calls (review rev44
+d-streams 3)."""
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+
+from kairos.cluster.gateway import calls as calls_module
+from kairos.cluster.gateway.calls import Gateway
+from kairos.cluster.throttled import ThrottledWarning
+from kairos.cluster.transport.backend import Unavailable
+from kairos.cluster.transport.client import KairosClient
+
+from tests.support.local_backend import LocalBackend
+
+
+def test_a_controller_down_is_warned_of_once_and_asked_less_and_less(monkeypatch, caplog):
+    monkeypatch.setattr(calls_module, "CATALOG_FOLLOW_S", 0.02)
+    monkeypatch.setattr(calls_module, "CATALOG_RETRY_S", (0.05, 0.4))
+    monkeypatch.setattr(calls_module, "_CATALOG_FAILED",
+                        ThrottledWarning(calls_module.log, calls_module.CATALOG_FAILED_LOG_S))
+
+    async def main() -> int:
+        backend = LocalBackend()
+        await backend.start_runtime(1, n_partitions=4)
+        client = await KairosClient(backend).connect()
+        gateway = Gateway("g", client, backend)
+        await gateway.refresh_catalog()
+        controller = backend.controller()
+        asked = 0
+
+        async def down() -> dict:
+            nonlocal asked
+            asked += 1
+            raise Unavailable("controller down")
+        controller.get_catalog = down
+        monkeypatch.setattr(backend, "controller", lambda: controller)
+        gateway.start()
+        client.catalog_version = "v-next"  # the map says the cluster switched
+        for _ in range(15):
+            await asyncio.sleep(0.1)
+            gc.collect()  # a failed future nobody retrieved is reported as it is collected
+        await gateway.close()
+        return asked
+
+    with caplog.at_level(logging.WARNING):
+        asked = asyncio.run(main())
+        gc.collect()
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+    warned = [r for r in caplog.records if "could not be had" in r.getMessage()]
+    assert len(warned) == 1 and "controller down" in warned[0].getMessage()
+    assert 2 <= asked <= 8  # a look every 0.02 s would have asked about 75 times
