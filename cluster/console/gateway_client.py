@@ -20,6 +20,7 @@ from kairos.v1 import decision_pb2_grpc
 
 from kairos.cluster.cli.remote import channel_to
 from kairos.cluster.gateway.auth import METADATA_KEY
+from kairos.cluster.gateway.streams import WATCH_AGAIN
 
 CALL_TIMEOUT_S = 5.0  # an agent waits on a page, not on a batch job
 VALIDATE_TIMEOUT_S = 60.0  # compiling a catalog of thousands of actions takes a while
@@ -32,8 +33,10 @@ OUTCOMES = {"accept": pb.ACCEPT, "reject": pb.REJECT, "not_now": pb.IGNORE}
 class GatewayError(Exception):
     """A call that failed, by what the agent sees: `kind` is one of "down" (no gateway
     answers), "busy" (the gateway sheds load: try again shortly), "not_found", "denied" (the
-    key lacks a scope), "invalid" (the gateway refused the request) or "failed". `code`: the
-    gRPC status's name ("" for a failure the console found itself)."""
+    key lacks a scope), "invalid" (the gateway refused the request), "again" (the gateway
+    ended a watch that a new one overcomes at once: its view left the catalog, or it fell
+    behind) or "failed". `code`: the gRPC status's name ("" for a failure the console found
+    itself)."""
 
     KINDS = {grpc.StatusCode.UNAVAILABLE: "down", grpc.StatusCode.DEADLINE_EXCEEDED: "down",
              grpc.StatusCode.RESOURCE_EXHAUSTED: "busy",
@@ -55,7 +58,10 @@ class GatewayError(Exception):
 
     @classmethod
     def status(cls, code: grpc.StatusCode, details: str | None) -> "GatewayError":
-        return cls(cls.KINDS.get(code, "failed"), f"{code.name}: {details}", code.name)
+        kind = cls.KINDS.get(code, "failed")
+        if kind in ("not_found", "busy") and WATCH_AGAIN in (details or ""):
+            kind = "again"
+        return cls(kind, f"{code.name}: {details}", code.name)
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,36 @@ async def followed(watch: Watches, read: Read, channels: list[str]
     GetProfile) per live page, watching the channels the browser's page shows. A page with
     channels they lack (none named, a catalog switched since) is read once more, under
     watches of its own; one naming a channel the catalog no longer has (refused, "invalid")
-    learns them so, rather than stop updating for good."""
+    learns them so, rather than stop updating for good. A watch the gateway ends "again" (a
+    switch took its channel away; it fell behind) has the page follow the catalog's channels
+    anew (`_again`), rather than stop every channel's updates."""
+    changes, page = await _followed(watch, read, channels)
+    return _again(watch, read, changes), page
+
+
+async def _again(watch: Watches, read: Read, changes: AsyncIterator[set[str]]
+                 ) -> AsyncIterator[set[str]]:
+    """`changes`, then those of the watches followed anew (the catalog's channels now) each
+    time the gateway ends one "again", with {"*"} to have the page read again: pushes may
+    have been missed meanwhile."""
+    try:
+        while True:
+            try:
+                async for changed in changes:
+                    yield changed
+                return
+            except GatewayError as exc:
+                if exc.kind != "again":
+                    raise
+            await changes.aclose()
+            changes, _ = await _followed(watch, read, [])
+            yield {"*"}
+    finally:
+        await changes.aclose()
+
+
+async def _followed(watch: Watches, read: Read, channels: list[str]
+                    ) -> tuple[AsyncIterator[set[str]], CustomerPage]:
     try:
         changes, page = await _read_watched(watch, read, channels)
     except GatewayError as exc:

@@ -27,7 +27,7 @@ from kairos.core.errors import InputError
 from kairos.cluster.gateway.admission import Shedder
 from kairos.cluster.gateway.auth import Denied, refusal
 from kairos.cluster.gateway.requests import Who, view
-from kairos.cluster.gateway.streams import Ended, Open, Watch, Watches
+from kairos.cluster.gateway.streams import WATCH_AGAIN, Ended, Open, Watch, Watches
 from kairos.cluster.protocol import BEING_FORGOTTEN, EXPIRED
 from kairos.cluster.settings import (DEADLINE_MARGIN_S, DEADLINE_MARGIN_SHARE, DEFAULT_DEADLINE_S,
                                      GATEWAY_INFLIGHT_LIMIT, INGEST_STREAMS,
@@ -337,7 +337,8 @@ def _view_left(catalog: CompiledCatalog, watch: Watch) -> str | None:
         view(catalog, watch.channel, watch.placement)
     except InputError as exc:
         return (f"the catalog the cluster switched to ({catalog.version}) has no "
-                f"{watch.channel}/{watch.placement} ({exc.reason}): this watch ended")
+                f"{watch.channel}/{watch.placement} ({exc.reason}): this watch ended; "
+                f"{WATCH_AGAIN} on a view it has")
     return None
 
 

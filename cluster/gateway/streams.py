@@ -76,6 +76,9 @@ log = logging.getLogger("kairos.gateway")
 # another one that the customer's shard told (an `Unwatched` pushed)
 FORGOTTEN = ("the customer was forgotten (ForgetCustomer): its watch ended; a new watch "
              "follows the id if it comes back")
+# in what ends a stream whose caller may watch again at once and be served (a view left the
+# catalog: its other views; it fell behind): the console follows again on it, not stops
+WATCH_AGAIN = "watch again"
 UNWATCH_RETRY_S = 600.0  # how long a failed unregistration is tried again
 UNWATCH_BACKOFF_S = (0.1, 5.0)  # the first wait before it is tried again, and the longest
 # keys the fingerprints this gateway's logs name customers by (logs outlive a forget, so they
@@ -115,7 +118,7 @@ class FellBehind(Busy):
     def __init__(self, missed: int, setting: str, backlog: int) -> None:
         super().__init__(f"this watch stream fell {missed} pushes behind (more than "
                          f"KAIROS_{setting}, {backlog}), which it missed: it read too slowly; "
-                         f"watch again, and call Decide for the customers whose best action "
+                         f"{WATCH_AGAIN}, and call Decide for the customers whose best action "
                          f"matters")
 
 
@@ -169,7 +172,7 @@ def _fail(watch: Watch, watched: _Watched, exc: Exception) -> None:
     may not push to them (NOT_FOUND, Ended, for a view the shards' catalog lacks)."""
     if isinstance(exc, InputError):
         exc = Ended(f"the catalog the cluster runs has no {watch.channel}/{watch.placement} "
-                    f"({exc}): this watch ended")
+                    f"({exc}): this watch ended; {WATCH_AGAIN} on a view it has")
     for stream in watched.streams:
         stream.ended = stream.ended or exc
     watched.streams.clear()
