@@ -42,8 +42,8 @@ from kairos.cluster.shard.watches import Watches
 
 class CustomerRequests:
     def __init__(self, ctx: ShardContext, residency: Residency, keys: IdempotencyKeys,
-                 journaling: Journaling, watches: Watches, seal: DecisionSeal,
-                 identities: CustomerIdentities, directory: Directory,
+                 labels: TaughtLabels, journaling: Journaling, watches: Watches,
+                 seal: DecisionSeal, identities: CustomerIdentities, directory: Directory,
                  decision_log: DecisionLog):
         self._ctx = ctx
         self._directory = directory  # its tombstones say who was forgotten, and when
@@ -51,7 +51,7 @@ class CustomerRequests:
         self._identities = identities
         self._residency = residency
         self._keys = keys
-        self._labels = TaughtLabels(keys)
+        self._labels = labels
         self._seal = seal
         self._rate = OutcomeRate(ctx.clock)
         self._journaling = journaling

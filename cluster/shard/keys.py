@@ -7,7 +7,9 @@ when the partition moves. Memory holds the keys of resident customers only, and 
 from two customers is two keys. Retention is a window per customer: a retry is recognised for
 at least KEY_RETENTION_S after the first application, among the customer's KEYS_PER_CUSTOMER
 most recent keys; past either, it applies again. A caller can push out only the keys of the
-customer it names. Outcomes' keys (Respond) are kept the same way, among the same keys.
+customer it names. Outcomes' keys (Respond) are kept the same way, among the same keys. The
+labels outcomes taught (outcomes.TaughtLabels) are records of another `IdempotencyKeys`, under
+a block field, a cap and a retention of their own: neither pushes the other's records out.
 
 What is kept of a key is a record of RECORD.size bytes whatever the key's length (a caller's
 key may be MAX_KEY_LENGTH characters): 16 bytes of BLAKE2b over the key (two of a customer's
@@ -133,12 +135,12 @@ class _Records:
             at = self.data.find(digest, at + 1)
         return None if at == -1 else at
 
-    def add(self, digest: bytes, record: bytes) -> None:
-        """Append the record of a digest not among these, the oldest out past
-        KEYS_PER_CUSTOMER."""
+    def add(self, digest: bytes, record: bytes, most: int) -> None:
+        """Append the record of a digest not among these, the oldest out past `most` (the
+        store's cap, passed in: a slot would cost every customer 8 bytes)."""
         self.data += record
-        if len(self.data) > KEYS_PER_CUSTOMER * RECORD.size:
-            self.drop_oldest(len(self.data) // RECORD.size - KEYS_PER_CUSTOMER)
+        if len(self.data) > most * RECORD.size:
+            self.drop_oldest(len(self.data) // RECORD.size - most)
         if self.index is None or self.index.full():
             self.index = _index(self.data)  # after the drop: sized for those kept
         else:
@@ -161,8 +163,20 @@ class _Records:
 
 
 class IdempotencyKeys:
-    def __init__(self, clock: Callable[[], float]):
+    """Records per customer under one block field: the idempotency keys by default; the
+    labels outcomes taught (outcomes.TaughtLabels) are another instance, with a field, a cap
+    and a retention of their own, so neither pushes the other's records out."""
+
+    def __init__(self, clock: Callable[[], float], field: str = "key_records",
+                 most: int | None = None, retention_s: float | None = None,
+                 legacy: str | None = "keys"):
+        """`most` and `retention_s` default to the keys' settings, read when constructed;
+        `legacy`: the field of blocks written before the records, holding the keys themselves
+        (None: nothing was kept before)."""
         self._clock = clock
+        self._field, self._legacy = field, legacy
+        self._most = KEYS_PER_CUSTOMER if most is None else most
+        self._retention_s = KEY_RETENTION_S if retention_s is None else retention_s
         self._keys: dict[str, _Records] = {}  # customer -> its records
         # restores so far: a key looked up and not found is among its customer's records only
         # once remembered, or once a restore adds it
@@ -180,7 +194,7 @@ class IdempotencyKeys:
         at = records.find(digest)
         if at is not None:
             _, sequence, when = RECORD.unpack_from(records.data, at)
-            if when > self._clock() - KEY_RETENTION_S:
+            if when > self._clock() - self._retention_s:
                 return sequence
         if len(self._pending) >= PENDING_DIGESTS:
             self._pending.clear()
@@ -197,13 +211,13 @@ class IdempotencyKeys:
         if records is None:
             self._keys[customer_id] = _Records(bytearray(record))
         elif absent_until == self._restores or (at := records.find(digest)) is None:
-            records.add(digest, record)
+            records.add(digest, record, self._most)
         else:  # applied again (its window closed, or a replay): now the newest
             records.renew(at, record)
 
     def _expire(self, records: _Records) -> None:
-        data, horizon = records.data, self._clock() - KEY_RETENTION_S
-        count = max(0, len(data) // RECORD.size - KEYS_PER_CUSTOMER)
+        data, horizon = records.data, self._clock() - self._retention_s
+        count = max(0, len(data) // RECORD.size - self._most)
         while count * RECORD.size < len(data) and \
                 WHEN.unpack_from(data, count * RECORD.size + DIGEST_BYTES + 8)[0] <= horizon:
             count += 1
@@ -216,14 +230,14 @@ class IdempotencyKeys:
         if records is None:
             return {}
         self._expire(records)
-        return {"key_records": bytes(records.data)}
+        return {self._field: bytes(records.data)}
 
     def restore(self, customer_id: str, extra: dict[str, Any]) -> None:
         """Add a block's keys to the customer's (a block written before keys were kept per
         customer has none)."""
-        theirs = [*RECORD.iter_unpack(extra.get("key_records", b"")),
-                  *((_digest(key), int(sequence), float(when))
-                    for key, sequence, when in extra.get("keys", ()))]
+        old = extra.get(self._legacy, ()) if self._legacy else ()
+        theirs = [*RECORD.iter_unpack(extra.get(self._field, b"")),
+                  *((_digest(key), int(sequence), float(when)) for key, sequence, when in old)]
         if not theirs:
             return
         self._restores += 1

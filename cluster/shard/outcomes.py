@@ -25,11 +25,12 @@ of decisions issued before their customer's partition moved are refused.
 
 A decision's shown action learns each label (positive: accept or convert; negative: reject or
 ignore) once, whichever outcomes report it. The engine's memo says so for the decisions it
-keeps; `TaughtLabels` keeps it beyond them, as one of the customer's idempotency keys (keys.py)
-per label taught: so in its home, its partition's snapshot and handoff, folded in by a link,
-and journaled with the outcome that taught it (replay teaches it again). So the key's window
-holds: a label taught within KEY_RETENTION_S and among the customer's KEYS_PER_CUSTOMER most
-recent keys (events' and outcomes' own keys count too) is not taught again; past it, it is.
+keeps; `TaughtLabels` keeps it beyond them: a record per label taught (keys.py's store, apart
+from the idempotency keys: neither pushes the other's records out), in the
+customer's block ("label_records": its home, its partition's snapshot and handoff, folded in
+by a link, erased by a forget) and journaled with the outcome that taught it (replay teaches
+it again). A label taught within OUTCOME_WINDOW_S (as long as the decision takes outcomes) and
+among the customer's LABELS_PER_CUSTOMER most recent is not taught again; past those, it is.
 """
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ import msgpack
 from kairos.core.decision import Decision
 from kairos.core.errors import InputError
 
-from kairos.cluster.settings import OUTCOME_RATE_WINDOW_S, OUTCOME_WINDOW_S, OUTCOMES_PER_CUSTOMER
+from kairos.cluster.settings import (LABELS_PER_CUSTOMER, OUTCOME_RATE_WINDOW_S, OUTCOME_WINDOW_S,
+                                    OUTCOMES_PER_CUSTOMER)
 from kairos.cluster.shard.keys import IdempotencyKeys
 from kairos.cluster.storage.store import Store
 
@@ -55,9 +57,6 @@ SECRET_META = "outcome-secret"  # the store's meta entry holding the cluster's s
 TAG_BYTES = 6  # 48 bits a forger must guess, one Respond per guess
 TAG_CHARS = 8  # base64 of TAG_BYTES
 RATE_REFUSAL = "outcomes for this customer within"  # in why one is refused (load tests tell it)
-# A taught label's key: callers' keys hold no control character (request.check_plain), and an
-# outcome's own starts with keys.OUTCOME_KEY, so none meets one of these
-TAUGHT_KEY = "taught\x00"
 # an id's issue time as `seal` writes it; a longer run (an id may hold 8,448 characters) would
 # be a number no float holds, and the gateway's check of an outcome's time ended UNKNOWN
 _ISSUED_RE = re.compile("[0-9a-f]{1,16}")
@@ -169,23 +168,23 @@ class OutcomeRate:
         return None
 
 
-class TaughtLabels:
-    """The engine's TaughtLabels, kept among the customers' idempotency keys (module doc)."""
+class TaughtLabels(IdempotencyKeys):
+    """The engine's TaughtLabels: a customer state of its own (module doc)."""
 
-    def __init__(self, keys: IdempotencyKeys):
-        self._keys = keys
+    def __init__(self, clock: Callable[[], float]):
+        super().__init__(clock, "label_records", LABELS_PER_CUSTOMER, OUTCOME_WINDOW_S,
+                         legacy=None)
 
     def taught(self, customer_id: str, decision_id: str, action_id: str,
                positive: bool) -> bool:
-        return self._keys.get(customer_id, _label_key(decision_id, action_id, positive)) \
-            is not None
+        return self.get(customer_id, _label_key(decision_id, action_id, positive)) is not None
 
     def teach(self, customer_id: str, decision_id: str, action_id: str,
               positive: bool) -> None:
-        self._keys.remember(customer_id, _label_key(decision_id, action_id, positive), 0)
+        self.remember(customer_id, _label_key(decision_id, action_id, positive), 0)
 
 
 def _label_key(decision_id: str, action_id: str, positive: bool) -> str:
     """The key of a label: the engine's id of the decision (unique to the engine that issued
     it), not the sealed one, which outcomes of the same decision need not spell alike."""
-    return f"{TAUGHT_KEY}{decision_id}\x00{action_id}\x00{'+' if positive else '-'}"
+    return f"{decision_id}\x00{action_id}\x00{'+' if positive else '-'}"

@@ -14,7 +14,8 @@ A Shard is composed of parts that each own their state, and share only context.p
 - customers.py: events, timer firings, decisions, outcomes, profile reads, watches;
 - identities.py: the alias directory's requests, the steps of a link, forgetting;
 - watches.py: who wants pushes, and the pushes a round's changes make;
-- keys.py: recent idempotency keys per customer (they ride in its block);
+- keys.py: recent idempotency keys per customer (they ride in its block), and as
+  outcomes.TaughtLabels the labels outcomes taught;
 - outcomes.py: decision ids sealed as they leave, and the outcomes taken;
 - journaling.py, durability.py: the journal of each round, snapshots, erasure, recovery;
 - handoff.py: partitions moving between shards; catalogs.py: two-phase catalog switches.
@@ -56,7 +57,7 @@ from kairos.cluster.shard.handoff import Handoff
 from kairos.cluster.shard.identities import CustomerIdentities, IdentityRequests
 from kairos.cluster.shard.journaling import Journaling
 from kairos.cluster.shard.keys import IdempotencyKeys
-from kairos.cluster.shard.outcomes import DecisionSeal, outcome_secret
+from kairos.cluster.shard.outcomes import DecisionSeal, TaughtLabels, outcome_secret
 from kairos.cluster.shard.ownership import Ownership
 from kairos.cluster.shard.residency import Residency, overflow_of, table_rows
 from kairos.cluster.shard.rounds import fire_bytes
@@ -113,18 +114,19 @@ class Shard:
         self.ownership = Ownership(owned)
         self.journaling = Journaling(ctx, journal_policy)
         self.keys = IdempotencyKeys(clock)
+        self.labels = TaughtLabels(clock)
         secret = outcome_secret(ctx.store)
         self.directory = Directory(secret)
         self.watches = Watches(ctx)
         self.identities = CustomerIdentities()
         self.residency = Residency(ctx, self.ownership, self.journaling,
-                                   (self.watches, self.identities, self.keys), idle_s,
-                                   resident_limit)
+                                   (self.watches, self.identities, self.keys, self.labels),
+                                   idle_s, resident_limit)
         self.seal = DecisionSeal(secret, clock)
         self.decision_log = DecisionLog(ctx)
-        self.customers = CustomerRequests(ctx, self.residency, self.keys, self.journaling,
-                                          self.watches, self.seal, self.identities,
-                                          self.directory, self.decision_log)
+        self.customers = CustomerRequests(ctx, self.residency, self.keys, self.labels,
+                                          self.journaling, self.watches, self.seal,
+                                          self.identities, self.directory, self.decision_log)
         identity = IdentityRequests(ctx, self.residency, self.journaling, self.directory,
                                     self.identities, self.decision_log, self.watches)
         self.durability = Durability(ctx, self.ownership, self.residency, self.directory,

@@ -186,8 +186,9 @@ def _check_extra(extra: Any, shard: bool) -> None:
     """BlockCorrupt unless a customer's extras are none (the decision log's blocks, not
     `shard`) or a map of the shape the shard writes: its timers (residency.py), watches and
     what was pushed (watches.py), aliases and links (identities.py), idempotency keys
-    (keys.py) and whether it has a home. Keys this version does not know are let be. (Once
-    per customer of every snapshot recovery reads: an empty value costs a type check only.)"""
+    (keys.py), taught labels (outcomes.py) and whether it has a home. Keys this version does
+    not know are let be. (Once per customer of every snapshot recovery reads: an empty value
+    costs a type check only.)"""
     if extra is None and not shard:
         return
     if type(extra) is not dict or "timers" not in extra or "watches" not in extra:
@@ -247,8 +248,9 @@ _LIST = (list, tuple)
 _EXTRA_SHAPES: dict[str, tuple[Any, Callable[[Any], bool]]] = {
     "timers": (dict, _timers), "watches": (_LIST, _watches), "shown": (_LIST, _shown),
     "aliases": (_LIST, _ids), "links": (_LIST, _ids), "key_records": (bytes, _key_records),
-    "keys": (_LIST, _keys), "home": (bool, _flag)}
-# keys.py's RECORD.size (a digest, a sequence, a time), which storage does not import
+    "label_records": (bytes, _key_records), "keys": (_LIST, _keys), "home": (bool, _flag)}
+# keys.py's RECORD.size (a digest, a sequence, a time; a taught label's too), which storage
+# does not import
 KEY_RECORD_BYTES = 32
 
 
