@@ -52,4 +52,4 @@ def test_a_controller_down_is_warned_of_once_and_asked_less_and_less(monkeypatch
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
     warned = [r for r in caplog.records if "could not be had" in r.getMessage()]
     assert len(warned) == 1 and "controller down" in warned[0].getMessage()
-    assert 2 <= asked <= 8  # a look every 0.02 s would have asked about 75 times
+    assert 2 <= asked <= 15  # a look every 0.02 s asks 75 times or more
