@@ -364,6 +364,8 @@ OPEN_STREAMS_PER_HOST = integer("OPEN_STREAMS_PER_HOST", 128)
 STREAM_WINDOW = integer("STREAM_WINDOW", 1024)
 # IngestStreams a gateway serves at once (each holds tasks and up to STREAM_WINDOW events), and
 # of them one API key and one host (as for the watch streams); past any, RESOURCE_EXHAUSTED.
+# Every client behind one L7 proxy, NAT or sidecar is one host: a fleet of relays behind an
+# ingress shares _PER_HOST, so raise it (up to INGEST_STREAMS) for such a deployment.
 INGEST_STREAMS = integer("INGEST_STREAMS", 4096)
 INGEST_STREAMS_PER_KEY = integer("INGEST_STREAMS_PER_KEY", max(1, INGEST_STREAMS // 4),
                                  high=INGEST_STREAMS, high_of="INGEST_STREAMS")
