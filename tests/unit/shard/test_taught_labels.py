@@ -1,7 +1,7 @@
 """A decision's shown action learns each label once, beyond the engine's memo: the labels its
-outcomes taught are kept with the customer (outcomes.TaughtLabels, among its idempotency
-keys), so an accept then a convert is one positive after a restart, a passivation or the memo
-letting the decision go (it was taught again each time before)."""
+outcomes taught are kept with the customer (outcomes.TaughtLabels, apart from its
+idempotency keys), so an accept then a convert is one positive after a restart, a passivation
+or the memo letting the decision go (it was taught again each time before)."""
 from __future__ import annotations
 
 from kairos.cluster.identity import anonymous_id
