@@ -23,12 +23,13 @@ another: the shard keeps the registration on the customer, under the id it was m
 pushes the customer's decisions naming that id too (shard/watches.py `Pushed`); its
 unregistration follows the redirect and takes one registration away, so the customer's own
 watch stays. A slow stream is at most WATCH_BACKLOG decisions behind (CHANNEL_WATCH_BACKLOG on
-a channel's watch, which every customer's decisions feed): past that, the oldest are dropped,
-and the stream, once it reads again, ends (FellBehind: RESOURCE_EXHAUSTED, naming how many it
-missed), so its caller knows to watch again and Decide what it needs. Only what a stream left
-unread before a push call counts: the call itself is kept whole however large (a shard sends
-what waited during its last call as one), so a stream ends for being slow, never because a
-burst came at once; a watch keeps at most its backlog and one push call. A gateway
+a channel's watch, which every customer's decisions feed): a stream that, as a push call
+comes, left more than that unread before the call it is reading ends (FellBehind:
+RESOURCE_EXHAUSTED, naming how many it had unread), so its caller knows to watch again and
+Decide what it needs. A call is kept whole however large (a shard sends what waited during its
+last call as one), and nothing a stream that goes on still reads is dropped, so a stream ends
+for being slow, never because a burst came at once, even as more calls come while it reads
+it; a watch keeps at most its slowest stream's call, its backlog and one push call. A gateway
 holds at most WATCH_STREAMS streams (each costs a shard's watch entry),
 WATCH_STREAMS_PER_KEY of one API key and WATCH_STREAMS_PER_HOST from one host; past any, a
 new one is refused (Busy: RESOURCE_EXHAUSTED). `end` ends the streams on customers this
@@ -46,11 +47,13 @@ NOT_FOUND) once it has compiled the new catalog, and their unregistration, which
 refuse as invalid, is done. A switch away and back within one look of the gateway's is never
 compiled here, yet the shards dropped the watch at it: so after every compile each watch is
 registered again (`register_again`, a call per watch per switch), and comes back, or is
-refused and its streams end.
+refused and its streams end; one that fails otherwise (a shard restarting) is tried again,
+backing off as an unregistration is, and its streams go on.
 """
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import math
 import secrets
@@ -128,6 +131,7 @@ class _Stream:
     def __init__(self, cursor: int) -> None:
         self.cursor = cursor  # the number of the next decision it reads
         self.ended: Exception | None = None
+        self.reading = False  # told its watch is in place: a registration had been held
 
 
 def _live(watched: "_Watched") -> bool:
@@ -135,9 +139,15 @@ def _live(watched: "_Watched") -> bool:
     return any(stream.ended is None for stream in watched.streams)
 
 
+def _reading(watched: "_Watched") -> bool:
+    """Whether a stream that has not ended reads already: the watch was held for it, so a
+    registration now is made again (a switch), not one those streams wait for."""
+    return any(stream.ended is None and stream.reading for stream in watched.streams)
+
+
 class _Watched:
-    """A watch's streams, the decisions pushed for them (the last `backlog` before the latest
-    push call, and that call's; numbered from 0), and its registration with the shards."""
+    """A watch's streams, the decisions pushed for them (from the slowest stream's place on;
+    numbered from 0) and where each push call's ended, and its registration with the shards."""
 
     def __init__(self, channel_wide: bool) -> None:
         self.setting = "CHANNEL_WATCH_BACKLOG" if channel_wide else "WATCH_BACKLOG"
@@ -145,6 +155,7 @@ class _Watched:
         self.streams: set[_Stream] = set()
         self.log: deque[Decision] = deque()
         self.pushed = 0  # decisions appended to the log
+        self.calls: list[int] = []  # where each push call still in the log ended (`pushed`)
         self.wake = asyncio.Event()  # replaced once set: the streams that waited read on
         self.held: bool | None = False  # None: a call failed, so the shards may hold it
         self.ready = _future()  # done once a registration is done for the waiting streams
@@ -156,10 +167,28 @@ class _Watched:
         self.log.append(decision)
         self.pushed += 1
 
-    def trim(self, delivered: int) -> None:
-        """Drop the oldest past the backlog, not counting the `delivered` of the push call that
-        just came: a stream ends for what it left unread before the call."""
-        for _ in range(len(self.log) - self.backlog - delivered):
+    def trim(self, before: int) -> None:
+        """A push call appended what followed decision `before`: end each stream that, not
+        counting the rest of the call it is reading, left more than the backlog unread before
+        it (so a burst of any size is read whole by a stream that keeps up, even as more calls
+        come), then drop what no stream that goes on still reads. The log holds at most the
+        slowest stream's call, the backlog and this call."""
+        first = self.pushed - len(self.log)
+        del self.calls[:bisect.bisect_right(self.calls, first)]
+        self.calls.append(self.pushed)
+        if before - first <= self.backlog:  # no stream can be that far behind
+            return
+        slowest = self.pushed
+        for stream in self.streams:
+            if stream.ended is not None:
+                continue
+            reads_to = self.calls[bisect.bisect_right(self.calls, stream.cursor)] \
+                if stream.cursor < before else before  # the end of the call it reads
+            if before - reads_to > self.backlog:
+                stream.ended = FellBehind(before - stream.cursor, self.setting, self.backlog)
+            else:
+                slowest = min(slowest, stream.cursor)
+        for _ in range(slowest - first):
             self.log.popleft()
 
     def woken(self) -> None:
@@ -298,6 +327,7 @@ class Watches:
         try:
             self._settle_soon(watch, watched)
             await asyncio.shield(watched.ready)  # a follower waits for it too
+            stream.reading = True
             await registered()
             while True:
                 if stream.ended is not None:
@@ -308,8 +338,6 @@ class Watches:
                     await watched.wake.wait()
                     continue
                 first = watched.pushed - len(watched.log)  # the oldest still kept
-                if stream.cursor < first:
-                    raise FellBehind(first - stream.cursor, watched.setting, watched.backlog)
                 stream.cursor += 1
                 yield watched.log[stream.cursor - 1 - first]
         finally:
@@ -327,10 +355,12 @@ class Watches:
                       retry: tuple[float, float] | None = None) -> None:
         """Registers `watch` while it has streams and unregisters it once it has none, one
         call at a time, until the shards hold what its streams need; then forgets it if it
-        has none. A failed registration fails the streams that waited for it; a failed
-        unregistration is tried again later (`retry`: the wait before the next try, and when
-        to give up), but one refused as invalid is done: its view left the catalog, and the
-        shards dropped the watch at their switch."""
+        has none. A failed registration fails the streams that waited for it, but one made
+        again for streams that read (after a switch) ends them only if refused (their view
+        left the catalog): else it is tried again later, as a failed unregistration is
+        (`retry`: the wait before the next try, and when to give up), so a shard's blip
+        ends no stream; an unregistration refused as invalid is done: its view left the
+        catalog, and the shards dropped the watch at their switch."""
         while (want := _live(watched)) != watched.held:
             if watched.ready.done():  # the streams from now on wait for the next one
                 watched.ready = _future()
@@ -345,11 +375,12 @@ class Watches:
                     watched.held = False                      # shards dropped it then
                     continue
                 watched.held = None
-                if want and watched.ready is ready:  # those it was for fail (the reading
-                    ready.set_exception(exc)         # ones too, after a switch): the next
-                    _fail(watch, watched, exc)       # registration is for new ones
-                if want or _live(watched):  # streams that came as it unregistered have it
-                    continue                # registered now, not after a wait (or never)
+                again = want and _reading(watched) and not isinstance(exc, InputError)
+                if want and not again and watched.ready is ready:  # those it was for fail
+                    ready.set_exception(exc)  # (the reading ones too, on a refusal after a
+                    _fail(watch, watched, exc)  # switch): the next is for new ones
+                if not again and (want or _live(watched)):  # streams that came as it
+                    continue  # unregistered have it registered now, not after a wait
                 self._retry_later(watch, watched, exc, retry)
                 return
             if want and (watched.ready is not ready or watched.again):  # `end` or a switch
@@ -373,14 +404,23 @@ class Watches:
     def _retry_later(self, watch: Watch, watched: _Watched, exc: Exception,
                      retry: tuple[float, float] | None) -> None:
         """Try `watch`'s settling again after a wait, twice as long each time (at most
-        UNWATCH_BACKOFF_S[1]), for UNWATCH_RETRY_S."""
+        UNWATCH_BACKOFF_S[1]), for UNWATCH_RETRY_S; a registration given up ends the streams
+        (and the watch is then unregistered)."""
         now = asyncio.get_running_loop().time()
         wait, give_up = retry or (UNWATCH_BACKOFF_S[0], now + UNWATCH_RETRY_S)
         if now + wait > give_up:
             shown, why = logged(watch, exc)
-            log.warning("gave up unregistering the watch %s after %.0f s: %s: %s", shown,
-                        UNWATCH_RETRY_S, type(exc).__name__, why)
-            self._drop_unused(watch, watched)
+            live = _live(watched)
+            log.warning("gave up %s the watch %s after %.0f s: %s: %s",
+                        "registering" if live else "unregistering", shown, UNWATCH_RETRY_S,
+                        type(exc).__name__, why)
+            if not live:
+                self._drop_unused(watch, watched)
+                return
+            if not watched.ready.done():
+                watched.ready.set_exception(exc)
+            _fail(watch, watched, exc)
+            watched.settling = asyncio.ensure_future(self._settle(watch, watched))
             return
 
         async def later() -> None:
@@ -419,7 +459,7 @@ class Watches:
                     woken.setdefault(id(watched), (watched, watched.pushed))
                     watched.append(d)
         for watched, before in woken.values():
-            watched.trim(watched.pushed - before)
+            watched.trim(before)
             watched.woken()
         for word in forgotten:  # by the shard's clock, erring (within the skew) towards ending:
             # a stream ended needlessly reopens, one left open on a dropped watch gets nothing

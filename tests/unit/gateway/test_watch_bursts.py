@@ -11,6 +11,7 @@ import pytest
 from kairos.cluster.gateway import streams as streams_module
 from kairos.cluster.gateway.streams import FellBehind, Watch, Watches
 
+from tests.support.waiting import until
 from tests.unit.gateway.test_watch_settling import FakeShards, decisions
 
 
@@ -90,5 +91,51 @@ def test_a_customers_stream_names_its_own_backlog(monkeypatch):
             watches.deliver(decisions(1))
         with pytest.raises(FellBehind, match="more than KAIROS_WATCH_BACKLOG, 2"):
             await slow.__anext__()
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+
+
+@pytest.mark.parametrize("burst, backlog", [(2000, 1024), (20_000, None)],
+                         ids=["backlog 1024", "default"])
+def test_a_stream_reading_a_burst_goes_on_as_the_next_call_comes(monkeypatch, burst, backlog):
+    """A burst over the backlog, then another call 5 ms later while a stream reads the burst
+    at about 100,000 a second: it dropped the burst's start under the stream, which ended
+    (review rev44 d-streams2 2, probe_burst2); a stream that reads nothing still ends."""
+    if backlog is not None:
+        monkeypatch.setattr(streams_module, "CHANNEL_WATCH_BACKLOG", backlog)
+
+    async def main() -> None:
+        watches = Watches("g", FakeShards(), FakeShards())
+        watch = Watch(None, "web", "hero")
+        got: list[str] = []
+
+        async def consume() -> None:
+            async for decision in watches.follow(watch, lambda: asyncio.sleep(0)):
+                got.append(decision.decision_id)
+                if len(got) % 100 == 0:
+                    await asyncio.sleep(0.001)
+
+        fast = asyncio.ensure_future(consume())
+        stalled = watches.follow(watch, lambda: asyncio.sleep(0))
+        first = asyncio.ensure_future(stalled.__anext__())
+        await asyncio.sleep(0.01)
+        pushed = decisions(burst + 20)
+        watches.deliver(pushed[:burst])
+        assert (await first).decision_id == "d0"
+        await asyncio.sleep(0.005)
+        assert 0 < len(got) < burst  # still reading the burst
+        watches.deliver(pushed[burst:burst + 10])
+        await until(lambda: len(got) == burst + 10 or fast.done(), 10, "the burst to be read")
+        assert not fast.done(), fast.exception()
+        kept = streams_module.CHANNEL_WATCH_BACKLOG  # past the burst the stalled one is in
+        watches.deliver(pushed[burst + 10:] * (kept // 10 + 1))
+        watches.deliver(pushed[:1])  # comes as the stalled one left more than that unread
+        with pytest.raises(FellBehind, match=r"fell \d+ pushes behind"):
+            await stalled.__anext__()
+        await until(lambda: len(got) == burst + 10 + 10 * (kept // 10 + 1) + 1 or fast.done(),
+                    10, "the rest to be read")
+        assert not fast.done(), fast.exception()
+        fast.cancel()
+        await asyncio.gather(fast, return_exceptions=True)
 
     asyncio.run(asyncio.wait_for(main(), 20))
