@@ -42,8 +42,9 @@ CATALOG_RECHECK_S = 1.0  # the most often refused requests have the controller a
 CATALOG_FOLLOW_S = 1.0  # how often the map is looked at for a catalog switch without calls
 # after a failed fetch or compile of the catalog switched to, the first wait before the next,
 # doubled each failure up to the second (a controller down, or a text this gateway cannot
-# compile, would otherwise cost a call and a compile a second)
-CATALOG_RETRY_S = (1.0, 30.0)
+# compile, would otherwise cost a call and a compile a second); short enough that a catalog is
+# adopted soon after the controller is back, and waited anew once the map names another
+CATALOG_RETRY_S = (1.0, 5.0)
 CATALOG_FAILED_LOG_S = 60.0  # the most often such a failure is logged
 ENDPOINTS_REFRESH_S = 1.0  # the most often GetRoutes asks the controller for the endpoints
 SHEDDER_RESTART_S = 5.0  # after the load shedder failed, until it starts again
@@ -97,6 +98,7 @@ class Gateway:
         self._refresh: asyncio.Future | None = None
         self._refresh_wait = CATALOG_RETRY_S[0]  # after the next failed refresh
         self._refresh_after = -math.inf  # no refresh starts on its own before (monotonic)
+        self._failed_for: str | None = None  # the map's catalog version the wait is for
         self._rechecked = -math.inf  # when a refusal last had the controller's catalog asked
         self._shedding: asyncio.Task | None = None
         self._following: asyncio.Task | None = None
@@ -166,7 +168,8 @@ class Gateway:
         if self._compiled is None:
             await self.refresh_catalog()
         elif self._compiled.version != self.client.catalog_version and self._refresh is None \
-                and time.monotonic() >= self._refresh_after:
+                and (time.monotonic() >= self._refresh_after
+                     or self.client.catalog_version != self._failed_for):
             self._start_refresh()
         return self._compiled
 
@@ -178,10 +181,13 @@ class Gateway:
     def _refreshed(self, refresh: asyncio.Future) -> None:
         """A background refresh ended: after a failure (its exception taken here, as its
         waiters may all have left), none starts on its own for a while, longer each time, and
-        the failure is logged at most once a CATALOG_FAILED_LOG_S."""
+        the failure is logged at most once a CATALOG_FAILED_LOG_S; a switch the map names
+        since (another version) is tried at once, and waited out afresh."""
         exc = None if refresh.cancelled() else refresh.exception()
-        if exc is None:
+        if exc is None or self.client.catalog_version != self._failed_for:
             self._refresh_wait, self._refresh_after = CATALOG_RETRY_S[0], -math.inf
+        self._failed_for = self.client.catalog_version
+        if exc is None:
             return
         self._refresh_after = time.monotonic() + self._refresh_wait
         _CATALOG_FAILED.warn("%s: the catalog the cluster switched to (%s) could not be had "

@@ -53,3 +53,36 @@ def test_a_controller_down_is_warned_of_once_and_asked_less_and_less(monkeypatch
     warned = [r for r in caplog.records if "could not be had" in r.getMessage()]
     assert len(warned) == 1 and "controller down" in warned[0].getMessage()
     assert 2 <= asked <= 15  # a look every 0.02 s asks 75 times or more
+
+
+def test_a_catalog_the_map_names_anew_is_asked_for_at_once_after_failures(monkeypatch):
+    """The wait after failed refreshes (up to 30 s) held back a catalog the map named after
+    the controller was back: another version is asked for at the next look, and the wait is
+    at most 5 s (review rev44 d-streams2 3)."""
+    assert calls_module.CATALOG_RETRY_S[1] <= 5.0
+    monkeypatch.setattr(calls_module, "CATALOG_FOLLOW_S", 0.02)
+    monkeypatch.setattr(calls_module, "CATALOG_RETRY_S", (60.0, 60.0))
+
+    async def main() -> list[str]:
+        backend = LocalBackend()
+        await backend.start_runtime(1, n_partitions=4)
+        client = await KairosClient(backend).connect()
+        gateway = Gateway("g", client, backend)
+        await gateway.refresh_catalog()
+        controller = backend.controller()
+        asked: list[str] = []
+
+        async def down() -> dict:
+            asked.append(client.catalog_version)
+            raise Unavailable("controller down")
+        controller.get_catalog = down
+        monkeypatch.setattr(backend, "controller", lambda: controller)
+        gateway.start()
+        client.catalog_version = "v-next"
+        await asyncio.sleep(0.3)  # one failure, then a 60 s wait
+        client.catalog_version = "v-after"
+        await asyncio.sleep(0.3)
+        await gateway.close()
+        return asked
+
+    assert asyncio.run(main()) == ["v-next", "v-after"]
