@@ -2,6 +2,7 @@
 pages (app.py's `live`)."""
 from __future__ import annotations
 
+import asyncio
 import collections
 from typing import AsyncIterator, Awaitable, Callable
 
@@ -23,6 +24,10 @@ HOST_SHARE = "KAIROS_WATCH_STREAMS_PER_HOST"
 # a live page's channels, as its URL names them (each once): a catalog has a few, and each
 # is a watch stream on the gateway, 64 pages a key
 MAX_CHANNELS = 32
+# the wait before a live page follows anew after a watch ended "again", doubled each time up to
+# the second, and back to the first after a watch that delivered something: a page that keeps
+# falling behind would otherwise re-read and re-watch as fast as its watches end
+AGAIN_WAIT_S = (1.0, 30.0)
 
 
 def watched(named: list[str], seen: frozenset[str] | None, max_length: int) -> list[str] | None:
@@ -53,18 +58,25 @@ async def followed(watch: Watches, read: Read, channels: list[str]
 async def _again(watch: Watches, read: Read, changes: AsyncIterator[set[str]]
                  ) -> AsyncIterator[set[str]]:
     """`changes`, then those of the watches followed anew (the catalog's channels now) each
-    time the gateway ends one "again", with {"*"} to have the page read again: pushes may
-    have been missed meanwhile."""
+    time the gateway ends one "again" (after AGAIN_WAIT_S), with {"*"} to have the page read
+    again: pushes may have been missed meanwhile."""
+    wait = AGAIN_WAIT_S[0]
     try:
         while True:
+            delivered = False
             try:
                 async for changed in changes:
+                    delivered = True
                     yield changed
                 return
             except GatewayError as exc:
                 if exc.kind != "again":
                     raise
             await changes.aclose()
+            if delivered:
+                wait = AGAIN_WAIT_S[0]
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, AGAIN_WAIT_S[1])
             changes, _ = await _followed(watch, read, [])
             yield {"*"}
     finally:
