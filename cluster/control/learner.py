@@ -9,7 +9,8 @@ interval) and adopts it as it is published; one that has learned something gets 
 sync (shard/modelsync.py). So every shard runs a version that includes a response within two
 sync intervals, and an idle cluster makes no model calls but a poll per shard every LONG_POLL_S
 (a watch waits out a catalog switch that reached the learner and not yet its shard). A version
-goes as rows: the models changed since the caller's (posterior.py `ChangedRows`, PublishedRows).
+goes as rows: the models changed since the caller's (posterior.py `ChangedRows`, PublishedRows),
+to a caller at a version this process published (`incarnation`: a restart may reuse numbers).
 
 A sync that timed out may still have merged, and its shard sends the delta again as itself:
 each delta carries its origin (shard, the shard process's random incarnation, a sequence), the
@@ -57,6 +58,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections import Counter, deque
 from typing import Any, Callable
 
@@ -66,8 +68,8 @@ from kairos.core.compiler import CompiledCatalog, compiled_from_text
 from kairos.core.models import DeltaOrigin, ModelDelta, ModelRemap, ModelTable, TakenOut
 
 from kairos.cluster.control.catalog_identity import catalog_digest
-from kairos.cluster.control.posterior import (PUBLISHED_STATS, RAN_KEPT, ChangedRows,
-                                              PublishedRows, restore_models, save_models)
+from kairos.cluster.control.posterior import (RAN_KEPT, ChangedRows, holds, published,
+                                              restore_models, save_models)
 from kairos.cluster.longpoll import Changes
 from kairos.cluster.metrics import LearnerMetrics
 from kairos.cluster.settings import LEARNER_SAVE_S, LONG_POLL_S
@@ -132,7 +134,9 @@ class Learner:
         self.watching = 0  # watches waiting now
         self._announced = self.models.version
         self._changes = Changes()
-        self._changed = ChangedRows()  # what the latest merges changed, to publish rows
+        self.changed = ChangedRows()  # what the latest merges changed, to publish rows
+        # this process's: a restart may publish a version number again, with other models
+        self.incarnation = uuid.uuid4().hex
 
     @property
     def version(self) -> int:
@@ -155,7 +159,8 @@ class Learner:
             raise Unavailable(f"the learner runs catalog {self.compiled.version} and has not "
                               f"been told the running one yet: the delta goes again")
         self._continue_past(known_version)
-        takes_rows = delta is not None and delta.takes_rows
+        takes_rows, based_on = (False, None) if delta is None else \
+            (delta.takes_rows, getattr(delta, "based_on", None))
         origin = None if delta is None else delta.origin
         if origin is not None and self._repeated(origin):
             delta = None
@@ -164,13 +169,13 @@ class Learner:
         if delta is not None and delta.learned():
             self.models.merge(delta)
             self.models.version += 1
-            self._changed.merged(self.models, delta.model_rows())
+            self.changed.merged(self.models, self.models.merged_rows)
             self.merged += 1
             self.publishes.append((self.models.version, time.time()))
             self.announce()
         if delta is not None and origin is not None:  # taken: a merge that raised is not
             self._taken(origin)
-        return self.published(known_version, takes_rows)
+        return self.published(known_version, takes_rows, based_on)
 
     def _carried(self, catalog_version: str, delta: ModelDelta) -> ModelDelta | None:
         """A delta of an earlier catalog version in the running one's layout; None (dropped)
@@ -218,19 +223,10 @@ class Learner:
                         "remaps, is dropped (counted in status' dropped)", catalog_version)
         self.dropped[catalog_version] += 1
 
-    def published(self, known_version: int, takes_rows: bool = False) -> Published | None:
-        """The latest models, unless `known_version` is their version: for a caller that
-        `takes_rows`, those changed since its version where the learner remembers them."""
-        m = self.models
-        if m.version == known_version:
-            return None
-        rows = self._changed.since(m, known_version) if takes_rows else None
-        stats = [getattr(m, name).copy() if rows is None or name == "inputs" else
-                 getattr(m, name)[rows] for name in PUBLISHED_STATS]  # copies: merges write
-        if not takes_rows:
-            return Published(m.version, self.compiled.version, *stats)
-        return PublishedRows(m.version, self.compiled.version, *stats, since=known_version,
-                             rows=rows)
+    def published(self, known_version: int, takes_rows: bool = False,
+                  based_on: str | None = None) -> Published | None:
+        """The latest models unless the caller holds them (posterior.py `published`)."""
+        return published(self, known_version, takes_rows, based_on)
 
     def switch(self, catalog_text: str) -> int:
         """Move the posteriors to another catalog; the new model version. A catalog is its
@@ -299,9 +295,10 @@ class Learner:
             self._changes.announce()
 
     async def watch(self, catalog_version: str, known_version: int,
-                    timeout_s: float = LONG_POLL_S) -> Published | None:
-        """Long poll: the latest models once they are for `catalog_version` and their
-        version differs from `known_version`; None when `timeout_s` passes first. A shard with
+                    timeout_s: float = LONG_POLL_S, takes_rows: bool = False,
+                    based_on: str | None = None) -> Published | None:
+        """Long poll: the latest models once they are for `catalog_version` and the caller
+        does not have them (`published`); None when `timeout_s` passes first. A shard with
         nothing to send waits here rather than syncing every MODEL_SYNC_S (an idle cluster's
         Ray calls), also while a catalog switch has reached the learner and not yet it (models
         it could not use)."""
@@ -311,11 +308,11 @@ class Learner:
         try:
             if not await self._changes.wait_until(
                     lambda: self.compiled.version == catalog_version and not self.unconfirmed
-                    and self.models.version != known_version, timeout_s):
+                    and not holds(self, known_version, takes_rows, based_on), timeout_s):
                 return None
         finally:
             self.watching -= 1
-        return self.published(known_version, takes_rows=True)
+        return self.published(known_version, takes_rows, based_on)
 
     def status(self) -> dict[str, Any]:
         digest = "" if self.catalog_text is None else catalog_digest(self.catalog_text)
@@ -469,9 +466,11 @@ class LearnerActor:
         return published
 
     async def watch(self, catalog_version: str, known_version: int,
-                    timeout_s: float = LONG_POLL_S) -> Published | None:
+                    timeout_s: float = LONG_POLL_S, takes_rows: bool = False,
+                    based_on: str | None = None) -> Published | None:
         self._ready()
-        return await self.learner.watch(catalog_version, known_version, timeout_s)
+        return await self.learner.watch(catalog_version, known_version, timeout_s,
+                                        takes_rows, based_on)
 
     async def switch(self, catalog_text: str) -> int:
         """Run this catalog from now on; the model version. StoreUnavailable, the learner

@@ -24,23 +24,29 @@ RAN_KEPT = 256  # the catalog versions run, saved: a delta of an older one is dr
 PER_MODEL = ("mean", "precision", *COUNTS)  # a row per model; `inputs` is per predictor
 PUBLISHED_STATS = (*PER_MODEL, "inputs")  # Published's, in its order
 # the merges whose models the learner remembers, to answer a shard at most this many versions
-# behind with the models changed since (a version a merge: a few dozen a second at most)
+# behind with the models changed since (a version a merge: a few dozen a second at most), and
+# at most a row per model among them all (more: the whole table is as cheap to send)
 CHANGES_KEPT = 256
 
 
 @dataclass
 class PublishedRows(Published):
-    """A model version for a shard that adopts rows (its delta `takes_rows`, or a watch): the
-    per-model arrays hold the models at `rows` only (ascending), those changed since version
-    `since`, the caller's; `rows` None: every model. A class of its own: a shard of an older
-    release cannot unpickle it, so it does not take these rows for its first models."""
+    """A model version for a shard that adopts rows (its delta `takes_rows`, or its watch):
+    the per-model arrays hold the models at `rows` only (ascending), those changed since
+    version `since`, the caller's; `rows` None: every model. `incarnation`: the learner
+    process that published it (a shard takes rows only onto a version of the same process).
+    A class of its own: a shard of an older release cannot unpickle it, so it does not take
+    these rows for its first models."""
 
     since: int = -1
     rows: np.ndarray | None = None
+    incarnation: str | None = None
 
 
 class ChangedRows:
-    """The models each of a table's latest merges changed, by the version it made. Only the
+    """The models each of a table's latest merges changed, by the version it made: at most
+    CHANGES_KEPT merges and a row per model in all (a merge that changed more, as a dense
+    delta may, leaves none: a version before it is answered with every model). Only the
     merges tell it: a table that moved otherwise (a switch, a put_back, a posterior taken up,
     versions continued past a shard's) starts it again, so a version it does not hold is
     answered with every model."""
@@ -49,24 +55,57 @@ class ChangedRows:
         self._table: Any = None
         self._from = self._to = -1  # it holds the merges after _from, up to _to
         self._merges: deque[tuple[int, np.ndarray]] = deque()
+        self.held = 0  # rows in all the merges kept
 
     def merged(self, table: Any, rows: np.ndarray) -> None:
-        """`table` (a ModelTable) merged a delta of `rows` and moved one version on."""
+        """`table` (a ModelTable) merged a delta that changed `rows` and moved a version on."""
         if table is not self._table or self._to != table.version - 1:
             self._table, self._from = table, table.version - 1
             self._merges.clear()
+            self.held = 0
         self._merges.append((table.version, rows))
         self._to = table.version
-        if len(self._merges) > CHANGES_KEPT:
-            self._from = self._merges.popleft()[0]
+        self.held += len(rows)
+        while self._merges and (len(self._merges) > CHANGES_KEPT or
+                                self.held > len(table.positives)):
+            self._from, dropped = self._merges.popleft()
+            self.held -= len(dropped)
 
     def since(self, table: Any, version: int) -> np.ndarray | None:
         """The models changed after `version`, ascending; None if it does not know."""
         if table is not self._table or self._to != table.version or \
                 not self._from <= version <= self._to:
             return None
-        later = [rows for merged, rows in self._merges if merged > version]
+        later = []
+        for merged, rows in reversed(self._merges):  # the latest first: a shard is near
+            if merged <= version:
+                break
+            later.append(rows)
         return np.unique(np.concatenate(later)) if later else np.zeros(0, np.int64)
+
+
+def holds(learner: Any, known_version: int, takes_rows: bool, based_on: str | None) -> bool:
+    """Whether a caller at `known_version` holds `learner`'s latest models: for one that
+    takes rows, only if its version is of this learner process (`based_on`)."""
+    return learner.models.version == known_version and \
+        (not takes_rows or based_on == learner.incarnation)
+
+
+def published(learner: Any, known_version: int, takes_rows: bool,
+              based_on: str | None) -> Published | None:
+    """`learner`'s latest models, unless the caller holds them: for a caller that
+    `takes_rows`, those changed since its version where the learner remembers them and the
+    version is this learner process's (else every model)."""
+    if holds(learner, known_version, takes_rows, based_on):
+        return None
+    m, ours = learner.models, takes_rows and based_on == learner.incarnation
+    rows = learner.changed.since(m, known_version) if ours else None
+    stats = [getattr(m, name).copy() if rows is None or name == "inputs" else
+             getattr(m, name)[rows] for name in PUBLISHED_STATS]  # copies: merges write
+    if not takes_rows:
+        return Published(m.version, learner.compiled.version, *stats)
+    return PublishedRows(m.version, learner.compiled.version, *stats, since=known_version,
+                         rows=rows, incarnation=learner.incarnation)
 
 
 def save_models(learner: Any) -> bytes:

@@ -4,7 +4,8 @@ Shards keep model statistics as deltas of natural parameters against the last pu
 version. Every MODEL_SYNC_S, a shard that learned something sends its delta to the learner,
 which adds it to the global posterior, publishes the next version and answers with it. Both
 carry rows, not the whole table: the delta the models the shard learnt in, the answer those
-changed since the shard's version (every model to a shard too far behind, or new), and the
+changed since the shard's version (every model to a shard too far behind, or new, or at a
+version of another learner process: a restarted one may publish a number again), and the
 shard replaces only those (core/models.py `adopt`). A learner of an older release raises on a
 delta of rows: after any failure the delta goes again with a row per model, until an answer
 of rows (PublishedRows) says the learner takes them. A
@@ -24,7 +25,9 @@ learns meanwhile waits in its models and goes as the next delta. Should the cata
 meanwhile, it still goes as itself, under the catalog version it was learnt with: the learner
 places its rows in the running catalog's layout (control/learner.py `_carried`; one learnt
 more than REMAPS_KEPT versions ago is dropped there, and counted), unless the learner never
-ran that version (NotRunning: it lost its state), which drops it here (`dropped`).
+ran that version (NotRunning: it lost its state), which drops it here (`dropped`). A shard
+that drops a delta forgets whose version it holds, so the next answer is the learner's whole
+table, which replaces the dropped learning in its models.
 
 Only learning the journal made durable is sent: a round is applied (and learnt from) before
 the sync that lets it be answered finishes, and should that sync fail its client is told
@@ -77,6 +80,9 @@ class ModelSync:
         # whether the learner takes deltas of the models learnt in only (one of an older
         # release raises on them: they go again as dense until it answers PublishedRows)
         self._rows = True
+        # whether its watch takes the rows arguments (one of an older release raises
+        # TypeError on them: its watches go without, answered with every model)
+        self._watch_rows = True
         self._refusals = ThrottledWarning(log, REFUSED_LOG_S)
         self.dropped = 0  # deltas given up on
         # (model version, epoch seconds) of the latest adoptions, oldest first
@@ -107,26 +113,29 @@ class ModelSync:
         if current is None:
             return
         catalog_version, delta, known = self.take(current)
+        held = current.models.published_by  # whose version `known` is (None: take all)
         if delta is None:
-            if self._watch is not None and self._watch[1] != (catalog_version, known):
+            asked = (catalog_version, known, held)
+            if self._watch is not None and self._watch[1] != asked:
                 self._stop_watching()
             if self._watch is None or self._watch[0].done():
                 self._watch = (asyncio.get_running_loop().create_task(
-                    self._watched(engine, learner(), catalog_version, known)),
-                    (catalog_version, known))
+                    self._watched(engine, learner(), *asked)), asked)
             return
         self._stop_watching()
+        sent = delta if self._rows else delta.dense()
+        sent.based_on = held
         try:
-            published = await learner().sync(catalog_version,
-                                              delta if self._rows else delta.dense(), known)
+            published = await learner().sync(catalog_version, sent, known)
         except NotRunning:
             if catalog_version == current.compiled.version:
                 self.unsent(catalog_version, delta)  # its switch is on the way to the learner
             else:  # a catalog the shard left and the learner lost: it never runs it again
                 self.dropped += 1
+                current.models.published_by = None
                 log.warning("%s: the learner no longer knows catalog %s, which this shard "
-                            "left: its unsent learning is dropped (it stays in this shard's "
-                            "models)", self.name, catalog_version)
+                            "left: its unsent learning is dropped (the learner's whole "
+                            "table replaces it)", self.name, catalog_version)
             return
         except (Unavailable, StoreUnavailable) as exc:
             # the learner may have merged it: it goes again, as itself. StoreUnavailable: the
@@ -145,13 +154,14 @@ class ModelSync:
                 self.unsent(catalog_version, delta)
             else:
                 self._failures, self.dropped = 0, self.dropped + 1
+                current.models.published_by = None
                 log.exception("%s: the learner failed on this delta %d times in a row: "
-                              "dropped (its learning stays in this shard's models)",
+                              "dropped (the learner's whole table replaces it)",
                               self.name, DELTA_TRIES)
             return
         self._failures = 0
         if hasattr(published, "rows"):  # PublishedRows: the learner takes rows
-            self._rows = True
+            self._rows = self._watch_rows = True
         self._adopt_into(engine(), published)
 
     @staticmethod
@@ -166,12 +176,21 @@ class ModelSync:
             pass  # a slow disk, or the shard failed: what a sync covered goes all the same
 
     async def _watched(self, engine: Callable[[], DecisionEngine | None],
-                       learner: LearnerControl, catalog_version: str, known: int) -> None:
+                       learner: LearnerControl, catalog_version: str, known: int,
+                       held: str | None) -> None:
         try:
-            published = await learner.watch(catalog_version, known)
+            if self._watch_rows:
+                published = await learner.watch(catalog_version, known, takes_rows=True,
+                                                based_on=held)
+            else:
+                published = await learner.watch(catalog_version, known)
             self._adopt_into(engine(), published)  # the engine in use when the answer came
         except (Unavailable, StoreUnavailable):
             pass  # the learner is restarting or reading its posterior: watched again later
+        except TypeError:  # a learner of an older release: it takes no rows arguments
+            self._watch_rows = False
+            log.exception("%s: watching the learner failed; watched again for every model",
+                          self.name)
         except Exception:  # not a reason to stop syncing: logged, tried again
             log.exception("%s: watching the learner failed", self.name)
 
@@ -211,10 +230,15 @@ class ModelSync:
         is for the engine's catalog and newer than the engine's; one of the models changed
         since a version (PublishedRows with rows) only onto that version (the engine's models
         may have been rebuilt or switched meanwhile: its next sync or watch answers them)."""
+        models = engine.models
+        by = getattr(published, "incarnation", None)
         if getattr(published, "rows", None) is not None and \
-                published.since != engine.models.version:
+                (published.since != models.version or by != models.published_by):
             return
+        # a learner restarted may publish a number again: another process's version is
+        # taken at the same number too
         if published.catalog_version == engine.compiled.version and \
-                published.version > engine.models.version:
+                (published.version > models.version or
+                 published.version == models.version and by != models.published_by):
             engine.adopt_models(published)
             self.adoptions.append((published.version, time.time()))

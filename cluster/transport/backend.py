@@ -159,9 +159,12 @@ class LearnerControl(Protocol):
         """Merge a shard's model delta; the latest models unless `known_version` is it."""
 
     async def watch(self, catalog_version: str, known_version: int,
-                    timeout_s: float = LONG_POLL_S) -> Published | None:
-        """Long poll: the latest models once they are for `catalog_version` and their version
-        differs from `known_version`; None when `timeout_s` passes first."""
+                    timeout_s: float = LONG_POLL_S, takes_rows: bool = False,
+                    based_on: str | None = None) -> Published | None:
+        """Long poll: the latest models once they are for `catalog_version` and the caller
+        does not hold them; None when `timeout_s` passes first. A caller that `takes_rows`
+        gets PublishedRows (an older shard cannot unpickle it), the models changed since its
+        version if that is of the learner process `based_on`."""
 
     async def switch(self, catalog_text: str) -> int:
         """Carry the posteriors over to a new catalog; the new model version."""

@@ -312,9 +312,12 @@ class RayLearner(_Actor):
         return await self._call(lambda a: a.sync.remote(catalog_version, delta, known_version))
 
     async def watch(self, catalog_version: str, known_version: int,
-                    timeout_s: float = LONG_POLL_S) -> Published | None:
+                    timeout_s: float = LONG_POLL_S, takes_rows: bool = False,
+                    based_on: str | None = None) -> Published | None:
+        # the rows arguments only when asked: a learner of an older release takes none
+        rows = (takes_rows, based_on) if takes_rows else ()
         return await self._call(lambda a: a.watch.remote(catalog_version, known_version,
-                                                         timeout_s),
+                                                         timeout_s, *rows),
                                 timeout_s + CONTROL_CALL_S, poll=True)
 
     async def switch(self, catalog_text: str) -> int:

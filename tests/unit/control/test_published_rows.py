@@ -14,6 +14,7 @@ import yaml
 
 from kairos.cluster.control.learner import Learner
 from kairos.cluster.control.posterior import PublishedRows, restore_models, save_models
+from kairos.cluster.shard import modelsync
 from kairos.cluster.shard.modelsync import ModelSync
 from kairos.cluster.transport.backend import Published
 from kairos.core import reference
@@ -79,6 +80,7 @@ class Shard:
         delta = self.take()
         if delta is None:
             return self.watched(learner)
+        delta.based_on = self.models.published_by  # as ModelSync sends it
         wire = pickle.loads(pickle.dumps(delta))  # as Ray carries it
         published = learner.sync(self.compiled.version, wire, self.models.version)
         self.outbox = delta if answer_lost else None
@@ -86,7 +88,8 @@ class Shard:
             self.adopted(published)
 
     def watched(self, learner: Learner) -> None:
-        self.adopted(learner.published(self.models.version, takes_rows=not self.whole))
+        self.adopted(learner.published(self.models.version, not self.whole,
+                                       self.models.published_by))
 
     def adopted(self, published: Published | None) -> None:
         if published is not None:
@@ -96,12 +99,12 @@ class Shard:
 
 def scenario(seed: int, compiled, n_models: int, d: int) -> list[tuple]:
     """A sequence of outcomes learnt, syncs (some whose answer is lost, so the delta goes
-    again), watches, shard restarts and learner restarts across three shards."""
+    again), watches, shard restarts, the learner's saves and restarts across three shards."""
     rng = np.random.default_rng(seed)
     steps = []
     for _ in range(80):
-        kind = rng.choice(["learn", "learn", "sync", "lost", "watch", "restart", "learner"],
-                          p=[0.3, 0.2, 0.25, 0.08, 0.1, 0.04, 0.03])
+        kind = rng.choice(["learn", "learn", "sync", "lost", "watch", "restart", "save",
+                           "learner"], p=[0.3, 0.2, 0.22, 0.08, 0.1, 0.04, 0.03, 0.03])
         shard = int(rng.integers(3))
         if kind == "learn":
             examples = []
@@ -116,8 +119,12 @@ def scenario(seed: int, compiled, n_models: int, d: int) -> list[tuple]:
     return steps
 
 
-def played(compiled, text: str, steps, whole: bool) -> tuple[Learner, list[Shard]]:
+def played(compiled, text: str, steps, whole: bool, behind: bool
+           ) -> tuple[Learner, list[Shard]]:
+    """`behind`: a restarted learner's clock is behind the versions it published before, so
+    it publishes again numbers it published with the merges since its last save (lost)."""
     learner = Learner(compiled, text)
+    blob = save_models(learner)
     shards = [Shard(f"s{i}", compiled, whole) for i in range(3)]
     for kind, i, examples in steps:
         shard = shards[i]
@@ -129,10 +136,13 @@ def played(compiled, text: str, steps, whole: bool) -> tuple[Learner, list[Shard
             shard.watched(learner)
         elif kind == "restart":
             shard.restart()
-        else:  # the learner restarts on its saved posterior
+        elif kind == "save":
             blob = save_models(learner)
-            learner = Learner(compiled, text)
-            assert restore_models(learner, blob)
+        else:  # the learner restarts on its last save, its clock behind or ahead
+            restarted = Learner(compiled, text)
+            restarted.models.version = learner.version + (-1000 if behind else 1000)
+            assert restore_models(restarted, blob)
+            learner = restarted
     for shard in shards + shards:  # an unsent delta, then what was learnt since, goes
         shard.synced(learner, answer_lost=False)
     for shard in shards:  # and every shard adopts the latest
@@ -140,29 +150,34 @@ def played(compiled, text: str, steps, whole: bool) -> tuple[Learner, list[Shard
     return learner, shards
 
 
+@pytest.mark.parametrize("behind", [False, True])
 @pytest.mark.parametrize("posterior", ["full", "diagonal"])
 @pytest.mark.parametrize("seed", range(12))
-def test_rows_give_the_models_the_whole_table_gave(posterior, seed):
+def test_rows_give_the_models_the_whole_table_gave(posterior, seed, behind):
     text = catalog_text(posterior)
     compiled = compiled_from_text(text)
     n_models = len(compiled.action_ids) * len(compiled.channel_names)
     steps = scenario(seed, compiled, n_models, compiled.n_predictors)
-    by_rows, shards = played(compiled, text, steps, whole=False)
-    whole, whole_shards = played(compiled, text, steps, whole=True)
+    by_rows, shards = played(compiled, text, steps, False, behind)
+    whole, whole_shards = played(compiled, text, steps, True, behind)
     assert sum(s.by_rows for s in shards) > 0 == sum(s.by_rows for s in whole_shards)
     for name in COUNTS:  # sums of whole outcomes: exactly
         np.testing.assert_array_equal(getattr(by_rows.models, name),
                                       getattr(whole.models, name))
-    for a, b in [(by_rows.models, whole.models)] + [(s.models, w.models)
-                                                     for s, w in zip(shards, whole_shards)]:
+    # a restart behind republishes numbers: the whole table does not replace a version of
+    # the same number, rows of another process do, so shards learn on other models meanwhile
+    pairs = [] if behind else [(by_rows.models, whole.models)] + \
+        [(s.models, w.models) for s, w in zip(shards, whole_shards)]
+    for a, b in pairs:
         # the shard keeps a model it learnt in as it learnt it, where the whole table had it
         # solved again from the natural parameters: a difference of rounding only
         np.testing.assert_allclose(a.mean, b.mean, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(a.precision, b.precision, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(a.inputs, b.inputs, rtol=1e-12)
     for shard in shards:  # every shard ends on the learner's models, by rows
-        np.testing.assert_array_equal(shard.models.mean, by_rows.models.mean)
-        np.testing.assert_array_equal(shard.models.precision, by_rows.models.precision)
+        for name in ("mean", "precision", *COUNTS):
+            np.testing.assert_array_equal(getattr(shard.models, name),
+                                          getattr(by_rows.models, name))
 
 
 def test_a_sync_carries_and_publishes_only_the_models_learnt_in():
@@ -178,12 +193,12 @@ def test_a_sync_carries_and_publishes_only_the_models_learnt_in():
     dense = ModelTable(compiled).take_delta()
     assert delta.rows.tolist() == [4] and delta.positives.tolist() == [1.0]
     assert len(pickle.dumps(delta)) * 10 < len(pickle.dumps(dense))
-    delta.origin = DeltaOrigin("a", "one", 1)
+    delta.origin, delta.based_on = DeltaOrigin("a", "one", 1), a.models.published_by
     published = learner.sync(compiled.version, delta, a.models.version)
     assert isinstance(published, PublishedRows) and published.rows.tolist() == [4]
     assert published.mean.shape == (1, compiled.n_predictors)
     a.sync.adopt(a.engine(), published)
-    watched = learner.published(b.models.version, takes_rows=True)
+    watched = learner.published(b.models.version, True, b.models.published_by)
     assert watched.rows.tolist() == [4]
     b.sync.adopt(b.engine(), watched)
     for shard in (a, b):
@@ -206,11 +221,17 @@ def test_a_caller_too_far_behind_or_new_gets_every_model():
         table = ModelTable(compiled)
         learn(table, [(i, x, 1.0, 0.0)])
         learner.sync(compiled.version, table.take_delta(every_model=False), -1)
-    assert learner.published(first + 1, takes_rows=True).rows.tolist() == [1, 2]
-    assert learner.published(0, takes_rows=True).rows is None  # never published: all of it
+    ours = learner.incarnation
+    assert learner.published(first + 1, True, ours).rows.tolist() == [1, 2]
+    assert learner.published(0, True, ours).rows is None  # never published: all of it
     assert learner.published(first + 1, takes_rows=False).__class__ is Published
+    # a version of another learner process (one before a restart): all of it, also at the
+    # same number
+    assert learner.published(first + 1, True, "another").rows is None
+    assert learner.published(learner.version, True, "another").rows is None
+    assert learner.published(learner.version, True, ours) is None
     learner.switch(catalog_text("full"))  # another table: what changed is not known
-    assert learner.published(learner.version - 1, takes_rows=True).rows is None
+    assert learner.published(learner.version - 1, True, ours).rows is None
 
 
 def test_a_delta_of_rows_is_refused_by_an_older_learner_and_goes_again_dense():
@@ -252,3 +273,101 @@ def test_a_delta_of_rows_is_refused_by_an_older_learner_and_goes_again_dense():
     assert [s.rows is None for s in older.sent] == [False, True]
     assert older.sent[1].origin == older.sent[0].origin and older.sent[1].takes_rows
     assert learner.models.negatives[5] == 1 and table.version == learner.version
+
+
+def test_a_learner_restarted_behind_its_versions_sends_no_rows_onto_its_former_ones():
+    """Restarted on its last save with its clock behind, the learner publishes again numbers
+    it published with the merges it lost: a shard at one of them gets every model, not the
+    rows changed since the number (which would leave the lost merges in it for good)."""
+    text = catalog_text("diagonal")
+    compiled = compiled_from_text(text)
+    x = np.ones(compiled.n_predictors)
+    before = Learner(compiled, text)
+    a, b = Shard("a", compiled, False), Shard("b", compiled, False)
+    a.watched(before), b.watched(before)
+    blob = save_models(before)
+    learn(b.models, [(1, x, 1.0, 0.0)])
+    b.synced(before, False)
+    learn(a.models, [(2, x, 1.0, 0.0)])
+    a.synced(before, False)  # both merges lost with the process
+    learner = Learner(compiled, text)
+    learner.models.version = before.version - 1000
+    assert restore_models(learner, blob) and learner.incarnation != before.incarnation
+    learn(b.models, [(3, x, 0.0, 0.0)])
+    b.synced(learner, False)
+    assert learner.version == a.models.version  # the number a holds, with other models
+    a.watched(learner)
+    learn(b.models, [(4, x, 1.0, 0.0)])
+    b.synced(learner, False)
+    a.watched(learner), b.watched(learner)
+    for shard in (a, b):
+        assert shard.models.published_by == learner.incarnation
+        np.testing.assert_array_equal(shard.models.mean, learner.models.mean)
+        np.testing.assert_array_equal(shard.models.positives, learner.models.positives)
+
+
+def test_the_changes_kept_are_the_models_merged_at_most_a_row_per_model_in_all():
+    """An older shard's dense delta of one outcome is recorded as its one model; dense deltas
+    of every model (a resend after an error, deltas carried over a switch) leave none, so a
+    caller before them gets the whole table at once, and what is kept stays a table's rows."""
+    compiled = compiled_from_text(catalog_text("diagonal"))
+    n_models = len(compiled.action_ids) * len(compiled.channel_names)
+    learner, x = Learner(compiled), np.ones(compiled.n_predictors)
+    first = learner.version
+    table = ModelTable(compiled)
+    learn(table, [(3, x, 1.0, 0.0)])
+    learner.sync(compiled.version, table.take_delta(), -1)  # dense: a row per model
+    assert learner.published(first, True, learner.incarnation).rows.tolist() == [3]
+    assert learner.changed.held == 1
+    for _ in range(40):
+        table = ModelTable(compiled)
+        learn(table, [(m, x, 1.0, 0.0) for m in range(n_models)])
+        learner.sync(compiled.version, table.take_delta(), -1)
+        assert learner.changed.held <= n_models
+    assert learner.published(first, True, learner.incarnation).rows is None
+    assert learner.published(learner.version - 1, True, learner.incarnation).rows.size == \
+        n_models
+
+
+def test_a_shard_that_drops_a_delta_takes_the_whole_table_at_its_next_answer():
+    """The learning of a delta given up on does not stay in the shard's models: its next
+    watch is answered at once with every model, also at the version it has."""
+    compiled = compiled_from_text(catalog_text("diagonal"))
+    learner, table = Learner(compiled), ModelTable(compiled)
+    engine = SimpleNamespace(compiled=compiled, models=table, adopt_models=table.adopt)
+
+    class Failing:
+        async def sync(self, catalog_version, sent, known):
+            raise RuntimeError("a learner bug")
+
+        async def watch(self, catalog_version, known, timeout_s=0.05, **rows):
+            return await learner.watch(catalog_version, known, 0.05, **rows)
+
+    sync, failing = ModelSync("s0"), Failing()
+
+    async def step():
+        await sync.step(lambda: engine, lambda: failing, 0.01)
+        await asyncio.sleep(0.1)  # the watch answers, or waits out its 0.05 s
+
+    async def main():
+        await step()  # nothing learnt: watched, the learner's version adopted
+        assert table.version == learner.version and table.published_by == learner.incarnation
+        learn(table, [(3, np.ones(compiled.n_predictors), 1.0, 0.0)])
+        for _ in range(modelsync.DELTA_TRIES):
+            await step()
+        assert sync.dropped == 1 and table.positives[3] == 1
+        await step()  # watched again: every model, at the version it has
+        assert table.version == learner.version and table.positives[3] == 0
+        np.testing.assert_array_equal(table.mean, learner.models.mean)
+
+    asyncio.run(main())
+
+
+def test_a_watch_answers_rows_only_to_a_caller_that_takes_them():
+    """An older shard's watch (no rows arguments) gets a Published, which it can unpickle."""
+    compiled = compiled_from_text(catalog_text("diagonal"))
+    learner = Learner(compiled)
+    older = asyncio.run(learner.watch(compiled.version, -1, 0.05))
+    newer = asyncio.run(learner.watch(compiled.version, -1, 0.05, True, None))
+    assert older.__class__ is Published and isinstance(newer, PublishedRows)
+    assert newer.rows is None and newer.incarnation == learner.incarnation
