@@ -220,10 +220,11 @@ class LocalLearner:
         return self._backend.local_learner.sync(catalog_version, delta, known_version)
 
     async def watch(self, catalog_version: str, known_version: int,
-                    timeout_s: float = LONG_POLL_S) -> Published | None:
+                    timeout_s: float = LONG_POLL_S, takes_rows: bool = False,
+                    based_on: str | None = None) -> Published | None:
         await self._backend.hop()
         return await self._backend.local_learner.watch(catalog_version, known_version,
-                                                       timeout_s)
+                                                       timeout_s, takes_rows, based_on)
 
     async def switch(self, catalog_text: str) -> int:
         await self._backend.hop()

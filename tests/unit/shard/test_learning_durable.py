@@ -25,8 +25,8 @@ class InProcess:
     async def sync(self, *args):
         return self.learner.sync(*args)
 
-    async def watch(self, catalog_version: str, known: int):
-        return await self.learner.watch(catalog_version, known, 0.05)
+    async def watch(self, catalog_version: str, known: int, **rows):
+        return await self.learner.watch(catalog_version, known, 0.05, **rows)
 
 
 def accept(t: float, customer: str = "ana") -> Outcome:

@@ -44,13 +44,13 @@ class CountedLearner:
             raise Unavailable("kairos-learner: no answer within 30 s")
         return answer
 
-    async def watch(self, catalog_version: str, known_version: int):
+    async def watch(self, catalog_version: str, known_version: int, **rows):
         self.calls.append("watch")
         if self.down:
             raise Unavailable("learner restarting")
         if self.unread:
             raise StoreUnavailable("the learner has not read its saved posterior yet")
-        return await self.local.watch(catalog_version, known_version, 5.0)
+        return await self.local.watch(catalog_version, known_version, 5.0, **rows)
 
 
 def shard_that_learned(compiled, customer: str = "ana") -> Shard:
@@ -123,7 +123,9 @@ def test_a_watch_answered_after_the_engine_was_replaced_goes_to_the_engine_in_us
         engines = await left_watching(compiled, sync, counted)
         old = engines[0]
         replaced = Shard("s0", compiled, range(N_PARTITIONS), N_PARTITIONS).engine
-        replaced.models.version = old.models.version  # the same wait would go on
+        # the same wait would go on: the same version, of the same learner process
+        replaced.models.version = old.models.version
+        replaced.models.published_by = old.models.published_by
         engines[0] = replaced
         other = shard_that_learned(compiled, "bo")
         learner.sync(compiled.version, other.engine.models.take_delta(), 0)
