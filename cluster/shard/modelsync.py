@@ -66,6 +66,9 @@ ADOPTIONS_KEPT = 64  # at one sync per MODEL_SYNC_S, the last half minute
 # cannot take) is dropped, so that the shard's later learning does not wait behind it for good
 DELTA_TRIES = 5
 REFUSED_LOG_S = 60.0  # how often a shard logs the learner refusing its delta as Unavailable
+# after a learner of an older release refused the rows arguments of a watch, how long its
+# watches go without them before they are tried again (it may have been upgraded since)
+ROWS_AGAIN_S = 300.0
 
 
 class ModelSync:
@@ -81,8 +84,10 @@ class ModelSync:
         # release raises on them: they go again as dense until it answers PublishedRows)
         self._rows = True
         # whether its watch takes the rows arguments (one of an older release raises
-        # TypeError on them: its watches go without, answered with every model)
+        # TypeError on them: its watches go without, answered with every model, until
+        # ROWS_AGAIN_S later)
         self._watch_rows = True
+        self._rows_again_at = 0.0
         self._refusals = ThrottledWarning(log, REFUSED_LOG_S)
         self.dropped = 0  # deltas given up on
         # (model version, epoch seconds) of the latest adoptions, oldest first
@@ -179,18 +184,28 @@ class ModelSync:
                        learner: LearnerControl, catalog_version: str, known: int,
                        held: str | None) -> None:
         try:
+            if not self._watch_rows and time.monotonic() >= self._rows_again_at:
+                self._watch_rows = True
             if self._watch_rows:
-                published = await learner.watch(catalog_version, known, takes_rows=True,
-                                                based_on=held)
+                try:
+                    published = await learner.watch(catalog_version, known, takes_rows=True,
+                                                    based_on=held)
+                except TypeError as exc:
+                    # the call's own signature (a learner of an older release takes no rows
+                    # arguments), not a TypeError raised in the learner (Ray's RayTaskError
+                    # subclasses it): only then are watches made without them for a while
+                    if type(exc) is not TypeError:
+                        raise
+                    self._watch_rows, self._rows_again_at = False, \
+                        time.monotonic() + ROWS_AGAIN_S
+                    log.warning("%s: the learner takes no rows arguments (%s): watched for "
+                                "every model for %g s", self.name, exc, ROWS_AGAIN_S)
+                    return
             else:
                 published = await learner.watch(catalog_version, known)
             self._adopt_into(engine(), published)  # the engine in use when the answer came
         except (Unavailable, StoreUnavailable):
             pass  # the learner is restarting or reading its posterior: watched again later
-        except TypeError:  # a learner of an older release: it takes no rows arguments
-            self._watch_rows = False
-            log.exception("%s: watching the learner failed; watched again for every model",
-                          self.name)
         except Exception:  # not a reason to stop syncing: logged, tried again
             log.exception("%s: watching the learner failed", self.name)
 
