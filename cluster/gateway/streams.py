@@ -376,9 +376,10 @@ class Watches:
                     continue
                 watched.held = None
                 again = want and _reading(watched) and not isinstance(exc, InputError)
-                if want and not again and watched.ready is ready:  # those it was for fail
-                    ready.set_exception(exc)  # (the reading ones too, on a refusal after a
-                    _fail(watch, watched, exc)  # switch): the next is for new ones
+                if want and watched.ready is ready:  # those that wait for it fail (on a
+                    ready.set_exception(exc)  # refusal after a switch the reading ones too:
+                    if not again:             # a blip keeps them): the next is for new ones
+                        _fail(watch, watched, exc)
                 if not again and (want or _live(watched)):  # streams that came as it
                     continue  # unregistered have it registered now, not after a wait
                 self._retry_later(watch, watched, exc, retry)

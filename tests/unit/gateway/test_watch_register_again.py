@@ -98,3 +98,33 @@ def test_a_registration_again_given_up_ends_the_streams(monkeypatch):
         await until(lambda: not watches._watched, 5, "the watch to be let go")
 
     asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_a_stream_opened_while_a_registration_again_is_retried_fails_at_the_next_try(
+        monkeypatch):
+    """It waited for the watch to be in place, silently, until the shard answered or the
+    retries were given up (KAIROS_UNWATCH_RETRY_S, 10 minutes) (review rev44 d-streams3 1);
+    the streams reading go on."""
+    monkeypatch.setattr(streams_module, "UNWATCH_BACKOFF_S", (0.2, 0.2))
+
+    async def main() -> None:
+        shards = FakeShards()
+        watches = Watches("g", shards, shards)
+        watch = Watch("c0", "web", "hero")
+        reading = await reading_stream(watches, watch, [])
+
+        async def down(*args, **kwargs) -> None:
+            raise Unavailable("shard down")
+        shards.watch = down
+        watches.register_again()
+        await asyncio.sleep(0.05)
+
+        async def newcomer() -> None:
+            async for _ in watches.follow(watch, lambda: asyncio.sleep(0)):
+                pass
+        with pytest.raises(Unavailable, match="shard down"):
+            await asyncio.wait_for(newcomer(), 2)
+        assert not reading.done()
+        await hang_up(reading)
+
+    asyncio.run(asyncio.wait_for(main(), 20))
