@@ -17,6 +17,16 @@ from kairos.cluster.transport.client import KairosClient
 from tests.support.local_backend import LocalBackend
 
 
+async def gateway_over_a_controller() -> tuple:
+    """(backend, client, gateway, controller): a gateway that compiled the running catalog."""
+    backend = LocalBackend()
+    await backend.start_runtime(1, n_partitions=4)
+    client = await KairosClient(backend).connect()
+    gateway = Gateway("g", client, backend)
+    await gateway.refresh_catalog()
+    return backend, client, gateway, backend.controller()
+
+
 def test_a_controller_down_is_warned_of_once_and_asked_less_and_less(monkeypatch, caplog):
     monkeypatch.setattr(calls_module, "CATALOG_FOLLOW_S", 0.02)
     monkeypatch.setattr(calls_module, "CATALOG_RETRY_S", (0.05, 0.4))
@@ -24,12 +34,7 @@ def test_a_controller_down_is_warned_of_once_and_asked_less_and_less(monkeypatch
                         ThrottledWarning(calls_module.log, calls_module.CATALOG_FAILED_LOG_S))
 
     async def main() -> int:
-        backend = LocalBackend()
-        await backend.start_runtime(1, n_partitions=4)
-        client = await KairosClient(backend).connect()
-        gateway = Gateway("g", client, backend)
-        await gateway.refresh_catalog()
-        controller = backend.controller()
+        backend, client, gateway, controller = await gateway_over_a_controller()
         asked = 0
 
         async def down() -> dict:
@@ -64,12 +69,7 @@ def test_a_catalog_the_map_names_anew_is_asked_for_at_once_after_failures(monkey
     monkeypatch.setattr(calls_module, "CATALOG_RETRY_S", (60.0, 60.0))
 
     async def main() -> list[str]:
-        backend = LocalBackend()
-        await backend.start_runtime(1, n_partitions=4)
-        client = await KairosClient(backend).connect()
-        gateway = Gateway("g", client, backend)
-        await gateway.refresh_catalog()
-        controller = backend.controller()
+        backend, client, gateway, controller = await gateway_over_a_controller()
         asked: list[str] = []
 
         async def down() -> dict:

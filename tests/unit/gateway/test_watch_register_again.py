@@ -74,8 +74,9 @@ def test_a_refusal_as_a_watch_is_registered_again_still_ends_its_streams():
         task = await reading_stream(watches, Watch("c0", "web", "hero"), [])
         failing_once(shards, InputError("placement", "not in the catalog"))
         watches.register_again()
-        with pytest.raises(Ended, match="watch again"):
+        with pytest.raises(Ended, match="web/hero.*watch again"):
             await asyncio.wait_for(task, 5)
+        assert watches.open == 0
 
     asyncio.run(asyncio.wait_for(main(), 20))
 

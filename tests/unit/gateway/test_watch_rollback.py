@@ -1,24 +1,17 @@
 """A catalog switch away from a watched view and straight back (a rollback within the
 gateway's one-second look) is never compiled by the gateway, yet the shards dropped the watch
 at it: the gateway registers every watch again after each compile, so the watch comes back
-(it stayed open with nothing pushed), or its stream ends when the registration is refused
+(it stayed open with nothing pushed); one refused ends its streams (test_watch_register_again)
 (review rev44 d-streams 2)."""
 from __future__ import annotations
 
-import asyncio
-
-import pytest
-
 from kairos.core.catalog import default_catalog_text
-from kairos.core.errors import InputError
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1.decision_pb2_grpc import DecisionServiceStub
-from kairos.cluster.gateway.streams import Ended, Watch, Watches
 
 from tests.support.inprocess_gateway import serving
 from tests.support.local_backend import LocalBackend
 from tests.support.waiting import wait_until
-from tests.unit.gateway.test_watch_settling import FakeShards, decisions
 
 
 def held(backend: LocalBackend) -> list[str]:
@@ -50,33 +43,3 @@ def test_a_customers_watch_dropped_by_a_switch_and_its_rollback_is_registered_ag
                    "the watch registered again once the rollback was compiled")
         assert gw.gateway._compiled.version.startswith("back-")
         watch.cancel()
-
-
-def test_a_reading_stream_ends_when_its_registration_again_is_refused():
-    async def main() -> None:
-        shards = FakeShards()
-        watches = Watches("g", shards, shards)
-        got: list[str] = []
-
-        async def registered() -> None:
-            pass
-
-        async def consume() -> None:
-            async for decision in watches.follow(Watch("c0", "web", "hero"), registered):
-                got.append(decision.decision_id)
-
-        reading = asyncio.ensure_future(consume())
-        await asyncio.sleep(0.01)
-        watches.deliver(decisions(1))
-        await asyncio.sleep(0.01)
-        assert got == ["d0"]
-
-        async def refused(*_) -> None:
-            raise InputError("placement", "not a placement of channel 'web'")
-        shards.watch = refused
-        watches.register_again()
-        with pytest.raises(Ended, match="web/hero"):
-            await asyncio.wait_for(reading, 5)
-        assert watches.open == 0
-
-    asyncio.run(asyncio.wait_for(main(), 20))
