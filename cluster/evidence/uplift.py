@@ -28,7 +28,9 @@ customer it is not, and the numbers are the independent ones; with one customer 
 clustered variance, and the effect is 1). Where the models' effect differed by customer, the
 independent interval covered no effect in under half of the logs of 50 customers x 40
 decisions, and one clustered within each version only in half of those of 50 customers x 40
-versions x 1 decision (tests/unit/evidence/test_uplift_clustered.py).
+versions x 1 decision (tests/unit/evidence/test_uplift_clustered.py). Both intervals take
+Student's t with the customers less one degrees of freedom, not the normal's 1.96, as the
+estimators' do (estimators.t95).
 
 A stratum is compared when each group has two decisions; the others are left out of that
 comparison, and named (`left_out`). Which are left out depends on the groups' sizes only, never
@@ -62,7 +64,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from kairos.cluster.evidence.estimators import Z95, clusters, standard_error
+from kairos.cluster.evidence.estimators import clusters, customers, standard_error, t95
 from kairos.cluster.evidence.records import DecisionRecord
 from kairos.cluster.evidence.replay import NOTHING, Replayer, rewards
 
@@ -111,7 +113,7 @@ def difference(strata: Strata, column: int, binary: bool) -> Difference:
     m = sum(w * float(np.mean(x)) for w, (x, _) in zip(weights, usable))
     c = sum(w * float(np.mean(y)) for w, (_, y) in zip(weights, usable))
     # how much a customer's decisions, in both groups and every version, widen the variance
-    effect = _design_effect(usable, [strata[version] for version in sorted(kept)], weights)
+    effect, df = _design_effect(usable, [strata[version] for version in sorted(kept)], weights)
     if binary:
         adjusted = [((x.sum() + 1) / (len(x) + 2), (y.sum() + 1) / (len(y) + 2), len(x) + 2,
                      len(y) + 2) for x, y in usable]
@@ -125,7 +127,7 @@ def difference(strata: Strata, column: int, binary: bool) -> Difference:
         variance = effect * sum(w * w * (_variance(x, pooled[0]) / len(x)
                                          + _variance(y, pooled[1]) / len(y))
                                 for w, (x, y) in zip(weights, usable))
-    half = Z95 * math.sqrt(variance)
+    half = t95(df) * math.sqrt(variance)
     low, high = float(centre - half), float(centre + half)
     if binary:  # a difference of two rates: the normal approximation can pass +-1
         low, high = max(low, -1.0), min(high, 1.0)
@@ -133,13 +135,14 @@ def difference(strata: Strata, column: int, binary: bool) -> Difference:
 
 
 def _design_effect(usable: list[tuple[np.ndarray, np.ndarray]], strata: list[dict[bool, list[Row]]],
-                   weights: list[float]) -> float:
+                   weights: list[float]) -> tuple[float, int]:
     """The combined difference's variance clustered by customer (estimators.standard_error:
     each customer's weighted terms summed over both groups and every version, since a
     customer's decisions span versions) over its variance with every decision taken as
     independent, at least 1 (with one decision per customer the clustered one is no larger,
     and the independent numbers stand); 1 with fewer than two customers, which have no
-    clustered variance."""
+    clustered variance. With it, the degrees of freedom of the interval's t quantile: the
+    customers less one (the decisions less one where it is 1 for want of customers)."""
     independent = sum(w * w * (float(np.var(x, ddof=1)) / len(x) + float(np.var(y, ddof=1))
                                / len(y)) for w, (x, y) in zip(weights, usable))
     influence = np.concatenate([w * np.concatenate([(x - np.mean(x)) / len(x),
@@ -148,8 +151,8 @@ def _design_effect(usable: list[tuple[np.ndarray, np.ndarray]], strata: list[dic
     codes = clusters([row[3] for s in strata for row in s[False] + s[True]])
     clustered = (standard_error(influence, codes) * len(influence)) ** 2
     if not independent > 0 or math.isnan(clustered):
-        return 1.0
-    return max(clustered / independent, 1.0)
+        return 1.0, len(influence) - 1
+    return max(clustered / independent, 1.0), customers(codes, len(influence)) - 1
 
 
 def _variance(values: np.ndarray, pooled: float = math.nan) -> float:

@@ -144,6 +144,6 @@ def test_the_accept_interval_stays_within_what_a_difference_of_rates_can_be():
     (review rev42 learning finding 2); the uplift of a rate is within [-1, 1]."""
     rows = {False: [("a", 1.0, 0.0, None)] * 4, True: [("a", 0.0, 0.0, None)] * 2}
     up = difference({"1": rows}, 1, binary=True)
-    assert up.uplift == 1.0 and 0.0 < up.low and up.high == 1.0
+    assert up.uplift == 1.0 and -1.0 < up.low < 1.0 and up.high == 1.0
     down = difference({"1": {False: rows[True], True: rows[False]}}, 1, binary=True)
-    assert down.low == -1.0 and down.high < 0.0
+    assert down.low == -1.0 and -1.0 < down.high < 1.0

@@ -80,7 +80,18 @@ def test_one_decision_per_customer_keeps_the_independent_numbers():
 def test_the_report_clusters_by_the_logged_customer(monkeypatch):
     seen = []
     monkeypatch.setattr(uplift_module, "_design_effect",
-                        lambda usable, strata, weights: seen.extend(strata) or 1.0)
+                        lambda usable, strata, weights: seen.extend(strata) or (1.0, 9))
     from tests.unit.evidence.test_uplift import record
     uplift_module.uplift([record(i, "a", i % 3 == 0, i % 2 == 0) for i in range(8)])
     assert {row[3] for g in seen for rows in g.values() for row in rows} >= {"c0", "c1"}
+
+
+def test_few_customers_take_students_t_not_the_normal():
+    """1.96 with 5 customers covered the truth too rarely (as estimators' intervals did):
+    the interval takes t with the customers less one degrees of freedom."""
+    rows = {False: [("a", 0.0, 1.0 + i, f"c{i % 5}") for i in range(10)],
+            True: [("a", 0.0, 2.0 * i, f"c{i % 5}") for i in range(10)]}
+    d = difference({"1": rows}, 2, binary=False)
+    independent = difference({"1": {held: [(*r[:3], None) for r in group]
+                                     for held, group in rows.items()}}, 2, binary=False)
+    assert d.high - d.low > independent.high - independent.low
