@@ -15,7 +15,7 @@ import sys
 import time
 
 from kairos.cluster.cli import local
-from kairos.cluster.cli.remote import INSECURE_ENV, TLS_ENV, plaintext_refusal
+from kairos.cluster.cli.remote import INSECURE_ENV, channel_refusal
 from kairos.cluster.secret_files import SecretFileError, check_secret_file
 from kairos.cluster.cli.targets import port, port_or_zero
 
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: --allowed-host or ${HOSTS_ENV}: {exc}", file=sys.stderr)
         return 2
     # said now, not once the server starts (its gateway client's channel_to would exit then)
-    refusal = None if os.environ.get(TLS_ENV[0]) else plaintext_refusal(args.target)
+    refusal = channel_refusal(args.target)
     if refusal:
         print(f"error: {refusal}", file=sys.stderr)
         return 2

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
 import sys
 import time
 from typing import Callable
@@ -12,7 +11,7 @@ from typing import Callable
 import grpc
 import psutil
 
-from kairos.cluster.cli.remote import TLS_ENV, Remote, plaintext_refusal
+from kairos.cluster.cli.remote import Remote, channel_refusal
 from kairos.cluster.cli.targets import join_target, split_target
 from kairos.cluster.gateway.auth import is_loopback
 from kairos.v1 import admin_pb2
@@ -193,7 +192,7 @@ def _relayed_drain(through: list[str], node_id: str, timeout_s: float
     ended (control/drains.py). Its failure is a DrainFailed naming the gateway."""
     deadline = time.monotonic() + timeout_s
     for relay, after in zip(through, through[1:]):
-        refusal = None if os.environ.get(TLS_ENV[0]) else plaintext_refusal(relay)
+        refusal = channel_refusal(relay)
         if refusal:  # a node's address, plaintext off this machine: not sent the key
             print(f"DrainNode through {relay}: passed over ({refusal}); sent through {after}",
                   file=sys.stderr)

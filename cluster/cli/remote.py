@@ -57,14 +57,20 @@ def tls_credentials() -> grpc.ChannelCredentials | None:
 def channel_to(target: str, *, aio: bool = False, options: tuple = ()
                ) -> grpc.Channel | grpc.aio.Channel:
     """A channel to a gateway (see tls_credentials): blocking, or asyncio's with `aio`.
-    SystemExit for plaintext that plaintext_refusal refuses."""
+    SystemExit for plaintext that channel_refusal refuses."""
     credentials = tls_credentials()
-    refusal = plaintext_refusal(target) if credentials is None else None
+    refusal = channel_refusal(target)
     if refusal:
         raise SystemExit(f"error: {refusal}")
     api = grpc.aio if aio else grpc
     return api.insecure_channel(target, options) if credentials is None \
         else api.secure_channel(target, credentials, options)
+
+
+def channel_refusal(target: str) -> str | None:
+    """Why `channel_to(target)` would refuse: plaintext_refusal, unless this client speaks
+    TLS (KAIROS_TLS_CA set)."""
+    return None if os.environ.get(TLS_ENV[0]) else plaintext_refusal(target)
 
 
 def plaintext_refusal(target: str) -> str | None:
