@@ -12,7 +12,8 @@ frame with intact frames after it, a batch whose first LSN does not continue the
 it, a CRC-valid frame that holds no batch) is JournalCorrupt, naming the segment and the byte
 offset. `ambiguous_tail` says whether a torn tail is as long
 as its header announces (a power cut mid-write, or a bit flip in the last acknowledged batch:
-the journal keeps its bytes and skips its LSNs, journal.py).
+the journal keeps its bytes and skips its LSNs, journal.py); a tail of zeros announces no batch
+and is cut as torn.
 
 A store without frames (redis_journal.py) keeps each batch sealed (`seal_batch`): msgpack of
 `[first lsn, packed batch, SEALED, CRC-32 of the packed batch]`, one zlib.crc32 over bytes
@@ -446,11 +447,13 @@ def _misframed(data: bytes, pos: int) -> bool:
 def ambiguous_tail(data: bytes, pos: int) -> bool:
     """Whether a torn tail is as long as its header says: a power cut mid-write or a bit
     flip in the last acknowledged batch, which cannot be told apart. (A process killed
-    mid-write leaves fewer bytes than the header announces.)"""
+    mid-write leaves fewer bytes than the header announces.) A header of length 0 announces
+    no batch (none is ever written): zeros a file system left past the last write, or
+    preallocated, are a torn tail too."""
     if pos + HEADER.size > len(data):
         return False
     length, _ = HEADER.unpack_from(data, pos)
-    return pos + HEADER.size + length <= len(data)
+    return 0 < length and pos + HEADER.size + length <= len(data)
 
 
 def first_lsn(path: Path) -> int:
