@@ -1,7 +1,8 @@
 """Micro-costs the README quotes, each measured on the real code path: a decision's selection
 re-runs at the catalog's bound, timer firings per tick, the journal's owner and heir fences,
-the Redis decision log's removal per entry, a push handed to a watch, the data plane's TLS and
-the decision-log writer's write alone or shared.
+the Redis decision log's removal per entry, a push handed to a watch, the data plane's TLS,
+the decision-log writer's write alone or shared, a model sync (each side's bytes and time) and
+the bytes a resident customer holds in a shard, outcome state included.
 
     python -m bench.costs           # every probe, sized to take about 100 s on 2 cores
     python -m bench.costs --quick   # seconds (the test suite uses it so it never rots)
@@ -13,25 +14,32 @@ README quotes), and prints a JSON summary as its last line.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import math
 import os
+import pickle
+import random
 import statistics
 import tempfile
 import threading
 import time
+import tracemalloc
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import yaml
 
+from kairos.cluster.control.learner import Learner
 from kairos.cluster.control.partitions import partition_of
 from kairos.cluster.gateway.streams import Watch, Watches
-from kairos.cluster.protocol import OK, Event, request_from
+from kairos.cluster.protocol import OK, Decide, Event, Ok, Outcome, request_from
 from kairos.cluster.settings import (DECISION_LOG_MAX_BYTES, DECISION_LOG_WRITE_S,
                                      TICK_FIRE_LIMIT, TICK_S)
 from kairos.cluster.shard.decisionlog import LogWriter
+from kairos.cluster.shard.modelsync import ModelSync
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage import redis_server
 from kairos.cluster.storage.decision_logs import entry_size
@@ -47,7 +55,8 @@ from kairos.core.decision import Decision
 from kairos.core.engine import DecisionEngine
 
 from . import quickrun
-from .workload import T0
+from .kernel import bytes_per_customer
+from .workload import T0, catalog_with_actions, random_event
 
 Probe = Callable[[bool], dict[str, Any]]
 
@@ -492,13 +501,239 @@ def log_writer(quick: bool) -> dict[str, Any]:
                         "cpu_us_per_record_shared": spread(together, "µs CPU", 1)}}
 
 
+# -- 8. a model sync, shard and learner sides --------------------------------------------------
+
+# The shape the README's whole-table figure was of (48.5 MiB): 3 channels, 31 inputs a model
+# (the default catalog's 10 and a context vector of 21), 32 coefficients with the intercept
+SYNC_CHANNELS = ("web", "app", "email")
+SYNC_INPUTS = 31
+SYNC_OUTCOMES, SYNC_MODELS = 50, 5  # a round's outcomes since the last sync, over a few models
+
+
+def sync_catalog(actions: int) -> CompiledCatalog:
+    """The default catalog cut to SYNC_CHANNELS (the actions offered on none of them gone),
+    its models reading SYNC_INPUTS inputs, with `actions` actions (bench.workload's repeats)."""
+    doc = yaml.safe_load(default_catalog_text())
+    for key in ("channels", "fallbacks"):
+        doc[key] = {c: v for c, v in doc[key].items() if c in SYNC_CHANNELS}
+    arbitration = doc["arbitration"]
+    arbitration["context_weights"] = [w for w in arbitration["context_weights"]
+                                      if w.get("channel", SYNC_CHANNELS[0]) in SYNC_CHANNELS]
+    for action in doc["actions"]:
+        action["channels"] = {c: v for c, v in action["channels"].items() if c in SYNC_CHANNELS}
+    doc["actions"] = [a for a in doc["actions"] if a["channels"]]
+    predictors = doc["models"]["predictors"]
+    doc["context"]["emb"] = {"type": "vector", "size": SYNC_INPUTS - len(predictors),
+                             "min": -1, "max": 1}
+    predictors.append({"name": "emb", "source": "context"})
+    return compile_catalog(catalog_with_actions(actions, yaml.safe_dump(doc, sort_keys=False)))
+
+
+class SyncTimes:
+    """One way of syncing (a steady one, a whole table's), sync after sync: bytes each way as
+    Ray carries them (it pickles an actor call's arguments and its answer), the wall time of
+    each side's part and of the pickling, the rows each way, and the syncs whose answer the
+    shard adopted."""
+
+    def __init__(self) -> None:
+        self.samples: dict[str, list[float]] = {}
+        self.rows_sent: set[int] = set()
+        self.rows_answered: set[int] = set()
+        self.syncs = self.adopted = 0
+
+    def add(self, **figures: float) -> None:
+        for name, value in figures.items():
+            self.samples.setdefault(name, []).append(value)
+
+    def synced(self, sync: ModelSync, engine: DecisionEngine, learner: Learner) -> None:
+        """What a shard's ModelSync.step does with something learnt, each part timed: take the
+        delta, send it, the learner merges and publishes, the shard adopts the answer."""
+        began = time.perf_counter()
+        catalog_version, delta, known = sync.take(engine)
+        delta.based_on = engine.models.published_by  # as ModelSync.step sends it
+        taken = time.perf_counter()
+        sent = pickle.dumps((catalog_version, delta, known), pickle.HIGHEST_PROTOCOL)
+        arguments = pickle.loads(sent)
+        pickled = time.perf_counter()
+        answer = learner.sync(*arguments)
+        merged = time.perf_counter()
+        back = pickle.dumps(answer, pickle.HIGHEST_PROTOCOL)
+        published = pickle.loads(back)
+        returned = time.perf_counter()
+        sync.adopt(engine, published)
+        adopted = time.perf_counter()
+        self.add(to_learner_kib=len(sent) / 1024, to_shard_kib=len(back) / 1024,
+                 shard_take_us=(taken - began) * 1e6, learner_sync_us=(merged - pickled) * 1e6,
+                 shard_adopt_us=(adopted - returned) * 1e6,
+                 pickling_us=(pickled - taken + returned - merged) * 1e6)
+        self.rows_sent.add(len(delta.model_rows()))
+        self.rows_answered.add(len(answer.rows if answer.rows is not None else answer.positives))
+        self.syncs += 1
+        self.adopted += engine.models.version == learner.version
+
+    def figures(self, kind: str, ms: bool) -> dict[str, Any]:
+        """Bytes in KiB; times in ms for a whole table's (seconds of loop time), µs for a
+        steady one's."""
+        out = {}
+        for name, samples in self.samples.items():
+            if name.endswith("_kib"):
+                out[f"{kind}_{name}"] = spread(samples, "KiB", 1)
+            elif ms:
+                out[f"{kind}_{name[:-3]}_ms"] = spread([us / 1e3 for us in samples], "ms", 2)
+            else:
+                out[f"{kind}_{name}"] = spread(samples, "µs", 1)
+        return out
+
+
+def model_sync(quick: bool) -> dict[str, Any]:
+    """A shard's model sync with the learner on the real classes (ModelSync.take and adopt on
+    a DecisionEngine's ModelTable, Learner.sync): after SYNC_OUTCOMES outcomes over
+    SYNC_MODELS models since its last sync, a steady one (the learner answers the rows
+    changed since the shard's version) and a whole table's (a shard's first, or one that
+    forgot whose version it holds: the learner answers every model). One shard, so the
+    answer holds its own rows only: with more shards syncing, theirs too."""
+    actions, whole, steady = (50, 2, 3) if quick else (2000, 3, 30)
+    compiled = sync_catalog(actions)
+    engine, learner, sync = DecisionEngine(compiled, capacity=16), Learner(compiled), \
+        ModelSync("bench")
+    offered = [(compiled.action_ids[a], compiled.channel_names[ch])
+               for a, ch in zip(*np.nonzero(compiled.offered))][:SYNC_MODELS]
+    ways = {"whole": SyncTimes(), "steady": SyncTimes()}
+    at = T0
+    for kind, repeats in (("whole", whole), ("steady", steady)):
+        for _ in range(repeats):
+            at += 1
+            # offline outcomes (no decision named), accepts and ignores in turn: the kernel
+            # learns each from its customer's profile
+            engine.record_outcomes([(f"c{i}", *offered[i % len(offered)],
+                                     ("accept", "ignore")[i % 2], at, None)
+                                    for i in range(SYNC_OUTCOMES)])
+            if kind == "whole":
+                engine.models.published_by = None  # as after a dropped delta: every model
+            ways[kind].synced(sync, engine, learner)
+    m = engine.models
+    table_bytes = sum(getattr(m, name).nbytes for name in
+                      ("mean", "precision", "positives", "negatives", "value_count", "value_sum"))
+    return {"inputs": {"actions": actions, "channels": list(compiled.channel_names),
+                       "coefficients": compiled.n_predictors, "models": compiled.n_models,
+                       "posterior": "full" if compiled.full_posterior else "diagonal",
+                       "table_bytes": table_bytes, "outcomes_per_sync": SYNC_OUTCOMES,
+                       "models_learnt": len(offered), "shards": 1,
+                       "wire": "pickle (highest protocol), as Ray carries a call and its answer",
+                       **{f"{kind}_{key}": value for kind, way in ways.items() for key, value in
+                          (("syncs", way.syncs), ("adopted", way.adopted),
+                           ("rows_sent", sorted(way.rows_sent)),
+                           ("rows_answered", sorted(way.rows_answered)))}},
+            "figures": {**ways["steady"].figures("steady", False),
+                        **ways["whole"].figures("whole", True)}}
+
+
+# -- 9. bytes per resident customer, outcome state included -----------------------------------
+
+EVENTS_EACH = 3
+ROUND = 256  # customers a round
+
+
+def traced() -> int:
+    """The bytes tracemalloc holds traced, after a collection."""
+    gc.collect()
+    return tracemalloc.get_traced_memory()[0]
+
+
+def _row_bytes(shard: Shard) -> float:
+    """The profile table's arrays per row: reserved up to the resident limit before anything
+    is traced (untouched pages until a customer takes a row), so counted apart."""
+    table = shard.engine.table
+    return sum(a.nbytes for a in vars(table).values() if isinstance(a, np.ndarray)) / \
+        table.capacity
+
+
+def _freed(held: dict) -> int:
+    """The bytes freed when `held` (a shard's per-customer records) is emptied."""
+    before = traced()
+    held.clear()
+    return before - traced()
+
+
+def _customer(k: int) -> dict[str, Any]:
+    """A request's customer and partition, the id made anew each time, as each request
+    brings its own."""
+    customer_id = f"c{k:09d}"
+    return {"partition": partition_of(customer_id, PARTITIONS), "customer_id": customer_id}
+
+
+def _answered(shard: Shard, customers: range, when: float) -> tuple[int, int]:
+    """A Decide (web, account) for each customer, then a keyed accept of each decision that
+    showed an action; how many showed one, and how many accepts the shard took."""
+    decided = shard.process([Decide(**_customer(k), channel="web", placement="account",
+                                    context={}, now=when - 4) for k in customers])[0]
+    shown = [(k, reply.value) for k, reply in zip(customers, decided)
+             if isinstance(reply, Ok) and reply.value.actions]
+    taken = shard.process([Outcome(**_customer(k), action_id=d.actions[0].action_id,
+                                   channel=d.channel, outcome="accept", when=when,
+                                   decision_id=d.decision_id, idempotency_key=f"respond-{k}")
+                           for k, d in shown])[0]
+    return len(shown), sum(isinstance(reply, Ok) for reply in taken)
+
+
+def customer_bytes(quick: bool) -> dict[str, Any]:
+    """Bytes per resident customer of a Shard (directory store): tracemalloc over everything
+    it keeps, plus its profile row's arrays, after EVENTS_EACH events each (drawn from the
+    default catalog's declarations), then after one Decide each and one keyed Respond
+    (accept) of its decision; what of that the taught labels, the outcome's idempotency key
+    and the engine's decision memo hold (freed when emptied; the memo keeps the last
+    100,000 decisions, whoever's); and bench.kernel's profile row and index beside it."""
+    customers = 256 if quick else 4096
+    compiled = default_compiled()
+    rng, clock = random.Random(17), Clock(T0)
+    shown = taken = 0
+    with tempfile.TemporaryDirectory() as root:
+        shard = Shard("bench", compiled, range(PARTITIONS), PARTITIONS,
+                      store=DirectoryStore(root), clock=clock, idle_s=10 * CART_TIMER_S)
+        row = _row_bytes(shard)
+        tracemalloc.start()
+        base = traced()
+        for k in range(0, customers, ROUND):
+            shard.process([Event(**_customer(c), event_type=kind, attributes=attributes,
+                                 time=T0 - 60 * (EVENTS_EACH - n))
+                           for c in range(k, k + ROUND) for n in range(EVENTS_EACH)
+                           for kind, attributes in [random_event(compiled.catalog, rng, T0)]])
+        evented = traced()
+        clock.now = T0 + 5
+        for k in range(0, customers, ROUND):
+            done = _answered(shard, range(k, k + ROUND), clock.now)
+            shown, taken = shown + done[0], taken + done[1]
+        answered = traced()
+        # emptied whole: popping each customer would leave the dicts' tables allocated
+        held = {"label_records": _freed(shard.labels._keys),
+                "outcome_keys": _freed(shard.keys._keys),
+                "decision_memo": _freed(shard.engine._remembered)}
+        tracemalloc.stop()
+        resident = len(shard.engine.table)
+        shard.close()
+    per = {"events": row + (evented - base) / customers,
+           "answered": row + (answered - base) / customers,
+           "answer_added": (answered - evented) / customers,
+           **{name: n / customers for name, n in held.items()},
+           "profile_row_and_index": bytes_per_customer(compiled, customers)}
+    return {"inputs": {"catalog": "default", "customers": customers, "resident": resident,
+                       "events_each": EVENTS_EACH, "round": ROUND, "store": "directory",
+                       "decide": "web/account, one each", "respond": "accept, keyed, one each",
+                       "decisions_shown": shown, "responds_taken": taken,
+                       "row_array_bytes": round(row, 1),
+                       "traced": "tracemalloc over the Shard after gc, per customer"},
+            "figures": {f"bytes_{name}": spread([n], "bytes", 0) for name, n in per.items()}}
+
+
 PROBES: tuple[tuple[str, Probe], ...] = (("selection_bound", selection_bound),
                                          ("timer_ticks", timer_ticks),
                                          ("journal_fences", journal_fences),
                                          ("redis_log_trim", redis_log_trim),
                                          ("watch_push", watch_push),
                                          ("plane_tls", plane_tls),
-                                         ("log_writer", log_writer))
+                                         ("log_writer", log_writer),
+                                         ("model_sync", model_sync),
+                                         ("customer_bytes", customer_bytes))
 
 
 # -- the report ---------------------------------------------------------------------------------

@@ -49,3 +49,19 @@ def assert_paths(probes: dict) -> None:
     assert writer["writes_shared"] == writer["shared_writes"] > 0
     assert writer["records_submitted"] == (writer["records_alone"] + writer["shared_writes"]
                                            * writer["records_per_shared_write"])
+    sync = probes["model_sync"]["inputs"]
+    # every answer adopted: a steady sync's the rows the shard sent, a whole table's every model
+    for kind in ("steady", "whole"):
+        assert sync[f"{kind}_adopted"] == sync[f"{kind}_syncs"] > 0, sync
+        assert sync[f"{kind}_rows_sent"] == [sync["models_learnt"]], sync
+    assert sync["steady_rows_answered"] == [sync["models_learnt"]], sync
+    assert sync["whole_rows_answered"] == [sync["models"]], sync
+    carried = probes["model_sync"]["figures"]
+    assert carried["whole_to_shard_kib"]["min"] * 1024 > sync["table_bytes"] > \
+        10 * 1024 * carried["steady_to_shard_kib"]["max"], (sync, carried)
+    customers = probes["customer_bytes"]["inputs"]
+    # every customer resident, shown an action and its accept taken
+    assert customers["resident"] == customers["customers"] == customers["decisions_shown"] == \
+        customers["responds_taken"] > 0, customers
+    held = probes["customer_bytes"]["figures"]
+    assert held["bytes_answered"]["min"] > held["bytes_events"]["min"], held
