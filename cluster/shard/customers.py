@@ -9,8 +9,12 @@ run goes to the kernel in one call. What changes state is noted as a journal rec
 Only what changes a customer's state makes it resident (activated from its home, or created):
 a decision for a customer nobody has seen is made on an empty profile and leaves nothing
 behind; an outcome is checked whole (outcomes.py: a decision a shard issued, within the rate)
-before it activates anyone, and refused for a decision issued before its customer was
-forgotten; a watch of an unseen customer waits for it without a profile.
+before it activates anyone, and refused for a decision issued before its customer (or the
+visitor it was shown to) was forgotten; a watch of an unseen customer waits for it without a
+profile. A customer's requests with an idempotency key are refused LINKING while a link to it
+is under way (claimed, not merged): the visitor's keys reach it only with the Merge, so a
+visitor's request retried by alias meanwhile would be applied on the customer, and again with
+the visitor's state.
 """
 from __future__ import annotations
 
@@ -38,6 +42,13 @@ from kairos.cluster.shard.keys import OUTCOME_KEY, IdempotencyKeys
 from kairos.cluster.shard.outcomes import DecisionSeal, OutcomeRate, TaughtLabels
 from kairos.cluster.shard.residency import HomeDamaged, Residency
 from kairos.cluster.shard.watches import Watches
+
+# the answer to a keyed request for a customer with a link under way (a LinkIdentity's caller
+# that gave up between its Claim and its Merge holds them until the link is retried)
+LINKING = Unavailable(reason="a LinkIdentity to this customer is under way; nothing was "
+                             "applied: its requests with an idempotency key are refused until "
+                             "the link merges (a link whose caller gave up: until it is "
+                             "retried): retry shortly")
 
 
 class CustomerRequests:
@@ -77,8 +88,13 @@ class CustomerRequests:
         views: list[tuple[int, EncodedRequest]] = []
         records: list[Record] = []  # in the order applied
         unnumbered: list[tuple[int, int]] = []  # (record, request) of events being applied
+        linking: set[str] = set()  # refused LINKING: their later events wait, in order
         for i, e in enumerate(batch):
             key = e.idempotency_key
+            if not replaying and (e.customer_id in linking or key and self._linking(e)):
+                linking.add(e.customer_id)
+                replies[i] = LINKING
+                continue
             stored = True  # whether the customer may have a home in the store
             if key and not replaying:  # a journaled event was applied: so it is again
                 # a passivated customer's keys are in its home: bring it in to look
@@ -254,6 +270,9 @@ class CustomerRequests:
         for o in batch:
             sent = o  # as its caller named the decision: the log joins it to the sealed id
             key = OUTCOME_KEY + o.idempotency_key if o.idempotency_key else None
+            if key is not None and not self._journaling.replaying and self._linking(o):
+                replies.append(LINKING)
+                continue
             try:  # nothing of the outcome is applied before its customer is loaded
                 if key is not None and not self._journaling.replaying and \
                         self._repeated(o, key):  # a journaled one was recorded: so it is again
@@ -270,7 +289,7 @@ class CustomerRequests:
                 if o.decision_id is not None and not self._journaling.replaying:
                     engine_id, issued_to, issued = self._seal.opened(
                         self._issued_to(o), o.decision_id, o.channel, o.action_id)
-                    self._check_not_forgotten(o, issued)
+                    self._check_not_forgotten(o, issued_to, issued)
                     o = o._replace(decision_id=engine_id)
                     # logged under whom the decision was issued to, as the decision was: an
                     # anonymous visitor's, answered once linked, names the customer since
@@ -307,14 +326,24 @@ class CustomerRequests:
         return self._residency.activate(o.customer_id, o.partition, create=False) and \
             self._keys.get(o.customer_id, key) is not None
 
-    def _check_not_forgotten(self, o: Outcome, issued: int) -> None:
-        """InputError if the customer was forgotten after the decision was issued (or in the
-        same second): its outcome would create the erased customer again, or teach the one
-        that took its id since from what was decided for the erased one."""
-        forgotten = self._directory.forgotten_at(o.partition, o.customer_id)
-        if forgotten is not None and issued <= forgotten:
-            raise InputError("decision_id", "issued before this customer was forgotten "
-                                            "(ForgetCustomer): it takes no outcomes")
+    def _linking(self, r: Event | Outcome) -> bool:
+        """Whether a link to the request's customer is under way (claimed, not merged)."""
+        return bool(self._directory.claims(r.partition, r.customer_id))
+
+    def _check_not_forgotten(self, o: Outcome, issued_to: str, issued: int) -> None:
+        """InputError if the customer, or the visitor (an alias's anonymous id) the decision
+        was issued to, was forgotten after the decision was issued (or in the same second):
+        its outcome would create the erased customer again, or teach the one that took its id
+        (or the visitor's alias) since from what was decided for the erased one. The visitor's
+        tombstone is kept by its own partition: seen here only if this shard holds it."""
+        checked = [(o.customer_id, o.partition)]
+        if issued_to != o.customer_id:
+            checked.append((issued_to, self._ctx.partition_of(issued_to)))
+        for customer_id, partition in checked:
+            forgotten = self._directory.forgotten_at(partition, customer_id)
+            if forgotten is not None and issued <= forgotten:
+                raise InputError("decision_id", "issued before this customer was forgotten "
+                                                "(ForgetCustomer): it takes no outcomes")
 
     def _issued_to(self, o: Outcome) -> Iterator[str]:
         """Whom the decision an outcome names may have been issued to: the customer; then,

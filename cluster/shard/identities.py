@@ -10,10 +10,12 @@ the customer once per link id; Settle drops the state the redirect kept for retr
 customer remembers the aliases and the links merged into it (`CustomerIdentities`), in its
 block, so a retried link merges once even after the customer moved or was passivated, and a
 forget finds its aliases there (or answers UNAVAILABLE when the home is damaged). Every link
-step is refused (CONFLICT) once its link is buried by a forget. A forget also buries the
-customer itself (`Directory.forgotten_at`), so an outcome of a decision issued to it before
-cannot bring it back (customers.py). Homes are deleted only once a snapshot covers the
-records saying so (journaling.py: `delete_later`).
+step is refused (CONFLICT) once its link is buried by a forget (that of a link claimed before
+the forget began); a Claim or Merge to a customer whose forget is under way is refused
+FORGETTING, as the customer's other requests are (shard.py), so a link begun meanwhile cannot
+re-create it. A forget also buries the customer itself (`Directory.forgotten_at`), so an
+outcome of a decision issued to it before cannot bring it back (customers.py). Homes are
+deleted only once a snapshot covers the records saying so (journaling.py: `delete_later`).
 """
 from __future__ import annotations
 
@@ -22,9 +24,9 @@ from typing import Any
 import msgpack
 
 from kairos.cluster.identity import ANONYMOUS, NAMES_ANOTHER, Directory, link_id, link_ids
-from kairos.cluster.protocol import (Bury, Busy, Claim, Conflict, Forget, Forgotten, Invalid,
-                                     Link, Merge, Merged, Ok, Reply, Resolve, Retire, Settle,
-                                     Take, Unavailable, Unclaim, Unlink)
+from kairos.cluster.protocol import (BEING_FORGOTTEN, Bury, Busy, Claim, Conflict, Forget,
+                                     Forgotten, Invalid, Link, Merge, Merged, Ok, Reply, Resolve,
+                                     Retire, Settle, Take, Unavailable, Unclaim, Unlink)
 from kairos.cluster.shard.decisionlog import DecisionLog
 from kairos.cluster.shard.context import ShardContext, touch
 from kairos.cluster.shard.journaling import Journaling
@@ -36,6 +38,9 @@ from kairos.cluster.storage import blocks
 
 _pack = msgpack.Packer(use_bin_type=True).pack
 _BIN_HEADER = 4  # a state's bin header past an empty one's (msgpack's bin 32: 5 bytes, not 1)
+# the answer to a request for a customer whose forget is under way (its aliases not yet retired
+# resolve to it): applied, it would re-create the customer the forget is erasing
+FORGETTING = Unavailable(reason=BEING_FORGOTTEN)
 
 
 class CustomerIdentities:
@@ -107,7 +112,8 @@ class IdentityRequests:
             if self._buried(r.partition, r.key, r.customer_id):
                 replies.append(_refused(r.customer_id))
                 continue
-            refused = None if self._journaling.replaying else self._claim_refusal(r)
+            refused = None if self._journaling.replaying else \
+                self._forgetting(r) or self._claim_refusal(r)
             if refused is not None:
                 replies.append(refused)
                 continue
@@ -437,12 +443,26 @@ class IdentityRequests:
         if self._buried(r.partition, r.key, r.customer_id):
             replies.append(_refused(r.customer_id))
             return False
+        # a link claimed before the forget is buried by it: this holds a client that skipped
+        # the Claim (refused now) to the same
+        forgetting = None if self._journaling.replaying else self._forgetting(r)
+        if forgetting is not None:
+            replies.append(forgetting)
+            return False
         try:
             self._residency.activate(r.customer_id, r.partition)
         except HomeDamaged as exc:
             replies.append(Unavailable(reason=str(exc)))
             return False
         return True
+
+    def _forgetting(self, r: Claim | Merge) -> Unavailable | None:
+        """FORGETTING for a step of a link to a customer whose forget is under way: a Claim
+        after the forget noted the customer's aliases would go unretired, and a Merge would
+        re-create the customer the forget is erasing."""
+        if self._directory.being_forgotten(r.partition, r.customer_id, self._ctx.clock()):
+            return FORGETTING
+        return None
 
     def _buried(self, partition: int, key: str, customer_id: str) -> bool:
         return self._directory.link_buried(partition, key, customer_id, self._ctx.clock())

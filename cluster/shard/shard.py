@@ -54,7 +54,7 @@ from kairos.cluster.shard.customers import CustomerRequests
 from kairos.cluster.shard.decisionlog import DecisionLog
 from kairos.cluster.shard.durability import Durability
 from kairos.cluster.shard.handoff import Handoff
-from kairos.cluster.shard.identities import CustomerIdentities, IdentityRequests
+from kairos.cluster.shard.identities import FORGETTING, CustomerIdentities, IdentityRequests
 from kairos.cluster.shard.journaling import Journaling
 from kairos.cluster.shard.keys import IdempotencyKeys
 from kairos.cluster.shard.outcomes import DecisionSeal, TaughtLabels, outcome_secret
@@ -73,6 +73,9 @@ log = logging.getLogger("kairos.shard")
 # the kinds whose handlers load their customer before anything else: a damaged home is found
 # first (residency.py `probe`); an outcome is checked before its customer is loaded
 PROBED = frozenset({"event", "decide", "profile", "watch"})
+# the kinds refused FORGETTING while their customer's forget is under way: an outcome too, as
+# an offline one (no decision to check against the forget's tombstone) would re-create it
+GUARDED = PROBED | {"outcome"}
 # the kinds that make their customer if it has no home (and a Decide that records its
 # impression): refused at the resident ceiling
 CREATES = frozenset({"event", "outcome"})
@@ -82,9 +85,6 @@ CROWDED = protocol.Busy(reason="this shard holds as many customers as it may: tr
 UNSEEN_WATCHED = protocol.Busy(reason="this shard watches as many customers not seen yet as it "
                                       "may (KAIROS_SHARD_UNSEEN_WATCHES): try again once those "
                                       "customers are seen or their streams close")
-# the answer to a request for a customer whose forget is under way (its aliases not yet retired
-# resolve to it): applied, it would re-create the customer the forget is erasing
-FORGETTING = protocol.Unavailable(reason=protocol.BEING_FORGOTTEN)
 
 
 # The most due timers a tick takes off the due order whose firing waits (partition moving,
@@ -242,7 +242,7 @@ class Shard:
                 self.refused += 1
                 self.counts["crowded"] += 1
                 self._crowded = True
-            if reply is None and kind in PROBED and not self.journaling.replaying and \
+            if reply is None and kind in GUARDED and not self.journaling.replaying and \
                     self.directory.being_forgotten(request.partition, request.customer_id,
                                                    self.ctx.clock()) \
                     and (kind != "watch" or request.active):

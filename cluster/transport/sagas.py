@@ -106,7 +106,8 @@ class IdentitySagas:
         """Link an alias to a customer, merging the alias's anonymous profile into it exactly
         once (every step is idempotent: retry on any error); whether a profile merged now.
         Conflict when the alias names another customer, or the customer was forgotten while
-        the link was under way."""
+        the link was under way; ShardUnavailable (BEING_FORGOTTEN) while a forget of the
+        customer is under way: it would re-create the customer (identities.py)."""
         merged = False
         async for merged in self.link_steps(alias_key(alias_type, value), customer_id):
             pass
