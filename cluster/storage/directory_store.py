@@ -11,7 +11,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import msgpack
 
@@ -25,12 +25,14 @@ from kairos.cluster.storage.owned_journal import OwnedJournal
 from kairos.cluster.storage.store import JournalFenced, StoreCorrupt, StoreInUse, StoreUnavailable
 
 STALE_TMP_S = 600.0  # a temporary file this old is a crashed writer's leftover
+STAGING = "staging"  # staging/<journal>/: its shard's temporary files (DirectoryStore)
 # a batch of homes lets an heir's fence in (journal.py `fence` waits for the lock) after this
 # many homes, or this long, as a Redis store ends a transaction at PIPELINE_BYTES
 FENCE_HOLD_HOMES = 256
 FENCE_HOLD_S = 0.05
 OWNER_FILE = "owner.lock"
 _tmp_names = itertools.count()
+_writing: set[Path] = set()  # the temporary files this process is writing, not renamed yet
 # the stores this process holds (their real paths): the owner and the descriptor of the
 # owner file whose flock it holds; one per directory, as a second open's flock would conflict
 _held: dict[str, tuple[str, int]] = {}
@@ -43,6 +45,8 @@ class DirectoryStore:
         customers/p<partition>/<hash of the id>.blk   a customer's home (id + blob)
         snapshots/p<partition>.snap                   a partition's snapshot (sealed.py)
         snapshots/p<partition>.lsn                    msgpack [journal, LSN] of its newest
+        staging/<shard name>/p<partition>.<file>.<pid>.<n>.tmp   a snapshot or home being
+                                                       written by that shard (below)
         journals/<shard name>/<first lsn>.log          a shard's journal segments
         journals/<shard name>/quarantine/             damaged segments and kept torn tails
         journals/<shard name>/fenced                  another shard took its partitions over
@@ -53,9 +57,19 @@ class DirectoryStore:
 
     Every file is written to a temporary name of its own writer, fsynced and renamed into
     place (then its directory fsynced), so a crash leaves the old version or the new one, never
-    half of one. Several shard processes share the directory, so a temporary file is only
-    removed as a crash's leftover once it is older than STALE_TMP_S. OSErrors (ENOSPC, EIO,
-    EROFS) surface as StoreUnavailable.
+    half of one. A crash before the rename leaves the temporary file, and a snapshot's or
+    home's holds customers that a ForgetCustomer may erase later. So a shard's snapshots and
+    homes (writes naming its journal, or by a store that owns one) go first to its staging
+    folder, named after their partition. Only the incarnations of that shard write there, and
+    a claim of its journal by a new one, or a fence by an heir, waits for the writes under way
+    and refuses the earlier ones' next: so both delete every file there, whatever its age.
+    And writing a partition's snapshot (erasure does, after the forget) deletes every
+    temporary file of that partition this process is not writing, beside the snapshots and in
+    every staging folder: only the partition's owner writes them (a stray writer whose file
+    goes fails its write, nothing more). Other temporary files (meta's, and those of writes
+    naming no journal, beside their files) may be other live processes': they are removed at
+    opening once older than STALE_TMP_S, as are staged ones a shard never started again left.
+    OSErrors (ENOSPC, EIO, EROFS) surface as StoreUnavailable.
 
     Permissions (DESIGN.md "Security defaults": the store's files are their owner's only):
     every directory the store creates is 0700 and every file it writes (homes, snapshots,
@@ -76,6 +90,7 @@ class DirectoryStore:
         self.url = str(self.root)
         self.fsync = fsync
         self._owners: dict[str, str] = {}  # journal -> the incarnation written as (own_journal)
+        self._writer: str | None = None  # the journal owned last, whose shard this store is
         self._journals: dict[str, Journal] = {}  # the last opened of each name (`_unless_fenced`)
         self._unsynced: set[Path] = set()  # folders with deletes not synced yet
         # partition folders whose names this store synced into customers/: once each, made
@@ -94,7 +109,8 @@ class DirectoryStore:
         except PermissionError as exc:
             raise StoreUnavailable(f"opening the store {self.root}: {exc.strerror}") from exc
         stale = time.time() - STALE_TMP_S
-        for pattern in ("customers/p*/*.tmp", "snapshots/*.tmp", "meta/*.tmp"):
+        for pattern in ("customers/p*/*.tmp", "snapshots/*.tmp", "meta/*.tmp",
+                        f"{STAGING}/*/*.tmp"):
             for leftover in self.root.glob(pattern):  # a crash before the rename
                 try:
                     if leftover.stat().st_mtime < stale:
@@ -121,9 +137,9 @@ class DirectoryStore:
         while home is not None:
             with self._unless_fenced(unless_fenced, "writing customers", lsn):
                 until = time.monotonic() + FENCE_HOLD_S
-                folders.add(self._put_home(*home))
+                folders.add(self._put_home(*home, unless_fenced))
                 for home in itertools.islice(homes, FENCE_HOLD_HOMES - 1):
-                    folders.add(self._put_home(*home))
+                    folders.add(self._put_home(*home, unless_fenced))
                     if time.monotonic() >= until:
                         break
             home = next(homes, None)
@@ -132,11 +148,13 @@ class DirectoryStore:
                 for folder in folders:
                     fsync_directory(folder)
 
-    def _put_home(self, partition: int, customer_id: str, blob: bytes) -> Path:
+    def _put_home(self, partition: int, customer_id: str, blob: bytes, journal: str | None
+                  ) -> Path:
         """Write a home, its folder not synced; that folder."""
         path = self._home(partition, customer_id)
         self._write(path, msgpack.packb([customer_id, blob], use_bin_type=True),
-                    make_parent=True, sync_parent=False)
+                    make_parent=True, sync_parent=False, writer=journal or self._writer,
+                    partition=partition)
         return path.parent
 
     def get(self, partition: int, customer_id: str) -> bytes | None:
@@ -208,12 +226,18 @@ class DirectoryStore:
                     if journal == unless_fenced and newer > lsn:
                         raise JournalFenced.stale(str(unless_fenced), p, lsn, newer)
             for p, blob in snapshots.items():
-                self._write(self.root / "snapshots" / f"p{p}.snap", blob, sync_parent=False)
+                self._write(self.root / "snapshots" / f"p{p}.snap", blob, sync_parent=False,
+                            writer=unless_fenced, partition=p)
+            if snapshots:  # the class's text: what a crash left of them goes
+                names = {f"p{p}" for p in snapshots}
+                self._remove_tmp([self.root / "snapshots", *self.root.glob(f"{STAGING}/*")],
+                                 lambda tmp: tmp.name.split(".", 1)[0] in names)
             if snapshots and self.fsync:
                 fsync_directory(self.root / "snapshots")
             for p in snapshots if lsn is not None else ():
                 self._write(self.root / "snapshots" / f"p{p}.lsn",
-                            lsn_records.packed(str(unless_fenced), lsn), sync=False)
+                            lsn_records.packed(str(unless_fenced), lsn), sync=False,
+                            writer=unless_fenced, partition=p)
 
     def snapshot_lsn(self, partition: int) -> tuple[str, int] | None:
         """(One that does not decode, a crash's, is as none: lsn_records.py.)"""
@@ -247,11 +271,13 @@ class DirectoryStore:
         try:
             if claim:
                 owned_journal.claim(self.root / "journals" / name, owner)
+                self._clear_staging(name)
             else:
                 owned_journal.check(self.root / "journals" / name, owner)
         except OSError as exc:
             raise StoreUnavailable(f"claiming journal {name}: {exc}") from exc
         self._owners[name] = owner
+        self._writer = name
 
     def read_journal(self, name: str) -> JournalReader:
         return JournalReader(self.root / "journals" / name)
@@ -259,12 +285,15 @@ class DirectoryStore:
     def fence_journal(self, name: str) -> None:
         try:
             fence(self.root / "journals" / name)
+            self._clear_staging(name)
         except OSError as exc:
             raise StoreUnavailable(f"fencing journal {name}: {exc}") from exc
 
     def drop_journal(self, name: str) -> None:
         self._journals.pop(name, None)
         drop(self.root / "journals" / name)
+        self._listed.discard(self.root / STAGING / name)
+        shutil.rmtree(self.root / STAGING / name, ignore_errors=True)  # fenced, or its own
 
     def put_meta(self, key: str, blob: bytes) -> None:
         self._write(self.root / "meta" / key, blob)
@@ -341,14 +370,44 @@ class DirectoryStore:
         except OSError as exc:
             raise StoreUnavailable(f"{what}: {exc}") from exc
 
+    def _clear_staging(self, journal: str) -> None:
+        """Delete the temporary files earlier writers of `journal` left (claimed anew, or
+        fenced: none of them renames one again), holding the fence lock, as a claim does, so
+        that no write of it is under way in this process either."""
+        with fence_lock(self.root / "journals" / journal, exclusive=True):
+            self._remove_tmp([self.root / STAGING / journal], lambda tmp: True)
+
+    def _remove_tmp(self, folders: Iterable[Path], doomed: Callable[[Path], bool]) -> None:
+        """Delete the temporary files in `folders` that `doomed` picks and this process is not
+        writing, each folder synced after: they may hold a forgotten customer."""
+        for folder in folders:
+            try:
+                names = [n for n in os.listdir(folder) if n.endswith(".tmp")]
+            except FileNotFoundError:
+                continue
+            removed = False
+            for tmp in (folder / name for name in names):
+                if doomed(tmp) and tmp not in _writing:
+                    with contextlib.suppress(FileNotFoundError):
+                        tmp.unlink()
+                        removed = True
+            if removed and self.fsync:
+                fsync_directory(folder)
+
     def _home(self, partition: int, customer_id: str) -> Path:
         name = hashlib.blake2b(customer_id.encode(), digest_size=16).hexdigest()
         return self.root / "customers" / f"p{partition}" / f"{name}.blk"
 
     def _write(self, path: Path, data: bytes, make_parent: bool = False,
-               sync_parent: bool = True, sync: bool = True) -> None:
-        """`sync` false: neither the file nor its folder fsynced."""
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.{next(_tmp_names)}.tmp")
+               sync_parent: bool = True, sync: bool = True, writer: str | None = None,
+               partition: int | None = None) -> None:
+        """`sync` false: neither the file nor its folder fsynced. `writer`: the journal whose
+        shard writes the file, of `partition` (its temporary file is staged: the class's
+        text)."""
+        unique = f"{os.getpid()}.{next(_tmp_names)}.tmp"
+        tmp = path.with_name(f"{path.name}.{unique}") if writer is None else \
+            self.root / STAGING / writer / f"p{partition}.{path.name}.{unique}"
+        _writing.add(tmp)
         try:
             if make_parent and path.parent not in self._listed:
                 with contextlib.suppress(FileExistsError):
@@ -356,6 +415,9 @@ class DirectoryStore:
                 if self.fsync:  # the new folder's name, as a file's, must survive a crash
                     fsync_directory(path.parent.parent)
                 self._listed.add(path.parent)
+            if tmp.parent not in self._listed and writer is not None:
+                make_private_dir(tmp.parent)
+                self._listed.add(tmp.parent)
             with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE),
                            "wb") as f:
                 f.write(data)
@@ -371,6 +433,8 @@ class DirectoryStore:
             except OSError:
                 pass
             raise StoreUnavailable(f"writing {path.name}: {exc}") from exc
+        finally:
+            _writing.discard(tmp)
 
 
 def _unpack_home(path: Path, data: bytes) -> tuple[str, bytes]:
