@@ -3,6 +3,8 @@
     python -m bench.overload                   # find the rate held, then 1x and 3x of it
     python -m bench.overload --held 800        # skip the search: 800/s held
     python -m bench.overload --smoke           # under a minute (the test suite runs it)
+    python -m bench.overload --judge bench/results/overload-<time>.json  # a saved run's
+                                               # report under this version's verdict, printed
 
 What a demanding operator expects from an overloaded system: what it admits it still serves
 fast, and what it cannot serve it says so fast. The verdict holds when, at 3x:
@@ -12,6 +14,9 @@ fast, and what it cannot serve it says so fast. The verdict holds when, at 3x:
     deadline (loadgen.DEADLINE_S), and fast: the refusals' p99 within the admitted Decides'
     bound (a refusal that takes as long as a deadline is no help to a caller that must
     fall back); none got another error, none went unanswered.
+The bound means something only if the 1x step held the rate (p99 ≤ 10 ms within the error
+budget) with its generators on schedule, and the 3x step's generators kept to theirs (else
+their lag is in its latencies): otherwise the verdict is "not judged", whatever the checks.
 Rates are open-loop Poisson arrivals and latency counts from the intended send time
 (bench/loadgen.py), so queueing is not hidden.
 
@@ -28,7 +33,8 @@ from typing import Any
 
 from . import report
 from .loadgen import CUSTOMER_RATE, DEADLINE_S, GeneratorPool, Step
-from .sweep import KIND_OF_OP, P99_TARGET_MS, sweep, unanswered
+from .sweep import (ERROR_BUDGET, KIND_OF_OP, P99_TARGET_MS, failed, holds, sweep,
+                    unanswered)
 from .systems import populated_kairos
 
 RESULTS = Path(__file__).parent / "results"
@@ -39,9 +45,10 @@ DECIDE = KIND_OF_OP["decide"]
 
 
 def verdict(nominal: dict[str, Any], overload: dict[str, Any]) -> dict[str, Any]:
-    """Whether the overload step kept the promise (see the module doc), with the figures. A
-    step where no Decide came back has no figures of it: all it sent went unanswered (and
-    nothing admitted to judge its latency by: the promise is not kept)."""
+    """Whether the overload step kept the promise (see the module doc), with the figures: held
+    None where the steps leave nothing to judge it by (`not_judged` says why). A step where
+    no Decide came back has no figures of it: all it sent went unanswered (and nothing
+    admitted to judge its latency by: the promise is not kept)."""
     n, o = decides(nominal), decides(overload)
     other_errors = {code: count for code, count in o["errors"].items()
                     if code not in ACCEPTED_REFUSALS}
@@ -57,13 +64,30 @@ def verdict(nominal: dict[str, Any], overload: dict[str, Any]) -> dict[str, Any]
         "no_other_errors": not other_errors,
         "all_answered": missing == 0,
     }
-    return {"held": all(checks.values()), "checks": checks,
+    unjudged = not_judged(nominal, overload)
+    return {"held": None if unjudged else all(checks.values()), "not_judged": unjudged,
+            "checks": checks,
             "nominal_admitted_p99_ms": n.get("admitted_p99_ms"),
             "overload_admitted_p99_ms": o.get("admitted_p99_ms"), "bound_ms": bound_ms,
             "admitted": o["ok"] - o["fallbacks"], "refused": refused,
             "refused_p99_ms": o.get("refused_p99_ms"), "refused_max_ms": o.get("refused_max_ms"),
-            "other_errors": other_errors,
-            "unanswered": missing, "generator_behind": overload["generator"]["behind"]}
+            "other_errors": other_errors, "unanswered": missing}
+
+
+def not_judged(nominal: dict[str, Any], overload: dict[str, Any]) -> list[str]:
+    """Why the steps cannot judge the promise, if they cannot: the bound comes from a nominal
+    step that did not hold its rate, or a step's latencies carry its generators' lag."""
+    why = []
+    if not holds(nominal, DECIDE):
+        p99 = decides(nominal).get("p99_ms")
+        why.append("the nominal step did not hold its rate (p99 "
+                   f"{'—' if p99 is None else f'{p99:g}'} ms against {P99_TARGET_MS:g}, "
+                   f"{failed(nominal, DECIDE)} of "
+                   f"{nominal['sent']} failed against a budget of {ERROR_BUDGET:.1%})")
+    why += [f"the {name} step's generators fell behind their schedule"
+            for name, step in (("nominal", nominal), ("overload", overload))
+            if step["generator"]["behind"]]
+    return why
 
 
 def decides(step: dict[str, Any]) -> dict[str, Any]:
@@ -102,8 +126,7 @@ def markdown(results: dict[str, Any]) -> str:
                      f"{sum(k['errors'].values()) + k['fallbacks']} | "
                      f"{_ms(k.get('refused_max_ms'))} | {other or ''} | "
                      f"{unanswered(step, DECIDE)} |")
-    lines += ["", report.verdict_line(v)
-              + (" (the generators fell behind their schedule)" if v["generator_behind"] else "")]
+    lines += ["", report.verdict_line(v)]
     return "\n".join(lines) + "\n"
 
 
@@ -123,7 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generators", type=int, default=2)
     parser.add_argument("--measure-s", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--judge", type=Path, metavar="FILE.json",
+                        help="print a saved run's report under this version's verdict (the "
+                             "file is left as it was)")
     args = parser.parse_args(argv)
+    if args.judge:
+        saved = json.loads(args.judge.read_text())
+        print(markdown({**saved, "verdict": verdict(saved["nominal"], saved["overload"])}))
+        return 0
     if args.smoke:
         args.customers, args.measure_s, args.held = 500, 1.5, args.held or 100.0
     command = " ".join(["python -m bench.overload"] + (sys.argv[1:] if argv is None else argv))
@@ -153,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"run": results["run"], "held_rate": held, **{
         k: results["verdict"][k] for k in ("held", "nominal_admitted_p99_ms",
                                            "overload_admitted_p99_ms", "admitted", "refused",
-                                           "unanswered")}}))
+                                           "unanswered", "not_judged")}}))
     return 0
 
 

@@ -49,7 +49,7 @@ def results() -> dict:
                                         step(10000, 150.0, holds=False, kind="event"),
                                         kind="event")},
         "push": {}, "populate": {}, "journey": {}, "ray_call": {}, "layout": {},
-        "failures": []}
+        "failures": [], "cpu_accounting": 2}
 
 
 def judged() -> dict[str, dict]:
@@ -280,11 +280,11 @@ def test_a_trickle_served_slowly_among_fast_refusals_misses_the_same_work_target
 
 
 def test_the_same_work_p99_is_of_what_was_served_not_the_refusals():
-    """Slow refusals (a deadline's 12 ms) beside Decides served in 3 ms, at the peer's 6 ms:
-    what was served is compared, and it is faster."""
+    """A slow refusal (a deadline's 12 ms), within the error budget, beside Decides served in
+    3 ms, at the peer's 6 ms: what was served is compared, and it is faster."""
     data = results()
     data["systems"]["kairos-1node"]["steps"][2]["kinds"]["decide"].update(
-        admitted_p99_ms=3.0, errors={"DEADLINE_EXCEEDED": 100})
+        admitted_p99_ms=3.0, errors={"DEADLINE_EXCEEDED": 1})
     worst = {t["target"]: t for t in targets(data) if t["system"] == "kairos-1node"}[P99_TARGET]
     assert (worst["value"], worst["rate"], worst["met"]) == (0.8, 500, True)
 

@@ -181,7 +181,8 @@ REFUSALS = [
 
 @pytest.mark.parametrize("p99,most,fast,in_time", REFUSALS)
 def test_overload_wants_refusals_fast_not_only_within_the_deadline(p99, most, fast, in_time):
-    nominal = {"sent": 1000, "kinds": {"decide": {**kind(1000, 10.0), "admitted_p99_ms": 10.0}}}
+    nominal = {"sent": 1000, "generator": {"behind": False},
+               "kinds": {"decide": {**kind(1000, 10.0), "admitted_p99_ms": 10.0}}}
     over = {"sent": 3000, "generator": {"behind": False},
             "kinds": {"decide": {**kind(3000, 15.0, errors={"RESOURCE_EXHAUSTED": 1000}),
                                  "admitted_p99_ms": 15.0, "refused_p99_ms": p99,
@@ -239,14 +240,15 @@ def test_a_result_file_records_where_it_came_from():
 
 
 def test_overload_with_no_decide_back_is_all_unanswered_and_not_held():
-    nominal = {"sent": 1000, "kinds": {"decide": {**kind(1000, 10.0), "admitted_p99_ms": 10.0}}}
+    nominal = {"sent": 1000, "generator": {"behind": False},
+               "kinds": {"decide": {**kind(1000, 10.0), "admitted_p99_ms": 10.0}}}
     silent = {"sent": 3000, "offered_rate": 300.0, "rate_target": 300.0,
               "generator": {"behind": False}, "kinds": {}}
     judged = overload.verdict(nominal, silent)
-    assert not judged["held"] and not judged["checks"]["all_answered"]
+    assert judged["held"] is False and not judged["checks"]["all_answered"]
     assert not judged["checks"]["admitted_p99_within_2x"]
     assert judged["unanswered"] == 3000 and judged["overload_admitted_p99_ms"] is None
-    nominal.update(offered_rate=100.0, generator={"behind": False})
+    nominal.update(offered_rate=100.0)
     nominal["kinds"]["decide"].update(refused_max_ms=0.0)
     text = overload.markdown({"run": "overload-x", "command": "python -m bench.overload",
                               "held_rate": 100.0, "search": None, "customers": 10,
