@@ -2,10 +2,12 @@
 whose every request reads the customer's block from a real redis-server (127.0.0.1), loads it
 into the core's engine on the catalog Kairos runs in the bench (the default), decides or
 applies the event with the compiled kernel exactly as a shard's engine does, and writes the
-block back. The block is the core's one-customer columnar block, the same bytes the decision
-log and partition handovers carry (`kairos.cluster.storage.blocks`). The only difference from
-Kairos is where the state lives: in Redis, a network round trip away on every request, instead
-of in the memory of the shard that owns the customer.
+block back where the request changed it (an event does; a Decide leaves it byte for byte as it
+was, and, like a Kairos Decide, writes nothing). The block is the core's one-customer columnar
+block, the same bytes the decision log and partition handovers carry
+(`kairos.cluster.storage.blocks`). The only difference from Kairos is where the state lives: in
+Redis, a network round trip away on every request, instead of in the memory of the shard that
+owns the customer.
 
 What a shard does around the core is not repeated here: its journal (this peer's state is as
 durable as its redis-server, which runs without persistence in the bench), decision ids sealed
@@ -52,13 +54,15 @@ class SameWork:
     def decide(self, customer_id: str, block: bytes | None, channel: str, placement: str,
                context: Mapping[str, Any], max_actions: int = 0, explain: bool = False
                ) -> tuple[Decision, bytes | None]:
-        """The decision on the customer's block (`None`: a customer nobody has seen, decided on
-        an empty profile, which Kairos does not keep: nothing to write back), and the block to
-        write back."""
+        """The decision on the customer's block, and the block to write back: None where the
+        decision left the block as it was read (a Kairos Decide writes nothing either), or
+        where there was none (a customer nobody has seen, decided on an empty profile, which
+        Kairos does not keep)."""
         with self._loaded(customer_id, block):
             decision = self.engine.decide(customer_id, channel, placement, context,
                                           self.clock(), max_actions, explain)
-            return decision, None if block is None else blocks.pack_one(self.engine, customer_id)
+            after = None if block is None else blocks.pack_one(self.engine, customer_id)
+            return decision, None if after == block else after
 
     def ingest(self, customer_id: str, block: bytes | None, event_type: str, when: float,
                attributes: Mapping[str, Any], decide: tuple[str, str] | None = None
@@ -133,7 +137,7 @@ class CoreDecisions(decision_pb2_grpc.DecisionServiceServicer):
                                                  request.max_actions, request.explain)
         except InputError as exc:
             await abort(context, exc)
-        if changed is not None:  # the decision is part of the record: write it back
+        if changed is not None:  # what the decision changed of the record
             await self.redis.set(customer, changed)
         return wire.decision_out(decision, self.core.compiled.agent_texts)
 
