@@ -13,9 +13,10 @@ Reported per size: the customers on the drained node, the drain's seconds (its u
 KAIROS_DRAIN_UNREADY_S, set to 0 here, so the figure is the moves plus the retired shards'
 KAIROS_RETIRE_GRACE_S, 5 s, in which clients learn the new map), partitions and
 customers moved per second, and the traffic's Decide p99 and failed calls (errors, fallbacks,
-unanswered) while it ran. From the largest size it works out the grace period a worker pod
-needs: the unready window, plus twice the measured drain scaled to the customers a node
-holds, plus the time Ray takes to stop.
+unanswered) while it ran, with its generators' lag (a p99 from a step whose generators fell
+behind their schedule is marked: their lateness is in it). From the largest size it works out
+the grace period a worker pod needs: the unready window, plus twice the measured drain scaled
+to the customers a node holds, plus the time Ray takes to stop.
 
 Writes bench/results/drain-<time>.json, .md and .png (drain seconds against customers) and
 prints a JSON summary as its last line.
@@ -92,16 +93,22 @@ def drain_once(customers: int, rate: float, pool: GeneratorPool) -> dict[str, An
 def traffic_seen(steps: list[dict[str, Any]]) -> dict[str, Any]:
     """The Decide traffic's steps: the worst p99, and the calls sent and failed (errors,
     fallbacks, unanswered: a step where nothing came back failed all it sent), each step's
-    too."""
+    too; and the generators' lag, each step's and the worst, and how many steps they fell
+    behind in (latency counts from the intended send, so their lateness is in the p99)."""
     decide = [s["kinds"].get("decide", {}) for s in steps]
     return {"traffic_steps": len(steps),
             "decide_p99_ms": max((d["p99_ms"] for d in decide if d), default=None),
             "failed": sum(failed(s, "decide") for s in steps),
             "sent": sum(s["sent"] for s in steps),
+            "generator_lag_p99_ms": max((s["generator"]["lag_p99_ms"] for s in steps),
+                                        default=None),
+            "generators_behind_steps": sum(s["generator"]["behind"] for s in steps),
             "steps": [{"started_at": s["started_at"], "ended_at": s["ended_at"],
                        "settled_s": s["settled_s"], "chained": s["chained"], "sent": s["sent"],
                        "failed": failed(s, "decide"), "errors": d.get("errors", {}),
-                       "fallbacks": d.get("fallbacks", 0), "p99_ms": d.get("p99_ms")}
+                       "fallbacks": d.get("fallbacks", 0), "p99_ms": d.get("p99_ms"),
+                       "generator_lag_p99_ms": s["generator"]["lag_p99_ms"],
+                       "generator_behind": s["generator"]["behind"]}
                       for s, d in zip(steps, decide)]}
 
 
@@ -125,12 +132,16 @@ def grace_period(results: list[dict[str, Any]], per_node: int) -> float:
 
 def markdown(results: dict[str, Any]) -> str:
     rows = ["| customers | on the drained node | drain s | partitions moved | customers/s | "
-            "Decide p99 ms during it | failed / sent |",
-            "|---:|---:|---:|---:|---:|---:|---:|"]
+            "Decide p99 ms during it | generator lag p99 ms | failed / sent |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results["sizes"]:
+        behind = r["generators_behind_steps"]
         rows.append(f"| {r['customers']:,} | {r['on_drained_node']:,} | {r['drain_s']:.2f} | "
                     f"{r['partitions_moved']:,} | {r['customers_per_s']:,.0f} | "
-                    f"{r['decide_p99_ms']} | {r['failed']} / {r['sent']:,} |")
+                    f"{r['decide_p99_ms']}"
+                    + (f" (generators behind in {behind} of {r['traffic_steps']} steps)"
+                       if behind else "")
+                    + f" | {r['generator_lag_p99_ms']} | {r['failed']} / {r['sent']:,} |")
     return (f"# Drain benchmark {results['run']}\n\n`{results['command']}` on "
             f"{results['machine']}\n\n" + "\n".join(rows) + "\n\n"
             f"Grace period for a worker holding {results['grace_for']:,} customers: "
