@@ -20,8 +20,9 @@ Systems, each behind the same kairos.v1 gRPC contract and driven by the same gen
   redis              a stateless gRPC service with profiles in a real redis-server, NumPy scoring
   redis-core         the same decision work as Kairos: a stateless gRPC service running Kairos's
                      own core (catalog, compiled kernel) on each customer's block, read from a
-                     real redis-server (no persistence) and written back on every request. Not
-                     the same durability: it has no journal (Kairos fsyncs one per batch), no
+                     real redis-server (no persistence) on every request and written back where
+                     the request changed it (an event; a Decide, as Kairos's, writes nothing).
+                     Not the same durability: it has no journal (Kairos fsyncs one per batch), no
                      decision log and no sealed decision ids
   kairos-<mode>      Kairos: runtime + one gateway (1node, or 3node with the shards spread)
   actors             the literal card: one Ray actor per customer, a bounded number of them
@@ -32,7 +33,8 @@ event). Kairos, in each mode, also gets: a bulk load of every customer, sessions
 channels (decide, ingest and respond mixed) and push latency (an event on the web to the call
 center's WatchDecisions stream). After each of its steps that writes (ingest, sessions, push)
 every shard is snapshotted, outside the measured windows: what the step dirtied would be
-snapshotted a minute later, inside a later step; the report gives that snapshot's cost apart.
+snapshotted a minute later, inside a later step; the report gives that snapshot's cost apart,
+and judges the CPU per event targets on the step's window and that snapshot together.
 
 Writes bench/results/load-<time>.json, .md and .png (latency percentiles against rate, one line
 per system), and prints as its last stdout line a JSON summary: per system p50_ms, p99_ms,
