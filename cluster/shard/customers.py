@@ -12,9 +12,9 @@ behind; an outcome is checked whole (outcomes.py: a decision a shard issued, wit
 before it activates anyone, and refused for a decision issued before its customer (or the
 visitor it was shown to) was forgotten; a watch of an unseen customer waits for it without a
 profile. A customer's requests with an idempotency key are refused LINKING while a link to it
-is under way (claimed, not merged): the visitor's keys reach it only with the Merge, so a
-visitor's request retried by alias meanwhile would be applied on the customer, and again with
-the visitor's state.
+is under way (claimed, not merged; LINK_HOLD_S at most): the visitor's keys reach it only with
+the Merge, so a visitor's request retried by alias meanwhile would be applied on the customer,
+and again with the visitor's state.
 """
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ from kairos.core.engine import EncodedEvent, EncodedRequest
 from kairos.core.errors import InputError
 
 from kairos.cluster.identity import Directory, anonymous_id
-from kairos.cluster.protocol import (EXPIRED, Busy, Decide, Event, EventAck, EventRecord, Fire,
-                                     Invalid, Missing, Ok, Outcome, ReadProfile, Record, Reply,
-                                     Unavailable, WatchCustomer)
+from kairos.cluster.protocol import (EXPIRED, LINK_UNDER_WAY, Busy, Decide, Event, EventAck,
+                                     EventRecord, Fire, Invalid, Missing, Ok, Outcome,
+                                     ReadProfile, Record, Reply, Unavailable, WatchCustomer)
 from kairos.cluster.settings import SHARD_CLOCK_SKEW_S
 from kairos.cluster.shard.decisionlog import DecisionLog
 from kairos.cluster.shard.context import LEARNED_COUNT, ShardContext, touch
@@ -44,11 +44,8 @@ from kairos.cluster.shard.residency import HomeDamaged, Residency
 from kairos.cluster.shard.watches import Watches
 
 # the answer to a keyed request for a customer with a link under way (a LinkIdentity's caller
-# that gave up between its Claim and its Merge holds them until the link is retried)
-LINKING = Unavailable(reason="a LinkIdentity to this customer is under way; nothing was "
-                             "applied: its requests with an idempotency key are refused until "
-                             "the link merges (a link whose caller gave up: until it is "
-                             "retried): retry shortly")
+# that gave up between its Claim and its Merge holds them LINK_HOLD_S at most: identity.py)
+LINKING = Unavailable(reason=LINK_UNDER_WAY)
 
 
 class CustomerRequests:
@@ -327,8 +324,9 @@ class CustomerRequests:
             self._keys.get(o.customer_id, key) is not None
 
     def _linking(self, r: Event | Outcome) -> bool:
-        """Whether a link to the request's customer is under way (claimed, not merged)."""
-        return bool(self._directory.claims(r.partition, r.customer_id))
+        """Whether a link to the request's customer is under way (claimed, not merged) and
+        holds its keyed requests (identity.LINK_HOLD_S)."""
+        return self._directory.linking(r.partition, r.customer_id, self._ctx.clock())
 
     def _check_not_forgotten(self, o: Outcome, issued_to: str, issued: int) -> None:
         """InputError if the customer, or the visitor (an alias's anonymous id) the decision

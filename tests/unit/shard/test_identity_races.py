@@ -4,7 +4,7 @@ forget does not re-create the customer, and a decision shown to a forgotten visi
 outcome through a later link of the visitor's alias."""
 from __future__ import annotations
 
-from kairos.cluster.identity import anonymous_id, link_id
+from kairos.cluster.identity import LINK_HOLD_S, anonymous_id, link_id
 from kairos.cluster.protocol import (BEING_FORGOTTEN, INVALID, Bury, Claim, EventAck, Forget,
                                      Link, Ok, Retire, Settle, Unavailable)
 from kairos.cluster.shard.customers import LINKING
@@ -45,6 +45,27 @@ def test_a_visitors_keyed_event_retried_by_alias_during_a_link_is_applied_once(c
     assert s.process([retry])[0] == [EventAck(sequence=1, duplicate=True)]
     assert _applied(s, "ana") == 2  # the visitor's event once, and the app_open
     assert s.process([keyed_outcome])[0][0].status == "ok"  # the link merged: taken again
+
+
+def test_a_link_whose_caller_gave_up_holds_the_customers_keyed_requests_for_a_bounded_time(
+        compiled):
+    """A Claim never followed by its Merge (the caller's deadline passed) refuses the
+    customer's keyed requests LINK_HOLD_S at most, from the claim; a snapshot's claim, restored
+    where nothing says when it was made, from when a request first finds it."""
+    clock = Clock()
+    s = shard(compiled, clock=clock)
+    keyed = event("ana", "app_open", T0)._replace(idempotency_key="evt-9")
+    assert s.process([_claim("cookie:c2", "ana")])[0] == [Ok()]
+    clock.now += LINK_HOLD_S - 1
+    assert s.process([keyed])[0] == [LINKING]
+    clock.now += 1
+    assert s.process([keyed])[0][0].sequence == 1
+    directory = s.directory
+    restored = type(directory)(b"secret")
+    restored.load(directory.export([p_of("ana")]))
+    assert restored.linking(p_of("ana"), "ana", clock.now)
+    assert restored.linking(p_of("ana"), "ana", clock.now + LINK_HOLD_S - 1)
+    assert not restored.linking(p_of("ana"), "ana", clock.now + LINK_HOLD_S)
 
 
 def _forgetting(s) -> None:
