@@ -77,11 +77,6 @@ UNSETTLED_PER_PARTITION = 16384
 # answers BUSY (retrying those links finishes them) rather than dropping the oldest's claims,
 # which a forget of it needs to retire those aliases
 CLAIMED_PER_PARTITION = 16384
-# How long a customer's keyed requests are refused after a link to it is claimed (customers.py:
-# the visitor's keys reach it only with the Merge). A link takes a few round trips; one whose
-# caller gave up would otherwise hold them until it is retried. Past this, a visitor's request
-# retried by alias before a late Merge may be applied twice, as before a link held anything.
-LINK_HOLD_S = 30.0
 # ...and claims per customer: links cancelled by their callers' deadlines between Claim and
 # Merge, again and again, leave one each; at this many, its next Claim answers BUSY likewise
 CLAIMS_PER_CUSTOMER = 64
@@ -171,28 +166,14 @@ class Directory:
         # partition -> customer -> the aliases its links under way claimed (until each merges,
         # is refused, or the customer is forgotten), the customer claiming last at the end
         self.claimed: dict[int, dict[str, list[str]]] = {}
-        # partition -> customer with claims -> when this process saw its latest claim (kept
-        # nowhere else: a claim restored here holds from when it is first asked about)
-        self._claimed_at: dict[int, dict[str, float]] = {}
 
-    def claim(self, partition: int, customer_id: str, key: str,
-              now: float | None = None) -> None:
+    def claim(self, partition: int, customer_id: str, key: str) -> None:
         """Note the alias as claimed by the customer's link under way (`claim_refusal` said
-        there is room: a snapshot's or a journal's claims are all noted again, without `now`)."""
+        there is room: a snapshot's or a journal's claims are all noted again)."""
         mine = self.claimed.setdefault(partition, {})
         keys = mine[customer_id] = mine.pop(customer_id, [])
         if key not in keys:
             keys.append(key)
-        if now is not None:
-            self._claimed_at.setdefault(partition, {})[customer_id] = now
-
-    def linking(self, partition: int, customer_id: str, now: float) -> bool:
-        """Whether a link to the customer is under way and claimed less than LINK_HOLD_S
-        ago: its keyed requests wait for the Merge."""
-        if customer_id not in self.claimed.get(partition, ()):  # the hot path: one lookup
-            return False
-        since = self._claimed_at.setdefault(partition, {}).setdefault(customer_id, now)
-        return now - since < LINK_HOLD_S
 
     def claim_refusal(self, partition: int, customer_id: str) -> str | None:
         """Why a new claim by the customer is refused for now (None: it is not): a claim
@@ -219,7 +200,6 @@ class Directory:
         keys.remove(key)
         if not keys:
             del mine[customer_id]
-            self._claimed_at.get(partition, {}).pop(customer_id, None)
         return True
 
     def claims(self, partition: int, customer_id: str) -> list[str]:
@@ -228,7 +208,6 @@ class Directory:
 
     def drop_claims(self, partition: int, customer_id: str) -> list[str]:
         """The aliases the customer's links under way claimed, no longer noted here."""
-        self._claimed_at.get(partition, {}).pop(customer_id, None)
         return self.claimed.get(partition, {}).pop(customer_id, [])
 
     def resolve(self, partition: int, key: str, now: float, for_forget: bool = False) -> str:
@@ -465,7 +444,6 @@ class Directory:
             self.releasing.pop(p, None)
             self.retiring.pop(p, None)
             self.claimed.pop(p, None)
-            self._claimed_at.pop(p, None)
             self._settled.pop(p, None)
             for anonymous in self.redirects.pop(p, {}):
                 self._redirected.pop(anonymous, None)

@@ -49,11 +49,6 @@ JOURNAL_FORMAT = 6
 BEING_FORGOTTEN = ("this customer is being forgotten; nothing was applied: its requests are "
                    "refused until ForgetCustomer finishes, TOMBSTONE_S at most: retry "
                    "ForgetCustomer")
-# a shard's refusal of a keyed request for a customer with a link under way (customers.py), which
-# the gateway passes on as it is (calls.py)
-LINK_UNDER_WAY = ("a LinkIdentity to this customer is under way; nothing was applied: its "
-                  "requests with an idempotency key are refused until the link merges, "
-                  "LINK_HOLD_S (30 s) after its claim at most: retry shortly")
 # a shard's reply to a Decide it reached after its `expires`: its caller had the fallback, so
 # it was not decided (the gateway treats it as no answer: the fallback, if it still waits)
 EXPIRED = "the caller stopped waiting before the shard reached this Decide: not decided"

@@ -28,7 +28,7 @@ from kairos.cluster.gateway.admission import Shedder
 from kairos.cluster.gateway.auth import Denied, refusal
 from kairos.cluster.gateway.requests import Who, view
 from kairos.cluster.gateway.streams import WATCH_AGAIN, Ended, Open, Watch, Watches
-from kairos.cluster.protocol import BEING_FORGOTTEN, EXPIRED, LINK_UNDER_WAY
+from kairos.cluster.protocol import BEING_FORGOTTEN, EXPIRED
 from kairos.cluster.settings import (DEADLINE_MARGIN_S, DEADLINE_MARGIN_SHARE, DEFAULT_DEADLINE_S,
                                      GATEWAY_INFLIGHT_LIMIT, INGEST_STREAMS,
                                      INGEST_STREAMS_PER_HOST, INGEST_STREAMS_PER_KEY)
@@ -70,7 +70,7 @@ SHARD_FAILED = f"{FAILED}; {KEYED}"
 EARLIER_FAILED = ("not sent: an earlier event of this call failed; none of that customer's "
                   "events after it was applied: retry the call with the same idempotency keys")
 # a shard's refusal meant for callers (README, Corruption), without the damage's detail; the
-# others, BEING_FORGOTTEN and LINK_UNDER_WAY (protocol.py), are passed on as they are
+# other, BEING_FORGOTTEN (protocol.py), is passed on as it is
 DAMAGED = re.compile(r"this customer's stored profile \(partition \d+\) is damaged")
 T = TypeVar("T")
 log = logging.getLogger("kairos.gateway")
@@ -381,8 +381,8 @@ def _unavailable(exc: Unavailable, retry: str) -> str:
     if isinstance(exc, NotSent):
         return NOT_SENT
     if isinstance(exc, ShardUnavailable):
-        if str(exc) in (BEING_FORGOTTEN, LINK_UNDER_WAY):
-            return str(exc)
+        if str(exc) == BEING_FORGOTTEN:
+            return BEING_FORGOTTEN
         damaged = DAMAGED.match(str(exc))
         return f"{FAILED}; {retry}" if damaged is None else damaged.group(0)
     return f"{SILENT}; {retry}"

@@ -11,10 +11,7 @@ a decision for a customer nobody has seen is made on an empty profile and leaves
 behind; an outcome is checked whole (outcomes.py: a decision a shard issued, within the rate)
 before it activates anyone, and refused for a decision issued before its customer (or the
 visitor it was shown to) was forgotten; a watch of an unseen customer waits for it without a
-profile. A customer's requests with an idempotency key are refused LINKING while a link to it
-is under way (claimed, not merged; LINK_HOLD_S at most): the visitor's keys reach it only with
-the Merge, so a visitor's request retried by alias meanwhile would be applied on the customer,
-and again with the visitor's state.
+profile.
 """
 from __future__ import annotations
 
@@ -30,9 +27,9 @@ from kairos.core.engine import EncodedEvent, EncodedRequest
 from kairos.core.errors import InputError
 
 from kairos.cluster.identity import Directory, anonymous_id
-from kairos.cluster.protocol import (EXPIRED, LINK_UNDER_WAY, Busy, Decide, Event, EventAck,
-                                     EventRecord, Fire, Invalid, Missing, Ok, Outcome,
-                                     ReadProfile, Record, Reply, Unavailable, WatchCustomer)
+from kairos.cluster.protocol import (EXPIRED, Busy, Decide, Event, EventAck, EventRecord, Fire,
+                                     Invalid, Missing, Ok, Outcome, ReadProfile, Record, Reply,
+                                     Unavailable, WatchCustomer)
 from kairos.cluster.settings import SHARD_CLOCK_SKEW_S
 from kairos.cluster.shard.decisionlog import DecisionLog
 from kairos.cluster.shard.context import LEARNED_COUNT, ShardContext, touch
@@ -42,10 +39,6 @@ from kairos.cluster.shard.keys import OUTCOME_KEY, IdempotencyKeys
 from kairos.cluster.shard.outcomes import DecisionSeal, OutcomeRate, TaughtLabels
 from kairos.cluster.shard.residency import HomeDamaged, Residency
 from kairos.cluster.shard.watches import Watches
-
-# the answer to a keyed request for a customer with a link under way (a LinkIdentity's caller
-# that gave up between its Claim and its Merge holds them LINK_HOLD_S at most: identity.py)
-LINKING = Unavailable(reason=LINK_UNDER_WAY)
 
 
 class CustomerRequests:
@@ -85,13 +78,8 @@ class CustomerRequests:
         views: list[tuple[int, EncodedRequest]] = []
         records: list[Record] = []  # in the order applied
         unnumbered: list[tuple[int, int]] = []  # (record, request) of events being applied
-        linking: set[str] = set()  # refused LINKING: their later events wait, in order
         for i, e in enumerate(batch):
             key = e.idempotency_key
-            if not replaying and (e.customer_id in linking or key and self._linking(e)):
-                linking.add(e.customer_id)
-                replies[i] = LINKING
-                continue
             stored = True  # whether the customer may have a home in the store
             if key and not replaying:  # a journaled event was applied: so it is again
                 # a passivated customer's keys are in its home: bring it in to look
@@ -267,9 +255,6 @@ class CustomerRequests:
         for o in batch:
             sent = o  # as its caller named the decision: the log joins it to the sealed id
             key = OUTCOME_KEY + o.idempotency_key if o.idempotency_key else None
-            if key is not None and not self._journaling.replaying and self._linking(o):
-                replies.append(LINKING)
-                continue
             try:  # nothing of the outcome is applied before its customer is loaded
                 if key is not None and not self._journaling.replaying and \
                         self._repeated(o, key):  # a journaled one was recorded: so it is again
@@ -322,11 +307,6 @@ class CustomerRequests:
         while it is passivated: it is brought in to look)."""
         return self._residency.activate(o.customer_id, o.partition, create=False) and \
             self._keys.get(o.customer_id, key) is not None
-
-    def _linking(self, r: Event | Outcome) -> bool:
-        """Whether a link to the request's customer is under way (claimed, not merged) and
-        holds its keyed requests (identity.LINK_HOLD_S)."""
-        return self._directory.linking(r.partition, r.customer_id, self._ctx.clock())
 
     def _check_not_forgotten(self, o: Outcome, issued_to: str, issued: int) -> None:
         """InputError if the customer, or the visitor (an alias's anonymous id) the decision

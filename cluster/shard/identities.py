@@ -117,8 +117,7 @@ class IdentityRequests:
             if refused is not None:
                 replies.append(refused)
                 continue
-            self._directory.claim(r.partition, r.customer_id, r.key,
-                                  None if self._journaling.replaying else self._ctx.clock())
+            self._directory.claim(r.partition, r.customer_id, r.key)
             self._journaling.record(r)
             replies.append(Ok())
         return replies

@@ -11,7 +11,7 @@ import pytest
 
 from kairos.cluster.gateway import calls
 from kairos.cluster.throttled import ThrottledWarning
-from kairos.cluster.protocol import BEING_FORGOTTEN, LINK_UNDER_WAY, Event
+from kairos.cluster.protocol import BEING_FORGOTTEN, Event
 from kairos.cluster.transport.backend import NotCarried, NotSent, Unavailable
 from kairos.cluster.transport.client import ShardUnavailable
 from kairos.cluster.transport.dataplane import PlaneServer
@@ -163,12 +163,10 @@ def test_a_call_that_ends_on_an_event_left_unsent_for_an_earlier_one_says_so():
     assert not [leak for leak in LEAKS if leak in aborted.details]
 
 
-@pytest.mark.parametrize("refusal", [BEING_FORGOTTEN, LINK_UNDER_WAY])
-def test_a_shards_refusal_that_applied_nothing_reaches_the_caller_as_it_is(refusal):
-    # a customer being forgotten (retry the forget), a link to it under way (retry shortly):
-    # nothing was applied, and "may have been applied" would hide why
+def test_a_request_for_a_customer_being_forgotten_is_told_to_retry_the_forget():
+    # nothing was applied: "may have been applied" would invite retrying the request itself
     with pytest.raises(Aborted) as aborted:
-        asyncio.run(calls.abort(Context(), ShardUnavailable(refusal)))
+        asyncio.run(calls.abort(Context(), ShardUnavailable(BEING_FORGOTTEN)))
     assert aborted.value.code == grpc.StatusCode.UNAVAILABLE
-    assert aborted.value.details == refusal
-    assert "nothing was applied" in refusal and "may have been" not in refusal
+    assert aborted.value.details == BEING_FORGOTTEN
+    assert "nothing was applied" in BEING_FORGOTTEN and "may have been" not in BEING_FORGOTTEN

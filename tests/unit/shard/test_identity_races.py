@@ -1,71 +1,18 @@
-"""Links and forgets racing a customer's own requests (review rev45/ident F1-F4): a keyed
-request retried by alias during a link applies once, a link or an offline outcome during a
+"""Links and forgets racing a customer's own requests: a link or an offline outcome during a
 forget does not re-create the customer, and a decision shown to a forgotten visitor takes no
 outcome through a later link of the visitor's alias."""
 from __future__ import annotations
 
-from kairos.cluster.identity import LINK_HOLD_S, anonymous_id, link_id
-from kairos.cluster.protocol import (BEING_FORGOTTEN, INVALID, Bury, Claim, EventAck, Forget,
-                                     Link, Ok, Retire, Settle, Unavailable)
-from kairos.cluster.shard.customers import LINKING
+from kairos.cluster.identity import anonymous_id, link_id
+from kairos.cluster.protocol import (BEING_FORGOTTEN, INVALID, Bury, Claim, Forget,
+                                     Retire, Unavailable)
 from tests.unit.shard.test_shard import (T0, Clock, decide, event, forget, link_steps, merge,
-                                         outcome, p_of, profile, resolve, shard, take)
+                                         outcome, p_of, profile, shard, take)
 
 
 def _claim(key: str, customer: str) -> Claim:
     return Claim(partition=p_of(customer), customer_id=customer, key=key,
                  link=link_id(key, customer))
-
-
-def _applied(s, customer: str) -> int:
-    return s.process([profile(customer, T0 + 60)])[0][0].value["events_applied"]
-
-
-def test_a_visitors_keyed_event_retried_by_alias_during_a_link_is_applied_once(compiled):
-    """Between the link's Link (the alias resolves to the customer) and its Merge (the
-    visitor's keys reach it), the customer's keyed requests are refused, and its later events
-    in the round with them (in order); after the Merge the retry is a duplicate."""
-    s = shard(compiled, clock=Clock())
-    key, anon, link = "cookie:c1", anonymous_id("cookie:c1"), link_id("cookie:c1", "ana")
-    visit = event(anon, "page_view", T0, category="home")._replace(idempotency_key="evt-1")
-    assert s.process([visit])[0][0].sequence == 1
-    assert s.process([_claim(key, "ana"),
-                      Link(partition=p_of(key), key=key, customer_id="ana")])[0] == [Ok(), Ok()]
-    assert s.process([resolve(key)])[0][0].value == "ana"
-    retry = visit._replace(partition=p_of("ana"), customer_id="ana")
-    keyed_outcome = outcome("ana", "service_menu", None, kind="convert")._replace(
-        idempotency_key="crm-1")
-    replies = s.process([retry, event("ana", "app_open", T0 + 1)])[0] + \
-        s.process([keyed_outcome])[0]
-    assert replies == [LINKING] * 3 and LINKING.status == "unavailable"
-    assert s.process([event("ana", "app_open", T0 + 2)])[0][0].sequence == 1  # unkeyed: taken
-    state = s.process([take(anon, link, "ana")])[0][0].value
-    assert s.process([merge("ana", link, key, state)])[0] == [Ok(value=True)]
-    s.process([Settle(partition=p_of(anon), anonymous=anon, link=link)])
-    assert s.process([retry])[0] == [EventAck(sequence=1, duplicate=True)]
-    assert _applied(s, "ana") == 2  # the visitor's event once, and the app_open
-    assert s.process([keyed_outcome])[0][0].status == "ok"  # the link merged: taken again
-
-
-def test_a_link_whose_caller_gave_up_holds_the_customers_keyed_requests_for_a_bounded_time(
-        compiled):
-    """A Claim never followed by its Merge (the caller's deadline passed) refuses the
-    customer's keyed requests LINK_HOLD_S at most, from the claim; a snapshot's claim, restored
-    where nothing says when it was made, from when a request first finds it."""
-    clock = Clock()
-    s = shard(compiled, clock=clock)
-    keyed = event("ana", "app_open", T0)._replace(idempotency_key="evt-9")
-    assert s.process([_claim("cookie:c2", "ana")])[0] == [Ok()]
-    clock.now += LINK_HOLD_S - 1
-    assert s.process([keyed])[0] == [LINKING]
-    clock.now += 1
-    assert s.process([keyed])[0][0].sequence == 1
-    directory = s.directory
-    restored = type(directory)(b"secret")
-    restored.load(directory.export([p_of("ana")]))
-    assert restored.linking(p_of("ana"), "ana", clock.now)
-    assert restored.linking(p_of("ana"), "ana", clock.now + LINK_HOLD_S - 1)
-    assert not restored.linking(p_of("ana"), "ana", clock.now + LINK_HOLD_S)
 
 
 def _forgetting(s) -> None:
