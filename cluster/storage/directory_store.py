@@ -219,6 +219,7 @@ class DirectoryStore:
         written, and written once the snapshots are durable, never before (beside an older
         snapshot it would be corruption), without an fsync of its own: a crash may leave an
         older one or none, a weaker check, not a false one."""
+        writer = unless_fenced or self._writer
         with self._unless_fenced(unless_fenced, "writing snapshots", lsn):
             if lsn is not None:
                 for p in snapshots:
@@ -227,7 +228,7 @@ class DirectoryStore:
                         raise JournalFenced.stale(str(unless_fenced), p, lsn, newer)
             for p, blob in snapshots.items():
                 self._write(self.root / "snapshots" / f"p{p}.snap", blob, sync_parent=False,
-                            writer=unless_fenced, partition=p)
+                            writer=writer, partition=p)
             if snapshots:  # the class's text: what a crash left of them goes
                 names = {f"p{p}" for p in snapshots}
                 self._remove_tmp([self.root / "snapshots", *self.root.glob(f"{STAGING}/*")],
@@ -237,7 +238,7 @@ class DirectoryStore:
             for p in snapshots if lsn is not None else ():
                 self._write(self.root / "snapshots" / f"p{p}.lsn",
                             lsn_records.packed(str(unless_fenced), lsn), sync=False,
-                            writer=unless_fenced, partition=p)
+                            writer=writer, partition=p)
 
     def snapshot_lsn(self, partition: int) -> tuple[str, int] | None:
         """(One that does not decode, a crash's, is as none: lsn_records.py.)"""
