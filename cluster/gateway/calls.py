@@ -69,8 +69,13 @@ NO_ANSWER = f"{SILENT}; {KEYED}"  # a keyed RPC's messages
 SHARD_FAILED = f"{FAILED}; {KEYED}"
 EARLIER_FAILED = ("not sent: an earlier event of this call failed; none of that customer's "
                   "events after it was applied: retry the call with the same idempotency keys")
+# ...and of an event of a call of several whose customer is being forgotten: BEING_FORGOTTEN's
+# "nothing was applied" holds for that event, not for the call's others
+FORGOTTEN_IN_CALL = ("an event's customer is being forgotten: that event was not applied, and "
+                     "the call's other events may have been: retry ForgetCustomer, then the "
+                     "call with the same idempotency keys")
 # a shard's refusal meant for callers (README, Corruption), without the damage's detail; the
-# other, BEING_FORGOTTEN (protocol.py), is passed on as it is
+# others, BEING_FORGOTTEN (protocol.py) and FORGOTTEN_IN_CALL, are passed on as they are
 DAMAGED = re.compile(r"this customer's stored profile \(partition \d+\) is damaged")
 T = TypeVar("T")
 log = logging.getLogger("kairos.gateway")
@@ -381,8 +386,8 @@ def _unavailable(exc: Unavailable, retry: str) -> str:
     if isinstance(exc, NotSent):
         return NOT_SENT
     if isinstance(exc, ShardUnavailable):
-        if str(exc) == BEING_FORGOTTEN:
-            return BEING_FORGOTTEN
+        if str(exc) in (BEING_FORGOTTEN, FORGOTTEN_IN_CALL):
+            return str(exc)
         damaged = DAMAGED.match(str(exc))
         return f"{FAILED}; {retry}" if damaged is None else damaged.group(0)
     return f"{SILENT}; {retry}"

@@ -31,12 +31,12 @@ from kairos.cluster.gateway import requests, wire
 from kairos.cluster.gateway.auth import (Denied, caller, check_channel, has_scope, require_scope,
                                          visible_channel)
 from kairos.cluster.gateway.bounds import host_of
-from kairos.cluster.gateway.calls import FORGET, LINK, READ, Gateway, abort
+from kairos.cluster.gateway.calls import FORGET, FORGOTTEN_IN_CALL, LINK, READ, Gateway, abort
 from kairos.cluster.gateway.streams import FORGOTTEN, IdleLimit, Watch
 from kairos.cluster.identity import anonymous_id
 from kairos.cluster.settings import INGEST_STREAM_IDLE_S, STREAM_WINDOW
 from kairos.cluster.transport.backend import NotCarried, NotSent, Unavailable
-from kairos.cluster.transport.client import Busy
+from kairos.cluster.transport.client import Busy, ShardUnavailable
 from kairos.cluster.transport.lanes import Call, EarlierFailed
 
 # an event's decide_placement asks for a decision: an ingest-only key got them through it
@@ -482,6 +482,8 @@ def _of_many(failure: Exception) -> Exception:
     one was applied)."""
     if isinstance(failure, (NotSent, NotCarried)) and not isinstance(failure, EarlierFailed):
         return Unavailable(str(failure))
+    if isinstance(failure, ShardUnavailable) and str(failure) == protocol.BEING_FORGOTTEN:
+        return ShardUnavailable(FORGOTTEN_IN_CALL)
     if isinstance(failure, ShardRefused):
         return InputError(failure.field, failure.reason + ROUTED)
     return failure

@@ -9,7 +9,7 @@ import logging
 import grpc
 import pytest
 
-from kairos.cluster.gateway import calls
+from kairos.cluster.gateway import calls, decisions
 from kairos.cluster.throttled import ThrottledWarning
 from kairos.cluster.protocol import BEING_FORGOTTEN, Event
 from kairos.cluster.transport.backend import NotCarried, NotSent, Unavailable
@@ -161,6 +161,16 @@ def test_a_call_that_ends_on_an_event_left_unsent_for_an_earlier_one_says_so():
     aborted = asyncio.run(main())
     assert aborted.code == grpc.StatusCode.UNAVAILABLE and aborted.details == calls.EARLIER_FAILED
     assert not [leak for leak in LEAKS if leak in aborted.details]
+
+
+def test_a_call_of_several_events_ended_by_a_forget_says_its_other_events_may_be_applied():
+    # "nothing was applied" is true of the refused event only: other customers' events of the
+    # batch or stream were, and a caller told otherwise would resend them without their keys
+    with pytest.raises(Aborted) as aborted:
+        asyncio.run(calls.abort(Context(), decisions._of_many(ShardUnavailable(BEING_FORGOTTEN))))
+    assert aborted.value.code == grpc.StatusCode.UNAVAILABLE
+    assert aborted.value.details == calls.FORGOTTEN_IN_CALL
+    assert "may have been" in aborted.value.details and "being forgotten" in aborted.value.details
 
 
 def test_a_request_for_a_customer_being_forgotten_is_told_to_retry_the_forget():
