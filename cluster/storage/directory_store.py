@@ -231,8 +231,12 @@ class DirectoryStore:
                             writer=writer, partition=p)
             if snapshots:  # the class's text: what a crash left of them goes
                 names = {f"p{p}" for p in snapshots}
-                self._remove_tmp([self.root / "snapshots", *self.root.glob(f"{STAGING}/*")],
-                                 lambda tmp: tmp.name.split(".", 1)[0] in names)
+                # homes a release before staging left beside them: the partition's own
+                unstaged = [self.root / "customers" / name for name in names]
+                self._remove_tmp([self.root / "snapshots", *self.root.glob(f"{STAGING}/*"),
+                                  *unstaged],
+                                 lambda tmp: tmp.parent in unstaged
+                                 or tmp.name.split(".", 1)[0] in names)
             if snapshots and self.fsync:
                 fsync_directory(self.root / "snapshots")
             for p in snapshots if lsn is not None else ():

@@ -448,12 +448,15 @@ def ambiguous_tail(data: bytes, pos: int) -> bool:
     """Whether a torn tail is as long as its header says: a power cut mid-write or a bit
     flip in the last acknowledged batch, which cannot be told apart. (A process killed
     mid-write leaves fewer bytes than the header announces.) A header of length 0 announces
-    no batch (none is ever written): zeros a file system left past the last write, or
-    preallocated, are a torn tail too."""
+    no batch (none is ever written): a tail of nothing but zeros is what a file system left
+    past the last write, or preallocated, a torn tail too; bytes after a zeroed header are a
+    damaged batch, which may have been acknowledged."""
     if pos + HEADER.size > len(data):
         return False
     length, _ = HEADER.unpack_from(data, pos)
-    return 0 < length and pos + HEADER.size + length <= len(data)
+    if length == 0:
+        return bool(data[pos:].strip(b"\x00"))
+    return pos + HEADER.size + length <= len(data)
 
 
 def first_lsn(path: Path) -> int:

@@ -136,3 +136,18 @@ def test_a_partition_s_snapshot_removes_what_a_crash_left_of_that_partition_only
     store.put_snapshots({p: b"without the customer"}, unless_fenced="s1")
     assert staged(tmp_path) == [n for n in left if n.startswith(f"p{p + 1}.")]
     assert holding(tmp_path, GONE) == []
+
+
+def test_a_partition_s_snapshot_removes_a_home_an_earlier_release_left_unrenamed(tmp_path):
+    """Releases before staging wrote a home's temporary file beside the homes: after an
+    upgrade, the partition's next snapshot (a forget's among them) takes it too."""
+    p = p_of(GONE)
+    store = DirectoryStore(tmp_path)
+    left = tmp_path / "customers" / f"p{p}" / "0123abcd.blk.4242.1.tmp"
+    left.parent.mkdir(parents=True, exist_ok=True)
+    left.write_bytes(GONE.encode())
+    other = tmp_path / "customers" / f"p{p + 1}" / "4567cdef.blk.4242.2.tmp"
+    other.parent.mkdir(parents=True, exist_ok=True)
+    other.write_bytes(b"another partition's")
+    store.put_snapshots({p: b"without the customer"}, unless_fenced="s1")
+    assert holding(tmp_path, GONE) == [] and other.exists()
