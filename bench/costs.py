@@ -4,7 +4,7 @@ the Redis decision log's removal per entry, a push handed to a watch, the data p
 the decision-log writer's write alone or shared, a model sync (each side's bytes and time) and
 the bytes a resident customer holds in a shard, outcome state included.
 
-    python -m bench.costs           # every probe, sized to take about 100 s on 2 cores
+    python -m bench.costs           # every probe, sized to take about 110 s on 2 cores
     python -m bench.costs --quick   # seconds (the test suite uses it so it never rots)
 
 Writes bench/results/costs-<time>.json (each probe's inputs and, per figure, the median and
@@ -585,40 +585,48 @@ class SyncTimes:
         return out
 
 
+def _learnt(engine: DecisionEngine, models: list[tuple[str, str]], outcomes: int, at: float
+            ) -> None:
+    """`outcomes` offline outcomes (no decision named) over `models` ((action, channel)),
+    accepts and ignores in turn: the kernel learns each from its customer's profile."""
+    engine.record_outcomes([(f"c{i}", *models[i % len(models)], ("accept", "ignore")[i % 2],
+                             at, None) for i in range(outcomes)])
+
+
 def model_sync(quick: bool) -> dict[str, Any]:
     """A shard's model sync with the learner on the real classes (ModelSync.take and adopt on
-    a DecisionEngine's ModelTable, Learner.sync): after SYNC_OUTCOMES outcomes over
-    SYNC_MODELS models since its last sync, a steady one (the learner answers the rows
-    changed since the shard's version) and a whole table's (a shard's first, or one that
-    forgot whose version it holds: the learner answers every model). One shard, so the
-    answer holds its own rows only: with more shards syncing, theirs too."""
+    a DecisionEngine's ModelTable, Learner.sync), after SYNC_OUTCOMES outcomes over
+    SYNC_MODELS models since its last sync: a shard's first (a new shard, at its priors,
+    answered with every model, each of which another shard has learnt in, so adopting it
+    replaces them all), then steady ones (the learner answers the rows changed since the
+    shard's version). The other shard then stays silent, so a steady answer holds the
+    shard's own rows only: with more shards syncing, theirs too."""
     actions, whole, steady = (50, 2, 3) if quick else (2000, 3, 30)
     compiled = sync_catalog(actions)
-    engine, learner, sync = DecisionEngine(compiled, capacity=16), Learner(compiled), \
-        ModelSync("bench")
+    learner = Learner(compiled)
     offered = [(compiled.action_ids[a], compiled.channel_names[ch])
-               for a, ch in zip(*np.nonzero(compiled.offered))][:SYNC_MODELS]
+               for a, ch in zip(*np.nonzero(compiled.offered))]
+    other, other_sync = DecisionEngine(compiled, capacity=16), ModelSync("other")
+    _learnt(other, offered, len(offered), T0)
+    learner.sync(*other_sync.take(other))
     ways = {"whole": SyncTimes(), "steady": SyncTimes()}
     at = T0
     for kind, repeats in (("whole", whole), ("steady", steady)):
         for _ in range(repeats):
-            at += 1
-            # offline outcomes (no decision named), accepts and ignores in turn: the kernel
-            # learns each from its customer's profile
-            engine.record_outcomes([(f"c{i}", *offered[i % len(offered)],
-                                     ("accept", "ignore")[i % 2], at, None)
-                                    for i in range(SYNC_OUTCOMES)])
             if kind == "whole":
-                engine.models.published_by = None  # as after a dropped delta: every model
+                engine, sync = DecisionEngine(compiled, capacity=16), ModelSync("bench")
+            at += 1
+            _learnt(engine, offered[:SYNC_MODELS], SYNC_OUTCOMES, at)
             ways[kind].synced(sync, engine, learner)
-    m = engine.models
+    m, learned = engine.models, learner.models
     table_bytes = sum(getattr(m, name).nbytes for name in
                       ("mean", "precision", "positives", "negatives", "value_count", "value_sum"))
     return {"inputs": {"actions": actions, "channels": list(compiled.channel_names),
                        "coefficients": compiled.n_predictors, "models": compiled.n_models,
                        "posterior": "full" if compiled.full_posterior else "diagonal",
-                       "table_bytes": table_bytes, "outcomes_per_sync": SYNC_OUTCOMES,
-                       "models_learnt": len(offered), "shards": 1,
+                       "table_bytes": table_bytes, "models_offered": len(offered),
+                       "learnt_in": int((learned.positives + learned.negatives > 0).sum()),
+                       "outcomes_per_sync": SYNC_OUTCOMES, "models_learnt": SYNC_MODELS,
                        "wire": "pickle (highest protocol), as Ray carries a call and its answer",
                        **{f"{kind}_{key}": value for kind, way in ways.items() for key, value in
                           (("syncs", way.syncs), ("adopted", way.adopted),

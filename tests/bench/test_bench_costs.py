@@ -56,6 +56,8 @@ def assert_paths(probes: dict) -> None:
         assert sync[f"{kind}_rows_sent"] == [sync["models_learnt"]], sync
     assert sync["steady_rows_answered"] == [sync["models_learnt"]], sync
     assert sync["whole_rows_answered"] == [sync["models"]], sync
+    # a shard's first adopts a table whose every offered model another shard taught
+    assert sync["learnt_in"] == sync["models_offered"] > 0, sync
     carried = probes["model_sync"]["figures"]
     assert carried["whole_to_shard_kib"]["min"] * 1024 > sync["table_bytes"] > \
         10 * 1024 * carried["steady_to_shard_kib"]["max"], (sync, carried)
