@@ -35,6 +35,7 @@ PUSH_P99_TARGET_MS = 20.0
 # samples, and those that left the tree alive (bench/cpu.py); runs without it counted less
 # (not strictly comparable)
 CPU_ACCOUNTING = 2
+SECTIONS = ("systems", "ingest", "batch", "journey", "push")  # a run's phases
 PLOTTED = (("p50_ms", "p50"), ("p99_ms", "p99"), ("p99_9_ms", "p99.9"))
 
 
@@ -115,26 +116,32 @@ def _figures(step: dict[str, Any], kind: str) -> dict[str, Any]:
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's targets for the systems this run measured, each with its value (None
     where the run did not measure that figure)."""
+    results = _with_sections(results)
     systems, checks = results["systems"], []
 
     def check(target: str, system: str, value: float | None, threshold: float,
               at_most: bool = False, rate: float | None = None, also: bool = True,
-              lower_bound: bool = False, parts: str | None = None) -> None:
+              lower_bound: bool = False, comparable: bool = True, parts: str | None = None,
+              note: str | None = None) -> None:
         """`also`: what else the target asks besides the value (push: nothing missing).
         A value of None is a figure the run did not measure (an older run's server CPU,
         say): the target is not judged (met None: "not measured") unless `also` failed.
         A value that is only a `lower_bound` (server CPU some of which went unseen) cannot
-        show an "at most" target met: it is not judged either. `parts`: what the value
-        sums, for the report."""
+        show an "at most" target met, and one not `comparable` (a ratio of CPU counted the
+        older way) neither met nor missed: neither is judged, unless `also` failed. `note`:
+        why a target is missed besides its value, or not judged; `parts`: what the value
+        sums; both for the report."""
         if value is None:
-            met = False if not also else None
+            met = None if also else False
         else:
             met = also and (value <= threshold if at_most else value >= threshold)
         if lower_bound and at_most and met:
-            met = None
+            met, note = None, "a lower bound"
+        if not comparable and also and value is not None:
+            met, note = None, "older accounting, not comparable"
         checks.append({"target": target, "system": system, "value": value,
                        "threshold": threshold, "at_most": at_most, "met": met, "rate": rate,
-                       "lower_bound": lower_bound, "parts": parts})
+                       "lower_bound": lower_bound, "parts": parts, "note": note})
 
     old_cpu = _counted_the_old_way(results)
 
@@ -149,21 +156,23 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             # the p50 of every answer, which is the Decides served's (to within the share of
             # answers the budget allows) only where ours kept to the error budget: past it,
             # fast refusals lower it, and a step that mostly refused would meet the target
-            value, rate = _ratio(systems[name], floor, _decide("p50_ms"))
+            rate, also, note = _rate_judged(systems[name], floor, P50_FLOOR)
             check(f"Decide p50 ÷ {P50_FLOOR} p50 (the gRPC call Kairos's path makes), same "
-                  "rate", name, value, P50_OVER_FLOOR_MAX, at_most=True, rate=rate,
-                  also=_within_budget_at(systems[name], rate))
+                  "rate", name, _ratio(systems[name], floor, _decide("p50_ms"), rate),
+                  P50_OVER_FLOOR_MAX, at_most=True, rate=rate, also=also, note=note)
         for peer, most in CPU_OVER_PEER_MAX.items():
             if peer in systems:
-                value, rate = _ratio(systems[name], systems[peer], _cpu_us("decide"))
+                # per request served: a system past the budget spreads its CPU over fewer
+                rate, also, note = _rate_judged(systems[name], systems[peer], peer)
                 check(f"Decide server CPU per request served ÷ {peer}'s, same rate", name,
-                      value, most, at_most=True, rate=rate,
-                      lower_bound=old_cpu or _cpu_lower_bound(systems[name], rate),
-                      also=_served_at(systems[name], rate))
+                      _ratio(systems[name], systems[peer], _cpu_us("decide"), rate), most,
+                      at_most=True, rate=rate, lower_bound=_cpu_lower_bound(systems[name], rate),
+                      comparable=not old_cpu, also=also, note=note)
         if "redis-core" in systems:
-            value, rate, everywhere = _worst_p99_ratio(systems[name], systems["redis-core"])
+            value, rate, also, note = _worst_p99_ratio(systems[name],
+                                                       systems["redis-core"], "redis-core")
             check("Decide p99 ÷ redis-core's (same decision work), the worst rate both ran",
-                  name, value, 1.0, at_most=True, rate=rate, also=everywhere)
+                  name, value, 1.0, at_most=True, rate=rate, also=also, note=note)
         for section, (label, most) in CPU_PER_EVENT_MAX_US.items():
             if name in results[section]:
                 step = headline_step(results[section][name])
@@ -196,9 +205,16 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return checks
 
 
+def _with_sections(results: dict[str, Any]) -> dict[str, Any]:
+    """The run with an empty section for each phase it predates (a run before the IngestBatch
+    sweep has no "batch"), so that `--judge` reads every committed run."""
+    return {**{section: {} for section in SECTIONS}, **results}
+
+
 def _counted_the_old_way(results: dict[str, Any]) -> bool:
     """The run's server CPU was counted before CPU_ACCOUNTING, which missed what a process
-    born and reaped between two samples spent: every CPU figure of it a lower bound."""
+    born and reaped between two samples spent: every CPU figure of it a lower bound, and a
+    ratio of two of them no bound at all."""
     return results.get("cpu_accounting", 0) < CPU_ACCOUNTING
 
 
@@ -213,13 +229,6 @@ def _decide(key: str) -> Callable[[dict[str, Any]], float | None]:
     return lambda step: step["kinds"].get("decide", {}).get(key)
 
 
-def _served_at(system: dict[str, Any], rate: float | None) -> bool:
-    """Whether the system served a Decide in its step at `rate` (True where no rate was
-    judged: then nothing is missing of ours)."""
-    return rate is None or any(served(s, "decide") > 0 for s in system["steps"]
-                               if s["rate_target"] == rate)
-
-
 def _within_budget(step: dict[str, Any]) -> bool:
     """The step served Decides, and at most ERROR_BUDGET of what it sent failed, fell back or
     went unanswered (holds' own condition, its p99 aside): within it, the figures of every
@@ -227,11 +236,41 @@ def _within_budget(step: dict[str, Any]) -> bool:
     return served(step, "decide") > 0 and failed(step, "decide") <= ERROR_BUDGET * step["sent"]
 
 
-def _within_budget_at(system: dict[str, Any], rate: float | None) -> bool:
-    """Whether the system's step at `rate` kept to the error budget (`_within_budget`; True
-    where no rate was judged: then nothing is missing of ours)."""
-    return rate is None or any(_within_budget(s) for s in system["steps"]
-                               if s["rate_target"] == rate)
+def _by_rate(result: dict[str, Any]) -> dict[float, dict[str, Any]]:
+    return {s["rate_target"]: s for s in result["steps"]}
+
+
+def _kept(result: dict[str, Any]) -> dict[float, dict[str, Any]]:
+    """A sweep's steps by rate, those within the error budget."""
+    return {r: s for r, s in _by_rate(result).items() if _within_budget(s)}
+
+
+def _over_budget(rates: list[float]) -> str:
+    return "over the error budget at " + ", ".join(f"{r:,.0f}" for r in sorted(rates)) + "/s"
+
+
+def _none_kept(peer: str) -> str:
+    return f"{peer} kept to the error budget at no rate both ran"
+
+
+def _rate_judged(system: dict[str, Any], peer: dict[str, Any], name: str
+                 ) -> tuple[float | None, bool, str | None]:
+    """The rate a figure of ours is set against the peer's at: the highest both held, else
+    the lowest both ran within the error budget (past it, a figure of every answer counts
+    fast refusals, and one per request served spreads the cost over fewer). With that,
+    whether ours kept to what the target asks, and a note: a rate where only the peer kept
+    to the budget is a miss of ours, judged at the lowest; where the peer kept to it at no
+    rate both ran, the peer's figures judge nothing (no rate: not judged)."""
+    ours, theirs = _by_rate(system), _by_rate(peer)
+    common = sorted(set(ours) & set(theirs))
+    peer_kept = [r for r in common if _within_budget(theirs[r])]
+    both = [r for r in peer_kept if _within_budget(ours[r])]
+    held = [r for r in both if ours[r]["holds"] and theirs[r]["holds"]]
+    if both:
+        return held[-1] if held else both[0], True, None
+    if peer_kept:
+        return peer_kept[0], False, _over_budget(peer_kept)
+    return None, True, _none_kept(name) if common else None
 
 
 def _cpu_per_event(step: dict[str, Any]) -> tuple[float | None, str | None]:
@@ -259,39 +298,41 @@ def _cpu_us(kind: str) -> Callable[[dict[str, Any]], float | None]:
 
 
 def _ratio(system: dict[str, Any], peer: dict[str, Any],
-           figure: Callable[[dict[str, Any]], float | None]
-           ) -> tuple[float | None, float | None]:
-    """A step's figure over the peer's at the highest rate both held (else their lowest common
-    one), and that rate."""
-    ours = {s["rate_target"]: s for s in system["steps"]}
-    theirs = {s["rate_target"]: s for s in peer["steps"]}
-    common = sorted(set(ours) & set(theirs))
-    if not common:
-        return None, None
-    held = [r for r in common if ours[r]["holds"] and theirs[r]["holds"]]
-    rate = held[-1] if held else common[0]
-    mine, its = figure(ours[rate]), figure(theirs[rate])
-    return (round(mine / its, 2) if mine is not None and its else None), rate
+           figure: Callable[[dict[str, Any]], float | None], rate: float | None
+           ) -> float | None:
+    """A step's figure over the peer's at `rate` (None: no rate judged, or a figure either
+    lacks there)."""
+    if rate is None:
+        return None
+    mine, its = (figure(_by_rate(r)[rate]) for r in (system, peer))
+    return round(mine / its, 2) if mine is not None and its else None
 
 
-def _worst_p99_ratio(system: dict[str, Any], peer: dict[str, Any]
-                     ) -> tuple[float | None, float | None, bool]:
-    """The largest Decide p99 over the peer's, over every rate the peer served at that ours
-    ran, and that rate; and whether ours kept to the error budget at every one of those
-    rates. The p99 is of the Decides served: refusals are not the latency compared (on the
-    p99 of every answer, a Kairos serving a trickle slowly and refusing the rest in 1 ms met
-    the target); and a rate where ours failed more than the budget (refused, fell back, left
-    unanswered: a fast p99 of the few served says nothing of them) is a miss."""
-    theirs = {s["rate_target"]: s for s in peer["steps"] if served(s, "decide") > 0}
+def _worst_p99_ratio(system: dict[str, Any], peer: dict[str, Any], name: str
+                     ) -> tuple[float | None, float | None, bool, str | None]:
+    """The largest Decide p99 over the peer's, over every rate ours ran at which the peer
+    kept to the error budget (past it, the peer's p99 is of the few it served: setting ours
+    against that fails Kairos where the peer broke), and that rate; whether ours kept to the
+    budget at each of those rates, and a note: where not, or where the peer kept to it at no
+    rate both ran (not judged). The p99 is of the Decides served: refusals are not the
+    latency compared (on the p99 of every answer, a Kairos serving a trickle slowly and
+    refusing the rest in 1 ms met the target); and a rate where ours failed more than the
+    budget (refused, fell back, left unanswered: a fast p99 of the few served says nothing
+    of them) is a miss."""
+    theirs = _kept(peer)
     compared = [(s, theirs[s["rate_target"]]) for s in system["steps"]
                 if s["rate_target"] in theirs]
+    if not compared:
+        ran = set(_by_rate(system)) & set(_by_rate(peer))
+        return None, None, True, _none_kept(name) if ran else None
     ratios = [(_served_p99(ours) / _served_p99(its), ours["rate_target"])
               for ours, its in compared if served(ours, "decide") > 0]
-    everywhere = all(_within_budget(ours) for ours, _ in compared)
+    over = [ours["rate_target"] for ours, _ in compared if not _within_budget(ours)]
+    note = _over_budget(over) if over else None
     if not ratios:
-        return None, None, everywhere
+        return None, None, False, note
     ratio, rate = max(ratios)
-    return round(ratio, 2), rate, everywhere
+    return round(ratio, 2), rate, not over, note
 
 
 def _served_p99(step: dict[str, Any]) -> float:
@@ -304,6 +345,7 @@ def _served_p99(step: dict[str, Any]) -> float:
 
 
 def markdown(results: dict[str, Any]) -> str:
+    results = _with_sections(results)
     plan = results["plan"]
     lines = [f"# Load test {results['run']}", "",
              f"`{results['command']}` on {results['machine']['platform']}, "
@@ -326,7 +368,8 @@ def markdown(results: dict[str, Any]) -> str:
              "a throughput; a rate held is the intended rate."
              + (" This run counted server CPU the older way (no `cpu_accounting` "
                 f"{CPU_ACCOUNTING}), which missed processes born and reaped between samples: "
-                "its CPU figures are lower bounds." if _counted_the_old_way(results) else ""),
+                "its CPU figures are lower bounds, and a ratio of two bounds nothing."
+                if _counted_the_old_way(results) else ""),
              "",
              "## Decide: the highest rate at which p99 ≤ 10 ms held", "",
              _table(["system", "max intended rate held /s", "p50", "p90", "p99", "p99.9", "max",
@@ -425,23 +468,25 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def _met(target: dict[str, Any]) -> str:
-    """A target's verdict, or why there is none."""
+    """A target's verdict, or why there is none; a miss's reason besides its value."""
+    note = target["note"]
     if target["met"] is None:
-        return "not measured" if _unmeasured(target) else "not judged (a lower bound)"
-    return "yes" if target["met"] else "**no**"
+        return f"not judged ({note})" if note else "not measured"
+    return "yes" if target["met"] else "**no**" + (f" ({note})" if note else "")
 
 
 def _unmeasured(target: dict[str, Any]) -> bool:
-    return target["met"] is None and target["value"] is None
+    return target["met"] is None and target["value"] is None and not target["note"]
 
 
 def _count(checks: list[dict[str, Any]]) -> str:
     """How many targets were met of those judged, and why the others were not judged."""
     judged = [t for t in checks if t["met"] is not None]
     unmeasured = sum(_unmeasured(t) for t in checks)
+    why = sorted({t["note"] for t in checks if t["met"] is None and t["note"]})
     return (f"{sum(t['met'] for t in judged)} of the {len(judged)} targets judged met; "
-            f"{unmeasured} not measured, {len(checks) - len(judged) - unmeasured} not judged "
-            "(a lower bound).")
+            f"{unmeasured} not measured, {len(checks) - len(judged) - unmeasured} not judged"
+            + (f" ({'; '.join(why)})" if why else "") + ".")
 
 
 DEFERRED = (("ingest", "IngestStream"), ("batch", "IngestBatch"), ("journey", "sessions"),

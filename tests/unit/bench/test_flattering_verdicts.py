@@ -45,6 +45,18 @@ def judged(systems: dict, batch: dict | None = None, accounting: int | None = 2)
     return {t["target"]: t for t in targets(results) if t["system"] == "kairos-1node"}
 
 
+def report_of(systems: dict, batch: dict, accounting: int | None = 2) -> dict:
+    """A saved run of these sweeps, its targets judged, for markdown."""
+    results = {"systems": systems, "ingest": {}, "batch": batch, "push": {}, "journey": {},
+               "populate": {}, "ray_call": {}, "layout": {}, "failures": [], "run": "load-x",
+               "command": "python -m bench.load", "seconds": 1.0,
+               "machine": {"platform": "Linux", "cpus": 2, "ray": "2"},
+               "plan": {"customers": 10, "generators": 2, "measure_s": 10.0, "warmup_s": 1.0}}
+    if accounting is not None:
+        results["cpu_accounting"] = accounting
+    return {**results, "targets": targets(results)}
+
+
 # Kairos at 250/s beside redis-core serving all 2,500 at p99 5 ms: how ours failed, what it
 # served at p99 3 ms. Fallbacks come at the 1 s deadline.
 MOSTLY_FAILING = [
@@ -68,6 +80,54 @@ def test_the_same_work_p99_is_met_within_the_error_budget():
     check = judged({"kairos-1node": sweep(ours),
                     "redis-core": sweep(step(250, 2.0, 5.0, 5.0))})[P99_CORE]
     assert (check["value"], check["met"]) == (0.6, True)
+
+
+# The peer past its capacity at 1,000/s: 750 of 10,000 DEADLINE_EXCEEDED, served p99 900 ms
+PEER_BROKE = step(1000, 300.0, 1000.0, 900.0, count=10_000, errors={"DEADLINE_EXCEEDED": 750})
+
+
+def test_the_same_work_p99_is_not_set_against_a_peer_past_the_error_budget():
+    """Review rev45 d-bench finding 4 (case E): at 1,000/s ours shed 0.3 % and served at p99
+    8 ms where the peer broke; at 250/s both kept to the budget, ours at 4 ms to its 5."""
+    ours = sweep(step(250, 2.0, 4.0, 4.0),
+                 step(1000, 3.0, 8.0, 8.0, count=10_000, errors={"RESOURCE_EXHAUSTED": 30}))
+    check = judged({"kairos-1node": ours,
+                    "redis-core": sweep(step(250, 2.0, 5.0, 5.0), PEER_BROKE)})[P99_CORE]
+    assert (check["value"], check["rate"], check["met"], check["note"]) == (0.8, 250, True,
+                                                                             None)
+    alone = judged({"kairos-1node": ours, "redis-core": sweep(PEER_BROKE)})[P99_CORE]
+    assert (alone["value"], alone["met"]) == (None, None)
+    assert alone["note"] == "redis-core kept to the error budget at no rate both ran"
+
+
+def test_a_miss_of_the_same_work_p99_says_why_in_its_row():
+    ours = step(250, 1000.0, 1000.0, 3.0, errors={"RESOURCE_EXHAUSTED": 2400})
+    systems = {"kairos-1node": sweep(ours), "redis-core": sweep(step(250, 2.0, 5.0, 5.0))}
+    assert (f"| {P99_CORE} | kairos-1node | 0.6 | 250 | ≤ 1 | **no** (over the error budget "
+            "at 250/s) |") in markdown(report_of(systems, {}))
+
+
+def test_cpu_per_request_served_is_judged_where_both_kept_to_the_error_budget():
+    """Review rev45 d-bench finding 5 (case F): both spent 400 µs per request, and the peer
+    lost half its calls to the deadline, so per request served it spent twice ours. Judged
+    at the next rate both kept to the budget, or not at all."""
+    peer_broke = step(250, 5.0, 1000.0, 900.0, errors={"DEADLINE_EXCEEDED": 1250}, cpu_s=1.0)
+    ours = step(250, 3.0, 12.0, 12.0, cpu_s=1.0)
+    alone = judged({"kairos-1node": sweep(ours), "redis-core": sweep(peer_broke)})[CORE_CPU]
+    assert (alone["value"], alone["rate"], alone["met"]) == (None, None, None)
+    assert alone["note"] == "redis-core kept to the error budget at no rate both ran"
+    later = judged({"kairos-1node": sweep(ours, step(500, 3.0, 12.0, 12.0, cpu_s=2.0)),
+                    "redis-core": sweep(peer_broke, step(500, 3.0, 12.0, 12.0, cpu_s=2.0))}
+                   )[CORE_CPU]
+    assert (later["value"], later["rate"], later["met"]) == (1.0, 500, False)
+
+
+def test_a_run_from_before_the_batch_sweep_is_judged_again():
+    """load-20261123T031155Z and 033654Z have no "batch" section: --judge raised KeyError."""
+    systems = {"kairos-1node": sweep(step(250, 2.0, 5.0, 5.0))}
+    saved = report_of(systems, {})
+    del saved["batch"], saved["targets"]
+    assert "## Targets" in markdown({**saved, "targets": targets(saved)})
 
 
 @pytest.mark.parametrize("refused,met", [(2400, False), (2, True)])
@@ -101,12 +161,7 @@ def test_ingest_cpu_per_event_counts_the_snapshot_the_step_caused(deferred_us, v
     batch = {"kairos-1node": sweep(batch_step(1.5, deferred_us), kind="event")}
     check = judged(systems, batch)[BATCH_CPU]
     assert (check["value"], check["met"]) == (value, met)
-    results = {"systems": systems, "ingest": {}, "batch": batch, "push": {}, "journey": {},
-               "populate": {}, "ray_call": {}, "layout": {}, "failures": [],
-               "cpu_accounting": 2, "run": "load-x", "command": "python -m bench.load",
-               "seconds": 1.0, "machine": {"platform": "Linux", "cpus": 2, "ray": "2"},
-               "plan": {"customers": 10, "generators": 2, "measure_s": 10.0, "warmup_s": 1.0}}
-    text = markdown({**results, "targets": targets(results)})
+    text = markdown(report_of(systems, batch))
     parts = f" (30 in the window + {deferred_us:g} snapshotting after it)" if deferred_us \
         else ""
     assert f"| {BATCH_CPU} | kairos-1node | {value:g}{parts} | 5,000 |" in text
@@ -121,8 +176,22 @@ def test_cpu_counted_the_old_way_cannot_meet_an_at_most_target(accounting, met):
     checks = judged(systems, {"kairos-1node": sweep(batch_step(1.5, None), kind="event")},
                     accounting)
     assert (checks[CORE_CPU]["value"], checks[CORE_CPU]["met"]) == (0.25, met)
-    assert checks[CORE_CPU]["lower_bound"] is (met is None)
     assert checks[BATCH_CPU]["met"] is met
+
+
+@pytest.mark.parametrize("ours_cpu_s", [0.5, 6.0])
+def test_a_ratio_of_cpu_counted_the_old_way_is_no_bound_and_judges_nothing(ours_cpu_s):
+    """Both figures lower bounds: their ratio bounds nothing, under the target or over it
+    (review rev45 d-bench finding 6: it was labelled "≥" and judged a miss over it)."""
+    systems = {"kairos-1node": sweep(step(250, 1.0, 4.0, 4.0, cpu_s=ours_cpu_s)),
+               "redis-core": sweep(step(250, 1.0, 4.0, 4.0, cpu_s=2.0))}
+    check = judged(systems, accounting=None)[CORE_CPU]
+    assert (check["met"], check["lower_bound"]) == (None, False)
+    assert check["note"] == "older accounting, not comparable"
+    text = markdown(report_of(systems, {}, accounting=None))
+    assert (f"| {CORE_CPU} | kairos-1node | {ours_cpu_s / 2:g} | 250 | ≤ 0.5 | not judged "
+            "(older accounting, not comparable) |") in text
+    assert "0 not measured, 1 not judged (older accounting, not comparable)." in text
 
 
 def test_cpu_counted_the_old_way_still_misses_over_the_target():
