@@ -15,8 +15,9 @@ def test_smoke_run_writes_a_report_with_a_verdict(tmp_path):
     verdict = report["verdict"]
     assert set(verdict["checks"]) == {"admitted_p99_within_2x", "refusals_within_deadline",
                                       "refusals_fast", "no_other_errors", "all_answered"}
-    # not judged (None) where the steps leave no bound to judge by, as a smoke run's may
-    assert verdict["held"] == (None if verdict["not_judged"] else all(verdict["checks"].values()))
+    # held, not held or not judged (as a smoke run's may be): which one, the unit tests judge
+    # on fabricated steps (tests/unit/bench/test_flattering_verdicts.py)
+    assert verdict["held"] in (True, False, None) and isinstance(verdict["not_judged"], list)
     assert report["overload"]["rate_target"] == 3 * report["nominal"]["rate_target"]
     assert report["nominal"]["sent"] > 0 and report["overload"]["sent"] > 0
     assert verdict["admitted"] + verdict["refused"] + verdict["unanswered"] \

@@ -202,15 +202,18 @@ def test_cpu_counted_the_old_way_still_misses_over_the_target():
 
 
 def ostep(rate: float, admitted_p99: float, ok: int, refused: int = 0,
-          behind: bool = False) -> dict:
+          behind: bool = False, other: dict | None = None, unanswered: int = 0) -> dict:
     """An overload-harness step: `ok` admitted at p99 `admitted_p99`, `refused` refused
-    RESOURCE_EXHAUSTED at the same p99."""
-    return {"op": "decide", "rate_target": rate, "sent": ok + refused, "offered_rate": rate,
-            "generator": {"behind": behind},
-            "kinds": {"decide": {"count": ok + refused, "ok": ok, "fallbacks": 0,
-                                 "errors": {"RESOURCE_EXHAUSTED": refused} if refused else {},
-                                 "admitted_p99_ms": admitted_p99, "p99_ms": admitted_p99,
-                                 "refused_p99_ms": admitted_p99,
+    RESOURCE_EXHAUSTED at the same p99, `other` errors, and `unanswered` sent but never
+    answered."""
+    errors = {"RESOURCE_EXHAUSTED": refused} if refused else {}
+    errors.update(other or {})
+    count = ok + sum(errors.values())
+    return {"op": "decide", "rate_target": rate, "sent": count + unanswered,
+            "offered_rate": rate, "generator": {"behind": behind},
+            "kinds": {"decide": {"count": count, "ok": ok + refused, "fallbacks": 0,
+                                 "errors": errors, "admitted_p99_ms": admitted_p99,
+                                 "p99_ms": admitted_p99, "refused_p99_ms": admitted_p99,
                                  "refused_max_ms": admitted_p99}}}
 
 
@@ -233,6 +236,38 @@ def test_overload_is_not_judged_on_a_nominal_step_that_did_not_hold(
                          ostep(750, 300.0, 2500, 5000, behind=overload_behind))
     assert v["held"] is held
     assert bool(v["not_judged"]) is (held is None)
+
+
+def test_overload_holds_where_every_check_passed_on_schedule():
+    v = overload.verdict(ostep(250, 9.0, 2500), ostep(750, 15.0, 2500, 5000))
+    assert (v["held"], v["not_judged"]) == (True, [])
+    assert all(v["checks"].values())
+
+
+# a 3x step whose generators fell behind (so its latencies judge nothing), failing what no
+# generator's lag explains: a call's deadline runs from its actual send
+LAG_FREE_FAILURES = [
+    pytest.param({"other": {"INTERNAL": 2000}, "unanswered": 3000}, id="case G"),
+    pytest.param({"other": {"DEADLINE_EXCEEDED": 1242}}, id="overload-20261202T222036Z"),
+    pytest.param({"unanswered": 10}, id="unanswered"),
+]
+
+
+@pytest.mark.parametrize("failing", LAG_FREE_FAILURES)
+def test_overload_fails_on_what_lag_cannot_explain_even_when_not_judged(failing):
+    """Review rev45 d-bench finding 1: such a step read "not judged", not "NOT held"."""
+    v = overload.verdict(ostep(250, 7.0, 2500),
+                         ostep(750, 2500.0, 1000, 1500, behind=True, **failing))
+    assert v["held"] is False
+    assert v["not_judged"] == ["the overload step's generators fell behind their schedule"]
+    text = overload.markdown({"run": "overload-x", "command": "python -m bench.overload",
+                              "held_rate": 250.0, "search": None, "customers": 10,
+                              "shards": 2, "nominal": ostep(250, 7.0, 2500),
+                              "overload": ostep(750, 2500.0, 1000, 1500, behind=True,
+                                                **failing), "verdict": v})
+    assert "**Verdict: NOT held**" in text
+    assert ("Its latency checks judge nothing: the overload step's generators fell behind "
+            "their schedule.") in text
 
 
 def test_overload_judges_a_saved_run_again(tmp_path, capsys):
