@@ -21,7 +21,8 @@ Systems, each behind the same kairos.v1 gRPC contract and driven by the same gen
   redis-core         the same decision work as Kairos: a stateless gRPC service running Kairos's
                      own core (catalog, compiled kernel) on each customer's block, read from a
                      real redis-server (no persistence) on every request and written back where
-                     the request changed it (an event; a Decide, as Kairos's, writes nothing).
+                     the request changed it (an event; nothing for a Decide, for which Kairos
+                     writes a decision-log record carrying that block, a write the peer skips).
                      Not the same durability: it has no journal (Kairos fsyncs one per batch), no
                      decision log and no sealed decision ids
   kairos-<mode>      Kairos: runtime + one gateway (1node, or 3node with the shards spread)
@@ -225,8 +226,8 @@ class Bench:
             self.decide_sweep(name, system.target)
             if self.plan.decide_only:
                 return
-            # a Decide writes nothing (no record_impression): only the steps below dirty
-            # partitions
+            # a Decide changes no profile (no record_impression; what it writes is a
+            # decision-log record): only the steps below dirty partitions
             self.ingest_sweeps(name, system.target, after=self.settle_deferred)
             # sessions at the highest Decide rate that held (at most the plan's rate): what
             # each kind of call costs when the system is busy but not past its limit

@@ -3,11 +3,12 @@ whose every request reads the customer's block from a real redis-server (127.0.0
 into the core's engine on the catalog Kairos runs in the bench (the default), decides or
 applies the event with the compiled kernel exactly as a shard's engine does, and writes the
 block back where the request changed it (an event does; a Decide leaves it byte for byte as it
-was, and, like a Kairos Decide, writes nothing). The block is the core's one-customer columnar
-block, the same bytes the decision log and partition handovers carry
-(`kairos.cluster.storage.blocks`). The only difference from Kairos is where the state lives: in
-Redis, a network round trip away on every request, instead of in the memory of the shard that
-owns the customer.
+was, and the peer writes nothing back for it, where a Kairos Decide writes a decision-log
+record carrying that block: a write this peer skips). The block is the core's one-customer
+columnar block, the same bytes the decision log and partition handovers carry
+(`kairos.cluster.storage.blocks`). The difference from Kairos in the decision work is where the
+state lives: in Redis, a network round trip away on every request, instead of in the memory of
+the shard that owns the customer.
 
 What a shard does around the core is not repeated here: its journal (this peer's state is as
 durable as its redis-server, which runs without persistence in the bench), decision ids sealed
@@ -55,9 +56,9 @@ class SameWork:
                context: Mapping[str, Any], max_actions: int = 0, explain: bool = False
                ) -> tuple[Decision, bytes | None]:
         """The decision on the customer's block, and the block to write back: None where the
-        decision left the block as it was read (a Kairos Decide writes nothing either), or
-        where there was none (a customer nobody has seen, decided on an empty profile, which
-        Kairos does not keep)."""
+        decision left the block as it was read (a Kairos Decide logs it in a decision-log
+        record instead, which this peer skips), or where there was none (a customer nobody
+        has seen, decided on an empty profile, which Kairos does not keep)."""
         with self._loaded(customer_id, block):
             decision = self.engine.decide(customer_id, channel, placement, context,
                                           self.clock(), max_actions, explain)
