@@ -240,11 +240,6 @@ def _by_rate(result: dict[str, Any]) -> dict[float, dict[str, Any]]:
     return {s["rate_target"]: s for s in result["steps"]}
 
 
-def _kept(result: dict[str, Any]) -> dict[float, dict[str, Any]]:
-    """A sweep's steps by rate, those within the error budget."""
-    return {r: s for r, s in _by_rate(result).items() if _within_budget(s)}
-
-
 def _over_budget(rates: list[float]) -> str:
     return "over the error budget at " + ", ".join(f"{r:,.0f}" for r in sorted(rates)) + "/s"
 
@@ -310,27 +305,27 @@ def _ratio(system: dict[str, Any], peer: dict[str, Any],
 
 def _worst_p99_ratio(system: dict[str, Any], peer: dict[str, Any], name: str
                      ) -> tuple[float | None, float | None, bool, str | None]:
-    """The largest Decide p99 over the peer's, over every rate ours ran at which the peer
-    kept to the error budget (past it, the peer's p99 is of the few it served: setting ours
-    against that fails Kairos where the peer broke), and that rate; whether ours kept to the
-    budget at each of those rates, and a note: where not, or where the peer kept to it at no
-    rate both ran (not judged). The p99 is of the Decides served: refusals are not the
-    latency compared (on the p99 of every answer, a Kairos serving a trickle slowly and
-    refusing the rest in 1 ms met the target); and a rate where ours failed more than the
-    budget (refused, fell back, left unanswered: a fast p99 of the few served says nothing
-    of them) is a miss."""
-    theirs = _kept(peer)
+    """The largest Decide p99 over the peer's, over every rate both ran, and that rate;
+    whether ours kept to the error budget wherever the peer did, and a note where not. The
+    p99 is of the Decides served: refusals are not the latency compared (on the p99 of every
+    answer, a Kairos serving a trickle slowly and refusing the rest in 1 ms met the target);
+    a rate where ours failed more than the budget (refused, fell back, left unanswered: a
+    fast p99 of the few served says nothing of them) while the peer kept to it is a miss.
+    Where the peer broke the budget too, its p99 still counts: leaving the rate out would
+    pass a Kairos far slower than a peer that lost a few calls there."""
+    theirs = _by_rate(peer)
     compared = [(s, theirs[s["rate_target"]]) for s in system["steps"]
                 if s["rate_target"] in theirs]
     if not compared:
-        ran = set(_by_rate(system)) & set(_by_rate(peer))
-        return None, None, True, _none_kept(name) if ran else None
+        return None, None, True, None
     ratios = [(_served_p99(ours) / _served_p99(its), ours["rate_target"])
-              for ours, its in compared if served(ours, "decide") > 0]
-    over = [ours["rate_target"] for ours, _ in compared if not _within_budget(ours)]
+              for ours, its in compared
+              if served(ours, "decide") > 0 and served(its, "decide") > 0]
+    over = [ours["rate_target"] for ours, its in compared
+            if not _within_budget(ours) and _within_budget(its)]
     note = _over_budget(over) if over else None
     if not ratios:
-        return None, None, False, note
+        return None, None, not over, note
     ratio, rate = max(ratios)
     return round(ratio, 2), rate, not over, note
 
