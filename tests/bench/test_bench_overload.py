@@ -16,8 +16,13 @@ def test_smoke_run_writes_a_report_with_a_verdict(tmp_path):
     assert set(verdict["checks"]) == {"admitted_p99_within_2x", "refusals_within_deadline",
                                       "refusals_fast", "no_other_errors", "all_answered"}
     # held, not held or not judged (as a smoke run's may be): which one, the unit tests judge
-    # on fabricated steps (tests/unit/bench/test_flattering_verdicts.py)
-    assert verdict["held"] in (True, False, None) and isinstance(verdict["not_judged"], list)
+    # on fabricated steps (tests/unit/bench/test_flattering_verdicts.py); here, that the one
+    # given keeps its promise
+    checks, held = verdict["checks"], verdict["held"]
+    assert held in (True, False, None) and isinstance(verdict["not_judged"], list)
+    assert held is not True or (all(checks.values()) and not verdict["not_judged"])
+    assert held is False or (checks["no_other_errors"] and checks["all_answered"])
+    assert held is not None or verdict["not_judged"]
     assert report["overload"]["rate_target"] == 3 * report["nominal"]["rate_target"]
     assert report["nominal"]["sent"] > 0 and report["overload"]["sent"] > 0
     assert verdict["admitted"] + verdict["refused"] + verdict["unanswered"] \
