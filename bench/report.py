@@ -254,15 +254,17 @@ def _rate_judged(system: dict[str, Any], peer: dict[str, Any], name: str
     the lowest both ran within the error budget (past it, a figure of every answer counts
     fast refusals, and one per request served spreads the cost over fewer). With that,
     whether ours kept to what the target asks, and a note: a rate where only the peer kept
-    to the budget is a miss of ours, judged at the lowest; where the peer kept to it at no
-    rate both ran, the peer's figures judge nothing (no rate: not judged)."""
+    to the budget is a miss of ours (as the p99's is), however the rate judged came out;
+    where the peer kept to it at no rate both ran, the peer's figures judge nothing (no
+    rate: not judged)."""
     ours, theirs = _by_rate(system), _by_rate(peer)
     common = sorted(set(ours) & set(theirs))
     peer_kept = [r for r in common if _within_budget(theirs[r])]
     both = [r for r in peer_kept if _within_budget(ours[r])]
     held = [r for r in both if ours[r]["holds"] and theirs[r]["holds"]]
+    over = [r for r in peer_kept if r not in both]
     if both:
-        return held[-1] if held else both[0], True, None
+        return held[-1] if held else both[0], not over, _over_budget(over) if over else None
     if peer_kept:
         return peer_kept[0], False, _over_budget(peer_kept)
     return None, True, _none_kept(name) if common else None

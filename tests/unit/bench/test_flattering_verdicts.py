@@ -296,3 +296,15 @@ def test_overload_judges_a_saved_run_again(tmp_path, capsys):
             "against 10, 0 of 2500 failed against a budget of 0.1%); the nominal step's "
             "generators fell behind their schedule)**") in text
     assert json.loads(path.read_text()) == saved  # left as it was
+
+
+def test_a_rate_where_only_ours_broke_the_error_budget_is_a_miss_whatever_rate_is_judged():
+    """Review rev45 d-bench2 finding 2 (case M): ours refused 2 % at 250/s, where the peer kept
+    to the budget, and kept to it at 500/s: judged at 500 it looked met, with no word of 250."""
+    ours = sweep(step(250, 1.0, 3.0, 3.0, errors={"RESOURCE_EXHAUSTED": 50}, cpu_s=1.0),
+                 step(500, 1.2, 4.0, 4.0, count=5000, cpu_s=1.0))
+    peer = sweep(step(250, 1.0, 3.0, 3.0, cpu_s=1.0), step(500, 1.0, 3.0, 3.0, count=5000,
+                                                             cpu_s=1.0))
+    check = judged({"kairos-1node": ours, "redis-core": peer})[CORE_CPU]
+    assert (check["rate"], check["met"], check["note"]) == (500, False,
+                                                            "over the error budget at 250/s")
