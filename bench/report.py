@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -253,8 +254,8 @@ def _rate_judged(system: dict[str, Any], peer: dict[str, Any], name: str
     """The rate a figure of ours is set against the peer's at: the highest both held, else
     the lowest both ran within the error budget (past it, a figure of every answer counts
     fast refusals, and one per request served spreads the cost over fewer). With that,
-    whether ours kept to what the target asks, and a note: a rate where only the peer kept
-    to the budget is a miss of ours (as the p99's is), however the rate judged came out;
+    whether ours kept to what the target asks, and a note: a rate up to the one judged where
+    only the peer kept to the budget is a miss of ours;
     where the peer kept to it at no rate both ran, the peer's figures judge nothing (no
     rate: not judged)."""
     ours, theirs = _by_rate(system), _by_rate(peer)
@@ -262,9 +263,11 @@ def _rate_judged(system: dict[str, Any], peer: dict[str, Any], name: str
     peer_kept = [r for r in common if _within_budget(theirs[r])]
     both = [r for r in peer_kept if _within_budget(ours[r])]
     held = [r for r in both if ours[r]["holds"] and theirs[r]["holds"]]
-    over = [r for r in peer_kept if r not in both]
     if both:
-        return held[-1] if held else both[0], not over, _over_budget(over) if over else None
+        rate = held[-1] if held else both[0]
+        # above it, only the rate held is short, which its own target judges
+        over = [r for r in peer_kept if r not in both and r <= rate]
+        return rate, not over, _over_budget(over) if over else None
     if peer_kept:
         return peer_kept[0], False, _over_budget(peer_kept)
     return None, True, _none_kept(name) if common else None
@@ -308,28 +311,47 @@ def _ratio(system: dict[str, Any], peer: dict[str, Any],
 def _worst_p99_ratio(system: dict[str, Any], peer: dict[str, Any], name: str
                      ) -> tuple[float | None, float | None, bool, str | None]:
     """The largest Decide p99 over the peer's, over every rate both ran, and that rate;
-    whether ours kept to the error budget wherever the peer did, and a note where not. The
-    p99 is of the Decides served: refusals are not the latency compared (on the p99 of every
-    answer, a Kairos serving a trickle slowly and refusing the rest in 1 ms met the target);
-    a rate where ours failed more than the budget (refused, fell back, left unanswered: a
-    fast p99 of the few served says nothing of them) while the peer kept to it is a miss.
-    Where the peer broke the budget too, its p99 still counts: leaving the rate out would
-    pass a Kairos far slower than a peer that lost a few calls there."""
+    whether ours kept to what the target asks, and a note where not. Each p99 is of every
+    Decide sent, one that failed (refused, fell back, unanswered) ranked slowest: a system
+    that failed 1 % or more of them has none (infinite), else the p99 of those it served
+    stands for it (to within its failed share). So a peer that shed half its calls is no
+    bar, one that lost a few still is, and ours failing where the peer did not is a miss
+    however fast it served the rest. A rate where ours failed more than the error budget
+    while the peer kept to it is a miss too (the row says so)."""
     theirs = _by_rate(peer)
     compared = [(s, theirs[s["rate_target"]]) for s in system["steps"]
                 if s["rate_target"] in theirs]
     if not compared:
         return None, None, True, None
-    ratios = [(_served_p99(ours) / _served_p99(its), ours["rate_target"])
-              for ours, its in compared
-              if served(ours, "decide") > 0 and served(its, "decide") > 0]
+    ratios = [(_ratio_of(_all_p99(ours), _all_p99(its)), ours["rate_target"])
+              for ours, its in compared]
+    ratios = [(r, rate) for r, rate in ratios if r is not None]
     over = [ours["rate_target"] for ours, its in compared
             if not _within_budget(ours) and _within_budget(its)]
     note = _over_budget(over) if over else None
-    if not ratios:
-        return None, None, not over, note
+    if not ratios:  # both failed 1 % or more wherever both ran
+        return None, None, not over, note or "both failed 1 % or more at every rate both ran"
     ratio, rate = max(ratios)
-    return round(ratio, 2), rate, not over, note
+    value = None if math.isinf(ratio) else round(ratio, 2)
+    return value, rate, not over and not math.isinf(ratio), note or (
+        f"failed 1 % or more of its Decides at {rate:,.0f}/s" if math.isinf(ratio) else None)
+
+
+def _all_p99(step: dict[str, Any]) -> float:
+    """The p99 of every Decide a step sent, failures ranked slowest (see _worst_p99_ratio)."""
+    sent = max(step["sent"], 1)
+    if served(step, "decide") == 0 or failed(step, "decide") >= 0.01 * sent:
+        return math.inf
+    return _served_p99(step)
+
+
+def _ratio_of(ours: float, theirs: float) -> float | None:
+    """ours / theirs, infinities as the order of the two says; None where both are."""
+    if math.isinf(ours) and math.isinf(theirs):
+        return None
+    if math.isinf(ours):
+        return math.inf
+    return 0.0 if math.isinf(theirs) else ours / theirs
 
 
 def _served_p99(step: dict[str, Any]) -> float:

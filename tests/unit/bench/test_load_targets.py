@@ -276,7 +276,8 @@ def test_a_trickle_served_slowly_among_fast_refusals_misses_the_same_work_target
             s["kinds"]["decide"].update(p99_ms=1.0, p50_ms=1.0, admitted_p99_ms=50.0,
                                         errors={"UNAVAILABLE": 1000 - served_n})
     worst = {t["target"]: t for t in targets(data) if t["system"] == "kairos-1node"}[P99_TARGET]
-    assert (worst["value"], worst["rate"], worst["met"]) == (8.33, 1000, False)
+    # failures ranked slowest: the p99 of every Decide sent is a refusal's, no finite figure
+    assert (worst["value"], worst["rate"], worst["met"]) == (None, 1000, False)
 
 
 def test_the_same_work_p99_is_of_what_was_served_not_the_refusals():
