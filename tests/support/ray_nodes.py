@@ -14,7 +14,8 @@ import psutil
 T = TypeVar("T")
 
 NODE_STARTS = 2
-NODE_TIMED_OUT = "timed out during startup"
+# a joining node's raylet late to register with the GCS; a head's GCS late to write its port
+NODE_TIMED_OUT = ("timed out during startup", "Timed out waiting for file")
 
 
 def started(start: Callable[[], T]) -> T:
@@ -25,7 +26,7 @@ def started(start: Callable[[], T]) -> T:
         try:
             return start()
         except Exception as exc:
-            if NODE_TIMED_OUT not in str(exc) or attempt + 1 == NODE_STARTS:
+            if not any(t in str(exc) for t in NODE_TIMED_OUT) or attempt + 1 == NODE_STARTS:
                 raise
             _kill_spawned_since(before)
     raise AssertionError("unreachable")
