@@ -15,8 +15,8 @@ from matplotlib import ticker  # noqa: E402
 
 from . import loadgen, provenance  # noqa: E402
 from .cpu import TICK_S  # noqa: E402
-from .sweep import (ERROR_BUDGET, P99_TARGET_MS, cpu_us_per_ok, failed, headline,  # noqa: E402
-                    headline_step, holds, rate_held, served, unanswered)
+from .sweep import (P99_TARGET_MS, cpu_us_per_ok, failed, headline, headline_step,  # noqa: E402
+                    holds, rate_held, served, unanswered, within_budget)
 
 # p99 ≤ 10 ms at this intended rate or more, across nodes: judged only on systems whose shards
 # span several Ray nodes (one node never pays the network hop the target is about)
@@ -234,7 +234,7 @@ def _within_budget(step: dict[str, Any]) -> bool:
     """The step served Decides, and at most ERROR_BUDGET of what it sent failed, fell back or
     went unanswered (holds' own condition, its p99 aside): within it, the figures of every
     answer are those of the Decides served, to within that share of them."""
-    return served(step, "decide") > 0 and failed(step, "decide") <= ERROR_BUDGET * step["sent"]
+    return served(step, "decide") > 0 and within_budget(step, "decide")
 
 
 def _by_rate(result: dict[str, Any]) -> dict[float, dict[str, Any]]:

@@ -26,8 +26,12 @@ def holds(result: dict[str, Any], kind: str, p99_target_ms: float = P99_TARGET_M
     stats = result["kinds"].get(kind)
     if not stats or not stats["count"]:
         return False
-    return (stats["p99_ms"] <= p99_target_ms
-            and failed(result, kind) <= ERROR_BUDGET * result["sent"])
+    return stats["p99_ms"] <= p99_target_ms and within_budget(result, kind)
+
+
+def within_budget(result: dict[str, Any], kind: str) -> bool:
+    """At most ERROR_BUDGET of what the step sent failed, fell back or went unanswered."""
+    return failed(result, kind) <= ERROR_BUDGET * result["sent"]
 
 
 def unanswered(result: dict[str, Any], kind: str | None = None) -> int:
