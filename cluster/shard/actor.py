@@ -193,7 +193,9 @@ class ShardActor:
                            self.host.queued, len(shard.engine.table),
                            shard.engine.models.version,
                            self.host.recovery.get("seconds", 0.0), len(shard.dirty))
-        self._snapshot = await self.host.run(Shard.stats)
+        # read as it stands, not in turn with the data path (`host.run`): it changes nothing,
+        # and a call there would wake an idle shard's tick loop every flush (host.py)
+        self._snapshot = shard.stats()
 
     # -- control (from the controller) --------------------------------------------------------
 

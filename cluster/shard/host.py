@@ -18,7 +18,9 @@ meanwhile), and the journal's fsync (syncs.py): a round is written to the journa
 applied and answered once a sync that started after it has finished, so the next rounds are
 applied while the disk works (at 6,000 events/s the shards spent half their time waiting in
 fsync); the models hear of each sync, so model sync sends the learner only what a finished one
-covered (syncs.py). A background loop fires timers, passivates and snapshots every `tick_s`.
+covered (syncs.py). A background loop fires timers, passivates and snapshots every `tick_s`
+while requests or shard methods come, and, once a tick passed without them, sleeps until the
+next timer or snapshot is due (ticks.py), woken by the next that comes.
 
 Durability: `start` recovers the shard's partitions from the store (snapshots + journal)
 before it takes traffic; until then, and whenever the store fails (disk full, Redis down),
@@ -36,6 +38,7 @@ plane's server, the learner (modelsync.py keeps the books), the watch sinks, the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import logging
@@ -54,7 +57,7 @@ from kairos.cluster.evidence.records import DecisionPage, PageOutcomes
 from kairos.cluster.protocol import Busy, Reply, Unavailable
 from kairos.cluster.settings import (SESSION_START_S, SHARD_QUEUE_LIMIT, SHARD_ROUND_BYTES,
                                      SHARD_ROUND_LIMIT, STORE_COUNT_S, TICK_S)
-from kairos.cluster.shard import decisionlog
+from kairos.cluster.shard import decisionlog, ticks
 from kairos.cluster.shard.failures import close_dropped, close_unused, where_failed
 from kairos.cluster.shard.handoff import Moving
 from kairos.cluster.shard.refusals import EVERYTHING, Refusals
@@ -122,6 +125,8 @@ class ShardHost:
         self._queue: deque[Batch] = deque()
         self._round_cost = RoundCost()  # of the serving catalog
         self._wake = asyncio.Event()
+        # set by each request and shard method: what it changed may be due at the next tick
+        self._stirred = asyncio.Event()
         self._loops: list[asyncio.Task] = []
         self._recovering: asyncio.Task | None = None  # retrying to build a Shard from the store
         self._starts = 0  # starts so far: a build a later start superseded is not installed
@@ -215,6 +220,7 @@ class ShardHost:
             await asyncio.get_running_loop().run_in_executor(self._pool, close_dropped, shard)
             return True
         self.shard, self.recovery = shard, recovery
+        self._stirred.set()  # its timers and snapshots are not those the tick loop waits for
         self._settle()  # and a failed Shard is freed
         return True
 
@@ -289,6 +295,7 @@ class ShardHost:
         self._queue.extend(parts)
         self.queued += sum(len(part.requests) for part in parts)
         self._wake.set()
+        self._stirred.set()
         return await batch.future
 
     def _cost(self) -> RoundCost:
@@ -395,6 +402,11 @@ class ShardHost:
         changes recorded and not journaled (a bug half-way) also starts a rebuild, so the
         next round does not journal them; one that raises having changed nothing (bad
         input) leaves the Shard as it is."""
+        self._stirred.set()
+        return await self._apply(method, *args)
+
+    async def _apply(self, method: Callable[..., T], *args: Any) -> T:
+        """`run`, without waking the tick loop (the tick's own)."""
         shard = self.shard
         if shard is None:
             raise StoreUnavailable(f"{self.name} is recovering from the store")
@@ -447,8 +459,15 @@ class ShardHost:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(self._tick_s)
-            if self.shard is not None:
-                self._push(await self.run(Shard.tick))
+            shard = self.shard
+            if shard is None:
+                continue
+            self._stirred.clear()
+            self._push(await self._apply(Shard.tick))
+            if not self._stirred.is_set():  # idle: sleep until due (less the tick's wait)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stirred.wait(),
+                                           ticks.quiet_s(shard) - self._tick_s)
 
     async def _count_stored(self) -> None:
         """Recount the customers with a home in the store, on a thread: a directory store

@@ -1,0 +1,124 @@
+"""An idle shard's tick loop (issue 17: idle CPU): it sleeps until its next timer or snapshot
+is due instead of ticking every TICK_S, and keeps every promise of the tick: a timer armed
+while it idles still fires within a tick of its due time, an idle shard's timer too, and a
+partition is snapshotted SNAPSHOT_AFTER_S after its first change."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from kairos.cluster.shard import shard as shard_module
+from kairos.cluster.shard import ticks
+from kairos.cluster.shard.host import ShardHost
+from kairos.cluster.shard.shard import Shard
+from kairos.cluster.storage.memory_store import MemoryStore
+
+from .test_shard import N_PARTITIONS, event
+
+TICK_S = 0.05
+AFTER = 1800.0  # cart_abandoned's delay in the default catalog
+CART = dict(product_id="tv", category="electronics", price=199.0)
+LATE_S = 0.25  # a tick, plus what a loaded test machine adds
+
+
+@pytest.fixture
+def long_quiet(monkeypatch):
+    """Nothing without a due time wakes an idle shard within a test."""
+    monkeypatch.setattr(ticks, "QUIET_TICK_S", 30.0)
+
+
+def run(compiled, test) -> None:
+    async def main():
+        host = ShardHost("s0", N_PARTITIONS, 0, MemoryStore, "fsync", tick_s=TICK_S)
+        await host.start(compiled, {p: 0 for p in range(N_PARTITIONS)}, [])
+        try:
+            await test(host)
+        finally:
+            host.stop()
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def counting_ticks(monkeypatch) -> list[float]:
+    """When each tick ran."""
+    ran: list[float] = []
+    tick = Shard.tick
+
+    def counted(shard):
+        ran.append(time.monotonic())
+        return tick(shard)
+    monkeypatch.setattr(Shard, "tick", counted)
+    return ran
+
+
+def cart(customer: str, due_in_s: float):
+    """An add_to_cart whose cart_abandoned timer falls due `due_in_s` from now."""
+    return event(customer, "add_to_cart", time.time() - AFTER + due_in_s, **CART)
+
+
+async def fired_at(host: ShardHost) -> float:
+    while not host.shard.counts["timers_fired"]:
+        await asyncio.sleep(0.005)
+    return time.time()
+
+
+def test_an_idle_shard_does_not_tick_every_tick(compiled, long_quiet, monkeypatch):
+    ran = counting_ticks(monkeypatch)
+
+    async def test(host):
+        await asyncio.sleep(1.0)
+        assert len(ran) <= 3  # 20 before: one every TICK_S
+
+    run(compiled, test)
+
+
+def test_a_timer_armed_while_the_shard_idles_fires_within_a_tick_of_due(compiled, long_quiet):
+    async def test(host):
+        await asyncio.sleep(0.3)  # idle by now: its loop sleeps
+        await host.handle("a", 0, [cart("ana", 0.4)], [0])
+        due = time.time() + 0.4 - 0.01
+        assert 0 <= await fired_at(host) - due < LATE_S
+
+    run(compiled, test)
+
+
+def test_an_idle_shards_timer_fires_within_a_tick_of_due(compiled, long_quiet):
+    async def test(host):
+        await host.handle("a", 0, [cart("ana", 0.8)], [0])
+        due = time.time() + 0.8 - 0.01
+        await asyncio.sleep(0.4)  # no request since: the loop sleeps until the timer
+        assert 0 <= await fired_at(host) - due < LATE_S
+
+    run(compiled, test)
+
+
+def test_an_idle_shard_snapshots_a_changed_partition_when_due(compiled, long_quiet,
+                                                              monkeypatch):
+    monkeypatch.setattr(ticks, "SNAPSHOT_AFTER_S", 0.5)
+    monkeypatch.setattr(shard_module, "SNAPSHOT_AFTER_S", 0.5)
+
+    async def test(host):
+        await host.handle("a", 0, [event("ana", "app_open", time.time())], [0])
+        changed = time.monotonic()
+        assert host.shard.dirty
+        while host.shard.dirty:
+            await asyncio.sleep(0.005)
+        assert 0.5 - 0.01 <= time.monotonic() - changed < 0.5 + LATE_S
+
+    run(compiled, test)
+
+
+def test_a_shard_method_wakes_an_idle_loop(compiled, long_quiet, monkeypatch):
+    ran = counting_ticks(monkeypatch)
+
+    async def test(host):
+        await asyncio.sleep(0.3)
+        before = len(ran)
+        called = time.monotonic()
+        await host.run(Shard.stats)
+        while len(ran) == before:
+            await asyncio.sleep(0.005)
+        assert ran[-1] - called < LATE_S
+
+    run(compiled, test)
