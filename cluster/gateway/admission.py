@@ -10,7 +10,10 @@ latency it has when it is not overloaded.
 The share is PIE's drop probability. Every SHED_UPDATE_S it is moved by how far the queueing
 delay is above or below SHED_TARGET_S, and by how fast it is rising (every SHED_IDLE_UPDATE_S
 while nothing is shed and the loop is on time and far from busy: each update wakes the loop,
-and an idle gateway need not pay 67 wake-ups a second). The delay is how late a timer of the
+and an idle gateway need not pay 67 wake-ups a second). A gateway that had no call for
+PARK_AFTER_S stops updating until the next one arrives, whose turn of the loop starts the
+updates again: with no call there is nothing to refuse, and an overload is still seen within
+SHED_IDLE_UPDATE_S of the first call that meets it. The delay is how late a timer of the
 event loop fires: a gateway short of CPU makes every call wait for its turn in the loop, as the
 calls gRPC has not handed over yet do, and refusing a share of them is what brings the wait
 down. Slow shards are not a reason to shed: their answers are awaited without work, and
@@ -57,6 +60,10 @@ BUSY_HOLD = 0.9
 # Under this fraction of SHED_BUSY (and with nothing shed, the loop on time) the share is
 # updated every SHED_IDLE_UPDATE_S rather than every SHED_UPDATE_S.
 BUSY_IDLE = 0.5
+# An idle shedder that saw no call for this long waits for one instead of updating (ten loop
+# wake-ups a second); shorter gaps between calls keep it updating, as waiting and being woken
+# for each of a trickle of calls would cost as much.
+PARK_AFTER_S = 1.0
 
 
 class Shedder:
@@ -75,9 +82,14 @@ class Shedder:
         self.delay_s = 0.0  # the last delay measured
         self.busy = 0.0  # moving average of the share of time the loop wanted a CPU
         self.refused = 0  # calls refused so far
+        self._calls = 0  # calls asked about so far
+        self._arrived: asyncio.Event | None = None  # set by the next call, while parked
 
     def admits(self) -> bool:
         """Whether to take a new call (a refused one is counted)."""
+        self._calls += 1
+        if self._arrived is not None:
+            self._arrived.set()
         if self.shed_share == 0.0 or (self.delay_s < self.target_s / 2
                                       and not self._loop_busy()
                                       and self.shed_share < 0.2):
@@ -91,15 +103,31 @@ class Shedder:
         """Measure the delay and the loop's demand and move the share, every `update_s`
         (`idle_update_s` while `idle()`), until cancelled (within the loop's thread: the
         demand measured is the caller's thread's)."""
+        calls, called = self._calls, time.monotonic()
         try:
             with ThreadDemand() as demand:
                 while True:
+                    if calls != self._calls:
+                        calls, called = self._calls, time.monotonic()
+                    elif self.idle() and time.monotonic() - called >= PARK_AFTER_S:
+                        await self._next_call()
+                        demand.share()  # the wait is no part of the next update's interval
+                        calls, called = self._calls, time.monotonic()
                     start = time.monotonic()
                     interval = self.idle_update_s if self.idle() else self.update_s
                     await asyncio.sleep(interval)
                     self.update(max(0.0, time.monotonic() - start - interval), demand.share())
         finally:
             self.shed_share = 0.0  # nothing keeps it any more: admit everything
+            self._arrived = None
+
+    async def _next_call(self) -> None:
+        """Until `admits` is asked about a call."""
+        self._arrived = asyncio.Event()
+        try:
+            await self._arrived.wait()
+        finally:
+            self._arrived = None
 
     def idle(self) -> bool:
         """Nothing shed, the loop on time and far from busy: updates may come less often."""
