@@ -69,7 +69,6 @@ from kairos.cluster.shard.watches import Push
 from kairos.cluster.storage.store import JournalDisowned, Store, StoreUnavailable
 
 log = logging.getLogger("kairos.shard")
-NEW_SHARD_COUNT_S = 0.5  # how soon a Shard new to serving has its store counted
 # a shard's decision log reads at once (threads: each reads a page of a long log)
 LOG_READS = 2
 REBUILD_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)  # waits between attempts to rebuild from the store
@@ -127,6 +126,7 @@ class ShardHost:
         self._wake = asyncio.Event()
         # set by each request and shard method: what it changed may be due at the next tick
         self._stirred = asyncio.Event()
+        self._served = asyncio.Event()  # set as a (re)built Shard starts serving
         self._loops: list[asyncio.Task] = []
         self._recovering: asyncio.Task | None = None  # retrying to build a Shard from the store
         self._starts = 0  # starts so far: a build a later start superseded is not installed
@@ -221,6 +221,7 @@ class ShardHost:
             return True
         self.shard, self.recovery = shard, recovery
         self._stirred.set()  # its timers and snapshots are not those the tick loop waits for
+        self._served.set()
         self._settle()  # and a failed Shard is freed
         return True
 
@@ -477,6 +478,7 @@ class ShardHost:
         loop = asyncio.get_running_loop()
         counted, at = None, -math.inf
         while True:
+            self._served.clear()
             shard = self.shard
             # a Shard new to serving (started, rebuilt) is counted at once, then every
             # STORE_COUNT_S
@@ -487,5 +489,8 @@ class ShardHost:
                                                               list(shard.owned))
                 except Exception as exc:
                     log.warning("%s: counting the store's customers failed: %s", self.name, exc)
-            await asyncio.sleep(min(STORE_COUNT_S, NEW_SHARD_COUNT_S))
+            # woken by the next Shard to serve, not polling for it
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._served.wait(), at + STORE_COUNT_S - loop.time()
+                                       if shard is not None and shard is counted else None)
 

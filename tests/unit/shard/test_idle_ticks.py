@@ -1,7 +1,8 @@
 """An idle shard's tick loop (issue 17: idle CPU): it sleeps until its next timer or snapshot
 is due instead of ticking every TICK_S, and keeps every promise of the tick: a timer armed
 while it idles still fires within a tick of its due time, an idle shard's timer too, and a
-partition is snapshotted SNAPSHOT_AFTER_S after its first change."""
+partition is snapshotted SNAPSHOT_AFTER_S after its first change. Its store count waits for a
+new Shard rather than looking for one twice a second, and still counts one at once."""
 from __future__ import annotations
 
 import asyncio
@@ -14,6 +15,8 @@ from kairos.cluster.shard import ticks
 from kairos.cluster.shard.host import ShardHost
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage.memory_store import MemoryStore
+
+from tests.support.waiting import until
 
 from .test_shard import N_PARTITIONS, event
 
@@ -29,9 +32,10 @@ def long_quiet(monkeypatch):
     monkeypatch.setattr(ticks, "QUIET_TICK_S", 30.0)
 
 
-def run(compiled, test) -> None:
+def run(compiled, test, store=None) -> None:
     async def main():
-        host = ShardHost("s0", N_PARTITIONS, 0, MemoryStore, "fsync", tick_s=TICK_S)
+        host = ShardHost("s0", N_PARTITIONS, 0, (lambda: store) if store else MemoryStore,
+                         "fsync", tick_s=TICK_S)
         await host.start(compiled, {p: 0 for p in range(N_PARTITIONS)}, [])
         try:
             await test(host)
@@ -122,3 +126,25 @@ def test_a_shard_method_wakes_an_idle_loop(compiled, long_quiet, monkeypatch):
         assert ran[-1] - called < LATE_S
 
     run(compiled, test)
+
+
+def test_a_shard_new_to_serving_has_its_store_counted_at_once(compiled):
+    class Counted(MemoryStore):
+        def __init__(self):
+            super().__init__()
+            self.counted: list[float] = []
+
+        def count(self, partitions):
+            self.counted.append(time.monotonic())
+            return super().count(partitions)
+    store = Counted()
+
+    async def test(host):
+        for _ in range(5):  # polled every 0.5 s, one in 3 would be counted this soon
+            before = len(store.counted)
+            await host.start(compiled, {p: 0 for p in range(N_PARTITIONS)}, [])
+            started = time.monotonic()
+            await until(lambda: len(store.counted) > before, 5.0, "a count")
+            assert store.counted[-1] - started < 0.15
+
+    run(compiled, test, store)
