@@ -103,6 +103,8 @@ PASSIVATE_CHUNK = integer("PASSIVATE_CHUNK", 64)
 RESIDENT_OVERFLOW = integer("RESIDENT_OVERFLOW", min(100_000, RESIDENT_LIMIT // 20), low=0,
                             high=RESIDENT_LIMIT, high_of="RESIDENT_LIMIT")
 # How often a shard fires due timers and passivates: timers fire within this of their due time.
+# A shard that served nothing since its last tick sleeps until its next timer or snapshot is
+# due, at most a second (shard/ticks.py).
 TICK_S = number("TICK_S", 0.1, low=0.001, high=60.0)
 # Timer firings one tick may apply, as many as a request round by default, their records held
 # to SHARD_ROUND_BYTES too, so a tick's journal frame stays under MAX_FRAME however long the ids;
@@ -321,7 +323,8 @@ SHED_TARGET_S = number("SHED_TARGET_S", 0.015, above=True, high=60.0)
 SHED_UPDATE_S = number("SHED_UPDATE_S", 0.015, above=True, high=1.0)
 # ... and how often while nothing is shed and the loop is far from late or busy: each update
 # wakes the loop (about 11 ms of CPU a second at 15 ms), which an idle gateway, or a shard's
-# endpoint that sheds on lag alone, need not pay; an overload is seen within this time.
+# endpoint that sheds on lag alone, need not pay; an overload is seen within this time (after
+# a second with no call the shedder waits for one, and this time runs from it: admission.py).
 SHED_IDLE_UPDATE_S = number("SHED_IDLE_UPDATE_S", 0.1, above=True, high=1.0)
 # ... and the share of the time a gateway's event loop may want a CPU (running, or waiting for
 # a core) before it sheds; 1 turns that signal off.
