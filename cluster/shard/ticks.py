@@ -26,14 +26,6 @@ def quiet_s(shard: Shard) -> float:
     timer, its first snapshot, or QUIET_TICK_S."""
     now = shard.ctx.clock()
     snapshot = min((when for _, when in shard.dirty.values()), default=math.inf)
-    due = min(_earliest_timer(shard), snapshot + SNAPSHOT_AFTER_S, now + QUIET_TICK_S)
+    due = min(shard.timers.next_due(), snapshot + SNAPSHOT_AFTER_S, now + QUIET_TICK_S)
     return max(due - now, 0.0)
 
-
-def _earliest_timer(shard: Shard) -> float:
-    """At or before the earliest due time of an armed timer or a passivated customer's: the
-    head of each due order (an entry left stale by a cancel only makes it earlier, and the
-    tick that finds nothing due drops it), read without walking millions of timers."""
-    timers = shard.timers
-    return min((table._heap[0][0] for table in (timers._armed, timers._asleep) if table._heap),
-               default=math.inf)

@@ -18,6 +18,7 @@ not bound a timer's delay). Their count is the shard's `sleepers` statistic.
 from __future__ import annotations
 
 import heapq
+import math
 from contextlib import closing
 from typing import Callable, Generic, Hashable, Iterable, Iterator, TypeVar
 
@@ -40,6 +41,11 @@ class DueTable(Generic[Outer, Inner]):
 
     def __len__(self) -> int:
         return sum(map(len, self.by.values()))
+
+    def next_due(self) -> float:
+        """At or before the earliest due time (a stale entry only makes it earlier), read
+        without walking the entries."""
+        return self._heap[0][0] if self._heap else math.inf
 
     def get(self, outer: Outer, inner: Inner) -> float | None:
         return self.by.get(outer, {}).get(inner)
@@ -133,6 +139,10 @@ class Timers:
     def __len__(self) -> int:
         """The timers armed in memory (a passivated customer's are in its home)."""
         return len(self._armed)
+
+    def next_due(self) -> float:
+        """At or before the earliest due time of an armed timer or a passivated customer's."""
+        return min(self._armed.next_due(), self._asleep.next_due())
 
     def sleeping(self) -> int:
         """The passivated customers waited for (their memory: the module's docstring)."""
