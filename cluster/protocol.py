@@ -42,8 +42,9 @@ UNROUTED = -1  # the partition of a request the client has not routed yet
 # and a refused link's claim is dropped by an `unclaim` record; 5: a retire carries `finished`
 # (older ones read as finished); 6: a retire carries its time (older ones may not: replayed at
 # the replay's), a bury whether its forget's aliases are released (older ones read as
-# released). A journal from a newer format is refused.
-JOURNAL_FORMAT = 6
+# released); 7: outcomes carry `via`, a claim its time (older claims read with none: they hold
+# nothing back, shard/linkhold.py). A journal from a newer format is refused.
+JOURNAL_FORMAT = 7
 # a shard's refusal of a request for a customer whose forget is under way (shard.py), which the
 # gateway passes on as it is (calls.py)
 BEING_FORGOTTEN = ("this customer is being forgotten; nothing was applied: its requests are "
@@ -59,7 +60,10 @@ EXPIRED = "the caller stopped waiting before the shard reached this Decide: not 
 class Event(NamedTuple):
     """Apply an event. With an idempotency key, a key seen before for the same customer is
     not applied again. With `decide` = (channel, placement), the decision for that view after
-    the event comes back in the acknowledgement."""
+    the event comes back in the acknowledgement. `via`: the anonymous id ("~" + an alias key)
+    its caller named, when the event reaches another customer by way of that alias (the
+    gateway resolved it, or the client followed its MERGED), which a link of the alias under
+    way holds back (shard/linkhold.py); None for an event by the customer's own id."""
 
     kind: str = "event"
     partition: int = UNROUTED
@@ -69,6 +73,7 @@ class Event(NamedTuple):
     attributes: dict | None = None
     idempotency_key: str | None = None
     decide: tuple[str, str | None] | None = None
+    via: str | None = None
 
 
 class Fire(NamedTuple):
@@ -107,7 +112,8 @@ class Decide(NamedTuple):
 
 
 class Outcome(NamedTuple):
-    """A response to a decision (impression, accept, reject, ignore, convert)."""
+    """A response to a decision (impression, accept, reject, ignore, convert). `via`: as an
+    Event's (journals before it: None)."""
 
     kind: str = "outcome"
     partition: int = UNROUTED
@@ -119,6 +125,7 @@ class Outcome(NamedTuple):
     decision_id: str | None = None
     value: float | None = None  # what a convert was worth (journals before it: None)
     idempotency_key: str | None = None  # recorded once per customer (journals before: None)
+    via: str | None = None
 
 
 class ReadProfile(NamedTuple):
@@ -171,13 +178,17 @@ class Bury(NamedTuple):
 
 class Claim(NamedTuple):
     """Step 0 of a link: the customer's shard notes the alias as the customer's (identity.py),
-    so a forget sees it whatever step the link is at."""
+    so a forget sees it whatever step the link is at. `when`: the time the shard took it, from
+    which the link's hold runs (shard/linkhold.py), which the journal keeps so that a restart
+    does not start it again (None on the way in; in journals from before the field, and for an
+    alias merged into the customer already, None: it holds nothing)."""
 
     kind: str = "claim"
     partition: int = UNROUTED
     customer_id: str = ""
     key: str = ""
     link: str = ""
+    when: float | None = None
 
 
 class Unclaim(NamedTuple):

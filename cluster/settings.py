@@ -383,3 +383,8 @@ PAUSES_CHECK_S = number("PAUSES_CHECK_S", 1.0, above=True, high=3600.0)
 # the forget must not re-create it), and how many such tombstones a partition keeps at most.
 TOMBSTONE_S = number("TOMBSTONE_S", 7 * 86400.0, above=True)
 TOMBSTONES_PER_PARTITION = integer("TOMBSTONES_PER_PARTITION", 4096)
+# How long after a link's first Claim its customer's shard holds back (RESOURCE_EXHAUSTED: retry)
+# the events and outcomes that reach the customer by way of the alias being linked, until the
+# link's Merge brings the visitor's idempotency keys (cluster/shard/linkhold.py). A link takes
+# a few round trips; this bounds the hold of one whose caller gave up between its steps.
+LINK_HOLD_S = number("LINK_HOLD_S", 30.0, above=True, high=3600.0)

@@ -25,7 +25,7 @@ from kairos.v1 import decision_pb2 as pb
 
 from kairos.cluster import protocol
 from kairos.cluster.gateway import wire
-from kairos.cluster.identity import alias_key, check_linkable
+from kairos.cluster.identity import alias_key, anonymous_id, check_linkable
 from kairos.cluster.settings import CLOCK_SKEW_S, OUTCOME_WINDOW_S
 from kairos.cluster.shard.outcomes import issued_at
 
@@ -35,6 +35,15 @@ class Who(NamedTuple):
 
     customer_id: str | None
     alias_key: str | None
+
+    def via(self, customer_id: str) -> str | None:
+        """What an event or outcome by this alias, resolved to `customer_id`, carries as its
+        `via` (protocol.Event): the alias's anonymous id, by which the customer's shard holds
+        it back while a link of the alias into the customer is under way (linkhold.py); None
+        for a request by id, or by an alias that resolved to its own anonymous customer."""
+        if self.alias_key is None or customer_id == anonymous_id(self.alias_key):
+            return None
+        return anonymous_id(self.alias_key)
 
 
 def who(message, where: str = "") -> Who:

@@ -12,7 +12,7 @@ A Shard is composed of parts that each own their state, and share only context.p
 - ownership.py: the partitions served and the MOVED answer;
 - residency.py: activation, passivation, the resident customers per partition, their timers;
 - customers.py: events, timer firings, decisions, outcomes, profile reads, watches;
-- identities.py: the alias directory's requests, the steps of a link, forgetting;
+- identities.py: the alias directory, a link's steps, forgetting; linkhold.py: what they hold;
 - watches.py: who wants pushes, and the pushes a round's changes make;
 - keys.py: recent idempotency keys per customer (they ride in its block), and as
   outcomes.TaughtLabels the labels outcomes taught;
@@ -24,9 +24,9 @@ This module composes them and hands each request to its part. Requests and repli
 protocol.py's types: `process` answers each request with a reply (Ok, EventAck, Forgotten,
 Moved when its partition is not or no longer here, Invalid for bad input with nothing
 applied, Missing, Merged for an anonymous customer since linked into another, Conflict, Busy
-for a customer it has no room for (CROWDED) or an outcome past its customer's rate; the host
-adds Busy and Unavailable for whole batches), and journals the round's changes as one batch
-before it returns (journaling.py).
+for a customer it has no room for (CROWDED), an outcome past its customer's rate or a request
+a link holds back (linkhold.py); the host adds Busy and Unavailable for whole batches), and
+journals the round's changes as one batch before it returns (journaling.py).
 """
 from __future__ import annotations
 
@@ -57,6 +57,7 @@ from kairos.cluster.shard.handoff import Handoff
 from kairos.cluster.shard.identities import FORGETTING, CustomerIdentities, IdentityRequests
 from kairos.cluster.shard.journaling import Journaling
 from kairos.cluster.shard.keys import IdempotencyKeys
+from kairos.cluster.shard.linkhold import HOLDS, LinkHold
 from kairos.cluster.shard.outcomes import DecisionSeal, TaughtLabels, outcome_secret
 from kairos.cluster.shard.ownership import Ownership
 from kairos.cluster.shard.residency import Residency, overflow_of, table_rows
@@ -117,6 +118,7 @@ class Shard:
         self.labels = TaughtLabels(clock)
         secret = outcome_secret(ctx.store)
         self.directory = Directory(secret)
+        self.link_hold = LinkHold(self.directory, clock)
         self.watches = Watches(ctx)
         self.identities = CustomerIdentities()
         self.residency = Residency(ctx, self.ownership, self.journaling,
@@ -147,8 +149,8 @@ class Shard:
         # customers with a home in the store, as last counted (ShardHost recounts them every
         # STORE_COUNT_S on a thread: a directory store's count lists its folders)
         self.stored = 0
-        # Busy replies given (CROWDED, an outcome past its rate): the host refuses their
-        # senders' later batches, looking for them only in a round that raised this
+        # Busy replies given (CROWDED, an outcome past its rate, a link's hold): the host
+        # refuses their senders' later requests, looking for them only in a round raising this
         self.refused = 0
         self._crowded = False  # refused CROWDED since the last tick
 
@@ -247,6 +249,9 @@ class Shard:
                                                    self.ctx.clock()) \
                     and (kind != "watch" or request.active):
                 reply = FORGETTING
+            if reply is None and kind in HOLDS and not self.journaling.replaying:
+                reply = self.link_hold.held(request, replies)
+                self.refused += reply is not None  # Busy: its sender's later ones wait too
             if reply is None and kind in PROBED:
                 damaged = self.residency.probe(request.customer_id, request.partition)
                 reply = None if damaged is None else protocol.Unavailable(reason=damaged)

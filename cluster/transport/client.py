@@ -171,15 +171,15 @@ class KairosClient(IdentitySagas):
             record_impression=record_impression, expires=expires))
 
     async def respond(self, customer_id: str, action_id: str, channel: str, outcome: str,
-                      when: Any, decision_id: str | None = None,
-                      value: float | None = None, idempotency_key: str | None = None) -> str:
+                      when: Any, decision_id: str | None = None, value: float | None = None,
+                      idempotency_key: str | None = None, via: str | None = None) -> str:
         """Record an outcome (a convert may carry its value) once per idempotency key; what
         the models learned from (a core.decision.Learned value: DUPLICATE for a key the
-        customer had)."""
+        customer had). `via`: the alias's anonymous id, for one by alias (protocol.Event)."""
         return await self._value(Outcome(customer_id=customer_id, action_id=action_id,
                                 channel=channel, outcome=outcome, when=when,
                                 decision_id=decision_id, value=value,
-                                idempotency_key=idempotency_key))
+                                idempotency_key=idempotency_key, via=via))
 
     async def profile(self, customer_id: str, now: float | None = None) -> dict | None:
         """The golden record, or None for a customer nobody has seen."""
@@ -266,8 +266,10 @@ class KairosClient(IdentitySagas):
         Unavailable (also for a request that kept meeting MOVED)."""
         if isinstance(reply, _DONE):
             return reply
-        if isinstance(reply, protocol.Merged):  # an anonymous customer since linked
-            return await self._ask(request._replace(customer_id=reply.customer_id))
+        if isinstance(reply, protocol.Merged):  # an anonymous customer since linked: an event
+            # or outcome keeps the id it named (`via`), which a link's hold goes by (linkhold.py)
+            via = {"via": request.via or request.customer_id} if "via" in request._fields else {}
+            return await self._ask(request._replace(customer_id=reply.customer_id, **via))
         if isinstance(reply, protocol.Missing):
             return None
         if isinstance(reply, protocol.Invalid):

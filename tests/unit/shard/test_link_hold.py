@@ -1,0 +1,209 @@
+"""A visitor's request retried by alias while a link of the alias is under way (issue 18): the
+customer's shard holds back the events and outcomes that came by way of the alias (`via`) from
+the link's Claim until its Merge, LINK_HOLD_S at most, so that a retry is applied once (after
+the Merge, a duplicate); the customer's own requests are not held back, but for those a round
+holds behind a held one; neither a retried link nor a restart prolongs the hold."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from kairos.cluster.gateway.requests import Who
+from kairos.cluster.identity import LINK_HOLD_S, anonymous_id, link_id
+from kairos.cluster.protocol import Claim, Event, EventAck, Link, Merged, Ok, Outcome, Settle
+from kairos.cluster.shard.host import OVERTAKING
+from kairos.cluster.shard.linkhold import BEHIND_LINKING, LINKING
+from kairos.cluster.shard.shard import Shard
+from kairos.cluster.storage.memory_store import MemoryStore
+from kairos.cluster.transport.client import Busy, KairosClient
+from tests.support.local_backend import LocalBackend
+from tests.unit.shard.test_shard import (N_PARTITIONS, T0, Clock, event, link_steps, merge,
+                                         outcome, p_of, profile, resolve, shard, take)
+from tests.unit.shard.test_shard_host import run
+
+KEY, ANON, LINK = "cookie:c1", anonymous_id("cookie:c1"), link_id("cookie:c1", "ana")
+
+
+def claim(key: str = KEY, customer: str = "ana") -> Claim:
+    return Claim(partition=p_of(customer), customer_id=customer, key=key,
+                 link=link_id(key, customer))
+
+
+def visit(key: str = "evt-1") -> Event:
+    """The visitor's keyed event, addressed to its anonymous id."""
+    return event(ANON, "page_view", T0, category="home")._replace(idempotency_key=key)
+
+
+def by_alias(request: Event | Outcome) -> Event | Outcome:
+    """`request` retried by alias once the alias names ana (the gateway's `Who.via`)."""
+    return request._replace(partition=p_of("ana"), customer_id="ana",
+                            via=Who(None, KEY).via("ana"))
+
+
+def applied(s: Shard, customer: str = "ana") -> int:
+    return s.process([profile(customer, T0 + 60)])[0][0].value["events_applied"]
+
+
+def test_a_visitors_event_retried_by_alias_during_a_link_is_held_then_a_duplicate(compiled):
+    """The repro: the visitor's keyed event applied before the link; the link stopped after
+    its step 1, then after its step 2 (the anonymous id answers MERGED: the client re-sends
+    it by way of the alias); held each time; after the Merge the retry is a duplicate, and
+    the event is applied once."""
+    s = shard(compiled, clock=Clock())
+    assert s.process([visit()])[0][0].sequence == 1
+    assert s.process([claim(), Link(partition=p_of(KEY), key=KEY, customer_id="ana")])[0] == \
+        [Ok(), Ok()]
+    assert s.process([resolve(KEY)])[0][0].value == "ana"
+    assert s.process([by_alias(visit())])[0] == [LINKING]
+    state = s.process([take(ANON, LINK, "ana")])[0][0].value
+    assert s.process([visit()])[0] == [Merged(customer_id="ana")]
+    assert s.process([by_alias(visit())])[0] == [LINKING]
+    assert s.process([merge("ana", LINK, KEY, state)])[0] == [Ok(value=True)]
+    s.process([Settle(partition=p_of(ANON), anonymous=ANON, link=LINK)])
+    assert s.process([by_alias(visit())])[0] == [EventAck(sequence=1, duplicate=True)]
+    assert applied(s) == 1
+
+
+def test_events_and_outcomes_by_alias_are_held_keyed_or_not_the_customers_own_are_not(
+        compiled):
+    """An unkeyed event or outcome by alias is held too (one let through would overtake a
+    keyed one of its stream); the customer's own requests, by its id, are served during the
+    link, but for its events and outcomes later in a round than a held one."""
+    s = shard(compiled, clock=Clock())
+    s.process([claim()])
+    keyed_outcome = outcome("ana", "service_menu", None, kind="convert")._replace(
+        idempotency_key="crm-1")
+    unkeyed = event("ana", "app_open", T0 + 1)
+    assert s.process([by_alias(unkeyed), by_alias(keyed_outcome)])[0] == [LINKING, LINKING]
+    own = event("ana", "app_open", T0 + 2)._replace(idempotency_key="own-1")
+    assert s.process([own])[0][0] == EventAck(sequence=1)
+    assert s.process([keyed_outcome])[0][0].status == "ok"
+    # in one round: the held one first, the customer's own behind it, another customer's not
+    replies = s.process([by_alias(visit()), event("ana", "app_open", T0 + 3),
+                         outcome("ana", "service_menu", None), event("bob", "app_open", T0)])[0]
+    assert replies[:3] == [LINKING, BEHIND_LINKING, BEHIND_LINKING]
+    assert replies[3] == EventAck(sequence=1)
+    assert s.process([event("ana", "app_open", T0 + 3)])[0][0] == EventAck(sequence=2)
+    assert applied(s) == 2
+
+
+def test_a_held_request_has_the_host_refuse_its_senders_later_ones_for_the_customer(compiled):
+    """The hold answers BUSY, so the sender's later batches, sent before it heard, are refused
+    for that customer (OVERTAKING) rather than applied ahead of the held one; its other
+    customers, and another sender's requests for the customer, are served."""
+    async def test(host):
+        assert await host.handle("link", 0, [claim()], [0]) == [Ok()]
+        assert await host.handle("a", 0, [by_alias(visit())], [0]) == [LINKING]
+        assert await host.handle("a", 1, [event("ana", "app_open", T0),
+                                          event("bob", "app_open", T0)], [0, 0]) == \
+            [OVERTAKING, EventAck(sequence=1)]
+        assert await host.handle("b", 0, [event("ana", "app_open", T0)], [0]) == \
+            [EventAck(sequence=1)]
+    run(compiled, MemoryStore(), test)
+
+
+def test_the_hold_ends_link_hold_s_after_the_claim_and_a_retried_claim_does_not_renew_it(
+        compiled):
+    """A link whose caller gave up between its steps: its claim holds requests by way of its
+    alias LINK_HOLD_S at most, from the first claim; a retried Claim (the link retried, cut
+    again) does not prolong it. Another alias's link holds nothing of these."""
+    clock = Clock()
+    s = shard(compiled, clock=clock)
+    assert s.process([claim()])[0] == [Ok()]
+    clock.now += LINK_HOLD_S - 2
+    assert s.process([claim(), claim("cookie:other")])[0] == [Ok(), Ok()]
+    clock.now += 1
+    assert s.process([by_alias(visit())])[0] == [LINKING]
+    clock.now += 1
+    assert s.process([by_alias(visit())])[0][0] == EventAck(sequence=1)
+
+
+def test_a_link_retried_after_its_merge_holds_nothing(compiled):
+    """Its Claim of an alias the customer holds already: the visitor's keys are the
+    customer's, so a retry by alias is answered as a duplicate, not held."""
+    s = shard(compiled, clock=Clock())
+    s.process([visit(), claim()])
+    link_steps(s, s, s, KEY, "ana")
+    assert s.process([claim()])[0] == [Ok()]
+    assert s.process([by_alias(visit())])[0] == [EventAck(sequence=1, duplicate=True)]
+
+
+@pytest.mark.parametrize("snapshot", [False, True])
+def test_a_restart_does_not_renew_the_hold(compiled, snapshot):
+    """The claim's time is kept with it (its journal record, or the partition's snapshot):
+    a shard restarted holds until LINK_HOLD_S after the claim, not after the restart."""
+    clock = Clock()
+    s = shard(compiled, store=MemoryStore(), clock=clock)
+    s.process([event("ana", "app_open", T0), claim()])
+    if snapshot:
+        s.snapshot()
+    s.close()
+    clock.now += LINK_HOLD_S - 1
+    again = Shard(s.name, compiled, list(s.owned), N_PARTITIONS, store=s.store, clock=clock)
+    again.recover()
+    assert again.process([by_alias(visit())])[0] == [LINKING]
+    clock.now += 1
+    assert again.process([by_alias(visit())])[0][0] == EventAck(sequence=2)
+
+
+def test_a_claim_restored_without_its_time_holds_nothing(compiled):
+    """A snapshot or handoff from before claims kept their time: nothing says how old its
+    claims are, so they hold nothing back (the window stays open for those links)."""
+    s = shard(compiled, clock=Clock())
+    s.process([claim()])
+    payload = s.directory.export([p_of("ana")])
+    assert payload.pop("claimed_at") == {p_of("ana"): {"ana": {KEY: T0}}}
+    older, newer = type(s.directory)(b"secret"), type(s.directory)(b"secret")
+    older.load(payload)
+    assert older.claims(p_of("ana"), "ana") == [KEY]
+    assert not older.linking(p_of("ana"), "ana", ANON, T0)
+    newer.load(s.directory.export([p_of("ana")]))
+    assert newer.linking(p_of("ana"), "ana", ANON, T0 + LINK_HOLD_S - 1)
+
+
+def test_who_via_names_the_alias_only_when_it_resolved_to_another_customer():
+    assert Who(None, KEY).via("ana") == ANON
+    assert Who(None, KEY).via(ANON) is None  # not linked: the request is the visitor's
+    assert Who("ana", None).via("ana") is None
+
+
+def test_the_client_follows_a_redirect_by_way_of_the_alias_and_a_retry_applies_once():
+    """Through the runtime's client: the link cut after its step 1, then after its step 2;
+    the visitor's event retried by alias (sent to the customer with `via`), and to the
+    anonymous id (the client follows its MERGED with `via`), is refused BUSY each time; once
+    the link is retried to the end, the retry is a duplicate, applied once."""
+    backend = LocalBackend()
+
+    async def cut(client: KairosClient, steps: int) -> None:
+        link = client.link_steps(KEY, "ana")
+        for _ in range(steps):
+            await link.__anext__()
+        await link.aclose()
+
+    async def send(client: KairosClient, request: Event) -> EventAck:
+        return await client.settle(request, await client.enqueue(request))
+
+    async def scenario() -> None:
+        await backend.start_runtime(3, n_partitions=16)
+        client = await KairosClient(backend).connect()
+        try:
+            first = Event(customer_id=ANON, event_type="page_view", time=T0,
+                          attributes={"category": "home"}, idempotency_key="evt-1")
+            assert (await send(client, first)).sequence == 1
+            await cut(client, 2)  # Claim, Link
+            assert await client.resolve_key(KEY) == "ana"
+            retry = first._replace(customer_id="ana", via=Who(None, KEY).via("ana"))
+            with pytest.raises(Busy, match="LinkIdentity of the alias"):
+                await send(client, retry)
+            await cut(client, 3)  # Claim (a retry: no longer hold), Link, Take
+            with pytest.raises(Busy, match="LinkIdentity of the alias"):
+                await send(client, first)  # MERGED: re-sent to ana by way of the alias
+            assert await client.link("cookie", "c1", "ana") is True
+            assert await send(client, retry) == EventAck(sequence=1, duplicate=True)
+            assert await send(client, first) == EventAck(sequence=1, duplicate=True)
+            assert (await client.profile("ana", T0 + 60))["events_applied"] == 1
+        finally:
+            await client.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
