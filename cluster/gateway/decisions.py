@@ -130,7 +130,7 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
         async def apply(customer_id: str) -> protocol.EventAck:
             if after is not None and not await asyncio.shield(after):  # shield: one waiter
                 raise NotSent("not sent: an event before it in the stream was not")
-            routed = request._replace(customer_id=customer_id)
+            routed = request._replace(customer_id=customer_id, via=who.via(customer_id))
             reply = self.client.enqueue(routed, call)
             if sent is not None:
                 sent.set_result(True)
@@ -321,11 +321,12 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
     async def _resolved(self, checked: list[tuple[requests.Who, protocol.Event]]
                         ) -> list[protocol.Event]:
         """The events, each naming its customer: the aliases they name resolved (each once,
-        all at once)."""
+        all at once), each such event carrying its alias's anonymous id (`Who.via`)."""
         keys = list({who.alias_key for who, _ in checked if who.alias_key is not None})
         customers = dict(zip(keys, await asyncio.gather(*map(self.client.resolve_key, keys))))
         return [event if who.alias_key is None else
-                event._replace(customer_id=customers[who.alias_key]) for who, event in checked]
+                event._replace(customer_id=customers[who.alias_key],
+                               via=who.via(customers[who.alias_key])) for who, event in checked]
 
     async def Respond(self, request: pb.Outcome, context) -> pb.OutcomeAck:
         try:
@@ -341,7 +342,8 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
         learned = await self.gateway.call(context, self.gateway.as_customer(
             checked.who, lambda customer_id: self.client.respond(
                 customer_id, checked.action_id, checked.channel, checked.outcome,
-                checked.time, checked.decision_id, checked.value, checked.idempotency_key)))
+                checked.time, checked.decision_id, checked.value, checked.idempotency_key,
+                checked.who.via(customer_id))))
         return pb.OutcomeAck(learned_from=LEARNED_FROM.get(learned, pb.LEARNED_FROM_UNSPECIFIED))
 
     async def GetRoutes(self, request: pb.RoutesRequest, context) -> pb.Routes:

@@ -65,8 +65,9 @@ log = logging.getLogger("kairos.dataplane")
 # 7: Resolve.for_forget, Retire.when, Bury.finished; 8: Decide.expires; 9: a Forget of an
 # anonymous customer whose link is unsettled answers MERGED (a client of 8 would follow it and
 # forget the link's customer); 10: Forgotten.merged_into; 11: a Merge answers whether it bound
-# the link (one with no state too). Others refuse each other
-PROTOCOL = 11
+# the link (one with no state too); 12: Event.via, Outcome.via, Claim.when (a shard of 11 would
+# answer every event Invalid). Others refuse each other
+PROTOCOL = 12
 MAGIC = b"KAIROSDP"
 NONCE_BYTES = 32
 _CHALLENGE = struct.Struct(f">8sH{NONCE_BYTES}s")

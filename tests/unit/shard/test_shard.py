@@ -121,7 +121,7 @@ def test_requests_arrive_as_arrays_and_one_that_is_no_request_answers_for_itself
     p = p_of("ana")
     results, _ = s.process([["event", p, "ana", "app_open", T0, {}],
                             ["teleport", p, "ana"],
-                            ("event", p, "ana", "app_open", T0, {}, None, None, "extra"),
+                            ("event", p, "ana", "app_open", T0, {}, None, None, None, "extra"),
                             list(event("ana", "app_open", T0 + 1)),
                             ["profile", p, "ana", T0 + 2]])
     assert results[:2] == [EventAck(sequence=1),
