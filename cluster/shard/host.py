@@ -325,6 +325,9 @@ class ShardHost:
             if self._queue else []
 
     def _run(self, round_: list[Batch]) -> None:
+        # a burst admitted before a tick is applied after it: what it arms or dirties is due
+        # at the next tick, not the idle loop's
+        self._stirred.set()
         requests = [r for batch in round_ for r in batch.requests]
         routed = [v for batch in round_ for v in batch.routed]
         batches = [(batch.session, batch.seq, batch.requests) for batch in round_]

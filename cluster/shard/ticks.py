@@ -7,7 +7,8 @@ a second per shard for nothing. So once a tick passed with no request or shard m
 (ShardHost wakes the loop on either), the loop sleeps until the earliest timer or the first
 snapshot is due, as the tick computes them, so timers still fire within TICK_S of their due time
 and a partition is still snapshotted SNAPSHOT_AFTER_S after its first unsnapshotted change.
-What has no due time of its own here (idle customers' passivation, which waits
+Residents past the resident limit are passivated a tick's budget at a time, every TICK_S as
+under load. What has no due time of its own here (idle customers' passivation, which waits
 PASSIVATE_IDLE_S anyway, the decision log's trim, erasures the log's writer finished on its
 thread, a write that failed and is tried again) waits at most QUIET_TICK_S.
 """
@@ -24,6 +25,9 @@ QUIET_TICK_S = 1.0
 def quiet_s(shard: Shard) -> float:
     """Seconds from now (the shard's clock) to the idle shard's next due tick: its earliest
     timer, its first snapshot, or QUIET_TICK_S."""
+    residency = shard.residency
+    if len(residency.recent) > residency.resident_limit:  # a tick's budget of them at a time
+        return 0.0
     now = shard.ctx.clock()
     snapshot = min((when for _, when in shard.dirty.values()), default=math.inf)
     due = min(shard.timers.next_due(), snapshot + SNAPSHOT_AFTER_S, now + QUIET_TICK_S)

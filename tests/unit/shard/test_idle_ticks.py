@@ -32,10 +32,10 @@ def long_quiet(monkeypatch):
     monkeypatch.setattr(ticks, "QUIET_TICK_S", 30.0)
 
 
-def run(compiled, test, store=None) -> None:
+def run(compiled, test, store=None, **options) -> None:
     async def main():
         host = ShardHost("s0", N_PARTITIONS, 0, (lambda: store) if store else MemoryStore,
-                         "fsync", tick_s=TICK_S)
+                         "fsync", tick_s=TICK_S, **options)
         await host.start(compiled, {p: 0 for p in range(N_PARTITIONS)}, [])
         try:
             await test(host)
@@ -95,6 +95,47 @@ def test_an_idle_shards_timer_fires_within_a_tick_of_due(compiled, long_quiet):
         assert 0 <= await fired_at(host) - due < LATE_S
 
     run(compiled, test)
+
+
+def test_a_burst_applied_after_a_tick_still_has_its_timer_fire_within_a_tick(compiled,
+                                                                            long_quiet):
+    """Admitted before a tick and applied, a round at a time, after it: the tick that found
+    the queue's rounds not yet applied must not send the loop to sleep past the timer the
+    last of them arms."""
+    async def test(host):
+        await asyncio.sleep(0.3)  # idle
+        now = time.time()
+        burst = [host.handle(f"s{i}", 0, [event(f"c{i}", "app_open", now)], [0])
+                 for i in range(1500)]
+        burst.append(host.handle("cart", 0, [cart("ana", 0.3)], [0]))
+        due = time.time() + 0.3 - 0.01
+        await asyncio.gather(*burst)
+        assert await fired_at(host) - max(due, time.time()) < LATE_S
+
+    run(compiled, test, round_limit=1)
+
+
+def test_an_idle_shard_passivates_residents_past_its_limit_at_the_tick_s_pace(compiled,
+                                                                            long_quiet):
+    """Past the resident limit a tick passivates its budget's worth (a home a millisecond
+    here, as a directory store writes them); an idle shard goes on doing so every tick, not
+    once a quiet second, so the overflow a next burst needs is freed as fast as before."""
+    class Slow(MemoryStore):
+        def put_many(self, homes, *args, **kwargs):
+            homes = list(homes)
+            time.sleep(0.001 * len(homes))
+            return super().put_many(homes, *args, **kwargs)
+
+    async def test(host):
+        host.shard.residency.resident_limit = 50
+        now = time.time()
+        await host.handle("a", 0, [event(f"c{k}", "app_open", now) for k in range(200)],
+                          [0] * 200)
+        loaded = time.monotonic()
+        await until(lambda: len(host.shard.residency.recent) <= 50, 10.0, "passivated")
+        assert time.monotonic() - loaded < 4.0  # 150 homes, ~10 a tick: ~15 ticks
+
+    run(compiled, test, Slow())
 
 
 def test_an_idle_shard_snapshots_a_changed_partition_when_due(compiled, long_quiet,
