@@ -9,18 +9,19 @@ latency it has when it is not overloaded.
 
 The share is PIE's drop probability. Every SHED_UPDATE_S it is moved by how far the queueing
 delay is above or below SHED_TARGET_S, and by how fast it is rising (every SHED_IDLE_UPDATE_S
-while nothing is shed and the loop is on time and far from busy: each update wakes the loop,
-and an idle gateway need not pay 67 wake-ups a second). A gateway that had no call for
-PARK_AFTER_S stops updating until the next one arrives, whose turn of the loop starts the
-updates again: with no call there is nothing to refuse, and an overload is still seen within
-SHED_IDLE_UPDATE_S of the first call that meets it. The delay is how late a timer of the
-event loop fires: a gateway short of CPU makes every call wait for its turn in the loop, as the
-calls gRPC has not handed over yet do, and refusing a share of them is what brings the wait
-down. Slow shards are not a reason to shed: their answers are awaited without work, and
-refusing calls would not make them faster (the client's queue bound and the callers' deadlines
-limit what waits for them). As RFC 8033 does, a short burst sheds nothing (no refusal while the
-delay is under half the target and the share is low), and the share decays once the delay is
-gone (a timer is never exactly on time, so "gone" is under half the target here).
+while nothing is shed and the loop is on time and far from busy: each update wakes the loop, and
+an idle gateway need not pay 67 wake-ups a second). A gateway that had no call for PARK_AFTER_S
+updates once every PARK_AFTER_S, or at once when the next call arrives (its delay: how long the
+loop took to turn to the shedder after it): with no new call there is nothing to refuse, and
+work on calls already open (stream messages, watches) that keeps the loop busy is still seen
+within PARK_AFTER_S, and the updates go on as before. The delay is how late a timer of the event
+loop fires: a gateway short of CPU makes every call wait for its turn in the loop, as the calls
+gRPC has not handed over yet do, and refusing a share of them is what brings the wait down. Slow
+shards are not a reason to shed: their answers are awaited without work, and refusing calls
+would not make them faster (the client's queue bound and the callers' deadlines limit what waits
+for them). As RFC 8033 does, a short burst sheds nothing (no refusal while the delay is under
+half the target and the share is low), and the share decays once the delay is gone (a timer is
+never exactly on time, so "gone" is under half the target here).
 
 The lag alone misses the overload that matters most on a busy node. grpc.aio accepts one call
 of a method at a time, each through a hand-over from its poller thread to the loop, so when
@@ -60,9 +61,9 @@ BUSY_HOLD = 0.9
 # Under this fraction of SHED_BUSY (and with nothing shed, the loop on time) the share is
 # updated every SHED_IDLE_UPDATE_S rather than every SHED_UPDATE_S.
 BUSY_IDLE = 0.5
-# An idle shedder that saw no call for this long waits for one instead of updating (ten loop
-# wake-ups a second); shorter gaps between calls keep it updating, as waiting and being woken
-# for each of a trickle of calls would cost as much.
+# An idle shedder that saw no call for this long updates once this long, or when the next call
+# arrives, rather than ten times a second; shorter gaps between calls keep it updating as it
+# did, as waiting and being woken for each of a trickle of calls would cost as much.
 PARK_AFTER_S = 1.0
 
 
@@ -84,11 +85,13 @@ class Shedder:
         self.refused = 0  # calls refused so far
         self._calls = 0  # calls asked about so far
         self._arrived: asyncio.Event | None = None  # set by the next call, while parked
+        self._arrived_at = 0.0  # when it was set
 
     def admits(self) -> bool:
         """Whether to take a new call (a refused one is counted)."""
         self._calls += 1
-        if self._arrived is not None:
+        if self._arrived is not None and not self._arrived.is_set():
+            self._arrived_at = time.monotonic()
             self._arrived.set()
         if self.shed_share == 0.0 or (self.delay_s < self.target_s / 2
                                       and not self._loop_busy()
@@ -110,9 +113,14 @@ class Shedder:
                     if calls != self._calls:
                         calls, called = self._calls, time.monotonic()
                     elif self.idle() and time.monotonic() - called >= PARK_AFTER_S:
-                        await self._next_call()
-                        demand.share()  # the wait is no part of the next update's interval
-                        calls, called = self._calls, time.monotonic()
+                        start = time.monotonic()
+                        arrived = await self._next_call(PARK_AFTER_S)
+                        now, busy = time.monotonic(), demand.share()
+                        self.update(now - arrived if arrived is not None else
+                                    max(0.0, now - start - PARK_AFTER_S), busy)
+                        if arrived is not None or busy >= BUSY_IDLE * self.busy_target:
+                            calls, called = self._calls, now  # updating as before
+                        continue
                     start = time.monotonic()
                     interval = self.idle_update_s if self.idle() else self.update_s
                     await asyncio.sleep(interval)
@@ -121,11 +129,14 @@ class Shedder:
             self.shed_share = 0.0  # nothing keeps it any more: admit everything
             self._arrived = None
 
-    async def _next_call(self) -> None:
-        """Until `admits` is asked about a call."""
-        self._arrived = asyncio.Event()
+    async def _next_call(self, timeout_s: float) -> float | None:
+        """When `admits` was next asked about a call, or None after `timeout_s` without."""
+        self._arrived = arrived = asyncio.Event()
         try:
-            await self._arrived.wait()
+            await asyncio.wait_for(arrived.wait(), timeout_s)
+            return self._arrived_at
+        except TimeoutError:
+            return None
         finally:
             self._arrived = None
 
