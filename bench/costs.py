@@ -1,8 +1,9 @@
 """Micro-costs the README quotes, each measured on the real code path: a decision's selection
 re-runs at the catalog's bound, timer firings per tick, the journal's owner and heir fences,
 the Redis decision log's removal per entry, a push handed to a watch, the data plane's TLS,
-the decision-log writer's write alone or shared, a model sync (each side's bytes and time) and
-the bytes a resident customer holds in a shard, outcome state included.
+the decision-log writer's write alone or shared, a model sync (each side's bytes and time, and
+how long the shard's event loop waits on its adopt) and the bytes a resident customer holds in a
+shard, outcome state included.
 
     python -m bench.costs           # every probe, sized to take about 110 s on 2 cores
     python -m bench.costs --quick   # seconds (the test suite uses it so it never rots)
@@ -27,7 +28,7 @@ import time
 import tracemalloc
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import numpy as np
 import yaml
@@ -532,8 +533,9 @@ def sync_catalog(actions: int) -> CompiledCatalog:
 class SyncTimes:
     """One way of syncing (a steady one, a whole table's), sync after sync: bytes each way as
     Ray carries them (it pickles an actor call's arguments and its answer), the wall time of
-    each side's part and of the pickling, the rows each way, and the syncs whose answer the
-    shard adopted."""
+    each side's part and of the pickling, the longest the shard's event loop waited on its
+    adopt (a whole table is prepared on a thread meanwhile), the rows each way, and the syncs
+    whose answer the shard adopted."""
 
     def __init__(self) -> None:
         self.samples: dict[str, list[float]] = {}
@@ -560,11 +562,11 @@ class SyncTimes:
         back = pickle.dumps(answer, pickle.HIGHEST_PROTOCOL)
         published = pickle.loads(back)
         returned = time.perf_counter()
-        sync.adopt(engine, published)
-        adopted = time.perf_counter()
+        # as ModelSync.step adopts it
+        adopt_s, loop_s = asyncio.run(loop_waits(sync.adopt_answer(lambda: engine, published)))
         self.add(to_learner_kib=len(sent) / 1024, to_shard_kib=len(back) / 1024,
                  shard_take_us=(taken - began) * 1e6, learner_sync_us=(merged - pickled) * 1e6,
-                 shard_adopt_us=(adopted - returned) * 1e6,
+                 shard_adopt_us=adopt_s * 1e6, shard_adopt_loop_us=loop_s * 1e6,
                  pickling_us=(pickled - taken + returned - merged) * 1e6)
         self.rows_sent.add(len(delta.model_rows()))
         self.rows_answered.add(len(answer.rows if answer.rows is not None else answer.positives))
@@ -585,6 +587,30 @@ class SyncTimes:
         return out
 
 
+async def loop_waits(work: Awaitable[Any]) -> tuple[float, float]:
+    """`work` awaited on an event loop kept turning meanwhile (as a busy shard's is): its
+    seconds, and the longest the loop went without a turn, what a Decide that came then
+    waited at most."""
+    longest, working = 0.0, True
+
+    async def turning() -> None:
+        nonlocal longest
+        last = time.perf_counter()
+        while working:
+            await asyncio.sleep(0)
+            now = time.perf_counter()
+            longest, last = max(longest, now - last), now
+
+    turns = asyncio.get_running_loop().create_task(turning())
+    await asyncio.sleep(0)
+    began = time.perf_counter()
+    await work
+    took = time.perf_counter() - began
+    working = False
+    await turns
+    return took, longest
+
+
 def _learnt(engine: DecisionEngine, models: list[tuple[str, str]], outcomes: int, at: float
             ) -> None:
     """`outcomes` offline outcomes (no decision named) over `models` ((action, channel)),
@@ -594,13 +620,15 @@ def _learnt(engine: DecisionEngine, models: list[tuple[str, str]], outcomes: int
 
 
 def model_sync(quick: bool) -> dict[str, Any]:
-    """A shard's model sync with the learner on the real classes (ModelSync.take and adopt on
-    a DecisionEngine's ModelTable, Learner.sync), after SYNC_OUTCOMES outcomes over
-    SYNC_MODELS models since its last sync: a shard's first (a new shard, at its priors,
-    answered with every model, each of which another shard has learnt in, so adopting it
-    replaces them all), then steady ones (the learner answers the rows changed since the
+    """A shard's model sync with the learner on the real classes (ModelSync.take and
+    adopt_answer on a DecisionEngine's ModelTable, Learner.sync), after SYNC_OUTCOMES
+    outcomes over SYNC_MODELS models since its last sync: a shard's first (a new shard, at its
+    priors, answered with every model, each of which another shard has learnt in, so adopting
+    it replaces them all), then steady ones (the learner answers the rows changed since the
     shard's version). The other shard then stays silent, so a steady answer holds the
-    shard's own rows only: with more shards syncing, theirs too."""
+    shard's own rows only: with more shards syncing, theirs too. `shard_adopt` is the adopt's
+    wall time, a whole table's thread included; `shard_adopt_loop` the longest the shard's
+    event loop waited meanwhile."""
     actions, whole, steady = (50, 2, 3) if quick else (2000, 3, 30)
     compiled = sync_catalog(actions)
     learner = Learner(compiled)

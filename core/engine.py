@@ -23,7 +23,7 @@ from .compiler import (CompiledCatalog, Outcome, Reason, STAGES, STAGE_APPLICABI
                        STAGE_ELIGIBILITY, STAGE_SUITABILITY, StringTable, Teach)
 from .decision import Decision, Dropped, Explanation, Learned, RankedAction
 from .errors import InputError
-from .models import ModelTable
+from .models import Adopting, ModelTable
 from .request import (MAX_PROFILE_ID_LENGTH, MAX_STRING_LENGTH, channel_code, check_customer,
                       checked_vector, placement_codes, quoted, shown)
 from .state import EMPTY, HISTORY_EPOCH_S, ProfileTable, profile_view
@@ -590,6 +590,14 @@ class DecisionEngine:
         """Take up a model version a learner published (see ModelTable.adopt)."""
         self.models.adopt(published)
         self._bind_models()
+
+    def adopt_prepared(self, whole: Adopting) -> bool:
+        """Take up a whole table prepared off the event loop, unless the models moved on
+        meanwhile (see ModelTable.adopt_prepared); whether it was."""
+        if not self.models.adopt_prepared(whole):
+            return False
+        self._bind_models()
+        return True
 
     # -- reading a profile -------------------------------------------------------------------
 

@@ -750,27 +750,56 @@ class ModelTable:
         (not None) holds the models at those rows only, all that changed since the version
         this table has: only they are replaced, and a model that learnt since the last take
         and is not among them keeps its statistics and its pending learning as they are (the
-        published model is the one this table started from)."""
-        unsent = self._pending()
+        published model is the one this table started from). A whole table is `adopting`'s,
+        prepared at once (a shard prepares it on a thread: modelsync.py)."""
         rows = getattr(published, "rows", None)
         if rows is None:
-            before = self.precision
-            for name in ("mean", "precision", *COUNTS):
-                setattr(self, name, getattr(published, name).copy())
-            if before.shape != self.precision.shape:  # another layout: every model
-                before = np.full_like(self.precision, np.nan)
-            changed = np.flatnonzero(~per_model(self.precision == before).all(axis=1))
-            self._mark()
-        else:
-            before = self.precision[rows]
-            for name in ("mean", "precision", *COUNTS):
-                getattr(self, name)[rows] = getattr(published, name)
-            changed = rows[~per_model(self.precision[rows] == before).all(axis=1)]
-            self._mark_rows(rows)
-            unsent = _within(unsent, rows)
-        self.inputs = published.inputs.copy()
+            whole = self.adopting(published)
+            whole.prepare()
+            self.adopt_prepared(whole)
+            return
+        unsent = self._pending()
+        before = self.precision[rows]
+        for name in ("mean", "precision", *COUNTS):
+            getattr(self, name)[rows] = getattr(published, name)
         if self.full:  # most versions change a few models: invert only theirs
+            changed = rows[~per_model(self.precision[rows] == before).all(axis=1)]
             self.covariance[changed] = inverse(self.precision[changed])
+        self._mark_rows(rows)
+        self._rebased(published, _within(unsent, rows))
+
+    def adopting(self, published: Any) -> Adopting:
+        """A whole published table (no `rows`) to `prepare` off the event loop and then take
+        with `adopt_prepared`; cheap (it notes the models' counts)."""
+        return Adopting(self, published)
+
+    def adopt_prepared(self, whole: Adopting) -> bool:
+        """Take a prepared whole table as `adopt` takes it, unless this table moved on since
+        it was made `adopting` (another version adopted, or not this table's): then False,
+        and nothing changes. Only the models that learnt meanwhile are compared and inverted
+        here; the rest is swapped in."""
+        if whole.table is not self or (self.version, self.published_by) != whole.held:
+            return False
+        unsent = self._pending()
+        stats, covariance = whole.stats, whole.covariance
+        if self.full and not whole.relaid:
+            moved = np.flatnonzero(whole.learnt_since(self))
+            covariance[moved] = self.covariance[moved]
+            again = moved[~per_model(stats["precision"][moved] ==
+                                     self.precision[moved]).all(axis=1)]
+            covariance[again] = inverse(stats["precision"][again])
+        for name, value in stats.items():
+            setattr(self, name, value)
+        self.covariance = covariance
+        self._taken = ModelDelta(*whole.taken, self.inputs_added.copy())
+        self._rebase()
+        self._rebased(whole.published, unsent)
+        return True
+
+    def _rebased(self, published: Any, unsent: ModelDelta) -> None:
+        """The end of an adopt: the published inputs and version, and the unsent learning
+        merged back in and still pending."""
+        self.inputs = published.inputs.copy()
         self.version = published.version
         self.published_by = getattr(published, "incarnation", None)
         self.merge(unsent)
@@ -831,6 +860,48 @@ def _within(delta: ModelDelta, rows: np.ndarray) -> ModelDelta:
     keep = np.isin(delta.rows, rows)
     return ModelDelta(*(getattr(delta, name)[keep] for name in ROW_STATS), delta.inputs,
                       rows=delta.rows[keep], n_models=delta.n_models)
+
+
+class Adopting:
+    """A whole published table on its way into a ModelTable (`ModelTable.adopting`): what
+    `adopt` copies and inverts, made by `prepare` (a thread may run it) from the published
+    arrays, which nothing writes, and the table's precisions and covariances as they are
+    (every model whose precision the version changes gets the inverse of its new one, the
+    others keep theirs, as the kernels kept it). The kernels may learn on the event loop
+    meanwhile, and `prepare` may read a model half-way through: every example they learn
+    counts an outcome of its model, so the models whose counts moved since `adopting` are
+    compared and inverted again as it is taken (`learnt_since`)."""
+
+    def __init__(self, table: ModelTable, published: Any):
+        self.table, self.published = table, published
+        self.held = (table.version, table.published_by)  # taken only onto these
+        self._counts = np.stack([getattr(table, name) for name in COUNTS])
+        self._precision, self._covariance = table.precision, table.covariance
+        self.stats: dict[str, np.ndarray] = {}
+        self.taken: tuple[np.ndarray, ...] = ()  # the new mark's, but its inputs
+        self.covariance: np.ndarray | None = None
+        self.relaid = False  # of another layout: every model inverted
+
+    def prepare(self) -> None:
+        """The copies, the mark and the covariance (the heavy part: a thread may run it)."""
+        self.stats = {name: getattr(self.published, name).copy()
+                      for name in ("mean", "precision", *COUNTS)}
+        precision = self.stats["precision"]
+        self.taken = (natural_mean(self.stats["mean"], precision), precision.copy(),
+                      *(self.stats[name].copy() for name in COUNTS))
+        if not self.table.full:
+            return
+        self.relaid = self._precision.shape != precision.shape
+        if self.relaid:
+            self.covariance = inverse(precision)
+            return
+        changed = np.flatnonzero(~per_model(precision == self._precision).all(axis=1))
+        self.covariance = self._covariance.copy()
+        self.covariance[changed] = inverse(precision[changed])
+
+    def learnt_since(self, table: ModelTable) -> np.ndarray:
+        """Per model, whether its counts moved since `adopting` (its statistics may have)."""
+        return (np.stack([getattr(table, name) for name in COUNTS]) != self._counts).any(axis=0)
 
 
 class RemovedModel(NamedTuple):

@@ -28,6 +28,8 @@ more than REMAPS_KEPT versions ago is dropped there, and counted), unless the le
 ran that version (NotRunning: it lost its state), which drops it here (`dropped`). A shard
 that drops a delta forgets whose version it holds, so the next answer is the learner's whole
 table, which replaces the dropped learning in its models.
+A whole table over ADOPT_ON_LOOP_BYTES is copied and inverted on a thread (230 ms at 48.5 MiB,
+while the shard decides and learns on), and only swapped in on its event loop (`adopt_answer`).
 
 Only learning the journal made durable is sent: a round is applied (and learnt from) before
 the sync that lets it be answered finishes, and should that sync fail its client is told
@@ -66,6 +68,9 @@ ADOPTIONS_KEPT = 64  # at one sync per MODEL_SYNC_S, the last half minute
 # cannot take) is dropped, so that the shard's later learning does not wait behind it for good
 DELTA_TRIES = 5
 REFUSED_LOG_S = 60.0  # how often a shard logs the learner refusing its delta as Unavailable
+# a whole table whose precisions take less is adopted on the event loop, at once: a few
+# milliseconds (48.5 MiB took 230), not worth a thread's round trip
+ADOPT_ON_LOOP_BYTES = 1 << 20
 # after a learner of an older release refused the rows arguments of a watch, how long its
 # watches go without them before they are tried again (it may have been upgraded since)
 ROWS_AGAIN_S = 300.0
@@ -167,7 +172,7 @@ class ModelSync:
         self._failures = 0
         if hasattr(published, "rows"):  # PublishedRows: the learner takes rows
             self._rows = self._watch_rows = True
-        self._adopt_into(engine(), published)
+        await self.adopt_answer(engine, published)
 
     @staticmethod
     async def _covered(engine: DecisionEngine | None, wait_s: float) -> None:
@@ -203,7 +208,7 @@ class ModelSync:
                     return
             else:
                 published = await learner.watch(catalog_version, known)
-            self._adopt_into(engine(), published)  # the engine in use when the answer came
+            await self.adopt_answer(engine, published)
         except (Unavailable, StoreUnavailable):
             pass  # the learner is restarting or reading its posterior: watched again later
         except Exception:  # not a reason to stop syncing: logged, tried again
@@ -214,9 +219,25 @@ class ModelSync:
             self._watch[0].cancel()
             self._watch = None
 
-    def _adopt_into(self, engine: DecisionEngine | None, published: Published | None) -> None:
-        if published is not None and engine is not None:
-            self.adopt(engine, published)
+    async def adopt_answer(self, engine: Callable[[], DecisionEngine | None],
+                           published: Published | None) -> None:
+        """`adopt` an answer into the engine in use. A large whole table is copied and inverted
+        on a thread, then taken on the event loop if it is still wanted and the engine's
+        models did not move on meanwhile (a switch, a rebuild, another answer: the next sync
+        or watch answers those); a watch cancelled meanwhile (a sync's delta is in flight)
+        takes nothing. Rows (a few models) and a small table are adopted at once."""
+        current = engine()
+        if published is None or current is None:
+            return
+        if getattr(published, "rows", None) is not None or \
+                published.precision.nbytes < ADOPT_ON_LOOP_BYTES:
+            self.adopt(current, published)
+        elif self._wanted(current, published):
+            whole = current.models.adopting(published)
+            await asyncio.to_thread(whole.prepare)
+            if engine() is current and self._wanted(current, published) and \
+                    current.adopt_prepared(whole):
+                self.adoptions.append((published.version, time.time()))
 
     def take(self, engine: DecisionEngine) -> tuple[str, ModelDelta | None, int]:
         """The catalog version of the delta to send (the engine's when there is none), the
@@ -245,15 +266,19 @@ class ModelSync:
         is for the engine's catalog and newer than the engine's; one of the models changed
         since a version (PublishedRows with rows) only onto that version (the engine's models
         may have been rebuilt or switched meanwhile: its next sync or watch answers them)."""
+        if self._wanted(engine, published):
+            engine.adopt_models(published)
+            self.adoptions.append((published.version, time.time()))
+
+    @staticmethod
+    def _wanted(engine: DecisionEngine, published: Any) -> bool:
         models = engine.models
         by = getattr(published, "incarnation", None)
         if getattr(published, "rows", None) is not None and \
                 (published.since != models.version or by != models.published_by):
-            return
+            return False
         # a learner restarted may publish a number again: another process's version is
         # taken at the same number too
-        if published.catalog_version == engine.compiled.version and \
-                (published.version > models.version or
-                 published.version == models.version and by != models.published_by):
-            engine.adopt_models(published)
-            self.adoptions.append((published.version, time.time()))
+        return published.catalog_version == engine.compiled.version and \
+            (published.version > models.version or
+             published.version == models.version and by != models.published_by)
