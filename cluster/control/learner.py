@@ -19,7 +19,8 @@ that holds them, at most SENDERS_KEPT), and answers a repeat without merging it 
 
 The posterior is saved to the store's meta, by a sync that merged if LEARNER_SAVE_S passed
 since the last save and otherwise at the next LEARNER_SAVE_S tick (an idle learner writes
-nothing), and by `flush` (runtime.stop's, before the kill). So a learner that Ray restarts, or
+nothing), and by `flush` (runtime.stop's, before the kill), packed and written on a thread, one
+save at a time (posterior.py `Saves`). So a learner that Ray restarts, or
 a cluster started again on the same store, goes on from what it had learned rather than from
 the priors; the deltas merged since the last save (at most LEARNER_SAVE_S) are lost with the
 process. It is saved with its catalog's text: Ray restarts the actor with the catalog it was created
@@ -68,8 +69,9 @@ from kairos.core.compiler import CompiledCatalog, compiled_from_text
 from kairos.core.models import DeltaOrigin, ModelDelta, ModelRemap, ModelTable, TakenOut
 
 from kairos.cluster.control.catalog_identity import catalog_digest
-from kairos.cluster.control.posterior import (RAN_KEPT, ChangedRows, holds, published,
-                                              restore_models, save_models)
+from kairos.cluster.control.posterior import (RAN_KEPT, ChangedRows, Saves, holds,
+                                              published, restore_models)
+from kairos.cluster.control.posterior import save_models  # noqa: F401 (callers import it here)
 from kairos.cluster.longpoll import Changes
 from kairos.cluster.metrics import LearnerMetrics
 from kairos.cluster.settings import LEARNER_SAVE_S, LONG_POLL_S
@@ -84,7 +86,9 @@ log = logging.getLogger("kairos.learner")
 STATE_KEY = "learner"
 DAMAGED_KEY = "learner.damaged"  # a saved posterior that could not be read, kept for a person
 RESTORE_RETRY_S = 1.0  # how often calls try again to read a posterior the store did not give
-SAVE_TICK_MIN_S = 0.1  # the periodic save's tick if LEARNER_SAVE_S is 0 (syncs save each merge)
+# the periodic save's tick if LEARNER_SAVE_S is 0 (syncs save each merge, but those made while a
+# save is in flight)
+SAVE_TICK_MIN_S = 0.1
 PUBLISHES_KEPT = 256  # (version, time) of the latest publishes `status` reports
 # The shard incarnations whose last merged delta the learner remembers (saved with the
 # posterior): at most SENDERS_KEPT, the most recently heard, none silent for SENDERS_KEPT_S (a
@@ -330,16 +334,16 @@ class Learner:
 class LearnerActor:
     """Started by the controller as LEARNER_NAME. An async actor: each idle shard's watch
     holds one of Ray's 1,000 concurrent calls for up to LONG_POLL_S (one its shard gives up
-    on is cancelled here too: RayBackend.call's `poll`), and a save to the store holds the
-    loop (about every LEARNER_SAVE_S while the shards learn)."""
+    on is cancelled here too: RayBackend.call's `poll`). A save to the store (about every
+    LEARNER_SAVE_S while the shards learn) is packed and written on a thread (posterior.py
+    `Saves`); only a switch's holds the loop."""
 
     def __init__(self, catalog_text: str, store_url: str = "memory"):
         # unconfirmed: Ray restarts it with `catalog_text`, which may have been switched from
         self.learner = Learner(compiled_from_text(catalog_text), catalog_text, unconfirmed=True)
         self.metrics = LearnerMetrics()
         self.store = open_store(store_url)
-        self._saved_at = -float("inf")
-        self._saved_merges = 0
+        self.saves = Saves(self.store, STATE_KEY)
         self._saving: asyncio.Task | None = None  # the periodic save, from the first call on
         self._took_up = False  # whether the saved posterior was taken up
         self._unread = True  # the store has not answered for the saved posterior yet
@@ -410,23 +414,12 @@ class LearnerActor:
                         "merges and answers watches again", self.learner.compiled.version)
             self.learner.confirm()
 
-    def _save(self, force: bool = False, strict: bool = False) -> None:
-        """Save the posterior (if forced, or LEARNER_SAVE_S passed); a store that does not
-        take it is logged, or with `strict` raises StoreUnavailable; once stood down, nothing
-        is saved (with `strict`: StoreInUse)."""
-        if self._stood_down:
-            if strict:
-                raise StoreInUse("the learner saves nothing more: its cluster lost the store")
-            return
-        now = time.monotonic()
-        if force or now - self._saved_at >= LEARNER_SAVE_S:
-            try:
-                self.store.put_meta(STATE_KEY, save_models(self.learner))
-                self._saved_at, self._saved_merges = now, self.learner.merged
-            except StoreUnavailable as exc:
-                if strict:
-                    raise
-                log.warning("learner: could not save the posterior: %s", exc)
+    async def _save(self, force: bool = False) -> None:
+        """Save the posterior (if forced, or LEARNER_SAVE_S passed) and wait for it, unless a
+        save is in flight; a store that does not take it is logged; once stood down, nothing
+        is saved."""
+        if not self._stood_down and (force or self.saves.due(LEARNER_SAVE_S)):
+            await self.saves.save(self.learner)
 
     async def _save_unsaved(self) -> None:
         """Save the merges a sync left unsaved (within LEARNER_SAVE_S of the last save, and
@@ -442,8 +435,9 @@ class LearnerActor:
     async def flush(self) -> None:
         """Save the merges since the last save now (also runtime.stop's, before the kill);
         a store that does not take it is logged (`_save`)."""
-        if self.learner.merged != self._saved_merges:
-            self._save(force=True)
+        await self.saves.idle()
+        if self.learner.merged != self.saves.merges:
+            await self._save(force=True)
 
     async def stand_down(self) -> None:
         """Save nothing more (the controller lost its claim on the store, which may be
@@ -452,6 +446,7 @@ class LearnerActor:
         self._stood_down = True
         if self._saving is not None:
             self._saving.cancel()
+        await self.saves.idle()  # nothing written once it answers
 
     async def sync(self, catalog_version: str, delta: ModelDelta | None,
                    known_version: int) -> Published | None:
@@ -461,8 +456,8 @@ class LearnerActor:
         finally:  # a refused sync counts too
             self.metrics.flush(self.learner.refused, sum(self.learner.dropped.values()),
                                self.learner.repeated, self.learner.refused_unconfirmed)
-        if self.learner.merged != self._saved_merges:
-            self._save()
+        if self.learner.merged != self.saves.merges:
+            await self._save()
         return published
 
     async def watch(self, catalog_version: str, known_version: int,
@@ -480,6 +475,7 @@ class LearnerActor:
         # the last texts): a large catalog takes seconds, and this loop serves every watch
         await asyncio.to_thread(compiled_from_text, catalog_text)
         self._ready()
+        await self.saves.idle()  # no save in flight lands after this switch's
         kept, took_up = self.learner.kept(), self._took_up
         version = self.learner.switch(catalog_text)
         if not self._took_up and self.learner.merged == 0:
@@ -488,7 +484,10 @@ class LearnerActor:
             self._restore()
             self.learner.announce()
         try:
-            self._save(force=True, strict=True)
+            if self._stood_down:
+                raise StoreInUse("the learner saves nothing more: its cluster lost the store")
+            # on the loop: a merge while it was written would be undone with the switch
+            self.saves.save_now(self.learner)
         except (StoreUnavailable, StoreInUse):
             self.learner.put_back(kept)
             self._took_up = took_up

@@ -1,0 +1,139 @@
+"""The learner's saves of its posterior: packed and written on a thread while its event loop
+answers the shards, one at a time, of a copy taken when the save began; a switch's (on the
+loop) and a stand-down wait for the one in flight, so an older save never lands after them."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from kairos.cluster.control import learner as learner_module
+from kairos.cluster.control import posterior
+from kairos.cluster.storage import blocks
+from kairos.cluster.storage.providers import open_store
+from kairos.core.catalog import default_catalog_text
+from kairos.core.compiler import compiled_from_text, default_compiled
+
+from bench.costs import loop_waits
+
+from .test_learner import Actor, catalog, learned, told
+
+WRITE_S = 1.0
+
+
+class Slow:
+    """A store whose first write takes `first_s` (on the thread that makes it), noting each
+    blob written, in the order they land, and the most writes at once."""
+
+    def __init__(self, store, first_s: float):
+        self.store, self.first_s = store, first_s
+        self.blobs, self.writing, self.most = [], 0, 0
+        self.started = threading.Event()  # the first write began
+        self._lock = threading.Lock()
+
+    def get_meta(self, key: str):
+        return self.store.get_meta(key)
+
+    def put_meta(self, key: str, blob: bytes) -> None:
+        with self._lock:
+            first = not self.started.is_set()
+            self.started.set()
+            self.writing += 1
+            self.most = max(self.most, self.writing)
+        time.sleep(self.first_s if first else 0.0)
+        self.store.put_meta(key, blob)
+        with self._lock:
+            self.writing -= 1
+            self.blobs.append(blocks.unpack(blob))
+
+
+def slow_actor(tmp_path, monkeypatch, first_s: float = WRITE_S) -> tuple[Slow, object]:
+    slow = Slow(open_store(str(tmp_path)), first_s)
+    told(slow.store)
+    monkeypatch.setattr(learner_module, "open_store", lambda url: slow)
+    return slow, Actor(default_catalog_text(), "x")
+
+
+async def began(event: threading.Event) -> None:
+    while not event.is_set():
+        await asyncio.sleep(0.005)
+
+
+def test_a_save_is_written_while_the_loop_answers_other_shards(tmp_path, monkeypatch):
+    c = default_compiled()
+    slow, actor = slow_actor(tmp_path, monkeypatch)
+
+    async def main():
+        saving = asyncio.get_running_loop().create_task(
+            loop_waits(actor.sync(c.version, learned(c, 3, 1), -1)))  # saves: the first
+        await began(slow.started)
+        answer = await actor.sync(c.version, learned(c, 4, 1), -1)  # not held by the save
+        assert answer.positives[4] == 1 and not slow.blobs
+        took, longest = await saving
+        assert took >= WRITE_S and longest < WRITE_S / 2
+    asyncio.run(main())
+    assert len(slow.blobs) == 1 and slow.blobs[0]["positives"][3] == 1
+
+
+def test_a_save_holds_what_was_merged_when_it_began_and_a_flush_the_rest(tmp_path, monkeypatch):
+    """Merges write the models in place: a merge while a save is packed is not in it (nor
+    half in it); no two saves overlap; a flush waits for the one in flight and saves the
+    rest."""
+    c = default_compiled()
+    slow, actor = slow_actor(tmp_path, monkeypatch, first_s=0.0)
+    pack, packing = blocks.pack, threading.Event()
+
+    def slow_pack(state):
+        if not packing.is_set():
+            packing.set()
+            time.sleep(WRITE_S)
+        return pack(state)
+    monkeypatch.setattr(posterior.blocks, "pack", slow_pack)
+
+    async def main():
+        saving = asyncio.get_running_loop().create_task(
+            actor.sync(c.version, learned(c, 3, 1), -1))
+        await began(packing)
+        await actor.sync(c.version, learned(c, 3, 2), -1)  # one in flight: no second
+        await actor.flush()
+        await saving
+    asyncio.run(main())
+    assert [blob["positives"][3] for blob in slow.blobs] == [1, 3] and slow.most == 1
+    assert Actor(default_catalog_text(), "x").learner.models.positives[3] == 3
+
+
+def test_a_switch_is_saved_after_the_save_in_flight_not_under_it(tmp_path, monkeypatch):
+    """The save in flight is slow to write: the switch's, written at once, would land first
+    and be overwritten by it."""
+    c = default_compiled()
+    slow, actor = slow_actor(tmp_path, monkeypatch, first_s=2 * WRITE_S)
+    compiled_from_text(catalog("B"))  # kept: the switch compiles nothing
+
+    async def main():
+        saving = asyncio.get_running_loop().create_task(
+            actor.sync(c.version, learned(c, 3, 1), -1))
+        await began(slow.started)
+        await actor.switch(catalog("B"))
+        await saving
+    asyncio.run(main())
+    assert [blob["catalog"] for blob in slow.blobs] == [c.version, "B"] and slow.most == 1
+    again = Actor(default_catalog_text(), "x")  # Ray restarted it: the switch's posterior
+    assert again.learner.compiled.version == "B" and again.learner.models.positives[3] == 1
+
+
+def test_a_learner_stood_down_answers_once_the_save_in_flight_is_written(tmp_path,
+                                                                      monkeypatch):
+    c = default_compiled()
+    slow, actor = slow_actor(tmp_path, monkeypatch)
+
+    async def main():
+        saving = asyncio.get_running_loop().create_task(
+            actor.sync(c.version, learned(c, 3, 1), -1))
+        await began(slow.started)
+        await actor.stand_down()
+        assert len(slow.blobs) == 1  # nothing is written after it answers
+        await actor.sync(c.version, learned(c, 3, 1), -1)
+        await actor.flush()
+        await saving
+    asyncio.run(main())
+    assert len(slow.blobs) == 1
