@@ -29,7 +29,7 @@ from kairos.cluster.control.nodes import GatewaySpec
 from kairos.cluster.transport.client import KairosClient
 from kairos.cluster.gateway.actor import GatewayActor
 from kairos.cluster.control.partitions import partition_of
-from kairos.cluster.protocol import Event
+from kairos.cluster.protocol import Event, Outcome, Request
 from kairos.cluster.settings import NAMESPACE
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
@@ -108,44 +108,54 @@ def ray_nodes(n: int) -> Iterator[list[str]]:
                 cluster.shutdown()
 
 
-def populate(customers: int, on_progress: Callable[[int], None],
-             first: int = 0) -> dict[str, float]:
+def populate(customers: int, on_progress: Callable[[int], None], first: int = 0,
+             impression: tuple[str, str] | None = None) -> dict[str, float]:
     """The CRM profiles of customers `first`..`customers`-1, through the runtime client: a
-    bulk load that bypasses the gateway (it is not what the run measures); its events per
-    second."""
+    bulk load that bypasses the gateway (it is not what the run measures); its customers per
+    second. `impression` (action, channel): each customer also gets an offline impression of
+    it, after its profile, as a customer shown that action holds it (its interaction ring
+    written: a profile event leaves the ring's pages unwritten, so not resident)."""
     client = runtime.connect()
     try:
         started = time.perf_counter()
-        client.submit(_populate(client.client, first, customers, on_progress)).result()
+        client.submit(_populate(client.client, first, customers, on_progress,
+                                impression)).result()
         seconds = time.perf_counter() - started
     finally:
         client.close()
     events = customers - first
-    return {"events": events, "seconds": round(seconds, 1),
-            "rate": round(events / max(seconds, 1e-9), 1)}
+    return {"events": events, **({"impressions": events} if impression else {}),
+            "seconds": round(seconds, 1), "rate": round(events / max(seconds, 1e-9), 1)}
 
 
 async def _populate(client: KairosClient, first: int, last: int,
-                    on_progress: Callable[[int], None]) -> None:
-    """Enqueued without a task per event (what a gateway's streams do), POPULATE_INFLIGHT at
-    most in flight, answers taken oldest first."""
+                    on_progress: Callable[[int], None],
+                    impression: tuple[str, str] | None) -> None:
+    """Enqueued without a task per request (what a gateway's streams do), POPULATE_INFLIGHT
+    requests at most in flight, a customer's answers taken together, oldest customer
+    first."""
     now = time.time()
-    inflight: deque[tuple[Event, asyncio.Future]] = deque()
+    inflight: deque[list[tuple[Request, asyncio.Future]]] = deque()
+    most = POPULATE_INFLIGHT // (2 if impression else 1)  # customers in flight
     done = 0
 
     async def oldest() -> None:
         nonlocal done
-        request, future = inflight.popleft()
-        await client.settle(request, await future)
+        for request, future in inflight.popleft():
+            await client.settle(request, await future)
         done += 1
         if done % POPULATE_PROGRESS_EVERY == 0:
             on_progress(POPULATE_PROGRESS_EVERY)
 
     for customer, attributes in crm_profiles(last, first):
-        request = Event(customer_id=customer, event_type=PROFILE_EVENT, time=now,
-                        attributes=attributes)
-        inflight.append((request, client.enqueue(request)))
-        if len(inflight) >= POPULATE_INFLIGHT:
+        requests: list[Request] = [Event(customer_id=customer, event_type=PROFILE_EVENT,
+                                         time=now, attributes=attributes)]
+        if impression:
+            action_id, channel = impression
+            requests.append(Outcome(customer_id=customer, action_id=action_id, channel=channel,
+                                    outcome="impression", when=now))
+        inflight.append([(request, client.enqueue(request)) for request in requests])
+        if len(inflight) >= most:
             await oldest()
     while inflight:
         await oldest()
