@@ -7,8 +7,10 @@ import asyncio
 import threading
 import time
 
+import numpy as np
 from kairos.cluster.control import learner as learner_module
-from kairos.cluster.control import posterior
+from kairos.cluster.control.learner import Learner, save_models
+from kairos.cluster.control.posterior import PER_MODEL, packed_parts
 from kairos.cluster.storage import blocks
 from kairos.cluster.storage.providers import open_store
 from kairos.core.catalog import default_catalog_text
@@ -76,30 +78,52 @@ def test_a_save_is_written_while_the_loop_answers_other_shards(tmp_path, monkeyp
 
 
 def test_a_save_holds_what_was_merged_when_it_began_and_a_flush_the_rest(tmp_path, monkeypatch):
-    """Merges write the models in place: a merge while a save is packed is not in it (nor
-    half in it); no two saves overlap; a flush waits for the one in flight and saves the
+    """Merges write the models in place: a merge while a save is on its thread is not in it
+    (nor half in it); no two saves overlap; a flush waits for the one in flight and saves the
     rest."""
     c = default_compiled()
     slow, actor = slow_actor(tmp_path, monkeypatch, first_s=0.0)
-    pack, packing = blocks.pack, threading.Event()
+    to_thread, started = asyncio.to_thread, threading.Event()
 
-    def slow_pack(state):
-        if not packing.is_set():
-            packing.set()
+    async def late(work):  # the thread starts its work WRITE_S late
+        def then():
+            started.set()
             time.sleep(WRITE_S)
-        return pack(state)
-    monkeypatch.setattr(posterior.blocks, "pack", slow_pack)
+            return work()
+        return await to_thread(then)
+    monkeypatch.setattr(asyncio, "to_thread", late)
 
     async def main():
         saving = asyncio.get_running_loop().create_task(
             actor.sync(c.version, learned(c, 3, 1), -1))
-        await began(packing)
+        await began(started)
         await actor.sync(c.version, learned(c, 3, 2), -1)  # one in flight: no second
         await actor.flush()
         await saving
     asyncio.run(main())
     assert [blob["positives"][3] for blob in slow.blobs] == [1, 3] and slow.most == 1
     assert Actor(default_catalog_text(), "x").learner.models.positives[3] == 3
+
+
+def test_a_saved_posterior_is_what_blocks_pack_makes_of_it():
+    """Packed in parts for a thread to join, byte for byte what blocks.pack made (and
+    blocks.unpack reads), whatever the arrays' sizes (msgpack's three bin headers)."""
+    learner = Learner(default_compiled(), default_catalog_text())
+    learner.sync(learner.compiled.version, learned(learner.compiled, 3, 2), -1)
+    assert save_models(learner) == blocks.pack(posterior_block(learner))
+    rng = np.random.default_rng(0)
+    block = {"text": "x", "none": None, "list": [["a", "b", 1, 2.5]], "empty": np.zeros(0),
+             **{f"a{n}": rng.random(n) for n in (1, 31, 32, 8191, 8192, 9000)},
+             "matrices": rng.random((3, 4, 4)), "counts": np.arange(5, dtype=np.int64)}
+    assert b"".join(packed_parts(block)) == blocks.pack(block)
+
+
+def posterior_block(learner) -> dict:
+    m = learner.models
+    return {"catalog": learner.compiled.version, "catalog_text": learner.catalog_text,
+            "version": m.version, "ran": list(learner.ran),
+            "sequences": [[*key, *last] for key, last in learner.sequences.items()],
+            **{name: getattr(m, name) for name in (*PER_MODEL, "inputs")}}
 
 
 def test_a_switch_is_saved_after_the_save_in_flight_not_under_it(tmp_path, monkeypatch):
