@@ -19,8 +19,8 @@ that holds them, at most SENDERS_KEPT), and answers a repeat without merging it 
 
 The posterior is saved to the store's meta, by a sync that merged if LEARNER_SAVE_S passed
 since the last save and otherwise at the next LEARNER_SAVE_S tick (an idle learner writes
-nothing), and by `flush` (runtime.stop's, before the kill), packed and written on a thread, one
-save at a time (posterior.py `Saves`). So a learner that Ray restarts, or
+nothing), and by `flush` (runtime.stop's, before the kill), copied on the loop and written on a
+thread, one save at a time (posterior.py `Saves`). So a learner that Ray restarts, or
 a cluster started again on the same store, goes on from what it had learned rather than from
 the priors; the deltas merged since the last save (at most LEARNER_SAVE_S) are lost with the
 process. It is saved with its catalog's text: Ray restarts the actor with the catalog it was created
@@ -335,8 +335,8 @@ class LearnerActor:
     """Started by the controller as LEARNER_NAME. An async actor: each idle shard's watch
     holds one of Ray's 1,000 concurrent calls for up to LONG_POLL_S (one its shard gives up
     on is cancelled here too: RayBackend.call's `poll`). A save to the store (about every
-    LEARNER_SAVE_S while the shards learn) is packed and written on a thread (posterior.py
-    `Saves`); only a switch's holds the loop."""
+    LEARNER_SAVE_S while the shards learn) holds the loop only to copy the posterior and is
+    written on a thread (posterior.py `Saves`); a switch's holds it throughout."""
 
     def __init__(self, catalog_text: str, store_url: str = "memory"):
         # unconfirmed: Ray restarts it with `catalog_text`, which may have been switched from

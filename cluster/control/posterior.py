@@ -159,11 +159,12 @@ def _bin_header(size: int) -> bytes:
 
 class Saves:
     """The learner's saves of its posterior under the store's meta `key`, one at a time. The
-    periodic ones (a sync's, a flush's) copy the models on the event loop (`saved_parts`: some
-    20-30 ms for a 48.5 MiB table) and join and write them on a thread (a save on the loop
-    took 150-500 ms at that size, which held every shard's syncs and watches). A save that
-    must hold the loop until it is written (`save_now`: a switch's, which a failure undoes)
-    waits for the one in flight first (`idle`), so an older one never lands after it."""
+    periodic ones (a sync's, a flush's) copy the models on the event loop (`saved_parts`:
+    30-75 ms for a 48.5 MiB table, measured on a loaded machine) and join and write them on a
+    thread (a save on the loop took 150-500 ms at that size, which held every shard's syncs
+    and watches). A save that must hold the loop until it is written (`save_now`: a
+    switch's, which a failure undoes) waits for the one in flight first (`idle`), so an
+    older one never lands after it."""
 
     def __init__(self, store: Any, key: str) -> None:
         self.store, self.key = store, key
