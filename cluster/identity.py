@@ -24,8 +24,8 @@ exactly once (see KairosClient.link):
 
 From step 1 the alias names the customer, but the visitor's idempotency keys reach it only at
 step 3: meanwhile the customer's shard holds back the events and outcomes that come to it by
-way of the alias (`via`), for LINK_HOLD_S after the alias's first claim at most
-(`Directory.linking`, cluster/shard/linkhold.py), so that a visitor's request retried by alias
+way of the alias (`via`), for LINK_HOLD_S after the alias's claim at most, re-armed by a
+link retried later (cluster/shard/linkhold.py), so that a visitor's request retried by alias
 is not applied on the customer and again with the visitor's state.
 
 Forgetting a customer is a saga too (KairosClient.forget): the customer's shard erases it,
@@ -65,7 +65,8 @@ from typing import Any, Iterable
 from kairos.core.errors import InputError
 from kairos.core.request import quoted
 
-from kairos.cluster.settings import LINK_HOLD_S, TOMBSTONE_S, TOMBSTONES_PER_PARTITION
+from kairos.cluster.settings import TOMBSTONE_S, TOMBSTONES_PER_PARTITION
+from kairos.cluster.shard.linkhold import ClaimHolds
 
 ANONYMOUS = "~"  # prefix of anonymous customers' ids; customer ids may not start with it
 ALIAS_TYPE = re.compile(r"[a-z][a-z0-9_]{0,31}")
@@ -172,32 +173,26 @@ class Directory:
         # partition -> customer -> the aliases its links under way claimed (until each merges,
         # is refused, or the customer is forgotten), the customer claiming last at the end
         self.claimed: dict[int, dict[str, list[str]]] = {}
-        # partition -> customer -> alias claimed -> when it was first claimed, which the hold
-        # of requests by way of it runs from (`linking`): kept with the claim (snapshots,
-        # handoffs, the journal), so that neither a restart nor a retried link prolongs it
-        self.claimed_at: dict[int, dict[str, dict[str, float]]] = {}
+        self.holds = ClaimHolds()  # what the claims hold back, and until when (`linking`)
 
     def claim(self, partition: int, customer_id: str, key: str,
               when: float | None = None) -> None:
         """Note the alias as claimed by the customer's link under way (`claim_refusal` said
         there is room: a snapshot's or a journal's claims are all noted again), at `when`
-        (None: it holds nothing back); an alias claimed already keeps its first claim's time."""
+        (None: it holds nothing back; a claim again keeps its hold: ClaimHolds.claimed)."""
         mine = self.claimed.setdefault(partition, {})
         keys = mine[customer_id] = mine.pop(customer_id, [])
+        self.holds.claimed(partition, customer_id, key, when, again=key in keys)
         if key not in keys:
             keys.append(key)
-            if when is not None:
-                self.claimed_at.setdefault(partition, {}).setdefault(customer_id, {})[key] = when
 
     def linking(self, partition: int, customer_id: str, via: str, now: float) -> bool:
         """Whether a request that came to the customer by way of `via` (an alias's anonymous
-        id) meets a link of that alias into it under way (claimed, not merged) whose claim was
-        made less than LINK_HOLD_S ago: the visitor's keys reach the customer only with the
-        link's Merge. Either side of now: a claim timed ahead of this clock (stepped back, or
-        a peer's ahead: the claim moved with its partition) holds 2 * LINK_HOLD_S at most."""
-        when = self.claimed_at.get(partition, {}).get(customer_id, {}).get(
-            via[len(ANONYMOUS):])
-        return when is not None and via.startswith(ANONYMOUS) and abs(now - when) < LINK_HOLD_S
+        id) meets a link of that alias into it under way (claimed, not merged) whose claim
+        holds it back (ClaimHolds.linking): the visitor's keys reach the customer only with
+        the link's Merge."""
+        return via.startswith(ANONYMOUS) and self.holds.linking(
+            partition, customer_id, via[len(ANONYMOUS):], now)
 
     def claim_refusal(self, partition: int, customer_id: str) -> str | None:
         """Why a new claim by the customer is refused for now (None: it is not): a claim
@@ -222,12 +217,9 @@ class Directory:
         if key not in keys:
             return False
         keys.remove(key)
-        times = self.claimed_at.get(partition, {}).get(customer_id, {})
-        times.pop(key, None)
+        self.holds.drop(partition, customer_id, key)
         if not keys:
             del mine[customer_id]
-        if not times:
-            self.claimed_at.get(partition, {}).pop(customer_id, None)
         return True
 
     def claims(self, partition: int, customer_id: str) -> list[str]:
@@ -236,7 +228,7 @@ class Directory:
 
     def drop_claims(self, partition: int, customer_id: str) -> list[str]:
         """The aliases the customer's links under way claimed, no longer noted here."""
-        self.claimed_at.get(partition, {}).pop(customer_id, None)
+        self.holds.drop(partition, customer_id)
         return self.claimed.get(partition, {}).pop(customer_id, [])
 
     def resolve(self, partition: int, key: str, now: float, for_forget: bool = False) -> str:
@@ -438,7 +430,7 @@ class Directory:
                               for p in partitions},
                 "retiring": {p: list(self.retiring.get(p, {}).items()) for p in partitions},
                 "claimed": {p: self.claimed.get(p, {}) for p in partitions},
-                "claimed_at": {p: self.claimed_at.get(p, {}) for p in partitions}}
+                **self.holds.export(partitions)}
 
     def load(self, payload: dict[str, Any]) -> None:
         for p, aliases in payload["aliases"].items():
@@ -461,11 +453,10 @@ class Directory:
             for key, (customer_id, when) in retiring:
                 self.retire(int(p), key, customer_id, when)
         for p, claimed in payload.get("claimed", {}).items():
-            # older snapshots and handoffs keep no times: their claims hold nothing back
-            times = payload.get("claimed_at", {}).get(p, {})
             for customer_id, keys in claimed.items():
                 for key in keys:
-                    self.claim(int(p), customer_id, key, times.get(customer_id, {}).get(key))
+                    self.claim(int(p), customer_id, key)
+        self.holds.load(payload)
 
     def drop(self, partitions: Iterable[int]) -> None:
         for p in partitions:
@@ -476,7 +467,7 @@ class Directory:
             self.releasing.pop(p, None)
             self.retiring.pop(p, None)
             self.claimed.pop(p, None)
-            self.claimed_at.pop(p, None)
+            self.holds.drop(p)
             self._settled.pop(p, None)
             for anonymous in self.redirects.pop(p, {}):
                 self._redirected.pop(anonymous, None)

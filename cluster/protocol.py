@@ -179,9 +179,10 @@ class Bury(NamedTuple):
 class Claim(NamedTuple):
     """Step 0 of a link: the customer's shard notes the alias as the customer's (identity.py),
     so a forget sees it whatever step the link is at. `when`: the time the shard took it, from
-    which the link's hold runs (shard/linkhold.py), which the journal keeps so that a restart
-    does not start it again (None on the way in; in journals from before the field, and for an
-    alias merged into the customer already, None: it holds nothing)."""
+    which the link's hold runs, or a retry's, which may re-arm it (shard/linkhold.py), which
+    the journal keeps so that a replay decides as the shard did and a restart starts no hold
+    (None on the way in; in journals from before the field, and for an alias merged into the
+    customer already, None: it holds nothing)."""
 
     kind: str = "claim"
     partition: int = UNROUTED

@@ -388,3 +388,8 @@ TOMBSTONES_PER_PARTITION = integer("TOMBSTONES_PER_PARTITION", 4096)
 # link's Merge brings the visitor's idempotency keys (cluster/shard/linkhold.py). A link takes
 # a few round trips; this bounds the hold of one whose caller gave up between its steps.
 LINK_HOLD_S = number("LINK_HOLD_S", 30.0, above=True, high=3600.0)
+# How many times a link retried once its claim's hold has ended (its first try cut after its
+# Claim, retried later, as callers are told to) has the claim hold again, from the retry: so
+# that the retried link's steps are held too, while no caller holds the alias's requests more
+# than (1 + this) * LINK_HOLD_S by retrying or repeating a link (0: a claim holds once).
+LINK_HOLD_RENEWALS = integer("LINK_HOLD_RENEWALS", 2, low=0, high=100)

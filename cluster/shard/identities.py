@@ -106,8 +106,8 @@ class IdentityRequests:
 
     def claim(self, batch: list[Claim], touched: dict[str, float]) -> list[Reply]:
         """Step 0: note the alias as the customer's, so a forget finds it from here on, and
-        when (a retry keeps the first claim's time). The customer is not made resident: a link
-        refused at step 1 leaves it no profile."""
+        when (a retry keeps its hold, or re-arms one ended: linkhold.ClaimHolds). The customer
+        is not made resident: a link refused at step 1 leaves it no profile."""
         replies: list[Reply] = []
         for r in batch:
             if self._buried(r.partition, r.key, r.customer_id):
@@ -118,8 +118,9 @@ class IdentityRequests:
             if refused is not None:
                 replies.append(refused)
                 continue
-            # its hold runs from now (linkhold.py), or, replayed, from when it was taken; an
-            # alias merged already (a link retried after it finished) holds nothing back
+            # taken now, or, replayed, when it was taken (so a replayed retry re-arms its hold
+            # as it did); an alias merged already (a link retried after it finished) holds
+            # nothing back
             when = r.when if self._journaling.replaying else (
                 None if r.key in self._identities.aliases(r.customer_id) else self._ctx.clock())
             self._directory.claim(r.partition, r.customer_id, r.key, when)

@@ -8,23 +8,26 @@ anonymous id's MERGED redirect: both set the request's `via`, the anonymous id i
 be applied on the customer, and again with the visitor's state the Merge folds in. So it is
 refused BUSY (retry shortly), keyed or not (an unkeyed one let through would overtake a keyed
 one of the same stream), until the Merge drops the claim, or for LINK_HOLD_S after the alias's
-first claim at most (`Directory.linking`), for a link whose caller gave up between its steps.
-After the Merge the visitor's keys, the customer's now, answer the retry as a duplicate.
+claim at most (`ClaimHolds`), for a link whose caller gave up between its steps; a link retried
+later has its claim hold again, a few times at most. After the Merge the visitor's keys, the
+customer's now, answer the retry as a duplicate.
 
 The customer's own requests carry no `via` and are not held back, but for its events and
 outcomes later in the round (any sender's) than a held one, which would overtake it
-(BEHIND_LINKING). A Busy reply (an Unavailable would not) also has the host refuse its sender's
-later batches' requests for the customer (refusals.py), and the client give up the rest of the
-caller's call (transport/client.py). A sender older than `via` names none, and its requests
-are not held: the window stays open for them. A Decide that records its impressions is not
-held: it carries no idempotency key, so a retried one records them twice, link or not.
+(BEHIND_LINKING: the Shard does not know the senders of a round's requests, so it cannot keep
+this to the held one's). A Busy reply (an Unavailable would not) also has the host refuse its
+sender's later batches' requests for the customer, Decides and reads included (refusals.py),
+and the client give up the rest of the caller's call (transport/client.py). A sender older
+than `via` names none, and its requests are not held: the window stays open for them. A
+Decide that records its impressions is not held: it carries no idempotency key, so a retried
+one records them twice, link or not.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
-from kairos.cluster.identity import Directory
 from kairos.cluster.protocol import Busy, Event, Outcome, Reply
+from kairos.cluster.settings import LINK_HOLD_RENEWALS, LINK_HOLD_S
 
 # the kinds held back: those a visitor's state, merged, could hold a second time
 HOLDS = frozenset({"event", "outcome"})
@@ -36,9 +39,74 @@ BEHIND_LINKING = Busy(reason="an earlier request for this customer, by way of an
                              "applied either, so as not to overtake it; retry it shortly")
 
 
+class ClaimHolds:
+    """The holds of the directory's claims, per partition: kept with the claims (snapshots,
+    handoffs, the journal's Claims, each with its time) so that a restart or a move neither
+    restores a hold that had ended nor prolongs one."""
+
+    def __init__(self) -> None:
+        # partition -> customer -> alias claimed -> [when its hold runs from, times re-armed]
+        self.held: dict[int, dict[str, dict[str, list]]] = {}
+
+    def claimed(self, partition: int, customer_id: str, key: str, when: float | None,
+                again: bool) -> None:
+        """Note a claim made at `when` (None: it holds nothing back). A claim `again` (the
+        link retried) keeps its hold, but for one made once that hold has ended: the retried
+        link's steps would run unheld, so it holds again from `when`, LINK_HOLD_RENEWALS times
+        at most: however often its caller retries or repeats the link, a claim holds its
+        alias's requests (1 + LINK_HOLD_RENEWALS) * LINK_HOLD_S at most."""
+        hold = self.held.get(partition, {}).get(customer_id, {}).get(key)
+        if when is None or again and hold is not None and (
+                hold[1] >= LINK_HOLD_RENEWALS or abs(when - hold[0]) < LINK_HOLD_S):
+            return
+        rearmed = int(again) + (hold[1] if hold is not None else 0)
+        self.held.setdefault(partition, {}).setdefault(customer_id, {})[key] = [when, rearmed]
+
+    def linking(self, partition: int, customer_id: str, key: str, now: float) -> bool:
+        """Whether the customer's claim of the alias holds (requests by way of it) at `now`.
+        Either side of now: a claim timed ahead of this clock (stepped back, or a peer's
+        ahead: the claim moved with its partition) holds 2 * LINK_HOLD_S at most."""
+        hold = self.held.get(partition, {}).get(customer_id, {}).get(key)
+        return hold is not None and abs(now - hold[0]) < LINK_HOLD_S
+
+    def drop(self, partition: int, customer_id: str | None = None,
+             key: str | None = None) -> None:
+        """Forget the holds of the alias's claim, of all the customer's, or (no customer) of
+        all the partition's."""
+        if customer_id is None:  # popped, not cleared: a handoff's export may hold it still
+            self.held.pop(partition, None)
+            return
+        mine = self.held.get(partition, {})
+        if key is None:
+            mine.pop(customer_id, None)
+        else:
+            holds = mine.get(customer_id, {})
+            holds.pop(key, None)
+            if not holds:
+                mine.pop(customer_id, None)
+        if not mine:
+            self.held.pop(partition, None)
+
+    def export(self, partitions: Iterable[int]) -> dict[str, dict]:
+        return {"claim_holds": {p: self.held.get(p, {}) for p in partitions}}
+
+    def load(self, payload: dict) -> None:
+        """A snapshot's or handoff's holds; one from before their re-arms keeps the claims'
+        times only (`claimed_at`), one from before that none: its claims hold nothing back."""
+        for p, customers in payload.get("claim_holds", {}).items():
+            for customer_id, holds in customers.items():
+                self.held.setdefault(int(p), {})[customer_id] = {
+                    key: list(hold) for key, hold in holds.items()}
+        for p, customers in payload.get("claimed_at", {}).items():
+            for customer_id, times in customers.items():
+                self.held.setdefault(int(p), {})[customer_id] = {
+                    key: [when, 0] for key, when in times.items()}
+
+
 class LinkHold:
-    def __init__(self, directory: Directory, clock: Callable[[], float]) -> None:
-        self._directory = directory
+    def __init__(self, linking: Callable[[int, str, str, float], bool],
+                 clock: Callable[[], float]) -> None:
+        self._linking = linking  # Directory.linking (identity.py keeps its ClaimHolds)
         self._clock = clock
         # the latest round that held a request back (its replies list, one per round), and the
         # customers it held
@@ -48,7 +116,7 @@ class LinkHold:
         """LINKING for a request that came by way of an alias whose link into its customer is
         under way; BEHIND_LINKING for a request of a customer held back earlier in the round
         (`round_`: its replies); None for one to serve."""
-        if request.via is not None and self._directory.linking(
+        if request.via is not None and self._linking(
                 request.partition, request.customer_id, request.via, self._clock()):
             if self._round[0] is not round_:
                 self._round = (round_, set())

@@ -118,7 +118,7 @@ class Shard:
         self.labels = TaughtLabels(clock)
         secret = outcome_secret(ctx.store)
         self.directory = Directory(secret)
-        self.link_hold = LinkHold(self.directory, clock)
+        self.link_hold = LinkHold(self.directory.linking, clock)
         self.watches = Watches(ctx)
         self.identities = CustomerIdentities()
         self.residency = Residency(ctx, self.ownership, self.journaling,

@@ -2,24 +2,30 @@
 customer's shard holds back the events and outcomes that came by way of the alias (`via`) from
 the link's Claim until its Merge, LINK_HOLD_S at most, so that a retry is applied once (after
 the Merge, a duplicate); the customer's own requests are not held back, but for those a round
-holds behind a held one; neither a retried link nor a restart prolongs the hold."""
+holds behind a held one; a link retried once its claim's hold ended holds again, a bounded
+number of times; a restart neither restores nor prolongs a hold."""
 from __future__ import annotations
 
 import asyncio
 
+import msgpack
 import pytest
 
 from kairos.cluster.gateway.requests import Who
-from kairos.cluster.identity import LINK_HOLD_S, anonymous_id, link_id
+from kairos.cluster.identity import anonymous_id, link_id
 from kairos.cluster.protocol import Claim, Event, EventAck, Link, Merged, Ok, Outcome, Settle
+from kairos.cluster.settings import LINK_HOLD_RENEWALS, LINK_HOLD_S
 from kairos.cluster.shard.host import OVERTAKING
+from kairos.cluster.shard.identities import FORGETTING
 from kairos.cluster.shard.linkhold import BEHIND_LINKING, LINKING
 from kairos.cluster.shard.shard import Shard
+from kairos.cluster.storage.directory_store import DirectoryStore
+from kairos.cluster.storage.frames import frame
 from kairos.cluster.storage.memory_store import MemoryStore
 from kairos.cluster.transport.client import Busy, KairosClient
 from tests.support.local_backend import LocalBackend
-from tests.unit.shard.test_shard import (N_PARTITIONS, T0, Clock, event, link_steps, merge,
-                                         outcome, p_of, profile, resolve, shard, take)
+from tests.unit.shard.test_shard import (N_PARTITIONS, T0, Clock, event, forget, link_steps,
+                                         merge, outcome, p_of, profile, resolve, shard, take)
 from tests.unit.shard.test_shard_host import run
 
 KEY, ANON, LINK = "cookie:c1", anonymous_id("cookie:c1"), link_id("cookie:c1", "ana")
@@ -122,11 +128,73 @@ def test_the_hold_ends_link_hold_s_after_the_claim_and_a_retried_claim_does_not_
 def test_a_link_retried_after_its_merge_holds_nothing(compiled):
     """Its Claim of an alias the customer holds already: the visitor's keys are the
     customer's, so a retry by alias is answered as a duplicate, not held."""
-    s = shard(compiled, clock=Clock())
+    clock = Clock()
+    s = shard(compiled, clock=clock)
     s.process([visit(), claim()])
     link_steps(s, s, s, KEY, "ana")
-    assert s.process([claim()])[0] == [Ok()]
+    for _ in range(2):  # retried at once, and again once a hold would have ended
+        assert s.process([claim()])[0] == [Ok()]
+        assert s.process([by_alias(visit())])[0] == [EventAck(sequence=1, duplicate=True)]
+        clock.now += LINK_HOLD_S + 1
+
+
+def test_a_link_retried_after_its_hold_ended_is_held_again_and_applies_once(compiled):
+    """Review rev46/d-link finding 1: the first LinkIdentity claimed the alias and failed at
+    step 1; its caller retried it more than LINK_HOLD_S later (as told: until it answers OK).
+    The retry's Claim re-arms the hold, so the visitor's retry by alias between the retried
+    link's Link and Merge is held (not applied, then applied again by the Merge)."""
+    clock = Clock()
+    s = shard(compiled, clock=clock)
+    s.process([visit(), claim()])
+    clock.now += LINK_HOLD_S + 1
+    assert s.process([claim(), Link(partition=p_of(KEY), key=KEY, customer_id="ana")])[0] == \
+        [Ok(), Ok()]
+    assert s.process([by_alias(visit())])[0] == [LINKING]
+    state = s.process([take(ANON, LINK, "ana")])[0][0].value
+    assert s.process([merge("ana", LINK, KEY, state)])[0] == [Ok(value=True)]
+    s.process([Settle(partition=p_of(ANON), anonymous=ANON, link=LINK)])
     assert s.process([by_alias(visit())])[0] == [EventAck(sequence=1, duplicate=True)]
+    assert applied(s) == 1
+
+
+def test_a_claim_re_arms_its_hold_link_hold_renewals_times_at_most(compiled):
+    """However often a caller with the link scope repeats a link (never merging it), its
+    claim holds the alias's requests (1 + LINK_HOLD_RENEWALS) * LINK_HOLD_S at most: the
+    71d4bba concern, a hold renewed by every repeated link."""
+    clock = Clock()
+    s = shard(compiled, clock=clock)
+    s.process([claim()])
+    for _ in range(LINK_HOLD_RENEWALS):
+        clock.now += LINK_HOLD_S
+        assert s.process([by_alias(event("ana", "app_open", T0))])[0][0].status == "ok"
+        s.process([claim()])
+        assert s.process([by_alias(visit())])[0] == [LINKING]
+    clock.now += LINK_HOLD_S
+    s.process([claim()])
+    assert s.process([by_alias(visit())])[0][0] == EventAck(sequence=LINK_HOLD_RENEWALS + 1)
+
+
+@pytest.mark.parametrize("snapshot", [False, True])
+def test_a_restart_keeps_a_claims_re_arms(compiled, snapshot):
+    """A re-armed hold, restored from the journal (its retried Claim's time) or a snapshot,
+    holds until LINK_HOLD_S after the retry, not after the restart, and a claim that used its
+    re-arms up gets none more after a restart."""
+    clock = Clock()
+    s = shard(compiled, store=MemoryStore(), clock=clock)
+    s.process([event("ana", "app_open", T0), claim()])
+    for _ in range(LINK_HOLD_RENEWALS):
+        clock.now += LINK_HOLD_S
+        s.process([claim()])
+    if snapshot:
+        s.snapshot()
+    s.close()
+    clock.now += LINK_HOLD_S - 1
+    again = Shard(s.name, compiled, list(s.owned), N_PARTITIONS, store=s.store, clock=clock)
+    again.recover()
+    assert again.process([by_alias(visit())])[0] == [LINKING]
+    clock.now += 1
+    again.process([claim()])  # no re-arm left
+    assert again.process([by_alias(visit())])[0][0] == EventAck(sequence=2)
 
 
 @pytest.mark.parametrize("snapshot", [False, True])
@@ -149,17 +217,66 @@ def test_a_restart_does_not_renew_the_hold(compiled, snapshot):
 
 def test_a_claim_restored_without_its_time_holds_nothing(compiled):
     """A snapshot or handoff from before claims kept their time: nothing says how old its
-    claims are, so they hold nothing back (the window stays open for those links)."""
+    claims are, so they hold nothing back (the window stays open for those links); one from
+    before their re-arms (`claimed_at`: times only) holds from those times."""
     s = shard(compiled, clock=Clock())
     s.process([claim()])
     payload = s.directory.export([p_of("ana")])
-    assert payload.pop("claimed_at") == {p_of("ana"): {"ana": {KEY: T0}}}
-    older, newer = type(s.directory)(b"secret"), type(s.directory)(b"secret")
+    assert payload.pop("claim_holds") == {p_of("ana"): {"ana": {KEY: [T0, 0]}}}
+    older, times_only, newer = (type(s.directory)(b"secret") for _ in range(3))
     older.load(payload)
     assert older.claims(p_of("ana"), "ana") == [KEY]
     assert not older.linking(p_of("ana"), "ana", ANON, T0)
+    times_only.load({**payload, "claimed_at": {p_of("ana"): {"ana": {KEY: T0}}}})
+    assert times_only.linking(p_of("ana"), "ana", ANON, T0 + LINK_HOLD_S - 1)
     newer.load(s.directory.export([p_of("ana")]))
     assert newer.linking(p_of("ana"), "ana", ANON, T0 + LINK_HOLD_S - 1)
+
+
+def test_a_format_6_claim_replays_holding_nothing_until_its_link_is_retried(compiled,
+                                                                            tmp_path):
+    """A journal's Claim from before claims had times: replayed, it holds nothing back (how
+    old it is, nothing says); its link retried now re-arms it, as any claim's whose hold
+    ended (the retried link's steps are held)."""
+    journal = tmp_path / "journals" / "s0"
+    journal.mkdir(parents=True)
+    link = Link(partition=p_of(KEY), key=KEY, customer_id="ana")
+    (journal / f"{1:020d}.log").write_bytes(
+        frame(1, [list(claim())[:5], list(link)], journal_format=6))
+    s = shard(compiled, store=DirectoryStore(tmp_path), clock=Clock())
+    s.recover()
+    assert s.directory.claims(p_of("ana"), "ana") == [KEY]
+    assert s.process([by_alias(visit("k1"))])[0][0] == EventAck(sequence=1)
+    s.process([claim()])
+    assert s.process([by_alias(visit("k2"))])[0] == [LINKING]
+    s.close()
+
+
+def test_a_forget_during_a_link_leaves_no_hold(compiled):
+    """The customer forgotten between the link's steps: its claims and their holds go with
+    it; a request by the alias meets the forget, not the link."""
+    s = shard(compiled, clock=Clock())
+    s.process([event("ana", "app_open", T0), claim(),
+               Link(partition=p_of(KEY), key=KEY, customer_id="ana")])
+    assert s.process([by_alias(visit())])[0] == [LINKING]
+    assert s.process([forget("ana")])[0][0].status == "ok"
+    assert s.directory.claims(p_of("ana"), "ana") == []
+    assert s.directory.holds.held == {}
+    assert s.process([by_alias(visit())])[0] == [FORGETTING]
+
+
+def test_a_partition_handed_off_keeps_its_holds_after_the_source_dropped_it(compiled):
+    """The export, packed after its source dropped the partition (as a move does), still
+    holds from the claim's time on its new shard."""
+    s = shard(compiled, clock=Clock())
+    s.process([claim()])
+    payload = s.directory.export([p_of("ana")])
+    s.directory.drop([p_of("ana")])
+    assert not s.directory.linking(p_of("ana"), "ana", ANON, T0)
+    moved = type(s.directory)(b"secret")
+    moved.load(msgpack.unpackb(msgpack.packb(payload), strict_map_key=False))
+    assert moved.linking(p_of("ana"), "ana", ANON, T0 + LINK_HOLD_S - 1)
+    assert not moved.linking(p_of("ana"), "ana", ANON, T0 + LINK_HOLD_S)
 
 
 def test_who_via_names_the_alias_only_when_it_resolved_to_another_customer():
