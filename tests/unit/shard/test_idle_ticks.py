@@ -18,6 +18,7 @@ from kairos.cluster.storage.memory_store import MemoryStore
 
 from tests.support.waiting import until
 
+from . import test_shard_host as shard_host
 from .test_shard import N_PARTITIONS, event
 
 TICK_S = 0.05
@@ -33,15 +34,7 @@ def long_quiet(monkeypatch):
 
 
 def run(compiled, test, store=None, **options) -> None:
-    async def main():
-        host = ShardHost("s0", N_PARTITIONS, 0, (lambda: store) if store else MemoryStore,
-                         "fsync", tick_s=TICK_S, **options)
-        await host.start(compiled, {p: 0 for p in range(N_PARTITIONS)}, [])
-        try:
-            await test(host)
-        finally:
-            host.stop()
-    asyncio.run(asyncio.wait_for(main(), 30))
+    shard_host.run(compiled, store or MemoryStore(), test, tick_s=TICK_S, **options)
 
 
 def counting_ticks(monkeypatch) -> list[float]:

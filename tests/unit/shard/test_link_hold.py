@@ -174,6 +174,20 @@ def test_a_claim_re_arms_its_hold_link_hold_renewals_times_at_most(compiled):
     assert s.process([by_alias(visit())])[0][0] == EventAck(sequence=LINK_HOLD_RENEWALS + 1)
 
 
+def restarted_within_the_hold(compiled, s: Shard, clock, snapshot: bool) -> Shard:
+    """`s` restarted (from its journal, or a snapshot) a second before its hold ends, still
+    holding a request by alias; its clock then at the hold's end."""
+    if snapshot:
+        s.snapshot()
+    s.close()
+    clock.now += LINK_HOLD_S - 1
+    again = Shard(s.name, compiled, list(s.owned), N_PARTITIONS, store=s.store, clock=clock)
+    again.recover()
+    assert again.process([by_alias(visit())])[0] == [LINKING]
+    clock.now += 1
+    return again
+
+
 @pytest.mark.parametrize("snapshot", [False, True])
 def test_a_restart_keeps_a_claims_re_arms(compiled, snapshot):
     """A re-armed hold, restored from the journal (its retried Claim's time) or a snapshot,
@@ -185,14 +199,7 @@ def test_a_restart_keeps_a_claims_re_arms(compiled, snapshot):
     for _ in range(LINK_HOLD_RENEWALS):
         clock.now += LINK_HOLD_S
         s.process([claim()])
-    if snapshot:
-        s.snapshot()
-    s.close()
-    clock.now += LINK_HOLD_S - 1
-    again = Shard(s.name, compiled, list(s.owned), N_PARTITIONS, store=s.store, clock=clock)
-    again.recover()
-    assert again.process([by_alias(visit())])[0] == [LINKING]
-    clock.now += 1
+    again = restarted_within_the_hold(compiled, s, clock, snapshot)
     again.process([claim()])  # no re-arm left
     assert again.process([by_alias(visit())])[0][0] == EventAck(sequence=2)
 
@@ -204,14 +211,7 @@ def test_a_restart_does_not_renew_the_hold(compiled, snapshot):
     clock = Clock()
     s = shard(compiled, store=MemoryStore(), clock=clock)
     s.process([event("ana", "app_open", T0), claim()])
-    if snapshot:
-        s.snapshot()
-    s.close()
-    clock.now += LINK_HOLD_S - 1
-    again = Shard(s.name, compiled, list(s.owned), N_PARTITIONS, store=s.store, clock=clock)
-    again.recover()
-    assert again.process([by_alias(visit())])[0] == [LINKING]
-    clock.now += 1
+    again = restarted_within_the_hold(compiled, s, clock, snapshot)
     assert again.process([by_alias(visit())])[0][0] == EventAck(sequence=2)
 
 

@@ -38,7 +38,8 @@ def test_the_host_imports_no_ray():
 def run(compiled, store, test, **kw) -> None:
     """`test(host)` on a started host (every partition, map version 0) in its own loop."""
     async def main():
-        host = ShardHost("s0", N_PARTITIONS, 0, lambda: store, "fsync", tick_s=3600.0, **kw)
+        host = ShardHost("s0", N_PARTITIONS, 0, lambda: store, "fsync",
+                         **{"tick_s": 3600.0, **kw})
         await host.start(compiled, {p: 0 for p in range(N_PARTITIONS)}, [])
         try:
             await test(host)
