@@ -320,7 +320,7 @@ def test_a_journal_of_plain_arrays_in_the_old_layout_still_replays(compiled, tmp
         ("fire", p, "ana", "cart_abandoned", T0 + 1800),
         ("event", p, "ana", "app_open", T0 + 3600, {}, None, 3),
         ("outcome", p, "ana", action, "web", "accept", T0 + 3700,
-         shown.decision_id.split(".")[0], None, None),
+         shown.decision_id.split(".")[0], None, None, None),
         ("watch", p, "ana", "sink-1", "push", None, True, None)]
     assert {r[0] for r in written} >= {"forget", "link", "take", "merge", "settle"}
     segment = tmp_path / "journals" / "s0"
