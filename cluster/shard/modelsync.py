@@ -99,6 +99,10 @@ class ModelSync:
         self.adoptions: deque[tuple[int, float]] = deque(maxlen=ADOPTIONS_KEPT)
         # the long poll, and the catalog and version it waits to pass
         self._watch: tuple[asyncio.Task, tuple[str, int]] | None = None
+        # a whole table's prepare on its thread, until the thread ends (its caller may have
+        # been cancelled: a thread cannot be): the next waits for it, so that one prepared
+        # table at most (a table's statistics and covariance again) is held at a time
+        self._preparing: asyncio.Task | None = None
 
     async def run(self, engine: Callable[[], DecisionEngine | None],
                   learner: Callable[[], LearnerControl], interval_s: float = MODEL_SYNC_S
@@ -225,19 +229,32 @@ class ModelSync:
         on a thread, then taken on the event loop if it is still wanted and the engine's
         models did not move on meanwhile (a switch, a rebuild, another answer: the next sync
         or watch answers those); a watch cancelled meanwhile (a sync's delta is in flight)
-        takes nothing. Rows (a few models) and a small table are adopted at once."""
+        takes nothing. One table is prepared at a time: a second waits for the first's thread
+        to end, even one whose caller was cancelled. Rows (a few models) and a small table are
+        adopted at once."""
         current = engine()
         if published is None or current is None:
             return
         if getattr(published, "rows", None) is not None or \
                 published.precision.nbytes < ADOPT_ON_LOOP_BYTES:
             self.adopt(current, published)
-        elif self._wanted(current, published):
+        else:
+            while self._preparing is not None:
+                await asyncio.wait([self._preparing])  # its failure is its caller's
+            if engine() is not current or not self._wanted(current, published):
+                return
             whole = current.models.adopting(published)
-            await asyncio.to_thread(whole.prepare)
+            preparing = self._preparing = asyncio.get_running_loop().create_task(
+                asyncio.to_thread(whole.prepare))
+            preparing.add_done_callback(self._prepared)
+            await asyncio.shield(preparing)
             if engine() is current and self._wanted(current, published) and \
                     current.adopt_prepared(whole):
                 self.adoptions.append((published.version, time.time()))
+
+    def _prepared(self, preparing: asyncio.Task) -> None:
+        if self._preparing is preparing:
+            self._preparing = None
 
     def take(self, engine: DecisionEngine) -> tuple[str, ModelDelta | None, int]:
         """The catalog version of the delta to send (the engine's when there is none), the

@@ -106,3 +106,47 @@ def test_a_table_prepared_while_the_models_moved_on_is_dropped(compiled, monkeyp
 
     meanwhile(lambda adopting: adopting.cancel())
     assert engines[0].models.version == 0 and not sync.adoptions
+
+
+def test_a_sync_answered_while_a_cancelled_watchs_table_is_prepared_waits_for_it(
+        compiled, monkeypatch):
+    """A watch answered with a whole table prepares it; the shard learns, the next step's
+    sync cancels the watch (its thread runs on) and is answered with a whole table too: it is
+    prepared once the first thread ended, never beside it, and adopted."""
+    monkeypatch.setattr(modelsync, "ADOPT_ON_LOOP_BYTES", 0)
+    lock, running, most, prepared = threading.Lock(), [0], [0], []
+    prepare = models.Adopting.prepare
+
+    def slow(whole):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        threading.Event().wait(PREPARE_S / 2)
+        prepare(whole)
+        with lock:
+            running[0] -= 1
+            prepared.append(whole)
+    monkeypatch.setattr(models.Adopting, "prepare", slow)
+    learner, _, _ = whole_table(compiled)
+    s, sync = shard(compiled), ModelSync("s0")
+    s.process([app_open("ana")])
+
+    class Learnt:  # every answer every model, as to a shard at a version it does not know
+        async def watch(self, catalog_version, known, takes_rows=False, based_on=None):
+            return learner.sync(compiled.version, None, -1)
+
+        async def sync(self, catalog_version, delta, known):
+            learner.sync(catalog_version, delta, -1)
+            return learner.sync(compiled.version, None, -1)
+
+    async def main():
+        the_learner = Learnt()
+        await sync.step(lambda: s.engine, lambda: the_learner, 0.01)  # a watch
+        await asyncio.sleep(PREPARE_S / 8)  # answered: its table is being prepared
+        s.engine.record_outcomes([("ana", "service_menu", "web", "accept", T0, None)])
+        await sync.step(lambda: s.engine, lambda: the_learner, 0.01)  # the watch cancelled
+    asyncio.run(main())
+    assert most[0] == 1 and len(prepared) == 2
+    assert [version for version, _ in sync.adoptions] == [learner.version]
+    assert s.engine.models.version == learner.version
+    assert s.engine.models.positives.sum() == 2  # the other shard's, and this one's
