@@ -119,42 +119,14 @@ def save_models(learner: Any) -> bytes:
 
 
 def saved_parts(learner: Any) -> list[bytes]:
-    """What `save_models` joins (`packed_parts`): the arrays' parts are copies, as merges
+    """What `save_models` joins (`blocks.pack_parts`): the arrays' parts are copies, as merges
     write the models in place."""
     m = learner.models
-    return packed_parts({"catalog": learner.compiled.version,
-                         "catalog_text": learner.catalog_text, "version": m.version,
-                         "ran": list(learner.ran),
-                         "sequences": [[*key, *last] for key, last in learner.sequences.items()],
-                         **{name: getattr(m, name) for name in (*PER_MODEL, "inputs")}})
-
-
-def packed_parts(block: dict[str, Any]) -> list[bytes]:
-    """`blocks.pack(block)`, byte for byte, in parts whose join is all that is left to do:
-    each array's data is a part of its own. A thread joins bytes without holding the GIL;
-    msgpack packing 48.5 MiB of arrays held it, and so the learner's event loop, some 100 ms
-    (`Saves`)."""
-    packer = msgpack.Packer(use_bin_type=True)
-    parts = [packer.pack_map_header(len(block))]
-    for name, value in block.items():
-        parts.append(packer.pack(name))
-        if not isinstance(value, np.ndarray):
-            parts.append(packer.pack(value))
-            continue
-        data = np.ascontiguousarray(value).tobytes()  # as blocks._encode_array encodes it
-        parts += [packer.pack_map_header(3), packer.pack("__nd__"),
-                  packer.pack(value.dtype.str), packer.pack("shape"),
-                  packer.pack(list(value.shape)), packer.pack("data"), _bin_header(len(data)),
-                  data]
-    return parts
-
-
-def _bin_header(size: int) -> bytes:
-    """msgpack's header of `size` bytes of bin, the shortest of its three."""
-    for code, width in ((b"\xc4", 1), (b"\xc5", 2)):
-        if size < 1 << 8 * width:
-            return code + size.to_bytes(width, "big")
-    return b"\xc6" + size.to_bytes(4, "big")
+    return blocks.pack_parts({
+        "catalog": learner.compiled.version, "catalog_text": learner.catalog_text,
+        "version": m.version, "ran": list(learner.ran),
+        "sequences": [[*key, *last] for key, last in learner.sequences.items()],
+        **{name: getattr(m, name) for name in (*PER_MODEL, "inputs")}})
 
 
 class Saves:

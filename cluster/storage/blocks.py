@@ -377,6 +377,36 @@ def pack(block: dict[str, Any]) -> bytes:
     return msgpack.packb(block, default=_encode_array, use_bin_type=True)
 
 
+def pack_parts(block: dict[str, Any]) -> list[bytes]:
+    """`pack(block)`, byte for byte, in parts whose join is all that is left to do: the data
+    of each array among the block's values is a part of its own, copied, not packed. A
+    thread joins bytes without holding the GIL, while msgpack holds it to pack them (48.5 MiB
+    of the learner's posterior held its event loop some 100 ms)."""
+    packer = msgpack.Packer(default=_encode_array, use_bin_type=True)
+    parts = [packer.pack_map_header(len(block))]
+    for name, value in block.items():
+        parts.append(packer.pack(name))
+        if not isinstance(value, np.ndarray):
+            parts.append(packer.pack(value))
+            continue
+        data = np.ascontiguousarray(value).tobytes()
+        header = packer.pack({"__nd__": value.dtype.str, "shape": list(value.shape),
+                              "data": b""})
+        parts += [header[:-len(_EMPTY_BIN)], _bin_header(len(data)), data]
+    return parts
+
+
+_EMPTY_BIN = msgpack.packb(b"", use_bin_type=True)
+
+
+def _bin_header(size: int) -> bytes:
+    """msgpack's header of `size` bytes of bin, the shortest of its three."""
+    for code, width in ((b"\xc4", 1), (b"\xc5", 2)):
+        if size < 1 << 8 * width:
+            return code + size.to_bytes(width, "big")
+    return b"\xc6" + size.to_bytes(4, "big")
+
+
 def unpack(data: bytes) -> dict[str, Any]:
     """The value `pack` made; BlockCorrupt for bytes that are not one."""
     try:

@@ -10,7 +10,7 @@ import time
 import numpy as np
 from kairos.cluster.control import learner as learner_module
 from kairos.cluster.control.learner import Learner, save_models
-from kairos.cluster.control.posterior import PER_MODEL, packed_parts
+from kairos.cluster.control.posterior import PER_MODEL
 from kairos.cluster.storage import blocks
 from kairos.cluster.storage.providers import open_store
 from kairos.core.catalog import default_catalog_text
@@ -107,15 +107,17 @@ def test_a_save_holds_what_was_merged_when_it_began_and_a_flush_the_rest(tmp_pat
 
 def test_a_saved_posterior_is_what_blocks_pack_makes_of_it():
     """Packed in parts for a thread to join, byte for byte what blocks.pack made (and
-    blocks.unpack reads), whatever the arrays' sizes (msgpack's three bin headers)."""
+    blocks.unpack reads), whatever the arrays' sizes (msgpack's three bin headers) and
+    wherever NumPy values are (in lists, on their own)."""
     learner = Learner(default_compiled(), default_catalog_text())
     learner.sync(learner.compiled.version, learned(learner.compiled, 3, 2), -1)
     assert save_models(learner) == blocks.pack(posterior_block(learner))
     rng = np.random.default_rng(0)
     block = {"text": "x", "none": None, "list": [["a", "b", 1, 2.5]], "empty": np.zeros(0),
              **{f"a{n}": rng.random(n) for n in (1, 31, 32, 8191, 8192, 9000)},
-             "matrices": rng.random((3, 4, 4)), "counts": np.arange(5, dtype=np.int64)}
-    assert b"".join(packed_parts(block)) == blocks.pack(block)
+             "matrices": rng.random((3, 4, 4)), "counts": np.arange(5, dtype=np.int64),
+             "scalar": np.int64(7), "nested": [np.int64(3), np.float32(0.5), [np.arange(3)]]}
+    assert b"".join(blocks.pack_parts(block)) == blocks.pack(block)
 
 
 def posterior_block(learner) -> dict:
