@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-import msgpack
 import numpy as np
 
 from kairos.core.compiler import compiled_from_text
