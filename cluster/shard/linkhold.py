@@ -51,13 +51,14 @@ class ClaimHolds:
     def claimed(self, partition: int, customer_id: str, key: str, when: float | None,
                 again: bool) -> None:
         """Note a claim made at `when` (None: it holds nothing back). A claim `again` (the
-        link retried) keeps its hold, but for one made once that hold has ended: the retried
-        link's steps would run unheld, so it holds again from `when`, LINK_HOLD_RENEWALS times
-        at most: however often its caller retries or repeats the link, a claim holds its
-        alias's requests (1 + LINK_HOLD_RENEWALS) * LINK_HOLD_S at most."""
+        link retried) keeps its hold while more than half of it is left; one made later holds
+        again from `when`, as the retried link's steps could otherwise run past the hold
+        unheld, LINK_HOLD_RENEWALS times at most: however often its caller retries or repeats
+        the link, a claim holds its alias's requests (1 + LINK_HOLD_RENEWALS) * LINK_HOLD_S at
+        most."""
         hold = self.held.get(partition, {}).get(customer_id, {}).get(key)
         if when is None or again and hold is not None and (
-                hold[1] >= LINK_HOLD_RENEWALS or abs(when - hold[0]) < LINK_HOLD_S):
+                hold[1] >= LINK_HOLD_RENEWALS or abs(when - hold[0]) < LINK_HOLD_S / 2):
             return
         rearmed = int(again) + (hold[1] if hold is not None else 0)
         self.held.setdefault(partition, {}).setdefault(customer_id, {})[key] = [when, rearmed]
