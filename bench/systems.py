@@ -5,6 +5,7 @@ what share, from the partition map and the workload's popularity)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import shutil
 import signal
@@ -56,6 +57,7 @@ START_TIMEOUT_S = 180.0
 ABANDONED_START_WAIT_S = 60.0
 POPULATE_INFLIGHT = 4096  # events the bulk load keeps in flight
 POPULATE_PROGRESS_EVERY = 1000
+POPULATE_WINDOW = POPULATE_INFLIGHT // 4  # served customers whose events go, then impressions
 
 
 @contextmanager
@@ -132,11 +134,16 @@ async def _populate(client: KairosClient, first: int, last: int,
                     on_progress: Callable[[int], None],
                     impression: tuple[str, str] | None) -> None:
     """Enqueued without a task per request (what a gateway's streams do), POPULATE_INFLIGHT
-    requests at most in flight, a customer's answers taken together, oldest customer
-    first."""
+    requests at most in flight, a customer's answers taken together, oldest customer first.
+    With `impression`, POPULATE_WINDOW customers at a time: their profile events, then their
+    impressions (a customer's still in order: the client keeps a shard's), since a shard
+    applies a batch's consecutive requests of one kind together, and alternating ones would
+    cost a call each (about 3x slower)."""
     now = time.time()
-    inflight: deque[list[tuple[Request, asyncio.Future]]] = deque()
+    inflight: deque[tuple[tuple[Request, asyncio.Future], ...]] = deque()
     most = POPULATE_INFLIGHT // (2 if impression else 1)  # customers in flight
+    window = POPULATE_WINDOW if impression else 1
+    profiles = crm_profiles(last, first)
     done = 0
 
     async def oldest() -> None:
@@ -147,16 +154,18 @@ async def _populate(client: KairosClient, first: int, last: int,
         if done % POPULATE_PROGRESS_EVERY == 0:
             on_progress(POPULATE_PROGRESS_EVERY)
 
-    for customer, attributes in crm_profiles(last, first):
-        requests: list[Request] = [Event(customer_id=customer, event_type=PROFILE_EVENT,
-                                         time=now, attributes=attributes)]
+    while batch := list(itertools.islice(profiles, window)):
+        while len(inflight) + len(batch) > most:
+            await oldest()
+        kinds: list[list[Request]] = [[Event(customer_id=customer, event_type=PROFILE_EVENT,
+                                             time=now, attributes=attributes)
+                                       for customer, attributes in batch]]
         if impression:
             action_id, channel = impression
-            requests.append(Outcome(customer_id=customer, action_id=action_id, channel=channel,
-                                    outcome="impression", when=now))
-        inflight.append([(request, client.enqueue(request)) for request in requests])
-        if len(inflight) >= most:
-            await oldest()
+            kinds.append([Outcome(customer_id=customer, action_id=action_id, channel=channel,
+                                  outcome="impression", when=now) for customer, _ in batch])
+        sent = [[(request, client.enqueue(request)) for request in kind] for kind in kinds]
+        inflight.extend(zip(*sent))
     while inflight:
         await oldest()
     on_progress(done % POPULATE_PROGRESS_EVERY)

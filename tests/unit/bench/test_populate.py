@@ -3,6 +3,8 @@ an offline impression after it, in order, within the in-flight bound."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import math
 
 import pytest
 
@@ -41,14 +43,23 @@ def load(first: int, last: int, impression) -> tuple[Client, list[int]]:
 def test_each_customer_gets_its_profile_then_its_impression(impression):
     client, progress = load(10, 9_000, impression)
     assert sum(progress) == 8_990  # customers, whatever the requests each
-    per_customer = 2 if impression else 1
-    assert len(client.sent) == 8_990 * per_customer
+    events = [r for r in client.sent if isinstance(r, Event)]
+    shown = [r for r in client.sent if isinstance(r, Outcome)]
+    assert len(events) == 8_990 and len(shown) == (8_990 if impression else 0)
     assert client.most_unsettled <= systems.POPULATE_INFLIGHT
-    for k in range(0, len(client.sent), per_customer):
-        event, *rest = client.sent[k:k + per_customer]
-        assert isinstance(event, Event) and event.event_type == PROFILE_EVENT
-        if impression:
-            [outcome] = rest
-            assert isinstance(outcome, Outcome) and outcome.customer_id == event.customer_id
-            assert (outcome.action_id, outcome.channel, outcome.outcome, outcome.decision_id) \
-                == (*impression, "impression", None)
+    assert all(e.event_type == PROFILE_EVENT for e in events)
+    assert len({e.customer_id for e in events}) == 8_990
+    at = {id(r): k for k, r in enumerate(client.sent)}
+    for event, outcome in zip(events, shown):
+        assert outcome.customer_id == event.customer_id and at[id(event)] < at[id(outcome)]
+        assert (outcome.action_id, outcome.channel, outcome.outcome, outcome.decision_id) \
+            == (*impression, "impression", None)
+
+
+def test_served_customers_go_as_a_windows_events_then_its_impressions():
+    # a shard applies a batch's consecutive requests of one kind together: alternating
+    # event, impression, event ... would cost it a call each
+    client, _ = load(0, 9_000, ("complete_the_look", "web"))
+    runs = [len(list(run)) for _, run in itertools.groupby(client.sent, type)]
+    assert len(runs) == 2 * math.ceil(9_000 / systems.POPULATE_WINDOW)
+    assert runs[:2] == [systems.POPULATE_WINDOW] * 2 and systems.POPULATE_WINDOW >= 512
