@@ -86,8 +86,8 @@ log = logging.getLogger("kairos.learner")
 STATE_KEY = "learner"
 DAMAGED_KEY = "learner.damaged"  # a saved posterior that could not be read, kept for a person
 RESTORE_RETRY_S = 1.0  # how often calls try again to read a posterior the store did not give
-# the periodic save's tick if LEARNER_SAVE_S is 0 (syncs save each merge, but those made while a
-# save is in flight)
+# the periodic save's tick if LEARNER_SAVE_S is 0 (syncs save each merge; those made while a
+# save is written, together once it is)
 SAVE_TICK_MIN_S = 0.1
 PUBLISHES_KEPT = 256  # (version, time) of the latest publishes `status` reports
 # The shard incarnations whose last merged delta the learner remembers (saved with the
@@ -416,9 +416,9 @@ class LearnerActor:
 
     async def _save(self, force: bool = False) -> None:
         """Save the posterior (if forced, or LEARNER_SAVE_S passed) and wait for it, unless a
-        save is in flight; a store that does not take it is logged; once stood down, nothing
-        is saved."""
-        if not self._stood_down and (force or self.saves.due(LEARNER_SAVE_S)):
+        save is in flight (then it is taken once that one is written: `Saves.save`); a store
+        that does not take it is logged, another failure raised; stood down, nothing is saved."""
+        if force or self.saves.due(LEARNER_SAVE_S):
             await self.saves.save(self.learner)
 
     async def _save_unsaved(self) -> None:
@@ -433,8 +433,8 @@ class LearnerActor:
                 log.exception("learner: the periodic save failed")
 
     async def flush(self) -> None:
-        """Save the merges since the last save now (also runtime.stop's, before the kill);
-        a store that does not take it is logged (`_save`)."""
+        """Save the merges since the last save now (also runtime.stop's, before the kill,
+        which warns of a failure raised here); a store that does not take it is logged."""
         await self.saves.idle()
         if self.learner.merged != self.saves.merges:
             await self._save(force=True)
@@ -444,6 +444,7 @@ class LearnerActor:
         another cluster's now): the periodic save stops, a flush writes nothing, and a switch,
         which must be saved, fails."""
         self._stood_down = True
+        self.saves.stop()
         if self._saving is not None:
             self._saving.cancel()
         await self.saves.idle()  # nothing written once it answers

@@ -133,43 +133,70 @@ class Saves:
     periodic ones (a sync's, a flush's) copy the models on the event loop (`saved_parts`:
     30-75 ms for a 48.5 MiB table, measured on a loaded machine) and join and write them on a
     thread (a save on the loop took 150-500 ms at that size, which held every shard's syncs
-    and watches). A save that must hold the loop until it is written (`save_now`: a
-    switch's, which a failure undoes) waits for the one in flight first (`idle`), so an
-    older one never lands after it."""
+    and watches). One asked for while another is written is taken as soon as that write
+    ends. A save that must hold the loop until it is written (`save_now`: a switch's, which a
+    failure undoes) waits for the one in flight first (`idle`), so an older one never lands
+    after it."""
 
     def __init__(self, store: Any, key: str) -> None:
         self.store, self.key = store, key
         self.saved_at = -math.inf  # when the latest save written was taken (monotonic)
         self.merges = 0  # the learner's merges it holds
         self._writing: asyncio.Task | None = None
+        self._asked: Any = None  # the learner whose save was asked for during a write
+        self._stopped = False
 
     def due(self, every_s: float) -> bool:
         return time.monotonic() - self.saved_at >= every_s
 
     async def idle(self) -> None:
-        """Once no save is in flight (a caller cancelled does not stop it)."""
+        """Once no save is in flight (a caller cancelled does not stop it); a save that
+        failed fails its own caller, not this one."""
         while self._writing is not None:
-            await asyncio.shield(self._writing)
+            await asyncio.wait([self._writing])
+
+    def stop(self) -> None:
+        """Start no save from now on (one in flight is written: `idle`)."""
+        self._stopped, self._asked = True, None
 
     async def save(self, learner: Any) -> None:
         """Save the learner's posterior, and wait until it is written, unless a save is in
-        flight (then nothing: its caller waits for it). A store that does not take it is
-        logged, and the next save tries again."""
-        if self._writing is None:
-            writing = self._writing = asyncio.get_running_loop().create_task(
-                self._write(saved_parts(learner), learner.merged, time.monotonic()))
-            await asyncio.shield(writing)
+        flight: then it is taken once that one is written, and nothing waits for it. A store
+        that does not take it (StoreUnavailable) is logged, and the next save tries again;
+        any other failure raises here."""
+        if self._stopped:
+            return
+        if self._writing is not None:
+            self._asked = learner
+            return
+        await asyncio.shield(self._write_from(learner, waited=True))
 
-    async def _write(self, parts: list[bytes], merges: int, taken_at: float) -> None:
+    def _write_from(self, learner: Any, waited: bool) -> asyncio.Task:
+        self._writing = asyncio.get_running_loop().create_task(
+            self._write(saved_parts(learner), learner.merged, time.monotonic(), waited))
+        return self._writing
+
+    async def _write(self, parts: list[bytes], merges: int, taken_at: float,
+                     waited: bool) -> None:
+        """`waited`: whether a caller waits for it, which takes its failure (else logged)."""
+        cancelled = False
         try:
             await asyncio.to_thread(lambda: self.store.put_meta(self.key, b"".join(parts)))
             self.saved_at, self.merges = taken_at, merges
         except StoreUnavailable as exc:
             log.warning("learner: could not save the posterior: %s", exc)
-        except Exception:  # a periodic save's caller only logs it too
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+        except Exception:
+            if waited:
+                raise
             log.exception("learner: saving the posterior failed")
         finally:
-            self._writing = None
+            self._writing, asked, self._asked = None, self._asked, None
+            # the loop shutting down cancels it: nothing more is started then
+            if asked is not None and not cancelled and asked.merged != self.merges:
+                self._write_from(asked, waited=False)
 
     def save_now(self, learner: Any) -> None:
         """Save on the event loop, once `idle`; StoreUnavailable if the store does not take it."""

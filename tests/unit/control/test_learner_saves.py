@@ -8,11 +8,14 @@ import threading
 import time
 
 import numpy as np
+import pytest
 from kairos.cluster.control import learner as learner_module
+from kairos.cluster.control import posterior
 from kairos.cluster.control.learner import Learner, save_models
-from kairos.cluster.control.posterior import PER_MODEL
+from kairos.cluster.control.posterior import PER_MODEL, Saves
 from kairos.cluster.storage import blocks
 from kairos.cluster.storage.providers import open_store
+from kairos.cluster.storage.store import StoreInUse
 from kairos.core.catalog import default_catalog_text
 from kairos.core.compiler import compiled_from_text, default_compiled
 
@@ -25,10 +28,12 @@ WRITE_S = 1.0
 
 class Slow:
     """A store whose first write takes `first_s` (on the thread that makes it), noting each
-    blob written, in the order they land, and the most writes at once."""
+    blob written, in the order they land, and the most writes at once; the writes numbered
+    in `failing` (from 0) raise StoreInUse (another cluster claimed the store) once their time
+    is up."""
 
-    def __init__(self, store, first_s: float):
-        self.store, self.first_s = store, first_s
+    def __init__(self, store, first_s: float, failing: tuple[int, ...] = ()):
+        self.store, self.first_s, self.failing, self.tries = store, first_s, failing, 0
         self.blobs, self.writing, self.most = [], 0, 0
         self.started = threading.Event()  # the first write began
         self._lock = threading.Lock()
@@ -43,14 +48,17 @@ class Slow:
             self.writing += 1
             self.most = max(self.most, self.writing)
         time.sleep(self.first_s if first else 0.0)
-        self.store.put_meta(key, blob)
         with self._lock:
-            self.writing -= 1
+            self.writing, self.tries = self.writing - 1, self.tries + 1
+            if self.tries - 1 in self.failing:
+                raise StoreInUse("another cluster's store")
+            self.store.put_meta(key, blob)
             self.blobs.append(blocks.unpack(blob))
 
 
-def slow_actor(tmp_path, monkeypatch, first_s: float = WRITE_S) -> tuple[Slow, object]:
-    slow = Slow(open_store(str(tmp_path)), first_s)
+def slow_actor(tmp_path, monkeypatch, first_s: float = WRITE_S,
+               failing: tuple[int, ...] = ()) -> tuple[Slow, object]:
+    slow = Slow(open_store(str(tmp_path)), first_s, failing)
     told(slow.store)
     monkeypatch.setattr(learner_module, "open_store", lambda url: slow)
     return slow, Actor(default_catalog_text(), "x")
@@ -73,8 +81,74 @@ def test_a_save_is_written_while_the_loop_answers_other_shards(tmp_path, monkeyp
         assert answer.positives[4] == 1 and not slow.blobs
         took, longest = await saving
         assert took >= WRITE_S and longest < WRITE_S / 2
+        await actor.saves.idle()
     asyncio.run(main())
-    assert len(slow.blobs) == 1 and slow.blobs[0]["positives"][3] == 1
+    assert slow.blobs[0]["positives"][3] == 1 and slow.blobs[0]["positives"][4] == 0
+
+
+def test_a_save_asked_for_while_one_is_written_is_written_right_after_it(tmp_path,
+                                                                         monkeypatch):
+    """Not at the next tick (LEARNER_SAVE_S later): a merge is saved within the write in
+    flight and its own."""
+    monkeypatch.setattr(learner_module, "LEARNER_SAVE_S", 60.0)
+    c = default_compiled()
+    slow, actor = slow_actor(tmp_path, monkeypatch)
+
+    async def main():
+        saving = asyncio.get_running_loop().create_task(
+            actor.sync(c.version, learned(c, 3, 1), -1))
+        await began(slow.started)
+        await actor.sync(c.version, learned(c, 4, 1), -1)  # a save asked for: not yet
+        await saving
+        await asyncio.wait_for(actor.saves.idle(), WRITE_S)
+    asyncio.run(main())
+    assert [blob["positives"][4] for blob in slow.blobs] == [0, 1] and slow.most == 1
+
+
+def test_a_save_asked_for_is_not_started_once_the_write_in_flight_is_cancelled(monkeypatch):
+    """The loop shutting down cancels the write in flight: the save asked for meanwhile is
+    not taken up (it would outlive the loop)."""
+    learner, started, taken = Learner(default_compiled(), default_catalog_text()), \
+        threading.Event(), []
+    saved_parts = posterior.saved_parts
+    monkeypatch.setattr(posterior, "saved_parts", lambda of: taken.append(of) or saved_parts(of))
+
+    class Held:
+        def put_meta(self, key: str, blob: bytes) -> None:
+            started.set()
+            time.sleep(WRITE_S / 4)
+
+    saves = Saves(Held(), "k")
+
+    async def main():
+        asyncio.get_running_loop().create_task(saves.save(learner))
+        await began(started)
+        learner.sync(learner.compiled.version, learned(learner.compiled, 3, 1), -1)
+        await saves.save(learner)  # asked for; the loop ends with the write in flight
+    asyncio.run(main())
+    assert len(taken) == 1
+
+
+def test_a_save_that_fails_raises_to_its_caller_not_to_a_switch_waiting_for_it(
+        tmp_path, monkeypatch):
+    """A sync's save and a flush's raise what the store raised (runtime.stop warns that the
+    learner did not save its last merges); a switch that waited for a failed save is saved."""
+    c = default_compiled()
+    slow, actor = slow_actor(tmp_path, monkeypatch, failing=(0, 2))
+    compiled_from_text(catalog("B"))  # kept: the switch compiles nothing
+
+    async def main():
+        saving = asyncio.get_running_loop().create_task(
+            actor.sync(c.version, learned(c, 3, 1), -1))
+        await began(slow.started)
+        await actor.switch(catalog("B"))
+        with pytest.raises(StoreInUse):
+            await saving
+        actor.learner.sync("B", learned(actor.learner.compiled, 3, 1), -1)
+        with pytest.raises(StoreInUse):
+            await actor.flush()
+    asyncio.run(main())
+    assert [blob["catalog"] for blob in slow.blobs] == ["B"]
 
 
 def test_a_save_holds_what_was_merged_when_it_began_and_a_flush_the_rest(tmp_path, monkeypatch):
@@ -156,6 +230,7 @@ def test_a_learner_stood_down_answers_once_the_save_in_flight_is_written(tmp_pat
         saving = asyncio.get_running_loop().create_task(
             actor.sync(c.version, learned(c, 3, 1), -1))
         await began(slow.started)
+        await actor.sync(c.version, learned(c, 4, 1), -1)  # a save asked for: never taken
         await actor.stand_down()
         assert len(slow.blobs) == 1  # nothing is written after it answers
         await actor.sync(c.version, learned(c, 3, 1), -1)
