@@ -29,7 +29,8 @@ ran that version (NotRunning: it lost its state), which drops it here (`dropped`
 that drops a delta forgets whose version it holds, so the next answer is the learner's whole
 table, which replaces the dropped learning in its models.
 A whole table over ADOPT_ON_LOOP_BYTES is copied and inverted on a thread (230 ms at 48.5 MiB,
-while the shard decides and learns on), and only swapped in on its event loop (`adopt_answer`).
+while the shard decides and learns on), one at a time, and only swapped in on its event loop
+(`adopt_answer`).
 
 Only learning the journal made durable is sent: a round is applied (and learnt from) before
 the sync that lets it be answered finishes, and should that sync fail its client is told
