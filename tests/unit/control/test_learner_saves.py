@@ -86,6 +86,21 @@ def test_a_save_is_written_while_the_loop_answers_other_shards(tmp_path, monkeyp
     assert slow.blobs[0]["positives"][3] == 1 and slow.blobs[0]["positives"][4] == 0
 
 
+async def a_save_being_written(actor, slow, c) -> asyncio.Task:
+    """A sync's merge whose save is being written: its task."""
+    saving = asyncio.get_running_loop().create_task(actor.sync(c.version, learned(c, 3, 1), -1))
+    await began(slow.started)
+    return saving
+
+
+async def merged_while_a_save_is_written(actor, slow, c) -> asyncio.Task:
+    """`a_save_being_written`, and another merge meanwhile, whose save is asked for while
+    that write is in flight."""
+    saving = await a_save_being_written(actor, slow, c)
+    await actor.sync(c.version, learned(c, 4, 1), -1)
+    return saving
+
+
 def test_a_save_asked_for_while_one_is_written_is_written_right_after_it(tmp_path,
                                                                          monkeypatch):
     """Not at the next tick (LEARNER_SAVE_S later): a merge is saved within the write in
@@ -95,11 +110,7 @@ def test_a_save_asked_for_while_one_is_written_is_written_right_after_it(tmp_pat
     slow, actor = slow_actor(tmp_path, monkeypatch)
 
     async def main():
-        saving = asyncio.get_running_loop().create_task(
-            actor.sync(c.version, learned(c, 3, 1), -1))
-        await began(slow.started)
-        await actor.sync(c.version, learned(c, 4, 1), -1)  # a save asked for: not yet
-        await saving
+        await (await merged_while_a_save_is_written(actor, slow, c))
         await asyncio.wait_for(actor.saves.idle(), WRITE_S)
     asyncio.run(main())
     assert [blob["positives"][4] for blob in slow.blobs] == [0, 1] and slow.most == 1
@@ -138,9 +149,7 @@ def test_a_save_that_fails_raises_to_its_caller_not_to_a_switch_waiting_for_it(
     compiled_from_text(catalog("B"))  # kept: the switch compiles nothing
 
     async def main():
-        saving = asyncio.get_running_loop().create_task(
-            actor.sync(c.version, learned(c, 3, 1), -1))
-        await began(slow.started)
+        saving = await a_save_being_written(actor, slow, c)
         await actor.switch(catalog("B"))
         with pytest.raises(StoreInUse):
             await saving
@@ -210,9 +219,7 @@ def test_a_switch_is_saved_after_the_save_in_flight_not_under_it(tmp_path, monke
     compiled_from_text(catalog("B"))  # kept: the switch compiles nothing
 
     async def main():
-        saving = asyncio.get_running_loop().create_task(
-            actor.sync(c.version, learned(c, 3, 1), -1))
-        await began(slow.started)
+        saving = await a_save_being_written(actor, slow, c)
         await actor.switch(catalog("B"))
         await saving
     asyncio.run(main())
@@ -227,10 +234,7 @@ def test_a_learner_stood_down_answers_once_the_save_in_flight_is_written(tmp_pat
     slow, actor = slow_actor(tmp_path, monkeypatch)
 
     async def main():
-        saving = asyncio.get_running_loop().create_task(
-            actor.sync(c.version, learned(c, 3, 1), -1))
-        await began(slow.started)
-        await actor.sync(c.version, learned(c, 4, 1), -1)  # a save asked for: never taken
+        saving = await merged_while_a_save_is_written(actor, slow, c)  # its save: never taken
         await actor.stand_down()
         assert len(slow.blobs) == 1  # nothing is written after it answers
         await actor.sync(c.version, learned(c, 3, 1), -1)
