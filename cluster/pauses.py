@@ -87,4 +87,5 @@ def observed() -> dict[str, Any]:
     their total seconds; and the last LONG_KEPT that took LONG_MS or more, as (epoch seconds
     when it ended, generation, milliseconds)."""
     return {"collections": list(_counts), "seconds": [round(s, 6) for s in _seconds],
-            "long": [list(x) for x in _long]}
+            # copied whole first: a collection the list's allocations start appends to it
+            "long": [list(x) for x in tuple(_long)]}
