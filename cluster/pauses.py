@@ -86,6 +86,14 @@ def observed() -> dict[str, Any]:
     """Collections since `track()`, per generation (0, 1, 2: 2 is the full pass): how many and
     their total seconds; and the last LONG_KEPT that took LONG_MS or more, as (epoch seconds
     when it ended, generation, milliseconds)."""
+    # copied with the collector off: a collection that copy's allocation started would append
+    # to the record mid-copy ('deque mutated during iteration')
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        long = tuple(_long)
+    finally:
+        if enabled:
+            gc.enable()
     return {"collections": list(_counts), "seconds": [round(s, 6) for s in _seconds],
-            # copied whole first: a collection the list's allocations start appends to it
-            "long": [list(x) for x in tuple(_long)]}
+            "long": [list(x) for x in long]}
