@@ -167,12 +167,12 @@ class Controller(ControlLoop, Catalogs, Scaling):
             names = [await self._create_shard() for _ in range(n_shards)]
             self.map = PartitionMap.initial(names, self.n_partitions)
             await asyncio.gather(*(self._start_shard(name) for name in names))
-        self.nodes.known.update(self.backend.nodes())  # --shards placed them: not joiners
+        self.nodes.known.update(self.nodes.alive())  # --shards placed them: not joiners
         await self._publish()
         if not resumed:  # it may follow a catalog an earlier cluster saved with its posterior
             await self._learner_told()
         self.ready = True
-        if failed := await self.nodes.ensure_gateways(self.backend.nodes()):
+        if failed := await self.nodes.ensure_gateways(self.nodes.alive()):
             raise RuntimeError("the gateways did not start: " + "; ".join(
                 f"node {node}: {why}" for node, why in failed.items()))
 
@@ -317,7 +317,7 @@ class Controller(ControlLoop, Catalogs, Scaling):
             else:
                 await self._save()
         if node is None:
-            load = self.nodes.load(self.backend.nodes(), self.placement)
+            load = self.nodes.load(self.nodes.alive(), self.placement)
             node = min(load, key=load.__getitem__, default=None)
         try:
             await self.backend.create_shard(name, node, self.n_partitions, _seed_of(name),
@@ -453,7 +453,7 @@ class Controller(ControlLoop, Catalogs, Scaling):
         return await self._join_drain(node)
 
     async def _drain(self, node: str) -> dict[str, Any]:
-        alive = self.backend.nodes()
+        alive = self.nodes.alive()
         if node not in alive:
             raise NodeUnknown(f"{node} is not an alive node of this cluster")
         if node == self.home_node:

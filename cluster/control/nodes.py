@@ -106,6 +106,10 @@ class Nodes:
         self.releasing: set[str] = set()
         self._retry: dict[str, tuple[float, float]] = {}  # node -> (next try, backoff)
         self._gateways_lock = asyncio.Lock()
+        # Ray gives a node its CPUs as it starts, for its life: read once per node, as the
+        # node table costs this process and the GCS a call (`shares`, every round)
+        self._cpus: dict[str, float] = {}
+        self._alive: list[str] | None = None  # the last read, until its task yields (`alive`)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -131,6 +135,19 @@ class Nodes:
 
     # -- which nodes serve ---------------------------------------------------------------------
 
+    def alive(self, again: bool = False) -> list[str]:
+        """The backend's alive nodes, read now. `again`: the last read's, where no await has
+        yielded to the event loop since it (a wait for the lock, a call): only a few steps
+        ran meanwhile, and a read would tell the same but for their time, at the cost of a
+        call to Ray's GCS."""
+        if not again or self._alive is None:
+            self._alive = self.backend.nodes()
+            asyncio.get_running_loop().call_soon(self._yielded)
+        return list(self._alive)
+
+    def _yielded(self) -> None:
+        self._alive = None  # run by the event loop: an await yielded since the read
+
     def serving(self, alive: list[str]) -> list[str]:
         """Alive nodes that are not draining: where shards and gateways may be placed."""
         return [n for n in alive if n not in self.draining]
@@ -145,9 +162,9 @@ class Nodes:
 
     def shares(self, nodes: list[str]) -> dict[str, int]:
         """How many shards each of `nodes` is sized for: shards per CPU, at least one."""
-        info = self.backend.node_info()
-        return {n: max(1, round(info.get(n, {}).get("cpus", 1) * self.shards_per_cpu))
-                for n in nodes}
+        if any(n not in self._cpus for n in nodes):
+            self._cpus.update((n, info["cpus"]) for n, info in self.backend.node_info().items())
+        return {n: max(1, round(self._cpus.get(n, 1) * self.shards_per_cpu)) for n in nodes}
 
     def load(self, alive: list[str], placement: dict[str, str | None]) -> dict[str, int]:
         """Shards placed on each serving node, in the backend's order of the nodes."""
@@ -172,16 +189,17 @@ class Nodes:
         return (busiest, emptiest) if room[busiest] < 0 < room[emptiest] else None
 
     def left(self, alive: list[str]) -> None:
-        """Forget the marks of nodes that left Ray, and when their gateways were to be tried
-        again."""
+        """Forget the marks of nodes that left Ray, when their gateways were to be tried
+        again, and their CPUs."""
         gone = (self.draining | self.known | self.released | self.releasing
-                | set(self._retry)) - set(alive)
+                | set(self._retry) | set(self._cpus)) - set(alive)
         self.draining -= gone
         self.known -= gone
         self.released -= gone
         self.releasing -= gone
         for node in gone:
             self._retry.pop(node, None)
+            self._cpus.pop(node, None)
 
     def reuse(self, node: str) -> None:
         """Take a drained node back: it serves again, and gets shards as a node that joined."""

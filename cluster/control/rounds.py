@@ -81,7 +81,7 @@ class ControlLoop:
 
     async def reconcile(self) -> None:
         """One round of the control loop (this module's docstring)."""
-        alive = self.backend.nodes()
+        alive = self.nodes.alive()
         await _step("replacing shards whose node left", self._replace_departed(alive))
         await _step("starting gateways", self.nodes.ensure_gateways(sorted(alive)))
         await _step("re-starting and catching up shards", self._restart_shards())
@@ -335,7 +335,7 @@ class ControlLoop:
         it its share again (a crash before its first move leaves shards that own nothing,
         which a resume stops). Its share may be none, where shards outnumber partitions."""
         async with self._reconfiguring:
-            wanted = self.nodes.wanted(self.backend.nodes(), self.placement)
+            wanted = self.nodes.wanted(self.nodes.alive(), self.placement)
             if not wanted:
                 return
             for node, count in wanted.items():
@@ -385,7 +385,8 @@ class ControlLoop:
         start waits or failed): the rebalance would fail, after the new shard started and
         before the old one stopped, round after round, one more shard each time."""
         async with self._reconfiguring:
-            crowded = self.nodes.crowded(self.backend.nodes(), self.placement)
+            # `_grow`'s read where it changed nothing and this took the lock without waiting
+            crowded = self.nodes.crowded(self.nodes.alive(again=True), self.placement)
             if (crowded is None or self._in_moves() or self.replacing or self._waiting_since
                     or self._unanswered & set(self.placement)):
                 return
