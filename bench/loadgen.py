@@ -18,7 +18,8 @@ Operations (`Step.op`):
   decide, ingest, journey  unary calls: decisions, events (each asking for the re-evaluated
                            decision), or whole sessions (events, decisions and outcomes)
   stream                   events on STREAMS_PER_PROCESS IngestStreams per process; an ack's
-                           latency is taken from its event's intended send time
+                           latency is taken from its event's intended send time; a stream
+                           that ends before its schedule does fails the sends left
   batch                    events arrive on schedule at a relay, which sends what it holds
                            as one IngestBatch every BATCH_WINDOW_S (or at BATCH_EVENTS); an
                            event's latency runs from its intended arrival to its batch's ack,
@@ -92,6 +93,8 @@ SETTLE_MS, SETTLE_PROBES, SETTLE_TIMEOUT_S = 20.0, 3, 120.0
 STOP_NOTICE_S = 0.1
 OPEN_ENDED = 2**62  # the last step of continuous traffic not stopped yet
 UNARY_OPS = frozenset({"decide", "ingest", "journey"})  # one call per request
+# the error label of the events of an IngestStream that ended OK before its schedule did
+STREAM_ENDED = "STREAM_ENDED"
 
 PERCENTILES = (("50", 50.0), ("90", 90.0), ("99", 99.0), ("99_9", 99.9))  # (key, percent)
 OPS = {"decide": frozenset({DECIDE}), "ingest": frozenset({EVENT}),
@@ -822,26 +825,46 @@ def _showing(journeys: Journeys, request: Request) -> Callable[[pb.Decision], No
 
 async def _stream(calls: _Calls, schedule: _Schedule, journeys: Journeys,
                   recorder: Recorder, start: _Start) -> None:
-    """One IngestStream: events leave on schedule; acks come back in order."""
+    """One IngestStream: events leave on schedule; acks come back in order. Once the stream
+    ends, the events it did not ack fail with its end's code (`_acked`), and so does every
+    send its schedule still holds, each when it comes due (the open loop goes on, failing
+    them at once as a call that cannot leave does): a stream that stops before its schedule
+    does shows in the step, instead of sending less unseen."""
     inflight: deque[Send] = deque()
-
-    async def events() -> AsyncIterator[bytes]:
-        async for send in schedule:
-            inflight.append(send)
-            yield next(prepared)
-
     stats = recorder.kind(EVENT)
     prepared = _built(lambda: _event(journeys.next(OPS["stream"])).SerializeToString(),
                       len(schedule))
     await start()
-    call = calls.stream(events(), timeout=schedule.end - time.perf_counter()
-                        + DEADLINE_S + 5.0)
+    call = calls.stream(timeout=schedule.end - time.perf_counter() + DEADLINE_S + 5.0)
+    acks = asyncio.ensure_future(_acked(call, inflight, stats))
+    async for send in schedule:
+        payload = next(prepared)
+        if acks.done():
+            stats.answered(send, acks.result())
+            continue
+        inflight.append(send)
+        # a write fails once the call has ended, which `acks` records
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            await call.write(payload)
+    with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        await call.done_writing()
+    await acks
+
+
+async def _acked(call: grpc.aio.StreamStreamCall, inflight: deque[Send],
+                 stats: KindStats) -> str:
+    """Record a stream's acks, each its oldest unacked event's, until the stream ends; then
+    fail the events still unacked, with its status code's name, or STREAM_ENDED where it
+    ended OK, which is the code returned."""
+    code = STREAM_ENDED
     try:
         async for _ in call:
             stats.answered(inflight.popleft())
-    except grpc.aio.AioRpcError as exc:  # the stream ended: every unacked event failed
-        while inflight:
-            stats.answered(inflight.popleft(), exc.code().name)
+    except grpc.aio.AioRpcError as exc:
+        code = exc.code().name
+    while inflight:
+        stats.answered(inflight.popleft(), code)
+    return code
 
 
 async def _batches(calls: _Calls, schedule: _Schedule, journeys: Journeys,
