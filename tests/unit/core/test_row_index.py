@@ -1,0 +1,116 @@
+"""The profile table's id index (state.RowIndex) keeps a dict's semantics: a reference dict
+and the table's old row choice (a freed row first, else the next never taken) as the oracle,
+over inserts, lookups, evictions, reuse of freed rows and export/load, with the index's slots
+few enough that keys collide, runs wrap around and the index grows; and it holds no Python
+object per customer."""
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kairos.core import state
+from kairos.core.compiler import default_compiled
+from kairos.core.state import ProfileTable
+
+
+class Colliding(str):
+    """An id whose hash is one of two, so that runs of colliding keys form."""
+
+    def __hash__(self) -> int:
+        return len(self) % 2
+
+
+def _key(text: str) -> str:
+    return Colliding("x" + text) if text.startswith("z") else text
+
+
+KEYS = st.text("abz", min_size=1, max_size=3).map(_key)
+OPS = st.lists(st.tuples(st.sampled_from(["row", "evict", "reload", "look"]), KEYS),
+               max_size=120)
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    return default_compiled()
+
+
+@settings(max_examples=300, deadline=None)
+@given(OPS, st.sampled_from([2, 4, 1024]))
+def test_the_index_answers_as_a_dict_would(compiled, ops, slots):
+    old = state.INDEX_SLOTS
+    state.INDEX_SLOTS = slots
+    try:
+        table = ProfileTable(compiled, capacity=2)
+    finally:
+        state.INDEX_SLOTS = old
+    ref: dict[str, int] = {}
+    free: list[int] = []
+    used = 0
+    for op, key in ops:
+        if op == "row":
+            if key not in ref:
+                if free:
+                    ref[key] = free.pop()
+                else:
+                    ref[key], used = used, used + 1
+            assert table.row(key) == ref[key]
+            table.applied[ref[key]] += 1
+        elif op == "evict" and key in ref:
+            table.evict(key)
+            free.append(ref.pop(key))
+        elif op == "reload" and key in ref:
+            record = table.export(key)
+            table.evict(key)
+            free.append(ref.pop(key))
+            ref[key] = free.pop()
+            assert table.load(key, record) == ref[key]
+            assert table.export(key).equals(record)
+        elif op == "evict":
+            with pytest.raises(KeyError):
+                table.index.pop(key)
+        for probe in {key, *ref}:
+            assert table.index.get(probe) == ref.get(probe)
+            assert (probe in table) == (probe in ref)
+            if probe in ref:
+                assert table.index[probe] == ref[probe] and table.ids[ref[probe]] == probe
+            else:
+                with pytest.raises(KeyError):
+                    table.index[probe]
+        assert len(table) == len(ref) and dict(table.index.items()) == ref
+        assert sorted(table.index) == sorted(ref)
+        assert table.used == used
+
+
+def test_a_grown_index_finds_every_customer_and_none_it_lost(compiled):
+    table = ProfileTable(compiled, capacity=1)
+    ids = [f"c{i:07d}" for i in range(20_000)]
+    for c in ids:
+        table.row(c)
+    for c in ids[::3]:
+        table.evict(c)
+    kept = [c for i, c in enumerate(ids) if i % 3]
+    assert [table.index.get(c) for c in kept] == [table.ids.index(c) for c in kept]
+    assert not any(c in table for c in ids[::3]) and len(table) == len(kept)
+
+
+def test_the_index_holds_no_python_object_per_customer(compiled):
+    """A dict held an entry and an int object a customer (some 85 bytes besides its id); the
+    index holds a row number in its slots (4 bytes, two slots or more a customer) and the
+    id's reference in `ids`."""
+    n = 100_000
+    ids = [f"c{i:07d}" for i in range(n)]
+    table = ProfileTable(compiled, capacity=n)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for c in ids:
+            table.row(c)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held / n <= 40, f"{held / n:.0f} bytes a customer"
+    assert np.array_equal(table.rows(ids[:5]), np.arange(5))
