@@ -6,6 +6,7 @@ context each time and never keep it.
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
@@ -17,6 +18,7 @@ from kairos.cluster.control.partitions import partition_of
 from kairos.cluster.storage.store import Store
 
 LEARNED_COUNT = "learned_from:"  # tallies of outcomes by what they taught from (+ its kind)
+SEEN_GRAIN_S = 0.001  # readings of `seen` this close share one float object
 
 
 @dataclass
@@ -28,6 +30,16 @@ class ShardContext:
     clock: Callable[[], float]
     seed: int
     counts: Counter = field(default_factory=Counter)  # events, decisions, snapshots, ...
+    _seen: float = field(default=-math.inf, repr=False)
+
+    def seen(self) -> float:
+        """The clock, as the float object it last read while they differ by under
+        SEEN_GRAIN_S: every resident's last use is kept (residency.py), and a round's
+        customers so share one object, not 24 bytes each (idleness is judged in minutes)."""
+        now = self.clock()
+        if not abs(now - self._seen) < SEEN_GRAIN_S:
+            self._seen = now
+        return self._seen
 
     @property
     def compiled(self) -> CompiledCatalog:

@@ -149,7 +149,8 @@ class Residency:
         just found no home there); False if unknown and not `create`. A profile the engine
         made itself (an outcome recorded for a customer shown a decision before it had one)
         becomes a resident here."""
-        if customer_id not in self._ctx.engine.table:
+        row = self._ctx.engine.table.index.get(customer_id)
+        if row is None:
             # a home waiting to be deleted belongs to a customer taken or forgotten
             stored = stored and customer_id not in self._homeless and \
                 customer_id not in self._journaling.deletes.get(partition, ())
@@ -158,11 +159,11 @@ class Residency:
                 self._ctx.counts["activations"] += 1
             elif not create:
                 return False
-            else:
-                self._ctx.engine.activate([customer_id])
+            row = self._ctx.engine.activate([customer_id])[0]
+        customer_id = self._ctx.engine.table.ids[row]  # held once: requests bring copies
         self.members.setdefault(partition, set()).add(customer_id)
         self.recent.pop(customer_id, None)
-        self.recent[customer_id] = self._ctx.clock()
+        self.recent[customer_id] = self._ctx.seen()
         return True
 
     def _load_home(self, partition: int, customer_id: str) -> bool:
@@ -410,7 +411,7 @@ class Residency:
                 keeper.drop(customer_id, evicted=False)
             self._restore(customer_id, extra)
             self._house(customer_id, bool(extra.get("home")))
-            self.recent[customer_id] = self._ctx.clock()
+            self.recent[customer_id] = self._ctx.seen()
         return ids
 
     def receive(self, block: dict[str, Any]) -> list[str]:
@@ -484,8 +485,7 @@ class Residency:
         """Note whether the resident has a home in the store (activated from it, or so its
         snapshot or handoff says): the homes of the others are the passivated customers'
         (`passivated`). A row's flag goes with its eviction."""
-        table = self._ctx.engine.table
-        table.home[table.index[customer_id]] = home
+        self._ctx.engine.table.home[self._ctx.engine.table.index[customer_id]] = home
 
     def _restore(self, customer_id: str, extra: dict[str, Any]) -> None:
         """Add a customer's timers and keepers' state to what it has here (a timer armed on
