@@ -86,8 +86,11 @@ PUSH_CHANNEL, PUSH_PLACEMENT = "call_center", "agent_screen"  # where pushes are
 PROBE_CHANNEL, PROBE_PLACEMENT = "web", "hero"  # where push probes' events come from
 # Before each step (continuous traffic: before its first): sequential Decide probes until
 # SETTLE_PROBES in a row answer within SETTLE_MS, so queues an overloaded step left behind do
-# not count against the next one.
-SETTLE_MS, SETTLE_PROBES, SETTLE_TIMEOUT_S = 20.0, 3, 120.0
+# not count against the next one; once a probe was refused, until they have for SETTLE_QUIET_S
+# too: a gateway that shed goes on refusing a share of new calls for most of a second once it
+# is on time again (PIE's share decays), three probes in a row got through a share of 30-40 %,
+# and the next step's IngestStreams, opened at once, were refused as they opened.
+SETTLE_MS, SETTLE_PROBES, SETTLE_QUIET_S, SETTLE_TIMEOUT_S = 20.0, 3, 1.0, 120.0
 # Continuous traffic that runs until stopped ends with the step under way this long after
 # stop(): every process reads which step is the last before its schedule reaches that end.
 STOP_NOTICE_S = 0.1
@@ -436,24 +439,29 @@ def _result(step: Step, processes: int, merged: Recorder, server: CpuWindow, own
 
 
 def settle(target: str) -> float | None:
-    """Wait until the system answers Decide fast again; the seconds it took, or None if it
-    did not within SETTLE_TIMEOUT_S (the step then runs anyway, and its report says so)."""
+    """Wait until the system answers Decide fast again (for SETTLE_QUIET_S, once it refused
+    one); the seconds it took, or None if it did not within SETTLE_TIMEOUT_S (the step then
+    runs anyway, and its report says so)."""
     started = time.perf_counter()
     probe = pb.DecideRequest(customer_id=customer_id(0), channel=PROBE_CHANNEL)
     with grpc.insecure_channel(target) as channel:
         decide = decision_pb2_grpc.DecisionServiceStub(channel).Decide
-        fast = 0
-        while fast < SETTLE_PROBES:
+        fast, streak = 0, started  # fast answers in a row, since the first of them was sent
+        refused = False
+        while fast < SETTLE_PROBES or (refused and
+                                       time.perf_counter() - streak < SETTLE_QUIET_S):
             if time.perf_counter() - started > SETTLE_TIMEOUT_S:
                 return None
             sent = time.perf_counter()
             try:
                 decide(probe, timeout=CONNECT_TIMEOUT_S)
             except grpc.RpcError:  # busy, or still starting: probe again shortly
-                fast = 0
+                fast, refused = 0, True
                 time.sleep(0.1)
                 continue
             fast = fast + 1 if (time.perf_counter() - sent) * 1e3 <= SETTLE_MS else 0
+            if fast == 1:
+                streak = sent
     return round(time.perf_counter() - started, 2)
 
 
