@@ -5,7 +5,8 @@ A row holds the profile slots (see compiler.Layout), an interaction-history ring
 the customer's event sequence number (acks report it, so order can be checked end to end), and
 the journal position (LSN) of the customer's last change, which the shard that owns it keeps
 so that recovery knows which journal records a stored copy already holds, and whether the
-customer has a home in the shard's store (a byte a row, where a set of ids took some 34).
+customer has a home in the shard's store (a byte a row, where a set of ids took some 34), and
+which of the shard's partitions it is a member of (`members`).
 Contact policies are answered from the ring, so a customer's
 whole state is one fixed-size record: easy to snapshot, passivate and move.
 
@@ -29,7 +30,8 @@ GROWTH = 1.5
 INDEX_LOAD = 0.5
 INDEX_SLOTS = 1024  # the fewest
 COLUMNS = ("values", "ring_action", "ring_channel", "ring_outcome", "ring_time", "ring_head",
-           "applied", "lsn", "home")
+           "applied", "lsn", "home", "partition")
+NO_PARTITION = -1  # the `partition` of a row no shard has made a member of one
 
 
 def profile_view(c: CompiledCatalog, row: np.ndarray, now: float) -> np.ndarray:
@@ -210,6 +212,7 @@ class ProfileTable:
             "applied": np.zeros(capacity, np.int64),
             "lsn": np.zeros(capacity, np.int64),
             "home": np.zeros(capacity, np.bool_),
+            "partition": np.zeros(capacity, np.int32),
         }
         for name, array in arrays.items():
             if old is not None:
@@ -239,6 +242,7 @@ class ProfileTable:
                 row, self.used = self.used, self.used + 1
                 self.values[row] = self.defaults
                 self.ring_action[row] = EMPTY
+                self.partition[row] = NO_PARTITION
                 self.ids.append(None)
             self.ids[row] = customer_id
             self.index.add(row)
@@ -278,7 +282,14 @@ class ProfileTable:
         self.applied[row] = 0
         self.lsn[row] = 0
         self.home[row] = False
+        self.partition[row] = NO_PARTITION
         self.free.append(row)
+
+    def members(self, partition: int) -> list[str]:
+        """The ids of the rows a shard made members of `partition` (its `partition` column:
+        4 bytes a row, where a set of ids per partition took some 40 a customer)."""
+        rows = np.flatnonzero(self.partition[:self.used] == partition)
+        return [self.ids[row] for row in rows.tolist()]
 
     def housed(self) -> int:
         """How many rows have a home in the store."""

@@ -130,7 +130,6 @@ class Residency:
         self._home_s = 0.0  # what writing a home takes, smoothed over chunks (PACE_WEIGHT)
         self._holes = 0  # residents evicted since `recent` was last compacted
         self._kept = 0  # residents kept by this pass of walks so far
-        self.members: dict[int, set[str]] = {}
         # residents -> when last used, least recent first: a plain dict keeps insertion order
         # in half an OrderedDict's memory per entry (moving to the end is a pop and an insert)
         self.recent: dict[str, float] = {}
@@ -161,7 +160,7 @@ class Residency:
                 return False
             row = self._ctx.engine.activate([customer_id])[0]
         customer_id = self._ctx.engine.table.ids[row]  # held once: requests bring copies
-        self.members.setdefault(partition, set()).add(customer_id)
+        self._ctx.engine.table.partition[row] = partition  # a member of it
         self.recent.pop(customer_id, None)
         self.recent[customer_id] = self._ctx.seen()
         return True
@@ -356,7 +355,7 @@ class Residency:
             # batch that failed leaves the delete, as the old home may still be there
             self._journaling.deletes.get(p, set()).discard(customer_id)
             due = min(self.timers.armed.get(customer_id, {}).values(), default=None)
-            self._evict(customer_id, p)
+            self._evict(customer_id)
             if due is not None:
                 self.timers.sleep(p, customer_id, due)
         self._ctx.counts["passivations"] += len(victims)
@@ -367,9 +366,15 @@ class Residency:
         and one new here has none."""
         return max(homes - self._ctx.engine.table.housed(), 0)
 
+    @property
+    def members(self) -> dict[int, list[str]]:
+        """Each partition with residents, and its residents (the profile table's column)."""
+        used = self._ctx.engine.table.partition[:self._ctx.engine.table.used]
+        return {p: self.residents([p]) for p in set(used.tolist()) if p >= 0}
+
     def residents(self, partitions: Iterable[int]) -> list[str]:
         """The partitions' resident customers, in a stable order."""
-        return [c for p in partitions for c in sorted(self.members.get(p, ()))]
+        return [c for p in partitions for c in sorted(self._ctx.engine.table.members(p))]
 
     def sleepers(self, partition: int) -> dict[str, float]:
         """The partition's passivated customers with armed timers, each with its earliest
@@ -402,25 +407,23 @@ class Residency:
         return blocks.export_block(self._ctx.engine, customer_ids, extras, self._ctx.name)
 
     def load(self, block: dict[str, Any]) -> list[str]:
-        """Make a block's customers resident, replacing what they had here; their ids."""
+        """Make a block's customers resident in their partitions, replacing what they had."""
         ids = blocks.import_block(self._ctx.engine, block, self._journaling.stamps_of,
                                   shard=True)
+        table = self._ctx.engine.table
         for customer_id, extra in zip(ids, block["extras"]):
             self.timers.take(customer_id)
             for keeper in self._keepers:
                 keeper.drop(customer_id, evicted=False)
             self._restore(customer_id, extra)
             self._house(customer_id, bool(extra.get("home")))
+            table.partition[table.index[customer_id]] = self._ctx.partition_of(customer_id)
             self.recent[customer_id] = self._ctx.seen()
         return ids
 
     def receive(self, block: dict[str, Any]) -> list[str]:
-        """Load the customers of a partition's snapshot or a handoff, as members of their
-        partitions; their ids."""
-        ids = self.load(block)
-        for customer_id in ids:
-            self.members.setdefault(self._ctx.partition_of(customer_id), set()).add(customer_id)
-        return ids
+        """Load the customers of a partition's snapshot or a handoff; their ids."""
+        return self.load(block)
 
     def reload(self, block: dict[str, Any]) -> None:
         """Load every resident customer again, into the engine of a new catalog (their timers
@@ -446,17 +449,14 @@ class Residency:
         passivation walks starts again: residents leaving behind where it stopped would make
         those it kept seem to be every resident left, and the idle ones after them skipped."""
         self._kept = 0
-        self._evict(customer_id, partition)
+        self._evict(customer_id)
 
-    def _evict(self, customer_id: str, partition: int) -> None:
+    def _evict(self, customer_id: str) -> None:
         self._ctx.engine.table.evict(customer_id)
         self.timers.take(customer_id)
         self.drop_kept(customer_id)
         if self.recent.pop(customer_id, None) is not None:
             self._holes += 1
-        members = self.members.get(partition)
-        if members is not None:
-            members.discard(customer_id)
 
     def drop_kept(self, customer_id: str) -> None:
         """Forget what the keepers hold of the customer, resident or not (a watch of a
@@ -466,7 +466,7 @@ class Residency:
 
     def drop_partition(self, partition: int) -> None:
         """Evict every member of the partition (it moved away), and forget its sleepers."""
-        for customer_id in list(self.members.pop(partition, ())):
+        for customer_id in self.residents([partition]):
             self.evict(customer_id, partition)
         self.timers.drop_partition(partition)
 
