@@ -87,10 +87,12 @@ PROBE_CHANNEL, PROBE_PLACEMENT = "web", "hero"  # where push probes' events come
 # Before each step (continuous traffic: before its first): sequential Decide probes until
 # SETTLE_PROBES in a row answer within SETTLE_MS, so queues an overloaded step left behind do
 # not count against the next one; once a probe was refused, until they have for SETTLE_QUIET_S
-# too: a gateway that shed goes on refusing a share of new calls for most of a second once it
-# is on time again (PIE's share decays), three probes in a row got through a share of 30-40 %,
-# and the next step's IngestStreams, opened at once, were refused as they opened.
-SETTLE_MS, SETTLE_PROBES, SETTLE_QUIET_S, SETTLE_TIMEOUT_S = 20.0, 3, 1.0, 120.0
+# too. A gateway that shed goes on refusing a share of new calls for a second or more once it
+# is on time again (PIE's share decays; it refuses none while the share is under 20 % and the
+# loop on time): three probes in a row got through a share of 30-40 % (0.7³: a third of the
+# time), and the next step's IngestStreams, opened at once, were refused as they opened. At a
+# share of 20 %, 20 probes get through with 1 % odds; a second of them, with none.
+SETTLE_MS, SETTLE_PROBES, SETTLE_QUIET_S, SETTLE_TIMEOUT_S = 20.0, 20, 1.0, 120.0
 # Continuous traffic that runs until stopped ends with the step under way this long after
 # stop(): every process reads which step is the last before its schedule reaches that end.
 STOP_NOTICE_S = 0.1

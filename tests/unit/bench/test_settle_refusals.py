@@ -1,26 +1,30 @@
 """A step starts once the system is settled; a gateway that shed goes on refusing a share of
 new calls for most of a second after its overload ends (PIE's share decays), and three probes
 in a row got through it: the next step's IngestStreams, opened at once, were refused as they
-opened (issue 17). Once a probe was refused, settling waits for SETTLE_QUIET_S without one."""
+opened (issue 17). Settling waits for SETTLE_PROBES fast answers in a row, and once a probe
+was refused, for SETTLE_QUIET_S without one."""
 from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import grpc
+import pytest
 
 from bench import loadgen
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
 REFUSING_S = 0.5  # how long the server sheds after its first call
-SHED_EVERY = 4  # the calls it refuses meanwhile: one in four, three in a row getting through
 
 
 class StillShedding(decision_pb2_grpc.DecisionServiceServicer):
-    """Refuses one Decide in SHED_EVERY for REFUSING_S from the first; when it last did."""
+    """Refuses the Decides whose number (from 1) is `refused` for REFUSING_S from the first;
+    when it did."""
 
-    def __init__(self) -> None:
+    def __init__(self, refused: Callable[[int], bool]) -> None:
+        self.refused = refused
         self.calls = 0
         self.first: float | None = None
         self.refusals: list[float] = []
@@ -29,14 +33,18 @@ class StillShedding(decision_pb2_grpc.DecisionServiceServicer):
         now = time.perf_counter()
         self.first = now if self.first is None else self.first
         self.calls += 1
-        if now - self.first < REFUSING_S and self.calls % SHED_EVERY == 1:
+        if now - self.first < REFUSING_S and self.refused(self.calls):
             self.refusals.append(now)
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "overloaded: shedding")
         return pb.Decision(customer_id=request.customer_id)
 
 
-def test_settling_waits_out_a_gateway_still_refusing_a_share_of_calls():
-    servicer = StillShedding()
+# one in four from the first, three in a row getting through; one in six from the sixth,
+# the first five getting through
+@pytest.mark.parametrize("refused", [lambda n: n % 4 == 1, lambda n: n % 6 == 0],
+                         ids=["first-refused", "first-five-through"])
+def test_settling_waits_out_a_gateway_still_refusing_a_share_of_calls(refused):
+    servicer = StillShedding(refused)
     server = grpc.server(ThreadPoolExecutor(2))
     decision_pb2_grpc.add_DecisionServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -46,5 +54,5 @@ def test_settling_waits_out_a_gateway_still_refusing_a_share_of_calls():
         settled = time.perf_counter()
     finally:
         server.stop(None)
-    assert len(servicer.refusals) > 1  # it went on refusing after three probes got through
+    assert len(servicer.refusals) > 1  # it went on refusing after probes got through
     assert settled - servicer.refusals[-1] >= loadgen.SETTLE_QUIET_S

@@ -52,7 +52,7 @@ async def lane(code: grpc.StatusCode | None) -> tuple[loadgen.Recorder, int]:
             async def ready() -> float:
                 return time.time()
 
-            await loadgen._stream(loadgen._Calls(channel),  schedule,
+            await loadgen._stream(loadgen._Calls(channel), schedule,
                                   Journeys(load_default_catalog(), 100, 1), recorder,
                                   loadgen._Start(ready, [schedule]))
             return recorder, len(schedule)
