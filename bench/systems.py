@@ -31,6 +31,7 @@ from kairos.cluster.transport.client import KairosClient
 from kairos.cluster.gateway.actor import GatewayActor
 from kairos.cluster.control.partitions import partition_of
 from kairos.cluster.protocol import Event, Outcome, Request
+from kairos.cluster.raytuning import RAY_SETTINGS
 from kairos.cluster.settings import NAMESPACE
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
@@ -47,8 +48,9 @@ CPUS_PER_NODE = 1  # Ray's CPU resource per node of a multi-node run (Kairos res
 # Every node runs on this machine: shards serve their data path on loopback. Ray runs its
 # workers at nice 15 by default; the services measured here (Kairos's and the Ray-hosted
 # peers') run at 0, as the in-process peers and the generators do.
+# Ray's own settings are those of every Ray Kairos starts (cluster/raytuning.py).
 NODE_ENV = {"KAIROS_PASSIVATE_IDLE_S": "86400", "KAIROS_DATA_HOST": "127.0.0.1",
-            "RAY_worker_niceness": "0"}
+            "RAY_worker_niceness": "0", **RAY_SETTINGS}
 # runtime.start waits for its actors with no deadline: one Ray never places (its workers
 # killed by Ray's memory monitor on a crowded machine) would hang the run
 START_TIMEOUT_S = 180.0

@@ -30,6 +30,7 @@ import pytest
 from xdist.scheduler import LoadScopeScheduling
 
 from kairos.cluster.cli.local import single_machine
+from kairos.cluster.raytuning import RAY_SETTINGS
 from kairos.core import kernel
 from kairos.core.catalog import default_catalog_text, load_catalog_file
 from kairos.core.compiler import CompiledCatalog, compile_catalog, default_compiled
@@ -164,14 +165,16 @@ def local_ray(nodes: int = 1, env: dict[str, str] | None = None, *, cpus_per_nod
     """A Ray cluster of `nodes` nodes on this machine (ray.cluster_utils.Cluster), this
     process connected to it as the driver: its GCS on a free port, no dashboard, the agents on
     free ports, its files under the session's RAY_TMPDIR. `env` is set while it runs (its
-    processes inherit it). The Cluster, for tests that add or remove nodes. One node runs on
-    loopback only (cluster/cli/local.py; it takes no other node); Ray's clusters of several
-    nodes need the machine's address."""
+    processes inherit it), over the Ray settings every Kairos Ray runs with (raytuning.py).
+    The Cluster, for tests that add or remove nodes. One node runs on loopback only
+    (cluster/cli/local.py; it takes no other node); Ray's clusters of several nodes need the
+    machine's address."""
     import ray
 
     node_args = {"num_cpus": cpus_per_node, "object_store_memory": object_store_mb * 2**20,
                  "dashboard_agent_listen_port": 0}
-    with tuned(env or {}), (single_machine() if nodes == 1 else contextlib.nullcontext()):
+    with tuned({**RAY_SETTINGS, **(env or {})}), \
+            (single_machine() if nodes == 1 else contextlib.nullcontext()):
         cluster = _started(nodes, node_args)
         try:
             ray.init(address=cluster.address, namespace=namespace)

@@ -41,6 +41,7 @@ from typing import Iterator
 
 import psutil
 
+from kairos.cluster.raytuning import RAY_SETTINGS
 from kairos.cluster.secret_files import SecretFileError, check_secret_file
 
 HOME_ENV = "KAIROS_HOME"
@@ -152,7 +153,7 @@ def ray_env(loopback: bool, auth_mode: str, token: str = "") -> dict[str, str]:
     `token`: the run's (Run.token), which marks the processes as the run's."""
     from kairos.cluster.storage.providers import STORE_PASSWORD_FILE_ENV
 
-    env = dict(os.environ)
+    env = {**RAY_SETTINGS, **os.environ}  # the operator's own value of one of them wins
     env.pop("RAY_ADDRESS", None)  # the addresses are always given explicitly
     env.pop(TOKEN_ENV, None)  # never another run's
     if env.get(STORE_PASSWORD_FILE_ENV):  # read where Ray's workers run, not in this directory

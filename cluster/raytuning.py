@@ -1,0 +1,37 @@
+"""Ray's own settings for every Ray Kairos starts: `kairos up` (cli/local.py), the bench
+(bench/systems.py), the tests' Ray (tests/conftest.py) and the Kubernetes pods (k8s/base/
+raycluster.yaml, held to this by tests/k8s/test_ray_tuning.py).
+
+Idle, Ray's periodic timers cost a node more CPU than Kairos's own loops. These lengthen the
+ones whose period buys nothing Kairos or its operators use, measured against Ray's defaults
+(issue 17; ms of CPU a second of the process named, idle, one node, 2 shards). None touches
+failure detection (health checks, raylet and worker death checks), the memory monitor (Ray's
+OOM killer), or the metrics export interval (Kairos's own metrics go through Ray's). The
+largest Ray cost an actor has, a 10 ms timer on its main thread that checks for signals
+(about 4 ms/s each), is fixed in Ray: no setting reaches it.
+Set in the environment of Ray's processes, which read RAY_<name> for Ray's system config;
+an operator's own value for any of them wins in `kairos up`.
+"""
+from __future__ import annotations
+
+RAY_SETTINGS: dict[str, str] = {
+    # Ray's log monitor (it sends the workers' output to the drivers that log_to_driver) looks
+    # for new log files 10 times a second while a node has fewer than this many: with 0, every
+    # 0.5 s (LOG_NAME_UPDATE_INTERVAL_S), still reading the known files 10 times a second.
+    # A new worker's first lines reach a driver up to 0.5 s later, none lost (a new file is read
+    # from its start); `ray logs` and the dashboard read the files themselves. 7 -> 4 ms/s.
+    "RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0",
+    # Each Ray worker (every actor, every driver) sends its tasks' state changes to the GCS
+    # every second; Kairos's Ray tasks are its control calls (its requests travel on its own
+    # gRPC), which nothing of Kairos's reads. Every 10 s: `ray list tasks` and the dashboard's
+    # task views lag by up to 10 s, and a worker that dies takes its last 10 s of them with it.
+    # About 0.3 ms/s an actor, and the GCS's handling of them.
+    "RAY_task_events_report_interval_ms": "10000",
+    # The raylet's checks of the object store's use (a global GC past 70%), of the disk (object
+    # creation refused past 95%) and of idle workers to stop: every second instead of 10, 10
+    # and 5 times a second. Kairos's objects are small control messages, its actors are not
+    # idle workers. 148 -> 132 raylet wakeups a second (under 1 ms/s).
+    "RAY_raylet_check_gc_period_milliseconds": "1000",
+    "RAY_local_fs_monitor_interval_ms": "1000",
+    "RAY_kill_idle_workers_interval_ms": "1000",
+}
