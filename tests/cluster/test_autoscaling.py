@@ -32,6 +32,7 @@ import pytest
 import yaml
 
 from kairos.cluster.gateway.auth import METADATA_KEY
+from kairos.cluster.raytuning import RAY_SETTINGS
 from kairos.cluster.storage.redis_server import free_port
 from kairos.v1 import admin_pb2, admin_pb2_grpc
 from kairos.v1 import decision_pb2_grpc
@@ -84,7 +85,8 @@ def head(tmp_path):
     keys = {"keys": [{"key": APP_KEY, "name": "app", "scopes": ["decide", "ingest",
                                                                    "profile:read"]},
                      {"key": ADMIN_KEY, "name": "operator", "scopes": ["admin"]}]}
-    env = {**os.environ, **TUNING, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+    env = {**os.environ, **RAY_SETTINGS, **TUNING, "RAY_FAKE_CLUSTER": "1",
+           "AUTOSCALER_UPDATE_INTERVAL_S": "1",
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
            "KAIROS_API_KEYS": yaml.safe_dump(keys),
            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "5",  # Ray's own drain on SIGTERM
