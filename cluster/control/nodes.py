@@ -109,7 +109,8 @@ class Nodes:
         # Ray gives a node its CPUs as it starts, for its life: read once per node, as the
         # node table costs this process and the GCS a call (`shares`, every round)
         self._cpus: dict[str, float] = {}
-        self._alive: list[str] | None = None  # the last read, until its task yields (`alive`)
+        # the last read and the task that made it, until an await yields (`alive`)
+        self._alive: tuple[asyncio.Task | None, list[str]] | None = None
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -136,14 +137,15 @@ class Nodes:
     # -- which nodes serve ---------------------------------------------------------------------
 
     def alive(self, again: bool = False) -> list[str]:
-        """The backend's alive nodes, read now. `again`: the last read's, where no await has
-        yielded to the event loop since it (a wait for the lock, a call): only a few steps
-        ran meanwhile, and a read would tell the same but for their time, at the cost of a
-        call to Ray's GCS."""
-        if not again or self._alive is None:
-            self._alive = self.backend.nodes()
+        """The backend's alive nodes, read now. `again`: the same task's last read, where no
+        await has yielded to the event loop since it (a wait for the lock, a call) and no
+        other read of Ray's node table came after it: only a few steps ran meanwhile, and a
+        read would tell the same but for their time, at the cost of a call to Ray's GCS."""
+        task = asyncio.current_task()
+        if not again or self._alive is None or self._alive[0] is not task:
+            self._alive = (task, self.backend.nodes())
             asyncio.get_running_loop().call_soon(self._yielded)
-        return list(self._alive)
+        return list(self._alive[1])
 
     def _yielded(self) -> None:
         self._alive = None  # run by the event loop: an await yielded since the read
@@ -163,6 +165,7 @@ class Nodes:
     def shares(self, nodes: list[str]) -> dict[str, int]:
         """How many shards each of `nodes` is sized for: shards per CPU, at least one."""
         if any(n not in self._cpus for n in nodes):
+            self._alive = None  # this read is newer: the next shared one must be too
             self._cpus.update((n, info["cpus"]) for n, info in self.backend.node_info().items())
         return {n: max(1, round(self._cpus.get(n, 1) * self.shards_per_cpu)) for n in nodes}
 

@@ -107,3 +107,41 @@ def test_a_read_is_shared_until_an_await_yields():
         assert "node-a" not in nodes.alive(again=True)
         assert backend.reads["nodes"] == 3
     asyncio.run(main())
+
+
+def test_a_read_is_shared_only_with_the_task_that_made_it():
+    """Another task's read, made in the same turn of the loop, is not this task's: a task woken
+    in that turn reads anew (review rev-ctl finding 2)."""
+    async def main():
+        backend = Counted()
+        nodes = Nodes(backend, None, 1.0)
+
+        woken = asyncio.Event()
+
+        async def reader():  # woken in the same turn of the loop, first
+            await woken.wait()
+            nodes.alive()
+            backend.node_names.remove("node-a")  # time passes after its read
+
+        async def sharer():
+            await woken.wait()
+            return nodes.alive(again=True)
+
+        tasks = [asyncio.create_task(reader()), asyncio.create_task(sharer())]
+        await asyncio.sleep(0)
+        woken.set()
+        assert "node-a" not in (await asyncio.gather(*tasks))[1]
+    asyncio.run(main())
+
+
+def test_a_cpu_read_makes_the_next_shared_read_fresh():
+    """A node-info read (a node's CPUs, first seen) between two reads is newer than the first:
+    the second does not share the first (review rev-ctl finding 1)."""
+    async def main():
+        backend = Counted()
+        nodes = Nodes(backend, None, 1.0)
+        alive = nodes.alive()
+        backend.node_names.append("node-d")
+        nodes.shares(alive + ["node-d"])  # a node not seen before: its CPUs are read
+        assert "node-d" in nodes.alive(again=True)
+    asyncio.run(main())
