@@ -39,16 +39,17 @@ def generate_stubs() -> None:
 
 
 def kernel_extensions() -> list[Extension]:
-    """Cythonize core/_kernel.pyx as the top-level module `_kernel` (so Cython finds the
-    _kernel.pxd beside it), then install the result as `kairos.core._kernel`."""
+    """Cythonize core's compiled modules (the scoring kernel, the profile table's id index)
+    each as a top-level module (so Cython finds the _kernel.pxd beside _kernel.pyx), then
+    install them as `kairos.core.<name>`."""
     extensions = cythonize(
         [Extension(
-            "_kernel",
-            ["core/_kernel.pyx"],
+            name,
+            [f"core/{name}.pyx"],
             include_dirs=[numpy.get_include()],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
             extra_compile_args=["-O3", "-fno-math-errno", "-ffp-contract=off"],
-        )],
+        ) for name in ("_kernel", "_rowindex")],
         include_path=["core"],
         language_level=3,
         compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True,

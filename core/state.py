@@ -15,20 +15,17 @@ reading the profile see it at a given time.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Callable, Hashable
 
 import numpy as np
 
+from ._rowindex import RowIndex
 from .compiler import CLOCK_SLOT, CompiledCatalog, View
 
 HISTORY_EPOCH_S = 1_577_836_800.0  # 2020-01-01T00:00:00Z: ring times are int32 seconds after it
 EMPTY = -1  # ring_action of an unused history entry
 GROWTH = 1.5
-# the index's slots are at most this full: linear probing looks at 1.5 slots a hit, 2.5 a miss
-INDEX_LOAD = 0.5
-INDEX_SLOTS = 1024  # the fewest
+INDEX_SLOTS = 1024  # the fewest slots of the id index (_rowindex.pyx)
 COLUMNS = ("values", "ring_action", "ring_channel", "ring_outcome", "ring_time", "ring_head",
            "applied", "lsn", "home", "partition")
 NO_PARTITION = -1  # the `partition` of a row no shard has made a member of one
@@ -67,121 +64,6 @@ class Record:
             and self.applied == other.applied
 
 
-class RowIndex(Mapping):
-    """Customer id -> row, as a dict would map them, without a Python object per customer.
-
-    A dict of ids held some 85 bytes a customer besides its id (an entry, and an int object
-    for a row past 256); this is open addressing with linear probing over a numpy array of
-    rows (4 bytes a slot, two slots a customer or more), which reads the ids from the table's
-    `ids` (by row), so an id is held once. Slots hold row + 1 (0: empty), so a table grown
-    ahead stays pages nothing wrote. Hashes are Python's, which a str caches."""
-
-    def __init__(self, ids: list):
-        self._ids = ids
-        self._count = 0
-        self._resize(INDEX_SLOTS)
-
-    def _resize(self, size: int) -> None:
-        self._array = np.zeros(size, np.int32)
-        self._slots = memoryview(self._array)  # an item from it is an int, faster than numpy's
-        self._mask = size - 1
-        if self._count:
-            rows = np.flatnonzero(np.fromiter((c is not None for c in self._ids), np.bool_,
-                                              len(self._ids)))
-            self._place(rows, np.fromiter((hash(self._ids[r]) for r in rows.tolist()),
-                                          np.int64, len(rows)))
-        self.get = self._getter()
-
-    def _getter(self) -> Callable[..., int | None]:
-        """`get`, as a function over these slots (every request looks its customer up, some
-        several times: a closure's variables are read faster than attributes, and calling it
-        makes no bound method)."""
-        slots, ids, mask = self._slots, self._ids, self._mask
-
-        def get(key: Hashable, default: int | None = None) -> int | None:
-            at = hash(key) & mask
-            row = slots[at]
-            while row:  # mostly a hit in the first slot
-                if ids[row - 1] == key:
-                    return row - 1
-                at = (at + 1) & mask
-                row = slots[at]
-            return default
-        return get
-
-    def _place(self, rows: np.ndarray, hashes: np.ndarray) -> None:
-        """Put rows whose keys are absent in their slots, all at once: each goes to the first
-        free slot from its hash's on (one of those reaching a slot together takes it, the
-        others go on to the next)."""
-        at = hashes & self._mask
-        while len(rows):
-            free = self._array[at] == 0
-            slots, first = np.unique(at[free], return_index=True)
-            placed = np.flatnonzero(free)[first]
-            self._array[slots] = rows[placed] + 1
-            waiting = np.ones(len(rows), np.bool_)
-            waiting[placed] = False
-            rows, at = rows[waiting], (at[waiting] + 1) & self._mask
-
-    def _find(self, key: Hashable) -> int:
-        """The slot of `key`'s row, or of the empty slot that ends its probe (negative: ~it)."""
-        slots, ids, mask = self._slots, self._ids, self._mask
-        at = hash(key) & mask
-        while True:
-            row = slots[at]
-            if not row:
-                return ~at
-            if ids[row - 1] == key:
-                return at
-            at = (at + 1) & mask
-
-    def __getitem__(self, key: Hashable) -> int:
-        row = self.get(key)
-        if row is None:
-            raise KeyError(key)
-        return row
-
-    def __contains__(self, key: object) -> bool:
-        return self.get(key) is not None
-
-    def __len__(self) -> int:
-        return self._count
-
-    def __iter__(self) -> Iterator:
-        return (c for c in self._ids if c is not None)
-
-    def add(self, row: int) -> None:
-        """Index the row under its id in `ids` (an id not indexed yet)."""
-        self._count += 1
-        if self._count > len(self._array) * INDEX_LOAD:
-            self._resize(len(self._array) * 2)  # which places every row with an id: this one
-        else:
-            self._slots[~self._find(self._ids[row])] = row + 1
-
-    def pop(self, key: Hashable) -> int:
-        """Unindex `key`, its row; KeyError if not indexed. The rows after it in its run move
-        back where their probe would stop short of them (backward shift: no tombstones)."""
-        gap = self._find(key)
-        if gap < 0:
-            raise KeyError(key)
-        slots, ids, mask = self._slots, self._ids, self._mask
-        found = slots[gap] - 1
-        at = gap
-        while True:
-            at = (at + 1) & mask
-            row = slots[at]
-            if not row:
-                break
-            home = hash(ids[row - 1]) & mask
-            # stays unless the gap lies cyclically between its home slot and where it is
-            if (at - home) & mask >= (at - gap) & mask:
-                slots[gap] = row
-                gap = at
-        slots[gap] = 0
-        self._count -= 1
-        return found
-
-
 class ProfileTable:
     """The resident customers of a shard, indexed by customer id."""
 
@@ -189,7 +71,7 @@ class ProfileTable:
         self.defaults = compiled.layout.defaults
         self.history_size = compiled.history_size
         self.ids: list[str | None] = []  # by row, for the rows ever taken
-        self.index = RowIndex(self.ids)
+        self.index = RowIndex(self.ids, INDEX_SLOTS)
         self.free: list[int] = []  # rows evicted (reset to an empty profile), to reuse
         self.used = 0  # rows ever taken: the rows past it have never been written
         self.generation = 0  # bumped when the arrays are reallocated

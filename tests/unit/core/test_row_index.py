@@ -1,11 +1,14 @@
-"""The profile table's id index (state.RowIndex) keeps a dict's semantics: a reference dict
-and the table's old row choice (a freed row first, else the next never taken) as the oracle,
-over inserts, lookups, evictions, reuse of freed rows and export/load, with the index's slots
-few enough that keys collide, runs wrap around and the index grows; and it holds no Python
-object per customer."""
+"""The profile table's id index (core/_rowindex.pyx, RowIndex) keeps a dict's semantics: a
+reference dict and the table's old row choice (a freed row first, else the next never taken)
+as the oracle, over inserts, lookups, evictions, reuse of freed rows and export/load, with
+the index's slots few enough that keys collide, runs wrap around and the index grows; it
+holds no Python object per customer, and a lookup runs no Python code (every request looks
+its customer up: the pure-Python index took some 190 ns a lookup, a dict 45)."""
 from __future__ import annotations
 
+import sys
 import tracemalloc
+from collections.abc import Mapping
 
 import numpy as np
 import pytest
@@ -114,3 +117,19 @@ def test_the_index_holds_no_python_object_per_customer(compiled):
         tracemalloc.stop()
     assert held / n <= 40, f"{held / n:.0f} bytes a customer"
     assert np.array_equal(table.rows(ids[:5]), np.arange(5))
+
+
+def test_a_lookup_runs_no_python_code(compiled):
+    table = ProfileTable(compiled)
+    for c in ("ana", "bo", "cy"):
+        table.row(c)
+    index, calls = table.index, []
+    sys.setprofile(lambda frame, event, arg: calls.append((event, frame.f_code.co_name)))
+    try:
+        found = (index.get("bo"), index.get("zed", -1), index["cy"], "ana" in index,
+                 "zed" in index)
+    finally:
+        sys.setprofile(None)
+    assert found == (1, -1, 2, True, False)
+    assert [c for c in calls if c[0] == "call"] == []  # a Python frame each, pure Python
+    assert isinstance(index, Mapping) and index == {"ana": 0, "bo": 1, "cy": 2}

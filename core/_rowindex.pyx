@@ -1,0 +1,180 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The profile table's id index: customer id -> row, as a dict would map them, without a
+Python object per customer (core/state.py's ProfileTable holds one).
+
+A dict of ids held some 85 bytes a customer besides its id (an entry, and an int object for a
+row past 256); this is open addressing with linear probing over C ints (4 bytes a slot, two
+slots a customer or more), which reads the ids from the table's `ids` list (by row), so an id
+is held once. Every request looks its customer up, some several times: the probing is C, and
+so is a str id's comparison with the key (as a dict's; a key of another type compares as
+Python compares it). Slots hold row + 1 (0: empty). Hashes are Python's, which a str caches.
+"""
+from collections.abc import ItemsView, KeysView, Mapping, ValuesView
+
+cimport cython
+from cpython.mem cimport PyMem_Calloc, PyMem_Free
+from cpython.object cimport PyObject
+from libc.stdint cimport int32_t
+
+cdef extern from "Python.h":
+    # borrowed, unchecked: the probe holds no reference of its own to the id it compares
+    PyObject *id_at "PyList_GET_ITEM"(list ids, Py_ssize_t row)
+
+cdef extern from *:
+    """
+    /* A str's hash as the str caches it; another key's from its type. */
+    static CYTHON_INLINE Py_hash_t rowindex_hash(PyObject *key) {
+        if (PyUnicode_CheckExact(key) && ((PyASCIIObject *)key)->hash != -1)
+            return ((PyASCIIObject *)key)->hash;
+        return PyObject_Hash(key);
+    }
+
+    /* A dict's test of two keys: the same object, or equal ones; two str (ids nearly
+       always) compared here, as a dict does, their cached hashes first, not through
+       rich comparison's dispatch. */
+    static CYTHON_INLINE int rowindex_equal(PyObject *a, PyObject *b) {
+        if (a == b)
+            return 1;
+        if (PyUnicode_CheckExact(a) && PyUnicode_CheckExact(b)) {
+            Py_ssize_t n = PyUnicode_GET_LENGTH(a);
+            Py_hash_t ha = ((PyASCIIObject *)a)->hash, hb = ((PyASCIIObject *)b)->hash;
+            return (ha == -1 || hb == -1 || ha == hb) && n == PyUnicode_GET_LENGTH(b)
+                && PyUnicode_KIND(a) == PyUnicode_KIND(b)
+                && memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), n * PyUnicode_KIND(a)) == 0;
+        }
+        Py_INCREF(a);  /* its __eq__ may run Python that drops it from the ids */
+        int equal = PyObject_RichCompareBool(a, b, Py_EQ);
+        Py_DECREF(a);
+        return equal;
+    }
+    """
+    Py_hash_t rowindex_hash(object key) except? -1
+    int rowindex_equal(PyObject *a, PyObject *b) except -1
+
+# the slots are at most this full: linear probing looks at 1.5 slots a hit, 2.5 a miss
+cdef double INDEX_LOAD = 0.5
+
+
+@cython.final
+cdef class RowIndex:
+    """Customer id -> row over the table's `ids`: `slots` (a power of two) to start with."""
+
+    cdef list _ids
+    cdef int32_t *_slots
+    cdef Py_ssize_t _size, _mask, _count
+
+    def __cinit__(self, list ids not None, Py_ssize_t slots):
+        if slots < 2 or slots & (slots - 1):
+            raise ValueError(f"slots must be a power of two, got {slots}")
+        self._ids = ids
+        self._slots = <int32_t *>PyMem_Calloc(slots, sizeof(int32_t))
+        if self._slots is NULL:
+            raise MemoryError()
+        self._size, self._mask = slots, slots - 1
+
+    def __dealloc__(self):
+        PyMem_Free(self._slots)
+
+    cdef Py_ssize_t _find(self, object key) except? -1:
+        """The slot of `key`'s row, or of the empty slot that ends its probe (negative: ~it)."""
+        cdef Py_ssize_t at = rowindex_hash(key) & self._mask
+        cdef int32_t row
+        while True:
+            row = self._slots[at]
+            if not row:
+                return ~at
+            if row > len(self._ids):  # the table only appends to them: a bug, not a crash
+                raise RuntimeError(f"the id index names row {row - 1} past the table's ids")
+            if rowindex_equal(id_at(self._ids, row - 1), <PyObject *>key):
+                return at
+            at = (at + 1) & self._mask
+
+    cdef void _put(self, Py_ssize_t at, int32_t row):
+        """Put `row` in the first free slot from `at` on."""
+        while self._slots[at]:
+            at = (at + 1) & self._mask
+        self._slots[at] = row + 1
+
+    cdef int _resize(self, Py_ssize_t size) except -1:
+        """Move to `size` slots, placing every row with an id."""
+        cdef int32_t *grown = <int32_t *>PyMem_Calloc(size, sizeof(int32_t))
+        cdef Py_ssize_t row
+        if grown is NULL:
+            raise MemoryError()
+        PyMem_Free(self._slots)
+        self._slots, self._size, self._mask = grown, size, size - 1
+        for row in range(len(self._ids)):
+            key = self._ids[row]
+            if key is not None:
+                self._put(rowindex_hash(key) & self._mask, <int32_t>row)
+        return 0
+
+    def get(self, key, default=None):
+        cdef Py_ssize_t at = self._find(key)
+        return self._slots[at] - 1 if at >= 0 else default
+
+    def __getitem__(self, key) -> int:
+        cdef Py_ssize_t at = self._find(key)
+        if at < 0:
+            raise KeyError(key)
+        return self._slots[at] - 1
+
+    def __contains__(self, key) -> bool:
+        return self._find(key) >= 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self):
+        return (c for c in self._ids if c is not None)
+
+    def keys(self) -> KeysView:
+        return KeysView(self)
+
+    def items(self) -> ItemsView:
+        return ItemsView(self)
+
+    def values(self) -> ValuesView:
+        return ValuesView(self)
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return dict(self.items()) == dict(other.items())
+
+    def __sizeof__(self) -> int:
+        return object.__sizeof__(self) + self._size * sizeof(int32_t)
+
+    def add(self, Py_ssize_t row) -> None:
+        """Index the row under its id in `ids` (an id not indexed yet)."""
+        self._count += 1
+        if self._count > self._size * INDEX_LOAD:
+            self._resize(self._size * 2)  # which places every row with an id: this one
+        else:
+            self._put(rowindex_hash(self._ids[row]) & self._mask, <int32_t>row)
+
+    def pop(self, key) -> int:
+        """Unindex `key`, its row; KeyError if not indexed. The rows after it in its run move
+        back where their probe would stop short of them (backward shift: no tombstones)."""
+        cdef Py_ssize_t gap = self._find(key), at, home
+        cdef int32_t row, found
+        if gap < 0:
+            raise KeyError(key)
+        found = self._slots[gap] - 1
+        at = gap
+        while True:
+            at = (at + 1) & self._mask
+            row = self._slots[at]
+            if not row:
+                break
+            home = rowindex_hash(self._ids[row - 1]) & self._mask
+            # stays unless the gap lies cyclically between its home slot and where it is
+            if (at - home) & self._mask >= (at - gap) & self._mask:
+                self._slots[gap] = row
+                gap = at
+        self._slots[gap] = 0
+        self._count -= 1
+        return found
+
+
+Mapping.register(RowIndex)
