@@ -101,8 +101,9 @@ class Durability:
             unseen.setdefault(self._ctx.partition_of(customer_id), {})[customer_id] = \
                 registrations
         deletes = self._journaling.deletes
+        members = self._residency.members_of(partitions)  # one pass over the table for all
         for i, p in enumerate(partitions):
-            residents = self._residency.residents([p])
+            residents = members[p]
             customers += len(residents)
             snapshots[p] = seal(blocks.pack({
                 "format": SNAPSHOT_FORMAT, "partition": p, "journal": self._ctx.name,
@@ -264,7 +265,7 @@ class Durability:
             for customer_id in snap.get("erasing", []):
                 journaling.erase_later(p, customer_id)
             journaling.stamps_of = snap["journal"]
-            self._residency.receive(snap["block"])
+            self._residency.load(snap["block"])
             self._residency.take_sleepers(p, snap["sleepers"])
             self._watches.take_unseen(snap["unseen"])
             self._directory.load(snap["directory"])

@@ -115,7 +115,7 @@ class Handoff:
         data = blocks.unpack(payload)
         self._ownership.check_unfenced(data["partitions"], version, "adopt")
         unseen = checked_unseen(data.get("watches", {}))  # before anything is taken in
-        received = set(self._residency.receive(data["block"]))
+        received = set(self._residency.load(data["block"]))
         passivated = data["passivated"]
         self._ctx.store.put_many((int(p), customer_id, blob) for p, homes in passivated.items()
                                  for customer_id, blob in homes.items())
@@ -143,8 +143,8 @@ class Handoff:
         owned = self._ownership.owned
         self._ownership.fence(partitions, version)
         partitions = [p for p in partitions if owned.get(p, -1) <= version]
+        self._residency.drop_partitions(partitions)  # one pass over the table for all
         for p in partitions:
-            self._residency.drop_partition(p)
             owned.pop(p, None)
             self._ownership.arriving.pop(p, None)
             self._frozen.pop(p, None)

@@ -369,12 +369,15 @@ class Residency:
     @property
     def members(self) -> dict[int, list[str]]:
         """Each partition with residents, and its residents (the profile table's column)."""
-        used = self._ctx.engine.table.partition[:self._ctx.engine.table.used]
-        return {p: self.residents([p]) for p in set(used.tolist()) if p >= 0}
+        return self._ctx.engine.table.members_of()
+
+    def members_of(self, partitions: Iterable[int]) -> dict[int, list[str]]:
+        """Each of the partitions with its residents, in a stable order (one pass for all)."""
+        return self._ctx.engine.table.members_of(partitions)
 
     def residents(self, partitions: Iterable[int]) -> list[str]:
         """The partitions' resident customers, in a stable order."""
-        return [c for p in partitions for c in sorted(self._ctx.engine.table.members(p))]
+        return [c for cs in self.members_of(partitions).values() for c in cs]
 
     def sleepers(self, partition: int) -> dict[str, float]:
         """The partition's passivated customers with armed timers, each with its earliest
@@ -421,10 +424,6 @@ class Residency:
             self.recent[customer_id] = self._ctx.seen()
         return ids
 
-    def receive(self, block: dict[str, Any]) -> list[str]:
-        """Load the customers of a partition's snapshot or a handoff; their ids."""
-        return self.load(block)
-
     def reload(self, block: dict[str, Any]) -> None:
         """Load every resident customer again, into the engine of a new catalog (their timers
         are armed afresh under its numbering; sleepers' homes name theirs)."""
@@ -464,11 +463,12 @@ class Residency:
         for keeper in self._keepers:
             keeper.drop(customer_id, evicted=True)
 
-    def drop_partition(self, partition: int) -> None:
-        """Evict every member of the partition (it moved away), and forget its sleepers."""
-        for customer_id in self.residents([partition]):
-            self.evict(customer_id, partition)
-        self.timers.drop_partition(partition)
+    def drop_partitions(self, partitions: Iterable[int]) -> None:
+        """Evict every member of the partitions (they moved away), and forget their sleepers."""
+        for p, residents in self.members_of(partitions).items():
+            for customer_id in residents:
+                self.evict(customer_id, p)
+            self.timers.drop_partition(p)
 
     def extra(self, customer_id: str) -> dict[str, Any]:
         names = self._ctx.compiled.timer_names
