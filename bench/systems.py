@@ -50,7 +50,7 @@ CPUS_PER_NODE = 1  # Ray's CPU resource per node of a multi-node run (Kairos res
 # peers') run at 0, as the in-process peers and the generators do.
 # Ray's own settings are those of every Ray Kairos starts (cluster/raytuning.py).
 NODE_ENV = {"KAIROS_PASSIVATE_IDLE_S": "86400", "KAIROS_DATA_HOST": "127.0.0.1",
-            "RAY_worker_niceness": "0", **RAY_SETTINGS}
+            "RAY_worker_niceness": "0"}
 # runtime.start waits for its actors with no deadline: one Ray never places (its workers
 # killed by Ray's memory monitor on a crowded machine) would hang the run
 START_TIMEOUT_S = 180.0
@@ -62,11 +62,20 @@ POPULATE_PROGRESS_EVERY = 1000
 POPULATE_WINDOW = POPULATE_INFLIGHT // 4  # served customers whose events go, then impressions
 
 
+def set_node_env() -> None:
+    """The environment the bench's Ray inherits: NODE_ENV, and Kairos's Ray settings where the
+    environment has no value of its own (as `kairos up` leaves an operator's), so that a run
+    against Ray's defaults needs no edit."""
+    os.environ.update(NODE_ENV)
+    for name, value in RAY_SETTINGS.items():
+        os.environ.setdefault(name, value)
+
+
 @contextmanager
 def ray_nodes(n: int) -> Iterator[list[str]]:
     """Ray with n nodes on this machine; the alive node ids, head first. Everything Ray
     started is stopped on the way out, whatever happened."""
-    os.environ.update(NODE_ENV)
+    set_node_env()
     if n > 1:  # Ray's clusters of several nodes need the machine's address
         os.environ.pop(SINGLE_MACHINE, None)
     # Ray's workers unpickle the peers' actors and servicers: they import bench from here

@@ -8,7 +8,10 @@ ones whose period buys nothing Kairos or its operators use, measured against Ray
 failure detection (health checks, raylet and worker death checks), the memory monitor (Ray's
 OOM killer), or the metrics export interval (Kairos's own metrics go through Ray's). The
 largest Ray cost an actor has, a 10 ms timer on its main thread that checks for signals
-(about 4 ms/s each), is fixed in Ray: no setting reaches it.
+(about 4 ms/s each), is fixed in Ray: no setting reaches it. Task events stay at Ray's
+default (every second): a worker sends at most a batch of them a flush, so a longer period
+caps how many a busy process reports (the bench's Ray peers make one actor call a request)
+and leaves the dashboard's task views incomplete under load, not just late.
 Set in the environment of Ray's processes, which read RAY_<name> for Ray's system config;
 an operator's own value for any of them wins in `kairos up`.
 """
@@ -21,16 +24,10 @@ RAY_SETTINGS: dict[str, str] = {
     # A new worker's first lines reach a driver up to 0.5 s later, none lost (a new file is read
     # from its start); `ray logs` and the dashboard read the files themselves. 7 -> 4 ms/s.
     "RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0",
-    # Each Ray worker (every actor, every driver) sends its tasks' state changes to the GCS
-    # every second; Kairos's Ray tasks are its control calls (its requests travel on its own
-    # gRPC), which nothing of Kairos's reads. Every 10 s: `ray list tasks` and the dashboard's
-    # task views lag by up to 10 s, and a worker that dies takes its last 10 s of them with it.
-    # About 0.3 ms/s an actor, and the GCS's handling of them.
-    "RAY_task_events_report_interval_ms": "10000",
     # The raylet's checks of the object store's use (a global GC past 70%), of the disk (object
     # creation refused past 95%) and of idle workers to stop: every second instead of 10, 10
-    # and 5 times a second. Kairos's objects are small control messages, its actors are not
-    # idle workers. 148 -> 132 raylet wakeups a second (under 1 ms/s).
+    # and 5 times a second. The GC check only asks workers to collect (freeing and spilling
+    # store objects run on timers of their own); Kairos's actors are not idle workers. 148 -> 132 raylet wakeups a second (under 1 ms/s).
     "RAY_raylet_check_gc_period_milliseconds": "1000",
     "RAY_local_fs_monitor_interval_ms": "1000",
     "RAY_kill_idle_workers_interval_ms": "1000",

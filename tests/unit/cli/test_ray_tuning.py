@@ -3,8 +3,10 @@ the bench and the tests' own Ray (the pods': tests/k8s/test_ray_tuning.py)."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+import ray
 
 from bench import systems
 from kairos.cluster.cli import local
@@ -31,8 +33,26 @@ def test_an_operators_own_value_wins(monkeypatch):
     assert local.ray_env(True, "token")[name] == "12345"
 
 
-def test_the_bench_starts_ray_with_them():
-    assert RAY_SETTINGS.items() <= systems.NODE_ENV.items()
+def test_the_bench_starts_ray_with_them_and_an_operators_own_value_wins(monkeypatch):
+    own, *others = RAY_SETTINGS
+    monkeypatch.setenv(own, "12345")
+    for name in others:
+        monkeypatch.delenv(name, raising=False)
+    for name in systems.NODE_ENV:
+        monkeypatch.setenv(name, os.environ.get(name, ""))  # put back after the test
+    systems.set_node_env()
+    assert os.environ[own] == "12345"
+    assert all(os.environ[name] == RAY_SETTINGS[name] for name in others)
+
+
+def test_every_setting_is_one_ray_reads():
+    """Ray ignores a RAY_ variable it does not know: each name is in the raylet's binary (its
+    RAY_CONFIG names) or read by Ray's Python."""
+    root = Path(ray.__file__).parent
+    raylet = (root / "core/src/ray/raylet/raylet").read_bytes()
+    python = "".join(p.read_text(errors="replace") for p in (root / "_private").glob("*.py"))
+    for name in RAY_SETTINGS:
+        assert name[len("RAY_"):].encode() in raylet or f'"{name}"' in python, name
 
 
 class Started(Exception):
