@@ -19,7 +19,8 @@ Operations (`Step.op`):
                            decision), or whole sessions (events, decisions and outcomes)
   stream                   events on STREAMS_PER_PROCESS IngestStreams per process; an ack's
                            latency is taken from its event's intended send time; a stream
-                           that ends before its schedule does fails the sends left
+                           that ends before its schedule does fails the events it did not
+                           ack, and its lane opens another (the ends are counted)
   batch                    events arrive on schedule at a relay, which sends what it holds
                            as one IngestBatch every BATCH_WINDOW_S (or at BATCH_EVENTS); an
                            event's latency runs from its intended arrival to its batch's ack,
@@ -100,6 +101,14 @@ OPEN_ENDED = 2**62  # the last step of continuous traffic not stopped yet
 UNARY_OPS = frozenset({"decide", "ingest", "journey"})  # one call per request
 # the error label of the events of an IngestStream that ended OK before its schedule did
 STREAM_ENDED = "STREAM_ENDED"
+# ... and of one whose end a write raced: grpc.aio's write, failing after the trailers came
+# and before the call saw them, puts its own INTERNAL status on the call, so the server's
+# (a refusal, mostly) is lost; called INTERNAL, thousands of refused sends read as a fault
+STATUS_LOST = "STREAM_ENDED (status lost: a write raced the end)"
+_RACED_DETAILS = "Internal error from Core"  # grpc.aio's details for that status
+# A stream lane reopens its stream this long after it ended, as an IngestStream client
+# would (a gateway refusing at open is not hammered), until its schedule is done.
+REOPEN_BACKOFF_S = 0.05
 
 PERCENTILES = (("50", 50.0), ("90", 90.0), ("99", 99.0), ("99_9", 99.9))  # (key, percent)
 OPS = {"decide": frozenset({DECIDE}), "ingest": frozenset({EVENT}),
@@ -190,6 +199,7 @@ class Recorder:
     # continuous traffic: the longest a process's loop spent handing the step before back
     # (to the parent) while this one's requests were due, the harness's own pause
     handback: float | None = None
+    streams_ended: int | None = None  # IngestStreams that ended before their schedule did
 
     def kind(self, name: str) -> KindStats:
         stats = self.kinds.get(name)
@@ -208,7 +218,8 @@ class Recorder:
     def encode(self) -> dict[str, Any]:
         return {"kinds": {k: s.encode() for k, s in self.kinds.items()},
                 "lag": self.lag.encode(), "sent": self.sent, "late": self.late,
-                "seconds": self.seconds, "handback": self.handback}
+                "seconds": self.seconds, "handback": self.handback,
+                "streams_ended": self.streams_ended}
 
     def add(self, encoded: dict[str, Any]) -> None:
         for name, stats in encoded["kinds"].items():
@@ -219,6 +230,8 @@ class Recorder:
         self.seconds = max(self.seconds, encoded["seconds"])
         if encoded["handback"] is not None:
             self.handback = max(self.handback or 0.0, encoded["handback"])
+        if encoded["streams_ended"] is not None:
+            self.streams_ended = (self.streams_ended or 0) + encoded["streams_ended"]
 
     def summary(self) -> dict[str, Any]:
         """Milliseconds and rates, per kind; the generator's own lateness."""
@@ -244,8 +257,9 @@ class Recorder:
                      "late_share": round(late_share, 4), "behind": late_share > BEHIND_SHARE}
         if self.handback is not None:  # apart from `behind`, which counts every late send
             generator["handback_ms"] = round(self.handback * 1e3, 3)
+        streams = {} if self.streams_ended is None else {"streams_ended": self.streams_ended}
         return {"sent": self.sent, "offered_rate": round(self.sent / seconds, 1), "kinds": kinds,
-                "generator": generator}
+                **streams, "generator": generator}
 
 
 def _ms(us: int) -> float:
@@ -441,29 +455,28 @@ def _result(step: Step, processes: int, merged: Recorder, server: CpuWindow, own
 
 
 def settle(target: str) -> float | None:
-    """Wait until the system answers Decide fast again (for SETTLE_QUIET_S, once it refused
-    one); the seconds it took, or None if it did not within SETTLE_TIMEOUT_S (the step then
-    runs anyway, and its report says so)."""
+    """Wait until the system answers Decide fast again (and, once it refused one, has refused
+    none for SETTLE_QUIET_S); the seconds it took, or None if it did not within
+    SETTLE_TIMEOUT_S (the step then runs anyway, and its report says so)."""
     started = time.perf_counter()
     probe = pb.DecideRequest(customer_id=customer_id(0), channel=PROBE_CHANNEL)
     with grpc.insecure_channel(target) as channel:
         decide = decision_pb2_grpc.DecisionServiceStub(channel).Decide
-        fast, streak = 0, started  # fast answers in a row, since the first of them was sent
-        refused = False
-        while fast < SETTLE_PROBES or (refused and
-                                       time.perf_counter() - streak < SETTLE_QUIET_S):
+        fast = 0  # fast answers in a row
+        # a slow answer (a GC pause, a housekeeping tick) restarts the run of fast ones, not
+        # the quiet time: a steady system pauses more often than once a second
+        refused_at = -math.inf
+        while fast < SETTLE_PROBES or time.perf_counter() - refused_at < SETTLE_QUIET_S:
             if time.perf_counter() - started > SETTLE_TIMEOUT_S:
                 return None
             sent = time.perf_counter()
             try:
                 decide(probe, timeout=CONNECT_TIMEOUT_S)
             except grpc.RpcError:  # busy, or still starting: probe again shortly
-                fast, refused = 0, True
+                fast, refused_at = 0, time.perf_counter()
                 time.sleep(0.1)
                 continue
             fast = fast + 1 if (time.perf_counter() - sent) * 1e3 <= SETTLE_MS else 0
-            if fast == 1:
-                streak = sent
     return round(time.perf_counter() - started, 2)
 
 
@@ -835,46 +848,89 @@ def _showing(journeys: Journeys, request: Request) -> Callable[[pb.Decision], No
 
 async def _stream(calls: _Calls, schedule: _Schedule, journeys: Journeys,
                   recorder: Recorder, start: _Start) -> None:
-    """One IngestStream: events leave on schedule; acks come back in order. Once the stream
-    ends, the events it did not ack fail with its end's code (`_acked`), and so does every
-    send its schedule still holds, each when it comes due (the open loop goes on, failing
-    them at once as a call that cannot leave does): a stream that stops before its schedule
-    does shows in the step, instead of sending less unseen."""
-    inflight: deque[Send] = deque()
-    stats = recorder.kind(EVENT)
+    """One lane of IngestStreams: events leave on schedule; acks come back in order. A stream
+    that ends before the schedule does fails the events it did not ack with its end's code
+    (`_acked`), and the lane opens another, as a client would (`_StreamLane`): a refusal
+    costs what was in flight, not the rest of the step; how many ended is counted."""
     prepared = _built(lambda: _event(journeys.next(OPS["stream"])).SerializeToString(),
                       len(schedule))
     await start()
-    call = calls.stream(timeout=schedule.end - time.perf_counter() + DEADLINE_S + 5.0)
-    acks = asyncio.ensure_future(_acked(call, inflight, stats))
+    lane = _StreamLane(calls, schedule.end, recorder.kind(EVENT))
     async for send in schedule:
-        payload = next(prepared)
-        if acks.done():
-            stats.answered(send, acks.result())
-            continue
-        inflight.append(send)
-        # a write fails once the call has ended, which `acks` records
+        await lane.send(send, next(prepared))
+    ended = await lane.close()  # before the sum: the process's lanes end concurrently
+    recorder.streams_ended = (recorder.streams_ended or 0) + ended
+
+
+class _StreamLane:
+    """A lane's stream, one open at a time. Sends leave in schedule order: written at once
+    while the stream is open (a write blocked by flow control holds the schedule back, which
+    its lag shows); once it has ended, held until another opens REOPEN_BACKOFF_S later, their
+    latency still running from their intended time."""
+
+    def __init__(self, calls: _Calls, end: float, stats: KindStats):
+        self._calls, self._end, self._stats = calls, end, stats
+        self._held: deque[tuple[Send, bytes]] = deque()
+        self._pump: asyncio.Task | None = None  # writing the held sends to a new stream
+        self.ended = 0  # streams that ended before the schedule did
+        self._open()
+
+    def _open(self) -> None:
+        self._call = self._calls.stream(
+            timeout=self._end - time.perf_counter() + DEADLINE_S + 5.0)
+        self._inflight: deque[Send] = deque()
+        self._acks = asyncio.ensure_future(_acked(self._call, self._inflight, self._stats))
+
+    async def send(self, send: Send, payload: bytes) -> None:
+        self._held.append((send, payload))
+        if self._pump is not None and not self._pump.done():
+            return  # written by the pump, after those held before it
+        if self._acks.done():  # the back-off must not hold the schedule back
+            self._pump = asyncio.ensure_future(self._write_held())
+            return
+        await self._write_held()
+
+    async def _write_held(self) -> None:
+        while self._held:
+            # an event goes in flight only while `_acked` still runs to answer it: nothing
+            # awaited between the check and the append
+            if self._acks.done():
+                self.ended += 1
+                await asyncio.sleep(REOPEN_BACKOFF_S)
+                self._open()
+                continue
+            send, payload = self._held.popleft()
+            self._inflight.append(send._replace(sent=time.perf_counter()))
+            # a write fails once the call has ended, which `_acked` records
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                await self._call.write(payload)
+
+    async def close(self) -> int:
+        """End the last stream once its events are answered; the streams that ended."""
+        if self._pump is not None:
+            await self._pump
+        self.ended += self._acks.done()
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            await call.write(payload)
-    with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-        await call.done_writing()
-    await acks
+            await self._call.done_writing()
+        await self._acks
+        return self.ended
 
 
 async def _acked(call: grpc.aio.StreamStreamCall, inflight: deque[Send],
-                 stats: KindStats) -> str:
+                 stats: KindStats) -> None:
     """Record a stream's acks, each its oldest unacked event's, until the stream ends; then
-    fail the events still unacked, with its status code's name, or STREAM_ENDED where it
-    ended OK, which is the code returned."""
+    fail the events still unacked, with its status code's name (STATUS_LOST where a write
+    raced it away), or STREAM_ENDED where it ended OK."""
     code = STREAM_ENDED
     try:
         async for _ in call:
             stats.answered(inflight.popleft())
     except grpc.aio.AioRpcError as exc:
         code = exc.code().name
+        if exc.code() == grpc.StatusCode.INTERNAL and exc.details() == _RACED_DETAILS:
+            code = STATUS_LOST
     while inflight:
         stats.answered(inflight.popleft(), code)
-    return code
 
 
 async def _batches(calls: _Calls, schedule: _Schedule, journeys: Journeys,

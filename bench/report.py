@@ -573,6 +573,8 @@ def _errors(step: dict[str, Any], kind: str, one_kind: bool = True) -> str:
     missing = unanswered(step, kind) if one_kind else 0
     if missing:
         parts.append(f"unanswered {missing}")
+    if step.get("streams_ended"):  # each IngestStream end fails what it had in flight
+        parts.append(f"streams ended {step['streams_ended']}")
     return ", ".join(parts) or "0"
 
 

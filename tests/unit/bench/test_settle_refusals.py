@@ -56,3 +56,44 @@ def test_settling_waits_out_a_gateway_still_refusing_a_share_of_calls(refused):
         server.stop(None)
     assert len(servicer.refusals) > 1  # it went on refusing after probes got through
     assert settled - servicer.refusals[-1] >= loadgen.SETTLE_QUIET_S
+
+
+class PausesNow(decision_pb2_grpc.DecisionServiceServicer):
+    """Refuses the first Decide; after it, answers one call every PAUSE_EVERY_S a pause
+    (a GC pause, a housekeeping tick) late, the rest at once."""
+
+    PAUSE_EVERY_S, PAUSE_S = 0.3, 0.03
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.paused = time.perf_counter()
+        self.refused: float | None = None
+
+    def Decide(self, request, context):  # noqa: N802  (the gRPC method's name)
+        self.calls += 1
+        if self.calls == 1:
+            self.refused = time.perf_counter()
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "overloaded: shedding")
+        if time.perf_counter() - self.paused >= self.PAUSE_EVERY_S:
+            self.paused = time.perf_counter()
+            time.sleep(self.PAUSE_S)
+        return pb.Decision(customer_id=request.customer_id)
+
+
+def test_after_a_refusal_a_system_that_pauses_more_than_once_a_second_settles(monkeypatch):
+    """The quiet time after a refusal is a time without refusals: it used to need an unbroken
+    second of fast answers, which a steady system pausing every 0.3 s never gives, so every
+    step after a refusal waited out SETTLE_TIMEOUT_S (120 s) and began unsettled."""
+    monkeypatch.setattr(loadgen, "SETTLE_TIMEOUT_S", 5.0)
+    servicer = PausesNow()
+    server = grpc.server(ThreadPoolExecutor(2))
+    decision_pb2_grpc.add_DecisionServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        settled_s = loadgen.settle(f"127.0.0.1:{port}")
+        settled = time.perf_counter()
+    finally:
+        server.stop(None)
+    assert settled_s is not None and settled_s < 3.0
+    assert settled - servicer.refused >= loadgen.SETTLE_QUIET_S
