@@ -87,12 +87,13 @@ PUSH_CHANNEL, PUSH_PLACEMENT = "call_center", "agent_screen"  # where pushes are
 PROBE_CHANNEL, PROBE_PLACEMENT = "web", "hero"  # where push probes' events come from
 # Before each step (continuous traffic: before its first): sequential Decide probes until
 # SETTLE_PROBES in a row answer within SETTLE_MS, so queues an overloaded step left behind do
-# not count against the next one; once a probe was refused, until they have for SETTLE_QUIET_S
-# too. A gateway that shed goes on refusing a share of new calls for a second or more once it
-# is on time again (PIE's share decays; it refuses none while the share is under 20 % and the
-# loop on time): three probes in a row got through a share of 30-40 % (0.7³: a third of the
-# time), and the next step's IngestStreams, opened at once, were refused as they opened. At a
-# share of 20 %, 20 probes get through with 1 % odds; a second of them, with none.
+# not count against the next one; once a probe was refused, until none has been for
+# SETTLE_QUIET_S too (a slow answer restarts the run, not the quiet time). A gateway that shed
+# goes on refusing a share of new calls for a second or more once it is on time again (PIE's
+# share decays; it refuses none while the share is under 20 % and the loop on time): three
+# probes in a row got through a share of 30-40 % (0.7³: a third of the time), and the next
+# step's IngestStreams, opened at once, were refused as they opened. At a share of 20 %, 20
+# probes get through with 1 % odds; a second without a refusal, with none.
 SETTLE_MS, SETTLE_PROBES, SETTLE_QUIET_S, SETTLE_TIMEOUT_S = 20.0, 20, 1.0, 120.0
 # Continuous traffic that runs until stopped ends with the step under way this long after
 # stop(): every process reads which step is the last before its schedule reaches that end.
