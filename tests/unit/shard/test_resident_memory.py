@@ -4,6 +4,7 @@ index entry or row number object (core/state.py RowIndex), and no set entry for 
 partition's members (the table's `partition` column)."""
 from __future__ import annotations
 
+import gc
 import pathlib
 import tracemalloc
 
@@ -65,7 +66,8 @@ def test_a_served_customer_costs_the_shard_few_python_bytes(compiled, tmp_path, 
     """Python objects a served customer adds (its row's arrays are reserved ahead): its id,
     its place in the residency's order, a slot or two of the id index. A dict index (an
     entry and a row number object), a second copy of the id, a float of its own and a set
-    entry for its partition's members held some 170 bytes more. Neither the journal nor the
+    entry for its partition's members held some 170 bytes more (125 measured without them:
+    the bound catches the index or the id's second copy back; the first test the float). Neither the journal nor the
     outcome rate's window (cut to a few rounds) keeps anything here."""
     monkeypatch.setattr(outcomes, "OUTCOME_RATE_WINDOW_S", 0.001)
     s = Shard("s0", compiled, range(N_PARTITIONS), N_PARTITIONS, clock=Ticking(),
@@ -76,9 +78,11 @@ def test_a_served_customer_costs_the_shard_few_python_bytes(compiled, tmp_path, 
     customers = [f"c{i:07d}" for i in range(10_000)]
     tracemalloc.start()
     try:
+        gc.collect()  # what earlier tests left for the collector is not this test's
         before = tracemalloc.take_snapshot()
         for start in range(0, len(customers), 1000):
             _served(s, customers[start:start + 1000], *shown)
+        gc.collect()
         after = tracemalloc.take_snapshot()
     finally:
         tracemalloc.stop()
@@ -87,4 +91,4 @@ def test_a_served_customer_costs_the_shard_few_python_bytes(compiled, tmp_path, 
     apart = [tracemalloc.Filter(False, pathlib.__file__)]
     held = sum(d.size_diff for d in after.filter_traces(apart).compare_to(
         before.filter_traces(apart), "filename"))
-    assert held / len(customers) <= 190, f"{held / len(customers):.0f} bytes a customer"
+    assert held / len(customers) <= 160, f"{held / len(customers):.0f} bytes a customer"
