@@ -27,7 +27,8 @@ RAY_SETTINGS: dict[str, str] = {
     # The raylet's checks of the object store's use (a global GC past 70%), of the disk (object
     # creation refused past 95%) and of idle workers to stop: every second instead of 10, 10
     # and 5 times a second. The GC check only asks workers to collect (freeing and spilling
-    # store objects run on timers of their own); Kairos's actors are not idle workers. 148 -> 132 raylet wakeups a second (under 1 ms/s).
+    # store objects run on timers of their own); Kairos's actors are not idle workers.
+    # 148 -> 132 raylet wakeups a second (under 1 ms/s).
     "RAY_raylet_check_gc_period_milliseconds": "1000",
     "RAY_local_fs_monitor_interval_ms": "1000",
     "RAY_kill_idle_workers_interval_ms": "1000",

@@ -67,8 +67,9 @@ def test_a_served_customer_costs_the_shard_few_python_bytes(compiled, tmp_path, 
     its place in the residency's order, a slot or two of the id index. A dict index (an
     entry and a row number object), a second copy of the id, a float of its own and a set
     entry for its partition's members held some 170 bytes more (125 measured without them:
-    the bound catches the index or the id's second copy back; the first test the float). Neither the journal nor the
-    outcome rate's window (cut to a few rounds) keeps anything here."""
+    the bound catches the index or the id's second copy back; the first test the float).
+    Neither the journal nor the outcome rate's window (cut to a few rounds) keeps anything
+    here."""
     monkeypatch.setattr(outcomes, "OUTCOME_RATE_WINDOW_S", 0.001)
     s = Shard("s0", compiled, range(N_PARTITIONS), N_PARTITIONS, clock=Ticking(),
               store=DirectoryStore(tmp_path, fsync=False), journal_policy="off",
