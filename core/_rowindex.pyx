@@ -89,11 +89,16 @@ cdef class RowIndex:
                 return at
             at = (at + 1) & self._mask
 
-    cdef void _put(self, Py_ssize_t at, int32_t row):
+    cdef int _put(self, Py_ssize_t at, int32_t row) except -1:
         """Put `row` in the first free slot from `at` on."""
+        cdef Py_ssize_t probed = 0
         while self._slots[at]:
+            probed += 1
+            if probed == self._size:  # more ids than slots: a bug, not a hang
+                raise RuntimeError(f"the id index has no free slot for row {row}")
             at = (at + 1) & self._mask
         self._slots[at] = row + 1
+        return 0
 
     cdef int _resize(self, Py_ssize_t size) except -1:
         """Move to `size` slots, placing every row with an id."""

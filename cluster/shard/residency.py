@@ -146,8 +146,8 @@ class Residency:
                  stored: bool = True) -> bool:
         """Make the customer resident (from the store if passivated; not `stored`: the caller
         just found no home there); False if unknown and not `create`. A profile the engine
-        made itself (an outcome recorded for a customer shown a decision before it had one)
-        becomes a resident here."""
+        made itself (an outcome for a customer shown a decision before it had one) becomes
+        a resident here, of the partition its id hashes to, not whichever a request named."""
         row = self._ctx.engine.table.index.get(customer_id)
         if row is None:
             # a home waiting to be deleted belongs to a customer taken or forgotten
@@ -159,8 +159,8 @@ class Residency:
             elif not create:
                 return False
             row = self._ctx.engine.activate([customer_id])[0]
+            self._ctx.engine.table.partition[row] = self._ctx.partition_of(customer_id)
         customer_id = self._ctx.engine.table.ids[row]  # held once: requests bring copies
-        self._ctx.engine.table.partition[row] = partition  # a member of it
         self.recent.pop(customer_id, None)
         self.recent[customer_id] = self._ctx.seen()
         return True

@@ -6,6 +6,7 @@ holds no Python object per customer, and a lookup runs no Python code (every req
 its customer up: the pure-Python index took some 190 ns a lookup, a dict 45)."""
 from __future__ import annotations
 
+import subprocess
 import sys
 import tracemalloc
 from collections.abc import Mapping
@@ -133,3 +134,19 @@ def test_a_lookup_runs_no_python_code(compiled):
     assert found == (1, -1, 2, True, False)
     assert [c for c in calls if c[0] == "call"] == []  # a Python frame each, pure Python
     assert isinstance(index, Mapping) and index == {"ana": 0, "bo": 1, "cy": 2}
+
+
+def test_an_index_asked_to_hold_more_ids_than_slots_raises_instead_of_hanging():
+    """A broken invariant (more ids than slots) is an error the shard reports, not a thread
+    spinning for good (review rev-mem finding 2): in a process of its own, with a deadline."""
+    probe = ("from kairos.core._rowindex import RowIndex\n"
+             "ids = [f'c{i}' for i in range(10)]\n"
+             "index = RowIndex(ids, 4)\n"
+             "try:\n"
+             "    for row in range(3):\n"
+             "        index.add(row)\n"
+             "except RuntimeError as exc:\n"
+             "    print('raised:', exc)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60)
+    assert "raised: the id index has no free slot" in done.stdout, done.stderr

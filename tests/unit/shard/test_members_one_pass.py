@@ -83,3 +83,15 @@ def test_a_handoff_and_release_of_many_partitions_read_the_column_once_each(move
     assert len(reads) == 2
     assert sorted(a.engine.table.index) == sorted(set(CUSTOMERS) - set(leaving))
     assert sorted(b.residency.residents(moving)) == leaving
+
+
+def test_a_request_naming_another_partition_does_not_move_the_customer(compiled):
+    """The partition column says where a customer's id hashes to: a request naming another
+    partition (the shard trusts the field) leaves it a member of its own, whose snapshot and
+    handoff list it (review rev-mem finding 1)."""
+    s = shard(compiled)
+    first = event("ana", "profile_updated", T0, marketing_opt_in=True)
+    wrong = (p_of("ana") + 1) % N_PARTITIONS
+    s.process([first])
+    s.process([first._replace(partition=wrong)])
+    assert s.residency.members_of([p_of("ana"), wrong]) == {p_of("ana"): ["ana"], wrong: []}
