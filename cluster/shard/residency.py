@@ -118,9 +118,7 @@ class CustomerState(Protocol):
 class Residency:
     def __init__(self, ctx: ShardContext, ownership: Ownership, journaling: Journaling,
                  keepers: Sequence[CustomerState], idle_s: float, resident_limit: int):
-        self._ctx = ctx
-        self._ownership = ownership
-        self._journaling = journaling
+        self._ctx, self._ownership, self._journaling = ctx, ownership, journaling
         self._keepers = tuple(keepers)
         self.idle_s = idle_s
         self.resident_limit = resident_limit
@@ -159,8 +157,10 @@ class Residency:
             elif not create:
                 return False
             row = self._ctx.engine.activate([customer_id])[0]
-            self._ctx.engine.table.partition[row] = self._ctx.partition_of(customer_id)
-        customer_id = self._ctx.engine.table.ids[row]  # held once: requests bring copies
+        table = self._ctx.engine.table
+        if table.partition[row] < 0:  # new: here, or made by the engine
+            table.partition[row] = self._ctx.partition_of(customer_id)
+        customer_id = table.ids[row]  # held once: requests bring copies
         self.recent.pop(customer_id, None)
         self.recent[customer_id] = self._ctx.seen()
         return True
