@@ -102,7 +102,7 @@ def test_a_lane_whose_stream_ends_early_opens_another(code, label):
 def test_streams_refused_at_open_fail_each_send_when_due_with_the_refusal():
     """500/s a lane, four lanes, a few trials: the write racing the refusal happens in most
     (the review saw INTERNAL in 11 of 15 trials of one stream a lane)."""
-    rate, measure_s, count = 500.0, 0.5, 4
+    rate, measure_s, count = 500.0, 1.0, 4
     for _ in range(3):
         started = time.perf_counter()
         recorder, scheduled = asyncio.run(lanes(RefusesAtOpen(), rate, measure_s, count))
@@ -111,8 +111,10 @@ def test_streams_refused_at_open_fail_each_send_when_due_with_the_refusal():
         assert recorder.sent == events.latency.get_total_count() == scheduled
         assert set(events.errors) <= {"RESOURCE_EXHAUSTED", loadgen.STATUS_LOST}, \
             dict(events.errors)
-        # each failed as it came due: a back-off and an open late, not at the window's end
-        assert events.refused.get_value_at_percentile(99) / 1e6 < 0.25
+        # each failed as it came due, a back-off and an open late; failed at the window's end,
+        # the median would be half the window. The median, not a tail: a CI machine's
+        # workers starve a tail (p99 256 ms against a 250 ms bound in one run)
+        assert events.refused.get_value_at_percentile(50) / 1e6 < measure_s / 4
         assert time.perf_counter() - started >= measure_s * 0.9
         # the lanes reopened, at most once a back-off
         ended = recorder.summary()["streams_ended"]
