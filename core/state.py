@@ -15,12 +15,13 @@ reading the profile see it at a given time.
 """
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
-from ._rowindex import RowIndex
+from ._rowindex import Ids, RowIndex
 from .compiler import CLOCK_SLOT, CompiledCatalog, View
 
 HISTORY_EPOCH_S = 1_577_836_800.0  # 2020-01-01T00:00:00Z: ring times are int32 seconds after it
@@ -71,9 +72,11 @@ class ProfileTable:
     def __init__(self, compiled: CompiledCatalog, capacity: int = 1024):
         self.defaults = compiled.layout.defaults
         self.history_size = compiled.history_size
-        self.ids: list[str | None] = []  # by row, for the rows ever taken
+        self.ids = Ids()  # by row, for the rows ever taken
         self.index = RowIndex(self.ids, INDEX_SLOTS)
-        self.free: list[int] = []  # rows evicted (reset to an empty profile), to reuse
+        # rows evicted (reset to an empty profile), to reuse: C ints, not an int object and a
+        # list entry each (36 bytes, walked by every full collection) after a mass eviction
+        self.free = array("q")
         self.used = 0  # rows ever taken: the rows past it have never been written
         self.generation = 0  # bumped when the arrays are reallocated
         self._allocate(max(capacity, 1))

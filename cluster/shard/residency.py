@@ -47,6 +47,7 @@ import time
 from typing import Any, Iterable, Protocol, Sequence
 
 from kairos.core.merge import merge_profiles
+from kairos.core.request import MAX_CUSTOMER_ID_LENGTH
 
 from kairos.cluster.identity import fingerprint
 from kairos.cluster.settings import PASSIVATE_CHUNK, RESIDENT_OVERFLOW, SHARD_ROUND_LIMIT
@@ -61,8 +62,9 @@ from kairos.cluster.storage.sealed import seal, unseal
 from kairos.cluster.storage.store import StoreCorrupt
 
 log = logging.getLogger("kairos.shard")
-# the key of a profile being folded into another: not a string, so no customer's id is it
-MERGING = object()
+# the key of a profile being folded into another: longer than a customer id may be
+# (check_customer), and of NULs (check_plain), so no customer's id is it
+MERGING = "\x00" * (MAX_CUSTOMER_ID_LENGTH + 1)
 VISITS_TIMED = 256  # a passivation walk checks its deadline every so many residents
 # how much a chunk's pace moves the estimate that sizes the next chunks: one fast or slow
 # chunk (a cache, a stall) sizes the next ones by a quarter of its difference
@@ -365,11 +367,6 @@ class Residency:
         are of customers not resident: a resident keeps its home until its next passivation,
         and one new here has none."""
         return max(homes - self._ctx.engine.table.housed(), 0)
-
-    @property
-    def members(self) -> dict[int, list[str]]:
-        """Each partition with residents, and its residents (the profile table's column)."""
-        return self._ctx.engine.table.members_of()
 
     def members_of(self, partitions: Iterable[int]) -> dict[int, list[str]]:
         """Each of the partitions with its residents, in a stable order (one pass for all)."""

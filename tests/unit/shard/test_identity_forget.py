@@ -325,7 +325,7 @@ def left_in_memory(shards: list[Shard], ids: set[str]) -> list[str]:
         d = s.directory
         places = {
             "table": set(s.engine.table.index),
-            "members": set().union(*s.residency.members.values()),
+            "members": set().union(*s.engine.table.members_of().values()),
             "identities": set(s.identities._of) | {a for v in s.identities._of.values()
                                                    for a in v["aliases"]},
             "aliases": {x for m in d.aliases.values() for kv in m.items() for x in kv},

@@ -58,7 +58,8 @@ def test_a_residents_id_is_held_once_and_its_last_use_shares_the_rounds_float(co
     table, residency = s.engine.table, s.residency
     assert sorted(residency.recent) == customers
     assert all(table.ids[table.index[c]] is c for c in residency.recent)
-    assert all(table.ids[table.index[c]] is c for cs in residency.members.values() for c in cs)
+    assert all(table.ids[table.index[c]] is c for cs in table.members_of().values()
+               for c in cs)
     assert len({id(seen) for seen in residency.recent.values()}) <= 2  # 400 readings
 
 
