@@ -128,8 +128,9 @@ def declared_values(where: str, values: Mapping[str, pb.Value], declared: Collec
     if len(values) > len(declared):
         raise InputError(where, f"{len(values)} keys, but only {len(declared)} are declared "
                                 f"({', '.join(sorted(declared)) or 'none'})")
+    field = f"{where} key"
     for name in values:
-        check_bounded(name, f"{where} key", MAX_KEY_LENGTH)
+        check_bounded(name, field, MAX_KEY_LENGTH)
     return wire.values_in(where, values)
 
 

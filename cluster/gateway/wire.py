@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from kairos.core.decision import Decision, Explanation, RankedAction
+from kairos.core.decision import Decision, RankedAction
 from kairos.core.errors import InputError
 from kairos.core.request import MAX_STRING_LENGTH, check_bounded
 from kairos.v1 import decision_pb2 as pb
@@ -24,8 +24,24 @@ def value_in(where: str, value: pb.Value) -> Any:
     return getattr(value, kind)
 
 
+_PLAIN = frozenset({"number_value", "int_value", "bool_value"})  # taken as they are
+
+
 def values_in(where: str, values: Mapping[str, pb.Value]) -> dict[str, Any]:
-    return {name: value_in(f"{where}.{name}", v) for name, v in values.items()}
+    """`value_in` of each; a value's field name (`where.name`) is made only for one that
+    fails its check or needs converting: making it for every value cost a Decide's context
+    about 1 µs a value, a fifth of the gateway's checks of the request."""
+    out = {}
+    for name in values:  # a protobuf map's items() is the Mapping mixin's, in Python
+        v = values[name]
+        kind = v.WhichOneof("kind")
+        if kind in _PLAIN:
+            out[name] = getattr(v, kind)
+        elif kind == "string_value" and len(text := v.string_value) <= MAX_STRING_LENGTH:
+            out[name] = text
+        else:
+            out[name] = value_in(f"{where}.{name}", v)
+    return out
 
 
 def time_in(where: str, stamp: Timestamp) -> float:
@@ -62,31 +78,29 @@ def value_out(value: Any, vtype: str = "") -> pb.Value:
 AgentTexts = Mapping[tuple[str, str], str]
 
 
-def ranked_out(a: RankedAction, channel: str = "", texts: AgentTexts | None = None
-               ) -> pb.RankedAction:
-    return pb.RankedAction(action_id=a.action_id, group=a.group, treatment=a.treatment,
-                           priority=a.priority, propensity=a.propensity, value=a.value,
-                           context_weight=a.weight, lever=a.lever,
-                           selection_probability=a.selection,
-                           agent_text=(texts or {}).get((a.action_id, channel), ""))
+def ranked_into(out: Any, actions: Iterable[RankedAction], channel: str = "",
+                texts: AgentTexts | None = None) -> None:
+    """Each action added to `out`, a repeated RankedAction field, in place (built apart, as a
+    message's constructor takes them, each is copied in: 0.5 µs an action of a Decide)."""
+    texts = texts or {}
+    for a in actions:
+        out.add(action_id=a.action_id, group=a.group, treatment=a.treatment,
+                priority=a.priority, propensity=a.propensity, value=a.value,
+                context_weight=a.weight, lever=a.lever, selection_probability=a.selection,
+                agent_text=texts.get((a.action_id, channel), ""))
 
 
 def decision_out(d: Decision, texts: AgentTexts | None = None) -> pb.Decision:
     out = pb.Decision(decision_id=d.decision_id, customer_id=d.customer_id, channel=d.channel,
-                      placement=d.placement,
-                      actions=[ranked_out(a, d.channel, texts) for a in d.actions],
-                      catalog_version=d.catalog_version, model_version=d.model_version,
-                      fallback=d.fallback, control=d.control)
+                      placement=d.placement, catalog_version=d.catalog_version,
+                      model_version=d.model_version, fallback=d.fallback, control=d.control)
+    ranked_into(out.actions, d.actions, d.channel, texts)
     if d.explanation is not None:
-        out.explanation.CopyFrom(explanation_out(d.explanation, d.channel, texts))
+        out.explanation.SetInParent()  # set even were it empty, as a copy of one would be
+        ranked_into(out.explanation.winners, d.explanation.winners, d.channel, texts)
+        for x in d.explanation.dropped:
+            out.explanation.dropped.add(action_id=x.action_id, reason=x.reason, detail=x.detail)
     return out
-
-
-def explanation_out(e: Explanation, channel: str = "", texts: AgentTexts | None = None
-                    ) -> pb.Explanation:
-    return pb.Explanation(winners=[ranked_out(a, channel, texts) for a in e.winners],
-                          dropped=[pb.DroppedAction(action_id=x.action_id, reason=x.reason,
-                                                    detail=x.detail) for x in e.dropped])
 
 
 def profile_out(profile: dict[str, Any], types: Mapping[str, str],
