@@ -12,9 +12,10 @@ Python compares it). Slots hold row + 1 (0: empty). Hashes are Python's, which a
 
 The ids are not a list because the cyclic collector walks every list it tracks on each full
 pass: at 10,000,000 customers that walk alone took over 150 ms, a pause of every shard's
-event loop, and a load of that many ran 1,480 such passes. `Ids` holds only str (or None),
-which can hold nothing back, so it can take no part in a cycle and the collector need not
-see it.
+event loop, and a load of that many ran 1,480 such passes. `Ids` holds str (or None), which
+hold nothing, so the collector need not see it; and what it holds the collector counts as
+referenced from outside, so it never frees one early (a str subclass pointing back at the
+table would leak, not break). Neither does RowIndex need it: its one reference is the Ids.
 """
 from collections.abc import ItemsView, KeysView, Mapping, ValuesView
 
@@ -105,11 +106,14 @@ cdef class Ids:
         self._items[row] = _held(customer_id)
         Py_XDECREF(old)
 
+    cdef object _get(self, Py_ssize_t row):
+        cdef PyObject *item = self._items[row]
+        return None if item is NULL else <object>item
+
     def __getitem__(self, at):
         if isinstance(at, slice):
-            return [self[row] for row in range(*at.indices(self._len))]
-        cdef PyObject *item = self._items[self._row(at)]
-        return None if item is NULL else <object>item
+            return [self._get(row) for row in range(*at.indices(self._len))]
+        return self._get(self._row(at))
 
     def __len__(self) -> int:
         return self._len
@@ -117,7 +121,7 @@ cdef class Ids:
     def __iter__(self):
         cdef Py_ssize_t row = 0
         while row < self._len:  # re-read: the table may grow while it is walked
-            yield self[row]
+            yield self._get(row)
             row += 1
 
     def __sizeof__(self) -> int:
@@ -140,6 +144,7 @@ cdef inline PyObject *_held(customer_id):
 
 
 @cython.final
+@cython.no_gc
 cdef class RowIndex:
     """Customer id -> row over the table's `ids`: `slots` (a power of two) to start with."""
 
@@ -162,7 +167,7 @@ cdef class RowIndex:
     cdef PyObject *_id(self, Py_ssize_t row) except NULL:
         """The id of a row the index holds, borrowed; a row with none is a bug, not a crash."""
         if not 0 <= row < self._ids._len or self._ids.at(row) is NULL:
-            raise RuntimeError(f"the id index names row {row}, which has no id")
+            raise RuntimeError(f"row {row} of the id index has no id")
         return self._ids.at(row)
 
     cdef Py_ssize_t _find(self, object key) except? -1:
@@ -239,6 +244,7 @@ cdef class RowIndex:
 
     def add(self, Py_ssize_t row) -> None:
         """Index the row under its id in `ids` (an id not indexed yet)."""
+        self._id(row)  # a row with an id, before it counts
         self._count += 1
         if self._count > self._size * INDEX_LOAD:
             self._resize(self._size * 2)  # which places every row with an id: this one

@@ -100,10 +100,10 @@ class ProfileTable:
             "home": np.zeros(capacity, np.bool_),
             "partition": np.zeros(capacity, np.int32),
         }
-        for name, array in arrays.items():
+        for name, column in arrays.items():
             if old is not None:
-                array[:self.used] = getattr(self, name)[:self.used]
-            setattr(self, name, array)
+                column[:self.used] = getattr(self, name)[:self.used]
+            setattr(self, name, column)
         self.generation += 1
 
     @property
@@ -120,6 +120,8 @@ class ProfileTable:
         """The customer's row, activating a fresh profile on first use."""
         row = self.index.get(customer_id)
         if row is None:
+            if not isinstance(customer_id, str):  # before a row is taken for it
+                raise TypeError(f"a customer id is a str, not {type(customer_id).__name__}")
             if self.free:
                 row = self.free.pop()
             else:

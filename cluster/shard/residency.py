@@ -47,7 +47,6 @@ import time
 from typing import Any, Iterable, Protocol, Sequence
 
 from kairos.core.merge import merge_profiles
-from kairos.core.request import MAX_CUSTOMER_ID_LENGTH
 
 from kairos.cluster.identity import fingerprint
 from kairos.cluster.settings import PASSIVATE_CHUNK, RESIDENT_OVERFLOW, SHARD_ROUND_LIMIT
@@ -62,9 +61,9 @@ from kairos.cluster.storage.sealed import seal, unseal
 from kairos.cluster.storage.store import StoreCorrupt
 
 log = logging.getLogger("kairos.shard")
-# the key of a profile being folded into another: longer than a customer id may be
-# (check_customer), and of NULs (check_plain), so no customer's id is it
-MERGING = "\x00" * (MAX_CUSTOMER_ID_LENGTH + 1)
+# the key of a profile being folded into another: a lone surrogate, which no UTF-8 (gRPC,
+# msgpack, a journal, a store) can carry, so no customer's id is it, now or kept from before
+MERGING = "\ud800merging"
 VISITS_TIMED = 256  # a passivation walk checks its deadline every so many residents
 # how much a chunk's pace moves the estimate that sizes the next chunks: one fast or slow
 # chunk (a cache, a stall) sizes the next ones by a quarter of its difference
