@@ -119,13 +119,31 @@ cdef class Ids:
         return self._len
 
     def __iter__(self):
-        cdef Py_ssize_t row = 0
-        while row < self._len:  # re-read: the table may grow while it is walked
-            yield self._get(row)
-            row += 1
+        return _IdsWalk(self)
 
     def __sizeof__(self) -> int:
         return object.__sizeof__(self) + self._cap * sizeof(PyObject *)
+
+
+@cython.final
+cdef class _IdsWalk:
+    """An iterator over `Ids` as a list's reads: re-reading the length at each step, so rows
+    appended while it walks are walked too (a generator took a frame switch a row)."""
+
+    cdef Ids _ids
+    cdef Py_ssize_t _row
+
+    def __cinit__(self, Ids ids not None):
+        self._ids = ids
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._row >= self._ids._len:
+            raise StopIteration
+        self._row += 1
+        return self._ids._get(self._row - 1)
 
 
 cdef inline int _checked(customer_id) except -1:

@@ -223,3 +223,15 @@ def test_an_id_of_another_type_takes_no_row_and_a_row_with_no_id_is_not_indexed(
     with pytest.raises(RuntimeError, match="row 0 of the id index has no id"):
         table.index.add(0)
     assert len(table.index) == 0
+
+
+def test_a_walk_of_the_ids_sees_what_is_set_and_appended_while_it_walks():
+    ids, seen = Ids(), []
+    for c in ("a", "b", "c"):
+        ids.append(c)
+    for c in ids:
+        seen.append(c)
+        if c == "a":
+            ids[2] = None
+            ids.append("d")
+    assert seen == ["a", "b", None, "d"]
