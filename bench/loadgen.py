@@ -20,7 +20,8 @@ Operations (`Step.op`):
   stream                   events on STREAMS_PER_PROCESS IngestStreams per process; an ack's
                            latency is taken from its event's intended send time; a stream
                            that ends before its schedule does fails the events it did not
-                           ack, and its lane opens another (the ends are counted)
+                           ack, and its lane opens another (the ends are counted), the
+                           sends due meanwhile held for it (failed if the window ends first)
   batch                    events arrive on schedule at a relay, which sends what it holds
                            as one IngestBatch every BATCH_WINDOW_S (or at BATCH_EVENTS); an
                            event's latency runs from its intended arrival to its batch's ack,
@@ -110,6 +111,8 @@ _RACED_DETAILS = "Internal error from Core"  # grpc.aio's details for that statu
 # A stream lane reopens its stream this long after it ended, as an IngestStream client
 # would (a gateway refusing at open is not hammered), until its schedule is done.
 REOPEN_BACKOFF_S = 0.05
+# ... and the label of the sends it still held, waiting for another, when the window ended
+NOT_SENT = "STREAM_ENDED (not sent before the window ended)"
 
 PERCENTILES = (("50", 50.0), ("90", 90.0), ("99", 99.0), ("99_9", 99.9))  # (key, percent)
 OPS = {"decide": frozenset({DECIDE}), "ingest": frozenset({EVENT}),
@@ -864,64 +867,95 @@ async def _stream(calls: _Calls, schedule: _Schedule, journeys: Journeys,
 
 
 class _StreamLane:
-    """A lane's stream, one open at a time. Sends leave in schedule order: written at once
-    while the stream is open (a write blocked by flow control holds the schedule back, which
-    its lag shows); once it has ended, held until another opens REOPEN_BACKOFF_S later, their
-    latency still running from their intended time."""
+    """A lane's stream, one open at a time. Sends are written in schedule order, and the
+    schedule waits on every write, whether or not a stream ended before: a write blocked by
+    flow control holds it back, which its lag shows. Once a stream has ended (its call done,
+    or its acks), sends are held, the schedule not waiting, for REOPEN_BACKOFF_S; then
+    another stream opens and the held sends are written to it first, the schedule's next
+    sends waiting behind them (`_writing`). Their latency runs from their intended time.
+    Sends still held when the window ends fail then (NOT_SENT), never written after it."""
 
     def __init__(self, calls: _Calls, end: float, stats: KindStats):
         self._calls, self._end, self._stats = calls, end, stats
         self._held: deque[tuple[Send, bytes]] = deque()
-        self._pump: asyncio.Task | None = None  # writing the held sends to a new stream
-        self.ended = 0  # streams that ended before the schedule did
+        self._writing = asyncio.Lock()  # one writer: a send, or the held sends after a reopen
+        self._reopened: asyncio.Task | None = None  # the latest back-off and reopen (`_reopen`)
+        self.ended = 0  # streams that ended other than by `close`
         self._open()
 
     def _open(self) -> None:
+        # a generator behind its schedule sends past the window's end: 5 s for that, past the
+        # last acks' deadline, so that the stream's own deadline is not what ends it
         self._call = self._calls.stream(
             timeout=self._end - time.perf_counter() + DEADLINE_S + 5.0)
+        self._up = True
         self._inflight: deque[Send] = deque()
         self._acks = asyncio.ensure_future(_acked(self._call, self._inflight, self._stats))
 
     async def send(self, send: Send, payload: bytes) -> None:
         self._held.append((send, payload))
-        if self._pump is not None and not self._pump.done():
-            return  # written by the pump, after those held before it
-        if self._acks.done():  # the back-off must not hold the schedule back
-            self._pump = asyncio.ensure_future(self._write_held())
-            return
-        await self._write_held()
+        if self._up:
+            async with self._writing:
+                await self._write_held()
+        elif self._reopened.done():  # the window ended with no stream open
+            self._fail_held()
 
     async def _write_held(self) -> None:
-        while self._held:
-            # an event goes in flight only while `_acked` still runs to answer it: nothing
-            # awaited between the check and the append
-            if self._acks.done():
+        while self._held and self._up:
+            # ended once either shows it: `_acks` lags the call, and a write to a done call
+            # raises at once, never sent. An event goes in flight only while `_acked` still
+            # runs to answer it: nothing awaited between the check and the append
+            if self._call.done() or self._acks.done():
+                self._up = False
                 self.ended += 1
-                await asyncio.sleep(REOPEN_BACKOFF_S)
-                self._open()
-                continue
+                self._reopened = asyncio.ensure_future(self._reopen())
+                return
             send, payload = self._held.popleft()
             self._inflight.append(send._replace(sent=time.perf_counter()))
             # a write fails once the call has ended, which `_acked` records
-            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            with contextlib.suppress(grpc.aio.AioRpcError):
                 await self._call.write(payload)
 
+    async def _reopen(self) -> None:
+        """After the back-off, another stream, and the held sends written to it; if the window
+        ends first (or the loop wakes past it), the held sends fail at its end."""
+        backoff = min(REOPEN_BACKOFF_S, self._end - time.perf_counter())
+        await asyncio.sleep(backoff)
+        await asyncio.wait([self._acks])  # the ended stream's events answered before the next's
+        if backoff < REOPEN_BACKOFF_S or time.perf_counter() >= self._end:
+            self._fail_held()
+            return
+        self._open()
+        async with self._writing:
+            await self._write_held()
+
+    def _fail_held(self) -> None:
+        while self._held:
+            self._stats.answered(self._held.popleft()[0], NOT_SENT)
+
     async def close(self) -> int:
-        """End the last stream once its events are answered; the streams that ended."""
-        if self._pump is not None:
-            await self._pump
-        self.ended += self._acks.done()
+        """The held sends written (or failed at the window's end); then the last stream
+        half-closed, and its acks awaited. The streams that ended other than by this close:
+        before it, or after it with an error or events unacked."""
+        while self._reopened is not None and not self._reopened.done():
+            await self._reopened  # which may have ended its stream too, and begun another
+        if not self._up:  # the window ended in a back-off: that stream's end is counted
+            await self._acks
+            return self.ended
+        early = self._call.done() or self._acks.done()
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
             await self._call.done_writing()
-        await self._acks
+        clean = await self._acks
+        self.ended += early or not clean
         return self.ended
 
 
 async def _acked(call: grpc.aio.StreamStreamCall, inflight: deque[Send],
-                 stats: KindStats) -> None:
+                 stats: KindStats) -> bool:
     """Record a stream's acks, each its oldest unacked event's, until the stream ends; then
     fail the events still unacked, with its status code's name (STATUS_LOST where a write
-    raced it away), or STREAM_ENDED where it ended OK."""
+    raced it away), or STREAM_ENDED where it ended OK. Whether it ended clean: OK, with every
+    event acked."""
     code = STREAM_ENDED
     try:
         async for _ in call:
@@ -930,8 +964,10 @@ async def _acked(call: grpc.aio.StreamStreamCall, inflight: deque[Send],
         code = exc.code().name
         if exc.code() == grpc.StatusCode.INTERNAL and exc.details() == _RACED_DETAILS:
             code = STATUS_LOST
+    clean = code == STREAM_ENDED and not inflight
     while inflight:
         stats.answered(inflight.popleft(), code)
+    return clean
 
 
 async def _batches(calls: _Calls, schedule: _Schedule, journeys: Journeys,
