@@ -900,8 +900,8 @@ class _StreamLane:
         elif self._reopened.done():  # the window ended with no stream open
             self._fail_held()
 
-    async def _write_held(self) -> None:
-        while self._held and self._up:
+    async def _write_held(self, until: float = math.inf) -> None:
+        while self._held and self._up and time.perf_counter() < until:
             # ended once either shows it: `_acks` lags the call, and a write to a done call
             # raises at once, never sent. An event goes in flight only while `_acked` still
             # runs to answer it: nothing awaited between the check and the append
@@ -917,8 +917,8 @@ class _StreamLane:
                 await self._call.write(payload)
 
     async def _reopen(self) -> None:
-        """After the back-off, another stream, and the held sends written to it; if the window
-        ends first (or the loop wakes past it), the held sends fail at its end."""
+        """After the back-off, another stream, and the held sends written to it until the window
+        ends; those still held then fail (all of them if it ends within the back-off)."""
         backoff = min(REOPEN_BACKOFF_S, self._end - time.perf_counter())
         await asyncio.sleep(backoff)
         await asyncio.wait([self._acks])  # the ended stream's events answered before the next's
@@ -927,7 +927,9 @@ class _StreamLane:
             return
         self._open()
         async with self._writing:
-            await self._write_held()
+            await self._write_held(until=self._end)
+            if self._up:  # what the window's end left held, not written after it
+                self._fail_held()
 
     def _fail_held(self) -> None:
         while self._held:
