@@ -17,6 +17,7 @@ import ray
 from kairos.cluster.control.autoscaling import Autoscaling
 from kairos.cluster.control.controller import Controller
 from kairos.cluster.control.nodes import GatewaySpec
+from kairos.cluster.control.pace import IDLE_ROUND_S, Pace
 from kairos.cluster.gateway.actor import GatewayActor
 from kairos.cluster.settings import CONTROL_LOOP_S, CONTROLLER_NAME, LONG_POLL_S, SHARDS_PER_CPU
 from kairos.cluster.shard.actor import ShardActor
@@ -40,6 +41,8 @@ class ControllerActor:
                                      shards_per_cpu, ray.get_runtime_context().get_node_id(),
                                      owner)
         self.autoscaling = Autoscaling(self.controller.backend)
+        # how often the control loop's rounds run (pace.py)
+        self.pace = Pace(self.controller.backend.nodes, CONTROL_LOOP_S, IDLE_ROUND_S)
         self._loop_task: asyncio.Task | None = None
         self._resuming = asyncio.Lock()  # one start or resume at a time
         self._resume_task: asyncio.Task | None = None
@@ -117,6 +120,7 @@ class ControllerActor:
         create shards meanwhile, with nothing to cancel it. Nor does it start a take-up then."""
         self.controller.store_claim.check()  # after a stand-down: StoreInUse, which says why
         self._unless_stopping()
+        self.pace.wake()  # what the call leaves unsettled is retried every CONTROL_LOOP_S
         controller = await self._ready()
         self._unless_stopping()  # the loop ended while a take-up ran
         return controller
@@ -165,11 +169,12 @@ class ControllerActor:
 
     async def _control_loop(self) -> None:
         while True:
-            await asyncio.sleep(CONTROL_LOOP_S)
+            await self.pace.next_round()
             try:
                 controller = await self._ready()
             except Exception:
                 log.exception("taking up the saved cluster failed; trying again")
+                self.pace.ran(False, None)
                 continue
             try:
                 await controller.reconcile()
@@ -179,6 +184,15 @@ class ControllerActor:
                 await self.autoscaling.round(controller)
             except Exception:
                 log.exception("autoscaling round failed; trying again")
+            # autoscaling measures the load from each round's health answers
+            self.pace.ran(controller.settled and not self.autoscaling.limits.enabled,
+                          controller.round_alive)
+
+    async def nudge(self) -> None:
+        """The control round now, not at its next turn (pace.py): called by a shard or the
+        learner that Ray restarted (to be started, or told the catalog), and by a shard
+        whose journal is no longer its own."""
+        self.pace.wake()
 
     async def _routing(self) -> Controller:
         """For what the gateways that shards and nodes serve ask as they start (the map, the
@@ -220,6 +234,7 @@ class ControllerActor:
 
     async def watch_channel(self, sink: str, channel: str, placement: str | None,
                             active: bool = True) -> None:
+        self.pace.wake()  # a shard that missed it is caught up by the rounds
         await (await self._ready()).watch_channel(sink, channel, placement, active)
 
     async def drain_node(self, node: str) -> dict[str, Any]:

@@ -80,7 +80,7 @@ from kairos.cluster.storage.store import StoreCorrupt, StoreInUse, StoreUnavaila
 from kairos.cluster.throttled import ThrottledWarning
 from kairos.cluster.transport.backend import (ControllerControl, NotRunning, Published,
                                               Unavailable)
-from kairos.cluster.transport.ray_backend import RayBackend
+from kairos.cluster.transport.ray_backend import RayBackend, restarted
 
 log = logging.getLogger("kairos.learner")
 STATE_KEY = "learner"
@@ -353,9 +353,10 @@ class LearnerActor:
         self.controller: Callable[[], ControllerControl] = RayBackend().controller
         self._asking: asyncio.Task | None = None
         self._asked_at = -float("inf")
-        # Ray restarts this actor with the arguments it was created with: the saved catalog,
-        # the latest switched to, runs instead of `catalog_text`
+        # restarted by Ray with the arguments it was created with: the saved catalog runs
         self._restore(follow_catalog=True)
+        if restarted():  # to be told the cluster's catalog
+            RayBackend().nudge_controller()
 
     def _restore(self, follow_catalog: bool = False) -> None:
         """Take up the saved posterior. Nothing here raises, as Ray does not restart an actor

@@ -150,6 +150,10 @@ class Nodes:
     def _yielded(self) -> None:
         self._alive = None  # run by the event loop: an await yielded since the read
 
+    def retrying(self) -> bool:
+        """Whether a gateway that did not start waits to be tried again."""
+        return bool(self._retry)
+
     def serving(self, alive: list[str]) -> list[str]:
         """Alive nodes that are not draining: where shards and gateways may be placed."""
         return [n for n in alive if n not in self.draining]

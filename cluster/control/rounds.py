@@ -60,11 +60,14 @@ CONFIRM_OWNED_S = 30.0  # how often the shards are confirmed the partitions the 
 HELD_TARGET_S = 300.0  # how long a start waits on a move's target before it is replaced
 
 
-async def _step(what: str, work: Awaitable[Any]) -> None:
+async def _step(what: str, work: Awaitable[Any]) -> bool:
+    """Run a step; whether it did not fail (a failure is logged)."""
     try:
         await work
     except Exception:
         log.exception("control loop: %s failed; the next round tries again", what)
+        return False
+    return True
 
 
 def _disowned(health: dict[str, Any]) -> bool:
@@ -78,20 +81,42 @@ class ControlLoop:
     _logs_trimmed = -math.inf  # when step 8 last ran
     _owned_confirmed = -math.inf  # when the shards were last confirmed what the map gives them
     _learner_by_version = False  # whether a learner that gives no digest was logged
+    settled = False  # the last round left nothing to do (pace.py)
+    round_alive: list[str] | None = None  # the nodes it saw
 
     async def reconcile(self) -> None:
-        """One round of the control loop (this module's docstring)."""
+        """One round of the control loop (this module's docstring); `settled` and
+        `round_alive` say how it left the cluster (pace.py)."""
+        self.settled, self.round_alive = False, None
         alive = self.nodes.alive()
-        await _step("replacing shards whose node left", self._replace_departed(alive))
-        await _step("starting gateways", self.nodes.ensure_gateways(sorted(alive)))
-        await _step("re-starting and catching up shards", self._restart_shards())
-        await _step("telling the learner the catalog", self._tell_learner())
+        steps = [await _step("replacing shards whose node left", self._replace_departed(alive)),
+                 await _step("starting gateways", self.nodes.ensure_gateways(sorted(alive))),
+                 await _step("re-starting and catching up shards", self._restart_shards()),
+                 await _step("telling the learner the catalog", self._tell_learner())]
         await self._finish_drains(alive)
-        await _step("giving shards to nodes that joined", self._grow())
-        await _step("re-placing a shard of a crowded node", self._uncrowd())
-        await _step("dropping the channel watches of sinks gone", self._drop_gone_sinks())
-        await _step("confirming the moves the map shows done", self._confirm_owned())
-        await _step("trimming the decision logs of shards gone", self._trim_gone_logs())
+        steps += [await _step("giving shards to nodes that joined", self._grow()),
+                  await _step("re-placing a shard of a crowded node", self._uncrowd()),
+                  await _step("dropping the channel watches of sinks gone",
+                              self._drop_gone_sinks()),
+                  await _step("confirming the moves the map shows done", self._confirm_owned()),
+                  await _step("trimming the decision logs of shards gone",
+                              self._trim_gone_logs())]
+        self.settled, self.round_alive = all(steps) and self._nothing_left(alive), alive
+
+    def _nothing_left(self, alive: list[str]) -> bool:
+        """Whether a round left nothing for the next one to do or retry: every shard placed
+        on an alive node answered its health started, as the incarnation known, and no
+        move, replacement, start, drain, catch-up or gateway start waits."""
+        healthy = set(self._healths) == set(self.placement) and all(
+            h.get("started") and h.get("incarnation") == self.incarnations.get(name)
+            for name, h in self._healths.items())
+        draining = [n for n in self.nodes.draining & set(alive)
+                    if not self._drained(n) or n in self.nodes.releasing]
+        waiting = (self.moving, self.replacing, self.starting, self._unanswered,
+                   self._held_starts, self._waiting_since, self._drains, draining,
+                   self.lagging.catalog, self.lagging.watches, self.nodes.retrying())
+        placed = {node for node in self.placement.values() if node is not None}
+        return healthy and placed <= set(alive) and not any(waiting)
 
     async def _finish_drains(self, alive: list[str]) -> None:
         """Step 5, but for a node that holds a shard of a move held by a shard that did not

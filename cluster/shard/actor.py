@@ -38,7 +38,7 @@ from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.store import StoreUnavailable
 from kairos.cluster.transport.backend import Unavailable
 from kairos.cluster.transport.dataplane import PlaneServer
-from kairos.cluster.transport.ray_backend import Gone, RayBackend
+from kairos.cluster.transport.ray_backend import Gone, RayBackend, restarted
 
 log = logging.getLogger("kairos.shard")
 
@@ -74,6 +74,8 @@ class ShardActor:
         self._api_serving: dict[str, Any] = {}  # what it was asked to serve with
         self._api_kept = Remembered.of_actor(f"{name}.api")
         self._resume_api()
+        if restarted():
+            self.backend.nudge_controller()  # to be started again: the controller's round
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -185,6 +187,8 @@ class ShardActor:
             shard = self.host.shard
             if shard is not None:
                 await self._flush(shard)
+            if self.host.recovery.get("disowned"):  # to be started again: tell the controller
+                self.backend.nudge_controller()
             if self._api is not None:  # routed to only while it recovered and owns partitions
                 await self._api.set_serving(shard is not None and shard is self.host.shard
                                             and self._snapshot.get("partitions", 0) > 0)

@@ -65,6 +65,12 @@ def sink_name(actor: str, incarnation: str) -> str:
     """The sink of the watch streams that the process `incarnation` of `actor` holds."""
     return f"{actor}{SINK_MARK}{incarnation}"
 
+
+def restarted() -> bool:
+    """Whether this process is an actor's that Ray restarted (False outside Ray)."""
+    return ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed
+
+
 Invoke = Callable[[ActorHandle], Awaitable[Any]]
 
 
@@ -89,6 +95,13 @@ class RayBackend:
 
     def request_resources(self, bundles: list[dict[str, float]]) -> None:
         request_resources(bundles=bundles)
+
+    def nudge_controller(self) -> None:
+        """Have the controller run its control round now (control/pace.py), without waiting
+        for it. A controller that is not there (restarting, not created yet) takes up every
+        shard and tells the learner as it starts anyway."""
+        with contextlib.suppress(Exception):
+            self._handle(CONTROLLER_NAME).nudge.remote()
 
     # -- typed handles -------------------------------------------------------------------------
 
