@@ -164,12 +164,15 @@ class KindStats:
     fallbacks: int = 0  # Decide answered with the catalog's fallback (shard too slow)
     errors: Counter = field(default_factory=Counter)  # gRPC status code name -> count
 
-    def answered(self, send: Send, code: str | None = None, fallback: bool = False) -> None:
+    def answered(self, send: Send, code: str | None = None, fallback: bool = False,
+                 written: bool = True) -> None:
+        """`written`: it left; one that never did (NOT_SENT) has no service time."""
         if not send.measured:
             return
         now = time.perf_counter()
         _record(self.latency, now - send.intended)
-        _record(self.service, now - send.sent)
+        if written:
+            _record(self.service, now - send.sent)
         _record(self.refused if code is not None or fallback else self.admitted,
                 now - send.intended)
         if code is not None:
@@ -933,7 +936,7 @@ class _StreamLane:
 
     def _fail_held(self) -> None:
         while self._held:
-            self._stats.answered(self._held.popleft()[0], NOT_SENT)
+            self._stats.answered(self._held.popleft()[0], NOT_SENT, written=False)
 
     async def close(self) -> int:
         """The held sends written (or failed at the window's end); then the last stream
