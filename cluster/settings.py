@@ -218,7 +218,9 @@ DECISION_LOG_TRIM_S = number("DECISION_LOG_TRIM_S", 60.0, above=True, high=86_40
 REDIS_TIMEOUT_S = number("REDIS_TIMEOUT_S", 5.0, above=True, high=600.0)
 
 # -- control -----------------------------------------------------------------------------------
-# How often the controller looks for restarted shards and nodes that joined or left.
+# How often the controller looks for restarted shards and nodes that joined or left (its
+# rounds back off to 8 s while the cluster is settled; the node table is still read this often:
+# control/pace.py).
 CONTROL_LOOP_S = number("CONTROL_LOOP_S", 1.0, low=0.01, high=3600.0)
 # How long a long poll (the routing table's, a shard's watch of the learner's models) waits for
 # a newer version before answering "no change".

@@ -74,6 +74,7 @@ class ShardActor:
         self._api_serving: dict[str, Any] = {}  # what it was asked to serve with
         self._api_kept = Remembered.of_actor(f"{name}.api")
         self._resume_api()
+        self._told_disowned = False  # the controller nudged since recovery found it disowned
         if restarted():
             self.backend.nudge_controller()  # to be started again: the controller's round
 
@@ -187,8 +188,12 @@ class ShardActor:
             shard = self.host.shard
             if shard is not None:
                 await self._flush(shard)
-            if self.host.recovery.get("disowned"):  # to be started again: tell the controller
+            # to be started again: tell the controller, once (it goes on running a round a
+            # second while a shard is down; a nudge a flush would run them back to back)
+            disowned = bool(self.host.recovery.get("disowned"))
+            if disowned and not self._told_disowned:
                 self.backend.nudge_controller()
+            self._told_disowned = disowned
             if self._api is not None:  # routed to only while it recovered and owns partitions
                 await self._api.set_serving(shard is not None and shard is self.host.shard
                                             and self._snapshot.get("partitions", 0) > 0)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import ray
@@ -42,6 +43,8 @@ from kairos.cluster.transport.backend import (ChannelWatch, ControllerControl, G
                                               ShardControl, Unavailable, WatchSink)
 from kairos.cluster.transport.client import ShardUnavailable
 from kairos.cluster.transport.dataplane import PlaneConnection, ShardFailed
+
+log = logging.getLogger("kairos.ray")
 
 if TYPE_CHECKING:
     from kairos.core.decision import Decision
@@ -67,8 +70,18 @@ def sink_name(actor: str, incarnation: str) -> str:
 
 
 def restarted() -> bool:
-    """Whether this process is an actor's that Ray restarted (False outside Ray)."""
-    return ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed
+    """Whether this process is an actor's that Ray restarted (False outside Ray). Ray reads
+    it from its GCS, which may fail: then True, as a needless nudge costs the controller a
+    round, and an actor's constructor must not raise (Ray restarts none whose constructor
+    raised)."""
+    if not ray.is_initialized():
+        return False
+    try:
+        return ray.get_runtime_context().was_current_actor_reconstructed
+    except Exception:  # noqa: BLE001  (whatever Ray raises reading its GCS)
+        log.warning("could not ask Ray whether this actor was restarted: telling the "
+                    "controller all the same", exc_info=True)
+        return True
 
 
 Invoke = Callable[[ActorHandle], Awaitable[Any]]
