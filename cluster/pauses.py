@@ -1,8 +1,9 @@
 """Short garbage-collector pauses in processes that hold many customers.
 
-CPython's full collection walks every container it tracks, and a shard's long-lived ones are
+CPython's full collection walks every container it tracks, and a shard's long-lived ones were
 big: the profile table's index, the recency order, per-partition members and idempotency keys
-hold an entry per customer. Measured on this machine, a full pass took 28 ms per 100,000
+held an entry per customer (the first three are now C arrays, an untracked dict and a column:
+core/_rowindex.pyx). Measured on this machine, a full pass took 28 ms per 100,000
 resident customers, and one came every few seconds after a bulk load: shards answered
 p99 ≥ 40 ms for that while. Freezing moves the survivors out of the collector's sight
 (gc.freeze, as Instagram's servers do); they are still freed by reference counting, and only

@@ -10,12 +10,15 @@ is held once. Every request looks its customer up, some several times: the probi
 so is a str id's comparison with the key (as a dict's; a key of another type compares as
 Python compares it). Slots hold row + 1 (0: empty). Hashes are Python's, which a str caches.
 
-The ids are not a list because the cyclic collector walks every list it tracks on each full
-pass: at 10,000,000 customers that walk alone took over 150 ms, a pause of every shard's
-event loop, and a load of that many ran 1,480 such passes. `Ids` holds str (or None), which
-hold nothing, so the collector need not see it; and what it holds the collector counts as
-referenced from outside, so it never frees one early (a str subclass pointing back at the
-table would leak, not break). Neither does RowIndex need it: its one reference is the Ids.
+The ids are not a list because the cyclic collector walks every list it tracks on a full pass.
+A shard freezes its survivors (cluster/pauses.py), but unfreezes them for one full pass every
+10 minutes, and after a bulk load of profiles that list was the one container growing with the
+customers (a shard host of 250,000 held some 111,000 tracked objects, none of them per
+customer): a list of 10,000,000 ids alone took some 160 ms of such a pass, a pause of the
+shard's event loop. `Ids` holds str (or None), which hold nothing, so the collector need not
+see it; and what it holds the collector counts as referenced from outside, so it never frees
+one early (a str subclass pointing back at the table would leak, not break). Neither does
+RowIndex need it: its one reference is the Ids.
 """
 from collections.abc import ItemsView, KeysView, Mapping, ValuesView
 
