@@ -75,7 +75,7 @@ class ProfileTable:
         self.ids = Ids()  # by row, for the rows ever taken
         self.index = RowIndex(self.ids, INDEX_SLOTS)
         # rows evicted (reset to an empty profile), to reuse: C ints, not an int object and a
-        # list entry each (36 bytes, walked by every full collection) after a mass eviction
+        # list entry each (36 bytes) after a mass eviction
         self.free = array("q")
         self.used = 0  # rows ever taken: the rows past it have never been written
         self.generation = 0  # bumped when the arrays are reallocated
