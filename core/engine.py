@@ -461,36 +461,48 @@ class DecisionEngine:
         action learns each label once: the memo says which it taught, and `labels`, where
         given, what outcomes taught beyond the memo (asked only of decisions the memo let go;
         told what these teach, kept or not).
+
+        Every outcome is checked before any is recorded: one InputError refuses them all.
         """
+        return self.record_encoded([self.encode_outcome(o) for o in outcomes], labels)
+
+    def encode_outcome(self, reported: tuple) -> tuple:
+        """Check one outcome as record_outcomes takes it; raises InputError naming the field.
+        `record_encoded` records what it returns: so a caller answers a bad outcome alone and
+        records the others of its batch in one call."""
         c = self.compiled
-        encoded = []
-        for customer_id, action_id, channel, outcome, when, decision_id, *rest in outcomes:
-            check_customer(customer_id, limit=MAX_PROFILE_ID_LENGTH)
-            if action_id not in c.action_index:
-                raise InputError("action_id", f"unknown action {action_id!r}")
-            ch = channel_code(c, channel)
-            a = c.action_index[action_id]
-            if c.offered[a, ch] == 0:
-                raise InputError("action_id", f"action {action_id!r} is not offered on "
-                                              f"{channel}")
-            try:
-                if isinstance(outcome, bool):  # Outcome(True) would be an impression
-                    raise ValueError(outcome)
-                code = Outcome[outcome.upper()] if isinstance(outcome, str) else Outcome(outcome)
-            except (KeyError, ValueError, TypeError):
-                raise InputError("outcome", f"unknown outcome {outcome!r} (outcomes: "
-                                            f"{', '.join(o.name.lower() for o in Outcome)})"
-                                 ) from None
-            if len(rest) > 1:
-                raise ValueError(f"an outcome is 6 or 7 fields, got {6 + len(rest)}")
-            value = rest[0] if rest else None
-            if value is not None:
-                if code != Outcome.CONVERT:
-                    raise InputError("value", f"only a convert carries a value, not "
-                                              f"{code.name.lower()}")
-                value = self._encode_value("value", CONVERSION_VALUE, value, None)
-            encoded.append((customer_id, a, ch, code, _encode_time("time", when), decision_id,
-                            math.nan if value is None else value))
+        customer_id, action_id, channel, outcome, when, decision_id, *rest = reported
+        check_customer(customer_id, limit=MAX_PROFILE_ID_LENGTH)
+        if action_id not in c.action_index:
+            raise InputError("action_id", f"unknown action {action_id!r}")
+        ch = channel_code(c, channel)
+        a = c.action_index[action_id]
+        if c.offered[a, ch] == 0:
+            raise InputError("action_id", f"action {action_id!r} is not offered on "
+                                          f"{channel}")
+        try:
+            if isinstance(outcome, bool):  # Outcome(True) would be an impression
+                raise ValueError(outcome)
+            code = Outcome[outcome.upper()] if isinstance(outcome, str) else Outcome(outcome)
+        except (KeyError, ValueError, TypeError):
+            raise InputError("outcome", f"unknown outcome {outcome!r} (outcomes: "
+                                        f"{', '.join(o.name.lower() for o in Outcome)})"
+                             ) from None
+        if len(rest) > 1:
+            raise ValueError(f"an outcome is 6 or 7 fields, got {6 + len(rest)}")
+        value = rest[0] if rest else None
+        if value is not None:
+            if code != Outcome.CONVERT:
+                raise InputError("value", f"only a convert carries a value, not "
+                                          f"{code.name.lower()}")
+            value = self._encode_value("value", CONVERSION_VALUE, value, None)
+        return (customer_id, a, ch, code, _encode_time("time", when), decision_id,
+                math.nan if value is None else value)
+
+    def record_encoded(self, encoded: Sequence[tuple], labels: TaughtLabels | None = None
+                       ) -> list[Learned]:
+        """record_outcomes for outcomes `encode_outcome` checked, in one kernel call."""
+        c = self.compiled
         if not encoded:
             return []
         rows = self.activate(e[0] for e in encoded)
