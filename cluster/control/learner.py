@@ -72,11 +72,12 @@ from kairos.cluster.control.catalog_identity import catalog_digest
 from kairos.cluster.control.posterior import (RAN_KEPT, ChangedRows, Saves, holds,
                                               published, restore_models)
 from kairos.cluster.control.posterior import save_models  # noqa: F401 (callers import it here)
+from kairos.cluster.control.switching import Switches
 from kairos.cluster.longpoll import Changes
 from kairos.cluster.metrics import LearnerMetrics
 from kairos.cluster.settings import LEARNER_SAVE_S, LONG_POLL_S
 from kairos.cluster.storage.providers import open_store
-from kairos.cluster.storage.store import StoreCorrupt, StoreInUse, StoreUnavailable
+from kairos.cluster.storage.store import StoreCorrupt, StoreUnavailable
 from kairos.cluster.throttled import ThrottledWarning
 from kairos.cluster.transport.backend import (ControllerControl, NotRunning, Published,
                                               Unavailable)
@@ -136,6 +137,7 @@ class Learner:
         self.refused_unconfirmed = 0  # syncs refused until told the cluster's catalog
         self._refusals = ThrottledWarning(log, REFUSED_LOG_S)
         self.watching = 0  # watches waiting now
+        self.unsaved_switch = False  # a switch being saved, which a failure puts back
         self._announced = self.models.version
         self._changes = Changes()
         self.changed = ChangedRows()  # what the latest merges changed, to publish rows
@@ -282,6 +284,11 @@ class Learner:
             self.publishes.pop()
         self.announce()
 
+    def hold_watches(self, held: bool) -> None:
+        """While a switch is saved (switching.py), no watch is answered with it."""
+        self.unsaved_switch = held
+        self._changes.announce()  # released: the watches it held look again
+
     def _continue_past(self, known_version: int) -> None:
         """Versions go on above one a shard runs and this learner never published: the learner
         restarted with a clock behind the one it had. Else the shard would keep its models
@@ -312,6 +319,7 @@ class Learner:
         try:
             if not await self._changes.wait_until(
                     lambda: self.compiled.version == catalog_version and not self.unconfirmed
+                    and not self.unsaved_switch
                     and not holds(self, known_version, takes_rows, based_on), timeout_s):
                 return None
         finally:
@@ -335,8 +343,8 @@ class LearnerActor:
     """Started by the controller as LEARNER_NAME. An async actor: each idle shard's watch
     holds one of Ray's 1,000 concurrent calls for up to LONG_POLL_S (one its shard gives up
     on is cancelled here too: RayBackend.call's `poll`). A save to the store (about every
-    LEARNER_SAVE_S while the shards learn) holds the loop only to copy the posterior and is
-    written on a thread (posterior.py `Saves`); a switch's holds it throughout."""
+    LEARNER_SAVE_S while the shards learn, or a switch's) holds the loop only to copy the
+    posterior and is written on a thread (posterior.py `Saves`, switching.py)."""
 
     def __init__(self, catalog_text: str, store_url: str = "memory"):
         # unconfirmed: Ray restarts it with `catalog_text`, which may have been switched from
@@ -344,11 +352,11 @@ class LearnerActor:
         self.metrics = LearnerMetrics()
         self.store = open_store(store_url)
         self.saves = Saves(self.store, STATE_KEY)
+        self.switches = Switches(self.learner, self.saves)
         self._saving: asyncio.Task | None = None  # the periodic save, from the first call on
         self._took_up = False  # whether the saved posterior was taken up
         self._unread = True  # the store has not answered for the saved posterior yet
         self._read_at = -float("inf")
-        self._stood_down = False  # its cluster lost the store: nothing more is saved there
         # whom an unconfirmed learner asks the cluster's catalog (tests give another)
         self.controller: Callable[[], ControllerControl] = RayBackend().controller
         self._asking: asyncio.Task | None = None
@@ -415,13 +423,6 @@ class LearnerActor:
                         "merges and answers watches again", self.learner.compiled.version)
             self.learner.confirm()
 
-    async def _save(self, force: bool = False) -> None:
-        """Save the posterior (if forced, or LEARNER_SAVE_S passed) and wait for it, unless a
-        save is in flight (then it is taken once that one is written: `Saves.save`); a store
-        that does not take it is logged, another failure raised; stood down, nothing is saved."""
-        if force or self.saves.due(LEARNER_SAVE_S):
-            await self.saves.save(self.learner)
-
     async def _save_unsaved(self) -> None:
         """Save the merges a sync left unsaved (within LEARNER_SAVE_S of the last save, and
         then traffic stopped) at the next tick, so a restart loses at most LEARNER_SAVE_S of
@@ -436,15 +437,15 @@ class LearnerActor:
     async def flush(self) -> None:
         """Save the merges since the last save now (also runtime.stop's, before the kill,
         which warns of a failure raised here); a store that does not take it is logged."""
+        await self.switches.passed()  # else it could save a switch that is then put back
         await self.saves.idle()
         if self.learner.merged != self.saves.merges:
-            await self._save(force=True)
+            await self.saves.save(self.learner)
 
     async def stand_down(self) -> None:
         """Save nothing more (the controller lost its claim on the store, which may be
         another cluster's now): the periodic save stops, a flush writes nothing, and a switch,
         which must be saved, fails."""
-        self._stood_down = True
         self.saves.stop()
         if self._saving is not None:
             self._saving.cancel()
@@ -452,14 +453,15 @@ class LearnerActor:
 
     async def sync(self, catalog_version: str, delta: ModelDelta | None,
                    known_version: int) -> Published | None:
+        await self.switches.passed()
         self._ready()
         try:
             published = self.learner.sync(catalog_version, delta, known_version)
         finally:  # a refused sync counts too
             self.metrics.flush(self.learner.refused, sum(self.learner.dropped.values()),
                                self.learner.repeated, self.learner.refused_unconfirmed)
-        if self.learner.merged != self.saves.merges:
-            await self._save()
+        if self.learner.merged != self.saves.merges and self.saves.due(LEARNER_SAVE_S):
+            await self.saves.save(self.learner)
         return published
 
     async def watch(self, catalog_version: str, known_version: int,
@@ -472,12 +474,15 @@ class LearnerActor:
     async def switch(self, catalog_text: str) -> int:
         """Run this catalog from now on; the model version. StoreUnavailable, the learner
         left as it was, if the switch could not be saved: restarted, the learner would come
-        back on the saved catalog, behind the shards the controller switched."""
+        back on the saved catalog, behind the shards the controller switched. Saved on a
+        thread, syncs waiting for it (switching.py)."""
         # compiled on a thread, before the switch finds it compiled (compiled_from_text keeps
         # the last texts): a large catalog takes seconds, and this loop serves every watch
         await asyncio.to_thread(compiled_from_text, catalog_text)
         self._ready()
-        await self.saves.idle()  # no save in flight lands after this switch's
+        return await self.switches.run(lambda: self._switched(catalog_text))
+
+    def _switched(self, catalog_text: str) -> tuple[int, Callable[[], None]]:
         kept, took_up = self.learner.kept(), self._took_up
         version = self.learner.switch(catalog_text)
         if not self._took_up and self.learner.merged == 0:
@@ -485,16 +490,11 @@ class LearnerActor:
             # its text
             self._restore()
             self.learner.announce()
-        try:
-            if self._stood_down:
-                raise StoreInUse("the learner saves nothing more: its cluster lost the store")
-            # on the loop: a merge while it was written would be undone with the switch
-            self.saves.save_now(self.learner)
-        except (StoreUnavailable, StoreInUse):
+
+        def put_back() -> None:
             self.learner.put_back(kept)
             self._took_up = took_up
-            raise
-        return version
+        return version, put_back
 
     async def status(self) -> dict[str, Any]:
         return self.learner.status()

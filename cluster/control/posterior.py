@@ -20,7 +20,7 @@ from kairos.core.models import COUNTS, keep_rows, sound_rows
 
 from kairos.cluster.storage import blocks
 from kairos.cluster.storage.blocks import BlockCorrupt
-from kairos.cluster.storage.store import StoreUnavailable
+from kairos.cluster.storage.store import StoreInUse, StoreUnavailable
 from kairos.cluster.transport.backend import Published
 
 log = logging.getLogger("kairos.learner")
@@ -134,9 +134,9 @@ class Saves:
     30-75 ms for a 48.5 MiB table, measured on a loaded machine) and join and write them on a
     thread (a save on the loop took 150-500 ms at that size, which held every shard's syncs
     and watches). One asked for while another is written is taken as soon as that write
-    ends. A save that must hold the loop until it is written (`save_now`: a switch's, which a
-    failure undoes) waits for the one in flight first (`idle`), so an older one never lands
-    after it."""
+    ends. A save whose failure its caller must hear (`save_now`: a switch's, which a failure
+    undoes) waits for the one in flight first (`idle`), so an older one never lands after
+    it."""
 
     def __init__(self, store: Any, key: str) -> None:
         self.store, self.key = store, key
@@ -171,19 +171,22 @@ class Saves:
             return
         await asyncio.shield(self._write_from(learner, waited=True))
 
-    def _write_from(self, learner: Any, waited: bool) -> asyncio.Task:
+    def _write_from(self, learner: Any, waited: bool, heard: bool = False) -> asyncio.Task:
         self._writing = asyncio.get_running_loop().create_task(
-            self._write(saved_parts(learner), learner.merged, time.monotonic(), waited))
+            self._write(saved_parts(learner), learner.merged, time.monotonic(), waited, heard))
         return self._writing
 
     async def _write(self, parts: list[bytes], merges: int, taken_at: float,
-                     waited: bool) -> None:
-        """`waited`: whether a caller waits for it, which takes its failure (else logged)."""
+                     waited: bool, heard: bool) -> None:
+        """`waited`: whether a caller waits for it, which takes its failure (else logged);
+        `heard`: StoreUnavailable too (else logged)."""
         cancelled = False
         try:
             await asyncio.to_thread(lambda: self.store.put_meta(self.key, b"".join(parts)))
             self.saved_at, self.merges = taken_at, merges
         except StoreUnavailable as exc:
+            if heard:
+                raise
             log.warning("learner: could not save the posterior: %s", exc)
         except asyncio.CancelledError:
             cancelled = True
@@ -198,11 +201,13 @@ class Saves:
             if asked is not None and not cancelled and asked.merged != self.merges:
                 self._write_from(asked, waited=False)
 
-    def save_now(self, learner: Any) -> None:
-        """Save on the event loop, once `idle`; StoreUnavailable if the store does not take it."""
-        taken_at, merges = time.monotonic(), learner.merged
-        self.store.put_meta(self.key, save_models(learner))
-        self.saved_at, self.merges = taken_at, merges
+    async def save_now(self, learner: Any) -> None:
+        """Save once `idle`, and wait until it is written; StoreUnavailable if the store does
+        not take it, StoreInUse once `stop`ped."""
+        await self.idle()
+        if self._stopped:
+            raise StoreInUse("the learner saves nothing more: its cluster lost the store")
+        await asyncio.shield(self._write_from(learner, waited=True, heard=True))
 
 
 def restore_models(learner: Any, blob: bytes, follow_catalog: bool = False) -> bool:
