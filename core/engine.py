@@ -501,7 +501,14 @@ class DecisionEngine:
 
     def record_encoded(self, encoded: Sequence[tuple], labels: TaughtLabels | None = None
                        ) -> list[Learned]:
-        """record_outcomes for outcomes `encode_outcome` checked, in one kernel call."""
+        """record_outcomes for outcomes `encode_outcome` checked, in one kernel call. They
+        must have been encoded under the current `compiled`: they hold its action and channel
+        indexes, so one kept across a catalog switch would teach another action's model.
+
+        Outcomes of one decision in one call: the first that would teach a label counts it
+        taught, refused or not (a refusal is known after the kernel call), so the others answer
+        REPEATED; a caller that wants a refused label left to a later outcome (as one at a
+        time) records that one in a call of its own."""
         c = self.compiled
         if not encoded:
             return []

@@ -3,8 +3,9 @@ and watches.
 
 Each handler takes a run of requests of one kind, already admitted (served here, not
 redirected: shard.py answers MOVED and MERGED), and returns a reply per request, in order; a
-run goes to the kernel in one call. What changes state is noted as a journal record
-(journaling.py) in the order it was applied.
+run goes to the kernel in one call (outcomes: a call more at each customer's second outcome in
+the run, `outcomes`). What changes state is noted as a journal record (journaling.py) in the
+order it was applied.
 
 Only what changes a customer's state makes it resident (activated from its home, or created):
 a decision for a customer nobody has seen is made on an empty profile and leaves nothing
@@ -262,10 +263,14 @@ class CustomerRequests:
         id).
 
         The outcomes taken go to the engine together, each checked first on its own (the
-        engine's cost per call, paid per outcome, was half of it: 64 a round, some 70 µs an
-        outcome, 39 in one call); a customer's second outcome of the batch is checked once
-        its first is recorded (its key remembered), so a batch answers and changes what its
-        outcomes would one at a time."""
+        engine's fixed cost per call, paid per outcome, was about half an outcome's cost). A
+        customer's second outcome of the batch waits for those taken before it to be recorded
+        (a call of their own), for two reasons: its checks read what the first left (its key
+        remembered: a retry answers DUPLICATE); and the engine counts a decision's label
+        taught before its kernel may refuse the update (Learned.REFUSED), taking that back
+        only after the call (`record_encoded`), so in the same call a second outcome of the
+        decision, with or without a key, would answer REPEATED where alone it is refused (or
+        teaches). So a batch answers and changes what its outcomes would one at a time."""
         replies: list[Reply | None] = [None] * len(batch)
         taken: list[_Taken] = []  # checked, recorded together
         waiting: set[str] = set()  # their customers
