@@ -92,7 +92,9 @@ class Plan:
     shards: int  # one per core: fewer, fuller batches beat more processes on a small machine
     seed: int = 1
     systems: tuple[str, ...] = ()  # run only the phases named with these prefixes (all if empty)
-    idle_s: float = 5.0  # each system's CPU with no load is measured this long first
+    idle_s: float = 16.0  # each system's CPU with no load is measured this long first (two
+    # of the control loop's rounds once it has backed off: control/pace.py)
+    idle_quiet_s: float = 10.0  # after this long with no request (GeneratorPool.idle)
     decide_only: bool = False  # Decide sweeps alone (a CPU-per-Decide comparison)
 
 
@@ -103,7 +105,7 @@ FULL = Plan(customers=1_000_000, modes=(1, 3), generators=2, warmup_s=2.0, measu
             journey_rate=1000, push_rate=100, actors=64, shards=os.cpu_count() or 2)
 SMOKE = Plan(customers=500, modes=(1,), generators=2, warmup_s=0.3, measure_s=1.0,
              decide_rates=(200,), stream_rates=(1000,), batch_rates=(2000,), journey_rate=200,
-             push_rate=20, actors=4, shards=2, idle_s=1.0)
+             push_rate=20, actors=4, shards=2, idle_s=1.0, idle_quiet_s=0.5)
 
 
 class Bench:
@@ -125,7 +127,8 @@ class Bench:
 
     def decide_sweep(self, system: str, target: str, customers: int | None = None,
                      routes: tuple[str, ...] = ()) -> None:
-        self.results["idle_cpu"][system] = self.pool.idle(target, self.plan.idle_s)
+        self.results["idle_cpu"][system] = self.pool.idle(target, self.plan.idle_s,
+                                                          self.plan.idle_quiet_s)
         self.results["systems"][system] = sweep(
             self.pool, system,
             lambda rate: self.step(target, "decide", rate, customers, routes=routes),

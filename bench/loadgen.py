@@ -343,12 +343,14 @@ class GeneratorPool:
         `stop()`); see Traffic."""
         return Traffic(self, step, steps)
 
-    def idle(self, target: str, seconds: float) -> dict[str, float]:
-        """The system's CPU with no load, ms per second by process name, once it has settled:
-        what it spends whatever the rate (Ray's daemons, timers, metrics), which a step's
-        CPU per request carries spread over its requests."""
+    def idle(self, target: str, seconds: float, quiet_s: float) -> dict[str, float]:
+        """The system's CPU with no load, ms per second by process name, once it has settled
+        and then had no request for quiet_s: what it spends whatever the rate (Ray's daemons,
+        timers, metrics), which a step's CPU per request carries spread over its requests.
+        The wait leaves out the settle probes' own aftermath (the shedder's fast updates, the
+        control loop's pace before it backs off: about twice the settled cost, measured)."""
         settle(target)
-        server = server_cpu(self.pids(), time.time() + START_DELAY_S, seconds)
+        server = server_cpu(self.pids(), time.time() + max(quiet_s, START_DELAY_S), seconds)
         return server.window().by_process(1, 1e3 / seconds)
 
     def pids(self) -> set[int]:
