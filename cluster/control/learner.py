@@ -72,7 +72,7 @@ from kairos.cluster.control.catalog_identity import catalog_digest
 from kairos.cluster.control.posterior import (RAN_KEPT, ChangedRows, Saves, holds,
                                               published, restore_models)
 from kairos.cluster.control.posterior import save_models  # noqa: F401 (callers import it here)
-from kairos.cluster.control.switching import Switches
+from kairos.cluster.control.switching import REMAPS_KEPT, Remapped, Switches, remapped
 from kairos.cluster.longpoll import Changes
 from kairos.cluster.metrics import LearnerMetrics
 from kairos.cluster.settings import LEARNER_SAVE_S, LONG_POLL_S
@@ -96,9 +96,6 @@ PUBLISHES_KEPT = 256  # (version, time) of the latest publishes `status` reports
 # shard sends a delta again at its next interval; one silent for days is a process gone)
 SENDERS_KEPT = 4096
 SENDERS_KEPT_S = 7 * 86400.0
-# the catalog versions before the running one whose deltas are carried over: a shard runs the
-# previous one while a switch commits, and a lagging one may be a few behind
-REMAPS_KEPT = 4
 CONFIRM_ASK_S = 3.0  # how often an unconfirmed learner asks the controller's catalog
 REFUSED_LOG_S = 60.0  # how often syncs refused while unconfirmed are logged
 
@@ -234,36 +231,31 @@ class Learner:
         """The latest models unless the caller holds them (posterior.py `published`)."""
         return published(self, known_version, takes_rows, based_on)
 
-    def switch(self, catalog_text: str) -> int:
+    def switch(self, catalog_text: str, moved: Remapped | None = None) -> int:
         """Move the posteriors to another catalog; the new model version. A catalog is its
         text: another text under the running version (a learner Ray restarted on its first
         catalog, told the one that runs) is switched to as well, or its models would sit in
-        the rows of the old text's actions."""
+        the rows of the old text's actions. `moved`: this learner's tables as `remapped` moves
+        them, made beforehand (on a thread: LearnerActor._switched), else made here."""
         if catalog_text == self.catalog_text:
             self.confirm()
             return self.models.version
-        new = compiled_from_text(catalog_text)
-        self._earlier.pop(new.version, None)
-        if new.version != self.compiled.version:  # else its deltas are the new text's
-            self._earlier[self.compiled.version] = self.compiled
-        while len(self._earlier) > REMAPS_KEPT:
-            del self._earlier[next(iter(self._earlier))]
-        # each straight to the new version: chained, the remaps grew with every switch
-        self._remaps = {old: ModelRemap(compiled, new) for old, compiled in self._earlier.items()}
-        version = self.models.version
-        remap = self._remaps.get(self.compiled.version) or ModelRemap(self.compiled, new)
-        self._taken_out = self._taken_out.switched(self.models, self.compiled, remap)
-        self.models = remap.table(self.models)
-        self._taken_out.bring_back(self.models, new, remap)
+        version = self.models.version  # as it is now: a watch may move it on (_continue_past)
+        self.compiled, self._earlier, self._remaps, self._taken_out, self.models = \
+            moved or self.remapped(catalog_text)
         self.models.version = version + 1
-        self.compiled, self.catalog_text, self.unconfirmed = new, catalog_text, False
-        self.ran.pop(new.version, None)
-        self.ran[new.version] = None
+        self.catalog_text, self.unconfirmed = catalog_text, False
+        self.ran.pop(self.compiled.version, None)
+        self.ran[self.compiled.version] = None
         while len(self.ran) > RAN_KEPT:
             del self.ran[next(iter(self.ran))]
         self.publishes.append((self.models.version, time.time()))
         self.announce()
         return self.models.version
+
+    def remapped(self, catalog_text: str) -> Remapped:
+        """This learner's tables moved to `catalog_text`, itself left as it is (switching.py)."""
+        return remapped(self.models, self.compiled, self._earlier, self._taken_out, catalog_text)
 
     def confirm(self) -> None:
         """The cluster runs this learner's text: merge, and answer the watches it held."""
@@ -342,9 +334,9 @@ class Learner:
 class LearnerActor:
     """Started by the controller as LEARNER_NAME. An async actor: each idle shard's watch
     holds one of Ray's 1,000 concurrent calls for up to LONG_POLL_S (one its shard gives up
-    on is cancelled here too: RayBackend.call's `poll`). A save to the store (about every
-    LEARNER_SAVE_S while the shards learn, or a switch's) holds the loop only to copy the
-    posterior and is written on a thread (posterior.py `Saves`, switching.py)."""
+    on is cancelled here too: RayBackend.call's `poll`). A save (about every LEARNER_SAVE_S
+    while the shards learn, or a switch's) holds the loop only to copy the posterior, written
+    on a thread (posterior.py `Saves`), as a switch's remap is made (switching.py)."""
 
     def __init__(self, catalog_text: str, store_url: str = "memory"):
         # unconfirmed: Ray restarts it with `catalog_text`, which may have been switched from
@@ -482,9 +474,17 @@ class LearnerActor:
         self._ready()
         return await self.switches.run(lambda: self._switched(catalog_text))
 
-    def _switched(self, catalog_text: str) -> tuple[int, Callable[[], None]]:
-        kept, took_up = self.learner.kept(), self._took_up
-        version = self.learner.switch(catalog_text)
+    async def _switched(self, catalog_text: str) -> tuple[int, Callable[[], None]]:
+        # remapped on a thread while the loop answers watches and `status`, which only read
+        # the tables, as a save does; nothing writes what the remap reads meanwhile: syncs and
+        # flushes wait for the switch (switching.py), no save is in flight, a second switch
+        # waits its turn, no posterior is taken up (it was read: `_ready`), confirm() and
+        # stand_down() write none of it, and a watch writes only the models' version
+        # (`_continue_past`), which the switch reads after
+        new = None if catalog_text == self.learner.catalog_text else \
+            await asyncio.to_thread(self.learner.remapped, catalog_text)
+        kept, took_up = self.learner.kept(), self._took_up  # now: a confirm() may have come
+        version = self.learner.switch(catalog_text, new)
         if not self._took_up and self.learner.merged == 0:
             # a fresh learner, on the catalog of a posterior an older release saved without
             # its text
