@@ -5,7 +5,9 @@ customer would make one time series per person.
 """
 from __future__ import annotations
 
+import math
 from collections import Counter as Tally
+from time import monotonic
 from typing import TYPE_CHECKING, Iterable
 
 from ray.util.metrics import Counter, Gauge, Histogram
@@ -16,6 +18,11 @@ if TYPE_CHECKING:
     from kairos.cluster.gateway.admission import Shedder
 
 LATENCY_BOUNDARIES_MS = [0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 25, 50, 100, 200, 500, 1000]
+# Ray (2.60, through OpenTelemetry) exports a process's gauge only if it was set since its last
+# export, one every metrics_report_interval_ms (10 s by default), and the node's metrics agent
+# drops a series not exported for two of them: a shard's gauges, set again only when a value
+# changed, are also set this often, so that an idle shard's stay in Prometheus.
+GAUGE_REFRESH_S = 5.0
 
 
 class ShardMetrics:
@@ -77,6 +84,8 @@ class ShardMetrics:
             "both learn from the profile as it is now, without context), nothing (impressions)",
             tag_keys=("shard", "learned_from"))
         self._sent: Tally = Tally()
+        self._gauged: tuple = ()  # the gauges' values as last set
+        self._gauged_at = -math.inf
 
     def observe_batch(self, kinds: Iterable[str], latency_ms: float) -> None:
         for kind in set(kinds):
@@ -90,7 +99,9 @@ class ShardMetrics:
     def flush(self, counts: Tally, by_channel: Tally, by_group: Tally, queue: int,
               resident: int, model_version: int, recovery_s: float, unsnapshotted: int
               ) -> None:
-        """Report what the tallies gained since the last flush."""
+        """Report what the tallies gained since the last flush, and the gauges when one
+        changed or GAUGE_REFRESH_S after they were last set: an idle shard's flush sends
+        nothing most of the time."""
         for name, metric in (("events", self.events), ("nba_changes", self.nba_changes),
                              ("passivations", self.passivations),
                              ("timers_fired", self.timers_fired), ("rejected", self.rejected),
@@ -107,11 +118,12 @@ class ShardMetrics:
             self._inc(self.decisions, ("channel", channel), n, {**self.tags, "channel": channel})
         for group, n in by_group.items():
             self._inc(self.chosen, ("group", group), n, {**self.tags, "group": group})
-        self.queue.set(queue, self.tags)
-        self.resident.set(resident, self.tags)
-        self.model_version.set(model_version, self.tags)
-        self.recovery_s.set(recovery_s, self.tags)
-        self.unsnapshotted.set(unsnapshotted, self.tags)
+        gauged, now = (queue, resident, model_version, recovery_s, unsnapshotted), monotonic()
+        if gauged != self._gauged or now - self._gauged_at >= GAUGE_REFRESH_S:
+            for gauge, value in zip((self.queue, self.resident, self.model_version,
+                                     self.recovery_s, self.unsnapshotted), gauged):
+                gauge.set(value, self.tags)
+            self._gauged, self._gauged_at = gauged, now
 
     def _inc(self, metric: Counter, key, total: int, tags: dict) -> None:
         gained = total - self._sent[key]

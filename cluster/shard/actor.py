@@ -172,7 +172,7 @@ class ShardActor:
 
     async def _sync_models(self) -> None:
         await self.models.run(lambda: self.host.shard and self.host.shard.engine,
-                              self.backend.learner)
+                              self.backend.learner, self.host.stirred)
 
     async def _probe_sinks(self) -> None:
         """Every PROBE_S, drop the watches of the sinks Gone (sinks.py)."""

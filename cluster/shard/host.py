@@ -56,8 +56,8 @@ from kairos.core.compiler import CompiledCatalog
 from kairos.cluster.evidence.records import DecisionPage, PageOutcomes
 from kairos.cluster.protocol import Busy, Reply, Unavailable
 from kairos.cluster.settings import (SESSION_START_S, SHARD_QUEUE_LIMIT, SHARD_ROUND_BYTES,
-                                     SHARD_ROUND_LIMIT, STORE_COUNT_S, TICK_S)
-from kairos.cluster.shard import decisionlog, ticks
+                                     SHARD_ROUND_LIMIT, TICK_S)
+from kairos.cluster.shard import decisionlog, storecount, ticks
 from kairos.cluster.shard.failures import close_dropped, close_unused, where_failed
 from kairos.cluster.shard.handoff import Moving
 from kairos.cluster.shard.refusals import EVERYTHING, Refusals
@@ -126,6 +126,8 @@ class ShardHost:
         self._wake = asyncio.Event()
         # set by each request and shard method: what it changed may be due at the next tick
         self._stirred = asyncio.Event()
+        self.stirs = 0  # request batches, shard methods and Shards served so far (`_stir`)
+        self._woken: asyncio.Event | None = None  # set at the next stir, while one waits
         self._served = asyncio.Event()  # set as a (re)built Shard starts serving
         self._loops: list[asyncio.Task] = []
         self._recovering: asyncio.Task | None = None  # retrying to build a Shard from the store
@@ -220,7 +222,7 @@ class ShardHost:
             await asyncio.get_running_loop().run_in_executor(self._pool, close_dropped, shard)
             return True
         self.shard, self.recovery = shard, recovery
-        self._stirred.set()  # its timers and snapshots are not those the tick loop waits for
+        self._stir()  # its timers and snapshots are not those the tick loop waits for
         self._served.set()
         self._settle()  # and a failed Shard is freed
         return True
@@ -296,7 +298,7 @@ class ShardHost:
         self._queue.extend(parts)
         self.queued += sum(len(part.requests) for part in parts)
         self._wake.set()
-        self._stirred.set()
+        self._stir()
         return await batch.future
 
     def _cost(self) -> RoundCost:
@@ -406,8 +408,24 @@ class ShardHost:
         changes recorded and not journaled (a bug half-way) also starts a rebuild, so the
         next round does not journal them; one that raises having changed nothing (bad
         input) leaves the Shard as it is."""
-        self._stirred.set()
+        self._stir()
         return await self._apply(method, *args)
+
+    def _stir(self) -> None:
+        """A request batch, shard method or Shard new to serving: what it changes may be due
+        at the next tick (ticks.py), write or delete homes (storecount.py), teach the models
+        or move their catalog or version (modelsync.py)."""
+        self.stirs += 1
+        self._stirred.set()
+        if self._woken is not None:
+            self._woken.set()
+            self._woken = None
+
+    async def stirred(self) -> None:
+        """Return at the next request batch, shard method or Shard new to serving."""
+        if self._woken is None:
+            self._woken = asyncio.Event()
+        await self._woken.wait()
 
     async def _apply(self, method: Callable[..., T], *args: Any) -> T:
         """`run`, without waking the tick loop (the tick's own)."""
@@ -474,26 +492,5 @@ class ShardHost:
                                            ticks.quiet_s(shard) - self._tick_s)
 
     async def _count_stored(self) -> None:
-        """Recount the customers with a home in the store, on a thread: a directory store
-        lists its folders, seconds for millions of customers, which the event loop (and every
-        request behind it) must not wait for. A store that cannot answer keeps the last
-        count: it is a statistic, and the data path reports the store's failures itself."""
-        loop = asyncio.get_running_loop()
-        counted, at = None, -math.inf
-        while True:
-            self._served.clear()
-            shard = self.shard
-            # a Shard new to serving (started, rebuilt) is counted at once, then every
-            # STORE_COUNT_S
-            if shard is not None and (shard is not counted or loop.time() - at >= STORE_COUNT_S):
-                counted, at = shard, loop.time()
-                try:
-                    shard.stored = await loop.run_in_executor(None, shard.store.count,
-                                                              list(shard.owned))
-                except Exception as exc:
-                    log.warning("%s: counting the store's customers failed: %s", self.name, exc)
-            # woken by the next Shard to serve, not polling for it
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._served.wait(), at + STORE_COUNT_S - loop.time()
-                                       if shard is not None and shard is counted else None)
-
+        await storecount.keep_counted(self.name, lambda: self.shard, self._served,
+                                      lambda: self.stirs)

@@ -12,9 +12,13 @@ of rows (PublishedRows) says the learner takes them. A
 shard that learned nothing waits for the next version in the learner's long poll (`watch`)
 instead: one at a time, asked again at the next interval once it ended, and at once when the
 engine's catalog or model version moved from the ones it waits with (a switch committed; a
-shard rebuilt from the store starts from the priors). A sync cancels it, since its answer is
-the latest version anyway (and a watch answered meanwhile would replace the models without
-the delta in flight). A sync that fails (Unavailable, also from a learner Ray restarted that
+shard rebuilt from the store starts from the priors). Meanwhile the loop sleeps until the watch
+ends or the host is stirred (a request batch, a shard method, a Shard new to serving: all that
+teaches the models or moves them), not every interval: an idle shard's loop wakes once a long
+poll (LONG_POLL_S), where it woke twice a second to find nothing learnt.
+A sync cancels the watch, since its answer is the latest version anyway (and a watch answered
+meanwhile would replace the models without the delta in flight).
+A sync that fails (Unavailable, also from a learner Ray restarted that
 was not yet told the cluster's catalog, which merges nothing and answers no watch until it is;
 StoreUnavailable while the learner has not read its saved posterior; both logged, throttled;
 any other error, logged) may still have merged: the call may have run late, or the learner
@@ -53,7 +57,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from kairos.core.engine import DecisionEngine
 from kairos.core.models import DeltaOrigin, ModelDelta
@@ -106,17 +110,32 @@ class ModelSync:
         self._preparing: asyncio.Task | None = None
 
     async def run(self, engine: Callable[[], DecisionEngine | None],
-                  learner: Callable[[], LearnerControl], interval_s: float = MODEL_SYNC_S
+                  learner: Callable[[], LearnerControl],
+                  stirred: Callable[[], Awaitable[None]], interval_s: float = MODEL_SYNC_S
                   ) -> None:
-        """Sync or watch every `interval_s` until cancelled; `engine()` is the engine in use
+        """Sync or watch every `interval_s` until cancelled, or, with nothing to send and a
+        watch waiting, once it ended or `stirred()` returned; `engine()` is the engine in use
         (None while the shard rebuilds)."""
         try:
             while True:
                 await asyncio.sleep(interval_s)
                 if engine() is not None:
                     await self.step(engine, learner, interval_s)
+                await self._idle(stirred)
         finally:
             self._stop_watching()
+
+    async def _idle(self, stirred: Callable[[], Awaitable[None]]) -> None:
+        """While a watch waits for the learner, wait for it to end or for `stirred` (a
+        request batch, a shard method, a Shard new to serving: only those teach the models
+        or move their catalog or version)."""
+        if self._watch is None or self._watch[0].done():  # a delta went: the next may be due
+            return
+        woken = asyncio.ensure_future(stirred())
+        try:
+            await asyncio.wait((self._watch[0], woken), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
 
     async def step(self, engine: Callable[[], DecisionEngine | None],
                    learner: Callable[[], LearnerControl], wait_s: float = MODEL_SYNC_S

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 
+from ray.util.metrics import Counter, Gauge
+
+from kairos.cluster import metrics
 from kairos.cluster.metrics import ShardMetrics
 from kairos.cluster.shard.context import LEARNED_COUNT
 
@@ -20,3 +23,39 @@ def test_outcomes_are_counted_by_what_they_taught_from():
         (2, {"shard": "s1", "learned_from": "decision"}),
         (1, {"shard": "s1", "learned_from": "profile_no_decision"}),
         (3, {"shard": "s1", "learned_from": "decision"})]
+
+
+GAUGES = ("queue", "resident", "model_version", "recovery_s", "unsnapshotted")
+
+
+def recorded(shard: ShardMetrics) -> ShardMetrics:
+    """Every counter and gauge of `shard` a Recorder."""
+    for name, metric in list(vars(shard).items()):
+        if isinstance(metric, (Counter, Gauge)):
+            setattr(shard, name, Recorder())
+    return shard
+
+
+def sent(shard: ShardMetrics) -> int:
+    return sum(len(m.calls) for m in vars(shard).values() if isinstance(m, Recorder))
+
+
+def test_a_flush_with_nothing_changed_sends_nothing_until_the_gauges_are_due(monkeypatch):
+    """An idle shard flushes every METRICS_FLUSH_S: only changes go to Ray, and the gauges
+    again every GAUGE_REFRESH_S (Ray drops a gauge not set between two of its exports)."""
+    now = [100.0]
+    monkeypatch.setattr(metrics, "monotonic", lambda: now[0])
+    shard = recorded(ShardMetrics("s1"))
+    values = (Tally({"events": 3}), Tally({"web": 2}), Tally(), 0, 5, 1, 0.5, 0)
+    shard.flush(*values)
+    assert sent(shard) == 2 + len(GAUGES)
+    now[0] += metrics.GAUGE_REFRESH_S / 2
+    shard.flush(*values)
+    assert sent(shard) == 2 + len(GAUGES)  # nothing changed: nothing sent
+    shard.flush(Tally({"events": 3}), Tally({"web": 2}), Tally(), 1, 5, 1, 0.5, 0)
+    assert [len(getattr(shard, g).calls) for g in GAUGES] == [2] * len(GAUGES)
+    now[0] += metrics.GAUGE_REFRESH_S
+    shard.flush(Tally({"events": 3}), Tally({"web": 2}), Tally(), 1, 5, 1, 0.5, 0)
+    assert [getattr(shard, g).calls[-1][0] for g in GAUGES] == [1, 5, 1, 0.5, 0]
+    assert [len(getattr(shard, g).calls) for g in GAUGES] == [3] * len(GAUGES)
+    assert len(shard.events.calls) == 1  # a counter that gained nothing sends nothing

@@ -141,7 +141,9 @@ def test_a_sync_replaces_the_watch_and_its_answer_keeps_the_shards_learning(comp
     s = shard_that_learned(compiled)
 
     async def main():
-        watching = sync.run(lambda: s.engine, lambda: counted, interval_s=0.01)
+        # nothing stirs this shard: it learnt before the loop began
+        watching = sync.run(lambda: s.engine, lambda: counted, asyncio.Event().wait,
+                            interval_s=0.01)
         task = asyncio.get_running_loop().create_task(watching)
         await asyncio.sleep(0.1)
         assert counted.calls[0] == "sync" and "watch" in counted.calls

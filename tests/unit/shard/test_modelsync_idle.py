@@ -1,0 +1,104 @@
+"""An idle shard's model sync (issue 17: idle CPU): with nothing learnt and a watch waiting on
+the learner, its loop sleeps until the watch ends or the host is stirred, not every
+MODEL_SYNC_S (twice a second before); what a request teaches still goes at the next interval,
+a version published meanwhile still arrives through the watch, one after another, and a
+Shard rebuilt from the store still catches up at once."""
+from __future__ import annotations
+
+import asyncio
+
+from kairos.cluster.shard.host import ShardHost
+from kairos.cluster.shard.modelsync import ModelSync
+from kairos.cluster.storage.memory_store import MemoryStore
+from kairos.cluster.storage.store import StoreUnavailable
+
+from tests.support.waiting import until
+
+from .test_learning_durable import accept
+from .test_modelsync import setting, shard_that_learned
+from .test_shard import N_PARTITIONS, T0
+from .test_shard_host import app_open
+
+INTERVAL_S = 0.01
+
+
+def run_syncing(compiled, test) -> None:
+    """`test(host, learner, counted, sync)` on a started host (every partition) whose model
+    sync runs as the shard actor runs it, every INTERVAL_S, once a watch waits."""
+    learner, counted, sync = setting(compiled)
+
+    async def main():
+        async def sync_models():
+            await sync.run(lambda: host.shard and host.shard.engine, lambda: counted,
+                           host.stirred, interval_s=INTERVAL_S)
+        host = ShardHost("s0", N_PARTITIONS, 0, MemoryStore, "fsync", tick_s=3600.0,
+                         jobs=(sync_models,))
+        await host.start(compiled, {p: 0 for p in range(N_PARTITIONS)}, [])
+        try:
+            await until(lambda: counted.calls == ["watch", "watch"], 5.0, "a watch waiting")
+            await test(host, learner, counted, sync)
+        finally:
+            host.stop()
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def steps_of(sync: ModelSync) -> list[None]:
+    """The sync's steps from now on, each noted as it starts."""
+    steps: list[None] = []
+    step = sync.step
+
+    async def counted_step(*args, **kwargs):
+        steps.append(None)
+        return await step(*args, **kwargs)
+    sync.step = counted_step
+    return steps
+
+
+def test_an_idle_shards_sync_loop_waits_on_its_watch_not_every_interval(compiled):
+    async def test(host, learner, counted, sync):
+        steps = steps_of(sync)
+        await asyncio.sleep(50 * INTERVAL_S)
+        assert steps == []  # 50 before: one an interval
+        assert counted.calls == ["watch", "watch"]
+
+    run_syncing(compiled, test)
+
+
+def test_what_a_request_teaches_goes_at_the_next_interval(compiled):
+    async def test(host, learner, counted, sync):
+        await host.handle("a", 0, [app_open("ana"), accept(T0 + 1)], [0, 0])
+        # not after the waiting watch's long poll (5 s here)
+        await until(lambda: learner.models.positives.sum() == 1, 1.0, "the outcome learnt")
+        assert "sync" in counted.calls
+
+    run_syncing(compiled, test)
+
+
+def test_versions_published_while_idle_arrive_one_after_another(compiled):
+    async def test(host, learner, counted, sync):
+        engine = host.shard.engine
+        for k in range(3):  # each answers the waiting watch, and the next watch waits
+            other = shard_that_learned(compiled, f"o{k}")
+            learner.sync(compiled.version, other.engine.models.take_delta(), learner.version)
+            await until(lambda: engine.models.version == learner.version, 1.0,
+                        f"publish {k} adopted")
+        assert engine.models.positives.sum() == 3
+
+    run_syncing(compiled, test)
+
+
+def test_a_shard_rebuilt_while_idle_catches_up_at_once(compiled):
+    async def test(host, learner, counted, sync):
+        other = shard_that_learned(compiled, "bo")
+        learner.sync(compiled.version, other.engine.models.take_delta(), learner.version)
+        await until(lambda: host.shard.engine.models.version == learner.version, 1.0,
+                    "the publish adopted")
+        await until(lambda: len(counted.calls) == 3, 1.0, "the next watch waiting")
+        failed = host.shard
+        host._fail(StoreUnavailable("the store went away"))
+        await until(lambda: host.shard not in (None, failed), 5.0, "the host to rebuild")
+        # from the priors: the watch waiting past the old Shard's version is replaced at once
+        await until(lambda: host.shard.engine.models.version == learner.version, 1.0,
+                    "the rebuilt shard caught up")
+
+    run_syncing(compiled, test)
