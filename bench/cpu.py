@@ -134,7 +134,7 @@ def _look(proc: psutil.Process, member: bool, seen: dict[Key, Seen]) -> None:
     with contextlib.suppress(psutil.Error), proc.oneshot():
         times = proc.cpu_times()
         seen[proc.pid, proc.create_time()] = Seen(
-            _process_name(proc.name()), times.user + times.system,
+            _process_name(proc.name(), proc.cmdline()), times.user + times.system,
             times.children_user + times.children_system, proc.ppid(), member)
 
 
@@ -227,10 +227,18 @@ def _on_create_time_clock(epoch: float) -> float:
     return psutil.boot_time() + since_boot - TICK_S
 
 
-def _process_name(title: str) -> str:
+def _process_name(title: str, cmdline: list[str]) -> str:
     """A Ray actor's process title names the method it is running (ray::ShardActor.stats):
-    the actor's class alone, so that a process keeps one name whatever it was doing."""
-    return title.split(".", 1)[0] if title.startswith("ray::") else title
+    the actor's class alone, so that a process keeps one name whatever it was doing. A Python
+    process running a script is named by it (Ray's head runs three, all "python": log_monitor.py,
+    dashboard.py, the autoscaler's monitor.py), so a report tells them apart."""
+    if title.startswith("ray::"):
+        return title.split(".", 1)[0]
+    if title.startswith("python"):
+        script = next((arg for arg in cmdline[1:] if not arg.startswith("-")), "")
+        if script.endswith(".py"):
+            return f"{title} {os.path.basename(script)}"
+    return title
 
 
 def server_cpu(generators: set[int], start: float, seconds: float,

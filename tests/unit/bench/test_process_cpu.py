@@ -231,3 +231,20 @@ def test_a_failed_sampler_fails_the_window_it_would_close():
     threading.Thread(target=wait, daemon=True).start()
     # a guard against the hang it tests for, not a timing: the first sample fails at once
     assert isinstance(raised.get(timeout=30), psutil.AccessDenied)
+
+
+def test_a_python_process_running_a_script_is_named_by_the_script(tmp_path):
+    """Ray's head runs three Python daemons (log_monitor.py, dashboard.py, monitor.py) that
+    were all "python" in a report; each is named by its script now."""
+    script = tmp_path / "log_monitor.py"
+    script.write_text(BLINK + "sys.stdin.read()\n")  # burns, then lives until stdin closes
+    child = subprocess.Popen([sys.executable, "-u", str(script), str(INSIDE_S)],
+                             stdin=subprocess.PIPE)
+    try:
+        cpu = ProcessCpu(lambda: [psutil.Process(child.pid)], time.time() + 0.1, 1.5)
+        by_name = cpu.window().by_process(1, 1.0)
+    finally:
+        child.stdin.close()
+        child.wait()
+    named = [name for name in by_name if name.endswith(" log_monitor.py")]
+    assert named and named[0].startswith("python"), by_name
