@@ -193,8 +193,7 @@ class Learner:
         return self._dropped(catalog_version)
 
     def _repeated(self, origin: DeltaOrigin) -> bool:
-        """Whether a delta was taken before (its shard sent it again after a sync that timed
-        out)."""
+        """Whether a delta was taken before (its shard sent it again after a sync timed out)."""
         last = self.sequences.get((origin.shard, origin.incarnation))
         if last is not None and origin.sequence <= last[0]:
             self.sequences[origin.shard, origin.incarnation] = (last[0], time.time())
@@ -242,7 +241,7 @@ class Learner:
             return self.models.version
         version = self.models.version  # as it is now: a watch may move it on (_continue_past)
         self.compiled, self._earlier, self._remaps, self._taken_out, self.models = \
-            moved or self.remapped(catalog_text)
+            (moved or self.remapped(catalog_text)).taken_up(self.models, catalog_text)
         self.models.version = version + 1
         self.catalog_text, self.unconfirmed = catalog_text, False
         self.ran.pop(self.compiled.version, None)
@@ -325,8 +324,8 @@ class Learner:
                 "unconfirmed": self.unconfirmed, "refused": self.refused,
                 "refused_unconfirmed": self.refused_unconfirmed,
                 "publishes": list(self.publishes), "calls": dict(self.calls),
-                "watching": self.watching, "dropped": dict(self.dropped),
-                "not_running": dict(self.not_running),
+                "watching": self.watching, "switching": self.unsaved_switch,
+                "dropped": dict(self.dropped), "not_running": dict(self.not_running),
                 "repeated": self.repeated, "senders": len(self.sequences)}
 
 
@@ -336,7 +335,9 @@ class LearnerActor:
     holds one of Ray's 1,000 concurrent calls for up to LONG_POLL_S (one its shard gives up
     on is cancelled here too: RayBackend.call's `poll`). A save (about every LEARNER_SAVE_S
     while the shards learn, or a switch's) holds the loop only to copy the posterior, written
-    on a thread (posterior.py `Saves`), as a switch's remap is made (switching.py)."""
+    on a thread (posterior.py `Saves`), as a switch's remap is made (switching.py), but for
+    one: a saved posterior of another catalog taken up at a call (`_ready`: the store did not
+    answer as the learner started) is remapped on the loop (posterior.py `restore_models`)."""
 
     def __init__(self, catalog_text: str, store_url: str = "memory"):
         # unconfirmed: Ray restarts it with `catalog_text`, which may have been switched from
@@ -429,7 +430,7 @@ class LearnerActor:
     async def flush(self) -> None:
         """Save the merges since the last save now (also runtime.stop's, before the kill,
         which warns of a failure raised here); a store that does not take it is logged."""
-        await self.switches.passed()  # else it could save a switch that is then put back
+        await self.switches.passed()  # not left to asyncio's order of callbacks (`passed`)
         await self.saves.idle()
         if self.learner.merged != self.saves.merges:
             await self.saves.save(self.learner)
@@ -466,8 +467,7 @@ class LearnerActor:
     async def switch(self, catalog_text: str) -> int:
         """Run this catalog from now on; the model version. StoreUnavailable, the learner
         left as it was, if the switch could not be saved: restarted, the learner would come
-        back on the saved catalog, behind the shards the controller switched. Saved on a
-        thread, syncs waiting for it (switching.py)."""
+        back on the saved catalog, behind the shards the controller switched (switching.py)."""
         # compiled on a thread, before the switch finds it compiled (compiled_from_text keeps
         # the last texts): a large catalog takes seconds, and this loop serves every watch
         await asyncio.to_thread(compiled_from_text, catalog_text)

@@ -136,7 +136,8 @@ class Saves:
     and watches). One asked for while another is written is taken as soon as that write
     ends. A save whose failure its caller must hear (`save_now`: a switch's, which a failure
     undoes) waits for the one in flight first (`idle`), so an older one never lands after
-    it."""
+    it; one asked for while it is written is not taken if it fails, as its caller is about to
+    put the learner back (the next save writes it as it is then)."""
 
     def __init__(self, store: Any, key: str) -> None:
         self.store, self.key = store, key
@@ -180,10 +181,10 @@ class Saves:
                      waited: bool, heard: bool) -> None:
         """`waited`: whether a caller waits for it, which takes its failure (else logged);
         `heard`: StoreUnavailable too (else logged)."""
-        cancelled = False
+        cancelled = written = False
         try:
             await asyncio.to_thread(lambda: self.store.put_meta(self.key, b"".join(parts)))
-            self.saved_at, self.merges = taken_at, merges
+            self.saved_at, self.merges, written = taken_at, merges, True
         except StoreUnavailable as exc:
             if heard:
                 raise
@@ -197,8 +198,10 @@ class Saves:
             log.exception("learner: saving the posterior failed")
         finally:
             self._writing, asked, self._asked = None, self._asked, None
-            # the loop shutting down cancels it: nothing more is started then
-            if asked is not None and not cancelled and asked.merged != self.merges:
+            # the loop shutting down cancels it: nothing more is started then; nor after a
+            # heard write failed: its caller puts back the learner that was asked
+            if asked is not None and not cancelled and (written or not heard) \
+                    and asked.merged != self.merges:
                 self._write_from(asked, waited=False)
 
     async def save_now(self, learner: Any) -> None:

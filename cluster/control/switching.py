@@ -6,23 +6,31 @@ copy: posterior.py `saved_parts`; a loaded 2-core machine), more over a network.
 
 A switch answers only once it is saved, and one the store does not take is put back, so
 nothing may build on it while it is written: a sync or a flush then waits for it to answer
-(`passed`), no watch is answered with it (Learner.hold_watches), and the next switch waits its
-turn. Syncs wait rather than merge into the switched tables: put back, those merges (and the
-deltas' sequences, which go back with the rest) would be lost unless redone from a record of
-them that nothing else needs, where waiting holds a sync for the save in flight when the
-switch came (a thread's) and the switch's own, for which a save on the loop held every call.
+(`passed`), no watch is answered with it (Learner.hold_watches; `status` shows `switching`),
+and the next switch waits its turn. Syncs wait rather than merge into the switched tables: put
+back, those merges (and the deltas' sequences, which go back with the rest) would be lost
+unless redone from a record of them that nothing else needs. So a sync that comes once a
+switch is sent waits for: the switches queued before it, each in turn; the save in flight when
+the switch's turn came (a thread's) and the one asked for while it was written (`Saves.idle`);
+the remap; and the switch's own save. Syncs are held from the switch's turn on, so also while
+it waits for that save in flight (a switch saved on the loop held every call throughout).
 
 The switch's remap of the models (`remapped`: mostly inverting precisions) runs on a thread too:
 on the loop, it held every call 0.11-0.38 s at 900 models and 0.59-2.7 s at 4,500 (32
 coefficients each; a probe, loaded 2-core machine). On a thread, the loop's longest hold in a
-switch is 1-28 ms and 18-197 ms (mostly the save's copy), and the switch takes about as long
-(up to twice as long while the loop is kept busy: they share the GIL). The remap reads the
-learner's tables while the loop answers watches and `status`, so nothing may change them
-meanwhile: learner.py `LearnerActor._switched` says why nothing does. The learner takes the
-result up on the loop (Learner.switch)."""
+switch is 1-28 ms and 18-197 ms: with the loop idle, the save's copy (about 22 ms at 4,500
+models); with it kept busy, waits for the GIL, which the remap holds: each time the loop wakes
+it may wait up to the interpreter's switch interval (`sys.getswitchinterval()`, 5 ms) for it.
+The remap and the loop share the GIL, so a switch takes about as long with the loop idle and
+longer with it kept busy (medians 2.6x at 900 models, 157 -> 412 ms, and 1.6x at 4,500, 1,280
+-> 2,033 ms; the probe's), and syncs wait as much longer. The remap reads the learner's tables
+while the loop answers watches and `status`, so nothing may change them meanwhile: learner.py
+`LearnerActor._switched` says why nothing does, and the learner takes the result up on the loop
+only if it was made of the tables it runs, for the text it switches to (`Remapped.taken_up`)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, Awaitable, Callable, NamedTuple
 
 from kairos.core.compiler import CompiledCatalog, compiled_from_text
@@ -30,6 +38,8 @@ from kairos.core.models import ModelRemap, ModelTable, TakenOut
 
 from kairos.cluster.control.posterior import Saves
 from kairos.cluster.storage.store import StoreInUse, StoreUnavailable
+
+log = logging.getLogger("kairos.learner")
 
 # the catalog versions before the running one whose deltas are carried over: a shard runs the
 # previous one while a switch commits, and a lagging one may be a few behind
@@ -47,14 +57,25 @@ class Remapped(NamedTuple):
     remaps: dict[str, ModelRemap]  # from each of those to it
     taken_out: TakenOut
     models: ModelTable  # its version is the learner's to set
+    source: ModelTable  # the learner's tables it was made of
+    text: str  # the catalog text it was made for
+
+    def taken_up(self, models: ModelTable, catalog_text: str) -> tuple:
+        """What Learner.switch takes up (the fields before `source`), if made of `models` for
+        `catalog_text`; else RuntimeError: something changed the tables while they were
+        remapped (on a thread), and taken up, the switch would lose it."""
+        if self.source is not models or self.text != catalog_text:
+            raise RuntimeError("the learner's tables changed while a switch remapped them")
+        return self[:5]
 
 
 def remapped(models: ModelTable, compiled: CompiledCatalog,
              earlier: dict[str, CompiledCatalog], taken_out: TakenOut,
              catalog_text: str) -> Remapped:
     """A learner's `models`, of `compiled`, moved to `catalog_text`'s catalog, with its
-    `earlier` catalogs and `taken_out` models: new objects, its own read and left as they are
-    (a thread may run it while the loop publishes them)."""
+    `earlier` catalogs and `taken_out` models: new objects, its own read and left as they are.
+    A thread may run it while the loop publishes them, and a switch whose save fails is put
+    back to what the learner `kept` after it: changed here in place, they would stay changed."""
     new = compiled_from_text(catalog_text)
     earlier = {version: old for version, old in earlier.items() if version != new.version}
     if new.version != compiled.version:  # else its deltas are the new text's
@@ -68,17 +89,24 @@ def remapped(models: ModelTable, compiled: CompiledCatalog,
     taken_out = taken_out.switched(models, compiled, remap)
     table = remap.table(models)
     taken_out.bring_back(table, new, remap)
-    return Remapped(new, earlier, remaps, taken_out, table)
+    return Remapped(new, earlier, remaps, taken_out, table, models, catalog_text)
 
 
 class Switches:
+    """A learner's switches (`run`), one at a time, and what waits for them (`passed`): each
+    remapped, taken up and saved in its turn, and put back if the store does not take it."""
+
     def __init__(self, learner: Any, saves: Saves) -> None:
         self.learner, self.saves = learner, saves
         self._turn = asyncio.Lock()  # held by the switch in flight; the next ones queue on it
+        # switches run to their end whether or not their caller waits (`run`): kept until then
+        self._running: set[asyncio.Task] = set()
 
     async def passed(self) -> None:
         """Once no switch is in flight (at once if none): a merge or a save then finds the
-        catalog it left, saved or put back."""
+        catalog it left, saved or put back. A flush waits here too: the wait for the saves it
+        makes after (`Saves.idle`) would alone have it come after a failed switch's put_back,
+        but only by the order asyncio runs callbacks in (the switch waits on its save first)."""
         if self._turn.locked():
             async with self._turn:
                 pass
@@ -88,7 +116,8 @@ class Switches:
         on: its remap on a thread too), then saved (waited for); if the store does not take
         it, put back, and StoreUnavailable or StoreInUse raised. Carried to its end should its
         caller be cancelled (RayBackend cancels only long polls, but a ray.cancel would): a
-        failed save must still put the learner back, and merges wait until it does."""
+        failed save must still put the learner back, and merges wait until it does; its
+        failure is then logged, as nobody else hears it."""
         async def in_turn() -> int:
             async with self._turn:
                 await self.saves.idle()  # no save in flight lands after this switch's
@@ -102,4 +131,16 @@ class Switches:
                 finally:
                     self.learner.hold_watches(False)
                 return version
-        return await asyncio.shield(asyncio.get_running_loop().create_task(in_turn()))
+        running = asyncio.get_running_loop().create_task(in_turn())
+        caller = asyncio.shield(running)
+        self._running.add(running)
+        running.add_done_callback(lambda task: self._ended(task, caller))
+        return await caller
+
+    def _ended(self, task: asyncio.Task, caller: asyncio.Future) -> None:
+        self._running.discard(task)
+        failed = None if task.cancelled() else task.exception()  # retrieved, whoever waits
+        if failed is not None and caller.cancelled():
+            log.warning("learner: a switch whose caller gave up failed (%s: %s); the learner "
+                        "runs catalog %s", type(failed).__name__, failed,
+                        self.learner.compiled.version)
