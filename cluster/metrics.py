@@ -10,6 +10,7 @@ from collections import Counter as Tally
 from time import monotonic
 from typing import TYPE_CHECKING, Iterable
 
+import ray
 from ray.util.metrics import Counter, Gauge, Histogram
 
 from kairos.cluster.shard.context import LEARNED_COUNT
@@ -18,11 +19,15 @@ if TYPE_CHECKING:
     from kairos.cluster.gateway.admission import Shedder
 
 LATENCY_BOUNDARIES_MS = [0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 25, 50, 100, 200, 500, 1000]
-# Ray (2.60, through OpenTelemetry) exports a process's gauge only if it was set since its last
-# export, one every metrics_report_interval_ms (10 s by default), and the node's metrics agent
-# drops a series not exported for two of them: a shard's gauges, set again only when a value
-# changed, are also set this often, so that an idle shard's stay in Prometheus.
-GAUGE_REFRESH_S = 5.0
+
+
+def gauge_refresh_s(report_interval_ms: float) -> float:
+    """How often a shard sets its gauges that did not change: half Ray's export interval.
+    Ray (2.60, through OpenTelemetry) exports a process's gauge only if it was set since its
+    last export, one every metrics_report_interval_ms (10 s by default, at least 1 s), and the
+    node's metrics agent drops a series not exported for two of them: set this often (in
+    practice at the next flush, METRICS_FLUSH_S), an idle shard's gauges stay in Prometheus."""
+    return max(report_interval_ms, 1000.0) / 2000.0
 
 
 class ShardMetrics:
@@ -84,7 +89,10 @@ class ShardMetrics:
             "both learn from the profile as it is now, without context), nothing (impressions)",
             tag_keys=("shard", "learned_from"))
         self._sent: Tally = Tally()
-        self._gauged: tuple = ()  # the gauges' values as last set
+        self._gauged: tuple[float, ...] = ()  # the gauges' values as last set
+        # Ray's setting as the cluster runs it (`ray.init`'s _system_config, or the
+        # RAY_metrics_report_interval_ms variable): a worker reads the cluster's
+        self._refresh_s = gauge_refresh_s(ray._config.metrics_report_interval_ms())
         self._gauged_at = -math.inf
 
     def observe_batch(self, kinds: Iterable[str], latency_ms: float) -> None:
@@ -100,7 +108,7 @@ class ShardMetrics:
               resident: int, model_version: int, recovery_s: float, unsnapshotted: int
               ) -> None:
         """Report what the tallies gained since the last flush, and the gauges when one
-        changed or GAUGE_REFRESH_S after they were last set: an idle shard's flush sends
+        changed or `gauge_refresh_s` after they were last set: an idle shard's flush sends
         nothing most of the time."""
         for name, metric in (("events", self.events), ("nba_changes", self.nba_changes),
                              ("passivations", self.passivations),
@@ -119,7 +127,7 @@ class ShardMetrics:
         for group, n in by_group.items():
             self._inc(self.chosen, ("group", group), n, {**self.tags, "group": group})
         gauged, now = (queue, resident, model_version, recovery_s, unsnapshotted), monotonic()
-        if gauged != self._gauged or now - self._gauged_at >= GAUGE_REFRESH_S:
+        if gauged != self._gauged or now - self._gauged_at >= self._refresh_s:
             for gauge, value in zip((self.queue, self.resident, self.model_version,
                                      self.recovery_s, self.unsnapshotted), gauged):
                 gauge.set(value, self.tags)

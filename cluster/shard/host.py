@@ -127,7 +127,7 @@ class ShardHost:
         # set by each request and shard method: what it changed may be due at the next tick
         self._stirred = asyncio.Event()
         self.stirs = 0  # request batches, shard methods and Shards served so far (`_stir`)
-        self._woken: asyncio.Event | None = None  # set at the next stir, while one waits
+        self._woken: asyncio.Event | None = None  # `stirred`'s, while one waits
         self._served = asyncio.Event()  # set as a (re)built Shard starts serving
         self._loops: list[asyncio.Task] = []
         self._recovering: asyncio.Task | None = None  # retrying to build a Shard from the store
@@ -368,6 +368,7 @@ class ShardHost:
 
     def _answer_synced(self, shard: Shard, round_: list[Batch], replies: list[Reply],
                        pushes: list[Push], synced: asyncio.Future) -> None:
+        self._rouse()  # what the round taught is durable: the model sync may take it now
         if synced.exception() is not None:  # none of it was acknowledged
             exc = StoreUnavailable(f"{self.name}: journal: {synced.exception()}")
             if self.shard is shard:
@@ -417,15 +418,18 @@ class ShardHost:
         or move their catalog or version (modelsync.py)."""
         self.stirs += 1
         self._stirred.set()
+        self._rouse()
+
+    def _rouse(self) -> None:
         if self._woken is not None:
             self._woken.set()
             self._woken = None
 
-    async def stirred(self) -> None:
-        """Return at the next request batch, shard method or Shard new to serving."""
+    def stirred(self) -> asyncio.Event:
+        """An event the next stir or round's journal sync sets (model sync: before a step)."""
         if self._woken is None:
             self._woken = asyncio.Event()
-        await self._woken.wait()
+        return self._woken
 
     async def _apply(self, method: Callable[..., T], *args: Any) -> T:
         """`run`, without waking the tick loop (the tick's own)."""

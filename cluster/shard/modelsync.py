@@ -13,9 +13,12 @@ shard that learned nothing waits for the next version in the learner's long poll
 instead: one at a time, asked again at the next interval once it ended, and at once when the
 engine's catalog or model version moved from the ones it waits with (a switch committed; a
 shard rebuilt from the store starts from the priors). Meanwhile the loop sleeps until the watch
-ends or the host is stirred (a request batch, a shard method, a Shard new to serving: all that
-teaches the models or moves them), not every interval: an idle shard's loop wakes once a long
-poll (LONG_POLL_S), where it woke twice a second to find nothing learnt.
+ends, the host is stirred (a request batch, a shard method, a Shard new to serving: all that
+teaches the models or moves them) or a round's journal sync ends (what it taught can go now),
+not every interval: an idle shard's loop wakes once a long poll (LONG_POLL_S), where it woke
+twice a second to find nothing learnt. What wakes it is kept from before each interval's
+sleep, so one that comes while the loop sleeps or steps (the round it announces may be applied
+or made durable after the step took) ends the wait at once.
 A sync cancels the watch, since its answer is the latest version anyway (and a watch answered
 meanwhile would replace the models without the delta in flight).
 A sync that fails (Unavailable, also from a learner Ray restarted that
@@ -57,7 +60,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 from kairos.core.engine import DecisionEngine
 from kairos.core.models import DeltaOrigin, ModelDelta
@@ -111,31 +114,35 @@ class ModelSync:
 
     async def run(self, engine: Callable[[], DecisionEngine | None],
                   learner: Callable[[], LearnerControl],
-                  stirred: Callable[[], Awaitable[None]], interval_s: float = MODEL_SYNC_S
+                  stirred: Callable[[], asyncio.Event], interval_s: float = MODEL_SYNC_S
                   ) -> None:
         """Sync or watch every `interval_s` until cancelled, or, with nothing to send and a
-        watch waiting, once it ended or `stirred()` returned; `engine()` is the engine in use
-        (None while the shard rebuilds)."""
+        watch waiting, once it ended or the event `stirred()` gave before the interval was
+        set; `engine()` is the engine in use (None while the shard rebuilds)."""
         try:
             while True:
+                # asked before the interval: what stirs the host during it or the step ends
+                # the wait below (what it taught may come after the step took)
+                woken = stirred()
                 await asyncio.sleep(interval_s)
                 if engine() is not None:
                     await self.step(engine, learner, interval_s)
-                await self._idle(stirred)
+                await self._idle(woken)
         finally:
             self._stop_watching()
 
-    async def _idle(self, stirred: Callable[[], Awaitable[None]]) -> None:
-        """While a watch waits for the learner, wait for it to end or for `stirred` (a
-        request batch, a shard method, a Shard new to serving: only those teach the models
-        or move their catalog or version)."""
+    async def _idle(self, woken: asyncio.Event) -> None:
+        """While a watch waits for the learner, wait for it to end or for `woken` (set by a
+        request batch, a shard method, a Shard new to serving: only those teach the models or
+        move their catalog or version; and by a round's journal sync, after which a step
+        takes what the round taught)."""
         if self._watch is None or self._watch[0].done():  # a delta went: the next may be due
             return
-        woken = asyncio.ensure_future(stirred())
+        waiting = asyncio.ensure_future(woken.wait())
         try:
-            await asyncio.wait((self._watch[0], woken), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((self._watch[0], waiting), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            woken.cancel()
+            waiting.cancel()
 
     async def step(self, engine: Callable[[], DecisionEngine | None],
                    learner: Callable[[], LearnerControl], wait_s: float = MODEL_SYNC_S
@@ -205,8 +212,11 @@ class ModelSync:
         reached = asyncio.get_running_loop().create_future()
         engine.models.when_synced(lambda: reached.done() or reached.set_result(None))
         try:
-            await asyncio.wait_for(reached, wait_s)
-        except asyncio.TimeoutError:
+            # not wait_for: Python 3.11's returns, swallowing a cancel (the loop's stop), when
+            # `reached` is resolved as the cancel comes
+            async with asyncio.timeout(wait_s):
+                await reached
+        except TimeoutError:
             pass  # a slow disk, or the shard failed: what a sync covered goes all the same
 
     async def _watched(self, engine: Callable[[], DecisionEngine | None],

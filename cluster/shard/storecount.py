@@ -25,11 +25,10 @@ import logging
 import math
 from typing import Callable
 
-from kairos.cluster.settings import STORE_COUNT_S
+from kairos.cluster.settings import STORE_COUNT_S, STORE_RECOUNT_S
 from kairos.cluster.shard.shard import Shard
 
 log = logging.getLogger("kairos.shard")
-STORE_RECOUNT_S = 300.0  # a count of an idle shard's store, whose homes the shard left alone
 
 
 def mark(shard: Shard, stirs: int) -> tuple[int, int, int]:

@@ -1,7 +1,12 @@
 """What a shard's tallies become as metrics."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections import Counter as Tally
+
+import pytest
 
 from ray.util.metrics import Counter, Gauge
 
@@ -42,20 +47,35 @@ def sent(shard: ShardMetrics) -> int:
 
 def test_a_flush_with_nothing_changed_sends_nothing_until_the_gauges_are_due(monkeypatch):
     """An idle shard flushes every METRICS_FLUSH_S: only changes go to Ray, and the gauges
-    again every GAUGE_REFRESH_S (Ray drops a gauge not set between two of its exports)."""
+    again every `gauge_refresh_s` (Ray drops a gauge not set between two of its exports)."""
     now = [100.0]
     monkeypatch.setattr(metrics, "monotonic", lambda: now[0])
     shard = recorded(ShardMetrics("s1"))
     values = (Tally({"events": 3}), Tally({"web": 2}), Tally(), 0, 5, 1, 0.5, 0)
     shard.flush(*values)
     assert sent(shard) == 2 + len(GAUGES)
-    now[0] += metrics.GAUGE_REFRESH_S / 2
+    now[0] += shard._refresh_s / 2
     shard.flush(*values)
     assert sent(shard) == 2 + len(GAUGES)  # nothing changed: nothing sent
     shard.flush(Tally({"events": 3}), Tally({"web": 2}), Tally(), 1, 5, 1, 0.5, 0)
     assert [len(getattr(shard, g).calls) for g in GAUGES] == [2] * len(GAUGES)
-    now[0] += metrics.GAUGE_REFRESH_S
+    now[0] += shard._refresh_s
     shard.flush(Tally({"events": 3}), Tally({"web": 2}), Tally(), 1, 5, 1, 0.5, 0)
     assert [getattr(shard, g).calls[-1][0] for g in GAUGES] == [1, 5, 1, 0.5, 0]
     assert [len(getattr(shard, g).calls) for g in GAUGES] == [3] * len(GAUGES)
     assert len(shard.events.calls) == 1  # a counter that gained nothing sends nothing
+
+
+@pytest.mark.parametrize("interval_ms, refresh_s", [(10_000, 5.0), (3_000, 1.5), (60_000, 30.0),
+                                                    (200, 0.5)])
+def test_the_gauges_refresh_at_half_rays_export_interval_as_the_process_reads_it(
+        interval_ms, refresh_s):
+    """However the cluster sets metrics_report_interval_ms (Ray exports at least every 1 s),
+    a shard sets its gauges at least twice an export, so none goes unexported for two."""
+    assert metrics.gauge_refresh_s(interval_ms) == refresh_s
+    shown = subprocess.run(
+        [sys.executable, "-c", "from kairos.cluster.metrics import ShardMetrics; "
+                               "print(ShardMetrics('s1')._refresh_s)"],
+        env={**os.environ, "RAY_metrics_report_interval_ms": str(interval_ms)},
+        capture_output=True, text=True, check=True, timeout=120).stdout
+    assert float(shown) == refresh_s

@@ -142,7 +142,7 @@ def test_a_sync_replaces_the_watch_and_its_answer_keeps_the_shards_learning(comp
 
     async def main():
         # nothing stirs this shard: it learnt before the loop began
-        watching = sync.run(lambda: s.engine, lambda: counted, asyncio.Event().wait,
+        watching = sync.run(lambda: s.engine, lambda: counted, asyncio.Event,
                             interval_s=0.01)
         task = asyncio.get_running_loop().create_task(watching)
         await asyncio.sleep(0.1)
@@ -153,6 +153,31 @@ def test_a_sync_replaces_the_watch_and_its_answer_keeps_the_shards_learning(comp
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         assert sync._watch is None  # no long poll outlives the loop
+    asyncio.run(main())
+
+
+def test_a_loop_cancelled_as_the_sync_it_waits_for_ends_stops(compiled, monkeypatch):
+    """The host stops the loop (cancels it) in the same turn of the event loop as the journal
+    sync that `step` waits for ends: the loop ends, it does not take the sync and go on."""
+    learner, counted, sync = setting(compiled)
+    s = shard_that_learned(compiled)
+    waiting: list = []
+    monkeypatch.setattr(s.engine.models, "when_synced", waiting.append)
+
+    async def main():
+        task = asyncio.get_running_loop().create_task(
+            sync.run(lambda: s.engine, lambda: counted, asyncio.Event, interval_s=0.01))
+        for _ in range(100):
+            if waiting:
+                break
+            await asyncio.sleep(0.01)
+        waiting[0]()  # the sync ended
+        task.cancel()  # the host stops
+        await asyncio.wait([task], timeout=1.0)
+        stopped = task.cancelled()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert stopped and counted.calls == []
     asyncio.run(main())
 
 

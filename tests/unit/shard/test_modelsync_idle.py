@@ -1,14 +1,17 @@
 """An idle shard's model sync (issue 17: idle CPU): with nothing learnt and a watch waiting on
 the learner, its loop sleeps until the watch ends or the host is stirred, not every
 MODEL_SYNC_S (twice a second before); what a request teaches still goes at the next interval,
-a version published meanwhile still arrives through the watch, one after another, and a
-Shard rebuilt from the store still catches up at once."""
+also when the journal's sync makes it durable only later, or the request comes as the loop
+steps; a version published meanwhile still arrives through the watch, one after another, and
+a Shard rebuilt from the store still catches up at once."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 from kairos.cluster.shard.host import ShardHost
 from kairos.cluster.shard.modelsync import ModelSync
+from kairos.cluster.storage.directory_store import DirectoryStore
 from kairos.cluster.storage.memory_store import MemoryStore
 from kairos.cluster.storage.store import StoreUnavailable
 
@@ -22,7 +25,7 @@ from .test_shard_host import app_open
 INTERVAL_S = 0.01
 
 
-def run_syncing(compiled, test) -> None:
+def run_syncing(compiled, test, open_store=MemoryStore) -> None:
     """`test(host, learner, counted, sync)` on a started host (every partition) whose model
     sync runs as the shard actor runs it, every INTERVAL_S, once a watch waits."""
     learner, counted, sync = setting(compiled)
@@ -31,7 +34,7 @@ def run_syncing(compiled, test) -> None:
         async def sync_models():
             await sync.run(lambda: host.shard and host.shard.engine, lambda: counted,
                            host.stirred, interval_s=INTERVAL_S)
-        host = ShardHost("s0", N_PARTITIONS, 0, MemoryStore, "fsync", tick_s=3600.0,
+        host = ShardHost("s0", N_PARTITIONS, 0, open_store, "fsync", tick_s=3600.0,
                          jobs=(sync_models,))
         await host.start(compiled, {p: 0 for p in range(N_PARTITIONS)}, [])
         try:
@@ -70,6 +73,46 @@ def test_what_a_request_teaches_goes_at_the_next_interval(compiled):
         # not after the waiting watch's long poll (5 s here)
         await until(lambda: learner.models.positives.sum() == 1, 1.0, "the outcome learnt")
         assert "sync" in counted.calls
+
+    run_syncing(compiled, test)
+
+
+def test_what_a_request_teaches_goes_once_a_slow_journal_sync_made_it_durable(compiled,
+                                                                              tmp_path):
+    """A journal whose sync takes ten intervals (a slow or busy disk): the request's stir
+    wakes the loop, whose steps find nothing a sync covered yet; the sync's end wakes it
+    again (the in-memory journal of the tests above never waits for a sync)."""
+    async def test(host, learner, counted, sync):
+        journal = host.shard.journal
+        synced = journal.sync
+
+        def slow_sync():
+            time.sleep(10 * INTERVAL_S)
+            synced()
+        journal.sync = slow_sync
+        await host.handle("a", 0, [app_open("ana"), accept(T0 + 1)], [0, 0])
+        # not after the waiting watch's long poll (5 s here)
+        await until(lambda: learner.models.positives.sum() == 1, 1.0, "the outcome learnt")
+
+    run_syncing(compiled, test, lambda: DirectoryStore(tmp_path))
+
+
+def test_what_a_request_teaches_goes_when_it_comes_as_the_loop_steps(compiled):
+    """A request whose stir comes after the loop's step took, before it waits again (a client
+    whose requests are about an interval apart lands there)."""
+    async def test(host, learner, counted, sync):
+        step, requested = sync.step, []
+
+        async def step_then_request(*args, **kwargs):
+            await step(*args, **kwargs)
+            if not requested:
+                requested.append(asyncio.get_running_loop().create_task(
+                    host.handle("a", 0, [app_open("ana"), accept(T0 + 1)], [0, 0])))
+        sync.step = step_then_request
+        sync._watch[0].cancel()  # the loop steps at the next interval
+        await until(lambda: requested, 1.0, "the step")
+        await until(lambda: learner.models.positives.sum() == 1, 1.0, "the outcome learnt")
+        await requested[0]
 
     run_syncing(compiled, test)
 
