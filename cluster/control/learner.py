@@ -241,7 +241,7 @@ class Learner:
             return self.models.version
         version = self.models.version  # as it is now: a watch may move it on (_continue_past)
         self.compiled, self._earlier, self._remaps, self._taken_out, self.models = \
-            (moved or self.remapped(catalog_text)).taken_up(self.models, catalog_text)
+            (moved or self.remapped(catalog_text)).taken_up(self.models, self.merged, catalog_text)
         self.models.version = version + 1
         self.catalog_text, self.unconfirmed = catalog_text, False
         self.ran.pop(self.compiled.version, None)
@@ -254,7 +254,8 @@ class Learner:
 
     def remapped(self, catalog_text: str) -> Remapped:
         """This learner's tables moved to `catalog_text`, itself left as it is (switching.py)."""
-        return remapped(self.models, self.compiled, self._earlier, self._taken_out, catalog_text)
+        return remapped(self.models, self.merged, self.compiled, self._earlier, self._taken_out,
+                        catalog_text)
 
     def confirm(self) -> None:
         """The cluster runs this learner's text: merge, and answer the watches it held."""
@@ -486,8 +487,7 @@ class LearnerActor:
         kept, took_up = self.learner.kept(), self._took_up  # now: a confirm() may have come
         version = self.learner.switch(catalog_text, new)
         if not self._took_up and self.learner.merged == 0:
-            # a fresh learner, on the catalog of a posterior an older release saved without
-            # its text
+            # a fresh learner, on the catalog of a posterior an older release saved without its text
             self._restore()
             self.learner.announce()
 

@@ -136,8 +136,9 @@ class Saves:
     and watches). One asked for while another is written is taken as soon as that write
     ends. A save whose failure its caller must hear (`save_now`: a switch's, which a failure
     undoes) waits for the one in flight first (`idle`), so an older one never lands after
-    it; one asked for while it is written is not taken if it fails, as its caller is about to
-    put the learner back (the next save writes it as it is then)."""
+    it; one asked for while it is written is not taken if it fails: its caller puts the learner
+    back if the store did not take it, and only raises any other (either way, the next save
+    writes the learner as it is then)."""
 
     def __init__(self, store: Any, key: str) -> None:
         self.store, self.key = store, key
@@ -199,7 +200,9 @@ class Saves:
         finally:
             self._writing, asked, self._asked = None, self._asked, None
             # the loop shutting down cancels it: nothing more is started then; nor after a
-            # heard write failed: its caller puts back the learner that was asked
+            # heard write (save_now's: a switch's) failed: on StoreUnavailable its caller puts
+            # the learner asked back, which this write would save switched; any other failure
+            # (a bug) is raised to it, not put back; either way the next save writes it
             if asked is not None and not cancelled and (written or not heard) \
                     and asked.merged != self.merges:
                 self._write_from(asked, waited=False)

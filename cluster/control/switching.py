@@ -26,7 +26,8 @@ longer with it kept busy (medians 2.6x at 900 models, 157 -> 412 ms, and 1.6x at
 -> 2,033 ms; the probe's), and syncs wait as much longer. The remap reads the learner's tables
 while the loop answers watches and `status`, so nothing may change them meanwhile: learner.py
 `LearnerActor._switched` says why nothing does, and the learner takes the result up on the loop
-only if it was made of the tables it runs, for the text it switches to (`Remapped.taken_up`)."""
+only if it was made of the tables it runs with no merge into them since, for the text it
+switches to (`Remapped.taken_up`)."""
 from __future__ import annotations
 
 import asyncio
@@ -58,24 +59,30 @@ class Remapped(NamedTuple):
     taken_out: TakenOut
     models: ModelTable  # its version is the learner's to set
     source: ModelTable  # the learner's tables it was made of
+    merged: int  # the learner's count of merges as it began (Learner.merged)
     text: str  # the catalog text it was made for
 
-    def taken_up(self, models: ModelTable, catalog_text: str) -> tuple:
-        """What Learner.switch takes up (the fields before `source`), if made of `models` for
-        `catalog_text`; else RuntimeError: something changed the tables while they were
-        remapped (on a thread), and taken up, the switch would lose it."""
-        if self.source is not models or self.text != catalog_text:
+    def taken_up(self, models: ModelTable, merged: int, catalog_text: str) -> tuple:
+        """What Learner.switch takes up (the fields before `source`), if made of the table
+        object `models` (not one a switch or a put_back replaced), with the learner's merge
+        count still `merged` (a sync merges into that object in place), for `catalog_text`;
+        else RuntimeError, as taken up, the switch would lose what changed. Not checked: the
+        models' version, which a watch may move on meanwhile (`_continue_past`; the switch
+        reads it after), and a change in place that counts no merge (restore_models' adopt,
+        which never comes while a switch remaps: learner.py `LearnerActor._switched`)."""
+        if self.source is not models or self.merged != merged or self.text != catalog_text:
             raise RuntimeError("the learner's tables changed while a switch remapped them")
         return self[:5]
 
 
-def remapped(models: ModelTable, compiled: CompiledCatalog,
+def remapped(models: ModelTable, merged: int, compiled: CompiledCatalog,
              earlier: dict[str, CompiledCatalog], taken_out: TakenOut,
              catalog_text: str) -> Remapped:
-    """A learner's `models`, of `compiled`, moved to `catalog_text`'s catalog, with its
-    `earlier` catalogs and `taken_out` models: new objects, its own read and left as they are.
-    A thread may run it while the loop publishes them, and a switch whose save fails is put
-    back to what the learner `kept` after it: changed here in place, they would stay changed."""
+    """A learner's `models` (`merged`: its count of merges, read before their rows), of
+    `compiled`, moved to `catalog_text`'s catalog, with its `earlier` catalogs and `taken_out`
+    models: new objects, its own read and left as they are. A thread may run it while the loop
+    publishes them, and a switch whose save fails is put back to what the learner `kept` after
+    it: changed here in place, they would stay changed."""
     new = compiled_from_text(catalog_text)
     earlier = {version: old for version, old in earlier.items() if version != new.version}
     if new.version != compiled.version:  # else its deltas are the new text's
@@ -89,7 +96,7 @@ def remapped(models: ModelTable, compiled: CompiledCatalog,
     taken_out = taken_out.switched(models, compiled, remap)
     table = remap.table(models)
     taken_out.bring_back(table, new, remap)
-    return Remapped(new, earlier, remaps, taken_out, table, models, catalog_text)
+    return Remapped(new, earlier, remaps, taken_out, table, models, merged, catalog_text)
 
 
 class Switches:
@@ -141,6 +148,10 @@ class Switches:
         self._running.discard(task)
         failed = None if task.cancelled() else task.exception()  # retrieved, whoever waits
         if failed is not None and caller.cancelled():
-            log.warning("learner: a switch whose caller gave up failed (%s: %s); the learner "
-                        "runs catalog %s", type(failed).__name__, failed,
-                        self.learner.compiled.version)
+            # the store's failures are put back, warned of as Saves does; any other is a bug
+            # (the switch may stand unsaved), logged as asyncio's "never retrieved" was
+            store = isinstance(failed, (StoreUnavailable, StoreInUse))
+            log.log(logging.WARNING if store else logging.ERROR,
+                    "learner: a switch whose caller gave up failed (%s: %s); the learner runs "
+                    "catalog %s", type(failed).__name__, failed, self.learner.compiled.version,
+                    exc_info=None if store else failed)

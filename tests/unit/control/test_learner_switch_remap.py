@@ -257,19 +257,49 @@ def test_a_learner_confirmed_during_a_remap_stays_so_when_the_switch_is_put_back
     assert not actor.learner.unconfirmed
 
 
-@pytest.mark.parametrize("made_of", ["other tables", "another text"])
+@pytest.mark.parametrize("made_of", ["other tables", "tables merged into", "another text"])
 def test_a_remap_is_taken_up_only_by_the_tables_and_for_the_text_it_was_made_of(made_of):
     """Nothing changes the tables while they are remapped on a thread (learner.py
-    `LearnerActor._switched`); should something, the switch raises rather than lose it."""
-    learner = Learner(default_compiled(), default_catalog_text())
+    `LearnerActor._switched`); should something replace them or merge into them, or the text
+    differ, the switch raises rather than lose it."""
+    c = default_compiled()
+    learner = Learner(c, default_catalog_text())
     moved = learner.remapped(catalog("B"))
     if made_of == "other tables":
         learner.models = copy.deepcopy(learner.models)
+    elif made_of == "tables merged into":  # in place: the same table object
+        learner.sync(c.version, learned(c, 3, 1), -1)
     before = switched_state(learner)
     with pytest.raises(RuntimeError):
         learner.switch(catalog("C") if made_of == "another text" else catalog("B"), moved)
     state = switched_state(learner)
     assert [key for key in state if not same(state[key], before[key])] == []
+
+
+def test_a_merge_during_the_remap_fails_the_switch_rather_than_be_lost(slow):
+    """A merge changes the tables in place, so they are still the object remapped: taken up,
+    the switch dropped the merge. The actor's syncs wait for the switch (`Switches.passed`) and
+    cannot reach the tables meanwhile, so the merge here calls the Learner's own sync, as a
+    path that skipped that wait would."""
+    c = default_compiled()
+    actor = Actor(default_catalog_text(), "x")
+
+    async def main():
+        slow.holding = True
+        switching = asyncio.get_running_loop().create_task(actor.switch(catalog("B")))
+        await began(slow.started)
+        actor.learner.sync(c.version, learned(c, 3, 1), -1)
+        merged = copy.deepcopy(actor.learner)
+        slow.go.set()
+        with pytest.raises(RuntimeError):
+            await switching
+        return merged
+    merged = asyncio.run(main())
+    assert slow.let_go == [True]
+    state, expected = switched_state(actor.learner), switched_state(merged)
+    assert [key for key in state if not same(state[key], expected[key])] == []
+    assert (actor.learner.compiled.version, actor.learner.models.positives[3]) == (c.version, 1)
+    assert Actor(default_catalog_text(), "x").learner.compiled.version == c.version  # unsaved
 
 
 def test_a_switch_whose_caller_gave_up_during_its_remap_is_still_taken_up_and_saved(slow):

@@ -216,9 +216,33 @@ def test_a_switch_whose_caller_gave_up_is_still_put_back_before_syncs_merge(held
     assert (answer.catalog_version, answer.positives[3]) == (c.version, 1)
     assert actor.learner.compiled.version == c.version and "B" not in held.written
     logged = [(r.name, r.getMessage()) for r in caplog.records]
+    # this half alone rests on when the task is collected (a reference kept anywhere and it
+    # passes as well without the fix); the next is what shows the failure was heard
     assert [name for name, message in logged if "never retrieved" in message] == []
     assert [name for name, message in logged if "caller gave up failed" in message] == \
         ["kairos.learner"]
+
+
+@pytest.mark.parametrize("fails", [StoreUnavailable("connection refused"), ValueError("a bug")])
+def test_a_switch_whose_caller_gave_up_is_logged_as_a_bug_unless_the_store_failed(held, caplog,
+                                                                                   fails):
+    """The store's failures are put back and warned of; any other is a bug, logged as
+    asyncio's "never retrieved" would have (ERROR, with its traceback)."""
+    actor = Actor(default_catalog_text(), "x")
+
+    async def main():
+        held.fails = fails
+        switching = await held_switch(actor, held, "B")
+        switching.cancel()
+        held.go.set()
+        await actor.flush()  # its turn ended (`Switches.passed`): its end is logged next
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(main())
+    assert held.let_go == [True]
+    logged = [(r.levelno, r.exc_info and r.exc_info[1]) for r in caplog.records
+              if r.name == "kairos.learner" and "caller gave up failed" in r.getMessage()]
+    assert logged == ([(logging.WARNING, None)] if isinstance(fails, StoreUnavailable)
+                      else [(logging.ERROR, fails)])
 
 
 def test_a_sync_during_the_second_switchs_save_waits_for_it(held, monkeypatch):
