@@ -30,6 +30,16 @@ def gauge_refresh_s(report_interval_ms: float) -> float:
     return max(report_interval_ms, 1000.0) / 2000.0
 
 
+def _report_interval_ms() -> float:
+    """Ray's metrics_report_interval_ms as the cluster runs it (`ray.init`'s _system_config,
+    or the RAY_metrics_report_interval_ms variable: a worker reads the cluster's); Ray's
+    default, 10 s, should its private `_config` move in a later Ray."""
+    try:
+        return float(ray._config.metrics_report_interval_ms())
+    except AttributeError:
+        return 10_000.0
+
+
 class ShardMetrics:
     """What a shard reports; counters are flushed from the shard's own tallies."""
 
@@ -90,9 +100,7 @@ class ShardMetrics:
             tag_keys=("shard", "learned_from"))
         self._sent: Tally = Tally()
         self._gauged: tuple[float, ...] = ()  # the gauges' values as last set
-        # Ray's setting as the cluster runs it (`ray.init`'s _system_config, or the
-        # RAY_metrics_report_interval_ms variable): a worker reads the cluster's
-        self._refresh_s = gauge_refresh_s(ray._config.metrics_report_interval_ms())
+        self._refresh_s = gauge_refresh_s(_report_interval_ms())
         self._gauged_at = -math.inf
 
     def observe_batch(self, kinds: Iterable[str], latency_ms: float) -> None:

@@ -178,7 +178,8 @@ SNAPSHOT_BACKLOG = integer("SNAPSHOT_BACKLOG", 1_000_000)
 SNAPSHOT_BUDGET_S = number("SNAPSHOT_BUDGET_S", 0.003, above=True)
 # How often a shard recounts the customers it has in the store (for status and move sizing),
 # if it wrote or deleted any since, and, if not, STORE_RECOUNT_S (shard/storecount.py: what
-# no change of its own shows, an operator restoring homes, is that far behind).
+# no change of its own shows, an operator restoring homes, is that far behind; checked every
+# STORE_COUNT_S, so a smaller STORE_RECOUNT_S acts as STORE_COUNT_S).
 STORE_COUNT_S = number("STORE_COUNT_S", 10.0, above=True, high=86_400.0)
 STORE_RECOUNT_S = number("STORE_RECOUNT_S", 300.0, above=True, high=86_400.0)
 # Idempotency keys are remembered per customer, with the customer's state (in its home, its

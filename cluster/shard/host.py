@@ -368,7 +368,6 @@ class ShardHost:
 
     def _answer_synced(self, shard: Shard, round_: list[Batch], replies: list[Reply],
                        pushes: list[Push], synced: asyncio.Future) -> None:
-        self._rouse()  # what the round taught is durable: the model sync may take it now
         if synced.exception() is not None:  # none of it was acknowledged
             exc = StoreUnavailable(f"{self.name}: journal: {synced.exception()}")
             if self.shard is shard:
@@ -383,6 +382,7 @@ class ShardHost:
             self._refusals.refuse(batch.session, batch.seq)
 
     def _answer(self, round_: list[Batch], replies: list[Reply], pushes: list[Push]) -> None:
+        self._rouse()  # what the round taught is durable: the model sync may take it now
         done = time.perf_counter()
         start = 0
         for batch in round_:
@@ -420,7 +420,7 @@ class ShardHost:
         self._stirred.set()
         self._rouse()
 
-    def _rouse(self) -> None:
+    def _rouse(self) -> None:  # the model sync's wake alone: no new work to tick or count
         if self._woken is not None:
             self._woken.set()
             self._woken = None

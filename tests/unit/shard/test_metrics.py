@@ -79,3 +79,20 @@ def test_the_gauges_refresh_at_half_rays_export_interval_as_the_process_reads_it
         env={**os.environ, "RAY_metrics_report_interval_ms": str(interval_ms)},
         capture_output=True, text=True, check=True, timeout=120).stdout
     assert float(shown) == refresh_s
+
+
+def test_the_flush_refreshes_the_gauges_at_the_interval_the_process_read(monkeypatch):
+    """Not a fixed 5 s: a cluster exporting every 3 s has its idle shard's gauges set again
+    after 1.5 s (review rev-idlefix L3)."""
+    now = [100.0]
+    monkeypatch.setattr(metrics, "monotonic", lambda: now[0])
+    monkeypatch.setattr(metrics, "_report_interval_ms", lambda: 3_000.0)
+    shard = recorded(ShardMetrics("s1"))
+    values = (Tally(), Tally(), Tally(), 0, 5, 1, 0.5, 0)
+    shard.flush(*values)
+    now[0] += 1.4
+    shard.flush(*values)
+    assert [len(getattr(shard, g).calls) for g in GAUGES] == [1] * len(GAUGES)
+    now[0] += 0.1
+    shard.flush(*values)
+    assert [len(getattr(shard, g).calls) for g in GAUGES] == [2] * len(GAUGES)

@@ -145,3 +145,67 @@ def test_a_shard_rebuilt_while_idle_catches_up_at_once(compiled):
                     "the rebuilt shard caught up")
 
     run_syncing(compiled, test)
+
+
+def test_a_round_applied_after_an_empty_step_still_wakes_the_loop(compiled):
+    """A journal that needs no sync (memory here; Redis in production), and a round applied
+    only after a later step found nothing (its stir came one step earlier: an overloaded
+    shard whose queue takes longer than an interval to drain): the round's answer wakes the
+    loop (review rev-idlefix L1)."""
+    async def test(host, learner, counted, sync):
+        run, held = host._run, []
+        host._run = held.append  # rounds wait, as behind a long queue
+        step, steps = sync.step, []
+
+        async def stepping(*args, **kwargs):
+            await step(*args, **kwargs)
+            steps.append(None)
+            if len(steps) == 1:  # its stir comes as this step returns
+                asyncio.get_running_loop().create_task(
+                    host.handle("a", 0, [app_open("ana"), accept(T0 + 1)], [0, 0]))
+            elif len(steps) == 2:  # the queue drained only after the next step took nothing
+                host._run = run
+                for round_ in held:
+                    run(round_)
+        sync.step = stepping
+        sync._watch[0].cancel()
+        await until(lambda: len(steps) >= 2, 1.0, "two steps")
+        await until(lambda: learner.models.positives.sum() == 1, 1.0, "the outcome learnt")
+
+    run_syncing(compiled, test)
+
+
+def test_a_stir_during_the_sleep_whose_round_comes_after_the_take_is_kept(compiled):
+    """The loop asks for the wake-up event before its interval's sleep: a stir during the
+    sleep whose round is applied only after the step took (a store whose sync does not
+    yield) still ends the next wait (review rev-idlefix L2)."""
+    async def test(host, learner, counted, sync):
+        run, held, hold = host._run, [], [True]
+
+        def held_run(round_):
+            if hold[0]:
+                held.append(round_)
+            else:
+                run(round_)
+        host._run = held_run
+        step, stepped = sync.step, []
+
+        async def step_then_release(*args, **kwargs):
+            await step(*args, **kwargs)
+            stepped.append(None)
+            hold[0] = False
+            for round_ in held:
+                run(round_)
+            held.clear()
+        sync.step = step_then_release
+        sync._watch[0].cancel()  # the loop ends its wait, asks, sleeps an interval
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not stepped  # still in its sleep
+        handling = asyncio.get_running_loop().create_task(
+            host.handle("a", 0, [app_open("ana"), accept(T0 + 1)], [0, 0]))
+        await until(lambda: stepped, 1.0, "the step")
+        await handling
+        await until(lambda: learner.models.positives.sum() == 1, 1.0, "the outcome learnt")
+
+    run_syncing(compiled, test)
