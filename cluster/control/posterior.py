@@ -200,9 +200,8 @@ class Saves:
         finally:
             self._writing, asked, self._asked = None, self._asked, None
             # the loop shutting down cancels it: nothing more is started then; nor after a
-            # heard write (save_now's: a switch's) failed: on StoreUnavailable its caller puts
-            # the learner asked back, which this write would save switched; any other failure
-            # (a bug) is raised to it, not put back; either way the next save writes it
+            # heard write (save_now's: a switch's) failed: its caller puts the learner asked
+            # back, which this write would save switched; the next save writes it
             if asked is not None and not cancelled and (written or not heard) \
                     and asked.merged != self.merges:
                 self._write_from(asked, waited=False)

@@ -120,8 +120,8 @@ class Switches:
 
     async def run(self, switch: Switch) -> int:
         """`switch()` once the switches before it answered (syncs and flushes wait from then
-        on: its remap on a thread too), then saved (waited for); if the store does not take
-        it, put back, and StoreUnavailable or StoreInUse raised. Carried to its end should its
+        on: its remap on a thread too), then saved (waited for); if the save fails, put back
+        and the failure raised (StoreUnavailable or StoreInUse when the store did not take it). Carried to its end should its
         caller be cancelled (RayBackend cancels only long polls, but a ray.cancel would): a
         failed save must still put the learner back, and merges wait until it does; its
         failure is then logged, as nobody else hears it."""
@@ -132,8 +132,8 @@ class Switches:
                 self.learner.hold_watches(True)
                 try:
                     await self.saves.save_now(self.learner)
-                except (StoreUnavailable, StoreInUse):
-                    put_back()
+                except Exception:  # any failure: the controller, told it failed, puts back
+                    put_back()      # its own catalog too, so the learner's must not stand
                     raise
                 finally:
                     self.learner.hold_watches(False)
@@ -148,8 +148,8 @@ class Switches:
         self._running.discard(task)
         failed = None if task.cancelled() else task.exception()  # retrieved, whoever waits
         if failed is not None and caller.cancelled():
-            # the store's failures are put back, warned of as Saves does; any other is a bug
-            # (the switch may stand unsaved), logged as asyncio's "never retrieved" was
+            # every failure is put back; the store's are warned of as Saves does, any other is
+            # a bug, logged as asyncio's "never retrieved" was
             store = isinstance(failed, (StoreUnavailable, StoreInUse))
             log.log(logging.WARNING if store else logging.ERROR,
                     "learner: a switch whose caller gave up failed (%s: %s); the learner runs "

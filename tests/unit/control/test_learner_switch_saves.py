@@ -226,8 +226,9 @@ def test_a_switch_whose_caller_gave_up_is_still_put_back_before_syncs_merge(held
 @pytest.mark.parametrize("fails", [StoreUnavailable("connection refused"), ValueError("a bug")])
 def test_a_switch_whose_caller_gave_up_is_logged_as_a_bug_unless_the_store_failed(held, caplog,
                                                                                    fails):
-    """The store's failures are put back and warned of; any other is a bug, logged as
-    asyncio's "never retrieved" would have (ERROR, with its traceback)."""
+    """Every failure is put back (the controller, told the switch failed, keeps its own
+    catalog); the store's are warned of, any other is a bug, logged as asyncio's "never
+    retrieved" would have (ERROR, with its traceback)."""
     actor = Actor(default_catalog_text(), "x")
 
     async def main():
@@ -243,6 +244,7 @@ def test_a_switch_whose_caller_gave_up_is_logged_as_a_bug_unless_the_store_faile
               if r.name == "kairos.learner" and "caller gave up failed" in r.getMessage()]
     assert logged == ([(logging.WARNING, None)] if isinstance(fails, StoreUnavailable)
                       else [(logging.ERROR, fails)])
+    assert actor.learner.catalog_text == default_catalog_text()  # put back
 
 
 def test_a_sync_during_the_second_switchs_save_waits_for_it(held, monkeypatch):
