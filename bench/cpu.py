@@ -133,9 +133,14 @@ class ProcessCpu:
 def _look(proc: psutil.Process, member: bool, seen: dict[Key, Seen]) -> None:
     with contextlib.suppress(psutil.Error), proc.oneshot():
         times = proc.cpu_times()
-        seen[proc.pid, proc.create_time()] = Seen(
-            _process_name(proc.name(), proc.cmdline()), times.user + times.system,
-            times.children_user + times.children_system, proc.ppid(), member)
+        key = proc.pid, proc.create_time()
+        seen[key] = Seen(_process_name(key, proc), times.user + times.system,
+                         times.children_user + times.children_system, proc.ppid(), member)
+
+
+# A Python process's name from its script, kept: an exited, unreaped one has no command line
+# any more (psutil raises ZombieProcess), and its last samples still count under that name.
+_scripts: dict[Key, str] = {}
 
 
 class CpuWindow:
@@ -227,18 +232,35 @@ def _on_create_time_clock(epoch: float) -> float:
     return psutil.boot_time() + since_boot - TICK_S
 
 
-def _process_name(title: str, cmdline: list[str]) -> str:
+def _process_name(key: Key, proc: psutil.Process) -> str:
     """A Ray actor's process title names the method it is running (ray::ShardActor.stats):
     the actor's class alone, so that a process keeps one name whatever it was doing. A Python
-    process running a script is named by it (Ray's head runs three, all "python": log_monitor.py,
-    dashboard.py, the autoscaler's monitor.py), so a report tells them apart."""
+    process running a script is "python <script>" (Ray's head runs three, all "python":
+    log_monitor.py, dashboard.py, the autoscaler's monitor.py), so a report tells them apart;
+    `-m` and `-c` keep the title."""
+    title = proc.name()
     if title.startswith("ray::"):
         return title.split(".", 1)[0]
-    if title.startswith("python"):
-        script = next((arg for arg in cmdline[1:] if not arg.startswith("-")), "")
-        if script.endswith(".py"):
-            return f"{title} {os.path.basename(script)}"
-    return title
+    if not title.startswith("python"):
+        return title
+    if key not in _scripts:
+        with contextlib.suppress(psutil.Error):  # unreadable: the title, looked at again
+            script = script_of(proc.cmdline())
+            _scripts[key] = f"python {script}" if script else title
+    return _scripts.get(key, title)
+
+
+def script_of(cmdline: list[str]) -> str | None:
+    """The file name of the script a Python command line runs, if it runs one."""
+    args = iter(cmdline[1:])
+    for arg in args:
+        if arg in ("-c", "-m") or arg == "-":
+            return None
+        if arg in ("-W", "-X"):  # options that take the next argument
+            next(args, None)
+        elif not arg.startswith("-"):
+            return os.path.basename(arg) if arg.endswith(".py") else None
+    return None
 
 
 def server_cpu(generators: set[int], start: float, seconds: float,

@@ -67,6 +67,7 @@ from .lifetime import exit_on_sigterm
 from .loadgen import GeneratorPool, Step
 from .peers import actor_per_customer, floor, redis_core, redis_peer
 from .peers.serving import in_process, in_ray_actor
+from kairos.cluster.settings import STORE_COUNT_S
 from kairos.cluster.storage.redis_server import RedisServer
 from .sweep import holds, served, sweep
 from .systems import kairos, populate_and_snapshot, ray_nodes, settle_snapshots
@@ -92,9 +93,12 @@ class Plan:
     shards: int  # one per core: fewer, fuller batches beat more processes on a small machine
     seed: int = 1
     systems: tuple[str, ...] = ()  # run only the phases named with these prefixes (all if empty)
-    idle_s: float = 16.0  # each system's CPU with no load is measured this long first (two
-    # of the control loop's rounds once it has backed off: control/pace.py)
-    idle_quiet_s: float = 10.0  # after this long with no request (GeneratorPool.idle)
+    # each system's CPU with no load is measured this long first: several periods of the
+    # timers it holds (the control loop's 8 s once backed off, Ray's 10 s metrics export and
+    # long polls), so that where they fall in the window moves the figure little
+    idle_s: float = 30.0
+    # after this long with no request (GeneratorPool.idle): past the store count's next check
+    idle_quiet_s: float = STORE_COUNT_S + 5.0
     decide_only: bool = False  # Decide sweeps alone (a CPU-per-Decide comparison)
 
 

@@ -347,8 +347,9 @@ class GeneratorPool:
         """The system's CPU with no load, ms per second by process name, once it has settled
         and then had no request for quiet_s: what it spends whatever the rate (Ray's daemons,
         timers, metrics), which a step's CPU per request carries spread over its requests.
-        The wait leaves out the settle probes' own aftermath (the shedder's fast updates, the
-        control loop's pace before it backs off: about twice the settled cost, measured)."""
+        The wait leaves out what the settle probes set going: the gateway's shedder updating
+        fast for about a second, a model-sync wake, and a shard's listing of its store at the
+        next check of the store count (`KAIROS_STORE_COUNT_S` later at most)."""
         settle(target)
         server = server_cpu(self.pids(), time.time() + max(quiet_s, START_DELAY_S), seconds)
         return server.window().by_process(1, 1e3 / seconds)

@@ -11,8 +11,9 @@ import threading
 import time
 
 import psutil
+import pytest
 
-from bench.cpu import ProcessCpu, server_cpu
+from bench.cpu import ProcessCpu, script_of, server_cpu
 
 # Names itself, waits for a line, burns CPU, renames itself, says so, and lives until its
 # stdin closes. PR_SET_NAME sets the title psutil reads.
@@ -248,3 +249,38 @@ def test_a_python_process_running_a_script_is_named_by_the_script(tmp_path):
         child.wait()
     named = [name for name in by_name if name.endswith(" log_monitor.py")]
     assert named and named[0].startswith("python"), by_name
+
+
+def test_an_exited_python_process_not_yet_reaped_keeps_its_cpu_and_its_place(tmp_path):
+    """A zombie has no command line (psutil raises ZombieProcess) but its CPU is still read:
+    naming a Python process by its script must not lose the sample (review rev-bench H1).
+    One that ends in the window and is reaped after it counts what it spent in it; one that
+    was a zombie before the window opened and is reaped inside it counts nothing."""
+    start = time.time() + 0.1
+    cpu = ProcessCpu(lambda: psutil.Process().children(), start, 2.5, reaper=psutil.Process())
+    time.sleep(max(start + 0.1 - time.time(), 0.0))
+    ended_in = subprocess.Popen([sys.executable, "-c", BLINK, str(INSIDE_S * 2)])
+    window = cpu.window()  # it ended inside the window, unreaped until after it
+    ended_in.wait()
+    assert window.per_request(1)[0] >= INSIDE_S * 2 * 0.9, window.by_process(1, 1.0)
+
+    ended_before = subprocess.Popen([sys.executable, "-c", BLINK, str(INSIDE_S * 2)])
+    while psutil.Process(ended_before.pid).status() != psutil.STATUS_ZOMBIE:
+        time.sleep(0.05)
+    cpu = ProcessCpu(lambda: psutil.Process().children(), time.time() + 0.2, 1.5,
+                     reaper=psutil.Process())
+    time.sleep(0.8)
+    ended_before.wait()  # reaped inside the window: its life's CPU reaches our counters
+    window = cpu.window()
+    assert window.per_request(1)[0] < INSIDE_S / 2, window.by_process(1, 1.0)
+
+
+@pytest.mark.parametrize("cmdline, script", [
+    (["python", "-u", "/x/ray/_private/log_monitor.py", "--logs-dir", "/t"], "log_monitor.py"),
+    (["python3.11", "-W", "ignore", "-X", "importtime", "a b/dashboard.py"], "dashboard.py"),
+    (["python", "-m", "ray.util.client.server"], None),
+    (["python", "-c", "print(1)"], None),
+    (["python"], None),
+    ([], None)])
+def test_the_script_a_python_command_line_runs(cmdline, script):
+    assert script_of(cmdline) == script
