@@ -60,8 +60,8 @@ from kairos.core.decision import Decision
 
 from kairos.cluster.evidence.records import (DECISION, OUTCOME, OUTCOMES_PER_DECISION,
                                              DecisionPage, DecisionRecord, OutcomeRecord,
-                                             PageOutcomes, ShownAction, decision_key, kind_of,
-                                             pack_decision, pack_outcome, unpack)
+                                             PageOutcomes, decision_key, decision_row, kind_of,
+                                             pack_outcome, unpack)
 from kairos.cluster.protocol import Outcome
 from kairos.cluster.settings import (DECISION_LOG, DECISION_LOG_MAX_BYTES,
                                      DECISION_LOG_PENDING, DECISION_LOG_RETENTION_S,
@@ -76,6 +76,7 @@ IMPRESSION = "impression"  # the outcome a Decide with record_impression logs pe
 # How far past a page's last decision an export reads each log for decisions logged at the
 # same moment (written in another order than their ids sort) or under a clock stepped back
 LOG_ORDER_SLACK_S = 1.0
+_packb = msgpack.Packer(use_bin_type=True).pack  # msgpack.packb makes a Packer per call
 
 
 class DecisionLog:
@@ -99,18 +100,19 @@ class DecisionLog:
         predictors = engine.inputs_of(decision.decision_id)
         inputs = {} if predictors is None else dict(zip(c.predictor_names, predictors.tolist()))
         codes = engine.eligible.pop(decision.decision_id, None)
-        eligible = () if codes is None else tuple(c.action_ids[a] for a in codes.tolist())
+        eligible = [] if codes is None else [c.action_ids[a] for a in codes.tolist()]
         customer_id = decision.customer_id
         profile = pack_one(engine, customer_id) if customer_id in engine.table else b""
-        record = DecisionRecord(
+        # the record's list as pack_decision makes it, without the frozen records (their
+        # fields set one by one cost some 7 us a decision)
+        record = decision_row(
             sealed_id, now, customer_id, decision.channel, decision.placement,
             decision.catalog_version, decision.model_version, _loggable(context or {}), inputs,
             profile, eligible,
-            tuple(ShownAction(a.action_id, slot, a.selection, a.propensity, a.priority)
-                  for slot, a in enumerate(decision.actions)), decision.control,
-            pushed=pushed, nothing_selection=decision.nothing_selection)
-        self._entries.append((self._ctx.clock(), customer_id,
-                              msgpack.packb(pack_decision(record), use_bin_type=True)))
+            [[a.action_id, slot, a.selection, a.propensity, a.priority]
+             for slot, a in enumerate(decision.actions)], decision.control, pushed,
+            decision.nothing_selection)
+        self._entries.append((self._ctx.clock(), customer_id, _packb(record)))
 
     def outcome(self, o: Outcome, value: float | None) -> None:
         """Log an outcome the shard took that names a decision (`o.decision_id` as its
@@ -120,7 +122,7 @@ class DecisionLog:
         record = OutcomeRecord(o.decision_id, o.customer_id, o.action_id, o.outcome,
                                float(value or 0.0), float(o.when))
         self._entries.append((self._ctx.clock(), o.customer_id,
-                              msgpack.packb(pack_outcome(record), use_bin_type=True)))
+                              _packb(pack_outcome(record))))
 
     def forget(self, customer_id: str) -> None:
         """ForgetCustomer: nothing of the customer stays in the log, written or not (even when

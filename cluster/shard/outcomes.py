@@ -74,7 +74,8 @@ def outcome_secret(store: Store) -> bytes:
 
 class DecisionSeal:
     def __init__(self, secret: bytes, clock: Callable[[], float]):
-        self._secret = secret
+        # keyed once: each MAC starts from a copy (keying one hashes a block of the key)
+        self._keyed = hashlib.blake2b(key=secret, digest_size=TAG_BYTES)
         self._clock = clock
 
     def seal(self, decision: Decision) -> Decision:
@@ -82,11 +83,9 @@ class DecisionSeal:
         issued = f"{int(self._clock()):x}"
         shared = (decision.customer_id, decision.decision_id, issued, decision.channel)
         signer = self._signer(*shared)
-        tags = "".join(_tag(signer, a.action_id) for a in decision.actions)
+        tags = "".join([_tag(signer, a.action_id) for a in decision.actions])
         whole = _tag(self._signer(*shared, tags), "")
-        # every field but the id as it was (dataclasses.replace takes twice as long)
-        return Decision(**{**vars(decision),
-                           "decision_id": f"{decision.decision_id}.{issued}.{whole}{tags}"})
+        return _with_id(decision, f"{decision.decision_id}.{issued}.{whole}{tags}")
 
     def opened(self, issued_to: Iterable[str], decision_id: str, channel: str,
                action_id: str) -> tuple[str, str, int]:
@@ -117,9 +116,21 @@ class DecisionSeal:
         id, the time issued, the channel; and for the MAC over the whole, the tags), to be
         copied for each action (packed with msgpack, so no two different inputs read the
         same: the action's bytes follow a complete array, of four strings or five)."""
-        signer = hashlib.blake2b(key=self._secret, digest_size=TAG_BYTES)
-        signer.update(msgpack.packb(shared))
+        signer = self._keyed.copy()
+        signer.update(_packb(shared))
         return signer
+
+
+_packb = msgpack.Packer().pack  # msgpack.packb makes a Packer per call
+
+
+def _with_id(decision: Decision, decision_id: str) -> Decision:
+    """The decision, every field as it was but its id: its fields copied at once, where
+    Decision(...) sets each through object.__setattr__ (frozen), 2.6 us against 0.6, and
+    dataclasses.replace takes twice as long as that (Decision has no __post_init__ to run)."""
+    sealed = object.__new__(Decision)
+    sealed.__dict__.update(vars(decision), decision_id=decision_id)
+    return sealed
 
 
 def issued_at(decision_id: str) -> int | None:
