@@ -17,6 +17,9 @@ an operator's own value for any of them wins in `kairos up`.
 """
 from __future__ import annotations
 
+import os
+import secrets
+
 RAY_SETTINGS: dict[str, str] = {
     # Ray's log monitor (it sends the workers' output to the drivers that log_to_driver) looks
     # for new log files 10 times a second while a node has fewer than this many: with 0, every
@@ -33,3 +36,14 @@ RAY_SETTINGS: dict[str, str] = {
     "RAY_local_fs_monitor_interval_ms": "1000",
     "RAY_kill_idle_workers_interval_ms": "1000",
 }
+
+
+def own_token() -> None:
+    """For a Ray this process starts for itself (the tests', the bench's): Ray's token
+    authentication with a token in the environment (RAY_AUTH_TOKEN, which Ray's processes
+    inherit) unless one was chosen there. A local `ray.init()` with RAY_AUTH_MODE unset turns
+    token mode on and writes a token to ~/.ray/auth_token under the umask (Ray 2.60):
+    readable by others, in the user's home, and refused by a later `kairos up`."""
+    os.environ["RAY_AUTH_MODE"] = os.environ.get("RAY_AUTH_MODE", "").strip() or "token"
+    if os.environ["RAY_AUTH_MODE"].lower() == "token" and not os.environ.get("RAY_AUTH_TOKEN"):
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # as `kairos up` makes one

@@ -30,7 +30,7 @@ import pytest
 from xdist.scheduler import LoadScopeScheduling
 
 from kairos.cluster.cli.local import single_machine
-from kairos.cluster.raytuning import RAY_SETTINGS
+from kairos.cluster.raytuning import RAY_SETTINGS, own_token
 from kairos.core import kernel
 from kairos.core.catalog import default_catalog_text, load_catalog_file
 from kairos.core.compiler import CompiledCatalog, compile_catalog, default_compiled
@@ -46,8 +46,10 @@ ROOT = TESTS.parent
 _KEEP = {kernel.PURE_ENV}  # a user may run the whole suite on the NumPy twin
 for _name in [n for n in os.environ if n.startswith("KAIROS_") and n not in _KEEP]:
     del os.environ[_name]
-for _name in ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT", "RAY_TMPDIR"):
+for _name in ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT", "RAY_TMPDIR", "RAY_AUTH_MODE",
+              "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
     os.environ.pop(_name, None)
+own_token()  # the session's Ray never writes a token into the user's ~/.ray
 # short paths: Ray's sockets live under RAY_TMPDIR and a socket path is at most 107 bytes
 _PRIVATE = [tempfile.mkdtemp(prefix="kairos-ray-"), tempfile.mkdtemp(prefix="kairos-home-")]
 os.environ["RAY_TMPDIR"], os.environ["KAIROS_HOME"] = _PRIVATE

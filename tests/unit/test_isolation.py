@@ -38,3 +38,12 @@ def module_ray():
 def test_nor_can_its_module_fixtures(module_ray):
     assert module_ray == "refused"
 
+
+
+def test_the_sessions_ray_has_a_token_of_its_own_in_the_environment():
+    """A local ray.init() with RAY_AUTH_MODE unset writes ~/.ray/auth_token readable by
+    others (Ray 2.60), which a later `kairos up` refuses: the session's Ray takes a token
+    from the environment, never from or into the user's home (raytuning.own_token)."""
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+    assert len(os.environ["RAY_AUTH_TOKEN"]) == 64
+    assert "RAY_AUTH_TOKEN_PATH" not in os.environ
