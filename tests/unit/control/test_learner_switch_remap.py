@@ -127,6 +127,13 @@ def changed_state(learner) -> tuple:
             [(version, rows.tolist()) for version, rows in changed._merges])
 
 
+def differing(learner, expected) -> list[str]:
+    """What of a switch's state (`switched_state`) differs between two learners."""
+    state, wanted = switched_state(learner), switched_state(expected)
+    assert list(state) == list(wanted)
+    return [key for key in state if not same(state[key], wanted[key])]
+
+
 def same(a, b) -> bool:
     if isinstance(a, np.ndarray):
         return a.dtype == b.dtype and np.array_equal(a, b)
@@ -194,9 +201,7 @@ def test_switches_remapped_on_a_thread_leave_the_learner_as_the_loop_did(slow):
             on_loop = copy.deepcopy(actor.learner)
             reference_switch(on_loop, text)
             await actor.switch(text)
-            state, expected = switched_state(actor.learner), switched_state(on_loop)
-            assert list(state) == list(expected)
-            assert [key for key in state if not same(state[key], expected[key])] == [], text
+            assert differing(actor.learner, on_loop) == [], text
             assert actor.store.get_meta(STATE_KEY) == save_models(on_loop)
             now = actor.learner.compiled
             await actor.sync(now.version, sent(learned(now, now.model_index(1, web), 1), "a",
@@ -227,8 +232,7 @@ def test_a_failed_switch_puts_back_what_its_remap_read(slow, held):  # noqa: F81
         return before
     before = asyncio.run(main())
     assert held.let_go == [True]
-    state, expected = switched_state(actor.learner), switched_state(before)
-    assert [key for key in state if not same(state[key], expected[key])] == []
+    assert differing(actor.learner, before) == []
 
 
 def test_a_learner_confirmed_during_a_remap_stays_so_when_the_switch_is_put_back(
@@ -296,8 +300,7 @@ def test_a_merge_during_the_remap_fails_the_switch_rather_than_be_lost(slow):
         return merged
     merged = asyncio.run(main())
     assert slow.let_go == [True]
-    state, expected = switched_state(actor.learner), switched_state(merged)
-    assert [key for key in state if not same(state[key], expected[key])] == []
+    assert differing(actor.learner, merged) == []
     assert (actor.learner.compiled.version, actor.learner.models.positives[3]) == (c.version, 1)
     assert Actor(default_catalog_text(), "x").learner.compiled.version == c.version  # unsaved
 
