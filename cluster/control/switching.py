@@ -121,10 +121,10 @@ class Switches:
     async def run(self, switch: Switch) -> int:
         """`switch()` once the switches before it answered (syncs and flushes wait from then
         on: its remap on a thread too), then saved (waited for); if the save fails, put back
-        and the failure raised (StoreUnavailable or StoreInUse when the store did not take it). Carried to its end should its
-        caller be cancelled (RayBackend cancels only long polls, but a ray.cancel would): a
-        failed save must still put the learner back, and merges wait until it does; its
-        failure is then logged, as nobody else hears it."""
+        and the failure raised (StoreUnavailable or StoreInUse when the store did not take it).
+        Carried to its end should its caller be cancelled (RayBackend cancels only long polls, but a
+        ray.cancel would): a failed save must still put the learner back, and merges wait until it
+        does; its failure is then logged, as nobody else hears it."""
         async def in_turn() -> int:
             async with self._turn:
                 await self.saves.idle()  # no save in flight lands after this switch's
