@@ -60,6 +60,7 @@ RATE_REFUSAL = "outcomes for this customer within"  # in why one is refused (loa
 # an id's issue time as `seal` writes it; a longer run (an id may hold 8,448 characters) would
 # be a number no float holds, and the gateway's check of an outcome's time ended UNKNOWN
 _ISSUED_RE = re.compile("[0-9a-f]{1,16}")
+_packb = msgpack.Packer().pack  # msgpack.packb makes a Packer per call
 
 
 def outcome_secret(store: Store) -> bytes:
@@ -119,9 +120,6 @@ class DecisionSeal:
         signer = self._keyed.copy()
         signer.update(_packb(shared))
         return signer
-
-
-_packb = msgpack.Packer().pack  # msgpack.packb makes a Packer per call
 
 
 def _with_id(decision: Decision, decision_id: str) -> Decision:
