@@ -422,10 +422,10 @@ CATALOG_PART = ("format", "catalog", "slots", "string_columns", "meanings", "act
 
 def pack_one(engine: DecisionEngine, customer_id: str) -> bytes:
     """`pack(export_block(engine, [customer_id]))`, for the decision log's profile of each
-    decision, packed as that would pack it but without building the block: what is the same in
-    every block of the catalog (its slots, actions and channels; each array's key, dtype and
-    shape, and its row's length) is packed once per catalog, and the customer's row of each
-    array follows it."""
+    decision: the same map (its keys in another order: every reader unpacks it into a map),
+    packed without building the block: what is the same in every block of the catalog (its slots,
+    actions and channels; each array's key, dtype and shape, and its row's length) is packed once
+    per catalog, and the customer's row of each array follows it."""
     c, t = engine.compiled, engine.table
     row = t.index[customer_id]
     values = t.values[row:row + 1].copy()
