@@ -31,7 +31,7 @@ from kairos.cluster.transport.client import KairosClient
 from kairos.cluster.gateway.actor import GatewayActor
 from kairos.cluster.control.partitions import partition_of
 from kairos.cluster.protocol import Event, Outcome, Request
-from kairos.cluster.raytuning import RAY_SETTINGS, own_token
+from kairos.cluster.raytuning import RAY_SETTINGS
 from kairos.cluster.settings import NAMESPACE
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
@@ -65,11 +65,10 @@ POPULATE_WINDOW = POPULATE_INFLIGHT // 4  # served customers whose events go, th
 def set_node_env() -> None:
     """The environment the bench's Ray inherits: NODE_ENV, and Kairos's Ray settings where the
     environment has no value of its own (as `kairos up` leaves an operator's), so that a run
-    against Ray's defaults needs no edit; a token of its own (raytuning.own_token)."""
+    against Ray's defaults needs no edit (its token: bench/__init__.py)."""
     os.environ.update(NODE_ENV)
     for name, value in RAY_SETTINGS.items():
         os.environ.setdefault(name, value)
-    own_token()
 
 
 @contextmanager

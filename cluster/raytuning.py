@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 
 RAY_SETTINGS: dict[str, str] = {
     # Ray's log monitor (it sends the workers' output to the drivers that log_to_driver) looks
@@ -43,7 +44,11 @@ def own_token() -> None:
     authentication with a token in the environment (RAY_AUTH_TOKEN, which Ray's processes
     inherit) unless one was chosen there. A local `ray.init()` with RAY_AUTH_MODE unset turns
     token mode on and writes a token to ~/.ray/auth_token under the umask (Ray 2.60):
-    readable by others, in the user's home, and refused by a later `kairos up`."""
+    readable by others, in the user's home, and refused by a later `kairos up`. Ray reads the
+    mode into its config at import: one imported already reads it again, as Ray's own switch
+    to token mode does, or this process would send no token to the Ray it starts."""
     os.environ["RAY_AUTH_MODE"] = os.environ.get("RAY_AUTH_MODE", "").strip() or "token"
     if os.environ["RAY_AUTH_MODE"].lower() == "token" and not os.environ.get("RAY_AUTH_TOKEN"):
         os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # as `kairos up` makes one
+    if "ray._raylet" in sys.modules:
+        sys.modules["ray._raylet"].Config.initialize("")
