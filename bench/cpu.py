@@ -127,6 +127,8 @@ class ProcessCpu:
                 _look(psutil.Process(pid), False, seen)
         if self.reaper is not None:
             _look(self.reaper, False, seen)
+        for gone in _scripts.keys() - seen.keys():  # reaped: its name is not needed again
+            del _scripts[gone]
         return seen
 
 

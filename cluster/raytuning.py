@@ -42,13 +42,18 @@ RAY_SETTINGS: dict[str, str] = {
 def own_token() -> None:
     """For a Ray this process starts for itself (the tests', the bench's): Ray's token
     authentication with a token in the environment (RAY_AUTH_TOKEN, which Ray's processes
-    inherit) unless one was chosen there. A local `ray.init()` with RAY_AUTH_MODE unset turns
-    token mode on and writes a token to ~/.ray/auth_token under the umask (Ray 2.60):
-    readable by others, in the user's home, and refused by a later `kairos up`. Ray reads the
-    mode into its config at import: one imported already reads it again, as Ray's own switch
-    to token mode does, or this process would send no token to the Ray it starts."""
-    os.environ["RAY_AUTH_MODE"] = os.environ.get("RAY_AUTH_MODE", "").strip() or "token"
-    if os.environ["RAY_AUTH_MODE"].lower() == "token" and not os.environ.get("RAY_AUTH_TOKEN"):
+    inherit) unless a token or a token file (RAY_AUTH_TOKEN_PATH) was chosen there, or another
+    mode. A local `ray.init()` with RAY_AUTH_MODE unset turns token mode on and writes a token
+    to ~/.ray/auth_token under the umask (Ray 2.60): readable by others, in the user's home,
+    and refused by a later `kairos up`. Ray reads the mode into its config at import: where
+    this sets it, an imported Ray not yet initialised reads its config again, as Ray's own
+    switch to token mode does (a process connected to a Ray, such as the bench's workers, has
+    the mode already, and a reread would drop the cluster's _system_config)."""
+    chosen = os.environ.get("RAY_AUTH_MODE", "").strip()
+    os.environ["RAY_AUTH_MODE"] = chosen or "token"
+    if os.environ["RAY_AUTH_MODE"].lower() == "token" and not (
+            os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
         os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # as `kairos up` makes one
-    if "ray._raylet" in sys.modules:
+    ray = sys.modules.get("ray")
+    if not chosen and "ray._raylet" in sys.modules and not ray.is_initialized():
         sys.modules["ray._raylet"].Config.initialize("")

@@ -426,7 +426,7 @@ class ShardHost:
             self._woken = None
 
     def stirred(self) -> asyncio.Event:
-        """An event the next stir or round's journal sync sets (model sync: before a step)."""
+        """An event the next stir or round's answer sets (model sync: before a step)."""
         if self._woken is None:
             self._woken = asyncio.Event()
         return self._woken

@@ -28,3 +28,28 @@ def test_the_bench_started_bare_runs_its_ray_with_a_token_of_its_own(tmp_path):
     shutil.rmtree(ray_files, ignore_errors=True)
     assert ran.returncode == 0, ran.stderr[-2000:]
     assert not (tmp_path / ".ray").exists()
+
+
+KEEPS_CONFIG = """import ray
+ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="ERROR",
+         _system_config={"metrics_report_interval_ms": 2000})
+
+@ray.remote
+def reads():
+    before = ray._config.metrics_report_interval_ms()
+    import bench  # as a worker unpickling a bench peer does
+    return before, ray._config.metrics_report_interval_ms()
+assert ray.get(reads.remote()) == (2000, 2000)
+"""
+
+
+def test_a_ray_worker_importing_the_bench_keeps_its_clusters_config(tmp_path):
+    """A process connected to a Ray has its mode already: the bench's token set-up must not
+    read Ray's config again there, which would drop the cluster's _system_config (review
+    rev-mine M1)."""
+    ray_files = tempfile.mkdtemp(prefix="kr-")
+    env = {**os.environ, "HOME": str(tmp_path), "RAY_TMPDIR": ray_files, "PYTHONPATH": str(ROOT)}
+    ran = subprocess.run([sys.executable, "-c", KEEPS_CONFIG], cwd=ROOT, env=env, timeout=180,
+                         capture_output=True, text=True)
+    shutil.rmtree(ray_files, ignore_errors=True)
+    assert ran.returncode == 0, ran.stderr[-2000:]
