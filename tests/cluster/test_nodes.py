@@ -45,21 +45,40 @@ def node_status() -> list[dict]:
     return ray.get(runtime.controller().status.remote())["node_status"]
 
 
-def join(cluster) -> str:
-    """Add a Ray node; its id once Ray counts it alive. On this loaded 2-core machine Ray's
-    own start of a node now and then fails (its raylet exits before it registers with the
-    GCS, with nothing in its logs, or registers after Ray's 30 s): that node is removed and
-    another one started."""
+def join(cluster) -> dict:
+    """Add a Ray node; its status once it serves (its gateway, and partitions on its
+    shards), which must be within JOIN_S of Ray counting it alive. On this loaded 2-core machine
+    Ray's own start of a node now and then fails (its raylet exits before it registers with the
+    GCS, with nothing in its logs, or registers after Ray's 30 s, or dies once alive: the
+    actors started on it then end with the core worker's "Broken pipe" to its raylet): that
+    node is removed and another one started."""
     for _ in range(3):
         node = started(lambda: cluster.add_node(num_cpus=1, object_store_memory=128 * 2**20,
                                                 dashboard_agent_listen_port=0))
         try:
-            return wait_until(lambda: any(n["NodeID"] == node.node_id and n["Alive"]
-                                          for n in ray.nodes()) and node.node_id, 20,
-                              "the new node alive in Ray", poll_s=0.5)
+            wait_until(lambda: alive(node.node_id), 20, "the new node alive in Ray", poll_s=0.5)
         except AssertionError:
             cluster.remove_node(node, allow_graceful=False)
-    raise AssertionError("Ray could not start a node three times")
+            continue
+        joined_at = time.monotonic()
+
+        def serves_or_died():
+            if not alive(node.node_id):
+                return "died"
+            new = [n for n in node_status() if n["node"] == node.node_id]
+            return new and new[0]["serving"] and new[0]["partitions"] > 0 and new[0]
+        new = wait_until(serves_or_died, JOIN_S, "the joined node's gateway and shards",
+                         poll_s=0.5)
+        if new == "died":
+            cluster.remove_node(node, allow_graceful=False)
+            continue
+        assert time.monotonic() - joined_at < JOIN_S
+        return new
+    raise AssertionError("Ray could not start a node that stayed up three times")
+
+
+def alive(node_id: str) -> bool:
+    return any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes())
 
 
 def gateways(nodes: list[dict]) -> list[str]:
@@ -78,15 +97,7 @@ def test_a_node_joins_then_nodes_are_drained_under_traffic_without_a_failed_call
     traffic = Traffic(16).start(gateways(start))
     wait_until(lambda: traffic.total() > 100, 60, "a first stretch of traffic")
 
-    joined = join(cluster)
-    joined_at = time.monotonic()
-
-    def new_node_serves():
-        new = [n for n in node_status() if n["node"] == joined]
-        return new and new[0]["serving"] and new[0]["partitions"] > 0 and new[0]
-    new = wait_until(new_node_serves, JOIN_S, "the joined node's gateway and shards",
-                     poll_s=0.5)
-    assert time.monotonic() - joined_at < JOIN_S
+    new = join(cluster)
     assert len(new["shards"]) == 1  # one CPU, one shard per CPU
     traffic.targets = gateways(node_status())
     acked = traffic.total()
