@@ -1,0 +1,126 @@
+"""Syncs on a thread of its own (syncs.py): on a real fsynced Journal, a round written while a
+sync runs is told by the next sync, which covers it; a failed fsync fails exactly its sync's
+waiters, and the next sync fails as the journal then refuses; the thread ends once its Syncs
+is dropped, and never holds up the process's exit, even stuck in an fsync."""
+from __future__ import annotations
+
+import asyncio
+import gc
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from kairos.cluster.shard.syncs import Syncs
+from kairos.cluster.storage.journal import Journal
+
+from tests.support.faults import fsync_fails_once
+
+RECORD = [{"event": "app_open"}]
+
+
+class GatedJournal(Journal):
+    """A real fsynced journal whose syncs, once they fsynced (or failed to), wait to be let go
+    before they return."""
+
+    def __init__(self, directory) -> None:
+        super().__init__(directory, "fsync")
+        self.go, self.synced = threading.Semaphore(0), threading.Semaphore(0)
+
+    def sync(self, needed: int | None = None) -> None:
+        try:
+            super().sync(needed)
+        finally:
+            self.synced.release()
+            assert self.go.acquire(timeout=5)
+
+
+async def fsynced(journal: GatedJournal) -> None:
+    """Once the journal's next sync has fsynced, and waits to return (on the sync thread)."""
+    assert await asyncio.to_thread(journal.synced.acquire, timeout=5)
+
+
+def test_a_round_written_while_a_sync_runs_is_told_by_the_next_which_covers_it(tmp_path):
+    async def main() -> None:
+        journal, syncs = GatedJournal(tmp_path), Syncs("t")
+        first_lsn = journal.append(RECORD, sync=False)
+        first = syncs.after_writes(journal)
+        await fsynced(journal)
+        second_lsn = journal.append(RECORD, sync=False)
+        second = syncs.after_writes(journal)
+        journal.go.release()
+        await asyncio.wait_for(first, 5)
+        # the sync that ran covered the rounds before it began, not the later one
+        assert journal.synced_lsn == first_lsn < second_lsn and not second.done()
+        await fsynced(journal)
+        journal.go.release()
+        await asyncio.wait_for(second, 5)
+        assert journal.synced_lsn == second_lsn and not journal.unsynced
+    asyncio.run(main())
+
+
+def test_a_failed_fsync_fails_its_syncs_waiters_only_and_the_next_sync_as_the_journal_refuses(
+        tmp_path, monkeypatch):
+    async def main() -> None:
+        journal, syncs = GatedJournal(tmp_path), Syncs("t")
+        journal.append(RECORD, sync=False)
+        told = syncs.after_writes(journal)
+        journal.go.release()
+        await asyncio.wait_for(told, 5)  # a sync that worked
+        failures = fsync_fails_once(monkeypatch)
+        journal.append(RECORD, sync=False)
+        failing = syncs.after_writes(journal)
+        await fsynced(journal)
+        later = syncs.after_writes(journal)  # asked while the failing sync runs
+        journal.go.release()
+        with pytest.raises(OSError, match="I/O error"):
+            await asyncio.wait_for(failing, 5)
+        assert failures and not later.done()  # its waiters alone
+        await fsynced(journal)
+        journal.go.release()
+        with pytest.raises(OSError, match="the journal failed earlier"):
+            await asyncio.wait_for(later, 5)
+    asyncio.run(main())
+
+
+def test_the_sync_thread_ends_once_its_syncs_is_dropped(tmp_path):
+    before = set(threading.enumerate())
+
+    async def main() -> set[threading.Thread]:
+        journal, syncs = Journal(tmp_path, "fsync"), Syncs("t")
+        journal.append(RECORD, sync=False)
+        await asyncio.wait_for(syncs.after_writes(journal), 5)
+        assert not journal.unsynced
+        return set(threading.enumerate()) - before
+    started = asyncio.run(main())
+    assert [t.name for t in started] == ["t-sync"]
+    gc.collect()
+    for thread in started:
+        thread.join(5)
+        assert not thread.is_alive(), thread.name
+
+
+def test_a_process_exits_with_its_sync_thread_stuck_in_a_sync():
+    """A sync that never returns (a hung disk) leaves its waiters waiting, and the process
+    free to exit: nothing it covers was acknowledged."""
+    code = """if True:
+        import asyncio, threading
+        from kairos.cluster.shard.syncs import Syncs
+        class Hung:
+            entered = threading.Event()
+            def sync(self):
+                self.entered.set()
+                threading.Event().wait()
+        async def main():
+            syncs, journal = Syncs("t"), Hung()
+            waiting = syncs.after_writes(journal)
+            assert await asyncio.to_thread(journal.entered.wait, 5)
+            assert not waiting.done()
+            return syncs
+        kept = asyncio.run(main())
+        print("exiting", flush=True)
+    """
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=30)
+    assert (done.returncode, done.stdout) == (0, "exiting\n"), done.stderr
