@@ -46,7 +46,9 @@ class Syncs:
     def after_writes(self, journal: JournalLike, models: ModelTable | None = None
                      ) -> asyncio.Future:
         """A future for the first sync that starts from now; `models` learnt from what was
-        written."""
+        written. The caller's own (a shield of the sync's): one waiter cancelled (a tick's
+        `host.run` stopped) must not cancel what the other rounds of its sync wait for, nor
+        leave the sync to end on a cancelled future and start no next one."""
         self._journal = journal
         if models is not None:
             models.written()
@@ -56,7 +58,7 @@ class Syncs:
             waiting = self._next = asyncio.get_running_loop().create_future()
             if self._running is None:
                 self._start()
-        return waiting
+        return asyncio.shield(waiting)
 
     async def settled(self) -> None:
         """Once the syncs asked for so far have ended and their waiters were told: a sync's

@@ -124,3 +124,26 @@ def test_a_process_exits_with_its_sync_thread_stuck_in_a_sync():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=30)
     assert (done.returncode, done.stdout) == (0, "exiting\n"), done.stderr
+
+
+def test_a_waiter_cancelled_leaves_its_syncs_other_waiters_told_and_the_next_sync_started(
+        tmp_path):
+    """As host._apply awaits a sync that a round waits for too: a tick's `host.run` stopped
+    mid-sync must neither leave the round unanswered nor Syncs stuck."""
+    async def main() -> None:
+        journal, syncs = GatedJournal(tmp_path), Syncs("t")
+        journal.append(RECORD, sync=False)
+        round_told = syncs.after_writes(journal)  # a round's, told by callback
+        applying = asyncio.ensure_future(syncs.after_writes(journal))  # _apply's, awaited
+        await fsynced(journal)
+        applying.cancel()
+        later_lsn = journal.append(RECORD, sync=False)
+        later = syncs.after_writes(journal)  # asked while the sync runs: the next one's
+        journal.go.release()
+        await asyncio.wait_for(round_told, 5)
+        assert round_told.exception() is None
+        await fsynced(journal)
+        journal.go.release()
+        await asyncio.wait_for(later, 5)
+        assert journal.synced_lsn == later_lsn
+    asyncio.run(main())
