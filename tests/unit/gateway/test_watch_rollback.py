@@ -34,7 +34,7 @@ def test_a_customers_watch_dropped_by_a_switch_and_its_rollback_is_registered_ag
         stub.Ingest(pb.Event(customer_id="hal", type="app_open", channel="web"), timeout=10)
         watch = stub.WatchDecisions(pb.WatchRequest(customer_id="hal",
                                                     channel="call_center", placement="ivr"),
-                                    timeout=30)
+                                    timeout=120)  # two switches and a compile on a loaded machine
         watch.initial_metadata()
         assert "call_center/ivr" in held(backend)
         base = default_catalog_text()
