@@ -7,12 +7,16 @@ Future, a work item, the executor's locks and idle semaphore, a wrapping asyncio
 the chaining between them) was a tenth of a shard's GIL-held time at 1,500 events/s. Here a
 sync is one tuple put on a queue the thread blocks on, and one `call_soon_threadsafe` back
 that tells the sync's waiters. Measured driving Syncs as host.py does, each round a sync of
-its own, process CPU time per sync (median of 3, 2-core machine): on a fsynced Journal 311 us
-with the executor, 216 us so (wall 464 and 360 us); with a sync that does nothing, 74 and
-39 us.
+its own, process CPU time per sync (median of 3, interleaved, 2-core machine): on a fsynced
+Journal 218 us with the executor, 151 us so (wall 307 and 248 us); with a sync that does
+nothing, 95 and 63 us.
 The loop, not the thread, still starts each sync (`_start`): that is the moment its coverage
 is fixed for the models (`sync_started`), so a thread that picked up the next sync itself, as
-it finished one, would cover rounds the models were not told of."""
+it finished one, would cover rounds the models were not told of.
+
+Each caller gets a future of its own: one cancelled (a tick's `host.run` stopped mid-sync) is
+skipped when its sync ends, and neither the other rounds of that sync nor the next sync are
+held up by it. A Syncs serves one event loop for its life (a ShardHost's)."""
 from __future__ import annotations
 
 import asyncio
@@ -23,6 +27,14 @@ from queue import SimpleQueue
 from kairos.core.models import ModelTable
 
 from kairos.cluster.storage.store import JournalLike
+
+
+class _Sync:
+    """One sync's waiters, and `told`, set once they were told and their callbacks ran."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.waiters: list[asyncio.Future] = []
+        self.told = loop.create_future()
 
 
 class Syncs:
@@ -38,56 +50,66 @@ class Syncs:
         threading.Thread(target=_serve, args=(self._asked,), name=f"{name}-sync",
                          daemon=True).start()
         weakref.finalize(self, self._asked.put, None)
-        self._running: asyncio.Future | None = None  # the waiting of the sync running
-        self._next: asyncio.Future | None = None  # waiting for the sync after the running one
+        self._running: _Sync | None = None
+        self._next: _Sync | None = None  # waiting for the sync after the running one
+        self._telling: _Sync | None = None  # ended, its waiters' callbacks not all run yet
         self._journal: JournalLike | None = None
         self._models: ModelTable | None = None
 
     def after_writes(self, journal: JournalLike, models: ModelTable | None = None
                      ) -> asyncio.Future:
-        """A future for the first sync that starts from now; `models` learnt from what was
-        written. The caller's own (a shield of the sync's): one waiter cancelled (a tick's
-        `host.run` stopped) must not cancel what the other rounds of its sync wait for, nor
-        leave the sync to end on a cancelled future and start no next one."""
+        """A future of the caller's own for the first sync that starts from now; `models`
+        learnt from what was written."""
         self._journal = journal
         if models is not None:
             models.written()
             self._models = models
-        waiting = self._next
-        if waiting is None:
-            waiting = self._next = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiting = loop.create_future()
+        if self._next is None:
+            self._next = _Sync(loop)
             if self._running is None:
-                self._start()
-        return asyncio.shield(waiting)
+                self._start()  # takes _next, so the future joins the sync it starts
+        (self._running if self._next is None else self._next).waiters.append(waiting)
+        return waiting
 
     async def settled(self) -> None:
-        """Once the syncs asked for so far have ended and their waiters were told: a sync's
-        thread makes the journal durable (no longer `unsynced`) before the event loop hears
-        of it, and whoever waits on the journal alone would go on before they are told."""
-        asked = [w for w in (self._running, self._next) if w is not None]
-        if asked:  # told in the order they asked: these waiters before this one
+        """Once the syncs asked for so far have ended and their waiters were told, their
+        callbacks run (a round's answer, its pushes): a sync's thread makes the journal
+        durable (no longer `unsynced`) before the event loop hears of it, and whoever waits on
+        the journal alone would go on before they are told."""
+        asked = [s.told for s in (self._telling, self._running, self._next)
+                 if s is not None and not s.told.done()]
+        if asked:
             await asyncio.wait(asked)
 
     def _start(self) -> None:
-        waiting, self._next = self._next, None
-        self._running = waiting
+        sync, self._next = self._next, None
+        self._running = sync
         models = self._models
         if models is not None:
             models.sync_started()
         self._asked.put((asyncio.get_running_loop(), self._journal.sync, self._finished,
-                         waiting, models))
+                         sync, models))
 
-    def _finished(self, waiting: asyncio.Future, models: ModelTable | None,
+    def _finished(self, sync: _Sync, models: ModelTable | None,
                   failed: Exception | None) -> None:
-        self._running = None
-        if failed is None:
-            waiting.set_result(None)
-        else:
-            waiting.set_exception(failed)
-        if models is not None:  # a failed sync's round is never taken to the learner
-            models.sync_finished(failed is None, idle=self._next is None)
-        if self._next is not None:
-            self._start()
+        self._running, self._telling = None, sync
+        try:
+            for waiting in sync.waiters:
+                if waiting.done():  # its caller was cancelled
+                    continue
+                if failed is None:
+                    waiting.set_result(None)
+                else:
+                    waiting.set_exception(failed)
+            if models is not None:  # a failed sync's round is never taken to the learner
+                models.sync_finished(failed is None, idle=self._next is None)
+        finally:
+            # after the waiters' callbacks, queued before it (settled)
+            asyncio.get_running_loop().call_soon(sync.told.set_result, None)
+            if self._next is not None:
+                self._start()
 
 
 def _serve(asked: SimpleQueue) -> None:
@@ -98,9 +120,12 @@ def _serve(asked: SimpleQueue) -> None:
             sync()
         except Exception as exc:  # the waiters fail with the journal's own error
             failed = exc
-        try:
-            loop.call_soon_threadsafe(finished, waiting, models, failed)
-        except RuntimeError:  # the loop closed meanwhile: nobody is left to tell
-            pass
+        except BaseException as exc:  # noqa: BLE001  (told, not raised on the loop)
+            failed = OSError(f"the journal's sync raised {exc!r}")
+        finally:
+            try:
+                loop.call_soon_threadsafe(finished, waiting, models, failed)
+            except RuntimeError:  # the loop closed meanwhile: nobody is left to tell
+                pass
         # nothing of the Syncs held while the thread waits: dropping the Syncs ends it
-        del sync, finished, waiting, models, failed
+        del loop, sync, finished, waiting, models, failed

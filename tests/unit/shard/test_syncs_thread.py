@@ -22,16 +22,18 @@ RECORD = [{"event": "app_open"}]
 
 class GatedJournal(Journal):
     """A real fsynced journal whose syncs, once they fsynced (or failed to), wait to be let go
-    before they return."""
+    before they return; `covered`: the LSN each sync left synced."""
 
     def __init__(self, directory) -> None:
         super().__init__(directory, "fsync")
         self.go, self.synced = threading.Semaphore(0), threading.Semaphore(0)
+        self.covered: list[int] = []
 
     def sync(self, needed: int | None = None) -> None:
         try:
             super().sync(needed)
         finally:
+            self.covered.append(self.synced_lsn)
             self.synced.release()
             assert self.go.acquire(timeout=5)
 
@@ -51,8 +53,9 @@ def test_a_round_written_while_a_sync_runs_is_told_by_the_next_which_covers_it(t
         second = syncs.after_writes(journal)
         journal.go.release()
         await asyncio.wait_for(first, 5)
-        # the sync that ran covered the rounds before it began, not the later one
-        assert journal.synced_lsn == first_lsn < second_lsn and not second.done()
+        # the sync that ran covered the rounds before it began, not the later one (whose
+        # sync may have started already)
+        assert journal.covered[0] == first_lsn < second_lsn and not second.done()
         await fsynced(journal)
         journal.go.release()
         await asyncio.wait_for(second, 5)
@@ -133,17 +136,70 @@ def test_a_waiter_cancelled_leaves_its_syncs_other_waiters_told_and_the_next_syn
     async def main() -> None:
         journal, syncs = GatedJournal(tmp_path), Syncs("t")
         journal.append(RECORD, sync=False)
+        first = syncs.after_writes(journal)
+        await fsynced(journal)  # the first sync runs: the next two share the one after it
+        shared_lsn = journal.append(RECORD, sync=False)
         round_told = syncs.after_writes(journal)  # a round's, told by callback
         applying = asyncio.ensure_future(syncs.after_writes(journal))  # _apply's, awaited
-        await fsynced(journal)
+        journal.go.release()
+        await asyncio.wait_for(first, 5)
+        await fsynced(journal)  # the shared sync runs
         applying.cancel()
         later_lsn = journal.append(RECORD, sync=False)
-        later = syncs.after_writes(journal)  # asked while the sync runs: the next one's
+        later = syncs.after_writes(journal)  # asked while it runs: the next one's
         journal.go.release()
         await asyncio.wait_for(round_told, 5)
-        assert round_told.exception() is None
+        assert round_told.exception() is None and journal.covered[1] == shared_lsn
         await fsynced(journal)
         journal.go.release()
         await asyncio.wait_for(later, 5)
-        assert journal.synced_lsn == later_lsn
+        assert journal.covered[2] == later_lsn
+    asyncio.run(main())
+
+
+def test_settled_returns_once_the_ended_syncs_waiters_callbacks_ran(tmp_path):
+    """A task that asks for `settled` right after a sync ended (ShardActor.freeze, after a
+    `host.run` that journaled nothing) goes on only once that sync's rounds were answered:
+    their callbacks queue the pushes that its flush must send."""
+    async def main() -> list[str]:
+        journal, syncs, order = GatedJournal(tmp_path), Syncs("t"), []
+        ended = asyncio.get_running_loop().create_future()
+        finished = syncs._finished
+
+        def finishing(*args) -> None:
+            finished(*args)
+            ended.set_result(None)
+        syncs._finished = finishing
+
+        async def freeze() -> None:
+            await ended  # woken as the sync ends, right after Syncs is told
+            await syncs.settled()
+            order.append("settled")
+        freezing = asyncio.ensure_future(freeze())
+        journal.append(RECORD, sync=False)
+        syncs.after_writes(journal).add_done_callback(lambda _: order.append("round"))
+        await fsynced(journal)
+        journal.go.release()
+        await asyncio.wait_for(freezing, 5)
+        return order
+    assert asyncio.run(main()) == ["round", "settled"]
+
+
+def test_a_sync_that_raises_a_base_exception_fails_its_waiters_and_the_thread_goes_on(tmp_path):
+    class Interrupted(BaseException):
+        pass
+
+    class Journal:
+        raises = True
+
+        def sync(self) -> None:
+            if self.raises:
+                self.raises = False
+                raise Interrupted()
+
+    async def main() -> None:
+        journal, syncs = Journal(), Syncs("t")
+        with pytest.raises(OSError, match="Interrupted"):
+            await asyncio.wait_for(syncs.after_writes(journal), 5)
+        await asyncio.wait_for(syncs.after_writes(journal), 5)
     asyncio.run(main())
