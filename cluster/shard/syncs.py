@@ -87,10 +87,12 @@ class Syncs:
         sync, self._next = self._next, None
         self._running = sync
         models = self._models
-        if models is not None:
-            models.sync_started()
+        # queued first: a hook that raises must not leave a sync running that never ends (no
+        # write can come between: both happen in this turn of the loop, the only writer)
         self._asked.put((asyncio.get_running_loop(), self._journal.sync, self._finished,
                          sync, models))
+        if models is not None:
+            models.sync_started()
 
     def _finished(self, sync: _Sync, models: ModelTable | None,
                   failed: Exception | None) -> None:
@@ -108,7 +110,7 @@ class Syncs:
         finally:
             # after the waiters' callbacks, queued before it (settled)
             asyncio.get_running_loop().call_soon(sync.told.set_result, None)
-            if self._next is not None:
+            if self._next is not None and self._running is None:  # a hook may have started it
                 self._start()
 
 
@@ -118,10 +120,11 @@ def _serve(asked: SimpleQueue) -> None:
         failed: Exception | None = None
         try:
             sync()
-        except Exception as exc:  # the waiters fail with the journal's own error
-            failed = exc
         except BaseException as exc:  # noqa: BLE001  (told, not raised on the loop)
-            failed = OSError(f"the journal's sync raised {exc!r}")
+            # the waiters fail with the journal's own error; as OSError one that is no plain
+            # Exception, or StopIteration, which a future refuses to hold
+            failed = exc if isinstance(exc, Exception) and not isinstance(exc, StopIteration) \
+                else OSError(f"the journal's sync raised {exc!r}")
         finally:
             try:
                 loop.call_soon_threadsafe(finished, waiting, models, failed)

@@ -1,7 +1,9 @@
 """Syncs on a thread of its own (syncs.py): on a real fsynced Journal, a round written while a
 sync runs is told by the next sync, which covers it; a failed fsync fails exactly its sync's
 waiters, and the next sync fails as the journal then refuses; the thread ends once its Syncs
-is dropped, and never holds up the process's exit, even stuck in an fsync."""
+is dropped, and never holds up the process's exit, even stuck in an fsync. A caller cancelled
+holds up neither its sync's other waiters nor the next sync; `settled` returns only once an
+ended sync's waiters' callbacks ran; a sync or a hook that raises anything leaves Syncs going."""
 from __future__ import annotations
 
 import asyncio
@@ -134,13 +136,18 @@ def test_a_waiter_cancelled_leaves_its_syncs_other_waiters_told_and_the_next_syn
     """As host._apply awaits a sync that a round waits for too: a tick's `host.run` stopped
     mid-sync must neither leave the round unanswered nor Syncs stuck."""
     async def main() -> None:
+        errors = on_the_loop()
         journal, syncs = GatedJournal(tmp_path), Syncs("t")
         journal.append(RECORD, sync=False)
         first = syncs.after_writes(journal)
         await fsynced(journal)  # the first sync runs: the next two share the one after it
         shared_lsn = journal.append(RECORD, sync=False)
+
+        async def apply() -> None:  # as _apply, awaited; asked before the round, told first
+            await syncs.after_writes(journal)
+        applying = asyncio.ensure_future(apply())
+        await asyncio.sleep(0)
         round_told = syncs.after_writes(journal)  # a round's, told by callback
-        applying = asyncio.ensure_future(syncs.after_writes(journal))  # _apply's, awaited
         journal.go.release()
         await asyncio.wait_for(first, 5)
         await fsynced(journal)  # the shared sync runs
@@ -153,7 +160,47 @@ def test_a_waiter_cancelled_leaves_its_syncs_other_waiters_told_and_the_next_syn
         await fsynced(journal)
         journal.go.release()
         await asyncio.wait_for(later, 5)
-        assert journal.covered[2] == later_lsn
+        assert journal.covered[2] == later_lsn and not errors
+    asyncio.run(main())
+
+
+def on_the_loop() -> list[dict]:
+    """The errors the running loop's exception handler gets from now (none may go unseen)."""
+    errors: list[dict] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, context: errors.append(context))
+    return errors
+
+
+def test_a_hook_that_raises_as_a_sync_ends_still_has_the_next_sync_run(tmp_path):
+    class Models:
+        raises = True
+
+        def written(self) -> None:
+            pass
+
+        def sync_started(self) -> None:
+            pass
+
+        def sync_finished(self, ok: bool, idle: bool) -> None:
+            if self.raises:
+                self.raises = False
+                raise RuntimeError("a hook's bug")
+
+    async def main() -> None:
+        errors = on_the_loop()
+        journal, syncs = GatedJournal(tmp_path), Syncs("t")
+        journal.append(RECORD, sync=False)
+        first = syncs.after_writes(journal, Models())
+        await fsynced(journal)
+        later_lsn = journal.append(RECORD, sync=False)
+        later = syncs.after_writes(journal)  # queued behind the sync that ends badly
+        journal.go.release()
+        await asyncio.wait_for(first, 5)
+        await fsynced(journal)
+        journal.go.release()
+        await asyncio.wait_for(later, 5)
+        assert journal.covered == [later_lsn - 1, later_lsn]
+        assert [str(e.get("exception")) for e in errors] == ["a hook's bug"]
     asyncio.run(main())
 
 
@@ -167,8 +214,8 @@ def test_settled_returns_once_the_ended_syncs_waiters_callbacks_ran(tmp_path):
         finished = syncs._finished
 
         def finishing(*args) -> None:
+            ended.set_result(None)  # freeze's wake-up queued before the waiters' callbacks
             finished(*args)
-            ended.set_result(None)
         syncs._finished = finishing
 
         async def freeze() -> None:
@@ -185,21 +232,25 @@ def test_settled_returns_once_the_ended_syncs_waiters_callbacks_ran(tmp_path):
     assert asyncio.run(main()) == ["round", "settled"]
 
 
-def test_a_sync_that_raises_a_base_exception_fails_its_waiters_and_the_thread_goes_on(tmp_path):
-    class Interrupted(BaseException):
-        pass
+class Interrupted(BaseException):
+    pass
 
+
+@pytest.mark.parametrize("raised", [Interrupted, StopIteration])
+def test_a_sync_that_raises_what_a_future_cannot_hold_fails_its_waiters_and_goes_on(raised):
+    """No plain Exception (the thread died of it), or StopIteration (a future refuses it): the
+    waiters fail as on any journal error, and the next sync runs."""
     class Journal:
         raises = True
 
         def sync(self) -> None:
             if self.raises:
                 self.raises = False
-                raise Interrupted()
+                raise raised()
 
     async def main() -> None:
         journal, syncs = Journal(), Syncs("t")
-        with pytest.raises(OSError, match="Interrupted"):
-            await asyncio.wait_for(syncs.after_writes(journal), 5)
-        await asyncio.wait_for(syncs.after_writes(journal), 5)
+        with pytest.raises(OSError, match=raised.__name__):
+            await asyncio.wait_for(syncs.after_writes(journal), 1)
+        await asyncio.wait_for(syncs.after_writes(journal), 1)
     asyncio.run(main())
