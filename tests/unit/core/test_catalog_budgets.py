@@ -14,9 +14,9 @@ from kairos.core.compiler import compile_catalog, compiled_from_text
 from kairos.core.engine import DecisionEngine
 from kairos.core.errors import CatalogError
 
+from tests.unit.core.test_catalog_checks import dumped, web_action
 from tests.unit.core.test_value_learning import SMALL, T0
 
-WEB_ACTION = "{id: a%d, group: g, purpose: service, value: 1, channels: {web: {treatment: t}}}"
 
 
 def refusal(text: str) -> CatalogError:
@@ -36,7 +36,7 @@ def many_channels(n: int) -> str:
     text = edit("channels:\n  web:\n", "channels:\n" + extra + "  web:\n")
     doc = yaml.safe_load(text)
     doc["fallbacks"].update({f"c{i}": [] for i in range(n)})
-    return yaml.safe_dump(doc, sort_keys=False)
+    return dumped(doc)
 
 
 # -- the history ring's channel column is an int8 -------------------------------------------
@@ -70,9 +70,9 @@ def vector_catalog(n_actions: int, n_channels: int) -> str:
     doc["context"]["emb"] = {"type": "vector", "size": 63, "min": -1, "max": 1}
     doc["models"]["predictors"] = [{"name": "emb", "source": "context"}]
     doc["models"]["posterior"] = "full"
-    doc["actions"] += [yaml.safe_load(WEB_ACTION % i) for i in range(n_actions)]
+    doc["actions"] += [web_action(i) for i in range(n_actions)]
     doc["arbitration"]["exploration"] = {"method": "none"}
-    return yaml.safe_dump(doc, sort_keys=False)
+    return dumped(doc)
 
 
 def test_a_catalog_whose_models_outgrow_the_budget_is_refused_with_the_figure():
@@ -103,10 +103,10 @@ def test_a_saved_catalog_past_a_later_bound_still_loads():
 def samples_catalog(n_web: int, samples: int, method: str = "thompson",
                     top_k: int = 3) -> str:
     doc = yaml.safe_load(SMALL)
-    doc["actions"] += [yaml.safe_load(WEB_ACTION % i) for i in range(n_web)]
+    doc["actions"] += [web_action(i) for i in range(n_web)]
     doc["arbitration"]["exploration"] = {"method": method, "selection_samples": samples}
     doc["channels"]["web"]["placements"]["sidebar"]["top_k"] = top_k
-    return yaml.safe_dump(doc, sort_keys=False)
+    return dumped(doc)
 
 
 def test_selection_samples_times_a_channels_actions_and_top_k_is_bounded():
