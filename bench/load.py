@@ -107,9 +107,9 @@ FULL = Plan(customers=1_000_000, modes=(1, 3), generators=2, warmup_s=2.0, measu
             stream_rates=(1000, 2500, 5000, 10_000, 20_000, 40_000),
             batch_rates=(5000, 10_000, 20_000, 30_000, 40_000),
             journey_rate=1000, push_rate=100, actors=64, shards=os.cpu_count() or 2)
-SMOKE = Plan(customers=500, modes=(1,), generators=2, warmup_s=0.3, measure_s=1.0,
+SMOKE = Plan(customers=500, modes=(1,), generators=2, warmup_s=0.2, measure_s=0.6,
              decide_rates=(200,), stream_rates=(1000,), batch_rates=(2000,), journey_rate=200,
-             push_rate=20, actors=4, shards=2, idle_s=1.0, idle_quiet_s=0.5)
+             push_rate=20, actors=4, shards=2, idle_s=0.5, idle_quiet_s=0.3)
 
 
 class Bench:

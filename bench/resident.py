@@ -137,7 +137,8 @@ def row_bytes(compiled: CompiledCatalog) -> int:
 
 
 def phase(customers: int, first: int, baseline: int, pool: GeneratorPool, target: str,
-          rate: float, measure_s: float, impression: tuple[str, str]) -> dict[str, Any]:
+          rate: float, warmup_s: float, measure_s: float, impression: tuple[str, str]
+          ) -> dict[str, Any]:
     """Load customers `first`..`customers`-1 on top of what is resident, then measure."""
     shards = shard_actors()
     started = _gc(shards)
@@ -153,7 +154,7 @@ def phase(customers: int, first: int, baseline: int, pool: GeneratorPool, target
     written = snapshot_shards(shards)
     snapshot_s = time.perf_counter() - began
     measured = _gc(shards)
-    steps = {op: pool.run(Step(target, op, rate, WARMUP_S, measure_s, customers, 1))
+    steps = {op: pool.run(Step(target, op, rate, warmup_s, measure_s, customers, 1))
              for op in ("decide", "ingest")}
     pauses = {"load": _pauses(started, loaded_gc), "steps": _pauses(measured, _gc(shards))}
     tqdm.write(f"{customers:,} customers: {(rss - baseline) / customers:,.0f} bytes each, "
@@ -262,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=200.0,
                         help="Decides (and events) per second in the steps")
     parser.add_argument("--measure-s", type=float, default=30.0)
+    parser.add_argument("--warmup-s", type=float, default=WARMUP_S,
+                        help="load before each step's window, not measured")
     parser.add_argument("--shards", type=int, default=runtime.DEFAULT_SHARDS)
     parser.add_argument("--smoke", action="store_true", help="a short run (tests)")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -271,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.judge:
         return judge(args.judge)
     if args.smoke:
-        args.customers, args.rate, args.measure_s = 20_000, 50.0, 2.0
+        args.customers, args.rate, args.measure_s, args.warmup_s = 20_000, 50.0, 1.5, 1.0
     if args.customers < SMALL_SHARE:
         parser.error(f"--customers must be at least {SMALL_SHARE}")
     command = " ".join(["python -m bench.resident"] + (sys.argv[1:] if argv is None else argv))
@@ -291,9 +294,9 @@ def main(argv: list[str] | None = None) -> int:
         with ray_nodes(1), kairos(args.shards, args.customers) as system:
             baseline = kairos_rss()
             phases = [phase(small, 0, baseline, pool, system.target, args.rate,
-                            args.measure_s, impression)]
+                            args.warmup_s, args.measure_s, impression)]
             phases.append(phase(args.customers, small, baseline, pool, system.target,
-                                args.rate, args.measure_s, impression))
+                                args.rate, args.warmup_s, args.measure_s, impression))
     finally:
         pool.close()
     results = {"run": run, "command": command,
