@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 from kairos.cluster.cli import local
+from kairos.cluster.cli.options import STORE_DIR
+from kairos.cluster.cli.remote import Remote
 from kairos.cluster.storage.redis_server import free_port
 
 from tests.support.listeners import LOOPBACK, listening
@@ -28,8 +30,11 @@ def kairos(*args: str, env: dict[str, str], timeout_s: float = 300) -> subproces
 
 
 def test_up_demo_status_push_down_on_ports_of_its_own(tmp_path, default_yaml):
+    """And a second `kairos up` on its store is refused: two clusters on one store appended to
+    the same shards' journals (their shards have the same names) and corrupted them."""
     home = tmp_path / "home"
     ray_temp = tempfile.mkdtemp(prefix="kx-")  # short: Ray's socket paths live under it
+    temps = [ray_temp]
     # a Ray token of its own: `kairos up` makes ~/.ray/auth_token when there is none
     env = {**os.environ, local.HOME_ENV: str(home), "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     up = ["up", "--shards", "2", "--port", "0", "--ray-port", str(free_port()),
@@ -63,6 +68,28 @@ def test_up_demo_status_push_down_on_ports_of_its_own(tmp_path, default_yaml):
         push = kairos("catalog", "push", str(default_yaml), env=env, timeout_s=180)
         assert push.returncode == 0, push.stderr
         assert push.stdout.startswith("the cluster now runs catalog 'omni-retail'")
+
+        # a second cluster on this one's store, with a KAIROS_HOME and ports of its own
+        store = home / STORE_DIR
+        temps.append(tempfile.mkdtemp(prefix="kx-"))
+        second = {**os.environ, local.HOME_ENV: str(tmp_path / "second"),
+                  "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+        refused = kairos("up", "--shards", "1", "--port", "0", "--ray-port", str(free_port()),
+                         "--no-dashboard", "--ray-temp-dir", temps[-1], "--console-port", "0",
+                         "--store", str(store), env=second)
+        if refused.returncode == 0:
+            kairos("down", env=second, timeout_s=120)
+        assert refused.returncode == 1, refused.stdout
+        assert (f"error: Kairos did not start: the store {store} is in use by another Kairos "
+                f"cluster (its controller: host ") in refused.stderr, refused.stderr
+        assert "(stopped what had started)" in refused.stderr
+        assert "did not answer" not in refused.stderr  # it started no shard: not asked for any
+        remote = Remote(run["gateways"][0])  # and the first serves on
+        try:
+            ack = remote.ingest("second-store", "page_view", time.time(), {"category": "home"})
+        finally:
+            remote.channel.close()
+        assert ack.sequence == 1
     finally:
         down = kairos("down", env=env, timeout_s=120)
     assert down.returncode == 0, down.stderr
@@ -71,7 +98,8 @@ def test_up_demo_status_push_down_on_ports_of_its_own(tmp_path, default_yaml):
     assert not local.processes(local.Run(**run))
     assert not (home / "run.json").exists()
     assert not (Path(ray_temp) / "ray_current_cluster").exists()
-    shutil.rmtree(ray_temp, ignore_errors=True)
+    for temp in temps:
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_start_serves_on_a_ray_cluster_something_else_started(tmp_path, monkeypatch):
@@ -149,45 +177,3 @@ def test_a_start_that_fails_leaves_no_runtime_behind_and_names_the_cause(ray_clu
         assert "Kairos is serving on the Ray cluster" in done.stdout
     finally:
         runtime.stop()
-
-
-def test_a_second_kairos_up_on_a_store_another_cluster_holds_is_refused(tmp_path):
-    """Two clusters on one store appended to the same shards' journals (their shards have the
-    same names) and corrupted them: a second `kairos up` there, on a KAIROS_HOME and ports of
-    its own, is refused, naming the store, and the first serves on."""
-    from kairos.cluster.cli.remote import Remote
-
-    store = tmp_path / "shared-store"
-    temps: list[str] = []
-
-    def up(name: str) -> tuple[dict[str, str], subprocess.CompletedProcess]:
-        temps.append(tempfile.mkdtemp(prefix="kx-"))
-        env = {**os.environ, local.HOME_ENV: str(tmp_path / name),
-               "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-        return env, kairos("up", "--shards", "1", "--port", "0", "--ray-port", str(free_port()),
-                           "--no-dashboard", "--ray-temp-dir", temps[-1], "--console-port", "0",
-                           "--store", str(store), env=env)
-
-    first, started = up("first")
-    try:
-        assert started.returncode == 0, started.stderr
-        second, refused = up("second")
-        if refused.returncode == 0:
-            kairos("down", env=second, timeout_s=120)
-        assert refused.returncode == 1, refused.stdout
-        assert (f"error: Kairos did not start: the store {store} is in use by another Kairos "
-                f"cluster (its controller: host ") in refused.stderr, refused.stderr
-        assert "(stopped what had started)" in refused.stderr
-        assert "did not answer" not in refused.stderr  # it started no shard: not asked for any
-        gateway = json.loads((tmp_path / "first" / "run.json").read_text())["gateways"][0]
-        remote = Remote(gateway)
-        try:
-            ack = remote.ingest("cust-1", "page_view", time.time(), {"category": "home"})
-        finally:
-            remote.channel.close()
-        assert ack.sequence == 1
-    finally:
-        down = kairos("down", env=first, timeout_s=120)
-        for temp in temps:
-            shutil.rmtree(temp, ignore_errors=True)
-    assert down.returncode == 0, down.stderr
