@@ -1,7 +1,8 @@
 """Drain benchmark: how long taking a node out takes, against the customers it holds.
 
     python -m bench.drain                          # 100,000 and 1,000,000 customers
-    python -m bench.drain --customers 2000 --rate 20   # the suite's short version
+    python -m bench.drain --customers 2000 --rate 20 --partitions 256 --step-s 1
+                                                   # the suite's short version
 
 For each size: two Ray nodes on this machine, Kairos on them with a gateway on each and one
 shard per node (the embedded default's durability: a directory store, fsync per batch), every
@@ -42,7 +43,7 @@ from tqdm import tqdm  # noqa: E402
 
 from kairos.cluster.control import runtime  # noqa: E402
 from kairos.cluster.control.nodes import GatewaySpec  # noqa: E402
-from kairos.cluster.control.partitions import partition_of  # noqa: E402
+from kairos.cluster.control.partitions import DEFAULT_PARTITIONS, partition_of  # noqa: E402
 from kairos.cluster.settings import RETIRE_GRACE_S  # noqa: E402
 
 from . import report  # noqa: E402
@@ -58,12 +59,15 @@ RAY_STOP_S = 60.0  # what a worker pod's grace period leaves Ray after the drain
 SAFETY = 2.0  # a busy cluster drains slower than this machine's idle one
 
 
-def drain_once(customers: int, rate: float, pool: GeneratorPool) -> dict[str, Any]:
-    """One size on a fresh two-node cluster."""
+def drain_once(customers: int, rate: float, pool: GeneratorPool,
+               partitions: int = DEFAULT_PARTITIONS, step_s: float = STEP_S) -> dict[str, Any]:
+    """One size on a fresh two-node cluster of `partitions`, traffic cut into steps of
+    `step_s`."""
     os.environ["KAIROS_DRAIN_UNREADY_S"] = "0"  # the controller (a Ray actor) inherits it
     store = Path(os.environ.get("TMPDIR", "/tmp")) / f"kairos-drain-{os.getpid()}-{customers}"
     with ray_nodes(2) as (head, worker):
-        runtime.start(n_shards=2, store=str(store), journal_policy="fsync",
+        runtime.start(n_shards=2, n_partitions=partitions, store=str(store),
+                      journal_policy="fsync",
                       gateways=GatewaySpec("127.0.0.1", 0), shards_per_cpu=1.0)
         try:
             with tqdm(total=customers, desc=f"populate {customers:,}", unit="customer",
@@ -73,9 +77,9 @@ def drain_once(customers: int, rate: float, pool: GeneratorPool) -> dict[str, An
             nodes = {n["node"]: n for n in status["node_status"]}
             target = f"127.0.0.1:{nodes[head]['gateway_port']}"
             held = held_by(set(nodes[worker]["shards"]), customers)
-            with pool.traffic(Step(target, "decide", rate, 0.0, STEP_S, customers)) as traffic:
+            with pool.traffic(Step(target, "decide", rate, 0.0, step_s, customers)) as traffic:
                 # a step of traffic before the drain
-                time.sleep(max(traffic.measured_at + STEP_S - time.time(), 0.0))
+                time.sleep(max(traffic.measured_at + step_s - time.time(), 0.0))
                 started = time.perf_counter()
                 done = ray.get(runtime.controller().drain_node.remote(worker))
                 seconds = time.perf_counter() - started
@@ -178,13 +182,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generators", type=int, default=1)
     parser.add_argument("--grace-for", type=int, default=1_000_000,
                         help="customers per worker node to size the grace period for")
+    # fewer partitions and shorter steps: the suite's short run (fewer files to snapshot,
+    # move and delete), the drain still under traffic
+    parser.add_argument("--partitions", type=int, default=DEFAULT_PARTITIONS)
+    parser.add_argument("--step-s", type=float, default=STEP_S,
+                        help="seconds of each measured traffic step (one before the drain)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     command = " ".join(["python -m bench.drain"] + (sys.argv[1:] if argv is None else argv))
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     pool = GeneratorPool(args.generators)
     try:
-        sizes = [drain_once(n, args.rate, pool) for n in args.customers]
+        sizes = [drain_once(n, args.rate, pool, args.partitions, args.step_s)
+                 for n in args.customers]
     finally:
         pool.close()
     results = {"run": f"drain-{stamp}", "command": command,
