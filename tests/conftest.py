@@ -10,7 +10,8 @@ Tiers, one folder each, run in this order: `unit/` (no Ray, quick), `property/` 
 equivalence against a twin: the kernel's NumPy twin, a shard that never crashed; no Ray), `cluster/` (starts Ray clusters on this machine),
 `console/` (the agent's console in Chromium against a `kairos up` of its own), `bench/` (the
 harnesses' quick modes, end to end). `-m unit` (or any tier's name) picks one. With workers
-(pytest-xdist's `-n`, on by default), one runs the Ray tiers and the others the rest (ByTier).
+(pytest-xdist's `-n`, on by default), one runs the Ray tiers and the others the rest (ByTier),
+the modules of the Ray tiers that start no Ray included (RAY_FREE).
 Tests of the unit and property tiers cannot start Ray: `ray.init` and Ray's node start-up
 raise while their fixtures and bodies run (see `pytest_runtest_protocol`).
 """
@@ -95,19 +96,31 @@ def pytest_collection_modifyitems(session, config, items: list[pytest.Item]) -> 
 
 # With workers (pytest-xdist, -n): the Ray tiers first, so that one worker starts on them
 RAY_FIRST = ("cluster", "console", "bench", "unit", "k8s", "property")
+# Modules of the Ray tiers that start no Ray, in their tests or in the harnesses they run
+# (which import none): the other workers share them as they share the unit tier's modules,
+# off the one worker the Ray tests queue on, which sets the suite's time. Starting Ray in
+# their tests raises as it does in the unit tier.
+RAY_FREE = frozenset(f"tests/bench/{name}.py" for name in (
+    "test_bench_costs", "test_bench_coverage", "test_bench_decision_log", "test_bench_flood",
+    "test_bench_kernel", "test_bench_learning", "test_bench_recovery", "test_loadgen_stall",
+    "test_loadgen_traffic"))
+
+
+def _ray_free(nodeid: str) -> bool:
+    return nodeid.split("::", 1)[0] in RAY_FREE
 
 
 class ByTier(LoadScopeScheduling):
     """pytest-xdist's scheduling by scope, the scopes being: the Ray tiers, all of them as one,
     which one worker runs in order from the start (two Ray clusters never run at once), and
-    each module of the other tiers, which the other workers share (a module's fixtures set up
-    once)."""
+    each module of the other tiers and of RAY_FREE, which the other workers share (a module's
+    fixtures set up once)."""
 
     def _split_scope(self, nodeid: str) -> str:
         module = nodeid.split("::", 1)[0]
         parts = Path(module).parts
         tier = parts[parts.index("tests") + 1] if "tests" in parts[:-1] else ""
-        return module if tier in NO_RAY else "ray"
+        return module if tier in NO_RAY or _ray_free(nodeid) else "ray"
 
 
 def pytest_xdist_make_scheduler(config, log) -> ByTier:
@@ -117,9 +130,10 @@ def pytest_xdist_make_scheduler(config, log) -> ByTier:
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem):
     """The unit tier's guard (as Ray Serve's unit tests forbid ray.init): around the whole
-    protocol of a unit-tier test, its module- and session-scoped fixtures included (a
-    function-scoped autouse fixture would come after those), starting Ray raises."""
-    if item.stash.get(_TIER, "unit") not in NO_RAY:
+    protocol of a test of the tiers without Ray or of RAY_FREE, its module- and session-scoped
+    fixtures included (a function-scoped autouse fixture would come after those), starting
+    Ray raises."""
+    if item.stash.get(_TIER, "unit") not in NO_RAY and not _ray_free(item.nodeid):
         yield
         return
     with _ray_forbidden(item.nodeid):
@@ -133,8 +147,9 @@ def _ray_forbidden(nodeid: str) -> Iterator[None]:
     import ray._private.worker
 
     def refuse(*args, **kwargs):
-        raise RuntimeError(f"{nodeid} is in a tier that must not start Ray: move it to "
-                           f"tests/cluster/ (and use the `ray_cluster` fixture)")
+        raise RuntimeError(f"{nodeid} must not start Ray (its tier, or RAY_FREE in "
+                           f"tests/conftest.py): move it to tests/cluster/ (and use the "
+                           f"`ray_cluster` fixture), or its module out of RAY_FREE")
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(ray, "init", refuse)
