@@ -37,6 +37,9 @@ def status(args: argparse.Namespace) -> int:
         print(f"LEARNER UNCONFIRMED: not told the cluster's catalog since Ray restarted it, it "
               f"merges no learning ({st.learner_refused_unconfirmed} syncs refused); the "
               f"control loop tells it, or it confirms itself on the controller's catalog")
+    if st.learner_switching:
+        print("LEARNER SWITCHING: saving a catalog switch; the shards' syncs and watches wait "
+              "until the store has taken it (a store that does not answer holds them)")
     if st.catalog_evidence:
         print(f"catalog evidence: {st.catalog_evidence}")
     if st.previous_catalog_version:

@@ -88,6 +88,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             previous_catalog_version=st.get("previous_catalog_version", ""),
             learner_unconfirmed=st["learner"].get("unconfirmed", False),
             learner_refused_unconfirmed=st["learner"].get("refused_unconfirmed", 0),
+            learner_switching=st["learner"].get("switching", False),
             shards=[admin_pb2.ShardStatus(
                 name=s["shard"], node=s.get("node") or "", partitions=s["partitions"],
                 resident=s.get("resident", 0), passivated=s.get("passivated", 0),

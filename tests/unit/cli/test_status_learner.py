@@ -1,5 +1,6 @@
 """`kairos status` says when the learner merges no learning because it was not told the
-cluster's catalog (control/learner.py: unconfirmed), as GetClusterStatus carries it."""
+cluster's catalog (control/learner.py: unconfirmed), and when it holds the shards' syncs and
+watches while a catalog switch is saved (switching), as GetClusterStatus carries them."""
 from __future__ import annotations
 
 import argparse
@@ -38,6 +39,13 @@ def test_status_shows_an_unconfirmed_learner_and_the_syncs_it_refused(monkeypatc
     assert "(7 syncs refused)" in shown(monkeypatch, capsys, st)
 
 
+def test_status_shows_a_learner_saving_a_switch(monkeypatch, capsys):
+    st = status_with({"model_version": 9, "switching": True})
+    assert st.learner_switching and not st.learner_unconfirmed
+    assert "LEARNER SWITCHING: saving a catalog switch" in shown(monkeypatch, capsys, st)
+
+
 def test_status_says_nothing_of_a_confirmed_learner_or_an_older_one(monkeypatch, capsys):
-    for learner in ({"model_version": 9, "unconfirmed": False}, {"model_version": 9}, {}):
+    for learner in ({"model_version": 9, "unconfirmed": False, "switching": False},
+                    {"model_version": 9}, {}):
         assert "LEARNER" not in shown(monkeypatch, capsys, status_with(learner))
