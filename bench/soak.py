@@ -1,8 +1,8 @@
 """Soak: Kairos under steady mixed traffic for an hour, watched for leaks.
 
     python -m bench.soak --rate 300                 # an hour of sessions at 300/s
-    python -m bench.soak --minutes 0.4 --rate 100 --step-s 8 --sample-s 1.5
-                                                    # the suite's short version (24 s)
+    python -m bench.soak --minutes 0.25 --rate 100 --customers 2000 --step-s 5 \
+        --sample-s 0.8 --partitions 256             # the suite's short version (15 s)
 
 Sessions (decisions, events and outcomes mixed, as bench/loadgen.py's "journey") arrive at
 the given rate, which should be about half the Decide rate the machine holds (bench.load or
@@ -54,6 +54,7 @@ import psutil
 import ray
 
 from kairos.cluster.control import runtime
+from kairos.cluster.control.partitions import DEFAULT_PARTITIONS
 
 from . import report
 from .loadgen import CUSTOMER_RATE, GeneratorPool, Step
@@ -323,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generators", type=int, default=2)
     parser.add_argument("--step-s", type=float, default=STEP_S)
     parser.add_argument("--sample-s", type=float, default=SAMPLE_S)
+    # fewer for a short run: fewer files for the bulk load's snapshot to write
+    parser.add_argument("--partitions", type=int, default=DEFAULT_PARTITIONS)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.judge:
@@ -336,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     step_s = total_s / count
     pool = GeneratorPool(args.generators)
     try:
-        with populated_kairos(args.shards, args.customers) as system:
+        with populated_kairos(args.shards, args.customers, args.partitions) as system:
             sampler = Sampler(args.sample_s)
             sampler.start()
             # one schedule for the whole run: the load never pauses between steps

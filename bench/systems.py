@@ -29,7 +29,7 @@ from kairos.cluster.control import runtime
 from kairos.cluster.control.nodes import GatewaySpec
 from kairos.cluster.transport.client import KairosClient
 from kairos.cluster.gateway.actor import GatewayActor
-from kairos.cluster.control.partitions import partition_of
+from kairos.cluster.control.partitions import DEFAULT_PARTITIONS, partition_of
 from kairos.cluster.protocol import Event, Outcome, Request
 from kairos.cluster.raytuning import RAY_SETTINGS
 from kairos.cluster.settings import NAMESPACE
@@ -236,12 +236,14 @@ class Kairos:
 
 @contextmanager
 def kairos(n_shards: int, customers: int, catalog_text: str | None = None,
-           keys_file: str | None = None, direct: bool = False) -> Iterator[Kairos]:
+           keys_file: str | None = None, direct: bool = False,
+           partitions: int = DEFAULT_PARTITIONS) -> Iterator[Kairos]:
     """The runtime (controller, learner, shards spread over the nodes) and one gateway, with
     the embedded default's durability: a directory store, the journal fsynced per batch. On
     the default catalog unless given one; the gateway requires the keys of `keys_file` if
     given (auth is off without). `direct`: every shard serves kairos.v1 too, and `routes`
-    names each partition's owner's endpoint."""
+    names each partition's owner's endpoint. `partitions`: fewer, for a short run, are fewer
+    files to snapshot and delete."""
     store = tempfile.mkdtemp(prefix="kairos-bench-store-")
     abandoned = None
     try:
@@ -250,8 +252,8 @@ def kairos(n_shards: int, customers: int, catalog_text: str | None = None,
             if direct else None
         try:
             within(START_TIMEOUT_S, lambda: runtime.start(
-                n_shards=n_shards, catalog_text=catalog_text, store=store,
-                journal_policy="fsync", gateways=spec), "runtime.start")
+                n_shards=n_shards, catalog_text=catalog_text, n_partitions=partitions,
+                store=store, journal_policy="fsync", gateways=spec), "runtime.start")
         except Abandoned as exc:
             abandoned = exc.thread
             raise
@@ -279,10 +281,11 @@ def kairos(n_shards: int, customers: int, catalog_text: str | None = None,
 
 
 @contextmanager
-def populated_kairos(n_shards: int, customers: int) -> Iterator[Kairos]:
-    """One Ray node on this machine, Kairos on it, every customer's profile loaded (and
-    snapshotted)."""
-    with ray_nodes(1), kairos(n_shards, customers) as system:
+def populated_kairos(n_shards: int, customers: int,
+                     partitions: int = DEFAULT_PARTITIONS) -> Iterator[Kairos]:
+    """One Ray node on this machine, Kairos on it (`kairos`), every customer's profile loaded
+    (and snapshotted)."""
+    with ray_nodes(1), kairos(n_shards, customers, partitions=partitions) as system:
         with tqdm(total=customers, desc="populate", unit="customer", leave=False) as bar:
             populate_and_snapshot(customers, bar.update)
         yield system
