@@ -11,6 +11,7 @@ last second), and some models start poisoned, so that clipping and refusals are 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from pathlib import Path
 
@@ -48,6 +49,9 @@ numbers = st.sampled_from(["0", "1", "2.5", "10", "100", "-3", "30m", "2h", "7d"
                            "1e12"])
 
 
+# the expression strategies are built once: built anew at each action drawn, their recursive
+# strategies and lambdas (which Hypothesis inspects) were a third of the test's time
+@functools.cache
 def num_expr():
     leaves = st.one_of(numbers, st.sampled_from(NUM_NAMES),
                        st.just("days_since(member_since)"), st.just("hours_since(now - 1d)"))
@@ -64,6 +68,7 @@ def num_expr():
     return st.recursive(leaves, extend, max_leaves=6)
 
 
+@functools.cache
 def bool_expr():
     num = num_expr()
     string_test = st.sampled_from(sorted(STR_NAMES)).flatmap(lambda name: st.one_of(
@@ -270,7 +275,9 @@ def input_statistics():
                          max_size=2), seen=input_statistics(),
        clipped=st.sampled_from([0.0, 0.05, 0.5]), clip=st.booleans())
 def test_kernel_matches_twin(doc, steps, seed, poisoned, seen, clipped, clip):
-    compiled = compile_catalog(load_catalog(yaml.safe_dump(doc), "random.yaml"))
+    # libyaml's dumper writes what safe_dump does, in a tenth of its time
+    compiled = compile_catalog(load_catalog(yaml.dump(doc, Dumper=yaml.CSafeDumper),
+                                            "random.yaml"))
     # whether standardised inputs join their statistics clipped (off where the field declares
     # both bounds), drawn here since the drawn catalogs standardise a profile input only
     compiled.predictor_clip = np.full_like(compiled.predictor_clip, clip)
