@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kairos.cluster.control.partitions import DEFAULT_PARTITIONS
+
 from . import report
 from .loadgen import CUSTOMER_RATE, DEADLINE_S, GeneratorPool, Step
 from .sweep import (ERROR_BUDGET, KIND_OF_OP, P99_TARGET_MS, failed, holds, sweep,
@@ -156,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--generators", type=int, default=2)
     parser.add_argument("--measure-s", type=float, default=10.0)
+    parser.add_argument("--warmup-s", type=float, default=2.0,
+                        help="each step's warm-up, before it measures")
+    parser.add_argument("--partitions", type=int, default=DEFAULT_PARTITIONS)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--judge", type=Path, metavar="FILE.json",
                         help="print a saved run's report under this version's verdict (the "
@@ -165,15 +170,16 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads(args.judge.read_text())
         print(markdown({**saved, "verdict": verdict(saved["nominal"], saved["overload"])}))
         return 0
-    if args.smoke:
+    if args.smoke:  # fewer partitions: fewer files for the bulk load's snapshot to write
         args.customers, args.measure_s, args.held = 500, 1.5, args.held or 100.0
+        args.warmup_s, args.partitions = 0.5, 256
     command = " ".join(["python -m bench.overload"] + (sys.argv[1:] if argv is None else argv))
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     pool = GeneratorPool(args.generators)
     try:
-        with populated_kairos(args.shards, args.customers) as system:
+        with populated_kairos(args.shards, args.customers, args.partitions) as system:
             def step(rate: float) -> Step:
-                return Step(system.target, "decide", rate, 2.0, args.measure_s,
+                return Step(system.target, "decide", rate, args.warmup_s, args.measure_s,
                             args.customers, 1)
 
             search = None
