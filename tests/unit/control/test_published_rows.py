@@ -22,11 +22,13 @@ from kairos.core.catalog import default_catalog_text
 from kairos.core.compiler import compiled_from_text
 from kairos.core.models import COUNTS, DeltaOrigin, ModelDelta, ModelTable
 
+from .test_learner import dumped  # libyaml's: the pure-Python loader and dumper were slow
+
 
 def catalog_text(posterior: str) -> str:
-    doc = yaml.safe_load(default_catalog_text())
+    doc = yaml.load(default_catalog_text(), Loader=yaml.CSafeLoader)
     doc.setdefault("models", {})["posterior"] = posterior
-    return yaml.safe_dump(doc, sort_keys=False)
+    return dumped(doc)
 
 
 def learn(table: ModelTable, examples) -> None:
