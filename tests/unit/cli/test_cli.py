@@ -28,7 +28,7 @@ import psutil
 import pytest
 
 from kairos.core.catalog import default_catalog_text
-from kairos.cluster.cli import local
+from kairos.cluster.cli import demo, local
 from kairos.cluster.cli.main import NOT_RUNNING, main, parser, up_message
 from kairos.cluster.cli.remote import TLS_ENV, tls_hint
 from kairos.cluster.storage.redis_server import free_port
@@ -140,6 +140,9 @@ def tls_gateway(tmp_path, monkeypatch):
     files = pki.write(tmp_path)
     for name in TLS_ENV:
         monkeypatch.delenv(name, raising=False)
+    # `demo` waits this long for a connection a TLS mismatch never makes (5 s by default);
+    # one with the right CA is ready in milliseconds
+    monkeypatch.setattr(demo, "READY_TIMEOUT_S", 1.0)
     server = grpc.server(futures.ThreadPoolExecutor(2), handlers=[Unavailable()])
     credentials = grpc.ssl_server_credentials(
         [(files["server_key"].read_bytes(), files["server_cert"].read_bytes())])
