@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import numpy as np
-import yaml
 
 from kairos.cluster.control.learner import Learner
 from kairos.cluster.control.partitions import partition_of
@@ -57,7 +56,7 @@ from kairos.core.engine import DecisionEngine
 
 from . import quickrun
 from .kernel import bytes_per_customer
-from .workload import T0, catalog_with_actions, random_event
+from .workload import T0, catalog_with_actions, random_event, yaml_doc, yaml_text
 
 Probe = Callable[[bool], dict[str, Any]]
 
@@ -87,7 +86,7 @@ def bound_catalog(actions: int, top_k: int) -> tuple[CompiledCatalog, int]:
     """The default catalog cut to one channel of one placement of `top_k` slots, offering
     `actions` copies of one always-applicable service action, with as many Thompson re-runs as
     MAX_SELECTION_WORK allows (the catalog checks refuse one more)."""
-    doc = yaml.safe_load(default_catalog_text())
+    doc = yaml_doc(default_catalog_text())
     samples = MAX_SELECTION_WORK // (actions * (SELECTION_DRAW_PASSES + top_k))
     doc["channels"] = {"web": {"placements": {"slot": {"top_k": top_k}}}}
     doc["actions"] = [{"id": f"a{i}", "group": "serve", "purpose": "service", "value": 10 + i % 7,
@@ -97,8 +96,7 @@ def bound_catalog(actions: int, top_k: int) -> tuple[CompiledCatalog, int]:
                           "exploration": {"method": "thompson", "variance_scale": 0.1,
                                           "selection_samples": samples}}
     doc["models"]["groups"] = {"serve": doc["models"]["groups"]["serve"]}
-    compiled = compile_catalog(load_catalog(yaml.safe_dump(doc, sort_keys=False),
-                                            f"bound x{actions} top_k {top_k}"))
+    compiled = compile_catalog(load_catalog(yaml_text(doc), f"bound x{actions} top_k {top_k}"))
     return compiled, samples
 
 
@@ -514,7 +512,7 @@ SYNC_OUTCOMES, SYNC_MODELS = 50, 5  # a round's outcomes since the last sync, ov
 def sync_catalog(actions: int) -> CompiledCatalog:
     """The default catalog cut to SYNC_CHANNELS (the actions offered on none of them gone),
     its models reading SYNC_INPUTS inputs, with `actions` actions (bench.workload's repeats)."""
-    doc = yaml.safe_load(default_catalog_text())
+    doc = yaml_doc(default_catalog_text())
     for key in ("channels", "fallbacks"):
         doc[key] = {c: v for c, v in doc[key].items() if c in SYNC_CHANNELS}
     arbitration = doc["arbitration"]
@@ -527,7 +525,7 @@ def sync_catalog(actions: int) -> CompiledCatalog:
     doc["context"]["emb"] = {"type": "vector", "size": SYNC_INPUTS - len(predictors),
                              "min": -1, "max": 1}
     predictors.append({"name": "emb", "source": "context"})
-    return compile_catalog(catalog_with_actions(actions, yaml.safe_dump(doc, sort_keys=False)))
+    return compile_catalog(catalog_with_actions(actions, yaml_text(doc)))
 
 
 class SyncTimes:
