@@ -55,17 +55,11 @@ from kairos.core.decision import Decision
 from kairos.core.engine import DecisionEngine
 
 from . import quickrun
+from .quickrun import spread
 from .kernel import bytes_per_customer
 from .workload import T0, catalog_with_actions, random_event, yaml_doc, yaml_text
 
 Probe = Callable[[bool], dict[str, Any]]
-
-
-def spread(samples: list[float], unit: str, digits: int = 3) -> dict[str, Any]:
-    """A figure over its repeats: the median, the lowest and highest, how many."""
-    return {"unit": unit, "median": round(statistics.median(samples), digits),
-            "min": round(min(samples), digits), "max": round(max(samples), digits),
-            "repeats": len(samples)}
 
 
 def added(more: list[float], less: list[float], unit: str, digits: int = 3) -> dict[str, Any]:

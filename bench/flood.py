@@ -41,7 +41,7 @@ from kairos.cluster.transport.dataplane import HANDSHAKE_S, PlaneConnection, Pla
 from kairos.core.compiler import default_compiled
 
 from . import quickrun
-from .costs import spread
+from .quickrun import spread
 from .workload import T0
 
 PARTITIONS = 64

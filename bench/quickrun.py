@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -41,3 +42,11 @@ def main(bench: str, description: str, measure: Callable[[bool], dict[str, Any]]
     print(text)
     print(json.dumps({"report": str(args.out / f"{name}.json"), "seconds": report["seconds"],
                       **summary(report)}))
+
+
+def spread(samples: list[float], unit: str, digits: int = 3) -> dict[str, Any]:
+    """A figure over its repeats: the median, the lowest and highest, how many (here, not in
+    bench.costs, whose imports, Ray's among them, each process bench.flood spawns would pay)."""
+    return {"unit": unit, "median": round(statistics.median(samples), digits),
+            "min": round(min(samples), digits), "max": round(max(samples), digits),
+            "repeats": len(samples)}
