@@ -15,6 +15,7 @@ reading the profile see it at a given time.
 """
 from __future__ import annotations
 
+import mmap
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -66,6 +67,17 @@ class Record:
             and self.applied == other.applied
 
 
+def _zero_pages(shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """Zeros in a private anonymous mapping of their own: pages the kernel maps only when
+    written. np.zeros takes them from calloc, and once the process has freed a block of up to
+    32 MiB glibc serves blocks that size from its heap, clearing what it reuses: a 2.1 million
+    row table was then 52 MB resident and 40 ms of clearing as it was made (a catalog switch,
+    a test's every shard), its rows never taken."""
+    count = int(np.prod(shape))
+    pages = mmap.mmap(-1, max(count * np.dtype(dtype).itemsize, 1), flags=mmap.MAP_PRIVATE)
+    return np.frombuffer(pages, dtype, count).reshape(shape)
+
+
 class ProfileTable:
     """The resident customers of a shard, indexed by customer id."""
 
@@ -83,22 +95,22 @@ class ProfileTable:
 
     def _allocate(self, capacity: int) -> None:
         """Grow the arrays to `capacity` rows. The rows past `used` stay zero pages that
-        nothing wrote (np.zeros: untouched memory, not resident), so capacity reserved ahead
-        costs address space, not memory (a shard reserves its resident limit, and never
+        nothing wrote (`_zero_pages`: untouched memory, not resident), so capacity reserved
+        ahead costs address space, not memory (a shard reserves its resident limit, and never
         copies its arrays to grow); `row` writes an empty profile into one it takes."""
         old = getattr(self, "values", None)
         width, ring = len(self.defaults), self.history_size
         arrays = {
-            "values": np.zeros((capacity, width), np.float64),
-            "ring_action": np.zeros((capacity, ring), np.int16),
-            "ring_channel": np.zeros((capacity, ring), np.int8),
-            "ring_outcome": np.zeros((capacity, ring), np.int8),
-            "ring_time": np.zeros((capacity, ring), np.int32),
-            "ring_head": np.zeros(capacity, np.int32),
-            "applied": np.zeros(capacity, np.int64),
-            "lsn": np.zeros(capacity, np.int64),
-            "home": np.zeros(capacity, np.bool_),
-            "partition": np.zeros(capacity, np.int32),
+            "values": _zero_pages((capacity, width), np.float64),
+            "ring_action": _zero_pages((capacity, ring), np.int16),
+            "ring_channel": _zero_pages((capacity, ring), np.int8),
+            "ring_outcome": _zero_pages((capacity, ring), np.int8),
+            "ring_time": _zero_pages((capacity, ring), np.int32),
+            "ring_head": _zero_pages((capacity,), np.int32),
+            "applied": _zero_pages((capacity,), np.int64),
+            "lsn": _zero_pages((capacity,), np.int64),
+            "home": _zero_pages((capacity,), np.bool_),
+            "partition": _zero_pages((capacity,), np.int32),
         }
         for name, column in arrays.items():
             if old is not None:
