@@ -30,10 +30,6 @@ VISITOR = anonymous_id(LINK_KEY)  # shown a decision, then linked to ana
 CUSTOMERS = (*SHOWN, "ghost", "nova", VISITOR, "fred", "broken")
 REFUSING = ("app", "home")  # bob's view: its channel's models refuse every update
 RATE = 3  # outcomes per customer and window, so that a batch meets the limit
-# the shards' residents: a few here. The default limit's 2.1 million profile rows, reserved
-# for each of the two shards an example builds, were cleared in ~60 ms a shard (np.zeros: glibc
-# clears the heap memory it reuses), half the test's time
-RESIDENTS = 1_000
 
 
 def refuse(engine: DecisionEngine, channel: str) -> None:
@@ -52,7 +48,7 @@ def paired_shard(compiled) -> tuple[Shard, dict[str, tuple[str, str, list[str], 
     store = MemoryStore()
     store.put_meta(SECRET_META, SECRET)
     s = Shard("s0", compiled, range(N_PARTITIONS), N_PARTITIONS, store=store, clock=clock,
-              idle_s=60.0, resident_limit=RESIDENTS)
+              idle_s=60.0)
     s.engine._prefix = "e-"  # the engine's ids are random per engine: a pair's must match
     decided = {}
 
