@@ -10,6 +10,7 @@ import pytest
 import ray
 import yaml
 
+from bench.workload import yaml_doc, yaml_text
 from kairos.cluster.control import learner as learner_module
 from kairos.cluster.control.learner import (DAMAGED_KEY, STATE_KEY, Learner, LearnerActor,
                                             save_models)
@@ -34,20 +35,16 @@ def told(store) -> None:
 
 def catalog_doc(version: str) -> dict:
     """The default catalog as YAML data, under another version. libyaml's loader and dumper
-    (`dumped`) read and write as safe_load and safe_dump do: those took most of the time of
-    the tests that switch catalogs."""
-    doc = yaml.load(default_catalog_text(), Loader=yaml.CSafeLoader)
+    (bench.workload's yaml_doc, yaml_text) read and write as safe_load and safe_dump do:
+    those took most of the time of the tests that switch catalogs."""
+    doc = yaml_doc(default_catalog_text())
     doc["version"] = version
     return doc
 
 
-def dumped(doc: dict) -> str:
-    return yaml.dump(doc, Dumper=yaml.CSafeDumper, sort_keys=False)
-
-
 def catalog(version: str) -> str:
     """The default catalog's text under another version."""
-    return dumped(catalog_doc(version))
+    return yaml_text(catalog_doc(version))
 
 
 def learned(compiled, row: int, positives: float):
@@ -603,7 +600,7 @@ def without_first_action(version: str) -> tuple[str, str]:
     """The default catalog under `version` without its first action; and that action's id."""
     doc = catalog_doc(version)
     removed = doc["actions"].pop(0)
-    return dumped(doc), removed["id"]
+    return yaml_text(doc), removed["id"]
 
 
 @pytest.mark.parametrize("back_to", ["rollback", "a later version"])

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 from kairos.cluster.control import learner as learner_module
+from bench.workload import yaml_text
 from kairos.cluster.control.learner import RAN_KEPT, REMAPS_KEPT, STATE_KEY, Learner, save_models
 from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.store import StoreUnavailable
@@ -19,7 +20,7 @@ from kairos.core.catalog import default_catalog_text
 from kairos.core.compiler import compiled_from_text, default_compiled
 from kairos.core.models import COUNTS, DELTA_STATS, ModelRemap
 
-from .test_learner import (Actor, catalog, catalog_doc, dumped, learned, sent, told,
+from .test_learner import (Actor, catalog, catalog_doc, learned, sent, told,
                            without_first_action)
 from .test_learner_saves import began
 from .test_learner_switch_saves import Held, held, held_switch  # noqa: F401 (a fixture)
@@ -187,7 +188,7 @@ def retexted(version: str) -> str:
     version."""
     doc = catalog_doc(version)
     doc["name"] = f"{doc['name']} retexted"
-    return dumped(doc)
+    return yaml_text(doc)
 
 
 def test_switches_remapped_on_a_thread_leave_the_learner_as_the_loop_did(slow):

@@ -8,13 +8,14 @@ import math
 import pytest
 import yaml
 
+from bench.workload import yaml_text
 from kairos.core.catalog import (MAX_CHANNELS, MAX_MODEL_BYTES, MAX_NUMBER, MAX_SELECTION_WORK,
                                  MAX_UCB_ALPHA, MAX_VARIANCE_SCALE, load_catalog)
 from kairos.core.compiler import compile_catalog, compiled_from_text
 from kairos.core.engine import DecisionEngine
 from kairos.core.errors import CatalogError
 
-from tests.unit.core.test_catalog_checks import dumped, web_action
+from tests.unit.core.test_catalog_checks import web_action
 from tests.unit.core.test_value_learning import SMALL, T0
 
 
@@ -36,7 +37,7 @@ def many_channels(n: int) -> str:
     text = edit("channels:\n  web:\n", "channels:\n" + extra + "  web:\n")
     doc = yaml.safe_load(text)
     doc["fallbacks"].update({f"c{i}": [] for i in range(n)})
-    return dumped(doc)
+    return yaml_text(doc)
 
 
 # -- the history ring's channel column is an int8 -------------------------------------------
@@ -72,7 +73,7 @@ def vector_catalog(n_actions: int, n_channels: int) -> str:
     doc["models"]["posterior"] = "full"
     doc["actions"] += [web_action(i) for i in range(n_actions)]
     doc["arbitration"]["exploration"] = {"method": "none"}
-    return dumped(doc)
+    return yaml_text(doc)
 
 
 def test_a_catalog_whose_models_outgrow_the_budget_is_refused_with_the_figure():
@@ -106,7 +107,7 @@ def samples_catalog(n_web: int, samples: int, method: str = "thompson",
     doc["actions"] += [web_action(i) for i in range(n_web)]
     doc["arbitration"]["exploration"] = {"method": method, "selection_samples": samples}
     doc["channels"]["web"]["placements"]["sidebar"]["top_k"] = top_k
-    return dumped(doc)
+    return yaml_text(doc)
 
 
 def test_selection_samples_times_a_channels_actions_and_top_k_is_bounded():

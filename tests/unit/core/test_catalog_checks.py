@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from bench.workload import yaml_text
 import kairos.core.catalog as catalog_module
 from kairos.core.catalog import (MAX_CONTEXT_WEIGHTS, MAX_MODEL_WORK, MAX_WEIGHT_WORK,
                                  default_catalog_text, load_catalog, load_default_catalog)
@@ -24,11 +25,6 @@ def web_action(i: int, group: str = "g") -> dict:
             "channels": {"web": {"treatment": "t"}}}
 
 
-def dumped(doc: dict) -> str:
-    # libyaml's dumper: thousands of actions take seconds with the pure-Python one
-    return yaml.dump(doc, Dumper=yaml.CSafeDumper, sort_keys=False)
-
-
 def refused(text: str) -> CatalogError:
     with pytest.raises(CatalogError) as exc:
         load_catalog(text, "small.yaml")
@@ -43,7 +39,7 @@ def edit(old: str, new: str, text: str = SMALL) -> str:
 def with_doc(change) -> str:
     doc = yaml.safe_load(SMALL)
     change(doc)
-    return dumped(doc)
+    return yaml_text(doc)  # libyaml's: thousands of actions took seconds with PyYAML's own
 
 
 # -- context weights ---------------------------------------------------------------------------
