@@ -34,7 +34,7 @@ def test_up_demo_status_push_down_on_ports_of_its_own(tmp_path, default_yaml):
     the same shards' journals (their shards have the same names) and corrupted them."""
     home = tmp_path / "home"
     ray_temp = tempfile.mkdtemp(prefix="kx-")  # short: Ray's socket paths live under it
-    temps = [ray_temp]
+    second_temp = tempfile.mkdtemp(prefix="kx-")  # the second `kairos up`'s
     # a Ray token of its own: `kairos up` makes ~/.ray/auth_token when there is none
     env = {**os.environ, local.HOME_ENV: str(home), "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     up = ["up", "--shards", "2", "--port", "0", "--ray-port", str(free_port()),
@@ -71,11 +71,10 @@ def test_up_demo_status_push_down_on_ports_of_its_own(tmp_path, default_yaml):
 
         # a second cluster on this one's store, with a KAIROS_HOME and ports of its own
         store = home / STORE_DIR
-        temps.append(tempfile.mkdtemp(prefix="kx-"))
         second = {**os.environ, local.HOME_ENV: str(tmp_path / "second"),
                   "RAY_AUTH_TOKEN": secrets.token_hex(32)}
         refused = kairos("up", "--shards", "1", "--port", "0", "--ray-port", str(free_port()),
-                         "--no-dashboard", "--ray-temp-dir", temps[-1], "--console-port", "0",
+                         "--no-dashboard", "--ray-temp-dir", second_temp, "--console-port", "0",
                          "--store", str(store), env=second)
         if refused.returncode == 0:
             kairos("down", env=second, timeout_s=120)
@@ -92,14 +91,14 @@ def test_up_demo_status_push_down_on_ports_of_its_own(tmp_path, default_yaml):
         assert ack.sequence == 1
     finally:
         down = kairos("down", env=env, timeout_s=120)
+        shutil.rmtree(second_temp, ignore_errors=True)
     assert down.returncode == 0, down.stderr
     assert down.stdout.startswith("Kairos is down: stopped the gateways on "), down.stdout
     assert "the controller, the learner and 2 shards" in down.stdout
     assert not local.processes(local.Run(**run))
     assert not (home / "run.json").exists()
     assert not (Path(ray_temp) / "ray_current_cluster").exists()
-    for temp in temps:
-        shutil.rmtree(temp, ignore_errors=True)
+    shutil.rmtree(ray_temp, ignore_errors=True)
 
 
 def test_start_serves_on_a_ray_cluster_something_else_started(tmp_path, monkeypatch):
