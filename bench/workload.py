@@ -39,15 +39,20 @@ def random_context(catalog: Catalog, rng: random.Random, now: float) -> dict:
     return {c.name: random_value(c, rng, now) for c in catalog.context if rng.random() < 0.7}
 
 
+# libyaml's, where PyYAML has it (its wheels do): the pure-Python reader and writer took seconds
+# of a quick bench run, and of tests, on catalogs of thousands of actions
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 def yaml_doc(text: str) -> Any:
-    """`text` read as yaml.safe_load reads it, by libyaml (the pure-Python reader took seconds
-    of a quick bench run on catalogs of thousands of actions)."""
-    return yaml.load(text, Loader=yaml.CSafeLoader)
+    """`text` read as yaml.safe_load reads it."""
+    return yaml.load(text, Loader=_LOADER)
 
 
-def yaml_text(doc: Any) -> str:
-    """`doc` written as yaml.safe_dump writes it (keys in their order), by libyaml."""
-    return yaml.dump(doc, Dumper=yaml.CSafeDumper, sort_keys=False)
+def yaml_text(doc: Any, sort_keys: bool = False) -> str:
+    """`doc` written as yaml.safe_dump writes it (keys in their order unless `sort_keys`)."""
+    return yaml.dump(doc, Dumper=_DUMPER, sort_keys=sort_keys)
 
 
 def catalog_with_actions(n_actions: int, text: str | None = None) -> Catalog:

@@ -20,6 +20,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench.workload import yaml_text
 from kairos.core import _kernel, reference
 from kairos.core.catalog import MAX_NUMBER, load_catalog
 from kairos.core.compiler import Outcome, compile_catalog
@@ -276,8 +277,7 @@ def input_statistics():
        clipped=st.sampled_from([0.0, 0.05, 0.5]), clip=st.booleans())
 def test_kernel_matches_twin(doc, steps, seed, poisoned, seen, clipped, clip):
     # libyaml's dumper writes what safe_dump does, in a tenth of its time
-    compiled = compile_catalog(load_catalog(yaml.dump(doc, Dumper=yaml.CSafeDumper),
-                                            "random.yaml"))
+    compiled = compile_catalog(load_catalog(yaml_text(doc, sort_keys=True), "random.yaml"))
     # whether standardised inputs join their statistics clipped (off where the field declares
     # both bounds), drawn here since the drawn catalogs standardise a profile input only
     compiled.predictor_clip = np.full_like(compiled.predictor_clip, clip)
