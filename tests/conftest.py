@@ -132,16 +132,22 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem):
     """The unit tier's guard (as Ray Serve's unit tests forbid ray.init): around the whole
     protocol of a test of the tiers without Ray or of RAY_FREE, its module- and session-scoped
     fixtures included (a function-scoped autouse fixture would come after those), starting
-    Ray raises."""
-    if item.stash.get(_TIER, "unit") not in NO_RAY and not _ray_free(item.nodeid):
+    Ray raises; in a RAY_FREE test, in the processes it starts as well."""
+    children = _ray_free(item.nodeid)  # a harness run as a process of its own too
+    if item.stash.get(_TIER, "unit") not in NO_RAY and not children:
         yield
         return
-    with _ray_forbidden(item.nodeid):
+    with _ray_forbidden(item.nodeid, children):
         yield
+
+
+# Ray's temp dir for the processes a RAY_FREE test starts: none can be made there, so a Ray
+# any of them starts fails at once, naming it
+NO_RAY_TMPDIR = "/proc/kairos-ray-free-module-must-not-start-ray"
 
 
 @contextlib.contextmanager
-def _ray_forbidden(nodeid: str) -> Iterator[None]:
+def _ray_forbidden(nodeid: str, children: bool = False) -> Iterator[None]:
     import ray
     import ray._private.node
     import ray._private.worker
@@ -155,6 +161,8 @@ def _ray_forbidden(nodeid: str) -> Iterator[None]:
         patch.setattr(ray, "init", refuse)
         patch.setattr(ray._private.worker, "init", refuse)
         patch.setattr(ray._private.node.Node, "__init__", refuse)
+        if children:
+            patch.setenv("RAY_TMPDIR", NO_RAY_TMPDIR)
         yield
 
 

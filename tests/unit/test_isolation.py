@@ -61,3 +61,17 @@ def test_the_ray_tiers_modules_that_start_no_ray_are_shared_out_and_guarded():
     assert split(None, "tests/bench/test_bench_load.py::test_smoke_run") == "ray"
     assert split(None, "tests/cluster/test_runtime.py::test_x") == "ray"
     assert conftest._ray_free("tests/bench/test_loadgen_stall.py::test_a[stalled_run]")
+
+
+def test_a_ray_free_modules_harness_cannot_start_ray_either():
+    """The bench harnesses those modules run are processes of their own: a Ray one starts
+    fails at once, naming why, as one started by the test itself raises."""
+    import subprocess
+    import sys
+
+    import tests.conftest as conftest
+    with conftest._ray_forbidden("tests/bench/test_bench_kernel.py::t", children=True):
+        done = subprocess.run([sys.executable, "-c", "import ray; ray.init(num_cpus=1)"],
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and conftest.NO_RAY_TMPDIR in done.stderr, done.stderr[-2000:]
+    assert os.path.basename(os.environ["RAY_TMPDIR"]).startswith("kairos-ray-")  # put back
