@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import mmap
+import os
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -68,26 +69,32 @@ class Record:
             and self.applied == other.applied
 
 
-# A column up to this is np.zeros: clearing it costs little, where a mapping of its own costs
+# A column under this is np.zeros: clearing it costs little, where a mapping of its own costs
 # two system calls and a page (a table of one row took 182 us, against 7)
 OWN_PAGES_BYTES = 1 << 20
-# From this, huge pages, as numpy asks for them for np.zeros: a decision reads random rows of
-# the columns, 1.4-1.7x slower on 4 KiB pages (a probe: 400,000 rows of a 600,000-row table)
+# From this, huge pages, as numpy asks for them for np.zeros (unless NUMPY_MADVISE_HUGEPAGE=0):
+# a decision reads random rows of the columns, 1.4-1.7x slower on 4 KiB pages (a probe:
+# 400,000 rows of a 600,000-row table)
 HUGE_PAGES_BYTES = 4 << 20
+_HUGE_PAGES = os.environ.get("NUMPY_MADVISE_HUGEPAGE", "1").strip() != "0"
 
 
 def _zero_pages(shape: tuple[int, ...], dtype: type) -> np.ndarray:
-    """Zeros that take no memory until written: a column past OWN_PAGES_BYTES in a private
-    anonymous mapping of its own. np.zeros takes them from calloc, and once the process has
-    freed a block of up to 32 MiB glibc serves blocks that size from its heap, clearing what
-    it reuses: a 2.1 million row table was then 52 MB resident and 40 ms of clearing as it was
-    made (a catalog switch, a test's every shard), its rows never taken."""
+    """Zeros that take no memory until written (with huge pages, a 2 MiB page at a time): a
+    column from OWN_PAGES_BYTES in a private anonymous mapping of its own. np.zeros takes them
+    from calloc, and once the process has freed a block of up to 32 MiB glibc serves blocks
+    that size from its heap, clearing what it reuses: a 2.1 million row table was then 52 MB
+    resident and 40 ms of clearing as it was made (a catalog switch, a test's every shard),
+    its rows never taken."""
     count = int(np.prod(shape))
     size = count * np.dtype(dtype).itemsize
     if size < OWN_PAGES_BYTES:
         return np.zeros(shape, dtype)
-    pages = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
-    if size >= HUGE_PAGES_BYTES and hasattr(mmap, "MADV_HUGEPAGE"):
+    try:
+        pages = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+    except OSError as exc:  # what np.zeros raises
+        raise MemoryError(f"no room for a profile column of {size:,} bytes: {exc}") from exc
+    if size >= HUGE_PAGES_BYTES and _HUGE_PAGES and hasattr(mmap, "MADV_HUGEPAGE"):
         with contextlib.suppress(OSError):  # a kernel without them (EINVAL), as numpy does
             pages.madvise(mmap.MADV_HUGEPAGE)
     return np.frombuffer(pages, dtype, count).reshape(shape)
