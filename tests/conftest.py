@@ -142,7 +142,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem):
 
 
 # Ray's temp dir for the processes a RAY_FREE test starts: none can be made there, so a Ray
-# any of them starts fails at once, naming it
+# any of them starts fails at once, naming it (unless given a temp dir of its own: none is)
 NO_RAY_TMPDIR = "/proc/kairos-ray-free-module-must-not-start-ray"
 
 

@@ -13,6 +13,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
 
 from kairos.cluster.cli import local
 from kairos.cluster.cli.options import STORE_DIR
@@ -29,12 +32,25 @@ def kairos(*args: str, env: dict[str, str], timeout_s: float = 300) -> subproces
                           timeout=timeout_s, stdin=subprocess.DEVNULL)
 
 
-def test_up_demo_status_push_down_on_ports_of_its_own(tmp_path, default_yaml):
+@pytest.fixture
+def short_temp() -> Iterator[Callable[[], str]]:
+    """Makes temp dirs with short paths (Ray's socket paths live under them, 107 bytes at
+    most), removed after the test whatever happened."""
+    made: list[str] = []
+
+    def make() -> str:
+        made.append(tempfile.mkdtemp(prefix="kx-"))
+        return made[-1]
+    yield make
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_up_demo_status_push_down_on_ports_of_its_own(tmp_path, default_yaml, short_temp):
     """And a second `kairos up` on its store is refused: two clusters on one store appended to
     the same shards' journals (their shards have the same names) and corrupted them."""
     home = tmp_path / "home"
-    ray_temp = tempfile.mkdtemp(prefix="kx-")  # short: Ray's socket paths live under it
-    second_temp = tempfile.mkdtemp(prefix="kx-")  # the second `kairos up`'s
+    ray_temp, second_temp = short_temp(), short_temp()  # the second `kairos up`'s
     # a Ray token of its own: `kairos up` makes ~/.ray/auth_token when there is none
     env = {**os.environ, local.HOME_ENV: str(home), "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     up = ["up", "--shards", "2", "--port", "0", "--ray-port", str(free_port()),
@@ -91,14 +107,12 @@ def test_up_demo_status_push_down_on_ports_of_its_own(tmp_path, default_yaml):
         assert ack.sequence == 1
     finally:
         down = kairos("down", env=env, timeout_s=120)
-        shutil.rmtree(second_temp, ignore_errors=True)
     assert down.returncode == 0, down.stderr
     assert down.stdout.startswith("Kairos is down: stopped the gateways on "), down.stdout
     assert "the controller, the learner and 2 shards" in down.stdout
     assert not local.processes(local.Run(**run))
     assert not (home / "run.json").exists()
     assert not (Path(ray_temp) / "ray_current_cluster").exists()
-    shutil.rmtree(ray_temp, ignore_errors=True)
 
 
 def test_start_serves_on_a_ray_cluster_something_else_started(tmp_path, monkeypatch):

@@ -276,7 +276,7 @@ def input_statistics():
                          max_size=2), seen=input_statistics(),
        clipped=st.sampled_from([0.0, 0.05, 0.5]), clip=st.booleans())
 def test_kernel_matches_twin(doc, steps, seed, poisoned, seen, clipped, clip):
-    # libyaml's dumper writes what safe_dump does, in a tenth of its time
+    # what safe_dump writes, by libyaml where PyYAML has it: a tenth of the time
     compiled = compile_catalog(load_catalog(yaml_text(doc, sort_keys=True), "random.yaml"))
     # whether standardised inputs join their statistics clipped (off where the field declares
     # both bounds), drawn here since the drawn catalogs standardise a profile input only

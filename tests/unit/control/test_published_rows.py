@@ -24,7 +24,8 @@ from kairos.core.models import COUNTS, DeltaOrigin, ModelDelta, ModelTable
 
 
 def catalog_text(posterior: str) -> str:
-    # libyaml's loader and dumper: PyYAML's own took a fifth of these tests' time
+    # libyaml's loader and dumper where PyYAML has them: its own took a fifth of these tests'
+    # time
     doc = yaml_doc(default_catalog_text())
     doc.setdefault("models", {})["posterior"] = posterior
     return yaml_text(doc)
