@@ -11,8 +11,9 @@ import time
 
 import numpy as np
 import pytest
-from kairos.cluster.control import learner as learner_module
+
 from bench.workload import yaml_text
+from kairos.cluster.control import learner as learner_module
 from kairos.cluster.control.learner import RAN_KEPT, REMAPS_KEPT, STATE_KEY, Learner, save_models
 from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.store import StoreUnavailable
