@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        print(f"error: {unreadable(exc, args.log)}", file=sys.stderr)
         return 1
     evidence = {"log": str(args.log),
                 "candidate": {"file": str(args.catalog), "name": compiled.catalog.name,
@@ -66,3 +66,9 @@ def run(args: argparse.Namespace) -> int:
     print(report.summary(evidence))
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def unreadable(exc: OSError, log: str) -> str:
+    """What failed to read, for an OSError from a catalog or `log`: one raised reading a file
+    already open names no file (an I/O error), nor does every library's a reason."""
+    return f"{exc.filename or log}: {exc.strerror or exc}"

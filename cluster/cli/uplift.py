@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from kairos.core.errors import CatalogError
+from kairos.cluster.cli.replay import unreadable
 from kairos.cluster.evidence import uplift
 from kairos.cluster.evidence.records import LogFormatError, read_records
 from kairos.cluster.evidence.replay import Replayer, load_candidate
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        print(f"error: {unreadable(exc, args.log)}", file=sys.stderr)
         return 1
     if args.json:
         print(json_text(report), end="")

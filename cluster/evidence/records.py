@@ -12,17 +12,23 @@ are JSON lines (bytes as base64) or Parquet (pyarrow).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import Any, BinaryIO, Iterable, Iterator, NamedTuple
 
 import msgpack
 
 from kairos.core.rules import MAX_NUMBER
 
 FORMAT = 1  # of the records below; a reader refuses another
+# The longest JSON line a reader takes: a record is a decision's profile block (base64) and a
+# few hundred bytes, and the shards' own frames stop at 64 MiB (storage/frames.py); a longer
+# line is refused by number rather than read whole into memory.
+MAX_LINE_BYTES = 64 << 20
+Target = str | Path | BinaryIO  # where a writer writes: a file's name, or a binary file open
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,12 @@ def _check_types(data: dict[str, Any], where: str) -> None:
         raise LogFormatError(f"{where}: eligible holds something not a string")
     if not all(isinstance(k, str) and _is(v, _NUMBER) for k, v in data["inputs"].items()):
         raise LogFormatError(f"{where}: inputs holds something not a name and a number")
+    for name, value in data["inputs"].items():  # NaN and infinities pass: a missing input
+        try:
+            float(value)
+        except OverflowError:
+            raise LogFormatError(f"{where}: inputs[{name!r}] is beyond a float's range"
+                                 ) from None
 
 
 def _check_fields(data: dict[str, Any], types: dict[str, Any], optional: set[str],
@@ -195,24 +207,40 @@ def _from_fields(data: dict[str, Any], where: str) -> DecisionRecord:
         raise LogFormatError(f"{where}: not a decision record: {exc}") from None
 
 
-def write_jsonl(records: Iterable[DecisionRecord], path: str | Path) -> int:
-    """Write the records as JSON lines; how many were written."""
+def write_jsonl(records: Iterable[DecisionRecord], target: Target) -> int:
+    """Write the records as JSON lines (ASCII: json's escapes); how many were written."""
     n = 0
-    with open(path, "w", encoding="utf-8") as out:
+    with _binary(target) as out:
         for record in records:
-            out.write(json.dumps(to_json(record), separators=(",", ":")) + "\n")
+            out.write(json.dumps(to_json(record), separators=(",", ":")).encode() + b"\n")
             n += 1
     return n
 
 
+def _binary(target: Target) -> contextlib.AbstractContextManager[BinaryIO]:
+    """`target` opened to write bytes, or as it is if it is a file already (its caller's to
+    close)."""
+    if isinstance(target, (str, Path)):
+        return open(target, "wb")
+    return contextlib.nullcontext(target)
+
+
 def read_jsonl(path: str | Path) -> Iterator[DecisionRecord]:
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
+    """The records of a JSON lines file; LogFormatError naming the line for one that is not
+    UTF-8, not JSON (nested past the parser's depth, or an integer past Python's digit
+    limit, included), longer than MAX_LINE_BYTES, or not a record."""
+    with open(path, "rb") as lines:
+        for number, line in enumerate(iter(lambda: lines.readline(MAX_LINE_BYTES + 1), b""),
+                                      1):
+            if len(line) > MAX_LINE_BYTES:
+                raise LogFormatError(f"{path}:{number}: a line longer than {MAX_LINE_BYTES:,} "
+                                     f"bytes: not a decision record")
             if line.strip():
                 try:
-                    data = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise LogFormatError(f"{path}:{number}: not JSON: {exc}") from None
+                    data = json.loads(line.decode("utf-8"))
+                except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is one
+                    raise LogFormatError(f"{path}:{number}: not JSON in UTF-8: {exc}"
+                                         ) from None
                 yield from_json(data, f"{path}:{number}")
 
 
@@ -357,14 +385,14 @@ def _schema():
 PARQUET_ROWS = 10_000  # records per row group written
 
 
-def write_parquet(records: Iterable[DecisionRecord], path: str | Path) -> int:
+def write_parquet(records: Iterable[DecisionRecord], target: Target) -> int:
     """Write the records as Parquet (nested lists as list<struct>, profile as binary); how
     many were written. Written a row group at a time, so memory stays bounded."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     schema = _schema()
     n = 0
-    with pq.ParquetWriter(str(path), schema) as out:
+    with pq.ParquetWriter(str(target) if isinstance(target, Path) else target, schema) as out:
         rows: list[dict[str, Any]] = []
         for record in records:
             row = asdict(record)
@@ -381,6 +409,7 @@ def write_parquet(records: Iterable[DecisionRecord], path: str | Path) -> int:
 
 
 def read_parquet(path: str | Path) -> Iterator[DecisionRecord]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
     try:
         source = pq.ParquetFile(str(path))
@@ -389,14 +418,21 @@ def read_parquet(path: str | Path) -> Iterator[DecisionRecord]:
     metadata = source.schema_arrow.metadata or {}
     if metadata.get(b"kairos_decision_log_format") != str(FORMAT).encode():
         raise LogFormatError(f"{path}: not a Kairos decision log of format {FORMAT}")
-    first = 0  # of the batch: its rows are numbered from the file's start, not the batch's
-    for batch in source.iter_batches():
-        for number, row in enumerate(batch.to_pylist(), first):
+    batches, first = source.iter_batches(), 0  # rows numbered from the file's start
+    while True:
+        try:  # a damaged page: pyarrow's errors, or an OSError naming no file (snappy's)
+            batch = next(batches, None)
+            rows = [] if batch is None else batch.to_pylist()
+        except (pa.ArrowException, OSError) as exc:
+            raise LogFormatError(f"{path}: rows from {first}: unreadable: {exc}") from None
+        if batch is None:
+            return
+        for number, row in enumerate(rows, first):
             where = f"{path}: row {number}"
             try:
                 row["context"] = json.loads(row["context"])
                 row["inputs"] = dict(row["inputs"])
-            except (TypeError, ValueError) as exc:  # null, or not JSON
+            except (TypeError, ValueError, RecursionError) as exc:  # null, or not JSON
                 raise LogFormatError(f"{where}: context or inputs unreadable: {exc}") from None
             yield _from_fields(row, where)
         first += batch.num_rows
@@ -407,12 +443,12 @@ def is_parquet(path: str | Path) -> bool:
     return str(path).endswith(".parquet")
 
 
-def write_records(records: Iterable[DecisionRecord], path: str | Path,
+def write_records(records: Iterable[DecisionRecord], target: Target,
                   parquet: bool | None = None) -> int:
-    """Parquet if `parquet` (by default: the file's name ends .parquet), else JSON lines; how
-    many were written."""
-    parquet = is_parquet(path) if parquet is None else parquet
-    return (write_parquet if parquet else write_jsonl)(records, path)
+    """Parquet if `parquet` (by default: the file's name ends .parquet; a file open is
+    written JSON lines), else JSON lines, to a file named or open; how many were written."""
+    parquet = is_parquet(target) if parquet is None else parquet
+    return (write_parquet if parquet else write_jsonl)(records, target)
 
 
 def read_records(path: str | Path) -> Iterator[DecisionRecord]:
