@@ -4,6 +4,7 @@ Parquet when FILE ends .parquet, else as JSON lines (cluster/evidence/records.py
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -20,6 +21,9 @@ from kairos.cluster.gateway import wire
 from kairos.v1 import admin_pb2
 
 EXPORT_TIMEOUT_S = 600.0
+# a protobuf Timestamp's range (0001-01-01 to 9999-12-31T23:59:59 UTC), which wire.py's
+# time_out refuses past
+EARLIEST, LATEST = -62_135_596_800.0, 253_402_300_799.0
 
 
 def page() -> int:
@@ -58,23 +62,22 @@ def max_records(text: str) -> int:
 
 
 def moment(text: str) -> float:
-    """Epoch seconds from epoch seconds or an ISO 8601 time (UTC when it names no zone)."""
+    """Epoch seconds from epoch seconds or an ISO 8601 time (UTC when it names no zone),
+    within what a protobuf Timestamp holds (years 1 to 9999, UTC)."""
     try:
         seconds = float(text)
     except ValueError:
-        pass
-    else:
-        if not math.isfinite(seconds):
-            raise argparse.ArgumentTypeError(f"must be a time, got {text!r}")
-        return seconds
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is neither epoch seconds nor an ISO 8601 time") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return when.timestamp()
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is neither epoch seconds nor an ISO 8601 time") from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = when.timestamp()
+    if not (math.isfinite(seconds) and EARLIEST <= seconds <= LATEST):
+        raise argparse.ArgumentTypeError(f"must be a time in years 1 to 9999 UTC, got {text!r}")
+    return seconds
 
 
 @dataclass
@@ -89,22 +92,23 @@ def run(args: argparse.Namespace) -> int:
     remote = Remote(args.target)
     shortfall = Shortfall()
     partial = f"{args.out}.partial"  # a call that fails half-way leaves no FILE behind
-    # customers' profiles and decisions: the owner's only, as the store keeps them
+    # customers' profiles and decisions: the owner's only, as the store keeps them; a file
+    # made anew and written through its descriptor, never one of that name already there (a
+    # link planted in a shared folder would have its target written and its mode changed)
     try:
-        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)  # an earlier run's, killed
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
         print(f"error: --out {args.out}: {exc.strerror}", file=sys.stderr)
         return 1
-    os.chmod(partial, 0o600)  # one left by an earlier run keeps its mode otherwise
     try:
-        records = exported(remote, args.since, args.until, args.channel, args.max_records,
-                           shortfall)
-        written = write_records(records, partial, is_parquet(args.out))
-        fd = os.open(partial, os.O_RDONLY)  # on disk before its name says it is whole
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with os.fdopen(fd, "wb") as out:
+            records = exported(remote, args.since, args.until, args.channel,
+                               args.max_records, shortfall)
+            written = write_records(records, out, is_parquet(args.out))
+            out.flush()
+            os.fsync(out.fileno())  # on disk before its name says it is whole
     except BaseException:  # what it holds of customers is not left behind
         os.unlink(partial)
         raise

@@ -125,3 +125,30 @@ def test_an_export_that_fails_half_way_leaves_nothing_behind(tmp_path, monkeypat
     with pytest.raises(grpc.RpcError):
         logexport.run(args)
     assert list(tmp_path.iterdir()) == []  # neither the file nor its partial customers
+
+
+@pytest.mark.parametrize("text", ["1e20", "-1e12", "0001-01-01T00:00+01:00"])
+def test_a_time_a_timestamp_cannot_hold_is_refused_as_an_argument(text):
+    """It reached the gateway's wire conversion and ended in a traceback."""
+    with pytest.raises(argparse.ArgumentTypeError, match="years 1 to 9999"):
+        moment(text)
+    assert moment("9999-12-31T23:59:59Z") == 253_402_300_799.0
+
+
+def test_a_partial_file_planted_as_a_link_is_replaced_not_followed(tmp_path, monkeypatch):
+    """In a folder others may write, a link named FILE.partial had the export truncate its
+    target and change its mode: the export makes a file of its own instead."""
+    import os
+    import stat
+    from kairos.cluster.cli import logexport
+    monkeypatch.setattr(logexport, "Remote", lambda target: Gateway([100.0, 101.0]))
+    victim = tmp_path / "victim"
+    victim.write_text("someone else's")
+    os.chmod(victim, 0o644)
+    out = tmp_path / "log.jsonl"
+    os.symlink(victim, f"{out}.partial")
+    args = argparse.Namespace(target="127.0.0.1:1", out=str(out), since=99.0, until=102.0,
+                              channel="", max_records=0)
+    assert logexport.run(args) == 0
+    assert victim.read_text() == "someone else's" and stat.S_IMODE(victim.stat().st_mode) == 0o644
+    assert not out.is_symlink() and len(out.read_text().splitlines()) == 2
