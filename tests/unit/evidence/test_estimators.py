@@ -15,13 +15,13 @@ REWARDS = np.array([1.0, 0.0, 1.0, 1.0])
 
 def test_ips_by_hand():
     """Terms w*r = 1, 0, 0.5, 0: mean 0.375; deviations' squares sum to 0.6875, so the
-    standard error is sqrt(0.6875 / 3 / 4), times t's 3.182446 with 3 degrees of freedom;
-    ESS = 3.5^2 / 5.25."""
+    standard error is sqrt(0.6875 / 3 / 4), times t's 3.182446 with 3 degrees of freedom
+    (its lower bound, 0.375 - 0.762, clipped to 0: no reward is below it); ESS = 3.5^2 / 5.25."""
     e = estimators.ips(WEIGHTS, REWARDS)
     se = math.sqrt(0.6875 / 3 / 4)
     assert e.value == pytest.approx(0.375)
     assert e.standard_error == pytest.approx(se)
-    assert (e.low, e.high) == pytest.approx((0.375 - 3.182446 * se, 0.375 + 3.182446 * se))
+    assert (e.low, e.high) == pytest.approx((0.0, 0.375 + 3.182446 * se))
     assert e.ess == pytest.approx(3.5 ** 2 / 5.25)
 
 
