@@ -288,17 +288,17 @@ class DecisionService(decision_pb2_grpc.DecisionServiceServicer):
                 routed = await self._resolved(checked)
                 self.client.check_room(routed)  # no await until all are enqueued
                 replies = [self.client.enqueue(event, call) for event in routed]
-                acks = []
+                answer = pb.EventBatchAck()  # each ack written in place (`_ack_into`)
                 for n, (event, routed_event, reply) in enumerate(zip(request.events, routed,
                                                                      replies)):
                     if n and not n % CHUNK:
                         await asyncio.sleep(0)
                     try:
-                        acks.append(_ack_out(event, await _settled(
-                            self.client.settle(routed_event, await reply))))
+                        ack = await _settled(self.client.settle(routed_event, await reply))
                     except InputError as exc:
                         raise type(exc)(f"events[{n}].{exc.field}", exc.reason) from None
-                return pb.EventBatchAck(acks=acks)
+                    _ack_into(answer.acks.add(), event, ack)
+                return answer
         except Exception as exc:
             failure = exc
         finally:  # also when the call is cancelled: the caller went away, or its deadline passed
@@ -461,10 +461,18 @@ def check_event(event: pb.Event) -> None:
 
 
 def _ack_out(event: pb.Event, ack: protocol.EventAck) -> pb.IngestAck:
-    out = pb.IngestAck(event_id=event.event_id, sequence=ack.sequence, duplicate=ack.duplicate)
-    if ack.decision is not None:
-        out.decision.CopyFrom(wire.decision_out(ack.decision))
+    out = pb.IngestAck()
+    _ack_into(out, event, ack)
     return out
+
+
+def _ack_into(out: pb.IngestAck, event: pb.Event, ack: protocol.EventAck) -> None:
+    """The ack written into `out`, an empty IngestAck, in place: an IngestBatch's are its
+    answer's own (each built apart and copied in, its decision copied into it too, cost 2 us
+    an event more: issue 17)."""
+    out.event_id, out.sequence, out.duplicate = event.event_id, ack.sequence, ack.duplicate
+    if ack.decision is not None:
+        wire.decision_into(out.decision, ack.decision)
 
 
 async def _settled(settling: Awaitable[protocol.EventAck]) -> protocol.EventAck:

@@ -91,16 +91,23 @@ def ranked_into(out: Any, actions: Iterable[RankedAction], channel: str = "",
 
 
 def decision_out(d: Decision, texts: AgentTexts | None = None) -> pb.Decision:
-    out = pb.Decision(decision_id=d.decision_id, customer_id=d.customer_id, channel=d.channel,
-                      placement=d.placement, catalog_version=d.catalog_version,
-                      model_version=d.model_version, fallback=d.fallback, control=d.control)
+    out = pb.Decision()
+    decision_into(out, d, texts)
+    return out
+
+
+def decision_into(out: pb.Decision, d: Decision, texts: AgentTexts | None = None) -> None:
+    """`d` written into `out`, an empty Decision (a field of another message: an ack's), in
+    place: one built apart and copied in cost an IngestBatch 2 us an event more (issue 17)."""
+    out.decision_id, out.customer_id, out.channel = d.decision_id, d.customer_id, d.channel
+    out.placement, out.catalog_version = d.placement, d.catalog_version
+    out.model_version, out.fallback, out.control = d.model_version, d.fallback, d.control
     ranked_into(out.actions, d.actions, d.channel, texts)
     if d.explanation is not None:
         out.explanation.SetInParent()  # set even were it empty, as a copy of one would be
         ranked_into(out.explanation.winners, d.explanation.winners, d.channel, texts)
         for x in d.explanation.dropped:
             out.explanation.dropped.add(action_id=x.action_id, reason=x.reason, detail=x.detail)
-    return out
 
 
 def profile_out(profile: dict[str, Any], types: Mapping[str, str],

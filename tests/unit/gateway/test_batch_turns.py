@@ -22,7 +22,7 @@ def test_a_large_batch_checks_and_acks_its_events_a_chunk_per_turn(monkeypatch):
     turns = 0
     checked: Counter[int] = Counter()  # events checked, by the loop's turn
     acked: Counter[int] = Counter()
-    event_request, ack_out = requests.event_request, decisions._ack_out
+    event_request, ack_into = requests.event_request, decisions._ack_into
 
     def counted_check(*args):
         checked[turns] += 1
@@ -30,10 +30,10 @@ def test_a_large_batch_checks_and_acks_its_events_a_chunk_per_turn(monkeypatch):
 
     def counted_ack(*args):
         acked[turns] += 1
-        return ack_out(*args)
+        return ack_into(*args)
 
     monkeypatch.setattr(requests, "event_request", counted_check)
-    monkeypatch.setattr(decisions, "_ack_out", counted_ack)
+    monkeypatch.setattr(decisions, "_ack_into", counted_ack)
 
     async def count_turns():
         nonlocal turns
