@@ -21,7 +21,12 @@ a rare one: a flag set in under TRIM of the records does not enter the model), a
 clipped to the rewards the training records earned (for the accept rate within [0, 1]). A
 fit that fails numerically predicts the training records' mean reward, and is counted
 (`DirectMethod.failed`): DR stays unbiased with any q when the logged probabilities are right;
-q only narrows its interval.
+q only narrows its interval. Its cost is bounded for a catalog of 10,000 actions and a log of
+many input names: q is predicted only for the (record, action) pairs the estimates read (the
+logged action, and those the candidate may show), never as a records x actions matrix; an
+input constant once clipped is left out of the fits; each fit is solved over its inputs or its
+records, whichever are fewer; evaluation.py gives it at most 256 input names. (Dense, a log
+of 20,000 decisions over 4,000 actions took 1.9 GB; one of 1,000 input names 26 s.)
 
 Each estimate has a 95 % confidence interval (the mean of per-record terms plus or minus
 Student's t quantile with G - 1 degrees of freedom for G customers, 1.96 for many, times the
@@ -81,6 +86,7 @@ RIDGE = 1.0  # the direct method's penalty on its slopes (not its intercept)
 FOLDS = 2  # of the direct method's cross-fitting
 TRIM = 0.01  # of each input's training values, at either end, that the direct method clips
 UNSEEN_DELTA = 0.05  # the chance that the unseen mass's slack is too small
+PAIRS_AT_ONCE = 1 << 14  # (record, action) pairs the direct method predicts at once
 
 
 @dataclass(frozen=True)
@@ -248,71 +254,125 @@ def doubly_robust(weights: np.ndarray, rewards: np.ndarray, q_logged: np.ndarray
 
 
 @dataclass(frozen=True)
+class _Fold:
+    """One fold's ridge regressions: its records' inputs, clipped and standardised by the other
+    folds' records (without the inputs constant there), and a row of coefficients (intercept
+    first) per action those records showed whose fit succeeded (`actions`, sorted); every
+    other action is predicted their mean reward. Predictions are clipped to [floor, ceiling],
+    the rewards they earned."""
+    inputs: np.ndarray
+    actions: np.ndarray
+    coefficients: np.ndarray
+    mean: float
+    floor: float
+    ceiling: float
+
+
+@dataclass(frozen=True)
 class DirectMethod:
-    q: np.ndarray  # q[i, a]: the predicted reward of action a for record i
+    """The direct method's models, cross-fitted: a record's prediction comes from the fold
+    that left it out. Only the (record, action) pairs `predict` is asked for are computed: the
+    records times a catalog's actions (10,000 may be) would not fit in memory."""
+    fold: np.ndarray  # each record's fold
+    position: np.ndarray  # each record's row among its fold's inputs
+    folds: dict[int, _Fold]
     failed: int  # fits that failed numerically and predict their training records' mean
+
+    def predict(self, records: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """q[j]: the predicted reward of action actions[j] for record records[j]."""
+        q = np.empty(len(records))
+        for k, f in self.folds.items():
+            mine = np.flatnonzero(self.fold[records] == k)
+            q[mine] = f.mean
+            row = np.searchsorted(f.actions, actions[mine])
+            fitted = row < len(f.actions)
+            fitted[fitted] = f.actions[row[fitted]] == actions[mine][fitted]
+            pairs, row = mine[fitted], row[fitted]
+            for start in range(0, len(pairs), PAIRS_AT_ONCE):
+                part = slice(start, start + PAIRS_AT_ONCE)
+                c = f.coefficients[row[part]]
+                q[pairs[part]] = c[:, 0] + np.einsum(
+                    "ij,ij->i", f.inputs[self.position[records[pairs[part]]]], c[:, 1:])
+            q[mine] = np.clip(q[mine], f.floor, f.ceiling)
+        return q
 
 
 def direct_method(features: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
-                  n_actions: int, seed: int = 0, folds: int = FOLDS) -> DirectMethod:
-    """Cross-fitted predictions of each action's reward for each record: per fold, a ridge
-    regression per action fitted on the other folds' records that showed it (an action they
-    never showed gets their mean reward), on inputs clipped and standardised by those
-    records, its predictions clipped to their rewards' range (module docstring). `actions`
-    holds each record's logged action index; features are one row per record (an intercept
-    is added)."""
+                  seed: int = 0, folds: int = FOLDS) -> DirectMethod:
+    """Cross-fitted models of each action's reward: per fold, a ridge regression per action
+    fitted on the other folds' records that showed it (an action they never showed gets their
+    mean reward), on inputs clipped and standardised by those records, its predictions clipped
+    to their rewards' range (module docstring). `actions` holds each record's logged action
+    index; features are one row per record (an intercept is added)."""
     n = len(rewards)
     x = np.nan_to_num(features.reshape(n, -1))
-    q = np.zeros((n, n_actions))
-    failed = 0
     fold = np.random.default_rng(seed).permutation(n) % folds if n >= folds else np.zeros(n, int)
+    position = np.zeros(n, np.int64)
+    models: dict[int, _Fold] = {}
+    failed = 0
     for k in range(folds):
         test, train = fold == k, fold != k
         if not test.any():
             continue
         if not train.any():  # too few records to hold any out: fit on all of them
             train = np.ones(n, bool)
-        y = rewards[train]
-        fallback = float(np.mean(y))
+        position[test] = np.arange(np.count_nonzero(test))
+        y, shown = rewards[train], actions[train]
         x_train, x_test = _standardised(x[train], x[test])
-        for a in range(n_actions):
-            rows = actions[train] == a
-            predicted = _ridge(x_train[rows], y[rows], x_test) if rows.any() else fallback
-            if predicted is None:
-                failed += 1
-                predicted = fallback
-            q[test, a] = np.clip(predicted, np.min(y), np.max(y))
-    return DirectMethod(q, failed)
+        with np.errstate(all="ignore"):
+            largest = np.max(np.abs(x_test), axis=0)  # bounds each fit's predictions
+        order = np.argsort(shown, kind="stable")  # each action's records in the log's order
+        names, starts = np.unique(shown[order], return_index=True)
+        fits = {a: _ridge(x_train[rows], y[rows], largest)
+                for a, rows in zip(names.tolist(), np.split(order, starts[1:]))}
+        ok = {a: fit for a, fit in fits.items() if fit is not None}
+        failed += len(fits) - len(ok)
+        models[k] = _Fold(x_test, np.array(list(ok), np.int64),
+                          np.array(list(ok.values())).reshape(len(ok), x_train.shape[1] + 1),
+                          float(np.mean(y)), float(np.min(y)), float(np.max(y)))
+    return DirectMethod(fold, position, models, failed)
 
 
 def _standardised(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Both folds' inputs clipped to the training ones' TRIM..1-TRIM quantiles, centred and
-    scaled by the clipped training ones, with an intercept column. The quantiles are taken
-    inward: interpolated, those of 100 records or fewer lie between the most extreme value
-    and the next, so one outlier would still set the scale."""
+    scaled by the clipped training ones; an input constant once clipped (one set in under
+    TRIM of the records, or in none) is left out: it would be 0 in every record. The quantiles
+    are taken inward: interpolated, those of 100 records or fewer lie between the most extreme
+    value and the next, so one outlier would still set the scale."""
     with np.errstate(all="ignore"):  # inputs near the float maximum: _ridge refuses the result
         low = np.quantile(train, TRIM, axis=0, method="higher")
         high = np.quantile(train, 1 - TRIM, axis=0, method="lower")
-        train, test = np.clip(train, low, high), np.clip(test, low, high)
+        varies = low < high
+        low, high = low[varies], high[varies]
+        train, test = np.clip(train[:, varies], low, high), np.clip(test[:, varies], low, high)
         centre, scale = np.mean(train, axis=0), np.std(train, axis=0)
-        scale = np.where(scale > 0, scale, 1.0)  # a constant input: 0 after centring
-        return tuple(np.hstack([np.ones((len(z), 1)), (z - centre) / scale])
-                     for z in (train, test))
+        # each input left varies, so its spread is above 0, or NaN where it overflows (1 here:
+        # _ridge refuses the fits)
+        scale = np.where(scale > 0, scale, 1.0)
+        return (train - centre) / scale, (test - centre) / scale
 
 
-def _ridge(x: np.ndarray, y: np.ndarray, x_test: np.ndarray) -> np.ndarray | None:
-    """x_test's predictions by the ridge regression of y on x; None when the fit fails
-    numerically."""
-    penalty = RIDGE * np.eye(x.shape[1])
-    penalty[0, 0] = 0.0  # the intercept is free: an action's mean reward is not shrunk to 0
+def _ridge(x: np.ndarray, y: np.ndarray, largest: np.ndarray) -> np.ndarray | None:
+    """The ridge regression of y on x: its intercept (free: an action's mean reward is not
+    shrunk to 0), then its slopes. Solved, on x and y centred, in the smaller of its two equal
+    forms: (x'x + RIDGE I) b = x'y over the inputs, or b = x'(xx' + RIDGE I)^-1 y over the
+    records, so that a fit of a few records costs little however many inputs there are. None
+    when the fit fails numerically, or when a prediction could overflow: `largest` (the
+    magnitudes the inputs predicted from reach) bounds them."""
     with np.errstate(all="ignore"):
-        gram, moments = x.T @ x + penalty, x.T @ y
+        centre, mean = np.mean(x, axis=0), float(np.mean(y))
+        x, y = x - centre, y - mean
+        dual = len(x) < x.shape[1]
+        gram, moments = (x @ x.T, y) if dual else (x.T @ x, x.T @ y)
+        gram[np.diag_indices_from(gram)] += RIDGE
         # LAPACK given a non-finite number prints to stderr before it raises
-        if not all(np.all(np.isfinite(z)) for z in (gram, moments, x_test)):
+        if not all(np.all(np.isfinite(z)) for z in (gram, moments, largest, centre)):
             return None
         try:
-            # lstsq, not solve: a single record (or constant columns) leaves it singular
-            predicted = x_test @ np.linalg.lstsq(gram, moments, rcond=None)[0]
+            slopes = np.linalg.solve(gram, moments)  # gram is positive definite
         except np.linalg.LinAlgError:
             return None
-    return predicted if np.all(np.isfinite(predicted)) else None
+        slopes = x.T @ slopes if dual else slopes
+        intercept = mean - float(centre @ slopes)
+        bound = abs(intercept) + float(np.abs(slopes) @ largest)
+    return np.concatenate([[intercept], slopes]) if math.isfinite(bound) else None

@@ -50,6 +50,13 @@ def test_doubly_robust_by_hand():
     assert zero.value == pytest.approx(estimators.ips(WEIGHTS, REWARDS).value)
 
 
+def q_matrix(model: estimators.DirectMethod, n_actions: int) -> np.ndarray:
+    """Every record's prediction for every action, as a records x actions matrix."""
+    n = len(model.fold)
+    return np.stack([model.predict(np.arange(n), np.full(n, a)) for a in range(n_actions)],
+                    axis=1)
+
+
 def test_direct_method_fits_each_action_and_falls_back_for_unseen_ones():
     """Action 0 always earns 1 and action 1 never: the fits are exact whatever the features;
     action 2, never logged, gets the training folds' mean reward."""
@@ -57,7 +64,7 @@ def test_direct_method_fits_each_action_and_falls_back_for_unseen_ones():
     features = rng.normal(size=(40, 3))
     actions = np.arange(40) % 2
     rewards = (actions == 0).astype(float)
-    q = estimators.direct_method(features, actions, rewards, 3).q
+    q = q_matrix(estimators.direct_method(features, actions, rewards), 3)
     assert q[:, 0] == pytest.approx(np.ones(40))
     assert q[:, 1] == pytest.approx(np.zeros(40), abs=1e-12)
     assert 0.2 < q[:, 2].min() and q[:, 2].max() < 0.8
@@ -69,10 +76,10 @@ def test_direct_method_is_cross_fitted():
     features = rng.normal(size=(30, 2))
     actions = rng.integers(0, 2, 30)
     rewards = rng.random(30)
-    q = estimators.direct_method(features, actions, rewards, 2, seed=5).q
+    q = q_matrix(estimators.direct_method(features, actions, rewards, seed=5), 2)
     changed = rewards.copy()
     changed[7] += 100.0
-    q_changed = estimators.direct_method(features, actions, changed, 2, seed=5).q
+    q_changed = q_matrix(estimators.direct_method(features, actions, changed, seed=5), 2)
     assert q_changed[7] == pytest.approx(q[7])
     assert not np.allclose(q_changed, q)  # it does enter the other fold's
 
@@ -95,7 +102,7 @@ def test_unbiased_on_a_bandit_with_known_value():
         pi1 = 0.9 - 0.6 * ctx
         pi = np.stack([1 - pi1, pi1], axis=1)
         w = pi[np.arange(400), a] / np.where(a == 1, mu1, 1 - mu1)
-        q = estimators.direct_method(ctx[:, None].astype(float), a, r, 2).q
+        q = q_matrix(estimators.direct_method(ctx[:, None].astype(float), a, r), 2)
         dr = estimators.doubly_robust(w, r, q[np.arange(400), a], np.sum(pi * q, axis=1))
         found["ips"].append(estimators.ips(w, r).value)
         found["snips"].append(estimators.snips(w, r).value)
