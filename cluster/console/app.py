@@ -36,6 +36,7 @@ from urllib.parse import urlencode
 
 import jinja2
 from starlette.applications import Starlette
+from starlette.datastructures import FormData
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
@@ -58,7 +59,10 @@ from kairos.v1 import decision_pb2 as pb
 
 SEARCH_KINDS = ("customer_id", "cookie", "device", "email")
 MAX_ID_LENGTH = 256  # the gateway's cap on customer ids and alias values
-MAX_BODY_BYTES = 1 << 20  # the gateway's message limit: no form needs more
+MAX_BODY_BYTES = 1 << 20  # a draft catalog's form: the gateway's message limit
+# any other form's (a key, ids, a percent-encoded `next`): forms are parsed before their CSRF
+# token is checked, and 1 MiB of "&" cost the loop 0.44 s of CPU, sent by anyone
+FORM_BYTES = 16 << 10
 # each live page holds a watch per channel on the gateway, and a connection of the browser's
 # six to one host (HTTP/1.1): past this many a session's live pages pause, so that its other
 # tabs can still load (a hidden tab closes its stream: console.js)
@@ -158,7 +162,7 @@ class Console:
             response.headers["retry-after"] = str(math.ceil(wait_s))
             return response
         try:
-            session = self.sessions.sign_in(request.state.session, str(form.get("key", "")))
+            session = self.sessions.sign_in(request.state.session, _field(form, "key"))
         except SignInRefused as exc:
             self.signin_limit.failed(address)
             return self.render(request, "signin.html", 401, refused=str(exc),
@@ -314,7 +318,7 @@ class Console:
         idempotency key, so the gateway records it once)."""
         form = await request.form()
         session = request.state.session
-        customer_id, decision_id, action_id, outcome = (str(form.get(name, "")) for name in (
+        customer_id, decision_id, action_id, outcome = (_field(form, name) for name in (
             "customer_id", "decision_id", "action_id", "outcome"))
         # an agent answers a decision the page showed, within the gateway's own bounds
         if outcome not in OUTCOMES or not 0 < len(customer_id) <= MAX_ID_LENGTH \
@@ -391,7 +395,7 @@ class Console:
             return None, exc.detail
 
     async def validate(self, request: Request) -> Response:
-        draft = str((await request.form()).get("catalog", ""))
+        draft = _field(await request.form(), "catalog")
         try:
             checked = await self.validated(request.state.session.key, draft)
         except GatewayError as exc:
@@ -424,7 +428,8 @@ def create_app(config: ConsoleConfig, auth: Auth, gateway: GatewayClient | None 
         Route("/customer/live", signed_in(console.live, touch=False, own_page=True)),
         Route("/customer/respond", signed_in(console.respond, post=True), methods=["POST"]),
         Route("/operator", signed_in(console.operator)),
-        Route("/operator/validate", signed_in(console.validate, post=True), methods=["POST"]),
+        Route("/operator/validate", signed_in(console.validate, post=True,
+                                              body_bytes=MAX_BODY_BYTES), methods=["POST"]),
         Mount("/static", StaticFiles(packages=[("kairos.cluster.console", "static")]),
               name="static"),
     ]
@@ -445,8 +450,8 @@ class _Guard:
         return self(handler, post, need_key=False)
 
     def __call__(self, handler, post: bool = False, need_key: bool = True, touch: bool = True,
-                 own_page: bool = False):
-        """`own_page`: the route answers the console's own pages' scripts only (403)."""
+                 own_page: bool = False, body_bytes: int = FORM_BYTES):
+        """`own_page`: for the console's own pages' scripts only (403); `body_bytes`: 413 past."""
         console = self.console
 
         async def guarded(request: Request) -> Response:
@@ -461,9 +466,9 @@ class _Guard:
                 request.cookies.get(cookie_name(VISITOR_COOKIE, https)))
             if post:
                 length = request.headers.get("content-length", "")
-                if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+                if not length.isdigit() or int(length) > body_bytes:
                     return _text("a form's body must have a length of at most "
-                                 f"{MAX_BODY_BYTES} bytes", 413)
+                                 f"{body_bytes} bytes", 413)
                 token = (await request.form()).get(CSRF_FIELD)
                 # another port's page on a loopback console is same-site: it can plant a
                 # visitor's cookie with a token of its own (README), but its POST says where
@@ -482,6 +487,12 @@ def _forget_cookie(request: Request, response: Response, name: str) -> None:
     # Secure as it was set: a browser takes no __Host- cookie without it, a deletion neither
     https = request.url.scheme == "https"
     response.delete_cookie(cookie_name(name, https), path="/", secure=https)
+
+
+def _field(form: FormData, name: str) -> str:
+    """A form's text field; "" if it is missing or a file (multipart may send one as any)."""
+    value = form.get(name)
+    return value if isinstance(value, str) else ""
 
 
 def _text(body: str, code: int) -> Response:

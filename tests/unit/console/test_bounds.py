@@ -1,0 +1,75 @@
+"""What the console takes from anyone who reaches it: form bodies by route (a form is parsed
+before its CSRF token is checked), text fields only, and connections at once (uvicorn has no
+deadline for a request's head)."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+from kairos.cluster.console.app import FORM_BYTES, MAX_BODY_BYTES
+from tests.unit.console.test_app import RESPOND, client, gateway, sign_in  # noqa: F401
+
+
+def test_a_form_past_its_bound_is_refused_before_it_is_parsed(client):  # noqa: F811
+    """1 MiB of "&" (no field, so no field limit stops it) cost 0.44 s of the loop's CPU."""
+    flood = "&" * (FORM_BYTES + 1)
+    refused = client.post("/signin", content=flood,
+                          headers={"content-type": "application/x-www-form-urlencoded"})
+    assert refused.status_code == 413 and f"at most {FORM_BYTES} bytes" in refused.text
+    token = sign_in(client)
+    # a draft catalog may still be as long as the gateway takes
+    draft = "# " + "x" * (MAX_BODY_BYTES // 2) + "\ncatalog: {}\n"
+    checked = client.post("/operator/validate", data={"catalog": draft, "csrf": token})
+    assert checked.status_code != 413
+    assert client.post("/customer/respond", data={**RESPOND, "csrf": token,
+                                                    "pad": "x" * FORM_BYTES}).status_code == 413
+
+
+def test_a_file_where_a_field_is_read_is_a_bad_request(client, gateway):  # noqa: F811
+    token = sign_in(client)
+    fields = {k: v for k, v in RESPOND.items() if k != "customer_id"}
+    sent = client.post("/customer/respond", data={**fields, "csrf": token},
+                       files={"customer_id": ("hostname", b"ana")})
+    assert sent.status_code == 400 and gateway.responses == []
+
+
+SERVE = """
+import sys
+from kairos.cluster.console import server
+from kairos.cluster.console.app import ConsoleConfig
+from kairos.cluster.gateway.auth import Auth
+server.CONNECTIONS = 3
+server.serve(ConsoleConfig("127.0.0.1:1"), Auth.load(None),
+             server.Listen("127.0.0.1", int(sys.argv[1])))
+"""
+
+
+def test_connections_that_never_finish_their_request_are_bounded(tmp_path):
+    """A real uvicorn as `kairos console` runs it: past CONNECTIONS at once, 503."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    console = subprocess.Popen([sys.executable, "-c", SERVE, str(port)])
+    held = []
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+                break
+            except OSError:
+                assert time.monotonic() < deadline and console.poll() is None
+                time.sleep(0.2)
+        held[0].sendall(b"GET /signin HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finished
+        held += [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+        time.sleep(0.5)  # accepted and counted by the server
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as late:
+            late.sendall(b"GET /signin HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            assert late.recv(64).startswith(b"HTTP/1.1 503")
+    finally:
+        for s in held:
+            s.close()
+        console.terminate()
+        console.wait(30)
