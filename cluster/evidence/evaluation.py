@@ -94,7 +94,8 @@ def evaluate(replayed: Sequence[Replayed], seed: int = 0) -> dict[str, Any]:
     result["overlap"] = _overlap(shares, weights, seen, mu)
     # not the overlap's: the refused requests are said once, apart (report.refusals)
     result["warnings"] = _few_positives(usable, replayed) + _model_fallbacks(result) + \
-        _inputs_left_out(*inputs) + _values_read(usable) + _few_customers(clusters)
+        _inputs_left_out(*inputs) + _values_read(usable) + _read_at_default(usable) + \
+        _few_customers(clusters)
     return result
 
 
@@ -138,6 +139,17 @@ def _values_read(usable: Sequence[Replayed]) -> list[str]:
         ([f"{unbounded} conversion value(s) are read as reported: the candidate does not "
           f"value their action in their decision, so its models would learn none of them"]
          if unbounded else [])
+
+
+def _read_at_default(usable: Sequence[Replayed]) -> list[str]:
+    """The candidate's slots the log's profiles hold no value of their meaning for (replay.py):
+    the decisions replayed read their defaults, so a rule or model reading one judged no
+    customer by it (a type changed from a segment's string to a number showed a candidate's
+    offer to none of them, unwarned)."""
+    counts = Counter(slot for r in usable for slot in r.defaults)
+    return [f"{slot}: the log's profiles hold no value of this meaning (the logging catalog "
+            f"lacks the slot, or its type or definition changed); {k} of the {len(usable)} "
+            f"evaluated decisions saw its default" for slot, k in sorted(counts.items())]
 
 
 def _few_positives(usable: Sequence[Replayed], replayed: Sequence[Replayed]) -> list[str]:

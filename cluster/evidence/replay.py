@@ -26,6 +26,13 @@ while the models clipped it. Where the candidate does not value the action there
 filtered out, or valued at 0 or less) its models would learn no value, and the value is read
 as reported: evaluation.py counts such values and warns of them.
 
+A profile is loaded as a shard loads a block of another catalog (storage/blocks.py): a slot of
+the candidate's that the log's catalog lacks, or holds with another meaning (an attribute's
+type, a feature's definition or half-life), starts from the candidate's default. The
+candidate then decides as it would on the day it starts, but a rule reading such a slot reads
+no customer's value: each record names the slots it read so (`Replayed.defaults`), and
+evaluation.py warns of them.
+
 First slot only: the reward of a logged decision is what its first shown action earned, and
 the candidate is judged by what it would show first (a placement of several slots is
 evaluated by its first; the other slots' effects on each other are not modelled).
@@ -45,7 +52,8 @@ from kairos.core.compiler import CompiledCatalog, Reason, compile_catalog
 from kairos.core.engine import DecisionEngine, EncodedRequest
 from kairos.core.errors import InputError
 from kairos.cluster.evidence.records import DecisionRecord, LogFormatError
-from kairos.cluster.storage.blocks import BlockCorrupt, import_block, unpack
+from kairos.cluster.storage.blocks import (MEANING_BYTES, BlockCorrupt, _layout, import_block,
+                                           unpack)
 
 DEFAULT_SAMPLES = 64  # re-decisions per logged decision
 MAX_SAMPLES = 4096
@@ -81,6 +89,10 @@ class Replayed:
     # none) and whether `value` was reported above it and is read at it
     value_bound: float = math.nan
     clipped: bool = False
+    # the candidate's slots the decision's profile held no value of their meaning for (a new
+    # slot, or one whose meaning changed), which it read at their defaults: "attribute
+    # segment", "feature visits"
+    defaults: tuple[str, ...] = ()
 
 
 def load_candidate(path: str | Path) -> tuple[CompiledCatalog, str]:
@@ -129,6 +141,8 @@ class Replayer:
         self.engine = DecisionEngine(compiled, capacity=1, seed=seed)
         self._names = list(compiled.action_ids) + [NOTHING]
         self._index = {name: a for a, name in enumerate(compiled.action_ids)}
+        # per layout of the log's blocks (a log has one per catalog it spans): its defaults
+        self._defaults: dict[tuple, tuple[str, ...]] = {}
 
     def replay(self, record: DecisionRecord) -> Replayed:
         logged, selection, accept, value = rewards(record)
@@ -141,7 +155,7 @@ class Replayer:
         replayed = Replayed(record.decision_id, record.catalog_version, record.channel,
                             record.placement, logged, selection, accept, value,
                             dict(record.inputs), {NOTHING: 1.0}, pushed=record.pushed,
-                            customer=record.customer_id)
+                            customer=record.customer_id, defaults=self._read_at_default(block))
         try:
             request = self.engine.encode_request(REPLAY_CUSTOMER, record.channel,
                                                  record.placement, record.context, record.time)
@@ -154,6 +168,13 @@ class Replayer:
                                  for a in np.flatnonzero(shares)},
             value=min(value, bound) if bound > 0 else value, value_bound=bound,
             clipped=bool(value > bound))
+
+    def _read_at_default(self, block: dict) -> tuple[str, ...]:
+        """`_defaults_read` of the block's layout, once per layout."""
+        key = (block.get("meanings"), tuple(block["slots"]), tuple(block["string_columns"]))
+        if key not in self._defaults:
+            self._defaults[key] = _defaults_read(self.compiled, block)
+        return self._defaults[key]
 
     def _value_bound(self, logged: str) -> float:
         """The candidate's bound on a convert's value for the logged action in the decision
@@ -183,6 +204,26 @@ class Replayer:
             first = np.where(shown, np.asarray(e.workspace.out_action[:m, 0]), n)
             counts += np.bincount(first, minlength=n + 1)
         return counts
+
+
+def _defaults_read(compiled: CompiledCatalog, block: dict) -> tuple[str, ...]:
+    """The candidate's slots `block` holds no value of their meaning for, which import_block
+    starts from their defaults: matched as blocks._values matches them, by name, string or
+    not, and meaning where the block names meanings."""
+    keys, flags, _, own = _layout(compiled)
+    where = {slot: col for col, slot in enumerate(block["slots"])}
+    meanings, n = block.get("meanings"), MEANING_BYTES
+    kinds = {**{f.name: "feature" for f in compiled.catalog.features},
+             **{a.name: "attribute" for a in compiled.catalog.attributes}}
+    read = []
+    for col, (slot, string) in enumerate(zip(keys, flags)):
+        if slot.endswith("@time"):
+            continue  # a helper slot ('<name>@time', the time of its value): its slot says it
+        src = where.get(slot)
+        if src is None or bool(block["string_columns"][src]) != string or \
+                meanings is not None and meanings[src * n:src * n + n] != own[col * n:col * n + n]:
+            read.append(f"{kinds.get(slot, 'slot')} {slot}")
+    return tuple(read)
 
 
 def replay(records: Iterable[DecisionRecord], compiled: CompiledCatalog,
