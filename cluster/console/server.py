@@ -24,13 +24,12 @@ from typing import Iterable
 import psutil
 import yaml
 
-from kairos.cluster.console.app import LOOPBACK_HOSTS, MAX_STREAMS, ConsoleConfig, create_app
+from kairos.cluster.console.app import LOOPBACK_HOSTS, ConsoleConfig, create_app
 from kairos.cluster.console.session import CONSOLE_SCOPES, OPTIONAL_SCOPES
 from kairos.cluster.gateway.auth import EVERY_ADDRESS, KEYS_ENV, Auth, is_loopback
 
 CONSOLE_KEYS_FILE = "console-keys.yaml"
 GRACEFUL_STOP_S = 3  # live pages hold streams open: do not wait on them to stop
-CONNECTIONS = 2 * MAX_STREAMS  # connections and requests at once (uvicorn's limit_concurrency)
 
 
 @dataclass(frozen=True)
@@ -125,10 +124,7 @@ def serve(config: ConsoleConfig, auth: Auth, listen: Listen) -> None:
     """Run the console until SIGINT or SIGTERM."""
     import uvicorn
 
-    # h11, not httptools were it installed: h11 bounds a request's head (16 KiB). uvicorn has
-    # no deadline for a head, so connections that never finish one are bounded in number:
-    # past CONNECTIONS (live pages' streams and more), 503
+    # h11, not httptools were it installed: h11 bounds a request's head (16 KiB)
     uvicorn.run(create_app(config, auth), host=listen.host, port=listen.port,
                 ssl_certfile=listen.tls_cert, ssl_keyfile=listen.tls_key, log_level="warning",
-                timeout_graceful_shutdown=GRACEFUL_STOP_S, proxy_headers=False, http="h11",
-                limit_concurrency=CONNECTIONS)
+                timeout_graceful_shutdown=GRACEFUL_STOP_S, proxy_headers=False, http="h11")
