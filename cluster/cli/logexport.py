@@ -9,6 +9,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -91,14 +92,14 @@ class Shortfall:
 def run(args: argparse.Namespace) -> int:
     remote = Remote(args.target)
     shortfall = Shortfall()
-    partial = f"{args.out}.partial"  # a call that fails half-way leaves no FILE behind
-    # customers' profiles and decisions: the owner's only, as the store keeps them; a file
-    # made anew and written through its descriptor, never one of that name already there (a
-    # link planted in a shared folder would have its target written and its mode changed)
+    # a call that fails half-way leaves no FILE behind; customers' profiles and decisions:
+    # the owner's only, as the store keeps them. A name of its own (mkstemp: made anew, 0600),
+    # written through its descriptor: a fixed name let a link planted in a shared folder have
+    # its target written, and two exports to one FILE take each other's file
+    out_path = Path(args.out).absolute()
     try:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(partial)  # an earlier run's, killed
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        fd, partial = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.",
+                                       suffix=".partial")
     except OSError as exc:
         print(f"error: --out {args.out}: {exc.strerror}", file=sys.stderr)
         return 1
@@ -109,12 +110,13 @@ def run(args: argparse.Namespace) -> int:
             written = write_records(records, out, is_parquet(args.out))
             out.flush()
             os.fsync(out.fileno())  # on disk before its name says it is whole
+        os.replace(partial, args.out)
     except BaseException:  # what it holds of customers is not left behind
-        os.unlink(partial)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
         raise
     from kairos.cluster.storage.journal import fsync_directory  # see page()
-    os.replace(partial, args.out)
-    fsync_directory(Path(args.out).absolute().parent)  # where the name is, a link's too
+    fsync_directory(out_path.parent)  # where the name is, a link's too
     print(f"wrote {written} decision records to {args.out}")
     if shortfall.more:
         print(f"more than {args.max_records:,} decisions matched: only the first were "

@@ -418,12 +418,16 @@ def read_parquet(path: str | Path) -> Iterator[DecisionRecord]:
     metadata = source.schema_arrow.metadata or {}
     if metadata.get(b"kairos_decision_log_format") != str(FORMAT).encode():
         raise LogFormatError(f"{path}: not a Kairos decision log of format {FORMAT}")
+    missing = sorted(set(_TYPES) - _OPTIONAL - set(source.schema_arrow.names))
+    if missing:  # a damaged footer's names, its metadata intact
+        raise LogFormatError(f"{path}: no column {', '.join(map(repr, missing))}")
     batches, first = source.iter_batches(), 0  # rows numbered from the file's start
     while True:
-        try:  # a damaged page: pyarrow's errors, or an OSError naming no file (snappy's)
+        try:  # a damaged page: pyarrow's errors, an OSError naming no file (snappy's), a
+            # string no longer UTF-8 (a ValueError as the rows are made)
             batch = next(batches, None)
             rows = [] if batch is None else batch.to_pylist()
-        except (pa.ArrowException, OSError) as exc:
+        except (pa.ArrowException, OSError, ValueError) as exc:
             raise LogFormatError(f"{path}: rows from {first}: unreadable: {exc}") from None
         if batch is None:
             return

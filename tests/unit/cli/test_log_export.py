@@ -95,8 +95,6 @@ def test_an_export_is_its_owners_only_and_on_disk(tmp_path, monkeypatch):
     from kairos.cluster.cli import logexport
     monkeypatch.setattr(logexport, "Remote", lambda target: Gateway([100.0, 101.0]))
     out = tmp_path / "log.jsonl"
-    (tmp_path / "log.jsonl.partial").write_text("left by an earlier run")
-    os.chmod(tmp_path / "log.jsonl.partial", 0o644)
     args = argparse.Namespace(target="127.0.0.1:1", out=str(out), since=99.0, until=102.0,
                               channel="", max_records=0)
     synced = []
@@ -105,8 +103,10 @@ def test_an_export_is_its_owners_only_and_on_disk(tmp_path, monkeypatch):
                         or real_fsync(fd))
     assert logexport.run(args) == 0
     assert stat.S_IMODE(out.stat().st_mode) == 0o600 and len(out.read_text().splitlines()) == 2
-    # written to disk before it is renamed whole, and the rename too
-    assert synced == [f"{out}.partial", str(tmp_path)]
+    # written to disk under a name of its own before it is renamed whole, and the rename too
+    [partial, folder] = synced
+    assert partial.startswith(f"{tmp_path}/.log.jsonl.") and partial.endswith(".partial")
+    assert folder == str(tmp_path) and sorted(tmp_path.iterdir()) == [out]
 
 
 def test_an_export_that_fails_half_way_leaves_nothing_behind(tmp_path, monkeypatch):
@@ -135,9 +135,9 @@ def test_a_time_a_timestamp_cannot_hold_is_refused_as_an_argument(text):
     assert moment("9999-12-31T23:59:59Z") == 253_402_300_799.0
 
 
-def test_a_partial_file_planted_as_a_link_is_replaced_not_followed(tmp_path, monkeypatch):
+def test_a_partial_file_planted_as_a_link_is_not_followed(tmp_path, monkeypatch):
     """In a folder others may write, a link named FILE.partial had the export truncate its
-    target and change its mode: the export makes a file of its own instead."""
+    target and change its mode: the export makes a file of a name of its own instead."""
     import os
     import stat
     from kairos.cluster.cli import logexport
@@ -152,3 +152,32 @@ def test_a_partial_file_planted_as_a_link_is_replaced_not_followed(tmp_path, mon
     assert logexport.run(args) == 0
     assert victim.read_text() == "someone else's" and stat.S_IMODE(victim.stat().st_mode) == 0o644
     assert not out.is_symlink() and len(out.read_text().splitlines()) == 2
+
+
+def test_two_exports_to_one_file_do_not_take_each_others(tmp_path, monkeypatch):
+    """With one fixed partial name the second export deleted the first's file under way, and
+    the first renamed the second's half-written one into FILE."""
+    import threading
+
+    from kairos.cluster.cli import logexport
+    first_writing, second_done = threading.Event(), threading.Event()
+
+    class Slow(Gateway):
+        def ExportDecisionLog(self, request, timeout, metadata):
+            first_writing.set()
+            second_done.wait(30)  # the second export runs while this one writes
+            yield from super().ExportDecisionLog(request, timeout, metadata)
+    out = tmp_path / "log.jsonl"
+    args = argparse.Namespace(target="127.0.0.1:1", out=str(out), since=99.0, until=102.0,
+                              channel="", max_records=0)
+    monkeypatch.setattr(logexport, "Remote", lambda target: Slow([100.0, 101.0]))
+    results = []
+    first = threading.Thread(target=lambda: results.append(logexport.run(args)))
+    first.start()
+    assert first_writing.wait(30)
+    monkeypatch.setattr(logexport, "Remote", lambda target: Gateway([100.0]))
+    assert logexport.run(args) == 0 and len(out.read_text().splitlines()) == 1
+    second_done.set()
+    first.join(30)
+    assert results == [0] and len(out.read_text().splitlines()) == 2  # whole, the last one
+    assert sorted(tmp_path.iterdir()) == [out]

@@ -104,3 +104,29 @@ def test_the_commands_name_the_log_an_input_output_error_came_from(files, tmp_pa
     assert main([command, "--log", "/proc/self/mem", "--catalog",
                  str(files / "candidate.yaml"), *out]) == 1
     assert "error: /proc/self/mem: Input/output error" in capsys.readouterr().err
+
+
+def test_a_parquet_string_no_longer_utf_8_is_refused_naming_the_rows(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    path = tmp_path / "log.parquet"
+    write_records([decision(0), decision(1)], path)
+    table = pq.read_table(path)
+    offsets = pa.array([0, 2, 4], pa.int32()).buffers()[1]
+    broken = pa.Array.from_buffers(pa.string(), 2, [None, offsets, pa.py_buffer(b"\xff\xfe" * 2)])
+    pq.write_table(table.set_column(table.schema.get_field_index("customer_id"), "customer_id",
+                                    broken), path)
+    with pytest.raises(LogFormatError, match="log.parquet: rows from 0: unreadable"):
+        list(read_records(path))
+
+
+def test_a_parquet_column_renamed_under_intact_metadata_is_refused_naming_it(tmp_path):
+    import pyarrow.parquet as pq
+    path = tmp_path / "log.parquet"
+    write_records([decision(0)], path)
+    table = pq.read_table(path)
+    renamed = table.rename_columns(["contexx" if n == "context" else n
+                                    for n in table.column_names])
+    pq.write_table(renamed.replace_schema_metadata(table.schema.metadata), path)
+    with pytest.raises(LogFormatError, match="log.parquet: no column 'context'"):
+        list(read_records(path))
