@@ -124,7 +124,9 @@ def serve(config: ConsoleConfig, auth: Auth, listen: Listen) -> None:
     """Run the console until SIGINT or SIGTERM."""
     import uvicorn
 
-    # h11, not httptools were it installed: h11 bounds a request's head (16 KiB)
+    from kairos.cluster.console.heads import HeadDeadline
+
     uvicorn.run(create_app(config, auth), host=listen.host, port=listen.port,
                 ssl_certfile=listen.tls_cert, ssl_keyfile=listen.tls_key, log_level="warning",
-                timeout_graceful_shutdown=GRACEFUL_STOP_S, proxy_headers=False, http="h11")
+                timeout_graceful_shutdown=GRACEFUL_STOP_S, proxy_headers=False,
+                http=HeadDeadline)

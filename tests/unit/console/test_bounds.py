@@ -1,11 +1,14 @@
 """What the console takes from anyone who reaches it: form bodies by route, framed by their
-length (a form is parsed before its CSRF token is checked), and text fields only."""
+length (a form is parsed before its CSRF token is checked), text fields only, and a request's
+head within HEAD_S (heads.py)."""
 from __future__ import annotations
 
 import socket
 import subprocess
 import sys
 import time
+
+import pytest
 
 from kairos.cluster.console.app import FORM_BYTES, MAX_BODY_BYTES
 from tests.unit.console.test_app import RESPOND, client, gateway, sign_in  # noqa: F401
@@ -36,17 +39,18 @@ def test_a_file_where_a_field_is_read_is_a_bad_request(client, gateway):  # noqa
 
 SERVE = """
 import sys
-from kairos.cluster.console import server
+from kairos.cluster.console import heads, server
 from kairos.cluster.console.app import ConsoleConfig
 from kairos.cluster.gateway.auth import Auth
+heads.HEAD_S = 1.0
 server.serve(ConsoleConfig("127.0.0.1:1"), Auth.load(None),
              server.Listen("127.0.0.1", int(sys.argv[1])))
 """
 
 
-def test_a_chunked_body_cannot_pass_the_bound_under_a_short_length(tmp_path):
-    """h11 frames a request that gives both by its chunks: a length of 10 let 4 MiB of "&"
-    through to the parser. A real uvicorn, as `kairos console` runs it."""
+@pytest.fixture(scope="module")
+def console_port():
+    """A real uvicorn, as `kairos console` runs it (heads given 1 s)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -55,18 +59,59 @@ def test_a_chunked_body_cannot_pass_the_bound_under_a_short_length(tmp_path):
         deadline = time.monotonic() + 60
         while True:
             try:
-                sent = socket.create_connection(("127.0.0.1", port), timeout=10)
+                socket.create_connection(("127.0.0.1", port), timeout=10).close()
                 break
             except OSError:
                 assert time.monotonic() < deadline and console.poll() is None
                 time.sleep(0.2)
-        with sent:
-            body = b"&" * (FORM_BYTES + 1)
-            sent.sendall(b"POST /signin HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-                         b"Content-Type: application/x-www-form-urlencoded\r\n"
-                         b"Content-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n"
-                         + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
-            assert sent.recv(64).startswith(b"HTTP/1.1 413")
+        yield port
     finally:
         console.terminate()
         console.wait(30)
+
+
+def closed_within(connection: socket.socket, seconds: float) -> bool:
+    """Whether the console closed `connection` within `seconds` (after any answer it sent)."""
+    connection.settimeout(seconds)
+    try:
+        while connection.recv(65536):
+            pass
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_a_connection_that_never_finishes_a_head_is_closed(console_port):
+    """uvicorn kept it until its peer went, so silent sockets could take every descriptor."""
+    with socket.create_connection(("127.0.0.1", console_port)) as silent, \
+            socket.create_connection(("127.0.0.1", console_port)) as half:
+        half.sendall(b"GET /signin HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        assert closed_within(silent, 10) and closed_within(half, 10)
+    # and between requests: after an answer, the next head has the same time
+    with socket.create_connection(("127.0.0.1", console_port)) as kept:
+        kept.sendall(b"GET /signin HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        kept.settimeout(10)
+        assert kept.recv(64).startswith(b"HTTP/1.1 200")
+        kept.sendall(b"GET /signin HTTP/1.1\r\n")  # the next head, never finished
+        assert closed_within(kept, 10)
+
+
+def test_a_head_sent_in_time_is_answered(console_port):
+    with socket.create_connection(("127.0.0.1", console_port)) as slow:
+        slow.sendall(b"GET /signin HTTP/1.1\r\n")
+        time.sleep(0.5)
+        slow.sendall(b"Host: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        slow.settimeout(10)
+        assert slow.recv(64).startswith(b"HTTP/1.1 200")
+
+
+def test_a_chunked_body_cannot_pass_the_bound_under_a_short_length(console_port):
+    """h11 frames a request that gives both by its chunks: a length of 10 let 4 MiB of "&"
+    through to the parser."""
+    with socket.create_connection(("127.0.0.1", console_port), timeout=10) as sent:
+        body = b"&" * (FORM_BYTES + 1)
+        sent.sendall(b"POST /signin HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                     b"Content-Type: application/x-www-form-urlencoded\r\n"
+                     b"Content-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
+        assert sent.recv(64).startswith(b"HTTP/1.1 413")
