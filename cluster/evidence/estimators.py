@@ -202,9 +202,10 @@ def _widened(e: Estimate, seen: np.ndarray, rewards: np.ndarray, binary: bool,
     """The interval widened to at least Wilson's for a binary reward, and by the mass the log
     cannot see (from `seen`, each record's) times the largest reward (None: 1 if binary, else
     the largest of `rewards`); `modelled`: the estimate guessed that mass's reward (module
-    docstring). Then clipped to where the estimand lies: 0 or more, and at most 1 for a binary
-    reward (the normal interval of a log of 40 customers, a few of them weighed 20, was
-    [-0.51, 1.51])."""
+    docstring). Then the interval and the estimate clipped to where the estimand lies: 0 or
+    more, and at most 1 for a binary reward (the normal interval of a log of 40 customers, a
+    few of them weighed 20, was [-0.51, 1.51]; an IPS rate of 1.5 with its interval clipped lay
+    outside it, which the report's plot refused)."""
     if math.isnan(e.low) or math.isnan(e.high):
         return e
     low, high = wilson(min(max(e.value, 0.0), 1.0), e.ess) if binary else (e.low, e.high)
@@ -215,7 +216,9 @@ def _widened(e: Estimate, seen: np.ndarray, rewards: np.ndarray, binary: bool,
     low = max(min(e.low, low - unseen * (largest if modelled else max(low, 0.0))), 0.0)
     # `low`: a DR interval wholly below 0 (its model's guesses) becomes [0, 0]
     high = max(e.high, high + unseen * largest, low)
-    return Estimate(e.value, low, min(high, 1.0) if binary else high, e.standard_error, e.ess)
+    if binary:
+        high = min(high, 1.0)
+    return Estimate(min(max(e.value, low), high), low, high, e.standard_error, e.ess)
 
 
 # Each estimator's `binary`: the rewards are 0 or 1; `clusters`: each record's customer (None:

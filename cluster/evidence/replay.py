@@ -149,13 +149,14 @@ class Replayer:
         try:
             block = unpack(record.profile)
             import_block(self.engine, {**block, "ids": [REPLAY_CUSTOMER]})
+            defaults = self._read_at_default(block)
         except (BlockCorrupt, TypeError, ValueError) as exc:
             raise LogFormatError(f"decision {record.decision_id}: its profile is not a "
                                  f"customer block: {exc}") from None
         replayed = Replayed(record.decision_id, record.catalog_version, record.channel,
                             record.placement, logged, selection, accept, value,
                             dict(record.inputs), {NOTHING: 1.0}, pushed=record.pushed,
-                            customer=record.customer_id, defaults=self._read_at_default(block))
+                            customer=record.customer_id, defaults=defaults)
         try:
             request = self.engine.encode_request(REPLAY_CUSTOMER, record.channel,
                                                  record.placement, record.context, record.time)
@@ -171,7 +172,10 @@ class Replayer:
 
     def _read_at_default(self, block: dict) -> tuple[str, ...]:
         """`_defaults_read` of the block's layout, once per layout."""
-        key = (block.get("meanings"), tuple(block["slots"]), tuple(block["string_columns"]))
+        # as import_block takes them: string_columns' items by truth (a damaged block's may be
+        # maps, which no key holds)
+        key = (block.get("meanings"), tuple(block["slots"]),
+               tuple(map(bool, block["string_columns"])))
         if key not in self._defaults:
             self._defaults[key] = _defaults_read(self.compiled, block)
         return self._defaults[key]

@@ -3,12 +3,13 @@
 bounds: [-0.511, 1.511] for an accept rate (review of cluster/evidence/, finding 6)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 
-from kairos.cluster.evidence import estimators, evaluation
+from kairos.cluster.evidence import estimators, evaluation, report
 from kairos.cluster.evidence.replay import Replayed
 
 
@@ -54,9 +55,31 @@ def test_a_values_interval_does_not_go_below_0(estimate):
     assert e.low == 0.0 and e.high > e.value > 0.0
 
 
-def test_a_doubly_robust_estimate_below_0_has_the_interval_0_0():
+def test_a_doubly_robust_estimate_below_0_is_0_in_0_0():
     """A model that guessed far too high on the logged actions takes DR's every term below 0:
-    the estimand cannot be, so its interval is [0, 0] (the value itself is left as computed)."""
+    the estimand cannot be, so it and its interval are 0 ([0, 0])."""
     e = estimators.doubly_robust(np.ones(40), np.zeros(40), np.full(40, 5.0),
                                  np.linspace(0.0, 1.0, 40))
-    assert e.value < 0.0 and (e.low, e.high) == (0.0, 0.0)
+    assert (e.value, e.low, e.high) == (0.0, 0.0, 0.0)
+
+
+def accepting_log(seed: int) -> list[Replayed]:
+    """`heavy_log`, but 9 in 10 decisions accepted: IPS's rate passes 1."""
+    rng = np.random.default_rng(seed)
+    return [dataclasses.replace(r, accept=float(rng.random() < 0.9)) for r in heavy_log(seed)]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_each_estimate_lies_in_its_interval_and_the_report_draws_it(seed, tmp_path):
+    """Clipped alone, the interval left an IPS rate of 1.5 outside [0, 1], and the report's
+    plot refused its negative error bar: `kairos replay` ended in a traceback."""
+    evidence = evaluation.evaluate(accepting_log(seed))
+    for reward in evidence["estimates"].values():
+        for name, e in reward.items():
+            if not math.isnan(e["value"]):
+                assert e["low"] <= e["value"] <= e["high"], (name, e)
+    pytest.importorskip("matplotlib")
+    evidence.update(log="log.jsonl", candidate={"name": "c", "version": "1"}, samples=64,
+                    candidate_error=0.0625, models="priors")  # what `kairos replay` adds
+    written = report.write(evidence, tmp_path)
+    assert (tmp_path / "replay.png").exists() and written

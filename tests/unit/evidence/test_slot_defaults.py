@@ -112,3 +112,15 @@ def test_a_profile_written_before_blocks_named_meanings_is_matched_by_name_and_k
     replayed, evidence = evidence_of(unnamed, candidate(segment_a_number))
     assert {r.defaults for r in replayed} == {("attribute segment",)}
     assert all(r.defaults == () for r in replay(unnamed, candidate(lambda doc: None), 8))
+
+
+def test_a_blocks_string_flags_are_read_by_their_truth_as_import_block_reads_them(log):
+    """A hand-edited block's flags may be maps, which import_block takes by their truth; the
+    layout's key held the maps themselves, which no key can (a TypeError: a traceback from
+    `kairos replay`)."""
+    block = unpack(log[0].profile)
+    edited = dataclasses.replace(log[0], profile=pack(
+        {**block, "string_columns": [{"x": 1} if flag else {} for flag in
+                                     block["string_columns"]]}))
+    [replayed] = replay([edited], candidate(lambda doc: None), 2)
+    assert replayed.decision_id == log[0].decision_id and replayed.defaults == ()
