@@ -12,6 +12,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from functools import cached_property
 from importlib import resources
 from pathlib import Path as FsPath
 from typing import Any, Callable
@@ -375,7 +376,13 @@ class Catalog:
         return next((c for c in self.channels if c.name == name), None)
 
     def event(self, name: str) -> EventType | None:
-        return next((e for e in self.events if e.name == name), None)
+        return self._events_by_name.get(name)
+
+    @cached_property
+    def _events_by_name(self) -> dict[str, EventType]:
+        # looked up for every event a gateway checks and a shard applies; the first of a name
+        # wins, as a search in order did (a catalog's event types are not changed once loaded)
+        return {e.name: e for e in reversed(self.events)}
 
     @property
     def groups(self) -> tuple[str, ...]:

@@ -165,20 +165,21 @@ class DecisionEngine:
             raise InputError("type", f"unknown event type {event_type!r} (declared: "
                                      f"{', '.join(c.event_names)})")
         t = _encode_time("time", event_time)
-        fields = self.encode_attributes(c, event_type, attributes, self._interned,
-                                        self._read_fields)
+        fields = np.full(c.n_fields, math.nan)
+        self.check_attributes(c, event_type, attributes, fields, self._interned,
+                              self._read_fields)
         return EncodedEvent(customer_id, c.event_index[event_type], t, fields)
 
     @staticmethod
-    def encode_attributes(c: CompiledCatalog, event_type: str,
-                          attributes: Mapping[str, Any] | None,
-                          intern: Callable[[str], float] | None = None,
-                          read_fields: Collection[tuple[str, str]] = ()) -> np.ndarray:
+    def check_attributes(c: CompiledCatalog, event_type: str,
+                         attributes: Mapping[str, Any] | None,
+                         fields: np.ndarray | None = None,
+                         intern: Callable[[str], float] | None = None,
+                         read_fields: Collection[tuple[str, str]] = ()) -> None:
         """The attributes of an event of a declared type checked against its fields (raises
-        InputError naming the field), as its field slots; a string a feature reads (an
-        (event type, field) of `read_fields`) as `intern` codes it. A gateway checks with
-        these before it routes an event."""
-        fields = np.full(c.n_fields, math.nan)
+        InputError naming the field), written into their slots of `fields` when given; a
+        string a feature reads (an (event type, field) of `read_fields`) as `intern` codes
+        it. A gateway checks with this before it routes an event, and keeps no slots."""
         attributes = attributes or {}
         declared = c.event_fields[event_type]
         for name in attributes:
@@ -195,8 +196,8 @@ class DecisionEngine:
             code = DecisionEngine._encode_value(f"attributes.{f.name}", f, attributes[f.name],
                                                 intern if (event_type, f.name) in read_fields
                                                 else _unread)
-            fields[declared[f.name]] = code
-        return fields
+            if fields is not None:
+                fields[declared[f.name]] = code
 
     def encode_context(self, context: Mapping[str, Any] | None) -> np.ndarray:
         c = self.compiled

@@ -3,7 +3,7 @@
 Everything here raises InputError naming the field (prefixed, inside a batch or stream, with
 `events[i].`), before anything is routed. The checks of a customer id, a channel and a
 placement are the core's (`kairos.core.request`), and those of an event's attributes the
-engine's (`DecisionEngine.encode_attributes`), the same the shards apply: a batch with one bad
+engine's (`DecisionEngine.check_attributes`), the same the shards apply: a batch with one bad
 value is refused whole, before any of its events is applied.
 Every id a caller sends has a length cap (customer ids, aliases, idempotency keys, event ids,
 decision ids, event types, action ids), checked here on every RPC, so nothing unbounded is
@@ -46,20 +46,20 @@ class Who(NamedTuple):
         return anonymous_id(self.alias_key)
 
 
-def who(message, where: str = "") -> Who:
+def who(message) -> Who:
     """The customer a request names (`customer_id` or `alias`), checked. A forget's are not
     held to `check_plain`: it erases what was kept before ids were."""
     erasing = isinstance(message, pb.ForgetRequest)
     if message.WhichOneof("customer") == "alias":
-        key = alias_key(message.alias.type, message.alias.value, f"{where}alias")
+        key = alias_key(message.alias.type, message.alias.value, "alias")
         if not erasing:
-            check_plain(message.alias.value, f"{where}alias.value")
+            check_plain(message.alias.value, "alias.value")
         return Who(None, key)
     if not message.customer_id:
-        raise InputError(f"{where}customer_id", "is required (or an alias)")
-    check_customer(message.customer_id, f"{where}customer_id")
+        raise InputError("customer_id", "is required (or an alias)")
+    check_customer(message.customer_id, "customer_id")
     if not erasing:
-        check_plain(message.customer_id, f"{where}customer_id")
+        check_plain(message.customer_id, "customer_id")
     return Who(message.customer_id, None)
 
 
@@ -138,24 +138,31 @@ def event_request(event: pb.Event, catalog: CompiledCatalog, where: str = ""
                   ) -> tuple[Who, protocol.Event]:
     """Whom an event names, and its runtime request, checked. The request's customer id is
     empty for an event by alias, until the alias is resolved."""
-    customer = who(event, where)
-    check_key(event.event_id, f"{where}event_id", MAX_KEY_LENGTH)
-    check_key(event.idempotency_key, f"{where}idempotency_key", MAX_KEY_LENGTH)
-    if event.type not in catalog.event_index:
-        check_bounded(event.type, f"{where}type", MAX_KEY_LENGTH)
-        raise InputError(f"{where}type", f"unknown event type {quoted(event.type)} (declared: "
-                                         f"{', '.join(catalog.event_names)})")
-    if event.channel:
-        channel_code(catalog, event.channel, f"{where}channel")
-    if event.decide_placement:
-        decide_placement(catalog, event, where)
-    when = stated_time(f"{where}time", event)
-    attributes = declared_values(f"{where}attributes", event.attributes,
-                                 catalog.event_fields[event.type])
     try:
-        DecisionEngine.encode_attributes(catalog, event.type, attributes)
+        return _event_request(event, catalog)
     except InputError as exc:
+        if not where:
+            raise
+        # prefixed here, once it failed: a batch's every event named its fields before
         raise InputError(where + exc.field, exc.reason) from None
+
+
+def _event_request(event: pb.Event, catalog: CompiledCatalog) -> tuple[Who, protocol.Event]:
+    customer = who(event)
+    check_key(event.event_id, "event_id", MAX_KEY_LENGTH)
+    check_key(event.idempotency_key, "idempotency_key", MAX_KEY_LENGTH)
+    if event.type not in catalog.event_index:
+        check_bounded(event.type, "type", MAX_KEY_LENGTH)
+        raise InputError("type", f"unknown event type {quoted(event.type)} (declared: "
+                                 f"{', '.join(catalog.event_names)})")
+    if event.channel:
+        channel_code(catalog, event.channel, "channel")
+    if event.decide_placement:
+        decide_placement(catalog, event)
+    when = stated_time("time", event)
+    attributes = declared_values("attributes", event.attributes,
+                                 catalog.event_fields[event.type])
+    DecisionEngine.check_attributes(catalog, event.type, attributes)
     return customer, protocol.Event(
         customer_id=customer.customer_id or "", event_type=event.type, time=when,
         attributes=attributes,
@@ -163,15 +170,15 @@ def event_request(event: pb.Event, catalog: CompiledCatalog, where: str = ""
         decide=(event.channel, event.decide_placement) if event.decide_placement else None)
 
 
-def decide_placement(catalog: CompiledCatalog, event: pb.Event, where: str) -> None:
+def decide_placement(catalog: CompiledCatalog, event: pb.Event) -> None:
     """An event's `decide_placement`, checked here as well as on its shard: a batch or a
     stream refused for it at the shard has had its other events routed already."""
     if not event.channel:
-        raise InputError(f"{where}channel", "decide_placement needs the channel")
+        raise InputError("channel", "decide_placement needs the channel")
     try:
         placement_codes(catalog, event.channel, event.decide_placement)
     except InputError as exc:
-        raise InputError(f"{where}decide_placement", exc.reason) from None
+        raise InputError("decide_placement", exc.reason) from None
 
 
 class OutcomeRequest(NamedTuple):
