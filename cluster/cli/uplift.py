@@ -30,9 +30,14 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        catalogs = {}
+        catalogs, files = {}, {}
         for path in args.catalog:
             compiled, _ = load_candidate(path)
+            if compiled.version in files:  # the later one would stand for the version unsaid
+                print(f"error: --catalog {path} and {files[compiled.version]} are both version "
+                      f"{compiled.version!r}: give each version once", file=sys.stderr)
+                return 2
+            files[compiled.version] = path
             catalogs[compiled.version] = Replayer(compiled, samples=1)
         report = uplift.uplift(read_records(args.log), catalogs)
     except (CatalogError, LogFormatError) as exc:

@@ -130,3 +130,12 @@ def test_a_parquet_column_renamed_under_intact_metadata_is_refused_naming_it(tmp
     pq.write_table(renamed.replace_schema_metadata(table.schema.metadata), path)
     with pytest.raises(LogFormatError, match="log.parquet: no column 'context'"):
         list(read_records(path))
+
+
+def test_uplift_refuses_two_catalogs_of_one_version(files, tmp_path, capsys):
+    """The later one stood for the version, unsaid."""
+    other = tmp_path / "other.yaml"
+    other.write_text((files / "logging.yaml").read_text() + "\n# edited\n")
+    assert main(["uplift", "--log", str(files / "log.jsonl"), "--catalog",
+                 str(files / "logging.yaml"), "--catalog", str(other)]) == 2
+    assert "are both version" in capsys.readouterr().err
