@@ -16,12 +16,11 @@ browser sends the cookie and the agent lands where the link pointed, still signe
 Every page is rendered by Jinja with autoescape on, and served with a Content-Security-Policy
 that allows this origin's own script and nothing inline, so a profile value holding markup is
 shown as text and could not run even if it were not. Every POST carries its session's CSRF
-token (403 without it), and request bodies are bounded before they are read. Failed sign-ins
-are limited by address (session.SignInLimit): past the limit a sign-in is refused with 429 and
-Retry-After, its key unread. A request whose
-Host is not one the console serves is refused (400): a page whose own name an attacker rebinds
-to the console's address gets nothing. Over TLS, Strict-Transport-Security keeps browsers on
-HTTPS.
+token (403 without it), and request bodies are bounded before they are read (guard.py).
+Failed sign-ins are limited by address (session.SignInLimit): past the limit a sign-in is
+refused with 429 and Retry-After, its key unread. A request whose Host is not one the console
+serves is refused (400): a page whose own name an attacker rebinds to the console's address
+gets nothing. Over TLS, Strict-Transport-Security keeps browsers on HTTPS.
 """
 from __future__ import annotations
 
@@ -48,6 +47,7 @@ from starlette.types import ASGIApp
 
 from kairos.cluster.console import i18n, live, views, web
 from kairos.cluster.console.gateway_client import OUTCOMES, GatewayClient, GatewayError, Lookup
+from kairos.cluster.console.guard import Guard
 from kairos.cluster.console.session import (ANSWERED_EARLIER, COOKIE, CSRF_FIELD, MAX_ANSWERED,
                                             VISITOR_COOKIE, Sessions, SignInLimit,
                                             SignInRefused, cookie_name, cookie_options)
@@ -60,8 +60,6 @@ from kairos.v1 import decision_pb2 as pb
 SEARCH_KINDS = ("customer_id", "cookie", "device", "email")
 MAX_ID_LENGTH = 256  # the gateway's cap on customer ids and alias values
 MAX_BODY_BYTES = 1 << 20  # a draft catalog's form: the gateway's message limit
-# any other form's: parsed before its CSRF token is checked (1 MiB of "&" cost 0.44 s of CPU)
-FORM_BYTES = 16 << 10
 # each live page holds a watch per channel on the gateway, and a connection of the browser's
 # six to one host (HTTP/1.1): past this many a session's live pages pause, so that its other
 # tabs can still load (a hidden tab closes its stream: console.js)
@@ -251,9 +249,9 @@ class Console:
         named = live.watched(request.query_params.getlist("channel"),
                              self.channels_seen.get(key), MAX_ID_LENGTH)
         if not customer_id or len(customer_id) > MAX_ID_LENGTH:
-            return _text(f"id: 1..{MAX_ID_LENGTH} characters", 400)
+            return web.plain(f"id: 1..{MAX_ID_LENGTH} characters", 400)
         if named is None:
-            return _text(f"channel: at most {live.MAX_CHANNELS}, of 1..{MAX_ID_LENGTH} "
+            return web.plain(f"channel: at most {live.MAX_CHANNELS}, of 1..{MAX_ID_LENGTH} "
                          f"characters", 400)
         # which cap is full: the page says what closing tabs would do (the others are the
         # agent's other browsers, or the whole console's)
@@ -273,7 +271,7 @@ class Console:
             if isinstance(exc, GatewayError):
                 why = live.paused_by(exc)
                 return live.paused(why) if why else \
-                    _text(exc.detail, STATUS_OF.get(exc.kind, 502))
+                    web.plain(exc.detail, STATUS_OF.get(exc.kind, 502))
             raise
         lang = i18n.language(request.headers.get("accept-language"))
         template = self.templates.get_template("_live.html")
@@ -413,7 +411,7 @@ def create_app(config: ConsoleConfig, auth: Auth, gateway: GatewayClient | None 
         yield
         await console.gateway.close()
 
-    signed_in = _Guard(console)
+    signed_in = Guard(console)
     routes = [
         Route("/signin", signed_in.open(console.signin_page)),
         Route("/signin", signed_in.open(console.signin, post=True), methods=["POST"]),
@@ -438,51 +436,6 @@ def create_app(config: ConsoleConfig, auth: Auth, gateway: GatewayClient | None 
                        config.dashboard, config.hosts)
 
 
-class _Guard:
-    """Wraps each route: finds or starts the session, bounds the body, checks a POST's CSRF
-    token, and sends visitors who have not signed in to /signin."""
-
-    def __init__(self, console: Console):
-        self.console = console
-
-    def open(self, handler, post: bool = False):
-        return self(handler, post, need_key=False)
-
-    def __call__(self, handler, post: bool = False, need_key: bool = True, touch: bool = True,
-                 own_page: bool = False, body_bytes: int = FORM_BYTES):
-        """`own_page`: for the console's own pages' scripts only (403); `body_bytes`: 413 past."""
-        console = self.console
-
-        async def guarded(request: Request) -> Response:
-            if own_page and not web.from_own_page(request):
-                return _text("for the console's own pages only", 403)
-            https = request.url.scheme == "https"
-            session = console.sessions.get(request.cookies.get(cookie_name(COOKIE, https)),
-                                           touch=touch)
-            if session is None and web.cross_site_navigation(request):
-                return web.ask_again(request)
-            request.state.session = session or console.sessions.visitor(
-                request.cookies.get(cookie_name(VISITOR_COOKIE, https)))
-            if post:
-                length = request.headers.get("content-length", "")  # h11 reads chunks first
-                if "transfer-encoding" in request.headers or not length.isdigit() \
-                        or int(length) > body_bytes:
-                    return _text("a form's body must have a length of at most "
-                                 f"{body_bytes} bytes", 413)
-                token = (await request.form()).get(CSRF_FIELD)
-                # another port's page on a loopback console is same-site: it can plant a
-                # visitor's cookie with a token of its own (README), but its POST says where
-                # it comes from
-                if web.from_another_origin(request) or not console.sessions.csrf_valid(
-                        request.state.session, token if isinstance(token, str) else None):
-                    return console.render(request, "error.html", 403, kind="csrf", detail="",
-                                          subject="")
-            if need_key and not request.state.session.signed_in:
-                return console.redirect(request, web.signin_url(request))
-            return await handler(request)
-        return guarded
-
-
 def _forget_cookie(request: Request, response: Response, name: str) -> None:
     # Secure as it was set: a browser takes no __Host- cookie without it, a deletion neither
     https = request.url.scheme == "https"
@@ -493,8 +446,3 @@ def _field(form: FormData, name: str) -> str:
     """A form's text field; "" if it is missing or a file (multipart may send one as any)."""
     value = form.get(name)
     return value if isinstance(value, str) else ""
-
-
-def _text(body: str, code: int) -> Response:
-    """A plain-text answer (typed: a browser must not sniff an echoed id as HTML)."""
-    return Response(body, code, media_type="text/plain")

@@ -98,8 +98,8 @@ def customer_page(profile: pb.Profile, channel: str) -> CustomerPage:
 def fallback_page(customer_id: str, channel: str, decision: pb.Decision) -> CustomerPage:
     """The page when only a decision could be had (the record could not be read): the
     decision, and nothing of the record."""
-    return CustomerPage(customer_id=customer_id, channel=channel, attributes=[], features=[], model_inputs=[],
-                        consent=[], history=[], decision=decision,
+    return CustomerPage(customer_id=customer_id, channel=channel, attributes=[], features=[],
+                        model_inputs=[], consent=[], history=[], decision=decision,
                         actions=list(decision.actions[:ACTIONS_SHOWN]), others=[],
                         unread=True)
 

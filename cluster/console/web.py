@@ -148,3 +148,8 @@ def ask_again(request: Request) -> Response:
     url = escape(url + ("&" if "?" in url else "?") + urlencode({ASKED: int(time.time())}))
     return Response(f'<!doctype html><meta http-equiv="refresh" content="0;url={url}">'
                     f'<a href="{url}">{url}</a>', media_type="text/html")
+
+
+def plain(body: str, code: int) -> Response:
+    """A plain-text answer (typed: a browser must not sniff an echoed id as HTML)."""
+    return Response(body, code, media_type="text/plain")

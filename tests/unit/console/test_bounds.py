@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from kairos.cluster.console.app import FORM_BYTES, MAX_BODY_BYTES
+from kairos.cluster.console.app import MAX_BODY_BYTES
+from kairos.cluster.console.guard import FORM_BYTES
 from tests.unit.console.test_app import RESPOND, client, gateway, sign_in  # noqa: F401
 
 
