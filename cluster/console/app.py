@@ -2,8 +2,10 @@
 
     GET  /signin, POST /signin, POST /signout     an API key becomes a session (session.py)
     GET  /                                         find a customer by id or alias
-    GET  /customer?id=... | ?by=email&q=...        the customer page (an alias redirects to
-                                                   the customer it names)
+    POST /customer/find                            the search form: by=email&q=... in its body
+                                                   (never a URL), answered 303 to ?id=...
+    GET  /customer?id=... | ?by=email&q=...        the customer page (an alias, as a CRM's
+                                                   link may name one, redirects to ?id=...)
     GET  /customer/live?id=...                     server-sent events: the page's live part,
                                                    rendered again whenever a watch pushes
     POST /customer/respond                         Accept, Reject, Not now (Respond)
@@ -181,31 +183,47 @@ class Console:
         return self.render(request, "search.html")
 
     async def customer(self, request: Request) -> Response:
-        key = request.state.session.key
-        by = request.query_params.get("by", "customer_id")
-        wanted = request.query_params.get("id") or request.query_params.get("q", "")
-        wanted = wanted.strip()
-        t = i18n.labels(i18n.language(request.headers.get("accept-language")))
-        if by not in SEARCH_KINDS or not wanted or len(wanted) > MAX_ID_LENGTH:
-            return self.render(request, "search.html", 400,
-                               problem=t["id_length"].format(MAX_ID_LENGTH))
-        lookup = Lookup(wanted, None if by == "customer_id" else by)
+        """The page of the customer `id` names. A link that names them by an alias (`by` and
+        `q`, as a CRM's may) is sent on to the page by id, as the search form is (`find`)."""
+        params = request.query_params
+        by = params.get("by", "customer_id")
+        wanted = (params.get("id") or params.get("q", "")).strip()
+        if by != "customer_id" or not _searchable(by, wanted):
+            return await self.found(request, by, wanted)
         # a link from elsewhere reaches this page too, `recorded` and all: the notice is this
         # session's answer for this customer, once, on the page its answer redirected to; once
         # even if that page fails, or a later visit would show it, stale
-        recorded = request.query_params.get("recorded", "")
-        notice = request.state.session.notices.pop(wanted, "") \
-            if lookup.alias_type is None else ""
+        recorded = params.get("recorded", "")
+        notice = request.state.session.notices.pop(wanted, "")
         try:
-            if lookup.alias_type is not None:  # one page per customer, whatever named it
-                profile = await self.gateway.profile(key, lookup)
-                return self.redirect(request, "/customer?" + urlencode(
-                    {"id": profile.customer_id}))
-            page = await self.customer_page(key, wanted)
+            page = await self.customer_page(request.state.session.key, wanted)
         except GatewayError as exc:
-            return self.failure(request, exc, f"{t[by]} {wanted}")
+            return self.failure(request, exc, f"{_labels(request)[by]} {wanted}")
         return self.render(request, "customer.html", page=page,
                            recorded=notice if notice == recorded else "")
+
+    async def find(self, request: Request) -> Response:
+        """The search form, posted: what the agent typed (an e-mail address, a device) goes in
+        the body, never in a URL, which browser history and a proxy's access log keep."""
+        form = await request.form()
+        return await self.found(request, _field(form, "by"), _field(form, "q").strip())
+
+    async def found(self, request: Request, by: str, wanted: str) -> Response:
+        """303 to the page of the customer `wanted` names as `by` (an alias: the customer the
+        gateway links it to; one page per customer, whatever named it), else the search page
+        saying what is wrong with it, or the gateway's failure."""
+        t = _labels(request)
+        if not _searchable(by, wanted):
+            return self.render(request, "search.html", 400,
+                               problem=t["id_length"].format(MAX_ID_LENGTH))
+        customer_id = wanted
+        if by != "customer_id":
+            try:
+                customer_id = (await self.gateway.profile(request.state.session.key,
+                                                          Lookup(wanted, by))).customer_id
+            except GatewayError as exc:
+                return self.failure(request, exc, f"{t[by]} {wanted}")
+        return self.redirect(request, "/customer?" + urlencode({"id": customer_id}))
 
     async def customer_page(self, key: str, customer_id: str, live: bool = False
                             ) -> views.CustomerPage:
@@ -418,6 +436,7 @@ def create_app(config: ConsoleConfig, auth: Auth, gateway: GatewayClient | None 
         Route("/signout", signed_in(console.signout, post=True), methods=["POST"]),
         Route("/", signed_in(console.home)),
         Route("/customer", signed_in(console.customer)),
+        Route("/customer/find", signed_in(console.find, post=True), methods=["POST"]),
         # a live page asked for again (a tab shown again, a paused one after a while) is the
         # browser's doing, not the agent's: it keeps no session from idling out
         # and a live page's script's alone: a link, a frame or another origin's page that
@@ -440,6 +459,14 @@ def _forget_cookie(request: Request, response: Response, name: str) -> None:
     # Secure as it was set: a browser takes no __Host- cookie without it, a deletion neither
     https = request.url.scheme == "https"
     response.delete_cookie(cookie_name(name, https), path="/", secure=https)
+
+
+def _searchable(by: str, wanted: str) -> bool:
+    return by in SEARCH_KINDS and 0 < len(wanted) <= MAX_ID_LENGTH
+
+
+def _labels(request: Request) -> dict[str, str]:
+    return i18n.labels(i18n.language(request.headers.get("accept-language")))
 
 
 def _field(form: FormData, name: str) -> str:
