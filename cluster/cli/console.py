@@ -9,6 +9,7 @@ or KAIROS_API_KEYS in its environment), never a secret on its command line.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import subprocess
 import sys
@@ -53,6 +54,22 @@ def add_command(commands, parents: list[argparse.ArgumentParser]) -> None:
     run_.add_argument("--insecure", action="store_true",
                       help="allow plain HTTP on an address other than loopback (agents' keys "
                            "and session cookies then cross the network in clear)")
+    run_.add_argument("--proxy", type=proxy_address, metavar="ADDR",
+                      help="the IP address of a reverse proxy in front of the console (one "
+                           "that ends TLS): its X-Forwarded-Proto and X-Forwarded-For are "
+                           "believed, another peer's ignored, so the console sees HTTPS and "
+                           "each agent's own address")
+
+
+def proxy_address(text: str) -> str:
+    """argparse's type of --proxy: one IP address. (uvicorn would take a name it cannot match
+    as a literal that no peer ever is, and `*` as every peer: anyone could then say HTTPS, or
+    sign in from a new address at each guess.)"""
+    try:
+        return ipaddress.ip_address(text).compressed
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be the proxy's IP address, got {text!r}"
+                                         ) from None
 
 
 def add_up_option(up: argparse.ArgumentParser) -> None:
@@ -70,8 +87,10 @@ def run(args: argparse.Namespace) -> int:
         print("--tls-cert and --tls-key go together", file=sys.stderr)
         return 2
     if not (args.tls_cert or args.insecure or is_loopback(args.host)):
+        # the proxy's TLS ends before its hop to the console, which crosses the network too
+        hop = f" from the proxy {args.proxy} to the console" if args.proxy else ""
         print(f"--host {args.host} without --tls-cert would send agents' keys and session "
-              f"cookies in clear: serve HTTPS, or say --insecure", file=sys.stderr)
+              f"cookies in clear{hop}: serve HTTPS, or say --insecure", file=sys.stderr)
         return 2
     own_keys = None if args.keys or os.environ.get(KEYS_ENV, "").strip() else \
         str(local.home() / CONSOLE_KEYS_FILE)  # made 0600 the first time, checked after
@@ -100,11 +119,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: the console's keys: {exc}", file=sys.stderr)
         return 1
     scheme = "https" if args.tls_cert else "http"
-    print(f"the agent's console on {scheme}://{args.host}:{args.port} against {args.target} "
-          f"(sign in with a key from {source}); it answers requests for "
+    behind = f", behind the proxy {args.proxy}" if args.proxy else ""
+    print(f"the agent's console on {scheme}://{args.host}:{args.port}{behind} against "
+          f"{args.target} (sign in with a key from {source}); it answers requests for "
           f"{', '.join(hosts)} (--allowed-host adds names)", flush=True)
     serve(ConsoleConfig(args.target, args.channel, args.dashboard, hosts), auth,
-          Listen(args.host, args.port, args.tls_cert, args.tls_key))
+          Listen(args.host, args.port, args.tls_cert, args.tls_key, args.proxy))
     return 0
 
 

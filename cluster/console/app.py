@@ -22,7 +22,8 @@ token (403 without it), and request bodies are bounded before they are read (gua
 Failed sign-ins are limited by address (session.SignInLimit): past the limit a sign-in is
 refused with 429 and Retry-After, its key unread. A request whose Host is not one the console
 serves is refused (400): a page whose own name an attacker rebinds to the console's address
-gets nothing. Over TLS, Strict-Transport-Security keeps browsers on HTTPS.
+gets nothing. Over TLS, Strict-Transport-Security keeps browsers on HTTPS (TLS the console's
+own, or a proxy's that says so: server.Listen.proxy).
 """
 from __future__ import annotations
 
@@ -151,7 +152,8 @@ class Console:
 
     async def signin(self, request: Request) -> Response:
         form = await request.form()
-        # the socket's peer: uvicorn runs without proxy headers, which a client could forge
+        # the socket's peer, or behind `kairos console --proxy` the client that proxy names
+        # (uvicorn believes no other peer's X-Forwarded-For, which a client could forge)
         address = request.client.host if request.client else ""
         # no await from here to `failed`: concurrent guesses cannot all pass one check
         wait_s = self.signin_limit.wait_s(address)

@@ -9,6 +9,10 @@ the holder of that file's key.
 
 The console answers only requests whose Host header names it (DNS-rebinding defence): the
 names of its bind address, and those the operator adds (`served_hosts`).
+
+Behind a reverse proxy (`Listen.proxy`), uvicorn takes the scheme and the client's address from
+that one peer's X-Forwarded-Proto and X-Forwarded-For (the rightmost address the proxy did not
+add itself), and ignores them from any other, which could forge them.
 """
 from __future__ import annotations
 
@@ -38,6 +42,10 @@ class Listen:
     port: int
     tls_cert: str | None = None  # PEM files: the console is served over HTTPS
     tls_key: str | None = None
+    # a reverse proxy's IP address: its X-Forwarded-Proto and -For are believed, so that
+    # behind one that ends TLS the console sees HTTPS (__Host- cookies, Secure, HSTS) and the
+    # agents' own addresses (each its sign-in limit); no other peer's are
+    proxy: str | None = None
 
 
 def keys_text(keys_file: str | None, home: Path) -> tuple[str, str]:
@@ -128,5 +136,5 @@ def serve(config: ConsoleConfig, auth: Auth, listen: Listen) -> None:
 
     uvicorn.run(create_app(config, auth), host=listen.host, port=listen.port,
                 ssl_certfile=listen.tls_cert, ssl_keyfile=listen.tls_key, log_level="warning",
-                timeout_graceful_shutdown=GRACEFUL_STOP_S, proxy_headers=False,
-                http=HeadDeadline)
+                timeout_graceful_shutdown=GRACEFUL_STOP_S, proxy_headers=bool(listen.proxy),
+                forwarded_allow_ips=listen.proxy, http=HeadDeadline)
