@@ -268,8 +268,8 @@ def test_an_export_into_a_missing_folder_says_so(home, tmp_path, capsys):
 @pytest.mark.parametrize("options, said", [
     (["--max-records", "-5"], "argument --max-records: must be 0 (all) to 20,000, got -5"),
     (["--max-records", "20001"], "argument --max-records: must be 0 (all) to 20,000"),
-    (["--since", "nan"], "argument --since: must be a time, got 'nan'"),
-    (["--until", "inf"], "argument --until: must be a time, got 'inf'")])
+    (["--since", "nan"], "argument --since: must be a time in years 1 to 9999 UTC, got 'nan'"),
+    (["--until", "inf"], "argument --until: must be a time in years 1 to 9999 UTC, got 'inf'")])
 def test_export_bounds_are_checked(home, tmp_path, capsys, options, said):
     with pytest.raises(SystemExit) as exited:
         main([*EXPORT, "--out", str(tmp_path / "x.jsonl"), *options])
