@@ -61,7 +61,7 @@ from kairos.cluster.shard import decisionlog, storecount, ticks
 from kairos.cluster.shard.failures import close_dropped, close_unused, where_failed
 from kairos.cluster.shard.handoff import Moving
 from kairos.cluster.shard.refusals import EVERYTHING, Refusals
-from kairos.cluster.shard.rounds import Batch, RoundCost, cut, makes_of, next_round
+from kairos.cluster.shard.rounds import Batch, RoundCost, cut, makes_of, next_round, senders_of
 from kairos.cluster.shard.sequencer import Sequencer
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.shard.syncs import Syncs
@@ -342,11 +342,11 @@ class ShardHost:
             if held:
                 replies, pushes = shard.process(
                     [r for k, r in enumerate(requests) if k not in held],
-                    [v for k, v in enumerate(routed) if k not in held])
+                    [v for k, v in enumerate(routed) if k not in held], senders_of(round_, held))
                 served = iter(replies)
                 replies = [OVERTAKING if k in held else next(served) for k in range(len(requests))]
             else:
-                replies, pushes = shard.process(requests, routed)
+                replies, pushes = shard.process(requests, routed, senders_of(round_, held))
             if held or shard.refused != refused:  # their later requests for those customers too
                 self.rejected += self._refusals.refuse_busy(batches, replies)
         except Exception as exc:  # nothing of the round was acknowledged

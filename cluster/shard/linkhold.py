@@ -13,20 +13,24 @@ later has its claim hold again, a few times at most. After the Merge the visitor
 customer's now, answer the retry as a duplicate.
 
 The customer's own requests carry no `via` and are not held back, but for its events and
-outcomes later in the round (any sender's) than a held one, which would overtake it
-(BEHIND_LINKING: the Shard does not know the senders of a round's requests, so it cannot keep
-this to the held one's). A Busy reply (an Unavailable would not) also has the host refuse its
-sender's later batches' requests for the customer, Decides and reads included (refusals.py),
-and the client give up the rest of the caller's call (transport/client.py). A sender older
-than `via` names none, and its requests are not held: the window stays open for them. A
-Decide that records its impressions is not held: it carries no idempotency key, so a retried
-one records them twice, link or not.
+outcomes later in the round than a held one from the same sender (a host's session), which
+would overtake it in its sender's stream (BEHIND_LINKING); another sender's are served, as two
+senders' requests have no order between them. The host gives a round's senders as runs of
+requests, one per batch (`LinkHold.round`); a Shard used without a host knows none, and takes
+its round's requests as one sender's. A Busy reply (an Unavailable would not) also has the host
+refuse its sender's later batches' requests for the customer, Decides and reads included
+(refusals.py), and the client give up the rest of the caller's call (transport/client.py). A
+sender older than `via` names none, and its requests are not held: the window stays open for
+them. A Decide that records its impressions is not held: it carries no idempotency key, so a
+retried one records them twice, link or not.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+import bisect
+import itertools
+from typing import Callable, Iterable, Sequence
 
-from kairos.cluster.protocol import Busy, Event, Outcome, Reply
+from kairos.cluster.protocol import Busy, Event, Outcome
 from kairos.cluster.settings import LINK_HOLD_RENEWALS, LINK_HOLD_S
 
 # the kinds held back: those a visitor's state, merged, could hold a second time
@@ -37,6 +41,8 @@ LINKING = Busy(reason="a LinkIdentity of the alias this request named into its c
 BEHIND_LINKING = Busy(reason="an earlier request for this customer, by way of an alias whose "
                              "LinkIdentity is under way, was held back: this one was not "
                              "applied either, so as not to overtake it; retry it shortly")
+# a round's requests by sender: (sender, how many requests) per run, in the round's order
+Senders = Sequence[tuple[str, int]]
 
 
 class ClaimHolds:
@@ -109,19 +115,33 @@ class LinkHold:
                  clock: Callable[[], float]) -> None:
         self._linking = linking  # Directory.linking (identity.py keeps its ClaimHolds)
         self._clock = clock
-        # the latest round that held a request back (its replies list, one per round), and the
-        # customers it held
-        self._round: tuple[list, set[str]] = ([], set())
+        self._senders: Senders | None = None  # the round's (`round`)
+        self._ends: list[int] | None = None  # where its runs end, once a hold needs a sender
+        # customer -> the senders (None: not known) of the requests for it the round held
+        self._held: dict[str, set[str | None]] = {}
 
-    def held(self, request: Event | Outcome, round_: list[Reply | None]) -> Busy | None:
+    def round(self, senders: Senders | None) -> None:
+        """A new round, of these senders (None: not known, its requests taken as one
+        sender's). Nothing is looked up per request: a round that holds nothing back never
+        asks whose one is."""
+        self._senders, self._ends = senders, None
+        if self._held:
+            self._held = {}
+
+    def held(self, request: Event | Outcome, k: int) -> Busy | None:
         """LINKING for a request that came by way of an alias whose link into its customer is
-        under way; BEHIND_LINKING for a request of a customer held back earlier in the round
-        (`round_`: its replies); None for one to serve."""
+        under way; BEHIND_LINKING for a request (the round's `k`th) of a customer the round
+        held one for from the same sender; None for one to serve."""
         if request.via is not None and self._linking(
                 request.partition, request.customer_id, request.via, self._clock()):
-            if self._round[0] is not round_:
-                self._round = (round_, set())
-            self._round[1].add(request.customer_id)
+            self._held.setdefault(request.customer_id, set()).add(self._sender(k))
             return LINKING
-        holding, held = self._round
-        return BEHIND_LINKING if holding is round_ and request.customer_id in held else None
+        senders = self._held.get(request.customer_id) if self._held else None
+        return BEHIND_LINKING if senders is not None and self._sender(k) in senders else None
+
+    def _sender(self, k: int) -> str | None:
+        if self._senders is None:
+            return None
+        if self._ends is None:
+            self._ends = list(itertools.accumulate(n for _, n in self._senders))
+        return self._senders[bisect.bisect_right(self._ends, k)][0]

@@ -204,6 +204,18 @@ def cut(batch: Batch, budget: int, cost: RoundCost) -> list[Batch]:
     return [p for _, p in parts]
 
 
+def senders_of(round_: list[Batch], held: set[int]) -> list[tuple[str, int]]:
+    """The round's requests by sender, as its Shard is given them (linkhold.py): each batch's
+    session and its number of requests, less those `held` (positions among the round's, which
+    the host answers itself): a tuple a batch, nothing a request."""
+    runs, start = [], 0
+    for batch in round_:
+        n = len(batch.requests)
+        runs.append((batch.session, n - sum(start <= k < start + n for k in held) if held else n))
+        start += n
+    return runs
+
+
 def next_round(queue: deque[Batch], limit: int, budget: int, cost: RoundCost
                ) -> list[Batch]:
     """Queued batches, oldest first, up to `limit` requests and `budget` bytes (at least one

@@ -57,7 +57,7 @@ from kairos.cluster.shard.handoff import Handoff
 from kairos.cluster.shard.identities import FORGETTING, CustomerIdentities, IdentityRequests
 from kairos.cluster.shard.journaling import Journaling
 from kairos.cluster.shard.keys import IdempotencyKeys
-from kairos.cluster.shard.linkhold import HOLDS, LinkHold
+from kairos.cluster.shard.linkhold import HOLDS, LinkHold, Senders
 from kairos.cluster.shard.outcomes import DecisionSeal, TaughtLabels, outcome_secret
 from kairos.cluster.shard.ownership import Ownership
 from kairos.cluster.shard.residency import Residency, overflow_of, table_rows
@@ -157,18 +157,18 @@ class Shard:
     # -- requests ------------------------------------------------------------------------------
 
     def process(self, requests: Sequence[Request | list | tuple],
-                routed: Sequence[int] | None = None) -> tuple[list[Reply], list[Push]]:
+                routed: Sequence[int] | None = None, senders: Senders | None = None
+                ) -> tuple[list[Reply], list[Push]]:
         """Replies in request order, and pushes for watched customers whose best action
-        changed.
-
-        Requests are protocol types, or the arrays they travel as (turned into them here; one
-        that is not a request answers Invalid by itself). `routed` holds, per request, the map
-        version its sender routed it under (None: any). Runs of the same kind go to the kernel
-        together; per-customer order is request order. Raises StoreUnavailable when the
-        round's records could not be journaled: nothing of it is acknowledged, and this Shard
-        must be rebuilt from the store.
+        changed. Requests are protocol types, or the arrays they travel as (turned into them
+        here; one that is not a request answers Invalid by itself). `routed` holds, per request,
+        the map version its sender routed it under (None: any); `senders`, the round's runs of
+        requests by sender (None: one sender's), so that a link's hold keeps back only its
+        sender's (linkhold.py). Runs of the same kind go to the kernel together; per-customer
+        order is request order. Raises StoreUnavailable when the round's records could not be
+        journaled: nothing of it is acknowledged, and this Shard must be rebuilt from the store.
         """
-        replies, touched = self._dispatch(requests, routed)
+        replies, touched = self._dispatch(requests, routed, senders)
         written_after = self.journal.last_lsn
         self.journaling.commit()
         try:
@@ -197,10 +197,11 @@ class Shard:
                      else sealed[id(p.decision)]) for p in pushes]
 
     def _replayed(self, requests: list[Request]) -> list[Reply]:
-        return self._dispatch(requests, None)[0]
+        return self._dispatch(requests, None, None)[0]
 
-    def _dispatch(self, requests: Sequence[Request | list | tuple],
-                  routed: Sequence[int] | None) -> tuple[list[Reply], dict[str, float]]:
+    def _dispatch(self, requests: Sequence[Request | list | tuple], routed: Sequence[int] | None,
+                  senders: Senders | None) -> tuple[list[Reply], dict[str, float]]:
+        self.link_hold.round(senders)
         typed = [r if type(r) in _TYPED else wire.typed(r) for r in requests]
         kinds = [None if isinstance(r, Invalid) else r.kind for r in typed]
         replies: list[Reply | None] = [None if kind else r for r, kind in zip(typed, kinds)]
@@ -250,7 +251,7 @@ class Shard:
                     and (kind != "watch" or request.active):
                 reply = FORGETTING
             if reply is None and kind in HOLDS and not self.journaling.replaying:
-                reply = self.link_hold.held(request, replies)
+                reply = self.link_hold.held(request, k)
                 self.refused += reply is not None  # Busy: its sender's later ones wait too
             if reply is None and kind in PROBED:
                 damaged = self.residency.probe(request.customer_id, request.partition)
@@ -416,8 +417,7 @@ class Shard:
         # arriving: adopted and not confirmed, so their timers wait (handoff.py); one that
         # stays so means the controller does not confirm its moves
         return {"shard": self.name, "partitions": self.ownership.serving(),
-                "arriving": len(self.ownership.arriving),
-                "resident": len(self.engine.table),
+                "arriving": len(self.ownership.arriving), "resident": len(self.engine.table),
                 "decisions_remembered": self.engine.remembered,
                 "decision_memo_capacity": self.engine.memo_capacity,
                 "passivated": self.residency.passivated(self.stored),

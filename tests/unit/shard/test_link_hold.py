@@ -109,6 +109,44 @@ def test_a_held_request_has_the_host_refuse_its_senders_later_ones_for_the_custo
     run(compiled, MemoryStore(), test)
 
 
+def test_a_round_holds_behind_a_held_request_only_its_senders_later_ones(compiled):
+    """Two senders' requests have no order between them: in a round with sender a's request
+    by alias held, a's later events and outcomes for the customer are held behind it, b's
+    are served, whether b's batch comes between a's or after; a Shard told no senders holds
+    them all, as one sender's."""
+    s = shard(compiled, clock=Clock())
+    s.process([claim()])
+    round_ = [by_alias(visit()), event("ana", "app_open", T0 + 1),  # a
+              event("ana", "app_open", T0 + 2), outcome("ana", "service_menu", None),  # b
+              outcome("ana", "service_menu", None)]  # a again
+    replies = s.process(round_, None, [("a", 2), ("b", 2), ("a", 1)])[0]
+    assert replies[:2] == [LINKING, BEHIND_LINKING]
+    assert replies[2] == EventAck(sequence=1) and replies[3].status == "ok"
+    assert replies[4] == BEHIND_LINKING
+    assert s.process(round_)[0] == [LINKING] + [BEHIND_LINKING] * 4
+
+
+def test_the_host_holds_behind_a_held_request_only_its_senders_later_ones(compiled):
+    """Through ShardHost, sender a's and b's batches in one round: a's event by alias is held
+    and a's later one for the customer behind it; b's is served. Then in a round whose first
+    batch the host refuses (a's, OVERTAKING: it is not given to the Shard), b's request by
+    alias is held and b's later one behind it, c's served: the Shard's senders count only
+    what it is given."""
+    async def test(host):
+        await host.handle("link", 0, [claim()], [0])
+        a, b = await asyncio.gather(
+            host.handle("a", 0, [by_alias(visit()), event("ana", "app_open", T0)], [0, 0]),
+            host.handle("b", 0, [event("ana", "app_open", T0 + 1)], [0]))
+        assert (a, b) == ([LINKING, BEHIND_LINKING], [EventAck(sequence=1)])
+        a, b, c = await asyncio.gather(
+            host.handle("a", 1, [event("ana", "app_open", T0 + 2)], [0]),
+            host.handle("b", 1, [by_alias(visit("evt-2")), event("ana", "app_open", T0 + 3)],
+                        [0, 0]),
+            host.handle("c", 0, [event("ana", "app_open", T0 + 4)], [0]))
+        assert (a, b, c) == ([OVERTAKING], [LINKING, BEHIND_LINKING], [EventAck(sequence=2)])
+    run(compiled, MemoryStore(), test)
+
+
 def test_the_hold_ends_link_hold_s_after_the_claim_and_a_retried_claim_does_not_renew_it(
         compiled):
     """A link whose caller gave up between its steps: its claim holds requests by way of its

@@ -50,8 +50,8 @@ def counted_rounds(host) -> list[int]:
     """The size of each round the host's Shard processes from now on."""
     rounds: list[int] = []
     process = host.shard.process
-    host.shard.process = lambda requests, routed: rounds.append(len(requests)) or \
-        process(requests, routed)
+    host.shard.process = lambda requests, *rest: rounds.append(len(requests)) or \
+        process(requests, *rest)
     return rounds
 
 
@@ -95,8 +95,8 @@ def test_a_batch_queued_before_a_catalog_switch_is_costed_by_the_new_catalog(
         rounds = counted_rounds(host)
         process = shard.process
 
-        def switching(requests, routed):  # the switch lands between two rounds
-            replies = process(requests, routed)
+        def switching(requests, *rest):  # the switch lands between two rounds
+            replies = process(requests, *rest)
             if len(rounds) == 1:
                 shard.commit(version)
             return replies

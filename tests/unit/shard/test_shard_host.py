@@ -127,8 +127,8 @@ def test_a_round_combines_the_batches_that_queued_up_to_the_round_limit(compiled
     async def test(host):
         rounds = []
         process = host.shard.process
-        host.shard.process = lambda requests, routed: rounds.append(len(requests)) or \
-            process(requests, routed)
+        host.shard.process = lambda requests, *rest: rounds.append(len(requests)) or \
+            process(requests, *rest)
         replies = await asyncio.gather(
             host.handle("a", 0, [app_open("ana"), app_open("ana", T0 + 1)], [0, 0]),
             host.handle("b", 0, [app_open("bob")], [0]),
@@ -351,8 +351,8 @@ def test_rounds_are_budgeted_in_bytes_and_a_batch_past_the_budget_is_split_in_or
     async def test(host):
         rounds = []
         process = host.shard.process
-        host.shard.process = lambda requests, routed: rounds.append(len(requests)) or \
-            process(requests, routed)
+        host.shard.process = lambda requests, *rest: rounds.append(len(requests)) or \
+            process(requests, *rest)
         replies = await asyncio.gather(
             host.handle("a", 0, [app_open("ana", T0 + i) for i in range(5)], [0] * 5),
             host.handle("b", 0, [app_open("bob")], [0]),
