@@ -13,7 +13,7 @@ from typing import Any
 from kairos.core.errors import CatalogError
 from kairos.cluster.control.catalog_identity import catalog_digest
 from kairos.cluster.evidence import evaluation, report
-from kairos.cluster.evidence.records import LogFormatError, read_records
+from kairos.cluster.evidence.records import LogFormatError, Unrepeated, read_records
 from kairos.cluster.evidence.replay import DEFAULT_SAMPLES, MAX_SAMPLES, candidate_error, \
     load_candidate, replay
 
@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         compiled, text = load_candidate(args.catalog)
-        records = itertools.islice(read_records(args.log), args.limit or None)
+        unrepeated = Unrepeated(read_records(args.log))
+        records = itertools.islice(unrepeated, args.limit or None)
         replayed = list(replay(records, compiled, args.samples, args.seed))
     except (CatalogError, LogFormatError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
                               "version": compiled.version, "digest": catalog_digest(text)},
                 "samples": args.samples, "candidate_error": candidate_error(args.samples),
                 "models": MODELS, **evaluation.evaluate(replayed, args.seed)}
+    evidence["warnings"] += unrepeated.warning()
     written = report.write(evidence, args.out)
     print(report.summary(evidence))
     print("wrote " + ", ".join(str(p) for p in written))

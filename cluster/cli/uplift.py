@@ -11,7 +11,7 @@ from typing import Any
 from kairos.core.errors import CatalogError
 from kairos.cluster.cli.replay import unreadable
 from kairos.cluster.evidence import uplift
-from kairos.cluster.evidence.records import LogFormatError, read_records
+from kairos.cluster.evidence.records import LogFormatError, Unrepeated, read_records
 from kairos.cluster.evidence.replay import Replayer, load_candidate
 from kairos.cluster.evidence.report import json_text
 
@@ -39,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
                 return 2
             files[compiled.version] = path
             catalogs[compiled.version] = Replayer(compiled, samples=1)
-        report = uplift.uplift(read_records(args.log), catalogs)
+        unrepeated = Unrepeated(read_records(args.log))
+        report = uplift.uplift(unrepeated, catalogs)
+        report["repeated_records"] = unrepeated.repeats
     except (CatalogError, LogFormatError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -53,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
               "share (catalog: channels.<name>.control) to measure the models' uplift")
     else:
         print(uplift.table(report))
+    for warning in [] if args.json else unrepeated.warning():
+        print(warning)
     if report["values_unbounded"] and not args.json:
         print(f"{report['values_unbounded']} conversion value(s) read as reported: no "
               f"--catalog of their version values their action (one of 1e12 sets the value "

@@ -457,3 +457,29 @@ def write_records(records: Iterable[DecisionRecord], target: Target,
 
 def read_records(path: str | Path) -> Iterator[DecisionRecord]:
     return (read_parquet if is_parquet(path) else read_jsonl)(path)
+
+
+class Unrepeated:
+    """`records` with a decision the log named before left out, counted in `repeats`: exports
+    of overlapping ranges put together (`cat`) hold a decision twice, and it would be weighed
+    twice. The first is kept (a later export of it may have joined more outcomes: export the
+    range once instead). Remembers each decision's id (some 100 bytes a decision)."""
+
+    def __init__(self, records: Iterable[DecisionRecord]):
+        self._records = records
+        self.repeats = 0
+
+    def __iter__(self) -> Iterator[DecisionRecord]:
+        seen: set[str] = set()
+        for record in self._records:
+            if record.decision_id in seen:
+                self.repeats += 1
+                continue
+            seen.add(record.decision_id)
+            yield record
+
+    def warning(self) -> list[str]:
+        """What the report says of them, if any."""
+        return [f"{self.repeats:,} decision record(s) named a decision the log held already "
+                f"(exports of overlapping ranges put together?): each decision counted once, "
+                f"as first read"] if self.repeats else []

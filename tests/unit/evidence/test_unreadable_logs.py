@@ -139,3 +139,32 @@ def test_uplift_refuses_two_catalogs_of_one_version(files, tmp_path, capsys):
     assert main(["uplift", "--log", str(files / "log.jsonl"), "--catalog",
                  str(files / "logging.yaml"), "--catalog", str(other)]) == 2
     assert "are both version" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["replay", "uplift"])
+def test_a_decision_in_the_log_twice_counts_once_and_is_warned_of(files, tmp_path, capsys,
+                                                                  command):
+    """Exports of overlapping ranges put together held some decisions twice, each weighed
+    twice."""
+    lines = (files / "log.jsonl").read_bytes().splitlines()
+    reports = []
+    for name, held in (("twice", lines + lines[:3]), ("once", lines)):
+        log = tmp_path / f"{name}.jsonl"
+        log.write_bytes(b"\n".join(held) + b"\n")
+        if command == "replay":
+            assert main(["replay", "--log", str(log), "--catalog", str(files / "candidate.yaml"),
+                         "--samples", "4", "--out", str(tmp_path / name)]) == 0
+            reports.append(json.loads((tmp_path / name / "replay.json").read_text()))
+        else:
+            assert main(["uplift", "--log", str(log), "--catalog", str(files / "logging.yaml"),
+                         "--json"]) == 0
+            reports.append(json.loads(capsys.readouterr().out))
+    twice, once = reports
+    if command == "replay":
+        assert twice["records"] == once["records"] == len(lines)
+        assert any("3 decision record(s) named a decision the log held already" in w
+                   for w in twice["warnings"])
+        assert "held already" in capsys.readouterr().out
+    else:
+        assert (twice.pop("repeated_records"), once.pop("repeated_records")) == (3, 0)
+        assert twice == once
