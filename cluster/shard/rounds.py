@@ -31,7 +31,9 @@ answers BUSY, having changed nothing, and its link's caller retries it (identiti
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+import bisect
+import itertools
+from collections import Counter, deque
 from dataclasses import dataclass, replace
 from typing import Iterable, NamedTuple
 
@@ -207,13 +209,14 @@ def cut(batch: Batch, budget: int, cost: RoundCost) -> list[Batch]:
 def senders_of(round_: list[Batch], held: set[int]) -> list[tuple[str, int]]:
     """The round's requests by sender, as its Shard is given them (linkhold.py): each batch's
     session and its number of requests, less those `held` (positions among the round's, which
-    the host answers itself): a tuple a batch, nothing a request."""
-    runs, start = [], 0
-    for batch in round_:
-        n = len(batch.requests)
-        runs.append((batch.session, n - sum(start <= k < start + n for k in held) if held else n))
-        start += n
-    return runs
+    the host answers itself): a tuple a batch, nothing a request; each held position is placed
+    in its batch once (looked for in every batch, 2,048 of them held in as many batches cost
+    0.45 s a round, as an overload brings)."""
+    less: Counter[int] = Counter()
+    if held:
+        ends = list(itertools.accumulate(len(batch.requests) for batch in round_))
+        less.update(bisect.bisect_right(ends, k) for k in held)
+    return [(batch.session, len(batch.requests) - less[i]) for i, batch in enumerate(round_)]
 
 
 def next_round(queue: deque[Batch], limit: int, budget: int, cost: RoundCost
