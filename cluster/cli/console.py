@@ -66,10 +66,12 @@ def proxy_address(text: str) -> str:
     as a literal that no peer ever is, and `*` as every peer: anyone could then say HTTPS, or
     sign in from a new address at each guess.)"""
     try:
+        if "%" in text:  # a zone may hold a comma: "::1%a,127.0.0.1" was two addresses
+            raise ValueError(text)
         return ipaddress.ip_address(text).compressed
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be the proxy's IP address, got {text!r}"
-                                         ) from None
+        raise argparse.ArgumentTypeError(f"must be the proxy's IP address (no zone), got "
+                                         f"{text!r}") from None
 
 
 def add_up_option(up: argparse.ArgumentParser) -> None:

@@ -11,8 +11,10 @@ The console answers only requests whose Host header names it (DNS-rebinding defe
 names of its bind address, and those the operator adds (`served_hosts`).
 
 Behind a reverse proxy (`Listen.proxy`), uvicorn takes the scheme and the client's address from
-that one peer's X-Forwarded-Proto and X-Forwarded-For (the rightmost address the proxy did not
-add itself), and ignores them from any other, which could forge them.
+that one peer's X-Forwarded-Proto and X-Forwarded-For (the rightmost address that is not the
+proxy's own; where every one is, the leftmost, which the client wrote: a client that reaches the
+proxy from the proxy's own address chooses it), and ignores them from any other, which could
+forge them.
 """
 from __future__ import annotations
 
@@ -137,4 +139,5 @@ def serve(config: ConsoleConfig, auth: Auth, listen: Listen) -> None:
     uvicorn.run(create_app(config, auth), host=listen.host, port=listen.port,
                 ssl_certfile=listen.tls_cert, ssl_keyfile=listen.tls_key, log_level="warning",
                 timeout_graceful_shutdown=GRACEFUL_STOP_S, proxy_headers=bool(listen.proxy),
-                forwarded_allow_ips=listen.proxy, http=HeadDeadline)
+                forwarded_allow_ips=[listen.proxy] if listen.proxy else None,  # not split
+                http=HeadDeadline)
