@@ -3,22 +3,29 @@ made, a POST's body bounded by its length and its CSRF token checked, a live pag
 kept to the console's own pages, and visitors who have not signed in sent to /signin."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import Awaitable, Callable, Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from kairos.cluster.console import web
-from kairos.cluster.console.session import COOKIE, CSRF_FIELD, VISITOR_COOKIE, cookie_name
-
-if TYPE_CHECKING:
-    from kairos.cluster.console.app import Console
+from kairos.cluster.console.session import (COOKIE, CSRF_FIELD, VISITOR_COOKIE, Sessions,
+                                            cookie_name)
 
 # any form's but a draft catalog's: parsed before its CSRF token is checked (1 MiB of "&"
 # cost 0.44 s of CPU)
 FORM_BYTES = 16 << 10
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+
+class Console(Protocol):
+    """What a guard needs of the console (app.py's Console)."""
+    sessions: Sessions
+
+    def render(self, request: Request, name: str, code: int = 200, **context) -> Response: ...
+
+    def redirect(self, request: Request, url: str) -> Response: ...
 
 
 class Guard:
