@@ -3,6 +3,7 @@ made, a POST's body bounded by its length and its CSRF token checked, a live pag
 kept to the console's own pages, and visitors who have not signed in sent to /signin."""
 from __future__ import annotations
 
+import asyncio
 from typing import Awaitable, Callable, Protocol
 
 from starlette.requests import Request
@@ -15,6 +16,7 @@ from kairos.cluster.console.session import (COOKIE, CSRF_FIELD, VISITOR_COOKIE, 
 # any form's but a draft catalog's: parsed before its CSRF token is checked (1 MiB of "&"
 # cost 0.44 s of CPU)
 FORM_BYTES = 16 << 10
+BODY_S = 10.0  # for a form's body to come, once its head has (heads.HEAD_S)
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -54,21 +56,33 @@ class Guard:
                 return web.ask_again(request)
             request.state.session = session or console.sessions.visitor(
                 request.cookies.get(cookie_name(VISITOR_COOKIE, https)))
+            # another port's page on a loopback console is same-site: it can plant a visitor's
+            # cookie with a token of its own (README), but its POST says where it comes from
+            if post and web.from_another_origin(request):
+                return _refused(console, request)
+            # before any body is read: a draft catalog's 1 MiB is a signed-in agent's to send
+            # (anyone's cost 0.66 s of CPU), and a search sent as the session ended goes on
+            # to sign in rather than to a stale token's 403
+            if need_key and not request.state.session.signed_in:
+                return console.redirect(request, web.signin_url(request))
             if post:
                 length = request.headers.get("content-length", "")  # h11 reads chunks first
                 if "transfer-encoding" in request.headers or not length.isdigit() \
                         or int(length) > body_bytes:
                     return web.plain("a form's body must have a length of at most "
                                      f"{body_bytes} bytes", 413)
-                token = (await request.form()).get(CSRF_FIELD)
-                # another port's page on a loopback console is same-site: it can plant a
-                # visitor's cookie with a token of its own (README), but its POST says where
-                # it comes from
-                if web.from_another_origin(request) or not console.sessions.csrf_valid(
-                        request.state.session, token if isinstance(token, str) else None):
-                    return console.render(request, "error.html", 403, kind="csrf", detail="",
-                                          subject="")
-            if need_key and not request.state.session.signed_in:
-                return console.redirect(request, web.signin_url(request))
+                try:  # heads.py's deadline ends with the head: a body sent slowly holds on
+                    async with asyncio.timeout(BODY_S):
+                        form = await request.form()
+                except TimeoutError:
+                    return web.plain(f"the form's body did not come within {BODY_S:g} s", 408)
+                token = form.get(CSRF_FIELD)
+                if not console.sessions.csrf_valid(request.state.session,
+                                                   token if isinstance(token, str) else None):
+                    return _refused(console, request)
             return await handler(request)
         return guarded
+
+
+def _refused(console: Console, request: Request) -> Response:
+    return console.render(request, "error.html", 403, kind="csrf", detail="", subject="")

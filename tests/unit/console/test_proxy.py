@@ -11,15 +11,13 @@ from __future__ import annotations
 import http.client
 import os
 import re
-import socket
-import subprocess
 import sys
-import time
 from urllib.parse import urlencode
 
 import pytest
 
 from kairos.cluster.console.session import SIGNIN_FAILURES
+from tests.unit.console.serving import serving
 from tests.unit.console.test_app import AGENT, KEYS
 
 PROXY, OTHER = "127.0.0.2", "127.0.0.1"
@@ -32,26 +30,11 @@ def console_port(tmp_path_factory):
     keys = home / "keys.yaml"
     with os.fdopen(os.open(keys, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
         f.write(KEYS)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    console = subprocess.Popen(
-        [sys.executable, "-m", "kairos.cluster.cli.main", "--target", "127.0.0.1:1",
-         "console", "--port", str(port), "--keys", str(keys), "--proxy", PROXY],
-        env={**os.environ, "KAIROS_HOME": str(home)})
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=10).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and console.poll() is None
-                time.sleep(0.2)
+    with serving(lambda port: [
+            sys.executable, "-m", "kairos.cluster.cli.main", "--target", "127.0.0.1:1",
+            "console", "--port", str(port), "--keys", str(keys), "--proxy", PROXY],
+            env={**os.environ, "KAIROS_HOME": str(home)}) as port:
         yield port
-    finally:
-        console.terminate()
-        console.wait(30)
 
 
 class Browser:
