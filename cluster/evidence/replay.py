@@ -52,8 +52,7 @@ from kairos.core.compiler import CompiledCatalog, Reason, compile_catalog
 from kairos.core.engine import DecisionEngine, EncodedRequest
 from kairos.core.errors import InputError
 from kairos.cluster.evidence.records import DecisionRecord, LogFormatError
-from kairos.cluster.storage.blocks import (MEANING_BYTES, BlockCorrupt, _layout, import_block,
-                                           unpack)
+from kairos.cluster.storage.blocks import BlockCorrupt, import_block, slot_sources, unpack
 
 DEFAULT_SAMPLES = 64  # re-decisions per logged decision
 MAX_SAMPLES = 4096
@@ -212,22 +211,12 @@ class Replayer:
 
 def _defaults_read(compiled: CompiledCatalog, block: dict) -> tuple[str, ...]:
     """The candidate's slots `block` holds no value of their meaning for, which import_block
-    starts from their defaults: matched as blocks._values matches them, by name, string or
-    not, and meaning where the block names meanings."""
-    keys, flags, _, own = _layout(compiled)
-    where = {slot: col for col, slot in enumerate(block["slots"])}
-    meanings, n = block.get("meanings"), MEANING_BYTES
+    starts from their defaults (blocks.slot_sources, which it matches them by)."""
     kinds = {**{f.name: "feature" for f in compiled.catalog.features},
              **{a.name: "attribute" for a in compiled.catalog.attributes}}
-    read = []
-    for col, (slot, string) in enumerate(zip(keys, flags)):
-        if slot.endswith("@time"):
-            continue  # a helper slot ('<name>@time', the time of its value): its slot says it
-        src = where.get(slot)
-        if src is None or bool(block["string_columns"][src]) != string or \
-                meanings is not None and meanings[src * n:src * n + n] != own[col * n:col * n + n]:
-            read.append(f"{kinds.get(slot, 'slot')} {slot}")
-    return tuple(read)
+    # a helper slot ('<name>@time', the time of its value) is left out: its slot says it
+    return tuple(f"{kinds.get(slot, 'slot')} {slot}" for slot, src in
+                 slot_sources(compiled, block) if src is None and not slot.endswith("@time"))
 
 
 def replay(records: Iterable[DecisionRecord], compiled: CompiledCatalog,

@@ -278,6 +278,19 @@ def _localize(values: np.ndarray, slots: list[int], c: CompiledCatalog) -> list[
     return [c.strings.text(code) for code in unique.tolist()]
 
 
+def slot_sources(c: CompiledCatalog, block: dict[str, Any]) -> list[tuple[str, int | None]]:
+    """Each slot of `c`'s layout and the block's column that holds a value of its meaning,
+    matched by name, string or not, and meaning where the block names meanings; None where
+    none does: the slot starts from its default (replay warns of those)."""
+    keys, flags, _, own = _layout(c)
+    where = {key: col for col, key in enumerate(block["slots"])}
+    meanings, was_string, n = block.get("meanings"), block["string_columns"], MEANING_BYTES
+    return [(key, src if src is not None and bool(was_string[src]) == is_string and (
+        meanings is None or meanings[src * n:src * n + n] == own[col * n:col * n + n])
+        else None) for col, (key, is_string) in enumerate(zip(keys, flags))
+        for src in (where.get(key),)]
+
+
 def _values(c: CompiledCatalog, block: dict[str, Any]) -> np.ndarray:
     source = np.asarray(block["values"], np.float64)
     keys, flags, string_slots, own = _layout(c)
@@ -294,15 +307,11 @@ def _values(c: CompiledCatalog, block: dict[str, Any]) -> np.ndarray:
             column[known] = [c.strings.intern(strings[int(k)]) for k in column[known].tolist()]
         return out
     out = np.tile(c.layout.defaults, (len(source), 1))
-    where = {key: col for col, key in enumerate(block["slots"])}
-    was_string = block["string_columns"]
     strings = block["strings"]
-    n = MEANING_BYTES
-    carried, clock = set(), where.get(keys[CLOCK_SLOT])
-    for col, (key, is_string) in enumerate(zip(keys, flags)):
-        src = where.get(key)
-        if src is None or bool(was_string[src]) != is_string or meanings is not None and \
-                meanings[src * n:src * n + n] != own[col * n:col * n + n]:
+    clock = {key: col for col, key in enumerate(block["slots"])}.get(keys[CLOCK_SLOT])
+    carried = set()
+    for col, ((key, src), is_string) in enumerate(zip(slot_sources(c, block), flags)):
+        if src is None:
             if key.endswith("@time") and col - 1 in carried and clock is not None:
                 # a value carried without its time (an attribute set `from` an event, stored
                 # before it had one): as of the newest event the profile had, so that a late,
