@@ -9,7 +9,9 @@ then refuses finished requests, which makes it worse). A live page's stream is o
 whose answer does not end: it is under no deadline once its head is in.
 
 uvicorn takes a protocol class for `http`; this is its h11 one with the deadline added (h11,
-not httptools: h11 bounds a head at 16 KiB).
+not httptools: h11 bounds a head at 16 KiB). It relies on that class's `cycle`, `loop`,
+`transport`, `handle_events` and `on_response_complete`, which are uvicorn's own, not its API:
+pyproject.toml pins uvicorn's minor version, and tests/unit/console/test_bounds.py runs it.
 """
 from __future__ import annotations
 

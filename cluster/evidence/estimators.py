@@ -26,7 +26,7 @@ many input names: q is predicted only for the (record, action) pairs the estimat
 logged action, and those the candidate may show), never as a records x actions matrix; an
 input constant once clipped is left out of the fits; each fit is solved over its inputs or its
 records, whichever are fewer; evaluation.py gives it at most 256 input names. (Dense, a log
-of 20,000 decisions over 4,000 actions took 1.9 GB; one of 1,000 input names 26 s.)
+of 20,000 decisions over 4,000 actions took 1.9 GB; one of 1,000 input names 28.7 s.)
 
 Each estimate has a 95 % confidence interval (the mean of per-record terms plus or minus
 Student's t quantile with G - 1 degrees of freedom for G customers, 1.96 for many, times the
@@ -86,7 +86,9 @@ RIDGE = 1.0  # the direct method's penalty on its slopes (not its intercept)
 FOLDS = 2  # of the direct method's cross-fitting
 TRIM = 0.01  # of each input's training values, at either end, that the direct method clips
 UNSEEN_DELTA = 0.05  # the chance that the unseen mass's slack is too small
-PAIRS_AT_ONCE = 1 << 14  # (record, action) pairs the direct method predicts at once
+# (record, action) pairs the direct method predicts at once: their gathered input rows stay
+# within some 32 MB whatever the log's size
+PAIRS_AT_ONCE = 1 << 14
 
 
 @dataclass(frozen=True)

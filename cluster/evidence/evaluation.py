@@ -170,7 +170,7 @@ def _features(usable: Sequence[Replayed]) -> tuple[np.ndarray, tuple[int, int]]:
     """The logged decisions' model inputs, one column per name among the MAX_INPUTS that the
     most of them have (0 when a decision lacks it or it was not a number), and how many names
     the log has and how many were left out: a fit of the direct method costs up to the cube
-    of the inputs' count (a log of 4,000 decisions with 1,000 input names took 26 s)."""
+    of the inputs' count (a log of 4,000 decisions with 1,000 input names took 28.7 s)."""
     counts = Counter(name for r in usable for name in r.inputs)
     kept = sorted(sorted(counts, key=lambda name: (-counts[name], name))[:MAX_INPUTS])
     column = {name: j for j, name in enumerate(kept)}

@@ -86,7 +86,8 @@ def test_the_command_says_what_it_left_out(tmp_path, monkeypatch, capsys):
     assert "more than 1 decisions matched" in err and "3 outcomes were left out" in err
 
 
-def test_an_export_is_its_owners_only_and_on_disk(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["log.jsonl", "log.parquet"])
+def test_an_export_is_its_owners_only_and_on_disk(tmp_path, monkeypatch, name):
     """It holds customers' profiles as their decisions saw them, which the store keeps 0600:
     the export was written by the umask (0644). It is synced before its name is."""
     import argparse
@@ -94,7 +95,7 @@ def test_an_export_is_its_owners_only_and_on_disk(tmp_path, monkeypatch):
     import stat
     from kairos.cluster.cli import logexport
     monkeypatch.setattr(logexport, "Remote", lambda target: Gateway([100.0, 101.0]))
-    out = tmp_path / "log.jsonl"
+    out = tmp_path / name
     args = argparse.Namespace(target="127.0.0.1:1", out=str(out), since=99.0, until=102.0,
                               channel="", max_records=0)
     synced = []
@@ -102,10 +103,11 @@ def test_an_export_is_its_owners_only_and_on_disk(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}"))
                         or real_fsync(fd))
     assert logexport.run(args) == 0
-    assert stat.S_IMODE(out.stat().st_mode) == 0o600 and len(out.read_text().splitlines()) == 2
+    from kairos.cluster.evidence.records import read_records
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600 and len(list(read_records(out))) == 2
     # written to disk under a name of its own before it is renamed whole, and the rename too
     [partial, folder] = synced
-    assert partial.startswith(f"{tmp_path}/.log.jsonl.") and partial.endswith(".partial")
+    assert partial.startswith(f"{tmp_path}/.{name}.") and partial.endswith(".partial")
     assert folder == str(tmp_path) and sorted(tmp_path.iterdir()) == [out]
 
 

@@ -111,6 +111,8 @@ def test_a_profile_written_before_blocks_named_meanings_is_matched_by_name_and_k
         k: v for k, v in unpack(r.profile).items() if k != "meanings"})) for r in log]
     replayed, evidence = evidence_of(unnamed, candidate(segment_a_number))
     assert {r.defaults for r in replayed} == {("attribute segment",)}
+    assert WARNING.format(slot="attribute segment", n=evidence["evaluated"]) \
+        in evidence["warnings"]
     assert all(r.defaults == () for r in replay(unnamed, candidate(lambda doc: None), 8))
 
 
