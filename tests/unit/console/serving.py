@@ -5,17 +5,18 @@ import contextlib
 import socket
 import subprocess
 import time
-from typing import Callable, Iterator
+from typing import IO, Callable, Iterator
 
 
 @contextlib.contextmanager
-def serving(command: Callable[[int], list[str]], env: dict[str, str] | None = None
-            ) -> Iterator[int]:
-    """Runs `command(port)` until the context ends; yields the port once it accepts."""
+def serving(command: Callable[[int], list[str]], env: dict[str, str] | None = None,
+            stderr: IO | None = None) -> Iterator[int]:
+    """Runs `command(port)` until the context ends (its stderr to `stderr`, where given);
+    yields the port once it accepts."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen(command(port), env=env)
+    server = subprocess.Popen(command(port), env=env, stderr=stderr)
     try:
         deadline = time.monotonic() + 60
         while True:

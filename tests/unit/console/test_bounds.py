@@ -50,9 +50,15 @@ server.serve(ConsoleConfig("127.0.0.1:1"), Auth.load(None),
 
 
 @pytest.fixture(scope="module")
-def console_port():
+def console_log(tmp_path_factory):
+    return tmp_path_factory.mktemp("console") / "stderr"
+
+
+@pytest.fixture(scope="module")
+def console_port(console_log):
     """A real uvicorn, as `kairos console` runs it (heads and bodies given 1 s)."""
-    with serving(lambda port: [sys.executable, "-c", SERVE, str(port)]) as port:
+    with open(console_log, "wb") as stderr, \
+            serving(lambda port: [sys.executable, "-c", SERVE, str(port)], stderr=stderr) as port:
         yield port
 
 
@@ -110,7 +116,23 @@ def test_a_body_that_never_comes_is_answered_408(console_port):
         stalled.sendall(b"POST /signin HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                         b"Content-Type: application/x-www-form-urlencoded\r\n"
                         b"Content-Length: 100\r\n\r\nk=")
-        assert stalled.recv(64).startswith(b"HTTP/1.1 408")
+        answer = stalled.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408") and b"connection: close" in answer.lower()
+        assert closed_within(stalled, 10)  # at once, not after another head's deadline
+
+
+def test_a_sender_that_leaves_mid_body_leaves_no_traceback(console_port, console_log):
+    """Starlette's ClientDisconnect reached uvicorn: some 40 lines of ERROR a connection, which
+    anyone could send to /signin for nothing."""
+    with socket.create_connection(("127.0.0.1", console_port), timeout=10) as left:
+        left.sendall(b"POST /signin HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/x-www-form-urlencoded\r\n"
+                     b"Content-Length: 100\r\n\r\nk=")
+        time.sleep(0.2)
+    with socket.create_connection(("127.0.0.1", console_port), timeout=10) as after:
+        after.sendall(b"GET /signin HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        assert after.recv(64).startswith(b"HTTP/1.1 200")  # the first was handled meanwhile
+    assert b"Traceback" not in console_log.read_bytes()
 
 
 def test_a_route_for_agents_sends_visitors_to_sign_in_before_reading_a_body(client):  # noqa: F811
