@@ -66,8 +66,9 @@ guessed the unseen mass's reward). A log that never explores (every selection 1)
 candidate half of whose mass it never saw a value per decision of 3.1 [2.9, 3.3] against a
 truth of 4.5 before. A log whose probabilities are misstated shows the same shortfall.
 
-Last, every interval is clipped to where the estimand lies: 0 or more, and for a binary reward
-at most 1 (a log with a few weights of 20 had an accept rate's normal interval of [-0.51, 1.51]).
+Last, every interval, and its estimate with it, is clipped to where the estimand lies: 0 or
+more, and for a binary reward at most 1 (a log with a few weights of 20 had an accept rate's
+normal interval of [-0.51, 1.51]).
 """
 from __future__ import annotations
 
