@@ -89,12 +89,16 @@ def test_under_continuous_load_each_interval_sends_what_a_journal_sync_covered(c
         try:
             sent, busy = [], 0
             for _ in range(5):
-                await asyncio.sleep(0.02)
-                busy += bool(host.shard.journal.unsynced or host.queued)
+                under_load = False
+                for _ in range(4):  # looked at 4 times in the interval, not once at its end
+                    await asyncio.sleep(0.005)
+                    under_load |= bool(host.shard.journal.unsynced or host.queued)
+                busy += under_load
                 await models.step(engine, lambda: InProcess(learner), wait_s=1.0)
                 sent.append(learner.models.positives.sum())
             # most intervals came under load (on a loaded machine the three senders can
-            # all be between rounds at one look; the claim is that loaded ones still send)
+            # all be between rounds at one look, as CI once saw at 2 of 5 with one look an
+            # interval; the claim is that loaded ones still send)
             assert busy >= 3
             assert all(b > a for a, b in zip([0, *sent], sent))  # and sent some
         finally:
