@@ -194,14 +194,27 @@ def single_machine() -> Iterator[None]:
         ray_constants.ENABLE_RAY_CLUSTER = saved[1]
 
 
+AUTH_MODES = ("token", "disabled")  # RAY_AUTH_MODE's values; Ray reads any other as disabled
+
+
+class BadAuthMode(ValueError):
+    """A RAY_AUTH_MODE that is not one of AUTH_MODES."""
+
+
 def auth_mode() -> str:
     """Ray's token authentication unless the user chose otherwise (RAY_AUTH_MODE). Ray takes
     the token from RAY_AUTH_TOKEN, else from the file RAY_AUTH_TOKEN_PATH names, else from
     ~/.ray/auth_token: a file that others may read is refused (SecretFileError), as Kairos's own
     secrets' files are, and one is made the first time, as Ray does for a cluster `ray.init()`
     starts, but readable by this user only (Ray's own writes it under the umask). The mode as
-    Ray reads it, whatever its case (TOKEN is token mode); unset or blank: token."""
+    Ray reads it, whatever its case (TOKEN is token mode); unset or blank: token. Ray takes
+    any other value (`tokens`, `on`) for no authentication at all: BadAuthMode."""
     mode = os.environ.get("RAY_AUTH_MODE", "").strip().lower() or "token"
+    if mode not in AUTH_MODES:
+        raise BadAuthMode(
+            f"RAY_AUTH_MODE={os.environ['RAY_AUTH_MODE']!r} is neither token nor disabled: Ray "
+            f"would take it for disabled and run without authentication. Unset it (token, the "
+            f"default) or set it to token; disabled turns Ray's authentication off")
     if mode != "token" or os.environ.get("RAY_AUTH_TOKEN"):
         return mode
     path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")

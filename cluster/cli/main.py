@@ -123,12 +123,20 @@ def up(args: argparse.Namespace) -> int:
             return exc.status
         try:
             auth_mode = local.auth_mode()
-        except SecretFileError as exc:
+        except (SecretFileError, local.BadAuthMode) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         except OSError as exc:
             print(f"error: making Ray's authentication token failed: {exc}", file=sys.stderr)
             return 1
+        if auth_mode == "disabled" and args.nodes > 1:
+            print(f"error: refusing RAY_AUTH_MODE=disabled with --nodes {args.nodes}: Ray's "
+                  f"nodes then listen on this machine's address, and any machine that reaches "
+                  f"it could run code as this user. Keep Ray's token authentication (unset "
+                  f"RAY_AUTH_MODE), or start such a Ray yourself (`ray start --head`, then "
+                  f"`ray start --address` per node) and run `kairos start --address` on it",
+                  file=sys.stderr)
+            return 2
         run = local.Run(ray_address=f"{local.LOOPBACK}:{args.ray_port}",
                         temp_dir=os.path.abspath(args.ray_temp_dir
                                                  or local.default_ray_temp_dir()),
@@ -149,6 +157,10 @@ def up(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 1
     print(up_message(args, run))
+    if run.auth_mode == "disabled":
+        print(f"warning: Ray runs without authentication (RAY_AUTH_MODE=disabled): any process "
+              f"of this machine that reaches its GCS at {run.ray_address} can run code as this "
+              f"user", file=sys.stderr)
     return 0
 
 
