@@ -8,13 +8,14 @@ import argparse
 import os
 import ssl
 import sys
+from pathlib import Path
 from urllib.parse import urlparse
 
 from kairos.core.catalog import Catalog, load_catalog
 from kairos.core.compiler import compile_catalog
 from kairos.core.errors import CatalogError
 
-from kairos.cluster.cli import local, operate
+from kairos.cluster.cli import local, operate, private
 from kairos.cluster.secret_files import SecretFileError, check_secret_file
 from kairos.cluster.storage.store import redact  # light: no store's client is imported
 
@@ -79,8 +80,8 @@ def checked_inputs(args: argparse.Namespace) -> str | None:
                       f"keys, and every request and answer, would cross the network in clear; "
                       f"serve TLS (--tls-cert and --tls-key), or say --insecure to accept that",
                       2)
-    if getattr(args, "ray_temp_dir", None):
-        _check_temp_dir(args.ray_temp_dir)
+    if "ray_temp_dir" in args:  # up's: the default chosen
+        args.ray_temp_dir = _checked_temp_dir(args.ray_temp_dir)
     return catalog_text
 
 
@@ -131,14 +132,32 @@ def _check_redis_db(url: str) -> None:
                          f"not {db!r}")
 
 
-def _check_temp_dir(path: str) -> None:
-    """Ray's --temp-dir, made now (`ray start` would make it): one that cannot be is Refused."""
+def _checked_temp_dir(given: str | None) -> str:
+    """Ray's --temp-dir (absolute), made now (`ray start` would make it): the operator's, else
+    local.default_ray_temp_dir() in a directory of this user's only (made so). One that cannot
+    be made, or too long for the Unix sockets Ray makes under it, is Refused."""
+    path = os.path.abspath(given or local.default_ray_temp_dir())
+    if not (given or os.environ.get("RAY_TMPDIR")):
+        local.own_home()  # first, and so 0700, where the folder is made in it
+        private.own_dir(Path(local.ray_temp_parent()), "the folder of Ray's temp dir",
+                        closed=0o077)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
         raise Refused(f"error: --ray-temp-dir {path}: {exc.strerror}", 2) from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise Refused(f"error: --ray-temp-dir {path}: not writable by this user", 2)
+    return path
+
+
+def refuse_long_temp_dir(path: str) -> None:
+    """Refused: a Ray temp dir (the operator's: the default fits) too long for the Unix
+    sockets Ray makes under it (`ray start` would fail, its words in ray-start.log)."""
+    if not local.socket_paths_fit(path):
+        longest = os.path.join(path, local.RAY_SOCKET)
+        raise Refused(f"error: --ray-temp-dir {path} is too long: Ray makes Unix sockets under "
+                      f"it, up to {longest} ({len(longest.encode())} bytes), and a socket's "
+                      f"path may have {local.SOCKET_PATH_MAX}; choose a shorter one", 2)
 
 
 def _warn_of_refusals(catalog: Catalog) -> None:

@@ -9,8 +9,7 @@ nothing: once its processes are gone, a terminal's session can get it, after a r
 `kairos down` stops exactly those processes, whatever state they are in: never `ray stop`
 (it stops every Ray on the machine: a test's, a bench's, another Kairos's). It asks Ray to stop
 the runtime first (gateways drained) only when the GCS answers and a raylet lives, and then in
-a child process killed after GRACEFUL_STOP_S: a Ray driver whose GCS is gone or hung (or
-that follows the address file of a dead cluster) retries for many minutes.
+a child process with a bound (graceful.py).
 
 One node (the default) runs on loopback only: Ray 2.x turns `--node-ip-address=127.0.0.1` into
 the machine's address and its GCS listens on every interface, except in its single-machine
@@ -41,6 +40,7 @@ from typing import Iterator
 
 import psutil
 
+from kairos.cluster.cli import private
 from kairos.cluster.raytuning import RAY_SETTINGS
 from kairos.cluster.secret_files import SecretFileError, check_secret_file
 
@@ -56,11 +56,15 @@ DASHBOARD_PORT = 8265
 # `ray start`'s --min-worker-port/--max-worker-port defaults: each Ray worker (an actor: a shard,
 # a gateway) serves on one of these, taken by whichever starts first
 RAY_WORKER_PORTS = (10002, 19999)
+# the longest Unix socket path Ray makes under its temp dir: the 16th node's object store's, in
+# the session's directory, named by the head's start (to the microsecond) and pid (pid_max's
+# largest: 7 digits)
+RAY_SOCKET = "session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store.15"
+SOCKET_PATH_MAX = 103 if sys.platform == "darwin" else 107  # a socket path's bytes, as Ray checks
 RAY_START_TIMEOUT_S = 180.0  # one `ray start` (about 10 s on a quiet 2-core machine)
 # `kairos up` joining the Ray it started, which answers within seconds: past this, it is stopped
 # (ray.init retries a GCS that does not answer without end)
 RAY_INIT_TIMEOUT_S = 120.0
-GRACEFUL_STOP_S = 30.0  # `kairos down`: gateways drained, actors stopped, through Ray
 TERM_GRACE_S = 5.0  # then SIGTERM to Ray's processes, SIGKILL to what is left after this
 KILL_WAIT_S = 3.0
 # what the processes of a `kairos up` run, by name or command line: Ray's servers, its workers'
@@ -72,11 +76,34 @@ def home() -> Path:
     return Path(os.path.expanduser(os.environ.get(HOME_ENV, "~/.kairos")))
 
 
+def own_home() -> Path:
+    """$KAIROS_HOME, made 0700 if missing; SystemExit when another user owns it or may write
+    it (private.own_dir)."""
+    return private.own_dir(home(), f"${HOME_ENV}")
+
+
 def default_ray_temp_dir() -> str:
-    """Ray's own default ($RAY_TMPDIR/ray, else $TMPDIR/ray, else /tmp/ray)."""
-    base = os.environ.get("RAY_TMPDIR") or (
-        os.environ.get("TMPDIR") if sys.platform.startswith("linux") else None) or "/tmp"
-    return os.path.join(base, "ray")
+    """$RAY_TMPDIR/ray where the operator set RAY_TMPDIR (as Ray has it), else `tmp` in
+    ray_temp_parent(). (Ray's own default, /tmp/ray, is shared: Ray makes its temp dir and
+    session directories writable by every user, who could read its logs or replace its
+    sockets; a parent that only this user may enter keeps them out.)"""
+    if os.environ.get("RAY_TMPDIR"):
+        return os.path.join(os.environ["RAY_TMPDIR"], "ray")
+    return os.path.join(ray_temp_parent(), "tmp")
+
+
+def ray_temp_parent() -> str:
+    """The directory, this user's only, that `kairos up` keeps Ray's temp dir in by default:
+    `ray` in $KAIROS_HOME, else, when Ray's socket paths under it would be too long,
+    /tmp/kairos-ray-UID (private.own_dir makes and checks either)."""
+    own = os.path.join(home().absolute(), "ray")
+    return own if socket_paths_fit(os.path.join(own, "tmp")) else \
+        f"/tmp/kairos-ray-{os.geteuid()}"
+
+
+def socket_paths_fit(temp_dir: str) -> bool:
+    """Whether the longest Unix socket path Ray makes under `temp_dir` fits in one."""
+    return len(os.path.join(temp_dir, RAY_SOCKET).encode()) <= SOCKET_PATH_MAX
 
 
 @dataclasses.dataclass
@@ -445,39 +472,6 @@ def terminate(run: Run) -> tuple[int, int]:
         _signal(left, signal.SIGKILL)
         left = _wait(left, KILL_WAIT_S)
     return len(stopped), len(left)
-
-
-def stop_runtime(run: Run) -> dict | None:
-    """Stop the gateways (gracefully), the controller, the learner and the shards through Ray,
-    in a child process that is killed if it takes longer than GRACEFUL_STOP_S. What it stopped,
-    or None when it could not."""
-    code = f"from kairos.cluster.cli.local import _stop_runtime; _stop_runtime({run.ray_address!r})"
-    try:
-        done = subprocess.run([sys.executable, "-c", code], env=ray_env(run.loopback,
-                                                                        run.auth_mode),
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=GRACEFUL_STOP_S)
-    except subprocess.TimeoutExpired:
-        return None
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        return None
-    return json.loads(lines[-1])
-
-
-def _stop_runtime(address: str) -> None:
-    import ray
-
-    from kairos.cluster.control import runtime
-    from kairos.cluster.settings import NAMESPACE
-    ray.init(address=address, namespace=NAMESPACE, logging_level="ERROR", log_to_driver=False)
-    try:
-        shards = len(ray.get(runtime.controller().status.remote(), timeout=10)["shards"])
-    except (ValueError, ray.exceptions.RayError, TimeoutError):
-        shards = 0
-    runtime.stop()
-    ray.shutdown()
-    print(json.dumps({"shards": shards}))
 
 
 def forget_ray_address(run: Run) -> None:

@@ -67,8 +67,8 @@ from kairos.core.errors import CatalogError
 
 # none of these imports kairos.cluster.settings, which main() imports: a KAIROS_* setting it
 # refuses is said in one line there, for every command
-from kairos.cluster.cli import (checks, console, demo, local, logexport, operate, remote, replay,
-                                targets, uplift, watchdog)
+from kairos.cluster.cli import (checks, console, demo, graceful, local, logexport, operate,
+                                remote, replay, targets, uplift, watchdog)
 from kairos.cluster.cli.checks import Refused, checked_inputs
 from kairos.cluster.cli.options import parser
 from kairos.cluster.secret_files import SecretFileError
@@ -104,6 +104,7 @@ def up(args: argparse.Namespace) -> int:
     try:
         checks.refuse_shared_ports(args, ports)
         catalog_text = checked_inputs(args)
+        checks.refuse_long_temp_dir(args.ray_temp_dir)
     except Refused as exc:
         print(exc, file=sys.stderr)
         return exc.status
@@ -138,8 +139,7 @@ def up(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
         run = local.Run(ray_address=f"{local.LOOPBACK}:{args.ray_port}",
-                        temp_dir=os.path.abspath(args.ray_temp_dir
-                                                 or local.default_ray_temp_dir()),
+                        temp_dir=args.ray_temp_dir,  # checked_inputs chose and made it
                         sessions=[], started=time.time(), loopback=args.nodes == 1,
                         auth_mode=auth_mode, nodes=args.nodes, store=redact(args.store),
                         dashboard=f"http://{local.LOOPBACK}:{args.dashboard_port}"
@@ -308,7 +308,7 @@ def down(args: argparse.Namespace) -> int:
             gone = "Ray's raylet was gone"
         else:
             gone = ""
-        stopped_runtime = None if gone else local.stop_runtime(run)
+        stopped_runtime = None if gone else graceful.stop_runtime(run)
         count, stuck = local.terminate(run)
         local.forget_ray_address(run)
         if stuck:
@@ -323,7 +323,8 @@ def down(args: argparse.Namespace) -> int:
               f"the controller, the learner and {stopped_runtime['shards']} shards, then "
               f"Ray's {count} processes at {run.ray_address} {took}")
     else:
-        why = gone or f"the runtime did not stop through Ray within {local.GRACEFUL_STOP_S:.0f} s"
+        why = gone or (f"the runtime did not stop through Ray within "
+                       f"{graceful.GRACEFUL_STOP_S:.0f} s")
         print(f"Kairos is down: {why}, so its processes were stopped without it: Ray's "
               f"{count} processes at {run.ray_address} {took}")
     return 0

@@ -6,11 +6,14 @@ Ray."""
 from __future__ import annotations
 
 import os
+import shutil
+import stat
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from kairos.cluster.cli import local, main as cli
+from kairos.cluster.cli import local, main as cli, private
 from kairos.cluster.cli.main import main
 
 
@@ -82,3 +85,65 @@ def test_up_warns_when_rays_authentication_is_off(home, stand_in_start, monkeypa
     assert out.startswith("Kairos is up")
     assert ("warning: Ray runs without authentication (RAY_AUTH_MODE=disabled)" in err) == warned
     assert local.read_run().auth_mode == ("disabled" if warned else "token")
+
+
+# -- 2: Ray's temp dir ---------------------------------------------------------------------------
+
+@pytest.fixture
+def short_home(monkeypatch):
+    """A KAIROS_HOME short enough for Ray's socket paths under it (pytest's tmp_path is not)."""
+    path = Path(tempfile.mkdtemp(prefix="kh-")) / "home"
+    monkeypatch.setenv(local.HOME_ENV, str(path))
+    yield path
+    shutil.rmtree(path.parent)
+
+
+def test_rays_temp_dir_is_private_to_this_user_by_default(home, short_home, stand_in_start,
+                                                          monkeypatch):
+    """Ray makes its temp dir and session dirs 0777: in /tmp (its default) any user could read
+    the run's logs, replace its sockets, or make /tmp/ray first."""
+    monkeypatch.delenv("RAY_TMPDIR", raising=False)
+    monkeypatch.delenv("TMPDIR", raising=False)
+    assert main(up()) == 0
+    assert local.read_run().temp_dir == str(short_home / "ray" / "tmp")
+    for path in (short_home, short_home / "ray"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700
+    monkeypatch.setenv("RAY_TMPDIR", str(short_home.parent))  # the operator's own choice
+    assert local.default_ray_temp_dir() == str(short_home.parent / "ray")
+
+
+def test_a_kairos_home_too_long_for_rays_sockets_keeps_rays_temp_dir_in_tmp(monkeypatch):
+    monkeypatch.delenv("RAY_TMPDIR", raising=False)
+    monkeypatch.setenv(local.HOME_ENV, "/home/" + "a" * 40)
+    assert local.default_ray_temp_dir() == f"/tmp/kairos-ray-{os.geteuid()}/tmp"
+    monkeypatch.setenv(local.HOME_ENV, "/home/u/.kairos")
+    assert local.default_ray_temp_dir() == "/home/u/.kairos/ray/tmp"
+
+
+def test_a_ray_temp_dir_too_long_for_rays_sockets_is_refused(home, nothing_starts, tmp_path,
+                                                            capsys):
+    long = tmp_path / ("d" * 60)
+    assert main(up("--ray-temp-dir", str(long))) == 2
+    assert (f"error: --ray-temp-dir {long} is too long: Ray makes Unix sockets under it"
+            in capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("made", ["another's mode", "a link"])
+def test_a_private_folder_in_a_shared_one_is_refused_unless_it_is_closed_and_no_link(
+        tmp_path, made):
+    """/tmp/kairos-ray-UID: another user may have made it (or a link of that name) first."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    folder = shared / "kairos-ray"
+    if made == "a link":
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        folder.symlink_to(tmp_path / "elsewhere")
+        said = "is not a directory"
+    else:
+        folder.mkdir(mode=0o755)
+        folder.chmod(0o755)
+        said = "has mode 0755: other users could reach"
+    with pytest.raises(SystemExit, match=said):
+        private.own_dir(folder, "the folder of Ray's temp dir", closed=0o077)
+    assert private.own_dir(shared / "new", "the folder", closed=0o077) == shared / "new"
