@@ -12,6 +12,7 @@ import grpc
 import psutil
 
 from kairos.cluster.cli.remote import Remote, channel_refusal
+from kairos.cluster.cli.replay import not_utf8
 from kairos.cluster.cli.targets import join_target, split_target
 from kairos.cluster.gateway.auth import is_loopback
 from kairos.v1 import admin_pb2
@@ -25,6 +26,7 @@ DRAIN_ANSWERS = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION,
                  grpc.StatusCode.INVALID_ARGUMENT)
 MIN_RELAY_S = 1.0  # less left than this: the drain is not sent again
 CONNECT_S = 3.0  # a relay not connected in this long is passed over for the next
+MAX_DRAIN_S = 86_400.0  # a day: --timeout's bound (1e300 s is no bound an operator means)
 
 
 def status(args: argparse.Namespace) -> int:
@@ -64,14 +66,16 @@ def status(args: argparse.Namespace) -> int:
 
 
 def add_command(commands, parents: list[argparse.ArgumentParser],
-                seconds: Callable[[str], float]) -> None:
+                positive: Callable[[float], Callable[[str], float]]) -> None:
+    """`drain`; `positive(most)`: argparse's type of a number in (0, most] (options.py)."""
     drain_ = commands.add_parser(
         "drain", parents=parents,
         help="take a node out while traffic flows: its gateway, partitions and shards")
     drain_.add_argument("node", help="the node's id (or a unique prefix, as status shows it) "
                                      "or its address")
-    drain_.add_argument("--timeout", type=seconds, default=600.0,
-                        help="seconds to wait for the drain (default %(default)s)")
+    drain_.add_argument("--timeout", type=positive(MAX_DRAIN_S), default=600.0,
+                        help=f"seconds to wait for the drain, up to {MAX_DRAIN_S:g} (default "
+                             "%(default)g)")
     drain_.add_argument("--if-present", action="store_true",
                         help="a node that is no longer alive is done, not an error: Ray's "
                              "autoscaler de-registers a node before its pod is deleted "
@@ -269,6 +273,9 @@ def push(args: argparse.Namespace) -> int:
         evidence = read_text(path) if path else ""
     except OSError as exc:
         print(f"error: {path}: {exc.strerror}", file=sys.stderr)
+        return 1
+    except UnicodeDecodeError as exc:  # a catalog is YAML, a report JSON: both UTF-8 text
+        print(f"error: {path}: {not_utf8(exc)}", file=sys.stderr)
         return 1
     info = Remote(args.target).put_catalog(text, evidence, args.expect)
     print(f"the cluster now runs catalog '{info.name}' version {info.version}"

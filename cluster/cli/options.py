@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+from typing import Callable
 
 from kairos.cluster.cli import console, local, logexport, operate, replay, uplift
 from kairos.cluster.cli.targets import port, port_or_zero
@@ -11,6 +13,8 @@ from kairos.cluster.storage.store import redact  # light: no store's client is i
 # the embedded default's store: a directory that outlives `kairos down`
 STORE_DIR = "store"
 MAX_PORT_RANGE = 1024  # shard endpoints one node may bind (a bind is tried per port)
+MAX_RAY_WAIT_S = 86_400.0  # a day: a wait past Python's threading bound killed its timer
+MAX_SHARDS_PER_CPU = 64.0  # $KAIROS_SHARDS_PER_CPU's bound (settings.py)
 
 
 def parser(gateway_port: int) -> argparse.ArgumentParser:
@@ -44,9 +48,10 @@ def parser(gateway_port: int) -> argparse.ArgumentParser:
         help="start Kairos on a running Ray cluster (KubeRay's head pod, `ray start`)")
     on_ray.add_argument("--address", required=True,
                         help="the Ray cluster's GCS, host:port (or 'auto' on one of its nodes)")
-    on_ray.add_argument("--ray-wait", type=positive, default=120.0, metavar="S",
-                        help="how long to wait for the cluster's GCS to answer (default "
-                             "%(default)g s; nothing is started before it does)")
+    on_ray.add_argument("--ray-wait", type=positive(MAX_RAY_WAIT_S), default=120.0, metavar="S",
+                        help="how long to wait for the cluster's GCS to answer, up to "
+                             f"{MAX_RAY_WAIT_S:g} s (default %(default)g s; nothing is "
+                             "started before it does)")
     on_ray.add_argument("--host", default="0.0.0.0",
                         help="gateways' bind address (default %(default)s: with --tls-cert, "
                              "or --insecure)")
@@ -75,8 +80,9 @@ def serving_options() -> argparse.ArgumentParser:
     serving = argparse.ArgumentParser(add_help=False)
     serving.add_argument("--shards", type=int, default=4,
                          help="shards to start with (default %(default)s)")
-    serving.add_argument("--shards-per-cpu", type=positive, default=None,
-                         help="shards a node that joins gets per CPU, at least one (default "
+    serving.add_argument("--shards-per-cpu", type=positive(MAX_SHARDS_PER_CPU), default=None,
+                         help="shards a node that joins gets per CPU (up to "
+                              f"{MAX_SHARDS_PER_CPU:g}), at least one (default "
                               "$KAIROS_SHARDS_PER_CPU or 1)")
     serving.add_argument("--keys", help="API keys file (YAML); default $KAIROS_API_KEYS")
     serving.add_argument("--catalog", help="catalog file (default: the built-in catalog, or "
@@ -143,8 +149,17 @@ def port_range(text: str) -> tuple[int, int]:
     return ports
 
 
-def positive(text: str) -> float:
-    value = float(text)
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
+def positive(most: float) -> Callable[[str], float]:
+    """argparse's type of a number above 0 and at most `most` (NaN refused): a huge one
+    failed only where it was used, as `start --ray-wait 1e300` did in the watchdog's timer
+    thread (OverflowError), leaving the wait without a bound."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not 0 < value <= most:
+            raise argparse.ArgumentTypeError(f"must be a number above 0, at most {most:g}, "
+                                             f"got {text!r}")
+        return value
+    return parse

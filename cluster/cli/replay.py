@@ -8,14 +8,17 @@ import argparse
 import itertools
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from kairos.core.compiler import CompiledCatalog
 from kairos.core.errors import CatalogError
 from kairos.cluster.control.catalog_identity import catalog_digest
 from kairos.cluster.evidence import evaluation, report
 from kairos.cluster.evidence.records import LogFormatError, Unrepeated, read_records
 from kairos.cluster.evidence.replay import DEFAULT_SAMPLES, MAX_SAMPLES, candidate_error, \
     load_candidate, replay
+
+MAX_SEED = 2**64 - 1  # numpy's seed: an unsigned 64-bit number
 
 MODELS = ("the candidate catalog's priors: offline no learner runs, so the candidate is "
           "judged as it would decide when it starts, before it learns (the logged decisions "
@@ -35,20 +38,35 @@ def add_parser(commands: Any) -> None:
                         help=f"re-decisions per logged decision, 1..{MAX_SAMPLES} (default "
                              f"{DEFAULT_SAMPLES}: each probability within "
                              f"{candidate_error(DEFAULT_SAMPLES):.3f})")
-    parser.add_argument("--limit", type=int, default=0,
-                        help="replay only the first N decisions (default: all)")
-    parser.add_argument("--seed", type=int, default=0, help="of the candidate's draws")
+    parser.add_argument("--limit", type=whole(sys.maxsize), default=0,
+                        help="replay only the first N decisions (default 0: all)")
+    parser.add_argument("--seed", type=whole(MAX_SEED), default=0,
+                        help="of the candidate's draws, 0 to 2**64-1 (default 0)")
+
+
+def whole(most: int) -> Callable[[str], int]:
+    """argparse's type of a whole number from 0 to `most`: numpy's seeds are unsigned 64-bit
+    (-1 ended in OverflowError after the log was read), islice's stop a C ssize_t."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if not 0 <= value <= most:
+            raise argparse.ArgumentTypeError(f"must be 0 to {most}, got {text}")
+        return value
+    return parse
 
 
 def run(args: argparse.Namespace) -> int:
     if not 1 <= args.samples <= MAX_SAMPLES:
         print(f"error: --samples must be between 1 and {MAX_SAMPLES}", file=sys.stderr)
         return 2
-    if args.limit < 0:
-        print("error: --limit must be 0 (all) or more", file=sys.stderr)
-        return 2
+    if refused := report.unwritable(args.out):  # before the replay, not after its minutes
+        print(f"error: --out {args.out}: {refused}", file=sys.stderr)
+        return 1
     try:
-        compiled, text = load_candidate(args.catalog)
+        compiled, text = candidate(args.catalog)
         unrepeated = Unrepeated(read_records(args.log))
         records = itertools.islice(unrepeated, args.limit or None)
         replayed = list(replay(records, compiled, args.samples, args.seed))
@@ -68,6 +86,20 @@ def run(args: argparse.Namespace) -> int:
     print(report.summary(evidence))
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def candidate(path: Path) -> tuple[CompiledCatalog, str]:
+    """load_candidate's, with a file that is not UTF-8 text a CatalogError naming it (YAML is
+    UTF-8 text)."""
+    try:
+        return load_candidate(path)
+    except UnicodeDecodeError as exc:
+        raise CatalogError(not_utf8(exc), source=str(path)) from None
+
+
+def not_utf8(exc: UnicodeDecodeError) -> str:
+    """What is said of a file that should be UTF-8 text and is not: where, and how."""
+    return f"not UTF-8 text (byte {exc.start}: {exc.reason})"
 
 
 def unreadable(exc: OSError, log: str) -> str:

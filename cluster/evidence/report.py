@@ -6,25 +6,44 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 ESTIMATORS = (("ips", "IPS"), ("snips", "SNIPS"), ("dr", "doubly robust"))
 REWARD_NAMES = {"accept": "accept rate", "value": "value per decision"}
 PLOT_MISSING = "no plot: matplotlib is not installed (pip install 'kairos-nba[report]')"
+FILES = ("replay.json", "replay.md", "replay.png", "replay.json.partial")  # what write() makes
 
 
 def write(evidence: dict[str, Any], out: Path) -> list[Path]:
     """replay.json, replay.md and (with matplotlib) replay.png in `out`; the paths written."""
     out.mkdir(parents=True, exist_ok=True)
-    data, md, plot = out / "replay.json", out / "replay.md", out / "replay.png"
-    # whole or not at all: `kairos catalog push --evidence` reads it
-    partial = out / "replay.json.partial"
+    data, md, plot, partial = (out / name for name in FILES)
+    # whole or not at all (`partial` renamed): `kairos catalog push --evidence` reads it
     partial.write_text(json_text(evidence), encoding="utf-8")
     os.replace(partial, data)
     plotted = _plot(evidence, plot)
     md.write_text(markdown(evidence, plot.name if plotted else None), encoding="utf-8")
     return [data, md, plot] if plotted else [data, md]
+
+
+def unwritable(out: Path) -> str | None:
+    """Why write() could not write to `out`, if it could not: `out` (or the first of its
+    parents there is) no folder, one of its files a folder, or a folder a file cannot be
+    made in. Asked before the work the report is of, which it would otherwise end."""
+    out = out.absolute()
+    there = next(p for p in (out, *out.parents) if p.exists())  # write() makes the rest
+    if not there.is_dir():
+        return f"{there} is not a folder"
+    if folders := [out / name for name in FILES if (out / name).is_dir()]:
+        return f"{folders[0]} is a folder"
+    try:  # a file made as write() would: permissions, a read-only file system
+        with tempfile.TemporaryFile(dir=there):
+            pass
+    except OSError as exc:
+        return f"cannot write in {there}: {exc.strerror}"
+    return None
 
 
 def json_text(report: Any) -> str:
