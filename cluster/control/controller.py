@@ -18,7 +18,8 @@ without Ray in tests; `ControllerActor` (actor.py) is the named, detached Ray ac
   that. Long polls, channel watches and the control loop's health checks take no lock.
 - The state (saved.py: map, shard names, catalogs, watches, nodes) is saved in the store's
   meta at every change: a controller Ray restarts, or a cluster started again on the same
-  store, takes up the same shards and partitions, and the catalog running when it stopped.
+  store, takes up the same shards and partitions, and the catalog running when it stopped;
+  the shards it creates wait for the nodes to host them no denser than they were (takeup.py).
 - A store serves one cluster at a time: a start or a take-up first claims it for the cluster
   (ownership.py; the owner token outlives Ray's restarts of the controller), and fails with
   StoreInUse, before anything is written or started, while another cluster holds it. Once the
@@ -52,6 +53,7 @@ from kairos.cluster.control.rounds import ControlLoop
 from kairos.cluster.control.saved import STATE_KEY, state_blob, take_up
 from kairos.cluster.control.scaling import Scaling
 from kairos.cluster.control.status import cluster_status
+from kairos.cluster.control.takeup import nodes_to_host
 from kairos.cluster.longpoll import Changes
 from kairos.cluster.settings import DRAIN_UNREADY_S, LONG_POLL_S, RETIRE_GRACE_S, SHARDS_PER_CPU
 from kairos.cluster.shard.outcomes import outcome_secret
@@ -236,9 +238,8 @@ class Controller(ControlLoop, Catalogs, Scaling):
             await self.backend.kill_shard(name)
             await asyncio.to_thread(self.store.drop_journal, name)
         self.starting = set()
-        serving, starting = [], []
+        serving, starting, missing = [], [], []
         for name in [n for n in names if n in self.map.owners or n in kept]:
-            # one at a time: a shard created is placed by the ones before
             try:
                 health = await self.backend.shard(name).health()
             except Unavailable:
@@ -252,10 +253,16 @@ class Controller(ControlLoop, Catalogs, Scaling):
                 serving.append(name)
                 continue
             if health is None:
-                await self._create_shard(name)
+                missing.append(name)
             else:  # it answers, not serving yet (Ray restarted it, or it is rebuilding)
                 self.placement[name] = health.get("node")
             starting.append(name)
+        # not all on the first node back from a full restart (states saved before the density
+        # was kept have none: no wait)
+        await nodes_to_host(self.nodes, self.placement, len(missing), state.get("density"),
+                            self.store_claim)
+        for name in missing:  # one at a time: a shard created is placed by the ones before
+            await self._create_shard(name)
         served = asyncio.gather(*(self.endpoints.serve(name, self.nodes.spec,
                                                        self.placement[name])
                                   for name in serving), return_exceptions=True)

@@ -1,6 +1,7 @@
 """The controller's state as the store's meta keeps it (`Controller._save` writes it at every
 change; `Controller.resume` takes it up): the map, shard names (and those handed out to shards
-being created), catalogs, moves and replacements under way, watches and nodes."""
+being created), catalogs, moves and replacements under way, watches, nodes, and the most shards
+a node hosted (takeup.py)."""
 from __future__ import annotations
 
 from typing import Any
@@ -10,6 +11,7 @@ import msgpack
 from kairos.cluster.control.catalog_identity import VersionsRun
 from kairos.cluster.control.moves import moves_from_state, moves_to_state
 from kairos.cluster.control.partitions import PartitionMap
+from kairos.cluster.control.takeup import density
 
 STATE_KEY = "controller"  # the store meta holding the controller's state
 STATE_FORMAT = 1
@@ -33,6 +35,7 @@ def state_blob(controller: Any) -> bytes:
                       for name, sources in controller.replacing.items()},
         "evidence": [controller.evidence, controller.previous_evidence],
         "nodes": controller.nodes.to_state(),
+        "density": density(controller.placement),  # how a take-up places shards (takeup.py)
         "channel_watches": sorted((list(w) for w in controller.channel_watches), key=str)},
         use_bin_type=True)
 

@@ -1,0 +1,155 @@
+"""A full restart (a KubeRay Recreate upgrade, the head container restarted, a suspend and
+resume) takes the saved cluster up while only the head's node is back: the shards it creates
+wait until the alive nodes host them no denser than they were placed when the state was saved
+(takeup.py), or, past KAIROS_TAKEUP_NODES_WAIT_S, go on the nodes alive with a warning. Issue
+18: before, every shard went on the head, and a head sized for its share ran out of memory
+recovering them all. Without Ray (Actors)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+
+import msgpack
+import pytest
+
+from kairos.cluster.control import takeup
+from kairos.cluster.control.controller import IN_PROCESS_OWNER, Controller
+from kairos.cluster.control.saved import STATE_KEY
+from kairos.cluster.storage.ownership import StoreClaim
+from kairos.cluster.storage.store import StoreInUse
+
+from tests.support.waiting import until
+from tests.unit.control.actors import Actors, controller_on
+from tests.unit.control.test_store_claim import lose_claim
+
+SPREAD = {"node-a": 2, "node-b": 2, "node-c": 2}
+
+
+@pytest.fixture(autouse=True)
+def quick_polls(monkeypatch):
+    monkeypatch.setattr(takeup, "POLL_S", 0.01)
+
+
+async def fully_restarted(store: str) -> tuple[Actors, Controller]:
+    """6 shards saved 2 to a node on 3 nodes, then every process gone and only node-a (the
+    head) back; the backend and the controller that saved it."""
+    backend = Actors()
+    saved = await controller_on(backend, store, 6)
+    assert Counter(saved.placement.values()) == SPREAD
+    backend.shards.clear()
+    backend.node_names = ["node-a"]
+    return backend, saved
+
+
+def notices(caplog, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+
+def waiting(caplog, resuming: asyncio.Future, take: int) -> bool:
+    """Whether the take-up said it waits with the alive nodes taking `take` shards (or, as
+    without the wait, already ended)."""
+    return resuming.done() or bool(notices(caplog, f"serving nodes alive take {take}"))
+
+
+def test_the_shards_a_full_restart_creates_wait_for_the_nodes_to_host_them(tmp_path, caplog):
+    async def main():
+        backend, _ = await fully_restarted(str(tmp_path))
+        with caplog.at_level(logging.WARNING, logger="kairos.controller"):
+            resuming = asyncio.ensure_future(controller_on(backend, str(tmp_path), 6))
+            await until(lambda: waiting(caplog, resuming, 2), 10, "waiting for nodes")
+            backend.node_names.append("node-b")  # room for 4 of the 6: it waits on
+            await until(lambda: waiting(caplog, resuming, 4), 10, "waiting for one more")
+            backend.node_names.append("node-c")
+            controller = await resuming
+        assert Counter(controller.placement.values()) == SPREAD
+        assert Counter(backend.created_on[s] for s in controller.shards) == SPREAD
+        assert all(backend.shards[s] is not None for s in controller.shards)  # all started
+    asyncio.run(main())
+
+
+def test_nodes_that_never_come_leave_the_shards_on_those_alive_with_a_warning(
+        tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(takeup, "TAKEUP_NODES_WAIT_S", 0.2)
+
+    async def main():
+        backend, _ = await fully_restarted(str(tmp_path))
+        with caplog.at_level(logging.WARNING, logger="kairos.controller"):
+            controller = await controller_on(backend, str(tmp_path), 6)
+        assert Counter(controller.placement.values()) == {"node-a": 6}
+        assert all(backend.shards[s] is not None for s in controller.shards)
+        assert notices(caplog, "after 0.2 s the 1 serving nodes alive take 2 of the 6 shards "
+                               "to create at 2 a node")
+    asyncio.run(main())
+
+
+def test_a_state_saved_before_the_density_was_kept_is_taken_up_as_before(
+        tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(takeup, "TAKEUP_NODES_WAIT_S", 30.0)
+
+    async def main():
+        backend, saved = await fully_restarted(str(tmp_path))
+        state = msgpack.unpackb(saved.store.get_meta(STATE_KEY), raw=False)
+        del state["density"]
+        saved.store.put_meta(STATE_KEY, msgpack.packb(state, use_bin_type=True))
+        with caplog.at_level(logging.WARNING, logger="kairos.controller"):
+            controller = await controller_on(backend, str(tmp_path), 6)
+        assert Counter(controller.placement.values()) == {"node-a": 6}
+        assert not notices(caplog, "nodes alive take")
+    asyncio.run(main())
+
+
+def test_a_restarted_controller_whose_nodes_have_room_does_not_wait(tmp_path, caplog,
+                                                                    monkeypatch):
+    """Ray restarted the controller, and one shard with it: its node hosts it again at once."""
+    monkeypatch.setattr(takeup, "TAKEUP_NODES_WAIT_S", 30.0)
+
+    async def main():
+        backend = Actors()
+        saved = await controller_on(backend, str(tmp_path), 6)
+        gone = saved.shards[4]
+        await backend.kill_shard(gone)
+        with caplog.at_level(logging.WARNING, logger="kairos.controller"):
+            controller = Controller(backend, n_partitions=64, store_url=str(tmp_path))
+            assert await controller.resume()
+        assert controller.placement == saved.placement and backend.shards[gone] is not None
+        assert not notices(caplog, "nodes alive take")
+    asyncio.run(main())
+
+
+def test_a_controller_killed_while_it_waits_leaves_the_next_one_to_wait_again(tmp_path,
+                                                                              caplog):
+    async def main():
+        backend, saved = await fully_restarted(str(tmp_path))
+        blob = saved.store.get_meta(STATE_KEY)
+        with caplog.at_level(logging.WARNING, logger="kairos.controller"):
+            resuming = asyncio.ensure_future(controller_on(backend, str(tmp_path), 6))
+            await until(lambda: waiting(caplog, resuming, 2), 10, "waiting for nodes")
+            resuming.cancel()  # its process dies
+            await asyncio.wait([resuming])
+            assert not backend.shards and saved.store.get_meta(STATE_KEY) == blob
+            caplog.clear()
+            resuming = asyncio.ensure_future(controller_on(backend, str(tmp_path), 6))
+            await until(lambda: waiting(caplog, resuming, 2), 10, "waiting again")
+            backend.node_names += ["node-b", "node-c"]
+            controller = await resuming
+        assert Counter(controller.placement.values()) == SPREAD
+    asyncio.run(main())
+
+
+def test_a_claim_lost_while_the_take_up_waits_creates_no_shard(tmp_path, caplog, monkeypatch):
+    async def main():
+        backend, _ = await fully_restarted(str(tmp_path))
+        controller = backend.local_controller = Controller(backend, n_partitions=64,
+                                                           store_url=str(tmp_path))
+        controller.store_claim = StoreClaim(controller.store, IN_PROCESS_OWNER, lease_s=1.0,
+                                            renew_s=0.1)
+        with caplog.at_level(logging.WARNING, logger="kairos.controller"):
+            resuming = asyncio.ensure_future(controller.start(6))
+            await until(lambda: waiting(caplog, resuming, 2), 10, "waiting for nodes")
+            lose_claim(controller, monkeypatch)
+            await until(resuming.done, 10, "the take-up ended")
+        with pytest.raises(StoreInUse, match="another Kairos cluster"):
+            await resuming
+        assert not backend.shards and controller.map is None
+    asyncio.run(main())
