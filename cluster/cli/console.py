@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from kairos.cluster.cli import local
+from kairos.cluster.cli import local, private
 from kairos.cluster.cli.remote import INSECURE_ENV, channel_refusal
 from kairos.cluster.secret_files import SecretFileError, check_secret_file
 from kairos.cluster.cli.targets import port, port_or_zero
@@ -155,7 +155,7 @@ def spawn(args: argparse.Namespace, run: local.Run) -> None:
     elif args.insecure:  # `up` was told to serve plaintext: its own console calls it so
         env.setdefault(INSECURE_ENV, "1")
     log = local.home() / CONSOLE_LOG
-    with open(log, "a") as out:
+    with private.fresh_log(log) as out:  # this run's output only: its last lines are said
         process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     run.sessions.append(process.pid)

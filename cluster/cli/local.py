@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
 import psutil
 
@@ -129,8 +129,11 @@ class Run:
 
 
 def read_run() -> Run | None:
+    """The run recorded in $KAIROS_HOME, a directory of this user's that no one else may write,
+    in a file of this user's (SystemExit otherwise); None when none is."""
     try:
-        data = json.loads((home() / RUN_FILE).read_text())
+        private.check_dir(home(), os.stat(home()), f"${HOME_ENV}")
+        data = json.loads(private.read_own(home() / RUN_FILE))
         return Run(**{"token": "", **data})  # "": recorded before runs had tokens
     except FileNotFoundError:
         return None
@@ -143,11 +146,7 @@ def read_run() -> Run | None:
 
 
 def write_run(run: Run) -> None:
-    path = home() / RUN_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(dataclasses.asdict(run), indent=1))
-    os.replace(tmp, path)
+    private.write_own(own_home() / RUN_FILE, json.dumps(dataclasses.asdict(run), indent=1))
 
 
 def forget() -> None:
@@ -159,11 +158,10 @@ def forget() -> None:
 def up_lock() -> Iterator[None]:
     """One `kairos up` or `down` at a time per KAIROS_HOME; a second one fails at once."""
     try:
-        home().mkdir(parents=True, exist_ok=True)
-        f = open(home() / LOCK_FILE, "w")
+        f = os.fdopen(private.lock_file(own_home() / LOCK_FILE))
     except OSError as exc:
-        raise SystemExit(f"error: {exc.filename}: {exc.strerror} (${HOME_ENV} must be a "
-                         f"directory this user may write)") from None
+        raise SystemExit(f"error: {home() / LOCK_FILE}: {exc.strerror} (${HOME_ENV} must be a "
+                         f"directory this user may write, {LOCK_FILE} a file)") from None
     with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -327,19 +325,20 @@ def start_ray(run: Run, dashboard_port: int | None) -> None:
     else:
         head += ["--include-dashboard=true", f"--dashboard-host={LOOPBACK}",
                  f"--dashboard-port={dashboard_port}"]
-    _ray_start(run, head, env)
-    for _ in range(run.nodes - 1):
-        _ray_start(run, [f"--address={run.ray_address}", "--dashboard-agent-listen-port=0"],
-                   env)
-
-
-def _ray_start(run: Run, args: list[str], env: dict[str, str]) -> None:
     log = home() / START_LOG
-    with open(log, "a") as err:
-        process = subprocess.Popen(
-            [_ray_cli(), "start", f"--temp-dir={run.temp_dir}", "--disable-usage-stats", *args],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-            start_new_session=True)  # its session holds every process of this node
+    with private.fresh_log(log) as err:  # this run's output only: its last lines are said
+        _ray_start(run, head, env, err)
+        for _ in range(run.nodes - 1):
+            _ray_start(run, [f"--address={run.ray_address}", "--dashboard-agent-listen-port=0"],
+                       env, err)
+
+
+def _ray_start(run: Run, args: list[str], env: dict[str, str], err: IO[str]) -> None:
+    log = home() / START_LOG
+    process = subprocess.Popen(
+        [_ray_cli(), "start", f"--temp-dir={run.temp_dir}", "--disable-usage-stats", *args],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+        start_new_session=True)  # its session holds every process of this node
     run.sessions.append(process.pid)
     write_run(run)
     try:

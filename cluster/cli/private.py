@@ -41,7 +41,7 @@ def check_dir(path: Path, st: os.stat_result, what: str, closed: int = 0o022) ->
     `closed` (default: group and others may not write it)."""
     mode = stat.S_IMODE(st.st_mode)
     if not stat.S_ISDIR(st.st_mode):
-        raise SystemExit(f"error: {path} is not a directory ({what} must be one)")
+        raise SystemExit(f"error: {path} is not a directory: {what} must be a directory")
     if st.st_uid != os.geteuid():
         raise SystemExit(f"error: {path} is owned by uid {st.st_uid}, not by this user (uid "
                          f"{os.geteuid()}): {what} must be this user's own directory")

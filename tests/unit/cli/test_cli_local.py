@@ -5,8 +5,10 @@ stops that fail, errors without tracebacks. Ray's start is stubbed out: nothing 
 Ray."""
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
+import socket
 import stat
 import tempfile
 from pathlib import Path
@@ -147,3 +149,104 @@ def test_a_private_folder_in_a_shared_one_is_refused_unless_it_is_closed_and_no_
     with pytest.raises(SystemExit, match=said):
         private.own_dir(folder, "the folder of Ray's temp dir", closed=0o077)
     assert private.own_dir(shared / "new", "the folder", closed=0o077) == shared / "new"
+
+
+# -- 3: the files in KAIROS_HOME -----------------------------------------------------------------
+
+def test_a_link_planted_as_the_lock_is_not_followed(home, capsys):
+    """`ln -s victim $H/up.lock; kairos down` emptied the victim (the lock was opened "w")."""
+    home.mkdir(mode=0o700)
+    victim = home.parent / "victim"
+    victim.write_text("precious")
+    (home / "up.lock").symlink_to(victim)
+    with pytest.raises(SystemExit, match="up.lock: Too many levels of symbolic links"):
+        main(["down"])
+    assert victim.read_text() == "precious"
+
+
+def test_kairos_home_is_made_for_this_user_only(home, capsys):
+    assert main(["down"]) == 0
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("command", [["down"], ["status"]])
+def test_a_kairos_home_others_may_write_is_refused(home, command):
+    home.mkdir()
+    home.chmod(0o777)
+    with pytest.raises(SystemExit, match=f"error: {home} has mode 0777: other users could"):
+        main(command)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory away takes root")
+def test_a_kairos_home_of_another_user_is_refused(home):
+    home.mkdir(mode=0o700)
+    os.chown(home, 12345, -1)
+    with pytest.raises(SystemExit, match=f"error: {home} is owned by uid 12345, not by this"):
+        main(["down"])
+
+
+def test_the_record_is_this_users_only_and_written_through_no_fixed_name(home):
+    home.mkdir(mode=0o700)
+    victim = home.parent / "victim"
+    victim.write_text("precious")
+    (home / "run.tmp").symlink_to(victim)  # the fixed temp name the record was written to
+    run = local.Run(ray_address="127.0.0.1:1", temp_dir="/tmp/r", sessions=[], started=0,
+                    loopback=True, auth_mode="token")
+    local.write_run(run)
+    assert victim.read_text() == "precious"
+    assert stat.S_IMODE((home / "run.json").stat().st_mode) == 0o600
+    assert local.read_run() == run
+    assert sorted(p.name for p in home.iterdir()) == ["run.json", "run.tmp"]
+
+
+def test_a_record_that_is_a_link_is_not_read(home):
+    home.mkdir(mode=0o700)
+    elsewhere = home.parent / "elsewhere.json"
+    elsewhere.write_text("{}")
+    (home / "run.json").symlink_to(elsewhere)
+    with pytest.raises(SystemExit, match="run.json: Too many levels of symbolic links"):
+        main(["status"])
+
+
+def test_ray_starts_log_holds_this_run_only_and_is_this_users_only(home, tmp_path,
+                                                                    monkeypatch):
+    """Appended across runs, the lines a failed start showed could be an earlier run's."""
+    failing = tmp_path / "ray"
+    failing.write_text("#!/bin/sh\necho \"this run's failure: $1\" >&2\nexit 1\n")
+    failing.chmod(0o700)
+    monkeypatch.setattr(local, "_ray_cli", lambda: str(failing))
+    home.mkdir(mode=0o700)
+    log = home / local.START_LOG
+    log.write_text("an earlier run's failure\n")
+    log.chmod(0o644)
+    run = local.Run(ray_address="127.0.0.1:1", temp_dir="/tmp/r", sessions=[], started=0,
+                    loopback=True, auth_mode="token")
+    with pytest.raises(local.StartFailed) as failed:
+        local.start_ray(run, None)
+    assert "this run's failure: start" in str(failed.value)
+    assert "earlier" not in str(failed.value) and "earlier" not in log.read_text()
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    log.unlink()
+    log.symlink_to(tmp_path / "victim")
+    with pytest.raises(OSError, match="Too many levels of symbolic links"):
+        local.start_ray(run, None)
+    assert not (tmp_path / "victim").exists()
+
+
+def test_the_consoles_log_holds_this_run_only(home):
+    from kairos.cluster.cli import console
+    home.mkdir(mode=0o700)
+    (home / console.CONSOLE_LOG).write_text("an earlier run's failure\n")
+    args = argparse.Namespace(tls_client_ca=None, keys=None, tls_cert=None, tls_key=None,
+                              insecure=False)
+    run = local.Run(ray_address="127.0.0.1:1", temp_dir="/tmp/r", sessions=[], started=0,
+                    loopback=True, auth_mode="token", gateways=["127.0.0.1:1"])
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        args.console_port = other.getsockname()[1]
+        with pytest.raises(local.StartFailed, match="(?s)the console did not start.*in use") \
+                as failed:
+            console.spawn(args, run)
+    assert "earlier" not in str(failed.value)
+    assert stat.S_IMODE((home / console.CONSOLE_LOG).stat().st_mode) == 0o600
