@@ -3,29 +3,44 @@ as Markdown for people, and as a plot (PNG, when matplotlib is installed: `pip i
 kairos-nba[report]`; without it the Markdown says so and nothing else changes)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 ESTIMATORS = (("ips", "IPS"), ("snips", "SNIPS"), ("dr", "doubly robust"))
 REWARD_NAMES = {"accept": "accept rate", "value": "value per decision"}
 PLOT_MISSING = "no plot: matplotlib is not installed (pip install 'kairos-nba[report]')"
-FILES = ("replay.json", "replay.md", "replay.png", "replay.json.partial")  # what write() makes
+FILES = ("replay.json", "replay.md", "replay.png")  # what write() makes
 
 
 def write(evidence: dict[str, Any], out: Path) -> list[Path]:
-    """replay.json, replay.md and (with matplotlib) replay.png in `out`; the paths written."""
+    """replay.json, replay.md and (with matplotlib) replay.png in `out`; the paths written.
+    Each is written under a name of its own (made anew, 0600) and renamed, so it is whole or
+    absent (`kairos catalog push --evidence` reads the JSON), and a link planted in a shared
+    folder under a report's name is replaced, not followed."""
     out.mkdir(parents=True, exist_ok=True)
-    data, md, plot, partial = (out / name for name in FILES)
-    # whole or not at all (`partial` renamed): `kairos catalog push --evidence` reads it
-    partial.write_text(json_text(evidence), encoding="utf-8")
-    os.replace(partial, data)
+    data, md, plot = (out / name for name in FILES)
+    _replaced(data, lambda f: f.write(json_text(evidence).encode()))
     plotted = _plot(evidence, plot)
-    md.write_text(markdown(evidence, plot.name if plotted else None), encoding="utf-8")
+    _replaced(md, lambda f: f.write(markdown(evidence, plot.name if plotted else None).encode()))
     return [data, md, plot] if plotted else [data, md]
+
+
+def _replaced(path: Path, fill: Callable[[BinaryIO], Any]) -> None:
+    """`path` made whole by `fill` writing a new file beside it, renamed over it."""
+    fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fill(f)
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
+        raise
 
 
 def unwritable(out: Path) -> str | None:
@@ -174,6 +189,11 @@ def _plot(evidence: dict[str, Any], path: Path) -> bool:
     rewards = list(evidence["estimates"])
     if not rewards:
         return False
+    _replaced(path, lambda f: _draw(plt, evidence, rewards, f))
+    return True
+
+
+def _draw(plt: Any, evidence: dict[str, Any], rewards: list[str], f: BinaryIO) -> None:
     fig, axes = plt.subplots(1, len(rewards) + 1, figsize=(5 * (len(rewards) + 1), 4))
     for ax, reward in zip(axes, rewards):
         estimates = evidence["estimates"][reward]
@@ -196,6 +216,5 @@ def _plot(evidence: dict[str, Any], path: Path) -> bool:
     ax.set_title("first-slot share by action")
     ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(f, dpi=100, format="png")
     plt.close(fig)
-    return True
