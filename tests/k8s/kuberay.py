@@ -118,3 +118,9 @@ def refusals(rc: dict) -> list[str]:
         if spec.get(field) is not None:
             found.append(f"spec.{field} requires the {gate} feature gate to be enabled")
     return found
+
+
+# The Role KubeRay v1.7.0 creates for the autoscaler's ServiceAccount (ray-operator/
+# controllers/ray/common/rbac.go, BuildRole): resource -> verbs, in its order.
+AUTOSCALER_ROLE = {"pods": ("get", "list", "watch", "patch"), "pods/resize": ("patch",),
+                   "rayclusters": ("get", "patch")}

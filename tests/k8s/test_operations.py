@@ -187,10 +187,15 @@ def test_rays_rotated_logs_fit_the_logs_volume(overlay):
 # -- probes ----------------------------------------------------------------------------------
 
 def controller_settings(overlay: str, *names: str) -> dict[str, float]:
-    """settings.py's values as the head's pod has them: imported with the head container's
-    literal KAIROS_ variables and no other (those of this test run included)."""
+    """settings.py's values as the head's pod has them."""
+    return container_settings(head(overlay)["spec"]["containers"][0], *names)
+
+
+def container_settings(container: dict, *names: str) -> dict[str, float]:
+    """settings.py's values as a process in `container` has them: imported with the
+    container's literal KAIROS_ variables and no other (those of this test run included)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAIROS_")}
-    env.update({e["name"]: e["value"] for e in head(overlay)["spec"]["containers"][0]["env"]
+    env.update({e["name"]: e["value"] for e in container["env"]
                 if e["name"].startswith("KAIROS_") and "$(" not in e.get("value", "$(")})
     code = ("import json, sys; from kairos.cluster import settings; "
             "print(json.dumps({n: getattr(settings, n) for n in sys.argv[1:]}))")
