@@ -354,9 +354,25 @@ def refused_target(target: str) -> str | None:
 
 
 def default_target(gateway_port: int) -> str:
-    """The first gateway `kairos up` recorded on this KAIROS_HOME, else 127.0.0.1:port."""
-    run = local.read_run()
-    return run.gateways[0] if run and run.gateways else f"{local.LOOPBACK}:{gateway_port}"
+    """The first gateway `kairos up` recorded on this KAIROS_HOME, once a process of its run
+    is seen to listen there; else 127.0.0.1:port where no API key is to be sent. SystemExit
+    otherwise: the key goes only to a Kairos known to be there, or to a --target the user
+    names (a record outlives a reboot, and a port of a Kairos gone is anyone's)."""
+    run, recorded = local.read_run(), local.home() / local.RUN_FILE
+    if run and run.gateways:
+        target = run.gateways[0]
+        port = targets.split_target(target)[1]
+        if not any(local.listens(proc.pid, port) for proc in local.processes(run)):
+            raise SystemExit(f"{NOT_RUNNING} here: no process of the Kairos recorded in "
+                             f"{recorded} listens on {target} (`kairos down` clears a stale "
+                             f"record); --target names a gateway to call")
+        return target
+    if remote.api_key_from_env():
+        raise SystemExit(f"{NOT_RUNNING} here: nothing is recorded in {recorded}, and the API "
+                         f"key goes only to a gateway `kairos up` recorded or one --target "
+                         f"names (--target {local.LOOPBACK}:{gateway_port} for whatever "
+                         f"listens there: a port-forward, a tunnel)")
+    return f"{local.LOOPBACK}:{gateway_port}"
 
 
 def main(argv: list[str] | None = None) -> int:

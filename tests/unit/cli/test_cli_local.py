@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import socket
 import stat
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -250,3 +254,55 @@ def test_the_consoles_log_holds_this_run_only(home):
             console.spawn(args, run)
     assert "earlier" not in str(failed.value)
     assert stat.S_IMODE((home / console.CONSOLE_LOG).stat().st_mode) == 0o600
+
+
+# -- 4: the API key goes to a Kairos known to be there -------------------------------------------
+
+LISTEN = ("import socket, sys, time; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); "
+          "print(s.getsockname()[1], flush=True); time.sleep(300)")
+
+
+def recorded(gateway: str, sessions: list[int], token: str) -> local.Run:
+    run = local.Run(ray_address="127.0.0.1:1", temp_dir="/tmp/r", sessions=sessions,
+                    started=time.time() - 60, loopback=True, auth_mode="token",
+                    gateways=[gateway], token=token)
+    local.write_run(run)
+    return run
+
+
+def test_the_key_is_not_sent_to_a_stranger_on_a_recorded_gateways_port(home, monkeypatch,
+                                                                        capsys):
+    """A record that outlived its Kairos (a reboot, say): whoever listens on its port now would
+    have been sent KAIROS_API_KEY in clear."""
+    monkeypatch.setenv("KAIROS_API_KEY", "the-secret-key")
+    with socket.socket() as stranger:
+        stranger.bind(("127.0.0.1", 0))
+        stranger.listen()
+        recorded(f"127.0.0.1:{stranger.getsockname()[1]}", [os.getsid(0)], "a-token")
+        with pytest.raises(SystemExit, match="Kairos is not running here: no process of the "
+                                             "Kairos recorded in .* listens on 127.0.0.1"):
+            main(["status"])
+        stranger.setblocking(False)
+        with pytest.raises(BlockingIOError):  # no connection was made
+            stranger.accept()
+
+
+def test_a_recorded_gateway_its_run_listens_on_is_the_default_target(home):
+    token = secrets.token_hex(8)
+    env = {**os.environ, local.TOKEN_ENV: token}
+    gateway = subprocess.Popen([sys.executable, "-c", LISTEN], env=env, stdout=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    try:
+        target = f"127.0.0.1:{gateway.stdout.readline().strip()}"
+        recorded(target, [gateway.pid], token)
+        assert cli.default_target(50051) == target
+    finally:
+        gateway.kill()
+        gateway.wait()
+
+
+def test_with_nothing_recorded_the_key_goes_only_to_a_named_target(home, monkeypatch):
+    assert cli.default_target(50051) == "127.0.0.1:50051"  # no key: as before
+    monkeypatch.setenv("KAIROS_API_KEY", "the-secret-key")
+    with pytest.raises(SystemExit, match="nothing is recorded in .*--target 127.0.0.1:50051"):
+        main(["status"])
