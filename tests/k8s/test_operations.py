@@ -221,12 +221,13 @@ def startup_budget_s(probe: dict) -> int:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_startup_probes_outlast_a_start_that_recovers_shards(overlay):
     """The head's gateway answers after Ray's GCS (kairos-head.sh waits up to GCS_WAIT_S),
+    the wait for the nodes that host the shards a restart brings back (TAKEUP_NODES_WAIT_S),
     the shards' recovery from the store (up to SHARD_START_S) and the gateways' start; a
     worker's gateway starts after the same shards. A startup probe that gives up sooner
     restarts the head, the GCS with it, and recovery starts over."""
-    values = controller_settings(overlay, "SHARD_START_S", "GATEWAY_START_S")
-    need = gcs_wait_s(overlay) + values["SHARD_START_S"] + values["GATEWAY_START_S"] \
-        + STARTUP_SLACK_S
+    values = controller_settings(overlay, "TAKEUP_NODES_WAIT_S", "SHARD_START_S",
+                                 "GATEWAY_START_S")
+    need = gcs_wait_s(overlay) + sum(values.values()) + STARTUP_SLACK_S
     for name, group in ray_groups(overlay):
         probe = group["template"]["spec"]["containers"][0]["startupProbe"]
         assert startup_budget_s(probe) >= need, \
