@@ -3,8 +3,11 @@ prefixed KAIROS_ (`KAIROS_TICK_S=0.05`), checked when this module is imported: a
 is not a number, or is out of its range (a tick of 0 s, a queue of 0 requests), fails with
 the variable's name, so a mistyped deployment stops at start instead of misbehaving.
 
-Ray's workers inherit the environment of the process that starts Ray, so an override set
-before `kairos up` (or before a test starts its cluster) reaches every actor.
+Each node's Ray workers inherit the environment of the process that started Ray on that node:
+an override set before `kairos up` (or before a test starts its cluster) reaches every actor of
+its nodes, but on a cluster whose nodes each run their own `ray start` (KubeRay's pods), a
+setting the shards or gateways read must be set on every node alike (k8s/README.md, "Settings by
+node").
 """
 from __future__ import annotations
 
