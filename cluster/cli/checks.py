@@ -34,16 +34,10 @@ class Refused(Exception):
 def checked_inputs(args: argparse.Namespace) -> str | None:
     """What can be wrong before anything starts (options, files, the catalog); the catalog's
     text (None: the default). Refused otherwise."""
-    from kairos.cluster.gateway.admin import MAX_SHARDS  # ScaleShards' bound
     from kairos.cluster.gateway.auth import KEYS_ENV, Auth, is_loopback
     from kairos.cluster.storage.providers import REDIS_SCHEMES, open_store
 
-    if not 1 <= args.shards <= MAX_SHARDS:
-        raise Refused(f"error: --shards must be 1..{MAX_SHARDS}, got {args.shards}", 2)
-    nodes = getattr(args, "nodes", 1)  # `up`'s
-    if not 1 <= nodes <= MAX_NODES:
-        raise Refused(f"error: --nodes must be 1..{MAX_NODES} (Ray nodes on this machine), got "
-                      f"{nodes}", 2)
+    refuse_counts(args)
     if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
         raise Refused("--tls-cert and --tls-key go together (and --tls-client-ca needs them)",
                       2)
@@ -83,6 +77,19 @@ def checked_inputs(args: argparse.Namespace) -> str | None:
     if "ray_temp_dir" in args:  # up's: the default chosen
         args.ray_temp_dir = _checked_temp_dir(args.ray_temp_dir)
     return catalog_text
+
+
+def refuse_counts(args: argparse.Namespace) -> None:
+    """Refused: --shards or `up`'s --nodes out of bounds (first: what loops over them, as
+    given_ports does, would otherwise run as long as they say)."""
+    from kairos.cluster.gateway.admin import MAX_SHARDS  # ScaleShards' bound
+
+    if not 1 <= args.shards <= MAX_SHARDS:
+        raise Refused(f"error: --shards must be 1..{MAX_SHARDS}, got {args.shards}", 2)
+    nodes = getattr(args, "nodes", 1)  # `up`'s
+    if not 1 <= nodes <= MAX_NODES:
+        raise Refused(f"error: --nodes must be 1..{MAX_NODES} (Ray nodes on this machine), got "
+                      f"{nodes}", 2)
 
 
 def _refuse_store_password(store: str) -> None:

@@ -100,8 +100,9 @@ def validate(paths: list[str]) -> int:
 
 
 def up(args: argparse.Namespace) -> int:
-    ports = checks.given_ports(args)
     try:
+        checks.refuse_counts(args)
+        ports = checks.given_ports(args)
         checks.refuse_shared_ports(args, ports)
         catalog_text = checked_inputs(args)
         checks.refuse_long_temp_dir(args.ray_temp_dir)

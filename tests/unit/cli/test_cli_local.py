@@ -306,3 +306,15 @@ def test_with_nothing_recorded_the_key_goes_only_to_a_named_target(home, monkeyp
     monkeypatch.setenv("KAIROS_API_KEY", "the-secret-key")
     with pytest.raises(SystemExit, match="nothing is recorded in .*--target 127.0.0.1:50051"):
         main(["status"])
+
+
+# -- 5: bounds first -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("options, said", [
+    (["--nodes", "1000000"], "--nodes must be 1..16 (Ray nodes on this machine), got 1000000"),
+    (["--nodes", "0"], "--nodes must be 1..16"), (["--shards", "100000000"], "--shards must be")])
+def test_node_and_shard_counts_are_bounded_before_anything_loops_over_them(
+        home, nothing_starts, capsys, options, said):
+    """`up --nodes 10000000000` made a list of a gateway port per node before the bound."""
+    assert main(["up", "--no-dashboard", "--console-port", "0", *options]) == 2
+    assert said in capsys.readouterr().err
