@@ -450,10 +450,21 @@ def name_of(proc: psutil.Process) -> str:
         return ""
 
 
-def terminate(run: Run) -> tuple[int, int]:
+def stop(run: Run) -> tuple[int, list[int]]:
+    """terminate() the run, then forget Ray's address file and, once none of its processes is
+    left, its record: one that would not stop keeps it, for `kairos down` to try again. (the
+    processes stopped, the ids of those that would not die)."""
+    count, stuck = terminate(run)
+    forget_ray_address(run)
+    if not stuck:
+        forget()
+    return count, stuck
+
+
+def terminate(run: Run) -> tuple[int, list[int]]:
     """Stop every process of the run's sessions: SIGTERM (the GCS last, as `ray stop` does:
     the others would otherwise spin reconnecting to it), SIGKILL after a grace period.
-    (processes stopped, processes that would not die)."""
+    (the processes stopped, the ids of those that would not die)."""
     stopped: set[int] = set()
     left: list[psutil.Process] = []
     proven: set[int] = set()
@@ -470,7 +481,7 @@ def terminate(run: Run) -> tuple[int, int]:
         left = _wait(gcs, 1.0) + rest
         _signal(left, signal.SIGKILL)
         left = _wait(left, KILL_WAIT_S)
-    return len(stopped), len(left)
+    return len(stopped), [p.pid for p in left]
 
 
 def forget_ray_address(run: Run) -> None:

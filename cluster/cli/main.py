@@ -148,14 +148,12 @@ def up(args: argparse.Namespace) -> int:
         try:
             _start(args, run, catalog_text)
         except BaseException as exc:  # stop what started, whatever went wrong (^C too)
-            local.terminate(run)
-            local.forget_ray_address(run)
-            local.forget()
+            done = "not all of what had started stopped" if _stop(run)[1] else \
+                "stopped what had started"
             if not isinstance(exc, Exception):
-                print("\ninterrupted: stopped what had started", file=sys.stderr)
+                print(f"\ninterrupted: {done}", file=sys.stderr)
                 return 130
-            print(f"error: Kairos did not start: {exc}\n(stopped what had started)",
-                  file=sys.stderr)
+            print(f"error: Kairos did not start: {exc}\n({done})", file=sys.stderr)
             return 1
     print(up_message(args, run))
     if run.auth_mode == "disabled":
@@ -195,9 +193,7 @@ def _start(args: argparse.Namespace, run: local.Run, catalog_text: str | None) -
     from kairos.cluster.control.endpoints import endpoint
 
     def stop_ray() -> None:  # from the watchdog's thread: this one is stuck in ray.init
-        local.terminate(run)
-        local.forget_ray_address(run)
-        local.forget()
+        _stop(run)
 
     reach = local.LOOPBACK if args.host in EVERY_ADDRESS else args.host
     # node i's gateway on port + i: every node of `kairos up` is on this machine
@@ -310,14 +306,9 @@ def down(args: argparse.Namespace) -> int:
         else:
             gone = ""
         stopped_runtime = None if gone else graceful.stop_runtime(run)
-        count, stuck = local.terminate(run)
-        local.forget_ray_address(run)
+        count, stuck = _stop(run)
         if stuck:
-            print(f"error: {stuck} of Kairos's Ray processes would not stop (sessions "
-                  f"{run.sessions}); its record stays in {local.home() / local.RUN_FILE}",
-                  file=sys.stderr)
             return 1
-        local.forget()
     took = f"({time.monotonic() - began:.1f} s)"
     if stopped_runtime is not None:
         print(f"Kairos is down: stopped the gateways on {', '.join(run.gateways) or '(none)'}, "
@@ -329,6 +320,16 @@ def down(args: argparse.Namespace) -> int:
         print(f"Kairos is down: {why}, so its processes were stopped without it: Ray's "
               f"{count} processes at {run.ray_address} {took}")
     return 0
+
+
+def _stop(run: local.Run) -> tuple[int, list[int]]:
+    """local.stop(run), saying which processes would not stop (the record then stays)."""
+    count, stuck = local.stop(run)
+    if stuck:
+        print(f"error: {len(stuck)} of Kairos's Ray processes would not stop (processes "
+              f"{', '.join(map(str, stuck))} of sessions {run.sessions}); its record stays in "
+              f"{local.home() / local.RUN_FILE}: `kairos down` tries again", file=sys.stderr)
+    return count, stuck
 
 
 def _say_strangers(run: local.Run) -> None:

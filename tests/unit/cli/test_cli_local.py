@@ -318,3 +318,43 @@ def test_node_and_shard_counts_are_bounded_before_anything_loops_over_them(
     """`up --nodes 10000000000` made a list of a gateway port per node before the bound."""
     assert main(["up", "--no-dashboard", "--console-port", "0", *options]) == 2
     assert said in capsys.readouterr().err
+
+
+# -- 6: a record is kept while its processes live ------------------------------------------------
+
+@pytest.fixture
+def would_not_stop(monkeypatch):
+    """terminate() as it ends when a process outlives SIGKILL (one in uninterruptible sleep,
+    say, which no test can make): the process 4242 left."""
+    monkeypatch.setattr(local, "terminate", lambda run: (3, [4242]))
+
+
+@pytest.mark.parametrize("failure, status", [(local.StartFailed("no"), 1),
+                                             (KeyboardInterrupt(), 130)])
+def test_an_up_that_fails_keeps_its_record_when_its_processes_would_not_stop(
+        home, environment, would_not_stop, monkeypatch, capsys, failure, status):
+    def start_ray(run, dashboard_port):
+        run.sessions.append(4242)
+        local.write_run(run)
+        raise failure
+    monkeypatch.setattr(local, "start_ray", start_ray)
+    assert main(up()) == status
+    err = capsys.readouterr().err
+    assert "1 of Kairos's Ray processes would not stop (processes 4242 of sessions [4242])" in err
+    assert "not all of what had started stopped" in err
+    assert local.read_run().sessions == [4242]
+
+
+def test_down_names_the_processes_that_would_not_stop(home, would_not_stop, capsys):
+    token = secrets.token_hex(8)
+    carrier = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
+                               env={**os.environ, local.TOKEN_ENV: token},
+                               start_new_session=True)
+    try:
+        recorded(f"127.0.0.1:{local.free_port()}", [carrier.pid], token)
+        assert main(["down"]) == 1
+        assert "would not stop (processes 4242 of sessions" in capsys.readouterr().err
+        assert local.read_run().sessions == [carrier.pid]
+    finally:
+        carrier.kill()
+        carrier.wait()
