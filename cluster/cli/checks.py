@@ -16,6 +16,7 @@ from kairos.core.compiler import compile_catalog
 from kairos.core.errors import CatalogError
 
 from kairos.cluster.cli import local, operate, private
+from kairos.cluster.cli.remote import not_text
 from kairos.cluster.secret_files import SecretFileError, check_secret_file
 from kairos.cluster.storage.store import redact  # light: no store's client is imported
 
@@ -48,13 +49,13 @@ def checked_inputs(args: argparse.Namespace) -> str | None:
     except SecretFileError as exc:
         raise Refused(f"error: {exc}", 2) from None
     try:
-        catalog_text = operate.read_text(args.catalog) if args.catalog else None
+        catalog_text = _read(args.catalog, "--catalog") if args.catalog else None
         if catalog_text is not None:
             _warn_of_refusals(compile_catalog(load_catalog(catalog_text, args.catalog,
                                                            strict=False)).catalog)
         # checked here, read again by each gateway from the file (or the variable, which Ray's
         # processes inherit): secrets never travel as Ray task arguments
-        auth = Auth.load(operate.read_text(args.keys) if args.keys else os.environ.get(KEYS_ENV))
+        auth = Auth.load(_read(args.keys, "--keys") if args.keys else os.environ.get(KEYS_ENV))
         if args.tls_cert:
             _load_tls(args.tls_cert, args.tls_key, args.tls_client_ca)
         if args.store.startswith(REDIS_SCHEMES):  # its parameters; no connection
@@ -77,6 +78,14 @@ def checked_inputs(args: argparse.Namespace) -> str | None:
     if "ray_temp_dir" in args:  # up's: the default chosen
         args.ray_temp_dir = _checked_temp_dir(args.ray_temp_dir)
     return catalog_text
+
+
+def _read(path: str, option: str) -> str:
+    """The text of an option's file; Refused, naming them, when it is not UTF-8."""
+    try:
+        return operate.read_text(path)
+    except UnicodeDecodeError as exc:
+        raise Refused(f"error: {option} {path}: {not_text(exc)}", 1) from None
 
 
 def refuse_counts(args: argparse.Namespace) -> None:

@@ -91,6 +91,10 @@ def validate(paths: list[str]) -> int:
             print(f"error: {path}: {exc.strerror}", file=sys.stderr)
             failed += 1
             continue
+        except UnicodeDecodeError as exc:
+            print(f"error: {path}: {remote.not_text(exc)}", file=sys.stderr)
+            failed += 1
+            continue
         cat = compiled.catalog
         print(f"{path}: ok — catalog '{cat.name}' version {cat.version}: "
               f"{len(cat.actions)} actions in {len(compiled.group_names)} groups, "
@@ -386,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # what it did not read it did not want: no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except KeyboardInterrupt:  # ^C in status, demo, a log export: the user's, no traceback
+        return 130
 
 
 def _main(argv: list[str] | None) -> int:

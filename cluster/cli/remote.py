@@ -121,6 +121,13 @@ def api_key_from_env() -> str | None:
         raise SystemExit(f"error: {exc}") from None
     except OSError as exc:
         raise SystemExit(f"error: {KEY_FILE_ENV} {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise SystemExit(f"error: {KEY_FILE_ENV} {path}: {not_text(exc)}") from None
+
+
+def not_text(exc: UnicodeDecodeError) -> str:
+    """What a file that should hold UTF-8 text (a key, YAML) and does not is said to be."""
+    return f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
 
 
 Customer = str | tuple[str, str]  # a customer id, or an alias (type, value)

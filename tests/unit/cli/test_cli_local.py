@@ -9,6 +9,7 @@ import argparse
 import os
 import secrets
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -358,3 +359,55 @@ def test_down_names_the_processes_that_would_not_stop(home, would_not_stop, caps
     finally:
         carrier.kill()
         carrier.wait()
+
+
+# -- 7: errors, not tracebacks -------------------------------------------------------------------
+
+BINARY = b"\xff\xfe\x00keys"
+
+
+def test_validating_a_file_that_is_not_text_names_it(tmp_path, capsys):
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(BINARY)
+    assert main(["catalog", "validate", str(binary)]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: {binary}: not UTF-8 text (byte 0xff at offset 0)")
+
+
+def test_an_api_key_file_that_is_not_text_is_named(home, tmp_path, monkeypatch):
+    binary = tmp_path / "key"
+    binary.write_bytes(BINARY)
+    binary.chmod(0o600)
+    monkeypatch.setenv("KAIROS_API_KEY_FILE", str(binary))
+    with pytest.raises(SystemExit, match=f"error: KAIROS_API_KEY_FILE {binary}: not UTF-8 text"):
+        main(["--target", "127.0.0.1:1", "status"])
+
+
+@pytest.mark.parametrize("option", ["--keys", "--catalog"])
+def test_an_up_file_that_is_not_text_is_named(home, nothing_starts, tmp_path, capsys, option):
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(BINARY)
+    binary.chmod(0o600)
+    assert main(up(option, str(binary))) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: {option} {binary}: not UTF-8 text (byte 0xff at offset 0)")
+
+
+@pytest.mark.parametrize("command", [["status"], ["demo"]])
+def test_ctrl_c_while_a_command_waits_on_a_gateway_exits_130_quietly(home, command):
+    """A gateway that accepts and never answers: the command waits in its call, and ^C there
+    printed a KeyboardInterrupt traceback."""
+    code = "import sys; from kairos.cluster.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        target = f"127.0.0.1:{silent.getsockname()[1]}"
+        waiting = subprocess.Popen([sys.executable, "-c", code, "--target", target, *command],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        silent.settimeout(60)
+        connection, _ = silent.accept()  # the command is in its call
+        with connection:
+            connection.recv(1)  # gRPC's preface: the call is under way
+            waiting.send_signal(signal.SIGINT)
+            out, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 130 and "Traceback" not in err, err
