@@ -12,11 +12,12 @@ passivation and moves, and for a customer that has no profile yet (a Decide crea
 outcome naming a made-up id, another customer's decision, an action the decision did not show,
 another channel, a decision issued more than OUTCOME_WINDOW_S ago, or one issued before its
 customer was forgotten (customers.py) is refused (INVALID_ARGUMENT) and changes nothing. A
-customer's outcomes past OUTCOMES_PER_CUSTOMER per OUTCOME_RATE_WINDOW_S are refused
-(RESOURCE_EXHAUSTED), so even a real decision replayed over and over steers the models at that
-rate at most; refused ones count too, so guesses at a customer's decisions are held to that
-rate as well. A retry of an outcome recorded before (its idempotency key, customers.py) is
-neither counted nor refused: it answers DUPLICATE, records nothing and checks no seal, so it
+customer's outcomes past OUTCOMES_PER_CUSTOMER within any OUTCOME_RATE_WINDOW_S (a sliding
+window, counted by each shard process: `OutcomeRate`) are refused (RESOURCE_EXHAUSTED), so
+even a real decision replayed over and over steers the models at that rate at most; refused
+ones count too, so guesses at a customer's decisions are held to that rate as well. A retry
+of an outcome recorded before (its idempotency key, customers.py) is neither counted nor
+refused: it answers DUPLICATE, records nothing and checks no seal, so it
 teaches nothing and tells a guesser nothing about a decision. Outcomes that name no decision
 (offline feedback) are not sealed; only the gateway lets them through, for keys with the
 feedback scope.
@@ -40,7 +41,9 @@ import hmac
 import math
 import re
 import secrets
-from collections import Counter
+from array import array
+from bisect import bisect_right
+from collections import OrderedDict
 from typing import Callable, Iterable
 
 import msgpack
@@ -156,25 +159,41 @@ def _tag(signer, action_id: str) -> str:
 
 
 class OutcomeRate:
-    """Outcomes per customer in fixed windows of OUTCOME_RATE_WINDOW_S; only customers with
-    outcomes in the current window are counted."""
+    """Outcomes per customer in a sliding window: one is refused once OUTCOMES_PER_CUSTOMER
+    of the customer's were counted within the last OUTCOME_RATE_WINDOW_S, so no window of
+    that length, wherever it starts, holds more (fixed windows let twice the limit through
+    around a window's turn: a burst at its end, another at the next one's start). Kept: the
+    times of a customer's outcomes counted in the last window, at most the limit's (8 bytes
+    each; a lone one as a float, 64 bytes less than an array of one, as most customers have
+    one), and only for customers with one there. Per shard process: a restart or a
+    partition's move starts them again."""
 
     def __init__(self, clock: Callable[[], float]):
         self._clock = clock
-        self._window = -math.inf
-        self._counts: Counter = Counter()
+        self._now = -math.inf  # the latest time read: a clock stepped back counts from here
+        # a customer's counted times, ascending; customers by their latest, the oldest first
+        self._times: OrderedDict[str, float | array] = OrderedDict()
 
     def refusal(self, customer_id: str) -> str | None:
         """Count one outcome of the customer (None); past its limit, why it is refused (not
         counted)."""
-        now = self._clock()
-        if now - self._window >= OUTCOME_RATE_WINDOW_S:
-            self._window, self._counts = now, Counter()
-        if self._counts[customer_id] >= OUTCOMES_PER_CUSTOMER:
+        self._now = now = max(self._now, float(self._clock()))  # a float: see `_latest`
+        since = now - OUTCOME_RATE_WINDOW_S  # counted times after it are in the window
+        while self._times and _latest(next(iter(self._times.values()))) <= since:
+            self._times.popitem(last=False)
+        kept = self._times.get(customer_id, ())
+        times = (kept,) if isinstance(kept, float) else kept
+        times = times[bisect_right(times, since):]
+        if len(times) >= OUTCOMES_PER_CUSTOMER:
             return (f"more than {OUTCOMES_PER_CUSTOMER} {RATE_REFUSAL} "
                     f"{OUTCOME_RATE_WINDOW_S:g} s")
-        self._counts[customer_id] += 1
+        self._times[customer_id] = array("d", (*times, now)) if times else now
+        self._times.move_to_end(customer_id)
         return None
+
+
+def _latest(kept: float | array) -> float:
+    return kept if isinstance(kept, float) else kept[-1]
 
 
 class TaughtLabels(IdempotencyKeys):
