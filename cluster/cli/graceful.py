@@ -13,10 +13,10 @@ from kairos.cluster.cli.local import Run, ray_env
 GRACEFUL_STOP_S = 30.0
 
 
-def stop_runtime(run: Run) -> dict | None:
+def stop_runtime(run: Run) -> tuple[dict | None, str]:
     """Stop the gateways (gracefully), the controller, the learner and the shards through Ray,
-    in a child process that is killed if it takes longer than GRACEFUL_STOP_S. What it stopped,
-    or None when it could not."""
+    in a child process that is killed if it takes longer than GRACEFUL_STOP_S: (what it
+    stopped, "") or (None, why it could not, with the last lines the child wrote)."""
     code = (f"from kairos.cluster.cli.graceful import _stop_runtime; "
             f"_stop_runtime({run.ray_address!r})")
     try:
@@ -24,12 +24,25 @@ def stop_runtime(run: Run) -> dict | None:
                                                                         run.auth_mode),
                               stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=GRACEFUL_STOP_S)
-    except subprocess.TimeoutExpired:
-        return None
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        return None
-    return json.loads(lines[-1])
+    except subprocess.TimeoutExpired as exc:
+        return None, (f"the runtime did not stop through Ray within {GRACEFUL_STOP_S:.0f} s"
+                      + _said(exc.stderr))
+    if done.returncode != 0:
+        return None, (f"stopping the runtime through Ray failed (exit {done.returncode})"
+                      + _said(done.stderr))
+    try:
+        return json.loads(done.stdout.strip().splitlines()[-1]), ""
+    except (IndexError, ValueError):  # nothing, or not what _stop_runtime prints
+        return None, ("stopping the runtime through Ray ended without saying what it stopped"
+                      + _said(done.stderr))
+
+
+def _said(stderr: str | bytes | None, lines: int = 3) -> str:
+    """The last `lines` lines the child wrote to stderr (a timeout's come as bytes), if any."""
+    if isinstance(stderr, bytes):
+        stderr = stderr.decode(errors="replace")
+    last = [line.strip() for line in (stderr or "").splitlines() if line.strip()][-lines:]
+    return f"; its last words: {' / '.join(last)}" if last else ""
 
 
 def _stop_runtime(address: str) -> None:

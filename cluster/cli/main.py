@@ -309,7 +309,7 @@ def down(args: argparse.Namespace) -> int:
             gone = "Ray's raylet was gone"
         else:
             gone = ""
-        stopped_runtime = None if gone else graceful.stop_runtime(run)
+        stopped_runtime, why = (None, gone) if gone else graceful.stop_runtime(run)
         count, stuck = _stop(run)
         if stuck:
             return 1
@@ -319,8 +319,6 @@ def down(args: argparse.Namespace) -> int:
               f"the controller, the learner and {stopped_runtime['shards']} shards, then "
               f"Ray's {count} processes at {run.ray_address} {took}")
     else:
-        why = gone or (f"the runtime did not stop through Ray within "
-                       f"{graceful.GRACEFUL_STOP_S:.0f} s")
         print(f"Kairos is down: {why}, so its processes were stopped without it: Ray's "
               f"{count} processes at {run.ray_address} {took}")
     return 0

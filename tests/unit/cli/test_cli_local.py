@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from kairos.cluster.cli import local, main as cli, private
+from kairos.cluster.cli import graceful, local, main as cli, private
 from kairos.cluster.cli.main import main
 
 
@@ -411,3 +411,25 @@ def test_ctrl_c_while_a_command_waits_on_a_gateway_exits_130_quietly(home, comma
             waiting.send_signal(signal.SIGINT)
             out, err = waiting.communicate(timeout=60)
     assert waiting.returncode == 130 and "Traceback" not in err, err
+
+
+# -- 8: why the graceful stop failed -------------------------------------------------------------
+
+def stoppable(address: str) -> local.Run:
+    return local.Run(ray_address=address, temp_dir="/tmp/r", sessions=[], started=0,
+                     loopback=True, auth_mode="token")
+
+
+def test_a_graceful_stop_that_fails_says_why_not_that_it_took_too_long(home):
+    """The child that stops the runtime through Ray exited at once (here: ray.init refuses the
+    address): down said it 'did not stop through Ray within 30 s'."""
+    stopped, why = graceful.stop_runtime(stoppable("not-an-address"))
+    assert stopped is None
+    assert why.startswith("stopping the runtime through Ray failed (exit 1); its last words:")
+    assert "not-an-address" in why
+
+
+def test_a_graceful_stop_that_takes_too_long_says_so(home, monkeypatch):
+    monkeypatch.setattr(graceful, "GRACEFUL_STOP_S", 1.0)  # no GCS answers there: ray.init waits
+    stopped, why = graceful.stop_runtime(stoppable(f"127.0.0.1:{local.free_port()}"))
+    assert stopped is None and why.startswith("the runtime did not stop through Ray within 1 s")
