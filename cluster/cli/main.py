@@ -365,12 +365,18 @@ def default_target(gateway_port: int) -> str:
     run, recorded = local.read_run(), local.home() / local.RUN_FILE
     if run and run.gateways:
         target = run.gateways[0]
-        port = targets.split_target(target)[1]
+        try:
+            port = targets.split_target(target)[1]
+        except ValueError as exc:
+            raise SystemExit(f"error: {recorded}: its gateway {exc}") from None
         if not any(local.listens(proc.pid, port) for proc in local.processes(run)):
             raise SystemExit(f"{NOT_RUNNING} here: no process of the Kairos recorded in "
                              f"{recorded} listens on {target} (`kairos down` clears a stale "
                              f"record); --target names a gateway to call")
         return target
+    if not gateway_port:
+        raise SystemExit("error: KAIROS_GATEWAY_PORT is 0 (gateways on any free port), and "
+                         f"nothing is recorded in {recorded}: name a gateway with --target")
     if remote.api_key_from_env():
         raise SystemExit(f"{NOT_RUNNING} here: nothing is recorded in {recorded}, and the API "
                          f"key goes only to a gateway `kairos up` recorded or one --target "
@@ -394,11 +400,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     try:
-        from kairos.cluster.settings import GATEWAY_PORT
+        from kairos.cluster.settings import GATEWAY_PORT as gateway_port
     except ValueError as exc:  # a KAIROS_* override that is not a number or out of range
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    args = parser(GATEWAY_PORT).parse_args(argv)
+        if _command(argv) != "down":
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        gateway_port = 0  # down reads no setting: it stops a Kairos whatever they say
+    args = parser(gateway_port).parse_args(argv)
     if args.command in ("up", "down", "start"):
         return {"up": up, "down": down, "start": start}[args.command](args)
     if args.command == "catalog" and args.catalog_command == "validate":
@@ -410,7 +418,7 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "demo" and args.local:
         return demo.run()
     if "target" not in args:
-        args.target = default_target(GATEWAY_PORT)
+        args.target = default_target(gateway_port)
     if refused := refused_target(args.target):
         print(refused, file=sys.stderr)
         return 2
@@ -425,6 +433,14 @@ def _main(argv: list[str] | None) -> int:
         answered = exc.relay if isinstance(exc, operate.DrainFailed) else args.target
         print(failed_call(answered, exc), file=sys.stderr)
         return 1
+
+
+def _command(argv: list[str] | None) -> str | None:
+    """The command `argv` names, before the full parser reads it (None: none, or --help)."""
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--target")
+    first.add_argument("command", nargs="?")
+    return first.parse_known_args(argv)[0].command
 
 
 def failed_call(target: str, exc: grpc.RpcError) -> str:

@@ -433,3 +433,41 @@ def test_a_graceful_stop_that_takes_too_long_says_so(home, monkeypatch):
     monkeypatch.setattr(graceful, "GRACEFUL_STOP_S", 1.0)  # no GCS answers there: ray.init waits
     stopped, why = graceful.stop_runtime(stoppable(f"127.0.0.1:{local.free_port()}"))
     assert stopped is None and why.startswith("the runtime did not stop through Ray within 1 s")
+
+
+# -- 9: what a setting does not concern ----------------------------------------------------------
+
+MAIN = "import sys; from kairos.cluster.cli.main import main; sys.exit(main(sys.argv[1:]))"
+
+
+def test_a_gateway_port_of_0_is_not_said_as_a_target_the_user_gave(home):
+    """KAIROS_GATEWAY_PORT=0 made a bare `kairos status` say '--target 127.0.0.1:0: port 0 is
+    out of range', of an option the user had not given."""
+    done = subprocess.run([sys.executable, "-c", MAIN, "status"], capture_output=True,
+                          env={**os.environ, "KAIROS_GATEWAY_PORT": "0"}, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: KAIROS_GATEWAY_PORT is 0 (gateways on any free port)")
+    assert "name a gateway with --target" in done.stderr
+
+
+def test_down_stops_a_kairos_whatever_an_unrelated_setting_says(home, tmp_path):
+    """A bad KAIROS_TICK_S made `kairos down` refuse (exit 2), leaving the cluster running."""
+    token = secrets.token_hex(8)
+    carrier = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
+                               env={**os.environ, local.TOKEN_ENV: token},
+                               start_new_session=True)
+    try:
+        recorded(f"127.0.0.1:{local.free_port()}", [carrier.pid], token)
+        done = subprocess.run([sys.executable, "-c", MAIN, "down"],
+                              env={**os.environ, "KAIROS_TICK_S": "abc"}, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("Kairos is down: Ray's GCS at 127.0.0.1:1 was gone")
+        assert carrier.wait(timeout=10) is not None
+        done = subprocess.run([sys.executable, "-c", MAIN, "status"],
+                              env={**os.environ, "KAIROS_TICK_S": "abc"}, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 2 and "KAIROS_TICK_S must be" in done.stderr
+    finally:
+        carrier.kill()
+        carrier.wait()
