@@ -39,15 +39,8 @@ def checked_inputs(args: argparse.Namespace) -> str | None:
     from kairos.cluster.storage.providers import REDIS_SCHEMES, open_store
 
     refuse_counts(args)
-    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
-        raise Refused("--tls-cert and --tls-key go together (and --tls-client-ca needs them)",
-                      2)
-    try:  # secrets in files anyone may read are refused before anything reads them
-        for path, option in ((args.keys, "--keys"), (args.tls_key, "--tls-key")):
-            if path:
-                check_secret_file(path, option)
-    except SecretFileError as exc:
-        raise Refused(f"error: {exc}", 2) from None
+    refuse_unpaired_tls(args)
+    refuse_open_secrets((args.keys, "--keys"), (args.tls_key, "--tls-key"))
     try:
         catalog_text = _read(args.catalog, "--catalog") if args.catalog else None
         if catalog_text is not None:
@@ -78,6 +71,27 @@ def checked_inputs(args: argparse.Namespace) -> str | None:
     if "ray_temp_dir" in args:  # up's: the default chosen
         args.ray_temp_dir = _checked_temp_dir(args.ray_temp_dir)
     return catalog_text
+
+
+def refuse_unpaired_tls(args: argparse.Namespace) -> None:
+    """Refused: a TLS certificate without its key or the other way round, or a client CA
+    (--tls-client-ca, where the command has it) without them."""
+    client_ca = "tls_client_ca" in args
+    if bool(args.tls_cert) != bool(args.tls_key) or (client_ca and args.tls_client_ca
+                                                     and not args.tls_cert):
+        raise Refused("--tls-cert and --tls-key go together"
+                      + (" (and --tls-client-ca needs them)" if client_ca else ""), 2)
+
+
+def refuse_open_secrets(*files: tuple[str | None, str]) -> None:
+    """Refused: a secret's file, of (path or None, what names it), that others may read or
+    another user owns (check_secret_file), before anything reads it."""
+    try:
+        for path, option in files:
+            if path:
+                check_secret_file(path, option)
+    except SecretFileError as exc:
+        raise Refused(f"error: {exc}", 2) from None
 
 
 def _read(path: str, option: str) -> str:

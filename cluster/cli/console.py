@@ -15,9 +15,8 @@ import subprocess
 import sys
 import time
 
-from kairos.cluster.cli import local, private
+from kairos.cluster.cli import checks, local, private
 from kairos.cluster.cli.remote import INSECURE_ENV, channel_refusal
-from kairos.cluster.secret_files import SecretFileError, check_secret_file
 from kairos.cluster.cli.targets import port, port_or_zero
 
 CONSOLE_PORT = 8080
@@ -85,9 +84,11 @@ def run(args: argparse.Namespace) -> int:
                                                served_hosts)
     from kairos.cluster.gateway.auth import KEYS_ENV, Auth, is_loopback
 
-    if bool(args.tls_cert) != bool(args.tls_key):
-        print("--tls-cert and --tls-key go together", file=sys.stderr)
-        return 2
+    try:
+        checks.refuse_unpaired_tls(args)
+    except checks.Refused as exc:
+        print(exc, file=sys.stderr)
+        return exc.status
     if not (args.tls_cert or args.insecure or is_loopback(args.host)):
         # the proxy's TLS ends before its hop to the console, which crosses the network too
         hop = f" from the proxy {args.proxy} to the console" if args.proxy else ""
@@ -97,13 +98,11 @@ def run(args: argparse.Namespace) -> int:
     own_keys = None if args.keys or os.environ.get(KEYS_ENV, "").strip() else \
         str(local.home() / CONSOLE_KEYS_FILE)  # made 0600 the first time, checked after
     try:
-        for path, option in ((args.keys, "--keys"), (args.tls_key, "--tls-key"),
-                             (own_keys, "the console's own keys file")):
-            if path:
-                check_secret_file(path, option)
-    except SecretFileError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        checks.refuse_open_secrets((args.keys, "--keys"), (args.tls_key, "--tls-key"),
+                                   (own_keys, "the console's own keys file"))
+    except checks.Refused as exc:
+        print(exc, file=sys.stderr)
+        return exc.status
     try:
         hosts = served_hosts(args.host, args.allowed_host, tls=bool(args.tls_cert))
     except ValueError as exc:
