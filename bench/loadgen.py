@@ -101,6 +101,9 @@ SETTLE_MS, SETTLE_PROBES, SETTLE_QUIET_S, SETTLE_TIMEOUT_S = 20.0, 20, 1.0, 120.
 STOP_NOTICE_S = 0.1
 OPEN_ENDED = 2**62  # the last step of continuous traffic not stopped yet
 UNARY_OPS = frozenset({"decide", "ingest", "journey"})  # one call per request
+# a push step's kind that is no request sent: each probe's push, recorded beside its event (the
+# request), so a step's CPU per request leaves it out
+PUSH = "push"
 # the error label of the events of an IngestStream that ended OK before its schedule did
 STREAM_ENDED = "STREAM_ENDED"
 # ... and of one whose end a write raced: grpc.aio's write, failing after the trailers came
@@ -151,6 +154,20 @@ def _record(histogram: HdrHistogram, seconds: float) -> None:
 
 
 @dataclass
+class Window:
+    """The span a step's server CPU is counted over (perf_counter time; none until the step
+    starts). Its CPU per request divides by the answers that came inside it, whenever their
+    request was sent: an overloaded step answers much of what it was sent after the window
+    has closed, CPU the window does not hold, and its warm-up's backlog inside it."""
+
+    start: float = math.inf
+    end: float = math.inf
+
+    def __contains__(self, t: float) -> bool:
+        return self.start <= t < self.end
+
+
+@dataclass
 class KindStats:
     """One kind of request (decide, event, respond, push) in one process or merged."""
 
@@ -163,13 +180,19 @@ class KindStats:
     ok: int = 0
     fallbacks: int = 0  # Decide answered with the catalog's fallback (shard too slow)
     errors: Counter = field(default_factory=Counter)  # gRPC status code name -> count
+    window: Window = field(default_factory=Window)  # its recorder's
+    in_window: int = 0  # answers that came inside the window (the warm-up's too)
+    served_in_window: int = 0  # of those, answered without an error or a fallback
 
     def answered(self, send: Send, code: str | None = None, fallback: bool = False,
                  written: bool = True) -> None:
         """`written`: it left; one that never did (NOT_SENT) has no service time."""
+        now = time.perf_counter()
+        if now in self.window:
+            self.in_window += 1
+            self.served_in_window += code is None and not fallback
         if not send.measured:
             return
-        now = time.perf_counter()
         _record(self.latency, now - send.intended)
         if written:
             _record(self.service, now - send.sent)
@@ -184,7 +207,8 @@ class KindStats:
     def encode(self) -> dict[str, Any]:
         return {"latency": self.latency.encode(), "service": self.service.encode(),
                 "admitted": self.admitted.encode(), "refused": self.refused.encode(),
-                "ok": self.ok, "fallbacks": self.fallbacks, "errors": dict(self.errors)}
+                "ok": self.ok, "fallbacks": self.fallbacks, "errors": dict(self.errors),
+                "in_window": self.in_window, "served_in_window": self.served_in_window}
 
     def add(self, encoded: dict[str, Any]) -> None:
         for name in ("latency", "service", "admitted", "refused"):
@@ -192,6 +216,8 @@ class KindStats:
         self.ok += encoded["ok"]
         self.fallbacks += encoded["fallbacks"]
         self.errors.update(encoded["errors"])
+        self.in_window += encoded["in_window"]
+        self.served_in_window += encoded["served_in_window"]
 
 
 @dataclass
@@ -207,11 +233,12 @@ class Recorder:
     # (to the parent) while this one's requests were due, the harness's own pause
     handback: float | None = None
     streams_ended: int | None = None  # IngestStreams that ended before their schedule did
+    window: Window = field(default_factory=Window)  # the server CPU's (not merged: the parent's)
 
     def kind(self, name: str) -> KindStats:
         stats = self.kinds.get(name)
         if stats is None:  # not setdefault: a KindStats builds four histograms
-            stats = self.kinds[name] = KindStats()
+            stats = self.kinds[name] = KindStats(window=self.window)
         return stats
 
     def sending(self, intended: float, measured: bool) -> Send:
@@ -246,8 +273,11 @@ class Recorder:
         kinds = {}
         for name, s in sorted(self.kinds.items()):
             answered = s.latency.get_total_count()
+            # "rate": answered OK, fallbacks included; "served_rate": without them
             kinds[name] = {
                 "count": answered, "ok": s.ok, "rate": round(s.ok / seconds, 1),
+                "served_rate": round((s.ok - s.fallbacks) / seconds, 1),
+                "in_window": s.in_window, "served_in_window": s.served_in_window,
                 **{f"p{label}_ms": _ms(s.latency.get_value_at_percentile(p))
                    for label, p in PERCENTILES},
                 "max_ms": _ms(s.latency.get_max_value()),
@@ -452,9 +482,10 @@ class Traffic:
 def _result(step: Step, processes: int, merged: Recorder, server: CpuWindow, own: CpuWindow,
             **when: Any) -> dict:
     """A step's result: the merged summary and the CPU the system under test and the
-    generators spent in its measured window, per request answered."""
+    generators spent in its measured window, per request answered in that window."""
     summary = merged.summary()
-    answered = sum(kind["count"] for kind in summary["kinds"].values())
+    answered = sum(stats["in_window"] for kind, stats in summary["kinds"].items()
+                   if kind != PUSH)
     server_s, server_us = server.per_request(answered)
     own_s, own_us = own.per_request(answered)
     return {"op": step.op, "rate_target": step.rate_per_s, "processes": processes, **when,
@@ -638,7 +669,11 @@ class _Steps:
 
     def _open(self, k: int) -> None:
         while len(self.recorders) <= k:
-            self.recorders.append(Recorder(seconds=self.step_s))
+            # a step's window counts the answers to its own requests alone: its predecessor's
+            # late answers, whose CPU it holds, count in neither (a figure over, never under)
+            start = self.measured_at + len(self.recorders) * self.step_s
+            self.recorders.append(Recorder(seconds=self.step_s,
+                                           window=Window(start, start + self.step_s)))
             self._unanswered.append(0)
             self._last_sent.append(-math.inf)
 
@@ -720,6 +755,8 @@ class _Schedule:
         """Send from t0 (perf_counter time) on."""
         self.times = [t0 + offset for offset in self._offsets]
         self.warm_end, self.end = t0 + self.warmup_s, t0 + self.span
+        # the server CPU's window (GeneratorPool.run's), which the lanes of a process share
+        self.recorder.window.start, self.recorder.window.end = self.warm_end, self.end
 
     async def __aiter__(self) -> AsyncIterator[Send]:
         for t in self.times:
@@ -1019,7 +1056,7 @@ async def _push(calls: _Calls, schedule: _Schedule, seed: int, recorder: Recorde
     causes exactly one push. The warm-up must cover the watch's registration (a second)."""
     watch = calls.watch(pb.WatchRequest(channel=PUSH_CHANNEL, placement=PUSH_PLACEMENT))
     waiting: dict[str, Send] = {}
-    stats = recorder.kind("push")
+    stats = recorder.kind(PUSH)
 
     async def follow() -> None:
         async for decision in watch:

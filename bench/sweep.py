@@ -103,7 +103,7 @@ def rate_held(result: dict[str, Any], intended: bool = False) -> float:
     if not held:
         return 0.0
     best = held[-1]
-    return best["rate_target"] if intended else best["kinds"][result["kind"]]["rate"]
+    return best["rate_target"] if intended else served_rate(best, result["kind"])
 
 
 def headline_step(result: dict[str, Any]) -> dict[str, Any]:
@@ -118,13 +118,28 @@ def served(step: dict[str, Any], kind: str) -> int:
     return stats["count"] - sum(stats["errors"].values()) - stats["fallbacks"] if stats else 0
 
 
+def served_rate(step: dict[str, Any], kind: str) -> float:
+    """Requests of `kind` served per second of the step's window (runs before the figure
+    have the rate answered without an error, fallbacks included, which this scales)."""
+    stats = step["kinds"].get(kind)
+    if not stats:
+        return 0.0
+    if "served_rate" in stats:
+        return stats["served_rate"]
+    answered_ok = stats["count"] - sum(stats["errors"].values())
+    return stats["rate"] * served(step, kind) / answered_ok if answered_ok else 0.0
+
+
 def cpu_us_per_ok(step: dict[str, Any], kind: str) -> float | None:
-    """Server CPU per request of `kind` served (`served`): what a request the system did
-    serve cost it (per request answered, refusals, which cost less, would lower the figure
-    the more the system refused)."""
-    ok = served(step, kind)
+    """Server CPU per request of `kind` served (`served`) in the window the CPU was counted
+    over: what a request the system did serve cost it (per request answered, refusals,
+    which cost less, would lower the figure the more the system refused). Unrounded: a
+    target compares it. Runs before the window's own count divide by every request served,
+    some after the window (an overloaded step's figure, under)."""
+    stats = step["kinds"].get(kind, {})
+    ok = stats.get("served_in_window", served(step, kind))
     spent = step.get("server_cpu_s")
-    return round(spent / ok * 1e6, 1) if spent is not None and ok > 0 else None
+    return spent / ok * 1e6 if spent is not None and ok > 0 else None
 
 
 def headline(result: dict[str, Any]) -> dict[str, Any]:
@@ -133,7 +148,7 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
     step = headline_step(result)
     stats = step["kinds"].get(result["kind"], {})
     return {"p50_ms": stats.get("p50_ms"), "p99_ms": stats.get("p99_ms"),
-            "rate": stats.get("rate", 0.0), "errors": failed(step, result["kind"]),
+            "rate": served_rate(step, result["kind"]), "errors": failed(step, result["kind"]),
             # runs before the CPU figures have none (judged again, they are not measured)
             "cpu_us_per_request": step.get("cpu_us_per_request"),
             "generator_cpu_us_per_request": step.get("generator_cpu_us_per_request"),

@@ -81,7 +81,7 @@ def test_the_same_work_p99_is_met_within_the_error_budget():
     ours = step(250, 1.0, 4.0, 3.0, errors={"RESOURCE_EXHAUSTED": 2})  # 0.08 % refused
     check = judged({"kairos-1node": sweep(ours),
                     "redis-core": sweep(step(250, 2.0, 5.0, 5.0))})[P99_CORE]
-    assert (check["value"], check["met"]) == (0.6, True)
+    assert (check["value"], check["met"]) == (pytest.approx(0.6), True)
 
 
 # The peer past its capacity at 1,000/s: 750 of 10,000 DEADLINE_EXCEEDED, served p99 900 ms
@@ -91,16 +91,18 @@ PEER_BROKE = step(1000, 300.0, 1000.0, 900.0, count=10_000, errors={"DEADLINE_EX
 def test_the_same_work_p99_is_not_failed_where_the_peer_broke_the_error_budget_too():
     """Review rev45 d-bench finding 4 (case E): at 1,000/s ours shed 0.3 % and served at p99
     8 ms where the peer broke the budget too, at 900 ms: no miss of ours there; at 250/s both
-    kept to the budget, ours at 4 ms to its 5."""
+    kept to the budget, ours at 4 ms to its 5. With the peer at 1,000/s alone, nothing is
+    compared (its failures once scored the rate 0.0, and met: a peer that failed every
+    request passed any Kairos)."""
     ours = sweep(step(250, 2.0, 4.0, 4.0),
                  step(1000, 3.0, 8.0, 8.0, count=10_000, errors={"RESOURCE_EXHAUSTED": 30}))
     check = judged({"kairos-1node": ours,
                     "redis-core": sweep(step(250, 2.0, 5.0, 5.0), PEER_BROKE)})[P99_CORE]
-    assert (check["value"], check["rate"], check["met"], check["note"]) == (0.8, 250, True,
-                                                                             None)
+    assert (check["value"], check["rate"], check["met"]) == (pytest.approx(0.8), 250, True)
+    assert check["note"] == "redis-core failed 1 % or more at 1,000/s: not compared there"
     alone = judged({"kairos-1node": ours, "redis-core": sweep(PEER_BROKE)})[P99_CORE]
-    assert (alone["value"], alone["rate"], alone["met"], alone["note"]) == (0.0, 1000, True,
-                                                                             None)
+    assert (alone["value"], alone["rate"], alone["met"], alone["note"]) == (
+        None, None, None, "redis-core failed 1 % or more at every rate both ran")
 
 
 def test_the_same_work_p99_counts_a_rate_where_the_peer_lost_a_few_calls():
@@ -111,13 +113,14 @@ def test_the_same_work_p99_counts_a_rate_where_the_peer_lost_a_few_calls():
     peer = sweep(step(250, 2.0, 5.0, 5.0),
                  step(1000, 3.0, 7.0, 7.0, count=10_000, errors={"DEADLINE_EXCEEDED": 20}))
     check = judged({"kairos-1node": ours, "redis-core": peer})[P99_CORE]
-    assert (check["value"], check["rate"], check["met"]) == (8.57, 1000, False)
+    assert (check["value"], check["rate"], check["met"]) == (pytest.approx(60 / 7), 1000,
+                                                             False)
 
 
 def test_a_miss_of_the_same_work_p99_says_why_in_its_row():
     ours = step(250, 1000.0, 1000.0, 3.0, errors={"RESOURCE_EXHAUSTED": 2400})
     systems = {"kairos-1node": sweep(ours), "redis-core": sweep(step(250, 2.0, 5.0, 5.0))}
-    assert (f"| {P99_CORE} | kairos-1node | — | 250 | ≤ 1 | **no** (over the error budget "
+    assert (f"| {P99_CORE} | kairos-1node | — | 250 | < 1 | **no** (over the error budget "
             "at 250/s) |") in markdown(report_of(systems, {}))
 
 
@@ -152,7 +155,7 @@ def test_the_p50_against_the_floor_does_not_count_fast_refusals(refused, met):
     ours = step(250, 1.0, 40.0, 40.0, errors={"RESOURCE_EXHAUSTED": refused}, cpu_s=1.0)
     check = judged({"kairos-1node": sweep(ours),
                     "floor-grpc": sweep(step(250, 3.0, 12.0, 12.0, cpu_s=1.0))})[P50_FLOOR]
-    assert (check["value"], check["rate"], check["met"]) == (0.33, 250, met)
+    assert (check["value"], check["rate"], check["met"]) == (pytest.approx(1 / 3), 250, met)
 
 
 def batch_step(window_cpu_s: float, deferred_us: float | None) -> dict:
@@ -205,7 +208,8 @@ def test_a_ratio_of_cpu_counted_the_old_way_is_no_bound_and_judges_nothing(ours_
     text = markdown(report_of(systems, {}, accounting=None))
     assert (f"| {CORE_CPU} | kairos-1node | {ours_cpu_s / 2:g} | 250 | ≤ 0.5 | not judged "
             "(older accounting, not comparable) |") in text
-    assert "0 not measured, 1 not judged (older accounting, not comparable)." in text
+    assert "redis not run), 1 not judged (older accounting, not comparable)." \
+        in text
 
 
 def test_cpu_counted_the_old_way_still_misses_over_the_target():
