@@ -44,9 +44,10 @@
 What `kairos up` started is recorded in $KAIROS_HOME/run.json (default ~/.kairos): a second
 `kairos up` on the same KAIROS_HOME refuses to start, and `kairos down` stops exactly those
 processes (see local.py), within about a minute whatever state they are in. Commands that talk
-to a running Kairos use --target (default: the first gateway `kairos up` recorded, else
-127.0.0.1:50051) and the API key in KAIROS_API_KEY, or in the file KAIROS_API_KEY_FILE names,
-when the gateway requires keys. A Redis store's password is in no Ray task's arguments nor on
+to a running Kairos use --target (default: the first gateway `kairos up` recorded, once a process
+of that run is seen listening there; else 127.0.0.1:50051, when no key is to be sent) and the
+API key in KAIROS_API_KEY, or in the file KAIROS_API_KEY_FILE names, when the gateway requires
+keys. A Redis store's password is in no Ray task's arguments nor on
 `up`'s command line (Ray's GCS keeps both): every process that opens the store reads it from
 the file KAIROS_STORE_PASSWORD_FILE names (`up` and `start` check it first, options.py), and
 both refuse a store URL that holds one (checks.py).
