@@ -93,16 +93,18 @@ def run(args: argparse.Namespace) -> int:
     remote = Remote(args.target)
     shortfall = Shortfall()
     out_path = Path(args.out).absolute()
-    # said before anything streams, as mkstemp says a folder FILE cannot be made in (missing,
-    # not this user's): a folder named as FILE failed only at the rename, after the export
-    if out_path.is_dir() or args.out.endswith(os.sep):
-        print(f"error: --out {args.out}: a folder: name the file to write", file=sys.stderr)
-        return 1
-    # a call that fails half-way leaves no FILE behind; customers' profiles and decisions:
-    # the owner's only, as the store keeps them. A name of its own (mkstemp: made anew, 0600),
-    # written through its descriptor: a fixed name let a link planted in a shared folder have
-    # its target written, and two exports to one FILE take each other's file
     try:
+        # said before anything streams, as mkstemp says a folder FILE cannot be made in
+        # (missing, not this user's): a folder named as FILE failed only at the rename, after
+        # the export. is_dir raises stat's EACCES (pathlib passes only ENOENT and its kin):
+        # FILE in a folder this user cannot enter, said as mkstemp's
+        if out_path.is_dir() or args.out.endswith(os.sep):
+            print(f"error: --out {args.out}: a folder: name the file to write", file=sys.stderr)
+            return 1
+        # a call that fails half-way leaves no FILE behind; customers' profiles and decisions:
+        # the owner's only, as the store keeps them. A name of its own (mkstemp: made anew,
+        # 0600), written through its descriptor: a fixed name let a link planted in a shared
+        # folder have its target written, and two exports to one FILE take each other's file
         fd, partial = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.",
                                        suffix=".partial")
     except OSError as exc:

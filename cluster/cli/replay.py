@@ -82,7 +82,13 @@ def run(args: argparse.Namespace) -> int:
                 "samples": args.samples, "candidate_error": candidate_error(args.samples),
                 "models": MODELS, **evaluation.evaluate(replayed, args.seed)}
     evidence["warnings"] += unrepeated.warning()
-    written = report.write(evidence, args.out)
+    try:  # asked before the replay (unwritable), but a full disk or a race can still refuse
+        written = report.write(evidence, args.out)
+    except OSError as exc:
+        where = exc.filename2 or exc.filename or "the report"  # a rename's: where to
+        print(f"error: --out {args.out}: cannot write {where}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
     print(report.summary(evidence))
     print("wrote " + ", ".join(str(p) for p in written))
     return 0

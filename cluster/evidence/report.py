@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
@@ -17,10 +18,28 @@ PLOT_MISSING = "no plot: matplotlib is not installed (pip install 'kairos-nba[re
 FILES = ("replay.json", "replay.md", "replay.png")  # what write() makes
 
 
+def _umask() -> int:
+    """The process's umask, read once: /proc says it as it is; os.umask can only say it by
+    setting another, which a thread making a file meanwhile would get."""
+    with contextlib.suppress(OSError, ValueError):  # no /proc (macOS), or no line of it
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+# the mode open() gives a file made anew: figures of a replay, not customers' data, shared in
+# the --out folder as before they were renamed into place (mkstemp's are 0600)
+FILE_MODE = 0o666 & ~_umask()
+
+
 def write(evidence: dict[str, Any], out: Path) -> list[Path]:
     """replay.json, replay.md and (with matplotlib) replay.png in `out`; the paths written.
-    Each is written under a name of its own (made anew, 0600) and renamed, so it is whole or
-    absent (`kairos catalog push --evidence` reads the JSON), and a link planted in a shared
+    Each is written under a name of its own (made anew, FILE_MODE) and renamed, so it is whole
+    or absent (`kairos catalog push --evidence` reads the JSON), and a link planted in a shared
     folder under a report's name is replaced, not followed."""
     out.mkdir(parents=True, exist_ok=True)
     data, md, plot = (out / name for name in FILES)
@@ -34,6 +53,7 @@ def _replaced(path: Path, fill: Callable[[BinaryIO], Any]) -> None:
     """`path` made whole by `fill` writing a new file beside it, renamed over it."""
     fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             fill(f)
         os.replace(partial, path)
@@ -48,17 +68,30 @@ def unwritable(out: Path) -> str | None:
     parents there is) no folder, one of its files a folder, or a folder a file cannot be
     made in. Asked before the work the report is of, which it would otherwise end."""
     out = out.absolute()
-    there = next(p for p in (out, *out.parents) if p.exists())  # write() makes the rest
-    if not there.is_dir():
-        return f"{there} is not a folder"
-    if folders := [out / name for name in FILES if (out / name).is_dir()]:
-        return f"{folders[0]} is a folder"
-    try:  # a file made as write() would: permissions, a read-only file system
-        with tempfile.TemporaryFile(dir=there):
+    # lexists: a dangling link is there (write()'s mkdir meets it); a name under a folder this
+    # user cannot enter is not, and the walk goes on up to that folder, refused below
+    there = next(p for p in (out, *out.parents) if os.path.lexists(p))
+    # is_dir and lstat raise EACCES (pathlib passes only ENOENT and its kin): a link into, or
+    # a name under, a folder this user cannot enter, where no file can be made either
+    try:
+        if not there.is_dir():  # followed, as write()'s mkdir follows a link to a folder
+            return f"{there} is not a folder"
+        if folders := [out / name for name in FILES if _folder(out / name)]:
+            return f"{folders[0]} is a folder"
+        with tempfile.TemporaryFile(dir=there):  # as write() makes one: permissions, read-only
             pass
     except OSError as exc:
         return f"cannot write in {there}: {exc.strerror}"
     return None
+
+
+def _folder(path: Path) -> bool:
+    """Whether `path` itself is a folder, a link not followed: write()'s rename replaces a
+    link, even to a folder, and is refused by a folder."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):  # `out` not there yet: write() makes it
+        return False
 
 
 def json_text(report: Any) -> str:

@@ -5,6 +5,8 @@ before any work that error would waste, never in a traceback."""
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 
 from bench import truth
 from kairos.cluster.cli import logexport, operate
+from kairos.cluster.cli import replay as replay_cli
 from kairos.cluster.cli.main import main, parser
 from tests.unit.cli.test_log_export import Gateway
 
@@ -28,6 +31,19 @@ def files(tmp_path_factory) -> Path:
     truth.write_files(folder, truth.log(2, truth.customers(np.random.default_rng(2), 20)))
     (folder / "bin.yaml").write_bytes(NOT_UTF8)
     return folder
+
+
+def not_entered(monkeypatch, folder: Path) -> None:
+    """A name under `folder` looked up as by a user who cannot enter it (another user's 0700
+    folder): stat and lstat refuse with EACCES, as the tests run as root, whom modes do not
+    stop. /sys, where even root makes no file, is such a folder for what is made in it."""
+    for name in ("stat", "lstat"):
+        def refused(path, *args, real=getattr(os, name), **kwargs):
+            if isinstance(path, (str, os.PathLike)) and \
+                    os.fspath(path).startswith(f"{folder}{os.sep}"):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+            return real(path, *args, **kwargs)
+        monkeypatch.setattr(os, name, refused)
 
 
 def replay(files: Path, *more: str, log: str = "log.jsonl") -> int:
@@ -96,6 +112,19 @@ def test_an_export_to_a_folder_it_cannot_write_in_is_refused_before_it_starts(
                                        f"{parent}: {reason}\n")
 
 
+@needs_sysfs
+@pytest.mark.parametrize("name", ["log.jsonl", "sub/log.jsonl"])
+def test_an_export_into_a_folder_it_cannot_enter_is_refused_before_it_starts(
+        monkeypatch, capsys, name):
+    """The check for a folder named as FILE raised PermissionError: pathlib's is_dir passes
+    only ENOENT and its kin (Python 3.11), not the EACCES of a folder this user cannot enter."""
+    not_entered(monkeypatch, UNWRITABLE)
+    out = UNWRITABLE / name
+    assert export(monkeypatch, str(out)).calls == 0
+    assert capsys.readouterr().err == (f"error: --out {out}: cannot write in {out.parent}: "
+                                       f"Permission denied\n")
+
+
 # 3. replay's --out, said before the replay
 
 
@@ -105,9 +134,14 @@ def test_replay_to_a_file_or_a_folder_it_cannot_write_in_is_refused_before_the_r
     with a log that cannot be read the error is still --out's."""
     (files / "a-file").write_text("x")
     (files / "taken" / "replay.md").mkdir(parents=True)
+    (files / "dangling").symlink_to(files / "nowhere")  # write()'s mkdir: FileExistsError
+    (files / "to-a-file").symlink_to(files / "a-file")
     refused = {files / "a-file": f"{files / 'a-file'} is not a folder",
                files / "a-file" / "report": f"{files / 'a-file'} is not a folder",
-               files / "taken": f"{files / 'taken' / 'replay.md'} is a folder"}
+               files / "taken": f"{files / 'taken' / 'replay.md'} is a folder",
+               files / "dangling": f"{files / 'dangling'} is not a folder",
+               files / "dangling" / "report": f"{files / 'dangling'} is not a folder",
+               files / "to-a-file": f"{files / 'to-a-file'} is not a folder"}
     if UNWRITABLE.is_dir():
         refused[UNWRITABLE / "report"] = f"cannot write in {UNWRITABLE}: Permission denied"
     for out, reason in refused.items():
@@ -116,6 +150,35 @@ def test_replay_to_a_file_or_a_folder_it_cannot_write_in_is_refused_before_the_r
     assert (files / "a-file").read_text() == "x"
     assert replay(files, "--out", str(files / "new" / "report")) == 0  # made as before
     assert (files / "new" / "report" / "replay.json").is_file()
+    assert not (files / "nowhere").exists()
+
+
+@needs_sysfs
+@pytest.mark.parametrize("name", ["report", "sub/report"])
+def test_replay_into_a_folder_it_cannot_enter_is_refused_before_the_replay(
+        files, monkeypatch, capsys, name):
+    """report.unwritable raised PermissionError: Path.exists passes only ENOENT and its kin.
+    The folder named is the one it could not make a file in."""
+    not_entered(monkeypatch, UNWRITABLE)
+    assert replay(files, "--out", str(UNWRITABLE / name)) == 1
+    assert capsys.readouterr().err == (f"error: --out {UNWRITABLE / name}: cannot write in "
+                                       f"{UNWRITABLE}: Permission denied\n")
+
+
+def test_a_report_refused_after_the_replay_is_an_error_not_a_traceback(
+        files, monkeypatch, capsys):
+    """--out made a file by another while the replay ran (a race; a full disk fails there too):
+    report.write's FileExistsError was a traceback once the replay was done."""
+    out = files / "raced"
+    real = replay_cli.replay
+
+    def replay_raced(*args):
+        out.write_text("another's")
+        return real(*args)
+    monkeypatch.setattr(replay_cli, "replay", replay_raced)
+    assert replay(files, "--out", str(out)) == 1
+    assert capsys.readouterr().err == f"error: --out {out}: cannot write {out}: File exists\n"
+    assert out.read_text() == "another's"
 
 
 # 4. replay's whole numbers
