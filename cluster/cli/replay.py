@@ -34,7 +34,8 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--out", type=Path, default=Path("replay"),
                         help="folder for replay.json, replay.md and replay.png (default: "
                              "./replay)")
-    parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
+    parser.add_argument("--samples", type=whole(MAX_SAMPLES, least=1),
+                        default=DEFAULT_SAMPLES,
                         help=f"re-decisions per logged decision, 1..{MAX_SAMPLES} (default "
                              f"{DEFAULT_SAMPLES}: each probability within "
                              f"{candidate_error(DEFAULT_SAMPLES):.3f})")
@@ -44,24 +45,21 @@ def add_parser(commands: Any) -> None:
                         help="of the candidate's draws, 0 to 2**64-1 (default 0)")
 
 
-def whole(most: int) -> Callable[[str], int]:
-    """argparse's type of a whole number from 0 to `most`: numpy's seeds are unsigned 64-bit
-    (-1 ended in OverflowError after the log was read), islice's stop a C ssize_t."""
+def whole(most: int, least: int = 0) -> Callable[[str], int]:
+    """argparse's type of a whole number from `least` to `most`: numpy's seeds are unsigned
+    64-bit (-1 ended in OverflowError after the log was read), islice's stop a C ssize_t."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-        if not 0 <= value <= most:
-            raise argparse.ArgumentTypeError(f"must be 0 to {most}, got {text}")
+        if not least <= value <= most:
+            raise argparse.ArgumentTypeError(f"must be {least} to {most}, got {text}")
         return value
     return parse
 
 
 def run(args: argparse.Namespace) -> int:
-    if not 1 <= args.samples <= MAX_SAMPLES:
-        print(f"error: --samples must be between 1 and {MAX_SAMPLES}", file=sys.stderr)
-        return 2
     if refused := report.unwritable(args.out):  # before the replay, not after its minutes
         print(f"error: --out {args.out}: {refused}", file=sys.stderr)
         return 1

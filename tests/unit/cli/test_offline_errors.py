@@ -17,6 +17,7 @@ from bench import truth
 from kairos.cluster.cli import logexport, operate
 from kairos.cluster.cli import replay as replay_cli
 from kairos.cluster.cli.main import main, parser
+from kairos.cluster.evidence.replay import MAX_SAMPLES
 from tests.unit.cli.test_log_export import Gateway
 
 NOT_UTF8 = b"name: \xff\xfe catalog\n"
@@ -186,10 +187,12 @@ def test_a_report_refused_after_the_replay_is_an_error_not_a_traceback(
 
 @pytest.mark.parametrize("option, value", [("--seed", "-1"), ("--seed", str(2**64)),
                                            ("--seed", "1.5"), ("--limit", "-1"),
-                                           ("--limit", str(sys.maxsize + 1))])
+                                           ("--limit", str(sys.maxsize + 1)),
+                                           ("--samples", "0"),
+                                           ("--samples", str(MAX_SAMPLES + 1))])
 def test_replay_numbers_out_of_range_are_argument_errors(files, capsys, option, value):
     """--seed -1 ended in numpy's OverflowError after the log was read; a --limit past
-    islice's bound in its ValueError."""
+    islice's bound in its ValueError; --samples was refused by run(), without the usage."""
     with pytest.raises(SystemExit) as exited:
         replay(files, "--out", str(files / "never"), option, value)
     assert exited.value.code == 2 and f"argument {option}: must be" in capsys.readouterr().err
