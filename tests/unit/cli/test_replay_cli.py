@@ -55,6 +55,8 @@ def test_a_bad_log_is_named_by_file_and_line(files, capsys):
 
 
 def test_samples_out_of_bounds_are_refused(files, capsys):
-    assert main(["replay", "--log", str(files / "log.jsonl"), "--catalog",
-                 str(files / "candidate.yaml"), "--samples", "0"]) == 2
+    with pytest.raises(SystemExit) as exited:  # an argument error, as --seed's and --limit's
+        main(["replay", "--log", str(files / "log.jsonl"), "--catalog",
+              str(files / "candidate.yaml"), "--samples", "0"])
+    assert exited.value.code == 2
     assert "--samples" in capsys.readouterr().err
