@@ -17,27 +17,27 @@ each delta carries its origin (shard, the shard process's random incarnation, a 
 learner remembers the last sequence it took from each incarnation (saved with the posterior
 that holds them, at most SENDERS_KEPT), and answers a repeat without merging it (`repeated`).
 
-The posterior is saved to the store's meta, by a sync that merged if LEARNER_SAVE_S passed
-since the last save and otherwise at the next LEARNER_SAVE_S tick (an idle learner writes
-nothing), and by `flush` (runtime.stop's, before the kill), copied on the loop and written on a
-thread, one save at a time (posterior.py `Saves`). So a learner that Ray restarts, or
-a cluster started again on the same store, goes on from what it had learned rather than from
-the priors; the deltas merged since the last save (at most LEARNER_SAVE_S) are lost with the
-process. It is saved with its catalog's text: Ray restarts the actor with the catalog it was created
-with, and the saved one (the latest switched to) runs instead. So a switch answers only once
-it is saved (else StoreUnavailable, and the learner stays on its catalog: the controller does
-not switch the shards). Deltas of the last REMAPS_KEPT catalog versions before the running one
-are carried over, each by one remap; one of an older version it ran is dropped, and counted by
-version (`dropped`); one of a version it never ran (its switch has not reached it yet) is
-refused, NotRunning, and its shard sends it again. A delta is remembered as taken only once
-merged. An action a switch takes out and a later one puts back (a rollback, a seasonal offer)
-goes on from the models it had when it was last taken out, not from its group's, if that was
-within the last REMAPS_KEPT switches of this process (core/models.py `TakenOut`: the models a
-switch takes out are kept, not whole earlier posteriors; a restart keeps only the running
-posterior). A saved posterior that cannot be read, or does not fit its catalog, is kept aside
-(DAMAGED_KEY; one with a chunk lost is only logged) and the learner starts from the priors; while
-the store does not answer for it, the learner merges and answers nothing (StoreUnavailable: the
-shards keep their deltas), so no merge is saved over it.
+The posterior is saved to the store's meta, by a sync that merged if LEARNER_SAVE_S passed since the
+last save and otherwise at the next LEARNER_SAVE_S tick (an idle learner writes nothing), and by
+`flush` (runtime.stop's, before the kill), copied on the loop and written on a thread, one save at a
+time, less often while the store refuses them (posterior.py `Saves`). So a learner that Ray
+restarts, or a cluster started again on the same store, goes on from what it had learned rather than
+from the priors; the deltas merged since the last save (at most LEARNER_SAVE_S, while the store
+answers) are lost with the process. It is saved with its catalog's text: Ray restarts the actor with
+the catalog it was created with, and the saved one (the latest switched to) runs instead. So a
+switch answers only once it is saved (else StoreUnavailable, and the learner stays on its catalog:
+the controller does not switch the shards). Deltas of the last REMAPS_KEPT catalog versions before
+the running one are carried over, each by one remap; one of an older version it ran is dropped, and
+counted by version (`dropped`); one of a version it never ran (its switch has not reached it yet) is
+refused, NotRunning, and its shard sends it again. A delta is remembered as taken only once merged.
+An action a switch takes out and a later one puts back (a rollback, a seasonal offer) goes on from
+the models it had when it was last taken out, not from its group's, if that was within the last
+REMAPS_KEPT switches of this process (core/models.py `TakenOut`: the models a switch takes out are
+kept, not whole earlier posteriors; a restart keeps only the running posterior). A saved posterior
+that cannot be read, or does not fit its catalog, is kept aside (DAMAGED_KEY; one with a chunk lost
+is only logged) and the learner starts from the priors; while the store does not answer for it, the
+learner merges and answers nothing (StoreUnavailable: the shards keep their deltas), so no merge is
+saved over it.
 A learner Ray constructs runs the catalog it was created with, which may not be the one the
 cluster runs (its saved posterior unreadable, saved without its text by an older release, or
 none), and deltas and watches carry only the catalog's version, under which another text lays
@@ -423,8 +423,9 @@ class LearnerActor:
         merges. A learner with nothing unsaved writes nothing."""
         while True:
             await asyncio.sleep(max(LEARNER_SAVE_S, SAVE_TICK_MIN_S))
-            try:
-                await self.flush()
+            try:  # not under a switch (as `flush`), nor before a failed write's wait is out
+                await self.switches.passed()
+                await self.saves.periodic(self.learner, 0.0)
             except Exception:  # not a reason to stop saving: logged, tried at the next tick
                 log.exception("learner: the periodic save failed")
 
@@ -454,8 +455,7 @@ class LearnerActor:
         finally:  # a refused sync counts too
             self.metrics.flush(self.learner.refused, sum(self.learner.dropped.values()),
                                self.learner.repeated, self.learner.refused_unconfirmed)
-        if self.learner.merged != self.saves.merges and self.saves.due(LEARNER_SAVE_S):
-            await self.saves.save(self.learner)
+        await self.saves.periodic(self.learner, LEARNER_SAVE_S)  # not waited for if a retry
         return published
 
     async def watch(self, catalog_version: str, known_version: int,

@@ -21,6 +21,7 @@ from kairos.core.models import COUNTS, keep_rows, sound_rows
 from kairos.cluster.storage import blocks
 from kairos.cluster.storage.blocks import BlockCorrupt
 from kairos.cluster.storage.store import StoreInUse, StoreUnavailable
+from kairos.cluster.throttled import ThrottledWarning
 from kairos.cluster.transport.backend import Published
 
 log = logging.getLogger("kairos.learner")
@@ -31,6 +32,11 @@ PUBLISHED_STATS = (*PER_MODEL, "inputs")  # Published's, in its order
 # behind with the models changed since (a version a merge: a few dozen a second at most), and
 # at most a row per model among them all (more: the whole table is as cheap to send)
 CHANGES_KEPT = 256
+# after a write that failed, the periodic saves wait this long, doubled after each failure up
+# to the most, before trying again: each try copies the whole table on the loop (30-75 ms at
+# 48.5 MiB), which every sync that merged made while the store was down, saturating the loop
+SAVE_RETRY_FIRST_S, SAVE_RETRY_MOST_S = 2.0, 60.0
+SAVE_FAILED_LOG_S = 60.0  # a store that refuses the saves is said at most this often
 
 
 @dataclass
@@ -134,22 +140,37 @@ class Saves:
     30-75 ms for a 48.5 MiB table, measured on a loaded machine) and join and write them on a
     thread (a save on the loop took 150-500 ms at that size, which held every shard's syncs
     and watches). One asked for while another is written is taken as soon as that write
-    ends. A save whose failure its caller must hear (`save_now`: a switch's, which a failure
-    undoes) waits for the one in flight first (`idle`), so an older one never lands after
-    it; one asked for while it is written is not taken if it fails: its caller puts the learner
-    back if the store did not take it, and only raises any other (either way, the next save
-    writes the learner as it is then)."""
+    lands (after one that failed, once `due`). A save whose failure its caller must hear
+    (`save_now`: a switch's, which a failure undoes) waits for the one in flight first
+    (`idle`), so an older one never lands after it; one asked for while it is written is not
+    taken if it fails: its caller puts the learner back if the store did not take it, and
+    only raises any other (either way, the next save writes the learner as it is then).
+    After a periodic write that failed, the next `periodic` one waits SAVE_RETRY_FIRST_S,
+    doubled after each failure up to SAVE_RETRY_MOST_S (reset by a write that lands), and
+    its caller (a sync) does not wait for it: a store that is down would hold every sync's
+    answer for its timeout. A flush (runtime.stop's) tries at once and waits."""
 
     def __init__(self, store: Any, key: str) -> None:
         self.store, self.key = store, key
         self.saved_at = -math.inf  # when the latest save written was taken (monotonic)
         self.merges = 0  # the learner's merges it holds
+        self.retry_s = 0.0  # how long the periodic saves wait after the latest failed write
+        self._retry_at = -math.inf  # monotonic: not before then
+        self._refused = ThrottledWarning(log, SAVE_FAILED_LOG_S)
         self._writing: asyncio.Task | None = None
         self._asked: Any = None  # the learner whose save was asked for during a write
         self._stopped = False
 
     def due(self, every_s: float) -> bool:
-        return time.monotonic() - self.saved_at >= every_s
+        now = time.monotonic()
+        return now - self.saved_at >= every_s and now >= self._retry_at
+
+    async def periodic(self, learner: Any, every_s: float) -> None:
+        """Save the merges not saved, if `every_s` passed since the last save was taken and
+        any wait after a failed write (`due`); wait until it is written unless it tries again
+        after a failure (a sync's answer does not wait out a store that is down)."""
+        if learner.merged != self.merges and self.due(every_s):
+            await self.save(learner, wait=not self.retry_s)
 
     async def idle(self) -> None:
         """Once no save is in flight (a caller cancelled does not stop it); a save that
@@ -161,17 +182,19 @@ class Saves:
         """Start no save from now on (one in flight is written: `idle`)."""
         self._stopped, self._asked = True, None
 
-    async def save(self, learner: Any) -> None:
-        """Save the learner's posterior, and wait until it is written, unless a save is in
-        flight: then it is taken once that one is written, and nothing waits for it. A store
-        that does not take it (StoreUnavailable) is logged, and the next save tries again;
-        any other failure raises here."""
+    async def save(self, learner: Any, wait: bool = True) -> None:
+        """Save the learner's posterior, and `wait` until it is written, unless a save is in
+        flight: then it is taken once that one is written (if it was), and nothing waits for
+        it. A store that does not take it (StoreUnavailable) is logged, and the next save
+        tries again; any other failure raises here if waited for (else it is logged)."""
         if self._stopped:
             return
         if self._writing is not None:
             self._asked = learner
             return
-        await asyncio.shield(self._write_from(learner, waited=True))
+        writing = self._write_from(learner, waited=wait)
+        if wait:
+            await asyncio.shield(writing)
 
     def _write_from(self, learner: Any, waited: bool, heard: bool = False) -> asyncio.Task:
         self._writing = asyncio.get_running_loop().create_task(
@@ -181,29 +204,33 @@ class Saves:
     async def _write(self, parts: list[bytes], merges: int, taken_at: float,
                      waited: bool, heard: bool) -> None:
         """`waited`: whether a caller waits for it, which takes its failure (else logged);
-        `heard`: StoreUnavailable too (else logged)."""
-        cancelled = written = False
+        `heard`: StoreUnavailable too (else logged), and no failure delays the next save."""
+        written = False
         try:
             await asyncio.to_thread(lambda: self.store.put_meta(self.key, b"".join(parts)))
             self.saved_at, self.merges, written = taken_at, merges, True
-        except StoreUnavailable as exc:
-            if heard:
-                raise
-            log.warning("learner: could not save the posterior: %s", exc)
+            self.retry_s, self._retry_at = 0.0, -math.inf
         except asyncio.CancelledError:
-            cancelled = True
             raise
-        except Exception:
-            if waited:
+        except Exception as exc:
+            if heard:  # save_now's (a switch's): its caller hears it; the periodic saves go on
                 raise
-            log.exception("learner: saving the posterior failed")
+            self.retry_s = min(SAVE_RETRY_MOST_S, max(SAVE_RETRY_FIRST_S, 2 * self.retry_s))
+            self._retry_at = time.monotonic() + self.retry_s
+            if isinstance(exc, StoreUnavailable):
+                self._refused.warn("learner: could not save the posterior (tried again in "
+                                   "%g s at the earliest): %s", self.retry_s, exc)
+            elif waited:
+                raise
+            else:
+                log.exception("learner: saving the posterior failed")
         finally:
             self._writing, asked, self._asked = None, self._asked, None
-            # the loop shutting down cancels it: nothing more is started then; nor after a
-            # heard write (save_now's: a switch's) failed: its caller puts the learner asked
-            # back, which this write would save switched; the next save writes it
-            if asked is not None and not cancelled and (written or not heard) \
-                    and asked.merged != self.merges:
+            # only after a write that landed: the loop shutting down cancels it, and nothing
+            # is started then; after a failure the next save is `due` once the wait is out
+            # (and after a heard write's, save_now's, a switch's, its caller puts the learner
+            # asked back, which this write would save switched)
+            if asked is not None and written and asked.merged != self.merges:
                 self._write_from(asked, waited=False)
 
     async def save_now(self, learner: Any) -> None:
