@@ -262,7 +262,8 @@ EXPORT = ["--target", "127.0.0.1:1", "log", "export", "--since", "0", "--until",
 def test_an_export_into_a_missing_folder_says_so(home, tmp_path, capsys):
     out = tmp_path / "missing" / "x.jsonl"
     assert main([*EXPORT, "--out", str(out)]) == 1
-    assert capsys.readouterr().err.strip() == f"error: --out {out}: No such file or directory"
+    assert capsys.readouterr().err.strip() == \
+        f"error: --out {out}: cannot write in {out.parent}: No such file or directory"
 
 
 @pytest.mark.parametrize("options, said", [
