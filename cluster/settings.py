@@ -232,11 +232,12 @@ CONTROL_LOOP_S = number("CONTROL_LOOP_S", 1.0, low=0.01, high=3600.0)
 # How long a long poll (the routing table's, a shard's watch of the learner's models) waits for
 # a newer version before answering "no change".
 LONG_POLL_S = number("LONG_POLL_S", 10.0, above=True, high=3600.0)
-# How long a take-up (a controller started again on a saved cluster) waits for nodes before it
-# creates the shards it cannot reach, while the alive nodes cannot host them at no more shards a
-# node than the cluster had when it was saved (control/takeup.py): after a full restart the
-# head's node is back first, and KubeRay's workers tens of seconds to minutes later. After it
-# they are placed on the nodes alive, more to a node. A head's start may take it besides
+# How long a take-up after a full restart (a controller started again on a saved cluster, none
+# of whose shards answers) waits for nodes before it creates the shards, while the alive nodes
+# cannot host them at no more shards a node than the cluster was spread when it was saved
+# (control/takeup.py): the head's node is back first, and KubeRay's workers tens of seconds to
+# minutes later. After it they are placed on the nodes alive, more to a node. 0: no wait, and
+# no warning (a cluster whose nodes all start together). A head's start may take it besides
 # KAIROS_SHARD_START_S: its startup probe must allow for both (k8s/base/raycluster.yaml).
 TAKEUP_NODES_WAIT_S = number("TAKEUP_NODES_WAIT_S", 120.0, high=3600.0)
 # How long a shard that was scaled away lingers, answering MOVED, before it is stopped.

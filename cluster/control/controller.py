@@ -53,7 +53,7 @@ from kairos.cluster.control.rounds import ControlLoop
 from kairos.cluster.control.saved import STATE_KEY, state_blob, take_up
 from kairos.cluster.control.scaling import Scaling
 from kairos.cluster.control.status import cluster_status
-from kairos.cluster.control.takeup import nodes_to_host
+from kairos.cluster.control.takeup import Density, nodes_to_host
 from kairos.cluster.longpoll import Changes
 from kairos.cluster.settings import DRAIN_UNREADY_S, LONG_POLL_S, RETIRE_GRACE_S, SHARDS_PER_CPU
 from kairos.cluster.shard.outcomes import outcome_secret
@@ -116,6 +116,7 @@ class Controller(ControlLoop, Catalogs, Scaling):
         self.ready = False  # its state is whole: started, or taken up from the store
         self.lagging = Lagging(backend)
         self.nodes = Nodes(backend, gateways, shards_per_cpu)
+        self.density = Density()  # what the saved state records (takeup.py)
         self.drains = Drains(self._drained)
         self._requested_gateways = gateways
         self._next_index = 0
@@ -257,10 +258,10 @@ class Controller(ControlLoop, Catalogs, Scaling):
             else:  # it answers, not serving yet (Ray restarted it, or it is rebuilding)
                 self.placement[name] = health.get("node")
             starting.append(name)
-        # not all on the first node back from a full restart (states saved before the density
-        # was kept have none: no wait)
-        await nodes_to_host(self.nodes, self.placement, len(missing), state.get("density"),
-                            self.store_claim)
+        # not all on the first node back from a full restart, where no shard answered (none
+        # placed)
+        await nodes_to_host(self.nodes, bool(self.placement), len(missing),
+                            state.get("density"), self.store_claim)
         for name in missing:  # one at a time: a shard created is placed by the ones before
             await self._create_shard(name)
         served = asyncio.gather(*(self.endpoints.serve(name, self.nodes.spec,

@@ -1,7 +1,7 @@
 """The controller's state as the store's meta keeps it (`Controller._save` writes it at every
 change; `Controller.resume` takes it up): the map, shard names (and those handed out to shards
-being created), catalogs, moves and replacements under way, watches, nodes, and the most shards
-a node hosted (takeup.py)."""
+being created), catalogs, moves and replacements under way, watches, nodes, and about the most
+shards a node hosted (takeup.py)."""
 from __future__ import annotations
 
 from typing import Any
@@ -11,7 +11,6 @@ import msgpack
 from kairos.cluster.control.catalog_identity import VersionsRun
 from kairos.cluster.control.moves import moves_from_state, moves_to_state
 from kairos.cluster.control.partitions import PartitionMap
-from kairos.cluster.control.takeup import density
 
 STATE_KEY = "controller"  # the store meta holding the controller's state
 STATE_FORMAT = 1
@@ -35,7 +34,8 @@ def state_blob(controller: Any) -> bytes:
                       for name, sources in controller.replacing.items()},
         "evidence": [controller.evidence, controller.previous_evidence],
         "nodes": controller.nodes.to_state(),
-        "density": density(controller.placement),  # how a take-up places shards (takeup.py)
+        # how a take-up places shards: no denser than the cluster was spread (takeup.py)
+        "density": controller.density.to_save(controller.placement),
         "channel_watches": sorted((list(w) for w in controller.channel_watches), key=str)},
         use_bin_type=True)
 
@@ -44,8 +44,8 @@ def take_up(controller: Any, state: dict[str, Any], catalog_version: str) -> lis
     """Set `controller`'s map, catalogs, moves, replacements, watches, nodes and the names of
     shards being created from a saved `state` (states saved before replacements, nodes, the
     versions run or the names being created were kept have none), its catalog's version
-    being `catalog_version` (compiled by the caller, off the event loop); the names of every
-    shard it knew, owning partitions or retiring."""
+    being `catalog_version` (compiled by the caller, off the event loop), and the density it
+    recorded of them; the names of every shard it knew, owning partitions or retiring."""
     names = state["shards"]
     controller.map = PartitionMap([names[i] for i in state["owners"]], state["version"],
                                   state["target"])
@@ -61,4 +61,5 @@ def take_up(controller: Any, state: dict[str, Any], catalog_version: str) -> lis
     controller.replacing = {name: {int(p): journal for p, journal in pairs}
                             for name, pairs in state.get("replacing", {}).items()}
     controller.nodes.take_up(state.get("nodes"))
+    controller.density.taken_up(state.get("density"), len(names))
     return names

@@ -6,11 +6,13 @@ Shards ask Ray for no resources and each is placed on the node with the fewest, 
 that created them at once would put every one on the head, each loading its partitions'
 customers: more memory than the head has, and the head, killed, restarts into the same take-up.
 
-So the state records how densely shards were placed (`density`: the most any one node hosted),
-and a take-up that must create shards first waits, up to KAIROS_TAKEUP_NODES_WAIT_S, until the
-alive nodes can host them all at no more than that a node (`nodes_to_host`). It waits only when
-they cannot: a controller Ray restarted, whose shards live on, creates none and waits for
-nothing. Nothing is written while it waits: a controller killed meanwhile waits again.
+So the state records how densely shards were placed (`Density`: about the most any one node
+hosted), and a take-up after a full restart first waits, up to KAIROS_TAKEUP_NODES_WAIT_S,
+until the alive nodes can host the shards at no more than that a node (`nodes_to_host`). A
+take-up where any saved shard answers waits for nothing: the Ray cluster survived (Ray
+restarted the controller), so no node is about to rejoin, and the shards of a node lost for
+good are created on the nodes there are. Nothing is written while it waits: a controller
+killed meanwhile waits again.
 """
 from __future__ import annotations
 
@@ -26,46 +28,65 @@ log = logging.getLogger("kairos.controller")
 POLL_S = 1.0  # how often the wait reads the node table
 
 
-def density(placement: dict[str, str | None]) -> int:
-    """The most shards placed on any one node (0 where none is placed on a known node)."""
-    return max(Counter(n for n in placement.values() if n is not None).values(), default=0)
+class Density:
+    """The density a save records: the lower of the current placement's (the most shards on
+    one node) and a ceiling. The ceiling is the density taken up (or saved before), and it
+    goes up only when the number of shards does (a scale-up, a joiner's shards), to an even
+    spread of them over the nodes hosting them. So a placement crowded by a take-up that
+    timed out, or by a node lost (its shards replaced on the others, as many as before), is
+    never recorded: the next full restart waits for the nodes again, rather than crowding
+    the head at once. The cost: after a node lost for good, a full restart waits all of
+    KAIROS_TAKEUP_NODES_WAIT_S for it, until the shard count grows."""
+
+    def __init__(self) -> None:
+        self.ceiling = 0
+        self.shards = 0  # how many shards were placed when `ceiling` was set
+
+    def taken_up(self, saved: int | None, shards: int) -> None:
+        """The density a state of `shards` shards recorded (None: a state saved before it was
+        kept, whose first save records its placement's)."""
+        self.ceiling, self.shards = (saved, shards) if saved else (0, 0)
+
+    def to_save(self, placement: dict[str, str | None]) -> int:
+        """The density to record of `placement` (shard -> node), the ceiling moved by it."""
+        by_node = Counter(n for n in placement.values() if n is not None)
+        placed = sum(by_node.values())
+        if placed > self.shards:
+            self.ceiling = max(self.ceiling, -(-placed // len(by_node)))
+        self.ceiling, self.shards = min(self.ceiling, max(by_node.values(), default=0)), placed
+        return self.ceiling
 
 
-def room(nodes: Nodes, alive: list[str], placement: dict[str, str | None], most: int) -> int:
-    """How many more shards the serving nodes of `alive` take before one holds `most`."""
-    return sum(max(0, most - load) for load in nodes.load(alive, placement).values())
-
-
-async def nodes_to_host(nodes: Nodes, placement: dict[str, str | None], n_new: int,
-                        saved_density: int | None, claim: StoreClaim) -> None:
-    """Return once the serving nodes alive can take `n_new` more shards besides those in
-    `placement` at no more than `saved_density` a node, or once KAIROS_TAKEUP_NODES_WAIT_S has
-    passed (a warning says the density is exceeded then). At once without a density (a state
-    saved before it was kept) or shards to create. The node table is read every POLL_S with an
-    await between reads: the long polls this loop serves go on. StoreInUse once the claim on
-    the store is lost meanwhile."""
-    if not n_new or not saved_density:
+async def nodes_to_host(nodes: Nodes, answered: bool, n_new: int, saved_density: int | None,
+                        claim: StoreClaim) -> None:
+    """Return once the serving nodes alive can take `n_new` shards at no more than
+    `saved_density` a node, or once KAIROS_TAKEUP_NODES_WAIT_S has passed (a warning says the
+    density is exceeded then). At once where a saved shard `answered` (Ray's cluster survived),
+    without a density (a state saved before it was kept), without shards to create, or with
+    the wait set to 0 (turned off). The node table is read every POLL_S with an await between
+    reads: the long polls this loop serves go on. StoreInUse once the claim on the store is
+    lost meanwhile."""
+    if answered or not n_new or not saved_density or not TAKEUP_NODES_WAIT_S:
         return
     loop = asyncio.get_running_loop()
     deadline = loop.time() + TAKEUP_NODES_WAIT_S
     logged: list[str] | None = None  # the alive nodes the last notice named
-    while (free := room(nodes, alive := nodes.alive(), placement, saved_density)) < n_new:
+    # a draining node is alive and hosts no shard: it is no room
+    while (free := saved_density * len(serving := nodes.serving(nodes.alive()))) < n_new:
         claim.check()  # lost while it waited: no shard is created
-        serving = len(nodes.serving(alive))
         if loop.time() >= deadline:
             log.warning("taking up the cluster: after %g s the %d serving nodes alive take "
                         "%d of the %d shards to create at %d a node, the most a node hosted "
                         "when the cluster was saved: all are placed on them, more to a node",
-                        TAKEUP_NODES_WAIT_S, serving, free, n_new, saved_density)
+                        TAKEUP_NODES_WAIT_S, len(serving), free, n_new, saved_density)
             return
-        if alive != logged:
-            log.warning("taking up the cluster: waiting up to %.0f s for nodes to host the %d "
+        if serving != logged:
+            log.warning("taking up the cluster: waiting up to %.4g s for nodes to host the %d "
                         "shards to create at no more than %d a node, the most a node hosted "
                         "when the cluster was saved: the %d serving nodes alive take %d",
-                        deadline - loop.time(), n_new, saved_density, serving, free)
-            logged = alive
+                        deadline - loop.time(), n_new, saved_density, len(serving), free)
+            logged = serving
         await asyncio.sleep(min(POLL_S, deadline - loop.time()))
     if logged is not None:
         log.warning("taking up the cluster: the %d serving nodes alive host the %d shards to "
-                    "create at no more than %d a node", len(nodes.serving(alive)), n_new,
-                    saved_density)
+                    "create at no more than %d a node", len(serving), n_new, saved_density)

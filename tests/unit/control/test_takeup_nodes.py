@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import Counter
 
 import msgpack
@@ -40,6 +41,11 @@ async def fully_restarted(store: str) -> tuple[Actors, Controller]:
     backend.shards.clear()
     backend.node_names = ["node-a"]
     return backend, saved
+
+
+def saved_state(controller: Controller) -> dict:
+    """The state in `controller`'s store, as the last save left it."""
+    return msgpack.unpackb(controller.store.get_meta(STATE_KEY), raw=False)
 
 
 def notices(caplog, text: str) -> list[str]:
@@ -80,6 +86,74 @@ def test_nodes_that_never_come_leave_the_shards_on_those_alive_with_a_warning(
         assert all(backend.shards[s] is not None for s in controller.shards)
         assert notices(caplog, "after 0.2 s the 1 serving nodes alive take 2 of the 6 shards "
                                "to create at 2 a node")
+        # less than a second to wait is not "0 s"
+        assert re.search(r"waiting up to 0\.\d+ s", notices(caplog, "waiting up to")[0])
+    asyncio.run(main())
+
+
+def test_a_wait_set_to_0_places_the_shards_at_once_and_quietly(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(takeup, "TAKEUP_NODES_WAIT_S", 0.0)
+
+    async def main():
+        backend, _ = await fully_restarted(str(tmp_path))
+        with caplog.at_level(logging.WARNING, logger="kairos.controller"):
+            controller = await controller_on(backend, str(tmp_path), 6)
+        assert Counter(controller.placement.values()) == {"node-a": 6}
+        assert not notices(caplog, "nodes alive") and not notices(caplog, "more to a node")
+    asyncio.run(main())
+
+
+def test_a_take_up_that_timed_out_leaves_the_next_full_restart_to_wait_again(
+        tmp_path, caplog, monkeypatch):
+    """The 6 shards the first take-up crowded on node-a are not the density saved: the next
+    full restart waits for 3 nodes again, and spreads them 2 a node."""
+    monkeypatch.setattr(takeup, "TAKEUP_NODES_WAIT_S", 0.2)
+
+    async def main():
+        backend, _ = await fully_restarted(str(tmp_path))
+        crowded = await controller_on(backend, str(tmp_path), 6)
+        assert Counter(crowded.placement.values()) == {"node-a": 6}
+        assert saved_state(crowded)["density"] == 2
+        monkeypatch.setattr(takeup, "TAKEUP_NODES_WAIT_S", 30.0)
+        backend.shards.clear()  # a second full restart, only node-a back at first
+        with caplog.at_level(logging.WARNING, logger="kairos.controller"):
+            resuming = asyncio.ensure_future(controller_on(backend, str(tmp_path), 6))
+            await until(lambda: waiting(caplog, resuming, 2), 10, "waiting for nodes")
+            backend.node_names += ["node-b", "node-c"]
+            controller = await resuming
+        assert Counter(controller.placement.values()) == SPREAD
+    asyncio.run(main())
+
+
+def test_a_node_lost_does_not_raise_the_density_saved_and_a_scale_up_does(tmp_path):
+    async def main():
+        backend = Actors()
+        controller = await controller_on(backend, str(tmp_path), 6)
+        backend.node_names.remove("node-c")  # its 2 shards are replaced on node-a and node-b
+        await controller._replace_departed(backend.nodes())
+        assert Counter(controller.placement.values()) == {"node-a": 3, "node-b": 3}
+        assert saved_state(controller)["density"] == 2
+        await controller.scale(8)  # more shards than 2 nodes host at 3 a node
+        assert Counter(controller.placement.values()) == {"node-a": 4, "node-b": 4}
+        assert saved_state(controller)["density"] == 4
+    asyncio.run(main())
+
+
+def test_a_draining_node_alive_is_no_room_for_the_shards_a_full_restart_creates(tmp_path,
+                                                                               caplog):
+    async def main():
+        backend, saved = await fully_restarted(str(tmp_path))
+        state = saved_state(saved)
+        state["nodes"]["draining"] = ["node-c"]
+        saved.store.put_meta(STATE_KEY, msgpack.packb(state, use_bin_type=True))
+        backend.node_names += ["node-b", "node-c"]  # room for 4 of the 6 at 2 a node
+        with caplog.at_level(logging.WARNING, logger="kairos.controller"):
+            resuming = asyncio.ensure_future(controller_on(backend, str(tmp_path), 6))
+            await until(lambda: waiting(caplog, resuming, 4), 10, "waiting for a node")
+            backend.node_names.append("node-d")
+            controller = await resuming
+        assert Counter(controller.placement.values()) == {"node-a": 2, "node-b": 2,
+                                                          "node-d": 2}
     asyncio.run(main())
 
 
@@ -114,6 +188,31 @@ def test_a_restarted_controller_whose_nodes_have_room_does_not_wait(tmp_path, ca
             assert await controller.resume()
         assert controller.placement == saved.placement and backend.shards[gone] is not None
         assert not notices(caplog, "nodes alive take")
+    asyncio.run(main())
+
+
+def test_a_controller_restarted_with_nodes_gone_for_good_creates_their_shards_at_once(
+        tmp_path, caplog, monkeypatch):
+    """Ray restarted the controller, and node-b and node-c left for good with their shards:
+    the shards that answer tell that the Ray cluster survived, and no node is about to
+    rejoin. Node-a, full at 2 a node, takes their 4 shards at once rather than after the wait
+    (the control loop spreads them over the nodes that join later)."""
+    monkeypatch.setattr(takeup, "TAKEUP_NODES_WAIT_S", 3600.0)
+
+    async def main():
+        backend = Actors()
+        saved = await controller_on(backend, str(tmp_path), 6)
+        backend.node_names = ["node-a"]
+        for name in [s for s, node in saved.placement.items() if node != "node-a"]:
+            await backend.kill_shard(name)
+        with caplog.at_level(logging.WARNING, logger="kairos.controller"):
+            controller = Controller(backend, n_partitions=64, store_url=str(tmp_path))
+            resuming = asyncio.ensure_future(controller.resume())
+            await until(lambda: waiting(caplog, resuming, 2), 10, "the take-up")
+            assert not notices(caplog, "nodes alive take")
+            assert await resuming
+        assert Counter(controller.placement.values()) == {"node-a": 6}
+        assert all(backend.shards[s] is not None for s in controller.shards)
     asyncio.run(main())
 
 
