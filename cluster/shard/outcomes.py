@@ -171,24 +171,25 @@ class OutcomeRate:
     def __init__(self, clock: Callable[[], float]):
         self._clock = clock
         self._now = -math.inf  # the latest time read: a clock stepped back counts from here
-        # a customer's counted times, ascending; customers by their latest, the oldest first
-        self._times: OrderedDict[str, float | array] = OrderedDict()
+        # what is counted of a customer: its outcomes' times, ascending; customers by their
+        # latest, oldest first (the fixed windows' name: tests compare it between shards)
+        self._counts: OrderedDict[str, float | array] = OrderedDict()
 
     def refusal(self, customer_id: str) -> str | None:
         """Count one outcome of the customer (None); past its limit, why it is refused (not
         counted)."""
         self._now = now = max(self._now, float(self._clock()))  # a float: see `_latest`
         since = now - OUTCOME_RATE_WINDOW_S  # counted times after it are in the window
-        while self._times and _latest(next(iter(self._times.values()))) <= since:
-            self._times.popitem(last=False)
-        kept = self._times.get(customer_id, ())
+        while self._counts and _latest(next(iter(self._counts.values()))) <= since:
+            self._counts.popitem(last=False)
+        kept = self._counts.get(customer_id, ())
         times = (kept,) if isinstance(kept, float) else kept
         times = times[bisect_right(times, since):]
         if len(times) >= OUTCOMES_PER_CUSTOMER:
             return (f"more than {OUTCOMES_PER_CUSTOMER} {RATE_REFUSAL} "
                     f"{OUTCOME_RATE_WINDOW_S:g} s")
-        self._times[customer_id] = array("d", (*times, now)) if times else now
-        self._times.move_to_end(customer_id)
+        self._counts[customer_id] = array("d", (*times, now)) if times else now
+        self._counts.move_to_end(customer_id)
         return None
 
 

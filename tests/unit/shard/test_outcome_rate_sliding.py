@@ -67,8 +67,8 @@ def test_customers_without_an_outcome_in_the_last_window_are_not_kept():
     taken(rate, "busy", 2 * LIMIT)
     clock.now += W / 2
     rate.refusal("late")
-    assert len(rate._times) == 1002
+    assert len(rate._counts) == 1002
     clock.now += W / 2  # c*'s and busy's outcomes leave the window; late's stays
     rate.refusal("next")
-    assert sorted(rate._times) == ["late", "next"]
-    assert all(isinstance(t, float) for t in rate._times.values())  # one each
+    assert sorted(rate._counts) == ["late", "next"]
+    assert all(isinstance(t, float) for t in rate._counts.values())  # one each
