@@ -5,8 +5,10 @@ Decision ids are sealed as they leave a shard: to the engine's id `seal` adds th
 issued, a short keyed MAC (BLAKE2b) over the customer, the id, that time, the channel and the
 tags that follow, and per action shown a tag, the same MAC over the action instead, with a
 secret every shard reads from the store (created once, before the first shard starts). The
-first MAC is checked first, so a forger guesses one MAC per Respond whatever the id's length
-(checking the action's tag alone, an id of a thousand made-up tags was a thousand guesses). So
+first MAC is checked first, so a forger guesses one MAC per Respond for each id the decision
+may have been issued to (the customer, and the anonymous ids of its links and merged aliases:
+customers.py `_issued_to`), whatever the id's length (checking the action's tag alone, an id of a
+thousand made-up tags was a thousand guesses). So
 any shard can check an outcome without keeping anything per decision: after restarts,
 passivation and moves, and for a customer that has no profile yet (a Decide creates none). An
 outcome naming a made-up id, another customer's decision, an action the decision did not show,
