@@ -26,9 +26,8 @@ from tests.k8s.test_manifests import (
     raycluster_crd,
     raycluster_schema,
 )
-from tests.support.manifests import K8S, REPO, env_of, head, objects, one, raycluster
+from tests.support.manifests import REPO, RUNBOOK, env_of, head, objects, one, raycluster
 
-RUNBOOK = K8S / "README.md"
 SHM = "/dev/shm"
 RAY_LOGS = "/tmp/ray"  # Ray's temp dir: logs, session files, plasma's fallback, spilling
 # The bound the logs volume is sized for: log files one Ray pod may hold at once. Ray's own
@@ -57,6 +56,8 @@ CLI_START_S = 5.0  # `kairos drain` starting (Python, gRPC: 0.4 s on 2 cores) be
 # Ray's stop of its processes once its own SIGTERM drain is over (about 10 s in Ray 2.60:
 # SIGTERM, then SIGKILL to what is left)
 RAY_STOP_S = 20.0
+# KairosQueueSaturated fires past this share of a shard's queue (base/prometheusrule.yaml)
+QUEUE_ALERT_SHARE = 0.8
 
 
 def quantity(value) -> float:
@@ -192,14 +193,29 @@ def controller_settings(overlay: str, *names: str) -> dict[str, float]:
 
 
 def container_settings(container: dict, *names: str) -> dict[str, float]:
-    """settings.py's values as a process in `container` has them: imported with the
-    container's literal KAIROS_ variables and no other (those of this test run included)."""
+    """settings.py's values as a process in `container` has them."""
+    code = ("import json, sys; from kairos.cluster import settings; "
+            "print(json.dumps({n: getattr(settings, n) for n in sys.argv[1:]}))")
+    return in_container(container, code, *names)
+
+
+def shard_residents(container: dict) -> int:
+    """The most customers a shard in `container` keeps resident: the rows its profile table
+    is made with (shard.py), RESIDENT_LIMIT, the overflow waiting to be passivated, a round's
+    new customers and the sleepers two ticks wake (residency.table_rows)."""
+    code = ("from kairos.cluster.settings import RESIDENT_LIMIT as limit; "
+            "from kairos.cluster.shard.residency import overflow_of, table_rows; "
+            "print(table_rows(limit, overflow_of(limit)))")
+    return in_container(container, code)
+
+
+def in_container(container: dict, code: str, *args: str):
+    """What Python `code` prints, as JSON, run with the container's literal KAIROS_ variables
+    and no other (those of this test run included): settings.py reads them at import."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAIROS_")}
     env.update({e["name"]: e["value"] for e in container["env"]
                 if e["name"].startswith("KAIROS_") and "$(" not in e.get("value", "$(")})
-    code = ("import json, sys; from kairos.cluster import settings; "
-            "print(json.dumps({n: getattr(settings, n) for n in sys.argv[1:]}))")
-    done = subprocess.run([sys.executable, "-c", code, *names], env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
                           text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
@@ -268,21 +284,22 @@ def test_the_drain_cost_is_the_committed_benchmarks():
 
 @pytest.mark.parametrize("overlay", (*OVERLAYS, "base"))
 def test_a_workers_grace_period_drains_a_full_worker(overlay):
-    """A worker holds a shard per CPU (SHARDS_PER_CPU), and autoscaling counts a shard full
-    only at AUTOSCALE_SHARD_RESIDENT customers. preStop's DrainNode deadline covers moving
-    all of them at the benchmark's cost per customer, DRAIN_SAFETY times over, and the
-    drain's fixed steps (the unready window, the retired shards' linger, the gateway's stop);
-    the grace period covers the CLI's start and status call, that deadline, Ray's own drain
-    on SIGTERM (set explicitly: its default may change) and Ray's stop."""
-    values = controller_settings(overlay, "SHARDS_PER_CPU", "AUTOSCALE_SHARD_RESIDENT",
-                                 "DRAIN_UNREADY_S", "RETIRE_GRACE_S", "GATEWAY_STOP_GRACE_S")
+    """A worker holds a shard per CPU (SHARDS_PER_CPU), each at most the residents its
+    container's settings let it keep (shard_residents). preStop's DrainNode deadline covers
+    moving all of them at the benchmark's cost per customer, DRAIN_SAFETY times over (sleepers
+    held for their timers past the limit too), and the drain's fixed steps (the unready
+    window, the retired shards' linger, the gateway's stop); the grace period covers the
+    CLI's start and status call, that deadline, Ray's own drain on SIGTERM (set explicitly:
+    its default may change) and Ray's stop."""
+    values = controller_settings(overlay, "SHARDS_PER_CPU", "DRAIN_UNREADY_S",
+                                 "RETIRE_GRACE_S", "GATEWAY_STOP_GRACE_S")
     for group in raycluster(overlay)["spec"]["workerGroupSpecs"]:
         spec = group["template"]["spec"]
         container = spec["containers"][0]
         cpus = float(group["rayStartParams"]["num-cpus"])
         # the controller's shards for a node that joins (control/nodes.py)
         shards = max(1, round(cpus * values["SHARDS_PER_CPU"]))
-        customers = shards * values["AUTOSCALE_SHARD_RESIDENT"]
+        customers = shards * shard_residents(container)
         need_s = customers * MOVE_S_PER_CUSTOMER * DRAIN_SAFETY + values["DRAIN_UNREADY_S"] \
             + values["RETIRE_GRACE_S"] + values["GATEWAY_STOP_GRACE_S"]
         deadline_s = drain_deadline_s(container)
@@ -312,9 +329,23 @@ def test_the_heads_grace_period_covers_rays_own_drain_and_stop(overlay):
 
 # -- alerts ----------------------------------------------------------------------------------
 
-def alert_rules() -> dict[str, dict]:
-    return {r["alert"]: r for rule in objects("production", "PrometheusRule")
+def alert_rules(overlay: str = "production") -> dict[str, dict]:
+    return {r["alert"]: r for rule in objects(overlay, "PrometheusRule")
             for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_queue_alert_fires_at_its_share_of_the_shards_queue_limit(overlay):
+    """KairosQueueSaturated's threshold is a number in the rule, which follows no setting: a
+    KAIROS_SHARD_QUEUE_LIMIT set on the Ray pods must change it too (k8s/README.md)."""
+    expr = alert_rules(overlay)["KairosQueueSaturated"]["expr"]
+    (threshold,) = map(float, re.findall(r"ray_kairos_queue_depth\)\s*>\s*(\d+)\s*$", expr))
+    for name, group in ray_groups(overlay):
+        container = group["template"]["spec"]["containers"][0]
+        (limit,) = container_settings(container, "SHARD_QUEUE_LIMIT").values()
+        assert threshold == QUEUE_ALERT_SHARE * limit, \
+            f"{overlay} {name}: the alert fires past {threshold:,.0f} queued requests, " \
+            f"{QUEUE_ALERT_SHARE:.0%} of a queue limit of {limit:,}"
 
 
 def test_alerts_fire_when_kairos_or_redis_is_gone_entirely():

@@ -14,6 +14,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
+RUNBOOK = K8S / "README.md"  # the operator's runbook, which tests hold to the manifests
 
 
 @cache
