@@ -120,7 +120,8 @@ def refusals(rc: dict) -> list[str]:
     return found
 
 
-# The Role KubeRay v1.7.0 creates for the autoscaler's ServiceAccount (ray-operator/
-# controllers/ray/common/rbac.go, BuildRole): resource -> verbs, in its order.
+# The Role KubeRay v1.7.0 creates for the autoscaler's ServiceAccount, copied from BuildRole in
+# github.com/ray-project/kuberay, tag v1.7.0 (commit 9c13e71),
+# ray-operator/controllers/ray/common/rbac.go: resource -> verbs, in its order.
 AUTOSCALER_ROLE = {"pods": ("get", "list", "watch", "patch"), "pods/resize": ("patch",),
                    "rayclusters": ("get", "patch")}

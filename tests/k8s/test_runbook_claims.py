@@ -6,9 +6,7 @@ import re
 
 from tests.k8s import kuberay
 from tests.k8s.test_manifests import OVERLAYS
-from tests.support.manifests import K8S, env_of, head, raycluster
-
-RUNBOOK = K8S / "README.md"
+from tests.support.manifests import RUNBOOK, env_of, head, raycluster
 
 
 def runbook() -> str:
@@ -26,9 +24,11 @@ def test_the_runbook_names_every_port_of_the_head_service():
     """KubeRay's head Service maps every port the head's Ray container declares
     (service.go getPortsFromCluster)."""
     (said,) = re.findall(r"`kairos-head-svc`, with every port (.*?)\.", runbook())
+    named = {int(n) for n in re.findall(r"\b\d+\b", said)}
     for overlay in OVERLAYS:
-        for port in head(overlay)["spec"]["containers"][0]["ports"]:
-            assert f"{port['containerPort']}" in said, f"{overlay}: {port} is not named"
+        declared = {p["containerPort"] for p in head(overlay)["spec"]["containers"][0]["ports"]}
+        assert named == declared, f"{overlay}: the head declares {sorted(declared)}, the " \
+            f"runbook names {sorted(named)}"
 
 
 def test_the_runbook_says_the_autoscalers_role_as_kuberay_makes_it():

@@ -20,6 +20,17 @@ def test_no_pod_mounts_the_default_service_account_token(overlay):
             f"{where}: Kubernetes mounts a ServiceAccount token in every container"
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_kuberay_adds_no_token_to_the_ray_pods(overlay):
+    """With authOptions.enableK8sTokenAuth, KubeRay v1.7.0 would add a projected token of the
+    pod's ServiceAccount (on the head the autoscaler's) to every Ray pod it builds and mount
+    it in the Ray container, which these templates do not show (ray-operator/controllers/ray/
+    common/pod.go: configureTokenAuth, AddRayTokenVolume, SetContainerTokenAuthEnvVars)."""
+    options = raycluster(overlay)["spec"].get("authOptions") or {}
+    assert options.get("enableK8sTokenAuth") in (None, False), \
+        f"{overlay}: KubeRay would mount the ServiceAccount's token in the Ray pods"
+
+
 def token_volume(overlay: str) -> dict:
     found = [v for v in head(overlay)["spec"]["volumes"]
              if any("serviceAccountToken" in s for s in v.get("projected", {}).get("sources", []))]

@@ -17,7 +17,7 @@ from kairos.cluster.cli.main import parser
 
 from tests.k8s import kuberay
 from tests.k8s.test_manifests import GATEWAY_PORT, KUBERNETES_VERSION, raycluster_schema
-from tests.support.manifests import K8S, env_of, render
+from tests.support.manifests import K8S, RUNBOOK, env_of, render
 from tests.support.waiting import wait_until
 
 COMPONENT = K8S / "components" / "shard-endpoints"
@@ -82,7 +82,7 @@ def test_the_policy_opens_the_range_the_head_hands_kairos_on_every_ray_pod(rende
 
 
 def test_the_runbook_says_how_to_let_a_namespace_in_and_what_a_cni_without_endport_does():
-    text = (K8S / "README.md").read_text()
+    text = RUNBOOK.read_text()
     section = text[text.index("## Clients that route"):]
     section = section[:section.index("\n## ", 1)]
     ((key, value),) = OPT_IN.items()
