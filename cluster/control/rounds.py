@@ -369,6 +369,8 @@ class ControlLoop:
                                 "of partitions", node, count)
                 for _ in range(count):
                     await self._start_shard(await self._create_shard(node=node))
+            # once placed: each save lowers the density to the placement's
+            self.density.joined(self.nodes.shares(list(wanted)).values())
             await self._save()
             try:
                 await self._rebalance(self._serving_shards())

@@ -61,5 +61,5 @@ def take_up(controller: Any, state: dict[str, Any], catalog_version: str) -> lis
     controller.replacing = {name: {int(p): journal for p, journal in pairs}
                             for name, pairs in state.get("replacing", {}).items()}
     controller.nodes.take_up(state.get("nodes"))
-    controller.density.taken_up(state.get("density"), len(names))
+    controller.density.taken_up(state.get("density"))
     return names

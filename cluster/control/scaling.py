@@ -26,10 +26,13 @@ class Scaling:
             raise ValueError(f"need at least one shard, got {n_shards}")
         async with self._reconfiguring:
             target = self._serving_shards()[:n_shards]
-            for _ in range(n_shards - len(target)):
+            adding = n_shards - len(target)
+            for _ in range(adding):
                 name = await self._create_shard()
                 await self._start_shard(name)
                 target.append(name)
+            if adding > 0:  # once placed: each save lowers the density to the placement's
+                self.density.scaled(n_shards, len(self.nodes.serving(self.nodes.alive())))
             try:
                 moved = await self._rebalance(target)
             except RuntimeError:  # a move held the rest back: nothing else would stop these

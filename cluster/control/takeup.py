@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Iterable
 
 from kairos.cluster.control.nodes import Nodes
 from kairos.cluster.settings import TAKEUP_NODES_WAIT_S
@@ -30,30 +31,37 @@ POLL_S = 1.0  # how often the wait reads the node table
 
 class Density:
     """The density a save records: the lower of the current placement's (the most shards on
-    one node) and a ceiling. The ceiling is the density taken up (or saved before), and it
-    goes up only when the number of shards does (a scale-up, a joiner's shards), to an even
-    spread of them over the nodes hosting them. So a placement crowded by a take-up that
-    timed out, or by a node lost (its shards replaced on the others, as many as before), is
-    never recorded: the next full restart waits for the nodes again, rather than crowding
-    the head at once. The cost: after a node lost for good, a full restart waits all of
-    KAIROS_TAKEUP_NODES_WAIT_S for it, until the shard count grows."""
+    one node) and a ceiling. The ceiling is the density taken up (or saved before), and only
+    the events that add shards on purpose raise it: a scale-up to an even spread of the count
+    asked over the serving nodes (`scaled`), a joiner's shards to its share (`joined`). So a
+    placement crowded by a take-up that timed out, or by a node lost (its shards replaced on
+    the others), is never recorded, nor are the steps that spread it out again (each creates a
+    shard on a node with room before it retires one of the crowded node's: `_uncrowd`): the
+    next full restart waits for the nodes again, rather than crowding the head at once. The
+    cost: after a node lost for good, a full restart waits all of KAIROS_TAKEUP_NODES_WAIT_S
+    for it, until a scale-up or a joiner raises the ceiling."""
 
     def __init__(self) -> None:
-        self.ceiling = 0
-        self.shards = 0  # how many shards were placed when `ceiling` was set
+        self.ceiling = 0  # none: a first start, or a state saved before it was kept
 
-    def taken_up(self, saved: int | None, shards: int) -> None:
-        """The density a state of `shards` shards recorded (None: a state saved before it was
-        kept, whose first save records its placement's)."""
-        self.ceiling, self.shards = (saved, shards) if saved else (0, 0)
+    def taken_up(self, saved: int | None) -> None:
+        """The density a state recorded (None: saved before it was kept)."""
+        self.ceiling = saved or 0
+
+    def scaled(self, n_shards: int, serving: int) -> None:
+        """A scale-up to `n_shards` shards, with `serving` nodes to spread them over."""
+        self.ceiling = -(-n_shards // max(serving, 1))
+
+    def joined(self, shares: Iterable[int]) -> None:
+        """Nodes joined, each given as many new shards as its share in `shares`."""
+        self.ceiling = max(self.ceiling, *shares, 0)
 
     def to_save(self, placement: dict[str, str | None]) -> int:
-        """The density to record of `placement` (shard -> node), the ceiling moved by it."""
+        """The density to record of `placement` (shard -> node), the ceiling lowered to it."""
         by_node = Counter(n for n in placement.values() if n is not None)
-        placed = sum(by_node.values())
-        if placed > self.shards:
-            self.ceiling = max(self.ceiling, -(-placed // len(by_node)))
-        self.ceiling, self.shards = min(self.ceiling, max(by_node.values(), default=0)), placed
+        if not self.ceiling and by_node:  # none yet: the first save sets it, an even spread
+            self.ceiling = -(-sum(by_node.values()) // len(by_node))
+        self.ceiling = min(self.ceiling, max(by_node.values(), default=0))
         return self.ceiling
 
 

@@ -14,6 +14,7 @@ from collections import Counter
 import msgpack
 import pytest
 
+from kairos.cluster.control import controller as controller_module
 from kairos.cluster.control import takeup
 from kairos.cluster.control.controller import IN_PROCESS_OWNER, Controller
 from kairos.cluster.control.saved import STATE_KEY
@@ -252,3 +253,72 @@ def test_a_claim_lost_while_the_take_up_waits_creates_no_shard(tmp_path, caplog,
             await resuming
         assert not backend.shards and controller.map is None
     asyncio.run(main())
+
+
+def test_spreading_a_timed_out_take_up_out_never_raises_the_density_saved(
+        tmp_path, monkeypatch):
+    """The nodes come back after the take-up timed out (6 on node-a): each step that spreads
+    the shards out creates one on a node with room before it retires one of node-a's, and
+    those 7 shards are no scale-up. The density saved stays 2 at every save: a full restart
+    meanwhile waits for the nodes again, rather than putting 4 on the head."""
+    monkeypatch.setattr(takeup, "TAKEUP_NODES_WAIT_S", 0.2)
+    monkeypatch.setattr(controller_module, "RETIRE_GRACE_S", 0.0)
+
+    async def main():
+        backend, _ = await fully_restarted(str(tmp_path))
+        backend.cpus.update(dict.fromkeys(SPREAD, 2.0))  # each node's share: 2 shards
+        controller = await controller_on(backend, str(tmp_path), 6)
+        assert Counter(controller.placement.values()) == {"node-a": 6}
+        saves = saves_of(controller, monkeypatch)
+        backend.node_names += ["node-b", "node-c"]
+        await asyncio.sleep(0)  # the node table the start read, node-a alone, is read again
+        for _ in range(4):  # a shard from node-a to node-b, node-c, node-b, node-c
+            await controller._uncrowd()
+        assert Counter(controller.placement.values()) == SPREAD
+        densities = [s["density"] for s in saves]
+        assert densities and set(densities) == {2}
+    asyncio.run(main())
+
+
+def test_a_scale_up_while_crowded_saves_an_even_spread_over_the_serving_nodes(
+        tmp_path, monkeypatch):
+    """6 crowded on node-a by a take-up that timed out, node-b and node-c back: 7 shards
+    are recorded at 3 a node (7 over 3 serving nodes), not at the crowding's 6 or more."""
+    monkeypatch.setattr(takeup, "TAKEUP_NODES_WAIT_S", 0.2)
+
+    async def main():
+        backend, _ = await fully_restarted(str(tmp_path))
+        controller = await controller_on(backend, str(tmp_path), 6)
+        backend.node_names += ["node-b", "node-c"]
+        await controller.scale(7)
+        assert max(Counter(controller.placement.values()).values()) == 6  # still crowded
+        assert saved_state(controller)["density"] == 3
+    asyncio.run(main())
+
+
+def test_a_joiners_shares_raise_the_density_saved(tmp_path):
+    """A node with 3 CPUs joins 2 nodes hosting 2 shards each: it is given 3, and a full
+    restart may place 3 a node."""
+    async def main():
+        backend = Actors(("node-a", "node-b"))
+        backend.cpus.update({"node-a": 2.0, "node-b": 2.0, "node-c": 3.0})
+        controller = await controller_on(backend, str(tmp_path), 4)
+        assert saved_state(controller)["density"] == 2
+        backend.node_names.append("node-c")
+        await controller._grow()
+        assert Counter(controller.placement.values()) == {"node-a": 2, "node-b": 2,
+                                                          "node-c": 3}
+        assert saved_state(controller)["density"] == 3
+    asyncio.run(main())
+
+
+def saves_of(controller: Controller, monkeypatch) -> list[dict]:
+    """The states `controller` saves from now on, each as written to its store."""
+    saves, put = [], controller.store.put_meta
+
+    def recorded(key: str, blob: bytes) -> None:
+        put(key, blob)
+        if key == STATE_KEY:
+            saves.append(msgpack.unpackb(blob, raw=False))
+    monkeypatch.setattr(controller.store, "put_meta", recorded)
+    return saves
