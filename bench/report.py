@@ -22,6 +22,7 @@ from .sweep import (P99_TARGET_MS, cpu_us_per_ok, failed, headline, headline_ste
 # p99 ≤ 10 ms at this intended rate or more, on one node with the generators on the same 2 cores
 # (issue 17's words; c78730c judged it across nodes only, which the issue does not say)
 DECIDE_RATE_TARGET_PER_S = 1000.0
+DECIDE_RATE_CPUS = 2
 # Decide p50 over floor-grpc's: the gRPC call alone, the path Kairos's data plane takes (it
 # makes no Ray actor call per request, so floor-ray's extra hop would flatter it)
 P50_OVER_FLOOR_MAX = 1.5
@@ -173,11 +174,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             check(target, system, threshold=threshold, **how, **figures())
 
     old_cpu = _counted_the_old_way(results)
+    cpus = results.get("machine", {}).get("cpus")
     kairos = {n for n in systems if n.startswith("kairos-")}
     for name in sorted(kairos | {p for p in failed_phases if p.startswith("kairos-")}):
         ours = ("systems", name)
         judge("Decide on one node: highest intended rate held, p99 ≤ 10 ms (/s)", name,
-              DECIDE_RATE_TARGET_PER_S, (ours,), lambda: _one_node_rate(name, systems[name]))
+              DECIDE_RATE_TARGET_PER_S, (ours,),
+              lambda: _one_node_rate(name, systems[name], cpus))
         # a figure of ours missing at the rate judged because nothing was served there is
         # a miss (`also` False), not a figure the run did not measure.
         # The p50 of every answer is the Decides served's (to within the share of answers
@@ -219,13 +222,17 @@ SECTION_NAMES = {"ingest": "IngestStream sweep", "batch": "IngestBatch sweep",
                  "push": "push step"}
 
 
-def _one_node_rate(name: str, result: dict[str, Any]) -> dict[str, Any]:
+def _one_node_rate(name: str, result: dict[str, Any], cpus: int | None) -> dict[str, Any]:
     """Issue 17 asks p99 ≤ 10 ms at 1,000/s on one node, the generators on the same 2
     cores: a system spread over several Ray nodes (which pays a network hop per call, and
-    ran on those cores too) is not what it sets."""
+    ran on those cores too) is not what it sets, nor a run on more cores (the generators'
+    share of them would spare the server), or one that did not record how many."""
     nodes = _nodes(name)
     if nodes > 1:
         return {"value": None, "note": f"set on one node; this ran on {nodes}"}
+    if cpus != DECIDE_RATE_CPUS:
+        ran = f"this ran on {cpus}" if cpus else "this run did not record its cores"
+        return {"value": None, "note": f"set on {DECIDE_RATE_CPUS} cores; {ran}"}
     return {"value": rate_held(result, intended=True)}
 
 
@@ -235,8 +242,13 @@ def _against(system: dict[str, Any], peer: dict[str, Any], name: str,
     """A figure of ours over the peer's at the rate _rate_judged picks; a CPU `figure`'s
     bound and comparability."""
     rate, also, note = _rate_judged(system, peer, name)
-    judged = {"value": _ratio(system, peer, figure, rate), "rate": rate, "also": also,
-              "note": note}
+    value = _ratio(system, peer, figure, rate)
+    judged = {"value": value, "rate": rate, "also": also, "note": note}
+    if value is None and note is None:
+        # no ratio and nothing said why: no rate in common, or (where both served at the
+        # rate, so had a p50) a CPU figure the run lacks
+        judged["missing"] = "no rate both ran" if rate is None else _no_cpu(
+            _by_rate(system)[rate], _by_rate(peer)[rate])
     if cpu:
         judged.update(lower_bound=_cpu_lower_bound(system, rate), comparable=not old_cpu)
     return judged
@@ -247,14 +259,18 @@ def _per_event(result: dict[str, Any], old_cpu: bool) -> dict[str, Any]:
     value, parts = _cpu_per_event(step)
     return {"value": value, "parts": parts, "rate": step["rate_target"],
             "lower_bound": old_cpu or bool(step.get("server_cpu_lower_bound")),
-            "also": served(step, "event") > 0}
+            "also": served(step, "event") > 0,
+            "missing": None if value is not None else _no_cpu(step)}
 
 
 def _over_redis(system: dict[str, Any], redis: dict[str, Any]) -> dict[str, Any]:
     """Our intended rate held over the Redis peer's: a peer that held no rate leaves no
     ratio, not judged, unless neither held one (then ours, none, is a miss)."""
     ours, theirs = (rate_held(s, intended=True) for s in (system, redis))
-    return {"value": ours / theirs if theirs else None, "also": bool(theirs or ours)}
+    if theirs:
+        return {"value": ours / theirs}
+    return {"value": None, "also": bool(ours),
+            "note": "redis held no rate" + ("" if ours else ", nor did this system")}
 
 
 def _push(step: dict[str, Any]) -> dict[str, Any]:
@@ -297,8 +313,8 @@ def _by_rate(result: dict[str, Any]) -> dict[float, dict[str, Any]]:
     return {s["rate_target"]: s for s in result["steps"]}
 
 
-def _over_budget(rates: list[float]) -> str:
-    return "over the error budget at " + ", ".join(f"{r:,.0f}" for r in sorted(rates)) + "/s"
+def _over_budget(rates: list[float]) -> str | None:
+    return _at("over the error budget", rates)
 
 
 def _none_kept(peer: str) -> str:
@@ -315,9 +331,16 @@ def _notes(*notes: str | None) -> str | None:
     return "; ".join(n for n in notes if n) or None
 
 
+def _at(what: str, rates: list[float]) -> str | None:
+    """`what` at the `rates` (None: no rate)."""
+    if not rates:
+        return None
+    return f"{what} at " + ", ".join(f"{r:,.0f}" for r in sorted(rates)) + "/s"
+
+
 def _not_compared(why: str, rates: list[float]) -> str | None:
-    return (f"{why} at " + ", ".join(f"{r:,.0f}" for r in sorted(rates))
-            + "/s: not compared there") if rates else None
+    at = _at(why, rates)
+    return at and f"{at}: not compared there"
 
 
 def _rate_judged(system: dict[str, Any], peer: dict[str, Any], name: str
@@ -343,7 +366,7 @@ def _rate_judged(system: dict[str, Any], peer: dict[str, Any], name: str
     skipped = _not_compared("generators behind", [unchecked] if unchecked != rate else [])
     if rate is not None:
         missed = [r for r in over if r <= rate]
-        return rate, not missed, _notes(_over_budget(missed) if missed else None, skipped)
+        return rate, not missed, _notes(_over_budget(missed), skipped)
     if over:
         return over[0], False, _notes(_over_budget(over), skipped)
     return None, True, skipped or (_none_kept(name) if common else None)
@@ -371,6 +394,14 @@ def _cpu_per_event(step: dict[str, Any]) -> tuple[float | None, str | None]:
             f"{round(window, 1):g} in the window + {deferred:g} snapshotting after it")
 
 
+def _no_cpu(*steps: dict[str, Any]) -> str:
+    """Why a step's server CPU per request served is missing: a run from before server CPU
+    was counted, or nothing served inside the window it was counted over."""
+    if any(step.get("server_cpu_s") is None for step in steps):
+        return "no server CPU in this run"
+    return "nothing served in the CPU's window"
+
+
 def _cpu_lower_bound(system: dict[str, Any], rate: float | None) -> bool:
     """Whether the system's server CPU at `rate` is a lower bound (its ratio to a peer's
     too: a peer's lower bound only makes the ratio an upper one)."""
@@ -396,45 +427,67 @@ def _ratio(system: dict[str, Any], peer: dict[str, Any],
 def _worst_p99_ratio(system: dict[str, Any], peer: dict[str, Any], name: str
                      ) -> dict[str, Any]:
     """The largest Decide p99 over the peer's, over every rate both ran where the peer has
-    one, and that rate; whether ours kept to what the target asks, and a note. Each p99 is
-    of every Decide sent, one that failed (refused, fell back, unanswered) ranked slowest: a
-    system that failed 1 % or more of them has none (infinite), else the p99 of those it
-    served stands for it (to within its failed share). So a peer that shed half its calls
-    is no bar, and its rate is not compared (not scored 0: a peer that failed everywhere
-    judges nothing); one that lost a few still is; and ours failing where the peer did not
-    is a miss however fast it served the rest. A rate where ours failed more than the error
-    budget while the peer kept to it is a miss too (the row says so). Where the peer's
-    generators fell behind, the worst is a lower bound: it can miss, not meet."""
-    theirs = _by_rate(peer)
-    compared = [(s, theirs[s["rate_target"]]) for s in system["steps"]
-                if s["rate_target"] in theirs]
+    one or ours has none, and that rate; whether ours kept to what the target asks, and a
+    note. Each p99 is of every Decide sent, one that failed (refused, fell back, unanswered)
+    ranked slowest: a system that failed 1 % or more of them has none (infinite), else the
+    p99 of those it served stands for it (see _all_p99). So a peer that shed half its calls
+    is no bar, and a rate where ours has a p99 and it none is not compared (not scored 0: a
+    peer that failed everywhere ours served judges nothing); one that lost a few still is;
+    and ours failing 1 % or more is a miss however fast it served the rest, where the peer
+    failed as much too (ours broke the error budget there: no "below the peer's at every
+    rate"). A rate where ours failed more than the error budget while the peer kept to it is
+    a miss too (the row says so). Where the peer's generators fell behind, or both failed
+    more than the budget (and under 1 %), the worst is a lower bound: it can miss, not
+    meet."""
+    mine, theirs = _by_rate(system), _by_rate(peer)
+    compared = [(s, theirs[rate]) for rate, s in mine.items() if rate in theirs]
     if not compared:
-        return {"value": None}
+        return {"value": None, "missing": "no rate both ran"}
     over = [ours["rate_target"] for ours, its in compared
             if not _within_budget(ours) and _within_budget(its)]
     peer_failed = [its["rate_target"] for _, its in compared if math.isinf(_all_p99(its))]
+    skipped = [ours["rate_target"] for ours, its in compared
+               if ours["rate_target"] in peer_failed and not math.isinf(_all_p99(ours))]
+    ratios = [(_p99_over(ours, its), ours["rate_target"]) for ours, its in compared
+              if ours["rate_target"] not in skipped]
     # the peer's late sends add its generators' lag to its p99: the ratio there, and so the
     # worst, is only a lower bound (ours behind counts against ours, never for it)
-    behind = [its["rate_target"] for _, its in compared
-              if its["rate_target"] not in peer_failed and _behind(its)]
-    ratios = [(_all_p99(ours) / _all_p99(its), ours["rate_target"]) for ours, its in compared
-              if ours["rate_target"] not in peer_failed]
-    over_note = _over_budget(over) if over else None
-    skipped = _not_compared(f"{name} failed 1 % or more", peer_failed)
+    behind = [rate for ratio, rate in ratios
+              if not math.isinf(ratio) and _behind(theirs[rate])]
+    # ours over the budget (and under 1 %) where the peer was too (else a miss, `over`): its
+    # served p99 understates that of every Decide it sent (_all_p99), and the ratio with it
+    understated = [rate for ratio, rate in ratios if not math.isinf(ratio)
+                   and not _within_budget(mine[rate]) and rate not in over]
+    over_note = _over_budget(over)
+    not_compared = _not_compared(f"{name} failed 1 % or more", skipped)
     if not ratios:  # (nor a rate over the budget where the peer kept to it)
         return {"value": None, "note": f"{name} failed 1 % or more at every rate both ran"}
     ratio, rate = max(ratios)
-    failing = f"failed 1 % or more of its Decides at {rate:,.0f}/s" if math.isinf(ratio) \
-        else None
+    failing = None
+    if math.isinf(ratio):
+        failing = f"failed 1 % or more of its Decides at {rate:,.0f}/s" + (
+            f", as {name} did" if rate in peer_failed else "")
     return {"value": None if math.isinf(ratio) else ratio, "rate": rate,
-            "also": not over and not math.isinf(ratio), "lower_bound": bool(behind),
-            "note": _notes(over_note or failing, skipped, (
-                f"{name}'s generators behind at " + ", ".join(f"{r:,.0f}" for r in behind)
-                + "/s") if behind else None)}
+            "also": not over and not math.isinf(ratio),
+            "lower_bound": bool(behind or understated),
+            "note": _notes(over_note or failing, not_compared,
+                           _at(f"{name}'s generators behind", behind),
+                           _at(f"over the error budget, as {name} was,", understated))}
+
+
+def _p99_over(ours: dict[str, Any], its: dict[str, Any]) -> float:
+    """Our p99 over the peer's at one rate: infinite where ours failed 1 % or more, whatever
+    the peer's (not compared only where ours has a p99 and the peer none)."""
+    mine = _all_p99(ours)
+    return mine if math.isinf(mine) else mine / _all_p99(its)
 
 
 def _all_p99(step: dict[str, Any]) -> float:
-    """The p99 of every Decide a step sent, failures ranked slowest (see _worst_p99_ratio)."""
+    """The p99 of every Decide a step sent, failures ranked slowest (see _worst_p99_ratio):
+    none (infinite) from 1 % failed up, else the p99 of those it served, which stands for it
+    only from below: with a share f failed, that of all sent is the served percentile at
+    0.99 / (1 - f), slower. Within the error budget f is too small to matter; past it, a
+    ratio with ours is a lower bound (_worst_p99_ratio)."""
     sent = max(step["sent"], 1)
     if served(step, "decide") == 0 or failed(step, "decide") >= 0.01 * sent:
         return math.inf

@@ -237,7 +237,7 @@ def test_a_target_the_run_did_not_measure_is_neither_met_nor_missed(measured):
     row = next(line for line in text.splitlines()
                if line.startswith("| Ingest server CPU per event applied, IngestBatch"))
     assert row.endswith("| ≤ 40 | **no** |" if measured
-                        else "| — | 5,000 | ≤ 40 | not measured |")
+                        else "| — | 5,000 | ≤ 40 | not measured (no server CPU in this run) |")
     assert f"1 of the {judged} targets judged met; {unmeasured} not measured" in text
 
 
