@@ -15,7 +15,7 @@ from kairos.core.catalog import Catalog, load_catalog
 from kairos.core.compiler import compile_catalog
 from kairos.core.errors import CatalogError
 
-from kairos.cluster.cli import local, operate, private
+from kairos.cluster.cli import local, operate, private, raytemp
 from kairos.cluster.cli.remote import not_text
 from kairos.cluster.secret_files import SecretFileError, check_secret_file
 from kairos.cluster.storage.store import redact  # light: no store's client is imported
@@ -68,8 +68,6 @@ def checked_inputs(args: argparse.Namespace) -> str | None:
                       f"keys, and every request and answer, would cross the network in clear; "
                       f"serve TLS (--tls-cert and --tls-key), or say --insecure to accept that",
                       2)
-    if "ray_temp_dir" in args:  # up's: the default chosen
-        args.ray_temp_dir = _checked_temp_dir(args.ray_temp_dir)
     return catalog_text
 
 
@@ -162,32 +160,56 @@ def _check_redis_db(url: str) -> None:
                          f"not {db!r}")
 
 
-def _checked_temp_dir(given: str | None) -> str:
-    """Ray's --temp-dir (absolute), made now (`ray start` would make it): the operator's, else
-    local.default_ray_temp_dir() in a directory of this user's only (made so). One that cannot
-    be made, or too long for the Unix sockets Ray makes under it, is Refused."""
-    path = os.path.abspath(given or local.default_ray_temp_dir())
-    if not (given or os.environ.get("RAY_TMPDIR")):
+def _operators_temp_dir(given: str | None) -> tuple[str, str] | None:
+    """The Ray temp dir the operator chose (absolute), and how it is said: --ray-temp-dir's,
+    else $RAY_TMPDIR/ray (as Ray has it); None: `kairos up`'s default."""
+    if given:
+        return os.path.abspath(given), f"--ray-temp-dir {os.path.abspath(given)}"
+    if os.environ.get("RAY_TMPDIR"):
+        path = os.path.abspath(os.path.join(os.environ["RAY_TMPDIR"], "ray"))
+        return path, f"Ray's temp dir {path} ($RAY_TMPDIR/ray)"
+    return None
+
+
+def refuse_long_temp_dir(given: str | None) -> None:
+    """Refused: a Ray temp dir the operator chose (--ray-temp-dir `given`, or RAY_TMPDIR's: the
+    default fits) too long for the Unix sockets Ray makes under it (`ray start` would fail, its
+    words in ray-start.log). Nothing is made."""
+    chosen = _operators_temp_dir(given)
+    if chosen and not raytemp.socket_paths_fit(chosen[0]):
+        longest = os.path.join(chosen[0], raytemp.RAY_SOCKET)
+        raise Refused(f"error: {chosen[1]} is too long: Ray makes Unix sockets under it, up to "
+                      f"{longest} ({len(longest.encode())} bytes), and a socket's path may have "
+                      f"{raytemp.SOCKET_PATH_MAX}; {raytemp.HOW_TO_CHOOSE}", 2)
+
+
+def made_temp_dir(given: str | None) -> str:
+    """Ray's --temp-dir (absolute), made now (`ray start` would make it): the operator's (after
+    refuse_long_temp_dir), else $KAIROS_HOME/ray/tmp in a folder of this user's only (made so),
+    else, where Ray's socket paths would not fit there, a new one in /tmp (raytemp.py). One that
+    cannot be made or written is Refused, saying how to choose another."""
+    chosen = _operators_temp_dir(given)
+    if chosen is None:
+        own = local.own_ray_temp_dir()
         local.own_home()  # first, and so 0700, where the folder is made in it
-        private.own_dir(Path(local.ray_temp_parent()), "the folder of Ray's temp dir",
-                        closed=0o077)
+        try:
+            if not raytemp.socket_paths_fit(own):
+                return raytemp.make_fallback()
+            private.own_dir(Path(own).parent, "the folder of Ray's temp dir")
+        except OSError as exc:
+            raise Refused(f"error: making Ray's temp dir in {raytemp.SHARED}: {exc.strerror}; "
+                          f"{raytemp.HOW_TO_CHOOSE}", 2) from None
+        except SystemExit as exc:
+            raise Refused(f"{exc}; or {raytemp.HOW_TO_CHOOSE}", 2) from None
+        chosen = own, f"Ray's temp dir {own}"
+    path, said = chosen
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
-        raise Refused(f"error: --ray-temp-dir {path}: {exc.strerror}", 2) from None
+        raise Refused(f"error: {said}: {exc.strerror}; {raytemp.HOW_TO_CHOOSE}", 2) from None
     if not os.access(path, os.W_OK | os.X_OK):
-        raise Refused(f"error: --ray-temp-dir {path}: not writable by this user", 2)
+        raise Refused(f"error: {said}: not writable by this user; {raytemp.HOW_TO_CHOOSE}", 2)
     return path
-
-
-def refuse_long_temp_dir(path: str) -> None:
-    """Refused: a Ray temp dir (the operator's: the default fits) too long for the Unix
-    sockets Ray makes under it (`ray start` would fail, its words in ray-start.log)."""
-    if not local.socket_paths_fit(path):
-        longest = os.path.join(path, local.RAY_SOCKET)
-        raise Refused(f"error: --ray-temp-dir {path} is too long: Ray makes Unix sockets under "
-                      f"it, up to {longest} ({len(longest.encode())} bytes), and a socket's "
-                      f"path may have {local.SOCKET_PATH_MAX}; choose a shorter one", 2)
 
 
 def _warn_of_refusals(catalog: Catalog) -> None:

@@ -20,8 +20,7 @@ def stop_runtime(run: Run) -> tuple[dict | None, str]:
     code = (f"from kairos.cluster.cli.graceful import _stop_runtime; "
             f"_stop_runtime({run.ray_address!r})")
     try:
-        done = subprocess.run([sys.executable, "-c", code], env=ray_env(run.loopback,
-                                                                        run.auth_mode),
+        done = subprocess.run([sys.executable, "-c", code], env=_child_env(run),
                               stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=GRACEFUL_STOP_S)
     except subprocess.TimeoutExpired as exc:
@@ -35,6 +34,14 @@ def stop_runtime(run: Run) -> tuple[dict | None, str]:
     except (IndexError, ValueError):  # nothing, or not what _stop_runtime prints
         return None, ("stopping the runtime through Ray ended without saying what it stopped"
                       + _said(done.stderr))
+
+
+def _child_env(run: Run) -> dict[str, str]:
+    """Ray's environment for the run, without Kairos's own variables: the child imports
+    kairos.cluster.settings, which refuses a bad KAIROS_* value (KAIROS_TICK_S=abc) on import,
+    and stopping reads none of them (the actors it stops read theirs where they run)."""
+    return {name: value for name, value in ray_env(run.loopback, run.auth_mode).items()
+            if not name.startswith("KAIROS_")}
 
 
 def _said(stderr: str | bytes | None, lines: int = 3) -> str:

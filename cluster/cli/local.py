@@ -40,7 +40,7 @@ from typing import IO, Iterator
 
 import psutil
 
-from kairos.cluster.cli import private
+from kairos.cluster.cli import private, raytemp
 from kairos.cluster.raytuning import RAY_SETTINGS
 from kairos.cluster.secret_files import SecretFileError, check_secret_file
 
@@ -50,17 +50,15 @@ RUN_FILE = "run.json"
 LOCK_FILE = "up.lock"
 START_LOG = "ray-start.log"
 LOOPBACK = "127.0.0.1"
+# storage.providers' name for it: imported from there, it brought in cluster.settings, which
+# raises on any bad KAIROS_* value, and `kairos down` reads none (a test keeps the two equal)
+STORE_PASSWORD_FILE_ENV = "KAIROS_STORE_PASSWORD_FILE"
 TOKEN_ENV = "KAIROS_RUN_TOKEN"  # the run's token, in the environment of every process it starts
 RAY_PORT = 6380  # the GCS port (6379 is left to Redis)
 DASHBOARD_PORT = 8265
 # `ray start`'s --min-worker-port/--max-worker-port defaults: each Ray worker (an actor: a shard,
 # a gateway) serves on one of these, taken by whichever starts first
 RAY_WORKER_PORTS = (10002, 19999)
-# the longest Unix socket path Ray makes under its temp dir: the 16th node's object store's, in
-# the session's directory, named by the head's start (to the microsecond) and pid (pid_max's
-# largest: 7 digits)
-RAY_SOCKET = "session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store.15"
-SOCKET_PATH_MAX = 103 if sys.platform == "darwin" else 107  # a socket path's bytes, as Ray checks
 RAY_START_TIMEOUT_S = 180.0  # one `ray start` (about 10 s on a quiet 2-core machine)
 # `kairos up` joining the Ray it started, which answers within seconds: past this, it is stopped
 # (ray.init retries a GCS that does not answer without end)
@@ -77,33 +75,15 @@ def home() -> Path:
 
 
 def own_home() -> Path:
-    """$KAIROS_HOME, made 0700 if missing; SystemExit when another user owns it or may write
-    it (private.own_dir)."""
+    """$KAIROS_HOME, made 0700 if missing, made 0700 if wider; SystemExit when it is not this
+    user's own directory (private.own_dir)."""
     return private.own_dir(home(), f"${HOME_ENV}")
 
 
-def default_ray_temp_dir() -> str:
-    """$RAY_TMPDIR/ray where the operator set RAY_TMPDIR (as Ray has it), else `tmp` in
-    ray_temp_parent(). (Ray's own default, /tmp/ray, is shared: Ray makes its temp dir and
-    session directories writable by every user, who could read its logs or replace its
-    sockets; a parent that only this user may enter keeps them out.)"""
-    if os.environ.get("RAY_TMPDIR"):
-        return os.path.join(os.environ["RAY_TMPDIR"], "ray")
-    return os.path.join(ray_temp_parent(), "tmp")
-
-
-def ray_temp_parent() -> str:
-    """The directory, this user's only, that `kairos up` keeps Ray's temp dir in by default:
-    `ray` in $KAIROS_HOME, else, when Ray's socket paths under it would be too long,
-    /tmp/kairos-ray-UID (private.own_dir makes and checks either)."""
-    own = os.path.join(home().absolute(), "ray")
-    return own if socket_paths_fit(os.path.join(own, "tmp")) else \
-        f"/tmp/kairos-ray-{os.geteuid()}"
-
-
-def socket_paths_fit(temp_dir: str) -> bool:
-    """Whether the longest Unix socket path Ray makes under `temp_dir` fits in one."""
-    return len(os.path.join(temp_dir, RAY_SOCKET).encode()) <= SOCKET_PATH_MAX
+def own_ray_temp_dir() -> str:
+    """Ray's temp dir in $KAIROS_HOME, `kairos up`'s default where Ray's socket paths fit in it
+    (raytemp.py)."""
+    return os.path.join(home().absolute(), "ray", "tmp")
 
 
 @dataclasses.dataclass
@@ -129,10 +109,10 @@ class Run:
 
 
 def read_run() -> Run | None:
-    """The run recorded in $KAIROS_HOME, a directory of this user's that no one else may write,
-    in a file of this user's (SystemExit otherwise); None when none is."""
+    """The run recorded in $KAIROS_HOME, a directory of this user's only (made so, as own_home
+    does), in a file of this user's (SystemExit otherwise); None when none is."""
     try:
-        private.check_dir(home(), os.stat(home()), f"${HOME_ENV}")
+        private.check_own_dir(home(), f"${HOME_ENV}")
         data = json.loads(private.read_own(home() / RUN_FILE))
         return Run(**{"token": "", **data})  # "": recorded before runs had tokens
     except FileNotFoundError:
@@ -176,8 +156,6 @@ def up_lock() -> Iterator[None]:
 def ray_env(loopback: bool, auth_mode: str, token: str = "") -> dict[str, str]:
     """The environment of Ray's processes (workers inherit it) and of the drivers that join;
     `token`: the run's (Run.token), which marks the processes as the run's."""
-    from kairos.cluster.storage.providers import STORE_PASSWORD_FILE_ENV
-
     env = {**RAY_SETTINGS, **os.environ}  # the operator's own value of one of them wins
     env.pop("RAY_ADDRESS", None)  # the addresses are always given explicitly
     env.pop(TOKEN_ENV, None)  # never another run's
@@ -451,14 +429,26 @@ def name_of(proc: psutil.Process) -> str:
 
 
 def stop(run: Run) -> tuple[int, list[int]]:
-    """terminate() the run, then forget Ray's address file and, once none of its processes is
-    left, its record: one that would not stop keeps it, for `kairos down` to try again. (the
-    processes stopped, the ids of those that would not die)."""
+    """terminate() the run, then, once none of its processes is left, forget_stopped(); one that
+    would not stop keeps its record, for `kairos down` to try again (Ray's address file is
+    removed all the same). (the processes stopped, the ids of those that would not die)."""
     count, stuck = terminate(run)
-    forget_ray_address(run)
-    if not stuck:
-        forget()
+    if stuck:
+        raytemp.forget_ray_address(run.temp_dir, run.ray_port)
+    else:
+        forget_stopped(run)
     return count, stuck
+
+
+def forget_stopped(run: Run) -> None:
+    """For a run none of whose processes is left: remove Ray's address file when it names the
+    run's Ray, the session directories that Ray made in its temp dir (raytemp.py), and its
+    record."""
+    raytemp.forget_ray_address(run.temp_dir, run.ray_port)
+    # the head's `ray start` named the session (0, no process's id: none started)
+    raytemp.remove_sessions(run.temp_dir, run.sessions[0] if run.sessions else 0, run.started,
+                            run.started + RAY_START_TIMEOUT_S)
+    forget()
 
 
 def terminate(run: Run) -> tuple[int, list[int]]:
@@ -482,12 +472,3 @@ def terminate(run: Run) -> tuple[int, list[int]]:
         _signal(left, signal.SIGKILL)
         left = _wait(left, KILL_WAIT_S)
     return len(stopped), [p.pid for p in left]
-
-
-def forget_ray_address(run: Run) -> None:
-    """Remove Ray's record of the latest cluster (<temp dir>/ray_current_cluster) when it
-    names this run's: a later `ray.init()` would otherwise wait on a cluster that is gone."""
-    path = Path(run.temp_dir) / "ray_current_cluster"
-    with contextlib.suppress(OSError):
-        if path.read_text().strip().endswith(f":{run.ray_port}"):
-            path.unlink()

@@ -121,8 +121,7 @@ def up(args: argparse.Namespace) -> int:
                 print(f"Kairos is already running ({_describe(run)}); `kairos down` stops it",
                       file=sys.stderr)
                 return 1
-            local.forget_ray_address(run)  # it stopped without `kairos down`
-            local.forget()
+            local.forget_stopped(run)  # it stopped without `kairos down`
         try:
             checks.refuse_busy_ports(args, ports)
         except Refused as exc:
@@ -144,8 +143,12 @@ def up(args: argparse.Namespace) -> int:
                   f"`ray start --address` per node) and run `kairos start --address` on it",
                   file=sys.stderr)
             return 2
-        run = local.Run(ray_address=f"{local.LOOPBACK}:{args.ray_port}",
-                        temp_dir=args.ray_temp_dir,  # checked_inputs chose and made it
+        try:
+            temp_dir = checks.made_temp_dir(args.ray_temp_dir)
+        except Refused as exc:
+            print(exc, file=sys.stderr)
+            return exc.status
+        run = local.Run(ray_address=f"{local.LOOPBACK}:{args.ray_port}", temp_dir=temp_dir,
                         sessions=[], started=time.time(), loopback=args.nodes == 1,
                         auth_mode=auth_mode, nodes=args.nodes, store=redact(args.store),
                         dashboard=f"http://{local.LOOPBACK}:{args.dashboard_port}"
@@ -178,6 +181,7 @@ def up_message(args: argparse.Namespace, run: local.Run) -> str:
             + (f"; each shard serves its own endpoint ({_endpoints(args)}; GetRoutes names "
                f"them)" if args.shard_endpoints or args.shard_endpoint_ports else "")
             + (f"; Ray dashboard on {run.dashboard}" if run.dashboard else "")
+            + f"; Ray's temp dir {run.temp_dir}"
             + (f"; the agent's console on {run.console} (sign in with a key from "
                f"{run.console_keys})" if run.console else "")
             + ". `kairos down` stops it.")
@@ -297,8 +301,7 @@ def down(args: argparse.Namespace) -> int:
         procs = local.processes(run)
         if not procs:
             _say_strangers(run)
-            local.forget_ray_address(run)
-            local.forget()
+            local.forget_stopped(run)
             print(f"{NOT_RUNNING}: the processes of the Kairos {_describe(run)} had "
                   f"exited; its record is removed")
             return 0
@@ -310,7 +313,7 @@ def down(args: argparse.Namespace) -> int:
             gone = "Ray's raylet was gone"
         else:
             gone = ""
-        stopped_runtime, why = (None, gone) if gone else graceful.stop_runtime(run)
+        stopped_runtime, why = (None, gone) if gone else _stop_runtime(run)
         count, stuck = _stop(run)
         if stuck:
             return 1
@@ -323,6 +326,15 @@ def down(args: argparse.Namespace) -> int:
         print(f"Kairos is down: {why}, so its processes were stopped without it: Ray's "
               f"{count} processes at {run.ray_address} {took}")
     return 0
+
+
+def _stop_runtime(run: local.Run) -> tuple[dict | None, str]:
+    """graceful.stop_runtime(run); whatever fails in it is said, and Ray's processes are
+    stopped all the same."""
+    try:
+        return graceful.stop_runtime(run)
+    except Exception as exc:  # an environment Ray's driver cannot start with, say
+        return None, f"stopping the runtime through Ray failed ({type(exc).__name__}: {exc})"
 
 
 def _stop(run: local.Run) -> tuple[int, list[int]]:
@@ -359,30 +371,37 @@ def refused_target(target: str) -> str | None:
 
 
 def default_target(gateway_port: int) -> str:
-    """The first gateway `kairos up` recorded on this KAIROS_HOME, once a process of its run
-    is seen to listen there; else 127.0.0.1:port where no API key is to be sent. SystemExit
+    """The first gateway `kairos up` recorded on this KAIROS_HOME that a process of its run is
+    seen to listen on; else 127.0.0.1:port where no API key is to be sent. SystemExit
     otherwise: the key goes only to a Kairos known to be there, or to a --target the user
     names (a record outlives a reboot, and a port of a Kairos gone is anyone's)."""
     run, recorded = local.read_run(), local.home() / local.RUN_FILE
-    if run and run.gateways:
-        target = run.gateways[0]
-        try:
-            port = targets.split_target(target)[1]
-        except ValueError as exc:
-            raise SystemExit(f"error: {recorded}: its gateway {exc}") from None
-        if not any(local.listens(proc.pid, port) for proc in local.processes(run)):
+    nothing = f"nothing is recorded in {recorded}"
+    if run:
+        procs = local.processes(run)
+        for target in run.gateways:
+            try:
+                port = targets.split_target(target)[1]
+            except ValueError as exc:
+                raise SystemExit(f"error: {recorded}: its gateway {exc}") from None
+            if any(local.listens(proc.pid, port) for proc in procs):
+                return target
+        if run.gateways:
+            why = "(`kairos down` clears the record of a Kairos gone)" if not procs else \
+                "(it may be starting, or stopping)"
             raise SystemExit(f"{NOT_RUNNING} here: no process of the Kairos recorded in "
-                             f"{recorded} listens on {target} (`kairos down` clears a stale "
-                             f"record); --target names a gateway to call")
-        return target
+                             f"{recorded} listens on {', '.join(run.gateways)} {why}; --target "
+                             f"names a gateway to call")
+        nothing = f"the Kairos recorded in {recorded} has no gateway yet (`kairos up` may still " \
+                  f"be starting it)"
     if not gateway_port:
-        raise SystemExit("error: KAIROS_GATEWAY_PORT is 0 (gateways on any free port), and "
-                         f"nothing is recorded in {recorded}: name a gateway with --target")
+        raise SystemExit(f"error: KAIROS_GATEWAY_PORT is 0 (gateways on any free port), and "
+                         f"{nothing}: name a gateway with --target")
     if remote.api_key_from_env():
-        raise SystemExit(f"{NOT_RUNNING} here: nothing is recorded in {recorded}, and the API "
-                         f"key goes only to a gateway `kairos up` recorded or one --target "
-                         f"names (--target {local.LOOPBACK}:{gateway_port} for whatever "
-                         f"listens there: a port-forward, a tunnel)")
+        raise SystemExit(f"{NOT_RUNNING} here: {nothing}, and the API key goes only to a "
+                         f"gateway `kairos up` recorded or one --target names (--target "
+                         f"{local.LOOPBACK}:{gateway_port} for whatever listens there: a "
+                         f"port-forward, a tunnel)")
     return f"{local.LOOPBACK}:{gateway_port}"
 
 

@@ -11,8 +11,7 @@ from typing import Callable
 import grpc
 import psutil
 
-from kairos.cluster.cli.remote import Remote, channel_refusal
-from kairos.cluster.cli.replay import not_utf8
+from kairos.cluster.cli.remote import Remote, channel_refusal, not_text
 from kairos.cluster.cli.targets import join_target, split_target
 from kairos.cluster.gateway.auth import is_loopback
 from kairos.v1 import admin_pb2
@@ -275,7 +274,7 @@ def push(args: argparse.Namespace) -> int:
         print(f"error: {path}: {exc.strerror}", file=sys.stderr)
         return 1
     except UnicodeDecodeError as exc:  # a catalog is YAML, a report JSON: both UTF-8 text
-        print(f"error: {path}: {not_utf8(exc)}", file=sys.stderr)
+        print(f"error: {path}: {not_text(exc)}", file=sys.stderr)
         return 1
     info = Remote(args.target).put_catalog(text, evidence, args.expect)
     print(f"the cluster now runs catalog '{info.name}' version {info.version}"

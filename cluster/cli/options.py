@@ -40,8 +40,10 @@ def parser(gateway_port: int) -> argparse.ArgumentParser:
                      help="the Ray dashboard's port on 127.0.0.1 (default %(default)s)")
     up_.add_argument("--no-dashboard", dest="dashboard", action="store_false",
                      help="start Ray without its dashboard")
-    up_.add_argument("--ray-temp-dir", help="Ray's session files and logs (default Ray's: "
-                                            f"{local.default_ray_temp_dir()})")
+    up_.add_argument("--ray-temp-dir", help="Ray's session files and logs (default "
+                     "$RAY_TMPDIR/ray where RAY_TMPDIR is set, else "
+                     f"{local.own_ray_temp_dir()}, or a new /tmp/kairos-ray-UID-*/tmp where "
+                     "Ray's socket paths would be too long there)")
     console.add_up_option(up_)
     on_ray = commands.add_parser(
         "start", parents=[serving],

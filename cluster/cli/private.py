@@ -2,16 +2,18 @@
 record, its lock, the logs of `ray start` and of the console) and the directory `kairos up`
 keeps Ray's temp dir in.
 
-A directory is used only when it is this user's and no one else may write it (another user
-could otherwise replace the record `kairos down` stops processes by, or plant a link where a
-log is written); a file in one is opened without following a link (O_NOFOLLOW) and made
-readable by this user only. The record is written to a temp file of a name of its own, then
-renamed over the old one.
+A directory is used only when it is this user's, and made 0700 when it is not yet (another
+user could otherwise replace the record `kairos down` stops processes by, or plant a link where
+a log is written); one it links to is left as it is, and refused where others may write it.
+A file in one is opened without following a link (O_NOFOLLOW) and made readable by this user
+only. The record is written to a temp file of a name of its own, then renamed over the old
+one.
 """
 from __future__ import annotations
 
 import os
 import stat
+import sys
 import tempfile
 from pathlib import Path
 from typing import IO
@@ -20,34 +22,50 @@ from typing import IO
 NO_FOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def own_dir(path: Path, what: str, closed: int = 0o022) -> Path:
-    """`path`, made (mode 0700) if it is missing: SystemExit, naming it as `what`, if it cannot
-    be, or is not a directory of this user's without the mode bits `closed` (default: that
-    only this user may write). In a directory others may write (/tmp), where anyone may have
-    made it first, it must be no link."""
+def own_dir(path: Path, what: str) -> Path:
+    """`path`, made (mode 0700) if it is missing, and checked as check_own_dir does; SystemExit,
+    naming it as `what`, if it cannot be made or entered."""
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        shared = os.stat(path.absolute().parent).st_mode & stat.S_IWOTH
-        st = os.lstat(path) if shared else os.stat(path)
+        check_own_dir(path, what)
     except OSError as exc:
         raise SystemExit(f"error: {exc.filename}: {exc.strerror} ({what} must be a directory "
                          f"this user may write)") from None
-    check_dir(path, st, what, closed)
     return path
 
 
-def check_dir(path: Path, st: os.stat_result, what: str, closed: int = 0o022) -> None:
-    """SystemExit unless `st` is that of a directory of this user's without the mode bits
-    `closed` (default: group and others may not write it)."""
-    mode = stat.S_IMODE(st.st_mode)
+def check_own_dir(path: Path, what: str) -> None:
+    """SystemExit unless `path` is a directory of this user's; one that others may enter is
+    made 0700, and said (one made under a umask of 002, or by an older Kairos, 0755). A link
+    is followed, to a directory that others may not write (it is left as it is), except in a
+    directory others may write (/tmp), where anyone may have made it first. OSError
+    (FileNotFoundError: missing) when it cannot be looked at."""
+    st = os.lstat(path)
+    link = stat.S_ISLNK(st.st_mode)
+    if link and not os.stat(path.absolute().parent).st_mode & stat.S_IWOTH:
+        st = os.stat(path)
     if not stat.S_ISDIR(st.st_mode):
         raise SystemExit(f"error: {path} is not a directory: {what} must be a directory")
     if st.st_uid != os.geteuid():
         raise SystemExit(f"error: {path} is owned by uid {st.st_uid}, not by this user (uid "
                          f"{os.geteuid()}): {what} must be this user's own directory")
-    if mode & closed:
-        raise SystemExit(f"error: {path} has mode {mode:04o}: other users could reach or replace "
-                         f"what Kairos keeps there ({what}); `chmod 700 {path}`")
+    mode = stat.S_IMODE(st.st_mode)
+    if link:  # its target is not this command's to change: refused only where others write
+        if mode & 0o022:
+            who = "other users" if mode & 0o002 else f"the members of its group ({st.st_gid})"
+            raise SystemExit(f"error: {path} links to a directory of mode {mode:04o}: {who} "
+                             f"could replace what Kairos keeps there ({what}); `chmod 700` it, "
+                             f"or choose a directory of this user's only")
+        return
+    if not mode & 0o077:
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | NO_FOLLOW)  # the directory looked at
+    try:
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+    print(f"note: {path} had mode {mode:04o}: made 0700, this user's only ({what})",
+          file=sys.stderr)
 
 
 def read_own(path: Path) -> str:

@@ -13,6 +13,7 @@ from typing import Any, Callable
 from kairos.core.compiler import CompiledCatalog
 from kairos.core.errors import CatalogError
 from kairos.cluster.control.catalog_identity import catalog_digest
+from kairos.cluster.cli.remote import not_text
 from kairos.cluster.evidence import evaluation, report
 from kairos.cluster.evidence.records import LogFormatError, Unrepeated, read_records
 from kairos.cluster.evidence.replay import DEFAULT_SAMPLES, MAX_SAMPLES, candidate_error, \
@@ -98,12 +99,7 @@ def candidate(path: Path) -> tuple[CompiledCatalog, str]:
     try:
         return load_candidate(path)
     except UnicodeDecodeError as exc:
-        raise CatalogError(not_utf8(exc), source=str(path)) from None
-
-
-def not_utf8(exc: UnicodeDecodeError) -> str:
-    """What is said of a file that should be UTF-8 text and is not: where, and how."""
-    return f"not UTF-8 text (byte {exc.start}: {exc.reason})"
+        raise CatalogError(not_text(exc), source=str(path)) from None
 
 
 def unreadable(exc: OSError, log: str) -> str:

@@ -30,6 +30,7 @@ from typing import Iterable
 import psutil
 import yaml
 
+from kairos.cluster.cli import private
 from kairos.cluster.console.app import LOOPBACK_HOSTS, ConsoleConfig, create_app
 from kairos.cluster.console.session import CONSOLE_SCOPES, OPTIONAL_SCOPES
 from kairos.cluster.gateway.auth import EVERY_ADDRESS, KEYS_ENV, Auth, is_loopback
@@ -60,7 +61,7 @@ def keys_text(keys_file: str | None, home: Path) -> tuple[str, str]:
         return os.environ[KEYS_ENV], f"${KEYS_ENV}"
     path = home / CONSOLE_KEYS_FILE
     if not path.exists():
-        home.mkdir(parents=True, exist_ok=True)
+        private.own_dir(home, "$KAIROS_HOME")  # 0700, as every command makes it
         text = yaml.safe_dump({"keys": [{"key": secrets.token_urlsafe(32), "name": "console",
                                          "scopes": sorted(CONSOLE_SCOPES | OPTIONAL_SCOPES)}]})
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from kairos.cluster.cli import local, main as cli, watchdog
-from kairos.cluster.cli.checks import Refused, checked_inputs
+from kairos.cluster.cli.checks import Refused, checked_inputs, made_temp_dir
 from kairos.cluster.cli.main import main, parser
 from tests.support import pki
 from tests.unit.cli.test_cli import KAIROS, KEYS, SLEEP
@@ -168,9 +168,10 @@ def test_a_gateway_off_loopback_without_keys_is_refused_before_ray(home, monkeyp
 def test_a_ray_temp_dir_that_cannot_be_made_is_refused(home, tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("")
-    with pytest.raises(Refused, match=f"--ray-temp-dir {afile}/ray: Not a directory"):
-        checked_inputs(up_args("--ray-temp-dir", str(afile / "ray")))
-    assert checked_inputs(up_args("--ray-temp-dir", str(tmp_path / "ray" / "tmp"))) is None
+    with pytest.raises(Refused, match=f"--ray-temp-dir {afile}/ray: Not a directory; choose "
+                                      f"another with --ray-temp-dir DIR or RAY_TMPDIR"):
+        made_temp_dir(str(afile / "ray"))
+    assert made_temp_dir(str(tmp_path / "ray" / "tmp")) == str(tmp_path / "ray" / "tmp")
 
 
 @pytest.mark.parametrize("db, refused", [("/abc", True), ("/1/2", True), ("/-1", True),

@@ -115,30 +115,52 @@ def test_rays_temp_dir_is_private_to_this_user_by_default(home, short_home, stan
     assert local.read_run().temp_dir == str(short_home / "ray" / "tmp")
     for path in (short_home, short_home / "ray"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o700
+    assert main(["down"]) == 0
     monkeypatch.setenv("RAY_TMPDIR", str(short_home.parent))  # the operator's own choice
-    assert local.default_ray_temp_dir() == str(short_home.parent / "ray")
+    assert main(up()) == 0
+    assert local.read_run().temp_dir == str(short_home.parent / "ray")
 
 
-def test_a_kairos_home_too_long_for_rays_sockets_keeps_rays_temp_dir_in_tmp(monkeypatch):
+def test_a_kairos_home_too_long_for_rays_sockets_keeps_rays_temp_dir_in_a_new_one_in_tmp(
+        home, stand_in_start, monkeypatch, capsys):
+    """/tmp/kairos-ray-UID, a name any user could make first, blocked every `kairos up`; and
+    down now removes what it made, once empty."""
     monkeypatch.delenv("RAY_TMPDIR", raising=False)
-    monkeypatch.setenv(local.HOME_ENV, "/home/" + "a" * 40)
-    assert local.default_ray_temp_dir() == f"/tmp/kairos-ray-{os.geteuid()}/tmp"
-    monkeypatch.setenv(local.HOME_ENV, "/home/u/.kairos")
-    assert local.default_ray_temp_dir() == "/home/u/.kairos/ray/tmp"
+    monkeypatch.setenv(local.HOME_ENV, str(home / ("a" * 60)))
+    temp_dirs = []
+    for _ in range(2):
+        assert main(up()) == 0
+        temp_dirs.append(Path(local.read_run().temp_dir))
+        assert f"; Ray's temp dir {temp_dirs[-1]}." in capsys.readouterr().out
+        folder = temp_dirs[-1].parent
+        assert folder.parent == Path("/tmp") and temp_dirs[-1].name == "tmp"
+        assert folder.name.startswith(f"kairos-ray-{os.geteuid()}-")
+        assert stat.S_IMODE(folder.lstat().st_mode) == 0o700
+        assert main(["down"]) == 0
+        assert not folder.exists()
+    assert temp_dirs[0] != temp_dirs[1]
 
 
-def test_a_ray_temp_dir_too_long_for_rays_sockets_is_refused(home, nothing_starts, tmp_path,
-                                                            capsys):
+@pytest.mark.parametrize("where", ["--ray-temp-dir", "RAY_TMPDIR"])
+def test_a_ray_temp_dir_too_long_for_rays_sockets_is_refused_before_it_is_made(
+        home, nothing_starts, monkeypatch, tmp_path, capsys, where):
     long = tmp_path / ("d" * 60)
-    assert main(up("--ray-temp-dir", str(long))) == 2
-    assert (f"error: --ray-temp-dir {long} is too long: Ray makes Unix sockets under it"
-            in capsys.readouterr().err)
+    if where == "RAY_TMPDIR":
+        monkeypatch.setenv("RAY_TMPDIR", str(long))
+        assert main(up()) == 2
+        said = f"error: Ray's temp dir {long / 'ray'} ($RAY_TMPDIR/ray) is too long: Ray makes"
+    else:
+        assert main(up("--ray-temp-dir", str(long))) == 2
+        said = f"error: --ray-temp-dir {long} is too long: Ray makes Unix sockets under it"
+    err = capsys.readouterr().err
+    assert said in err and "choose another with --ray-temp-dir DIR or RAY_TMPDIR" in err
+    assert not long.exists()
 
 
-@pytest.mark.parametrize("made", ["another's mode", "a link"])
-def test_a_private_folder_in_a_shared_one_is_refused_unless_it_is_closed_and_no_link(
-        tmp_path, made):
-    """/tmp/kairos-ray-UID: another user may have made it (or a link of that name) first."""
+@pytest.mark.parametrize("made", ["0755", "a link"])
+def test_a_private_folder_in_a_shared_one_is_made_closed_and_is_no_link(tmp_path, capsys, made):
+    """In /tmp, another user may have made a link of its name first; a folder of this user's
+    is made 0700."""
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o1777)
@@ -146,14 +168,15 @@ def test_a_private_folder_in_a_shared_one_is_refused_unless_it_is_closed_and_no_
     if made == "a link":
         (tmp_path / "elsewhere").mkdir(mode=0o700)
         folder.symlink_to(tmp_path / "elsewhere")
-        said = "is not a directory"
+        with pytest.raises(SystemExit, match="is not a directory"):
+            private.own_dir(folder, "the folder of Ray's temp dir")
     else:
         folder.mkdir(mode=0o755)
         folder.chmod(0o755)
-        said = "has mode 0755: other users could reach"
-    with pytest.raises(SystemExit, match=said):
-        private.own_dir(folder, "the folder of Ray's temp dir", closed=0o077)
-    assert private.own_dir(shared / "new", "the folder", closed=0o077) == shared / "new"
+        assert private.own_dir(folder, "the folder of Ray's temp dir") == folder
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        assert f"note: {folder} had mode 0755: made 0700" in capsys.readouterr().err
+    assert private.own_dir(shared / "new", "the folder") == shared / "new"
 
 
 # -- 3: the files in KAIROS_HOME -----------------------------------------------------------------
@@ -174,12 +197,56 @@ def test_kairos_home_is_made_for_this_user_only(home, capsys):
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
 
 
+@pytest.mark.parametrize("mode", [0o775, 0o755, 0o777])
 @pytest.mark.parametrize("command", [["down"], ["status"]])
-def test_a_kairos_home_others_may_write_is_refused(home, command):
+def test_a_kairos_home_of_this_users_wider_than_0700_is_made_0700_and_said_once(
+        home, capsys, command, mode):
+    """A home made under umask 002 (user-private groups: 0775) was refused by every command
+    after the upgrade, `down` of a running Kairos too; an older 0755 one was kept as is."""
     home.mkdir()
-    home.chmod(0o777)
-    with pytest.raises(SystemExit, match=f"error: {home} has mode 0777: other users could"):
-        main(command)
+    home.chmod(mode)
+    main(command)
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    main(command)
+    assert capsys.readouterr().err.count(f"note: {home} had mode {mode:04o}: made 0700") == 1
+
+
+@pytest.mark.parametrize("mode, who", [(0o777, "other users"),
+                                       (0o770, r"the members of its group \(\d+\)")])
+def test_a_kairos_home_that_links_to_a_directory_others_may_write_is_refused(
+        home, tmp_path, mode, who):
+    """Its target is not Kairos's to change; the refusal names who may write it."""
+    target = tmp_path / "target"
+    target.mkdir()
+    target.chmod(mode)
+    home.symlink_to(target)
+    with pytest.raises(SystemExit, match=f"error: {home} links to a directory of mode "
+                                         f"{mode:04o}: {who} could replace"):
+        main(["status"])
+    assert stat.S_IMODE(target.stat().st_mode) == mode
+
+
+def test_the_consoles_keys_make_kairos_home_0700_whatever_the_umask(tmp_path):
+    """keys_text made a missing $KAIROS_HOME under the umask (0775 under 002)."""
+    from kairos.cluster.console.server import keys_text
+    saved = os.umask(0o002)
+    try:
+        keys_text(None, tmp_path / "home")
+    finally:
+        os.umask(saved)
+    assert stat.S_IMODE((tmp_path / "home").stat().st_mode) == 0o700
+
+
+def test_the_record_is_read_from_a_home_checked_as_it_is_made(tmp_path, monkeypatch):
+    """read_run followed a link where own_dir refused one (in a folder others may write)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    (shared / "home").symlink_to(tmp_path / "elsewhere")
+    monkeypatch.setenv(local.HOME_ENV, str(shared / "home"))
+    with pytest.raises(SystemExit, match="is not a directory"):
+        local.read_run()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory away takes root")
@@ -476,3 +543,144 @@ def test_down_stops_a_kairos_whatever_an_unrelated_setting_says(home, tmp_path):
     finally:
         carrier.kill()
         carrier.wait()
+
+
+# -- 10: down of a healthy Kairos under a bad unrelated setting ----------------------------------
+
+SERVE = ("import socket, sys, time; s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); "
+         "s.listen(); print('listening', flush=True); time.sleep(300)")
+
+
+def test_ray_env_names_the_store_password_variable_as_the_store_does():
+    from kairos.cluster.storage.providers import STORE_PASSWORD_FILE_ENV
+    assert local.STORE_PASSWORD_FILE_ENV == STORE_PASSWORD_FILE_ENV
+
+
+def test_down_of_a_healthy_kairos_stops_it_whatever_an_unrelated_setting_says(home, tmp_path):
+    """The GCS answering and a raylet alive, down went on to the graceful stop, whose Ray
+    environment imported cluster.settings: KAIROS_TICK_S=abc raised there (a traceback, exit 1,
+    nothing stopped). Ray's processes are stood in for by ones of their names."""
+    token, port = secrets.token_hex(8), local.free_port()
+    env = {**os.environ, local.TOKEN_ENV: token}
+    procs = []
+    try:
+        for name, code in (("gcs_server", SERVE), ("raylet", "import time; time.sleep(300)")):
+            (tmp_path / name).symlink_to(sys.executable)
+            procs.append(subprocess.Popen([str(tmp_path / name), "-c", code, str(port)], env=env,
+                                          stdout=subprocess.PIPE, text=True,
+                                          start_new_session=True))
+        assert procs[0].stdout.readline() == "listening\n"
+        run = recorded("127.0.0.1:1", [p.pid for p in procs], token)
+        run.ray_address = f"127.0.0.1:{port}"
+        local.write_run(run)
+        code = ("import sys; from kairos.cluster.cli import graceful; graceful.GRACEFUL_STOP_S = "
+                "5.0; from kairos.cluster.cli.main import main; sys.exit(main(sys.argv[1:]))")
+        done = subprocess.run([sys.executable, "-c", code, "down"], capture_output=True,
+                              env={**os.environ, "KAIROS_TICK_S": "abc"}, text=True, timeout=120)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        assert done.stdout.startswith("Kairos is down: ") and "KAIROS_TICK_S" not in done.stdout
+        assert f"Ray's 2 processes at 127.0.0.1:{port}" in done.stdout, done.stdout
+        assert all(p.wait(timeout=10) is not None for p in procs)
+        assert local.read_run() is None
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def test_the_graceful_stops_child_reads_no_kairos_setting(home, monkeypatch):
+    """The child that stops the runtime imports cluster.settings: with the operator's bad
+    KAIROS_TICK_S it exited 1 at once, and down stopped Ray's processes without draining."""
+    monkeypatch.setenv("KAIROS_TICK_S", "abc")
+    stopped, why = graceful.stop_runtime(stoppable("not-an-address"))
+    assert stopped is None and "not-an-address" in why and "KAIROS_TICK_S" not in why
+
+
+def test_a_graceful_stop_that_raises_falls_back_to_stopping_rays_processes(home, monkeypatch):
+    def raising(run):
+        raise OSError(24, "Too many open files")
+    monkeypatch.setattr(graceful, "stop_runtime", raising)
+    assert cli._stop_runtime(stoppable("127.0.0.1:1")) == (
+        None, "stopping the runtime through Ray failed (OSError: [Errno 24] Too many open files)")
+
+
+# -- 11: down removes the run's own Ray session directories --------------------------------------
+
+def session(at: float, pid: int) -> str:
+    return time.strftime("session_%Y-%m-%d_%H-%M-%S_", time.localtime(at)) + f"123456_{pid}"
+
+
+def test_only_the_runs_own_sessions_and_the_links_into_them_are_removed(tmp_path):
+    from kairos.cluster.cli import raytemp
+    temp, victim, now = tmp_path / "ray", tmp_path / "victim", time.time()
+    victim.mkdir()
+    (victim / "precious").write_text("precious")
+    ours, others = session(now, 4242), session(now, 4243)
+    older, later = session(now - 3600, 4242), session(now + 3600, 4242)  # the id another's
+    for name in (ours, others, older, later):
+        (temp / name / "logs").mkdir(parents=True)
+    (temp / ours / "logs" / "into-victim").symlink_to(victim)
+    (temp / session(now + 1, 4242)).symlink_to(victim)  # a link of a session's name: left
+    (temp / "session_latest").symlink_to(temp / ours)
+    (temp / "prom_metrics_service_discovery.json").symlink_to(
+        temp / ours / "prom_metrics_service_discovery.json")
+    (temp / "other_latest").symlink_to(temp / others)
+    (temp / "ray_current_cluster").write_text("127.0.0.1:1")
+    assert raytemp.remove_sessions(str(temp), 4242, now - 60, now + 60) == [ours]
+    assert sorted(p.name for p in temp.iterdir()) == sorted(
+        [others, older, later, session(now + 1, 4242), "other_latest", "ray_current_cluster"])
+    assert (victim / "precious").read_text() == "precious"
+
+
+def test_down_removes_the_session_its_ray_made(home, tmp_path, capsys):
+    token = secrets.token_hex(8)
+    carrier = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
+                               env={**os.environ, local.TOKEN_ENV: token},
+                               start_new_session=True)
+    try:
+        run = recorded("127.0.0.1:1", [carrier.pid], token)
+        run.temp_dir = str(tmp_path / "ray")
+        local.write_run(run)
+        ours, another = session(time.time(), carrier.pid), session(time.time(), carrier.pid + 1)
+        (tmp_path / "ray" / ours / "logs").mkdir(parents=True)
+        (tmp_path / "ray" / another).mkdir()
+        assert main(["down"]) == 0
+        assert [p.name for p in (tmp_path / "ray").iterdir()] == [another]
+    finally:
+        carrier.kill()
+        carrier.wait()
+
+
+# -- 12: the recorded gateways a command calls ---------------------------------------------------
+
+def test_the_first_recorded_gateway_its_run_listens_on_is_the_default_target(home):
+    """Only the first recorded gateway was tried: with it gone, a Kairos whose other gateways
+    served was said not to run."""
+    token = secrets.token_hex(8)
+    gateway = subprocess.Popen([sys.executable, "-c", LISTEN], stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, local.TOKEN_ENV: token}, start_new_session=True)
+    try:
+        target = f"127.0.0.1:{gateway.stdout.readline().strip()}"
+        run = recorded(f"127.0.0.1:{local.free_port()}", [gateway.pid], token)
+        run.gateways.append(target)
+        local.write_run(run)
+        assert cli.default_target(50051) == target
+        run.gateways = [run.gateways[0]]
+        local.write_run(run)
+        with pytest.raises(SystemExit) as said:  # a run alive: no stale record to clear
+            cli.default_target(50051)
+        assert "(it may be starting, or stopping)" in str(said.value)
+        assert "kairos down" not in str(said.value)
+    finally:
+        gateway.kill()
+        gateway.wait()
+
+
+def test_a_record_without_gateways_yet_is_not_said_to_be_nothing(home, monkeypatch):
+    monkeypatch.setenv("KAIROS_API_KEY", "the-secret-key")
+    run = recorded("127.0.0.1:1", [], "a-token")
+    run.gateways = []
+    local.write_run(run)
+    with pytest.raises(SystemExit, match=r"Kairos is not running here: the Kairos recorded in "
+                                         r".* has no gateway yet \(`kairos up` may still"):
+        main(["status"])
