@@ -87,7 +87,7 @@ def state(s: Shard) -> dict:
     residents = sorted(s.residency.recent)
     return {
         "journal": list(s.journaling._records), "log": list(s.decision_log._entries),
-        "counts": +s.ctx.counts, "rate": dict(s.customers._rate._counts),
+        "counts": +s.ctx.counts, "rate": dict(s.customers._rate._times),
         "recent": list(s.residency.recent.items()), "rows": len(e.table),
         "customers": {c: (pack_one(e, c), s.residency.extra(c)) for c in residents},
         "models": [a.tobytes() for a in e.models.kernel_arrays() if a is not None],

@@ -1,9 +1,14 @@
 """The outcome rate limit holds in every window of OUTCOME_RATE_WINDOW_S, wherever it starts:
 fixed windows let twice the limit through around a window's turn (issue 18)."""
+import math
 import random
+from array import array
+from bisect import bisect_right
+from types import SimpleNamespace
 
 from kairos.cluster.settings import OUTCOME_RATE_WINDOW_S, OUTCOMES_PER_CUSTOMER
-from kairos.cluster.shard.outcomes import RATE_REFUSAL, OutcomeRate
+from kairos.cluster.shard import outcomes
+from kairos.cluster.shard.outcomes import RATE_DROPPED_PER_CALL, RATE_REFUSAL, OutcomeRate
 
 W, LIMIT = OUTCOME_RATE_WINDOW_S, OUTCOMES_PER_CUSTOMER
 
@@ -18,6 +23,10 @@ class Clock:
 
 def taken(rate: OutcomeRate, customer: str, n: int) -> int:
     return sum(rate.refusal(customer) is None for _ in range(n))
+
+
+def latest(kept) -> float:
+    return kept if isinstance(kept, float) else kept[-1]
 
 
 def test_bursts_either_side_of_a_window_turn_take_the_limit_only():
@@ -37,29 +46,56 @@ def test_bursts_either_side_of_a_window_turn_take_the_limit_only():
     assert taken(rate, "c", 2 * LIMIT) == LIMIT
 
 
+def most_in_a_window(times: list[float]) -> int:
+    """The most of the ascending `times` within any W (two pointers)."""
+    most = first = 0
+    for last, t in enumerate(times):
+        while t - times[first] >= W:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
 def test_an_outcome_is_refused_exactly_when_the_last_window_holds_the_limit():
-    """Against the rule itself over random arrivals, some bursty, a few customers, and a
-    clock that steps back now and then (counted from the latest time read)."""
+    """Against the rule itself, with customers near the limit (five at about 0.6 of it
+    together), a clock that steps back now and then (counted from the latest time read) and
+    idle gaps of up to two windows; after each call, the customers kept are those with a time
+    in the window, and those left behind it not dropped yet, the oldest, at most
+    RATE_DROPPED_PER_CALL fewer than before the call, and none keeps more than the limit's."""
     rng = random.Random(18)
     clock = Clock()
     rate = OutcomeRate(clock)
-    counted: dict[str, list[float]] = {}
-    latest = clock.now
+    customers = "abcde"
+    counted: dict[str, list[float]] = {c: [] for c in customers}
+    now, refused = -math.inf, 0
     for _ in range(20_000):
-        clock.now += rng.choice((0.0, 0.0, rng.expovariate(LIMIT / W), rng.uniform(0, W / 4),
-                                 -rng.uniform(0, 5)))
-        latest = max(latest, clock.now)
-        customer = rng.choice("abc")
-        times = counted.setdefault(customer, [])
-        full = sum(t > latest - W for t in times) >= LIMIT
+        r = rng.random()
+        clock.now += (-rng.uniform(0, 3) if r < 0.1 else rng.uniform(0, 2 * W) if r < 0.11
+                      else 0.0 if r < 0.3 else rng.expovariate(0.6 * len(customers) * LIMIT / W))
+        now = max(now, clock.now)
+        left = [c for c, kept in rate._times.items() if latest(kept) <= now - W]
+        customer = rng.choice(customers)
+        times = counted[customer]
+        full = len(times) - bisect_right(times, now - W) >= LIMIT
         assert (rate.refusal(customer) is not None) == full
+        refused += full
         if not full:
-            times.append(latest)
+            times.append(now)
+        live = [c for c, ts in counted.items() if ts and ts[-1] > now - W]
+        kept = list(rate._times)
+        behind = len(kept) - len(live)
+        assert sorted(kept[behind:]) == sorted(live)
+        assert all(latest(rate._times[c]) <= now - W for c in kept[:behind])
+        assert behind <= max(0, len(left) - RATE_DROPPED_PER_CALL)
+        assert all(isinstance(ts, float) or len(ts) <= LIMIT for ts in rate._times.values())
+    assert refused > 1000  # the limit is reached often, not once in a while
     for times in counted.values():  # so no window of W holds more than the limit
-        assert max(sum(start <= t < start + W for t in times) for start in times) <= LIMIT
+        assert most_in_a_window(times) <= LIMIT
 
 
-def test_customers_without_an_outcome_in_the_last_window_are_not_kept():
+def test_customers_that_left_the_window_are_dropped_a_few_a_call():
+    """A burst of customers is dropped over the calls that follow, not by one call; those
+    waiting to be dropped count nothing."""
     clock = Clock()
     rate = OutcomeRate(clock)
     for i in range(1000):
@@ -67,8 +103,26 @@ def test_customers_without_an_outcome_in_the_last_window_are_not_kept():
     taken(rate, "busy", 2 * LIMIT)
     clock.now += W / 2
     rate.refusal("late")
-    assert len(rate._counts) == 1002
+    assert len(rate._times) == 1002
     clock.now += W / 2  # c*'s and busy's outcomes leave the window; late's stays
     rate.refusal("next")
-    assert sorted(rate._counts) == ["late", "next"]
-    assert all(isinstance(t, float) for t in rate._counts.values())  # one each
+    assert len(rate._times) == 1002 - RATE_DROPPED_PER_CALL + 1
+    assert isinstance(rate._times["busy"], array)  # not dropped yet: its times left
+    assert rate.refusal("busy") is None and isinstance(rate._times["busy"], float)
+    assert taken(rate, "busy", LIMIT) == LIMIT - 1  # none of the earlier counted
+    for i in range(1000):
+        rate.refusal("next")
+    assert sorted(rate._times) == ["busy", "late", "next"]
+
+
+def test_the_wall_clock_stepping_does_not_move_the_window(monkeypatch):
+    """A shard's clock is the wall clock: the rate reads the monotonic one instead."""
+    wall, steady = Clock(), Clock()
+    monkeypatch.setattr(outcomes, "time", SimpleNamespace(time=wall, monotonic=steady))
+    rate = OutcomeRate(wall)
+    assert taken(rate, "c", LIMIT) == LIMIT
+    wall.now += W  # stepped a window forward (NTP, a person): no new window
+    assert taken(rate, "c", LIMIT) == 0
+    wall.now -= 2 * W  # and back: the window moves on all the same
+    steady.now += W
+    assert taken(rate, "c", LIMIT) == LIMIT
