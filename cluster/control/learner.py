@@ -22,22 +22,23 @@ last save and otherwise at the next LEARNER_SAVE_S tick (an idle learner writes 
 `flush` (runtime.stop's, before the kill), copied on the loop and written on a thread, one save at a
 time, less often while the store refuses them (posterior.py `Saves`). So a learner that Ray
 restarts, or a cluster started again on the same store, goes on from what it had learned rather than
-from the priors; the deltas merged since the last save (at most LEARNER_SAVE_S, while the store
-answers) are lost with the process. It is saved with its catalog's text: Ray restarts the actor with
-the catalog it was created with, and the saved one (the latest switched to) runs instead. So a
-switch answers only once it is saved (else StoreUnavailable, and the learner stays on its catalog:
-the controller does not switch the shards). Deltas of the last REMAPS_KEPT catalog versions before
-the running one are carried over, each by one remap; one of an older version it ran is dropped, and
-counted by version (`dropped`); one of a version it never ran (its switch has not reached it yet) is
-refused, NotRunning, and its shard sends it again. A delta is remembered as taken only once merged.
-An action a switch takes out and a later one puts back (a rollback, a seasonal offer) goes on from
-the models it had when it was last taken out, not from its group's, if that was within the last
-REMAPS_KEPT switches of this process (core/models.py `TakenOut`: the models a switch takes out are
-kept, not whole earlier posteriors; a restart keeps only the running posterior). A saved posterior
-that cannot be read, or does not fit its catalog, is kept aside (DAMAGED_KEY; one with a chunk lost
-is only logged) and the learner starts from the priors; while the store does not answer for it, the
-learner merges and answers nothing (StoreUnavailable: the shards keep their deltas), so no merge is
-saved over it.
+from the priors; the deltas merged since the last save that landed are lost with the process: at
+most LEARNER_SAVE_S of them while the store answers; while it refuses, all since; once it answers
+again, the next try starts within SAVE_RETRY_MOST_S and a tick of the last refused write's end. It
+is saved with its catalog's text: Ray restarts the actor with the catalog it was created with, and
+the saved one (the latest switched to) runs instead. So a switch answers only once it is saved (else
+StoreUnavailable, and the learner stays on its catalog: the controller does not switch the shards).
+Deltas of the last REMAPS_KEPT catalog versions before the running one are carried over, each by one
+remap; one of an older version it ran is dropped, and counted by version (`dropped`); one of a
+version it never ran (its switch has not reached it yet) is refused, NotRunning, and its shard sends
+it again. A delta is remembered as taken only once merged. An action a switch takes out and a later
+one puts back (a rollback, a seasonal offer) goes on from the models it had when it was last taken
+out, not from its group's, if that was within the last REMAPS_KEPT switches of this process
+(core/models.py `TakenOut`: the models a switch takes out are kept, not whole earlier posteriors; a
+restart keeps only the running posterior). A saved posterior that cannot be read, or does not fit
+its catalog, is kept aside (DAMAGED_KEY; one with a chunk lost is only logged) and the learner
+starts from the priors; while the store does not answer for it, the learner merges and answers
+nothing (StoreUnavailable: the shards keep their deltas), so no merge is saved over it.
 A learner Ray constructs runs the catalog it was created with, which may not be the one the
 cluster runs (its saved posterior unreadable, saved without its text by an older release, or
 none), and deltas and watches carry only the catalog's version, under which another text lays
@@ -431,11 +432,10 @@ class LearnerActor:
 
     async def flush(self) -> None:
         """Save the merges since the last save now (also runtime.stop's, before the kill,
-        which warns of a failure raised here); a store that does not take it is logged."""
+        which warns of a failure raised here); a store that does not take it is logged, with
+        the merges lost (`Saves.flush`)."""
         await self.switches.passed()  # not left to asyncio's order of callbacks (`passed`)
-        await self.saves.idle()
-        if self.learner.merged != self.saves.merges:
-            await self.saves.save(self.learner)
+        await self.saves.flush(self.learner)
 
     async def stand_down(self) -> None:
         """Save nothing more (the controller lost its claim on the store, which may be

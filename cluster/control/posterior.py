@@ -148,7 +148,9 @@ class Saves:
     After a periodic write that failed, the next `periodic` one waits SAVE_RETRY_FIRST_S,
     doubled after each failure up to SAVE_RETRY_MOST_S (reset by a write that lands), and
     its caller (a sync) does not wait for it: a store that is down would hold every sync's
-    answer for its timeout. A flush (runtime.stop's) tries at once and waits."""
+    answer for its timeout; their failures are logged at most every SAVE_FAILED_LOG_S, and
+    the write that lands after them says how many failed over how long. A `flush`
+    (runtime.stop's) tries at once, waits, and logs its failure always."""
 
     def __init__(self, store: Any, key: str) -> None:
         self.store, self.key = store, key
@@ -157,6 +159,7 @@ class Saves:
         self.retry_s = 0.0  # how long the periodic saves wait after the latest failed write
         self._retry_at = -math.inf  # monotonic: not before then
         self._refused = ThrottledWarning(log, SAVE_FAILED_LOG_S)
+        self._failed, self._failed_since = 0, 0.0  # writes failed since one landed; first's end
         self._writing: asyncio.Task | None = None
         self._asked: Any = None  # the learner whose save was asked for during a write
         self._stopped = False
@@ -171,6 +174,15 @@ class Saves:
         after a failure (a sync's answer does not wait out a store that is down)."""
         if learner.merged != self.merges and self.due(every_s):
             await self.save(learner, wait=not self.retry_s)
+
+    async def flush(self, learner: Any) -> None:
+        """Save the merges not saved, once `idle`, and wait until written; one the store does
+        not take is logged with the merges it leaves unsaved, whenever the last warning was
+        (runtime.stop's, before the kill: held back, they were lost without a word); any other
+        failure raises here."""
+        await self.idle()
+        if not self._stopped and learner.merged != self.merges:
+            await asyncio.shield(self._write_from(learner, waited=True, flushed=True))
 
     async def idle(self) -> None:
         """Once no save is in flight (a caller cancelled does not stop it); a save that
@@ -196,28 +208,42 @@ class Saves:
         if wait:
             await asyncio.shield(writing)
 
-    def _write_from(self, learner: Any, waited: bool, heard: bool = False) -> asyncio.Task:
-        self._writing = asyncio.get_running_loop().create_task(
-            self._write(saved_parts(learner), learner.merged, time.monotonic(), waited, heard))
+    def _write_from(self, learner: Any, waited: bool, heard: bool = False,
+                    flushed: bool = False) -> asyncio.Task:
+        self._writing = asyncio.get_running_loop().create_task(self._write(
+            saved_parts(learner), learner.merged, time.monotonic(), waited, heard, flushed))
         return self._writing
 
     async def _write(self, parts: list[bytes], merges: int, taken_at: float,
-                     waited: bool, heard: bool) -> None:
+                     waited: bool, heard: bool, flushed: bool) -> None:
         """`waited`: whether a caller waits for it, which takes its failure (else logged);
-        `heard`: StoreUnavailable too (else logged), and no failure delays the next save."""
+        `heard`: StoreUnavailable too (else logged), and no failure delays the next save;
+        `flushed`: a flush's, whose StoreUnavailable is logged whenever the last was."""
         written = False
         try:
             await asyncio.to_thread(lambda: self.store.put_meta(self.key, b"".join(parts)))
             self.saved_at, self.merges, written = taken_at, merges, True
             self.retry_s, self._retry_at = 0.0, -math.inf
+            if self._failed:
+                log.warning("learner: the posterior is saved again; writes failed: %d, over "
+                            "%.1f s", self._failed, time.monotonic() - self._failed_since)
+                self._failed = 0
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             if heard:  # save_now's (a switch's): its caller hears it; the periodic saves go on
                 raise
+            now = time.monotonic()
+            if not self._failed:
+                self._failed_since = now
+            self._failed += 1
             self.retry_s = min(SAVE_RETRY_MOST_S, max(SAVE_RETRY_FIRST_S, 2 * self.retry_s))
-            self._retry_at = time.monotonic() + self.retry_s
-            if isinstance(exc, StoreUnavailable):
+            self._retry_at = now + self.retry_s
+            if isinstance(exc, StoreUnavailable) and flushed:
+                log.warning("learner: could not save the posterior at the flush: the %d merges "
+                            "since the last save are lost if the process ends now: %s",
+                            merges - self.merges, exc)
+            elif isinstance(exc, StoreUnavailable):
                 self._refused.warn("learner: could not save the posterior (tried again in "
                                    "%g s at the earliest): %s", self.retry_s, exc)
             elif waited:

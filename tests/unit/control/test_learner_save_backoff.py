@@ -89,6 +89,8 @@ def test_saves_back_off_while_the_store_refuses_them_and_land_once_it_answers(
     assert down == (6, 6) and tried_early == 0
     refused = [r for r in caplog.records if "could not save the posterior" in r.getMessage()]
     assert len(refused) == 1  # the rest held back (SAVE_FAILED_LOG_S)
+    again = [r.getMessage() for r in caplog.records if "saved again" in r.getMessage()]
+    assert again == ["learner: the posterior is saved again; writes failed: 6, over 180.0 s"]
     assert actor.saves.retry_s == 0.0 and actor.saves.merges == actor.learner.merged
     assert Actor(default_catalog_text(), "x").learner.models.positives[3] == 242
 
@@ -113,3 +115,24 @@ def test_a_sync_does_not_wait_for_a_save_that_tries_again(tmp_path, monkeypatch)
     answer, ended = asyncio.run(main())
     assert answer.positives[3] == 2 and len(copies) == 2
     assert (ended, store.refused) == (1, 2), f"the sync waited {time.monotonic() - started:.1f} s"
+
+
+def test_a_flush_the_store_refuses_is_logged_with_the_merges_it_leaves(tmp_path, monkeypatch,
+                                                                       caplog):
+    """runtime.stop's flush, within SAVE_FAILED_LOG_S of a sync's warning: logged all the same
+    (held back, the merges were lost without a word)."""
+    caplog.set_level(logging.WARNING, logger="kairos.learner")
+    store, clock, copies, actor = refusing_actor(tmp_path, monkeypatch)
+    c = default_compiled()
+
+    async def main():
+        store.down = True
+        await actor.sync(c.version, learned(c, 3, 1), -1)  # refused: warned
+        await actor.sync(c.version, learned(c, 3, 1), -1)  # within the wait: not tried
+        await actor.flush()  # tries at once
+    asyncio.run(main())
+    assert store.refused == 2
+    refused = [r.getMessage() for r in caplog.records if "could not save" in r.getMessage()]
+    assert len(refused) == 2 and refused[1] == (
+        "learner: could not save the posterior at the flush: the 2 merges since the last save "
+        "are lost if the process ends now: refused")
