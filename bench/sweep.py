@@ -98,7 +98,7 @@ def held_steps(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def rate_held(result: dict[str, Any], intended: bool = False) -> float:
     """The rate of the highest step below which every step held (0 if the first did not):
-    the rate it was sent at if `intended`, else the rate answered in it."""
+    the rate it was sent at if `intended`, else the rate served in it (fallbacks left out)."""
     held = held_steps(result)
     if not held:
         return 0.0

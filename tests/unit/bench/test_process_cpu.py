@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from bench.cpu import ProcessCpu, script_of, server_cpu
+from tests.support.waiting import wait_until
 
 # Names itself, waits for a line, burns CPU, renames itself, says so, and lives until its
 # stdin closes. PR_SET_NAME sets the title psutil reads.
@@ -142,8 +143,7 @@ def test_a_child_born_and_reaped_between_two_samples_keeps_its_cpu(monkeypatch):
         for reaper in (psutil.Process(), None):
             cpu = ProcessCpu(lambda: psutil.Process().children(), time.time(), 4.0,
                              reaper=reaper)
-            while not cpu._members:  # the first sample (it finds `waiting`)
-                time.sleep(0.01)
+            wait_until(lambda: cpu._members, 30.0, "the window's first sample")  # `waiting`
             subprocess.run([sys.executable, "-c", BLINK, str(INSIDE_S)], check=True)
             windows.append(cpu.window())
     finally:
