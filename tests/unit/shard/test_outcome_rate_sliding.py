@@ -2,6 +2,7 @@
 fixed windows let twice the limit through around a window's turn (issue 18)."""
 import math
 import random
+import time
 from array import array
 from bisect import bisect_right
 from types import SimpleNamespace
@@ -9,6 +10,10 @@ from types import SimpleNamespace
 from kairos.cluster.settings import OUTCOME_RATE_WINDOW_S, OUTCOMES_PER_CUSTOMER
 from kairos.cluster.shard import outcomes
 from kairos.cluster.shard.outcomes import RATE_DROPPED_PER_CALL, RATE_REFUSAL, OutcomeRate
+from kairos.cluster.shard.shard import Shard
+from kairos.cluster.storage.memory_store import MemoryStore
+from kairos.core.catalog import load_default_catalog
+from kairos.core.compiler import compile_catalog
 
 W, LIMIT = OUTCOME_RATE_WINDOW_S, OUTCOMES_PER_CUSTOMER
 
@@ -126,3 +131,11 @@ def test_the_wall_clock_stepping_does_not_move_the_window(monkeypatch):
     wall.now -= 2 * W  # and back: the window moves on all the same
     steady.now += W
     assert taken(rate, "c", LIMIT) == LIMIT
+
+
+def test_a_shard_on_the_wall_clock_rates_outcomes_on_the_monotonic_one():
+    """The swap rests on the shard's clock being time.time itself (what ShardHost builds):
+    a change in how a Shard hands its clock to the rate would bring the wall clock back."""
+    shard = Shard("s0", compile_catalog(load_default_catalog()), range(4), 4,
+                  store=MemoryStore())
+    assert shard.customers._rate._clock is time.monotonic
