@@ -240,6 +240,12 @@ LONG_POLL_S = number("LONG_POLL_S", 10.0, above=True, high=3600.0)
 # no warning (a cluster whose nodes all start together). A head's start may take it besides
 # KAIROS_SHARD_START_S: its startup probe must allow for both (k8s/base/raycluster.yaml).
 TAKEUP_NODES_WAIT_S = number("TAKEUP_NODES_WAIT_S", 120.0, high=3600.0)
+# 1: a start on a saved cluster (`kairos start --shards N` on the store of one that stopped)
+# keeps the shards it takes up, N a floor (scaled up to, never down); 0: it scales to N, as
+# `kairos up --shards` is asked to. A KubeRay head starts with the same N at every restart, so
+# it sets 1 (k8s/base/raycluster.yaml): else a full restart would move every joiner's
+# partitions into N shards before the head serves (control/takeup.py).
+RESUME_KEEPS_SHARDS = integer("RESUME_KEEPS_SHARDS", 0, low=0, high=1)
 # How long a shard that was scaled away lingers, answering MOVED, before it is stopped.
 RETIRE_GRACE_S = number("RETIRE_GRACE_S", 5.0)
 # Share of all partitions one rebalancing round may move (Akka moves at most 10 %): requests

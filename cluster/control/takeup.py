@@ -13,6 +13,11 @@ take-up where any saved shard answers waits for nothing: the Ray cluster survive
 restarted the controller), so no node is about to rejoin, and the shards of a node lost for
 good are created on the nodes there are. Nothing is written while it waits: a controller
 killed meanwhile waits again.
+
+What a start does with the shards it took up (`resumed_count`, `placed`): by default it scales
+to the count asked (`kairos up --shards`); with KAIROS_RESUME_KEEPS_SHARDS, as a KubeRay head
+whose `kairos start --shards` never changes, it keeps them: the joiners' shards, waited for
+above, are not retired seconds later with their partitions moved into the count asked.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from kairos.cluster.control.nodes import Nodes
-from kairos.cluster.settings import TAKEUP_NODES_WAIT_S
+from kairos.cluster.settings import RESUME_KEEPS_SHARDS, TAKEUP_NODES_WAIT_S
 from kairos.cluster.storage.ownership import StoreClaim
 
 log = logging.getLogger("kairos.controller")
@@ -32,8 +37,9 @@ POLL_S = 1.0  # how often the wait reads the node table
 class Density:
     """The density a save records: the lower of the current placement's (the most shards on
     one node) and a ceiling. The ceiling is the density taken up (or saved before), and only
-    the events that add shards on purpose raise it: a scale-up to an even spread of the count
-    asked over the serving nodes (`scaled`), a joiner's shards to its share (`joined`). So a
+    the events that add shards on purpose set it: a scale-up to an even spread of the count
+    asked over the serving nodes (`scaled`: higher or lower than before, as the count and the
+    serving nodes have it), a joiner's shards to its share (`joined`: never lower). So a
     placement crowded by a take-up that timed out, or by a node lost (its shards replaced on
     the others), is never recorded, nor are the steps that spread it out again (each creates a
     shard on a node with room before it retires one of the crowded node's: `_uncrowd`): the
@@ -98,3 +104,21 @@ async def nodes_to_host(nodes: Nodes, answered: bool, n_new: int, saved_density:
     if logged is not None:
         log.warning("taking up the cluster: the %d serving nodes alive host the %d shards to "
                     "create at no more than %d a node", len(serving), n_new, saved_density)
+
+
+def resumed_count(saved: int, asked: int) -> int:
+    """The shard count a start that took up `saved` shards scales to, asked for `asked`
+    (`--shards`): `asked`, or with KAIROS_RESUME_KEEPS_SHARDS at least `saved`."""
+    return max(saved, asked) if RESUME_KEEPS_SHARDS else asked
+
+
+def placed(alive: list[str], placement: dict[str, str | None], resumed: bool) -> list[str]:
+    """The `alive` nodes a start placed shards on: no joiners (`Nodes.known`), given no share
+    of new shards. Every one where `--shards` placed them (a new cluster, or a resume scaled
+    to the count asked); where a resume kept its shards (KAIROS_RESUME_KEEPS_SHARDS), those
+    hosting one of `placement`'s: a node hosting none joined, and the control loop gives it
+    its share as it would after the start."""
+    if not (resumed and RESUME_KEEPS_SHARDS):
+        return alive
+    hosting = set(placement.values())
+    return [n for n in alive if n in hosting]
