@@ -195,7 +195,7 @@ def made_temp_dir(given: str | None) -> str:
         try:
             if not raytemp.socket_paths_fit(own):
                 return raytemp.make_fallback()
-            private.own_dir(Path(own).parent, "the folder of Ray's temp dir")
+            private.closed_dir(Path(own).parent, "the folder of Ray's temp dir")
         except OSError as exc:
             raise Refused(f"error: making Ray's temp dir in {raytemp.SHARED}: {exc.strerror}; "
                           f"{raytemp.HOW_TO_CHOOSE}", 2) from None

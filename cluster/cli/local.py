@@ -71,12 +71,19 @@ RAY_OR_KAIROS = re.compile(r"\bgcs_server\b|\braylet\b|\bray::|/ray/|\bray start
 
 
 def home() -> Path:
-    return Path(os.path.expanduser(os.environ.get(HOME_ENV, "~/.kairos")))
+    return Path(os.path.expanduser(os.environ.get(HOME_ENV, private.DEFAULT_HOME)))
 
 
 def own_home() -> Path:
-    """$KAIROS_HOME, made 0700 if missing, made 0700 if wider; SystemExit when it is not this
-    user's own directory (private.own_dir)."""
+    """$KAIROS_HOME for `kairos up`: made 0700 if missing, made 0700 if wider where it is
+    Kairos's own; SystemExit otherwise, or when it is not this user's own directory
+    (private.own_home)."""
+    return private.own_home(home(), f"${HOME_ENV}")
+
+
+def checked_home() -> Path:
+    """$KAIROS_HOME, made 0700 if missing, its mode left as it is; SystemExit when it is not a
+    directory of this user's that no one else may write (private.own_dir)."""
     return private.own_dir(home(), f"${HOME_ENV}")
 
 
@@ -102,6 +109,7 @@ class Run:
     console: str = ""  # the agent's console's URL ("": none)
     console_keys: str = ""  # where the keys agents sign in with are (a path, never a key)
     token: str = dataclasses.field(default_factory=lambda: secrets.token_hex(16))  # TOKEN_ENV
+    session: str = ""  # the name of Ray's session directory (raytemp.session_of; "": unknown)
 
     @property
     def ray_port(self) -> int:
@@ -109,8 +117,9 @@ class Run:
 
 
 def read_run() -> Run | None:
-    """The run recorded in $KAIROS_HOME, a directory of this user's only (made so, as own_home
-    does), in a file of this user's (SystemExit otherwise); None when none is."""
+    """The run recorded in $KAIROS_HOME, a directory of this user's that no one else may write
+    (its mode left as it is: the record is 0600 itself), in a file of this user's (SystemExit
+    otherwise); None when none is."""
     try:
         private.check_own_dir(home(), f"${HOME_ENV}")
         data = json.loads(private.read_own(home() / RUN_FILE))
@@ -126,7 +135,7 @@ def read_run() -> Run | None:
 
 
 def write_run(run: Run) -> None:
-    private.write_own(own_home() / RUN_FILE, json.dumps(dataclasses.asdict(run), indent=1))
+    private.write_own(checked_home() / RUN_FILE, json.dumps(dataclasses.asdict(run), indent=1))
 
 
 def forget() -> None:
@@ -138,7 +147,7 @@ def forget() -> None:
 def up_lock() -> Iterator[None]:
     """One `kairos up` or `down` at a time per KAIROS_HOME; a second one fails at once."""
     try:
-        f = os.fdopen(private.lock_file(own_home() / LOCK_FILE))
+        f = os.fdopen(private.lock_file(checked_home() / LOCK_FILE))
     except OSError as exc:
         raise SystemExit(f"error: {home() / LOCK_FILE}: {exc.strerror} (${HOME_ENV} must be a "
                          f"directory this user may write, {LOCK_FILE} a file)") from None
@@ -324,6 +333,11 @@ def _ray_start(run: Run, args: list[str], env: dict[str, str], err: IO[str]) -> 
     except subprocess.TimeoutExpired:
         raise StartFailed(f"`ray start` did not finish in {RAY_START_TIMEOUT_S:.0f} s; "
                           f"its output is in {log}") from None
+    finally:  # whatever came of it (^C too): the session the head's made, for `kairos down`
+        if run.sessions == [process.pid]:
+            run.session = raytemp.session_of(run.temp_dir, process.pid, run.started,
+                                              time.time())
+            write_run(run)
     if code != 0:
         lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
         raise StartFailed("`ray start` failed:\n    " + "\n    ".join(lines[-8:])
@@ -442,12 +456,10 @@ def stop(run: Run) -> tuple[int, list[int]]:
 
 def forget_stopped(run: Run) -> None:
     """For a run none of whose processes is left: remove Ray's address file when it names the
-    run's Ray, the session directories that Ray made in its temp dir (raytemp.py), and its
-    record."""
+    run's Ray, the session directory that Ray made in its temp dir (raytemp.py; none for a
+    record without its name), and its record."""
     raytemp.forget_ray_address(run.temp_dir, run.ray_port)
-    # the head's `ray start` named the session (0, no process's id: none started)
-    raytemp.remove_sessions(run.temp_dir, run.sessions[0] if run.sessions else 0, run.started,
-                            run.started + RAY_START_TIMEOUT_S)
+    raytemp.remove_session(run.temp_dir, run.session)
     forget()
 
 

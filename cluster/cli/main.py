@@ -114,6 +114,7 @@ def up(args: argparse.Namespace) -> int:
     except Refused as exc:
         print(exc, file=sys.stderr)
         return exc.status
+    local.own_home()  # 0700 before anything is kept in it (`kairos down` changes no mode)
     with local.up_lock():
         run = local.read_run()
         if run is not None:

@@ -9,7 +9,10 @@ under that would be too long, a directory of its own in /tmp of a name no one ca
 `ray start`, at its start); as it is no longer in /tmp, which a reboot empties, `kairos down`
 removes the run's own, and the links Ray put next to them into them (session_latest, its
 Prometheus discovery file's), never anything else: other clusters' sessions in an operator's
---ray-temp-dir or RAY_TMPDIR are left alone.
+--ray-temp-dir or RAY_TMPDIR are left alone. The run's is known by its exact name, read from
+session_latest as the head's `ray start` returns (no other process could have had its id while
+it ran), and recorded; a pid and a time window alone, looked for at `kairos down`,
+could be another cluster's (a `ray start` given the same id since) or missed (another TZ).
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import datetime
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 
@@ -61,47 +65,52 @@ def forget_ray_address(temp_dir: str, ray_port: int) -> None:
             os.unlink(path)
 
 
-def remove_sessions(temp_dir: str, head_pid: int, since: float, until: float) -> list[str]:
-    """Remove, from Ray's temp dir `temp_dir`, the session directories a Ray whose head `ray
-    start` had process id `head_pid` made from `since` to `until` (time.time()s: the head's
-    start; a later `ray start` of that id is another's, its pid reused), and the links
-    next to them that point into them; then the temp dir and its folder when they are a
-    fallback of make_fallback's left empty. No link is followed, nor another user's directory
-    removed. The names removed."""
+def session_of(temp_dir: str, head_pid: int, since: float, until: float) -> str:
+    """The name of the session directory that the head's `ray start` (process `head_pid`, alive
+    from `since` to `until`: no other process had its id meanwhile) made in `temp_dir`, as
+    Ray's session_latest link there names it; "" where that names none of its (another
+    cluster's, started since in the same temp dir, or none: Ray stopped before making it)."""
     try:
-        with os.scandir(temp_dir) as entries:
-            found = list(entries)
-    except OSError:  # never made, or gone
-        found = []
-    ours = [e for e in found if _ours(e, head_pid, since, until)]
-    for entry in ours:
-        shutil.rmtree(entry.path, ignore_errors=True)  # never follows a link (fd-based)
-    names = {e.name for e in ours}
-    for entry in found:
-        with contextlib.suppress(OSError):
-            if entry.is_symlink() and _into(os.readlink(entry.path), temp_dir) in names:
-                os.unlink(entry.path)
+        name = _into(os.readlink(os.path.join(temp_dir, "session_latest")), temp_dir)
+        st = os.lstat(os.path.join(temp_dir, name))
+    except OSError:
+        return ""
+    match = SESSION.fullmatch(name)
+    if not (match and int(match[2]) == head_pid and _own_dir(st)):
+        return ""
+    try:  # Ray names it by the local time of its start, to the microsecond
+        made = datetime.datetime.strptime(match[1], "%Y-%m-%d_%H-%M-%S_%f").timestamp()
+    except ValueError:
+        return ""
+    return name if since - 1.0 <= made <= until else ""  # - 1 s: the clocks' readings
+
+
+def remove_session(temp_dir: str, name: str) -> None:
+    """Remove, from Ray's temp dir `temp_dir`, the session directory `name` (session_of's: a
+    directory of this user's, no link) and the links next to it that point into it; then the
+    temp dir and its folder when they are a fallback of make_fallback's left empty. No link is
+    followed. `name` "": none is removed (a record of an older Kairos)."""
+    path = os.path.join(temp_dir, name)
+    with contextlib.suppress(OSError):
+        if SESSION.fullmatch(name) and _own_dir(os.lstat(path)):
+            shutil.rmtree(path, ignore_errors=True)  # never follows a link (fd-based)
+            with os.scandir(temp_dir) as entries:
+                links = [e.path for e in entries if e.is_symlink()]
+            for link in links:
+                with contextlib.suppress(OSError):
+                    if _into(os.readlink(link), temp_dir) == name:
+                        os.unlink(link)
     parent = os.path.dirname(temp_dir)
     if os.path.dirname(parent) == SHARED and os.path.basename(parent).startswith(
             fallback_prefix()) and os.path.basename(temp_dir) == "tmp":
         with contextlib.suppress(OSError):  # not empty: something else is in it, left
             os.rmdir(temp_dir)
             os.rmdir(parent)
-    return sorted(names)
 
 
-def _ours(entry: os.DirEntry, head_pid: int, since: float, until: float) -> bool:
-    """A session directory (no link) of this user's, of the run's head, made while it started
-    (Ray names it by the local time of its start, to the microsecond)."""
-    match = SESSION.fullmatch(entry.name)
-    try:
-        if not (match and int(match[2]) == head_pid and entry.is_dir(follow_symlinks=False)
-                and entry.stat(follow_symlinks=False).st_uid == os.geteuid()):
-            return False
-        made = datetime.datetime.strptime(match[1], "%Y-%m-%d_%H-%M-%S_%f").timestamp()
-    except (OSError, ValueError):
-        return False
-    return since - 1.0 <= made <= until  # - 1 s: the clock's, as Ray and time.time() read it
+def _own_dir(st: os.stat_result) -> bool:
+    """A directory (no link) of this user's."""
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
 
 
 def _into(target: str, temp_dir: str) -> str:

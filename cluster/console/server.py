@@ -61,7 +61,7 @@ def keys_text(keys_file: str | None, home: Path) -> tuple[str, str]:
         return os.environ[KEYS_ENV], f"${KEYS_ENV}"
     path = home / CONSOLE_KEYS_FILE
     if not path.exists():
-        private.own_dir(home, "$KAIROS_HOME")  # 0700, as every command makes it
+        private.own_home(home, "$KAIROS_HOME")  # 0700, as `kairos up` makes it
         text = yaml.safe_dump({"keys": [{"key": secrets.token_urlsafe(32), "name": "console",
                                          "scopes": sorted(CONSOLE_SCOPES | OPTIONAL_SCOPES)}]})
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -6,6 +6,7 @@ Ray."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import secrets
 import shutil
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -158,35 +160,66 @@ def test_a_ray_temp_dir_too_long_for_rays_sockets_is_refused_before_it_is_made(
 
 
 @pytest.mark.parametrize("made", ["0755", "a link"])
-def test_a_private_folder_in_a_shared_one_is_made_closed_and_is_no_link(tmp_path, capsys, made):
-    """In /tmp, another user may have made a link of its name first; a folder of this user's
-    is made 0700."""
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    shared.chmod(0o1777)
-    folder = shared / "kairos-ray"
+def test_the_folder_of_rays_temp_dir_is_made_closed_and_is_no_link(tmp_path, made):
+    """Ray makes its folders in it 0777: this folder is all that keeps other users out. A link
+    to any 0755 directory of this user's was taken, and one of mode 0755 was made 0700."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    folder = home / "ray"
     if made == "a link":
-        (tmp_path / "elsewhere").mkdir(mode=0o700)
-        folder.symlink_to(tmp_path / "elsewhere")
-        with pytest.raises(SystemExit, match="is not a directory"):
-            private.own_dir(folder, "the folder of Ray's temp dir")
+        (tmp_path / "pub").mkdir(mode=0o700)
+        folder.symlink_to(tmp_path / "pub")
+        with pytest.raises(SystemExit, match=f"error: {folder} is a link: the folder of Ray's"):
+            private.closed_dir(folder, "the folder of Ray's temp dir")
     else:
-        folder.mkdir(mode=0o755)
+        folder.mkdir()
         folder.chmod(0o755)
-        assert private.own_dir(folder, "the folder of Ray's temp dir") == folder
-        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
-        assert f"note: {folder} had mode 0755: made 0700" in capsys.readouterr().err
-    assert private.own_dir(shared / "new", "the folder") == shared / "new"
+        with pytest.raises(SystemExit, match=f"error: {folder} has mode 0755: other users could "
+                                             f"reach .* `chmod 700 {folder}`"):
+            private.closed_dir(folder, "the folder of Ray's temp dir")
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert private.closed_dir(home / "new", "the folder") == home / "new"
+    assert stat.S_IMODE((home / "new").stat().st_mode) == 0o700
+
+
+def test_up_keeps_no_ray_temp_dir_in_a_ray_folder_that_is_a_link(home, short_home,
+                                                                 nothing_starts, monkeypatch,
+                                                                 capsys):
+    """The probe: $KAIROS_HOME/ray a link to a 0755 folder of this user's, and Ray's temp dir
+    (its folders 0777) was made in it."""
+    monkeypatch.delenv("RAY_TMPDIR", raising=False)
+    short_home.mkdir(mode=0o700)
+    pub = short_home.parent / "pub"
+    pub.mkdir(mode=0o755)
+    pub.chmod(0o755)
+    (short_home / "ray").symlink_to(pub)
+    assert main(up()) == 2
+    assert f"error: {short_home / 'ray'} is a link" in capsys.readouterr().err
+    assert not (pub / "tmp").exists()
 
 
 # -- 3: the files in KAIROS_HOME -----------------------------------------------------------------
 
-def test_a_link_planted_as_the_lock_is_not_followed(home, capsys):
-    """`ln -s victim $H/up.lock; kairos down` emptied the victim (the lock was opened "w")."""
-    home.mkdir(mode=0o700)
+def planted(home: Path, name: str, mode: int = 0o700) -> Path:
+    """`home` made of `mode`, with `name` in it a link that another user planted, to a file of
+    its own ("victim"): the victim."""
+    home.mkdir()
+    home.chmod(mode)
     victim = home.parent / "victim"
     victim.write_text("precious")
-    (home / "up.lock").symlink_to(victim)
+    (home / name).symlink_to(victim)
+    return victim
+
+
+def a_run(temp_dir: Path, **fields) -> local.Run:
+    """A record of a run whose Ray keeps its temp dir in `temp_dir`."""
+    return local.Run(**{"ray_address": "127.0.0.1:1", "temp_dir": str(temp_dir), "sessions": [],
+                        "started": 0, "loopback": True, "auth_mode": "token", **fields})
+
+
+def test_a_link_planted_as_the_lock_is_not_followed(home, capsys):
+    """`ln -s victim $H/up.lock; kairos down` emptied the victim (the lock was opened "w")."""
+    victim = planted(home, "up.lock")
     with pytest.raises(SystemExit, match="up.lock: Too many levels of symbolic links"):
         main(["down"])
     assert victim.read_text() == "precious"
@@ -197,18 +230,102 @@ def test_kairos_home_is_made_for_this_user_only(home, capsys):
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
 
 
-@pytest.mark.parametrize("mode", [0o775, 0o755, 0o777])
 @pytest.mark.parametrize("command", [["down"], ["status"]])
-def test_a_kairos_home_of_this_users_wider_than_0700_is_made_0700_and_said_once(
-        home, capsys, command, mode):
-    """A home made under umask 002 (user-private groups: 0775) was refused by every command
-    after the upgrade, `down` of a running Kairos too; an older 0755 one was kept as is."""
+def test_a_home_others_may_only_read_is_read_as_it_is(home, capsys, command):
+    """`status` and `down` made any home of this user's 0700 ($HOME, a team's folder, one
+    with a public_html): they only read."""
     home.mkdir()
-    home.chmod(mode)
+    home.chmod(0o755)
+    (home / "public_html").mkdir()
     main(command)
-    assert stat.S_IMODE(home.stat().st_mode) == 0o700
-    main(command)
-    assert capsys.readouterr().err.count(f"note: {home} had mode {mode:04o}: made 0700") == 1
+    assert stat.S_IMODE(home.stat().st_mode) == 0o755
+    assert "note:" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", [0o775, 0o757])
+@pytest.mark.parametrize("command", [["down"], ["status"], up()])
+def test_a_home_others_may_write_is_refused_and_left_as_it_is(home, nothing_starts, mode,
+                                                             command):
+    """A home others could write was made 0700 and what they had planted in it trusted."""
+    victim = planted(home, "run.json", mode)
+    who = "other users" if mode & 0o002 else "the members of its group"
+    with pytest.raises(SystemExit, match=f"error: {home} has mode {mode:04o}: {who}"):
+        main(command)
+    assert stat.S_IMODE(home.stat().st_mode) == mode
+    assert victim.read_text() == "precious"
+
+
+@pytest.mark.parametrize("where", ["up", "the console's key"])
+def test_up_makes_a_home_of_kaiross_own_0700_and_says_it_once(home, stand_in_start, capsys,
+                                                             where):
+    """One an older Kairos made under the umask (0755), holding only what Kairos keeps."""
+    home.mkdir()
+    home.chmod(0o755)
+    for name in ("run.json.old", "store", "ray-start.log"):
+        (home / name).mkdir() if name == "store" else (home / name).write_text("")
+    (home / "run.json.old").rename(home / ".run.json.abcd1234")  # a record's temp file
+    for _ in range(2):
+        if where == "up":
+            assert main(up()) == 0
+            assert main(["down"]) == 0
+        else:
+            from kairos.cluster.console.server import keys_text
+            keys_text(None, home)
+            (home / "console-keys.yaml").unlink()
+        assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    assert capsys.readouterr().err.count(f"note: {home} had mode 0755: made 0700") == 1
+
+
+@pytest.mark.parametrize("which", ["the user's home", "one with other files"])
+def test_up_refuses_a_wide_home_that_is_not_kaiross_own_and_leaves_it(home, nothing_starts,
+                                                                     monkeypatch, which):
+    """KAIROS_HOME=$HOME, or a folder with a public_html, was made 0700 by every command."""
+    home.mkdir()
+    home.chmod(0o755)
+    if which == "the user's home":
+        monkeypatch.setenv("HOME", str(home))
+    else:
+        (home / "public_html").mkdir()
+    for make in (lambda: main(up()), lambda: local.own_home()):
+        with pytest.raises(SystemExit, match=f"error: {home} has mode 0755: other users could "
+                                             f"list .* `chmod 700 {home}`"):
+            make()
+    assert stat.S_IMODE(home.stat().st_mode) == 0o755
+
+
+def test_the_default_home_is_kaiross_own_whatever_it_holds(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv(local.HOME_ENV, raising=False)
+    (tmp_path / ".kairos" / "notes").mkdir(parents=True)
+    (tmp_path / ".kairos").chmod(0o755)
+    assert local.own_home() == tmp_path / ".kairos"
+    assert stat.S_IMODE((tmp_path / ".kairos").stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("chmod", ["ignored", "refused"])
+def test_a_home_whose_filesystem_keeps_its_mode_is_said_so(home, monkeypatch, chmod):
+    """No fstat followed the fchmod: a filesystem that ignores chmod got 'made 0700' every
+    time, one that refuses it a misleading 'must be a directory this user may write'. Such a
+    filesystem (a FAT or CIFS mount) is stood in for by os.fchmod."""
+    home.mkdir()
+    home.chmod(0o755)
+
+    def fchmod(fd, mode):
+        if chmod == "refused":
+            raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(os, "fchmod", fchmod)
+    said = "stays 0755 after `chmod 700`" if chmod == "ignored" else \
+        r"cannot be made 0700 \(Operation not permitted\)"
+    with pytest.raises(SystemExit, match=f"error: {home} has mode 0755 (and )?{said}"):
+        local.own_home()
+
+
+def test_what_kairos_keeps_in_its_home_is_named_as_its_modules_name_it():
+    from kairos.cluster.cli import console, options
+    from kairos.cluster.console.server import CONSOLE_KEYS_FILE
+    assert private.HOME_NAMES == {local.RUN_FILE, local.LOCK_FILE, local.START_LOG,
+                                  console.CONSOLE_LOG, CONSOLE_KEYS_FILE, options.STORE_DIR,
+                                  os.path.basename(os.path.dirname(local.own_ray_temp_dir()))}
 
 
 @pytest.mark.parametrize("mode, who", [(0o777, "other users"),
@@ -257,13 +374,9 @@ def test_a_kairos_home_of_another_user_is_refused(home):
         main(["down"])
 
 
-def test_the_record_is_this_users_only_and_written_through_no_fixed_name(home):
-    home.mkdir(mode=0o700)
-    victim = home.parent / "victim"
-    victim.write_text("precious")
-    (home / "run.tmp").symlink_to(victim)  # the fixed temp name the record was written to
-    run = local.Run(ray_address="127.0.0.1:1", temp_dir="/tmp/r", sessions=[], started=0,
-                    loopback=True, auth_mode="token")
+def test_the_record_is_this_users_only_and_written_through_no_fixed_name(home, tmp_path):
+    victim = planted(home, "run.tmp")  # the fixed temp name the record was written to
+    run = a_run(tmp_path / "ray")
     local.write_run(run)
     assert victim.read_text() == "precious"
     assert stat.S_IMODE((home / "run.json").stat().st_mode) == 0o600
@@ -272,10 +385,7 @@ def test_the_record_is_this_users_only_and_written_through_no_fixed_name(home):
 
 
 def test_a_record_that_is_a_link_is_not_read(home):
-    home.mkdir(mode=0o700)
-    elsewhere = home.parent / "elsewhere.json"
-    elsewhere.write_text("{}")
-    (home / "run.json").symlink_to(elsewhere)
+    planted(home, "run.json")
     with pytest.raises(SystemExit, match="run.json: Too many levels of symbolic links"):
         main(["status"])
 
@@ -291,8 +401,7 @@ def test_ray_starts_log_holds_this_run_only_and_is_this_users_only(home, tmp_pat
     log = home / local.START_LOG
     log.write_text("an earlier run's failure\n")
     log.chmod(0o644)
-    run = local.Run(ray_address="127.0.0.1:1", temp_dir="/tmp/r", sessions=[], started=0,
-                    loopback=True, auth_mode="token")
+    run = a_run(tmp_path / "temp")
     with pytest.raises(local.StartFailed) as failed:
         local.start_ray(run, None)
     assert "this run's failure: start" in str(failed.value)
@@ -305,14 +414,13 @@ def test_ray_starts_log_holds_this_run_only_and_is_this_users_only(home, tmp_pat
     assert not (tmp_path / "victim").exists()
 
 
-def test_the_consoles_log_holds_this_run_only(home):
+def test_the_consoles_log_holds_this_run_only(home, tmp_path):
     from kairos.cluster.cli import console
     home.mkdir(mode=0o700)
     (home / console.CONSOLE_LOG).write_text("an earlier run's failure\n")
     args = argparse.Namespace(tls_client_ca=None, keys=None, tls_cert=None, tls_key=None,
                               insecure=False)
-    run = local.Run(ray_address="127.0.0.1:1", temp_dir="/tmp/r", sessions=[], started=0,
-                    loopback=True, auth_mode="token", gateways=["127.0.0.1:1"])
+    run = a_run(tmp_path / "ray", gateways=["127.0.0.1:1"])
     with socket.socket() as other:
         other.bind(("127.0.0.1", 0))
         other.listen()
@@ -330,10 +438,23 @@ LISTEN = ("import socket, sys, time; s = socket.socket(); s.bind(('127.0.0.1', 0
           "print(s.getsockname()[1], flush=True); time.sleep(300)")
 
 
+@contextlib.contextmanager
+def carrying(token: str) -> Iterator[subprocess.Popen]:
+    """A process, in a session of its own, that carries the run's `token` (as Ray's GCS does),
+    killed afterwards."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
+                            env={**os.environ, local.TOKEN_ENV: token}, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def recorded(gateway: str, sessions: list[int], token: str) -> local.Run:
-    run = local.Run(ray_address="127.0.0.1:1", temp_dir="/tmp/r", sessions=sessions,
-                    started=time.time() - 60, loopback=True, auth_mode="token",
-                    gateways=[gateway], token=token)
+    """A run recorded in the test's KAIROS_HOME, its Ray's temp dir there as `up` makes it."""
+    run = a_run(local.own_ray_temp_dir(), sessions=sessions, started=time.time() - 60,
+                gateways=[gateway], token=token)
     local.write_run(run)
     return run
 
@@ -415,17 +536,11 @@ def test_an_up_that_fails_keeps_its_record_when_its_processes_would_not_stop(
 
 def test_down_names_the_processes_that_would_not_stop(home, would_not_stop, capsys):
     token = secrets.token_hex(8)
-    carrier = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
-                               env={**os.environ, local.TOKEN_ENV: token},
-                               start_new_session=True)
-    try:
+    with carrying(token) as carrier:
         recorded(f"127.0.0.1:{local.free_port()}", [carrier.pid], token)
         assert main(["down"]) == 1
         assert "would not stop (processes 4242 of sessions" in capsys.readouterr().err
         assert local.read_run().sessions == [carrier.pid]
-    finally:
-        carrier.kill()
-        carrier.wait()
 
 
 # -- 7: errors, not tracebacks -------------------------------------------------------------------
@@ -488,8 +603,7 @@ def test_ctrl_c_while_a_command_waits_on_a_gateway_exits_130_quietly(home, comma
 # -- 8: why the graceful stop failed -------------------------------------------------------------
 
 def stoppable(address: str) -> local.Run:
-    return local.Run(ray_address=address, temp_dir="/tmp/r", sessions=[], started=0,
-                     loopback=True, auth_mode="token")
+    return a_run(local.own_ray_temp_dir(), ray_address=address)
 
 
 def test_a_graceful_stop_that_fails_says_why_not_that_it_took_too_long(home):
@@ -525,10 +639,7 @@ def test_a_gateway_port_of_0_is_not_said_as_a_target_the_user_gave(home):
 def test_down_stops_a_kairos_whatever_an_unrelated_setting_says(home, tmp_path):
     """A bad KAIROS_TICK_S made `kairos down` refuse (exit 2), leaving the cluster running."""
     token = secrets.token_hex(8)
-    carrier = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
-                               env={**os.environ, local.TOKEN_ENV: token},
-                               start_new_session=True)
-    try:
+    with carrying(token) as carrier:
         recorded(f"127.0.0.1:{local.free_port()}", [carrier.pid], token)
         done = subprocess.run([sys.executable, "-c", MAIN, "down"],
                               env={**os.environ, "KAIROS_TICK_S": "abc"}, capture_output=True,
@@ -540,9 +651,6 @@ def test_down_stops_a_kairos_whatever_an_unrelated_setting_says(home, tmp_path):
                               env={**os.environ, "KAIROS_TICK_S": "abc"}, capture_output=True,
                               text=True, timeout=120)
         assert done.returncode == 2 and "KAIROS_TICK_S must be" in done.stderr
-    finally:
-        carrier.kill()
-        carrier.wait()
 
 
 # -- 10: down of a healthy Kairos under a bad unrelated setting ----------------------------------
@@ -610,45 +718,121 @@ def session(at: float, pid: int) -> str:
     return time.strftime("session_%Y-%m-%d_%H-%M-%S_", time.localtime(at)) + f"123456_{pid}"
 
 
-def test_only_the_runs_own_sessions_and_the_links_into_them_are_removed(tmp_path):
+def test_only_the_named_session_and_the_links_into_it_are_removed(tmp_path):
     from kairos.cluster.cli import raytemp
     temp, victim, now = tmp_path / "ray", tmp_path / "victim", time.time()
     victim.mkdir()
     (victim / "precious").write_text("precious")
-    ours, others = session(now, 4242), session(now, 4243)
-    older, later = session(now - 3600, 4242), session(now + 3600, 4242)  # the id another's
-    for name in (ours, others, older, later):
+    ours, others, same_id = session(now, 4242), session(now, 4243), session(now + 1, 4242)
+    for name in (ours, others, same_id):
         (temp / name / "logs").mkdir(parents=True)
     (temp / ours / "logs" / "into-victim").symlink_to(victim)
-    (temp / session(now + 1, 4242)).symlink_to(victim)  # a link of a session's name: left
     (temp / "session_latest").symlink_to(temp / ours)
     (temp / "prom_metrics_service_discovery.json").symlink_to(
         temp / ours / "prom_metrics_service_discovery.json")
     (temp / "other_latest").symlink_to(temp / others)
     (temp / "ray_current_cluster").write_text("127.0.0.1:1")
-    assert raytemp.remove_sessions(str(temp), 4242, now - 60, now + 60) == [ours]
+    for name in ("", "..", f"{ours}/logs", "ray_current_cluster"):  # none of a session's name
+        raytemp.remove_session(str(temp), name)
+    raytemp.remove_session(str(temp), ours)
     assert sorted(p.name for p in temp.iterdir()) == sorted(
-        [others, older, later, session(now + 1, 4242), "other_latest", "ray_current_cluster"])
+        [others, same_id, "other_latest", "ray_current_cluster"])
     assert (victim / "precious").read_text() == "precious"
+    (temp / "linked").symlink_to(victim)  # a link of a session's name: not followed
+    (temp / ours).symlink_to(victim)
+    raytemp.remove_session(str(temp), ours)
+    assert (victim / "precious").read_text() == "precious"
+
+
+def test_the_session_is_the_one_session_latest_names_if_the_heads(tmp_path):
+    from kairos.cluster.cli import raytemp
+    temp, now = tmp_path / "ray", time.time()
+    temp.mkdir()
+    assert raytemp.session_of(str(temp), 4242, now - 60, now) == ""  # none made
+    for name, ours in ((session(now - 30, 4242), True), (session(now - 30, 4243), False),
+                       (session(now - 120, 4242), False), (session(now + 30, 4242), False)):
+        (temp / name).mkdir()
+        (temp / "session_latest").unlink(missing_ok=True)
+        (temp / "session_latest").symlink_to(temp / name)
+        assert raytemp.session_of(str(temp), 4242, now - 60, now) == (name if ours else "")
+    (temp / "session_latest").unlink()
+    (temp / "session_latest").symlink_to(tmp_path)  # out of the temp dir
+    assert raytemp.session_of(str(temp), 4242, now - 60, now) == ""
+
+
+# Ray's own start, stood in for: its session directory, named as Ray names it (the local time to
+# the microsecond, the pid of `ray start`), and session_latest
+RAY_START = """#!/bin/sh
+for a in "$@"; do case "$a" in --temp-dir=*) t="${a#--temp-dir=}";; esac; done
+s="$t/session_$(date +%Y-%m-%d_%H-%M-%S_%6N)_$$"
+mkdir -p "$s/logs" && ln -sfn "$s" "$t/session_latest"
+"""
+
+
+@pytest.mark.parametrize("case", ["pid reused", "another TZ"])
+def test_down_removes_exactly_the_session_the_heads_ray_start_made(home, tmp_path,
+                                                                  monkeypatch, case):
+    """down looked for sessions by the head's pid and a 180 s window after the start, read in
+    its own TZ: another `ray start --head` that got the same pid within the window (in a shared
+    RAY_TMPDIR) lost its live session, and a `down` in another TZ than `up` left the run's."""
+    ray = tmp_path / "ray-cli"
+    ray.write_text(RAY_START)
+    ray.chmod(0o700)
+    monkeypatch.setattr(local, "_ray_cli", lambda: str(ray))
+    home.mkdir(mode=0o700)
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    try:
+        run = a_run(tmp_path / "temp", started=time.time())
+        local.start_ray(run, None)
+        ours = run.session
+        assert ours.endswith(f"_{run.sessions[0]}") and (run.temp_dir / Path(ours)).is_dir()
+        assert local.read_run().session == ours
+        # another's: the same pid, the same second (its `ray start` given the id since)
+        another = ours[:-len(str(run.sessions[0])) - 7] + f"654321_{run.sessions[0]}"
+        if case == "pid reused":
+            (tmp_path / "temp" / another).mkdir()
+        else:
+            monkeypatch.setenv("TZ", "Asia/Tokyo")
+            time.tzset()
+        local.forget_stopped(run)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    left = sorted(p.name for p in (tmp_path / "temp").iterdir())
+    assert left == ([another] if case == "pid reused" else [])
+
+
+def test_a_record_without_its_sessions_name_removes_none(home, tmp_path):
+    """An older Kairos's: a pid and a window could name another cluster's session."""
+    run = a_run(tmp_path / "temp", sessions=[4242], started=time.time() - 10)
+    (tmp_path / "temp" / session(time.time() - 5, 4242)).mkdir(parents=True)
+    local.forget_stopped(run)
+    assert len(list((tmp_path / "temp").iterdir())) == 1
 
 
 def test_down_removes_the_session_its_ray_made(home, tmp_path, capsys):
     token = secrets.token_hex(8)
-    carrier = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
-                               env={**os.environ, local.TOKEN_ENV: token},
-                               start_new_session=True)
-    try:
-        run = recorded("127.0.0.1:1", [carrier.pid], token)
-        run.temp_dir = str(tmp_path / "ray")
-        local.write_run(run)
+    with carrying(token) as carrier:
         ours, another = session(time.time(), carrier.pid), session(time.time(), carrier.pid + 1)
+        run = recorded("127.0.0.1:1", [carrier.pid], token)
+        run.temp_dir, run.session = str(tmp_path / "ray"), ours
+        local.write_run(run)
         (tmp_path / "ray" / ours / "logs").mkdir(parents=True)
         (tmp_path / "ray" / another).mkdir()
         assert main(["down"]) == 0
         assert [p.name for p in (tmp_path / "ray").iterdir()] == [another]
-    finally:
-        carrier.kill()
-        carrier.wait()
+
+
+def test_the_graceful_stops_child_keeps_rays_authentication_and_the_paths(home, monkeypatch):
+    """It drops Kairos's own settings only: without Ray's token or mode it could not join the
+    run's Ray, without PYTHONPATH or HOME not import Kairos or find ~/.ray's token."""
+    kept = {"RAY_AUTH_TOKEN": "1" * 64, "PYTHONPATH": "/opt/kairos", "HOME": "/home/op"}
+    for name, value in {**kept, "KAIROS_TICK_S": "abc"}.items():
+        monkeypatch.setenv(name, value)
+    env = graceful._child_env(stoppable("127.0.0.1:1"))
+    assert {name: env.get(name) for name in kept} == kept and env["RAY_AUTH_MODE"] == "token"
+    assert not [name for name in env if name.startswith("KAIROS_")]
 
 
 # -- 12: the recorded gateways a command calls ---------------------------------------------------
