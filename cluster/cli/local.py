@@ -176,6 +176,9 @@ def ray_env(loopback: bool, auth_mode: str, token: str = "") -> dict[str, str]:
     # workers at nice 15 by default, behind any batch job on the machine; Kairos's actors are
     # the latency-bound service, so they run at 0.
     env.setdefault("KAIROS_DATA_HOST", LOOPBACK)
+    # every node is started before the controller: after a `kairos up` with fewer --nodes than
+    # the store's last run, waiting for more to rejoin would only stall each start
+    env.setdefault("KAIROS_TAKEUP_NODES_WAIT_S", "0")
     env.setdefault("RAY_worker_niceness", "0")
     env["RAY_AUTH_MODE"] = auth_mode
     if loopback:
