@@ -9,12 +9,12 @@ import json
 import math
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
+from kairos.cluster import whole_files
 from kairos.cluster.cli.remote import Remote
 from kairos.cluster.evidence.records import (OUTCOMES_PER_DECISION, DecisionRecord, from_json,
                                              is_parquet, write_records)
@@ -93,36 +93,26 @@ def run(args: argparse.Namespace) -> int:
     remote = Remote(args.target)
     shortfall = Shortfall()
     out_path = Path(args.out).absolute()
-    try:
-        # said before anything streams, as mkstemp says a folder FILE cannot be made in
-        # (missing, not this user's): a folder named as FILE failed only at the rename, after
-        # the export. is_dir raises stat's EACCES (pathlib passes only ENOENT and its kin):
-        # FILE in a folder this user cannot enter, said as mkstemp's
-        if out_path.is_dir() or args.out.endswith(os.sep):
-            print(f"error: --out {args.out}: a folder: name the file to write", file=sys.stderr)
+    with contextlib.ExitStack() as stack:
+        try:
+            # said before anything streams, as mkstemp says a folder FILE cannot be made in
+            # (missing, not this user's): a folder named as FILE failed only at the rename,
+            # after the export. is_dir raises stat's EACCES (pathlib passes only ENOENT and
+            # its kin): FILE in a folder this user cannot enter, said as mkstemp's
+            if out_path.is_dir() or args.out.endswith(os.sep):
+                print(f"error: --out {args.out}: a folder: name the file to write",
+                      file=sys.stderr)
+                return 1
+            # a call that fails half-way leaves no FILE behind (whole_files); customers'
+            # profiles and decisions: the owner's only (0600), as the store keeps them
+            out = stack.enter_context(whole_files.replacing(out_path, sync=True))
+        except OSError as exc:
+            print(f"error: --out {args.out}: cannot write in {out_path.parent}: "
+                  f"{exc.strerror}", file=sys.stderr)
             return 1
-        # a call that fails half-way leaves no FILE behind; customers' profiles and decisions:
-        # the owner's only, as the store keeps them. A name of its own (mkstemp: made anew,
-        # 0600), written through its descriptor: a fixed name let a link planted in a shared
-        # folder have its target written, and two exports to one FILE take each other's file
-        fd, partial = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.",
-                                       suffix=".partial")
-    except OSError as exc:
-        print(f"error: --out {args.out}: cannot write in {out_path.parent}: {exc.strerror}",
-              file=sys.stderr)
-        return 1
-    try:
-        with os.fdopen(fd, "wb") as out:
-            records = exported(remote, args.since, args.until, args.channel,
-                               args.max_records, shortfall)
-            written = write_records(records, out, is_parquet(args.out))
-            out.flush()
-            os.fsync(out.fileno())  # on disk before its name says it is whole
-        os.replace(partial, args.out)
-    except BaseException:  # what it holds of customers is not left behind
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(partial)
-        raise
+        records = exported(remote, args.since, args.until, args.channel, args.max_records,
+                           shortfall)
+        written = write_records(records, out, is_parquet(args.out))
     from kairos.cluster.storage.journal import fsync_directory  # see page()
     fsync_directory(out_path.parent)  # where the name is, a link's too
     print(f"wrote {written} decision records to {args.out}")

@@ -20,15 +20,16 @@ from __future__ import annotations
 import os
 import stat
 import sys
-import tempfile
 from pathlib import Path
 from typing import IO, Callable
+
+from kairos.cluster import whole_files
 
 # no link followed, and not inherited by the processes `kairos up` starts
 NO_FOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 DEFAULT_HOME = "~/.kairos"
 # what Kairos keeps in $KAIROS_HOME (local's, the console's and the store's names: a test keeps
-# them equal), and the temp files of the record (write_own: .run.json.XXXXXXXX)
+# them equal), and the temp files of the record (write_own: .run.json.XXXXXXXX.partial)
 HOME_NAMES = frozenset({"run.json", "up.lock", "ray-start.log", "console.log",
                         "console-keys.yaml", "store", "ray"})
 OTHERS_WRITE = 0o022  # group or other users may write
@@ -152,16 +153,9 @@ def read_own(path: Path) -> str:
 
 
 def write_own(path: Path, text: str) -> None:
-    """`text` as `path`'s whole content, readable by this user only, at once: a temp file of a
-    name of its own in the same directory, renamed over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # 0600, O_EXCL
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """`text` as `path`'s whole content, readable by this user only, at once."""
+    with whole_files.replacing(path) as f:
+        f.write(text.encode())
 
 
 def fresh_log(path: Path) -> IO[str]:

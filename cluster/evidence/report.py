@@ -10,7 +10,9 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
+
+from kairos.cluster import whole_files
 
 ESTIMATORS = (("ips", "IPS"), ("snips", "SNIPS"), ("dr", "doubly robust"))
 REWARD_NAMES = {"accept": "accept rate", "value": "value per decision"}
@@ -43,24 +45,12 @@ def write(evidence: dict[str, Any], out: Path) -> list[Path]:
     folder under a report's name is replaced, not followed."""
     out.mkdir(parents=True, exist_ok=True)
     data, md, plot = (out / name for name in FILES)
-    _replaced(data, lambda f: f.write(json_text(evidence).encode()))
+    with whole_files.replacing(data, FILE_MODE) as f:
+        f.write(json_text(evidence).encode())
     plotted = _plot(evidence, plot)
-    _replaced(md, lambda f: f.write(markdown(evidence, plot.name if plotted else None).encode()))
+    with whole_files.replacing(md, FILE_MODE) as f:
+        f.write(markdown(evidence, plot.name if plotted else None).encode())
     return [data, md, plot] if plotted else [data, md]
-
-
-def _replaced(path: Path, fill: Callable[[BinaryIO], Any]) -> None:
-    """`path` made whole by `fill` writing a new file beside it, renamed over it."""
-    fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "wb") as f:
-            fill(f)
-        os.replace(partial, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(partial)
-        raise
 
 
 def unwritable(out: Path) -> str | None:
@@ -222,7 +212,8 @@ def _plot(evidence: dict[str, Any], path: Path) -> bool:
     rewards = list(evidence["estimates"])
     if not rewards:
         return False
-    _replaced(path, lambda f: _draw(plt, evidence, rewards, f))
+    with whole_files.replacing(path, FILE_MODE) as f:
+        _draw(plt, evidence, rewards, f)
     return True
 
 
