@@ -53,7 +53,7 @@ from kairos.cluster.control.rounds import ControlLoop
 from kairos.cluster.control.saved import STATE_KEY, state_blob, take_up
 from kairos.cluster.control.scaling import Scaling
 from kairos.cluster.control.status import cluster_status
-from kairos.cluster.control.takeup import Density, nodes_to_host, placed, resumed_count
+from kairos.cluster.control.takeup import Density, kept_on, nodes_to_host, resumed_count, uneven
 from kairos.cluster.longpoll import Changes
 from kairos.cluster.settings import DRAIN_UNREADY_S, LONG_POLL_S, RETIRE_GRACE_S, SHARDS_PER_CPU
 from kairos.cluster.shard.outcomes import outcome_secret
@@ -152,7 +152,7 @@ class Controller(ControlLoop, Catalogs, Scaling):
     async def start(self, n_shards: int) -> None:
         """Start `n_shards` shards, or, when the store holds an earlier controller's state,
         take up its shards (each recovers what it owned) and then scale to `n_shards` (with
-        KAIROS_RESUME_KEEPS_SHARDS, up to it only: takeup.py)."""
+        KAIROS_RESUME_KEEPS_SHARDS, keeps them, `n_shards` a floor: takeup.py)."""
         if n_shards < 1:
             raise ValueError(f"need at least one shard, got {n_shards}")
         await self.store_claim.claim()  # before anything is written: StoreInUse
@@ -164,15 +164,18 @@ class Controller(ControlLoop, Catalogs, Scaling):
             requested = self._requested_catalog
             if requested is not None and requested != self.catalog_text:
                 await self.put_catalog(requested)
-            if (count := resumed_count(len(self.shards), n_shards)) != len(self.shards):
+            kept = kept_on(self.nodes, self.placement)  # before a scale down: takeup.py
+            count = resumed_count(len(self.shards), n_shards, self.nodes, kept)
+            if count != len(self.shards) or uneven(kept, self.map, self._serving_shards()[:count]):
                 await self.scale(count)
         else:
+            kept = None
             await self.check_first_catalog()
             names = [await self._create_shard() for _ in range(n_shards)]
             self.map = PartitionMap.initial(names, self.n_partitions)
             await asyncio.gather(*(self._start_shard(name) for name in names))
         # the nodes it placed shards on are no joiners: given no share of new shards
-        self.nodes.known.update(placed(self.nodes.alive(), self.placement, resumed))
+        self.nodes.known.update(self.nodes.alive() if kept is None else kept)
         await self._publish()
         if not resumed:  # it may follow a catalog an earlier cluster saved with its posterior
             await self._learner_told()

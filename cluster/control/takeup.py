@@ -14,10 +14,11 @@ restarted the controller), so no node is about to rejoin, and the shards of a no
 good are created on the nodes there are. Nothing is written while it waits: a controller
 killed meanwhile waits again.
 
-What a start does with the shards it took up (`resumed_count`, `placed`): by default it scales
-to the count asked (`kairos up --shards`); with KAIROS_RESUME_KEEPS_SHARDS, as a KubeRay head
-whose `kairos start --shards` never changes, it keeps them: the joiners' shards, waited for
-above, are not retired seconds later with their partitions moved into the count asked.
+What a start does with the shards it took up (`kept_on`, `resumed_count`, `uneven`): by
+default it scales to the count asked (`kairos up --shards`); with KAIROS_RESUME_KEEPS_SHARDS,
+as a KubeRay head whose `kairos start --shards` never changes, it keeps them, as many as the
+nodes hosting them are sized for: the joiners' shards, waited for above, are not retired
+seconds later with their partitions moved into the count asked.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from kairos.cluster.control.nodes import Nodes
+from kairos.cluster.control.partitions import PartitionMap
 from kairos.cluster.settings import RESUME_KEEPS_SHARDS, TAKEUP_NODES_WAIT_S
 from kairos.cluster.storage.ownership import StoreClaim
 
@@ -106,19 +108,33 @@ async def nodes_to_host(nodes: Nodes, answered: bool, n_new: int, saved_density:
                     "create at no more than %d a node", len(serving), n_new, saved_density)
 
 
-def resumed_count(saved: int, asked: int) -> int:
-    """The shard count a start that took up `saved` shards scales to, asked for `asked`
-    (`--shards`): `asked`, or with KAIROS_RESUME_KEEPS_SHARDS at least `saved`."""
-    return max(saved, asked) if RESUME_KEEPS_SHARDS else asked
-
-
-def placed(alive: list[str], placement: dict[str, str | None], resumed: bool) -> list[str]:
-    """The `alive` nodes a start placed shards on: no joiners (`Nodes.known`), given no share
-    of new shards. Every one where `--shards` placed them (a new cluster, or a resume scaled
-    to the count asked); where a resume kept its shards (KAIROS_RESUME_KEEPS_SHARDS), those
-    hosting one of `placement`'s: a node hosting none joined, and the control loop gives it
-    its share as it would after the start."""
-    if not (resumed and RESUME_KEEPS_SHARDS):
-        return alive
+def kept_on(nodes: Nodes, placement: dict[str, str | None]) -> list[str] | None:
+    """With KAIROS_RESUME_KEEPS_SHARDS, the alive nodes hosting a shard a resume took up
+    (`placement`): no joiners (`Nodes.known`), given no share of new shards, those a scale
+    down (`resumed_count`) leaves with none included (`_uncrowd` gives them a crowded node's).
+    An alive node hosting none joined, and the control loop gives it its share as it would
+    after the start. None without the setting: `--shards` placed them all."""
+    if not RESUME_KEEPS_SHARDS:
+        return None
     hosting = set(placement.values())
-    return [n for n in alive if n in hosting]
+    return [n for n in nodes.alive() if n in hosting]
+
+
+def resumed_count(saved: int, asked: int, nodes: Nodes, kept: list[str] | None) -> int:
+    """The shard count a start that took up `saved` shards scales to, asked for `asked`
+    (`--shards`): `asked`, or where it keeps them on the nodes `kept` (`kept_on`), as many as
+    those serving are sized for (`Nodes.shares`), `saved` at most and `asked` at least. A
+    take-up that stopped waiting for nodes (`nodes_to_host`) crowded the shards of those not
+    back onto those alive: kept there, they would stay above their share, as the nodes back
+    later are joiners, each given its full share of new shards, and the count would grow past
+    what was saved."""
+    if kept is None:
+        return asked
+    return max(asked, min(saved, sum(nodes.shares(nodes.serving(kept)).values())))
+
+
+def uneven(kept: list[str] | None, spread: PartitionMap, target: list[str]) -> bool:
+    """Whether a start that keeps its shards (`kept`: `kept_on`) scales them though their
+    count is unchanged: a scale, drain or join cut short left their partitions spread unevenly
+    over `target`, which no round of the control loop evens out, and a scale does."""
+    return kept is not None and bool(spread.plan(target, 1))
