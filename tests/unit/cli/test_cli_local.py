@@ -579,7 +579,10 @@ def test_an_up_file_that_is_not_text_is_named(home, nothing_starts, tmp_path, ca
 def test_ctrl_c_while_a_command_waits_on_a_gateway_exits_130_quietly(home, command):
     """A gateway that accepts and never answers: the command waits in its call, and ^C there
     printed a KeyboardInterrupt traceback."""
-    code = "import sys; from kairos.cluster.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    # ^C as a terminal's foreground process takes it: a suite run as a background job (`&` in
+    # a script) has SIGINT ignored, which the command would inherit, and wait out its deadline
+    code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from kairos.cluster.cli.main import main; sys.exit(main(sys.argv[1:]))")
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen()
@@ -662,6 +665,15 @@ SERVE = ("import socket, sys, time; s = socket.socket(); s.bind(('127.0.0.1', in
 def test_ray_env_names_the_store_password_variable_as_the_store_does():
     from kairos.cluster.storage.providers import STORE_PASSWORD_FILE_ENV
     assert local.STORE_PASSWORD_FILE_ENV == STORE_PASSWORD_FILE_ENV
+
+
+def test_up_takes_up_a_store_without_waiting_for_nodes_unless_told_to(monkeypatch):
+    """`up` starts every node before the controller: a store a run of more --nodes saved made
+    each later start wait KAIROS_TAKEUP_NODES_WAIT_S (120 s) for nodes that never come."""
+    monkeypatch.delenv("KAIROS_TAKEUP_NODES_WAIT_S", raising=False)
+    assert local.ray_env(True, "token")["KAIROS_TAKEUP_NODES_WAIT_S"] == "0"
+    monkeypatch.setenv("KAIROS_TAKEUP_NODES_WAIT_S", "30")  # the operator's own value wins
+    assert local.ray_env(True, "token")["KAIROS_TAKEUP_NODES_WAIT_S"] == "30"
 
 
 def test_down_of_a_healthy_kairos_stops_it_whatever_an_unrelated_setting_says(home, tmp_path):
