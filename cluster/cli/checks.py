@@ -190,8 +190,7 @@ def made_temp_dir(given: str | None) -> str:
     cannot be made or written is Refused, saying how to choose another."""
     chosen = _operators_temp_dir(given)
     if chosen is None:
-        own = local.own_ray_temp_dir()
-        local.own_home()  # first, and so 0700, where the folder is made in it
+        own = local.own_ray_temp_dir()  # in the home `up` made its user's only before this
         try:
             if not raytemp.socket_paths_fit(own):
                 return raytemp.make_fallback()

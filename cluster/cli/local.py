@@ -76,7 +76,7 @@ def home() -> Path:
 
 def own_home() -> Path:
     """$KAIROS_HOME for `kairos up`: made 0700 if missing, made 0700 if wider where it is
-    Kairos's own; SystemExit otherwise, or when it is not this user's own directory
+    Kairos's own and no link; SystemExit otherwise, or when it is not this user's own directory
     (private.own_home)."""
     return private.own_home(home(), f"${HOME_ENV}")
 

@@ -44,7 +44,8 @@ def own_dir(path: Path, what: str) -> Path:
 def own_home(path: Path, what: str) -> Path:
     """$KAIROS_HOME `path` for `kairos up` and the console's first key: made (0700) if missing,
     checked as check_own_dir does, and, where others may read or enter it, made 0700 (said) if
-    it is Kairos's own (_kairos_own), refused otherwise."""
+    it is Kairos's own (_kairos_own), refused otherwise; a link to a directory others may only
+    read or enter is used as it is (its target is the operator's choice)."""
     return _made(path, what, _close_home)
 
 

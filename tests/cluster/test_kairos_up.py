@@ -120,7 +120,7 @@ def test_start_serves_on_a_ray_cluster_something_else_started(tmp_path, monkeypa
     `ray start --head` of the test's own, on loopback), Kairos joins it, starts the runtime and
     a gateway on the node, exits, and keeps serving."""
     platform, home = tmp_path / "platform", tmp_path / "home"
-    platform.mkdir()
+    platform.mkdir(mode=0o700)  # a home others may write is refused, whatever the umask
     monkeypatch.setenv(local.HOME_ENV, str(platform))  # where start_ray keeps its record
     monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
     ray_temp = tempfile.mkdtemp(prefix="kx-")
