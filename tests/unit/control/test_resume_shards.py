@@ -78,26 +78,19 @@ def test_a_full_restart_keeps_the_joiners_shards_where_the_setting_is_on(tmp_pat
     asyncio.run(main())
 
 
-def test_a_full_restart_scales_to_the_count_asked_where_the_setting_is_off(tmp_path,
-                                                                          monkeypatch):
-    keeping(monkeypatch, False)
+# off: the count asked, as before the setting (2 of the 6 saved); on, the count asked is a floor
+# the kept shards are scaled up to (8)
+@pytest.mark.parametrize("keep, asked", [(False, 2), (True, 8)])
+def test_a_full_restart_scales_to_the_count_asked_unless_it_keeps_more(tmp_path, monkeypatch,
+                                                                       keep, asked):
+    keeping(monkeypatch, keep)
 
     async def main():
         backend = await grown(str(tmp_path))
         fully_restarted(backend)
-        controller = await restarted_and_settled(backend, str(tmp_path), 2)
-        assert len(controller.shards) == 2 and len(controller.map.shards_in_use()) == 2
-    asyncio.run(main())
-
-
-def test_the_count_asked_is_a_floor_the_kept_shards_are_scaled_up_to(tmp_path, monkeypatch):
-    keeping(monkeypatch, True)
-
-    async def main():
-        backend = await grown(str(tmp_path))
-        fully_restarted(backend)
-        controller = await restarted_and_settled(backend, str(tmp_path), 8)
-        assert len(controller.shards) == 8 and len(controller.map.shards_in_use()) == 8
+        controller = await restarted_and_settled(backend, str(tmp_path), asked)
+        assert len(controller.shards) == asked
+        assert len(controller.map.shards_in_use()) == asked
     asyncio.run(main())
 
 
