@@ -18,7 +18,7 @@ from pathlib import Path as FsPath
 from typing import Any, Callable
 
 from ._kernel import MAX_PREDICTORS_SUPPORTED
-from .errors import CatalogError, RuleError
+from .errors import CatalogError, RuleError, not_text
 from .rules import DURATION_UNITS_S, KEYWORDS, MAX_NUMBER, refused_number
 from .yamlsource import Path, Source
 
@@ -404,8 +404,15 @@ def load_catalog(text: str, source: str = "<catalog>", strict: bool = True) -> C
 
 
 def load_catalog_file(path: str | FsPath) -> Catalog:
-    path = FsPath(path)
-    return load_catalog(path.read_text(encoding="utf-8"), str(path))
+    return load_catalog(catalog_file_text(path), str(path))
+
+
+def catalog_file_text(path: str | FsPath) -> str:
+    """A catalog file's text; CatalogError naming the file where it is not UTF-8 (YAML is)."""
+    try:
+        return FsPath(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CatalogError(not_text(exc), source=str(path)) from None
 
 
 def default_catalog_text() -> str:

@@ -6,6 +6,11 @@ class KairosError(Exception):
     """Base of every error Kairos raises on purpose."""
 
 
+def not_text(exc: UnicodeDecodeError) -> str:
+    """What a file that should hold UTF-8 text (YAML, a key) and does not is said to be."""
+    return f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
+
+
 class CatalogError(KairosError, ValueError):
     """A catalog that cannot be compiled.
 

@@ -13,10 +13,9 @@ from urllib.parse import urlparse
 
 from kairos.core.catalog import Catalog, load_catalog
 from kairos.core.compiler import compile_catalog
-from kairos.core.errors import CatalogError
+from kairos.core.errors import CatalogError, not_text
 
 from kairos.cluster.cli import local, operate, private, raytemp
-from kairos.cluster.cli.remote import not_text
 from kairos.cluster.secret_files import SecretFileError, check_secret_file
 from kairos.cluster.storage.store import redact  # light: no store's client is imported
 

@@ -92,10 +92,6 @@ def validate(paths: list[str]) -> int:
             print(f"error: {path}: {exc.strerror}", file=sys.stderr)
             failed += 1
             continue
-        except UnicodeDecodeError as exc:
-            print(f"error: {path}: {remote.not_text(exc)}", file=sys.stderr)
-            failed += 1
-            continue
         cat = compiled.catalog
         print(f"{path}: ok — catalog '{cat.name}' version {cat.version}: "
               f"{len(cat.actions)} actions in {len(compiled.group_names)} groups, "

@@ -11,7 +11,9 @@ from typing import Callable
 import grpc
 import psutil
 
-from kairos.cluster.cli.remote import Remote, channel_refusal, not_text
+from kairos.core.errors import not_text
+
+from kairos.cluster.cli.remote import Remote, channel_refusal
 from kairos.cluster.cli.targets import join_target, split_target
 from kairos.cluster.gateway.auth import is_loopback
 from kairos.v1 import admin_pb2

@@ -7,6 +7,7 @@ from typing import Any, Iterator
 
 import grpc
 
+from kairos.core.errors import not_text
 from kairos.v1 import admin_pb2, admin_pb2_grpc
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
@@ -125,9 +126,6 @@ def api_key_from_env() -> str | None:
         raise SystemExit(f"error: {KEY_FILE_ENV} {path}: {not_text(exc)}") from None
 
 
-def not_text(exc: UnicodeDecodeError) -> str:
-    """What a file that should hold UTF-8 text (a key, YAML) and does not is said to be."""
-    return f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
 
 
 Customer = str | tuple[str, str]  # a customer id, or an alias (type, value)

@@ -10,10 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from kairos.core.compiler import CompiledCatalog
 from kairos.core.errors import CatalogError
 from kairos.cluster.control.catalog_identity import catalog_digest
-from kairos.cluster.cli.remote import not_text
 from kairos.cluster.evidence import evaluation, report
 from kairos.cluster.evidence.records import LogFormatError, Unrepeated, read_records
 from kairos.cluster.evidence.replay import DEFAULT_SAMPLES, MAX_SAMPLES, candidate_error, \
@@ -65,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: --out {args.out}: {refused}", file=sys.stderr)
         return 1
     try:
-        compiled, text = candidate(args.catalog)
+        compiled, text = load_candidate(args.catalog)
         unrepeated = Unrepeated(read_records(args.log))
         records = itertools.islice(unrepeated, args.limit or None)
         replayed = list(replay(records, compiled, args.samples, args.seed))
@@ -91,15 +89,6 @@ def run(args: argparse.Namespace) -> int:
     print(report.summary(evidence))
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
-
-
-def candidate(path: Path) -> tuple[CompiledCatalog, str]:
-    """load_candidate's, with a file that is not UTF-8 text a CatalogError naming it (YAML is
-    UTF-8 text)."""
-    try:
-        return load_candidate(path)
-    except UnicodeDecodeError as exc:
-        raise CatalogError(not_text(exc), source=str(path)) from None
 
 
 def unreadable(exc: OSError, log: str) -> str:

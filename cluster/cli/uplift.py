@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from kairos.core.errors import CatalogError
-from kairos.cluster.cli.replay import candidate, unreadable
+from kairos.cluster.cli.replay import unreadable
 from kairos.cluster.evidence import uplift
 from kairos.cluster.evidence.records import LogFormatError, Unrepeated, read_records
-from kairos.cluster.evidence.replay import Replayer
+from kairos.cluster.evidence.replay import Replayer, load_candidate
 from kairos.cluster.evidence.report import json_text
 
 
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         catalogs, files = {}, {}
         for path in args.catalog:
-            compiled, _ = candidate(path)
+            compiled, _ = load_candidate(path)
             if compiled.version in files:  # the later one would stand for the version unsaid
                 print(f"error: --catalog {path} and {files[compiled.version]} are both version "
                       f"{compiled.version!r}: give each version once", file=sys.stderr)

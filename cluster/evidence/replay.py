@@ -47,7 +47,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from kairos.core.catalog import Catalog, load_catalog
+from kairos.core.catalog import Catalog, catalog_file_text, load_catalog
 from kairos.core.compiler import CompiledCatalog, Reason, compile_catalog
 from kairos.core.engine import DecisionEngine, EncodedRequest
 from kairos.core.errors import InputError
@@ -98,7 +98,7 @@ def load_candidate(path: str | Path) -> tuple[CompiledCatalog, str]:
     """The candidate catalog, compiled for replay, and its text (the report names its digest,
     which PutCatalog holds the catalog put to); a bad one raises CatalogError naming file,
     line and action."""
-    text = Path(path).read_text(encoding="utf-8")
+    text = catalog_file_text(path)
     return for_replay(load_catalog(text, str(path))), text
 
 

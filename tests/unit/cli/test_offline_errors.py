@@ -73,7 +73,7 @@ def test_replay_and_uplift_name_a_catalog_that_is_not_utf8(files, capsys):
     assert main(["uplift", "--log", log, "--catalog", str(files / "candidate.yaml"),
                  "--catalog", str(files / "bin.yaml")]) == 1
     err = capsys.readouterr().err.splitlines()
-    # the words of every command for a file that is not UTF-8 (one helper: remote.not_text)
+    # the words of every command for a file that is not UTF-8 (one helper: core.errors.not_text)
     assert err == [f"error: {files / 'bin.yaml'}: not UTF-8 text (byte 0xff at offset 6)"] * 2
     assert not (files / "never").exists()
 
