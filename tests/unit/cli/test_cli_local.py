@@ -25,6 +25,8 @@ import pytest
 from kairos.cluster.cli import graceful, local, main as cli, private
 from kairos.cluster.cli.main import main
 
+from tests.support.waiting import wait_until
+
 
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
@@ -450,6 +452,10 @@ def carrying(token: str) -> Iterator[subprocess.Popen]:
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
                             env={**os.environ, local.TOKEN_ENV: token}, start_new_session=True)
     try:
+        # until it has exec'd: forked, it shows its parent's environment, without the token,
+        # and a loaded machine's `down` then found the run's processes exited
+        wait_until(lambda: token.encode() in Path(f"/proc/{proc.pid}/environ").read_bytes(),
+                   30.0, "the carrier to start with the run's token")
         yield proc
     finally:
         proc.kill()
