@@ -281,8 +281,8 @@ class Recorder:
                 **{f"p{label}_ms": _ms(s.latency.get_value_at_percentile(p))
                    for label, p in PERCENTILES},
                 "max_ms": _ms(s.latency.get_max_value()),
-                "service_p50_ms": _ms(s.service.get_value_at_percentile(50)),
-                "service_p99_ms": _ms(s.service.get_value_at_percentile(99)),
+                **{f"service_p{label}_ms": _ms(s.service.get_value_at_percentile(p))
+                   for label, p in PERCENTILES},
                 "admitted_p99_ms": _ms(s.admitted.get_value_at_percentile(99)),
                 "refused_p99_ms": _ms(s.refused.get_value_at_percentile(99)),
                 "refused_max_ms": _ms(s.refused.get_max_value()),

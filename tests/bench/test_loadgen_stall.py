@@ -65,10 +65,14 @@ def test_a_stalled_generator_shows_the_stall_in_latency_not_in_service_time(stal
     finally:
         pool.close()
     decide, stall_ms = step["kinds"]["decide"], STALL_S * 1e3
-    # a sixth of the measured requests were due during the stall: the p99 is one of them
+    # a sixth of the measured requests were due during the stall, waiting up to all of it:
+    # the p99 is one of the longest waits, the p90 one of about 0.4 of it
     assert decide["p99_ms"] >= stall_ms / 2, decide
-    # only the few in flight when it began waited on the server's side of the stall
-    assert decide["service_p99_ms"] <= decide["p99_ms"] / 4, decide
+    assert decide["p90_ms"] >= stall_ms / 5, decide
+    # only those in flight when it began waited on the server's side of the stall: few, but
+    # on a loaded machine more than 1 % (a server 35 ms behind at 200/s), so the p99 may be
+    # one of them; not 10 %
+    assert decide["service_p90_ms"] <= decide["p90_ms"] / 2, decide
     assert step["generator"]["behind"] and step["generator"]["lag_max_ms"] >= stall_ms / 2
 
 
