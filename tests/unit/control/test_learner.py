@@ -12,6 +12,7 @@ import yaml
 
 from bench.workload import yaml_doc, yaml_text
 from kairos.cluster.control import learner as learner_module
+from kairos.cluster.control import merging
 from kairos.cluster.control.learner import (DAMAGED_KEY, STATE_KEY, Learner, LearnerActor,
                                             save_models)
 from kairos.cluster.storage import blocks
@@ -223,7 +224,7 @@ def test_a_delta_of_a_catalog_the_learner_never_ran_is_refused_and_merged_once_i
     c, b = default_compiled(), compiled_from_text(catalog("B"))
     learner = Learner(c)
     delta = sent(learned(b, 3, 1), "a", 1)
-    with pytest.raises(learner_module.NotRunning) as refused:
+    with pytest.raises(merging.NotRunning) as refused:
         learner.sync("B", delta, -1)
     assert isinstance(refused.value, Unavailable)
     assert learner.status()["dropped"] == {} and not learner.sequences  # not taken
@@ -586,12 +587,12 @@ def test_a_delta_sent_again_is_answered_without_being_merged_twice():
 def test_the_shards_remembered_are_bounded(monkeypatch):
     c = default_compiled()
     learner = Learner(c)
-    monkeypatch.setattr(learner_module, "SENDERS_KEPT", 2)
+    monkeypatch.setattr(merging, "SENDERS_KEPT", 2)
     for incarnation in "abc":  # past the cap: the least recently heard goes
         learner.sync(c.version, sent(learned(c, 3, 1), incarnation, 1), -1)
     assert set(learner.sequences) == {("s0", "b"), ("s0", "c")}
     # one not heard from in SENDERS_KEPT_S goes at the next new one (a process long gone)
-    learner.sequences[("s0", "b")] = (1, time.time() - learner_module.SENDERS_KEPT_S - 1)
+    learner.sequences[("s0", "b")] = (1, time.time() - merging.SENDERS_KEPT_S - 1)
     learner.sync(c.version, sent(learned(c, 3, 1), "d", 1), -1)
     assert set(learner.sequences) == {("s0", "c"), ("s0", "d")}
 

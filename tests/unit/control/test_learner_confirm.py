@@ -11,6 +11,7 @@ import pytest
 
 from kairos.cluster import throttled
 from kairos.cluster.control import learner as learner_module
+from kairos.cluster.control import merging
 from kairos.cluster.control.learner import Learner
 from kairos.cluster.shard.modelsync import ModelSync
 from kairos.cluster.storage.providers import open_store
@@ -102,7 +103,7 @@ def test_syncs_refused_unconfirmed_are_counted_and_logged_throttled(caplog, monk
 
     first = refused(3)
     assert len(first) == 1 and "syncs refused (1 so far)" in first[0]
-    clock.now += learner_module.REFUSED_LOG_S
+    clock.now += merging.REFUSED_LOG_S
     later = refused(2)
     assert len(later) == 1 and "syncs refused (4 so far)" in later[0]
     assert "2 more since the last" in later[0]
