@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -55,7 +55,8 @@ class CustomerRequests:
     def __init__(self, ctx: ShardContext, residency: Residency, keys: IdempotencyKeys,
                  labels: TaughtLabels, journaling: Journaling, watches: Watches,
                  seal: DecisionSeal, identities: CustomerIdentities, directory: Directory,
-                 decision_log: DecisionLog):
+                 decision_log: DecisionLog, steady: Callable[[], float]):
+        """`steady`: the monotonic clock that times the outcome rate (shard.py `Shard`)."""
         self._ctx = ctx
         self._directory = directory  # its tombstones say who was forgotten, and when
         self._log = decision_log
@@ -64,7 +65,7 @@ class CustomerRequests:
         self._keys = keys
         self._labels = labels
         self._seal = seal
-        self._rate = OutcomeRate(ctx.clock)
+        self._rate = OutcomeRate(steady)
         self._journaling = journaling
         self._watches = watches
         self.by_channel: Counter = Counter()  # decisions per channel

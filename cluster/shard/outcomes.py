@@ -43,7 +43,6 @@ import hmac
 import math
 import re
 import secrets
-import time
 from array import array
 from bisect import bisect_right
 from collections import OrderedDict
@@ -175,11 +174,11 @@ class OutcomeRate:
     dropped yet: each call drops at most RATE_DROPPED_PER_CALL of those (one call dropping
     every customer of a burst held the shard's loop: a million, a second), and counts no time
     that left the window. Per shard process: a restart or a partition's move starts them
-    again. Timed by the monotonic clock where the shard's is the wall clock (a step forward
-    let twice the limit through, one back held refusals for its length); tests pass theirs."""
+    again. Timed by `steady`, a monotonic clock (the Shard's `steady`): on the wall clock a
+    step forward let twice the limit through, one back held refusals for its length."""
 
-    def __init__(self, clock: Callable[[], float]):
-        self._clock = time.monotonic if clock is time.time else clock
+    def __init__(self, steady: Callable[[], float]):
+        self._clock = steady
         self._now = -math.inf  # the latest time read: a test's clock stepped back counts from it
         # a customer's counted times, ascending; customers by their latest, the oldest first
         self._times: OrderedDict[str, float | array] = OrderedDict()

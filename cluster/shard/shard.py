@@ -18,19 +18,23 @@ A Shard is composed of parts that each own their state, and share only context.p
   outcomes.TaughtLabels the labels outcomes taught;
 - outcomes.py: decision ids sealed as they leave, and the outcomes taken;
 - journaling.py, durability.py: the journal of each round, snapshots, erasure, recovery;
-- handoff.py: partitions moving between shards; catalogs.py: two-phase catalog switches.
+- handoff.py: partitions moving between shards; catalogs.py: two-phase catalog switches;
+- dispatch.py: a round's runs of requests handed to their parts by kind, and the answers given
+  before any part sees one (MOVED, MERGED, CROWDED, FORGETTING, a link's hold, ...).
 
-This module composes them and hands each request to its part. Requests and replies are
-protocol.py's types: `process` answers each request with a reply (Ok, EventAck, Forgotten,
-Moved when its partition is not or no longer here, Invalid for bad input with nothing
-applied, Missing, Merged for an anonymous customer since linked into another, Conflict, Busy
-for a customer it has no room for (CROWDED), an outcome past its customer's rate or a request
-a link holds back (linkhold.py); the host adds Busy and Unavailable for whole batches), and
-journals the round's changes as one batch before it returns (journaling.py).
+The wall clock (`clock`) is the context's; the steady one (`steady`) goes only to what measures
+durations in this process alone: the outcome rate (outcomes.py `OutcomeRate`).
+
+This module composes them and ticks. Requests and replies are protocol.py's types: `process`
+answers each request with a reply (Ok, EventAck, Forgotten, Moved when its partition is not or
+no longer here, Invalid for bad input with nothing applied, Missing, Merged for an anonymous
+customer since linked into another, Conflict, Busy for a customer it has no room for
+(CROWDED), an outcome past its customer's rate or a request a link holds back (linkhold.py);
+the host adds Busy and Unavailable for whole batches), and journals the round's changes as one
+batch before it returns (journaling.py).
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import time
@@ -41,23 +45,22 @@ from kairos.core.compiler import CompiledCatalog
 from kairos.core.decision import Decision
 from kairos.core.engine import DecisionEngine
 
-from kairos.cluster import protocol
 from kairos.cluster.identity import Directory
-from kairos.cluster.protocol import CUSTOMER_KINDS, Fire, Invalid, Merged, Reply, Request
+from kairos.cluster.protocol import Fire, Reply, Request
 from kairos.cluster.settings import (PASSIVATE_BUDGET_S, PASSIVATE_CROWDED_S, PASSIVATE_IDLE_S,
                                      RESIDENT_LIMIT, SHARD_ROUND_BYTES, SNAPSHOT_AFTER_S,
                                      SNAPSHOT_BUDGET_S, TICK_FIRE_LIMIT, TICK_S)
-from kairos.cluster.shard import wire
 from kairos.cluster.shard.catalogs import CatalogSwitch
 from kairos.cluster.shard.context import ShardContext
 from kairos.cluster.shard.customers import CustomerRequests
 from kairos.cluster.shard.decisionlog import DecisionLog
+from kairos.cluster.shard.dispatch import Dispatch
 from kairos.cluster.shard.durability import Durability
 from kairos.cluster.shard.handoff import Handoff
-from kairos.cluster.shard.identities import FORGETTING, CustomerIdentities, IdentityRequests
+from kairos.cluster.shard.identities import CustomerIdentities, IdentityRequests
 from kairos.cluster.shard.journaling import Journaling
 from kairos.cluster.shard.keys import IdempotencyKeys
-from kairos.cluster.shard.linkhold import HOLDS, LinkHold, Senders
+from kairos.cluster.shard.linkhold import LinkHold, Senders
 from kairos.cluster.shard.outcomes import DecisionSeal, TaughtLabels, outcome_secret
 from kairos.cluster.shard.ownership import Ownership
 from kairos.cluster.shard.residency import Residency, overflow_of, table_rows
@@ -67,27 +70,7 @@ from kairos.cluster.shard.watches import Push, Pushed, View, Watches
 from kairos.cluster.storage.memory_store import MemoryStore
 from kairos.cluster.storage.store import JournalLike, Store
 
-# a run of admitted requests of one kind, and the round's changed customers -> a reply each
-Handler = Callable[[list, dict[str, float]], list[Reply]]
-_TYPED = frozenset(protocol.REQUESTS.values())
 log = logging.getLogger("kairos.shard")
-# the kinds whose handlers load their customer before anything else: a damaged home is found
-# first (residency.py `probe`); an outcome is checked before its customer is loaded
-PROBED = frozenset({"event", "decide", "profile", "watch"})
-# the kinds refused FORGETTING while their customer's forget is under way: an outcome too, as
-# an offline one (no decision to check against the forget's tombstone) would re-create it
-GUARDED = PROBED | {"outcome"}
-# the kinds that make their customer if it has no home (and a Decide that records its
-# impression): refused at the resident ceiling
-CREATES = frozenset({"event", "outcome"})
-# the answer to a request that would bring a customer in past the resident limit's overflow
-CROWDED = protocol.Busy(reason="this shard holds as many customers as it may: try again "
-                               "shortly, as it passivates idle ones")
-UNSEEN_WATCHED = protocol.Busy(reason="this shard watches as many customers not seen yet as it "
-                                      "may (KAIROS_SHARD_UNSEEN_WATCHES): try again once those "
-                                      "customers are seen or their streams close")
-
-
 # The most due timers a tick takes off the due order whose firing waits (partition moving,
 # customer not in memory): not journaled, they cost only the loop's time (a few µs each)
 HELD_PER_TICK = 65_536
@@ -99,10 +82,15 @@ class Shard:
     def __init__(self, name: str, compiled: CompiledCatalog,
                  partitions: Iterable[int] | Mapping[int, int], n_partitions: int, *,
                  granted: int = 0, store: Store | None = None, seed: int = 0,
-                 clock: Callable[[], float] = time.time, journal_policy: str = "fsync",
+                 clock: Callable[[], float] = time.time,
+                 steady: Callable[[], float] = time.monotonic, journal_policy: str = "fsync",
                  idle_s: float = PASSIVATE_IDLE_S, resident_limit: int = RESIDENT_LIMIT):
         """`partitions`: the partitions owned, granted by map version `granted`, or a mapping
-        of each to the map version that granted it."""
+        of each to the map version that granted it. `clock` tells the time things happen (it
+        is journaled, sealed into decision ids, compared across shards and restarts); `steady`
+        times what only this process measures (the outcome rate's window), so that stepping
+        the wall clock neither lets a burst through nor holds refusals; a test passes its fake
+        clock as both."""
         # the profile table reserves the residents' rows (up to the limit's overflow): address
         # space until used
         rows = table_rows(resident_limit, overflow_of(resident_limit))
@@ -128,7 +116,8 @@ class Shard:
         self.decision_log = DecisionLog(ctx)
         self.customers = CustomerRequests(ctx, self.residency, self.keys, self.labels,
                                           self.journaling, self.watches, self.seal,
-                                          self.identities, self.directory, self.decision_log)
+                                          self.identities, self.directory, self.decision_log,
+                                          steady)
         identity = IdentityRequests(ctx, self.residency, self.journaling, self.directory,
                                     self.identities, self.decision_log, self.watches)
         self.durability = Durability(ctx, self.ownership, self.residency, self.directory,
@@ -139,20 +128,19 @@ class Shard:
         self.catalogs = CatalogSwitch(ctx, self.ownership, self.residency, self.watches,
                                       self.durability)
         customers = self.customers
-        self._handlers: dict[str, Handler] = {
+        handlers = {
             "event": customers.events, "fire": customers.fires, "decide": customers.decisions,
             "outcome": customers.outcomes, "profile": customers.profiles,
             "watch": customers.watch, "forget": identity.forget, "resolve": identity.resolve,
             "link": identity.link, "unlink": identity.unlink, "take": identity.take,
             "merge": identity.merge, "settle": identity.settle, "claim": identity.claim,
             "unclaim": identity.unclaim, "retire": identity.retire, "bury": identity.bury}
+        self.dispatch = Dispatch(ctx, self.ownership, self.journaling, self.residency,
+                                 self.directory, self.link_hold, self.handoff, self.watches,
+                                 handlers)
         # customers with a home in the store, as last counted (ShardHost recounts them every
         # STORE_COUNT_S on a thread: a directory store's count lists its folders)
         self.stored = 0
-        # Busy replies given (CROWDED, an outcome past its rate, a link's hold): the host
-        # refuses their senders' later requests, looking for them only in a round raising this
-        self.refused = 0
-        self._crowded = False  # refused CROWDED since the last tick
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -168,7 +156,7 @@ class Shard:
         order is request order. Raises StoreUnavailable when the round's records could not be
         journaled: nothing of it is acknowledged, and this Shard must be rebuilt from the store.
         """
-        replies, touched = self._dispatch(requests, routed, senders)
+        replies, touched = self.dispatch.run(requests, routed, senders)
         written_after = self.journal.last_lsn
         self.journaling.commit()
         try:
@@ -197,83 +185,7 @@ class Shard:
                      else sealed[id(p.decision)]) for p in pushes]
 
     def _replayed(self, requests: list[Request]) -> list[Reply]:
-        return self._dispatch(requests, None, None)[0]
-
-    def _dispatch(self, requests: Sequence[Request | list | tuple], routed: Sequence[int] | None,
-                  senders: Senders | None) -> tuple[list[Reply], dict[str, float]]:
-        self.link_hold.round(senders)
-        typed = [r if type(r) in _TYPED else wire.typed(r) for r in requests]
-        kinds = [None if isinstance(r, Invalid) else r.kind for r in typed]
-        replies: list[Reply | None] = [None if kind else r for r, kind in zip(typed, kinds)]
-        touched: dict[str, float] = {}  # customer -> latest change in the round, for watches
-        try:
-            for kind, run in itertools.groupby(range(len(typed)), kinds.__getitem__):
-                if kind is None:
-                    continue
-                admitted = self._admitted(kind, typed, routed, run, replies)
-                answers = self._handlers[kind]([typed[k] for k in admitted], touched)
-                if kind == "outcome":  # the outcome rate's
-                    self.refused += sum(type(a) is protocol.Busy for a in answers)
-                for k, reply in zip(admitted, answers):
-                    replies[k] = reply
-        finally:
-            self.residency.round_done()
-        return replies, touched
-
-    def _admitted(self, kind: str, requests: list[Request], routed: Sequence[int] | None,
-                  run: Iterable[int], replies: list[Reply | None]) -> list[int]:
-        """The requests of a run served here; the rest answer MOVED (the partition is not
-        here, or the sender's map is older than the one that gave it to this shard), MERGED
-        (an anonymous customer since linked into another one: send it there), CROWDED (a
-        customer not resident, past the resident limit's overflow) or UNSEEN_WATCHED (a watch
-        of a customer not seen yet, past SHARD_UNSEEN_WATCHES); a replay applies what was
-        acknowledged."""
-        redirects = self.directory.redirecting and kind in CUSTOMER_KINDS
-        crowded = kind in CUSTOMER_KINDS and not self.journaling.replaying
-        admitted = []
-        for k in run:
-            request = requests[k]
-            reply = self.ownership.moved(request.partition, None if routed is None else routed[k])
-            if reply is None and routed is not None and self.ownership.arriving:
-                # its sender saw the map moving it here, whatever the answer below
-                self.handoff.routed_here(request.partition)
-            if reply is None and redirects:
-                target = self.directory.redirect_of(request.customer_id)
-                reply = None if target is None else Merged(customer_id=target)
-            if reply is None and crowded and not self._admits(kind, request):
-                reply = CROWDED
-                self.refused += 1
-                self.counts["crowded"] += 1
-                self._crowded = True
-            if reply is None and kind in GUARDED and not self.journaling.replaying and \
-                    self.directory.being_forgotten(request.partition, request.customer_id,
-                                                   self.ctx.clock()) \
-                    and (kind != "watch" or request.active):
-                reply = FORGETTING
-            if reply is None and kind in HOLDS and not self.journaling.replaying:
-                reply = self.link_hold.held(request, k)
-                self.refused += reply is not None  # Busy: its sender's later ones wait too
-            if reply is None and kind in PROBED:
-                damaged = self.residency.probe(request.customer_id, request.partition)
-                reply = None if damaged is None else protocol.Unavailable(reason=damaged)
-            # after the probe: a customer it loaded from its home is not one not seen yet
-            if reply is None and crowded and kind == "watch" and request.active and \
-                    not self.watches.admits(request.customer_id):
-                reply = UNSEEN_WATCHED
-                self.refused += 1
-            if reply is None:
-                admitted.append(k)
-            else:
-                replies[k] = reply
-        return admitted
-
-    def _admits(self, kind: str, request: Request) -> bool:
-        """Whether the request may come in at the resident ceiling (`Residency.admits`): a
-        watch's unregistration always, as refused its stream's end would leak the watch."""
-        if kind == "watch" and not request.active:
-            return True
-        creates = kind in CREATES or kind == "decide" and bool(request.record_impression)
-        return self.residency.admits(request.customer_id, request.partition, creates)
+        return self.dispatch.run(requests, None, None)[0]
 
     def tick(self) -> list[Push]:
         """Fire due timers (journaled like events, a round's worth: `_due_fires`), passivate
@@ -284,7 +196,7 @@ class Shard:
         # Refusing new customers at the ceiling, a tick's budget lets in as many as a few
         # homes' writing (some 10 a second): it may take PASSIVATE_CROWDED_S, at most half a
         # tick. Every request waits for it (it runs on the event loop), hence the fixed cap
-        crowded, self._crowded = self._crowded, False
+        crowded, self.dispatch.crowded = self.dispatch.crowded, False
         self.residency.passivate(now, max(PASSIVATE_BUDGET_S, min(TICK_S / 2, PASSIVATE_CROWDED_S))
                                  if crowded else PASSIVATE_BUDGET_S)
         self.timers.compact()
@@ -427,6 +339,12 @@ class Shard:
                 "catalog_version": self.catalog_version,
                 "model_version": self.engine.models.version,
                 "crowded": self.counts["crowded"], **self.counts}  # 0 before any is refused
+
+    @property
+    def refused(self) -> int:
+        """Busy replies given (dispatch.py): ShardHost refuses their senders' later requests,
+        looking for them only in a round raising this."""
+        return self.dispatch.refused
 
     @property
     def name(self) -> str:

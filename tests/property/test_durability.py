@@ -45,7 +45,7 @@ def rebuilt(old: Shard, clock: Clock, **kw) -> Shard:
     """What a restarted shard process does: a new Shard on the same store, recovered."""
     old.close()
     new = Shard(old.name, old.compiled, list(old.owned), N_PARTITIONS, store=old.store,
-                clock=clock, idle_s=old.idle_s, **kw)
+                clock=clock, steady=clock, idle_s=old.idle_s, **kw)
     new.recover()
     return new
 

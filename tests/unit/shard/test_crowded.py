@@ -8,8 +8,9 @@ import types
 from kairos.cluster.protocol import EventAck
 from kairos.cluster.shard import residency as residency_module
 from kairos.cluster.shard import shard as shard_module
+from kairos.cluster.shard.dispatch import CROWDED
 from kairos.cluster.shard.host import OVERTAKING
-from kairos.cluster.shard.shard import CROWDED, Shard
+from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage.memory_store import MemoryStore
 
 from .test_shard import T0, Clock, decide, event, forget, outcome, p_of, profile, shard, watch

@@ -48,7 +48,7 @@ def paired_shard(compiled) -> tuple[Shard, dict[str, tuple[str, str, list[str], 
     store = MemoryStore()
     store.put_meta(SECRET_META, SECRET)
     s = Shard("s0", compiled, range(N_PARTITIONS), N_PARTITIONS, store=store, clock=clock,
-              idle_s=60.0)
+              steady=clock, idle_s=60.0)
     s.engine._prefix = "e-"  # the engine's ids are random per engine: a pair's must match
     decided = {}
 

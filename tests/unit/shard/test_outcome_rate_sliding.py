@@ -5,10 +5,10 @@ import random
 import time
 from array import array
 from bisect import bisect_right
-from types import SimpleNamespace
 
+from kairos.cluster.control.partitions import partition_of
+from kairos.cluster.protocol import BUSY, INVALID, Outcome
 from kairos.cluster.settings import OUTCOME_RATE_WINDOW_S, OUTCOMES_PER_CUSTOMER
-from kairos.cluster.shard import outcomes
 from kairos.cluster.shard.outcomes import RATE_DROPPED_PER_CALL, RATE_REFUSAL, OutcomeRate
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage.memory_store import MemoryStore
@@ -120,22 +120,33 @@ def test_customers_that_left_the_window_are_dropped_a_few_a_call():
     assert sorted(rate._times) == ["busy", "late", "next"]
 
 
-def test_the_wall_clock_stepping_does_not_move_the_window(monkeypatch):
-    """A shard's clock is the wall clock: the rate reads the monotonic one instead."""
+def guesses(shard: Shard, n: int, when: float) -> list[str]:
+    """The statuses of n outcomes of customer "c" naming made-up decisions: each is counted by
+    the rate before its seal is checked (INVALID), until the rate refuses them (BUSY)."""
+    replies, _ = shard.process([
+        Outcome(partition=partition_of("c", 4), customer_id="c", action_id="service_menu",
+                channel="web", outcome="accept", when=when, decision_id=f"guess-{i}.1.AAAAAAAA")
+        for i in range(n)])
+    return [r.status for r in replies]
+
+
+def test_a_shards_outcome_rate_runs_on_its_steady_clock_not_its_wall_clock():
+    """The wall clock stepped a window either way (NTP, a person) neither starts a new window
+    (twice the limit let through) nor holds the old one; the steady clock's passing does."""
     wall, steady = Clock(), Clock()
-    monkeypatch.setattr(outcomes, "time", SimpleNamespace(time=wall, monotonic=steady))
-    rate = OutcomeRate(wall)
-    assert taken(rate, "c", LIMIT) == LIMIT
-    wall.now += W  # stepped a window forward (NTP, a person): no new window
-    assert taken(rate, "c", LIMIT) == 0
+    shard = Shard("s0", compile_catalog(load_default_catalog()), range(4), 4,
+                  store=MemoryStore(), clock=wall, steady=steady)
+    assert guesses(shard, LIMIT + 1, wall.now) == [INVALID] * LIMIT + [BUSY]
+    wall.now += W  # stepped a window forward: no new window
+    assert guesses(shard, 1, wall.now) == [BUSY]
     wall.now -= 2 * W  # and back: the window moves on all the same
     steady.now += W
-    assert taken(rate, "c", LIMIT) == LIMIT
+    assert guesses(shard, LIMIT + 1, wall.now) == [INVALID] * LIMIT + [BUSY]
 
 
-def test_a_shard_on_the_wall_clock_rates_outcomes_on_the_monotonic_one():
-    """The swap rests on the shard's clock being time.time itself (what ShardHost builds):
-    a change in how a Shard hands its clock to the rate would bring the wall clock back."""
+def test_a_shard_built_as_shardhost_builds_it_rates_outcomes_on_the_monotonic_clock():
+    """ShardHost passes no clocks: a Shard's default steady clock must be the monotonic one,
+    and reach the rate (were it the wall clock, a step forward would let a burst through)."""
     shard = Shard("s0", compile_catalog(load_default_catalog()), range(4), 4,
                   store=MemoryStore())
     assert shard.customers._rate._clock is time.monotonic

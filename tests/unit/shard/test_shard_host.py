@@ -307,7 +307,7 @@ def test_a_round_that_fails_half_way_leaves_no_trace_and_the_shard_serves_again(
             if len(good) < len(requests):
                 raise KeyError(requests[len(good)].customer_id)  # a message quoting an id
             return replies
-        failed._handlers["event"] = fails_on_the_third
+        failed.dispatch.handlers["event"] = fails_on_the_third
         replies = await host.handle("a", 1, failing, [0] * 4)
         assert applied == [failing[0], failing[2]]  # two events changed the Shard first
         assert {r.status for r in replies} == {"unavailable"}
