@@ -30,9 +30,9 @@ from kairos.core.compiler import compiled_from_text
 from kairos.core.models import ModelDelta
 
 from kairos.cluster.control.merging import Learner
-from kairos.cluster.control.posterior import Saves, restore_models
+from kairos.cluster.control.posterior import Restoring, Saves, restoring, take_up
 # callers import these here
-from kairos.cluster.control.posterior import RAN_KEPT, save_models  # noqa: F401
+from kairos.cluster.control.posterior import RAN_KEPT, restore_models, save_models  # noqa: F401
 from kairos.cluster.control.switching import REMAPS_KEPT, Switches  # noqa: F401
 from kairos.cluster.metrics import LearnerMetrics
 from kairos.cluster.settings import LEARNER_SAVE_S, LONG_POLL_S
@@ -58,9 +58,9 @@ class LearnerActor:
     holds one of Ray's 1,000 concurrent calls for up to LONG_POLL_S (one its shard gives up
     on is cancelled here too: RayBackend.call's `poll`). A save (about every LEARNER_SAVE_S
     while the shards learn, or a switch's) holds the loop only to copy the posterior, written
-    on a thread (posterior.py `Saves`), as a switch's remap is made (switching.py), but for
-    one: a saved posterior of another catalog taken up at a call (`_ready`: the store did not
-    answer as the learner started) is remapped on the loop (posterior.py `restore_models`)."""
+    on a thread (posterior.py `Saves`), as a switch's remap is made (switching.py) and a saved
+    posterior read at a call (`_ready`: the store did not answer as the learner started) is
+    remapped and prepared (posterior.py `restoring`)."""
 
     def __init__(self, catalog_text: str, store_url: str = "memory"):
         # unconfirmed: Ray restarts it with `catalog_text`, which may have been switched from
@@ -73,6 +73,7 @@ class LearnerActor:
         self._took_up = False  # whether the saved posterior was taken up
         self._unread = True  # the store has not answered for the saved posterior yet
         self._read_at = -float("inf")
+        self._reading: asyncio.Task | None = None  # a read of it at a call (`_ready`)
         # whom an unconfirmed learner asks the cluster's catalog (tests give another)
         self.controller: Callable[[], ControllerControl] = RayBackend().controller
         self._asking: asyncio.Task | None = None
@@ -83,16 +84,32 @@ class LearnerActor:
             RayBackend().nudge_controller()
 
     def _restore(self, follow_catalog: bool = False) -> None:
-        """Take up the saved posterior. Nothing here raises, as Ray does not restart an actor
-        whose constructor raised: a blob that cannot be read is logged and kept aside under
-        DAMAGED_KEY (the learner starts from its priors), and a store that does not answer
-        leaves it unread, read again before anything merges or publishes (`_ready`)."""
+        """Take up the saved posterior here: the constructor's (Ray answers no call until it
+        returns), and a fresh learner's switch's (`_switched`: of its catalog, no remap)."""
         self._read_at = time.monotonic()
+        self._take_up(self._read(follow_catalog))
+
+    async def _restore_off_loop(self) -> None:
+        """`_restore` at a call (`_ready`): read, remapped and prepared on a thread (seconds
+        for a large table: posterior.py `restoring`), taken up on the loop."""
+        self._read_at = time.monotonic()
+        try:
+            self._take_up(await asyncio.to_thread(self._read, True))
+        finally:
+            self._reading = None
+
+    def _read(self, follow_catalog: bool) -> Restoring | bool:
+        """The saved posterior made ready to take up; else whether the store answered for it
+        (True: there is none, or it could not be read). Nothing here raises, as Ray does not
+        restart an actor whose constructor raised: a blob that cannot be read is logged and
+        kept aside under DAMAGED_KEY (the learner starts from its priors), and a store that
+        does not answer leaves it unread, read again before anything merges or publishes
+        (`_ready`). It only reads the learner (a thread may run it)."""
         try:
             blob = self.store.get_meta(STATE_KEY)
             if blob is not None:
                 try:
-                    self._took_up = restore_models(self.learner, blob, follow_catalog)
+                    return restoring(self.learner, blob, follow_catalog) or True
                 except Exception as exc:  # whatever the damage: the actor must come up
                     log.error("learner: the saved posterior under meta key %r cannot be read "
                               "(%s: %s); it is kept under %r and every model starts from its "
@@ -102,20 +119,34 @@ class LearnerActor:
             log.error("learner: saved posterior unreadable (%s): models start from priors", exc)
         except StoreUnavailable as exc:
             log.warning("learner: could not read the saved posterior, merges wait: %s", exc)
+            return False
+        return True
+
+    def _take_up(self, read: Restoring | bool) -> None:
+        if read is False:
             return
         self._unread = False
-        if self._took_up:
+        if read is not True:
+            take_up(self.learner, read)
+            self._took_up = True
             log.warning("learner: took up the saved posterior of catalog %s, now version %d",
                         self.learner.compiled.version, self.learner.version)
 
-    def _ready(self) -> None:
+    async def _ready(self) -> None:
         """Start the periodic save (a call runs on the actor's loop; the constructor may not).
-        StoreUnavailable (the caller tries again) while the saved posterior is unread: a merge
-        would be saved over it, and a watch answered with the priors."""
+        While the saved posterior is unread, read it again (at most every RESTORE_RETRY_S),
+        and every call waits for the read in flight; StoreUnavailable (the caller tries again)
+        while the store does not answer: a merge would be saved over it, and a watch answered
+        with the priors."""
         if self._saving is None:
             self._saving = asyncio.get_running_loop().create_task(self._save_unsaved())
-        if self._unread and time.monotonic() - self._read_at >= RESTORE_RETRY_S:
-            self._restore(follow_catalog=True)  # nothing merged or switched meanwhile
+        if self._unread and self._reading is None and \
+                time.monotonic() - self._read_at >= RESTORE_RETRY_S:
+            # nothing merged or switched meanwhile: every call but `status` and `flush` (which
+            # only read the learner) waits here, and no switch runs before the first read
+            self._reading = asyncio.get_running_loop().create_task(self._restore_off_loop())
+        if self._reading is not None:
+            await asyncio.shield(self._reading)
         if self._unread:
             raise StoreUnavailable("the learner has not read its saved posterior yet (the "
                                    "store does not answer)")
@@ -169,8 +200,10 @@ class LearnerActor:
 
     async def sync(self, catalog_version: str, delta: ModelDelta | None,
                    known_version: int) -> Published | None:
+        # read first: a switch may begin while a call waits for the saved posterior (`_ready`),
+        # and once passed, nothing yields before the merge
+        await self._ready()
         await self.switches.passed()
-        self._ready()
         try:
             published = self.learner.sync(catalog_version, delta, known_version)
         finally:  # a refused sync counts too
@@ -182,7 +215,7 @@ class LearnerActor:
     async def watch(self, catalog_version: str, known_version: int,
                     timeout_s: float = LONG_POLL_S, takes_rows: bool = False,
                     based_on: str | None = None) -> Published | None:
-        self._ready()
+        await self._ready()
         return await self.learner.watch(catalog_version, known_version, timeout_s,
                                         takes_rows, based_on)
 
@@ -193,7 +226,7 @@ class LearnerActor:
         # compiled on a thread, before the switch finds it compiled (compiled_from_text keeps
         # the last texts): a large catalog takes seconds, and this loop serves every watch
         await asyncio.to_thread(compiled_from_text, catalog_text)
-        self._ready()
+        await self._ready()
         return await self.switches.run(lambda: self._switched(catalog_text))
 
     async def _switched(self, catalog_text: str) -> tuple[int, Callable[[], None]]:
