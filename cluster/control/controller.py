@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -192,6 +193,14 @@ class Controller(ControlLoop, Catalogs, Scaling, Resuming):
         except Exception:
             log.exception("the learner was not told catalog %s; the control loop tries again",
                           self.catalog_version)
+
+    async def reconcile(self) -> None:
+        """A round of the control loop (rounds.py), then the density saved follows the serving
+        nodes it found, where the cluster has run on too few for it (takeup.py)."""
+        await super().reconcile()
+        if self.density.ran(len(self.placement), len(self.nodes.serving(self.round_alive)),
+                            self.settled, time.monotonic()):
+            await self._save()
 
     async def _save(self) -> None:
         """Write the state as it is now, on a thread (a directory fsyncs, Redis is a network

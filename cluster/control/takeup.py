@@ -14,6 +14,19 @@ restarted the controller), so no node is about to rejoin, and the shards of a no
 good are created on the nodes there are. Nothing is written while it waits: a controller
 killed meanwhile waits again.
 
+The density follows the nodes the cluster runs on, not those it once had (`Density.ran`):
+where every round of the control loop since one at least KAIROS_TAKEUP_NODES_WAIT_S before
+found too few serving nodes to host the shards at the density, a round that ends settled
+raises it to the shards' even spread over the nodes it found, and saves it. So a node lost
+for good (while the cluster ran, or across a full restart whose take-up gave up on it) is
+waited for only by the full restarts within that time, not by every one until the shard
+count grows. A crowding that lasts less raises nothing, so that nodes only slow to come
+back are waited for again: nodes that rejoin within the wait's length of rounds after a
+take-up gave up on them, and a full restart before that length has passed. The count is the controller's own, not saved:
+a controller Ray restarts, or a take-up, starts it anew; rounds that never end settled (a
+shard that does not answer) raise nothing. Once more nodes host the shards, each save lowers
+the density to the placement's again.
+
 What a start does with the shards it took up (`kept_on`, `resumed_count`, `uneven`): by
 default it scales to the count asked (`kairos up --shards`); with KAIROS_RESUME_KEEPS_SHARDS,
 as a KubeRay head whose `kairos start --shards` never changes, it keeps them, as many as the
@@ -36,39 +49,66 @@ log = logging.getLogger("kairos.controller")
 POLL_S = 1.0  # how often the wait reads the node table
 
 
+def _even(n_shards: int, nodes: int) -> int:
+    """The most shards a node hosts, `n_shards` spread evenly over `nodes`."""
+    return -(-n_shards // max(nodes, 1))
+
+
 class Density:
     """The density a save records: the lower of the current placement's (the most shards on
     one node) and a ceiling. The ceiling is the density taken up (or saved before), and only
     the events that add shards on purpose set it: a scale-up to an even spread of the count
     asked over the serving nodes (`scaled`: higher or lower than before, as the count and the
-    serving nodes have it), a joiner's shards to its share (`joined`: never lower). So a
-    placement crowded by a take-up that timed out, or by a node lost (its shards replaced on
-    the others), is never recorded, nor are the steps that spread it out again (each creates a
-    shard on a node with room before it retires one of the crowded node's: `_uncrowd`): the
-    next full restart waits for the nodes again, rather than crowding the head at once. The
-    cost: after a node lost for good, a full restart waits all of KAIROS_TAKEUP_NODES_WAIT_S
-    for it, until a scale-up or a joiner raises the ceiling."""
+    serving nodes have it), a joiner's shards to its share (`joined`: never lower), and the
+    cluster run on fewer serving nodes than host its shards at the ceiling (`ran`: never
+    lower). So a placement crowded by a take-up that timed out, or by a node lost (its shards
+    replaced on the others), is not recorded while the nodes may yet come back, nor are the
+    steps that spread it out again (each creates a shard on a node with room before it
+    retires one of the crowded node's: `_uncrowd`): a full restart meanwhile waits for the
+    nodes again, rather than crowding the head at once."""
 
     def __init__(self) -> None:
         self.ceiling = 0  # none: a first start, or a state saved before it was kept
+        self.short_since: float | None = None  # since when `ran` found too few nodes
 
     def taken_up(self, saved: int | None) -> None:
         """The density a state recorded (None: saved before it was kept)."""
-        self.ceiling = saved or 0
+        self.ceiling, self.short_since = saved or 0, None
 
     def scaled(self, n_shards: int, serving: int) -> None:
         """A scale-up to `n_shards` shards, with `serving` nodes to spread them over."""
-        self.ceiling = -(-n_shards // max(serving, 1))
+        self.ceiling = _even(n_shards, serving)
 
     def joined(self, shares: Iterable[int]) -> None:
         """Nodes joined, each given as many new shards as its share in `shares`."""
         self.ceiling = max(self.ceiling, *shares, 0)
 
+    def ran(self, n_shards: int, serving: int, settled: bool, now: float) -> bool:
+        """A round of the control loop ended at `now` (seconds, monotonic) with `serving`
+        nodes alive to host the `n_shards` shards, `settled` (it left nothing to do): whether
+        the ceiling rose to their even spread, as they have been too few to host the shards
+        at the ceiling since a round at least KAIROS_TAKEUP_NODES_WAIT_S before, and this
+        round ended settled. A round that finds enough nodes starts the count anew."""
+        even = _even(n_shards, serving)
+        if not self.ceiling or even <= self.ceiling:  # none yet (the first save sets it)
+            self.short_since = None
+            return False
+        if self.short_since is None:
+            self.short_since = now
+        if not settled or now - self.short_since < TAKEUP_NODES_WAIT_S:
+            return False
+        log.warning("the cluster has run on %d serving nodes for %.4g s, too few to host its "
+                    "%d shards at %d a node: a full restart now waits for nodes to host them "
+                    "at %d a node", serving, now - self.short_since, n_shards, self.ceiling,
+                    even)
+        self.ceiling, self.short_since = even, None
+        return True
+
     def to_save(self, placement: dict[str, str | None]) -> int:
         """The density to record of `placement` (shard -> node), the ceiling lowered to it."""
         by_node = Counter(n for n in placement.values() if n is not None)
         if not self.ceiling and by_node:  # none yet: the first save sets it, an even spread
-            self.ceiling = -(-sum(by_node.values()) // len(by_node))
+            self.ceiling = _even(sum(by_node.values()), len(by_node))
         self.ceiling = min(self.ceiling, max(by_node.values(), default=0))
         return self.ceiling
 

@@ -126,7 +126,103 @@ def test_a_take_up_that_timed_out_leaves_the_next_full_restart_to_wait_again(
     asyncio.run(main())
 
 
+def test_a_node_lost_for_good_is_waited_for_by_the_first_full_restart_only(
+        tmp_path, caplog, monkeypatch):
+    """Node-c never comes back: the first full restart waits for it, gives up and places the
+    6 shards on node-a and node-b, 3 a node. The cluster runs so (a round of the control loop
+    ends settled a wait's length later), and the next full restart waits for node-b, at 3 a
+    node, and not for node-c: before, it waited the whole wait for node-c again."""
+    monkeypatch.setattr(takeup, "TAKEUP_NODES_WAIT_S", 0.2)
+
+    async def main():
+        backend, _ = await fully_restarted(str(tmp_path))
+        backend.node_names.append("node-b")
+        first = await controller_on(backend, str(tmp_path), 6)
+        assert Counter(first.placement.values()) == {"node-a": 3, "node-b": 3}
+        monkeypatch.setattr(takeup, "TAKEUP_NODES_WAIT_S", 0.0)  # its length since passed
+        with caplog.at_level(logging.WARNING, logger="kairos.controller"):
+            await first.reconcile()
+        assert first.settled and saved_state(first)["density"] == 3
+        assert notices(caplog, "has run on 2 serving nodes for 0 s, too few to host its 6 "
+                               "shards at 2 a node: a full restart now waits for nodes to host "
+                               "them at 3 a node")
+        caplog.clear()
+        monkeypatch.setattr(takeup, "TAKEUP_NODES_WAIT_S", 30.0)
+        backend.shards.clear()  # a second full restart, only node-a back at first
+        backend.node_names = ["node-a"]
+        with caplog.at_level(logging.WARNING, logger="kairos.controller"):
+            resuming = asyncio.ensure_future(controller_on(backend, str(tmp_path), 6))
+            await until(lambda: waiting(caplog, resuming, 3), 10, "waiting for node-b")
+            assert not resuming.done()
+            backend.node_names.append("node-b")
+            controller = await resuming
+        assert Counter(controller.placement.values()) == {"node-a": 3, "node-b": 3}
+        assert not notices(caplog, "more to a node")
+    asyncio.run(main())
+
+
+def test_nodes_back_after_the_take_up_gave_up_on_them_are_waited_for_by_the_next_one(
+        tmp_path, caplog, monkeypatch):
+    """node-b and node-c, slow, come back after the take-up put the 6 shards on node-a: the
+    control loop's rounds on node-a alone, less than a wait's length, raise no density; they
+    forget node-b and node-c, which join again, each given its share of new shards. The
+    density saved is what the 3 nodes host those shards at, not 2 nodes: the next full
+    restart waits for all 3 again, rather than putting the shards on node-a and node-b."""
+    monkeypatch.setattr(takeup, "TAKEUP_NODES_WAIT_S", 0.2)
+    monkeypatch.setattr(controller_module, "RETIRE_GRACE_S", 0.0)
+
+    async def main():
+        backend, _ = await fully_restarted(str(tmp_path))
+        backend.cpus.update(dict.fromkeys(SPREAD, 2.0))  # each node's share: 2 shards
+        controller = await controller_on(backend, str(tmp_path), 6)
+        assert Counter(controller.placement.values()) == {"node-a": 6}
+        monkeypatch.setattr(takeup, "TAKEUP_NODES_WAIT_S", 30.0)
+        await controller.reconcile()  # node-a alone, for less than a wait's length
+        assert controller.settled and saved_state(controller)["density"] == 2
+        monkeypatch.setattr(takeup, "TAKEUP_NODES_WAIT_S", 0.0)  # a short round would raise
+        backend.node_names += ["node-b", "node-c"]
+        for _ in range(5):
+            await controller.reconcile()
+        assert controller.settled
+        n_shards, density = len(controller.shards), saved_state(controller)["density"]
+        assert density * 2 < n_shards <= density * 3  # 3 nodes host them, 2 do not
+        caplog.clear()
+        monkeypatch.setattr(takeup, "TAKEUP_NODES_WAIT_S", 30.0)
+        backend.shards.clear()  # a second full restart, only node-a back at first
+        backend.node_names = ["node-a"]
+        with caplog.at_level(logging.WARNING, logger="kairos.controller"):
+            resuming = asyncio.ensure_future(controller_on(backend, str(tmp_path), n_shards))
+            await until(lambda: waiting(caplog, resuming, density), 10, "waiting for nodes")
+            backend.node_names.append("node-b")
+            await until(lambda: waiting(caplog, resuming, 2 * density), 10, "for node-c")
+            assert not resuming.done()
+            backend.node_names.append("node-c")
+            controller = await resuming
+        assert max(Counter(controller.placement.values()).values()) <= density
+        assert not notices(caplog, "more to a node")
+    asyncio.run(main())
+
+
+def test_the_density_follows_the_serving_nodes_once_too_few_for_a_wait(monkeypatch):
+    """6 shards at 2 a node: rounds that find fewer than 3 serving nodes raise the density to
+    their even spread once the first of them is a wait's length back and a round ends
+    settled; a round that finds enough nodes starts the count anew."""
+    monkeypatch.setattr(takeup, "TAKEUP_NODES_WAIT_S", 120.0)
+    density = takeup.Density()
+    density.taken_up(2)
+    assert not density.ran(6, 3, True, now=0.0)  # enough nodes
+    assert not density.ran(6, 1, True, now=10.0)  # too few from here on
+    assert not density.ran(6, 3, False, now=100.0)  # back: counted anew
+    assert not density.ran(6, 2, True, now=110.0)
+    assert not density.ran(6, 2, True, now=229.0)
+    assert not density.ran(6, 2, False, now=230.0)  # a wait's length, not settled
+    assert density.ceiling == 2
+    assert density.ran(6, 2, True, now=231.0) and density.ceiling == 3
+    assert not density.ran(6, 2, True, now=400.0)  # 2 host them at 3
+
+
 def test_a_node_lost_does_not_raise_the_density_saved_and_a_scale_up_does(tmp_path):
+    """Not at once: only once the cluster has run on fewer nodes for a wait's length."""
     async def main():
         backend = Actors()
         controller = await controller_on(backend, str(tmp_path), 6)
