@@ -29,7 +29,8 @@ without Ray in tests; `ControllerActor` (actor.py) is the named, detached Ray ac
   (the new one recovers the dead one's partitions from the store), re-starts shards Ray
   restarted (they recover from the store), tells a restarted learner the catalog, finishes
   drains a crash cut short, gives nodes that join shards and a gateway (nodes.py), and
-  re-places shards from crowded nodes.
+  re-places shards from crowded nodes; after its round, the density saved follows the nodes
+  it has run on for a while (takeup.py).
 """
 from __future__ import annotations
 
