@@ -205,13 +205,19 @@ class LearnerMetrics:
         self.unconfirmed = Counter("kairos_model_syncs_refused_unconfirmed_total", "Shards' "
                                    "syncs refused while the learner was not told the cluster's "
                                    "catalog (Ray restarted it): learning waits in the shards")
-        self._sent = {"refused": 0, "dropped": 0, "repeated": 0, "unconfirmed": 0}
+        self.saves_failed = Counter("kairos_learner_saves_failed_total", "Saves of the "
+                                    "learner's posterior the store did not take (periodic, a "
+                                    "switch's, a stop's last): until one lands, the merges since "
+                                    "the last that did are lost if the learner's process ends")
+        self._sent = {"refused": 0, "dropped": 0, "repeated": 0, "unconfirmed": 0,
+                      "saves_failed": 0}
 
     def flush(self, refused: int, dropped: int = 0, repeated: int = 0,
-              unconfirmed: int = 0) -> None:
+              unconfirmed: int = 0, saves_failed: int = 0) -> None:
         """Report what the learner's totals gained since the last flush."""
         for name, total in (("refused", refused), ("dropped", dropped),
-                            ("repeated", repeated), ("unconfirmed", unconfirmed)):
+                            ("repeated", repeated), ("unconfirmed", unconfirmed),
+                            ("saves_failed", saves_failed)):
             if total > self._sent[name]:
                 getattr(self, name).inc(total - self._sent[name])
                 self._sent[name] = total

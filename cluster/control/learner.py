@@ -181,13 +181,18 @@ class LearnerActor:
                 await self.saves.periodic(self.learner, 0.0)
             except Exception:  # not a reason to stop saving: logged, tried at the next tick
                 log.exception("learner: the periodic save failed")
+            self._report()  # the failures of saves nothing waited for, too
 
     async def flush(self) -> None:
         """Save the merges since the last save now (also runtime.stop's, before the kill,
         which warns of a failure raised here); a store that does not take it is logged, with
-        the merges lost (`Saves.flush`)."""
+        the merges lost, counted (kairos_learner_saves_failed_total), shown in `status`
+        (`flush_unsaved`) and raised, StoreUnavailable (`Saves.flush`)."""
         await self.switches.passed()  # not left to asyncio's order of callbacks (`passed`)
-        await self.saves.flush(self.learner)
+        try:
+            await self.saves.flush(self.learner)
+        finally:  # recorded before the kill; exported only if Ray reports it before then
+            self._report()
 
     async def stand_down(self) -> None:
         """Save nothing more (the controller lost its claim on the store, which may be
@@ -207,8 +212,7 @@ class LearnerActor:
         try:
             published = self.learner.sync(catalog_version, delta, known_version)
         finally:  # a refused sync counts too
-            self.metrics.flush(self.learner.refused, sum(self.learner.dropped.values()),
-                               self.learner.repeated, self.learner.refused_unconfirmed)
+            self._report()
         await self.saves.periodic(self.learner, LEARNER_SAVE_S)  # not waited for if a retry
         return published
 
@@ -250,5 +254,13 @@ class LearnerActor:
             self._took_up = took_up
         return version, put_back
 
+    def _report(self) -> None:
+        """The learner's and its saves' totals to its metrics."""
+        self.metrics.flush(self.learner.refused, sum(self.learner.dropped.values()),
+                           self.learner.repeated, self.learner.refused_unconfirmed,
+                           self.saves.failed_total)
+
     async def status(self) -> dict[str, Any]:
-        return self.learner.status()
+        """The learner's, and its saves' (posterior.py `Saves.status`): the controller's status
+        carries it, so a store that does not take them shows there, not only in this log."""
+        return {**self.learner.status(), **self.saves.status(self.learner)}

@@ -150,7 +150,9 @@ class Saves:
     its caller (a sync) does not wait for it: a store that is down would hold every sync's
     answer for its timeout; their failures are logged at most every SAVE_FAILED_LOG_S, and
     the write that lands after them says how many failed over how long. A `flush`
-    (runtime.stop's) tries at once, waits, and logs its failure always."""
+    (runtime.stop's) tries at once, waits, and logs its failure always. What `status` shows
+    of them: the merges not saved yet, the writes failed since one landed, and those a flush
+    could not save."""
 
     def __init__(self, store: Any, key: str) -> None:
         self.store, self.key = store, key
@@ -160,6 +162,8 @@ class Saves:
         self._retry_at = -math.inf  # monotonic: not before then
         self._refused = ThrottledWarning(log, SAVE_FAILED_LOG_S)
         self._failed, self._failed_since = 0, 0.0  # writes failed since one landed; first's end
+        self.failed_total = 0  # writes failed, ever (kairos_learner_saves_failed_total)
+        self.lost = 0  # the merges the latest flush could not save (0 once a write lands)
         self._writing: asyncio.Task | None = None
         self._asked: Any = None  # the learner whose save was asked for during a write
         self._stopped = False
@@ -177,12 +181,16 @@ class Saves:
 
     async def flush(self, learner: Any) -> None:
         """Save the merges not saved, once `idle`, and wait until written; one the store does
-        not take is logged with the merges it leaves unsaved, whenever the last warning was
-        (runtime.stop's, before the kill: held back, they were lost without a word); any other
-        failure raises here."""
+        not take is logged with the merges it leaves unsaved, whenever the last warning was,
+        and raises StoreUnavailable naming them (runtime.stop's, before the kill, which warns
+        of it: this process's log goes with the process); any other failure raises as it is."""
         await self.idle()
         if not self._stopped and learner.merged != self.merges:
             await asyncio.shield(self._write_from(learner, waited=True, flushed=True))
+            if self.lost:
+                raise StoreUnavailable(f"the store did not take the learner's last save: the "
+                                       f"{self.lost} merges since the last save that landed "
+                                       f"are lost if its process ends now")
 
     async def idle(self) -> None:
         """Once no save is in flight (a caller cancelled does not stop it); a save that
@@ -223,7 +231,7 @@ class Saves:
         try:
             await asyncio.to_thread(lambda: self.store.put_meta(self.key, b"".join(parts)))
             self.saved_at, self.merges, written = taken_at, merges, True
-            self.retry_s, self._retry_at = 0.0, -math.inf
+            self.retry_s, self._retry_at, self.lost = 0.0, -math.inf, 0
             if self._failed:
                 log.warning("learner: the posterior is saved again; writes failed: %d, over "
                             "%.1f s", self._failed, time.monotonic() - self._failed_since)
@@ -231,6 +239,7 @@ class Saves:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            self.failed_total += 1
             if heard:  # save_now's (a switch's): its caller hears it; the periodic saves go on
                 raise
             now = time.monotonic()
@@ -240,6 +249,7 @@ class Saves:
             self.retry_s = min(SAVE_RETRY_MOST_S, max(SAVE_RETRY_FIRST_S, 2 * self.retry_s))
             self._retry_at = now + self.retry_s
             if isinstance(exc, StoreUnavailable) and flushed:
+                self.lost = merges - self.merges
                 log.warning("learner: could not save the posterior at the flush: the %d merges "
                             "since the last save are lost if the process ends now: %s",
                             merges - self.merges, exc)
@@ -258,6 +268,14 @@ class Saves:
             # asked back, which this write would save switched)
             if asked is not None and written and asked.merged != self.merges:
                 self._write_from(asked, waited=False)
+
+    def status(self, learner: Any) -> dict[str, Any]:
+        """For the learner's `status`: `learner`'s merges not in the store yet, the writes
+        failed since one landed and for how long (monotonic seconds since the first ended), and
+        the merges the latest flush could not save."""
+        failing_s = time.monotonic() - self._failed_since if self._failed else 0.0
+        return {"unsaved": learner.merged - self.merges, "saves_failed": self._failed,
+                "saves_failing_s": round(failing_s, 1), "flush_unsaved": self.lost}
 
     async def save_now(self, learner: Any) -> None:
         """Save once `idle`, and wait until it is written; StoreUnavailable if the store does

@@ -465,7 +465,7 @@ def test_a_learner_stood_down_saves_nothing_more(tmp_path, monkeypatch):
     asyncio.run(run())
 
 
-def test_a_flush_saves_the_merges_since_the_last_save_and_a_failed_one_is_only_logged(
+def test_a_flush_saves_the_merges_since_the_last_save_and_a_failed_one_is_logged(
         tmp_path, monkeypatch, caplog):
     c = default_compiled()
     flaky = Flaky(open_store(str(tmp_path)))
@@ -481,7 +481,8 @@ def test_a_flush_saves_the_merges_since_the_last_save_and_a_failed_one_is_only_l
         assert Actor(default_catalog_text(), "x").learner.models.positives[3] == 2
         await actor.sync(c.version, learned(c, 3, 1), -1)
         flaky.down = True
-        with caplog.at_level("WARNING", logger="kairos.learner"):
+        with caplog.at_level("WARNING", logger="kairos.learner"), \
+                pytest.raises(StoreUnavailable):  # and raised (test_learner_flush_refused.py)
             await actor.flush()
         assert any("could not save" in r.getMessage() for r in caplog.records)
 

@@ -10,6 +10,8 @@ import threading
 import time
 from types import SimpleNamespace
 
+import pytest
+
 from kairos.cluster.control import learner as learner_module
 from kairos.cluster.control import posterior
 from kairos.cluster.storage.providers import open_store
@@ -129,7 +131,8 @@ def test_a_flush_the_store_refuses_is_logged_with_the_merges_it_leaves(tmp_path,
         store.down = True
         await actor.sync(c.version, learned(c, 3, 1), -1)  # refused: warned
         await actor.sync(c.version, learned(c, 3, 1), -1)  # within the wait: not tried
-        await actor.flush()  # tries at once
+        with pytest.raises(StoreUnavailable):  # tries at once; raised too
+            await actor.flush()
     asyncio.run(main())
     assert store.refused == 2
     refused = [r.getMessage() for r in caplog.records if "could not save" in r.getMessage()]
