@@ -45,8 +45,8 @@ UNROUTED = -1  # the partition of a request the client has not routed yet
 # released); 7: outcomes carry `via`, a claim its time (older claims read with none: they hold
 # nothing back, shard/linkhold.py). A journal from a newer format is refused.
 JOURNAL_FORMAT = 7
-# a shard's refusal of a request for a customer whose forget is under way (shard.py), which the
-# gateway passes on as it is (calls.py)
+# a shard's refusal of a request for a customer whose forget is under way (shard/dispatch.py),
+# which the gateway passes on as it is (calls.py)
 BEING_FORGOTTEN = ("this customer is being forgotten; nothing was applied: its requests are "
                    "refused until ForgetCustomer finishes, TOMBSTONE_S at most: retry "
                    "ForgetCustomer")

@@ -2,7 +2,7 @@
 and watches.
 
 Each handler takes a run of requests of one kind, already admitted (served here, not
-redirected: shard.py answers MOVED and MERGED), and returns a reply per request, in order; a
+redirected: dispatch.py answers MOVED and MERGED), and returns a reply per request, in order; a
 run goes to the kernel in one call (outcomes: a call more at each customer's second outcome in
 the run, `outcomes`). What changes state is noted as a journal record (journaling.py) in the
 order it was applied.

@@ -12,7 +12,7 @@ block, so a retried link merges once even after the customer moved or was passiv
 forget finds its aliases there (or answers UNAVAILABLE when the home is damaged). Every link
 step is refused (CONFLICT) once its link is buried by a forget (that of a link claimed before
 the forget began); a Claim or Merge to a customer whose forget is under way is refused
-FORGETTING, as the customer's other requests are (shard.py), so a link begun meanwhile cannot
+FORGETTING, as the customer's other requests are (dispatch.py), so a link begun meanwhile cannot
 re-create it. A forget also buries the customer itself (`Directory.forgotten_at`), so an
 outcome of a decision issued to it before cannot bring it back (customers.py). Homes are
 deleted only once a snapshot covers the records saying so (journaling.py: `delete_later`).

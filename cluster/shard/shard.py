@@ -22,8 +22,8 @@ A Shard is composed of parts that each own their state, and share only context.p
 - dispatch.py: a round's runs of requests handed to their parts by kind, and the answers given
   before any part sees one (MOVED, MERGED, CROWDED, FORGETTING, a link's hold, ...).
 
-The wall clock (`clock`) is the context's; the steady one (`steady`) goes only to what measures
-durations in this process alone: the outcome rate (outcomes.py `OutcomeRate`).
+The wall clock (`clock`) is the context's; the steady one (`steady`) times the outcome rate
+(outcomes.py `OutcomeRate`), whose window no restart or other shard reads.
 
 This module composes them and ticks. Requests and replies are protocol.py's types: `process`
 answers each request with a reply (Ok, EventAck, Forgotten, Moved when its partition is not or
@@ -89,8 +89,8 @@ class Shard:
         of each to the map version that granted it. `clock` tells the time things happen (it
         is journaled, sealed into decision ids, compared across shards and restarts); `steady`
         times what only this process measures (the outcome rate's window), so that stepping
-        the wall clock neither lets a burst through nor holds refusals; a test passes its fake
-        clock as both."""
+        the wall clock neither lets a burst through nor holds refusals; a test that drives the
+        rate with a fake clock passes it as both."""
         # the profile table reserves the residents' rows (up to the limit's overflow): address
         # space until used
         rows = table_rows(resident_limit, overflow_of(resident_limit))

@@ -80,6 +80,6 @@ def test_an_arriving_partitions_sleepers_wake_once_a_routed_request_settles_its_
     s, clock, m, refused = arriving_overdue(compiled)
     clock.now = DUE + 0.5
     s.tick()
-    s.handoff.routed_here(m)  # shard.py's, for a request of m its sender routed under v2
+    s.handoff.routed_here(m)  # dispatch's, for a request of m its sender routed under v2
     s.tick()
     assert len(s.residency.sleepers(m)) == OVERDUE - timers.WAKE_LIMIT
