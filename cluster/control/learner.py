@@ -8,7 +8,9 @@ time, less often while the store refuses them (posterior.py `Saves`). So a learn
 restarts, or a cluster started again on the same store, goes on from what it had learned rather than
 from the priors; the deltas merged since the last save that landed are lost with the process: at
 most LEARNER_SAVE_S of them while the store answers; while it refuses, all since; once it answers
-again, the next try starts within SAVE_RETRY_MOST_S and a tick of the last refused write's end. It
+again, the next try starts within SAVE_RETRY_MOST_S and a tick of the last refused write's end
+(`status` shows the merges unsaved and the writes refused, counted in
+kairos_learner_saves_failed_total; a flush's refusal is raised to runtime.stop, which warns). It
 is saved with its catalog's text: Ray restarts the actor with the catalog it was created with, and
 the saved one (the latest switched to) runs instead. So a switch answers only once it is saved (else
 StoreUnavailable, and the learner stays on its catalog: the controller does not switch the shards).
