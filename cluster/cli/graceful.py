@@ -5,6 +5,7 @@ for many minutes."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -16,7 +17,8 @@ GRACEFUL_STOP_S = 30.0
 def stop_runtime(run: Run) -> tuple[dict | None, str]:
     """Stop the gateways (gracefully), the controller, the learner and the shards through Ray,
     in a child process that is killed if it takes longer than GRACEFUL_STOP_S: (what it
-    stopped, "") or (None, why it could not, with the last lines the child wrote)."""
+    stopped and what it warned of, "") or (None, why it could not, with the last lines the
+    child wrote)."""
     code = (f"from kairos.cluster.cli.graceful import _stop_runtime; "
             f"_stop_runtime({run.ray_address!r})")
     try:
@@ -52,6 +54,19 @@ def _said(stderr: str | bytes | None, lines: int = 3) -> str:
     return f"; its last words: {' / '.join(last)}" if last else ""
 
 
+class _Warnings(logging.Handler):
+    """The stop's warnings (what it could not do: the learner's last merges unsaved, a
+    controller that did not answer), for `kairos down` to say: the child's stderr is shown
+    only when the stop fails."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.said: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.said.append(record.getMessage())
+
+
 def _stop_runtime(address: str) -> None:
     import ray
 
@@ -62,6 +77,8 @@ def _stop_runtime(address: str) -> None:
         shards = len(ray.get(runtime.controller().status.remote(), timeout=10)["shards"])
     except (ValueError, ray.exceptions.RayError, TimeoutError):
         shards = 0
+    warnings = _Warnings()
+    runtime.log.addHandler(warnings)
     runtime.stop()
     ray.shutdown()
-    print(json.dumps({"shards": shards}))
+    print(json.dumps({"shards": shards, "warnings": warnings.said}))

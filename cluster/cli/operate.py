@@ -43,6 +43,11 @@ def status(args: argparse.Namespace) -> int:
     if st.learner_switching:
         print("LEARNER SWITCHING: saving a catalog switch; the shards' syncs and watches wait "
               "until the store has taken it (a store that does not answer holds them)")
+    if st.learner_saves_failed:
+        print(f"LEARNER NOT SAVING: the store refused its last {st.learner_saves_failed} "
+              f"save(s) of the posterior, for {st.learner_saves_failing_s:.0f} s; the "
+              f"{st.learner_unsaved} merges since the last that landed are lost if its process "
+              f"ends (it retries, at least once a minute)")
     if st.catalog_evidence:
         print(f"catalog evidence: {st.catalog_evidence}")
     if st.previous_catalog_version:

@@ -194,7 +194,10 @@ def _flush_learner() -> None:
     except ValueError:
         pass  # no learner
     except (ray.exceptions.RayError, TimeoutError) as exc:
-        log.warning("stop: the learner did not save its last merges: %s", exc)
+        # the store's refusal, not the task error's traceback around it: one line an operator
+        # reads in `kairos down`'s output
+        log.warning("stop: the learner did not save its last merges: %s",
+                    getattr(exc, "cause", None) or exc)
 
 
 def _named(name: str) -> bool:

@@ -89,6 +89,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             learner_unconfirmed=st["learner"].get("unconfirmed", False),
             learner_refused_unconfirmed=st["learner"].get("refused_unconfirmed", 0),
             learner_switching=st["learner"].get("switching", False),
+            learner_unsaved=st["learner"].get("unsaved", 0),
+            learner_saves_failed=st["learner"].get("saves_failed", 0),
+            learner_saves_failing_s=st["learner"].get("saves_failing_s", 0.0),
             shards=[admin_pb2.ShardStatus(
                 name=s["shard"], node=s.get("node") or "", partitions=s["partitions"],
                 resident=s.get("resident", 0), passivated=s.get("passivated", 0),

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Iterator
 
 import pytest
@@ -691,10 +692,10 @@ def test_up_takes_up_a_store_without_waiting_for_nodes_unless_told_to(monkeypatc
     assert local.ray_env(True, "token")["KAIROS_TAKEUP_NODES_WAIT_S"] == "30"
 
 
-def test_down_of_a_healthy_kairos_stops_it_whatever_an_unrelated_setting_says(home, tmp_path):
-    """The GCS answering and a raylet alive, down went on to the graceful stop, whose Ray
-    environment imported cluster.settings: KAIROS_TICK_S=abc raised there (a traceback, exit 1,
-    nothing stopped). Ray's processes are stood in for by ones of their names."""
+@contextlib.contextmanager
+def healthy_ray(tmp_path: Path) -> Iterator[tuple[int, list[subprocess.Popen]]]:
+    """A recorded run whose Ray looks healthy to `down` (its GCS answering, a raylet alive),
+    stood in for by processes of their names: (the GCS port, the processes)."""
     token, port = secrets.token_hex(8), local.free_port()
     env = {**os.environ, local.TOKEN_ENV: token}
     procs = []
@@ -708,6 +709,18 @@ def test_down_of_a_healthy_kairos_stops_it_whatever_an_unrelated_setting_says(ho
         run = recorded("127.0.0.1:1", [p.pid for p in procs], token)
         run.ray_address = f"127.0.0.1:{port}"
         local.write_run(run)
+        yield port, procs
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def test_down_of_a_healthy_kairos_stops_it_whatever_an_unrelated_setting_says(home, tmp_path):
+    """The GCS answering and a raylet alive, down went on to the graceful stop, whose Ray
+    environment imported cluster.settings: KAIROS_TICK_S=abc raised there (a traceback, exit 1,
+    nothing stopped)."""
+    with healthy_ray(tmp_path) as (port, procs):
         code = ("import sys; from kairos.cluster.cli import graceful; graceful.GRACEFUL_STOP_S = "
                 "5.0; from kairos.cluster.cli.main import main; sys.exit(main(sys.argv[1:]))")
         done = subprocess.run([sys.executable, "-c", code, "down"], capture_output=True,
@@ -717,10 +730,42 @@ def test_down_of_a_healthy_kairos_stops_it_whatever_an_unrelated_setting_says(ho
         assert f"Ray's 2 processes at 127.0.0.1:{port}" in done.stdout, done.stdout
         assert all(p.wait(timeout=10) is not None for p in procs)
         assert local.read_run() is None
+
+
+def test_down_says_what_the_graceful_stop_warned_of(home, tmp_path, monkeypatch, capsys):
+    """The learner's last merges that the store did not take were said in the stop's child's
+    stderr, which `down` shows only when the stop fails: it said "Kairos is down" alone."""
+    lost = "stop: the learner did not save its last merges: the store did not take it"
+    monkeypatch.setattr(graceful, "stop_runtime",
+                        lambda run: ({"shards": 4, "warnings": [lost]}, ""))
+    with healthy_ray(tmp_path) as (port, procs):
+        assert main(["down"]) == 0
+        said = capsys.readouterr()
+        assert said.out.startswith("Kairos is down: ") and f"warning: {lost}\n" in said.err
+        assert all(p.wait(timeout=10) is not None for p in procs)
+
+
+def test_the_graceful_stop_hands_down_what_the_runtime_warned_of_in_one_line(monkeypatch):
+    """A refused last save reached the log as the task error's whole traceback."""
+    from ray.exceptions import RayTaskError
+
+    from kairos.cluster.control import runtime
+    from kairos.cluster.storage.store import StoreUnavailable
+    refused = StoreUnavailable("the store did not take the learner's last save: the 7 merges "
+                               "since the last save that landed are lost if its process ends now")
+
+    def get(ref, timeout):
+        raise RayTaskError("flush", "Traceback (most recent call last):\n  ...", refused)
+    learner = SimpleNamespace(flush=SimpleNamespace(remote=lambda: "a ref"))
+    monkeypatch.setattr(runtime.ray, "get_actor", lambda name, namespace: learner)
+    monkeypatch.setattr(runtime.ray, "get", get)
+    warnings = graceful._Warnings()
+    runtime.log.addHandler(warnings)
+    try:
+        runtime._flush_learner()
     finally:
-        for p in procs:
-            p.kill()
-            p.wait()
+        runtime.log.removeHandler(warnings)
+    assert warnings.said == [f"stop: the learner did not save its last merges: {refused}"]
 
 
 def test_the_graceful_stops_child_reads_no_kairos_setting(home, monkeypatch):

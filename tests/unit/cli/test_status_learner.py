@@ -1,6 +1,7 @@
 """`kairos status` says when the learner merges no learning because it was not told the
 cluster's catalog (control/learner.py: unconfirmed), and when it holds the shards' syncs and
-watches while a catalog switch is saved (switching), as GetClusterStatus carries them."""
+watches while a catalog switch is saved (switching), and when the store refuses its saves (the
+merges it would lose with its process), as GetClusterStatus carries them."""
 from __future__ import annotations
 
 import argparse
@@ -49,3 +50,16 @@ def test_status_says_nothing_of_a_confirmed_learner_or_an_older_one(monkeypatch,
     for learner in ({"model_version": 9, "unconfirmed": False, "switching": False},
                     {"model_version": 9}, {}):
         assert "LEARNER" not in shown(monkeypatch, capsys, status_with(learner))
+
+
+def test_status_shows_a_learner_whose_saves_the_store_refuses(monkeypatch, capsys):
+    """Refused saves were said in the learner's own log only: an operator's `kairos status`
+    showed a learner that would lose its merges with its process as a healthy one."""
+    st = status_with({"model_version": 9, "unsaved": 41, "saves_failed": 3,
+                      "saves_failing_s": 75.4})
+    assert (st.learner_unsaved, st.learner_saves_failed) == (41, 3)
+    said = shown(monkeypatch, capsys, st)
+    assert "LEARNER NOT SAVING: the store refused its last 3 save(s) of the posterior, for 75 s; "\
+           "the 41 merges since the last that landed are lost" in said
+    saved = status_with({"model_version": 9, "unsaved": 41, "saves_failed": 0})
+    assert "LEARNER" not in shown(monkeypatch, capsys, saved)  # merges not saved yet: no failure
