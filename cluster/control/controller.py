@@ -29,8 +29,9 @@ without Ray in tests; `ControllerActor` (actor.py) is the named, detached Ray ac
   (the new one recovers the dead one's partitions from the store), re-starts shards Ray
   restarted (they recover from the store), tells a restarted learner the catalog, finishes
   drains a crash cut short, gives nodes that join shards and a gateway (nodes.py), and
-  re-places shards from crowded nodes; after its round, the density saved follows the nodes
-  it has run on for a while (takeup.py).
+  re-places shards from crowded nodes; after a round that ends settled, the count of serving
+  nodes the cluster last ran on, which a full restart's take-up waits for at most, follows
+  the nodes it found (takeup.py).
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ from kairos.cluster.control.rounds import ControlLoop
 from kairos.cluster.control.saved import STATE_KEY, state_blob
 from kairos.cluster.control.scaling import Scaling
 from kairos.cluster.control.status import cluster_status
-from kairos.cluster.control.takeup import Density, kept_on, resumed_count, uneven
+from kairos.cluster.control.takeup import Density, NodesRun, kept_on, resumed_count, uneven
 from kairos.cluster.longpoll import Changes
 from kairos.cluster.settings import DRAIN_UNREADY_S, LONG_POLL_S, RETIRE_GRACE_S, SHARDS_PER_CPU
 from kairos.cluster.shard.outcomes import outcome_secret
@@ -119,6 +120,7 @@ class Controller(ControlLoop, Catalogs, Scaling, Resuming):
         self.lagging = Lagging(backend)
         self.nodes = Nodes(backend, gateways, shards_per_cpu)
         self.density = Density()  # what the saved state records (takeup.py)
+        self.nodes_run = NodesRun()  # the serving nodes it last ran on, saved too (takeup.py)
         self.drains = Drains(self._drained)
         self._requested_gateways = gateways
         self._next_index = 0
@@ -196,12 +198,15 @@ class Controller(ControlLoop, Catalogs, Scaling, Resuming):
                           self.catalog_version)
 
     async def reconcile(self) -> None:
-        """A round of the control loop (rounds.py), then the density saved follows the serving
-        nodes it found, where the cluster has run on too few for it (takeup.py)."""
+        """A round of the control loop (rounds.py); one that ends settled records the serving
+        nodes it found (takeup.py), saved where the count changed, or a save of it failed."""
         await super().reconcile()
-        if self.density.ran(len(self.placement), len(self.nodes.serving(self.round_alive)),
-                            self.settled, time.monotonic()):
+        if self.settled:
+            self.nodes_run.ran(len(self.nodes.serving(self.round_alive)), time.monotonic())
+        if self.nodes_run.unsaved:
+            count = self.nodes_run.count
             await self._save()
+            self.nodes_run.saved = count
 
     async def _save(self) -> None:
         """Write the state as it is now, on a thread (a directory fsyncs, Redis is a network

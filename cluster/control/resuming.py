@@ -98,7 +98,7 @@ class Resuming:
         # not all on the first node back from a full restart, where no shard answered (none
         # placed)
         await nodes_to_host(self.nodes, bool(self.placement), len(missing),
-                            state.get("density"), self.store_claim)
+                            state.get("density"), state.get("nodes_run"), self.store_claim)
         for name in missing:  # one at a time: a shard created is placed by the ones before
             await self._create_shard(name)
         served = asyncio.gather(*(self.endpoints.serve(name, self.nodes.spec,

@@ -37,6 +37,10 @@ none of the others.
    to the retention bounds, as each shard's writer holds its own, every DECISION_LOG_TRIM_S,
    and removed once empty: nobody else writes or trims them, and customers' records must not
    outlive the retention because the shard that logged them did not.
+
+After the round, `Controller.reconcile` (controller.py) records the serving nodes one that
+ended settled found, a full restart's take-up waiting for no more (takeup.py `NodesRun`), and
+saves the state where the count changed or its last save failed.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The controller's state as the store's meta keeps it (`Controller._save` writes it at every
 change; `Controller.resume` takes it up): the map, shard names (and those handed out to shards
-being created), catalogs, moves and replacements under way, watches, nodes, and about the most
-shards a node hosted (takeup.py)."""
+being created), catalogs, moves and replacements under way, watches, nodes, about the most
+shards a node hosted and how many serving nodes the cluster last ran on (takeup.py)."""
 from __future__ import annotations
 
 from typing import Any
@@ -36,6 +36,9 @@ def state_blob(controller: Any) -> bytes:
         "nodes": controller.nodes.to_state(),
         # how a take-up places shards: no denser than the cluster was spread (takeup.py)
         "density": controller.density.to_save(controller.placement),
+        # the serving nodes it last ran on: a take-up waits for no more (takeup.py). An older
+        # controller ignores it and saves none: its state is taken up without that bound
+        "nodes_run": controller.nodes_run.count,
         "channel_watches": sorted((list(w) for w in controller.channel_watches), key=str)},
         use_bin_type=True)
 
@@ -44,8 +47,9 @@ def take_up(controller: Any, state: dict[str, Any], catalog_version: str) -> lis
     """Set `controller`'s map, catalogs, moves, replacements, watches, nodes and the names of
     shards being created from a saved `state` (states saved before replacements, nodes, the
     versions run or the names being created were kept have none), its catalog's version
-    being `catalog_version` (compiled by the caller, off the event loop), and the density it
-    recorded of them; the names of every shard it knew, owning partitions or retiring."""
+    being `catalog_version` (compiled by the caller, off the event loop), the density it
+    recorded of them and the serving nodes it last ran on; the names of every shard it knew,
+    owning partitions or retiring."""
     names = state["shards"]
     controller.map = PartitionMap([names[i] for i in state["owners"]], state["version"],
                                   state["target"])
@@ -62,4 +66,5 @@ def take_up(controller: Any, state: dict[str, Any], catalog_version: str) -> lis
                             for name, pairs in state.get("replacing", {}).items()}
     controller.nodes.take_up(state.get("nodes"))
     controller.density.taken_up(state.get("density"))
+    controller.nodes_run.taken_up(state.get("nodes_run"))
     return names

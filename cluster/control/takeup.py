@@ -14,18 +14,15 @@ restarted the controller), so no node is about to rejoin, and the shards of a no
 good are created on the nodes there are. Nothing is written while it waits: a controller
 killed meanwhile waits again.
 
-The density follows the nodes the cluster runs on, not those it once had (`Density.ran`):
-where every round of the control loop since one at least KAIROS_TAKEUP_NODES_WAIT_S before
-found too few serving nodes to host the shards at the density, a round that ends settled
-raises it to the shards' even spread over the nodes it found, and saves it. So a node lost
-for good (while the cluster ran, or across a full restart whose take-up gave up on it) is
-waited for only by the full restarts within that time, not by every one until the shard
-count grows. A crowding that lasts less raises nothing, so that nodes only slow to come
-back are waited for again: nodes that rejoin within the wait's length of rounds after a
-take-up gave up on them, and a full restart before that length has passed. The count is the controller's own, not saved:
-a controller Ray restarts, or a take-up, starts it anew; rounds that never end settled (a
-shard that does not answer) raise nothing. Once more nodes host the shards, each save lowers
-the density to the placement's again.
+The density is about the nodes the cluster was spread over, not those it runs on: after a
+node lost for good, or nodes back after a take-up gave up on them (Ray gives them new ids:
+joiners, given new shards), the shards stay more than the nodes there are host at it. So the
+state also records how many serving nodes the cluster last ran on (`NodesRun`), and the wait
+ends as well once that many are alive, whichever comes first. The count follows the settled
+rounds of the control loop: a rise at once, a drop only once every settled round for
+KAIROS_TAKEUP_NODES_WAIT_S found fewer, so that nodes only slow to come back (a take-up that
+gave up on them, a short preemption) are waited for again. A state saved before the count was
+kept has none: its take-up waits for the density alone.
 
 What a start does with the shards it took up (`kept_on`, `resumed_count`, `uneven`): by
 default it scales to the count asked (`kairos up --shards`); with KAIROS_RESUME_KEEPS_SHARDS,
@@ -49,87 +46,107 @@ log = logging.getLogger("kairos.controller")
 POLL_S = 1.0  # how often the wait reads the node table
 
 
-def _even(n_shards: int, nodes: int) -> int:
-    """The most shards a node hosts, `n_shards` spread evenly over `nodes`."""
-    return -(-n_shards // max(nodes, 1))
-
-
 class Density:
     """The density a save records: the lower of the current placement's (the most shards on
     one node) and a ceiling. The ceiling is the density taken up (or saved before), and only
     the events that add shards on purpose set it: a scale-up to an even spread of the count
     asked over the serving nodes (`scaled`: higher or lower than before, as the count and the
-    serving nodes have it), a joiner's shards to its share (`joined`: never lower), and the
-    cluster run on fewer serving nodes than host its shards at the ceiling (`ran`: never
-    lower). So a placement crowded by a take-up that timed out, or by a node lost (its shards
-    replaced on the others), is not recorded while the nodes may yet come back, nor are the
-    steps that spread it out again (each creates a shard on a node with room before it
-    retires one of the crowded node's: `_uncrowd`): a full restart meanwhile waits for the
-    nodes again, rather than crowding the head at once."""
+    serving nodes have it), a joiner's shards to its share (`joined`: never lower). So a
+    placement crowded by a take-up that timed out, or by a node lost (its shards replaced on
+    the others), is never recorded, nor are the steps that spread it out again (each creates a
+    shard on a node with room before it retires one of the crowded node's: `_uncrowd`): the
+    next full restart waits for the nodes again, rather than crowding the head at once. Nor
+    does the cluster running on fewer nodes raise it: a crowding that lasts is what `NodesRun`
+    records, and a take-up waits for no more nodes than that."""
 
     def __init__(self) -> None:
         self.ceiling = 0  # none: a first start, or a state saved before it was kept
-        self.short_since: float | None = None  # since when `ran` found too few nodes
 
     def taken_up(self, saved: int | None) -> None:
         """The density a state recorded (None: saved before it was kept)."""
-        self.ceiling, self.short_since = saved or 0, None
+        self.ceiling = saved or 0
 
     def scaled(self, n_shards: int, serving: int) -> None:
         """A scale-up to `n_shards` shards, with `serving` nodes to spread them over."""
-        self.ceiling = _even(n_shards, serving)
+        self.ceiling = -(-n_shards // max(serving, 1))
 
     def joined(self, shares: Iterable[int]) -> None:
         """Nodes joined, each given as many new shards as its share in `shares`."""
         self.ceiling = max(self.ceiling, *shares, 0)
 
-    def ran(self, n_shards: int, serving: int, settled: bool, now: float) -> bool:
-        """A round of the control loop ended at `now` (seconds, monotonic) with `serving`
-        nodes alive to host the `n_shards` shards, `settled` (it left nothing to do): whether
-        the ceiling rose to their even spread, as they have been too few to host the shards
-        at the ceiling since a round at least KAIROS_TAKEUP_NODES_WAIT_S before, and this
-        round ended settled. A round that finds enough nodes starts the count anew."""
-        even = _even(n_shards, serving)
-        if not self.ceiling or even <= self.ceiling:  # none yet (the first save sets it)
-            self.short_since = None
-            return False
-        if self.short_since is None:
-            self.short_since = now
-        if not settled or now - self.short_since < TAKEUP_NODES_WAIT_S:
-            return False
-        log.warning("the cluster has run on %d serving nodes for %.4g s, too few to host its "
-                    "%d shards at %d a node: a full restart now waits for nodes to host them "
-                    "at %d a node", serving, now - self.short_since, n_shards, self.ceiling,
-                    even)
-        self.ceiling, self.short_since = even, None
-        return True
-
     def to_save(self, placement: dict[str, str | None]) -> int:
         """The density to record of `placement` (shard -> node), the ceiling lowered to it."""
         by_node = Counter(n for n in placement.values() if n is not None)
         if not self.ceiling and by_node:  # none yet: the first save sets it, an even spread
-            self.ceiling = _even(sum(by_node.values()), len(by_node))
+            self.ceiling = -(-sum(by_node.values()) // len(by_node))
         self.ceiling = min(self.ceiling, max(by_node.values(), default=0))
         return self.ceiling
 
 
+class NodesRun:
+    """How many serving nodes the cluster last ran on, as the state records it (`count`;
+    None: no settled round yet, or a state saved before it was kept). A settled round of the
+    control loop that finds more raises it at once; fewer lower it only once every settled
+    round since one at least KAIROS_TAKEUP_NODES_WAIT_S before found fewer, to the most of
+    them any found. A take-up counts anew (`taken_up`): the rounds on the nodes back before
+    the slow ones lower nothing within the wait's length. `unsaved` until a save of the
+    count succeeded: a save that failed is made again by the next round."""
+
+    def __init__(self) -> None:
+        self.count: int | None = None
+        self.saved: int | None = None  # the count the last save that succeeded wrote
+        self._fewer_since: float | None = None  # the first round of those that found fewer
+        self._fewer = 0  # the most serving nodes any of them found
+
+    def taken_up(self, saved: int | None) -> None:
+        """The count a state recorded (None: saved before it was kept)."""
+        self.count = self.saved = saved
+        self._fewer_since = None
+
+    def ran(self, serving: int, now: float) -> None:
+        """A settled round ended at `now` (seconds, monotonic) with `serving` nodes serving."""
+        if self.count is None or serving >= self.count:
+            self.count = max(self.count or 0, serving)
+            self._fewer_since = None
+            return
+        if self._fewer_since is None:
+            self._fewer_since, self._fewer = now, serving
+        self._fewer = max(self._fewer, serving)
+        if now - self._fewer_since < TAKEUP_NODES_WAIT_S:
+            return
+        if TAKEUP_NODES_WAIT_S:  # else no take-up waits: nothing to tell
+            log.warning("the cluster has run on %d serving nodes at most for %.4g s, not %d: "
+                        "a full restart now waits for %d at most", self._fewer,
+                        now - self._fewer_since, self.count, self._fewer)
+        self.count, self._fewer_since = self._fewer, None
+
+    @property
+    def unsaved(self) -> bool:
+        return self.count != self.saved
+
+
 async def nodes_to_host(nodes: Nodes, answered: bool, n_new: int, saved_density: int | None,
-                        claim: StoreClaim) -> None:
+                        ran_on: int | None, claim: StoreClaim) -> None:
     """Return once the serving nodes alive can take `n_new` shards at no more than
-    `saved_density` a node, or once KAIROS_TAKEUP_NODES_WAIT_S has passed (a warning says the
-    density is exceeded then). At once where a saved shard `answered` (Ray's cluster survived),
-    without a density (a state saved before it was kept), without shards to create, or with
-    the wait set to 0 (turned off). The node table is read every POLL_S with an await between
-    reads: the long polls this loop serves go on. StoreInUse once the claim on the store is
-    lost meanwhile."""
+    `saved_density` a node, or are as many as the `ran_on` the cluster last ran on
+    (`NodesRun`; None: no such bound), or once KAIROS_TAKEUP_NODES_WAIT_S has passed (a
+    warning says the density is exceeded then). At once where a saved shard `answered` (Ray's
+    cluster survived), without a density (a state saved before it was kept), without shards
+    to create, or with the wait set to 0 (turned off). The node table is read every POLL_S
+    with an await between reads: the long polls this loop serves go on. StoreInUse once the
+    claim on the store is lost meanwhile."""
     if answered or not n_new or not saved_density or not TAKEUP_NODES_WAIT_S:
         return
+    wanted = -(-n_new // saved_density)  # the nodes that host them at the density
+    if ran_on:
+        wanted = min(wanted, ran_on)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + TAKEUP_NODES_WAIT_S
     logged: list[str] | None = None  # the alive nodes the last notice named
     # a draining node is alive and hosts no shard: it is no room
-    while (free := saved_density * len(serving := nodes.serving(nodes.alive()))) < n_new:
+    while len(serving := nodes.serving(nodes.alive())) < wanted:
         claim.check()  # lost while it waited: no shard is created
+        free = saved_density * len(serving)
         if loop.time() >= deadline:
             log.warning("taking up the cluster: after %g s the %d serving nodes alive take "
                         "%d of the %d shards to create at %d a node, the most a node hosted "
@@ -137,13 +154,19 @@ async def nodes_to_host(nodes: Nodes, answered: bool, n_new: int, saved_density:
                         TAKEUP_NODES_WAIT_S, len(serving), free, n_new, saved_density)
             return
         if serving != logged:
-            log.warning("taking up the cluster: waiting up to %.4g s for nodes to host the %d "
-                        "shards to create at no more than %d a node, the most a node hosted "
-                        "when the cluster was saved: the %d serving nodes alive take %d",
-                        deadline - loop.time(), n_new, saved_density, len(serving), free)
+            log.warning("taking up the cluster: waiting up to %.4g s for %d serving nodes, "
+                        "those that host the %d shards to create at no more than %d a node, "
+                        "the most a node hosted when the cluster was saved, or as many as it "
+                        "last ran on if fewer: the %d serving nodes alive take %d",
+                        deadline - loop.time(), wanted, n_new, saved_density, len(serving),
+                        free)
             logged = serving
         await asyncio.sleep(min(POLL_S, deadline - loop.time()))
-    if logged is not None:
+    if saved_density * len(serving) < n_new:  # said even without a wait: the head crowded
+        log.warning("taking up the cluster: the %d serving nodes alive are as many as the "
+                    "cluster last ran on: the %d shards to create are placed on them, more "
+                    "than %d a node", len(serving), n_new, saved_density)
+    elif logged is not None:
         log.warning("taking up the cluster: the %d serving nodes alive host the %d shards to "
                     "create at no more than %d a node", len(serving), n_new, saved_density)
 
