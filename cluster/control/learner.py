@@ -53,7 +53,6 @@ SAVE_TICK_MIN_S = 0.1
 CONFIRM_ASK_S = 3.0  # how often an unconfirmed learner asks the controller's catalog
 
 
-
 @ray.remote(num_cpus=0, max_restarts=-1)
 class LearnerActor:
     """Started by the controller as LEARNER_NAME. An async actor: each idle shard's watch
@@ -89,29 +88,43 @@ class LearnerActor:
         """Take up the saved posterior here: the constructor's (Ray answers no call until it
         returns), and a fresh learner's switch's (`_switched`: of its catalog, no remap)."""
         self._read_at = time.monotonic()
-        self._take_up(self._read(follow_catalog))
+        if self._read(follow_catalog, here=True) is not False:
+            self._unread = False
 
     async def _restore_off_loop(self) -> None:
         """`_restore` at a call (`_ready`): read, remapped and prepared on a thread (seconds
-        for a large table: posterior.py `restoring`), taken up on the loop."""
+        for a large table: posterior.py `restoring`), taken up on the loop. Unread until
+        taken up: should `take_up` raise (RuntimeError, the learner left as it was), the
+        calls waiting hear it and the next one reads again, so nothing merges into the priors
+        to be saved over the posterior."""
         self._read_at = time.monotonic()
         try:
-            self._take_up(await asyncio.to_thread(self._read, True))
+            read = await asyncio.to_thread(self._read, True)
+            if read is not False:
+                if read is not True:
+                    self._take_up(read)
+                self._unread = False
         finally:
             self._reading = None
 
-    def _read(self, follow_catalog: bool) -> Restoring | bool:
-        """The saved posterior made ready to take up; else whether the store answered for it
-        (True: there is none, or it could not be read). Nothing here raises, as Ray does not
-        restart an actor whose constructor raised: a blob that cannot be read is logged and
-        kept aside under DAMAGED_KEY (the learner starts from its priors), and a store that
-        does not answer leaves it unread, read again before anything merges or publishes
-        (`_ready`). It only reads the learner (a thread may run it)."""
+    def _read(self, follow_catalog: bool, here: bool = False) -> Restoring | bool:
+        """The saved posterior made ready to take up, or taken up `here` (then True); else
+        whether the store answered for it (True: there is none, or it could not be read).
+        Nothing here raises, as Ray does not restart an actor whose constructor raised: a blob
+        that cannot be read or taken up is logged and kept aside under DAMAGED_KEY (the
+        learner starts from its priors; one of another catalog stays on its own, unconfirmed:
+        posterior.py `restoring`), and a store that does not answer leaves it unread, read
+        again before anything merges or publishes (`_ready`). Not `here`, it only reads the
+        learner (a thread may run it)."""
         try:
             blob = self.store.get_meta(STATE_KEY)
             if blob is not None:
                 try:
-                    return restoring(self.learner, blob, follow_catalog) or True
+                    ready = restoring(self.learner, blob, follow_catalog)
+                    if ready is None or not here:
+                        return ready or True
+                    self._take_up(ready)
+                    return True
                 except Exception as exc:  # whatever the damage: the actor must come up
                     log.error("learner: the saved posterior under meta key %r cannot be read "
                               "(%s: %s); it is kept under %r and every model starts from its "
@@ -124,15 +137,11 @@ class LearnerActor:
             return False
         return True
 
-    def _take_up(self, read: Restoring | bool) -> None:
-        if read is False:
-            return
-        self._unread = False
-        if read is not True:
-            take_up(self.learner, read)
-            self._took_up = True
-            log.warning("learner: took up the saved posterior of catalog %s, now version %d",
-                        self.learner.compiled.version, self.learner.version)
+    def _take_up(self, ready: Restoring) -> None:
+        take_up(self.learner, ready)
+        self._took_up = True
+        log.warning("learner: took up the saved posterior of catalog %s, now version %d",
+                    self.learner.compiled.version, self.learner.version)
 
     async def _ready(self) -> None:
         """Start the periodic save (a call runs on the actor's loop; the constructor may not).
@@ -144,14 +153,15 @@ class LearnerActor:
             self._saving = asyncio.get_running_loop().create_task(self._save_unsaved())
         if self._unread and self._reading is None and \
                 time.monotonic() - self._read_at >= RESTORE_RETRY_S:
-            # nothing merged or switched meanwhile: every call but `status` and `flush` (which
-            # only read the learner) waits here, and no switch runs before the first read
+            # nothing merged or switched meanwhile: every call but `status`, `flush` and
+            # `stand_down` (which write none of the learner) waits here, and no switch runs
+            # before the first read
             self._reading = asyncio.get_running_loop().create_task(self._restore_off_loop())
         if self._reading is not None:
             await asyncio.shield(self._reading)
         if self._unread:
-            raise StoreUnavailable("the learner has not read its saved posterior yet (the "
-                                   "store does not answer)")
+            raise StoreUnavailable("the learner has not taken up its saved posterior yet (the "
+                                   "store does not answer, or it is read again)")
         if self.learner.unconfirmed and time.monotonic() - self._asked_at >= CONFIRM_ASK_S \
                 and (self._asking is None or self._asking.done()):
             self._asked_at = time.monotonic()
@@ -188,8 +198,9 @@ class LearnerActor:
     async def flush(self) -> None:
         """Save the merges since the last save now (also runtime.stop's, before the kill,
         which warns of a failure raised here); a store that does not take it is logged, with
-        the merges lost, counted (kairos_learner_saves_failed_total), shown in `status`
-        (`flush_unsaved`) and raised, StoreUnavailable (`Saves.flush`)."""
+        the merges lost, counted (kairos_learner_saves_failed_total, `status`' saves_failed)
+        and raised, StoreUnavailable naming them (`Saves.flush`): the kill follows, so the raise
+        is what tells of them."""
         await self.switches.passed()  # not left to asyncio's order of callbacks (`passed`)
         try:
             await self.saves.flush(self.learner)
@@ -247,7 +258,11 @@ class LearnerActor:
         kept, took_up = self.learner.kept(), self._took_up  # now: a confirm() may have come
         version = self.learner.switch(catalog_text, new)
         if not self._took_up and self.learner.merged == 0:
-            # a fresh learner, on the catalog of a posterior an older release saved without its text
+            # a fresh learner, on the catalog of a posterior an older release saved without its
+            # text: read and taken up on the loop. Not on a thread as `_ready`'s: it takes up
+            # into the switched tables, which must be taken up in the step this returns in (no
+            # watch sees the switch before Switches.run holds them), and only an old release's
+            # blob, once, comes here
             self._restore()
             self.learner.announce()
 

@@ -73,7 +73,6 @@ SENDERS_KEPT_S = 7 * 86400.0
 REFUSED_LOG_S = 60.0  # how often syncs refused while unconfirmed are logged
 
 
-
 class Learner:
     """The global posterior of every (action, channel) model, without Ray."""
 

@@ -150,9 +150,10 @@ class Saves:
     its caller (a sync) does not wait for it: a store that is down would hold every sync's
     answer for its timeout; their failures are logged at most every SAVE_FAILED_LOG_S, and
     the write that lands after them says how many failed over how long. A `flush`
-    (runtime.stop's) tries at once, waits, and logs its failure always. What `status` shows
-    of them: the merges not saved yet, the writes failed since one landed, and those a flush
-    could not save."""
+    (runtime.stop's) tries at once, waits, logs its failure always and raises it. Every
+    failed write counts (a switch's too, which delays no periodic save): in `failed_total`
+    ever, and in `status`' saves_failed until a write lands; `status` shows too the merges not
+    saved yet and how long the writes have failed."""
 
     def __init__(self, store: Any, key: str) -> None:
         self.store, self.key = store, key
@@ -163,7 +164,7 @@ class Saves:
         self._refused = ThrottledWarning(log, SAVE_FAILED_LOG_S)
         self._failed, self._failed_since = 0, 0.0  # writes failed since one landed; first's end
         self.failed_total = 0  # writes failed, ever (kairos_learner_saves_failed_total)
-        self.lost = 0  # the merges the latest flush could not save (0 once a write lands)
+        self.lost = 0  # the merges the latest flush could not save (its raise names them)
         self._writing: asyncio.Task | None = None
         self._asked: Any = None  # the learner whose save was asked for during a write
         self._stopped = False
@@ -239,13 +240,13 @@ class Saves:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self.failed_total += 1
-            if heard:  # save_now's (a switch's): its caller hears it; the periodic saves go on
-                raise
             now = time.monotonic()
+            self.failed_total += 1
             if not self._failed:
                 self._failed_since = now
             self._failed += 1
+            if heard:  # save_now's (a switch's): its caller hears it; the periodic saves go on
+                raise
             self.retry_s = min(SAVE_RETRY_MOST_S, max(SAVE_RETRY_FIRST_S, 2 * self.retry_s))
             self._retry_at = now + self.retry_s
             if isinstance(exc, StoreUnavailable) and flushed:
@@ -270,12 +271,12 @@ class Saves:
                 self._write_from(asked, waited=False)
 
     def status(self, learner: Any) -> dict[str, Any]:
-        """For the learner's `status`: `learner`'s merges not in the store yet, the writes
-        failed since one landed and for how long (monotonic seconds since the first ended), and
-        the merges the latest flush could not save."""
+        """For the learner's `status`: `learner`'s merges not in the store yet (unsaved), the
+        writes failed since one landed, of every kind (saves_failed), and for how long:
+        seconds since the first of them ended, 0 while none has (saves_failing_s)."""
         failing_s = time.monotonic() - self._failed_since if self._failed else 0.0
         return {"unsaved": learner.merged - self.merges, "saves_failed": self._failed,
-                "saves_failing_s": round(failing_s, 1), "flush_unsaved": self.lost}
+                "saves_failing_s": round(failing_s, 1)}
 
     async def save_now(self, learner: Any) -> None:
         """Save once `idle`, and wait until it is written; StoreUnavailable if the store does
@@ -316,9 +317,13 @@ def restoring(learner: Any, blob: bytes, follow_catalog: bool = False) -> Restor
     while the saved one is the latest it switched to): the learner switches to the saved
     catalog first, with its tables remapped here. Where either text is unknown (an older
     release saved none, a learner made without one), the version tells, and the learner stays
-    unconfirmed (merging.py). Statistics a blob lacks (saved by an older release) start where
-    a new table does. BlockCorrupt, KeyError, CatalogError for a blob that does not hold
-    together (BlockCorrupt too for one whose shapes do not fit its catalog). The learner is
+    unconfirmed (merging.py). A blob of another catalog that does not hold together leaves
+    the learner as it was (remapped aside, nothing switched): on its own catalog, unconfirmed
+    until told the cluster's, rather than switched to a text read from a damaged blob and
+    confirmed by it, on priors (as before 7ab080d, which remapped it aside). Statistics a
+    blob lacks (saved by an older release) start where a new table does. BlockCorrupt,
+    KeyError, CatalogError for a blob that does not hold together (BlockCorrupt too for one
+    whose shapes do not fit its catalog). The learner is
     only read (a thread may run this while the loop answers `status`): unpacking, compiling
     the saved catalog, the remap and the adopt's inversions took 1.9-2.6 s for 4,500 models of
     32 coefficients (a 37 MiB posterior), and compiling an uncached catalog text ~3 s more."""

@@ -68,8 +68,9 @@ class Remapped(NamedTuple):
         count still `merged` (a sync merges into that object in place), for `catalog_text`;
         else RuntimeError, as taken up, the switch would lose what changed. Not checked: the
         models' version, which a watch may move on meanwhile (`_continue_past`; the switch
-        reads it after), and a change in place that counts no merge (restore_models' adopt,
-        which never comes while a switch remaps: learner.py `LearnerActor._switched`)."""
+        reads it after), and a change in place that counts no merge (posterior.py take_up's
+        adopt_prepared, which never comes while a switch remaps: learner.py
+        `LearnerActor._switched`)."""
         if self.source is not models or self.merged != merged or self.text != catalog_text:
             raise RuntimeError("the learner's tables changed while a switch remapped them")
         return self[:5]

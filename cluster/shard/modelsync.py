@@ -30,7 +30,7 @@ known to the learner by its origin (this shard, this process's random incarnatio
 number), and a delta the learner took before is answered, not merged again; what the shard
 learns meanwhile waits in its models and goes as the next delta. Should the catalog switch
 meanwhile, it still goes as itself, under the catalog version it was learnt with: the learner
-places its rows in the running catalog's layout (control/learner.py `_carried`; one learnt
+places its rows in the running catalog's layout (control/merging.py `_carried`; one learnt
 more than REMAPS_KEPT versions ago is dropped there, and counted), unless the learner never
 ran that version (NotRunning: it lost its state), which drops it here (`dropped`). A shard
 that drops a delta forgets whose version it holds, so the next answer is the learner's whole
