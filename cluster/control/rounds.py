@@ -287,7 +287,7 @@ class ControlLoop:
 
     def _learner_runs(self, status: dict[str, Any]) -> bool:
         """Whether a learner's `status` says it runs the running catalog, and was told so (an
-        unconfirmed one merges nothing until then: learner.py). By the text's digest, not the
+        unconfirmed one merges nothing until then: merging.py). By the text's digest, not the
         version: a learner on another text under the running version would publish models
         that the shards take up into other actions' rows. One that gives none (made without
         its text, or by an older release) by the version: else every round would switch it
