@@ -54,17 +54,20 @@ def _said(stderr: str | bytes | None, lines: int = 3) -> str:
     return f"; its last words: {' / '.join(last)}" if last else ""
 
 
-class _Warnings(logging.Handler):
+class _Warnings(logging.StreamHandler):
     """The stop's warnings (what it could not do: the learner's last merges unsaved, a
-    controller that did not answer), for `kairos down` to say: the child's stderr is shown
-    only when the stop fails."""
+    controller that did not answer), kept for `kairos down` to say once the stop is done (the
+    child's stderr is shown only when the stop fails), and written to stderr as they come, for
+    the last words of a stop that fails or is killed."""
 
     def __init__(self) -> None:
-        super().__init__(logging.WARNING)
+        super().__init__(sys.stderr)
+        self.setLevel(logging.WARNING)
         self.said: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         self.said.append(record.getMessage())
+        super().emit(record)
 
 
 def _stop_runtime(address: str) -> None:

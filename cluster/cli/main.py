@@ -312,11 +312,11 @@ def down(args: argparse.Namespace) -> int:
             gone = ""
         stopped_runtime, why = (None, gone) if gone else _stop_runtime(run)
         count, stuck = _stop(run)
+        for warning in (stopped_runtime or {}).get("warnings", []):
+            print(f"warning: {warning}", file=sys.stderr)
         if stuck:
             return 1
     took = f"({time.monotonic() - began:.1f} s)"
-    for warning in (stopped_runtime or {}).get("warnings", []):
-        print(f"warning: {warning}", file=sys.stderr)
     if stopped_runtime is not None:
         print(f"Kairos is down: stopped the gateways on {', '.join(run.gateways) or '(none)'}, "
               f"the controller, the learner and {stopped_runtime['shards']} shards, then "

@@ -47,7 +47,7 @@ def status(args: argparse.Namespace) -> int:
         print(f"LEARNER NOT SAVING: the store refused its last {st.learner_saves_failed} "
               f"save(s) of the posterior, for {st.learner_saves_failing_s:.0f} s; the "
               f"{st.learner_unsaved} merges since the last that landed are lost if its process "
-              f"ends (it retries, at least once a minute)")
+              f"ends (it keeps trying while merges are unsaved)")
     if st.catalog_evidence:
         print(f"catalog evidence: {st.catalog_evidence}")
     if st.previous_catalog_version:

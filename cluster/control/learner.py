@@ -94,18 +94,21 @@ class LearnerActor:
     async def _restore_off_loop(self) -> None:
         """`_restore` at a call (`_ready`): read, remapped and prepared on a thread (seconds
         for a large table: posterior.py `restoring`), taken up on the loop. Unread until
-        taken up: should `take_up` raise (RuntimeError, the learner left as it was), the
-        calls waiting hear it and the next one reads again, so nothing merges into the priors
-        to be saved over the posterior."""
-        self._read_at = time.monotonic()
+        taken up: should `take_up` raise (RuntimeError, the learner left as it was: a bug),
+        it is logged, the calls waiting hear StoreUnavailable (a shard tries again, as while the
+        store does not answer) and a call RESTORE_RETRY_S after the read reads again, so nothing
+        merges into the priors to be saved over the posterior."""
         try:
             read = await asyncio.to_thread(self._read, True)
             if read is not False:
                 if read is not True:
                     self._take_up(read)
                 self._unread = False
+        except RuntimeError as exc:
+            log.error("learner: the saved posterior read could not be taken up (%s); merges "
+                      "wait, and it is read again", exc)
         finally:
-            self._reading = None
+            self._reading, self._read_at = None, time.monotonic()
 
     def _read(self, follow_catalog: bool, here: bool = False) -> Restoring | bool:
         """The saved posterior made ready to take up, or taken up `here` (then True); else

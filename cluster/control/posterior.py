@@ -151,9 +151,9 @@ class Saves:
     answer for its timeout; their failures are logged at most every SAVE_FAILED_LOG_S, and
     the write that lands after them says how many failed over how long. A `flush`
     (runtime.stop's) tries at once, waits, logs its failure always and raises it. Every
-    failed write counts (a switch's too, which delays no periodic save): in `failed_total`
-    ever, and in `status`' saves_failed until a write lands; `status` shows too the merges not
-    saved yet and how long the writes have failed."""
+    failed write counts in `failed_total`; `status` shows the merges not saved yet, and the
+    periodic saves' and flushes' writes failed since one landed (a switch's failure is its
+    caller's to hear, and delays no periodic save) and for how long."""
 
     def __init__(self, store: Any, key: str) -> None:
         self.store, self.key = store, key
@@ -240,13 +240,16 @@ class Saves:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            now = time.monotonic()
             self.failed_total += 1
+            # save_now's (a switch's): its caller hears it, the learner goes back to the catalog
+            # it ran, whose merges the periodic saves keep: no loss to show in `status`, where it
+            # would stay until a merge's save lands (an idle cluster's: for good)
+            if heard:
+                raise
+            now = time.monotonic()
             if not self._failed:
                 self._failed_since = now
             self._failed += 1
-            if heard:  # save_now's (a switch's): its caller hears it; the periodic saves go on
-                raise
             self.retry_s = min(SAVE_RETRY_MOST_S, max(SAVE_RETRY_FIRST_S, 2 * self.retry_s))
             self._retry_at = now + self.retry_s
             if isinstance(exc, StoreUnavailable) and flushed:
@@ -272,7 +275,7 @@ class Saves:
 
     def status(self, learner: Any) -> dict[str, Any]:
         """For the learner's `status`: `learner`'s merges not in the store yet (unsaved), the
-        writes failed since one landed, of every kind (saves_failed), and for how long:
+        periodic saves' and flushes' writes failed since one landed (saves_failed), and for how long:
         seconds since the first of them ended, 0 while none has (saves_failing_s)."""
         failing_s = time.monotonic() - self._failed_since if self._failed else 0.0
         return {"unsaved": learner.merged - self.merges, "saves_failed": self._failed,

@@ -194,10 +194,16 @@ def _flush_learner() -> None:
     except ValueError:
         pass  # no learner
     except (ray.exceptions.RayError, TimeoutError) as exc:
-        # the store's refusal, not the task error's traceback around it: one line an operator
-        # reads in `kairos down`'s output
-        log.warning("stop: the learner did not save its last merges: %s",
-                    getattr(exc, "cause", None) or exc)
+        log.warning("stop: the learner did not save its last merges: %s", _one_line(exc))
+
+
+def _one_line(exc: BaseException) -> str:
+    """What failed, in a line an operator reads in `kairos down`'s output: a task's own error
+    (the store's refusal), not the traceback Ray wraps it in; the first line of Ray's own
+    (an actor that died says how on the lines after)."""
+    cause = getattr(exc, "cause", None) or exc
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0]}" if lines else type(cause).__name__
 
 
 def _named(name: str) -> bool:

@@ -745,8 +745,11 @@ def test_down_says_what_the_graceful_stop_warned_of(home, tmp_path, monkeypatch,
         assert all(p.wait(timeout=10) is not None for p in procs)
 
 
-def test_the_graceful_stop_hands_down_what_the_runtime_warned_of_in_one_line(monkeypatch):
-    """A refused last save reached the log as the task error's whole traceback."""
+def test_the_graceful_stop_hands_down_what_the_runtime_warned_of_in_one_line(monkeypatch,
+                                                                            capsys):
+    """A refused last save reached the log as the task error's whole traceback. The stop's
+    child also writes it to stderr as it comes: a stop killed past GRACEFUL_STOP_S says it as
+    its last words."""
     from ray.exceptions import RayTaskError
 
     from kairos.cluster.control import runtime
@@ -765,7 +768,8 @@ def test_the_graceful_stop_hands_down_what_the_runtime_warned_of_in_one_line(mon
         runtime._flush_learner()
     finally:
         runtime.log.removeHandler(warnings)
-    assert warnings.said == [f"stop: the learner did not save its last merges: {refused}"]
+    said = f"stop: the learner did not save its last merges: StoreUnavailable: {refused}"
+    assert warnings.said == [said] and capsys.readouterr().err == said + "\n"
 
 
 def test_the_graceful_stops_child_reads_no_kairos_setting(home, monkeypatch):
