@@ -19,8 +19,8 @@ without Ray in tests; `ControllerActor` (actor.py) is the named, detached Ray ac
 - The state (saved.py: map, shard names, catalogs, watches, nodes) is saved in the store's
   meta at every change: a controller Ray restarts, or a cluster started again on the same
   store, takes up (resuming.py) the same shards and partitions, and the catalog running when
-  it stopped; the shards it creates wait for the nodes to host them no denser than they were
-  (takeup.py).
+  it stopped; the shards it creates wait for the nodes to host them no denser than they were,
+  or for as many nodes as it last ran on if fewer (takeup.py).
 - A store serves one cluster at a time: a start or a take-up first claims it for the cluster
   (ownership.py; the owner token outlives Ray's restarts of the controller), and fails with
   StoreInUse, before anything is written or started, while another cluster holds it. Once the
@@ -29,15 +29,14 @@ without Ray in tests; `ControllerActor` (actor.py) is the named, detached Ray ac
   (the new one recovers the dead one's partitions from the store), re-starts shards Ray
   restarted (they recover from the store), tells a restarted learner the catalog, finishes
   drains a crash cut short, gives nodes that join shards and a gateway (nodes.py), and
-  re-places shards from crowded nodes; after a round that ends settled, the count of serving
-  nodes the cluster last ran on, which a full restart's take-up waits for at most, follows
-  the nodes it found (takeup.py).
+  re-places shards from crowded nodes; and the count of serving nodes the cluster last ran
+  on, which a full restart's take-up waits for at most, follows the nodes its rounds find:
+  up at once, down after settled rounds for a wait's length (takeup.py).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 import numpy as np
@@ -196,17 +195,6 @@ class Controller(ControlLoop, Catalogs, Scaling, Resuming):
         except Exception:
             log.exception("the learner was not told catalog %s; the control loop tries again",
                           self.catalog_version)
-
-    async def reconcile(self) -> None:
-        """A round of the control loop (rounds.py); one that ends settled records the serving
-        nodes it found (takeup.py), saved where the count changed, or a save of it failed."""
-        await super().reconcile()
-        if self.settled:
-            self.nodes_run.ran(len(self.nodes.serving(self.round_alive)), time.monotonic())
-        if self.nodes_run.unsaved:
-            count = self.nodes_run.count
-            await self._save()
-            self.nodes_run.saved = count
 
     async def _save(self) -> None:
         """Write the state as it is now, on a thread (a directory fsyncs, Redis is a network

@@ -96,7 +96,8 @@ class Resuming:
                 self.placement[name] = health.get("node")
             starting.append(name)
         # not all on the first node back from a full restart, where no shard answered (none
-        # placed)
+        # placed). A state without nodes_run waits for the density alone: the nodes it knew,
+        # where the count starts (saved.py), may be fewer for a node away at its last save
         await nodes_to_host(self.nodes, bool(self.placement), len(missing),
                             state.get("density"), state.get("nodes_run"), self.store_claim)
         for name in missing:  # one at a time: a shard created is placed by the ones before

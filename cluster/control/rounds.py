@@ -37,10 +37,10 @@ none of the others.
    to the retention bounds, as each shard's writer holds its own, every DECISION_LOG_TRIM_S,
    and removed once empty: nobody else writes or trims them, and customers' records must not
    outlive the retention because the shard that logged them did not.
-
-After the round, `Controller.reconcile` (controller.py) records the serving nodes one that
-ended settled found, a full restart's take-up waiting for no more (takeup.py `NodesRun`), and
-saves the state where the count changed or its last save failed.
+9. The serving nodes the round read are recorded, a full restart's take-up waiting for no
+   more (takeup.py `NodesRun`: a rise at any round, a drop only after settled ones for a
+   wait's length), and the state saved where the count changed or its last save failed (a
+   save refused leaves the round unsettled: the next comes within CONTROL_LOOP_S).
 """
 from __future__ import annotations
 
@@ -105,7 +105,18 @@ class ControlLoop:
                   await _step("confirming the moves the map shows done", self._confirm_owned()),
                   await _step("trimming the decision logs of shards gone",
                               self._trim_gone_logs())]
-        self.settled, self.round_alive = all(steps) and self._nothing_left(alive), alive
+        settled = all(steps) and self._nothing_left(alive)
+        recorded = await _step("saving the serving nodes the cluster runs on",
+                               self._record_nodes(alive, settled))
+        self.settled, self.round_alive = settled and recorded, alive
+
+    async def _record_nodes(self, alive: list[str], settled: bool) -> None:
+        """Step 9, `settled` saying whether the steps before left nothing to do."""
+        self.nodes_run.ran(len(self.nodes.serving(alive)), settled, time.monotonic())
+        if self.nodes_run.unsaved:
+            count = self.nodes_run.count
+            await self._save()
+            self.nodes_run.saved = count  # after: a save that failed is made again
 
     def _nothing_left(self, alive: list[str]) -> bool:
         """Whether a round left nothing for the next one to do or retry: every shard placed

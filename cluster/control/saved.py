@@ -37,7 +37,8 @@ def state_blob(controller: Any) -> bytes:
         # how a take-up places shards: no denser than the cluster was spread (takeup.py)
         "density": controller.density.to_save(controller.placement),
         # the serving nodes it last ran on: a take-up waits for no more (takeup.py). An older
-        # controller ignores it and saves none: its state is taken up without that bound
+        # controller ignores it and saves none: its state's take-up waits without that bound,
+        # and counts from the nodes it knew
         "nodes_run": controller.nodes_run.count,
         "channel_watches": sorted((list(w) for w in controller.channel_watches), key=str)},
         use_bin_type=True)
@@ -66,5 +67,7 @@ def take_up(controller: Any, state: dict[str, Any], catalog_version: str) -> lis
                             for name, pairs in state.get("replacing", {}).items()}
     controller.nodes.take_up(state.get("nodes"))
     controller.density.taken_up(state.get("density"))
-    controller.nodes_run.taken_up(state.get("nodes_run"))
+    # no placement is saved (shard -> node): the nodes given their shards stand for it
+    known = controller.nodes.known - controller.nodes.draining
+    controller.nodes_run.taken_up(state.get("nodes_run"), len(known) or None)
     return names

@@ -18,11 +18,12 @@ The density is about the nodes the cluster was spread over, not those it runs on
 node lost for good, or nodes back after a take-up gave up on them (Ray gives them new ids:
 joiners, given new shards), the shards stay more than the nodes there are host at it. So the
 state also records how many serving nodes the cluster last ran on (`NodesRun`), and the wait
-ends as well once that many are alive, whichever comes first. The count follows the settled
-rounds of the control loop: a rise at once, a drop only once every settled round for
+ends as well once that many are alive, whichever comes first. The count follows the control
+loop's rounds: a rise at any round, a drop only once every settled round for
 KAIROS_TAKEUP_NODES_WAIT_S found fewer, so that nodes only slow to come back (a take-up that
 gave up on them, a short preemption) are waited for again. A state saved before the count was
-kept has none: its take-up waits for the density alone.
+kept has none: its take-up waits for the density alone, and the count starts from the nodes
+the state knew (`Nodes.known`), so that a drop from them waits as any drop does.
 
 What a start does with the shards it took up (`kept_on`, `resumed_count`, `uneven`): by
 default it scales to the count asked (`kairos up --shards`); with KAIROS_RESUME_KEEPS_SHARDS,
@@ -44,6 +45,11 @@ from kairos.cluster.storage.ownership import StoreClaim
 
 log = logging.getLogger("kairos.controller")
 POLL_S = 1.0  # how often the wait reads the node table
+
+
+def _ceil_div(n: int, d: int) -> int:
+    """ceil(n / d), `d` taken as 1 at least: the nodes `n` shards take at `d` a node, say."""
+    return -(-n // max(d, 1))
 
 
 class Density:
@@ -68,7 +74,7 @@ class Density:
 
     def scaled(self, n_shards: int, serving: int) -> None:
         """A scale-up to `n_shards` shards, with `serving` nodes to spread them over."""
-        self.ceiling = -(-n_shards // max(serving, 1))
+        self.ceiling = _ceil_div(n_shards, serving)
 
     def joined(self, shares: Iterable[int]) -> None:
         """Nodes joined, each given as many new shards as its share in `shares`."""
@@ -78,19 +84,29 @@ class Density:
         """The density to record of `placement` (shard -> node), the ceiling lowered to it."""
         by_node = Counter(n for n in placement.values() if n is not None)
         if not self.ceiling and by_node:  # none yet: the first save sets it, an even spread
-            self.ceiling = -(-sum(by_node.values()) // len(by_node))
+            self.ceiling = _ceil_div(sum(by_node.values()), len(by_node))
         self.ceiling = min(self.ceiling, max(by_node.values(), default=0))
         return self.ceiling
 
 
 class NodesRun:
     """How many serving nodes the cluster last ran on, as the state records it (`count`;
-    None: no settled round yet, or a state saved before it was kept). A settled round of the
-    control loop that finds more raises it at once; fewer lower it only once every settled
-    round since one at least KAIROS_TAKEUP_NODES_WAIT_S before found fewer, to the most of
-    them any found. A take-up counts anew (`taken_up`): the rounds on the nodes back before
-    the slow ones lower nothing within the wait's length. `unsaved` until a save of the
-    count succeeded: a save that failed is made again by the next round."""
+    None: a first start before its first settled round). Every round of the control loop
+    that read the nodes and found more raises it at once (the cautious direction: a cluster
+    that never settles, a gateway retried forever, still records its joiners); fewer lower it
+    only once every settled round since one at least KAIROS_TAKEUP_NODES_WAIT_S before found
+    fewer, to the most of them any found: a round that is not settled (a node lost, its
+    shards' replacements not started yet) lowers nothing. A take-up counts anew (`taken_up`):
+    the rounds on the nodes back before the slow ones lower nothing within the wait's length.
+    `unsaved` until a save of the count succeeded: a save that failed is made again by the
+    next round.
+
+    A drop is timed only: nothing tells a node lost for good from one away for long. Every
+    worker preempted, or spot capacity gone, for longer than the wait drops the count to the
+    nodes left (1: the head alone), and a full restart then waits for no worker: where
+    workers can be away longer, raise KAIROS_TAKEUP_NODES_WAIT_S. The timer lives in the
+    controller's process: a controller Ray restarts takes the saved count up and starts it
+    again, a drop then waiting a wait's length from its own first settled round."""
 
     def __init__(self) -> None:
         self.count: int | None = None
@@ -98,16 +114,24 @@ class NodesRun:
         self._fewer_since: float | None = None  # the first round of those that found fewer
         self._fewer = 0  # the most serving nodes any of them found
 
-    def taken_up(self, saved: int | None) -> None:
-        """The count a state recorded (None: saved before it was kept)."""
-        self.count = self.saved = saved
+    def taken_up(self, saved: int | None, known: int | None) -> None:
+        """The count a state recorded (`saved`), or, from a state saved before it was kept
+        (None), the serving nodes it knew (`known`: `Nodes.known` less those draining; None
+        where it kept no nodes either), which the next save records."""
+        self.count, self.saved = saved if saved is not None else known, saved
         self._fewer_since = None
 
-    def ran(self, serving: int, now: float) -> None:
-        """A settled round ended at `now` (seconds, monotonic) with `serving` nodes serving."""
-        if self.count is None or serving >= self.count:
-            self.count = max(self.count or 0, serving)
-            self._fewer_since = None
+    def ran(self, serving: int, settled: bool, now: float) -> None:
+        """A round ended at `now` (seconds, monotonic) having read `serving` nodes serving;
+        `settled`: it left nothing to do. A first start takes its first settled round's."""
+        if self.count is None:  # no bound, the most cautious: only a settled round sets one
+            if settled:
+                self.count = serving
+            return
+        if serving >= self.count:
+            self.count, self._fewer_since = serving, None
+            return
+        if not settled:  # its nodes may be only slow: replacements not started, say
             return
         if self._fewer_since is None:
             self._fewer_since, self._fewer = now, serving
@@ -129,15 +153,16 @@ async def nodes_to_host(nodes: Nodes, answered: bool, n_new: int, saved_density:
                         ran_on: int | None, claim: StoreClaim) -> None:
     """Return once the serving nodes alive can take `n_new` shards at no more than
     `saved_density` a node, or are as many as the `ran_on` the cluster last ran on
-    (`NodesRun`; None: no such bound), or once KAIROS_TAKEUP_NODES_WAIT_S has passed (a
-    warning says the density is exceeded then). At once where a saved shard `answered` (Ray's
-    cluster survived), without a density (a state saved before it was kept), without shards
-    to create, or with the wait set to 0 (turned off). The node table is read every POLL_S
-    with an await between reads: the long polls this loop serves go on. StoreInUse once the
-    claim on the store is lost meanwhile."""
+    (`NodesRun`; None: no such bound), or once KAIROS_TAKEUP_NODES_WAIT_S has passed. A
+    warning says where more than the density go to a node: the wait timed out, or `ran_on`
+    nodes alive ended it (or were there from the start) fewer than the density asks for. At
+    once where a saved shard `answered` (Ray's cluster survived), without a density (a state
+    saved before it was kept), without shards to create, or with the wait set to 0 (turned
+    off). The node table is read every POLL_S with an await between reads: the long polls
+    this loop serves go on. StoreInUse once the claim on the store is lost meanwhile."""
     if answered or not n_new or not saved_density or not TAKEUP_NODES_WAIT_S:
         return
-    wanted = -(-n_new // saved_density)  # the nodes that host them at the density
+    wanted = _ceil_div(n_new, saved_density)  # the nodes that host them at the density
     if ran_on:
         wanted = min(wanted, ran_on)
     loop = asyncio.get_running_loop()

@@ -14,7 +14,8 @@ import pytest
 
 from kairos.cluster.control import controller as controller_module
 from kairos.cluster.control import takeup
-from kairos.cluster.control.controller import Controller
+from kairos.cluster.control.controller import Controller, shard_name
+from kairos.cluster.control.nodes import GatewaySpec
 from kairos.cluster.control.saved import STATE_KEY
 
 from tests.support.waiting import until
@@ -23,6 +24,7 @@ from tests.unit.control.test_takeup_nodes import (SPREAD, fully_restarted, notic
                                                   saves_of, waiting)
 
 SHORT_WAIT_S = 0.05  # a wait's length the tests let pass (rounds before and after a sleep)
+GATEWAYS = GatewaySpec("127.0.0.1", 50051, consecutive=True)
 
 
 @pytest.fixture(autouse=True)
@@ -48,41 +50,48 @@ async def ran_a_wait_long(controller: Controller, monkeypatch) -> None:
     await settled_rounds(controller)
 
 
-def test_settled_rounds_raise_the_count_at_once_and_lower_it_after_a_wait(monkeypatch, caplog):
+def test_rounds_raise_the_count_at_once_and_settled_ones_lower_it_after_a_wait(monkeypatch,
+                                                                             caplog):
     monkeypatch.setattr(takeup, "TAKEUP_NODES_WAIT_S", 120.0)
     run = takeup.NodesRun()
-    run.taken_up(None)  # a state saved before it was kept
-    run.ran(2, now=0.0)
-    assert run.count == 2 and run.unsaved  # the first round records what it found
+    run.taken_up(None, None)  # a first start
+    run.ran(2, settled=False, now=0.0)
+    assert run.count is None  # no bound yet: a round that is not settled sets none
+    run.ran(2, settled=True, now=0.0)
+    assert run.count == 2 and run.unsaved  # the first settled round records what it found
     run.saved = 2
-    run.ran(3, now=1.0)
-    assert run.count == 3 and run.unsaved  # a rise, at once
+    run.ran(3, settled=False, now=1.0)
+    assert run.count == 3 and run.unsaved  # a rise, at once, settled or not
     run.saved = 3
-    run.ran(1, now=10.0)  # fewer from here on
-    run.ran(3, now=100.0)  # back: counted anew
-    run.ran(1, now=110.0)
-    run.ran(2, now=200.0)
+    run.ran(1, settled=True, now=10.0)  # fewer from here on
+    run.ran(3, settled=True, now=100.0)  # back: counted anew
+    run.ran(1, settled=True, now=110.0)
+    run.ran(2, settled=True, now=200.0)
+    run.ran(1, settled=False, now=230.0)  # a round not settled lowers nothing
+    assert run.count == 3
     with caplog.at_level(logging.WARNING, logger="kairos.controller"):
-        run.ran(1, now=229.0)
+        run.ran(1, settled=True, now=229.0)
         assert run.count == 3 and not run.unsaved
-        run.ran(1, now=230.0)  # every round for 120 s found fewer: the most they found
-    assert run.count == 2 and run.unsaved
+        run.ran(1, settled=True, now=230.0)  # every settled round for 120 s found fewer
+    assert run.count == 2 and run.unsaved  # the most they found
     assert notices(caplog, "has run on 2 serving nodes at most for 120 s, not 3: a full "
                            "restart now waits for 2 at most")
-    run.taken_up(3)  # a take-up counts anew
-    assert not run.unsaved
-    run.ran(1, now=300.0)
-    run.ran(1, now=419.0)
+    run.taken_up(3, 2)  # a take-up counts anew, from the count saved
+    assert run.count == 3 and not run.unsaved
+    run.ran(1, settled=True, now=300.0)
+    run.ran(1, settled=True, now=419.0)
     assert run.count == 3
+    run.taken_up(None, 3)  # a state saved before the count: from the nodes it knew, unsaved
+    assert run.count == 3 and run.unsaved
 
 
 def test_a_wait_set_to_0_lowers_the_count_at_once_and_quietly(monkeypatch, caplog):
     """No take-up waits then: there is nothing to tell."""
     monkeypatch.setattr(takeup, "TAKEUP_NODES_WAIT_S", 0.0)
     run = takeup.NodesRun()
-    run.taken_up(3)
+    run.taken_up(3, None)
     with caplog.at_level(logging.WARNING, logger="kairos.controller"):
-        run.ran(2, now=0.0)
+        run.ran(2, settled=True, now=0.0)
     assert run.count == 2 and not caplog.records
 
 
@@ -211,10 +220,11 @@ def test_settled_rounds_write_the_store_only_when_the_count_changes(tmp_path, mo
     asyncio.run(main())
 
 
-def test_a_save_of_the_count_that_failed_is_made_again_by_the_next_round(tmp_path,
+def test_a_save_of_the_count_that_failed_is_made_again_by_the_next_round(tmp_path, caplog,
                                                                          monkeypatch):
-    """The store refuses the save that records 2 nodes once (a Redis failover): the round
-    fails, and the next one, finding nothing new, saves it."""
+    """The store refuses the save that records 2 nodes once (a Redis failover): that step of
+    the round fails, logged as such, the round is not settled, and the next one, finding
+    nothing new, saves it."""
     monkeypatch.setattr(takeup, "TAKEUP_NODES_WAIT_S", 30.0)
 
     async def main():
@@ -227,15 +237,20 @@ def test_a_save_of_the_count_that_failed_is_made_again_by_the_next_round(tmp_pat
         await settled_rounds(controller)  # the first round of a wait's length finding 2
         await asyncio.sleep(2 * SHORT_WAIT_S)
         put, refusals = controller.store.put_meta, [ConnectionError("failover")]
+        caplog.clear()
 
         def refused_once(key: str, blob: bytes) -> None:
             if key == STATE_KEY and refusals:
                 raise refusals.pop()
             put(key, blob)
         monkeypatch.setattr(controller.store, "put_meta", refused_once)
-        with pytest.raises(ConnectionError):
+        with caplog.at_level(logging.ERROR, logger="kairos.controller"):
             await controller.reconcile()
         assert not refusals and saved_state(controller)["nodes_run"] == 3
+        assert notices(caplog, "control loop:") == [
+            "control loop: saving the serving nodes the cluster runs on failed; the next "
+            "round tries again"]
+        assert not controller.settled
         await controller.reconcile()
         assert saved_state(controller)["nodes_run"] == 2
     asyncio.run(main())
@@ -269,4 +284,103 @@ def test_a_state_saved_before_the_count_was_kept_waits_for_the_density_alone(
             backend.node_names.append("node-c")
             controller = await resuming
         assert Counter(controller.placement.values()) == SPREAD
+    asyncio.run(main())
+
+
+def test_a_state_saved_without_the_count_counts_from_the_nodes_it_knew(tmp_path, caplog,
+                                                                       monkeypatch):
+    """The review of a47cb0e (M1): the release that brings the count takes up a state an
+    older controller saved without it (3 nodes known). The workers are slower than the wait:
+    the take-up places the 6 shards on node-a, and the rounds there record 3, not 1, so that
+    the next full restart (node-a killed for its memory) waits for 3 nodes again."""
+    monkeypatch.setattr(takeup, "TAKEUP_NODES_WAIT_S", SHORT_WAIT_S)
+
+    async def main():
+        backend, saved = await fully_restarted(str(tmp_path))
+        state = saved_state(saved)
+        del state["nodes_run"]
+        saved.store.put_meta(STATE_KEY, msgpack.packb(state, use_bin_type=True))
+        crowded = await controller_on(backend, str(tmp_path), 6)
+        assert Counter(crowded.placement.values()) == {"node-a": 6}
+        monkeypatch.setattr(takeup, "TAKEUP_NODES_WAIT_S", 30.0)
+        await settled_rounds(crowded)
+        assert saved_state(crowded)["nodes_run"] == 3
+        backend.shards.clear()
+        backend.node_names = ["node-a"]
+        with caplog.at_level(logging.WARNING, logger="kairos.controller"):
+            resuming = asyncio.ensure_future(controller_on(backend, str(tmp_path), 6))
+            await until(lambda: waiting(caplog, resuming, 2), 10, "waiting for nodes")
+            backend.node_names.append("node-b")
+            await until(lambda: waiting(caplog, resuming, 4), 10, "waiting for one more")
+            assert not resuming.done()
+            backend.node_names.append("node-c")
+            controller = await resuming
+        assert Counter(controller.placement.values()) == SPREAD
+    asyncio.run(main())
+
+
+def test_a_joiner_raises_the_count_though_the_rounds_never_settle(tmp_path, caplog,
+                                                                  monkeypatch):
+    """The review of a47cb0e (M2): node-d joins and is given its 2 shards, but its gateway
+    never starts (tried again forever): no round settles. The rise is recorded anyway, and
+    a full restart waits for 4 nodes, rather than placing the 8 shards on 3 of them."""
+    monkeypatch.setattr(takeup, "TAKEUP_NODES_WAIT_S", 30.0)
+
+    async def main():
+        backend = Actors()
+        backend.cpus.update(dict.fromkeys(["node-a", "node-b", "node-c", "node-d"], 2.0))
+        controller = await controller_on(backend, str(tmp_path), 6, gateways=GATEWAYS)
+        await settled_rounds(controller)
+        assert saved_state(controller)["nodes_run"] == 3
+        backend.gateway_fails_on.add("node-d")
+        backend.node_names.append("node-d")
+        for _ in range(4):
+            await controller.reconcile()
+            assert not controller.settled
+        assert Counter(controller.placement.values())["node-d"] == 2
+        assert saved_state(controller)["nodes_run"] == 4
+        backend.gateway_fails_on.clear()
+        backend.shards.clear()  # a full restart, the nodes back one at a time
+        backend.node_names = ["node-a"]
+        with caplog.at_level(logging.WARNING, logger="kairos.controller"):
+            resuming = asyncio.ensure_future(controller_on(backend, str(tmp_path), 8,
+                                                           gateways=GATEWAYS))
+            await until(lambda: waiting(caplog, resuming, 2), 10, "waiting for nodes")
+            backend.node_names += ["node-b", "node-c"]
+            await until(lambda: waiting(caplog, resuming, 6), 10, "waiting for node-d")
+            assert not resuming.done()
+            backend.node_names.append("node-d")
+            restarted = await resuming
+        assert Counter(restarted.placement.values()) == dict.fromkeys(
+            ["node-a", "node-b", "node-c", "node-d"], 2)
+    asyncio.run(main())
+
+
+def test_rounds_that_do_not_settle_lower_no_count(tmp_path, monkeypatch):
+    """Node-c is lost and its shards' replacements do not start (a store slow to recover
+    from, say): the rounds for more than a wait's length find 2 nodes, none settled, and the
+    count stays 3; it is lowered only by settled rounds for a wait's length after."""
+    monkeypatch.setattr(takeup, "TAKEUP_NODES_WAIT_S", 30.0)
+
+    async def main():
+        backend = Actors()
+        controller = await controller_on(backend, str(tmp_path), 6)
+        await settled_rounds(controller)
+        assert saved_state(controller)["nodes_run"] == 3
+        first = controller._next_index  # the replacements' names: their starts fail
+        backend.fail.update({(shard_name(i), "start"): 1000 for i in range(first, first + 4)})
+        backend.node_names.remove("node-c")
+        monkeypatch.setattr(takeup, "TAKEUP_NODES_WAIT_S", SHORT_WAIT_S)
+        await controller.reconcile()
+        await asyncio.sleep(2 * SHORT_WAIT_S)
+        for _ in range(3):
+            await controller.reconcile()
+            assert not controller.settled and controller.replacing
+        assert controller.nodes_run.count == 3 and saved_state(controller)["nodes_run"] == 3
+        backend.fail.clear()
+        await settled_rounds(controller)  # the first settled round finding 2
+        assert saved_state(controller)["nodes_run"] == 3
+        await asyncio.sleep(2 * SHORT_WAIT_S)
+        await settled_rounds(controller)
+        assert saved_state(controller)["nodes_run"] == 2
     asyncio.run(main())
