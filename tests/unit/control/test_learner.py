@@ -551,7 +551,7 @@ def test_stop_gives_the_store_up_once_every_writer_stopped_and_then_kills_the_co
                           f"kill {LEARNER_NAME}", f"{CONTROLLER_NAME} release_store",
                           f"kill {CONTROLLER_NAME}"]
     assert [r.getMessage() for r in caplog.records] == [
-        "stop: the learner did not save its last merges: no answer"]
+        "stop: the learner did not save its last merges: GetTimeoutError: no answer"]
     # a controller that lost its store: the learner saves nothing there, as it is killed
     fake.alive.update({CONTROLLER_NAME, "kairos-shard-0000", LEARNER_NAME})
     fake.lost, fake.flush_fails = True, False
