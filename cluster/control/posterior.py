@@ -275,8 +275,8 @@ class Saves:
 
     def status(self, learner: Any) -> dict[str, Any]:
         """For the learner's `status`: `learner`'s merges not in the store yet (unsaved), the
-        periodic saves' and flushes' writes failed since one landed (saves_failed), and for how long:
-        seconds since the first of them ended, 0 while none has (saves_failing_s)."""
+        periodic saves' and flushes' writes failed since one landed (saves_failed), and for
+        how long: seconds since the first of them ended, 0 while none has (saves_failing_s)."""
         failing_s = time.monotonic() - self._failed_since if self._failed else 0.0
         return {"unsaved": learner.merged - self.merges, "saves_failed": self._failed,
                 "saves_failing_s": round(failing_s, 1)}

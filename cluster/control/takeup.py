@@ -96,7 +96,9 @@ class NodesRun:
     that never settles, a gateway retried forever, still records its joiners); fewer lower it
     only once every settled round since one at least KAIROS_TAKEUP_NODES_WAIT_S before found
     fewer, to the most of them any found: a round that is not settled (a node lost, its
-    shards' replacements not started yet) lowers nothing. A take-up counts anew (`taken_up`):
+    shards' replacements not started yet) lowers nothing, and what it found does not count
+    in that most (a node that never lasts until the cluster settles, a pod crash-looping, is
+    none to wait for). A take-up counts anew (`taken_up`):
     the rounds on the nodes back before the slow ones lower nothing within the wait's length.
     `unsaved` until a save of the count succeeded: a save that failed is made again by the
     next round.

@@ -319,6 +319,22 @@ def test_a_state_saved_without_the_count_counts_from_the_nodes_it_knew(tmp_path,
     asyncio.run(main())
 
 
+def test_a_state_saved_without_the_count_counts_no_node_it_was_draining(tmp_path):
+    """The review of de74710 (LOW 1): counting the nodes an older state knew leaves out those
+    it was draining (an operator's drain, a worker the autoscaler released): a full restart
+    would wait for a node that was on its way out."""
+    async def main():
+        backend, saved = await fully_restarted(str(tmp_path))
+        state = saved_state(saved)
+        del state["nodes_run"]
+        assert len(state["nodes"]["known"]) == 3
+        state["nodes"]["draining"] = [state["nodes"]["known"][-1]]
+        saved.store.put_meta(STATE_KEY, msgpack.packb(state, use_bin_type=True))
+        controller = await controller_on(backend, str(tmp_path), 6)
+        assert controller.nodes_run.count == 2
+    asyncio.run(main())
+
+
 def test_a_joiner_raises_the_count_though_the_rounds_never_settle(tmp_path, caplog,
                                                                   monkeypatch):
     """The review of a47cb0e (M2): node-d joins and is given its 2 shards, but its gateway
