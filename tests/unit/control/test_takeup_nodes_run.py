@@ -319,10 +319,14 @@ def test_a_state_saved_without_the_count_counts_from_the_nodes_it_knew(tmp_path,
     asyncio.run(main())
 
 
-def test_a_state_saved_without_the_count_counts_no_node_it_was_draining(tmp_path):
+def test_a_state_saved_without_the_count_counts_no_node_it_was_draining(tmp_path,
+                                                                          monkeypatch):
     """The review of de74710 (LOW 1): counting the nodes an older state knew leaves out those
     it was draining (an operator's drain, a worker the autoscaler released): a full restart
-    would wait for a node that was on its way out."""
+    would wait for a node that was on its way out. (The take-up, on node-a alone, waits for
+    the density only: a short wait.)"""
+    monkeypatch.setattr(takeup, "TAKEUP_NODES_WAIT_S", SHORT_WAIT_S)
+
     async def main():
         backend, saved = await fully_restarted(str(tmp_path))
         state = saved_state(saved)
