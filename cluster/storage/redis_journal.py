@@ -40,11 +40,11 @@ is evidence only, removable once inspected; a batch that decodes but follows a g
 accepts is never named as one to quarantine (the error says how to accept the gap). Replay
 and compaction read the sorted set in pages of REPLAY_PAGE batches by score, so no single
 exchange grows with the journal (one ZRANGE of it all outlasted the socket timeout, and a
-shard's rebuild looped). Durability is the server's:
-with the journal policy "fsync" the server must run with `appendonly yes` and
-`appendfsync always` (the journal checks with CONFIG GET and warns at open); "os" accepts
-`everysec`. A server or ACL user that refuses CONFIG GET (managed Redis, `-config`) is not an
-error: the store warns once per server and user that it could not check, and goes on.
+shard's rebuild looped). Durability is the server's: with the journal policy "fsync" the
+server must run with `appendonly yes` and `appendfsync always`; "os" accepts `everysec`; and
+every journal needs `maxmemory-policy noeviction` (an evicted fence or owner lets a stale
+writer append). A writer checks these when it opens (redis_config.py: an evicting server is
+refused, the rest warned; a server that refuses CONFIG GET is warned about once).
 """
 from __future__ import annotations
 
@@ -57,13 +57,13 @@ import redis
 
 from kairos.cluster.storage.frames import (Decode, JournalFormatError, check_frame, scrub_batch,
                                            seal_batch, unseal_batch)
+from kairos.cluster.storage.redis_config import check_server
 from kairos.cluster.storage.redis_errors import ERRORS, unavailable
 from kairos.cluster.storage.store import (JournalDisowned, JournalFenced, StoreCorrupt,
                                           StoreUnavailable)
 
 log = logging.getLogger("kairos.store")
 REPLAY_PAGE = 256  # journal batches (and decision log entries) fetched per round trip
-_unchecked: set[tuple] = set()  # (host, port, user) whose durability settings were not checked
 # (server, journal key) -> a batch whose append lost its reply, the server unable to tell then
 # whether it holds it: (the batch, its last LSN, its number of records)
 _in_doubt: dict[tuple, tuple[bytes, int, int]] = {}
@@ -148,6 +148,7 @@ class RedisJournal(RedisReader):
         self.disowned = False  # found another incarnation the owner: nothing more is written
         self.fenced = False
         self.failed: str | None = None  # why a batch is in doubt: nothing more is appended
+        check_server(client, key, policy)  # refused under an evicting server (redis_config.py)
         kwargs = client.connection_pool.connection_kwargs
         self._where = (*(kwargs.get(k) for k in ("host", "port", "path", "db")), key)
         doubt = _in_doubt.get(self._where)
@@ -166,17 +167,6 @@ class RedisJournal(RedisReader):
         self._refuse(fenced, owner)
         self.last_lsn = int(last or 0)
         self._record_gaps()
-        if policy == "fsync":
-            try:
-                setting = self.r.config_get("appendfsync").get("appendfsync")
-                aof = self.r.config_get("appendonly").get("appendonly")
-            except redis.exceptions.ResponseError as exc:  # NOPERM, or CONFIG renamed away
-                _warn_unchecked(self.r, exc)
-                return
-            if aof != "yes" or setting != "always":
-                log.warning("journal %s: policy fsync, but the Redis server runs appendonly=%s "
-                            "appendfsync=%s; acknowledged events survive a Redis crash only "
-                            "with appendonly yes and appendfsync always", key, aof, setting)
 
     unsynced = False  # each append is one MULTI/EXEC, durable per the server's appendfsync
 
@@ -456,14 +446,3 @@ def _exchange(connection: redis.connection.AbstractConnection, *commands: tuple)
     connection.send_packed_command(connection.pack_commands(commands))
     return [connection.read_response() for _ in commands]
 
-
-def _warn_unchecked(client: redis.Redis, exc: Exception) -> None:
-    kwargs = client.connection_pool.connection_kwargs
-    server = (kwargs.get("host"), kwargs.get("port"), kwargs.get("path"), kwargs.get("username"))
-    if server in _unchecked:
-        return
-    _unchecked.add(server)
-    log.warning("the Redis server refused CONFIG GET (%s), so Kairos could not check its "
-                "durability settings: with the journal policy fsync, acknowledged events "
-                "survive a Redis crash only if it runs appendonly yes and appendfsync always",
-                exc)

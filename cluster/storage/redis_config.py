@@ -1,0 +1,65 @@
+"""The Redis server settings the store depends on, read with CONFIG GET when a journal is opened
+for writing (redis_journal.py), the first thing a shard's start or rebuild does on the store.
+
+- `maxmemory-policy` must be `noeviction`: under any other policy, memory pressure (the
+  server's `maxmemory` reached, by Kairos's keys or anyone's) evicts keys, and a journal's
+  fence, owner and last-LSN keys are keys like any other: a fenced journal whose fence was
+  evicted took an append at LSN 1 from its old writer, which its heir never reads. With
+  `noeviction` the server refuses writes instead (an OOM error: StoreUnavailable), and loses
+  nothing. Anything else is refused (StoreUnavailable naming the setting), so the shard stays
+  UNAVAILABLE, and tries again, until the operator sets it.
+- with the journal policy "fsync", `appendonly yes` and `appendfsync always`: otherwise an
+  acknowledged batch can be lost with the server; warned, not refused ("os" accepts less).
+
+A server or ACL user that refuses CONFIG GET (managed Redis, `-config`) is not an error: the
+store warns once per server and user that it could not check, and what the operator must.
+"""
+from __future__ import annotations
+
+import logging
+
+import redis
+
+from kairos.cluster.storage.store import StoreUnavailable
+
+log = logging.getLogger("kairos.store")
+_unchecked: set[tuple] = set()  # (host, port, path, user) whose settings were not checked
+SETTINGS = ("maxmemory-policy", "appendonly", "appendfsync")
+
+
+def check_server(client: redis.Redis, key: str, policy: str) -> None:
+    """Read the settings (one round trip) for the journal `key` opened with `policy`:
+    StoreUnavailable unless `maxmemory-policy` is `noeviction`; a warning for an "fsync"
+    journal on a server that may lose acknowledged writes (the module's text)."""
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            for name in SETTINGS:
+                pipe.config_get(name)
+            eviction, aof, fsync = (reply.get(name) for name, reply in
+                                    zip(SETTINGS, pipe.execute()))
+    except redis.exceptions.ResponseError as exc:  # NOPERM, or CONFIG renamed away
+        _warn_unchecked(client, exc)
+        return
+    if eviction != "noeviction":
+        raise StoreUnavailable(
+            f"journal {key}: the Redis server runs maxmemory-policy {eviction}, which evicts "
+            f"keys under memory pressure (a journal's fence and owner among them); Kairos "
+            f"writes to it only with maxmemory-policy noeviction (CONFIG SET maxmemory-policy "
+            f"noeviction, and in its redis.conf)")
+    if policy == "fsync" and (aof != "yes" or fsync != "always"):
+        log.warning("journal %s: policy fsync, but the Redis server runs appendonly=%s "
+                    "appendfsync=%s; acknowledged events survive a Redis crash only "
+                    "with appendonly yes and appendfsync always", key, aof, fsync)
+
+
+def _warn_unchecked(client: redis.Redis, exc: Exception) -> None:
+    kwargs = client.connection_pool.connection_kwargs
+    server = (kwargs.get("host"), kwargs.get("port"), kwargs.get("path"), kwargs.get("username"))
+    if server in _unchecked:
+        return
+    _unchecked.add(server)
+    log.warning("the Redis server refused CONFIG GET (%s), so Kairos could not check its "
+                "settings: the operator must see that it runs maxmemory-policy noeviction "
+                "(any other policy may evict a journal's fence and owner under memory "
+                "pressure), and, for the journal policy fsync, appendonly yes and appendfsync "
+                "always (acknowledged events survive a Redis crash only with these)", exc)
