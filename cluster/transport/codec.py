@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import fields
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterator
 
 import msgpack
 import numpy as np
@@ -90,11 +90,12 @@ def _unpacker() -> msgpack.Unpacker:
 
 class Reading:
     """A connection's unpacker and the bytes fed to it: what it holds unread is those less
-    where it stands (`tell`)."""
+    where it stands (`tell`), the frame under way those less where the last frame ended."""
 
     def __init__(self) -> None:
         self.unpacker = _unpacker()
         self.fed = 0
+        self._frame_start = 0  # where the frame under way began in the stream
 
     def feed(self, data: bytes) -> None:
         self.unpacker.feed(data)
@@ -102,6 +103,23 @@ class Reading:
 
     def unread(self) -> int:
         return self.fed - self.unpacker.tell()
+
+    def frames(self) -> Iterator[Any]:
+        """The frames whole in what was fed; ValueError (a bad frame) for one over
+        PLANE_FRAME_BYTES, as soon as that many of its bytes are fed. The unpacker builds a
+        frame as its bytes come, so its buffer's limit bounds only the bytes not parsed yet:
+        without this a frame of many small items could be any size, each item costing more
+        memory than its bytes (a 2-byte [None] a tuple of 48)."""
+        for frame in self.unpacker:
+            end = self.unpacker.tell()
+            self._within_limit(end)
+            self._frame_start = end
+            yield frame
+        self._within_limit(self.fed)
+
+    def _within_limit(self, end: int) -> None:
+        if end - self._frame_start > PLANE_FRAME_BYTES:
+            raise ValueError(f"a frame over PLANE_FRAME_BYTES ({PLANE_FRAME_BYTES})")
 
 
 async def _frames(reader: asyncio.StreamReader, reading: Reading):
@@ -111,7 +129,7 @@ async def _frames(reader: asyncio.StreamReader, reading: Reading):
         if not data:
             return
         reading.feed(data)
-        for frame in reading.unpacker:
+        for frame in reading.frames():
             yield frame
 
 

@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from kairos.cluster.settings import PLANE_FRAME_BYTES
-from kairos.cluster.transport import admission, dataplane
+from kairos.cluster.transport import admission, codec, dataplane
 from kairos.cluster.transport.dataplane import PlaneClosed, PlaneConnection, PlaneServer
 
 from tests.support.waiting import until
@@ -263,3 +263,58 @@ def test_a_call_frame_whose_map_versions_are_no_integers_is_refused_whole(routed
     with pytest.raises(ValueError, match="a call frame is"):
         dataplane._call_frame((1, "session", 1, (["event", 0, "ana"],), routed))
     assert dataplane._call_frame((1, "s", 1, ([], []), (None, 3)))[4] == (None, 3)
+
+
+def _frame_of(size: int) -> bytes:
+    """A valid call frame of exactly `size` bytes, nearly all of it requests of 32 bytes and
+    their map versions (None, 1 byte), its session name making up the rest."""
+    count = (size - 1000) // 33
+    requests, routed = [["x" * 30]] * count, [None] * count
+    pad = size - len(msgpack.packb([0, "", 0, requests, routed])) - 2  # a str16's header
+    frame = msgpack.packb([0, "s" * pad, 0, requests, routed])
+    assert len(frame) == size
+    return frame
+
+
+def test_a_valid_frame_over_the_limit_made_of_small_items_is_refused(monkeypatch):
+    """Review finding: the frame limit bounded only msgpack's unparsed buffer, and the
+    unpacker builds a frame as its bytes come: with a 1 MiB limit a valid 2 MiB frame of
+    small requests was decoded whole and handled (and 2-byte [None] items cost about 30 times
+    their bytes meanwhile). Now it is refused at the limit and the shard serves on."""
+    monkeypatch.setattr(codec, "PLANE_FRAME_BYTES", 1 << 20)  # the setting's floor
+    handled = []
+
+    async def handle(session, seq, requests, routed):
+        handled.append(len(requests))
+        return await _echo(session, seq, requests, routed)
+
+    async def main():
+        server = PlaneServer(handle)
+        address = await server.start("127.0.0.1")
+        await _dropped(address, _frame_of(2 << 20), server.secret)
+        assert handled == []
+        await _answers(address, server.secret)
+        assert handled == [1]
+        server.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("chunk", [1 << 10, 1 << 16, 3 << 20], ids=["1KiB", "64KiB", "whole"])
+def test_a_frame_of_the_limit_passes_and_one_byte_more_is_refused(monkeypatch, chunk):
+    """Each frame counts from where the last ended, however the bytes arrive."""
+    limit = 1 << 20
+    monkeypatch.setattr(codec, "PLANE_FRAME_BYTES", limit)
+    small = msgpack.packb([1, "s", 0, [], []])
+
+    def firsts(stream: bytes) -> list:
+        reading = codec.Reading()
+        got = []
+        for start in range(0, len(stream), chunk):
+            reading.feed(stream[start:start + chunk])
+            got += [frame[0] for frame in reading.frames()]
+        return got
+
+    assert firsts(small + _frame_of(limit) + small + _frame_of(limit)) == [1, 0, 1, 0]
+    with pytest.raises(ValueError, match="over PLANE_FRAME_BYTES"):
+        firsts(small + _frame_of(limit + 1))
