@@ -390,10 +390,18 @@ class PlaneConnection:
             raise
         except OSError as exc:
             failure = PlaneClosed(f"the connection failed: {exc}")
-        self._pending.pop(call, None)
-        self._lost = True
+        except asyncio.CancelledError:  # its caller gave up; the shard may take it all the same
+            self._unanswered(call)
+            raise
+        self._unanswered(call)
         _close(self._writer)  # the reader fails every other call on it
         raise failure
+
+    def _unanswered(self, call: int) -> None:
+        """Forget a call written on the connection whose caller will not learn its answer:
+        its batch may have been taken, so its session may have a gap (`gapped`)."""
+        self._pending.pop(call, None)
+        self._lost = True
 
     async def _read(self) -> None:
         reason = "the shard closed the connection"

@@ -424,6 +424,41 @@ def test_a_shard_that_never_answers_fails_its_calls_after_the_deadline(monkeypat
     asyncio.run(main())
 
 
+def test_a_cancelled_call_is_forgotten_and_counts_as_unanswered():
+    """Review finding: a call whose caller was cancelled left its entry in the pending calls
+    and the connection not lost: once the shard answered it (it took the batch), a later call
+    on the closed connection was told no batch went unanswered, though its caller never
+    learned the answer."""
+    answer = asyncio.Event()
+    taken = []
+
+    async def held(session, seq, requests, routed):
+        taken.append(seq)
+        await answer.wait()
+        return list(requests)
+
+    async def main():
+        server, (host, port) = await _served(held)
+        connection = await PlaneConnection.open(host, port, server.secret)
+        call = asyncio.ensure_future(connection.call("s", 0, [("profile", 4, "c")], [1]))
+        await until(lambda: taken, 5, "the shard to take the batch")
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert connection._pending == {}
+        answer.set()  # the shard answers the call nobody waits for any more
+        assert await connection.call("s", 1, [("profile", 4, "c")], [1]) == \
+            (("profile", 4, "c"),)  # the connection serves on
+        server.close()
+        await until(lambda: connection.closed, 5, "the connection to close")
+        with pytest.raises(NotSent) as unsent:
+            await connection.call("s", 2, [("profile", 4, "c")], [1])
+        assert unsent.value.gapped
+        await connection.close()
+
+    asyncio.run(main())
+
+
 def _listening(rcvbuf: int) -> socket.socket:
     """A socket listening on 127.0.0.1 whose connections take at most about `rcvbuf` bytes
     that their process has not read (the kernel's default grows to megabytes)."""
