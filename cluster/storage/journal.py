@@ -98,12 +98,10 @@ from kairos.cluster.storage.frames import (GAP, LOST, QUARANTINE, SUFFIX, Decode
                                            ambiguous_tail, first_lsn, frame, fsync_directory,
                                            kept_records, misnumbered, past_gaps, read_frames,
                                            scrub, segment_batches, written)
-from kairos.cluster.storage.private_paths import make_private
+from kairos.cluster.storage.private_paths import FILE_MODE, make_private, make_private_dir
 from kairos.cluster.storage.store import JournalFenced
 
 log = logging.getLogger("kairos.store")
-DIR_MODE = 0o700  # every directory of a store: its owner's only
-FILE_MODE = 0o600  # every file of a store
 TORN = ".torn"
 FENCE = "fenced"  # in a journal's directory once another shard took its partitions over
 FENCE_LOCK = "fence.lock"  # flock: fencing (exclusive) waits for snapshot writes (shared)
@@ -167,7 +165,7 @@ class Journal(JournalReader):
         self._opened = time.monotonic()  # when the current segment took its first batch
         self.last_lsn = 0
         self.synced_lsn = 0  # durable up to here (under "fsync"; else it follows last_lsn)
-        self.failed: OSError | None = None  # a sync failed: nothing more is appended
+        self.failed: OSError | None = None  # a sync (or a cut) failed: nothing more is appended
         self._fd: int | None = None
         self._size = 0
         self._synced_size = 0  # of the current segment
@@ -200,9 +198,13 @@ class Journal(JournalReader):
             written = 0
             while written < len(data):
                 written += os.write(self._fd, data[written:])
-        except OSError:
-            os.ftruncate(self._fd, self._size)  # never leave half a batch behind
-            os.lseek(self._fd, self._size, os.SEEK_SET)
+        except OSError as exc:
+            try:  # never leave half a batch behind
+                os.ftruncate(self._fd, self._size)
+                os.lseek(self._fd, self._size, os.SEEK_SET)
+            except OSError as cut:  # half a batch may be left: nothing more goes after it
+                self.failed = cut
+                raise exc from cut
             raise
         if sync and self.policy == "fsync":
             self._fsync()
@@ -481,20 +483,3 @@ def fence_lock(directory: Path, exclusive: bool) -> Iterator[None]:
     finally:
         os.close(fd)  # and with it the lock
 
-
-def make_private_dir(directory: Path) -> None:
-    """Create `directory` and its missing parents with mode 0700 (whatever the umask), each
-    synced into its parent (a crash must not lose a directory a file was written into), or
-    make an existing one private (`make_private`)."""
-    missing = []
-    path = Path(directory)
-    while not path.exists():
-        missing.append(path)
-        if path.parent == path:
-            break
-        path = path.parent
-    for path in reversed(missing):
-        with contextlib.suppress(FileExistsError):  # another shard process was first
-            os.mkdir(path, DIR_MODE)
-        fsync_directory(path.parent)  # its maker may not have yet
-    make_private(Path(directory))

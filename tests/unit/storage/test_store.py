@@ -241,7 +241,7 @@ def test_a_directory_store_syncs_each_folder_it_makes_into_its_parent(tmp_path, 
     """A folder made for a file (the store's own, a partition's homes, a shard's journal) is
     synced into its parent, which then lists it: else a crash could lose the folder and, with
     it, files fsynced and acknowledged in it."""
-    from kairos.cluster.storage import directory_store, journal
+    from kairos.cluster.storage import directory_store, journal, private_paths
     synced = []
 
     def fsync_directory(directory):
@@ -250,6 +250,7 @@ def test_a_directory_store_syncs_each_folder_it_makes_into_its_parent(tmp_path, 
     real = journal.fsync_directory
     monkeypatch.setattr(journal, "fsync_directory", fsync_directory)
     monkeypatch.setattr(directory_store, "fsync_directory", fsync_directory)
+    monkeypatch.setattr(private_paths, "fsync_directory", fsync_directory)  # make_private_dir
     root = tmp_path / "store"
     store = DirectoryStore(root)
     assert (tmp_path, {"store"}) in synced
