@@ -196,11 +196,15 @@ class DirectoryStore:
                 self._unsynced.discard(folder)
 
     def take_partition(self, partition: int) -> dict[str, bytes]:
-        out = {}
-        for path in sorted((self.root / "customers" / f"p{partition}").glob("*.blk")):
-            customer_id, blob = _unpack_home(path, path.read_bytes())
-            out[customer_id] = blob
-            path.unlink()
+        """Every home read before any is removed: a read that fails (StoreUnavailable) takes
+        none, and the take can be tried again."""
+        try:
+            paths = sorted((self.root / "customers" / f"p{partition}").glob("*.blk"))
+            out = dict(_unpack_home(path, path.read_bytes()) for path in paths)
+            for path in paths:
+                path.unlink()
+        except OSError as exc:
+            raise StoreUnavailable(f"moving partition {partition}: {exc}") from exc
         return out
 
     def count(self, partitions: Iterable[int]) -> int:
@@ -211,6 +215,8 @@ class DirectoryStore:
                              if name.endswith(".blk"))
             except FileNotFoundError:
                 pass
+            except OSError as exc:
+                raise StoreUnavailable(f"counting customers: {exc}") from exc
         return total
 
     def put_snapshots(self, snapshots: dict[int, bytes], unless_fenced: str | None = None,
@@ -308,6 +314,8 @@ class DirectoryStore:
             return (self.root / "meta" / key).read_bytes()
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise StoreUnavailable(f"reading meta {key}: {exc}") from exc
 
     def claim(self, owner: str, holder: str) -> None:
         """An exclusive flock on owner.lock, which this process holds until it releases the
