@@ -120,13 +120,22 @@ def _keepalive(writer: asyncio.StreamWriter) -> None:
 
 
 def _close(writer: asyncio.StreamWriter) -> None:
-    """Close a connection, dropping what it has not sent yet: a plain close waits for a peer
-    that stopped reading to take it, which may be never, and keeps the socket and the bytes
-    meanwhile; an abort also wakes whatever waits in drain()."""
+    """Close a connection in order, dropping what it has not sent yet: a plain close waits
+    for a peer that stopped reading to take it, which may be never, and keeps the socket and
+    the bytes meanwhile; an abort also wakes whatever waits in drain(). A TLS transport's
+    buffer leaves out what its socket holds, so where the peer may be gone or not reading,
+    `_drop`."""
     if writer.transport.get_write_buffer_size():
-        writer.transport.abort()
+        _drop(writer)
     else:
         writer.close()
+
+
+def _drop(writer: asyncio.StreamWriter) -> None:
+    """Drop a connection at once: a TLS close waits for the peer's close_notify (asyncio's
+    ssl_shutdown_timeout, 30 s), keeping the socket and what it holds meanwhile. Closing it
+    after this does nothing."""
+    writer.transport.abort()
 
 
 class _Refused(Exception):
@@ -181,6 +190,7 @@ class PlaneServer:
                 await self._calls(reader, writer)
         except (OSError,) + _BAD_FRAME as exc:  # OSError: resets, timeouts
             log.warning("data plane connection dropped: %s", exc)
+            _drop(writer)
         finally:
             self._serving.discard(writer)
             _close(writer)
@@ -207,6 +217,7 @@ class PlaneServer:
             log.debug("refused a data plane handshake: %s", exc)  # strangers: no log flood
         except (OSError, EOFError) as exc:  # closed, reset, made room for another, too slow
             log.debug("a data plane handshake went: %r", exc)
+            _drop(writer)
         finally:
             self._greeting.forget(writer)
         return False
@@ -274,7 +285,7 @@ class PlaneServer:
         except TimeoutError:  # before OSError, which it is
             log.warning("data plane connection dropped: its peer read no answer for %g s",
                         PLANE_CALL_S)
-            _close(writer)
+            _drop(writer)
         except OSError:
             pass  # the connection went: its reader ends it
         finally:
@@ -318,7 +329,7 @@ class PlaneConnection:
                     _keepalive(writer)
                     await cls._handshake(reader, writer, secret)
                 except BaseException:
-                    writer.close()
+                    _drop(writer)
                     raise
         except TimeoutError:
             raise PlaneClosed(f"{host}:{port} did not answer within {HANDSHAKE_S:g} s") from None
@@ -394,7 +405,7 @@ class PlaneConnection:
             self._unanswered(call)
             raise
         self._unanswered(call)
-        _close(self._writer)  # the reader fails every other call on it
+        _drop(self._writer)  # the reader fails every other call on it
         raise failure
 
     def _unanswered(self, call: int) -> None:
@@ -416,6 +427,7 @@ class PlaneConnection:
                     future.set_result(results)
         except (OSError,) + _BAD_FRAME as exc:  # OSError: resets, timeouts
             reason = f"the connection failed: {exc}"
+            _drop(self._writer)
         finally:
             _close(self._writer)
             self._lost |= bool(self._pending)

@@ -14,6 +14,8 @@ import subprocess
 import sys
 import tempfile
 
+import msgpack
+import psutil
 import pytest
 
 from kairos.cluster.protocol import OK, Event, EventAck, request_from
@@ -22,6 +24,7 @@ from kairos.cluster.transport.dataplane import PlaneClosed, PlaneConnection, Pla
 from kairos.cluster.transport.ray_backend import RayBackend
 
 from tests.support.waiting import until
+from tests.unit.transport.test_dataplane_hostile import _handshake
 
 CUSTOMER = "cust-7f3a9e-on-the-wire"
 EVENT = Event(partition=0, customer_id=CUSTOMER, event_type="purchase", time=1.0,
@@ -372,3 +375,39 @@ def test_a_chain_whose_file_cannot_be_removed_still_serves(monkeypatch, tmp_path
     monkeypatch.setattr(os, "unlink", busy)
     _, fingerprint = pinned.server_context()
     assert len(fingerprint) == 32
+
+
+def _established(port: int) -> list:
+    """The shard's side of this process's TCP connections to `port`, still established."""
+    return [c for c in psutil.Process().net_connections("tcp")
+            if c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED]
+
+
+def test_a_dropped_tls_connection_goes_at_once_with_what_its_socket_holds(tls_on):
+    """Review finding: a dropped connection was closed in order unless its transport held
+    bytes, and a TLS transport's count leaves out its socket's: a shard dropping a peer
+    that sent a bad frame and read no answer waited for the peer's close_notify (asyncio's
+    ssl_shutdown_timeout, 30 s), the socket and the answer it held kept all along. A drop
+    now aborts: the shard's socket goes at once."""
+    handled = []
+
+    async def big(session, seq, requests, routed):
+        handled.append(seq)  # its answer is written in this step, before the test goes on
+        return ["x" * (16 << 20)]  # more than loopback's socket buffers take
+
+    async def main():
+        server = PlaneServer(big)
+        host, port = await server.start("127.0.0.1")
+        reader, writer = await asyncio.open_connection(host, port,
+                                                       ssl=pinned.client_context())
+        await _handshake(reader, writer, server.secret)
+        writer.transport.pause_reading()  # a peer alive that reads no answer
+        writer.write(msgpack.packb([0, "s", 0, [1], [None]]))
+        await until(lambda: handled, 5, "the shard to answer")
+        writer.write(b"\xc1")  # a byte msgpack never uses: a bad frame
+        await until(lambda: not server._serving, 5, "the shard to drop the connection")
+        await until(lambda: not _established(port), 5, "the shard's socket to go")
+        writer.transport.abort()
+        server.close()
+
+    asyncio.run(main())
