@@ -88,29 +88,6 @@ def _unpacker() -> msgpack.Unpacker:
                             **_LIMITS)
 
 
-def _limits_only(code: int, data: bytes) -> None:
-    """An ext's payload unpacked under the receiver's limits, and no further: the sender
-    packed it from its type's fields (`_default`), which the receiver's hook finds there."""
-    msgpack.unpackb(data, ext_hook=_limits_only, strict_map_key=False, **_EXT_LIMITS)
-
-
-def check_receivable(frame: bytes, what: str) -> None:
-    """OverflowError unless the receiver's limits take `frame` (`what` it is): one over them
-    would make it drop the connection, failing every call on it. A frame of no more than
-    PLANE_CONTAINER_LEN bytes holds no container that long (an item takes a byte at least),
-    nor anything else over a limit; a longer one is unpacked under the receiver's limits
-    (a quarter of the time packing it took: 3.3 ms for 1,024 replies with a decision)."""
-    if len(frame) > PLANE_FRAME_BYTES:
-        raise OverflowError(f"{what} takes {len(frame)} bytes, over PLANE_FRAME_BYTES "
-                            f"({PLANE_FRAME_BYTES})")
-    if len(frame) > PLANE_CONTAINER_LEN:
-        unpacker = msgpack.Unpacker(ext_hook=_limits_only, strict_map_key=False, **_LIMITS)
-        unpacker.feed(frame)
-        try:
-            unpacker.unpack()
-        except _BAD_FRAME as exc:
-            raise OverflowError(f"{what} is over the receiver's limits: {exc}") from exc
-
 class Reading:
     """A connection's unpacker and the bytes fed to it: what it holds unread is those less
     where it stands (`tell`), the frame under way those less where the last frame ended."""

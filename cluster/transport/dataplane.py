@@ -50,14 +50,14 @@ import struct
 from typing import Awaitable, Callable
 
 from kairos.cluster.settings import (PLANE_CALL_S, PLANE_CONNECTIONS, PLANE_CONTAINER_LEN,
-                                     PLANE_INFLIGHT_CALLS)
+                                     PLANE_FRAME_BYTES, PLANE_INFLIGHT_CALLS)
 from kairos.cluster.shard.sequencer import NotTaken
 from kairos.cluster.throttled import ThrottledWarning
 from kairos.cluster.transport import pinned
 from kairos.cluster.transport.admission import Handshakes
 from kairos.cluster.transport.backend import NotSent
 from kairos.cluster.transport.codec import (_BAD_FRAME, Reading, _call_frame, _frames, _pack,
-                                            check_receivable, read_ahead)
+                                            read_ahead)
 
 log = logging.getLogger("kairos.dataplane")
 # 3: a challenge-response handshake of fixed layouts; 4: outcomes carry a convert's value; 5: a
@@ -271,7 +271,9 @@ class PlaneServer:
                       session: str, seq: int, requests: tuple, routed: tuple) -> None:
         try:
             frame = _pack([call, await self._handle(session, seq, requests, routed)])
-            check_receivable(frame, "the answer")
+            if len(frame) > PLANE_FRAME_BYTES:
+                raise OverflowError(f"the answer takes {len(frame)} bytes, over "
+                                    f"PLANE_FRAME_BYTES ({PLANE_FRAME_BYTES})")
         except Exception as exc:  # the caller learns it at once
             if isinstance(exc, NotTaken):  # its sender's doing
                 self._refusals.warn("refused a data plane call: %s", exc)
@@ -386,7 +388,9 @@ class PlaneConnection:
             raise OverflowError(f"a batch of {len(requests)} requests is over "
                                 f"PLANE_CONTAINER_LEN ({PLANE_CONTAINER_LEN})")
         frame = _pack([call := next(self._calls), session, seq, requests, routed])
-        check_receivable(frame, "the batch")
+        if len(frame) > PLANE_FRAME_BYTES:
+            raise OverflowError(f"the batch takes {len(frame)} bytes, over PLANE_FRAME_BYTES "
+                                f"({PLANE_FRAME_BYTES})")
         future = self._pending[call] = asyncio.get_running_loop().create_future()
         self._writer.write(frame)
         try:

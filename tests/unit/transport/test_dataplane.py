@@ -5,7 +5,6 @@ which handshakes may wait: test_admission.py)."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import socket
 
@@ -15,7 +14,7 @@ import pytest
 
 from kairos.cluster.protocol import (MOVED, OK, Event, EventAck, Moved, ReadProfile,
                                      request_from)
-from kairos.cluster.settings import CLIENT_BATCH_LIMIT, PLANE_CONTAINER_LEN
+from kairos.cluster.settings import CLIENT_BATCH_LIMIT
 from kairos.cluster.transport import codec, dataplane
 from kairos.cluster.transport.backend import NotCarried, NotSent, Unavailable
 from kairos.cluster.transport.client import KairosClient
@@ -120,40 +119,6 @@ def test_a_failing_handler_fails_only_its_call_and_a_closed_server_fails_what_is
         with pytest.raises(NotSent, match="closed") as closed:  # it never left
             await connection.call("s", 2, [("event",)], [1])
         assert closed.value.gapped  # a call went unanswered: it goes in a fresh session
-
-    asyncio.run(main())
-
-
-@pytest.mark.parametrize("inside", ["a list", "a decision"])
-def test_a_frame_the_receivers_limits_refuse_fails_its_call_alone(inside):
-    """Review finding: an answer holding a list over PLANE_CONTAINER_LEN passed the shard's
-    size check, failed to unpack at the client, and the connection dropped: every call on it
-    failed. The shard now answers that call with the error, and a client refuses to send a
-    batch holding one (OverflowError, nothing sent). A decision's fields travel packed in an
-    ext of their own, checked too."""
-    too_long = list(range(PLANE_CONTAINER_LEN + 1))
-    if inside == "a decision":
-        too_long = dataclasses.replace(DECISION, actions=(RANKED,) * len(too_long))
-
-    async def handle(session, seq, requests, routed):
-        if session == "long":
-            return [too_long]
-        await asyncio.sleep(0.2)  # in flight while the long answer is written
-        return list(requests)
-
-    async def main():
-        server, address = await _served(handle)
-        connection = await PlaneConnection.open(*address, server.secret)
-        innocent = asyncio.ensure_future(connection.call("innocent", 0, [1], [None]))
-        with pytest.raises(ShardFailed, match="the answer is over the receiver's limits"):
-            await connection.call("long", 0, [1], [None])
-        assert await innocent == (1,)
-        with pytest.raises(OverflowError, match="the batch is over the receiver's limits"):
-            await connection.call("innocent", 1, [too_long], [None])
-        assert connection._pending == {} and not connection._lost  # nothing left
-        assert await connection.call("innocent", 1, [2], [None]) == (2,)
-        await connection.close()
-        server.close()
 
     asyncio.run(main())
 
