@@ -78,6 +78,7 @@ class Durability:
         self._journaling = journaling
         self._apply = apply
         self._truncated = 0  # the journal holds nothing at or below this LSN that is needed
+        self._unnaming: set[int] = set()  # to be snapshotted without erased ids (_unname_erased)
 
     def snapshot(self, partitions: Iterable[int]) -> int:
         """Write the partitions' snapshots, covering this journal up to its last LSN; the
@@ -130,6 +131,9 @@ class Durability:
         # (or a journal that keeps nothing: policy off, os at a power cut) would lose what the
         # home held, the state handed over or the forgotten customer's aliases
         self.delete_homes(partitions)
+        if not self._unnaming.isdisjoint(partitions):  # the last write naming erased ids
+            self._unnaming.difference_update(partitions)
+            self._ctx.store.erased()
         return customers
 
     def checkpoint(self, changed_before: float, limit: int, budget_s: float = math.inf) -> int:
@@ -151,8 +155,7 @@ class Durability:
         upto = journal.last_lsn if oldest is None else oldest - 1
         if upto > self._truncated:
             # an heir that fenced the journal may have read snapshots older than those just
-            # written (they came after its read, so after the fence): it replays what this
-            # would cut
+            # written (they came after its read, so after the fence): it replays what this would cut
             journal.check_fence()
             journal.truncate(upto)
             self._truncated = upto
@@ -203,6 +206,7 @@ class Durability:
             raise
         self._journaling.erasures_done()
         self.snapshot(mine)  # and again without their ids (one that fails: they are erased again)
+        self._ctx.store.erased()  # Redis: its AOF rewritten (storage/redis_aof.py)
         return dropped
 
     def _compact(self, erase: dict[int, set[str]]) -> int:
@@ -230,6 +234,7 @@ class Durability:
             p = self._ctx.partition_of(customer_id)
             if p in owned:  # else the snapshot recovery reads is its owner's, not this one's
                 self._journaling.mark_dirty(p, lsn, now)
+                self._unnaming.add(p)
 
     def recover(self, sources: dict[int, str] | None = None,
                 leaving: Iterable[int] = ()) -> dict[str, Any]:
@@ -249,8 +254,7 @@ class Durability:
             ctx.store.fence_journal(name)  # before its snapshots and journal are read
         plans: dict[str, dict[int, int]] = {}  # journal -> partition -> LSN its snapshot covers
         unchecked = 0
-        # the customers loaded whose homes were not read: each block's journal, ids, LSNs and
-        # extras
+        # the customers loaded whose homes were not read: each block's journal, ids, LSNs, extras
         unread: list[tuple[str | None, list[str], Any, list]] = []
         for p in sorted(self._ownership.owned):
             blob = ctx.store.get_snapshot(p)

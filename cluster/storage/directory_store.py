@@ -363,6 +363,9 @@ class DirectoryStore:
     def decision_logs(self) -> list[str]:
         return directory_logs(self.root / "decisions")
 
+    def erased(self) -> None:
+        pass  # its files are rewritten (replaced) by the erasure: no history of them is kept
+
     @contextlib.contextmanager
     def _unless_fenced(self, journal: str | None, what: str, lsn: int | None = None
                        ) -> Iterator[None]:

@@ -179,6 +179,9 @@ class MemoryStore:
     def release(self, owner: str) -> None:
         pass
 
+    def erased(self) -> None:
+        pass  # no history of its writes is kept
+
     def _check_unfenced(self, journal: str | None) -> None:
         if journal in self._fenced:  # one process: the check and the write are one step
             raise JournalFenced.of(journal)

@@ -1,5 +1,6 @@
-"""The Redis server settings the store depends on, read with CONFIG GET when a journal is opened
-for writing (redis_journal.py), the first thing a shard's start or rebuild does on the store.
+"""A Redis store's configuration: its URL's parameters (`check_parameters`, redis_store.py),
+and the server settings it depends on, read with CONFIG GET when a journal is opened for
+writing (`check_server`, redis_journal.py), the first thing a shard's start or rebuild does:
 
 - `maxmemory-policy` must be `noeviction`: under any other policy, memory pressure (the
   server's `maxmemory` reached, by Kairos's keys or anyone's) evicts keys, and a journal's
@@ -17,14 +18,40 @@ store warns once per server and user that it could not check, and what the opera
 from __future__ import annotations
 
 import logging
+import os
 
 import redis
 
-from kairos.cluster.storage.store import StoreUnavailable
+from kairos.cluster.storage.store import StoreUnavailable, redact
 
 log = logging.getLogger("kairos.store")
 _unchecked: set[tuple] = set()  # (host, port, path, user) whose settings were not checked
 SETTINGS = ("maxmemory-policy", "appendonly", "appendfsync")
+TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+TLS_PARAMETERS = (*TLS_FILES, "ssl_cert_reqs")
+
+
+def check_parameters(url: str, scheme: str, query: dict[str, list[str]]) -> None:
+    """Every parameter known, given once, TLS ones only with rediss://, files present."""
+    for name, values in query.items():
+        where = f"store {redact(url)}: parameter {name!r}"
+        if name not in ("password", "db", *TLS_PARAMETERS):
+            known = ", ".join(("prefix", "password", "db", *TLS_PARAMETERS))
+            raise ValueError(f"{where} is unknown (known: {known})")
+        if len(values) != 1:
+            raise ValueError(f"{where} is given {len(values)} times")
+        if name == "db" and (scheme != "unix" or not values[0].isdigit()):
+            raise ValueError(f"{where}: a socket's (unix://) database, a number (redis:// and "
+                             f"rediss:// name theirs after the host: /0)")
+        if name in TLS_PARAMETERS and scheme != "rediss":
+            raise ValueError(f"{where} needs TLS: use rediss://")
+        if name in TLS_FILES and not os.access(values[0], os.R_OK):
+            raise ValueError(f"{where}: {values[0]!r} is not a readable file on this node")
+        if name == "ssl_cert_reqs" and values[0] not in ("none", "optional", "required"):
+            raise ValueError(f"{where} must be none, optional or required")
+    if query.get("ssl_cert_reqs") == ["none"]:
+        log.warning("store %s: TLS without verifying the server's certificate "
+                    "(ssl_cert_reqs=none)", redact(url))
 
 
 def check_server(client: redis.Redis, key: str, policy: str) -> None:

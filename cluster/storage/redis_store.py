@@ -44,9 +44,10 @@ import msgpack
 import redis
 
 from kairos.cluster.settings import REDIS_TIMEOUT_S
-from kairos.cluster.storage import lsn_records, redis_chunks
+from kairos.cluster.storage import lsn_records, redis_aof, redis_chunks
 from kairos.cluster.storage.decision_logs import Entry, entry_size
 from kairos.cluster.storage.ownership import LEASE_S
+from kairos.cluster.storage.redis_config import check_parameters
 from kairos.cluster.storage.redis_errors import ERRORS, unavailable
 from kairos.cluster.storage.redis_journal import (REPLAY_PAGE, RedisJournal, RedisReader,
                                                    guarded, owns)
@@ -74,33 +75,6 @@ def _chunks(items: Iterable[T], size: Callable[[T], int]) -> Iterator[list[T]]:
             chunk, total = [], 0
     if chunk:
         yield chunk
-
-
-TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
-TLS_PARAMETERS = (*TLS_FILES, "ssl_cert_reqs")
-
-
-def _check_parameters(url: str, scheme: str, query: dict[str, list[str]]) -> None:
-    """Every parameter known, given once, TLS ones only with rediss://, files present."""
-    for name, values in query.items():
-        where = f"store {redact(url)}: parameter {name!r}"
-        if name not in ("password", "db", *TLS_PARAMETERS):
-            known = ", ".join(("prefix", "password", "db", *TLS_PARAMETERS))
-            raise ValueError(f"{where} is unknown (known: {known})")
-        if len(values) != 1:
-            raise ValueError(f"{where} is given {len(values)} times")
-        if name == "db" and (scheme != "unix" or not values[0].isdigit()):
-            raise ValueError(f"{where}: a socket's (unix://) database, a number (redis:// and "
-                             f"rediss:// name theirs after the host: /0)")
-        if name in TLS_PARAMETERS and scheme != "rediss":
-            raise ValueError(f"{where} needs TLS: use rediss://")
-        if name in TLS_FILES and not os.access(values[0], os.R_OK):
-            raise ValueError(f"{where}: {values[0]!r} is not a readable file on this node")
-        if name == "ssl_cert_reqs" and values[0] not in ("none", "optional", "required"):
-            raise ValueError(f"{where} must be none, optional or required")
-    if query.get("ssl_cert_reqs") == ["none"]:
-        log.warning("store %s: TLS without verifying the server's certificate "
-                    "(ssl_cert_reqs=none)", redact(url))
 
 
 class RedisLog:
@@ -182,6 +156,8 @@ class RedisLog:
         dropped = 0
         while page := list(itertools.islice(theirs, REPLAY_PAGE)):
             dropped += self._remove(page)
+        if dropped:  # the ZREMs, and the members they name, stay in the AOF till a rewrite
+            redis_aof.rewrite(self.r)
         return dropped
 
     def _remove(self, members: list[bytes]) -> int:
@@ -290,7 +266,7 @@ class RedisStore:
             raise ValueError(f"store {redact(url)}: parameter 'prefix' must be given once, "
                              f"not empty")
         self.prefix = prefixes[0]
-        _check_parameters(url, parsed.scheme, query)
+        check_parameters(url, parsed.scheme, query)
         self.url = url
         self._owners: dict[str, str] = {}  # journal -> the incarnation written as (own_journal)
         try:
@@ -463,6 +439,9 @@ class RedisStore:
     @unavailable("reading meta")
     def get_meta(self, key: str) -> bytes | None:
         return redis_chunks.get(self.r, self.prefix, key)
+
+    def erased(self) -> None:
+        redis_aof.rewrite(self.r)  # redis_aof.py: the AOF forgets what was erased
 
     @unavailable("claiming the store")
     def claim(self, owner: str, holder: str) -> None:

@@ -315,6 +315,11 @@ class Store(Protocol):
     def release(self, owner: str) -> None:
         """Give the claim up, if `owner` holds it (a controller that stops)."""
 
+    def erased(self) -> None:
+        """A step of ForgetCustomer's erasure wrote its last change (durability.py): a store
+        that keeps a history of its writes beside its data (Redis's append-only file) has it
+        drop them, best effort and in the background (redis_aof.py); the others, nothing."""
+
 
 def intact_homes(store: Store, partition: int, customer_ids: list[str]) -> list[bytes | None]:
     """`store.get_many`, but with None for a damaged home (StoreCorrupt) rather than failing
