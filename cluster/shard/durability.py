@@ -205,8 +205,10 @@ class Durability:
             self._journaling.erase_again()
             raise
         self._journaling.erasures_done()
-        self.snapshot(mine)  # and again without their ids (one that fails: they are erased again)
-        self._ctx.store.erased()  # Redis: its AOF rewritten (storage/redis_aof.py)
+        try:
+            self.snapshot(mine)  # again without their ids (one that fails: erased again later)
+        finally:  # the journal is rewritten, the homes deleted: asked even if that snapshot fails
+            self._ctx.store.erased()  # Redis: its AOF rewritten (storage/redis_aof.py)
         return dropped
 
     def _compact(self, erase: dict[int, set[str]]) -> int:
@@ -400,8 +402,7 @@ class Durability:
         for lsn, record in chunk:
             # not in a snapshot yet: the journal must keep it
             journaling.mark_dirty(record.partition, lsn, self._ctx.clock())
-            # a claim is noted in the directory, not in the customer's home, whatever the
-            # home holds or whether it can be read
+            # a claim is noted in the directory, not in the home: whatever it holds, damaged or not
             if record.kind in STAMPED and record.kind != "claim":
                 damaged = self._residency.probe(record.customer_id, record.partition)
                 held = journaling.holds(record.customer_id, lsn)

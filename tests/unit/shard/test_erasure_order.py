@@ -124,3 +124,35 @@ def test_a_failed_journal_rewrite_erases_the_customer_at_the_next_tick(compiled,
     clock.now += 120
     s.tick()
     assert files_holding(tmp_path, gone) == []
+
+
+def test_an_erasure_whose_last_snapshot_fails_still_asks_the_store_to_forget(compiled,
+                                                                              tmp_path):
+    """The erase tick's second snapshot (the one without the ids) fails once the journal is
+    rewritten: the store is still asked to forget (Redis: its AOF rewritten), as the next
+    erase has nothing left to ask it for."""
+    clock = Clock()
+    s = shard(compiled, store=DirectoryStore(tmp_path), clock=clock)
+    gone = "ana-secret@example.com"
+    s.process([event(gone, "page_view", T0 + i, category="home") for i in range(3)])
+    s.process([forget(gone)])
+    asked: list[int] = []
+    s.store.erased = lambda: asked.append(1)
+    compact, put_snapshots = s.journal.compact, s.store.put_snapshots
+
+    def compacted(*args, **kwargs):
+        dropped = compact(*args, **kwargs)
+        asked.clear()  # those before the rewrite (the first snapshot's) do not count
+
+        def full(*args, **kwargs):
+            raise StoreUnavailable("the store went away")
+        s.store.put_snapshots = full  # the snapshot after the rewrite fails
+        return dropped
+    s.journal.compact = compacted
+    with pytest.raises(StoreUnavailable):
+        s.tick()
+    assert asked == [1]
+    s.store.put_snapshots = put_snapshots
+    clock.now += 120
+    s.tick()
+    assert files_holding(tmp_path / "journals", gone) == []
