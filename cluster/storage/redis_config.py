@@ -12,7 +12,8 @@ writing (`check_server`, redis_journal.py), the first thing a shard's start or r
 - with the journal policy "fsync", `appendonly yes` and `appendfsync always`: otherwise an
   acknowledged batch can be lost with the server; warned, not refused ("os" accepts less).
 
-A server or ACL user that refuses CONFIG GET (managed Redis, `-config`) is not an error: the
+A server or ACL user that refuses CONFIG GET (managed Redis, `-config`), or a
+Redis-compatible server that answers it with no value for a setting, is not an error: the
 store warns once per server and user that it could not check, and what the operator must.
 """
 from __future__ import annotations
@@ -56,37 +57,41 @@ def check_parameters(url: str, scheme: str, query: dict[str, list[str]]) -> None
 
 def check_server(client: redis.Redis, key: str, policy: str) -> None:
     """Read the settings (one round trip) for the journal `key` opened with `policy`:
-    StoreUnavailable unless `maxmemory-policy` is `noeviction`; a warning for an "fsync"
-    journal on a server that may lose acknowledged writes (the module's text)."""
+    StoreUnavailable unless `maxmemory-policy` is `noeviction` (or not given: warned); a
+    warning for an "fsync" journal on a server that may lose acknowledged writes (the
+    module's text)."""
     try:
         with client.pipeline(transaction=False) as pipe:
             for name in SETTINGS:
                 pipe.config_get(name)
-            eviction, aof, fsync = (reply.get(name) for name, reply in
-                                    zip(SETTINGS, pipe.execute()))
+            values = [reply.get(name) for name, reply in zip(SETTINGS, pipe.execute())]
     except redis.exceptions.ResponseError as exc:  # NOPERM, or CONFIG renamed away
-        _warn_unchecked(client, exc)
+        _warn_unchecked(client, f"was refused ({exc})")
         return
-    if eviction != "noeviction":
+    missing = [name for name, value in zip(SETTINGS, values) if value is None]
+    if missing:  # a Redis-compatible server without them: unchecked, as if refused
+        _warn_unchecked(client, f"gave no value for {', '.join(missing)}")
+    eviction, aof, fsync = values
+    if eviction not in ("noeviction", None):
         raise StoreUnavailable(
             f"journal {key}: the Redis server runs maxmemory-policy {eviction}, which evicts "
             f"keys under memory pressure (a journal's fence and owner among them); Kairos "
             f"writes to it only with maxmemory-policy noeviction (CONFIG SET maxmemory-policy "
             f"noeviction, and in its redis.conf)")
-    if policy == "fsync" and (aof != "yes" or fsync != "always"):
+    if policy == "fsync" and None not in (aof, fsync) and (aof != "yes" or fsync != "always"):
         log.warning("journal %s: policy fsync, but the Redis server runs appendonly=%s "
                     "appendfsync=%s; acknowledged events survive a Redis crash only "
                     "with appendonly yes and appendfsync always", key, aof, fsync)
 
 
-def _warn_unchecked(client: redis.Redis, exc: Exception) -> None:
+def _warn_unchecked(client: redis.Redis, why: str) -> None:
     kwargs = client.connection_pool.connection_kwargs
     server = (kwargs.get("host"), kwargs.get("port"), kwargs.get("path"), kwargs.get("username"))
     if server in _unchecked:
         return
     _unchecked.add(server)
-    log.warning("the Redis server refused CONFIG GET (%s), so Kairos could not check its "
+    log.warning("the Redis server's CONFIG GET %s, so Kairos could not check its "
                 "settings: the operator must see that it runs maxmemory-policy noeviction "
                 "(any other policy may evict a journal's fence and owner under memory "
                 "pressure), and, for the journal policy fsync, appendonly yes and appendfsync "
-                "always (acknowledged events survive a Redis crash only with these)", exc)
+                "always (acknowledged events survive a Redis crash only with these)", why)

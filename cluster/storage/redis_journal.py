@@ -148,6 +148,9 @@ class RedisJournal(RedisReader):
         self.disowned = False  # found another incarnation the owner: nothing more is written
         self.fenced = False
         self.failed: str | None = None  # why a batch is in doubt: nothing more is appended
+        # fenced or disowned first: that stops the shard, where a refused server (below) is
+        # StoreUnavailable, which it retries
+        self.check_fence()
         check_server(client, key, policy)  # refused under an evicting server (redis_config.py)
         kwargs = client.connection_pool.connection_kwargs
         self._where = (*(kwargs.get(k) for k in ("host", "port", "path", "db")), key)

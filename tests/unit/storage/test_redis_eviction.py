@@ -45,7 +45,8 @@ def test_the_probes_fenced_journal_under_memory_pressure_takes_no_append(server)
             admin.set(f"kairos:m:filler{i}", b"x" * 2000)
         with pytest.raises(StoreUnavailable) as refused:
             RedisStore(server.url).journal("s0", "fsync").append([["y", 2]])
-        assert "noeviction" in str(refused.value)
+        # its fence kept: refused as fenced (checked first); evicted: for the server's policy
+        assert isinstance(refused.value, JournalFenced) or "noeviction" in str(refused.value)
         assert [lsn for _, lsn in admin.zrange("kairos:j:s0", 0, -1, withscores=True)] \
             in ([], [1.0])  # evicted or kept: never a batch appended after the fence
 
@@ -74,3 +75,34 @@ def test_a_server_that_refuses_config_is_warned_about_naming_noeviction(server, 
         store.journal("s1", "fsync")
     warnings = [r.getMessage() for r in caplog.records if "CONFIG" in r.getMessage()]
     assert len(warnings) == 1 and "maxmemory-policy noeviction" in warnings[0], caplog.text
+
+
+def test_a_fenced_journal_on_a_server_that_evicts_is_refused_as_fenced(server):
+    """The fence first: JournalFenced stops the old writer's shard, where StoreUnavailable
+    (the server's setting) would have it retry."""
+    store = RedisStore(server.url)
+    store.own_journal("s0", "inc1", claim=True)
+    store.journal("s0", "fsync")
+    store.fence_journal("s0")
+    with server.client() as admin:
+        admin.config_set("maxmemory-policy", "allkeys-lru")
+    with pytest.raises(JournalFenced):
+        store.journal("s0", "fsync")
+
+
+def test_a_server_that_gives_no_maxmemory_policy_is_warned_about_not_refused(server, caplog,
+                                                                              monkeypatch):
+    """A Redis-compatible server whose CONFIG GET answers no value (as Redis does for a name
+    it does not know: an empty reply, which the client's parser sees here) is unchecked, as
+    one that refuses CONFIG GET: warned once, the journal opened."""
+    monkeypatch.setattr(redis_config, "_unchecked", set())
+    store = RedisStore(server.url)
+    store.r.set_response_callback("CONFIG GET", lambda response, **options: {})
+    store.own_journal("s0", "inc1", claim=True)
+    with caplog.at_level(logging.WARNING, "kairos.store"):
+        assert store.journal("s0", "fsync").append([["x", 1]]) == 1
+        store.journal("s1", "os")
+    warnings = [r.getMessage() for r in caplog.records if "CONFIG" in r.getMessage()]
+    assert len(warnings) == 1, caplog.text
+    assert "no value for maxmemory-policy, appendonly, appendfsync" in warnings[0]
+    assert "maxmemory-policy noeviction" in warnings[0]
