@@ -44,8 +44,8 @@ from typing import Callable, Iterator
 
 import msgpack
 
-from kairos.cluster.storage.frames import HEADER
-from kairos.cluster.storage.journal import FILE_MODE, fsync_directory, make_private_dir
+from kairos.cluster.storage.frames import HEADER, fsync_directory
+from kairos.cluster.storage.private_paths import FILE_MODE, make_private_dir
 from kairos.cluster.storage.store import StoreUnavailable
 
 log = logging.getLogger("kairos.store")

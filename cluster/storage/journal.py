@@ -366,17 +366,22 @@ class Journal(JournalReader):
 
     def close(self) -> None:
         """Close the segment. Batches no sync covered are cut (none was acknowledged), and
-        the journal takes no more appends or syncs: nothing could make them durable now."""
+        the journal takes no more appends or syncs: nothing could make them durable now. A
+        cut that fails raises its error, the file closed all the same: what it left (whole
+        batches never acknowledged) is replayed by the next opening, which the caller must
+        know."""
         with self._lock:
             if self._fd is None:
                 return
             if self.failed is None and self.synced_lsn < self.last_lsn:
                 self.failed = OSError(f"closed with LSNs {self.synced_lsn + 1}-"
                                       f"{self.last_lsn} not synced")
-            if self.failed is not None:  # written after the last good sync: never acked
-                os.ftruncate(self._fd, self._synced_size)
-            os.close(self._fd)
-            self._fd = None
+            fd, self._fd = self._fd, None
+            try:
+                if self.failed is not None:  # written after the last good sync: never acked
+                    os.ftruncate(fd, self._synced_size)
+            finally:
+                os.close(fd)
 
     # -- opening -------------------------------------------------------------------------------
 

@@ -21,9 +21,9 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from kairos.cluster.storage.frames import Decode
-from kairos.cluster.storage.journal import (FENCE, FENCE_LOCK, FILE_MODE, Journal, fence_lock,
-                                            fsync_directory)
+from kairos.cluster.storage.frames import Decode, fsync_directory
+from kairos.cluster.storage.journal import FENCE, FENCE_LOCK, Journal, fence_lock
+from kairos.cluster.storage.private_paths import FILE_MODE
 from kairos.cluster.storage.store import JournalDisowned, JournalFenced
 
 OWNER = "owner"

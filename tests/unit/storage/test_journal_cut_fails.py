@@ -40,3 +40,28 @@ def test_a_failed_cut_after_a_failed_write_stops_the_journal_and_keeps_the_write
         journal.append([["carol", 3]])  # never written after the half frame
     journal.close()  # cuts what no sync covered: the half frame
     assert list(Journal(tmp_path / "j", "fsync").replay()) == [(1, ["alice", 1])]
+
+
+def test_closing_after_a_failed_cut_closes_the_file_even_when_the_cut_fails_again(
+        tmp_path, monkeypatch):
+    """The closing cut fails too: its error is raised, and the segment's descriptor is closed
+    all the same (it was left open)."""
+    journal = Journal(tmp_path / "j", "fsync")
+    assert journal.append([["alice", 1]]) == 1
+    fd = journal._fd
+
+    def failing(*args) -> None:
+        raise OSError(errno.EIO, "failed")
+
+    monkeypatch.setattr(os, "write", failing)
+    monkeypatch.setattr(os, "ftruncate", failing)
+    with pytest.raises(OSError):
+        journal.append([["bob", 2]])
+    assert journal.failed is not None
+    with pytest.raises(OSError, match="failed"):
+        journal.close()
+    monkeypatch.undo()
+    assert journal._fd is None
+    with pytest.raises(OSError) as closed:
+        os.fstat(fd)
+    assert closed.value.errno == errno.EBADF
