@@ -12,7 +12,11 @@ forked before the erasure, so it is asked for again (the same way). A server wit
 after the snapshot that stops naming a customer erased from the logs, and by
 `RedisLog.erase`. A refusal (an ACL user without +bgrewriteaof, a renamed command) is warned
 about once per server and user, and asked again at the next erasure; an unreachable server
-(which the store's own calls report) is logged at INFO.
+(which the store's own calls report) is logged at INFO. A server's rewriter sends with the
+client of the store that asked last, so a store opened with a rotated password replaces one
+whose password the server no longer takes. A rewrite waiting out the throttle is a daemon
+timer in this process: a process that exits first never sends it (the next erasure's, or
+the server's own rewrite, drops what it would have).
 """
 from __future__ import annotations
 
@@ -37,19 +41,20 @@ def rewrite(client: redis.Redis) -> None:
     server = tuple(kwargs.get(k) for k in ("host", "port", "path", "username"))
     with _lock:
         rewriter = _rewriters.setdefault(server, _Rewriter(client))
-    rewriter.ask()
+    rewriter.ask(client)
 
 
 class _Rewriter:
     def __init__(self, client: redis.Redis):
-        self.r = client
+        self.r = client  # the latest asker's: a rotated password is the one that works
         self._lock = threading.Lock()
         self._started = -math.inf  # when the last BGREWRITEAOF was sent (monotonic)
         self._pending: threading.Timer | None = None  # one to send, after every erasure asked
         self._warned = False  # a refusal logged (once: each erasure still asks)
 
-    def ask(self) -> None:
+    def ask(self, client: redis.Redis) -> None:
         with self._lock:
+            self.r = client
             if self._pending is not None:
                 return  # the one pending is sent after this erasure: it covers it
             wait = self._started + REWRITE_EVERY_S - time.monotonic()
@@ -59,15 +64,15 @@ class _Rewriter:
 
     def _send(self) -> None:
         with self._lock:
-            self._pending, self._started = None, time.monotonic()
+            self._pending, self._started, r = None, time.monotonic(), self.r
         try:
             with contextlib.suppress(redis.exceptions.ResponseError):  # INFO refused: try
-                if self.r.info("persistence").get("aof_enabled") == 0:
+                if r.info("persistence").get("aof_enabled") == 0:
                     return
-            self.r.bgrewriteaof()
+            r.bgrewriteaof()
         except redis.exceptions.ResponseError as exc:
             if "in progress" in str(exc):  # it may have forked before the erasure
-                self.ask()
+                self.ask(self.r)  # the latest asker's client
             elif not self._warned:
                 self._warned = True
                 log.warning("the Redis server refused BGREWRITEAOF (%s): its append-only file "

@@ -124,3 +124,20 @@ def test_a_user_refused_bgrewriteaof_is_warned_once_and_the_erasure_goes_on(serv
         wait_for(lambda: rewriter._pending is None, "the asks sent")
     assert caplog.text.count("refused BGREWRITEAOF") == 1
     assert rewrites(server) == 0
+
+
+def test_a_store_with_a_rotated_password_has_the_next_rewrite_sent_with_it(server,
+                                                                            monkeypatch):
+    """The rewriter of a server and user sends with the client that asked last: one kept
+    from the first store, its password rotated away, would fail every rewrite (INFO only)."""
+    monkeypatch.setattr(redis_aof, "REWRITE_EVERY_S", 0.0)
+    with server.client() as admin:
+        admin.execute_command("ACL", "SETUSER", "kairos", "on", ">old", "~*", "+@all")
+    RedisStore(f"redis://kairos:old@127.0.0.1:{server.port}/0").erased()
+    wait_for(lambda: rewrites(server) == 1 and rewritten(server), "the first rewrite")
+    with server.client() as admin:  # rotated: the old password's connections dropped
+        admin.execute_command("ACL", "SETUSER", "kairos", "resetpass", ">new")
+        admin.execute_command("CLIENT", "KILL", "USER", "kairos")
+    RedisStore(f"redis://kairos:new@127.0.0.1:{server.port}/0").erased()
+    wait_for(lambda: rewrites(server) == 2 and rewritten(server),
+             "a second rewrite, sent with the new password")
