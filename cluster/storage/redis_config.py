@@ -66,11 +66,11 @@ def check_server(client: redis.Redis, key: str, policy: str) -> None:
                 pipe.config_get(name)
             values = [reply.get(name) for name, reply in zip(SETTINGS, pipe.execute())]
     except redis.exceptions.ResponseError as exc:  # NOPERM, or CONFIG renamed away
-        _warn_unchecked(client, f"was refused ({exc})")
+        _warn_unchecked(client, f"refused CONFIG GET ({exc})")
         return
     missing = [name for name, value in zip(SETTINGS, values) if value is None]
     if missing:  # a Redis-compatible server without them: unchecked, as if refused
-        _warn_unchecked(client, f"gave no value for {', '.join(missing)}")
+        _warn_unchecked(client, f"gave CONFIG GET no value for {', '.join(missing)}")
     eviction, aof, fsync = values
     if eviction not in ("noeviction", None):
         raise StoreUnavailable(
@@ -90,7 +90,7 @@ def _warn_unchecked(client: redis.Redis, why: str) -> None:
     if server in _unchecked:
         return
     _unchecked.add(server)
-    log.warning("the Redis server's CONFIG GET %s, so Kairos could not check its "
+    log.warning("the Redis server %s, so Kairos could not check its "
                 "settings: the operator must see that it runs maxmemory-policy noeviction "
                 "(any other policy may evict a journal's fence and owner under memory "
                 "pressure), and, for the journal policy fsync, appendonly yes and appendfsync "

@@ -148,20 +148,21 @@ class RedisJournal(RedisReader):
         self.disowned = False  # found another incarnation the owner: nothing more is written
         self.fenced = False
         self.failed: str | None = None  # why a batch is in doubt: nothing more is appended
-        # fenced or disowned first: that stops the shard, where a refused server (below) is
-        # StoreUnavailable, which it retries
-        self.check_fence()
-        check_server(client, key, policy)  # refused under an evicting server (redis_config.py)
         kwargs = client.connection_pool.connection_kwargs
         self._where = (*(kwargs.get(k) for k in ("host", "port", "path", "db")), key)
-        doubt = _in_doubt.get(self._where)
-        if doubt is not None:  # its round was answered UNAVAILABLE: taken back if it is there
-            try:
+        try:
+            # fenced or disowned first: that stops the shard, where a server refused below is
+            # StoreUnavailable, which it retries
+            with self.r.pipeline(transaction=False) as pipe:
+                self._refuse(*pipe.get(self.fence).get(self.owner_key).execute())
+            check_server(client, key, policy)  # refused if it evicts keys (redis_config.py)
+            doubt = _in_doubt.get(self._where)
+            if doubt is not None:  # its round was answered UNAVAILABLE: taken back if there
                 self._settle(*doubt, keep=False)
-            except JournalFenced:  # past taking back: the heir replayed it (module text)
                 del _in_doubt[self._where]
-                raise
-            del _in_doubt[self._where]
+        except JournalFenced:  # a batch in doubt is past taking back: the heir replayed it
+            _in_doubt.pop(self._where, None)  # (the module's text)
+            raise
         with self.r.pipeline(transaction=False) as pipe:
             pipe.get(self.last)
             pipe.get(self.fence)

@@ -104,5 +104,6 @@ def test_a_server_that_gives_no_maxmemory_policy_is_warned_about_not_refused(ser
         store.journal("s1", "os")
     warnings = [r.getMessage() for r in caplog.records if "CONFIG" in r.getMessage()]
     assert len(warnings) == 1, caplog.text
-    assert "no value for maxmemory-policy, appendonly, appendfsync" in warnings[0]
+    assert "gave CONFIG GET no value for maxmemory-policy, appendonly, appendfsync" \
+        in warnings[0]
     assert "maxmemory-policy noeviction" in warnings[0]
