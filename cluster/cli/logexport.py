@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         records = exported(remote, args.since, args.until, args.channel, args.max_records,
                            shortfall)
         written = write_records(records, out, is_parquet(args.out))
-    from kairos.cluster.storage.journal import fsync_directory  # see page()
+    from kairos.cluster.storage.frames import fsync_directory  # see page()
     fsync_directory(out_path.parent)  # where the name is, a link's too
     print(f"wrote {written} decision records to {args.out}")
     if shortfall.more:
