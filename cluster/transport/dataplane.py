@@ -72,14 +72,11 @@ MAGIC = b"KAIROSDP"
 NONCE_BYTES = 32
 _CHALLENGE = struct.Struct(f">8sH{NONCE_BYTES}s")
 _RESPONSE = struct.Struct(f">8sH{NONCE_BYTES}s32s")
-# A peer that vanished without closing (its node lost power) is noticed by the kernel after
-# TCP_USER_TIMEOUT, PLANE_CALL_S + UNACKED_PAST_CALL_S: that long without an acknowledgement
-# of what was sent or, the connection idle, an answer to keepalive's probes (sent after IDLE s
-# of silence, every INTERVAL s; with a user timeout set Linux gives up at it, not after COUNT
-# probes). Not sooner: a peer alive that reads nothing (a zero window) times out the same way,
-# and whether that is a failure is for the calls' deadline, PLANE_CALL_S (up to an hour).
+# A peer that vanished without closing (its node lost power) is noticed after about
+# IDLE + INTERVAL × COUNT seconds of silence by TCP keepalive, or, while frames wait for its
+# acknowledgement (when keepalive sends nothing), after UNACKED_S.
 KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 5, 1, 3
-UNACKED_PAST_CALL_S = 5.0
+UNACKED_S = 10
 HANDSHAKE_S = 10.0  # to connect and be greeted, or to greet
 # connections the kernel queues for accepting (asyncio's default is 100): a burst of connects
 # past it waits for SYN retries, a second or more. Linux caps it at net.core.somaxconn (4096
@@ -117,8 +114,7 @@ def _keepalive(writer: asyncio.StreamWriter) -> None:
     for option, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE_S),
                           ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
                           ("TCP_KEEPCNT", KEEPALIVE_COUNT),
-                          ("TCP_USER_TIMEOUT",
-                           round((PLANE_CALL_S + UNACKED_PAST_CALL_S) * 1000))):
+                          ("TCP_USER_TIMEOUT", UNACKED_S * 1000)):
         if hasattr(socket, option):  # Linux; elsewhere the system's defaults apply
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 

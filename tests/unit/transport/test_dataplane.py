@@ -459,29 +459,6 @@ def test_a_cancelled_call_is_forgotten_and_counts_as_unanswered():
     asyncio.run(main())
 
 
-@pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="Linux's option")
-@pytest.mark.parametrize("deadline", [0.5, 30.0, 3600.0])
-def test_the_kernel_gives_up_on_a_peer_only_past_the_calls_deadline(monkeypatch, deadline):
-    """Review finding: both ends set TCP_USER_TIMEOUT to 10 s, which also resets a connection
-    whose peer is alive but reads nothing for 10 s (a zero window), before the calls'
-    deadline, PLANE_CALL_S (30 s by default, up to an hour), says it failed."""
-    monkeypatch.setattr(dataplane, "PLANE_CALL_S", deadline)
-
-    async def main():
-        server, address = await _served()
-        connection = await PlaneConnection.open(*address, server.secret)
-        await until(lambda: server._serving, 5, "the shard to serve the connection")
-        for writer in (connection._writer, *server._serving):
-            user_timeout_ms = writer.get_extra_info("socket").getsockopt(
-                socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
-            assert user_timeout_ms > deadline * 1000
-            assert user_timeout_ms == round((deadline + dataplane.UNACKED_PAST_CALL_S) * 1000)
-        await connection.close()
-        server.close()
-
-    asyncio.run(main())
-
-
 def _listening(rcvbuf: int) -> socket.socket:
     """A socket listening on 127.0.0.1 whose connections take at most about `rcvbuf` bytes
     that their process has not read (the kernel's default grows to megabytes)."""
