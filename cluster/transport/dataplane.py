@@ -39,6 +39,7 @@ not yet sent: a stopped process keeps its connections open and would hold them f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import itertools
@@ -72,12 +73,18 @@ MAGIC = b"KAIROSDP"
 NONCE_BYTES = 32
 _CHALLENGE = struct.Struct(f">8sH{NONCE_BYTES}s")
 _RESPONSE = struct.Struct(f">8sH{NONCE_BYTES}s32s")
-# A peer that vanished without closing (its node lost power) is noticed after about
-# IDLE + INTERVAL × COUNT seconds of silence by TCP keepalive, or, while frames wait for its
-# acknowledgement (when keepalive sends nothing), after UNACKED_S.
+# A peer that vanished without closing (its node lost power) is noticed by the kernel after
+# UNACKED_S (TCP_USER_TIMEOUT) without an acknowledgement of what was sent or, the connection
+# idle, an answer to keepalive's probes (sent after IDLE s of silence, every INTERVAL s; with a
+# user timeout set Linux gives up at it, not after COUNT probes), so that a call on a pooled
+# connection to a node gone finds it closed (not sent) rather than waiting out PLANE_CALL_S. A
+# peer alive that reads nothing for as long (a zero window: its loop stalled with megabytes
+# buffered) is cut off the same way, before PLANE_CALL_S: noticing a vanished node in 10 s,
+# not 35, is worth that.
 KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 5, 1, 3
 UNACKED_S = 10
 HANDSHAKE_S = 10.0  # to connect and be greeted, or to greet
+REFUSAL_S = 1.0  # for a refused peer's socket to take the reason, before it is dropped
 # connections the kernel queues for accepting (asyncio's default is 100): a burst of connects
 # past it waits for SYN retries, a second or more. Linux caps it at net.core.somaxconn (4096
 # since 5.4, 128 before: raise it there for the full queue). A flood faster than a shard
@@ -215,6 +222,12 @@ class PlaneServer:
             reason = str(exc).encode()[:255]
             writer.write(b"\x00" + bytes([len(reason)]) + reason)
             log.debug("refused a data plane handshake: %s", exc)  # strangers: no log flood
+            # the reason handed to the kernel, then dropped: a TLS close would wait 30 s for a
+            # stranger's close_notify, its socket held past admission's caps all along
+            with contextlib.suppress(OSError, TimeoutError):
+                async with asyncio.timeout(REFUSAL_S):
+                    await writer.drain()
+            _drop(writer)
         except (OSError, EOFError) as exc:  # closed, reset, made room for another, too slow
             log.debug("a data plane handshake went: %r", exc)
             _drop(writer)

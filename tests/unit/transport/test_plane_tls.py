@@ -411,3 +411,26 @@ def test_a_dropped_tls_connection_goes_at_once_with_what_its_socket_holds(tls_on
         server.close()
 
     asyncio.run(main())
+
+
+def test_a_refused_tls_handshake_goes_at_once(tls_on):
+    """Review finding: a peer that completed TLS, sent a wrong proof and then neither read nor
+    closed kept the shard's socket for asyncio's ssl_shutdown_timeout (30 s), past
+    admission's caps (its greeting forgotten): a stranger knowing no secret could hold
+    sockets at the connect rate times 30 s. The reason is written, then the socket dropped."""
+    async def main():
+        server = PlaneServer(lambda *args: [])
+        host, port = await server.start("127.0.0.1")
+        reader, writer = await asyncio.open_connection(host, port,
+                                                       ssl=pinned.client_context())
+        challenge = await reader.readexactly(dataplane._CHALLENGE.size)
+        assert challenge.startswith(dataplane.MAGIC)
+        writer.write(dataplane._RESPONSE.pack(dataplane.MAGIC, dataplane.PROTOCOL,
+                                              bytes(dataplane.NONCE_BYTES), bytes(32)))
+        writer.transport.pause_reading()  # reads nothing more, sends no close_notify
+        await until(lambda: _established(port), 5, "the shard's side of the connection")
+        await until(lambda: not _established(port), 5, "the refused socket to go")
+        writer.transport.abort()
+        server.close()
+
+    asyncio.run(main())
