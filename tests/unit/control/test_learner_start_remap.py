@@ -14,29 +14,17 @@ from kairos.cluster.control.learner import STATE_KEY, Learner, save_models
 from kairos.cluster.storage.providers import open_store
 from kairos.core.catalog import default_catalog_text
 from kairos.core.compiler import compiled_from_text, default_compiled
-from kairos.core.models import ModelRemap
 
 from .test_learner import Actor, Flaky, catalog, learned
 from .test_learner_saves import began
-from .test_learner_switch_remap import HELD_S, SlowRemap
+from .test_learner_switch_remap import SlowRemap, held_remaps
 
 pytestmark = pytest.mark.unit
 
 
 @pytest.fixture
 def slow(monkeypatch) -> SlowRemap:
-    """ModelRemap.table held once `holding`, until the test lets it go (or HELD_S passes)."""
-    slow, table = SlowRemap(), ModelRemap.table
-
-    def held_table(remap, old):
-        new = table(remap, old)
-        if slow.holding:
-            slow.holding = False
-            slow.started.set()
-            slow.let_go.append(slow.go.wait(HELD_S))
-        return new
-    monkeypatch.setattr(ModelRemap, "table", held_table)
-    return slow
+    return held_remaps(monkeypatch)
 
 
 def test_the_loop_answers_status_while_a_posterior_of_another_catalog_is_read_at_a_call(

@@ -43,12 +43,8 @@ class SlowRemap:
         self.let_go: list[bool] = []
 
 
-@pytest.fixture
-def slow(tmp_path, monkeypatch) -> SlowRemap:
-    store = open_store(str(tmp_path))
-    told(store)
-    monkeypatch.setattr(learner_module, "open_store", lambda url: store)
-    monkeypatch.setattr(learner_module, "LEARNER_SAVE_S", 60.0)  # no periodic save meanwhile
+def held_remaps(monkeypatch) -> SlowRemap:
+    """ModelRemap.table held once `holding`, until the test lets it go (or HELD_S passes)."""
     slow, table = SlowRemap(), ModelRemap.table
 
     def held_table(remap, old):
@@ -59,6 +55,16 @@ def slow(tmp_path, monkeypatch) -> SlowRemap:
             slow.let_go.append(slow.go.wait(HELD_S))
         return new
     monkeypatch.setattr(ModelRemap, "table", held_table)
+    return slow
+
+
+@pytest.fixture
+def slow(tmp_path, monkeypatch) -> SlowRemap:
+    store = open_store(str(tmp_path))
+    told(store)
+    monkeypatch.setattr(learner_module, "open_store", lambda url: store)
+    monkeypatch.setattr(learner_module, "LEARNER_SAVE_S", 60.0)  # no periodic save meanwhile
+    slow = held_remaps(monkeypatch)
     for version in ("B", "C"):
         compiled_from_text(catalog(version))  # kept: the switches compile nothing
     return slow
