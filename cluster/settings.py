@@ -236,8 +236,10 @@ LONG_POLL_S = number("LONG_POLL_S", 10.0, above=True, high=3600.0)
 # of whose shards answers) waits for nodes before it creates the shards, while the alive nodes
 # cannot host them at no more shards a node than the cluster was spread when it was saved
 # (control/takeup.py): the head's node is back first, and KubeRay's workers tens of seconds to
-# minutes later. After it they are placed on the nodes alive, more to a node. 0: no wait, and
-# no warning (a cluster whose nodes all start together). A head's start may take it besides
+# minutes later. After it they are placed on the nodes alive, more to a node. It ends sooner
+# once as many nodes serve as the cluster last ran on, which forgets a node only once the
+# cluster has run this long without it (takeup.py NodesRun). 0: no wait, and no warning (a
+# cluster whose nodes all start together). A head's start may take it besides
 # KAIROS_SHARD_START_S: its startup probe must allow for both (k8s/base/raycluster.yaml).
 TAKEUP_NODES_WAIT_S = number("TAKEUP_NODES_WAIT_S", 120.0, high=3600.0)
 # 1: a start on a saved cluster (`kairos start --shards N` on the store of one that stopped)

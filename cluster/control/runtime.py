@@ -149,7 +149,7 @@ def _shards() -> list[str]:
         pass  # no controller
     except (ray.exceptions.RayError, TimeoutError) as exc:
         log.warning("stop: the controller did not list its shards (%s): stopping those named "
-                    "as shards", exc)
+                    "as shards", _one_line(exc))
     return sorted(set(listed) | set(_named_with(SHARD_PREFIX)))
 
 
@@ -181,7 +181,7 @@ def _ask_controller(method: str, what: str, risk: str) -> Any:
     except ValueError:
         pass  # no controller
     except (ray.exceptions.RayError, TimeoutError) as exc:
-        log.warning("stop: the controller did not %s (%s): %s", what, exc, risk)
+        log.warning("stop: the controller did not %s (%s): %s", what, _one_line(exc), risk)
     return None
 
 

@@ -1,4 +1,4 @@
-"""Model sync: a shard's side of learning together (control/learner.py has the other).
+"""Model sync: a shard's side of learning together (control/merging.py has the other).
 
 Shards keep model statistics as deltas of natural parameters against the last published
 version. Every MODEL_SYNC_S, a shard that learned something sends its delta to the learner,
@@ -309,7 +309,7 @@ class ModelSync:
             self._outbox = (catalog_version, delta)
 
     def adopt(self, engine: DecisionEngine, published: Any) -> None:
-        """Use a model version the learner published (control/learner.py's Published) if it
+        """Use a model version the learner published (transport/backend.py's Published) if it
         is for the engine's catalog and newer than the engine's; one of the models changed
         since a version (PublishedRows with rows) only onto that version (the engine's models
         may have been rebuilt or switched meanwhile: its next sync or watch answers them)."""

@@ -16,8 +16,8 @@ from typing import Callable, Iterable, Iterator
 import msgpack
 
 from kairos.cluster.storage.decision_logs import DirectoryLog, directory_logs
-from kairos.cluster.storage.journal import (FENCE, Journal, JournalReader, fence, fence_lock,
-                                            fsync_directory)
+from kairos.cluster.storage.frames import fsync_directory
+from kairos.cluster.storage.journal import FENCE, Journal, JournalReader, fence, fence_lock
 from kairos.cluster.storage.private_paths import (DIR_MODE, FILE_MODE, make_private,
                                                   make_private_dir)
 from kairos.cluster.storage import lsn_records, owned_journal

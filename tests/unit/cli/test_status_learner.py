@@ -1,5 +1,5 @@
 """`kairos status` says when the learner merges no learning because it was not told the
-cluster's catalog (control/learner.py: unconfirmed), and when it holds the shards' syncs and
+cluster's catalog (control/merging.py: unconfirmed), and when it holds the shards' syncs and
 watches while a catalog switch is saved (switching), and when the store refuses its saves (the
 merges it would lose with its process), as GetClusterStatus carries them."""
 from __future__ import annotations
