@@ -255,7 +255,12 @@ class Store(Protocol):
         """Delete customers' homes, (partition, customer id), as `put_many` writes them."""
 
     def take_partition(self, partition: int) -> dict[str, bytes]:
-        """Remove and return a partition's homes (a move between unshared stores)."""
+        """Remove and return a partition's homes (a move between unshared stores). Only a
+        store that is not `shared` is asked (handoff.py): of the three, the memory store that
+        `open_store("memory")` gives each shard, whose homes die with its process anyway. A
+        shared one (a directory, Redis) keeps a moving partition's homes where they are, so
+        a process that dies mid-move loses none
+        (tests/unit/shard/test_directory_handover_keeps_homes.py)."""
 
     def count(self, partitions: Iterable[int]) -> int:
         """Customers with a home in these partitions."""
