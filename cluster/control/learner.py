@@ -34,7 +34,7 @@ from kairos.core.models import ModelDelta
 from kairos.cluster.control.merging import Learner
 from kairos.cluster.control.posterior import Restoring, Saves, restoring, take_up
 # callers import these here
-from kairos.cluster.control.posterior import RAN_KEPT, restore_models, save_models  # noqa: F401
+from kairos.cluster.control.posterior import RAN_KEPT, save_models  # noqa: F401
 from kairos.cluster.control.switching import REMAPS_KEPT, Switches  # noqa: F401
 from kairos.cluster.metrics import LearnerMetrics
 from kairos.cluster.settings import LEARNER_SAVE_S, LONG_POLL_S

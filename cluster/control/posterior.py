@@ -305,14 +305,6 @@ class Restoring(NamedTuple):
     bad: int  # saved models that are not finite, started again from their prior
 
 
-def restore_models(learner: Any, blob: bytes, follow_catalog: bool = False) -> bool:
-    """Take up a saved posterior (`restoring`, then `take_up`); whether it was."""
-    ready = restoring(learner, blob, follow_catalog)
-    if ready is not None:
-        take_up(learner, ready)
-    return ready is not None
-
-
 def restoring(learner: Any, blob: bytes, follow_catalog: bool = False) -> Restoring | None:
     """A saved posterior made ready to take up; None if it is not to be. One of another catalog
     text, whatever its version (the same version's rows may be other actions'), is taken up

@@ -14,7 +14,8 @@ import yaml
 
 from kairos.cluster.control.catalog_identity import VERSIONS_KEPT, VersionsRun
 from kairos.cluster.control import learner as learner_module
-from kairos.cluster.control.learner import Learner, LearnerActor, restore_models, save_models
+from kairos.cluster.control.learner import Learner, LearnerActor, save_models
+from tests.support.restored import restore_models
 from kairos.cluster.control.saved import STATE_KEY
 from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.store import StoreUnavailable

@@ -91,7 +91,8 @@ def test_a_delta_learned_under_the_previous_catalog_is_carried_over():
 
 
 def test_a_saved_posterior_comes_back_with_a_higher_version_and_only_on_its_catalog():
-    from kairos.cluster.control.learner import restore_models, save_models
+    from kairos.cluster.control.learner import save_models
+    from tests.support.restored import restore_models
     c = default_compiled()
     learner = Learner(c)
     published = learner.sync(c.version, learned(c, 5, 4), -1)
@@ -108,7 +109,8 @@ def test_a_saved_posterior_comes_back_with_a_higher_version_and_only_on_its_cata
 
 def test_a_posterior_saved_diagonal_comes_back_into_a_full_one():
     """An upgrade to full posteriors ("auto") keeps what the learner had saved."""
-    from kairos.cluster.control.learner import restore_models, save_models
+    from kairos.cluster.control.learner import save_models
+    from tests.support.restored import restore_models
     diagonal_text = default_catalog_text().replace(
         "  prior: {base_rate: 0.04", "  posterior: diagonal\n  prior: {base_rate: 0.04")
     before = Learner(compile_catalog(load_catalog(diagonal_text)))
@@ -568,7 +570,8 @@ def sent(delta, incarnation: str, sequence: int):
 def test_a_delta_sent_again_is_answered_without_being_merged_twice():
     """A sync that timed out may have merged (the call ran late, or the learner merged, saved
     and died before answering): the shard sends the delta again as itself."""
-    from kairos.cluster.control.learner import restore_models, save_models
+    from kairos.cluster.control.learner import save_models
+    from tests.support.restored import restore_models
     c = default_compiled()
     learner = Learner(c)
     first = sent(learned(c, 3, 1), "a", 1)

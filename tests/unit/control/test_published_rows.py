@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from bench.workload import yaml_doc, yaml_text
 from kairos.cluster.control.learner import Learner
-from kairos.cluster.control.posterior import PublishedRows, restore_models, save_models
+from kairos.cluster.control.posterior import PublishedRows, save_models
+from tests.support.restored import restore_models
 from kairos.cluster.shard import modelsync
 from kairos.cluster.shard.modelsync import ModelSync
 from kairos.cluster.transport.backend import Published

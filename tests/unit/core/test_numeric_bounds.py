@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import yaml
 
-from kairos.cluster.control.learner import Learner, restore_models, save_models
+from kairos.cluster.control.learner import Learner, save_models
+from tests.support.restored import restore_models
 from kairos.cluster.metrics import LearnerMetrics, ShardMetrics
 from kairos.core.catalog import MAX_NUMBER, default_catalog_text, load_catalog
 from kairos.core.compiler import (Outcome, PREDICTOR_LIMIT, Teach, compiled_from_text,
