@@ -13,6 +13,7 @@ import pytest
 
 from kairos.cluster import protocol
 from kairos.cluster.protocol import Event
+from kairos.cluster.transport import batching
 from kairos.cluster.transport import client as client_module
 from kairos.cluster.transport.backend import NotSent, Unavailable
 from kairos.cluster.transport.client import Busy, KairosClient, ShardUnavailable
@@ -200,7 +201,7 @@ def test_a_call_given_up_by_a_refusal_is_not_sent_from_a_batch_numbered_before(m
     the call and started a fresh session before k1's call began: k1 is given up, not renumbered
     into the fresh session and applied without k0. (A zero batch window lets the pump number
     k1's batch one loop turn after k1 is enqueued, and k0's reply lands in that turn.)"""
-    monkeypatch.setattr(client_module, "CLIENT_BATCH_WINDOW_S", 0.0)
+    monkeypatch.setattr(batching, "CLIENT_BATCH_WINDOW_S", 0.0)
 
     async def main():
         backend = K0Gated()

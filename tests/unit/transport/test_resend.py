@@ -9,6 +9,7 @@ import pytest
 
 from kairos.cluster import protocol
 from kairos.cluster.protocol import Event
+from kairos.cluster.transport import batching
 from kairos.cluster.transport import client as client_module
 from kairos.cluster.transport.backend import NotSent, Unavailable
 from kairos.cluster.transport.client import Busy, KairosClient
@@ -249,7 +250,7 @@ def test_a_batch_numbered_before_its_session_failed_goes_as_the_fresh_sessions(m
     """Review finding: a batch numbered in a session that a failed call then dropped (its
     task not started yet) still went in the old session, behind the lost batch: a shard that
     had seen the session waited for that batch in vain (the gap deadline, 15 s)."""
-    monkeypatch.setattr(client_module, "CLIENT_BATCH_LIMIT", 1)  # numbered with no wait
+    monkeypatch.setattr(batching, "CLIENT_BATCH_LIMIT", 1)  # numbered with no wait
 
     class Lost(_Scripted):
         def __init__(self) -> None:
