@@ -1,4 +1,4 @@
-"""An ack and its decision are written into the answer in place (decisions._ack_into,
+"""An ack and its decision are written into the answer in place (ingesting._ack_into,
 wire.decision_into), not built apart and copied in (issue 17): the message is the one the
 constructors built, byte for byte, with and without a decision, an explanation, agent texts or
 the fields at their defaults."""
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from kairos.cluster.gateway import decisions, wire
+from kairos.cluster.gateway import ingesting, wire
 from kairos.cluster.protocol import EventAck
 from kairos.core.decision import Decision, Dropped, Explanation, RankedAction
 from kairos.v1 import decision_pb2 as pb
@@ -62,8 +62,8 @@ def test_an_ack_written_into_a_batch_answer_is_the_one_built(decision):
     if decision is not None:
         expected.decision.CopyFrom(built(decision))
     answer = pb.EventBatchAck()
-    decisions._ack_into(answer.acks.add(), event, ack)
+    ingesting._ack_into(answer.acks.add(), event, ack)
     assert answer == pb.EventBatchAck(acks=[expected])
     assert answer.SerializeToString() == pb.EventBatchAck(acks=[expected]).SerializeToString()
     assert answer.acks[0].HasField("decision") == (decision is not None)
-    assert decisions._ack_out(event, ack) == expected
+    assert ingesting._ack_out(event, ack) == expected

@@ -1,5 +1,5 @@
 """A large IngestBatch gives the event loop's other calls their turns while it checks its events
-and builds their acks, decisions.CHUNK events at a time: 9,000 checked in one pass held the
+and builds their acks, ingesting.CHUNK events at a time: 9,000 checked in one pass held the
 loop for 70-130 ms, and their acks for 30-60 ms more, while Decides with short deadlines
 waited. A task that counts the loop's turns runs beside the batch; each event's check and each
 ack notes the count, and no turn may see more than CHUNK of either. The handler is called
@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from kairos.cluster.gateway import decisions, requests
+from kairos.cluster.gateway import ingesting, requests
 from kairos.v1 import decision_pb2 as pb
 
 from tests.unit.gateway.test_ingest_order import Context, _service
@@ -22,7 +22,7 @@ def test_a_large_batch_checks_and_acks_its_events_a_chunk_per_turn(monkeypatch):
     turns = 0
     checked: Counter[int] = Counter()  # events checked, by the loop's turn
     acked: Counter[int] = Counter()
-    event_request, ack_into = requests.event_request, decisions._ack_into
+    event_request, ack_into = requests.event_request, ingesting._ack_into
 
     def counted_check(*args):
         checked[turns] += 1
@@ -33,7 +33,7 @@ def test_a_large_batch_checks_and_acks_its_events_a_chunk_per_turn(monkeypatch):
         return ack_into(*args)
 
     monkeypatch.setattr(requests, "event_request", counted_check)
-    monkeypatch.setattr(decisions, "_ack_into", counted_ack)
+    monkeypatch.setattr(ingesting, "_ack_into", counted_ack)
 
     async def count_turns():
         nonlocal turns
@@ -54,5 +54,5 @@ def test_a_large_batch_checks_and_acks_its_events_a_chunk_per_turn(monkeypatch):
     acks = asyncio.run(main())
     assert len(acks) == EVENTS and {ack.sequence for ack in acks} == {1}
     assert sum(checked.values()) == sum(acked.values()) == EVENTS
-    assert max(checked.values()) <= decisions.CHUNK
-    assert max(acked.values()) <= decisions.CHUNK
+    assert max(checked.values()) <= ingesting.CHUNK
+    assert max(acked.values()) <= ingesting.CHUNK

@@ -10,7 +10,7 @@ import queue
 import grpc
 import pytest
 
-from kairos.cluster.gateway import calls, decisions
+from kairos.cluster.gateway import calls, ingesting
 from kairos.cluster.gateway.streams import IdleLimit
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1.decision_pb2_grpc import DecisionServiceStub
@@ -42,7 +42,7 @@ def test_past_its_most_ingest_streams_a_gateway_refuses_new_ones(monkeypatch):
 
 
 def test_an_idle_ingest_stream_is_ended_and_frees_its_place(monkeypatch):
-    monkeypatch.setattr(decisions, "INGEST_STREAM_IDLE_S", 0.5)
+    monkeypatch.setattr(ingesting, "INGEST_STREAM_IDLE_S", 0.5)
     with serving() as (gateway, channel):
         sent: queue.Queue = queue.Queue()
         acks = DecisionServiceStub(channel).IngestStream(iter(sent.get, None))  # no deadline

@@ -9,7 +9,7 @@ import logging
 import grpc
 import pytest
 
-from kairos.cluster.gateway import calls, decisions
+from kairos.cluster.gateway import calls, ingesting
 from kairos.cluster.throttled import ThrottledWarning
 from kairos.cluster.protocol import BEING_FORGOTTEN, Event
 from kairos.cluster.transport.backend import NotCarried, NotSent, Unavailable
@@ -139,7 +139,7 @@ def test_a_call_that_ends_on_an_event_left_unsent_for_an_earlier_one_says_so():
     """k0 refused BUSY gives up the rest of its call; a stream or a batch that ends on k1,
     left unsent for it, tells the caller why and that nothing after k0 was applied (not that
     the shard did not answer), without the refusal's detail."""
-    from kairos.cluster.gateway.decisions import _of_many
+    from kairos.cluster.gateway.ingesting import _of_many
     from kairos.cluster import protocol
     from kairos.cluster.transport.client import KairosClient
     from kairos.cluster.transport.lanes import Call
@@ -167,7 +167,7 @@ def test_a_call_of_several_events_ended_by_a_forget_says_its_other_events_may_be
     # "nothing was applied" is true of the refused event only: other customers' events of the
     # batch or stream were, and a caller told otherwise would resend them without their keys
     with pytest.raises(Aborted) as aborted:
-        asyncio.run(calls.abort(Context(), decisions._of_many(ShardUnavailable(BEING_FORGOTTEN))))
+        asyncio.run(calls.abort(Context(), ingesting._of_many(ShardUnavailable(BEING_FORGOTTEN))))
     assert aborted.value.code == grpc.StatusCode.UNAVAILABLE
     assert aborted.value.details == calls.FORGOTTEN_IN_CALL
     assert "may have been" in aborted.value.details and "being forgotten" in aborted.value.details

@@ -1,0 +1,329 @@
+"""DecisionService's ingest calls (a part of it: decisions.py): Ingest, one event;
+IngestStream, events as they arrive, acked in order; IngestBatch, events checked and routed all
+at once or refused whole. Events are checked (requests.py) and their aliases resolved before
+they are routed; those of a stream or a batch go unsent together once it ends (`Call`), and the
+failure of one that ends a call of several tells the caller what the others may have become
+(`_of_many`)."""
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator, Awaitable, NamedTuple
+
+from kairos.core.errors import InputError
+from kairos.v1 import decision_pb2 as pb
+
+from kairos.cluster import protocol
+from kairos.cluster.gateway import requests, wire
+from kairos.cluster.gateway.auth import Denied, caller, check_channel, require_scope
+from kairos.cluster.gateway.bounds import host_of
+from kairos.cluster.gateway.calls import FORGOTTEN_IN_CALL, abort
+from kairos.cluster.gateway.streams import IdleLimit
+from kairos.cluster.settings import INGEST_STREAM_IDLE_S, STREAM_WINDOW
+from kairos.cluster.transport.backend import NotCarried, NotSent, Unavailable
+from kairos.cluster.transport.client import Busy, ShardUnavailable
+from kairos.cluster.transport.lanes import Call, EarlierFailed
+
+# an event's decide_placement asks for a decision: an ingest-only key got them through it
+DECIDING = "decide_placement asks for a decision, which needs a key with the 'decide' scope"
+BATCH_LIMIT = 10_000  # events in one IngestBatch (the proto says so)
+# A batch's events checked, and acked, between turns of the event loop: 9,000 at once held it
+# for 70-130 ms (checks), 30-60 ms (acks), and Decides with short deadlines failed meanwhile
+CHUNK = 256
+IDLE = (f"the stream sent no event for {INGEST_STREAM_IDLE_S:.0f} s (KAIROS_INGEST_STREAM_IDLE_S): "
+        f"the gateway ended it; the events acked on it were applied, none after them: open a "
+        f"new stream to send more")
+ROUTED = ("; the customer's shard refused it once the call's events were routed: its other "
+          "events may have been applied")
+
+
+class ShardRefused(InputError):
+    """An event its shard refused (INVALID_ARGUMENT), though the gateway's checks, the
+    engine's own, had passed it (the shard runs another catalog, or sees the time otherwise):
+    routed already, as the rest of its call may be."""
+
+
+class _Pending(NamedTuple):
+    """An event of a stream on its way: routed as it was read (`request` and the future of
+    the shard's `reply`, due by `due`, the loop's time), or by a task (`task`: its alias
+    resolved, behind the events before it; `sent` is done once it was routed, True, or will
+    not be, False)."""
+
+    event: pb.Event
+    where: str
+    request: protocol.Event | None = None
+    reply: asyncio.Future | None = None
+    due: float = 0.0
+    task: asyncio.Future | None = None
+    sent: asyncio.Future | None = None
+
+
+class Ingesting:
+    """DecisionService's ingest calls (a part of it: decisions.py, whose `gateway` and
+    `client` they call)."""
+
+    async def Ingest(self, request: pb.Event, context) -> pb.IngestAck:
+        try:
+            check_event(request)
+            checked = await self.gateway.checked(
+                lambda catalog: requests.event_request(request, catalog),
+                self.gateway.timeout(context))
+            return await self._ingest(request, checked, "", self.gateway.timeout(context))
+        except Exception as exc:
+            await abort(context, exc)
+
+    async def _ingest(self, event: pb.Event, checked: tuple[requests.Who, protocol.Event],
+                      where: str, timeout_s: float, after: asyncio.Future | None = None,
+                      sent: asyncio.Future | None = None, call: Call | None = None
+                      ) -> pb.IngestAck:
+        """One checked event, its alias resolved first; input errors name the field, prefixed
+        with `where` inside a stream. With `after` (the `sent` of the stream's event before
+        it), it is routed only once that one was, and `sent` says when it was; `call`: the
+        stream's, which it goes unsent with."""
+        who, request = checked
+
+        async def apply(customer_id: str) -> protocol.EventAck:
+            if after is not None and not await asyncio.shield(after):  # shield: one waiter
+                raise NotSent("not sent: an event before it in the stream was not")
+            routed = request._replace(customer_id=customer_id, via=who.via(customer_id))
+            reply = self.client.enqueue(routed, call)
+            if sent is not None:
+                sent.set_result(True)
+            return await _settled(self.client.settle(routed, await reply))
+        try:
+            ack = await self.gateway.within(self.gateway.as_customer(who, apply), timeout_s)
+        except InputError as exc:
+            raise type(exc)(where + exc.field, exc.reason) from None
+        finally:
+            if sent is not None and not sent.done():
+                sent.set_result(False)  # the events behind it are not sent either
+        return _ack_out(event, ack)
+
+    async def IngestStream(self, request_iterator, context) -> AsyncIterator[pb.IngestAck]:
+        """Events go out as they arrive, in the order they were sent; each ack goes back as
+        soon as it and every earlier one are done, in order. At most STREAM_WINDOW events wait
+        for their acks: past that, reading pauses (gRPC flow control pushes back on the
+        sender). The first failing event ends the stream with its status; earlier ones were
+        acked. Each event's ack is due within the deadline left when it was read: the
+        caller's, or DEFAULT_DEADLINE_S for a stream without one, which lasts for as long as
+        its caller keeps it open. Events named by customer id are routed as they are read,
+        without a task of their own; an event by alias first resolves the alias, and while it
+        does, the events read after it wait for it to be routed (an alias may name the
+        customer a later event names by id). Once the stream ends, what of it is not sent yet
+        goes unsent, all of it (`Call`). Each event is checked as a unary Ingest is
+        (`Gateway.checked`): against the catalog the cluster runs when it is read, not the one
+        it ran when the stream opened. A gateway serves at most INGEST_STREAMS of them (and
+        of those, at most INGEST_STREAMS_PER_KEY of one key and _PER_HOST from one host: past
+        any, RESOURCE_EXHAUSTED), and ends one whose caller sent no event for
+        INGEST_STREAM_IDLE_S (DEADLINE_EXCEEDED, once every event sent was acked)."""
+        try:
+            callers = self.gateway.ingest_streams.admit(caller(), host_of(context.peer()))
+        except Busy as exc:
+            await abort(context, exc)
+        pending: asyncio.Queue = asyncio.Queue(STREAM_WINDOW)
+        call = Call()
+        reader = asyncio.ensure_future(self._read(request_iterator, context, pending, call))
+        failure = None
+        try:
+            async with asyncio.timeout(None if context.time_remaining() is None else
+                                       self.gateway.timeout(context)):
+                while (item := await pending.get()) is not None:
+                    yield await self._ack(item)
+        except Exception as exc:
+            failure = exc
+        finally:  # also when the caller went away
+            reader.cancel()
+            while not pending.empty():
+                self._drop(pending.get_nowait())
+            call.give_up()
+            self.gateway.ingest_streams.release(callers)
+        if failure is not None:
+            await abort(context, _of_many(failure))
+
+    async def _read(self, request_iterator, context, pending: asyncio.Queue,
+                    call: Call) -> None:
+        """Route each event of a stream as it arrives, into `pending`; then None. An event
+        that fails its checks (or a failure to read, or a wait for the next event past
+        INGEST_STREAM_IDLE_S) goes in as the exception, which ends the stream in its turn,
+        after the events before it."""
+        n = 0
+        last: asyncio.Future | None = None  # the `sent` of the last event routed by a task
+        idle = IdleLimit(INGEST_STREAM_IDLE_S, IDLE)
+        try:
+            while (event := await idle.next(request_iterator)) is not None:
+                where = f"events[{n}]."
+                n += 1
+                try:
+                    check_event(event)
+                    self.gateway.check_capacity()
+                    checked = await self.gateway.checked(
+                        lambda catalog: requests.event_request(event, catalog, where),
+                        self.gateway.timeout(context))
+                    item = self._route(event, checked, where, context, last, call)
+                except Exception as exc:
+                    await pending.put(exc)
+                    return
+                if item.sent is not None:
+                    last = item.sent
+                try:
+                    await pending.put(item)
+                except asyncio.CancelledError:
+                    self._drop(item)
+                    raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await pending.put(exc)
+            return
+        finally:
+            idle.close()
+        await pending.put(None)
+
+    def _route(self, event: pb.Event, checked: tuple[requests.Who, protocol.Event], where: str,
+               context, last: asyncio.Future | None, call: Call) -> _Pending:
+        """Send a checked event on its way: now, when it names its customer and every event
+        before it was routed (`last`, the `sent` of the latest one routed by a task, is done
+        and True); else by a task, behind that one. `_ack` waits for its ack."""
+        who, request = checked
+        if who.alias_key is not None or not (last is None or (last.done() and last.result())):
+            sent = asyncio.get_running_loop().create_future()
+            return _Pending(event, where, task=asyncio.ensure_future(self._ingest(
+                event, checked, where, self.gateway.timeout(context), last, sent, call)),
+                sent=sent)
+        reply = self.client.enqueue(request, call)
+        self.gateway.inflight += 1
+        return _Pending(event, where, request, reply,
+                        asyncio.get_running_loop().time() + self.gateway.timeout(context))
+
+    async def _ack(self, item: _Pending | Exception) -> pb.IngestAck:
+        if isinstance(item, Exception):
+            raise item
+        if item.task is not None:
+            return await item.task
+        try:
+            async with asyncio.timeout_at(item.due):
+                return _ack_out(item.event, await _settled(
+                    self.client.settle(item.request, await item.reply)))
+        except InputError as exc:
+            raise type(exc)(item.where + exc.field, exc.reason) from None
+        finally:
+            self.gateway.inflight -= 1
+
+    def _drop(self, item: _Pending | Exception | None) -> None:
+        """An event whose ack nobody will wait for."""
+        if isinstance(item, _Pending):
+            if item.task is not None:
+                item.task.cancel()
+            else:
+                self.gateway.inflight -= 1
+
+    async def IngestBatch(self, request: pb.EventBatch, context) -> pb.EventBatchAck:
+        """Check every event and resolve the aliases they name; then route them all at once,
+        in the caller's order (without a task per event), or refuse the batch whole before
+        any is routed (RESOURCE_EXHAUSTED: a shard's queue in this gateway has no room for its
+        share: a retry must not apply some events twice); and gather the acks in order. Checks
+        and acks go CHUNK events at a time, the event loop's other calls served between. Once
+        it ends, what of it is not sent yet goes unsent, all of it (`Call`)."""
+        try:
+            if len(request.events) > BATCH_LIMIT:
+                raise InputError("events", f"at most {BATCH_LIMIT} events per batch, got "
+                                           f"{len(request.events)}")
+            for channel in {event.channel for event in request.events}:
+                check_channel(channel)
+            if any(event.decide_placement for event in request.events):
+                require_scope("decide", DECIDING)
+            checked = await self._checked(request.events, context)
+            self.gateway.check_capacity(len(checked))  # all or none: each event is a call
+        except (Denied, InputError, Busy, TimeoutError) as exc:
+            await abort(context, exc)
+        self.gateway.inflight += len(checked)  # until it answers, however it ends
+        call = Call()
+        try:
+            async with asyncio.timeout(self.gateway.timeout(context)):
+                routed = await self._resolved(checked)
+                self.client.check_room(routed)  # no await until all are enqueued
+                replies = [self.client.enqueue(event, call) for event in routed]
+                answer = pb.EventBatchAck()  # each ack written in place (`_ack_into`)
+                for n, (event, routed_event, reply) in enumerate(zip(request.events, routed,
+                                                                     replies)):
+                    if n and not n % CHUNK:
+                        await asyncio.sleep(0)
+                    try:
+                        ack = await _settled(self.client.settle(routed_event, await reply))
+                    except InputError as exc:
+                        raise type(exc)(f"events[{n}].{exc.field}", exc.reason) from None
+                    _ack_into(answer.acks.add(), event, ack)
+                return answer
+        except Exception as exc:
+            failure = exc
+        finally:  # also when the call is cancelled: the caller went away, or its deadline passed
+            self.gateway.inflight -= len(checked)
+            call.give_up()
+        await abort(context, _of_many(failure) if len(checked) > 1 else failure)
+
+    async def _checked(self, events, context) -> list[tuple[requests.Who, protocol.Event]]:
+        """A batch's events checked, CHUNK at a time."""
+        checked: list[tuple[requests.Who, protocol.Event]] = []
+        for start in range(0, len(events), CHUNK):
+            if start:
+                await asyncio.sleep(0)
+            checked += await self.gateway.checked(lambda catalog: [
+                requests.event_request(event, catalog, f"events[{n}].")
+                for n, event in enumerate(events[start:start + CHUNK], start)],
+                self.gateway.timeout(context))
+        return checked
+
+    async def _resolved(self, checked: list[tuple[requests.Who, protocol.Event]]
+                        ) -> list[protocol.Event]:
+        """The events, each naming its customer: the aliases they name resolved (each once,
+        all at once), each such event carrying its alias's anonymous id (`Who.via`)."""
+        keys = list({who.alias_key for who, _ in checked if who.alias_key is not None})
+        customers = dict(zip(keys, await asyncio.gather(*map(self.client.resolve_key, keys))))
+        return [event if who.alias_key is None else
+                event._replace(customer_id=customers[who.alias_key],
+                               via=who.via(customers[who.alias_key])) for who, event in checked]
+
+
+def check_event(event: pb.Event) -> None:
+    """The key may send the event: its channel, and the decision it asks for, if any."""
+    check_channel(event.channel)
+    if event.decide_placement:
+        require_scope("decide", DECIDING)
+
+
+def _ack_out(event: pb.Event, ack: protocol.EventAck) -> pb.IngestAck:
+    out = pb.IngestAck()
+    _ack_into(out, event, ack)
+    return out
+
+
+def _ack_into(out: pb.IngestAck, event: pb.Event, ack: protocol.EventAck) -> None:
+    """The ack written into `out`, an empty IngestAck, in place: an IngestBatch's are its
+    answer's own (each built apart and copied in, its decision copied into it too, cost 2 us
+    an event more: issue 17)."""
+    out.event_id, out.sequence, out.duplicate = event.event_id, ack.sequence, ack.duplicate
+    if ack.decision is not None:
+        wire.decision_into(out.decision, ack.decision)
+
+
+async def _settled(settling: Awaitable[protocol.EventAck]) -> protocol.EventAck:
+    """A routed event's ack; its shard's refusal as ShardRefused."""
+    try:
+        return await settling
+    except InputError as exc:
+        raise ShardRefused(exc.field, exc.reason) from None
+
+
+def _of_many(failure: Exception) -> Exception:
+    """The failure of one event that ends a call of several (a batch, a stream): the events
+    around it may have been applied, so one that was not sent (NotSent, NotCarried) does not
+    make the call "not applied"; the caller is told it may have been, and that of a refusal
+    by the event's shard too (INVALID_ARGUMENT otherwise says that nothing was applied). One
+    left unsent as an earlier event of its call failed says so (and that nothing after that
+    one was applied)."""
+    if isinstance(failure, (NotSent, NotCarried)) and not isinstance(failure, EarlierFailed):
+        return Unavailable(str(failure))
+    if isinstance(failure, ShardUnavailable) and str(failure) == protocol.BEING_FORGOTTEN:
+        return ShardUnavailable(FORGOTTEN_IN_CALL)
+    if isinstance(failure, ShardRefused):
+        return InputError(failure.field, failure.reason + ROUTED)
+    return failure
