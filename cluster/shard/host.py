@@ -13,14 +13,14 @@ journal it). All work on the Shard happens on the event loop's
 thread, between awaits, so the Shard needs no locks: a round of the data path is tens of
 microseconds to a few milliseconds, and handing each one to a worker thread cost more than that
 in thread wake-ups (a fifth of a shard's CPU at 1,000 decisions/s). Two things run on threads:
-recovery, which builds a new Shard nobody else sees yet (requests answer UNAVAILABLE
-meanwhile), and the journal's fsync (syncs.py): a round is written to the journal as it is
-applied and answered once a sync that started after it has finished, so the next rounds are
-applied while the disk works (at 6,000 events/s the shards spent half their time waiting in
-fsync); the models hear of each sync, so model sync sends the learner only what a finished one
-covered (syncs.py). A background loop fires timers, passivates and snapshots every `tick_s`
-while requests or shard methods come, and, once a tick passed without them, sleeps until the
-next timer or snapshot is due (ticks.py), woken by the next that comes.
+recovery, which builds a new Shard nobody else sees yet (recovering.py; requests answer
+UNAVAILABLE meanwhile), and the journal's fsync (syncs.py): a round is written to the journal
+as it is applied and answered once a sync that started after it has finished, so the next
+rounds are applied while the disk works (at 6,000 events/s the shards spent half their time
+waiting in fsync); the models hear of each sync, so model sync sends the learner only what a
+finished one covered (syncs.py). A background loop fires timers, passivates and snapshots
+every `tick_s` while requests or shard methods come, and, once a tick passed without them,
+sleeps until the next timer or snapshot is due (ticks.py), woken by the next that comes.
 
 Durability: `start` recovers the shard's partitions from the store (snapshots + journal)
 before it takes traffic; until then, and whenever the store fails (disk full, Redis down),
@@ -57,7 +57,7 @@ from kairos.cluster.evidence.records import DecisionPage, PageOutcomes
 from kairos.cluster.protocol import Busy, Reply, Unavailable
 from kairos.cluster.settings import (SESSION_START_S, SHARD_QUEUE_LIMIT, SHARD_ROUND_BYTES,
                                      SHARD_ROUND_LIMIT, TICK_S)
-from kairos.cluster.shard import decisionlog, storecount, ticks
+from kairos.cluster.shard import decisionlog, recovering, storecount, ticks
 from kairos.cluster.shard.failures import close_dropped, close_unused, where_failed
 from kairos.cluster.shard.handoff import Moving
 from kairos.cluster.shard.refusals import EVERYTHING, Refusals
@@ -179,21 +179,9 @@ class ShardHost:
         store = self._open_store()
         store.own_journal(self.name, self.incarnation, claim=start != self._claimed)
         self._claimed = start
-        shard = Shard(self.name, compiled, owned, self.n_partitions, seed=self.seed,
-                      store=store, journal_policy=self._journal_policy)
-        shard.sync_commits = False  # Syncs makes each round durable before it is answered
-        shard.decision_log.writer.in_background()  # off the data path too (decisionlog.py)
-        for sink, channel, placement in channel_watches:
-            shard.watch_channel(sink, channel, placement)
-        moving = moving or Moving()
-        recovery = shard.recover(sources, moving.leaving)
-        shard.handoff.frozen_again(moving)
-        log.info("%s recovered %d partitions, %d customers in memory, %d journal records "
-                 "replayed in %.2f s", self.name, len(owned), recovery["resident"],
-                 recovery["replayed"], recovery["seconds"])
-        for name in {n for n in (sources or {}).values() if n != self.name}:
-            shard.store.drop_journal(name)  # its partitions are snapshotted here now
-        return shard, recovery
+        return recovering.built(self.name, self.n_partitions, self.seed, store,
+                                self._journal_policy, compiled, owned, channel_watches, sources,
+                                moving)
 
     async def _recover(self, compiled: CompiledCatalog, owned: dict[int, int],
                        channel_watches: Sequence[tuple[str, str, str | None]],
@@ -248,14 +236,10 @@ class ShardHost:
         self._recovering = asyncio.get_running_loop().create_task(self._rebuild(failed))
 
     async def _rebuild(self, failed: Shard) -> None:
-        # A partition on its way out is rebuilt too, and stays on its way out: the controller
-        # then undoes the move (thaw) or finishes it (release), and either needs it held here
-        # (the outage that failed this shard may well have failed the new owner's adopt).
-        moving = failed.handoff.moving()
-        failed.handoff.unfreeze_homes()
-        watches = [(w.sink, w.channel, w.placement) for w in failed.watches.channel]
+        held = recovering.held_by(failed)
         await asyncio.get_running_loop().run_in_executor(self._pool, close_dropped, failed)
-        await self._serve_again(failed.compiled, dict(failed.owned), watches, None, moving)
+        await self._serve_again(held.compiled, held.owned, held.channel_watches, None,
+                                held.moving)
 
     async def _forever(self, job: Job) -> None:
         """Run a background job; log and go on after any failure (the loop must survive)."""
