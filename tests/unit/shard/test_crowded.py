@@ -6,7 +6,7 @@ import asyncio
 import types
 
 from kairos.cluster.protocol import EventAck
-from kairos.cluster.shard import residency as residency_module
+from kairos.cluster.shard import passivation
 from kairos.cluster.shard import shard as shard_module
 from kairos.cluster.shard.dispatch import CROWDED
 from kairos.cluster.shard.host import OVERTAKING
@@ -204,7 +204,7 @@ def test_a_crowded_tick_passivates_for_a_fixed_time_however_long_a_tick(compiled
     monkeypatch.setattr(shard_module, "PASSIVATE_BUDGET_S", 0.0)
     monkeypatch.setattr(shard_module, "TICK_S", 60.0)
     now = [0.0]
-    monkeypatch.setattr(residency_module, "time",
+    monkeypatch.setattr(passivation, "time",
                         types.SimpleNamespace(perf_counter=lambda: now[0]))
 
     class SlowStore(MemoryStore):

@@ -10,10 +10,11 @@ import tracemalloc
 
 import pytest
 
-from kairos.cluster.shard import residency as residency_module
+from kairos.cluster.shard import passivation
 from kairos.cluster.shard import shard as shard_module
 from kairos.cluster.settings import SHARD_ROUND_LIMIT
-from kairos.cluster.shard.residency import VISITS_TIMED, WAKE_TICKS, overflow_of
+from kairos.cluster.shard.passivation import VISITS_TIMED
+from kairos.cluster.shard.residency import WAKE_TICKS, overflow_of
 from kairos.cluster.shard.timers import WAKE_LIMIT
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage.directory_store import DirectoryStore
@@ -296,7 +297,7 @@ def test_chunks_are_sized_by_the_stores_smoothed_pace_apart_from_the_walk(
     """The pace counts what writing took, not the walk before it, and one fast chunk moves it
     by a quarter of its difference: the next chunk does not overrun the budget fourfold."""
     watch = Watch()
-    monkeypatch.setattr(residency_module, "time", watch)
+    monkeypatch.setattr(passivation, "time", watch)
     clock = Clock()
     s = shard(compiled, clock=clock, idle_s=IDLE_S)
     s.process([event(f"c{i}", "app_open", T0) for i in range(200)])
