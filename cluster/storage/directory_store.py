@@ -3,12 +3,10 @@ contract)."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import itertools
 import os
 import shutil
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -20,9 +18,9 @@ from kairos.cluster.storage.frames import fsync_directory
 from kairos.cluster.storage.journal import FENCE, Journal, JournalReader, fence, fence_lock
 from kairos.cluster.storage.private_paths import (DIR_MODE, FILE_MODE, make_private,
                                                   make_private_dir)
-from kairos.cluster.storage import lsn_records, owned_journal
+from kairos.cluster.storage import directory_claim, lsn_records, owned_journal
 from kairos.cluster.storage.owned_journal import OwnedJournal
-from kairos.cluster.storage.store import JournalFenced, StoreCorrupt, StoreInUse, StoreUnavailable
+from kairos.cluster.storage.store import JournalFenced, StoreCorrupt, StoreUnavailable
 
 STALE_TMP_S = 600.0  # a temporary file this old is a crashed writer's leftover
 STAGING = "staging"  # staging/<journal>/: its shard's temporary files (DirectoryStore)
@@ -30,13 +28,8 @@ STAGING = "staging"  # staging/<journal>/: its shard's temporary files (Director
 # many homes, or this long, as a Redis store ends a transaction at PIPELINE_BYTES
 FENCE_HOLD_HOMES = 256
 FENCE_HOLD_S = 0.05
-OWNER_FILE = "owner.lock"
 _tmp_names = itertools.count()
 _writing: set[Path] = set()  # the temporary files this process is writing, not renamed yet
-# the stores this process holds (their real paths): the owner and the descriptor of the
-# owner file whose flock it holds; one per directory, as a second open's flock would conflict
-_held: dict[str, tuple[str, int]] = {}
-_holding = threading.Lock()
 
 
 class DirectoryStore:
@@ -53,7 +46,8 @@ class DirectoryStore:
         journals/<shard name>/owner                   its shard's incarnation that writes it
         meta/<key>                                     named blobs
         decisions/<shard name>/                        a shard's decision log (decision_logs.py)
-        owner.lock                                     the cluster that holds the store (claim)
+        owner.lock                                     the cluster that holds the store (claim:
+                                                       directory_claim.py)
 
     Every file is written to a temporary name of its own writer, fsynced and renamed into
     place (then its directory fsynced), so a crash leaves the old version or the new one, never
@@ -318,44 +312,10 @@ class DirectoryStore:
             raise StoreUnavailable(f"reading meta {key}: {exc}") from exc
 
     def claim(self, owner: str, holder: str) -> None:
-        """An exclusive flock on owner.lock, which this process holds until it releases the
-        claim or ends (the kernel drops it with the process: a controller that died holds
-        nothing), with `holder` written in the file for other claimants' errors. Another
-        owner in this process is refused as one in another process is."""
-        root = os.path.realpath(self.root)
-        with _holding:
-            if root in _held:
-                if _held[root][0] != owner:
-                    raise StoreInUse.of(self.url, self._holder())
-                return
-            try:
-                fd = os.open(self.root / OWNER_FILE, os.O_RDWR | os.O_CREAT, FILE_MODE)
-            except OSError as exc:
-                raise StoreUnavailable(f"claiming the store {self.root}: {exc}") from exc
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                os.ftruncate(fd, 0)
-                os.write(fd, holder.encode())
-            except BlockingIOError:
-                os.close(fd)
-                raise StoreInUse.of(self.url, self._holder()) from None
-            except OSError as exc:
-                os.close(fd)
-                raise StoreUnavailable(f"claiming the store {self.root}: {exc}") from exc
-            _held[root] = (owner, fd)
+        directory_claim.claim(self.root, owner, holder)
 
     def release(self, owner: str) -> None:
-        root = os.path.realpath(self.root)
-        with _holding:
-            if root in _held and _held[root][0] == owner:
-                os.close(_held.pop(root)[1])  # and with it the flock
-
-    def _holder(self) -> str:
-        """What the holder of the store wrote of itself (empty while it is writing)."""
-        try:
-            return (self.root / OWNER_FILE).read_text(errors="replace").strip()
-        except OSError:
-            return ""
+        directory_claim.release(self.root, owner)
 
     def decision_log(self, name: str) -> DirectoryLog:
         return DirectoryLog(self.root / "decisions" / name, self.fsync)
