@@ -223,6 +223,14 @@ DECISION_LOG_WRITE_S = number("DECISION_LOG_WRITE_S", 0.05, high=1.0)
 DECISION_LOG_TRIM_S = number("DECISION_LOG_TRIM_S", 60.0, above=True, high=86_400.0)
 # How long a call to Redis may take before the store counts as failed (the shard rebuilds).
 REDIS_TIMEOUT_S = number("REDIS_TIMEOUT_S", 5.0, above=True, high=600.0)
+# Replicas of the Redis server that must hold each write Kairos acknowledges or relies on (a
+# journal batch, a fence, an owner, a snapshot, a home, meta) before it counts as done: each is
+# followed by WAIT on its connection (storage/redis_replicas.py). 0: no WAIT (the primary's AOF
+# alone; run no failover). Fewer acknowledging within REDIS_REPLICAS_WAIT_S: the write fails
+# (the store is UNAVAILABLE). At most half of REDIS_TIMEOUT_S, so WAIT's reply comes back in it.
+REDIS_REPLICAS = integer("REDIS_REPLICAS", 0, low=0)
+REDIS_REPLICAS_WAIT_S = _checked("REDIS_REPLICAS_WAIT_S", min(1.0, REDIS_TIMEOUT_S / 2), float,
+                                 0.0, REDIS_TIMEOUT_S / 2, True, "REDIS_TIMEOUT_S / 2")
 
 # -- control -----------------------------------------------------------------------------------
 # How often the controller looks for restarted shards and nodes that joined or left (its

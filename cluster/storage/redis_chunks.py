@@ -29,6 +29,7 @@ import os
 import msgpack
 import redis
 
+from kairos.cluster.storage import redis_replicas
 from kairos.cluster.storage.redis_errors import ERRORS
 from kairos.cluster.storage.store import StoreCorrupt, StoreUnavailable
 
@@ -126,7 +127,7 @@ def _switch(client: redis.Redis, prefix: str, key: str, commands: list[tuple],
     that generation is still pending (not deleted by another save's `_sweep`)."""
     head, pending = f"{prefix}:mh:{key}", f"{prefix}:mp:{key}"
     while True:
-        with client.pipeline(transaction=True) as tx:
+        with redis_replicas.pipeline(client) as tx:  # WAITed: a replica then holds the chunks
             try:
                 tx.watch(head, pending)
                 old = tx.get(head)

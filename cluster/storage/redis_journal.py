@@ -44,7 +44,10 @@ shard's rebuild looped). Durability is the server's: with the journal policy "fs
 server must run with `appendonly yes` and `appendfsync always`; "os" accepts `everysec`; and
 every journal needs `maxmemory-policy noeviction` (an evicted fence or owner lets a stale
 writer append). A writer checks these when it opens (redis_config.py: an evicting server is
-refused, the rest warned; a server that refuses CONFIG GET is warned about once).
+refused, the rest warned; a server that refuses CONFIG GET is warned about once). With
+KAIROS_REDIS_REPLICAS, every write here is WAITed for (redis_replicas.py); a batch the
+replicas do not hold in time is settled as one whose reply was lost, but taken back if there
+(`_settled`): its round answers UNAVAILABLE, and the LSNs stay contiguous.
 """
 from __future__ import annotations
 
@@ -55,10 +58,12 @@ from typing import Any, Callable, Iterator, Sequence
 import msgpack
 import redis
 
+from kairos.cluster.storage import redis_replicas
 from kairos.cluster.storage.frames import (Decode, JournalFormatError, check_frame, scrub_batch,
                                            seal_batch, unseal_batch)
 from kairos.cluster.storage.redis_config import check_server
 from kairos.cluster.storage.redis_errors import ERRORS, unavailable
+from kairos.cluster.storage.redis_replicas import ReplicasBehind
 from kairos.cluster.storage.store import (JournalDisowned, JournalFenced, StoreCorrupt,
                                           StoreUnavailable)
 
@@ -156,6 +161,7 @@ class RedisJournal(RedisReader):
             with self.r.pipeline(transaction=False) as pipe:
                 self._refuse(*pipe.get(self.fence).get(self.owner_key).execute())
             check_server(client, key, policy)  # refused if it evicts keys (redis_config.py)
+            redis_replicas.check(client)  # fewer replicas than asked for: warned
             doubt = _in_doubt.get(self._where)
             if doubt is not None:  # its round was answered UNAVAILABLE: taken back if there
                 self._settle(*doubt, keep=False)
@@ -208,8 +214,8 @@ class RedisJournal(RedisReader):
         check_frame(len(batch), first, len(records))  # the same limit as a directory's
         try:
             fenced = self._transact(batch, last)
-        except LOST as exc:  # the EXEC may have run, its reply lost: find out before answering
-            self._settled(batch, last, len(records), exc)
+        except (*LOST, ReplicasBehind) as exc:  # the EXEC may have run, its reply lost, or it
+            self._settled(batch, last, len(records), exc)  # ran and the replicas lack it
             fenced = None  # and the fence is not up (`_settle`)
         if fenced is not None:  # set before this batch: it is not acknowledged
             self.fenced = True
@@ -230,8 +236,8 @@ class RedisJournal(RedisReader):
                                          ("GET", self.last), ("GET", self.owner_key))
             self._refuse(None, owner)
             self._follows_on(int(stored or 0))
-            done = _exchange(connection, ("MULTI",), ("ZADD", self.key, last, batch),
-                             ("SET", self.last, last), ("GET", self.fence), ("EXEC",))[-1]
+            done = _commit(connection, (("ZADD", self.key, last, batch),
+                                        ("SET", self.last, last), ("GET", self.fence)))
         except BaseException:
             connection.disconnect()  # with its WATCH, and any reply not read
             raise
@@ -239,22 +245,22 @@ class RedisJournal(RedisReader):
             pool.release(connection)
         if done is None:
             raise redis.exceptions.WatchError(f"journal {self.key}: the last LSN changed")
-        for reply in done:
-            if isinstance(reply, redis.exceptions.ResponseError):
-                raise reply
         return done[-1]
 
     def _settled(self, batch: bytes, last: int, count: int, lost: Exception) -> None:
         """After the append's transaction failed on its connection: return if its batch is in
         the journal (acknowledged, the fence not up), else StoreUnavailable, nothing appended
-        nor ever to be. A server that cannot tell now leaves the batch in doubt (`_in_doubt`)
-        for the journal's next writer in this process (the shard's rebuild) to settle before
-        it reads: its round is answered UNAVAILABLE, so it is taken back if it is there. This
-        writer appends nothing more (`failed`)."""
+        nor ever to be. A batch the replicas did not hold in time (ReplicasBehind) is taken
+        back if it is there (a failover may have kept it, or not: not acknowledged either
+        way). A server that cannot tell now (or whose replicas do not hold what this settling
+        wrote) leaves the batch in doubt (`_in_doubt`) for the journal's next writer in this
+        process (the shard's rebuild) to settle before it reads: its round is answered
+        UNAVAILABLE, so it is taken back if it is there. This writer appends nothing more
+        (`failed`)."""
         try:
-            if self._settle(batch, last, count, keep=True):
+            if self._settle(batch, last, count, keep=not isinstance(lost, ReplicasBehind)):
                 return
-        except ERRORS as exc:
+        except (*ERRORS, ReplicasBehind) as exc:
             _in_doubt[self._where] = (batch, last, count)
             self.failed = (f"redis: journal {self.key}: appending LSNs {last - count + 1}-"
                            f"{last}: {lost}; whether the server holds them is not known yet "
@@ -268,26 +274,29 @@ class RedisJournal(RedisReader):
         score. Not there, the key is written over (with its value) so that the transaction,
         should its EXEC still be on its way, fails the WATCH of its connection; there but not
         `keep`, it is taken back. JournalFenced, leaving it, if the journal is fenced. Redis
-        errors if the server cannot tell (a WatchError: the key changed SETTLE_TRIES times)."""
+        errors if the server cannot tell (a WatchError: the key changed SETTLE_TRIES times).
+        With replicas (redis_replicas.py), each outcome is this connection's write of the key,
+        WAITed for: one there and kept is acknowledged once the replicas hold what follows it
+        (ReplicasBehind if not), as a fresh connection's WAIT covers only its own writes."""
         for _ in range(SETTLE_TRIES - 1):
             with contextlib.suppress(redis.exceptions.WatchError):  # changed: look again
                 return self._settle_once(batch, last, count, keep)
         return self._settle_once(batch, last, count, keep)
 
     def _settle_once(self, batch: bytes, last: int, count: int, keep: bool) -> bool:
-        with self.r.pipeline(transaction=True) as tx:
+        with redis_replicas.pipeline(self.r) as tx:
             tx.watch(self.last, self.fence, self.owner_key)
             stored = int(tx.get(self.last) or 0)
             self._refuse(tx.get(self.fence), tx.get(self.owner_key))
             there = stored == last and batch in tx.zrangebyscore(self.key, last, last)
-            if there and keep:
+            if there and keep and not redis_replicas.REPLICAS:
                 return True
             tx.multi()
-            if there:
+            if there and not keep:
                 tx.zrem(self.key, batch)
-            tx.set(self.last, last - count if there else stored)
+            tx.set(self.last, last - count if there and not keep else stored)
             tx.execute()
-            return False
+            return there and keep
 
     def _follows_on(self, stored: int) -> None:
         """StoreUnavailable, so that nothing is appended past a gap, unless the server's last
@@ -430,18 +439,30 @@ def guarded(client: redis.Redis, journal: str, owner: str | None, commands: Sequ
             if not owns(owner, replies[2]):
                 raise JournalDisowned.of(journal)
             check(replies[3:])
-            done = _exchange(connection, ("MULTI",), *commands, ("EXEC",))[-1]
+            done = _commit(connection, commands)
         except BaseException:
             connection.disconnect()  # with its WATCH, and any reply not read
             raise
         finally:
             pool.release(connection)
         if done is not None:
-            for reply in done:
-                if isinstance(reply, redis.exceptions.ResponseError):
-                    raise reply
             return done
     raise redis.exceptions.WatchError(f"{journal}: the keys a write watched kept changing")
+
+
+def _commit(connection: redis.connection.AbstractConnection, commands: Sequence[tuple]
+            ) -> list | None:
+    """`commands` in a MULTI/EXEC on `connection` (which watched what they depend on): the
+    EXEC's replies, None if a watched key changed (nothing written); an error reply raised.
+    What it wrote is then WAITed for (redis_replicas.py: ReplicasBehind if the replicas do not
+    hold it)."""
+    done = _exchange(connection, ("MULTI",), *commands, ("EXEC",))[-1]
+    if done is not None:
+        for reply in done:
+            if isinstance(reply, redis.exceptions.ResponseError):
+                raise reply
+        redis_replicas.wait(connection)
+    return done
 
 
 def _exchange(connection: redis.connection.AbstractConnection, *commands: tuple) -> list:

@@ -17,7 +17,10 @@ Keys, under a prefix (default "kairos", `?prefix=` in the URL) so clusters can s
     <prefix>:d                   set: the names of the decision logs
     <prefix>:owner               string: the lease of the cluster that holds the store (claim)
 
-A journal is a sorted set of batches (redis_journal.py).
+A journal is a sorted set of batches (redis_journal.py). With KAIROS_REDIS_REPLICAS, each
+write Kairos relies on (journal, fence, owner, homes, snapshots, meta, the lease) is WAITed for
+(redis_replicas.py); the decision log's are not (evidence beside the journal, which no
+answer waits on): a failover may lose its latest entries, or bring back ones just erased.
 
 The URL may carry a password (`redis://user:password@host:port/db`); it is never printed,
 logged or put in an error message as it is: `repr` and messages show `redact(url)`.
@@ -44,7 +47,7 @@ import msgpack
 import redis
 
 from kairos.cluster.settings import REDIS_TIMEOUT_S
-from kairos.cluster.storage import lsn_records, redis_aof, redis_chunks
+from kairos.cluster.storage import lsn_records, redis_aof, redis_chunks, redis_replicas
 from kairos.cluster.storage.decision_logs import Entry, entry_size
 from kairos.cluster.storage.ownership import LEASE_S
 from kairos.cluster.storage.redis_config import check_parameters
@@ -370,7 +373,7 @@ class RedisStore:
         (redis_journal.py `guarded`): JournalFenced, nothing written, if the journal is fenced
         or another incarnation's than this store's (`own_journal`) before the EXEC."""
         if journal is None:
-            with self.r.pipeline(transaction=False) as pipe:
+            with redis_replicas.pipeline(self.r, transaction=False) as pipe:
                 for command in commands:
                     pipe.execute_command(*command)
                 pipe.execute()
@@ -396,7 +399,7 @@ class RedisStore:
     def own_journal(self, name: str, owner: str, claim: bool) -> None:
         key = f"{self.prefix}:j:{name}"
         if claim:
-            self.r.set(f"{key}:owner", owner)
+            redis_replicas.write(self.r, "SET", f"{key}:owner", owner)
         else:
             with self.r.pipeline(transaction=False) as pipe:
                 pipe.get(f"{key}:fenced")
@@ -417,13 +420,14 @@ class RedisStore:
 
     @unavailable("fencing a journal")
     def fence_journal(self, name: str) -> None:
-        self.r.set(f"{self.prefix}:j:{name}:fenced", 1)
+        redis_replicas.write(self.r, "SET", f"{self.prefix}:j:{name}:fenced", 1)
 
     @unavailable("dropping a journal")
     def drop_journal(self, name: str) -> None:
         """The journal's keys but its fence, which outlives it (store.py)."""
         key = f"{self.prefix}:j:{name}"
-        self.r.delete(key, f"{key}:last", f"{key}:quarantine", f"{key}:gaps", f"{key}:owner")
+        redis_replicas.write(self.r, "DEL", key, f"{key}:last", f"{key}:quarantine",
+                             f"{key}:gaps", f"{key}:owner")
 
     @unavailable("writing meta")
     def put_meta(self, key: str, blob: bytes) -> None:
@@ -451,7 +455,7 @@ class RedisStore:
         key = f"{self.prefix}:owner"
         lease = msgpack.packb([owner, holder, next(_claims)])
         while True:
-            with self.r.pipeline(transaction=True) as tx:
+            with redis_replicas.pipeline(self.r) as tx:
                 try:
                     tx.watch(key)
                     held = tx.get(key)
@@ -469,7 +473,7 @@ class RedisStore:
     @unavailable("releasing the store")
     def release(self, owner: str) -> None:
         key = f"{self.prefix}:owner"
-        with self.r.pipeline(transaction=True) as tx, contextlib.suppress(redis.WatchError):
+        with redis_replicas.pipeline(self.r) as tx, contextlib.suppress(redis.WatchError):
             tx.watch(key)
             held = tx.get(key)
             if held is not None and msgpack.unpackb(held, raw=False)[0] == owner:
