@@ -317,6 +317,9 @@ class DirectoryStore:
     def release(self, owner: str) -> None:
         directory_claim.release(self.root, owner)
 
+    def claimed_by(self) -> tuple[str, str] | None:
+        return directory_claim.claimed_by(self.root)
+
     def decision_log(self, name: str) -> DirectoryLog:
         return DirectoryLog(self.root / "decisions" / name, self.fsync)
 

@@ -7,7 +7,7 @@ import msgpack
 
 from kairos.cluster.protocol import JOURNAL_FORMAT
 from kairos.cluster.storage.decision_logs import MemoryLog
-from kairos.cluster.storage.store import JournalDisowned, JournalFenced, StoreCorrupt
+from kairos.cluster.storage.store import JournalDisowned, JournalFenced, StoreCorrupt, StoreInUse
 
 
 class MemoryJournal:
@@ -89,6 +89,7 @@ class MemoryStore:
         self._covers: dict[int, tuple[str, int]] = {}  # partition -> snapshot_lsn
         self._meta: dict[str, bytes] = {}
         self._logs: dict[str, MemoryLog] = {}
+        self._claim: tuple[str, str] | None = None  # (owner, holder) while claimed
 
     def put(self, partition: int, customer_id: str, blob: bytes,
             unless_fenced: str | None = None) -> None:
@@ -174,10 +175,17 @@ class MemoryStore:
         return sorted(self._logs)
 
     def claim(self, owner: str, holder: str) -> None:
-        pass  # no other process sees it: no other cluster to keep out
+        # no other process sees it: only another cluster in this one (tests) is kept out
+        if self._claim is not None and self._claim[0] != owner:
+            raise StoreInUse.of(self.url, self._claim[1])
+        self._claim = (owner, holder)
 
     def release(self, owner: str) -> None:
-        pass
+        if self._claim is not None and self._claim[0] == owner:
+            self._claim = None
+
+    def claimed_by(self) -> tuple[str, str] | None:
+        return self._claim
 
     def erased(self) -> None:
         pass  # no history of its writes is kept

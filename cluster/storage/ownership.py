@@ -21,6 +21,11 @@ cluster could have claimed the store and both written to it: that takes an opera
 a second cluster on this store in those seconds, and lasts until the next renewal. Meanwhile
 the control loop starts no shard that lost its journal's claim (`lapsed`): its start would
 claim the journal from the other cluster's shard, and that one's claim it back.
+
+A shard checks the claim before it writes (`check_claimed`): the store its node reaches by the
+cluster's URL must hold its controller's claim, else that URL reaches another store there (a
+directory on the node's own disk, `redis://localhost`), where what it writes is lost to the
+rest of the cluster and fences fence nothing.
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ import socket
 import time
 import uuid
 
-from kairos.cluster.storage.store import Store, StoreInUse, redact
+from kairos.cluster.storage.store import Store, StoreInUse, StoreNotClaimed, redact
 
 log = logging.getLogger("kairos.store")
 LEASE_S = 15.0  # how long a lease outlives its last renewal
@@ -48,6 +53,35 @@ def new_owner() -> str:
     """The token of a new cluster (runtime.start): its controller claims the store with it,
     again after each restart."""
     return uuid.uuid4().hex
+
+
+def check_claimed(store: Store, owner: str) -> None:
+    """StoreNotClaimed, naming the store, this node and what to do, unless `store` (as this
+    process opened it) holds the claim of the cluster `owner` names: a shard's check as it
+    opens the store to start or rebuild, before it writes anything. A store not `shared` (the
+    memory of this process) is not checked: nobody else sees it anyway.
+
+    A shard that meets it is down and tries again (host.py), as after any store failure.
+    No claim is what the right store shows for a moment too: a lease runs out while the
+    controller's renewals fail (the store or the controller stalled past LEASE_S) and is back
+    at its next renewal, and a directory's lock is gone while Ray restarts the controller,
+    until it claims again. Another cluster's claim on the right store means this cluster lost
+    it, and its controller stops it within a renewal. Trying again writes nothing (it reads
+    the claim), and serves once an operator mounted the right store, with no restart."""
+    if not store.shared:
+        return
+    claim = store.claimed_by()
+    if claim is not None and claim[0] == owner:
+        return
+    found = "holds no cluster's claim" if claim is None else \
+        f"is held by another Kairos cluster (its controller: {claim[1] or 'unknown'})"
+    raise StoreNotClaimed(
+        f"the store {redact(store.url)}, as host {socket.gethostname()} reaches it, {found}, "
+        f"not this cluster's: that host reaches another store by this name than the "
+        f"controller's does (or the controller's claim lapsed a moment). A directory store "
+        f"must be one directory every node mounts (NFSv4); a Redis URL must reach the same "
+        f"server from every node. This shard writes nothing to it, serves nothing, and "
+        f"tries again")
 
 
 class StoreClaim:

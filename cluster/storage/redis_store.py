@@ -480,3 +480,12 @@ class RedisStore:
                 tx.multi()
                 tx.delete(key)
                 tx.execute()
+
+    @unavailable("reading the claim on the store")
+    def claimed_by(self) -> tuple[str, str] | None:
+        """The lease `claim` set, while it has not run out: a GET, nothing written."""
+        held = self.r.get(f"{self.prefix}:owner")
+        if held is None:
+            return None
+        owner, holder, _ = msgpack.unpackb(held, raw=False)
+        return owner, holder

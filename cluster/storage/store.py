@@ -66,7 +66,11 @@ the same shards' journals (shard names are the same in every cluster) and corrup
 the controller claims the store (`claim`, ownership.py) before its cluster writes anything,
 and keeps the claim while it lives: a directory by an exclusive `flock` its process holds
 (gone with the process), Redis by a lease the controller renews. A second cluster's claim
-raises StoreInUse, naming the store and who holds it.
+raises StoreInUse, naming the store and who holds it. And every shard checks, as it opens the
+store to start or rebuild, that the store holds its controller's claim (`claimed_by`): else
+the URL reaches another store from its node than from the controller's (a directory on each
+node's own disk, `redis://localhost`), where nothing it writes is seen by the others
+(StoreNotClaimed; ownership.py `check_claimed`).
 """
 from __future__ import annotations
 
@@ -132,6 +136,13 @@ class StoreInUse(Exception):
                     "(--store, KAIROS_STORE)")
         exc.lease, exc.holder = lease, holder
         return exc
+
+
+class StoreNotClaimed(StoreUnavailable):
+    """The store a shard opened does not hold its cluster's claim (`Store.claimed_by`): not
+    the store the controller claimed (a directory on this node's own disk, a Redis URL that
+    reaches another server from this node), or its claim lapsed a moment (ownership.py
+    `check_claimed`). The shard writes nothing to it."""
 
 
 class StoreCorrupt(StoreUnavailable):
@@ -319,6 +330,13 @@ class Store(Protocol):
 
     def release(self, owner: str) -> None:
         """Give the claim up, if `owner` holds it (a controller that stops)."""
+
+    def claimed_by(self) -> tuple[str, str] | None:
+        """The claim the store holds now, as (owner, holder) where `claim` wrote them, or
+        None: a lease run out or given up (Redis), a lock no live process holds (a
+        directory). Read without writing anything, by a shard that checks the store it opened
+        is its cluster's (ownership.py `check_claimed`); a claim made or given up meanwhile
+        may be seen either way."""
 
     def erased(self) -> None:
         """A step of ForgetCustomer's erasure wrote its last change (durability.py): a store

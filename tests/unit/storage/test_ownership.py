@@ -47,7 +47,7 @@ def test_a_directory_another_process_holds_is_refused_until_that_process_dies(tm
         holder.kill()  # a crash: nothing released
         holder.wait()
     store.claim("mine", "this cluster")  # the kernel dropped the dead process's lock
-    assert (tmp_path / "owner.lock").read_text() == "this cluster"
+    assert (tmp_path / "owner.lock").read_text() == "this cluster\nmine"  # holder, owner
 
 
 def test_one_process_holds_a_directory_for_one_owner_until_it_gives_it_up(tmp_path):
