@@ -137,6 +137,8 @@ class Controller(ControlLoop, Catalogs, Scaling, Resuming):
         self._held_starts: dict[tuple[str, str], ThrottledWarning] = {}  # (shard, what said)
         self._waiting_since: dict[str, float] = {}  # shard -> its first start Unreleased
         self._healths: dict[str, dict[str, Any]] = {}  # the last catch-up's, of those answering
+        # shards down on a store not this cluster's, each with its notice (rounds.py)
+        self._unclaimed: dict[str, ThrottledWarning] = {}
 
     @property
     def shards(self) -> list[str]:
@@ -223,7 +225,8 @@ class Controller(ControlLoop, Catalogs, Scaling, Resuming):
             node = min(load, key=load.__getitem__, default=None)
         try:
             await self.backend.create_shard(name, node, self.n_partitions, _seed_of(name),
-                                            self.store_url, self.journal_policy)
+                                            self.store_url, self.journal_policy,
+                                            self.store_claim.owner)
         except Exception:
             await self.backend.kill_shard(name)  # not left pending on a node that went away
             raise

@@ -19,7 +19,9 @@ none of the others.
    answers as a process Ray restarted (the adopt died with the old one: scaling.py), serving
    none of its own meanwhile: a started target that keeps it waiting for HELD_TARGET_S is
    replaced as one whose node left (step 1), its journal fenced; one not started is not (it
-   waits on a target of its own, replaced in its turn, or its start fails).
+   waits on a target of its own, replaced in its turn, or its start fails). A shard down
+   because its node reaches another store by the cluster's URL (host.py) is logged, at once
+   and every UNCLAIMED_LOG_S while it stays so (it tries again on its own).
 4. A learner that runs another catalog text than the controller's, or was not told it (Ray
    restarted it, a resume could not tell it), is told the running one.
 5. Drains a crash (or a shard that did not answer) cut short are finished: after step 3, as a
@@ -62,6 +64,7 @@ from kairos.cluster.transport.ray_backend import Gone
 log = logging.getLogger("kairos.controller")
 CONFIRM_OWNED_S = 30.0  # how often the shards are confirmed the partitions the map gives them
 HELD_TARGET_S = 300.0  # how long a start waits on a move's target before it is replaced
+UNCLAIMED_LOG_S = 60.0  # how often a shard down on a store not this cluster's is logged again
 
 
 async def _step(what: str, work: Awaitable[Any]) -> bool:
@@ -223,6 +226,7 @@ class ControlLoop:
         # what each shard that answered said: a start held by a move's target tells from it
         # whether that target can still adopt late (scaling.py `_released_before_start`)
         self._healths = {n: h for n, h in zip(names, healths) if not isinstance(h, Exception)}
+        self._say_unclaimed()
         async with self._reconfiguring:
             # re-checked: one (re)started meanwhile is known already
             answering = [n for n, h in zip(names, healths) if not isinstance(h, Exception)
@@ -257,6 +261,18 @@ class ControlLoop:
                 elif health.get("started") and self.replacing.pop(name, None) is not None:
                     await self._save()  # it serves what it recovered from those journals
             await self._catch_up(answering)
+
+    def _say_unclaimed(self) -> None:
+        """Log each shard down because the store its node reaches by the cluster's URL is not
+        this one's (its health: host.py, ownership.py `check_claimed`), at once and then every
+        UNCLAIMED_LOG_S while it stays down: operators read this log, not every shard's."""
+        down = {n: h for n, h in self._healths.items()
+                if not h.get("started") and (h.get("recovery") or {}).get("unclaimed")}
+        self._unclaimed = {n: self._unclaimed.get(n) or ThrottledWarning(log, UNCLAIMED_LOG_S)
+                           for n in down}
+        for name, health in down.items():
+            self._unclaimed[name].warn("%s on node %s serves nothing: %s", name,
+                                       health.get("node"), health["recovery"]["failed"])
 
     async def _replace_holding(self, waiting: str, targets: list[str],
                                answering: list[str]) -> None:

@@ -55,7 +55,10 @@ def rings_written(shard: Shard) -> int:
 @ray.remote(num_cpus=0, concurrency_groups={"admin": 2, "log": 2})
 class ShardActor:
     def __init__(self, name: str, n_partitions: int, seed: int, store_url: str = "memory",
-                 journal_policy: str = "fsync"):
+                 journal_policy: str = "fsync", *, owner: str):
+        """`owner`: the token of the cluster whose controller creates it, whose claim the
+        store must hold where this shard opens it (host.py); Ray passes it again at a
+        restart, as the other arguments."""
         self.name = name
         pauses.track()
         self.incarnation = uuid.uuid4().hex  # changes when Ray restarts the actor
@@ -66,7 +69,8 @@ class ShardActor:
         self.host = ShardHost(name, n_partitions, seed, functools.partial(open_store, store_url),
                               journal_policy, deliver=self.pushes.push,
                               observe=self.metrics.observe_batch, settle=pauses.settle,
-                              jobs=(self._sync_models, self._flush_metrics, self._probe_sinks))
+                              jobs=(self._sync_models, self._flush_metrics, self._probe_sinks),
+                              owner=owner)
         self._plane = PlaneServer(self.host.handle)
         self._snapshot: dict[str, Any] = {"shard": name, "started": False}
         self._flushed: Shard | None = None  # the Shard whose tallies the metrics follow

@@ -66,7 +66,8 @@ from kairos.cluster.shard.sequencer import Sequencer
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.shard.syncs import Syncs
 from kairos.cluster.shard.watches import Push
-from kairos.cluster.storage.store import JournalDisowned, Store, StoreUnavailable
+from kairos.cluster.storage.ownership import check_claimed
+from kairos.cluster.storage.store import JournalDisowned, Store, StoreNotClaimed, StoreUnavailable
 
 log = logging.getLogger("kairos.shard")
 # a shard's decision log reads at once (threads: each reads a page of a long log)
@@ -90,13 +91,17 @@ class ShardHost:
                  settle: Callable[[], None] = lambda: None, jobs: Sequence[Job] = (),
                  queue_limit: int = SHARD_QUEUE_LIMIT, round_limit: int = SHARD_ROUND_LIMIT,
                  round_bytes: int = SHARD_ROUND_BYTES, session_start_s: float = SESSION_START_S,
-                 tick_s: float = TICK_S, incarnation: str | None = None):
+                 tick_s: float = TICK_S, incarnation: str | None = None,
+                 owner: str | None = None):
         """`open_store` opens the store each (re)built Shard uses; `deliver(sink, decisions)`
         sends pushes; `observe(kinds, latency_ms)` is told each answered batch's request
         kinds and time in the shard; `settle` runs after a Shard is (re)built (the actor
         tidies the heap: pauses.py); `jobs` run in the background, with the host's own, once
         it has started, each restarted after a failure. `incarnation`: this process's, which
-        owns the shard's journal from each start on (store.py, "Owners")."""
+        owns the shard's journal from each start on (store.py, "Owners"). `owner`: the token
+        of the cluster whose controller created it, whose claim the store must hold at each
+        start and rebuild (ownership.py `check_claimed`); None checks nothing (a host with no
+        controller: tests)."""
         self.name = name
         self.incarnation = incarnation or uuid.uuid4().hex
         self.n_partitions = n_partitions
@@ -107,6 +112,7 @@ class ShardHost:
         # requests answered BUSY: the queue full, CROWDED, an outcome past its rate, OVERTAKING
         self.rejected = 0
         self._open_store = open_store
+        self._owner = owner
         self._journal_policy = journal_policy
         self._deliver = deliver
         self._observe = observe
@@ -177,6 +183,8 @@ class ShardHost:
         """A Shard rebuilt from the store, and what its recovery did (on the worker thread).
         A start's first build claims the journal; a rebuild finds it its own or stays down."""
         store = self._open_store()
+        if self._owner is not None:  # before the journal's claim, its first write
+            check_claimed(store, self._owner)
         store.own_journal(self.name, self.incarnation, claim=start != self._claimed)
         self._claimed = start
         return recovering.built(self.name, self.n_partitions, self.seed, store,
@@ -202,6 +210,8 @@ class ShardHost:
             self.recovery = {"failed": f"{type(exc).__name__}: {exc}"}
             if isinstance(exc, JournalDisowned):  # what health says; the controller acts on it
                 self.recovery = {"failed": DISOWNED.format(self.name), "disowned": True}
+            elif isinstance(exc, StoreNotClaimed):  # the controller logs it (rounds.py)
+                self.recovery["unclaimed"] = True
             log.log(logging.ERROR if unexpected else logging.WARNING,
                     "%s: recovering from the store failed (%s); retrying", self.name,
                     self.recovery["failed"], exc_info=unexpected)

@@ -73,15 +73,16 @@ def check_claimed(store: Store, owner: str) -> None:
     claim = store.claimed_by()
     if claim is not None and claim[0] == owner:
         return
-    found = "holds no cluster's claim" if claim is None else \
-        f"is held by another Kairos cluster (its controller: {claim[1] or 'unknown'})"
+    found = ("holds no cluster's claim: this host reaches another store by that name than "
+             "the controller does (or the controller's claim lapsed a moment)") \
+        if claim is None else \
+        (f"is held by another Kairos cluster (its controller: {claim[1] or 'unknown'}): this "
+         f"host reaches that cluster's store by the name (or this cluster lost it to that one)")
     raise StoreNotClaimed(
-        f"the store {redact(store.url)}, as host {socket.gethostname()} reaches it, {found}, "
-        f"not this cluster's: that host reaches another store by this name than the "
-        f"controller's does (or the controller's claim lapsed a moment). A directory store "
-        f"must be one directory every node mounts (NFSv4); a Redis URL must reach the same "
-        f"server from every node. This shard writes nothing to it, serves nothing, and "
-        f"tries again")
+        f"the store {redact(store.url)}, as host {socket.gethostname()} reaches it, {found}. "
+        f"A directory store must be one directory every node mounts (NFSv4); a Redis URL "
+        f"must reach the same server from every node. This shard writes nothing to it, "
+        f"serves nothing, and tries again")
 
 
 class StoreClaim:

@@ -250,8 +250,10 @@ class Backend(Protocol):
     def gateway(self, name: str) -> GatewayControl: ...
 
     async def create_shard(self, name: str, node: str | None, n_partitions: int, seed: int,
-                           store_url: str, journal_policy: str) -> None:
-        """Create the shard `name` (on `node`, if given) and wait until it answers."""
+                           store_url: str, journal_policy: str, owner: str) -> None:
+        """Create the shard `name` (on `node`, if given) and wait until it answers. `owner`:
+        the cluster's token, whose claim the store must hold where the shard opens it
+        (ownership.py `check_claimed`)."""
 
     async def kill_shard(self, name: str) -> None:
         """Stop the shard for good (a shard already gone is no error)."""

@@ -171,7 +171,7 @@ class RayBackend:
     # -- shards --------------------------------------------------------------------------------
 
     async def create_shard(self, name: str, node: str | None, n_partitions: int, seed: int,
-                           store_url: str, journal_policy: str) -> None:
+                           store_url: str, journal_policy: str, owner: str) -> None:
         if self._shard_actor is None:
             raise RuntimeError("this RayBackend was not given the shard actor class")
         options: dict[str, Any] = {"name": name, "namespace": NAMESPACE,
@@ -181,7 +181,8 @@ class RayBackend:
             # died is replaced by the controller on a live node
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
         handle = self._shard_actor.options(**options).remote(name, n_partitions, seed,
-                                                             store_url, journal_policy)
+                                                             store_url, journal_policy,
+                                                             owner=owner)
         self._handles[name] = handle
         await self.call(name, lambda actor: actor.ready.remote(), SHARD_START_S)
 

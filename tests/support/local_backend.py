@@ -78,7 +78,7 @@ class LocalBackend:
         return LocalGateway(self, name)
 
     async def create_shard(self, name: str, node: str | None, n_partitions: int, seed: int,
-                           store_url: str, journal_policy: str) -> None:
+                           store_url: str, journal_policy: str, owner: str) -> None:
         self.shards[name] = None
         self.n_partitions[name] = n_partitions
         self.created_on[name] = node
