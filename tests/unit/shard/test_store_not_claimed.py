@@ -16,11 +16,14 @@ import socket
 from pathlib import Path
 
 import pytest
+import redis
 
 from kairos.cluster.control.controller import Controller
 from kairos.cluster.protocol import EventAck
 from kairos.cluster.shard.host import ShardHost
+from kairos.cluster.storage.ownership import check_claimed
 from kairos.cluster.storage.providers import open_store
+from kairos.cluster.storage.store import StoreNotClaimed
 
 from tests.support.local_backend import LocalBackend
 from tests.support.waiting import until
@@ -166,3 +169,15 @@ def test_a_store_another_cluster_holds_is_refused(compiled, tmp_path, request, k
         await theirs.store_claim.release()
         await controller.store_claim.release()
     asyncio.run(main())
+
+
+def test_the_refusal_names_the_store_without_its_password(redis_server):  # noqa: F811
+    with redis.Redis(port=redis_server.port) as admin:
+        admin.execute_command("ACL", "SETUSER", "kairos", "on", ">claim-secret", "~*", "+@all")
+    store = open_store(f"redis://kairos:claim-secret@127.0.0.1:{redis_server.port}/0"
+                       f"?prefix=unclaimed")
+    with pytest.raises(StoreNotClaimed) as refused:
+        check_claimed(store, "ours")
+    assert str(refused.value).startswith(
+        f"the store redis://***@127.0.0.1:{redis_server.port}/0?prefix=unclaimed, as host ")
+    assert "claim-secret" not in str(refused.value)
