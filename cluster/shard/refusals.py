@@ -8,7 +8,7 @@ its later requests with the same route key (the customer) refused: one customer'
 not cost the other customers of the sender's next batch (a client's batch holds up to 512
 requests, from many callers), unless more than SESSION_KEYS_KEPT were refused (then the whole
 session is). The client goes on in a fresh session on any Busy or
-Unavailable reply (transport/client.py), so only what it sent before it heard carries the old
+Unavailable reply (transport/batching.py), so only what it sent before it heard carries the old
 session: a refusal is kept for `keep_s` after the session's last one (by default PLANE_CALL_S,
 the client's deadline for a call), apart from the sequencer's sessions, which it forgets past
 SESSIONS_KEPT (refused senders start fresh sessions, so they come fast at the ceiling).

@@ -114,7 +114,7 @@ class Residency(Passivation):
         # past the limit, while the ticks' budget catches up; then the shard admits no others
         self.overflow = overflow_of(resident_limit)
         self.chunk = PASSIVATE_CHUNK
-        self._home_s = 0.0  # what writing a home takes, smoothed over chunks (PACE_WEIGHT)
+        self._home_s = 0.0  # what writing a home takes, smoothed (passivation.py PACE_WEIGHT)
         self._holes = 0  # residents evicted since `recent` was last compacted
         self._kept = 0  # residents kept by this pass of walks so far
         # residents -> when last used, least recent first: a plain dict keeps insertion order

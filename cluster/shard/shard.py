@@ -10,7 +10,8 @@ A Shard is composed of parts that each own their state, and share only context.p
 (the name, the engine of the catalog in use, the store, the clock, the tallies):
 
 - ownership.py: the partitions served and the MOVED answer;
-- residency.py: activation, passivation, the resident customers per partition, their timers;
+- residency.py (+ passivation.py): activation, passivation, the resident customers per
+  partition, their timers;
 - customers.py: events, timer firings, decisions, outcomes, profile reads, watches;
 - identities.py: the alias directory, a link's steps, forgetting; linkhold.py: what they hold;
 - watches.py: who wants pushes, and the pushes a round's changes make;

@@ -15,7 +15,6 @@ import yaml
 from kairos.cluster.control.catalog_identity import VERSIONS_KEPT, VersionsRun
 from kairos.cluster.control import learner as learner_module
 from kairos.cluster.control.learner import Learner, LearnerActor, save_models
-from tests.support.restored import restore_models
 from kairos.cluster.control.saved import STATE_KEY
 from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.store import StoreUnavailable
@@ -24,6 +23,7 @@ from kairos.core.catalog import default_catalog_text
 from kairos.core.compiler import compiled_from_text
 from kairos.core.models import ModelTable
 
+from tests.support.restored import restore_models
 from tests.unit.control.actors import Actors, controller_on
 from tests.unit.control.test_control_loop import rounds
 from tests.unit.control.test_interrupted import restarted, started

@@ -13,7 +13,6 @@ import pytest
 from bench.workload import yaml_doc, yaml_text
 from kairos.cluster.control.learner import Learner
 from kairos.cluster.control.posterior import PublishedRows, save_models
-from tests.support.restored import restore_models
 from kairos.cluster.shard import modelsync
 from kairos.cluster.shard.modelsync import ModelSync
 from kairos.cluster.transport.backend import Published
@@ -21,6 +20,8 @@ from kairos.core import reference
 from kairos.core.catalog import default_catalog_text
 from kairos.core.compiler import compiled_from_text
 from kairos.core.models import COUNTS, DeltaOrigin, ModelDelta, ModelTable
+
+from tests.support.restored import restore_models
 
 
 

@@ -16,7 +16,6 @@ import pytest
 import yaml
 
 from kairos.cluster.control.learner import Learner, save_models
-from tests.support.restored import restore_models
 from kairos.cluster.metrics import LearnerMetrics, ShardMetrics
 from kairos.core.catalog import MAX_NUMBER, default_catalog_text, load_catalog
 from kairos.core.compiler import (Outcome, PREDICTOR_LIMIT, Teach, compiled_from_text,
@@ -27,6 +26,7 @@ from kairos.core.errors import CatalogError, InputError
 from kairos.core.models import ModelTable, per_model
 
 from tests.support.metrics import Recorder
+from tests.support.restored import restore_models
 
 SCHEMA = json.loads(resources.files("kairos.core").joinpath("catalog.schema.json").read_text())
 T0 = 1_800_000_000.0

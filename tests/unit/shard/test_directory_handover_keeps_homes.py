@@ -41,7 +41,7 @@ def parked_with_a_passivated_customer(compiled, root: Path) -> tuple[int, Reply]
 
 
 def rebuilt(compiled, root: Path, owned: dict[int, int], leaving: dict[int, int]) -> Shard:
-    """Shard "a" built from the store by a new process, as host.py's `_recovered` does."""
+    """Shard "a" built from the store by a new process, as recovering.py's `built` does."""
     s = Shard("a", compiled, owned, N_PARTITIONS, store=DirectoryStore(root))
     s.recover(None, leaving)
     s.handoff.frozen_again(Moving(leaving=leaving))
