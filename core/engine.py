@@ -20,13 +20,14 @@ import numpy as np
 from . import kernel as kernel_loader
 from .catalog import FieldSpec, parse_timestamp
 from .compiler import (CompiledCatalog, Outcome, Reason, STAGES, STAGE_APPLICABILITY,
-                       STAGE_ELIGIBILITY, STAGE_SUITABILITY, StringTable, Teach)
+                       STAGE_ELIGIBILITY, STAGE_SUITABILITY, Teach)
 from .decision import Decision, Dropped, Explanation, Learned, RankedAction
 from .errors import InputError
 from .models import Adopting, ModelTable
 from .request import (MAX_PROFILE_ID_LENGTH, MAX_STRING_LENGTH, channel_code, check_customer,
                       checked_vector, placement_codes, quoted, shown)
 from .state import EMPTY, HISTORY_EPOCH_S, ProfileTable, profile_view
+from .strings import StringTable
 
 DECISION_CACHE_SIZE = 100_000  # decisions whose model inputs are kept for their outcomes...
 DECISION_MEMO_BYTES = 64 * 2**20  # ...fewer when their inputs would take more than this

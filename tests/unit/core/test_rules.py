@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from kairos.core.compiler import StringTable
 from kairos.core.rules import (BOOL, NUM, STR, TIME, Frame, Ref, evaluate, parse)
+from kairos.core.strings import StringTable
 
 NAMES = {"x": Ref("profile", 0, NUM, name="x"), "y": Ref("profile", 1, NUM, name="y"),
          "tier": Ref("profile", 2, STR, ("none", "gold"), "tier"),
