@@ -18,9 +18,10 @@ PREFIX = "KAIROS_"
 
 
 def number(name: str, default: float, *, low: float = 0.0, high: float = math.inf,
-           above: bool = False) -> float:
-    """A float tunable in [low, high] (or (low, high] with `above`)."""
-    return _checked(name, default, float, low, high, above)
+           above: bool = False, high_of: str = "") -> float:
+    """A float tunable in [low, high] (or (low, high] with `above`; `high_of`: the setting
+    that sets `high`)."""
+    return _checked(name, default, float, low, high, above, high_of)
 
 
 def integer(name: str, default: int, *, low: int = 1, high: float = math.inf,
@@ -228,9 +229,12 @@ REDIS_TIMEOUT_S = number("REDIS_TIMEOUT_S", 5.0, above=True, high=600.0)
 # followed by WAIT on its connection (storage/redis_replicas.py). 0: no WAIT (the primary's AOF
 # alone; run no failover). Fewer acknowledging within REDIS_REPLICAS_WAIT_S: the write fails
 # (the store is UNAVAILABLE). At most half of REDIS_TIMEOUT_S, so WAIT's reply comes back in it.
-REDIS_REPLICAS = integer("REDIS_REPLICAS", 0, low=0)
-REDIS_REPLICAS_WAIT_S = _checked("REDIS_REPLICAS_WAIT_S", min(1.0, REDIS_TIMEOUT_S / 2), float,
-                                 0.0, REDIS_TIMEOUT_S / 2, True, "REDIS_TIMEOUT_S / 2")
+# At most 16 replicas: more than a deployment waits for, so a typo (100 for 1) fails at start
+# rather than failing every write.
+REDIS_REPLICAS = integer("REDIS_REPLICAS", 0, low=0, high=16)
+REDIS_REPLICAS_WAIT_S = number("REDIS_REPLICAS_WAIT_S", min(1.0, REDIS_TIMEOUT_S / 2),
+                               above=True, high=REDIS_TIMEOUT_S / 2,
+                               high_of="REDIS_TIMEOUT_S / 2")
 
 # -- control -----------------------------------------------------------------------------------
 # How often the controller looks for restarted shards and nodes that joined or left (its
@@ -410,6 +414,12 @@ INGEST_STREAMS_PER_HOST = integer("INGEST_STREAMS_PER_HOST", max(1, INGEST_STREA
 # How long an IngestStream may wait for its caller's next event before the gateway ends it
 # (DEADLINE_EXCEEDED, its events acked), so forgotten streams do not hold their places.
 INGEST_STREAM_IDLE_S = number("INGEST_STREAM_IDLE_S", 600.0, above=True)
+# How long an IngestStream's caller may leave its acks unread (the gateway's write held by flow
+# control) before the gateway ends the stream (RESOURCE_EXHAUSTED): its window of events, and its
+# place, are not held for a caller that stopped reading. Flow control hands acks on as the
+# caller's reads free its window, some 30 KB at a time: a caller reading less than that in this
+# time looks stalled.
+INGEST_STREAM_STALL_S = number("INGEST_STREAM_STALL_S", 30.0, above=True)
 # How often a gateway looks whether to freeze its long-lived objects (pauses.py).
 PAUSES_CHECK_S = number("PAUSES_CHECK_S", 1.0, above=True, high=3600.0)
 # How long a forgotten customer's links stay refused (a late step of a link that began before

@@ -47,7 +47,9 @@ writer append). A writer checks these when it opens (redis_config.py: an evictin
 refused, the rest warned; a server that refuses CONFIG GET is warned about once). With
 KAIROS_REDIS_REPLICAS, every write here is WAITed for (redis_replicas.py); a batch the
 replicas do not hold in time is settled as one whose reply was lost, but taken back if there
-(`_settled`): its round answers UNAVAILABLE, and the LSNs stay contiguous.
+(`_settled`): its round answers UNAVAILABLE, and the LSNs stay contiguous. Until the take-back
+has run (up to KAIROS_REDIS_REPLICAS_WAIT_S after the batch), a fence finds the batch there:
+the heir that set it replays a batch answered UNAVAILABLE, as above for a lost reply.
 """
 from __future__ import annotations
 
@@ -62,8 +64,7 @@ from kairos.cluster.storage import redis_replicas
 from kairos.cluster.storage.frames import (Decode, JournalFormatError, check_frame, scrub_batch,
                                            seal_batch, unseal_batch)
 from kairos.cluster.storage.redis_config import check_server
-from kairos.cluster.storage.redis_errors import ERRORS, unavailable
-from kairos.cluster.storage.redis_replicas import ReplicasBehind
+from kairos.cluster.storage.redis_errors import ERRORS, ReplicasBehind, unavailable
 from kairos.cluster.storage.store import (JournalDisowned, JournalFenced, StoreCorrupt,
                                           StoreUnavailable)
 
@@ -229,20 +230,13 @@ class RedisJournal(RedisReader):
         WatchError if the key changed before the EXEC (nothing written). The owner is watched
         and read with it, in the same write: JournalFenced, nothing written, if it is not this
         writer's."""
-        pool = self.r.connection_pool
-        connection = pool.get_connection()
-        try:
+        with _held(self.r) as connection:
             _, stored, owner = _exchange(connection, ("WATCH", self.last, self.owner_key),
                                          ("GET", self.last), ("GET", self.owner_key))
             self._refuse(None, owner)
             self._follows_on(int(stored or 0))
             done = _commit(connection, (("ZADD", self.key, last, batch),
                                         ("SET", self.last, last), ("GET", self.fence)))
-        except BaseException:
-            connection.disconnect()  # with its WATCH, and any reply not read
-            raise
-        finally:
-            pool.release(connection)
         if done is None:
             raise redis.exceptions.WatchError(f"journal {self.key}: the last LSN changed")
         return done[-1]
@@ -253,17 +247,17 @@ class RedisJournal(RedisReader):
         nor ever to be. A batch the replicas did not hold in time (ReplicasBehind) is taken
         back if it is there (a failover may have kept it, or not: not acknowledged either
         way). A server that cannot tell now (or whose replicas do not hold what this settling
-        wrote) leaves the batch in doubt (`_in_doubt`) for the journal's next writer in this
-        process (the shard's rebuild) to settle before it reads: its round is answered
-        UNAVAILABLE, so it is taken back if it is there. This writer appends nothing more
-        (`failed`)."""
+        wrote after it looked) leaves the batch in doubt (`_in_doubt`) for the journal's next
+        writer in this process (the shard's rebuild) to settle before it reads: its round is
+        answered UNAVAILABLE, so it is taken back if it is there. This writer appends nothing
+        more (`failed`)."""
         try:
             if self._settle(batch, last, count, keep=not isinstance(lost, ReplicasBehind)):
                 return
         except (*ERRORS, ReplicasBehind) as exc:
             _in_doubt[self._where] = (batch, last, count)
             self.failed = (f"redis: journal {self.key}: appending LSNs {last - count + 1}-"
-                           f"{last}: {lost}; whether the server holds them is not known yet "
+                           f"{last}: {lost}; whether the store holds them is not known yet "
                            f"({exc})")
             raise StoreUnavailable(self.failed) from exc
         raise StoreUnavailable(f"redis: appending to the journal: {lost}") from lost
@@ -276,8 +270,11 @@ class RedisJournal(RedisReader):
         `keep`, it is taken back. JournalFenced, leaving it, if the journal is fenced. Redis
         errors if the server cannot tell (a WatchError: the key changed SETTLE_TRIES times).
         With replicas (redis_replicas.py), each outcome is this connection's write of the key,
-        WAITed for: one there and kept is acknowledged once the replicas hold what follows it
-        (ReplicasBehind if not), as a fresh connection's WAIT covers only its own writes."""
+        WAITed for: one there and kept is acknowledged once the replicas hold what follows it,
+        one taken back or not there once they hold that (ReplicasBehind if not, saying what
+        the primary showed: a replica a failover promotes may still hold a batch taken back
+        here), as a fresh connection's WAIT covers none of the server's writes on Redis 7.0
+        and later (on 6.2, those before its last command: redis_replicas.py)."""
         for _ in range(SETTLE_TRIES - 1):
             with contextlib.suppress(redis.exceptions.WatchError):  # changed: look again
                 return self._settle_once(batch, last, count, keep)
@@ -295,7 +292,13 @@ class RedisJournal(RedisReader):
             if there and not keep:
                 tx.zrem(self.key, batch)
             tx.set(self.last, last - count if there and not keep else stored)
-            tx.execute()
+            try:
+                tx.execute()
+            except ReplicasBehind as exc:  # what the primary showed, which replicas may not
+                shown = ("does not hold the batch" if not there else "holds the batch" if keep
+                         else "held the batch, now taken back")
+                raise ReplicasBehind(f"the primary {shown}; its replicas are not known to "
+                                     f"agree: {exc}") from exc
             return there and keep
 
     def _follows_on(self, stored: int) -> None:
@@ -427,10 +430,8 @@ def guarded(client: redis.Redis, journal: str, owner: str | None, commands: Sequ
     A watched key changed before the EXEC: looked at again, up to SETTLE_TRIES times (then
     WatchError)."""
     fence, owner_key = f"{journal}:fenced", f"{journal}:owner"
-    pool = client.connection_pool
     for _ in range(SETTLE_TRIES):
-        connection = pool.get_connection()
-        try:
+        with _held(client) as connection:
             replies = _exchange(connection, ("WATCH", fence, owner_key, *watched),
                                 ("GET", fence), ("GET", owner_key),
                                 *(("GET", key) for key in watched))
@@ -440,14 +441,29 @@ def guarded(client: redis.Redis, journal: str, owner: str | None, commands: Sequ
                 raise JournalDisowned.of(journal)
             check(replies[3:])
             done = _commit(connection, commands)
-        except BaseException:
-            connection.disconnect()  # with its WATCH, and any reply not read
-            raise
-        finally:
-            pool.release(connection)
         if done is not None:
             return done
     raise redis.exceptions.WatchError(f"{journal}: the keys a write watched kept changing")
+
+
+@contextlib.contextmanager
+def _held(client: redis.Redis) -> Iterator[redis.connection.AbstractConnection]:
+    """A connection of the client's pool for `_exchange`, back in the pool after, dropped if
+    what ran on it failed (with its WATCH, and any reply not read), but for ReplicasBehind:
+    that comes after the EXEC, which ends the WATCH, and WAIT's reply, read whole (a pool
+    that dropped its connection at each failed WAIT would connect anew for each write while
+    the replicas are away)."""
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    try:
+        yield connection
+    except ReplicasBehind:
+        raise
+    except BaseException:
+        connection.disconnect()
+        raise
+    finally:
+        pool.release(connection)
 
 
 def _commit(connection: redis.connection.AbstractConnection, commands: Sequence[tuple]

@@ -45,6 +45,8 @@ from urllib.parse import parse_qs, urlencode, urlparse
 
 import msgpack
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from kairos.cluster.settings import REDIS_TIMEOUT_S
 from kairos.cluster.storage import lsn_records, redis_aof, redis_chunks, redis_replicas
@@ -273,11 +275,14 @@ class RedisStore:
         self.url = url
         self._owners: dict[str, str] = {}  # journal -> the incarnation written as (own_journal)
         try:
-            # the query text alone replaced: urlunparse would turn unix:///path into unix:/path
+            # the query text alone replaced: urlunparse would turn unix:///path into unix:/path;
+            # no retries, whatever redis-py's default: a command whose reply was lost may have
+            # run, and a retry would run it again (a DECRBY twice, a transaction without the
+            # WATCH its EXEC consumed): each caller settles a lost reply as it must
             self.r = redis.Redis.from_url(
                 url.partition("?")[0] + (f"?{urlencode(query, doseq=True)}" if query else ""),
                 socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S,
-                redis_connect_func=_handshake)
+                redis_connect_func=_handshake, retry=Retry(NoBackoff(), 0))
         except ValueError:  # its text may quote the password ("as 'secret'")
             raise ValueError(f"store {redact(url)}: not a valid Redis URL") from None
 

@@ -4,23 +4,32 @@ acknowledged (the journal's batch taken back, its LSNs contiguous once the repli
 and with 0 no WAIT is sent."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 
+import msgpack
 import pytest
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from kairos.cluster.storage import redis_replicas
 from kairos.cluster.storage.providers import open_store
+from kairos.cluster.storage.redis_errors import ReplicasBehind
+from kairos.cluster.storage.redis_journal import RedisJournal
 from kairos.cluster.storage.redis_server import RedisServer
-from kairos.cluster.storage.store import StoreUnavailable
+from kairos.cluster.storage.store import JournalFenced, StoreUnavailable
 
 from tests.unit.shard.test_shard import T0, Clock, event, profile, shard
 from tests.unit.storage.test_redis_lost_replies import lose_next_reply, records
 
 SYNC_S = 10.0  # how long a replica may take to (re)connect and catch up: a bound, not a figure
+HELD_MS = 2000  # WAIT where the replica is there: ample on a loaded machine (below the timeout)
+BEHIND_MS = 200  # WAIT where the replica is away (`behind`): a write fails this quickly
 BEHIND = "0 of the 1 replicas KAIROS_REDIS_REPLICAS asks for acknowledged"
 
 
@@ -37,9 +46,19 @@ def pair(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def one_replica(monkeypatch):
-    """REPLICAS 1, and a short WAIT so that a replica gone fails a write quickly."""
+    """REPLICAS 1, and a WAIT long enough for a replica that is there (`behind`: short)."""
     monkeypatch.setattr(redis_replicas, "REPLICAS", 1)
-    monkeypatch.setattr(redis_replicas, "WAIT_MS", 200)
+    monkeypatch.setattr(redis_replicas, "WAIT_MS", HELD_MS)
+
+
+@contextlib.contextmanager
+def behind():
+    """A short WAIT, where the test expects it to fail: a replica away fails a write quickly."""
+    redis_replicas.WAIT_MS = BEHIND_MS
+    try:
+        yield
+    finally:
+        redis_replicas.WAIT_MS = HELD_MS
 
 
 def attach(primary: RedisServer, replica: RedisServer) -> None:
@@ -67,10 +86,10 @@ def detach(primary: RedisServer, replica: RedisServer) -> None:
             time.sleep(0.05)
 
 
-def waits(server: RedisServer) -> int:
-    """How many WAITs the server has run."""
+def waits(server: RedisServer, command: str = "wait") -> int:
+    """How many WAITs (or other `command`s) the server has run."""
     with server.client() as c:
-        return c.info("commandstats").get("cmdstat_wait", {}).get("calls", 0)
+        return c.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0)
 
 
 def writes(store) -> None:
@@ -113,9 +132,13 @@ def test_no_wait_is_sent_without_replicas(pair, monkeypatch):
     assert waits(primary) == before
 
 
-@pytest.mark.parametrize("write", ["fence", "own", "snapshot", "home", "home-guarded", "meta",
-                                   "claim"])
-def test_a_write_the_replica_does_not_hold_is_not_acknowledged(pair, write):
+@pytest.mark.parametrize("write, what", [
+    ("fence", "fencing a journal"), ("own", "claiming a journal"),
+    ("snapshot", "writing snapshots"), ("home", "writing customers"),
+    ("home-guarded", "writing customers"), ("meta", "writing meta"),
+    ("claim", "claiming the store")])
+def test_a_write_the_replica_does_not_hold_is_not_acknowledged(pair, write, what):
+    """Refused with ReplicasBehind, which names the write."""
     primary, replica = pair
     store = open_store(f"{primary.url}?prefix=behind-{write}")
     calls = {"fence": lambda: store.fence_journal("s0"),
@@ -127,7 +150,7 @@ def test_a_write_the_replica_does_not_hold_is_not_acknowledged(pair, write):
              "claim": lambda: store.claim("cluster", "head")}
     detach(primary, replica)
     try:
-        with pytest.raises(StoreUnavailable, match=BEHIND):
+        with behind(), pytest.raises(ReplicasBehind, match=f"^redis: {what}: {BEHIND}"):
             calls[write]()
     finally:
         attach(primary, replica)
@@ -144,12 +167,12 @@ def test_an_append_the_replica_does_not_hold_is_taken_back_and_appends_resume(pa
     assert journal.append([("event", 1, "ana", 1)]) == 1
     replica.stop()
     try:
-        with pytest.raises(StoreUnavailable, match=BEHIND):
+        with behind(), pytest.raises(StoreUnavailable, match=BEHIND):
             journal.append([("event", 1, "ana", 2)])
         assert records(journal) == [1]  # taken back on the primary
         with pytest.raises(StoreUnavailable, match=BEHIND):
             journal.append([("event", 1, "ana", 3)])  # it appends nothing more
-        with pytest.raises(StoreUnavailable, match=BEHIND):
+        with behind(), pytest.raises(StoreUnavailable, match=BEHIND):
             open_store(url).journal("s0", "os")  # the rebuild waits for the replica
     finally:
         replica.start()
@@ -172,7 +195,7 @@ def test_a_shard_whose_round_the_replica_missed_applies_the_clients_retry_once(p
     assert s.process([event("ana", "app_open", T0)])[0][0].status == "ok"
     replica.stop()
     try:
-        with pytest.raises(StoreUnavailable, match=BEHIND):
+        with behind(), pytest.raises(StoreUnavailable, match=BEHIND):
             s.process([event("ana", "app_open", T0 + 1)])
     finally:
         replica.start()
@@ -194,7 +217,7 @@ def test_a_batch_found_after_a_lost_reply_waits_for_the_replica(pair, monkeypatc
     journal.append([("event", 1, "ana", 1)])
     lose_next_reply(monkeypatch, ran=True, then=lambda: detach(primary, replica))
     try:
-        with pytest.raises(StoreUnavailable, match="not known yet"):
+        with behind(), pytest.raises(StoreUnavailable, match="not known yet"):
             journal.append([("event", 1, "ana", 2)])
     finally:
         attach(primary, replica)
@@ -209,19 +232,32 @@ def test_a_server_without_the_replicas_asked_for_is_warned_of_once(tmp_path, cap
         with caplog.at_level(logging.WARNING, "kairos.store"):
             store.journal("s0", "os")
             store.journal("s0", "os")
-            with pytest.raises(StoreUnavailable, match=BEHIND):
+            with behind(), pytest.raises(StoreUnavailable, match=BEHIND):
                 store.journal("s0", "os").append([("event", 1, "ana", 1)])
     warned = [r for r in caplog.records if "reports 0 connected replicas" in r.message]
     assert len(warned) == 1
 
 
-def test_a_wait_not_within_the_socket_timeout_is_refused_at_start():
-    env = {**os.environ, "KAIROS_REDIS_TIMEOUT_S": "2", "KAIROS_REDIS_REPLICAS_WAIT_S": "1.5"}
-    done = subprocess.run([sys.executable, "-c", "import kairos.cluster.settings"], env=env,
-                          capture_output=True, text=True)
+@pytest.mark.parametrize("env, said", [
+    ({"KAIROS_REDIS_TIMEOUT_S": "2", "KAIROS_REDIS_REPLICAS_WAIT_S": "1.5"},
+     "KAIROS_REDIS_REPLICAS_WAIT_S must be > 0 and <= 1 (KAIROS_REDIS_TIMEOUT_S / 2)"),
+    ({"KAIROS_REDIS_REPLICAS": "100"}, "KAIROS_REDIS_REPLICAS must be >= 0 and <= 16")])
+def test_settings_out_of_bounds_are_refused_at_start(env, said):
+    """A WAIT not within the socket timeout; more replicas than anyone waits for (a typo)."""
+    done = subprocess.run([sys.executable, "-c", "import kairos.cluster.settings"],
+                          env={**os.environ, **env}, capture_output=True, text=True)
     assert done.returncode != 0
-    assert "KAIROS_REDIS_REPLICAS_WAIT_S must be > 0 and <= 1 (KAIROS_REDIS_TIMEOUT_S / 2)" \
-        in done.stderr
+    assert said in done.stderr
+
+
+def test_a_redis_py_without_the_overridden_methods_is_refused_at_import():
+    """Were redis-py to rename what `_Waiting` overrides, most writes would go without WAIT:
+    the module refuses to load instead."""
+    code = ("import redis.client; del redis.client.Pipeline._execute_pipeline; "
+            "import kairos.cluster.storage.redis_replicas")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "has no Pipeline._execute_pipeline, which Kairos overrides" in done.stderr
 
 
 def test_an_acl_user_without_wait_is_told_to_allow_it(tmp_path):
@@ -230,3 +266,167 @@ def test_an_acl_user_without_wait_is_told_to_allow_it(tmp_path):
         store = open_store(f"redis://kairos:secret@127.0.0.1:{server.port}/0?prefix=acl")
         with pytest.raises(StoreUnavailable, match=r"refused WAIT .*\+wait"):
             store.put(1, "ana", b"home")
+
+
+def test_writes_release_and_drop_journal_are_waited_for(pair):
+    primary, replica = pair
+    store = open_store(f"{primary.url}?prefix=gone")
+    store.claim("cluster", "head")
+    store.own_journal("s0", "inc-1", claim=True)
+    before = waits(primary)
+    store.release("cluster")
+    store.drop_journal("s0")
+    assert waits(primary) - before == 2
+    on_replica = open_store(f"{replica.url}?prefix=gone")
+    assert on_replica.claimed_by() is None
+    assert on_replica.r.get("gone:j:s0:owner") is None
+
+
+def test_a_lost_wait_reply_is_not_retried_without_its_watch(tmp_path, monkeypatch):
+    """With retries on the pool (redis-py's default may come to be), A's release runs its
+    DEL, B claims the store, and A's connection drops during WAIT (no replica: WAIT blocks):
+    A's transaction is not sent again without its WATCH, so B's lease stays."""
+    monkeypatch.setattr(redis_replicas, "WAIT_MS", 4000)  # the time to drop it mid-WAIT
+    with RedisServer(tmp_path, durable=False) as server, server.client() as admin:
+        a = open_store(f"{server.url}?prefix=p")
+        a.r.connection_pool.set_retry(Retry(NoBackoff(), 1))
+        admin.set("p:owner", msgpack.packb(["A", "head-a", 0]), px=60_000)
+        execs, dropped, lease_b = waits(server, "exec"), [], msgpack.packb(["B", "head-b", 0])
+
+        def claim_and_drop() -> None:
+            deadline = time.monotonic() + SYNC_S
+            while not (waiting := [c for c in admin.client_list() if c["cmd"] == "wait"]):
+                assert time.monotonic() < deadline, "A's release sent no WAIT"
+                time.sleep(0.01)
+            dropped.append(admin.get("p:owner"))  # A's DEL ran
+            admin.set("p:owner", lease_b, px=60_000)
+            admin.client_kill_filter(_id=waiting[0]["id"])
+        other = threading.Thread(target=claim_and_drop)
+        other.start()
+        try:
+            with pytest.raises(ReplicasBehind) as raised:
+                a.release("A")
+        finally:
+            other.join()
+        assert dropped == [None]
+        assert admin.get("p:owner") == lease_b  # not deleted by a resent DEL
+        assert waits(server, "exec") == execs + 1
+        assert raised.match("releasing the store: the reply of the WAIT .* was lost")
+
+
+@pytest.mark.parametrize("write", ["home-guarded", "append"])
+def test_a_failed_wait_keeps_its_connection(pair, write):
+    """WAIT's reply read whole after the EXEC, a failed one leaves nothing watched nor
+    unread: the pool keeps the connection (not a new one per write while replicas are away)."""
+    primary, replica = pair
+    store = open_store(f"{primary.url}?prefix=kept-{write}")
+    journal = store.journal("s0", "os")
+    calls = {"home-guarded": lambda: store.put(1, "ana", b"home", unless_fenced="s0"),
+             "append": lambda: journal.append([("event", 1, "ana", 1)])}
+    connection = store.r.client_id()  # the pool's one connection
+    detach(primary, replica)
+    try:
+        with behind(), pytest.raises(StoreUnavailable, match=BEHIND):
+            calls[write]()
+    finally:
+        attach(primary, replica)
+    assert store.r.client_id() == connection
+
+
+def test_a_batch_not_on_the_primary_whose_settling_is_not_held_says_so(pair, monkeypatch):
+    """The append's reply lost before its EXEC ran, and the replica away: the batch is not on
+    the primary, and the error says that, and that the replicas are not known to agree (a
+    take-back they lack would leave it there)."""
+    primary, replica = pair
+    journal = open_store(f"{primary.url}?prefix=absent").journal("s0", "os")
+    journal.append([("event", 1, "ana", 1)])
+    lose_next_reply(monkeypatch, ran=False, then=lambda: detach(primary, replica))
+    try:
+        with behind(), pytest.raises(StoreUnavailable, match="not known yet \\(the primary "
+                                     "does not hold the batch; its replicas are not known "
+                                     f"to agree: {BEHIND}"):
+            journal.append([("event", 1, "ana", 2)])
+    finally:
+        attach(primary, replica)
+
+
+def settling_after(monkeypatch, then) -> None:
+    """`then()` runs as the journal starts to settle a batch (after the append's WAIT
+    failed), and WAITs are long again."""
+    settle = RedisJournal._settle
+
+    def settling(self, *args, **kwargs):
+        then()
+        redis_replicas.WAIT_MS = HELD_MS
+        return settle(self, *args, **kwargs)
+    monkeypatch.setattr(RedisJournal, "_settle", settling)
+
+
+def test_a_batch_taken_back_in_time_lets_the_writer_go_on(pair, monkeypatch):
+    """The append's WAIT fails, the replica is back for the take-back's: its round answers
+    UNAVAILABLE, nothing is in doubt, and the same writer goes on at the next LSN."""
+    primary, replica = pair
+    url = f"{primary.url}?prefix=back"
+    journal = open_store(url).journal("s0", "os")
+    journal.append([("event", 1, "ana", 1)])
+    settling_after(monkeypatch, lambda: attach(primary, replica))
+    detach(primary, replica)
+    redis_replicas.WAIT_MS = BEHIND_MS
+    with pytest.raises(StoreUnavailable, match=f"appending to the journal: {BEHIND}"):
+        journal.append([("event", 1, "ana", 2)])
+    assert journal.failed is None and journal.last_lsn == 1
+    assert journal.append([("event", 1, "ana", 22)]) == 2
+    assert records(journal) == [1, 22]
+    assert records(open_store(f"{replica.url}?prefix=back").read_journal("s0")) == [1, 22]
+
+
+def test_a_fence_before_the_take_back_leaves_the_batch_to_the_heir(pair, monkeypatch):
+    """The append's WAIT fails and another shard fences the journal before the take-back: the
+    writer is refused as fenced, and the batch stays for the heir, which replays it (the
+    module's text: a round answered so is applied again unless its retry is idempotent)."""
+    primary, replica = pair
+    url = f"{primary.url}?prefix=heir"
+    journal = open_store(url).journal("s0", "os")
+    journal.append([("event", 1, "ana", 1)])
+
+    def fenced() -> None:
+        attach(primary, replica)
+        redis_replicas.WAIT_MS = HELD_MS
+        open_store(url).fence_journal("s0")
+    settling_after(monkeypatch, fenced)
+    detach(primary, replica)
+    redis_replicas.WAIT_MS = BEHIND_MS
+    with pytest.raises(JournalFenced):
+        journal.append([("event", 1, "ana", 2)])
+    assert journal.fenced and journal.failed is None
+    assert records(open_store(url).read_journal("s0")) == [1, 2]
+    with pytest.raises(JournalFenced):
+        open_store(url).journal("s0", "os")  # nothing in doubt to settle: refused as fenced
+
+
+@pytest.mark.parametrize("write, what, left", [
+    ("retract", "taking back a batch", [1]),
+    ("truncate", "truncating the journal", [2]),
+    ("compact", "compacting the journal", [2])])
+def test_a_journal_write_the_replica_does_not_hold_is_not_acknowledged(pair, write, what,
+                                                                       left):
+    """Refused, named; it ran on the primary, which the replica holds once back, and the
+    journal's next writer goes on from it."""
+    primary, replica = pair
+    url = f"{primary.url}?prefix=journal-{write}"
+    journal = open_store(url).journal("s0", "os")
+    journal.append([("event", 1, "ana", 1)])
+    journal.append([("event", 1, "ana", 2)])
+    calls = {"retract": lambda: journal.retract(1), "truncate": lambda: journal.truncate(1),
+             "compact": lambda: journal.compact(lambda record: record[3] == 1)}
+    detach(primary, replica)
+    try:
+        with behind(), pytest.raises(ReplicasBehind, match=f"^redis: {what}: {BEHIND}"):
+            calls[write]()
+    finally:
+        attach(primary, replica)
+    again = open_store(url).journal("s0", "os")
+    assert records(again) == left
+    assert again.append([("event", 1, "ana", 3)]) == max(left) + 1
+    assert records(open_store(f"{replica.url}?prefix=journal-{write}").read_journal("s0")) == \
+        [*left, 3]
