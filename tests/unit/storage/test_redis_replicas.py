@@ -351,13 +351,13 @@ def test_a_batch_not_on_the_primary_whose_settling_is_not_held_says_so(pair, mon
 
 
 def settling_after(monkeypatch, then) -> None:
-    """`then()` runs as the journal starts to settle a batch (after the append's WAIT
-    failed), and WAITs are long again."""
+    """As the journal starts to settle a batch (after the append's WAIT failed), WAITs are
+    long again and `then()` runs."""
     settle = RedisJournal._settle
 
     def settling(self, *args, **kwargs):
-        then()
         redis_replicas.WAIT_MS = HELD_MS
+        then()
         return settle(self, *args, **kwargs)
     monkeypatch.setattr(RedisJournal, "_settle", settling)
 
@@ -391,7 +391,6 @@ def test_a_fence_before_the_take_back_leaves_the_batch_to_the_heir(pair, monkeyp
 
     def fenced() -> None:
         attach(primary, replica)
-        redis_replicas.WAIT_MS = HELD_MS
         open_store(url).fence_journal("s0")
     settling_after(monkeypatch, fenced)
     detach(primary, replica)
