@@ -142,8 +142,13 @@ class FieldSpec:
 
 @dataclass(frozen=True)
 class EventType:
+    """An event type. Who may send it: callers naming a channel of `channels` (None: every
+    channel) or none; and, for a type a timer fires, no caller at all unless `also_sent`."""
+
     name: str
     fields: tuple[FieldSpec, ...]
+    channels: tuple[str, ...] | None = None
+    also_sent: bool = False
 
     def field(self, name: str) -> FieldSpec | None:
         return next((f for f in self.fields if f.name == name), None)
@@ -689,6 +694,7 @@ class _Reader:
                                     f"unknown purpose '{purpose}' (purposes: "
                                     f"{', '.join(consent)})", at_key=True)
         channel_map = {c.name: c for c in channels}
+        self.event_channels(events, channel_map)
         history = DEFAULT_HISTORY_SIZE  # before the actions: it bounds their contact policies
         if "history" in root:
             self.mapping(("history",), ("size",))
@@ -712,6 +718,7 @@ class _Reader:
                 f"more than {MAX_TIMERS} timers ({len(timers)} given): an event fires each of "
                 f"its customer's overdue ones in its request round")))
         self.no_timer_cycle(timers)
+        self.event_senders(events, timers)
         return Catalog(name=name, version=version, channels=channels, context=context,
                        events=events, attributes=attributes, features=features, consent=consent,
                        actions=actions, arbitration=arbitration, models=models,
@@ -802,9 +809,41 @@ class _Reader:
         return tuple(out)
 
     def event_type(self, path: Path) -> EventType:
-        self.mapping(path, ("fields",))
+        """An event type; its `channels` are names here, checked against the channels by
+        `event_channels` once those are read."""
+        spec = self.mapping(path, ("fields",), ("channels", "also_sent"))
         fields = self.each(path + ("fields",), self.field_spec)
-        return EventType(path[-1], fields)
+        channels = None
+        if "channels" in spec:
+            channels = tuple(self.name(path + ("channels", i))
+                             for i in range(len(self.sequence(path + ("channels",)))))
+            for i, name in enumerate(channels):
+                if name in channels[:i]:
+                    raise self.fail(path + ("channels", i), f"duplicate channel '{name}'")
+        also_sent = self.boolean(path + ("also_sent",)) if "also_sent" in spec else False
+        return EventType(path[-1], fields, channels, also_sent)
+
+    def event_channels(self, events: tuple[EventType, ...], channels: dict[str, Channel]
+                       ) -> None:
+        """Every channel an event type's `channels` names is one of the catalog's."""
+        for e in events:
+            for i in range(len(e.channels or ())):
+                self.reference(("events", e.name, "channels", i), channels, "channel")
+
+    def event_senders(self, events: tuple[EventType, ...], timers: tuple[Timer, ...]) -> None:
+        """`also_sent` only on a type a timer fires (elsewhere it would say nothing), and
+        `channels` on such a type only with it: that callers' events of the type count as the
+        timer's firings do is the author's to state, never a default."""
+        fired = {t.fire: t.name for t in timers}
+        for e in events:
+            path = ("events", e.name)
+            if e.also_sent and e.name not in fired:
+                raise self.fail(path + ("also_sent",), f"no timer fires '{e.name}': callers "
+                                                       f"send it anyway (leave also_sent out)")
+            if e.channels is not None and e.name in fired and not e.also_sent:
+                raise self.fail(path + ("channels",), (
+                    f"timer '{fired[e.name]}' fires '{e.name}', so no caller sends it on any "
+                    f"channel unless it says `also_sent: true`"))
 
     def attribute(self, path: Path, events: dict[str, EventType]) -> Attribute:
         spec = self.mapping(path, ("type",), ("values", "default", "from"))

@@ -174,6 +174,7 @@ class CompiledCatalog:
         self._compile_arbitration()
         self._compile_models()
         self._compile_timers()
+        self._compile_senders()
         self.fallbacks = {self.channel_index[c]: [self.action_index[a] for a in ids]
                           for c, ids in catalog.fallbacks.items()}
         for value in (*vars(self).values(), *vars(self.layout).values()):
@@ -201,6 +202,19 @@ class CompiledCatalog:
                 self.timers_started_by.setdefault(self.event_index[name], []).append(k)
             for name in t.cancel:
                 self.timers_cancelled_by.setdefault(self.event_index[name], []).append(k)
+
+    def _compile_senders(self) -> None:
+        """Who may send an event of type e, as the gateways check it before routing one:
+        event_sent[e], no caller when a timer fires the type (unless the catalog says
+        `also_sent`); event_channels[e][ch], a caller naming channel ch (the type's
+        `channels`; every channel by default). Tuples, not arrays: a gateway reads one of each
+        an event, 24 ns for both, where numpy's index tuple and scalars took 100."""
+        fired = {t.fire for t in self.catalog.timers}
+        events = self.catalog.events
+        self.event_sent = tuple(e.also_sent or e.name not in fired for e in events)
+        self.event_channels = tuple(
+            tuple(e.channels is None or c in e.channels for c in self.channel_names)
+            for e in events)
 
     # -- strings and layout ------------------------------------------------------------------
 

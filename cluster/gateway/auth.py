@@ -39,7 +39,9 @@ Every kairos.v1 method has a `Rule` in RULES: the scope a key needs, where the r
 channel, and what a channel-bound key may do (`Rule.bound`):
   - "must match": every channel the request names (each event's, in a stream or batch) must be
     the key's; an empty channel is refused too, so a bound key cannot act outside its channel by
-    leaving the channel out;
+    leaving the channel out; and an event's type must be one the catalog lets that channel
+    send (`events.<type>.channels`: requests.check_sender), since what an event changes (the
+    consent of every channel) is the customer's, not its label's;
   - "filters output": the answer holds the key's channel only (GetProfile's current decisions);
   - "unbound only": a bound key is refused, unless it has one of the rule's `unbinds` scopes
     (LinkIdentity's identity); an `also` scope alone does not let it through;

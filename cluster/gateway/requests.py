@@ -1,10 +1,11 @@
 """The contract's requests, checked against the catalog and turned into runtime requests.
 
 Everything here raises InputError naming the field (prefixed, inside a batch or stream, with
-`events[i].`), before anything is routed. The checks of a customer id, a channel and a
-placement are the core's (`kairos.core.request`), and those of an event's attributes the
-engine's (`DecisionEngine.check_attributes`), the same the shards apply: a batch with one bad
-value is refused whole, before any of its events is applied.
+`events[i].`), before anything is routed; but an event type a channel-bound key's channel may
+not send is refused as the key's (Denied: `check_sender`). The checks of a customer id, a
+channel and a placement are the core's (`kairos.core.request`), and those of an event's
+attributes the engine's (`DecisionEngine.check_attributes`), the same the shards apply: a batch
+with one bad value is refused whole, before any of its events is applied.
 Every id a caller sends has a length cap (customer ids, aliases, idempotency keys, event ids,
 decision ids, event types, action ids), checked here on every RPC, so nothing unbounded is
 kept in memory, journals or snapshots; and those it names a customer or a request by hold no
@@ -25,6 +26,7 @@ from kairos.v1 import decision_pb2 as pb
 
 from kairos.cluster import protocol
 from kairos.cluster.gateway import wire
+from kairos.cluster.gateway.auth import Denied, caller
 from kairos.cluster.identity import alias_key, anonymous_id, check_linkable
 from kairos.cluster.settings import CLOCK_SKEW_S, OUTCOME_WINDOW_S
 from kairos.cluster.shard.outcomes import issued_at
@@ -151,12 +153,13 @@ def _event_request(event: pb.Event, catalog: CompiledCatalog) -> tuple[Who, prot
     customer = who(event)
     check_key(event.event_id, "event_id", MAX_KEY_LENGTH)
     check_key(event.idempotency_key, "idempotency_key", MAX_KEY_LENGTH)
-    if event.type not in catalog.event_index:
+    e = catalog.event_index.get(event.type)
+    if e is None:
         check_bounded(event.type, "type", MAX_KEY_LENGTH)
         raise InputError("type", f"unknown event type {quoted(event.type)} (declared: "
                                  f"{', '.join(catalog.event_names)})")
-    if event.channel:
-        channel_code(catalog, event.channel, "channel")
+    check_sender(catalog, event, e,
+                 channel_code(catalog, event.channel, "channel") if event.channel else None)
     if event.decide_placement:
         decide_placement(catalog, event)
     when = stated_time("time", event)
@@ -168,6 +171,32 @@ def _event_request(event: pb.Event, catalog: CompiledCatalog) -> tuple[Who, prot
         attributes=attributes,
         idempotency_key=event.idempotency_key or None,
         decide=(event.channel, event.decide_placement) if event.decide_placement else None)
+
+
+def check_sender(catalog: CompiledCatalog, event: pb.Event, e: int, ch: int | None) -> None:
+    """The catalog lets callers send `event`, of type code `e`, naming channel code `ch` (None:
+    none). A type a timer fires is refused whoever sends it, unless the catalog says it is
+    `also_sent`. A channel the type's `channels` leave out is refused as the key's
+    (PERMISSION_DENIED) for a key bound to it (`check_channel` has the event name the key's
+    channel, so the key may not send the type at all), and as the event's (INVALID_ARGUMENT)
+    for an unbound key, which chose the channel; a caller that names none is an unbound key
+    (the CRM), whom no type's channels restrict. Two tuple reads by code an event; the texts
+    are made only for a refusal."""
+    if not catalog.event_sent[e]:
+        timer = next(t.name for t in catalog.catalog.timers if t.fire == event.type)
+        raise InputError("type", f"{event.type} is fired by the catalog's timer '{timer}', "
+                                 f"never sent by a caller (unless the catalog says "
+                                 f"events.{event.type}.also_sent: true)")
+    if ch is None or catalog.event_channels[e][ch]:
+        return
+    rule = (f"the catalog's events.{event.type}.channels: "
+            f"[{', '.join(catalog.catalog.events[e].channels or ())}]")
+    key = caller()
+    if key is not None and key.channel:
+        raise Denied(True, f"key '{key.name}' is for channel '{key.channel}', which may not "
+                           f"send {event.type} events ({rule})")
+    raise InputError("channel", f"{event.type} events are not sent on channel "
+                                f"'{event.channel}' ({rule})")
 
 
 def decide_placement(catalog: CompiledCatalog, event: pb.Event) -> None:
