@@ -67,7 +67,7 @@ from kairos.cluster.shard.shard import Shard
 from kairos.cluster.shard.syncs import Syncs
 from kairos.cluster.shard.watches import Push
 from kairos.cluster.storage.ownership import check_claimed
-from kairos.cluster.storage.store import JournalDisowned, Store, StoreNotClaimed, StoreUnavailable
+from kairos.cluster.storage.store import Store, StoreUnavailable
 
 log = logging.getLogger("kairos.shard")
 # a shard's decision log reads at once (threads: each reads a page of a long log)
@@ -77,8 +77,7 @@ REBUILD_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)  # waits between attempts to rebui
 # customer: applied, it would overtake that one (nothing of it was applied).
 OVERTAKING = Busy(reason="the shard refused an earlier request of its sender's, and this one "
                          "may not overtake it")
-DISOWNED = ("JournalDisowned: journal {} is not this incarnation's (the controller started "
-            "another, or the store lost its claim): down until the controller starts it again")
+DISOWNED = recovering.DISOWNED  # health's text of a journal disowned, as the tests import it
 T = TypeVar("T")
 Job = Callable[[], Awaitable[None]]
 
@@ -113,6 +112,7 @@ class ShardHost:
         self.rejected = 0
         self._open_store = open_store
         self._owner = owner
+        self._failures = recovering.Failures(name)
         self._journal_policy = journal_policy
         self._deliver = deliver
         self._observe = observe
@@ -206,15 +206,7 @@ class ShardHost:
             built.add_done_callback(close_unused)
             raise
         except Exception as exc:  # a store that is down, or data this version cannot read
-            unexpected = not isinstance(exc, (StoreUnavailable, OSError))
-            self.recovery = {"failed": f"{type(exc).__name__}: {exc}"}
-            if isinstance(exc, JournalDisowned):  # what health says; the controller acts on it
-                self.recovery = {"failed": DISOWNED.format(self.name), "disowned": True}
-            elif isinstance(exc, StoreNotClaimed):  # the controller logs it (rounds.py)
-                self.recovery["unclaimed"] = True
-            log.log(logging.ERROR if unexpected else logging.WARNING,
-                    "%s: recovering from the store failed (%s); retrying", self.name,
-                    self.recovery["failed"], exc_info=unexpected)
+            self.recovery = self._failures.said(exc)
             return False
         if start != self._starts:  # a later start builds its own: two would both serve
             await asyncio.get_running_loop().run_in_executor(self._pool, close_dropped, shard)

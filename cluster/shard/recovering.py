@@ -1,7 +1,8 @@
 """What a ShardHost (host.py) builds a Shard from, and rebuilds one from: the store, which
 the Shard recovers its partitions from (snapshots + journal), on the host's worker thread
 while nobody sees the new Shard yet; and, for a rebuild, what the failed Shard held that is
-not in the store (its catalog, partitions, channel watches and moves under way)."""
+not in the store (its catalog, partitions, channel watches and moves under way); and what a
+build that failed says (`Failures`)."""
 from __future__ import annotations
 
 import logging
@@ -11,9 +12,12 @@ from kairos.core.compiler import CompiledCatalog
 
 from kairos.cluster.shard.handoff import Moving
 from kairos.cluster.shard.shard import Shard
-from kairos.cluster.storage.store import Store
+from kairos.cluster.storage.store import (JournalDisowned, Store, StoreNotClaimed,
+                                          StoreUnavailable)
 
 log = logging.getLogger("kairos.shard")
+DISOWNED = ("JournalDisowned: journal {} is not this incarnation's (the controller started "
+            "another, or the store lost its claim): down until the controller starts it again")
 
 
 class Held(NamedTuple):
@@ -59,3 +63,23 @@ def held_by(failed: Shard) -> Held:
     failed.handoff.unfreeze_homes()
     watches = [(w.sink, w.channel, w.placement) for w in failed.watches.channel]
     return Held(failed.compiled, dict(failed.owned), watches, moving)
+
+
+class Failures:
+    """What a host's builds that failed say: health's `recovery` (`said`), and the log."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def said(self, exc: Exception) -> dict[str, Any]:
+        """Health's `recovery` after a build that raised `exc`, logged."""
+        unexpected = not isinstance(exc, (StoreUnavailable, OSError))
+        recovery: dict[str, Any] = {"failed": f"{type(exc).__name__}: {exc}"}
+        if isinstance(exc, JournalDisowned):  # what health says; the controller acts on it
+            recovery = {"failed": DISOWNED.format(self.name), "disowned": True}
+        elif isinstance(exc, StoreNotClaimed):  # the controller logs it (rounds.py)
+            recovery["unclaimed"] = True
+        log.log(logging.ERROR if unexpected else logging.WARNING,
+                "%s: recovering from the store failed (%s); retrying", self.name,
+                recovery["failed"], exc_info=unexpected)
+        return recovery
