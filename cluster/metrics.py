@@ -92,6 +92,10 @@ class ShardMetrics:
             "kairos_values_unbounded_total", "Conversion values not taught: no decision was "
             "named or remembered to bound them, or the action was not shown or worth nothing",
             tag_keys=("shard",))
+        self.strings_overflowed = Counter(
+            "kairos_strings_overflowed_total", "Strings of events and loaded profiles stored "
+            "as '<other>': the shard's string table was full of strings its resident profiles "
+            "hold (the log names the fields that hold the most)", tag_keys=("shard",))
         self.learned = Counter(
             "kairos_outcomes_learned_total", "Outcomes recorded, by what the models learned "
             "from: decision (the inputs the decision saw), profile_no_decision (offline "
@@ -124,7 +128,8 @@ class ShardMetrics:
                              ("snapshots", self.snapshots), ("recoveries", self.recoveries),
                              ("model_updates_refused", self.model_updates_refused),
                              ("values_clipped", self.values_clipped),
-                             ("values_unbounded", self.values_unbounded)):
+                             ("values_unbounded", self.values_unbounded),
+                             ("strings_overflowed", self.strings_overflowed)):
             self._inc(metric, name, counts[name], self.tags)
         for name, n in counts.items():
             if name.startswith(LEARNED_COUNT):

@@ -142,6 +142,7 @@ class Shard:
         # customers with a home in the store, as last counted (ShardHost recounts them every
         # STORE_COUNT_S on a thread: a directory store's count lists its folders)
         self.stored = 0
+        self._told_overflow = False  # that the string table overflowed (`_keep_strings`)
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -169,7 +170,31 @@ class Shard:
                 log.warning("%s: a failed round's records were synced with earlier rounds'; "
                             "the rebuild applies them", self.name)
             raise
+        self._keep_strings()
         return replies, pushes
+
+    def _keep_strings(self) -> None:
+        """Between rounds, where no encoded event or request holds a string code: compact
+        the engine's string table when it is due (core/strings.py), so that free text costs
+        room only while a resident profile holds it; tally the strings that overflowed all
+        the same (the live ones did not fit), and say once which fields hold the most."""
+        engine = self.engine
+        strings = engine.compiled.strings
+        if strings.due():
+            engine.compact_strings()
+            self.counts["string_compactions"] += 1
+        overflowed = strings.overflowed()
+        if not overflowed:
+            return
+        self.counts["strings_overflowed"] += overflowed
+        if not self._told_overflow:  # once: a shard past its limit would say it every round
+            self._told_overflow = True
+            fields = ", ".join(f"{name} ({n:,})" for name, n in engine.distinct_strings())
+            log.warning("%s: %d new strings read back as %r, not as sent: the string table "
+                        "reached its limit of %d strings (%d held now). The fields with the "
+                        "most distinct values among its residents: %s", self.name,
+                        overflowed, strings.OVERFLOW_TEXT, strings.limit,
+                        len(strings.strings), fields)
 
     def _sealed(self, pushes: list[Push], touched: dict[str, float]) -> list[Push]:
         """The pushes with their decisions sealed (and logged) once each, whatever the
@@ -186,7 +211,9 @@ class Shard:
                      else sealed[id(p.decision)]) for p in pushes]
 
     def _replayed(self, requests: list[Request]) -> list[Reply]:
-        return self.dispatch.run(requests, None, None)[0]
+        replies = self.dispatch.run(requests, None, None)[0]
+        self._keep_strings()  # a long replay brings as many strings as the rounds it replays
+        return replies
 
     def tick(self) -> list[Push]:
         """Fire due timers (journaled like events, a round's worth: `_due_fires`), passivate

@@ -1,0 +1,135 @@
+"""One customer's free text does not use up a shard's string table (issue 18): the shard
+compacts its engine's table between rounds and between replayed chunks (Shard._keep_strings),
+keeping the strings its residents hold, so another customer's text, a passivated customer's
+coming back and a replay's all read back as sent. Only live strings past the limit overflow
+to "<other>", tallied and logged once with the fields that hold the most. Limits are scaled
+down from 1,000,000."""
+from __future__ import annotations
+
+import logging
+from collections import Counter as Tally
+
+from kairos.core.compiler import CompiledCatalog, default_compiled
+from kairos.v1 import decision_pb2 as pb
+from kairos.v1.decision_pb2_grpc import DecisionServiceStub
+
+from kairos.cluster.metrics import ShardMetrics
+from kairos.cluster.shard.shard import Shard
+from tests.support.inprocess_gateway import serving
+from tests.unit.core.test_string_compaction import free_text_catalog
+from tests.unit.shard.test_metrics import recorded
+from tests.unit.shard.test_shard import T0, Clock, event, profile, shard
+
+
+def limited(room: int, compiled: CompiledCatalog | None = None, **kw) -> Shard:
+    """A shard of its own catalog copy (its own string table), room for `room` strings past
+    the catalog's."""
+    s = shard(compiled or default_compiled(), **kw)
+    strings = s.engine.compiled.strings
+    strings.limit = len(strings.strings) + room  # the catalog's, as nothing came yet
+    return s
+
+
+def store_of(s: Shard, customer: str, now: float = T0 + 10) -> str | None:
+    return s.process([profile(customer, now)])[0][0].value["attributes"]["home_store"]
+
+
+def home(customer: str, store: str, t: float = T0):
+    return event(customer, "profile_updated", t, home_store=store)
+
+
+def test_a_flood_of_one_customers_strings_leaves_every_other_customers_text():
+    s = limited(1990)
+    s.process([home("resident", "store-0007")])
+    for r in range(3):  # rounds, each nearly the table's room
+        s.process([home("attacker", f"junk-{r}-{i}", T0 + r) for i in range(1900)])
+    s.process([home("victim", "store-0042")])
+    assert store_of(s, "victim") == "store-0042"  # on main: "<other>"
+    assert store_of(s, "resident") == "store-0007"
+    assert store_of(s, "attacker") == "junk-2-1899"
+    assert s.counts["string_compactions"] >= 2 and not s.counts["strings_overflowed"]
+
+
+def test_a_passivated_customer_reloads_its_text_after_compactions():
+    """Its block carries its strings as text, which its reload interns: one passivated before a
+    restart (its partition snapshotted after: the journal replays nothing of it), whose
+    strings the new table never held, the flood since filling a table never compacted; and
+    one passivated here, whose strings the compactions dropped."""
+    clock = Clock()
+    first = shard(free_text_catalog(), clock=clock, idle_s=60.0)
+    first.process([home("sleeper", "store-0001"),
+                   event("sleeper", "store_visit", T0, store_id="visit-1", curbside=False)])
+    clock.now += 61
+    assert first.passivate(clock.now) == 1
+    first.snapshot()
+    s = limited(500, free_text_catalog(), clock=clock, store=first.store, idle_s=60.0)
+    s.recover()
+    assert "sleeper" not in s.engine.table
+    s.process([home("napper", "store-0002", clock.now)])  # passivated here, its text dropped
+    clock.now += 61
+    assert s.passivate(clock.now) == 1
+    for r in range(4):
+        s.process([home("attacker", f"junk-{r}-{i}", T0 + r) for i in range(450)])
+    assert "store-0002" not in s.engine.compiled.strings.codes
+    read = s.process([profile("sleeper", clock.now)])[0][0].value
+    assert (read["attributes"]["home_store"], read["features"]["last_store_visited"]) == \
+        ("store-0001", "visit-1")  # on main: "<other>", "<other>"
+    assert store_of(s, "napper", clock.now) == "store-0002"
+    assert s.counts["string_compactions"] >= 3
+
+
+def test_a_replay_compacts_between_its_chunks(tmp_path):
+    """Recovery replays the journal in chunks of REPLAY_CHUNK records: a journal holding more
+    distinct strings than the table's room replays whole."""
+    first = shard(default_compiled())
+    for r in range(6):
+        first.process([home("attacker", f"junk-{r}-{i}", T0 + r) for i in range(500)])
+    first.process([home("victim", "store-0042", T0 + 10)])
+    rebuilt = limited(600, store=first.store)
+    rebuilt.recover()
+    assert store_of(rebuilt, "victim", T0 + 20) == "store-0042"  # without: "<other>"
+    assert store_of(rebuilt, "attacker", T0 + 20) == "junk-5-499"
+
+
+def test_live_strings_past_the_limit_overflow_counted_and_said_once(caplog):
+    s = limited(50)
+    with caplog.at_level(logging.WARNING, "kairos.shard"):
+        s.process([home(f"c{i}", f"store-{i}") for i in range(60)])
+        s.process([home(f"d{i}", f"store-d{i}") for i in range(60)])
+    texts = [store_of(s, f"c{i}") for i in range(60)]
+    assert texts[:50] == [f"store-{i}" for i in range(50)] and \
+        set(texts[50:]) == {"<other>"}  # the last resort: every one of them is live
+    assert s.counts["strings_overflowed"] == 70  # the second round: 60, of room for 50
+    said = [r.getMessage() for r in caplog.records if "string table" in r.getMessage()]
+    assert len(said) == 1 and "home_store (5" in said[0], said
+    metrics = recorded(ShardMetrics("s0"))  # as the actor flushes the shard's tallies
+    metrics.flush(s.counts.copy(), Tally(), Tally(), 0, 0, 0, 0.0, 0)
+    assert metrics.strings_overflowed.calls == [(70, {"shard": "s0"})]
+
+
+KEYS = """keys:
+  - {key: 'web-ingest-decide-0123456789', name: web, channel: web, scopes: [ingest, decide]}
+  - {key: 'crm-unbound-ingest-profile01', name: crm, scopes: [ingest, profile:read]}
+"""
+WEB = (("x-api-key", "web-ingest-decide-0123456789"),)
+CRM = (("x-api-key", "crm-unbound-ingest-profile01"),)
+
+
+def test_one_keys_free_text_does_not_turn_every_customers_into_other():
+    """The gateway review's repro, over gRPC: one ingest key's 2,000 distinct strings (its
+    IngestBatch one round) against a table scaled to room for 1,990."""
+    with serving(KEYS) as (gateway, channel):
+        for shard_ in gateway.client.backend.shards.values():
+            strings = shard_.engine.compiled.strings
+            strings.limit = len(strings.strings) + 1990
+        stub = DecisionServiceStub(channel)
+        stub.IngestBatch(pb.EventBatch(events=[
+            pb.Event(customer_id="attacker", type="profile_updated", channel="web",
+                     attributes={"home_store": pb.Value(string_value=f"junk-{i}")})
+            for i in range(2000)]), metadata=WEB, timeout=60)
+        stub.Ingest(pb.Event(customer_id="victim", type="profile_updated", channel="store",
+                             attributes={"home_store": pb.Value(string_value="store-0042")}),
+                    metadata=CRM, timeout=10)
+        profile_ = stub.GetProfile(pb.ProfileRequest(customer_id="victim"), metadata=CRM,
+                                   timeout=10)
+        assert profile_.attributes["home_store"].string_value == "store-0042"  # main: <other>
