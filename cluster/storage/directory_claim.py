@@ -3,7 +3,12 @@
 it releases the claim or ends (the kernel drops it with the process: a controller that died
 holds nothing), with the holder's description and owner token written in the file, a line
 each, for other claimants' errors and for `claimed_by`. Over NFSv4 the flock is the server's
-lock, which every node that mounts the directory sees."""
+lock, which every node that mounts the directory sees; the text is not: a client sends the
+server what was written at a close, an fsync or an unlock, but the truncate at once, so the
+claim fsyncs what it wrote before it counts as made. Even so a reader can meet the flock
+held and the text not yet there (a claim between its truncate and its write) or without its
+owner line (an older Kairos's controller): `claimed_by` says so with an empty owner, which
+a shard takes as a claim it cannot read yet, not as another cluster's (ownership.py)."""
 from __future__ import annotations
 
 import fcntl
@@ -41,6 +46,7 @@ def claim(root: Path, owner: str, holder: str) -> None:
             _lock(fd)
             os.ftruncate(fd, 0)
             os.write(fd, f"{holder}\n{owner}".encode())
+            os.fsync(fd)  # on the server before the claim counts as made (NFS: module doc)
         except BlockingIOError:
             os.close(fd)
             raise StoreInUse.of(str(root), _holder(root)) from None
@@ -61,7 +67,9 @@ def release(root: Path, owner: str) -> None:
 def claimed_by(root: Path) -> tuple[str, str] | None:
     """(owner, holder) as owner.lock says while a process holds its flock, else None: tried
     with a shared flock of a read-only descriptor, which writes nothing and is let go at once
-    (a claim that meets it waits it out: `_lock`)."""
+    (a claim that meets it waits it out: `_lock`). The owner is "" where the file names none
+    (yet): a claim being written, or an older Kairos's, which wrote the holder alone. A
+    missing directory holds no claim."""
     try:
         fd = os.open(root / OWNER_FILE, os.O_RDONLY)
     except FileNotFoundError:

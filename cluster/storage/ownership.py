@@ -65,7 +65,9 @@ def check_claimed(store: Store, owner: str) -> None:
     No claim is what the right store shows for a moment too: a lease runs out while the
     controller's renewals fail (the store or the controller stalled past LEASE_S) and is back
     at its next renewal, and a directory's lock is gone while Ray restarts the controller,
-    until it claims again. Another cluster's claim on the right store means this cluster lost
+    until it claims again. A claim that names no cluster (a directory's owner.lock read while
+    its claim is written, or an older Kairos's: directory_claim.py) is refused as such, not
+    as another cluster's. Another cluster's claim on the right store means this cluster lost
     it, and its controller stops it within a renewal. Trying again writes nothing (it reads
     the claim), and serves once an operator mounted the right store, with no restart."""
     if not store.shared:
@@ -73,16 +75,21 @@ def check_claimed(store: Store, owner: str) -> None:
     claim = store.claimed_by()
     if claim is not None and claim[0] == owner:
         return
+    where = f"the store {redact(store.url)}, as host {socket.gethostname()} reaches it,"
+    retried = "This shard writes nothing to it, serves nothing, and tries again"
+    if claim is not None and not claim[0]:
+        raise StoreNotClaimed(
+            f"{where} holds a claim that names no cluster yet (its controller: "
+            f"{claim[1] or 'unknown'}): a claim being written, or that of an older Kairos's "
+            f"controller. {retried}")
     found = ("holds no cluster's claim: this host reaches another store by that name than "
              "the controller does (or the controller's claim lapsed a moment)") \
         if claim is None else \
         (f"is held by another Kairos cluster (its controller: {claim[1] or 'unknown'}): this "
          f"host reaches that cluster's store by the name (or this cluster lost it to that one)")
     raise StoreNotClaimed(
-        f"the store {redact(store.url)}, as host {socket.gethostname()} reaches it, {found}. "
-        f"A directory store must be one directory every node mounts (NFSv4); a Redis URL "
-        f"must reach the same server from every node. This shard writes nothing to it, "
-        f"serves nothing, and tries again")
+        f"{where} {found}. A directory store must be one directory every node mounts (NFSv4); "
+        f"a Redis URL must reach the same server from every node. {retried}")
 
 
 class StoreClaim:

@@ -336,7 +336,8 @@ class Store(Protocol):
         None: a lease run out or given up (Redis), a lock no live process holds (a
         directory). Read without writing anything, by a shard that checks the store it opened
         is its cluster's (ownership.py `check_claimed`); a claim made or given up meanwhile
-        may be seen either way."""
+        may be seen either way. The owner is "" for a claim held that names none (yet): a
+        directory's read while its claim is written, or an older Kairos's (directory_claim.py)."""
 
     def erased(self) -> None:
         """A step of ForgetCustomer's erasure wrote its last change (durability.py): a store
