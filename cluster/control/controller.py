@@ -255,7 +255,8 @@ class Controller(ControlLoop, Catalogs, Scaling, Resuming):
         changes = self._watch_changes
         self.incarnations[name] = await self.backend.shard(name).start(
             self.catalog_text, partitions, sorted(watches, key=str),
-            self.map.version if self.map else 1, self.replacing.get(name))
+            self.map.version if self.map else 1, self.replacing.get(name),
+            owner=self.store_claim.owner)
         await self._unless_lost(name)
         await self.lagging.started(name, watches, lambda: set(self.channel_watches),
                                    changed=self._watch_changes != changes)

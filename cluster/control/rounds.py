@@ -21,7 +21,9 @@ none of the others.
    replaced as one whose node left (step 1), its journal fenced; one not started is not (it
    waits on a target of its own, replaced in its turn, or its start fails). A shard down
    because its node reaches another store by the cluster's URL (host.py) is logged, at once
-   and every UNCLAIMED_LOG_S while it stays so (it tries again on its own).
+   and every UNCLAIMED_LOG_S while it stays so (it tries again on its own); one down because
+   it checks the claim of a controller before this one (a `kairos up` kept it serving, and
+   it rebuilt since) is started again, with this one's.
 4. A learner that runs another catalog text than the controller's, or was not told it (Ray
    restarted it, a resume could not tell it), is told the running one.
 5. Drains a crash (or a shard that did not answer) cut short are finished: after step 3, as a
@@ -58,13 +60,13 @@ from kairos.cluster.control.nodes import NodeRefused
 from kairos.cluster.control.partitions import Move
 from kairos.cluster.settings import (DECISION_LOG_MAX_BYTES, DECISION_LOG_RETENTION_S,
                                      DECISION_LOG_TRIM_S)
+from kairos.cluster.storage.ownership import UNCLAIMED_LOG_S
 from kairos.cluster.throttled import ThrottledWarning
 from kairos.cluster.transport.ray_backend import Gone
 
 log = logging.getLogger("kairos.controller")
 CONFIRM_OWNED_S = 30.0  # how often the shards are confirmed the partitions the map gives them
 HELD_TARGET_S = 300.0  # how long a start waits on a move's target before it is replaced
-UNCLAIMED_LOG_S = 60.0  # how often a shard down on a store not this cluster's is logged again
 
 
 async def _step(what: str, work: Awaitable[Any]) -> bool:
@@ -80,6 +82,15 @@ async def _step(what: str, work: Awaitable[Any]) -> bool:
 def _disowned(health: dict[str, Any]) -> bool:
     """Whether a shard's health says it is down because its journal is not its own (host.py)."""
     return not health.get("started") and bool((health.get("recovery") or {}).get("disowned"))
+
+
+def _unclaimed_by(health: dict[str, Any], owner: str) -> bool:
+    """Whether a shard's health says it is down because the store does not hold the claim of
+    the owner it checks, and that owner is not `owner`: another controller created or last
+    started it (a `kairos up` that took up shards that served, and kept them), so the claim
+    it looks for is gone for good."""
+    return not health.get("started") and health.get("owner") != owner and \
+        bool((health.get("recovery") or {}).get("unclaimed"))
 
 
 class ControlLoop:
@@ -241,11 +252,14 @@ class ControlLoop:
                     log.warning("%s lost its claim on its journal; started again once this "
                                 "cluster's claim on the store is renewed", name)
                     answering.remove(name)
-                elif restarted or _disowned(health):
+                elif restarted or _disowned(health) or \
+                        _unclaimed_by(health, self.store_claim.owner):
                     if (name, "wait") not in self._held_starts:  # else said while it waits
                         log.warning("%s %s; it recovers its partitions from the store (%s)",
                                     name, "restarted" if restarted
-                                    else "lost its claim on its journal", self.store_shown)
+                                    else "lost its claim on its journal" if _disowned(health)
+                                    else "checks the claim of a controller before this one",
+                                    self.store_shown)
                     try:
                         # a cluster that lost the store must not take the journal back
                         self.store_claim.check()

@@ -10,7 +10,6 @@ remote methods' names and signatures are what the controller's typed handles cal
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import uuid
@@ -32,9 +31,9 @@ from kairos.cluster.shard.api import OwnShardFirst, RouteHint
 from kairos.cluster.evidence.records import DecisionPage, PageOutcomes
 from kairos.cluster.shard.host import ShardHost
 from kairos.cluster.shard.modelsync import ModelSync
+from kairos.cluster.shard.recovering import StoreAt
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.shard.sinks import PROBE_S, Pushes
-from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.store import StoreUnavailable
 from kairos.cluster.transport.backend import Unavailable
 from kairos.cluster.transport.dataplane import PlaneServer
@@ -58,7 +57,8 @@ class ShardActor:
                  journal_policy: str = "fsync", *, owner: str):
         """`owner`: the token of the cluster whose controller creates it, whose claim the
         store must hold where this shard opens it (host.py); Ray passes it again at a
-        restart, as the other arguments."""
+        restart, as the other arguments, and each start the token of the controller that
+        starts it (a later `kairos up` takes this actor up with a token of its own)."""
         self.name = name
         pauses.track()
         self.incarnation = uuid.uuid4().hex  # changes when Ray restarts the actor
@@ -66,7 +66,7 @@ class ShardActor:
         self.metrics = ShardMetrics(name)
         self.models = ModelSync(name)
         self.pushes = Pushes(name, self.backend.sink, self._sinks_gone)
-        self.host = ShardHost(name, n_partitions, seed, functools.partial(open_store, store_url),
+        self.host = ShardHost(name, n_partitions, seed, StoreAt(store_url),
                               journal_policy, deliver=self.pushes.push,
                               observe=self.metrics.observe_batch, settle=pauses.settle,
                               jobs=(self._sync_models, self._flush_metrics, self._probe_sinks),
@@ -98,12 +98,13 @@ class ShardActor:
 
     async def start(self, catalog_text: str, partitions: list[int],
                     channel_watches: list[tuple], map_version: int,
-                    sources: dict[int, str] | None = None) -> str:
+                    sources: dict[int, str] | None = None, *, owner: str) -> str:
         """Recover these partitions from the store (`sources`: the journal of a dead shard
-        whose partitions these were), then serve them on this catalog."""
+        whose partitions these were), then serve them on this catalog, the store holding the
+        claim of `owner` (the token of the controller that starts it: host.py)."""
         compiled = compiled_from_text(catalog_text)
         await self.host.start(compiled, {p: map_version for p in partitions},
-                              [tuple(w) for w in channel_watches], sources)
+                              [tuple(w) for w in channel_watches], sources, owner)
         return self.incarnation
 
     async def serve_api(self, host: str, port: int = 0, keys_file: str | None = None,
@@ -307,7 +308,9 @@ class ShardActor:
         return {**self._snapshot, "queued": self.host.queued,
                 "started": self.host.shard is not None, "incarnation": self.incarnation,
                 "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
-                "recovery": self.host.recovery, "model_adoptions": list(self.models.adoptions),
+                # the token it checks: the controller starts one refused for another's again
+                "recovery": self.host.recovery, "owner": self.host.owner,
+                "model_adoptions": list(self.models.adoptions),
                 "model_deltas_dropped": self.models.dropped}
 
 

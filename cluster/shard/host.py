@@ -98,9 +98,10 @@ class ShardHost:
         tidies the heap: pauses.py); `jobs` run in the background, with the host's own, once
         it has started, each restarted after a failure. `incarnation`: this process's, which
         owns the shard's journal from each start on (store.py, "Owners"). `owner`: the token
-        of the cluster whose controller created it, whose claim the store must hold at each
-        start and rebuild (ownership.py `check_claimed`); None checks nothing (a host with no
-        controller: tests)."""
+        of the cluster whose controller created it (each start may name the one that starts
+        it), whose claim the store must hold at each start and rebuild, read before the store
+        is built (`open_store` then a recovering.StoreAt; ownership.py `check_claimed`); None
+        checks nothing (a host with no controller: tests)."""
         self.name = name
         self.incarnation = incarnation or uuid.uuid4().hex
         self.n_partitions = n_partitions
@@ -111,7 +112,7 @@ class ShardHost:
         # requests answered BUSY: the queue full, CROWDED, an outcome past its rate, OVERTAKING
         self.rejected = 0
         self._open_store = open_store
-        self._owner = owner
+        self.owner = owner
         self._failures = recovering.Failures(name)
         self._journal_policy = journal_policy
         self._deliver = deliver
@@ -144,18 +145,20 @@ class ShardHost:
 
     async def start(self, compiled: CompiledCatalog, owned: dict[int, int],
                     channel_watches: Sequence[tuple[str, str, str | None]],
-                    sources: dict[int, str] | None = None) -> None:
+                    sources: dict[int, str] | None = None, owner: str | None = None) -> None:
         """Recover the `owned` partitions (partition -> granting map version) from the store
         and serve them on this catalog (`sources`: the journal of a dead shard whose
-        partitions these were); start the background loops the first time. A recovery that
-        fails (the store is down, a journal is corrupt) returns all the same and is retried
-        as after a failure, answering UNAVAILABLE meanwhile, with `recovery` saying why:
-        raising would fail the controller's start, and so `kairos up`, over what an operator
-        fixes while the rest of the cluster serves."""
+        partitions these were; `owner`: the token of the controller that starts it, checked
+        from now on, else the one it had); start the background loops the first time. A
+        recovery that fails (the store is down, a journal is corrupt) returns all the same and
+        is retried as after a failure, answering UNAVAILABLE meanwhile, with `recovery` saying
+        why: raising would fail the controller's start, and so `kairos up`, over what an
+        operator fixes while the rest of the cluster serves."""
         if not self._loops:
             loop = asyncio.get_running_loop()
             self._loops = [loop.create_task(self._forever(job)) for job in self._jobs]
         self._stop_recovering()
+        self.owner = owner or self.owner
         self._starts += 1  # a build of an earlier start still running is dropped when done
         replaced, self.shard = self.shard, None
         if replaced is not None:  # its journal is not left open beside the new one's
@@ -182,9 +185,9 @@ class ShardHost:
                    start: int = 0) -> tuple[Shard, dict[str, Any]]:
         """A Shard rebuilt from the store, and what its recovery did (on the worker thread).
         A start's first build claims the journal; a rebuild finds it its own or stays down."""
+        if self.owner is not None:  # before anything is written: store.py, "Ownership"
+            check_claimed(self._open_store, self.owner)  # a StoreAt: read, not built
         store = self._open_store()
-        if self._owner is not None:  # before the journal's claim, its first write
-            check_claimed(store, self._owner)
         store.own_journal(self.name, self.incarnation, claim=start != self._claimed)
         self._claimed = start
         return recovering.built(self.name, self.n_partitions, self.seed, store,
@@ -212,6 +215,7 @@ class ShardHost:
             await asyncio.get_running_loop().run_in_executor(self._pool, close_dropped, shard)
             return True
         self.shard, self.recovery = shard, recovery
+        self._failures.passed()
         self._stir()  # its timers and snapshots are not those the tick loop waits for
         self._served.set()
         self._settle()  # and a failed Shard is freed

@@ -1,19 +1,27 @@
 """What a ShardHost (host.py) builds a Shard from, and rebuilds one from: the store, which
 the Shard recovers its partitions from (snapshots + journal), on the host's worker thread
 while nobody sees the new Shard yet; and, for a rebuild, what the failed Shard held that is
-not in the store (its catalog, partitions, channel watches and moves under way); and what a
-build that failed says (`Failures`)."""
+not in the store (its catalog, partitions, channel watches and moves under way); what a
+build that failed says (`Failures`); and what a shard opens its store by (`StoreAt`), which
+reads the claim on it (ownership.py `check_claimed`) before building it."""
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any, NamedTuple, Sequence
+from urllib.parse import urlparse
 
 from kairos.core.compiler import CompiledCatalog
 
 from kairos.cluster.shard.handoff import Moving
 from kairos.cluster.shard.shard import Shard
+from kairos.cluster.storage import directory_claim
+from kairos.cluster.storage.ownership import UNCLAIMED_LOG_S
+from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.store import (JournalDisowned, Store, StoreNotClaimed,
                                           StoreUnavailable)
+from kairos.cluster.throttled import ThrottledWarning
 
 log = logging.getLogger("kairos.shard")
 DISOWNED = ("JournalDisowned: journal {} is not this incarnation's (the controller started "
@@ -65,11 +73,46 @@ def held_by(failed: Shard) -> Held:
     return Held(failed.compiled, dict(failed.owned), watches, moving)
 
 
+class StoreAt:
+    """What a shard opens its store by, `url` as its node reaches it (providers.py
+    `open_store`), and reads the claim on it by (`claimed_by`, ownership.py `check_claimed`)
+    without building a store where building one writes: DirectoryStore makes the directory
+    and its folders, tightens their modes and deletes stale temporary files, so a directory's
+    claim is read by its path (a directory missing holds none), and a shard that refuses the
+    directory leaves it as it found it. Building a Redis store writes nothing."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.shared = url != "memory"  # open_store's memory is this process's own
+        self._directory = _directory_of(url)
+
+    def __call__(self) -> Store:
+        return open_store(self.url)
+
+    def claimed_by(self) -> tuple[str, str] | None:
+        if self._directory is None:
+            return self().claimed_by()
+        return directory_claim.claimed_by(self._directory)
+
+
+def _directory_of(url: str) -> Path | None:
+    """The directory `open_store` opens for `url` (a path, or file:///path), else None."""
+    if url.startswith("file://"):
+        url = urlparse(url).path
+    elif url == "memory" or "://" in url:
+        return None
+    return Path(os.path.expanduser(url))
+
+
 class Failures:
-    """What a host's builds that failed say: health's `recovery` (`said`), and the log."""
+    """What a host's builds that failed say: health's `recovery` (`said`), and the log, each
+    one, but a store that does not hold the cluster's claim (StoreNotClaimed) once, then every
+    UNCLAIMED_LOG_S while it lasts, as the controller's copy (the builds are retried every
+    few seconds, and the text names the store, the host and what to do)."""
 
     def __init__(self, name: str):
         self.name = name
+        self._unclaimed: ThrottledWarning | None = None  # while builds meet StoreNotClaimed
 
     def said(self, exc: Exception) -> dict[str, Any]:
         """Health's `recovery` after a build that raised `exc`, logged."""
@@ -77,9 +120,17 @@ class Failures:
         recovery: dict[str, Any] = {"failed": f"{type(exc).__name__}: {exc}"}
         if isinstance(exc, JournalDisowned):  # what health says; the controller acts on it
             recovery = {"failed": DISOWNED.format(self.name), "disowned": True}
-        elif isinstance(exc, StoreNotClaimed):  # the controller logs it (rounds.py)
-            recovery["unclaimed"] = True
-        log.log(logging.ERROR if unexpected else logging.WARNING,
-                "%s: recovering from the store failed (%s); retrying", self.name,
-                recovery["failed"], exc_info=unexpected)
-        return recovery
+        if not isinstance(exc, StoreNotClaimed):
+            self._unclaimed = None
+            log.log(logging.ERROR if unexpected else logging.WARNING,
+                    "%s: recovering from the store failed (%s); retrying", self.name,
+                    recovery["failed"], exc_info=unexpected)
+            return recovery
+        self._unclaimed = self._unclaimed or ThrottledWarning(log, UNCLAIMED_LOG_S)
+        self._unclaimed.warn("%s: recovering from the store failed (%s); retrying", self.name,
+                             recovery["failed"])
+        return {**recovery, "unclaimed": True}  # the controller logs it too (rounds.py)
+
+    def passed(self) -> None:
+        """A build served: a store refused again later is logged at once."""
+        self._unclaimed = None

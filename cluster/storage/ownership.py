@@ -36,6 +36,7 @@ import os
 import socket
 import time
 import uuid
+from typing import Protocol
 
 from kairos.cluster.storage.store import Store, StoreInUse, StoreNotClaimed, redact
 
@@ -47,6 +48,9 @@ POLLS = 6  # how many times a renewal interval a claim looks again at another cl
 # one that gave up (it would claim the store again after it): within the 10 s runtime.stop
 # gives a release
 CALL_S = 4.0
+# how often a shard down on a store that does not hold its cluster's claim is logged again,
+# by the shard (recovering.py) and by the controller (rounds.py), while it stays down
+UNCLAIMED_LOG_S = 60.0
 
 
 def new_owner() -> str:
@@ -55,9 +59,19 @@ def new_owner() -> str:
     return uuid.uuid4().hex
 
 
-def check_claimed(store: Store, owner: str) -> None:
+class Claimed(Protocol):
+    """What `check_claimed` reads: a Store, or what a shard opens its store by (recovering.py
+    `StoreAt`), which reads a directory's claim before building the store."""
+
+    url: str
+    shared: bool
+
+    def claimed_by(self) -> tuple[str, str] | None: ...
+
+
+def check_claimed(store: Claimed, owner: str) -> None:
     """StoreNotClaimed, naming the store, this node and what to do, unless `store` (as this
-    process opened it) holds the claim of the cluster `owner` names: a shard's check as it
+    process reaches it) holds the claim of the cluster `owner` names: a shard's check as it
     opens the store to start or rebuild, before it writes anything. A store not `shared` (the
     memory of this process) is not checked: nobody else sees it anyway.
 

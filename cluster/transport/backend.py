@@ -95,10 +95,12 @@ class ShardControl(Protocol):
 
     async def start(self, catalog_text: str, partitions: list[int],
                     channel_watches: list[ChannelWatch], map_version: int,
-                    sources: dict[int, str] | None = None) -> str:
+                    sources: dict[int, str] | None = None, *, owner: str) -> str:
         """Recover `partitions` from the store (`sources`: partition -> the dead shard whose
         journal holds its changes) and serve them, granted at `map_version`; the shard's
-        incarnation."""
+        incarnation. `owner`: the starting controller's token, whose claim the store must hold
+        where the shard opens it, from this start on (ownership.py `check_claimed`): a shard
+        another controller created (Ray's restart passes that one's) checks this one's."""
 
     async def serve_api(self, host: str, port: int = 0, keys_file: str | None = None,
                         keys_env: str | None = None,

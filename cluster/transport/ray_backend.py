@@ -272,10 +272,10 @@ class RayShard(_Actor):
 
     async def start(self, catalog_text: str, partitions: list[int],
                     channel_watches: list[ChannelWatch], map_version: int,
-                    sources: dict[int, str] | None = None) -> str:
+                    sources: dict[int, str] | None = None, *, owner: str) -> str:
         return await self._call(lambda a: a.start.remote(catalog_text, partitions,
                                                          channel_watches, map_version,
-                                                         sources), SHARD_START_S)
+                                                         sources, owner=owner), SHARD_START_S)
 
     async def health(self) -> dict[str, Any]:
         return await self._call(lambda a: a.health.remote())

@@ -139,7 +139,8 @@ class LocalShard:
 
     async def start(self, catalog_text: str, partitions: list[int],
                     channel_watches: list[ChannelWatch], map_version: int,
-                    sources: dict[int, str] | None = None) -> str:
+                    sources: dict[int, str] | None = None, *, owner: str) -> str:
+        """As ShardControl's; `owner` is not checked: the backend's store is this process's."""
         await self._backend.hop()
         if self.name not in self._backend.shards:
             raise Unavailable(f"{self.name} was not created")
