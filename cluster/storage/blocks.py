@@ -15,10 +15,10 @@ Blocks written before they named meanings are matched by name and "string or not
 Encoded with msgpack; NumPy columns travel as raw buffers.
 
 Blocks come back from disk, Redis and other processes, so nothing read from one is trusted as
-an index: `validate` checks every length, shape and code (ring heads against the ring's size,
-action, channel and string codes against the block's own lists) and the shape of each
-customer's extras before a row is written, and a block that fails is BlockCorrupt, never an
-IndexError (or a shard's keepers' TypeError) or a row half loaded.
+an index: `validate` checks every length, shape, type and code (integers as integers, ring
+heads against the ring's size, codes against the block's own lists and Outcome) and the shape
+of each customer's extras before a row is written, and a block that fails is BlockCorrupt,
+never an IndexError or ValueError (or a keeper's TypeError) or a row half loaded.
 """
 from __future__ import annotations
 
@@ -30,13 +30,16 @@ from typing import Any, Callable, NamedTuple, Sequence
 import msgpack
 import numpy as np
 
-from kairos.core.compiler import CLOCK_SLOT, CompiledCatalog
+from kairos.core.compiler import CLOCK_SLOT, CompiledCatalog, Outcome
 from kairos.core.engine import DecisionEngine
 from kairos.core.state import EMPTY, ProfileTable
 
 FORMAT = 1
 RING_COLUMNS = ("ring_action", "ring_channel", "ring_outcome", "ring_time")
 PER_ROW = ("ring_head", "applied", "lsn", "extras")  # one value per customer
+INTEGER_COLUMNS = (*RING_COLUMNS, "ring_head", "applied", "lsn")
+NAMES = ("ids", "slots", "actions", "channels", "strings")  # lists of text
+OUTCOMES = np.array([outcome.value for outcome in Outcome])  # a used ring entry's codes
 # bytes of each slot's digest in a block's `meanings`: a block travels with every decision the
 # log keeps, so a digest rather than the definition (a changed one goes unseen 1 in 2**32)
 MEANING_BYTES = 4
@@ -129,9 +132,9 @@ def import_block(engine: DecisionEngine, block: dict[str, Any],
 
 
 def validate(block: Any, shard: bool = False) -> None:
-    """BlockCorrupt unless every length, shape and code of the block is in range. `shard`:
-    a shard's block (a home, snapshot or handoff), whose customers' extras are maps, never
-    none as in the decision log's."""
+    """BlockCorrupt unless every length, shape, type and code of the block is in range, and
+    nothing else whatever it holds. `shard`: a shard's block (a home, snapshot or handoff),
+    whose customers' extras are maps, never none as in the decision log's."""
     if not isinstance(block, dict):
         raise BlockCorrupt(f"a customer block is a map, not {type(block).__name__}")
     if block.get("format") != FORMAT:
@@ -139,22 +142,22 @@ def validate(block: Any, shard: bool = False) -> None:
     try:
         n, slots = len(block["ids"]), len(block["slots"])
         values = np.asarray(block["values"])
-        rings = [np.asarray(block[name]) for name in RING_COLUMNS]
-        heads = np.asarray(block["ring_head"])
+        columns = {name: np.asarray(block[name]) for name in INTEGER_COLUMNS}
         lengths = [(name, len(block[name])) for name in PER_ROW]
-        strings = len(block["strings"])
-        flags = np.asarray(block["string_columns"], bool)
+        strings, flags = len(block["strings"]), np.asarray(block["string_columns"], bool)
         actions, channels = len(block["actions"]), len(block["channels"])
         meanings = block.get("meanings")  # absent from blocks written before it was added
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:  # ValueError: ragged lists as arrays
         raise BlockCorrupt(f"a customer block lacks a well-formed {exc}") from None
     if meanings is not None and (not isinstance(meanings, bytes) or
                                  len(meanings) != slots * MEANING_BYTES):
         raise _corrupt(f"meanings that are not {MEANING_BYTES} bytes for each of {slots} slots")
-    if values.shape != (n, slots) and (n or values.size):
-        raise _corrupt(f"values of shape {values.shape} for {n} customers and {slots} slots")
+    if not all(isinstance(block[name], _LIST) and _ids(block[name]) for name in NAMES):
+        raise _corrupt(f"{', '.join(NAMES)} that are not all lists of text")
+    if (values.shape != (n, slots) or values.dtype.kind not in "fiu") and (n or values.size):
+        raise _corrupt(f"values of shape {values.shape} {values.dtype}, not {n} x {slots} numbers")
     if flags.shape != (slots,):
-        raise _corrupt(f"{len(flags)} string-column flags for {slots} slots")
+        raise _corrupt(f"string-column flags of shape {flags.shape} for {slots} slots")
     for name, length in lengths:
         if length != n:
             raise _corrupt(f"{length} {name} entries for {n} customers")
@@ -162,23 +165,27 @@ def validate(block: Any, shard: bool = False) -> None:
         _check_extra(extra, shard)
     if not n:
         return
-    size = rings[0].shape[1] if rings[0].ndim == 2 else 0
-    for name, ring in zip(RING_COLUMNS, rings):
-        if ring.shape != (n, size) or not size:
-            raise _corrupt(f"{name} of shape {ring.shape}, not ({n}, history size)")
-    if heads.min() < 0 or heads.max() >= size:
+    size = columns["ring_action"].shape[1] if columns["ring_action"].ndim == 2 else 0
+    for name, column in columns.items():
+        if column.shape != ((n, size) if name in RING_COLUMNS else (n,)) or not size:
+            raise _corrupt(f"{name} of shape {column.shape} for {n} customers and a history")
+        if column.dtype.kind not in "iu":  # the table would cast a float: NaN to -2**31
+            raise _corrupt(f"{name} of type {column.dtype}, not integers")
+    # each range as a mask, not a min and a max, which compare False with a NaN
+    heads, action, channel = (columns[name] for name in ("ring_head", *RING_COLUMNS[:2]))
+    if not np.all((heads >= 0) & (heads < size)):
         raise _corrupt(f"ring_head outside 0..{size - 1}")
-    action, channel = rings[0], rings[1]
-    if action.min() < EMPTY or action.max() >= actions:
+    if not np.all((action >= EMPTY) & (action < actions)):
         raise _corrupt(f"ring_action codes outside -1..{actions - 1}")
-    if (channel.min() < 0 or channel.max() >= channels) and not np.all(
-            ((channel >= 0) & (channel < channels)) | ((action == EMPTY) & (channel == 0))):
+    used = action != EMPTY
+    if not np.all(((channel >= 0) & (channel < channels)) | (~used & (channel == 0))):
         raise _corrupt(f"ring_channel codes outside 0..{channels - 1}")
+    if not np.isin(columns["ring_outcome"][used], OUTCOMES).all():  # an unused one is unread
+        raise _corrupt(f"ring_outcome codes other than {OUTCOMES.tolist()}")
     if flags.any():
         codes = values[:, flags].astype(np.float64)
         known = codes[~np.isnan(codes)]
-        if known.size and (known.min() < 0 or known.max() >= strings or
-                           np.any(known != np.floor(known))):
+        if not np.all((known >= 0) & (known < strings) & (known == np.floor(known))):
             raise _corrupt(f"string codes outside 0..{strings - 1}")
 
 

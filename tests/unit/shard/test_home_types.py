@@ -1,0 +1,78 @@
+"""A stored home of the wrong types or codes (issue 18) is a damaged home, on a real Shard over
+a DirectoryStore: its customer is refused, the round goes on for the others, and nothing of it
+reaches the kernel. A NaN ring head, which the table would cast to -2**31 and the kernel then
+write the ring at, is the crash case: it runs in a process of its own, so that a regression
+fails the test instead of killing pytest."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kairos.cluster.storage import blocks
+from kairos.cluster.storage.sealed import seal, unseal
+from kairos.core.compiler import default_compiled
+from tests.unit.shard.test_homes import passivated
+from tests.unit.shard.test_shard import T0, decide, event, p_of, profile
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def rewrite(s, customer: str, damage, sealed: bool = True) -> None:
+    """The customer's home, damaged; `sealed` False: without the envelope, which unseal reads
+    as it is (anyone who writes the store can write one)."""
+    home = blocks.unpack(unseal(s.store.get(p_of(customer), customer), "a home")[0])
+    damage(home)
+    data = blocks.pack(home)
+    s.store.put(p_of(customer), customer, seal(data) if sealed else data)
+
+
+def nan_head(home: dict) -> None:
+    home["ring_head"] = np.array([np.nan])
+
+
+def text_values(home: dict) -> None:
+    home["values"] = np.full(home["values"].shape, "x")
+
+
+def unknown_outcome(home: dict) -> None:
+    home["ring_action"][0, 0] = home["ring_channel"][0, 0] = 0
+    home["ring_outcome"][0, 0] = 99
+    home["ring_head"][0] = 1
+
+
+@pytest.mark.parametrize("damage", [nan_head, text_values, unknown_outcome])
+@pytest.mark.parametrize("sealed", [True, False])
+def test_a_home_of_other_types_is_damaged_and_the_round_goes_on(compiled, tmp_path, damage,
+                                                                 sealed):
+    s, clock = passivated(compiled, tmp_path, "ana", "bob")
+    rewrite(s, "ana", damage, sealed)
+    replies, _ = s.process([profile("bob", clock.now), profile("ana", clock.now),
+                            event("bob", "page_view", clock.now, category="home")])
+    assert [r.status for r in replies] == ["ok", "unavailable", "ok"]
+    assert "damaged" in replies[1].reason
+    assert s.stats()["damaged_homes"] == 1
+    assert "ana" not in s.engine.table
+
+
+def crash_case() -> None:
+    """r4's path: a NaN head written unsealed, then the requests that record an impression
+    (the kernel's ring write); prints the replies' statuses."""
+    s, clock = passivated(default_compiled(), Path(tempfile.mkdtemp()), "ana", "bob")
+    rewrite(s, "ana", nan_head, sealed=False)
+    replies, _ = s.process([event("ana", "page_view", T0 + 1, category="home"),
+                            decide("ana", now=T0 + 2, record_impression=True),
+                            decide("bob", now=T0 + 2, record_impression=True)])
+    print(*(r.status for r in replies))
+
+
+def test_a_nan_ring_head_in_a_home_is_refused_and_does_not_crash_the_shard():
+    done = subprocess.run([sys.executable, "-c", f"from {__name__} import crash_case; "
+                           "crash_case()"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["unavailable", "unavailable", "ok"]

@@ -1,0 +1,115 @@
+"""A customer block's columns as the types the profile table holds (issue 18): integers where
+the table's columns are integers, numbers as values, text as names, outcome codes the Outcome
+enum knows. Whatever a block read back from a store or a peer holds, `validate` answers
+BlockCorrupt or lets it load: a float ring head (NaN, cast to -2**31 as an int32) would be an
+index the kernel writes unchecked, and any other exception fails a shard's whole round."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kairos.cluster.storage import blocks
+from kairos.core.compiler import Outcome
+from tests.unit.shard.test_shard import shard
+from tests.unit.storage.test_blocks import exported
+
+INTEGERS = ("ring_action", "ring_channel", "ring_outcome", "ring_time", "ring_head", "applied",
+            "lsn")  # the table's integer columns
+
+
+def with_history(compiled) -> dict:
+    """Two customers' block whose first customer's ring holds an impression and an accept."""
+    block = exported(compiled)
+    block["ring_action"][0, :2] = 0
+    block["ring_channel"][0, :2] = 0
+    block["ring_outcome"][0, :2] = (Outcome.IMPRESSION, Outcome.ACCEPT)
+    block["ring_head"][0] = 2
+    return block
+
+
+def set_item(name, at, value):
+    return lambda b: b[name].__setitem__(at, value)
+
+
+def replace(name, change):
+    return lambda b: b.__setitem__(name, change(b[name]))
+
+
+DAMAGES = {
+    "ring_head NaN": replace("ring_head", lambda v: np.full(v.shape, np.nan)),
+    "ring_head 0.0": replace("ring_head", lambda v: v.astype(np.float64)),
+    "ring_action float": replace("ring_action", lambda v: v.astype(np.float32)),
+    "ring_channel float": replace("ring_channel", lambda v: v.astype(np.float64)),
+    "ring_time float": replace("ring_time", lambda v: v.astype(np.float64)),
+    "applied float": replace("applied", lambda v: v.astype(np.float64)),
+    "lsn NaN": replace("lsn", lambda v: np.full(v.shape, np.nan)),
+    "ring_outcome 99": set_item("ring_outcome", (0, 0), 99),
+    "ring_outcome 0 used": set_item("ring_outcome", (0, 1), 0),
+    "values as text": replace("values", lambda v: np.full(v.shape, "x")),
+    "values as none": replace("values", lambda v: np.full(v.shape, None)),
+    "ragged ring": replace("ring_time", lambda v: [list(v[0]), list(v[1][:-1])]),
+    "id not text": replace("ids", lambda v: [7, v[1]]),
+    "action not text": replace("actions", lambda v: [[1], *v[1:]]),
+    "string not text": replace("strings", lambda v: [1.5] * len(v)),
+    "head of two": replace("ring_head", lambda v: np.stack([v, v], axis=1)),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_column_of_another_type_is_corrupt_and_loads_nothing(compiled, damage):
+    block = with_history(compiled)
+    DAMAGES[damage](block)
+    target = shard(compiled, "t")
+    with pytest.raises(blocks.BlockCorrupt):
+        blocks.validate(block, shard=True)
+    with pytest.raises(blocks.BlockCorrupt):
+        blocks.import_block(target.engine, block, shard=True)
+    assert len(target.engine.table) == 0
+
+
+def test_a_nan_head_read_back_from_bytes_is_corrupt(compiled):
+    """As a store or a peer's handoff hands it over: packed, with the dtype it was packed as."""
+    block = with_history(compiled)
+    block["ring_head"] = np.array([np.nan, 0.0])
+    with pytest.raises(blocks.BlockCorrupt, match="ring_head of type float64, not integers"):
+        blocks.validate(blocks.unpack(blocks.pack(block)), shard=True)
+
+
+def test_an_unused_entrys_outcome_is_not_read_and_the_block_loads(compiled):
+    block = with_history(compiled)
+    block["ring_outcome"][0, 5] = 99  # behind the head, and its action EMPTY
+    target = shard(compiled, "t")
+    assert blocks.import_block(target.engine, block, shard=True) == ["ana", "bob"]
+    assert [h["outcome"] for h in target.engine.history("ana")] == ["accept", "impression"]
+
+
+def test_integers_of_another_width_still_load(compiled):
+    """Any integer type is taken (a peer may hold wider ones); its values are range-checked."""
+    block = with_history(compiled)
+    for name in INTEGERS:
+        block[name] = block[name].astype(np.int64)
+    target = shard(compiled, "t")
+    assert blocks.import_block(target.engine, block, shard=True) == ["ana", "bob"]
+    assert len(target.engine.history("ana")) == 2
+
+
+ODD = [None, "x", 3.5, -1, [], [[1], [2, 3]], {"a": 1}, np.array([np.nan]),
+       np.array([["x"]]), b"\x00"]
+
+
+@pytest.mark.parametrize("key", ["ids", "slots", "values", "strings", "string_columns",
+                                 "actions", "channels", "meanings", "extras",
+                                 *INTEGERS])
+def test_whatever_a_part_holds_validate_raises_block_corrupt_or_it_loads(compiled, key):
+    for odd in ODD:
+        block = with_history(compiled)
+        block[key] = odd
+        target = shard(compiled, "t")
+        try:
+            loaded = blocks.import_block(target.engine, block, shard=True)
+        except blocks.BlockCorrupt:
+            loaded = []
+        t = target.engine.table
+        assert len(t) == len(loaded)
+        heads = t.ring_head[[t.index[c] for c in loaded]]
+        assert np.all((heads >= 0) & (heads < compiled.history_size)), (key, odd)
