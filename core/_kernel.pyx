@@ -40,6 +40,7 @@ REASONS = {name: value for name, value in dict(
     INVALID_VALUE=R_INVALID_VALUE, RESTRAINT=R_RESTRAINT, GROUP_LIMIT=R_GROUP_LIMIT,
     TOP_K=R_TOP_K).items()}
 MAX_PREDICTORS_SUPPORTED = MAX_PREDICTORS
+MAX_STACK_SUPPORTED = MAX_STACK  # rules.py's bound on what a rule holds at once
 ONE_EXAMPLE = {"probit_scale2": PROBIT_SCALE2, "mills_asymptotic": MILLS_ASYMPTOTIC}
 INPUT_CLIP = {"warmup": STANDARDIZE_WARMUP, "sds": STANDARDIZE_CLIP_SDS,
               "min_spread2": STANDARDIZE_MIN_SPREAD2, "max_count": STANDARDIZE_MAX_COUNT,
@@ -191,6 +192,17 @@ cdef class ModelView:
 
     def __init__(self, mean, precision, positives, negatives, value_count, value_sum, inputs,
                  inputs_added, input_clips, covariance=None):
+        # the loops index these by model and predictor unchecked: arrays that disagree with
+        # each other are refused here, once per table bound (ModelTable refuses a published
+        # table that does not fit the catalog)
+        n, d = np.shape(mean)
+        matrix = (n, d, d) if covariance is not None else (n, d)
+        for array, shape in ((precision, matrix), (covariance, matrix), (positives, (n,)),
+                             (negatives, (n,)), (value_count, (n,)), (value_sum, (n,)),
+                             (inputs, (3, d)), (inputs_added, (3, d)), (input_clips, (2, d))):
+            if array is not None and np.shape(array) != shape:
+                raise ValueError(f"model arrays of shape {np.shape(array)}, not {shape}, "
+                                 f"beside a mean of {n} models of {d} inputs")
         self.mean = mean
         self.positives = positives
         self.negatives = negatives
@@ -1281,6 +1293,11 @@ def record_outcomes(CatalogView cat, StateView st, ModelView mv, const int64_t[:
             outcome = outcomes[i]
             refused_at[i] = 0
             head = st.ring_head[row]
+            # a head outside the ring (only a damaged block could bring one: blocks.validate
+            # refuses them) writes entry 0, never past the row: one unsigned compare, which
+            # costs nothing measurable beside the ring's four writes (issue 18's probe)
+            if <unsigned int>head >= <unsigned int>cat.history_size:
+                head = 0
             st.ring_action[row, head] = <int16_t>actions[i]
             st.ring_channel[row, head] = <int8_t>channels[i]
             st.ring_outcome[row, head] = <int8_t>outcome

@@ -758,6 +758,7 @@ class ModelTable:
             whole.prepare()
             self.adopt_prepared(whole)
             return
+        self._check_fits(published, rows)
         unsent = self._pending()
         before = self.precision[rows]
         for name in ("mean", "precision", *COUNTS):
@@ -771,7 +772,26 @@ class ModelTable:
     def adopting(self, published: Any) -> Adopting:
         """A whole published table (no `rows`) to `prepare` off the event loop and then take
         with `adopt_prepared`; cheap (it notes the models' counts)."""
+        self._check_fits(published, None)
         return Adopting(self, published)
+
+    def _check_fits(self, published: Any, rows: np.ndarray | None) -> None:
+        """ValueError unless a published table's statistics have this table's shapes (the
+        catalog's models and predictors; `rows`' models only, where given): the kernels index
+        them by the catalog's counts unchecked, so one of another catalog, or damaged, is
+        refused here, once per adopt, never per decision."""
+        models, inputs = len(self.mean), self.mean.shape[1]
+        at = np.asarray(rows if rows is not None else [], np.int64)
+        count = models if rows is None else len(at)
+        wrong = [name for name in ("mean", "precision", *COUNTS, "inputs")
+                 if np.shape(getattr(published, name)) != (
+                     self.inputs.shape if name == "inputs" else
+                     (count, *getattr(self, name).shape[1:]))]
+        if not np.all((at >= 0) & (at < models)):
+            wrong.append("rows")
+        if wrong:
+            raise ValueError(f"a published table whose {', '.join(wrong)} do not fit the "
+                             f"catalog's {models} models of {inputs} inputs")
 
     def adopt_prepared(self, whole: Adopting) -> bool:
         """Take a prepared whole table as `adopt` takes it, unless this table moved on since
@@ -782,7 +802,7 @@ class ModelTable:
             return False
         unsent = self._pending()
         stats, covariance = whole.stats, whole.covariance
-        if self.full and not whole.relaid:
+        if self.full:
             moved = np.flatnonzero(whole.learnt_since(self))
             covariance[moved] = self.covariance[moved]
             again = moved[~per_model(stats["precision"][moved] ==
@@ -880,7 +900,6 @@ class Adopting:
         self.stats: dict[str, np.ndarray] = {}
         self.taken: tuple[np.ndarray, ...] = ()  # the new mark's, but its inputs
         self.covariance: np.ndarray | None = None
-        self.relaid = False  # of another layout: every model inverted
 
     def prepare(self) -> None:
         """The copies, the mark and the covariance (the heavy part: a thread may run it)."""
@@ -890,10 +909,6 @@ class Adopting:
         self.taken = (natural_mean(self.stats["mean"], precision), precision.copy(),
                       *(self.stats[name].copy() for name in COUNTS))
         if not self.table.full:
-            return
-        self.relaid = self._precision.shape != precision.shape
-        if self.relaid:
-            self.covariance = inverse(precision)
             return
         changed = np.flatnonzero(~per_model(precision == self._precision).all(axis=1))
         self.covariance = self._covariance.copy()

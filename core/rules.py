@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Callable, Sequence
 
+from ._kernel import MAX_STACK_SUPPORTED
 from .errors import RuleError
 
 # ---------------------------------------------------------------------------------------------
@@ -612,7 +613,7 @@ _SINCE_UNITS_S = {"days_since": 86400.0, "hours_since": 3600.0, "minutes_since":
 _SIMPLE_CALLS = {"known": Op.KNOWN, "coalesce": Op.COALESCE, "min": Op.MIN, "max": Op.MAX,
                  "abs": Op.ABS, "log1p": Op.LOG1P}
 
-MAX_STACK = 32  # the kernel's evaluation stack (_kernel.pxd): values a rule holds at once
+MAX_STACK = MAX_STACK_SUPPORTED  # the kernel's C stack (_kernel.pxd): values a rule holds at once
 
 
 @dataclass
