@@ -127,7 +127,7 @@ def test_one_keys_free_text_does_not_turn_every_customers_into_other():
             pb.Event(customer_id="attacker", type="profile_updated", channel="web",
                      attributes={"home_store": pb.Value(string_value=f"junk-{i}")})
             for i in range(2000)]), metadata=WEB, timeout=60)
-        stub.Ingest(pb.Event(customer_id="victim", type="profile_updated", channel="store",
+        stub.Ingest(pb.Event(customer_id="victim", type="profile_updated",
                              attributes={"home_store": pb.Value(string_value="store-0042")}),
                     metadata=CRM, timeout=10)
         profile_ = stub.GetProfile(pb.ProfileRequest(customer_id="victim"), metadata=CRM,
