@@ -15,11 +15,13 @@ write: redis_errors.py): the write ran on the primary but is not acknowledged (t
 takes its batch back: redis_journal.py `_settled`). With 0 nothing is sent and these are
 redis-py's own calls.
 
-A WAIT whose reply is lost (the connection dropped, or timed out) is ReplicasBehind too, never
-a ConnectionError: a pipeline's WAIT runs inside redis-py's retry of its execution, which
+A pipeline's WAIT whose reply is lost (the connection dropped, or timed out) is ReplicasBehind
+too, never a ConnectionError: it runs inside redis-py's retry of the pipeline's execution, which
 would send a transaction whose EXEC ran once more, without the WATCH that EXEC consumed (a
 lease released or claimed over another cluster's, meta switched over a newer save's). The store's
-client is built with no retries either (redis_store.py); this holds where a pool has some.
+client is built with no retries either (redis_store.py); this holds where a pool has some. The
+journal's own connections (`_commit`) have no retry layer: a journal batch whose WAIT reply is
+lost is settled as one whose reply was lost (redis_journal.py `_settled`).
 
 Not acknowledged is not undone: a batch whose WAIT failed stays on the primary until the
 journal takes it back, one more WAITed write, up to REDIS_REPLICAS_WAIT_S later. A shard that
@@ -34,8 +36,9 @@ opened on a server that reports fewer connected replicas than asked for (INFO re
 warned of once while that lasts, not refused: replicas reconnect, and until then every write
 fails with ReplicasBehind, which says why.
 
-`pipeline` overrides two private methods of redis-py's Pipeline, checked at import (a renamed
-one would silently stop WAIT for most writes); pyproject.toml bounds redis-py's version.
+`pipeline` overrides two private methods of redis-py's Pipeline, checked at import where WAIT
+is asked for (a renamed one would silently stop WAIT for most writes); pyproject.toml bounds
+redis-py's version.
 """
 from __future__ import annotations
 
@@ -74,13 +77,15 @@ def wait(connection: redis.connection.AbstractConnection) -> None:
 
 
 # redis-py's private Pipeline methods `_Waiting` overrides: were one renamed, most writes would
-# go without WAIT and nothing would say so; so a redis-py without them is refused at import
+# go without WAIT and nothing would say so; so where WAIT is asked for, a redis-py without them
+# is refused at import (where it is not, `_Waiting` is never used: every store opens as before)
 _OVERRIDDEN = ("_execute_transaction", "_execute_pipeline")
 _missing = [m for m in _OVERRIDDEN if not callable(getattr(redis.client.Pipeline, m, None))]
-if _missing:
-    raise ImportError(f"redis-py {redis.__version__} has no Pipeline.{', '.join(_missing)}, which "
-                      f"Kairos overrides to WAIT after each write (redis_replicas.py): install "
-                      f"the redis-py versions pyproject.toml allows")
+if _missing and REPLICAS:
+    raise ImportError(f"redis-py {redis.__version__}'s Pipeline has no "
+                      f"{', '.join(_missing)}, which Kairos overrides to WAIT after each write "
+                      f"that KAIROS_REDIS_REPLICAS={REPLICAS} asks for (redis_replicas.py): use "
+                      f"a redis-py that has them, or KAIROS_REDIS_REPLICAS=0")
 
 
 class _Waiting(redis.client.Pipeline):

@@ -22,6 +22,7 @@ from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.redis_errors import ReplicasBehind
 from kairos.cluster.storage.redis_journal import RedisJournal
 from kairos.cluster.storage.redis_server import RedisServer
+from kairos.cluster.storage.redis_store import RedisStore
 from kairos.cluster.storage.store import JournalFenced, StoreUnavailable
 
 from tests.unit.shard.test_shard import T0, Clock, event, profile, shard
@@ -250,14 +251,28 @@ def test_settings_out_of_bounds_are_refused_at_start(env, said):
     assert said in done.stderr
 
 
-def test_a_redis_py_without_the_overridden_methods_is_refused_at_import():
+def test_a_redis_py_without_the_overridden_methods_is_refused_at_import_where_wait_is_asked():
     """Were redis-py to rename what `_Waiting` overrides, most writes would go without WAIT:
-    the module refuses to load instead."""
+    with KAIROS_REDIS_REPLICAS above 0 the module refuses to load instead; with 0 (no WAIT,
+    `_Waiting` never used) every store still opens."""
     code = ("import redis.client; del redis.client.Pipeline._execute_pipeline; "
-            "import kairos.cluster.storage.redis_replicas")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode != 0
-    assert "has no Pipeline._execute_pipeline, which Kairos overrides" in done.stderr
+            "import kairos.cluster.storage.redis_replicas; "
+            "from kairos.cluster.storage.providers import open_store; open_store('memory')")
+    asked = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={**os.environ, "KAIROS_REDIS_REPLICAS": "1"})
+    assert asked.returncode != 0
+    assert "has no _execute_pipeline, which Kairos overrides" in asked.stderr
+    unasked = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env={**os.environ, "KAIROS_REDIS_REPLICAS": "0"})
+    assert unasked.returncode == 0, unasked.stderr
+
+
+def test_the_stores_client_never_retries_a_command():
+    """redis-py's retry would send a pipeline's transaction again after its WAIT's reply was
+    lost, without the WATCH its EXEC consumed; the store asks for none whatever redis-py's
+    default (redis_store.py)."""
+    store = RedisStore("redis://127.0.0.1:1/0?prefix=retry")  # opening connects to nothing
+    assert store.r.connection_pool.connection_kwargs["retry"].get_retries() == 0
 
 
 def test_an_acl_user_without_wait_is_told_to_allow_it(tmp_path):
