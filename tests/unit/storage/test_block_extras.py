@@ -10,7 +10,7 @@ import pytest
 
 from kairos.cluster.protocol import Unavailable
 from kairos.cluster.shard.keys import RECORD
-from kairos.cluster.storage import blocks
+from kairos.cluster.storage import block_checks, blocks
 from kairos.cluster.storage.sealed import seal, unseal
 from tests.unit.shard.test_homes import passivated
 from tests.unit.shard.test_shard import T0, event, p_of
@@ -45,7 +45,7 @@ def test_malformed_extras_are_corrupt(compiled, extra):
 
 
 def test_a_key_record_is_as_long_as_keys_writes_it():
-    assert blocks.KEY_RECORD_BYTES == RECORD.size
+    assert block_checks.KEY_RECORD_BYTES == RECORD.size
 
 
 def test_a_home_with_malformed_extras_refuses_its_customer_and_the_round_goes_on(
