@@ -22,7 +22,7 @@ from kairos.cluster.gateway.parsing import ParseInterceptor
 from kairos.cluster.gateway.decisions import DecisionService
 from kairos.cluster.secret_files import check_secret_file
 from kairos.cluster.settings import (GATEWAY_CONNECTION_IDLE_S, GATEWAY_CONNECTIONS,
-                                     GATEWAY_INFLIGHT_LIMIT, MAX_MESSAGE_BYTES)
+                                     MAX_MESSAGE_BYTES)
 
 SERVICES = ("kairos.v1.DecisionService", "kairos.v1.AdminService")
 # calls a connection carries besides every watch stream of the gateway (the in-flight limit,
@@ -45,17 +45,6 @@ def connection_options() -> list[tuple[str, int]]:
     call (KAIROS_GATEWAY_CONNECTION_IDLE_S)."""
     return [("grpc.max_allowed_incoming_connections", GATEWAY_CONNECTIONS),
             ("grpc.max_connection_idle_ms", int(GATEWAY_CONNECTION_IDLE_S * 1000))]
-
-
-def pending_options() -> list[tuple[str, int]]:
-    """Calls that arrived while the event loop was busy wait in grpc-core for the server to
-    take them. Past its own bound (1,000 by default, 3,000 hard) grpc-core cancels them before
-    any interceptor sees them: a burst, keyless calls included, made keyed Decides end
-    CANCELLED, with no fallback and nothing a client retries. Up to the gateway's in-flight
-    limit they wait instead, for the gateway's admission (InflightLimit, the shedder) to
-    answer each with its status."""
-    return [("grpc.server.max_pending_requests", GATEWAY_INFLIGHT_LIMIT),
-            ("grpc.server.max_pending_requests_hard_limit", GATEWAY_INFLIGHT_LIMIT)]
 
 
 def streams_per_connection() -> int:
@@ -112,8 +101,7 @@ async def serve(gateway: Gateway, auth: Auth, host: str, port: int, tls: Tls | N
                       ParseInterceptor(), *interceptors],
         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                  ("grpc.max_concurrent_streams", streams_per_connection()),
-                 ("grpc.so_reuseport", 0), *KEEPALIVE_OPTIONS, *connection_options(),
-                 *pending_options()])
+                 ("grpc.so_reuseport", 0), *KEEPALIVE_OPTIONS, *connection_options()])
     decision_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionService(gateway), server)
     services = _services(admin)
     if admin:
