@@ -34,7 +34,7 @@ def with_timers(k: int) -> str:
     extra = "".join(f"  t{i:02d}_{'x' * 190}:\n    start: add_to_cart\n    cancel: purchase\n"
                     f"    after: 30m\n    fire: cart_abandoned\n" for i in range(k))
     text = default_catalog_text().replace("timers:\n", "timers:\n" + extra, 1)
-    return text.replace('version: "2026.12.2"', f'version: "timers-{k}"', 1)
+    return text.replace('version: "2026.12.3"', f'version: "timers-{k}"', 1)
 
 
 def long_id(i: int) -> str:
